@@ -1,0 +1,41 @@
+"""`gap-mllm` console script: one sub-command per module, imported only when used (so `--help` is fast
+and a missing optional dependency only affects its own command)."""
+
+import argparse
+import importlib
+import sys
+
+# command -> (module with add_arguments(parser) and main(args) -> int, one-line help)
+COMMANDS = {
+    "demo": ("gap_mllm.cli.demo", "build a tiny GAP-MLLM, save it as a Hub folder, reload it with trust_remote_code and generate"),
+    "synth": ("gap_mllm.processing.synth_cli", "generate SynthRooms scenes with exact ground truth (ScanNet layout + official schemas)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gap-mllm", description="GAP-MLLM: geometry-aligned 3D-aware Qwen3-VL.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"gap-mllm: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    module_name, help_text = COMMANDS[argv[0]]
+    module = importlib.import_module(module_name)
+    command_parser = argparse.ArgumentParser(prog=f"gap-mllm {argv[0]}", description=help_text)
+    module.add_arguments(command_parser)
+    return int(module.main(command_parser.parse_args(argv[1:])) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

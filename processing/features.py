@@ -1,0 +1,95 @@
+"""`datasets` feature schemas of the GAP-MLLM tasks.
+
+Conventions: images are lists of `Image()` (one per view, sample order = frame order, view 0 is the
+reference frame); depth `[V, H, W]` float32 metres (0 = missing); intrinsics `[V, 3, 3]` (colour K);
+cam_to_world `[V, 4, 4]` float64 camera-to-world poses in the raw world (OpenCV camera); boxes are
+9-vectors [cx, cy, cz, sx, sy, sz, yaw, pitch, roll] with R = Ry(roll) Rx(pitch) Rz(yaw) (scipy
+"zxy"), in the first frame's camera frame unless the field says world (`gt_bbox`: axis-aligned world).
+"""
+
+from __future__ import annotations
+
+import datasets
+
+from .synth.categories import CATEGORY_NAMES
+from .synth.spatial_qa import QUESTION_TYPES
+
+# EmbodiedScan / official detection vocabulary (method.md §5.1, `cate31` without its duplicate "lamp"
+# and with "towel" spelled correctly) plus the SynthRooms categories.
+OFFICIAL_CATEGORIES = (
+    "chair", "pillow", "cabinet", "table", "lamp", "couch", "desk", "stand", "bed", "backpack", "bathtub",
+    "ottoman", "dresser", "bin", "toilet", "refrigerator", "stove", "microwave", "monitor", "computer",
+    "window", "shelf", "curtain", "plant", "stairs", "picture", "book", "bottle", "towel", "sink",
+)  # fmt: skip
+DEFAULT_CLASS_NAMES = tuple(dict.fromkeys(OFFICIAL_CATEGORIES + CATEGORY_NAMES + ("door", "radiator")))
+
+BOX = datasets.List(datasets.Value("float32"), length=9)
+MATRIX_4X4 = datasets.Array2D(shape=(4, 4), dtype="float64")
+POSES = datasets.Array3D(shape=(None, 4, 4), dtype="float64")
+
+
+def common_features() -> dict:
+    """Fields of every task: ids, the views, the human prompt (with `<image>` placeholders) and answer."""
+    return {
+        "id": datasets.Value("string"),
+        "scene_id": datasets.Value("string"),
+        "images": datasets.List(datasets.Image()),
+        "image_paths": datasets.List(datasets.Value("string")),
+        "prompt": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+    }
+
+
+def geometry_features(depth_size: tuple[int, int] | None, load_poses: bool) -> dict:
+    """Optional per-view geometry: depth (needs a fixed (H, W) for Array3D) and intrinsics + poses."""
+    out = {}
+    if depth_size is not None:
+        out["depth"] = datasets.Array3D(shape=(None, *depth_size), dtype="float32")
+    if load_poses:
+        out["intrinsics"] = datasets.Array3D(shape=(None, 3, 3), dtype="float64")
+        out["cam_to_world"] = POSES
+    return out
+
+
+def task_features(task: str, class_names=DEFAULT_CLASS_NAMES) -> dict:
+    """Task-specific fields (targets parsed from the answer or read from the annotation record)."""
+    if task == "reconstruction":
+        return {
+            "pixel_coords": datasets.List(datasets.Value("int32"), length=3),  # [view, x, y]
+            "point": datasets.List(datasets.Value("float32"), length=3),  # first-frame camera, metres
+            "label": datasets.Value("string"),
+        }
+    if task == "detection":
+        return {
+            "boxes": datasets.List(
+                {"label": datasets.ClassLabel(names=list(class_names)), "bbox_3d": BOX, "in_reference": datasets.Value("bool")}
+            ),
+            "cam2img": MATRIX_4X4,
+            "cam2global": POSES,
+            "axis_align_matrix": MATRIX_4X4,
+        }
+    grounding = {
+        "description": datasets.Value("string"),
+        "object_id": datasets.Value("int32"),  # -1 when the record has none
+        "gt_bbox": BOX,  # axis-aligned world
+        "cam2global": POSES,
+        "axis_align_matrix": MATRIX_4X4,
+    }
+    if task == "grounding_stage1":
+        return {**grounding, "frame": datasets.Value("int32")}
+    if task == "grounding_stage2":
+        return {**grounding, "bbox_3d": BOX}  # in the camera frame of the first (selected) view
+    if task == "captioning":
+        return {
+            "object_id": datasets.Value("int32"),
+            "bbox_3d": BOX,  # proposal box, first-frame camera (NaN if the record has none)
+            "iou": datasets.Value("float32"),
+            "annotations": datasets.List(datasets.Value("string")),
+        }
+    if task == "spatial_qa":
+        return {
+            "question_type": datasets.ClassLabel(names=list(QUESTION_TYPES)),
+            "options": datasets.List(datasets.Value("string")),
+            "ground_truth": datasets.Value("string"),
+        }
+    raise ValueError(f"unknown task {task!r}")

@@ -1,0 +1,209 @@
+"""Read and write the ScanNet `posed_images` layout (method.md §6.4).
+
+    <data_root>/scannet/posed_images/<scene_id>/
+        00000.jpg  00010.jpg ...   colour; name = 5-digit raw frame number (every 10th frame)
+        00000.png  ...             depth, uint16 millimetres, 0 = no measurement
+        00000.txt  ...             4x4 camera-to-world pose (ScanNet raw world), OpenCV camera
+        intrinsic.txt              4x4 (or 3x3) colour intrinsics
+        depth_intrinsic.txt        4x4 (or 3x3) depth intrinsics (optional; colour ones otherwise)
+        axis_align_matrix.txt      4x4 raw -> axis-aligned world (optional; ScanNet keeps it in
+                                   scans/<scene>/<scene>.txt, the official JSONs carry it per sample)
+
+Annotation JSONs list images relative to the posed_images folder ("scene0362_00/00350.jpg"); depth
+and pose files are found next to the image by stem. Depth may also be a float32 `.npy` in metres.
+Every reader raises `DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from .coordinates import check_rigid, intrinsics_3x3
+from .errors import DataError
+
+POSED_IMAGES_SUBDIR = Path("scannet") / "posed_images"
+DEPTH_SCALE = 1000.0  # ScanNet depth PNGs are millimetres
+INTRINSIC_FILE = "intrinsic.txt"
+DEPTH_INTRINSIC_FILE = "depth_intrinsic.txt"
+AXIS_ALIGN_FILE = "axis_align_matrix.txt"
+
+
+def posed_images_dir(data_root) -> Path:
+    """`<data_root>/scannet/posed_images`, the folder annotation image paths are relative to."""
+    return Path(data_root) / POSED_IMAGES_SUBDIR
+
+
+def frame_name(raw_frame: int) -> str:
+    """ScanNet posed-image stem of a raw frame number: 5 digits, zero padded (350 -> "00350")."""
+    return f"{int(raw_frame):05d}"
+
+
+# ----------------------------------------------------------------------------------------- readers
+
+
+def read_color(path) -> PIL.Image.Image:
+    """An RGB colour image, fully decoded (a truncated or corrupt file raises `DataError` here)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("colour image not found", path=path)
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot decode colour image ({err})", path=path) from err
+
+
+def read_depth(path, depth_scale: float = DEPTH_SCALE) -> np.ndarray:
+    """Depth `[H, W]` float32 metres; 0 marks "no measurement" (ScanNet). PNG: uint16 / `depth_scale`.
+
+    A `.npy` file is read as metres; any NaN or negative value there raises `DataError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("depth file not found", path=path)
+    try:
+        if path.suffix == ".npy":
+            depth = np.load(path, allow_pickle=False).astype(np.float32)
+        else:
+            with PIL.Image.open(path) as image:
+                image.load()
+                depth = np.asarray(image).astype(np.float32) / depth_scale
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot decode depth ({err})", path=path) from err
+    if depth.ndim != 2:
+        raise DataError(f"depth must be a 2-D map, got shape {depth.shape}", path=path)
+    if not np.all(np.isfinite(depth)):
+        raise DataError(f"depth contains {int((~np.isfinite(depth)).sum())} NaN/inf value(s)", path=path)
+    if np.any(depth < 0):
+        raise DataError("depth contains negative values", path=path)
+    return depth
+
+
+def read_matrix(path, shape=(4, 4), what: str = "matrix") -> np.ndarray:
+    """A whitespace-separated float matrix; finite and of `shape` (else `DataError` naming the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file not found", path=path)
+    try:
+        matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as err:
+        raise DataError(f"cannot parse {what} ({err})", path=path) from err
+    if matrix.shape != tuple(shape):
+        raise DataError(f"{what} must be {shape[0]}x{shape[1]}, got shape {matrix.shape}", path=path)
+    if not np.all(np.isfinite(matrix)):
+        # ScanNet marks frames with failed tracking by -inf poses; they cannot be used.
+        raise DataError(f"{what} contains NaN/inf (invalid frame)", path=path)
+    return matrix
+
+
+def read_pose(path) -> np.ndarray:
+    """Camera-to-world pose `[4, 4]` (OpenCV camera); must be a rigid motion."""
+    pose = read_matrix(path, (4, 4), "pose")
+    try:
+        return check_rigid(pose, "pose", atol=1e-4)
+    except ValueError as err:
+        raise DataError(str(err), path=path) from err
+
+
+def read_intrinsics(path) -> np.ndarray:
+    """3x3 `K` from a ScanNet 4x4 (or a 3x3) intrinsic file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("intrinsics file not found", path=path)
+    matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    if matrix.shape not in ((3, 3), (4, 4)) or not np.all(np.isfinite(matrix)):
+        raise DataError(f"intrinsics must be a finite 3x3 or 4x4 matrix, got shape {matrix.shape}", path=path)
+    return intrinsics_3x3(matrix).copy()
+
+
+@dataclass
+class SceneViews:
+    """Views of one sample read from disk.
+
+    images: V PIL RGB images; depth `[V, H, W]` float32 metres (or None); cam_to_world `[V, 4, 4]`
+    (or None); intrinsics `[V, 3, 3]` colour K (or None); depth_intrinsics `[V, 3, 3]` (or None).
+    """
+
+    images: list
+    depth: np.ndarray | None
+    cam_to_world: np.ndarray | None
+    intrinsics: np.ndarray | None
+    depth_intrinsics: np.ndarray | None
+
+
+def companion_path(image_path: Path, suffix: str) -> Path:
+    """The depth (".png"/".npy") or pose (".txt") file next to a colour frame."""
+    return image_path.with_suffix(suffix)
+
+
+def read_views(media_root, image_paths, load_depth: bool = True, load_poses: bool = True) -> SceneViews:
+    """Read the colour frames listed in an annotation (paths relative to `media_root`) and, on
+    request, their depth maps, poses and intrinsics from the posed_images layout."""
+    media_root = Path(media_root)
+    paths = [media_root / p for p in image_paths]
+    images = [read_color(p) for p in paths]
+    depth = poses = intrinsics = depth_intrinsics = None
+    if load_depth:
+        maps = []
+        for p in paths:
+            npy = companion_path(p, ".npy")
+            maps.append(read_depth(npy if npy.is_file() else companion_path(p, ".png")))
+        if len({m.shape for m in maps}) != 1:
+            raise DataError(f"depth maps of one sample differ in size: {sorted({m.shape for m in maps})}", path=paths[0])
+        depth = np.stack(maps)
+    if load_poses:
+        poses = np.stack([read_pose(companion_path(p, ".txt")) for p in paths])
+        intrinsics = np.stack([read_intrinsics(p.parent / INTRINSIC_FILE) for p in paths])
+        depth_intrinsics = np.stack(
+            [read_intrinsics(p.parent / DEPTH_INTRINSIC_FILE) if (p.parent / DEPTH_INTRINSIC_FILE).is_file() else k for p, k in zip(paths, intrinsics)]
+        )
+    return SceneViews(images, depth, poses, intrinsics, depth_intrinsics)
+
+
+def read_axis_align(scene_dir) -> np.ndarray | None:
+    """`axis_align_matrix.txt` of a scene folder (4x4), or None when the scene has none."""
+    path = Path(scene_dir) / AXIS_ALIGN_FILE
+    return read_matrix(path, (4, 4), "axis_align_matrix") if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------- writers
+
+
+def _write_matrix(path: Path, matrix) -> None:
+    # %.17g round-trips float64 exactly, so poses read back bit-identical.
+    np.savetxt(path, np.asarray(matrix, dtype=np.float64), fmt="%.17g")
+
+
+def write_scene_meta(scene_dir, intrinsics, depth_intrinsics=None, axis_align_matrix=None) -> None:
+    """Write the per-scene intrinsics (as ScanNet 4x4) and, if given, the axis-alignment matrix."""
+    scene_dir = Path(scene_dir)
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    for name, k in ((INTRINSIC_FILE, intrinsics), (DEPTH_INTRINSIC_FILE, depth_intrinsics)):
+        if k is None:
+            continue
+        full = np.eye(4)
+        full[:3, :3] = intrinsics_3x3(k)
+        _write_matrix(scene_dir / name, full)
+    if axis_align_matrix is not None:
+        _write_matrix(scene_dir / AXIS_ALIGN_FILE, axis_align_matrix)
+
+
+def write_frame(scene_dir, name: str, rgb: np.ndarray, depth=None, cam_to_world=None, jpeg_quality: int = 95) -> None:
+    """Write one posed frame: `<name>.jpg` (RGB uint8 `[H, W, 3]`), `<name>.png` (depth metres `[H, W]`
+    stored as uint16 millimetres, rounded to the nearest mm; > 65.535 m is an error) and `<name>.txt`."""
+    scene_dir = Path(scene_dir)
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(scene_dir / f"{name}.jpg", quality=jpeg_quality)
+    if depth is not None:
+        depth = np.asarray(depth, dtype=np.float64)
+        if not np.all(np.isfinite(depth)) or np.any(depth < 0) or np.any(depth * DEPTH_SCALE > 65535):
+            raise DataError("depth must be finite, >= 0 and < 65.536 m to be stored as uint16 mm", path=scene_dir / f"{name}.png")
+        millimetres = np.round(depth * DEPTH_SCALE).astype(np.uint16)
+        PIL.Image.fromarray(millimetres).save(scene_dir / f"{name}.png")
+    if cam_to_world is not None:
+        _write_matrix(scene_dir / f"{name}.txt", cam_to_world)

@@ -1,0 +1,225 @@
+"""Training / evaluation records of every task, built from a SynthRooms scene in the official schemas.
+
+Each record is the dict that goes into the task's annotation JSON (method.md §6.2, §6.3):
+`images` (paths relative to posed_images), `conversations` (human prompt with one `<image>` per
+frame, gpt answer written by `gap_mllm.target_format`), plus the task fields (`pixel_coords`,
+`boxes`, `cam2img`, `cam2global`, `axis_align_matrix`, `gt_bbox`, `iou`, `annotations`). We add
+`id`, `scene_id` and, where it helps, `object_id` and `question_type`; readers ignore unknown keys.
+
+Frames: all targets are in the OpenCV camera frame of the sample's first image, metres; boxes use
+R = Ry(roll) Rx(pitch) Rz(yaw) (scipy "zxy"). `gt_bbox` is in the axis-aligned world (the room frame).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gap_mllm.target_format import (
+    Box3D,
+    serialize_detection,
+    serialize_frame_selection,
+    serialize_grounding,
+    serialize_pointmap,
+)
+
+from .. import prompts
+from ..coordinates import backproject_pixel, invert_rigid, transform_points, world_boxes_to_camera
+from ..sampling import space_aware_indices, uniform_indices
+from .language import captions, describe
+from .scene import SynthScene
+from .spatial_qa import spatial_questions
+
+STAGE2_NEIGHBOURS = 9  # official stage 2: n, n+10, ..., n+90, then n-10, ..., n-90 (method.md §3.3)
+
+
+def image_path(scene: SynthScene, frame: int) -> str:
+    """Annotation image path of a frame: "<scene_id>/<5-digit raw frame>.jpg"."""
+    return f"{scene.scene_id}/{scene.frame_names[frame]}.jpg"
+
+
+def _conversation(human: str, answer: str) -> list[dict]:
+    return [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
+
+
+def camera_boxes(scene: SynthScene, object_indices, reference_frame: int) -> np.ndarray:
+    """Boxes `[K, 9]` of objects in the camera frame of `reference_frame` (room boxes mapped by the
+    room-frame pose; identical to using raw-world poses with the axis-align matrix)."""
+    boxes = scene.world_boxes[list(object_indices)]
+    return world_boxes_to_camera(boxes, scene.cam_to_room[reference_frame]) if len(boxes) else np.zeros((0, 9))
+
+
+def choose_clip(scene: SynthScene, num_samples: int, rng, method: str = "uniform", window: int | None = None) -> list[int]:
+    """Frame indices of one clip: `num_samples` frames in a random window of `window` frames
+    (default: half the trajectory), spaced uniformly or chosen by space-aware coverage."""
+    total = len(scene.frames)
+    window = min(total, window or max(num_samples, total // 2))
+    start = int(rng.integers(0, total - window + 1))
+    if method == "uniform":
+        return uniform_indices(total, num_samples, start, start + window)
+    if method == "space_aware":
+        picks = space_aware_indices(
+            np.stack([scene.frames[i].depth for i in range(start, start + window)]),
+            scene.intrinsics,
+            scene.cam_to_room[start : start + window],
+            num_samples,
+        )
+        return [start + i for i in picks]
+    raise ValueError(f"unknown frame sampling {method!r}; use 'uniform' or 'space_aware'")
+
+
+def _common(scene: SynthScene, frames, task: str, number: int) -> dict:
+    return {
+        "id": f"{scene.scene_id}_{task}_{number:04d}",
+        "scene_id": scene.scene_id,
+        "images": [image_path(scene, f) for f in frames],
+    }
+
+
+def reconstruction_records(scene: SynthScene, clip, count: int, rng) -> list[dict]:
+    """Marker samples: a random pixel of a random view of the clip; the answer is its 3D point in the
+    first view's camera frame (exact depth back-projection) and the label of the surface it lies on."""
+    records = []
+    first_from_room = invert_rigid(scene.cam_to_room[clip[0]])
+    height, width = scene.image_size
+    for n in range(count):
+        view = int(rng.integers(len(clip)))
+        x, y = int(rng.integers(width)), int(rng.integers(height))
+        frame = scene.frames[clip[view]]
+        point_room = backproject_pixel(x, y, float(frame.depth[y, x]), scene.intrinsics, scene.cam_to_room[clip[view]])
+        point = transform_points(point_room, first_from_room)
+        label = scene.label_of(int(frame.instance[y, x]))
+        record = _common(scene, clip, "recons", n)
+        record["conversations"] = _conversation(prompts.reconstruction_prompt(len(clip)), serialize_pointmap(point, label))
+        record["pixel_coords"] = [view, x, y]
+        records.append(record)
+    return records
+
+
+def detection_record(scene: SynthScene, clip, number: int, min_pixels: int) -> dict | None:
+    """Boxes of every object seen (>= `min_pixels`) in some frame of the clip, in the first frame's
+    camera frame; `in_reference` is True when the object is seen in that first frame."""
+    pixels = scene.visible_pixels()[clip]
+    seen = np.flatnonzero((pixels >= min_pixels).any(axis=0))
+    if len(seen) == 0:
+        return None
+    boxes = camera_boxes(scene, seen, clip[0])
+    labels = [scene.objects[i].category for i in seen]
+    record = _common(scene, clip, "det", number)
+    answer = serialize_detection([Box3D.from_list(b, label=l) for b, l in zip(boxes, labels)])
+    record["conversations"] = _conversation(prompts.detection_prompt(len(clip)), answer)
+    record["boxes"] = [
+        {"bbox_3d": [float(v) for v in b], "label": l, "in_reference": bool(pixels[0, i] >= min_pixels)}
+        for b, l, i in zip(boxes, labels, seen)
+    ]
+    record.update(_camera_fields(scene, clip))
+    return record
+
+
+def _camera_fields(scene: SynthScene, frames) -> dict:
+    cam2img = np.eye(4)
+    cam2img[:3, :3] = scene.intrinsics
+    return {
+        "cam2img": cam2img.tolist(),
+        "cam2global": scene.cam_to_world[list(frames)].tolist(),
+        "axis_align_matrix": scene.axis_align_matrix.tolist(),
+    }
+
+
+def first_clear_frame(pixels: np.ndarray, min_pixels: int) -> int | None:
+    """Index of the first frame where an object covers >= half its best coverage (and >= min_pixels)."""
+    if pixels.max() < min_pixels:
+        return None
+    return int(np.flatnonzero(pixels >= max(min_pixels, 0.5 * pixels.max()))[0])
+
+
+def stage2_frames(scene: SynthScene, selected: int) -> list[int]:
+    """Official stage-2 frame order: n, n+10, ..., n+90, then n-10, ..., n-90 (posed-image steps),
+    skipping frames that do not exist. Indices into the scene's frames."""
+    total = len(scene.frames)
+    forward = [selected + k for k in range(STAGE2_NEIGHBOURS + 1) if selected + k < total]
+    backward = [selected - k for k in range(1, STAGE2_NEIGHBOURS + 1) if selected - k >= 0]
+    return forward + backward
+
+
+def grounding_records(scene: SynthScene, frames, object_index: int, description: str, number: int, min_pixels: int):
+    """(stage 1, stage 2) records for one object described uniquely by `description`, or None."""
+    pixels = scene.visible_pixels()[frames, object_index]
+    k = first_clear_frame(pixels, min_pixels)
+    if k is None:
+        return None
+    stage1 = _common(scene, frames, "scanrefer1", number)
+    stage1["object_id"] = object_index
+    stage1["conversations"] = _conversation(prompts.grounding_stage1_prompt(len(frames), description), serialize_frame_selection(k))
+    stage1["prompt"] = stage1["conversations"][0]["value"]
+    stage1["gt_bbox"] = [float(v) for v in scene.objects[object_index].box]
+    stage1.update({key: value for key, value in _camera_fields(scene, frames).items() if key != "cam2img"})
+
+    second = stage2_frames(scene, frames[k])
+    box = camera_boxes(scene, [object_index], second[0])[0]
+    stage2 = _common(scene, second, "scanrefer2", number)
+    stage2["object_id"] = object_index
+    stage2["conversations"] = _conversation(prompts.grounding_stage2_prompt(len(second), description), serialize_grounding(Box3D.from_list(box)))
+    stage2["prompt"] = stage2["conversations"][0]["value"]
+    stage2["gt_bbox"] = stage1["gt_bbox"]
+    stage2.update({key: value for key, value in _camera_fields(scene, second).items() if key != "cam2img"})
+    return stage1, stage2
+
+
+def caption_record(scene: SynthScene, frames, object_index: int, number: int) -> dict:
+    """Scan2Cap-style record: the ground-truth box as the proposal (so `iou` = 1.0) in the first
+    frame's camera frame, one caption as the answer and three reference captions."""
+    box = camera_boxes(scene, [object_index], frames[0])[0]
+    references = captions(scene, object_index)
+    record = _common(scene, frames, "scan2cap", number)
+    record["object_id"] = object_index
+    record["conversations"] = _conversation(prompts.caption_prompt(len(frames), box), references[0])
+    record["bbox_3d"] = [float(v) for v in box]
+    record["iou"] = 1.0
+    record["annotations"] = references
+    return record
+
+
+def spatial_qa_records(scene: SynthScene, frames, min_pixels: int, rng) -> list[dict]:
+    """One record per spatial question (VSI-Bench categories) about the clip `frames`."""
+    records = []
+    for n, question in enumerate(spatial_questions(scene, frames, min_pixels, rng)):
+        record = _common(scene, frames, "spatial", n)
+        record["conversations"] = _conversation(prompts.with_images(len(frames), question.prompt_text), question.ground_truth)
+        record["question_type"] = question.question_type
+        record["options"] = question.options
+        record["ground_truth"] = question.ground_truth
+        records.append(record)
+    return records
+
+
+def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
+    """Every task's records for one scene: keys "reconstruction", "detection", "grounding_stage1",
+    "grounding_stage2", "captioning", "spatial_qa"."""
+    min_pixels = config.min_visible_pixels
+    total = len(scene.frames)
+    out: dict[str, list[dict]] = {key: [] for key in ("reconstruction", "detection", "grounding_stage1", "grounding_stage2", "captioning", "spatial_qa")}
+
+    clip = choose_clip(scene, config.clip_frames, rng, config.frame_sampling)
+    out["reconstruction"] = reconstruction_records(scene, clip, config.recon_samples_per_scene, rng)
+    for n in range(config.detection_clips_per_scene):
+        record = detection_record(scene, choose_clip(scene, config.clip_frames, rng, config.frame_sampling), n, min_pixels)
+        if record is not None:
+            out["detection"].append(record)
+
+    grounding_frames = uniform_indices(total, config.grounding_frames)
+    for n, index in enumerate(range(len(scene.objects))):
+        description = describe(scene, index, rng)
+        if description is None:
+            continue
+        pair = grounding_records(scene, grounding_frames, index, description, n, min_pixels)
+        if pair is not None:
+            out["grounding_stage1"].append(pair[0])
+            out["grounding_stage2"].append(pair[1])
+
+    caption_frames = uniform_indices(total, config.caption_frames)
+    seen = np.flatnonzero((scene.visible_pixels()[caption_frames] >= min_pixels).any(axis=0))
+    for n, index in enumerate(rng.permutation(seen)[: config.captions_per_scene]):
+        out["captioning"].append(caption_record(scene, caption_frames, int(index), n))
+
+    out["spatial_qa"] = spatial_qa_records(scene, uniform_indices(total, config.qa_frames), min_pixels, rng)
+    return out

@@ -1,0 +1,126 @@
+"""Write SynthRooms scenes as a dataset: ScanNet posed_images + official annotation JSONs.
+
+    <out>/scannet/posed_images/<scene_id>/{00000.jpg, 00000.png, 00000.txt, ..., intrinsic.txt,
+                                           depth_intrinsic.txt, axis_align_matrix.txt}
+    <out>/annotations/<task file>.json      one per task and split (annotation_files.py names)
+    <out>/synthrooms/<scene_id>.json        full ground truth: room, objects (box, category, colour,
+                                            texture), generator config and seed
+    <out>/synthrooms/instance/<scene_id>/<frame>.png   uint16 instance masks: object index + 1,
+                                            0 for the room's floor, walls and ceiling
+    <out>/synthrooms/dataset_info.json      config, scene ids per split, record counts
+
+Scene i depends only on (seed, i); records of scene i use their own random stream, so writing
+scenes 0..N-1 gives the same records whatever N and whatever order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+
+from ..annotation_files import ANNOTATIONS_SUBDIR, annotation_file_name
+from ..scannet_layout import posed_images_dir, write_frame, write_scene_meta
+from .generator import SynthRooms
+from .samples import scene_records
+from .scene import SynthScene
+
+RECORDS_STREAM = 1  # random stream of the language / sample choices (stream 0 is the layout)
+TASK_FRAMES = {
+    "reconstruction": "clip_frames",
+    "detection": "clip_frames",
+    "grounding_stage1": "grounding_frames",
+    "grounding_stage2": "grounding_frames",
+    "captioning": "caption_frames",
+    "spatial_qa": "qa_frames",
+}
+
+
+def generate_samples(generator: SynthRooms, index: int) -> tuple[SynthScene, dict[str, list[dict]]]:
+    """Scene `index` and its records of every task (the in-memory form of what `write_dataset` writes)."""
+    scene = generator.generate_scene(index)
+    return scene, scene_records(scene, generator.config, generator.rng(index, RECORDS_STREAM))
+
+
+def scene_ground_truth(scene: SynthScene, config) -> dict:
+    """JSON-ready ground truth of a scene (room-frame boxes, R = Rz(yaw))."""
+    return {
+        "scene_id": scene.scene_id,
+        "seed": scene.seed,
+        "room": {
+            "width": scene.room.width,
+            "depth": scene.room.depth,
+            "height": scene.room.height,
+            "floor_area": scene.room.floor_area,
+        },
+        "objects": [
+            {
+                "object_id": i,
+                "category": o.category,
+                "bbox_3d": [float(v) for v in o.box],
+                "colour": o.colour,
+                "texture": o.texture,
+                "against_wall": o.against_wall,
+            }
+            for i, o in enumerate(scene.objects)
+        ],
+        "axis_align_matrix": scene.axis_align_matrix.tolist(),
+        "intrinsics": scene.intrinsics.tolist(),
+        "image_size": list(scene.image_size),
+        "frames": scene.frame_names,
+        "config": config.to_dict(),
+    }
+
+
+def write_scene(scene: SynthScene, out_dir, jpeg_quality: int = 95) -> None:
+    """Write one scene's frames (colour, depth, pose), intrinsics, alignment, masks and ground truth."""
+    out_dir = Path(out_dir)
+    scene_dir = posed_images_dir(out_dir) / scene.scene_id
+    write_scene_meta(scene_dir, scene.intrinsics, scene.intrinsics, scene.axis_align_matrix)
+    mask_dir = out_dir / "synthrooms" / "instance" / scene.scene_id
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    for name, frame, pose in zip(scene.frame_names, scene.frames, scene.cam_to_world):
+        write_frame(scene_dir, name, frame.rgb, frame.depth, pose, jpeg_quality)
+        PIL.Image.fromarray(np.maximum(frame.instance, 0).astype(np.uint16)).save(mask_dir / f"{name}.png")
+
+
+def write_dataset(
+    out_dir,
+    generator: SynthRooms,
+    splits: dict[str, int],
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Generate and write `splits` (e.g. {"train": 8, "val": 2}) scenes; returns the dataset info.
+
+    Scenes are numbered consecutively across splits (train first). `progress(scene_id)` is called
+    after each scene (the CLI drives a tqdm bar with it).
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "synthrooms").mkdir(parents=True, exist_ok=True)
+    config = generator.config
+    info = {"generator": "SynthRooms", "config": config.to_dict(), "splits": {}, "records": {}}
+    index = 0
+    for split, count in splits.items():
+        records: dict[str, list[dict]] = {task: [] for task in TASK_FRAMES}
+        scene_ids = []
+        for _ in range(count):
+            scene, scene_recs = generate_samples(generator, index)
+            write_scene(scene, out_dir, config.jpeg_quality)
+            (out_dir / "synthrooms" / f"{scene.scene_id}.json").write_text(json.dumps(scene_ground_truth(scene, config)))
+            for task, recs in scene_recs.items():
+                records[task].extend(recs)
+            scene_ids.append(scene.scene_id)
+            index += 1
+            if progress is not None:
+                progress(scene.scene_id)
+        (out_dir / ANNOTATIONS_SUBDIR).mkdir(parents=True, exist_ok=True)
+        for task, recs in records.items():
+            name = annotation_file_name(task, split, getattr(config, TASK_FRAMES[task]))
+            (out_dir / ANNOTATIONS_SUBDIR / name).write_text(json.dumps(recs, indent=1))
+        info["splits"][split] = scene_ids
+        info["records"][split] = {task: len(recs) for task, recs in records.items()}
+    (out_dir / "synthrooms" / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    return info

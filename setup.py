@@ -1,0 +1,62 @@
+"""gap-mllm: GAP-MLLM (Qwen3-VL + VGGT geometry encoder + multi-level gated fusion) for transformers.
+
+One import namespace, `gap_mllm`, mapped from the repository's top-level folders (design.md):
+`gap_mllm` is the flat Hub folder `modeling_gap_mllm/` (everything `trust_remote_code` needs), the
+other folders are sub-packages that may import it but are never imported by it.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+# package name -> folder; only folders that exist are installed, so a checkout without an optional
+# part (e.g. before the training issue lands) still installs.
+PACKAGE_DIRS = {
+    "gap_mllm": "modeling_gap_mllm",
+    "gap_mllm.tiny": "tiny",
+    "gap_mllm.cli": "cli",
+    "gap_mllm.processing": "processing",
+    "gap_mllm.training": "training",
+    "gap_mllm.evaluation": "evaluation",
+}
+PACKAGE_DIRS = {name: folder for name, folder in PACKAGE_DIRS.items() if (HERE / folder / "__init__.py").exists()}
+
+CORE = [
+    "torch>=2.6",
+    "transformers==5.23.0",
+    "tokenizers>=0.22",
+    "huggingface_hub>=2.4,<3",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+    "pillow>=10",
+    "scipy>=1.11",
+    "tqdm>=4.66",
+]
+EXTRAS = {
+    "data": ["datasets==5.2.0", "trimesh>=4"],
+    "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6"],
+    "eval": ["datasets==5.2.0", "evaluate==0.4.6", "pycocoevalcap>=1.2"],
+    "demo": ["gradio>=6,<7", "trimesh>=4"],
+    "flash": ["flash-attn>=2.7"],
+}
+EXTRAS["dev"] = sorted(
+    {dep for name in ("data", "train") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100"}
+)
+
+setup(
+    name="gap-mllm",
+    version="0.1.0",
+    description="GAP-MLLM: geometry-aligned pre-training for 3D spatial perception in MLLMs, Hugging Face-native",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0 (code); model weights carry their own licences, see model_card.md",
+    python_requires=">=3.10",
+    packages=list(PACKAGE_DIRS),
+    package_dir=PACKAGE_DIRS,
+    package_data={"gap_mllm": ["*.jinja"]},
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["gap-mllm=gap_mllm.cli.main:main"]},
+)

@@ -1,0 +1,48 @@
+"""Shared fixtures: the tiny processor and model (built locally, no downloads) and synthetic views."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gap_mllm.tiny.tiny_model import build_tiny_model
+from gap_mllm.tiny.tiny_tokenizer import build_tiny_processor
+
+
+def make_views(count: int, height: int = 64, width: int = 96, seed: int = 0) -> list[Image.Image]:
+    """`count` random RGB views of one size (deterministic by seed)."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def tiny_processor():
+    return build_tiny_processor()
+
+
+@pytest.fixture
+def build_model(tiny_processor):
+    """Factory: `build_model(fusion_method="gated", use_geometry=True, seed=0, **config_overrides)`."""
+
+    def build(**kwargs):
+        model, _ = build_tiny_model(processor=tiny_processor, **kwargs)
+        return model
+
+    return build
+
+
+@pytest.fixture
+def make_inputs(tiny_processor):
+    """Factory: processor inputs for samples with the given view counts (one text per sample)."""
+
+    def make(view_counts=(2,), size=(64, 96), text="Describe the room.", seed=0, **kwargs):
+        images = [make_views(n, *size, seed=seed + i) for i, n in enumerate(view_counts)]
+        texts = [text] * len(view_counts)
+        return tiny_processor(images=images, text=texts, return_tensors="pt", **kwargs)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,212 @@
+"""GapMllmForConditionalGeneration: equivalence with stock Qwen3-VL, every level wired, gradients,
+batching, attention implementations, initialisation and loud reports of missing weights."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Qwen3VLForConditionalGeneration
+from transformers.utils import is_flash_attn_2_available
+
+from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.configuration_gap_mllm import FUSION_METHODS
+from gap_mllm.loading_report import MissingWeightsWarning
+
+
+def _logits(model, inputs, **kwargs):
+    with torch.no_grad():
+        return model(**inputs, **kwargs).logits
+
+
+def _without_geometry(inputs):
+    return {k: v for k, v in inputs.items() if not k.startswith("geometry_")}
+
+
+def test_fusion_off_reproduces_stock_qwen3_vl_exactly(build_model, make_inputs):
+    model = build_model(use_geometry=False)
+    assert not hasattr(model, "geometry_encoder") and not hasattr(model, "geometry_fusion")
+    stock = Qwen3VLForConditionalGeneration(model.config.vlm_config).eval()
+    stock.load_state_dict({k.removeprefix("vlm."): v for k, v in model.state_dict().items()})
+    inputs = make_inputs((3,))
+    assert torch.equal(_logits(model, inputs), _logits(stock, _without_geometry(inputs)))
+
+
+def test_missing_geometry_inputs_run_the_plain_qwen_path(build_model, make_inputs):
+    model = build_model()
+    inputs = make_inputs((2,))
+    plain = _logits(model, _without_geometry(inputs))
+    assert torch.equal(plain, _logits(model.vlm, _without_geometry(inputs)))
+    assert not torch.allclose(plain, _logits(model, inputs)), "geometry must change the logits"
+
+
+def test_every_fusion_level_reaches_the_logits(build_model, make_inputs):
+    """Level 0 replaces the image-pad embeddings, levels 1-3 ride on DeepStack: perturbing each
+    level's merger must move the logits, and only the visual tokens' fused features."""
+    model = build_model()
+    inputs = make_inputs((2,))
+    reference = _logits(model, inputs)
+    for level in range(model.config.num_fusion_levels):
+        with torch.no_grad():
+            weight = model.geometry_fusion.mergers[level].mlp[2].weight
+            saved = weight.clone()
+            weight.add_(torch.randn_like(weight))
+            changed = _logits(model, inputs)
+            weight.copy_(saved)
+        assert (changed - reference).abs().max() > 1e-4, f"level {level} has no effect"
+    torch.testing.assert_close(_logits(model, inputs), reference, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", FUSION_METHODS)
+def test_every_variant_trains_end_to_end(build_model, make_inputs, method):
+    model = build_model(fusion_method=method).train()
+    inputs = make_inputs((2,))
+    labels = inputs["input_ids"].clone()
+    output = model(**inputs, labels=labels, output_gates=True)
+    assert torch.isfinite(output.loss)
+    assert (output.fusion_gates is not None) == (method == "gated")
+    output.loss.backward()
+    for name, parameter in model.geometry_fusion.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+
+
+def test_gradients_reach_exactly_the_trainable_groups(build_model, make_inputs):
+    model = build_model().train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert trainable and all(n.startswith(("vlm.model.language_model.", "geometry_fusion.")) for n in trainable)
+    assert all(n.startswith(("vlm.model.visual.", "geometry_encoder.")) for n in frozen)
+    assert any(n.startswith("vlm.model.visual.") for n in frozen) and any(n.startswith("geometry_encoder.") for n in frozen)
+    inputs = make_inputs((2,))
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    for name, parameter in model.named_parameters():
+        if name in trainable:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{name} got no gradient"
+        else:
+            assert parameter.grad is None, f"frozen {name} got a gradient"
+
+
+def test_fusion_gates_are_per_level_token_shares(build_model, make_inputs):
+    model = build_model()
+    inputs = make_inputs((3,))
+    gates = model(**inputs, output_gates=True).fusion_gates
+    visual_tokens = int((inputs["input_ids"] == model.config.vlm_config.image_token_id).sum())
+    assert len(gates) == 4
+    for gate in gates:
+        assert gate.shape == (visual_tokens,) and ((gate > 0) & (gate < 1)).all()
+
+
+def _valid_logits(logits, attention_mask):
+    return logits[attention_mask.bool()]
+
+
+def test_batch_with_different_view_counts_equals_single_samples(build_model, make_inputs):
+    model = build_model()
+    batch = make_inputs((2, 3), seed=0)
+    assert batch["geometry_views_per_sample"].tolist() == [2, 3]
+    batched = _logits(model, batch)
+    for index, count in enumerate((2, 3)):
+        single = make_inputs((count,), seed=index)
+        expected = _valid_logits(_logits(model, single)[0], single["attention_mask"][0])
+        got = _valid_logits(batched[index], batch["attention_mask"][index])
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_views_per_sample_is_inferred_from_input_ids(build_model, make_inputs):
+    model = build_model()
+    batch = make_inputs((1, 2))
+    explicit = _logits(model, batch)
+    inferred = _logits(model, {k: v for k, v in batch.items() if k != "geometry_views_per_sample"})
+    assert torch.equal(explicit, inferred)
+
+
+def test_misshaped_geometry_pixels_raise_a_clear_error(build_model, make_inputs):
+    model = build_model()
+    inputs = make_inputs((2,))
+    inputs["geometry_pixel_values"] = torch.nn.functional.pad(inputs["geometry_pixel_values"], (0, 14))
+    with pytest.raises(ValueError, match="geometry_pixel_values has shape"):
+        model(**inputs)
+
+
+@pytest.mark.parametrize("method", ["gated", "cross_attention"])
+def test_eager_matches_sdpa_everywhere(tmp_path, build_model, make_inputs, method):
+    build_model(fusion_method=method).save_pretrained(tmp_path)
+    inputs = make_inputs((2,))
+    results = {}
+    for implementation in ("eager", "sdpa"):
+        model = GapMllmForConditionalGeneration.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+        assert model.config.geometry_config._attn_implementation == implementation
+        assert model.config.geometry_fusion_config._attn_implementation == implementation
+        results[implementation] = _logits(model, inputs)
+    torch.testing.assert_close(results["eager"], results["sdpa"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(is_flash_attn_2_available(), reason="flash-attn is installed")
+def test_flash_attention_2_without_the_package_is_a_clear_error(tmp_path, build_model):
+    build_model().save_pretrained(tmp_path)
+    with pytest.raises(ImportError, match="(?i)flash"):
+        GapMllmForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="flash_attention_2")
+
+
+def test_init_weights_covers_every_parameter(build_model):
+    model = build_model(fusion_method="weighted")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+            parameter._is_hf_initialized = False
+    model.apply(model._init_weights)
+    for name, parameter in model.named_parameters():
+        assert torch.isfinite(parameter).all() and parameter.abs().max() < 10, f"{name} left uninitialised"
+    assert model.geometry_fusion.fusions[0].weight_2d.item() == 0.5
+
+
+def test_missing_geometry_weights_are_reported_by_group(tmp_path, build_model, make_inputs):
+    build_model().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith(("geometry_encoder.", "geometry_fusion.fusions."))}
+    save_file(kept, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(MissingWeightsWarning, match="geometry encoder") as record:
+        model = GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+    message = str(record[0].message)
+    assert "fusion modules (gates)" in message and "geometry mergers" not in message
+    assert model.missing_weight_groups == ["fusion modules (gates)", "geometry encoder (VGGT aggregator)"]
+    for name, parameter in model.named_parameters():
+        assert torch.isfinite(parameter).all() and parameter.abs().max() < 10, name
+    assert torch.isfinite(_logits(model.eval(), make_inputs((2,)))).all()
+    with pytest.raises(ValueError, match="lacks GAP geometry weights"), pytest.warns(MissingWeightsWarning):
+        GapMllmForConditionalGeneration.from_pretrained(tmp_path, require_geometry_weights=True)
+
+
+def test_complete_checkpoint_loads_silently(tmp_path, build_model, recwarn):
+    build_model().save_pretrained(tmp_path)
+    model = GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+    assert model.missing_weight_groups == []
+    assert not [w for w in recwarn if issubclass(w.category, MissingWeightsWarning)]
+
+
+def test_builder_from_a_stock_qwen3_vl_checkpoint(tmp_path, build_model, make_inputs):
+    stock = build_model(use_geometry=False).vlm
+    stock.save_pretrained(tmp_path)
+    with pytest.warns(MissingWeightsWarning, match="geometry encoder"):
+        model = GapMllmForConditionalGeneration.from_qwen3_vl(tmp_path, geometry_config=build_model().config.geometry_config.to_dict())
+    for name, tensor in stock.state_dict().items():
+        assert torch.equal(model.vlm.state_dict()[name], tensor), name
+    assert not any(p.requires_grad for p in model.vlm.model.visual.parameters())
+    assert not any(p.requires_grad for p in model.geometry_encoder.parameters())
+    logits = _logits(model.eval(), make_inputs((2,)))
+    assert torch.isfinite(logits).all()
+
+
+def test_bfloat16_forward_and_activation_checkpointing(build_model, make_inputs):
+    model = build_model().to(torch.bfloat16)
+    inputs = make_inputs((2,))
+    logits = _logits(model, inputs)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    reference = build_model().train()
+    checkpointed = build_model().train()
+    checkpointed.activation_checkpointing_enable()
+    losses = []
+    for model in (reference, checkpointed):
+        loss = model(**inputs, labels=inputs["input_ids"]).loss
+        loss.backward()
+        losses.append((loss.detach(), model.geometry_fusion.mergers[0].mlp[0].weight.grad.clone()))
+    torch.testing.assert_close(losses[0][0], losses[1][0])
+    torch.testing.assert_close(losses[0][1], losses[1][1], atol=1e-6, rtol=1e-4)

@@ -1,0 +1,85 @@
+"""Hub remote code: a fresh Python process in which `gap_mllm` is NOT importable loads the saved folder
+through the Auto classes with trust_remote_code=True and reproduces the original logits exactly."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from gap_mllm.tiny.tiny_model import build_tiny_model
+
+from .conftest import make_views
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class BlockGapMllm(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "gap_mllm" or name.startswith("gap_mllm."):
+                raise ImportError("gap_mllm is blocked in this process")
+            return None
+
+    sys.meta_path.insert(0, BlockGapMllm())
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+    folder, payload_path = sys.argv[1], sys.argv[2]
+    payload = torch.load(payload_path, weights_only=False)
+    try:
+        import gap_mllm  # noqa: F401
+        raise SystemExit("gap_mllm should not be importable here")
+    except ImportError:
+        pass
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    assert type(config).__name__ == "GapMllmConfig", type(config)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(processor).__name__ == "GapMllmProcessor", type(processor)
+    inputs = processor(images=payload["images"], text=payload["texts"], return_tensors="pt")
+    for key, value in payload["inputs"].items():
+        assert torch.equal(inputs[key], value), key
+    for auto_class in (AutoModel, AutoModelForImageTextToText):
+        model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__name__ == "GapMllmForConditionalGeneration", type(model)
+        assert "transformers_modules" in type(model).__module__, type(model).__module__
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        assert torch.equal(logits, payload["logits"]), (logits - payload["logits"]).abs().max()
+    print("REMOTE-CODE-OK")
+    """
+)
+
+
+def test_fresh_process_loads_the_hub_folder_with_remote_code(tmp_path, tiny_processor):
+    folder = tmp_path / "gap-mllm-tiny"
+    model, processor = build_tiny_model(processor=tiny_processor)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "gap_mllm"
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
+    processor_config = json.loads((folder / "processor_config.json").read_text())
+    assert processor_config["auto_map"] == {"AutoProcessor": "processing_gap_mllm.GapMllmProcessor"}
+    for module in ("configuration_gap_mllm.py", "modeling_gap_mllm.py", "modeling_geometry_encoder.py",
+                   "geometry_fusion.py", "processing_gap_mllm.py"):
+        assert (folder / module).exists(), module
+
+    images = [make_views(2, 64, 96, seed=1), make_views(3, 48, 80, seed=2)]
+    texts = ["Detect the objects.", "Where is the chair?"]
+    inputs = processor(images=images, text=texts, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    payload = tmp_path / "payload.pt"
+    torch.save({"images": images, "texts": texts, "inputs": dict(inputs), "logits": logits}, payload)
+
+    script = tmp_path / "load_fresh.py"
+    script.write_text(FRESH_PROCESS)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, str(script), str(folder), str(payload)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-CODE-OK" in result.stdout
