@@ -2,10 +2,12 @@
 
 One pre-norm block class serves both, configured per use (values as in the VGGT reference):
 
-| use                          | QK-LayerNorm | 2-D RoPE | LayerScale init | LayerNorm eps |
-|------------------------------|--------------|----------|-----------------|---------------|
-| DINOv2 blocks (patch embed)  | no           | no       | 1.0             | 1e-6          |
-| frame / global blocks        | yes (eps 1e-5) | yes    | 0.01            | 1e-5          |
+| use                          | QK-LayerNorm     | 2-D RoPE | LayerScale init | LayerNorm eps |
+|------------------------------|------------------|----------|-----------------|---------------|
+| DINOv2 blocks (patch embed)  | no               | no       | 1.0             | 1e-6          |
+| frame / global blocks        | yes (eps 1e-5)   | yes      | 0.01            | 1e-5          |
+
+MLP: fc1 → exact GELU → fc2 (ratio 4); qkv, proj and MLP biases on; attention scale head_dim^-0.5.
 
 Leaf names (`norm1, attn.qkv, attn.q_norm, attn.k_norm, attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2,
 ls2.gamma`) equal VGGT's, so its checkpoint maps onto these modules by a pure prefix.

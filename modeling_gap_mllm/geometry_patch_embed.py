@@ -71,7 +71,9 @@ class GapMllmDinov2PatchEmbed(nn.Module):
 
         Follows DINOv2's `interpolate_pos_encoding` exactly, including its shortcut: the stored table
         is returned untouched only when the patch count matches AND the image is square. Interpolation
-        runs in fp32, bicubic, antialiased, to an explicit output size (offset 0).
+        runs in fp32, bicubic, antialiased, to an explicit output size (offset 0). DINOv2 unpacks the
+        image as `(w, h)` = (H, W) and resizes to `(w0, h0)`, i.e. to (rows, columns) after all; the
+        names here say what the values are.
 
         Args:
             tokens: `[N, 1 + P, C]` cls + patch tokens (for the patch count and the output dtype).

@@ -93,7 +93,7 @@ class GapMllmVggtAggregator(nn.Module):
         return torch.tensor(values, dtype=torch.float32).view(1, 1, 3, 1, 1)
 
     def check_images(self, images: torch.Tensor) -> None:
-        """Raise a `ValueError` naming the shape unless `images` is `[B, S, 3, H, W]` with H, W multiples of the patch."""
+        """Raise a `ValueError` naming the shape unless it is `[B, S, 3, H, W]` with H, W multiples of `patch_size`."""
         shape = tuple(images.shape)
         if images.ndim != 5 or shape[2] != 3 or shape[0] < 1 or shape[1] < 1:
             raise ValueError(
@@ -122,7 +122,9 @@ class GapMllmVggtAggregator(nn.Module):
         layers = list(self.config.tapped_layers if output_layers is None else output_layers)
         for layer in layers:
             if not 0 <= layer < len(self.frame_blocks):
-                raise ValueError(f"output layer {layer} does not exist: valid layers are 0..{len(self.frame_blocks) - 1}.")
+                raise ValueError(
+                    f"output layer {layer} does not exist: valid layers are 0..{len(self.frame_blocks) - 1}."
+                )
         batch_size, num_frames, _, height, width = images.shape
         grid_height, grid_width = height // self.patch_size, width // self.patch_size
 
@@ -150,12 +152,15 @@ class GapMllmVggtAggregator(nn.Module):
 
         wanted = set(layers)
         collected = {}
+        per_frame = (batch_size * num_frames, num_tokens, channels)  # frame attention: one sequence per frame
+        per_sample = (batch_size, num_frames * num_tokens, channels)  # global attention: one sequence per sample
+        per_token = (batch_size, num_frames, num_tokens, channels)
         for index in range(max(layers) + 1):
-            tokens = self.frame_blocks[index](tokens.reshape(batch_size * num_frames, num_tokens, channels), frame_rope)
-            frame_output = tokens.reshape(batch_size, num_frames, num_tokens, channels)
-            tokens = self.global_blocks[index](tokens.reshape(batch_size, num_frames * num_tokens, channels), global_rope)
+            tokens = self.frame_blocks[index](tokens.reshape(per_frame), frame_rope)
+            frame_output = tokens.reshape(per_token)
+            tokens = self.global_blocks[index](tokens.reshape(per_sample), global_rope)
             if index in wanted:
-                global_output = tokens.reshape(batch_size, num_frames, num_tokens, channels)
+                global_output = tokens.reshape(per_token)
                 collected[index] = torch.cat([frame_output, global_output], dim=-1)
         return tuple(collected[layer] for layer in layers)
 

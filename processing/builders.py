@@ -224,6 +224,10 @@ def _matrices(value, count: int | None, what: str, key: str) -> np.ndarray:
     return array
 
 
+# Absent per-view poses are an empty [0, 4, 4] array (a None Array3D would read back as NaN).
+_NO_POSES = np.zeros((0, 4, 4))
+
+
 class ReconstructionBuilder(MultiViewBuilder):
     """Pre-training: N views, a marked pixel `pixel_coords = [view, x, y]` -> `point` (first-frame camera, m) + `label`."""
 
@@ -257,8 +261,8 @@ class DetectionBuilder(MultiViewBuilder):
         cam2img = record.get("cam2img")
         return {
             "boxes": boxes,
-            "cam2img": _matrices(cam2img, None, "cam2img", key) if cam2img is not None else np.full((4, 4), np.nan),
-            "cam2global": _matrices(record["cam2global"], num_images, "cam2global", key) if "cam2global" in record else None,
+            "cam2img": _matrices(cam2img, None, "cam2img", key) if cam2img is not None else None,
+            "cam2global": _matrices(record["cam2global"], num_images, "cam2global", key) if "cam2global" in record else _NO_POSES,
             "axis_align_matrix": _matrices(record["axis_align_matrix"], None, "axis_align_matrix", key) if "axis_align_matrix" in record else None,
         }
 
@@ -275,7 +279,7 @@ class _GroundingBuilder(MultiViewBuilder):
             "description": description,
             "object_id": int(record.get("object_id", -1)),
             "gt_bbox": _box(record["gt_bbox"], "gt_bbox", key),
-            "cam2global": _matrices(record["cam2global"], num_images, "cam2global", key) if "cam2global" in record else None,
+            "cam2global": _matrices(record["cam2global"], num_images, "cam2global", key) if "cam2global" in record else _NO_POSES,
             "axis_align_matrix": _matrices(record["axis_align_matrix"], None, "axis_align_matrix", key) if "axis_align_matrix" in record else None,
         }
 

@@ -2,7 +2,8 @@
 
 Conventions: images are lists of `Image()` (one per view, sample order = frame order, view 0 is the
 reference frame); depth `[V, H, W]` float32 metres (0 = missing); intrinsics `[V, 3, 3]` (colour K);
-cam_to_world `[V, 4, 4]` float64 camera-to-world poses in the raw world (OpenCV camera); boxes are
+cam_to_world `[V, 4, 4]` float64 camera-to-world poses in the raw world (OpenCV camera; `cam2global` of
+a record without cameras is an empty `[0, 4, 4]`, absent 4x4 matrices are None); boxes are
 9-vectors [cx, cy, cz, sx, sy, sz, yaw, pitch, roll] with R = Ry(roll) Rx(pitch) Rz(yaw) (scipy
 "zxy"), in the first frame's camera frame unless the field says world (`gt_bbox`: axis-aligned world).
 """

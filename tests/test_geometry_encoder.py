@@ -143,9 +143,8 @@ def hand_run(aggregator, pixels: torch.Tensor) -> list[torch.Tensor]:
         frame_out = frame_block(tokens.reshape(batch * frames, count, channels), frame_rope)
         global_out = global_block(frame_out.reshape(batch, frames * count, channels), global_rope)
         tokens = global_out
-        outputs.append(
-            torch.cat([frame_out.reshape(batch, frames, count, channels), global_out.reshape(batch, frames, count, channels)], -1)
-        )
+        per_token = (batch, frames, count, channels)
+        outputs.append(torch.cat([frame_out.reshape(per_token), global_out.reshape(per_token)], -1))
     return outputs
 
 

@@ -6,7 +6,7 @@ so scenes can be generated in any order, in parallel, or again later, with ident
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -48,7 +48,6 @@ class SynthConfig:
     min_visible_fraction: float = 0.002
     jpeg_quality: int = 95
     frame_sampling: str = "uniform"  # or "space_aware" (processing.sampling)
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

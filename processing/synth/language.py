@@ -47,7 +47,7 @@ def _texture_word(texture: str) -> str:
     return "" if texture == "plain" else texture
 
 
-def referring_expressions(scene: SynthScene, index: int, rng: np.random.Generator | None = None) -> list[Referring]:
+def referring_expressions(scene: SynthScene, index: int) -> list[Referring]:
     """All unique descriptions found for object `index` (simplest first). Empty if none is unique."""
     objects = scene.objects
     target = objects[index]

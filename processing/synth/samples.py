@@ -207,11 +207,11 @@ def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
             out["detection"].append(record)
 
     grounding_frames = uniform_indices(total, config.grounding_frames)
-    for n, index in enumerate(range(len(scene.objects))):
+    for index in range(len(scene.objects)):
         description = describe(scene, index, rng)
         if description is None:
             continue
-        pair = grounding_records(scene, grounding_frames, index, description, n, min_pixels)
+        pair = grounding_records(scene, grounding_frames, index, description, index, min_pixels)
         if pair is not None:
             out["grounding_stage1"].append(pair[0])
             out["grounding_stage2"].append(pair[1])

@@ -1,0 +1,232 @@
+"""3D video object detection: the official greedy matching, precision / recall / F1 (method.md §5.1).
+
+Per sample and per category (labels compared as exact, case-sensitive strings), predictions are
+taken in OUTPUT order. Each takes, among the still unused ground-truth boxes of its label, the one
+with the largest IoU (running maximum from 0 with a strict `>`, so ties keep the first box and IoU 0
+never matches). It is a true positive iff that IoU is STRICTLY greater than the threshold (0.25);
+the box is then used. Otherwise it is a false positive. Unused ground truth are false negatives.
+`in_reference` is ignored. Counts are summed over the dataset per category; P = TP/(TP+FP),
+R = TP/(TP+FN), F1 = 2PR/(P+R), each 0 when its denominator is 0.
+
+Split scores (cate8 / cate20 / cate31, `category_lists.py`) are means over the list entries:
+    official_compat=True   the verbatim lists ("lamp" twice, "towl"); a category absent from the data
+                           (no ground truth, no prediction) counts as 0. Headline = cate31 mean F1.
+    default                the clean lists, averaged over the entries PRESENT in the data (ground
+                           truth or prediction); a split with none present is None. An "all" split
+                           averages over every category present.
+                           Euler reading "zxy" (R = Ry·Rx·Rz) instead of the official "ZXY" (§4.3).
+
+Extension (not in the official code): AP at 0.25 and 0.5. The model gives no confidences, so the
+ranking is the output position (first entry = most confident; ties by sample order). Matching is the
+same greedy rule; AP is the area under the precision envelope (VOC "all points", as mmdet3d).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .box_iou import box_iou_matrix
+from .category_lists import CLEAN_SPLITS, HEADLINE_SPLIT, OFFICIAL_SPLITS
+
+DETECTION_IOU_THRESHOLD = 0.25
+AP_THRESHOLDS = (0.25, 0.5)
+
+
+@dataclass
+class CategoryCounts:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def add(self, other: "CategoryCounts") -> None:
+        self.tp += other.tp
+        self.fp += other.fp
+        self.fn += other.fn
+
+    def scores(self) -> dict:
+        precision = self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+        recall = self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1, "tp": self.tp, "fp": self.fp, "fn": self.fn}
+
+
+@dataclass
+class PredictionMatch:
+    """One prediction after matching: its label, best IoU against an unused same-label box, the index
+    of that box in the sample's ground-truth list (-1 if none), and whether it is a true positive."""
+
+    label: str
+    iou: float
+    gt_index: int
+    true_positive: bool
+
+
+@dataclass
+class SampleMatch:
+    counts: dict[str, CategoryCounts] = field(default_factory=dict)
+    predictions: list[PredictionMatch] = field(default_factory=list)
+
+
+def _as_boxes(boxes) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return boxes.reshape(0, 9) if boxes.size == 0 else boxes.reshape(-1, 9)
+
+
+def match_sample(
+    pred_labels,
+    pred_boxes,
+    gt_labels,
+    gt_boxes,
+    iou_threshold: float = DETECTION_IOU_THRESHOLD,
+    euler_mode: str = "zxy",
+    official_compat: bool = False,
+) -> SampleMatch:
+    """Greedy official matching of one sample.
+
+    Args:
+        pred_labels: `[P]` strings, in output order; pred_boxes: `[P, 9]`.
+        gt_labels: `[G]` strings; gt_boxes: `[G, 9]`. Boxes in one common frame (first camera).
+        iou_threshold: a prediction is a TP iff its best IoU is strictly greater than this.
+        euler_mode / official_compat: passed to `box_iou_matrix`.
+    """
+    pred_boxes, gt_boxes = _as_boxes(pred_boxes), _as_boxes(gt_boxes)
+    if len(pred_labels) != len(pred_boxes) or len(gt_labels) != len(gt_boxes):
+        raise ValueError("labels and boxes must have the same length")
+    result = SampleMatch()
+    gt_by_label: dict[str, list[int]] = defaultdict(list)
+    for j, label in enumerate(gt_labels):
+        gt_by_label[label].append(j)
+    pred_by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(pred_labels):
+        pred_by_label[label].append(i)
+
+    matches: dict[int, PredictionMatch] = {}
+    for label in list(dict.fromkeys([*pred_labels, *gt_labels])):
+        preds, gts = pred_by_label.get(label, []), gt_by_label.get(label, [])
+        counts = CategoryCounts()
+        ious = box_iou_matrix(pred_boxes[preds], gt_boxes[gts], euler_mode, official_compat)
+        used = np.zeros(len(gts), dtype=bool)
+        for row, i in enumerate(preds):
+            candidates = np.where(used, -np.inf, ious[row]) if len(gts) else np.zeros(0)
+            best = int(np.argmax(candidates)) if len(gts) else -1  # argmax keeps the first of ties
+            best_iou = float(candidates[best]) if best >= 0 and candidates[best] > 0 else 0.0
+            if best_iou <= 0.0:
+                best = -1  # the official running maximum starts at 0 with a strict ">"
+            hit = best >= 0 and best_iou > iou_threshold
+            if hit:
+                used[best] = True
+                counts.tp += 1
+            else:
+                counts.fp += 1
+            matches[i] = PredictionMatch(label, best_iou, gts[best] if best >= 0 else -1, hit)
+        counts.fn = int((~used).sum())
+        result.counts[label] = counts
+    result.predictions = [matches[i] for i in range(len(pred_labels))]
+    return result
+
+
+def _average_ap(tp_flags: np.ndarray, ranks: np.ndarray, num_gt: int) -> float:
+    """VOC all-points AP of detections (TP flags) ranked by ascending `ranks` (stable)."""
+    if num_gt == 0:
+        return 0.0
+    order = np.argsort(ranks, kind="stable")
+    tp = np.cumsum(tp_flags[order].astype(np.float64))
+    fp = np.cumsum((~tp_flags[order]).astype(np.float64))
+    recall = tp / num_gt
+    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # precision envelope
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+@dataclass
+class DetectionEvaluator:
+    """Accumulates samples (`add`) and reports the official scores (`compute`).
+
+    Boxes are 9-DoF `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the first frame's camera frame.
+    `official_compat=True` reproduces the official numbers: "ZXY" Euler reading in the IoU,
+    pytorch3d's degenerate-box rule, verbatim category lists with absent categories counted as 0.
+    """
+
+    official_compat: bool = False
+    iou_threshold: float = DETECTION_IOU_THRESHOLD
+    ap_thresholds: tuple = AP_THRESHOLDS
+    counts: dict = field(default_factory=lambda: defaultdict(CategoryCounts))
+    _ap_records: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    _gt_totals: dict = field(default_factory=lambda: defaultdict(int))
+    _num_samples: int = 0
+
+    @property
+    def euler_mode(self) -> str:
+        return "official" if self.official_compat else "zxy"
+
+    def add(self, pred_labels, pred_boxes, gt_labels, gt_boxes) -> SampleMatch:
+        """Score one sample; returns its match (per-category counts and per-prediction matches)."""
+        match = match_sample(pred_labels, pred_boxes, gt_labels, gt_boxes, self.iou_threshold,
+                             self.euler_mode, self.official_compat)
+        for label, counts in match.counts.items():
+            self.counts[label].add(counts)
+        for label in gt_labels:
+            self._gt_totals[label] += 1
+        for threshold in self.ap_thresholds:
+            ap_match = match if threshold == self.iou_threshold else match_sample(
+                pred_labels, pred_boxes, gt_labels, gt_boxes, threshold, self.euler_mode, self.official_compat)
+            for position, pm in enumerate(ap_match.predictions):
+                # rank = (position in the answer, sample index): earlier entries count as more confident
+                self._ap_records[threshold][pm.label].append((position, self._num_samples, pm.true_positive))
+        self._num_samples += 1
+        return match
+
+    def _split_means(self, per_category: dict, value) -> dict:
+        splits = OFFICIAL_SPLITS if self.official_compat else CLEAN_SPLITS
+        out = {}
+        for name, categories in splits.items():
+            if self.official_compat:
+                values = [value(per_category.get(c)) for c in categories]
+            else:
+                values = [value(per_category[c]) for c in categories if c in per_category]
+            out[name] = float(np.mean(values)) if values else None
+        if not self.official_compat:
+            out["all"] = float(np.mean([value(v) for v in per_category.values()])) if per_category else None
+        return out
+
+    def compute(self) -> dict:
+        """Scores as a JSON-ready dict:
+
+        `per_category[label] = {precision, recall, f1, tp, fp, fn}`, `splits[name] = {precision,
+        recall, f1, ap25, ap50}` (means over the split), `f1` (headline: cate31 mean F1), `num_samples`,
+        `official_compat`.
+        """
+        per_category = {label: c.scores() for label, c in sorted(self.counts.items())}
+        ap = {}
+        for threshold in self.ap_thresholds:
+            records = self._ap_records[threshold]
+            for label in per_category:
+                rows = records.get(label, [])
+                flags = np.array([r[2] for r in rows], dtype=bool)
+                ranks = np.array([r[0] * (self._num_samples + 1) + r[1] for r in rows], dtype=np.float64)
+                ap.setdefault(label, {})[threshold] = _average_ap(flags, ranks, self._gt_totals.get(label, 0))
+        for label in per_category:
+            for threshold in self.ap_thresholds:
+                per_category[label][f"ap{int(round(threshold * 100))}"] = ap[label][threshold]
+
+        metric_names = ["precision", "recall", "f1"] + [f"ap{int(round(t * 100))}" for t in self.ap_thresholds]
+        splits: dict[str, dict] = {}
+        for metric in metric_names:
+            means = self._split_means(per_category, lambda s, m=metric: 0.0 if s is None else s[m])
+            for split, mean in means.items():
+                splits.setdefault(split, {})[metric] = mean
+        headline = splits.get(HEADLINE_SPLIT, {}).get("f1")
+        return {
+            "f1": headline,
+            "splits": splits,
+            "per_category": per_category,
+            "num_samples": self._num_samples,
+            "iou_threshold": self.iou_threshold,
+            "official_compat": self.official_compat,
+        }

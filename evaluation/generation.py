@@ -1,0 +1,60 @@
+"""Batched greedy generation for the task runners (left padding, official decoding settings).
+
+A `Request` is one model call: the view files of a sample, the human-turn prompt with one `<image>`
+per view (the official annotation layout; `Frame-i: <image>` interleaving is kept), the optional
+marker `pixel_coords = [view, x, y]`, and the token budget. `BatchGenerator` turns a list of requests
+into texts with the package collator (system prompt, chat template, generation prompt) and
+`model.generate(do_sample=False, num_beams=1)`; prompts are left-padded so every row ends at the
+generation point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Request:
+    images: list
+    prompt: str
+    pixel_coords: list | None = None
+    max_new_tokens: int = 1280
+
+
+class BatchGenerator:
+    """Load a GAP-MLLM checkpoint folder once; `generate(requests) -> list[str]`.
+
+    Args:
+        model_dir: a saved model folder (weights, config, remote code, processor).
+        device: torch device (default: the accelerate process device, else CPU).
+        max_new_tokens: if given, caps every request's budget (useful for smoke runs).
+        dtype: optional torch dtype for the weights (e.g. torch.bfloat16 on GPU).
+    """
+
+    def __init__(self, model_dir, device=None, max_new_tokens: int | None = None, dtype=None):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from gap_mllm.processing.collator import GapMllmDataCollator
+
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        kwargs = {"trust_remote_code": True}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
+        self.collator = GapMllmDataCollator(self.processor, train=False, padding_side="left")
+        self.max_new_tokens = max_new_tokens
+
+    @torch.no_grad()
+    def generate(self, requests: list[Request]) -> list[str]:
+        if not requests:
+            return []
+        examples = [{"images": r.images, "prompt": r.prompt, "pixel_coords": r.pixel_coords} for r in requests]
+        batch = self.collator(examples).to(self.device)
+        budget = max(r.max_new_tokens for r in requests)
+        if self.max_new_tokens is not None:
+            budget = min(budget, self.max_new_tokens)
+        output = self.model.generate(**batch, max_new_tokens=budget, do_sample=False, num_beams=1)
+        return self.processor.decode_generated(output, batch["input_ids"])
