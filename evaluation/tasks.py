@@ -1,0 +1,278 @@
+"""Task definitions for the runners: how each benchmark asks the model, parses and scores it.
+
+Every task reads the official evaluation annotation records (method.md §6.3; SynthRooms writes the
+same schema) and defines:
+    stages                 number of model calls per sample (grounding: 2, the others: 1)
+    request(record, stage, previous_outputs, media_root) -> Request
+    oracle(record, media_root) -> [text per stage]   the ground truth written as model text
+    evaluate(records, outputs, official_compat) -> (per-sample rows, summary)
+
+`evaluate` always re-parses the raw texts of every sample, so the summary after a resumed run is the
+same as after an uninterrupted one. Per-sample rows: `{"id", "index", "raw", "parsed", "score", ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gap_mllm.output_parsing import parse_detection, parse_frame_selection, parse_grounding, parse_literal, parse_pointmap
+from gap_mllm.processing import prompts
+from gap_mllm.processing.coordinates import world_boxes_to_camera
+from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_grounding
+
+from .caption_metrics import caption_scores
+from .detection_metrics import DetectionEvaluator
+from .generation import Request
+from .grounding_metrics import GroundingEvaluator
+from .reconstruction_metrics import ReconstructionEvaluator, point_score
+from .spatial_qa_metrics import aggregate_spatial_scores, score_answer
+
+STAGE2_STEP, STAGE2_NEIGHBOURS = 10, 9  # official stage 2: n, n+10..n+90, then n-10..n-90 (method.md §3.3)
+
+
+def sample_id(record: dict, index: int) -> str:
+    """The record's `id`, or its position in the annotation file (official files carry no id)."""
+    return str(record.get("id", f"{index:06d}"))
+
+
+def human_prompt(record: dict) -> str:
+    return record["conversations"][0]["value"]
+
+
+def gt_answer(record: dict) -> str:
+    return record["conversations"][1]["value"]
+
+
+def _box_list(box: Box3D | None):
+    return None if box is None else [round(v, 6) for v in box.to_list()]
+
+
+# ------------------------------------------------------------------------------------------ detection
+
+
+class DetectionTask:
+    name, annotation_task, stages, max_new_tokens = "det", "detection", 1, 1280
+    headline = ("f1", "mean F1 over cate31 (IoU > 0.25)")
+
+    def request(self, record, stage, previous, media_root):
+        return Request(record["images"], human_prompt(record), None, self.max_new_tokens)
+
+    def oracle(self, record, media_root):
+        return [gt_answer(record)]
+
+    def evaluate(self, records, outputs, official_compat=False, **_):
+        ev = DetectionEvaluator(official_compat=official_compat)
+        rows = []
+        for index, (record, raw) in enumerate(zip(records, outputs)):
+            parsed = parse_detection(raw[0])
+            gt = record.get("boxes", [])
+            match = ev.add([b.label for b in parsed.boxes], [b.to_list() for b in parsed.boxes],
+                           [g["label"] for g in gt], [g["bbox_3d"] for g in gt])
+            tp = sum(c.tp for c in match.counts.values())
+            errors = sum(c.fp + c.fn for c in match.counts.values())
+            rows.append({
+                "id": sample_id(record, index), "index": index, "raw": raw,
+                "parsed": [{"label": b.label, "bbox_3d": _box_list(b)} for b in parsed.boxes],
+                "parse_error": parsed.reason,
+                "score": 2 * tp / (2 * tp + errors) if tp + errors else 1.0,  # per-sample micro F1
+                "matches": [{"label": m.label, "iou": m.iou, "gt_index": m.gt_index, "tp": m.true_positive}
+                            for m in match.predictions],
+            })  # fmt: skip
+        return rows, ev.compute()
+
+
+# ------------------------------------------------------------------------------------------ grounding
+
+
+def official_frame(text: str) -> int:
+    """Official stage-1 reading: strip newlines / backticks / "json", `json.loads`, `["frame"]`; any
+    failure (or a missing key) gives frame 0."""
+    body = text.strip("\n").strip("`").strip("json").strip()
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, TypeError):
+        return 0
+    frame = value.get("frame", 0) if isinstance(value, dict) else 0
+    return frame if isinstance(frame, int) and not isinstance(frame, bool) else 0
+
+
+def frame_number(image_path: str) -> int:
+    """Raw frame number of a posed-images file name ("scene/00350.jpg" -> 350)."""
+    return int(Path(image_path).stem)
+
+
+def stage2_images(selected_image: str, media_root) -> list[str]:
+    """Official stage-2 frames: n, n+10, ..., n+90, then n-10, ..., max(0, n-90); missing files skipped."""
+    base = frame_number(selected_image)
+    numbers = [base + STAGE2_STEP * k for k in range(STAGE2_NEIGHBOURS + 1)]
+    numbers += [base - STAGE2_STEP * k for k in range(1, STAGE2_NEIGHBOURS + 1) if base - STAGE2_STEP * k >= 0]
+    folder, suffix = Path(selected_image).parent, Path(selected_image).suffix
+    paths = [str(folder / f"{n:05d}{suffix}") for n in numbers]
+    return [p for p in paths if (Path(media_root) / p).is_file()]
+
+
+class GroundingTask:
+    """Two-stage ScanRefer (method.md §3.3): frame selection over all frames, then the box from the
+    selected frame and its neighbours, in the camera frame of the selected frame."""
+
+    name, annotation_task, stages, max_new_tokens = "grounding", "grounding_stage1", 2, 4096
+    headline = ("acc@0.25", "Acc@0.25 (IoU >= 0.25)")
+
+    def __init__(self, official_compat: bool = False):
+        self.official_compat = official_compat
+
+    def selected_frame(self, record, stage1_text: str) -> tuple[int, str | None]:
+        """(k, note): official reading when `official_compat`, else the tolerant parser clamped to the
+        frame range; a failed parse gives 0 in both modes (as the official code)."""
+        num_frames = len(record["images"])
+        if self.official_compat:
+            k = official_frame(stage1_text)
+            return k, None if 0 <= k < num_frames else f"frame {k} out of range"
+        result = parse_frame_selection(stage1_text, num_frames=num_frames)
+        return (0, f"frame parse failed ({result.reason}); used 0") if result.frame is None else (result.frame, result.reason)
+
+    def request(self, record, stage, previous, media_root):
+        description = prompts.extract_description(human_prompt(record))
+        if stage == 0:
+            prompt = prompts.grounding_stage1_prompt(len(record["images"]), description)
+            return Request(record["images"], prompt, None, self.max_new_tokens)
+        k, _ = self.selected_frame(record, previous[0])
+        k = min(max(k, 0), len(record["images"]) - 1)
+        images = stage2_images(record["images"][k], media_root) or [record["images"][k]]
+        return Request(images, prompts.grounding_stage2_prompt(len(images), description), None, self.max_new_tokens)
+
+    def oracle(self, record, media_root):
+        """Stage 1: the annotated frame (0 if the record has none); stage 2: the GT box in its camera frame."""
+        k = 0
+        if len(record.get("conversations", [])) > 1:
+            frame = parse_frame_selection(gt_answer(record), num_frames=len(record["images"])).frame
+            k = frame if frame is not None else 0
+        box = world_boxes_to_camera(np.asarray(record["gt_bbox"])[None], record["cam2global"][k],
+                                    record.get("axis_align_matrix"))[0]
+        return [serialize_frame_selection(k), serialize_grounding(Box3D.from_list(box))]
+
+    def evaluate(self, records, outputs, official_compat=False, **_):
+        self.official_compat = official_compat
+        ev = GroundingEvaluator(official_compat=official_compat)
+        rows = []
+        for index, (record, raw) in enumerate(zip(records, outputs)):
+            k, note = self.selected_frame(record, raw[0])
+            parsed = parse_grounding(raw[1])
+            if 0 <= k < len(record["images"]):
+                iou = ev.add(None if parsed.box is None else parsed.box.to_list(), record["gt_bbox"],
+                             record["cam2global"][k], record.get("axis_align_matrix"))
+            else:
+                iou = 0.0
+                ev.add_iou(0.0)
+            rows.append({"id": sample_id(record, index), "index": index, "raw": raw,
+                         "parsed": {"frame": k, "bbox_3d": _box_list(parsed.box)},
+                         "parse_error": parsed.reason, "frame_note": note, "score": iou})
+        return rows, ev.compute()
+
+
+# ----------------------------------------------------------------------------------------- captioning
+
+
+class CaptionTask:
+    name, annotation_task, stages, max_new_tokens = "caption", "captioning", 1, 1280
+    headline = ("cider", "CIDEr at the 0.5 IoU gate")
+
+    def request(self, record, stage, previous, media_root):
+        return Request(record["images"], human_prompt(record), None, self.max_new_tokens)
+
+    def oracle(self, record, media_root):
+        return [record["annotations"][0]]
+
+    def evaluate(self, records, outputs, official_compat=False, meteor=None, **_):
+        predictions = [raw[0] for raw in outputs]
+        out = caption_scores(predictions, [r["annotations"] for r in records],
+                             [float(r.get("iou", 1.0)) for r in records], meteor=meteor, official_compat=official_compat)
+        per_sample = out.pop("per_sample")
+        rows = [{"id": sample_id(record, i), "index": i, "raw": raw, "parsed": raw[0].strip(),
+                 "gated": float(record.get("iou", 1.0)) < 0.5, "score": per_sample["cider"][i],
+                 "bleu4": per_sample["bleu4"][i], "rouge_l": per_sample["rouge_l"][i]}
+                for i, (record, raw) in enumerate(zip(records, outputs))]
+        out["official_compat"] = official_compat
+        return rows, out
+
+
+# ------------------------------------------------------------------------------------- reconstruction
+
+
+def _official_point(text: str):
+    """Official scene-level parse: the whole stripped string must be one literal dict with "pointmap"."""
+    value, _ = parse_literal(text.strip().strip("`").strip("json").strip(), allow_block=False)
+    try:
+        point = np.asarray(value["pointmap"], dtype=np.float64).reshape(3)
+    except Exception:  # noqa: BLE001 - the official code skips the sample on any failure
+        return None
+    return point if np.all(np.isfinite(point)) else None
+
+
+class ReconstructionTask:
+    name, annotation_task, stages, max_new_tokens = "recon", "reconstruction", 1, 1280
+    headline = ("aligned.overall", "overall (Acc + Comp) / 2 after Sim(3), metres")
+
+    def request(self, record, stage, previous, media_root):
+        return Request(record["images"], human_prompt(record), record.get("pixel_coords"), self.max_new_tokens)
+
+    def oracle(self, record, media_root):
+        return [gt_answer(record)]
+
+    def evaluate(self, records, outputs, official_compat=False, **_):
+        ev = ReconstructionEvaluator(official_compat=official_compat)
+        rows = []
+        for index, (record, raw) in enumerate(zip(records, outputs)):
+            if official_compat:
+                pred, gt = _official_point(raw[0]), _official_point(gt_answer(record))
+                reason = None if pred is not None else "not one literal dict with a 3-number pointmap"
+            else:
+                parsed, truth = parse_pointmap(raw[0]), parse_pointmap(gt_answer(record))
+                pred, gt, reason = parsed.point, truth.point, parsed.reason
+            scene = Path(record["images"][0]).parent.name
+            ev.add(scene, pred, gt)
+            rows.append({"id": sample_id(record, index), "index": index, "raw": raw, "scene": scene,
+                         "parsed": None if pred is None else [float(v) for v in pred], "parse_error": reason,
+                         "score": point_score(pred, gt) if gt is not None else 0.0})
+        return rows, ev.compute()
+
+
+# ----------------------------------------------------------------------------------------- spatial QA
+
+
+class SpatialQATask:
+    name, annotation_task, stages, max_new_tokens = "qa", "spatial_qa", 1, 64
+    headline = ("overall", "mean over question types (MRA / accuracy)")
+
+    def request(self, record, stage, previous, media_root):
+        return Request(record["images"], human_prompt(record), None, self.max_new_tokens)
+
+    def oracle(self, record, media_root):
+        return [str(record["ground_truth"])]
+
+    def evaluate(self, records, outputs, official_compat=False, **_):
+        scores = [score_answer(raw[0], str(r["ground_truth"]), r["question_type"]) for r, raw in zip(records, outputs)]
+        rows = [{"id": sample_id(r, i), "index": i, "raw": raw, "parsed": raw[0].strip().split(" ")[0].rstrip("."),
+                 "question_type": r["question_type"], "score": s}
+                for i, (r, raw, s) in enumerate(zip(records, outputs, scores))]
+        return rows, aggregate_spatial_scores(scores, [r["question_type"] for r in records])
+
+
+TASKS = {task.name: task for task in (DetectionTask, GroundingTask, CaptionTask, ReconstructionTask, SpatialQATask)}
+
+
+def get_task(name: str, official_compat: bool = False):
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    return GroundingTask(official_compat) if name == "grounding" else TASKS[name]()
+
+
+def headline_value(summary: dict, key: str):
+    """Look up a dotted key ("aligned.overall") in a summary."""
+    value = summary
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
