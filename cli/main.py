@@ -8,6 +8,7 @@ import sys
 # command -> (module with add_arguments(parser) and main(args) -> int, one-line help)
 COMMANDS = {
     "demo": ("gap_mllm.cli.demo", "build a tiny GAP-MLLM, save it as a Hub folder, reload it with trust_remote_code and generate"),
+    "evaluate": ("gap_mllm.evaluation.evaluate_cli", "score a model (or a predictions file) on det, grounding, caption, recon or qa data"),
     "synth": ("gap_mllm.processing.synth_cli", "generate SynthRooms scenes with exact ground truth (ScanNet layout + official schemas)"),
 }
 

@@ -130,7 +130,9 @@ class GroundingTask:
         num_frames = len(record["images"])
         if self.official_compat:
             k = official_frame(stage1_text)
-            return k, None if 0 <= k < num_frames else f"frame {k} out of range"
+            if -num_frames <= k < 0:
+                k += num_frames  # the official code indexes images[k]: Python wraps negative indices
+            return k, None if 0 <= k < num_frames else f"frame {k} out of range (the official code crashes)"
         result = parse_frame_selection(stage1_text, num_frames=num_frames)
         return (0, f"frame parse failed ({result.reason}); used 0") if result.frame is None else (result.frame, result.reason)
 
@@ -271,7 +273,9 @@ def get_task(name: str, official_compat: bool = False):
 
 
 def headline_value(summary: dict, key: str):
-    """Look up a dotted key ("aligned.overall") in a summary."""
+    """Look up a key, or a dotted path ("aligned.overall"), in a summary."""
+    if key in summary:
+        return summary[key]
     value = summary
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None

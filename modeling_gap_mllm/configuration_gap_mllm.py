@@ -50,6 +50,17 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         image_mean, image_std (`list[float]`): normalisation applied inside the encoder to [0, 1] input.
         source_checkpoint (`str`, *optional*): the VGGT checkpoint the weights came from (recorded for
             the model card: `facebook/VGGT-1B` weights are non-commercial).
+        use_camera_head, use_depth_head, use_point_head (`bool`): build VGGT's reconstruction heads beside
+            the aggregator (all off by default: GAP-MLLM only uses the aggregator). Their weights come from
+            the same VGGT checkpoint (`camera_head.*`, `depth_head.*`, `point_head.*`).
+        camera_head_trunk_depth (`int`): transformer blocks of the camera head trunk (4).
+        camera_head_num_attention_heads (`int`): heads of the camera trunk, at width `2·hidden_size` (16).
+        camera_head_num_iterations (`int`): iterative refinement steps of the camera head (4).
+        dpt_features (`int`): feature width of the DPT fusion blocks (256).
+        dpt_out_channels (`list[int]`): widths of the four DPT projections ([256, 512, 1024, 1024]).
+        dpt_layers (`list[int]`): the four aggregator layers the DPT heads read ([4, 11, 17, 23]),
+            independent of `tapped_layers`.
+        dpt_frames_chunk_size (`int`): frames per DPT chunk (8), to bound memory; results do not depend on it.
     """
 
     model_type = "gap_mllm_geometry"
@@ -76,6 +87,16 @@ class GapMllmGeometryConfig(PreTrainedConfig):
     image_std: list[float] | None = None
     source_checkpoint: str | None = None
     initializer_range: float = 0.02
+    use_camera_head: bool = False
+    use_depth_head: bool = False
+    use_point_head: bool = False
+    camera_head_trunk_depth: int = 4
+    camera_head_num_attention_heads: int = 16
+    camera_head_num_iterations: int = 4
+    dpt_features: int = 256
+    dpt_out_channels: list[int] | None = None
+    dpt_layers: list[int] | None = None
+    dpt_frames_chunk_size: int = 8
 
     def __post_init__(self, **kwargs):
         if self.tapped_layers is None:
@@ -85,6 +106,12 @@ class GapMllmGeometryConfig(PreTrainedConfig):
             self.image_mean = [0.485, 0.456, 0.406]
         if self.image_std is None:
             self.image_std = [0.229, 0.224, 0.225]
+        if self.dpt_out_channels is None:
+            self.dpt_out_channels = [256, 512, 1024, 1024]
+        if self.dpt_layers is None:
+            self.dpt_layers = [4, 11, 17, 23]
+        self.dpt_out_channels = [int(c) for c in self.dpt_out_channels]
+        self.dpt_layers = [int(i) for i in self.dpt_layers]
         super().__post_init__(**kwargs)
         self._check_values()
 
@@ -128,6 +155,44 @@ class GapMllmGeometryConfig(PreTrainedConfig):
             )
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("geometry_config.image_mean and image_std must have 3 values (RGB).")
+        self._check_head_values()
+
+    @property
+    def uses_dpt_head(self) -> bool:
+        return bool(self.use_depth_head or self.use_point_head)
+
+    def _check_head_values(self):
+        """Head settings are checked only for the heads that are switched on (defaults are VGGT-1B sized)."""
+        if self.use_camera_head:
+            width = 2 * self.hidden_size
+            if self.camera_head_num_attention_heads < 1 or width % self.camera_head_num_attention_heads:
+                raise ValueError(
+                    f"geometry_config.camera_head_num_attention_heads ({self.camera_head_num_attention_heads}) must "
+                    f"divide the camera head width 2·hidden_size = {width}."
+                )
+            if self.camera_head_trunk_depth < 1 or self.camera_head_num_iterations < 1:
+                raise ValueError(
+                    "geometry_config.camera_head_trunk_depth and camera_head_num_iterations must be at least 1, got "
+                    f"{self.camera_head_trunk_depth} and {self.camera_head_num_iterations}."
+                )
+        if self.uses_dpt_head:
+            if len(self.dpt_layers) != 4 or len(self.dpt_out_channels) != 4:
+                raise ValueError(
+                    f"geometry_config.dpt_layers ({self.dpt_layers}) and dpt_out_channels ({self.dpt_out_channels}) "
+                    "must each have 4 entries: the DPT head fuses four aggregator layers."
+                )
+            for layer in self.dpt_layers:
+                if not 0 <= layer < self.num_hidden_layers:
+                    raise ValueError(
+                        f"geometry_config.dpt_layers contains {layer}: valid layers are 0..{self.num_hidden_layers - 1}."
+                    )
+            if min(self.dpt_out_channels) < 1 or self.dpt_features < 2 or self.dpt_features % 2:
+                raise ValueError(
+                    "geometry_config.dpt_out_channels must be positive and dpt_features a positive even number, got "
+                    f"{self.dpt_out_channels} and {self.dpt_features}."
+                )
+            if self.dpt_frames_chunk_size < 1:
+                raise ValueError(f"geometry_config.dpt_frames_chunk_size must be >= 1, got {self.dpt_frames_chunk_size}.")
 
 
 class GapMllmFusionConfig(PreTrainedConfig):

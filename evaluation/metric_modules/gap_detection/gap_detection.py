@@ -1,0 +1,30 @@
+"""GAP-MLLM 3D video object detection: official greedy matching, P / R / F1 at IoU > 0.25 (+ AP)."""
+
+import datasets
+import evaluate
+
+from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
+from gap_mllm.output_parsing import parse_detection
+
+_DESCRIPTION = """Predictions are raw model answers (parsed with gap_mllm.output_parsing.parse_detection);
+references are the sample's ground-truth boxes `[{"label": str, "bbox_3d": [9 floats]}]` in the first
+frame's OpenCV camera frame. Returns per-category and split precision / recall / F1 / AP25 / AP50 and
+the headline "f1" (mean F1 over cate31). `official_compat=True` reproduces the official numbers."""
+
+
+class GapDetection(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION, citation="", inputs_description=_DESCRIPTION,
+            features=datasets.Features({
+                "predictions": datasets.Value("string"),
+                "references": datasets.List({"label": datasets.Value("string"), "bbox_3d": datasets.List(datasets.Value("float64"))}),
+            }),
+        )  # fmt: skip
+
+    def _compute(self, predictions, references, official_compat=False):
+        ev = DetectionEvaluator(official_compat=official_compat)
+        for text, gt in zip(predictions, references):
+            boxes = parse_detection(text).boxes
+            ev.add([b.label for b in boxes], [b.to_list() for b in boxes], [g["label"] for g in gt], [g["bbox_3d"] for g in gt])
+        return ev.compute()

@@ -1,0 +1,100 @@
+"""Output files of a run: per-sample JSONL, summary JSON, markdown table.
+
+    <out>/raw_outputs.rank<r>.jsonl   one line per finished sample: {"id", "index", "raw": [text per
+                                      stage]}; appended and flushed as samples finish (resume source)
+    <out>/samples.jsonl               per-sample results after scoring (id, raw, parsed, score, ...)
+    <out>/summary.json                task, settings, headline, all metrics
+    <out>/summary.md                  the metrics as a markdown table
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+RAW_PATTERN = "raw_outputs.rank*.jsonl"
+
+
+def raw_output_file(out_dir, rank: int) -> Path:
+    return Path(out_dir) / f"raw_outputs.rank{rank}.jsonl"
+
+
+def read_raw_outputs(out_dir) -> dict[str, list[str]]:
+    """`{id: [texts]}` from every rank's file; a torn last line (crash mid-write) is ignored."""
+    done: dict[str, list[str]] = {}
+    for path in sorted(Path(out_dir).glob(RAW_PATTERN)):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                done[str(row["id"])] = list(row["raw"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+def end_torn_line(path) -> None:
+    """Terminate a last line left unfinished by a crash, so appended rows start on a new line."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+        if torn:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write("\n")
+
+
+def append_raw_output(handle, sample_id: str, index: int, texts: list[str]) -> None:
+    handle.write(json.dumps({"id": sample_id, "index": index, "raw": texts}) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())  # a crash right after must not lose the finished sample
+
+
+def write_jsonl(path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def flatten_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a summary as `{"dotted.key": value}` (per-sample / per-scene lists skipped)."""
+    out = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if key in ("per_scene",):
+            continue
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def markdown_table(summary: dict, title: str) -> str:
+    """A two-column markdown table of the headline, then every numeric metric."""
+    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    lines.append(f"| **{summary['headline']['name']}** ({summary['headline']['description']}) | "
+                 f"**{_format(summary['headline']['value'])}** |")
+    for key, value in flatten_metrics(summary["metrics"]).items():
+        lines.append(f"| {key} | {_format(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out_dir, summary: dict, title: str) -> None:
+    out_dir = Path(out_dir)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
+    (out_dir / "summary.md").write_text(markdown_table(summary, title), encoding="utf-8")

@@ -1,0 +1,240 @@
+"""Training recipes: one dataclass tree, loadable from YAML, that says everything a run needs.
+
+    recipe = load_recipe("training/recipes/stage1_pretrain.yaml", overrides=["training.max_steps=10"])
+
+A recipe has the model to start from, the data, the freezing policy and learning-rate groups of the
+official recipe (method.md §1.7, §7), the optional geometry-aligned auxiliary losses (method.md §11,
+all off by default), LoRA, the geometry-feature cache, and `training`: keyword arguments passed
+unchanged to `transformers.TrainingArguments` (batch size, schedule, `report_to`, saving, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOSS_NORMALIZATIONS = ("global_token_mean", "micro_batch_mean")
+BAD_SAMPLE_POLICIES = ("raise", "skip")
+
+
+@dataclass
+class ModelSource:
+    """Where the weights come from.
+
+    name_or_path: a GAP-MLLM folder / Hub id (stage 2 default: the stage-1 output folder).
+    qwen3_vl_name_or_path: build a new GAP-MLLM from a stock Qwen3-VL (stage 1 from scratch); the
+        geometry encoder then still needs VGGT weights (`vggt_name_or_path`).
+    tiny: "tiny" / "small": a randomly initialised local model (tests, smoke runs, benchmarks).
+    dtype: "float32" / "bfloat16" / "float16" / "auto".
+    """
+
+    name_or_path: str | None = None
+    qwen3_vl_name_or_path: str | None = None
+    vggt_name_or_path: str | None = None
+    tiny: str | None = None
+    dtype: str = "auto"
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Which samples to train on.
+
+    data_root: folder with `scannet/posed_images` and `annotations/` (real ScanNet or SynthRooms).
+    tasks: builder tasks (processing.builders.BUILDERS); several are concatenated (stage 2).
+    on_bad_sample: "raise" stops the run with an error naming the sample; "skip" drops it and counts it
+        (reported in the logs as `skipped_samples` and at the end of training).
+    max_train_samples / max_eval_samples: keep the first N (smoke runs).
+    shuffle: False trains in dataset order (deterministic comparisons, e.g. the DDP test).
+    """
+
+    data_root: str | None = None
+    tasks: list[str] = field(default_factory=lambda: ["reconstruction"])
+    train_split: str = "train"
+    eval_split: str | None = None
+    cache_dir: str | None = None
+    on_bad_sample: str = "raise"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    marker: bool = True
+    shuffle: bool = True
+
+
+@dataclass
+class FreezingPolicy:
+    """What trains. Official recipe (method.md §1.7): Qwen ViT and VGGT frozen; LLM, mergers, fusions trained."""
+
+    freeze_vision_tower: bool = True
+    freeze_geometry_encoder: bool = True
+    freeze_llm: bool = False
+    freeze_mergers: bool = False
+    freeze_fusions: bool = False
+
+
+@dataclass
+class LearningRates:
+    """Learning rate per parameter group; `None` = the base rate (`training.learning_rate`).
+
+    Official: LLM + fusions 5e-6 (base), geometry mergers 1e-5, ViT 1e-6 (unused: frozen).
+    `weight_decay` applies to every weight except biases and `nn.LayerNorm` weights (RMSNorm weights
+    do get decay, as in the official grouping).
+    """
+
+    merger_lr: float | None = 1e-5
+    vision_tower_lr: float | None = 1e-6
+    geometry_encoder_lr: float | None = None
+    aux_heads_lr: float | None = 1e-4
+
+
+@dataclass
+class AuxLossConfig:
+    """Optional geometry-aligned auxiliary objectives (method.md §11). A weight of 0 disables a loss
+    and its head; heads exist (and are saved) only when their loss is enabled.
+
+    feature_align_weight: 1 - cos between a head on the LLM's visual-token hidden states and the tapped
+        VGGT features of each level (GeoVR multi-level; 3DRS = `align_levels=[0]`, `align_llm_layers=[-1]`).
+    align_levels: fusion levels to align (0 = last tapped VGGT block, 1-3 = the shallower ones).
+    align_llm_layers: hidden-state index per aligned level (0 = embeddings, -1 = last layer); default:
+        proportional to the VGGT depth, round((t + 1) / n_vggt * n_llm) for VGGT block t.
+    camera_weight: L1 on VGGT's 9-d `absT_quaR_FoV` pose of every view (relative to view 0), from a
+        head on the view's pooled hidden states. Targets from the data poses (needs `load_poses`).
+    depth_weight: confidence-weighted L1 + gradient term on per-token depth patches (needs depth).
+    scale_weight: L1 on log1p of the scene scale (median valid depth) from a pooled head.
+    """
+
+    feature_align_weight: float = 0.0
+    align_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    align_llm_layers: list[int] | None = None
+    align_head_hidden_size: int | None = None
+    camera_weight: float = 0.0
+    depth_weight: float = 0.0
+    depth_patch: int = 4
+    depth_gradient_weight: float = 1.0
+    depth_confidence_alpha: float = 0.2
+    scale_weight: float = 0.0
+    head_layer: int = -1
+
+    @property
+    def enabled(self) -> list[str]:
+        names = {"feature_align": self.feature_align_weight, "camera": self.camera_weight,
+                 "depth": self.depth_weight, "scale": self.scale_weight}
+        return [name for name, weight in names.items() if weight > 0]
+
+    @property
+    def needs_depth(self) -> bool:
+        return self.depth_weight > 0 or self.scale_weight > 0
+
+    @property
+    def needs_poses(self) -> bool:
+        return self.camera_weight > 0
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the LLM only (hf-notes §10); mergers and fusions fully trained and saved with the adapter.
+    A deviation from the official recipe (full LLM fine-tuning)."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class CacheConfig:
+    """Geometry-feature cache (training/feature_cache.py): the frozen encoder runs once per sample."""
+
+    enabled: bool = False
+    directory: str | None = None
+
+
+@dataclass
+class TrainRecipe:
+    """A whole run. `training` holds `transformers.TrainingArguments` keyword arguments.
+
+    loss_normalization: "global_token_mean" (default) divides the summed cross-entropy by the number of
+        answer tokens of the whole optimizer step (all accumulation steps, all processes), so gradient
+        accumulation and data parallelism give exactly the gradient of the global batch;
+        "micro_batch_mean" is the official behaviour (token mean per micro-batch, averaged over steps).
+    """
+
+    stage: str = "pretrain"
+    model: ModelSource = field(default_factory=ModelSource)
+    data: DataConfig = field(default_factory=DataConfig)
+    freezing: FreezingPolicy = field(default_factory=FreezingPolicy)
+    learning_rates: LearningRates = field(default_factory=LearningRates)
+    aux: AuxLossConfig = field(default_factory=AuxLossConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    loss_normalization: str = "global_token_mean"
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss_normalization={self.loss_normalization!r}; choose from {LOSS_NORMALIZATIONS}")
+        if self.data.on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"data.on_bad_sample={self.data.on_bad_sample!r}; choose from {BAD_SAMPLE_POLICIES}")
+        unknown = set(self.aux.align_levels) - {0, 1, 2, 3}
+        if unknown:
+            raise ValueError(f"aux.align_levels has unknown levels {sorted(unknown)} (0-3)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def recipe_from_dict(values: dict) -> TrainRecipe:
+    """Build a recipe from nested dicts; unknown keys are errors (a typo must not be ignored)."""
+    values = dict(values)
+    sections = {f.name: f for f in dataclasses.fields(TrainRecipe)}
+    unknown = set(values) - set(sections)
+    if unknown:
+        raise ValueError(f"unknown recipe keys {sorted(unknown)}; expected {sorted(sections)}")
+    kwargs = {}
+    for name, value in values.items():
+        section_type = _SECTION_TYPES.get(name)
+        if section_type is None:
+            kwargs[name] = value
+            continue
+        names = {f.name for f in dataclasses.fields(section_type)}
+        bad = set(value or {}) - names
+        if bad:
+            raise ValueError(f"unknown keys {sorted(bad)} in recipe section {name!r}; expected {sorted(names)}")
+        kwargs[name] = section_type(**(value or {}))
+    return TrainRecipe(**kwargs)
+
+
+_SECTION_TYPES = {
+    "model": ModelSource, "data": DataConfig, "freezing": FreezingPolicy, "learning_rates": LearningRates,
+    "aux": AuxLossConfig, "lora": LoraSettings, "cache": CacheConfig,
+}
+
+
+def apply_overrides(values: dict, overrides: list[str] | None) -> dict:
+    """`section.key=value` strings (value parsed as YAML: numbers, booleans, lists) applied in order."""
+    import yaml
+
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for override in overrides or []:
+        if "=" not in override:
+            raise ValueError(f"override {override!r} must look like section.key=value")
+        dotted, raw = override.split("=", 1)
+        *path, key = dotted.strip().split(".")
+        target = values
+        for part in path:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"override {override!r}: {part!r} is not a section")
+        target[key] = yaml.safe_load(raw)
+    return values
+
+
+def load_recipe(path, overrides: list[str] | None = None) -> TrainRecipe:
+    """Read a YAML recipe (see training/recipes/) and apply `section.key=value` overrides."""
+    import yaml
+
+    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return recipe_from_dict(apply_overrides(values, overrides))

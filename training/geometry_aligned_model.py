@@ -1,0 +1,223 @@
+"""The training view of a GAP-MLLM: precomputed (cached) geometry features, the LM loss as a token
+sum, and the auxiliary heads and losses.
+
+`GeometryAlignedModel(model, aux)` wraps a `GapMllmForConditionalGeneration` (or a PEFT model around
+one) and the auxiliary heads in one `nn.Module`, so that DDP / FSDP / DeepSpeed wrap, synchronise and
+checkpoint both together. Its forward follows `GapMllmForConditionalGeneration.forward` for the image
+path, with three additions the model does not offer (yet; see training/README.md, "model changes"):
+
+    geometry_features   per fusion level, one `[S_b, h_b, w_b, 2C]` tensor per sample: the frozen encoder's
+                        output, precomputed (training/feature_cache.py); the encoder is then not run
+    LM loss as a sum    logits only at answer positions; `lm_loss_sum` + `lm_num_tokens`, so the trainer
+                        can normalise over the whole optimizer step (exact gradient accumulation / DDP)
+    auxiliary losses    from the visual-token hidden states and the tapped VGGT features
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .aux_heads import GeometryAuxHeads
+from .aux_losses import (
+    camera_loss,
+    cosine_alignment_loss,
+    depth_loss,
+    pool_to_merged_grid,
+    proportional_llm_layer,
+    scale_loss,
+)
+from .config import AuxLossConfig
+from .param_groups import unwrap_gap_model
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class GeometryAlignedOutput(ModelOutput):
+    """Output of [`GeometryAlignedModel`].
+
+    loss: token-mean cross-entropy of this micro-batch `[]` (for evaluation and inspection).
+    lm_loss_sum: summed cross-entropy over the answer tokens `[]`.
+    lm_num_tokens: number of answer tokens (shifted labels ≠ -100) `[]`.
+    aux_losses: unweighted auxiliary losses by name ("feature_align", "camera", "depth", "scale").
+    """
+
+    loss: torch.Tensor | None = None
+    lm_loss_sum: torch.Tensor | None = None
+    lm_num_tokens: torch.Tensor | None = None
+    aux_losses: dict | None = None
+
+
+class GeometryAlignedModel(nn.Module):
+    """A GAP-MLLM plus the auxiliary heads, with the training forward described in the module docstring.
+
+    Args:
+        model: a `GapMllmForConditionalGeneration`, or a `peft.PeftModel` around one.
+        aux: the auxiliary-loss settings; heads are built only for the enabled losses (`aux_heads` is
+            None when none is).
+    """
+
+    def __init__(self, model: nn.Module, aux: AuxLossConfig | None = None):
+        super().__init__()
+        self.model = model
+        self.aux = aux or AuxLossConfig()
+        gap = self.gap_model
+        if not gap.config.use_geometry:
+            raise ValueError("GeometryAlignedModel trains the geometry path: the model has use_geometry=False")
+        text = gap.config.vlm_config.text_config
+        self.aux_heads = (
+            GeometryAuxHeads(self.aux, text.hidden_size, 2 * gap.config.geometry_config.hidden_size)
+            if self.aux.enabled
+            else None
+        )
+        if self.aux_heads is not None:
+            self.aux_heads.to(device=gap.device, dtype=gap.dtype)
+
+    # ------------------------------------------------------------------ conveniences for Trainer
+    @property
+    def gap_model(self) -> nn.Module:
+        return unwrap_gap_model(self.model)
+
+    @property
+    def config(self):
+        return self.gap_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.gap_model.device
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        self.gap_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def llm_layer_for_level(self, level: int) -> int:
+        """Index into the hidden-state tuple that is aligned with fusion level `level`."""
+        config = self.gap_model.config
+        num_llm = config.vlm_config.text_config.num_hidden_layers
+        if self.aux.align_llm_layers is not None:
+            index = self.aux.align_llm_layers[self.aux.align_levels.index(level)]
+            return index % (num_llm + 1)
+        geometry_layer = config.level_geometry_layers[level]
+        return proportional_llm_layer(geometry_layer, config.geometry_config.num_hidden_layers, num_llm)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.LongTensor,
+        geometry_views_per_sample: torch.LongTensor,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        geometry_pixel_values: torch.Tensor | None = None,
+        geometry_features: list[list[torch.Tensor]] | None = None,
+        labels: torch.LongTensor | None = None,
+        aux_camera: torch.Tensor | None = None,
+        aux_depth: list[torch.Tensor] | None = None,
+        aux_scale: torch.Tensor | None = None,
+        **unused,
+    ) -> GeometryAlignedOutput:
+        """
+        Args:
+            input_ids, attention_mask, mm_token_type_ids `[B, T]`, pixel_values, image_grid_thw `[V, 3]`,
+                geometry_pixel_values `[V, 3, H, W]`, geometry_views_per_sample `[B]`: from GapMllmProcessor.
+            geometry_features: precomputed encoder output (see module docstring); replaces
+                `geometry_pixel_values`.
+            labels: `[B, T]`, -100 outside the answer.
+            aux_camera `[V, 9]`, aux_depth (V tensors `[h_m·k, w_m·k]`), aux_scale `[B]`: targets of the
+                enabled auxiliary losses (training/aux_targets.py).
+        """
+        gap = self.gap_model
+        views = [int(v) for v in geometry_views_per_sample.tolist()]
+        image_outputs = gap.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        if geometry_features is None:
+            if geometry_pixel_values is None:
+                raise ValueError("pass geometry_pixel_values (GapMllmProcessor) or precomputed geometry_features")
+            geometry_features = gap.get_geometry_features(geometry_pixel_values, image_grid_thw, views)
+        else:
+            dtype = next(gap.geometry_fusion.parameters()).dtype
+            geometry_features = [[f.to(dtype) for f in level] for level in geometry_features]
+        gap.fuse_geometry(image_outputs, geometry_features, image_grid_thw)
+
+        needs_hidden = self.aux_heads is not None
+        outputs = gap.vlm.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            image_grid_thw=image_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            mm_encoder_outputs={"image": image_outputs},
+            output_hidden_states=needs_hidden,
+            use_cache=False,
+        )
+        result = GeometryAlignedOutput(aux_losses={})
+        if labels is not None:
+            result.lm_loss_sum, result.lm_num_tokens = self._lm_loss_sum(gap, outputs.last_hidden_state, labels)
+            result.loss = result.lm_loss_sum / result.lm_num_tokens.clamp(min=1)
+        if needs_hidden:
+            result.aux_losses = self._aux_losses(
+                gap, outputs.hidden_states, input_ids, image_grid_thw, views, geometry_features,
+                aux_camera, aux_depth, aux_scale,
+            )
+        return result
+
+    @staticmethod
+    def _lm_loss_sum(gap, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy; the LM head runs only where a label is set (answers are a
+        few dozen tokens of a sequence of thousands, so this saves most of the logits memory)."""
+        targets = labels[:, 1:]
+        positions = targets != IGNORE_INDEX
+        logits = gap.vlm.lm_head(hidden[:, :-1][positions]).float()
+        loss_sum = F.cross_entropy(logits, targets[positions], reduction="sum")
+        return loss_sum, positions.sum()
+
+    def _aux_losses(self, gap, hidden_states, input_ids, image_grid_thw, views, geometry_features, aux_camera, aux_depth, aux_scale) -> dict:
+        config = gap.config
+        merge = config.vlm_config.vision_config.spatial_merge_size
+        visual = input_ids == config.vlm_config.image_token_id  # [B, T]; row-major = sample, view, token order
+        tokens_per_view = [int(h // merge) * int(w // merge) for _, h, w in image_grid_thw.tolist()]
+        merged_grids = [(int(h // merge), int(w // merge)) for _, h, w in image_grid_thw.tolist()]
+        heads, aux, losses = self.aux_heads, self.aux, {}
+        head_tokens = hidden_states[self.aux.head_layer][visual]  # [N, D]
+
+        if hasattr(heads, "align"):
+            per_level = []
+            for level in aux.align_levels:
+                student = heads.align[str(level)](hidden_states[self.llm_layer_for_level(level)][visual])
+                with torch.no_grad():
+                    teacher = torch.cat([pool_to_merged_grid(f, merge) for f in geometry_features[level]])
+                if teacher.shape[0] != student.shape[0]:
+                    raise ValueError(f"level {level}: {student.shape[0]} visual tokens but {teacher.shape[0]} teacher tokens")
+                per_level.append(cosine_alignment_loss(student, teacher))
+            losses["feature_align"] = torch.stack(per_level).mean()
+
+        if hasattr(heads, "camera"):
+            if aux_camera is None:
+                raise ValueError("camera loss enabled but the batch has no aux_camera (build the data with load_poses)")
+            pooled = torch.stack([t.mean(0) for t in torch.split(head_tokens, tokens_per_view)])
+            losses["camera"] = camera_loss(heads.camera(pooled), aux_camera)
+
+        if hasattr(heads, "depth"):
+            if aux_depth is None:
+                raise ValueError("depth loss enabled but the batch has no aux_depth (build the data with load_depth)")
+            k = aux.depth_patch
+            raw = heads.depth(head_tokens).float()
+            per_view = []
+            for view_raw, (h, w), target in zip(torch.split(raw, tokens_per_view), merged_grids, aux_depth):
+                grid = view_raw.reshape(h, w, 2, k, k).permute(2, 0, 3, 1, 4).reshape(2, h * k, w * k)
+                per_view.append(depth_loss(grid[0].exp(), 1 + grid[1].exp(), target, aux.depth_gradient_weight, aux.depth_confidence_alpha))
+            losses["depth"] = torch.stack(per_view).mean()
+
+        if hasattr(heads, "scale"):
+            if aux_scale is None:
+                raise ValueError("scale loss enabled but the batch has no aux_scale (build the data with load_depth)")
+            tokens_per_sample, start = [], 0
+            for count in views:
+                tokens_per_sample.append(sum(tokens_per_view[start : start + count]))
+                start += count
+            pooled = torch.stack([t.mean(0) for t in torch.split(head_tokens, tokens_per_sample)])
+            losses["scale"] = scale_loss(heads.scale(pooled).squeeze(-1).float().exp(), aux_scale)
+        return losses
