@@ -49,8 +49,11 @@ def config_from_args(args):
 
 
 def main(args) -> int:
+    from .synth.allocator import keep_large_allocations_in_heap
     from .synth.generator import SynthRooms
     from .synth.writer import write_dataset
+
+    keep_large_allocations_in_heap()  # about 2x faster rendering (see allocator.py)
 
     try:
         config = config_from_args(args)
