@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from gap_mllm.processing.annotation_files import find_annotation_file
@@ -34,7 +35,12 @@ def _process_state():
         from accelerate import PartialState
     except ImportError:
         return 0, 1, "cpu", lambda: None
-    state = PartialState()
+    # PartialState only forms a CPU (gloo) group when told to: without a GPU, or when the launcher
+    # says so (ACCELERATE_USE_CPU), each process would otherwise think it is alone.
+    import torch
+
+    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    state = PartialState(cpu=use_cpu)
     return state.process_index, state.num_processes, state.device, state.wait_for_everyone
 
 
