@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.gap-mllm-installed
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all demo demo-venv space bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,15 @@ test-all: install
 demo: install
 	$(VENV)/bin/gap-mllm demo
 
+# The Gradio Space needs pillow<13, so it lives in its own environment that borrows torch and gap_mllm.
+demo-venv: install
+	$(PY) examples/space/build_demo_venv.py --main-venv $(VENV) --demo-venv .venv-demo
+
+space: demo-venv
+	.venv-demo/bin/python examples/space/app.py
+
 bench: install
 	$(PY) bench/bench_forward.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-demo build *.egg-info .pytest_cache

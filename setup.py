@@ -38,11 +38,11 @@ EXTRAS = {
     "data": ["datasets==5.2.0", "trimesh>=4"],
     "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6"],
     "eval": ["datasets==5.2.0", "evaluate==0.4.6", "pycocoevalcap>=1.2", "matplotlib>=3.8", "accelerate==1.15.0"],
-    "demo": ["gradio>=6,<7", "trimesh>=4"],
+    "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8"],
     "flash": ["flash-attn>=2.7"],
 }
 EXTRAS["dev"] = sorted(
-    {dep for name in ("data", "train", "eval") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100"}
+    {dep for name in ("data", "train", "eval") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"}
 )
 
 setup(

@@ -4,6 +4,8 @@
 2. load that folder back through AutoModel / AutoProcessor with trust_remote_code=True;
 3. render a few views of a toy scene, mark a point, run multi-view generation for two tasks;
 4. print the raw answers, the parsed (typed) results and the fusion gates per level.
+
+`gap-mllm demo --space` launches the Gradio Space instead (same as `gap-mllm space`).
 """
 
 import argparse
@@ -29,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", type=int, default=4, help="number of views of the toy scene")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--space", action="store_true",
+                        help="launch the Gradio Space instead (gap-mllm space; needs the demo environment: make demo-venv)")
+    parser.add_argument("--host", default="127.0.0.1", help="with --space: interface to listen on")
+    parser.add_argument("--port", type=int, default=7860, help="with --space: port")
 
 
 def render_toy_views(count: int, height: int = 240, width: int = 320, seed: int = 0) -> list[Image.Image]:
@@ -51,6 +57,11 @@ def render_toy_views(count: int, height: int = 240, width: int = 320, seed: int 
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.space:
+        from .space import main as space_main
+
+        return space_main(argparse.Namespace(model=args.model or "tiny", host=args.host, port=args.port,
+                                             max_new_tokens=args.max_new_tokens, concurrency=1, max_queue=16))
     from transformers import AutoModel, AutoProcessor
 
     folder = args.model

@@ -11,6 +11,7 @@ The fused features go into Qwen3-VL through its `mm_encoder_outputs` hook, so M-
 injection, caching and the LM loss are stock transformers code.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ from .multi_level_fusion import GapMllmMultiLevelFusion
 logger = logging.get_logger(__name__)
 
 # Inputs that only the prefill step needs; generate() drops them afterwards when caching.
-GEOMETRY_INPUT_NAMES = ("geometry_pixel_values", "geometry_views_per_sample")
+GEOMETRY_INPUT_NAMES = ("geometry_pixel_values", "geometry_views_per_sample", "geometry_features")
 
 
 @dataclass
@@ -242,6 +243,34 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         image_outputs.deepstack_features = fused[1:]
         return gates
 
+    def get_fused_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.LongTensor,
+        views_per_sample: list[int],
+        geometry_pixel_values: torch.Tensor | None = None,
+        geometry_features: list[list[torch.Tensor]] | None = None,
+        output_gates: bool = False,
+    ):
+        """The image path of GAP-MLLM: ViT features, geometry features (computed from
+        `geometry_pixel_values`, or given precomputed, e.g. from a feature cache) and their fusion.
+
+        Returns:
+            `(image_outputs, geometry_features, gates)`: Qwen's vision output with the fused `pooler_output`
+            and `deepstack_features` (ready for `mm_encoder_outputs={"image": ...}`), the geometry features
+            used (per level, one `[S_b, h_b, w_b, 2C]` tensor per sample) and the gates (or None).
+        """
+        image_outputs = self.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        if geometry_features is None:
+            if geometry_pixel_values is None:
+                raise ValueError("pass geometry_pixel_values (GapMllmProcessor) or precomputed geometry_features.")
+            geometry_features = self.get_geometry_features(geometry_pixel_values, image_grid_thw, views_per_sample)
+        else:
+            dtype = next(self.geometry_fusion.parameters()).dtype
+            geometry_features = [[features.to(dtype) for features in level] for level in geometry_features]
+        gates = self.fuse_geometry(image_outputs, geometry_features, image_grid_thw, output_gates=output_gates)
+        return image_outputs, geometry_features, gates
+
     # ---------------------------------------------------------------- forward
     def forward(
         self,
@@ -258,6 +287,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         mm_token_type_ids: torch.IntTensor | None = None,
         geometry_pixel_values: torch.Tensor | None = None,
         geometry_views_per_sample: torch.LongTensor | None = None,
+        geometry_features: list[list[torch.Tensor]] | None = None,
         output_gates: bool = False,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
@@ -268,21 +298,23 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 (from `GapMllmProcessor`).
             geometry_pixel_values: `[N_views, 3, H_max, W_max]` in [0, 1], the VGGT input of every view.
             geometry_views_per_sample: `[B]` views per sample (inferred from `input_ids` when absent).
+            geometry_features: precomputed geometry-encoder output instead of `geometry_pixel_values` (per
+                fusion level, one `[S_b, h_b, w_b, 2C]` tensor per sample, as `get_geometry_features` returns).
             labels: `[B, T]` next-token targets (-100 = ignored) for the LM loss.
             output_gates: return the fusion gates per level (`gated` method).
         """
         mm_encoder_outputs, gates = None, None
         if self.uses_geometry and pixel_values is not None:
-            if geometry_pixel_values is None:
+            if geometry_pixel_values is None and geometry_features is None:
                 logger.warning_once(
                     "GAP-MLLM got pixel_values without geometry_pixel_values: running the plain Qwen3-VL "
                     "image path, without geometry fusion. Use GapMllmProcessor to prepare both."
                 )
             else:
                 views = self._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
-                image_outputs = self.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-                geometry = self.get_geometry_features(geometry_pixel_values, image_grid_thw, views)
-                gates = self.fuse_geometry(image_outputs, geometry, image_grid_thw, output_gates=output_gates)
+                image_outputs, _, gates = self.get_fused_image_features(
+                    pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features, output_gates
+                )
                 mm_encoder_outputs, pixel_values = {"image": image_outputs}, None
         elif geometry_pixel_values is not None and pixel_values is None and past_key_values is None:
             raise ValueError("geometry_pixel_values were given without pixel_values: pass both (GapMllmProcessor).")
@@ -384,14 +416,22 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         qwen3_vl_name_or_path,
         geometry_config: dict | None = None,
         geometry_fusion_config: dict | None = None,
+        vggt_weights=None,
         **from_pretrained_kwargs,
     ) -> "GapMllmForConditionalGeneration":
-        """Build a GAP-MLLM from a stock Qwen3-VL checkpoint: the Qwen3-VL weights are loaded, the geometry
-        encoder, mergers and fusion are newly initialised (and reported as such).
+        """Build a GAP-MLLM from a stock Qwen3-VL checkpoint and, optionally, VGGT weights: the Qwen3-VL
+        weights are loaded, the geometry encoder is filled from `vggt_weights` (strictly, through
+        `convert_vggt_to_hf.load_vggt_weights`), the mergers and fusion are newly initialised (and reported).
 
         Args:
             qwen3_vl_name_or_path: a Qwen3-VL folder or Hub id (e.g. `Qwen/Qwen3-VL-2B-Instruct`).
-            geometry_config, geometry_fusion_config: overrides of the GAP sub-configs.
+            geometry_config, geometry_fusion_config: overrides of the GAP sub-configs (the geometry config
+                must describe the VGGT architecture of `vggt_weights`; its defaults are VGGT-1B).
+            vggt_weights: a VGGT state dict, a `model.pt` / `.safetensors` file, a folder holding one (also
+                a `gap-mllm convert vggt` output), or a Hub id such as `facebook/VGGT-1B`. `None` leaves the
+                encoder randomly initialised (reported loudly). Head weights are skipped unless the
+                geometry config enables the heads; the conversion report is kept as
+                `model.vggt_conversion_report`.
             from_pretrained_kwargs: passed to `Qwen3VLForConditionalGeneration.from_pretrained` (dtype, ...).
         """
         vlm = Qwen3VLForConditionalGeneration.from_pretrained(qwen3_vl_name_or_path, **from_pretrained_kwargs)
@@ -403,8 +443,19 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         )
         model = cls(config).to(vlm.dtype)
         model.vlm = vlm
+        loaded = set()
+        if vggt_weights is not None:
+            if not config.use_geometry:
+                raise ValueError("vggt_weights were given but use_geometry=False: the model has no geometry encoder.")
+            from .convert_vggt_to_hf import load_vggt_weights
+
+            report = load_vggt_weights(model.geometry_encoder, vggt_weights)
+            model.vggt_conversion_report = report
+            loaded = {"geometry_encoder." + key for key in report.mapped}
+            if isinstance(vggt_weights, (str, os.PathLike)):
+                config.geometry_config.source_checkpoint = str(vggt_weights)
         model.apply_freezing_policy()
-        new_keys = [k for k in model.state_dict() if not k.startswith("vlm.")]
+        new_keys = [k for k in model.state_dict() if not k.startswith("vlm.") and k not in loaded]
         groups = report_missing_weights(new_keys, str(qwen3_vl_name_or_path))
         model.missing_weight_groups = sorted(groups)
         return model

@@ -14,8 +14,11 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_gap_mllm import GapMllmGeometryConfig
+from .geometry_heads_camera import GapMllmCameraHead
+from .geometry_heads_dpt import GapMllmDptHead
 from .geometry_layers import GapMllmGeometryBlock, GapMllmGeometryLayerScale
 from .geometry_patch_embed import GapMllmDinov2PatchEmbed
+from .geometry_reconstruction import GeometryReconstructionOutput, run_reconstruction
 from .geometry_rope import GapMllmGeometryRotaryEmbedding2D, build_token_positions
 
 
@@ -166,9 +169,11 @@ class GapMllmVggtAggregator(nn.Module):
 
 
 class GapMllmGeometryEncoder(nn.Module):
-    """Frozen geometry encoder of GAP-MLLM: the VGGT aggregator (heads may later sit beside it).
+    """Frozen geometry encoder of GAP-MLLM: the VGGT aggregator, plus VGGT's reconstruction heads when
+    the config enables them (`camera_head`, `depth_head`, `point_head`; names as in VGGT's checkpoint).
 
-    `config.reference_frame == "last"` reverses the frames before the aggregator and the features
+    `forward` returns the aggregator features GAP-MLLM fuses; `reconstruct` runs the heads as well.
+    `config.reference_frame == "last"` reverses the frames before the aggregator and the outputs
     back after it, so the last input frame is VGGT's reference while outputs stay in input order.
     """
 
@@ -176,6 +181,49 @@ class GapMllmGeometryEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.aggregator = GapMllmVggtAggregator(config)
+        if config.use_camera_head:
+            self.camera_head = GapMllmCameraHead(config)
+        if config.use_depth_head:
+            self.depth_head = GapMllmDptHead(config, "depth")
+        if config.use_point_head:
+            self.point_head = GapMllmDptHead(config, "points")
+
+    @classmethod
+    def from_vggt_state_dict(cls, state_dict, config: GapMllmGeometryConfig | None = None) -> "GapMllmGeometryEncoder":
+        """Build an encoder holding the weights of a VGGT checkpoint, strictly (fp32 unless `config` says otherwise).
+
+        Args:
+            state_dict: a flat VGGT state dict (`torch.load("model.pt")`, `safetensors.torch.load_file(...)`),
+                possibly nested under a wrapper prefix such as `geometry_encoder.vggt.` (detected).
+            config: the target config; when `None` the architecture is inferred from the weights
+                (`convert_vggt_to_hf.infer_vggt_geometry_config`: heads present in the checkpoint are
+                enabled, `tapped_layers` default to [4, 11, 17, 23]).
+
+        Returns:
+            the encoder in eval mode, with `conversion_report` (a `ConversionReport`) attached. Raises
+            `ConversionError` naming the keys when an encoder tensor is missing or mis-shaped or a source
+            tensor has no place (heads the config disables and VGGT's track head are skipped and reported).
+
+        Output structure: `encoder(images)` with `images [B, S, 3, H, W]` in [0, 1] (H, W multiples of
+        14) returns a `GeometryEncoderOutput` whose `layer_features[i]` is `[B, S, (H/14)·(W/14), 2·hidden_size]`
+        for layer `config.tapped_layers[i]`: channels `[:hidden_size]` are the frame-attention block's
+        output, `[hidden_size:]` the global-attention block's output of that layer, patch tokens row-major,
+        camera and register tokens dropped — VGGT's `aggregator(images)[0][layer][:, :, 5:]`.
+        """
+        from .convert_vggt_to_hf import infer_vggt_geometry_config, load_vggt_weights
+
+        if config is None:
+            config = infer_vggt_geometry_config(state_dict)
+        encoder = cls(config)
+        encoder.conversion_report = load_vggt_weights(encoder, state_dict)
+        return encoder.eval()
+
+    def reconstruct(self, images: torch.Tensor, frames_chunk_size: int | None = None) -> GeometryReconstructionOutput:
+        """VGGT's 3D outputs for `images [B, S, 3, H, W]` in [0, 1]: cameras (`pose_encoding`, `extrinsics`,
+        `intrinsics`), `depth`/`depth_conf`, `world_points`/`world_points_conf`, and the tapped `layer_features`,
+        from one aggregator pass. `output.point_cloud(images)` fuses the frames into a point cloud.
+        See [`GeometryReconstructionOutput`] for shapes and conventions."""
+        return run_reconstruction(self, images, frames_chunk_size)
 
     def forward(self, images: torch.Tensor) -> GeometryEncoderOutput:
         """
@@ -213,7 +261,8 @@ def init_geometry_weights(module: nn.Module, config: GapMllmGeometryConfig) -> b
     - aggregator: `camera_token`, `register_token` ~ N(0, 1e-6); ImageNet mean/std buffers from the config;
     - DINOv2: `cls_token`, `register_tokens` ~ N(0, 1e-6); `mask_token` = 0; `pos_embed` ~ trunc-N(0, 0.02);
     - LayerScale `gamma` = its configured init value;
-    - Linear and Conv2d: weight ~ trunc-N(0, `config.initializer_range`), bias 0; LayerNorm: weight 1, bias 0.
+    - camera head: `empty_pose_tokens` = 0;
+    - Linear, Conv2d and ConvTranspose2d: weight ~ trunc-N(0, `config.initializer_range`), bias 0; LayerNorm: weight 1, bias 0.
 
     Linear, Conv2d and LayerNorm are matched by type, so the caller must pass only modules of the
     geometry encoder (e.g. those in `set(encoder.modules())`).
@@ -237,7 +286,10 @@ def init_geometry_weights(module: nn.Module, config: GapMllmGeometryConfig) -> b
     if isinstance(module, GapMllmGeometryLayerScale):
         init.constant_(module.gamma, module.init_value)
         return True
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
+    if isinstance(module, GapMllmCameraHead):
+        init.zeros_(module.empty_pose_tokens)
+        return True
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
         init.trunc_normal_(module.weight, std=config.initializer_range)
         if module.bias is not None:
             init.zeros_(module.bias)
@@ -253,6 +305,7 @@ def init_geometry_weights(module: nn.Module, config: GapMllmGeometryConfig) -> b
 
 __all__ = [
     "GapMllmGeometryEncoder",
+    "GeometryReconstructionOutput",
     "GapMllmVggtAggregator",
     "GeometryEncoderOutput",
     "init_geometry_weights",

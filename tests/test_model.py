@@ -210,3 +210,18 @@ def test_bfloat16_forward_and_activation_checkpointing(build_model, make_inputs)
         losses.append((loss.detach(), model.geometry_fusion.mergers[0].mlp[0].weight.grad.clone()))
     torch.testing.assert_close(losses[0][0], losses[1][0])
     torch.testing.assert_close(losses[0][1], losses[1][1], atol=1e-6, rtol=1e-4)
+
+
+def test_precomputed_geometry_features_replace_the_encoder(build_model, make_inputs):
+    """The feature-cache path: features from get_geometry_features give the same logits, encoder unused."""
+    model = build_model()
+    inputs = make_inputs((2, 1))
+    reference = _logits(model, inputs)
+    with torch.no_grad():
+        features = model.get_geometry_features(
+            inputs["geometry_pixel_values"], inputs["image_grid_thw"], inputs["geometry_views_per_sample"].tolist()
+        )
+    calls = []
+    model.geometry_encoder.register_forward_hook(lambda *args: calls.append(1))
+    cached = _logits(model, {k: v for k, v in inputs.items() if k != "geometry_pixel_values"}, geometry_features=features)
+    assert calls == [] and torch.equal(cached, reference)

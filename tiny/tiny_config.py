@@ -13,7 +13,7 @@ QWEN_SPECIAL_TOKENS = ("image_token", "video_token", "vision_start_token", "visi
 # name -> (text hidden, text layers, heads, kv heads, vision hidden, vision depth, geometry hidden,
 #          geometry layers, geometry heads, DINOv2 depth, merger hidden)
 SIZES = {
-    "tiny": (64, 3, 4, 2, 32, 3, 32, 4, 2, 2, 128),
+    "tiny": (64, 4, 4, 2, 32, 3, 32, 4, 2, 2, 128),
     "small": (256, 4, 4, 2, 128, 4, 128, 8, 4, 4, 512),
 }
 
@@ -35,7 +35,7 @@ def build_vlm_config(tokenizer: PreTrainedTokenizerBase, size: str = "tiny") -> 
             "vocab_size": len(tokenizer),
             "hidden_size": text_hidden,
             "intermediate_size": 2 * text_hidden,
-            "num_hidden_layers": text_layers,  # >= 3 so that all three DeepStack levels are injected
+            "num_hidden_layers": text_layers,  # > 3: every DeepStack level (after layers 0-2) feeds later layers, as in the real model
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
             "head_dim": head_dim,

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.spatial.transform import Rotation
+from gap_mllm.pose_encoding import extrinsics_intrinsics_to_pose_encoding
 
 from .config import AuxLossConfig
 
@@ -30,17 +30,11 @@ def camera_encoding(intrinsics: np.ndarray, cam_to_world: np.ndarray, image_size
         `[V, 9]` float32: t (3) and quaternion XYZW with w ≥ 0 (4) of the camera-from-reference
         extrinsic `x_cam = R·x_ref + t`, then fov_h = 2·atan(H/2 / f_y), fov_w = 2·atan(W/2 / f_x).
     """
-    cam_to_world = np.asarray(cam_to_world, dtype=np.float64)
-    intrinsics = np.asarray(intrinsics, dtype=np.float64)
-    height, width = image_size
+    cam_to_world = torch.as_tensor(np.asarray(cam_to_world), dtype=torch.float64)
+    intrinsics = torch.as_tensor(np.asarray(intrinsics), dtype=torch.float64)
     # camera-from-reference = inverse(cam_to_world_v) · cam_to_world_0
-    extrinsics = np.linalg.inv(cam_to_world) @ cam_to_world[0]
-    quaternions = Rotation.from_matrix(extrinsics[:, :3, :3]).as_quat()  # XYZW
-    quaternions *= np.where(quaternions[:, 3:] < 0, -1.0, 1.0)
-    fov_h = 2 * np.arctan((height / 2) / intrinsics[:, 1, 1])
-    fov_w = 2 * np.arctan((width / 2) / intrinsics[:, 0, 0])
-    encoding = np.concatenate([extrinsics[:, :3, 3], quaternions, fov_h[:, None], fov_w[:, None]], axis=1)
-    return torch.from_numpy(encoding).float()
+    extrinsics = torch.linalg.inv(cam_to_world) @ cam_to_world[0]
+    return extrinsics_intrinsics_to_pose_encoding(extrinsics, intrinsics, image_size).float()
 
 
 def depth_on_token_grid(depth: torch.Tensor, merged_grid: tuple[int, int], patch: int) -> torch.Tensor:

@@ -23,16 +23,14 @@ BAD_SAMPLE_POLICIES = ("raise", "skip")
 class ModelSource:
     """Where the weights come from.
 
-    name_or_path: a GAP-MLLM folder / Hub id (stage 2 default: the stage-1 output folder).
-    qwen3_vl_name_or_path: build a new GAP-MLLM from a stock Qwen3-VL (stage 1 from scratch); the
-        geometry encoder then still needs VGGT weights (`vggt_name_or_path`).
+    name_or_path: a GAP-MLLM folder / Hub id with its processor (stage 2 default: the stage-1 output).
+        Stage 1 starts from a folder built once from Qwen3-VL-2B-Instruct + VGGT-1B weights
+        (`GapMllmForConditionalGeneration.from_qwen3_vl` + the VGGT converter, then `save_pretrained`).
     tiny: "tiny" / "small": a randomly initialised local model (tests, smoke runs, benchmarks).
     dtype: "float32" / "bfloat16" / "float16" / "auto".
     """
 
     name_or_path: str | None = None
-    qwen3_vl_name_or_path: str | None = None
-    vggt_name_or_path: str | None = None
     tiny: str | None = None
     dtype: str = "auto"
     attn_implementation: str | None = None
@@ -48,7 +46,7 @@ class DataConfig:
     on_bad_sample: "raise" stops the run with an error naming the sample; "skip" drops it and counts it
         (reported in the logs as `skipped_samples` and at the end of training).
     max_train_samples / max_eval_samples: keep the first N (smoke runs).
-    shuffle: False trains in dataset order (deterministic comparisons, e.g. the DDP test).
+    Sample order: `training.train_sampling_strategy` ("random" / "sequential" / "group_by_length").
     """
 
     data_root: str | None = None
@@ -60,7 +58,6 @@ class DataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     marker: bool = True
-    shuffle: bool = True
 
 
 @dataclass

@@ -3,8 +3,7 @@ sum, and the auxiliary heads and losses.
 
 `GeometryAlignedModel(model, aux)` wraps a `GapMllmForConditionalGeneration` (or a PEFT model around
 one) and the auxiliary heads in one `nn.Module`, so that DDP / FSDP / DeepSpeed wrap, synchronise and
-checkpoint both together. Its forward follows `GapMllmForConditionalGeneration.forward` for the image
-path, with three additions the model does not offer (yet; see training/README.md, "model changes"):
+checkpoint both together. Its image path is the model's own (`get_fused_image_features`); on top of it:
 
     geometry_features   per fusion level, one `[S_b, h_b, w_b, 2C]` tensor per sample: the frozen encoder's
                         output, precomputed (training/feature_cache.py); the encoder is then not run
@@ -62,6 +61,8 @@ class GeometryAlignedModel(nn.Module):
             None when none is).
     """
 
+    _keys_to_ignore_on_save = None  # read by Trainer after loading a checkpoint
+
     def __init__(self, model: nn.Module, aux: AuxLossConfig | None = None):
         super().__init__()
         self.model = model
@@ -91,8 +92,9 @@ class GeometryAlignedModel(nn.Module):
     def device(self) -> torch.device:
         return self.gap_model.device
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.gap_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def activation_checkpointing_enable(self, **kwargs):
+        """Trainer's `activation_checkpointing=True` lands here: checkpoint the GAP-MLLM's layers."""
+        self.gap_model.activation_checkpointing_enable(**kwargs)
 
     def llm_layer_for_level(self, level: int) -> int:
         """Index into the hidden-state tuple that is aligned with fusion level `level`."""
@@ -133,15 +135,9 @@ class GeometryAlignedModel(nn.Module):
         """
         gap = self.gap_model
         views = [int(v) for v in geometry_views_per_sample.tolist()]
-        image_outputs = gap.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-        if geometry_features is None:
-            if geometry_pixel_values is None:
-                raise ValueError("pass geometry_pixel_values (GapMllmProcessor) or precomputed geometry_features")
-            geometry_features = gap.get_geometry_features(geometry_pixel_values, image_grid_thw, views)
-        else:
-            dtype = next(gap.geometry_fusion.parameters()).dtype
-            geometry_features = [[f.to(dtype) for f in level] for level in geometry_features]
-        gap.fuse_geometry(image_outputs, geometry_features, image_grid_thw)
+        image_outputs, geometry_features, _ = gap.get_fused_image_features(
+            pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features
+        )
 
         needs_hidden = self.aux_heads is not None
         outputs = gap.vlm.model(

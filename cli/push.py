@@ -1,0 +1,110 @@
+"""`gap-mllm push`: publish a GAP-MLLM checkpoint folder to the Hub, with a generated model card.
+
+    gap-mllm push --model runs/gap-mllm-det --repo org/gap-mllm --eval-summary runs/eval/det runs/eval/grounding
+    gap-mllm push --model DIR --repo org/gap-mllm --dry-run      # show files and card, upload nothing
+
+One commit holds the safetensors weights, the remote code, the processor, tokenizer and chat template
+files (hub_files.plan_upload decides and checks) and README.md (model_card.build_model_card). From
+Python, `push_model(model, processor, repo_id)` does the same for objects in memory; plain
+`model.push_to_hub(repo)` + `processor.push_to_hub(repo)` also work but upload transformers' generic card.
+
+Every Hub call goes through `transformers.utils.hub.hf_api()` (the client transformers itself uses),
+so a test can swap in a recording fake for both routes (hf-notes.md §14). The token comes from
+`hf auth login` or HF_TOKEN as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from .hub_files import HubFolderError, plan_upload
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="the checkpoint folder (save_pretrained of model AND processor)")
+    parser.add_argument("--repo", required=True, help="target repository id, e.g. org/gap-mllm")
+    parser.add_argument("--eval-summary", nargs="*", default=[], metavar="PATH",
+                        help="summary.json files (or their folders) from `gap-mllm evaluate` for the card's results")
+    parser.add_argument("--base-model", default=None, help="the Qwen3-VL checkpoint it was built from (card metadata)")
+    parser.add_argument("--untrained", action="store_true", help="mark the card as an untrained test model")
+    parser.add_argument("--keep-readme", action="store_true", help="upload the folder's README.md instead of generating one")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
+    parser.add_argument("--commit-message", default="Upload GAP-MLLM checkpoint")
+    parser.add_argument("--dry-run", action="store_true", help="print the upload plan and the card; upload nothing")
+
+
+def _hub_api():
+    from transformers.utils.hub import hf_api
+
+    return hf_api()
+
+
+def build_card_text(folder, repo_id, eval_summaries=(), base_model=None, untrained=False) -> str:
+    from .model_card import DEFAULT_BASE_MODEL, build_model_card
+
+    card = build_model_card(folder, repo_id=repo_id, eval_summaries=eval_summaries,
+                            base_model=base_model or DEFAULT_BASE_MODEL, untrained=untrained)
+    return str(card)
+
+
+def push_folder(folder, repo_id: str, card_text: str | None = None, private: bool = False, revision: str | None = None,
+                commit_message: str = "Upload GAP-MLLM checkpoint", api=None):
+    """Upload the planned files of `folder` (+ `card_text` as README.md) in one commit.
+
+    Returns `(commit_info, uploaded_paths)`. Raises HubFolderError before any Hub call when the folder
+    is not publishable."""
+    from huggingface_hub import CommitOperationAdd
+
+    plan = plan_upload(folder)
+    api = api or _hub_api()
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision:
+        api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(plan.folder / name))
+                  for name in plan.files if not (card_text is not None and name == "README.md")]
+    if card_text is not None:
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text.encode("utf-8")))
+    info = api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message, revision=revision)
+    return info, sorted(op.path_in_repo for op in operations)
+
+
+def push_model(model, processor, repo_id: str, eval_summaries=(), base_model=None, untrained=False, **push_kwargs):
+    """Save `model` and `processor` to a temporary folder and publish it with `push_folder` (one commit,
+    generated card). Returns what `push_folder` returns."""
+    with tempfile.TemporaryDirectory(prefix="gap-mllm-push-") as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        card = build_card_text(tmp, repo_id, eval_summaries, base_model, untrained)
+        return push_folder(tmp, repo_id, card_text=card, **push_kwargs)
+
+
+def main(args: argparse.Namespace) -> int:
+    folder = Path(args.model)
+    try:
+        plan = plan_upload(folder)
+        card = None if args.keep_readme else build_card_text(folder, args.repo, args.eval_summary,
+                                                             args.base_model, args.untrained)
+    except (HubFolderError, FileNotFoundError, ValueError) as error:
+        print(f"gap-mllm push: {error}", file=sys.stderr)
+        return 2
+    if args.keep_readme and "README.md" not in plan.files:
+        print("gap-mllm push: --keep-readme given but the folder has no README.md", file=sys.stderr)
+        return 2
+    print(f"{len(plan.files)} file(s) to upload to {args.repo}" + (f", {len(plan.skipped)} left out" if plan.skipped else ""))
+    for name in plan.files:
+        print(f"  + {name}")
+    for name in plan.skipped:
+        print(f"  - {name} (not uploaded)")
+    if args.dry_run:
+        if card is not None:
+            print("\n--- README.md (generated) ---\n" + card)
+        print("dry run: nothing uploaded")
+        return 0
+    info, uploaded = push_folder(folder, args.repo, card_text=card, private=args.private, revision=args.revision,
+                                 commit_message=args.commit_message)
+    print(f"uploaded {len(uploaded)} file(s): {getattr(info, 'commit_url', info)}")
+    return 0

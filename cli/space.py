@@ -1,0 +1,39 @@
+"""`gap-mllm space`: run the Gradio Space (examples/space/app.py) locally.
+
+    gap-mllm space                          # the embedded tiny, untrained model
+    gap-mllm space --model org/gap-mllm     # any folder or Hub id
+
+gradio is not a dependency of the package: it requires pillow<13 and would downgrade the main
+environment's pillow (hf-notes.md §15). Install it in a separate environment
+(`python examples/space/build_demo_venv.py`, then `.venv-demo/bin/python -m gap_mllm.cli.main space`) or with
+`pip install "gap-mllm[demo]"` where pillow<13 is acceptable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny", help='a GAP-MLLM folder or Hub id; "tiny" (default) is the untrained test model')
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, default=1, help="requests run at once; the rest wait in the queue")
+    parser.add_argument("--max-queue", type=int, default=16, help="queued requests beyond which new ones are refused")
+
+
+def main(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:  # not imported here: launch() must set GRADIO_TEMP_DIR first
+        print("gap-mllm space needs gradio, which is kept out of the main environment (it requires pillow<13).\n"
+              "Build the demo environment: python examples/space/build_demo_venv.py  (then .venv-demo/bin/python -m gap_mllm.cli.main space)",
+              file=sys.stderr)
+        return 2
+    from .space_ui import SpaceSettings, launch
+
+    launch(SpaceSettings(model=args.model, max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,
+                         max_queue=args.max_queue), host=args.host, port=args.port)
+    return 0

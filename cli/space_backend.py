@@ -1,0 +1,153 @@
+"""What the Space does per request, without gradio (testable in the main environment).
+
+`SpaceBackend.run` takes the raw widget values, checks the upload (uploads.py), runs the task
+(tasks.py) and writes the pictures (visualize.py) into a per-request folder of its own work
+directory; the UI (space_ui.py) only passes values in and paths out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .loading import TINY, UNTRAINED_NOTICE, load_model_and_processor
+from .scenes import EXAMPLE_SEEDS, scene_from_frames, synthetic_scene
+from .tasks import TaskRequest, run_task
+from .uploads import UploadError, UploadLimits, load_frames
+from .visualize import contact_sheet, frames_with_boxes, gate_heatmap, save_scene_glb
+
+TASK_LABELS = {
+    "3D object detection": "detection",
+    "3D visual grounding (text query)": "grounding",
+    "3D dense captioning (pick an object)": "captioning",
+    "marker point reconstruction": "reconstruction",
+}
+NO_EXAMPLE = "(my uploaded files)"
+
+
+def upload_folder() -> Path:
+    """Where gradio stores uploads: GRADIO_TEMP_DIR, else `<tmp>/gradio` (gradio.utils.get_upload_folder)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def parse_numbers(text: str | None, count: int, what: str) -> list[float] | None:
+    """`count` numbers separated by commas or spaces (brackets allowed); None for empty text."""
+    if not text or not text.strip():
+        return None
+    parts = [p for p in re.split(r"[\s,;\[\]()]+", text.strip()) if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError as error:
+        raise UploadError(f"{what}: expected {count} numbers, got {text!r}") from error
+    if len(values) != count:
+        raise UploadError(f"{what}: expected {count} numbers, got {len(values)}")
+    return values
+
+
+@dataclass
+class SpaceSettings:
+    model: str = TINY
+    max_new_tokens: int = 128
+    concurrency: int = 1
+    max_queue: int = 16
+    limits: UploadLimits = field(default_factory=UploadLimits)
+
+
+@dataclass
+class SpaceOutput:
+    """Paths and texts for the UI: frames with boxes (one PNG per frame), the 3D scene (GLB), the gate
+    heat map (PNG or None), the raw answer, the parsed result (text) and a status line."""
+
+    frames: list[Path]
+    scene_glb: Path
+    gates_png: Path | None
+    raw: str
+    parsed: str
+    status: str
+
+
+class SpaceBackend:
+    """Loads the model once and serves requests (gradio's queue serialises them; the lock guards
+    direct callers too, since a model is not safe to run from two threads at once)."""
+
+    def __init__(self, settings: SpaceSettings, work_dir=None):
+        self.settings = settings
+        self.model, self.processor, self.is_tiny = load_model_and_processor(settings.model)
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gap-mllm-space-"))
+        self._lock = threading.Lock()
+        self._examples = {}
+
+    @property
+    def notice(self) -> str:
+        return UNTRAINED_NOTICE if self.is_tiny else f"Model: `{self.settings.model}`."
+
+    def example(self, name: str):
+        if name not in EXAMPLE_SEEDS:
+            raise UploadError(f"unknown example {name!r}")
+        if name not in self._examples:
+            self._examples[name] = synthetic_scene(EXAMPLE_SEEDS[name])
+        return self._examples[name]
+
+    def object_choices(self, example_name: str | None) -> list[str]:
+        """Pickable objects for captioning: the reference objects of a synthetic example."""
+        if not example_name or example_name == NO_EXAMPLE:
+            return []
+        scene = self.example(example_name)
+        return [f"{i}: {label}" for i, label in enumerate(scene.reference_labels)]
+
+    def _scene(self, files, example_name):
+        if example_name and example_name != NO_EXAMPLE:
+            return self.example(example_name)
+        paths = [f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", f) for f in (files or [])]
+        return scene_from_frames(load_frames(paths, self.settings.limits, allowed_roots=[upload_folder()]))
+
+    def _request(self, task_label, query, object_choice, box_text, marker_text, scene) -> TaskRequest:
+        task = TASK_LABELS.get(task_label, task_label)
+        box = None
+        if task == "captioning":
+            if object_choice and scene.reference_boxes is not None and len(scene.reference_boxes):
+                box = [float(v) for v in scene.reference_boxes[int(str(object_choice).split(":")[0])]]
+            else:
+                box = parse_numbers(box_text, 9, "object box")
+        marker = None
+        if task == "reconstruction":
+            values = parse_numbers(marker_text, 3, "marker (view x y)")
+            if values is None:  # default: the centre of the first frame
+                width, height = scene.views[0].size
+                values = [0, width // 2, height // 2]
+            marker = tuple(int(v) for v in values)
+            width, height = scene.views[0].size
+            if not (0 <= marker[1] < width and 0 <= marker[2] < height):
+                raise UploadError(f"marker pixel ({marker[1]}, {marker[2]}) is outside the {width}x{height} frame")
+        request = TaskRequest(task=task, query=query, box=box, marker=marker)
+        request.validate(len(scene.views))
+        return request
+
+    def run(self, files, example_name, task_label, query=None, object_choice=None, box_text=None,
+            marker_text=None) -> SpaceOutput:
+        """One request; raises UploadError / ValueError with a user-facing message."""
+        scene = self._scene(files, example_name)
+        request = self._request(task_label, query, object_choice, box_text, marker_text, scene)
+        with self._lock:
+            result = run_task(self.model, self.processor, scene.views, request,
+                              max_new_tokens=self.settings.max_new_tokens)
+        out = self.work_dir / uuid.uuid4().hex
+        out.mkdir(parents=True)
+        drawn = frames_with_boxes(scene, result.boxes, result.point)
+        frames = []
+        for index, image in enumerate(drawn):
+            frames.append(out / f"frame_{index}.png")
+            image.save(frames[-1])
+        contact_sheet(drawn).save(out / "frames_with_boxes.png")
+        glb = save_scene_glb(out / "scene.glb", scene, result.boxes, result.point)
+        gates = gate_heatmap(result.gates, result.token_grids, out / "fusion_gates.png")
+        geometry = ("exact synthetic geometry (green: reference boxes)" if scene.calibrated else
+                    "uploaded frames: boxes drawn on frame 0 with an assumed 60° camera; no point cloud (needs depth)")
+        status = f"{request.task} on {len(scene.views)} frame(s); {geometry}."
+        return SpaceOutput(frames=frames, scene_glb=glb, gates_png=gates, raw=result.raw,
+                           parsed=result.summary(), status=status)

@@ -1,0 +1,82 @@
+"""The Gradio interface of the Space (imports gradio; see space.py for why it is optional).
+
+Layout: input column (files or a bundled example, task, task inputs, Run) and output column
+(status, frames with projected boxes, 3D view, raw answer, parsed result, fusion gate heat map).
+Safety: uploads are checked by uploads.py against the gradio upload folder only; gradio serves no
+other path (`allowed_paths` is not widened); requests are queued (`concurrency` at once, at most
+`max_queue` waiting); gradio itself refuses files above the size limit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from .space_backend import NO_EXAMPLE, TASK_LABELS, SpaceBackend, SpaceSettings
+from .scenes import EXAMPLE_SEEDS
+from .uploads import GIF_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, UploadError
+
+INTRO = """# GAP-MLLM: 3D perception from RGB frames
+Upload a few frames of one scene (or one short video; frames are sampled) or pick a synthetic example,
+choose a task and press **Run**. Boxes are in the first frame's camera (x right, y down, z forward)."""
+
+
+def build_demo(backend: SpaceBackend):
+    import gradio as gr
+
+    def on_example_change(example_name):
+        choices = backend.object_choices(example_name)
+        return gr.update(choices=choices, value=choices[0] if choices else None)
+
+    def on_run(files, example_name, task_label, query, object_choice, box_text, marker_text):
+        try:
+            out = backend.run(files, example_name, task_label, query, object_choice, box_text, marker_text)
+        except (UploadError, ValueError) as error:
+            raise gr.Error(str(error), title="Cannot run this request") from error
+        return ([str(p) for p in out.frames], str(out.scene_glb), out.raw, out.parsed,
+                str(out.gates_png) if out.gates_png else None, out.status)
+
+    limits = backend.settings.limits
+    accepted = sorted(IMAGE_SUFFIXES | GIF_SUFFIXES | VIDEO_SUFFIXES)
+    with gr.Blocks(title="GAP-MLLM demo") as demo:
+        gr.Markdown(INTRO)
+        gr.Markdown(f"**{backend.notice}**", elem_id="model-notice")
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label=f"Frames or a video (≤ {limits.max_files} files, ≤ {limits.max_file_bytes // 2**20} MB each)",
+                                file_count="multiple", file_types=accepted, type="filepath", elem_id="uploads")
+                example = gr.Dropdown([NO_EXAMPLE, *EXAMPLE_SEEDS], value=NO_EXAMPLE, label="or a bundled example",
+                                      elem_id="example")
+                task = gr.Radio(list(TASK_LABELS), value=next(iter(TASK_LABELS)), label="Task", elem_id="task")
+                query = gr.Textbox(label="Grounding query", placeholder="the chair next to the desk", elem_id="query")
+                object_choice = gr.Dropdown([], label="Captioning: object (bundled examples)", elem_id="object")
+                box_text = gr.Textbox(label="Captioning: or a box cx cy cz sx sy sz yaw pitch roll", elem_id="box")
+                marker_text = gr.Textbox(label="Reconstruction: marker 'view x y' (empty: centre of frame 0)", elem_id="marker")
+                run = gr.Button("Run", variant="primary", elem_id="run")
+            with gr.Column(scale=2):
+                status = gr.Markdown(elem_id="status")
+                frames = gr.Gallery(label="Frames with projected 3D boxes (red: answer)", columns=2, height=360,
+                                    elem_id="frames")
+                scene = gr.Model3D(label="3D view (point cloud and boxes)", clear_color=(0.1, 0.1, 0.1, 1.0),
+                                   height=360, elem_id="scene3d")
+                with gr.Row():
+                    raw = gr.Textbox(label="Raw answer", lines=4, elem_id="raw")
+                    parsed = gr.Textbox(label="Parsed result", lines=4, elem_id="parsed")
+                gates = gr.Image(label="Fusion gate per level (share of the Qwen feature)", type="filepath",
+                                 elem_id="gates")
+        example.change(on_example_change, example, object_choice)
+        run.click(on_run, [files, example, task, query, object_choice, box_text, marker_text],
+                  [frames, scene, raw, parsed, gates, status], api_name="run")
+    return demo
+
+
+def launch(settings: SpaceSettings, host: str = "127.0.0.1", port: int = 7860, **launch_kwargs):
+    """Build the backend and the interface, queue requests, and serve (blocks)."""
+    # A dedicated upload folder: uploads.py only reads files inside it. Set before gradio is imported,
+    # since gradio reads GRADIO_TEMP_DIR at import time.
+    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="gap-mllm-uploads-"))
+    backend = SpaceBackend(settings)
+    demo = build_demo(backend)
+    demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
+    limit = f"{settings.limits.max_file_bytes // 2**20}mb"
+    demo.launch(server_name=host, server_port=port, max_file_size=limit, show_error=True, **launch_kwargs)

@@ -1,0 +1,148 @@
+"""Checking and loading user uploads (Space and `gap-mllm predict`): limits, allowed folders, frames.
+
+Rules, each failing with a message meant for the user:
+- count: at most `max_files` files per request;
+- size: at most `max_file_bytes` per file and `max_pixels` per frame (decompression bombs);
+- type: images (.png .jpg .jpeg .webp .bmp), animated GIF, or a video (.mp4 .webm .mov .avi .mkv,
+  needs PyAV); the content must decode as that type, not only carry its extension;
+- place: with `allowed_roots`, every path must resolve (symlinks followed) inside one of them, so a
+  crafted request cannot make the server read any other file.
+Videos and GIFs are sampled uniformly down to `max_frames`; all frames are resized to the first
+frame's size (VGGT attends across frames, so they must share one size) and capped at `max_side`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+GIF_SUFFIXES = {".gif"}
+VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv"}
+
+
+class UploadError(ValueError):
+    """An upload that breaks a rule; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_files: int = 8  # images per request; a video is one file, sampled down to max_frames
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_frames: int = 8
+    max_pixels: int = 4096 * 4096
+    max_side: int = 640
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def check_paths(paths, limits: UploadLimits, allowed_roots=None) -> list[Path]:
+    """Resolve and check upload paths (count, place, existence, size, type); returns the resolved paths."""
+    paths = [Path(os.fspath(p)) for p in paths]
+    if not paths:
+        raise UploadError("Please upload at least one image or a short video, or pick an example.")
+    if len(paths) > limits.max_files:
+        raise UploadError(f"Too many files: {len(paths)} uploaded, at most {limits.max_files} are accepted.")
+    roots = [Path(r).resolve() for r in allowed_roots] if allowed_roots is not None else None
+    resolved = []
+    for path in paths:
+        real = path.resolve()
+        if roots is not None and not _inside(real, roots):
+            raise UploadError(f"{path.name}: this file is not in the upload folder and cannot be read.")
+        if not real.is_file():
+            raise UploadError(f"{path.name}: not found (uploads expire; please upload it again).")
+        suffix = real.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES | GIF_SUFFIXES | VIDEO_SUFFIXES:
+            allowed = ", ".join(sorted(IMAGE_SUFFIXES | GIF_SUFFIXES | VIDEO_SUFFIXES))
+            raise UploadError(f"{path.name}: unsupported file type {suffix or '(none)'}; allowed: {allowed}.")
+        size = real.stat().st_size
+        if size > limits.max_file_bytes:
+            raise UploadError(f"{path.name}: {size / 2**20:.1f} MB is over the {limits.max_file_bytes / 2**20:.0f} MB limit.")
+        resolved.append(real)
+    videos = [p for p in resolved if p.suffix.lower() in VIDEO_SUFFIXES | GIF_SUFFIXES]
+    if videos and len(resolved) > 1:
+        raise UploadError("Upload either one video (or animated GIF) or several images, not both.")
+    return resolved
+
+
+def uniform_indices(total: int, count: int) -> list[int]:
+    """`min(count, total)` indices spread evenly over `[0, total)`, first and last included."""
+    if total <= count:
+        return list(range(total))
+    return [int(round(i)) for i in np.linspace(0, total - 1, count)]
+
+
+def _open_image(path: Path, limits: UploadLimits) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > limits.max_pixels:
+                raise UploadError(f"{path.name}: {image.width}x{image.height} pixels is over the limit.")
+            return image.convert("RGB")
+    except UploadError:
+        raise
+    except Exception as error:  # PIL raises many types for corrupt or mislabelled files
+        raise UploadError(f"{path.name}: not a readable image ({type(error).__name__}).") from error
+
+
+def _gif_frames(path: Path, limits: UploadLimits) -> list[Image.Image]:
+    try:
+        with Image.open(path) as gif:
+            if gif.width * gif.height > limits.max_pixels:
+                raise UploadError(f"{path.name}: {gif.width}x{gif.height} pixels is over the limit.")
+            total = getattr(gif, "n_frames", 1)
+            frames = []
+            for index in uniform_indices(total, limits.max_frames):
+                gif.seek(index)
+                frames.append(gif.convert("RGB"))
+            return frames
+    except UploadError:
+        raise
+    except Exception as error:
+        raise UploadError(f"{path.name}: not a readable GIF ({type(error).__name__}).") from error
+
+
+def _video_frames(path: Path, limits: UploadLimits) -> list[Image.Image]:
+    try:
+        import av
+    except ImportError as error:
+        raise UploadError("Video upload needs PyAV on the server (pip install av); upload frames as images instead.") from error
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.width * stream.height > limits.max_pixels:
+                raise UploadError(f"{path.name}: {stream.width}x{stream.height} pixels is over the limit.")
+            # Decoding every frame keeps this exact for variable frame rates; clips are short (size limit).
+            decoded = [frame.to_image() for frame in container.decode(stream)]
+    except UploadError:
+        raise
+    except Exception as error:
+        raise UploadError(f"{path.name}: not a readable video ({type(error).__name__}).") from error
+    if not decoded:
+        raise UploadError(f"{path.name}: the video has no frames.")
+    return [decoded[i].convert("RGB") for i in uniform_indices(len(decoded), limits.max_frames)]
+
+
+def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:
+    width, height = frames[0].size
+    scale = min(1.0, max_side / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return [f if f.size == size else f.resize(size, Image.Resampling.BICUBIC) for f in frames]
+
+
+def load_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None) -> list[Image.Image]:
+    """Check `paths` (see the module docstring) and return the frames to feed the model."""
+    resolved = check_paths(paths, limits, allowed_roots)
+    suffix = resolved[0].suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        frames = _video_frames(resolved[0], limits)
+    elif suffix in GIF_SUFFIXES:
+        frames = _gif_frames(resolved[0], limits)
+    else:
+        frames = [_open_image(p, limits) for p in resolved]
+    return _common_size(frames, limits.max_side)

@@ -1,0 +1,201 @@
+"""Pictures of one answer: frames with projected 3D boxes, a 3D scene (GLB / PLY) and gate heat maps.
+
+Conventions: boxes and points are in the first frame's OpenCV camera (x right, y down, z forward,
+metres). Frame v is drawn with `first → v = inv(cam_to_first[v])` when poses are known; without poses
+only the first frame can carry boxes. The GLB is turned into glTF's y-up frame (x, −y, −z) so viewers
+show the room upright; the PLY keeps the camera frame, as the package's point clouds do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from gap_mllm.evaluation.box_iou import BOX_EDGES
+from gap_mllm.evaluation.plots import project_box_edges
+from gap_mllm.point_cloud import write_ply
+from gap_mllm.processing.coordinates import box_corners, invert_rigid, transform_boxes
+from gap_mllm.target_format import Box3D
+
+PREDICTED = (230, 40, 40)
+REFERENCE = (40, 200, 80)
+MARKER = (255, 200, 0)
+OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])
+
+
+def _as_array(boxes) -> np.ndarray:
+    """`[K, 9]` from Box3D objects or rows of 9 numbers."""
+    rows = [b.to_list() if isinstance(b, Box3D) else list(b) for b in boxes]
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 9)
+
+
+def _draw_box_set(draw: ImageDraw.ImageDraw, boxes: np.ndarray, intrinsics, colour, width: int, labels=None):
+    for index, box in enumerate(boxes):
+        segments = project_box_edges(box, intrinsics)
+        for start, end in segments:
+            draw.line([tuple(start), tuple(end)], fill=colour, width=width)
+        if labels and segments:
+            top_left = min((tuple(p) for seg in segments for p in seg), key=lambda p: (p[1], p[0]))
+            draw.text((top_left[0] + 2, top_left[1] + 2), str(labels[index]), fill=colour)
+
+
+def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True) -> list[Image.Image]:
+    """Every frame with the predicted boxes (red), the reference boxes (green, synthetic scenes) and the
+    predicted 3D point (yellow) projected; frames without a known pose are returned undrawn."""
+    predicted = _as_array(boxes)
+    labels = [b.label if isinstance(b, Box3D) else None for b in boxes]
+    labels = labels if any(labels) else None
+    drawn = []
+    for index, view in enumerate(scene.views):
+        image = view.convert("RGB").copy()
+        if index == 0:
+            first_to_view = np.eye(4)
+        elif scene.cam_to_first is not None:
+            first_to_view = invert_rigid(scene.cam_to_first[index])
+        else:
+            drawn.append(image)
+            continue
+        draw = ImageDraw.Draw(image)
+        if show_reference and len(scene.reference_boxes):
+            _draw_box_set(draw, transform_boxes(scene.reference_boxes, first_to_view), scene.intrinsics, REFERENCE, 1)
+        if len(predicted):
+            _draw_box_set(draw, transform_boxes(predicted, first_to_view), scene.intrinsics, PREDICTED, 2, labels)
+        if point is not None:
+            p = first_to_view[:3, :3] @ np.asarray(point, dtype=np.float64) + first_to_view[:3, 3]
+            if p[2] > 0.05:
+                u, v = (scene.intrinsics @ (p / p[2]))[:2]
+                draw.ellipse([u - 4, v - 4, u + 4, v + 4], outline=MARKER, width=2)
+        drawn.append(image)
+    return drawn
+
+
+def contact_sheet(images: list[Image.Image], columns: int = 2) -> Image.Image:
+    """The frames tiled into one image (for a single PNG per answer)."""
+    width, height = images[0].size
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * width, rows * height), (255, 255, 255))
+    for index, image in enumerate(images):
+        sheet.paste(image.resize((width, height)), ((index % columns) * width, (index // columns) * height))
+    return sheet
+
+
+def box_edge_points(boxes, per_edge: int = 24) -> np.ndarray:
+    """Points sampled along every box edge `[K·12·per_edge, 3]`: boxes inside a plain point cloud (PLY)."""
+    boxes = _as_array(boxes)
+    if not len(boxes):
+        return np.zeros((0, 3), dtype=np.float32)
+    corners = box_corners(boxes).reshape(-1, 8, 3)
+    steps = np.linspace(0.0, 1.0, per_edge)[None, None, :, None]
+    start, end = corners[:, BOX_EDGES[:, 0], None, :], corners[:, BOX_EDGES[:, 1], None, :]
+    return (start + (end - start) * steps).reshape(-1, 3).astype(np.float32)
+
+
+def save_scene_ply(path, scene, boxes, point=None) -> Path:
+    """PLY: the scene's point cloud (if any) plus red box-edge points and a yellow point for the answer."""
+    parts_xyz, parts_rgb = [], []
+    if scene.points is not None:
+        parts_xyz.append(scene.points)
+        parts_rgb.append(scene.colors if scene.colors is not None else np.full((len(scene.points), 3), 200, np.uint8))
+    edges = box_edge_points(boxes)
+    parts_xyz.append(edges)
+    parts_rgb.append(np.tile(np.array(PREDICTED, np.uint8), (len(edges), 1)))
+    if point is not None:
+        parts_xyz.append(np.asarray([point], dtype=np.float32))
+        parts_rgb.append(np.array([MARKER], np.uint8))
+    return write_ply(path, np.concatenate(parts_xyz), np.concatenate(parts_rgb))
+
+
+def _edge_cylinders(trimesh, boxes: np.ndarray, colour, radius: float):
+    meshes = []
+    for corners in box_corners(boxes).reshape(-1, 8, 3):
+        for a, b in BOX_EDGES:
+            segment = np.stack([corners[a], corners[b]]) @ OPENCV_TO_GLTF.T
+            if np.linalg.norm(segment[1] - segment[0]) < 1e-6:
+                continue
+            cylinder = trimesh.creation.cylinder(radius=radius, segment=segment, sections=6)
+            cylinder.visual.face_colors = [*colour, 255]
+            meshes.append(cylinder)
+    return meshes
+
+
+def save_scene_glb(path, scene, boxes, point=None, show_reference: bool = True) -> Path:
+    """GLB for `gr.Model3D` and any glTF viewer: coloured point cloud (glTF POINTS), predicted boxes as red
+    tubes, reference boxes as thin green tubes, the answer point as a yellow sphere. Needs trimesh."""
+    import trimesh
+
+    geometry = []
+    if scene.points is not None and len(scene.points):
+        colors = scene.colors if scene.colors is not None else np.full((len(scene.points), 3), 200, np.uint8)
+        rgba = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
+        geometry.append(trimesh.PointCloud(scene.points @ OPENCV_TO_GLTF.T, colors=rgba))
+    if show_reference and len(scene.reference_boxes):
+        geometry += _edge_cylinders(trimesh, scene.reference_boxes, REFERENCE, 0.008)
+    geometry += _edge_cylinders(trimesh, _as_array(boxes), PREDICTED, 0.015)
+    if point is not None:
+        sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.05)
+        sphere.apply_translation(np.asarray(point, dtype=np.float64) @ OPENCV_TO_GLTF.T)
+        sphere.visual.face_colors = [*MARKER, 255]
+        geometry.append(sphere)
+    if not geometry:  # an empty answer on uncalibrated frames: still a valid file, the camera as a small axis
+        geometry.append(trimesh.creation.axis(origin_size=0.02, axis_length=0.3))
+    path = Path(path)
+    path.write_bytes(trimesh.Scene(geometry).export(file_type="glb"))
+    return path
+
+
+def gate_heatmap(gates: list[np.ndarray], token_grids: list[tuple[int, int]], path) -> Path | None:
+    """PNG with one row per fusion level and one column per view: the gate share of the Qwen feature in
+    each visual token (1 = pure Qwen, 0 = pure geometry). None when the model returned no gates."""
+    if not gates:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless servers and Spaces
+    import matplotlib.pyplot as plt
+
+    counts = [h * w for h, w in token_grids]
+    names = ["main (VGGT ⊕ ViT out)"] + [f"DeepStack {i}" for i in range(len(gates) - 1)]
+    fig, axes = plt.subplots(len(gates), len(token_grids), squeeze=False,
+                             figsize=(2.2 * len(token_grids) + 1.0, 1.9 * len(gates)))
+    image = None
+    for level, gate in enumerate(gates):
+        if gate.size != sum(counts):
+            raise ValueError(f"level {level}: {gate.size} gate values for {sum(counts)} visual tokens")
+        offsets = np.cumsum([0, *counts])
+        for view, (h, w) in enumerate(token_grids):
+            ax = axes[level][view]
+            image = ax.imshow(gate[offsets[view]:offsets[view + 1]].reshape(h, w), vmin=0.0, vmax=1.0, cmap="viridis")
+            ax.set_xticks([]), ax.set_yticks([])
+            if level == 0:
+                ax.set_title(f"view {view}", fontsize=9)
+            if view == 0:
+                ax.set_ylabel(names[level], fontsize=8)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="gate: share of Qwen feature")
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_visualisations(scene, result, out_dir, formats=("png", "glb", "ply")) -> dict[str, Path]:
+    """Save the pictures of `result` (a `TaskResult`) under `out_dir`; returns `{kind: path}`.
+
+    Kinds: `frames` (PNG contact sheet with projected boxes), `gates` (PNG heat map, when gated),
+    `glb` / `ply` (3D scene)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if "png" in formats:
+        frames = frames_with_boxes(scene, result.boxes, result.point)
+        written["frames"] = out_dir / "frames_with_boxes.png"
+        contact_sheet(frames).save(written["frames"])
+        gates = gate_heatmap(result.gates, result.token_grids, out_dir / "fusion_gates.png")
+        if gates is not None:
+            written["gates"] = gates
+    if "glb" in formats:
+        written["glb"] = save_scene_glb(out_dir / "scene.glb", scene, result.boxes, result.point)
+    if "ply" in formats:
+        written["ply"] = save_scene_ply(out_dir / "scene.ply", scene, result.boxes, result.point)
+    return written

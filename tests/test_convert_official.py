@@ -1,0 +1,223 @@
+"""Official GAP-MLLM checkpoint → gap_mllm folder.
+
+The real checkpoint cannot be downloaded here, so `write_official_checkpoint` writes a tiny one in the
+official layout (method.md §1.9), from a tiny gap_mllm model with known weights:
+
+    config.json        stock Qwen3-VL config (model_type "qwen3_vl",
+                       architectures ["Qwen3VLForConditionalGenerationWithVGGT"]) + use_geometry_encoder,
+                       geometry_encoder_type, reference_frame, feature_fusion_method, fusion_num_layers,
+                       geometry_merger_type, intermediate_layer_idx
+    model.visual.*                          Qwen3-VL vision tower
+    model.language_model.*                  Qwen3-VL text model
+    lm_head.weight                          (tied to the embeddings, saved anyway)
+    geometry_encoder.vggt.aggregator.*      VGGT aggregator
+    geometry_merger.{ln_q.weight[, ln_q.bias], mlp.0.*, mlp.2.*}          main-level merger
+    geometry_deepstack_merger_list.{0,1,2}.*                              DeepStack mergers
+    feature_fusion.{norm1, norm2, gate_projection.0}.*                    main-level gate
+    deepstack_feature_fusion_list.{0,1,2}.*                               DeepStack gates
+    model.<every geometry key above>        the duplicated registration on the inner model
+
+split over two safetensors shards with an index, the duplicate copies landing in other shards than
+their originals, plus the tokenizer and image-processor files of a Qwen3-VL release.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.cli import convert as convert_cli
+from gap_mllm.conversion_report import ConversionError
+from gap_mllm.convert_official_gap_mllm_to_hf import convert_official_checkpoint
+from gap_mllm.tiny.tiny_model import build_tiny_model
+
+from .conftest import make_views
+
+OFFICIAL_LEVEL_NAMES = {"mergers": ("geometry_merger", "geometry_deepstack_merger_list"),
+                        "fusions": ("feature_fusion", "deepstack_feature_fusion_list")}
+
+
+def official_key_names(key: str) -> list[str]:
+    """The official key(s) of one gap_mllm key (two for geometry modules: outer + `model.` duplicate)."""
+    if key.startswith("vlm.model."):
+        return [key[len("vlm."):]]
+    if key == "vlm.lm_head.weight":
+        return ["lm_head.weight"]
+    if key.startswith("geometry_encoder."):
+        name = "geometry_encoder.vggt." + key[len("geometry_encoder."):]
+    else:
+        _, kind, level, rest = key.split(".", 3)
+        main, deepstack = OFFICIAL_LEVEL_NAMES[kind]
+        name = f"{main}.{rest}" if level == "0" else f"{deepstack}.{int(level) - 1}.{rest}"
+    return [name, "model." + name]
+
+
+def write_official_checkpoint(model, processor, folder, registration="both", edit=None):
+    """Write `model` in the official layout (see the module docstring).
+
+    registration: "both" (outer + `model.` copies), "outer" or "inner" only.
+    edit: optional callable applied to the official key → tensor dict before saving.
+    """
+    tensors = {}
+    for key, value in model.state_dict().items():
+        names = official_key_names(key)
+        if len(names) == 2 and registration != "both":
+            names = names[:1] if registration == "outer" else names[1:]
+        for name in names:
+            tensors[name] = value.detach().clone().contiguous()
+    if edit is not None:
+        edit(tensors)
+    folder.mkdir(parents=True)
+    keys = sorted(tensors)  # sorted: every "model.geometry_*" copy lands in the first shard, its original in the second
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    for name, shard_keys in shards.items():
+        save_file({k: tensors[k] for k in shard_keys}, str(folder / name), metadata={"format": "pt"})
+    weight_map = {k: name for name, shard_keys in shards.items() for k in shard_keys}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config = model.config.vlm_config.to_dict()
+    config.update(
+        architectures=["Qwen3VLForConditionalGenerationWithVGGT"], use_geometry_encoder=True, geometry_encoder_type="vggt",
+        reference_frame="first", feature_fusion_method="gated", fusion_num_layers=1, geometry_merger_type="mlp",
+        intermediate_layer_idx=list(model.config.geometry_config.tapped_layers),
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    processor.tokenizer.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def layer_norm_model():
+    return build_tiny_model(geometry_fusion_config={"merger_norm": "layer"}, seed=1)
+
+
+def logits_of(model, processor):
+    inputs = processor(images=[make_views(2, 64, 96)], text=["Describe the room."], return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).logits, inputs
+
+
+@pytest.mark.parametrize("merger_norm", ["rms", "layer"])
+def test_every_tensor_lands_and_outputs_agree(tmp_path, merger_norm, tiny_processor):
+    model, processor = build_tiny_model(processor=tiny_processor, geometry_fusion_config={"merger_norm": merger_norm}, seed=3)
+    source = write_official_checkpoint(model, processor, tmp_path / "official")
+    report = convert_official_checkpoint(source, tmp_path / "converted")
+    duplicates = [k for k, why in report.skipped.items() if why.startswith("duplicate registration")]
+    assert len(duplicates) == sum(1 for k in model.state_dict() if k.startswith("geometry_"))
+    assert report.skipped["lm_head.weight"].startswith("tied to vlm.model.language_model.embed_tokens.weight")
+    assert any(f"merger norm detected from the keys: '{merger_norm}'" in note for note in report.notes)
+
+    converted = GapMllmForConditionalGeneration.from_pretrained(tmp_path / "converted").eval()
+    assert converted.config.geometry_fusion_config.merger_norm == merger_norm
+    assert converted.config.geometry_config.tapped_layers == model.config.geometry_config.tapped_layers
+    assert converted.missing_weight_groups == []
+    converted_state = converted.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(converted_state[key], value), key
+    expected, _ = logits_of(model, processor)
+    got, _ = logits_of(converted, processor)
+    assert torch.equal(got, expected)
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class BlockGapMllm(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "gap_mllm" or name.startswith("gap_mllm."):
+                raise ImportError("gap_mllm is blocked in this process")
+
+    sys.meta_path.insert(0, BlockGapMllm())
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    folder, payload_path = sys.argv[1], sys.argv[2]
+    payload = torch.load(payload_path, weights_only=False)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__name__ == "GapMllmForConditionalGeneration" and "transformers_modules" in type(model).__module__
+    assert type(AutoProcessor.from_pretrained(folder, trust_remote_code=True)).__name__ == "GapMllmProcessor"
+    with torch.no_grad():
+        logits = model(**payload["inputs"]).logits
+    assert torch.equal(logits, payload["logits"]), (logits - payload["logits"]).abs().max()
+    print("REMOTE-CODE-OK")
+    """
+)
+
+
+def test_converted_folder_loads_with_automodel_trust_remote_code(tmp_path, layer_norm_model):
+    model, processor = layer_norm_model
+    source = write_official_checkpoint(model, processor, tmp_path / "official")
+    parser = argparse.ArgumentParser()
+    convert_cli.add_arguments(parser)
+    assert convert_cli.main(parser.parse_args(["official", str(source), str(tmp_path / "converted"), "--no-progress"])) == 0
+    assert (tmp_path / "converted" / "model.safetensors.index.json").is_file()
+    logits, inputs = logits_of(model, processor)
+    torch.save({"inputs": dict(inputs), "logits": logits}, tmp_path / "payload.pt")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "converted"), str(tmp_path / "payload.pt")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert "REMOTE-CODE-OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("registration", ["outer", "inner"])
+def test_either_registration_alone_is_accepted(tmp_path, registration, layer_norm_model):
+    model, processor = layer_norm_model
+    source = write_official_checkpoint(model, processor, tmp_path / "official", registration=registration)
+    report = convert_official_checkpoint(source, tmp_path / "converted", write_processor=False)
+    assert not any(why.startswith("duplicate") for why in report.skipped.values())
+    assert report.mapped["geometry_fusion.mergers.2.ln_q.bias"] == (
+        "geometry_deepstack_merger_list.1.ln_q.bias" if registration == "outer" else "model.geometry_deepstack_merger_list.1.ln_q.bias")
+    assert report.mapped["geometry_encoder.aggregator.camera_token"].endswith("geometry_encoder.vggt.aggregator.camera_token")
+
+
+def _expect_error(tmp_path, model, processor, edit, pattern):
+    source = write_official_checkpoint(model, processor, tmp_path / "official", edit=edit)
+    with pytest.raises(ConversionError, match=pattern):
+        convert_official_checkpoint(source, tmp_path / "converted", write_processor=False)
+    assert not (tmp_path / "converted").exists()  # nothing written on error
+
+
+def test_disagreeing_duplicates_are_an_error_naming_the_key(tmp_path, layer_norm_model):
+    def edit(tensors):
+        tensors["model.feature_fusion.gate_projection.0.bias"] = tensors["model.feature_fusion.gate_projection.0.bias"] + 1
+    _expect_error(tmp_path, *layer_norm_model, edit, r"model\.feature_fusion\.gate_projection\.0\.bias: differs from feature_fusion")
+
+
+def test_missing_key_is_an_error_naming_it(tmp_path, layer_norm_model):
+    def edit(tensors):
+        for name in ("deepstack_feature_fusion_list.2.norm2.weight", "model.deepstack_feature_fusion_list.2.norm2.weight"):
+            del tensors[name]
+    _expect_error(tmp_path, *layer_norm_model, edit, r"missing .*\n  - geometry_fusion\.fusions\.3\.norm2\.weight")
+
+
+def test_extra_key_is_an_error_naming_it(tmp_path, layer_norm_model):
+    def edit(tensors):
+        tensors["geometry_deepstack_merger_list.5.mlp.0.bias"] = torch.zeros(3)
+        tensors["model.rotary_helper.inv_freq"] = torch.zeros(3)
+    _expect_error(tmp_path, *layer_norm_model, edit,
+                  r"geometry_deepstack_merger_list\.5\.mlp\.0\.bias: no tensor of this name(.|\n)*model\.rotary_helper\.inv_freq: neither")
+
+
+def test_mis_shaped_key_is_an_error_naming_it(tmp_path, layer_norm_model):
+    def edit(tensors):
+        for name in ("geometry_encoder.vggt.aggregator.frame_blocks.1.attn.proj.bias",
+                     "model.geometry_encoder.vggt.aggregator.frame_blocks.1.attn.proj.bias"):
+            tensors[name] = torch.zeros(7)
+    _expect_error(tmp_path, *layer_norm_model, edit,
+                  r"geometry_encoder\.aggregator\.frame_blocks\.1\.attn\.proj\.bias <- geometry_encoder\.vggt\.aggregator\."
+                  r"frame_blocks\.1\.attn\.proj\.bias: source shape \(7,\) vs expected \(32,\)")
+
+
+def test_mixed_merger_norms_are_an_error(tmp_path, layer_norm_model):
+    def edit(tensors):
+        for name in ("geometry_merger.ln_q.bias", "model.geometry_merger.ln_q.bias"):
+            del tensors[name]
+    _expect_error(tmp_path, *layer_norm_model, edit, r"mergers disagree on their norm")

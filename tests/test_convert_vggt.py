@@ -1,0 +1,230 @@
+"""VGGT checkpoint → geometry encoder: key layout, strictness, file formats, round trip, builder, CLI.
+
+"Reference layout" below means the flat `state_dict` of the reference `VGGT()` as listed in
+vggt-reference.md §5: `aggregator.*`, `camera_head.*`, `depth_head.*`, `point_head.*`, `track_head.*`.
+Our encoder keeps those names, so a reference-layout dict is built from an encoder with random
+weights plus a track-head tensor; the key names themselves are pinned against the documented list.
+"""
+
+import argparse
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gap_mllm.cli import convert as convert_cli
+from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
+from gap_mllm.conversion_report import ConversionError
+from gap_mllm.convert_vggt_to_hf import (
+    convert_vggt_checkpoint,
+    infer_vggt_geometry_config,
+    load_vggt_state_dict,
+    plan_vggt_conversion,
+)
+from gap_mllm.modeling_geometry_encoder import GapMllmGeometryEncoder
+
+from .test_geometry_heads import TINY_HEADS
+
+TRACK_KEY = "track_head.tracker.corr_mlp.fc1.weight"
+
+
+def reference_layout_state_dict(seed: int = 0, **overrides) -> tuple[dict, GapMllmGeometryConfig]:
+    """A VGGT-layout state dict with random values in every tensor (plus a track-head tensor) and its config."""
+    config = GapMllmGeometryConfig(**{**TINY_HEADS, **overrides})
+    torch.manual_seed(seed)
+    encoder = GapMllmGeometryEncoder(config)
+    state_dict = {}
+    for key, value in encoder.state_dict().items():
+        state_dict[key] = torch.randn_like(value) * (0.2 if value.ndim > 1 else 0.05) + (1.0 if key.endswith(("gamma", "norm.weight")) else 0.0)
+    state_dict[TRACK_KEY] = torch.randn(4, 4)
+    return state_dict, config
+
+
+def test_key_layout_matches_vggt_1b():
+    """Names and sizes of the documented VGGT-1B layout (vggt-reference.md §4-5), built on the meta device."""
+    with torch.device("meta"):
+        encoder = GapMllmGeometryEncoder(GapMllmGeometryConfig(use_camera_head=True, use_depth_head=True, use_point_head=True))
+    shapes = {key: tuple(value.shape) for key, value in encoder.state_dict().items()}
+    assert shapes["aggregator.camera_token"] == (1, 2, 1, 1024)
+    assert shapes["aggregator.register_token"] == (1, 2, 4, 1024)
+    assert shapes["aggregator.patch_embed.pos_embed"] == (1, 1370, 1024)
+    assert shapes["aggregator.frame_blocks.23.attn.q_norm.weight"] == (64,)
+    assert "aggregator.patch_embed.blocks.0.attn.q_norm.weight" not in shapes
+    for key in ("camera_head.empty_pose_tokens", "camera_head.embed_pose.weight", "camera_head.token_norm.weight",
+                "camera_head.trunk_norm.weight", "camera_head.poseLN_modulation.1.weight", "camera_head.pose_branch.fc1.weight",
+                "camera_head.pose_branch.fc2.weight", "camera_head.trunk.3.attn.qkv.weight", "depth_head.norm.weight",
+                "depth_head.resize_layers.0.weight", "depth_head.resize_layers.1.weight", "depth_head.resize_layers.3.weight",
+                "depth_head.scratch.layer4_rn.weight", "depth_head.scratch.refinenet1.resConfUnit1.conv1.weight",
+                "depth_head.scratch.refinenet4.resConfUnit2.conv2.bias", "depth_head.scratch.output_conv1.weight"):
+        assert key in shapes, key
+    assert not any(k.startswith(("depth_head.resize_layers.2", "depth_head.scratch.refinenet4.resConfUnit1")) for k in shapes)
+    assert "depth_head.scratch.layer1_rn.bias" not in shapes
+    assert shapes["depth_head.scratch.output_conv2.2.weight"] == (2, 32, 1, 1)
+    assert shapes["point_head.scratch.output_conv2.2.weight"] == (4, 32, 1, 1)
+    assert shapes["camera_head.poseLN_modulation.1.weight"] == (6144, 2048)
+    assert shapes["camera_head.pose_branch.fc2.weight"] == (9, 1024)
+
+    def millions(prefix):
+        return sum(v.numel() for k, v in encoder.state_dict().items() if k.startswith(prefix)) / 1e6
+
+    assert round(millions("aggregator."), 1) == 909.1
+    assert round(millions("camera_head."), 1) == 216.2
+    assert round(millions("depth_head."), 1) == round(millions("point_head."), 1) == 32.7
+
+
+@pytest.mark.parametrize("prefix", ["", "geometry_encoder.vggt."])
+def test_round_trip_reference_layout_to_outputs(prefix):
+    state_dict, config = reference_layout_state_dict()
+    source = GapMllmGeometryEncoder(config).eval()
+    source.load_state_dict({k: v for k, v in state_dict.items() if k != TRACK_KEY})
+    encoder = GapMllmGeometryEncoder.from_vggt_state_dict({prefix + k: v for k, v in state_dict.items()}, config)
+    report = encoder.conversion_report
+    assert len(report.mapped) == len(state_dict) - 1
+    assert report.skipped == {prefix + TRACK_KEY: "track head (not implemented in gap_mllm)"}
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, state_dict[key]), key
+    images = torch.rand(1, 3, 3, 28, 42)
+    with torch.no_grad():
+        expected, got = source.reconstruct(images), encoder.reconstruct(images)
+    for name in ("pose_encoding", "depth", "depth_conf", "world_points", "world_points_conf"):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+    assert all(torch.equal(a, b) for a, b in zip(got.layer_features, expected.layer_features))
+
+
+def test_config_is_inferred_from_the_weights():
+    state_dict, config = reference_layout_state_dict()
+    inferred = infer_vggt_geometry_config(state_dict, tapped_layers=[1, 3], dpt_layers=[0, 1, 2, 3],
+                                          camera_head_num_attention_heads=4, camera_head_num_iterations=3)
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_register_tokens", "patch_size",
+                  "image_size", "patch_embed_num_hidden_layers", "patch_embed_num_register_tokens", "mlp_ratio",
+                  "use_camera_head", "use_depth_head", "use_point_head", "camera_head_trunk_depth", "dpt_features",
+                  "dpt_out_channels"):
+        assert getattr(inferred, field) == getattr(config, field), field
+    aggregator_only = {k: v for k, v in state_dict.items() if k.startswith("aggregator.")}
+    inferred = infer_vggt_geometry_config(aggregator_only, tapped_layers=[1, 3])
+    assert not (inferred.use_camera_head or inferred.use_depth_head or inferred.use_point_head)
+
+
+def test_disabled_heads_are_skipped_and_reported():
+    state_dict, config = reference_layout_state_dict()
+    aggregator_only = GapMllmGeometryConfig(**{**TINY_HEADS, "use_camera_head": False, "use_depth_head": False, "use_point_head": False})
+    encoder = GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, aggregator_only)
+    reasons = set(encoder.conversion_report.skipped.values())
+    assert reasons == {"camera_head (disabled: geometry_config.use_camera_head=False)",
+                       "depth_head (disabled: geometry_config.use_depth_head=False)",
+                       "point_head (disabled: geometry_config.use_point_head=False)",
+                       "track head (not implemented in gap_mllm)"}
+    assert len(encoder.conversion_report.mapped) == len(encoder.state_dict())
+
+
+def test_missing_key_is_an_error_naming_it():
+    state_dict, config = reference_layout_state_dict()
+    del state_dict["aggregator.frame_blocks.2.attn.k_norm.bias"]
+    with pytest.raises(ConversionError, match=r"missing .*\n  - aggregator\.frame_blocks\.2\.attn\.k_norm\.bias"):
+        GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, config)
+
+
+def test_extra_key_is_an_error_naming_it():
+    state_dict, config = reference_layout_state_dict()
+    state_dict["aggregator.frame_blocks.9.norm1.weight"] = torch.ones(32)
+    with pytest.raises(ConversionError, match=r"aggregator\.frame_blocks\.9\.norm1\.weight: no tensor of this name"):
+        GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, config)
+    state_dict.pop("aggregator.frame_blocks.9.norm1.weight")
+    state_dict["other_model.weight"] = torch.ones(1)
+    with pytest.raises(ConversionError, match=r"other_model\.weight: no tensor of this name"):
+        GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, config)
+
+
+def test_mis_shaped_key_is_an_error_naming_it():
+    state_dict, config = reference_layout_state_dict()
+    state_dict["depth_head.projects.1.weight"] = torch.zeros(16, 64, 1, 2)
+    with pytest.raises(ConversionError, match=r"depth_head\.projects\.1\.weight <- depth_head\.projects\.1\.weight: "
+                                              r"source shape \(16, 64, 1, 2\) vs expected \(16, 64, 1, 1\)"):
+        GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, config)
+
+
+def test_keys_outside_the_wrapper_prefix_are_errors():
+    state_dict, config = reference_layout_state_dict()
+    nested = {"vggt." + k: v for k, v in state_dict.items()}
+    nested["lm_head.weight"] = torch.ones(2)
+    report = plan_vggt_conversion(nested, GapMllmGeometryEncoder(config).state_dict(), config)
+    assert report.unexpected == {"lm_head.weight": "outside the VGGT prefix 'vggt.'"}
+
+
+@pytest.mark.parametrize("layout", ["model.pt", "wrapped.pt", "model.safetensors", "folder"])
+def test_checkpoint_files_load(tmp_path, layout):
+    state_dict, config = reference_layout_state_dict()
+    if layout == "model.pt":
+        torch.save(state_dict, tmp_path / layout)
+        source = tmp_path / layout
+    elif layout == "wrapped.pt":
+        torch.save({"model": state_dict}, tmp_path / layout)
+        source = tmp_path / layout
+    else:
+        save_file(state_dict, str(tmp_path / "model.safetensors"))
+        source = tmp_path / "model.safetensors" if layout == "model.safetensors" else tmp_path
+    loaded = load_vggt_state_dict(source)
+    assert loaded.keys() == state_dict.keys()
+    assert all(torch.equal(loaded[k], state_dict[k]) for k in state_dict)
+
+
+def test_converted_folder_and_cli(tmp_path, capsys):
+    state_dict, config = reference_layout_state_dict()
+    torch.save(state_dict, tmp_path / "model.pt")
+    parser = argparse.ArgumentParser()
+    convert_cli.add_arguments(parser)
+    args = parser.parse_args(["vggt", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--heads", "camera,depth",
+                              "--tapped-layers", "1,3", "--dpt-layers", "0,1,2,3", "--no-progress"])
+    assert convert_cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "mapped" in printed and "point_head (disabled" in printed and "track head" in printed
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["use_camera_head"] and saved["use_depth_head"] and not saved["use_point_head"]
+    assert saved["source_checkpoint"].endswith("model.pt")
+    reloaded = load_vggt_state_dict(tmp_path / "out")
+    assert not any(k.startswith("point_head.") for k in reloaded)
+    assert torch.equal(reloaded["camera_head.embed_pose.weight"], state_dict["camera_head.embed_pose.weight"])
+
+    broken = dict(state_dict)
+    broken["camera_head.embed_pose.weight"] = torch.zeros(3, 3)
+    torch.save(broken, tmp_path / "broken.pt")
+    args = parser.parse_args(["vggt", str(tmp_path / "broken.pt"), str(tmp_path / "out2"), "--tapped-layers", "1,3",
+                              "--dpt-layers", "0,1,2,3", "--no-progress"])
+    assert convert_cli.main(args) == 1
+    assert "camera_head.embed_pose.weight" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_convert_vggt_checkpoint_dtype(tmp_path):
+    state_dict, config = reference_layout_state_dict()
+    report = convert_vggt_checkpoint(state_dict, tmp_path, config=config, dtype=torch.bfloat16)
+    assert report.ok
+    reloaded = load_vggt_state_dict(tmp_path)
+    assert reloaded["aggregator.camera_token"].dtype == torch.bfloat16
+    assert torch.equal(reloaded["aggregator.camera_token"], state_dict["aggregator.camera_token"].bfloat16())
+
+
+def test_from_qwen3_vl_loads_vggt_weights(tmp_path, tiny_processor):
+    from gap_mllm import GapMllmForConditionalGeneration
+    from gap_mllm.tiny.tiny_config import build_gap_config
+    from transformers import Qwen3VLForConditionalGeneration
+
+    gap_config = build_gap_config(tiny_processor.tokenizer)
+    Qwen3VLForConditionalGeneration(gap_config.vlm_config).save_pretrained(tmp_path / "qwen")
+    geometry = gap_config.geometry_config.to_dict()
+    state_dict, _ = reference_layout_state_dict(**{k: geometry[k] for k in ("hidden_size", "num_hidden_layers",
+        "num_attention_heads", "patch_embed_num_hidden_layers", "image_size", "tapped_layers")},
+        use_camera_head=False, use_depth_head=False, use_point_head=False)
+    torch.save(state_dict, tmp_path / "model.pt")
+    with pytest.warns(UserWarning, match="geometry mergers") as caught:
+        model = GapMllmForConditionalGeneration.from_qwen3_vl(
+            tmp_path / "qwen", geometry_config=geometry, geometry_fusion_config=gap_config.geometry_fusion_config.to_dict(),
+            vggt_weights=tmp_path / "model.pt",
+        )
+    assert "geometry encoder" not in str(caught[0].message)
+    assert model.missing_weight_groups == ["fusion modules (gates)", "geometry mergers"]
+    for key, value in model.geometry_encoder.state_dict().items():
+        assert torch.equal(value, state_dict[key].to(value.dtype)), key
+    assert model.config.geometry_config.source_checkpoint.endswith("model.pt")
+    assert model.vggt_conversion_report.skipped == {TRACK_KEY: "track head (not implemented in gap_mllm)"}

@@ -1,0 +1,232 @@
+"""Publishing: `gap-mllm push` / `push_model` / stock `push_to_hub` against a recording fake Hub, and
+loading the published repo by id from a seeded Hub cache with HF_HUB_OFFLINE=1 (hf-notes.md §14)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import transformers.utils.hub
+
+from gap_mllm.cli import push as push_cli
+from gap_mllm.cli.hub_files import HubFolderError, plan_upload, remote_code_closure
+from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
+
+REPO = "me/gap-mllm-tiny"
+COMMIT = "0" * 40
+
+
+class FakeHubApi:
+    """Records what would be uploaded: a folder per repo under `root`, plus the calls made."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return types.SimpleNamespace(repo_id=repo_id)
+
+    def create_branch(self, **kwargs):
+        self.calls.append(("create_branch", kwargs))
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self.calls.append(("create_commit", repo_id, [op.path_in_repo for op in operations]))
+        for op in operations:
+            target = self.root / repo_id / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = op.path_or_fileobj
+            if isinstance(source, bytes):
+                target.write_bytes(source)
+            else:
+                shutil.copy(source, target)
+        return types.SimpleNamespace(commit_url="mock://commit", oid=COMMIT)
+
+    def uploaded(self, repo_id=REPO) -> set[str]:
+        base = self.root / repo_id
+        return {p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()} if base.exists() else set()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "gap-mllm-tiny")
+
+
+@pytest.fixture
+def fake_hub(tmp_path):
+    """Patch the client transformers uses (and the card lookup that would hit the network)."""
+    api = FakeHubApi(tmp_path / "remote")
+    with mock.patch.object(transformers.utils.hub, "hf_api", lambda: api), \
+         mock.patch.object(transformers.utils.hub.ModelCard, "load",
+                           side_effect=transformers.utils.hub.EntryNotFoundError("no card")):
+        yield api
+
+
+def expected_files(folder: Path) -> set[str]:
+    code = {p.name for p in folder.glob("*.py")}
+    return {"model.safetensors", "config.json", "generation_config.json", "processor_config.json",
+            "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "README.md"} | code
+
+
+def test_cli_push_uploads_weights_code_processor_and_card(checkpoint, fake_hub, capsys):
+    args = ["--model", str(checkpoint), "--repo", REPO, "--untrained"]
+    assert push_cli.main(_parse(args)) == 0
+    uploaded = fake_hub.uploaded()
+    assert uploaded == expected_files(checkpoint)
+    # one commit, the repository created first
+    assert [c[0] for c in fake_hub.calls] == ["create_repo", "create_commit"]
+    card = (fake_hub.root / REPO / "README.md").read_text()
+    assert f'AutoModel.from_pretrained("{REPO}", trust_remote_code=True)' in card
+    assert "non-commercial" in card and "Untrained test model" in card
+    assert f"file(s) to upload to {REPO}" in capsys.readouterr().out
+
+
+def test_every_auto_map_module_and_its_imports_are_uploaded(checkpoint):
+    closure = remote_code_closure(checkpoint)
+    assert {"configuration_gap_mllm.py", "modeling_gap_mllm.py", "processing_gap_mllm.py"} <= closure
+    # the chain modeling -> geometry encoder -> layers is followed, not just the auto_map entries
+    assert "modeling_geometry_encoder.py" in closure and "geometry_layers.py" in closure
+
+
+def test_pickles_logs_and_stray_scripts_are_left_out(checkpoint, tmp_path, fake_hub):
+    folder = tmp_path / "trainer-output"
+    shutil.copytree(checkpoint, folder)
+    for name in ("pytorch_model.bin", "optimizer.pt", "training_args.bin", "trainer_state.json", "notes.txt", "scratch.py"):
+        (folder / name).write_bytes(b"x")
+    (folder / "runs").mkdir()
+    (folder / "runs" / "events.out").write_bytes(b"x")
+    plan = plan_upload(folder)
+    assert set(plan.skipped) == {"pytorch_model.bin", "optimizer.pt", "training_args.bin", "trainer_state.json",
+                                 "notes.txt", "scratch.py", "runs/events.out"}
+    push_cli.push_folder(folder, REPO, card_text="card")
+    assert fake_hub.uploaded() == expected_files(checkpoint)
+    assert not any(name.endswith((".bin", ".pt")) for name in fake_hub.uploaded())
+
+
+def test_pickle_only_weights_are_refused_before_any_hub_call(checkpoint, tmp_path, fake_hub):
+    folder = tmp_path / "pickled"
+    shutil.copytree(checkpoint, folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(HubFolderError, match="safetensors"):
+        push_cli.push_folder(folder, REPO, card_text="card")
+    assert fake_hub.calls == []
+    assert push_cli.main(_parse(["--model", str(folder), "--repo", REPO])) == 2
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("geometry_layers.py", "geometry_layers.py is missing"),
+    ("chat_template.jinja", "chat template"),
+    ("tokenizer_config.json", "tokenizer"),
+])
+def test_incomplete_folders_are_refused(checkpoint, tmp_path, missing, message):
+    folder = tmp_path / "incomplete"
+    shutil.copytree(checkpoint, folder)
+    (folder / missing).unlink()
+    with pytest.raises(HubFolderError, match=message):
+        plan_upload(folder)
+
+
+def test_dry_run_uploads_nothing_and_prints_the_card(checkpoint, fake_hub, capsys):
+    assert push_cli.main(_parse(["--model", str(checkpoint), "--repo", REPO, "--dry-run"])) == 0
+    out = capsys.readouterr().out
+    assert fake_hub.calls == [] and "dry run: nothing uploaded" in out
+    assert "--- README.md (generated) ---" in out and "license_name: gap-mllm-non-commercial" in out
+
+
+def test_revision_creates_the_branch_and_commits_to_it(checkpoint, fake_hub):
+    push_cli.push_folder(checkpoint, REPO, card_text="card", revision="v1")
+    assert ("create_branch", {"repo_id": REPO, "branch": "v1", "exist_ok": True}) in fake_hub.calls
+
+
+def test_stock_push_to_hub_of_model_and_processor(checkpoint, fake_hub):
+    model, processor = build_tiny_model()
+    model.push_to_hub(REPO)
+    processor.push_to_hub(REPO)
+    uploaded = fake_hub.uploaded()
+    assert expected_files(checkpoint) <= uploaded
+    assert not any(name.endswith(".bin") for name in uploaded)
+
+
+def test_push_model_from_memory_uploads_the_same_set_in_one_commit(checkpoint, fake_hub):
+    model, processor = build_tiny_model()
+    push_cli.push_model(model, processor, REPO, untrained=True)
+    assert fake_hub.uploaded() == expected_files(checkpoint)
+    assert sum(1 for call in fake_hub.calls if call[0] == "create_commit") == 1
+
+
+LOAD_BY_REPO_ID = r"""
+import importlib.abc, json, sys
+class BlockPackage(importlib.abc.MetaPathFinder):
+    # a real user has no gap_mllm package: everything must come from the repo's remote code
+    def find_spec(self, name, path=None, target=None):
+        if name == "gap_mllm" or name.startswith("gap_mllm."):
+            raise ImportError("gap_mllm is blocked in this test")
+sys.meta_path.insert(0, BlockPackage())
+import numpy as np, torch
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
+repo, out = sys.argv[1], sys.argv[2]
+model = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
+assert type(AutoModelForImageTextToText.from_pretrained(repo, trust_remote_code=True)) is type(model)
+processor = AutoProcessor.from_pretrained(repo, trust_remote_code=True)
+rng = np.random.default_rng(0)
+views = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(2)]
+inputs = processor(images=[views], text=["Where is the chair?"], return_tensors="pt")
+with torch.no_grad():
+    logits = model(**inputs).logits
+torch.save({"logits": logits, "input_ids": inputs["input_ids"], "model_module": type(model).__module__,
+            "processor": type(processor).__name__}, out)
+"""
+
+
+def seed_hub_cache(hf_home: Path, repo_id: str, files_dir: Path) -> Path:
+    """Lay `files_dir` out as the Hub cache's snapshot of `repo_id` at main (hf-notes.md §14)."""
+    root = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(files_dir, root / "snapshots" / COMMIT)
+    return root
+
+
+def test_published_repo_loads_by_id_offline_without_the_package(checkpoint, fake_hub, tmp_path):
+    push_cli.push_folder(checkpoint, REPO, card_text=push_cli.build_card_text(checkpoint, REPO, untrained=True))
+    hf_home = tmp_path / "hf_home"
+    seed_hub_cache(hf_home, REPO, fake_hub.root / REPO)
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env.pop("HF_HUB_CACHE", None)
+    result_file = tmp_path / "logits.pt"
+    done = subprocess.run([sys.executable, "-c", LOAD_BY_REPO_ID, REPO, str(result_file)], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = torch.load(result_file)
+    assert loaded["model_module"].startswith("transformers_modules.")  # remote code, not the package
+    assert loaded["processor"] == "GapMllmProcessor"
+
+    # same numbers as the original checkpoint loaded from its folder in this process
+    from transformers import AutoModel, AutoProcessor
+    import numpy as np
+
+    model = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    rng = np.random.default_rng(0)
+    views = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(2)]
+    inputs = processor(images=[views], text=["Where is the chair?"], return_tensors="pt")
+    assert torch.equal(inputs["input_ids"], loaded["input_ids"])
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    torch.testing.assert_close(loaded["logits"], expected)
+    config = json.loads((fake_hub.root / REPO / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_gap_mllm.GapMllmForConditionalGeneration"
+
+
+def _parse(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    push_cli.add_arguments(parser)
+    return parser.parse_args(argv)

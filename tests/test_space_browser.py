@@ -1,0 +1,168 @@
+"""The Space in a real browser: start examples/space/app.py on 127.0.0.1 in the separate gradio
+environment (.venv-demo, built if missing: gradio needs pillow<13), drive it in headless Chromium
+(Debian's `chromium`, installed with apt-get if missing), run a bundled example and an upload, and
+check that the page shows what the model answered. Screenshots are kept under
+`test-artifacts/space_browser/` (or $GAP_MLLM_TEST_ARTIFACTS).
+
+Skipped, with the reason printed, only when Chromium or the demo environment cannot be installed."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SPACE = REPO / "examples" / "space"
+MAIN_VENV = Path(sys.prefix)
+DEMO_VENV = REPO / ".venv-demo"
+ARTIFACTS = Path(os.environ.get("GAP_MLLM_TEST_ARTIFACTS", REPO / "test-artifacts")) / "space_browser"
+CLEAR_COLOUR = np.array([26, 26, 26])  # gr.Model3D clear_color (0.1, 0.1, 0.1)
+
+
+def skip_with_reason(reason: str):
+    print(f"\nSKIPPED browser test: {reason}", file=sys.stderr)
+    pytest.skip(reason)
+
+
+def ensure_chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if shutil.which("apt-get") is None:
+        skip_with_reason("chromium is not installed and apt-get is not available")
+    done = subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, timeout=600)
+    found = shutil.which("chromium")
+    if done.returncode != 0 or not found:
+        skip_with_reason(f"apt-get install chromium failed (rc {done.returncode}): {done.stderr.strip()[-300:]}")
+    return found
+
+
+def ensure_demo_python() -> Path:
+    sys.path.insert(0, str(SPACE))
+    try:
+        from build_demo_venv import build
+    finally:
+        sys.path.pop(0)
+    try:
+        return build(MAIN_VENV, DEMO_VENV, browser_test=True)
+    except (subprocess.CalledProcessError, OSError) as error:
+        skip_with_reason(f"could not build the gradio environment {DEMO_VENV}: {error}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    chromium = ensure_chromium()
+    demo_python = ensure_demo_python()
+    port = free_port()
+    logs = tmp_path_factory.mktemp("space") / "app.log"
+    env = {**os.environ, "GAP_MLLM_HOST": "127.0.0.1", "GAP_MLLM_PORT": str(port), "GAP_MLLM_MAX_TOKENS": "32",
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env.pop("SPACE_ID", None)
+    with open(logs, "w") as log:
+        process = subprocess.Popen([str(demo_python), str(SPACE / "app.py")], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_http(url, process, timeout=120)
+        yield {"url": url, "chromium": chromium, "python": demo_python}
+    except (RuntimeError, TimeoutError) as error:
+        pytest.fail(f"{error}\n{logs.read_text()[-3000:]}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def expected_detection_summary() -> str:
+    """What the page must show: the same request run in this process on the same tiny model."""
+    from gap_mllm.cli.loading import load_model_and_processor
+    from gap_mllm.cli.scenes import EXAMPLE_SEEDS, synthetic_scene
+    from gap_mllm.cli.tasks import TaskRequest, run_task
+
+    model, processor, _ = load_model_and_processor("tiny")
+    scene = synthetic_scene(EXAMPLE_SEEDS["synthetic room A"])
+    return run_task(model, processor, scene.views, TaskRequest("detection"), max_new_tokens=32).summary()
+
+
+def test_space_runs_tasks_in_headless_chromium(space, tmp_path):
+    frames = []
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        frames.append(tmp_path / f"frame_{index}.png")
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(frames[-1])
+    scenarios = [
+        {"name": "example_detection", "example": "synthetic room A", "task": "3D object detection"},
+        {"name": "upload_grounding", "files": [str(f) for f in frames], "task": "3D visual grounding (text query)",
+         "query": "the red chair"},
+    ]
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    done = subprocess.run(
+        [str(space["python"]), str(SPACE / "drive_in_browser.py"), "--url", space["url"], "--out", str(ARTIFACTS),
+         "--chromium", space["chromium"], "--scenarios", json.dumps(scenarios), "--timeout", "120"],
+        capture_output=True, text=True, timeout=360)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    example, upload = report["runs"]
+
+    assert "UNTRAINED" in report["notice"]
+    assert example["status"].startswith("detection on 4 frame(s); exact synthetic geometry")
+    assert example["parsed"] == expected_detection_summary()
+    assert example["gallery_images"] == 4 and example["gates_image"] == 1 and example["canvas"] == 1
+
+    assert upload["status"].startswith("grounding on 2 frame(s); uploaded frames")
+    assert upload["parsed"] and upload["gallery_images"] == 2 and upload["gates_image"] == 1
+
+    # the WebGL canvas really drew the point cloud and boxes, not only its clear colour
+    canvas = np.asarray(Image.open(ARTIFACTS / "example_detection_scene3d.png").convert("RGB")).reshape(-1, 3)
+    drawn = np.abs(canvas.astype(int) - CLEAR_COLOUR).sum(axis=1) > 30
+    assert drawn.mean() > 0.02, f"only {drawn.mean():.3%} of the 3D canvas differs from the background"
+    assert example["canvas_drawn_fraction"] == pytest.approx(drawn.mean())
+    for name in ("loaded.png", "example_detection_page.png", "upload_grounding_page.png"):
+        assert (ARTIFACTS / name).stat().st_size > 10_000
+    print(f"\nscreenshots: {ARTIFACTS}")
+
+
+def test_server_refuses_files_outside_the_upload_folder(space, tmp_path):
+    """A crafted API call naming a server path must not make the app read it."""
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (32, 32)).save(secret)
+    body = {"data": [[{"path": str(secret), "meta": {"_type": "gradio.FileData"}}], "(my uploaded files)",
+                     "3D object detection", "", None, "", ""]}
+    request = urllib.request.Request(space["url"] + "gradio_api/call/run", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    event = json.load(urllib.request.urlopen(request, timeout=30))["event_id"]
+    stream = urllib.request.urlopen(space["url"] + f"gradio_api/call/run/{event}", timeout=60).read().decode()
+    assert "event: error" in stream and "not uploaded by a user" in stream
+    assert "event: complete" not in stream

@@ -1,0 +1,60 @@
+"""`gap-mllm train`: the stage-1 recipe trains and saves; stage 2 starts from the stage-1 output by
+default, as in the shipped recipes; `--resume auto` finds the last checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.training import train_cli
+from gap_mllm.training.config import load_recipe
+
+from .test_train_fixtures import train_data_root  # noqa: F401
+
+RECIPES = Path(__file__).resolve().parents[1] / "training" / "recipes"
+CPU = ["training.use_cpu=true", "training.bf16=false", "training.activation_checkpointing=false", "training.dataloader_num_workers=0",
+       "training.max_steps=2", "training.save_steps=2", "training.logging_steps=1", "training.disable_tqdm=true",
+       "training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=1", "model.dtype=float32"]
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    return train_cli.main(parser.parse_args(argv))
+
+
+def test_shipped_recipes_load_with_the_official_settings():
+    stage1, stage2 = load_recipe(RECIPES / "stage1_pretrain.yaml"), load_recipe(RECIPES / "stage2_finetune.yaml")
+    assert stage1.data.tasks == ["reconstruction"] and stage1.learning_rates.merger_lr == 1e-5
+    assert stage1.training["learning_rate"] == 5e-6 and stage1.training["weight_decay"] == 0.01
+    assert stage1.aux.enabled == [] and not stage1.lora.enabled
+    assert stage2.model.name_or_path == stage1.training["output_dir"]  # stage 2 starts from stage 1
+    assert stage2.training["gradient_accumulation_steps"] == 16
+
+
+def test_stage1_then_stage2_through_the_cli(tmp_path, train_data_root):
+    stage1_dir, stage2_dir = tmp_path / "stage1", tmp_path / "stage2"
+    common = ["--data-root", str(train_data_root), "--report-to", "none", *sum((["--set", o] for o in CPU), [])]
+    assert run_cli(["--config", str(RECIPES / "stage1_pretrain.yaml"), "--output-dir", str(stage1_dir),
+                    "--set", "model.tiny=tiny", "--set", f"data.cache_dir={tmp_path / 'hf'}",
+                    "--set", f"cache.directory={tmp_path / 'geometry'}", *common]) == 0
+    assert (stage1_dir / "model.safetensors").is_file() and (stage1_dir / "checkpoint-2").is_dir()
+    assert any((tmp_path / "geometry").rglob("*.npy"))  # the recipe's cache was filled and used
+    GapMllmForConditionalGeneration.from_pretrained(stage1_dir, require_geometry_weights=True)
+
+    # stage 2 from the stage-1 folder (the recipe default, here redirected to the test's folder)
+    recipe = yaml.safe_load((RECIPES / "stage2_finetune.yaml").read_text())
+    recipe["model"]["name_or_path"] = str(stage1_dir)
+    recipe["data"]["tasks"] = ["detection", "grounding_stage2"]
+    (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(recipe))
+    assert run_cli(["--config", str(tmp_path / "stage2.yaml"), "--output-dir", str(stage2_dir), "--resume", "auto",
+                    "--set", f"data.cache_dir={tmp_path / 'hf'}", "--set", "cache.enabled=false", *common]) == 0
+    assert (stage2_dir / "model.safetensors").is_file()
+    # a second call with --resume auto continues from checkpoint-2: nothing left to train, same weights
+    before = (stage2_dir / "model.safetensors").read_bytes()
+    assert run_cli(["--config", str(tmp_path / "stage2.yaml"), "--output-dir", str(stage2_dir), "--resume", "auto",
+                    "--set", f"data.cache_dir={tmp_path / 'hf'}", "--set", "cache.enabled=false", *common]) == 0
+    assert (stage2_dir / "model.safetensors").read_bytes() == before

@@ -1,0 +1,67 @@
+"""Datasets and the collator chain of a training run.
+
+    datasets     one `processing.builders` builder per task in `data.tasks`, their columns reduced to
+                 those every task shares (id, images, prompt, answer, + pixel_coords / depth / poses when
+                 present in all), concatenated (stage 2 mixes grounding, detection and captioning)
+    collator     GapMllmDataCollator (processor, marker prompt, answer-only labels)
+                 → AuxTargetCollator (targets of the enabled auxiliary losses)
+                 → BadSampleGuard (name, then raise or skip-and-count a sample that fails)
+                 → CachedGeometryCollator (precomputed encoder features), when the cache is on
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gap_mllm.processing.builders import BUILDERS
+from gap_mllm.processing.collator import GapMllmDataCollator
+
+from .aux_targets import AuxTargetCollator
+from .bad_samples import BadSampleGuard
+from .config import AuxLossConfig, DataConfig
+
+logger = logging.getLogger(__name__)
+SHARED_COLUMNS = ("id", "images", "prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")
+
+
+def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: int | None = None):
+    """The concatenated `datasets.Dataset` of `data.tasks` for `split`."""
+    import datasets
+
+    if data.data_root is None:
+        raise ValueError("data.data_root is not set: point it at a ScanNet-layout folder (or SynthRooms output)")
+    parts = []
+    for task in data.tasks:
+        if task not in BUILDERS:
+            raise ValueError(f"unknown task {task!r}; choose from {sorted(BUILDERS)}")
+        builder = BUILDERS[task](
+            data_root=data.data_root,
+            cache_dir=data.cache_dir,
+            load_depth=aux.needs_depth,
+            load_poses=aux.needs_poses,
+            skip_bad_samples=data.on_bad_sample == "skip",
+        )
+        builder.download_and_prepare()
+        parts.append(builder.as_dataset(split=split))
+        counter = builder.skipped.get(split)
+        if counter is not None and counter.total:
+            logger.warning("%s %s: %s", task, split, counter.summary())
+    shared = [c for c in SHARED_COLUMNS if all(c in part.column_names for part in parts)]
+    dataset = datasets.concatenate_datasets([part.select_columns(shared) for part in parts])
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return dataset
+
+
+def build_collator(processor, data: DataConfig, aux: AuxLossConfig, cache=None):
+    """The collator chain of the module docstring."""
+    collator = GapMllmDataCollator(processor, train=True, marker=data.marker)
+    if aux.enabled:
+        merge = processor.image_processor.merge_size
+        collator = AuxTargetCollator(collator, aux, merge_size=merge)
+    collator = BadSampleGuard(collator, policy=data.on_bad_sample)
+    if cache is not None:
+        from .feature_cache import CachedGeometryCollator
+
+        collator = CachedGeometryCollator(collator, cache)
+    return collator

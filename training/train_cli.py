@@ -1,0 +1,47 @@
+"""`gap-mllm train --config RECIPE.yaml [--set section.key=value ...] [--resume auto|DIR]`.
+
+Runs under `accelerate launch` unchanged (one process per device):
+
+    accelerate launch --config_file training/configs/accelerate_deepspeed_zero2.yaml \\
+        -m gap_mllm.training.train_cli --config training/recipes/stage1_pretrain.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="recipe YAML (see training/recipes/)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a recipe value (YAML-parsed), e.g. --set training.max_steps=100 --set aux.feature_align_weight=0.5",
+    )
+    parser.add_argument("--resume", default=None, help='checkpoint folder, or "auto" for the last one in training.output_dir')
+    parser.add_argument("--output-dir", default=None, help="shortcut for --set training.output_dir=...")
+    parser.add_argument("--report-to", default=None, help='shortcut for --set training.report_to=... ("none", "tensorboard", "wandb", ...)')
+    parser.add_argument("--data-root", default=None, help="shortcut for --set data.data_root=...")
+
+
+def main(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .config import load_recipe
+    from .run import run_training
+
+    overrides = list(args.overrides)
+    for value, key in ((args.output_dir, "training.output_dir"), (args.report_to, "training.report_to"), (args.data_root, "data.data_root")):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    recipe = load_recipe(args.config, overrides)
+    hf_logging.set_verbosity_info()
+    result = run_training(recipe, resume_from_checkpoint=args.resume)
+    print(f"trained {result.global_step} steps, final train loss {result.training_loss:.4f}; saved to {recipe.training['output_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="gap-mllm train", description="GAP-MLLM geometry-aligned pre-training / fine-tuning")
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

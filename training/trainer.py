@@ -1,0 +1,193 @@
+"""`GeometryAlignedTrainer`: `transformers.Trainer` for GAP-MLLM pre-training and fine-tuning.
+
+What it adds to Trainer (hf-notes §9):
+
+- the loss: the official answer-only cross-entropy (labels from `GapMllmDataCollator`), plus the enabled
+  auxiliary losses times their weights (method.md §11); every part logged separately (`lm_loss`,
+  `feature_align_loss`, `camera_loss`, `depth_loss`, `scale_loss`, and `skipped_samples`);
+- exact gradient accumulation: with `loss_normalization="global_token_mean"` the summed cross-entropy
+  is divided by the answer tokens of the whole optimizer step (Trainer's `num_items_in_batch`, counted
+  over all accumulation steps and processes), so GA and data parallelism give the gradient of the
+  global batch; the auxiliary losses (means per micro-batch) are divided by the accumulation steps;
+- the optimizer groups of the official recipe (training/param_groups.py);
+- saving: the GAP-MLLM (or its LoRA adapter) as a normal Hub folder, and the auxiliary heads beside it
+  (`aux_heads.safetensors`) only when some are enabled; resuming restores both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+import safetensors.torch
+import torch
+from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from .bad_samples import SKIPPED_KEY
+from .config import LOSS_NORMALIZATIONS, AuxLossConfig, LearningRates
+from .geometry_aligned_model import GeometryAlignedModel
+from .param_groups import build_parameter_groups
+
+AUX_HEADS_WEIGHTS = "aux_heads.safetensors"
+AUX_HEADS_CONFIG = "aux_heads_config.json"
+
+
+class GeometryAlignedTrainer(Trainer):
+    """Trainer for a [`GeometryAlignedModel`].
+
+    Args:
+        model: the wrapped GAP-MLLM (+ auxiliary heads).
+        learning_rates: per-group rates (merger, vision tower, ...); the base rate is `args.learning_rate`.
+        loss_normalization: "global_token_mean" (exact GA/DDP) or "micro_batch_mean" (official).
+        **kwargs: everything `Trainer` takes (args, datasets, data_collator, processing_class, callbacks).
+            `args.remove_unused_columns` must be False (the geometry columns are not forward arguments
+            Trainer can see).
+    """
+
+    # compute_loss below does all the scaling for gradient accumulation itself.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: GeometryAlignedModel,
+        *args,
+        learning_rates: LearningRates | None = None,
+        loss_normalization: str = "global_token_mean",
+        **kwargs,
+    ):
+        if not isinstance(model, GeometryAlignedModel):
+            raise TypeError("GeometryAlignedTrainer trains a GeometryAlignedModel: wrap the GAP-MLLM first")
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss_normalization={loss_normalization!r}; choose from {LOSS_NORMALIZATIONS}")
+        super().__init__(model, *args, **kwargs)
+        if self.args.remove_unused_columns:
+            raise ValueError("set remove_unused_columns=False: Trainer would drop the images and geometry columns")
+        self.learning_rates = learning_rates or LearningRates()
+        self.loss_normalization = loss_normalization
+        self.aux: AuxLossConfig = model.aux
+        # Ask Trainer to count the answer tokens of each optimizer step (`num_items_in_batch`); they are
+        # consumed here, never passed to the model. Labels are shifted by the LM loss.
+        self.model_accepts_loss_kwargs = loss_normalization == "global_token_mean"
+        self._loss_shifts_labels = True
+        self._component_values: dict[str, list[float]] = defaultdict(list)
+        self._skipped_samples = 0
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        skipped = inputs.pop(SKIPPED_KEY, None)
+        if skipped is not None and model.training:
+            self._skipped_samples += int(skipped)
+        outputs = model(**inputs)
+        weights = {"feature_align": self.aux.feature_align_weight, "camera": self.aux.camera_weight,
+                   "depth": self.aux.depth_weight, "scale": self.aux.scale_weight}
+        aux_total = sum(weights[name] * value for name, value in outputs.aux_losses.items())
+
+        if not model.training:
+            loss = outputs.loss + aux_total
+        elif self.loss_normalization == "global_token_mean" and num_items_in_batch is not None:
+            # sum / tokens of the whole step; DDP averages gradients over processes, so undo that when the
+            # count is global. Auxiliary means: one share per accumulation step.
+            lm = outputs.lm_loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                lm = lm * self.accelerator.num_processes
+            loss = lm + aux_total / self.current_gradient_accumulation_steps
+        else:
+            loss = (outputs.loss + aux_total) / self.current_gradient_accumulation_steps
+
+        prefix = "" if model.training else "eval_"
+        self._component_values[f"{prefix}lm_loss"].append(outputs.loss.detach().float().item())
+        for name, value in outputs.aux_losses.items():
+            self._component_values[f"{prefix}{name}_loss"].append(value.detach().float().item())
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Loss only: generation-based metrics live in gap_mllm.evaluation."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ logging
+    def component_names(self) -> list[str]:
+        """Loss parts logged beside Trainer's `loss`, in a fixed order (same on every process)."""
+        return ["lm_loss", *(f"{name}_loss" for name in self.aux.enabled)]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        is_eval = any(key.startswith("eval_") for key in logs)
+        names = [f"eval_{n}" if is_eval else n for n in self.component_names()]
+        # [sum, count] per part; summed over processes so every rank logs the global mean.
+        stats = torch.tensor(
+            [[sum(self._component_values[n]), len(self._component_values[n])] for n in names], dtype=torch.float64
+        )
+        if self.args.world_size > 1:
+            stats = self.accelerator.reduce(stats.to(self.args.device), reduction="sum").cpu()
+        for name, (total, count) in zip(names, stats.tolist()):
+            if count:
+                logs[name] = round(total / count, 6)
+            self._component_values[name].clear()
+        if not is_eval and "loss" in logs or "train_loss" in logs:
+            skipped = torch.tensor(float(self._skipped_samples))
+            if self.args.world_size > 1:
+                skipped = self.accelerator.reduce(skipped.to(self.args.device), reduction="sum").cpu()
+            logs["skipped_samples"] = int(skipped.item())
+        super().log(logs, start_time)
+
+    @property
+    def skipped_samples(self) -> int:
+        """Samples dropped by `BadSampleGuard` on this process so far."""
+        return self._skipped_samples
+
+    # ------------------------------------------------------------------ optimizer
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            groups = build_parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.learning_rates)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # ------------------------------------------------------------------ saving and resuming
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The GAP-MLLM (or its adapter) with `save_pretrained`, the auxiliary heads beside it."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        wrapper: GeometryAlignedModel = self.accelerator.unwrap_model(self.model)
+        inner_state = heads_state = None
+        if state_dict is not None:  # gathered by DeepSpeed / FSDP: keys carry the wrapper's prefixes
+            inner_state = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+            heads_state = {k[len("aux_heads."):]: v for k, v in state_dict.items() if k.startswith("aux_heads.")}
+        if inner_state is not None and hasattr(wrapper.model, "get_base_model"):
+            inner_state = None  # PEFT filters its adapter from the live model
+        wrapper.model.save_pretrained(output_dir, state_dict=inner_state, is_main_process=True)
+        if wrapper.aux_heads is not None:
+            save_aux_heads(wrapper, output_dir, heads_state)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        wrapper: GeometryAlignedModel = self.accelerator.unwrap_model(model if model is not None else self.model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model=wrapper.model)
+        if wrapper.aux_heads is not None:
+            load_aux_heads(wrapper, resume_from_checkpoint)
+
+
+def save_aux_heads(wrapper: GeometryAlignedModel, directory, state_dict: dict | None = None) -> None:
+    """Write `aux_heads.safetensors` and the settings that built them."""
+    state_dict = state_dict if state_dict else wrapper.aux_heads.state_dict()
+    state_dict = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    safetensors.torch.save_file(state_dict, os.path.join(directory, AUX_HEADS_WEIGHTS), metadata={"format": "pt"})
+    with open(os.path.join(directory, AUX_HEADS_CONFIG), "w", encoding="utf-8") as handle:
+        json.dump(wrapper.aux.__dict__, handle, indent=2)
+
+
+def load_aux_heads(wrapper: GeometryAlignedModel, directory) -> None:
+    """Load `aux_heads.safetensors` into `wrapper.aux_heads` (strict: the enabled heads must match)."""
+    path = os.path.join(directory, AUX_HEADS_WEIGHTS)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory} has no {AUX_HEADS_WEIGHTS}, but auxiliary losses {wrapper.aux.enabled} are enabled")
+    wrapper.aux_heads.load_state_dict(safetensors.torch.load_file(path, device="cpu"))
