@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.gap-mllm-installed
 
-.PHONY: install test test-all demo demo-venv space bench clean
+.PHONY: install test test-all demo demo-venv space space-bundle bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ demo-venv: install
 
 space: demo-venv
 	.venv-demo/bin/python examples/space/app.py
+
+# A folder ready to push as a Hub Space: app, front matter, this checkout's wheel, requirements.
+space-bundle: install
+	$(PY) examples/space/bundle_space.py --out build/space
 
 bench: install
 	$(PY) bench/bench_forward.py

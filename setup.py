@@ -7,7 +7,7 @@ other folders are sub-packages that may import it but are never imported by it.
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -22,6 +22,11 @@ PACKAGE_DIRS = {
     "gap_mllm.evaluation": "evaluation",
 }
 PACKAGE_DIRS = {name: folder for name, folder in PACKAGE_DIRS.items() if (HERE / folder / "__init__.py").exists()}
+# sub-packages (processing.synth, evaluation.metric_modules, ...) follow their parent's folder
+PACKAGES = sorted(
+    {name for name in PACKAGE_DIRS}
+    | {f"{name}.{sub}" for name, folder in PACKAGE_DIRS.items() if name != "gap_mllm" for sub in find_packages(HERE / folder)}
+)
 
 CORE = [
     "torch>=2.6",
@@ -53,9 +58,12 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0 (code); model weights carry their own licences, see model_card.md",
     python_requires=">=3.10",
-    packages=list(PACKAGE_DIRS),
+    packages=PACKAGES,
     package_dir=PACKAGE_DIRS,
-    package_data={"gap_mllm": ["*.jinja"]},
+    package_data={
+        "gap_mllm.training": ["README.md", "recipes/*.yaml", "configs/*"],
+        "gap_mllm.evaluation": ["README.md", "metric_modules/*/*.py"],
+    },
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["gap-mllm=gap_mllm.cli.main:main"]},
