@@ -8,6 +8,7 @@ other folders are sub-packages that may import it but are never imported by it.
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 
@@ -27,6 +28,18 @@ PACKAGES = sorted(
     {name for name in PACKAGE_DIRS}
     | {f"{name}.{sub}" for name, folder in PACKAGE_DIRS.items() if name != "gap_mllm" for sub in find_packages(HERE / folder)}
 )
+
+
+
+class BuildPyWithModelCard(build_py):
+    """Ship the top-level model_card.md (the card template) inside gap_mllm.cli in wheels."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "gap_mllm" / "cli" / "model_card.md"
+        if target.parent.is_dir():
+            self.copy_file(str(HERE / "model_card.md"), str(target))
+
 
 CORE = [
     "torch>=2.6",
@@ -67,4 +80,5 @@ setup(
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["gap-mllm=gap_mllm.cli.main:main"]},
+    cmdclass={"build_py": BuildPyWithModelCard},
 )

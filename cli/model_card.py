@@ -36,8 +36,10 @@ EVAL_TASKS = {
 
 
 def default_template_path() -> Path:
-    """`model_card.md` at the repository root (present in a source checkout / editable install)."""
-    return Path(__file__).resolve().parent.parent / TEMPLATE_NAME
+    """`model_card.md`: beside this module in a wheel (setup.py copies it), else at the repository root
+    (source checkout / editable install)."""
+    packaged = Path(__file__).resolve().parent / TEMPLATE_NAME
+    return packaged if packaged.is_file() else Path(__file__).resolve().parent.parent / TEMPLATE_NAME
 
 
 def geometry_licence(source: str | None) -> tuple[str, str]:
