@@ -60,7 +60,7 @@ EXTRAS = {
     "flash": ["flash-attn>=2.7"],
 }
 EXTRAS["dev"] = sorted(
-    {dep for name in ("data", "train", "eval") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"}
+    {dep for name in ("data", "train", "eval") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
 )
 
 setup(

@@ -3,7 +3,10 @@
 A bundled example is a SynthRooms scene (processing/synth) rendered on the fly, so it ships no
 files and comes with exact intrinsics, poses, depth and object boxes: the demo can then draw
 projected boxes on every frame and show a coloured point cloud. User frames come with nothing but
-pixels: the first frame is drawn with an assumed pinhole camera and the 3D view shows boxes only.
+pixels. When the model's geometry encoder has VGGT's camera and depth heads, `reconstructed_scene`
+estimates them: a point cloud fused from the predicted depth and cameras, and frame 0's intrinsics
+for drawing boxes (VGGT's scale is normalised, not metric). Otherwise the first frame is drawn with an
+assumed pinhole camera and the 3D view shows boxes only.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 
 from gap_mllm.processing.coordinates import backproject_depth, invert_rigid, world_boxes_to_camera
@@ -22,6 +26,8 @@ EXAMPLE_SIZE = (192, 256)  # (height, width): small, so the tiny model answers i
 EXAMPLE_FRAMES = 4
 EXAMPLE_SEEDS = {"synthetic room A": 0, "synthetic room B": 1, "synthetic room C": 2}
 MAX_CLOUD_POINTS = 20000
+CLOUD_CONFIDENCE_PERCENTILE = 50.0  # keep the most confident half of the depth pixels (VGGT demo default)
+CAMERA_EXACT, CAMERA_ESTIMATED, CAMERA_ASSUMED = "exact", "estimated", "assumed"
 
 
 @dataclass
@@ -36,6 +42,9 @@ class Scene:
         reference_boxes: ground-truth boxes `[K, 9]` in the first camera (synthetic examples), labels in
             `reference_labels`.
         calibrated: whether `intrinsics` are the real ones.
+        camera: where `intrinsics` come from: `"exact"` (synthetic), `"estimated"` (VGGT's camera head)
+            or `"assumed"` (`ASSUMED_FOV_X_DEGREES`).
+        note: why an estimate was not used (shown to the user), or "".
     """
 
     views: list[Image.Image]
@@ -46,6 +55,8 @@ class Scene:
     reference_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 9)))
     reference_labels: list[str] = field(default_factory=list)
     calibrated: bool = False
+    camera: str = CAMERA_ASSUMED
+    note: str = ""
 
 
 def assumed_intrinsics(height: int, width: int, fov_x_degrees: float = ASSUMED_FOV_X_DEGREES) -> np.ndarray:
@@ -60,6 +71,66 @@ def scene_from_frames(views: list[Image.Image]) -> Scene:
         raise ValueError("no frames given")
     width, height = views[0].size
     return Scene(views=list(views), intrinsics=assumed_intrinsics(height, width))
+
+
+def can_reconstruct(model) -> bool:
+    """Whether `model` has VGGT's camera and depth heads (a point cloud needs both)."""
+    geometry = getattr(model.config, "geometry_config", None)
+    return (getattr(model, "geometry_encoder", None) is not None and geometry is not None
+            and bool(geometry.use_camera_head) and bool(geometry.use_depth_head))
+
+
+def geometry_images(processor, views: list[Image.Image]) -> torch.Tensor:
+    """`[1, S, 3, Hg, Wg]` in [0, 1]: exactly the VGGT input the processor makes for these views."""
+    inputs = processor(images=[list(views)], text=[""], return_tensors="pt")
+    return inputs["geometry_pixel_values"][None]
+
+
+def intrinsics_for_frame(intrinsics, geometry_size: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
+    """Pinhole `intrinsics` of an image of `geometry_size` (H, W) rescaled to a frame of `frame_size`
+    (W, H, as PIL reports it): the processor resized the whole frame, so each axis scales on its own."""
+    (geo_h, geo_w), (width, height) = geometry_size, frame_size
+    scale = np.diag([width / geo_w, height / geo_h, 1.0])
+    return scale @ np.asarray(intrinsics, dtype=np.float64)
+
+
+def _usable_camera(intrinsics: np.ndarray) -> bool:
+    focal = np.array([intrinsics[0, 0], intrinsics[1, 1]])
+    return bool(np.isfinite(intrinsics).all() and (focal > 0).all())
+
+
+def _to_first_camera(points: np.ndarray, extrinsics_first: np.ndarray) -> np.ndarray:
+    """World points → frame 0's camera (`R p + t`); a no-op when VGGT's world already is frame 0's camera."""
+    rotation, translation = extrinsics_first[:3, :3], extrinsics_first[:3, 3]
+    return (points @ rotation.T + translation).astype(np.float32)
+
+
+@torch.no_grad()
+def reconstructed_scene(model, processor, views: list[Image.Image], max_points: int = MAX_CLOUD_POINTS) -> Scene:
+    """A scene of user frames with the geometry VGGT's heads estimate (needs `can_reconstruct(model)`).
+
+    Point cloud: depth unprojected with the predicted cameras, the most confident half kept, coloured
+    by the frames, in frame 0's OpenCV camera (normalised scale, not metric). Intrinsics: frame 0's,
+    rescaled from the VGGT input size to the frame size, used to draw the boxes. When the camera
+    estimate is unusable (non-finite or non-positive focal length), the frames keep the assumed camera
+    and no cloud, and `note` says so."""
+    scene = scene_from_frames(views)
+    encoder = model.geometry_encoder
+    parameter = next(encoder.parameters())
+    images = geometry_images(processor, views).to(device=parameter.device, dtype=parameter.dtype)
+    output = encoder.reconstruct(images)
+    first_intrinsics = output.intrinsics[0, 0].detach().double().cpu().numpy()
+    if not _usable_camera(first_intrinsics):
+        scene.note = "the camera head's estimate for frame 0 is unusable (non-finite focal length)"
+        return scene
+    cloud = output.point_cloud(images.float(), source="depth", confidence_percentile=CLOUD_CONFIDENCE_PERCENTILE,
+                               max_points=max_points)
+    extrinsics_first = output.extrinsics[0, 0].detach().double().cpu().numpy()
+    scene.intrinsics = intrinsics_for_frame(first_intrinsics, tuple(images.shape[-2:]), views[0].size)
+    scene.points = _to_first_camera(cloud.points, extrinsics_first)
+    scene.colors = cloud.colors
+    scene.camera = CAMERA_ESTIMATED
+    return scene
 
 
 def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple[int, int] = EXAMPLE_SIZE) -> Scene:
@@ -93,4 +164,5 @@ def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple
         reference_boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 9),
         reference_labels=[synth.objects[i].category for i in indices],
         calibrated=True,
+        camera=CAMERA_EXACT,
     )

@@ -3,20 +3,32 @@
 `SpaceBackend.run` takes the raw widget values, checks the upload (uploads.py), runs the task
 (tasks.py) and writes the pictures (visualize.py) into a per-request folder of its own work
 directory; the UI (space_ui.py) only passes values in and paths out.
+
+Uploaded frames get a point cloud and an estimated camera when the model's geometry encoder has
+VGGT's camera and depth heads (scenes.reconstructed_scene); the embedded "tiny" model of the Space is
+built with small, random heads so that path runs. Every request is logged (logger `gap_mllm.space`)
+with its start and end time, so the server log shows that the queue runs requests one at a time.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import math
 import os
 import re
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .loading import TINY, UNTRAINED_NOTICE, load_model_and_processor
-from .scenes import EXAMPLE_SEEDS, scene_from_frames, synthetic_scene
+from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, scene_from_frames,
+                     synthetic_scene)
 from .tasks import TaskRequest, run_task
 from .uploads import UploadError, UploadLimits, load_frames
 from .visualize import contact_sheet, frames_with_boxes, gate_heatmap, save_scene_glb
@@ -28,6 +40,55 @@ TASK_LABELS = {
     "marker point reconstruction": "reconstruction",
 }
 NO_EXAMPLE = "(my uploaded files)"
+LOG = logging.getLogger("gap_mllm.space")
+
+# VGGT's camera and depth heads for the Space's tiny model: small, random, untrained (the banner says so);
+# they validate against the tiny encoder (hidden 32, 4 layers: camera width 64, DPT layers 0..3).
+SPACE_TINY_HEADS = {
+    "use_camera_head": True, "use_depth_head": True, "camera_head_trunk_depth": 1,
+    "camera_head_num_attention_heads": 4, "camera_head_num_iterations": 2,
+    "dpt_features": 16, "dpt_out_channels": [8, 16, 32, 32], "dpt_layers": [0, 1, 2, 3],
+}
+TINY_FIELD_OF_VIEW_DEGREES = 60.0
+POINT_CLOUD_HOWTO = (
+    "Uploaded frames get no point cloud: this model's geometry encoder has no camera and depth heads (an "
+    "official GAP checkpoint stores the VGGT aggregator only). For one, build the model with "
+    "`GapMllmForConditionalGeneration.from_qwen3_vl(..., vggt_weights=\"facebook/VGGT-1B\", "
+    "geometry_config={\"use_camera_head\": True, \"use_depth_head\": True})`.")
+POINT_CLOUD_SCALE = ("Uploaded frames: the point cloud and frame 0's camera are estimated by VGGT's camera and "
+                     "depth heads; VGGT's scale is normalised, not metric, so the cloud and the (metric) boxes "
+                     "need not agree in size.")
+
+
+def _tiny_fov_bias(model, degrees: float = TINY_FIELD_OF_VIEW_DEGREES) -> None:
+    """Bias the random camera head's field-of-view outputs so its estimate sums to about `degrees`.
+
+    The FoV outputs pass a ReLU; an untrained head often gives 0° (an infinite focal length), which
+    would make every upload fall back to the assumed camera and leave the reconstruction path unused."""
+    head = model.geometry_encoder.camera_head
+    with torch.no_grad():
+        head.pose_branch.fc2.bias[7:9] = math.radians(degrees) / head.num_iterations
+
+
+def build_space_tiny(folder=None) -> Path:
+    """Save the Space's tiny model: the embedded tiny GAP-MLLM plus small random camera and depth heads."""
+    from gap_mllm.tiny.tiny_model import build_tiny_model
+
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="gap-mllm-space-tiny-"))
+    model, processor = build_tiny_model(geometry_config=SPACE_TINY_HEADS)
+    _tiny_fov_bias(model)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def load_space_model(name: str = TINY):
+    """`(model, processor, is_tiny)` as the Space serves them (Auto classes + trust_remote_code, eval mode);
+    "tiny" is the embedded untrained model with reconstruction heads (`build_space_tiny`)."""
+    if name == TINY:
+        model, processor, _ = load_model_and_processor(str(build_space_tiny()))
+        return model, processor, True
+    return load_model_and_processor(name)
 
 
 def upload_folder() -> Path:
@@ -75,16 +136,28 @@ class SpaceBackend:
     """Loads the model once and serves requests (gradio's queue serialises them; the lock guards
     direct callers too, since a model is not safe to run from two threads at once)."""
 
-    def __init__(self, settings: SpaceSettings, work_dir=None):
+    def __init__(self, settings: SpaceSettings, work_dir=None, loaded=None):
+        """`loaded`: an already loaded `(model, processor, is_tiny)`; by default `load_space_model(settings.model)`."""
         self.settings = settings
-        self.model, self.processor, self.is_tiny = load_model_and_processor(settings.model)
+        self.model, self.processor, self.is_tiny = loaded or load_space_model(settings.model)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gap-mllm-space-"))
         self._lock = threading.Lock()
         self._examples = {}
+        self._numbers = itertools.count(1)  # request numbers for the log (next() is atomic in CPython)
 
     @property
     def notice(self) -> str:
         return UNTRAINED_NOTICE if self.is_tiny else f"Model: `{self.settings.model}`."
+
+    @property
+    def reconstructs(self) -> bool:
+        """Whether uploads get a point cloud and an estimated camera (the model has camera + depth heads)."""
+        return can_reconstruct(self.model)
+
+    @property
+    def geometry_notice(self) -> str:
+        """What uploads get in 3D with this model, for the page."""
+        return POINT_CLOUD_SCALE if self.reconstructs else POINT_CLOUD_HOWTO
 
     def example(self, name: str):
         if name not in EXAMPLE_SEEDS:
@@ -128,12 +201,36 @@ class SpaceBackend:
         request.validate(len(scene.views))
         return request
 
+    def _geometry_status(self, scene) -> str:
+        """One or two sentences: where the drawn camera and the 3D view's geometry come from."""
+        if scene.calibrated:
+            return "exact synthetic geometry (green: reference boxes)."
+        if scene.camera == CAMERA_ESTIMATED:
+            return (f"uploaded frames: point cloud ({len(scene.points)} points) and frame 0's camera estimated by "
+                    "VGGT (normalised scale, not metric); boxes drawn on frame 0 with that camera.")
+        fallback = "uploaded frames: boxes drawn on frame 0 with an assumed 60° camera; no point cloud"
+        if scene.note:
+            return f"{fallback} ({scene.note})."
+        return fallback + "." + ("" if self.reconstructs else f" {POINT_CLOUD_HOWTO}")
+
     def run(self, files, example_name, task_label, query=None, object_choice=None, box_text=None,
             marker_text=None) -> SpaceOutput:
         """One request; raises UploadError / ValueError with a user-facing message."""
+        started = time.time()
+        number = next(self._numbers)
+        LOG.info("request %d started at %.3f", number, started)
+        try:
+            return self._run(files, example_name, task_label, query, object_choice, box_text, marker_text)
+        finally:
+            finished = time.time()
+            LOG.info("request %d finished at %.3f (%.2f s)", number, finished, finished - started)
+
+    def _run(self, files, example_name, task_label, query, object_choice, box_text, marker_text) -> SpaceOutput:
         scene = self._scene(files, example_name)
         request = self._request(task_label, query, object_choice, box_text, marker_text, scene)
         with self._lock:
+            if not scene.calibrated and self.reconstructs:
+                scene = reconstructed_scene(self.model, self.processor, scene.views)
             result = run_task(self.model, self.processor, scene.views, request,
                               max_new_tokens=self.settings.max_new_tokens)
         out = self.work_dir / uuid.uuid4().hex
@@ -146,8 +243,6 @@ class SpaceBackend:
         contact_sheet(drawn).save(out / "frames_with_boxes.png")
         glb = save_scene_glb(out / "scene.glb", scene, result.boxes, result.point)
         gates = gate_heatmap(result.gates, result.token_grids, out / "fusion_gates.png")
-        geometry = ("exact synthetic geometry (green: reference boxes)" if scene.calibrated else
-                    "uploaded frames: boxes drawn on frame 0 with an assumed 60° camera; no point cloud (needs depth)")
-        status = f"{request.task} on {len(scene.views)} frame(s); {geometry}."
+        status = f"{request.task} on {len(scene.views)} frame(s); {self._geometry_status(scene)}"
         return SpaceOutput(frames=frames, scene_glb=glb, gates_png=gates, raw=result.raw,
                            parsed=result.summary(), status=status)

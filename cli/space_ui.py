@@ -2,6 +2,8 @@
 
 Layout: input column (files or a bundled example, task, task inputs, Run) and output column
 (status, frames with projected boxes, 3D view, raw answer, parsed result, fusion gate heat map).
+Uploads get a point cloud and an estimated camera only when the model has VGGT's camera and depth
+heads; the page says which (and how to get them). Every request is logged with its start and end time.
 Safety: uploads are checked by uploads.py against the gradio upload folder only; gradio serves no
 other path (`allowed_paths` is not widened); requests are queued (`concurrency` at once, at most
 `max_queue` waiting); gradio itself refuses files above the size limit.
@@ -9,10 +11,12 @@ other path (`allowed_paths` is not widened); requests are queued (`concurrency` 
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import tempfile
 
-from .space_backend import NO_EXAMPLE, TASK_LABELS, SpaceBackend, SpaceSettings
+from .space_backend import LOG, NO_EXAMPLE, TASK_LABELS, SpaceBackend, SpaceSettings
 from .scenes import EXAMPLE_SEEDS
 from .uploads import GIF_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, UploadError
 
@@ -41,9 +45,11 @@ def build_demo(backend: SpaceBackend):
     with gr.Blocks(title="GAP-MLLM demo") as demo:
         gr.Markdown(INTRO)
         gr.Markdown(f"**{backend.notice}**", elem_id="model-notice")
+        gr.Markdown(backend.geometry_notice, elem_id="geometry-notice")
         with gr.Row():
             with gr.Column(scale=1):
-                files = gr.File(label=f"Frames or a video (≤ {limits.max_files} files, ≤ {limits.max_file_bytes // 2**20} MB each)",
+                files = gr.File(label=(f"Frames or a video (≤ {limits.max_files} files, ≤ {limits.max_file_bytes // 2**20} MB "
+                                       f"each; a video ≤ {limits.max_video_seconds:g} s, {limits.max_frames} frames sampled)"),
                                 file_count="multiple", file_types=accepted, type="filepath", elem_id="uploads")
                 example = gr.Dropdown([NO_EXAMPLE, *EXAMPLE_SEEDS], value=NO_EXAMPLE, label="or a bundled example",
                                       elem_id="example")
@@ -70,8 +76,18 @@ def build_demo(backend: SpaceBackend):
     return demo
 
 
+def log_requests_to_stderr() -> None:
+    """Show the backend's per-request lines (start, end) in the server log, once."""
+    if not LOG.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+
+
 def launch(settings: SpaceSettings, host: str = "127.0.0.1", port: int = 7860, **launch_kwargs):
     """Build the backend and the interface, queue requests, and serve (blocks)."""
+    log_requests_to_stderr()
     # A dedicated upload folder: uploads.py only reads files inside it. Set before gradio is imported,
     # since gradio reads GRADIO_TEMP_DIR at import time.
     os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="gap-mllm-uploads-"))

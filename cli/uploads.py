@@ -7,6 +7,8 @@ Rules, each failing with a message meant for the user:
   needs PyAV); the content must decode as that type, not only carry its extension;
 - place: with `allowed_roots`, every path must resolve (symlinks followed) inside one of them, so a
   crafted request cannot make the server read any other file.
+- length: a video may last at most `max_video_seconds` (read from its header, before decoding) and
+  hold at most `max_video_frames` frames (counted while decoding, for headers that lie or say nothing).
 Videos and GIFs are sampled uniformly down to `max_frames`; all frames are resized to the first
 frame's size (VGGT attends across frames, so they must share one size) and capped at `max_side`.
 """
@@ -36,6 +38,8 @@ class UploadLimits:
     max_frames: int = 8
     max_pixels: int = 4096 * 4096
     max_side: int = 640
+    max_video_seconds: float = 60.0
+    max_video_frames: int = 1800  # 60 s at 30 fps
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -107,25 +111,75 @@ def _gif_frames(path: Path, limits: UploadLimits) -> list[Image.Image]:
         raise UploadError(f"{path.name}: not a readable GIF ({type(error).__name__}).") from error
 
 
+def _video_seconds(container, stream) -> float | None:
+    """The clip's length from its header (stream first, then container), or None when not recorded."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # av.time_base: microseconds
+    return None
+
+
+def _open_video_stream(av, path: Path, limits: UploadLimits):
+    """Open `path` and check its first video stream's size and header length; returns `(container, stream)`."""
+    container = av.open(str(path))
+    try:
+        if not container.streams.video:
+            raise UploadError(f"{path.name}: the file has no video stream.")
+        stream = container.streams.video[0]
+        if stream.width * stream.height > limits.max_pixels:
+            raise UploadError(f"{path.name}: {stream.width}x{stream.height} pixels is over the limit.")
+        seconds = _video_seconds(container, stream)
+        if seconds is not None and seconds > limits.max_video_seconds:
+            raise UploadError(f"{path.name}: the video lasts {seconds:.1f} s; at most {limits.max_video_seconds:g} s "
+                              "are accepted (trim it, or upload a few frames as images).")
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def _count_video_frames(av, path: Path, limits: UploadLimits) -> int:
+    """Decode once to count frames exactly (variable frame rates), stopping past `max_video_frames`."""
+    container, stream = _open_video_stream(av, path, limits)
+    with container:
+        count = 0
+        for _ in container.decode(stream):
+            count += 1
+            if count > limits.max_video_frames:
+                raise UploadError(f"{path.name}: the video has more than {limits.max_video_frames} frames; "
+                                  "please upload a shorter clip.")
+    return count
+
+
+def _decode_video_frames(av, path: Path, limits: UploadLimits, wanted: list[int]) -> list[Image.Image]:
+    """Decode again and keep only the frames at `wanted` indices (so a clip is never held in memory whole)."""
+    container, stream = _open_video_stream(av, path, limits)
+    keep, frames = set(wanted), []
+    with container:
+        for index, frame in enumerate(container.decode(stream)):
+            if index in keep:
+                frames.append(frame.to_image().convert("RGB"))
+            if index >= wanted[-1]:
+                break
+    return frames
+
+
 def _video_frames(path: Path, limits: UploadLimits) -> list[Image.Image]:
+    """Uniformly sampled frames of a video (see the module docstring for the limits)."""
     try:
         import av
     except ImportError as error:
         raise UploadError("Video upload needs PyAV on the server (pip install av); upload frames as images instead.") from error
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            if stream.width * stream.height > limits.max_pixels:
-                raise UploadError(f"{path.name}: {stream.width}x{stream.height} pixels is over the limit.")
-            # Decoding every frame keeps this exact for variable frame rates; clips are short (size limit).
-            decoded = [frame.to_image() for frame in container.decode(stream)]
+        total = _count_video_frames(av, path, limits)
+        if not total:
+            raise UploadError(f"{path.name}: the video has no frames.")
+        return _decode_video_frames(av, path, limits, uniform_indices(total, limits.max_frames))
     except UploadError:
         raise
     except Exception as error:
         raise UploadError(f"{path.name}: not a readable video ({type(error).__name__}).") from error
-    if not decoded:
-        raise UploadError(f"{path.name}: the video has no frames.")
-    return [decoded[i].convert("RGB") for i in uniform_indices(len(decoded), limits.max_frames)]
 
 
 def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:

@@ -105,12 +105,12 @@ def space(tmp_path_factory):
 
 
 def expected_detection_summary() -> str:
-    """What the page must show: the same request run in this process on the same tiny model."""
-    from gap_mllm.cli.loading import load_model_and_processor
+    """What the page must show: the same request run in this process on the Space's tiny model."""
     from gap_mllm.cli.scenes import EXAMPLE_SEEDS, synthetic_scene
+    from gap_mllm.cli.space_backend import load_space_model
     from gap_mllm.cli.tasks import TaskRequest, run_task
 
-    model, processor, _ = load_model_and_processor("tiny")
+    model, processor, _ = load_space_model("tiny")
     scene = synthetic_scene(EXAMPLE_SEEDS["synthetic room A"])
     return run_task(model, processor, scene.views, TaskRequest("detection"), max_new_tokens=32).summary()
 
@@ -142,6 +142,7 @@ def test_space_runs_tasks_in_headless_chromium(space, tmp_path):
     assert example["gallery_images"] == 4 and example["gates_image"] == 1 and example["canvas"] == 1
 
     assert upload["status"].startswith("grounding on 2 frame(s); uploaded frames")
+    assert "point cloud (" in upload["status"] and "not metric" in upload["status"]  # VGGT heads of the tiny model
     assert upload["parsed"] and upload["gallery_images"] == 2 and upload["gates_image"] == 1
 
     # the WebGL canvas really drew the point cloud and boxes, not only its clear colour

@@ -1,0 +1,167 @@
+"""The Space's backend (no gradio) on uploaded frames: VGGT reconstruction when the model has the camera
+and depth heads (point cloud in the GLB, boxes drawn with the estimated camera), the old behaviour and
+a how-to message when it has not, and the fallback when the camera estimate is unusable."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gap_mllm.cli import visualize
+from gap_mllm.cli.loading import load_model_and_processor
+from gap_mllm.cli.scenes import (CAMERA_ASSUMED, assumed_intrinsics, intrinsics_for_frame, reconstructed_scene,
+                                 scene_from_frames)
+from gap_mllm.cli.space_backend import POINT_CLOUD_HOWTO, SpaceBackend, SpaceSettings
+from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+# 84×112 frames: the processor's VGGT input is 84×112 too (grid mode: Qwen 96×128 → 14/16 of it), so the
+# intrinsics used for drawing must be exactly the ones reconstruct returned, with no rescaling.
+FRAME_HEIGHT, FRAME_WIDTH = 84, 112
+ANSWER_BOX = [0.0, 0.0, 2.0, 0.6, 0.6, 0.6, 0.0, 0.0, 0.0]  # on the optical axis: projects near the centre
+GLTF_FROM_OPENCV = np.diag([1.0, -1.0, -1.0])
+RED = np.array(visualize.PREDICTED)
+
+
+@pytest.fixture(scope="module")
+def heads_backend(tmp_path_factory):
+    """The Space's own tiny model (camera + depth heads)."""
+    return SpaceBackend(SpaceSettings(max_new_tokens=4), work_dir=tmp_path_factory.mktemp("heads"))
+
+
+@pytest.fixture(scope="module")
+def plain_backend(tmp_path_factory):
+    """The package's tiny checkpoint: aggregator only, like an official GAP checkpoint."""
+    folder = save_tiny_checkpoint(tmp_path_factory.mktemp("plain") / "ckpt")
+    return SpaceBackend(SpaceSettings(max_new_tokens=4), work_dir=tmp_path_factory.mktemp("plain_out"),
+                        loaded=load_model_and_processor(str(folder)))
+
+
+@pytest.fixture
+def uploads(tmp_path, monkeypatch):
+    """Two random frames inside a fresh upload folder (GRADIO_TEMP_DIR)."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    paths = []
+    for index in range(2):
+        paths.append(tmp_path / f"frame_{index}.png")
+        pixels = np.random.default_rng(index).integers(0, 256, (FRAME_HEIGHT, FRAME_WIDTH, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(paths[-1])
+    return [str(p) for p in paths]
+
+
+def answer_with(model, processor, monkeypatch, answer: str) -> None:
+    """Make `model.generate` reply `answer` after the prompt (the untrained model only emits noise)."""
+    answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+    def generate(input_ids=None, **kwargs):
+        return torch.cat([input_ids, answer_ids.expand(input_ids.shape[0], -1)], dim=1)
+
+    monkeypatch.setattr(model, "generate", generate)
+
+
+def record_reconstructions(encoder, monkeypatch) -> list:
+    """Wrap `encoder.reconstruct`; returns the list its outputs are appended to."""
+    outputs, original = [], encoder.reconstruct
+
+    def reconstruct(images, *args, **kwargs):
+        outputs.append(original(images, *args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(encoder, "reconstruct", reconstruct)
+    return outputs
+
+
+def record_projection_cameras(monkeypatch) -> list:
+    """Wrap the box projection the frames are drawn with; returns the list of intrinsics it received."""
+    cameras, original = [], visualize.project_box_edges
+
+    def project(box, intrinsics, *args, **kwargs):
+        cameras.append(np.array(intrinsics, dtype=np.float64))
+        return original(box, intrinsics, *args, **kwargs)
+
+    monkeypatch.setattr(visualize, "project_box_edges", project)
+    return cameras
+
+
+def glb_point_clouds(path) -> list[np.ndarray]:
+    import trimesh
+
+    scene = trimesh.load(path)
+    return [np.asarray(g.vertices) for g in scene.geometry.values() if isinstance(g, trimesh.PointCloud)]
+
+
+def drawn_red_pixels(path, upload) -> int:
+    """Pixels of the output frame `path` that differ from the `upload` and are the answer's red."""
+    drawn = np.asarray(Image.open(path).convert("RGB"), dtype=np.int64)
+    original = np.asarray(Image.open(upload).convert("RGB"), dtype=np.int64)
+    return int(((drawn != original).any(axis=-1) & (np.abs(drawn - RED).sum(axis=-1) < 30)).sum())
+
+
+def grounding_answer() -> str:
+    return '{"bbox_3d": [' + ", ".join(str(v) for v in ANSWER_BOX) + "]}"
+
+
+def test_upload_gets_point_cloud_and_reconstructed_camera(heads_backend, uploads, monkeypatch):
+    assert heads_backend.reconstructs and "normalised, not metric" in heads_backend.geometry_notice
+    model = heads_backend.model
+    answer_with(model, heads_backend.processor, monkeypatch, grounding_answer())
+    reconstructions = record_reconstructions(model.geometry_encoder, monkeypatch)
+    cameras = record_projection_cameras(monkeypatch)
+
+    out = heads_backend.run(uploads, None, "3D visual grounding (text query)", query="the box")
+
+    assert len(reconstructions) == 1
+    estimate = reconstructions[0]
+    assert estimate.image_size == (FRAME_HEIGHT, FRAME_WIDTH)
+    frame0_camera = estimate.intrinsics[0, 0].double().numpy()
+    assert cameras and all(np.array_equal(k, frame0_camera) for k in cameras)
+    assert not np.array_equal(frame0_camera, assumed_intrinsics(FRAME_HEIGHT, FRAME_WIDTH))
+    assert drawn_red_pixels(out.frames[0], uploads[0]) > 20  # the answer box is drawn on frame 0
+    assert np.array_equal(np.asarray(Image.open(out.frames[1])), np.asarray(Image.open(uploads[1])))  # no pose
+
+    clouds = glb_point_clouds(out.scene_glb)
+    assert len(clouds) == 1 and len(clouds[0]) > 0
+    assert f"point cloud ({len(clouds[0])} points)" in out.status and "normalised scale, not metric" in out.status
+    # the GLB holds the depth cloud moved into frame 0's camera (then glTF's y-up axes)
+    cloud = estimate.point_cloud(source="depth", confidence_percentile=50.0, max_points=20000)
+    rotation, translation = (estimate.extrinsics[0, 0, :, :3].double().numpy(),
+                             estimate.extrinsics[0, 0, :, 3].double().numpy())
+    expected = (cloud.points @ rotation.T + translation) @ GLTF_FROM_OPENCV.T
+    np.testing.assert_allclose(clouds[0], expected, atol=1e-5)
+
+
+def test_without_heads_uploads_keep_the_assumed_camera_and_say_how_to_get_a_cloud(plain_backend, uploads,
+                                                                                    monkeypatch):
+    assert not plain_backend.reconstructs and plain_backend.geometry_notice == POINT_CLOUD_HOWTO
+    assert "use_camera_head" in POINT_CLOUD_HOWTO and "from_qwen3_vl" in POINT_CLOUD_HOWTO
+    answer_with(plain_backend.model, plain_backend.processor, monkeypatch, grounding_answer())
+    cameras = record_projection_cameras(monkeypatch)
+
+    out = plain_backend.run(uploads, None, "3D visual grounding (text query)", query="the box")
+
+    assert cameras and all(np.array_equal(k, assumed_intrinsics(FRAME_HEIGHT, FRAME_WIDTH)) for k in cameras)
+    assert glb_point_clouds(out.scene_glb) == []
+    assert "assumed 60° camera; no point cloud." in out.status and POINT_CLOUD_HOWTO in out.status
+    assert drawn_red_pixels(out.frames[0], uploads[0]) > 20
+
+
+def test_unusable_camera_estimate_falls_back_to_the_assumed_camera(heads_backend, monkeypatch):
+    encoder = heads_backend.model.geometry_encoder
+    original = encoder.reconstruct
+
+    def zero_field_of_view(images, *args, **kwargs):  # what an untrained head's ReLU often gives
+        output = original(images, *args, **kwargs)
+        output.intrinsics[..., 0, 0] = float("inf")
+        return output
+
+    monkeypatch.setattr(encoder, "reconstruct", zero_field_of_view)
+    views = [Image.new("RGB", (FRAME_WIDTH, FRAME_HEIGHT), (90, 120, 30))] * 2
+    scene = reconstructed_scene(heads_backend.model, heads_backend.processor, views)
+    assert scene.camera == CAMERA_ASSUMED and scene.points is None
+    assert "unusable" in scene.note
+    np.testing.assert_array_equal(scene.intrinsics, scene_from_frames(views).intrinsics)
+
+
+def test_estimated_intrinsics_are_rescaled_to_the_frame_size():
+    camera = np.array([[100.0, 0.0, 56.0], [0.0, 90.0, 42.0], [0.0, 0.0, 1.0]])  # for a 84×112 VGGT input
+    scaled = intrinsics_for_frame(camera, (84, 112), (224, 126))  # frame: 224 wide, 126 high
+    np.testing.assert_allclose(scaled, [[200.0, 0.0, 112.0], [0.0, 135.0, 63.0], [0.0, 0.0, 1.0]])

@@ -1,0 +1,159 @@
+"""Several users at once: the Space's gradio queue runs requests one at a time and refuses what is
+beyond `max_queue`, with a clear message.
+
+`gap-mllm space --concurrency 1 --max-queue 2` runs on 127.0.0.1 in the separate gradio environment
+(.venv-demo, built if missing, as in test_space_browser.py); a gradio_client script, run in that
+environment, submits the requests. One at a time is checked on the server side: the backend logs the
+start and end time of every request, and no two of these intervals may overlap.
+
+Skipped, with the reason printed, only when the demo environment cannot be built."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_space_browser import DEMO_VENV, MAIN_VENV, REPO, SPACE, free_port, skip_with_reason, wait_for_http
+
+MAX_QUEUE = 2
+REQUEST = [None, "synthetic room A", "3D object detection", "", None, "", ""]  # the /run endpoint's inputs
+LOG_LINE = re.compile(r"request (\d+) (started|finished) at ([0-9.]+)")
+
+CLIENT = r'''
+"""Submit requests to the Space with gradio_client; print one JSON line (see test_space_queue.py)."""
+import json, sys, time, urllib.error, urllib.request
+from gradio_client import Client
+
+url, phase, request = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+client = Client(url, verbose=False)
+
+
+def wait_until(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(phase)
+        time.sleep(0.01)
+
+
+def codes(jobs):
+    return [job.status().code.name for job in jobs]
+
+
+def at_once():
+    """Three requests submitted together; the queue states seen while they run."""
+    jobs = [client.submit(*request, api_name="/run") for _ in range(3)]
+    polls = []
+    while not all(job.done() for job in jobs):
+        polls.append(codes(jobs))
+        time.sleep(0.02)
+    return {"statuses": [job.result(timeout=60)[5] for job in jobs], "polls": polls}
+
+
+def overflow():
+    """One request running and MAX_QUEUE waiting, then one more through the HTTP API."""
+    running = client.submit(*request, api_name="/run")
+    wait_until(lambda: codes([running]) == ["PROCESSING"])
+    waiting = [client.submit(*request, api_name="/run") for _ in range(int(sys.argv[4]))]
+    wait_until(lambda: codes(waiting) == ["IN_QUEUE"] * len(waiting))
+    call = urllib.request.Request(url + "gradio_api/call/run", data=json.dumps({"data": request}).encode(),
+                                  headers={"Content-Type": "application/json"})
+    refused_at = time.time()
+    try:
+        urllib.request.urlopen(call, timeout=30)
+        refusal = {"code": 200, "detail": "accepted"}
+    except urllib.error.HTTPError as error:
+        refusal = {"code": error.code, "detail": json.loads(error.read())["detail"]}
+    statuses = [job.result(timeout=60)[5] for job in [running, *waiting]]
+    return {"refused_at": refused_at, **refusal, "statuses": statuses}
+
+
+print(json.dumps(at_once() if phase == "at_once" else overflow()))
+'''
+
+
+def demo_python():
+    """The .venv-demo interpreter (built if missing); skips the module when it cannot be built."""
+    sys.path.insert(0, str(SPACE))
+    try:
+        from build_demo_venv import build
+    finally:
+        sys.path.pop(0)
+    try:
+        return build(MAIN_VENV, DEMO_VENV)
+    except (subprocess.CalledProcessError, OSError) as error:
+        skip_with_reason(f"could not build the gradio environment {DEMO_VENV}: {error}")
+
+
+@pytest.fixture(scope="module")
+def queued_space(tmp_path_factory):
+    """`gap-mllm space` with one request at a time and at most MAX_QUEUE waiting."""
+    python = demo_python()
+    folder = tmp_path_factory.mktemp("queue")
+    port, log_path = free_port(), folder / "app.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env.pop("SPACE_ID", None)
+    command = [str(python), "-m", "gap_mllm.cli.main", "space", "--host", "127.0.0.1", "--port", str(port),
+               "--concurrency", "1", "--max-queue", str(MAX_QUEUE), "--max-new-tokens", "8"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}/"
+    client = folder / "client.py"
+    client.write_text(CLIENT)
+    try:
+        wait_for_http(url, process, timeout=90)
+        yield {"url": url, "python": python, "client": client, "log": log_path}
+    except (RuntimeError, TimeoutError) as error:
+        pytest.fail(f"{error}\n{log_path.read_text()[-3000:]}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def run_client(space, phase: str) -> dict:
+    done = subprocess.run([str(space["python"]), str(space["client"]), space["url"], phase, json.dumps(REQUEST),
+                           str(MAX_QUEUE)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def request_intervals(log_text: str) -> list[tuple[float, float]]:
+    """`(start, end)` of every finished request in the server log, by start time."""
+    times = {}
+    for number, event, stamp in LOG_LINE.findall(log_text):
+        times.setdefault(int(number), {})[event] = float(stamp)
+    return sorted((t["started"], t["finished"]) for t in times.values() if "finished" in t)
+
+
+def assert_one_at_a_time(intervals) -> None:
+    for (_, end), (next_start, _) in zip(intervals, intervals[1:]):
+        assert next_start >= end, f"two requests overlapped: {intervals}"
+
+
+def test_three_requests_at_once_all_complete_one_at_a_time(queued_space):
+    report = run_client(queued_space, "at_once")
+    assert len(report["statuses"]) == 3
+    assert all(s.startswith("detection on 4 frame(s); exact synthetic geometry") for s in report["statuses"])
+    # the client saw jobs wait in the queue while another ran (its view lags: the server log is the proof)
+    assert any("PROCESSING" in poll and "IN_QUEUE" in poll for poll in report["polls"])
+    intervals = request_intervals(queued_space["log"].read_text())
+    assert len(intervals) == 3
+    assert_one_at_a_time(intervals)
+
+
+def test_request_beyond_max_queue_is_refused_with_a_clear_message(queued_space):
+    report = run_client(queued_space, "overflow")
+    assert report["code"] == 503
+    assert report["detail"] == f"Queue is full. Max size is {MAX_QUEUE} and size is {MAX_QUEUE}."
+    assert len(report["statuses"]) == 1 + MAX_QUEUE and all(s.startswith("detection") for s in report["statuses"])
+    intervals = request_intervals(queued_space["log"].read_text())
+    assert len(intervals) == 3 + 1 + MAX_QUEUE  # the refused request never reached the backend
+    assert_one_at_a_time(intervals)
+    # it was refused while the first request ran and the others waited, not after a slot freed up
+    assert sum(start <= report["refused_at"] <= end for start, end in intervals) == 1
