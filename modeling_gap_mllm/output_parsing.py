@@ -75,16 +75,26 @@ class PointmapResult:
 # ------------------------------------------------------------------------------------ literal parsing
 
 
+def _find_fence(text: str, start: int = 0) -> int:
+    """Index of the first ``` at or after `start` that is not inside a double-quoted string, or -1
+    (a JSON label such as "```" must not end the fence)."""
+    for i, ch, in_string in _scan(text[start:], quotes='"'):
+        if not in_string and ch == "`" and text.startswith("```", start + i):
+            return start + i
+    return -1
+
+
 def strip_code_fences(text: str) -> str:
     """Content of the first ``` fence (language tag such as `json` dropped; unclosed fence runs to the
-    end), or the stripped text when there is no fence."""
-    start = text.find("```")
+    end), or the stripped text when there is no fence. Backticks inside double-quoted strings do not
+    count as fences."""
+    start = _find_fence(text)
     if start < 0:
         return text.strip()
     body_start = start + 3
     while body_start < len(text) and (text[body_start].isalnum() or text[body_start] == "_"):
         body_start += 1  # language tag ("json", "python", ...)
-    end = text.find("```", body_start)
+    end = _find_fence(text, body_start)
     return text[body_start : end if end >= 0 else len(text)].strip()
 
 

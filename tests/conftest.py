@@ -1,12 +1,22 @@
 """Shared fixtures: the tiny processor and model (built locally, no downloads) and synthetic views."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from PIL import Image
 
 from gap_mllm.tiny.tiny_model import build_tiny_model
 from gap_mllm.tiny.tiny_tokenizer import build_tiny_processor
+
+
+# No per-example deadline (a loaded 2-core machine must not turn slowness into failures); on CI the
+# examples are derandomized so a run is reproducible, while local runs keep exploring new inputs.
+settings.register_profile("local", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "local")
 
 
 def make_views(count: int, height: int = 64, width: int = 96, seed: int = 0) -> list[Image.Image]:

@@ -345,3 +345,11 @@ def test_random_json_values_never_raise(value):
     text = json.dumps(value)
     for parser in ALL_PARSERS:
         parser(text)
+
+
+def test_backticks_inside_a_label_do_not_end_the_fence():
+    """Found by hypothesis: a label "```" used to close the official fence early and drop a box."""
+    boxes = [Box3D.from_list([0.5, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], label=label) for label in ("chair", "```", "a`b")]
+    result = parse_detection(serialize_detection(boxes))
+    assert result.reason is None and result.skipped == 0
+    assert [box.label for box in result.boxes] == ["chair", "```", "a`b"]

@@ -6,6 +6,7 @@ check that the page shows what the model answered. Screenshots are kept under
 
 Skipped, with the reason printed, only when Chromium or the demo environment cannot be installed."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -78,6 +79,27 @@ def wait_for_http(url: str, process, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+@contextlib.contextmanager
+def running_app(command: list[str], env: dict, log_path: Path, port: int, timeout: float):
+    """Run `command` (an app serving on 127.0.0.1:`port`) until the block ends; fail with its log if it
+    never answers; always stop it."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        try:
+            wait_for_http(url, process, timeout=timeout)
+        except (RuntimeError, TimeoutError) as error:
+            pytest.fail(f"{error}\n{log_path.read_text()[-3000:]}")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
     chromium = ensure_chromium()
@@ -87,21 +109,8 @@ def space(tmp_path_factory):
     env = {**os.environ, "GAP_MLLM_HOST": "127.0.0.1", "GAP_MLLM_PORT": str(port), "GAP_MLLM_MAX_TOKENS": "32",
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACE_ID", None)
-    with open(logs, "w") as log:
-        process = subprocess.Popen([str(demo_python), str(SPACE / "app.py")], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_http(url, process, timeout=120)
+    with running_app([str(demo_python), str(SPACE / "app.py")], env, logs, port, timeout=120) as url:
         yield {"url": url, "chromium": chromium, "python": demo_python}
-    except (RuntimeError, TimeoutError) as error:
-        pytest.fail(f"{error}\n{logs.read_text()[-3000:]}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def expected_detection_summary() -> str:

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.test_space_browser import DEMO_VENV, MAIN_VENV, REPO, SPACE, free_port, skip_with_reason, wait_for_http
+from tests.test_space_browser import DEMO_VENV, MAIN_VENV, SPACE, free_port, running_app, skip_with_reason
 
 MAX_QUEUE = 2
 REQUEST = [None, "synthetic room A", "3D object detection", "", None, "", ""]  # the /run endpoint's inputs
@@ -98,22 +98,10 @@ def queued_space(tmp_path_factory):
     env.pop("SPACE_ID", None)
     command = [str(python), "-m", "gap_mllm.cli.main", "space", "--host", "127.0.0.1", "--port", str(port),
                "--concurrency", "1", "--max-queue", str(MAX_QUEUE), "--max-new-tokens", "8"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}/"
     client = folder / "client.py"
     client.write_text(CLIENT)
-    try:
-        wait_for_http(url, process, timeout=90)
+    with running_app(command, env, log_path, port, timeout=90) as url:
         yield {"url": url, "python": python, "client": client, "log": log_path}
-    except (RuntimeError, TimeoutError) as error:
-        pytest.fail(f"{error}\n{log_path.read_text()[-3000:]}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def run_client(space, phase: str) -> dict:
