@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel, Qwen3VLForConditionalGeneration
+from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_gap_mllm import GapMllmConfig
@@ -76,8 +77,6 @@ class GapMllmPreTrainedModel(PreTrainedModel):
             init_geometry_weights(module, self.config.geometry_config)
             return
         if isinstance(module, WeightedFusion):
-            from transformers import initialization as init
-
             init.constant_(module.weight_2d, 0.5)
             init.constant_(module.weight_3d, 0.5)
             return
