@@ -401,6 +401,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         """
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        # Loading materialises fresh parameters (all trainable): restore the default frozen parts.
+        model.apply_freezing_policy()
         groups = report_missing_weights(info["missing_keys"], str(pretrained_model_name_or_path))
         model.missing_weight_groups = sorted(groups)
         if require_geometry_weights and GEOMETRY_GROUPS.intersection(groups):

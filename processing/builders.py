@@ -15,6 +15,7 @@ with `skip_bad_samples=True`, is skipped and counted (`builder.skipped[split]`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import numpy as np
 from gap_mllm.output_parsing import parse_frame_selection, parse_grounding, parse_pointmap
 
 from .annotation_files import find_annotation_file
+from .builder_fingerprint import builder_cache_key
 from .errors import DataError, SkipCounter
 from .features import DEFAULT_CLASS_NAMES, common_features, geometry_features, task_features
 from .prompts import IMAGE_PLACEHOLDER, extract_description
@@ -60,14 +62,28 @@ class MultiViewConfig(datasets.BuilderConfig):
     class_names: tuple = DEFAULT_CLASS_NAMES
 
 
+# Keyword arguments of `datasets.DatasetBuilder` itself; the others are `MultiViewConfig` options.
+_DATASET_BUILDER_ARGUMENTS = set(inspect.signature(datasets.DatasetBuilder.__init__).parameters) - {"self", "config_kwargs"}
+
+
 class MultiViewBuilder(datasets.GeneratorBasedBuilder):
-    """Shared logic of the task builders; subclasses set `TASK` and implement `task_fields`."""
+    """Shared logic of the task builders; subclasses set `TASK` and implement `task_fields`.
+
+    Cache: each builder is stored as `gap_mllm_<task>` with a hash over the task, its options, the code
+    and the content of every file it reads (processing/builder_fingerprint.py), so builders sharing a
+    data root never share a cache entry and edited data is never served from a stale one.
+    """
 
     TASK: str = ""
     BUILDER_CONFIG_CLASS = MultiViewConfig
     BUILDER_CONFIGS = [MultiViewConfig(name="default", version=datasets.Version("0.1.0"))]
 
     def __init__(self, *args, **kwargs):
+        if kwargs.get("hash") is None:
+            options = {key: value for key, value in kwargs.items() if key not in _DATASET_BUILDER_ARGUMENTS}
+            config = self.BUILDER_CONFIG_CLASS(name="default", version=self.BUILDER_CONFIGS[0].version, **options)
+            kwargs["hash"] = builder_cache_key(self.TASK, config, self._annotation_files(config), self._media_root(config))
+        kwargs.setdefault("dataset_name", f"gap_mllm_{self.TASK}")
         super().__init__(*args, **kwargs)
         self.skipped: dict[str, SkipCounter] = {}
 
@@ -108,7 +124,9 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
 
     @property
     def media_root(self) -> Path:
-        cfg = self.config
+        return self._media_root(self.config)
+
+    def _media_root(self, cfg: MultiViewConfig) -> Path:
         if cfg.media_root is not None:
             return Path(cfg.media_root)
         if cfg.data_root is None:
@@ -147,8 +165,8 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
 
     # ------------------------------------------------------------------------------- helpers
 
-    def _annotation_files(self) -> dict[str, Path]:
-        cfg = self.config
+    def _annotation_files(self, cfg: MultiViewConfig | None = None) -> dict[str, Path]:
+        cfg = cfg or self.config
         if cfg.annotation_files:
             return {split: Path(path) for split, path in cfg.annotation_files.items()}
         if cfg.data_root is None:

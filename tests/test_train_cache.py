@@ -74,3 +74,44 @@ def test_training_from_the_cache_never_runs_the_encoder(tmp_path, recon_dataset)
     torch.testing.assert_close(cached.loss, reference, rtol=FP16_TOLERANCE, atol=0)
     cached.loss.backward()
     assert model.geometry_fusion.mergers[0].mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_fingerprint_is_stable_across_save_and_reload(tmp_path):
+    from gap_mllm import GapMllmForConditionalGeneration
+
+    model, processor = tiny()
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path / "saved")
+    assert encoder_fingerprint(reloaded) == encoder_fingerprint(model)
+    assert GeometryFeatureCache(tmp_path / "cache", reloaded).folder == GeometryFeatureCache(tmp_path / "cache", model).folder
+
+
+def test_cache_refuses_a_trainable_encoder(tmp_path):
+    import pytest
+
+    model, _ = tiny()
+    model.geometry_encoder.requires_grad_(True)
+    with pytest.raises(ValueError, match="geometry encoder is trainable"):
+        GeometryFeatureCache(tmp_path, model)
+
+
+def test_unfrozen_encoder_with_the_cache_on_trains_without_the_cache(tmp_path, train_data_root, caplog):
+    import logging
+
+    from gap_mllm.training.run import build_trainer
+
+    from .test_train_fixtures import recipe, trainable_state
+
+    settings = recipe(tmp_path, train_data_root, cache={"enabled": True},
+                      freezing={"freeze_geometry_encoder": False}, data={"data_root": str(train_data_root),
+                                                                         "cache_dir": str(tmp_path / "hf")})
+    with caplog.at_level(logging.WARNING, logger="gap_mllm.training.run"):
+        setup = build_trainer(settings)
+    assert setup.cache is None
+    assert "geometry-feature cache DISABLED" in caplog.text and "geometry encoder is trainable" in caplog.text
+    encoder = setup.model.gap_model.geometry_encoder
+    before = trainable_state(encoder)
+    setup.trainer.train()
+    after = trainable_state(encoder)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert len(changed) == len(before) > 0  # every encoder tensor trained (the DINO mask token is frozen)

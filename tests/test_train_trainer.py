@@ -164,3 +164,19 @@ def test_no_auxiliary_heads_without_auxiliary_losses(tmp_path, recon_dataset):
     assert not os.path.exists(os.path.join(setup.trainer.args.output_dir, AUX_HEADS_WEIGHTS))
     assert set(setup.trainer.state.log_history[0]) >= {"loss", "lm_loss"}
     assert not any(k.endswith("_loss") and k != "lm_loss" for k in setup.trainer.state.log_history[0])
+
+
+def test_trainer_accepts_a_model_without_geometry(tmp_path, recon_dataset):
+    """The no-geometry ablation arm (plain Qwen3-VL inside GAP-MLLM, use_geometry=False) trains, and its
+    training loss equals the model's own loss on the same batch."""
+    from gap_mllm.tiny.tiny_model import build_tiny_model
+
+    model, processor = build_tiny_model(use_geometry=False)
+    batch = GapMllmDataCollator(processor)([recon_dataset[i] for i in range(3)])
+    with torch.no_grad():
+        torch.testing.assert_close(GeometryAlignedModel(model)(**batch).loss, model(**batch).loss, atol=1e-5, rtol=1e-5)
+    before = trainable_state(model)
+    run(tmp_path, recon_dataset, model=model.train(), processor=processor, cache={"enabled": True})
+    after = trainable_state(model)
+    assert not hasattr(model, "geometry_encoder")
+    assert all(not torch.equal(before[n], after[n]) for n in before if n.startswith("vlm.model.language_model.layers."))

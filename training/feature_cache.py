@@ -37,11 +37,26 @@ from .param_groups import unwrap_gap_model
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
+# Geometry-config fields that decide the aggregator's tapped features. Everything else in the config
+# (dtype bookkeeping that differs before and after a save/reload, the source checkpoint's name, the
+# reconstruction heads, transformers' generic fields) must not change the cache folder.
+FEATURE_CONFIG_FIELDS = (
+    "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
+    "num_register_tokens", "layer_norm_eps", "qk_norm", "rope_frequency", "patch_embed_num_hidden_layers",
+    "patch_embed_num_register_tokens", "patch_embed_layer_norm_eps", "tapped_layers", "reference_frame",
+    "image_mean", "image_std", "autocast_dtype",
+)  # fmt: skip
+
+
 def encoder_fingerprint(model) -> str:
-    """Hex digest of the geometry encoder's (aggregator's) weights, buffers and config and the level → layer map."""
+    """Hex digest of what the tapped features depend on: the aggregator's weights and buffers (values,
+    shapes, dtypes), the geometry-config fields of `FEATURE_CONFIG_FIELDS` and the level → layer map.
+    Stable across `save_pretrained` / `from_pretrained`."""
     gap = unwrap_gap_model(model)
+    geometry = gap.config.geometry_config
+    settings = {name: getattr(geometry, name, None) for name in FEATURE_CONFIG_FIELDS}
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps(gap.config.geometry_config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(json.dumps(gap.config.level_geometry_layers).encode())
     # the aggregator alone produces the tapped features (VGGT's reconstruction heads do not feed them)
     encoder = getattr(gap.geometry_encoder, "aggregator", gap.geometry_encoder)
@@ -49,6 +64,22 @@ def encoder_fingerprint(model) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def cache_unusable_reason(model) -> str | None:
+    """Why the geometry-feature cache cannot serve `model`, or None when it can.
+
+    The cache replaces the encoder's forward, so a trainable encoder would receive no gradient (its
+    weights would silently never change), and a model without geometry has nothing to cache.
+    """
+    gap = unwrap_gap_model(model)
+    if not gap.config.use_geometry:
+        return "the model has use_geometry=False (no geometry encoder)"
+    trainable = [name for name, p in gap.geometry_encoder.named_parameters() if p.requires_grad]
+    if trainable:
+        return (f"the geometry encoder is trainable ({len(trainable)} tensors, e.g. {trainable[0]}): cached features "
+                "would stop its gradient, so it would never change")
+    return None
 
 
 @dataclass
@@ -67,6 +98,9 @@ class GeometryFeatureCache:
     """
 
     def __init__(self, directory, model):
+        reason = cache_unusable_reason(model)
+        if reason is not None:
+            raise ValueError(f"cannot use a geometry-feature cache: {reason}. Turn the cache off (cache.enabled=false).")
         gap = unwrap_gap_model(model)
         self.fingerprint = encoder_fingerprint(gap)
         self.folder = Path(directory) / self.fingerprint

@@ -3,7 +3,8 @@ sum, and the auxiliary heads and losses.
 
 `GeometryAlignedModel(model, aux)` wraps a `GapMllmForConditionalGeneration` (or a PEFT model around
 one) and the auxiliary heads in one `nn.Module`, so that DDP / FSDP / DeepSpeed wrap, synchronise and
-checkpoint both together. Its image path is the model's own (`get_fused_image_features`); on top of it:
+checkpoint both together. Its image path is the model's own (`get_fused_image_features`, or Qwen3-VL's
+plain image features when the model has `use_geometry=False`); on top of it:
 
     geometry_features   per fusion level, one `[S_b, h_b, w_b, 2C]` tensor per sample: the frozen encoder's
                         output, precomputed (training/feature_cache.py); the encoder is then not run
@@ -68,8 +69,9 @@ class GeometryAlignedModel(nn.Module):
         self.model = model
         self.aux = aux or AuxLossConfig()
         gap = self.gap_model
-        if not gap.config.use_geometry:
-            raise ValueError("GeometryAlignedModel trains the geometry path: the model has use_geometry=False")
+        if not gap.config.use_geometry and self.aux.feature_align_weight > 0:
+            raise ValueError("aux.feature_align_weight > 0 aligns hidden states with geometry features, but the model "
+                             "has use_geometry=False (no geometry encoder): set it to 0")
         text = gap.config.vlm_config.text_config
         self.aux_heads = (
             GeometryAuxHeads(self.aux, text.hidden_size, 2 * gap.config.geometry_config.hidden_size)
@@ -135,9 +137,12 @@ class GeometryAlignedModel(nn.Module):
         """
         gap = self.gap_model
         views = [int(v) for v in geometry_views_per_sample.tolist()]
-        image_outputs, geometry_features, _ = gap.get_fused_image_features(
-            pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features
-        )
+        if gap.config.use_geometry:
+            image_outputs, geometry_features, _ = gap.get_fused_image_features(
+                pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features
+            )
+        else:  # plain Qwen3-VL (the no-geometry ablation arm): the geometry inputs are ignored
+            image_outputs = gap.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
 
         needs_hidden = self.aux_heads is not None
         outputs = gap.vlm.model(

@@ -83,17 +83,13 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
 
     cache = None
     if recipe.cache.enabled:
-        from .feature_cache import GeometryFeatureCache
+        from .feature_cache import cache_unusable_reason
 
-        directory = recipe.cache.directory or str(Path(args.output_dir) / "geometry_cache")
-        cache = GeometryFeatureCache(directory, model)
-        fill_collator = build_collator(processor, recipe.data, recipe.aux)
-        # the main process fills the cache; the others then find every entry (same keys)
-        with args.main_process_first(desc="geometry feature cache"):
-            for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
-                if dataset is not None:
-                    stats = cache.build(model, dataset, fill_collator, skip_errors=recipe.data.on_bad_sample == "skip")
-                    logger.info("geometry cache (%s): %s, folder %s", name, stats, cache.folder)
+        reason = cache_unusable_reason(model)
+        if reason is not None:
+            logger.warning("geometry-feature cache DISABLED for this run: %s.", reason)
+        else:
+            cache = _fill_feature_cache(recipe, args, model, processor, train_dataset, eval_dataset)
 
     trainer = GeometryAlignedTrainer(
         wrapped,
@@ -107,6 +103,22 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
         loss_normalization=recipe.loss_normalization,
     )
     return TrainingSetup(trainer=trainer, model=wrapped, processor=processor, cache=cache)
+
+
+def _fill_feature_cache(recipe: TrainRecipe, args, model, processor, train_dataset, eval_dataset):
+    """The run's `GeometryFeatureCache`, filled for every sample of both datasets."""
+    from .feature_cache import GeometryFeatureCache
+
+    directory = recipe.cache.directory or str(Path(args.output_dir) / "geometry_cache")
+    cache = GeometryFeatureCache(directory, model)
+    fill_collator = build_collator(processor, recipe.data, recipe.aux)
+    # the main process fills the cache; the others then find every entry (same keys)
+    with args.main_process_first(desc="geometry feature cache"):
+        for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+            if dataset is not None:
+                stats = cache.build(model, dataset, fill_collator, skip_errors=recipe.data.on_bad_sample == "skip")
+                logger.info("geometry cache (%s): %s, folder %s", name, stats, cache.folder)
+    return cache
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:

@@ -1,0 +1,111 @@
+"""The `datasets` cache key of a task builder: task, builder options, code and data content.
+
+`datasets` stores a prepared builder under `<cache_dir>/<dataset_name>/<config_id>/<version>/<hash>`.
+Left to itself it names every builder of `processing/builders.py` after the module ("builders") and
+keys the config only by the options passed, so two tasks read from one data root would share one
+folder (the second task silently loading the first one's samples), and edited annotations or images
+would be served from the stale cache. `builder_cache_key` gives each builder its own name and a hash
+that changes whenever anything that goes into its samples changes:
+
+    task            the builder's TASK (also the `dataset_name`)
+    options         every field of its `MultiViewConfig` (data root, annotation files, depth/poses, ...)
+    code            the source of the modules that turn files into samples
+    annotations     the bytes of each annotation file
+    media           name, size and modification time of every file a sample reads (colour frames and,
+                    when loaded, depth maps, poses and intrinsics)
+
+Hashing file contents of every frame would cost as much as preparing the dataset; (size, mtime_ns) is
+what `make`, rsync and `datasets`' own local-file fingerprints use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+# Modules whose code decides what a sample holds: a change there must not serve an old cache.
+_CODE_MODULES = ("builders", "scannet_layout", "features", "prompts", "coordinates", "errors")
+_SKIPPED_OPTIONS = {"name", "version", "data_dir", "data_files", "description"}
+
+
+def _update(digest, label: str, value) -> None:
+    digest.update(label.encode())
+    digest.update(b"\0")
+    digest.update(value if isinstance(value, bytes) else str(value).encode())
+    digest.update(b"\1")
+
+
+def _options(config) -> dict:
+    values = {}
+    for field in dataclasses.fields(config):
+        if field.name in _SKIPPED_OPTIONS:
+            continue
+        value = getattr(config, field.name)
+        values[field.name] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
+def _code_bytes() -> bytes:
+    from gap_mllm import output_parsing
+
+    folder = Path(__file__).parent
+    parts = [(folder / f"{name}.py").read_bytes() for name in _CODE_MODULES]
+    parts.append(Path(output_parsing.__file__).read_bytes())  # targets are parsed from answer texts
+    return b"\0".join(parts)
+
+
+def _stat(path: Path) -> str:
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"  # the builder raises (or skips) with the sample named; the key stays stable
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _media_files(media_root: Path, records: list, load_depth: bool, load_poses: bool) -> list[Path]:
+    """Every file the samples of `records` read, once, in a stable order."""
+    images: set[str] = set()
+    for record in records:
+        paths = record.get("images") if isinstance(record, dict) else None
+        if isinstance(paths, list):
+            images.update(p for p in paths if isinstance(p, str))
+    files: set[Path] = set()
+    for relative in images:
+        path = media_root / relative
+        files.add(path)
+        if load_depth:
+            files.update((path.with_suffix(".npy"), path.with_suffix(".png")))
+        if load_poses:
+            files.update((path.with_suffix(".txt"), path.parent / "intrinsic.txt", path.parent / "depth_intrinsic.txt"))
+    return sorted(files)
+
+
+def builder_cache_key(task: str, config, annotation_files: dict, media_root) -> str:
+    """Hex digest over the task, the builder options, the code and the data (see the module docstring).
+
+    Args:
+        task: the builder's task name.
+        config: its `MultiViewConfig`.
+        annotation_files: `{split: path}` of the annotation JSONs it reads.
+        media_root: the folder image paths are relative to.
+    """
+    digest = hashlib.blake2b(digest_size=12)
+    _update(digest, "task", task)
+    _update(digest, "options", json.dumps(_options(config), sort_keys=True, default=str))
+    _update(digest, "code", hashlib.blake2b(_code_bytes(), digest_size=16).hexdigest())
+    media_root = Path(media_root)
+    for split, path in sorted(annotation_files.items()):
+        path = Path(path)
+        raw = path.read_bytes() if path.is_file() else b""
+        _update(digest, f"annotations:{split}", hashlib.blake2b(raw, digest_size=16).hexdigest())
+        try:
+            records = json.loads(raw) if raw else []
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            records = []  # the builder reports the bad file by name when it reads it
+        if not isinstance(records, list):
+            records = []
+        for file in _media_files(media_root, records, config.load_depth, config.load_poses):
+            _update(digest, f"file:{file.relative_to(media_root) if file.is_relative_to(media_root) else file}", _stat(file))
+    return digest.hexdigest()
