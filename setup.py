@@ -17,6 +17,7 @@ HERE = Path(__file__).parent
 PACKAGE_DIRS = {
     "gap_mllm": "modeling_gap_mllm",
     "gap_mllm.tiny": "tiny",
+    "gap_mllm.mini": "mini",
     "gap_mllm.cli": "cli",
     "gap_mllm.processing": "processing",
     "gap_mllm.training": "training",

@@ -8,6 +8,7 @@ import sys
 # command -> (module with add_arguments(parser) and main(args) -> int, one-line help)
 COMMANDS = {
     "demo": ("gap_mllm.cli.demo", "build a tiny GAP-MLLM, save it as a Hub folder, reload it with trust_remote_code and generate"),
+    "mini": ("gap_mllm.mini.pipeline", "train GAP-MLLM-Mini end to end on SynthRooms (data, stages 0-2, evaluation, table; --ablation)"),
     "train": ("gap_mllm.training.train_cli", "geometry-aligned pre-training (stage 1) and task fine-tuning (stage 2) from a recipe"),
     "convert": ("gap_mllm.cli.convert", "convert VGGT-1B or official GAP-MLLM checkpoints into gap_mllm (strict, with a report of every key)"),
     "evaluate": ("gap_mllm.evaluation.evaluate_cli", "score a model (or a predictions file) on det, grounding, caption, recon or qa data"),

@@ -47,6 +47,18 @@ class BatchGenerator:
         self.collator = GapMllmDataCollator(self.processor, train=False, padding_side="left")
         self.max_new_tokens = max_new_tokens
 
+    @classmethod
+    def from_model(cls, model, processor, max_new_tokens: int | None = None) -> "BatchGenerator":
+        """A generator around a model already in memory (e.g. during training); it is not moved or copied."""
+        from gap_mllm.processing.collator import GapMllmDataCollator
+
+        generator = cls.__new__(cls)
+        generator.model, generator.processor = model, processor
+        generator.device = model.device
+        generator.collator = GapMllmDataCollator(processor, train=False, padding_side="left")
+        generator.max_new_tokens = max_new_tokens
+        return generator
+
     @torch.no_grad()
     def generate(self, requests: list[Request]) -> list[str]:
         if not requests:

@@ -30,7 +30,7 @@ from .grounding_metrics import GroundingEvaluator
 from .reconstruction_metrics import ReconstructionEvaluator, point_score
 from .spatial_qa_metrics import aggregate_spatial_scores, score_answer
 
-STAGE2_STEP, STAGE2_NEIGHBOURS = 10, 9  # official stage 2: n, n+10..n+90, then n-10..n-90 (method.md §3.3)
+from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
 
 
 def sample_id(record: dict, index: int) -> str:
@@ -104,11 +104,12 @@ def frame_number(image_path: str) -> int:
     return int(Path(image_path).stem)
 
 
-def stage2_images(selected_image: str, media_root) -> list[str]:
-    """Official stage-2 frames: n, n+10, ..., n+90, then n-10, ..., max(0, n-90); missing files skipped."""
+def stage2_images(selected_image: str, media_root, neighbours: int = OFFICIAL_STAGE2_NEIGHBOURS) -> list[str]:
+    """Official stage-2 frames: n, n+10, ..., n+90, then n-10, ..., max(0, n-90); missing files skipped.
+    `neighbours` (official 9) is the number of posed frames taken each way."""
     base = frame_number(selected_image)
-    numbers = [base + STAGE2_STEP * k for k in range(STAGE2_NEIGHBOURS + 1)]
-    numbers += [base - STAGE2_STEP * k for k in range(1, STAGE2_NEIGHBOURS + 1) if base - STAGE2_STEP * k >= 0]
+    numbers = [base + POSED_FRAME_STEP * k for k in range(neighbours + 1)]
+    numbers += [base - POSED_FRAME_STEP * k for k in range(1, neighbours + 1) if base - POSED_FRAME_STEP * k >= 0]
     folder, suffix = Path(selected_image).parent, Path(selected_image).suffix
     paths = [str(folder / f"{n:05d}{suffix}") for n in numbers]
     return [p for p in paths if (Path(media_root) / p).is_file()]
@@ -143,7 +144,8 @@ class GroundingTask:
             return Request(record["images"], prompt, None, self.max_new_tokens)
         k, _ = self.selected_frame(record, previous[0])
         k = min(max(k, 0), len(record["images"]) - 1)
-        images = stage2_images(record["images"][k], media_root) or [record["images"][k]]
+        neighbours = int(record.get("stage2_neighbours", OFFICIAL_STAGE2_NEIGHBOURS))
+        images = stage2_images(record["images"][k], media_root, neighbours) or [record["images"][k]]
         return Request(images, prompts.grounding_stage2_prompt(len(images), description), None, self.max_new_tokens)
 
     def oracle(self, record, media_root):

@@ -1,6 +1,9 @@
 """`gap-mllm synth`: write a SynthRooms dataset (ScanNet layout + official annotation JSONs).
 
-    gap-mllm synth --scenes 20 --out data/synth [--val-scenes 4] [--seed 0] [--size 480 640] [--frames 48]
+    gap-mllm synth --scenes 20 --out data/synth [--val-scenes 4] [--test-scenes 4] [--seed 0] [--size 480 640]
+    gap-mllm synth --preset mini --scenes 1200 --val-scenes 60 --test-scenes 240 --out data/mini --workers 2
+
+`--preset` picks a named configuration (processing/synth/presets.py); options given explicitly override it.
 
 The lead CLI calls `add_arguments(subparser)` and `main(args)`.
 """
@@ -16,36 +19,42 @@ from tqdm.auto import tqdm
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, required=True, help="number of training scenes")
     parser.add_argument("--val-scenes", type=int, default=0, help="number of validation scenes (after the training ones)")
+    parser.add_argument("--test-scenes", type=int, default=0, help="number of test scenes (after the validation ones)")
     parser.add_argument("--out", required=True, help="output folder (gets scannet/posed_images, annotations, synthrooms)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed; scene i depends only on (seed, i)")
-    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("HEIGHT", "WIDTH"), help="frame size in pixels")
-    parser.add_argument("--frames", type=int, default=48, help="frames per scene (named every 10th raw frame)")
-    parser.add_argument("--min-objects", type=int, default=8)
-    parser.add_argument("--max-objects", type=int, default=14)
-    parser.add_argument("--clip-frames", type=int, default=4, help="frames of reconstruction / detection samples")
-    parser.add_argument("--grounding-frames", type=int, default=32, help="frames of grounding stage-1 samples")
-    parser.add_argument("--caption-frames", type=int, default=32)
-    parser.add_argument("--qa-frames", type=int, default=16)
-    parser.add_argument("--frame-sampling", choices=("uniform", "space_aware"), default="uniform", help="how clip frames are chosen")
+    parser.add_argument("--preset", default="default", help="named configuration: default (ScanNet-like) or mini (GAP-MLLM-Mini)")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering scenes in parallel (same output)")
+    parser.add_argument("--seed", type=int, default=None, help="dataset seed; scene i depends only on (seed, i)")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"), help="frame size in pixels")
+    parser.add_argument("--frames", type=int, default=None, help="frames per scene (named every 10th raw frame)")
+    parser.add_argument("--min-objects", type=int, default=None)
+    parser.add_argument("--max-objects", type=int, default=None)
+    parser.add_argument("--clip-frames", type=int, default=None, help="frames of reconstruction / detection samples")
+    parser.add_argument("--grounding-frames", type=int, default=None, help="frames of grounding stage-1 samples")
+    parser.add_argument("--caption-frames", type=int, default=None)
+    parser.add_argument("--qa-frames", type=int, default=None)
+    parser.add_argument("--frame-sampling", choices=("uniform", "space_aware"), default=None, help="how clip frames are chosen")
+
+
+_OPTION_FIELDS = {
+    "seed": "seed", "size": "image_size", "frames": "num_frames", "min_objects": "min_objects", "max_objects": "max_objects",
+    "clip_frames": "clip_frames", "grounding_frames": "grounding_frames", "caption_frames": "caption_frames",
+    "qa_frames": "qa_frames", "frame_sampling": "frame_sampling",
+}
 
 
 def config_from_args(args):
-    from .synth.generator import SynthConfig
+    from .synth.presets import synth_config
 
-    if args.scenes < 0 or args.val_scenes < 0 or args.scenes + args.val_scenes == 0:
-        raise ValueError("--scenes/--val-scenes must be >= 0 and not both 0")
-    return SynthConfig(
-        seed=args.seed,
-        image_size=tuple(args.size),
-        num_frames=args.frames,
-        min_objects=args.min_objects,
-        max_objects=args.max_objects,
-        clip_frames=min(args.clip_frames, args.frames),
-        grounding_frames=min(args.grounding_frames, args.frames),
-        caption_frames=min(args.caption_frames, args.frames),
-        qa_frames=min(args.qa_frames, args.frames),
-        frame_sampling=args.frame_sampling,
-    )
+    if args.scenes < 0 or args.val_scenes < 0 or args.test_scenes < 0 or args.scenes + args.val_scenes + args.test_scenes == 0:
+        raise ValueError("--scenes/--val-scenes/--test-scenes must be >= 0 and not all 0")
+    overrides = {field: getattr(args, option) for option, field in _OPTION_FIELDS.items() if getattr(args, option) is not None}
+    if "image_size" in overrides:
+        overrides["image_size"] = tuple(overrides["image_size"])
+    config = synth_config(args.preset, **overrides)
+    # per-sample frame counts cannot exceed the frames of a scene
+    for field in ("clip_frames", "grounding_frames", "caption_frames", "qa_frames"):
+        setattr(config, field, min(getattr(config, field), config.num_frames))
+    return config
 
 
 def main(args) -> int:
@@ -63,8 +72,11 @@ def main(args) -> int:
     splits = {"train": args.scenes}
     if args.val_scenes:
         splits["val"] = args.val_scenes
+    if args.test_scenes:
+        splits["test"] = args.test_scenes
     with tqdm(total=sum(splits.values()), desc="SynthRooms scenes", unit="scene") as bar:
-        info = write_dataset(args.out, SynthRooms(config), splits, progress=lambda scene_id: (bar.set_postfix_str(scene_id), bar.update(1)))
+        info = write_dataset(args.out, SynthRooms(config), splits, progress=lambda scene_id: (bar.set_postfix_str(scene_id), bar.update(1)),
+                             workers=args.workers)
     print(json.dumps(info["records"], indent=1))
     return 0
 

@@ -110,12 +110,8 @@ def tiny_corpus() -> list[str]:
     return texts
 
 
-def build_tiny_tokenizer(save_dir: str | os.PathLike | None = None) -> PreTrainedTokenizerFast:
-    """Train the tiny byte-level BPE and wrap it as a transformers tokenizer.
-
-    Args:
-        save_dir: if given, the tokenizer is also saved there (`tokenizer.json`, `tokenizer_config.json`,
-            `chat_template.jinja`).
+def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a Qwen-style byte-level BPE on `texts` and wrap it as a transformers tokenizer.
 
     Returns:
         `PreTrainedTokenizerFast` with eos `<|im_end|>`, pad `<|endoftext|>`, left padding (batched
@@ -133,13 +129,13 @@ def build_tiny_tokenizer(save_dir: str | os.PathLike | None = None) -> PreTraine
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(tiny_corpus(), trainer)
-    hf = PreTrainedTokenizerFast(
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -153,6 +149,16 @@ def build_tiny_tokenizer(save_dir: str | os.PathLike | None = None) -> PreTraine
             "vision_end_token": "<|vision_end|>",
         },
     )
+
+
+def build_tiny_tokenizer(save_dir: str | os.PathLike | None = None) -> PreTrainedTokenizerFast:
+    """Train the tiny byte-level BPE on `tiny_corpus()` (see `train_bpe_tokenizer`).
+
+    Args:
+        save_dir: if given, the tokenizer is also saved there (`tokenizer.json`, `tokenizer_config.json`,
+            `chat_template.jinja`).
+    """
+    hf = train_bpe_tokenizer(tiny_corpus(), TINY_VOCAB_SIZE)
     if save_dir is not None:
         hf.save_pretrained(save_dir)
     return hf

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 LOSS_NORMALIZATIONS = ("global_token_mean", "micro_batch_mean")
+STAGES = ("pretrain", "finetune", "geometry", "vision")
 BAD_SAMPLE_POLICIES = ("raise", "skip")
 
 
@@ -26,12 +27,20 @@ class ModelSource:
     name_or_path: a GAP-MLLM folder / Hub id with its processor (stage 2 default: the stage-1 output).
         Stage 1 starts from a folder built once from Qwen3-VL-2B-Instruct + VGGT-1B weights
         (`GapMllmForConditionalGeneration.from_qwen3_vl` + the VGGT converter, then `save_pretrained`).
-    tiny: "tiny" / "small": a randomly initialised local model (tests, smoke runs, benchmarks).
+    tiny: "tiny" / "small" (test sizes) or "mini" (GAP-MLLM-Mini, mini/): a freshly initialised local model,
+        built with `fusion_method`, `use_geometry` and weights drawn from `seed` (ignored with name_or_path).
+    encoders_from: a GAP-MLLM folder (e.g. the stage-0 output) whose geometry encoder (with its heads) and
+        Qwen ViT weights replace the fresh ones; the LLM, mergers and fusions stay freshly initialised
+        (how the miniature's stage 1, and its "stage 2 only" ablation arm, start).
     dtype: "float32" / "bfloat16" / "float16" / "auto".
     """
 
     name_or_path: str | None = None
     tiny: str | None = None
+    fusion_method: str = "gated"
+    use_geometry: bool = True
+    seed: int = 0
+    encoders_from: str | None = None
     dtype: str = "auto"
     attn_implementation: str | None = None
     trust_remote_code: bool = False
@@ -150,6 +159,45 @@ class CacheConfig:
 
 
 @dataclass
+class GeometryStageConfig:
+    """Stage "geometry" (stage 0): the geometry encoder + camera/depth heads on exact ground truth
+    (training/geometry_stage.py). Clips of `clip_frames` frames spread over `window_fraction` of a scene."""
+
+    clip_frames: int = 4
+    window_fraction: float = 0.5
+    num_clips: int = 1_000_000
+    camera_weight: float = 1.0
+    depth_weight: float = 1.0
+    gradient_weight: float = 1.0
+    confidence_alpha: float = 0.2
+    iteration_gamma: float = 0.6
+    eval_clips: int = 64
+
+
+@dataclass
+class VisionStageConfig:
+    """Stage "vision" (stage 0): the Qwen ViT on SynthRooms semantics (training/vision_stage.py)."""
+
+    marker_probability: float = 0.5
+    marker_weight: float = 1.0
+
+
+@dataclass
+class GenerationEvalConfig:
+    """Evaluation with generation during training (training/generation_eval.py): every `every_n_steps`
+    (and at the end), the first `max_samples` samples of each task in `tasks` (evaluation task names) of
+    `split` are answered greedily and scored with the evaluation package's metrics; the figures are logged
+    next to the loss as `gen_<task>_<metric>`. Empty `tasks`: off."""
+
+    tasks: list[str] = field(default_factory=list)
+    split: str = "val"
+    max_samples: int = 64
+    every_n_steps: int = 500
+    batch_size: int = 16
+    max_new_tokens: int | None = None
+
+
+@dataclass
 class TrainRecipe:
     """A whole run. `training` holds `transformers.TrainingArguments` keyword arguments.
 
@@ -159,7 +207,7 @@ class TrainRecipe:
         "micro_batch_mean" is the official behaviour (token mean per micro-batch, averaged over steps).
     """
 
-    stage: str = "pretrain"
+    stage: str = "pretrain"  # "pretrain" / "finetune" (the LLM stages), "geometry" / "vision" (stage 0)
     model: ModelSource = field(default_factory=ModelSource)
     data: DataConfig = field(default_factory=DataConfig)
     freezing: FreezingPolicy = field(default_factory=FreezingPolicy)
@@ -167,10 +215,15 @@ class TrainRecipe:
     aux: AuxLossConfig = field(default_factory=AuxLossConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    geometry: GeometryStageConfig = field(default_factory=GeometryStageConfig)
+    vision: VisionStageConfig = field(default_factory=VisionStageConfig)
+    evaluation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)
     loss_normalization: str = "global_token_mean"
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage={self.stage!r}; choose from {STAGES}")
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"loss_normalization={self.loss_normalization!r}; choose from {LOSS_NORMALIZATIONS}")
         if self.data.on_bad_sample not in BAD_SAMPLE_POLICIES:
@@ -206,7 +259,8 @@ def recipe_from_dict(values: dict) -> TrainRecipe:
 
 _SECTION_TYPES = {
     "model": ModelSource, "data": DataConfig, "freezing": FreezingPolicy, "learning_rates": LearningRates,
-    "aux": AuxLossConfig, "lora": LoraSettings, "cache": CacheConfig,
+    "aux": AuxLossConfig, "lora": LoraSettings, "cache": CacheConfig, "geometry": GeometryStageConfig,
+    "vision": VisionStageConfig, "evaluation": GenerationEvalConfig,
 }
 
 

@@ -26,19 +26,41 @@ logger = logging.getLogger(__name__)
 REQUIRED_ARGUMENTS = {"remove_unused_columns": False}
 
 
+FRESH_SIZES = ("tiny", "small", "mini")
+
+
+def build_fresh_model(source: ModelSource):
+    """A freshly initialised model of size `source.tiny` ("tiny" / "small" / "mini") with its processor."""
+    if source.tiny not in FRESH_SIZES:
+        raise ValueError(f"model.tiny={source.tiny!r}; choose from {FRESH_SIZES}")
+    settings = {"fusion_method": source.fusion_method, "use_geometry": source.use_geometry, "seed": source.seed}
+    if source.tiny == "mini":
+        from gap_mllm.mini.mini_config import build_mini_model
+
+        return build_mini_model(**settings)
+    from gap_mllm.tiny.tiny_model import build_tiny_model
+
+    return build_tiny_model(size=source.tiny, **settings)
+
+
 def load_model_and_processor(source: ModelSource):
-    """(GapMllmForConditionalGeneration, GapMllmProcessor) from `source` (a folder / Hub id, or tiny)."""
+    """(GapMllmForConditionalGeneration, GapMllmProcessor) from `source` (a folder / Hub id, or a fresh size)."""
     from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 
     if source.tiny:
-        from gap_mllm.tiny.tiny_model import build_tiny_model
+        model, processor = build_fresh_model(source)
+        if source.encoders_from:
+            from .encoder_weights import load_encoder_weights
 
-        model, processor = build_tiny_model(size=source.tiny)
+            copied = load_encoder_weights(model, source.encoders_from)
+            logger.info("copied %d encoder tensors from %s", len(copied), source.encoders_from)
         if source.dtype not in ("auto", "float32"):
             model = model.to(getattr(torch, source.dtype))
         return model, processor
     if not source.name_or_path:
         raise ValueError("model.name_or_path (a GAP-MLLM folder or Hub id) or model.tiny must be set")
+    if source.encoders_from:
+        raise ValueError("model.encoders_from applies to a fresh model (model.tiny), not to model.name_or_path")
     kwargs = {"dtype": source.dtype, "trust_remote_code": source.trust_remote_code}
     if source.attn_implementation:
         kwargs["attn_implementation"] = source.attn_implementation
@@ -91,6 +113,13 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
         else:
             cache = _fill_feature_cache(recipe, args, model, processor, train_dataset, eval_dataset)
 
+    callbacks = list(callbacks or [])
+    generation_eval = None
+    if recipe.evaluation.tasks:
+        from .generation_eval import GenerationEvalCallback
+
+        generation_eval = GenerationEvalCallback(recipe.evaluation, recipe.data.data_root, wrapped.gap_model, processor)
+        callbacks.append(generation_eval)
     trainer = GeometryAlignedTrainer(
         wrapped,
         args=args,
@@ -102,6 +131,8 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
         learning_rates=recipe.learning_rates,
         loss_normalization=recipe.loss_normalization,
     )
+    if generation_eval is not None:
+        generation_eval.trainer = trainer
     return TrainingSetup(trainer=trainer, model=wrapped, processor=processor, cache=cache)
 
 
@@ -129,12 +160,18 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
 
 
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
-    """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output."""
-    setup = build_trainer(recipe, **build_kwargs)
+    """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output.
+    Stage-0 recipes (`stage: geometry` / `vision`) train an encoder (training/encoder_stage_run.py)."""
+    if recipe.stage in ("geometry", "vision"):
+        from .encoder_stage_run import build_encoder_stage_trainer
+
+        setup = build_encoder_stage_trainer(recipe, **build_kwargs)
+    else:
+        setup = build_trainer(recipe, **build_kwargs)
     trainer = setup.trainer
     resume = resolve_resume(resume_from_checkpoint, trainer.args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
-    if trainer.skipped_samples:
+    if getattr(trainer, "skipped_samples", 0):
         logger.warning("skipped %d bad sample(s) on this process; see the warnings above for their names", trainer.skipped_samples)
     return result

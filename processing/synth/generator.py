@@ -26,6 +26,9 @@ class SynthConfig:
     of a centred pinhole (fx = fy); rooms are width x depth x height metres. Sampling: `num_frames`
     per scene (named every 10th raw frame), frames per sample of each task, samples per scene.
     `min_visible_fraction` of the image an object must cover in a frame to count as seen there.
+    `stage2_neighbours`: grounding stage 2 takes the selected frame, this many following and this many
+    preceding posed frames (official: 9, i.e. n, n+10, ..., n+90, then n-10, ..., n-90; method.md §3.3).
+    Named presets (the official-like default and the GAP-MLLM-Mini one): `processing/synth/presets.py`.
     """
 
     seed: int = 0
@@ -46,6 +49,7 @@ class SynthConfig:
     detection_clips_per_scene: int = 2
     captions_per_scene: int = 4
     min_visible_fraction: float = 0.002
+    stage2_neighbours: int = 9
     jpeg_quality: int = 95
     frame_sampling: str = "uniform"  # or "space_aware" (processing.sampling)
 

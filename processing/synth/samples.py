@@ -29,7 +29,7 @@ from .language import captions, describe
 from .scene import SynthScene
 from .spatial_qa import spatial_questions
 
-STAGE2_NEIGHBOURS = 9  # official stage 2: n, n+10, ..., n+90, then n-10, ..., n-90 (method.md §3.3)
+from ..scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS
 
 
 def image_path(scene: SynthScene, frame: int) -> str:
@@ -132,17 +132,21 @@ def first_clear_frame(pixels: np.ndarray, min_pixels: int) -> int | None:
     return int(np.flatnonzero(pixels >= max(min_pixels, 0.5 * pixels.max()))[0])
 
 
-def stage2_frames(scene: SynthScene, selected: int) -> list[int]:
-    """Official stage-2 frame order: n, n+10, ..., n+90, then n-10, ..., n-90 (posed-image steps),
-    skipping frames that do not exist. Indices into the scene's frames."""
+def stage2_frames(scene: SynthScene, selected: int, neighbours: int = OFFICIAL_STAGE2_NEIGHBOURS) -> list[int]:
+    """Official stage-2 frame order: n, n+10, ..., n+90, then n-10, ..., n-90 (posed-image steps; 9
+    neighbours each way), skipping frames that do not exist. Indices into the scene's frames."""
     total = len(scene.frames)
-    forward = [selected + k for k in range(STAGE2_NEIGHBOURS + 1) if selected + k < total]
-    backward = [selected - k for k in range(1, STAGE2_NEIGHBOURS + 1) if selected - k >= 0]
+    forward = [selected + k for k in range(neighbours + 1) if selected + k < total]
+    backward = [selected - k for k in range(1, neighbours + 1) if selected - k >= 0]
     return forward + backward
 
 
-def grounding_records(scene: SynthScene, frames, object_index: int, description: str, number: int, min_pixels: int):
-    """(stage 1, stage 2) records for one object described uniquely by `description`, or None."""
+def grounding_records(scene: SynthScene, frames, object_index: int, description: str, number: int, min_pixels: int,
+                      neighbours: int = OFFICIAL_STAGE2_NEIGHBOURS):
+    """(stage 1, stage 2) records for one object described uniquely by `description`, or None.
+
+    A stage-1 record of a dataset whose stage 2 uses another neighbour count than the official 9 says so
+    in `stage2_neighbours` (the evaluation builds the stage-2 request from it)."""
     pixels = scene.visible_pixels()[frames, object_index]
     k = first_clear_frame(pixels, min_pixels)
     if k is None:
@@ -153,8 +157,10 @@ def grounding_records(scene: SynthScene, frames, object_index: int, description:
     stage1["prompt"] = stage1["conversations"][0]["value"]
     stage1["gt_bbox"] = [float(v) for v in scene.objects[object_index].box]
     stage1.update({key: value for key, value in _camera_fields(scene, frames).items() if key != "cam2img"})
+    if neighbours != OFFICIAL_STAGE2_NEIGHBOURS:
+        stage1["stage2_neighbours"] = neighbours
 
-    second = stage2_frames(scene, frames[k])
+    second = stage2_frames(scene, frames[k], neighbours)
     box = camera_boxes(scene, [object_index], second[0])[0]
     stage2 = _common(scene, second, "scanrefer2", number)
     stage2["object_id"] = object_index
@@ -211,7 +217,7 @@ def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
         description = describe(scene, index, rng)
         if description is None:
             continue
-        pair = grounding_records(scene, grounding_frames, index, description, index, min_pixels)
+        pair = grounding_records(scene, grounding_frames, index, description, index, min_pixels, config.stage2_neighbours)
         if pair is not None:
             out["grounding_stage1"].append(pair[0])
             out["grounding_stage2"].append(pair[1])

@@ -1,0 +1,137 @@
+"""Trivial baselines for the miniature's evaluation table: what a model gets without looking.
+
+Grounding (scored exactly like a model: a camera-frame box in the annotated first clear frame k*, moved
+to the world and compared with `gt_bbox` by the grounding evaluator):
+    constant_mean_box       the mean of the training stage-2 target boxes (camera frame of their first view)
+    best_constant_box       of `candidates` training target boxes, the one with the highest Acc@0.25 on the
+                            training samples (chosen on training data only), used for every test sample
+    random_same_category    a uniformly random object of the scene with the target's category (uses the
+                            true world boxes and the true category: an upper-bound-like reference of
+                            "recognise the category, guess the instance")
+Detection:
+    category_mean_boxes     for every true object (true labels: oracle category recognition), that
+                            category's mean training box in the first frame's camera
+Captioning:
+    constant_caption        the most frequent training caption for every sample
+Marker task (stage 1):
+    constant_point          the mean training point, with the most frequent training label
+
+Every figure comes with its 95 % interval (confidence.py). Randomness is seeded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from gap_mllm.output_parsing import parse_frame_selection, parse_grounding, parse_pointmap
+from gap_mllm.processing.annotation_files import find_annotation_file
+from gap_mllm.processing.builders import load_annotation_file
+
+from .caption_metrics import caption_scores
+from .confidence import bootstrap_interval, bootstrap_statistic, wilson_interval
+from .detection_metrics import DetectionEvaluator
+from .grounding_metrics import grounding_iou
+from .marker_metrics import marker_scores
+
+
+def _records(data_root, task: str, split: str) -> list[dict]:
+    return load_annotation_file(find_annotation_file(data_root, task, split))
+
+
+def _answer(record: dict) -> str:
+    return record["conversations"][1]["value"]
+
+
+def accuracy_summary(ious) -> dict:
+    """Acc@0.25 / Acc@0.5 with Wilson intervals and mIoU with a bootstrap interval."""
+    ious = np.asarray(ious, dtype=np.float64)
+    out = {"num_samples": int(ious.size), "miou": float(ious.mean()), "miou_ci95": bootstrap_interval(ious)}
+    for threshold in (0.25, 0.5):
+        hits = int((ious >= threshold).sum())
+        out[f"acc@{threshold:g}"] = hits / ious.size
+        out[f"acc@{threshold:g}_ci95"] = wilson_interval(hits, ious.size)
+    return out
+
+
+def _true_frame(record: dict) -> int:
+    frame = parse_frame_selection(_answer(record), num_frames=len(record["images"])).frame
+    return 0 if frame is None else frame
+
+
+def _constant_ious(box, records) -> list[float]:
+    return [grounding_iou(box, r["gt_bbox"], r["cam2global"][_true_frame(r)], r.get("axis_align_matrix")) for r in records]
+
+
+def grounding_baselines(data_root, split: str = "test", candidates: int = 200, seed: int = 0) -> dict:
+    """The three grounding baselines on the two-stage records of `split` (see the module docstring)."""
+    train_boxes = np.array([parse_grounding(_answer(r)).box.to_list() for r in _records(data_root, "grounding_stage2", "train")])
+    train_records = _records(data_root, "grounding_stage1", "train")
+    test_records = _records(data_root, "grounding_stage1", split)
+    rng = np.random.default_rng(seed)
+    out = {"constant_mean_box": accuracy_summary(_constant_ious(train_boxes.mean(0), test_records))}
+
+    pool = train_boxes[rng.choice(len(train_boxes), size=min(candidates, len(train_boxes)), replace=False)]
+    fit = train_records if len(train_records) <= 400 else [train_records[i] for i in rng.choice(len(train_records), 400, replace=False)]
+    scores = [np.mean(np.asarray(_constant_ious(box, fit)) >= 0.25) for box in pool]
+    best = pool[int(np.argmax(scores))]
+    out["best_constant_box"] = accuracy_summary(_constant_ious(best, test_records))
+    out["best_constant_box"]["box"] = [round(float(v), 3) for v in best]
+
+    ious = []
+    for record in test_records:
+        truth = json.loads((Path(data_root) / "synthrooms" / f"{record['scene_id']}.json").read_text(encoding="utf-8"))
+        objects = truth["objects"]
+        target = objects[record["object_id"]]
+        same = [o for o in objects if o["category"] == target["category"]]
+        pick = same[int(rng.integers(len(same)))]
+        ious.append(grounding_iou(pick["bbox_3d"], record["gt_bbox"]))
+    out["random_same_category"] = accuracy_summary(ious)
+    return out
+
+
+def detection_baseline(data_root, split: str = "test") -> dict:
+    """`category_mean_boxes` (see the module docstring): F1@0.25 with a bootstrap interval over samples."""
+    sums: dict[str, list] = {}
+    for record in _records(data_root, "detection", "train"):
+        for box in record["boxes"]:
+            sums.setdefault(box["label"], []).append(box["bbox_3d"])
+    means = {label: np.mean(boxes, axis=0).tolist() for label, boxes in sums.items()}
+    records = _records(data_root, "detection", split)
+
+    def f1_of(sample: list[dict]) -> float:
+        evaluator = DetectionEvaluator()
+        for record in sample:
+            labels = [b["label"] for b in record["boxes"]]
+            predicted = [means[label] for label in labels if label in means]
+            evaluator.add([label for label in labels if label in means], predicted, labels, [b["bbox_3d"] for b in record["boxes"]])
+        return float(evaluator.compute()["f1"] or 0.0)
+
+    return {"category_mean_boxes": {"num_samples": len(records), "f1": f1_of(records), "f1_ci95": bootstrap_statistic(records, f1_of, resamples=100)}}
+
+
+def caption_baseline(data_root, split: str = "test") -> dict:
+    """`constant_caption`: CIDEr (and BLEU-4) of the most frequent training caption."""
+    caption = Counter(_answer(r) for r in _records(data_root, "captioning", "train")).most_common(1)[0][0]
+    records = _records(data_root, "captioning", split)
+    scores = caption_scores([caption] * len(records), [r["annotations"] for r in records], [r.get("iou", 1.0) for r in records], meteor=False)
+    return {"constant_caption": {"num_samples": len(records), "caption": caption, "cider": scores["cider"], "bleu4": scores["bleu4"],
+                                 "cider_ci95": bootstrap_interval(scores["per_sample"]["cider"])}}
+
+
+def marker_baseline(data_root, split: str = "test") -> dict:
+    """`constant_point`: the mean training point with the most frequent training label."""
+    train = [parse_pointmap(_answer(r)) for r in _records(data_root, "reconstruction", "train")]
+    point = np.mean([p.point for p in train], axis=0)
+    label = Counter(p.label for p in train).most_common(1)[0][0]
+    guess = json.dumps({"pointmap": [round(float(v), 2) for v in point], "label": label})
+    records = _records(data_root, "reconstruction", split)
+    return {"constant_point": {**marker_scores([guess] * len(records), [_answer(r) for r in records]), "label": label}}
+
+
+def all_baselines(data_root, split: str = "test") -> dict:
+    return {"grounding": grounding_baselines(data_root, split), "detection": detection_baseline(data_root, split),
+            "captioning": caption_baseline(data_root, split), "marker": marker_baseline(data_root, split)}

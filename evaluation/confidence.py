@@ -1,0 +1,55 @@
+"""95 % confidence intervals for evaluation tables.
+
+    wilson_interval(successes, n)          a proportion (accuracy at an IoU threshold): Wilson score interval,
+                                           good at small n and near 0 or 1 where the normal one is not
+    bootstrap_interval(values, statistic)  any statistic of per-sample values (mean IoU, median error, ...):
+                                           percentile bootstrap over samples
+    bootstrap_statistic(samples, fn)       a statistic of a whole set (detection F1 pooled over samples,
+                                           CIDEr whose IDF depends on the set): percentile bootstrap that
+                                           resamples the samples and recomputes `fn` on each resample
+
+All bootstraps use a fixed seed, so a table is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+Z_95 = 1.959963984540054
+DEFAULT_RESAMPLES = 1000
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> list[float]:
+    """[low, high] of the Wilson score interval of `successes / n` (n ≥ 1)."""
+    if n <= 0:
+        raise ValueError("a confidence interval needs at least one sample")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def bootstrap_interval(values, statistic: Callable = np.mean, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> list[float]:
+    """[2.5 %, 97.5 %] percentiles of `statistic` over bootstrap resamples of `values` (1-D)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("a confidence interval needs at least one sample")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, values.size, size=(resamples, values.size))
+    stats = np.array([statistic(values[row]) for row in draws])
+    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+
+
+def bootstrap_statistic(samples: Sequence, fn: Callable[[list], float], resamples: int = 200, seed: int = 0) -> list[float]:
+    """[2.5 %, 97.5 %] of `fn(resample)` over bootstrap resamples of `samples` (any objects)."""
+    if len(samples) == 0:
+        raise ValueError("a confidence interval needs at least one sample")
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(resamples):
+        rows = rng.integers(0, len(samples), size=len(samples))
+        stats.append(fn([samples[i] for i in rows]))
+    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]

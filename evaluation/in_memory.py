@@ -1,0 +1,87 @@
+"""Answer and score a fixed slice of an evaluation split with a model in memory (no folder, no files).
+
+What the task runners do (evaluation/runner.py) for a model that is still training: the same requests
+per stage (two for grounding), greedy batched generation, and the task's own `evaluate`, so the figures
+logged during training are the official metrics of the evaluation package on held-out data.
+
+    slice_ = EvaluationSlice("grounding", data_root, split="val", max_samples=64)
+    metrics = slice_.score(model, processor, batch_size=16)      # {"acc@0.25": ..., ...}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gap_mllm.processing.annotation_files import find_annotation_file
+from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.scannet_layout import posed_images_dir
+
+from .generation import BatchGenerator
+from .marker_metrics import marker_scores
+from .tasks import gt_answer, get_task
+
+# What each task logs: name -> key (or dotted path) in its summary; the marker scores are added for
+# reconstruction.
+LOGGED_METRICS = {
+    "grounding": {"acc@0.25": "acc@0.25", "acc@0.5": "acc@0.5", "miou": "miou"},
+    "det": {"f1": "f1", "precision": "splits.all.precision", "recall": "splits.all.recall"},
+    "caption": {"cider": "cider", "bleu4": "bleu4"},
+    "recon": {"overall_aligned": "aligned.overall"},
+    "qa": {"overall": "overall"},
+}
+
+
+def _lookup(summary: dict, dotted: str):
+    """`summary[key]`, or a dotted path into nested dicts ("aligned.overall")."""
+    if dotted in summary:
+        return summary[dotted]
+    value = summary
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+class EvaluationSlice:
+    """The first `max_samples` records of a task's annotation file of `split` under `data_root`."""
+
+    def __init__(self, task_name: str, data_root, split: str = "val", max_samples: int | None = 64):
+        self.task = get_task(task_name)
+        self.name = self.task.name
+        path = find_annotation_file(data_root, self.task.annotation_task, split)
+        records = load_annotation_file(path)
+        self.records = records if max_samples is None else records[:max_samples]
+        if not self.records:
+            raise ValueError(f"{path} has no record to evaluate")
+        self.media_root = posed_images_dir(data_root)
+
+    def answer(self, generator: BatchGenerator, batch_size: int = 16) -> list[list[str]]:
+        """Per record, the texts of each stage (what the runner writes as `raw`)."""
+        outputs = []
+        for start in range(0, len(self.records), batch_size):
+            batch = self.records[start : start + batch_size]
+            texts = [[] for _ in batch]
+            for stage in range(self.task.stages):
+                requests = [self.task.request(record, stage, texts[j], self.media_root) for j, record in enumerate(batch)]
+                for request in requests:
+                    request.images = [str(Path(self.media_root) / p) for p in request.images]
+                for j, text in enumerate(generator.generate(requests)):
+                    texts[j].append(text)
+            outputs.extend(texts)
+        return outputs
+
+    def score(self, model, processor, batch_size: int = 16, max_new_tokens: int | None = None) -> tuple[dict, list[list[str]]]:
+        """(flat metrics, raw outputs): the task's logged metrics (`LOGGED_METRICS`), plus the marker scores
+        for reconstruction. The model is put in eval mode for the call and restored after."""
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = self.answer(BatchGenerator.from_model(model, processor, max_new_tokens), batch_size)
+        finally:
+            model.train(was_training)
+        # METEOR (a Java process per call) is left to the final evaluation; CIDEr is the headline
+        _, summary = self.task.evaluate(self.records, outputs, meteor=False)
+        metrics = {name: _lookup(summary, key) for name, key in LOGGED_METRICS.get(self.name, {}).items()}
+        if self.name == "recon":
+            marker = marker_scores([texts[0] for texts in outputs], [gt_answer(r) for r in self.records])
+            metrics.update({key: marker[key] for key in ("label_accuracy", "point_error_m_median", "unparsed") if key in marker})
+        return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}, outputs

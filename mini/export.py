@@ -1,0 +1,54 @@
+"""Write the trained GAP-MLLM-Mini as a Hub folder: weights (bfloat16 on disk), remote code, processor,
+tokenizer, and a model card whose figures come from the checkpoint and the pipeline's results.
+
+The weights are stored in bfloat16 to keep the folder under 50 MB (about 15 M parameters); the config
+says float32, so `from_pretrained` computes in float32 and the evaluation table is measured on this very
+folder (the pipeline evaluates the exported weights, not the float32 training copy).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+STORAGE_DTYPE = torch.bfloat16
+MAX_FOLDER_BYTES = 50 * 1024 * 1024
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters of each part of a GAP-MLLM (counted on the loaded model)."""
+    parts = {"LLM": model.vlm.model.language_model, "Qwen ViT (with its mergers)": model.vlm.model.visual}
+    if model.config.use_geometry:
+        parts["geometry encoder (VGGT aggregator + camera and depth heads)"] = model.geometry_encoder
+        parts["geometry mergers + fusions"] = model.geometry_fusion
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in parts.items()}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+def export_default(model_dir, dest, results: dict | None = None, max_shard_size: str = "15MB") -> Path:
+    """Copy the model of `model_dir` to `dest` in bfloat16 storage with its processor and a model card."""
+    from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+
+    from .card import mini_model_card
+
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    model = GapMllmForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    processor = GapMllmProcessor.from_pretrained(model_dir)
+    counts = parameter_counts(model)
+    state = {name: tensor.to(STORAGE_DTYPE) for name, tensor in model.state_dict().items()}
+    model.config.dtype = "float32"  # compute dtype on load; storage is bfloat16 (module docstring)
+    model.save_pretrained(dest, state_dict=state, max_shard_size=max_shard_size)
+    processor.save_pretrained(dest)
+    (dest / "README.md").write_text(mini_model_card(model.config, counts, results), encoding="utf-8")
+    if results is not None:
+        (dest / "evaluation_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    if size > MAX_FOLDER_BYTES:
+        raise RuntimeError(f"{dest} is {size / 2**20:.1f} MiB, over the {MAX_FOLDER_BYTES / 2**20:.0f} MiB limit of the embedded default")
+    return dest

@@ -1,0 +1,361 @@
+"""`make mini` / `gap-mllm mini`: data, every training stage, evaluation, tables, the embedded default.
+
+    gap-mllm mini --out runs/mini                      # the main arm: GAP-MLLM-Mini (gated fusion, S1 + S2)
+    gap-mllm mini --out runs/mini --ablation           # + the ablation arms of mini/README.md
+    gap-mllm mini --out runs/mini --budget toy         # a few steps per stage (what the test suite runs)
+
+Steps, each skipped when its output is complete (so an interrupted run resumes where it stopped; a
+training stage that was killed resumes from its last checkpoint):
+
+    data        `gap-mllm synth --preset mini`: train / val / test scenes (test only for the final tables)
+    stage 0     geometry encoder + heads (mini_stage0_geometry.yaml), then the ViT (mini_stage0_vision.yaml)
+    stage 1     marker → point + label (mini_stage1.yaml), per arm
+    stage 2     grounding + detection + captioning (mini_stage2.yaml), per arm; its final model is written
+                as a Hub folder in bfloat16 storage (`<arm>/final`: what is evaluated and shipped)
+    evaluate    the official runners on the test split (gap_mllm.evaluation), per arm; stage-0 geometry
+                metrics on test clips; trivial baselines
+    report      `results.json` and `RESULTS.md` in the output folder (the table with 95 % intervals)
+    export      with `--export DIR`: the main arm's final model as a Hub folder with its model card
+
+Choices are made on the validation split (the recipes' generation evaluation logs); the test split is
+read only by the final evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+RECIPES = Path(__file__).resolve().parent.parent / "training" / "recipes"
+if not RECIPES.is_dir():  # installed wheel: recipes ship inside gap_mllm.training
+    from gap_mllm import training as _training
+
+    RECIPES = Path(_training.__file__).resolve().parent / "recipes"
+
+DONE_MARKER = "stage_done.json"
+EVAL_TASKS = ("grounding", "det", "caption")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One model of the comparison: fusion, geometry on/off, stage 1 on/off, seed."""
+
+    name: str
+    fusion_method: str = "gated"
+    use_geometry: bool = True
+    stage1: bool = True
+    seed: int = 0
+
+
+MAIN_ARM = Arm("gap_gated_s0")
+ABLATION_ARMS = (
+    MAIN_ARM,
+    Arm("gap_gated_s1", seed=1),
+    Arm("gap_gated_stage2_only_s0", stage1=False),
+    Arm("gap_add_s0", fusion_method="add"),
+    Arm("no_geometry_s0", use_geometry=False),
+    Arm("no_geometry_s1", use_geometry=False, seed=1),
+)
+ARMS = {arm.name: arm for arm in ABLATION_ARMS}
+
+
+@dataclass
+class Budget:
+    """Data size and per-stage overrides of a budget ("full": the recipes as written; "toy": minutes)."""
+
+    scenes: tuple[int, int, int] = (1200, 60, 240)
+    stage_overrides: dict = field(default_factory=dict)
+    eval_limit: int | None = None
+    eval_batch_size: int = 16
+    eval_max_new_tokens: int | None = None
+
+
+BUDGETS = {
+    "full": Budget(),
+    "toy": Budget(
+        scenes=(3, 2, 2),
+        stage_overrides={
+            "*": ["training.max_steps=2", "training.logging_steps=1", "training.save_steps=2", "training.eval_steps=2",
+                  "training.per_device_train_batch_size=2", "training.dataloader_num_workers=0"],
+            "geometry": ["geometry.eval_clips=2"],
+            "vision": ["data.max_eval_samples=4"],
+            "stage1": ["evaluation.max_samples=2", "evaluation.max_new_tokens=8", "evaluation.every_n_steps=0"],
+            "stage2": ["evaluation.max_samples=2", "evaluation.max_new_tokens=8", "evaluation.every_n_steps=0"],
+        },
+        eval_limit=2,
+        eval_batch_size=2,
+        eval_max_new_tokens=12,
+    ),
+}
+
+
+@dataclass
+class MiniRun:
+    """Where a pipeline run lives and how big it is."""
+
+    out: Path
+    data: Path
+    budget: str = "full"
+    device: str = "auto"
+    workers: int = 1
+    eval_max_new_tokens: int | None = None
+
+    @property
+    def settings(self) -> Budget:
+        return BUDGETS[self.budget]
+
+    def stage_dir(self, *parts: str) -> Path:
+        return self.out / "stages" / Path(*parts)
+
+    def results_dir(self, *parts: str) -> Path:
+        return self.out / "results" / Path(*parts)
+
+
+# ------------------------------------------------------------------------------------------- steps
+
+
+def make_data(run: MiniRun) -> dict:
+    """Write the mini SynthRooms data (skipped when the same configuration and splits are already there)."""
+    from gap_mllm.processing.synth.generator import SynthRooms
+    from gap_mllm.processing.synth.presets import synth_config
+    from gap_mllm.processing.synth.writer import write_dataset
+
+    config = synth_config("mini")
+    train, val, test = run.settings.scenes
+    splits = {"train": train, "val": val, "test": test}
+    info_path = run.data / "synthrooms" / "dataset_info.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("config") == json.loads(json.dumps(config.to_dict())) and {k: len(v) for k, v in info["splits"].items()} == splits:
+            logger.info("data: %s is up to date", run.data)
+            return info
+        shutil.rmtree(run.data)  # another configuration: regenerate rather than mix
+    logger.info("data: writing %s scenes to %s", splits, run.data)
+    return write_dataset(run.data, SynthRooms(config), splits, workers=run.workers)
+
+
+def stage_is_done(folder: Path) -> bool:
+    return (folder / DONE_MARKER).is_file()
+
+
+def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrides: list[str]) -> Path:
+    """Run one recipe to completion (resuming a killed run), then mark it done."""
+    from gap_mllm.training.config import load_recipe
+    from gap_mllm.training.run import run_training
+
+    if stage_is_done(output):
+        logger.info("%s: done already (%s)", recipe_name, output)
+        return output
+    budget = run.settings.stage_overrides
+    values = [f"data.data_root={run.data}", f"data.cache_dir={run.out / 'hf_datasets'}", f"training.output_dir={output}",
+              *budget.get("*", []), *budget.get(kind, []), *overrides]
+    values += _device_overrides(run.device)
+    recipe = load_recipe(RECIPES / recipe_name, values)
+    logger.info("%s → %s", recipe_name, output)
+    result = run_training(recipe, resume_from_checkpoint="auto")
+    (output / DONE_MARKER).write_text(json.dumps({"recipe": recipe_name, "overrides": values, "global_step": result.global_step,
+                                                  "training_loss": result.training_loss}, indent=1))
+    return output
+
+
+def _device_overrides(device: str) -> list[str]:
+    """Training arguments for `device` ("auto": CUDA when available, else the CPU in float32)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return ["training.use_cpu=true", "training.bf16=false"]
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda, but torch sees no CUDA device")
+        return ["training.use_cpu=false"]
+    raise ValueError(f"device {device!r}: choose auto, cpu or cuda")
+
+
+def run_stage0(run: MiniRun) -> Path:
+    geometry = train_stage(run, "mini_stage0_geometry.yaml", "geometry", run.stage_dir("stage0_geometry"), [])
+    return train_stage(run, "mini_stage0_vision.yaml", "vision", run.stage_dir("stage0"), [f"model.name_or_path={geometry}"])
+
+
+def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
+    """Stage 1 (unless the arm skips it) and stage 2 of one arm; returns the final model folder."""
+    fresh = ["model.tiny=mini", f"model.fusion_method={arm.fusion_method}", f"model.use_geometry={str(arm.use_geometry).lower()}",
+             f"model.seed={arm.seed}", f"model.encoders_from={stage0}", f"training.seed={arm.seed}"]
+    if arm.stage1:
+        stage1 = train_stage(run, "mini_stage1.yaml", "stage1", run.stage_dir(arm.name, "stage1"), fresh)
+        start = [f"model.name_or_path={stage1}", f"training.seed={arm.seed}"]
+    else:
+        start = ["model.name_or_path=null", *fresh]
+    stage2 = train_stage(run, "mini_stage2.yaml", "stage2", run.stage_dir(arm.name, "stage2"), start)
+    final = run.stage_dir(arm.name, "final")
+    if not (final / "config.json").is_file():
+        from .export import export_default
+
+        export_default(stage2, final)
+    return final
+
+
+def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
+    """Official runners on the test split: grounding, detection, captioning (final model) and the marker
+    task (stage-1 model); returns {task: summary}."""
+    from gap_mllm.evaluation.runner import run_evaluation
+
+    settings = run.settings
+    summaries = {}
+    final = run.stage_dir(arm.name, "final")
+    jobs = [(task, final) for task in EVAL_TASKS]
+    if arm.stage1:
+        jobs.append(("recon", run.stage_dir(arm.name, "stage1")))
+    for task, model_dir in jobs:
+        out_dir = run.results_dir(arm.name, task)
+        summary_path = out_dir / "summary.json"
+        if summary_path.is_file():
+            summaries[task] = json.loads(summary_path.read_text(encoding="utf-8"))
+            continue
+        summaries[task] = run_evaluation(task, data_dir=run.data, out_dir=out_dir, model_dir=model_dir, split="test",
+                                         batch_size=settings.eval_batch_size, limit=settings.eval_limit,
+                                         max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens,
+                                         meteor=False, plots=False, progress=False)
+    return summaries
+
+
+def evaluate_stage0(run: MiniRun, stage0: Path) -> dict:
+    """Geometry metrics of the stage-0 encoder on test clips next to the clip-blind baseline."""
+    path = run.results_dir("stage0_geometry.json")
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+    from gap_mllm.evaluation.geometry_eval import evaluate_geometry
+    from gap_mllm.training.geometry_data import GeometryClips
+
+    model = GapMllmForConditionalGeneration.from_pretrained(stage0)
+    processor = GapMllmProcessor.from_pretrained(stage0)
+    clips = 8 if run.budget == "toy" else 400
+    test = GeometryClips(run.data, "test", processor, num_clips=clips, seed=1000)
+    train = GeometryClips(run.data, "train", processor, num_clips=clips, seed=2000)
+    report = evaluate_geometry(model, test, baseline_clips=train)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def compute_baselines(run: MiniRun) -> dict:
+    path = run.results_dir("baselines.json")
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    from gap_mllm.evaluation.baselines import all_baselines
+
+    report = all_baselines(run.data, "test")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    return report
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path | None = None) -> dict:
+    """Everything of the module docstring; returns the results written to `<out>/results/results.json`."""
+    from .report import collect_results, write_report
+
+    run.out.mkdir(parents=True, exist_ok=True)
+    make_data(run)
+    stage0 = run_stage0(run)
+    if parallel > 1 and len(arms) > 1:
+        _run_arms_in_subprocesses(run, arms, parallel)
+    for arm in arms:  # in-process (or, after the subprocesses, only collecting what they wrote)
+        run_arm(run, arm, stage0)
+        evaluate_arm(run, arm)
+    geometry = evaluate_stage0(run, stage0)
+    baselines = compute_baselines(run)
+    results = collect_results(run, arms, geometry, baselines)
+    write_report(run, results)
+    if export is not None:
+        from .export import export_default
+
+        export_default(run.stage_dir(MAIN_ARM.name, "final"), export, results)
+    return results
+
+
+def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> None:
+    """Train and evaluate arms concurrently (one process each, `parallel` at a time): on a GPU the small
+    models leave most of the device idle, so several arms share it."""
+    pending = list(arms)
+    running: list[tuple[Arm, subprocess.Popen]] = []
+    failed = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            arm = pending.pop(0)
+            log = run.out / "logs" / f"{arm.name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "gap_mllm.mini.pipeline", "--out", str(run.out), "--data", str(run.data),
+                       "--budget", run.budget, "--device", run.device, "--arms", arm.name, "--no-report"]
+            if run.eval_max_new_tokens is not None:
+                command += ["--eval-max-new-tokens", str(run.eval_max_new_tokens)]
+            running.append((arm, subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})))
+        still = []
+        for arm, process in running:
+            code = process.poll()
+            if code is None:
+                still.append((arm, process))
+            elif code != 0:
+                failed.append(arm.name)
+        running = still
+        if running:
+            import time
+
+            time.sleep(2)
+    if failed:
+        raise RuntimeError(f"arm(s) {failed} failed; see {run.out / 'logs'}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/mini", help="run folder (stages, results, logs)")
+    parser.add_argument("--data", default=None, help="SynthRooms folder (default: <out>/data)")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full: the recipes; toy: a few steps per stage")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--workers", type=int, default=1, help="processes writing the data")
+    parser.add_argument("--ablation", action="store_true", help="train and evaluate every ablation arm (mini/README.md)")
+    parser.add_argument("--arms", nargs="+", default=None, choices=sorted(ARMS), help="arms to run (default: the main arm)")
+    parser.add_argument("--parallel", type=int, default=1, help="arms trained at the same time (separate processes)")
+    parser.add_argument("--eval-max-new-tokens", type=int, default=None, help="cap the generation budget of the evaluation")
+    parser.add_argument("--export", default=None, help="write the main arm's final model here as a Hub folder with its card")
+    parser.add_argument("--table", default=None, help="also copy RESULTS.md here (make mini: mini/RESULTS.md)")
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run = MiniRun(out=Path(args.out), data=Path(args.data) if args.data else Path(args.out) / "data", budget=args.budget,
+                  device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens)
+    names = args.arms or ([arm.name for arm in ABLATION_ARMS] if args.ablation else [MAIN_ARM.name])
+    arms = [ARMS[name] for name in names]
+    if args.no_report:  # a worker process of --parallel: one arm, no shared steps
+        stage0 = run.stage_dir("stage0")
+        for arm in arms:
+            run_arm(run, arm, stage0)
+            evaluate_arm(run, arm)
+        return 0
+    results = run_pipeline(run, arms, parallel=args.parallel, export=Path(args.export) if args.export else None)
+    table = run.results_dir("RESULTS.md").read_text(encoding="utf-8")
+    if args.table:
+        Path(args.table).write_text(table, encoding="utf-8")
+    print(table)
+    print(json.dumps({"arms": list(results["arms"])}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="gap-mllm mini", description=__doc__.splitlines()[0])
+    add_arguments(cli)
+    raise SystemExit(main(cli.parse_args()))

@@ -1,0 +1,168 @@
+"""The miniature's evaluation table: every arm and baseline, each figure with its 95 % interval.
+
+Read from what the pipeline wrote (runner summaries and per-sample rows of the test split, the stage-0
+geometry report, the baselines); nothing is typed in by hand.
+
+    grounding Acc@0.25 / Acc@0.5     two-stage pipeline; Wilson intervals
+    detection F1@0.25                 headline F1 (mean over categories present, IoU > 0.25); percentile
+                                      bootstrap over samples of the per-sample TP/FP/FN counts
+    captioning CIDEr@0.5              corpus CIDEr; interval = bootstrap of the per-sample CIDEr mean with
+                                      the IDF of the whole test set (CIDEr's IDF depends on the set)
+    stage-1 point error, label acc.   median marker-point error (bootstrap) and label accuracy (Wilson)
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from gap_mllm.evaluation.confidence import bootstrap_interval, wilson_interval
+from gap_mllm.evaluation.marker_metrics import marker_scores
+from gap_mllm.processing.annotation_files import find_annotation_file
+from gap_mllm.processing.builders import load_annotation_file
+
+RESAMPLES = 1000
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def detection_counts(rows: list[dict], records: list[dict]) -> list[dict[str, list[int]]]:
+    """Per sample {label: [tp, fp, fn]} from the runner's matches and the records' true boxes."""
+    out = []
+    for row in rows:
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for match in row["matches"]:
+            counts[match["label"]][0 if match["tp"] else 1] += 1
+        for box in records[row["index"]]["boxes"]:
+            counts[box["label"]][2] += 1
+        for label, (tp, _, _) in list(counts.items()):
+            counts[label][2] -= tp  # true boxes found are not misses
+        out.append(dict(counts))
+    return out
+
+
+def f1_of_counts(samples: list[dict[str, list[int]]]) -> float:
+    """Mean over categories present of F1 from summed counts (the default-mode headline)."""
+    totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
+    for sample in samples:
+        for label, values in sample.items():
+            totals[label] += values
+    scores = []
+    for tp, fp, fn in totals.values():
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def _bootstrap_f1(samples, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    stats = [f1_of_counts([samples[i] for i in rng.integers(0, len(samples), len(samples))]) for _ in range(RESAMPLES // 5)]
+    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+
+
+def arm_results(run, arm) -> dict:
+    """The table row of one arm (see the module docstring)."""
+    out: dict = {"arm": arm.name, "fusion_method": arm.fusion_method if arm.use_geometry else None,
+                 "use_geometry": arm.use_geometry, "stage1": arm.stage1, "seed": arm.seed}
+    folder = run.results_dir(arm.name)
+    grounding = json.loads((folder / "grounding" / "summary.json").read_text(encoding="utf-8"))["metrics"]
+    n = grounding["num_samples"]
+    for threshold in ("0.25", "0.5"):
+        out[f"grounding_acc@{threshold}"] = grounding[f"acc@{threshold}"]
+        out[f"grounding_acc@{threshold}_ci95"] = wilson_interval(grounding[f"hits@{threshold}"], n)
+    out["grounding_num_samples"] = n
+
+    detection_rows = _rows(folder / "det" / "samples.jsonl")
+    records = load_annotation_file(find_annotation_file(run.data, "detection", "test"))
+    counts = detection_counts(detection_rows, records)
+    out["detection_f1@0.25"] = f1_of_counts(counts)
+    out["detection_f1@0.25_ci95"] = _bootstrap_f1(counts)
+    out["detection_num_samples"] = len(detection_rows)
+
+    caption = json.loads((folder / "caption" / "summary.json").read_text(encoding="utf-8"))["metrics"]
+    per_sample = [row["score"] for row in _rows(folder / "caption" / "samples.jsonl")]
+    out["captioning_cider@0.5"] = caption["cider"]
+    out["captioning_cider@0.5_ci95"] = bootstrap_interval(per_sample, np.mean, RESAMPLES)
+    out["captioning_num_samples"] = len(per_sample)
+
+    recon = folder / "recon" / "samples.jsonl"
+    if recon.is_file():
+        rows = _rows(recon)
+        marker_records = load_annotation_file(find_annotation_file(run.data, "reconstruction", "test"))
+        scores = marker_scores([row["raw"][0] for row in rows], [marker_records[row["index"]]["conversations"][1]["value"] for row in rows])
+        out["stage1_point_error_m_median"] = scores.get("point_error_m_median")
+        out["stage1_point_error_m_median_ci95"] = scores.get("point_error_m_median_ci95")
+        out["stage1_label_accuracy"] = scores["label_accuracy"]
+        out["stage1_label_accuracy_ci95"] = scores["label_accuracy_ci95"]
+        out["stage1_num_samples"] = scores["num_samples"]
+    return out
+
+
+def collect_results(run, arms, geometry: dict, baselines: dict) -> dict:
+    return {"budget": run.budget, "arms": {arm.name: arm_results(run, arm) for arm in arms},
+            "stage0_geometry": geometry, "baselines": baselines}
+
+
+def _cell(value, interval=None, percent: bool = False, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    scale = 100.0 if percent else 1.0
+    text = f"{value * scale:.{1 if percent else digits}f}"
+    if interval:
+        text += f" [{interval[0] * scale:.{1 if percent else digits}f}, {interval[1] * scale:.{1 if percent else digits}f}]"
+    return text
+
+
+def results_markdown(results: dict) -> str:
+    """The evaluation table (arms and baselines) and the stage-0 geometry table, as Markdown."""
+    from gap_mllm.evaluation.geometry_eval import format_geometry_report
+
+    lines = [
+        "| model | Acc@0.25 % | Acc@0.5 % | det F1@0.25 % | CIDEr@0.5 | S1 point error m (median) | S1 label acc. % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results["arms"].items():
+        lines.append(
+            f"| {name} | {_cell(row['grounding_acc@0.25'], row['grounding_acc@0.25_ci95'], True)} "
+            f"| {_cell(row['grounding_acc@0.5'], row['grounding_acc@0.5_ci95'], True)} "
+            f"| {_cell(row['detection_f1@0.25'], row['detection_f1@0.25_ci95'], True)} "
+            f"| {_cell(row['captioning_cider@0.5'], row['captioning_cider@0.5_ci95'])} "
+            f"| {_cell(row.get('stage1_point_error_m_median'), row.get('stage1_point_error_m_median_ci95'))} "
+            f"| {_cell(row.get('stage1_label_accuracy'), row.get('stage1_label_accuracy_ci95'), True)} |"
+        )
+    base = results["baselines"]
+    grounding = base["grounding"]
+    for name in ("constant_mean_box", "best_constant_box", "random_same_category"):
+        row = grounding[name]
+        lines.append(f"| baseline: {name} | {_cell(row['acc@0.25'], row['acc@0.25_ci95'], True)} "
+                     f"| {_cell(row['acc@0.5'], row['acc@0.5_ci95'], True)} | — | — | — | — |")
+    detection = base["detection"]["category_mean_boxes"]
+    lines.append(f"| baseline: category_mean_boxes (true labels) | — | — | {_cell(detection['f1'], detection['f1_ci95'], True)} | — | — | — |")
+    caption = base["captioning"]["constant_caption"]
+    lines.append(f"| baseline: constant_caption | — | — | — | {_cell(caption['cider'], caption['cider_ci95'])} | — | — |")
+    marker = base["marker"]["constant_point"]
+    lines.append(f"| baseline: constant_point + most frequent label | — | — | — | — "
+                 f"| {_cell(marker.get('point_error_m_median'), marker.get('point_error_m_median_ci95'))} "
+                 f"| {_cell(marker['label_accuracy'], marker['label_accuracy_ci95'], True)} |")
+    sizes = next(iter(results["arms"].values()))
+    lines.append("")
+    lines.append(f"Test split: {sizes['grounding_num_samples']} grounding, {sizes['detection_num_samples']} detection, "
+                 f"{sizes['captioning_num_samples']} captioning, {sizes.get('stage1_num_samples', '—')} marker samples; "
+                 "95 % intervals in brackets (Wilson for accuracies, bootstrap otherwise).")
+    lines += ["", "Stage 0 (geometry encoder, test clips, scale-aligned per clip):", "", format_geometry_report(results["stage0_geometry"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run, results: dict) -> Path:
+    folder = run.results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=1))
+    path = folder / "RESULTS.md"
+    path.write_text(f"# GAP-MLLM-Mini results (budget: {results['budget']})\n\n" + results_markdown(results))
+    return path

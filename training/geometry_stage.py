@@ -1,0 +1,78 @@
+"""Stage 0, geometry: train the VGGT-style encoder and its camera and depth heads on exact ground truth.
+
+The miniature's stand-in for pre-trained VGGT-1B (a randomly initialised, frozen encoder carries no
+geometry for stage 1 to align with). VGGT's own objective (Wang et al., CVPR 2025, §3.3), on clips
+normalised as VGGT normalises them (training/geometry_data.py):
+
+    camera   Σ_k γ^(K−1−k) · L1(pose_k, pose*) / Σ_k γ^(K−1−k)   over the K refinement iterations of the camera
+             head (VGGT uses a Huber loss on the same 9-d encoding; L1 is its small-error limit's robust twin)
+    depth    per view  Σ c·|d − d*| + Σ c·|∇d − ∇d*| − α·Σ log c   (confidence-weighted, aleatoric; means over
+             valid pixels) — training/aux_losses.depth_loss
+    total    camera_weight · camera + depth_weight · depth
+
+The point head is not trained: the miniature reconstructs points from depth + cameras, which VGGT's README
+finds more accurate than the point head, and it costs another DPT head per step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .aux_losses import depth_loss
+from .encoder_stage import EncoderStageModel, EncoderStageOutput
+
+
+def camera_iterations_loss(iterations, target: torch.Tensor, gamma: float = 0.6) -> torch.Tensor:
+    """Weighted L1 over the refinement iterations (`[B, S, 9]` each; later ones weigh more)."""
+    weights = [gamma ** (len(iterations) - 1 - k) for k in range(len(iterations))]
+    total = sum(w * F.l1_loss(pose.float(), target.float()) for w, pose in zip(weights, iterations))
+    return total / sum(weights)
+
+
+class GeometryStageModel(EncoderStageModel):
+    """The stage-0 geometry objective on `model.geometry_encoder` (aggregator + camera + depth heads).
+
+    Args:
+        model: a GapMllmForConditionalGeneration whose geometry config enables the camera and depth heads.
+        camera_weight, depth_weight: weights of the two parts.
+        gradient_weight, confidence_alpha: of the depth loss (VGGT: 1 and 0.2... see `depth_loss`).
+        iteration_gamma: weight decay of earlier camera iterations.
+    """
+
+    def __init__(self, model, camera_weight: float = 1.0, depth_weight: float = 1.0, gradient_weight: float = 1.0,
+                 confidence_alpha: float = 0.2, iteration_gamma: float = 0.6):
+        super().__init__(model)
+        encoder = getattr(model, "geometry_encoder", None)
+        if encoder is None or not hasattr(encoder, "camera_head") or not hasattr(encoder, "depth_head"):
+            raise ValueError("the geometry stage needs a model with a geometry encoder and its camera and depth heads "
+                             "(geometry_config.use_camera_head and use_depth_head)")
+        self.camera_weight, self.depth_weight = camera_weight, depth_weight
+        self.gradient_weight, self.confidence_alpha, self.iteration_gamma = gradient_weight, confidence_alpha, iteration_gamma
+
+    def forward(self, images: torch.Tensor, depth: torch.Tensor, pose_encoding: torch.Tensor, **unused) -> EncoderStageOutput:
+        """
+        Args:
+            images: `[B, S, 3, H, W]` in [0, 1]; depth `[B, S, H, W]` normalised (0 = invalid);
+                pose_encoding `[B, S, 9]` normalised targets (GeometryClips).
+        """
+        encoder = self.model.geometry_encoder
+        dtype = next(encoder.parameters()).dtype
+        out = encoder.reconstruct(images.to(dtype))
+        camera = camera_iterations_loss(out.pose_encoding_iterations, pose_encoding, self.iteration_gamma)
+        predicted, confidence = out.depth[..., 0].flatten(0, 1), out.depth_conf.flatten(0, 1)
+        target = depth.flatten(0, 1)
+        per_view = [depth_loss(predicted[i], confidence[i], target[i], self.gradient_weight, self.confidence_alpha)
+                    for i in range(target.shape[0])]
+        depth_part = torch.stack(per_view).mean()
+        loss = self.camera_weight * camera + self.depth_weight * depth_part
+        return EncoderStageOutput(loss=loss, parts={"camera": camera, "depth": depth_part})
+
+
+def freeze_all_but_geometry(model) -> None:
+    """Stage 0 geometry trains the aggregator and its heads only (the DINOv2 mask token stays frozen)."""
+    model.requires_grad_(False)
+    model.geometry_encoder.requires_grad_(True)
+    mask_token = getattr(model.geometry_encoder.aggregator.patch_embed, "mask_token", None)
+    if mask_token is not None:
+        mask_token.requires_grad_(False)
