@@ -446,7 +446,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         if vggt_weights is not None:
             if not config.use_geometry:
                 raise ValueError("vggt_weights were given but use_geometry=False: the model has no geometry encoder.")
-            from .convert_vggt_to_hf import load_vggt_weights
+            from .vggt_weights import load_vggt_weights
 
             report = load_vggt_weights(model.geometry_encoder, vggt_weights)
             model.vggt_conversion_report = report

@@ -1,6 +1,7 @@
 """Hub remote code: a fresh Python process in which `gap_mllm` is NOT importable loads the saved folder
 through the Auto classes with trust_remote_code=True and reproduces the original logits exactly."""
 
+import ast
 import json
 import os
 import subprocess
@@ -83,3 +84,33 @@ def test_fresh_process_loads_the_hub_folder_with_remote_code(tmp_path, tiny_proc
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-CODE-OK" in result.stdout
+
+
+def _imported_modules(path) -> tuple[set[str], set[str]]:
+    """`(relative, absolute)` top-level module names a file imports anywhere (lazy imports in functions too)."""
+    relative, absolute = set(), set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            relative.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            absolute.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            absolute.update(alias.name.split(".")[0] for alias in node.names)
+    return relative, absolute
+
+
+def test_saved_remote_code_has_no_converter_and_no_file_export(tmp_path, tiny_processor):
+    """`save_pretrained` copies every file reached through relative imports (lazy ones included): the set
+    must hold what forward / generate / the processor / the parsers need, and no converter or PLY/GLB export."""
+    model, processor = build_tiny_model(processor=tiny_processor)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    copied = {path.name for path in tmp_path.glob("*.py")}
+    assert {"modeling_gap_mllm.py", "processing_gap_mllm.py", "configuration_gap_mllm.py", "output_parsing.py",
+            "modeling_geometry_encoder.py", "point_maps.py", "vggt_weights.py"} <= copied
+    assert not [name for name in copied if name.startswith("convert_")], copied
+    assert "point_cloud.py" not in copied
+    for name in sorted(copied):
+        relative, absolute = _imported_modules(tmp_path / name)
+        assert {f"{module}.py" for module in relative} <= copied, (name, relative)
+        assert not absolute & {"trimesh", "gap_mllm", "scipy", "datasets"}, (name, absolute)
