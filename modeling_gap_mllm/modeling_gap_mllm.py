@@ -23,13 +23,11 @@ from transformers.utils import ModelOutput, logging
 from .configuration_gap_mllm import GapMllmConfig
 from .geometry_fusion import WeightedFusion
 from .loading_report import GEOMETRY_GROUPS, report_missing_weights
+from .model_inputs import GEOMETRY_INPUT_NAMES  # prefill-only inputs; generate() drops them afterwards
 from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_weights
 from .multi_level_fusion import GapMllmMultiLevelFusion
 
 logger = logging.get_logger(__name__)
-
-# Inputs that only the prefill step needs; generate() drops them afterwards when caching.
-GEOMETRY_INPUT_NAMES = ("geometry_pixel_values", "geometry_views_per_sample", "geometry_features")
 
 
 @dataclass
