@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="with --space: port")
 
 
-def render_toy_views(count: int, height: int = 240, width: int = 320, seed: int = 0) -> list[Image.Image]:
+def render_toy_views(count: int, height: int = 180, width: int = 240, seed: int = 0) -> list[Image.Image]:
     """A floor, a wall and three coloured boxes seen from a camera panning left to right."""
     rng = np.random.default_rng(seed)
     boxes = [(rng.uniform(0.1, 0.8), rng.uniform(0.45, 0.7), rng.uniform(0.08, 0.18), tuple(rng.integers(40, 230, 3)))

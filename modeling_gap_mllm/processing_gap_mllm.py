@@ -548,8 +548,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
             inputs: this processor's output (or the prompt `input_ids` `[B, L]`); left padding keeps the
                 answers of a batch aligned.
         """
-        input_ids = inputs["input_ids"] if not isinstance(inputs, torch.Tensor) else inputs
-        return resolve_task(task).generation_kwargs(self.tokenizer, input_ids.shape[-1], max_new_tokens)
+        input_ids = inputs if isinstance(inputs, (torch.Tensor, np.ndarray)) else inputs["input_ids"]
+        prompt_length = input_ids.shape[-1] if hasattr(input_ids, "shape") else len(self._rows(input_ids)[0])
+        return resolve_task(task).generation_kwargs(self.tokenizer, prompt_length, max_new_tokens)
 
     def post_process_detection(self, generated, input_ids=None) -> list[DetectionResult]:
         """Parse detection answers (see `output_parsing.parse_detection`), one result per row."""

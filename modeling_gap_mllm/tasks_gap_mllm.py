@@ -27,7 +27,6 @@ OpenCV camera (metres, radians; target_format.py). Old names (`det`, `caption`, 
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,12 +98,17 @@ BOX_VALUES = 9
 
 
 def format_box(values) -> str:
-    """`[0.44, 0.08, 2.26, ...]`: 9 finite numbers, each through Python's `round(v, 2)` (as the targets)."""
+    """`[0.44, 0.08, 2.26, ...]`: 9 finite numbers (Python, numpy or 0-d torch), each through `round(v, 2)`
+    as the targets are written."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != BOX_VALUES:
         raise ValueError(f"box must be {BOX_VALUES} numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll], got {values!r}")
-    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+    try:
+        floats = [float(v) for v in values if not isinstance(v, (bool, str, bytes))]
+    except (TypeError, ValueError):
+        floats = []
+    if len(floats) != BOX_VALUES or not all(math.isfinite(v) for v in floats):
         raise ValueError(f"box must hold {BOX_VALUES} finite numbers, got {values!r}")
-    return "[" + ", ".join(repr(round(float(v), 2)) for v in values) + "]"
+    return "[" + ", ".join(repr(round(v, 2)) for v in floats) + "]"
 
 
 def extract_query(prompt: str) -> str:
