@@ -1,5 +1,6 @@
 """Hub remote code: a fresh Python process in which `gap_mllm` is NOT importable loads the saved folder
-through the Auto classes with trust_remote_code=True and reproduces the original logits exactly."""
+through the Auto classes with trust_remote_code=True, reproduces the original logits exactly and runs
+generate + post_process for every task; the copied files hold no converter and no file export."""
 
 import ast
 import json
@@ -10,9 +11,11 @@ import textwrap
 
 import torch
 
+from gap_mllm.tasks_gap_mllm import TASKS
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .conftest import make_views
+from .test_tasks_registry import ANSWERS, TASK_INPUTS
 
 FRESH_PROCESS = textwrap.dedent(
     """
@@ -49,6 +52,16 @@ FRESH_PROCESS = textwrap.dedent(
         with torch.no_grad():
             logits = model(**inputs).logits
         assert torch.equal(logits, payload["logits"]), (logits - payload["logits"]).abs().max()
+    # every task: the processor writes its prompt, generate stops at the answer's end, post_process types it
+    views = payload["images"][0]
+    for task, (task_inputs, answer, expected) in payload["tasks"].items():
+        inputs = processor(images=views, task=task, return_tensors="pt", **task_inputs)
+        with torch.no_grad():
+            out = model.generate(**inputs, **processor.generation_kwargs(task, inputs))
+        result = processor.post_process(out, task=task, input_ids=inputs["input_ids"])[0]
+        assert type(result).__name__ == expected.split("(")[0], (task, result)
+        assert out.shape[1] - inputs["input_ids"].shape[1] <= 3, (task, out.shape)  # the untrained model rambles
+        assert repr(processor.post_process(answer, task=task)[0]) == expected, task
     print("REMOTE-CODE-OK")
     """
 )
@@ -75,7 +88,9 @@ def test_fresh_process_loads_the_hub_folder_with_remote_code(tmp_path, tiny_proc
     with torch.no_grad():
         logits = model(**inputs).logits
     payload = tmp_path / "payload.pt"
-    torch.save({"images": images, "texts": texts, "inputs": dict(inputs), "logits": logits}, payload)
+    # plain data only: the fresh process cannot unpickle gap_mllm objects (results are compared by repr)
+    tasks = {name: (TASK_INPUTS[name], spec.serialize(ANSWERS[name]), repr(ANSWERS[name])) for name, spec in TASKS.items()}
+    torch.save({"images": images, "texts": texts, "inputs": dict(inputs), "logits": logits, "tasks": tasks}, payload)
 
     script = tmp_path / "load_fresh.py"
     script.write_text(FRESH_PROCESS)
