@@ -306,6 +306,8 @@ def resolve_task(task: str | TaskSpec) -> TaskSpec:
     `FutureWarning` naming the new one; anything else raises ValueError listing the names."""
     if isinstance(task, TaskSpec):
         return task
+    if type(task).__name__ == "TaskSpec":  # a spec of another copy of this module (package vs remote code)
+        task = task.name
     if isinstance(task, str) and task in TASKS:
         return TASKS[task]
     if isinstance(task, str) and task in DEPRECATED_TASK_NAMES:

@@ -122,6 +122,9 @@ def test_deprecated_names_resolve_with_a_warning_naming_the_new_one():
         assert resolve_task("detection") is TASKS["detection"]  # canonical names never warn
     with pytest.raises(ValueError, match="unknown task 'boxes'; expected one of detection, grounding, "):
         resolve_task("boxes")
+    # a spec of the other copy of the registry (remote code vs package) resolves by its name
+    remote_copy = type("TaskSpec", (), {"name": "captioning"})()
+    assert resolve_task(remote_copy) is TASKS["captioning"]
 
 
 # ------------------------------------------------------------------------------------------- processor
@@ -291,6 +294,8 @@ def test_every_consumer_uses_the_registry_objects():
     from gap_mllm.evaluation import evaluate_cli, generation, runner
     from gap_mllm.evaluation import tasks as eval_tasks
     from gap_mllm.processing import annotation_files, builders, collator, prompts
+    from gap_mllm.training import data as training_data
+    from gap_mllm.training import train_cli  # noqa: F401 - `gap-mllm train` reads data.tasks through the recipe
 
     spec_of = lambda spec: spec is TASKS[spec.name]  # noqa: E731 - identity with the registry's object
 
@@ -298,6 +303,8 @@ def test_every_consumer_uses_the_registry_objects():
     assert processing_gap_mllm.render_chat_prompt is chat_format.render_chat_prompt is collator.render_chat_prompt
     assert modeling_gap_mllm.GEOMETRY_INPUT_NAMES is model_inputs.GEOMETRY_INPUT_NAMES
     assert all(builder.SPEC is TASKS[name] for name, builder in builders.BUILDERS.items())
+    assert training_data.builder_for_task is builders.builder_for_task
+    assert builders.builder_for_task("detection").SPEC is TASKS["detection"]
     assert set(builders.BUILDERS) == {"detection", "grounding_stage1", "grounding_stage2", "captioning",
                                       "reconstruction", "spatial_qa"}
     assert all(spec_of(spec) for spec in annotation_files.TASK_FILE_TEMPLATES)
