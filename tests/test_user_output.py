@@ -1,8 +1,30 @@
 """What a user reads: no noise on save, answers instead of blank lines, pictures that explain themselves."""
 
+import argparse
+import contextlib
+import io
 import logging
+import re
+import shlex
+from pathlib import Path
 
+import numpy as np
+import pytest
 import transformers
+from PIL import Image
+
+from gap_mllm.cli import demo
+from gap_mllm.cli.scenes import scene_from_frames, synthetic_scene
+from gap_mllm.cli.tasks import TASKS as FRONT_END_TASKS
+from gap_mllm.cli.tasks import TaskRequest, run_task
+from gap_mllm.cli.visualize import LEGEND_ROW_HEIGHT, MARKER, REFERENCE, save_scene_ply, write_visualisations
+from gap_mllm.tasks_gap_mllm import TASKS
+from gap_mllm.tiny.tiny_model import build_tiny_model
+from gap_mllm.visual_prompt import MARKER_COLOR, marker_mask
+
+from .test_cli_predict import scripted_generate
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_saving_logs_no_default_sub_config_notices(tmp_path, build_model, tiny_processor):
@@ -39,30 +61,6 @@ def test_saving_logs_no_default_sub_config_notices(tmp_path, build_model, tiny_p
 
 
 # --------------------------------------------------------------------------- demo, README, predict pictures
-
-import argparse  # noqa: E402 - grouped with the tests that use them
-import contextlib  # noqa: E402
-import io  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from gap_mllm.cli import demo  # noqa: E402
-from gap_mllm.cli.scenes import scene_from_frames, synthetic_scene  # noqa: E402
-from gap_mllm.cli.tasks import TASKS as FRONT_END_TASKS  # noqa: E402
-from gap_mllm.cli.tasks import TaskRequest, run_task  # noqa: E402
-from gap_mllm.cli.visualize import LEGEND_ROW_HEIGHT, MARKER, REFERENCE, save_scene_ply, write_visualisations  # noqa: E402
-from gap_mllm.tasks_gap_mllm import TASKS  # noqa: E402
-from gap_mllm.tiny.tiny_model import build_tiny_model  # noqa: E402
-from gap_mllm.visual_prompt import MARKER_COLOR, marker_mask  # noqa: E402
-
-from .test_cli_predict import scripted_generate  # noqa: E402
-
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def readme_use_section() -> tuple[list[list[str]], str]:
