@@ -360,3 +360,11 @@ def test_prompts_and_shared_constants_are_written_in_exactly_one_module():
         pattern = re.compile(rf"^\s*{name}\s*(:[^=]*)?=", re.MULTILINE)
         holders = sorted(path.name for path, text in sources.items() if pattern.search(text))
         assert holders == [home], (name, holders)
+
+
+@pytest.mark.parametrize("text", ["B", "B. chair", " 3.5 meters", "3.5.", "\n", "", "C\nbecause", "  a  b", "1e3 m"])
+def test_spatial_answer_reads_the_word_vsi_bench_scores(text):
+    """The typed spatial-QA answer is the word the VSI-Bench metric extracts (evaluation/spatial_qa_metrics.py)."""
+    from gap_mllm.evaluation.spatial_qa_metrics import fuzzy_matching
+
+    assert (TASKS["spatial_qa"].parse(text).answer or "") == fuzzy_matching(text)
