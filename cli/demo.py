@@ -1,35 +1,38 @@
 """`gap-mllm demo` (also `make demo`): the whole inference path on a tiny, UNTRAINED GAP-MLLM.
 
-1. build a tiny GAP-MLLM + processor locally (no download) and save them as a Hub-style folder;
+1. build a tiny GAP-MLLM + processor locally (no download) and save them as a Hub-style folder (`--out`;
+   the README's usage snippet runs on that folder);
 2. load that folder back through AutoModel / AutoProcessor with trust_remote_code=True;
-3. render a few views of a toy scene, mark a point, run multi-view generation for two tasks;
-4. print the raw answers, the parsed (typed) results and the fusion gates per level.
+3. render a few views of a toy scene and run every task on them (`cli/tasks.py`, as `gap-mllm predict`);
+4. print each answer, its parsed (typed) result and the fusion gates per level.
 
+Generation stops at the end of each answer (the task's stop rule) or at `--max-new-tokens`.
 `gap-mllm demo --space` launches the Gradio Space instead (same as `gap-mllm space`).
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-DETECTION_PROMPT = (
-    "Detect the 3D bounding boxes in the camera coordinate system of the first frame.\n"
-    'Output a json list where each entry contains the object name in "label" and its 3D bounding box in "box_3d".\n'
-    "The 3D bounding box format should be [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll]."
-)
-POINTMAP_PROMPT = (
-    "A red marker is drawn in one of the frames. Output a JSON dictionary with the 3D point of the marked pixel "
-    'in "pointmap" in the camera coordinate system of the first frame, and its semantic label in "label".'
-)
+BANNER = "=" * 78
+# One request per task for the toy scene (view 1's marker is on the floor, left of the boxes).
+DEMO_INPUTS = {
+    "grounding": {"query": "the leftmost box on the floor"},
+    "captioning": {"box": [0.0, 0.3, 2.5, 0.4, 0.4, 0.4, 0.0, 0.0, 0.0]},
+    "reconstruction": {"marker": (1, 160, 150)},
+    "spatial_qa": {"query": "How many boxes are in the room?"},
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_output/gap-mllm-tiny", help="where the Hub-style folder is written")
     parser.add_argument("--model", default=None, help="an existing GAP-MLLM folder or Hub id instead of the tiny model")
     parser.add_argument("--views", type=int, default=4, help="number of views of the toy scene")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="cap on each task's generation budget (the untrained model's noise needs no more)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--space", action="store_true",
                         help="launch the Gradio Space instead (gap-mllm space; needs the demo environment: make demo-venv)")
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="with --space: port")
 
 
-def render_toy_views(count: int, height: int = 240, width: int = 320, seed: int = 0) -> list[Image.Image]:
+def render_toy_views(count: int, height: int = 180, width: int = 240, seed: int = 0) -> list[Image.Image]:
     """A floor, a wall and three coloured boxes seen from a camera panning left to right."""
     rng = np.random.default_rng(seed)
     boxes = [(rng.uniform(0.1, 0.8), rng.uniform(0.45, 0.7), rng.uniform(0.08, 0.18), tuple(rng.integers(40, 230, 3)))
@@ -64,41 +67,44 @@ def main(args: argparse.Namespace) -> int:
                                              max_new_tokens=args.max_new_tokens, concurrency=1, max_queue=16))
     from transformers import AutoModel, AutoProcessor
 
+    from .tasks import TASKS, TaskRequest, run_task
+
     folder = args.model
-    print("=" * 78)
+    banner = []
     if folder is None:
         from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
-        folder = str(save_tiny_checkpoint(Path(args.out), seed=args.seed))
-        print("GAP-MLLM demo with a TINY, RANDOMLY INITIALISED model: the weights are UNTRAINED,")
-        print("so the answers are noise. The demo shows the real pipeline end to end.")
-        print(f"Saved the Hub-style folder to {folder}")
-    print("=" * 78)
-
+        folder = str(save_tiny_checkpoint(Path(args.out), seed=args.seed))  # progress bars (stderr) end here
+        banner = ["GAP-MLLM demo with a TINY, RANDOMLY INITIALISED model: the weights are UNTRAINED,",
+                  "so the answers are noise. The demo shows the real pipeline end to end.",
+                  f"Saved the Hub-style folder to {folder}"]
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    # Printed as one block after the saving and loading progress bars, so they never interleave.
+    print("\n".join([BANNER, *banner, BANNER]))
     print(f"Loaded {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) and "
           f"{type(processor).__name__} through AutoModel / AutoProcessor with trust_remote_code=True")
     print(f"Fusion: {model.config.geometry_fusion_config.method}, VGGT layers per level "
-          f"{model.config.level_geometry_layers} (main, DeepStack 0-2)")
+          f"{model.config.level_geometry_layers} (main, DeepStack 0-2)", flush=True)
 
     views = render_toy_views(args.views, seed=args.seed)
-    marker = (1, 160, 150)  # view 1, x = 160, y = 150
-    tasks = [
-        ("3D video object detection", DETECTION_PROMPT, None, processor.post_process_detection),
-        ("marker pointmap (pre-training task)", POINTMAP_PROMPT, marker, processor.post_process_pointmap),
-    ]
-    for title, prompt, point, parse in tasks:
-        inputs = processor(images=[views], text=[prompt], point_prompts=[point], return_tensors="pt")
-        generated = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-        raw = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
-        parsed = parse(generated, input_ids=inputs["input_ids"])[0]
-        gates = model(**inputs, output_gates=True).fusion_gates
-        print(f"\n--- {title}: {len(views)} views, {int(inputs['image_grid_thw'][0].prod()) // 4} visual tokens per view")
-        print(f"raw answer : {raw!r}")
-        print(f"parsed     : {parsed}")
-        if gates is not None:
-            shares = ", ".join(f"level {i}: {g.mean().item():.3f}" for i, g in enumerate(gates))
+    for task in TASKS:
+        request = TaskRequest(task, **DEMO_INPUTS.get(task, {}))
+        result = run_task(model, processor, views, request, max_new_tokens=args.max_new_tokens)
+        tokens = [h * w for h, w in result.token_grids]
+        print(f"\n--- {task}: {request.spec.title}; {len(views)} views, {tokens[0]} visual tokens per view")
+        for name, value in (("input", _request_text(request)), ("answer", result.answer), ("parsed", result.summary())):
+            if value:
+                print(f"{name:<7}: " + value.replace("\n", "\n" + " " * 9))
+        if result.gates:
+            shares = ", ".join(f"level {i}: {g.mean():.3f}" for i, g in enumerate(result.gates))
             print(f"mean gate (share of the Qwen feature) per level: {shares}")
     print("\nReminder: untrained weights; load a trained GAP-MLLM folder with --model for real answers.")
+    sys.stdout.flush()
     return 0
+
+
+def _request_text(request) -> str:
+    parts = [f"{name}={value!r}" for name, value in
+             (("query", request.query), ("box", request.box), ("marker", request.marker)) if value is not None]
+    return ", ".join(parts)

@@ -21,17 +21,20 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
+
 DEFAULT_BASE_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 DEFAULT_GEOMETRY_CHECKPOINT = "facebook/VGGT-1B"
 TEMPLATE_NAME = "model_card.md"
 
-# evaluation task name (evaluation/tasks.py) -> (HF task type, dataset type, readable dataset, task label)
+# evaluation task name (gap_mllm.tasks_gap_mllm; evaluation/tasks.py) -> (HF task type, dataset type,
+# readable dataset, task label)
 EVAL_TASKS = {
-    "det": ("3d-object-detection", "scannet", "ScanNet (EmbodiedScan) 3D video object detection", "3D video object detection"),
+    "detection": ("3d-object-detection", "scannet", "ScanNet (EmbodiedScan) 3D video object detection", "3D video object detection"),
     "grounding": ("3d-visual-grounding", "scanrefer", "ScanRefer", "3D visual grounding"),
-    "caption": ("3d-dense-captioning", "scan2cap", "Scan2Cap", "3D dense captioning"),
-    "recon": ("3d-reconstruction", "scannet", "ScanNet marker pointmap", "marker pointmap reconstruction"),
-    "qa": ("visual-question-answering", "spatial-qa", "spatial QA", "spatial question answering"),
+    "captioning": ("3d-dense-captioning", "scan2cap", "Scan2Cap", "3D dense captioning"),
+    "reconstruction": ("3d-reconstruction", "scannet", "ScanNet marker pointmap", "marker pointmap reconstruction"),
+    "spatial_qa": ("visual-question-answering", "spatial-qa", "spatial QA", "spatial question answering"),
 }
 
 
@@ -81,6 +84,7 @@ def load_summaries(paths) -> list[dict]:
         summary = json.loads(path.read_text(encoding="utf-8"))
         if "task" not in summary or "headline" not in summary:
             raise ValueError(f"{path}: not an evaluation summary (needs 'task' and 'headline'; see evaluation/reports.py)")
+        summary["task"] = DEPRECATED_TASK_NAMES.get(summary["task"], summary["task"])  # summaries of older runs
         summaries.append(summary)
     return summaries
 

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help='a GAP-MLLM folder or Hub id; "tiny" (default) is the untrained test model')
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="generation budget (default: each task's own; generation stops at the answer's end)")
     parser.add_argument("--concurrency", type=int, default=1, help="requests run at once; the rest wait in the queue")
     parser.add_argument("--max-queue", type=int, default=16, help="queued requests beyond which new ones are refused")
 

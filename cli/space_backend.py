@@ -29,15 +29,18 @@ import torch
 from .loading import TINY, UNTRAINED_NOTICE, load_model_and_processor
 from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, scene_from_frames,
                      synthetic_scene)
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
+
 from .tasks import TaskRequest, run_task
 from .uploads import UploadError, UploadLimits, load_frames
-from .visualize import contact_sheet, frames_with_boxes, gate_heatmap, save_scene_glb
+from .visualize import answer_picture, frames_with_boxes, gate_heatmap, save_scene_glb
 
+# Radio label -> registry task (the page's wording; tasks_gap_mllm defines the tasks)
 TASK_LABELS = {
-    "3D object detection": "detection",
-    "3D visual grounding (text query)": "grounding",
-    "3D dense captioning (pick an object)": "captioning",
-    "marker point reconstruction": "reconstruction",
+    "3D object detection": DETECTION,
+    "3D visual grounding (text query)": GROUNDING,
+    "3D dense captioning (pick an object)": CAPTIONING,
+    "marker point reconstruction": RECONSTRUCTION,
 }
 NO_EXAMPLE = "(my uploaded files)"
 LOG = logging.getLogger("gap_mllm.space")
@@ -113,7 +116,7 @@ def parse_numbers(text: str | None, count: int, what: str) -> list[float] | None
 @dataclass
 class SpaceSettings:
     model: str = TINY
-    max_new_tokens: int = 128
+    max_new_tokens: int | None = None  # None: each task's own budget (generation stops at the answer's end)
     concurrency: int = 1
     max_queue: int = 16
     limits: UploadLimits = field(default_factory=UploadLimits)
@@ -180,15 +183,18 @@ class SpaceBackend:
         return scene_from_frames(load_frames(paths, self.settings.limits, allowed_roots=[upload_folder()]))
 
     def _request(self, task_label, query, object_choice, box_text, marker_text, scene) -> TaskRequest:
-        task = TASK_LABELS.get(task_label, task_label)
+        try:
+            task = TaskRequest(TASK_LABELS.get(task_label, task_label)).spec
+        except ValueError as error:
+            raise UploadError(str(error)) from None
         box = None
-        if task == "captioning":
+        if task is CAPTIONING:
             if object_choice and scene.reference_boxes is not None and len(scene.reference_boxes):
                 box = [float(v) for v in scene.reference_boxes[int(str(object_choice).split(":")[0])]]
             else:
                 box = parse_numbers(box_text, 9, "object box")
         marker = None
-        if task == "reconstruction":
+        if task is RECONSTRUCTION:
             values = parse_numbers(marker_text, 3, "marker (view x y)")
             if values is None:  # default: the centre of the first frame
                 width, height = scene.views[0].size
@@ -235,14 +241,14 @@ class SpaceBackend:
                               max_new_tokens=self.settings.max_new_tokens)
         out = self.work_dir / uuid.uuid4().hex
         out.mkdir(parents=True)
-        drawn = frames_with_boxes(scene, result.boxes, result.point)
+        drawn = frames_with_boxes(scene, result.boxes, result.point, marker=result.marker)
         frames = []
         for index, image in enumerate(drawn):
             frames.append(out / f"frame_{index}.png")
             image.save(frames[-1])
-        contact_sheet(drawn).save(out / "frames_with_boxes.png")
+        answer_picture(scene, result).save(out / "frames_with_boxes.png")
         glb = save_scene_glb(out / "scene.glb", scene, result.boxes, result.point)
         gates = gate_heatmap(result.gates, result.token_grids, out / "fusion_gates.png")
         status = f"{request.task} on {len(scene.views)} frame(s); {self._geometry_status(scene)}"
-        return SpaceOutput(frames=frames, scene_glb=glb, gates_png=gates, raw=result.raw,
+        return SpaceOutput(frames=frames, scene_glb=glb, gates_png=gates, raw=result.answer,
                            parsed=result.summary(), status=status)

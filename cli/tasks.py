@@ -1,15 +1,18 @@
 """One demo/CLI inference call: task → prompt → generate → parsed answer + fusion gates.
 
-Shared by `gap-mllm predict` and the Gradio Space, so both show exactly the same thing. The prompts
-are the package's task prompts (processing/prompts.py, method.md §3) without the `<image>`
-placeholders: the processor inserts one image per view itself.
+Shared by `gap-mllm predict`, `gap-mllm demo` and the Gradio Space, so all show exactly the same
+thing. Everything about a task (prompt, parser, token budget, stop rule) comes from the registry
+(`gap_mllm.tasks_gap_mllm`) through the processor: `processor(task=...)`, `processor.generation_kwargs`,
+`processor.post_process`.
 
-Tasks:
+Tasks a front end runs (one model call each):
     detection       3D video object detection; answer: list of labelled boxes.
-    grounding       3D visual grounding of a text query; answer: one box. The demo runs the official
-                    stage-2 prompt on the given frames directly (no stage-1 frame selection).
-    captioning      describe the object inside a given 3D box; answer: free text.
+    grounding       3D visual grounding of a text query; answer: one box. One call asks the official
+                    stage-2 prompt on the given frames directly (no stage-1 frame selection; the
+                    two-stage pipeline is `gap-mllm evaluate --task grounding`).
+    captioning      describe the object inside a given 3D box; answer: a caption.
     reconstruction  3D point (+ label) of a pixel marked with a red "+" (the pre-training task).
+    spatial_qa      a spatial question about the scene; answer: a number or an option letter.
 """
 
 from __future__ import annotations
@@ -19,53 +22,71 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gap_mllm.processing import prompts
 from gap_mllm.target_format import Box3D
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA, TaskSpec, resolve_task
 
-TASKS = ("detection", "grounding", "captioning", "reconstruction")
+FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION, GROUNDING, CAPTIONING, RECONSTRUCTION, SPATIAL_QA)
+TASKS = tuple(spec.name for spec in FRONT_END_TASKS)
 
 
 @dataclass
 class TaskRequest:
-    """What the user asked: the task and its one task-specific input.
+    """What the user asked: the task and its task-specific input (inputs the task does not use are ignored,
+    so a front end can pass every field it has).
 
     Attributes:
-        task: one of `TASKS`.
-        query: the referring text (grounding only).
+        task: one of `TASKS` (a registry name or `TaskSpec`; stored as the canonical name).
+        query: the referring text (grounding) or the question (spatial_qa).
         box: the 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` of the object to describe
             (captioning only), first-frame camera coordinates.
         marker: `(view, x, y)` pixel to mark (reconstruction only), in the view's original pixels.
     """
 
-    task: str
+    task: str | TaskSpec
     query: str | None = None
     box: list[float] | None = None
     marker: tuple[int, int, int] | None = None
+    spec: TaskSpec = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.spec = resolve_task(self.task)
+        self.task = self.spec.name
 
     def validate(self, num_views: int) -> None:
         """Raise ValueError with a user-facing message when the request is incomplete."""
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
-        if self.task == "grounding" and not (self.query and self.query.strip()):
-            raise ValueError("grounding needs a text query describing the object")
-        if self.task == "captioning":
-            if self.box is None or len(self.box) != 9:
-                raise ValueError("captioning needs the object's 3D box: 9 numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll]")
-        if self.task == "reconstruction":
+        if self.spec not in FRONT_END_TASKS:
+            raise ValueError(f"task {self.task!r} is not run by itself here; choose one of {', '.join(TASKS)}")
+        if "query" in self.spec.parameters and not (self.query and self.query.strip()):
+            what = "a question about the scene" if self.spec is SPATIAL_QA else "a text query describing the object"
+            raise ValueError(f"{self.task} needs {what}")
+        if "box" in self.spec.parameters and (self.box is None or len(self.box) != 9):
+            raise ValueError("captioning needs the object's 3D box: 9 numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll]")
+        if self.spec.needs_marker:
             if self.marker is None or len(self.marker) != 3:
                 raise ValueError("reconstruction needs a marker (view, x, y)")
             if not 0 <= int(self.marker[0]) < num_views:
                 raise ValueError(f"marker view {self.marker[0]} is out of range: there are {num_views} views")
 
-    def prompt(self) -> str:
-        """The task text sent after the images."""
-        if self.task == "detection":
-            return prompts.DETECTION_PROMPT
-        if self.task == "grounding":
-            return prompts.GROUNDING_STAGE2_TEMPLATE.format(description=self.query.strip())
-        if self.task == "captioning":
-            return prompts.caption_prompt(0, self.box)
-        return prompts.RECONSTRUCTION_PROMPT
+    def processor_inputs(self) -> dict:
+        """Keyword arguments of `processor(images=[views], ...)` for one sample: the task and the inputs it uses."""
+        inputs = {"task": self.task}
+        if "query" in self.spec.parameters:
+            inputs["query"] = self.query
+        if "box" in self.spec.parameters:
+            inputs["box"] = [float(v) for v in self.box]
+        if self.spec.needs_marker:
+            inputs["point_prompts"] = [tuple(int(v) for v in self.marker)]
+        return inputs
+
+
+def readable_answer(raw: str) -> str:
+    """The generated text as a person reads it: surrounding whitespace removed, runs of blank lines
+    collapsed; an answer of whitespace only says so instead of printing it."""
+    text = raw.strip()
+    if not text:
+        return f"(no answer: the model generated {len(raw)} whitespace character(s))"
+    lines = [line.rstrip() for line in text.splitlines()]
+    return "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1]))
 
 
 @dataclass
@@ -74,10 +95,11 @@ class TaskResult:
 
     Attributes:
         raw: the generated answer text (special tokens removed).
-        parsed: the typed result (`DetectionResult`, `GroundingResult`, `PointmapResult`) or, for
-            captioning, the caption string.
+        parsed: the typed result of the task's parser (`DetectionResult`, `GroundingResult`, `CaptionResult`,
+            `PointmapResult`, `SpatialAnswerResult`).
         boxes: boxes to draw (detection boxes, the grounded box, or the captioned input box).
         point: the reconstructed 3D point, if any.
+        marker: the marked pixel `(view, x, y)` of a reconstruction request, if any.
         gates: per fusion level (0 = main, then DeepStack), one `[N_visual]` array: the share of the Qwen
             feature in each fused token; empty when the model has no gated fusion.
         token_grids: per view, the `(h, w)` grid of visual tokens after spatial merging (to lay the
@@ -89,20 +111,29 @@ class TaskResult:
     parsed: object
     boxes: list[Box3D] = field(default_factory=list)
     point: tuple[float, float, float] | None = None
+    marker: tuple[int, int, int] | None = None
     gates: list[np.ndarray] = field(default_factory=list)
     token_grids: list[tuple[int, int]] = field(default_factory=list)
 
+    @property
+    def answer(self) -> str:
+        """The generated answer, readable (`readable_answer`)."""
+        return readable_answer(self.raw)
+
     def summary(self) -> str:
         """A short human-readable rendering of the parsed answer."""
-        if self.task == "captioning":
-            return f"caption: {self.parsed!r}"
         reason = getattr(self.parsed, "reason", None)
         lines = []
-        if self.task == "detection":
+        if self.task == CAPTIONING.name and self.parsed.caption is not None:
+            lines.append(f"caption: {self.parsed.caption}")
+        if self.task == SPATIAL_QA.name and self.parsed.answer is not None:
+            lines.append(f"answer: {self.parsed.answer}")
+        if self.task == DETECTION.name:
             lines.append(f"{len(self.boxes)} box(es)")
-        for box in self.boxes if self.task != "captioning" else []:
-            values = ", ".join(f"{v:.2f}" for v in box.to_list())
-            lines.append(f"  {box.label or '(no label)'}: [{values}]")
+        if self.task != CAPTIONING.name:
+            for box in self.boxes:
+                values = ", ".join(f"{v:.2f}" for v in box.to_list())
+                lines.append(f"  {box.label or '(no label)'}: [{values}]")
         if self.point is not None:
             label = getattr(self.parsed, "label", None)
             lines.append(f"point: [{', '.join(f'{v:.2f}' for v in self.point)}] label: {label or '(none)'}")
@@ -117,8 +148,9 @@ class TaskResult:
             "raw": self.raw,
             "boxes": [{"label": b.label, "box_3d": b.to_list()} for b in self.boxes],
             "point": list(self.point) if self.point is not None else None,
-            "label": getattr(self.parsed, "label", None) if self.task == "reconstruction" else None,
-            "caption": self.parsed if self.task == "captioning" else None,
+            "label": getattr(self.parsed, "label", None) if self.task == RECONSTRUCTION.name else None,
+            "caption": getattr(self.parsed, "caption", None) if self.task == CAPTIONING.name else None,
+            "answer": getattr(self.parsed, "answer", None) if self.task == SPATIAL_QA.name else None,
             "reason": getattr(self.parsed, "reason", None),
             "mean_gate_per_level": [float(g.mean()) for g in self.gates],
         }
@@ -129,35 +161,34 @@ def _token_grids(image_grid_thw: torch.Tensor, merge: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens: int = 64) -> TaskResult:
-    """Run one request on one multi-view sample (greedy decoding) and collect what the UI shows.
+def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None) -> TaskResult:
+    """Run one request on one multi-view sample (greedy decoding, stopped at the end of the answer) and
+    collect what the UI shows.
 
     Args:
         model: a `GapMllmForConditionalGeneration` (any loader: AutoModel with trust_remote_code too).
         processor: its `GapMllmProcessor`.
         views: the frames (PIL images or paths), all of one scene.
         request: the task and its input.
-        max_new_tokens: generation budget.
+        max_new_tokens: generation budget; None: the task's own (tasks_gap_mllm).
     """
     request.validate(len(views))
-    inputs = processor(images=[list(views)], text=[request.prompt()], point_prompts=[request.marker],
-                       return_tensors="pt")
-    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    spec = request.spec
+    inputs = processor(images=[list(views)], return_tensors="pt", **request.processor_inputs())
+    # Task names, not TaskSpec objects, cross into the processor: its remote code has its own classes.
+    generated = model.generate(**inputs, **processor.generation_kwargs(spec.name, inputs, max_new_tokens))
     input_ids = inputs["input_ids"]
     raw = processor.decode_generated(generated, input_ids=input_ids)[0]
-    result = TaskResult(task=request.task, raw=raw, parsed=None)
-    if request.task == "detection":
-        result.parsed = processor.post_process_detection(generated, input_ids=input_ids)[0]
+    result = TaskResult(task=spec.name, raw=raw, parsed=processor.post_process(generated, spec.name, input_ids)[0])
+    if spec is DETECTION:
         result.boxes = list(result.parsed.boxes)
-    elif request.task == "grounding":
-        result.parsed = processor.post_process_grounding(generated, input_ids=input_ids)[0]
+    elif spec is GROUNDING:
         result.boxes = [result.parsed.box] if result.parsed.box is not None else []
-    elif request.task == "captioning":
-        result.parsed = raw.strip()
+    elif spec is CAPTIONING:
         result.boxes = [Box3D.from_list(request.box, label="described object")]
-    else:
-        result.parsed = processor.post_process_pointmap(generated, input_ids=input_ids)[0]
+    elif spec is RECONSTRUCTION:
         result.point = result.parsed.point
+        result.marker = tuple(int(v) for v in request.marker)
 
     # A second forward pass for the gates: generate() does not return model-specific outputs.
     outputs = model(**inputs, output_gates=True)

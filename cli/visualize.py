@@ -4,6 +4,10 @@ Conventions: boxes and points are in the first frame's OpenCV camera (x right, y
 metres). Frame v is drawn with `first → v = inv(cam_to_first[v])` when poses are known; without poses
 only the first frame can carry boxes. The GLB is turned into glTF's y-up frame (x, −y, −z) so viewers
 show the room upright; the PLY keeps the camera frame, as the package's point clouds do.
+
+The frames PNG carries a legend naming what each colour is (reference vs predicted boxes, the
+predicted point, the marker of a reconstruction request, drawn as the model saw it). A 3D file with
+nothing to show (no point cloud, no box, no point) is not written; `write_visualisations` says why.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from gap_mllm.evaluation.plots import project_box_edges
 from gap_mllm.point_cloud import write_ply
 from gap_mllm.processing.coordinates import box_corners, invert_rigid, transform_boxes
 from gap_mllm.target_format import Box3D
+from gap_mllm.tasks_gap_mllm import CAPTIONING
+from gap_mllm.visual_prompt import MARKER_COLOR, apply_point_prompt
 
 PREDICTED = (230, 40, 40)
 REFERENCE = (40, 200, 80)
@@ -41,15 +47,17 @@ def _draw_box_set(draw: ImageDraw.ImageDraw, boxes: np.ndarray, intrinsics, colo
             draw.text((top_left[0] + 2, top_left[1] + 2), str(labels[index]), fill=colour)
 
 
-def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True) -> list[Image.Image]:
+def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True, marker=None) -> list[Image.Image]:
     """Every frame with the predicted boxes (red), the reference boxes (green, synthetic scenes) and the
-    predicted 3D point (yellow) projected; frames without a known pose are returned undrawn."""
+    predicted 3D point (yellow) projected, and the marker `(view, x, y)` of a reconstruction request painted
+    as the model saw it (the official red "+"); frames without a known pose get no projections."""
     predicted = _as_array(boxes)
     labels = [b.label if isinstance(b, Box3D) else None for b in boxes]
     labels = labels if any(labels) else None
+    views = apply_point_prompt([view.convert("RGB") for view in scene.views], marker)
     drawn = []
-    for index, view in enumerate(scene.views):
-        image = view.convert("RGB").copy()
+    for index, view in enumerate(views):
+        image = view.copy()
         if index == 0:
             first_to_view = np.eye(4)
         elif scene.cam_to_first is not None:
@@ -71,14 +79,54 @@ def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True) -> 
     return drawn
 
 
-def contact_sheet(images: list[Image.Image], columns: int = 2) -> Image.Image:
-    """The frames tiled into one image (for a single PNG per answer)."""
+def contact_sheet(images: list[Image.Image], columns: int = 2, legend=None) -> Image.Image:
+    """The frames tiled into one image (for a single PNG per answer), with `legend` (`legend_entries`) in a
+    white strip below them."""
     width, height = images[0].size
     rows = -(-len(images) // columns)
-    sheet = Image.new("RGB", (columns * width, rows * height), (255, 255, 255))
+    strip = LEGEND_ROW_HEIGHT * max(len(legend), 1) + 2 * LEGEND_PADDING if legend is not None else 0
+    sheet = Image.new("RGB", (columns * width, rows * height + strip), (255, 255, 255))
     for index, image in enumerate(images):
         sheet.paste(image.resize((width, height)), ((index % columns) * width, (index // columns) * height))
+    if legend is not None:
+        _draw_legend(ImageDraw.Draw(sheet), legend, top=rows * height + LEGEND_PADDING)
     return sheet
+
+
+LEGEND_ROW_HEIGHT, LEGEND_PADDING, LEGEND_SWATCH = 14, 4, 10
+
+
+def legend_entries(scene, boxes, point=None, marker=None, task: str | None = None,
+                   show_reference: bool = True) -> list[tuple[str, tuple[int, int, int], str]]:
+    """`(shape, colour, text)` for everything `frames_with_boxes` draws with these arguments."""
+    entries = []
+    if show_reference and len(scene.reference_boxes):
+        entries.append(("box", REFERENCE, "reference boxes (ground truth)"))
+    if len(_as_array(boxes)):
+        text = "box to describe (input)" if task == CAPTIONING.name else "predicted boxes"
+        entries.append(("box", PREDICTED, text))
+    if point is not None:
+        entries.append(("circle", MARKER, "predicted 3D point"))
+    if marker is not None:
+        entries.append(("plus", MARKER_COLOR, f"marker: the pixel asked about (view {int(marker[0])})"))
+    return entries
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, entries, top: int) -> None:
+    if not entries:
+        draw.text((LEGEND_PADDING, top), "nothing to draw: the answer has no box or point", fill=(0, 0, 0))
+        return
+    for row, (shape, colour, text) in enumerate(entries):
+        y = top + row * LEGEND_ROW_HEIGHT
+        x0, y0, x1, y1 = LEGEND_PADDING, y, LEGEND_PADDING + LEGEND_SWATCH, y + LEGEND_SWATCH
+        if shape == "box":
+            draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+        elif shape == "circle":
+            draw.ellipse([x0, y0, x1, y1], outline=colour, width=2)
+        else:
+            draw.rectangle([x0, y0 + 4, x1, y0 + 6], fill=colour)
+            draw.rectangle([x0 + 4, y0, x0 + 6, y1], fill=colour)
+        draw.text((x1 + 6, y0 - 1), text, fill=(0, 0, 0))
 
 
 def box_edge_points(boxes, per_edge: int = 24) -> np.ndarray:
@@ -92,8 +140,16 @@ def box_edge_points(boxes, per_edge: int = 24) -> np.ndarray:
     return (start + (end - start) * steps).reshape(-1, 3).astype(np.float32)
 
 
+def has_3d_content(scene, boxes, point=None) -> bool:
+    """Whether a 3D file of this answer would hold anything: a point cloud, a box or a point."""
+    return (scene.points is not None and len(scene.points) > 0) or len(_as_array(boxes)) > 0 or point is not None
+
+
 def save_scene_ply(path, scene, boxes, point=None) -> Path:
-    """PLY: the scene's point cloud (if any) plus red box-edge points and a yellow point for the answer."""
+    """PLY: the scene's point cloud (if any) plus red box-edge points and a yellow point for the answer.
+    Raises ValueError when there is nothing to write (`has_3d_content`): a 0-vertex PLY helps nobody."""
+    if not has_3d_content(scene, boxes, point):
+        raise ValueError("nothing to write to a PLY: no point cloud, no box and no point")
     parts_xyz, parts_rgb = [], []
     if scene.points is not None:
         parts_xyz.append(scene.points)
@@ -179,23 +235,45 @@ def gate_heatmap(gates: list[np.ndarray], token_grids: list[tuple[int, int]], pa
     return path
 
 
-def write_visualisations(scene, result, out_dir, formats=("png", "glb", "ply")) -> dict[str, Path]:
-    """Save the pictures of `result` (a `TaskResult`) under `out_dir`; returns `{kind: path}`.
+class SavedPictures(dict):
+    """`{kind: path}` of the files written, plus `skipped`: `{kind: reason}` for requested ones that were not."""
 
-    Kinds: `frames` (PNG contact sheet with projected boxes), `gates` (PNG heat map, when gated),
-    `glb` / `ply` (3D scene)."""
+    def __init__(self):
+        super().__init__()
+        self.skipped: dict[str, str] = {}
+
+
+NOTHING_IN_3D = "no point cloud (uncalibrated frames) and no box or point in the answer: the 3D file would be empty"
+
+
+def answer_picture(scene, result) -> Image.Image:
+    """The frames of `result` (a `TaskResult`) with its boxes / point / marker and a legend, as one image."""
+    marker = getattr(result, "marker", None)
+    frames = frames_with_boxes(scene, result.boxes, result.point, marker=marker)
+    return contact_sheet(frames, legend=legend_entries(scene, result.boxes, result.point, marker, result.task))
+
+
+def write_visualisations(scene, result, out_dir, formats=("png", "glb", "ply")) -> SavedPictures:
+    """Save the pictures of `result` (a `TaskResult`) under `out_dir`; returns `{kind: path}` with the
+    reasons for requested formats not written in `.skipped`.
+
+    Kinds: `frames` (PNG contact sheet with projected boxes and a legend), `gates` (PNG heat map, when
+    gated), `glb` / `ply` (3D scene; skipped when it would hold nothing)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
+    written = SavedPictures()
     if "png" in formats:
-        frames = frames_with_boxes(scene, result.boxes, result.point)
         written["frames"] = out_dir / "frames_with_boxes.png"
-        contact_sheet(frames).save(written["frames"])
+        answer_picture(scene, result).save(written["frames"])
         gates = gate_heatmap(result.gates, result.token_grids, out_dir / "fusion_gates.png")
         if gates is not None:
             written["gates"] = gates
-    if "glb" in formats:
-        written["glb"] = save_scene_glb(out_dir / "scene.glb", scene, result.boxes, result.point)
-    if "ply" in formats:
-        written["ply"] = save_scene_ply(out_dir / "scene.ply", scene, result.boxes, result.point)
+    three_d = has_3d_content(scene, result.boxes, result.point)
+    for kind, save in (("glb", save_scene_glb), ("ply", save_scene_ply)):
+        if kind not in formats:
+            continue
+        if three_d:
+            written[kind] = save(out_dir / f"scene.{kind}", scene, result.boxes, result.point)
+        else:
+            written.skipped[kind] = NOTHING_IN_3D
     return written

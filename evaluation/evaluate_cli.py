@@ -1,10 +1,12 @@
 """`gap-mllm evaluate`: run one benchmark and write samples.jsonl, summary.json, summary.md and plots.
 
-    gap-mllm evaluate --task det|grounding|caption|recon|qa --model DIR --data DIR --out DIR
-                      [--split val] [--annotation-file FILE] [--batch-size 4] [--max-new-tokens N]
+    gap-mllm evaluate --task detection|grounding|captioning|reconstruction|spatial_qa --model DIR --data DIR
+                      --out DIR [--split val] [--annotation-file FILE] [--batch-size 4] [--max-new-tokens N]
                       [--official-compat] [--no-meteor] [--limit N] [--no-plots]
-    gap-mllm evaluate --task det --predictions answers.jsonl --data DIR --out DIR   (score given texts)
-    gap-mllm evaluate --task det --write-oracle oracle.jsonl --data DIR             (ground truth as text)
+    gap-mllm evaluate --task detection --predictions answers.jsonl --data DIR --out DIR   (score given texts)
+    gap-mllm evaluate --task detection --write-oracle oracle.jsonl --data DIR             (ground truth as text)
+
+Task names are the registry's (gap_mllm.tasks_gap_mllm); the old det / caption / recon / qa still work.
 
 Multi-GPU: `accelerate launch -m gap_mllm.evaluation.evaluate_cli --task ...`. Rerunning with the
 same `--out` resumes: finished samples are skipped. The lead CLI calls `add_arguments(subparser)`
@@ -20,7 +22,10 @@ from .tasks import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, choices=sorted(TASKS), help="benchmark to run")
+    from gap_mllm.cli.task_names import task_argument
+
+    parser.add_argument("--task", required=True, type=task_argument(TASKS, "gap-mllm evaluate"), metavar="TASK",
+                        help=f"benchmark to run: {', '.join(TASKS)}")
     parser.add_argument("--data", required=True, help="data root (annotations/ and scannet/posed_images/)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model folder to generate with")

@@ -2,10 +2,11 @@
 
 A `Request` is one model call: the view files of a sample, the human-turn prompt with one `<image>`
 per view (the official annotation layout; `Frame-i: <image>` interleaving is kept), the optional
-marker `pixel_coords = [view, x, y]`, and the token budget. `BatchGenerator` turns a list of requests
-into texts with the package collator (system prompt, chat template, generation prompt) and
-`model.generate(do_sample=False, num_beams=1)`; prompts are left-padded so every row ends at the
-generation point.
+marker `pixel_coords = [view, x, y]`, the token budget and the registry task the prompt asks.
+`BatchGenerator` turns a list of requests into texts with the package collator (system prompt, chat
+template, generation prompt) and `model.generate(do_sample=False, num_beams=1)`, stopping each row at
+the end of its answer (the task's stop rule) unless the request asks for the official behaviour (EOS
+or budget only); prompts are left-padded so every row ends at the generation point.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gap_mllm.tasks_gap_mllm import resolve_task
+
 
 @dataclass
 class Request:
@@ -21,6 +24,8 @@ class Request:
     prompt: str
     pixel_coords: list | None = None
     max_new_tokens: int = 1280
+    task: str | None = None  # registry task the prompt asks (its stop rule); None: EOS / budget only
+    stop_at_answer_end: bool = True
 
 
 class BatchGenerator:
@@ -68,5 +73,13 @@ class BatchGenerator:
         budget = max(r.max_new_tokens for r in requests)
         if self.max_new_tokens is not None:
             budget = min(budget, self.max_new_tokens)
-        output = self.model.generate(**batch, max_new_tokens=budget, do_sample=False, num_beams=1)
+        kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1}
+        stops = {(r.task, r.stop_at_answer_end) for r in requests}
+        if len(stops) != 1:
+            raise ValueError(f"one generate() call needs one task and stop setting, got {sorted(stops, key=str)}")
+        task, stop = stops.pop()
+        if task is not None and stop:
+            kwargs["stopping_criteria"] = resolve_task(task).stopping_criteria(self.processor.tokenizer,
+                                                                               batch["input_ids"].shape[1])
+        output = self.model.generate(**batch, **kwargs)
         return self.processor.decode_generated(output, batch["input_ids"])

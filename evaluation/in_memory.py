@@ -24,10 +24,10 @@ from .tasks import gt_answer, get_task
 # reconstruction.
 LOGGED_METRICS = {
     "grounding": {"acc@0.25": "acc@0.25", "acc@0.5": "acc@0.5", "miou": "miou"},
-    "det": {"f1": "f1", "precision": "splits.all.precision", "recall": "splits.all.recall"},
-    "caption": {"cider": "cider", "bleu4": "bleu4"},
-    "recon": {"overall_aligned": "aligned.overall"},
-    "qa": {"overall": "overall"},
+    "detection": {"f1": "f1", "precision": "splits.all.precision", "recall": "splits.all.recall"},
+    "captioning": {"cider": "cider", "bleu4": "bleu4"},
+    "reconstruction": {"overall_aligned": "aligned.overall"},
+    "spatial_qa": {"overall": "overall"},
 }
 
 
@@ -81,7 +81,7 @@ class EvaluationSlice:
         # METEOR (a Java process per call) is left to the final evaluation; CIDEr is the headline
         _, summary = self.task.evaluate(self.records, outputs, meteor=False)
         metrics = {name: _lookup(summary, key) for name, key in LOGGED_METRICS.get(self.name, {}).items()}
-        if self.name == "recon":
+        if self.name == "reconstruction":
             marker = marker_scores([texts[0] for texts in outputs], [gt_answer(r) for r in self.records])
             metrics.update({key: marker[key] for key in ("label_accuracy", "point_error_m_median", "unparsed") if key in marker})
         return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}, outputs

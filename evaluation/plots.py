@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
 
 from .box_iou import BOX_EDGES
 
@@ -69,15 +70,15 @@ def _save(fig, path):
 
 def plot_per_category(task: str, metrics: dict, path) -> bool:
     plt = _pyplot()
-    if task == "det" and metrics.get("per_category"):
+    if task == DETECTION.name and metrics.get("per_category"):
         names = list(metrics["per_category"])
         series = {m: [metrics["per_category"][c][m] for c in names] for m in ("precision", "recall", "f1")}
         title = "Detection per category (IoU > 0.25)"
-    elif task == "qa" and metrics.get("per_type"):
+    elif task == SPATIAL_QA.name and metrics.get("per_type"):
         names = list(metrics["per_type"])
         series = {"score": [metrics["per_type"][t] for t in names]}
         title = "Spatial QA per question type"
-    elif task == "recon" and metrics.get("per_scene"):
+    elif task == RECONSTRUCTION.name and metrics.get("per_scene"):
         names = list(metrics["per_scene"])
         series = {"raw": [s["raw"]["overall"] for s in metrics["per_scene"].values()],
                   "aligned": [s["aligned"]["overall"] if s["aligned"] else None for s in metrics["per_scene"].values()]}
@@ -86,7 +87,7 @@ def plot_per_category(task: str, metrics: dict, path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(names) + 2), 3.5))
     _bars(ax, names, series, title)
-    if task == "recon":
+    if task == RECONSTRUCTION.name:
         ax.set_ylim(0, None)
     _save(fig, path)
     return True
@@ -94,12 +95,12 @@ def plot_per_category(task: str, metrics: dict, path) -> bool:
 
 def plot_histogram(task: str, rows: list[dict], path) -> bool:
     plt = _pyplot()
-    if task == "det":
+    if task == DETECTION.name:
         values = [m["iou"] for r in rows for m in r.get("matches", [])]
         title, lines = "IoU of each prediction with its best same-label box", [0.25]
-    elif task == "grounding":
+    elif task == GROUNDING.name:
         values, title, lines = [r["score"] for r in rows], "Grounding IoU per sample", [0.25, 0.5]
-    elif task == "caption":
+    elif task == CAPTIONING.name:
         values, title, lines = [r["score"] for r in rows], "CIDEr per sample", []
     else:
         return False
@@ -133,11 +134,11 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     from PIL import Image
 
     plt = _pyplot()
-    if task == "det":
+    if task == DETECTION.name:
         k = 0
         gt = [b["bbox_3d"] for b in record.get("boxes", [])]
         pred = [p["bbox_3d"] for p in row["parsed"]]
-    elif task == "grounding":
+    elif task == GROUNDING.name:
         k = row["parsed"]["frame"]
         if not 0 <= k < len(record["images"]):
             return False
@@ -171,7 +172,7 @@ def write_plots(task: str, records, rows, metrics, media_root, out_dir) -> list[
         written.append(out_dir / "per_category.png")
     if plot_histogram(task, rows, out_dir / "iou_hist.png"):
         written.append(out_dir / "iou_hist.png")
-    if task in ("det", "grounding"):
+    if task in (DETECTION.name, GROUNDING.name):
         (out_dir / "samples").mkdir(exist_ok=True)
         for record, row in list(zip(records, rows))[:MAX_SAMPLE_FIGURES]:
             path = out_dir / "samples" / f"{row['id']}.png"

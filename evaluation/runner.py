@@ -1,7 +1,7 @@
 """Run one benchmark end to end: generate (or read) answers, score them, write the report.
 
-    summary = run_evaluation("det", data_dir="data/synth", out_dir="runs/det", model_dir="ckpt")
-    summary = run_evaluation("det", data_dir=..., out_dir=..., predictions_file="answers.jsonl")
+    summary = run_evaluation("detection", data_dir="data/synth", out_dir="runs/detection", model_dir="ckpt")
+    summary = run_evaluation("detection", data_dir=..., out_dir=..., predictions_file="answers.jsonl")
 
 Data: `<data_dir>/annotations/<official file of the task and split>` (or `annotation_file=`), images
 under `<data_dir>/scannet/posed_images`. Generation is batched (left padding, greedy) and resumable:

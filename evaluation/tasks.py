@@ -1,7 +1,9 @@
-"""Task definitions for the runners: how each benchmark asks the model, parses and scores it.
+"""The benchmarks: how each asks the model (registry tasks), and how it is scored.
 
-Every task reads the official evaluation annotation records (method.md §6.3; SynthRooms writes the
-same schema) and defines:
+A benchmark is a registry task (`gap_mllm.tasks_gap_mllm`: name, prompts, parsers, budgets, stop rules
+are defined there); this module adds only what evaluation needs on top. Every benchmark reads the
+official evaluation annotation records (method.md §6.3; SynthRooms writes the same schema) and defines:
+    spec / stage_specs     the registry task and the task asked at each stage (grounding: its 2 stages)
     stages                 number of model calls per sample (grounding: 2, the others: 1)
     request(record, stage, previous_outputs, media_root) -> Request
     oracle(record, media_root) -> [text per stage]   the ground truth written as model text
@@ -18,10 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.output_parsing import parse_detection, parse_frame_selection, parse_grounding, parse_literal, parse_pointmap
-from gap_mllm.processing import prompts
+from gap_mllm.output_parsing import parse_literal
 from gap_mllm.processing.coordinates import world_boxes_to_camera
+from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
 from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_grounding
+from gap_mllm.tasks_gap_mllm import (
+    CAPTIONING,
+    DETECTION,
+    GROUNDING,
+    GROUNDING_STAGE1,
+    GROUNDING_STAGE2,
+    RECONSTRUCTION,
+    SPATIAL_QA,
+    extract_query,
+    resolve_task,
+)
 
 from .caption_metrics import caption_scores
 from .detection_metrics import DetectionEvaluator
@@ -29,8 +42,6 @@ from .generation import Request
 from .grounding_metrics import GroundingEvaluator
 from .reconstruction_metrics import ReconstructionEvaluator, point_score
 from .spatial_qa_metrics import aggregate_spatial_scores, score_answer
-
-from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
 
 
 def sample_id(record: dict, index: int) -> str:
@@ -50,15 +61,46 @@ def _box_list(box: Box3D | None):
     return None if box is None else [round(v, 6) for v in box.to_list()]
 
 
+class Benchmark:
+    """What every benchmark shares: its registry task(s) and how a model call is requested.
+
+    `official_compat=True` also turns off the stop rule (`Request.stop_at_answer_end`): the official
+    scripts stop only at EOS or the budget, and a reproduction should read exactly what they read."""
+
+    spec = None  # the registry task
+    stage_specs: tuple = ()  # the task asked at each stage
+
+    def __init__(self, official_compat: bool = False):
+        self.official_compat = official_compat
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def stages(self) -> int:
+        return len(self.stage_specs)
+
+    @property
+    def annotation_task(self):
+        """The task whose annotation file holds the samples (grounding: stage 1's)."""
+        return self.stage_specs[0]
+
+    def make_request(self, stage: int, images, prompt: str, pixel_coords=None) -> Request:
+        spec = self.stage_specs[stage]
+        return Request(images, prompt, pixel_coords, spec.official_max_new_tokens, task=spec.name,
+                       stop_at_answer_end=not self.official_compat)
+
+
 # ------------------------------------------------------------------------------------------ detection
 
 
-class DetectionTask:
-    name, annotation_task, stages, max_new_tokens = "det", "detection", 1, 1280
+class DetectionTask(Benchmark):
+    spec, stage_specs = DETECTION, (DETECTION,)
     headline = ("f1", "mean F1 over cate31 (IoU > 0.25)")
 
     def request(self, record, stage, previous, media_root):
-        return Request(record["images"], human_prompt(record), None, self.max_new_tokens)
+        return self.make_request(stage, record["images"], human_prompt(record))
 
     def oracle(self, record, media_root):
         return [gt_answer(record)]
@@ -67,7 +109,7 @@ class DetectionTask:
         ev = DetectionEvaluator(official_compat=official_compat)
         rows = []
         for index, (record, raw) in enumerate(zip(records, outputs)):
-            parsed = parse_detection(raw[0])
+            parsed = self.spec.parse(raw[0])
             gt = record.get("boxes", [])
             match = ev.add([b.label for b in parsed.boxes], [b.to_list() for b in parsed.boxes],
                            [g["label"] for g in gt], [g["bbox_3d"] for g in gt])
@@ -115,15 +157,12 @@ def stage2_images(selected_image: str, media_root, neighbours: int = OFFICIAL_ST
     return [p for p in paths if (Path(media_root) / p).is_file()]
 
 
-class GroundingTask:
+class GroundingTask(Benchmark):
     """Two-stage ScanRefer (method.md §3.3): frame selection over all frames, then the box from the
     selected frame and its neighbours, in the camera frame of the selected frame."""
 
-    name, annotation_task, stages, max_new_tokens = "grounding", "grounding_stage1", 2, 4096
+    spec, stage_specs = GROUNDING, (GROUNDING_STAGE1, GROUNDING_STAGE2)
     headline = ("acc@0.25", "Acc@0.25 (IoU >= 0.25)")
-
-    def __init__(self, official_compat: bool = False):
-        self.official_compat = official_compat
 
     def selected_frame(self, record, stage1_text: str) -> tuple[int, str | None]:
         """(k, note): official reading when `official_compat`, else the tolerant parser clamped to the
@@ -134,25 +173,25 @@ class GroundingTask:
             if -num_frames <= k < 0:
                 k += num_frames  # the official code indexes images[k]: Python wraps negative indices
             return k, None if 0 <= k < num_frames else f"frame {k} out of range (the official code crashes)"
-        result = parse_frame_selection(stage1_text, num_frames=num_frames)
+        result = GROUNDING_STAGE1.parse(stage1_text, num_frames=num_frames)
         return (0, f"frame parse failed ({result.reason}); used 0") if result.frame is None else (result.frame, result.reason)
 
     def request(self, record, stage, previous, media_root):
-        description = prompts.extract_description(human_prompt(record))
+        description = extract_query(human_prompt(record))
         if stage == 0:
-            prompt = prompts.grounding_stage1_prompt(len(record["images"]), description)
-            return Request(record["images"], prompt, None, self.max_new_tokens)
+            prompt = GROUNDING_STAGE1.annotation_prompt(len(record["images"]), query=description)
+            return self.make_request(stage, record["images"], prompt)
         k, _ = self.selected_frame(record, previous[0])
         k = min(max(k, 0), len(record["images"]) - 1)
         neighbours = int(record.get("stage2_neighbours", OFFICIAL_STAGE2_NEIGHBOURS))
         images = stage2_images(record["images"][k], media_root, neighbours) or [record["images"][k]]
-        return Request(images, prompts.grounding_stage2_prompt(len(images), description), None, self.max_new_tokens)
+        return self.make_request(stage, images, GROUNDING_STAGE2.annotation_prompt(len(images), query=description))
 
     def oracle(self, record, media_root):
         """Stage 1: the annotated frame (0 if the record has none); stage 2: the GT box in its camera frame."""
         k = 0
         if len(record.get("conversations", [])) > 1:
-            frame = parse_frame_selection(gt_answer(record), num_frames=len(record["images"])).frame
+            frame = GROUNDING_STAGE1.parse(gt_answer(record), num_frames=len(record["images"])).frame
             k = frame if frame is not None else 0
         box = world_boxes_to_camera(np.asarray(record["gt_bbox"])[None], record["cam2global"][k],
                                     record.get("axis_align_matrix"))[0]
@@ -164,7 +203,7 @@ class GroundingTask:
         rows = []
         for index, (record, raw) in enumerate(zip(records, outputs)):
             k, note = self.selected_frame(record, raw[0])
-            parsed = parse_grounding(raw[1])
+            parsed = GROUNDING_STAGE2.parse(raw[1])
             if 0 <= k < len(record["images"]):
                 iou = ev.add(None if parsed.box is None else parsed.box.to_list(), record["gt_bbox"],
                              record["cam2global"][k], record.get("axis_align_matrix"))
@@ -180,12 +219,12 @@ class GroundingTask:
 # ----------------------------------------------------------------------------------------- captioning
 
 
-class CaptionTask:
-    name, annotation_task, stages, max_new_tokens = "caption", "captioning", 1, 1280
+class CaptionTask(Benchmark):
+    spec, stage_specs = CAPTIONING, (CAPTIONING,)
     headline = ("cider", "CIDEr at the 0.5 IoU gate")
 
     def request(self, record, stage, previous, media_root):
-        return Request(record["images"], human_prompt(record), None, self.max_new_tokens)
+        return self.make_request(stage, record["images"], human_prompt(record))
 
     def oracle(self, record, media_root):
         return [record["annotations"][0]]
@@ -195,7 +234,7 @@ class CaptionTask:
         out = caption_scores(predictions, [r["annotations"] for r in records],
                              [float(r.get("iou", 1.0)) for r in records], meteor=meteor, official_compat=official_compat)
         per_sample = out.pop("per_sample")
-        rows = [{"id": sample_id(record, i), "index": i, "raw": raw, "parsed": raw[0].strip(),
+        rows = [{"id": sample_id(record, i), "index": i, "raw": raw, "parsed": self.spec.parse(raw[0]).caption or "",
                  "gated": float(record.get("iou", 1.0)) < 0.5, "score": per_sample["cider"][i],
                  "bleu4": per_sample["bleu4"][i], "rouge_l": per_sample["rouge_l"][i]}
                 for i, (record, raw) in enumerate(zip(records, outputs))]
@@ -216,12 +255,12 @@ def _official_point(text: str):
     return point if np.all(np.isfinite(point)) else None
 
 
-class ReconstructionTask:
-    name, annotation_task, stages, max_new_tokens = "recon", "reconstruction", 1, 1280
+class ReconstructionTask(Benchmark):
+    spec, stage_specs = RECONSTRUCTION, (RECONSTRUCTION,)
     headline = ("aligned.overall", "overall (Acc + Comp) / 2 after Sim(3), metres")
 
     def request(self, record, stage, previous, media_root):
-        return Request(record["images"], human_prompt(record), record.get("pixel_coords"), self.max_new_tokens)
+        return self.make_request(stage, record["images"], human_prompt(record), record.get("pixel_coords"))
 
     def oracle(self, record, media_root):
         return [gt_answer(record)]
@@ -234,7 +273,7 @@ class ReconstructionTask:
                 pred, gt = _official_point(raw[0]), _official_point(gt_answer(record))
                 reason = None if pred is not None else "not one literal dict with a 3-number pointmap"
             else:
-                parsed, truth = parse_pointmap(raw[0]), parse_pointmap(gt_answer(record))
+                parsed, truth = self.spec.parse(raw[0]), self.spec.parse(gt_answer(record))
                 pred, gt, reason = parsed.point, truth.point, parsed.reason
             scene = Path(record["images"][0]).parent.name
             ev.add(scene, pred, gt)
@@ -247,31 +286,34 @@ class ReconstructionTask:
 # ----------------------------------------------------------------------------------------- spatial QA
 
 
-class SpatialQATask:
-    name, annotation_task, stages, max_new_tokens = "qa", "spatial_qa", 1, 64
+class SpatialQATask(Benchmark):
+    spec, stage_specs = SPATIAL_QA, (SPATIAL_QA,)
     headline = ("overall", "mean over question types (MRA / accuracy)")
 
     def request(self, record, stage, previous, media_root):
-        return Request(record["images"], human_prompt(record), None, self.max_new_tokens)
+        return self.make_request(stage, record["images"], human_prompt(record))
 
     def oracle(self, record, media_root):
         return [str(record["ground_truth"])]
 
     def evaluate(self, records, outputs, official_compat=False, **_):
         scores = [score_answer(raw[0], str(r["ground_truth"]), r["question_type"]) for r, raw in zip(records, outputs)]
-        rows = [{"id": sample_id(r, i), "index": i, "raw": raw, "parsed": raw[0].strip().split(" ")[0].rstrip("."),
+        rows = [{"id": sample_id(r, i), "index": i, "raw": raw, "parsed": self.spec.parse(raw[0]).answer or "",
                  "question_type": r["question_type"], "score": s}
                 for i, (r, raw, s) in enumerate(zip(records, outputs, scores))]
         return rows, aggregate_spatial_scores(scores, [r["question_type"] for r in records])
 
 
-TASKS = {task.name: task for task in (DetectionTask, GroundingTask, CaptionTask, ReconstructionTask, SpatialQATask)}
+TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask, CaptionTask, ReconstructionTask, SpatialQATask)}
 
 
-def get_task(name: str, official_compat: bool = False):
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
-    return GroundingTask(official_compat) if name == "grounding" else TASKS[name]()
+def get_task(name, official_compat: bool = False) -> Benchmark:
+    """The benchmark of a task name (deprecated names such as "det" resolve with a warning)."""
+    spec = resolve_task(name)
+    if spec.name not in TASKS:
+        hint = f" (it is a stage of {GROUNDING.name!r}, which evaluates both)" if spec.name in GROUNDING.stages else ""
+        raise ValueError(f"task {spec.name!r} has no benchmark{hint}; choose one of {', '.join(TASKS)}")
+    return TASKS[spec.name](official_compat)
 
 
 def headline_value(summary: dict, key: str):

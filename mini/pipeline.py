@@ -42,7 +42,7 @@ if not RECIPES.is_dir():  # installed wheel: recipes ship inside gap_mllm.traini
     RECIPES = Path(_training.__file__).resolve().parent / "recipes"
 
 DONE_MARKER = "stage_done.json"
-EVAL_TASKS = ("grounding", "det", "caption")
+EVAL_TASKS = ("grounding", "detection", "captioning")
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
     final = run.stage_dir(arm.name, "final")
     jobs = [(task, final) for task in EVAL_TASKS]
     if arm.stage1:
-        jobs.append(("recon", run.stage_dir(arm.name, "stage1")))
+        jobs.append(("reconstruction", run.stage_dir(arm.name, "stage1")))
     for task, model_dir in jobs:
         out_dir = run.results_dir(arm.name, task)
         summary_path = out_dir / "summary.json"

@@ -78,20 +78,20 @@ def arm_results(run, arm) -> dict:
         out[f"grounding_acc@{threshold}_ci95"] = wilson_interval(grounding[f"hits@{threshold}"], n)
     out["grounding_num_samples"] = n
 
-    detection_rows = _rows(folder / "det" / "samples.jsonl")
+    detection_rows = _rows(folder / "detection" / "samples.jsonl")
     records = load_annotation_file(find_annotation_file(run.data, "detection", "test"))
     counts = detection_counts(detection_rows, records)
     out["detection_f1@0.25"] = f1_of_counts(counts)
     out["detection_f1@0.25_ci95"] = _bootstrap_f1(counts)
     out["detection_num_samples"] = len(detection_rows)
 
-    caption = json.loads((folder / "caption" / "summary.json").read_text(encoding="utf-8"))["metrics"]
-    per_sample = [row["score"] for row in _rows(folder / "caption" / "samples.jsonl")]
+    caption = json.loads((folder / "captioning" / "summary.json").read_text(encoding="utf-8"))["metrics"]
+    per_sample = [row["score"] for row in _rows(folder / "captioning" / "samples.jsonl")]
     out["captioning_cider@0.5"] = caption["cider"]
     out["captioning_cider@0.5_ci95"] = bootstrap_interval(per_sample, np.mean, RESAMPLES)
     out["captioning_num_samples"] = len(per_sample)
 
-    recon = folder / "recon" / "samples.jsonl"
+    recon = folder / "reconstruction" / "samples.jsonl"
     if recon.is_file():
         rows = _rows(recon)
         marker_records = load_annotation_file(find_annotation_file(run.data, "reconstruction", "test"))

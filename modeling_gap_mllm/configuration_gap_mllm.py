@@ -11,12 +11,36 @@ layer is fused with the main visual tokens (they replace the `<|image_pad|>` emb
 block 23 with the ViT output and blocks 4/11/17 with DeepStack levels 0/1/2.
 """
 
+import logging
+from contextlib import contextmanager
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 FUSION_METHODS = ("gated", "add", "concat", "weighted", "cross_attention")
 MERGER_NORMS = ("rms", "layer")
 REFERENCE_FRAMES = ("first", "last")
+
+
+class _DropDefaultSubConfigNotices(logging.Filter):
+    """Drops transformers' "`vision_config` is None, initializing ... with default values." records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is None, initializing" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_default_sub_configs():
+    """While a config is diffed for saving, transformers builds a throwaway default of every nested config
+    (`type(sub_config)()`). For the nested Qwen3VLConfig that default has no vision/text config, so every
+    save logged "`vision_config` is None, initializing ..." although nothing of the user's is None."""
+    logger = logging.getLogger("transformers.configuration_utils")
+    quiet = _DropDefaultSubConfigNotices()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class GapMllmGeometryConfig(PreTrainedConfig):
@@ -291,6 +315,10 @@ class GapMllmConfig(PreTrainedConfig):
 
     def get_text_config(self, decoder=None, encoder=None):
         return self.vlm_config.get_text_config(decoder=decoder, encoder=encoder)
+
+    def to_diff_dict(self) -> dict:
+        with _quiet_default_sub_configs():
+            return super().to_diff_dict()
 
     @property
     def level_geometry_layers(self) -> list[int]:

@@ -39,7 +39,7 @@ import torch
 
 from .configuration_gap_mllm import GapMllmConfig
 from .conversion_report import ConversionError, ConversionReport
-from .convert_vggt_to_hf import infer_vggt_geometry_config, plan_vggt_conversion
+from .vggt_weights import infer_vggt_geometry_config, plan_vggt_conversion
 
 # official module name → gap_mllm prefix; `{k}` is the DeepStack index (gap level k + 1)
 GEOMETRY_MODULES = ("geometry_encoder.", "geometry_merger.", "geometry_deepstack_merger_list.",

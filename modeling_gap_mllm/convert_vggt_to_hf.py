@@ -6,16 +6,16 @@ VGGT's module and leaf names (`aggregator`, `camera_head`, `depth_head`, `point_
 is the identity after removing an optional wrapper prefix (`vggt.`, `geometry_encoder.vggt.`,
 `spatial_encoder.vggt_model.`, ... — detected from where `aggregator.camera_token` sits).
 
-The conversion is strict (see `ConversionReport`): every encoder tensor must be filled with the
-right shape, and every source tensor is either used or skipped for a stated reason — the heads the
-config disables, the track head (not implemented), and VGGT's non-persistent normalisation buffers.
-Anything else raises `ConversionError` naming the keys.
+The conversion is strict (`vggt_weights.load_vggt_weights`, which also serves the model at run time):
+every encoder tensor must be filled with the right shape, and every source tensor is either used or
+skipped for a stated reason. This file only writes converted folders; nothing the remote code loads
+imports it (converters stay out of the `trust_remote_code` import graph, as in transformers).
 
 Usage:
 
 ```python
 from gap_mllm.modeling_geometry_encoder import GapMllmGeometryEncoder
-from gap_mllm.convert_vggt_to_hf import load_vggt_state_dict
+from gap_mllm.vggt_weights import load_vggt_state_dict
 
 encoder = GapMllmGeometryEncoder.from_vggt_state_dict(load_vggt_state_dict("model.pt"))
 ```
@@ -23,9 +23,6 @@ encoder = GapMllmGeometryEncoder.from_vggt_state_dict(load_vggt_state_dict("mode
 or `gap-mllm convert vggt model.pt out_dir/` to write a converted folder (config.json + model.safetensors).
 """
 
-import json
-import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,222 +30,16 @@ import torch
 
 from .configuration_gap_mllm import GapMllmGeometryConfig
 from .conversion_report import ConversionReport
-
-HEAD_MODULES = {"camera_head": "use_camera_head", "depth_head": "use_depth_head", "point_head": "use_point_head"}
-UNSUPPORTED_MODULES = {"track_head": "track head (not implemented in gap_mllm)"}
-NON_PERSISTENT_BUFFERS = {
-    "aggregator._resnet_mean": "normalisation buffer (rebuilt from geometry_config.image_mean)",
-    "aggregator._resnet_std": "normalisation buffer (rebuilt from geometry_config.image_std)",
-}
-ANCHOR_KEY = "aggregator.camera_token"
-CHECKPOINT_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json", "model.pt", "pytorch_model.bin")
-
-
-# ------------------------------------------------------------------------------------------ loading
-def _unwrap(state_dict) -> dict:
-    """Training checkpoints sometimes wrap the weights as {"model": sd} or {"state_dict": sd}."""
-    for wrapper in ("model", "state_dict", "module"):
-        if isinstance(state_dict, Mapping) and set(state_dict) == {wrapper} and isinstance(state_dict[wrapper], Mapping):
-            state_dict = state_dict[wrapper]
-    return dict(state_dict)
-
-
-def _load_file(path: Path) -> dict:
-    if path.name.endswith(".safetensors.index.json"):
-        index = json.loads(path.read_text())
-        state_dict = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state_dict.update(_load_file(path.parent / shard))
-        return state_dict
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    # mmap: a 5 GB model.pt is not read into memory before the tensors are used
-    return _unwrap(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True))
-
-
-def resolve_checkpoint_file(source) -> Path:
-    """A checkpoint file from a file path, a folder (model.safetensors / index / model.pt / pytorch_model.bin)
-    or a Hub repository id (downloads model.safetensors, else model.pt)."""
-    path = Path(source)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for name in CHECKPOINT_FILE_NAMES:
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"{path} holds none of {', '.join(CHECKPOINT_FILE_NAMES)}")
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
-
-        for name in ("model.safetensors", "model.pt"):
-            try:
-                return Path(hf_hub_download(str(source), name))
-            except EntryNotFoundError:
-                continue
-        raise FileNotFoundError(f"Hub repository {source!r} has neither model.safetensors nor model.pt")
-    raise FileNotFoundError(f"no VGGT checkpoint at {source!r}")
-
-
-def load_vggt_state_dict(source) -> dict[str, torch.Tensor]:
-    """The flat state dict of a VGGT checkpoint: a mapping (returned as is), a `.pt`/`.pth`/`.bin`,
-    `.safetensors` or sharded-index file, a folder holding one, or a Hub id such as `facebook/VGGT-1B`."""
-    if isinstance(source, Mapping):
-        return _unwrap(source)
-    return _load_file(resolve_checkpoint_file(source))
-
-
-# ------------------------------------------------------------------------------------------ inspection
-def _shapes(state_dict) -> dict[str, tuple]:
-    return {key: tuple(value.shape) if hasattr(value, "shape") else tuple(value) for key, value in state_dict.items()}
-
-
-def find_vggt_prefix(keys) -> str:
-    """The wrapper prefix in front of VGGT's own names ('' for `model.pt`, 'geometry_encoder.vggt.' for GAP-MLLM)."""
-    candidates = sorted(key[: -len(ANCHOR_KEY)] for key in keys if key.endswith(ANCHOR_KEY))
-    if not candidates:
-        raise ValueError(f"not a VGGT checkpoint: no key ends with {ANCHOR_KEY!r}")
-    if len(candidates) > 1:
-        raise ValueError(
-            f"several VGGT models in one checkpoint (prefixes {candidates}); pass the state dict of one of them"
-        )
-    return candidates[0]
-
-
-def _count_blocks(keys, prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    indices = {int(m.group(1)) for key in keys if (m := pattern.match(key))}
-    return max(indices) + 1 if indices else 0
-
-
-def infer_vggt_geometry_config(state_dict, **overrides) -> GapMllmGeometryConfig:
-    """A `GapMllmGeometryConfig` whose architecture matches a VGGT state dict (tensors or shapes).
-
-    Read from the shapes: width, depth, register tokens, patch size, DINOv2 depth/registers/position
-    grid (→ `image_size`), MLP ratio, attention heads (from the QK-norm size), which heads are present
-    (→ `use_*_head`), camera trunk depth, DPT widths. Not stored in the weights, hence defaults unless
-    overridden: `tapped_layers` ([4, 11, 17, 23]), `dpt_layers` ([4, 11, 17, 23]),
-    `camera_head_num_attention_heads` (16), `camera_head_num_iterations` (4).
-
-    Args:
-        state_dict: VGGT state dict, or a mapping key → shape.
-        overrides: any `GapMllmGeometryConfig` field; wins over the inferred value (e.g. `use_depth_head=False`).
-    """
-    shapes = _shapes(state_dict)
-    prefix = find_vggt_prefix(shapes)
-    shapes = {key[len(prefix) :]: shape for key, shape in shapes.items() if key.startswith(prefix)}
-    keys = list(shapes)
-    hidden = shapes["aggregator.camera_token"][-1]
-    values = {
-        "hidden_size": hidden,
-        "num_hidden_layers": _count_blocks(keys, "aggregator.frame_blocks."),
-        "num_register_tokens": shapes["aggregator.register_token"][2],
-        "patch_size": shapes["aggregator.patch_embed.patch_embed.proj.weight"][-1],
-        "patch_embed_num_hidden_layers": _count_blocks(keys, "aggregator.patch_embed.blocks."),
-        "patch_embed_num_register_tokens": shapes.get("aggregator.patch_embed.register_tokens", (1, 0))[1],
-        "mlp_ratio": shapes["aggregator.frame_blocks.0.mlp.fc1.weight"][0] / hidden,
-        "qk_norm": "aggregator.frame_blocks.0.attn.q_norm.weight" in shapes,
-    }
-    grid_side = math.isqrt(shapes["aggregator.patch_embed.pos_embed"][1] - 1)
-    values["image_size"] = grid_side * values["patch_size"]
-    if values["qk_norm"]:
-        values["num_attention_heads"] = hidden // shapes["aggregator.frame_blocks.0.attn.q_norm.weight"][0]
-    for module, flag in HEAD_MODULES.items():
-        values[flag] = any(key.startswith(module + ".") for key in keys)
-    if values["use_camera_head"]:
-        values["camera_head_trunk_depth"] = _count_blocks(keys, "camera_head.trunk.")
-    dpt = "depth_head" if values["use_depth_head"] else "point_head" if values["use_point_head"] else None
-    if dpt:
-        values["dpt_out_channels"] = [shapes[f"{dpt}.projects.{i}.weight"][0] for i in range(4)]
-        values["dpt_features"] = shapes[f"{dpt}.scratch.layer1_rn.weight"][0]
-    values.update(overrides)
-    return GapMllmGeometryConfig(**values)
-
-
-def plan_vggt_conversion(
-    source_shapes: Mapping, target_shapes: Mapping, config: GapMllmGeometryConfig, prefix: str | None = None
-) -> ConversionReport:
-    """Decide, from shapes only, where every VGGT tensor goes in a geometry encoder.
-
-    Args:
-        source_shapes: VGGT key → shape (or tensor).
-        target_shapes: encoder state-dict key → shape (or tensor).
-        config: the encoder's config (decides which head tensors are wanted).
-        prefix: wrapper prefix of the source keys; detected when `None`.
-
-    Returns:
-        the report; it is not raised here (call `raise_if_errors`).
-    """
-    source_shapes, target_shapes = _shapes(source_shapes), _shapes(target_shapes)
-    prefix = find_vggt_prefix(source_shapes) if prefix is None else prefix
-    report = ConversionReport()
-    if prefix:
-        report.notes.append(f"VGGT weights found under the prefix {prefix!r}")
-    for key, shape in source_shapes.items():
-        if not key.startswith(prefix):
-            report.unexpected[key] = f"outside the VGGT prefix {prefix!r}"
-            continue
-        name = key[len(prefix) :]
-        module = name.split(".", 1)[0]
-        if name in target_shapes:
-            if tuple(target_shapes[name]) != tuple(shape):
-                report.mismatched[name] = (key, shape, target_shapes[name])
-            else:
-                report.mapped[name] = key
-        elif name in NON_PERSISTENT_BUFFERS:
-            report.skipped[key] = NON_PERSISTENT_BUFFERS[name]
-        elif module in UNSUPPORTED_MODULES:
-            report.skipped[key] = UNSUPPORTED_MODULES[module]
-        elif module in HEAD_MODULES and not getattr(config, HEAD_MODULES[module]):
-            report.skipped[key] = f"{module} (disabled: geometry_config.{HEAD_MODULES[module]}=False)"
-        else:
-            report.unexpected[key] = "no tensor of this name in the geometry encoder"
-    report.missing = sorted(set(target_shapes) - set(report.mapped) - set(report.mismatched))
-    return report
-
-
-# ------------------------------------------------------------------------------------------ loading into modules
-def load_vggt_weights(
-    encoder: torch.nn.Module,
-    source,
-    progress: bool = False,
-    source_name: str | None = None,
-) -> ConversionReport:
-    """Copy VGGT weights into an existing `GapMllmGeometryEncoder`, strictly.
-
-    Args:
-        encoder: the target; its config decides which heads are loaded.
-        source: VGGT state dict, or anything `load_vggt_state_dict` accepts.
-        progress: show a byte progress bar while copying.
-        source_name: name used in error messages.
-
-    Returns:
-        the [`ConversionReport`]. Raises `ConversionError` (naming the keys) unless every encoder tensor
-        is filled and every source tensor is used or deliberately skipped.
-    """
-    name = source_name or (str(source) if not isinstance(source, Mapping) else "the VGGT state dict")
-    state_dict = load_vggt_state_dict(source)
-    targets = encoder.state_dict()
-    report = plan_vggt_conversion(state_dict, targets, encoder.config)
-    report.raise_if_errors(name)
-    items = list(report.mapped.items())
-    total = sum(state_dict[src].numel() * state_dict[src].element_size() for _, src in items)
-    bar = None
-    if progress:
-        from huggingface_hub.utils import tqdm
-
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="copying VGGT weights")
-    with torch.no_grad():
-        for target, src in items:
-            tensor = state_dict[src]
-            targets[target].copy_(tensor)
-            if bar is not None:
-                bar.update(tensor.numel() * tensor.element_size())
-    if bar is not None:
-        bar.close()
-    return report
+from .modeling_geometry_encoder import GapMllmGeometryEncoder
+from .vggt_weights import (  # noqa: F401 - re-exported: the converter's public names before the split
+    ANCHOR_KEY,
+    find_vggt_prefix,
+    infer_vggt_geometry_config,
+    load_vggt_state_dict,
+    load_vggt_weights,
+    plan_vggt_conversion,
+    resolve_checkpoint_file,
+)
 
 
 def convert_vggt_checkpoint(
@@ -266,8 +57,6 @@ def convert_vggt_checkpoint(
         dtype: cast the weights (e.g. `torch.bfloat16`); default keeps the source dtype.
     """
     from safetensors.torch import save_file
-
-    from .modeling_geometry_encoder import GapMllmGeometryEncoder
 
     state_dict = load_vggt_state_dict(source)
     if config is None:

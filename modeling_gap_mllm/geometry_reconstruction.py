@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from .point_cloud import PointCloud, depth_to_world_points, fuse_point_cloud
+from .point_maps import PointCloud, depth_to_world_points, fuse_point_cloud
 from .pose_encoding import pose_encoding_to_extrinsics_intrinsics
 
 

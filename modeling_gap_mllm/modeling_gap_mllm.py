@@ -23,13 +23,11 @@ from transformers.utils import ModelOutput, logging
 from .configuration_gap_mllm import GapMllmConfig
 from .geometry_fusion import WeightedFusion
 from .loading_report import GEOMETRY_GROUPS, report_missing_weights
+from .model_inputs import GEOMETRY_INPUT_NAMES  # prefill-only inputs; generate() drops them afterwards
 from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_weights
 from .multi_level_fusion import GapMllmMultiLevelFusion
 
 logger = logging.get_logger(__name__)
-
-# Inputs that only the prefill step needs; generate() drops them afterwards when caching.
-GEOMETRY_INPUT_NAMES = ("geometry_pixel_values", "geometry_views_per_sample", "geometry_features")
 
 
 @dataclass
@@ -448,7 +446,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         if vggt_weights is not None:
             if not config.use_geometry:
                 raise ValueError("vggt_weights were given but use_geometry=False: the model has no geometry encoder.")
-            from .convert_vggt_to_hf import load_vggt_weights
+            from .vggt_weights import load_vggt_weights
 
             report = load_vggt_weights(model.geometry_encoder, vggt_weights)
             model.vggt_conversion_report = report

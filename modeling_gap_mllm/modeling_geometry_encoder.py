@@ -20,6 +20,7 @@ from .geometry_layers import GapMllmGeometryBlock, GapMllmGeometryLayerScale
 from .geometry_patch_embed import GapMllmDinov2PatchEmbed
 from .geometry_reconstruction import GeometryReconstructionOutput, run_reconstruction
 from .geometry_rope import GapMllmGeometryRotaryEmbedding2D, build_token_positions
+from .vggt_weights import infer_vggt_geometry_config, load_vggt_weights
 
 
 @dataclass
@@ -196,7 +197,7 @@ class GapMllmGeometryEncoder(nn.Module):
             state_dict: a flat VGGT state dict (`torch.load("model.pt")`, `safetensors.torch.load_file(...)`),
                 possibly nested under a wrapper prefix such as `geometry_encoder.vggt.` (detected).
             config: the target config; when `None` the architecture is inferred from the weights
-                (`convert_vggt_to_hf.infer_vggt_geometry_config`: heads present in the checkpoint are
+                (`vggt_weights.infer_vggt_geometry_config`: heads present in the checkpoint are
                 enabled, `tapped_layers` default to [4, 11, 17, 23]).
 
         Returns:
@@ -210,8 +211,6 @@ class GapMllmGeometryEncoder(nn.Module):
         output, `[hidden_size:]` the global-attention block's output of that layer, patch tokens row-major,
         camera and register tokens dropped — VGGT's `aggregator(images)[0][layer][:, :, 5:]`.
         """
-        from .convert_vggt_to_hf import infer_vggt_geometry_config, load_vggt_weights
-
         if config is None:
             config = infer_vggt_geometry_config(state_dict)
         encoder = cls(config)

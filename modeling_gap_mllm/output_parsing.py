@@ -72,6 +72,30 @@ class PointmapResult:
     reason: str | None = None
 
 
+@dataclass
+class CaptionResult:
+    """Parsed captioning answer: the caption (surrounding whitespace removed), or None with a reason."""
+
+    caption: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class SpatialAnswerResult:
+    """Parsed spatial-QA answer.
+
+    Attributes:
+        answer: the answer word as VSI-Bench reads it (first space-separated word, trailing dots removed:
+            "B. chair" → "B", "3.5 meters" → "3.5"), or None for an empty answer.
+        value: `answer` as a number when it is one (numerical questions), else None.
+        reason: None, or what went wrong.
+    """
+
+    answer: str | None = None
+    value: float | None = None
+    reason: str | None = None
+
+
 # ------------------------------------------------------------------------------------ literal parsing
 
 
@@ -475,3 +499,27 @@ def parse_pointmap(text: str) -> PointmapResult:
     if value is not None:
         return PointmapResult(reason=f"answer is a {type(value).__name__}, not a dict")
     return PointmapResult(reason=error)
+
+
+def parse_caption(text: str) -> CaptionResult:
+    """A captioning answer is free text: the caption is the stripped text; an empty answer gives None."""
+    if not isinstance(text, str):
+        return CaptionResult(reason=f"expected a string, got {type(text).__name__}")
+    caption = text.strip()
+    return CaptionResult(caption) if caption else CaptionResult(reason="empty answer")
+
+
+def parse_spatial_answer(text: str) -> SpatialAnswerResult:
+    """Read a spatial-QA answer the way VSI-Bench scores it: the first space-separated word, trailing dots
+    removed; `value` is that word as a finite number when it is one."""
+    if not isinstance(text, str):
+        return SpatialAnswerResult(reason=f"expected a string, got {type(text).__name__}")
+    answer = text.strip().split(" ")[0].rstrip(".").strip()
+    if not answer:
+        return SpatialAnswerResult(reason="empty answer")
+    try:
+        value = float(answer)
+    except ValueError:
+        value = None
+    return SpatialAnswerResult(answer, value if value is not None and math.isfinite(value) else None)
+

@@ -1,9 +1,15 @@
 """`GapMllmProcessor`: Qwen3-VL processing plus the aligned VGGT geometry input and the task parsers.
 
-One call turns multi-view samples and prompts into everything the model needs:
+One call turns multi-view samples and a task (or a free prompt) into everything the model needs:
 
-    inputs = processor(images=[view_0, view_1, view_2, view_3], text="Detect the 3D bounding boxes ...",
-                       point_prompts=None, return_tensors="pt")
+    inputs = processor(images=[view_0, view_1, view_2, view_3], task="grounding",
+                       query="the chair next to the desk", return_tensors="pt")
+    out = model.generate(**inputs, **processor.generation_kwargs("grounding", inputs))
+    result = processor.post_process(out, task="grounding", input_ids=inputs["input_ids"])[0]
+
+    processor(images=views, text="Describe the room.", return_tensors="pt")     # a free prompt
+
+Tasks, their prompts, parsers, budgets and stop rules are defined in `tasks_gap_mllm.py`.
 
     input_ids, attention_mask, mm_token_type_ids    [B, L]  (Qwen3-VL; mm_token_type_ids drives M-RoPE)
     pixel_values                                   [Σ h_p·w_p, 3·2·16·16]  (Qwen ViT patches)
@@ -61,16 +67,10 @@ from .image_alignment import (
     smart_resize,
     vggt_crop_preprocess,
 )
-from .output_parsing import (
-    DetectionResult,
-    FrameSelectionResult,
-    GroundingResult,
-    PointmapResult,
-    parse_detection,
-    parse_frame_selection,
-    parse_grounding,
-    parse_pointmap,
-)
+from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
+from .model_inputs import PROCESSOR_GEOMETRY_INPUT_NAMES
+from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult
+from .tasks_gap_mllm import TaskSpec, resolve_task
 from .visual_prompt import apply_point_prompt
 
 logger = logging.get_logger(__name__)
@@ -80,9 +80,6 @@ PREPROCESSING_MODES = ("grid", "official_inference", "official_training")
 OFFICIAL_PIXEL_LIMITS = {"official_inference": (200_704, 1_605_632), "official_training": (12_544, 451_584)}
 # Default limits of a processor built with `from_tokenizer`: the official training limits.
 DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS = OFFICIAL_PIXEL_LIMITS["official_training"]
-SYSTEM_PROMPT = "You are a helpful assistant."
-CHAT_MARKER = "<|im_start|>"
-GEOMETRY_INPUT_NAMES = ["geometry_pixel_values", "geometry_views_per_sample"]
 # Image-processor settings copied when a non-Pil image processor has to be rebuilt as the Pil one.
 _PIL_IMAGE_PROCESSOR_KEYS = (
     "do_resize", "resample", "size", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
@@ -97,6 +94,16 @@ def _is_point_prompt(value) -> bool:
         and not isinstance(value, str)
         and len(value) == 3
         and all(isinstance(v, numbers.Real) for v in value)
+    )
+
+
+def _is_box(value) -> bool:
+    """True for one box: a flat sequence of numbers (as opposed to a per-sample list of boxes); whether it
+    holds the 9 numbers a box needs is the task's check."""
+    return (
+        isinstance(value, (Sequence, np.ndarray, torch.Tensor))
+        and not isinstance(value, str)
+        and all(isinstance(v, numbers.Real) or (hasattr(v, "ndim") and v.ndim == 0) for v in value)
     )
 
 
@@ -183,7 +190,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
     @property
     def model_input_names(self):
-        return super().model_input_names + GEOMETRY_INPUT_NAMES
+        return super().model_input_names + list(PROCESSOR_GEOMETRY_INPUT_NAMES)
 
     # ---------------------------------------------------------------------------------- sizing
 
@@ -295,8 +302,13 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 loaded[j] = resize_bicubic(view, height, width)
         return loaded
 
-    def _build_prompt(self, text: str, num_views: int, sample_idx: int) -> str:
-        """Chat prompt for one sample; user-provided chat markup is checked, not rebuilt."""
+    def chat_prompt(self, segments, answer: str | None = None) -> str:
+        """The chat text of one sample (the one chat layout of chat_format.py): system prompt, the user turn
+        `segments` (`None` = one view, str = a text item), then `answer` (training) or the generation prompt."""
+        return render_chat_prompt(self.tokenizer, segments, answer, self.chat_template)
+
+    def _text_prompt(self, text: str, num_views: int, sample_idx: int) -> str:
+        """Chat prompt for a free text; user-provided chat markup is checked, not rebuilt."""
         placeholders = text.count(self.image_placeholder)
         if CHAT_MARKER in text:
             pads = text.count(self.image_token)
@@ -312,11 +324,38 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 f"sample {sample_idx}: text without chat markup must not contain image placeholders; the processor "
                 f"adds one per view (found {text.count(self.image_token)} {self.image_token!r})"
             )
-        content = [{"type": "image"} for _ in range(num_views)] + [{"type": "text", "text": text}]
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
-        )
+        return self.chat_prompt([None] * num_views + [text])
+
+    @staticmethod
+    def _per_sample(value, num_samples: int, what: str, is_single) -> list:
+        """One `value` per sample: a single value is allowed for one sample only."""
+        if value is None:
+            return [None] * num_samples
+        if is_single(value):
+            if num_samples != 1:
+                raise ValueError(f"one {what} was given for {num_samples} samples; pass a list with one {what} per sample")
+            return [value]
+        if not isinstance(value, (list, tuple)) or len(value) != num_samples:
+            raise ValueError(f"{what} must be one {what} or a list with one per sample ({num_samples}), got {value!r}")
+        return list(value)
+
+    def _task_prompts(self, spec: TaskSpec, views_per_sample: list[int], point_prompts: list, query, box) -> list[str]:
+        """The chat prompt of `spec` for every sample (tasks_gap_mllm.TaskSpec.user_segments)."""
+        queries = self._per_sample(query, len(views_per_sample), "query", lambda v: isinstance(v, str))
+        boxes = self._per_sample(box, len(views_per_sample), "box", _is_box)
+        prompts = []
+        for i, (num_views, point, q, b) in enumerate(zip(views_per_sample, point_prompts, queries, boxes, strict=True)):
+            if spec.needs_marker and point is None:
+                raise ValueError(
+                    f"sample {i}: task {spec.name!r} asks about a marked pixel; pass point_prompts=(view, x, y) "
+                    "(one per sample for a batch)"
+                )
+            try:
+                segments = spec.user_segments(num_views, query=q, box=b)
+            except ValueError as error:
+                raise ValueError(f"sample {i}: {error}") from None
+            prompts.append(self.chat_prompt(segments))
+        return prompts
 
     def _pixel_limits_from_kwargs(self, kwargs: dict) -> tuple[int, int]:
         """Pops per-call `size` / `min_pixels` / `max_pixels` (grid mode only) so both branches use them."""
@@ -336,19 +375,28 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
     # ---------------------------------------------------------------------------------- __call__
 
-    def __call__(self, images=None, text=None, point_prompts=None, return_tensors=None, **kwargs) -> BatchFeature:
+    def __call__(self, images=None, text=None, point_prompts=None, return_tensors=None, task=None, query=None,
+                 box=None, **kwargs) -> BatchFeature:
         """Process a batch of multi-view samples.
 
         Args:
             images: one image (one sample, one view); a list of N views (one sample); a list of lists
                 (a batch; view counts may differ); a 4-D array/tensor is the view stack of one sample.
                 Each view: PIL image, file path, numpy HWC (uint8 or float in [0, 1]) or torch CHW.
-            text: `str` or one `str` per sample. Without `<|im_start|>` the chat prompt is built (system
-                "You are a helpful assistant.", every view as an image item, then the text, generation
-                prompt added); with chat markup it must hold one image placeholder per view.
+            text: a free prompt: `str` or one `str` per sample. Without `<|im_start|>` the chat prompt is
+                built (system "You are a helpful assistant.", every view as an image item, then the text,
+                generation prompt added); with chat markup it must hold one image placeholder per view.
             point_prompts: None, one `(view_idx, x, y)` (single sample) or one entry per sample (None or
                 `(view_idx, x, y)`); the red "+" is painted at pixel (x, y) of that view's original grid.
             return_tensors: "pt", "np" or None.
+            task: instead of `text`, a task of `tasks_gap_mllm.TASKS` ("detection", "grounding",
+                "grounding_stage1", "grounding_stage2", "captioning", "reconstruction", "spatial_qa"):
+                the processor writes the task's prompt (the official wording where it is public).
+                "grounding" asks the stage-2 box prompt on the given frames (one call; `gap-mllm
+                evaluate` runs both stages). "reconstruction" needs `point_prompts`.
+            query: the description (grounding tasks) or the question (spatial_qa); one per sample.
+            box: captioning: the object's box, 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the
+                first view's camera; one per sample.
             **kwargs: forwarded to Qwen3VLProcessor (e.g. `padding`, `padding_side`); in "grid" mode
                 `size` / `min_pixels` / `max_pixels` override the pixel limits of both branches.
 
@@ -357,13 +405,22 @@ class GapMllmProcessor(Qwen3VLProcessor):
             given, image and geometry keys only when `images` is given).
         """
         pixel_limits = self._pixel_limits_from_kwargs(kwargs)
+        spec = None
+        if task is not None:
+            spec = resolve_task(task)
+            if text is not None:
+                raise ValueError(f"pass either text= (a free prompt) or task= ({spec.name!r} writes its own prompt), not both")
+            if images is None:
+                raise ValueError(f"task {spec.name!r} needs images: the views of each sample")
+        elif query is not None or box is not None:
+            raise ValueError("query= and box= are task inputs; pass task= as well (or write the prompt yourself with text=)")
         if images is None:
             if point_prompts is not None:
                 raise ValueError("point_prompts were given without images")
             texts = self._split_texts(text, None)
             if texts is None:
                 raise ValueError("GapMllmProcessor needs `images`, `text` or both")
-            prompts = [self._build_prompt(t, 0, i) for i, t in enumerate(texts)]
+            prompts = [self._text_prompt(t, 0, i) for i, t in enumerate(texts)]
             if len(prompts) > 1:
                 kwargs.setdefault("padding", True)
             return super().__call__(text=prompts, return_tensors=return_tensors, **kwargs)
@@ -371,21 +428,26 @@ class GapMllmProcessor(Qwen3VLProcessor):
         samples = self._split_samples(images)
         texts = self._split_texts(text, len(samples))
         prompts_per_sample = self._split_point_prompts(point_prompts, len(samples))
+        views_per_sample = [len(views) for views in samples]
+        # Prompts first: a wrong task input is reported before any image is decoded.
+        prompts = None
+        if spec is not None:
+            prompts = self._task_prompts(spec, views_per_sample, prompts_per_sample, query, box)
+        elif texts is not None:
+            prompts = [self._text_prompt(t, n, i) for i, (t, n) in enumerate(zip(texts, views_per_sample, strict=True))]
 
-        qwen_images, geometries, grids, views_per_sample = [], [], [], []
+        qwen_images, geometries, grids = [], [], []
         for i, (views, point_prompt) in enumerate(zip(samples, prompts_per_sample, strict=True)):
             for view in self._load_sample(views, point_prompt, i):
                 qwen_image, geometry, grid = self._prepare_view(view, pixel_limits)
                 qwen_images.append(qwen_image)
                 geometries.append(geometry)
                 grids.append(grid)
-            views_per_sample.append(len(views))
 
         size = {"shortest_edge": pixel_limits[0], "longest_edge": pixel_limits[1]}
-        if texts is None:
+        if prompts is None:
             data = dict(self.image_processor(qwen_images, size=size, return_tensors=None))
         else:
-            prompts = [self._build_prompt(t, n, i) for i, (t, n) in enumerate(zip(texts, views_per_sample, strict=True))]
             if len(prompts) > 1:
                 kwargs.setdefault("padding", True)
             data = dict(super().__call__(images=qwen_images, text=prompts, size=size, return_tensors=None, **kwargs))
@@ -450,25 +512,61 @@ class GapMllmProcessor(Qwen3VLProcessor):
             return [r.tolist() if isinstance(r, (torch.Tensor, np.ndarray)) else list(r) for r in ids]
         raise TypeError(f"expected text or token ids, got {type(ids).__name__}")
 
+    def post_process(self, generated, task, input_ids=None, **options) -> list:
+        """Typed results of generated answers, one per row (the task's parser in tasks_gap_mllm.py).
+
+        Args:
+            generated: what `decode_generated` accepts (generate output, token ids, or texts).
+            task: the task name (or `TaskSpec`) the prompt asked.
+            input_ids: the prompt ids given to `generate` (stripped from the front of each row).
+            **options: the task's `parse_options`, one value or one per row (grounding_stage1:
+                `num_frames` clamps the frame index to `[0, num_frames − 1]`).
+
+        Returns:
+            `list[spec.result_type]`: DetectionResult, GroundingResult, FrameSelectionResult,
+            CaptionResult, PointmapResult or SpatialAnswerResult.
+        """
+        spec = resolve_task(task)
+        unknown = sorted(set(options) - set(spec.parse_options))
+        if unknown:
+            raise TypeError(f"post_process(task={spec.name!r}) takes no {', '.join(unknown)} "
+                            f"(its options: {list(spec.parse_options) or 'none'})")
+        texts = self.decode_generated(generated, input_ids)
+        per_row = {}
+        for name, value in options.items():
+            per_row[name] = list(value) if isinstance(value, (list, tuple)) else [value] * len(texts)
+            if len(per_row[name]) != len(texts):
+                raise ValueError(f"{name} has {len(per_row[name])} entries for {len(texts)} answers")
+        return [spec.parse(text, **{name: values[i] for name, values in per_row.items()}) for i, text in enumerate(texts)]
+
+    def generation_kwargs(self, task, inputs, max_new_tokens: int | None = None) -> dict:
+        """`generate` arguments for `task`: greedy decoding, the task's token budget (or `max_new_tokens`)
+        and its stop rule, so generation ends with the answer instead of running to the budget.
+
+        Args:
+            task: the task name (or `TaskSpec`).
+            inputs: this processor's output (or the prompt `input_ids` `[B, L]`); left padding keeps the
+                answers of a batch aligned.
+        """
+        input_ids = inputs if isinstance(inputs, (torch.Tensor, np.ndarray)) else inputs["input_ids"]
+        prompt_length = input_ids.shape[-1] if hasattr(input_ids, "shape") else len(self._rows(input_ids)[0])
+        return resolve_task(task).generation_kwargs(self.tokenizer, prompt_length, max_new_tokens)
+
     def post_process_detection(self, generated, input_ids=None) -> list[DetectionResult]:
         """Parse detection answers (see `output_parsing.parse_detection`), one result per row."""
-        return [parse_detection(t) for t in self.decode_generated(generated, input_ids)]
+        return self.post_process(generated, "detection", input_ids)
 
     def post_process_grounding(self, generated, input_ids=None) -> list[GroundingResult]:
         """Parse grounding answers `{"bbox_3d": [...]}`, one result per row."""
-        return [parse_grounding(t) for t in self.decode_generated(generated, input_ids)]
+        return self.post_process(generated, "grounding_stage2", input_ids)
 
     def post_process_frame_selection(self, generated, input_ids=None, num_frames=None) -> list[FrameSelectionResult]:
         """Parse `{"frame": k}` answers; `num_frames` (an int or one per row) clamps k to `[0, num_frames − 1]`."""
-        texts = self.decode_generated(generated, input_ids)
-        counts = num_frames if isinstance(num_frames, (list, tuple)) else [num_frames] * len(texts)
-        if len(counts) != len(texts):
-            raise ValueError(f"num_frames has {len(counts)} entries for {len(texts)} answers")
-        return [parse_frame_selection(t, n) for t, n in zip(texts, counts, strict=True)]
+        return self.post_process(generated, "grounding_stage1", input_ids, num_frames=num_frames)
 
     def post_process_pointmap(self, generated, input_ids=None) -> list[PointmapResult]:
         """Parse pre-training answers `{"pointmap": [x, y, z], "label": ...}`, one result per row."""
-        return [parse_pointmap(t) for t in self.decode_generated(generated, input_ids)]
+        return self.post_process(generated, "reconstruction", input_ids)
 
 
 __all__ = ["GapMllmProcessor", "PREPROCESSING_MODES", "OFFICIAL_PIXEL_LIMITS"]

@@ -14,6 +14,8 @@ so `-0.0` and `2.0` are kept exactly as the official targets print them):
     grounding       {"bbox_3d": [9 numbers]}
     frame selection {"frame": k}
     pointmap        {"pointmap": [x, y, z], "label": "chair"}
+    caption         the caption text
+    spatial answer  the number or option letter, as text
 
 The parsers in `output_parsing.py` read all of these back.
 """
@@ -155,3 +157,22 @@ def serialize_pointmap(point, label: str | None = None, decimals: int = DEFAULT_
             raise TypeError(f"pointmap label must be a string, got {label!r}")
         obj[POINTMAP_LABEL_KEY] = label
     return _dumps(obj)
+
+
+def serialize_caption(caption: str) -> str:
+    """A caption answer is the caption itself (surrounding whitespace removed); it must not be empty."""
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"a caption must be a non-empty string, got {caption!r}")
+    return caption.strip()
+
+
+def serialize_spatial_answer(answer) -> str:
+    """A spatial-QA answer: the number (`repr`, so 3.5 → "3.5") or the option letter as text."""
+    if isinstance(answer, bool) or answer is None:
+        raise ValueError(f"a spatial-QA answer must be a number or a string, got {answer!r}")
+    if isinstance(answer, (int, float)):
+        return _dumps(answer)
+    text = str(answer).strip()
+    if not text:
+        raise ValueError("a spatial-QA answer must not be empty")
+    return text

@@ -7,7 +7,8 @@ Modules (import what you need; `datasets` is only imported by the builder module
     scannet_layout    read / write ScanNet posed_images (jpg, depth png in mm, pose txt, intrinsics,
                       axis alignment)
     annotation_files  official annotation file names per task and split
-    prompts           the official task prompts (verbatim) and ours where they are not public
+    prompts           task prompts in the annotation-file layout (`<image>` per view), from the task
+                      registry gap_mllm.tasks_gap_mllm (official wording where public, ours marked)
     builders          `datasets.GeneratorBasedBuilder`s: ReconstructionBuilder, DetectionBuilder,
                       GroundingStage1Builder, GroundingStage2Builder, CaptioningBuilder, SpatialQABuilder
     features          the typed feature schemas of those builders

@@ -48,11 +48,12 @@ def _options(config) -> dict:
 
 
 def _code_bytes() -> bytes:
-    from gap_mllm import output_parsing
+    from gap_mllm import output_parsing, tasks_gap_mllm
 
     folder = Path(__file__).parent
     parts = [(folder / f"{name}.py").read_bytes() for name in _CODE_MODULES]
-    parts.append(Path(output_parsing.__file__).read_bytes())  # targets are parsed from answer texts
+    # targets are parsed from the answer texts by the task registry's parsers
+    parts += [Path(module.__file__).read_bytes() for module in (output_parsing, tasks_gap_mllm)]
     return b"\0".join(parts)
 
 

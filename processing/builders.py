@@ -8,7 +8,7 @@ and instantiates with a data root; real ScanNet data and SynthRooms output are r
     train = builder.as_dataset(split="train")            # or builder.as_streaming_dataset(...)
 
 Targets are taken from the annotation record where the schema has them (`boxes`, `gt_bbox`, ...)
-and otherwise parsed from the answer text with `gap_mllm.output_parsing`, so a sample's typed target
+and otherwise parsed from the answer text with the task's parser (`gap_mllm.tasks_gap_mllm`), so a sample's typed target
 and its answer text always agree. Bad data raises `DataError` naming the file and the sample, or,
 with `skip_bad_samples=True`, is skipped and counted (`builder.skipped[split]`).
 """
@@ -24,7 +24,16 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from gap_mllm.output_parsing import parse_frame_selection, parse_grounding, parse_pointmap
+from gap_mllm.tasks_gap_mllm import (
+    CAPTIONING,
+    DETECTION,
+    GROUNDING_STAGE1,
+    GROUNDING_STAGE2,
+    RECONSTRUCTION,
+    SPATIAL_QA,
+    TaskSpec,
+    resolve_task,
+)
 
 from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
@@ -67,13 +76,15 @@ _DATASET_BUILDER_ARGUMENTS = set(inspect.signature(datasets.DatasetBuilder.__ini
 
 
 class MultiViewBuilder(datasets.GeneratorBasedBuilder):
-    """Shared logic of the task builders; subclasses set `TASK` and implement `task_fields`.
+    """Shared logic of the task builders; subclasses set `SPEC` (the registry's task; `TASK` is its name)
+    and implement `task_fields`. Answers are parsed with the task's own parser.
 
     Cache: each builder is stored as `gap_mllm_<task>` with a hash over the task, its options, the code
     and the content of every file it reads (processing/builder_fingerprint.py), so builders sharing a
     data root never share a cache entry and edited data is never served from a stale one.
     """
 
+    SPEC: TaskSpec | None = None
     TASK: str = ""
     BUILDER_CONFIG_CLASS = MultiViewConfig
     BUILDER_CONFIGS = [MultiViewConfig(name="default", version=datasets.Version("0.1.0"))]
@@ -174,7 +185,7 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
         files = {}
         for split in cfg.splits:
             try:
-                files[split] = find_annotation_file(cfg.data_root, self.TASK, split)
+                files[split] = find_annotation_file(cfg.data_root, self.SPEC, split)
             except FileNotFoundError:
                 continue
         if not files:
@@ -249,7 +260,8 @@ _NO_POSES = np.zeros((0, 4, 4))
 class ReconstructionBuilder(MultiViewBuilder):
     """Pre-training: N views, a marked pixel `pixel_coords = [view, x, y]` -> `point` (first-frame camera, m) + `label`."""
 
-    TASK = "reconstruction"
+    SPEC = RECONSTRUCTION
+    TASK = SPEC.name
 
     def task_fields(self, record, answer, num_images, key):
         coords = record.get("pixel_coords")
@@ -257,7 +269,7 @@ class ReconstructionBuilder(MultiViewBuilder):
             raise DataError(f"'pixel_coords' must be [view, x, y] integers, got {coords!r}", sample=key)
         if not 0 <= coords[0] < num_images:
             raise DataError(f"'pixel_coords' view {coords[0]} out of range for {num_images} image(s)", sample=key)
-        parsed = parse_pointmap(answer)
+        parsed = self.SPEC.parse(answer)
         if parsed.point is None:
             raise DataError(f"answer is not a pointmap ({parsed.reason})", sample=key)
         return {"pixel_coords": coords, "point": list(parsed.point), "label": parsed.label or ""}
@@ -266,7 +278,8 @@ class ReconstructionBuilder(MultiViewBuilder):
 class DetectionBuilder(MultiViewBuilder):
     """3D video object detection: boxes in the first frame's camera frame + camera fields."""
 
-    TASK = "detection"
+    SPEC = DETECTION
+    TASK = SPEC.name
 
     def task_fields(self, record, answer, num_images, key):
         names = set(self.config.class_names)
@@ -305,11 +318,12 @@ class _GroundingBuilder(MultiViewBuilder):
 class GroundingStage1Builder(_GroundingBuilder):
     """ScanRefer stage 1: `Frame-i: <image>` x N + description -> index of the first clear frame."""
 
-    TASK = "grounding_stage1"
+    SPEC = GROUNDING_STAGE1
+    TASK = SPEC.name
 
     def task_fields(self, record, answer, num_images, key):
         fields = super().task_fields(record, answer, num_images, key)
-        parsed = parse_frame_selection(answer)
+        parsed = self.SPEC.parse(answer)
         if parsed.frame is None or not 0 <= parsed.frame < num_images:
             raise DataError(f"answer is not a frame index in [0, {num_images}) ({parsed.reason or parsed.frame})", sample=key)
         return {**fields, "frame": parsed.frame}
@@ -318,11 +332,12 @@ class GroundingStage1Builder(_GroundingBuilder):
 class GroundingStage2Builder(_GroundingBuilder):
     """ScanRefer stage 2: selected frame + neighbours + description -> box in the first view's camera frame."""
 
-    TASK = "grounding_stage2"
+    SPEC = GROUNDING_STAGE2
+    TASK = SPEC.name
 
     def task_fields(self, record, answer, num_images, key):
         fields = super().task_fields(record, answer, num_images, key)
-        parsed = parse_grounding(answer)
+        parsed = self.SPEC.parse(answer)
         if parsed.box is None:
             raise DataError(f"answer is not a grounding box ({parsed.reason})", sample=key)
         return {**fields, "bbox_3d": _box(parsed.box.to_list(), "answer bbox_3d", key)}
@@ -331,7 +346,8 @@ class GroundingStage2Builder(_GroundingBuilder):
 class CaptioningBuilder(MultiViewBuilder):
     """Scan2Cap-style dense captioning: views + proposal box -> caption; reference captions + proposal IoU."""
 
-    TASK = "captioning"
+    SPEC = CAPTIONING
+    TASK = SPEC.name
 
     def task_fields(self, record, answer, num_images, key):
         annotations = record.get("annotations") or [answer]
@@ -349,7 +365,8 @@ class CaptioningBuilder(MultiViewBuilder):
 class SpatialQABuilder(MultiViewBuilder):
     """Spatial questions in the VSI-Bench categories with exact answers (numbers or option letters)."""
 
-    TASK = "spatial_qa"
+    SPEC = SPATIAL_QA
+    TASK = SPEC.name
 
     def task_fields(self, record, answer, num_images, key):
         question_type = record.get("question_type")
@@ -360,6 +377,16 @@ class SpatialQABuilder(MultiViewBuilder):
 
 
 BUILDERS = {
-    builder.TASK: builder
+    builder.SPEC.name: builder
     for builder in (ReconstructionBuilder, DetectionBuilder, GroundingStage1Builder, GroundingStage2Builder, CaptioningBuilder, SpatialQABuilder)
 }
+
+
+def builder_for_task(task: str | TaskSpec) -> type[MultiViewBuilder]:
+    """The builder of a task name (deprecated names resolve with a warning); a clear error for a task without
+    training data of its own (the two-stage `grounding` pipeline: its stages have builders)."""
+    spec = resolve_task(task)
+    if spec.name not in BUILDERS:
+        stages = f"; use its stages {', '.join(spec.stages)}" if spec.stages else ""
+        raise ValueError(f"task {spec.name!r} has no data builder{stages} (tasks with data: {', '.join(BUILDERS)})")
+    return BUILDERS[spec.name]

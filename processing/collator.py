@@ -5,10 +5,11 @@ with one `<image>` per view, `answer`, optional `pixel_coords`) and returns the 
 `BatchFeature` (input_ids, attention_mask, pixel_values, image_grid_thw, geometry_pixel_values,
 geometry_views_per_sample, ...) plus `labels` for training.
 
-Chat layout (official, method.md §2.3 / §3.1): system "You are a helpful assistant.", one user turn
-whose content interleaves the prompt's text pieces with the views in order (so `Frame-i: <image>`
-becomes a text item before each image), then the assistant answer. Labels are -100 everywhere
-except the answer and the closing `<|im_end|>` + newline; `<|im_start|>assistant\\n` is masked.
+Chat layout: the one of `gap_mllm.chat_format` (official, method.md §2.3 / §3.1), rendered by its
+`render_chat_prompt` as the processor does: system "You are a helpful assistant.", one user turn whose content
+interleaves the prompt's text pieces with the views in order (so `Frame-i: <image>` becomes a text
+item before each image), then the assistant answer. Labels are `IGNORE_INDEX` everywhere except the
+answer and the closing `<|im_end|>` + newline; `<|im_start|>assistant\n` is masked.
 """
 
 from __future__ import annotations
@@ -16,29 +17,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import DataError
-from .prompts import IMAGE_PLACEHOLDER, split_image_placeholders
+from gap_mllm import chat_format
+from gap_mllm.chat_format import ASSISTANT_HEADER, render_chat_prompt, segments_from_placeholders
+from gap_mllm.model_inputs import IGNORE_INDEX  # noqa: F401 - re-exported for the trainer and tests
 
-IGNORE_INDEX = -100
-SYSTEM_PROMPT = "You are a helpful assistant."
-ASSISTANT_HEADER = "<|im_start|>assistant\n"
+from .errors import DataError
+
+
+def prompt_segments(prompt: str, num_images: int, sample: str | None = None) -> list[str | None]:
+    """The chat segments of an annotation prompt (`<image>` → a view); DataError naming the sample if the
+    placeholder count differs from the number of images."""
+    try:
+        return segments_from_placeholders(prompt, num_images)
+    except ValueError as error:
+        raise DataError(str(error), sample=sample) from None
 
 
 def chat_messages(prompt: str, num_images: int, answer: str | None = None, sample: str | None = None) -> list[dict]:
-    """Messages for the chat template: the prompt's `<image>` placeholders become image items."""
-    pieces = split_image_placeholders(prompt)
-    if len(pieces) - 1 != num_images:
-        raise DataError(f"the prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given", sample=sample)
-    content = []
-    for index, piece in enumerate(pieces):
-        if piece:
-            content.append({"type": "text", "text": piece})
-        if index < num_images:
-            content.append({"type": "image"})
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages
+    """Messages for the chat template from an annotation prompt (`chat_format.chat_messages`)."""
+    return chat_format.chat_messages(prompt_segments(prompt, num_images, sample), answer)
 
 
 def _find_last(row: list[int], pattern: list[int]) -> int:
@@ -70,12 +67,9 @@ class GapMllmDataCollator:
         for index, example in enumerate(examples):
             views = list(example["images"])
             sample = example.get("id", index)
-            messages = chat_messages(example["prompt"], len(views), example["answer"] if self.train else None, sample=sample)
-            texts.append(
-                self.processor.tokenizer.apply_chat_template(
-                    messages, chat_template=self.processor.chat_template, tokenize=False, add_generation_prompt=not self.train
-                )
-            )
+            segments = prompt_segments(example["prompt"], len(views), sample=sample)
+            answer = example["answer"] if self.train else None
+            texts.append(render_chat_prompt(self.processor.tokenizer, segments, answer, self.processor.chat_template))
             images.append(views)
             coords = example.get("pixel_coords") if self.marker else None
             point_prompts.append(tuple(int(v) for v in coords) if coords is not None else None)

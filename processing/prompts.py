@@ -1,85 +1,68 @@
-"""Task prompts, verbatim from the official code where it is public (method.md §3).
+"""Task prompts in the layout of the official annotation files: the human turn with one `<image>` per view.
 
-`<image>` is the per-frame placeholder of the official annotation files: one per frame in the first
-human turn, replaced by the vision placeholder when the sample is fed to the model. The prompt
-functions below return the human-turn text *with* those placeholders, as the official JSONs store it.
-Wording that is not public (pre-training, captioning, spatial QA) is ours and marked as such.
+The wording of every task, and which of it is official (method.md §3) or ours, is defined once in
+`gap_mllm.tasks_gap_mllm`; the functions below only write it the way the annotation JSONs store it
+(the collator turns each `<image>` back into a view). `processor(task=...)` builds the same prompt at
+inference, so a training sample and an inference call of one task read identically.
 """
 
 from __future__ import annotations
 
-IMAGE_PLACEHOLDER = "<image>"
-
-DETECTION_PROMPT = (
-    "Detect the 3D bounding boxes in the camera coordinate system of the first frame.\n"
-    'Output a json list where each entry contains the object name in "label" and its 3D bounding box in "box_3d".\n'
-    "The 3D bounding box format should be [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll]."
+from gap_mllm.chat_format import IMAGE_PLACEHOLDER
+from gap_mllm.tasks_gap_mllm import (
+    CAPTIONING,
+    DETECTION,
+    DETECTION_TEMPLATE,
+    GROUNDING_STAGE1,
+    GROUNDING_STAGE2,
+    RECONSTRUCTION,
+    RECONSTRUCTION_TEMPLATE,
+    SPATIAL_QA,
+    extract_query,
 )
 
-GROUNDING_STAGE1_TEMPLATE = (
-    "Localize the first clear frame in the video showing the object described in the text.\n"
-    "Text: {description}\n"
-    'Output a JSON dictionary with the frame index in "frame".\n'
-)
-
-GROUNDING_STAGE2_TEMPLATE = (
-    "Localize the object described in the text.\n"
-    "Text: {description}\n"
-    'Output a JSON dictionary with the matched object\'s 3D bounding box in "bbox_3d" in the camera coordinate system of the first frame.\n'
-    "The 3D bounding box format should be [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll].\n"
-)
-
-# Not public (method.md §2.1, §10.1): our wording. The marker is the red "+" painted by the processor.
-RECONSTRUCTION_PROMPT = (
-    'Estimate the 3D position of the point marked with a red "+" in the camera coordinate system of the first frame, '
-    "and name what it lies on.\n"
-    'Output a JSON dictionary with the point [x, y, z] in "pointmap" and its semantic label in "label".'
-)
-
-# Not public (method.md §3.4): our wording, with the proposal box in the detection box format.
-CAPTION_TEMPLATE = (
-    "Describe the object in the 3D bounding box {box} in the camera coordinate system of the first frame.\n"
-    "The 3D bounding box format is [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll]."
-)
-
-
-def with_images(num_images: int, text: str) -> str:
-    """`<image>` x N followed by the task text (the official human-turn layout)."""
-    return IMAGE_PLACEHOLDER * num_images + text
+# The two task texts without parameters, for free-text use (`processor(text=DETECTION_PROMPT)`).
+DETECTION_PROMPT = DETECTION_TEMPLATE
+RECONSTRUCTION_PROMPT = RECONSTRUCTION_TEMPLATE
+extract_description = extract_query  # the referring text of a grounding prompt (official extraction, §3.3)
 
 
 def detection_prompt(num_images: int) -> str:
-    return with_images(num_images, DETECTION_PROMPT)
+    return DETECTION.annotation_prompt(num_images)
 
 
 def grounding_stage1_prompt(num_images: int, description: str) -> str:
-    """`Frame-0: <image>Frame-1: <image>...` then the stage-1 task text (method.md §3.3)."""
-    frames = "".join(f"Frame-{i}: {IMAGE_PLACEHOLDER}" for i in range(num_images))
-    return frames + "\n" + GROUNDING_STAGE1_TEMPLATE.format(description=description)
+    """`Frame-0: <image>Frame-1: <image>...` then the stage-1 task text on a new line (method.md §3.3)."""
+    return GROUNDING_STAGE1.annotation_prompt(num_images, query=description)
 
 
 def grounding_stage2_prompt(num_images: int, description: str) -> str:
-    return with_images(num_images, GROUNDING_STAGE2_TEMPLATE.format(description=description))
+    return GROUNDING_STAGE2.annotation_prompt(num_images, query=description)
 
 
 def reconstruction_prompt(num_images: int) -> str:
-    return with_images(num_images, RECONSTRUCTION_PROMPT)
+    return RECONSTRUCTION.annotation_prompt(num_images)
 
 
 def caption_prompt(num_images: int, box_values) -> str:
     """Captioning prompt; `box_values` (9 numbers) are printed with 2 decimals like the targets."""
-    box = "[" + ", ".join(repr(round(float(v), 2)) for v in box_values) + "]"
-    return with_images(num_images, CAPTION_TEMPLATE.format(box=box))
+    return CAPTIONING.annotation_prompt(num_images, box=box_values)
 
 
-def extract_description(prompt: str) -> str:
-    """The referring text between `Text:` and `Output a JSON` (the official extraction, §3.3)."""
-    start, end = prompt.find("Text:"), prompt.find("Output a JSON")
-    if start < 0 or end < 0 or end < start:
-        raise ValueError("prompt has no 'Text: ... Output a JSON' description")
-    return prompt[start + len("Text:") : end].strip()
+def spatial_qa_prompt(num_images: int, question: str) -> str:
+    """The question (with its options and answer instruction) after the views."""
+    return SPATIAL_QA.annotation_prompt(num_images, query=question)
 
 
-def split_image_placeholders(prompt: str) -> list[str]:
-    """Text segments around the `<image>` placeholders: len = number of placeholders + 1."""
-    return prompt.split(IMAGE_PLACEHOLDER)
+__all__ = [
+    "DETECTION_PROMPT",
+    "IMAGE_PLACEHOLDER",
+    "RECONSTRUCTION_PROMPT",
+    "caption_prompt",
+    "detection_prompt",
+    "extract_description",
+    "grounding_stage1_prompt",
+    "grounding_stage2_prompt",
+    "reconstruction_prompt",
+    "spatial_qa_prompt",
+]

@@ -57,9 +57,12 @@ def test_predict_prints_parsed_answer_and_saves_pictures(checkpoint, frames, tmp
     printed = capsys.readouterr().out
     assert "task       : detection on 3 frame(s)" in printed and "parsed     : " in printed
     assert "mean gate  : level 0:" in printed and "assumed 60° pinhole" in printed
-    assert {p.name for p in out.iterdir()} == {"frames_with_boxes.png", "fusion_gates.png", "scene.glb", "scene.ply"}
+    # the untrained model answers with blank lines, which stop generation: no box, no point, no cloud
+    assert "answer     : (no answer: the model generated" in printed and "\n\n\n\n" not in printed
+    assert "not saved glb: no point cloud" in printed and "not saved ply: no point cloud" in printed
+    assert {p.name for p in out.iterdir()} == {"frames_with_boxes.png", "fusion_gates.png"}
     sheet = Image.open(out / "frames_with_boxes.png")
-    assert sheet.size == (2 * 80, 2 * 60)  # 3 frames on a 2-column sheet
+    assert sheet.size[0] == 2 * 80 and sheet.size[1] > 2 * 60  # 3 frames on a 2-column sheet, legend below
 
 
 def test_predict_json_on_a_bundled_example(checkpoint, capsys):
@@ -113,7 +116,7 @@ def test_scripted_answers_for_grounding_captioning_and_reconstruction():
     scripted_generate(model, processor, "a brown wooden desk by the wall")
     box = list(scene.reference_boxes[0])
     captioned = run_task(model, processor, scene.views, TaskRequest("captioning", box=box))
-    assert captioned.parsed == "a brown wooden desk by the wall"
+    assert captioned.parsed.caption == "a brown wooden desk by the wall" and captioned.parsed.reason is None
     np.testing.assert_allclose(captioned.boxes[0].to_list(), box)
     scripted_generate(model, processor, '{"pointmap": [0.5, -0.25, 3.0], "label": "wall"}')
     pointed = run_task(model, processor, scene.views, TaskRequest("reconstruction", marker=(0, 10, 10)))

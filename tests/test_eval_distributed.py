@@ -14,7 +14,7 @@ from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module
 
 
 def _evaluate(command_prefix, synth_data, checkpoint, out, env):
-    command = [*command_prefix, "--task", "det", "--data", str(synth_data), "--model", str(checkpoint), "--out", str(out),
+    command = [*command_prefix, "--task", "detection", "--data", str(synth_data), "--model", str(checkpoint), "--out", str(out),
                "--batch-size", "1", "--max-new-tokens", "8", "--no-plots", "--quiet"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,7 +8,7 @@ import pytest
 from gap_mllm.evaluation import evaluate_cli, generation
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 
-TASKS = ("det", "grounding", "caption", "recon", "qa")
+TASKS = ("detection", "grounding", "captioning", "reconstruction", "spatial_qa")
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +36,16 @@ def test_oracle_predictions_score_100_percent(task, synth_data, tmp_path):
     oracle = write_oracle_predictions(task, synth_data, tmp_path / "oracle.jsonl")
     summary = run_evaluation(task, synth_data, tmp_path / "out", predictions_file=oracle, meteor=False)
     m = summary["metrics"]
-    if task == "det":
+    if task == "detection":
         assert summary["headline"]["value"] == 1.0
         assert all(v["f1"] == 1.0 and v["ap50"] == 1.0 for v in m["per_category"].values())
     elif task == "grounding":
         assert m["acc@0.25"] == 1.0 and m["acc@0.5"] == 1.0
         assert m["miou"] > 0.9  # the answer text rounds to 2 decimals, so IoU is just below 1
-    elif task == "caption":
+    elif task == "captioning":
         assert m["bleu4"] == pytest.approx(1.0, abs=1e-6) and m["rouge_l"] == pytest.approx(1.0)
         assert m["cider"] > 1.0  # CIDEr is unbounded and corpus-dependent
-    elif task == "recon":
+    elif task == "reconstruction":
         assert m["raw"]["overall"] == 0.0 and m["aligned"]["overall"] == pytest.approx(0.0, abs=1e-9)
     else:
         assert summary["headline"]["value"] == 1.0
@@ -57,8 +57,8 @@ def test_oracle_predictions_score_100_percent(task, synth_data, tmp_path):
 def test_official_compat_oracle_also_scores_on_present_categories(synth_data, tmp_path):
     """Official mode averages over the verbatim cate31 (absent categories count 0), so even an oracle
     scores below 1 on data that lacks most categories; per-category F1 is still 1."""
-    oracle = write_oracle_predictions("det", synth_data, tmp_path / "oracle.jsonl")
-    summary = run_evaluation("det", synth_data, tmp_path / "out", predictions_file=oracle, official_compat=True, plots=False)
+    oracle = write_oracle_predictions("detection", synth_data, tmp_path / "oracle.jsonl")
+    summary = run_evaluation("detection", synth_data, tmp_path / "out", predictions_file=oracle, official_compat=True, plots=False)
     per_category = summary["metrics"]["per_category"]
     assert all(v["f1"] == 1.0 for v in per_category.values())
     assert summary["headline"]["value"] < 1.0
@@ -79,7 +79,7 @@ def _count_generate_calls(monkeypatch):
 def test_model_run_writes_every_file_and_resumes(synth_data, tiny_checkpoint, tmp_path, monkeypatch):
     calls = _count_generate_calls(monkeypatch)
     out = tmp_path / "det"
-    summary = run_evaluation("det", synth_data, out, model_dir=tiny_checkpoint, batch_size=2, max_new_tokens=6,
+    summary = run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, batch_size=2, max_new_tokens=6,
                              limit=2, progress=False)
     assert calls == [2]  # one batch of two, left padded
     for name in ("raw_outputs.rank0.jsonl", "samples.jsonl", "summary.json", "summary.md", "per_category.png", "iou_hist.png"):
@@ -92,13 +92,13 @@ def test_model_run_writes_every_file_and_resumes(synth_data, tiny_checkpoint, tm
     raw = out / "raw_outputs.rank0.jsonl"
     lines = raw.read_text().splitlines()
     raw.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
-    again = run_evaluation("det", synth_data, out, model_dir=tiny_checkpoint, batch_size=2, max_new_tokens=6,
+    again = run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, batch_size=2, max_new_tokens=6,
                            limit=2, progress=False)
     assert calls == [2, 1]
     assert again["metrics"]["num_samples"] == 2
 
     # everything done: nothing is generated and the summary is reproduced
-    third = run_evaluation("det", synth_data, out, model_dir=tiny_checkpoint, limit=2, progress=False, plots=False)
+    third = run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, limit=2, progress=False, plots=False)
     assert calls == [2, 1]
     assert third["metrics"] == again["metrics"]
 
@@ -117,13 +117,13 @@ def test_cli_oracle_roundtrip(synth_data, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     evaluate_cli.add_arguments(parser)
     oracle = tmp_path / "qa.jsonl"
-    assert evaluate_cli.main(parser.parse_args(["--task", "qa", "--data", str(synth_data), "--write-oracle", str(oracle)])) == 0
-    args = parser.parse_args(["--task", "qa", "--data", str(synth_data), "--predictions", str(oracle),
-                              "--out", str(tmp_path / "qa"), "--no-plots", "--quiet"])
+    assert evaluate_cli.main(parser.parse_args(["--task", "spatial_qa", "--data", str(synth_data), "--write-oracle", str(oracle)])) == 0
+    args = parser.parse_args(["--task", "spatial_qa", "--data", str(synth_data), "--predictions", str(oracle),
+                              "--out", str(tmp_path / "spatial_qa"), "--no-plots", "--quiet"])
     assert evaluate_cli.main(args) == 0
     assert "overall = 1.0" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # a source (model / predictions / oracle) is required
-        parser.parse_args(["--task", "qa", "--data", str(synth_data)])
+        parser.parse_args(["--task", "spatial_qa", "--data", str(synth_data)])
 
 
 def test_evaluate_local_metric_modules():

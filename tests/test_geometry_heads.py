@@ -19,6 +19,7 @@ from gap_mllm.point_cloud import (
     depth_to_world_points,
     fuse_point_cloud,
     read_ply,
+    save_point_cloud,
     write_ply,
 )
 from gap_mllm.pose_encoding import (
@@ -205,7 +206,7 @@ def test_fused_point_cloud_filters_by_confidence_and_round_trips_through_ply(tmp
     np.testing.assert_array_equal(cloud.frame_index, np.repeat([1, 2], [10, 20]))
     assert len(fuse_point_cloud(points, confidence, confidence_percentile=0.0, max_points=7)) == 7
 
-    path = cloud.save(tmp_path / "cloud.ply")
+    path = save_point_cloud(cloud, tmp_path / "cloud.ply")
     read_points, read_colors = read_ply(path)
     np.testing.assert_array_equal(read_points, cloud.points)
     np.testing.assert_array_equal(read_colors, cloud.colors)
@@ -216,7 +217,7 @@ def test_fused_point_cloud_filters_by_confidence_and_round_trips_through_ply(tmp
     loaded = trimesh.load(path)
     np.testing.assert_array_equal(np.asarray(loaded.vertices, dtype=np.float32), cloud.points)
     np.testing.assert_array_equal(np.asarray(loaded.colors)[:, :3], cloud.colors)
-    glb = PointCloud(cloud.points, cloud.colors).save(tmp_path / "cloud.glb")
+    glb = save_point_cloud(PointCloud(cloud.points, cloud.colors), tmp_path / "cloud.glb")
     scene = trimesh.load(glb)
     geometry = next(iter(scene.geometry.values()))
     np.testing.assert_allclose(np.asarray(geometry.vertices), cloud.points, rtol=0, atol=1e-6)
@@ -232,4 +233,4 @@ def test_reconstruction_point_cloud_from_depth_and_points(tmp_path):
     np.testing.assert_allclose(from_depth.points.reshape(2, 28, 42, 3), out.world_points_from_depth()[0].numpy(), rtol=1e-6)
     from_points = out.point_cloud(images, source="points", confidence_percentile=25.0)
     assert 0 < len(from_points) < 2 * 28 * 42
-    assert from_points.save(tmp_path / "points.ply").stat().st_size > 0
+    assert save_point_cloud(from_points, tmp_path / "points.ply").stat().st_size > 0

@@ -595,9 +595,13 @@ def test_flat_hub_folder_loads_with_trust_remote_code(tmp_path, monkeypatch):
     copied = {p.name for p in (tmp_path / "saved").glob("*.py")}
     assert copied == {
         "processing_gap_mllm.py",
+        "answer_stopping.py",
+        "chat_format.py",
         "image_alignment.py",
+        "model_inputs.py",
         "output_parsing.py",
         "target_format.py",
+        "tasks_gap_mllm.py",
         "visual_prompt.py",
     }
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}

@@ -1,6 +1,8 @@
 """Hub remote code: a fresh Python process in which `gap_mllm` is NOT importable loads the saved folder
-through the Auto classes with trust_remote_code=True and reproduces the original logits exactly."""
+through the Auto classes with trust_remote_code=True, reproduces the original logits exactly and runs
+generate + post_process for every task; the copied files hold no converter and no file export."""
 
+import ast
 import json
 import os
 import subprocess
@@ -9,9 +11,11 @@ import textwrap
 
 import torch
 
+from gap_mllm.tasks_gap_mllm import TASKS
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .conftest import make_views
+from .test_tasks_registry import ANSWERS, TASK_INPUTS
 
 FRESH_PROCESS = textwrap.dedent(
     """
@@ -48,6 +52,16 @@ FRESH_PROCESS = textwrap.dedent(
         with torch.no_grad():
             logits = model(**inputs).logits
         assert torch.equal(logits, payload["logits"]), (logits - payload["logits"]).abs().max()
+    # every task: the processor writes its prompt, generate stops at the answer's end, post_process types it
+    views = payload["images"][0]
+    for task, (task_inputs, answer, expected) in payload["tasks"].items():
+        inputs = processor(images=views, task=task, return_tensors="pt", **task_inputs)
+        with torch.no_grad():
+            out = model.generate(**inputs, **processor.generation_kwargs(task, inputs))
+        result = processor.post_process(out, task=task, input_ids=inputs["input_ids"])[0]
+        assert type(result).__name__ == expected.split("(")[0], (task, result)
+        assert out.shape[1] - inputs["input_ids"].shape[1] <= 3, (task, out.shape)  # the untrained model rambles
+        assert repr(processor.post_process(answer, task=task)[0]) == expected, task
     print("REMOTE-CODE-OK")
     """
 )
@@ -74,7 +88,9 @@ def test_fresh_process_loads_the_hub_folder_with_remote_code(tmp_path, tiny_proc
     with torch.no_grad():
         logits = model(**inputs).logits
     payload = tmp_path / "payload.pt"
-    torch.save({"images": images, "texts": texts, "inputs": dict(inputs), "logits": logits}, payload)
+    # plain data only: the fresh process cannot unpickle gap_mllm objects (results are compared by repr)
+    tasks = {name: (TASK_INPUTS[name], spec.serialize(ANSWERS[name]), repr(ANSWERS[name])) for name, spec in TASKS.items()}
+    torch.save({"images": images, "texts": texts, "inputs": dict(inputs), "logits": logits, "tasks": tasks}, payload)
 
     script = tmp_path / "load_fresh.py"
     script.write_text(FRESH_PROCESS)
@@ -83,3 +99,33 @@ def test_fresh_process_loads_the_hub_folder_with_remote_code(tmp_path, tiny_proc
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-CODE-OK" in result.stdout
+
+
+def _imported_modules(path) -> tuple[set[str], set[str]]:
+    """`(relative, absolute)` top-level module names a file imports anywhere (lazy imports in functions too)."""
+    relative, absolute = set(), set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            relative.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            absolute.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            absolute.update(alias.name.split(".")[0] for alias in node.names)
+    return relative, absolute
+
+
+def test_saved_remote_code_has_no_converter_and_no_file_export(tmp_path, tiny_processor):
+    """`save_pretrained` copies every file reached through relative imports (lazy ones included): the set
+    must hold what forward / generate / the processor / the parsers need, and no converter or PLY/GLB export."""
+    model, processor = build_tiny_model(processor=tiny_processor)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    copied = {path.name for path in tmp_path.glob("*.py")}
+    assert {"modeling_gap_mllm.py", "processing_gap_mllm.py", "configuration_gap_mllm.py", "output_parsing.py",
+            "modeling_geometry_encoder.py", "point_maps.py", "vggt_weights.py"} <= copied
+    assert not [name for name in copied if name.startswith("convert_")], copied
+    assert "point_cloud.py" not in copied
+    for name in sorted(copied):
+        relative, absolute = _imported_modules(tmp_path / name)
+        assert {f"{module}.py" for module in relative} <= copied, (name, relative)
+        assert not absolute & {"trimesh", "gap_mllm", "scipy", "datasets"}, (name, absolute)

@@ -16,6 +16,8 @@ import os
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING_STAGE1, GROUNDING_STAGE2
+
 # Copied from the Qwen2 / Qwen3 tokenizer.json pre-tokenizer ("Split" step).
 QWEN_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -66,19 +68,11 @@ _LABELS = (
     "towel sink door radiator sofa box bag shoe trash can kitchen counter whiteboard mirror"
 ).split()
 
-# Task prompts of method.md §3 (official wording) plus a pre-training prompt of our own.
+# Task prompts of method.md §3 (official wording, from the task registry) plus a pre-training prompt of our own.
 _PROMPTS = [
-    "Detect the 3D bounding boxes in the camera coordinate system of the first frame.\n"
-    'Output a json list where each entry contains the object name in "label" and its 3D bounding box in "box_3d".\n'
-    "The 3D bounding box format should be [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll].",
-    "Localize the first clear frame in the video showing the object described in the text.\n"
-    "Text: the brown chair is next to the table.\n"
-    'Output a JSON dictionary with the frame index in "frame".\n',
-    "Localize the object described in the text.\n"
-    "Text: a white pillow on the bed near the window.\n"
-    'Output a JSON dictionary with the matched object\'s 3D bounding box in "bbox_3d" in the camera coordinate '
-    "system of the first frame.\n"
-    "The 3D bounding box format should be [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll].\n",
+    DETECTION.task_text(),
+    GROUNDING_STAGE1.task_text(query="the brown chair is next to the table."),
+    GROUNDING_STAGE2.task_text(query="a white pillow on the bed near the window."),
     "Frame-0: Frame-1: Frame-2: Frame-3: <image>",
     "What is the 3D position of the point marked by the red cross in the camera coordinate system of the "
     'first frame? Output a JSON dictionary with the point in "pointmap" and its semantic label in "label".',

@@ -51,7 +51,8 @@ class DataConfig:
     """Which samples to train on.
 
     data_root: folder with `scannet/posed_images` and `annotations/` (real ScanNet or SynthRooms).
-    tasks: builder tasks (processing.builders.BUILDERS); several are concatenated (stage 2).
+    tasks: task names with training data (gap_mllm.tasks_gap_mllm; processing.builders.BUILDERS): reconstruction,
+        detection, grounding_stage1, grounding_stage2, captioning, spatial_qa; several are concatenated (stage 2).
     on_bad_sample: "raise" stops the run with an error naming the sample; "skip" drops it and counts it
         (reported in the logs as `skipped_samples` and at the end of training).
     max_train_samples / max_eval_samples: keep the first N (smoke runs).
@@ -231,6 +232,10 @@ class TrainRecipe:
         unknown = set(self.aux.align_levels) - {0, 1, 2, 3}
         if unknown:
             raise ValueError(f"aux.align_levels has unknown levels {sorted(unknown)} (0-3)")
+        from gap_mllm.processing.builders import builder_for_task
+
+        # canonical task names (deprecated ones warn); a task without data of its own is an error here
+        self.data.tasks = [builder_for_task(task).SPEC.name for task in self.data.tasks]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

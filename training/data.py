@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from gap_mllm.processing.builders import BUILDERS
+from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.collator import GapMllmDataCollator
 
 from .aux_targets import AuxTargetCollator
@@ -32,9 +32,7 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
         raise ValueError("data.data_root is not set: point it at a ScanNet-layout folder (or SynthRooms output)")
     parts = []
     for task in data.tasks:
-        if task not in BUILDERS:
-            raise ValueError(f"unknown task {task!r}; choose from {sorted(BUILDERS)}")
-        builder = BUILDERS[task](
+        builder = builder_for_task(task)(
             data_root=data.data_root,
             cache_dir=data.cache_dir,
             load_depth=aux.needs_depth,

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from gap_mllm.model_inputs import IGNORE_INDEX
+
 from .aux_heads import GeometryAuxHeads
 from .aux_losses import (
     camera_loss,
@@ -33,8 +35,6 @@ from .aux_losses import (
 )
 from .config import AuxLossConfig
 from .param_groups import unwrap_gap_model
-
-IGNORE_INDEX = -100
 
 
 @dataclass

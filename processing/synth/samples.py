@@ -190,7 +190,7 @@ def spatial_qa_records(scene: SynthScene, frames, min_pixels: int, rng) -> list[
     records = []
     for n, question in enumerate(spatial_questions(scene, frames, min_pixels, rng)):
         record = _common(scene, frames, "spatial", n)
-        record["conversations"] = _conversation(prompts.with_images(len(frames), question.prompt_text), question.ground_truth)
+        record["conversations"] = _conversation(prompts.spatial_qa_prompt(len(frames), question.prompt_text), question.ground_truth)
         record["question_type"] = question.question_type
         record["options"] = question.options
         record["ground_truth"] = question.ground_truth
