@@ -97,8 +97,9 @@ def plot_histogram(task: str, rows: list[dict], path) -> bool:
     if task == "det":
         values = [m["iou"] for r in rows for m in r.get("matches", [])]
         title, lines = "IoU of each prediction with its best same-label box", [0.25]
-    elif task == "grounding":
-        values, title, lines = [r["score"] for r in rows], "Grounding IoU per sample", [0.25, 0.5]
+    elif task == "grounding":  # samples excluded from the score (unusable annotation) have no value
+        values = [r["score"] for r in rows if r["score"] is not None]
+        title, lines = "Grounding IoU per counted sample", [0.25, 0.5]
     elif task == "caption":
         values, title, lines = [r["score"] for r in rows], "CIDEr per sample", []
     else:
@@ -141,8 +142,11 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
         k = row["parsed"]["frame"]
         if not 0 <= k < len(record["images"]):
             return False
-        gt = list(world_boxes_to_camera(np.asarray(record["gt_bbox"])[None], record["cam2global"][k],
-                                        record.get("axis_align_matrix")))
+        try:
+            gt = list(world_boxes_to_camera(np.asarray(record["gt_bbox"], dtype=np.float64)[None], record["cam2global"][k],
+                                            record.get("axis_align_matrix")))
+        except (KeyError, IndexError, TypeError, ValueError):
+            return False  # no usable pose or truth: the summary counts the sample under `unscored`
         pred = [row["parsed"]["bbox_3d"]] if row["parsed"]["bbox_3d"] else []
     else:
         return False
@@ -158,7 +162,8 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     ax.set_xlim(0, image.width)
     ax.set_ylim(image.height, 0)
     ax.set_axis_off()
-    ax.set_title(f"{row['id']}  score {row['score']:.3f}  (green: truth, red: prediction)", fontsize=8)
+    score = "excluded" if row["score"] is None else f"{row['score']:.3f}"
+    ax.set_title(f"{row['id']}  score {score}  (green: truth, red: prediction)", fontsize=8)
     _save(fig, path)
     return True
 

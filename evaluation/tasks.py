@@ -14,6 +14,7 @@ same as after an uninterrupted one. Per-sample rows: `{"id", "index", "raw", "pa
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,11 @@ from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_g
 from .caption_metrics import caption_scores
 from .detection_metrics import DetectionEvaluator
 from .generation import Request
-from .grounding_metrics import GroundingEvaluator
+from .grounding_metrics import GroundingEvaluator, score_grounding_record
 from .reconstruction_metrics import ReconstructionEvaluator, point_score
 from .spatial_qa_metrics import aggregate_spatial_scores, score_answer
 
+logger = logging.getLogger(__name__)
 STAGE2_STEP, STAGE2_NEIGHBOURS = 10, 9  # official stage 2: n, n+10..n+90, then n-10..n-90 (method.md §3.3)
 
 
@@ -152,8 +154,13 @@ class GroundingTask:
         if len(record.get("conversations", [])) > 1:
             frame = parse_frame_selection(gt_answer(record), num_frames=len(record["images"])).frame
             k = frame if frame is not None else 0
-        box = world_boxes_to_camera(np.asarray(record["gt_bbox"])[None], record["cam2global"][k],
-                                    record.get("axis_align_matrix"))[0]
+        try:
+            box = world_boxes_to_camera(np.asarray(record["gt_bbox"], dtype=np.float64)[None], record["cam2global"][k],
+                                        record.get("axis_align_matrix"))[0]
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            # No camera-frame truth exists; the scorer reports this sample as unscorable by reason.
+            logger.warning("oracle of grounding sample %r: no stage-2 answer (%s)", record.get("id"), error)
+            return [serialize_frame_selection(k), ""]
         return [serialize_frame_selection(k), serialize_grounding(Box3D.from_list(box))]
 
     def evaluate(self, records, outputs, official_compat=False, **_):
@@ -163,15 +170,12 @@ class GroundingTask:
         for index, (record, raw) in enumerate(zip(records, outputs)):
             k, note = self.selected_frame(record, raw[0])
             parsed = parse_grounding(raw[1])
-            if 0 <= k < len(record["images"]):
-                iou = ev.add(None if parsed.box is None else parsed.box.to_list(), record["gt_bbox"],
-                             record["cam2global"][k], record.get("axis_align_matrix"))
-            else:
-                iou = 0.0
-                ev.add_iou(0.0)
+            score = score_grounding_record(record, k, None if parsed.box is None else parsed.box.to_list(), official_compat)
+            ev.add_score(score)
             rows.append({"id": sample_id(record, index), "index": index, "raw": raw,
                          "parsed": {"frame": k, "bbox_3d": _box_list(parsed.box)},
-                         "parse_error": parsed.reason, "frame_note": note, "score": iou})
+                         "parse_error": parsed.reason, "frame_note": note, "score": score.value(official_compat),
+                         "unscored": score.reason, "unscored_detail": score.detail})
         return rows, ev.compute()
 
 

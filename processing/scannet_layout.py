@@ -102,10 +102,11 @@ def read_matrix(path, shape=(4, 4), what: str = "matrix") -> np.ndarray:
 
 
 def read_pose(path) -> np.ndarray:
-    """Camera-to-world pose `[4, 4]` (OpenCV camera); must be a rigid motion."""
+    """Camera-to-world pose `[4, 4]` (OpenCV camera), as stored; must be a rigid motion up to
+    `coordinates.RIGID_TOLERANCE` (stored poses are rounded; box transforms orthonormalise them)."""
     pose = read_matrix(path, (4, 4), "pose")
     try:
-        return check_rigid(pose, "pose", atol=1e-4)
+        return check_rigid(pose, "pose")
     except ValueError as err:
         raise DataError(str(err), path=path) from err
 
