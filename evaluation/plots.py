@@ -137,7 +137,8 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     if task == "det":
         k = 0
         gt = [b["bbox_3d"] for b in record.get("boxes", [])]
-        pred = [p["bbox_3d"] for p in row["parsed"]]
+        # the official reading keeps entries whose box cannot be drawn (not 9 finite numbers)
+        pred = [p["bbox_3d"] for p in row["parsed"] if np.shape(p["bbox_3d"]) == (9,) and np.all(np.isfinite(p["bbox_3d"]))]
     elif task == "grounding":
         k = row["parsed"]["frame"]
         if not 0 <= k < len(record["images"]):

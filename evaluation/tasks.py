@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.output_parsing import parse_detection, parse_frame_selection, parse_grounding, parse_literal, parse_pointmap
+from gap_mllm.output_parsing import parse_frame_selection, parse_grounding, parse_literal, parse_pointmap
 from gap_mllm.processing import prompts
 from gap_mllm.processing.coordinates import world_boxes_to_camera
 from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_grounding
 
 from .caption_metrics import caption_scores
 from .detection_metrics import DetectionEvaluator
+from .detection_parsing import detection_predictions
 from .generation import Request
 from .grounding_metrics import GroundingEvaluator, score_grounding_record
 from .reconstruction_metrics import ReconstructionEvaluator, point_score
@@ -69,16 +70,15 @@ class DetectionTask:
         ev = DetectionEvaluator(official_compat=official_compat)
         rows = []
         for index, (record, raw) in enumerate(zip(records, outputs)):
-            parsed = parse_detection(raw[0])
+            pred = detection_predictions(raw[0], official_compat)
             gt = record.get("boxes", [])
-            match = ev.add([b.label for b in parsed.boxes], [b.to_list() for b in parsed.boxes],
-                           [g["label"] for g in gt], [g["bbox_3d"] for g in gt])
+            match = ev.add(pred.labels, pred.boxes, [g["label"] for g in gt], [g["bbox_3d"] for g in gt], pred.valid)
             tp = sum(c.tp for c in match.counts.values())
             errors = sum(c.fp + c.fn for c in match.counts.values())
             rows.append({
                 "id": sample_id(record, index), "index": index, "raw": raw,
-                "parsed": [{"label": b.label, "bbox_3d": _box_list(b)} for b in parsed.boxes],
-                "parse_error": parsed.reason,
+                "parsed": pred.rows,
+                "parse_error": pred.reason,
                 "score": 2 * tp / (2 * tp + errors) if tp + errors else 1.0,  # per-sample micro F1
                 "matches": [{"label": m.label, "iou": m.iou, "gt_index": m.gt_index, "tp": m.true_positive}
                             for m in match.predictions],
