@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
+from gap_mllm.processing.errors import DataError
+from gap_mllm.processing.scannet_layout import media_path
 
 from .box_iou import BOX_EDGES
 
@@ -151,7 +153,10 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
         pred = [row["parsed"]["bbox_3d"]] if row["parsed"]["bbox_3d"] else []
     else:
         return False
-    image_path = Path(media_root) / record["images"][k]
+    try:
+        image_path = media_path(media_root, record["images"][k], row["id"])
+    except DataError:
+        return False  # a path outside the media root is never read
     intrinsics = _intrinsics(record, image_path)
     if intrinsics is None or not image_path.is_file():
         return False

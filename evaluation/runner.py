@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
-from gap_mllm.processing.scannet_layout import posed_images_dir
+from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
 from . import reports
 from .tasks import get_task, headline_value, sample_id
@@ -77,8 +77,8 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
             texts = [[] for _ in batch]
             for stage in range(task.stages):
                 requests = [task.request(records[i], stage, texts[j], media_root) for j, i in enumerate(batch)]
-                for request in requests:  # annotation paths are relative to posed_images
-                    request.images = [str(Path(media_root) / p) for p in request.images]
+                for j, request in enumerate(requests):  # annotation paths are relative to posed_images
+                    request.images = [str(media_path(media_root, p, ids[batch[j]])) for p in request.images]
                 for j, text in enumerate(generator.generate(requests)):
                     texts[j].append(text)
             for j, i in enumerate(batch):
