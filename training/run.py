@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
+from .checkpoints import check_resume_checkpoint, find_resumable_checkpoint
 from .config import ModelSource, TrainRecipe
 from .data import build_collator, load_split
 from .geometry_aligned_model import GeometryAlignedModel
@@ -110,10 +110,16 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
-    """`"auto"` → the last checkpoint in `output_dir` (None if there is none); a path stays a path."""
+    """`"auto"` → the newest COMPLETE checkpoint in `output_dir` (None if there is none; incomplete ones
+    are skipped with a warning naming them); a path must be a complete checkpoint (ValueError if not)."""
+    if resume is None:
+        return None
     if resume != "auto":
-        return resume
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        return check_resume_checkpoint(resume)
+    checkpoint = find_resumable_checkpoint(output_dir)
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+    return checkpoint
 
 
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
