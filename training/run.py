@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 from .checkpoints import check_resume_checkpoint, find_resumable_checkpoint
 from .config import ModelSource, TrainRecipe
 from .data import build_collator, load_split
+from .device import apply_device_plan
 from .geometry_aligned_model import GeometryAlignedModel
 from .param_groups import apply_freezing
 from .trainer import GeometryAlignedTrainer
@@ -64,7 +65,9 @@ class TrainingSetup:
 
 def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset=None, eval_dataset=None, callbacks=None) -> TrainingSetup:
     """Everything of a run, ready to `trainer.train()`. Pass `model`/`processor`/datasets to override
-    what the recipe would load (tests, notebooks)."""
+    what the recipe would load (tests, notebooks). The device and precision come from `recipe.device`
+    (training/device.py: CUDA when available, else a CPU setup), and are logged."""
+    recipe, _ = apply_device_plan(recipe)
     args = training_arguments(recipe)
     if model is None:
         model, processor = load_model_and_processor(recipe.model)
