@@ -75,8 +75,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"Saved the Hub-style folder to {folder}")
     print("=" * 78)
 
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    from .model_source import load_pretrained
+
+    model = load_pretrained(AutoModel.from_pretrained, folder, "--model", trust_remote_code=True).eval()
+    processor = load_pretrained(AutoProcessor.from_pretrained, folder, "--model", trust_remote_code=True)
     print(f"Loaded {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) and "
           f"{type(processor).__name__} through AutoModel / AutoProcessor with trust_remote_code=True")
     print(f"Fusion: {model.config.geometry_fusion_config.method}, VGGT layers per level "

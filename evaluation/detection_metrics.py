@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gap_mllm.processing.errors import DataError
+
 from .box_iou import box_iou_matrix
 from .category_lists import CLEAN_SPLITS, HEADLINE_SPLIT, OFFICIAL_SPLITS
 
@@ -68,6 +70,19 @@ class PredictionMatch:
 class SampleMatch:
     counts: dict[str, CategoryCounts] = field(default_factory=dict)
     predictions: list[PredictionMatch] = field(default_factory=list)
+
+
+def ground_truth(record: dict, sample=None) -> tuple[list, list]:
+    """`(labels, boxes)` of an annotation record's `boxes`; a DataError naming the sample when `boxes`
+    is not a list of `{"label": str, "bbox_3d": [9 numbers]}` objects."""
+    entries = record.get("boxes", [])
+    if not isinstance(entries, list):
+        raise DataError(f"'boxes' must be a list of {{\"label\", \"bbox_3d\"}} objects, got {type(entries).__name__}", sample=sample)
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("label"), str) and isinstance(entry.get("bbox_3d"), list)
+                and len(entry["bbox_3d"]) == 9):
+            raise DataError(f"every entry of 'boxes' needs a string \"label\" and a 9-number \"bbox_3d\", got {entry!r:.120}", sample=sample)
+    return [e["label"] for e in entries], [e["bbox_3d"] for e in entries]
 
 
 def _as_boxes(boxes) -> np.ndarray:

@@ -49,7 +49,12 @@ def read_predictions_file(path, stages: int) -> dict[str, list[str]]:
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not a JSON object ({error})") from error
+        if not isinstance(row, dict) or "id" not in row:
+            raise ValueError(f"{path}, line {number}: need an object with 'id' and 'raw' (or 'text')")
         texts = row.get("raw", [row["text"]] if "text" in row else None)
         if not isinstance(texts, list) or len(texts) != stages:
             raise ValueError(f"{path}, line {number}: need 'raw' with {stages} text(s) (or 'text' for one stage)")

@@ -25,7 +25,7 @@ from gap_mllm.processing.coordinates import world_boxes_to_camera
 from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_grounding
 
 from .caption_metrics import caption_scores
-from .detection_metrics import DetectionEvaluator
+from .detection_metrics import DetectionEvaluator, ground_truth
 from .detection_parsing import detection_predictions
 from .generation import Request
 from .grounding_metrics import GroundingEvaluator, score_grounding_record
@@ -71,8 +71,8 @@ class DetectionTask:
         rows = []
         for index, (record, raw) in enumerate(zip(records, outputs)):
             pred = detection_predictions(raw[0], official_compat)
-            gt = record.get("boxes", [])
-            match = ev.add(pred.labels, pred.boxes, [g["label"] for g in gt], [g["bbox_3d"] for g in gt], pred.valid)
+            gt_labels, gt_boxes = ground_truth(record, sample_id(record, index))
+            match = ev.add(pred.labels, pred.boxes, gt_labels, gt_boxes, pred.valid)
             tp = sum(c.tp for c in match.counts.values())
             errors = sum(c.fp + c.fn for c in match.counts.values())
             rows.append({
