@@ -27,6 +27,7 @@ UPLOAD_PATTERNS = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "merges.txt", "tokenizer.model",
     "chat_template.jinja", "chat_template.json",
+    "gap_mllm_training.json",  # what the model was trained on (training/run.py), read by the card
     "*.py",
     "README.md",
 )

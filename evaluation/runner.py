@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
 from . import reports
@@ -136,6 +137,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
         "annotation_file": annotation_file.name,
         "num_samples": len(records),
         "official_compat": official_compat,
+        "data": describe_data_root(data_dir),  # what the card may call this data (never guessed)
         "source": "predictions" if predictions_file is not None else "model",
         "headline": {"name": key, "description": description, "value": headline_value(metrics, key)},
         "metrics": metrics,

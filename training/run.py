@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,13 +127,38 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     return checkpoint
 
 
+TRAINING_RECORD = "gap_mllm_training.json"
+
+
+def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = False) -> dict:
+    """What the saved model was trained on and how, for its model card (`gap-mllm push`): stage,
+    tasks, the data root described by `describe_data_root` (its folder name, never its path), steps,
+    what was frozen, LoRA. `data_given`: the datasets were passed in, not read from `data.data_root`."""
+    from gap_mllm.processing.dataset_identity import describe_data_root
+
+    if recipe.model.tiny:
+        source = f"the {recipe.model.tiny} test model, randomly initialised"
+    else:
+        source = recipe.model.name_or_path
+        if source and Path(source).exists():
+            source = Path(source).name  # a local folder: its name only
+    data = None if data_given or not recipe.data.data_root else describe_data_root(recipe.data.data_root)
+    return {"stage": recipe.stage, "tasks": list(recipe.data.tasks), "data": data, "global_step": int(global_step),
+            "started_from": source, "freezing": dataclasses.asdict(recipe.freezing), "lora": recipe.lora.enabled,
+            "aux_losses": recipe.aux.enabled}
+
+
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
-    """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output."""
+    """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output.
+    Beside the model, `gap_mllm_training.json` records what it was trained on (`training_record`)."""
     setup = build_trainer(recipe, **build_kwargs)
     trainer = setup.trainer
     resume = resolve_resume(resume_from_checkpoint, trainer.args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
+    if trainer.args.should_save:
+        record = training_record(recipe, trainer.state.global_step, data_given=build_kwargs.get("train_dataset") is not None)
+        Path(trainer.args.output_dir, TRAINING_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     if trainer.skipped_samples:
         logger.warning("skipped %d bad sample(s) on this process; see the warnings above for their names", trainer.skipped_samples)
     return result
