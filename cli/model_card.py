@@ -27,10 +27,11 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+
 DEFAULT_BASE_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 DEFAULT_GEOMETRY_CHECKPOINT = "facebook/VGGT-1B"
 TEMPLATE_NAME = "model_card.md"
-TRAINING_RECORD = "gap_mllm_training.json"  # written by training/run.py beside the trained model
 
 # evaluation task name (evaluation/tasks.py) -> (HF task type, benchmark format, task label). The data
 # a number was computed on comes from the summary, never from this table.

@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 
 SYNTHROOMS_INFO = Path("synthrooms") / "dataset_info.json"
+# Written beside a model by `gap-mllm train` (training/run.py: `training_record`): what it was trained
+# on, described by `describe_data_root`; read by the model card and uploaded with the model.
+TRAINING_RECORD = "gap_mllm_training.json"
 KIND_SYNTHROOMS = "synthrooms"
 KIND_SCANNET_LAYOUT = "scannet-layout"
 

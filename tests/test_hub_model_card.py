@@ -127,7 +127,8 @@ def test_every_figure_of_the_model_section_comes_from_the_checkpoint(checkpoint)
 
 def write_record(folder, data_root):
     from gap_mllm.training.config import recipe_from_dict
-    from gap_mllm.training.run import TRAINING_RECORD, training_record
+    from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+    from gap_mllm.training.run import training_record
 
     recipe = recipe_from_dict({"model": {"tiny": "tiny"}, "data": {"data_root": str(data_root), "tasks": ["detection"]}})
     (folder / TRAINING_RECORD).write_text(json.dumps(training_record(recipe, 20)))

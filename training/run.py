@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
+from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
+
 from .checkpoints import check_resume_checkpoint, find_resumable_checkpoint
 from .config import ModelSource, TrainRecipe
 from .data import build_collator, load_split
@@ -127,15 +129,10 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     return checkpoint
 
 
-TRAINING_RECORD = "gap_mllm_training.json"
-
-
 def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = False) -> dict:
     """What the saved model was trained on and how, for its model card (`gap-mllm push`): stage,
     tasks, the data root described by `describe_data_root` (its folder name, never its path), steps,
     what was frozen, LoRA. `data_given`: the datasets were passed in, not read from `data.data_root`."""
-    from gap_mllm.processing.dataset_identity import describe_data_root
-
     if recipe.model.tiny:
         source = f"the {recipe.model.tiny} test model, randomly initialised"
     else:
