@@ -29,13 +29,13 @@ def test_train_stage1_tiny_script_runs_as_written(tmp_path):
     """No CPU flags: the recipes pick the device and precision themselves and log the choice."""
     out = tmp_path / "run"
     done = run(["bash", str(EXAMPLES / "train_stage1_tiny.sh"), str(out)], tmp_path,
-               SCENES="1", STEPS="2", FRAMES="8", HEIGHT="60", WIDTH="80")
+               SCENES="1", STEPS="1", FRAMES="8", HEIGHT="60", WIDTH="80")
     for stage in ("stage1", "stage2"):
         assert (out / stage / "model.safetensors").is_file(), stage
     log = done.stdout + done.stderr
     expected = "device: cuda" if torch.cuda.is_available() else "device: cpu (auto: torch sees no CUDA device); precision: float32 weights, no autocast"
     assert log.count(expected) == 2
-    assert "trained 2 steps" in done.stdout
+    assert done.stdout.count("trained 1 steps") == 2
 
 
 def test_sft_trl_example_runs(tmp_path):
