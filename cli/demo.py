@@ -78,8 +78,10 @@ def main(args: argparse.Namespace) -> int:
         banner = ["GAP-MLLM demo with a TINY, RANDOMLY INITIALISED model: the weights are UNTRAINED,",
                   "so the answers are noise. The demo shows the real pipeline end to end.",
                   f"Saved the Hub-style folder to {folder}"]
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    from .model_source import load_pretrained
+
+    model = load_pretrained(AutoModel.from_pretrained, folder, "--model", trust_remote_code=True).eval()
+    processor = load_pretrained(AutoProcessor.from_pretrained, folder, "--model", trust_remote_code=True)
     # Printed as one block after the saving and loading progress bars, so they never interleave.
     print("\n".join([BANNER, *banner, BANNER]))
     print(f"Loaded {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) and "

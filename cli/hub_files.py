@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+
 UPLOAD_PATTERNS = (
     "*.safetensors", "model.safetensors.index.json",
     "config.json", "generation_config.json",
@@ -27,6 +29,7 @@ UPLOAD_PATTERNS = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "merges.txt", "tokenizer.model",
     "chat_template.jinja", "chat_template.json",
+    TRAINING_RECORD,  # what the model was trained on (training/run.py), read by the card
     "*.py",
     "README.md",
 )

@@ -23,12 +23,16 @@ def tiny_model_folder(folder=None) -> Path:
     return save_tiny_checkpoint(folder)
 
 
-def load_model_and_processor(model: str = TINY, device: str = "cpu"):
-    """`(model, processor, is_tiny)`, the model in eval mode."""
+def load_model_and_processor(model: str = TINY, device: str = "cpu", flag: str = "--model"):
+    """`(model, processor, is_tiny)`, the model in eval mode. A source that cannot be loaded (no such
+    folder, an empty one, truncated weights, refused pickle weights, an unreachable Hub id) is a
+    `UserError` naming it (`cli/model_source.py`)."""
     from transformers import AutoModel, AutoProcessor
+
+    from .model_source import load_pretrained
 
     is_tiny = model == TINY
     source = str(tiny_model_folder()) if is_tiny else model
-    loaded = AutoModel.from_pretrained(source, trust_remote_code=True).to(device).eval()
-    processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+    loaded = load_pretrained(AutoModel.from_pretrained, source, flag, trust_remote_code=True).to(device).eval()
+    processor = load_pretrained(AutoProcessor.from_pretrained, source, flag, trust_remote_code=True)
     return loaded, processor, is_tiny

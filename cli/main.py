@@ -1,9 +1,14 @@
 """`gap-mllm` console script: one sub-command per module, imported only when used (so `--help` is fast
-and a missing optional dependency only affects its own command)."""
+and a missing optional dependency only affects its own command).
+
+A user mistake (a missing file, a bad value, an unreachable model, ...) is one line on stderr and exit
+status 2 (cli/errors.py); `--debug`, anywhere on the command line, shows the full traceback instead."""
 
 import argparse
 import importlib
 import sys
+
+from .errors import run_command
 
 # command -> (module with add_arguments(parser) and main(args) -> int, one-line help)
 COMMANDS = {
@@ -29,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
@@ -39,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module_name, help_text = COMMANDS[argv[0]]
     module = importlib.import_module(module_name)
-    command_parser = argparse.ArgumentParser(prog=f"gap-mllm {argv[0]}", description=help_text)
+    command_parser = argparse.ArgumentParser(prog=f"gap-mllm {argv[0]}", description=help_text,
+                                             epilog="--debug: show the full traceback of an error")
     module.add_arguments(command_parser)
-    return int(module.main(command_parser.parse_args(argv[1:])) or 0)
+    args = command_parser.parse_args(argv[1:])
+    return run_command(argv[0], module.main, args, debug=debug)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
 """Model card for a GAP-MLLM checkpoint: `model_card.md` (repository root) as the template, filled in
-from the checkpoint folder and the evaluation runner's `summary.json` files.
+from the checkpoint folder, what it records about its training, and the evaluation runner's
+`summary.json` files. Nothing on the card is assumed: every figure is computed, every name is given.
 
-What is computed (the rest of the template is kept verbatim):
+What is computed (the rest of the template, which describes the method, is kept verbatim):
 - the YAML front matter, through `huggingface_hub.ModelCardData`: licence, base model, tags, datasets
-  and `model-index` evaluation results (one per summary's headline metric);
-- a "This checkpoint" section: repo, base model, geometry weights and their licence consequence,
-  fusion, parameter counts (read from the safetensors headers, nothing is loaded);
-- the "Evaluation" section: a table from the summaries, or an explicit "no results" line.
+  (Hub ids the caller gives) and `model-index` evaluation results (one per summary's headline metric);
+- "This checkpoint": repo, base model, geometry weights and their licence consequence;
+- "Model": layer counts, widths and fusion settings from config.json, parameter counts per part
+  from the safetensors headers (nothing is loaded), the weights' size on disk;
+- "Training data": what the caller says (`training_data=`, `gap-mllm push --training-data`), else
+  what the checkpoint records (`gap_mllm_training.json`, written by `gap-mllm train`), else "not
+  recorded". SynthRooms is named SynthRooms; other data only as "data in the ScanNet layout";
+- "Evaluation": a table from the summaries only (the data each was computed on is the one the
+  summary records), or an explicit "no results" line.
 
 VGGT licence rule (vggt-reference.md §8): weights from `facebook/VGGT-1B` are non-commercial and so is
 any model that ships them; `facebook/VGGT-1B-Commercial` allows commercial use except military use.
@@ -22,20 +28,28 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
+from gap_mllm.processing.dataset_identity import TRAINING_RECORD
 
 DEFAULT_BASE_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 DEFAULT_GEOMETRY_CHECKPOINT = "facebook/VGGT-1B"
 TEMPLATE_NAME = "model_card.md"
 
-# evaluation task name (gap_mllm.tasks_gap_mllm; evaluation/tasks.py) -> (HF task type, dataset type,
-# readable dataset, task label)
+# evaluation task name (gap_mllm.tasks_gap_mllm; evaluation/tasks.py) -> (HF task type, benchmark format,
+# task label). The data a number was computed on comes from the summary, never from this table.
 EVAL_TASKS = {
-    "detection": ("3d-object-detection", "scannet", "ScanNet (EmbodiedScan) 3D video object detection", "3D video object detection"),
-    "grounding": ("3d-visual-grounding", "scanrefer", "ScanRefer", "3D visual grounding"),
-    "captioning": ("3d-dense-captioning", "scan2cap", "Scan2Cap", "3D dense captioning"),
-    "reconstruction": ("3d-reconstruction", "scannet", "ScanNet marker pointmap", "marker pointmap reconstruction"),
-    "spatial_qa": ("visual-question-answering", "spatial-qa", "spatial QA", "spatial question answering"),
+    "detection": ("3d-object-detection", "EmbodiedScan-style detection", "3D video object detection"),
+    "grounding": ("3d-visual-grounding", "ScanRefer-style grounding", "3D visual grounding"),
+    "captioning": ("3d-dense-captioning", "Scan2Cap-style captioning", "3D dense captioning"),
+    "reconstruction": ("3d-reconstruction", "marker pointmap", "marker pointmap reconstruction"),
+    "spatial_qa": ("visual-question-answering", "spatial QA", "spatial question answering"),
 }
+# safetensors key prefix -> part of the model (first match wins)
+PARTS = (
+    ("vlm.model.language_model.", "llm"), ("vlm.lm_head.", "llm"), ("vlm.model.visual.", "vision"),
+    ("geometry_encoder.aggregator.", "geometry_encoder"), ("geometry_encoder.", "geometry_heads"),
+    ("geometry_fusion.mergers.", "mergers"), ("geometry_fusion.fusions.", "fusions"),
+)
+PART_NAMES = ("llm", "vision", "geometry_encoder", "geometry_heads", "mergers", "fusions", "other")
 
 
 def default_template_path() -> Path:
@@ -58,21 +72,96 @@ def geometry_licence(source: str | None) -> tuple[str, str]:
 
 
 def parameter_counts(model_dir) -> dict[str, int]:
-    """Parameters per group (`vlm`, `geometry_encoder`, `fusion` = everything else, `total`) from the
-    safetensors headers of `model_dir` (sharded or not)."""
+    """Parameters per part (`PART_NAMES`, by key prefix: LLM, vision tower, geometry encoder, its
+    heads, mergers, fusion gates, other) and `total`, from the safetensors headers of `model_dir`
+    (sharded or not); nothing is loaded."""
     from safetensors import safe_open
 
-    counts = {"vlm": 0, "geometry_encoder": 0, "fusion": 0}
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
+    counts = dict.fromkeys(PART_NAMES, 0)
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights to count")
+    for path in files:
         with safe_open(str(path), framework="np") as handle:
             for key in handle.keys():
                 numel = 1
                 for dim in handle.get_slice(key).get_shape():
                     numel *= dim
-                group = key.split(".")[0] if key.split(".")[0] in counts else "fusion"
-                counts[group] += numel
+                part = next((name for prefix, name in PARTS if key.startswith(prefix)), "other")
+                counts[part] += numel
     counts["total"] = sum(counts.values())
     return counts
+
+
+def weights_size(model_dir) -> int:
+    """Bytes of the safetensors files of `model_dir`."""
+    return sum(path.stat().st_size for path in Path(model_dir).glob("*.safetensors"))
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.3f} M" if count < 10e6 else f"{count / 1e6:.1f} M"
+
+
+def model_section(config, counts: dict, size_bytes: int) -> str:
+    """Markdown body of the "Model" section: every figure from `config` and the weights."""
+    text, vision = config.vlm_config.text_config, config.vlm_config.vision_config
+    rows = [("LLM", f"{text.num_hidden_layers} layers, hidden {text.hidden_size}, {text.num_attention_heads} heads "
+                    f"({text.num_key_value_heads} KV), vocabulary {text.vocab_size}; {_millions(counts['llm'])} parameters"),
+            ("vision tower", f"{vision.depth} blocks, hidden {vision.hidden_size}, patch {vision.patch_size}, DeepStack taps "
+                             f"{list(vision.deepstack_visual_indexes)}; {_millions(counts['vision'])} parameters")]
+    if config.use_geometry:
+        geometry, fusion = config.geometry_config, config.geometry_fusion_config
+        heads = [name for name, flag in (("camera", geometry.use_camera_head), ("depth", geometry.use_depth_head),
+                                         ("point", geometry.use_point_head)) if flag]
+        rows += [
+            ("geometry encoder", f"VGGT aggregator, {geometry.num_hidden_layers} frame/global block pairs, hidden "
+                                 f"{geometry.hidden_size}, patch {geometry.patch_size}, tapped layers {list(geometry.tapped_layers)}; "
+                                 f"{_millions(counts['geometry_encoder'])} parameters"),
+            ("geometry heads", (", ".join(heads) + f"; {_millions(counts['geometry_heads'])} parameters") if heads else "none"),
+            ("fusion", f"{fusion.method}, {config.num_fusion_levels} levels (VGGT layers {config.level_geometry_layers} -> "
+                       f"main tokens, DeepStack 0..{config.num_fusion_levels - 2}); mergers hidden {fusion.merger_hidden_size}, "
+                       f"{fusion.merger_norm} norm"),
+            ("new parameters", f"{_millions(counts['mergers'] + counts['fusions'])} "
+                               f"(mergers {_millions(counts['mergers'])}, fusion {_millions(counts['fusions'])})"),
+        ]
+    else:
+        rows.append(("geometry encoder", "none (use_geometry is false: a plain Qwen3-VL)"))
+    if counts.get("other"):
+        rows.append(("other weights", f"{_millions(counts['other'])} parameters"))
+    rows.append(("total", f"{counts['total']:,} parameters; {size_bytes / 2**20:.1f} MiB of safetensors "
+                          f"(stored as {getattr(config, 'dtype', None) or 'float32'})"))
+    return "\n".join(["| part | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
+
+
+def read_training_record(model_dir) -> dict | None:
+    """`gap_mllm_training.json` of a checkpoint folder (what `gap-mllm train` recorded), or None."""
+    path = Path(model_dir) / TRAINING_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error}); delete it or pass --training-data") from error
+    return record if isinstance(record, dict) else None
+
+
+def training_section(record: dict | None, training_data=None) -> str:
+    """Markdown body of the "Training data" section: the caller's words, else the checkpoint's record."""
+    if training_data:
+        return "\n".join(f"- {item}" for item in training_data) + "\n"
+    if record is None:
+        return ("Not recorded for this checkpoint: it carries no `gap_mllm_training.json` and none was given "
+                "(`gap-mllm push --training-data ...`).\n")
+    data = record.get("data") or {}
+    lines = [f"- data: {data.get('name', 'given to the trainer directly (not recorded)')}"
+             + (f", folder `{data['folder']}`" if data.get("folder") else ""),
+             f"- stage: {record.get('stage', '?')}; tasks: {', '.join(record.get('tasks') or []) or '?'}; "
+             f"{record.get('global_step', '?')} optimizer steps",
+             f"- started from: {record.get('started_from') or 'not recorded'}"]
+    frozen = [name.removeprefix("freeze_") for name, value in (record.get("freezing") or {}).items() if value]
+    lines.append(f"- frozen: {', '.join(frozen) or 'nothing'}; LoRA: {'yes' if record.get('lora') else 'no'}; "
+                 f"auxiliary losses: {', '.join(record.get('aux_losses') or []) or 'none'}")
+    return "\n".join(lines) + "\n"
 
 
 def load_summaries(paths) -> list[dict]:
@@ -89,18 +178,24 @@ def load_summaries(paths) -> list[dict]:
     return summaries
 
 
+def _summary_data(summary: dict) -> tuple[str, str]:
+    """`(dataset name, dataset type)` of the data a summary was computed on, as the summary records it."""
+    data = summary.get("data") or {}
+    name = data.get("name") or "data not recorded in the summary"
+    return f"{name} ({summary.get('annotation_file', 'unknown file')})", data.get("kind") or "unknown"
+
+
 def eval_results(summaries: list[dict], model_name: str) -> list[EvalResult]:
-    """One `EvalResult` (model-index entry) per summary: its headline metric."""
+    """One `EvalResult` (model-index entry) per summary: its headline metric, on the data it records."""
     results = []
     for summary in summaries:
-        task_type, dataset_type, dataset_name, task_label = EVAL_TASKS.get(
-            summary["task"], (summary["task"], summary["task"], summary["task"], summary["task"]))
+        task_type, _, task_label = EVAL_TASKS.get(summary["task"], (summary["task"], summary["task"], summary["task"]))
         value = summary["headline"]["value"]
         if value is None:
             continue
+        dataset_name, dataset_type = _summary_data(summary)
         results.append(EvalResult(
-            task_type=task_type, task_name=task_label, dataset_type=dataset_type,
-            dataset_name=f"{dataset_name} ({summary.get('annotation_file', 'unknown file')})",
+            task_type=task_type, task_name=task_label, dataset_type=dataset_type, dataset_name=dataset_name,
             metric_type=summary["headline"]["name"], metric_name=summary["headline"]["description"],
             metric_value=float(value),
         ))
@@ -112,30 +207,27 @@ def evaluation_section(summaries: list[dict]) -> str:
     if not summaries:
         return "No evaluation results are recorded for this checkpoint yet.\n"
     lines = ["Computed with `gap-mllm evaluate` (official metric semantics, method.md §5).", "",
-             "| task | annotation file | samples | metric | value | official-compat | answers from |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | data | annotation file | samples | metric | value | official-compat | answers from |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        label = EVAL_TASKS.get(s["task"], (None, None, None, s["task"]))[3]
+        label = EVAL_TASKS.get(s["task"], (None, None, s["task"]))[2]
         value = s["headline"]["value"]
         shown = "n/a" if value is None else f"{value:.4f}"
-        lines.append(f"| {label} | {s.get('annotation_file', '?')} | {s.get('num_samples', '?')} | "
+        data = (s.get("data") or {}).get("name") or "not recorded"
+        lines.append(f"| {label} | {data} | {s.get('annotation_file', '?')} | {s.get('num_samples', '?')} | "
                      f"{s['headline']['description']} | {shown} | {s.get('official_compat', '?')} | {s.get('source', '?')} |")
     return "\n".join(lines) + "\n"
 
 
-def checkpoint_section(config, repo_id, base_model, counts, untrained: bool) -> str:
+def checkpoint_section(config, repo_id, base_model, untrained: bool) -> str:
     """Markdown body of the "This checkpoint" section."""
     geometry = config.geometry_config if config.use_geometry else None
     source = getattr(geometry, "source_checkpoint", None) if geometry is not None else None
     verdict, sentence = geometry_licence(source) if geometry is not None else ("n/a", "No geometry encoder.")
-    fusion = config.geometry_fusion_config
     rows = [
         ("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
         ("base model", f"`{base_model}`"),
-        ("geometry encoder", f"VGGT aggregator, weights `{source or 'not recorded'}` ({verdict})" if geometry is not None else "none"),
-        ("fusion", f"{fusion.method}, VGGT layers per level {config.level_geometry_layers} (main, DeepStack)"
-                   if geometry is not None else "none (plain Qwen3-VL)"),
-        ("parameters", ", ".join(f"{name} {value / 1e6:.2f} M" for name, value in counts.items())),
+        ("geometry weights", f"`{source or 'not recorded'}` ({verdict})" if geometry is not None else "none"),
     ]
     lines = ["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows), "", sentence]
     if untrained:
@@ -166,17 +258,19 @@ def insert_section_before(body: str, before: str, heading: str, content: str) ->
 
 
 def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), base_model: str = DEFAULT_BASE_MODEL,
-                     template_path=None, untrained: bool = False, datasets=None) -> ModelCard:
+                     template_path=None, untrained: bool = False, datasets=None, training_data=None) -> ModelCard:
     """The card of the checkpoint in `model_dir` (a folder written by `save_pretrained`).
 
     Args:
-        model_dir: the checkpoint folder (its config.json and safetensors are read, the model is not built).
+        model_dir: the checkpoint folder (its config.json and safetensors headers are read, the model is
+            not built; its `gap_mllm_training.json`, if any, says what it was trained on).
         repo_id: the Hub repository the card is for (shown in the card and the usage snippet).
         eval_summaries: `summary.json` paths (or their folders) from `gap-mllm evaluate`.
         base_model: the Qwen3-VL checkpoint the model was built from.
         template_path: the template (default: `model_card.md` of the repository).
         untrained: mark the card as a randomly initialised test model.
         datasets: Hub dataset ids to list in the metadata.
+        training_data: lines describing the training data; they replace what the checkpoint records.
     """
     from gap_mllm import GapMllmConfig
 
@@ -203,7 +297,8 @@ def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), b
     body = _split_front_matter(template_path.read_text(encoding="utf-8"))
     if repo_id:
         body = body.replace('"org/gap-mllm"', f'"{repo_id}"')
-    body = insert_section_before(body, "Model", "This checkpoint",
-                                 checkpoint_section(config, repo_id, base_model, parameter_counts(model_dir), untrained))
+    body = insert_section_before(body, "Model", "This checkpoint", checkpoint_section(config, repo_id, base_model, untrained))
+    body = replace_section(body, "Model", model_section(config, parameter_counts(model_dir), weights_size(model_dir)))
+    body = insert_section_before(body, "Use", "Training data", training_section(read_training_record(model_dir), training_data))
     body = replace_section(body, "Evaluation", evaluation_section(summaries))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-summary", nargs="*", default=[], metavar="PATH",
                         help="summary.json files (or their folders) from `gap-mllm evaluate` for the card's results")
     parser.add_argument("--base-model", default=None, help="the Qwen3-VL checkpoint it was built from (card metadata)")
+    parser.add_argument("--training-data", nargs="+", default=None, metavar="TEXT",
+                        help="what the model was trained on, one item per argument (default: what the checkpoint's "
+                             "gap_mllm_training.json records, written by gap-mllm train)")
+    parser.add_argument("--datasets", nargs="+", default=None, metavar="HUB_ID", help="Hub dataset ids for the card metadata")
     parser.add_argument("--untrained", action="store_true", help="mark the card as an untrained test model")
     parser.add_argument("--keep-readme", action="store_true", help="upload the folder's README.md instead of generating one")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
@@ -43,11 +47,13 @@ def _hub_api():
     return hf_api()
 
 
-def build_card_text(folder, repo_id, eval_summaries=(), base_model=None, untrained=False) -> str:
+def build_card_text(folder, repo_id, eval_summaries=(), base_model=None, untrained=False, training_data=None,
+                    datasets=None) -> str:
     from .model_card import DEFAULT_BASE_MODEL, build_model_card
 
     card = build_model_card(folder, repo_id=repo_id, eval_summaries=eval_summaries,
-                            base_model=base_model or DEFAULT_BASE_MODEL, untrained=untrained)
+                            base_model=base_model or DEFAULT_BASE_MODEL, untrained=untrained,
+                            training_data=training_data, datasets=datasets)
     return str(card)
 
 
@@ -72,13 +78,15 @@ def push_folder(folder, repo_id: str, card_text: str | None = None, private: boo
     return info, sorted(op.path_in_repo for op in operations)
 
 
-def push_model(model, processor, repo_id: str, eval_summaries=(), base_model=None, untrained=False, **push_kwargs):
+def push_model(model, processor, repo_id: str, eval_summaries=(), base_model=None, untrained=False, training_data=None,
+               datasets=None, **push_kwargs):
     """Save `model` and `processor` to a temporary folder and publish it with `push_folder` (one commit,
-    generated card). Returns what `push_folder` returns."""
+    generated card; a model in memory records no training data, so pass `training_data`). Returns what
+    `push_folder` returns."""
     with tempfile.TemporaryDirectory(prefix="gap-mllm-push-") as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        card = build_card_text(tmp, repo_id, eval_summaries, base_model, untrained)
+        card = build_card_text(tmp, repo_id, eval_summaries, base_model, untrained, training_data, datasets)
         return push_folder(tmp, repo_id, card_text=card, **push_kwargs)
 
 
@@ -86,8 +94,8 @@ def main(args: argparse.Namespace) -> int:
     folder = Path(args.model)
     try:
         plan = plan_upload(folder)
-        card = None if args.keep_readme else build_card_text(folder, args.repo, args.eval_summary,
-                                                             args.base_model, args.untrained)
+        card = None if args.keep_readme else build_card_text(folder, args.repo, args.eval_summary, args.base_model,
+                                                             args.untrained, args.training_data, args.datasets)
     except (HubFolderError, FileNotFoundError, ValueError) as error:
         print(f"gap-mllm push: {error}", file=sys.stderr)
         return 2

@@ -110,6 +110,8 @@ def parse_numbers(text: str | None, count: int, what: str) -> list[float] | None
         raise UploadError(f"{what}: expected {count} numbers, got {text!r}") from error
     if len(values) != count:
         raise UploadError(f"{what}: expected {count} numbers, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):  # "inf" / "nan" parse as floats
+        raise UploadError(f"{what}: expected {count} finite numbers, got {text!r}")
     return values
 
 
@@ -199,6 +201,8 @@ class SpaceBackend:
             if values is None:  # default: the centre of the first frame
                 width, height = scene.views[0].size
                 values = [0, width // 2, height // 2]
+            if not all(float(v).is_integer() for v in values):
+                raise UploadError(f"marker (view x y): whole pixel numbers are needed, got {marker_text!r}")
             marker = tuple(int(v) for v in values)
             width, height = scene.views[0].size
             if not (0 <= marker[1] < width and 0 <= marker[2] < height):

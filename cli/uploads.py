@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gap_mllm.image_alignment import pil_to_rgb
+from gap_mllm.processing.scannet_layout import resolve_inside
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 GIF_SUFFIXES = {".gif"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv"}
@@ -43,7 +46,7 @@ class UploadLimits:
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
-    return any(path == root or path.is_relative_to(root) for root in roots)
+    return any(resolve_inside(root, path) is not None for root in roots)
 
 
 def check_paths(paths, limits: UploadLimits, allowed_roots=None) -> list[Path]:
@@ -87,7 +90,11 @@ def _open_image(path: Path, limits: UploadLimits) -> Image.Image:
         with Image.open(path) as image:
             if image.width * image.height > limits.max_pixels:
                 raise UploadError(f"{path.name}: {image.width}x{image.height} pixels is over the limit.")
-            return image.convert("RGB")
+            image.load()
+            try:
+                return pil_to_rgb(image, path.name)  # 16-bit PNGs are scaled, not clipped to white
+            except ValueError as error:  # a float image: the message says what to do
+                raise UploadError(f"{error}.") from error
     except UploadError:
         raise
     except Exception as error:  # PIL raises many types for corrupt or mislabelled files

@@ -8,7 +8,7 @@ from .box_iou import box_iou, box_iou_matrix, box_iou_pairs, box_volume, interse
 from .caption_metrics import caption_scores, gate_prediction, normalize_caption
 from .category_lists import CLEAN_SPLITS, OFFICIAL_SPLITS
 from .detection_metrics import DetectionEvaluator, match_sample
-from .grounding_metrics import GroundingEvaluator, grounding_iou, grounding_scores
+from .grounding_metrics import GroundingEvaluator, GroundingScore, grounding_scores, score_grounding
 from .reconstruction_metrics import ReconstructionEvaluator, chamfer_metrics, point_score, umeyama_sim3
 from .runner import run_evaluation, write_oracle_predictions
 from .spatial_qa_metrics import mean_relative_accuracy, spatial_qa_scores
@@ -18,7 +18,7 @@ __all__ = [
     "caption_scores", "gate_prediction", "normalize_caption",
     "CLEAN_SPLITS", "OFFICIAL_SPLITS",
     "DetectionEvaluator", "match_sample",
-    "GroundingEvaluator", "grounding_iou", "grounding_scores",
+    "GroundingEvaluator", "GroundingScore", "grounding_scores", "score_grounding",
     "ReconstructionEvaluator", "chamfer_metrics", "point_score", "umeyama_sim3",
     "run_evaluation", "write_oracle_predictions",
     "mean_relative_accuracy", "spatial_qa_scores",

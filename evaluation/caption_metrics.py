@@ -16,6 +16,13 @@ and a single-sample CIDEr is always 0.
 
 Modes: `official_compat=True` disables METEOR (commented out in the official GAP code); the default
 enables it when `meteor=None`. METEOR needs Java and costs a few seconds of JVM start-up.
+
+Text sent to the scorers (both modes): `meteor.sanitize_for_scorers` replaces line breaks and other
+control characters and the METEOR separator "|||" by spaces (a newline in a caption used to hang the
+METEOR subprocess forever). BLEU and CIDEr split on any whitespace, so they are unchanged; ROUGE-L
+splits on single spaces, so a caption with a line break now scores its two words apart rather than as
+one glued token. METEOR runs with a time limit per answer (`meteor_timeout`); any scorer failure is a
+`ScorerError`, never a hang.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+
+from .meteor import METEOR_TIMEOUT, ScorerError, meteor_score, sanitize_for_scorers
 
 CAPTION_IOU_GATE = 0.5
 
@@ -42,7 +51,8 @@ def java_available() -> bool:
 
 
 def caption_scores(predictions, references, proposal_ious=None, meteor: bool | None = None,
-                   official_compat: bool = False, gate: float = CAPTION_IOU_GATE) -> dict:
+                   official_compat: bool = False, gate: float = CAPTION_IOU_GATE,
+                   meteor_timeout: float = METEOR_TIMEOUT) -> dict:
     """Corpus scores and per-sample scores.
 
     Args:
@@ -50,6 +60,7 @@ def caption_scores(predictions, references, proposal_ious=None, meteor: bool | N
         references: `[N]` lists of reference captions (each non-empty).
         proposal_ious: `[N]` proposal-vs-ground-truth IoUs (the sample's `iou` field); None = all 1.0.
         meteor: compute METEOR (Java); None = on unless `official_compat`.
+        meteor_timeout: seconds METEOR may stay silent before it is stopped (`ScorerError`).
     Returns:
         `{"cider", "bleu4", "bleu1".."bleu3", "rouge_l", "meteor" (or None), "num_samples", "num_gated",
         "per_sample": {"cider": [N], "bleu4": [N], "rouge_l": [N], "meteor": [N] or None}}`.
@@ -75,13 +86,16 @@ def caption_scores(predictions, references, proposal_ious=None, meteor: bool | N
         return empty
 
     gated = [gate_prediction(p, iou, gate) for p, iou in zip(predictions, ious)]
-    res = {i: [normalize_caption(p)] for i, p in enumerate(gated)}
-    gts = {i: [normalize_caption(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [normalize_caption(sanitize_for_scorers(p))] for i, p in enumerate(gated)}
+    gts = {i: [normalize_caption(sanitize_for_scorers(r)) for r in refs] for i, refs in enumerate(references)}
 
-    cider, cider_each = Cider().compute_score(gts, res)
-    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length ratios
-        bleu, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
-    rouge, rouge_each = Rouge().compute_score(gts, res)
+    try:
+        cider, cider_each = Cider().compute_score(gts, res)
+        with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length ratios
+            bleu, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
+        rouge, rouge_each = Rouge().compute_score(gts, res)
+    except Exception as error:  # noqa: BLE001 - the scorers raise assorted types on odd input
+        raise ScorerError(f"caption scorer failed: {type(error).__name__}: {error}") from error
     out = {
         "cider": float(cider),
         "bleu1": float(bleu[0]), "bleu2": float(bleu[1]), "bleu3": float(bleu[2]), "bleu4": float(bleu[3]),
@@ -95,13 +109,7 @@ def caption_scores(predictions, references, proposal_ious=None, meteor: bool | N
     if meteor:
         if not java_available():
             raise RuntimeError("METEOR needs Java (`java` on PATH); pass meteor=False to skip it")
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        scorer = Meteor()
-        try:
-            score, each = scorer.compute_score(gts, res)
-        finally:
-            del scorer  # stops the JVM
+        score, each = meteor_score(gts, res, timeout=meteor_timeout)
         out["meteor"] = float(score)
         out["per_sample"]["meteor"] = [float(v) for v in each]
     return out

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gap_mllm.processing.errors import DataError
+
 from .box_iou import box_iou_matrix
 from .category_lists import CLEAN_SPLITS, HEADLINE_SPLIT, OFFICIAL_SPLITS
 
@@ -70,6 +72,19 @@ class SampleMatch:
     predictions: list[PredictionMatch] = field(default_factory=list)
 
 
+def ground_truth(record: dict, sample=None) -> tuple[list, list]:
+    """`(labels, boxes)` of an annotation record's `boxes`; a DataError naming the sample when `boxes`
+    is not a list of `{"label": str, "bbox_3d": [9 numbers]}` objects."""
+    entries = record.get("boxes", [])
+    if not isinstance(entries, list):
+        raise DataError(f"'boxes' must be a list of {{\"label\", \"bbox_3d\"}} objects, got {type(entries).__name__}", sample=sample)
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("label"), str) and isinstance(entry.get("bbox_3d"), list)
+                and len(entry["bbox_3d"]) == 9):
+            raise DataError(f"every entry of 'boxes' needs a string \"label\" and a 9-number \"bbox_3d\", got {entry!r:.120}", sample=sample)
+    return [e["label"] for e in entries], [e["bbox_3d"] for e in entries]
+
+
 def _as_boxes(boxes) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64)
     return boxes.reshape(0, 9) if boxes.size == 0 else boxes.reshape(-1, 9)
@@ -83,6 +98,7 @@ def match_sample(
     iou_threshold: float = DETECTION_IOU_THRESHOLD,
     euler_mode: str = "zxy",
     official_compat: bool = False,
+    pred_valid=None,
 ) -> SampleMatch:
     """Greedy official matching of one sample.
 
@@ -91,10 +107,15 @@ def match_sample(
         gt_labels: `[G]` strings; gt_boxes: `[G, 9]`. Boxes in one common frame (first camera).
         iou_threshold: a prediction is a TP iff its best IoU is strictly greater than this.
         euler_mode / official_compat: passed to `box_iou_matrix`.
+        pred_valid: `[P]` bool or None (all valid). A False prediction is an entry the official reading
+            keeps although its box cannot be scored: IoU 0 with everything, so a false positive.
     """
     pred_boxes, gt_boxes = _as_boxes(pred_boxes), _as_boxes(gt_boxes)
     if len(pred_labels) != len(pred_boxes) or len(gt_labels) != len(gt_boxes):
         raise ValueError("labels and boxes must have the same length")
+    valid = np.ones(len(pred_boxes), dtype=bool) if pred_valid is None else np.asarray(pred_valid, dtype=bool)
+    if valid.shape != (len(pred_boxes),):
+        raise ValueError(f"pred_valid must have one entry per prediction ({len(pred_boxes)}), got shape {valid.shape}")
     result = SampleMatch()
     gt_by_label: dict[str, list[int]] = defaultdict(list)
     for j, label in enumerate(gt_labels):
@@ -107,7 +128,9 @@ def match_sample(
     for label in list(dict.fromkeys([*pred_labels, *gt_labels])):
         preds, gts = pred_by_label.get(label, []), gt_by_label.get(label, [])
         counts = CategoryCounts()
-        ious = box_iou_matrix(pred_boxes[preds], gt_boxes[gts], euler_mode, official_compat)
+        ious = np.zeros((len(preds), len(gts)))
+        scorable = [row for row, i in enumerate(preds) if valid[i]]
+        ious[scorable] = box_iou_matrix(pred_boxes[[preds[r] for r in scorable]], gt_boxes[gts], euler_mode, official_compat)
         used = np.zeros(len(gts), dtype=bool)
         for row, i in enumerate(preds):
             candidates = np.where(used, -np.inf, ious[row]) if len(gts) else np.zeros(0)
@@ -160,22 +183,26 @@ class DetectionEvaluator:
     _ap_records: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
     _gt_totals: dict = field(default_factory=lambda: defaultdict(int))
     _num_samples: int = 0
+    _unscorable_predictions: int = 0
 
     @property
     def euler_mode(self) -> str:
         return "official" if self.official_compat else "zxy"
 
-    def add(self, pred_labels, pred_boxes, gt_labels, gt_boxes) -> SampleMatch:
-        """Score one sample; returns its match (per-category counts and per-prediction matches)."""
+    def add(self, pred_labels, pred_boxes, gt_labels, gt_boxes, pred_valid=None) -> SampleMatch:
+        """Score one sample; returns its match (per-category counts and per-prediction matches).
+        `pred_valid`: see `match_sample` (unscorable predictions are false positives, and counted)."""
         match = match_sample(pred_labels, pred_boxes, gt_labels, gt_boxes, self.iou_threshold,
-                             self.euler_mode, self.official_compat)
+                             self.euler_mode, self.official_compat, pred_valid)
+        if pred_valid is not None:
+            self._unscorable_predictions += int(np.sum(~np.asarray(pred_valid, dtype=bool)))
         for label, counts in match.counts.items():
             self.counts[label].add(counts)
         for label in gt_labels:
             self._gt_totals[label] += 1
         for threshold in self.ap_thresholds:
             ap_match = match if threshold == self.iou_threshold else match_sample(
-                pred_labels, pred_boxes, gt_labels, gt_boxes, threshold, self.euler_mode, self.official_compat)
+                pred_labels, pred_boxes, gt_labels, gt_boxes, threshold, self.euler_mode, self.official_compat, pred_valid)
             for position, pm in enumerate(ap_match.predictions):
                 # rank = (position in the answer, sample index): earlier entries count as more confident
                 self._ap_records[threshold][pm.label].append((position, self._num_samples, pm.true_positive))
@@ -200,7 +227,7 @@ class DetectionEvaluator:
 
         `per_category[label] = {precision, recall, f1, tp, fp, fn}`, `splits[name] = {precision,
         recall, f1, ap25, ap50}` (means over the split), `f1` (headline: cate31 mean F1), `num_samples`,
-        `official_compat`.
+        `unscorable_predictions` (entries kept without a scorable box: false positives), `official_compat`.
         """
         per_category = {label: c.scores() for label, c in sorted(self.counts.items())}
         ap = {}
@@ -227,6 +254,7 @@ class DetectionEvaluator:
             "splits": splits,
             "per_category": per_category,
             "num_samples": self._num_samples,
+            "unscorable_predictions": self._unscorable_predictions,
             "iou_threshold": self.iou_threshold,
             "official_compat": self.official_compat,
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .tasks import TASKS
 
@@ -54,6 +55,13 @@ def main(args: argparse.Namespace) -> int:
     if not args.out:
         print("error: --out is required", file=sys.stderr)
         return 2
+    if args.model is not None:  # a missing / empty / truncated checkpoint is named before any work
+        from gap_mllm.cli.model_source import check_model_source
+
+        check_model_source(args.model, "--model")
+    for value, flag in ((args.data, "--data"), (args.predictions, "--predictions"), (args.annotation_file, "--annotation-file")):
+        if value is not None and not Path(value).exists():
+            raise FileNotFoundError(f"{flag} {value}: no such file or folder")
     summary = run_evaluation(
         args.task, args.data, args.out, model_dir=args.model, predictions_file=args.predictions, split=args.split,
         annotation_file=args.annotation_file, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,

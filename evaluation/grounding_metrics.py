@@ -3,9 +3,27 @@
 Per sample the predicted box (camera frame of the frame selected in stage 1) is moved to the
 axis-aligned world with `E = axis_align_matrix · cam2global[k]`: centre `E·c`, rotation
 `E[:3,:3]·R(angles)` re-encoded as angles with the same convention, sizes unchanged. Its IoU with
-`gt_bbox` is the sample score; a failed parse, a missing frame or any transform / IoU error gives 0.
-Acc@t = share of samples with IoU >= t (NON-strict, unlike detection); mIoU = mean IoU; the
-denominator is every sample.
+`gt_bbox` is the sample score. Acc@t = share of counted samples with IoU >= t (NON-strict, unlike
+detection); mIoU = mean IoU over the counted samples.
+
+Real poses are rounded (ScanNet stores 6 decimals), so `E` is orthonormal only to ~1e-6: the
+transform uses the nearest rotation (`processing.coordinates.orthonormalize_rigid`, the rotation
+scipy's `from_matrix` also returns in the official code) and refuses only matrices further than
+`RIGID_TOLERANCE` (1e-3) from a rigid motion.
+
+Samples without an IoU are never scored 0 in silence: each gets a reason, and `compute()` reports
+`unscored: {reason: count}` in both modes. Which of them count in the denominator:
+
+    reason (UNSCORED_*)                    default              official_compat=True
+    no box in the answer                   IoU 0, counted       IoU 0, counted
+    selected frame out of range            IoU 0, counted       IoU 0, counted
+    camera pose unusable (data)            excluded             IoU 0, counted
+    ground-truth box unusable (data)       excluded             IoU 0, counted
+
+A model that gives no usable answer is wrong, so it scores 0 in both modes. A sample whose own
+annotation cannot be used (a non-finite or non-rigid pose, a broken `gt_bbox`) says nothing about the
+model: the default leaves it out of the denominator (`num_excluded`); official_compat keeps the
+official rule (any failure of a sample is IoU 0 and counts).
 
 Euler conventions:
     default                "zxy" (R = Ry·Rx·Rz) in the transform and in the IoU.
@@ -16,58 +34,141 @@ Euler conventions:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from gap_mllm.processing.coordinates import camera_boxes_to_world
+from gap_mllm.processing.coordinates import camera_boxes_to_world, camera_to_world_transform, orthonormalize_rigid
 
 from .box_iou import box_iou
 
 GROUNDING_THRESHOLDS = (0.25, 0.5)
 
+UNSCORED_NO_BOX = "no box in the answer"
+UNSCORED_FRAME = "selected frame out of range"
+UNSCORED_POSE = "camera pose unusable"
+UNSCORED_GT = "ground-truth box unusable"
+MODEL_FAILURES = (UNSCORED_NO_BOX, UNSCORED_FRAME)  # counted as IoU 0 in both modes
+DATA_FAILURES = (UNSCORED_POSE, UNSCORED_GT)  # excluded by default, IoU 0 in official_compat
 
-def grounding_iou(pred_box_camera, gt_box_world, cam_to_world=None, axis_align_matrix=None,
-                  official_compat: bool = False) -> float:
-    """IoU of a predicted camera-frame box against the world ground truth; 0.0 on any failure.
+
+@dataclass(frozen=True)
+class GroundingScore:
+    """One sample's result.
+
+    Attributes:
+        iou: the IoU, or None when it could not be computed (see `reason`).
+        reason: None when scored, else one of the `UNSCORED_*` reasons.
+        detail: the underlying error message for data failures (for the per-sample report).
+    """
+
+    iou: float | None
+    reason: str | None = None
+    detail: str | None = None
+
+    def counts(self, official_compat: bool) -> bool:
+        """Whether the sample is in the denominator (module docstring table)."""
+        return self.reason is None or official_compat or self.reason in MODEL_FAILURES
+
+    def value(self, official_compat: bool) -> float | None:
+        """The per-sample score: the IoU, 0.0 for an unscored sample that counts, None if excluded."""
+        if self.iou is not None:
+            return self.iou
+        return 0.0 if self.counts(official_compat) else None
+
+
+def _gt_box(gt_box_world) -> np.ndarray:
+    box = np.asarray(gt_box_world, dtype=np.float64)
+    if box.shape != (9,) or not np.all(np.isfinite(box)):
+        raise ValueError(f"gt_bbox must be 9 finite numbers, got {np.asarray(gt_box_world).tolist()}")
+    return box
+
+
+def score_grounding(pred_box_camera, gt_box_world, cam_to_world=None, axis_align_matrix=None,
+                    official_compat: bool = False) -> GroundingScore:
+    """IoU of a predicted camera-frame box against the world ground truth, or the reason there is none.
 
     Args:
-        pred_box_camera: 9 numbers in the OpenCV frame of the selected frame, or None (parse failure).
+        pred_box_camera: 9 finite numbers in the OpenCV frame of the selected frame, or None (no box parsed).
         gt_box_world: 9 numbers in the (axis-aligned) world.
         cam_to_world: 4x4 pose of the selected frame (`cam2global[k]`); None if the prediction is
             already in the world frame.
         axis_align_matrix: 4x4, or None for identity.
     """
-    if pred_box_camera is None:
-        return 0.0
+    # The sample's own data is checked first: when it is broken, no answer can be scored.
     try:
-        box = np.asarray(pred_box_camera, dtype=np.float64).reshape(9)
-        if cam_to_world is not None:
-            box = camera_boxes_to_world(box[None], cam_to_world, axis_align_matrix)[0]
-        return box_iou(box, gt_box_world, "official" if official_compat else "zxy", official_compat)
-    except Exception:  # noqa: BLE001 - the official scorer maps every failure of a sample to IoU 0
-        return 0.0
+        gt = _gt_box(gt_box_world)
+    except (TypeError, ValueError) as error:
+        return GroundingScore(None, UNSCORED_GT, str(error))
+    transform = None
+    if cam_to_world is not None:
+        try:
+            transform = orthonormalize_rigid(camera_to_world_transform(cam_to_world, axis_align_matrix),
+                                             "axis_align_matrix @ cam2global[k]")
+        except (TypeError, ValueError) as error:
+            return GroundingScore(None, UNSCORED_POSE, str(error))
+    if pred_box_camera is None:
+        return GroundingScore(None, UNSCORED_NO_BOX)
+    box = np.asarray(pred_box_camera, dtype=np.float64).reshape(9)
+    if transform is not None:
+        box = camera_boxes_to_world(box[None], transform)[0]
+    return GroundingScore(box_iou(box, gt, "official" if official_compat else "zxy", official_compat))
+
+
+def selected_pose(record: dict, k: int):
+    """`cam2global[k]` of an annotation record, or None when the record has no pose for frame k."""
+    poses = record.get("cam2global")
+    if not isinstance(poses, (list, tuple, np.ndarray)) or not 0 <= k < len(poses):
+        return None
+    return poses[k]
+
+
+def score_grounding_record(record: dict, k: int, pred_box_camera, official_compat: bool = False) -> GroundingScore:
+    """Score one ScanRefer record given the selected frame `k` and the parsed stage-2 box (or None).
+
+    A frame outside the record's images is `UNSCORED_FRAME`; a record without a pose for frame k is
+    `UNSCORED_POSE` (a missing pose is never read as "the box is already in the world")."""
+    if not 0 <= k < len(record["images"]):
+        return GroundingScore(None, UNSCORED_FRAME, f"frame {k} of {len(record['images'])}")
+    pose = selected_pose(record, k)
+    if pose is None:
+        return GroundingScore(None, UNSCORED_POSE, f"the record has no cam2global[{k}]")
+    return score_grounding(pred_box_camera, record.get("gt_bbox"), pose, record.get("axis_align_matrix"), official_compat)
 
 
 @dataclass
 class GroundingEvaluator:
-    """Accumulates per-sample IoUs (`add` / `add_iou`) and reports Acc@0.25, Acc@0.5, mIoU."""
+    """Accumulates samples (`add`, or `add_score` for a score computed elsewhere) and reports
+    Acc@0.25, Acc@0.5, mIoU over the counted samples and the unscored samples by reason."""
 
     official_compat: bool = False
     thresholds: tuple = GROUNDING_THRESHOLDS
     ious: list = field(default_factory=list)
+    unscored: Counter = field(default_factory=Counter)
+    num_excluded: int = 0
 
-    def add(self, pred_box_camera, gt_box_world, cam_to_world=None, axis_align_matrix=None) -> float:
-        iou = grounding_iou(pred_box_camera, gt_box_world, cam_to_world, axis_align_matrix, self.official_compat)
-        self.ious.append(iou)
-        return iou
+    def add(self, pred_box_camera, gt_box_world, cam_to_world=None, axis_align_matrix=None) -> GroundingScore:
+        score = score_grounding(pred_box_camera, gt_box_world, cam_to_world, axis_align_matrix, self.official_compat)
+        self.add_score(score)
+        return score
 
-    def add_iou(self, iou: float) -> None:
-        self.ious.append(float(iou))
+    def add_score(self, score: GroundingScore) -> None:
+        if score.reason is not None:
+            self.unscored[score.reason] += 1
+        value = score.value(self.official_compat)
+        if value is None:
+            self.num_excluded += 1
+        else:
+            self.ious.append(float(value))
 
     def compute(self) -> dict:
-        """`{"acc@0.25", "acc@0.5", "miou", "num_samples", "hits@0.25", "hits@0.5"}`; 0.0 when empty."""
-        return grounding_scores(self.ious, self.thresholds)
+        """`{"acc@0.25", "acc@0.5", "miou", "num_samples" (the denominator), "hits@0.25", "hits@0.5",
+        "num_excluded", "unscored": {reason: count}}`; rates are 0.0 when nothing counts."""
+        out = grounding_scores(self.ious, self.thresholds)
+        out["num_excluded"] = self.num_excluded
+        out["unscored"] = dict(sorted(self.unscored.items()))
+        return out
 
 
 def grounding_scores(ious, thresholds=GROUNDING_THRESHOLDS) -> dict:

@@ -20,6 +20,8 @@ import numpy as np
 
 from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
+from gap_mllm.processing.errors import DataError
+from gap_mllm.processing.scannet_layout import media_path
 
 from .box_iou import BOX_EDGES
 
@@ -98,8 +100,9 @@ def plot_histogram(task: str, rows: list[dict], path) -> bool:
     if task == DETECTION.name:
         values = [m["iou"] for r in rows for m in r.get("matches", [])]
         title, lines = "IoU of each prediction with its best same-label box", [0.25]
-    elif task == GROUNDING.name:
-        values, title, lines = [r["score"] for r in rows], "Grounding IoU per sample", [0.25, 0.5]
+    elif task == GROUNDING.name:  # samples excluded from the score (unusable annotation) have no value
+        values = [r["score"] for r in rows if r["score"] is not None]
+        title, lines = "Grounding IoU per counted sample", [0.25, 0.5]
     elif task == CAPTIONING.name:
         values, title, lines = [r["score"] for r in rows], "CIDEr per sample", []
     else:
@@ -137,17 +140,24 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     if task == DETECTION.name:
         k = 0
         gt = [b["bbox_3d"] for b in record.get("boxes", [])]
-        pred = [p["bbox_3d"] for p in row["parsed"]]
+        # the official reading keeps entries whose box cannot be drawn (not 9 finite numbers)
+        pred = [p["bbox_3d"] for p in row["parsed"] if np.shape(p["bbox_3d"]) == (9,) and np.all(np.isfinite(p["bbox_3d"]))]
     elif task == GROUNDING.name:
         k = row["parsed"]["frame"]
         if not 0 <= k < len(record["images"]):
             return False
-        gt = list(world_boxes_to_camera(np.asarray(record["gt_bbox"])[None], record["cam2global"][k],
-                                        record.get("axis_align_matrix")))
+        try:
+            gt = list(world_boxes_to_camera(np.asarray(record["gt_bbox"], dtype=np.float64)[None], record["cam2global"][k],
+                                            record.get("axis_align_matrix")))
+        except (KeyError, IndexError, TypeError, ValueError):
+            return False  # no usable pose or truth: the summary counts the sample under `unscored`
         pred = [row["parsed"]["bbox_3d"]] if row["parsed"]["bbox_3d"] else []
     else:
         return False
-    image_path = Path(media_root) / record["images"][k]
+    try:
+        image_path = media_path(media_root, record["images"][k], row["id"])
+    except DataError:
+        return False  # a path outside the media root is never read
     intrinsics = _intrinsics(record, image_path)
     if intrinsics is None or not image_path.is_file():
         return False
@@ -159,7 +169,8 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     ax.set_xlim(0, image.width)
     ax.set_ylim(image.height, 0)
     ax.set_axis_off()
-    ax.set_title(f"{row['id']}  score {row['score']:.3f}  (green: truth, red: prediction)", fontsize=8)
+    score = "excluded" if row["score"] is None else f"{row['score']:.3f}"
+    ax.set_title(f"{row['id']}  score {score}  (green: truth, red: prediction)", fontsize=8)
     _save(fig, path)
     return True
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
-from gap_mllm.processing.scannet_layout import posed_images_dir
+from gap_mllm.processing.dataset_identity import describe_data_root
+from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
 from . import reports
 from .tasks import get_task, headline_value, sample_id
@@ -49,7 +50,12 @@ def read_predictions_file(path, stages: int) -> dict[str, list[str]]:
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not a JSON object ({error})") from error
+        if not isinstance(row, dict) or "id" not in row:
+            raise ValueError(f"{path}, line {number}: need an object with 'id' and 'raw' (or 'text')")
         texts = row.get("raw", [row["text"]] if "text" in row else None)
         if not isinstance(texts, list) or len(texts) != stages:
             raise ValueError(f"{path}, line {number}: need 'raw' with {stages} text(s) (or 'text' for one stage)")
@@ -77,8 +83,8 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
             texts = [[] for _ in batch]
             for stage in range(task.stages):
                 requests = [task.request(records[i], stage, texts[j], media_root) for j, i in enumerate(batch)]
-                for request in requests:  # annotation paths are relative to posed_images
-                    request.images = [str(Path(media_root) / p) for p in request.images]
+                for j, request in enumerate(requests):  # annotation paths are relative to posed_images
+                    request.images = [str(media_path(media_root, p, ids[batch[j]])) for p in request.images]
                 for j, text in enumerate(generator.generate(requests)):
                     texts[j].append(text)
             for j, i in enumerate(batch):
@@ -131,6 +137,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
         "annotation_file": annotation_file.name,
         "num_samples": len(records),
         "official_compat": official_compat,
+        "data": describe_data_root(data_dir),  # what the card may call this data (never guessed)
         "source": "predictions" if predictions_file is not None else "model",
         "headline": {"name": key, "description": description, "value": headline_value(metrics, key)},
         "metrics": metrics,

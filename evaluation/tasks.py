@@ -16,6 +16,7 @@ same as after an uninterrupted one. Per-sample rows: `{"id", "index", "raw", "pa
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,14 @@ from gap_mllm.tasks_gap_mllm import (
 )
 
 from .caption_metrics import caption_scores
-from .detection_metrics import DetectionEvaluator
+from .detection_metrics import DetectionEvaluator, ground_truth
+from .detection_parsing import detection_predictions
 from .generation import Request
-from .grounding_metrics import GroundingEvaluator
+from .grounding_metrics import GroundingEvaluator, score_grounding_record
 from .reconstruction_metrics import ReconstructionEvaluator, point_score
 from .spatial_qa_metrics import aggregate_spatial_scores, score_answer
+
+logger = logging.getLogger(__name__)
 
 
 def sample_id(record: dict, index: int) -> str:
@@ -109,16 +113,15 @@ class DetectionTask(Benchmark):
         ev = DetectionEvaluator(official_compat=official_compat)
         rows = []
         for index, (record, raw) in enumerate(zip(records, outputs)):
-            parsed = self.spec.parse(raw[0])
-            gt = record.get("boxes", [])
-            match = ev.add([b.label for b in parsed.boxes], [b.to_list() for b in parsed.boxes],
-                           [g["label"] for g in gt], [g["bbox_3d"] for g in gt])
+            pred = detection_predictions(raw[0], official_compat)
+            gt_labels, gt_boxes = ground_truth(record, sample_id(record, index))
+            match = ev.add(pred.labels, pred.boxes, gt_labels, gt_boxes, pred.valid)
             tp = sum(c.tp for c in match.counts.values())
             errors = sum(c.fp + c.fn for c in match.counts.values())
             rows.append({
                 "id": sample_id(record, index), "index": index, "raw": raw,
-                "parsed": [{"label": b.label, "bbox_3d": _box_list(b)} for b in parsed.boxes],
-                "parse_error": parsed.reason,
+                "parsed": pred.rows,
+                "parse_error": pred.reason,
                 "score": 2 * tp / (2 * tp + errors) if tp + errors else 1.0,  # per-sample micro F1
                 "matches": [{"label": m.label, "iou": m.iou, "gt_index": m.gt_index, "tp": m.true_positive}
                             for m in match.predictions],
@@ -193,8 +196,13 @@ class GroundingTask(Benchmark):
         if len(record.get("conversations", [])) > 1:
             frame = GROUNDING_STAGE1.parse(gt_answer(record), num_frames=len(record["images"])).frame
             k = frame if frame is not None else 0
-        box = world_boxes_to_camera(np.asarray(record["gt_bbox"])[None], record["cam2global"][k],
-                                    record.get("axis_align_matrix"))[0]
+        try:
+            box = world_boxes_to_camera(np.asarray(record["gt_bbox"], dtype=np.float64)[None], record["cam2global"][k],
+                                        record.get("axis_align_matrix"))[0]
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            # No camera-frame truth exists; the scorer reports this sample as unscorable by reason.
+            logger.warning("oracle of grounding sample %r: no stage-2 answer (%s)", record.get("id"), error)
+            return [serialize_frame_selection(k), ""]
         return [serialize_frame_selection(k), serialize_grounding(Box3D.from_list(box))]
 
     def evaluate(self, records, outputs, official_compat=False, **_):
@@ -204,15 +212,12 @@ class GroundingTask(Benchmark):
         for index, (record, raw) in enumerate(zip(records, outputs)):
             k, note = self.selected_frame(record, raw[0])
             parsed = GROUNDING_STAGE2.parse(raw[1])
-            if 0 <= k < len(record["images"]):
-                iou = ev.add(None if parsed.box is None else parsed.box.to_list(), record["gt_bbox"],
-                             record["cam2global"][k], record.get("axis_align_matrix"))
-            else:
-                iou = 0.0
-                ev.add_iou(0.0)
+            score = score_grounding_record(record, k, None if parsed.box is None else parsed.box.to_list(), official_compat)
+            ev.add_score(score)
             rows.append({"id": sample_id(record, index), "index": index, "raw": raw,
                          "parsed": {"frame": k, "bbox_3d": _box_list(parsed.box)},
-                         "parse_error": parsed.reason, "frame_note": note, "score": iou})
+                         "parse_error": parsed.reason, "frame_note": note, "score": score.value(official_compat),
+                         "unscored": score.reason, "unscored_detail": score.detail})
         return rows, ev.compute()
 
 

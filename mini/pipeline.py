@@ -158,28 +158,13 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
     budget = run.settings.stage_overrides
     values = [f"data.data_root={run.data}", f"data.cache_dir={run.out / 'hf_datasets'}", f"training.output_dir={output}",
               *budget.get("*", []), *budget.get(kind, []), *overrides]
-    values += _device_overrides(run.device)
+    values.append(f"device={run.device}")  # training/device.py picks (and logs) device and precision
     recipe = load_recipe(RECIPES / recipe_name, values)
     logger.info("%s → %s", recipe_name, output)
     result = run_training(recipe, resume_from_checkpoint="auto")
     (output / DONE_MARKER).write_text(json.dumps({"recipe": recipe_name, "overrides": values, "global_step": result.global_step,
                                                   "training_loss": result.training_loss}, indent=1))
     return output
-
-
-def _device_overrides(device: str) -> list[str]:
-    """Training arguments for `device` ("auto": CUDA when available, else the CPU in float32)."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return ["training.use_cpu=true", "training.bf16=false"]
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda, but torch sees no CUDA device")
-        return ["training.use_cpu=false"]
-    raise ValueError(f"device {device!r}: choose auto, cpu or cuda")
 
 
 def run_stage0(run: MiniRun) -> Path:

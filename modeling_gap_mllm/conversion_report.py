@@ -7,10 +7,52 @@ unexpected source key, a shape mismatch, disagreeing duplicates) is an error tha
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+
+# Why a pickled checkpoint that torch's safe loader refuses is not loaded anyway (one wording for the
+# converters and the command line).
+PICKLE_REFUSED = (
+    "pickle weights are refused: unpickling a file can run arbitrary code, so only plain tensors are loaded "
+    "(torch.load(weights_only=True)) and this file holds other objects. Convert it to safetensors where you "
+    "trust it (load it there, then save_pretrained or safetensors.torch.save_file)"
+)
+
+# First bytes of files people hand to a converter by mistake.
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"PK\x03\x04", "a zip archive"),
+)
 
 
 class ConversionError(ValueError):
     """A checkpoint does not convert exactly; the message names every offending key."""
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that cannot be read at all (wrong kind of file, truncated, refused pickle);
+    the message names the file and says what to do."""
+
+
+def describe_file_content(path) -> str:
+    """What a file looks like from its first bytes: "a JPEG image", "an empty file", "a safetensors
+    file", "a PyTorch (zip) checkpoint", "a pickle", "text", or "unknown binary data"."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        return "an empty file"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "a safetensors file"
+    if head.startswith(b"PK\x03\x04") and path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        return "a PyTorch (zip) checkpoint"
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "text"
+    return "unknown binary data"
 
 
 @dataclass

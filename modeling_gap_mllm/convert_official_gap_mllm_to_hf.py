@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from .configuration_gap_mllm import GapMllmConfig
-from .conversion_report import ConversionError, ConversionReport
+from .conversion_report import CheckpointFileError, ConversionError, ConversionReport
 from .vggt_weights import infer_vggt_geometry_config, plan_vggt_conversion
 
 # official module name → gap_mllm prefix; `{k}` is the DeepStack index (gap level k + 1)
@@ -60,6 +60,9 @@ COPIED_FILES = ("generation_config.json",)
 def official_weight_files(source_dir) -> list[Path]:
     """The safetensors files of an official checkpoint folder, in shard order."""
     source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"{source_dir}: no such folder (an official GAP-MLLM checkpoint folder holds "
+                                "config.json and model.safetensors)")
     index = source_dir / "model.safetensors.index.json"
     if index.is_file():
         return [source_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
@@ -75,7 +78,12 @@ def read_official_shapes(files) -> tuple[dict[str, tuple], dict[str, Path]]:
 
     shapes, location = {}, {}
     for path in files:
-        with safe_open(str(path), framework="pt") as handle:
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as error:  # noqa: BLE001 - SafetensorError / OSError: name the file
+            raise CheckpointFileError(f"{path}: not a readable safetensors file ({error}); it is probably truncated "
+                                      "or corrupt: download or copy it again") from error
+        with handle:
             for key in handle.keys():
                 if key in location:
                     raise ConversionError(f"key {key!r} appears in both {location[key].name} and {path.name}")

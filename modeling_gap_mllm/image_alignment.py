@@ -190,6 +190,42 @@ def _composite_rgba_on_white(rgba: PIL.Image.Image) -> PIL.Image.Image:
     return PIL.Image.alpha_composite(background, rgba).convert("RGB")
 
 
+# Pillow modes of single-channel images with more than 8 bits: 16-bit PNG / TIFF ("I;16*"), 32-bit
+# integer ("I") and float ("F"). `convert("RGB")` clips them at 255, which turns a 16-bit frame white.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+UINT16_MAX = 65535
+
+
+def _high_bit_depth_to_l(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
+    """A 16-bit ("I;16*", or "I" holding values in 0..65535) grey image as 8-bit "L", scaled by the
+    full 16-bit range: v -> round(v · 255 / 65535). Other ranges ("F", "I" beyond 16 bits) are refused."""
+    if image.mode == "F":
+        raise ValueError(
+            f"{name}: a 32-bit float image (mode F) has no defined brightness range; convert it to 8-bit RGB "
+            "(or pass a float array in [0, 1]) before giving it to the processor"
+        )
+    values = np.asarray(image, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > UINT16_MAX):
+        raise ValueError(
+            f"{name}: a 32-bit integer image (mode {image.mode}) with values in [{values.min()}, {values.max()}] "
+            "beyond the 16-bit range; convert it to 8-bit RGB first"
+        )
+    scaled = np.rint(values.astype(np.float64) * (255.0 / UINT16_MAX)).astype(np.uint8)
+    return PIL.Image.fromarray(scaled, mode="L")
+
+
+def pil_to_rgb(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image:
+    """A new RGB (8-bit) copy of a PIL image of any mode.
+
+    Transparency is blended onto white (as VGGT's loader does). 16-bit grey frames (16-bit PNG) are
+    scaled by their full range, 0..65535 -> 0..255; 32-bit float images are refused (ValueError naming
+    `name`): their range is undefined.
+    """
+    if image.mode in SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        image = _high_bit_depth_to_l(image, name)
+    return _pil_to_rgb(image)
+
+
 def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     if image.mode == "RGBA":
         return _composite_rgba_on_white(image)
@@ -249,7 +285,8 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
     """Convert one view to a new RGB `PIL.Image` (uint8).
 
     Accepted inputs:
-        - `PIL.Image.Image` (any mode; transparency is blended onto white, as VGGT's loader does);
+        - `PIL.Image.Image` (any mode; transparency is blended onto white, as VGGT's loader does;
+          16-bit grey, e.g. a 16-bit PNG, is scaled by its full range to 8 bits; float mode "F" is refused);
         - `str` / `os.PathLike` path to an image file;
         - `numpy.ndarray` HWC (or unambiguous CHW), uint8 or float in [0, 1], 1/3/4 channels, or 2-D grey;
         - `torch.Tensor` CHW (or unambiguous HWC), uint8 or float in [0, 1].
@@ -262,7 +299,7 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
         TypeError: unsupported type or dtype.
     """
     if isinstance(image, PIL.Image.Image):
-        return _pil_to_rgb(image)
+        return pil_to_rgb(image, name)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
@@ -270,7 +307,12 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
         try:
             with PIL.Image.open(path) as opened:
                 opened.load()
-                return _pil_to_rgb(opened)
+                return pil_to_rgb(opened, f"{name} ({str(path)!r})")
+        except PIL.Image.DecompressionBombError as err:
+            raise ValueError(
+                f"{name}: image file {str(path)!r} is refused as a possible decompression bomb ({err}); "
+                "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+            ) from err
         except (PIL.UnidentifiedImageError, OSError) as err:
             raise ValueError(f"{name}: cannot read image file {str(path)!r}: {err}") from err
     if isinstance(image, torch.Tensor):

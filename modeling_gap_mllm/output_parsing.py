@@ -94,6 +94,17 @@ class SpatialAnswerResult:
     answer: str | None = None
     value: float | None = None
     reason: str | None = None
+# ------------------------------------------------------------------------------------- token ids
+
+
+def drop_negative_token_ids(rows) -> list[list[int]]:
+    """Rows of token ids without their negative entries.
+
+    Negative ids are never tokens: -100 is the ignore index of labels (and what people pad generated
+    ids with), other negative values are padding conventions. Tokenizers cannot decode them (Rust
+    `OverflowError`), so they are dropped before decoding.
+    """
+    return [[int(i) for i in row if int(i) >= 0] for row in rows]
 
 
 # ------------------------------------------------------------------------------------ literal parsing

@@ -69,7 +69,7 @@ from .image_alignment import (
 )
 from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
 from .model_inputs import PROCESSOR_GEOMETRY_INPUT_NAMES
-from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult
+from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, drop_negative_token_ids
 from .tasks_gap_mllm import TaskSpec, resolve_task
 from .visual_prompt import apply_point_prompt
 
@@ -257,9 +257,13 @@ class GapMllmProcessor(Qwen3VLProcessor):
     def _split_texts(text, num_samples: int | None) -> list[str] | None:
         if text is None:
             return None
+        if not isinstance(text, (str, list, tuple)):
+            raise TypeError(f"`text` must be a string or a list of strings (one per sample), got {type(text).__name__} {text!r:.60}")
         texts = [text] if isinstance(text, str) else list(text)
-        if not all(isinstance(t, str) for t in texts):
-            raise ValueError("`text` must be a string or a list of strings")
+        bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"`text` must be a string or a list of strings; entry {bad[0][0]} is a "
+                            f"{type(bad[0][1]).__name__} ({bad[0][1]!r:.60})")
         if num_samples is not None and len(texts) != num_samples:
             raise ValueError(
                 f"got {len(texts)} text(s) for {num_samples} image sample(s); images for one sample are a list of "
@@ -438,8 +442,11 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
         qwen_images, geometries, grids = [], [], []
         for i, (views, point_prompt) in enumerate(zip(samples, prompts_per_sample, strict=True)):
-            for view in self._load_sample(views, point_prompt, i):
-                qwen_image, geometry, grid = self._prepare_view(view, pixel_limits)
+            for j, view in enumerate(self._load_sample(views, point_prompt, i)):
+                try:
+                    qwen_image, geometry, grid = self._prepare_view(view, pixel_limits)
+                except ValueError as error:  # e.g. smart_resize's aspect-ratio limit: say which view
+                    raise ValueError(f"sample {i}, view {j} ({view.width}x{view.height} px): {error}") from error
                 qwen_images.append(qwen_image)
                 geometries.append(geometry)
                 grids.append(grid)
@@ -480,7 +487,8 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
         Args:
             generated: a `str`, a list of `str`, token ids (`[B, L]` / `[L]` tensor or array, list of ints,
-                list of lists) or a generate output with `.sequences`.
+                list of lists) or a generate output with `.sequences`. Negative ids (-100 padding) are
+                dropped; an id beyond the tokenizer's vocabulary is a ValueError.
             input_ids: the prompt ids given to `generate` (`[B, L_prompt]` or list of rows); that many tokens
                 are stripped from the front of each row, since `generate` returns prompt + new tokens.
         Returns:
@@ -500,6 +508,13 @@ class GapMllmProcessor(Qwen3VLProcessor):
             if len(lengths) != len(rows):
                 raise ValueError(f"input_ids has {len(lengths)} rows but the generated ids have {len(rows)}")
             rows = [row[n:] for row, n in zip(rows, lengths, strict=True)]
+        rows = drop_negative_token_ids(rows)  # -100 / padding conventions: not tokens
+        vocabulary = len(self.tokenizer)
+        for r, row in enumerate(rows):
+            beyond = [i for i in row if i >= vocabulary]
+            if beyond:
+                raise ValueError(f"row {r} holds token id {beyond[0]}, outside the tokenizer's {vocabulary} ids; "
+                                 "were these ids produced with another tokenizer?")
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     @staticmethod

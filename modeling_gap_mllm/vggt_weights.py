@@ -18,14 +18,16 @@ in `convert_vggt_to_hf.py`, which the remote code never imports.
 
 import json
 import math
+import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from .configuration_gap_mllm import GapMllmGeometryConfig
-from .conversion_report import ConversionReport
+from .conversion_report import PICKLE_REFUSED, CheckpointFileError, ConversionReport, describe_file_content
 
 HEAD_MODULES = {"camera_head": "use_camera_head", "depth_head": "use_depth_head", "point_head": "use_point_head"}
 UNSUPPORTED_MODULES = {"track_head": "track head (not implemented in gap_mllm)"}
@@ -47,18 +49,40 @@ def _unwrap(state_dict) -> dict:
 
 
 def _load_file(path: Path) -> dict:
+    """The tensors of one checkpoint file; anything that is not a readable checkpoint raises
+    `CheckpointFileError` naming the file (a JPEG, a truncated file, a pickle the safe loader refuses)."""
     if path.name.endswith(".safetensors.index.json"):
-        index = json.loads(path.read_text())
+        try:
+            index = json.loads(path.read_text())
+            shards = sorted(set(index["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointFileError(f"{path}: not a safetensors index (JSON with a weight_map): {error}") from error
         state_dict = {}
-        for shard in sorted(set(index["weight_map"].values())):
+        for shard in shards:
             state_dict.update(_load_file(path.parent / shard))
         return state_dict
-    if path.suffix == ".safetensors":
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    content = describe_file_content(path)
+    if path.suffix == ".safetensors" or content == "a safetensors file":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    # mmap: a 5 GB model.pt is not read into memory before the tensors are used
-    return _unwrap(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # noqa: BLE001 - SafetensorError is not an OSError / ValueError
+            raise CheckpointFileError(f"{path}: not a readable safetensors file ({content}; {error}); it is probably "
+                                      "truncated or corrupt: download or copy it again") from error
+    if content not in ("a PyTorch (zip) checkpoint", "a pickle", "a zip archive"):
+        raise CheckpointFileError(f"{path}: not a PyTorch or safetensors checkpoint (it is {content}); give VGGT's "
+                                  "model.pt or model.safetensors")
+    try:
+        # mmap: a 5 GB model.pt is not read into memory before the tensors are used
+        return _unwrap(torch.load(str(path), map_location="cpu", weights_only=True, mmap=content != "a pickle"))
+    except pickle.UnpicklingError as error:
+        raise CheckpointFileError(f"{path}: {PICKLE_REFUSED} ({str(error).splitlines()[-1].strip() or error})") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointFileError(f"{path}: cannot read this PyTorch checkpoint ({error}); it is probably truncated "
+                                  "or corrupt: download or copy it again") from error
 
 
 def resolve_checkpoint_file(source) -> Path:
@@ -72,17 +96,27 @@ def resolve_checkpoint_file(source) -> Path:
             if (path / name).is_file():
                 return path / name
         raise FileNotFoundError(f"{path} holds none of {', '.join(CHECKPOINT_FILE_NAMES)}")
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) and not str(source).startswith("."):
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+        not_cached = []
         for name in ("model.safetensors", "model.pt"):
             try:
                 return Path(hf_hub_download(str(source), name))
-            except EntryNotFoundError:
+            except LocalEntryNotFoundError:  # offline (or unreachable) and not in the local cache
+                not_cached.append(name)
+            except EntryNotFoundError:  # reachable, and the repository has no such file
                 continue
+            except RepositoryNotFoundError as error:
+                raise FileNotFoundError(f"{source}: no such local file or folder, and no such Hub repository "
+                                        "(or it is private or gated: log in with hf auth login)") from error
+        if not_cached:
+            raise FileNotFoundError(f"{source}: no network and not in the local Hub cache (looked for "
+                                    f"{' and '.join(not_cached)}); connect once to download it, or give a local file")
         raise FileNotFoundError(f"Hub repository {source!r} has neither model.safetensors nor model.pt")
-    raise FileNotFoundError(f"no VGGT checkpoint at {source!r}")
+    raise FileNotFoundError(f"{source}: no such file or folder (and not a Hub repo id such as facebook/VGGT-1B); give "
+                            "VGGT's model.pt / model.safetensors, a folder holding one, or a Hub id")
 
 
 def load_vggt_state_dict(source) -> dict[str, torch.Tensor]:
@@ -242,13 +276,3 @@ def load_vggt_weights(
     if bar is not None:
         bar.close()
     return report
-
-
-__all__ = [
-    "find_vggt_prefix",
-    "infer_vggt_geometry_config",
-    "load_vggt_state_dict",
-    "load_vggt_weights",
-    "plan_vggt_conversion",
-    "resolve_checkpoint_file",
-]

@@ -8,6 +8,11 @@ Geometry (method.md §2.1, official `inference_recons.py::sample_meta`), for the
 
 i.e. 21·5 + 5·21 − 5·5 = 185 pixels set to (255, 0, 0) when the marker is fully inside the image;
 pixels outside the image are skipped. The marked frame feeds both the Qwen ViT and VGGT.
+
+The marked pixel itself must lie inside the view (0 <= x < width, 0 <= y < height): the pre-training
+target is the 3D point of that pixel, so a centre outside the image would train on a point the model
+cannot see, with at most a stray arm of the "+" (or nothing) drawn. Such a prompt is refused with a
+ValueError that names it.
 """
 
 from __future__ import annotations
@@ -43,12 +48,23 @@ def marker_mask(height: int, width: int, x: int, y: int) -> np.ndarray:
     return mask
 
 
-def draw_marker(image: PIL.Image.Image, x: int, y: int) -> PIL.Image.Image:
+def check_marker_inside(x: int, y: int, width: int, height: int, name: str = "marker") -> None:
+    """Raise ValueError naming `name` unless the pixel (x, y) (column, row) lies inside a `width × height` image."""
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(
+            f"{name}: marker pixel (x={x}, y={y}) is outside the {width}x{height} view "
+            f"(x must be in [0, {width - 1}], y in [0, {height - 1}], in the view's original pixel grid)"
+        )
+
+
+def draw_marker(image: PIL.Image.Image, x: int, y: int, name: str = "marker") -> PIL.Image.Image:
     """Return an RGB copy of `image` with the red "+" centred at column `x`, row `y`.
 
-    The centre may lie outside the image (only the visible part is drawn). The input is not modified.
+    The centre must be inside the image (ValueError naming `name` otherwise); arms that cross the border
+    are clipped. The input is not modified.
     """
-    x, y = _as_int(x, "marker x"), _as_int(y, "marker y")
+    x, y = _as_int(x, f"{name} x"), _as_int(y, f"{name} y")
+    check_marker_inside(x, y, image.width, image.height, name)
     rgb = np.array(image.convert("RGB"), dtype=np.uint8)  # np.array copies
     rgb[marker_mask(rgb.shape[0], rgb.shape[1], x, y)] = MARKER_COLOR
     return PIL.Image.fromarray(rgb, mode="RGB")
@@ -79,10 +95,12 @@ def apply_point_prompt(views: Sequence[PIL.Image.Image], point_prompt, name: str
         point_prompt: `(view_idx, x, y)` or None (views returned unchanged, as a new list).
     Returns:
         a new list of views; the caller's list and images are not modified.
+    Raises:
+        ValueError / TypeError / IndexError: a malformed prompt, or a marker pixel outside its view.
     """
     views = list(views)
     if point_prompt is None:
         return views
     view_idx, x, y = parse_point_prompt(point_prompt, len(views), name)
-    views[view_idx] = draw_marker(views[view_idx], x, y)
+    views[view_idx] = draw_marker(views[view_idx], x, y, name=f"{name} (view {view_idx})")
     return views

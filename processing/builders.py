@@ -23,6 +23,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import PIL.Image
 
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
@@ -34,13 +35,14 @@ from gap_mllm.tasks_gap_mllm import (
     TaskSpec,
     resolve_task,
 )
+from gap_mllm.visual_prompt import check_marker_inside
 
 from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
 from .errors import DataError, SkipCounter
 from .features import DEFAULT_CLASS_NAMES, common_features, geometry_features, task_features
 from .prompts import IMAGE_PLACEHOLDER, extract_description
-from .scannet_layout import posed_images_dir, read_depth, read_views
+from .scannet_layout import media_path, posed_images_dir, read_depth, read_views
 
 logger = datasets.logging.get_logger(__name__)
 
@@ -155,7 +157,7 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
         example = {
             "id": key,
             "scene_id": str(record.get("scene_id", Path(images[0]).parent.name)),
-            "images": [{"path": None, "bytes": (self.media_root / p).read_bytes()} for p in images],
+            "images": [{"path": None, "bytes": media_path(self.media_root, p, key).read_bytes()} for p in images],
             "image_paths": list(images),
             "prompt": prompt,
             "answer": answer,
@@ -269,6 +271,12 @@ class ReconstructionBuilder(MultiViewBuilder):
             raise DataError(f"'pixel_coords' must be [view, x, y] integers, got {coords!r}", sample=key)
         if not 0 <= coords[0] < num_images:
             raise DataError(f"'pixel_coords' view {coords[0]} out of range for {num_images} image(s)", sample=key)
+        image_path = media_path(self.media_root, record["images"][coords[0]], key)
+        with PIL.Image.open(image_path) as image:  # header only; the frame was fully decoded by read_views
+            try:
+                check_marker_inside(coords[1], coords[2], image.width, image.height, f"'pixel_coords' {coords}")
+            except ValueError as err:
+                raise DataError(str(err), path=image_path, sample=key) from err
         parsed = self.SPEC.parse(answer)
         if parsed.point is None:
             raise DataError(f"answer is not a pointmap ({parsed.reason})", sample=key)
@@ -284,7 +292,12 @@ class DetectionBuilder(MultiViewBuilder):
     def task_fields(self, record, answer, num_images, key):
         names = set(self.config.class_names)
         boxes = []
-        for entry in record.get("boxes") or []:
+        entries = record.get("boxes") or []
+        if not isinstance(entries, list):
+            raise DataError(f"'boxes' must be a list of {{\"label\", \"bbox_3d\"}} objects, got {type(entries).__name__}", sample=key)
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise DataError(f"every entry of 'boxes' must be an object with \"label\" and \"bbox_3d\", got {entry!r}", sample=key)
             label = entry.get("label") if isinstance(entry, dict) else None
             if label not in names:
                 raise DataError(f"box label {label!r} is not in class_names (pass class_names= to extend it)", sample=key)

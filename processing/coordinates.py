@@ -14,6 +14,11 @@ Conventions (design.md "Data and coordinates", method.md §4):
   data uses. The official detection IoU reads the same triple as the intrinsic "ZXY",
   R = Rz(yaw) @ Rx(pitch) @ Ry(roll); it is only available through `euler_mode="official"`.
 * Corners: `centre + R @ (size * c)` for the unit-cube corners c in `UNIT_CORNERS` (±0.5).
+* Stored poses are rounded (ScanNet keeps 6 decimals), so their rotation parts are orthonormal only to
+  ~1e-6. Box transforms first replace the rotation part by the nearest proper rotation (SVD polar
+  factor U·Vᵀ; the rotation closest in the Frobenius norm, which is also what scipy's
+  `Rotation.from_matrix` returns and so what the official grounding code gets), and refuse matrices
+  further than `RIGID_TOLERANCE` from a rotation (a scale, a shear, a reflection, a corrupt file).
 """
 
 from __future__ import annotations
@@ -79,21 +84,51 @@ def box_corners(boxes, euler_mode: str = "zxy") -> np.ndarray:
     return np.einsum("...ij,...kj->...ki", rotation, local) + boxes[..., None, 0:3]
 
 
-def check_rigid(transform, name: str = "transform", atol: float = 1e-6) -> np.ndarray:
-    """Return `transform` as a float64 4x4 array; raise if it is not a proper rigid motion.
+# Largest accepted deviation of a pose's rotation part from a rotation (|singular value - 1|) and of
+# its last row from [0, 0, 0, 1]. Rounded poses are far inside it (6 decimals: ~1e-6, 4 decimals:
+# ~1e-4); a 0.1 % scale or any shear of that size is outside.
+RIGID_TOLERANCE = 1e-3
+
+
+def check_rigid(transform, name: str = "transform", atol: float = RIGID_TOLERANCE) -> np.ndarray:
+    """Return `transform` as a float64 4x4 array; raise ValueError naming it unless it is a rigid motion
+    up to `atol` (finite; rotation part with singular values in 1 ± atol and det > 0; last row
+    [0, 0, 0, 1] ± atol). The matrix is returned unchanged: see `orthonormalize_rigid` to clean it.
 
     Boxes keep their sizes only under rotations + translations, so every box transform checks this.
     """
     transform = np.asarray(transform, dtype=np.float64)
     if transform.shape != (4, 4):
         raise ValueError(f"{name} must be 4x4, got shape {transform.shape}")
-    rotation = transform[:3, :3]
     if not np.all(np.isfinite(transform)):
         raise ValueError(f"{name} contains NaN or inf")
-    if not np.allclose(rotation @ rotation.T, np.eye(3), atol=atol) or np.linalg.det(rotation) < 0:
-        raise ValueError(f"{name} is not a rigid motion (rotation part not orthonormal with det +1)")
+    singular_values = np.linalg.svd(transform[:3, :3], compute_uv=False)
+    if np.max(np.abs(singular_values - 1.0)) > atol or np.linalg.det(transform[:3, :3]) <= 0:
+        raise ValueError(
+            f"{name} is not a rigid motion (rotation part has singular values {np.round(singular_values, 6).tolist()} "
+            f"and determinant {np.linalg.det(transform[:3, :3]):.6g}; a rotation has 1, 1, 1 and +1, tolerance {atol:g})"
+        )
     if not np.allclose(transform[3], [0, 0, 0, 1], atol=atol):
         raise ValueError(f"{name} last row must be [0, 0, 0, 1], got {transform[3].tolist()}")
+    return transform
+
+
+def nearest_rotation(matrix) -> np.ndarray:
+    """The proper rotation closest to `matrix` `[3, 3]` in the Frobenius norm: U·Vᵀ from its SVD
+    (the polar factor), with the last singular direction flipped if needed so that det = +1."""
+    u, _, vt = np.linalg.svd(np.asarray(matrix, dtype=np.float64))
+    if np.linalg.det(u @ vt) < 0:
+        u[:, -1] = -u[:, -1]
+    return u @ vt
+
+
+def orthonormalize_rigid(transform, name: str = "transform", atol: float = RIGID_TOLERANCE) -> np.ndarray:
+    """`check_rigid`, then a copy whose rotation part is `nearest_rotation` of it and whose last row is
+    exactly [0, 0, 0, 1]; the translation is kept. For a 6-decimal ScanNet pose this moves the rotation
+    by ~1e-6, so points 5 m away move by ~5e-6 m."""
+    transform = check_rigid(transform, name, atol).copy()
+    transform[:3, :3] = nearest_rotation(transform[:3, :3])
+    transform[3] = (0.0, 0.0, 0.0, 1.0)
     return transform
 
 
@@ -131,8 +166,14 @@ def transform_boxes(boxes, transform, euler_mode: str = "zxy") -> np.ndarray:
     centre' = T @ centre; R' = T[:3, :3] @ R(angles); sizes unchanged; angles' re-encoded with the
     same convention (default R = Ry(roll) @ Rx(pitch) @ Rz(yaw), scipy "zxy"). This is the grounding
     post-processing of method.md §3.3 when `transform = axis_align_matrix @ cam2global[k]`.
+
+    `transform` is first cleaned by `orthonormalize_rigid` (rounded poses are not exactly orthonormal;
+    ValueError if it is not within `RIGID_TOLERANCE` of a rigid motion), and both the centre and the
+    rotation use the cleaned matrix, so a box moved there and back is exactly the box. The official
+    code moves the centre with the raw matrix and gets the same rotation through scipy's
+    `from_matrix`; the centres differ by ~1e-6 of the distance for 6-decimal poses.
     """
-    transform = check_rigid(transform)
+    transform = orthonormalize_rigid(transform)
     boxes = np.asarray(boxes, dtype=np.float64)
     out = boxes.copy()
     out[..., 0:3] = transform_points(boxes[..., 0:3], transform)
@@ -146,7 +187,8 @@ def camera_to_world_transform(cam_to_world, axis_align_matrix=None) -> np.ndarra
     cam_to_world = np.asarray(cam_to_world, dtype=np.float64)
     if axis_align_matrix is None:
         return cam_to_world
-    return np.asarray(axis_align_matrix, dtype=np.float64) @ cam_to_world
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite poses are reported by check_rigid
+        return np.asarray(axis_align_matrix, dtype=np.float64) @ cam_to_world
 
 
 def world_boxes_to_camera(boxes_world, cam_to_world, axis_align_matrix=None) -> np.ndarray:
@@ -157,7 +199,7 @@ def world_boxes_to_camera(boxes_world, cam_to_world, axis_align_matrix=None) -> 
     Angles: R = Ry(roll) @ Rx(pitch) @ Rz(yaw) (scipy "zxy") in and out.
     """
     transform = camera_to_world_transform(cam_to_world, axis_align_matrix)
-    return transform_boxes(boxes_world, invert_rigid(check_rigid(transform, "camera-to-world")))
+    return transform_boxes(boxes_world, invert_rigid(orthonormalize_rigid(transform, "camera-to-world")))
 
 
 def camera_boxes_to_world(boxes_camera, cam_to_world, axis_align_matrix=None) -> np.ndarray:

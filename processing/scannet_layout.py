@@ -12,6 +12,12 @@
 Annotation JSONs list images relative to the posed_images folder ("scene0362_00/00350.jpg"); depth
 and pose files are found next to the image by stem. Depth may also be a float32 `.npy` in metres.
 Every reader raises `DataError` naming the file.
+
+Paths in annotation files must stay inside the media root: `media_path` refuses absolute paths, `..`
+that climbs out, and paths that leave it through a symbolic link (resolved, so a link pointing at
+another disk is refused; link or mount the whole data folder instead, or set the builders'
+`media_root=`). The builders, the evaluation runner and its plots use it; the Space's upload check
+uses the same `resolve_inside`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+
+from gap_mllm.image_alignment import pil_to_rgb
 
 from .coordinates import check_rigid, intrinsics_3x3
 from .errors import DataError
@@ -46,6 +54,35 @@ def frame_name(raw_frame: int) -> str:
     return f"{int(raw_frame):05d}"
 
 
+# ------------------------------------------------------------------------------------------- paths
+
+
+def resolve_inside(root, path) -> Path | None:
+    """`path` (relative to `root`, or absolute) with every symbolic link followed, if the result lies
+    inside `root` (also resolved) or is `root` itself; None otherwise. Nothing needs to exist."""
+    root = Path(root).resolve()
+    real = (root / Path(path)).resolve()
+    return real if real == root or real.is_relative_to(root) else None
+
+
+def media_path(media_root, relative, sample=None) -> Path:
+    """The file an annotation path names, `media_root / relative`, or a `DataError` naming the sample
+    and the path when it would leave `media_root`: an absolute path, `..` climbing out, or a symbolic
+    link resolving outside. The returned path is the unresolved `media_root / relative` (error messages
+    and stored paths stay as the user wrote them)."""
+    text = str(relative)
+    if not text:
+        raise DataError("empty image path", sample=sample)
+    if Path(text).is_absolute() or Path(text).drive:
+        raise DataError(f"image path {text!r} is absolute; annotation paths must be relative to the media root "
+                        f"{str(media_root)!r}", sample=sample)
+    if resolve_inside(media_root, text) is None:
+        raise DataError(f"image path {text!r} leaves the media root {str(media_root)!r} (through '..' or a "
+                        "symbolic link); keep the data under that folder (link or mount the whole folder instead)",
+                        sample=sample)
+    return Path(media_root) / text
+
+
 # ----------------------------------------------------------------------------------------- readers
 
 
@@ -57,7 +94,9 @@ def read_color(path) -> PIL.Image.Image:
     try:
         with PIL.Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return pil_to_rgb(image, str(path))  # 16-bit frames are scaled, not clipped to white
+    except PIL.Image.DecompressionBombError as err:
+        raise DataError(f"refused as a possible decompression bomb ({err})", path=path) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"cannot decode colour image ({err})", path=path) from err
 
@@ -95,7 +134,7 @@ def read_matrix(path, shape=(4, 4), what: str = "matrix") -> np.ndarray:
         raise DataError(f"{what} file not found", path=path)
     try:
         matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise DataError(f"cannot parse {what} ({err})", path=path) from err
     if matrix.shape != tuple(shape):
         raise DataError(f"{what} must be {shape[0]}x{shape[1]}, got shape {matrix.shape}", path=path)
@@ -106,10 +145,11 @@ def read_matrix(path, shape=(4, 4), what: str = "matrix") -> np.ndarray:
 
 
 def read_pose(path) -> np.ndarray:
-    """Camera-to-world pose `[4, 4]` (OpenCV camera); must be a rigid motion."""
+    """Camera-to-world pose `[4, 4]` (OpenCV camera), as stored; must be a rigid motion up to
+    `coordinates.RIGID_TOLERANCE` (stored poses are rounded; box transforms orthonormalise them)."""
     pose = read_matrix(path, (4, 4), "pose")
     try:
-        return check_rigid(pose, "pose", atol=1e-4)
+        return check_rigid(pose, "pose")
     except ValueError as err:
         raise DataError(str(err), path=path) from err
 
@@ -119,7 +159,10 @@ def read_intrinsics(path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError("intrinsics file not found", path=path)
-    matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    try:
+        matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as err:  # a non-number, ragged rows, a binary file
+        raise DataError(f"cannot parse intrinsics as a whitespace-separated 3x3 or 4x4 matrix ({err})", path=path) from err
     if matrix.shape not in ((3, 3), (4, 4)) or not np.all(np.isfinite(matrix)):
         raise DataError(f"intrinsics must be a finite 3x3 or 4x4 matrix, got shape {matrix.shape}", path=path)
     return intrinsics_3x3(matrix).copy()
@@ -146,10 +189,10 @@ def companion_path(image_path: Path, suffix: str) -> Path:
 
 
 def read_views(media_root, image_paths, load_depth: bool = True, load_poses: bool = True) -> SceneViews:
-    """Read the colour frames listed in an annotation (paths relative to `media_root`) and, on
-    request, their depth maps, poses and intrinsics from the posed_images layout."""
+    """Read the colour frames listed in an annotation (paths relative to `media_root`, checked by
+    `media_path`) and, on request, their depth maps, poses and intrinsics from the posed_images layout."""
     media_root = Path(media_root)
-    paths = [media_root / p for p in image_paths]
+    paths = [media_path(media_root, p) for p in image_paths]
     images = [read_color(p) for p in paths]
     depth = poses = intrinsics = depth_intrinsics = None
     if load_depth:

@@ -37,10 +37,10 @@ def test_card_without_results_round_trips_offline(checkpoint, tmp_path):
     assert loaded.data.eval_results is None
     text = loaded.text
     assert "No evaluation results are recorded for this checkpoint yet." in text
-    for section in ("## This checkpoint", "## Model", "## Intended use and limitations", "## Licences",
-                    "## Training recipe", "## Evaluation", "## Citation"):
+    for section in ("## This checkpoint", "## Model", "## Training data", "## Intended use and limitations", "## Licences",
+                    "## The GAP-MLLM recipe (paper)", "## Evaluation", "## Citation"):
         assert text.count(section) == 1, section
-    assert text.index("## This checkpoint") < text.index("## Model")
+    assert text.index("## This checkpoint") < text.index("## Model") < text.index("## Training data") < text.index("## Use")
     assert "**non-commercial**" in text and "arXiv:2603.16461" in text
 
 
@@ -53,7 +53,8 @@ def test_evaluation_table_and_model_index_come_from_summaries(checkpoint, tmp_pa
     loaded = ModelCard.load(tmp_path / "README.md")
     results = {(r.task_type, r.metric_type): r.metric_value for r in loaded.data.eval_results}
     assert results == {("3d-object-detection", "f1"): 0.4321, ("3d-visual-grounding", "acc@0.25"): 0.5}
-    assert "| 3D video object detection | scannet_det_val.json | 12 | mean F1 over cate31 (IoU > 0.25) | 0.4321 | True | model |" in loaded.text
+    assert ("| 3D video object detection | not recorded | scannet_det_val.json | 12 | mean F1 over cate31 (IoU > 0.25) | 0.4321 "
+            "| True | model |") in loaded.text
     assert "No evaluation results" not in loaded.text
 
 
@@ -74,12 +75,19 @@ def test_untrained_marker_and_parameter_counts(checkpoint):
     card = build_model_card(checkpoint, untrained=True)
     assert "untrained" in card.data.tags and "Untrained test model" in card.text
     counts = parameter_counts(checkpoint)
-    assert counts["total"] == counts["vlm"] + counts["geometry_encoder"] + counts["fusion"]
-    assert min(counts["vlm"], counts["geometry_encoder"], counts["fusion"]) > 0
     from gap_mllm import GapMllmForConditionalGeneration
 
     model = GapMllmForConditionalGeneration.from_pretrained(checkpoint)
+
+    def count(prefix):
+        return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix))
+
     assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert counts["llm"] == count("vlm.model.language_model.") + count("vlm.lm_head.")
+    assert counts["vision"] == count("vlm.model.visual.")
+    assert counts["geometry_encoder"] == count("geometry_encoder.aggregator.") and counts["geometry_heads"] == 0
+    assert counts["mergers"] == count("geometry_fusion.mergers.") and counts["fusions"] == count("geometry_fusion.fusions.")
+    assert counts["other"] == 0
 
 
 def test_bad_inputs_are_reported(checkpoint, tmp_path):
@@ -94,3 +102,87 @@ def test_replace_section_replaces_only_its_own_body():
     body = "# T\n\n## A\n\nold a\n\n## B\n\nkeep b\n"
     assert replace_section(body, "A", "new a\n") == "# T\n\n## A\n\nnew a\n\n## B\n\nkeep b\n"
     assert replace_section(body, "C", "c\n").endswith("## C\n\nc\n")
+
+
+# ------------------------------------------------------------------- what the checkpoint is (issue: a 0.73 M
+# model was carded as "new parameters 201.4 M", "LLM 28 layers", trained on "ScanNet (EmbodiedScan)")
+
+
+def test_every_figure_of_the_model_section_comes_from_the_checkpoint(checkpoint):
+    from gap_mllm import GapMllmConfig
+
+    config = GapMllmConfig.from_pretrained(checkpoint)
+    counts = parameter_counts(checkpoint)
+    text = build_model_card(checkpoint).text
+    model = text[text.index("## Model"):text.index("## Training data")]
+    llm = config.vlm_config.text_config
+    assert f"| LLM | {llm.num_hidden_layers} layers, hidden {llm.hidden_size}," in model
+    assert f"| geometry encoder | VGGT aggregator, {config.geometry_config.num_hidden_layers} frame/global block pairs" in model
+    new = counts["mergers"] + counts["fusions"]
+    assert f"| new parameters | {new / 1e6:.3f} M (mergers {counts['mergers'] / 1e6:.3f} M" in model
+    assert f"| total | {counts['total']:,} parameters;" in model
+    for stale in ("28 layers", "201.4", "2048", "VGGT-1B aggregator", "ScanNet (EmbodiedScan)"):
+        assert stale not in text, stale
+
+
+def write_record(folder, data_root):
+    from gap_mllm.training.config import recipe_from_dict
+    from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+    from gap_mllm.training.run import training_record
+
+    recipe = recipe_from_dict({"model": {"tiny": "tiny"}, "data": {"data_root": str(data_root), "tasks": ["detection"]}})
+    (folder / TRAINING_RECORD).write_text(json.dumps(training_record(recipe, 20)))
+
+
+def test_training_data_is_what_the_checkpoint_records_or_what_the_caller_says(checkpoint, tmp_path):
+    folder = tmp_path / "trained"
+    shutil.copytree(checkpoint, folder)
+    assert "Not recorded for this checkpoint" in build_model_card(folder).text
+
+    synth = tmp_path / "my_synthrooms"
+    (synth / "synthrooms").mkdir(parents=True)
+    (synth / "synthrooms" / "dataset_info.json").write_text(json.dumps({"splits": {"train": ["s0", "s1"], "val": ["s2"]}}))
+    write_record(folder, synth)
+    text = build_model_card(folder).text
+    section = text[text.index("## Training data"):text.index("## Use")]
+    assert "- data: SynthRooms (synthetic rooms from gap-mllm synth; scenes: 2 train, 1 val), folder `my_synthrooms`" in section
+    assert "stage: pretrain; tasks: detection; 20 optimizer steps" in section
+    assert "started from: the tiny test model, randomly initialised" in section
+    assert str(tmp_path) not in text  # folder names, never machine paths
+    assert "ScanNet" not in section
+
+    real = tmp_path / "scannet_like"
+    real.mkdir()
+    write_record(folder, real)
+    assert "- data: data in the ScanNet posed_images layout (official annotation schema), folder `scannet_like`" in \
+        build_model_card(folder).text
+    given = build_model_card(folder, training_data=["ScanRefer train (official split)", "Scan2Cap train"]).text
+    assert "- ScanRefer train (official split)\n- Scan2Cap train\n" in given and "scannet_like" not in given
+
+
+def test_evaluation_rows_name_the_data_their_summary_records(checkpoint, tmp_path):
+    synth = write_summary(tmp_path / "synth")
+    summary = json.loads((synth / "summary.json").read_text())
+    summary["data"] = {"kind": "synthrooms", "name": "SynthRooms (synthetic rooms from gap-mllm synth; scenes: 1 val)", "folder": "d"}
+    (synth / "summary.json").write_text(json.dumps(summary))
+    bare = write_summary(tmp_path / "bare", task="grounding", value=0.5, name="acc@0.25", description="Acc@0.25 (IoU >= 0.25)")
+    card = build_model_card(checkpoint, eval_summaries=[synth, bare])
+    names = {r.task_type: (r.dataset_name, r.dataset_type) for r in card.data.eval_results}
+    assert names["3d-object-detection"] == ("SynthRooms (synthetic rooms from gap-mllm synth; scenes: 1 val) (scannet_det_val.json)", "synthrooms")
+    assert names["3d-visual-grounding"] == ("data not recorded in the summary (scannet_grounding_val.json)", "unknown")
+    assert "| 3D video object detection | SynthRooms (synthetic rooms from gap-mllm synth; scenes: 1 val) |" in card.text
+    evaluation = card.text[card.text.index("## Evaluation"):card.text.index("## Citation")]
+    assert "ScanNet" not in evaluation and "ScanRefer" not in evaluation and "EmbodiedScan" not in str(card.data.eval_results)
+
+
+def test_the_evaluation_runner_records_its_data(tmp_path):
+    from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
+    from gap_mllm.processing.synth.generator import SynthConfig, SynthRooms
+    from gap_mllm.processing.synth.writer import write_dataset
+
+    root = tmp_path / "data"
+    write_dataset(root, SynthRooms(SynthConfig(image_size=(60, 80), num_frames=8, grounding_frames=4, caption_frames=4,
+                                               qa_frames=4)), {"val": 1})
+    oracle = write_oracle_predictions("det", root, tmp_path / "oracle.jsonl")
+    summary = run_evaluation("det", root, tmp_path / "out", predictions_file=oracle, plots=False, progress=False)
+    assert summary["data"]["kind"] == "synthrooms" and summary["data"]["name"].startswith("SynthRooms")

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from gap_mllm.output_parsing import (
     MAX_TEXT_CHARS,
     DetectionResult,
+    FrameSelectionResult,
+    GroundingResult,
+    PointmapResult,
     parse_detection,
     parse_frame_selection,
     parse_grounding,
@@ -292,7 +295,9 @@ def test_parsers_never_execute_code():
 def test_pathological_inputs_are_rejected_without_raising(text):
     for parser in ALL_PARSERS:
         result = parser(text)
-        assert getattr(result, "reason", None) is not None
+        assert isinstance(getattr(result, "reason", None), str) and result.reason
+    # nothing is accepted from them (the last one is 2500 lines of 3-number boxes: all skipped, and counted)
+    assert parse_detection(text).boxes == [] and parse_grounding(text).box is None and parse_pointmap(text).point is None
 
 
 def test_nesting_guard_reason():
@@ -301,12 +306,49 @@ def test_nesting_guard_reason():
     assert parse_literal("[" * 5 + "]" * 5) == ([[[[[]]]]], None)
 
 
+def assert_documented_result(text: str) -> dict:
+    """Every parser's documented contract on `text`: the typed result class, finite values, "no answer
+    always comes with a reason", and the same result when parsed again. Returns the results by name."""
+    detection = parse_detection(text)
+    assert isinstance(detection, DetectionResult) and isinstance(detection.boxes, list)
+    assert all(isinstance(b, Box3D) and all(math.isfinite(v) for v in b.to_list()) for b in detection.boxes)
+    assert all(b.label is None or isinstance(b.label, str) for b in detection.boxes)
+    assert isinstance(detection.skipped, int) and detection.skipped >= 0
+    assert detection.reason is None or isinstance(detection.reason, str)
+    assert detection.skipped == 0 or detection.reason is not None  # dropped entries are reported
+    if not detection.boxes and detection.reason is None:  # no boxes and no complaint: an empty list
+        assert parse_literal(text, allow_block=False)[0] in ([], ())
+
+    grounding = parse_grounding(text)
+    assert isinstance(grounding, GroundingResult)
+    assert grounding.box is None or (isinstance(grounding.box, Box3D) and all(math.isfinite(v) for v in grounding.box.to_list()))
+    assert grounding.box is not None or isinstance(grounding.reason, str)
+
+    frame = parse_frame_selection(text)
+    assert isinstance(frame, FrameSelectionResult)
+    assert frame.frame is None or (isinstance(frame.frame, int) and not isinstance(frame.frame, bool))
+    assert frame.frame is not None or isinstance(frame.reason, str)
+    clamped = parse_frame_selection(text, num_frames=8)
+    assert clamped.frame is None or 0 <= clamped.frame < 8
+    assert (clamped.frame is None) == (frame.frame is None)
+
+    point = parse_pointmap(text)
+    assert isinstance(point, PointmapResult)
+    assert point.point is None or (len(point.point) == 3 and all(isinstance(v, float) and math.isfinite(v) for v in point.point))
+    assert point.label is None or isinstance(point.label, str)
+    assert point.point is not None or isinstance(point.reason, str)
+
+    results = {"detection": detection, "grounding": grounding, "frame": frame, "pointmap": point}
+    again = {"detection": parse_detection(text), "grounding": parse_grounding(text),
+             "frame": parse_frame_selection(text), "pointmap": parse_pointmap(text)}
+    assert again == results  # deterministic
+    return results
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=300))
-def test_arbitrary_text_never_raises(text):
-    for parser in ALL_PARSERS:
-        result = parser(text)
-        assert result is not None
+def test_arbitrary_text_gives_the_documented_result_types(text):
+    assert_documented_result(text)
 
 
 JSONISH = st.text(
@@ -341,10 +383,30 @@ def test_jsonish_noise_never_raises(text, num_frames):
         max_leaves=20,
     )
 )
-def test_random_json_values_never_raise(value):
+def test_random_json_values_are_read_as_documented(value):
     text = json.dumps(value)
-    for parser in ALL_PARSERS:
-        parser(text)
+    results = assert_documented_result(text)
+
+    def numbers(values, count):
+        """The floats of `values` if it is `count` finite non-bool numbers, else None."""
+        if not isinstance(values, list) or len(values) != count:
+            return None
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            return None
+        return [float(v) for v in values]
+
+    if isinstance(value, dict):
+        box = numbers(value.get("bbox_3d"), 9)
+        if box is not None and isinstance(value.get("label", ""), str):
+            assert results["grounding"].box.to_list() == box  # a valid dict answer is read exactly
+            assert [b.to_list() for b in results["detection"].boxes] == [box]
+        if "frame" in value and isinstance(value["frame"], int) and not isinstance(value["frame"], bool):
+            assert results["frame"].frame == value["frame"]
+        point = numbers(value.get("pointmap"), 3)
+        if point is not None:
+            assert list(results["pointmap"].point) == point
+    if value is None:
+        assert all(getattr(r, "reason", None) for r in results.values())  # null is no answer
 
 
 def test_backticks_inside_a_label_do_not_end_the_fence():

@@ -4,6 +4,7 @@ default, as in the shipped recipes; `--resume auto` finds the last checkpoint.""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,8 @@ def test_stage1_then_stage2_through_the_cli(tmp_path, train_data_root):
     assert (stage1_dir / "model.safetensors").is_file() and (stage1_dir / "checkpoint-2").is_dir()
     assert any((tmp_path / "geometry").rglob("*.npy"))  # the recipe's cache was filled and used
     GapMllmForConditionalGeneration.from_pretrained(stage1_dir, require_geometry_weights=True)
+    record = json.loads((stage1_dir / "gap_mllm_training.json").read_text())  # what the model card will state
+    assert record["data"]["kind"] == "synthrooms" and record["tasks"] == ["reconstruction"] and record["global_step"] == 2
 
     # stage 2 from the stage-1 folder (the recipe default, here redirected to the test's folder)
     recipe = yaml.safe_load((RECIPES / "stage2_finetune.yaml").read_text())

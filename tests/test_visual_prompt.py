@@ -36,8 +36,6 @@ def _red_pixels(image):
         (60, 80, 0, 0, 11 * 3 + 3 * 11 - 3 * 3),  # top-left corner: only the +x/+y arms, 3-px strokes
         (60, 80, 79, 59, 11 * 3 + 3 * 11 - 3 * 3),  # bottom-right corner
         (60, 80, 5, 30, 16 * 5 + 5 * 21 - 5 * 5),  # left arm cut at x = 0
-        (60, 80, -3, 30, 8 * 5),  # centre left of the image: only the right arm's tip is visible
-        (60, 80, 200, 200, 0),  # entirely outside
     ],
 )
 def test_marker_pixels_exact(height, width, x, y, expected_count):
@@ -104,3 +102,14 @@ def test_malformed_point_prompt(prompt, error):
 
 def test_integral_floats_and_numpy_ints_are_accepted():
     assert parse_point_prompt((np.int64(1), 3.0, np.int32(4)), 2) == (1, 3, 4)
+
+
+@pytest.mark.parametrize("x, y", [(-3, 30), (80, 30), (40, -1), (40, 60), (200, 200), (-1, -1)])
+def test_marker_pixel_outside_the_view_is_refused_by_name(x, y):
+    """The centre left of the image used to draw only an arm tip (or nothing): an unmarked sample."""
+    image = PIL.Image.new("RGB", (80, 60))
+    with pytest.raises(ValueError, match=rf"marker pixel \(x={x}, y={y}\) is outside the 80x60 view"):
+        draw_marker(image, x, y)
+    views = [image, image]
+    with pytest.raises(ValueError, match=rf"point prompt of sample 3 \(view 1\): marker pixel \(x={x}, y={y}\)"):
+        apply_point_prompt(views, (1, x, y), name="point prompt of sample 3")

@@ -4,8 +4,13 @@
 
 A recipe has the model to start from, the data, the freezing policy and learning-rate groups of the
 official recipe (method.md §1.7, §7), the optional geometry-aligned auxiliary losses (method.md §11,
-all off by default), LoRA, the geometry-feature cache, and `training`: keyword arguments passed
-unchanged to `transformers.TrainingArguments` (batch size, schedule, `report_to`, saving, ...).
+all off by default), LoRA, the geometry-feature cache, the device, and `training`: keyword arguments
+passed to `transformers.TrainingArguments` (batch size, schedule, `report_to`, saving, ...).
+
+Every value, from the YAML file or a `--set section.key=value` override, is checked and converted
+against the annotation of the field it fills (`config_types.coerce`; `training.*` against
+`TrainingArguments`' own annotations): `training.learning_rate=3e-3` becomes the float 0.003, and
+`training.learning_rate=abc` is an error naming `training.learning_rate` and the expected type.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_types import RecipeTypeError, coerce_fields, field_types
+
 LOSS_NORMALIZATIONS = ("global_token_mean", "micro_batch_mean")
 STAGES = ("pretrain", "finetune", "geometry", "vision")
 BAD_SAMPLE_POLICIES = ("raise", "skip")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -206,6 +214,8 @@ class TrainRecipe:
         answer tokens of the whole optimizer step (all accumulation steps, all processes), so gradient
         accumulation and data parallelism give exactly the gradient of the global batch;
         "micro_batch_mean" is the official behaviour (token mean per micro-batch, averaged over steps).
+    device: "auto" (CUDA when torch sees one, else the CPU), "cpu" or "cuda"; the precision and the
+        CPU settings follow from it (training/device.py), and the choice is logged.
     """
 
     stage: str = "pretrain"  # "pretrain" / "finetune" (the LLM stages), "geometry" / "vision" (stage 0)
@@ -220,11 +230,14 @@ class TrainRecipe:
     vision: VisionStageConfig = field(default_factory=VisionStageConfig)
     evaluation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)
     loss_normalization: str = "global_token_mean"
+    device: str = "auto"
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage={self.stage!r}; choose from {STAGES}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r}; choose from {DEVICES}")
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"loss_normalization={self.loss_normalization!r}; choose from {LOSS_NORMALIZATIONS}")
         if self.data.on_bad_sample not in BAD_SAMPLE_POLICIES:
@@ -242,49 +255,54 @@ class TrainRecipe:
 
 
 def recipe_from_dict(values: dict) -> TrainRecipe:
-    """Build a recipe from nested dicts; unknown keys are errors (a typo must not be ignored)."""
-    values = dict(values)
-    sections = {f.name: f for f in dataclasses.fields(TrainRecipe)}
-    unknown = set(values) - set(sections)
-    if unknown:
-        raise ValueError(f"unknown recipe keys {sorted(unknown)}; expected {sorted(sections)}")
-    kwargs = {}
-    for name, value in values.items():
-        section_type = _SECTION_TYPES.get(name)
-        if section_type is None:
-            kwargs[name] = value
-            continue
-        names = {f.name for f in dataclasses.fields(section_type)}
-        bad = set(value or {}) - names
-        if bad:
-            raise ValueError(f"unknown keys {sorted(bad)} in recipe section {name!r}; expected {sorted(names)}")
-        kwargs[name] = section_type(**(value or {}))
+    """Build a recipe from nested dicts. Unknown keys are errors (a typo must not be ignored) and every
+    value is checked and converted against its field's type (`training.*`: `TrainingArguments`' types);
+    a `RecipeTypeError` names the field."""
+    values = dict(values or {})
+    types_by_name = field_types(TrainRecipe)
+    for name, annotation in types_by_name.items():
+        # An empty YAML section ("lora:") reads as None: it means "all defaults".
+        if values.get(name, 0) is None and (dataclasses.is_dataclass(annotation) or name == "training"):
+            values[name] = {}
+    kwargs = coerce_fields(TrainRecipe, values, "")
+    if "training" in kwargs:
+        kwargs["training"] = check_training_arguments(kwargs["training"])
     return TrainRecipe(**kwargs)
 
 
-_SECTION_TYPES = {
-    "model": ModelSource, "data": DataConfig, "freezing": FreezingPolicy, "learning_rates": LearningRates,
-    "aux": AuxLossConfig, "lora": LoraSettings, "cache": CacheConfig, "geometry": GeometryStageConfig,
-    "vision": VisionStageConfig, "evaluation": GenerationEvalConfig,
-}
+def check_training_arguments(values: dict) -> dict:
+    """`training` values checked against `transformers.TrainingArguments`' fields and their types."""
+    from transformers import TrainingArguments
+
+    if not isinstance(values, dict):
+        raise RecipeTypeError(f"training: expected a mapping of TrainingArguments fields, got {type(values).__name__}")
+    return coerce_fields(TrainingArguments, values, "training")
 
 
 def apply_overrides(values: dict, overrides: list[str] | None) -> dict:
-    """`section.key=value` strings (value parsed as YAML: numbers, booleans, lists) applied in order."""
+    """`section.key=value` strings applied in order. The value is read as YAML (numbers, booleans,
+    lists: `[a, b]`); its type is then checked against the field by `recipe_from_dict`."""
     import yaml
 
     values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
     for override in overrides or []:
         if "=" not in override:
-            raise ValueError(f"override {override!r} must look like section.key=value")
+            raise RecipeTypeError(f"override {override!r} must look like section.key=value")
         dotted, raw = override.split("=", 1)
         *path, key = dotted.strip().split(".")
+        if not key or not all(path):
+            raise RecipeTypeError(f"override {override!r}: empty name in {dotted!r}")
         target = values
         for part in path:
-            target = target.setdefault(part, {})
+            if target.get(part) is None:
+                target[part] = {}
+            target = target[part]
             if not isinstance(target, dict):
-                raise ValueError(f"override {override!r}: {part!r} is not a section")
-        target[key] = yaml.safe_load(raw)
+                raise RecipeTypeError(f"override {override!r}: {part!r} is not a section")
+        try:
+            target[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise RecipeTypeError(f"override {override!r}: the value is not valid YAML ({error})") from error
     return values
 
 
@@ -292,5 +310,13 @@ def load_recipe(path, overrides: list[str] | None = None) -> TrainRecipe:
     """Read a YAML recipe (see training/recipes/) and apply `section.key=value` overrides."""
     import yaml
 
-    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {str(path)!r} not found (see training/recipes/ for the shipped ones)")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise RecipeTypeError(f"recipe {str(path)!r} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise RecipeTypeError(f"recipe {str(path)!r} must be a mapping of sections, got {type(values).__name__}")
     return recipe_from_dict(apply_overrides(values, overrides))

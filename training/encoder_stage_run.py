@@ -50,8 +50,10 @@ class GeometryMetricsCallback(TrainerCallback):
 
 def build_encoder_stage_trainer(recipe: TrainRecipe, model=None, processor=None, callbacks=None) -> EncoderStageSetup:
     """Everything of a stage-0 run, ready to `trainer.train()` (see the module docstring)."""
+    from .device import apply_device_plan
     from .run import load_model_and_processor, training_arguments
 
+    recipe, _ = apply_device_plan(recipe)
     args = training_arguments(recipe)
     if model is None:
         model, processor = load_model_and_processor(recipe.model)

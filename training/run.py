@@ -6,16 +6,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
+from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
+
+from .checkpoints import check_resume_checkpoint, find_resumable_checkpoint
 from .config import ModelSource, TrainRecipe
 from .data import build_collator, load_split
+from .device import apply_device_plan
 from .geometry_aligned_model import GeometryAlignedModel
 from .param_groups import apply_freezing
 from .trainer import GeometryAlignedTrainer
@@ -86,7 +91,9 @@ class TrainingSetup:
 
 def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset=None, eval_dataset=None, callbacks=None) -> TrainingSetup:
     """Everything of a run, ready to `trainer.train()`. Pass `model`/`processor`/datasets to override
-    what the recipe would load (tests, notebooks)."""
+    what the recipe would load (tests, notebooks). The device and precision come from `recipe.device`
+    (training/device.py: CUDA when available, else a CPU setup), and are logged."""
+    recipe, _ = apply_device_plan(recipe)
     args = training_arguments(recipe)
     if model is None:
         model, processor = load_model_and_processor(recipe.model)
@@ -153,15 +160,38 @@ def _fill_feature_cache(recipe: TrainRecipe, args, model, processor, train_datas
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
-    """`"auto"` → the last checkpoint in `output_dir` (None if there is none); a path stays a path."""
+    """`"auto"` → the newest COMPLETE checkpoint in `output_dir` (None if there is none; incomplete ones
+    are skipped with a warning naming them); a path must be a complete checkpoint (ValueError if not)."""
+    if resume is None:
+        return None
     if resume != "auto":
-        return resume
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        return check_resume_checkpoint(resume)
+    checkpoint = find_resumable_checkpoint(output_dir)
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+    return checkpoint
+
+
+def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = False) -> dict:
+    """What the saved model was trained on and how, for its model card (`gap-mllm push`): stage,
+    tasks, the data root described by `describe_data_root` (its folder name, never its path), steps,
+    what was frozen, LoRA. `data_given`: the datasets were passed in, not read from `data.data_root`."""
+    if recipe.model.tiny:
+        source = f"the {recipe.model.tiny} test model, randomly initialised"
+    else:
+        source = recipe.model.name_or_path
+        if source and Path(source).exists():
+            source = Path(source).name  # a local folder: its name only
+    data = None if data_given or not recipe.data.data_root else describe_data_root(recipe.data.data_root)
+    return {"stage": recipe.stage, "tasks": list(recipe.data.tasks), "data": data, "global_step": int(global_step),
+            "started_from": source, "freezing": dataclasses.asdict(recipe.freezing), "lora": recipe.lora.enabled,
+            "aux_losses": recipe.aux.enabled}
 
 
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
     """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output.
-    Stage-0 recipes (`stage: geometry` / `vision`) train an encoder (training/encoder_stage_run.py)."""
+    Stage-0 recipes (`stage: geometry` / `vision`) train an encoder (training/encoder_stage_run.py).
+    Beside the model, `gap_mllm_training.json` records what it was trained on (`training_record`)."""
     if recipe.stage in ("geometry", "vision"):
         from .encoder_stage_run import build_encoder_stage_trainer
 
@@ -172,6 +202,9 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
     resume = resolve_resume(resume_from_checkpoint, trainer.args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
+    if trainer.args.should_save:
+        record = training_record(recipe, trainer.state.global_step, data_given=build_kwargs.get("train_dataset") is not None)
+        Path(trainer.args.output_dir, TRAINING_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     if getattr(trainer, "skipped_samples", 0):
         logger.warning("skipped %d bad sample(s) on this process; see the warnings above for their names", trainer.skipped_samples)
     return result

@@ -1,4 +1,8 @@
-"""`gap-mllm train --config RECIPE.yaml [--set section.key=value ...] [--resume auto|DIR]`.
+"""`gap-mllm train --config RECIPE.yaml [--set section.key=value ...] [--resume auto|DIR] [--device auto|cpu|cuda]`.
+
+Values are checked against the recipe's field types (`training.*` against TrainingArguments); the
+device and precision are picked by themselves (`--device auto`, the default: CUDA when torch sees
+one, else the CPU in float32) and logged.
 
 Runs under `accelerate launch` unchanged (one process per device):
 
@@ -9,6 +13,7 @@ Runs under `accelerate launch` unchanged (one process per device):
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -22,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None, help="shortcut for --set training.output_dir=...")
     parser.add_argument("--report-to", default=None, help='shortcut for --set training.report_to=... ("none", "tensorboard", "wandb", ...)')
     parser.add_argument("--data-root", default=None, help="shortcut for --set data.data_root=...")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="where to train (default: the recipe's `device`, auto = CUDA if available, else CPU); "
+                             "precision and CPU settings follow, and are logged")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,10 +39,16 @@ def main(args: argparse.Namespace) -> int:
     from .run import run_training
 
     overrides = list(args.overrides)
-    for value, key in ((args.output_dir, "training.output_dir"), (args.report_to, "training.report_to"), (args.data_root, "data.data_root")):
+    for value, key in ((args.output_dir, "training.output_dir"), (args.report_to, "training.report_to"),
+                       (args.data_root, "data.data_root"), (args.device, "device")):
         if value is not None:
             overrides.append(f"{key}={value}")
     recipe = load_recipe(args.config, overrides)
+    if not logging.getLogger("gap_mllm").handlers:  # the device plan and cache reports are INFO lines
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
+        logging.getLogger("gap_mllm").addHandler(handler)
+        logging.getLogger("gap_mllm").setLevel(logging.INFO)
     hf_logging.set_verbosity_info()
     result = run_training(recipe, resume_from_checkpoint=args.resume)
     print(f"trained {result.global_step} steps, final train loss {result.training_loss:.4f}; saved to {recipe.training['output_dir']}")

@@ -11,21 +11,26 @@ What it adds to Trainer (hf-notes §9):
   global batch; the auxiliary losses (means per micro-batch) are divided by the accumulation steps;
 - the optimizer groups of the official recipe (training/param_groups.py);
 - saving: the GAP-MLLM (or its LoRA adapter) as a normal Hub folder, and the auxiliary heads beside it
-  (`aux_heads.safetensors`) only when some are enabled; resuming restores both.
+  (`aux_heads.safetensors`) only when some are enabled; resuming restores both;
+- checkpoints that are never half there: each is written under `tmp-checkpoint-N/` and renamed to
+  `checkpoint-N` once every process has finished writing it (training/checkpoints.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import defaultdict
 
 import safetensors.torch
 import torch
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .bad_samples import SKIPPED_KEY
+from .checkpoints import staging_root
 from .config import LOSS_NORMALIZATIONS, AuxLossConfig, LearningRates
 from .geometry_aligned_model import GeometryAlignedModel
 from .param_groups import build_parameter_groups
@@ -149,6 +154,39 @@ class GeometryAlignedTrainer(Trainer):
         return self.optimizer
 
     # ------------------------------------------------------------------ saving and resuming
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is being written, Trainer's run folder is the staging folder, so that
+        # everything it writes lands in tmp-checkpoint-N/checkpoint-N (see _save_checkpoint).
+        staging = getattr(self, "_checkpoint_staging", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, written under `tmp-checkpoint-N/` and renamed to `checkpoint-N` when
+        complete on every process, so a kill during a save never leaves a `checkpoint-N` that looks
+        complete; the previous checkpoint is rotated away only after that."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = staging_root(run_dir, self.state.global_step), os.path.join(run_dir, name)
+        if self.args.should_save and staging.exists():
+            shutil.rmtree(staging)  # left by a run killed while saving this step
+        self.accelerator.wait_for_everyone()
+        self._checkpoint_staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_staging = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, shards)
+        if self.args.should_save:
+            if os.path.isdir(final):  # the same step saved before (e.g. a resumed run): replace it whole
+                shutil.rmtree(final)
+            os.replace(staging / name, final)
+            staging.rmdir()
+            if self.state.best_model_checkpoint == str(staging / name):
+                self.state.best_model_checkpoint = final
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The GAP-MLLM (or its adapter) with `save_pretrained`, the auxiliary heads beside it."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir

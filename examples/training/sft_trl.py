@@ -7,7 +7,6 @@ Uses the tiny model so it runs on a CPU in seconds; for a real run, load
 """
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from gap_mllm.processing.collator import GapMllmDataCollator
@@ -27,7 +26,7 @@ def main():
     parser.add_argument("--lora", action="store_true")
     options = parser.parse_args()
 
-    data = Path(tempfile.mkdtemp()) / "synthrooms"
+    data = Path(options.out) / "synthrooms"  # the toy dataset lives beside the run
     write_dataset(data, SynthRooms(SynthConfig(image_size=(60, 80), num_frames=8, grounding_frames=4, caption_frames=4,
                                                qa_frames=4, recon_samples_per_scene=8)), {"train": 2})
     dataset = load_split(DataConfig(data_root=str(data), cache_dir=str(data / "hf")), "train", AuxLossConfig())

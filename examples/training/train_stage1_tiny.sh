@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Stage 1 then stage 2 on SynthRooms with the tiny model, on a CPU, through `gap-mllm train`.
-# Stage 2 starts from the stage-1 output (the recipe default; here pointed at this run's folder).
+# Stage 1 then stage 2 on SynthRooms with the tiny model, through `gap-mllm train`, on whatever the
+# machine has: the recipes pick the device and precision themselves (--device auto; a CPU trains in
+# float32) and say what they picked. Stage 2 starts from the stage-1 output (the recipe default; here
+# pointed at this run's folder).
+#
+#   bash examples/training/train_stage1_tiny.sh [OUT]       (default OUT: runs/tiny)
+#
+# Size knobs (environment): SCENES (4), STEPS (20), FRAMES per scene (16), HEIGHT x WIDTH (120 x 160).
 set -euo pipefail
 OUT=${1:-runs/tiny}
-gap-mllm synth --scenes 4 --out "$OUT/data"
-CPU=(--set model.dtype=float32 --set training.use_cpu=true --set training.bf16=false
-     --set training.activation_checkpointing=false --set training.max_steps=20 --set training.learning_rate=3e-3
-     --set training.per_device_train_batch_size=2 --set training.dataloader_num_workers=0)
+SCENES=${SCENES:-4}
+STEPS=${STEPS:-20}
+FRAMES=${FRAMES:-16}
+HEIGHT=${HEIGHT:-120}
+WIDTH=${WIDTH:-160}
+
+gap-mllm synth --scenes "$SCENES" --out "$OUT/data" --size "$HEIGHT" "$WIDTH" --frames "$FRAMES" \
+    --grounding-frames 8 --caption-frames 8 --qa-frames 8
+SMALL=(--set training.max_steps="$STEPS" --set training.learning_rate=3e-3 --set training.per_device_train_batch_size=2
+       --set training.gradient_accumulation_steps=1)
 gap-mllm train --config training/recipes/stage1_pretrain.yaml --data-root "$OUT/data" --output-dir "$OUT/stage1" \
-    --set model.tiny=tiny "${CPU[@]}"
+    --set model.tiny=tiny "${SMALL[@]}"
 gap-mllm train --config training/recipes/stage2_finetune.yaml --data-root "$OUT/data" --output-dir "$OUT/stage2" \
-    --set model.name_or_path="$OUT/stage1" "${CPU[@]}"
+    --set model.name_or_path="$OUT/stage1" "${SMALL[@]}"

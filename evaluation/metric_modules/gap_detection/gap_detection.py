@@ -4,9 +4,10 @@ import datasets
 import evaluate
 
 from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
-from gap_mllm.output_parsing import parse_detection
+from gap_mllm.evaluation.detection_parsing import detection_predictions
 
-_DESCRIPTION = """Predictions are raw model answers (parsed with gap_mllm.output_parsing.parse_detection);
+_DESCRIPTION = """Predictions are raw model answers (read by gap_mllm.evaluation.detection_parsing: the tolerant
+parser by default, the official line-by-line reading with official_compat=True);
 references are the sample's ground-truth boxes `[{"label": str, "bbox_3d": [9 floats]}]` in the first
 frame's OpenCV camera frame. Returns per-category and split precision / recall / F1 / AP25 / AP50 and
 the headline "f1" (mean F1 over cate31). `official_compat=True` reproduces the official numbers."""
@@ -25,6 +26,6 @@ class GapDetection(evaluate.Metric):
     def _compute(self, predictions, references, official_compat=False):
         ev = DetectionEvaluator(official_compat=official_compat)
         for text, gt in zip(predictions, references):
-            boxes = parse_detection(text).boxes
-            ev.add([b.label for b in boxes], [b.to_list() for b in boxes], [g["label"] for g in gt], [g["bbox_3d"] for g in gt])
+            pred = detection_predictions(text, official_compat)
+            ev.add(pred.labels, pred.boxes, [g["label"] for g in gt], [g["bbox_3d"] for g in gt], pred.valid)
         return ev.compute()

@@ -1,4 +1,5 @@
-"""GAP-MLLM 3D visual grounding: Acc@0.25, Acc@0.5 (IoU >=) and mIoU; a failed parse scores IoU 0."""
+"""GAP-MLLM 3D visual grounding: Acc@0.25, Acc@0.5 (IoU >=) and mIoU; a failed parse scores IoU 0, and every
+sample without an IoU is reported in `unscored: {reason: count}` (evaluation/grounding_metrics.py)."""
 
 import datasets
 import evaluate

@@ -1,0 +1,113 @@
+"""`--model` as a user gives it: a local checkpoint folder or a Hub repo id, checked before loading.
+
+transformers answers a missing folder with "Repo id must be in the form ...", an empty one with
+"Unrecognized model ... Should have a `model_type` key", an offline Hub id with "We couldn't connect
+to 'https://huggingface.co'", a truncated safetensors file with "Error while deserializing header"
+(no file named) and a pickle it refuses with a page about `weights_only`. `check_model_source` and
+`load_pretrained` turn each into one `UserError` that names the input and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+from gap_mllm.conversion_report import PICKLE_REFUSED
+
+from .errors import UserError
+
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def unreadable_safetensors(folder) -> list[str]:
+    """`["file: problem", ...]` for the safetensors files of `folder` whose header cannot be read (a
+    truncated or corrupt file); only the headers are read."""
+    from safetensors import safe_open
+
+    problems = []
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="np"):
+                pass
+        except Exception as error:  # noqa: BLE001 - SafetensorError, OSError: all mean "unreadable"
+            problems.append(f"{path}: {error}")
+    return problems
+
+
+def _offline() -> bool:
+    try:
+        from huggingface_hub import is_offline_mode
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return bool(is_offline_mode())
+
+
+def check_model_source(source, flag: str = "--model") -> str:
+    """`source` as a string if it can be loaded as far as can be told without loading it; else a
+    UserError: no such folder, an empty folder or one without config.json, a truncated safetensors
+    file (named), a file where a folder is expected, or a Hub id that is not in the local cache while
+    the Hub is unreachable by choice (HF_HUB_OFFLINE)."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not any(path.iterdir()):
+            raise UserError(f"{flag} {text}: the folder is empty; give a checkpoint folder written by "
+                            "model.save_pretrained + processor.save_pretrained, or a Hub repo id")
+        if not (path / "config.json").is_file():
+            raise UserError(f"{flag} {text}: the folder has no config.json, so it is not a saved checkpoint "
+                            "(model.save_pretrained writes one)")
+        problems = unreadable_safetensors(path)
+        if problems:
+            raise UserError(f"{flag} {text}: unreadable weights ({'; '.join(problems)}); the file is truncated or "
+                            "corrupt: copy or download it again")
+        return text
+    if path.exists():
+        raise UserError(f"{flag} {text}: this is a file; give the checkpoint FOLDER (config.json + weights) or a Hub repo id")
+    if not REPO_ID.match(text) or text.startswith((".", "~")):
+        raise UserError(f"{flag} {text}: no such folder (and not a Hub repo id of the form org/name)")
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(text, "config.json"), str):
+            raise UserError(f"{flag} {text}: no network (HF_HUB_OFFLINE is set) and the repository is not in the "
+                            "local Hub cache; download it once with network, or give a local folder")
+    return text
+
+
+def hub_error_message(error: BaseException, source: str, flag: str = "--model") -> str | None:
+    """A one-line explanation of a Hub failure found in `error`'s cause chain, or None."""
+    from huggingface_hub import errors as hub_errors
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, hub_errors.GatedRepoError):
+            return f"{flag} {source}: the repository is gated; accept its terms on the Hub and log in (hf auth login)"
+        if isinstance(error, hub_errors.RepositoryNotFoundError):
+            return f"{flag} {source}: no such Hub repository (or it is private: log in with hf auth login)"
+        if isinstance(error, (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled)):
+            return (f"{flag} {source}: no network and the repository is not in the local Hub cache; "
+                    "connect once to download it, or give a local folder")
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def load_pretrained(loader, source, flag: str = "--model", **kwargs):
+    """`loader(source, **kwargs)` (e.g. `AutoModel.from_pretrained`) after `check_model_source`, with the
+    remaining load failures (refused pickle, Hub errors, unreachable Hub) turned into UserErrors."""
+    text = check_model_source(source, flag)
+    try:
+        return loader(text, **kwargs)
+    except pickle.UnpicklingError as error:
+        files = ", ".join(str(p) for p in sorted(Path(text).glob("*.bin"))) if Path(text).is_dir() else text
+        raise UserError(f"{flag} {text}: {files or 'a .bin file'}: {PICKLE_REFUSED}") from error
+    except OSError as error:
+        message = hub_error_message(error, text, flag)
+        if message is None and "couldn't connect to" in str(error):
+            message = (f"{flag} {text}: the Hub cannot be reached and the repository is not in the local cache; "
+                       "connect once to download it, or give a local folder")
+        if message is None:
+            raise
+        raise UserError(message) from error

@@ -1,0 +1,261 @@
+"""A user's mistake is one clear line naming the input and what to do (exit status 2), not a traceback;
+`--debug` keeps the traceback. Each case below used to end in a traceback or a misleading message."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from gap_mllm.cli.errors import UserError
+from gap_mllm.cli.main import main as gap_mllm
+from gap_mllm.cli.model_source import check_model_source, load_pretrained
+from gap_mllm.processing.errors import DataError
+from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+
+def run(argv, capsys):
+    status = gap_mllm(argv)
+    captured = capsys.readouterr()
+    return status, captured.err
+
+
+def assert_one_line_error(status, err, *fragments):
+    assert status == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("gap-mllm ")]
+    assert len(lines) == 1 and "error:" in lines[0], err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "(run with --debug for the traceback)" in err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+# ------------------------------------------------------------------------------------------ convert
+
+
+def test_convert_a_missing_file(tmp_path, capsys):
+    status, err = run(["convert", "vggt", str(tmp_path / "model.pt"), str(tmp_path / "out")], capsys)
+    assert_one_line_error(status, err, "model.pt: no such file or folder", "Hub repo id")
+
+
+def test_convert_a_jpeg(tmp_path, capsys):
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    status, err = run(["convert", "vggt", str(tmp_path / "photo.jpg"), str(tmp_path / "out")], capsys)
+    assert_one_line_error(status, err, "photo.jpg: not a PyTorch or safetensors checkpoint (it is a JPEG image)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_a_hub_id_while_offline(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    status, err = run(["convert", "vggt", "facebook/VGGT-1B", str(tmp_path / "out")], capsys)
+    assert_one_line_error(status, err, "facebook/VGGT-1B: no network and not in the local Hub cache")
+    assert "has neither model.safetensors nor model.pt" not in err
+
+
+def test_convert_a_pickle_the_safe_loader_refuses(tmp_path, capsys):
+    torch.save({"aggregator.camera_token": torch.zeros(1), "hook": functools.partial(print, "hi")}, tmp_path / "model.pt")
+    status, err = run(["convert", "vggt", str(tmp_path / "model.pt"), str(tmp_path / "out")], capsys)
+    assert_one_line_error(status, err, "model.pt: pickle weights are refused: unpickling a file can run arbitrary code")
+
+
+def test_convert_a_truncated_safetensors_file(tmp_path, capsys, checkpoint):
+    data = (checkpoint / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    status, err = run(["convert", "vggt", str(tmp_path / "model.safetensors"), str(tmp_path / "out")], capsys)
+    assert_one_line_error(status, err, f"{tmp_path / 'model.safetensors'}: not a readable safetensors file", "truncated")
+
+
+def test_convert_official_from_a_missing_folder(tmp_path, capsys):
+    status, err = run(["convert", "official", str(tmp_path / "nope"), str(tmp_path / "out")], capsys)
+    assert_one_line_error(status, err, "nope: no such folder")
+
+
+def test_debug_keeps_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        gap_mllm(["convert", "vggt", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--debug"])
+
+
+# -------------------------------------------------------------------------------------------- --model
+
+
+def test_model_sources(tmp_path, checkpoint, monkeypatch):
+    with pytest.raises(UserError, match="--model .*nope: no such folder"):
+        check_model_source(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="the folder is empty"):
+        check_model_source(tmp_path / "empty")
+    (tmp_path / "noconfig").mkdir()
+    (tmp_path / "noconfig" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError, match="has no config.json"):
+        check_model_source(tmp_path / "noconfig")
+    with pytest.raises(UserError, match="this is a file"):
+        check_model_source(checkpoint / "config.json")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(checkpoint, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[:100])
+    with pytest.raises(UserError, match=rf"unreadable weights \({truncated / 'model.safetensors'}: .*truncated or corrupt"):
+        check_model_source(truncated)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match="org/not-cached: no network .* not in the local Hub cache"):
+        check_model_source("org/not-cached")
+    assert check_model_source(checkpoint) == str(checkpoint)
+
+
+def test_model_with_pickled_weights_the_safe_loader_refuses(tmp_path, checkpoint):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(checkpoint, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save({**state, "hook": functools.partial(print, "hi")}, folder / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"pytorch_model.bin: pickle weights are refused"):
+        load_pretrained(AutoModel.from_pretrained, folder, trust_remote_code=True)
+
+
+def test_predict_with_an_empty_model_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    from gap_mllm.cli.scenes import EXAMPLE_SEEDS
+
+    status, err = run(["predict", "--model", str(tmp_path / "empty"), "--example", sorted(EXAMPLE_SEEDS)[0],
+                       "--task", "detection"], capsys)
+    assert_one_line_error(status, err, f"--model {tmp_path / 'empty'}: the folder is empty")
+
+
+def test_evaluate_with_a_missing_model_folder_and_a_bad_predictions_file(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    status, err = run(["evaluate", "--task", "det", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "data"),
+                       "--out", str(tmp_path / "out")], capsys)
+    assert_one_line_error(status, err, "no such folder")
+    status, err = run(["evaluate", "--task", "det", "--predictions", str(tmp_path / "missing.jsonl"),
+                       "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")], capsys)
+    assert_one_line_error(status, err, "--predictions", "missing.jsonl: no such file or folder")
+
+
+# ------------------------------------------------------------------------------------------ recipes
+
+
+def test_train_with_a_missing_recipe_or_a_bad_value(tmp_path, capsys):
+    status, err = run(["train", "--config", str(tmp_path / "missing.yaml")], capsys)
+    assert_one_line_error(status, err, "missing.yaml' not found")
+    status, err = run(["train", "--config", "training/recipes/stage1_pretrain.yaml", "--set", "training.learning_rate=abc"], capsys)
+    assert_one_line_error(status, err, "training.learning_rate: expected float, got str 'abc'")
+
+
+# -------------------------------------------------------------------------------------------- data
+
+
+def test_malformed_intrinsics_is_a_data_error_that_can_be_skipped(tmp_path):
+    from gap_mllm.processing.builders import DetectionBuilder, load_annotation_file
+    from gap_mllm.processing.annotation_files import find_annotation_file
+    from gap_mllm.processing.scannet_layout import posed_images_dir, read_intrinsics
+    from gap_mllm.processing.synth.writer import write_dataset
+
+    from .test_data_bad_inputs import build, data_error
+    from .test_data_fixtures import tiny_generator
+
+    (tmp_path / "intrinsic.txt").write_text("1 0 0 0\n0 one 0 0\n0 0 1 0\n0 0 0 1\n")
+    with pytest.raises(DataError, match="intrinsic.txt: cannot parse intrinsics"):
+        read_intrinsics(tmp_path / "intrinsic.txt")
+
+    root = tmp_path / "data"
+    write_dataset(root, tiny_generator(), {"train": 2})
+    records = load_annotation_file(find_annotation_file(root, "detection", "train"))
+    scene = records[0]["images"][0].split("/")[0]
+    (posed_images_dir(root) / scene / "intrinsic.txt").write_text("not numbers\n")
+    with pytest.raises(Exception) as excinfo:
+        build(DetectionBuilder, root, tmp_path / "c1", load_poses=True)
+    assert records[0]["id"] in str(data_error(excinfo.value))
+    builder = build(DetectionBuilder, root, tmp_path / "c2", load_poses=True, skip_bad_samples=True)
+    affected = [r for r in records if r["images"][0].startswith(scene + "/")]
+    assert builder.skipped["train"].total == len(affected) and len(builder.as_dataset(split="train")) == len(records) - len(affected)
+
+
+@pytest.mark.parametrize("boxes", [{"label": "chair"}, "chair", [["chair", [0] * 9]], [{"label": "chair", "bbox_3d": [0] * 8}]])
+def test_boxes_that_are_not_a_list_of_objects(boxes):
+    from gap_mllm.evaluation.tasks import get_task
+
+    with pytest.raises(DataError, match="sample 'r1': .*'boxes'|sample 'r1': every entry"):
+        get_task("det").evaluate([{"id": "r1", "images": ["a.jpg"], "boxes": boxes}], [["[]"]])
+
+
+# ------------------------------------------------------------------------------------------ processor
+
+
+def test_processor_names_the_view_for_aspect_ratio_and_decompression_bomb_errors(tiny_processor, tmp_path, monkeypatch):
+    samples = [[PIL.Image.new("RGB", (64, 64))], [PIL.Image.new("RGB", (800, 2))]]
+    with pytest.raises(ValueError, match=r"sample 1, view 0 \(800x2 px\): absolute aspect ratio must be smaller than 200"):
+        tiny_processor(images=samples, text=["x", "y"])
+    PIL.Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)  # 64*64 > 2 * 100: PIL refuses to open it
+    with pytest.raises(ValueError, match=rf"sample 0, view 0: image file '{tmp_path / 'big.png'}' is refused as a possible decompression bomb"):
+        tiny_processor(images=[str(tmp_path / "big.png")], text="x")
+
+
+@pytest.mark.parametrize("text", [5, 1.5, b"bytes", [["nested"]], ["ok", 3]])
+def test_processor_text_of_the_wrong_type(tiny_processor, text):
+    with pytest.raises(TypeError, match="`text` must be a string or a list of strings"):
+        tiny_processor(images=[PIL.Image.new("RGB", (64, 64))], text=text)
+
+
+def test_post_processing_drops_negative_ids_and_names_foreign_ones(tiny_processor):
+    from gap_mllm.target_format import Box3D, serialize_detection
+
+    text = serialize_detection([Box3D.from_list([0.5, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], label="chair")])
+    ids = tiny_processor.tokenizer(text)["input_ids"]
+    padded = torch.tensor([ids + [-100] * 4, [-100] * 3 + ids[:3] + [-1] + ids[3:]])
+    results = tiny_processor.post_process_detection(padded)
+    assert [r.boxes for r in results] == [tiny_processor.post_process_detection([ids])[0].boxes] * 2
+    assert results[0].boxes[0].label == "chair"
+    with pytest.raises(ValueError, match=r"row 0 holds token id 1000000, outside the tokenizer's \d+ ids"):
+        tiny_processor.post_process_detection([ids + [10**6]])
+
+
+# ------------------------------------------------------------------------------------------- Space
+
+
+@pytest.mark.parametrize("marker", ["0 inf 5", "0 nan 5", "0 1e400 5"])
+def test_space_marker_with_non_finite_numbers(marker):
+    from gap_mllm.cli.space_backend import parse_numbers
+    from gap_mllm.cli.uploads import UploadError
+
+    with pytest.raises(UploadError, match="marker: expected 3 finite numbers"):
+        parse_numbers(marker, 3, "marker")
+
+
+def test_predictions_file_with_a_broken_line(tmp_path):
+    from gap_mllm.evaluation.runner import read_predictions_file
+
+    path = tmp_path / "answers.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": "[]"}) + "\n{broken\n")
+    with pytest.raises(ValueError, match=r"answers.jsonl, line 2: not a JSON object"):
+        read_predictions_file(path, 1)
+    path.write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match=r"line 1: need an object with 'id'"):
+        read_predictions_file(path, 1)
+
+
+def test_sixteen_bit_arrays_are_refused_with_a_hint():
+    from gap_mllm.image_alignment import load_image
+
+    with pytest.raises(TypeError, match="sample 2, view 0: unsupported image dtype uint16"):
+        load_image(np.zeros((4, 4, 3), dtype=np.uint16), name="sample 2, view 0")

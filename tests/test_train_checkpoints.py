@@ -1,0 +1,87 @@
+"""Checkpoints are written under a temporary name and renamed when complete; `--resume auto` takes the
+newest COMPLETE checkpoint, skipping (and naming) half-written ones."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+
+from gap_mllm.training.checkpoints import checkpoint_problem, find_resumable_checkpoint
+from gap_mllm.training.run import resolve_resume
+from gap_mllm.training.trainer import GeometryAlignedTrainer
+
+from gap_mllm.training.run import build_trainer
+
+from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root  # noqa: F401
+
+
+def make(tmp_path, dataset, **training):
+    """A tiny run that saves every 2 steps and keeps one checkpoint."""
+    model, processor = tiny()
+    settings = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "save_total_limit": 1,
+                "output_dir": str(tmp_path / "run"), **training}
+    return build_trainer(recipe(tmp_path, training=settings), model=model, processor=processor,
+                         train_dataset=dataset.select(range(8)))
+
+
+class SimulatedKillDuringSave(RuntimeError):
+    pass
+
+
+def test_a_kill_during_a_save_leaves_no_checkpoint_that_looks_complete(tmp_path, recon_dataset, monkeypatch, caplog):
+    setup = make(tmp_path, recon_dataset)
+    original = GeometryAlignedTrainer._save_rng_state
+
+    def dies_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            raise SimulatedKillDuringSave(output_dir)  # weights and optimizer written, state files not
+        return original(self, output_dir)
+
+    monkeypatch.setattr(GeometryAlignedTrainer, "_save_rng_state", dies_at_step_4)
+    with pytest.raises(SimulatedKillDuringSave):
+        setup.trainer.train()
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoint-2", "tmp-checkpoint-4"]
+    assert (run / "tmp-checkpoint-4" / "checkpoint-4" / "model.safetensors").is_file()  # the half-written save
+    assert checkpoint_problem(run / "checkpoint-2") is None
+
+    # an older-layout half-written folder with a newer step: weights but no trainer state
+    shutil.copytree(run / "tmp-checkpoint-4" / "checkpoint-4", run / "checkpoint-9")
+    with caplog.at_level(logging.WARNING, logger="gap_mllm.training.checkpoints"):
+        picked = resolve_resume("auto", str(run))
+    assert picked == str(run / "checkpoint-2")
+    messages = caplog.text
+    assert f"skipping incomplete checkpoint {run / 'checkpoint-9'}: no trainer_state.json" in messages
+    assert f"ignoring {run / 'tmp-checkpoint-4'}" in messages
+
+    # the resumed run continues from step 2, replaces the leftovers and keeps save_total_limit=1
+    shutil.rmtree(run / "checkpoint-9")
+    monkeypatch.setattr(GeometryAlignedTrainer, "_save_rng_state", original)
+    resumed = make(tmp_path, recon_dataset)
+    resumed.trainer.train(resume_from_checkpoint=picked)
+    assert resumed.trainer.state.global_step == 4
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoint-4"]
+    assert checkpoint_problem(run / "checkpoint-4") is None
+
+
+def test_truncated_trainer_state_and_missing_weights_are_incomplete(tmp_path):
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text('{"global_step": 4, "log_hist')
+    assert "truncated" in checkpoint_problem(folder)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    assert "no model weights" in checkpoint_problem(folder)
+    (folder / "model.safetensors").write_bytes(b"")
+    assert checkpoint_problem(folder) is None
+    assert find_resumable_checkpoint(tmp_path) == str(folder)
+    assert find_resumable_checkpoint(tmp_path / "missing") is None
+
+
+def test_an_explicit_incomplete_resume_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    with pytest.raises(ValueError, match=r"--resume .*checkpoint-2: not a complete checkpoint \(no trainer_state.json"):
+        resolve_resume(str(tmp_path / "checkpoint-2"), str(tmp_path))
+    assert resolve_resume(None, str(tmp_path)) is None
