@@ -34,7 +34,7 @@ from gap_mllm.processing.builders import load_annotation_file
 from .caption_metrics import caption_scores
 from .confidence import bootstrap_interval, bootstrap_statistic, wilson_interval
 from .detection_metrics import DetectionEvaluator
-from .grounding_metrics import grounding_iou
+from .grounding_metrics import score_grounding
 from .marker_metrics import marker_scores
 
 
@@ -62,8 +62,13 @@ def _true_frame(record: dict) -> int:
     return 0 if frame is None else frame
 
 
+def _iou(box, gt_bbox, cam_to_world=None, axis_align_matrix=None) -> float:
+    """The grounding evaluator's IoU of a baseline box (0 for a sample it cannot score, as for a model)."""
+    return score_grounding(box, gt_bbox, cam_to_world, axis_align_matrix).value(official_compat=True)
+
+
 def _constant_ious(box, records) -> list[float]:
-    return [grounding_iou(box, r["gt_bbox"], r["cam2global"][_true_frame(r)], r.get("axis_align_matrix")) for r in records]
+    return [_iou(box, r["gt_bbox"], r["cam2global"][_true_frame(r)], r.get("axis_align_matrix")) for r in records]
 
 
 def grounding_baselines(data_root, split: str = "test", candidates: int = 200, seed: int = 0) -> dict:
@@ -88,7 +93,7 @@ def grounding_baselines(data_root, split: str = "test", candidates: int = 200, s
         target = objects[record["object_id"]]
         same = [o for o in objects if o["category"] == target["category"]]
         pick = same[int(rng.integers(len(same)))]
-        ious.append(grounding_iou(pick["bbox_3d"], record["gt_bbox"]))
+        ious.append(_iou(pick["bbox_3d"], record["gt_bbox"]))
     out["random_same_category"] = accuracy_summary(ious)
     return out
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 from .geometry_metrics import GeometryMetrics, tensor_clip

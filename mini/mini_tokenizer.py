@@ -25,7 +25,7 @@ CORPUS_SEED = 12345  # a seed no dataset of the pipeline uses: the tokenizer nev
 
 def mini_corpus(num_scenes: int = CORPUS_SCENES) -> list[str]:
     """Prompts, referring expressions, captions and answers of `num_scenes` layout-only mini scenes."""
-    from gap_mllm.processing import prompts
+    from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2, RECONSTRUCTION
     from gap_mllm.processing.synth.categories import CATEGORY_NAMES
     from gap_mllm.processing.synth.generator import SynthRooms
     from gap_mllm.processing.synth.language import captions, describe
@@ -42,8 +42,9 @@ def mini_corpus(num_scenes: int = CORPUS_SCENES) -> list[str]:
 
     generator = SynthRooms(synth_config("mini", seed=CORPUS_SEED))
     texts = [
-        prompts.detection_prompt(0),
-        prompts.reconstruction_prompt(0),
+        DETECTION.task_text(),
+        RECONSTRUCTION.task_text(),
+        "".join(FRAME_LABEL.format(index=i) for i in range(8)),
         # every word of the vocabulary often enough to become one token, with and without a leading space
         *[" ".join(CATEGORY_NAMES + COLOUR_NAMES + TEXTURES + ("floor", "wall", "ceiling"))] * 24,
         *["\n".join(CATEGORY_NAMES + COLOUR_NAMES + TEXTURES + ("floor", "wall", "ceiling"))] * 8,
@@ -59,9 +60,9 @@ def mini_corpus(num_scenes: int = CORPUS_SCENES) -> list[str]:
         for obj_index, (box, obj) in enumerate(zip(boxes, scene.objects)):
             description = describe(scene, obj_index, rng)
             if description is not None:
-                texts.append(prompts.grounding_stage1_prompt(8, description).replace(prompts.IMAGE_PLACEHOLDER, ""))
-                texts.append(prompts.grounding_stage2_prompt(0, description))
-            texts.append(prompts.caption_prompt(0, box))
+                texts.append(GROUNDING_STAGE1.task_text(query=description))
+                texts.append(GROUNDING_STAGE2.task_text(query=description))
+            texts.append(CAPTIONING.task_text(box=box))
             texts.extend(captions(scene, obj_index))
             texts.append(serialize_grounding(Box3D.from_list(box)))
             texts.append(serialize_pointmap(box[:3], obj.category))
