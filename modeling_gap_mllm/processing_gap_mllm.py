@@ -71,6 +71,7 @@ from .output_parsing import (
     parse_grounding,
     parse_pointmap,
 )
+from .scene_cache import split_prompt_at_last_view
 from .visual_prompt import apply_point_prompt
 
 logger = logging.get_logger(__name__)
@@ -317,6 +318,30 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return self.tokenizer.apply_chat_template(
             messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
         )
+
+    def split_scene_prompt(self, text: str | list[str], num_views: int) -> tuple[str, str | list[str]]:
+        """Split chat prompts into the scene prefix they share and their question suffixes, for scene reuse
+        (`model.encode_scene` / `model.generate(scene=...)`).
+
+        Args:
+            text: one question or several about the same views: plain text (the chat prompt `__call__`
+                would build is used) or chat-formatted text with one placeholder per view.
+            num_views: the number of views of the scene.
+
+        Returns:
+            `(prefix, suffix)` (or `(prefix, [suffix, ...])` for a list): the prefix runs up to and including
+            the last view's `<|vision_end|>`; prefix + suffix is exactly the full prompt. Raises if the
+            prompts do not share one prefix (e.g. different text between the views).
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        parts = [split_prompt_at_last_view(self._build_prompt(t, num_views, i), self.vision_end_token)
+                 for i, t in enumerate(texts)]
+        prefixes = sorted({prefix for prefix, _ in parts})
+        if len(prefixes) != 1:
+            raise ValueError(f"the {len(texts)} prompts do not share one scene prefix (found {len(prefixes)} different "
+                             "texts up to the last view); group them by prefix and encode one scene per group.")
+        suffixes = [suffix for _, suffix in parts]
+        return prefixes[0], suffixes[0] if isinstance(text, str) else suffixes
 
     def _pixel_limits_from_kwargs(self, kwargs: dict) -> tuple[int, int]:
         """Pops per-call `size` / `min_pixels` / `max_pixels` (grid mode only) so both branches use them."""
