@@ -129,7 +129,8 @@ def _token_grids(image_grid_thw: torch.Tensor, merge: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens: int = 64) -> TaskResult:
+def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens: int = 64, scenes=None,
+             session: str | None = None) -> TaskResult:
     """Run one request on one multi-view sample (greedy decoding) and collect what the UI shows.
 
     Args:
@@ -138,12 +139,23 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         views: the frames (PIL images or paths), all of one scene.
         request: the task and its input.
         max_new_tokens: generation budget.
+        scenes: a `scene_store.SceneStore` (PIL views only): answer from the session's encoded scene when
+            it holds these frames and marker, else encode and keep it (same answer either way).
+        session: the session the scene is kept for (the Space passes gradio's session hash).
     """
     request.validate(len(views))
-    inputs = processor(images=[list(views)], text=[request.prompt()], point_prompts=[request.marker],
-                       return_tensors="pt")
-    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    input_ids = inputs["input_ids"]
+    if scenes is not None:
+        from .scene_store import answer_on_stored_scene
+
+        generated, input_ids, gates, image_grid_thw = answer_on_stored_scene(
+            model, processor, views, request.prompt(), request.marker, max_new_tokens, scenes, session)
+    else:
+        inputs = processor(images=[list(views)], text=[request.prompt()], point_prompts=[request.marker],
+                           return_tensors="pt")
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        input_ids, image_grid_thw = inputs["input_ids"], inputs["image_grid_thw"]
+        # A second forward pass for the gates: generate() does not return model-specific outputs.
+        gates = model(**inputs, output_gates=True).fusion_gates
     raw = processor.decode_generated(generated, input_ids=input_ids)[0]
     result = TaskResult(task=request.task, raw=raw, parsed=None)
     if request.task == "detection":
@@ -159,10 +171,8 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         result.parsed = processor.post_process_pointmap(generated, input_ids=input_ids)[0]
         result.point = result.parsed.point
 
-    # A second forward pass for the gates: generate() does not return model-specific outputs.
-    outputs = model(**inputs, output_gates=True)
-    if outputs.fusion_gates is not None:
-        result.gates = [gate.detach().float().cpu().numpy() for gate in outputs.fusion_gates]
+    if gates is not None:
+        result.gates = [gate.detach().float().cpu().numpy() for gate in gates]
     merge = model.config.vlm_config.vision_config.spatial_merge_size
-    result.token_grids = _token_grids(inputs["image_grid_thw"], merge)
+    result.token_grids = _token_grids(image_grid_thw, merge)
     return result
