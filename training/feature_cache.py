@@ -32,6 +32,7 @@ import torch
 
 from gap_mllm.processing.errors import DataError
 
+from .cache_cost import cost_of_entry, ensure_disk_room
 from .param_groups import unwrap_gap_model
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -161,6 +162,9 @@ class GeometryFeatureCache:
                     batch["geometry_views_per_sample"].tolist(),
                 )
                 for index in missing:
+                    if stats.computed == 0:  # log the cost; refuse before writing if the disk lacks the room
+                        ensure_disk_room(self.folder, cost_of_entry([level[index] for level in features]),
+                                         len(dataset) - start - index)
                     self.store(keys[index], [level[index] for level in features])
                     stats.computed += 1
         finally:
