@@ -116,13 +116,25 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
 
 
+def save_final_model(trainer, output_dir=None) -> None:
+    """`trainer.save_model()`, loadable with `from_pretrained` under FSDP too.
+
+    With FSDP's sharded state-dict type (the checkpoint setting of configs/accelerate_fsdp.yaml, fast to
+    save and resume) `Trainer.save_model` writes no model at all; the final model is gathered into a full
+    state dict first (on the main process, offloaded to the CPU) and saved with `save_pretrained`."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if trainer.is_fsdp_enabled and plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(output_dir)
+
+
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
     """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output."""
     setup = build_trainer(recipe, **build_kwargs)
     trainer = setup.trainer
     resume = resolve_resume(resume_from_checkpoint, trainer.args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
+    save_final_model(trainer)
     if trainer.skipped_samples:
         logger.warning("skipped %d bad sample(s) on this process; see the warnings above for their names", trainer.skipped_samples)
     return result
