@@ -46,7 +46,8 @@ def force_fsdp_on_cpu() -> None:
     AcceleratorState.__init__ = init
 
 
-def train(data_root: str, hf_cache: str, output: str, per_device_batch: int) -> None:
+def train(data_root: str, hf_cache: str, output: str, per_device_batch: int, after_training=None) -> None:
+    """3 steps of the tiny model on the first 12 samples; the final model saved to `<output>/final`."""
     from gap_mllm.training.data import load_split
     from gap_mllm.training.run import build_trainer, save_final_model
 
@@ -61,6 +62,8 @@ def train(data_root: str, hf_cache: str, output: str, per_device_batch: int) -> 
     dataset = load_split(settings.data, "train", settings.aux, max_samples=12)
     setup = build_trainer(settings, model=model, processor=processor, train_dataset=dataset)
     setup.trainer.train()
+    if after_training is not None:
+        after_training(setup.trainer)
     if setup.trainer.is_fsdp_enabled:
         from torch.distributed.tensor import DTensor
 
@@ -70,26 +73,21 @@ def train(data_root: str, hf_cache: str, output: str, per_device_batch: int) -> 
     save_final_model(setup.trainer, str(Path(output) / "final"))
 
 
-def launch(args: list[str], processes: int) -> None:
+def launch(args: list[str], processes: int, config=FSDP_CONFIG, worker=__file__) -> None:
+    """`accelerate launch --config_file config` of `worker` on `processes` CPU processes, fp32."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                "--num_processes", str(processes), "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", "0", __file__, *args]
+               "--main_process_port", "0", str(worker), *args]
     result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
 
-def test_fsdp_on_two_processes_matches_one_process_and_saves_a_loadable_model(tmp_path, prepared_data):
+def assert_same_trained_model(single, sharded, label: str) -> None:
+    """The final saves of the 1-process and the sharded run load with from_pretrained and agree to TOLERANCE."""
     from gap_mllm import GapMllmForConditionalGeneration
 
     from .test_train_fixtures import tiny
-
-    data_root, cache = prepared_data
-    single, sharded = tmp_path / "one", tmp_path / "fsdp"
-    single.mkdir(), sharded.mkdir()
-    train(data_root, cache, str(single), per_device_batch=4)
-    launch(["--data-root", data_root, "--hf-cache", cache, "--output", str(sharded), "--batch", "2"], processes=2)
-    assert [(sharded / f"sharded.rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
 
     one = GapMllmForConditionalGeneration.from_pretrained(single / "final", require_geometry_weights=True)
     two = GapMllmForConditionalGeneration.from_pretrained(sharded / "final", require_geometry_weights=True)
@@ -97,11 +95,21 @@ def test_fsdp_on_two_processes_matches_one_process_and_saves_a_loadable_model(tm
     one_state, two_state = dict(one.named_parameters()), dict(two.named_parameters())
     assert one_state.keys() == two_state.keys()
     worst = max((one_state[k] - two_state[k]).abs().max().item() for k in one_state)
-    print(f"largest weight difference, FSDP on 2 processes vs 1 process: {worst:.2e}")
+    print(f"largest weight difference, {label} on 2 processes vs 1 process: {worst:.2e}")
     assert worst <= TOLERANCE, f"largest weight difference {worst:.2e}"
     initial = dict(tiny()[0].named_parameters())
     moved = max((two_state[k] - initial[k]).abs().max().item() for k in two_state)
     assert moved > 100 * TOLERANCE  # training really changed the weights
+
+
+def test_fsdp_on_two_processes_matches_one_process_and_saves_a_loadable_model(tmp_path, prepared_data):
+    data_root, cache = prepared_data
+    single, sharded = tmp_path / "one", tmp_path / "fsdp"
+    single.mkdir(), sharded.mkdir()
+    train(data_root, cache, str(single), per_device_batch=4)
+    launch(["--data-root", data_root, "--hf-cache", cache, "--output", str(sharded), "--batch", "2"], processes=2)
+    assert [(sharded / f"sharded.rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
+    assert_same_trained_model(single, sharded, "FSDP")
 
 
 if __name__ == "__main__":
