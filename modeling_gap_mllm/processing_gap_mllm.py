@@ -71,7 +71,6 @@ from .output_parsing import (
     parse_grounding,
     parse_pointmap,
 )
-from .scene_cache import split_prompt_at_last_view
 from .visual_prompt import apply_point_prompt
 
 logger = logging.get_logger(__name__)
@@ -89,6 +88,17 @@ _PIL_IMAGE_PROCESSOR_KEYS = (
     "do_resize", "resample", "size", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
     "image_std", "do_convert_rgb", "patch_size", "temporal_patch_size", "merge_size",
 )  # fmt: skip
+
+
+def split_prompt_at_last_view(prompt: str, vision_end_token: str) -> tuple[str, str]:
+    """`(scene prefix, question suffix)` of a chat prompt: cut right after its last `vision_end_token`."""
+    cut = prompt.rfind(vision_end_token)
+    if cut < 0:
+        raise ValueError(f"the prompt has no {vision_end_token!r}: no view, so no scene prefix to share.")
+    cut += len(vision_end_token)
+    if not prompt[cut:]:
+        raise ValueError("the prompt ends with its last view: there is no question after the scene prefix.")
+    return prompt[:cut], prompt[cut:]
 
 
 def _is_point_prompt(value) -> bool:

@@ -80,17 +80,6 @@ class GapMllmScene:
         )
 
 
-def split_prompt_at_last_view(prompt: str, vision_end_token: str) -> tuple[str, str]:
-    """`(scene prefix, question suffix)` of a chat prompt: cut right after its last `vision_end_token`."""
-    cut = prompt.rfind(vision_end_token)
-    if cut < 0:
-        raise ValueError(f"the prompt has no {vision_end_token!r}: no view, so no scene prefix to share.")
-    cut += len(vision_end_token)
-    if not prompt[cut:]:
-        raise ValueError("the prompt ends with its last view: there is no question after the scene prefix.")
-    return prompt[:cut], prompt[cut:]
-
-
 def scene_prefix_length(input_ids: torch.LongTensor, vision_end_token_id: int) -> int:
     """Tokens up to and including the last `<|vision_end|>` of a `[1, L]` prompt (0 when it has no view)."""
     positions = (input_ids[0] == vision_end_token_id).nonzero()
@@ -280,4 +269,4 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
     return outputs
 
 
-__all__ = ["GapMllmScene", "encode_scene", "generate_from_scene", "scene_prefix_length", "split_prompt_at_last_view"]
+__all__ = ["GapMllmScene", "encode_scene", "generate_from_scene", "scene_prefix_length"]
