@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .loading import TINY, UNTRAINED_NOTICE, load_model_and_processor
+from .scene_store import SceneStore
 from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, scene_from_frames,
                      synthetic_scene)
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
@@ -122,6 +123,8 @@ class SpaceSettings:
     concurrency: int = 1
     max_queue: int = 16
     limits: UploadLimits = field(default_factory=UploadLimits)
+    scene_sessions: int = 8  # sessions whose last encoded scene is kept (0: encode every request anew)
+    scene_bytes: int = 2 << 30  # bound on the kept scenes' cached keys/values
 
 
 @dataclass
@@ -149,6 +152,9 @@ class SpaceBackend:
         self._lock = threading.Lock()
         self._examples = {}
         self._numbers = itertools.count(1)  # request numbers for the log (next() is atomic in CPython)
+        # The next question about the same frames reuses the session's encoded scene (scene_store.py).
+        self.scenes = (SceneStore(settings.scene_sessions, settings.scene_bytes) if settings.scene_sessions > 0
+                       else None)
 
     @property
     def notice(self) -> str:
@@ -224,25 +230,27 @@ class SpaceBackend:
         return fallback + "." + ("" if self.reconstructs else f" {POINT_CLOUD_HOWTO}")
 
     def run(self, files, example_name, task_label, query=None, object_choice=None, box_text=None,
-            marker_text=None) -> SpaceOutput:
-        """One request; raises UploadError / ValueError with a user-facing message."""
+            marker_text=None, session: str | None = None) -> SpaceOutput:
+        """One request; raises UploadError / ValueError with a user-facing message. `session` (gradio's
+        session hash) selects whose encoded scene may be reused."""
         started = time.time()
         number = next(self._numbers)
         LOG.info("request %d started at %.3f", number, started)
         try:
-            return self._run(files, example_name, task_label, query, object_choice, box_text, marker_text)
+            return self._run(files, example_name, task_label, query, object_choice, box_text, marker_text, session)
         finally:
             finished = time.time()
             LOG.info("request %d finished at %.3f (%.2f s)", number, finished, finished - started)
 
-    def _run(self, files, example_name, task_label, query, object_choice, box_text, marker_text) -> SpaceOutput:
+    def _run(self, files, example_name, task_label, query, object_choice, box_text, marker_text,
+             session=None) -> SpaceOutput:
         scene = self._scene(files, example_name)
         request = self._request(task_label, query, object_choice, box_text, marker_text, scene)
         with self._lock:
             if not scene.calibrated and self.reconstructs:
                 scene = reconstructed_scene(self.model, self.processor, scene.views)
             result = run_task(self.model, self.processor, scene.views, request,
-                              max_new_tokens=self.settings.max_new_tokens)
+                              max_new_tokens=self.settings.max_new_tokens, scenes=self.scenes, session=session)
         out = self.work_dir / uuid.uuid4().hex
         out.mkdir(parents=True)
         drawn = frames_with_boxes(scene, result.boxes, result.point, marker=result.marker)

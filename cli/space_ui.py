@@ -32,13 +32,20 @@ def build_demo(backend: SpaceBackend):
         choices = backend.object_choices(example_name)
         return gr.update(choices=choices, value=choices[0] if choices else None)
 
-    def on_run(files, example_name, task_label, query, object_choice, box_text, marker_text):
+    def on_run(files, example_name, task_label, query, object_choice, box_text, marker_text, request: gr.Request):
+        # gradio fills `request`; its session hash keys the session's encoded scene (scene_store.py)
+        session = getattr(request, "session_hash", None)
         try:
-            out = backend.run(files, example_name, task_label, query, object_choice, box_text, marker_text)
+            out = backend.run(files, example_name, task_label, query, object_choice, box_text, marker_text,
+                              session=session)
         except (UploadError, ValueError) as error:
             raise gr.Error(str(error), title="Cannot run this request") from error
         return ([str(p) for p in out.frames], str(out.scene_glb), out.raw, out.parsed,
                 str(out.gates_png) if out.gates_png else None, out.status)
+
+    # gradio finds the request parameter by its type hint; this module's postponed annotations are strings
+    # naming a local import, which gradio cannot resolve, so give it the class itself
+    on_run.__annotations__["request"] = gr.Request
 
     limits = backend.settings.limits
     accepted = sorted(IMAGE_SUFFIXES | GIF_SUFFIXES | VIDEO_SUFFIXES)

@@ -161,7 +161,8 @@ def _token_grids(image_grid_thw: torch.Tensor, merge: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None) -> TaskResult:
+def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None, scenes=None,
+             session: str | None = None) -> TaskResult:
     """Run one request on one multi-view sample (greedy decoding, stopped at the end of the answer) and
     collect what the UI shows.
 
@@ -171,13 +172,26 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         views: the frames (PIL images or paths), all of one scene.
         request: the task and its input.
         max_new_tokens: generation budget; None: the task's own (tasks_gap_mllm).
+        scenes: a `scene_store.SceneStore` (PIL views only): answer from the session's encoded scene when
+            it holds these frames and marker, else encode and keep it (same answer either way).
+        session: the session the scene is kept for (the Space passes gradio's session hash).
     """
     request.validate(len(views))
     spec = request.spec
-    inputs = processor(images=[list(views)], return_tensors="pt", **request.processor_inputs())
-    # Task names, not TaskSpec objects, cross into the processor: its remote code has its own classes.
-    generated = model.generate(**inputs, **processor.generation_kwargs(spec.name, inputs, max_new_tokens))
-    input_ids = inputs["input_ids"]
+    if scenes is not None:
+        from .scene_store import answer_on_stored_scene
+
+        inputs = request.processor_inputs()
+        segments = spec.user_segments(len(views), query=inputs.get("query"), box=inputs.get("box"))
+        generated, input_ids, gates, image_grid_thw = answer_on_stored_scene(
+            model, processor, views, processor.chat_prompt(segments), request.marker, spec.name, max_new_tokens, scenes, session)
+    else:
+        inputs = processor(images=[list(views)], return_tensors="pt", **request.processor_inputs())
+        # Task names, not TaskSpec objects, cross into the processor: its remote code has its own classes.
+        generated = model.generate(**inputs, **processor.generation_kwargs(spec.name, inputs, max_new_tokens))
+        input_ids, image_grid_thw = inputs["input_ids"], inputs["image_grid_thw"]
+        # A second forward pass for the gates: generate() does not return model-specific outputs.
+        gates = model(**inputs, output_gates=True).fusion_gates
     raw = processor.decode_generated(generated, input_ids=input_ids)[0]
     result = TaskResult(task=spec.name, raw=raw, parsed=processor.post_process(generated, spec.name, input_ids)[0])
     if spec is DETECTION:
@@ -190,10 +204,8 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         result.point = result.parsed.point
         result.marker = tuple(int(v) for v in request.marker)
 
-    # A second forward pass for the gates: generate() does not return model-specific outputs.
-    outputs = model(**inputs, output_gates=True)
-    if outputs.fusion_gates is not None:
-        result.gates = [gate.detach().float().cpu().numpy() for gate in outputs.fusion_gates]
+    if gates is not None:
+        result.gates = [gate.detach().float().cpu().numpy() for gate in gates]
     merge = model.config.vlm_config.vision_config.spatial_merge_size
-    result.token_grids = _token_grids(inputs["image_grid_thw"], merge)
+    result.token_grids = _token_grids(image_grid_thw, merge)
     return result

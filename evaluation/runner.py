@@ -6,8 +6,9 @@
 Data: `<data_dir>/annotations/<official file of the task and split>` (or `annotation_file=`), images
 under `<data_dir>/scannet/posed_images`. Generation is batched (left padding, greedy) and resumable:
 each finished sample is appended to `raw_outputs.rank<r>.jsonl` and skipped by the next run. Under
-`accelerate launch` the pending samples are split round-robin over the processes; the main process
-merges every rank's file (by sample index, so the order is deterministic) and scores. A predictions
+`accelerate launch` the pending samples are dealt to the processes (samples about one scene stay on
+one process, which encodes the scene once and answers them all from it); the main process merges
+every rank's file (by sample index, so the order is deterministic) and scores. A predictions
 file (JSONL lines `{"id": ..., "raw": [text per stage]}`, or `"text": "..."` for one-stage tasks)
 replaces the model, e.g. to re-score a run or to check an oracle.
 """
@@ -63,29 +64,52 @@ def read_predictions_file(path, stages: int) -> dict[str, list[str]]:
     return out
 
 
+def sample_batches(groups: list[list[int]], batch_size: int):
+    """`(indices, shared)` batches: a group of several samples (one scene) is sent in batches of its own,
+    answered through scene reuse (`shared=True`); single samples are batched together as before."""
+    singles = []
+    for group in groups:
+        if len(group) == 1:
+            singles.extend(group)
+            if len(singles) == batch_size:
+                yield singles, False
+                singles = []
+            continue
+        for start in range(0, len(group), batch_size):
+            yield group[start : start + batch_size], True
+    if singles:
+        yield singles, False
+
+
 def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
                      rank, world, device, progress=True) -> None:
-    """Generate every sample whose id is not yet in the raw-output files (this rank's share)."""
+    """Generate every sample whose id is not yet in the raw-output files (this rank's share).
+
+    Samples about one scene (same images and marker at the first stage: ScanRefer's many expressions per
+    scene) go to the same process and are answered from one encoding of the scene (scene_generation.py)."""
     from tqdm.auto import tqdm
 
-    from .generation import BatchGenerator
+    from .scene_generation import SceneGenerator, groups_for_rank, scene_groups
 
     done = reports.read_raw_outputs(out_dir)
-    pending = [i for i, sid in enumerate(ids) if sid not in done][rank::world]
+    todo = [i for i, sid in enumerate(ids) if sid not in done]
+    first_requests = {i: task.request(records[i], 0, [], media_root) for i in todo}
+    mine = groups_for_rank(scene_groups(first_requests), rank, world)
+    pending = sum(len(group) for group in mine)
     if not pending:
         return
-    generator = BatchGenerator(model_dir, device=device, max_new_tokens=max_new_tokens)
+    generator = SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens)
     reports.end_torn_line(reports.raw_output_file(out_dir, rank))
     with open(reports.raw_output_file(out_dir, rank), "a", encoding="utf-8") as handle, \
-            tqdm(total=len(pending), desc=f"{task.name} (rank {rank})", disable=not progress or rank != 0) as bar:
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
+            tqdm(total=pending, desc=f"{task.name} (rank {rank})", disable=not progress or rank != 0) as bar:
+        for batch, shared in sample_batches(mine, batch_size):
             texts = [[] for _ in batch]
             for stage in range(task.stages):
                 requests = [task.request(records[i], stage, texts[j], media_root) for j, i in enumerate(batch)]
                 for j, request in enumerate(requests):  # annotation paths are relative to posed_images
                     request.images = [str(media_path(media_root, p, ids[batch[j]])) for p in request.images]
-                for j, text in enumerate(generator.generate(requests)):
+                answer = generator.generate_on_scenes if shared else generator.generate
+                for j, text in enumerate(answer(requests)):
                     texts[j].append(text)
             for j, i in enumerate(batch):
                 reports.append_raw_output(handle, ids[i], i, texts[j])

@@ -20,6 +20,8 @@ from transformers.configuration_utils import SubConfigSpec
 FUSION_METHODS = ("gated", "add", "concat", "weighted", "cross_attention")
 MERGER_NORMS = ("rms", "layer")
 REFERENCE_FRAMES = ("first", "last")
+# "auto": bf16 autocast when the encoder's input is on a CUDA device (the official code), none elsewhere.
+GEOMETRY_AUTOCAST_DTYPES = ("auto", "bfloat16", "float16", None)
 
 
 class _DropDefaultSubConfigNotices(logging.Filter):
@@ -85,6 +87,12 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         dpt_layers (`list[int]`): the four aggregator layers the DPT heads read ([4, 11, 17, 23]),
             independent of `tapped_layers`.
         dpt_frames_chunk_size (`int`): frames per DPT chunk (8), to bound memory; results do not depend on it.
+        autocast_dtype (`str`, *optional*): precision of the aggregator. `"auto"` (default): bf16 autocast
+            when the input images are on a CUDA device, as the official GAP code runs VGGT (matmuls and
+            attention in bf16, norms and softmax in fp32 inside autocast), and the weights' dtype
+            everywhere else, so fp32 on the CPU stays exact; the input's device decides, not whether a GPU
+            exists. `"bfloat16"` / `"float16"`: that autocast on every device (CPU too); `None`: never
+            autocast (run in the weights' dtype). The features come out in the weights' dtype in all cases.
     """
 
     model_type = "gap_mllm_geometry"
@@ -121,6 +129,7 @@ class GapMllmGeometryConfig(PreTrainedConfig):
     dpt_out_channels: list[int] | None = None
     dpt_layers: list[int] | None = None
     dpt_frames_chunk_size: int = 8
+    autocast_dtype: str | None = "auto"
 
     def __post_init__(self, **kwargs):
         if self.tapped_layers is None:
@@ -179,6 +188,10 @@ class GapMllmGeometryConfig(PreTrainedConfig):
             )
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("geometry_config.image_mean and image_std must have 3 values (RGB).")
+        if self.autocast_dtype not in GEOMETRY_AUTOCAST_DTYPES:
+            raise ValueError(
+                f"geometry_config.autocast_dtype={self.autocast_dtype!r} is not one of {GEOMETRY_AUTOCAST_DTYPES}."
+            )
         self._check_head_values()
 
     @property

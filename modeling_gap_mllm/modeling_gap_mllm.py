@@ -26,6 +26,7 @@ from .loading_report import GEOMETRY_GROUPS, report_missing_weights
 from .model_inputs import GEOMETRY_INPUT_NAMES  # prefill-only inputs; generate() drops them afterwards
 from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_weights
 from .multi_level_fusion import GapMllmMultiLevelFusion
+from .scene_cache import GapMllmScene, encode_scene, generate_from_scene
 
 logger = logging.get_logger(__name__)
 
@@ -343,6 +344,31 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         )
 
     # ---------------------------------------------------------------- generation
+    def encode_scene(self, input_ids=None, pixel_values=None, image_grid_thw=None, output_gates: bool = False,
+                     **kwargs) -> GapMllmScene:
+        """Encode one multi-view scene once (geometry encoder, vision tower, fusion, prefill of the prompt up
+        to the last view) for `generate(scene=...)`; see `scene_cache.py`.
+
+        Args:
+            input_ids, pixel_values, image_grid_thw, ...: the processor output for ONE sample, e.g.
+                `processor(images=frames, text=prefix)` with `prefix` from `processor.split_scene_prompt`;
+                tokens after the last view are ignored.
+            output_gates: keep the fusion gates in `scene.fusion_gates`.
+        """
+        return encode_scene(self, input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                            output_gates=output_gates, **kwargs)
+
+    def generate(self, inputs=None, *args, scene: GapMllmScene | None = None, **kwargs):
+        """`GenerationMixin.generate`, plus `scene=`: answer questions about a scene from `encode_scene`
+        without encoding it again. With a scene, pass only the question tokens (`input_ids` `[B, Lq]`,
+        `attention_mask`); the result continues them (`[B, Lq + new]`). See `scene_cache.generate_from_scene`."""
+        if scene is None:
+            return super().generate(inputs, *args, **kwargs)
+        if args:
+            raise TypeError("generate(scene=...) takes generation options as keyword arguments only.")
+        input_ids = kwargs.pop("input_ids", inputs)
+        return generate_from_scene(self, scene, input_ids, **kwargs)
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # The geometry encoder runs at prefill only; with a cache, later steps see no images.
@@ -460,4 +486,4 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         return model
 
 
-__all__ = ["GapMllmForConditionalGeneration", "GapMllmOutput", "GapMllmPreTrainedModel"]
+__all__ = ["GapMllmForConditionalGeneration", "GapMllmOutput", "GapMllmPreTrainedModel", "GapMllmScene"]

@@ -38,6 +38,22 @@ class GeometryEncoderOutput(ModelOutput):
     patch_grid: tuple[int, int] | None = None
 
 
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_dtype_for(config: GapMllmGeometryConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype the aggregator runs under autocast for input on `device`, or None (no autocast).
+
+    `config.autocast_dtype == "auto"` gives bf16 on CUDA devices (the official encode path: VGGT under bf16
+    autocast) and None elsewhere, so CPU fp32 runs stay exact; an explicit dtype applies on any device."""
+    setting = getattr(config, "autocast_dtype", "auto")
+    if setting is None:
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return AUTOCAST_DTYPES[setting]
+
+
 def _expand_token_pair(token_pair: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
     """Copy 0 of a learned pair for frame 0, copy 1 for every other frame.
 
@@ -121,7 +137,18 @@ class GapMllmVggtAggregator(nn.Module):
         Returns:
             One `[B, S, T, 2·C]` tensor per requested layer, `T = 1 + num_register_tokens + h·w`: tokens are
             camera, registers, then patches (row-major); channels are frame-block output ⊕ global-block output.
+            Runs under autocast as `config.autocast_dtype` says (`autocast_dtype_for`); the outputs are
+            in the weights' dtype either way.
         """
+        autocast_dtype = autocast_dtype_for(self.config, images.device)
+        if autocast_dtype is None:
+            return self._aggregate(images, output_layers)
+        with torch.autocast(device_type=images.device.type, dtype=autocast_dtype):
+            outputs = self._aggregate(images, output_layers)
+        weights_dtype = self.patch_embed.patch_embed.proj.weight.dtype
+        return tuple(output.to(weights_dtype) for output in outputs)
+
+    def _aggregate(self, images: torch.Tensor, output_layers: list[int] | None) -> tuple[torch.Tensor, ...]:
         self.check_images(images)
         layers = list(self.config.tapped_layers if output_layers is None else output_layers)
         for layer in layers:
@@ -303,6 +330,7 @@ def init_geometry_weights(module: nn.Module, config: GapMllmGeometryConfig) -> b
 
 
 __all__ = [
+    "autocast_dtype_for",
     "GapMllmGeometryEncoder",
     "GeometryReconstructionOutput",
     "GapMllmVggtAggregator",

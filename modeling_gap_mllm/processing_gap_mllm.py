@@ -87,6 +87,17 @@ _PIL_IMAGE_PROCESSOR_KEYS = (
 )  # fmt: skip
 
 
+def split_prompt_at_last_view(prompt: str, vision_end_token: str) -> tuple[str, str]:
+    """`(scene prefix, question suffix)` of a chat prompt: cut right after its last `vision_end_token`."""
+    cut = prompt.rfind(vision_end_token)
+    if cut < 0:
+        raise ValueError(f"the prompt has no {vision_end_token!r}: no view, so no scene prefix to share.")
+    cut += len(vision_end_token)
+    if not prompt[cut:]:
+        raise ValueError("the prompt ends with its last view: there is no question after the scene prefix.")
+    return prompt[:cut], prompt[cut:]
+
+
 def _is_point_prompt(value) -> bool:
     """True for one `(view_idx, x, y)` triple (as opposed to a per-sample list of them)."""
     return (
@@ -360,6 +371,30 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 raise ValueError(f"sample {i}: {error}") from None
             prompts.append(self.chat_prompt(segments))
         return prompts
+
+    def split_scene_prompt(self, text: str | list[str], num_views: int) -> tuple[str, str | list[str]]:
+        """Split chat prompts into the scene prefix they share and their question suffixes, for scene reuse
+        (`model.encode_scene` / `model.generate(scene=...)`).
+
+        Args:
+            text: one question or several about the same views: plain text (the chat prompt `__call__`
+                would build is used) or chat-formatted text with one placeholder per view.
+            num_views: the number of views of the scene.
+
+        Returns:
+            `(prefix, suffix)` (or `(prefix, [suffix, ...])` for a list): the prefix runs up to and including
+            the last view's `<|vision_end|>`; prefix + suffix is exactly the full prompt. Raises if the
+            prompts do not share one prefix (e.g. different text between the views).
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        parts = [split_prompt_at_last_view(self._text_prompt(t, num_views, i), self.vision_end_token)
+                 for i, t in enumerate(texts)]
+        prefixes = sorted({prefix for prefix, _ in parts})
+        if len(prefixes) != 1:
+            raise ValueError(f"the {len(texts)} prompts do not share one scene prefix (found {len(prefixes)} different "
+                             "texts up to the last view); group them by prefix and encode one scene per group.")
+        suffixes = [suffix for _, suffix in parts]
+        return prefixes[0], suffixes[0] if isinstance(text, str) else suffixes
 
     def _pixel_limits_from_kwargs(self, kwargs: dict) -> tuple[int, int]:
         """Pops per-call `size` / `min_pixels` / `max_pixels` (grid mode only) so both branches use them."""

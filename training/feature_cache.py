@@ -32,6 +32,7 @@ import torch
 
 from gap_mllm.processing.errors import DataError
 
+from .cache_cost import cost_of_entry, ensure_disk_room
 from .param_groups import unwrap_gap_model
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -50,7 +51,8 @@ FEATURE_CONFIG_FIELDS = (
 
 def encoder_fingerprint(model) -> str:
     """Hex digest of what the tapped features depend on: the aggregator's weights and buffers (values,
-    shapes, dtypes), the geometry-config fields of `FEATURE_CONFIG_FIELDS` and the level → layer map.
+    shapes, dtypes), the geometry-config fields of `FEATURE_CONFIG_FIELDS`, the level → layer map and the
+    device type the encoder runs on (autocast).
     Stable across `save_pretrained` / `from_pretrained`."""
     gap = unwrap_gap_model(model)
     geometry = gap.config.geometry_config
@@ -58,8 +60,10 @@ def encoder_fingerprint(model) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(json.dumps(gap.config.level_geometry_layers).encode())
-    # the aggregator alone produces the tapped features (VGGT's reconstruction heads do not feed them)
     encoder = getattr(gap.geometry_encoder, "aggregator", gap.geometry_encoder)
+    # autocast_dtype "auto" runs bf16 autocast on CUDA only: the device type decides the numbers too
+    digest.update(next(encoder.parameters()).device.type.encode())
+    # the aggregator alone produces the tapped features (VGGT's reconstruction heads do not feed them)
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -195,6 +199,9 @@ class GeometryFeatureCache:
                     batch["geometry_views_per_sample"].tolist(),
                 )
                 for index in missing:
+                    if stats.computed == 0:  # log the cost; refuse before writing if the disk lacks the room
+                        ensure_disk_room(self.folder, cost_of_entry([level[index] for level in features]),
+                                         len(dataset) - start - index)
                     self.store(keys[index], [level[index] for level in features])
                     stats.computed += 1
         finally:

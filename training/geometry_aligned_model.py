@@ -94,6 +94,12 @@ class GeometryAlignedModel(nn.Module):
     def device(self) -> torch.device:
         return self.gap_model.device
 
+    def tie_weights(self, *args, **kwargs):
+        """Re-tie the GAP-MLLM's tied weights (LM head = input embeddings). accelerate's FSDP2 preparation
+        moves the model to the meta device, which unties them, and then calls this; without it the LM head
+        silently trains as a separate matrix and the saved model differs from the tied one."""
+        return self.gap_model.tie_weights(*args, **kwargs)
+
     def activation_checkpointing_enable(self, **kwargs):
         """Trainer's `activation_checkpointing=True` lands here: checkpoint the GAP-MLLM's layers."""
         self.gap_model.activation_checkpointing_enable(**kwargs)

@@ -188,6 +188,18 @@ def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = Fa
             "aux_losses": recipe.aux.enabled}
 
 
+def save_final_model(trainer, output_dir=None) -> None:
+    """`trainer.save_model()`, loadable with `from_pretrained` under FSDP too.
+
+    With FSDP's sharded state-dict type (the checkpoint setting of configs/accelerate_fsdp.yaml, fast to
+    save and resume) `Trainer.save_model` writes no model at all; the final model is gathered into a full
+    state dict first (on the main process, offloaded to the CPU) and saved with `save_pretrained`."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if trainer.is_fsdp_enabled and plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(output_dir)
+
+
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
     """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output.
     Stage-0 recipes (`stage: geometry` / `vision`) train an encoder (training/encoder_stage_run.py).
@@ -201,7 +213,7 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
     trainer = setup.trainer
     resume = resolve_resume(resume_from_checkpoint, trainer.args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
+    save_final_model(trainer)
     if trainer.args.should_save:
         record = training_record(recipe, trainer.state.global_step, data_given=build_kwargs.get("train_dataset") is not None)
         Path(trainer.args.output_dir, TRAINING_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -1,0 +1,441 @@
+"""GAP-MLLM at the real size (Qwen3-VL-2B + VGGT-1B, random weights) on one GPU: one command, one JSON.
+
+    python bench/bench_real_size.py --real-size --device cuda --dtype bfloat16 --out results.json
+    python bench/bench_real_size.py --size small --device cpu --out small.json      # seconds; what the test runs
+
+Measurements, in this order (each with warm-ups and timed repeats, synchronised; each catches its own
+out-of-memory or other error and records it instead of stopping; results are rewritten to --out after
+every measurement, so a run cut short keeps what it measured; progress goes to stdout, flushed):
+
+  build                 weights allocated on the device in the dtype (never fp32 on the CPU first); counts
+  geometry_518          VGGT encoder alone at 518×518, frames 1 … 50 (vggt-reference.md §7), beside VGGT's
+                        published H100 figures (100 and 200 frames run last, as geometry_518_large; a frame
+                        count is skipped when the time budget left looks too short for it)
+  geometry_336x448      the same at GAP's training frames
+  prefill_<V>views      one prefill forward (encoder, ViT, fusion, LLM; logits of the last token) at 4, 16
+                        and 32 views of inference frames (221 visual tokens each): latency, peak memory,
+                        achieved model TFLOP/s
+  generate              decode tokens/s at 4 views: (t(1 + N new tokens) − t(1 new token)) / N
+  scene_reuse_k8        8 questions on one 4-view scene: 8 full generate calls vs encode_scene + 8
+                        generate(scene=...) calls vs one batched call; ratios and whether answers agree
+  train_step_<attn>     forward + backward + AdamW step of GeometryAlignedModel (official freezing: ViT and
+                        VGGT frozen; LLM, mergers, gates trained; bf16 weights and optimizer states), batch 2
+                        × 4 training frames: step time, tokens/s, peak memory, MFU (real_size_flops.py);
+                        sdpa always, flash_attention_2 too when `flash_attn` imports
+  cache_read            geometry-feature cache at this size: recomputing one sample's features on the
+                        device vs reading its entry (cold: page cache dropped with posix_fadvise; warm)
+  geometry_*_large      the encoder at 100 and 200 frames
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
+from real_size_flops import forward_flops, peak_flops, training_step_flops  # noqa: E402
+from real_size_inputs import QWEN_GRIDS, full_inputs, image_inputs, question_suffix, scene_prefix, to_device  # noqa: E402
+from real_size_model import build_model, parameter_counts, special_ids  # noqa: E402
+
+# VGGT README, aggregator only, one H100, FlashAttention-3, 518×518 (vggt-reference.md §7): frames → (s, GB)
+VGGT_PUBLISHED = {1: (0.04, 1.88), 2: (0.05, 2.07), 4: (0.07, 2.45), 8: (0.11, 3.23), 10: (0.14, 3.63),
+                  20: (0.31, 5.58), 50: (1.04, 11.41), 100: (3.12, 21.15), 200: (8.75, 40.63)}
+SETTINGS = {
+    "real": dict(geometry_sizes={"geometry_518": (518, 518), "geometry_336x448": (336, 448)},
+                 geometry_frames=[1, 2, 4, 8, 10, 20, 50], geometry_frames_large=[100, 200],
+                 prefill_views=[4, 16, 32], generate_tokens=64,
+                 scene_questions=8, scene_tokens=32, train_batch=2, train_views=4, answer_tokens=32, cache_samples=8,
+                 warmup=2, repeats=3, train_warmup=2, train_repeats=5, train_grid="train", infer_grid="infer"),
+    # the CPU run that keeps the script from rotting: every measurement, tiny shapes, one timed run each
+    "small": dict(geometry_sizes={"geometry_518": (56, 56), "geometry_336x448": (56, 84)},
+                  geometry_frames=[1, 2], geometry_frames_large=[3], prefill_views=[1, 2], generate_tokens=2, scene_questions=2, scene_tokens=2,
+                  train_batch=1, train_views=2, answer_tokens=4, cache_samples=2, warmup=1, repeats=1,
+                  train_warmup=1, train_repeats=1, train_grid="small", infer_grid="small"),
+}
+GIB = 2**30
+
+
+class Bench:
+    """Runs the measurements and keeps the results file current."""
+
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device(args.device)
+        self.cuda = self.device.type == "cuda"
+        self.dtype = getattr(torch, args.dtype)
+        self.settings = dict(SETTINGS[args.size])
+        for key in ("warmup", "repeats"):
+            if getattr(args, key) is not None:
+                self.settings[key] = getattr(args, key)
+        self.start = time.perf_counter()
+        self.results = {"meta": self.meta(), "measurements": {}}
+        self.model = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def meta(self) -> dict:
+        import transformers
+
+        name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
+        return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "size": self.args.size,
+                "device": name, "dtype": self.args.dtype, "torch": torch.__version__,
+                "transformers": transformers.__version__, "cuda": torch.version.cuda,
+                "peak_bf16_flops": peak_flops(name) if self.cuda else None,
+                "flash_attn": flash_attn_available(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def remaining(self) -> float:
+        return float("inf") if self.args.budget is None else self.args.budget - self.elapsed()
+
+    def save(self) -> None:
+        self.results["meta"]["elapsed_s"] = round(self.elapsed(), 1)
+        path = Path(self.args.out)
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary.write_text(json.dumps(self.results, indent=2, default=str))
+        os.replace(temporary, path)
+
+    def log(self, text: str) -> None:
+        print(f"[{self.elapsed():7.1f} s] {text}", flush=True)
+
+    def record(self, name: str, value: dict) -> None:
+        self.results["measurements"][name] = value
+        self.save()
+        shown = {k: v for k, v in value.items() if not isinstance(v, (list, dict))}
+        self.log(f"{name}: {json.dumps(shown, default=str)}")
+
+    def run(self, name: str, function, *args) -> None:
+        """One measurement: skipped past the budget, out-of-memory and other errors recorded, memory freed."""
+        if self.args.only and not any(name.startswith(prefix) for prefix in self.args.only):
+            return
+        if self.remaining() <= 0:
+            self.record(name, {"skipped": "time budget spent"})
+            return
+        self.log(f"{name} ...")
+        try:
+            self.record(name, function(*args))
+        except torch.OutOfMemoryError as error:
+            self.record(name, {"error": "out of memory", "detail": str(error).splitlines()[0][:300]})
+        except Exception as error:  # noqa: BLE001 - a bench records every failure and goes on
+            self.record(name, {"error": f"{type(error).__name__}: {error}"[:500],
+                               "traceback": traceback.format_exc()[-2000:]})
+        finally:
+            self.free()
+
+    def free(self) -> None:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ timing
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak(self) -> float:
+        """Reset the peak counter; returns the bytes allocated now (GiB), None on the CPU."""
+        if not self.cuda:
+            return None
+        self.sync()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return torch.cuda.memory_allocated(self.device) / GIB
+
+    def peak(self) -> float | None:
+        return torch.cuda.max_memory_allocated(self.device) / GIB if self.cuda else None
+
+    def timed(self, function, warmup: int | None = None, repeats: int | None = None) -> list[float]:
+        """Seconds of each timed repeat of `function()` after `warmup` untimed runs (synchronised)."""
+        warmup = self.settings["warmup"] if warmup is None else warmup
+        repeats = self.settings["repeats"] if repeats is None else repeats
+        for _ in range(warmup):
+            function()
+        times = []
+        for _ in range(repeats):
+            self.sync()
+            start = time.perf_counter()
+            function()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return times
+
+    def inputs(self, **kwargs) -> dict:
+        return to_device(full_inputs(self.model.config, self.ids, **kwargs), self.device, self.dtype)
+
+    # ------------------------------------------------------------------ measurements
+    def build(self) -> dict:
+        start = time.perf_counter()
+        self.model = build_model(self.args.size, self.args.device, self.dtype, self.args.attn_default)
+        self.sync()
+        self.ids = special_ids(self.model.config)
+        return {"seconds": time.perf_counter() - start, "parameters": parameter_counts(self.model),
+                "memory_gib": self.peak(), "attn_implementation": self.args.attn_default}
+
+    @torch.inference_mode()
+    def geometry(self, height: int, width: int, frame_counts: list[int]) -> dict:
+        encoder = self.model.geometry_encoder
+        rows, published = [], height == width == 518
+        for frames in frame_counts:
+            if rows and rows[-1].get("seconds") and rows[-1]["seconds"] * 4 * frames / rows[-1]["frames"] > self.remaining():
+                rows.append({"frames": frames, "skipped": "time budget"})
+                continue
+            images = torch.rand(1, frames, 3, height, width, device=self.device, dtype=self.dtype)
+            before = self.reset_peak()
+            try:
+                times = self.timed(lambda: encoder(images), warmup=1, repeats=2 if frames >= 50 else self.settings["repeats"])
+            except torch.OutOfMemoryError:
+                rows.append({"frames": frames, "error": "out of memory"})
+                break
+            finally:
+                del images
+                self.free()
+            row = {"frames": frames, "seconds": statistics.median(times), "peak_gib": self.peak(),
+                   "peak_above_weights_gib": None if before is None else self.peak() - before}
+            if published and frames in VGGT_PUBLISHED:
+                row["vggt_published_s"], row["vggt_published_gib"] = VGGT_PUBLISHED[frames]
+            rows.append(row)
+            self.log(f"  {frames} frames: {row['seconds']:.3f} s")
+        patch = self.model.config.geometry_config.patch_size
+        return {"height": height, "width": width, "tokens_per_frame": (height // patch) * (width // patch) + 5,
+                "rows": rows, "note": "peak_gib includes the whole GAP-MLLM's weights; VGGT's figures are the "
+                                      "aggregator alone with FlashAttention-3"}
+
+    @torch.inference_mode()
+    def prefill(self, views: int) -> dict:
+        grid = QWEN_GRIDS[self.settings["infer_grid"]]
+        inputs = self.inputs(views=views, grid=grid)
+        before = self.reset_peak()
+        times = self.timed(lambda: self.model(**inputs, use_cache=True, logits_to_keep=1))
+        seconds = statistics.median(times)
+        length = int(inputs["input_ids"].shape[1])
+        flops = sum(forward_flops(self.model, [views], grid, [length], [1]).values())
+        return {"views": views, "sequence_tokens": length, "visual_tokens": views * grid[0] * grid[1] // 4,
+                "seconds": seconds, "times_s": times, "peak_gib": self.peak(),
+                "peak_above_weights_gib": None if before is None else self.peak() - before,
+                "model_tflops": flops / 1e12, "achieved_tflops_per_s": flops / seconds / 1e12}
+
+    @torch.inference_mode()
+    def generate(self) -> dict:
+        grid = QWEN_GRIDS[self.settings["infer_grid"]]
+        inputs = self.inputs(views=4, grid=grid)
+        count = self.settings["generate_tokens"]
+
+        def run(new_tokens):
+            return lambda: self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+        self.reset_peak()
+        first = statistics.median(self.timed(run(1)))
+        total = statistics.median(self.timed(run(1 + count)))
+        return {"views": 4, "prompt_tokens": int(inputs["input_ids"].shape[1]), "new_tokens": count,
+                "prefill_and_first_token_s": first, "total_s": total,
+                "decode_tokens_per_s": count / (total - first), "end_to_end_tokens_per_s": (1 + count) / total,
+                "peak_gib": self.peak()}
+
+    @torch.inference_mode()
+    def scene_reuse(self) -> dict:
+        config, ids = self.model.config, self.ids
+        grid = QWEN_GRIDS[self.settings["infer_grid"]]
+        count, new = self.settings["scene_questions"], self.settings["scene_tokens"]
+        generator = torch.Generator().manual_seed(1)
+        prefix = scene_prefix(ids, 4, grid, generator)
+        images = to_device({**image_inputs(config, 4, grid, generator), "geometry_views_per_sample": torch.tensor([4])},
+                           self.device, self.dtype)
+        questions = [question_suffix(ids, 8 + 4 * i, generator) for i in range(count)]
+        options = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        scene_inputs = {"input_ids": prefix[None].to(self.device), **images}
+
+        def full():
+            answers = []
+            for question in questions:
+                ids_ = torch.cat([prefix, question])[None].to(self.device)
+                out = self.model.generate(input_ids=ids_, attention_mask=torch.ones_like(ids_),
+                                          mm_token_type_ids=(ids_ == ids["image"]).int(), **images, **options)
+                answers.append(out[0, ids_.shape[1]:])
+            return answers
+
+        def one_by_one():
+            scene = self.model.encode_scene(**scene_inputs)
+            return [self.model.generate(scene=scene, input_ids=q[None].to(self.device), **options)[0, len(q):]
+                    for q in questions]
+
+        width = max(len(q) for q in questions)
+        batch_ids = torch.full((count, width), ids["pad"])
+        batch_mask = torch.zeros((count, width), dtype=torch.long)
+        for row, question in enumerate(questions):  # left padding
+            batch_ids[row, width - len(question):], batch_mask[row, width - len(question):] = question, 1
+
+        def batched():
+            scene = self.model.encode_scene(**scene_inputs)
+            out = self.model.generate(scene=scene, input_ids=batch_ids.to(self.device),
+                                      attention_mask=batch_mask.to(self.device), **options)
+            return list(out[:, width:])
+
+        arms = {"full": full, "scene": one_by_one, "batched": batched}
+        answers = {name: arm() for name, arm in arms.items()}  # warm-up, and the answers to compare
+        samples = {name: [] for name in arms}
+        for _ in range(max(1, self.settings["repeats"] - 1)):
+            for name, arm in arms.items():  # interleaved
+                samples[name] += self.timed(arm, warmup=0, repeats=1)
+        medians = {f"{name}_s": statistics.median(values) for name, values in samples.items()}
+        agree = {name: sum(torch.equal(a, b) for a, b in zip(answers["full"], answers[name])) for name in ("scene", "batched")}
+        return {"questions": count, "views": 4, "prefix_tokens": len(prefix), "new_tokens": new, **medians,
+                "full_over_scene": medians["full_s"] / medians["scene_s"],
+                "full_over_batched": medians["full_s"] / medians["batched_s"],
+                "answers_equal_to_full": agree,
+                "note": "answers can differ in bf16: the prefix is prefilled in a different shape than in the full call"}
+
+    def train_step(self, attn: str) -> dict:
+        from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
+
+        if attn != self.args.attn_default:
+            self.model.set_attn_implementation(attn)
+        model = self.model.train()
+        wrapped = GeometryAlignedModel(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.01, fused=self.cuda)
+        grid = QWEN_GRIDS[self.settings["train_grid"]]
+        views, batch = self.settings["train_views"], self.settings["train_batch"]
+        inputs = self.inputs(views=views, grid=grid, answer_length=self.settings["answer_tokens"], batch=batch)
+
+        def step():
+            wrapped(**inputs).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        try:
+            self.reset_peak()
+            times = self.timed(step, warmup=self.settings["train_warmup"], repeats=self.settings["train_repeats"])
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            del optimizer
+            model.eval()
+            if attn != self.args.attn_default:
+                self.model.set_attn_implementation(self.args.attn_default)
+        seconds = statistics.median(times)
+        length = int(inputs["input_ids"].shape[1])
+        answers = int((inputs["labels"] != -100).sum())
+        flops = training_step_flops(forward_flops(model, [views] * batch, grid, [length] * batch, [answers // batch] * batch))
+        peak = self.results["meta"]["peak_bf16_flops"]
+        total = sum(flops.values())
+        return {"attn_implementation": attn, "batch": batch, "views": views, "sequence_tokens": length,
+                "seconds": seconds, "times_s": times, "tokens_per_s": batch * length / seconds,
+                "peak_gib": self.peak(), "model_tflops": total / 1e12,
+                "tflops_by_part": {k: v / 1e12 for k, v in flops.items()},
+                "achieved_tflops_per_s": total / seconds / 1e12,
+                "mfu": None if peak is None else total / seconds / peak}
+
+    def cache_read(self) -> dict:
+        from gap_mllm.training.feature_cache import GeometryFeatureCache
+
+        grid = QWEN_GRIDS[self.settings["train_grid"]]
+        samples = [self.inputs(views=4, grid=grid, seed=100 + i) for i in range(self.settings["cache_samples"])]
+        directory = tempfile.mkdtemp(prefix="gap-cache-bench-", dir=self.args.cache_dir)
+        started = time.perf_counter()
+        cache = GeometryFeatureCache(directory, self.model)
+        fingerprint_s = time.perf_counter() - started
+
+        def compute(sample):
+            with torch.inference_mode():
+                return self.model.get_geometry_features(sample["geometry_pixel_values"], sample["image_grid_thw"], [4])
+
+        recompute = statistics.median(self.timed(lambda: compute(samples[0])))
+        for index, sample in enumerate(samples):
+            cache.store(f"sample{index}", [level[0] for level in compute(sample)])
+        paths = [cache.path(f"sample{i}") for i in range(len(samples))]
+        dropped = drop_page_cache(paths)
+
+        def read_all():
+            for index in range(len(samples)):
+                [level.to(self.device, non_blocking=True) for level in cache.load(f"sample{index}")]
+
+        cold = self.timed(read_all, warmup=0, repeats=1)[0] / len(samples)
+        warm = statistics.median(self.timed(read_all, warmup=0, repeats=2)) / len(samples)
+        size = paths[0].stat().st_size
+        for path in paths:
+            path.unlink()
+        return {"views": 4, "grid": grid, "bytes_per_sample": size, "fingerprint_s": fingerprint_s,
+                "recompute_s_per_sample": recompute, "read_cold_s_per_sample": cold if dropped else None,
+                "read_warm_s_per_sample": warm, "cold_mb_per_s": size / cold / 1e6 if dropped else None,
+                "page_cache_dropped": dropped, "recompute_over_cold_read": recompute / cold if dropped else None,
+                "recompute_over_warm_read": recompute / warm}
+
+    # ------------------------------------------------------------------ the whole run
+    def all(self) -> None:
+        self.log(f"GAP-MLLM {self.args.size} on {self.results['meta']['device']}, {self.args.dtype}")
+        self.run("build", self.build)
+        if self.model is None:
+            return
+        for name, (height, width) in self.settings["geometry_sizes"].items():
+            self.run(name, self.geometry, height, width, self.settings["geometry_frames"])
+        for views in self.settings["prefill_views"]:
+            self.run(f"prefill_{views}views", self.prefill, views)
+        self.run("generate", self.generate)
+        self.run(f"scene_reuse_k{self.settings['scene_questions']}", self.scene_reuse)
+        self.run(f"train_step_{self.args.attn_default}", self.train_step, self.args.attn_default)
+        self.run("cache_read", self.cache_read)
+        if self.args.attn_default != "flash_attention_2" and flash_attn_available():
+            self.run("train_step_flash_attention_2", self.train_step, "flash_attention_2")
+        # the longest runs last, so that a short budget still leaves everything above
+        for name, (height, width) in self.settings["geometry_sizes"].items():
+            self.run(f"{name}_large", self.geometry, height, width, self.settings["geometry_frames_large"])
+        self.log(f"done; results in {self.args.out}")
+
+
+def flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means: not usable
+        return False
+    return True
+
+
+def drop_page_cache(paths) -> bool:
+    """Ask the kernel to drop these files' cached pages (posix_fadvise DONTNEED, no root needed)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for path in paths:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SETTINGS), default="small")
+    parser.add_argument("--real-size", dest="size", action="store_const", const="real", help="same as --size real")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="default: bfloat16 on CUDA, float32 on the CPU")
+    parser.add_argument("--out", default="bench_real_size.json")
+    parser.add_argument("--attn", dest="attn_default", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"))
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds after which the remaining measurements are skipped (default: 540 with "
+                             "--real-size, for a 10-minute limit; none otherwise)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only measurements whose name starts so")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--cache-dir", default=None, help="where the cache_read entries are written (default: tmp)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    if args.budget is None and args.size == "real":
+        args.budget = 540.0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    Bench(args).all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The Space's memory of encoded scenes: one per session, a few sessions at most.
+
+A Space user asks one question after another about the same upload. `SceneStore` keeps the last scene
+each session encoded (`model.encode_scene`: geometry encoder, vision tower, fusion, multi-view prefill),
+keyed by the exact frames, the marker and the chat text up to the last view, so the next question on
+the same frames only prefills the question. A new upload, another example, a changed frame or marker
+gives another key: the session's old scene is replaced (never reused for other frames). The store is
+bounded by a number of sessions and a number of bytes of cached keys/values; the least recently used
+sessions are dropped first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+DEFAULT_SESSION = "default"
+
+
+def scene_key(views, marker, prefix: str) -> str:
+    """Digest of what a scene's cache depends on: every view's pixels, the marker, the scene prefix text."""
+    digest = hashlib.blake2b(digest_size=16)
+    for view in views:
+        array = np.asarray(view.convert("RGB"))
+        digest.update(f"{array.shape}".encode())
+        digest.update(array.tobytes())
+    digest.update(repr(None if marker is None else tuple(int(v) for v in marker)).encode())
+    digest.update(prefix.encode())
+    return digest.hexdigest()
+
+
+class SceneStore:
+    """The last encoded scene per session, for at most `max_sessions` sessions and `max_bytes` of cache.
+
+    Args:
+        max_sessions: sessions remembered (>= 1).
+        max_bytes: bound on the cached keys/values of all sessions together; a scene larger than this on
+            its own is used for its request but not kept.
+    """
+
+    def __init__(self, max_sessions: int = 8, max_bytes: int = 2 << 30):
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[str, object]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.encoded = 0  # scenes encoded through `get_or_encode`
+        self.reused = 0  # requests answered from a stored scene
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(scene.nbytes for _, scene in self._entries.values())
+
+    def get(self, session: str | None, key: str):
+        """The session's scene if it was encoded for `key`, else None (a stale one is dropped)."""
+        session = session or DEFAULT_SESSION
+        with self._lock:
+            entry = self._entries.get(session)
+            if entry is None:
+                return None
+            if entry[0] != key:
+                del self._entries[session]  # new frames or marker: the old scene is of no use any more
+                return None
+            self._entries.move_to_end(session)
+            return entry[1]
+
+    def put(self, session: str | None, key: str, scene) -> None:
+        session = session or DEFAULT_SESSION
+        with self._lock:
+            self._entries.pop(session, None)
+            if scene.nbytes > self.max_bytes:
+                return
+            self._entries[session] = (key, scene)
+            while len(self._entries) > self.max_sessions or self.nbytes > self.max_bytes:
+                self._entries.popitem(last=False)
+
+    def get_or_encode(self, session: str | None, key: str, encode):
+        """The session's scene for `key`, or `encode()`'s result (then stored)."""
+        scene = self.get(session, key)
+        if scene is not None:
+            self.reused += 1
+            return scene
+        scene = encode()
+        self.encoded += 1
+        self.put(session, key, scene)
+        return scene
+
+
+def answer_on_stored_scene(model, processor, views, prompt: str, marker, task: str, max_new_tokens: int | None,
+                           store: SceneStore, session: str | None):
+    """Greedy answer to `prompt` about `views` through the session's stored scene (encoded if needed).
+
+    Returns:
+        `(generated, question_ids, fusion_gates, image_grid_thw)`: `generated` continues `question_ids`
+        (decode with `processor.decode_generated(generated, input_ids=question_ids)`).
+    """
+    prefix, suffix = processor.split_scene_prompt(prompt, num_views=len(views))
+
+    def encode():
+        inputs = processor(images=[list(views)], text=[prefix], point_prompts=[marker], return_tensors="pt")
+        return model.encode_scene(**inputs.to(model.device), output_gates=True)
+
+    scene = store.get_or_encode(session, scene_key(views, marker, prefix), encode)
+    question = processor(text=[suffix], return_tensors="pt").to(model.device)
+    # the task's budget and stop rule, counted from the question (generate(scene=...) returns question + answer)
+    generated = model.generate(scene=scene, input_ids=question["input_ids"], attention_mask=question["attention_mask"],
+                               **processor.generation_kwargs(task, question, max_new_tokens))
+    return generated, question["input_ids"], scene.fusion_gates, scene.image_grid_thw

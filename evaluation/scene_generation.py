@@ -1,0 +1,111 @@
+"""Evaluation requests that share a scene: encode it once, answer its questions from the cached prefix.
+
+ScanRefer asks tens of referring expressions about one scene with the same frames; every one of them
+used to re-run the geometry encoder, the vision tower and the multi-view prefill. `SceneGenerator`
+keys each request by its scene (views, marker, and the chat text up to the last view), encodes each
+scene once (`model.encode_scene`, kept in a small LRU) and batches the questions against it
+(`model.generate(scene=...)`). Answers are the same tokens as the plain batched path (tests).
+
+`scene_groups` / `groups_for_rank` decide, before any model is loaded, which samples the runner sends
+together: samples whose first-stage request has the same images and marker form a group, and whole
+groups are dealt to the processes (so a scene is encoded on one process only).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from gap_mllm.processing.collator import chat_messages
+from gap_mllm.tasks_gap_mllm import resolve_task
+
+from .generation import BatchGenerator, Request
+
+MAX_CACHED_SCENES = 2  # the runner sends one scene's samples together; 2 also covers a two-stage task
+
+
+def request_scene(request: Request) -> tuple:
+    """What makes two requests share a scene before the prompt is looked at: same views, same marker."""
+    coords = None if request.pixel_coords is None else tuple(int(v) for v in request.pixel_coords)
+    return tuple(str(p) for p in request.images), coords
+
+
+def scene_groups(requests_by_sample: dict[int, Request]) -> list[list[int]]:
+    """Sample indices grouped by `request_scene`, groups in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for index, request in requests_by_sample.items():
+        groups.setdefault(request_scene(request), []).append(index)
+    return list(groups.values())
+
+
+def groups_for_rank(groups: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """Deal whole groups to `world` processes, each to the least loaded so far (ties: lowest rank), so
+    every scene is encoded on one process; with single-sample groups this is round-robin."""
+    loads, mine = [0] * world, []
+    for group in groups:
+        target = min(range(world), key=lambda r: (loads[r], r))
+        loads[target] += len(group)
+        if target == rank:
+            mine.append(group)
+    return mine
+
+
+class SceneGenerator(BatchGenerator):
+    """`BatchGenerator` that can also answer requests through scene reuse (`generate_on_scenes`)."""
+
+    def __init__(self, *args, max_scenes: int = MAX_CACHED_SCENES, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_scenes = max_scenes
+        self._scenes: OrderedDict[tuple, object] = OrderedDict()
+        self.scenes_encoded = 0
+
+    def _split(self, request: Request) -> tuple[tuple, str]:
+        """(scene key, question suffix): the chat text the collator builds, cut after the last view."""
+        messages = chat_messages(request.prompt, len(request.images))
+        chat = self.processor.tokenizer.apply_chat_template(
+            messages, chat_template=self.processor.chat_template, tokenize=False, add_generation_prompt=True
+        )
+        prefix, suffix = self.processor.split_scene_prompt(chat, num_views=len(request.images))
+        return (*request_scene(request), prefix), suffix
+
+    def _scene(self, key: tuple, request: Request):
+        if key in self._scenes:
+            self._scenes.move_to_end(key)
+            return self._scenes[key]
+        images, coords, prefix = key
+        inputs = self.processor(images=[list(request.images)], text=[prefix], point_prompts=[coords], return_tensors="pt")
+        scene = self.model.encode_scene(**inputs.to(self.device))
+        self.scenes_encoded += 1
+        self._scenes[key] = scene
+        while len(self._scenes) > self.max_scenes:
+            self._scenes.popitem(last=False)
+        return scene
+
+    @torch.no_grad()
+    def generate_on_scenes(self, requests: list[Request]) -> list[str]:
+        """Answer `requests` (any mix of scenes): one `generate(scene=...)` call per scene, questions batched."""
+        split = [self._split(r) for r in requests]
+        by_scene: dict[tuple, list[int]] = {}
+        for index, (key, _) in enumerate(split):
+            by_scene.setdefault(key, []).append(index)
+        answers: list[str | None] = [None] * len(requests)
+        for key, members in by_scene.items():
+            scene = self._scene(key, requests[members[0]])
+            questions = self.processor(text=[split[i][1] for i in members], return_tensors="pt").to(self.device)
+            budget = max(requests[i].max_new_tokens for i in members)
+            if self.max_new_tokens is not None:
+                budget = min(budget, self.max_new_tokens)
+            kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1}
+            stops = {(requests[i].task, requests[i].stop_at_answer_end) for i in members}
+            if len(stops) != 1:
+                raise ValueError(f"one generate() call needs one task and stop setting, got {sorted(stops, key=str)}")
+            task, stop = stops.pop()
+            if task is not None and stop:  # the stop rule counts from the question: generate(scene=...) returns question + answer
+                kwargs["stopping_criteria"] = resolve_task(task).stopping_criteria(self.processor.tokenizer,
+                                                                                   questions["input_ids"].shape[1])
+            output = self.model.generate(scene=scene, input_ids=questions["input_ids"],
+                                         attention_mask=questions["attention_mask"], **kwargs)
+            for index, text in zip(members, self.processor.decode_generated(output, questions["input_ids"]), strict=True):
+                answers[index] = text
+        return answers

@@ -1,0 +1,73 @@
+"""The evaluation runner answers the samples of one scene from one encoding of it (scene_generation.py),
+with the same answers as one full generate call per sample."""
+
+import json
+
+from gap_mllm.evaluation import scene_generation
+from gap_mllm.evaluation.generation import Request
+from gap_mllm.evaluation.runner import run_evaluation, sample_batches
+from gap_mllm.evaluation.scene_generation import SceneGenerator, groups_for_rank, scene_groups
+
+from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
+
+
+def test_groups_stay_whole_and_are_balanced_over_ranks():
+    requests = {i: Request([f"scene{s}/{f}.jpg" for f in range(3)], "p") for i, s in enumerate([0, 1, 0, 2, 0, 1])}
+    requests[6] = Request(["scene0/0.jpg", "scene0/1.jpg", "scene0/2.jpg"], "p", pixel_coords=[0, 5, 5])  # marker
+    groups = scene_groups(requests)
+    assert groups == [[0, 2, 4], [1, 5], [3], [6]]
+    assert groups_for_rank(groups, 0, 2) == [[0, 2, 4], [6]] and groups_for_rank(groups, 1, 2) == [[1, 5], [3]]
+    assert groups_for_rank([[0], [1], [2]], 1, 2) == [[1]]  # single samples: round-robin, as before
+    assert list(sample_batches(groups, 2)) == [([0, 2], True), ([4], True), ([1, 5], True), ([3, 6], False)]
+
+
+def count_calls(module) -> list:
+    calls = []
+    module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_scene_generator_equals_one_full_call_per_request(synth_data, tiny_checkpoint):  # noqa: F811
+    frames = sorted(str(p) for p in (synth_data / "scannet" / "posed_images" / "synth0000_00").glob("*.jpg"))[:3]
+    prompts = ["Frame-0: <image>Frame-1: <image>Frame-2: <image>\nWhere is the chair?",
+               "Frame-0: <image>Frame-1: <image>Frame-2: <image>\nWhere is the lamp next to the door?",
+               "<image><image><image>Where is the chair?"]  # another prefix: a second scene
+    requests = [Request(frames, prompt, None, 6) for prompt in prompts]  # two questions about scene 1
+    requests.append(Request(frames, prompts[0], [1, 10, 12], 6))  # the marker makes it a third scene
+    generator = SceneGenerator(tiny_checkpoint)
+    expected = [generator.generate([request])[0] for request in requests]
+    geometry_calls = count_calls(generator.model.geometry_encoder)
+    assert generator.generate_on_scenes(requests) == expected
+    assert generator.scenes_encoded == len(geometry_calls) == 3
+    assert generator.generate_on_scenes(requests[2:]) == expected[2:]  # the two scenes last used are kept
+    assert generator.scenes_encoded == 3
+    assert generator.generate_on_scenes(requests[:1]) == expected[:1]  # the first one was dropped
+    assert generator.scenes_encoded == 4
+
+
+def test_grounding_run_reuses_scenes_with_unchanged_answers(synth_data, tiny_checkpoint, tmp_path, monkeypatch):  # noqa: F811
+    def run(out, **kwargs):
+        run_evaluation("grounding", synth_data, out, model_dir=tiny_checkpoint, max_new_tokens=2, limit=3,
+                       progress=False, plots=False, **kwargs)
+        rows = [json.loads(line) for line in (out / "raw_outputs.rank0.jsonl").read_text().splitlines()]
+        return {row["index"]: row["raw"] for row in rows}
+
+    encoded = []  # the scene keys actually encoded (not found in the generator's LRU)
+    original = SceneGenerator._scene
+
+    def recording(self, key, request):
+        if key not in self._scenes:
+            encoded.append(key)
+        return original(self, key, request)
+
+    monkeypatch.setattr(SceneGenerator, "_scene", recording)
+    shared = run(tmp_path / "shared", batch_size=2)
+    # records 0-2 describe objects of one scene (same 8 frames): they go through scene reuse in batches
+    # [0, 1] and [2]; each of their two stages' scenes is encoded once for all three
+    records = json.loads((synth_data / "annotations" / "scanrefer_val_8frames_stage1.json").read_text())[:3]
+    assert len({tuple(r["images"]) for r in records}) == 1
+    assert len(encoded) == len(set(encoded)) == 2
+
+    monkeypatch.setattr(scene_generation, "scene_groups", lambda requests: [[i] for i in requests])
+    separate = run(tmp_path / "separate", batch_size=1)
+    assert shared == separate and len(shared) == 3
