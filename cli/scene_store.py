@@ -17,6 +17,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from gap_mllm.tasks_gap_mllm import resolve_task
+
 DEFAULT_SESSION = "default"
 
 
@@ -109,7 +111,10 @@ def answer_on_stored_scene(model, processor, views, prompt: str, marker, task: s
 
     scene = store.get_or_encode(session, scene_key(views, marker, prefix), encode)
     question = processor(text=[suffix], return_tensors="pt").to(model.device)
-    # the task's budget and stop rule, counted from the question (generate(scene=...) returns question + answer)
+    # The task's budget and stop rule. Inside generate(scene=...) the sequence is the scene prefix + the
+    # question (it returns only the question + the answer), so the answer starts after both.
+    prompt_length = scene.prefix_ids.shape[1] + question["input_ids"].shape[1]
+    options = resolve_task(task).generation_kwargs(processor.tokenizer, prompt_length, max_new_tokens)
     generated = model.generate(scene=scene, input_ids=question["input_ids"], attention_mask=question["attention_mask"],
-                               **processor.generation_kwargs(task, question, max_new_tokens))
+                               **options)
     return generated, question["input_ids"], scene.fusion_gates, scene.image_grid_thw

@@ -101,9 +101,9 @@ class SceneGenerator(BatchGenerator):
             if len(stops) != 1:
                 raise ValueError(f"one generate() call needs one task and stop setting, got {sorted(stops, key=str)}")
             task, stop = stops.pop()
-            if task is not None and stop:  # the stop rule counts from the question: generate(scene=...) returns question + answer
-                kwargs["stopping_criteria"] = resolve_task(task).stopping_criteria(self.processor.tokenizer,
-                                                                                   questions["input_ids"].shape[1])
+            if task is not None and stop:  # inside generate(scene=...) the answer follows the prefix and the question
+                prompt_length = scene.prefix_ids.shape[1] + questions["input_ids"].shape[1]
+                kwargs["stopping_criteria"] = resolve_task(task).stopping_criteria(self.processor.tokenizer, prompt_length)
             output = self.model.generate(scene=scene, input_ids=questions["input_ids"],
                                          attention_mask=questions["attention_mask"], **kwargs)
             for index, text in zip(members, self.processor.decode_generated(output, questions["input_ids"]), strict=True):

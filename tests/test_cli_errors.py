@@ -143,10 +143,10 @@ def test_predict_with_an_empty_model_folder(tmp_path, capsys):
 
 def test_evaluate_with_a_missing_model_folder_and_a_bad_predictions_file(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    status, err = run(["evaluate", "--task", "det", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "data"),
+    status, err = run(["evaluate", "--task", "detection", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "data"),
                        "--out", str(tmp_path / "out")], capsys)
     assert_one_line_error(status, err, "no such folder")
-    status, err = run(["evaluate", "--task", "det", "--predictions", str(tmp_path / "missing.jsonl"),
+    status, err = run(["evaluate", "--task", "detection", "--predictions", str(tmp_path / "missing.jsonl"),
                        "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")], capsys)
     assert_one_line_error(status, err, "--predictions", "missing.jsonl: no such file or folder")
 
@@ -195,7 +195,7 @@ def test_boxes_that_are_not_a_list_of_objects(boxes):
     from gap_mllm.evaluation.tasks import get_task
 
     with pytest.raises(DataError, match="sample 'r1': .*'boxes'|sample 'r1': every entry"):
-        get_task("det").evaluate([{"id": "r1", "images": ["a.jpg"], "boxes": boxes}], [["[]"]])
+        get_task("detection").evaluate([{"id": "r1", "images": ["a.jpg"], "boxes": boxes}], [["[]"]])
 
 
 # ------------------------------------------------------------------------------------------ processor

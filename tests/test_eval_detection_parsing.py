@@ -39,7 +39,7 @@ def test_the_demo_answer_reads_the_same_in_both_modes(official_compat):
 
 def score(answer: str, official_compat: bool, gt=(("chair", CHAIR),)):
     records = [{"images": ["s/00000.jpg"], "boxes": [{"label": label, "bbox_3d": box} for label, box in gt]}]
-    rows, summary = get_task("det").evaluate(records, [[answer]], official_compat=official_compat)
+    rows, summary = get_task("detection").evaluate(records, [[answer]], official_compat=official_compat)
     return rows[0], summary
 
 

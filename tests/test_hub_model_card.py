@@ -16,10 +16,12 @@ def checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("card") / "ckpt")
 
 
-def write_summary(folder, task="det", value=0.4321, name="f1", description="mean F1 over cate31 (IoU > 0.25)"):
+def write_summary(folder, task="detection", value=0.4321, name="f1", description="mean F1 over cate31 (IoU > 0.25)",
+                  annotation_file=None):
     """A summary.json in the evaluation runner's format (evaluation/runner.py)."""
     folder.mkdir(parents=True, exist_ok=True)
-    summary = {"task": task, "annotation_file": f"scannet_{task}_val.json", "num_samples": 12, "official_compat": True,
+    annotation_file = annotation_file or {"detection": "scannet_det_val.json"}.get(task, f"scannet_{task}_val.json")
+    summary = {"task": task, "annotation_file": annotation_file, "num_samples": 12, "official_compat": True,
                "source": "model", "headline": {"name": name, "description": description, "value": value},
                "metrics": {name: value}}
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -183,6 +185,6 @@ def test_the_evaluation_runner_records_its_data(tmp_path):
     root = tmp_path / "data"
     write_dataset(root, SynthRooms(SynthConfig(image_size=(60, 80), num_frames=8, grounding_frames=4, caption_frames=4,
                                                qa_frames=4)), {"val": 1})
-    oracle = write_oracle_predictions("det", root, tmp_path / "oracle.jsonl")
-    summary = run_evaluation("det", root, tmp_path / "out", predictions_file=oracle, plots=False, progress=False)
+    oracle = write_oracle_predictions("detection", root, tmp_path / "oracle.jsonl")
+    summary = run_evaluation("detection", root, tmp_path / "out", predictions_file=oracle, plots=False, progress=False)
     assert summary["data"]["kind"] == "synthrooms" and summary["data"]["name"].startswith("SynthRooms")
