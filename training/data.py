@@ -21,7 +21,8 @@ from .bad_samples import BadSampleGuard
 from .config import AuxLossConfig, DataConfig
 
 logger = logging.getLogger(__name__)
-SHARED_COLUMNS = ("id", "images", "prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")
+SHARED_COLUMNS = ("id", "images", "image_paths", "prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")
+LENGTH_COLUMN = "length"  # TrainingArguments.length_column_name's default
 
 
 def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: int | None = None):
@@ -49,6 +50,26 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     return dataset
+
+
+def add_length_column(dataset, processor, name: str = LENGTH_COLUMN):
+    """`dataset` with a `name` column: each sample's token count as the processor will make it (views ×
+    the visual tokens of one view of the first sample + the tokens of prompt and answer, the chat markup
+    left out), so `train_sampling_strategy="group_by_length"` batches samples of similar length: mixed
+    tasks (a 4-view detection with a long answer next to an 8-view frame selection) otherwise pad every
+    batch to its longest sample. Uses `image_paths`, so no image is decoded (but the first)."""
+    first = dataset[0]["images"][0]
+    patch, merge = processor.image_processor.patch_size, processor.image_processor.merge_size
+    height, width = processor.qwen_size(first.height, first.width)
+    per_view = (height // patch) * (width // patch) // (merge * merge) + 2  # + <|vision_start|>, <|vision_end|>
+    tokenizer = processor.tokenizer
+
+    def lengths(prompts, answers, paths):
+        texts = [prompt.replace("<image>", "") + answer for prompt, answer in zip(prompts, answers)]
+        counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return {name: [count + per_view * len(views) for count, views in zip(counts, paths)]}
+
+    return dataset.map(lengths, batched=True, input_columns=["prompt", "answer", "image_paths"], desc="sample lengths")
 
 
 def build_collator(processor, data: DataConfig, aux: AuxLossConfig, cache=None):

@@ -19,7 +19,7 @@ from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_
 
 from .checkpoints import check_resume_checkpoint, find_resumable_checkpoint
 from .config import ModelSource, TrainRecipe
-from .data import build_collator, load_split
+from .data import add_length_column, build_collator, load_split
 from .device import apply_device_plan
 from .geometry_aligned_model import GeometryAlignedModel
 from .param_groups import apply_freezing
@@ -109,6 +109,8 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
         train_dataset = load_split(recipe.data, recipe.data.train_split, recipe.aux, recipe.data.max_train_samples)
     if eval_dataset is None and recipe.data.eval_split:
         eval_dataset = load_split(recipe.data, recipe.data.eval_split, recipe.aux, recipe.data.max_eval_samples)
+    if args.train_sampling_strategy == "group_by_length" and args.length_column_name not in train_dataset.column_names:
+        train_dataset = add_length_column(train_dataset, processor, args.length_column_name)
 
     cache = None
     if recipe.cache.enabled:
