@@ -1,8 +1,9 @@
 """Loading a GAP-MLLM for the front ends exactly as a user would: Auto classes + trust_remote_code.
 
-`model` is a local folder or a Hub repo id (the Hub cache and HF_HUB_OFFLINE apply as usual).
-"tiny" builds the embedded tiny, UNTRAINED model into a folder first (no download): it exercises the
-whole pipeline, but its answers are noise.
+`model` is a local folder or a Hub repo id (the Hub cache and HF_HUB_OFFLINE apply as usual), "mini"
+(the default of every front end): the embedded GAP-MLLM-Mini trained by this package on SynthRooms
+(gap_mllm.mini.default_model_path), or "tiny": the tiny, UNTRAINED test model built into a folder first
+(no download), which exercises the whole pipeline but answers noise.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import tempfile
 from pathlib import Path
 
 TINY = "tiny"
+MINI = "mini"
+MINI_NOTICE = ("GAP-MLLM-Mini, the miniature GAP-MLLM trained by this package on SynthRooms (`make mini`): it knows "
+               "SynthRooms rooms only, so try the bundled examples; on real photos its answers are meaningless.")
 UNTRAINED_NOTICE = ("This is the tiny, randomly initialised GAP-MLLM: the weights are UNTRAINED, so the answers "
                     "are noise. The demo shows the real pipeline; load a trained checkpoint with --model.")
 
@@ -23,7 +27,16 @@ def tiny_model_folder(folder=None) -> Path:
     return save_tiny_checkpoint(folder)
 
 
-def load_model_and_processor(model: str = TINY, device: str = "cpu", flag: str = "--model"):
+def resolve_model_source(model: str) -> str:
+    """The folder or Hub id to load for a front end's `--model` value ("mini" → the embedded default)."""
+    if model == MINI:
+        from gap_mllm.mini import default_model_path
+
+        return str(default_model_path())
+    return model
+
+
+def load_model_and_processor(model: str = MINI, device: str = "cpu", flag: str = "--model"):
     """`(model, processor, is_tiny)`, the model in eval mode. A source that cannot be loaded (no such
     folder, an empty one, truncated weights, refused pickle weights, an unreachable Hub id) is a
     `UserError` naming it (`cli/model_source.py`)."""
@@ -32,7 +45,7 @@ def load_model_and_processor(model: str = TINY, device: str = "cpu", flag: str =
     from .model_source import load_pretrained
 
     is_tiny = model == TINY
-    source = str(tiny_model_folder()) if is_tiny else model
+    source = str(tiny_model_folder()) if is_tiny else resolve_model_source(model)
     loaded = load_pretrained(AutoModel.from_pretrained, source, flag, trust_remote_code=True).to(device).eval()
     processor = load_pretrained(AutoProcessor.from_pretrained, source, flag, trust_remote_code=True)
     return loaded, processor, is_tiny

@@ -4,8 +4,11 @@ GLB / PLY scene).
 
     gap-mllm predict --model org/gap-mllm --images f0.jpg f1.jpg f2.jpg --task detection --save-dir out/
     gap-mllm predict --model DIR --images clip.mp4 --task grounding --query "the chair by the window"
+    gap-mllm predict --example "synthetic room A" --task grounding       # the embedded GAP-MLLM-Mini
     gap-mllm predict --model tiny --example "synthetic room A" --task reconstruction --marker 1 120 90
-    gap-mllm predict --model tiny --example "synthetic room B" --task spatial_qa --query "How many chairs are there?"
+
+`--model` defaults to "mini", the embedded GAP-MLLM-Mini trained by this package ("tiny": the untrained test
+model). On a bundled example, a task input that is not given (query, box, marker) is the example's own.
 
 Generation stops at the end of the answer (the task's stop rule) or at the task's token budget.
 """
@@ -22,7 +25,8 @@ from .tasks import TASKS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .scenes import EXAMPLE_SEEDS
 
-    parser.add_argument("--model", required=True, help='a GAP-MLLM folder or Hub id, or "tiny" for the embedded untrained model')
+    parser.add_argument("--model", default="mini",
+                        help='a GAP-MLLM folder or Hub id; "mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", metavar="PATH", help="frames of one scene in order, or one video / GIF (sampled)")
     source.add_argument("--example", choices=sorted(EXAMPLE_SEEDS), help="a bundled synthetic scene (exact geometry)")
@@ -48,15 +52,18 @@ def main(args: argparse.Namespace) -> int:
     from .tasks import TaskRequest, run_task
     from .uploads import UploadError, UploadLimits, load_frames
 
-    request = TaskRequest(task=args.task, query=args.query, box=args.box,
-                          marker=tuple(args.marker) if args.marker else None)
     try:
+        example = {}
         if args.example:
             scene = synthetic_scene(EXAMPLE_SEEDS[args.example])
+            example = scene.example_inputs.get(TaskRequest(task=args.task).task, {})
         else:
             # local files of the user's own choosing: no folder restriction, only the type/size checks
             limits = UploadLimits(max_files=max(len(args.images), 1), max_frames=args.max_frames)
             scene = scene_from_frames(load_frames(args.images, limits))
+        marker = tuple(args.marker) if args.marker else example.get("marker")
+        box = args.box if args.box is not None else (example.get("box") if args.task == "captioning" else None)
+        request = TaskRequest(task=args.task, query=args.query or example.get("query"), box=box, marker=marker)
         request.validate(len(scene.views))
     except (UploadError, ValueError) as error:
         print(f"gap-mllm predict: {error}", file=sys.stderr)

@@ -22,8 +22,11 @@ from gap_mllm.processing.coordinates import backproject_depth, invert_rigid, wor
 # The camera assumed for frames without calibration: a centred pinhole with a 60° horizontal field of
 # view, typical of phone and ScanNet colour cameras. Only used to DRAW boxes, never fed to the model.
 ASSUMED_FOV_X_DEGREES = 60.0
-EXAMPLE_SIZE = (192, 256)  # (height, width): small, so the tiny model answers in about a second on CPU
 EXAMPLE_FRAMES = 4
+# Bundled examples are scenes of SynthRooms' "mini" preset (the data GAP-MLLM-Mini was trained on, at its
+# 160x128 frames) drawn with seeds that no training, validation or test split uses: held-out rooms.
+EXAMPLE_PRESET = "mini"
+EXAMPLE_SEED_BASE = 9000
 EXAMPLE_SEEDS = {"synthetic room A": 0, "synthetic room B": 1, "synthetic room C": 2}
 MAX_CLOUD_POINTS = 20000
 CLOUD_CONFIDENCE_PERCENTILE = 50.0  # keep the most confident half of the depth pixels (VGGT demo default)
@@ -41,6 +44,9 @@ class Scene:
         points, colors: a point cloud `[N, 3]` float32 / `[N, 3]` uint8 in the first camera, or None.
         reference_boxes: ground-truth boxes `[K, 9]` in the first camera (synthetic examples), labels in
             `reference_labels`.
+        example_inputs: for bundled examples, one request per task with its exact answer: `grounding`
+            (`query`, `box` = the described object's box), `captioning` (`box`, `references`), `reconstruction`
+            (`marker` = (view, x, y) on an object, `point` in the first camera, `label`).
         calibrated: whether `intrinsics` are the real ones.
         camera: where `intrinsics` come from: `"exact"` (synthetic), `"estimated"` (VGGT's camera head)
             or `"assumed"` (`ASSUMED_FOV_X_DEGREES`).
@@ -57,6 +63,7 @@ class Scene:
     calibrated: bool = False
     camera: str = CAMERA_ASSUMED
     note: str = ""
+    example_inputs: dict = field(default_factory=dict)
 
 
 def assumed_intrinsics(height: int, width: int, fov_x_degrees: float = ASSUMED_FOV_X_DEGREES) -> np.ndarray:
@@ -133,17 +140,24 @@ def reconstructed_scene(model, processor, views: list[Image.Image], max_points: 
     return scene
 
 
-def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple[int, int] = EXAMPLE_SIZE) -> Scene:
-    """A rendered SynthRooms scene with exact geometry, everything in the first frame's camera."""
-    from gap_mllm.processing.synth import SynthConfig, SynthRooms
+def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple[int, int] | None = None) -> Scene:
+    """A rendered SynthRooms scene (the `mini` preset; `size` = (height, width) overrides its 128x160) with
+    exact geometry, everything in the first frame's camera: `num_frames` frames spread over half the
+    camera walk (as the mini data's detection clips), and one request per task with its answer."""
+    from gap_mllm.processing.synth import SynthRooms
+    from gap_mllm.processing.synth.presets import synth_config
+    from gap_mllm.processing.synth.samples import choose_clip
 
-    generator = SynthRooms(SynthConfig(seed=seed, image_size=size, num_frames=num_frames))
+    overrides = {"seed": EXAMPLE_SEED_BASE + seed, **({"image_size": tuple(size)} if size is not None else {})}
+    generator = SynthRooms(synth_config(EXAMPLE_PRESET, **overrides))
     synth = generator.generate_scene(0)
-    first_to_room = synth.cam_to_room[0]
+    clip = choose_clip(synth, num_frames, generator.rng(0, 2))
+    first_to_room = synth.cam_to_room[clip[0]]
     room_to_first = invert_rigid(first_to_room)
-    cam_to_first = np.stack([room_to_first @ pose for pose in synth.cam_to_room])
+    cam_to_first = np.stack([room_to_first @ synth.cam_to_room[i] for i in clip])
+    frames = [synth.frames[i] for i in clip]
     points, colors = [], []
-    for frame, pose in zip(synth.frames, cam_to_first):
+    for frame, pose in zip(frames, cam_to_first):
         cloud = backproject_depth(frame.depth, synth.intrinsics, pose).reshape(-1, 3)
         valid = np.isfinite(cloud).all(axis=1)
         points.append(cloud[valid])
@@ -152,11 +166,11 @@ def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple
     if len(points) > MAX_CLOUD_POINTS:  # a browser-friendly size; seeded so the view is reproducible
         keep = np.sort(np.random.default_rng(seed).choice(len(points), MAX_CLOUD_POINTS, replace=False))
         points, colors = points[keep], colors[keep]
-    visible = synth.visible_pixels().sum(axis=0) > 0
+    visible = synth.visible_pixels()[clip].sum(axis=0) > 0
     indices = [i for i, seen in enumerate(visible) if seen]
     boxes = world_boxes_to_camera(synth.world_boxes[indices], first_to_room) if indices else np.zeros((0, 9))
     return Scene(
-        views=[Image.fromarray(frame.rgb) for frame in synth.frames],
+        views=[Image.fromarray(frame.rgb) for frame in frames],
         intrinsics=np.asarray(synth.intrinsics, dtype=np.float64),
         cam_to_first=cam_to_first,
         points=points.astype(np.float32),
@@ -165,4 +179,34 @@ def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple
         reference_labels=[synth.objects[i].category for i in indices],
         calibrated=True,
         camera=CAMERA_EXACT,
+        example_inputs=_example_inputs(synth, clip, indices, np.asarray(boxes).reshape(-1, 9), generator.rng(0, 3)),
     )
+
+
+def _example_inputs(synth, clip, indices, boxes, rng) -> dict:
+    """One request per task for a bundled example, with its exact answer (see `Scene.example_inputs`)."""
+    from gap_mllm.processing.coordinates import backproject_pixel, transform_points
+    from gap_mllm.processing.synth.language import captions, describe
+
+    inputs = {}
+    pixels = synth.visible_pixels()[clip]
+    # the most visible object that has a unique description (ScanRefer-style), else the most visible one
+    order = sorted(range(len(indices)), key=lambda k: -pixels[:, indices[k]].sum())
+    described = [(k, describe(synth, indices[k], rng)) for k in order]
+    described = [(k, text) for k, text in described if text is not None]
+    if described:
+        k, text = described[0]
+        inputs["grounding"] = {"query": text, "box": boxes[k].tolist(), "label": synth.objects[indices[k]].category}
+    if order:
+        k = order[0]
+        inputs["captioning"] = {"box": boxes[k].tolist(), "references": captions(synth, indices[k])}
+        # the marker: the centre pixel of that object's largest visible area, in the view showing it most
+        view = int(np.argmax(pixels[:, indices[k]]))
+        rows, cols = np.nonzero(synth.frames[clip[view]].instance == indices[k] + 1)
+        y, x = int(np.median(rows)), int(np.median(cols))
+        frame = synth.frames[clip[view]]
+        point_room = backproject_pixel(x, y, float(frame.depth[y, x]), synth.intrinsics, synth.cam_to_room[clip[view]])
+        point = transform_points(point_room, invert_rigid(synth.cam_to_room[clip[0]]))
+        inputs["reconstruction"] = {"marker": (view, x, y), "point": [float(v) for v in point],
+                                    "label": synth.label_of(int(frame.instance[y, x]))}
+    return inputs

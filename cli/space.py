@@ -1,6 +1,6 @@
 """`gap-mllm space`: run the Gradio Space (examples/space/app.py) locally.
 
-    gap-mllm space                          # the embedded tiny, untrained model
+    gap-mllm space                          # the embedded GAP-MLLM-Mini (--model tiny: the untrained test model)
     gap-mllm space --model org/gap-mllm     # any folder or Hub id
 
 gradio is not a dependency of the package: it requires pillow<13 and would downgrade the main
@@ -16,7 +16,8 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help='a GAP-MLLM folder or Hub id; "tiny" (default) is the untrained test model')
+    parser.add_argument("--model", default="mini",
+                        help='a GAP-MLLM folder or Hub id; "mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model')
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-new-tokens", type=int, default=None,

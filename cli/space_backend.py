@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .loading import TINY, UNTRAINED_NOTICE, load_model_and_processor
+from .loading import MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor
 from .scene_store import SceneStore
 from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, scene_from_frames,
                      synthetic_scene)
@@ -86,7 +86,7 @@ def build_space_tiny(folder=None) -> Path:
     return folder
 
 
-def load_space_model(name: str = TINY):
+def load_space_model(name: str = MINI):
     """`(model, processor, is_tiny)` as the Space serves them (Auto classes + trust_remote_code, eval mode);
     "tiny" is the embedded untrained model with reconstruction heads (`build_space_tiny`)."""
     if name == TINY:
@@ -118,7 +118,7 @@ def parse_numbers(text: str | None, count: int, what: str) -> list[float] | None
 
 @dataclass
 class SpaceSettings:
-    model: str = TINY
+    model: str = MINI
     max_new_tokens: int | None = None  # None: each task's own budget (generation stops at the answer's end)
     concurrency: int = 1
     max_queue: int = 16
@@ -158,7 +158,11 @@ class SpaceBackend:
 
     @property
     def notice(self) -> str:
-        return UNTRAINED_NOTICE if self.is_tiny else f"Model: `{self.settings.model}`."
+        if self.is_tiny:
+            return UNTRAINED_NOTICE
+        if self.settings.model == MINI:
+            return MINI_NOTICE
+        return f"Model: `{self.settings.model}`."
 
     @property
     def reconstructs(self) -> bool:

@@ -76,7 +76,9 @@ class Budget:
     stage_overrides: dict = field(default_factory=dict)
     eval_limit: int | None = None
     eval_batch_size: int = 16
-    eval_max_new_tokens: int | None = None
+    # the longest target answer of the mini data is 407 tokens (detection): 512 never cuts a valid answer,
+    # and an undertrained model that never stops costs 512 tokens instead of the official 1280 / 4096
+    eval_max_new_tokens: int | None = 512
 
 
 BUDGETS = {
@@ -108,6 +110,9 @@ class MiniRun:
     device: str = "auto"
     workers: int = 1
     eval_max_new_tokens: int | None = None
+    eval_batch_size: int | None = None
+    eval_limit: int | None = None
+    overrides: tuple[str, ...] = ()
 
     @property
     def settings(self) -> Budget:
@@ -157,7 +162,7 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
         return output
     budget = run.settings.stage_overrides
     values = [f"data.data_root={run.data}", f"data.cache_dir={run.out / 'hf_datasets'}", f"training.output_dir={output}",
-              *budget.get("*", []), *budget.get(kind, []), *overrides]
+              *budget.get("*", []), *budget.get(kind, []), *overrides, *run.overrides]
     values.append(f"device={run.device}")  # training/device.py picks (and logs) device and precision
     recipe = load_recipe(RECIPES / recipe_name, values)
     logger.info("%s → %s", recipe_name, output)
@@ -208,7 +213,8 @@ def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
             summaries[task] = json.loads(summary_path.read_text(encoding="utf-8"))
             continue
         summaries[task] = run_evaluation(task, data_dir=run.data, out_dir=out_dir, model_dir=model_dir, split="test",
-                                         batch_size=settings.eval_batch_size, limit=settings.eval_limit,
+                                         batch_size=run.eval_batch_size or settings.eval_batch_size,
+                                         limit=run.eval_limit or settings.eval_limit,
                                          max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens,
                                          meteor=False, plots=False, progress=False)
     return summaries
@@ -285,8 +291,12 @@ def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> N
             log.parent.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "gap_mllm.mini.pipeline", "--out", str(run.out), "--data", str(run.data),
                        "--budget", run.budget, "--device", run.device, "--arms", arm.name, "--no-report"]
-            if run.eval_max_new_tokens is not None:
-                command += ["--eval-max-new-tokens", str(run.eval_max_new_tokens)]
+            for flag, value in (("--eval-max-new-tokens", run.eval_max_new_tokens), ("--eval-batch-size", run.eval_batch_size),
+                                ("--eval-limit", run.eval_limit)):
+                if value is not None:
+                    command += [flag, str(value)]
+            for override in run.overrides:
+                command += ["--set", override]
             running.append((arm, subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})))
         still = []
         for arm, process in running:
@@ -314,6 +324,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arms", nargs="+", default=None, choices=sorted(ARMS), help="arms to run (default: the main arm)")
     parser.add_argument("--parallel", type=int, default=1, help="arms trained at the same time (separate processes)")
     parser.add_argument("--eval-max-new-tokens", type=int, default=None, help="cap the generation budget of the evaluation")
+    parser.add_argument("--eval-batch-size", type=int, default=None, help="samples per generate call of the evaluation (GPU: 64)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate the first N test samples of each task (>= 800 for the tables)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="applied to every training stage after the recipe, e.g. --set training.dataloader_num_workers=4")
     parser.add_argument("--export", default=None, help="write the main arm's final model here as a Hub folder with its card")
     parser.add_argument("--table", default=None, help="also copy RESULTS.md here (make mini: mini/RESULTS.md)")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
@@ -322,7 +336,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run = MiniRun(out=Path(args.out), data=Path(args.data) if args.data else Path(args.out) / "data", budget=args.budget,
-                  device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens)
+                  device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens,
+                  eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides))
     names = args.arms or ([arm.name for arm in ABLATION_ARMS] if args.ablation else [MAIN_ARM.name])
     arms = [ARMS[name] for name in names]
     if args.no_report:  # a worker process of --parallel: one arm, no shared steps

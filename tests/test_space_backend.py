@@ -25,14 +25,14 @@ RED = np.array(visualize.PREDICTED)
 @pytest.fixture(scope="module")
 def heads_backend(tmp_path_factory):
     """The Space's own tiny model (camera + depth heads)."""
-    return SpaceBackend(SpaceSettings(max_new_tokens=4), work_dir=tmp_path_factory.mktemp("heads"))
+    return SpaceBackend(SpaceSettings(model="tiny", max_new_tokens=4), work_dir=tmp_path_factory.mktemp("heads"))
 
 
 @pytest.fixture(scope="module")
 def plain_backend(tmp_path_factory):
     """The package's tiny checkpoint: aggregator only, like an official GAP checkpoint."""
     folder = save_tiny_checkpoint(tmp_path_factory.mktemp("plain") / "ckpt")
-    return SpaceBackend(SpaceSettings(max_new_tokens=4), work_dir=tmp_path_factory.mktemp("plain_out"),
+    return SpaceBackend(SpaceSettings(model="tiny", max_new_tokens=4), work_dir=tmp_path_factory.mktemp("plain_out"),
                         loaded=load_model_and_processor(str(folder)))
 
 

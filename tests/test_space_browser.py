@@ -114,12 +114,13 @@ def space(tmp_path_factory):
 
 
 def expected_detection_summary() -> str:
-    """What the page must show: the same request run in this process on the Space's tiny model."""
+    """What the page must show: the same request run in this process on the Space's default model (the
+    embedded GAP-MLLM-Mini)."""
     from gap_mllm.cli.scenes import EXAMPLE_SEEDS, synthetic_scene
     from gap_mllm.cli.space_backend import load_space_model
     from gap_mllm.cli.tasks import TaskRequest, run_task
 
-    model, processor, _ = load_space_model("tiny")
+    model, processor, _ = load_space_model("mini")
     scene = synthetic_scene(EXAMPLE_SEEDS["synthetic room A"])
     return run_task(model, processor, scene.views, TaskRequest("detection"), max_new_tokens=32).summary()
 
@@ -145,13 +146,13 @@ def test_space_runs_tasks_in_headless_chromium(space, tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     example, upload = report["runs"]
 
-    assert "UNTRAINED" in report["notice"]
+    assert "GAP-MLLM-Mini" in report["notice"] and "trained by this package" in report["notice"]
     assert example["status"].startswith("detection on 4 frame(s); exact synthetic geometry")
     assert example["parsed"] == expected_detection_summary()
     assert example["gallery_images"] == 4 and example["gates_image"] == 1 and example["canvas"] == 1
 
     assert upload["status"].startswith("grounding on 2 frame(s); uploaded frames")
-    assert "point cloud (" in upload["status"] and "not metric" in upload["status"]  # VGGT heads of the tiny model
+    assert "point cloud (" in upload["status"] and "not metric" in upload["status"]  # the trained VGGT-style heads of GAP-MLLM-Mini
     assert upload["parsed"] and upload["gallery_images"] == 2 and upload["gates_image"] == 1
 
     # the WebGL canvas really drew the point cloud and boxes, not only its clear colour

@@ -97,7 +97,7 @@ def queued_space(tmp_path_factory):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACE_ID", None)
     command = [str(python), "-m", "gap_mllm.cli.main", "space", "--host", "127.0.0.1", "--port", str(port),
-               "--concurrency", "1", "--max-queue", str(MAX_QUEUE), "--max-new-tokens", "8"]
+               "--model", "tiny", "--concurrency", "1", "--max-queue", str(MAX_QUEUE), "--max-new-tokens", "8"]
     client = folder / "client.py"
     client.write_text(CLIENT)
     with running_app(command, env, log_path, port, timeout=90) as url:

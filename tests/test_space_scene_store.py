@@ -50,7 +50,7 @@ def test_scene_key_follows_pixels_marker_and_prefix():
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     folder = save_tiny_checkpoint(tmp_path_factory.mktemp("store") / "ckpt")
-    return SpaceBackend(SpaceSettings(max_new_tokens=4), work_dir=tmp_path_factory.mktemp("store_out"),
+    return SpaceBackend(SpaceSettings(model="tiny", max_new_tokens=4), work_dir=tmp_path_factory.mktemp("store_out"),
                         loaded=load_model_and_processor(str(folder)))
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from gap_mllm.cli import demo
 from gap_mllm.cli.scenes import scene_from_frames, synthetic_scene
-from gap_mllm.cli.tasks import TASKS as FRONT_END_TASKS
+from gap_mllm.cli.demo import DEMO_TASKS
 from gap_mllm.cli.tasks import TaskRequest, run_task
 from gap_mllm.cli.visualize import LEGEND_ROW_HEIGHT, MARKER, REFERENCE, save_scene_ply, write_visualisations
 from gap_mllm.tasks_gap_mllm import TASKS
@@ -98,11 +98,13 @@ def test_demo_prints_answers_in_one_block_after_the_progress_bars(demo_run):
     assert len(banner) == 2
     block = lines[banner[0] : banner[1] + 1]
     assert not [line for line in block if "it/s]" in line or "Loading weights" in line or "Writing model" in line]
-    assert "UNTRAINED" in "\n".join(block)
-    # every front-end task ran, each with its answer (or a note that there was none) and its parsed result
-    for task in FRONT_END_TASKS:
+    assert "GAP-MLLM-Mini, trained by this package" in "\n".join(block)
+    # every task the mini is trained on ran, each with its answer (or a note that there was none), its parsed
+    # result, the exact answer and a saved picture
+    for task in DEMO_TASKS:
         assert f"--- {task}: {TASKS[task].title}" in printed
-    assert printed.count("answer : ") == len(FRONT_END_TASKS) and printed.count("parsed : ") == len(FRONT_END_TASKS)
+    for field in ("answer : ", "parsed : ", "truth  : ", "saved  : "):
+        assert printed.count(field) == len(DEMO_TASKS), field
     assert "\n\n\n" not in printed and "\\n\\n" not in printed  # no runs of blank lines, no escaped newlines
 
 
