@@ -47,13 +47,18 @@ EVAL_TASKS = ("grounding", "detection", "captioning")
 
 @dataclass(frozen=True)
 class Arm:
-    """One model of the comparison: fusion, geometry on/off, stage 1 on/off, seed."""
+    """One model of the comparison: fusion, geometry on/off, stage 1 on/off, seed, and how the ViT starts:
+    "pretrained" (the stage-0 vision output, frozen: the official policy), "random_unfrozen" (trained with
+    the LLM from random) or "random_frozen" (the naive run of the training notes). `stage1_only` arms stop
+    after stage 1 (the vision-tower decision is read from their validation curves)."""
 
     name: str
     fusion_method: str = "gated"
     use_geometry: bool = True
     stage1: bool = True
     seed: int = 0
+    vision: str = "pretrained"
+    stage1_only: bool = False
 
 
 MAIN_ARM = Arm("gap_gated_s0")
@@ -65,7 +70,12 @@ ABLATION_ARMS = (
     Arm("no_geometry_s0", use_geometry=False),
     Arm("no_geometry_s1", use_geometry=False, seed=1),
 )
-ARMS = {arm.name: arm for arm in ABLATION_ARMS}
+# The vision-tower decision (mini/README.md): stage 1 with the ViT pretrained + frozen (MAIN_ARM) vs these.
+VISION_ARMS = (
+    Arm("vit_random_unfrozen_s0", vision="random_unfrozen", stage1_only=True),
+    Arm("vit_random_frozen_s0", vision="random_frozen", stage1_only=True),
+)
+ARMS = {arm.name: arm for arm in ABLATION_ARMS + VISION_ARMS}
 
 
 @dataclass
@@ -179,10 +189,15 @@ def run_stage0(run: MiniRun) -> Path:
 
 def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
     """Stage 1 (unless the arm skips it) and stage 2 of one arm; returns the final model folder."""
+    encoders = "[geometry_encoder, vision_tower]" if arm.vision == "pretrained" else "[geometry_encoder]"
     fresh = ["model.tiny=mini", f"model.fusion_method={arm.fusion_method}", f"model.use_geometry={str(arm.use_geometry).lower()}",
-             f"model.seed={arm.seed}", f"model.encoders_from={stage0}", f"training.seed={arm.seed}"]
+             f"model.seed={arm.seed}", f"model.encoders_from={stage0}", f"model.encoders={encoders}", f"training.seed={arm.seed}"]
+    if arm.vision == "random_unfrozen":
+        fresh += ["freezing.freeze_vision_tower=false", "learning_rates.vision_tower_lr=null", "cache.enabled=false"]
     if arm.stage1:
         stage1 = train_stage(run, "mini_stage1.yaml", "stage1", run.stage_dir(arm.name, "stage1"), fresh)
+        if arm.stage1_only:
+            return stage1
         start = [f"model.name_or_path={stage1}", f"training.seed={arm.seed}"]
     else:
         start = ["model.name_or_path=null", *fresh]
@@ -203,7 +218,7 @@ def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
     settings = run.settings
     summaries = {}
     final = run.stage_dir(arm.name, "final")
-    jobs = [(task, final) for task in EVAL_TASKS]
+    jobs = [] if arm.stage1_only else [(task, final) for task in EVAL_TASKS]
     if arm.stage1:
         jobs.append(("reconstruction", run.stage_dir(arm.name, "stage1")))
     for task, model_dir in jobs:

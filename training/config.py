@@ -39,7 +39,8 @@ class ModelSource:
         built with `fusion_method`, `use_geometry` and weights drawn from `seed` (ignored with name_or_path).
     encoders_from: a GAP-MLLM folder (e.g. the stage-0 output) whose geometry encoder (with its heads) and
         Qwen ViT weights replace the fresh ones; the LLM, mergers and fusions stay freshly initialised
-        (how the miniature's stage 1, and its "stage 2 only" ablation arm, start).
+        (how the miniature's stage 1, and its "stage 2 only" ablation arm, start). `encoders` says which:
+        "geometry_encoder" and/or "vision_tower".
     dtype: "float32" / "bfloat16" / "float16" / "auto".
     """
 
@@ -49,6 +50,7 @@ class ModelSource:
     use_geometry: bool = True
     seed: int = 0
     encoders_from: str | None = None
+    encoders: list[str] = field(default_factory=lambda: ["geometry_encoder", "vision_tower"])
     dtype: str = "auto"
     attn_implementation: str | None = None
     trust_remote_code: bool = False

@@ -13,7 +13,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-ENCODER_PREFIXES = ("geometry_encoder.", "vlm.model.visual.")
+ENCODER_PREFIXES = {"geometry_encoder": "geometry_encoder.", "vision_tower": "vlm.model.visual."}
 
 
 def _folder_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -30,16 +30,21 @@ def _folder_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def load_encoder_weights(model, folder) -> list[str]:
-    """Copy every `geometry_encoder.*` and `vlm.model.visual.*` tensor of `folder` into `model`.
+def load_encoder_weights(model, folder, encoders=tuple(ENCODER_PREFIXES)) -> list[str]:
+    """Copy every tensor of the given `encoders` ("geometry_encoder": `geometry_encoder.*`, "vision_tower":
+    `vlm.model.visual.*`) of `folder` into `model`.
 
     Strict on what the model has under those prefixes: a missing or mis-shaped tensor raises a
     ValueError naming it. Returns the names copied.
     """
+    unknown = set(encoders) - set(ENCODER_PREFIXES)
+    if unknown:
+        raise ValueError(f"unknown encoder(s) {sorted(unknown)}; choose from {sorted(ENCODER_PREFIXES)}")
+    prefixes = tuple(ENCODER_PREFIXES[name] for name in encoders)
     folder = Path(folder)
     source = _folder_state_dict(folder)
     target = model.state_dict()
-    wanted = [name for name in target if name.startswith(ENCODER_PREFIXES)]
+    wanted = [name for name in target if name.startswith(prefixes)]
     missing = [name for name in wanted if name not in source]
     if missing:
         raise ValueError(f"{folder} lacks {len(missing)} encoder tensor(s) of this model, e.g. {missing[:3]}")

@@ -57,7 +57,7 @@ def load_model_and_processor(source: ModelSource):
         if source.encoders_from:
             from .encoder_weights import load_encoder_weights
 
-            copied = load_encoder_weights(model, source.encoders_from)
+            copied = load_encoder_weights(model, source.encoders_from, source.encoders)
             logger.info("copied %d encoder tensors from %s", len(copied), source.encoders_from)
         if source.dtype not in ("auto", "float32"):
             model = model.to(getattr(torch, source.dtype))
