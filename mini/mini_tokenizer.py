@@ -12,6 +12,7 @@ layout-only scenes, and the answer texts in the official formats. Building it ta
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -23,8 +24,10 @@ CORPUS_SCENES = 12  # layout-only scenes whose sentences and answers train the B
 CORPUS_SEED = 12345  # a seed no dataset of the pipeline uses: the tokenizer never sees a test scene
 
 
-def mini_corpus(num_scenes: int = CORPUS_SCENES) -> list[str]:
-    """Prompts, referring expressions, captions and answers of `num_scenes` layout-only mini scenes."""
+@functools.lru_cache(maxsize=2)
+def mini_corpus(num_scenes: int = CORPUS_SCENES) -> tuple[str, ...]:
+    """Prompts, referring expressions, captions and answers of `num_scenes` layout-only mini scenes (built
+    once per process: every fresh mini model of a pipeline run needs the same tokenizer)."""
     from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2, RECONSTRUCTION
     from gap_mllm.processing.synth.categories import CATEGORY_NAMES
     from gap_mllm.processing.synth.generator import SynthRooms
@@ -67,12 +70,12 @@ def mini_corpus(num_scenes: int = CORPUS_SCENES) -> list[str]:
             texts.append(serialize_grounding(Box3D.from_list(box)))
             texts.append(serialize_pointmap(box[:3], obj.category))
         texts.append(serialize_frame_selection(reference % 8))
-    return texts
+    return tuple(texts)
 
 
 def build_mini_tokenizer(save_dir: str | os.PathLike | None = None):
     """Train the mini BPE on `mini_corpus()`; saved to `save_dir` when given."""
-    tokenizer = train_bpe_tokenizer(mini_corpus(), MINI_VOCAB_SIZE)
+    tokenizer = train_bpe_tokenizer(list(mini_corpus()), MINI_VOCAB_SIZE)
     if save_dir is not None:
         tokenizer.save_pretrained(save_dir)
     return tokenizer

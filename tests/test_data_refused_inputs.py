@@ -154,7 +154,7 @@ def test_builder_refuses_image_paths_leaving_the_data_root(data_copy, tmp_path, 
 
 
 def test_evaluation_runner_refuses_image_paths_leaving_the_data_root(data_copy, tmp_path, monkeypatch):
-    from gap_mllm.evaluation import generation
+    from gap_mllm.evaluation import scene_generation
     from gap_mllm.evaluation.runner import run_evaluation
 
     class RecordingGenerator:
@@ -167,7 +167,9 @@ def test_evaluation_runner_refuses_image_paths_leaving_the_data_root(data_copy, 
             self.requested.extend(p for r in requests for p in r.images)
             return ["{}"] * len(requests)
 
-    monkeypatch.setattr(generation, "BatchGenerator", RecordingGenerator)
+        generate_on_scenes = generate
+
+    monkeypatch.setattr(scene_generation, "SceneGenerator", RecordingGenerator)
     path = find_annotation_file(data_copy, "detection", "val")
     records = load_annotation_file(path)
     records[1]["images"][0] = "../../../etc/passwd"

@@ -1,0 +1,68 @@
+"""`make mini` end to end at a toy budget (a few steps per stage), as the Makefile runs it, and resumable:
+a second run finds every step done and trains nothing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import pytest
+from safetensors import safe_open
+
+from gap_mllm.mini import pipeline
+
+RESULT_KEYS = ("grounding_acc@0.25", "grounding_acc@0.5", "detection_f1@0.25", "captioning_cider@0.5",
+               "stage1_point_error_m_median", "stage1_label_accuracy")
+
+
+def run_mini(tmp_path, *extra):
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "run"), "--budget", "toy", "--device", "cpu", "--export",
+                              str(tmp_path / "export"), "--table", str(tmp_path / "RESULTS.md"), *extra])
+    assert pipeline.main(args) == 0
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mini")
+    run_mini(folder)
+    return folder
+
+
+def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
+    stages = toy_run / "run" / "stages"
+    for stage in ("stage0_geometry", "stage0", f"{pipeline.MAIN_ARM.name}/stage1", f"{pipeline.MAIN_ARM.name}/stage2"):
+        done = json.loads((stages / stage / pipeline.DONE_MARKER).read_text())
+        assert done["global_step"] == 2, stage
+    results = json.loads((toy_run / "run" / "results" / "results.json").read_text())
+    row = results["arms"][pipeline.MAIN_ARM.name]
+    assert set(RESULT_KEYS) <= set(row)
+    assert row["grounding_num_samples"] > 0 and row["detection_num_samples"] > 0 and row["stage1_num_samples"] > 0
+    assert {"constant_mean_box", "best_constant_box", "random_same_category"} <= set(results["baselines"]["grounding"])
+    assert {"depth_abs_rel", "rotation_error_deg_median"} <= set(results["stage0_geometry"]["model"])
+    table = (toy_run / "RESULTS.md").read_text()
+    assert table == (toy_run / "run" / "results" / "RESULTS.md").read_text()
+    assert f"| {pipeline.MAIN_ARM.name} |" in table and "| baseline: best_constant_box |" in table
+    assert "depth AbsRel" in table
+
+
+def test_the_exported_folder_is_a_hub_folder_with_its_card(toy_run):
+    export = toy_run / "export"
+    card = (export / "README.md").read_text()
+    assert card.startswith("---\n") and "GAP-MLLM-Mini" in card and f"| {pipeline.MAIN_ARM.name} |" in card
+    assert (export / "config.json").is_file() and (export / "modeling_gap_mllm.py").is_file()
+    assert (export / "processor_config.json").is_file() and (export / "tokenizer.json").is_file()
+    size = sum(p.stat().st_size for p in export.rglob("*") if p.is_file())
+    assert size < 50 * 1024 * 1024
+    shards = sorted(export.glob("model*.safetensors"))
+    with safe_open(str(shards[0]), "pt") as handle:
+        assert handle.get_tensor(next(iter(handle.keys()))).dtype.is_floating_point
+
+
+def test_a_second_run_resumes_without_training(toy_run, caplog):
+    with caplog.at_level(logging.INFO, logger="gap_mllm.mini.pipeline"):
+        run_mini(toy_run)
+    assert caplog.text.count("done already") == 4  # stage 0 (two recipes), stage 1, stage 2
+    assert "is up to date" in caplog.text
