@@ -41,15 +41,15 @@ space-bundle: install
 	$(PY) examples/space/bundle_space.py --out build/space
 
 # GAP-MLLM-Mini end to end: SynthRooms data, stages 0-2, evaluation on held-out scenes, the results table
-# (mini/RESULTS.md) and the embedded default (models/gap-mllm-mini). About an hour per stage on 2 CPU cores;
+# (mini/RESULTS.md) and the embedded default (mini/gap-mllm-mini). About an hour per stage on 2 CPU cores;
 # `MINI_ARGS="--device cuda --workers 16"` on a GPU machine. mini-ablation adds the ablation arms.
 MINI_OUT ?= runs/mini
 MINI_ARGS ?=
 mini: install
-	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --export models/gap-mllm-mini --table mini/RESULTS.md $(MINI_ARGS)
+	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --export mini/gap-mllm-mini --table mini/RESULTS.md $(MINI_ARGS)
 
 mini-ablation: install
-	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --ablation --export models/gap-mllm-mini --table mini/RESULTS.md $(MINI_ARGS)
+	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --ablation --export mini/gap-mllm-mini --table mini/RESULTS.md $(MINI_ARGS)
 
 bench: install
 	$(PY) bench/bench_forward.py

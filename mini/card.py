@@ -60,7 +60,8 @@ Weights are stored in bfloat16 (computed in float32 after loading).
 
 ## Training
 
-All stages by `make mini` (mini/README.md in the repository), on SynthRooms' `mini` preset:
+All stages by the `make mini` pipeline (mini/README.md in the repository), on SynthRooms' `mini` preset;
+the last table under Evaluation says which device trained each stage:
 
 1. stage 0, geometry: the VGGT aggregator and its camera and depth heads on exact depth and poses (VGGT's
    objective and normalisation), the stand-in for pretrained VGGT-1B; frozen afterwards;

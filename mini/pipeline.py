@@ -43,6 +43,7 @@ if not RECIPES.is_dir():  # installed wheel: recipes ship inside gap_mllm.traini
 
 DONE_MARKER = "stage_done.json"
 EVAL_TASKS = ("grounding", "detection", "captioning")
+EVAL_MAX_NEW_TOKENS = {"reconstruction": 64, "grounding": 128, "captioning": 64, "detection": 512}
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,10 @@ class Budget:
     stage_overrides: dict = field(default_factory=dict)
     eval_limit: int | None = None
     eval_batch_size: int = 16
-    # the longest target answer of the mini data is 407 tokens (detection): 512 never cuts a valid answer,
-    # and an undertrained model that never stops costs 512 tokens instead of the official 1280 / 4096
-    eval_max_new_tokens: int | None = 512
+    # generation budget per task: about twice the longest target answer of the mini training data (marker
+    # 27 tokens, grounding 6 / 60 per stage, captioning 15, detection 407), so no valid answer is ever cut
+    # while a model that never stops costs tens of tokens, not the official 1280 / 4096
+    eval_max_new_tokens: dict = field(default_factory=lambda: dict(EVAL_MAX_NEW_TOKENS))
 
 
 BUDGETS = {
@@ -105,7 +107,7 @@ BUDGETS = {
         },
         eval_limit=2,
         eval_batch_size=2,
-        eval_max_new_tokens=12,
+        eval_max_new_tokens={task: 12 for task in EVAL_MAX_NEW_TOKENS},
     ),
 }
 
@@ -177,8 +179,11 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
     recipe = load_recipe(RECIPES / recipe_name, values)
     logger.info("%s → %s", recipe_name, output)
     result = run_training(recipe, resume_from_checkpoint="auto")
+    import torch
+
+    device = "cuda" if run.device == "cuda" or (run.device == "auto" and torch.cuda.is_available()) else "cpu"
     (output / DONE_MARKER).write_text(json.dumps({"recipe": recipe_name, "overrides": values, "global_step": result.global_step,
-                                                  "training_loss": result.training_loss}, indent=1))
+                                                  "training_loss": result.training_loss, "device": device}, indent=1))
     return output
 
 
@@ -218,9 +223,10 @@ def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
     settings = run.settings
     summaries = {}
     final = run.stage_dir(arm.name, "final")
-    jobs = [] if arm.stage1_only else [(task, final) for task in EVAL_TASKS]
-    if arm.stage1:
-        jobs.append(("reconstruction", run.stage_dir(arm.name, "stage1")))
+    # the marker task first: its answers are the shortest, so an interrupted evaluation has it complete
+    jobs = [("reconstruction", run.stage_dir(arm.name, "stage1"))] if arm.stage1 else []
+    if not arm.stage1_only:
+        jobs += [(task, final) for task in EVAL_TASKS]
     for task, model_dir in jobs:
         out_dir = run.results_dir(arm.name, task)
         summary_path = out_dir / "summary.json"
@@ -230,7 +236,7 @@ def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
         summaries[task] = run_evaluation(task, data_dir=run.data, out_dir=out_dir, model_dir=model_dir, split="test",
                                          batch_size=run.eval_batch_size or settings.eval_batch_size,
                                          limit=run.eval_limit or settings.eval_limit,
-                                         max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens,
+                                         max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens[task],
                                          meteor=False, plots=False, progress=False)
     return summaries
 
@@ -338,7 +344,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation", action="store_true", help="train and evaluate every ablation arm (mini/README.md)")
     parser.add_argument("--arms", nargs="+", default=None, choices=sorted(ARMS), help="arms to run (default: the main arm)")
     parser.add_argument("--parallel", type=int, default=1, help="arms trained at the same time (separate processes)")
-    parser.add_argument("--eval-max-new-tokens", type=int, default=None, help="cap the generation budget of the evaluation")
+    parser.add_argument("--eval-max-new-tokens", type=int, default=None, help="one generation budget for every task (default: per task, EVAL_MAX_NEW_TOKENS)")
     parser.add_argument("--eval-batch-size", type=int, default=None, help="samples per generate call of the evaluation (GPU: 64)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate the first N test samples of each task (>= 800 for the tables)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

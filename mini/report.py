@@ -71,6 +71,26 @@ def arm_results(run, arm) -> dict:
     out: dict = {"arm": arm.name, "fusion_method": arm.fusion_method if arm.use_geometry else None,
                  "use_geometry": arm.use_geometry, "stage1": arm.stage1, "seed": arm.seed}
     folder = run.results_dir(arm.name)
+    if (folder / "grounding" / "summary.json").is_file():
+        out.update(_stage2_results(run, folder))
+    else:  # a stage-1-only arm, or one whose stage 2 was not run: its stage-2 cells stay empty ("—")
+        out["stage2_evaluated"] = False
+    recon = folder / "reconstruction" / "samples.jsonl"
+    if recon.is_file():
+        rows = _rows(recon)
+        marker_records = load_annotation_file(find_annotation_file(run.data, "reconstruction", "test"))
+        scores = marker_scores([row["raw"][0] for row in rows], [marker_records[row["index"]]["conversations"][1]["value"] for row in rows])
+        out["stage1_point_error_m_median"] = scores.get("point_error_m_median")
+        out["stage1_point_error_m_median_ci95"] = scores.get("point_error_m_median_ci95")
+        out["stage1_label_accuracy"] = scores["label_accuracy"]
+        out["stage1_label_accuracy_ci95"] = scores["label_accuracy_ci95"]
+        out["stage1_num_samples"] = scores["num_samples"]
+    return out
+
+
+def _stage2_results(run, folder: Path) -> dict:
+    """Grounding, detection and captioning cells of one arm (see the module docstring)."""
+    out: dict = {"stage2_evaluated": True}
     grounding = json.loads((folder / "grounding" / "summary.json").read_text(encoding="utf-8"))["metrics"]
     n = grounding["num_samples"]
     for threshold in ("0.25", "0.5"):
@@ -90,23 +110,24 @@ def arm_results(run, arm) -> dict:
     out["captioning_cider@0.5"] = caption["cider"]
     out["captioning_cider@0.5_ci95"] = bootstrap_interval(per_sample, np.mean, RESAMPLES)
     out["captioning_num_samples"] = len(per_sample)
+    return out
 
-    recon = folder / "reconstruction" / "samples.jsonl"
-    if recon.is_file():
-        rows = _rows(recon)
-        marker_records = load_annotation_file(find_annotation_file(run.data, "reconstruction", "test"))
-        scores = marker_scores([row["raw"][0] for row in rows], [marker_records[row["index"]]["conversations"][1]["value"] for row in rows])
-        out["stage1_point_error_m_median"] = scores.get("point_error_m_median")
-        out["stage1_point_error_m_median_ci95"] = scores.get("point_error_m_median_ci95")
-        out["stage1_label_accuracy"] = scores["label_accuracy"]
-        out["stage1_label_accuracy_ci95"] = scores["label_accuracy_ci95"]
-        out["stage1_num_samples"] = scores["num_samples"]
+
+def stage_provenance(run) -> dict[str, dict]:
+    """What trained each stage folder of the run, from its `stage_done.json` (recipe, steps, device, notes)."""
+    out = {}
+    for marker in sorted(run.out.glob("stages/**/stage_done.json")):
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        device = done.get("device") or next((value.split("=", 1)[1] for value in done.get("overrides", []) if value.startswith("device=")), None)
+        out[str(marker.parent.relative_to(run.out / "stages"))] = {
+            key: value for key, value in (("recipe", done.get("recipe")), ("global_step", done.get("global_step")),
+                                          ("device", device), ("note", done.get("note"))) if value is not None}
     return out
 
 
 def collect_results(run, arms, geometry: dict, baselines: dict) -> dict:
     return {"budget": run.budget, "arms": {arm.name: arm_results(run, arm) for arm in arms},
-            "stage0_geometry": geometry, "baselines": baselines}
+            "stage0_geometry": geometry, "baselines": baselines, "stages": stage_provenance(run)}
 
 
 def _cell(value, interval=None, percent: bool = False, digits: int = 2) -> str:
@@ -129,10 +150,10 @@ def results_markdown(results: dict) -> str:
     ]
     for name, row in results["arms"].items():
         lines.append(
-            f"| {name} | {_cell(row['grounding_acc@0.25'], row['grounding_acc@0.25_ci95'], True)} "
-            f"| {_cell(row['grounding_acc@0.5'], row['grounding_acc@0.5_ci95'], True)} "
-            f"| {_cell(row['detection_f1@0.25'], row['detection_f1@0.25_ci95'], True)} "
-            f"| {_cell(row['captioning_cider@0.5'], row['captioning_cider@0.5_ci95'])} "
+            f"| {name}{'' if row.get('stage2_evaluated', True) else ' (stage 1 only)'} | {_cell(row.get('grounding_acc@0.25'), row.get('grounding_acc@0.25_ci95'), True)} "
+            f"| {_cell(row.get('grounding_acc@0.5'), row.get('grounding_acc@0.5_ci95'), True)} "
+            f"| {_cell(row.get('detection_f1@0.25'), row.get('detection_f1@0.25_ci95'), True)} "
+            f"| {_cell(row.get('captioning_cider@0.5'), row.get('captioning_cider@0.5_ci95'))} "
             f"| {_cell(row.get('stage1_point_error_m_median'), row.get('stage1_point_error_m_median_ci95'))} "
             f"| {_cell(row.get('stage1_label_accuracy'), row.get('stage1_label_accuracy_ci95'), True)} |"
         )
@@ -152,9 +173,15 @@ def results_markdown(results: dict) -> str:
                  f"| {_cell(marker['label_accuracy'], marker['label_accuracy_ci95'], True)} |")
     sizes = next(iter(results["arms"].values()))
     lines.append("")
-    lines.append(f"Test split: {sizes['grounding_num_samples']} grounding, {sizes['detection_num_samples']} detection, "
-                 f"{sizes['captioning_num_samples']} captioning, {sizes.get('stage1_num_samples', '—')} marker samples; "
-                 "95 % intervals in brackets (Wilson for accuracies, bootstrap otherwise).")
+    lines.append(f"Test split: {sizes.get('grounding_num_samples', '—')} grounding, {sizes.get('detection_num_samples', '—')} detection, "
+                 f"{sizes.get('captioning_num_samples', '—')} captioning, {sizes.get('stage1_num_samples', '—')} marker samples; "
+                 "95 % intervals in brackets (Wilson for accuracies, bootstrap otherwise). "
+                 "— : not evaluated (an arm whose stage 2 was not trained).")
+    stages = results.get("stages")
+    if stages:
+        lines += ["", "Where each stage was trained (from its `stage_done.json`):", "", "| stage | recipe | steps | device | note |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {info.get('recipe', '—')} | {info.get('global_step', '—')} | {info.get('device', '—')} | {info.get('note', '')} |"
+                  for name, info in stages.items()]
     lines += ["", "Stage 0 (geometry encoder, test clips, scale-aligned per clip):", "", format_geometry_report(results["stage0_geometry"])]
     return "\n".join(lines) + "\n"
 

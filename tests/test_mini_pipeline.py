@@ -46,6 +46,9 @@ def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
     assert table == (toy_run / "run" / "results" / "RESULTS.md").read_text()
     assert f"| {pipeline.MAIN_ARM.name} |" in table and "| baseline: best_constant_box |" in table
     assert "depth AbsRel" in table
+    # where each stage ran is part of the results (a mixed GPU / CPU run says so in its table)
+    assert {results["stages"][stage]["device"] for stage in ("stage0", f"{pipeline.MAIN_ARM.name}/stage2")} == {"cpu"}
+    assert "Where each stage was trained" in table
 
 
 def test_the_exported_folder_is_a_hub_folder_with_its_card(toy_run):

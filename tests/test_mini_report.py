@@ -1,0 +1,40 @@
+"""The miniature's results table: an arm whose stage 2 was not trained shows its stage-1 cells and "—"
+elsewhere (never a zero), and the table says where each stage was trained."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from gap_mllm.mini.pipeline import ARMS
+from gap_mllm.mini.report import arm_results, results_markdown, stage_provenance
+
+GEOMETRY_KEYS = ("depth_abs_rel", "depth_delta_1.25", "rotation_error_deg_median", "translation_direction_error_deg_median",
+                 "translation_error_m_median", "point_error_m")
+
+
+def _baselines():
+    accuracy = {"acc@0.25": 0.02, "acc@0.25_ci95": [0.01, 0.03], "acc@0.5": 0.0, "acc@0.5_ci95": [0.0, 0.01]}
+    return {"grounding": {name: accuracy for name in ("constant_mean_box", "best_constant_box", "random_same_category")},
+            "detection": {"category_mean_boxes": {"f1": 0.1, "f1_ci95": [0.09, 0.11]}},
+            "captioning": {"constant_caption": {"cider": 0.05, "cider_ci95": [0.04, 0.06]}},
+            "marker": {"constant_point": {"point_error_m_median": 1.5, "point_error_m_median_ci95": [1.4, 1.6],
+                                          "label_accuracy": 0.2, "label_accuracy_ci95": [0.18, 0.22]}}}
+
+
+def test_a_stage1_only_arm_has_empty_stage2_cells_and_the_table_names_the_devices(tmp_path):
+    run = SimpleNamespace(out=tmp_path, results_dir=lambda *parts: tmp_path.joinpath("results", *parts))
+    (tmp_path / "stages" / "no_geometry_s0" / "stage1").mkdir(parents=True)
+    (tmp_path / "stages" / "no_geometry_s0" / "stage1" / "stage_done.json").write_text(json.dumps(
+        {"recipe": "mini_stage1.yaml", "global_step": 1000, "overrides": ["device=cuda"]}))
+    row = arm_results(run, ARMS["no_geometry_s0"])
+    assert row["stage2_evaluated"] is False and "grounding_acc@0.25" not in row
+    geometry = {"model": {**{key: 0.1 for key in GEOMETRY_KEYS}, "num_clips": 8}, "baseline": {key: 0.5 for key in GEOMETRY_KEYS}}
+    row.update(stage1_point_error_m_median=0.9, stage1_point_error_m_median_ci95=[0.8, 1.0], stage1_label_accuracy=0.85,
+               stage1_label_accuracy_ci95=[0.8, 0.9], stage1_num_samples=1000)
+    results = {"arms": {"no_geometry_s0": row}, "stage0_geometry": geometry, "baselines": _baselines(),
+               "stages": stage_provenance(run)}
+    table = results_markdown(results)
+    line = next(text for text in table.splitlines() if text.startswith("| no_geometry_s0"))
+    assert line == "| no_geometry_s0 (stage 1 only) | — | — | — | — | 0.90 [0.80, 1.00] | 85.0 [80.0, 90.0] |"
+    assert "| no_geometry_s0/stage1 | mini_stage1.yaml | 1000 | cuda |  |" in table
