@@ -47,8 +47,9 @@ def mini_model_card(config, counts: dict[str, int], results: dict | None) -> str
 A miniature GAP-MLLM (arXiv 2603.16461) trained from scratch by the `gap-mllm` package on SynthRooms,
 its procedural indoor scenes with exact geometry: every part of the method at a size that trains on a
 laptop CPU. It is the package's embedded default for the demo, `gap-mllm predict` and the Space, and the
-evidence that the method, the training code and the data work. It knows SynthRooms only: on real photos
-its answers are meaningless.
+package's end-to-end test of whether the method, the training code and the data learn: the evaluation
+below says how far it got, next to trivial baselines. It knows SynthRooms only: on real photos its answers
+are meaningless.
 
 ## Architecture
 

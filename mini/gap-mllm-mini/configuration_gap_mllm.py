@@ -1,0 +1,347 @@
+"""Configuration classes of GAP-MLLM.
+
+`GapMllmConfig` is a composite config: the stock Qwen3-VL config (`vlm_config`), the VGGT-style
+geometry encoder (`geometry_config`) and the multi-level fusion settings (`geometry_fusion_config`).
+The model type is `gap_mllm`, never `qwen3_vl`: a reused type would make `AutoModel` build the stock
+class and silently drop the geometry weights.
+
+Level pairing (method.md §1.2): with `tapped_layers = [t_0, ..., t_{L-2}, t_{L-1}]`, the last tapped
+layer is fused with the main visual tokens (they replace the `<|image_pad|>` embeddings) and layer
+`t_k` (k < L-1) with the k-th DeepStack level of Qwen3-VL. The default `[4, 11, 17, 23]` pairs VGGT
+block 23 with the ViT output and blocks 4/11/17 with DeepStack levels 0/1/2.
+"""
+
+import logging
+from contextlib import contextmanager
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+FUSION_METHODS = ("gated", "add", "concat", "weighted", "cross_attention")
+MERGER_NORMS = ("rms", "layer")
+REFERENCE_FRAMES = ("first", "last")
+# "auto": bf16 autocast when the encoder's input is on a CUDA device (the official code), none elsewhere.
+GEOMETRY_AUTOCAST_DTYPES = ("auto", "bfloat16", "float16", None)
+
+
+class _DropDefaultSubConfigNotices(logging.Filter):
+    """Drops transformers' "`vision_config` is None, initializing ... with default values." records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is None, initializing" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_default_sub_configs():
+    """While a config is diffed for saving, transformers builds a throwaway default of every nested config
+    (`type(sub_config)()`). For the nested Qwen3VLConfig that default has no vision/text config, so every
+    save logged "`vision_config` is None, initializing ..." although nothing of the user's is None."""
+    logger = logging.getLogger("transformers.configuration_utils")
+    quiet = _DropDefaultSubConfigNotices()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+class GapMllmGeometryConfig(PreTrainedConfig):
+    r"""Configuration of the VGGT aggregator used as GAP-MLLM's frozen geometry encoder.
+
+    Defaults are VGGT-1B (vggt-reference.md §2): a DINOv2 ViT-L/14-with-registers patch embedding
+    followed by `num_hidden_layers` frame-attention blocks alternating with as many global-attention
+    blocks.
+
+    Args:
+        image_size (`int`): training resolution of the DINOv2 position embedding (518 → 37×37 grid).
+        patch_size (`int`): patch size in pixels (14).
+        hidden_size (`int`): token width of the patch embedding and of the alternating blocks (1024).
+        num_hidden_layers (`int`): number of (frame, global) block pairs (24).
+        num_attention_heads (`int`): heads of every attention layer (16).
+        mlp_ratio (`float`): MLP width multiplier (4.0).
+        num_register_tokens (`int`): register tokens prepended per frame by the aggregator (4), after
+            the camera token; both come as a (first frame, other frames) pair.
+        layer_scale_init (`float`): LayerScale init of the alternating blocks (0.01).
+        layer_norm_eps (`float`): eps of the LayerNorms in the alternating blocks and QK-norm (1e-5).
+        qk_norm (`bool`): LayerNorm on queries and keys per head in the alternating blocks.
+        rope_frequency (`float`): base frequency of the 2-D RoPE of the alternating blocks (100).
+        patch_embed_num_hidden_layers (`int`): depth of the DINOv2 patch embedding (24).
+        patch_embed_num_register_tokens (`int`): DINOv2 register tokens (4).
+        patch_embed_layer_scale_init (`float`): LayerScale init of the DINOv2 blocks (1.0).
+        patch_embed_layer_norm_eps (`float`): eps of the DINOv2 LayerNorms (1e-6).
+        tapped_layers (`list[int]`): 0-based indices of the alternating block pairs whose outputs are
+            returned (the last one feeds the main visual tokens, the others the DeepStack levels).
+        reference_frame (`str`): `"first"` keeps the frame order; `"last"` reverses the frames before
+            the encoder and reverses the features back, making the last frame VGGT's reference.
+        image_mean, image_std (`list[float]`): normalisation applied inside the encoder to [0, 1] input.
+        source_checkpoint (`str`, *optional*): the VGGT checkpoint the weights came from (recorded for
+            the model card: `facebook/VGGT-1B` weights are non-commercial).
+        use_camera_head, use_depth_head, use_point_head (`bool`): build VGGT's reconstruction heads beside
+            the aggregator (all off by default: GAP-MLLM only uses the aggregator). Their weights come from
+            the same VGGT checkpoint (`camera_head.*`, `depth_head.*`, `point_head.*`).
+        camera_head_trunk_depth (`int`): transformer blocks of the camera head trunk (4).
+        camera_head_num_attention_heads (`int`): heads of the camera trunk, at width `2·hidden_size` (16).
+        camera_head_num_iterations (`int`): iterative refinement steps of the camera head (4).
+        dpt_features (`int`): feature width of the DPT fusion blocks (256).
+        dpt_out_channels (`list[int]`): widths of the four DPT projections ([256, 512, 1024, 1024]).
+        dpt_layers (`list[int]`): the four aggregator layers the DPT heads read ([4, 11, 17, 23]),
+            independent of `tapped_layers`.
+        dpt_frames_chunk_size (`int`): frames per DPT chunk (8), to bound memory; results do not depend on it.
+        autocast_dtype (`str`, *optional*): precision of the aggregator. `"auto"` (default): bf16 autocast
+            when the input images are on a CUDA device, as the official GAP code runs VGGT (matmuls and
+            attention in bf16, norms and softmax in fp32 inside autocast), and the weights' dtype
+            everywhere else, so fp32 on the CPU stays exact; the input's device decides, not whether a GPU
+            exists. `"bfloat16"` / `"float16"`: that autocast on every device (CPU too); `None`: never
+            autocast (run in the weights' dtype). The features come out in the weights' dtype in all cases.
+    """
+
+    model_type = "gap_mllm_geometry"
+    base_config_key = "geometry_config"
+
+    image_size: int = 518
+    patch_size: int = 14
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    layer_scale_init: float = 0.01
+    layer_norm_eps: float = 1e-5
+    qk_norm: bool = True
+    rope_frequency: float = 100.0
+    patch_embed_num_hidden_layers: int = 24
+    patch_embed_num_register_tokens: int = 4
+    patch_embed_layer_scale_init: float = 1.0
+    patch_embed_layer_norm_eps: float = 1e-6
+    tapped_layers: list[int] | None = None
+    reference_frame: str = "first"
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    source_checkpoint: str | None = None
+    initializer_range: float = 0.02
+    use_camera_head: bool = False
+    use_depth_head: bool = False
+    use_point_head: bool = False
+    camera_head_trunk_depth: int = 4
+    camera_head_num_attention_heads: int = 16
+    camera_head_num_iterations: int = 4
+    dpt_features: int = 256
+    dpt_out_channels: list[int] | None = None
+    dpt_layers: list[int] | None = None
+    dpt_frames_chunk_size: int = 8
+    autocast_dtype: str | None = "auto"
+
+    def __post_init__(self, **kwargs):
+        if self.tapped_layers is None:
+            self.tapped_layers = [4, 11, 17, 23]
+        self.tapped_layers = [int(i) for i in self.tapped_layers]
+        if self.image_mean is None:
+            self.image_mean = [0.485, 0.456, 0.406]
+        if self.image_std is None:
+            self.image_std = [0.229, 0.224, 0.225]
+        if self.dpt_out_channels is None:
+            self.dpt_out_channels = [256, 512, 1024, 1024]
+        if self.dpt_layers is None:
+            self.dpt_layers = [4, 11, 17, 23]
+        self.dpt_out_channels = [int(c) for c in self.dpt_out_channels]
+        self.dpt_layers = [int(i) for i in self.dpt_layers]
+        super().__post_init__(**kwargs)
+        self._check_values()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_special_tokens(self) -> int:
+        """Camera token + aggregator registers prepended to each frame (5 for VGGT-1B)."""
+        return 1 + self.num_register_tokens
+
+    def _check_values(self):
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"geometry_config.hidden_size ({self.hidden_size}) must be divisible by "
+                f"geometry_config.num_attention_heads ({self.num_attention_heads})."
+            )
+        if self.head_dim % 4 != 0:
+            raise ValueError(
+                f"geometry_config head dim ({self.head_dim}) must be divisible by 4: the 2-D RoPE rotates "
+                "pairs of channels in each of its two (row, column) halves."
+            )
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"geometry_config.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})."
+            )
+        if not self.tapped_layers:
+            raise ValueError("geometry_config.tapped_layers must name at least one layer.")
+        for layer in self.tapped_layers:
+            if not 0 <= layer < self.num_hidden_layers:
+                raise ValueError(
+                    f"geometry_config.tapped_layers contains {layer}, beyond the encoder depth: valid layers "
+                    f"are 0..{self.num_hidden_layers - 1} (num_hidden_layers={self.num_hidden_layers})."
+                )
+        if len(set(self.tapped_layers)) != len(self.tapped_layers):
+            raise ValueError(f"geometry_config.tapped_layers has duplicates: {self.tapped_layers}.")
+        if self.reference_frame not in REFERENCE_FRAMES:
+            raise ValueError(
+                f"geometry_config.reference_frame={self.reference_frame!r} is not one of {REFERENCE_FRAMES}."
+            )
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("geometry_config.image_mean and image_std must have 3 values (RGB).")
+        if self.autocast_dtype not in GEOMETRY_AUTOCAST_DTYPES:
+            raise ValueError(
+                f"geometry_config.autocast_dtype={self.autocast_dtype!r} is not one of {GEOMETRY_AUTOCAST_DTYPES}."
+            )
+        self._check_head_values()
+
+    @property
+    def uses_dpt_head(self) -> bool:
+        return bool(self.use_depth_head or self.use_point_head)
+
+    def _check_head_values(self):
+        """Head settings are checked only for the heads that are switched on (defaults are VGGT-1B sized)."""
+        if self.use_camera_head:
+            width = 2 * self.hidden_size
+            if self.camera_head_num_attention_heads < 1 or width % self.camera_head_num_attention_heads:
+                raise ValueError(
+                    f"geometry_config.camera_head_num_attention_heads ({self.camera_head_num_attention_heads}) must "
+                    f"divide the camera head width 2·hidden_size = {width}."
+                )
+            if self.camera_head_trunk_depth < 1 or self.camera_head_num_iterations < 1:
+                raise ValueError(
+                    "geometry_config.camera_head_trunk_depth and camera_head_num_iterations must be at least 1, got "
+                    f"{self.camera_head_trunk_depth} and {self.camera_head_num_iterations}."
+                )
+        if self.uses_dpt_head:
+            if len(self.dpt_layers) != 4 or len(self.dpt_out_channels) != 4:
+                raise ValueError(
+                    f"geometry_config.dpt_layers ({self.dpt_layers}) and dpt_out_channels ({self.dpt_out_channels}) "
+                    "must each have 4 entries: the DPT head fuses four aggregator layers."
+                )
+            for layer in self.dpt_layers:
+                if not 0 <= layer < self.num_hidden_layers:
+                    raise ValueError(
+                        f"geometry_config.dpt_layers contains {layer}: valid layers are 0..{self.num_hidden_layers - 1}."
+                    )
+            if min(self.dpt_out_channels) < 1 or self.dpt_features < 2 or self.dpt_features % 2:
+                raise ValueError(
+                    "geometry_config.dpt_out_channels must be positive and dpt_features a positive even number, got "
+                    f"{self.dpt_out_channels} and {self.dpt_features}."
+                )
+            if self.dpt_frames_chunk_size < 1:
+                raise ValueError(f"geometry_config.dpt_frames_chunk_size must be >= 1, got {self.dpt_frames_chunk_size}.")
+
+
+class GapMllmFusionConfig(PreTrainedConfig):
+    r"""Settings of the geometry mergers and of the fusion modules (one of each per level).
+
+    Args:
+        method (`str`): `"gated"` (official, method.md §1.5), or an ablation arm: `"add"`, `"concat"`,
+            `"weighted"`, `"cross_attention"` (method.md §1.10).
+        merger_hidden_size (`int`): hidden width of the merger MLP (4096).
+        merger_norm (`str`): `"rms"` (Qwen2 RMSNorm) or `"layer"` (LayerNorm) before the 2×2 merge;
+            the official code picks one by accident of an import (method.md §1.4), so it is explicit here.
+        merger_norm_eps (`float`): eps of the merger norm (1e-6).
+        norm_eps (`float`): eps of the fusion LayerNorms (1e-5).
+        cross_attention_num_heads, cross_attention_dropout, cross_attention_num_layers,
+        cross_attention_mlp_ratio: settings of the `"cross_attention"` variant (8, 0.1, 1, 4).
+        initializer_range (`float`): std of the normal init of the new Linear layers (0.02).
+    """
+
+    model_type = "gap_mllm_fusion"
+    base_config_key = "geometry_fusion_config"
+
+    method: str = "gated"
+    merger_hidden_size: int = 4096
+    merger_norm: str = "rms"
+    merger_norm_eps: float = 1e-6
+    norm_eps: float = 1e-5
+    cross_attention_num_heads: int = 8
+    cross_attention_dropout: float = 0.1
+    cross_attention_num_layers: int = 1
+    cross_attention_mlp_ratio: int = 4
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.method not in FUSION_METHODS:
+            raise ValueError(
+                f"geometry_fusion_config.method={self.method!r} does not exist: choose one of {FUSION_METHODS}."
+            )
+        if self.merger_norm not in MERGER_NORMS:
+            raise ValueError(
+                f"geometry_fusion_config.merger_norm={self.merger_norm!r} does not exist: choose one of {MERGER_NORMS}."
+            )
+        if self.merger_hidden_size <= 0:
+            raise ValueError(f"geometry_fusion_config.merger_hidden_size must be positive, got {self.merger_hidden_size}.")
+        if self.cross_attention_num_layers < 1:
+            raise ValueError("geometry_fusion_config.cross_attention_num_layers must be at least 1.")
+
+
+class GapMllmConfig(PreTrainedConfig):
+    r"""Configuration of [`GapMllmForConditionalGeneration`].
+
+    Args:
+        vlm_config (`Qwen3VLConfig` or `dict`): the base Qwen3-VL configuration.
+        geometry_config (`GapMllmGeometryConfig` or `dict`): the VGGT geometry encoder.
+        geometry_fusion_config (`GapMllmFusionConfig` or `dict`): mergers and fusion.
+        use_geometry (`bool`): build the geometry encoder, mergers and fusion. `False` gives a model
+            that is exactly stock Qwen3-VL (the "fusion off" arm).
+
+    Example:
+
+    ```python
+    >>> from gap_mllm import GapMllmConfig
+    >>> config = GapMllmConfig(geometry_config={"tapped_layers": [4, 11, 17, 23]})
+    >>> config.level_geometry_layers
+    [23, 4, 11, 17]
+    ```
+    """
+
+    model_type = "gap_mllm"
+    sub_configs_defaults = {
+        "vlm_config": SubConfigSpec(AutoConfig, model_type="qwen3_vl"),
+        "geometry_config": GapMllmGeometryConfig,
+        "geometry_fusion_config": GapMllmFusionConfig,
+    }
+
+    vlm_config: dict | PreTrainedConfig | None = None
+    geometry_config: dict | PreTrainedConfig | None = None
+    geometry_fusion_config: dict | PreTrainedConfig | None = None
+    use_geometry: bool = True
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.vlm_config.model_type != "qwen3_vl":
+            raise ValueError(
+                f"vlm_config must be a Qwen3-VL config (model_type 'qwen3_vl'), got {self.vlm_config.model_type!r}."
+            )
+        if self.use_geometry:
+            expected = 1 + len(self.vlm_config.vision_config.deepstack_visual_indexes)
+            tapped = self.geometry_config.tapped_layers
+            if len(tapped) != expected:
+                raise ValueError(
+                    f"geometry_config.tapped_layers={tapped} must name {expected} layers: one per fusion level "
+                    f"(the main visual tokens + {expected - 1} DeepStack levels of the Qwen3-VL vision tower)."
+                )
+
+    def get_text_config(self, decoder=None, encoder=None):
+        return self.vlm_config.get_text_config(decoder=decoder, encoder=encoder)
+
+    def to_diff_dict(self) -> dict:
+        with _quiet_default_sub_configs():
+            return super().to_diff_dict()
+
+    @property
+    def level_geometry_layers(self) -> list[int]:
+        """VGGT layer fused at each level: level 0 = main visual tokens, level k ≥ 1 = DeepStack k-1."""
+        tapped = list(self.geometry_config.tapped_layers)
+        return [tapped[-1]] + tapped[:-1]
+
+    @property
+    def num_fusion_levels(self) -> int:
+        return len(self.geometry_config.tapped_layers)
+
+
+__all__ = ["GapMllmConfig", "GapMllmFusionConfig", "GapMllmGeometryConfig", "FUSION_METHODS", "MERGER_NORMS"]

@@ -1,0 +1,622 @@
+"""`GapMllmProcessor`: Qwen3-VL processing plus the aligned VGGT geometry input and the task parsers.
+
+One call turns multi-view samples and a task (or a free prompt) into everything the model needs:
+
+    inputs = processor(images=[view_0, view_1, view_2, view_3], task="grounding",
+                       query="the chair next to the desk", return_tensors="pt")
+    out = model.generate(**inputs, **processor.generation_kwargs("grounding", inputs))
+    result = processor.post_process(out, task="grounding", input_ids=inputs["input_ids"])[0]
+
+    processor(images=views, text="Describe the room.", return_tensors="pt")     # a free prompt
+
+Tasks, their prompts, parsers, budgets and stop rules are defined in `tasks_gap_mllm.py`.
+
+    input_ids, attention_mask, mm_token_type_ids    [B, L]  (Qwen3-VL; mm_token_type_ids drives M-RoPE)
+    pixel_values                                   [Σ h_p·w_p, 3·2·16·16]  (Qwen ViT patches)
+    image_grid_thw                                 [V, 3]  one row (1, h_p, w_p) per view, views in
+                                                           sample order, samples in batch order
+    geometry_pixel_values                          [V, 3, H_max, W_max] float32 in [0, 1]; view i's
+                                                           valid region is its top-left 14·h_p × 14·w_p
+                                                           block, zeros elsewhere
+    geometry_views_per_sample                      [B] int64
+
+V = total number of views in the batch. Every view gets h_p·w_p/4 `<|image_pad|>` tokens, and its VGGT
+input has the 14-px patch grid (h_p, w_p), so after the 2×2 geometry merger there is exactly one
+geometry token per merged Qwen token.
+
+Preprocessing modes (`preprocessing_mode`, saved in processor_config.json; method.md §1.3, §8):
+    "grid" (default)      both branches see the same full frame: Qwen gets the view resized by
+                          `smart_resize` (the image processor's min/max pixels) to (h̄, w̄); VGGT gets a
+                          bicubic resize of the same view to 14·h̄/16 × 14·w̄/16.
+    "official_inference"  JPEG q75 re-encode → VGGT crop (ScanNet frames → 392×518) → Qwen gets that
+                          image (odd 16-px patch counts cropped) with min/max pixels 200,704 /
+                          1,605,632 (→ 416×544, 221 tokens); VGGT gets a bilinear resize of the
+                          392×518 tensor to the grid size (→ 364×476).
+    "official_training"   VGGT crop → Qwen gets its top-left crop to multiples of 32 (→ 384×512) with
+                          min/max 12,544 / 451,584 (192 tokens); VGGT gets a bilinear resize of the
+                          UNCROPPED 392×518 tensor to the grid size (→ 336×448).
+
+In the official modes the VGGT size is always derived from the Qwen grid. For ScanNet-shaped frames
+this is exactly the official size; for other aspect ratios the official code's sizes (hard-coded
+364×476, or (H//16)·14 × (W//16)·14) can disagree with the Qwen grid, and we keep the alignment.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+from transformers.utils import logging
+
+from .image_alignment import (
+    VGGT_PATCH_SIZE,
+    crop_to_even_patch_count,
+    crop_top_left_to_multiple,
+    geometry_size_for_qwen_size,
+    jpeg_reencode,
+    load_image,
+    pil_to_tensor,
+    resize_bicubic,
+    resize_bilinear,
+    smart_resize,
+    vggt_crop_preprocess,
+)
+from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
+from .model_inputs import PROCESSOR_GEOMETRY_INPUT_NAMES
+from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, drop_negative_token_ids
+from .tasks_gap_mllm import TaskSpec, resolve_task
+from .visual_prompt import apply_point_prompt
+
+logger = logging.get_logger(__name__)
+
+PREPROCESSING_MODES = ("grid", "official_inference", "official_training")
+# (min_pixels, max_pixels) fixed by the official scripts (method.md §1.3).
+OFFICIAL_PIXEL_LIMITS = {"official_inference": (200_704, 1_605_632), "official_training": (12_544, 451_584)}
+# Default limits of a processor built with `from_tokenizer`: the official training limits.
+DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS = OFFICIAL_PIXEL_LIMITS["official_training"]
+# Image-processor settings copied when a non-Pil image processor has to be rebuilt as the Pil one.
+_PIL_IMAGE_PROCESSOR_KEYS = (
+    "do_resize", "resample", "size", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+    "image_std", "do_convert_rgb", "patch_size", "temporal_patch_size", "merge_size",
+)  # fmt: skip
+
+
+def split_prompt_at_last_view(prompt: str, vision_end_token: str) -> tuple[str, str]:
+    """`(scene prefix, question suffix)` of a chat prompt: cut right after its last `vision_end_token`."""
+    cut = prompt.rfind(vision_end_token)
+    if cut < 0:
+        raise ValueError(f"the prompt has no {vision_end_token!r}: no view, so no scene prefix to share.")
+    cut += len(vision_end_token)
+    if not prompt[cut:]:
+        raise ValueError("the prompt ends with its last view: there is no question after the scene prefix.")
+    return prompt[:cut], prompt[cut:]
+
+
+def _is_point_prompt(value) -> bool:
+    """True for one `(view_idx, x, y)` triple (as opposed to a per-sample list of them)."""
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 3
+        and all(isinstance(v, numbers.Real) for v in value)
+    )
+
+
+def _is_box(value) -> bool:
+    """True for one box: a flat sequence of numbers (as opposed to a per-sample list of boxes); whether it
+    holds the 9 numbers a box needs is the task's check."""
+    return (
+        isinstance(value, (Sequence, np.ndarray, torch.Tensor))
+        and not isinstance(value, str)
+        and all(isinstance(v, numbers.Real) or (hasattr(v, "ndim") and v.ndim == 0) for v in value)
+    )
+
+
+def _is_view_stack(value) -> bool:
+    """A 4-D array / tensor `[N, ...]` is taken as the N views of one sample."""
+    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4
+
+
+class GapMllmProcessor(Qwen3VLProcessor):
+    r"""Qwen3-VL processor (image-only: no video processor, so no torchvision needed) that also builds
+    GAP-MLLM's VGGT geometry input, paints the marker visual prompt and parses task answers.
+
+    Args:
+        image_processor (`Qwen2VLImageProcessorPil`): patch 16, temporal patch 2, merge 2; its
+            `size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}` is used in "grid" mode.
+        tokenizer: a Qwen tokenizer with the vision special tokens and a chat template.
+        chat_template (`str`, *optional*): defaults to the tokenizer's.
+        preprocessing_mode (`str`): "grid" (default), "official_inference" or "official_training".
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, preprocessing_mode="grid", **kwargs):
+        if preprocessing_mode not in PREPROCESSING_MODES:
+            raise ValueError(
+                f"unknown preprocessing_mode {preprocessing_mode!r}; expected one of {', '.join(PREPROCESSING_MODES)}"
+            )
+        if chat_template is None and tokenizer is not None:
+            chat_template = getattr(tokenizer, "chat_template", None)
+        # Qwen3VLProcessor's signature has a video_processor; ours does not (ProcessorMixin reads the
+        # signature to find sub-processors, and Qwen3VLVideoProcessor needs torchvision).
+        super().__init__(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+            **kwargs,
+        )
+        self.preprocessing_mode = preprocessing_mode
+        self.image_placeholder = f"{self.vision_start_token}{self.image_token}{self.vision_end_token}"
+
+    # ------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_tokenizer(
+        cls,
+        tokenizer,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        preprocessing_mode: str = "grid",
+        chat_template: str | None = None,
+        **image_processor_kwargs,
+    ) -> "GapMllmProcessor":
+        """Build the processor around `tokenizer` with a fresh Qwen3-VL Pil image processor
+        (patch 16, temporal patch 2, merge 2, the given pixel limits)."""
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=16,
+            temporal_patch_size=2,
+            merge_size=2,
+            size={"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)},
+            **image_processor_kwargs,
+        )
+        return cls(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            preprocessing_mode=preprocessing_mode,
+        )
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # AutoImageProcessor resolves "Qwen2VLImageProcessor" to the torchvision backend when torchvision
+        # is installed; this package never depends on it, so always come back with the Pil class.
+        args = super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+        index = cls.get_attributes().index("image_processor")
+        args[index] = cls._as_pil_image_processor(args[index])
+        return args
+
+    @staticmethod
+    def _as_pil_image_processor(image_processor) -> Qwen2VLImageProcessorPil:
+        if isinstance(image_processor, Qwen2VLImageProcessorPil):
+            return image_processor
+        config = image_processor.to_dict()
+        logger.info(f"rebuilding {type(image_processor).__name__} as Qwen2VLImageProcessorPil")
+        return Qwen2VLImageProcessorPil(**{k: config[k] for k in _PIL_IMAGE_PROCESSOR_KEYS if k in config})
+
+    @property
+    def model_input_names(self):
+        return super().model_input_names + list(PROCESSOR_GEOMETRY_INPUT_NAMES)
+
+    # ---------------------------------------------------------------------------------- sizing
+
+    @property
+    def pixel_limits(self) -> tuple[int, int]:
+        """`(min_pixels, max_pixels)` the Qwen branch uses in the current mode."""
+        if self.preprocessing_mode in OFFICIAL_PIXEL_LIMITS:
+            return OFFICIAL_PIXEL_LIMITS[self.preprocessing_mode]
+        size = self.image_processor.size
+        return int(size["shortest_edge"]), int(size["longest_edge"])
+
+    def qwen_size(self, height: int, width: int, pixel_limits: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(h̄, w̄) the image processor resizes a `height × width` Qwen input to."""
+        min_pixels, max_pixels = pixel_limits or self.pixel_limits
+        factor = self.image_processor.patch_size * self.image_processor.merge_size
+        return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+
+    def _prepare_view(self, image: PIL.Image.Image, pixel_limits: tuple[int, int]):
+        """One (already marked, sample-sized) view → `(qwen_image, geometry [3, Hg, Wg], (h_p, w_p))`."""
+        patch = self.image_processor.patch_size
+        mode = self.preprocessing_mode
+        if mode == "grid":
+            qwen_image = image
+            geometry_source = None
+        else:
+            if mode == "official_inference":
+                image = jpeg_reencode(image)  # official: base64 JPEG round trip of every frame
+            cropped = vggt_crop_preprocess(image)  # ScanNet frames → 392×518
+            geometry_source = pil_to_tensor(cropped)
+            if mode == "official_inference":
+                qwen_image = crop_to_even_patch_count(cropped, patch, self.image_processor.merge_size)
+            else:
+                qwen_image = crop_top_left_to_multiple(cropped, patch * self.image_processor.merge_size)
+        h_bar, w_bar = self.qwen_size(qwen_image.height, qwen_image.width, pixel_limits)
+        geo_h, geo_w = geometry_size_for_qwen_size(h_bar, w_bar, patch, VGGT_PATCH_SIZE)
+        if geometry_source is None:
+            geometry = pil_to_tensor(resize_bicubic(image, geo_h, geo_w))
+        else:
+            geometry = resize_bilinear(geometry_source, geo_h, geo_w)
+        return qwen_image, geometry, (h_bar // patch, w_bar // patch)
+
+    # -------------------------------------------------------------------------------- batching
+
+    @staticmethod
+    def _split_samples(images) -> list[list]:
+        """images → list (samples) of lists (views)."""
+        if _is_view_stack(images):
+            return [list(images)]
+        if not isinstance(images, (list, tuple)):
+            return [[images]]
+        if len(images) == 0:
+            raise ValueError("`images` is an empty list; pass images=None for text-only input")
+        nested = [isinstance(x, (list, tuple)) or _is_view_stack(x) for x in images]
+        if all(nested):
+            return [list(sample) for sample in images]
+        if any(nested):
+            raise ValueError(
+                "`images` mixes single images and lists of views; pass a list of views for one sample or a "
+                "list of lists (one list of views per sample) for a batch"
+            )
+        return [list(images)]
+
+    @staticmethod
+    def _split_texts(text, num_samples: int | None) -> list[str] | None:
+        if text is None:
+            return None
+        if not isinstance(text, (str, list, tuple)):
+            raise TypeError(f"`text` must be a string or a list of strings (one per sample), got {type(text).__name__} {text!r:.60}")
+        texts = [text] if isinstance(text, str) else list(text)
+        bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"`text` must be a string or a list of strings; entry {bad[0][0]} is a "
+                            f"{type(bad[0][1]).__name__} ({bad[0][1]!r:.60})")
+        if num_samples is not None and len(texts) != num_samples:
+            raise ValueError(
+                f"got {len(texts)} text(s) for {num_samples} image sample(s); images for one sample are a list of "
+                "views and a batch is a list of such lists, with one text per sample"
+            )
+        return texts
+
+    @staticmethod
+    def _split_point_prompts(point_prompts, num_samples: int) -> list:
+        if point_prompts is None:
+            return [None] * num_samples
+        if _is_point_prompt(point_prompts):
+            if num_samples != 1:
+                raise ValueError(
+                    f"a single point prompt {tuple(point_prompts)} was given for a batch of {num_samples} samples; "
+                    "pass one entry (None or (view_idx, x, y)) per sample"
+                )
+            return [point_prompts]
+        if not isinstance(point_prompts, (list, tuple)) or len(point_prompts) != num_samples:
+            raise ValueError(
+                f"`point_prompts` must be None, one (view_idx, x, y) or a list with one entry per sample "
+                f"({num_samples}), got {point_prompts!r}"
+            )
+        return list(point_prompts)
+
+    def _load_sample(self, views: list, point_prompt, sample_idx: int) -> list[PIL.Image.Image]:
+        if len(views) == 0:
+            raise ValueError(f"sample {sample_idx} has no views; pass images=None for text-only input")
+        loaded = [load_image(view, name=f"sample {sample_idx}, view {j}") for j, view in enumerate(views)]
+        # The marker goes into the ORIGINAL pixel grid of its view, before any resizing.
+        loaded = apply_point_prompt(loaded, point_prompt, name=f"point prompt of sample {sample_idx}")
+        height, width = loaded[0].height, loaded[0].width
+        for j, view in enumerate(loaded):
+            if (view.height, view.width) != (height, width):
+                # VGGT attends across the frames of a sample, so they must share one size.
+                logger.warning(
+                    f"sample {sample_idx}, view {j}: size {view.height}x{view.width} differs from view 0 "
+                    f"({height}x{width}); resizing it to {height}x{width}"
+                )
+                loaded[j] = resize_bicubic(view, height, width)
+        return loaded
+
+    def chat_prompt(self, segments, answer: str | None = None) -> str:
+        """The chat text of one sample (the one chat layout of chat_format.py): system prompt, the user turn
+        `segments` (`None` = one view, str = a text item), then `answer` (training) or the generation prompt."""
+        return render_chat_prompt(self.tokenizer, segments, answer, self.chat_template)
+
+    def _text_prompt(self, text: str, num_views: int, sample_idx: int) -> str:
+        """Chat prompt for a free text; user-provided chat markup is checked, not rebuilt."""
+        placeholders = text.count(self.image_placeholder)
+        if CHAT_MARKER in text:
+            pads = text.count(self.image_token)
+            if placeholders != num_views or pads != placeholders:
+                raise ValueError(
+                    f"sample {sample_idx}: the chat-formatted text contains {placeholders} image placeholder(s) "
+                    f"({self.image_placeholder!r}, {pads} {self.image_token!r} token(s) in total) but {num_views} "
+                    "view(s) were given; it needs exactly one placeholder per view"
+                )
+            return text
+        if self.image_token in text or self.vision_start_token in text:
+            raise ValueError(
+                f"sample {sample_idx}: text without chat markup must not contain image placeholders; the processor "
+                f"adds one per view (found {text.count(self.image_token)} {self.image_token!r})"
+            )
+        return self.chat_prompt([None] * num_views + [text])
+
+    @staticmethod
+    def _per_sample(value, num_samples: int, what: str, is_single) -> list:
+        """One `value` per sample: a single value is allowed for one sample only."""
+        if value is None:
+            return [None] * num_samples
+        if is_single(value):
+            if num_samples != 1:
+                raise ValueError(f"one {what} was given for {num_samples} samples; pass a list with one {what} per sample")
+            return [value]
+        if not isinstance(value, (list, tuple)) or len(value) != num_samples:
+            raise ValueError(f"{what} must be one {what} or a list with one per sample ({num_samples}), got {value!r}")
+        return list(value)
+
+    def _task_prompts(self, spec: TaskSpec, views_per_sample: list[int], point_prompts: list, query, box) -> list[str]:
+        """The chat prompt of `spec` for every sample (tasks_gap_mllm.TaskSpec.user_segments)."""
+        queries = self._per_sample(query, len(views_per_sample), "query", lambda v: isinstance(v, str))
+        boxes = self._per_sample(box, len(views_per_sample), "box", _is_box)
+        prompts = []
+        for i, (num_views, point, q, b) in enumerate(zip(views_per_sample, point_prompts, queries, boxes, strict=True)):
+            if spec.needs_marker and point is None:
+                raise ValueError(
+                    f"sample {i}: task {spec.name!r} asks about a marked pixel; pass point_prompts=(view, x, y) "
+                    "(one per sample for a batch)"
+                )
+            try:
+                segments = spec.user_segments(num_views, query=q, box=b)
+            except ValueError as error:
+                raise ValueError(f"sample {i}: {error}") from None
+            prompts.append(self.chat_prompt(segments))
+        return prompts
+
+    def split_scene_prompt(self, text: str | list[str], num_views: int) -> tuple[str, str | list[str]]:
+        """Split chat prompts into the scene prefix they share and their question suffixes, for scene reuse
+        (`model.encode_scene` / `model.generate(scene=...)`).
+
+        Args:
+            text: one question or several about the same views: plain text (the chat prompt `__call__`
+                would build is used) or chat-formatted text with one placeholder per view.
+            num_views: the number of views of the scene.
+
+        Returns:
+            `(prefix, suffix)` (or `(prefix, [suffix, ...])` for a list): the prefix runs up to and including
+            the last view's `<|vision_end|>`; prefix + suffix is exactly the full prompt. Raises if the
+            prompts do not share one prefix (e.g. different text between the views).
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        parts = [split_prompt_at_last_view(self._text_prompt(t, num_views, i), self.vision_end_token)
+                 for i, t in enumerate(texts)]
+        prefixes = sorted({prefix for prefix, _ in parts})
+        if len(prefixes) != 1:
+            raise ValueError(f"the {len(texts)} prompts do not share one scene prefix (found {len(prefixes)} different "
+                             "texts up to the last view); group them by prefix and encode one scene per group.")
+        suffixes = [suffix for _, suffix in parts]
+        return prefixes[0], suffixes[0] if isinstance(text, str) else suffixes
+
+    def _pixel_limits_from_kwargs(self, kwargs: dict) -> tuple[int, int]:
+        """Pops per-call `size` / `min_pixels` / `max_pixels` (grid mode only) so both branches use them."""
+        overrides = {k: kwargs.pop(k) for k in ("size", "min_pixels", "max_pixels") if k in kwargs}
+        if not overrides:
+            return self.pixel_limits
+        if self.preprocessing_mode != "grid":
+            raise ValueError(
+                f"{', '.join(overrides)} cannot be overridden in preprocessing_mode={self.preprocessing_mode!r}; "
+                "the official modes fix the pixel limits"
+            )
+        min_pixels, max_pixels = self.pixel_limits
+        size = overrides.get("size") or {}
+        min_pixels = overrides.get("min_pixels", size.get("shortest_edge", min_pixels))
+        max_pixels = overrides.get("max_pixels", size.get("longest_edge", max_pixels))
+        return int(min_pixels), int(max_pixels)
+
+    # ---------------------------------------------------------------------------------- __call__
+
+    def __call__(self, images=None, text=None, point_prompts=None, return_tensors=None, task=None, query=None,
+                 box=None, **kwargs) -> BatchFeature:
+        """Process a batch of multi-view samples.
+
+        Args:
+            images: one image (one sample, one view); a list of N views (one sample); a list of lists
+                (a batch; view counts may differ); a 4-D array/tensor is the view stack of one sample.
+                Each view: PIL image, file path, numpy HWC (uint8 or float in [0, 1]) or torch CHW.
+            text: a free prompt: `str` or one `str` per sample. Without `<|im_start|>` the chat prompt is
+                built (system "You are a helpful assistant.", every view as an image item, then the text,
+                generation prompt added); with chat markup it must hold one image placeholder per view.
+            point_prompts: None, one `(view_idx, x, y)` (single sample) or one entry per sample (None or
+                `(view_idx, x, y)`); the red "+" is painted at pixel (x, y) of that view's original grid.
+            return_tensors: "pt", "np" or None.
+            task: instead of `text`, a task of `tasks_gap_mllm.TASKS` ("detection", "grounding",
+                "grounding_stage1", "grounding_stage2", "captioning", "reconstruction", "spatial_qa"):
+                the processor writes the task's prompt (the official wording where it is public).
+                "grounding" asks the stage-2 box prompt on the given frames (one call; `gap-mllm
+                evaluate` runs both stages). "reconstruction" needs `point_prompts`.
+            query: the description (grounding tasks) or the question (spatial_qa); one per sample.
+            box: captioning: the object's box, 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the
+                first view's camera; one per sample.
+            **kwargs: forwarded to Qwen3VLProcessor (e.g. `padding`, `padding_side`); in "grid" mode
+                `size` / `min_pixels` / `max_pixels` override the pixel limits of both branches.
+
+        Returns:
+            `BatchFeature` with the keys listed in the module docstring (text keys only when `text` is
+            given, image and geometry keys only when `images` is given).
+        """
+        pixel_limits = self._pixel_limits_from_kwargs(kwargs)
+        spec = None
+        if task is not None:
+            spec = resolve_task(task)
+            if text is not None:
+                raise ValueError(f"pass either text= (a free prompt) or task= ({spec.name!r} writes its own prompt), not both")
+            if images is None:
+                raise ValueError(f"task {spec.name!r} needs images: the views of each sample")
+        elif query is not None or box is not None:
+            raise ValueError("query= and box= are task inputs; pass task= as well (or write the prompt yourself with text=)")
+        if images is None:
+            if point_prompts is not None:
+                raise ValueError("point_prompts were given without images")
+            texts = self._split_texts(text, None)
+            if texts is None:
+                raise ValueError("GapMllmProcessor needs `images`, `text` or both")
+            prompts = [self._text_prompt(t, 0, i) for i, t in enumerate(texts)]
+            if len(prompts) > 1:
+                kwargs.setdefault("padding", True)
+            return super().__call__(text=prompts, return_tensors=return_tensors, **kwargs)
+
+        samples = self._split_samples(images)
+        texts = self._split_texts(text, len(samples))
+        prompts_per_sample = self._split_point_prompts(point_prompts, len(samples))
+        views_per_sample = [len(views) for views in samples]
+        # Prompts first: a wrong task input is reported before any image is decoded.
+        prompts = None
+        if spec is not None:
+            prompts = self._task_prompts(spec, views_per_sample, prompts_per_sample, query, box)
+        elif texts is not None:
+            prompts = [self._text_prompt(t, n, i) for i, (t, n) in enumerate(zip(texts, views_per_sample, strict=True))]
+
+        qwen_images, geometries, grids = [], [], []
+        for i, (views, point_prompt) in enumerate(zip(samples, prompts_per_sample, strict=True)):
+            for j, view in enumerate(self._load_sample(views, point_prompt, i)):
+                try:
+                    qwen_image, geometry, grid = self._prepare_view(view, pixel_limits)
+                except ValueError as error:  # e.g. smart_resize's aspect-ratio limit: say which view
+                    raise ValueError(f"sample {i}, view {j} ({view.width}x{view.height} px): {error}") from error
+                qwen_images.append(qwen_image)
+                geometries.append(geometry)
+                grids.append(grid)
+
+        size = {"shortest_edge": pixel_limits[0], "longest_edge": pixel_limits[1]}
+        if prompts is None:
+            data = dict(self.image_processor(qwen_images, size=size, return_tensors=None))
+        else:
+            if len(prompts) > 1:
+                kwargs.setdefault("padding", True)
+            data = dict(super().__call__(images=qwen_images, text=prompts, size=size, return_tensors=None, **kwargs))
+
+        grid_thw = np.asarray(data["image_grid_thw"]).reshape(-1, 3)
+        expected = np.array([[1, h, w] for h, w in grids], dtype=np.int64)
+        if grid_thw.shape != expected.shape or not np.array_equal(grid_thw, expected):
+            raise RuntimeError(
+                "the image processor produced patch grids that differ from the geometry grids "
+                f"({grid_thw.tolist()} vs {expected.tolist()}); do not override do_resize/patch_size per call"
+            )
+        data["geometry_pixel_values"] = self._pad_geometry(geometries)
+        data["geometry_views_per_sample"] = np.asarray(views_per_sample, dtype=np.int64)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _pad_geometry(geometries: list[torch.Tensor]) -> np.ndarray:
+        """Stack `[3, Hg_i, Wg_i]` views top-left aligned into zeros `[V, 3, H_max, W_max]` float32."""
+        height = max(g.shape[1] for g in geometries)
+        width = max(g.shape[2] for g in geometries)
+        out = np.zeros((len(geometries), 3, height, width), dtype=np.float32)
+        for i, g in enumerate(geometries):
+            out[i, :, : g.shape[1], : g.shape[2]] = g.numpy()
+        return out
+
+    # ---------------------------------------------------------------------------- post-processing
+
+    def decode_generated(self, generated, input_ids=None) -> list[str]:
+        """Texts of generated answers.
+
+        Args:
+            generated: a `str`, a list of `str`, token ids (`[B, L]` / `[L]` tensor or array, list of ints,
+                list of lists) or a generate output with `.sequences`. Negative ids (-100 padding) are
+                dropped; an id beyond the tokenizer's vocabulary is a ValueError.
+            input_ids: the prompt ids given to `generate` (`[B, L_prompt]` or list of rows); that many tokens
+                are stripped from the front of each row, since `generate` returns prompt + new tokens.
+        Returns:
+            one decoded string per row (`skip_special_tokens=True`).
+        """
+        if hasattr(generated, "sequences"):
+            generated = generated.sequences
+        if isinstance(generated, str):
+            return [generated]
+        if isinstance(generated, (list, tuple)) and all(isinstance(g, str) for g in generated):
+            return list(generated)
+        rows = self._rows(generated)
+        if input_ids is not None:
+            lengths = [len(r) for r in self._rows(input_ids)]
+            if len(lengths) == 1 and len(rows) > 1:
+                lengths = lengths * len(rows)
+            if len(lengths) != len(rows):
+                raise ValueError(f"input_ids has {len(lengths)} rows but the generated ids have {len(rows)}")
+            rows = [row[n:] for row, n in zip(rows, lengths, strict=True)]
+        rows = drop_negative_token_ids(rows)  # -100 / padding conventions: not tokens
+        vocabulary = len(self.tokenizer)
+        for r, row in enumerate(rows):
+            beyond = [i for i in row if i >= vocabulary]
+            if beyond:
+                raise ValueError(f"row {r} holds token id {beyond[0]}, outside the tokenizer's {vocabulary} ids; "
+                                 "were these ids produced with another tokenizer?")
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    @staticmethod
+    def _rows(ids) -> list[list[int]]:
+        if isinstance(ids, (torch.Tensor, np.ndarray)):
+            ids = ids.tolist()
+        if isinstance(ids, (list, tuple)) and (len(ids) == 0 or isinstance(ids[0], numbers.Integral)):
+            return [list(ids)]
+        if isinstance(ids, (list, tuple)):
+            return [r.tolist() if isinstance(r, (torch.Tensor, np.ndarray)) else list(r) for r in ids]
+        raise TypeError(f"expected text or token ids, got {type(ids).__name__}")
+
+    def post_process(self, generated, task, input_ids=None, **options) -> list:
+        """Typed results of generated answers, one per row (the task's parser in tasks_gap_mllm.py).
+
+        Args:
+            generated: what `decode_generated` accepts (generate output, token ids, or texts).
+            task: the task name (or `TaskSpec`) the prompt asked.
+            input_ids: the prompt ids given to `generate` (stripped from the front of each row).
+            **options: the task's `parse_options`, one value or one per row (grounding_stage1:
+                `num_frames` clamps the frame index to `[0, num_frames − 1]`).
+
+        Returns:
+            `list[spec.result_type]`: DetectionResult, GroundingResult, FrameSelectionResult,
+            CaptionResult, PointmapResult or SpatialAnswerResult.
+        """
+        spec = resolve_task(task)
+        unknown = sorted(set(options) - set(spec.parse_options))
+        if unknown:
+            raise TypeError(f"post_process(task={spec.name!r}) takes no {', '.join(unknown)} "
+                            f"(its options: {list(spec.parse_options) or 'none'})")
+        texts = self.decode_generated(generated, input_ids)
+        per_row = {}
+        for name, value in options.items():
+            per_row[name] = list(value) if isinstance(value, (list, tuple)) else [value] * len(texts)
+            if len(per_row[name]) != len(texts):
+                raise ValueError(f"{name} has {len(per_row[name])} entries for {len(texts)} answers")
+        return [spec.parse(text, **{name: values[i] for name, values in per_row.items()}) for i, text in enumerate(texts)]
+
+    def generation_kwargs(self, task, inputs, max_new_tokens: int | None = None) -> dict:
+        """`generate` arguments for `task`: greedy decoding, the task's token budget (or `max_new_tokens`)
+        and its stop rule, so generation ends with the answer instead of running to the budget.
+
+        Args:
+            task: the task name (or `TaskSpec`).
+            inputs: this processor's output (or the prompt `input_ids` `[B, L]`); left padding keeps the
+                answers of a batch aligned.
+        """
+        input_ids = inputs if isinstance(inputs, (torch.Tensor, np.ndarray)) else inputs["input_ids"]
+        prompt_length = input_ids.shape[-1] if hasattr(input_ids, "shape") else len(self._rows(input_ids)[0])
+        return resolve_task(task).generation_kwargs(self.tokenizer, prompt_length, max_new_tokens)
+
+    def post_process_detection(self, generated, input_ids=None) -> list[DetectionResult]:
+        """Parse detection answers (see `output_parsing.parse_detection`), one result per row."""
+        return self.post_process(generated, "detection", input_ids)
+
+    def post_process_grounding(self, generated, input_ids=None) -> list[GroundingResult]:
+        """Parse grounding answers `{"bbox_3d": [...]}`, one result per row."""
+        return self.post_process(generated, "grounding_stage2", input_ids)
+
+    def post_process_frame_selection(self, generated, input_ids=None, num_frames=None) -> list[FrameSelectionResult]:
+        """Parse `{"frame": k}` answers; `num_frames` (an int or one per row) clamps k to `[0, num_frames − 1]`."""
+        return self.post_process(generated, "grounding_stage1", input_ids, num_frames=num_frames)
+
+    def post_process_pointmap(self, generated, input_ids=None) -> list[PointmapResult]:
+        """Parse pre-training answers `{"pointmap": [x, y, z], "label": ...}`, one result per row."""
+        return self.post_process(generated, "reconstruction", input_ids)
+
+
+__all__ = ["GapMllmProcessor", "PREPROCESSING_MODES", "OFFICIAL_PIXEL_LIMITS"]

@@ -1,0 +1,272 @@
+"""Scene reuse: encode a multi-view scene once, answer many questions from its cached prefix.
+
+A GAP-MLLM prompt is `system turn, user turn start, view_0 … view_{V-1}, question, <|im_end|>, assistant
+header`. Everything up to and including the last view's `<|vision_end|>` (the *scene prefix*) is the same
+for every question about one scene, and it is where nearly all the work is: the geometry encoder, the
+vision tower, the fusion and the prefill of thousands of visual tokens. `encode_scene` runs that once
+and keeps the prefix's KV cache; `generate_from_scene` answers questions from a fresh copy of it:
+
+    prefix, questions = processor.split_scene_prompt(["Where is the chair?", "How many lamps?"], num_views=4)
+    scene = model.encode_scene(**processor(images=frames, text=prefix, return_tensors="pt"))
+    question_inputs = processor(text=questions, return_tensors="pt")
+    out = model.generate(scene=scene, **question_inputs, max_new_tokens=64, do_sample=False)
+    answers = processor.decode_generated(out, input_ids=question_inputs["input_ids"])
+
+Exactness: the question tokens see the same keys/values, positions and masks as in one full `generate`
+call, so greedy answers are the same token for token (logits agree to float rounding: the prefix is
+prefilled in one matmul instead of as part of a longer one). Several questions are batched against one
+scene by putting each row's padding *between* the prefix and its question (masked, and skipped by the
+position ids), so every row sees exactly the unpadded layout of its own full call.
+
+Copy-on-use: a `GapMllmScene` holds plain tensors and is never written to; each `generate` builds its own
+`DynamicCache` from them (expanded to the question batch), so one scene serves any number of calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, GenerationMixin
+
+# Inputs a scene already holds: giving them again to generate(scene=...) would be ambiguous.
+SCENE_OWNED_INPUTS = (
+    "pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "geometry_pixel_values",
+    "geometry_views_per_sample", "geometry_features", "past_key_values", "inputs_embeds", "position_ids",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GapMllmScene:
+    """The encoded scene prefix of one multi-view sample (see the module docstring).
+
+    Attributes:
+        prefix_ids: `[1, P]` token ids of the prefix (system turn … last `<|vision_end|>`).
+        key_values: per decoder layer, `(key, value)` each `[1, H_kv, P, head_dim]`.
+        rope_deltas: `[1, 1]` M-RoPE offset of the text after the views (Qwen3-VL `get_rope_index`).
+        image_grid_thw: `[V, 3]` patch grid of every view.
+        fusion_gates: per fusion level, the `[N_visual]` gate shares (when encoded with `output_gates=True`
+            and the gated method), else None.
+    """
+
+    prefix_ids: torch.LongTensor
+    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    rope_deltas: torch.LongTensor
+    image_grid_thw: torch.LongTensor
+    fusion_gates: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.prefix_ids.shape[1])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.image_grid_thw.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.prefix_ids.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached keys and values (what a store of scenes has to budget for)."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.key_values)
+
+    def cache_for(self, batch_size: int, text_config) -> DynamicCache:
+        """A new `DynamicCache` holding the prefix for `batch_size` rows; the scene's tensors are only read."""
+        return DynamicCache(
+            [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.key_values],
+            config=text_config,
+        )
+
+
+def scene_prefix_length(input_ids: torch.LongTensor, vision_end_token_id: int) -> int:
+    """Tokens up to and including the last `<|vision_end|>` of a `[1, L]` prompt (0 when it has no view)."""
+    positions = (input_ids[0] == vision_end_token_id).nonzero()
+    return 0 if positions.numel() == 0 else int(positions[-1]) + 1
+
+
+def prefix_position_ids(vlm_model, prefix_ids, mm_token_type_ids, image_grid_thw):
+    """`([4, 1, P] position ids, [1, 1] rope deltas)` of a prefix, in the layout `generate` builds for a full
+    prompt (Qwen3-VL: row 0 the text positions, rows 1-3 the M-RoPE (t, h, w) positions)."""
+    vision, deltas = vlm_model.get_rope_index(prefix_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw)
+    text = torch.arange(prefix_ids.shape[1], device=prefix_ids.device).view(1, 1, -1)
+    return torch.cat([text, vision]), deltas
+
+
+@torch.no_grad()
+def encode_scene(
+    model,
+    input_ids: torch.LongTensor,
+    pixel_values: torch.Tensor,
+    image_grid_thw: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    mm_token_type_ids: torch.IntTensor | None = None,
+    output_gates: bool = False,
+    **image_inputs,
+) -> GapMllmScene:
+    """Run the geometry encoder, the vision tower, the fusion and the prefill of the scene prefix once.
+
+    Args:
+        model: a `GapMllmForConditionalGeneration`.
+        input_ids: `[1, L]` a prompt holding every view of ONE sample (processor output); tokens after
+            the last `<|vision_end|>` (a question) are ignored, so the full prompt of any question works.
+        pixel_values, image_grid_thw, mm_token_type_ids: as from `GapMllmProcessor`.
+        attention_mask: `[1, L]`, all ones (one sample has no padding).
+        output_gates: keep the fusion gates in the scene (`fusion_gates`).
+        **image_inputs: `geometry_pixel_values`, `geometry_views_per_sample` or precomputed `geometry_features`.
+
+    Returns:
+        a `GapMllmScene`.
+    """
+    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] != 1:
+        shape = None if input_ids is None else tuple(input_ids.shape)
+        raise ValueError(
+            f"encode_scene takes the prompt of ONE scene (input_ids [1, L]), got input_ids of shape {shape}; "
+            "encode each scene separately and batch the questions against it."
+        )
+    if pixel_values is None or image_grid_thw is None:
+        raise ValueError("encode_scene needs the views: pass pixel_values and image_grid_thw (GapMllmProcessor).")
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError("encode_scene got a padded prompt (attention_mask has zeros); pass one unpadded sample.")
+    vlm_config = model.config.vlm_config
+    length = scene_prefix_length(input_ids, vlm_config.vision_end_token_id)
+    if length == 0:
+        raise ValueError("encode_scene: the prompt has no <|vision_end|> token, so no view to encode.")
+    prefix_ids = input_ids[:, :length]
+    if mm_token_type_ids is None:
+        mm_token_type_ids = (prefix_ids == vlm_config.image_token_id).int()
+    mm_token_type_ids = mm_token_type_ids[:, :length]
+    position_ids, rope_deltas = prefix_position_ids(model.vlm.model, prefix_ids, mm_token_type_ids, image_grid_thw)
+    text_config = model.config.get_text_config()
+    outputs = model(
+        input_ids=prefix_ids,
+        position_ids=position_ids,
+        pixel_values=pixel_values,
+        image_grid_thw=image_grid_thw,
+        mm_token_type_ids=mm_token_type_ids,
+        past_key_values=DynamicCache(config=text_config),
+        use_cache=True,
+        logits_to_keep=1,  # the prefix's logits are never used: skip the vocabulary projection
+        output_gates=output_gates,
+        **image_inputs,
+    )
+    key_values = tuple((layer.keys, layer.values) for layer in outputs.past_key_values.layers)
+    return GapMllmScene(
+        prefix_ids=prefix_ids,
+        key_values=key_values,
+        rope_deltas=rope_deltas,
+        image_grid_thw=image_grid_thw,
+        fusion_gates=outputs.fusion_gates,
+    )
+
+
+def _check_generation_options(model, kwargs: dict) -> None:
+    given = [name for name in SCENE_OWNED_INPUTS if kwargs.get(name) is not None]
+    if given:
+        raise ValueError(
+            f"generate(scene=...) got {', '.join(given)}: the scene already holds the views and their cache; pass "
+            "only the question tokens (input_ids, attention_mask), e.g. processor(text=questions)."
+        )
+    config = kwargs.get("generation_config") or model.generation_config
+    for name, allowed in (("num_beams", 1), ("num_return_sequences", 1)):
+        value = kwargs.get(name, getattr(config, name, allowed))
+        if value not in (None, allowed):
+            raise ValueError(
+                f"generate(scene=...) supports {name}={allowed} only (got {value}): batch the questions instead, "
+                "or run a full generate call without a scene."
+            )
+    if kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
+        raise ValueError("generate(scene=...) needs use_cache=True: the scene IS a cache.")
+
+
+def _right_align(input_ids, attention_mask, pad_token_id: int):
+    """Move each row's padding to its left end (next to the prefix): `[B, Lq]` ids and mask."""
+    aligned_ids = torch.full_like(input_ids, pad_token_id)
+    aligned_mask = torch.zeros_like(attention_mask)
+    width = input_ids.shape[1]
+    for row in range(input_ids.shape[0]):
+        tokens = input_ids[row][attention_mask[row].bool()]
+        if tokens.numel() == 0:
+            raise ValueError(f"question {row} is empty (its attention_mask is all zeros).")
+        aligned_ids[row, width - tokens.numel() :] = tokens
+        aligned_mask[row, width - tokens.numel() :] = 1
+    return aligned_ids, aligned_mask
+
+
+def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=None, mm_token_type_ids=None, **kwargs):
+    """`generate` for question tokens continuing a scene prefix (see the module docstring).
+
+    Args:
+        model: the `GapMllmForConditionalGeneration` that encoded `scene`.
+        scene: from `encode_scene`.
+        input_ids: `[B, Lq]` question tokens (e.g. `processor(text=questions)["input_ids"]`, the suffixes
+            of `processor.split_scene_prompt`), padded on either side; `B` questions about this one scene.
+        attention_mask: `[B, Lq]` (1 = token, 0 = padding); default all ones.
+        mm_token_type_ids: accepted (processor output) and checked to be text-only.
+        **kwargs: generation options as for `generate` (greedy or sampling; one beam, one sequence per row).
+
+    Returns:
+        as `generate`, but continuing the ids given: `[B, Lq + new]` = `input_ids` followed by the new
+        tokens (with `return_dict_in_generate=True`, `.sequences` is that tensor), so
+        `processor.decode_generated(out, input_ids=input_ids)` gives the answers.
+    """
+    _check_generation_options(model, kwargs)
+    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError("generate(scene=...) needs the question tokens as input_ids [B, Lq] with Lq >= 1.")
+    vlm_config = model.config.vlm_config
+    vision_ids = (vlm_config.image_token_id, vlm_config.vision_start_token_id, vlm_config.vision_end_token_id)
+    if any(bool((input_ids == token).any()) for token in vision_ids) or (
+        mm_token_type_ids is not None and bool(mm_token_type_ids.any())
+    ):
+        raise ValueError(
+            "generate(scene=...) got image tokens in input_ids: pass only the question suffix "
+            "(processor.split_scene_prompt), not the full prompt; the scene holds the views."
+        )
+    expected = (len(model.vlm.model.language_model.layers), scene.device, model.dtype)
+    found = (len(scene.key_values), scene.key_values[0][0].device, scene.key_values[0][0].dtype)
+    if (expected[0], expected[2]) != (found[0], found[2]) or expected[1].type != found[1].type:
+        raise ValueError(
+            f"this scene was encoded by a different model or placement ({found[0]} layers, {found[1]}, {found[2]}); "
+            f"this model has {expected[0]} layers on {model.device} in {model.dtype}: encode the scene with it."
+        )
+
+    device = scene.device
+    input_ids = input_ids.to(device)
+    batch_size = input_ids.shape[0]
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+    pad_token_id = model.generation_config.pad_token_id
+    if pad_token_id is None:
+        pad_token_id = model.generation_config.eos_token_id
+    if isinstance(pad_token_id, (list, tuple)):
+        pad_token_id = pad_token_id[0]
+    aligned_ids, aligned_mask = _right_align(input_ids, attention_mask, 0 if pad_token_id is None else int(pad_token_id))
+
+    prefix = scene.prefix_ids.expand(batch_size, -1)
+    full_ids = torch.cat([prefix, aligned_ids], dim=1)
+    full_mask = torch.cat([torch.ones_like(prefix), aligned_mask], dim=1)
+    # The layout generate builds for a full prompt: text positions count real tokens only (so the middle
+    # padding is skipped), M-RoPE positions of text after the views are text positions + the scene's delta.
+    text_positions = (full_mask.long().cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
+    deltas = scene.rope_deltas.to(device).expand(batch_size, 1)
+    position_ids = torch.cat([text_positions[None], (text_positions + deltas)[None].expand(3, -1, -1)])
+    # what a full prefill leaves behind, for a caller that continues from the returned cache
+    model.vlm.model.rope_deltas = deltas
+
+    outputs = GenerationMixin.generate(
+        model,
+        input_ids=full_ids,
+        attention_mask=full_mask,
+        position_ids=position_ids,
+        past_key_values=scene.cache_for(batch_size, model.config.get_text_config()),
+        **kwargs,
+    )
+    sequences = outputs if isinstance(outputs, torch.Tensor) else outputs.sequences
+    continued = torch.cat([input_ids, sequences[:, full_ids.shape[1] :]], dim=1)
+    if isinstance(outputs, torch.Tensor):
+        return continued
+    outputs.sequences = continued
+    return outputs
+
+
+__all__ = ["GapMllmScene", "encode_scene", "generate_from_scene", "scene_prefix_length"]
