@@ -103,8 +103,10 @@ def test_demo_prints_answers_in_one_block_after_the_progress_bars(demo_run):
     # result, the exact answer and a saved picture
     for task in DEMO_TASKS:
         assert f"--- {task}: {TASKS[task].title}" in printed
-    for field in ("answer : ", "parsed : ", "truth  : ", "saved  : "):
+    for field in ("answer : ", "parsed : ", "truth  : "):
         assert printed.count(field) == len(DEMO_TASKS), field
+    for task in DEMO_TASKS:  # the frames with boxes of every task (and the fusion gates, a model with geometry)
+        assert re.search(rf"saved  : \S+{task}[/\\]frames_with_boxes\.png", printed), task
     assert "\n\n\n" not in printed and "\\n\\n" not in printed  # no runs of blank lines, no escaped newlines
 
 
