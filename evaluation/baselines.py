@@ -142,7 +142,8 @@ def marker_baseline(data_root, split: str = "test") -> dict:
     label = Counter(p.label for p in train).most_common(1)[0][0]
     guess = json.dumps({"pointmap": [round(float(v), 2) for v in point], "label": label})
     records = _records(data_root, "reconstruction", split)
-    return {"constant_point": {**marker_scores([guess] * len(records), [_answer(r) for r in records]), "label": label}}
+    scores = marker_scores([guess] * len(records), [_answer(r) for r in records], [r["pixel_coords"][0] for r in records])
+    return {"constant_point": {**scores, "label": label}}
 
 
 def all_baselines(data_root, split: str = "test") -> dict:

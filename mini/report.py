@@ -79,12 +79,18 @@ def arm_results(run, arm) -> dict:
     if recon.is_file():
         rows = _rows(recon)
         marker_records = load_annotation_file(find_annotation_file(run.data, "reconstruction", "test"))
-        scores = marker_scores([row["raw"][0] for row in rows], [marker_records[row["index"]]["conversations"][1]["value"] for row in rows])
+        records = [marker_records[row["index"]] for row in rows]
+        scores = marker_scores([row["raw"][0] for row in rows], [record["conversations"][1]["value"] for record in records],
+                               [record["pixel_coords"][0] for record in records])
         out["stage1_point_error_m_median"] = scores.get("point_error_m_median")
         out["stage1_point_error_m_median_ci95"] = scores.get("point_error_m_median_ci95")
         out["stage1_label_accuracy"] = scores["label_accuracy"]
         out["stage1_label_accuracy_ci95"] = scores["label_accuracy_ci95"]
         out["stage1_num_samples"] = scores["num_samples"]
+        for name, part in scores["by_marked_frame"].items():  # marker in the first frame / in another one
+            out[f"stage1_point_error_m_median_{name}_frame"] = part.get("point_error_m_median")
+            out[f"stage1_point_error_m_median_{name}_frame_ci95"] = part.get("point_error_m_median_ci95")
+            out[f"stage1_num_samples_{name}_frame"] = part["num_samples"]
     return out
 
 
@@ -171,6 +177,7 @@ def results_markdown(results: dict) -> str:
     lines.append(f"| baseline: constant_point + most frequent label | — | — | — | — "
                  f"| {_cell(marker.get('point_error_m_median'), marker.get('point_error_m_median_ci95'))} "
                  f"| {_cell(marker['label_accuracy'], marker['label_accuracy_ci95'], True)} |")
+    lines += marked_frame_lines(results)
     sizes = next(iter(results["arms"].values()))
     lines.append("")
     lines.append(f"Test split: {sizes.get('grounding_num_samples', '—')} grounding, {sizes.get('detection_num_samples', '—')} detection, "
@@ -184,6 +191,24 @@ def results_markdown(results: dict) -> str:
                   for name, info in stages.items()]
     lines += ["", "Stage 0 (geometry encoder, test clips, scale-aligned per clip):", "", format_geometry_report(results["stage0_geometry"])]
     return "\n".join(lines) + "\n"
+
+
+def marked_frame_lines(results: dict) -> list[str]:
+    """Stage-1 point error split by the marked frame: the first (depth + image position suffice) or another
+    (the relative camera pose is needed too); empty when no arm has the split."""
+    rows = [(name, row) for name, row in results["arms"].items() if "stage1_point_error_m_median_first_frame" in row]
+    if not rows:
+        return []
+    lines = ["", "Stage-1 point error (median, m) by the frame the marker is in:", "",
+             "| model | marker in the first frame | marker in another frame |", "|---|---|---|"]
+    for name, row in rows:
+        lines.append(f"| {name} | {_cell(row['stage1_point_error_m_median_first_frame'], row.get('stage1_point_error_m_median_first_frame_ci95'))} "
+                     f"| {_cell(row.get('stage1_point_error_m_median_other_frame'), row.get('stage1_point_error_m_median_other_frame_ci95'))} |")
+    split = results["baselines"]["marker"]["constant_point"].get("by_marked_frame")
+    if split:
+        lines.append(f"| baseline: constant_point | {_cell(split['first'].get('point_error_m_median'), split['first'].get('point_error_m_median_ci95'))} "
+                     f"| {_cell(split['other'].get('point_error_m_median'), split['other'].get('point_error_m_median_ci95'))} |")
+    return lines
 
 
 def write_report(run, results: dict) -> Path:

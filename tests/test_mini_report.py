@@ -38,3 +38,36 @@ def test_a_stage1_only_arm_has_empty_stage2_cells_and_the_table_names_the_device
     line = next(text for text in table.splitlines() if text.startswith("| no_geometry_s0"))
     assert line == "| no_geometry_s0 (stage 1 only) | — | — | — | — | 0.90 [0.80, 1.00] | 85.0 [80.0, 90.0] |"
     assert "| no_geometry_s0/stage1 | mini_stage1.yaml | 1000 | cuda |  |" in table
+
+
+def test_marker_scores_split_by_the_marked_frame():
+    """`marked_frames` adds the same scores for markers in the first frame and in the others; the overall
+    figures are unchanged by it."""
+    from gap_mllm.evaluation.marker_metrics import marker_scores
+
+    answers = ['{"pointmap": [0, 0, 1], "label": "wall"}'] * 4
+    predictions = ['{"pointmap": [0, 0, 2], "label": "wall"}',   # first frame: 1 m off, right label
+                   '{"pointmap": [0, 3, 1], "label": "floor"}',  # other frames: 3 m and 5 m off, unparsed
+                   '{"pointmap": [5, 0, 1], "label": "wall"}',
+                   "no answer"]
+    plain = marker_scores(predictions, answers)
+    split = marker_scores(predictions, answers, marked_frames=[0, 2, 1, 3])
+    assert {key: split[key] for key in plain} == plain
+    first, other = split["by_marked_frame"]["first"], split["by_marked_frame"]["other"]
+    assert (first["num_samples"], first["point_error_m_median"], first["label_accuracy"]) == (1, 1.0, 1.0)
+    assert (other["num_samples"], other["unparsed"], other["point_error_m_median"]) == (3, 1, 4.0)
+    assert other["label_accuracy"] == 1 / 3
+
+
+def test_the_table_shows_the_point_error_by_marked_frame(tmp_path):
+    geometry = {"model": {**{key: 0.1 for key in GEOMETRY_KEYS}, "num_clips": 8}, "baseline": {key: 0.5 for key in GEOMETRY_KEYS}}
+    baselines = _baselines()
+    baselines["marker"]["constant_point"]["by_marked_frame"] = {
+        "first": {"point_error_m_median": 1.2, "point_error_m_median_ci95": [1.1, 1.3]},
+        "other": {"point_error_m_median": 2.4, "point_error_m_median_ci95": [2.3, 2.5]}}
+    row = {"stage2_evaluated": False, "stage1_point_error_m_median": 0.9, "stage1_label_accuracy": 0.8,
+           "stage1_point_error_m_median_first_frame": 0.4, "stage1_point_error_m_median_first_frame_ci95": [0.35, 0.45],
+           "stage1_point_error_m_median_other_frame": 1.7, "stage1_point_error_m_median_other_frame_ci95": [1.6, 1.8]}
+    table = results_markdown({"arms": {"gap_gated_s0": row}, "stage0_geometry": geometry, "baselines": baselines})
+    assert "| gap_gated_s0 | 0.40 [0.35, 0.45] | 1.70 [1.60, 1.80] |" in table.splitlines()
+    assert "| baseline: constant_point | 1.20 [1.10, 1.30] | 2.40 [2.30, 2.50] |" in table.splitlines()

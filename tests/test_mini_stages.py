@@ -86,6 +86,25 @@ def test_vision_stage_trains_the_vit_on_token_semantics(train_data_root, tmp_pat
     assert changed and all(n.startswith("vlm.model.visual.") for n in changed)
     history = [h["category_loss"] for h in setup.trainer.state.log_history if "category_loss" in h]
     assert np.mean(history[-5:]) < 0.6 * np.mean(history[:5]), history
+    # the position term is part of the objective and learned too (its constant-guess level is ~0.49)
+    position = [h["position_loss"] for h in setup.trainer.state.log_history if "position_loss" in h]
+    assert len(position) == len(history) and np.mean(position[-5:]) < np.mean(position[:5]), position
+
+
+def test_vision_targets_give_each_token_its_cell_centre(train_data_root):
+    """`position` is the (column, row) of each merged token's cell centre in [-1, 1], row-major, per frame."""
+    from gap_mllm.training.vision_data import SemanticCollator, SemanticFrames, cell_centres
+
+    np.testing.assert_allclose(cell_centres((2, 3)), [[-2 / 3, -0.5], [0, -0.5], [2 / 3, -0.5],
+                                                      [-2 / 3, 0.5], [0, 0.5], [2 / 3, 0.5]], atol=1e-12)
+    _, processor = tiny_with_heads()
+    frames = SemanticFrames(train_data_root, "train", seed=0)
+    batch = SemanticCollator(processor)([frames[0], frames[1]])
+    merge = processor.image_processor.merge_size
+    grids = [(h // merge, w // merge) for _, h, w in batch["image_grid_thw"].tolist()]
+    expected = np.concatenate([cell_centres(grid) for grid in grids])
+    assert batch["position"].shape == (sum(h * w for h, w in grids), 2) == tuple(batch["category"].shape[:1]) + (2,)
+    np.testing.assert_allclose(batch["position"].numpy(), expected, atol=1e-6)
 
 
 def test_stage1_on_a_trained_encoder_learns_the_marker_task(trained_geometry, train_data_root, tmp_path):

@@ -191,6 +191,7 @@ class VisionStageConfig:
 
     marker_probability: float = 0.5
     marker_weight: float = 1.0
+    position_weight: float = 1.0  # the token-position term (training/vision_stage.py says why); 0 turns it off
 
 
 @dataclass

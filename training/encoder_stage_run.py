@@ -83,7 +83,7 @@ def build_encoder_stage_trainer(recipe: TrainRecipe, model=None, processor=None,
         from .vision_stage import VisionStageModel, freeze_all_but_vision
 
         freeze_all_but_vision(model)
-        wrapper = VisionStageModel(model, recipe.vision.marker_weight)
+        wrapper = VisionStageModel(model, recipe.vision.marker_weight, recipe.vision.position_weight)
         train_dataset = SemanticFrames(recipe.data.data_root, recipe.data.train_split, recipe.vision.marker_probability, seed=args.seed)
         if recipe.data.eval_split:
             eval_dataset = SemanticFrames(recipe.data.data_root, recipe.data.eval_split, recipe.vision.marker_probability, seed=args.seed + 1)

@@ -10,6 +10,8 @@ of SynthRooms frames, read from the exact instance masks and the scene ground tr
     marker      whether the token holds the centre of the red "+" visual prompt (method.md §2.1), painted on
                 `marker_probability` of the frames exactly as the processor paints it, so the frozen ViT can
                 later show the LLM where the marker is
+    position    the token's cell centre (column, row) in [-1, 1] of the image (left/top = -1): where the
+                token lies, which the real Qwen ViT knows and every 3D answer needs (training/vision_stage.py)
 
 `SemanticFrames(data_root, split, processor)[i]` is one frame (frame `i` of the split's frames in a fixed
 order); `SemanticCollator(processor)` turns frames into the ViT input (`pixel_values`, `image_grid_thw`)
@@ -111,13 +113,20 @@ def cell_distributions(classes: np.ndarray, num_classes: int, grid: tuple[int, i
     return counts / pixels
 
 
+def cell_centres(grid: tuple[int, int]) -> np.ndarray:
+    """`[h·w, 2]`: per grid cell (row-major) its centre's (column, row) in [-1, 1] (image left/top = -1)."""
+    h, w = grid
+    rows, cols = np.meshgrid((np.arange(h) + 0.5) / h * 2 - 1, (np.arange(w) + 0.5) / w * 2 - 1, indexing="ij")
+    return np.stack([cols.ravel(), rows.ravel()], axis=-1)
+
+
 class SemanticCollator:
     """Frames → ViT inputs + per-token targets.
 
     Returns `pixel_values`, `image_grid_thw` (the image processor of `processor`, as GAP-MLLM sees them)
     and, per merged token: `category [N, C]`, `colour [N, K]`, `texture [N, T]` (pixel shares),
     `object_share [N]` (share of object pixels: the weight of the colour and texture terms) and
-    `marker [N]` (1 where the marker's centre lies).
+    `marker [N]` (1 where the marker's centre lies), `position [N, 2]` (cell centre column, row in [-1, 1]).
     """
 
     def __init__(self, processor):
@@ -126,7 +135,7 @@ class SemanticCollator:
 
     def __call__(self, examples: list[dict]) -> dict:
         inputs = self.image_processor(images=[e["image"] for e in examples], return_tensors="pt")
-        targets = {"category": [], "colour": [], "texture": [], "object_share": [], "marker": []}
+        targets = {"category": [], "colour": [], "texture": [], "object_share": [], "marker": [], "position": []}
         for example, (_, h, w) in zip(examples, inputs["image_grid_thw"].tolist()):
             grid = (h // self.merge, w // self.merge)
             category, colour, texture = pixel_classes(example["instance"], example["objects"])
@@ -143,6 +152,7 @@ class SemanticCollator:
                 height, width = example["instance"].shape
                 marker[(y * grid[0] // height) * grid[1] + x * grid[1] // width] = 1.0
             targets["marker"].append(marker)
+            targets["position"].append(cell_centres(grid))
         batch = {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
         batch.update({key: torch.from_numpy(np.concatenate(values)).float() for key, values in targets.items()})
         return batch

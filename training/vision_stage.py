@@ -9,8 +9,16 @@ per merged token,
     colour      soft cross-entropy against the object pixels' colour shares, weighted by the object share
     texture     the same for the four textures
     marker      binary cross-entropy: does the token hold the red "+" marker's centre
+    position    L1 on the token's cell centre (column, row) in [-1, 1] of the image
 
-and the loss is their sum averaged over levels. The probes are dropped afterwards; the ViT is then frozen.
+and the loss is their weighted sum averaged over levels. The probes are dropped afterwards; the ViT is
+then frozen.
+
+Why the position term: the real Qwen3-VL ViT knows where each token lies (an absolute position embedding,
+pretraining that answers in absolute image coordinates), and every 3D answer of GAP-MLLM needs it (a
+point or box centre x = (u − c_x)·z / f needs the column u). The semantic terms alone do not need it, and
+a linear probe of the ViT trained without it recovers a token's row (R² 0.82, from what the row shows:
+floor, wall) but not its column (R² 0.05) — mini/README.md, "Position in the encoders".
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from gap_mllm.processing.synth.palette import COLOUR_NAMES, TEXTURES
 from .encoder_stage import EncoderStageModel, EncoderStageOutput
 from .vision_data import CATEGORY_CLASSES
 
-OUTPUTS = {"category": len(CATEGORY_CLASSES), "colour": len(COLOUR_NAMES), "texture": len(TEXTURES), "marker": 1}
+OUTPUTS = {"category": len(CATEGORY_CLASSES), "colour": len(COLOUR_NAMES), "texture": len(TEXTURES), "marker": 1, "position": 2}
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,15 +49,17 @@ class VisionStageModel(EncoderStageModel):
     Args:
         model: a GapMllmForConditionalGeneration.
         marker_weight: weight of the marker term (the marker covers one token of ~20, so it is up-weighted).
+        position_weight: weight of the position term (0 turns it off).
     """
 
-    def __init__(self, model, marker_weight: float = 1.0):
+    def __init__(self, model, marker_weight: float = 1.0, position_weight: float = 1.0):
         super().__init__(model)
         width = model.config.vlm_config.vision_config.out_hidden_size
         levels = 1 + len(model.config.vlm_config.vision_config.deepstack_visual_indexes)
         self.probes = nn.ModuleList([nn.Linear(width, sum(OUTPUTS.values())) for _ in range(levels)])
         self.probes.to(device=model.device, dtype=model.dtype)
         self.marker_weight = marker_weight
+        self.position_weight = position_weight
 
     def stage_heads(self) -> nn.Module:
         return self.probes
@@ -67,7 +77,13 @@ class VisionStageModel(EncoderStageModel):
             result.append(dict(zip(OUTPUTS, torch.split(logits, list(OUTPUTS.values()), dim=-1))))
         return result
 
-    def forward(self, pixel_values, image_grid_thw, category, colour, texture, object_share, marker, **unused) -> EncoderStageOutput:
+    def forward(self, pixel_values, image_grid_thw, category, colour, texture, object_share, marker, position, **unused) -> EncoderStageOutput:
+        """
+        Args:
+            pixel_values, image_grid_thw: the ViT input of N frames (SemanticCollator).
+            category `[T, C]`, colour `[T, K]`, texture `[T, 4]`, object_share `[T]`, marker `[T]`, position
+                `[T, 2]`: per merged token, all frames' tokens in order (T tokens).
+        """
         parts = {name: [] for name in OUTPUTS}
         for logits in self.token_logits(pixel_values, image_grid_thw):
             parts["category"].append(soft_cross_entropy(logits["category"], category))
@@ -76,8 +92,10 @@ class VisionStageModel(EncoderStageModel):
             positive = marker.sum().clamp(min=1.0)
             pos_weight = ((marker.numel() - positive) / positive).detach()  # balance the rare marker token
             parts["marker"].append(F.binary_cross_entropy_with_logits(logits["marker"][:, 0].float(), marker, pos_weight=pos_weight))
+            parts["position"].append(F.l1_loss(logits["position"].float(), position.float()))
         means = {name: torch.stack(values).mean() for name, values in parts.items()}
-        loss = means["category"] + means["colour"] + means["texture"] + self.marker_weight * means["marker"]
+        loss = (means["category"] + means["colour"] + means["texture"] + self.marker_weight * means["marker"]
+                + self.position_weight * means["position"])
         return EncoderStageOutput(loss=loss, parts=means)
 
 
