@@ -30,35 +30,50 @@ def camera_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(prediction.float(), target.float())
 
 
-def _gradients(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return image[..., :, 1:] - image[..., :, :-1], image[..., 1:, :] - image[..., :-1, :]
+def confidence_regression_loss(
+    prediction: torch.Tensor, confidence: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+    gradient_weight: float = 1.0, alpha: float = 0.2,
+) -> torch.Tensor:
+    """VGGT's confidence-weighted ("aleatoric") regression on one view: prediction and target `[H, W, C]`,
+    confidence and valid `[H, W]`; the error of a pixel is the Euclidean norm over C:
+
+        mean_valid(c·‖p − p*‖) + gradient_weight · mean_valid(c·(‖∂x p − ∂x p*‖ + ‖∂y p − ∂y p*‖)) − alpha · mean_valid(log c)
+
+    `confidence` c ≥ 1 (1 + exp of a logit); the log term stops it from collapsing to its minimum.
+    """
+    if not valid.any():
+        return prediction.sum() * 0.0
+    prediction, confidence, target = prediction.float(), confidence.float(), target.float()
+    pointwise = (confidence * (prediction - target).norm(dim=-1))[valid].mean()
+    penalty = torch.log(confidence)[valid].mean()
+    gradient = prediction.new_zeros(())
+    if gradient_weight:
+        # channels last: difference along W (dim 1) and along H (dim 0)
+        pairs = (
+            (prediction[:, 1:] - prediction[:, :-1], target[:, 1:] - target[:, :-1], valid[:, 1:] & valid[:, :-1], confidence[:, 1:]),
+            (prediction[1:] - prediction[:-1], target[1:] - target[:-1], valid[1:] & valid[:-1], confidence[1:]),
+        )
+        for pred_g, target_g, pair_valid, conf in pairs:
+            if pair_valid.any():
+                gradient = gradient + (conf * (pred_g - target_g).norm(dim=-1))[pair_valid].mean()
+    return pointwise + gradient_weight * gradient - alpha * penalty
 
 
 def depth_loss(
     depth: torch.Tensor, confidence: torch.Tensor, target: torch.Tensor, gradient_weight: float = 1.0, alpha: float = 0.2
 ) -> torch.Tensor:
-    """VGGT-style confidence-weighted depth loss on one view (`[H, W]` each; target ≤ 0 = invalid):
+    """VGGT-style confidence-weighted depth loss on one view (`[H, W]` each; target ≤ 0 = invalid): the
+    one-channel `confidence_regression_loss` (the norm of one channel is its absolute value)."""
+    return confidence_regression_loss(depth[..., None], confidence, target[..., None], target > 0, gradient_weight, alpha)
 
-        mean_valid(c·|d − d*|) + gradient_weight · mean_valid(c·(|∂x d − ∂x d*| + |∂y d − ∂y d*|)) − alpha · mean_valid(log c)
 
-    `confidence` c ≥ 1 (1 + exp of a logit); the log term stops it from collapsing to its minimum.
-    """
-    valid = target > 0
-    if not valid.any():
-        return depth.sum() * 0.0
-    depth, confidence, target = depth.float(), confidence.float(), target.float()
-    pointwise = (confidence * (depth - target).abs())[valid].mean()
-    penalty = torch.log(confidence)[valid].mean()
-    gradient = depth.new_zeros(())
-    if gradient_weight:
-        for (pred_g, target_g), pair_valid in zip(
-            zip(_gradients(depth), _gradients(target)),
-            (valid[:, 1:] & valid[:, :-1], valid[1:, :] & valid[:-1, :]),
-        ):
-            conf = confidence[:, 1:] if pair_valid.shape[1] < valid.shape[1] else confidence[1:, :]
-            if pair_valid.any():
-                gradient = gradient + (conf * (pred_g - target_g).abs())[pair_valid].mean()
-    return pointwise + gradient_weight * gradient - alpha * penalty
+def pointmap_loss(
+    points: torch.Tensor, confidence: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+    gradient_weight: float = 1.0, alpha: float = 0.2,
+) -> torch.Tensor:
+    """VGGT's pointmap loss on one view: points and target `[H, W, 3]` in the first frame's camera
+    (normalised), confidence and valid `[H, W]` (see `confidence_regression_loss`)."""
+    return confidence_regression_loss(points, confidence, target, valid, gradient_weight, alpha)
 
 
 def scale_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -179,6 +179,7 @@ class GeometryStageConfig:
     num_clips: int = 1_000_000
     camera_weight: float = 1.0
     depth_weight: float = 1.0
+    point_weight: float = 0.0  # VGGT's pointmap term (training/geometry_stage.py); needs use_point_head
     gradient_weight: float = 1.0
     confidence_alpha: float = 0.2
     iteration_gamma: float = 0.6

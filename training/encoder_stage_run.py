@@ -68,7 +68,8 @@ def build_encoder_stage_trainer(recipe: TrainRecipe, model=None, processor=None,
         settings = recipe.geometry
         freeze_all_but_geometry(model)
         wrapper = GeometryStageModel(model, settings.camera_weight, settings.depth_weight, settings.gradient_weight,
-                                     settings.confidence_alpha, settings.iteration_gamma)
+                                     settings.confidence_alpha, settings.iteration_gamma,
+                                     point_weight=settings.point_weight)
         train_dataset = GeometryClips(recipe.data.data_root, recipe.data.train_split, processor, settings.clip_frames,
                                       settings.num_clips, settings.window_fraction, seed=args.seed)
         if recipe.data.eval_split:

@@ -8,10 +8,14 @@ normalised as VGGT normalises them (training/geometry_data.py):
              head (VGGT uses a Huber loss on the same 9-d encoding; L1 is its small-error limit's robust twin)
     depth    per view  Σ c·|d − d*| + Σ c·|∇d − ∇d*| − α·Σ log c   (confidence-weighted, aleatoric; means over
              valid pixels) — training/aux_losses.depth_loss
-    total    camera_weight · camera + depth_weight · depth
+    points   per view  the same confidence-weighted form on the pointmap in the first frame's camera (error =
+             Euclidean norm of the 3-d difference) — training/aux_losses.pointmap_loss
+    total    camera_weight · camera + depth_weight · depth + point_weight · points
 
-The point head is not trained: the miniature reconstructs points from depth + cameras, which VGGT's README
-finds more accurate than the point head, and it costs another DPT head per step.
+The point term (VGGT trains it too) is on when `point_weight > 0` and needs the point head
+(`geometry_config.use_point_head`). Why it matters beyond the head itself: a pointmap in the first frame's
+camera cannot be predicted per view; every pixel of every other view asks for the relative pose, so the
+aggregator gets a dense signal for the cross-view matching that the 9 numbers of a camera give sparsely.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .aux_losses import depth_loss
+from .aux_losses import depth_loss, pointmap_loss
 from .encoder_stage import EncoderStageModel, EncoderStageOutput
 
 
@@ -35,26 +39,31 @@ class GeometryStageModel(EncoderStageModel):
 
     Args:
         model: a GapMllmForConditionalGeneration whose geometry config enables the camera and depth heads.
-        camera_weight, depth_weight: weights of the two parts.
+        camera_weight, depth_weight, point_weight: weights of the parts (point_weight 0: no point term).
         gradient_weight, confidence_alpha: of the depth loss (VGGT: 1 and 0.2... see `depth_loss`).
         iteration_gamma: weight decay of earlier camera iterations.
     """
 
     def __init__(self, model, camera_weight: float = 1.0, depth_weight: float = 1.0, gradient_weight: float = 1.0,
-                 confidence_alpha: float = 0.2, iteration_gamma: float = 0.6):
+                 confidence_alpha: float = 0.2, iteration_gamma: float = 0.6, point_weight: float = 0.0):
         super().__init__(model)
         encoder = getattr(model, "geometry_encoder", None)
         if encoder is None or not hasattr(encoder, "camera_head") or not hasattr(encoder, "depth_head"):
             raise ValueError("the geometry stage needs a model with a geometry encoder and its camera and depth heads "
                              "(geometry_config.use_camera_head and use_depth_head)")
-        self.camera_weight, self.depth_weight = camera_weight, depth_weight
+        if point_weight and not hasattr(encoder, "point_head"):
+            raise ValueError(f"geometry.point_weight={point_weight} needs the point head: the model's geometry config has "
+                             "use_point_head=False")
+        self.camera_weight, self.depth_weight, self.point_weight = camera_weight, depth_weight, point_weight
         self.gradient_weight, self.confidence_alpha, self.iteration_gamma = gradient_weight, confidence_alpha, iteration_gamma
 
-    def forward(self, images: torch.Tensor, depth: torch.Tensor, pose_encoding: torch.Tensor, **unused) -> EncoderStageOutput:
+    def forward(self, images: torch.Tensor, depth: torch.Tensor, pose_encoding: torch.Tensor,
+                points: torch.Tensor | None = None, **unused) -> EncoderStageOutput:
         """
         Args:
             images: `[B, S, 3, H, W]` in [0, 1]; depth `[B, S, H, W]` normalised (0 = invalid);
-                pose_encoding `[B, S, 9]` normalised targets (GeometryClips).
+                pose_encoding `[B, S, 9]` normalised targets; points `[B, S, H, W, 3]` normalised, in the
+                first frame's camera (needed when point_weight > 0) (GeometryClips).
         """
         encoder = self.model.geometry_encoder
         dtype = next(encoder.parameters()).dtype
@@ -66,7 +75,17 @@ class GeometryStageModel(EncoderStageModel):
                     for i in range(target.shape[0])]
         depth_part = torch.stack(per_view).mean()
         loss = self.camera_weight * camera + self.depth_weight * depth_part
-        return EncoderStageOutput(loss=loss, parts={"camera": camera, "depth": depth_part})
+        parts = {"camera": camera, "depth": depth_part}
+        if self.point_weight:
+            if points is None:
+                raise ValueError("point_weight > 0 needs the `points` targets of the batch (GeometryClips returns them)")
+            predicted_points = out.world_points.flatten(0, 1)
+            points_confidence, points_target = out.world_points_conf.flatten(0, 1), points.flatten(0, 1)
+            per_view = [pointmap_loss(predicted_points[i], points_confidence[i], points_target[i], target[i] > 0,
+                                      self.gradient_weight, self.confidence_alpha) for i in range(target.shape[0])]
+            parts["points"] = torch.stack(per_view).mean()
+            loss = loss + self.point_weight * parts["points"]
+        return EncoderStageOutput(loss=loss, parts=parts)
 
 
 def freeze_all_but_geometry(model) -> None:
