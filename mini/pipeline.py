@@ -42,6 +42,7 @@ if not RECIPES.is_dir():  # installed wheel: recipes ship inside gap_mllm.traini
     RECIPES = Path(_training.__file__).resolve().parent / "recipes"
 
 DONE_MARKER = "stage_done.json"
+STAGE_KINDS = ("geometry", "vision", "stage1", "stage2")  # the training stages, as `--stage-set` names them
 EVAL_TASKS = ("grounding", "detection", "captioning")
 EVAL_MAX_NEW_TOKENS = {"reconstruction": 64, "grounding": 128, "captioning": 64, "detection": 512}
 
@@ -125,6 +126,7 @@ class MiniRun:
     eval_batch_size: int | None = None
     eval_limit: int | None = None
     overrides: tuple[str, ...] = ()
+    stage_overrides: tuple[tuple[str, str], ...] = ()  # (stage kind, SECTION.KEY=VALUE), after `overrides`
 
     @property
     def settings(self) -> Budget:
@@ -174,7 +176,8 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
         return output
     budget = run.settings.stage_overrides
     values = [f"data.data_root={run.data}", f"data.cache_dir={run.out / 'hf_datasets'}", f"training.output_dir={output}",
-              *budget.get("*", []), *budget.get(kind, []), *overrides, *run.overrides]
+              *budget.get("*", []), *budget.get(kind, []), *overrides, *run.overrides,
+              *(value for stage, value in run.stage_overrides if stage == kind)]
     values.append(f"device={run.device}")  # training/device.py picks (and logs) device and precision
     recipe = load_recipe(RECIPES / recipe_name, values)
     logger.info("%s → %s", recipe_name, output)
@@ -318,6 +321,8 @@ def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> N
                     command += [flag, str(value)]
             for override in run.overrides:
                 command += ["--set", override]
+            for stage, override in run.stage_overrides:
+                command += ["--stage-set", f"{stage}:{override}"]
             running.append((arm, subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})))
         still = []
         for arm, process in running:
@@ -335,6 +340,14 @@ def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> N
         raise RuntimeError(f"arm(s) {failed} failed; see {run.out / 'logs'}")
 
 
+def parse_stage_override(value: str) -> tuple[str, str]:
+    """`"stage1:training.max_steps=3000"` → `("stage1", "training.max_steps=3000")`; a clear error otherwise."""
+    stage, sep, override = value.partition(":")
+    if not sep or stage not in STAGE_KINDS or "=" not in override:
+        raise ValueError(f"--stage-set {value!r}: expected STAGE:SECTION.KEY=VALUE with STAGE one of {', '.join(STAGE_KINDS)}")
+    return stage, override
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/mini", help="run folder (stages, results, logs)")
     parser.add_argument("--data", default=None, help="SynthRooms folder (default: <out>/data)")
@@ -349,6 +362,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate the first N test samples of each task (>= 800 for the tables)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="applied to every training stage after the recipe, e.g. --set training.dataloader_num_workers=4")
+    parser.add_argument("--stage-set", dest="stage_overrides", action="append", default=[], metavar="STAGE:SECTION.KEY=VALUE",
+                        help=f"applied to one training stage ({', '.join(STAGE_KINDS)}) after --set, e.g. a longer "
+                             "stage 1 on a GPU: --stage-set stage1:training.max_steps=3000")
     parser.add_argument("--export", default=None, help="write the main arm's final model here as a Hub folder with its card")
     parser.add_argument("--table", default=None, help="also copy RESULTS.md here (make mini: mini/RESULTS.md)")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
@@ -356,9 +372,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    stage_overrides = tuple(parse_stage_override(value) for value in args.stage_overrides)
     run = MiniRun(out=Path(args.out), data=Path(args.data) if args.data else Path(args.out) / "data", budget=args.budget,
                   device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens,
-                  eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides))
+                  eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides),
+                  stage_overrides=stage_overrides)
     names = args.arms or ([arm.name for arm in ABLATION_ARMS] if args.ablation else [MAIN_ARM.name])
     arms = [ARMS[name] for name in names]
     if args.no_report:  # a worker process of --parallel: one arm, no shared steps

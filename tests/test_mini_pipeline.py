@@ -27,7 +27,7 @@ def run_mini(tmp_path, *extra):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mini")
-    run_mini(folder)
+    run_mini(folder, "--stage-set", "stage1:training.max_steps=3")  # one stage's budget, as a GPU run sets it
     return folder
 
 
@@ -35,7 +35,7 @@ def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
     stages = toy_run / "run" / "stages"
     for stage in ("stage0_geometry", "stage0", f"{pipeline.MAIN_ARM.name}/stage1", f"{pipeline.MAIN_ARM.name}/stage2"):
         done = json.loads((stages / stage / pipeline.DONE_MARKER).read_text())
-        assert done["global_step"] == 2, stage
+        assert done["global_step"] == (3 if stage.endswith("stage1") else 2), stage  # --stage-set reached stage 1 only
     results = json.loads((toy_run / "run" / "results" / "results.json").read_text())
     row = results["arms"][pipeline.MAIN_ARM.name]
     assert set(RESULT_KEYS) <= set(row)
@@ -49,6 +49,13 @@ def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
     # where each stage ran is part of the results (a mixed GPU / CPU run says so in its table)
     assert {results["stages"][stage]["device"] for stage in ("stage0", f"{pipeline.MAIN_ARM.name}/stage2")} == {"cpu"}
     assert "Where each stage was trained" in table
+
+
+def test_a_stage_override_names_a_stage_and_a_value():
+    assert pipeline.parse_stage_override("stage2:training.bf16=false") == ("stage2", "training.bf16=false")
+    for bad in ("training.max_steps=3", "stage3:training.max_steps=3", "stage1:training.max_steps"):
+        with pytest.raises(ValueError, match="expected STAGE:SECTION.KEY=VALUE with STAGE one of geometry, vision, stage1, stage2"):
+            pipeline.parse_stage_override(bad)
 
 
 def test_the_exported_folder_is_a_hub_folder_with_its_card(toy_run):

@@ -21,6 +21,8 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import ModelOutput
 
+from .divergence import DivergenceGuard
+
 
 @dataclass
 class EncoderStageOutput(ModelOutput):
@@ -57,7 +59,7 @@ class EncoderStageModel(nn.Module):
         return self.model.device
 
 
-class EncoderStageTrainer(Trainer):
+class EncoderStageTrainer(DivergenceGuard, Trainer):
     """`Trainer` for an `EncoderStageModel`: logs the loss parts, saves the inner GAP-MLLM + processor."""
 
     def __init__(self, model: EncoderStageModel, *args, **kwargs):

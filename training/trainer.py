@@ -32,6 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from .bad_samples import SKIPPED_KEY
 from .checkpoints import staging_root
 from .config import LOSS_NORMALIZATIONS, AuxLossConfig, LearningRates
+from .divergence import DivergenceGuard
 from .geometry_aligned_model import GeometryAlignedModel
 from .param_groups import build_parameter_groups
 
@@ -39,7 +40,7 @@ AUX_HEADS_WEIGHTS = "aux_heads.safetensors"
 AUX_HEADS_CONFIG = "aux_heads_config.json"
 
 
-class GeometryAlignedTrainer(Trainer):
+class GeometryAlignedTrainer(DivergenceGuard, Trainer):
     """Trainer for a [`GeometryAlignedModel`].
 
     Args:
