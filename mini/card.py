@@ -66,8 +66,8 @@ the last table under Evaluation says which device trained each stage:
 
 1. stage 0, geometry: the VGGT aggregator and its camera and depth heads on exact depth and poses (VGGT's
    objective and normalisation), the stand-in for pretrained VGGT-1B; frozen afterwards;
-2. stage 0, vision: the Qwen ViT on per-token semantics (category, colour, texture, marker), the stand-in
-   for the pretrained Qwen ViT; frozen afterwards;
+2. stage 0, vision: the Qwen ViT on per-token semantics (category, colour, texture, marker) and each token's
+   place in the image, the stand-in for the pretrained Qwen ViT; frozen afterwards;
 3. stage 1: the official geometry-aligned pre-training task (red "+" marker → point + label);
 4. stage 2: grounding (both official stages), detection and captioning in the official formats.
 
