@@ -8,6 +8,8 @@ to the world and compared with `gt_bbox` by the grounding evaluator):
     random_same_category    a uniformly random object of the scene with the target's category (uses the
                             true world boxes and the true category: an upper-bound-like reference of
                             "recognise the category, guess the instance")
+    The two constant boxes also carry `identification` (grounding_identification.py): which object they
+    point at and their median centre error, with the chance levels of the same records.
 Detection:
     category_mean_boxes     for every true object (true labels: oracle category recognition), that
                             category's mean training box in the first frame's camera
@@ -34,6 +36,7 @@ from gap_mllm.processing.builders import load_annotation_file
 from .caption_metrics import caption_scores
 from .confidence import bootstrap_interval, bootstrap_statistic, wilson_interval
 from .detection_metrics import DetectionEvaluator
+from .grounding_identification import constant_box
 from .grounding_metrics import score_grounding
 from .marker_metrics import marker_scores
 
@@ -85,6 +88,9 @@ def grounding_baselines(data_root, split: str = "test", candidates: int = 200, s
     best = pool[int(np.argmax(scores))]
     out["best_constant_box"] = accuracy_summary(_constant_ious(best, test_records))
     out["best_constant_box"]["box"] = [round(float(v), 3) for v in best]
+    # which object each constant box points at, placed in the annotated frame (grounding_identification.py)
+    out["constant_mean_box"]["identification"] = constant_box(test_records, train_boxes.mean(0), data_root)
+    out["best_constant_box"]["identification"] = constant_box(test_records, best, data_root)
 
     ious = []
     for record in test_records:

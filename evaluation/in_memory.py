@@ -6,6 +6,9 @@ logged during training are the official metrics of the evaluation package on hel
 
     slice_ = EvaluationSlice("grounding", data_root, split="val", max_samples=64)
     metrics = slice_.score(model, processor, batch_size=16)      # {"acc@0.25": ..., ...}
+
+`annotated_frame=True` (grounding only, a diagnostic): stage 1 is not asked; its answer is the record's
+annotated first clear frame k*, so the figures measure the box stage alone.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.scannet_layout import posed_images_dir
 
 from .generation import BatchGenerator
+from .grounding_identification import from_rows, has_scene_truth
 from .marker_metrics import marker_scores
 from .tasks import gt_answer, get_task
 
@@ -44,8 +48,12 @@ def _lookup(summary: dict, dotted: str):
 class EvaluationSlice:
     """The first `max_samples` records of a task's annotation file of `split` under `data_root`."""
 
-    def __init__(self, task_name: str, data_root, split: str = "val", max_samples: int | None = 64):
+    def __init__(self, task_name: str, data_root, split: str = "val", max_samples: int | None = 64,
+                 annotated_frame: bool = False):
         self.task = get_task(task_name)
+        if annotated_frame and self.task.name != "grounding":
+            raise ValueError(f"annotated_frame replaces grounding's frame selection; {task_name!r} has none")
+        self.annotated_frame = annotated_frame
         self.name = self.task.name
         path = find_annotation_file(data_root, self.task.annotation_task, split)
         records = load_annotation_file(path)
@@ -53,6 +61,9 @@ class EvaluationSlice:
         if not self.records:
             raise ValueError(f"{path} has no record to evaluate")
         self.media_root = posed_images_dir(data_root)
+        self.data_root = data_root
+        # SynthRooms knows every object of a scene: grounding also logs which object its boxes point at
+        self.identifies = self.name == "grounding" and has_scene_truth(data_root)
 
     def answer(self, generator: BatchGenerator, batch_size: int = 16) -> list[list[str]]:
         """Per record, the texts of each stage (what the runner writes as `raw`)."""
@@ -61,6 +72,10 @@ class EvaluationSlice:
             batch = self.records[start : start + batch_size]
             texts = [[] for _ in batch]
             for stage in range(self.task.stages):
+                if stage == 0 and self.annotated_frame:
+                    for j, record in enumerate(batch):
+                        texts[j].append(self.task.oracle(record, self.media_root)[0])
+                    continue
                 requests = [self.task.request(record, stage, texts[j], self.media_root) for j, record in enumerate(batch)]
                 for request in requests:
                     request.images = [str(Path(self.media_root) / p) for p in request.images]
@@ -71,7 +86,8 @@ class EvaluationSlice:
 
     def score(self, model, processor, batch_size: int = 16, max_new_tokens: int | None = None) -> tuple[dict, list[list[str]]]:
         """(flat metrics, raw outputs): the task's logged metrics (`LOGGED_METRICS`), plus the marker scores
-        for reconstruction. The model is put in eval mode for the call and restored after."""
+        for reconstruction and, on SynthRooms, grounding's identification and median centre error
+        (evaluation/grounding_identification.py). The model is put in eval mode for the call and restored after."""
         was_training = model.training
         model.eval()
         try:
@@ -79,9 +95,12 @@ class EvaluationSlice:
         finally:
             model.train(was_training)
         # METEOR (a Java process per call) is left to the final evaluation; CIDEr is the headline
-        _, summary = self.task.evaluate(self.records, outputs, meteor=False)
+        rows, summary = self.task.evaluate(self.records, outputs, meteor=False)
         metrics = {name: _lookup(summary, key) for name, key in LOGGED_METRICS.get(self.name, {}).items()}
         if self.name == "reconstruction":
             marker = marker_scores([texts[0] for texts in outputs], [gt_answer(r) for r in self.records])
             metrics.update({key: marker[key] for key in ("label_accuracy", "point_error_m_median", "unparsed") if key in marker})
+        if self.identifies:
+            found = from_rows(self.records, rows, self.data_root)
+            metrics.update({key: found[key] for key in ("identification", "median_centre_error_m", "frame_accuracy") if key in found})
         return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}, outputs

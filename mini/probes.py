@@ -2,7 +2,7 @@
 
     python -m gap_mllm.mini.probes --model mini/gap-mllm-mini --data runs/mini/data
 
-Two probes, each a ridge regression fitted on training scenes and scored on held-out scenes:
+Three probes, each a ridge regression fitted on training scenes and scored on held-out scenes:
 
     vit_position    per merged ViT token (one per 32×32-pixel cell): its column, its row, the cell's mean
                     depth and camera-frame x (m). A ViT that does not know where a token lies cannot tell
@@ -11,6 +11,14 @@ Two probes, each a ridge regression fitted on training scenes and scored on held
                     token (the fused visual token, `hidden_states[0]`) → the true point (m, first frame's
                     camera). What a linear read-out of the LLM's input achieves, next to what the LLM answers,
                     says whether the information is missing or the LLM does not read it out.
+    grounding_readout   grounding without the LLM: in the annotated frame k* of each grounding sample, the merged
+                    ViT token whose probed share of the target's category is highest, and the object centre
+                    probed from that token (camera frame → world). Scored as the LLM's answers are
+                    (evaluation/grounding_identification.py: identification, centre error) and, with the
+                    target's true size and orientation, Acc@0.25 of the centre alone. Two ridge probes fitted on
+                    the k* frames of training samples: token → category shares of its cell; token → camera-frame
+                    centre of the object covering at least half of its cell. `--readout-features llm_input` probes
+                    the LLM's input at the frame's tokens for the whole stage-2 request instead (geometry fused in).
 
 Ridge in closed form on standardised features (λ = 10): three lines of numpy, not a new dependency.
 """
@@ -139,12 +147,117 @@ def marker_readout_probe(model, processor, data_root, fit_samples: int = 1500, e
             "axis_correlation": [float(np.corrcoef(predicted[:, k], eval_y[:, k])[0, 1]) for k in range(3)]}
 
 
+# ---------------------------------------------------------------------------------------- grounding read-out
+
+
+READOUT_FEATURES = ("vit", "llm_input")
+
+
+def _frame_features(model, processor, record, media, features: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """`([h·w, D] tokens of the record's first frame, (h, w) merged grid)`: the merged ViT tokens of that frame
+    alone ("vit"), or the LLM's input at its visual tokens for the whole stage-2 request, geometry fused in
+    ("llm_input", `hidden_states[0]`; the first frame's tokens come first)."""
+    from PIL import Image
+
+    from gap_mllm.tasks_gap_mllm import extract_query
+
+    merge = processor.image_processor.merge_size
+    if features == "vit":
+        inputs = processor.image_processor(images=[Image.open(media / record["images"][0]).convert("RGB")], return_tensors="pt")
+        with torch.no_grad():
+            tokens = model.vlm.model.get_image_features(inputs["pixel_values"].to(model.vlm.model.visual.dtype),
+                                                        inputs["image_grid_thw"], return_dict=True).pooler_output
+        tokens = torch.cat(tokens) if isinstance(tokens, (list, tuple)) else tokens
+    elif features == "llm_input":
+        frames = [Image.open(media / path).convert("RGB") for path in record["images"]]
+        inputs = processor(images=frames, task="grounding_stage2", query=extract_query(record["conversations"][0]["value"]),
+                           return_tensors="pt")
+        with torch.no_grad():
+            embeddings = model(**inputs, output_hidden_states=True).hidden_states[0][0]
+        tokens = embeddings[(inputs["input_ids"][0] == model.config.vlm_config.image_token_id).nonzero()[:, 0]]
+    else:
+        raise ValueError(f"unknown read-out features {features!r}; choose from {READOUT_FEATURES}")
+    _, h, w = inputs["image_grid_thw"][0].tolist()
+    grid = (h // merge, w // merge)
+    return tokens[: grid[0] * grid[1]].float().numpy(), grid
+
+
+def reference_frame_tokens(model, processor, data_root, split: str, limit: int, min_cover: float = 0.5,
+                           features: str = "vit"):
+    """Per grounding stage-2 record of `split` (the first `limit`): its record, the tokens `[h·w, D]` of its first
+    frame (the annotated frame k*, whose camera the box is written in; `_frame_features`), the cells' category
+    shares `[h·w, C]` and, per cell, the camera-frame centre of the object covering the most of it, if that is at
+    least `min_cover` of the cell (else NaN)."""
+    from gap_mllm.processing.annotation_files import find_annotation_file
+    from gap_mllm.processing.builders import load_annotation_file
+    from gap_mllm.processing.coordinates import world_boxes_to_camera
+    from gap_mllm.processing.scannet_layout import posed_images_dir
+    from gap_mllm.processing.synth.writer import read_instance_mask
+    from gap_mllm.training.vision_data import CATEGORY_CLASSES, cell_distributions, pixel_classes
+
+    root = Path(data_root)
+    media = posed_images_dir(root)
+    out = []
+    for record in load_annotation_file(find_annotation_file(root, "grounding_stage2", split))[:limit]:
+        scene, name = Path(record["images"][0]).parent.name, Path(record["images"][0]).stem
+        objects = json.loads((root / "synthrooms" / f"{scene}.json").read_text(encoding="utf-8"))["objects"]
+        tokens, grid = _frame_features(model, processor, record, media, features)
+        instance = read_instance_mask(root / "synthrooms" / "instance" / scene / f"{name}.png")
+        shares = cell_distributions(pixel_classes(instance, objects)[0], len(CATEGORY_CLASSES), grid)
+        owners = cell_distributions(np.where(instance > 0, instance - 1, -1), len(objects), grid)
+        centres = world_boxes_to_camera(np.array([o["bbox_3d"] for o in objects], dtype=np.float64), record["cam2global"][0],
+                                        record.get("axis_align_matrix"))[:, :3]
+        owner_centres = np.full((len(tokens), 3), np.nan)
+        covered = (owners.max(1) >= min_cover) & (owners.max(1) > 0)
+        owner_centres[covered] = centres[owners.argmax(1)[covered]]
+        out.append((record, tokens, shares, owner_centres))
+    return out
+
+
+def grounding_readout_probe(model, processor, data_root, fit_samples: int = 1500, eval_samples: int | None = None,
+                            eval_split: str = "val", min_cover: float = 0.5, features: str = "vit") -> dict:
+    """Grounding by two linear probes of the frozen ViT's tokens (or of the LLM's input, `features="llm_input"`),
+    no LLM (module docstring), scored like the model."""
+    from gap_mllm.evaluation import grounding_identification as gi
+    from gap_mllm.evaluation.box_iou import box_iou
+    from gap_mllm.evaluation.confidence import wilson_interval
+    from gap_mllm.training.vision_data import CATEGORY_CLASSES
+
+    fit = reference_frame_tokens(model, processor, data_root, "train", fit_samples, min_cover, features)
+    inputs = np.concatenate([tokens for _, tokens, _, _ in fit])
+    category = fit_ridge(inputs, np.concatenate([shares for _, _, shares, _ in fit]))
+    centres = np.concatenate([owner for _, _, _, owner in fit])
+    known = ~np.isnan(centres[:, 0])
+    if not known.any():
+        raise ValueError(f"no token of the {len(fit)} fitting frames is covered to {min_cover:.0%} by one object: "
+                         "nothing to fit the centre probe on (more fit_samples, or a lower min_cover)")
+    centre = fit_ridge(inputs[known], centres[known])
+
+    records, boxes, hits = [], [], 0
+    for record, tokens, _, _ in reference_frame_tokens(model, processor, data_root, eval_split, eval_samples, features=features):
+        target = gi.scene_objects(data_root, record["scene_id"])[1][int(record["object_id"])]
+        chosen = int(np.argmax(category(tokens)[:, CATEGORY_CLASSES.index(target)]))
+        predicted = np.r_[centre(tokens[chosen : chosen + 1])[0], 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+        world = gi.world_box(record, 0, predicted)
+        records.append(record)
+        boxes.append(world)
+        truth = np.asarray(record["gt_bbox"], dtype=np.float64)
+        hits += box_iou(np.r_[world[:3], truth[3:]], truth) >= 0.25  # the centre alone: true size and orientation
+    found = gi.identification_summary(records, boxes, data_root)
+    return {"features": features, "num_fit_tokens": len(inputs), "num_fit_object_tokens": int(known.sum()), "split": eval_split, **found,
+            "acc@0.25_true_size_and_orientation": hits / len(records),
+            "acc@0.25_true_size_and_orientation_ci95": wilson_interval(int(hits), len(records))}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a GAP-MLLM folder (e.g. mini/gap-mllm-mini or a stage folder)")
     parser.add_argument("--data", required=True, help="SynthRooms mini data (gap-mllm synth --preset mini)")
-    parser.add_argument("--probes", nargs="+", default=["vit_position", "marker_readout"], choices=["vit_position", "marker_readout"])
-    parser.add_argument("--eval-split", default="test", help="split of the marker read-out's scored samples")
+    parser.add_argument("--probes", nargs="+", default=["vit_position", "marker_readout"],
+                        choices=["vit_position", "marker_readout", "grounding_readout"])
+    parser.add_argument("--eval-split", default="test", help="split of the read-outs' scored samples")
+    parser.add_argument("--readout-features", default="vit", choices=READOUT_FEATURES,
+                        help="grounding_readout: the frame's ViT tokens, or the LLM's input with geometry fused in")
     args = parser.parse_args(argv)
     from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 
@@ -155,6 +268,9 @@ def main(argv=None) -> int:
         report["vit_position"] = vit_position_probe(model, processor, args.data)
     if "marker_readout" in args.probes:
         report["marker_readout"] = marker_readout_probe(model, processor, args.data, eval_split=args.eval_split)
+    if "grounding_readout" in args.probes:
+        report["grounding_readout"] = grounding_readout_probe(model, processor, args.data, eval_split=args.eval_split,
+                                                              features=args.readout_features)
     print(json.dumps(report, indent=1))
     return 0
 

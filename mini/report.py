@@ -9,6 +9,9 @@ geometry report, the baselines); nothing is typed in by hand.
     captioning CIDEr@0.5              corpus CIDEr; interval = bootstrap of the per-sample CIDEr mean with
                                       the IDF of the whole test set (CIDEr's IDF depends on the set)
     stage-1 point error, label acc.   median marker-point error (bootstrap) and label accuracy (Wilson)
+    grounding diagnostics             the selected frame's accuracy, which object the box points at and
+                                      its median centre error (evaluation/grounding_identification.py),
+                                      next to the constant boxes placed in the annotated frame
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gap_mllm.evaluation.confidence import bootstrap_interval, wilson_interval
+from gap_mllm.evaluation.grounding_identification import from_samples
 from gap_mllm.evaluation.marker_metrics import marker_scores
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
@@ -103,6 +107,11 @@ def _stage2_results(run, folder: Path) -> dict:
         out[f"grounding_acc@{threshold}"] = grounding[f"acc@{threshold}"]
         out[f"grounding_acc@{threshold}_ci95"] = wilson_interval(grounding[f"hits@{threshold}"], n)
     out["grounding_num_samples"] = n
+    found = from_samples(folder / "grounding" / "samples.jsonl", run.data, "test")
+    for key in ("frame_accuracy", "identification", "median_centre_error_m"):
+        if key in found:
+            out[f"grounding_{key}"] = found[key]
+            out[f"grounding_{key}_ci95"] = found[f"{key}_ci95"]
 
     detection_rows = _rows(folder / "detection" / "samples.jsonl")
     records = load_annotation_file(find_annotation_file(run.data, "detection", "test"))
@@ -178,6 +187,7 @@ def results_markdown(results: dict) -> str:
                  f"| {_cell(marker.get('point_error_m_median'), marker.get('point_error_m_median_ci95'))} "
                  f"| {_cell(marker['label_accuracy'], marker['label_accuracy_ci95'], True)} |")
     lines += marked_frame_lines(results)
+    lines += grounding_diagnostic_lines(results)
     sizes = next(iter(results["arms"].values()))
     lines.append("")
     lines.append(f"Test split: {sizes.get('grounding_num_samples', '—')} grounding, {sizes.get('detection_num_samples', '—')} detection, "
@@ -208,6 +218,33 @@ def marked_frame_lines(results: dict) -> list[str]:
     if split:
         lines.append(f"| baseline: constant_point | {_cell(split['first'].get('point_error_m_median'), split['first'].get('point_error_m_median_ci95'))} "
                      f"| {_cell(split['other'].get('point_error_m_median'), split['other'].get('point_error_m_median_ci95'))} |")
+    return lines
+
+
+def grounding_diagnostic_lines(results: dict) -> list[str]:
+    """Where grounding fails: the stage-1 frame, the object the box points at, its centre error; empty when no
+    arm has them. Constant boxes are placed in the annotated frame, so their frame is always right."""
+    rows = [(name, row) for name, row in results["arms"].items() if "grounding_identification" in row]
+    if not rows:
+        return []
+    lines = ["", "Grounding, where it fails (test): frame selection (stage 1) = the annotated first clear frame; "
+             "identification = the object nearest the box's centre is the target; centre error (median, m):", "",
+             "| model | frame selection % | identification % | centre error m |", "|---|---|---|---|"]
+    for name, row in rows:
+        lines.append(f"| {name} | {_cell(row.get('grounding_frame_accuracy'), row.get('grounding_frame_accuracy_ci95'), True)} "
+                     f"| {_cell(row['grounding_identification'], row.get('grounding_identification_ci95'), True)} "
+                     f"| {_cell(row.get('grounding_median_centre_error_m'), row.get('grounding_median_centre_error_m_ci95'))} |")
+    grounding = results["baselines"]["grounding"]
+    chance = None
+    for name in ("constant_mean_box", "best_constant_box"):
+        found = grounding[name].get("identification")
+        if found:
+            chance = found
+            lines.append(f"| baseline: {name} (annotated frame) | — | {_cell(found['identification'], found['identification_ci95'], True)} "
+                         f"| {_cell(found['median_centre_error_m'], found['median_centre_error_m_ci95'])} |")
+    if chance:
+        lines.append(f"| chance: a random object of the scene / of the target's category | — "
+                     f"| {_cell(chance['scene_chance'], None, True)} / {_cell(chance['category_chance'], None, True)} | — |")
     return lines
 
 

@@ -41,11 +41,14 @@ def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
     assert set(RESULT_KEYS) <= set(row)
     assert row["grounding_num_samples"] > 0 and row["detection_num_samples"] > 0 and row["stage1_num_samples"] > 0
     assert {"constant_mean_box", "best_constant_box", "random_same_category"} <= set(results["baselines"]["grounding"])
+    # where grounding fails: the selected frame, the object the box points at, against constant boxes
+    assert {"grounding_frame_accuracy", "grounding_identification", "grounding_median_centre_error_m"} <= set(row)
+    assert 0.0 <= results["baselines"]["grounding"]["best_constant_box"]["identification"]["identification"] <= 1.0
     assert {"depth_abs_rel", "rotation_error_deg_median"} <= set(results["stage0_geometry"]["model"])
     table = (toy_run / "RESULTS.md").read_text()
     assert table == (toy_run / "run" / "results" / "RESULTS.md").read_text()
     assert f"| {pipeline.MAIN_ARM.name} |" in table and "| baseline: best_constant_box |" in table
-    assert "depth AbsRel" in table
+    assert "depth AbsRel" in table and "Grounding, where it fails" in table
     # where each stage ran is part of the results (a mixed GPU / CPU run says so in its table)
     assert {results["stages"][stage]["device"] for stage in ("stage0", f"{pipeline.MAIN_ARM.name}/stage2")} == {"cpu"}
     assert "Where each stage was trained" in table

@@ -4,6 +4,7 @@ on SynthRooms frames and marker samples with the shapes and ranges they document
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gap_mllm.mini.probes import fit_ridge, marker_readout_probe, r_squared, vit_position_probe
 from gap_mllm.tiny.tiny_model import build_tiny_model
@@ -32,3 +33,48 @@ def test_probes_run_on_synthrooms_with_documented_outputs(train_data_root):
     assert 0 < readout["num_fit"] <= 12 and 0 < readout["num_eval"] <= 4
     assert readout["readout_error_m_median"] >= 0 and readout["constant_error_m_median"] > 0
     assert len(readout["axis_correlation"]) == 3
+
+
+def test_grounding_readout_targets_and_probe(train_data_root):
+    """Each cell's category shares sum to 1 (every pixel is floor, wall, ceiling or an object); a cell mostly
+    covered by the target carries the target's centre in the first frame's camera, which is the centre of the
+    record's answer box (the fixture's frames have 4 tokens, so any coverage counts here); the probe scores its
+    boxes like the model's answers."""
+    from gap_mllm.mini.probes import grounding_readout_probe, reference_frame_tokens
+    from gap_mllm.output_parsing import parse_grounding
+
+    model, processor = build_tiny_model(seed=0)
+    model.eval()
+    samples = reference_frame_tokens(model, processor, train_data_root, "train", 8, min_cover=0.0)
+    assert samples
+    matched = 0
+    for record, tokens, shares, owners in samples:
+        assert tokens.shape[0] == shares.shape[0] == owners.shape[0]
+        np.testing.assert_allclose(shares.sum(1), 1.0, atol=1e-9)
+        answer = np.asarray(parse_grounding(record["conversations"][1]["value"]).box.to_list()[:3])
+        distances = np.linalg.norm(owners[~np.isnan(owners[:, 0])] - answer, axis=1)
+        matched += bool(distances.size and distances.min() < 0.006)  # the answer keeps two decimals
+    assert matched >= 1
+    with pytest.raises(ValueError, match="nothing to fit the centre probe on"):
+        grounding_readout_probe(model, processor, train_data_root, fit_samples=8, eval_samples=3, eval_split="val", min_cover=1.01)
+    found = grounding_readout_probe(model, processor, train_data_root, fit_samples=8, eval_samples=3, eval_split="val", min_cover=0.0)
+    assert 0 < found["num_fit_object_tokens"] <= found["num_fit_tokens"] and found["num_samples"] <= 3
+    assert 0.0 <= found["identification"] <= 1.0 and 0.0 <= found["acc@0.25_true_size_and_orientation"] <= 1.0
+    assert found["num_without_box"] == 0 and np.isfinite(found["median_centre_error_m"])
+
+
+def test_grounding_readout_reads_the_llm_input_of_the_first_frame(train_data_root):
+    """`llm_input` probes the LLM's input at the first frame's tokens of the stage-2 request: one token per cell,
+    the model's hidden size, and the same targets as the ViT variant."""
+    from gap_mllm.mini.probes import reference_frame_tokens
+
+    model, processor = build_tiny_model(seed=0)
+    model.eval()
+    vit = reference_frame_tokens(model, processor, train_data_root, "train", 2)
+    fused = reference_frame_tokens(model, processor, train_data_root, "train", 2, features="llm_input")
+    for (record, tokens, shares, owners), (same, fused_tokens, fused_shares, fused_owners) in zip(vit, fused):
+        assert record["id"] == same["id"] and fused_tokens.shape == (tokens.shape[0], model.config.vlm_config.text_config.hidden_size)
+        np.testing.assert_array_equal(shares, fused_shares)
+        np.testing.assert_array_equal(owners, fused_owners)
+    with pytest.raises(ValueError, match="unknown read-out features 'pixels'"):
+        reference_frame_tokens(model, processor, train_data_root, "train", 1, features="pixels")

@@ -71,3 +71,24 @@ def test_the_table_shows_the_point_error_by_marked_frame(tmp_path):
     table = results_markdown({"arms": {"gap_gated_s0": row}, "stage0_geometry": geometry, "baselines": baselines})
     assert "| gap_gated_s0 | 0.40 [0.35, 0.45] | 1.70 [1.60, 1.80] |" in table.splitlines()
     assert "| baseline: constant_point | 1.20 [1.10, 1.30] | 2.40 [2.30, 2.50] |" in table.splitlines()
+
+
+def test_the_table_shows_where_grounding_fails():
+    """An arm with grounding diagnostics gets a row of frame selection, identification and centre error, next
+    to the constant boxes (placed in the annotated frame) and the chance levels; an arm without gets none."""
+    geometry = {"model": {**{key: 0.1 for key in GEOMETRY_KEYS}, "num_clips": 8}, "baseline": {key: 0.5 for key in GEOMETRY_KEYS}}
+    baselines = _baselines()
+    placed = {"identification": 0.66, "identification_ci95": [0.6, 0.7], "median_centre_error_m": 1.16,
+              "median_centre_error_m_ci95": [1.1, 1.2], "scene_chance": 0.234, "category_chance": 0.867}
+    baselines["grounding"] = {name: {**value, "identification": placed} for name, value in baselines["grounding"].items()}
+    baselines["grounding"]["random_same_category"].pop("identification")
+    row = {"stage2_evaluated": True, "grounding_frame_accuracy": 0.24, "grounding_frame_accuracy_ci95": [0.2, 0.28],
+           "grounding_identification": 0.23, "grounding_identification_ci95": [0.2, 0.26],
+           "grounding_median_centre_error_m": 2.85, "grounding_median_centre_error_m_ci95": [2.7, 3.0]}
+    lines = results_markdown({"arms": {"gap_gated_s0": row}, "stage0_geometry": geometry, "baselines": baselines}).splitlines()
+    assert "| gap_gated_s0 | 24.0 [20.0, 28.0] | 23.0 [20.0, 26.0] | 2.85 [2.70, 3.00] |" in lines
+    assert "| baseline: constant_mean_box (annotated frame) | — | 66.0 [60.0, 70.0] | 1.16 [1.10, 1.20] |" in lines
+    assert "| chance: a random object of the scene / of the target's category | — | 23.4 / 86.7 | — |" in lines
+    bare = results_markdown({"arms": {"gap_gated_s0": {"stage2_evaluated": False}}, "stage0_geometry": geometry,
+                             "baselines": _baselines()})
+    assert "identification" not in bare
