@@ -2,7 +2,7 @@
 
     python -m gap_mllm.mini.probes --model mini/gap-mllm-mini --data runs/mini/data
 
-Three probes, each a ridge regression fitted on training scenes and scored on held-out scenes:
+Four probes, each a ridge regression fitted on training scenes and scored on held-out scenes:
 
     vit_position    per merged ViT token (one per 32×32-pixel cell): its column, its row, the cell's mean
                     depth and camera-frame x (m). A ViT that does not know where a token lies cannot tell
@@ -19,6 +19,10 @@ Three probes, each a ridge regression fitted on training scenes and scored on he
                     the k* frames of training samples: token → category shares of its cell; token → camera-frame
                     centre of the object covering at least half of its cell. `--readout-features llm_input` probes
                     the LLM's input at the frame's tokens for the whole stage-2 request instead (geometry fused in).
+    answer_state    for grounding stage-2 samples, the LLM's hidden state of every layer at the last prompt token
+                    (where the answer starts; no answer token is seen) → the target box's centre (m, the first
+                    frame's camera). Next to the grounding read-out it says whether the LLM gathers the named
+                    object's information before it writes the box.
 
 Ridge in closed form on standardised features (λ = 10): three lines of numpy, not a new dependency.
 """
@@ -249,12 +253,51 @@ def grounding_readout_probe(model, processor, data_root, fit_samples: int = 1500
             "acc@0.25_true_size_and_orientation_ci95": wilson_interval(int(hits), len(records))}
 
 
+# ------------------------------------------------------------------------------------------ answer state
+
+
+def answer_start_states(model, processor, data_root, split: str, limit: int | None):
+    """(`[N, layers + 1, D]` hidden states at the last prompt token of `split`'s grounding stage-2 requests, `[N, 3]`
+    centres of their answer boxes in the first frame's camera)."""
+    from PIL import Image
+
+    from gap_mllm.output_parsing import parse_grounding
+    from gap_mllm.processing.annotation_files import find_annotation_file
+    from gap_mllm.processing.builders import load_annotation_file
+    from gap_mllm.processing.scannet_layout import posed_images_dir
+    from gap_mllm.tasks_gap_mllm import extract_query
+
+    media = posed_images_dir(data_root)
+    states, centres = [], []
+    for record in load_annotation_file(find_annotation_file(data_root, "grounding_stage2", split))[:limit]:
+        frames = [Image.open(media / path).convert("RGB") for path in record["images"]]
+        inputs = processor(images=frames, task="grounding_stage2", query=extract_query(record["conversations"][0]["value"]),
+                           return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**inputs, output_hidden_states=True).hidden_states
+        states.append(torch.stack([layer[0, -1] for layer in hidden]).float().numpy())
+        centres.append(parse_grounding(record["conversations"][1]["value"]).box.to_list()[:3])
+    return np.array(states), np.array(centres)
+
+
+def answer_state_probe(model, processor, data_root, fit_samples: int = 1500, eval_samples: int | None = None,
+                       eval_split: str = "val") -> dict:
+    """Per layer (0 = the LLM's input embedding), the median error (m) of a linear read-out of the target's centre
+    from the state where the answer starts, and the constant (mean training centre) for comparison."""
+    fit_x, fit_y = answer_start_states(model, processor, data_root, "train", fit_samples)
+    eval_x, eval_y = answer_start_states(model, processor, data_root, eval_split, eval_samples)
+    errors = [float(np.median(np.linalg.norm(fit_ridge(fit_x[:, layer], fit_y)(eval_x[:, layer]) - eval_y, axis=1)))
+              for layer in range(fit_x.shape[1])]
+    return {"num_fit": len(fit_x), "num_eval": len(eval_x), "split": eval_split, "readout_error_m_median_by_layer": errors,
+            "constant_error_m_median": float(np.median(np.linalg.norm(eval_y - fit_y.mean(0), axis=1)))}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a GAP-MLLM folder (e.g. mini/gap-mllm-mini or a stage folder)")
     parser.add_argument("--data", required=True, help="SynthRooms mini data (gap-mllm synth --preset mini)")
     parser.add_argument("--probes", nargs="+", default=["vit_position", "marker_readout"],
-                        choices=["vit_position", "marker_readout", "grounding_readout"])
+                        choices=["vit_position", "marker_readout", "grounding_readout", "answer_state"])
     parser.add_argument("--eval-split", default="test", help="split of the read-outs' scored samples")
     parser.add_argument("--readout-features", default="vit", choices=READOUT_FEATURES,
                         help="grounding_readout: the frame's ViT tokens, or the LLM's input with geometry fused in")
@@ -271,6 +314,8 @@ def main(argv=None) -> int:
     if "grounding_readout" in args.probes:
         report["grounding_readout"] = grounding_readout_probe(model, processor, args.data, eval_split=args.eval_split,
                                                               features=args.readout_features)
+    if "answer_state" in args.probes:
+        report["answer_state"] = answer_state_probe(model, processor, args.data, eval_split=args.eval_split)
     print(json.dumps(report, indent=1))
     return 0
 

@@ -78,3 +78,22 @@ def test_grounding_readout_reads_the_llm_input_of_the_first_frame(train_data_roo
         np.testing.assert_array_equal(owners, fused_owners)
     with pytest.raises(ValueError, match="unknown read-out features 'pixels'"):
         reference_frame_tokens(model, processor, train_data_root, "train", 1, features="pixels")
+
+
+def test_answer_state_probe_reads_every_layer_before_the_answer(train_data_root):
+    """One state per layer (and the input embedding) at the last prompt token, the answer boxes' centres as
+    targets, and one error per layer next to the constant's."""
+    from gap_mllm.mini.probes import answer_start_states, answer_state_probe
+    from gap_mllm.output_parsing import parse_grounding
+    from gap_mllm.processing.annotation_files import find_annotation_file
+    from gap_mllm.processing.builders import load_annotation_file
+
+    model, processor = build_tiny_model(seed=0)
+    model.eval()
+    states, centres = answer_start_states(model, processor, train_data_root, "train", 3)
+    layers = model.config.vlm_config.text_config.num_hidden_layers
+    assert states.shape == (3, layers + 1, model.config.vlm_config.text_config.hidden_size)
+    records = load_annotation_file(find_annotation_file(train_data_root, "grounding_stage2", "train"))[:3]
+    np.testing.assert_allclose(centres, [parse_grounding(r["conversations"][1]["value"]).box.to_list()[:3] for r in records])
+    found = answer_state_probe(model, processor, train_data_root, fit_samples=6, eval_samples=2, eval_split="val")
+    assert len(found["readout_error_m_median_by_layer"]) == layers + 1 and found["constant_error_m_median"] > 0
