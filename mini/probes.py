@@ -283,13 +283,19 @@ def answer_start_states(model, processor, data_root, split: str, limit: int | No
 def answer_state_probe(model, processor, data_root, fit_samples: int = 1500, eval_samples: int | None = None,
                        eval_split: str = "val") -> dict:
     """Per layer (0 = the LLM's input embedding), the median error (m) of a linear read-out of the target's centre
-    from the state where the answer starts, and the constant (mean training centre) for comparison."""
+    from the state where the answer starts, and the constant (mean training centre) for comparison; bootstrap 95 %
+    intervals over the scored samples."""
     fit_x, fit_y = answer_start_states(model, processor, data_root, "train", fit_samples)
     eval_x, eval_y = answer_start_states(model, processor, data_root, eval_split, eval_samples)
-    errors = [float(np.median(np.linalg.norm(fit_ridge(fit_x[:, layer], fit_y)(eval_x[:, layer]) - eval_y, axis=1)))
-              for layer in range(fit_x.shape[1])]
-    return {"num_fit": len(fit_x), "num_eval": len(eval_x), "split": eval_split, "readout_error_m_median_by_layer": errors,
-            "constant_error_m_median": float(np.median(np.linalg.norm(eval_y - fit_y.mean(0), axis=1)))}
+    from gap_mllm.evaluation.confidence import bootstrap_interval
+
+    errors = [np.linalg.norm(fit_ridge(fit_x[:, layer], fit_y)(eval_x[:, layer]) - eval_y, axis=1) for layer in range(fit_x.shape[1])]
+    constant = np.linalg.norm(eval_y - fit_y.mean(0), axis=1)
+    return {"num_fit": len(fit_x), "num_eval": len(eval_x), "split": eval_split,
+            "readout_error_m_median_by_layer": [float(np.median(e)) for e in errors],
+            "readout_error_m_median_by_layer_ci95": [bootstrap_interval(e, np.median) for e in errors],
+            "constant_error_m_median": float(np.median(constant)),
+            "constant_error_m_median_ci95": bootstrap_interval(constant, np.median)}
 
 
 def main(argv=None) -> int:

@@ -96,4 +96,7 @@ def test_answer_state_probe_reads_every_layer_before_the_answer(train_data_root)
     records = load_annotation_file(find_annotation_file(train_data_root, "grounding_stage2", "train"))[:3]
     np.testing.assert_allclose(centres, [parse_grounding(r["conversations"][1]["value"]).box.to_list()[:3] for r in records])
     found = answer_state_probe(model, processor, train_data_root, fit_samples=6, eval_samples=2, eval_split="val")
-    assert len(found["readout_error_m_median_by_layer"]) == layers + 1 and found["constant_error_m_median"] > 0
+    assert len(found["readout_error_m_median_by_layer"]) == len(found["readout_error_m_median_by_layer_ci95"]) == layers + 1
+    assert found["constant_error_m_median"] > 0
+    low, high = found["constant_error_m_median_ci95"]
+    assert low <= found["constant_error_m_median"] <= high
