@@ -53,3 +53,18 @@ def bootstrap_statistic(samples: Sequence, fn: Callable[[list], float], resample
         rows = rng.integers(0, len(samples), size=len(samples))
         stats.append(fn([samples[i] for i in rows]))
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+
+
+def paired_difference(a, b, statistic: Callable = np.mean, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+    """`statistic(a) - statistic(b)` of two arms scored on the same samples (`a[i]`, `b[i]` one sample), with the
+    [2.5 %, 97.5 %] percentiles of the difference over bootstrap resamples of the samples (drawn jointly, so
+    what the samples share cancels), and the share of samples where `a` is above / below `b`."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired arms need the same non-empty 1-D shape, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, a.size, size=(resamples, a.size))
+    stats = np.array([statistic(a[row]) - statistic(b[row]) for row in draws])
+    return {"difference": float(statistic(a) - statistic(b)),
+            "ci95": [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))],
+            "share_above": float(np.mean(a > b)), "share_below": float(np.mean(a < b))}

@@ -38,6 +38,7 @@ import json
 import math
 import random
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,11 +113,14 @@ def referring_samples(data_root, split: str, views_per_object: int, order: str =
 
 
 def collator_rows(samples: list[dict]) -> list[dict]:
-    """Samples as the package's collator reads them (one decoded view each)."""
+    """Samples as the package's collator reads them: the decoded view `image`, or views `images` (paths)."""
     rows = []
     for sample in samples:
-        with PIL.Image.open(sample["image"]) as image:
-            rows.append({"id": sample["id"], "images": [image.convert("RGB")], "prompt": sample["prompt"], "answer": sample["answer"]})
+        images = []
+        for path in sample.get("images") or [sample["image"]]:
+            with PIL.Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        rows.append({"id": sample["id"], "images": images, "prompt": sample["prompt"], "answer": sample["answer"]})
     return rows
 
 
@@ -219,12 +223,33 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
     return lambda s: min(1.0, (s + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
 
 
-def train(model, processor, train_samples: list[dict], slices: dict[str, list[dict]], out_dir, steps: int,
-          batch_size: int = 16, lr: float = 1e-3, eval_every: int = 500, warmup_steps: int = 50, seed: int = 0,
-          log=print) -> list[dict]:
-    """Train on `train_samples` for `steps` steps, evaluating `slices` every `eval_every` steps and at the end
-    (appended to `<out_dir>/log.jsonl`; the model is saved to `<out_dir>/model`). Resumes from `out_dir`'s state
-    when one exists (pass the model loaded from `<out_dir>/model` then). Returns the evaluations of this call."""
+def _as_is(batch):
+    return batch
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item `step`: the collated batch of `draw(step)` (so DataLoader workers decode the next steps' views)."""
+
+    def __init__(self, draw, collator):
+        self.draw, self.collator = draw, collator
+
+    def __len__(self):
+        return 1 << 62
+
+    def __getitem__(self, step: int):
+        return self.collator(collator_rows(self.draw(step)))
+
+
+def train_steps(model, processor, draw, evaluate_fn, out_dir, steps: int, lr: float = 1e-3, eval_every: int = 500,
+                warmup_steps: int = 50, workers: int = 0, time_limit_s: float | None = None, log=print) -> list[dict]:
+    """The loop: AdamW on the parameters `FreezingPolicy()` leaves trainable, warm-up then cosine over `steps`,
+    clipping at 1; step s trains on the samples `draw(s)` (decoded by `workers` DataLoader processes, 0: in this
+    one). Every `eval_every` steps and at the last, `evaluate_fn(model, processor)` (a dict) is appended to
+    `<out_dir>/log.jsonl` with the step and the mean of the last 20 losses, and the model, optimizer, scheduler
+    and step are saved. Resumes from `out_dir`'s state when one exists (pass the model loaded from
+    `<out_dir>/model` then). With `time_limit_s`, a call that has run that long saves the same state after its
+    current step and returns, so a later call with the same arguments goes on where it stopped. Returns the
+    evaluations of this call."""
     from gap_mllm.processing.collator import GapMllmDataCollator
     from gap_mllm.training.config import FreezingPolicy
     from gap_mllm.training.param_groups import apply_freezing
@@ -242,13 +267,19 @@ def train(model, processor, train_samples: list[dict], slices: dict[str, list[di
         scheduler.load_state_dict(state["scheduler"])
         first = state["step"] + 1
         log(f"resuming at step {first}")
-    collator = GapMllmDataCollator(processor, train=True)
-    order = list(range(len(train_samples)))
-    random.Random(seed).shuffle(order)
+    batches = torch.utils.data.DataLoader(_StepBatches(draw, GapMllmDataCollator(processor, train=True)),
+                                          sampler=range(first, steps + 1), batch_size=None, collate_fn=_as_is, num_workers=workers,
+                                          prefetch_factor=4 if workers else None)
+
+    def save(step: int):
+        model.save_pretrained(out_dir / "model")
+        processor.save_pretrained(out_dir / "model")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, out_dir / STATE_FILE)
+
+    started = time.monotonic()
     losses, evaluations = [], []
     model.train()
-    for step in range(first, steps + 1):
-        batch = collator(collator_rows([train_samples[order[(step * batch_size + j) % len(order)]] for j in range(batch_size)]))
+    for step, batch in zip(range(first, steps + 1), batches):
         loss = model(**batch.to(model.device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -257,15 +288,40 @@ def train(model, processor, train_samples: list[dict], slices: dict[str, list[di
         optimizer.zero_grad()
         losses.append(loss.item())
         if step % eval_every == 0 or step == steps:
-            entry = {"step": step, "loss": float(np.mean(losses[-20:])), **evaluate(model, processor, slices)}
+            entry = {"step": step, "loss": float(np.mean(losses[-20:])), **evaluate_fn(model, processor)}
             log(json.dumps(entry))
             with open(out_dir / LOG_FILE, "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
-            model.save_pretrained(out_dir / "model")
-            processor.save_pretrained(out_dir / "model")
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, out_dir / STATE_FILE)
+            save(step)
             evaluations.append(entry)
+        elif time_limit_s is not None and time.monotonic() - started >= time_limit_s:
+            save(step)
+            log(f"stopped after step {step} at the time limit ({time_limit_s:g} s); the same command resumes it")
+            break
     return evaluations
+
+
+class ShuffledDraw:
+    """`draw(step)`: the step's `batch_size` samples, walking `samples` in one fixed shuffled order (cyclically)."""
+
+    def __init__(self, samples: list, batch_size: int, seed: int = 0):
+        self.samples, self.batch_size = samples, batch_size
+        self.order = list(range(len(samples)))
+        random.Random(seed).shuffle(self.order)
+
+    def __call__(self, step: int) -> list:
+        if self.batch_size == 0:
+            return []
+        return [self.samples[self.order[(step * self.batch_size + j) % len(self.order)]] for j in range(self.batch_size)]
+
+
+def train(model, processor, train_samples: list[dict], slices: dict[str, list[dict]], out_dir, steps: int,
+          batch_size: int = 16, lr: float = 1e-3, eval_every: int = 500, warmup_steps: int = 50, seed: int = 0,
+          workers: int = 0, log=print) -> list[dict]:
+    """`train_steps` on `train_samples` in batches of `batch_size`, evaluating `slices` (the model is saved to
+    `<out_dir>/model`, the evaluations appended to `<out_dir>/log.jsonl`)."""
+    return train_steps(model, processor, ShuffledDraw(train_samples, batch_size, seed),
+                       lambda m, p: evaluate(m, p, slices), out_dir, steps, lr, eval_every, warmup_steps, workers=workers, log=log)
 
 
 def main(argv=None) -> dict:
@@ -283,6 +339,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--evaluate-only", action="store_true", help="score --model without training")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="pixels the object covers in a sample's view")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding the views (0: in this one)")
     args = parser.parse_args(argv)
     from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 
@@ -305,7 +362,7 @@ def main(argv=None) -> dict:
         source = Path(args.out) / "model" if resumed else args.model
         model = GapMllmForConditionalGeneration.from_pretrained(source).to(args.device)
         report["evaluations"] = train(model, GapMllmProcessor.from_pretrained(source), train_samples, slices, args.out,
-                                      args.steps, args.batch_size, args.lr, args.eval_every,
+                                      args.steps, args.batch_size, args.lr, args.eval_every, workers=args.workers,
                                       log=lambda line: print(line, flush=True))
     print(json.dumps(report), flush=True)
     return report
