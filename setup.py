@@ -55,7 +55,8 @@ CORE = [
 ]
 EXTRAS = {
     "data": ["datasets==5.2.0", "trimesh>=4"],
-    "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6"],
+    # pycocoevalcap: the shipped stage-2 recipes score captioning while they train (evaluation.tasks)
+    "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6", "pycocoevalcap>=1.2"],
     "eval": ["datasets==5.2.0", "evaluate==0.4.6", "pycocoevalcap>=1.2", "matplotlib>=3.8", "accelerate==1.15.0"],
     "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8"],
     "flash": ["flash-attn>=2.7"],

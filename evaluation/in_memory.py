@@ -51,6 +51,7 @@ class EvaluationSlice:
     def __init__(self, task_name: str, data_root, split: str = "val", max_samples: int | None = 64,
                  annotated_frame: bool = False):
         self.task = get_task(task_name)
+        self.task.check_scoring_dependencies()  # a training run's evaluation fails before step 1, not at its first evaluation
         if annotated_frame and self.task.name != "grounding":
             raise ValueError(f"annotated_frame replaces grounding's frame selection; {task_name!r} has none")
         self.annotated_frame = annotated_frame

@@ -127,6 +127,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
     task = get_task(task_name, official_compat)
+    task.check_scoring_dependencies()  # before the answers are generated
     annotation_file = Path(annotation_file) if annotation_file else find_annotation_file(data_dir, task.annotation_task, split)
     records = load_annotation_file(annotation_file)
     if limit is not None:

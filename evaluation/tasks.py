@@ -15,6 +15,7 @@ same as after an uninterrupted one. Per-sample rows: `{"id", "index", "raw", "pa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -73,9 +74,20 @@ class Benchmark:
 
     spec = None  # the registry task
     stage_specs: tuple = ()  # the task asked at each stage
+    # (import name, pip requirement) of what `evaluate` imports when it runs: checked before any answer is
+    # generated, so a missing scorer fails at once and not after an evaluation's (or a training run's) work
+    scoring_packages: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, official_compat: bool = False):
         self.official_compat = official_compat
+
+    def check_scoring_dependencies(self) -> None:
+        """ImportError naming each missing scoring package of this task and how to install it."""
+        missing = [requirement for module, requirement in self.scoring_packages if importlib.util.find_spec(module) is None]
+        if missing:
+            raise ImportError(f"scoring the {self.name} task needs {', '.join(missing)}, which is not installed: "
+                              f"pip install 'gap-mllm[eval]' (or {' '.join(missing)}); during training, the task can "
+                              "also be left out of evaluation.tasks")
 
     @property
     def name(self) -> str:
@@ -226,6 +238,7 @@ class GroundingTask(Benchmark):
 
 class CaptionTask(Benchmark):
     spec, stage_specs = CAPTIONING, (CAPTIONING,)
+    scoring_packages = (("pycocoevalcap", "pycocoevalcap>=1.2"),)
     headline = ("cider", "CIDEr at the 0.5 IoU gate")
 
     def request(self, record, stage, previous, media_root):

@@ -182,6 +182,10 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
     recipe = load_recipe(RECIPES / recipe_name, values)
     logger.info("%s → %s", recipe_name, output)
     result = run_training(recipe, resume_from_checkpoint="auto")
+    from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
+
+    # a run stopped by `--set time_limit_s=N` is not done: raise before the marker, the same command resumes it
+    TrainingStoppedAtTimeLimit.check(result.global_step, int(recipe.training.get("max_steps", -1)), str(output))
     import torch
 
     device = "cuda" if run.device == "cuda" or (run.device == "auto" and torch.cuda.is_available()) else "cpu"

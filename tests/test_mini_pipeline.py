@@ -79,3 +79,20 @@ def test_a_second_run_resumes_without_training(toy_run, caplog):
         run_mini(toy_run)
     assert caplog.text.count("done already") == 4  # stage 0 (two recipes), stage 1, stage 2
     assert "is up to date" in caplog.text
+
+
+def test_a_stage_stopped_at_its_time_limit_is_not_done_and_the_same_call_resumes_it(toy_run):
+    from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
+
+    geometry = toy_run / "run" / "stages" / "stage0_geometry"
+    output = toy_run / "slot" / "stage0"
+    start = [f"model.name_or_path={geometry}"]
+    limited = pipeline.MiniRun(out=toy_run / "slot", data=toy_run / "run" / "data", budget="toy", device="cpu",
+                               overrides=("time_limit_s=1e-9",))  # `gap-mllm mini --set time_limit_s=...`
+    with pytest.raises(TrainingStoppedAtTimeLimit, match="after step 1 of 2"):
+        pipeline.train_stage(limited, "mini_stage0_vision.yaml", "vision", output, start)
+    assert not pipeline.stage_is_done(output) and (output / "checkpoint-1").is_dir()
+
+    resumed = pipeline.MiniRun(out=toy_run / "slot", data=toy_run / "run" / "data", budget="toy", device="cpu")
+    pipeline.train_stage(resumed, "mini_stage0_vision.yaml", "vision", output, start)
+    assert json.loads((output / pipeline.DONE_MARKER).read_text())["global_step"] == 2

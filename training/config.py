@@ -220,6 +220,8 @@ class TrainRecipe:
         "micro_batch_mean" is the official behaviour (token mean per micro-batch, averaged over steps).
     device: "auto" (CUDA when torch sees one, else the CPU), "cpu" or "cuda"; the precision and the
         CPU settings follow from it (training/device.py), and the choice is logged.
+    time_limit_s: stop after this many seconds of training with a checkpoint that `--resume auto`
+        continues (training/time_limit.py); None: run to `training.max_steps`.
     """
 
     stage: str = "pretrain"  # "pretrain" / "finetune" (the LLM stages), "geometry" / "vision" (stage 0)
@@ -235,6 +237,7 @@ class TrainRecipe:
     evaluation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)
     loss_normalization: str = "global_token_mean"
     device: str = "auto"
+    time_limit_s: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -43,6 +43,10 @@ class EncoderStageModel(nn.Module):
     and are not part of the GAP-MLLM folder the next stage loads.
     """
 
+    # read by Trainer after loading a checkpoint that lacks a key; a tied `lm_head.weight` (the mini LLM ties it,
+    # so `save_pretrained` leaves it out) made resuming a stage-0 run of the mini model fail with AttributeError
+    _keys_to_ignore_on_save = None
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model

@@ -23,6 +23,7 @@ from .data import add_length_column, build_collator, load_split
 from .device import apply_device_plan
 from .geometry_aligned_model import GeometryAlignedModel
 from .param_groups import apply_freezing
+from .time_limit import TimeLimitCallback
 from .trainer import GeometryAlignedTrainer
 
 logger = logging.getLogger(__name__)
@@ -205,7 +206,8 @@ def save_final_model(trainer, output_dir=None) -> None:
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
     """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output.
     Stage-0 recipes (`stage: geometry` / `vision`) train an encoder (training/encoder_stage_run.py).
-    Beside the model, `gap_mllm_training.json` records what it was trained on (`training_record`)."""
+    Beside the model, `gap_mllm_training.json` records what it was trained on (`training_record`).
+    With `recipe.time_limit_s`, a run that reaches it stops with a checkpoint and saves no final model."""
     if recipe.stage in ("geometry", "vision"):
         from .encoder_stage_run import build_encoder_stage_trainer
 
@@ -213,8 +215,17 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
     else:
         setup = build_trainer(recipe, **build_kwargs)
     trainer = setup.trainer
+    time_limit = None
+    if recipe.time_limit_s is not None:
+        time_limit = TimeLimitCallback(recipe.time_limit_s)
+        trainer.add_callback(time_limit)
     resume = resolve_resume(resume_from_checkpoint, trainer.args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
+    if time_limit is not None and time_limit.reached:
+        # unfinished: the checkpoint holds the state, and a final model here would pass for the finished one
+        logger.warning("stopped at the time limit (%g s) after step %d of %d; the checkpoint in %s resumes it (--resume auto)",
+                       recipe.time_limit_s, result.global_step, trainer.state.max_steps, trainer.args.output_dir)
+        return result
     save_final_model(trainer)
     if trainer.args.should_save:
         record = training_record(recipe, trainer.state.global_step, data_given=build_kwargs.get("train_dataset") is not None)

@@ -1,5 +1,8 @@
 """`gap-mllm train --config RECIPE.yaml [--set section.key=value ...] [--resume auto|DIR] [--device auto|cpu|cuda]`.
 
+`--set time_limit_s=N` stops after N seconds of training with a checkpoint; `--resume auto` continues it
+(training/time_limit.py), for schedulers that give a run fixed slots of time.
+
 Values are checked against the recipe's field types (`training.*` against TrainingArguments); the
 device and precision are picked by themselves (`--device auto`, the default: CUDA when torch sees
 one, else the CPU in float32) and logged.
@@ -51,6 +54,11 @@ def main(args: argparse.Namespace) -> int:
         logging.getLogger("gap_mllm").setLevel(logging.INFO)
     hf_logging.set_verbosity_info()
     result = run_training(recipe, resume_from_checkpoint=args.resume)
+    max_steps = int(recipe.training.get("max_steps", -1))
+    if recipe.time_limit_s is not None and 0 < result.global_step < max_steps:
+        print(f"stopped at the time limit after step {result.global_step} of {max_steps}; the checkpoint in "
+              f"{recipe.training['output_dir']} resumes it: the same command with --resume auto")
+        return 0
     print(f"trained {result.global_step} steps, final train loss {result.training_loss:.4f}; saved to {recipe.training['output_dir']}")
     return 0
 
