@@ -21,13 +21,15 @@ How precise a box must be: `tolerated_shift` is the largest distance the target'
 orientation) may be moved, in one direction, before its IoU with the target falls below a threshold; and
 `token_grid_oracle` scores the target's own box with its centre snapped to the centre of the visual-token
 cell it projects into (at its true depth): what reading "which token holds the object" alone can give, at the
-frames' token resolution (32-pixel cells for Qwen's 16-pixel patches merged 2 x 2).
+frames' token resolution (32-pixel cells for Qwen's 16-pixel patches merged 2 x 2). `frame_grid_oracle` does the
+same for stage 1: the frame each rule picks from the target's coverage of every view counted in such cells.
 
 CLI:
     python -m gap_mllm.evaluation.grounding_identification --data DATA --samples OUT/samples.jsonl   # a run's answers
     python -m gap_mllm.evaluation.grounding_identification --data DATA --model DIR [--annotated-frame] [--limit N]
     python -m gap_mllm.evaluation.grounding_identification --data DATA --tolerance                   # the targets' slack
     python -m gap_mllm.evaluation.grounding_identification --data DATA --token-grid 32               # the token-grid oracle
+    python -m gap_mllm.evaluation.grounding_identification --data DATA --frame-grid 32               # stage 1 from token coverage
 """
 
 from __future__ import annotations
@@ -225,6 +227,70 @@ def token_grid_oracle(records, data_root, cell_pixels: int = 32) -> dict:
     return out
 
 
+FRAME_RULES = ("half_of_best", "first_seen", "most_seen", "frame_0")
+
+
+def min_visible_pixels(data_root) -> int:
+    """The pixels an object must cover to count as seen, from the SynthRooms configuration that wrote `data_root`."""
+    from gap_mllm.processing.synth.generator import SynthConfig
+
+    config = json.loads((Path(data_root) / "synthrooms" / "dataset_info.json").read_text(encoding="utf-8"))["config"]
+    return SynthConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}).min_visible_pixels
+
+
+def target_coverage(record: dict, data_root, cell_pixels: int = 1) -> np.ndarray:
+    """`[frames]`: how much of each of a grounding stage-1 record's frames its target covers, read from the written
+    instance masks: pixels (`cell_pixels=1`), or the `cell_pixels`-square cells of which it covers at least half
+    (what a visual token shows: 32-pixel cells for Qwen's 16-pixel patches merged 2 x 2)."""
+    from gap_mllm.processing.synth.writer import read_instance_mask
+
+    counts = []
+    for image in record["images"]:
+        scene, name = Path(image).parent.name, Path(image).stem
+        mask = read_instance_mask(Path(data_root) / "synthrooms" / "instance" / scene / f"{name}.png") == record["object_id"] + 1
+        if cell_pixels > 1:
+            rows, columns = mask.shape[0] // cell_pixels, mask.shape[1] // cell_pixels
+            shares = mask[: rows * cell_pixels, : columns * cell_pixels].reshape(rows, cell_pixels, columns, cell_pixels).mean(axis=(1, 3))
+            counts.append(int((shares >= 0.5).sum()))
+        else:
+            counts.append(int(mask.sum()))
+    return np.asarray(counts)
+
+
+def frame_from_coverage(coverage: np.ndarray, rule: str, min_coverage: int = 1) -> int:
+    """The frame a rule picks from per-frame coverage: "half_of_best" (SynthRooms' first clear frame: the first frame
+    covering at least half the best frame's coverage and `min_coverage`), "first_seen" (the first frame with
+    `min_coverage`), "most_seen" (the best frame), "frame_0" (the prior the mini default answers); 0 when the
+    target is never covered."""
+    from gap_mllm.processing.synth.samples import first_clear_frame
+
+    if rule == "frame_0" or coverage.max() < min_coverage:
+        return 0
+    if rule == "half_of_best":
+        return first_clear_frame(coverage, min_coverage)
+    if rule == "first_seen":
+        return int(np.flatnonzero(coverage >= min_coverage)[0])
+    if rule == "most_seen":
+        return int(np.argmax(coverage))
+    raise ValueError(f"frame rule {rule!r}; choose from {FRAME_RULES}")
+
+
+def frame_grid_oracle(records, data_root, cell_pixels: int = 32) -> dict:
+    """How often each rule of `FRAME_RULES`, applied to the target's coverage counted in `cell_pixels` cells, picks
+    the annotated first clear frame k* (Wilson intervals): what reading "which tokens show the object" in every view
+    can give grounding's stage 1 at the frames' token resolution. With `cell_pixels=1` and the dataset's
+    `min_visible_pixels`, "half_of_best" is the rule that wrote k*, so it scores 1."""
+    min_coverage = min_visible_pixels(data_root) if cell_pixels == 1 else 1
+    hits = dict.fromkeys(FRAME_RULES, 0)
+    for record in records:
+        coverage, truth = target_coverage(record, data_root, cell_pixels), annotated_frame(record)
+        for rule in FRAME_RULES:
+            hits[rule] += frame_from_coverage(coverage, rule, min_coverage) == truth
+    n = len(records)
+    return {"cell_pixels": cell_pixels, "num_samples": n,
+            **{rule: {"frame_accuracy": count / n, "frame_accuracy_ci95": wilson_interval(count, n)} for rule, count in hits.items()}}
+
+
 def generated(model_dir, data_root, split: str, limit: int | None, annotated_frame: bool, batch_size: int = 32) -> dict:
     """Answer the first `limit` grounding records of `split` with the model folder (two stages, or the box
     stage alone in the annotated frame) and return the grounding metrics with `from_rows`."""
@@ -250,6 +316,7 @@ def main(argv=None) -> None:
     mode.add_argument("--model", help="a model folder to answer the grounding records of --split")
     mode.add_argument("--tolerance", action="store_true", help="how far the target boxes may move at IoU 0.25 / 0.5")
     mode.add_argument("--token-grid", type=int, metavar="PIXELS", help="the token-grid oracle with cells of PIXELS")
+    mode.add_argument("--frame-grid", type=int, metavar="PIXELS", help="stage 1's frame read from the target's coverage in cells of PIXELS")
     parser.add_argument("--annotated-frame", action="store_true", help="with --model: give stage 2 the annotated frame k*")
     parser.add_argument("--limit", type=int, default=None, help="the first N records of the split")
     args = parser.parse_args(argv)
@@ -261,7 +328,12 @@ def main(argv=None) -> None:
         result = generated(args.model, args.data, args.split, args.limit, args.annotated_frame)
     else:
         records = load_annotation_file(find_annotation_file(args.data, "grounding_stage1", args.split))[: args.limit]
-        result = tolerance_summary(records) if args.tolerance else token_grid_oracle(records, args.data, args.token_grid)
+        if args.tolerance:
+            result = tolerance_summary(records)
+        elif args.frame_grid is not None:
+            result = frame_grid_oracle(records, args.data, args.frame_grid)
+        else:
+            result = token_grid_oracle(records, args.data, args.token_grid)
     print(json.dumps(result, indent=1))
 
 

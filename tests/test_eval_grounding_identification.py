@@ -201,3 +201,35 @@ def test_annotated_frame_slice_answers_stage_one_with_the_truth(synth_data, reco
     assert len(_Generator.asked) == 3  # one box request per record, no frame selection
     with pytest.raises(ValueError, match="frame selection"):
         in_memory.EvaluationSlice("captioning", synth_data, "val", annotated_frame=True)
+
+
+def test_frame_grid_oracle_at_pixel_resolution_reproduces_the_annotated_frame(synth_data, records):
+    result = gi.frame_grid_oracle(records, synth_data, cell_pixels=1)
+    assert result["num_samples"] == len(records) and result["half_of_best"]["frame_accuracy"] == 1.0
+    zero = sum(gi.annotated_frame(record) == 0 for record in records) / len(records)
+    assert result["frame_0"]["frame_accuracy"] == pytest.approx(zero)
+
+
+def test_frame_rules_on_given_coverage():
+    coverage = np.array([0, 3, 10, 6, 0])
+    assert gi.frame_from_coverage(coverage, "half_of_best") == 2  # first >= 5
+    assert gi.frame_from_coverage(coverage, "first_seen") == 1
+    assert gi.frame_from_coverage(coverage, "first_seen", min_coverage=4) == 2
+    assert gi.frame_from_coverage(coverage, "most_seen") == 2
+    assert gi.frame_from_coverage(coverage, "frame_0") == 0
+    assert gi.frame_from_coverage(np.zeros(5, dtype=int), "most_seen") == 0  # never covered
+    with pytest.raises(ValueError, match="frame rule 'last'"):
+        gi.frame_from_coverage(coverage, "last")
+
+
+def test_cell_coverage_counts_cells_the_target_covers_at_least_half(synth_data, records):
+    from gap_mllm.processing.synth.writer import read_instance_mask
+
+    record = max(records, key=lambda r: gi.target_coverage(r, synth_data).max())  # a well visible target
+    cells = gi.target_coverage(record, synth_data, cell_pixels=8)
+    for frame, image in enumerate(record["images"]):
+        scene, name = image.split("/")[0], image.split("/")[1].rsplit(".", 1)[0]
+        mask = read_instance_mask(synth_data / "synthrooms" / "instance" / scene / f"{name}.png") == record["object_id"] + 1
+        expected = sum(mask[r:r + 8, c:c + 8].sum() >= 32 for r in range(0, mask.shape[0] - 7, 8) for c in range(0, mask.shape[1] - 7, 8))
+        assert cells[frame] == expected
+    assert cells.max() > 0
