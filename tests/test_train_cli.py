@@ -61,3 +61,15 @@ def test_stage1_then_stage2_through_the_cli(tmp_path, train_data_root):
     assert run_cli(["--config", str(tmp_path / "stage2.yaml"), "--output-dir", str(stage2_dir), "--resume", "auto",
                     "--set", f"data.cache_dir={tmp_path / 'hf'}", "--set", "cache.enabled=false", *common]) == 0
     assert (stage2_dir / "model.safetensors").read_bytes() == before
+
+
+def test_a_time_limited_cli_run_says_how_to_continue_and_the_same_command_finishes_it(tmp_path, train_data_root, capsys):
+    out = tmp_path / "slots"
+    argv = ["--config", str(RECIPES / "stage1_pretrain.yaml"), "--output-dir", str(out), "--resume", "auto",
+            "--data-root", str(train_data_root), "--report-to", "none", "--set", "model.tiny=tiny",
+            "--set", f"data.cache_dir={tmp_path / 'hf'}", "--set", "cache.enabled=false", *sum((["--set", o] for o in CPU), [])]
+    assert run_cli([*argv, "--time-limit-s", "1e-9"]) == 0  # past the limit after the first step
+    assert "stopped at the time limit after step 1 of 2" in capsys.readouterr().out
+    assert not (out / "model.safetensors").exists() and (out / "checkpoint-1").is_dir()
+    assert run_cli(argv) == 0
+    assert "trained 2 steps" in capsys.readouterr().out and (out / "model.safetensors").is_file()

@@ -1,6 +1,6 @@
 """`gap-mllm train --config RECIPE.yaml [--set section.key=value ...] [--resume auto|DIR] [--device auto|cpu|cuda]`.
 
-`--set time_limit_s=N` stops after N seconds of training with a checkpoint; `--resume auto` continues it
+`--time-limit-s N` stops after N seconds of training with a checkpoint; `--resume auto` continues it
 (training/time_limit.py), for schedulers that give a run fixed slots of time.
 
 Values are checked against the recipe's field types (`training.*` against TrainingArguments); the
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None, help="shortcut for --set training.output_dir=...")
     parser.add_argument("--report-to", default=None, help='shortcut for --set training.report_to=... ("none", "tensorboard", "wandb", ...)')
     parser.add_argument("--data-root", default=None, help="shortcut for --set data.data_root=...")
+    parser.add_argument("--time-limit-s", type=float, default=None,
+                        help="stop after this many seconds of training with a checkpoint; the same command with "
+                             "--resume auto continues it (shortcut for --set time_limit_s=...)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to train (default: the recipe's `device`, auto = CUDA if available, else CPU); "
                              "precision and CPU settings follow, and are logged")
@@ -43,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     for value, key in ((args.output_dir, "training.output_dir"), (args.report_to, "training.report_to"),
-                       (args.data_root, "data.data_root"), (args.device, "device")):
+                       (args.data_root, "data.data_root"), (args.device, "device"), (args.time_limit_s, "time_limit_s")):
         if value is not None:
             overrides.append(f"{key}={value}")
     recipe = load_recipe(args.config, overrides)
