@@ -25,6 +25,7 @@ from .geometry_fusion import WeightedFusion
 from .loading_report import GEOMETRY_GROUPS, report_missing_weights
 from .model_inputs import GEOMETRY_INPUT_NAMES  # prefill-only inputs; generate() drops them afterwards
 from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_weights
+from .batched_qwen3_vl import use_batched_qwen3_vl
 from .multi_level_fusion import GapMllmMultiLevelFusion
 from .scene_cache import GapMllmScene, encode_scene, generate_from_scene
 
@@ -101,6 +102,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             if sub_config._attn_implementation is None:
                 sub_config._attn_implementation = config._attn_implementation
         self.vlm = Qwen3VLForConditionalGeneration(config.vlm_config)
+        use_batched_qwen3_vl(self.vlm)  # position ids and ViT attention without per-image host loops
         if config.use_geometry:
             self.geometry_encoder = GapMllmGeometryEncoder(config.geometry_config)
             self.geometry_fusion = GapMllmMultiLevelFusion(config)
@@ -468,6 +470,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         )
         model = cls(config).to(vlm.dtype)
         model.vlm = vlm
+        use_batched_qwen3_vl(vlm)
         loaded = set()
         if vggt_weights is not None:
             if not config.use_geometry:

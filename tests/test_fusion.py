@@ -131,3 +131,20 @@ def test_every_variant_has_the_uniform_interface_and_backpropagates(method):
     assert v.grad.abs().sum() > 0 and g.grad.abs().sum() > 0
     for name, parameter in fusion.named_parameters():
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+
+
+@pytest.mark.parametrize("grids", [((4, 6), (4, 6), (4, 6)), ((4, 6), (6, 4), (4, 6))])
+def test_multi_level_fusion_merges_samples_of_one_grid_in_one_call_with_the_same_result(grids):
+    """One merger call for samples of equal patch grids (else one per sample); either way the per-sample result."""
+    torch.manual_seed(0)
+    config = GapMllmConfig(geometry_fusion_config={"merger_hidden_size": 16})
+    config.geometry_config.hidden_size = 8
+    config.vlm_config.vision_config.out_hidden_size = D
+    fusion = GapMllmMultiLevelFusion(config).eval()
+    geometry = [torch.randn(views, h, w, 16) for views, (h, w) in zip((2, 3, 1), grids)]
+    calls = []
+    fusion.mergers[0].register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    per_sample = torch.cat([fusion.mergers[0](features) for features in geometry])
+    calls.clear()
+    torch.testing.assert_close(fusion._merge(0, geometry), per_sample, rtol=1e-6, atol=1e-6)
+    assert calls == ([6] if len(set(grids)) == 1 else [2, 3, 1])

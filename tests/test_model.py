@@ -193,6 +193,7 @@ def test_builder_from_a_stock_qwen3_vl_checkpoint(tmp_path, build_model, make_in
     assert not any(p.requires_grad for p in model.geometry_encoder.parameters())
     logits = _logits(model.eval(), make_inputs((2,)))
     assert torch.isfinite(logits).all()
+    assert type(model.vlm.model).__name__ == "GapMllmQwen3VLModel"  # the loaded VLM gets the batch-wide paths too
 
 
 def test_bfloat16_forward_and_activation_checkpointing(build_model, make_inputs):
