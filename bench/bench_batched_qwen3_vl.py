@@ -1,6 +1,6 @@
 """Per-image and per-sample host loops vs the package's batch-wide paths, side by side.
 
-    .venv/bin/python bench/bench_batched_qwen3_vl.py [--batch 32] [--views 8] [--repeats 5]
+    .venv/bin/python bench/bench_batched_qwen3_vl.py [--batch 32] [--views 8] [--repeats 5] [--device cuda]
 
 Inputs: the GAP-MLLM-Mini model (random weights: the positions and the step's work do not depend on them) and
 a collated batch of grounding stage-1 samples of the mini preset (`--views` frames of 160×128 and the official
@@ -11,7 +11,7 @@ level). For each arm:
 
 - operations: aten calls counted by a dispatch mode, and among them `_local_scalar_dense` (`.item()`), each a
   host-device synchronisation on a GPU (`.tolist()` reads do not pass the dispatcher and are not counted);
-- seconds: medians of `--repeats` interleaved runs on this machine's CPU.
+- seconds: medians of `--repeats` interleaved runs on `--device` (on CUDA, synchronised before and after each).
 
 Measured for `get_rope_index` alone, for the ViT alone, and for a training forward + backward of the whole model
 (whose loss must agree between the arms to float32 round-off).
@@ -86,12 +86,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
     options = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
+    device = torch.device(options.device)
     model, processor = build_mini_model()
+    model.to(device)
     model.train()
-    inputs = grounding_batch(processor, options.batch, options.views)
+    inputs = grounding_batch(processor, options.batch, options.views).to(device)
+    synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     inner = model.vlm.model
     rope_args = dict(mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
                      attention_mask=inputs["attention_mask"])
@@ -121,8 +125,10 @@ def main() -> None:
         for arm, classes in ARMS.items():
             switch(model, classes)
             for part, function in parts.items():
+                synchronise()
                 start = time.perf_counter()
                 function()
+                synchronise()
                 results[arm][f"{part}_s"].append(time.perf_counter() - start)
     switch(model, ARMS["batched"])
 
@@ -135,7 +141,7 @@ def main() -> None:
     tokens = inputs["input_ids"].shape
     print(f"batch {options.batch} × {options.views} views, {tokens[1]} tokens per row; positions equal, ViT features "
           f"and loss within 1e-5 (loss difference {float((loops['loss'] - batched['loss']).abs()):.1e}); "
-          f"medians of {options.repeats} (CPU threads: {torch.get_num_threads()})\n")
+          f"medians of {options.repeats} on {device.type} (CPU threads: {torch.get_num_threads()})\n")
     print("| measured | loops | batched | loops / batched |")
     print("|---|---|---|---|")
     rows = (("get_rope_index: aten operations", "rope_ops", int), ("get_rope_index: .item() calls", "rope_items", int),

@@ -193,7 +193,9 @@ def results_markdown(results: dict) -> str:
     lines.append(f"Test split: {sizes.get('grounding_num_samples', '—')} grounding, {sizes.get('detection_num_samples', '—')} detection, "
                  f"{sizes.get('captioning_num_samples', '—')} captioning, {sizes.get('stage1_num_samples', '—')} marker samples; "
                  "95 % intervals in brackets (Wilson for accuracies, bootstrap otherwise). "
-                 "— : not evaluated (an arm whose stage 2 was not trained).")
+                 "— : not evaluated (an arm whose stage 2 was not trained). "
+                 "The S1 columns score each arm's stage-1 model: the marker task is the pre-training task, stage 2 "
+                 "does not train it, and the final model (the exported default too) is not scored on it.")
     stages = results.get("stages")
     if stages:
         lines += ["", "Where each stage was trained (from its `stage_done.json`):", "", "| stage | recipe | steps | device | note |", "|---|---|---|---|---|"]
