@@ -23,6 +23,7 @@ from pathlib import Path
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import describe_data_root
+from gap_mllm.processing.held_out import check_held_out, record_scene_id
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
 from . import reports
@@ -135,6 +136,8 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     ids = [sample_id(r, i) for i, r in enumerate(records)]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{annotation_file}: sample ids are not unique")
+    if model_dir is not None:  # a model is never scored on scenes it trained on (processing/held_out.py)
+        check_held_out(model_dir, data_dir, {record_scene_id(r) for r in records})
     media_root = posed_images_dir(data_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

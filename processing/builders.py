@@ -40,6 +40,7 @@ from gap_mllm.visual_prompt import check_marker_inside
 from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
 from .errors import DataError, SkipCounter
+from .held_out import record_scene_id
 from .features import DEFAULT_CLASS_NAMES, common_features, geometry_features, task_features
 from .prompts import IMAGE_PLACEHOLDER, extract_description
 from .scannet_layout import media_path, posed_images_dir, read_depth, read_views
@@ -156,7 +157,7 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
         views = read_views(self.media_root, images, load_depth=cfg.load_depth, load_poses=cfg.load_poses)
         example = {
             "id": key,
-            "scene_id": str(record.get("scene_id", Path(images[0]).parent.name)),
+            "scene_id": record_scene_id(record),
             "images": [{"path": None, "bytes": media_path(self.media_root, p, key).read_bytes()} for p in images],
             "image_paths": list(images),
             "prompt": prompt,

@@ -7,9 +7,11 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.processing.held_out import TrainedOnEvaluationScenes, check_held_out, split_scenes
 from gap_mllm.training import train_cli
 from gap_mllm.training.config import load_recipe
 
@@ -47,6 +49,7 @@ def test_stage1_then_stage2_through_the_cli(tmp_path, train_data_root):
     GapMllmForConditionalGeneration.from_pretrained(stage1_dir, require_geometry_weights=True)
     record = json.loads((stage1_dir / "gap_mllm_training.json").read_text())  # what the model card will state
     assert record["data"]["kind"] == "synthrooms" and record["tasks"] == ["reconstruction"] and record["global_step"] == 2
+    assert record["trained_scenes"] == [split_scenes(train_data_root, "train")]  # what evaluation must not score it on
 
     # stage 2 from the stage-1 folder (the recipe default, here redirected to the test's folder)
     recipe = yaml.safe_load((RECIPES / "stage2_finetune.yaml").read_text())
@@ -56,6 +59,11 @@ def test_stage1_then_stage2_through_the_cli(tmp_path, train_data_root):
     assert run_cli(["--config", str(tmp_path / "stage2.yaml"), "--output-dir", str(stage2_dir), "--resume", "auto",
                     "--set", f"data.cache_dir={tmp_path / 'hf'}", "--set", "cache.enabled=false", *common]) == 0
     assert (stage2_dir / "model.safetensors").is_file()
+    # the same scenes (stage 1's carried over, not repeated); its validation scene stays held out
+    assert json.loads((stage2_dir / "gap_mllm_training.json").read_text())["trained_scenes"] == record["trained_scenes"]
+    with pytest.raises(TrainedOnEvaluationScenes):
+        check_held_out(stage2_dir, train_data_root, split_scenes(train_data_root, "train")["scenes"])
+    check_held_out(stage2_dir, train_data_root, split_scenes(train_data_root, "val")["scenes"])
     # a second call with --resume auto continues from checkpoint-2: nothing left to train, same weights
     before = (stage2_dir / "model.safetensors").read_bytes()
     assert run_cli(["--config", str(tmp_path / "stage2.yaml"), "--output-dir", str(stage2_dir), "--resume", "auto",

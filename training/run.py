@@ -16,6 +16,7 @@ import torch
 from transformers import TrainingArguments
 
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
+from gap_mllm.processing.held_out import trained_scenes
 
 from .checkpoints import check_resume_checkpoint, find_resumable_checkpoint
 from .config import ModelSource, TrainRecipe
@@ -178,17 +179,22 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
 def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = False) -> dict:
     """What the saved model was trained on and how, for its model card (`gap-mllm push`): stage,
     tasks, the data root described by `describe_data_root` (its folder name, never its path), steps,
-    what was frozen, LoRA. `data_given`: the datasets were passed in, not read from `data.data_root`."""
+    what was frozen, LoRA, and the SynthRooms scenes it and the model it started from trained on
+    (`trained_scenes`). `data_given`: the datasets were passed in, not read from `data.data_root`."""
+    started_from = None
     if recipe.model.tiny:
         source = f"the {recipe.model.tiny} test model, randomly initialised"
     else:
         source = recipe.model.name_or_path
         if source and Path(source).exists():
-            source = Path(source).name  # a local folder: its name only
-    data = None if data_given or not recipe.data.data_root else describe_data_root(recipe.data.data_root)
+            started_from, source = source, Path(source).name  # a local folder: its name only
+    data_root = None if data_given else recipe.data.data_root
+    data = describe_data_root(data_root) if data_root else None
     return {"stage": recipe.stage, "tasks": list(recipe.data.tasks), "data": data, "global_step": int(global_step),
             "started_from": source, "freezing": dataclasses.asdict(recipe.freezing), "lora": recipe.lora.enabled,
-            "aux_losses": recipe.aux.enabled}
+            "aux_losses": recipe.aux.enabled,
+            # what `gap-mllm evaluate` must not score it on (processing/held_out.py)
+            "trained_scenes": trained_scenes(data_root, recipe.data.train_split, started_from)}
 
 
 def save_final_model(trainer, output_dir=None) -> None:

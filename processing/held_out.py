@@ -1,0 +1,90 @@
+"""Which SynthRooms scenes a model trained on, and the check that an evaluation does not score them.
+
+SynthRooms numbers its scenes across the splits (`gap-mllm synth --scenes N --val-scenes V`: training scenes
+0..N-1, validation N..N+V-1, then test), and scene i depends only on the generator settings and i. So data written
+with more training scenes trains on what smaller data with the same settings holds out: a model trained on
+`--scenes 6000` and scored on the validation or test split of `--scenes 1200` data would be scored on scenes it
+trained on, with no error anywhere. `gap-mllm train` records the scenes of every SynthRooms split it trained on
+(`trained_scenes`, in the model's `gap_mllm_training.json`, carried over from the model it started from), and
+`gap-mllm evaluate` refuses to score a model on any of them (`check_held_out`).
+
+Scenes are matched by the generator settings (`dataset_info.json`'s `config`, seed included, hashed) and scene id:
+data written with other settings is not compared, and data not written by `gap-mllm synth` is not checked at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .dataset_identity import SYNTHROOMS_INFO, TRAINING_RECORD
+
+
+def _synthrooms_info(data_root) -> dict | None:
+    path = Path(data_root) / SYNTHROOMS_INFO
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def record_scene_id(record: dict) -> str:
+    """The scene of an annotation record: its `scene_id`, else the folder of its first image."""
+    return str(record.get("scene_id", Path(record["images"][0]).parent.name))
+
+
+def generator_fingerprint(config: dict) -> str:
+    """sha256 of the generator settings (canonical JSON): equal settings and scene id mean the same scene."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def split_scenes(data_root, split: str) -> dict | None:
+    """`{"generator": fingerprint, "scenes": [scene ids]}` of a SynthRooms split; None for other data (or a split
+    the data does not have)."""
+    info = _synthrooms_info(data_root)
+    if info is None or split not in (info.get("splits") or {}) or "config" not in info:
+        return None
+    return {"generator": generator_fingerprint(info["config"]), "scenes": sorted(info["splits"][split])}
+
+
+def trained_scenes(data_root, split: str, started_from=None) -> list[dict]:
+    """The SynthRooms scene sets a run trains on: its own split's (if the data is SynthRooms) and those of the
+    model it starts from (read from that folder's training record, when it has one)."""
+    sets = []
+    if started_from is not None:
+        record_path = Path(started_from) / TRAINING_RECORD
+        if record_path.is_file():
+            sets += json.loads(record_path.read_text(encoding="utf-8")).get("trained_scenes") or []
+    own = split_scenes(data_root, split) if data_root else None
+    if own is not None and own not in sets:
+        sets.append(own)
+    return sets
+
+
+class TrainedOnEvaluationScenes(ValueError):
+    """The model trained on scenes of the split it would be scored on."""
+
+
+def check_held_out(model_dir, data_root, scene_ids) -> None:
+    """Raise `TrainedOnEvaluationScenes` when `model_dir`'s training record lists any of `scene_ids` (the scenes of
+    the samples to score) for the generator settings of `data_root`."""
+    record_path = Path(model_dir) / TRAINING_RECORD
+    info = _synthrooms_info(data_root)
+    if info is None or "config" not in info or not record_path.is_file():
+        return
+    fingerprint = generator_fingerprint(info["config"])
+    seen = set()
+    for entry in json.loads(record_path.read_text(encoding="utf-8")).get("trained_scenes") or []:
+        if entry.get("generator") == fingerprint:
+            seen.update(entry.get("scenes") or [])
+    overlap = sorted(seen.intersection(scene_ids))
+    if overlap:
+        raise TrainedOnEvaluationScenes(
+            f"the model in {Path(model_dir).name} was trained on {len(overlap)} of the {len(set(scene_ids))} scenes to "
+            f"score (e.g. {overlap[0]}): data written by `gap-mllm synth` with the same settings numbers its scenes "
+            "across the splits, so a larger training split holds a smaller one's validation and test scenes. Score it "
+            "on the held-out splits of the data it was trained with."
+        )
