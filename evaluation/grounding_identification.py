@@ -46,6 +46,7 @@ from gap_mllm.output_parsing import parse_frame_selection
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.coordinates import backproject_pixel, camera_boxes_to_world, camera_to_world_transform, project
+from gap_mllm.processing.held_out import check_held_out, record_scene_id
 
 from .box_iou import box_iou
 from .confidence import bootstrap_interval, wilson_interval
@@ -302,6 +303,7 @@ def generated(model_dir, data_root, split: str, limit: int | None, annotated_fra
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
     slice_ = EvaluationSlice("grounding", data_root, split, limit, annotated_frame=annotated_frame)
+    check_held_out(model_dir, data_root, {record_scene_id(r) for r in slice_.records})
     metrics, outputs = slice_.score(model, processor, batch_size, max_new_tokens=GroundingTask.spec.max_new_tokens)
     rows, _ = slice_.task.evaluate(slice_.records, outputs)
     return {"metrics": metrics, **from_rows(slice_.records, rows, data_root)}

@@ -65,3 +65,12 @@ def test_evaluate_refuses_before_generating(datasets, tmp_path):
     with pytest.raises(TrainedOnEvaluationScenes):
         run_evaluation("grounding", datasets / "small", tmp_path / "out", model_dir=model, split="val", meteor=False)
     assert not any((tmp_path / "out").glob("raw_outputs*"))  # nothing was generated
+
+
+def test_the_grounding_diagnostics_refuse_too(datasets, tmp_path):
+    from gap_mllm.evaluation.grounding_identification import generated
+    from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+    model = _model_trained_on(save_tiny_checkpoint(tmp_path / "tiny"), split_scenes(datasets / "large", "train"))
+    with pytest.raises(TrainedOnEvaluationScenes):
+        generated(model, datasets / "small", "val", limit=2, annotated_frame=False)
