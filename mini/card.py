@@ -65,7 +65,8 @@ All stages by the `make mini` pipeline (mini/README.md in the repository), on Sy
 the last table under Evaluation says which device trained each stage:
 
 1. stage 0, geometry: the VGGT aggregator and its camera and depth heads on exact depth and poses (VGGT's
-   objective and normalisation), the stand-in for pretrained VGGT-1B; frozen afterwards;
+   objective and normalisation), then its cameras with a cross-view matching objective (VGGT trains a
+   tracking head for the same purpose), the stand-in for pretrained VGGT-1B; frozen afterwards;
 2. stage 0, vision: the Qwen ViT on per-token semantics (category, colour, texture, marker) and each token's
    place in the image, the stand-in for the pretrained Qwen ViT; frozen afterwards;
 3. stage 1: the official geometry-aligned pre-training task (red "+" marker → point + label);

@@ -8,7 +8,8 @@ Steps, each skipped when its output is complete (so an interrupted run resumes w
 training stage that was killed resumes from its last checkpoint):
 
     data        `gap-mllm synth --preset mini`: train / val / test scenes (test only for the final tables)
-    stage 0     geometry encoder + heads (mini_stage0_geometry.yaml), then the ViT (mini_stage0_vision.yaml)
+    stage 0     geometry encoder + heads (mini_stage0_geometry.yaml), its cameras through cross-view matching
+                (mini_stage0_cameras.yaml), then the ViT (mini_stage0_vision.yaml)
     stage 1     marker → point + label (mini_stage1.yaml), per arm
     stage 2     grounding + detection + captioning (mini_stage2.yaml), per arm; its final model is written
                 as a Hub folder in bfloat16 storage (`<arm>/final`: what is evaluated and shipped)
@@ -42,7 +43,7 @@ if not RECIPES.is_dir():  # installed wheel: recipes ship inside gap_mllm.traini
     RECIPES = Path(_training.__file__).resolve().parent / "recipes"
 
 DONE_MARKER = "stage_done.json"
-STAGE_KINDS = ("geometry", "vision", "stage1", "stage2")  # the training stages, as `--stage-set` names them
+STAGE_KINDS = ("geometry", "cameras", "vision", "stage1", "stage2")  # the training stages, as `--stage-set` names them
 EVAL_TASKS = ("grounding", "detection", "captioning")
 EVAL_MAX_NEW_TOKENS = {"reconstruction": 64, "grounding": 128, "captioning": 64, "detection": 512}
 
@@ -102,6 +103,7 @@ BUDGETS = {
             "*": ["training.max_steps=2", "training.logging_steps=1", "training.save_steps=2", "training.eval_steps=2",
                   "training.per_device_train_batch_size=2", "training.dataloader_num_workers=0"],
             "geometry": ["geometry.eval_clips=2"],
+            "cameras": ["geometry.eval_clips=2"],
             "vision": ["data.max_eval_samples=4"],
             "stage1": ["evaluation.max_samples=2", "evaluation.max_new_tokens=8", "evaluation.every_n_steps=0"],
             "stage2": ["evaluation.max_samples=2", "evaluation.max_new_tokens=8", "evaluation.every_n_steps=0"],
@@ -196,7 +198,8 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
 
 def run_stage0(run: MiniRun) -> Path:
     geometry = train_stage(run, "mini_stage0_geometry.yaml", "geometry", run.stage_dir("stage0_geometry"), [])
-    return train_stage(run, "mini_stage0_vision.yaml", "vision", run.stage_dir("stage0"), [f"model.name_or_path={geometry}"])
+    cameras = train_stage(run, "mini_stage0_cameras.yaml", "cameras", run.stage_dir("stage0_cameras"), [f"model.name_or_path={geometry}"])
+    return train_stage(run, "mini_stage0_vision.yaml", "vision", run.stage_dir("stage0"), [f"model.name_or_path={cameras}"])
 
 
 def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:

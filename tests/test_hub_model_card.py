@@ -188,3 +188,20 @@ def test_the_evaluation_runner_records_its_data(tmp_path):
     oracle = write_oracle_predictions("detection", root, tmp_path / "oracle.jsonl")
     summary = run_evaluation("detection", root, tmp_path / "out", predictions_file=oracle, plots=False, progress=False)
     assert summary["data"]["kind"] == "synthrooms" and summary["data"]["name"].startswith("SynthRooms")
+
+
+def test_a_stage0_record_says_which_encoder_trained_and_on_what():
+    """A stage-0 run trains one encoder on its own objective: its record names that objective and freezes
+    everything else (not the LLM tasks and freezing of the recipe's unused sections)."""
+    from gap_mllm.training.config import recipe_from_dict
+    from gap_mllm.training.run import training_record
+
+    geometry = recipe_from_dict({"stage": "geometry", "model": {"tiny": "tiny"},
+                                 "geometry": {"match_weight": 1.0, "flow_weight": 5.0}})
+    record = training_record(geometry, 40)
+    assert record["tasks"] == ["stage-0 geometry objective: depth, cameras, cross-view matching, frame-0 offsets"]
+    assert [name for name, frozen in record["freezing"].items() if not frozen] == ["freeze_geometry_encoder"]
+    assert "freeze_llm" in record["freezing"]
+    vision = training_record(recipe_from_dict({"stage": "vision", "model": {"tiny": "tiny"}}), 40)
+    assert vision["tasks"] == ["stage-0 vision objective: per-token semantics and position"]
+    assert [name for name, frozen in vision["freezing"].items() if not frozen] == ["freeze_vision_tower"]

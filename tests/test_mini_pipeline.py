@@ -33,7 +33,7 @@ def toy_run(tmp_path_factory):
 
 def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
     stages = toy_run / "run" / "stages"
-    for stage in ("stage0_geometry", "stage0", f"{pipeline.MAIN_ARM.name}/stage1", f"{pipeline.MAIN_ARM.name}/stage2"):
+    for stage in ("stage0_geometry", "stage0_cameras", "stage0", f"{pipeline.MAIN_ARM.name}/stage1", f"{pipeline.MAIN_ARM.name}/stage2"):
         done = json.loads((stages / stage / pipeline.DONE_MARKER).read_text())
         assert done["global_step"] == (3 if stage.endswith("stage1") else 2), stage  # --stage-set reached stage 1 only
     results = json.loads((toy_run / "run" / "results" / "results.json").read_text())
@@ -57,7 +57,7 @@ def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
 def test_a_stage_override_names_a_stage_and_a_value():
     assert pipeline.parse_stage_override("stage2:training.bf16=false") == ("stage2", "training.bf16=false")
     for bad in ("training.max_steps=3", "stage3:training.max_steps=3", "stage1:training.max_steps"):
-        with pytest.raises(ValueError, match="expected STAGE:SECTION.KEY=VALUE with STAGE one of geometry, vision, stage1, stage2"):
+        with pytest.raises(ValueError, match="expected STAGE:SECTION.KEY=VALUE with STAGE one of geometry, cameras, vision, stage1, stage2"):
             pipeline.parse_stage_override(bad)
 
 
@@ -77,7 +77,7 @@ def test_the_exported_folder_is_a_hub_folder_with_its_card(toy_run):
 def test_a_second_run_resumes_without_training(toy_run, caplog):
     with caplog.at_level(logging.INFO, logger="gap_mllm.mini.pipeline"):
         run_mini(toy_run)
-    assert caplog.text.count("done already") == 4  # stage 0 (two recipes), stage 1, stage 2
+    assert caplog.text.count("done already") == 5  # stage 0 (three recipes), stage 1, stage 2
     assert "is up to date" in caplog.text
 
 

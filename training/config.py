@@ -172,10 +172,14 @@ class CacheConfig:
 @dataclass
 class GeometryStageConfig:
     """Stage "geometry" (stage 0): the geometry encoder + camera/depth heads on exact ground truth
-    (training/geometry_stage.py). Clips of `clip_frames` frames spread over `window_fraction` of a scene."""
+    (training/geometry_stage.py). Clips of `clip_frames` frames spread over `window_fraction` of a scene
+    (training clips: a share drawn in [min_window_fraction, window_fraction] when the minimum is set; held-out
+    clips always use `window_fraction`). `match_*` and `flow_*`: the cross-view matching terms
+    (training/cross_view_matching.py), off at weight 0."""
 
     clip_frames: int = 4
     window_fraction: float = 0.5
+    min_window_fraction: float | None = None
     num_clips: int = 1_000_000
     camera_weight: float = 1.0
     depth_weight: float = 1.0
@@ -183,6 +187,11 @@ class GeometryStageConfig:
     gradient_weight: float = 1.0
     confidence_alpha: float = 0.2
     iteration_gamma: float = 0.6
+    match_weight: float = 0.0
+    match_layer: int = 3  # global-attention block whose first `match_heads` heads learn to match views
+    match_heads: int = 1
+    flow_weight: float = 0.0
+    flow_layer: int = 5  # global block whose patch tokens the offset read-out reads
     eval_clips: int = 64
 
 

@@ -69,13 +69,18 @@ def build_encoder_stage_trainer(recipe: TrainRecipe, model=None, processor=None,
         freeze_all_but_geometry(model)
         wrapper = GeometryStageModel(model, settings.camera_weight, settings.depth_weight, settings.gradient_weight,
                                      settings.confidence_alpha, settings.iteration_gamma,
-                                     point_weight=settings.point_weight)
+                                     point_weight=settings.point_weight, match_weight=settings.match_weight,
+                                     match_layer=settings.match_layer, match_heads=settings.match_heads,
+                                     flow_weight=settings.flow_weight, flow_layer=settings.flow_layer)
+        patch_size = model.config.geometry_config.patch_size
         train_dataset = GeometryClips(recipe.data.data_root, recipe.data.train_split, processor, settings.clip_frames,
-                                      settings.num_clips, settings.window_fraction, seed=args.seed)
+                                      settings.num_clips, settings.window_fraction, seed=args.seed,
+                                      min_window_fraction=settings.min_window_fraction, patch_size=patch_size)
         if recipe.data.eval_split:
             # another seed than training: held-out scenes anyway, and clips that never repeat a training draw
             eval_dataset = GeometryClips(recipe.data.data_root, recipe.data.eval_split, processor, settings.clip_frames,
-                                         settings.eval_clips, settings.window_fraction, seed=args.seed + 1)
+                                         settings.eval_clips, settings.window_fraction, seed=args.seed + 1,
+                                         patch_size=patch_size)
             metrics = GeometryMetricsCallback(wrapper, eval_dataset)
             callbacks.append(metrics)
         collator = collate_clips

@@ -9,6 +9,9 @@ of a split (ScanNet `posed_images` layout: colour, depth, pose, intrinsics) and 
     depth           `[S, Hg, Wg]` normalised depth (0 = invalid), sampled at the resized pixel centres
     points          `[S, Hg, Wg, 3]` normalised points in the first frame's camera (the pointmap target)
     pose_encoding   `[S, 9]` VGGT's `absT_quaR_FoV` of every frame relative to frame 0 (normalised t)
+    match_index     `[S-1, P]` the frame-0 patch showing each geometry patch's point of frames 1..S-1 (−1: not
+                    visible there), and match_offset `[S-1, P, 2]` its image offset: the cross-view matching
+                    targets (training/cross_view_matching.py)
     intrinsics      `[S, 3, 3]` of the resized frames
     scale           `[]` the normalisation scale (metres per unit)
 
@@ -17,7 +20,8 @@ of the clip to that camera's centre; depth, translations and points are divided 
 therefore scale free, and its metric size is `scale`.
 
 Clip choice: clip `i` depends only on (seed, i): scene `i mod n_scenes`, a random window of
-`window_fraction` of the scene's frames, `clip_frames` frames spread uniformly over it (the mini data's
+`window_fraction` of the scene's frames (or, with `min_window_fraction`, of a share drawn uniformly between the
+two, so clips mix nearby and distant views), `clip_frames` frames spread uniformly over it (the mini data's
 detection / reconstruction clips are drawn the same way), so the data is endless and reproducible.
 """
 
@@ -44,6 +48,7 @@ from gap_mllm.processing.scannet_layout import (
 from gap_mllm.processing.sampling import uniform_indices
 
 from .aux_targets import camera_encoding
+from .cross_view_matching import patch_correspondences
 
 
 def split_scene_ids(data_root, split: str) -> list[str]:
@@ -138,10 +143,18 @@ class GeometryClips(torch.utils.data.Dataset):
         num_clips: dataset length (clips are drawn with replacement from the scenes).
         window_fraction: the clip's frames are spread over a random window of this share of the scene.
         seed: clip `i` depends only on (seed, i).
+        min_window_fraction: when set, each clip's share is drawn uniformly in [min_window_fraction, window_fraction].
+        patch_size: the geometry encoder's patch, for the matching targets (14, as VGGT).
     """
 
     def __init__(self, data_root, split: str, processor, clip_frames: int = 4, num_clips: int = 10_000,
-                 window_fraction: float = 0.5, seed: int = 0):
+                 window_fraction: float = 0.5, seed: int = 0, min_window_fraction: float | None = None,
+                 patch_size: int = 14):
+        for name, value in (("window_fraction", window_fraction), ("min_window_fraction", min_window_fraction)):
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"{name}={value}: a share of the scene's frames, in (0, 1]")
+        if min_window_fraction is not None and min_window_fraction > window_fraction:
+            raise ValueError(f"min_window_fraction={min_window_fraction} is above window_fraction={window_fraction}")
         self.media_root = posed_images_dir(data_root)
         self.scenes = split_scene_ids(data_root, split)
         self.frames = {}
@@ -154,6 +167,8 @@ class GeometryClips(torch.utils.data.Dataset):
         self.clip_frames = clip_frames
         self.num_clips = num_clips
         self.window_fraction = window_fraction
+        self.min_window_fraction = min_window_fraction
+        self.patch_size = patch_size
         self.seed = seed
 
     def __len__(self) -> int:
@@ -164,7 +179,10 @@ class GeometryClips(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, index])
         scene = self.scenes[index % len(self.scenes)]
         stems = self.frames[scene]
-        window = min(len(stems), max(self.clip_frames, int(round(self.window_fraction * len(stems)))))
+        fraction = self.window_fraction
+        if self.min_window_fraction is not None:
+            fraction = float(rng.uniform(self.min_window_fraction, self.window_fraction))
+        window = min(len(stems), max(self.clip_frames, int(round(fraction * len(stems)))))
         start = int(rng.integers(0, len(stems) - window + 1))
         return scene, [stems[i] for i in uniform_indices(len(stems), self.clip_frames, start, start + window)]
 
@@ -187,8 +205,10 @@ class GeometryClips(torch.utils.data.Dataset):
             intrinsics.append(resized_intrinsics(k, depth.shape, size))
             poses.append(read_pose(companion_path(colour, ".txt")))
         targets = normalised_clip_targets(np.stack(depths), np.stack(intrinsics), np.stack(poses), size)
-        return {"images": torch.stack(images), "intrinsics": torch.from_numpy(np.stack(intrinsics)).float(),
-                "scene_id": scene, **targets}
+        intrinsics = torch.from_numpy(np.stack(intrinsics)).float()
+        match_index, match_offset = patch_correspondences(targets["depth"], targets["points"], intrinsics, self.patch_size)
+        return {"images": torch.stack(images), "intrinsics": intrinsics, "scene_id": scene, **targets,
+                "match_index": match_index, "match_offset": match_offset}
 
 
 def collate_clips(examples: list[dict]) -> dict:

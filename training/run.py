@@ -176,6 +176,21 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     return checkpoint
 
 
+def _geometry_objective(recipe: TrainRecipe) -> str:
+    settings = recipe.geometry
+    parts = [name for name, weight in (("depth", settings.depth_weight), ("cameras", settings.camera_weight),
+                                       ("pointmaps", settings.point_weight), ("cross-view matching", settings.match_weight),
+                                       ("frame-0 offsets", settings.flow_weight)) if weight]
+    return "stage-0 geometry objective: " + ", ".join(parts)
+
+
+# what a stage-0 run trains on, in the record's `tasks` (training/geometry_stage.py, training/vision_stage.py)
+ENCODER_STAGE_OBJECTIVES = {
+    "geometry": _geometry_objective,
+    "vision": lambda recipe: "stage-0 vision objective: per-token semantics and position",
+}
+
+
 def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = False) -> dict:
     """What the saved model was trained on and how, for its model card (`gap-mllm push`): stage,
     tasks, the data root described by `describe_data_root` (its folder name, never its path), steps,
@@ -190,8 +205,14 @@ def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = Fa
             started_from, source = source, Path(source).name  # a local folder: its name only
     data_root = None if data_given else recipe.data.data_root
     data = describe_data_root(data_root) if data_root else None
-    return {"stage": recipe.stage, "tasks": list(recipe.data.tasks), "data": data, "global_step": int(global_step),
-            "started_from": source, "freezing": dataclasses.asdict(recipe.freezing), "lora": recipe.lora.enabled,
+    tasks, freezing = list(recipe.data.tasks), dataclasses.asdict(recipe.freezing)
+    if recipe.stage in ENCODER_STAGE_OBJECTIVES:
+        # a stage-0 run trains one encoder on its own objective: neither the LLM tasks nor the LLM stages' freezing apply
+        tasks = [ENCODER_STAGE_OBJECTIVES[recipe.stage](recipe)]
+        trained = "freeze_geometry_encoder" if recipe.stage == "geometry" else "freeze_vision_tower"
+        freezing = {name: name != trained for name in freezing}
+    return {"stage": recipe.stage, "tasks": tasks, "data": data, "global_step": int(global_step),
+            "started_from": source, "freezing": freezing, "lora": recipe.lora.enabled,
             "aux_losses": recipe.aux.enabled,
             # what `gap-mllm evaluate` must not score it on (processing/held_out.py)
             "trained_scenes": trained_scenes(data_root, recipe.data.train_split, started_from)}
