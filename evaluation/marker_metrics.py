@@ -13,6 +13,10 @@ With `marked_frames` (the view index of each sample's marker, `pixel_coords[0]`)
 markers in the first frame and in the other frames (`by_marked_frame`): a point in the first frame needs
 only its depth and image position, a point in another frame also the relative camera pose, so the split
 says which of the two a model lacks.
+
+`paired_marker_difference` compares two models answering the same marker samples (one of the ablation's
+arms against another): the difference of their median point errors with a paired bootstrap interval, overall
+and by marked frame, on the samples both answered with a parsable point.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 
 from gap_mllm.output_parsing import parse_pointmap
 
-from .confidence import bootstrap_interval, wilson_interval
+from .confidence import bootstrap_interval, paired_difference, wilson_interval
 
 
 def marker_scores(predictions: list[str], answers: list[str], marked_frames: list[int] | None = None) -> dict:
@@ -38,20 +42,50 @@ def marker_scores(predictions: list[str], answers: list[str], marked_frames: lis
             if chosen:
                 out["by_marked_frame"][name] = marker_scores([predictions[i] for i in chosen], [answers[i] for i in chosen])
         return out
-    errors, correct, unparsed = [], 0, 0
-    for prediction, answer in zip(predictions, answers):
-        truth, guess = parse_pointmap(answer), parse_pointmap(prediction)
-        if truth.point is None:
-            raise ValueError(f"ground-truth answer is not a pointmap: {answer!r}")
-        if guess.point is None:
-            unparsed += 1
-        else:
-            errors.append(float(np.linalg.norm(np.asarray(guess.point) - np.asarray(truth.point))))
-        correct += int(guess.label is not None and guess.label == truth.label)
+    all_errors = point_errors(predictions, answers)
+    errors = all_errors[np.isfinite(all_errors)]
+    unparsed = int(all_errors.size - errors.size)
+    correct = sum(int(guess.label is not None and guess.label == truth.label)
+                  for guess, truth in zip(map(parse_pointmap, predictions), map(parse_pointmap, answers)))
     n = len(answers)
     out = {"num_samples": n, "unparsed": unparsed, "label_accuracy": correct / n if n else 0.0,
            "label_accuracy_ci95": wilson_interval(correct, n) if n else None}
-    if errors:
+    if errors.size:
         out.update(point_error_m_median=float(np.median(errors)), point_error_m_mean=float(np.mean(errors)),
                    point_error_m_median_ci95=bootstrap_interval(errors, np.median))
+    return out
+
+
+def point_errors(predictions: list[str], answers: list[str]) -> np.ndarray:
+    """[N] metres between each predicted and true point; NaN where the prediction holds no parsable point."""
+    if len(predictions) != len(answers):
+        raise ValueError(f"{len(predictions)} predictions for {len(answers)} answers")
+    errors = np.full(len(answers), np.nan)
+    for i, (prediction, answer) in enumerate(zip(predictions, answers)):
+        truth, guess = parse_pointmap(answer), parse_pointmap(prediction)
+        if truth.point is None:
+            raise ValueError(f"ground-truth answer is not a pointmap: {answer!r}")
+        if guess.point is not None:
+            errors[i] = float(np.linalg.norm(np.asarray(guess.point) - np.asarray(truth.point)))
+    return errors
+
+
+def paired_marker_difference(predictions_a: list[str], predictions_b: list[str], answers: list[str],
+                             marked_frames: list[int], resamples: int = 1000) -> dict:
+    """Median point error of A minus that of B on the same samples, overall and by marked frame ("first",
+    "other"): `paired_difference` (bootstrap over the samples both answered with a point, drawn jointly) and
+    how many samples an unparsable answer of either model left out (`num_left_out`)."""
+    if not len(predictions_a) == len(predictions_b) == len(answers) == len(marked_frames):
+        raise ValueError(f"{len(predictions_a)} and {len(predictions_b)} predictions, {len(answers)} answers and "
+                         f"{len(marked_frames)} marked frames: the two models must answer the same samples")
+    errors_a, errors_b = point_errors(predictions_a, answers), point_errors(predictions_b, answers)
+    frames = np.asarray(marked_frames, dtype=np.int64)
+    both = np.isfinite(errors_a) & np.isfinite(errors_b)
+    out = {}
+    for name, part in (("all", np.ones_like(both)), ("first", frames == 0), ("other", frames != 0)):
+        keep = part & both
+        if keep.any():
+            out[name] = {**paired_difference(errors_a[keep], errors_b[keep], np.median, resamples=resamples),
+                         "num_samples": int(keep.sum()), "num_left_out": int((part & ~both).sum()),
+                         "median_a": float(np.median(errors_a[keep])), "median_b": float(np.median(errors_b[keep]))}
     return out

@@ -3,6 +3,8 @@
     gap-mllm mini --out runs/mini                      # the main arm: GAP-MLLM-Mini (gated fusion, S1 + S2)
     gap-mllm mini --out runs/mini --ablation           # + the ablation arms of mini/README.md
     gap-mllm mini --out runs/mini --budget toy         # a few steps per stage (what the test suite runs)
+    gap-mllm mini --out runs/s1 --data runs/mini/data --stage0 DIR --arms gap_gated_s0 no_geometry_s0 --stage1-only
+                                                       # stage 1 of two arms on the encoders of DIR
 
 Steps, each skipped when its output is complete (so an interrupted run resumes where it stopped; a
 training stage that was killed resumes from its last checkpoint):
@@ -31,7 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ class MiniRun:
     eval_limit: int | None = None
     overrides: tuple[str, ...] = ()
     stage_overrides: tuple[tuple[str, str], ...] = ()  # (stage kind, SECTION.KEY=VALUE), after `overrides`
+    stage0_from: Path | None = None  # a folder with both frozen encoders: used instead of training stage 0
 
     @property
     def settings(self) -> Budget:
@@ -197,9 +200,42 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
 
 
 def run_stage0(run: MiniRun) -> Path:
+    stage0 = run.stage_dir("stage0")
+    if stage_is_done(stage0):  # a stage 0 copied by --stage0 must not be trained around (hours) and then ignored
+        source = json.loads((stage0 / DONE_MARKER).read_text(encoding="utf-8")).get("source")
+        if source is not None:
+            raise ValueError(f"{stage0} was copied from {source} (--stage0); pass --stage0 {source} again, or use another --out")
     geometry = train_stage(run, "mini_stage0_geometry.yaml", "geometry", run.stage_dir("stage0_geometry"), [])
     cameras = train_stage(run, "mini_stage0_cameras.yaml", "cameras", run.stage_dir("stage0_cameras"), [f"model.name_or_path={geometry}"])
     return train_stage(run, "mini_stage0_vision.yaml", "vision", run.stage_dir("stage0"), [f"model.name_or_path={cameras}"])
+
+
+def adopt_stage0(run: MiniRun, source: Path) -> Path:
+    """Use `source` (a model folder whose geometry encoder and ViT the arms take, e.g. a stage-0 run of
+    `gap-mllm train` or an exported default) as the run's stage 0: copied into `<out>/stages/stage0` (its
+    checkpoints left out) and marked done with its origin. A run whose stage 0 came from elsewhere (trained,
+    or another folder) refuses it, so one run's arms never mix encoders."""
+    source = Path(source)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"--stage0 {source}: not a model folder (no config.json)")
+    stage0 = run.stage_dir("stage0")
+    if stage_is_done(stage0):
+        done = json.loads((stage0 / DONE_MARKER).read_text(encoding="utf-8"))
+        if done.get("source") != str(source):
+            raise ValueError(f"--stage0 {source}: {stage0} already holds the stage 0 of "
+                             f"{done.get('source') or 'this run (trained by ' + str(done.get('recipe')) + ')'}; use another --out")
+        logger.info("stage 0: %s, copied from %s already", stage0, source)
+        return stage0
+    if stage0.exists():
+        shutil.rmtree(stage0)  # an interrupted copy
+    shutil.copytree(source, stage0, ignore=shutil.ignore_patterns("checkpoint-*"))
+    origin = {}
+    if (source / DONE_MARKER).is_file():  # a pipeline stage folder: keep what trained it
+        origin = json.loads((source / DONE_MARKER).read_text(encoding="utf-8"))
+    (stage0 / DONE_MARKER).write_text(json.dumps({
+        "recipe": origin.get("recipe", "given (--stage0)"), "global_step": origin.get("global_step"),
+        "device": origin.get("device"), "source": str(source), "note": f"copied from {source} (--stage0)"}, indent=1))
+    return stage0
 
 
 def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
@@ -292,7 +328,7 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
 
     run.out.mkdir(parents=True, exist_ok=True)
     make_data(run)
-    stage0 = run_stage0(run)
+    stage0 = adopt_stage0(run, run.stage0_from) if run.stage0_from is not None else run_stage0(run)
     if parallel > 1 and len(arms) > 1:
         _run_arms_in_subprocesses(run, arms, parallel)
     for arm in arms:  # in-process (or, after the subprocesses, only collecting what they wrote)
@@ -303,6 +339,9 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
     results = collect_results(run, arms, geometry, baselines)
     write_report(run, results)
     if export is not None:
+        if not (run.stage_dir(MAIN_ARM.name, "final") / "config.json").is_file():
+            raise ValueError(f"--export {export}: the main arm {MAIN_ARM.name} has no final model in this run "
+                             "(it was not run, or --stage1-only stopped it after stage 1)")
         from .export import export_default
 
         export_default(run.stage_dir(MAIN_ARM.name, "final"), export, results)
@@ -322,6 +361,8 @@ def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> N
             log.parent.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "gap_mllm.mini.pipeline", "--out", str(run.out), "--data", str(run.data),
                        "--budget", run.budget, "--device", run.device, "--arms", arm.name, "--no-report"]
+            if arm.stage1_only:
+                command.append("--stage1-only")
             for flag, value in (("--eval-max-new-tokens", run.eval_max_new_tokens), ("--eval-batch-size", run.eval_batch_size),
                                 ("--eval-limit", run.eval_limit)):
                 if value is not None:
@@ -372,6 +413,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage-set", dest="stage_overrides", action="append", default=[], metavar="STAGE:SECTION.KEY=VALUE",
                         help=f"applied to one training stage ({', '.join(STAGE_KINDS)}) after --set, e.g. a longer "
                              "stage 1 on a GPU: --stage-set stage1:training.max_steps=3000")
+    parser.add_argument("--stage0", default=None, metavar="DIR",
+                        help="take both frozen encoders from this model folder instead of training stage 0 "
+                             "(e.g. a stage-0 run of `gap-mllm train`); the arms' LLMs still start from random")
+    parser.add_argument("--stage1-only", action="store_true", help="stop every arm after stage 1 (and evaluate its marker task)")
     parser.add_argument("--export", default=None, help="write the main arm's final model here as a Hub folder with its card")
     parser.add_argument("--table", default=None, help="also copy RESULTS.md here (make mini: mini/RESULTS.md)")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
@@ -379,13 +424,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.stage1_only and args.export:
+        raise ValueError(f"--export {args.export} needs the main arm's final model, which --stage1-only does not train")
     stage_overrides = tuple(parse_stage_override(value) for value in args.stage_overrides)
     run = MiniRun(out=Path(args.out), data=Path(args.data) if args.data else Path(args.out) / "data", budget=args.budget,
                   device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens,
                   eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides),
-                  stage_overrides=stage_overrides)
+                  stage_overrides=stage_overrides, stage0_from=Path(args.stage0) if args.stage0 else None)
     names = args.arms or ([arm.name for arm in ABLATION_ARMS] if args.ablation else [MAIN_ARM.name])
-    arms = [ARMS[name] for name in names]
+    arms = [replace(ARMS[name], stage1_only=True) if args.stage1_only else ARMS[name] for name in names]
     if args.no_report:  # a worker process of --parallel: one arm, no shared steps
         stage0 = run.stage_dir("stage0")
         for arm in arms:

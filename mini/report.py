@@ -70,6 +70,17 @@ def _bootstrap_f1(samples, seed: int = 0) -> list[float]:
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
 
 
+def marker_answers(samples: Path, data: Path, split: str = "test") -> dict[str, list]:
+    """A marker-task evaluation's per-sample rows (`samples.jsonl` of the runner) next to their records:
+    {"ids", "predictions", "answers", "marked_frames"} (the view index of each marker), in the rows' order."""
+    rows = _rows(samples)
+    marker_records = load_annotation_file(find_annotation_file(data, "reconstruction", split))
+    records = [marker_records[row["index"]] for row in rows]
+    return {"ids": [row["id"] for row in rows], "predictions": [row["raw"][0] for row in rows],
+            "answers": [record["conversations"][1]["value"] for record in records],
+            "marked_frames": [record["pixel_coords"][0] for record in records]}
+
+
 def arm_results(run, arm) -> dict:
     """The table row of one arm (see the module docstring)."""
     out: dict = {"arm": arm.name, "fusion_method": arm.fusion_method if arm.use_geometry else None,
@@ -81,11 +92,8 @@ def arm_results(run, arm) -> dict:
         out["stage2_evaluated"] = False
     recon = folder / "reconstruction" / "samples.jsonl"
     if recon.is_file():
-        rows = _rows(recon)
-        marker_records = load_annotation_file(find_annotation_file(run.data, "reconstruction", "test"))
-        records = [marker_records[row["index"]] for row in rows]
-        scores = marker_scores([row["raw"][0] for row in rows], [record["conversations"][1]["value"] for record in records],
-                               [record["pixel_coords"][0] for record in records])
+        marker = marker_answers(recon, run.data)
+        scores = marker_scores(marker["predictions"], marker["answers"], marker["marked_frames"])
         out["stage1_point_error_m_median"] = scores.get("point_error_m_median")
         out["stage1_point_error_m_median_ci95"] = scores.get("point_error_m_median_ci95")
         out["stage1_label_accuracy"] = scores["label_accuracy"]

@@ -96,3 +96,30 @@ def test_a_stage_stopped_at_its_time_limit_is_not_done_and_the_same_call_resumes
     resumed = pipeline.MiniRun(out=toy_run / "slot", data=toy_run / "run" / "data", budget="toy", device="cpu")
     pipeline.train_stage(resumed, "mini_stage0_vision.yaml", "vision", output, start)
     assert json.loads((output / pipeline.DONE_MARKER).read_text())["global_step"] == 2
+
+
+def test_stage1_arms_on_a_given_stage0_folder(toy_run, tmp_path):
+    """`--stage0 DIR --stage1-only`: the arms take DIR's encoders (nothing of stage 0 is trained), stop after
+    stage 1 with their marker task scored; the run refuses another DIR afterwards and --export without stage 2."""
+    source = toy_run / "run" / "stages" / "stage0"
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    common = ["--out", str(tmp_path / "run"), "--data", str(toy_run / "run" / "data"), "--budget", "toy", "--device", "cpu",
+              "--arms", "no_geometry_s0", "--stage1-only"]
+    assert pipeline.main(parser.parse_args([*common, "--stage0", str(source)])) == 0
+    stages = tmp_path / "run" / "stages"
+    assert sorted(p.name for p in stages.iterdir()) == ["no_geometry_s0", "stage0"]
+    assert sorted(p.name for p in (stages / "no_geometry_s0").iterdir()) == ["stage1"]
+    done = json.loads((stages / "stage0" / pipeline.DONE_MARKER).read_text())
+    assert done["source"] == str(source) and done["recipe"] == "mini_stage0_vision.yaml"  # what trained the source
+    with safe_open(str(source / "model.safetensors"), "pt") as a, safe_open(str(stages / "stage0" / "model.safetensors"), "pt") as b:
+        key = next(k for k in a.keys() if "geometry_encoder" in k)
+        assert a.get_tensor(key).equal(b.get_tensor(key))
+    row = json.loads((tmp_path / "run" / "results" / "results.json").read_text())["arms"]["no_geometry_s0"]
+    assert row["stage2_evaluated"] is False and row["stage1_num_samples"] > 0
+    with pytest.raises(ValueError, match="already holds the stage 0 of"):
+        pipeline.main(parser.parse_args([*common, "--stage0", str(toy_run / "run" / "stages" / "stage0_cameras")]))
+    with pytest.raises(ValueError, match=r"was copied from .* \(--stage0\); pass --stage0"):
+        pipeline.main(parser.parse_args(common))  # without --stage0 it would train a stage 0 and then ignore it
+    with pytest.raises(ValueError, match="--stage1-only does not train"):
+        pipeline.main(parser.parse_args([*common, "--stage0", str(source), "--export", str(tmp_path / "export")]))

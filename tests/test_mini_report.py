@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from gap_mllm.mini.pipeline import ARMS
 from gap_mllm.mini.report import arm_results, results_markdown, stage_provenance
 
@@ -94,3 +96,48 @@ def test_the_table_shows_where_grounding_fails():
     bare = results_markdown({"arms": {"gap_gated_s0": {"stage2_evaluated": False}}, "stage0_geometry": geometry,
                              "baselines": _baselines()})
     assert "identification" not in bare
+
+
+def _pointmap(x: float) -> str:
+    return json.dumps({"pointmap": [x, 0.0, 0.0], "label": "wall"})
+
+
+def test_paired_marker_difference_by_marked_frame_leaves_out_unparsed_answers():
+    """A − B of the median point errors on the samples both answered; the split follows the marked frame."""
+    from gap_mllm.evaluation.marker_metrics import paired_marker_difference
+
+    answers = [_pointmap(0.0)] * 6
+    frames = [0, 0, 1, 2, 3, 1]
+    a = [_pointmap(1.0), _pointmap(1.0), _pointmap(0.5), _pointmap(0.5), _pointmap(0.5), "no answer"]
+    b = [_pointmap(2.0), _pointmap(2.0), _pointmap(3.0), _pointmap(3.0), _pointmap(3.0), _pointmap(1.0)]
+    out = paired_marker_difference(a, b, answers, frames, resamples=200)
+    # every paired difference in the first frame is -1, in the others -2.5: the intervals are those points
+    assert out["first"]["difference"] == -1.0 and out["first"]["ci95"] == [-1.0, -1.0]
+    assert out["other"]["difference"] == -2.5 and out["other"]["ci95"] == [-2.5, -2.5]
+    assert (out["other"]["num_samples"], out["other"]["num_left_out"], out["all"]["num_left_out"]) == (3, 1, 1)
+    assert out["other"]["share_below"] == 1.0 and (out["all"]["median_a"], out["all"]["median_b"]) == (0.5, 3.0)
+    with pytest.raises(ValueError, match="same samples"):
+        paired_marker_difference(a, b[:5], answers, frames)
+
+
+def test_compare_stage1_pairs_two_evaluations_and_refuses_different_samples(tmp_path):
+    from gap_mllm.mini.compare_stage1 import compare_stage1, main
+
+    data = tmp_path / "data"
+    records = [{"id": f"r{i}", "conversations": [{"value": "q"}, {"value": _pointmap(0.0)}], "pixel_coords": [i % 2, 3, 4]}
+               for i in range(4)]
+    annotations = data / "annotations"
+    annotations.mkdir(parents=True)
+    (annotations / "scannet_recons_test_4frames.json").write_text(json.dumps(records))
+    folders = {}
+    for name, distance in (("a", 1.0), ("b", 2.0)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        rows = [{"id": record["id"], "index": i, "raw": [_pointmap(distance * (1 + i))]} for i, record in enumerate(records)]
+        (folders[name] / "samples.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    out = main([str(folders["a"]), str(folders["b"]), "--data", str(data)])  # `python -m gap_mllm.mini.compare_stage1`
+    # A's errors 1, 2, 3, 4 against B's 2, 4, 6, 8; first frame holds samples 0 and 2, the others 1 and 3
+    assert out["all"]["difference"] == -2.5 and out["first"]["difference"] == -2.0 and out["other"]["difference"] == -3.0
+    (folders["b"] / "samples.jsonl").write_text(json.dumps({"id": "r0", "index": 0, "raw": [_pointmap(1.0)]}))
+    with pytest.raises(ValueError, match="same marker samples"):
+        compare_stage1(folders["a"], folders["b"], data)
