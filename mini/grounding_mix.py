@@ -33,9 +33,9 @@ from gap_mllm.processing.scannet_layout import posed_images_dir
 
 from .referring_2d import (
     MIN_PIXELS,
-    STATE_FILE,
     ShuffledDraw,
     evaluate,
+    load_run_start,
     mean_box,
     pointing,
     referring_samples,
@@ -158,15 +158,13 @@ def main(argv=None) -> dict:
         return report
     if args.model is None or args.data is None or (args.out is None and not args.evaluate_only):
         parser.error("--model and --data are needed, and --out to train")
-    from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
     from gap_mllm.evaluation.in_memory import EvaluationSlice
 
     split = args.split if args.evaluate_only else "val"
     referring_slice = referring_samples(args.data, split, 1, "views_first", args.min_pixels, seed=1)[: args.eval_samples]
     box_slice = EvaluationSlice("grounding", args.data, split, args.eval_samples, annotated_frame=True)
     if args.evaluate_only:
-        model = GapMllmForConditionalGeneration.from_pretrained(args.model).to(args.device)
-        processor = GapMllmProcessor.from_pretrained(args.model)
+        model, processor = load_run_start(args.model, device=args.device)
         metrics, rows = box_stage(model, processor, box_slice, args.eval_batch_size)
         report = {"model": args.model, "split": split, "box": metrics,
                   "referring": evaluate(model, processor, {split: referring_slice}, args.eval_batch_size)[split]}
@@ -182,11 +180,9 @@ def main(argv=None) -> dict:
               "num_val": {"referring": len(referring_slice), "box": len(box_slice.records)},
               "constant": constant_baselines(args.data, referring, referring_slice)}
     print(json.dumps(report), flush=True)
-    resumed = (Path(args.out) / STATE_FILE).exists()
-    source = Path(args.out) / "model" if resumed else args.model
-    model = GapMllmForConditionalGeneration.from_pretrained(source).to(args.device)
+    model, processor = load_run_start(args.model, args.out, args.device)
     report["evaluations"] = train_steps(
-        model, GapMllmProcessor.from_pretrained(source), draw,
+        model, processor, draw,
         lambda m, p: evaluate_both(m, p, referring_slice, box_slice, args.eval_batch_size),
         args.out, args.steps, args.lr, args.eval_every, workers=args.workers, time_limit_s=args.time_limit_s, log=lambda line: print(line, flush=True))
     return report

@@ -324,6 +324,15 @@ def train(model, processor, train_samples: list[dict], slices: dict[str, list[di
                        lambda m, p: evaluate(m, p, slices), out_dir, steps, lr, eval_every, warmup_steps, workers=workers, log=log)
 
 
+def load_run_start(model_dir, out_dir=None, device: str = "cpu"):
+    """(model, processor) a run starts from: `<out_dir>/model` when `out_dir` holds a saved training state (the
+    run resumes there), else the folder `model_dir`; the model on `device`."""
+    from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+
+    source = Path(out_dir) / "model" if out_dir is not None and (Path(out_dir) / STATE_FILE).exists() else model_dir
+    return GapMllmForConditionalGeneration.from_pretrained(source).to(device), GapMllmProcessor.from_pretrained(source)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a GAP-MLLM folder to start from (or to evaluate)")
@@ -341,8 +350,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="pixels the object covers in a sample's view")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding the views (0: in this one)")
     args = parser.parse_args(argv)
-    from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
-
     train_samples = referring_samples(args.data, "train", args.views_per_object, args.order, args.min_pixels, seed=0)
     held_out = referring_samples(args.data, "val", 1, args.order, args.min_pixels, seed=1)[: args.eval_samples]
     fit = [train_samples[i] for i in random.Random(5).sample(range(len(train_samples)), len(held_out))]
@@ -353,17 +360,13 @@ def main(argv=None) -> dict:
                                for name, s in slices.items()}}
     print(json.dumps(report), flush=True)
     if args.evaluate_only:
-        model = GapMllmForConditionalGeneration.from_pretrained(args.model).to(args.device)
-        report["model"] = evaluate(model, GapMllmProcessor.from_pretrained(args.model), slices)
+        report["model"] = evaluate(*load_run_start(args.model, device=args.device), slices)
     else:
         if args.out is None:
             parser.error("--out is required to train")
-        resumed = (Path(args.out) / STATE_FILE).exists()
-        source = Path(args.out) / "model" if resumed else args.model
-        model = GapMllmForConditionalGeneration.from_pretrained(source).to(args.device)
-        report["evaluations"] = train(model, GapMllmProcessor.from_pretrained(source), train_samples, slices, args.out,
-                                      args.steps, args.batch_size, args.lr, args.eval_every, workers=args.workers,
-                                      log=lambda line: print(line, flush=True))
+        model, processor = load_run_start(args.model, args.out, args.device)
+        report["evaluations"] = train(model, processor, train_samples, slices, args.out, args.steps, args.batch_size,
+                                      args.lr, args.eval_every, workers=args.workers, log=lambda line: print(line, flush=True))
     print(json.dumps(report), flush=True)
     return report
 
