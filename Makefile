@@ -41,7 +41,8 @@ space-bundle: install
 	$(PY) examples/space/bundle_space.py --out build/space
 
 # GAP-MLLM-Mini end to end: SynthRooms data, stages 0-2, evaluation on held-out scenes, the results table
-# (mini/RESULTS.md) and the embedded default (mini/gap-mllm-mini). About an hour per stage on 2 CPU cores;
+# (mini/RESULTS.md) and the embedded default (mini/gap-mllm-mini). Each stage about an hour or less on 2 CPU cores, the
+# stage-0 cameras stage about two;
 # `MINI_ARGS="--device cuda --workers 16"` on a GPU machine. mini-ablation adds the ablation arms.
 MINI_OUT ?= runs/mini
 MINI_ARGS ?=

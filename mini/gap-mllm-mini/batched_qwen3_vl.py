@@ -1,7 +1,7 @@
 """Qwen3-VL with its per-image and per-token-run host loops replaced by batch-wide tensor operations.
 
 Without flash-attn (the CPU, and GPUs where it is not installed), a training forward of the stock Qwen3-VL on 32
-mini grounding samples of 8 views makes 26,705 aten calls and 1,029 `.item()` reads (bench/bench_rope_index.py):
+mini grounding samples of 8 views makes 26,705 aten calls and 1,029 `.item()` reads (bench/bench_batched_qwen3_vl.py):
 `get_rope_index` walks each sample's token runs in Python, the ViT builds its rotary positions image by image,
 and each ViT layer runs one attention call per image. On a GPU every call is a kernel launch and every read a
 host-device synchronisation, so the mini model's step was bound by dispatch, not by arithmetic (mini/README.md,

@@ -60,10 +60,20 @@ class GapMllmMultiLevelFusion(nn.Module):
         sizes = [h * w for h, w in merged_grids]
         fused_levels, gates = [], []
         for level, (visual, geometry) in enumerate(zip(visual_levels, geometry_levels)):
-            merged = torch.cat([self.mergers[level](features) for features in geometry])
+            merged = self._merge(level, geometry)
             visual = torch.cat(visual)
             fused, gate = self.fusions[level](visual, merged.to(visual.dtype), merged_grids)
             fused_levels.append(torch.split(fused, sizes))
             if output_gates and gate is not None:
                 gates.append(gate.mean(dim=-1))
         return fused_levels, (tuple(gates) if output_gates and gates else None)
+
+    def _merge(self, level: int, geometry: list[torch.Tensor]) -> torch.Tensor:
+        """`[Σ views · merged tokens, D]`: the level's merger on every sample's `[S_b, h_b, w_b, C]` features, in order.
+
+        The merger works token by token, so samples of one patch grid go through it as one stack of views: one
+        call per level instead of one per sample (each call is a dozen kernel launches on a GPU).
+        """
+        if len({features.shape[1:] for features in geometry}) == 1:
+            return self.mergers[level](torch.cat(geometry))
+        return torch.cat([self.mergers[level](features) for features in geometry])
