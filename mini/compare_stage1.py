@@ -32,12 +32,18 @@ def compare_stage1(folder_a: Path, folder_b: Path, data: Path, split: str = "tes
             **paired_marker_difference(a["predictions"], b["predictions"], a["answers"], a["marked_frames"])}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("a", type=Path, help="marker-task evaluation folder of model A (holds samples.jsonl)")
-    parser.add_argument("b", type=Path, help="the same for model B")
+def pair_parser(description: str, folder_help: str) -> argparse.ArgumentParser:
+    """The command line of a paired comparison: folders A and B, the data both were evaluated on, the split."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("a", type=Path, help=f"{folder_help} of model A")
+    parser.add_argument("b", type=Path, help=f"{folder_help} of model B")
     parser.add_argument("--data", type=Path, required=True, help="the SynthRooms data both were evaluated on")
     parser.add_argument("--split", default="test")
+    return parser
+
+
+def main(argv=None) -> dict:
+    parser = pair_parser(__doc__.split("\n\n")[0], "marker-task evaluation folder (holds samples.jsonl)")
     args = parser.parse_args(argv)
     for folder in (args.a, args.b):
         if not (folder / "samples.jsonl").is_file():

@@ -336,7 +336,7 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
         evaluate_arm(run, arm)
     geometry = evaluate_stage0(run, stage0)
     baselines = compute_baselines(run)
-    results = collect_results(run, arms, geometry, baselines)
+    results = collect_results(run, arms, geometry, baselines, reference=MAIN_ARM.name)
     write_report(run, results)
     if export is not None:
         if not (run.stage_dir(MAIN_ARM.name, "final") / "config.json").is_file():

@@ -31,7 +31,8 @@ from gap_mllm.processing.builders import load_annotation_file
 RESAMPLES = 1000
 
 
-def _rows(path: Path) -> list[dict]:
+def sample_rows(path: Path) -> list[dict]:
+    """The per-sample rows of a runner's samples.jsonl, in order."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -73,7 +74,7 @@ def _bootstrap_f1(samples, seed: int = 0) -> list[float]:
 def marker_answers(samples: Path, data: Path, split: str = "test") -> dict[str, list]:
     """A marker-task evaluation's per-sample rows (`samples.jsonl` of the runner) next to their records:
     {"ids", "predictions", "answers", "marked_frames"} (the view index of each marker), in the rows' order."""
-    rows = _rows(samples)
+    rows = sample_rows(samples)
     marker_records = load_annotation_file(find_annotation_file(data, "reconstruction", split))
     records = [marker_records[row["index"]] for row in rows]
     return {"ids": [row["id"] for row in rows], "predictions": [row["raw"][0] for row in rows],
@@ -121,7 +122,7 @@ def _stage2_results(run, folder: Path) -> dict:
             out[f"grounding_{key}"] = found[key]
             out[f"grounding_{key}_ci95"] = found[f"{key}_ci95"]
 
-    detection_rows = _rows(folder / "detection" / "samples.jsonl")
+    detection_rows = sample_rows(folder / "detection" / "samples.jsonl")
     records = load_annotation_file(find_annotation_file(run.data, "detection", "test"))
     counts = detection_counts(detection_rows, records)
     out["detection_f1@0.25"] = f1_of_counts(counts)
@@ -129,7 +130,7 @@ def _stage2_results(run, folder: Path) -> dict:
     out["detection_num_samples"] = len(detection_rows)
 
     caption = json.loads((folder / "captioning" / "summary.json").read_text(encoding="utf-8"))["metrics"]
-    per_sample = [row["score"] for row in _rows(folder / "captioning" / "samples.jsonl")]
+    per_sample = [row["score"] for row in sample_rows(folder / "captioning" / "samples.jsonl")]
     out["captioning_cider@0.5"] = caption["cider"]
     out["captioning_cider@0.5_ci95"] = bootstrap_interval(per_sample, np.mean, RESAMPLES)
     out["captioning_num_samples"] = len(per_sample)
@@ -148,9 +149,19 @@ def stage_provenance(run) -> dict[str, dict]:
     return out
 
 
-def collect_results(run, arms, geometry: dict, baselines: dict) -> dict:
-    return {"budget": run.budget, "arms": {arm.name: arm_results(run, arm) for arm in arms},
-            "stage0_geometry": geometry, "baselines": baselines, "stages": stage_provenance(run)}
+def collect_results(run, arms, geometry: dict, baselines: dict, reference: str | None = None) -> dict:
+    """Every table figure of the run; with `reference` (the main arm) among `arms`, also each other arm minus
+    the reference on the same test samples (`"paired"`, mini/paired_arms.py)."""
+    results = {"budget": run.budget, "arms": {arm.name: arm_results(run, arm) for arm in arms},
+               "stage0_geometry": geometry, "baselines": baselines, "stages": stage_provenance(run)}
+    if reference is not None and reference in results["arms"]:
+        from .paired_arms import paired_arms
+
+        paired = {arm.name: paired_arms(run.results_dir(arm.name), run.results_dir(reference), run.data)
+                  for arm in arms if arm.name != reference}
+        if any(paired.values()):
+            results["paired"] = {"reference": reference, "arms": {name: found for name, found in paired.items() if found}}
+    return results
 
 
 def _cell(value, interval=None, percent: bool = False, digits: int = 2) -> str:
@@ -195,6 +206,7 @@ def results_markdown(results: dict) -> str:
                  f"| {_cell(marker.get('point_error_m_median'), marker.get('point_error_m_median_ci95'))} "
                  f"| {_cell(marker['label_accuracy'], marker['label_accuracy_ci95'], True)} |")
     lines += marked_frame_lines(results)
+    lines += paired_lines(results)
     lines += grounding_diagnostic_lines(results)
     sizes = next(iter(results["arms"].values()))
     lines.append("")
@@ -228,6 +240,39 @@ def marked_frame_lines(results: dict) -> list[str]:
     if split:
         lines.append(f"| baseline: constant_point | {_cell(split['first'].get('point_error_m_median'), split['first'].get('point_error_m_median_ci95'))} "
                      f"| {_cell(split['other'].get('point_error_m_median'), split['other'].get('point_error_m_median_ci95'))} |")
+    return lines
+
+
+PAIRED_COLUMNS = (  # (metric of mini/paired_arms.py, column title, shown in percentage points)
+    ("grounding_acc@0.25", "Acc@0.25, points", True), ("grounding_acc@0.5", "Acc@0.5, points", True),
+    ("detection_f1@0.25", "det F1@0.25, points", True), ("captioning_cider@0.5", "CIDEr@0.5", False),
+    ("stage1_point_error_m_median", "S1 point error m", False),
+    ("stage1_point_error_m_median_first_frame", "first frame", False),
+    ("stage1_point_error_m_median_other_frame", "other frames", False),
+)
+
+
+def _signed_cell(found: dict | None, percent: bool) -> str:
+    if found is None:
+        return "—"
+    scale, digits = (100.0, 1) if percent else (1.0, 2)
+    low, high = (value * scale for value in found["ci95"])
+    return f"{found['difference'] * scale:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def paired_lines(results: dict) -> list[str]:
+    """The ablation as paired differences: each arm minus the main arm on the same test samples; empty when the
+    run has no pair."""
+    paired = results.get("paired")
+    if not paired or not paired.get("arms"):
+        return []
+    reference = paired["reference"]
+    lines = ["", f"Ablation, paired: each arm minus {reference} on the same test samples (A − B with its 95 % paired-bootstrap "
+                 "interval; accuracies and F1 in percentage points; a negative point error is closer):", "",
+             "| arm − " + reference + " | " + " | ".join(title for _, title, _ in PAIRED_COLUMNS) + " |",
+             "|---|" + "---|" * len(PAIRED_COLUMNS)]
+    for name, found in paired["arms"].items():
+        lines.append(f"| {name} | " + " | ".join(_signed_cell(found.get(metric), percent) for metric, _, percent in PAIRED_COLUMNS) + " |")
     return lines
 
 
