@@ -20,6 +20,11 @@ import numpy as np
 from gap_mllm.tiny.tiny_tokenizer import train_bpe_tokenizer
 
 MINI_VOCAB_SIZE = 768
+# The pixel normalisation every GAP-MLLM-Mini release was trained with: the CLIP mean/std that
+# `GapMllmProcessor.from_tokenizer` used before it took Qwen3-VL's 0.5/0.5. Its frozen stage-0 ViT learned
+# on these inputs, so the mini keeps them (they are saved in its processor_config.json).
+MINI_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+MINI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 CORPUS_SCENES = 12  # layout-only scenes whose sentences and answers train the BPE merges
 CORPUS_SEED = 12345  # a seed no dataset of the pipeline uses: the tokenizer never sees a test scene
 
@@ -89,7 +94,8 @@ def build_mini_processor(save_dir: str | os.PathLike | None = None, image_size: 
     from gap_mllm.processing_gap_mllm import GapMllmProcessor
 
     height, width = image_size or synth_config("mini").image_size
-    processor = GapMllmProcessor.from_tokenizer(build_mini_tokenizer(), min_pixels=height * width, max_pixels=height * width)
+    processor = GapMllmProcessor.from_tokenizer(build_mini_tokenizer(), min_pixels=height * width, max_pixels=height * width,
+                                                image_mean=list(MINI_IMAGE_MEAN), image_std=list(MINI_IMAGE_STD))
     if save_dir is not None:
         processor.save_pretrained(save_dir)
     return processor

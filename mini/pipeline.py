@@ -229,12 +229,16 @@ def adopt_stage0(run: MiniRun, source: Path) -> Path:
     if stage0.exists():
         shutil.rmtree(stage0)  # an interrupted copy
     shutil.copytree(source, stage0, ignore=shutil.ignore_patterns("checkpoint-*"))
-    origin = {}
+    origin, note = {}, f"copied from {source} (--stage0)"
     if (source / DONE_MARKER).is_file():  # a pipeline stage folder: keep what trained it
         origin = json.loads((source / DONE_MARKER).read_text(encoding="utf-8"))
+    elif (source / "evaluation_results.json").is_file():  # an exported model: its results say how its stage 0 was made
+        origin = json.loads((source / "evaluation_results.json").read_text(encoding="utf-8")).get("stages", {}).get("stage0", {})
+        if origin.get("note"):
+            note += f"; its stage 0: {origin['note']}"
     (stage0 / DONE_MARKER).write_text(json.dumps({
         "recipe": origin.get("recipe", "given (--stage0)"), "global_step": origin.get("global_step"),
-        "device": origin.get("device"), "source": str(source), "note": f"copied from {source} (--stage0)"}, indent=1))
+        "device": origin.get("device"), "source": str(source), "note": note}, indent=1))
     return stage0
 
 
@@ -261,25 +265,36 @@ def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
     return final
 
 
+def _recipe_tasks(recipe_name: str) -> list[str]:
+    """The training tasks (`data.tasks`) a recipe of this pipeline trains, as written."""
+    import yaml
+
+    return list((yaml.safe_load((RECIPES / recipe_name).read_text(encoding="utf-8")).get("data") or {}).get("tasks") or [])
+
+
 def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
-    """Official runners on the test split: grounding, detection, captioning (final model) and the marker
-    task (stage-1 model); returns {task: summary}."""
+    """Official runners on the test split: grounding, detection, captioning and the marker task (final model),
+    and the marker task on the stage-1 model; returns {results folder name: summary}."""
     from gap_mllm.evaluation.runner import run_evaluation
+
+    from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS
 
     settings = run.settings
     summaries = {}
     final = run.stage_dir(arm.name, "final")
     # the marker task first: its answers are the shortest, so an interrupted evaluation has it complete
-    jobs = [("reconstruction", run.stage_dir(arm.name, "stage1"))] if arm.stage1 else []
+    jobs = [("reconstruction", MARKER_STAGE1_RESULTS, run.stage_dir(arm.name, "stage1"))] if arm.stage1 else []
     if not arm.stage1_only:
-        jobs += [(task, final) for task in EVAL_TASKS]
-    for task, model_dir in jobs:
-        out_dir = run.results_dir(arm.name, task)
+        jobs += [(task, task, final) for task in EVAL_TASKS]
+        if "reconstruction" in _recipe_tasks("mini_stage2.yaml"):  # the final model keeps the marker task
+            jobs.append(("reconstruction", MARKER_FINAL_RESULTS, final))
+    for task, results_name, model_dir in jobs:
+        out_dir = run.results_dir(arm.name, results_name)
         summary_path = out_dir / "summary.json"
         if summary_path.is_file():
-            summaries[task] = json.loads(summary_path.read_text(encoding="utf-8"))
+            summaries[results_name] = json.loads(summary_path.read_text(encoding="utf-8"))
             continue
-        summaries[task] = run_evaluation(task, data_dir=run.data, out_dir=out_dir, model_dir=model_dir, split="test",
+        summaries[results_name] = run_evaluation(task, data_dir=run.data, out_dir=out_dir, model_dir=model_dir, split="test",
                                          batch_size=run.eval_batch_size or settings.eval_batch_size,
                                          limit=run.eval_limit or settings.eval_limit,
                                          max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens[task],

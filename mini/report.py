@@ -29,6 +29,8 @@ from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 
 RESAMPLES = 1000
+# results folders of the marker task: scored on each arm's stage-1 model, and on its final model
+MARKER_STAGE1_RESULTS, MARKER_FINAL_RESULTS = "reconstruction", "reconstruction_final"
 
 
 def sample_rows(path: Path) -> list[dict]:
@@ -91,19 +93,27 @@ def arm_results(run, arm) -> dict:
         out.update(_stage2_results(run, folder))
     else:  # a stage-1-only arm, or one whose stage 2 was not run: its stage-2 cells stay empty ("—")
         out["stage2_evaluated"] = False
-    recon = folder / "reconstruction" / "samples.jsonl"
-    if recon.is_file():
-        marker = marker_answers(recon, run.data)
-        scores = marker_scores(marker["predictions"], marker["answers"], marker["marked_frames"])
-        out["stage1_point_error_m_median"] = scores.get("point_error_m_median")
-        out["stage1_point_error_m_median_ci95"] = scores.get("point_error_m_median_ci95")
-        out["stage1_label_accuracy"] = scores["label_accuracy"]
-        out["stage1_label_accuracy_ci95"] = scores["label_accuracy_ci95"]
-        out["stage1_num_samples"] = scores["num_samples"]
-        for name, part in scores["by_marked_frame"].items():  # marker in the first frame / in another one
-            out[f"stage1_point_error_m_median_{name}_frame"] = part.get("point_error_m_median")
-            out[f"stage1_point_error_m_median_{name}_frame_ci95"] = part.get("point_error_m_median_ci95")
-            out[f"stage1_num_samples_{name}_frame"] = part["num_samples"]
+    # the marker task scored on the stage-1 model ("stage1_*") and on the final model ("final_marker_*")
+    for results_folder, prefix in ((MARKER_STAGE1_RESULTS, "stage1"), (MARKER_FINAL_RESULTS, "final_marker")):
+        samples = folder / results_folder / "samples.jsonl"
+        if samples.is_file():
+            out.update(_marker_cells(marker_answers(samples, run.data), prefix))
+    return out
+
+
+def _marker_cells(marker: dict, prefix: str) -> dict:
+    """Median point error and label accuracy of marker answers (with intervals), overall and by marked frame."""
+    scores = marker_scores(marker["predictions"], marker["answers"], marker["marked_frames"])
+    out = {f"{prefix}_point_error_m_median": scores.get("point_error_m_median"),
+           f"{prefix}_point_error_m_median_ci95": scores.get("point_error_m_median_ci95"),
+           f"{prefix}_label_accuracy": scores["label_accuracy"],
+           f"{prefix}_label_accuracy_ci95": scores["label_accuracy_ci95"],
+           f"{prefix}_unparsed": scores.get("unparsed"),
+           f"{prefix}_num_samples": scores["num_samples"]}
+    for name, part in scores["by_marked_frame"].items():  # marker in the first frame / in another one
+        out[f"{prefix}_point_error_m_median_{name}_frame"] = part.get("point_error_m_median")
+        out[f"{prefix}_point_error_m_median_{name}_frame_ci95"] = part.get("point_error_m_median_ci95")
+        out[f"{prefix}_num_samples_{name}_frame"] = part["num_samples"]
     return out
 
 
@@ -179,8 +189,9 @@ def results_markdown(results: dict) -> str:
     from gap_mllm.evaluation.geometry_eval import format_geometry_report
 
     lines = [
-        "| model | Acc@0.25 % | Acc@0.5 % | det F1@0.25 % | CIDEr@0.5 | S1 point error m (median) | S1 label acc. % |",
-        "|---|---|---|---|---|---|---|",
+        "| model | Acc@0.25 % | Acc@0.5 % | det F1@0.25 % | CIDEr@0.5 | marker point error m (median) | marker label acc. % "
+        "| S1 point error m (median) | S1 label acc. % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["arms"].items():
         lines.append(
@@ -188,6 +199,8 @@ def results_markdown(results: dict) -> str:
             f"| {_cell(row.get('grounding_acc@0.5'), row.get('grounding_acc@0.5_ci95'), True)} "
             f"| {_cell(row.get('detection_f1@0.25'), row.get('detection_f1@0.25_ci95'), True)} "
             f"| {_cell(row.get('captioning_cider@0.5'), row.get('captioning_cider@0.5_ci95'))} "
+            f"| {_cell(row.get('final_marker_point_error_m_median'), row.get('final_marker_point_error_m_median_ci95'))} "
+            f"| {_cell(row.get('final_marker_label_accuracy'), row.get('final_marker_label_accuracy_ci95'), True)} "
             f"| {_cell(row.get('stage1_point_error_m_median'), row.get('stage1_point_error_m_median_ci95'))} "
             f"| {_cell(row.get('stage1_label_accuracy'), row.get('stage1_label_accuracy_ci95'), True)} |"
         )
@@ -196,15 +209,15 @@ def results_markdown(results: dict) -> str:
     for name in ("constant_mean_box", "best_constant_box", "random_same_category"):
         row = grounding[name]
         lines.append(f"| baseline: {name} | {_cell(row['acc@0.25'], row['acc@0.25_ci95'], True)} "
-                     f"| {_cell(row['acc@0.5'], row['acc@0.5_ci95'], True)} | — | — | — | — |")
+                     f"| {_cell(row['acc@0.5'], row['acc@0.5_ci95'], True)} | — | — | — | — | — | — |")
     detection = base["detection"]["category_mean_boxes"]
-    lines.append(f"| baseline: category_mean_boxes (true labels) | — | — | {_cell(detection['f1'], detection['f1_ci95'], True)} | — | — | — |")
+    lines.append(f"| baseline: category_mean_boxes (true labels) | — | — | {_cell(detection['f1'], detection['f1_ci95'], True)} | — | — | — | — | — |")
     caption = base["captioning"]["constant_caption"]
-    lines.append(f"| baseline: constant_caption | — | — | — | {_cell(caption['cider'], caption['cider_ci95'])} | — | — |")
+    lines.append(f"| baseline: constant_caption | — | — | — | {_cell(caption['cider'], caption['cider_ci95'])} | — | — | — | — |")
     marker = base["marker"]["constant_point"]
-    lines.append(f"| baseline: constant_point + most frequent label | — | — | — | — "
-                 f"| {_cell(marker.get('point_error_m_median'), marker.get('point_error_m_median_ci95'))} "
-                 f"| {_cell(marker['label_accuracy'], marker['label_accuracy_ci95'], True)} |")
+    marker_cells = (f"| {_cell(marker.get('point_error_m_median'), marker.get('point_error_m_median_ci95'))} "
+                    f"| {_cell(marker['label_accuracy'], marker['label_accuracy_ci95'], True)} ")
+    lines.append(f"| baseline: constant_point + most frequent label | — | — | — | — {marker_cells}{marker_cells}|")
     lines += marked_frame_lines(results)
     lines += paired_lines(results)
     lines += grounding_diagnostic_lines(results)
@@ -213,9 +226,9 @@ def results_markdown(results: dict) -> str:
     lines.append(f"Test split: {sizes.get('grounding_num_samples', '—')} grounding, {sizes.get('detection_num_samples', '—')} detection, "
                  f"{sizes.get('captioning_num_samples', '—')} captioning, {sizes.get('stage1_num_samples', '—')} marker samples; "
                  "95 % intervals in brackets (Wilson for accuracies, bootstrap otherwise). "
-                 "— : not evaluated (an arm whose stage 2 was not trained). "
-                 "The S1 columns score each arm's stage-1 model: the marker task is the pre-training task, stage 2 "
-                 "does not train it, and the final model (the exported default too) is not scored on it.")
+                 "— : not evaluated (an arm whose stage 2 was not trained, or a run before the marker task joined "
+                 "stage 2). The marker columns score each arm's final model (the exported default), whose stage 2 keeps "
+                 "the marker task in its mix; the S1 columns score its stage-1 model on the same samples.")
     stages = results.get("stages")
     if stages:
         lines += ["", "Where each stage was trained (from its `stage_done.json`):", "", "| stage | recipe | steps | device | note |", "|---|---|---|---|---|"]

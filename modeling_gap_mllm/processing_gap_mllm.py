@@ -80,6 +80,10 @@ PREPROCESSING_MODES = ("grid", "official_inference", "official_training")
 OFFICIAL_PIXEL_LIMITS = {"official_inference": (200_704, 1_605_632), "official_training": (12_544, 451_584)}
 # Default limits of a processor built with `from_tokenizer`: the official training limits.
 DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS = OFFICIAL_PIXEL_LIMITS["official_training"]
+# Qwen3-VL's pixel normalisation (its preprocessor_config.json): (x - 0.5) / 0.5 per channel. The image
+# processor class we build on, shared with Qwen2-VL, defaults to the CLIP mean/std instead.
+QWEN3_VL_IMAGE_MEAN = (0.5, 0.5, 0.5)
+QWEN3_VL_IMAGE_STD = (0.5, 0.5, 0.5)
 # Image-processor settings copied when a non-Pil image processor has to be rebuilt as the Pil one.
 _PIL_IMAGE_PROCESSOR_KEYS = (
     "do_resize", "resample", "size", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
@@ -166,8 +170,12 @@ class GapMllmProcessor(Qwen3VLProcessor):
         chat_template: str | None = None,
         **image_processor_kwargs,
     ) -> "GapMllmProcessor":
-        """Build the processor around `tokenizer` with a fresh Qwen3-VL Pil image processor
-        (patch 16, temporal patch 2, merge 2, the given pixel limits)."""
+        """Build the processor around `tokenizer` with a fresh Qwen3-VL Pil image processor: patch 16,
+        temporal patch 2, merge 2, the given pixel limits and Qwen3-VL's normalisation (mean = std = 0.5;
+        `image_mean=` / `image_std=` in `image_processor_kwargs` override it, e.g. for a model trained
+        with other values)."""
+        image_processor_kwargs.setdefault("image_mean", list(QWEN3_VL_IMAGE_MEAN))
+        image_processor_kwargs.setdefault("image_std", list(QWEN3_VL_IMAGE_STD))
         image_processor = Qwen2VLImageProcessorPil(
             patch_size=16,
             temporal_patch_size=2,
@@ -619,4 +627,4 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return self.post_process(generated, "reconstruction", input_ids)
 
 
-__all__ = ["GapMllmProcessor", "PREPROCESSING_MODES", "OFFICIAL_PIXEL_LIMITS"]
+__all__ = ["GapMllmProcessor", "OFFICIAL_PIXEL_LIMITS", "PREPROCESSING_MODES", "QWEN3_VL_IMAGE_MEAN", "QWEN3_VL_IMAGE_STD"]

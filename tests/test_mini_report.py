@@ -38,10 +38,10 @@ def test_a_stage1_only_arm_has_empty_stage2_cells_and_the_table_names_the_device
                "stages": stage_provenance(run)}
     table = results_markdown(results)
     line = next(text for text in table.splitlines() if text.startswith("| no_geometry_s0"))
-    assert line == "| no_geometry_s0 (stage 1 only) | — | — | — | — | 0.90 [0.80, 1.00] | 85.0 [80.0, 90.0] |"
+    assert line == "| no_geometry_s0 (stage 1 only) | — | — | — | — | — | — | 0.90 [0.80, 1.00] | 85.0 [80.0, 90.0] |"
     assert "| no_geometry_s0/stage1 | mini_stage1.yaml | 1000 | cuda |  |" in table
-    # the S1 columns are the stage-1 model's; the table says so (the final model is not asked the marker task)
-    assert "The S1 columns score each arm's stage-1 model" in table
+    # the marker columns are the final model's, the S1 columns the stage-1 model's; the table says so
+    assert "The marker columns score each arm's final model" in table and "the S1 columns score its stage-1 model" in table
 
 
 def test_marker_scores_split_by_the_marked_frame():

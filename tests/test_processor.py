@@ -147,9 +147,19 @@ def test_grid_mode_qwen_pixels_equal_the_stock_image_processor(processor):
     image = _image(75, 100)
     out = processor(images=image, text="x", return_tensors="np")
     stock = Qwen2VLImageProcessorPil(
-        patch_size=16, temporal_patch_size=2, merge_size=2, size={"shortest_edge": TINY_MIN, "longest_edge": TINY_MAX}
+        patch_size=16, temporal_patch_size=2, merge_size=2, size={"shortest_edge": TINY_MIN, "longest_edge": TINY_MAX},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     np.testing.assert_array_equal(out["pixel_values"], stock(image, return_tensors="np")["pixel_values"])
+
+
+@pytest.mark.parametrize("value, expected", [(0, -1.0), (255, 1.0), (51, -0.6)])
+def test_from_tokenizer_normalises_as_qwen3_vl(processor, value, expected):
+    """Qwen3-VL's preprocessor normalises with mean = std = 0.5, i.e. x / 127.5 - 1 (the CLIP mean/std of
+    the Qwen2-VL image processor class would give 1.93 for white)."""
+    image = PIL.Image.fromarray(np.full((64, 96, 3), value, dtype=np.uint8))
+    pixels = processor(images=image, text="x", return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(pixels, expected, atol=1e-6)
 
 
 def test_batch_with_different_view_counts_and_sizes(processor):
@@ -215,7 +225,8 @@ def test_official_inference_sizes_and_pixels(official_processors, height, width)
     expected = F.interpolate(tensor[None], size=(364, 476), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(out["geometry_pixel_values"][0], expected, rtol=0, atol=1e-6)
     stock = Qwen2VLImageProcessorPil(
-        patch_size=16, temporal_patch_size=2, merge_size=2, size={"shortest_edge": 200_704, "longest_edge": 1_605_632}
+        patch_size=16, temporal_patch_size=2, merge_size=2, size={"shortest_edge": 200_704, "longest_edge": 1_605_632},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     np.testing.assert_array_equal(
         out["pixel_values"][: 26 * 34].numpy(), stock(crop, return_tensors="np")["pixel_values"]
@@ -236,7 +247,8 @@ def test_official_training_sizes_and_pixels(official_processors, height, width):
     expected = F.interpolate(tensor[None], size=(336, 448), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(out["geometry_pixel_values"][0], expected, rtol=0, atol=1e-6)  # UNCROPPED source
     stock = Qwen2VLImageProcessorPil(
-        patch_size=16, temporal_patch_size=2, merge_size=2, size={"shortest_edge": 12_544, "longest_edge": 451_584}
+        patch_size=16, temporal_patch_size=2, merge_size=2, size={"shortest_edge": 12_544, "longest_edge": 451_584},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     top_left = crop.crop((0, 0, 512, 384))
     np.testing.assert_array_equal(out["pixel_values"].numpy(), stock(top_left, return_tensors="np")["pixel_values"])

@@ -66,6 +66,9 @@ class DataConfig:
     on_bad_sample: "raise" stops the run with an error naming the sample; "skip" drops it and counts it
         (reported in the logs as `skipped_samples` and at the end of training).
     max_train_samples / max_eval_samples: keep the first N (smoke runs).
+    task_max_samples: {task: N}: at most N training samples of that task, drawn at random (seed
+        `training.seed`) before the tasks are concatenated, so one task's size does not set the mix
+        (GAP-MLLM-Mini's stage 2 keeps the marker task at about a fifth of its samples).
     Sample order: `training.train_sampling_strategy` ("random" / "sequential" / "group_by_length").
     """
 
@@ -77,6 +80,7 @@ class DataConfig:
     on_bad_sample: str = "raise"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    task_max_samples: dict[str, int] | None = None
     marker: bool = True
 
 
@@ -265,6 +269,15 @@ class TrainRecipe:
 
         # canonical task names (deprecated ones warn); a task without data of its own is an error here
         self.data.tasks = [builder_for_task(task).SPEC.name for task in self.data.tasks]
+        if self.data.task_max_samples:
+            caps = {builder_for_task(task).SPEC.name: count for task, count in self.data.task_max_samples.items()}
+            strangers = sorted(set(caps) - set(self.data.tasks))
+            if strangers:
+                raise ValueError(f"data.task_max_samples names {strangers}, which data.tasks {self.data.tasks} does not train")
+            bad = {task: count for task, count in caps.items() if count < 1}
+            if bad:
+                raise ValueError(f"data.task_max_samples must be at least 1 per task, got {bad}")
+            self.data.task_max_samples = caps
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,8 +25,10 @@ SHARED_COLUMNS = ("id", "images", "image_paths", "prompt", "answer", "pixel_coor
 LENGTH_COLUMN = "length"  # TrainingArguments.length_column_name's default
 
 
-def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: int | None = None):
-    """The concatenated `datasets.Dataset` of `data.tasks` for `split`."""
+def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: int | None = None,
+               task_max_samples: dict[str, int] | None = None, seed: int = 0):
+    """The concatenated `datasets.Dataset` of `data.tasks` for `split`; `task_max_samples` ({task: N})
+    keeps a random N of that task's samples (drawn with `seed`) before the concatenation."""
     import datasets
 
     if data.data_root is None:
@@ -41,7 +43,12 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
             skip_bad_samples=data.on_bad_sample == "skip",
         )
         builder.download_and_prepare()
-        parts.append(builder.as_dataset(split=split))
+        part = builder.as_dataset(split=split)
+        cap = (task_max_samples or {}).get(builder.SPEC.name)
+        if cap is not None and cap < len(part):
+            logger.info("%s %s: %d of %d samples (data.task_max_samples)", task, split, cap, len(part))
+            part = part.shuffle(seed=seed).select(range(cap))
+        parts.append(part)
         counter = builder.skipped.get(split)
         if counter is not None and counter.total:
             logger.warning("%s %s: %s", task, split, counter.summary())

@@ -108,7 +108,8 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     wrapped = GeometryAlignedModel(model, recipe.aux)
 
     if train_dataset is None:
-        train_dataset = load_split(recipe.data, recipe.data.train_split, recipe.aux, recipe.data.max_train_samples)
+        train_dataset = load_split(recipe.data, recipe.data.train_split, recipe.aux, recipe.data.max_train_samples,
+                                   task_max_samples=recipe.data.task_max_samples, seed=args.seed)
     if eval_dataset is None and recipe.data.eval_split:
         eval_dataset = load_split(recipe.data, recipe.data.eval_split, recipe.aux, recipe.data.max_eval_samples)
     if args.train_sampling_strategy == "group_by_length" and args.length_column_name not in train_dataset.column_names:
