@@ -29,8 +29,14 @@ def parameter_counts(model) -> dict[str, int]:
     return counts
 
 
-def export_default(model_dir, dest, results: dict | None = None, max_shard_size: str = "15MB") -> Path:
-    """Copy the model of `model_dir` to `dest` in bfloat16 storage with its processor and a model card."""
+def export_default(model_dir, dest, results: dict | None = None, max_shard_size: str = "15MB",
+                   with_remote_code: bool | None = None) -> Path:
+    """Copy the model of `model_dir` to `dest` in bfloat16 storage with its processor and a model card.
+
+    `with_remote_code`: keep the remote-code files `save_pretrained` writes (a complete Hub folder). Default: yes,
+    except for the embedded default's own folder (`SHIPPED_DIR`), which ships no code (mini/default_model.py)."""
+    from .default_model import SHIPPED_DIR
+
     from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 
     from .card import mini_model_card
@@ -45,6 +51,11 @@ def export_default(model_dir, dest, results: dict | None = None, max_shard_size:
     model.config.dtype = "float32"  # compute dtype on load; storage is bfloat16 (module docstring)
     model.save_pretrained(dest, state_dict=state, max_shard_size=max_shard_size)
     processor.save_pretrained(dest)
+    if with_remote_code is None:
+        with_remote_code = dest.resolve() != SHIPPED_DIR.resolve()
+    if not with_remote_code:
+        for code in dest.glob("*.py"):
+            code.unlink()
     (dest / "README.md").write_text(mini_model_card(model.config, counts, results), encoding="utf-8")
     if results is not None:
         (dest / "evaluation_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")

@@ -1,17 +1,72 @@
 """The committed GAP-MLLM-Mini (mini/gap-mllm-mini) is a Hub folder that loads through the Auto classes
 with trust_remote_code and answers a bundled held-out room with parsable results. Its scores are in
-mini/RESULTS.md, not here: this checks the artefact, not its quality."""
+mini/RESULTS.md, not here: this checks the artefact, not its quality. The folder ships no code: the remote code
+of the loadable default is the installed package's (mini/default_model.py)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from transformers import AutoModel, AutoProcessor
 
+import gap_mllm
 from gap_mllm.cli.scenes import synthetic_scene
-from gap_mllm.mini import default_model_path
+from gap_mllm.mini import SHIPPED_DIR, default_model_path
+from gap_mllm.mini.default_model import assemble, remote_code_sources
 from gap_mllm.mini.export import MAX_FOLDER_BYTES
+
+PACKAGE = Path(gap_mllm.__file__).resolve().parent
+
+
+def test_the_shipped_folder_carries_no_copy_of_the_package_code():
+    assert (SHIPPED_DIR / "config.json").is_file() and list(SHIPPED_DIR.glob("*.safetensors"))
+    assert not list(SHIPPED_DIR.glob("*.py"))
+
+
+def test_the_default_folder_holds_the_package_remote_code_byte_for_byte():
+    folder = default_model_path()
+    sources = remote_code_sources()
+    assert {p.name for p in sources} >= {"configuration_gap_mllm.py", "modeling_gap_mllm.py", "processing_gap_mllm.py"}
+    assert all(p.parent == PACKAGE for p in sources)
+    for source in sources:
+        assert (folder / source.name).read_bytes() == source.read_bytes(), source.name
+    assert sorted(p.name for p in folder.glob("*.py")) == sorted(p.name for p in sources)
+    for shipped in SHIPPED_DIR.iterdir():  # and every shipped file, unchanged
+        assert (folder / shipped.name).read_bytes() == shipped.read_bytes(), shipped.name
+
+
+def test_a_changed_or_stale_file_is_rewritten_from_the_package(tmp_path):
+    folder = assemble(destination=tmp_path / "mini")
+    (folder / "modeling_gap_mllm.py").write_text("raise RuntimeError('an old copy')\n")
+    (folder / "model-99999-of-99999.safetensors").write_bytes(b"an earlier release's shard")
+    assemble(destination=folder)
+    assert (folder / "modeling_gap_mllm.py").read_bytes() == (PACKAGE / "modeling_gap_mllm.py").read_bytes()
+    assert not (folder / "model-99999-of-99999.safetensors").exists()
+
+
+def test_loaded_without_the_package_the_default_runs_the_package_code(tmp_path):
+    """In a process that never imports gap_mllm, AutoModel loads the folder's remote code: its modules are files
+    of the assembled folder, equal to the package's."""
+    folder = default_model_path()
+    script = (
+        "import sys, json\n"
+        "from transformers import AutoModel\n"
+        f"model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
+        "module = sys.modules[type(model).__module__]\n"
+        "assert 'gap_mllm' not in sys.modules, 'the package was imported'\n"
+        "print(json.dumps({'module': module.__name__, 'file': module.__file__}))\n"
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["module"].startswith("transformers_modules.")
+    assert Path(loaded["file"]).read_bytes() == (PACKAGE / "modeling_gap_mllm.py").read_bytes()
 
 
 @pytest.fixture(scope="module")
