@@ -22,6 +22,7 @@ PACKAGE_DIRS = {
     "gap_mllm.processing": "processing",
     "gap_mllm.training": "training",
     "gap_mllm.evaluation": "evaluation",
+    "gap_mllm.serving": "serving",
 }
 PACKAGE_DIRS = {name: folder for name, folder in PACKAGE_DIRS.items() if (HERE / folder / "__init__.py").exists()}
 # sub-packages (processing.synth, evaluation.metric_modules, ...) follow their parent's folder
