@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -170,7 +171,7 @@ class EngineBench:
 
         dtype = getattr(torch, dtype_name)
         start = time.perf_counter()
-        folder = self.workdir / f"{model_name}_{dtype_name}"
+        folder = self.folder = self.workdir / f"{model_name}_{dtype_name}"
         if model_name == "mini":
             from gap_mllm.mini import default_model_path
 
@@ -201,6 +202,9 @@ class EngineBench:
         self.model = self.encoder = None
         if self.device == "cuda":
             torch.cuda.empty_cache()
+        if self.args.workdir is None and getattr(self, "folder", None) is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)  # a temporary real-size folder holds ~11 GB per dtype
+            self.folder = None
 
     # ------------------------------------------------------------------ the two arms
     def samples(self, count: int, offset: int = 0) -> tuple[list, list[str]]:
@@ -358,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--models", nargs="*", choices=("real", "mini", "small", "tiny"), default=None)
     parser.add_argument("--dtypes", nargs="*", choices=("bfloat16", "float32"), default=None)
-    parser.add_argument("--workdir", default=None, help="where the GAP folders, exports and server logs go (default: a temp folder)")
+    parser.add_argument("--workdir", default=None,
+                        help="keep the GAP folders, exports and server logs there (default: a temporary folder, emptied as it goes)")
     parser.add_argument("--dry-run", action="store_true", help="CPU: build every input and run the package arms, no vLLM")
     args = parser.parse_args(argv)
     from gap_mllm.serving import VLLM_VERSION

@@ -159,6 +159,67 @@ def test_offline_requests_round_trip_and_checks(encoder, tmp_path):
         save_offline_requests([broken], tmp_path / "broken.pt")
 
 
+class _FakeChatServer:
+    """A one-request stand-in for vLLM's `/v1/chat/completions` on 127.0.0.1 (records the body, answers `reply`)."""
+
+    def __init__(self, status: int, reply: dict):
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server name
+                received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                body = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.handle_request, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.thread.join(timeout=10)
+        self.server.server_close()
+
+
+def test_client_posts_the_payload_and_parses_the_answer(encoder):
+    from gap_mllm.serving.openai_payload import answer_text, post_chat_completion
+
+    request = encoder.encode(make_views(2, seed=3), task="grounding_stage2", query="the chair")
+    server = _FakeChatServer(200, {"choices": [{"message": {"content": '{"bbox_3d": [1, 2, 3, 0.5, 0.5, 0.5, 0, 0, 0]}'}}]})
+    try:
+        response = post_chat_completion(server.url, chat_completion_payload(request, model="gap-mllm"), timeout=30)
+    finally:
+        server.close()
+    path, body = server.received[0]
+    assert path == "/v1/chat/completions" and body["model"] == "gap-mllm" and body["max_tokens"] == 192
+    sent = [decode_tensor_base64(p["image_embeds"]["image_embeds"]) for p in body["messages"][1]["content"] if p["type"] == "image_embeds"]
+    assert len(sent) == 2 and all(torch.equal(a, b) for a, b in zip(sent, request.image_embeds))
+    result = encoder.processor.post_process([answer_text(response)], task="grounding_stage2")[0]
+    assert result.box is not None and result.box.center == (1.0, 2.0, 3.0)
+
+
+def test_client_reports_the_server_error(encoder):
+    from gap_mllm.serving.openai_payload import post_chat_completion
+
+    request = encoder.encode(make_views(1), task="detection")
+    server = _FakeChatServer(400, {"error": {"message": "You must set `--enable-mm-embeds` to input `image_embeds`"}})
+    try:
+        with pytest.raises(RuntimeError, match="HTTP 400.*enable-mm-embeds"):
+            post_chat_completion(server.url, chat_completion_payload(request), timeout=30)
+    finally:
+        server.close()
+
+
 def test_vllm_settings_and_no_vllm_import():
     assert engine_options(32) == {"enable_mm_embeds": True, "limit_mm_per_prompt": {"image": 32, "video": 0}}
     with pytest.raises(ValueError, match="DeepStack"):
