@@ -32,5 +32,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {len(exported.files)} files to {exported.path}:")
     for name in exported.files:
         print(f"  {name}")
+    print("The Qwen3-VL vision tower's weights are kept (vLLM builds the tower and splits the DeepStack levels only with it);"
+          " they never run on GAP embeddings.")
     print("Its image inputs must be GAP-MLLM encoder embeddings (gap_mllm.serving.GapMllmEncoder); see README.md there.")
     return 0

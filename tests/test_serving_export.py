@@ -1,6 +1,8 @@
 """`gap-mllm export-llm`: the language half as a stock Qwen3-VL folder (serving/export.py), loaded by stock transformers."""
 
+import contextlib
 import hashlib
+import io
 import json
 
 import pytest
@@ -19,9 +21,6 @@ def exported(tmp_path_factory):
     """A tiny GAP checkpoint, its export through the CLI, and what the command printed."""
     source = save_tiny_checkpoint(tmp_path_factory.mktemp("gap") / "gap", seed=4)
     output = tmp_path_factory.mktemp("export") / "llm"
-    import contextlib
-    import io
-
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = main(["export-llm", str(source), str(output)])
