@@ -79,6 +79,7 @@ setup(
     package_data={
         "gap_mllm.training": ["README.md", "recipes/*.yaml", "configs/*"],
         "gap_mllm.evaluation": ["README.md", "metric_modules/*/*.py"],
+        "gap_mllm.serving": ["README.md"],
         # the embedded, trained GAP-MLLM-Mini (a Hub-style folder: weights, config, remote code, processor)
         "gap_mllm.mini": ["README.md", "RESULTS.md", "gap-mllm-mini/*"],
     },
