@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.gap-mllm-installed
 
-.PHONY: install test test-all demo demo-venv space space-bundle bench mini mini-ablation clean
+.PHONY: install test test-all demo demo-venv vllm-venv space space-bundle bench mini mini-ablation clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ demo-venv: install
 space: demo-venv
 	.venv-demo/bin/python examples/space/app.py
 
+# vLLM for serving (gap_mllm/serving): its own environment, since vLLM pins an older transformers than gap-mllm.
+# On a CUDA machine (it pulls the CUDA torch); the pinned version is defined once, in serving/vllm_settings.py.
+VLLM_VENV ?= .venv-vllm
+vllm-venv: install
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install "$$($(PY) -c 'from gap_mllm.serving.vllm_settings import VLLM_REQUIREMENT; print(VLLM_REQUIREMENT)')"
+
 # A folder ready to push as a Hub Space: app, front matter, this checkout's wheel, requirements.
 space-bundle: install
 	$(PY) examples/space/bundle_space.py --out build/space
@@ -56,4 +63,4 @@ bench: install
 	$(PY) bench/bench_forward.py
 
 clean:
-	rm -rf $(VENV) .venv-demo build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-demo $(VLLM_VENV) build *.egg-info .pytest_cache

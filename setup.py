@@ -22,6 +22,7 @@ PACKAGE_DIRS = {
     "gap_mllm.processing": "processing",
     "gap_mllm.training": "training",
     "gap_mllm.evaluation": "evaluation",
+    "gap_mllm.serving": "serving",
 }
 PACKAGE_DIRS = {name: folder for name, folder in PACKAGE_DIRS.items() if (HERE / folder / "__init__.py").exists()}
 # sub-packages (processing.synth, evaluation.metric_modules, ...) follow their parent's folder
@@ -78,6 +79,7 @@ setup(
     package_data={
         "gap_mllm.training": ["README.md", "recipes/*.yaml", "configs/*"],
         "gap_mllm.evaluation": ["README.md", "metric_modules/*/*.py"],
+        "gap_mllm.serving": ["README.md"],
         # the embedded, trained GAP-MLLM-Mini (a Hub-style folder: weights, config, remote code, processor)
         "gap_mllm.mini": ["README.md", "RESULTS.md", "gap-mllm-mini/*"],
     },

@@ -18,6 +18,7 @@ COMMANDS = {
     "convert": ("gap_mllm.cli.convert", "convert VGGT-1B or official GAP-MLLM checkpoints into gap_mllm (strict, with a report of every key)"),
     "evaluate": ("gap_mllm.evaluation.evaluate_cli", "score a model (or a predictions file) on detection, grounding, captioning, reconstruction or spatial_qa data"),
     "predict": ("gap_mllm.cli.predict", "run one task on frames, a video or a bundled scene; print the parsed answer, save PNG/GLB/PLY"),
+    "export-llm": ("gap_mllm.cli.export_llm", "write a checkpoint's language half as a stock Qwen3-VL folder for vLLM/SGLang (image inputs: GAP encoder embeddings)"),
     "push": ("gap_mllm.cli.push", "publish a checkpoint folder to the Hub: safetensors, remote code, processor, generated card"),
     "space": ("gap_mllm.cli.space", "run the Gradio Space locally (needs the separate gradio environment: make demo-venv)"),
     "synth": ("gap_mllm.processing.synth_cli", "generate SynthRooms scenes with exact ground truth (ScanNet layout + official schemas)"),

@@ -21,6 +21,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_gap_mllm import GapMllmConfig
+from .engine_embeddings import GapMllmImageEmbeddings, concatenate_levels
 from .geometry_fusion import WeightedFusion
 from .loading_report import GEOMETRY_GROUPS, report_missing_weights
 from .model_inputs import GEOMETRY_INPUT_NAMES  # prefill-only inputs; generate() drops them afterwards
@@ -271,6 +272,57 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         gates = self.fuse_geometry(image_outputs, geometry_features, image_grid_thw, output_gates=output_gates)
         return image_outputs, geometry_features, gates
 
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.LongTensor,
+        geometry_pixel_values: torch.Tensor | None = None,
+        geometry_views_per_sample: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        geometry_features: list[list[torch.Tensor]] | None = None,
+        **kwargs,
+    ) -> GapMllmImageEmbeddings:
+        """GAP-MLLM's whole image path (geometry encoder, ViT, mergers, gates: each runs once) as the precomputed
+        image embeddings a stock Qwen3-VL takes, e.g. vLLM's `image_embeds` (see `engine_embeddings.py`).
+
+        Args:
+            pixel_values: `[Σ h_i·w_i, 3·2·16·16]` ViT patches (`GapMllmProcessor`).
+            image_grid_thw: `[N_images, 3]` rows `(1, h_i, w_i)`.
+            geometry_pixel_values: `[N_images, 3, H_max, W_max]` in [0, 1], the VGGT input of every view
+                (required with geometry unless `geometry_features` are given).
+            geometry_views_per_sample: `[B]` views per sample (or inferred from `input_ids`).
+            input_ids: `[B, L]`, only to count the views of each sample when `geometry_views_per_sample` is absent.
+            geometry_features: precomputed geometry-encoder output (as `get_geometry_features` returns).
+            **kwargs: other processor outputs (`attention_mask`, `mm_token_type_ids`, ...), ignored, so that
+                `model.encode_images(**processor(...))` works.
+
+        Returns:
+            `GapMllmImageEmbeddings`: per image `[h_i·w_i/4, (1 + num_deepstack) · hidden]` (`[main ‖ deepstack_0 ‖
+            deepstack_1 ‖ deepstack_2]`, 8192 wide for Qwen3-VL-2B), the grids and the views per sample. With
+            `use_geometry=False` (the ablation arm without geometry) the levels are stock Qwen3-VL's.
+        """
+        views = self._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
+        if self.uses_geometry:
+            if geometry_pixel_values is None and geometry_features is None:
+                # forward() would fall back to the plain Qwen path with a warning; an engine would then
+                # answer without geometry, silently: refuse instead.
+                raise ValueError("encode_images needs geometry_pixel_values (GapMllmProcessor) or geometry_features: "
+                                 "this model fuses geometry into its image tokens.")
+            image_outputs, _, _ = self.get_fused_image_features(
+                pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features
+            )
+        else:
+            image_outputs = self.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        vision = self.config.vlm_config.vision_config
+        embeddings = concatenate_levels(tuple(image_outputs.pooler_output), list(image_outputs.deepstack_features))
+        return GapMllmImageEmbeddings(
+            embeddings=embeddings,
+            image_grid_thw=image_grid_thw,
+            views_per_sample=tuple(views),
+            hidden_size=vision.out_hidden_size,
+            num_deepstack_levels=len(vision.deepstack_visual_indexes),
+        )
+
     # ---------------------------------------------------------------- forward
     def forward(
         self,
@@ -489,4 +541,4 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         return model
 
 
-__all__ = ["GapMllmForConditionalGeneration", "GapMllmOutput", "GapMllmPreTrainedModel", "GapMllmScene"]
+__all__ = ["GapMllmForConditionalGeneration", "GapMllmImageEmbeddings", "GapMllmOutput", "GapMllmPreTrainedModel", "GapMllmScene"]

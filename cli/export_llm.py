@@ -1,0 +1,38 @@
+"""`gap-mllm export-llm`: write a GAP-MLLM checkpoint's language half as a stock Qwen3-VL folder for an engine.
+
+    gap-mllm export-llm SOURCE OUTPUT_DIR [--dtype bfloat16]
+
+SOURCE: a GAP-MLLM folder or Hub id (`mini` = the embedded GAP-MLLM-Mini). OUTPUT_DIR: a new or empty folder; it
+gets config.json (qwen3_vl), the weights in stock names, the tokenizer and chat template, the Qwen3-VL processor
+configs, gap_export.json and a README (see gap_mllm/serving/export.py). The ViT weights are kept: vLLM builds the
+vision tower whenever images are allowed and splits the DeepStack levels only when it exists.
+"""
+
+import argparse
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="GAP-MLLM folder or Hub id ('mini' = the embedded GAP-MLLM-Mini)")
+    parser.add_argument("output_dir", help="new or empty folder for the stock Qwen3-VL checkpoint")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: keep the checkpoint's)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from gap_mllm.serving.export import export_llm_folder
+
+    source = args.source
+    if source == "mini":
+        from gap_mllm.mini import default_model_path
+
+        source = default_model_path()
+    print(f"exporting the language half of {source} -> {args.output_dir}", flush=True)
+    exported = export_llm_folder(source, args.output_dir, dtype=args.dtype)
+    print(f"wrote {len(exported.files)} files to {exported.path}:")
+    for name in exported.files:
+        print(f"  {name}")
+    print("The Qwen3-VL vision tower's weights are kept (vLLM builds the tower and splits the DeepStack levels only with it);"
+          " they never run on GAP embeddings.")
+    print("Its image inputs must be GAP-MLLM encoder embeddings (gap_mllm.serving.GapMllmEncoder); see README.md there.")
+    return 0

@@ -1,0 +1,46 @@
+"""Serving GAP-MLLM with an inference engine (vLLM) through Qwen3-VL's precomputed image embeddings.
+
+GAP-MLLM changes only what Qwen3-VL receives for its image tokens, so it splits into two halves:
+
+- the **encoder half** (`GapMllmEncoder`, this package, transformers): frames + a task → the chat prompt, and per
+  view the fused `[tokens, (1 + 3) · hidden]` embeddings and the `image_grid_thw` row (`model.encode_images`);
+- the **language half**: a stock Qwen3-VL folder written by `gap-mllm export-llm` (`export.py`), which an engine
+  serves unchanged and feeds the embeddings as `image_embeds`.
+
+The two talk through vLLM's OpenAI-compatible server (`openai_payload.py`: one `image_embeds` content part per view)
+or through a file of offline requests for `vllm.LLM.generate` (`offline.py`). vLLM lives in its own environment
+(`vllm_settings.py` says why and pins the version); nothing here imports vllm.
+"""
+
+from .encoder import EncodedRequest, GapMllmEncoder
+from .export import EXPORT_INFO_FILE, ExportedFolder, export_llm_folder, read_export_info
+from .offline import load_offline_requests, offline_request, save_offline_requests
+from .openai_payload import (
+    chat_completion_payload,
+    decode_tensor_base64,
+    encode_tensor_base64,
+    image_embeds_part,
+    post_chat_completion,
+)
+from .vllm_settings import VLLM_REQUIREMENT, VLLM_VERSION, engine_options, serve_command
+
+__all__ = [
+    "EXPORT_INFO_FILE",
+    "EncodedRequest",
+    "ExportedFolder",
+    "GapMllmEncoder",
+    "VLLM_REQUIREMENT",
+    "VLLM_VERSION",
+    "chat_completion_payload",
+    "decode_tensor_base64",
+    "encode_tensor_base64",
+    "engine_options",
+    "export_llm_folder",
+    "image_embeds_part",
+    "load_offline_requests",
+    "offline_request",
+    "post_chat_completion",
+    "read_export_info",
+    "save_offline_requests",
+    "serve_command",
+]

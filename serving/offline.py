@@ -1,0 +1,70 @@
+"""Offline requests for `vllm.LLM.generate` carrying GAP-MLLM's image embeddings.
+
+vLLM's Qwen3-VL takes, per prompt, ONE image dict with all views concatenated (`Qwen2VLMultiModalDataParser`: the
+embeddings are sliced per view by `grid.prod() / merge²`):
+
+    {"prompt": "<chat text, one <|vision_start|><|image_pad|><|vision_end|> per view>",
+     "multi_modal_data": {"image": {"image_embeds": [Σ tokens, width], "image_grid_thw": [V, 3]}}}
+
+vLLM and gap-mllm need different transformers versions (vllm_settings.py), so the encoder half saves the requests
+with `save_offline_requests` (plain `torch.save` of that list: strings, dicts, tensors) and the vLLM process reads
+them with `torch.load(path, weights_only=True)` and passes them to `LLM(..., **engine_options()).generate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .encoder import EncodedRequest
+
+
+def offline_request(request: EncodedRequest) -> dict:
+    """The `vllm.LLM.generate` input of one encoded sample (see the module docstring)."""
+    return {"prompt": request.prompt,
+            "multi_modal_data": {"image": {"image_embeds": torch.cat(request.image_embeds, dim=0),
+                                           "image_grid_thw": request.image_grid_thw.to(torch.int64)}}}
+
+
+def save_offline_requests(requests: list[dict], path) -> Path:
+    """Write `offline_request` dicts to `path` (a new file) for the vLLM process."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path}: exists; offline requests are written to a new file")
+    for index, item in enumerate(requests):
+        _check(item, index)
+    torch.save(list(requests), path)
+    return path
+
+
+def load_offline_requests(path) -> list[dict]:
+    """Read requests written by `save_offline_requests` (`weights_only=True`, as the vLLM side reads them)."""
+    requests = torch.load(path, weights_only=True)
+    if not isinstance(requests, list):
+        raise ValueError(f"{path}: expected a list of offline requests, got {type(requests).__name__}")
+    for index, item in enumerate(requests):
+        _check(item, index)
+    return requests
+
+
+def _check(item, index: int) -> None:
+    """Refuse a request whose embeddings and grid disagree (vLLM would slice them wrongly or crash in the engine)."""
+    try:
+        image = item["multi_modal_data"]["image"]
+        embeds, grid, prompt = image["image_embeds"], image["image_grid_thw"], item["prompt"]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"request {index}: not an offline GAP-MLLM request ({error!r})") from None
+    if grid.ndim != 2 or grid.shape[1] != 3 or embeds.ndim != 2:
+        raise ValueError(f"request {index}: image_grid_thw {tuple(grid.shape)} / image_embeds {tuple(embeds.shape)}; "
+                         "expected [V, 3] and [tokens, width]")
+    # merge 2: every Qwen3-VL checkpoint so far; tokens per view = t·h·w / 4
+    tokens = int(grid.prod(dim=-1).sum()) // 4
+    if embeds.shape[0] != tokens:
+        raise ValueError(f"request {index}: {embeds.shape[0]} embedding rows for grids adding up to {tokens} tokens")
+    if prompt.count("<|image_pad|>") != grid.shape[0]:
+        raise ValueError(f"request {index}: the prompt has {prompt.count('<|image_pad|>')} image placeholders for "
+                         f"{grid.shape[0]} views")
+
+
+__all__ = ["load_offline_requests", "offline_request", "save_offline_requests"]

@@ -1,0 +1,95 @@
+"""Requests for vLLM's OpenAI-compatible server (`/v1/chat/completions`) carrying GAP-MLLM's image embeddings.
+
+One `image_embeds` content part per view, in the prompt's order (vLLM merges the parts of a request into one
+`[Σ tokens, width]` tensor and a `[V, 3]` grid; #29988):
+
+    {"type": "image_embeds",
+     "image_embeds": {"image_embeds": "<base64 of torch.save(tensor [tokens_v, width])>",
+                      "image_grid_thw": [1, h_v, w_v]}}
+
+The tensor is serialised with `torch.save` and base64-encoded, which vLLM 0.33.0 reads with
+`torch.load(..., weights_only=True)` (`ImageEmbeddingMediaIO`); bfloat16 survives, which a `.npy` payload (the other
+format vLLM reads) would not. The grid is a plain JSON array, one `[1, h, w]` row per part: a `[[1, h, w]]` row
+would be stacked into a `[V, 1, 3]` grid (the failure reported in #32309). The user turn keeps the text items
+between the views (`Frame-i: ` of grounding stage 1), so the server must run with
+`--chat-template-content-format openai` (vllm_settings.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+
+import torch
+
+from gap_mllm.tasks_gap_mllm import resolve_task
+
+from .encoder import EncodedRequest
+
+
+def encode_tensor_base64(tensor: torch.Tensor) -> str:
+    """`torch.save` bytes of `tensor` (detached, on the CPU, its own storage) as base64 text."""
+    buffer = io.BytesIO()
+    torch.save(tensor.detach().to("cpu").clone(), buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_tensor_base64(data: str) -> torch.Tensor:
+    """The inverse of `encode_tensor_base64`, read the way vLLM reads it (`weights_only=True`)."""
+    return torch.load(io.BytesIO(base64.b64decode(data, validate=True)), weights_only=True)
+
+
+def image_embeds_part(embedding: torch.Tensor, grid_row) -> dict:
+    """The `image_embeds` content part of one view: `embedding` `[tokens, width]`, `grid_row` `(1, h, w)`."""
+    grid = [int(v) for v in (grid_row.tolist() if torch.is_tensor(grid_row) else grid_row)]
+    if len(grid) != 3 or embedding.ndim != 2:
+        raise ValueError(f"expected an embedding [tokens, width] and a grid row (t, h, w), got {tuple(embedding.shape)} and {grid}")
+    return {"type": "image_embeds", "image_embeds": {"image_embeds": encode_tensor_base64(embedding), "image_grid_thw": grid}}
+
+
+def chat_messages(request: EncodedRequest) -> list[dict]:
+    """The system turn and the user turn with one `image_embeds` part per view, texts in between, in order."""
+    content, view = [], 0
+    for segment in request.segments:
+        if segment is None:
+            content.append(image_embeds_part(request.image_embeds[view], request.image_grid_thw[view]))
+            view += 1
+        elif segment:
+            content.append({"type": "text", "text": segment})
+    if view != request.num_views:
+        raise ValueError(f"the prompt has {view} view placeholders but the request holds {request.num_views} embeddings")
+    return [{"role": "system", "content": request.system_prompt}, {"role": "user", "content": content}]
+
+
+def chat_completion_payload(request: EncodedRequest, model: str = "gap-mllm", max_tokens: int | None = None, **extra) -> dict:
+    """The JSON body of `/v1/chat/completions` for one encoded sample: greedy decoding (the official setting) and
+    the task's token budget (or `max_tokens`); `extra` adds fields (e.g. `"stop"`)."""
+    if max_tokens is None:
+        if request.task is None:
+            raise ValueError("a free prompt has no task budget: pass max_tokens")
+        max_tokens = resolve_task(request.task).max_new_tokens
+    return {"model": model, "messages": chat_messages(request), "max_tokens": int(max_tokens), "temperature": 0.0, **extra}
+
+
+def post_chat_completion(base_url: str, payload: dict, timeout: float = 600.0) -> dict:
+    """POST `payload` to `{base_url}/v1/chat/completions`; the response JSON (an HTTP error is raised with the
+    server's message)."""
+    request = urllib.request.Request(base_url.rstrip("/") + "/v1/chat/completions", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{base_url}: HTTP {error.code}: {error.read().decode(errors='replace')[:2000]}") from error
+
+
+def answer_text(response: dict) -> str:
+    """The generated text of a `/v1/chat/completions` response."""
+    return response["choices"][0]["message"]["content"]
+
+
+__all__ = ["answer_text", "chat_completion_payload", "chat_messages", "decode_tensor_base64", "encode_tensor_base64",
+           "image_embeds_part", "post_chat_completion"]
