@@ -26,7 +26,9 @@ LENGTH_COLUMN = "length"  # TrainingArguments.length_column_name's default
 
 
 def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: int | None = None):
-    """The concatenated `datasets.Dataset` of `data.tasks` for `split`."""
+    """The concatenated `datasets.Dataset` of `data.tasks` for `split`. A task without an annotation file for
+    the split is a FileNotFoundError naming the file looked for; one whose file holds no usable sample is a
+    `DataError` naming that file (prepared builders refuse empty splits)."""
     import datasets
 
     if data.data_root is None:
@@ -40,7 +42,8 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
             load_poses=aux.needs_poses,
             skip_bad_samples=data.on_bad_sample == "skip",
         )
-        builder.download_and_prepare()
+        builder.annotation_file(split)  # a split without a file: named here, not as datasets' "Unknown split"
+        builder.download_and_prepare()  # a file without a usable sample: a DataError naming it
         parts.append(builder.as_dataset(split=split))
         counter = builder.skipped.get(split)
         if counter is not None and counter.total:
