@@ -72,9 +72,11 @@ class SampleMatch:
     predictions: list[PredictionMatch] = field(default_factory=list)
 
 
-def ground_truth(record: dict, sample=None) -> tuple[list, list]:
+def ground_truth(record: dict, sample=None, official_compat: bool = False) -> tuple[list, list]:
     """`(labels, boxes)` of an annotation record's `boxes`; a DataError naming the sample when `boxes`
-    is not a list of `{"label": str, "bbox_3d": [9 numbers]}` objects."""
+    is not a list of `{"label": str, "bbox_3d": [9 numbers]}` objects, or (default mode, as the builders)
+    when a box has a negative size; official_compat keeps such a box (the official IoU reads its absolute
+    sizes)."""
     entries = record.get("boxes", [])
     if not isinstance(entries, list):
         raise DataError(f"'boxes' must be a list of {{\"label\", \"bbox_3d\"}} objects, got {type(entries).__name__}", sample=sample)
@@ -82,6 +84,9 @@ def ground_truth(record: dict, sample=None) -> tuple[list, list]:
         if not (isinstance(entry, dict) and isinstance(entry.get("label"), str) and isinstance(entry.get("bbox_3d"), list)
                 and len(entry["bbox_3d"]) == 9):
             raise DataError(f"every entry of 'boxes' needs a string \"label\" and a 9-number \"bbox_3d\", got {entry!r:.120}", sample=sample)
+        sizes = entry["bbox_3d"][3:6]
+        if not official_compat and any(isinstance(v, (int, float)) and v < 0 for v in sizes):
+            raise DataError(f"ground-truth box {entry!r:.120} has a negative size", sample=sample)
     return [e["label"] for e in entries], [e["bbox_3d"] for e in entries]
 
 
@@ -184,14 +189,17 @@ class DetectionEvaluator:
     _gt_totals: dict = field(default_factory=lambda: defaultdict(int))
     _num_samples: int = 0
     _unscorable_predictions: int = 0
+    _dropped_predictions: int = 0
 
     @property
     def euler_mode(self) -> str:
         return "official" if self.official_compat else "zxy"
 
-    def add(self, pred_labels, pred_boxes, gt_labels, gt_boxes, pred_valid=None) -> SampleMatch:
+    def add(self, pred_labels, pred_boxes, gt_labels, gt_boxes, pred_valid=None, dropped: int = 0) -> SampleMatch:
         """Score one sample; returns its match (per-category counts and per-prediction matches).
-        `pred_valid`: see `match_sample` (unscorable predictions are false positives, and counted)."""
+        `pred_valid`: see `match_sample` (unscorable predictions are false positives, and counted).
+        `dropped`: entries of the answer the parser refused (malformed, a negative size): not scored, counted."""
+        self._dropped_predictions += int(dropped)
         match = match_sample(pred_labels, pred_boxes, gt_labels, gt_boxes, self.iou_threshold,
                              self.euler_mode, self.official_compat, pred_valid)
         if pred_valid is not None:
@@ -227,7 +235,8 @@ class DetectionEvaluator:
 
         `per_category[label] = {precision, recall, f1, tp, fp, fn}`, `splits[name] = {precision,
         recall, f1, ap25, ap50}` (means over the split), `f1` (headline: cate31 mean F1), `num_samples`,
-        `unscorable_predictions` (entries kept without a scorable box: false positives), `official_compat`.
+        `unscorable_predictions` (entries kept without a scorable box: false positives),
+        `dropped_predictions` (entries the parser refused: not scored), `official_compat`.
         """
         per_category = {label: c.scores() for label, c in sorted(self.counts.items())}
         ap = {}
@@ -255,6 +264,7 @@ class DetectionEvaluator:
             "per_category": per_category,
             "num_samples": self._num_samples,
             "unscorable_predictions": self._unscorable_predictions,
+            "dropped_predictions": self._dropped_predictions,
             "iou_threshold": self.iou_threshold,
             "official_compat": self.official_compat,
         }

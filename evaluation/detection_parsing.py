@@ -3,7 +3,9 @@
 Default (`official_compat=False`): `gap_mllm.output_parsing.parse_detection`, the tolerant parser: the
 whole answer as one JSON / Python literal (a fenced list, a normal multi-line list, a single dict),
 else line by line; entries keyed `bbox_3d` or `box_3d` (the detection prompt says "box_3d"); an entry
-whose box is not 9 finite numbers is dropped and counted in `parse_error`.
+whose box is not 9 finite numbers with sizes >= 0 is dropped, named in `parse_error` and counted
+(`dropped`; the summary's `dropped_predictions`). A negative size is not read as its absolute value:
+scoring `[0, 0, 1, -1, -1, -1, 0, 0, 0]` as the unit box would give a malformed answer a perfect match.
 
 Official (`official_compat=True`), exactly the released `inference_det.py::calculate_iou_for_sample`
 (method.md §3.2), so that numbers are comparable with the paper:
@@ -18,7 +20,10 @@ Official (`official_compat=True`), exactly the released `inference_det.py::calcu
    `value["label"]` is hashable (so only dicts with both keys; lists, `box_3d` and whole-answer JSON
    are NOT read);
 5. a kept entry whose array is not 9 finite numbers still counts as a prediction: the official IoU
-   raises on it and scores 0, so it is a false positive ("unscorable" here, counted in the summary).
+   raises on it and scores 0, so it is a false positive ("unscorable" here, counted in the summary);
+6. sizes are kept as written: the official IoU (pytorch3d `box3d_overlap` on the corners) orients each
+   face by the box centre and takes absolute volumes, so a negated size is the same box there (an oracle
+   whose sizes are negated scores F1 = 1.0 officially, and here in this mode).
 
 Non-string labels (possible only in the official reading) can never match a ground-truth label; they
 are kept as `"<repr> (not a string)"` so the per-category table stays sortable.
@@ -44,7 +49,8 @@ class DetectionPredictions:
     labels: `[P]` strings; boxes: `[P, 9]` float64 (rows of unscorable entries are zeros);
     valid: `[P]` bool, False for an entry kept by the official reading whose box cannot be scored;
     rows: JSON-ready `{"label", "bbox_3d"}` per prediction (the box as given when it is unscorable);
-    reason: None for a clean parse, else what was skipped or went wrong.
+    reason: None for a clean parse, else what was skipped or went wrong;
+    dropped: number of entries the reading skipped (malformed: not scored, neither TP nor FP).
     """
 
     labels: list = field(default_factory=list)
@@ -52,6 +58,7 @@ class DetectionPredictions:
     valid: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     rows: list = field(default_factory=list)
     reason: str | None = None
+    dropped: int = 0
 
 
 def _official_lines(text: str) -> list[str]:
@@ -59,7 +66,7 @@ def _official_lines(text: str) -> list[str]:
     return [line.strip().strip(",") for line in body.split("\n")]
 
 
-def _literal(line: str):
+def official_literal(line: str):
     """`ast.literal_eval(line)`, or None when it fails (the official `eval` in a try/except)."""
     try:
         with warnings.catch_warnings():  # invalid escapes in model text are not our warning to raise
@@ -82,7 +89,7 @@ def parse_detection_official(text: str) -> DetectionPredictions:
     for line in _official_lines(text):
         if "bbox_3d" not in line and "label" not in line:
             continue
-        value = _literal(line)
+        value = official_literal(line)
         if value is None:
             skipped_lines += 1
             continue
@@ -106,7 +113,8 @@ def parse_detection_official(text: str) -> DetectionPredictions:
     if not all(valid):
         problems.append(f"{valid.count(False)} box(es) are not 9 finite numbers (IoU 0)")
     return DetectionPredictions(labels, np.asarray(boxes, dtype=np.float64).reshape(-1, 9),
-                                np.asarray(valid, dtype=bool), rows, "; ".join(problems) or None)
+                                np.asarray(valid, dtype=bool), rows, "; ".join(problems) or None,
+                                skipped_lines + skipped_values)
 
 
 def detection_predictions(text: str, official_compat: bool = False) -> DetectionPredictions:
@@ -121,4 +129,5 @@ def detection_predictions(text: str, official_compat: bool = False) -> Detection
         valid=np.ones(len(boxes), dtype=bool),
         rows=[{"label": NO_LABEL if b.label is None else b.label, "bbox_3d": [round(v, 6) for v in b.to_list()]} for b in boxes],
         reason=parsed.reason,
+        dropped=parsed.skipped,
     )

@@ -6,10 +6,22 @@ axis-aligned world with `E = axis_align_matrix · cam2global[k]`: centre `E·c`,
 `gt_bbox` is the sample score. Acc@t = share of counted samples with IoU >= t (NON-strict, unlike
 detection); mIoU = mean IoU over the counted samples.
 
-Real poses are rounded (ScanNet stores 6 decimals), so `E` is orthonormal only to ~1e-6: the
-transform uses the nearest rotation (`processing.coordinates.orthonormalize_rigid`, the rotation
-scipy's `from_matrix` also returns in the official code) and refuses only matrices further than
-`RIGID_TOLERANCE` (1e-3) from a rigid motion.
+Real poses are rounded (ScanNet stores 6 decimals), so `E` is orthonormal only to ~1e-6. The default
+transform uses the nearest rotation for both the centre and the angles
+(`processing.coordinates.orthonormalize_rigid`) and refuses only matrices further than `RIGID_TOLERANCE`
+(1e-3) from a rigid motion. `official_compat=True` is the released `inference_vg_stagerefer.py` exactly
+(`official_camera_box_to_world`): the centre is moved with the raw product of the stored matrices
+`(E @ [c, 1])[:3]` (no rigidity check: a finite matrix is used as it is), the rotation is
+`Rotation.from_matrix(E[:3, :3] @ R)` (scipy returns the nearest rotation) read back as "zxy" angles, and
+the sizes are kept as given. The two differ by ~1e-6 of the distance for 6-decimal poses (IoUs ~1e-5
+apart). In official_compat the stage-2 answer is also read the official way (`official_stage2_box` in
+`tasks.py`), and a record without `axis_align_matrix` fails as it does there (IoU 0, counted).
+
+Negative sizes: the tolerant parser refuses a predicted box with a negative size (no box: IoU 0, counted,
+the parse reason in the row), and a ground-truth box with one is a data failure. The official code keeps
+the sizes as written; its IoU (pytorch3d `box3d_overlap` on the box corners) orients every face by the
+box centre and takes absolute volumes, so a negated size describes the same box: official_compat scores
+it as the box of the absolute sizes (an oracle with negated sizes scores 1.0 there, as officially).
 
 Samples without an IoU are never scored 0 in silence: each gets a reason, and `compute()` reports
 `unscored: {reason: count}` in both modes. Which of them count in the denominator:
@@ -38,6 +50,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from gap_mllm.processing.coordinates import camera_boxes_to_world, camera_to_world_transform, orthonormalize_rigid
 
@@ -78,11 +91,39 @@ class GroundingScore:
         return 0.0 if self.counts(official_compat) else None
 
 
-def _gt_box(gt_box_world) -> np.ndarray:
-    box = np.asarray(gt_box_world, dtype=np.float64)
-    if box.shape != (9,) or not np.all(np.isfinite(box)):
-        raise ValueError(f"gt_bbox must be 9 finite numbers, got {np.asarray(gt_box_world).tolist()}")
+def _gt_box(gt_box_world, official_compat: bool) -> np.ndarray:
+    try:
+        box = np.asarray(gt_box_world, dtype=np.float64)
+    except (TypeError, ValueError):
+        box = None
+    if box is None or box.shape != (9,) or not np.all(np.isfinite(box)):
+        raise ValueError(f"gt_bbox must be 9 finite numbers, got {gt_box_world!r:.120}")
+    if not official_compat and np.any(box[3:6] < 0):
+        raise ValueError(f"gt_bbox has a negative size {box[3:6].tolist()}")
     return box
+
+
+def official_camera_box_to_world(box, extrinsic) -> np.ndarray:
+    """The official stage-2 post-processing of one camera-frame box `[9]` with `extrinsic` `[4, 4]` =
+    axis_align_matrix @ cam2global[k] as stored (not cleaned): centre `(E @ [c, 1])[:3]`, rotation
+    `Rotation.from_matrix(E[:3, :3] @ R_zxy(angles))` read back as "zxy" angles, sizes as given.
+    Raises what scipy raises on a matrix it cannot read (non-finite, determinant <= 0)."""
+    box = np.asarray(box, dtype=np.float64).reshape(9)
+    extrinsic = np.asarray(extrinsic, dtype=np.float64)
+    centre = (extrinsic @ np.r_[box[0:3], 1.0])[:3]
+    rotation = Rotation.from_matrix(extrinsic[:3, :3] @ Rotation.from_euler("zxy", box[6:9]).as_matrix())
+    return np.r_[centre, box[3:6], rotation.as_euler("zxy")]
+
+
+def _world_transform(cam_to_world, axis_align_matrix, official_compat: bool) -> np.ndarray:
+    """E = axis_align_matrix @ cam_to_world: cleaned (default) or as stored (official); ValueError when unusable."""
+    transform = camera_to_world_transform(cam_to_world, axis_align_matrix)
+    if not official_compat:
+        return orthonormalize_rigid(transform, "axis_align_matrix @ cam2global[k]")
+    if transform.shape != (4, 4) or not np.all(np.isfinite(transform)):
+        raise ValueError(f"axis_align_matrix @ cam2global[k] must be a finite 4x4 matrix, got shape {transform.shape}"
+                         + ("" if transform.shape != (4, 4) else " with NaN or inf"))
+    return transform
 
 
 def score_grounding(pred_box_camera, gt_box_world, cam_to_world=None, axis_align_matrix=None,
@@ -95,23 +136,28 @@ def score_grounding(pred_box_camera, gt_box_world, cam_to_world=None, axis_align
         cam_to_world: 4x4 pose of the selected frame (`cam2global[k]`); None if the prediction is
             already in the world frame.
         axis_align_matrix: 4x4, or None for identity.
+        official_compat: the official transform and IoU (module docstring).
     """
     # The sample's own data is checked first: when it is broken, no answer can be scored.
     try:
-        gt = _gt_box(gt_box_world)
-    except (TypeError, ValueError) as error:
+        gt = _gt_box(gt_box_world, official_compat)
+    except ValueError as error:
         return GroundingScore(None, UNSCORED_GT, str(error))
     transform = None
     if cam_to_world is not None:
         try:
-            transform = orthonormalize_rigid(camera_to_world_transform(cam_to_world, axis_align_matrix),
-                                             "axis_align_matrix @ cam2global[k]")
+            transform = _world_transform(cam_to_world, axis_align_matrix, official_compat)
         except (TypeError, ValueError) as error:
             return GroundingScore(None, UNSCORED_POSE, str(error))
     if pred_box_camera is None:
         return GroundingScore(None, UNSCORED_NO_BOX)
     box = np.asarray(pred_box_camera, dtype=np.float64).reshape(9)
-    if transform is not None:
+    if transform is not None and official_compat:
+        try:
+            box = official_camera_box_to_world(box, transform)
+        except (ValueError, np.linalg.LinAlgError) as error:  # e.g. a reflection: scipy refuses it
+            return GroundingScore(None, UNSCORED_POSE, f"scipy cannot read the rotation of the pose ({error})")
+    elif transform is not None:
         box = camera_boxes_to_world(box[None], transform)[0]
     return GroundingScore(box_iou(box, gt, "official" if official_compat else "zxy", official_compat))
 
@@ -124,17 +170,25 @@ def selected_pose(record: dict, k: int):
     return poses[k]
 
 
-def score_grounding_record(record: dict, k: int, pred_box_camera, official_compat: bool = False) -> GroundingScore:
-    """Score one ScanRefer record given the selected frame `k` and the parsed stage-2 box (or None).
+def score_grounding_record(record: dict, k: int, pred_box_camera, official_compat: bool = False,
+                           no_box_detail: str | None = None) -> GroundingScore:
+    """Score one ScanRefer record given the selected frame `k` and the parsed stage-2 box (or None, with
+    `no_box_detail` saying why).
 
     A frame outside the record's images is `UNSCORED_FRAME`; a record without a pose for frame k is
-    `UNSCORED_POSE` (a missing pose is never read as "the box is already in the world")."""
+    `UNSCORED_POSE` (a missing pose is never read as "the box is already in the world"); in official_compat
+    so is a record without `axis_align_matrix` (the official code fails on it, IoU 0)."""
     if not 0 <= k < len(record["images"]):
         return GroundingScore(None, UNSCORED_FRAME, f"frame {k} of {len(record['images'])}")
     pose = selected_pose(record, k)
     if pose is None:
         return GroundingScore(None, UNSCORED_POSE, f"the record has no cam2global[{k}]")
-    return score_grounding(pred_box_camera, record.get("gt_bbox"), pose, record.get("axis_align_matrix"), official_compat)
+    if official_compat and record.get("axis_align_matrix") is None:
+        return GroundingScore(None, UNSCORED_POSE, "the record has no axis_align_matrix (the official code fails: IoU 0)")
+    score = score_grounding(pred_box_camera, record.get("gt_bbox"), pose, record.get("axis_align_matrix"), official_compat)
+    if score.reason == UNSCORED_NO_BOX and no_box_detail:
+        return GroundingScore(None, UNSCORED_NO_BOX, no_box_detail)
+    return score
 
 
 @dataclass

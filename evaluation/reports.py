@@ -22,10 +22,11 @@ def raw_output_file(out_dir, rank: int) -> Path:
 
 
 def read_raw_outputs(out_dir) -> dict[str, list[str]]:
-    """`{id: [texts]}` from every rank's file; a torn last line (crash mid-write) is ignored."""
+    """`{id: [texts]}` from every rank's file; a torn last line (crash mid-write) is ignored. Lines are split on
+    "\n" only (JSON Lines): `str.splitlines()` would also split at U+2028 inside a string."""
     done: dict[str, list[str]] = {}
     for path in sorted(Path(out_dir).glob(RAW_PATTERN)):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").split("\n"):
             try:
                 row = json.loads(line)
                 done[str(row["id"])] = list(row["raw"])

@@ -11,6 +11,14 @@ one process, which encodes the scene once and answers them all from it); the mai
 every rank's file (by sample index, so the order is deterministic) and scores. A predictions
 file (JSONL lines `{"id": ..., "raw": [text per stage]}`, or `"text": "..."` for one-stage tasks)
 replaces the model, e.g. to re-score a run or to check an oracle.
+
+A predictions file is JSON Lines: one object per "\n"-terminated line (other line breaks, such as U+2028
+inside a string, are text). Each id may appear once; `raw` is a list of one string per stage (`text`: one
+string). A row that breaks this is an error naming the file and the line (and the id), never a value
+turned into text and scored. Rows whose id is not among the samples scored are counted and reported
+(`summary["predictions_file"]`, and a warning): ids of the annotation file left out by `limit`, and ids
+the annotation file does not have. Samples without a row are an error listing their ids. `limit` must be
+a positive number of samples, and a run with no sample to score is an error naming the annotation file.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 from gap_mllm.processing.annotation_files import find_annotation_file
@@ -47,22 +56,62 @@ def _process_state():
     return state.process_index, state.num_processes, state.device, state.wait_for_everyone
 
 
+def _row_texts(row: dict, stages: int) -> list[str] | str:
+    """The texts of a predictions row, or what is wrong with them."""
+    if "raw" in row:
+        texts = row["raw"]
+        if not isinstance(texts, list) or len(texts) != stages:
+            return f"'raw' must be a list of {stages} string(s) (one per stage), got {json.dumps(texts)[:80]}"
+    elif "text" in row:
+        if stages != 1:
+            return f"'text' holds one answer but the task has {stages} stages: give 'raw' with {stages} strings"
+        texts = [row["text"]]
+    else:
+        return "the row has neither 'raw' nor 'text'"
+    wrong = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if wrong:
+        return (f"answer {wrong[0]} is {type(texts[wrong[0]]).__name__} {json.dumps(texts[wrong[0]])[:60]}, not a string "
+                "(an answer is the model's text)")
+    return list(texts)
+
+
 def read_predictions_file(path, stages: int) -> dict[str, list[str]]:
-    out = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    """`{id: [text per stage]}` of a JSON Lines predictions file (module docstring); a ValueError naming the
+    file, the line and the id for a row that is not an object with a unique string/integer `id` and `stages`
+    strings."""
+    out: dict[str, list[str]] = {}
+    line_of: dict[str, int] = {}
+    # JSON Lines separates records by "\n" only; str.splitlines() would also split inside a string at U+2028.
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
+        where = f"{path}, line {number}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not a JSON object ({error})") from error
+            raise ValueError(f"{where}: not a JSON object ({error})") from error
         if not isinstance(row, dict) or "id" not in row:
-            raise ValueError(f"{path}, line {number}: need an object with 'id' and 'raw' (or 'text')")
-        texts = row.get("raw", [row["text"]] if "text" in row else None)
-        if not isinstance(texts, list) or len(texts) != stages:
-            raise ValueError(f"{path}, line {number}: need 'raw' with {stages} text(s) (or 'text' for one stage)")
-        out[str(row["id"])] = [str(t) for t in texts]
+            raise ValueError(f"{where}: need an object with 'id' and 'raw' (or 'text')")
+        sample = row["id"]
+        if isinstance(sample, bool) or not isinstance(sample, (str, int)):
+            raise ValueError(f"{where}: 'id' must be a string or an integer, got {json.dumps(sample)[:60]}")
+        sample = str(sample)
+        if sample in line_of:
+            raise ValueError(f"{where}: id {sample!r} already has a row (line {line_of[sample]}); each sample needs exactly one")
+        texts = _row_texts(row, stages)
+        if isinstance(texts, str):
+            raise ValueError(f"{where} (id {sample!r}): {texts}")
+        out[sample], line_of[sample] = texts, number
     return out
+
+
+def _unscored_rows(outputs_by_id: dict, ids: list[str], all_ids: list[str]) -> dict:
+    """Rows of a predictions file that are not scored: ids left out by `limit`, ids not in the annotations."""
+    scored, known = set(ids), set(all_ids)
+    after_limit = [sid for sid in outputs_by_id if sid in known and sid not in scored]
+    unknown = [sid for sid in outputs_by_id if sid not in known]
+    return {"rows": len(outputs_by_id), "scored": len(scored & set(outputs_by_id)), "after_limit": len(after_limit),
+            "not_in_annotations": len(unknown), "not_in_annotations_first": unknown[:5]}
 
 
 def sample_batches(groups: list[list[int]], batch_size: int):
@@ -127,23 +176,36 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     """
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of samples (the first N are scored), got {limit!r}")
     task = get_task(task_name, official_compat)
     task.check_scoring_dependencies()  # before the answers are generated
     annotation_file = Path(annotation_file) if annotation_file else find_annotation_file(data_dir, task.annotation_task, split)
     records = load_annotation_file(annotation_file)
+    all_ids = [sample_id(r, i) if isinstance(r, dict) else f"{i:06d}" for i, r in enumerate(records)]
+    duplicated = sorted(sid for sid, count in Counter(all_ids).items() if count > 1)
+    if duplicated:
+        raise ValueError(f"{annotation_file}: sample ids are not unique ({len(duplicated)} repeated, e.g. {duplicated[0]!r})")
     if limit is not None:
         records = records[:limit]
-    ids = [sample_id(r, i) for i, r in enumerate(records)]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{annotation_file}: sample ids are not unique")
+    if not records:
+        raise ValueError(f"{annotation_file}: no samples to evaluate (the file holds no records)")
+    ids = all_ids[: len(records)]
     if model_dir is not None:  # a model is never scored on scenes it trained on (processing/held_out.py)
         check_held_out(model_dir, data_dir, {record_scene_id(r) for r in records})
     media_root = posed_images_dir(data_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    unscored_rows = None
     if predictions_file is not None:
         rank, outputs_by_id = 0, read_predictions_file(predictions_file, task.stages)
+        unscored_rows = _unscored_rows(outputs_by_id, ids, all_ids)
+        if unscored_rows["not_in_annotations"]:
+            logger.warning("%s: %d row(s) not scored: their ids are not in %s (first: %s)", predictions_file,
+                           unscored_rows["not_in_annotations"], annotation_file.name, unscored_rows["not_in_annotations_first"])
+        if unscored_rows["after_limit"]:
+            logger.info("%s: %d row(s) not scored: left out by limit=%s", predictions_file, unscored_rows["after_limit"], limit)
     else:
         rank, world, device, barrier = _process_state()
         generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
@@ -153,6 +215,10 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     if rank != 0:
         return None
     missing = [sid for sid in ids if sid not in outputs_by_id]
+    if missing and predictions_file is not None:
+        shown = ", ".join(repr(sid) for sid in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ValueError(f"{len(missing)} of the {len(ids)} sample(s) of {annotation_file.name} have no row in the "
+                         f"predictions file {predictions_file}: {shown}")
     if missing:
         raise RuntimeError(f"{len(missing)} sample(s) have no output (first: {missing[0]}); rerun to resume")
 
@@ -167,6 +233,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
         "official_compat": official_compat,
         "data": describe_data_root(data_dir),  # what the card may call this data (never guessed)
         "source": "predictions" if predictions_file is not None else "model",
+        **({"predictions_file": unscored_rows} if unscored_rows is not None else {}),
         "headline": {"name": key, "description": description, "value": headline_value(metrics, key)},
         "metrics": metrics,
     }

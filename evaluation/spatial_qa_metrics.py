@@ -1,4 +1,4 @@
-"""Spatial QA with VSI-Bench scoring (thinking-in-space `vsibench/utils.py` semantics).
+"""Spatial QA with VSI-Bench scoring (thinking-in-space `lmms_eval/tasks/vsibench/utils.py` semantics).
 
 Answer extraction (`fuzzy_matching`): the first space-separated word of the prediction with trailing
 dots removed ("B. chair" -> "B", "3.5 meters" -> "3.5").
@@ -6,11 +6,24 @@ dots removed ("B. chair" -> "B", "3.5 meters" -> "3.5").
     multiple choice  accuracy: 1 iff the extracted word equals the ground-truth letter, case-insensitive
     numerical        mean relative accuracy (MRA): the mean over the 10 confidence levels
                      C = 0.50, 0.55, ..., 0.95 of [ |pred - gt| / gt <= 1 - C ] (non-strict);
-                     an unparsable number (or a zero ground truth) scores 0.
+                     an unparsable number scores 0.
+
+Two modes:
+    default                the extraction first strips surrounding whitespace (" B" -> "B") and the
+                           ground truth is compared stripped; a zero numerical ground truth scores 0.
+    official_compat=True   VSI-Bench exactly: `prediction.split(" ")[0].rstrip(".").strip()` with no
+                           strip before the split, so a leading space gives an empty word (" B" scores 0;
+                           a leading newline does not, since only " " splits); the ground truth is compared
+                           as written (`pred.lower() == target.lower()`); a zero numerical ground truth
+                           is a ValueError (VSI-Bench divides by it: ZeroDivisionError).
 
 Aggregation: mean score per question type; `object_rel_direction_{easy,medium,hard}` are merged into
 `object_rel_direction` (their mean, as VSI-Bench reports them); "overall" = mean over the question
-types present (each type weighs the same, whatever its number of questions).
+types present (each type weighs the same, whatever its number of questions). VSI-Bench merges only when
+"easy" is present and then needs all three (it fails with a KeyError otherwise; official_compat raises a
+ValueError saying so); without "easy" it keeps "medium" and "hard" as two types. official_compat follows
+that rule; the default merges whichever subtypes are present. `object_rel_direction` without a subtype
+(what SynthRooms writes; VSI-Bench's data never has it) is scored as a multiple-choice type in both modes.
 """
 
 from __future__ import annotations
@@ -26,9 +39,12 @@ DIRECTION_SUBTYPES = ("object_rel_direction_easy", "object_rel_direction_medium"
 MRA_LEVELS = np.linspace(0.5, 0.95, 10)
 
 
-def fuzzy_matching(prediction: str) -> str:
-    """VSI-Bench answer extraction: first space-separated word, trailing dots stripped."""
-    return prediction.strip().split(" ")[0].rstrip(".").strip()
+def fuzzy_matching(prediction: str, official_compat: bool = False) -> str:
+    """VSI-Bench answer extraction: first space-separated word, trailing dots stripped (the default strips
+    surrounding whitespace first; official_compat does not, as VSI-Bench)."""
+    if not official_compat:
+        prediction = prediction.strip()
+    return prediction.split(" ")[0].rstrip(".").strip()
 
 
 def _to_float(text):
@@ -55,34 +71,48 @@ def is_numerical(question_type: str) -> bool:
     raise ValueError(f"unknown VSI-Bench question type {question_type!r}")
 
 
-def score_answer(prediction: str, ground_truth: str, question_type: str) -> float:
-    """Score of one answer in [0, 1] (MRA for numerical types, exact-match accuracy for choices)."""
-    answer = fuzzy_matching(prediction or "")
+def score_answer(prediction: str, ground_truth: str, question_type: str, official_compat: bool = False) -> float:
+    """Score of one answer in [0, 1] (MRA for numerical types, exact-match accuracy for choices); see the
+    module docstring for what official_compat changes."""
+    answer = fuzzy_matching(prediction or "", official_compat)
     if is_numerical(question_type):
-        return mean_relative_accuracy(_to_float(answer), _to_float(ground_truth) or 0.0)
+        target = _to_float(ground_truth)
+        if official_compat and target == 0:
+            raise ValueError(f"numerical ground truth {ground_truth!r}: VSI-Bench divides by it (ZeroDivisionError), "
+                             "so official_compat cannot score it")
+        return mean_relative_accuracy(_to_float(answer), target or 0.0)
+    if official_compat:
+        return 1.0 if answer.lower() == str(ground_truth).lower() else 0.0
     return 1.0 if answer.lower() == str(ground_truth).strip().lower() else 0.0
 
 
-def aggregate_spatial_scores(scores, question_types) -> dict:
+def aggregate_spatial_scores(scores, question_types, official_compat: bool = False) -> dict:
     """`{"overall", "per_type": {type: mean}, "counts": {type: n}, "num_samples"}` (see module docstring)."""
     by_type: dict[str, list[float]] = defaultdict(list)
     for score, qtype in zip(scores, question_types):
         by_type[qtype].append(float(score))
     per_type = {t: float(np.mean(v)) for t, v in sorted(by_type.items())}
     counts = {t: len(v) for t, v in sorted(by_type.items())}
-    subtypes = [per_type.pop(t) for t in DIRECTION_SUBTYPES if t in per_type]
+    present = [t for t in DIRECTION_SUBTYPES if t in per_type]
+    if official_compat and DIRECTION_SUBTYPES[0] not in per_type:
+        present = []  # VSI-Bench merges only when "easy" is present; otherwise the subtypes stay types
+    elif official_compat and present and len(present) < len(DIRECTION_SUBTYPES):
+        missing = sorted(set(DIRECTION_SUBTYPES) - set(present))
+        raise ValueError(f"the data has object_rel_direction_easy but no {', '.join(missing)}: VSI-Bench's aggregation "
+                         "needs all three then (it fails with a KeyError), so official_compat cannot report it")
+    subtypes = [per_type.pop(t) for t in present]
     if subtypes and "object_rel_direction" not in per_type:
         per_type["object_rel_direction"] = float(np.mean(subtypes))
     overall = float(np.mean(list(per_type.values()))) if per_type else 0.0
     return {"overall": overall, "per_type": per_type, "counts": counts, "num_samples": sum(counts.values())}
 
 
-def spatial_qa_scores(predictions, ground_truths, question_types) -> dict:
+def spatial_qa_scores(predictions, ground_truths, question_types, official_compat: bool = False) -> dict:
     """Score and aggregate; also returns `per_sample` scores in input order."""
     predictions, ground_truths, question_types = list(predictions), list(ground_truths), list(question_types)
     if not len(predictions) == len(ground_truths) == len(question_types):
         raise ValueError("predictions, ground_truths and question_types must have the same length")
-    scores = [score_answer(p, g, t) for p, g, t in zip(predictions, ground_truths, question_types)]
-    out = aggregate_spatial_scores(scores, question_types)
+    scores = [score_answer(p, g, t, official_compat) for p, g, t in zip(predictions, ground_truths, question_types)]
+    out = aggregate_spatial_scores(scores, question_types, official_compat)
     out["per_sample"] = scores
     return out

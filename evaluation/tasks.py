@@ -18,12 +18,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 
 from gap_mllm.output_parsing import parse_literal
 from gap_mllm.processing.coordinates import world_boxes_to_camera
+from gap_mllm.processing.record_schema import ANSWER_TEXT, REAL, TEXT, TEXT_LIST, RecordField, read_fields
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
 from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_grounding
 from gap_mllm.tasks_gap_mllm import (
@@ -40,7 +42,7 @@ from gap_mllm.tasks_gap_mllm import (
 
 from .caption_metrics import caption_scores
 from .detection_metrics import DetectionEvaluator, ground_truth
-from .detection_parsing import detection_predictions
+from .detection_parsing import detection_predictions, official_literal
 from .generation import Request
 from .grounding_metrics import GroundingEvaluator, score_grounding_record
 from .reconstruction_metrics import ReconstructionEvaluator, point_score
@@ -60,10 +62,6 @@ def human_prompt(record: dict) -> str:
 
 def gt_answer(record: dict) -> str:
     return record["conversations"][1]["value"]
-
-
-def _box_list(box: Box3D | None):
-    return None if box is None else [round(v, 6) for v in box.to_list()]
 
 
 class Benchmark:
@@ -126,8 +124,8 @@ class DetectionTask(Benchmark):
         rows = []
         for index, (record, raw) in enumerate(zip(records, outputs)):
             pred = detection_predictions(raw[0], official_compat)
-            gt_labels, gt_boxes = ground_truth(record, sample_id(record, index))
-            match = ev.add(pred.labels, pred.boxes, gt_labels, gt_boxes, pred.valid)
+            gt_labels, gt_boxes = ground_truth(record, sample_id(record, index), official_compat)
+            match = ev.add(pred.labels, pred.boxes, gt_labels, gt_boxes, pred.valid, pred.dropped)
             tp = sum(c.tp for c in match.counts.values())
             errors = sum(c.fp + c.fn for c in match.counts.values())
             rows.append({
@@ -154,6 +152,28 @@ def official_frame(text: str) -> int:
         return 0
     frame = value.get("frame", 0) if isinstance(value, dict) else 0
     return frame if isinstance(frame, int) and not isinstance(frame, bool) else 0
+
+
+def official_stage2_box(text: str) -> tuple[list[float] | None, str | None]:
+    """Official stage-2 reading (`calculate_iou_for_sample`): strip newlines / backticks / "json" (as
+    character sets), read the rest as ONE Python literal (the official code `eval`s it; `ast.literal_eval`
+    here, which executes nothing), take its `["bbox_3d"]`, and use the first 9 values (centre, sizes as
+    written, angles): the official transform slices `[0:3]`, `[3:6]`, `[6:9]`, so longer lists pass. Returns
+    `(box, None)`, or `(None, reason)` where the official code fails and scores IoU 0 (not a dict with
+    "bbox_3d", fewer than 9 values, a value that is not a real number, a non-finite value)."""
+    value = official_literal(text.strip("\n").strip("`").strip("json").strip()) if isinstance(text, str) else None
+    if not isinstance(value, dict) or "bbox_3d" not in value:
+        return None, "not one literal dict with \"bbox_3d\" (official reading)"
+    box = value["bbox_3d"]
+    if not isinstance(box, list) or len(box) < 9:
+        return None, "bbox_3d is not a list of at least 9 values (official reading)"
+    try:
+        numbers = [float(v) for v in box[:9] if isinstance(v, (int, float))]  # bool is an int, as in torch
+    except OverflowError:  # an integer beyond float range
+        numbers = []
+    if len(numbers) != 9 or not all(math.isfinite(v) for v in numbers):
+        return None, "bbox_3d holds a value that is not a finite number (official reading)"
+    return numbers, None
 
 
 def frame_number(image_path: str) -> int:
@@ -223,12 +243,16 @@ class GroundingTask(Benchmark):
         rows = []
         for index, (record, raw) in enumerate(zip(records, outputs)):
             k, note = self.selected_frame(record, raw[0])
-            parsed = GROUNDING_STAGE2.parse(raw[1])
-            score = score_grounding_record(record, k, None if parsed.box is None else parsed.box.to_list(), official_compat)
+            if official_compat:
+                box, reason = official_stage2_box(raw[1])
+            else:
+                parsed = GROUNDING_STAGE2.parse(raw[1])
+                box, reason = (None if parsed.box is None else parsed.box.to_list()), parsed.reason
+            score = score_grounding_record(record, k, box, official_compat, no_box_detail=reason)
             ev.add_score(score)
             rows.append({"id": sample_id(record, index), "index": index, "raw": raw,
-                         "parsed": {"frame": k, "bbox_3d": _box_list(parsed.box)},
-                         "parse_error": parsed.reason, "frame_note": note, "score": score.value(official_compat),
+                         "parsed": {"frame": k, "bbox_3d": None if box is None else [round(v, 6) for v in box]},
+                         "parse_error": reason, "frame_note": note, "score": score.value(official_compat),
                          "unscored": score.reason, "unscored_detail": score.detail})
         return rows, ev.compute()
 
@@ -247,15 +271,20 @@ class CaptionTask(Benchmark):
     def oracle(self, record, media_root):
         return [record["annotations"][0]]
 
+    # the record fields scoring reads, type-checked as the builders check them (a bare string is not a
+    # list of references, "high" is not an IoU): a DataError naming the sample and the field
+    FIELDS = (RecordField("annotations", TEXT_LIST), RecordField("iou", REAL, default=1.0))
+
     def evaluate(self, records, outputs, official_compat=False, meteor=None, **_):
         predictions = [raw[0] for raw in outputs]
-        out = caption_scores(predictions, [r["annotations"] for r in records],
-                             [float(r.get("iou", 1.0)) for r in records], meteor=meteor, official_compat=official_compat)
+        fields = [read_fields(r, self.FIELDS, sample_id(r, i)) for i, r in enumerate(records)]
+        out = caption_scores(predictions, [f["annotations"] for f in fields], [f["iou"] for f in fields], meteor=meteor,
+                             official_compat=official_compat)
         per_sample = out.pop("per_sample")
         rows = [{"id": sample_id(record, i), "index": i, "raw": raw, "parsed": self.spec.parse(raw[0]).caption or "",
-                 "gated": float(record.get("iou", 1.0)) < 0.5, "score": per_sample["cider"][i],
+                 "gated": f["iou"] < 0.5, "score": per_sample["cider"][i],
                  "bleu4": per_sample["bleu4"][i], "rouge_l": per_sample["rouge_l"][i]}
-                for i, (record, raw) in enumerate(zip(records, outputs))]
+                for i, (record, raw, f) in enumerate(zip(records, outputs, fields))]
         out["official_compat"] = official_compat
         return rows, out
 
@@ -314,12 +343,20 @@ class SpatialQATask(Benchmark):
     def oracle(self, record, media_root):
         return [str(record["ground_truth"])]
 
+    FIELDS = (RecordField("ground_truth", ANSWER_TEXT), RecordField("question_type", TEXT))  # as the builder reads them
+
     def evaluate(self, records, outputs, official_compat=False, **_):
-        scores = [score_answer(raw[0], str(r["ground_truth"]), r["question_type"]) for r, raw in zip(records, outputs)]
+        scores = []
+        for index, (record, raw) in enumerate(zip(records, outputs)):
+            fields = read_fields(record, self.FIELDS, sample_id(record, index))
+            try:
+                scores.append(score_answer(raw[0], fields["ground_truth"], fields["question_type"], official_compat))
+            except ValueError as error:
+                raise ValueError(f"spatial_qa sample {sample_id(record, index)!r}: {error}") from error
         rows = [{"id": sample_id(r, i), "index": i, "raw": raw, "parsed": self.spec.parse(raw[0]).answer or "",
                  "question_type": r["question_type"], "score": s}
                 for i, (r, raw, s) in enumerate(zip(records, outputs, scores))]
-        return rows, aggregate_spatial_scores(scores, [r["question_type"] for r in records])
+        return rows, aggregate_spatial_scores(scores, [r["question_type"] for r in records], official_compat)
 
 
 TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask, CaptionTask, ReconstructionTask, SpatialQATask)}

@@ -302,6 +302,18 @@ def _numbers(values, count: int, what: str):
     return tuple(numbers), None
 
 
+def _box_numbers(values, what: str):
+    """`(9 floats, None)` or `(None, problem)`: 9 finite numbers whose sizes (entries 3-5) are >= 0. A negative
+    size is refused, not read as its absolute value: the box is malformed, and scoring it as the box of the
+    absolute sizes would give a perfect IoU to an answer that is not the format."""
+    values, problem = _numbers(values, 9, what)
+    if problem:
+        return None, problem
+    if any(v < 0 for v in values[3:6]):
+        return None, f"{what} has a negative size {list(values[3:6])}"
+    return values, None
+
+
 def _box_from_entry(entry):
     """`(Box3D, None)` or `(None, problem)` for one `{"label": ..., "bbox_3d": [...]}` dict."""
     if not isinstance(entry, dict):
@@ -309,7 +321,7 @@ def _box_from_entry(entry):
     key = next((k for k in BOX_KEYS if k in entry), None)
     if key is None:
         return None, 'entry has no "bbox_3d"'
-    values, problem = _numbers(entry[key], 9, key)
+    values, problem = _box_numbers(entry[key], key)
     if problem:
         return None, problem
     label = entry.get("label")
@@ -346,7 +358,8 @@ def parse_detection(text: str) -> DetectionResult:
 
     Accepts the official fenced one-dict-per-line list, a normal (multi-line) JSON list, a single
     dict, and truncated output (complete lines are kept). Entries whose `bbox_3d` does not hold exactly
-    9 finite numbers are skipped and counted. An empty list is a valid answer (no boxes, reason None).
+    9 finite numbers with sizes >= 0 are skipped and counted. An empty list is a valid answer (no boxes,
+    reason None).
     """
     if not isinstance(text, str):
         return DetectionResult(reason=f"expected a string, got {type(text).__name__}")
@@ -410,7 +423,8 @@ def _detection_from_value(value) -> DetectionResult:
 
 
 def parse_grounding(text: str) -> GroundingResult:
-    """Parse `{"bbox_3d": [9 numbers]}` (ScanRefer stage 2). A list of such dicts gives its first valid box."""
+    """Parse `{"bbox_3d": [9 numbers]}` (ScanRefer stage 2). A list of such dicts gives its first valid box.
+    A box with a negative size gives no box, with the reason saying so."""
     value, error = parse_literal(text)
     if value is None:
         return GroundingResult(reason=error)
@@ -420,7 +434,7 @@ def parse_grounding(text: str) -> GroundingResult:
     if isinstance(value, tuple):
         value = list(value)
     if isinstance(value, list) and value and all(not isinstance(v, (list, dict)) for v in value):
-        values, problem = _numbers(value, 9, "bbox_3d")
+        values, problem = _box_numbers(value, "bbox_3d")
         if problem:
             return GroundingResult(reason=problem)
         return GroundingResult(Box3D.from_list(values), "answer is a bare list, not a dict")

@@ -9,15 +9,18 @@ and instantiates with a data root; real ScanNet data and SynthRooms output are r
 
 Targets are taken from the annotation record where the schema has them (`boxes`, `gt_bbox`, ...)
 and otherwise parsed from the answer text with the task's parser (`gap_mllm.tasks_gap_mllm`), so a sample's typed target
-and its answer text always agree. Bad data raises `DataError` naming the file and the sample, or,
-with `skip_bad_samples=True`, is skipped and counted (`builder.skipped[split]`).
+and its answer text always agree. Every record field a builder reads is declared with its kind and
+checked by `record_schema.read_fields` before anything reaches Arrow (a string where 9 numbers belong is
+an error, never 9 digits). Bad data raises `DataError` naming the file and the sample, or, with
+`skip_bad_samples=True`, is skipped and counted (`builder.skipped[split]`). Sample ids must be unique
+within a file (a repeated id is bad data: refused, or skipped and counted after its first use), and an
+annotation file without a single usable sample is an error naming it.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +43,24 @@ from gap_mllm.visual_prompt import check_marker_inside
 from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
 from .errors import DataError, SkipCounter
-from .held_out import record_scene_id
 from .features import DEFAULT_CLASS_NAMES, common_features, geometry_features, task_features
 from .prompts import IMAGE_PLACEHOLDER, extract_description
+from .record_schema import (
+    ANSWER_TEXT,
+    BOOLEAN,
+    BOX,
+    IDENTIFIER,
+    OBJECT_LIST,
+    PIXEL,
+    REAL,
+    SAMPLE_ID,
+    TEXT,
+    TEXT_LIST,
+    RecordField,
+    matrix,
+    read_field,
+    read_fields,
+)
 from .scannet_layout import media_path, posed_images_dir, read_depth, read_views
 
 logger = datasets.logging.get_logger(__name__)
@@ -103,6 +121,28 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
 
     # ---------------------------------------------------------------------------- datasets API
 
+    def download_and_prepare(self, *args, **kwargs):
+        """`datasets`' preparation; bad data raises the `DataError` that names it (datasets wraps every
+        generation error in a `DatasetGenerationError` saying only "An error occurred")."""
+        try:
+            return super().download_and_prepare(*args, **kwargs)
+        except datasets.exceptions.DatasetGenerationError as error:
+            link = error
+            while link is not None and not isinstance(link, DataError):
+                link = link.__cause__ or link.__context__
+            if link is None:
+                raise
+            raise link from link.__cause__  # its own cause (a decode error, ...), not the wrapper that holds it
+
+    def annotation_file(self, split: str) -> Path:
+        """The annotation file of `split`; a FileNotFoundError naming what was looked for when it has none."""
+        files = self._annotation_files()
+        if split in files:
+            return files[split]
+        if self.config.annotation_files or self.config.data_root is None:
+            raise FileNotFoundError(f"no {self.TASK} annotation file for split {split!r}: annotation_files= has {sorted(files)}")
+        return find_annotation_file(self.config.data_root, self.SPEC, split)  # raises, naming the expected pattern
+
     def _info(self) -> datasets.DatasetInfo:
         cfg = self.config
         depth_size = self._depth_size() if cfg.load_depth else None
@@ -118,9 +158,17 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, annotation_file: str, split: str):
         counter = self.skipped.setdefault(split, SkipCounter())
-        for index, record in enumerate(load_annotation_file(annotation_file)):
-            key = str(record.get("id", f"{split}-{index}")) if isinstance(record, dict) else f"{split}-{index}"
+        records = load_annotation_file(annotation_file)
+        first_use: dict[str, int] = {}  # id -> index of the first record that has it
+        kept = 0
+        for index, record in enumerate(records):
+            key = f"{split}-{index}"
             try:
+                key = sample_key(record, key)
+                if key in first_use:
+                    raise DataError(f"id {key!r} is used by records {first_use[key]} and {index}; ids must be unique "
+                                    "within a file", sample=key)
+                first_use[key] = index
                 example = self.example(record, key)
             except DataError as error:
                 error = error.with_sample(key)
@@ -130,9 +178,13 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
                     raise error
                 counter.skip(error)
                 continue
+            kept += 1
             yield key, example
         if counter.total:
             logger.warning(f"{self.TASK} {split}: {counter.summary()}")
+        if not kept:  # an empty split would only fail later, far from its cause (datasets: "corresponds to no data")
+            why = "it holds no records" if not records else f"none of its {len(records)} record(s) is usable ({counter.summary()})"
+            raise DataError(f"no {self.TASK} samples for split {split!r}: {why}", path=annotation_file)
 
     # ------------------------------------------------------------------------------- examples
 
@@ -152,12 +204,13 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
         if not isinstance(record, dict):
             raise DataError(f"annotation record must be an object, got {type(record).__name__}", sample=key)
         images, prompt, answer = _check_conversation(record, key)
+        scene_id = read_field(record, RecordField("scene_id", TEXT, default=Path(images[0]).parent.name), key)
         cfg = self.config
         # Decoding every frame here catches corrupt files; the stored bytes are the originals.
         views = read_views(self.media_root, images, load_depth=cfg.load_depth, load_poses=cfg.load_poses)
         example = {
             "id": key,
-            "scene_id": record_scene_id(record),
+            "scene_id": scene_id,
             "images": [{"path": None, "bytes": media_path(self.media_root, p, key).read_bytes()} for p in images],
             "image_paths": list(images),
             "prompt": prompt,
@@ -201,8 +254,9 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
             return tuple(int(v) for v in cfg.depth_size)
         for path in self._annotation_files().values():
             for record in load_annotation_file(path):
-                if isinstance(record, dict) and record.get("images"):
-                    colour = self.media_root / record["images"][0]
+                images = record.get("images") if isinstance(record, dict) else None
+                if isinstance(images, list) and images and isinstance(images[0], str):
+                    colour = media_path(self.media_root, images[0], record.get("id"))
                     npy, png = colour.with_suffix(".npy"), colour.with_suffix(".png")
                     return read_depth(npy if npy.is_file() else png).shape
         raise DataError("cannot infer depth_size: no sample with images; pass depth_size=(H, W)")
@@ -217,6 +271,8 @@ def load_annotation_file(path) -> list:
         raise DataError("annotation file not found", path=path) from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"annotation file is not valid JSON ({err})", path=path) from err
+    except OSError as err:  # a symbolic link loop, a folder, no permission
+        raise DataError(f"cannot read the annotation file ({err.strerror or err})", path=path) from err
     if not isinstance(records, list):
         raise DataError(f"annotation file must hold a JSON list of records, got {type(records).__name__}", path=path)
     return records
@@ -236,28 +292,24 @@ def _check_conversation(record: dict, key: str) -> tuple[list[str], str, str]:
     return images, prompt, answer
 
 
-def _box(values, what: str, key: str, world_ok: bool = False) -> list[float]:
-    try:
-        box = [float(v) for v in values]
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{what} must be 9 numbers, got {values!r}", sample=key) from err
-    if len(box) != 9 or not all(math.isfinite(v) for v in box):
-        raise DataError(f"{what} must be 9 finite numbers, got {values!r}", sample=key)
-    if any(v < 0 for v in box[3:6]):
-        raise DataError(f"{what} has a negative size {box[3:6]}", sample=key)
-    return box
-
-
-def _matrices(value, count: int | None, what: str, key: str) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float64)
-    shape = (4, 4) if count is None else (count, 4, 4)
-    if array.shape != shape or not np.all(np.isfinite(array)):
-        raise DataError(f"{what} must be finite with shape {shape}, got {array.shape}", sample=key)
-    return array
+def sample_key(record, default: str) -> str:
+    """The sample's `id` as text (`default` when the record has none); a DataError for an id that is
+    neither a string nor an integer."""
+    if not isinstance(record, dict):
+        return default
+    return read_field(record, RecordField("id", SAMPLE_ID, default=default), default)
 
 
 # Absent per-view poses are an empty [0, 4, 4] array (a None Array3D would read back as NaN).
 _NO_POSES = np.zeros((0, 4, 4))
+MATRIX_4X4 = matrix(4, 4)
+AXIS_ALIGN = RecordField("axis_align_matrix", MATRIX_4X4, default=None, nullable=True)
+OBJECT_ID = RecordField("object_id", IDENTIFIER, default=-1)  # -1: the record has none
+
+
+def camera_poses(num_images: int) -> RecordField:
+    """`cam2global`: one 4x4 camera-to-world pose per image (absent: an empty [0, 4, 4])."""
+    return RecordField("cam2global", matrix(num_images, 4, 4), default=_NO_POSES)
 
 
 class ReconstructionBuilder(MultiViewBuilder):
@@ -267,9 +319,7 @@ class ReconstructionBuilder(MultiViewBuilder):
     TASK = SPEC.name
 
     def task_fields(self, record, answer, num_images, key):
-        coords = record.get("pixel_coords")
-        if not (isinstance(coords, list) and len(coords) == 3 and all(isinstance(v, int) for v in coords)):
-            raise DataError(f"'pixel_coords' must be [view, x, y] integers, got {coords!r}", sample=key)
+        coords = read_field(record, RecordField("pixel_coords", PIXEL), key)
         if not 0 <= coords[0] < num_images:
             raise DataError(f"'pixel_coords' view {coords[0]} out of range for {num_images} image(s)", sample=key)
         image_path = media_path(self.media_root, record["images"][coords[0]], key)
@@ -290,26 +340,18 @@ class DetectionBuilder(MultiViewBuilder):
     SPEC = DETECTION
     TASK = SPEC.name
 
+    BOX_FIELDS = (RecordField("label", TEXT), RecordField("bbox_3d", BOX), RecordField("in_reference", BOOLEAN, default=True))
+
     def task_fields(self, record, answer, num_images, key):
         names = set(self.config.class_names)
         boxes = []
-        entries = record.get("boxes") or []
-        if not isinstance(entries, list):
-            raise DataError(f"'boxes' must be a list of {{\"label\", \"bbox_3d\"}} objects, got {type(entries).__name__}", sample=key)
-        for entry in entries:
-            if not isinstance(entry, dict):
-                raise DataError(f"every entry of 'boxes' must be an object with \"label\" and \"bbox_3d\", got {entry!r}", sample=key)
-            label = entry.get("label") if isinstance(entry, dict) else None
-            if label not in names:
-                raise DataError(f"box label {label!r} is not in class_names (pass class_names= to extend it)", sample=key)
-            boxes.append({"label": label, "bbox_3d": _box(entry.get("bbox_3d"), "bbox_3d", key), "in_reference": bool(entry.get("in_reference", True))})
-        cam2img = record.get("cam2img")
-        return {
-            "boxes": boxes,
-            "cam2img": _matrices(cam2img, None, "cam2img", key) if cam2img is not None else None,
-            "cam2global": _matrices(record["cam2global"], num_images, "cam2global", key) if "cam2global" in record else _NO_POSES,
-            "axis_align_matrix": _matrices(record["axis_align_matrix"], None, "axis_align_matrix", key) if "axis_align_matrix" in record else None,
-        }
+        for i, entry in enumerate(read_field(record, RecordField("boxes", OBJECT_LIST, default=[], nullable=True), key)):
+            box = read_fields(entry, self.BOX_FIELDS, key, prefix=f"boxes[{i}].")
+            if box["label"] not in names:
+                raise DataError(f"box label {box['label']!r} is not in class_names (pass class_names= to extend it)", sample=key)
+            boxes.append(box)
+        fields = (RecordField("cam2img", MATRIX_4X4, default=None, nullable=True), camera_poses(num_images), AXIS_ALIGN)
+        return {"boxes": boxes, **read_fields(record, fields, key)}
 
 
 class _GroundingBuilder(MultiViewBuilder):
@@ -318,15 +360,8 @@ class _GroundingBuilder(MultiViewBuilder):
             description = extract_description(record["conversations"][0]["value"])
         except ValueError as err:
             raise DataError(str(err), sample=key) from err
-        if "gt_bbox" not in record:
-            raise DataError("grounding record has no 'gt_bbox'", sample=key)
-        return {
-            "description": description,
-            "object_id": int(record.get("object_id", -1)),
-            "gt_bbox": _box(record["gt_bbox"], "gt_bbox", key),
-            "cam2global": _matrices(record["cam2global"], num_images, "cam2global", key) if "cam2global" in record else _NO_POSES,
-            "axis_align_matrix": _matrices(record["axis_align_matrix"], None, "axis_align_matrix", key) if "axis_align_matrix" in record else None,
-        }
+        fields = (OBJECT_ID, RecordField("gt_bbox", BOX), camera_poses(num_images), AXIS_ALIGN)
+        return {"description": description, **read_fields(record, fields, key)}
 
 
 class GroundingStage1Builder(_GroundingBuilder):
@@ -352,9 +387,9 @@ class GroundingStage2Builder(_GroundingBuilder):
     def task_fields(self, record, answer, num_images, key):
         fields = super().task_fields(record, answer, num_images, key)
         parsed = self.SPEC.parse(answer)
-        if parsed.box is None:
+        if parsed.box is None:  # the parser refuses anything but 9 finite numbers with sizes >= 0
             raise DataError(f"answer is not a grounding box ({parsed.reason})", sample=key)
-        return {**fields, "bbox_3d": _box(parsed.box.to_list(), "answer bbox_3d", key)}
+        return {**fields, "bbox_3d": parsed.box.to_list()}
 
 
 class CaptioningBuilder(MultiViewBuilder):
@@ -363,17 +398,16 @@ class CaptioningBuilder(MultiViewBuilder):
     SPEC = CAPTIONING
     TASK = SPEC.name
 
+    FIELDS = (
+        OBJECT_ID,
+        RecordField("bbox_3d", BOX, default=[float("nan")] * 9, nullable=True),  # NaN: no proposal box
+        RecordField("iou", REAL, default=float("nan"), nullable=True),
+        RecordField("annotations", TEXT_LIST, default=[], nullable=True),  # none: the answer is the reference
+    )
+
     def task_fields(self, record, answer, num_images, key):
-        annotations = record.get("annotations") or [answer]
-        if not all(isinstance(a, str) for a in annotations):
-            raise DataError("'annotations' must be a list of strings", sample=key)
-        box = record.get("bbox_3d")
-        return {
-            "object_id": int(record.get("object_id", -1)),
-            "bbox_3d": _box(box, "bbox_3d", key) if box is not None else [float("nan")] * 9,
-            "iou": float(record.get("iou", float("nan"))),
-            "annotations": annotations,
-        }
+        fields = read_fields(record, self.FIELDS, key)
+        return {**fields, "annotations": fields["annotations"] or [answer]}
 
 
 class SpatialQABuilder(MultiViewBuilder):
@@ -383,11 +417,16 @@ class SpatialQABuilder(MultiViewBuilder):
     TASK = SPEC.name
 
     def task_fields(self, record, answer, num_images, key):
-        question_type = record.get("question_type")
+        fields = (
+            RecordField("question_type", TEXT),
+            RecordField("options", TEXT_LIST, default=[], nullable=True),  # VSI-Bench: null for numerical questions
+            RecordField("ground_truth", ANSWER_TEXT, default=answer),
+        )
+        values = read_fields(record, fields, key)
         names = self.info.features["question_type"].names
-        if question_type not in names:
-            raise DataError(f"unknown question_type {question_type!r}; expected one of {names}", sample=key)
-        return {"question_type": question_type, "options": list(record.get("options") or []), "ground_truth": str(record.get("ground_truth", answer))}
+        if values["question_type"] not in names:
+            raise DataError(f"unknown question_type {values['question_type']!r}; expected one of {names}", sample=key)
+        return values
 
 
 BUILDERS = {

@@ -2,7 +2,8 @@
 
     <data_root>/scannet/posed_images/<scene_id>/
         00000.jpg  00010.jpg ...   colour; name = 5-digit raw frame number (every 10th frame)
-        00000.png  ...             depth, uint16 millimetres, 0 = no measurement
+        00000.png  ...             depth, 16-bit (uint16) millimetres, 0 = no measurement; an 8-bit
+                                   PNG is refused (its values are not millimetres)
         00000.txt  ...             4x4 camera-to-world pose (ScanNet raw world), OpenCV camera
         intrinsic.txt              4x4 (or 3x3) colour intrinsics
         depth_intrinsic.txt        4x4 (or 3x3) depth intrinsics (optional; colour ones otherwise)
@@ -16,12 +17,13 @@ Every reader raises `DataError` naming the file.
 Paths in annotation files must stay inside the media root: `media_path` refuses absolute paths, `..`
 that climbs out, and paths that leave it through a symbolic link (resolved, so a link pointing at
 another disk is refused; link or mount the whole data folder instead, or set the builders'
-`media_root=`). The builders, the evaluation runner and its plots use it; the Space's upload check
-uses the same `resolve_inside`.
+`media_root=`), and names a symbolic link loop as one. The builders, the evaluation runner and its
+plots use it; the Space's upload check uses the same `resolve_inside`.
 """
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,11 +59,21 @@ def frame_name(raw_frame: int) -> str:
 # ------------------------------------------------------------------------------------------- paths
 
 
+def _resolve(path: Path) -> Path:
+    """`path.resolve()`, with a symbolic link loop raised as `OSError(ELOOP)` naming the path (Python
+    before 3.13 raises a bare RuntimeError there)."""
+    try:
+        return path.resolve()
+    except RuntimeError as error:
+        raise OSError(errno.ELOOP, "symbolic link loop", str(path)) from error
+
+
 def resolve_inside(root, path) -> Path | None:
     """`path` (relative to `root`, or absolute) with every symbolic link followed, if the result lies
-    inside `root` (also resolved) or is `root` itself; None otherwise. Nothing needs to exist."""
-    root = Path(root).resolve()
-    real = (root / Path(path)).resolve()
+    inside `root` (also resolved) or is `root` itself; None otherwise. Nothing needs to exist; a symbolic
+    link loop raises `OSError` (errno ELOOP)."""
+    root = _resolve(Path(root))
+    real = _resolve(root / Path(path))
     return real if real == root or real.is_relative_to(root) else None
 
 
@@ -76,7 +88,12 @@ def media_path(media_root, relative, sample=None) -> Path:
     if Path(text).is_absolute() or Path(text).drive:
         raise DataError(f"image path {text!r} is absolute; annotation paths must be relative to the media root "
                         f"{str(media_root)!r}", sample=sample)
-    if resolve_inside(media_root, text) is None:
+    try:
+        inside = resolve_inside(media_root, text)
+    except OSError as error:
+        raise DataError(f"image path {text!r} under the media root {str(media_root)!r} cannot be resolved "
+                        f"({error.strerror}: {error.filename})", sample=sample) from error
+    if inside is None:
         raise DataError(f"image path {text!r} leaves the media root {str(media_root)!r} (through '..' or a "
                         "symbolic link); keep the data under that folder (link or mount the whole folder instead)",
                         sample=sample)
@@ -86,11 +103,25 @@ def media_path(media_root, relative, sample=None) -> Path:
 # ----------------------------------------------------------------------------------------- readers
 
 
+def existing_file(path, what: str) -> Path:
+    """`path` if it is a readable regular file, else a `DataError` that says why: not found, a symbolic
+    link loop, or not a regular file."""
+    path = Path(path)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise DataError(f"{what} not found", path=path) from None
+    except OSError as error:
+        loop = error.errno == errno.ELOOP
+        raise DataError(f"{what} is a symbolic link loop" if loop else f"cannot read {what} ({error.strerror})", path=path) from None
+    if not path.is_file():
+        raise DataError(f"{what} is not a regular file", path=path)
+    return path
+
+
 def read_color(path) -> PIL.Image.Image:
     """An RGB colour image, fully decoded (a truncated or corrupt file raises `DataError` here)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("colour image not found", path=path)
+    path = existing_file(path, "colour image")
     try:
         with PIL.Image.open(path) as image:
             image.load()
@@ -101,21 +132,35 @@ def read_color(path) -> PIL.Image.Image:
         raise DataError(f"cannot decode colour image ({err})", path=path) from err
 
 
+# PIL modes of a single-channel 16-bit image (PNG depth maps open as "I;16"; older Pillow gave "I")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def read_depth(path, depth_scale: float = DEPTH_SCALE) -> np.ndarray:
     """Depth `[H, W]` float32 metres; 0 marks "no measurement" (ScanNet). PNG: uint16 / `depth_scale`.
 
+    A depth PNG must be single-channel 16-bit: an 8-bit (or colour) PNG cannot hold millimetres, and reading
+    its value 200 as 0.200 m would be silently wrong, so it raises `DataError` saying what to write instead.
     A `.npy` file is read as metres; any NaN or negative value there raises `DataError`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("depth file not found", path=path)
+    path = existing_file(path, "depth file")
     try:
         if path.suffix == ".npy":
             depth = np.load(path, allow_pickle=False).astype(np.float32)
         else:
             with PIL.Image.open(path) as image:
                 image.load()
-                depth = np.asarray(image).astype(np.float32) / depth_scale
+                mode = image.mode
+                values = np.asarray(image)
+            if mode not in SIXTEEN_BIT_MODES or (mode == "I" and values.size and (values.min() < 0 or values.max() > 65535)):
+                raise DataError(
+                    f"depth PNG is {mode!r} ({values.dtype}), not 16-bit: ScanNet depth PNGs are uint16 millimetres "
+                    f"(read / {depth_scale:g}); write uint16 millimetres, or float32 metres as {path.with_suffix('.npy').name}",
+                    path=path,
+                )
+            depth = values.astype(np.float32) / depth_scale
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"cannot decode depth ({err})", path=path) from err
     if depth.ndim != 2:
@@ -129,9 +174,7 @@ def read_depth(path, depth_scale: float = DEPTH_SCALE) -> np.ndarray:
 
 def read_matrix(path, shape=(4, 4), what: str = "matrix") -> np.ndarray:
     """A whitespace-separated float matrix; finite and of `shape` (else `DataError` naming the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file not found", path=path)
+    path = existing_file(path, f"{what} file")
     try:
         matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, UnicodeDecodeError) as err:
@@ -156,9 +199,7 @@ def read_pose(path) -> np.ndarray:
 
 def read_intrinsics(path) -> np.ndarray:
     """3x3 `K` from a ScanNet 4x4 (or a 3x3) intrinsic file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("intrinsics file not found", path=path)
+    path = existing_file(path, "intrinsics file")
     try:
         matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, UnicodeDecodeError) as err:  # a non-number, ragged rows, a binary file

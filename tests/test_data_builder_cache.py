@@ -1,14 +1,19 @@
 """The `datasets` cache of the task builders: one entry per task, options and data content.
 
-Regression of a silent wrong answer: builders sharing a data root shared one cache folder, so the
-second task of a stage-2 recipe loaded the first task's samples, and edited annotations were ignored.
+Regressions of silent wrong answers: builders sharing a data root shared one cache folder, so the
+second task of a stage-2 recipe loaded the first task's samples, edited annotations were ignored, and a
+frame replaced by another of the same size with its modification time restored was served stale.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+
+import numpy as np
+import PIL.Image
 
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import BUILDERS, DetectionBuilder, GroundingStage2Builder
@@ -66,20 +71,59 @@ def test_edited_annotations_are_not_served_from_the_old_cache(tiny_dataset, tmp_
     assert len(first) > 1 and len(second) == 1
 
 
-def test_changed_image_files_invalidate_the_cache(tiny_dataset, tmp_path):
+def _replace_keeping_stat(path, data: bytes):
+    """Overwrite `path` with `data` (same size) and restore its modification time, as `cp -p` would."""
+    stat = path.stat()
+    assert len(data) == stat.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+
+def test_changed_image_files_invalidate_the_cache_even_with_the_same_size_and_mtime(tiny_dataset, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(tiny_dataset, root)
-    before = DetectionBuilder(data_root=str(root), cache_dir=str(tmp_path / "cache")).cache_dir
+    cache = str(tmp_path / "cache")
+    before = DetectionBuilder(data_root=str(root), cache_dir=cache).cache_dir
     record = json.loads(find_annotation_file(root, "detection", "train").read_text())[0]
     image = root / "scannet" / "posed_images" / record["images"][1]
+    other = root / "scannet" / "posed_images" / record["images"][2]
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    after = DetectionBuilder(data_root=str(root), cache_dir=str(tmp_path / "cache")).cache_dir
+    assert DetectionBuilder(data_root=str(root), cache_dir=cache).cache_dir == before  # touched only: same bytes
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # another frame of the same size
+    _replace_keeping_stat(image, bytes(data))
+    after = DetectionBuilder(data_root=str(root), cache_dir=cache).cache_dir
     assert after != before
     # depth files only count when depth is loaded
-    depth = image.with_suffix(".png")
-    without_depth = DetectionBuilder(data_root=str(root), cache_dir=str(tmp_path / "cache")).cache_dir
-    with_depth = DetectionBuilder(data_root=str(root), cache_dir=str(tmp_path / "cache"), load_depth=True).cache_dir
-    os.utime(depth, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
-    assert DetectionBuilder(data_root=str(root), cache_dir=str(tmp_path / "cache")).cache_dir == without_depth
-    assert DetectionBuilder(data_root=str(root), cache_dir=str(tmp_path / "cache"), load_depth=True).cache_dir != with_depth
+    depth = other.with_suffix(".png")
+    without_depth = DetectionBuilder(data_root=str(root), cache_dir=cache).cache_dir
+    with_depth = DetectionBuilder(data_root=str(root), cache_dir=cache, load_depth=True).cache_dir
+    data = bytearray(depth.read_bytes())
+    data[-20] ^= 0xFF
+    _replace_keeping_stat(depth, bytes(data))
+    assert DetectionBuilder(data_root=str(root), cache_dir=cache).cache_dir == without_depth
+    assert DetectionBuilder(data_root=str(root), cache_dir=cache, load_depth=True).cache_dir != with_depth
+
+
+def test_a_replaced_frame_is_never_served_from_the_old_cache(tiny_dataset, tmp_path):
+    """The adversarial case: a frame swapped for another of the same size, mtime restored."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    cache = tmp_path / "cache"
+    first = _prepared(DetectionBuilder, root, cache).as_dataset(split="train")
+    record = json.loads(find_annotation_file(root, "detection", "train").read_text())[0]
+    image = root / "scannet" / "posed_images" / record["images"][0]
+    original = image.read_bytes()
+    for value in range(256):  # another JPEG of exactly the same byte size
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(np.full((60, 80, 3), value, dtype=np.uint8)).save(buffer, format="JPEG", quality=95)
+        candidate = buffer.getvalue()
+        if len(candidate) <= len(original):
+            break
+    replacement = candidate + b"\0" * (len(original) - len(candidate))  # JPEG readers ignore trailing bytes
+    _replace_keeping_stat(image, replacement)
+    second = _prepared(DetectionBuilder, root, cache).as_dataset(split="train")
+    assert first[0]["images"][0].tobytes() != second[0]["images"][0].tobytes()
+    assert np.asarray(second[0]["images"][0]).std() == 0  # the new, uniform frame

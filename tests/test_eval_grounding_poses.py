@@ -19,6 +19,7 @@ from gap_mllm.evaluation.grounding_metrics import (
     GroundingEvaluator,
     score_grounding,
 )
+from gap_mllm.evaluation.box_iou import box_iou
 from gap_mllm.evaluation.plots import plot_histogram, plot_sample
 from gap_mllm.evaluation.tasks import get_task
 from gap_mllm.processing.coordinates import (
@@ -61,12 +62,34 @@ def test_demo_pose_is_not_exactly_orthonormal_but_within_tolerance():
 
 
 @pytest.mark.parametrize("frame", [0, 1])
-@pytest.mark.parametrize("official_compat", [False, True])
-def test_exact_prediction_on_the_demo_poses_scores_one(frame, official_compat):
+def test_exact_prediction_on_the_demo_poses_scores_one(frame):
     pred_camera = world_boxes_to_camera(GT_WORLD[None], DEMO_POSES[frame], DEMO_ALIGN)[0]
-    score = score_grounding(pred_camera, GT_WORLD, DEMO_POSES[frame], DEMO_ALIGN, official_compat)
+    score = score_grounding(pred_camera, GT_WORLD, DEMO_POSES[frame], DEMO_ALIGN)
     assert score.reason is None
     assert score.iou == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("frame", [0, 1])
+def test_official_compat_moves_the_centre_with_the_raw_matrix_as_the_official_code(frame):
+    """official_compat is the official recipe exactly (same numbers, not just close): the centre moved with
+    the stored 6-decimal matrix, so the box that is exact under the cleaned pose scores ~1e-6 below 1."""
+    pred_camera = world_boxes_to_camera(GT_WORLD[None], DEMO_POSES[frame], DEMO_ALIGN)[0]
+    score = score_grounding(pred_camera, GT_WORLD, DEMO_POSES[frame], DEMO_ALIGN, official_compat=True)
+    official_world = official_camera_to_world(pred_camera, DEMO_ALIGN @ DEMO_POSES[frame])
+    assert score.reason is None
+    assert score.iou == box_iou(official_world, GT_WORLD, "official", official_compat=True)  # bitwise
+    assert score.iou == pytest.approx(1.0, abs=1e-5)
+    cleaned = camera_boxes_to_world(pred_camera[None], DEMO_POSES[frame], DEMO_ALIGN)[0]
+    assert not np.array_equal(official_world[:3], cleaned[:3])  # the two transforms really differ
+
+
+def test_official_compat_uses_a_scaled_pose_as_the_official_code_does():
+    """The official code applies whatever finite matrix is stored; only the default refuses a non-rigid one."""
+    scaled = np.diag([1.01, 1.0, 1.0, 1.0])
+    assert score_grounding(GT_WORLD, GT_WORLD, scaled).reason == UNSCORED_POSE
+    score = score_grounding(GT_WORLD, GT_WORLD, scaled, official_compat=True)
+    assert score.reason is None
+    assert score.iou == box_iou(official_camera_to_world(GT_WORLD, scaled), GT_WORLD, "official", official_compat=True)
 
 
 def test_transform_matches_the_official_recipe_to_micrometres():

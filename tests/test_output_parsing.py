@@ -106,12 +106,13 @@ def test_official_text_parses_back():
 
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
+sizes = st.floats(min_value=0.0, max_value=1e3, allow_nan=False, allow_infinity=False)  # a negative size is refused
 labels = st.text(min_size=1, max_size=12)
 boxes = st.builds(
     Box3D,
     label=labels,
     center=st.tuples(finite, finite, finite),
-    size=st.tuples(finite, finite, finite),
+    size=st.tuples(sizes, sizes, sizes),
     angles=st.tuples(finite, finite, finite),
 )
 

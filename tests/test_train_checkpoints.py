@@ -3,19 +3,22 @@ newest COMPLETE checkpoint, skipping (and naming) half-written ones."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
 
 import pytest
+import torch
 
-from gap_mllm.training.checkpoints import checkpoint_problem, find_resumable_checkpoint
+from gap_mllm.training import checkpoints
+from gap_mllm.training.checkpoints import CheckpointDiskFull, checkpoint_problem, find_resumable_checkpoint, is_disk_full
 from gap_mllm.training.run import resolve_resume
 from gap_mllm.training.trainer import GeometryAlignedTrainer
 
 from gap_mllm.training.run import build_trainer
 
-from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root  # noqa: F401
+from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root, trainable_state  # noqa: F401
 
 
 def make(tmp_path, dataset, **training):
@@ -85,3 +88,51 @@ def test_an_explicit_incomplete_resume_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"--resume .*checkpoint-2: not a complete checkpoint \(no trainer_state.json"):
         resolve_resume(str(tmp_path / "checkpoint-2"), str(tmp_path))
     assert resolve_resume(None, str(tmp_path)) is None
+
+
+def test_a_full_disk_during_a_save_says_where_and_how_much_and_the_last_checkpoint_resumes(tmp_path, recon_dataset, monkeypatch):
+    """ENOSPC while writing checkpoint-4: one error naming the device, the folder, the space to free and the
+    checkpoint to resume from; the half-written save is removed; checkpoint-2 is intact and resuming from it
+    ends with the weights of an uninterrupted run (bitwise)."""
+    reference = make(tmp_path / "reference", recon_dataset, save_strategy="no")  # saving does not change training
+    reference.trainer.train()
+
+    setup = make(tmp_path, recon_dataset)
+    original = GeometryAlignedTrainer._save_rng_state
+
+    def disk_full_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", output_dir)
+        return original(self, output_dir)
+
+    monkeypatch.setattr(GeometryAlignedTrainer, "_save_rng_state", disk_full_at_step_4)
+    with pytest.raises(CheckpointDiskFull) as excinfo:
+        setup.trainer.train()
+    run = tmp_path / "run"
+    message = str(excinfo.value)
+    assert excinfo.value.errno == errno.ENOSPC
+    assert message.startswith(f"[Errno {errno.ENOSPC}] no space left on {checkpoints.device_of(run)} at {run} while writing checkpoint-4; free ")
+    assert " MB and resume: `--resume auto` continues from " + str(run / "checkpoint-2") + " (complete" in message
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoint-2"]  # the partial save is gone
+    assert checkpoint_problem(run / "checkpoint-2") is None and resolve_resume("auto", str(run)) == str(run / "checkpoint-2")
+
+    monkeypatch.setattr(GeometryAlignedTrainer, "_save_rng_state", original)
+    resumed = make(tmp_path, recon_dataset)
+    resumed.trainer.train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    expected, got = trainable_state(reference.model), trainable_state(resumed.model)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0, msg=name)
+
+
+def test_errors_without_an_errno_count_as_a_full_disk_only_when_the_device_is_full(tmp_path, monkeypatch):
+    """torch.save's zip writer drops the errno (on a full tmpfs it raised "unexpected pos 1529920 vs 1529812");
+    such an error is a full disk when the device has less room than the checkpoint takes, else itself."""
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1529920 vs 1529812")
+    monkeypatch.setattr(checkpoints, "free_bytes", lambda path: 10 << 20)
+    assert is_disk_full(torch_error, tmp_path, needed_bytes=50 << 20)
+    assert not is_disk_full(torch_error, tmp_path, needed_bytes=5 << 20)
+    wrapped = RuntimeError("Error while serializing")
+    wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert is_disk_full(wrapped, tmp_path) and is_disk_full(Exception("SafetensorError: IoError(StorageFull)"), tmp_path)
+    assert not is_disk_full(PermissionError(errno.EACCES, "Permission denied"), tmp_path, needed_bytes=5 << 20)

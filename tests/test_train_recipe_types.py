@@ -53,6 +53,24 @@ def test_bad_values_name_the_field_and_the_expected_type(override, message):
     assert message in str(excinfo.value)
 
 
+@pytest.mark.parametrize("max_steps", [-5, 0, -2])
+def test_a_max_steps_that_is_not_a_number_of_steps_is_refused(max_steps):
+    """transformers reads any max_steps <= 0 as "train for num_train_epochs": -5 silently ran whole epochs."""
+    message = f"training.max_steps: {max_steps} is not a number of steps; give a positive number of optimizer steps, or -1"
+    with pytest.raises(RecipeTypeError, match=message):
+        load_recipe(STAGE1, [f"training.max_steps={max_steps}"])
+    with pytest.raises(RecipeTypeError, match=message):  # a recipe built in code is checked the same way
+        TrainRecipe(training={"max_steps": max_steps})
+
+
+def test_max_steps_minus_one_means_epochs_and_those_must_be_positive():
+    assert load_recipe(STAGE1, ["training.max_steps=-1"]).training["max_steps"] == -1
+    assert load_recipe(STAGE1, ["training.max_steps=7"]).training["max_steps"] == 7
+    with pytest.raises(RecipeTypeError, match=r"training.num_train_epochs: 0 trains nothing"):
+        load_recipe(STAGE1, ["training.num_train_epochs=0"])
+    assert load_recipe(STAGE1, ["training.num_train_epochs=0", "training.max_steps=5"]).training["max_steps"] == 5
+
+
 def test_conversions_follow_the_annotations():
     recipe = load_recipe(STAGE1, [
         "training.max_steps=1e2",          # an integral float for an int field

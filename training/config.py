@@ -265,6 +265,7 @@ class TrainRecipe:
         unknown = set(self.aux.align_levels) - {0, 1, 2, 3}
         if unknown:
             raise ValueError(f"aux.align_levels has unknown levels {sorted(unknown)} (0-3)")
+        check_training_values(self.training)
         from gap_mllm.processing.builders import builder_for_task
 
         # canonical task names (deprecated ones warn); a task without data of its own is an error here
@@ -306,6 +307,21 @@ def check_training_arguments(values: dict) -> dict:
     if not isinstance(values, dict):
         raise RecipeTypeError(f"training: expected a mapping of TrainingArguments fields, got {type(values).__name__}")
     return coerce_fields(TrainingArguments, values, "training")
+
+
+def check_training_values(values: dict) -> None:
+    """`training` values of the right type that TrainingArguments would still read as something else than
+    asked: `max_steps` other than a positive number or -1 (transformers reads any value <= 0 as "train for
+    num_train_epochs", so `max_steps: -5` would silently run whole epochs), and `num_train_epochs` <= 0 when
+    the epochs decide the length. A `RecipeTypeError` naming the field."""
+    max_steps = values.get("max_steps", -1)
+    if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps <= 0 and max_steps != -1:
+        raise RecipeTypeError(f"training.max_steps: {max_steps} is not a number of steps; give a positive number of "
+                              "optimizer steps, or -1 to train for training.num_train_epochs")
+    epochs = values.get("num_train_epochs")
+    if max_steps == -1 and isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs <= 0:
+        raise RecipeTypeError(f"training.num_train_epochs: {epochs} trains nothing; give a positive number "
+                              "(or a positive training.max_steps)")
 
 
 def apply_overrides(values: dict, overrides: list[str] | None) -> dict:

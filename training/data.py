@@ -28,7 +28,9 @@ LENGTH_COLUMN = "length"  # TrainingArguments.length_column_name's default
 def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: int | None = None,
                task_max_samples: dict[str, int] | None = None, seed: int = 0):
     """The concatenated `datasets.Dataset` of `data.tasks` for `split`; `task_max_samples` ({task: N})
-    keeps a random N of that task's samples (drawn with `seed`) before the concatenation."""
+    keeps a random N of that task's samples (drawn with `seed`) before the concatenation. A task without an
+    annotation file for the split is a FileNotFoundError naming the file looked for; one whose file holds no
+    usable sample is a `DataError` naming that file (prepared builders refuse empty splits)."""
     import datasets
 
     if data.data_root is None:
@@ -42,7 +44,8 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
             load_poses=aux.needs_poses,
             skip_bad_samples=data.on_bad_sample == "skip",
         )
-        builder.download_and_prepare()
+        builder.annotation_file(split)  # a split without a file: named here, not as datasets' "Unknown split"
+        builder.download_and_prepare()  # a file without a usable sample: a DataError naming it
         part = builder.as_dataset(split=split)
         cap = (task_max_samples or {}).get(builder.SPEC.name)
         if cap is not None and cap < len(part):

@@ -13,7 +13,9 @@ What it adds to Trainer (hf-notes §9):
 - saving: the GAP-MLLM (or its LoRA adapter) as a normal Hub folder, and the auxiliary heads beside it
   (`aux_heads.safetensors`) only when some are enabled; resuming restores both;
 - checkpoints that are never half there: each is written under `tmp-checkpoint-N/` and renamed to
-  `checkpoint-N` once every process has finished writing it (training/checkpoints.py).
+  `checkpoint-N` once every process has finished writing it (training/checkpoints.py); a full disk
+  during a save is one `CheckpointDiskFull` error saying which device, how much to free and where
+  `--resume auto` continues, not a torch traceback.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .bad_samples import SKIPPED_KEY
-from .checkpoints import staging_root
+from .checkpoints import (
+    CheckpointDiskFull,
+    disk_full_error,
+    find_resumable_checkpoint,
+    is_disk_full,
+    newest_checkpoint_size,
+    staging_root,
+)
 from .config import LOSS_NORMALIZATIONS, AuxLossConfig, LearningRates
 from .divergence import DivergenceGuard
 from .geometry_aligned_model import GeometryAlignedModel
@@ -174,6 +183,13 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
         self._checkpoint_staging = str(staging)
         try:
             super()._save_checkpoint(model, trial)
+        except Exception as error:
+            # the next checkpoint takes about as much as the last one; the first, what its tensors hold
+            needed = newest_checkpoint_size(run_dir) or self._checkpoint_tensor_bytes()
+            if not (self.args.should_save and is_disk_full(error, staging, needed)):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # half written and useless; the complete ones stay
+            raise disk_full_error(run_dir, needed, find_resumable_checkpoint(run_dir), name) from error
         finally:
             self._checkpoint_staging = None
         self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, shards)
@@ -187,6 +203,26 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
+
+    def _checkpoint_tensor_bytes(self) -> int:
+        """Bytes of the tensors a checkpoint writes: the model's state and the optimizer's."""
+        total = sum(t.numel() * t.element_size() for t in self.accelerator.unwrap_model(self.model).state_dict().values())
+        for state in (self.optimizer.state.values() if self.optimizer is not None else ()):
+            total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+        return total
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's `save_model`; a full disk while writing the final model is a `CheckpointDiskFull` naming
+        the device and the folder (inside a checkpoint save, `_save_checkpoint` reports it)."""
+        try:
+            super().save_model(output_dir, _internal_call=_internal_call)
+        except Exception as error:
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            run_dir = self.args.output_dir
+            needed = newest_checkpoint_size(run_dir) or self._checkpoint_tensor_bytes()
+            if _internal_call or isinstance(error, CheckpointDiskFull) or not is_disk_full(error, folder, needed):
+                raise
+            raise disk_full_error(folder, needed, find_resumable_checkpoint(run_dir), "the model") from error
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The GAP-MLLM (or its adapter) with `save_pretrained`, the auxiliary heads beside it."""

@@ -27,5 +27,5 @@ class GapDetection(evaluate.Metric):
         ev = DetectionEvaluator(official_compat=official_compat)
         for text, gt in zip(predictions, references):
             pred = detection_predictions(text, official_compat)
-            ev.add(pred.labels, pred.boxes, [g["label"] for g in gt], [g["bbox_3d"] for g in gt], pred.valid)
+            ev.add(pred.labels, pred.boxes, [g["label"] for g in gt], [g["bbox_3d"] for g in gt], pred.valid, pred.dropped)
         return ev.compute()
