@@ -6,7 +6,7 @@ else line by line; entries keyed `bbox_3d` or `box_3d` (the detection prompt say
 whose box is not 9 finite numbers is dropped and counted in `parse_error`.
 
 Official (`official_compat=True`), exactly the released `inference_det.py::calculate_iou_for_sample`
-(method.md §3.2), so that numbers are comparable with the paper:
+(docs/deviations.md §4.2), so that numbers are comparable with the paper:
 
 1. `text.strip("\\n").strip("`").strip("json").strip()`: Python's `str.strip` with those CHARACTER
    SETS (newlines, backticks, the letters j/s/o/n at both ends), then split on "\\n";
