@@ -1,6 +1,6 @@
 """gap-mllm: GAP-MLLM (Qwen3-VL + VGGT geometry encoder + multi-level gated fusion) for transformers.
 
-One import namespace, `gap_mllm`, mapped from the repository's top-level folders (design.md):
+One import namespace, `gap_mllm`, mapped from the repository's top-level folders (docs/design.md §1):
 `gap_mllm` is the flat Hub folder `modeling_gap_mllm/` (everything `trust_remote_code` needs), the
 other folders are sub-packages that may import it but are never imported by it.
 """
@@ -73,6 +73,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0 (code); model weights carry their own licences, see model_card.md",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIRS,

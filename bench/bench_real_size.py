@@ -8,7 +8,7 @@ out-of-memory or other error and records it instead of stopping; results are rew
 every measurement, so a run cut short keeps what it measured; progress goes to stdout, flushed):
 
   build                 weights allocated on the device in the dtype (never fp32 on the CPU first); counts
-  geometry_518          VGGT encoder alone at 518×518, frames 1 … 50 (vggt-reference.md §7), beside VGGT's
+  geometry_518          VGGT encoder alone at 518×518, frames 1 … 50 (docs/vggt.md §8), beside VGGT's
                         published H100 figures (100 and 200 frames run last, as geometry_518_large; a frame
                         count is skipped when the time budget left looks too short for it)
   geometry_336x448      the same at GAP's training frames
@@ -47,7 +47,7 @@ from real_size_flops import forward_flops, peak_flops, training_step_flops  # no
 from real_size_inputs import QWEN_GRIDS, full_inputs, image_inputs, question_suffix, scene_prefix, to_device  # noqa: E402
 from real_size_model import build_model, parameter_counts, special_ids  # noqa: E402
 
-# VGGT README, aggregator only, one H100, FlashAttention-3, 518×518 (vggt-reference.md §7): frames → (s, GB)
+# VGGT README, aggregator only, one H100, FlashAttention-3, 518×518 (docs/vggt.md §8): frames → (s, GB)
 VGGT_PUBLISHED = {1: (0.04, 1.88), 2: (0.05, 2.07), 4: (0.07, 2.45), 8: (0.11, 3.23), 10: (0.14, 3.63),
                   20: (0.31, 5.58), 50: (1.04, 11.41), 100: (3.12, 21.15), 200: (8.75, 40.63)}
 SETTINGS = {

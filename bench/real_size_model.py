@@ -1,6 +1,6 @@
 """GAP-MLLM at the real size (Qwen3-VL-2B-Instruct + VGGT-1B aggregator) with random weights, built in code.
 
-No download: the Qwen3-VL-2B text and vision settings are written out here (method.md §1.1: 28 decoder
+No download: the Qwen3-VL-2B text and vision settings are written out here (docs/method.md §1.1: 28 decoder
 layers, hidden 2048, 16 query / 8 KV heads of 128, MLP 6144, tied embeddings, M-RoPE; ViT depth 24,
 width 1024, patch 16, merge 2, out 2048, DeepStack at ViT blocks 5/11/17), the geometry encoder takes
 GapMllmGeometryConfig's defaults (VGGT-1B: 24 block pairs of width 1024, DINOv2-L/14 with registers,

@@ -2,7 +2,7 @@
 
 A GAP-MLLM repository is loaded with `trust_remote_code=True`, so it must hold, besides the weights,
 every Python file the `auto_map` entries reach through relative imports (`from .x import y`, copied
-flat by `save_pretrained`; hf-notes.md §5), the processor / tokenizer files and the chat template.
+flat by `save_pretrained`; docs/transformers-notes.md §4), the processor / tokenizer files and the chat template.
 
 Upload rules:
 - weights: safetensors only (`*.safetensors` + the shard index). Pickle formats (`.bin`, `.pt`,

@@ -14,7 +14,7 @@ What is computed (the rest of the template, which describes the method, is kept 
 - "Evaluation": a table from the summaries only (the data each was computed on is the one the
   summary records), or an explicit "no results" line.
 
-VGGT licence rule (vggt-reference.md §8): weights from `facebook/VGGT-1B` are non-commercial and so is
+VGGT licence rule (docs/vggt.md §9): weights from `facebook/VGGT-1B` are non-commercial and so is
 any model that ships them; `facebook/VGGT-1B-Commercial` allows commercial use except military use.
 An unknown source is treated as non-commercial: the cautious reading.
 """
@@ -206,7 +206,7 @@ def evaluation_section(summaries: list[dict]) -> str:
     """Markdown body of the Evaluation section."""
     if not summaries:
         return "No evaluation results are recorded for this checkpoint yet.\n"
-    lines = ["Computed with `gap-mllm evaluate` (official metric semantics, method.md §5).", "",
+    lines = ["Computed with `gap-mllm evaluate` (official metric semantics, docs/method.md §6).", "",
              "| task | data | annotation file | samples | metric | value | official-compat | answers from |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summaries:

@@ -9,7 +9,7 @@ Python, `push_model(model, processor, repo_id)` does the same for objects in mem
 `model.push_to_hub(repo)` + `processor.push_to_hub(repo)` also work but upload transformers' generic card.
 
 Every Hub call goes through `transformers.utils.hub.hf_api()` (the client transformers itself uses),
-so a test can swap in a recording fake for both routes (hf-notes.md §14). The token comes from
+so a test can swap in a recording fake for both routes (docs/transformers-notes.md §14). The token comes from
 `hf auth login` or HF_TOKEN as usual.
 """
 

@@ -4,7 +4,7 @@
     gap-mllm space --model org/gap-mllm     # any folder or Hub id
 
 gradio is not a dependency of the package: it requires pillow<13 and would downgrade the main
-environment's pillow (hf-notes.md §15). Install it in a separate environment
+environment's pillow (docs/transformers-notes.md §15). Install it in a separate environment
 (`python examples/space/build_demo_venv.py`, then `.venv-demo/bin/python -m gap_mllm.cli.main space`) or with
 `pip install "gap-mllm[demo]"` where pillow<13 is acceptable.
 """

@@ -1,4 +1,4 @@
-"""3D dense captioning (Scan2Cap): CIDEr, BLEU-4, METEOR, ROUGE-L at the 0.5 IoU gate (method.md §5.3).
+"""3D dense captioning (Scan2Cap): CIDEr, BLEU-4, METEOR, ROUGE-L at the 0.5 IoU gate (docs/method.md §6.3).
 
 Official semantics, in both modes:
     gate           a prediction is kept iff the sample's proposal IoU `iou` >= 0.5; otherwise it is

@@ -1,4 +1,4 @@
-"""Category lists over which detection scores are averaged (method.md §5.1).
+"""Category lists over which detection scores are averaged (docs/method.md §6.1).
 
 The official lists are kept verbatim, quirks included: `cate31` lists "lamp" twice (so lamp weighs
 double in the cate31 mean) and spells towel "towl" (a category no ground truth carries, so it always

@@ -1,4 +1,4 @@
-"""3D video object detection: the official greedy matching, precision / recall / F1 (method.md §5.1).
+"""3D video object detection: the official greedy matching, precision / recall / F1 (docs/method.md §6.1).
 
 Per sample and per category (labels compared as exact, case-sensitive strings), predictions are
 taken in OUTPUT order. Each takes, among the still unused ground-truth boxes of its label, the one
@@ -14,7 +14,7 @@ Split scores (cate8 / cate20 / cate31, `category_lists.py`) are means over the l
     default                the clean lists, averaged over the entries PRESENT in the data (ground
                            truth or prediction); a split with none present is None. An "all" split
                            averages over every category present.
-                           Euler reading "zxy" (R = Ry·Rx·Rz) instead of the official "ZXY" (§4.3).
+                           Euler reading "zxy" (R = Ry·Rx·Rz) instead of the official "ZXY" (docs/method.md §5.3).
 
 Extension (not in the official code): AP at 0.25 and 0.5. The model gives no confidences, so the
 ranking is the output position (first entry = most confident; ties by sample order). Matching is the

@@ -8,7 +8,7 @@ whose box is not 9 finite numbers with sizes >= 0 is dropped, named in `parse_er
 scoring `[0, 0, 1, -1, -1, -1, 0, 0, 0]` as the unit box would give a malformed answer a perfect match.
 
 Official (`official_compat=True`), exactly the released `inference_det.py::calculate_iou_for_sample`
-(method.md §3.2), so that numbers are comparable with the paper:
+(docs/deviations.md §4.2), so that numbers are comparable with the paper:
 
 1. `text.strip("\\n").strip("`").strip("json").strip()`: Python's `str.strip` with those CHARACTER
    SETS (newlines, backticks, the letters j/s/o/n at both ends), then split on "\\n";

@@ -1,6 +1,6 @@
 """Metrics of a VGGT-style reconstruction against exact ground truth: depth, cameras, points.
 
-VGGT's outputs are scale-normalised (vggt-reference.md §3.1), so every comparison with metric ground
+VGGT's outputs are scale-normalised (docs/vggt.md §5), so every comparison with metric ground
 truth first aligns the scale, once per clip (one number for all its frames, as multi-view depth
 benchmarks evaluate VGGT): `s = median(d* / d)` over the clip's valid pixels.
 

@@ -1,4 +1,4 @@
-"""3D visual grounding (ScanRefer): Acc@0.25, Acc@0.5 and mIoU (method.md §3.3, §5.2).
+"""3D visual grounding (ScanRefer): Acc@0.25, Acc@0.5 and mIoU (docs/method.md §5.4, §6.2).
 
 Per sample the predicted box (camera frame of the frame selected in stage 1) is moved to the
 axis-aligned world with `E = axis_align_matrix · cam2global[k]`: centre `E·c`, rotation

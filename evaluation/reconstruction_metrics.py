@@ -1,4 +1,4 @@
-"""Marker-pointmap reconstruction: accuracy, completion, overall, raw and Umeyama-aligned (method.md §5.4).
+"""Marker-pointmap reconstruction: accuracy, completion, overall, raw and Umeyama-aligned (docs/method.md §6.4).
 
 Per scene (scene id = parent folder of `images[0]`), the parsed predicted points P `[K, 3]` and the
 ground-truth points G `[K, 3]` are stacked in sample order (a sample whose prediction or ground

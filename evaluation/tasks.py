@@ -2,7 +2,7 @@
 
 A benchmark is a registry task (`gap_mllm.tasks_gap_mllm`: name, prompts, parsers, budgets, stop rules
 are defined there); this module adds only what evaluation needs on top. Every benchmark reads the
-official evaluation annotation records (method.md §6.3; SynthRooms writes the same schema) and defines:
+official evaluation annotation records (docs/method.md §7.3; SynthRooms writes the same schema) and defines:
     spec / stage_specs     the registry task and the task asked at each stage (grounding: its 2 stages)
     stages                 number of model calls per sample (grounding: 2, the others: 1)
     request(record, stage, previous_outputs, media_root) -> Request
@@ -193,7 +193,7 @@ def stage2_images(selected_image: str, media_root, neighbours: int = OFFICIAL_ST
 
 
 class GroundingTask(Benchmark):
-    """Two-stage ScanRefer (method.md §3.3): frame selection over all frames, then the box from the
+    """Two-stage ScanRefer (docs/method.md §3.4): frame selection over all frames, then the box from the
     selected frame and its neighbours, in the camera frame of the selected frame."""
 
     spec, stage_specs = GROUNDING, (GROUNDING_STAGE1, GROUNDING_STAGE2)

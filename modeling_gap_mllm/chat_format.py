@@ -1,4 +1,4 @@
-"""The chat layout of every GAP-MLLM prompt (method.md §2.3, §3.1), defined once for inference and training.
+"""The chat layout of every GAP-MLLM prompt (docs/method.md §3.1, §8.2), defined once for inference and training.
 
     system     "You are a helpful assistant."
     user       the views and text items in order (`Frame-i: ` text before each view for grounding stage 1)
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 SYSTEM_PROMPT = "You are a helpful assistant."
 IMAGE_PLACEHOLDER = "<image>"  # one per view in the human turn of the official annotation files
 CHAT_MARKER = "<|im_start|>"
-ASSISTANT_HEADER = "<|im_start|>assistant\n"  # masked in the labels (method.md §2.3)
+ASSISTANT_HEADER = "<|im_start|>assistant\n"  # masked in the labels (docs/method.md §8.2)
 
 
 def segments_from_placeholders(prompt: str, num_images: int) -> list[str | None]:

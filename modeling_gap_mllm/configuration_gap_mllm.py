@@ -5,7 +5,7 @@ geometry encoder (`geometry_config`) and the multi-level fusion settings (`geome
 The model type is `gap_mllm`, never `qwen3_vl`: a reused type would make `AutoModel` build the stock
 class and silently drop the geometry weights.
 
-Level pairing (method.md §1.2): with `tapped_layers = [t_0, ..., t_{L-2}, t_{L-1}]`, the last tapped
+Level pairing (docs/method.md §1.2): with `tapped_layers = [t_0, ..., t_{L-2}, t_{L-1}]`, the last tapped
 layer is fused with the main visual tokens (they replace the `<|image_pad|>` embeddings) and layer
 `t_k` (k < L-1) with the k-th DeepStack level of Qwen3-VL. The default `[4, 11, 17, 23]` pairs VGGT
 block 23 with the ViT output and blocks 4/11/17 with DeepStack levels 0/1/2.
@@ -48,7 +48,7 @@ def _quiet_default_sub_configs():
 class GapMllmGeometryConfig(PreTrainedConfig):
     r"""Configuration of the VGGT aggregator used as GAP-MLLM's frozen geometry encoder.
 
-    Defaults are VGGT-1B (vggt-reference.md §2): a DINOv2 ViT-L/14-with-registers patch embedding
+    Defaults are VGGT-1B (docs/vggt.md §3): a DINOv2 ViT-L/14-with-registers patch embedding
     followed by `num_hidden_layers` frame-attention blocks alternating with as many global-attention
     blocks.
 
@@ -236,11 +236,11 @@ class GapMllmFusionConfig(PreTrainedConfig):
     r"""Settings of the geometry mergers and of the fusion modules (one of each per level).
 
     Args:
-        method (`str`): `"gated"` (official, method.md §1.5), or an ablation arm: `"add"`, `"concat"`,
-            `"weighted"`, `"cross_attention"` (method.md §1.10).
+        method (`str`): `"gated"` (official, docs/method.md §1.4), or an ablation arm: `"add"`, `"concat"`,
+            `"weighted"`, `"cross_attention"` (docs/method.md §1.5).
         merger_hidden_size (`int`): hidden width of the merger MLP (4096).
         merger_norm (`str`): `"rms"` (Qwen2 RMSNorm) or `"layer"` (LayerNorm) before the 2×2 merge;
-            the official code picks one by accident of an import (method.md §1.4), so it is explicit here.
+            the official code picks one by accident of an import (docs/method.md §1.3), so it is explicit here.
         merger_norm_eps (`float`): eps of the merger norm (1e-6).
         norm_eps (`float`): eps of the fusion LayerNorms (1e-5).
         cross_attention_num_heads, cross_attention_dropout, cross_attention_num_layers,

@@ -1,6 +1,6 @@
 """Convert an official GAP-MLLM checkpoint (`Qwen3VLForConditionalGenerationWithVGGT`) to a gap_mllm folder.
 
-Official layout (method.md §1.9; safetensors, one file or shards + index):
+Official layout (docs/method.md §1.8; safetensors, one file or shards + index):
 
 | official key                                            | gap_mllm key                                      |
 |---------------------------------------------------------|---------------------------------------------------|
@@ -21,7 +21,7 @@ the key) and the inner one is reported as a skipped duplicate.
 Settings come from the official `config.json` (a stock `qwen3_vl` config with extra attributes) and
 from the weights: `intermediate_layer_idx` → `geometry_config.tapped_layers` (default [4, 11, 17, 23]:
 the training script does not write it), `reference_frame`, merger hidden width from `mlp.0.weight`,
-merger norm `"layer"` when `ln_q.bias` exists else `"rms"` (method.md §1.4), fusion `"gated"` when
+merger norm `"layer"` when `ln_q.bias` exists else `"rms"` (docs/method.md §1.3), fusion `"gated"` when
 `gate_projection` weights exist (the official non-gated variants crash, so no checkpoint has them),
 VGGT architecture from the aggregator shapes.
 

@@ -1,5 +1,5 @@
 """Fusion of Qwen3-VL visual tokens with merged geometry tokens: the official gated blend and the
-ablation arms (method.md §1.5, §1.10).
+ablation arms (docs/method.md §1.4, §1.5).
 
 Every variant has one interface, `forward(visual, geometry, grids) -> (fused, gate | None)`, so the
 model never special-cases a method (the official code crashes on every variant but `gated` because

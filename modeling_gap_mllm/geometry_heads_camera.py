@@ -47,7 +47,7 @@ class _PoseBranch(nn.Module):
 
 
 class GapMllmCameraHead(nn.Module):
-    """Iterative camera regression from the camera token of each frame (vggt-reference.md §3).
+    """Iterative camera regression from the camera token of each frame (docs/vggt.md §4).
 
     Per iteration: embed the previous estimate (a learned empty pose first), modulate the
     LayerNorm-ed camera tokens adaLN-style (shift, scale, gate), run the trunk (self-attention across

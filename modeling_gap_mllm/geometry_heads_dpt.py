@@ -1,6 +1,6 @@
 """VGGT's DPT heads: four aggregator layers → a dense map per frame (depth or world points) + confidence.
 
-Architecture (vggt-reference.md §3; DPT, arXiv 2103.13413, as in Depth-Anything-V2):
+Architecture (docs/vggt.md §4; DPT, arXiv 2103.13413, as in Depth-Anything-V2):
 
     per layer l (4 of them): LayerNorm → 1×1 conv to out_channels[l] → + UV position embedding →
         resize ×4 (transposed conv), ×2 (transposed conv), ×1, ×½ (stride-2 conv)

@@ -1,4 +1,4 @@
-"""Geometry merger: VGGT patch features → one token per Qwen3-VL merged visual token (method.md §1.4).
+"""Geometry merger: VGGT patch features → one token per Qwen3-VL merged visual token (docs/method.md §1.3).
 
 VGGT's patch grid equals the Qwen patch grid (the processor sizes the VGGT input to 14 px per 16-px
 Qwen patch), so merging 2×2 windows of VGGT patches gives exactly the grid of Qwen's merged tokens.

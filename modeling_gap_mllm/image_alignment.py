@@ -3,7 +3,7 @@
 Qwen3-VL cuts an image into 16-px patches and merges 2×2 of them into one LLM token, so its input size
 (h̄, w̄) is a multiple of 32 chosen by `smart_resize`. VGGT uses 14-px patches. Feeding VGGT the *same
 pixel region* at `14·h̄/16 × 14·w̄/16` gives it exactly Qwen's patch grid (h̄/16, w̄/16); the 2×2 geometry
-merger then yields one geometry token per merged Qwen token (method.md §1.3, the "grid" rule).
+merger then yields one geometry token per merged Qwen token (docs/method.md §2.1-2.2, the "grid" rule).
 
 The official GAP-MLLM preprocessing (VGGT "crop" to width 518, the training top-left crop, the
 inference JPEG re-encode and odd-patch crop) is reproduced here for the official-compat modes.

@@ -1,6 +1,6 @@
 """GAP-MLLM: Qwen3-VL + a frozen VGGT geometry encoder + multi-level gated fusion (arXiv 2603.16461).
 
-Data flow of one forward with images (method.md §1.6):
+Data flow of one forward with images (docs/method.md §1.6):
 
     ViT(pixel_values)            -> v_main, v_ds[0..L-2]       (Qwen3-VL vision tower, frozen)
     VGGT(geometry_pixel_values)  -> g[t_0 .. t_{L-1}]          (geometry encoder, frozen, once per call)
@@ -90,7 +90,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     Modules: `vlm` (stock `Qwen3VLForConditionalGeneration`), and when `config.use_geometry`:
     `geometry_encoder` (VGGT aggregator) and `geometry_fusion` (`mergers[l]`, `fusions[l]`).
     Frozen by default: `vlm.model.visual` and `geometry_encoder`; trainable: the LLM, the mergers and
-    the fusion modules (method.md §1.7).
+    the fusion modules (docs/method.md §8.3).
     """
 
     accepts_loss_kwargs = False  # Qwen3-VL's choice: Trainer then scales the loss for accumulation.
@@ -98,7 +98,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     def __init__(self, config: GapMllmConfig):
         super().__init__(config)
         # Plain nn.Module sub-models never get an attention implementation from PreTrainedModel:
-        # without this they would silently fall back to eager (hf-notes §8).
+        # without this they would silently fall back to eager (docs/transformers-notes.md §8).
         for sub_config in (config.geometry_config, config.geometry_fusion_config):
             if sub_config._attn_implementation is None:
                 sub_config._attn_implementation = config._attn_implementation

@@ -1,4 +1,4 @@
-"""Multi-level progressive fusion (method.md §1.6): one merger and one fusion module per level.
+"""Multi-level progressive fusion (docs/method.md §1.6): one merger and one fusion module per level.
 
 Level 0 fuses the last tapped VGGT layer with the ViT's main output (these tokens replace the
 `<|image_pad|>` embeddings); level k ≥ 1 fuses tapped layer k-1 with DeepStack level k-1 (added to the

@@ -1,6 +1,6 @@
 """Parsers for GAP-MLLM's generated answers. Never `eval`: `json.loads`, then a tolerant literal fallback.
 
-The official code `eval`s model outputs (method.md §9). Here every answer goes through
+The official code `eval`s model outputs (docs/deviations.md §3). Here every answer goes through
 `parse_literal`: strip a ```json fence, `json.loads`; on failure `ast.literal_eval` (literals only:
 no names, calls or attribute access can run) of a normalised copy that accepts trailing commas,
 single quotes, `-0.0` and Python/JSON `True`/`true`/`None`/`null`; on failure the first balanced
@@ -354,7 +354,7 @@ def _line_candidates(line: str):
 
 
 def parse_detection(text: str) -> DetectionResult:
-    """Parse a detection answer (method.md §3.2) into boxes.
+    """Parse a detection answer (docs/method.md §3.3, §4.1) into boxes.
 
     Accepts the official fenced one-dict-per-line list, a normal (multi-line) JSON list, a single
     dict, and truncated output (complete lines are kept). Entries whose `bbox_3d` does not hold exactly

@@ -1,6 +1,6 @@
 """Depth + cameras → point maps, and confidence-filtered point clouds fused from them.
 
-Conventions (VGGT, vggt-reference.md §3.1): pixel (u, v) = (column, row) with integer coordinates
+Conventions (VGGT, docs/vggt.md §5): pixel (u, v) = (column, row) with integer coordinates
 at pixel centres as VGGT's own unprojection does; OpenCV cameras; extrinsics are camera-from-world
 `[R | t]`, so `x_cam = depth · K⁻¹ [u, v, 1]ᵀ` and `x_world = Rᵀ (x_cam − t)`. VGGT's world frame is
 the camera of its reference frame; its scale is normalised, not metric.

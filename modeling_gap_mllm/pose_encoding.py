@@ -1,6 +1,6 @@
 """VGGT's 9-d camera encoding `absT_quaR_FoV` and its conversion to OpenCV extrinsics / intrinsics.
 
-Encoding (vggt-reference.md §3.1): `[t_x, t_y, t_z, q_x, q_y, q_z, q_w, fov_h, fov_w]`, with
+Encoding (docs/vggt.md §5): `[t_x, t_y, t_z, q_x, q_y, q_z, q_w, fov_h, fov_w]`, with
 - `[R | t]` the OpenCV **camera-from-world** extrinsic (x right, y down, z forward): `x_cam = R·x_world + t`;
 - `q` the rotation `R` as a quaternion, **scalar last** (XYZW), standardised so that `q_w >= 0`;
 - `fov_h, fov_w` the vertical and horizontal fields of view in radians of an image of size (H, W)

@@ -24,7 +24,7 @@ V = total number of views in the batch. Every view gets h_p·w_p/4 `<|image_pad|
 input has the 14-px patch grid (h_p, w_p), so after the 2×2 geometry merger there is exactly one
 geometry token per merged Qwen token.
 
-Preprocessing modes (`preprocessing_mode`, saved in processor_config.json; method.md §1.3, §8):
+Preprocessing modes (`preprocessing_mode`, saved in processor_config.json; docs/method.md §2.2-2.3, docs/deviations.md §4.1):
     "grid" (default)      both branches see the same full frame: Qwen gets the view resized by
                           `smart_resize` (the image processor's min/max pixels) to (h̄, w̄); VGGT gets a
                           bicubic resize of the same view to 14·h̄/16 × 14·w̄/16.
@@ -76,7 +76,7 @@ from .visual_prompt import apply_point_prompt
 logger = logging.get_logger(__name__)
 
 PREPROCESSING_MODES = ("grid", "official_inference", "official_training")
-# (min_pixels, max_pixels) fixed by the official scripts (method.md §1.3).
+# (min_pixels, max_pixels) fixed by the official scripts (docs/method.md §2.3).
 OFFICIAL_PIXEL_LIMITS = {"official_inference": (200_704, 1_605_632), "official_training": (12_544, 451_584)}
 # Default limits of a processor built with `from_tokenizer`: the official training limits.
 DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS = OFFICIAL_PIXEL_LIMITS["official_training"]

@@ -1,4 +1,4 @@
-"""3D boxes and the exact answer texts of the official GAP-MLLM tasks (method.md §2.2, §3).
+"""3D boxes and the exact answer texts of the official GAP-MLLM tasks (docs/method.md §3, §4.1).
 
 Conventions (used everywhere in the package):
     - Coordinates: OpenCV camera frame of the FIRST view (x right, y down, z forward), metres.
@@ -30,7 +30,7 @@ import numpy as np
 
 DEFAULT_DECIMALS = 2
 
-# The label key of the pre-training answer is not public (method.md §2.2, §10.1); "label" is our choice.
+# The label key of the pre-training answer is not public (docs/method.md §4.1, §10.1); "label" is our choice.
 POINTMAP_LABEL_KEY = "label"
 
 
@@ -148,7 +148,7 @@ def serialize_pointmap(point, label: str | None = None, decimals: int = DEFAULT_
 
     The label key name is not public; we use `"label"` (`POINTMAP_LABEL_KEY`). With `label=None` the key
     is omitted. Point in the first view's OpenCV camera frame, metres (the most consistent reading of
-    the official evaluator, method.md §2.2).
+    the official evaluator, docs/method.md §10.1).
     """
     values = _finite_floats(point, 3, "pointmap")
     obj = {"pointmap": _numbers(values, decimals)}

@@ -18,7 +18,7 @@ runners, `gap-mllm predict / evaluate / train` and the Space.
     spatial_qa        a spatial question (VSI-Bench style)               a number or option letter → SpatialAnswerResult
 
 Prompt wording: `official=True` marks templates copied verbatim from the official inference code
-(method.md §3.2-3.3: detection and both grounding stages); the others are ours, since the official
+(docs/method.md §3.3-3.4: detection and both grounding stages); the others are ours, since the official
 wording is not public. Boxes are `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the first frame's
 OpenCV camera (metres, radians; target_format.py). Old names (`det`, `caption`, `recon`, `qa`,
 `pointmap`, `frame_selection`) still resolve, with a deprecation warning naming the new name.
@@ -60,13 +60,13 @@ from .target_format import (
 
 # ------------------------------------------------------------------------------------------ prompts
 
-# Official (method.md §3.2): the sample's human turn with the `<image>` placeholders removed.
+# Official (docs/method.md §3.3): the sample's human turn with the `<image>` placeholders removed.
 DETECTION_TEMPLATE = (
     "Detect the 3D bounding boxes in the camera coordinate system of the first frame.\n"
     'Output a json list where each entry contains the object name in "label" and its 3D bounding box in "box_3d".\n'
     "The 3D bounding box format should be [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll]."
 )
-# Official (method.md §3.3), `{query}` = the description; both end with a newline.
+# Official (docs/method.md §3.4), `{query}` = the description; both end with a newline.
 GROUNDING_STAGE1_TEMPLATE = (
     "Localize the first clear frame in the video showing the object described in the text.\n"
     "Text: {query}\n"
@@ -78,13 +78,13 @@ GROUNDING_STAGE2_TEMPLATE = (
     'Output a JSON dictionary with the matched object\'s 3D bounding box in "bbox_3d" in the camera coordinate system of the first frame.\n'
     "The 3D bounding box format should be [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll].\n"
 )
-# Ours (method.md §3.4: the official template refers to a Mask3D proposal and is not public); the box
+# Ours (docs/method.md §3.5: the official template refers to a Mask3D proposal and is not public); the box
 # is printed like the targets, 2 decimals.
 CAPTIONING_TEMPLATE = (
     "Describe the object in the 3D bounding box {box} in the camera coordinate system of the first frame.\n"
     "The 3D bounding box format is [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll]."
 )
-# Ours (method.md §2.1, §10.1). The marker is the red "+" the processor paints (point_prompts).
+# Ours (docs/method.md §3.6, §10.1). The marker is the red "+" the processor paints (point_prompts).
 RECONSTRUCTION_TEMPLATE = (
     'Estimate the 3D position of the point marked with a red "+" in the camera coordinate system of the first frame, '
     "and name what it lies on.\n"
@@ -93,7 +93,7 @@ RECONSTRUCTION_TEMPLATE = (
 # Ours: the question as given, with its options and answer instruction (VSI-Bench style).
 SPATIAL_QA_TEMPLATE = "{query}"
 
-FRAME_LABEL = "Frame-{index}: "  # grounding stage 1: a text item before each view (method.md §3.3)
+FRAME_LABEL = "Frame-{index}: "  # grounding stage 1: a text item before each view (docs/method.md §3.4)
 BOX_VALUES = 9
 
 
@@ -113,7 +113,7 @@ def format_box(values) -> str:
 
 def extract_query(prompt: str) -> str:
     """The description of a grounding prompt: the text between `Text:` and `Output a JSON`, stripped (the
-    official extraction, method.md §3.3)."""
+    official extraction, docs/method.md §3.4)."""
     start, end = prompt.find("Text:"), prompt.find("Output a JSON")
     if start < 0 or end < 0 or end < start:
         raise ValueError("prompt has no 'Text: ... Output a JSON' description")
@@ -132,13 +132,13 @@ class TaskSpec:
         title: one line for people.
         template: the task text sent after the views; `{query}` / `{box}` are its parameters.
         parameters: the parameters `template` needs: `()`, `("query",)` or `("box",)`.
-        official: True when `template` is verbatim from the official inference code (method.md §3).
+        official: True when `template` is verbatim from the official inference code (docs/method.md §3.2).
         parse: answer text → typed result (`result_type`); never raises.
         result_type: the dataclass `parse` returns.
         serialize: typed result → answer text (the training target; `parse(serialize(r))` gives `r` back,
             numbers rounded to 2 decimals).
         max_new_tokens: a generation budget that fits any answer of the task (predict, demo, Space).
-        official_max_new_tokens: the official scripts' budget (evaluation; method.md §3.1).
+        official_max_new_tokens: the official scripts' budget (evaluation; docs/method.md §3.2).
         answer_end: stop rule (answer_stopping.py): "list", "dict", "paragraph" or "line".
         needs_marker: the prompt refers to a marker painted with `point_prompts=(view, x, y)`.
         frame_labels: a `Frame-i: ` text item precedes each view.

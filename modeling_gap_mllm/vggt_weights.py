@@ -1,7 +1,7 @@
 """Loading VGGT checkpoints (`facebook/VGGT-1B` `model.pt` / `model.safetensors`) into gap_mllm's geometry encoder.
 
 VGGT's checkpoint is a flat state dict of `VGGT()` with the prefixes `aggregator.`, `camera_head.`,
-`depth_head.`, `point_head.` and `track_head.` (vggt-reference.md §5). `GapMllmGeometryEncoder` keeps
+`depth_head.`, `point_head.` and `track_head.` (docs/vggt.md §7). `GapMllmGeometryEncoder` keeps
 VGGT's module and leaf names (`aggregator`, `camera_head`, `depth_head`, `point_head`), so the mapping
 is the identity after removing an optional wrapper prefix (`vggt.`, `geometry_encoder.vggt.`,
 `spatial_encoder.vggt_model.`, ... — detected from where `aggregator.camera_token` sits).

@@ -1,6 +1,6 @@
 """The official GAP-MLLM visual prompt: a red "+" painted into one view before any resizing.
 
-Geometry (method.md §2.1, official `inference_recons.py::sample_meta`), for the integer pixel
+Geometry (docs/method.md §3.6, official `inference_recons.py::sample_meta`), for the integer pixel
 (x, y) of the view's ORIGINAL pixel grid (x = column, y = row):
 
     horizontal bar: x' ∈ [x − 10, x + 10], y' ∈ [y − 2, y + 2]     (21 × 5 px)

@@ -1,4 +1,4 @@
-"""Names of the annotation JSON files of each task (official naming, method.md §6.1, §6.3).
+"""Names of the annotation JSON files of each task (official naming, docs/method.md §7.1, §7.3).
 
 Official files fix the frame count in the name (`scannet_det_train_4frames.json`); synthetic data may
 use other counts, so files are looked up by pattern. Spatial QA is ours (no official file). Tasks are

@@ -1,6 +1,6 @@
 """`datasets` builders for the GAP-MLLM tasks, reading the ScanNet layout + official annotation JSONs.
 
-datasets 5.x has no loading scripts (hf-notes.md §12), so these are builder classes a user imports
+datasets 5.x has no loading scripts (docs/transformers-notes.md §12), so these are builder classes a user imports
 and instantiates with a data root; real ScanNet data and SynthRooms output are read the same way:
 
     builder = DetectionBuilder(data_root="data", cache_dir="cache", load_poses=True)

@@ -5,7 +5,7 @@ with one `<image>` per view, `answer`, optional `pixel_coords`) and returns the 
 `BatchFeature` (input_ids, attention_mask, pixel_values, image_grid_thw, geometry_pixel_values,
 geometry_views_per_sample, ...) plus `labels` for training.
 
-Chat layout: the one of `gap_mllm.chat_format` (official, method.md §2.3 / §3.1), rendered by its
+Chat layout: the one of `gap_mllm.chat_format` (official, docs/method.md §3.1 / §8.2), rendered by its
 `render_chat_prompt` as the processor does: system "You are a helpful assistant.", one user turn whose content
 interleaves the prompt's text pieces with the views in order (so `Frame-i: <image>` becomes a text
 item before each image), then the assistant answer. Labels are `IGNORE_INDEX` everywhere except the

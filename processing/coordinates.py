@@ -1,12 +1,12 @@
 """Coordinate helpers shared by the data layer, the output parsers and the evaluators.
 
-Conventions (design.md "Data and coordinates", method.md §4):
+Conventions (docs/design.md §9, docs/method.md §5):
 
 * Camera frame: OpenCV, x right, y down, z forward, metres. A pixel (u, v) has its centre at the
   integer coordinates (u, v) (OpenCV), so `K @ [X/Z, Y/Z, 1]` gives the pixel centre directly.
 * Poses are camera-to-world 4x4 matrices (ScanNet `posed_images/<frame>.txt`): `X_w = P @ X_c`.
 * "World" is whatever frame the poses live in (ScanNet raw world). The ScanNet axis-aligned world is
-  `axis_align_matrix @ raw world`; camera -> aligned world is `E = axis_align_matrix @ P` (§4.1).
+  `axis_align_matrix @ raw world`; camera -> aligned world is `E = axis_align_matrix @ P` (docs/method.md §5.1).
 * The first-frame frame is the camera frame of view 0 of a sample; every task target is written there.
 * Boxes are 9-vectors `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]`: centre (m), sizes along the box's
   own axes (m), angles in radians decoded as R = Ry(roll) @ Rx(pitch) @ Rz(yaw), i.e. scipy
@@ -165,7 +165,7 @@ def transform_boxes(boxes, transform, euler_mode: str = "zxy") -> np.ndarray:
 
     centre' = T @ centre; R' = T[:3, :3] @ R(angles); sizes unchanged; angles' re-encoded with the
     same convention (default R = Ry(roll) @ Rx(pitch) @ Rz(yaw), scipy "zxy"). This is the grounding
-    post-processing of method.md §3.3 when `transform = axis_align_matrix @ cam2global[k]`.
+    post-processing of docs/method.md §5.4 when `transform = axis_align_matrix @ cam2global[k]`.
 
     `transform` is first cleaned by `orthonormalize_rigid` (rounded poses are not exactly orthonormal;
     ValueError if it is not within `RIGID_TOLERANCE` of a rigid motion), and both the centre and the
@@ -206,7 +206,7 @@ def world_boxes_to_camera(boxes_world, cam_to_world, axis_align_matrix=None) -> 
 def camera_boxes_to_world(boxes_camera, cam_to_world, axis_align_matrix=None) -> np.ndarray:
     """Inverse of `world_boxes_to_camera`: camera-frame boxes -> (axis-aligned) world boxes.
 
-    This is the official grounding post-processing (method.md §3.3): E = axis_align @ cam2global[k],
+    This is the official grounding post-processing (docs/method.md §5.4): E = axis_align @ cam2global[k],
     c_w = E @ c, R_w = E[:3, :3] @ R(angles), all angles read as scipy "zxy".
     """
     return transform_boxes(boxes_camera, camera_to_world_transform(cam_to_world, axis_align_matrix))

@@ -15,7 +15,7 @@ import datasets
 from .synth.categories import CATEGORY_NAMES
 from .synth.spatial_qa import QUESTION_TYPES
 
-# EmbodiedScan / official detection vocabulary (method.md §5.1, `cate31` without its duplicate "lamp"
+# EmbodiedScan / official detection vocabulary (docs/method.md §6.1, `cate31` without its duplicate "lamp"
 # and with "towel" spelled correctly) plus the SynthRooms categories.
 OFFICIAL_CATEGORIES = (
     "chair", "pillow", "cabinet", "table", "lamp", "couch", "desk", "stand", "bed", "backpack", "bathtub",

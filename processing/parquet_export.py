@@ -1,6 +1,6 @@
 """Export a prepared dataset to Parquet data files + a dataset card, ready for the Hub.
 
-datasets 5.x loads Hub datasets from data files only (hf-notes.md §12, option B). The layout is
+datasets 5.x loads Hub datasets from data files only (docs/transformers-notes.md §12). The layout is
 
     <out>/data/<split>-00000-of-00001.parquet
     <out>/README.md       YAML `configs: [{config_name: default, data_files: [{split, path}]}]`

@@ -1,6 +1,6 @@
 """Task prompts in the layout of the official annotation files: the human turn with one `<image>` per view.
 
-The wording of every task, and which of it is official (method.md §3) or ours, is defined once in
+The wording of every task, and which of it is official (docs/method.md §3) or ours, is defined once in
 `gap_mllm.tasks_gap_mllm`; the functions below only write it the way the annotation JSONs store it
 (the collator turns each `<image>` back into a view). `processor(task=...)` builds the same prompt at
 inference, so a training sample and an inference call of one task read identically.
@@ -24,7 +24,7 @@ from gap_mllm.tasks_gap_mllm import (
 # The two task texts without parameters, for free-text use (`processor(text=DETECTION_PROMPT)`).
 DETECTION_PROMPT = DETECTION_TEMPLATE
 RECONSTRUCTION_PROMPT = RECONSTRUCTION_TEMPLATE
-extract_description = extract_query  # the referring text of a grounding prompt (official extraction, §3.3)
+extract_description = extract_query  # the referring text of a grounding prompt (official extraction, docs/method.md §3.4)
 
 
 def detection_prompt(num_images: int) -> str:
@@ -32,7 +32,7 @@ def detection_prompt(num_images: int) -> str:
 
 
 def grounding_stage1_prompt(num_images: int, description: str) -> str:
-    """`Frame-0: <image>Frame-1: <image>...` then the stage-1 task text on a new line (method.md §3.3)."""
+    """`Frame-0: <image>Frame-1: <image>...` then the stage-1 task text on a new line (docs/method.md §3.4)."""
     return GROUNDING_STAGE1.annotation_prompt(num_images, query=description)
 
 

@@ -1,4 +1,4 @@
-"""Frame sampling: uniform, and the space-aware sampling of Spatial-MLLM (method.md §11.3).
+"""Frame sampling: uniform, and the space-aware sampling of Spatial-MLLM (docs/method.md §9.3).
 
 Space-aware sampling voxelises the world points seen by each candidate frame and greedily picks the
 frame that adds the most not-yet-covered voxels (maximum coverage) until the budget is reached. The
@@ -13,7 +13,7 @@ import numpy as np
 
 from .coordinates import backproject_depth, intrinsics_3x3
 
-DEFAULT_VOXEL_SIZE = 0.1  # metres; Spatial-MLLM's exact value is not recorded (method.md §11.3)
+DEFAULT_VOXEL_SIZE = 0.1  # metres; Spatial-MLLM's exact value is not recorded (docs/method.md §9.3)
 
 
 def uniform_indices(num_frames: int, num_samples: int, start: int = 0, stop: int | None = None) -> list[int]:

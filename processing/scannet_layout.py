@@ -1,4 +1,4 @@
-"""Read and write the ScanNet `posed_images` layout (method.md §6.4).
+"""Read and write the ScanNet `posed_images` layout (docs/method.md §7.4).
 
     <data_root>/scannet/posed_images/<scene_id>/
         00000.jpg  00010.jpg ...   colour; name = 5-digit raw frame number (every 10th frame)
@@ -41,7 +41,7 @@ INTRINSIC_FILE = "intrinsic.txt"
 DEPTH_INTRINSIC_FILE = "depth_intrinsic.txt"
 AXIS_ALIGN_FILE = "axis_align_matrix.txt"
 # Grounding stage 2 reads the selected posed frame n, then n+10, ..., n+90, then n-10, ..., n-90:
-# 9 neighbours each way, posed frames being every 10th raw frame (method.md §3.3).
+# 9 neighbours each way, posed frames being every 10th raw frame (docs/method.md §3.4).
 POSED_FRAME_STEP = 10
 OFFICIAL_STAGE2_NEIGHBOURS = 9
 

@@ -47,7 +47,7 @@ def test_small_run_measures_everything(tmp_path, capsys):
 def test_real_size_model_has_the_published_parameter_counts():
     counts = parameter_counts(build_model("real", "meta", torch.bfloat16))
     assert counts["geometry_encoder"] == 909_112_320  # VGGT-1B aggregator
-    assert counts["fusion"] == 201_400_320  # 4 RMS mergers + 4 gates (method.md §1.8)
+    assert counts["fusion"] == 201_400_320  # 4 RMS mergers + 4 gates (docs/method.md §1.7)
     assert round(counts["llm"] / 1e9, 2) == 1.72 and counts["embeddings"] == 151936 * 2048  # Qwen3-VL-2B LLM
     assert round(counts["vision_tower"] / 1e9, 2) == 0.41
     assert counts["trainable"] == counts["llm"] + counts["fusion"]  # ViT and VGGT frozen

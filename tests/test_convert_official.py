@@ -1,7 +1,7 @@
 """Official GAP-MLLM checkpoint → gap_mllm folder.
 
 The real checkpoint cannot be downloaded here, so `write_official_checkpoint` writes a tiny one in the
-official layout (method.md §1.9), from a tiny gap_mllm model with known weights:
+official layout (docs/method.md §1.8), from a tiny gap_mllm model with known weights:
 
     config.json        stock Qwen3-VL config (model_type "qwen3_vl",
                        architectures ["Qwen3VLForConditionalGenerationWithVGGT"]) + use_geometry_encoder,

@@ -1,7 +1,7 @@
 """VGGT checkpoint → geometry encoder: key layout, strictness, file formats, round trip, builder, CLI.
 
 "Reference layout" below means the flat `state_dict` of the reference `VGGT()` as listed in
-vggt-reference.md §5: `aggregator.*`, `camera_head.*`, `depth_head.*`, `point_head.*`, `track_head.*`.
+docs/vggt.md §7: `aggregator.*`, `camera_head.*`, `depth_head.*`, `point_head.*`, `track_head.*`.
 Our encoder keeps those names, so a reference-layout dict is built from an encoder with random
 weights plus a track-head tensor; the key names themselves are pinned against the documented list.
 """
@@ -42,7 +42,7 @@ def reference_layout_state_dict(seed: int = 0, **overrides) -> tuple[dict, GapMl
 
 
 def test_key_layout_matches_vggt_1b():
-    """Names and sizes of the documented VGGT-1B layout (vggt-reference.md §4-5), built on the meta device."""
+    """Names and sizes of the documented VGGT-1B layout (docs/vggt.md §6-7), built on the meta device."""
     with torch.device("meta"):
         encoder = GapMllmGeometryEncoder(GapMllmGeometryConfig(use_camera_head=True, use_depth_head=True, use_point_head=True))
     shapes = {key: tuple(value.shape) for key, value in encoder.state_dict().items()}

@@ -100,7 +100,7 @@ def test_matrix_matches_pairs_and_is_symmetric():
 
 
 def test_euler_modes_differ_on_tilted_boxes():
-    """The two readings agree when pitch = roll = 0 and differ otherwise (method.md §4.3)."""
+    """The two readings agree when pitch = roll = 0 and differ otherwise (docs/method.md §5.3)."""
     flat = [0, 0, 0, 1, 2, 3, 0.7, 0, 0]
     assert box_iou(flat, [0, 0, 0, 1, 2, 3, 0.7, 0, 0], "official") == pytest.approx(1.0, abs=EXACT)
     tilted = np.array([0, 0, 0, 1, 2, 3, 0.7, 0.5, 0.9])

@@ -43,7 +43,7 @@ GT_WORLD = np.array([1.2, 0.8, 0.45, 0.9, 0.6, 0.9, 0.7, 0.0, 0.0])  # gravity-a
 
 
 def official_camera_to_world(box, extrinsic):
-    """The official `transform_scanrefer_bbox` written out from method.md §3.3: centre with the raw
+    """The official `transform_scanrefer_bbox` written out from docs/method.md §5.4: centre with the raw
     matrix, rotation re-read through scipy's `from_matrix` (which returns the nearest rotation)."""
     centre = (extrinsic @ np.r_[box[:3], 1.0])[:3]
     rotation = Rotation.from_matrix(extrinsic[:3, :3] @ Rotation.from_euler("zxy", box[6:9]).as_matrix())

@@ -43,7 +43,7 @@ def test_merger_norm_choice_and_official_key_names():
 
 
 def test_parameter_count_at_real_size_matches_official():
-    """method.md §1.8: 4 levels of merger + gate at D = 2048 = 201,400,320 (RMS) / 201,408,512 (LN)."""
+    """docs/method.md §1.7: 4 levels of merger + gate at D = 2048 = 201,400,320 (RMS) / 201,408,512 (LN)."""
     for norm, expected in (("rms", 201_400_320), ("layer", 201_408_512)):
         config = GapMllmConfig(geometry_fusion_config={"merger_norm": norm})
         config.vlm_config.vision_config.out_hidden_size = 2048

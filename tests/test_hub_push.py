@@ -1,5 +1,5 @@
 """Publishing: `gap-mllm push` / `push_model` / stock `push_to_hub` against a recording fake Hub, and
-loading the published repo by id from a seeded Hub cache with HF_HUB_OFFLINE=1 (hf-notes.md §14)."""
+loading the published repo by id from a seeded Hub cache with HF_HUB_OFFLINE=1 (docs/transformers-notes.md §14)."""
 
 import json
 import os
@@ -185,7 +185,7 @@ torch.save({"logits": logits, "input_ids": inputs["input_ids"], "model_module": 
 
 
 def seed_hub_cache(hf_home: Path, repo_id: str, files_dir: Path) -> Path:
-    """Lay `files_dir` out as the Hub cache's snapshot of `repo_id` at main (hf-notes.md §14)."""
+    """Lay `files_dir` out as the Hub cache's snapshot of `repo_id` at main (docs/transformers-notes.md §14)."""
     root = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     (root / "refs").mkdir(parents=True)
     (root / "refs" / "main").write_text(COMMIT)

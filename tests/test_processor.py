@@ -376,7 +376,7 @@ def test_chat_markup_is_kept_when_placeholders_match(processor):
 
 
 def test_literal_image_strings_are_plain_text(processor):
-    # official grounding prompts contain literal "<image>" strings (method.md §8 quirk 9)
+    # official grounding prompts contain literal "<image>" strings (docs/deviations.md §4.1, Q9)
     out = processor(images=[_image(48, 64)], text="Frame-0: <image>Localize the object.", return_tensors="pt")
     assert _tokens_per_vision_block(out["input_ids"][0], processor.tokenizer) == [4]
     assert "Frame-0: <image>Localize" in processor.tokenizer.decode(out["input_ids"][0])
@@ -597,7 +597,7 @@ print(type(p).__module__.split(".")[0], type(p).__name__, type(p.image_processor
 
 
 def test_flat_hub_folder_loads_with_trust_remote_code(tmp_path, monkeypatch):
-    """The processor files use only relative imports and allowed dependencies (hf-notes §5)."""
+    """The processor files use only relative imports and allowed dependencies (docs/transformers-notes.md §4)."""
     import os
     import subprocess
     import sys

@@ -27,7 +27,7 @@ from .conftest import make_views
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Typed here from method.md §3.2 / §3.3 (not imported): the registry must reproduce them byte for byte.
+# Typed here from docs/method.md §3.3 / §3.4 (not imported): the registry must reproduce them byte for byte.
 OFFICIAL_DETECTION = (
     "Detect the 3D bounding boxes in the camera coordinate system of the first frame.\n"
     "Output a json list where each entry contains the object name in \"label\" and its 3D bounding box in \"box_3d\".\n"

@@ -3,7 +3,7 @@
 The tokenizer is a byte-level BPE with the Qwen2 pre-tokenisation regex, the Qwen special tokens and
 a Qwen3-VL-style chat template, trained on a small built-in corpus of GAP-MLLM prompts and answers so
 that tokenised task answers stay short. It is a test fixture: real runs use the checkpoint's own
-tokenizer and chat template (hf-notes.md §3).
+tokenizer and chat template (docs/transformers-notes.md §16).
 
     tok = build_tiny_tokenizer()                   # PreTrainedTokenizerFast, ~800 ids, deterministic
     proc = build_tiny_processor()                  # GapMllmProcessor with a few tokens per view
@@ -68,7 +68,7 @@ _LABELS = (
     "towel sink door radiator sofa box bag shoe trash can kitchen counter whiteboard mirror"
 ).split()
 
-# Task prompts of method.md §3 (official wording, from the task registry) plus a pre-training prompt of our own.
+# Task prompts of docs/method.md §3 (official wording, from the task registry) plus a pre-training prompt of our own.
 _PROMPTS = [
     DETECTION.task_text(),
     GROUNDING_STAGE1.task_text(query="the brown chair is next to the table."),

@@ -1,4 +1,4 @@
-"""Small heads of the optional geometry-aligned auxiliary losses (method.md §11).
+"""Small heads of the optional geometry-aligned auxiliary losses (docs/method.md §9).
 
 They read the LLM's hidden states at visual-token positions (`D` = text hidden size) and exist only
 for the enabled losses, so a run without auxiliary losses has no extra parameters and saves none.

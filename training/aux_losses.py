@@ -1,4 +1,4 @@
-"""Loss functions of the geometry-aligned auxiliary objectives (method.md §11). Pure tensor maths."""
+"""Loss functions of the geometry-aligned auxiliary objectives (docs/method.md §9). Pure tensor maths."""
 
 from __future__ import annotations
 

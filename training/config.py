@@ -3,7 +3,7 @@
     recipe = load_recipe("training/recipes/stage1_pretrain.yaml", overrides=["training.max_steps=10"])
 
 A recipe has the model to start from, the data, the freezing policy and learning-rate groups of the
-official recipe (method.md §1.7, §7), the optional geometry-aligned auxiliary losses (method.md §11,
+official recipe (docs/method.md §8.3, §8.4), the optional geometry-aligned auxiliary losses (docs/method.md §9,
 all off by default), LoRA, the geometry-feature cache, the device, and `training`: keyword arguments
 passed to `transformers.TrainingArguments` (batch size, schedule, `report_to`, saving, ...).
 
@@ -86,7 +86,7 @@ class DataConfig:
 
 @dataclass
 class FreezingPolicy:
-    """What trains. Official recipe (method.md §1.7): Qwen ViT and VGGT frozen; LLM, mergers, fusions trained."""
+    """What trains. Official recipe (docs/method.md §8.3): Qwen ViT and VGGT frozen; LLM, mergers, fusions trained."""
 
     freeze_vision_tower: bool = True
     freeze_geometry_encoder: bool = True
@@ -112,7 +112,7 @@ class LearningRates:
 
 @dataclass
 class AuxLossConfig:
-    """Optional geometry-aligned auxiliary objectives (method.md §11). A weight of 0 disables a loss
+    """Optional geometry-aligned auxiliary objectives (docs/method.md §9). A weight of 0 disables a loss
     and its head; heads exist (and are saved) only when their loss is enabled.
 
     feature_align_weight: 1 - cos between a head on the LLM's visual-token hidden states and the tapped
@@ -155,7 +155,7 @@ class AuxLossConfig:
 
 @dataclass
 class LoraSettings:
-    """LoRA on the LLM only (hf-notes §10); mergers and fusions fully trained and saved with the adapter.
+    """LoRA on the LLM only (docs/transformers-notes.md §10); mergers and fusions fully trained and saved with the adapter.
     A deviation from the official recipe (full LLM fine-tuning)."""
 
     enabled: bool = False

@@ -1,6 +1,6 @@
 """Geometry-feature cache: the frozen geometry encoder runs once per sample, ever.
 
-The VGGT aggregator is frozen (method.md §1.7), so its tapped features depend only on its weights and
+The VGGT aggregator is frozen (docs/method.md §8.3), so its tapped features depend only on its weights and
 on its input. `GeometryFeatureCache.build` runs it once over a dataset and stores, per sample, the
 features of every fusion level as one float16 array `[L, S, h, w, 2C]` (`<key>.npy`, read back
 memory-mapped); `CachedGeometryCollator` then puts them in the batch as `geometry_features` and drops

@@ -1,4 +1,4 @@
-"""LoRA on the LLM of a GAP-MLLM (hf-notes §10): adapters on the decoder's linear layers only, the
+"""LoRA on the LLM of a GAP-MLLM (docs/transformers-notes.md §10): adapters on the decoder's linear layers only, the
 geometry mergers and fusion modules trained in full and saved inside the adapter (`modules_to_save`),
 the Qwen ViT and the VGGT encoder frozen and never copied. A deviation from the official recipe
 (full LLM fine-tuning), offered as an option.

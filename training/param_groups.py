@@ -1,4 +1,4 @@
-"""Freezing policy and optimizer parameter groups of the official recipe (method.md §1.7).
+"""Freezing policy and optimizer parameter groups of the official recipe (docs/method.md §8.3).
 
 Groups (each split in a weight-decay and a no-decay half):
 

@@ -29,7 +29,7 @@ from .trainer import GeometryAlignedTrainer
 
 logger = logging.getLogger(__name__)
 
-# TrainingArguments settings this package needs whatever the recipe says (hf-notes §9).
+# TrainingArguments settings this package needs whatever the recipe says (docs/transformers-notes.md §9).
 REQUIRED_ARGUMENTS = {"remove_unused_columns": False}
 
 

@@ -1,4 +1,4 @@
-"""TRL `SFTTrainer` for GAP-MLLM (hf-notes §11).
+"""TRL `SFTTrainer` for GAP-MLLM (docs/transformers-notes.md §11).
 
 TRL's default `compute_loss` calls `model(**inputs, fused_lm_head=True)` and reads
 `.last_hidden_state` from the base model, which a wrapper model such as GAP-MLLM does not provide;

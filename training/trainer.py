@@ -1,9 +1,9 @@
 """`GeometryAlignedTrainer`: `transformers.Trainer` for GAP-MLLM pre-training and fine-tuning.
 
-What it adds to Trainer (hf-notes §9):
+What it adds to Trainer (docs/transformers-notes.md §9):
 
 - the loss: the official answer-only cross-entropy (labels from `GapMllmDataCollator`), plus the enabled
-  auxiliary losses times their weights (method.md §11); every part logged separately (`lm_loss`,
+  auxiliary losses times their weights (docs/method.md §9); every part logged separately (`lm_loss`,
   `feature_align_loss`, `camera_loss`, `depth_loss`, `scale_loss`, and `skipped_samples`);
 - exact gradient accumulation: with `loss_normalization="global_token_mean"` the summed cross-entropy
   is divided by the answer tokens of the whole optimizer step (Trainer's `num_items_in_batch`, counted

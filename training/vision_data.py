@@ -7,7 +7,7 @@ of SynthRooms frames, read from the exact instance masks and the scene ground tr
                 showing each of floor / wall / ceiling / the 13 furniture categories (a distribution)
     colour      the share of its object pixels of each object colour (tokens without object pixels: none)
     texture     likewise for the four surface textures
-    marker      whether the token holds the centre of the red "+" visual prompt (method.md §2.1), painted on
+    marker      whether the token holds the centre of the red "+" visual prompt (docs/method.md §3.6), painted on
                 `marker_probability` of the frames exactly as the processor paints it, so the frozen ViT can
                 later show the LLM where the marker is
     position    the token's cell centre (column, row) in [-1, 1] of the image (left/top = -1): where the

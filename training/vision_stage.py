@@ -1,6 +1,6 @@
 """Stage 0, vision: train GAP-MLLM's Qwen ViT (with its mergers) on SynthRooms semantics.
 
-The real Qwen3-VL ViT arrives pretrained and stays frozen (method.md §1.7); the miniature has no
+The real Qwen3-VL ViT arrives pretrained and stays frozen (docs/method.md §8.3); the miniature has no
 pretrained ViT, so this stage stands one in (training/vision_data.py says what each token must show).
 Linear probes on every level the LLM receives (the main merged tokens and each DeepStack level) predict,
 per merged token,

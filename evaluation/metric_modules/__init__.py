@@ -1,4 +1,4 @@
-"""Local `evaluate` metric modules (the Hub copies cannot be fetched offline, hf-notes.md §13).
+"""Local `evaluate` metric modules (the Hub copies cannot be fetched offline, docs/transformers-notes.md §13).
 
     import evaluate
     from gap_mllm.evaluation.metric_modules import metric_module_path

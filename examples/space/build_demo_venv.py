@@ -2,7 +2,7 @@
 
 Why a second environment: gradio 6 requires `pillow<13` while the package's main environment has
 pillow 13; installing gradio there would silently downgrade pillow for everything else
-(hf-notes.md §15). The demo environment therefore holds gradio and its own dependencies only, and
+(docs/transformers-notes.md §15). The demo environment therefore holds gradio and its own dependencies only, and
 borrows torch, transformers and the editable `gap_mllm` from the main environment through a `.pth`
 file, so nothing heavy is downloaded twice.
 

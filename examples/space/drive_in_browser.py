@@ -5,7 +5,7 @@ the answer, and save screenshots; prints one JSON line with what the page showed
         [--scenarios '[{"name": "upload", "files": ["a.png", "b.png"], "task": "3D visual grounding (text query)", "query": "the red chair"}]']
 
 Uses Playwright with the system Chromium (no browser download). WebGL runs on SwiftShader in
-headless mode (the flags below, hf-notes.md §15); the 3D canvas needs several seconds to draw.
+headless mode (the flags below, docs/transformers-notes.md §15); the 3D canvas needs several seconds to draw.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each template returns the parts of one object in its own frame (x width, y depth with the back at
 +y, z up). `build_parts` recentres them so that the object's 9-DoF box is exactly the tight box of
 its parts; this is what makes the ground truth boxes exact. Category names follow the ScanNet /
-EmbodiedScan vocabulary of the detection category lists (method.md §5.1), so the official metrics
+EmbodiedScan vocabulary of the detection category lists (docs/method.md §6.1), so the official metrics
 apply unchanged.
 """
 

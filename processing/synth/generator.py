@@ -27,7 +27,7 @@ class SynthConfig:
     per scene (named every 10th raw frame), frames per sample of each task, samples per scene.
     `min_visible_fraction` of the image an object must cover in a frame to count as seen there.
     `stage2_neighbours`: grounding stage 2 takes the selected frame, this many following and this many
-    preceding posed frames (official: 9, i.e. n, n+10, ..., n+90, then n-10, ..., n-90; method.md §3.3).
+    preceding posed frames (official: 9, i.e. n, n+10, ..., n+90, then n-10, ..., n-90; docs/method.md §3.4).
     Named presets (the official-like default and the GAP-MLLM-Mini one): `processing/synth/presets.py`.
     """
 

@@ -1,6 +1,6 @@
 """Training / evaluation records of every task, built from a SynthRooms scene in the official schemas.
 
-Each record is the dict that goes into the task's annotation JSON (method.md §6.2, §6.3):
+Each record is the dict that goes into the task's annotation JSON (docs/method.md §7.2, §7.3):
 `images` (paths relative to posed_images), `conversations` (human prompt with one `<image>` per
 frame, gpt answer written by `gap_mllm.target_format`), plus the task fields (`pixel_coords`,
 `boxes`, `cam2img`, `cam2global`, `axis_align_matrix`, `gt_bbox`, `iou`, `annotations`). We add
