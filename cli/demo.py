@@ -25,13 +25,14 @@ DEMO_TASKS = ("detection", "grounding", "captioning", "reconstruction")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .argument_types import positive_int
     from .scenes import EXAMPLE_SEEDS
 
     parser.add_argument("--model", default="mini",
                         help='"mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model; or a folder / Hub id')
     parser.add_argument("--example", default="synthetic room A", choices=sorted(EXAMPLE_SEEDS), help="the bundled room")
     parser.add_argument("--out", default="demo_output", help="where the pictures (and the tiny model's folder) are written")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="cap on each task's generation budget (default: the task's own; answers stop at their end)")
     parser.add_argument("--seed", type=int, default=0, help="weights of --model tiny")
     parser.add_argument("--space", action="store_true",

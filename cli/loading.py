@@ -38,14 +38,19 @@ def resolve_model_source(model: str) -> str:
 
 def load_model_and_processor(model: str = MINI, device: str = "cpu", flag: str = "--model"):
     """`(model, processor, is_tiny)`, the model in eval mode. A source that cannot be loaded (no such
-    folder, an empty one, truncated weights, refused pickle weights, an unreachable Hub id) is a
-    `UserError` naming it (`cli/model_source.py`)."""
+    folder, an empty one, truncated weights, refused pickle weights, an unreachable Hub id, a checkpoint of
+    another model type) is a `UserError` naming it (`cli/model_source.py`)."""
     from transformers import AutoModel, AutoProcessor
 
-    from .model_source import load_pretrained
+    from .errors import UserError
+    from .model_source import GAP_MLLM_MODEL_TYPE, load_pretrained, not_gap_mllm_message
 
     is_tiny = model == TINY
     source = str(tiny_model_folder()) if is_tiny else resolve_model_source(model)
-    loaded = load_pretrained(AutoModel.from_pretrained, source, flag, trust_remote_code=True).to(device).eval()
+    loaded = load_pretrained(AutoModel.from_pretrained, source, flag, trust_remote_code=True)
+    model_type = getattr(loaded.config, "model_type", None)
+    if model_type != GAP_MLLM_MODEL_TYPE:  # a Hub model of a type transformers knows (a folder is checked before)
+        raise UserError(not_gap_mllm_message(source, model_type, flag))
+    loaded = loaded.to(device).eval()
     processor = load_pretrained(AutoProcessor.from_pretrained, source, flag, trust_remote_code=True)
     return loaded, processor, is_tiny

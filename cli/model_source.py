@@ -3,12 +3,15 @@
 transformers answers a missing folder with "Repo id must be in the form ...", an empty one with
 "Unrecognized model ... Should have a `model_type` key", an offline Hub id with "We couldn't connect
 to 'https://huggingface.co'", a truncated safetensors file with "Error while deserializing header"
-(no file named) and a pickle it refuses with a page about `weights_only`. `check_model_source` and
-`load_pretrained` turn each into one `UserError` that names the input and says what to do.
+(no file named), a pickle it refuses with a page about `weights_only`, and a checkpoint of another model
+type with advice to upgrade transformers (or, for a type it knows, by loading that other model).
+`check_model_source` and `load_pretrained` turn each into one `UserError` that names the input and says
+what to do; a folder whose config.json is not a GAP-MLLM one is named with the model type it holds.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -19,6 +22,28 @@ from gap_mllm.conversion_report import PICKLE_REFUSED
 from .errors import UserError
 
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+GAP_MLLM_MODEL_TYPE = "gap_mllm"
+_UNKNOWN_MODEL_TYPE = re.compile(r"has model type `([^`]*)` but Transformers does not recognize this architecture")
+
+
+def not_gap_mllm_message(source: str, model_type, flag: str = "--model") -> str:
+    """The UserError text for a checkpoint whose config.json holds another `model_type`."""
+    found = "no model_type" if not model_type else f"model_type {model_type!r}"
+    kind = f"a {model_type} checkpoint" if model_type else "not a transformers checkpoint"
+    return (f"{flag} {source} is {kind}, not a GAP-MLLM one (its config.json has {found}, GAP-MLLM's is "
+            f"{GAP_MLLM_MODEL_TYPE!r}); give a folder written by GapMllmForConditionalGeneration.save_pretrained, "
+            "or convert a checkpoint with gap-mllm convert")
+
+
+def check_gap_mllm_config(folder: Path, source: str, flag: str = "--model") -> None:
+    """UserError unless `folder/config.json` is readable JSON with `model_type` "gap_mllm"."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{flag} {source}: config.json cannot be read as JSON ({error})") from error
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != GAP_MLLM_MODEL_TYPE:
+        raise UserError(not_gap_mllm_message(source, model_type, flag))
 
 
 def unreadable_safetensors(folder) -> list[str]:
@@ -46,9 +71,9 @@ def _offline() -> bool:
 
 def check_model_source(source, flag: str = "--model") -> str:
     """`source` as a string if it can be loaded as far as can be told without loading it; else a
-    UserError: no such folder, an empty folder or one without config.json, a truncated safetensors
-    file (named), a file where a folder is expected, or a Hub id that is not in the local cache while
-    the Hub is unreachable by choice (HF_HUB_OFFLINE)."""
+    UserError: no such folder, an empty folder or one without config.json, a config.json of another model
+    type (named), a truncated safetensors file (named), a file where a folder is expected, or a Hub id that
+    is not in the local cache while the Hub is unreachable by choice (HF_HUB_OFFLINE)."""
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -58,6 +83,7 @@ def check_model_source(source, flag: str = "--model") -> str:
         if not (path / "config.json").is_file():
             raise UserError(f"{flag} {text}: the folder has no config.json, so it is not a saved checkpoint "
                             "(model.save_pretrained writes one)")
+        check_gap_mllm_config(path, text, flag)
         problems = unreadable_safetensors(path)
         if problems:
             raise UserError(f"{flag} {text}: unreadable weights ({'; '.join(problems)}); the file is truncated or "
@@ -100,6 +126,11 @@ def load_pretrained(loader, source, flag: str = "--model", **kwargs):
     text = check_model_source(source, flag)
     try:
         return loader(text, **kwargs)
+    except ValueError as error:  # a Hub checkpoint of a type transformers does not know: it advises upgrading
+        unknown = _UNKNOWN_MODEL_TYPE.search(str(error))
+        if unknown is None:
+            raise
+        raise UserError(not_gap_mllm_message(text, unknown.group(1), flag)) from error
     except pickle.UnpicklingError as error:
         files = ", ".join(str(p) for p in sorted(Path(text).glob("*.bin"))) if Path(text).is_dir() else text
         raise UserError(f"{flag} {text}: {files or 'a .bin file'}: {PICKLE_REFUSED}") from error

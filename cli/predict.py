@@ -23,6 +23,7 @@ from .tasks import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .argument_types import positive_int
     from .scenes import EXAMPLE_SEEDS
 
     parser.add_argument("--model", default="mini",
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="captioning: the object's box cx cy cz sx sy sz yaw pitch roll (first camera)")
     parser.add_argument("--marker", nargs=3, type=int, metavar=("VIEW", "X", "Y"), help="reconstruction: pixel to mark")
     parser.add_argument("--max-frames", type=int, default=8, help="frames sampled from a video")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="generation budget (default: the task's own; generation stops at the answer's end anyway)")
     parser.add_argument("--save-dir", help="write the pictures here")
     parser.add_argument("--formats", nargs="+", default=["png", "glb", "ply"], choices=["png", "glb", "ply"])

@@ -16,11 +16,13 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .argument_types import positive_int
+
     parser.add_argument("--model", default="mini",
                         help='a GAP-MLLM folder or Hub id; "mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model')
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--max-new-tokens", type=int, default=None,
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="generation budget (default: each task's own; generation stops at the answer's end)")
     parser.add_argument("--concurrency", type=int, default=1, help="requests run at once; the rest wait in the queue")
     parser.add_argument("--max-queue", type=int, default=16, help="queued requests beyond which new ones are refused")

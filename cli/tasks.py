@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gap_mllm.control_tokens import refuse_control_tokens
 from gap_mllm.target_format import Box3D
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA, TaskSpec, resolve_task
 
@@ -170,14 +171,19 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         model: a `GapMllmForConditionalGeneration` (any loader: AutoModel with trust_remote_code too).
         processor: its `GapMllmProcessor`.
         views: the frames (PIL images or paths), all of one scene.
-        request: the task and its input.
-        max_new_tokens: generation budget; None: the task's own (tasks_gap_mllm).
+        request: the task and its input; a query holding a control token of the tokenizer (`<|im_end|>`,
+            `<|vision_end|>`, ...) is a ValueError (gap_mllm.control_tokens).
+        max_new_tokens: generation budget (a positive integer); None: the task's own (tasks_gap_mllm).
         scenes: a `scene_store.SceneStore` (PIL views only): answer from the session's encoded scene when
             it holds these frames and marker, else encode and keep it (same answer either way).
         session: the session the scene is kept for (the Space passes gradio's session hash).
     """
     request.validate(len(views))
     spec = request.spec
+    if "query" in spec.parameters:
+        # The query is user text (a public textbox in the Space): it must not write chat or vision markup.
+        # Checked here with this package's rule, whatever version of the processor the checkpoint carries.
+        refuse_control_tokens(processor.tokenizer, request.query, "the query")
     if scenes is not None:
         from .scene_store import answer_on_stored_scene
 

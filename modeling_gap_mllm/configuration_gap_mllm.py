@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .config_sizes import check_parameter_count, check_sizes, check_vlm_sizes
+
 FUSION_METHODS = ("gated", "add", "concat", "weighted", "cross_attention")
 MERGER_NORMS = ("rms", "layer")
 REFERENCE_FRAMES = ("first", "last")
@@ -158,6 +160,11 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         return 1 + self.num_register_tokens
 
     def _check_values(self):
+        check_sizes(self, ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "patch_embed_num_hidden_layers"), "geometry_config")
+        check_sizes(self, ("num_register_tokens", "patch_embed_num_register_tokens"), "geometry_config", minimum=0)
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or not self.mlp_ratio > 0:
+            raise ValueError(f"geometry_config.mlp_ratio must be a positive number, got {self.mlp_ratio!r}.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"geometry_config.hidden_size ({self.hidden_size}) must be divisible by "
@@ -272,10 +279,12 @@ class GapMllmFusionConfig(PreTrainedConfig):
             raise ValueError(
                 f"geometry_fusion_config.merger_norm={self.merger_norm!r} does not exist: choose one of {MERGER_NORMS}."
             )
-        if self.merger_hidden_size <= 0:
-            raise ValueError(f"geometry_fusion_config.merger_hidden_size must be positive, got {self.merger_hidden_size}.")
-        if self.cross_attention_num_layers < 1:
-            raise ValueError("geometry_fusion_config.cross_attention_num_layers must be at least 1.")
+        check_sizes(self, ("merger_hidden_size", "cross_attention_num_heads", "cross_attention_num_layers",
+                           "cross_attention_mlp_ratio"), "geometry_fusion_config")
+        if isinstance(self.cross_attention_dropout, bool) or not 0 <= self.cross_attention_dropout < 1:
+            raise ValueError(
+                f"geometry_fusion_config.cross_attention_dropout must be in [0, 1), got {self.cross_attention_dropout!r}."
+            )
 
 
 class GapMllmConfig(PreTrainedConfig):
@@ -317,6 +326,7 @@ class GapMllmConfig(PreTrainedConfig):
             raise ValueError(
                 f"vlm_config must be a Qwen3-VL config (model_type 'qwen3_vl'), got {self.vlm_config.model_type!r}."
             )
+        check_vlm_sizes(self.vlm_config)
         if self.use_geometry:
             expected = 1 + len(self.vlm_config.vision_config.deepstack_visual_indexes)
             tapped = self.geometry_config.tapped_layers
@@ -325,6 +335,7 @@ class GapMllmConfig(PreTrainedConfig):
                     f"geometry_config.tapped_layers={tapped} must name {expected} layers: one per fusion level "
                     f"(the main visual tokens + {expected - 1} DeepStack levels of the Qwen3-VL vision tower)."
                 )
+        check_parameter_count(self)  # absurd sizes are refused here, before any weight is allocated
 
     def get_text_config(self, decoder=None, encoder=None):
         return self.vlm_config.get_text_config(decoder=decoder, encoder=encoder)

@@ -20,8 +20,10 @@ from transformers import GenerationMixin, PreTrainedModel, Qwen3VLForConditional
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
+from .config_sizes import check_memory_for_parameters
 from .configuration_gap_mllm import GapMllmConfig
 from .engine_embeddings import GapMllmImageEmbeddings, concatenate_levels
+from .generation_checks import check_token_ids, fit_budget_to_context, highest_prompt_position
 from .geometry_fusion import WeightedFusion
 from .loading_report import GEOMETRY_GROUPS, report_missing_weights
 from .model_inputs import GEOMETRY_INPUT_NAMES  # prefill-only inputs; generate() drops them afterwards
@@ -96,6 +98,9 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     accepts_loss_kwargs = False  # Qwen3-VL's choice: Trainer then scales the loss for accumulation.
 
     def __init__(self, config: GapMllmConfig):
+        # Refuse before allocating when even a lower bound of the weights does not fit (config_sizes.py); on
+        # the meta device (from_pretrained) nothing is allocated here.
+        check_memory_for_parameters(config)
         super().__init__(config)
         # Plain nn.Module sub-models never get an attention implementation from PreTrainedModel:
         # without this they would silently fall back to eager (docs/transformers-notes.md §8).
@@ -415,13 +420,34 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     def generate(self, inputs=None, *args, scene: GapMllmScene | None = None, **kwargs):
         """`GenerationMixin.generate`, plus `scene=`: answer questions about a scene from `encode_scene`
         without encoding it again. With a scene, pass only the question tokens (`input_ids` `[B, Lq]`,
-        `attention_mask`); the result continues them (`[B, Lq + new]`). See `scene_cache.generate_from_scene`."""
+        `attention_mask`); the result continues them (`[B, Lq + new]`). See `scene_cache.generate_from_scene`.
+
+        Context: a `max_new_tokens` that would pass `text_config.max_position_embeddings` after the prompt's
+        highest M-RoPE position is lowered to what fits, with a warning (generation_checks.py).
+
+        Raises:
+            ValueError: a token id outside the vocabulary, a prompt that itself reaches the end of the context
+                or a `min_new_tokens` that cannot fit (generation_checks.py); with a scene, also a scene of
+                another model or of changed weights (scene_cache.py).
+        """
         if scene is None:
+            self._check_generate_inputs(kwargs.get("input_ids", inputs), kwargs)
             return super().generate(inputs, *args, **kwargs)
         if args:
             raise TypeError("generate(scene=...) takes generation options as keyword arguments only.")
         input_ids = kwargs.pop("input_ids", inputs)
         return generate_from_scene(self, scene, input_ids, **kwargs)
+
+    def _check_generate_inputs(self, input_ids, kwargs: dict) -> None:
+        """Refuse ids outside the vocabulary and prompts past the context; lower a `max_new_tokens` that would
+        pass it (in `kwargs`; generation_checks.py). A prompt continuing a cache given in `past_key_values` is
+        not checked: its positions start after the cache."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or kwargs.get("past_key_values") is not None:
+            return
+        check_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
+        highest = highest_prompt_position(self, input_ids, kwargs.get("attention_mask"), kwargs.get("mm_token_type_ids"),
+                                          kwargs.get("image_grid_thw"))
+        fit_budget_to_context(self, kwargs, highest, input_ids.shape[1])
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)

@@ -497,6 +497,12 @@ def _pointmap_from_dict(value: dict):
     if problem:
         return None, None, problem
     label = next((value[k] for k in POINTMAP_LABEL_KEYS if isinstance(value.get(k), str)), None)
+    if label is None:
+        # a label key holding a number, list, ... is no label: say so rather than read "no label given"
+        key = next((k for k in POINTMAP_LABEL_KEYS if value.get(k) is not None), None)
+        if key is not None:
+            found = value[key]
+            return point, None, f'"{key}" is a {type(found).__name__} ({found!r:.40}), not a text label'
     return point, label, None
 
 
@@ -504,8 +510,9 @@ def parse_pointmap(text: str) -> PointmapResult:
     """Parse `{"pointmap": [x, y, z], "label": "..."}` (pre-training / reconstruction answers).
 
     The label is read from `"label"` (our serialiser's key) or, failing that, from one of
-    `semantic_label`, `category`, `class`, `name`; it is None when absent. Falls back to the official
-    line-based reading (the first line mentioning "pointmap").
+    `semantic_label`, `category`, `class`, `name`; it is None when absent. A label that is not text
+    (`"label": 5`) is no label: the point is kept, the label is None and `reason` says what the key held.
+    Falls back to the official line-based reading (the first line mentioning "pointmap").
     """
     value, error = parse_literal(text)
     if isinstance(value, dict):
@@ -519,8 +526,9 @@ def parse_pointmap(text: str) -> PointmapResult:
             parsed, _ = parse_literal(line)
             if isinstance(parsed, dict):
                 point, label, problem = _pointmap_from_dict(parsed)
-                if problem is None:
-                    return PointmapResult(point, label, "answer is not one literal; read the pointmap line")
+                if point is not None:  # (a problem with a point is about its label)
+                    note = "answer is not one literal; read the pointmap line"
+                    return PointmapResult(point, label, note if problem is None else f"{note}; {problem}")
     if value is not None:
         return PointmapResult(reason=f"answer is a {type(value).__name__}, not a dict")
     return PointmapResult(reason=error)

@@ -36,6 +36,20 @@ Preprocessing modes (`preprocessing_mode`, saved in processor_config.json; docs/
                           min/max 12,544 / 451,584 (192 tokens); VGGT gets a bilinear resize of the
                           UNCROPPED 392×518 tensor to the grid size (→ 336×448).
 
+User text and control tokens (a security rule: the Space passes a public textbox through here):
+    A prompt is tokenized in one piece, so text holding `<|im_end|>`, `<|im_start|>`, `<|vision_end|>` (or any
+    other added token of the tokenizer) would become those tokens and write chat turns or move the views.
+    - `query=` (grounding, spatial QA) and a free `text=` WITHOUT chat markup are user text: one holding any
+      added token of the tokenizer is refused with a ValueError naming the tokens (control_tokens.py). The
+      text is never rewritten, so every accepted prompt has exactly the ids it had before the rule.
+    - A `text=` WITH chat markup (`<|im_start|>`) is the explicit expert path (the training collator renders
+      its samples that way): it is tokenized as written, after checking that it holds exactly one
+      `<|vision_start|><|image_pad|><|vision_end|>` per view and no other vision token. Never build such a
+      text from untrusted input yourself: render it with `chat_prompt`, which refuses control tokens in the
+      text items and the answer.
+    - `split_scene_prompt` applies the same rules, so a query cannot move the split after the last view.
+    - `box=` is numbers, formatted by the task (no text of the user's reaches the prompt).
+
 In the official modes the VGGT size is always derived from the Qwen grid. For ScanNet-shaped frames
 this is exactly the official size; for other aspect ratios the official code's sizes (hard-coded
 364×476, or (H//16)·14 × (W//16)·14) can disagree with the Qwen grid, and we keep the alignment.
@@ -68,6 +82,7 @@ from .image_alignment import (
     vggt_crop_preprocess,
 )
 from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
+from .control_tokens import refuse_control_tokens
 from .model_inputs import PROCESSOR_GEOMETRY_INPUT_NAMES
 from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, drop_negative_token_ids
 from .tasks_gap_mllm import TaskSpec, resolve_task
@@ -327,19 +342,29 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
     def chat_prompt(self, segments, answer: str | None = None) -> str:
         """The chat text of one sample (the one chat layout of chat_format.py): system prompt, the user turn
-        `segments` (`None` = one view, str = a text item), then `answer` (training) or the generation prompt."""
+        `segments` (`None` = one view, str = a text item), then `answer` (training) or the generation prompt.
+        The text items and the answer are text, not markup: one holding a control token of the tokenizer is
+        refused (module docstring)."""
+        for index, segment in enumerate(segments):
+            if isinstance(segment, str):
+                refuse_control_tokens(self.tokenizer, segment, f"text item {index} of the user turn")
+        if answer is not None:
+            refuse_control_tokens(self.tokenizer, answer, "the answer")
         return render_chat_prompt(self.tokenizer, segments, answer, self.chat_template)
 
     def _text_prompt(self, text: str, num_views: int, sample_idx: int) -> str:
-        """Chat prompt for a free text; user-provided chat markup is checked, not rebuilt."""
+        """Chat prompt for a free text. Chat markup (the expert path) is checked, not rebuilt: exactly one
+        image placeholder per view and no other vision token. Plain text is user text: it may hold no control
+        token of the tokenizer (module docstring)."""
         placeholders = text.count(self.image_placeholder)
         if CHAT_MARKER in text:
-            pads = text.count(self.image_token)
-            if placeholders != num_views or pads != placeholders:
+            counts = {token: text.count(token) for token in (self.image_token, self.vision_start_token, self.vision_end_token)}
+            if placeholders != num_views or set(counts.values()) != {placeholders}:
+                found = ", ".join(f"{count} {token!r}" for token, count in counts.items())
                 raise ValueError(
                     f"sample {sample_idx}: the chat-formatted text contains {placeholders} image placeholder(s) "
-                    f"({self.image_placeholder!r}, {pads} {self.image_token!r} token(s) in total) but {num_views} "
-                    "view(s) were given; it needs exactly one placeholder per view"
+                    f"({self.image_placeholder!r}; {found} in total) but {num_views} view(s) were given; it needs "
+                    "exactly one placeholder per view and no other vision token"
                 )
             return text
         if self.image_token in text or self.vision_start_token in text:
@@ -347,6 +372,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 f"sample {sample_idx}: text without chat markup must not contain image placeholders; the processor "
                 f"adds one per view (found {text.count(self.image_token)} {self.image_token!r})"
             )
+        refuse_control_tokens(self.tokenizer, text, f"the text of sample {sample_idx}")
         return self.chat_prompt([None] * num_views + [text])
 
     @staticmethod
@@ -373,12 +399,32 @@ class GapMllmProcessor(Qwen3VLProcessor):
                     f"sample {i}: task {spec.name!r} asks about a marked pixel; pass point_prompts=(view, x, y) "
                     "(one per sample for a batch)"
                 )
-            try:
-                segments = spec.user_segments(num_views, query=q, box=b)
-            except ValueError as error:
-                raise ValueError(f"sample {i}: {error}") from None
-            prompts.append(self.chat_prompt(segments))
+            if not spec.needs_marker and point is not None:
+                # the red "+" would be painted into views whose prompt never mentions it
+                raise ValueError(
+                    f"sample {i}: task {spec.name!r} does not use a marker, but point_prompts gives {tuple(point)}; "
+                    "drop point_prompts (only 'reconstruction' asks about a marked pixel), or write the prompt "
+                    "yourself with text="
+                )
+            prompts.append(self.task_prompt(spec, num_views, query=q, box=b, sample_idx=i))
         return prompts
+
+    def task_prompt(self, task, num_views: int, query: str | None = None, box=None, sample_idx: int = 0) -> str:
+        """The chat prompt of `task` (its user turn: the views, then the task text with `query` / `box`), as
+        `processor(task=...)` writes it. `query` is user text: one holding a control token of the tokenizer
+        is refused (module docstring).
+
+        Raises:
+            ValueError: naming the sample, for a missing or malformed task input or a control token in `query`.
+        """
+        spec = resolve_task(task)
+        if isinstance(query, str):
+            refuse_control_tokens(self.tokenizer, query, f"sample {sample_idx}: the query")
+        try:
+            segments = spec.user_segments(num_views, query=query, box=box)
+        except ValueError as error:
+            raise ValueError(f"sample {sample_idx}: {error}") from None
+        return self.chat_prompt(segments)
 
     def split_scene_prompt(self, text: str | list[str], num_views: int) -> tuple[str, str | list[str]]:
         """Split chat prompts into the scene prefix they share and their question suffixes, for scene reuse
@@ -392,7 +438,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
         Returns:
             `(prefix, suffix)` (or `(prefix, [suffix, ...])` for a list): the prefix runs up to and including
             the last view's `<|vision_end|>`; prefix + suffix is exactly the full prompt. Raises if the
-            prompts do not share one prefix (e.g. different text between the views).
+            prompts do not share one prefix (e.g. different text between the views), and (as `__call__`) for
+            plain text holding a control token of the tokenizer or chat text whose vision tokens are not exactly
+            one placeholder per view: nothing a question says can move the split.
         """
         texts = [text] if isinstance(text, str) else list(text)
         parts = [split_prompt_at_last_view(self._text_prompt(t, num_views, i), self.vision_end_token)
@@ -420,6 +468,28 @@ class GapMllmProcessor(Qwen3VLProcessor):
         max_pixels = overrides.get("max_pixels", size.get("longest_edge", max_pixels))
         return int(min_pixels), int(max_pixels)
 
+    def _check_call_kwargs(self, kwargs: dict) -> None:
+        """TypeError naming every keyword `__call__` got that neither it nor Qwen3VLProcessor knows (transformers
+        only logs such a keyword once and drops it, so a typo such as `paddding=` would change nothing silently).
+        Known: the processor-level and per-modality keywords of Qwen3VLProcessor (`padding`, `padding_side`,
+        `truncation`, `max_length`, `return_mm_token_type_ids`, `text_kwargs`, ...) and those of its tokenizer
+        and image processor."""
+        schema = self.valid_processor_kwargs
+        known = set(schema.__annotations__) | {"common_kwargs"}
+        for modality, attribute in (("text_kwargs", "tokenizer"), ("images_kwargs", "image_processor"),
+                                    ("videos_kwargs", "video_processor"), ("audio_kwargs", "feature_extractor")):
+            if modality in schema.__annotations__:
+                known |= set(getattr(schema.__annotations__[modality], "__annotations__", {}))
+            sub_processor = getattr(self, attribute, None)
+            known |= set(getattr(getattr(sub_processor, "valid_kwargs", None), "__annotations__", {}))
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(
+                f"GapMllmProcessor got unknown keyword argument(s) {', '.join(map(repr, unknown))}; it takes images, text, "
+                "task, query, box, point_prompts, return_tensors and the Qwen3-VL processor options (padding, "
+                "padding_side, truncation, max_length, ...)"
+            )
+
     # ---------------------------------------------------------------------------------- __call__
 
     def __call__(self, images=None, text=None, point_prompts=None, return_tensors=None, task=None, query=None,
@@ -444,14 +514,20 @@ class GapMllmProcessor(Qwen3VLProcessor):
             query: the description (grounding tasks) or the question (spatial_qa); one per sample.
             box: captioning: the object's box, 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the
                 first view's camera; one per sample.
-            **kwargs: forwarded to Qwen3VLProcessor (e.g. `padding`, `padding_side`); in "grid" mode
-                `size` / `min_pixels` / `max_pixels` override the pixel limits of both branches.
+            **kwargs: forwarded to Qwen3VLProcessor (e.g. `padding`, `padding_side`, `truncation`, `max_length`);
+                in "grid" mode `size` / `min_pixels` / `max_pixels` override the pixel limits of both branches.
+                A keyword neither knows is a TypeError naming it.
+
+        Raises:
+            ValueError: for a `query` or plain `text` holding a control token of the tokenizer (module docstring),
+                `point_prompts` given to a task that does not use a marker, and malformed inputs (named).
 
         Returns:
             `BatchFeature` with the keys listed in the module docstring (text keys only when `text` is
             given, image and geometry keys only when `images` is given).
         """
         pixel_limits = self._pixel_limits_from_kwargs(kwargs)
+        self._check_call_kwargs(kwargs)
         spec = None
         if task is not None:
             spec = resolve_task(task)
@@ -531,7 +607,8 @@ class GapMllmProcessor(Qwen3VLProcessor):
         Args:
             generated: a `str`, a list of `str`, token ids (`[B, L]` / `[L]` tensor or array, list of ints,
                 list of lists) or a generate output with `.sequences`. Negative ids (-100 padding) are
-                dropped; an id beyond the tokenizer's vocabulary is a ValueError.
+                dropped; an id beyond the tokenizer's vocabulary is a ValueError, a non-integer id (a float
+                tensor, 3.7 in a list) a TypeError.
             input_ids: the prompt ids given to `generate` (`[B, L_prompt]` or list of rows); that many tokens
                 are stripped from the front of each row, since `generate` returns prompt + new tokens.
         Returns:
@@ -543,9 +620,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
             return [generated]
         if isinstance(generated, (list, tuple)) and all(isinstance(g, str) for g in generated):
             return list(generated)
-        rows = self._rows(generated)
+        rows = self._rows(generated, "generated")
         if input_ids is not None:
-            lengths = [len(r) for r in self._rows(input_ids)]
+            lengths = [len(r) for r in self._rows(input_ids, "input_ids")]
             if len(lengths) == 1 and len(rows) > 1:
                 lengths = lengths * len(rows)
             if len(lengths) != len(rows):
@@ -561,14 +638,32 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     @staticmethod
-    def _rows(ids) -> list[list[int]]:
-        if isinstance(ids, (torch.Tensor, np.ndarray)):
-            ids = ids.tolist()
-        if isinstance(ids, (list, tuple)) and (len(ids) == 0 or isinstance(ids[0], numbers.Integral)):
-            return [list(ids)]
-        if isinstance(ids, (list, tuple)):
-            return [r.tolist() if isinstance(r, (torch.Tensor, np.ndarray)) else list(r) for r in ids]
-        raise TypeError(f"expected text or token ids, got {type(ids).__name__}")
+    def _rows(ids, name: str = "generated") -> list[list[int]]:
+        """Token ids as rows of Python ints. Ids must be integers: a float tensor or a 3.7 in a list is a
+        TypeError naming `name` (truncating it to a token would decode a token nobody generated)."""
+
+        def plain(value):
+            if isinstance(value, (torch.Tensor, np.ndarray)):
+                kind = value.dtype.kind if isinstance(value, np.ndarray) else (
+                    "b" if value.dtype == torch.bool else "f" if value.is_floating_point() or value.is_complex() else "i")
+                if kind not in "iu":
+                    raise TypeError(f"{name}: token ids must be integers, got a {value.dtype} array/tensor")
+                return value.tolist()
+            return value
+
+        ids = plain(ids)
+        if not isinstance(ids, (list, tuple)):
+            raise TypeError(f"{name}: expected text or token ids, got {type(ids).__name__}")
+        flat = len(ids) == 0 or not isinstance(plain(ids[0]), (list, tuple))
+        rows = [list(ids)] if flat else [plain(row) for row in ids]
+        for r, row in enumerate(rows):
+            if not isinstance(row, (list, tuple)):
+                raise TypeError(f"{name}: row {r} is a {type(row).__name__}, not a sequence of token ids")
+            rows[r] = row = [plain(v) for v in row]  # 0-d tensors / arrays → Python numbers
+            bad = [v for v in row if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+            if bad:
+                raise TypeError(f"{name}: token ids must be integers; row {r} holds {bad[0]!r} ({type(bad[0]).__name__})")
+        return [[int(v) for v in row] for row in rows]
 
     def post_process(self, generated, task, input_ids=None, **options) -> list:
         """Typed results of generated answers, one per row (the task's parser in tasks_gap_mllm.py).

@@ -20,6 +20,13 @@ position ids), so every row sees exactly the unpadded layout of its own full cal
 
 Copy-on-use: a `GapMllmScene` holds plain tensors and is never written to; each `generate` builds its own
 `DynamicCache` from them (expanded to the question batch), so one scene serves any number of calls.
+
+Ownership: a scene records the identity of the model that encoded it (model_identity.py: the model object,
+a digest of its configuration and of its parameters' storage and in-place versions), and
+`generate(scene=...)` refuses a scene of another model, or of this model after its weights changed, with a
+ValueError saying which; a cache of other head sizes is named by its shapes. The context rules of a full
+`generate` apply too (generation_checks.py): a prefix + question past the context is refused, a budget that
+would pass it is lowered with a warning.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, GenerationMixin
+
+from .generation_checks import check_prompt_fits, check_token_ids, fit_budget_to_context
+from .model_identity import ModelIdentity, identity_mismatch, model_identity
 
 # Inputs a scene already holds: giving them again to generate(scene=...) would be ambiguous.
 SCENE_OWNED_INPUTS = (
@@ -47,6 +57,8 @@ class GapMllmScene:
         image_grid_thw: `[V, 3]` patch grid of every view.
         fusion_gates: per fusion level, the `[N_visual]` gate shares (when encoded with `output_gates=True`
             and the gated method), else None.
+        model_identity: the model that encoded it (`model_identity.ModelIdentity`); `generate(scene=...)`
+            accepts the scene only from that model with the same configuration and weights.
     """
 
     prefix_ids: torch.LongTensor
@@ -54,6 +66,7 @@ class GapMllmScene:
     rope_deltas: torch.LongTensor
     image_grid_thw: torch.LongTensor
     fusion_gates: tuple[torch.Tensor, ...] | None = None
+    model_identity: ModelIdentity | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -129,6 +142,7 @@ def encode_scene(
         raise ValueError("encode_scene needs the views: pass pixel_values and image_grid_thw (GapMllmProcessor).")
     if attention_mask is not None and not bool(attention_mask.all()):
         raise ValueError("encode_scene got a padded prompt (attention_mask has zeros); pass one unpadded sample.")
+    check_token_ids(input_ids, model.get_input_embeddings().num_embeddings)
     vlm_config = model.config.vlm_config
     length = scene_prefix_length(input_ids, vlm_config.vision_end_token_id)
     if length == 0:
@@ -138,6 +152,8 @@ def encode_scene(
         mm_token_type_ids = (prefix_ids == vlm_config.image_token_id).int()
     mm_token_type_ids = mm_token_type_ids[:, :length]
     position_ids, rope_deltas = prefix_position_ids(model.vlm.model, prefix_ids, mm_token_type_ids, image_grid_thw)
+    check_prompt_fits(model, int(position_ids[1:].max()), length, what="the scene prefix")
+    identity = model_identity(model)  # before the forward: what the cache is computed with
     text_config = model.config.get_text_config()
     outputs = model(
         input_ids=prefix_ids,
@@ -158,7 +174,38 @@ def encode_scene(
         rope_deltas=rope_deltas,
         image_grid_thw=image_grid_thw,
         fusion_gates=outputs.fusion_gates,
+        model_identity=identity,
     )
+
+
+def check_scene_for_model(model, scene) -> None:
+    """ValueError unless `scene` is a `GapMllmScene` that `model`, as it is now, encoded: its cache has this
+    model's layer count, key/value heads, head size, dtype and device type, and its recorded identity is
+    this model's (same object, configuration and weights; model_identity.py)."""
+    if type(scene).__name__ != "GapMllmScene" or not hasattr(scene, "key_values"):  # the package's or a remote-code copy's class
+        raise ValueError(
+            f"scene must be a GapMllmScene from model.encode_scene(...), got {type(scene).__name__} {scene!r:.60}"
+        )
+    text_config = model.config.get_text_config()
+    layers = len(model.vlm.model.language_model.layers)
+    heads = text_config.num_key_value_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    key = scene.key_values[0][0] if scene.key_values else None
+    found = "no layers" if key is None else f"{len(scene.key_values)} layers of keys {list(key.shape)} {key.dtype} on {key.device}"
+    if (key is None or len(scene.key_values) != layers or key.ndim != 4 or (key.shape[1], key.shape[3]) != (heads, head_dim)
+            or key.dtype != model.dtype or key.device.type != model.device.type):
+        raise ValueError(
+            f"this scene was encoded by a different model or placement ({found}); this model needs {layers} layers of "
+            f"keys [1, {heads}, P, {head_dim}] (key/value heads, head size) in {model.dtype} on {model.device}: "
+            "encode the scene with this model."
+        )
+    if scene.model_identity is None:
+        raise ValueError("this scene records no model identity (it was not made by model.encode_scene); encode it "
+                         "with this model.")
+    mismatch = identity_mismatch(scene.model_identity, model)
+    if mismatch is not None:
+        raise ValueError(f"this scene cannot be used with this model: {mismatch}. Encode the scene again with "
+                         "model.encode_scene(...).")
 
 
 def _check_generation_options(model, kwargs: dict) -> None:
@@ -211,9 +258,18 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
         tokens (with `return_dict_in_generate=True`, `.sequences` is that tensor), so
         `processor.decode_generated(out, input_ids=input_ids)` gives the answers.
     """
+    check_scene_for_model(model, scene)
     _check_generation_options(model, kwargs)
-    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError("generate(scene=...) needs the question tokens as input_ids [B, Lq] with Lq >= 1.")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        found = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"generate(scene=...) needs the question tokens as input_ids [B, Lq] with Lq >= 1, got {found}.")
+    check_token_ids(input_ids, model.get_input_embeddings().num_embeddings)
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape):
+        found = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(
+            f"generate(scene=...): attention_mask has shape {found} but input_ids has {tuple(input_ids.shape)}; "
+            "give one mask entry per question token (processor(text=questions) returns both)."
+        )
     vlm_config = model.config.vlm_config
     vision_ids = (vlm_config.image_token_id, vlm_config.vision_start_token_id, vlm_config.vision_end_token_id)
     if any(bool((input_ids == token).any()) for token in vision_ids) or (
@@ -223,14 +279,6 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
             "generate(scene=...) got image tokens in input_ids: pass only the question suffix "
             "(processor.split_scene_prompt), not the full prompt; the scene holds the views."
         )
-    expected = (len(model.vlm.model.language_model.layers), scene.device, model.dtype)
-    found = (len(scene.key_values), scene.key_values[0][0].device, scene.key_values[0][0].dtype)
-    if (expected[0], expected[2]) != (found[0], found[2]) or expected[1].type != found[1].type:
-        raise ValueError(
-            f"this scene was encoded by a different model or placement ({found[0]} layers, {found[1]}, {found[2]}); "
-            f"this model has {expected[0]} layers on {model.device} in {model.dtype}: encode the scene with it."
-        )
-
     device = scene.device
     input_ids = input_ids.to(device)
     batch_size = input_ids.shape[0]
@@ -250,6 +298,7 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
     text_positions = (full_mask.long().cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
     deltas = scene.rope_deltas.to(device).expand(batch_size, 1)
     position_ids = torch.cat([text_positions[None], (text_positions + deltas)[None].expand(3, -1, -1)])
+    fit_budget_to_context(model, kwargs, int(position_ids[1:].max()), full_ids.shape[1], what="the scene prefix + question")
     # what a full prefill leaves behind, for a caller that continues from the returned cache
     model.vlm.model.rope_deltas = deltas
 
@@ -269,4 +318,4 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
     return outputs
 
 
-__all__ = ["GapMllmScene", "encode_scene", "generate_from_scene", "scene_prefix_length"]
+__all__ = ["GapMllmScene", "check_scene_for_model", "encode_scene", "generate_from_scene", "scene_prefix_length"]

@@ -27,6 +27,7 @@ OpenCV camera (metres, radians; target_format.py). Old names (`det`, `caption`, 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,7 +218,15 @@ class TaskSpec:
         return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end)])
 
     def generation_kwargs(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None) -> dict:
-        """Greedy decoding (official), this task's budget (or `max_new_tokens`) and its stop rule."""
+        """Greedy decoding (official), this task's budget (or `max_new_tokens`, a positive integer) and its
+        stop rule.
+
+        Raises:
+            ValueError: `max_new_tokens` is not a positive integer (0, -1, 2.5, "8", True).
+        """
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral)
+                                           or max_new_tokens < 1):
+            raise ValueError(f"max_new_tokens must be a positive integer (tokens to generate), got {max_new_tokens!r}")
         budget = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         return {"max_new_tokens": budget, "do_sample": False,
                 "stopping_criteria": self.stopping_criteria(tokenizer, prompt_length)}

@@ -609,6 +609,7 @@ def test_flat_hub_folder_loads_with_trust_remote_code(tmp_path, monkeypatch):
         "processing_gap_mllm.py",
         "answer_stopping.py",
         "chat_format.py",
+        "control_tokens.py",
         "image_alignment.py",
         "model_inputs.py",
         "output_parsing.py",

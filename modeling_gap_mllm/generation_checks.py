@@ -1,0 +1,125 @@
+"""What `generate` (full or from a scene) checks before it runs: token ids outside the vocabulary and
+answers that would run past the model's context.
+
+Context: the decoder's rotary embedding has `text_config.max_position_embeddings` positions (0 … N-1).
+Positions are not token counts: with M-RoPE the visual tokens of a view share compressed positions
+(Qwen3-VL `get_rope_index`), so a prompt of 5,000 tokens can end at position 1,200. What must fit is the
+highest position of the prompt plus the new tokens: the k-th new token sits at `highest prompt position + k`.
+Past N-1 the rotary embedding extrapolates to positions the model never saw, and its answer is silently
+worse. So:
+
+- a prompt that itself ends past N-1 (or at N-1, leaving no position for an answer) is refused;
+- `min_new_tokens` that cannot fit is refused (it demands tokens past the context);
+- a `max_new_tokens` that does not fit is lowered to the positions left, with a warning naming the numbers
+  (once per budget and context). `max_new_tokens` is an upper bound, not a length: answers end at their stop
+  rule, and budgets larger than a small model's context are common (the official grounding budget of 4,096
+  tokens on a 4,096-position model), so refusing them would break calls that never reach the context, while
+  generating past it is what must not happen. An answer cut at the context's end reads like one cut by its
+  budget, and the warning says why.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+def check_token_ids(input_ids: torch.Tensor, vocabulary_size: int, name: str = "input_ids") -> None:
+    """ValueError naming `name` when `input_ids` are not integers or hold an id outside `[0, vocabulary_size)`
+    (the embedding lookup would end in a bare IndexError)."""
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token ids, got a {input_ids.dtype} tensor")
+    if input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocabulary_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name} holds token id {bad}, outside the model's vocabulary of {vocabulary_size} ids (0 … "
+            f"{vocabulary_size - 1}); were these ids made with another tokenizer?"
+        )
+
+
+def new_token_budget(model, kwargs: dict, input_length: int) -> int | None:
+    """The number of new tokens a generate call with `kwargs` may produce after `input_length` tokens:
+    `max_new_tokens` (argument, then the call's or the model's generation config), else `max_length` −
+    `input_length`; None when neither is set."""
+    config = kwargs.get("generation_config") or model.generation_config
+    budget = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    if budget is not None:
+        return int(budget)
+    max_length = kwargs.get("max_length", getattr(config, "max_length", None))
+    return None if max_length is None else int(max_length) - input_length
+
+
+_WARNED_BUDGETS: set[tuple[int, int]] = set()
+
+
+def _context_limit(model) -> int | None:
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
+def check_prompt_fits(model, highest_prompt_position: int, input_length: int, what: str = "the prompt") -> int | None:
+    """The number of new tokens that still get a trained position after `what` (ending at M-RoPE position
+    `highest_prompt_position`, `input_length` tokens), or ValueError naming the numbers when none does;
+    None when the model states no context."""
+    limit = _context_limit(model)
+    if limit is None:
+        return None
+    room = limit - 1 - highest_prompt_position
+    if room < 1:
+        raise ValueError(
+            f"{what} ends at position {highest_prompt_position} ({input_length} tokens; visual tokens share "
+            f"positions), leaving no room in the model's context of {limit} positions "
+            "(text_config.max_position_embeddings); use fewer or smaller views or a shorter text."
+        )
+    return room
+
+
+def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, input_length: int,
+                          what: str = "the prompt") -> None:
+    """Apply the context rules of the module docstring to a generate call's `kwargs`, in place: ValueError
+    naming the numbers when `what` (ending at M-RoPE position `highest_prompt_position`, `input_length` tokens)
+    or `min_new_tokens` cannot fit; `max_new_tokens` lowered (with a warning) when it does not fit."""
+    room = check_prompt_fits(model, highest_prompt_position, input_length, what)
+    if room is None:
+        return
+    limit = _context_limit(model)
+    config = kwargs.get("generation_config") or model.generation_config
+    minimum = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
+    if minimum is not None and minimum > room:
+        raise ValueError(
+            f"{what} ends at position {highest_prompt_position}, so at most {room} new tokens fit in the model's "
+            f"context of {limit} positions, but min_new_tokens={minimum} demands more; lower it or shorten the prompt."
+        )
+    budget = new_token_budget(model, kwargs, input_length)
+    if budget is not None and budget > room:
+        if (budget, limit) not in _WARNED_BUDGETS:
+            _WARNED_BUDGETS.add((budget, limit))
+            logger.warning(
+                f"max_new_tokens={budget} would pass the model's context of {limit} positions: {what} ends at position "
+                f"{highest_prompt_position}, so at most {room} new tokens are generated (answers longer than that stop "
+                "at the context's end). Lower max_new_tokens to silence this."
+            )
+        kwargs["max_new_tokens"] = room
+        kwargs.pop("max_length", None)
+
+
+def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type_ids=None, image_grid_thw=None) -> int:
+    """The highest M-RoPE position of a `[B, L]` prompt batch, as `generate` lays it out (visual tokens on
+    their compressed grid positions when the views are given, else one position per real token)."""
+    if mm_token_type_ids is not None and image_grid_thw is not None:
+        positions, _ = model.vlm.model.get_rope_index(
+            input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
+        )
+        if attention_mask is not None:
+            positions = positions.masked_fill(attention_mask[None].to(positions.device) == 0, 0)
+        return int(positions.max())
+    if attention_mask is not None:
+        return int(attention_mask.long().sum(dim=-1).max()) - 1
+    return input_ids.shape[-1] - 1
+
+
+__all__ = ["check_prompt_fits", "check_token_ids", "fit_budget_to_context", "highest_prompt_position", "new_token_budget"]
