@@ -78,11 +78,17 @@ setup(
     package_data={
         "gap_mllm.training": ["README.md", "recipes/*.yaml", "configs/*"],
         "gap_mllm.evaluation": ["README.md", "metric_modules/*/*.py"],
+        # the lmms-eval plugin's task YAMLs (gap-mllm export-lmms copies them next to the documents it writes)
+        "gap_mllm.evaluation.lmms_eval_plugin": ["templates/*.yaml"],
         # the embedded, trained GAP-MLLM-Mini (a Hub-style folder: weights, config, remote code, processor)
         "gap_mllm.mini": ["README.md", "RESULTS.md", "gap-mllm-mini/*"],
     },
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["gap-mllm=gap_mllm.cli.main:main"]},
+    entry_points={
+        "console_scripts": ["gap-mllm=gap_mllm.cli.main:main"],
+        # lmms-eval finds the `gap_mllm` model through this group (evaluation/lmms_eval_plugin)
+        "lmms_eval.models": ["gap_mllm=gap_mllm.evaluation.lmms_eval_plugin.models:model_manifest"],
+    },
     cmdclass={"build_py": BuildPyWithModelCard},
 )
