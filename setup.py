@@ -61,8 +61,16 @@ EXTRAS = {
     "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8"],
     "flash": ["flash-attn>=2.7"],
 }
+# The lmms-eval plugin (evaluation/lmms_eval_plugin). lmms-eval itself is installed WITHOUT its requirements,
+# `pip install --no-deps lmms-eval==0.7.3` (make install does; the pin is LMMS_EVAL_REQUIREMENT in
+# evaluation/lmms_eval_plugin/__init__.py): its requirements would replace the CPU torch by a CUDA build
+# (torch 2.14 and ~3 GB of nvidia-* wheels) and add ~60 packages (wandb, sentence-transformers, timm, opencv,
+# yt-dlp, ...) that its evaluator and CLI never import. The extra lists what they do import beyond "eval"
+# (about 80 MB with lmms-eval, evaluation/README.md).
+EXTRAS["lmms"] = sorted(set(EXTRAS["eval"]) | {"loguru>=0.7", "sacrebleu>=2.4", "pytz>=2024.1", "tenacity>=8.3",
+                                               "pytablewriter>=1.2", "pyyaml>=6", "jinja2>=3"})
 EXTRAS["dev"] = sorted(
-    {dep for name in ("data", "train", "eval") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
+    {dep for name in ("data", "train", "eval", "lmms") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
 )
 
 setup(

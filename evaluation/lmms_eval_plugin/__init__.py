@@ -5,7 +5,7 @@
         --tasks gap_scanrefer,gap_scan2cap,gap_det,gap_spatial_qa --include_path lmms_tasks --output_path out
 
 The model is registered with lmms-eval through this package's `lmms_eval.models` entry point (installed with
-the package), or with `LMMS_EVAL_PLUGINS=gap_mllm.evaluation.lmms_eval_plugin` (lmms-eval's older plugin
+the package; lmms-eval itself: `pip install --no-deps lmms-eval==0.7.3`), or with `LMMS_EVAL_PLUGINS=gap_mllm.evaluation.lmms_eval_plugin` (lmms-eval's older plugin
 variable: it imports `<plugin>.models.AVAILABLE_MODELS`). The tasks are the YAMLs in `templates/`, copied by
 `gap-mllm export-lmms` next to the documents it writes (the data location is the user's, so the task files
 live with the data); lmms-eval finds them through `--include_path`.
@@ -17,6 +17,11 @@ live with the data); lmms-eval finds them through `--include_path`.
 """
 
 from pathlib import Path
+
+# The lmms-eval release the plugin is written against (its multi-round protocol, model registry and task
+# loading), installed without its own requirements (setup.py, extra "lmms"; make install does it).
+LMMS_EVAL_VERSION = "0.7.3"
+LMMS_EVAL_REQUIREMENT = f"lmms-eval=={LMMS_EVAL_VERSION}"
 
 # lmms-eval task name -> benchmark of gap_mllm.evaluation.tasks
 LMMS_TASKS = {"gap_scanrefer": "grounding", "gap_scan2cap": "captioning", "gap_det": "detection", "gap_spatial_qa": "spatial_qa"}

@@ -31,9 +31,21 @@ from lmms_eval.api.model import lmms
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
 
 from ...batched_answers import answer_in_batches
+from .. import LMMS_EVAL_REQUIREMENT, LMMS_EVAL_VERSION
 from ..documents import benchmark_of, check_document, record_of, request_for
 
 BACKENDS = ("hf", "vllm")
+
+
+def check_lmms_eval_version() -> None:
+    """ImportError unless the installed lmms-eval is the release the plugin follows (its request and round formats
+    are what the answers are read through; another release could pair answers and documents differently)."""
+    from importlib.metadata import version
+
+    installed = version("lmms-eval")
+    if installed != LMMS_EVAL_VERSION:
+        raise ImportError(f"gap_mllm: the lmms-eval plugin follows lmms-eval {LMMS_EVAL_VERSION}, this environment has "
+                          f"{installed}: pip install --no-deps {LMMS_EVAL_REQUIREMENT}")
 
 
 def _flag(value) -> bool:
@@ -65,6 +77,7 @@ class GapMllm(lmms):
     def __init__(self, pretrained=None, device=None, batch_size=1, max_new_tokens=None, dtype=None, scene_reuse=True,
                  backend="hf", max_batch_size=None, **unknown) -> None:
         super().__init__()
+        check_lmms_eval_version()
         if unknown:
             raise TypeError(f"gap_mllm: unknown model_args {', '.join(sorted(unknown))}; known: pretrained, device, "
                             "batch_size, max_new_tokens, dtype, scene_reuse, backend")
