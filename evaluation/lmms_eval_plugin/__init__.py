@@ -6,7 +6,8 @@
 
 The model is registered with lmms-eval through this package's `lmms_eval.models` entry point (installed with
 the package; lmms-eval itself: `pip install --no-deps lmms-eval==0.7.3`), or with `LMMS_EVAL_PLUGINS=gap_mllm.evaluation.lmms_eval_plugin` (lmms-eval's older plugin
-variable: it imports `<plugin>.models.AVAILABLE_MODELS`). The tasks are the YAMLs in `templates/`, copied by
+variable: it imports `<plugin>.models.AVAILABLE_MODELS`, and needs a `<plugin>.tasks` package, which is empty
+here). The tasks are the YAMLs in `templates/`, copied by
 `gap-mllm export-lmms` next to the documents it writes (the data location is the user's, so the task files
 live with the data); lmms-eval finds them through `--include_path`.
 
