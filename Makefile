@@ -16,6 +16,8 @@ $(PY):
 $(STAMP): setup.py | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev]"
+	# the lmms-eval plugin's evaluator, without lmms-eval's own requirements (they pull a CUDA torch): setup.py
+	$(PIP) install --no-deps "$$($(PY) -c 'from gap_mllm.evaluation.lmms_eval_plugin import LMMS_EVAL_REQUIREMENT as r; print(r)')"
 	@touch $(STAMP)
 
 install: $(STAMP)

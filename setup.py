@@ -62,8 +62,16 @@ EXTRAS = {
     "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8"],
     "flash": ["flash-attn>=2.7"],
 }
+# The lmms-eval plugin (evaluation/lmms_eval_plugin). lmms-eval itself is installed WITHOUT its requirements,
+# `pip install --no-deps lmms-eval==0.7.3` (make install does; the pin is LMMS_EVAL_REQUIREMENT in
+# evaluation/lmms_eval_plugin/__init__.py): its requirements would replace the CPU torch by a CUDA build
+# (torch 2.14 and ~3 GB of nvidia-* wheels) and add ~60 packages (wandb, sentence-transformers, timm, opencv,
+# yt-dlp, ...) that its evaluator and CLI never import. The extra lists what they do import beyond "eval"
+# (about 80 MB with lmms-eval, evaluation/README.md).
+EXTRAS["lmms"] = sorted(set(EXTRAS["eval"]) | {"loguru>=0.7", "sacrebleu>=2.4", "pytz>=2024.1", "tenacity>=8.3",
+                                               "pytablewriter>=1.2", "pyyaml>=6", "jinja2>=3"})
 EXTRAS["dev"] = sorted(
-    {dep for name in ("data", "train", "eval") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
+    {dep for name in ("data", "train", "eval", "lmms") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
 )
 
 setup(
@@ -81,11 +89,17 @@ setup(
         "gap_mllm.training": ["README.md", "recipes/*.yaml", "configs/*"],
         "gap_mllm.evaluation": ["README.md", "metric_modules/*/*.py"],
         "gap_mllm.serving": ["README.md"],
+        # the lmms-eval plugin's task YAMLs (gap-mllm export-lmms copies them next to the documents it writes)
+        "gap_mllm.evaluation.lmms_eval_plugin": ["templates/*.yaml"],
         # the embedded, trained GAP-MLLM-Mini (a Hub-style folder: weights, config, remote code, processor)
         "gap_mllm.mini": ["README.md", "RESULTS.md", "gap-mllm-mini/*"],
     },
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["gap-mllm=gap_mllm.cli.main:main"]},
+    entry_points={
+        "console_scripts": ["gap-mllm=gap_mllm.cli.main:main"],
+        # lmms-eval finds the `gap_mllm` model through this group (evaluation/lmms_eval_plugin)
+        "lmms_eval.models": ["gap_mllm=gap_mllm.evaluation.lmms_eval_plugin.models:model_manifest"],
+    },
     cmdclass={"build_py": BuildPyWithModelCard},
 )

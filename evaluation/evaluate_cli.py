@@ -2,7 +2,7 @@
 
     gap-mllm evaluate --task detection|grounding|captioning|reconstruction|spatial_qa --model DIR --data DIR
                       --out DIR [--split val] [--annotation-file FILE] [--batch-size 4] [--max-new-tokens N]
-                      [--official-compat] [--no-meteor] [--limit N] [--no-plots]
+                      [--official-compat] [--no-meteor] [--limit N] [--no-plots] [--no-scene-reuse]
     gap-mllm evaluate --task detection --predictions answers.jsonl --data DIR --out DIR   (score given texts)
     gap-mllm evaluate --task detection --write-oracle oracle.jsonl --data DIR             (ground truth as text)
 
@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-scene-reuse", action="store_true",
+                        help="answer every sample with its own full model call (the one-at-a-time protocol; same "
+                             "answers, slower: for comparison)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -66,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         args.task, args.data, args.out, model_dir=args.model, predictions_file=args.predictions, split=args.split,
         annotation_file=args.annotation_file, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         official_compat=args.official_compat, meteor=False if args.no_meteor else None, limit=args.limit,
-        plots=not args.no_plots, progress=not args.quiet,
+        plots=not args.no_plots, progress=not args.quiet, scene_reuse=not args.no_scene_reuse,
     )  # fmt: skip
     if summary is not None:
         head = summary["headline"]

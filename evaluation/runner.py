@@ -36,6 +36,7 @@ from gap_mllm.processing.held_out import check_held_out, record_scene_id
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
 from . import reports
+from .batched_answers import answer_in_batches
 from .tasks import get_task, headline_value, sample_id
 
 logger = logging.getLogger(__name__)
@@ -114,29 +115,13 @@ def _unscored_rows(outputs_by_id: dict, ids: list[str], all_ids: list[str]) -> d
             "not_in_annotations": len(unknown), "not_in_annotations_first": unknown[:5]}
 
 
-def sample_batches(groups: list[list[int]], batch_size: int):
-    """`(indices, shared)` batches: a group of several samples (one scene) is sent in batches of its own,
-    answered through scene reuse (`shared=True`); single samples are batched together as before."""
-    singles = []
-    for group in groups:
-        if len(group) == 1:
-            singles.extend(group)
-            if len(singles) == batch_size:
-                yield singles, False
-                singles = []
-            continue
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size], True
-    if singles:
-        yield singles, False
-
-
 def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
-                     rank, world, device, progress=True) -> None:
+                     rank, world, device, progress=True, scene_reuse=True) -> None:
     """Generate every sample whose id is not yet in the raw-output files (this rank's share).
 
     Samples about one scene (same images and marker at the first stage: ScanRefer's many expressions per
-    scene) go to the same process and are answered from one encoding of the scene (scene_generation.py)."""
+    scene) go to the same process and are answered from one encoding of the scene (scene_generation.py);
+    `scene_reuse=False` answers each with a full call (the one-at-a-time protocol, for comparison)."""
     from tqdm.auto import tqdm
 
     from .scene_generation import SceneGenerator, groups_for_rank, scene_groups
@@ -149,18 +134,17 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
     if not pending:
         return
     generator = SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens)
+
+    def request_for(i, stage, previous):
+        request = task.request(records[i], stage, previous, media_root)
+        # annotation paths are relative to posed_images
+        request.images = [str(media_path(media_root, p, ids[i])) for p in request.images]
+        return request
+
     reports.end_torn_line(reports.raw_output_file(out_dir, rank))
     with open(reports.raw_output_file(out_dir, rank), "a", encoding="utf-8") as handle, \
             tqdm(total=pending, desc=f"{task.name} (rank {rank})", disable=not progress or rank != 0) as bar:
-        for batch, shared in sample_batches(mine, batch_size):
-            texts = [[] for _ in batch]
-            for stage in range(task.stages):
-                requests = [task.request(records[i], stage, texts[j], media_root) for j, i in enumerate(batch)]
-                for j, request in enumerate(requests):  # annotation paths are relative to posed_images
-                    request.images = [str(media_path(media_root, p, ids[batch[j]])) for p in request.images]
-                answer = generator.generate_on_scenes if shared else generator.generate
-                for j, text in enumerate(answer(requests)):
-                    texts[j].append(text)
+        for batch, texts in answer_in_batches(generator, request_for, mine, task.stages, batch_size, scene_reuse):
             for j, i in enumerate(batch):
                 reports.append_raw_output(handle, ids[i], i, texts[j])
             bar.update(len(batch))
@@ -169,10 +153,11 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
 def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, predictions_file=None, split: str = "val",
                    annotation_file=None, batch_size: int = 1, max_new_tokens: int | None = None,
                    official_compat: bool = False, meteor: bool | None = None, limit: int | None = None,
-                   plots: bool = True, progress: bool = True) -> dict | None:
+                   plots: bool = True, progress: bool = True, scene_reuse: bool = True) -> dict | None:
     """Evaluate one task; returns the summary on the main process (None on the others).
 
     Exactly one of `model_dir` (generate) and `predictions_file` (score given texts) is needed.
+    `scene_reuse=False` answers every sample with its own full model call (for comparison; same texts).
     """
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
@@ -209,7 +194,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     else:
         rank, world, device, barrier = _process_state()
         generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
-                         rank, world, device, progress)
+                         rank, world, device, progress, scene_reuse)
         barrier()
         outputs_by_id = reports.read_raw_outputs(out_dir)
     if rank != 0:

@@ -5,7 +5,8 @@ import json
 
 from gap_mllm.evaluation import scene_generation
 from gap_mllm.evaluation.generation import Request
-from gap_mllm.evaluation.runner import run_evaluation, sample_batches
+from gap_mllm.evaluation.batched_answers import sample_batches
+from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.evaluation.scene_generation import SceneGenerator, groups_for_rank, scene_groups
 
 from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)

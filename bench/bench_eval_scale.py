@@ -1,0 +1,213 @@
+"""Evaluation at benchmark scale: time per 1,000 grounding queries, one at a time vs batched + scene reuse.
+
+    python bench/bench_eval_scale.py --data DATA --split val --queries 120 --batch-size 8 [--two-processes]
+    python bench/bench_eval_scale.py --real-size --device cuda --data DATA ...     # awaiting a GPU
+
+Arms, on the same first N grounding queries of the split (two-stage ScanRefer protocol, the official budgets and
+stop rules), each a full `run_evaluation` (scores, no plots) in a fresh output folder, in one run:
+
+  one_at_a_time    batch 1, every query and stage a full model call (`scene_reuse=False`): the official protocol
+  batched_reuse    queries of one scene batched (`--batch-size`) and answered from one encoding of the scene
+  two_processes    (with --two-processes) the batched path sharded over 2 processes by `accelerate launch`
+                   (wall time including the processes' start-up and model loading, stated as such)
+
+The answers of every arm are checked equal to the one-at-a-time answers before any figure is printed (the paths
+must not change what is scored). Model loading is timed once and left out of the per-query figures. Per-1,000 and
+full-split figures are extrapolations of the measured per-query time (linear in the number of queries), printed as
+such; a full split has another queries-per-scene ratio (ScanRefer val: 9,508 queries over 141 scenes, about 67 per
+scene), which changes what scene reuse saves. Captioning and detection slices (`--captions`, `--detections`)
+give the per-sample time of those tasks for their extrapolations.
+
+`--model-size`: `mini` (the embedded GAP-MLLM-Mini, default), `small` (the package's small test configuration,
+random weights, built in code) or `real` (Qwen3-VL-2B + VGGT-1B, random weights, built in code: bench/real_size_model.py;
+`--real-size` is the same; refused without a CUDA device). Random weights rarely stop early, so `--max-new-tokens`
+caps the answers of those sizes (default 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
+
+# split sizes of the extrapolations: ScanRefer val (queries, scenes); Scan2Cap evaluates the ScanRefer val objects;
+# detection: one 4-frame clip per ScanNet val scene (the official file's size is not known here: an assumption)
+FULL_SPLITS = {"grounding": ("ScanRefer val", 9508), "captioning": ("Scan2Cap val (2,068 ScanRefer val objects)", 2068),
+               "detection": ("ScanNet val, one clip per scene (assumed)", 312)}
+
+
+def model_folder(size: str, device: str, out: Path) -> Path:
+    """The model folder of `size`: the embedded Mini, or a random-weight model built and saved in code."""
+    if size == "mini":
+        from gap_mllm.mini import default_model_path
+
+        return default_model_path()
+    from real_size_model import real_size_config, small_config
+
+    from gap_mllm import GapMllmForConditionalGeneration
+    from gap_mllm.processing_gap_mllm import GapMllmProcessor
+    from gap_mllm.tiny.tiny_config import build_vlm_config
+    from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    config = small_config() if size == "small" else real_size_config()
+    ids = build_vlm_config(tokenizer, "tiny")  # the tokenizer's special ids (the real size names Qwen's)
+    for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        setattr(config.vlm_config, key, getattr(ids, key))
+    dtype = torch.bfloat16 if size == "real" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = GapMllmForConditionalGeneration._from_config(config, dtype=dtype)
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    folder = out / f"model_{size}"
+    model.save_pretrained(folder)
+    GapMllmProcessor.from_tokenizer(tokenizer).save_pretrained(folder)
+    del model
+    return folder
+
+
+def raw_answers(out: Path) -> dict[str, list[str]]:
+    from gap_mllm.evaluation import reports
+
+    return reports.read_raw_outputs(out)
+
+
+def run_arm(task, data, split, limit, model, out: Path, batch_size: int, scene_reuse: bool, max_new_tokens) -> float:
+    """Seconds of one in-process evaluation (model loading included; subtracted by the caller). The device is the
+    runner's: accelerate's process device (the GPU when there is one)."""
+    from gap_mllm.evaluation.runner import run_evaluation
+
+    start = time.perf_counter()
+    run_evaluation(task, data, out, model_dir=model, split=split, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                   limit=limit, plots=False, progress=False, meteor=False, scene_reuse=scene_reuse)
+    return time.perf_counter() - start
+
+
+def run_two_processes(task, data, split, limit, model, out: Path, batch_size: int, max_new_tokens) -> float:
+    launcher = Path(sys.executable).parent / "accelerate"
+    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--main_process_port", "0", "-m", "gap_mllm.evaluation.evaluate_cli", "--task", task,
+               "--data", str(data), "--split", split, "--model", str(model), "--out", str(out), "--batch-size", str(batch_size),
+               "--limit", str(limit), "--no-plots", "--quiet", "--no-meteor"]
+    if max_new_tokens is not None:
+        command += ["--max-new-tokens", str(max_new_tokens)]
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"accelerate launch failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def count_scenes(data, split, task, limit) -> tuple[int, int]:
+    from gap_mllm.evaluation.tasks import get_task
+    from gap_mllm.processing.annotation_files import find_annotation_file
+    from gap_mllm.processing.builders import load_annotation_file
+    from gap_mllm.processing.held_out import record_scene_id
+
+    records = load_annotation_file(find_annotation_file(data, get_task(task).annotation_task, split))[:limit]
+    return len(records), len({record_scene_id(r) for r in records})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="data root (SynthRooms or the ScanNet posed_images layout)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--queries", type=int, default=120, help="grounding queries measured (the first N of the split)")
+    parser.add_argument("--captions", type=int, default=0, help="also time N captioning samples (both paths)")
+    parser.add_argument("--detections", type=int, default=0, help="also time N detection samples (both paths)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--two-processes", action="store_true", help="also the batched path on 2 processes (accelerate launch)")
+    parser.add_argument("--model-size", choices=("mini", "small", "real"), default="mini")
+    parser.add_argument("--real-size", action="store_true", help="the real-size model (Qwen3-VL-2B + VGGT-1B, random weights); needs --device cuda")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-new-tokens", type=int, help="cap on the answers (default: none for mini, 64 for random weights)")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+    size = "real" if args.real_size else args.model_size
+    if size == "real" and (not args.device.startswith("cuda") or not torch.cuda.is_available()):
+        parser.error("--real-size needs a CUDA GPU and --device cuda (Qwen3-VL-2B + VGGT-1B: 3.2 B parameters); "
+                     f"this machine has {'a GPU: pass --device cuda' if torch.cuda.is_available() else 'none'}")
+    if args.two_processes and args.device != "cpu":
+        parser.error("--two-processes is the 2-process CPU arm; on GPUs run one process per GPU with accelerate launch")
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else (None if size == "mini" else 64)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_eval_scale_"))
+    try:
+        start = time.perf_counter()
+        model = model_folder(size, args.device, work)
+        from gap_mllm.evaluation.scene_generation import SceneGenerator
+
+        start = time.perf_counter()
+        SceneGenerator(model, device=args.device, max_new_tokens=max_new_tokens)
+        load_s = time.perf_counter() - start
+        print(f"model {size}: loading {load_s:.2f} s (left out of the per-query figures)", flush=True)
+
+        slices = [("grounding", args.queries)] + [(t, n) for t, n in (("captioning", args.captions), ("detection", args.detections)) if n]
+        figures = {"model": size, "device": args.device, "batch_size": args.batch_size, "max_new_tokens": max_new_tokens,
+                   "threads": torch.get_num_threads(), "load_s": load_s, "tasks": {}}
+        for task, limit in slices:
+            samples, scenes = count_scenes(args.data, args.split, task, limit)
+            row = {"samples": samples, "scenes": scenes}
+            arms = {"one_at_a_time": (1, False), "batched_reuse": (args.batch_size, True)}
+            answers = {}
+            for name, (batch, reuse) in arms.items():
+                out = work / f"{task}_{name}"
+                seconds = run_arm(task, args.data, args.split, limit, model, out, batch, reuse, max_new_tokens)
+                answers[name] = raw_answers(out)
+                row[name] = {"seconds": seconds, "per_sample_s": (seconds - load_s) / samples}
+                print(f"{task} {name}: {seconds:.1f} s for {samples} samples", flush=True)
+            if args.two_processes:
+                out = work / f"{task}_two_processes"
+                seconds = run_two_processes(task, args.data, args.split, limit, model, out, args.batch_size, max_new_tokens)
+                answers["two_processes"] = raw_answers(out)
+                row["two_processes"] = {"seconds": seconds, "per_sample_s": seconds / samples, "includes_startup_and_loading": True}
+                print(f"{task} two_processes: {seconds:.1f} s for {samples} samples (start-up and loading included)", flush=True)
+            different = [name for name, texts in answers.items() if texts != answers["one_at_a_time"]]
+            if different:
+                raise SystemExit(f"{task}: the answers of {', '.join(different)} differ from one at a time; no figures")
+            base = row["one_at_a_time"]["per_sample_s"]
+            for name in row:
+                if isinstance(row[name], dict):
+                    row[name]["speedup_vs_one_at_a_time"] = base / row[name]["per_sample_s"]
+                    row[name]["extrapolated_s_per_1000"] = 1000 * row[name]["per_sample_s"]
+                    split_name, split_size = FULL_SPLITS[task]
+                    row[name]["extrapolated_hours_full_split"] = split_size * row[name]["per_sample_s"] / 3600
+            row["full_split"] = FULL_SPLITS[task][0]
+            figures["tasks"][task] = row
+        print_table(figures)
+        if args.out:
+            Path(args.out).write_text(json.dumps(figures, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_table(figures: dict) -> None:
+    print(f"\nmodel {figures['model']} on {figures['device']} ({figures['threads']} threads), batch {figures['batch_size']}, "
+          f"max_new_tokens {figures['max_new_tokens']}; per-1,000 and full-split figures are EXTRAPOLATIONS of the measured slice")
+    print("| task | samples (scenes) | arm | measured s | s per sample | vs one at a time | s per 1,000 (extrap.) | full split, h (extrap.) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for task, row in figures["tasks"].items():
+        for name, arm in row.items():
+            if not isinstance(arm, dict):
+                continue
+            print(f"| {task} | {row['samples']} ({row['scenes']}) | {name} | {arm['seconds']:.1f} | {arm['per_sample_s']:.3f} | "
+                  f"{arm['speedup_vs_one_at_a_time']:.2f}× | {arm['extrapolated_s_per_1000']:.0f} | "
+                  f"{arm['extrapolated_hours_full_split']:.2f} ({row['full_split']}) |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Answer samples in batches, every stage of a multi-stage task, with scene reuse where samples share a scene.
+
+The one loop behind `gap-mllm evaluate` (runner.py) and the lmms-eval plugin's model (lmms_eval_plugin/): the
+samples are first grouped by scene (`scene_generation.scene_groups`: same first-stage frames and marker), then
+
+    for batch, shared in sample_batches(groups, batch_size):      # a scene's samples batch together
+        for stage in range(stages):                               # grounding: frame selection, then the box
+            requests = [request_for(i, stage, texts so far) for i in batch]
+            texts += generator.generate_on_scenes(requests) if shared else generator.generate(requests)
+
+so a scene's prefix (geometry encoder, vision tower, multi-view prefill) is encoded once for all its
+questions at each stage, and a stage-2 request is built from the stage-1 answer of the same sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from .generation import Request
+
+
+def sample_batches(groups: list[list[int]], batch_size: int):
+    """`(indices, shared)` batches: a group of several samples (one scene) is sent in batches of its own,
+    answered through scene reuse (`shared=True`); single samples are batched together as before."""
+    singles = []
+    for group in groups:
+        if len(group) == 1:
+            singles.extend(group)
+            if len(singles) == batch_size:
+                yield singles, False
+                singles = []
+            continue
+        for start in range(0, len(group), batch_size):
+            yield group[start : start + batch_size], True
+    if singles:
+        yield singles, False
+
+
+def answer_in_batches(generator, request_for: Callable[[int, int, list[str]], Request], groups: list[list[int]],
+                      stages: int, batch_size: int, scene_reuse: bool = True) -> Iterator[tuple[list[int], list[list[str]]]]:
+    """Yield `(sample indices, [[text per stage] per sample])`, one batch at a time (so a caller can write
+    each batch as it finishes).
+
+    Args:
+        generator: a `scene_generation.SceneGenerator` (or a `BatchGenerator` when `scene_reuse=False`).
+        request_for: `(sample index, stage, previous texts of that sample) -> Request`, image paths resolved.
+        groups: sample indices grouped by scene (`scene_groups`); with `scene_reuse=False` every sample is
+            answered by a full call (the groups still decide which samples share a batch).
+        stages: model calls per sample.
+    """
+    for batch, shared in sample_batches(groups, batch_size):
+        texts: list[list[str]] = [[] for _ in batch]
+        for stage in range(stages):
+            requests = [request_for(i, stage, texts[j]) for j, i in enumerate(batch)]
+            answer = generator.generate_on_scenes if shared and scene_reuse else generator.generate
+            for j, text in enumerate(answer(requests)):
+                texts[j].append(text)
+        yield batch, texts

@@ -1,0 +1,80 @@
+"""`gap-mllm export-lmms`: write the lmms-eval tasks of a data root (SynthRooms or the ScanNet posed_images layout).
+
+    gap-mllm export-lmms --data DATA --out lmms_tasks [--split val] [--tasks gap_scanrefer,gap_det]
+                         [--limit N] [--official-compat] [--no-meteor]
+
+For each task: `<out>/<task>.jsonl` (the documents, documents.py) and `<out>/<task>.yaml` (the shipped task YAML
+with `dataset_kwargs.data_files` pointing at the documents, a path relative to the YAML, which lmms-eval resolves
+against the YAML's folder), plus `<out>/gap_mllm.yaml`, the group of the tasks written. Then
+`python -m lmms_eval --include_path <out> --tasks gap_mllm ...`. Frame paths in the documents are absolute: the
+data root must stay where it was when exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import GROUP, LMMS_TASKS, task_template
+from .documents import documents_for
+
+
+def data_files_block(documents_file: str) -> str:
+    return f"dataset_kwargs:\n  data_files:\n    test: {documents_file}\n"
+
+
+def export_tasks(data_dir, out_dir, split: str = "val", tasks=None, limit: int | None = None,
+                 official_compat: bool = False, meteor: bool | None = None) -> dict[str, int]:
+    """Write the documents and task YAMLs of `tasks` (default: all four); returns `{task: number of documents}`."""
+    tasks = list(LMMS_TASKS) if tasks is None else list(tasks)
+    unknown = [t for t in tasks if t not in LMMS_TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(LMMS_TASKS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for task in tasks:
+        documents = documents_for(LMMS_TASKS[task], data_dir, split, official_compat=official_compat, meteor=meteor,
+                                  limit=limit)
+        if not documents:
+            raise ValueError(f"{task}: the {LMMS_TASKS[task]} annotation file of split {split!r} under {data_dir} has no records")
+        with open(out_dir / f"{task}.jsonl", "w", encoding="utf-8") as handle:
+            for document in documents:
+                handle.write(json.dumps(document) + "\n")
+        template = task_template(task).read_text(encoding="utf-8")
+        (out_dir / f"{task}.yaml").write_text(template + data_files_block(f"{task}.jsonl"), encoding="utf-8")
+        counts[task] = len(documents)
+    group = [f"group: {GROUP}", "task:", *(f"  - {task}" for task in tasks)]
+    (out_dir / f"{GROUP}.yaml").write_text("\n".join(group) + "\n", encoding="utf-8")
+    return counts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="data root (annotations/ and scannet/posed_images/)")
+    parser.add_argument("--out", required=True, help="folder for the documents and task YAMLs (lmms-eval --include_path)")
+    parser.add_argument("--split", default="val", help="annotation split (default: val)")
+    parser.add_argument("--tasks", default=",".join(LMMS_TASKS), help=f"comma-separated, from {', '.join(LMMS_TASKS)} (default: all)")
+    parser.add_argument("--limit", type=int, help="only the first N records of each task")
+    parser.add_argument("--official-compat", action="store_true",
+                        help="score as the released scripts do and stop answers only at EOS / the budget (as gap-mllm evaluate --official-compat)")
+    parser.add_argument("--no-meteor", action="store_true", help="captioning: report METEOR as null (it needs Java)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data {args.data}: no such folder")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    counts = export_tasks(args.data, args.out, args.split, tasks, args.limit, args.official_compat,
+                          meteor=False if args.no_meteor else None)
+    for task, count in counts.items():
+        print(f"{task}: {count} documents -> {Path(args.out) / (task + '.yaml')}")
+    print(f"lmms-eval: --include_path {args.out} --tasks {','.join(counts)} (or the group {GROUP})")
+    return 0
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="gap-mllm export-lmms", description=__doc__.splitlines()[0])
+    add_arguments(cli)
+    sys.exit(main(cli.parse_args()))

@@ -1,0 +1,207 @@
+"""The `gap_mllm` lmms-eval model: a GAP-MLLM folder (or Hub id) answering the plugin's tasks.
+
+    --model gap_mllm --model_args pretrained=CKPT,batch_size=8,device=cuda,dtype=bfloat16,scene_reuse=true
+
+Arguments: `pretrained` (a model folder or Hub id; default the embedded GAP-MLLM-Mini), `device` (default: the
+accelerate process device under `accelerate launch`, else cuda if there is one, else cpu), `batch_size`,
+`max_new_tokens` (a cap on the registry budgets, for smoke runs; `--gen_kwargs max_new_tokens=N` caps the same
+way), `dtype` (e.g. bfloat16), `scene_reuse` (default true), `backend` (`hf`; `vllm` is not part of this package
+yet and says so).
+
+Each document is answered as `gap-mllm evaluate` answers its record: the same requests (documents.request_for =
+Benchmark.request), greedy decoding with the task's stop rule, and the same batching (evaluation/batched_answers.py:
+documents about one scene are batched together and answered from one encoding of the scene). All the requests of
+one call (lmms-eval sends every document of an output type at once) are grouped by task; a multi-round call
+(ScanRefer) answers stage 1 of a batch, builds the stage-2 requests from those answers (the frames around the
+selected frame) and answers them, which is what lmms-eval's round protocol (task_functions.grounding_doc_to_text)
+describes for one document at a time.
+
+Under `accelerate launch` lmms-eval deals the documents to the processes itself (round-robin by document), so a
+scene's questions may be answered on several processes; each process still groups its own share by scene.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+
+from gap_mllm.processing.held_out import check_held_out, record_scene_id
+
+from ...batched_answers import answer_in_batches
+from .. import LMMS_EVAL_REQUIREMENT, LMMS_EVAL_VERSION
+from ..documents import benchmark_of, check_document, record_of, request_for
+
+BACKENDS = ("hf", "vllm")
+
+
+def check_lmms_eval_version() -> None:
+    """ImportError unless the installed lmms-eval is the release the plugin follows (its request and round formats
+    are what the answers are read through; another release could pair answers and documents differently)."""
+    from importlib.metadata import version
+
+    installed = version("lmms-eval")
+    if installed != LMMS_EVAL_VERSION:
+        raise ImportError(f"gap_mllm: the lmms-eval plugin follows lmms-eval {LMMS_EVAL_VERSION}, this environment has "
+                          f"{installed}: pip install --no-deps {LMMS_EVAL_REQUIREMENT}")
+
+
+def _flag(value) -> bool:
+    """lmms-eval passes model_args as strings ("true", "False", "0")."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _optional_int(value, name: str) -> int | None:
+    if value in (None, "", "None", "none"):
+        return None
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{name} must be at least 1, got {value!r}")
+    return number
+
+
+class GapMllm(lmms):
+    """GAP-MLLM for lmms-eval (simple model: documents come with frames and prompts, no chat messages)."""
+
+    is_simple = True
+
+    def __init__(self, pretrained=None, device=None, batch_size=1, max_new_tokens=None, dtype=None, scene_reuse=True,
+                 backend="hf", max_batch_size=None, **unknown) -> None:
+        super().__init__()
+        check_lmms_eval_version()
+        if unknown:
+            raise TypeError(f"gap_mllm: unknown model_args {', '.join(sorted(unknown))}; known: pretrained, device, "
+                            "batch_size, max_new_tokens, dtype, scene_reuse, backend")
+        if backend not in BACKENDS:
+            raise ValueError(f"gap_mllm: backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        if backend == "vllm":
+            raise NotImplementedError(
+                "gap_mllm: backend=vllm needs a vLLM serving path for GAP-MLLM (the gap_mllm.serving package, which "
+                "this installation does not have); use backend=hf")
+        from gap_mllm.cli.model_source import check_model_source
+
+        from ...scene_generation import SceneGenerator
+
+        if pretrained is None:
+            from gap_mllm.mini import default_model_path
+
+            pretrained = default_model_path()
+        self.model_source = check_model_source(pretrained, "pretrained")
+        self.batch_size_per_call = _optional_int(batch_size, "batch_size") or 1
+        self.max_new_tokens = _optional_int(max_new_tokens, "max_new_tokens")
+        self.scene_reuse = _flag(scene_reuse)
+        self._device = self._choose_device(device)
+        torch_dtype = getattr(torch, str(dtype)) if dtype not in (None, "", "None", "auto") else None
+        if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+            raise ValueError(f"gap_mllm: dtype {dtype!r} is not a torch dtype")
+        self.generator = SceneGenerator(self.model_source, device=self._device, max_new_tokens=self.max_new_tokens,
+                                        dtype=torch_dtype)
+        self._checked_held_out: set[tuple[str, frozenset]] = set()
+
+    def _choose_device(self, device) -> torch.device:
+        """The accelerate process's device when launched with several processes (lmms-eval shards by rank)."""
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator(cpu=not torch.cuda.is_available())
+            self.accelerator = accelerator
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+            return accelerator.device
+        if device not in (None, "", "None"):
+            return torch.device(device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_call
+
+    # ------------------------------------------------------------------------------------ lmms-eval API
+
+    def loglikelihood(self, requests: list[Instance]):
+        raise NotImplementedError("gap_mllm answers generative tasks only (generate_until, generate_until_multi_round)")
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        return [texts[0] for texts in self._answer(requests, multi_round=False)]
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
+        # a list of round texts (lmms-eval passes a list through to process_results; a tuple would be read as
+        # (text, token counts))
+        return [list(texts) for texts in self._answer(requests, multi_round=True)]
+
+    # -------------------------------------------------------------------------------------- internals
+
+    def _document(self, request: Instance) -> dict:
+        doc_id, task, split = request.args[-3:]
+        doc = self.task_dict[task][split][doc_id]
+        check_document(doc)
+        return doc
+
+    def _budget_cap(self, request: Instance) -> int | None:
+        """`max_new_tokens` of the request's generation kwargs, a cap like the model argument; anything that
+        would change greedy decoding with the task's stop rule is refused rather than ignored."""
+        kwargs = dict(request.args[1] or {})
+        until = kwargs.pop("until", None)
+        if until not in (None, [], ()):
+            raise ValueError(f"gap_mllm: task {request.task_name!r} asks to stop at {until!r}; GAP-MLLM answers stop at the "
+                             "end of the task's answer (gap_mllm.tasks_gap_mllm): set `until: []`")
+        if _flag(kwargs.pop("do_sample", False)) or float(kwargs.pop("temperature", 0) or 0) > 0:
+            raise ValueError(f"gap_mllm: task {request.task_name!r} asks for sampling; GAP-MLLM is evaluated greedily")
+        cap = kwargs.pop("max_new_tokens", None)
+        return None if cap is None else int(cap)
+
+    def _check_held_out(self, docs: list[dict]) -> None:
+        """A model is never scored on SynthRooms scenes it trained on (processing/held_out.py), as in gap-mllm evaluate."""
+        by_root: dict[str, set] = {}
+        for doc in docs:
+            by_root.setdefault(doc["data_root"], set()).add(record_scene_id(record_of(doc)))
+        for root, scenes in by_root.items():
+            key = (root, frozenset(scenes))
+            if key not in self._checked_held_out:
+                check_held_out(self.model_source, root, scenes)
+                self._checked_held_out.add(key)
+
+    def _answer(self, requests: list[Instance], multi_round: bool) -> list[list[str]]:
+        """Texts per request (one per stage), in request order."""
+        from ...scene_generation import scene_groups
+
+        docs = [self._document(request) for request in requests]
+        caps = [self._budget_cap(request) for request in requests]
+        self._check_held_out(docs)
+        by_task: dict[tuple, list[int]] = {}
+        for index, doc in enumerate(docs):
+            benchmark = benchmark_of(doc)
+            if (benchmark.stages > 1) != multi_round:
+                kind = "generate_until_multi_round" if benchmark.stages > 1 else "generate_until"
+                raise ValueError(f"gap_mllm: task {requests[index].task_name!r} ({benchmark.name}, {benchmark.stages} "
+                                 f"stage(s)) needs output_type {kind}")
+            by_task.setdefault((doc["task"], bool(doc["official_compat"]), caps[index]), []).append(index)
+
+        answers: list[list[str] | None] = [None] * len(requests)
+        for (_, _, cap), members in by_task.items():
+            stages = benchmark_of(docs[members[0]]).stages
+
+            def request_for_member(i, stage, previous, cap=cap):
+                request = request_for(docs[i], stage, previous)
+                if cap is not None:
+                    request.max_new_tokens = min(request.max_new_tokens, cap)
+                return request
+
+            first = {i: request_for_member(i, 0, []) for i in members}
+            for batch, texts in answer_in_batches(self.generator, request_for_member, scene_groups(first), stages,
+                                                  self.batch_size_per_call, self.scene_reuse):
+                for j, i in enumerate(batch):
+                    answers[i] = texts[j]
+        return answers
