@@ -17,13 +17,14 @@ def _numbers(values, digits: int = 2) -> str:
 
 
 def request_text(request) -> str:
-    """The task inputs of a `TaskRequest` as a person reads them (a box with 2 decimals, not 17)."""
-    parts = []
-    if request.query is not None:
+    """The task inputs of a `TaskRequest` that its task uses, as a person reads them (a box with 2 decimals, not
+    17); "" for a task without inputs (detection)."""
+    spec, parts = request.spec, []
+    if "query" in spec.parameters and request.query is not None:
         parts.append(f"query={request.query!r}")
-    if request.box is not None:
+    if "box" in spec.parameters and request.box is not None:
         parts.append(f"box={_numbers(request.box)}")
-    if request.marker is not None:
+    if spec.needs_marker and request.marker is not None:
         view, x, y = (int(v) for v in request.marker)
         parts.append(f"marker=(view {view}, x {x}, y {y})")
     return ", ".join(parts)

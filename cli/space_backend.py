@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .example_reference import reference_lines, request_text
@@ -205,6 +206,22 @@ class SpaceBackend:
             return []
         scene = self.example(example_name)
         return [f"{i}: {label}" for i, label in enumerate(scene.reference_labels)]
+
+    def example_defaults(self, example_name: str | None) -> dict:
+        """The task inputs of a bundled room's own requests, to prefill the page with (their exact answers are
+        known, so the reference panel compares with them): `{"object", "query", "marker"}`; empty values for
+        uploads."""
+        if not example_name or example_name == NO_EXAMPLE:
+            return {"object": None, "query": "", "marker": ""}
+        scene = self.example(example_name)
+        given = scene.example_inputs
+        choices = self.object_choices(example_name)
+        box = given.get("captioning", {}).get("box")
+        found = [c for c, b in zip(choices, scene.reference_boxes) if box is not None and np.allclose(b, box)]
+        marker = given.get("reconstruction", {}).get("marker")
+        return {"object": found[0] if found else (choices[0] if choices else None),
+                "query": given.get("grounding", {}).get("query", ""),
+                "marker": " ".join(str(int(v)) for v in marker) if marker is not None else ""}
 
     def _scene(self, files, example_name):
         if example_name and example_name != NO_EXAMPLE:

@@ -30,8 +30,10 @@ def build_demo(backend: SpaceBackend):
     import gradio as gr
 
     def on_example_change(example_name):
-        choices = backend.object_choices(example_name)
-        return gr.update(choices=choices, value=choices[0] if choices else None)
+        # a bundled room prefills its own requests (their exact answers are known: the reference panel shows them)
+        defaults = backend.example_defaults(example_name)
+        return (gr.update(choices=backend.object_choices(example_name), value=defaults["object"]),
+                defaults["query"], defaults["marker"])
 
     def on_run(files, example_name, task_label, query, object_choice, box_text, marker_text, request: gr.Request):
         # gradio fills `request`; its session hash keys the session's encoded scene (scene_store.py)
@@ -80,7 +82,7 @@ def build_demo(backend: SpaceBackend):
                                              "task next to a trivial baseline", lines=4, elem_id="reference")
                 gates = gr.Image(label="Fusion gate per level (share of the Qwen feature)", type="filepath",
                                  elem_id="gates")
-        example.change(on_example_change, example, object_choice)
+        example.change(on_example_change, example, [object_choice, query, marker_text])
         run.click(on_run, [files, example, task, query, object_choice, box_text, marker_text],
                   [frames, scene, raw, parsed, gates, status, reference], api_name="run")
     return demo

@@ -218,11 +218,11 @@ def test_a_detection_answer_is_not_cut_at_128_tokens(tmp_path, monkeypatch):
     seen = answer_within_budget(model, processor, monkeypatch, answer)
     assert seen["answer_tokens"] > 128
 
-    out = backend.run(None, "synthetic room A", "3D object detection")
+    out = backend.run(None, "synthetic room A", "3D object detection", query="")  # the page sends its empty boxes
 
     assert seen["max_new_tokens"] == DETECTION.max_new_tokens  # the task's budget, no cap
     assert out.parsed.startswith(f"{len(truth)} box(es)") and "parse problem" not in out.parsed
-    assert "4 of 4 reference box(es) found at IoU > 0.25" in out.reference
+    assert "4 of 4 reference box(es) found at IoU > 0.25" in out.reference and "input" not in out.reference
     # the old fixed budget of 128 tokens cuts this answer: the last boxes are lost
     capped = SpaceBackend(SpaceSettings(model="tiny", max_new_tokens=128), work_dir=tmp_path,
                           loaded=(model, processor, False)).run(None, "synthetic room A", "3D object detection")
@@ -241,15 +241,28 @@ def test_a_bundled_room_shows_the_reference_and_the_held_out_score(tmp_path, mon
     shutil.copy(default_model_path() / RESULTS_FILE, folder / RESULTS_FILE)
     backend = SpaceBackend(SpaceSettings(model=str(folder), max_new_tokens=None), work_dir=tmp_path / "out",
                            loaded=load_model_and_processor(str(folder)))
-    given = synthetic_scene(0).example_inputs["captioning"]
+    examples = synthetic_scene(0).example_inputs
+    given = examples["captioning"]
+    defaults = backend.example_defaults("synthetic room A")  # the page is prefilled with the room's own requests
+    assert defaults["query"] == examples["grounding"]["query"]
+    assert defaults["marker"] == " ".join(str(v) for v in examples["reconstruction"]["marker"])
     answer_within_budget(backend.model, backend.processor, monkeypatch, "a pink dresser against the wall")
 
-    out = backend.run(None, "synthetic room A", "3D dense captioning (pick an object)", object_choice="0: dresser")
+    out = backend.run(None, "synthetic room A", "3D dense captioning (pick an object)", object_choice=defaults["object"])
 
     lines = out.reference.splitlines()
     assert lines[0] == "input: box=[" + ", ".join(f"{v:.2f}" for v in given["box"]) + "]"  # 2 decimals, not 17
     assert lines[1] == "truth: " + " | ".join(given["references"])
     assert lines[2] == held_out_scores(folder).line("captioning")
     assert held_out_scores(folder).line("captioning").startswith("held-out (")
+
+    answer_within_budget(backend.model, backend.processor, monkeypatch, '{"pointmap": [0.0, 0.0, 1.0], "label": "wall"}')
+    out = backend.run(None, "synthetic room A", "marker point reconstruction", marker_text=defaults["marker"])
+    truth = examples["reconstruction"]
+    expected_error = float(np.linalg.norm(np.subtract(truth["point"], [0.0, 0.0, 1.0])))
+    assert f"truth: point: [{', '.join(f'{v:.2f}' for v in truth['point'])}] label: {truth['label']}" in out.reference
+    assert f"score: point error {expected_error:.2f} m; label wrong" in out.reference
+    assert out.reference.endswith(held_out_scores(folder).line("reconstruction"))
+    assert backend.example_defaults("(my uploaded files)") == {"object": None, "query": "", "marker": ""}
     assert backend.run(uploads, None, "3D dense captioning (pick an object)",
                        box_text="0 0 2 0.5 0.5 0.5 0 0 0").reference == ""
