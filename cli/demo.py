@@ -119,13 +119,13 @@ def run_demo_geometry(model, processor, scene, out: Path, scores=None) -> None:
     """The point cloud the geometry encoder's camera and depth heads reconstruct from the example's views (what
     `gap-mllm predict --save-dir` writes for a user's own frames), as a PLY next to the exact one, with the
     encoder's held-out score; a model without the heads says so."""
-    from .scenes import POINT_CLOUD_HOWTO, can_reconstruct, reconstructed_scene
+    from .scenes import can_reconstruct, reconstructed_scene
     from .visualize import save_scene_ply
 
     print(f"\n--- geometry: the scene reconstructed by the geometry encoder's depth and camera heads from the "
           f"{len(scene.views)} views")
     if not can_reconstruct(model):
-        print("not run : " + POINT_CLOUD_HOWTO)
+        print("not run: this model's geometry encoder has no camera and depth heads")
         return
     estimated = reconstructed_scene(model, processor, scene.views)
     if estimated.points is None:
