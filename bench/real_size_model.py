@@ -1,10 +1,7 @@
 """GAP-MLLM at the real size (Qwen3-VL-2B-Instruct + VGGT-1B aggregator) with random weights, built in code.
 
-No download: the Qwen3-VL-2B text and vision settings are written out here (docs/method.md §1.1: 28 decoder
-layers, hidden 2048, 16 query / 8 KV heads of 128, MLP 6144, tied embeddings, M-RoPE; ViT depth 24,
-width 1024, patch 16, merge 2, out 2048, DeepStack at ViT blocks 5/11/17), the geometry encoder takes
-GapMllmGeometryConfig's defaults (VGGT-1B: 24 block pairs of width 1024, DINOv2-L/14 with registers,
-tapped at 4/11/17/23) and the fusion its defaults (merger MLP 8192 → 4096 → 2048, RMS norm, gated).
+No download: the configuration is written out in `gap_mllm.cli.real_size` (Qwen3-VL-2B text and vision
+settings, VGGT-1B geometry encoder, the official fusion settings).
 
 `build_model` allocates the weights directly on the target device in the target dtype (a `torch.device`
 context and the dtype set by `_from_config`), so the 3.2 B-parameter model never exists in fp32 on the
@@ -17,34 +14,11 @@ from functools import lru_cache
 
 import torch
 
-# Qwen3-VL-2B-Instruct's special tokens (the stock Qwen3-VL ids) and its text/vision configuration.
-QWEN3_VL_2B_TOKENS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
-                      "vision_end_token_id": 151653}
-IM_START, IM_END, PAD, NEWLINE = 151644, 151645, 151643, 198
-QWEN3_VL_2B_TEXT = {
-    "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
-    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "hidden_act": "silu",
-    "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "attention_bias": False, "pad_token_id": PAD,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [24, 20, 20],
-                        "mrope_interleaved": True},
-}  # fmt: skip
-QWEN3_VL_2B_VISION = {
-    "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "in_channels": 3,
-    "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 2048,
-    "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17], "hidden_act": "gelu_pytorch_tanh",
-}  # fmt: skip
+# The real-size configuration is the package's (gap_mllm.cli.real_size), shared with the notebooks.
+from gap_mllm.cli.real_size import QWEN3_VL_2B_PAD as PAD
+from gap_mllm.cli.real_size import real_size_config
 
-
-def real_size_config(attn_implementation: str = "sdpa"):
-    """The GapMllmConfig of Qwen3-VL-2B + VGGT-1B (official fusion settings)."""
-    from transformers import Qwen3VLConfig
-
-    from gap_mllm import GapMllmConfig
-
-    vlm = Qwen3VLConfig(text_config=dict(QWEN3_VL_2B_TEXT), vision_config=dict(QWEN3_VL_2B_VISION),
-                        tie_word_embeddings=True, **QWEN3_VL_2B_TOKENS)
-    return GapMllmConfig(vlm_config=vlm, geometry_config={}, geometry_fusion_config={},
-                         attn_implementation=attn_implementation)
+IM_START, IM_END, NEWLINE = 151644, 151645, 198
 
 
 @lru_cache(maxsize=1)

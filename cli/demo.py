@@ -17,8 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 BANNER = "=" * 78
 # The tasks GAP-MLLM-Mini is trained on (its spatial-QA answers would be untrained noise).
 DEMO_TASKS = ("detection", "grounding", "captioning", "reconstruction")
@@ -50,6 +48,7 @@ def main(args: argparse.Namespace) -> int:
     from transformers import AutoModel, AutoProcessor
 
     from .loading import MINI, TINY, resolve_model_source
+    from .model_scores import RESULTS_FILE, held_out_scores
     from .model_source import load_pretrained
     from .scenes import EXAMPLE_SEEDS, synthetic_scene
 
@@ -79,18 +78,23 @@ def main(args: argparse.Namespace) -> int:
               f"{model.config.level_geometry_layers} (main, DeepStack 0-2)")
     print(f"Example: {args.example}, {len(scene.views)} views of {scene.views[0].size[0]}x{scene.views[0].size[1]} px, "
           f"objects seen: {', '.join(scene.reference_labels)}", flush=True)
+    scores = held_out_scores(folder)  # None for a folder without evaluation_results.json (the tiny model)
+    if scores is not None:
+        print(f"Each answer is followed by the model's held-out score of the task next to a trivial baseline "
+              f"({Path(folder) / RESULTS_FILE}).")
     for task in DEMO_TASKS:
-        run_demo_task(model, processor, scene, task, out, args.max_new_tokens)
+        run_demo_task(model, processor, scene, task, out, args.max_new_tokens, scores)
+    run_demo_geometry(model, processor, scene, out, scores)
     if args.model == TINY:
         print("\nReminder: untrained weights; the default model (--model mini) gives real answers.")
     sys.stdout.flush()
     return 0
 
 
-def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=None) -> None:
-    """One task on the example: the answer, its parsed form, the exact answer with a score, a PNG."""
-    from gap_mllm.evaluation.box_iou import box_iou
-
+def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=None, scores=None) -> None:
+    """One task on the example: the answer, its parsed form, the exact answer with a score, the model's held-out
+    score of the task against a trivial baseline (`scores`, a `model_scores.HeldOutScores`, if any), a PNG."""
+    from .example_reference import reference_lines, request_text
     from .tasks import TaskRequest, run_task
     from .visualize import write_visualisations
 
@@ -100,46 +104,40 @@ def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=
     result = run_task(model, processor, scene.views, request, max_new_tokens=max_new_tokens)
     tokens = [h * w for h, w in result.token_grids]
     print(f"\n--- {task}: {request.spec.title}; {len(scene.views)} views, {tokens[0]} visual tokens per view")
-    lines = [("input", _request_text(request)), ("answer", result.answer), ("parsed", result.summary()),
-             ("truth", _truth(scene, task, given)), ("score", _score(scene, task, given, result, box_iou))]
+    lines = [("input", request_text(request)), ("answer", result.answer), ("parsed", result.summary()),
+             *reference_lines(scene, request, result)]
     for name, value in lines:
         if value:
             print(f"{name:<7}: " + value.replace("\n", "\n" + " " * 9))
+    if scores is not None:
+        print(scores.line(task))
     written = write_visualisations(scene, result, out / task, formats=("png",))
     for kind, path in written.items():
         print(f"saved  : {path}")
 
 
-def _truth(scene, task: str, given: dict) -> str:
-    if task == "detection":
-        return f"{len(scene.reference_boxes)} box(es): " + ", ".join(scene.reference_labels)
-    if task == "grounding":
-        return f"{given['label']}: [" + ", ".join(f"{v:.2f}" for v in given["box"]) + "]"
-    if task == "captioning":
-        return " | ".join(given["references"])
-    if task == "reconstruction":
-        return f"point: [{', '.join(f'{v:.2f}' for v in given['point'])}] label: {given['label']}"
-    return ""
+def run_demo_geometry(model, processor, scene, out: Path, scores=None) -> None:
+    """The point cloud the geometry encoder's camera and depth heads reconstruct from the example's views (what
+    `gap-mllm predict --save-dir` writes for a user's own frames), as a PLY next to the exact one, with the
+    encoder's held-out score; a model without the heads says so."""
+    from .scenes import can_reconstruct, reconstructed_scene
+    from .visualize import save_scene_ply
 
-
-def _score(scene, task: str, given: dict, result, box_iou) -> str:
-    """How good the answer is against the exact one (IoU in the package's zxy convention, metres)."""
-    if task == "detection":
-        hits = 0
-        for label, truth in zip(scene.reference_labels, scene.reference_boxes):
-            ious = [box_iou(b.to_list(), truth) for b in result.boxes if b.label == label]
-            hits += bool(ious) and max(ious) > 0.25
-        return f"{hits} of {len(scene.reference_boxes)} reference box(es) found at IoU > 0.25"
-    if task == "grounding":
-        return f"IoU {box_iou(result.boxes[0].to_list(), given['box']):.2f}" if result.boxes else "no box parsed"
-    if task == "reconstruction" and result.point is not None:
-        distance = float(np.linalg.norm(np.asarray(result.point) - np.asarray(given["point"])))
-        label = getattr(result.parsed, "label", None)
-        return f"point error {distance:.2f} m; label {'correct' if label == given['label'] else 'wrong'}"
-    return ""
-
-
-def _request_text(request) -> str:
-    parts = [f"{name}={value!r}" for name, value in
-             (("query", request.query), ("box", request.box), ("marker", request.marker)) if value is not None]
-    return ", ".join(parts)
+    print(f"\n--- geometry: the scene reconstructed by the geometry encoder's depth and camera heads from the "
+          f"{len(scene.views)} views")
+    if not can_reconstruct(model):
+        print("not run: this model's geometry encoder has no camera and depth heads")
+        return
+    estimated = reconstructed_scene(model, processor, scene.views)
+    if estimated.points is None:
+        print(f"no cloud: {estimated.note}")
+        return
+    folder = out / "geometry"
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"cloud  : {len(estimated.points):,} points, depth fused with the estimated cameras in frame 0's camera "
+          "(normalised scale, not metres)")
+    print(f"saved  : {save_scene_ply(folder / 'reconstructed.ply', estimated, [])}")
+    print(f"saved  : {save_scene_ply(folder / 'exact.ply', scene, [])} (the room's exact geometry, metres)")
+    line = scores.geometry_line() if scores is not None else None
+    if line:
+        print(line)

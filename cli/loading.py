@@ -16,7 +16,7 @@ MINI = "mini"
 MINI_NOTICE = ("GAP-MLLM-Mini, the miniature GAP-MLLM trained by this package on SynthRooms (`make mini`): it knows "
                "SynthRooms rooms only, so try the bundled examples; on real photos its answers are meaningless.")
 UNTRAINED_NOTICE = ("This is the tiny, randomly initialised GAP-MLLM: the weights are UNTRAINED, so the answers "
-                    "are noise. The demo shows the real pipeline; load a trained checkpoint with --model.")
+                    "are noise. It shows the real pipeline; the default, --model mini, is the trained GAP-MLLM-Mini.")
 
 
 def tiny_model_folder(folder=None) -> Path:

@@ -12,13 +12,13 @@ from .errors import run_command
 
 # command -> (module with add_arguments(parser) and main(args) -> int, one-line help)
 COMMANDS = {
-    "demo": ("gap_mllm.cli.demo", "build a tiny GAP-MLLM, save it as a Hub folder, reload it with trust_remote_code and generate"),
+    "demo": ("gap_mllm.cli.demo", "GAP-MLLM-Mini (trained by this package) answers detection, grounding, captioning and the marker task on a held-out SynthRooms room, next to the exact answer and its held-out score vs a trivial baseline"),
     "mini": ("gap_mllm.mini.pipeline", "train GAP-MLLM-Mini end to end on SynthRooms (data, stages 0-2, evaluation, table; --ablation)"),
     "train": ("gap_mllm.training.train_cli", "geometry-aligned pre-training (stage 1) and task fine-tuning (stage 2) from a recipe"),
     "convert": ("gap_mllm.cli.convert", "convert VGGT-1B or official GAP-MLLM checkpoints into gap_mllm (strict, with a report of every key)"),
     "evaluate": ("gap_mllm.evaluation.evaluate_cli", "score a model (or a predictions file) on detection, grounding, captioning, reconstruction or spatial_qa data"),
     "export-lmms": ("gap_mllm.evaluation.lmms_eval_plugin.export", "write lmms-eval tasks (documents + task YAMLs) of a data root for the gap_mllm lmms-eval plugin"),
-    "predict": ("gap_mllm.cli.predict", "run one task on frames, a video or a bundled scene; print the parsed answer, save PNG/GLB/PLY"),
+    "predict": ("gap_mllm.cli.predict", "run one task on frames, a video or a bundled scene; print the parsed answer, save PNG/GLB/PLY (with the point cloud of your frames when the model has depth and camera heads)"),
     "export-llm": ("gap_mllm.cli.export_llm", "write a checkpoint's language half as a stock Qwen3-VL folder for vLLM/SGLang (image inputs: GAP encoder embeddings)"),
     "push": ("gap_mllm.cli.push", "publish a checkpoint folder to the Hub: safetensors, remote code, processor, generated card"),
     "space": ("gap_mllm.cli.space", "run the Gradio Space locally (needs the separate gradio environment: make demo-venv)"),

@@ -31,6 +31,12 @@ EXAMPLE_SEEDS = {"synthetic room A": 0, "synthetic room B": 1, "synthetic room C
 MAX_CLOUD_POINTS = 20000
 CLOUD_CONFIDENCE_PERCENTILE = 50.0  # keep the most confident half of the depth pixels (VGGT demo default)
 CAMERA_EXACT, CAMERA_ESTIMATED, CAMERA_ASSUMED = "exact", "estimated", "assumed"
+# Why uploaded frames of a model without VGGT's heads get no point cloud, and how to get one (predict, Space).
+POINT_CLOUD_HOWTO = (
+    "Uploaded frames get no point cloud: this model's geometry encoder has no camera and depth heads (an "
+    "official GAP checkpoint stores the VGGT aggregator only). For one, build the model with "
+    "`GapMllmForConditionalGeneration.from_qwen3_vl(..., vggt_weights=\"facebook/VGGT-1B\", "
+    "geometry_config={\"use_camera_head\": True, \"use_depth_head\": True})`.")
 
 
 @dataclass

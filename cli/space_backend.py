@@ -5,8 +5,9 @@
 directory; the UI (space_ui.py) only passes values in and paths out.
 
 Uploaded frames get a point cloud and an estimated camera when the model's geometry encoder has
-VGGT's camera and depth heads (scenes.reconstructed_scene); the embedded "tiny" model of the Space is
-built with small, random heads so that path runs. Every request is logged (logger `gap_mllm.space`)
+VGGT's camera and depth heads (scenes.reconstructed_scene): the default GAP-MLLM-Mini has trained ones; the
+Space's "tiny" test model is built with small, random heads so that path runs there too. On a bundled room,
+the output also holds the exact answer and the model's held-out score of the task (`SpaceOutput.reference`). Every request is logged (logger `gap_mllm.space`)
 with its start and end time, so the server log shows that the queue runs requests one at a time.
 """
 
@@ -24,12 +25,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .loading import MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor
+from .example_reference import reference_lines, request_text
+from .loading import MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
+from .model_scores import held_out_scores
 from .scene_store import SceneStore
-from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, scene_from_frames,
-                     synthetic_scene)
+from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, POINT_CLOUD_HOWTO, can_reconstruct, reconstructed_scene,
+                     scene_from_frames, synthetic_scene)
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
 
 from .tasks import TaskRequest, run_task
@@ -54,11 +58,6 @@ SPACE_TINY_HEADS = {
     "dpt_features": 16, "dpt_out_channels": [8, 16, 32, 32], "dpt_layers": [0, 1, 2, 3],
 }
 TINY_FIELD_OF_VIEW_DEGREES = 60.0
-POINT_CLOUD_HOWTO = (
-    "Uploaded frames get no point cloud: this model's geometry encoder has no camera and depth heads (an "
-    "official GAP checkpoint stores the VGGT aggregator only). For one, build the model with "
-    "`GapMllmForConditionalGeneration.from_qwen3_vl(..., vggt_weights=\"facebook/VGGT-1B\", "
-    "geometry_config={\"use_camera_head\": True, \"use_depth_head\": True})`.")
 POINT_CLOUD_SCALE = ("Uploaded frames: the point cloud and frame 0's camera are estimated by VGGT's camera and "
                      "depth heads; VGGT's scale is normalised, not metric, so the cloud and the (metric) boxes "
                      "need not agree in size.")
@@ -116,6 +115,21 @@ def parse_numbers(text: str | None, count: int, what: str) -> list[float] | None
     return values
 
 
+MAX_TOKENS_VARIABLE = "GAP_MLLM_MAX_TOKENS"
+
+
+def max_new_tokens_from_environment(environ=None) -> int | None:
+    """The Space's `GAP_MLLM_MAX_TOKENS`: None when unset or empty (each task's own budget), else a positive
+    whole number; anything else is a ValueError naming the variable."""
+    value = (os.environ if environ is None else environ).get(MAX_TOKENS_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_TOKENS_VARIABLE}={value!r}: expected a positive whole number of tokens, or unset for "
+                         "each task's own budget")
+    return int(value)
+
+
 @dataclass
 class SpaceSettings:
     model: str = MINI
@@ -130,7 +144,9 @@ class SpaceSettings:
 @dataclass
 class SpaceOutput:
     """Paths and texts for the UI: frames with boxes (one PNG per frame), the 3D scene (GLB), the gate
-    heat map (PNG or None), the raw answer, the parsed result (text) and a status line."""
+    heat map (PNG or None), the raw answer, the parsed result (text), a status line, and on a bundled room
+    `reference`: the request, the exact answer, how close the answer is and the model's held-out score of
+    the task next to a trivial baseline (`model_scores.py`; "" on uploads)."""
 
     frames: list[Path]
     scene_glb: Path
@@ -138,6 +154,7 @@ class SpaceOutput:
     raw: str
     parsed: str
     status: str
+    reference: str = ""
 
 
 class SpaceBackend:
@@ -155,6 +172,8 @@ class SpaceBackend:
         # The next question about the same frames reuses the session's encoded scene (scene_store.py).
         self.scenes = (SceneStore(settings.scene_sessions, settings.scene_bytes) if settings.scene_sessions > 0
                        else None)
+        # The model folder's own evaluation (GAP-MLLM-Mini ships one); None: no held-out line is shown.
+        self.scores = None if self.is_tiny or settings.model == TINY else held_out_scores(resolve_model_source(settings.model))
 
     @property
     def notice(self) -> str:
@@ -187,6 +206,22 @@ class SpaceBackend:
             return []
         scene = self.example(example_name)
         return [f"{i}: {label}" for i, label in enumerate(scene.reference_labels)]
+
+    def example_defaults(self, example_name: str | None) -> dict:
+        """The task inputs of a bundled room's own requests, to prefill the page with (their exact answers are
+        known, so the reference panel compares with them): `{"object", "query", "marker"}`; empty values for
+        uploads."""
+        if not example_name or example_name == NO_EXAMPLE:
+            return {"object": None, "query": "", "marker": ""}
+        scene = self.example(example_name)
+        given = scene.example_inputs
+        choices = self.object_choices(example_name)
+        box = given.get("captioning", {}).get("box")
+        found = [c for c, b in zip(choices, scene.reference_boxes) if box is not None and np.allclose(b, box)]
+        marker = given.get("reconstruction", {}).get("marker")
+        return {"object": found[0] if found else (choices[0] if choices else None),
+                "query": given.get("grounding", {}).get("query", ""),
+                "marker": " ".join(str(int(v)) for v in marker) if marker is not None else ""}
 
     def _scene(self, files, example_name):
         if example_name and example_name != NO_EXAMPLE:
@@ -267,4 +302,15 @@ class SpaceBackend:
         gates = gate_heatmap(result.gates, result.token_grids, out / "fusion_gates.png")
         status = f"{request.task} on {len(scene.views)} frame(s); {self._geometry_status(scene)}"
         return SpaceOutput(frames=frames, scene_glb=glb, gates_png=gates, raw=result.answer,
-                           parsed=result.summary(), status=status)
+                           parsed=result.summary(), status=status, reference=self._reference(scene, request, result))
+
+    def _reference(self, scene, request, result) -> str:
+        """On a bundled room: the request, the exact answer and the score of this one, then the model's held-out
+        score of the task (when its folder has evaluation_results.json); "" on uploaded frames."""
+        if not scene.calibrated:
+            return ""
+        lines = [("input", request_text(request)), *reference_lines(scene, request, result)]
+        text = [f"{name}: {value}" for name, value in lines if value]
+        if self.scores is not None:
+            text.append(self.scores.line(request.task))
+        return "\n".join(text)

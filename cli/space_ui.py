@@ -1,7 +1,8 @@
 """The Gradio interface of the Space (imports gradio; see space.py for why it is optional).
 
 Layout: input column (files or a bundled example, task, task inputs, Run) and output column
-(status, frames with projected boxes, 3D view, raw answer, parsed result, fusion gate heat map).
+(status, frames with projected boxes, 3D view, raw answer, parsed result, on a bundled room the exact
+answer and the model's held-out score of the task, fusion gate heat map).
 Uploads get a point cloud and an estimated camera only when the model has VGGT's camera and depth
 heads; the page says which (and how to get them). Every request is logged with its start and end time.
 Safety: uploads are checked by uploads.py against the gradio upload folder only; gradio serves no
@@ -29,8 +30,10 @@ def build_demo(backend: SpaceBackend):
     import gradio as gr
 
     def on_example_change(example_name):
-        choices = backend.object_choices(example_name)
-        return gr.update(choices=choices, value=choices[0] if choices else None)
+        # a bundled room prefills its own requests (their exact answers are known: the reference panel shows them)
+        defaults = backend.example_defaults(example_name)
+        return (gr.update(choices=backend.object_choices(example_name), value=defaults["object"]),
+                defaults["query"], defaults["marker"])
 
     def on_run(files, example_name, task_label, query, object_choice, box_text, marker_text, request: gr.Request):
         # gradio fills `request`; its session hash keys the session's encoded scene (scene_store.py)
@@ -41,7 +44,7 @@ def build_demo(backend: SpaceBackend):
         except (UploadError, ValueError) as error:
             raise gr.Error(str(error), title="Cannot run this request") from error
         return ([str(p) for p in out.frames], str(out.scene_glb), out.raw, out.parsed,
-                str(out.gates_png) if out.gates_png else None, out.status)
+                str(out.gates_png) if out.gates_png else None, out.status, out.reference)
 
     # gradio finds the request parameter by its type hint; this module's postponed annotations are strings
     # naming a local import, which gradio cannot resolve, so give it the class itself
@@ -75,11 +78,13 @@ def build_demo(backend: SpaceBackend):
                 with gr.Row():
                     raw = gr.Textbox(label="Raw answer", lines=4, elem_id="raw")
                     parsed = gr.Textbox(label="Parsed result", lines=4, elem_id="parsed")
+                reference = gr.Textbox(label="Bundled room: the exact answer, and the model's held-out score of the "
+                                             "task next to a trivial baseline", lines=4, elem_id="reference")
                 gates = gr.Image(label="Fusion gate per level (share of the Qwen feature)", type="filepath",
                                  elem_id="gates")
-        example.change(on_example_change, example, object_choice)
+        example.change(on_example_change, example, [object_choice, query, marker_text])
         run.click(on_run, [files, example, task, query, object_choice, box_text, marker_text],
-                  [frames, scene, raw, parsed, gates, status], api_name="run")
+                  [frames, scene, raw, parsed, gates, status, reference], api_name="run")
     return demo
 
 

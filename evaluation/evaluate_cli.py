@@ -1,6 +1,6 @@
 """`gap-mllm evaluate`: run one benchmark and write samples.jsonl, summary.json, summary.md and plots.
 
-    gap-mllm evaluate --task detection|grounding|captioning|reconstruction|spatial_qa --model DIR --data DIR
+    gap-mllm evaluate --task detection|grounding|captioning|reconstruction|spatial_qa --model DIR|mini --data DIR
                       --out DIR [--split val] [--annotation-file FILE] [--batch-size 4] [--max-new-tokens N]
                       [--official-compat] [--no-meteor] [--limit N] [--no-plots] [--no-scene-reuse]
     gap-mllm evaluate --task detection --predictions answers.jsonl --data DIR --out DIR   (score given texts)
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"benchmark to run: {', '.join(TASKS)}")
     parser.add_argument("--data", required=True, help="data root (annotations/ and scannet/posed_images/)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model folder to generate with")
+    source.add_argument("--model", help='model folder or Hub id to generate with; "mini": the embedded GAP-MLLM-Mini')
     source.add_argument("--predictions", help="JSONL of answers to score instead of generating")
     source.add_argument("--write-oracle", metavar="FILE", help="write the ground truth as a predictions file and exit")
     parser.add_argument("--out", help="output folder (required unless --write-oracle)")
@@ -59,9 +59,10 @@ def main(args: argparse.Namespace) -> int:
         print("error: --out is required", file=sys.stderr)
         return 2
     if args.model is not None:  # a missing / empty / truncated checkpoint is named before any work
+        from gap_mllm.cli.loading import resolve_model_source
         from gap_mllm.cli.model_source import check_model_source
 
-        check_model_source(args.model, "--model")
+        args.model = check_model_source(resolve_model_source(args.model), "--model")  # "mini": the embedded default
     for value, flag in ((args.data, "--data"), (args.predictions, "--predictions"), (args.annotation_file, "--annotation-file")):
         if value is not None and not Path(value).exists():
             raise FileNotFoundError(f"{flag} {value}: no such file or folder")

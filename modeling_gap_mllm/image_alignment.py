@@ -161,6 +161,27 @@ def resize_bicubic(image: PIL.Image.Image, height: int, width: int) -> PIL.Image
     return image.resize((width, height), PIL.Image.Resampling.BICUBIC)
 
 
+def resize_bicubic_antialias(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic resize of a float image tensor with antialiasing, as torchvision resizes a float32 tensor
+    (`transforms.v2.functional.resize(..., InterpolationMode.BICUBIC, antialias=True)`, the resize of the
+    Qwen3-VL torchvision image processor that the official inference feeds): `F.interpolate(mode="bicubic",
+    antialias=True, align_corners=False)`, the result neither clamped nor rounded (torchvision does both for
+    integer images only, so values may overshoot [0, 1] a little), and the input returned as is when the size
+    does not change. Without torchvision.
+
+    Args:
+        tensor: `[3, H, W]` or `[N, 3, H, W]` float32.
+    Returns:
+        the same rank, spatial size `height × width`, float32.
+    """
+    if tuple(tensor.shape[-2:]) == (height, width):
+        return tensor
+    squeeze = tensor.dim() == 3
+    batch = tensor.unsqueeze(0) if squeeze else tensor
+    out = F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return out[0] if squeeze else out
+
+
 def pil_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
     """RGB PIL image → float32 tensor `[3, H, W]` in [0, 1] (torchvision's `to_tensor`, without torchvision)."""
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)

@@ -30,8 +30,11 @@ Preprocessing modes (`preprocessing_mode`, saved in processor_config.json; docs/
                           bicubic resize of the same view to 14·h̄/16 × 14·w̄/16.
     "official_inference"  JPEG q75 re-encode → VGGT crop (ScanNet frames → 392×518) → Qwen gets that
                           image (odd 16-px patch counts cropped) with min/max pixels 200,704 /
-                          1,605,632 (→ 416×544, 221 tokens); VGGT gets a bilinear resize of the
-                          392×518 tensor to the grid size (→ 364×476).
+                          1,605,632 (→ 416×544, 221 tokens), resized as the official demo's float
+                          [0, 1] tensor is by the Qwen3-VL torchvision processor (bicubic with
+                          antialias on the float values, no rescale), then normalised and patchified
+                          by the image processor; VGGT gets a bilinear resize of the 392×518 tensor
+                          to the grid size (→ 364×476).
     "official_training"   VGGT crop → Qwen gets its top-left crop to multiples of 32 (→ 384×512) with
                           min/max 12,544 / 451,584 (192 tokens); VGGT gets a bilinear resize of the
                           UNCROPPED 392×518 tensor to the grid size (→ 336×448).
@@ -77,6 +80,7 @@ from .image_alignment import (
     load_image,
     pil_to_tensor,
     resize_bicubic,
+    resize_bicubic_antialias,
     resize_bilinear,
     smart_resize,
     vggt_crop_preprocess,
@@ -243,7 +247,12 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
     def _prepare_view(self, image: PIL.Image.Image, pixel_limits: tuple[int, int]):
-        """One (already marked, sample-sized) view → `(qwen_image, geometry [3, Hg, Wg], (h_p, w_p))`."""
+        """One (already marked, sample-sized) view → `(qwen_image, geometry [3, Hg, Wg], (h_p, w_p))`.
+
+        `qwen_image` is what the image processor receives: a PIL image that it resizes itself ("grid",
+        "official_training"), or in "official_inference" the view already resized as the official demo's
+        processor resizes its float tensor (`resize_bicubic_antialias`), a float32 `[3, h̄, w̄]` array in about
+        [0, 1] that it only normalises and patchifies (`_qwen_image_kwargs`)."""
         patch = self.image_processor.patch_size
         mode = self.preprocessing_mode
         if mode == "grid":
@@ -264,7 +273,18 @@ class GapMllmProcessor(Qwen3VLProcessor):
             geometry = pil_to_tensor(resize_bicubic(image, geo_h, geo_w))
         else:
             geometry = resize_bilinear(geometry_source, geo_h, geo_w)
+        if mode == "official_inference":
+            # The official demo hands the processor the float [0, 1] tensor of this crop (do_rescale=False); its
+            # torchvision backend resizes those floats, not the 8-bit image our Pil processor would resize.
+            qwen_image = resize_bicubic_antialias(pil_to_tensor(qwen_image), h_bar, w_bar).numpy()
         return qwen_image, geometry, (h_bar // patch, w_bar // patch)
+
+    def _qwen_image_kwargs(self) -> dict:
+        """Image-processor settings of this mode's Qwen images: "official_inference" views arrive resized and in
+        [0, 1] (`_prepare_view`), so the processor must neither resize nor rescale them."""
+        if self.preprocessing_mode == "official_inference":
+            return {"do_resize": False, "do_rescale": False}
+        return {}
 
     # -------------------------------------------------------------------------------- batching
 
@@ -572,10 +592,11 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
         size = {"shortest_edge": pixel_limits[0], "longest_edge": pixel_limits[1]}
         if prompts is None:
-            data = dict(self.image_processor(qwen_images, size=size, return_tensors=None))
+            data = dict(self.image_processor(qwen_images, size=size, return_tensors=None, **self._qwen_image_kwargs()))
         else:
             if len(prompts) > 1:
                 kwargs.setdefault("padding", True)
+            kwargs.update(self._qwen_image_kwargs())
             data = dict(super().__call__(images=qwen_images, text=prompts, size=size, return_tensors=None, **kwargs))
 
         grid_thw = np.asarray(data["image_grid_thw"]).reshape(-1, 3)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gap_mllm.cli import predict
+from gap_mllm.cli import loading, predict
+from gap_mllm.cli.loading import load_model_and_processor
 from gap_mllm.cli.scenes import synthetic_scene
 from gap_mllm.cli.tasks import TaskRequest, run_task
 from gap_mllm.cli.uploads import UploadError, UploadLimits, load_frames
@@ -60,9 +61,63 @@ def test_predict_prints_parsed_answer_and_saves_pictures(checkpoint, frames, tmp
     # the untrained model answers with blank lines, which stop generation: no box, no point, no cloud
     assert "answer     : (no answer: the model generated" in printed and "\n\n\n\n" not in printed
     assert "not saved glb: no point cloud" in printed and "not saved ply: no point cloud" in printed
+    assert "this model's geometry encoder has no camera and depth heads" in printed  # why there is no cloud
+    assert "held-out" not in printed and "truth" not in printed  # the user's own frames: no reference
     assert {p.name for p in out.iterdir()} == {"frames_with_boxes.png", "fusion_gates.png"}
     sheet = Image.open(out / "frames_with_boxes.png")
     assert sheet.size[0] == 2 * 80 and sheet.size[1] > 2 * 60  # 3 frames on a 2-column sheet, legend below
+
+
+@pytest.fixture(scope="module")
+def mini():
+    """GAP-MLLM-Mini loaded once, the way `gap-mllm predict` loads it (Auto classes, trust_remote_code)."""
+    return load_model_and_processor("mini")
+
+
+@pytest.fixture
+def preloaded_mini(mini, monkeypatch):
+    """`gap-mllm predict --model mini` answering with the already loaded model (the loading itself is the same
+    `load_model_and_processor` call, covered by test_mini_default.py)."""
+    monkeypatch.setattr(loading, "load_model_and_processor", lambda model="mini", *a, **k: mini)
+    return mini
+
+
+def test_predict_reconstructs_your_own_frames_with_the_mini(preloaded_mini, tmp_path, capsys):
+    """SynthRooms frames given as plain files (no geometry): the mini's camera and depth heads reconstruct them."""
+    paths = []
+    for index, view in enumerate(synthetic_scene(1, num_frames=3).views):
+        paths.append(tmp_path / f"frame_{index}.png")
+        view.save(paths[-1])
+    out = tmp_path / "out"
+    code = predict.main(parse(["--images", *map(str, paths), "--task", "detection", "--max-new-tokens", "1",
+                               "--save-dir", str(out)]))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"saved ply: {out / 'scene.ply'}" in printed and f"saved glb: {out / 'scene.glb'}" in printed
+    points, colors = read_ply(out / "scene.ply")  # a 1-token answer has no box: the cloud alone
+    assert len(points) > 1000 and np.isfinite(points).all() and colors.shape == points.shape
+    assert f"point cloud: {len(points):,} points in the glb and ply" in printed
+    assert points[:, 2].std() > 0 and np.abs(points).max() < 1e3  # a cloud with depth, not a degenerate plane
+    import trimesh
+
+    cloud = [g for g in trimesh.load(out / "scene.glb").geometry.values() if type(g).__name__ == "PointCloud"]
+    assert len(cloud) == 1 and len(cloud[0].vertices) == len(points)
+    assert "held-out" not in printed  # own frames: no held-out line
+
+
+def test_predict_example_prints_the_reference_and_the_held_out_score(preloaded_mini, capsys):
+    from gap_mllm.cli.model_scores import held_out_scores
+    from gap_mllm.mini import default_model_path
+
+    code = predict.main(parse(["--example", "synthetic room A", "--task", "reconstruction"]))
+    assert code == 0
+    printed = capsys.readouterr().out
+    given = synthetic_scene(0).example_inputs["reconstruction"]
+    view, x, y = given["marker"]
+    assert f"input      : marker=(view {view}, x {x}, y {y})" in printed
+    assert f"truth      : point: [{', '.join(f'{v:.2f}' for v in given['point'])}] label: {given['label']}" in printed
+    assert "score      : " in printed
+    assert held_out_scores(default_model_path()).line("reconstruction") + "\n" in printed
 
 
 def test_predict_json_on_a_bundled_example(checkpoint, capsys):

@@ -142,3 +142,21 @@ def test_evaluate_local_metric_modules():
     assert out["acc@0.25"] == 0.5 and out["miou"] == 0.125
     qa = evaluate.load(metric_module_path("gap_spatial_qa"))
     assert qa.compute(predictions=["A."], references=["A"], question_types=["object_rel_distance"])["overall"] == 1.0
+
+
+def test_cli_evaluates_the_embedded_mini_like_predict_and_demo(synth_data, tmp_path, capsys, monkeypatch):
+    """`gap-mllm evaluate --model mini` resolves to the embedded GAP-MLLM-Mini's folder, as `--model mini` does
+    for predict and demo (cli/loading.py resolve_model_source)."""
+    from gap_mllm.evaluation import runner
+    from gap_mllm.mini import default_model_path
+
+    used, original = [], runner.run_evaluation
+    monkeypatch.setattr(runner, "run_evaluation", lambda *a, **k: used.append(k["model_dir"]) or original(*a, **k))
+    parser = argparse.ArgumentParser()
+    evaluate_cli.add_arguments(parser)
+    args = parser.parse_args(["--task", "reconstruction", "--model", "mini", "--data", str(synth_data), "--out",
+                              str(tmp_path / "mini"), "--limit", "1", "--max-new-tokens", "8", "--no-plots", "--quiet"])
+    assert evaluate_cli.main(args) == 0
+    assert used == [str(default_model_path())]
+    assert json.loads((tmp_path / "mini" / "summary.json").read_text())["num_samples"] == 1
+    assert "(1 samples) ->" in capsys.readouterr().out

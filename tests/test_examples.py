@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +28,8 @@ def test_examples_are_all_covered():
 
 
 def test_train_stage1_tiny_script_runs_as_written(tmp_path):
-    """No CPU flags: the recipes pick the device and precision themselves and log the choice."""
+    """No CPU flags: the recipes pick the device and precision themselves and log the choice. The data has a
+    validation split, so the evaluation the script documents runs right after it."""
     out = tmp_path / "run"
     done = run(["bash", str(EXAMPLES / "train_stage1_tiny.sh"), str(out)], tmp_path,
                SCENES="1", STEPS="1", FRAMES="8", HEIGHT="60", WIDTH="80")
@@ -36,6 +39,22 @@ def test_train_stage1_tiny_script_runs_as_written(tmp_path):
     expected = "device: cuda" if torch.cuda.is_available() else "device: cpu (auto: torch sees no CUDA device); precision: float32 weights, no autocast"
     assert log.count(expected) == 2
     assert done.stdout.count("trained 1 steps") == 2
+
+    # the evaluation the script documents (its header, then its closing hint), run as written on this OUT
+    evaluate = [arg.replace("runs/tiny", str(out)) for arg in documented_command("gap-mllm evaluate")]
+    assert "  " + " ".join(evaluate) in done.stdout.splitlines()
+    scored = run(evaluate, tmp_path)
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["task"] == "detection" and summary["num_samples"] > 0
+    assert f"({summary['num_samples']} samples) -> {out / 'eval'}" in scored.stdout
+
+
+def documented_command(prefix: str) -> list[str]:
+    """The command of train_stage1_tiny.sh's header comment that starts with `prefix`, split as a shell would."""
+    lines = (EXAMPLES / "train_stage1_tiny.sh").read_text().splitlines()
+    found = [line.lstrip("# ") for line in lines if line.lstrip("# ").startswith(prefix)]
+    assert len(found) == 1, found
+    return shlex.split(found[0])
 
 
 def test_sft_trl_example_runs(tmp_path):

@@ -205,16 +205,29 @@ def test_per_call_pixel_limits_apply_to_both_branches(processor):
 # ------------------------------------------------------------------------------ official modes
 
 
+def _official_patches(tensor: torch.Tensor, patch: int = 16, merge: int = 2, temporal: int = 2) -> torch.Tensor:
+    """Qwen2-VL's patch layout of one normalised `[3, H, W]` image, by hand: rows in merge-block order
+    (block row, block column, row in block, column in block), each row channel × temporal copy × 16 × 16."""
+    channels, height, width = tensor.shape
+    grid_h, grid_w = height // patch, width // patch
+    blocks = tensor.reshape(channels, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
+    blocks = blocks.permute(1, 4, 2, 5, 0, 3, 6)  # (block h, block w, in-block h, in-block w, C, ph, pw)
+    frames = blocks[:, :, :, :, :, None].expand(*blocks.shape[:5], temporal, patch, patch)  # a still image twice
+    return frames.reshape(grid_h * grid_w, channels * temporal * patch * patch)
+
+
 @pytest.mark.parametrize("height, width", [(480, 640), (968, 1296)])
 def test_official_inference_sizes_and_pixels(official_processors, height, width):
     processor = official_processors["official_inference"]
-    image = _image(height, width)
+    # black and white blocks: edges sharp enough that the bicubic resize overshoots [0, 1]
+    blocks = np.random.default_rng(1).integers(0, 2, (-(-height // 24), -(-width // 24), 3), dtype=np.uint8) * 255
+    image = PIL.Image.fromarray(blocks.repeat(24, 0).repeat(24, 1)[:height, :width])
     out = processor(images=[image, image], text="x", return_tensors="pt")
     assert out["image_grid_thw"].tolist() == [[1, 26, 34]] * 2
     assert _tokens_per_vision_block(out["input_ids"][0], processor.tokenizer) == [221, 221]
     assert out["geometry_pixel_values"].shape == (2, 3, 364, 476)
 
-    # independent reference: JPEG q75 → width 518 bicubic (392 rows) → bilinear to 364×476
+    # independent reference, the official demo's steps: JPEG q75 → width 518 bicubic (392 rows) → to_tensor
     import io
 
     buffer = io.BytesIO()
@@ -222,15 +235,34 @@ def test_official_inference_sizes_and_pixels(official_processors, height, width)
     jpeg = PIL.Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     crop = jpeg.resize((518, 392), PIL.Image.Resampling.BICUBIC)
     tensor = torch.from_numpy(np.asarray(crop).astype(np.float32) / 255.0).permute(2, 0, 1)
+    # VGGT branch: bilinear to the grid size 364×476
     expected = F.interpolate(tensor[None], size=(364, 476), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(out["geometry_pixel_values"][0], expected, rtol=0, atol=1e-6)
-    stock = Qwen2VLImageProcessorPil(
-        patch_size=16, temporal_patch_size=2, merge_size=2, size={"shortest_edge": 200_704, "longest_edge": 1_605_632},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    )
-    np.testing.assert_array_equal(
-        out["pixel_values"][: 26 * 34].numpy(), stock(crop, return_tensors="np")["pixel_values"]
-    )
+    # Qwen branch: the FLOAT tensor (392×518: even patch counts, nothing cropped) goes to the Qwen3-VL processor
+    # with do_rescale=False, which resizes it to 416×544 with torchvision's bicubic + antialias on the floats
+    # (F.interpolate, not clamped, not rounded), normalises (x - 0.5) / 0.5 and cuts Qwen2-VL patches
+    assert hf_smart_resize(392, 518, 32, 200_704, 1_605_632) == (416, 544)
+    resized = F.interpolate(tensor[None], size=(416, 544), mode="bicubic", antialias=True, align_corners=False)[0]
+    assert resized.min() < 0 or resized.max() > 1  # random pixels overshoot: a clamp would be caught here
+    official = _official_patches((resized - 0.5) / 0.5)
+    torch.testing.assert_close(out["pixel_values"][: 26 * 34], official, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out["pixel_values"][26 * 34:], official, rtol=0, atol=1e-6)  # the second view
+
+
+def test_official_inference_keeps_the_processor_normalisation(official_processors):
+    """The official-inference views are normalised with the image processor's own mean and std (a model trained
+    with other values, like GAP-MLLM-Mini's CLIP ones, keeps them)."""
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    clip = GapMllmProcessor.from_tokenizer(build_tiny_tokenizer(), preprocessing_mode="official_inference",
+                                           image_mean=mean, image_std=std)
+    image = _image(480, 640, seed=3)
+    reference = official_processors["official_inference"](images=[image], text="x", return_tensors="pt")
+    out = clip(images=[image], text="x", return_tensors="pt")
+    assert out["pixel_values"].shape == reference["pixel_values"].shape == (26 * 34, 3 * 2 * 16 * 16)
+    unnormalised = reference["pixel_values"] * 0.5 + 0.5  # back to the resized [0, 1] values
+    channel = torch.arange(3).repeat_interleave(2 * 16 * 16)  # the channel of each column of a patch row
+    expected = (unnormalised - torch.tensor(mean)[channel]) / torch.tensor(std)[channel]
+    torch.testing.assert_close(out["pixel_values"], expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("height, width", [(480, 640), (968, 1296)])
@@ -246,12 +278,12 @@ def test_official_training_sizes_and_pixels(official_processors, height, width):
     tensor = torch.from_numpy(np.asarray(crop).astype(np.float32) / 255.0).permute(2, 0, 1)
     expected = F.interpolate(tensor[None], size=(336, 448), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(out["geometry_pixel_values"][0], expected, rtol=0, atol=1e-6)  # UNCROPPED source
-    stock = Qwen2VLImageProcessorPil(
-        patch_size=16, temporal_patch_size=2, merge_size=2, size={"shortest_edge": 12_544, "longest_edge": 451_584},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    )
-    top_left = crop.crop((0, 0, 512, 384))
-    np.testing.assert_array_equal(out["pixel_values"].numpy(), stock(top_left, return_tensors="np")["pixel_values"])
+    # Qwen branch, the official training data path: the top-left 384×512 of the float tensor goes to the Qwen
+    # processor with do_rescale=False; 384×512 is within the pixel limits, so it is not resized, only
+    # normalised (x - 0.5) / 0.5 and cut into Qwen2-VL patches
+    assert hf_smart_resize(384, 512, 32, 12_544, 451_584) == (384, 512)
+    official = _official_patches((tensor[:, :384, :512] - 0.5) / 0.5)
+    torch.testing.assert_close(out["pixel_values"], official, rtol=0, atol=1e-6)
 
 
 def test_official_modes_fix_the_pixel_limits(official_processors):

@@ -11,8 +11,11 @@ from gap_mllm.cli import visualize
 from gap_mllm.cli.loading import load_model_and_processor
 from gap_mllm.cli.scenes import (CAMERA_ASSUMED, assumed_intrinsics, intrinsics_for_frame, reconstructed_scene,
                                  scene_from_frames)
-from gap_mllm.cli.space_backend import POINT_CLOUD_HOWTO, SpaceBackend, SpaceSettings
-from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+from gap_mllm.cli.scenes import synthetic_scene
+from gap_mllm.cli.space_backend import POINT_CLOUD_HOWTO, SpaceBackend, SpaceSettings, max_new_tokens_from_environment
+from gap_mllm.target_format import Box3D, serialize_detection
+from gap_mllm.tasks_gap_mllm import DETECTION
+from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
 
 # 84×112 frames: the processor's VGGT input is 84×112 too (grid mode: Qwen 96×128 → 14/16 of it), so the
 # intrinsics used for drawing must be exactly the ones reconstruct returned, with no rescaling.
@@ -165,3 +168,101 @@ def test_estimated_intrinsics_are_rescaled_to_the_frame_size():
     camera = np.array([[100.0, 0.0, 56.0], [0.0, 90.0, 42.0], [0.0, 0.0, 1.0]])  # for a 84×112 VGGT input
     scaled = intrinsics_for_frame(camera, (84, 112), (224, 126))  # frame: 224 wide, 126 high
     np.testing.assert_allclose(scaled, [[200.0, 0.0, 112.0], [0.0, 135.0, 63.0], [0.0, 0.0, 1.0]])
+
+
+# ------------------------------------------------------------------ token budget, reference and held-out score
+
+
+def answer_within_budget(model, processor, monkeypatch, answer: str) -> dict:
+    """Make `model.generate` reply `answer` cut to the `max_new_tokens` it is given, as real generation is;
+    returns the dict its last budget is recorded in."""
+    answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    seen = {"answer_tokens": answer_ids.shape[1]}
+
+    def generate(input_ids=None, max_new_tokens=None, **kwargs):
+        seen["max_new_tokens"] = max_new_tokens
+        return torch.cat([input_ids, answer_ids[:, :max_new_tokens].expand(input_ids.shape[0], -1)], dim=1)
+
+    monkeypatch.setattr(model, "generate", generate)
+    return seen
+
+
+def test_the_space_app_leaves_each_task_its_own_budget(monkeypatch):
+    """examples/space/app.py with GAP_MLLM_MAX_TOKENS unset: no cap (each task's own budget); set: that cap."""
+    import runpy
+    from pathlib import Path
+
+    from gap_mllm.cli import space_ui
+
+    app = Path(__file__).resolve().parents[1] / "examples" / "space" / "app.py"
+    launched = {}
+    monkeypatch.setattr(space_ui, "launch", lambda settings, **kwargs: launched.update(settings=settings))
+    monkeypatch.delenv("GAP_MLLM_MAX_TOKENS", raising=False)
+    runpy.run_path(str(app), run_name="__main__")
+    assert launched["settings"].max_new_tokens is None and launched["settings"].model == "mini"
+    monkeypatch.setenv("GAP_MLLM_MAX_TOKENS", "300")
+    runpy.run_path(str(app), run_name="__main__")
+    assert launched["settings"].max_new_tokens == 300
+    for bad in ("0", "-5", "many"):
+        with pytest.raises(ValueError, match=f"GAP_MLLM_MAX_TOKENS={bad!r}: expected a positive whole number"):
+            max_new_tokens_from_environment({"GAP_MLLM_MAX_TOKENS": bad})
+
+
+def test_a_detection_answer_is_not_cut_at_128_tokens(tmp_path, monkeypatch):
+    model, processor = build_tiny_model()
+    scene = synthetic_scene(0)
+    truth = [Box3D.from_list(box, label=label) for box, label in zip(scene.reference_boxes, scene.reference_labels)]
+    answer = serialize_detection(truth)
+    backend = SpaceBackend(SpaceSettings(model="tiny", max_new_tokens=max_new_tokens_from_environment({})),
+                           work_dir=tmp_path, loaded=(model, processor, False))
+    seen = answer_within_budget(model, processor, monkeypatch, answer)
+    assert seen["answer_tokens"] > 128
+
+    out = backend.run(None, "synthetic room A", "3D object detection", query="")  # the page sends its empty boxes
+
+    assert seen["max_new_tokens"] == DETECTION.max_new_tokens  # the task's budget, no cap
+    assert out.parsed.startswith(f"{len(truth)} box(es)") and "parse problem" not in out.parsed
+    assert "4 of 4 reference box(es) found at IoU > 0.25" in out.reference and "input" not in out.reference
+    # the old fixed budget of 128 tokens cuts this answer: the last boxes are lost
+    capped = SpaceBackend(SpaceSettings(model="tiny", max_new_tokens=128), work_dir=tmp_path,
+                          loaded=(model, processor, False)).run(None, "synthetic room A", "3D object detection")
+    assert seen["max_new_tokens"] == 128 and not capped.parsed.startswith(f"{len(truth)} box(es)")
+
+
+def test_a_bundled_room_shows_the_reference_and_the_held_out_score(tmp_path, monkeypatch, uploads):
+    """A model folder with evaluation_results.json (a copy of the mini's): bundled rooms get the request, the
+    exact answer, this answer's score and the held-out line of the task; uploads get none of it."""
+    import shutil
+
+    from gap_mllm.cli.model_scores import RESULTS_FILE, held_out_scores
+    from gap_mllm.mini import default_model_path
+
+    folder = save_tiny_checkpoint(tmp_path / "scored")
+    shutil.copy(default_model_path() / RESULTS_FILE, folder / RESULTS_FILE)
+    backend = SpaceBackend(SpaceSettings(model=str(folder), max_new_tokens=None), work_dir=tmp_path / "out",
+                           loaded=load_model_and_processor(str(folder)))
+    examples = synthetic_scene(0).example_inputs
+    given = examples["captioning"]
+    defaults = backend.example_defaults("synthetic room A")  # the page is prefilled with the room's own requests
+    assert defaults["query"] == examples["grounding"]["query"]
+    assert defaults["marker"] == " ".join(str(v) for v in examples["reconstruction"]["marker"])
+    answer_within_budget(backend.model, backend.processor, monkeypatch, "a pink dresser against the wall")
+
+    out = backend.run(None, "synthetic room A", "3D dense captioning (pick an object)", object_choice=defaults["object"])
+
+    lines = out.reference.splitlines()
+    assert lines[0] == "input: box=[" + ", ".join(f"{v:.2f}" for v in given["box"]) + "]"  # 2 decimals, not 17
+    assert lines[1] == "truth: " + " | ".join(given["references"])
+    assert lines[2] == held_out_scores(folder).line("captioning")
+    assert held_out_scores(folder).line("captioning").startswith("held-out (")
+
+    answer_within_budget(backend.model, backend.processor, monkeypatch, '{"pointmap": [0.0, 0.0, 1.0], "label": "wall"}')
+    out = backend.run(None, "synthetic room A", "marker point reconstruction", marker_text=defaults["marker"])
+    truth = examples["reconstruction"]
+    expected_error = float(np.linalg.norm(np.subtract(truth["point"], [0.0, 0.0, 1.0])))
+    assert f"truth: point: [{', '.join(f'{v:.2f}' for v in truth['point'])}] label: {truth['label']}" in out.reference
+    assert f"score: point error {expected_error:.2f} m; label wrong" in out.reference
+    assert out.reference.endswith(held_out_scores(folder).line("reconstruction"))
+    assert backend.example_defaults("(my uploaded files)") == {"object": None, "query": "", "marker": ""}
+    assert backend.run(uploads, None, "3D dense captioning (pick an object)",
+                       box_text="0 0 2 0.5 0.5 0.5 0 0 0").reference == ""

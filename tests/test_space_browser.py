@@ -106,23 +106,27 @@ def space(tmp_path_factory):
     demo_python = ensure_demo_python()
     port = free_port()
     logs = tmp_path_factory.mktemp("space") / "app.log"
-    env = {**os.environ, "GAP_MLLM_HOST": "127.0.0.1", "GAP_MLLM_PORT": str(port), "GAP_MLLM_MAX_TOKENS": "32",
+    env = {**os.environ, "GAP_MLLM_HOST": "127.0.0.1", "GAP_MLLM_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACE_ID", None)
+    env.pop("GAP_MLLM_MAX_TOKENS", None)  # as a Space runs: each task's own budget
     with running_app([str(demo_python), str(SPACE / "app.py")], env, logs, port, timeout=120) as url:
         yield {"url": url, "chromium": chromium, "python": demo_python}
 
 
-def expected_detection_summary() -> str:
+def expected_detection() -> tuple[str, str]:
     """What the page must show: the same request run in this process on the Space's default model (the
-    embedded GAP-MLLM-Mini)."""
+    embedded GAP-MLLM-Mini) with the task's own budget, and the mini's held-out line of the task."""
+    from gap_mllm.cli.model_scores import held_out_scores
     from gap_mllm.cli.scenes import EXAMPLE_SEEDS, synthetic_scene
     from gap_mllm.cli.space_backend import load_space_model
     from gap_mllm.cli.tasks import TaskRequest, run_task
+    from gap_mllm.mini import default_model_path
 
     model, processor, _ = load_space_model("mini")
     scene = synthetic_scene(EXAMPLE_SEEDS["synthetic room A"])
-    return run_task(model, processor, scene.views, TaskRequest("detection"), max_new_tokens=32).summary()
+    summary = run_task(model, processor, scene.views, TaskRequest("detection")).summary()
+    return summary, held_out_scores(default_model_path()).line("detection")
 
 
 def test_space_runs_tasks_in_headless_chromium(space, tmp_path):
@@ -148,7 +152,10 @@ def test_space_runs_tasks_in_headless_chromium(space, tmp_path):
 
     assert "GAP-MLLM-Mini" in report["notice"] and "trained by this package" in report["notice"]
     assert example["status"].startswith("detection on 4 frame(s); exact synthetic geometry")
-    assert example["parsed"] == expected_detection_summary()
+    summary, held_out = expected_detection()
+    assert example["parsed"] == summary and "parse problem" not in summary  # the whole answer, not cut
+    assert "truth: " in example["reference"] and example["reference"].endswith(held_out)
+    assert upload["reference"] == ""
     assert example["gallery_images"] == 4 and example["gates_image"] == 1 and example["canvas"] == 1
 
     assert upload["status"].startswith("grounding on 2 frame(s); uploaded frames")

@@ -16,6 +16,8 @@ from PIL import Image
 from gap_mllm.cli import demo
 from gap_mllm.cli.scenes import scene_from_frames, synthetic_scene
 from gap_mllm.cli.demo import DEMO_TASKS
+from gap_mllm.cli.model_scores import held_out_scores
+from gap_mllm.mini import default_model_path
 from gap_mllm.cli.tasks import TaskRequest, run_task
 from gap_mllm.cli.visualize import LEGEND_ROW_HEIGHT, MARKER, REFERENCE, save_scene_ply, write_visualisations
 from gap_mllm.tasks_gap_mllm import TASKS
@@ -107,6 +109,15 @@ def test_demo_prints_answers_in_one_block_after_the_progress_bars(demo_run):
         assert printed.count(field) == len(DEMO_TASKS), field
     for task in DEMO_TASKS:  # the frames with boxes of every task (and the fusion gates, a model with geometry)
         assert re.search(rf"saved  : \S+{task}[/\\]frames_with_boxes\.png", printed), task
+    # each answer is followed by the mini's held-out score of its task against a trivial baseline (from its folder's
+    # evaluation_results.json), and the geometry heads' point cloud of the room is written with their score
+    scores = held_out_scores(default_model_path())
+    for task in DEMO_TASKS:
+        line = scores.line(task)
+        assert f"\n{line}\nsaved  : " in printed, task
+    assert "captioning" in DEMO_TASKS and re.search(r"input  : box=\[-?\d+\.\d\d, ", printed)  # readable inputs
+    assert re.search(r"saved  : \S+geometry[/\\]reconstructed\.ply", printed)
+    assert scores.geometry_line() + "\n" in printed
     assert "\n\n\n" not in printed and "\\n\\n" not in printed  # no runs of blank lines, no escaped newlines
 
 

@@ -2,20 +2,20 @@
 
 Settings come from the environment (Space variables):
     GAP_MLLM_MODEL        a Hub id or folder; "mini" (default) = the embedded GAP-MLLM-Mini, "tiny" = the untrained test model
-    GAP_MLLM_MAX_TOKENS   generation budget per answer (default 128)
+    GAP_MLLM_MAX_TOKENS   a cap on the generation budget per answer; unset (default): each task's own budget
+                          (tasks_gap_mllm.py; generation stops at the answer's end), e.g. 1,280 for detection
     GAP_MLLM_HOST/PORT    default 0.0.0.0:7860 on a Space (SPACE_ID is set there), 127.0.0.1 locally
 """
 
 import os
 
-from gap_mllm.cli.space_backend import SpaceSettings
+from gap_mllm.cli.space_backend import SpaceSettings, max_new_tokens_from_environment
 from gap_mllm.cli.space_ui import launch
 
 if __name__ == "__main__":
     on_space = "SPACE_ID" in os.environ  # Spaces must listen on all interfaces; a laptop should not
     launch(
-        SpaceSettings(model=os.environ.get("GAP_MLLM_MODEL", "mini"),
-                      max_new_tokens=int(os.environ.get("GAP_MLLM_MAX_TOKENS", "128"))),
+        SpaceSettings(model=os.environ.get("GAP_MLLM_MODEL", "mini"), max_new_tokens=max_new_tokens_from_environment()),
         host=os.environ.get("GAP_MLLM_HOST", "0.0.0.0" if on_space else "127.0.0.1"),
         port=int(os.environ.get("GAP_MLLM_PORT", "7860")),
     )

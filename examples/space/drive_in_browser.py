@@ -52,7 +52,8 @@ def run_scenario(page, scenario: dict, out_dir: Path) -> dict:
         arg=["#status", previous.strip()])
     report = {"name": name, "seconds_to_answer": round(time.monotonic() - started, 2),
               "status": page.locator("#status").inner_text(), "parsed": textbox_value(page, "parsed"),
-              "raw": textbox_value(page, "raw"), "gallery_images": page.locator("#frames img").count(),
+              "raw": textbox_value(page, "raw"), "reference": textbox_value(page, "reference"),
+              "gallery_images": page.locator("#frames img").count(),
               "gates_image": page.locator("#gates img").count()}
     canvas = page.locator("#scene3d canvas")
     canvas.wait_for()

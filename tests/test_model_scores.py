@@ -1,0 +1,94 @@
+"""cli/model_scores.py: a model folder's held-out score of each task next to its trivial baseline, the line every
+front end prints; "not scored" for what the file does not hold, nothing for a folder without the file."""
+
+import json
+
+import pytest
+
+from gap_mllm.cli.model_scores import RESULTS_FILE, held_out_scores
+from gap_mllm.mini import default_model_path
+
+BASELINES = {
+    "grounding": {"best_constant_box": {"acc@0.25": 0.021}},
+    "detection": {"category_mean_boxes": {"f1": 0.001}},
+    "captioning": {"constant_caption": {"cider": 0.386}},
+    "marker": {"constant_point": {"point_error_m_median": 2.17, "label_accuracy": 0.507}},
+}
+ROW = {
+    "grounding_acc@0.25": 0.004, "grounding_acc@0.25_ci95": [0.002, 0.010], "grounding_num_samples": 991,
+    "detection_f1@0.25": 0.30, "detection_f1@0.25_ci95": [0.25, 0.35], "detection_num_samples": 937,
+    "captioning_cider@0.5": 0.40, "captioning_cider@0.5_ci95": [0.35, 0.45], "captioning_num_samples": 851,
+    "stage1_point_error_m_median": 1.39, "stage1_point_error_m_median_ci95": [1.33, 1.44],
+    "stage1_label_accuracy": 0.851, "stage1_label_accuracy_ci95": [0.828, 0.872], "stage1_num_samples": 1000,
+}
+
+
+def scores_of(tmp_path, row=ROW, **extra):
+    results = {"arms": {"gap_gated_s0": dict(row), "no_geometry_s0": {}}, "baselines": BASELINES, **extra}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
+    return held_out_scores(tmp_path)
+
+
+def test_each_task_against_its_baseline(tmp_path):
+    scores = scores_of(tmp_path)
+    assert scores.arm == "gap_gated_s0"  # the main arm, not the other one the file holds
+    assert scores.line("grounding") == ("held-out (991 test samples): Acc@0.25 0.4 % [0.2, 1.0]; best constant box "
+                                        "2.1 %: this miniature does not ground yet")
+    assert scores.line("detection") == ("held-out (937 test samples): F1@0.25 30.0 % [25.0, 35.0]; category-mean boxes "
+                                        "0.1 %: beats the trivial baseline")
+    # 0.40 is above the constant caption's 0.39, but its interval is not: no claim
+    assert scores.line("captioning") == ("held-out (851 test samples): CIDEr@0.5 0.40 [0.35, 0.45]; constant caption "
+                                         "0.39: this miniature does not caption yet")
+    assert scores.line("spatial_qa") == "held-out: spatial_qa not scored (the model's evaluation did not cover it)"
+
+
+def test_marker_task_of_the_final_model_or_not_scored(tmp_path):
+    without = scores_of(tmp_path).line("reconstruction")
+    assert without == ("held-out: this release's final model is not scored on the marker task; its stage-1 checkpoint, "
+                       "before the task fine-tuning (1000 test samples): point error (median) 1.39 m [1.33, 1.44], "
+                       "label accuracy 85.1 % [82.8, 87.2]; constant point 2.17 m, most frequent label 50.7 %: beats "
+                       "the trivial baseline")
+    final = {"final_marker_point_error_m_median": 2.30, "final_marker_point_error_m_median_ci95": [2.2, 2.4],
+             "final_marker_label_accuracy": 0.9, "final_marker_label_accuracy_ci95": [0.88, 0.92],
+             "final_marker_num_samples": 1000}
+    line = scores_of(tmp_path, {**ROW, **final}).line("reconstruction")
+    # lower point error is better: 2.30 m is worse than the constant point's 2.17 m; the label beats 50.7 %
+    assert line == ("held-out (1000 test samples): point error (median) 2.30 m [2.20, 2.40], label accuracy 90.0 % "
+                    "[88.0, 92.0]; constant point 2.17 m, most frequent label 50.7 %: point error (median) does not "
+                    "beat it; label accuracy beats it")
+    unparsed = {**final, "final_marker_point_error_m_median": None, "final_marker_point_error_m_median_ci95": None}
+    assert "point error (median): no parsable answer" in scores_of(tmp_path, {**ROW, **unparsed}).line("reconstruction")
+
+
+def test_missing_figures_are_not_scored_and_a_folder_without_results_has_no_line(tmp_path):
+    scores = scores_of(tmp_path, {"grounding_acc@0.25": 0.1, "grounding_num_samples": 10})
+    assert scores.line("detection") == "held-out: detection not scored"
+    assert scores.line("reconstruction") == "held-out: reconstruction not scored"
+    assert scores.line("grounding") == ("held-out (10 test samples): Acc@0.25 10.0 %; best constant box 2.1 %: "
+                                        "this miniature does not ground yet")  # no interval: no claim either
+    assert scores.geometry_line() is None
+    assert held_out_scores(tmp_path / "elsewhere") is None and held_out_scores(None) is None
+    (tmp_path / RESULTS_FILE).write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{RESULTS_FILE}: not valid JSON"):
+        held_out_scores(tmp_path)
+
+
+def test_the_embedded_mini_lines_carry_its_own_figures():
+    folder = default_model_path()
+    results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
+    row, base = results["arms"]["gap_gated_s0"], results["baselines"]
+    scores = held_out_scores(folder)
+    assert scores.line("grounding").startswith(
+        f"held-out ({row['grounding_num_samples']} test samples): Acc@0.25 {100 * row['grounding_acc@0.25']:.1f} % "
+        f"[{100 * row['grounding_acc@0.25_ci95'][0]:.1f}, {100 * row['grounding_acc@0.25_ci95'][1]:.1f}]; best constant "
+        f"box {100 * base['grounding']['best_constant_box']['acc@0.25']:.1f} %: ")
+    assert f"F1@0.25 {100 * row['detection_f1@0.25']:.1f} %" in scores.line("detection")
+    assert f"CIDEr@0.5 {row['captioning_cider@0.5']:.2f}" in scores.line("captioning")
+    marker = scores.line("reconstruction")
+    if "final_marker_point_error_m_median" in row:  # a release whose final model answers the marker task
+        assert marker.startswith(f"held-out ({row['final_marker_num_samples']} test samples): point error")
+    else:
+        assert "final model is not scored on the marker task" in marker
+    geometry = results["stage0_geometry"]
+    assert (f"depth AbsRel {geometry['model']['depth_abs_rel']:.3f}" in scores.geometry_line()
+            and f"identity rotations {geometry['baseline']['depth_abs_rel']:.3f}" in scores.geometry_line())
