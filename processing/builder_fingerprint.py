@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 # Modules whose code decides what a sample holds: a change there must not serve an old cache.
-_CODE_MODULES = ("builders", "scannet_layout", "features", "prompts", "coordinates", "errors")
+_CODE_MODULES = ("builders", "scannet_layout", "features", "coordinates", "errors")
 _SKIPPED_OPTIONS = {"name", "version", "data_dir", "data_files", "description"}
 
 

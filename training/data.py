@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.collator import GapMllmDataCollator
 
@@ -72,7 +73,7 @@ def add_length_column(dataset, processor, name: str = LENGTH_COLUMN):
     tokenizer = processor.tokenizer
 
     def lengths(prompts, answers, paths):
-        texts = [prompt.replace("<image>", "") + answer for prompt, answer in zip(prompts, answers)]
+        texts = [prompt.replace(IMAGE_PLACEHOLDER, "") + answer for prompt, answer in zip(prompts, answers)]
         counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         return {name: [count + per_view * len(views) for count, views in zip(counts, paths)]}
 
