@@ -83,6 +83,11 @@ setup(
     },
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["gap-mllm=gap_mllm.cli.main:main"]},
+    entry_points={
+        "console_scripts": ["gap-mllm=gap_mllm.cli.main:main"],
+        # fresh model sizes a recipe names with `model.tiny` (training/model_loading.py): training finds the
+        # miniature's builder here without importing gap_mllm.mini, which trains with it
+        "gap_mllm.fresh_models": ["mini = gap_mllm.mini.mini_config:build_mini_model"],
+    },
     cmdclass={"build_py": BuildPyWithModelCard},
 )

@@ -18,6 +18,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from transformers import AutoModel, AutoProcessor
+
+from gap_mllm.evaluation.box_iou import box_iou
+from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+from .loading import MINI, TINY, resolve_model_source
+from .model_source import load_pretrained
+from .scenes import EXAMPLE_SEEDS, synthetic_scene
+from .space import main as space_main
+from .tasks import TaskRequest, run_task
+from .visualize import write_visualisations
 
 BANNER = "=" * 78
 # The tasks GAP-MLLM-Mini is trained on (its spatial-QA answers would be untrained noise).
@@ -25,8 +36,6 @@ DEMO_TASKS = ("detection", "grounding", "captioning", "reconstruction")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .scenes import EXAMPLE_SEEDS
-
     parser.add_argument("--model", default="mini",
                         help='"mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model; or a folder / Hub id')
     parser.add_argument("--example", default="synthetic room A", choices=sorted(EXAMPLE_SEEDS), help="the bundled room")
@@ -42,21 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.space:
-        from .space import main as space_main
-
         return space_main(argparse.Namespace(model=args.model, host=args.host, port=args.port,
                                              max_new_tokens=args.max_new_tokens, concurrency=1, max_queue=16))
-    from transformers import AutoModel, AutoProcessor
-
-    from .loading import MINI, TINY, resolve_model_source
-    from .model_source import load_pretrained
-    from .scenes import EXAMPLE_SEEDS, synthetic_scene
 
     out = Path(args.out)
     banner = []
     if args.model == TINY:
-        from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
-
         folder = str(save_tiny_checkpoint(out / "gap-mllm-tiny", seed=args.seed))  # progress bars (stderr) end here
         banner = ["GAP-MLLM demo with a TINY, RANDOMLY INITIALISED model: the weights are UNTRAINED,",
                   "so the answers are noise. The demo shows the real pipeline end to end.",
@@ -88,11 +88,6 @@ def main(args: argparse.Namespace) -> int:
 
 def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=None) -> None:
     """One task on the example: the answer, its parsed form, the exact answer with a score, a PNG."""
-    from gap_mllm.evaluation.box_iou import box_iou
-
-    from .tasks import TaskRequest, run_task
-    from .visualize import write_visualisations
-
     given = scene.example_inputs.get(task, {})
     request = TaskRequest(task, query=given.get("query"), box=given.get("box") if task == "captioning" else None,
                           marker=given.get("marker"))

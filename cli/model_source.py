@@ -9,10 +9,13 @@ to 'https://huggingface.co'", a truncated safetensors file with "Error while des
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
+
+from huggingface_hub import errors as hub_errors
+from huggingface_hub import is_offline_mode, try_to_load_from_cache
+from safetensors import safe_open
 
 from gap_mllm.conversion_report import PICKLE_REFUSED
 
@@ -24,8 +27,6 @@ REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 def unreadable_safetensors(folder) -> list[str]:
     """`["file: problem", ...]` for the safetensors files of `folder` whose header cannot be read (a
     truncated or corrupt file); only the headers are read."""
-    from safetensors import safe_open
-
     problems = []
     for path in sorted(Path(folder).glob("*.safetensors")):
         try:
@@ -34,14 +35,6 @@ def unreadable_safetensors(folder) -> list[str]:
         except Exception as error:  # noqa: BLE001 - SafetensorError, OSError: all mean "unreadable"
             problems.append(f"{path}: {error}")
     return problems
-
-
-def _offline() -> bool:
-    try:
-        from huggingface_hub import is_offline_mode
-    except ImportError:  # pragma: no cover - older huggingface_hub
-        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    return bool(is_offline_mode())
 
 
 def check_model_source(source, flag: str = "--model") -> str:
@@ -67,9 +60,7 @@ def check_model_source(source, flag: str = "--model") -> str:
         raise UserError(f"{flag} {text}: this is a file; give the checkpoint FOLDER (config.json + weights) or a Hub repo id")
     if not REPO_ID.match(text) or text.startswith((".", "~")):
         raise UserError(f"{flag} {text}: no such folder (and not a Hub repo id of the form org/name)")
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
-
+    if is_offline_mode():
         if not isinstance(try_to_load_from_cache(text, "config.json"), str):
             raise UserError(f"{flag} {text}: no network (HF_HUB_OFFLINE is set) and the repository is not in the "
                             "local Hub cache; download it once with network, or give a local folder")
@@ -78,8 +69,6 @@ def check_model_source(source, flag: str = "--model") -> str:
 
 def hub_error_message(error: BaseException, source: str, flag: str = "--model") -> str | None:
     """A one-line explanation of a Hub failure found in `error`'s cause chain, or None."""
-    from huggingface_hub import errors as hub_errors
-
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))

@@ -19,18 +19,19 @@ import argparse
 import json
 import sys
 
-from .tasks import TASKS
+from .loading import UNTRAINED_NOTICE, load_model_and_processor
+from .scenes import EXAMPLE_SEEDS, scene_from_frames, synthetic_scene
+from .task_names import task_argument
+from .tasks import TASKS, TaskRequest, run_task
+from .uploads import UploadError, UploadLimits, load_frames
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .scenes import EXAMPLE_SEEDS
-
     parser.add_argument("--model", default="mini",
                         help='a GAP-MLLM folder or Hub id; "mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", metavar="PATH", help="frames of one scene in order, or one video / GIF (sampled)")
     source.add_argument("--example", choices=sorted(EXAMPLE_SEEDS), help="a bundled synthetic scene (exact geometry)")
-    from .task_names import task_argument
 
     parser.add_argument("--task", required=True, type=task_argument(TASKS, "gap-mllm predict"), metavar="TASK",
                         help=f"one of {', '.join(TASKS)}")
@@ -47,11 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .loading import UNTRAINED_NOTICE, load_model_and_processor
-    from .scenes import EXAMPLE_SEEDS, scene_from_frames, synthetic_scene
-    from .tasks import TaskRequest, run_task
-    from .uploads import UploadError, UploadLimits, load_frames
-
     try:
         example = {}
         if args.example:
@@ -83,6 +79,8 @@ def main(args: argparse.Namespace) -> int:
         if result.gates:
             print("mean gate  : " + ", ".join(f"level {i}: {g.mean():.3f}" for i, g in enumerate(result.gates)))
     if args.save_dir:
+        # here, not at the top: the pictures import the evaluation package, which needs datasets (an optional
+        # dependency); a plain `predict` runs without it
         from .visualize import write_visualisations
 
         written = write_visualisations(scene, result, args.save_dir, formats=tuple(args.formats))

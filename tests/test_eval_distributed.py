@@ -25,7 +25,7 @@ def _evaluate(command_prefix, synth_data, checkpoint, out, env):
 @pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate not installed")
 def test_two_process_evaluation_equals_one_process(synth_data, tiny_checkpoint, tmp_path):  # noqa: F811
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
-    single_rows, single = _evaluate([sys.executable, "-m", "gap_mllm.evaluation.evaluate_cli"],
+    single_rows, single = _evaluate([sys.executable, "-m", "gap_mllm.cli.evaluate"],
                                     synth_data, tiny_checkpoint, tmp_path / "single", env)
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     # accelerate's launcher starts several processes only in its multi-device mode; on a machine
@@ -33,7 +33,7 @@ def test_two_process_evaluation_equals_one_process(synth_data, tiny_checkpoint, 
     env = {**env, "ACCELERATE_USE_CPU": "1"}
     multi_rows, multi = _evaluate([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-                                   "-m", "gap_mllm.evaluation.evaluate_cli"],
+                                   "-m", "gap_mllm.cli.evaluate"],
                                   synth_data, tiny_checkpoint, tmp_path / "multi", env)
     assert len(single_rows) == single["num_samples"] >= 2
     assert [row["index"] for row in multi_rows] == [row["index"] for row in single_rows]

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from gap_mllm.evaluation import evaluate_cli, generation
+from gap_mllm.cli import evaluate as evaluate_cli
+from gap_mllm.evaluation import generation
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 
 TASKS = ("detection", "grounding", "captioning", "reconstruction", "spatial_qa")

@@ -305,7 +305,8 @@ def test_every_consumer_uses_the_registry_objects():
     from gap_mllm import chat_format, model_inputs, modeling_gap_mllm, processing_gap_mllm
     from gap_mllm.cli import predict, space_backend
     from gap_mllm.cli import tasks as cli_tasks
-    from gap_mllm.evaluation import evaluate_cli, generation, runner
+    from gap_mllm.cli import evaluate as evaluate_cli
+    from gap_mllm.evaluation import generation, runner
     from gap_mllm.evaluation import tasks as eval_tasks
     from gap_mllm.processing import annotation_files, builders, collator
     from gap_mllm.training import data as training_data

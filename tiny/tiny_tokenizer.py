@@ -17,6 +17,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import PreTrainedTokenizerFast
 
 from gap_mllm.chat_format import IMAGE_PLACEHOLDER
+from gap_mllm.processing_gap_mllm import GapMllmProcessor
 from gap_mllm.tasks_gap_mllm import DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2
 
 # Copied from the Qwen2 / Qwen3 tokenizer.json pre-tokenizer ("Split" step).
@@ -167,8 +168,6 @@ def build_tiny_processor(save_dir: str | os.PathLike | None = None, **kwargs):
         **kwargs: `min_pixels` (default 32·32·4 = 4096), `max_pixels` (default 128·128·4 = 65536) and
             any `GapMllmProcessor` init argument (e.g. `preprocessing_mode`).
     """
-    from gap_mllm.processing_gap_mllm import GapMllmProcessor
-
     min_pixels = kwargs.pop("min_pixels", 32 * 32 * 4)
     max_pixels = kwargs.pop("max_pixels", 128 * 128 * 4)
     processor = GapMllmProcessor.from_tokenizer(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+import datasets
+
 from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.collator import GapMllmDataCollator
@@ -20,6 +22,7 @@ from gap_mllm.processing.collator import GapMllmDataCollator
 from .aux_targets import AuxTargetCollator
 from .bad_samples import BadSampleGuard
 from .config import AuxLossConfig, DataConfig
+from .feature_cache import CachedGeometryCollator
 
 logger = logging.getLogger(__name__)
 SHARED_COLUMNS = ("id", "images", "image_paths", "prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")
@@ -30,8 +33,6 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
                task_max_samples: dict[str, int] | None = None, seed: int = 0):
     """The concatenated `datasets.Dataset` of `data.tasks` for `split`; `task_max_samples` ({task: N})
     keeps a random N of that task's samples (drawn with `seed`) before the concatenation."""
-    import datasets
-
     if data.data_root is None:
         raise ValueError("data.data_root is not set: point it at a ScanNet-layout folder (or SynthRooms output)")
     parts = []
@@ -88,7 +89,5 @@ def build_collator(processor, data: DataConfig, aux: AuxLossConfig, cache=None):
         collator = AuxTargetCollator(collator, aux, merge_size=merge)
     collator = BadSampleGuard(collator, policy=data.on_bad_sample)
     if cache is not None:
-        from .feature_cache import CachedGeometryCollator
-
         collator = CachedGeometryCollator(collator, cache)
     return collator
