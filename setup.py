@@ -91,7 +91,7 @@ setup(
         "gap_mllm.serving": ["README.md"],
         # the lmms-eval plugin's task YAMLs (gap-mllm export-lmms copies them next to the documents it writes)
         "gap_mllm.evaluation.lmms_eval_plugin": ["templates/*.yaml"],
-        # the embedded, trained GAP-MLLM-Mini (a Hub-style folder: weights, config, remote code, processor)
+        # the embedded, trained GAP-MLLM-Mini's data (weights, configs, tokenizer, card; its remote code is the package's)
         "gap_mllm.mini": ["README.md", "RESULTS.md", "gap-mllm-mini/*"],
     },
     install_requires=CORE,
@@ -100,6 +100,9 @@ setup(
         "console_scripts": ["gap-mllm=gap_mllm.cli.main:main"],
         # lmms-eval finds the `gap_mllm` model through this group (evaluation/lmms_eval_plugin)
         "lmms_eval.models": ["gap_mllm=gap_mllm.evaluation.lmms_eval_plugin.models:model_manifest"],
+        # fresh model sizes a recipe names with `model.tiny` (training/model_loading.py): training finds the
+        # miniature's builder here without importing gap_mllm.mini, which trains with it
+        "gap_mllm.fresh_models": ["mini = gap_mllm.mini.mini_config:build_mini_model"],
     },
     cmdclass={"build_py": BuildPyWithModelCard},
 )

@@ -33,7 +33,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VL
 from gap_mllm.batched_qwen3_vl import GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention
 from gap_mllm.mini.mini_config import build_mini_model
 from gap_mllm.processing.collator import GapMllmDataCollator
-from gap_mllm.processing.prompts import grounding_stage1_prompt
+from gap_mllm.tasks_gap_mllm import GROUNDING_STAGE1
 
 ARMS = {"loops": (Qwen3VLModel, Qwen3VLVisionAttention), "batched": (GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention)}
 
@@ -67,7 +67,7 @@ def grounding_batch(processor, batch: int, views: int):
     examples = [
         {
             "images": [Image.fromarray(rng.integers(0, 255, (128, 160, 3), dtype=np.uint8)) for _ in range(views)],
-            "prompt": grounding_stage1_prompt(views, f"the chair number {index}"),
+            "prompt": GROUNDING_STAGE1.annotation_prompt(views, query=f"the chair number {index}"),
             "answer": f"Frame-{index % views}",
         }
         for index in range(batch)

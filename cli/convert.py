@@ -15,6 +15,12 @@ Exit status: 0 on success, 1 when the checkpoint does not convert exactly (the o
 import argparse
 import sys
 
+import torch
+
+from gap_mllm.conversion_report import ConversionError
+from gap_mllm.convert_official_gap_mllm_to_hf import convert_official_checkpoint
+from gap_mllm.convert_vggt_to_hf import convert_vggt_checkpoint
+
 HEAD_FLAGS = {"camera": "use_camera_head", "depth": "use_depth_head", "point": "use_point_head"}
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -58,10 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_vggt(args) -> "ConversionReport":  # noqa: F821
-    import torch
-
-    from gap_mllm.convert_vggt_to_hf import convert_vggt_checkpoint
-
     overrides = {}
     if args.heads is not None:
         overrides.update({flag: name in args.heads for name, flag in HEAD_FLAGS.items()})
@@ -75,8 +77,6 @@ def _run_vggt(args) -> "ConversionReport":  # noqa: F821
 
 
 def _run_official(args) -> "ConversionReport":  # noqa: F821
-    from gap_mllm.convert_official_gap_mllm_to_hf import convert_official_checkpoint
-
     print(f"converting official GAP-MLLM checkpoint {args.source} -> {args.output_dir}", flush=True)
     return convert_official_checkpoint(
         args.source, args.output_dir, progress=not args.no_progress, write_processor=not args.no_processor
@@ -84,8 +84,6 @@ def _run_official(args) -> "ConversionReport":  # noqa: F821
 
 
 def main(args: argparse.Namespace) -> int:
-    from gap_mllm.conversion_report import ConversionError
-
     runner = {"vggt": _run_vggt, "official": _run_official}[args.kind]
     try:
         report = runner(args)

@@ -17,15 +17,26 @@ import argparse
 import sys
 from pathlib import Path
 
+from transformers import AutoModel, AutoProcessor
+
+from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+from .argument_types import positive_int
+from .example_reference import reference_lines, request_text
+from .loading import MINI, TINY, resolve_model_source
+from .model_scores import RESULTS_FILE, held_out_scores
+from .model_source import load_pretrained
+from .scenes import EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, synthetic_scene
+from .space import main as space_main
+from .tasks import TaskRequest, run_task
+from .visualize import save_scene_ply, write_visualisations
+
 BANNER = "=" * 78
 # The tasks GAP-MLLM-Mini is trained on (its spatial-QA answers would be untrained noise).
 DEMO_TASKS = ("detection", "grounding", "captioning", "reconstruction")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .argument_types import positive_int
-    from .scenes import EXAMPLE_SEEDS
-
     parser.add_argument("--model", default="mini",
                         help='"mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model; or a folder / Hub id')
     parser.add_argument("--example", default="synthetic room A", choices=sorted(EXAMPLE_SEEDS), help="the bundled room")
@@ -41,21 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.space:
-        from .space import main as space_main
 
         return space_main(argparse.Namespace(model=args.model, host=args.host, port=args.port,
                                              max_new_tokens=args.max_new_tokens, concurrency=1, max_queue=16))
-    from transformers import AutoModel, AutoProcessor
 
-    from .loading import MINI, TINY, resolve_model_source
-    from .model_scores import RESULTS_FILE, held_out_scores
-    from .model_source import load_pretrained
-    from .scenes import EXAMPLE_SEEDS, synthetic_scene
 
     out = Path(args.out)
     banner = []
     if args.model == TINY:
-        from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
         folder = str(save_tiny_checkpoint(out / "gap-mllm-tiny", seed=args.seed))  # progress bars (stderr) end here
         banner = ["GAP-MLLM demo with a TINY, RANDOMLY INITIALISED model: the weights are UNTRAINED,",
@@ -94,9 +98,6 @@ def main(args: argparse.Namespace) -> int:
 def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=None, scores=None) -> None:
     """One task on the example: the answer, its parsed form, the exact answer with a score, the model's held-out
     score of the task against a trivial baseline (`scores`, a `model_scores.HeldOutScores`, if any), a PNG."""
-    from .example_reference import reference_lines, request_text
-    from .tasks import TaskRequest, run_task
-    from .visualize import write_visualisations
 
     given = scene.example_inputs.get(task, {})
     request = TaskRequest(task, query=given.get("query"), box=given.get("box") if task == "captioning" else None,
@@ -120,8 +121,6 @@ def run_demo_geometry(model, processor, scene, out: Path, scores=None) -> None:
     """The point cloud the geometry encoder's camera and depth heads reconstruct from the example's views (what
     `gap-mllm predict --save-dir` writes for a user's own frames), as a PLY next to the exact one, with the
     encoder's held-out score; a model without the heads says so."""
-    from .scenes import can_reconstruct, reconstructed_scene
-    from .visualize import save_scene_ply
 
     print(f"\n--- geometry: the scene reconstructed by the geometry encoder's depth and camera heads from the "
           f"{len(scene.views)} views")

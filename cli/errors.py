@@ -17,6 +17,11 @@ import logging
 import pickle
 import sys
 
+from safetensors import SafetensorError
+
+from gap_mllm.conversion_report import ConversionError
+from gap_mllm.processing.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 USAGE_ERROR_STATUS = 2
@@ -26,18 +31,7 @@ class UserError(ValueError):
     """A mistake in what the user gave (a path, an id, a value); the message says what to do."""
 
 
-def _user_error_types() -> tuple[type, ...]:
-    from gap_mllm.conversion_report import ConversionError
-    from gap_mllm.processing.errors import DataError
-
-    types = [UserError, DataError, ConversionError, ValueError, OSError, pickle.UnpicklingError]
-    try:
-        from safetensors import SafetensorError
-
-        types.append(SafetensorError)
-    except ImportError:  # pragma: no cover - safetensors is a dependency of transformers
-        pass
-    return tuple(types)
+USER_ERROR_TYPES = (UserError, DataError, ConversionError, ValueError, OSError, pickle.UnpicklingError, SafetensorError)
 
 
 def _chain(error: BaseException):
@@ -53,14 +47,11 @@ def user_message(error: BaseException) -> str | None:
 
     The most precise exception in the cause chain wins: our own (UserError, DataError, ...) over the
     generic ValueError / OSError that libraries wrap them in (datasets wraps builder errors)."""
-    from gap_mllm.conversion_report import ConversionError
-    from gap_mllm.processing.errors import DataError
-
     chain = list(_chain(error))
     for candidate in chain:
         if isinstance(candidate, (UserError, DataError, ConversionError)):
             return str(candidate)
-    if isinstance(error, _user_error_types()):
+    if isinstance(error, USER_ERROR_TYPES):
         text = str(error).strip() or type(error).__name__
         return text.splitlines()[0] if isinstance(error, pickle.UnpicklingError) else text
     return None

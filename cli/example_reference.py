@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gap_mllm.evaluation.box_iou import box_iou
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
 
 IOU_THRESHOLD = 0.25  # a reference box counts as found at IoU > 0.25 (the benchmarks' Acc@0.25 / F1@0.25)
@@ -48,7 +49,6 @@ def reference_text(scene, task: str, given: dict) -> str:
 def reference_score(scene, task: str, given: dict, result) -> str:
     """How good `result` (a `TaskResult`) is against the exact answer; "" where there is nothing to compare
     (uploaded frames; captioning, whose references are shown instead)."""
-    from gap_mllm.evaluation.box_iou import box_iou
 
     if not scene.calibrated:
         return ""

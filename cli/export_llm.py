@@ -10,6 +10,9 @@ vision tower whenever images are allowed and splits the DeepStack levels only wh
 
 import argparse
 
+from gap_mllm.mini import default_model_path
+from gap_mllm.serving.export import export_llm_folder
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -20,11 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gap_mllm.serving.export import export_llm_folder
-
     source = args.source
     if source == "mini":
-        from gap_mllm.mini import default_model_path
 
         source = default_model_path()
     print(f"exporting the language half of {source} -> {args.output_dir}", flush=True)

@@ -11,6 +11,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from transformers import AutoModel, AutoProcessor
+
+from gap_mllm.mini import default_model_path
+from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+from .errors import UserError
+from .model_source import GAP_MLLM_MODEL_TYPE, load_pretrained, not_gap_mllm_message
+
 TINY = "tiny"
 MINI = "mini"
 MINI_NOTICE = ("GAP-MLLM-Mini, the miniature GAP-MLLM trained by this package on SynthRooms (`make mini`): it knows "
@@ -21,7 +29,6 @@ UNTRAINED_NOTICE = ("This is the tiny, randomly initialised GAP-MLLM: the weight
 
 def tiny_model_folder(folder=None) -> Path:
     """Save the tiny model + processor as a Hub-style folder (a fresh temporary one by default)."""
-    from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="gap-mllm-tiny-"))
     return save_tiny_checkpoint(folder)
@@ -30,7 +37,6 @@ def tiny_model_folder(folder=None) -> Path:
 def resolve_model_source(model: str) -> str:
     """The folder or Hub id to load for a front end's `--model` value ("mini" → the embedded default)."""
     if model == MINI:
-        from gap_mllm.mini import default_model_path
 
         return str(default_model_path())
     return model
@@ -40,10 +46,7 @@ def load_model_and_processor(model: str = MINI, device: str = "cpu", flag: str =
     """`(model, processor, is_tiny)`, the model in eval mode. A source that cannot be loaded (no such
     folder, an empty one, truncated weights, refused pickle weights, an unreachable Hub id, a checkpoint of
     another model type) is a `UserError` naming it (`cli/model_source.py`)."""
-    from transformers import AutoModel, AutoProcessor
 
-    from .errors import UserError
-    from .model_source import GAP_MLLM_MODEL_TYPE, load_pretrained, not_gap_mllm_message
 
     is_tiny = model == TINY
     source = str(tiny_model_folder()) if is_tiny else resolve_model_source(model)

@@ -16,7 +16,7 @@ COMMANDS = {
     "mini": ("gap_mllm.mini.pipeline", "train GAP-MLLM-Mini end to end on SynthRooms (data, stages 0-2, evaluation, table; --ablation)"),
     "train": ("gap_mllm.training.train_cli", "geometry-aligned pre-training (stage 1) and task fine-tuning (stage 2) from a recipe"),
     "convert": ("gap_mllm.cli.convert", "convert VGGT-1B or official GAP-MLLM checkpoints into gap_mllm (strict, with a report of every key)"),
-    "evaluate": ("gap_mllm.evaluation.evaluate_cli", "score a model (or a predictions file) on detection, grounding, captioning, reconstruction or spatial_qa data"),
+    "evaluate": ("gap_mllm.cli.evaluate", "score a model (or a predictions file) on detection, grounding, captioning, reconstruction or spatial_qa data"),
     "export-lmms": ("gap_mllm.evaluation.lmms_eval_plugin.export", "write lmms-eval tasks (documents + task YAMLs) of a data root for the gap_mllm lmms-eval plugin"),
     "predict": ("gap_mllm.cli.predict", "run one task on frames, a video or a bundled scene; print the parsed answer, save PNG/GLB/PLY (with the point cloud of your frames when the model has depth and camera heads)"),
     "export-llm": ("gap_mllm.cli.export_llm", "write a checkpoint's language half as a stock Qwen3-VL folder for vLLM/SGLang (image inputs: GAP encoder embeddings)"),

@@ -26,7 +26,9 @@ import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
 
+from gap_mllm import GapMllmConfig
 from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
 
@@ -75,8 +77,6 @@ def parameter_counts(model_dir) -> dict[str, int]:
     """Parameters per part (`PART_NAMES`, by key prefix: LLM, vision tower, geometry encoder, its
     heads, mergers, fusion gates, other) and `total`, from the safetensors headers of `model_dir`
     (sharded or not); nothing is loaded."""
-    from safetensors import safe_open
-
     counts = dict.fromkeys(PART_NAMES, 0)
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
@@ -272,8 +272,6 @@ def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), b
         datasets: Hub dataset ids to list in the metadata.
         training_data: lines describing the training data; they replace what the checkpoint records.
     """
-    from gap_mllm import GapMllmConfig
-
     config = GapMllmConfig.from_pretrained(model_dir)
     template_path = Path(template_path) if template_path is not None else default_template_path()
     if not template_path.is_file():

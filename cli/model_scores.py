@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from gap_mllm.mini.arms import MAIN_ARM
+
 RESULTS_FILE = "evaluation_results.json"
 
 
@@ -109,8 +111,6 @@ def _lookup(tree: dict, path: tuple[str, ...]):
 def shipped_arm(results: dict) -> str | None:
     """The arm whose model the folder holds: the pipeline's main arm (the reference of its paired table), or
     the only arm; None when the file names several and none of them is the main arm."""
-    from gap_mllm.mini.pipeline import MAIN_ARM
-
     arms = results.get("arms") or {}
     for name in ((results.get("paired") or {}).get("reference"), MAIN_ARM.name):
         if name in arms:

@@ -12,10 +12,13 @@ what to do; a folder whose config.json is not a GAP-MLLM one is named with the m
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 from pathlib import Path
+
+from huggingface_hub import errors as hub_errors
+from huggingface_hub import is_offline_mode, try_to_load_from_cache
+from safetensors import safe_open
 
 from gap_mllm.conversion_report import PICKLE_REFUSED
 
@@ -49,7 +52,6 @@ def check_gap_mllm_config(folder: Path, source: str, flag: str = "--model") -> N
 def unreadable_safetensors(folder) -> list[str]:
     """`["file: problem", ...]` for the safetensors files of `folder` whose header cannot be read (a
     truncated or corrupt file); only the headers are read."""
-    from safetensors import safe_open
 
     problems = []
     for path in sorted(Path(folder).glob("*.safetensors")):
@@ -59,14 +61,6 @@ def unreadable_safetensors(folder) -> list[str]:
         except Exception as error:  # noqa: BLE001 - SafetensorError, OSError: all mean "unreadable"
             problems.append(f"{path}: {error}")
     return problems
-
-
-def _offline() -> bool:
-    try:
-        from huggingface_hub import is_offline_mode
-    except ImportError:  # pragma: no cover - older huggingface_hub
-        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    return bool(is_offline_mode())
 
 
 def check_model_source(source, flag: str = "--model") -> str:
@@ -93,8 +87,7 @@ def check_model_source(source, flag: str = "--model") -> str:
         raise UserError(f"{flag} {text}: this is a file; give the checkpoint FOLDER (config.json + weights) or a Hub repo id")
     if not REPO_ID.match(text) or text.startswith((".", "~")):
         raise UserError(f"{flag} {text}: no such folder (and not a Hub repo id of the form org/name)")
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
+    if is_offline_mode():
 
         if not isinstance(try_to_load_from_cache(text, "config.json"), str):
             raise UserError(f"{flag} {text}: no network (HF_HUB_OFFLINE is set) and the repository is not in the "
@@ -104,7 +97,6 @@ def check_model_source(source, flag: str = "--model") -> str:
 
 def hub_error_message(error: BaseException, source: str, flag: str = "--model") -> str | None:
     """A one-line explanation of a Hub failure found in `error`'s cause chain, or None."""
-    from huggingface_hub import errors as hub_errors
 
     seen = set()
     while error is not None and id(error) not in seen:

@@ -26,13 +26,25 @@ import argparse
 import json
 import sys
 
-from .tasks import TASKS
+from .argument_types import positive_int
+from .example_reference import reference_lines, request_text
+from .loading import TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
+from .model_scores import held_out_scores
+from .scenes import (
+    CAMERA_ESTIMATED,
+    EXAMPLE_SEEDS,
+    POINT_CLOUD_HOWTO,
+    can_reconstruct,
+    reconstructed_scene,
+    scene_from_frames,
+    synthetic_scene,
+)
+from .task_names import task_argument
+from .tasks import TASKS, TaskRequest, run_task
+from .uploads import UploadError, UploadLimits, load_frames
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .argument_types import positive_int
-    from .scenes import EXAMPLE_SEEDS
-
     parser.add_argument("--model", default="mini",
                         help='a GAP-MLLM folder or Hub id; "mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model')
     source = parser.add_mutually_exclusive_group(required=True)
@@ -40,7 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--example", choices=sorted(EXAMPLE_SEEDS),
                         help="a bundled held-out SynthRooms room (exact geometry): the answer is shown next to the "
                              "exact one and the model's held-out score of the task")
-    from .task_names import task_argument
 
     parser.add_argument("--task", required=True, type=task_argument(TASKS, "gap-mllm predict"), metavar="TASK",
                         help=f"one of {', '.join(TASKS)}")
@@ -58,12 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .example_reference import request_text
-    from .loading import UNTRAINED_NOTICE, load_model_and_processor
-    from .scenes import EXAMPLE_SEEDS, scene_from_frames, synthetic_scene
-    from .tasks import TaskRequest, run_task
-    from .uploads import UploadError, UploadLimits, load_frames
-
     try:
         example = {}
         if args.example:
@@ -109,9 +114,6 @@ def main(args: argparse.Namespace) -> int:
 def _comparison(args, scene, request, result) -> dict:
     """On a bundled room: `{"reference": {"truth": ..., "score": ...}, "held_out": line}` (entries that do not
     apply left out; no held-out line for a model folder without evaluation_results.json)."""
-    from .example_reference import reference_lines
-    from .loading import TINY, resolve_model_source
-    from .model_scores import held_out_scores
 
     comparison = {"reference": dict(reference_lines(scene, request, result))}
     scores = None if args.model == TINY else held_out_scores(resolve_model_source(args.model))
@@ -122,7 +124,6 @@ def _comparison(args, scene, request, result) -> dict:
 
 def _save(args, model, processor, scene, result, report) -> None:
     """The pictures, and for uncalibrated frames the point cloud the model's heads reconstruct, if it has them."""
-    from .scenes import CAMERA_ESTIMATED, POINT_CLOUD_HOWTO, can_reconstruct, reconstructed_scene
     from .visualize import write_visualisations
 
     three_d = {"glb", "ply"} & set(args.formats)

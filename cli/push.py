@@ -20,7 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd
+from transformers.utils import hub as transformers_hub
+
 from .hub_files import HubFolderError, plan_upload
+from .model_card import DEFAULT_BASE_MODEL, build_model_card
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,15 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _hub_api():
-    from transformers.utils.hub import hf_api
-
-    return hf_api()
+    return transformers_hub.hf_api()  # looked up at call time: tests replace it
 
 
 def build_card_text(folder, repo_id, eval_summaries=(), base_model=None, untrained=False, training_data=None,
                     datasets=None) -> str:
-    from .model_card import DEFAULT_BASE_MODEL, build_model_card
-
     card = build_model_card(folder, repo_id=repo_id, eval_summaries=eval_summaries,
                             base_model=base_model or DEFAULT_BASE_MODEL, untrained=untrained,
                             training_data=training_data, datasets=datasets)
@@ -63,8 +63,6 @@ def push_folder(folder, repo_id: str, card_text: str | None = None, private: boo
 
     Returns `(commit_info, uploaded_paths)`. Raises HubFolderError before any Hub call when the folder
     is not publishable."""
-    from huggingface_hub import CommitOperationAdd
-
     plan = plan_upload(folder)
     api = api or _hub_api()
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id

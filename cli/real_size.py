@@ -15,6 +15,9 @@ out 2048, DeepStack at ViT blocks 5/11/17. The geometry encoder takes GapMllmGeo
 from __future__ import annotations
 
 import torch
+from transformers import Qwen3VLConfig
+
+from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration
 
 # Qwen3-VL-2B-Instruct's special tokens (the stock Qwen3-VL ids) and its text / vision configuration.
 QWEN3_VL_2B_TOKENS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
@@ -36,9 +39,7 @@ QWEN3_VL_2B_VISION = {
 
 def real_size_config(attn_implementation: str = "sdpa"):
     """The `GapMllmConfig` of Qwen3-VL-2B + VGGT-1B with the official fusion settings."""
-    from transformers import Qwen3VLConfig
 
-    from gap_mllm import GapMllmConfig
 
     vlm = Qwen3VLConfig(text_config=dict(QWEN3_VL_2B_TEXT), vision_config=dict(QWEN3_VL_2B_VISION),
                         tie_word_embeddings=True, **QWEN3_VL_2B_TOKENS)
@@ -49,7 +50,6 @@ def real_size_config(attn_implementation: str = "sdpa"):
 def build_on_meta_device(dtype: torch.dtype = torch.bfloat16, attn_implementation: str = "sdpa"):
     """The real-size `GapMllmForConditionalGeneration` on the meta device: every module and parameter shape,
     no memory (a meta tensor has no values, so the model cannot run; it counts and prints)."""
-    from gap_mllm import GapMllmForConditionalGeneration
 
     with torch.device("meta"):
         return GapMllmForConditionalGeneration._from_config(real_size_config(attn_implementation), dtype=dtype).eval()

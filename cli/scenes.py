@@ -17,7 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gap_mllm.processing.coordinates import backproject_depth, invert_rigid, world_boxes_to_camera
+from gap_mllm.processing.coordinates import backproject_depth, backproject_pixel, invert_rigid, transform_points, world_boxes_to_camera
+from gap_mllm.processing.synth import SynthRooms
+from gap_mllm.processing.synth.language import captions, describe
+from gap_mllm.processing.synth.presets import synth_config
+from gap_mllm.processing.synth.samples import choose_clip
 
 # The camera assumed for frames without calibration: a centred pinhole with a 60° horizontal field of
 # view, typical of phone and ScanNet colour cameras. Only used to DRAW boxes, never fed to the model.
@@ -150,10 +154,6 @@ def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple
     """A rendered SynthRooms scene (the `mini` preset; `size` = (height, width) overrides its 128x160) with
     exact geometry, everything in the first frame's camera: `num_frames` frames spread over half the
     camera walk (as the mini data's detection clips), and one request per task with its answer."""
-    from gap_mllm.processing.synth import SynthRooms
-    from gap_mllm.processing.synth.presets import synth_config
-    from gap_mllm.processing.synth.samples import choose_clip
-
     overrides = {"seed": EXAMPLE_SEED_BASE + seed, **({"image_size": tuple(size)} if size is not None else {})}
     generator = SynthRooms(synth_config(EXAMPLE_PRESET, **overrides))
     synth = generator.generate_scene(0)
@@ -191,9 +191,6 @@ def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple
 
 def _example_inputs(synth, clip, indices, boxes, rng) -> dict:
     """One request per task for a bundled example, with its exact answer (see `Scene.example_inputs`)."""
-    from gap_mllm.processing.coordinates import backproject_pixel, transform_points
-    from gap_mllm.processing.synth.language import captions, describe
-
     inputs = {}
     pixels = synth.visible_pixels()[clip]
     # the most visible object that has a unique description (ScanRefer-style), else the most visible one

@@ -12,12 +12,13 @@ environment's pillow (docs/transformers-notes.md §15). Install it in a separate
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+
+from .argument_types import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .argument_types import positive_int
-
     parser.add_argument("--model", default="mini",
                         help='a GAP-MLLM folder or Hub id; "mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model')
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1: this machine only)")
@@ -29,13 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import importlib.util
-
     if importlib.util.find_spec("gradio") is None:  # not imported here: launch() must set GRADIO_TEMP_DIR first
         print("gap-mllm space needs gradio, which is kept out of the main environment (it requires pillow<13).\n"
               "Build the demo environment: python examples/space/build_demo_venv.py  (then .venv-demo/bin/python -m gap_mllm.cli.main space)",
               file=sys.stderr)
         return 2
+    # here, not at the top: the Space's modules need its environment (gradio; datasets through the evaluation
+    # package), so a missing gradio is the one clear line above, not an ImportError
     from .space_ui import SpaceSettings, launch
 
     launch(SpaceSettings(model=args.model, max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,

@@ -35,6 +35,7 @@ from .scene_store import SceneStore
 from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, POINT_CLOUD_HOWTO, can_reconstruct, reconstructed_scene,
                      scene_from_frames, synthetic_scene)
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
+from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .tasks import TaskRequest, run_task
 from .uploads import UploadError, UploadLimits, load_frames
@@ -75,8 +76,6 @@ def _tiny_fov_bias(model, degrees: float = TINY_FIELD_OF_VIEW_DEGREES) -> None:
 
 def build_space_tiny(folder=None) -> Path:
     """Save the Space's tiny model: the embedded tiny GAP-MLLM plus small random camera and depth heads."""
-    from gap_mllm.tiny.tiny_model import build_tiny_model
-
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="gap-mllm-space-tiny-"))
     model, processor = build_tiny_model(geometry_config=SPACE_TINY_HEADS)
     _tiny_fov_bias(model)

@@ -27,7 +27,7 @@ choose a task and press **Run**. Boxes are in the first frame's camera (x right,
 
 
 def build_demo(backend: SpaceBackend):
-    import gradio as gr
+    import gradio as gr  # here, not at the top: launch() sets GRADIO_TEMP_DIR before gradio is imported (space.py)
 
     def on_example_change(example_name):
         # a bundled room prefills its own requests (their exact answers are known: the reference panel shows them)

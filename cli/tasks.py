@@ -26,6 +26,8 @@ from gap_mllm.control_tokens import refuse_control_tokens
 from gap_mllm.target_format import Box3D
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA, TaskSpec, resolve_task
 
+from .scene_store import answer_on_stored_scene
+
 FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION, GROUNDING, CAPTIONING, RECONSTRUCTION, SPATIAL_QA)
 TASKS = tuple(spec.name for spec in FRONT_END_TASKS)
 
@@ -185,8 +187,6 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         # Checked here with this package's rule, whatever version of the processor the checkpoint carries.
         refuse_control_tokens(processor.tokenizer, request.query, "the query")
     if scenes is not None:
-        from .scene_store import answer_on_stored_scene
-
         inputs = request.processor_inputs()
         segments = spec.user_segments(len(views), query=inputs.get("query"), box=inputs.get("box"))
         generated, input_ids, gates, image_grid_thw = answer_on_stored_scene(

@@ -174,7 +174,7 @@ def _decode_video_frames(av, path: Path, limits: UploadLimits, wanted: list[int]
 
 def _video_frames(path: Path, limits: UploadLimits) -> list[Image.Image]:
     """Uniformly sampled frames of a video (see the module docstring for the limits)."""
-    try:
+    try:  # here, not at the top: PyAV is optional (the demo extra), only video uploads need it
         import av
     except ImportError as error:
         raise UploadError("Video upload needs PyAV on the server (pip install av); upload frames as images instead.") from error

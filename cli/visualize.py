@@ -179,7 +179,7 @@ def _edge_cylinders(trimesh, boxes: np.ndarray, colour, radius: float):
 def save_scene_glb(path, scene, boxes, point=None, show_reference: bool = True) -> Path:
     """GLB for `gr.Model3D` and any glTF viewer: coloured point cloud (glTF POINTS), predicted boxes as red
     tubes, reference boxes as thin green tubes, the answer point as a yellow sphere. Needs trimesh."""
-    import trimesh
+    import trimesh  # here, not at the top: optional (the demo extra), only the GLB needs it
 
     geometry = []
     if scene.points is not None and len(scene.points):
@@ -206,7 +206,7 @@ def gate_heatmap(gates: list[np.ndarray], token_grids: list[tuple[int, int]], pa
     each visual token (1 = pure Qwen, 0 = pure geometry). None when the model returned no gates."""
     if not gates:
         return None
-    import matplotlib
+    import matplotlib  # here, not at the top: optional (the demo and eval extras) and slow to import
 
     matplotlib.use("Agg")  # headless servers and Spaces
     import matplotlib.pyplot as plt

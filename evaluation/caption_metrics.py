@@ -65,6 +65,7 @@ def caption_scores(predictions, references, proposal_ious=None, meteor: bool | N
         `{"cider", "bleu4", "bleu1".."bleu3", "rouge_l", "meteor" (or None), "num_samples", "num_gated",
         "per_sample": {"cider": [N], "bleu4": [N], "rouge_l": [N], "meteor": [N] or None}}`.
     """
+    # here, not at the top: pycocoevalcap is an optional dependency (the eval extra), needed by captioning only
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge

@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from gap_mllm.processing.collator import GapMllmDataCollator
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 
@@ -39,10 +41,6 @@ class BatchGenerator:
     """
 
     def __init__(self, model_dir, device=None, max_new_tokens: int | None = None, dtype=None):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        from gap_mllm.processing.collator import GapMllmDataCollator
-
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         kwargs = {"trust_remote_code": True}
         if dtype is not None:
@@ -55,8 +53,6 @@ class BatchGenerator:
     @classmethod
     def from_model(cls, model, processor, max_new_tokens: int | None = None) -> "BatchGenerator":
         """A generator around a model already in memory (e.g. during training); it is not moved or copied."""
-        from gap_mllm.processing.collator import GapMllmDataCollator
-
         generator = cls.__new__(cls)
         generator.model, generator.processor = model, processor
         generator.device = model.device

@@ -3,7 +3,7 @@
     report = evaluate_geometry(model, held_out_clips, baseline_clips=train_clips)
 
 `model` is a GAP-MLLM (or its geometry encoder) with camera and depth heads; clips come from
-`training.geometry_data.GeometryClips` (exact ground truth). The baseline knows nothing about the clip:
+`training.geometry_data.GeometryClips` (exact ground truth), batched with `processing.collator.collate_clips`. The baseline knows nothing about the clip:
 its depth is the per-pixel mean normalised depth of `baseline_clips` (training data), its cameras are
 the identity rotation with the mean normalised translation of each frame position over the same clips,
 and it uses the true intrinsics. Both go through the same scale alignment and metrics
@@ -16,12 +16,12 @@ from types import SimpleNamespace
 
 import torch
 
+from gap_mllm.processing.collator import collate_clips
+
 from .geometry_metrics import GeometryMetrics, tensor_clip
 
 
 def _loader(clips, batch_size: int):
-    from gap_mllm.training.geometry_data import collate_clips
-
     return torch.utils.data.DataLoader(clips, batch_size=batch_size, collate_fn=collate_clips)
 
 

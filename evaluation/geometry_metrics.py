@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gap_mllm.pose_encoding import pose_encoding_to_extrinsics_intrinsics
+
 from .confidence import bootstrap_interval
 
 
@@ -145,7 +147,6 @@ def tensor_clip(output, batch, index: int) -> ClipPrediction:
         return tensor.detach().float().cpu().numpy().astype(np.float64)
 
     scale = float(batch["scale"][index])
-    from gap_mllm.pose_encoding import pose_encoding_to_extrinsics_intrinsics
 
     height, width = batch["depth"].shape[-2:]
     true_extrinsics, _ = pose_encoding_to_extrinsics_intrinsics(batch["pose_encoding"][index].double(), (height, width))

@@ -24,17 +24,12 @@ cell it projects into (at its true depth): what reading "which token holds the o
 frames' token resolution (32-pixel cells for Qwen's 16-pixel patches merged 2 x 2). `frame_grid_oracle` does the
 same for stage 1: the frame each rule picks from the target's coverage of every view counted in such cells.
 
-CLI:
-    python -m gap_mllm.evaluation.grounding_identification --data DATA --samples OUT/samples.jsonl   # a run's answers
-    python -m gap_mllm.evaluation.grounding_identification --data DATA --model DIR [--annotated-frame] [--limit N]
-    python -m gap_mllm.evaluation.grounding_identification --data DATA --tolerance                   # the targets' slack
-    python -m gap_mllm.evaluation.grounding_identification --data DATA --token-grid 32               # the token-grid oracle
-    python -m gap_mllm.evaluation.grounding_identification --data DATA --frame-grid 32               # stage 1 from token coverage
+The command line (a run's answers, a model folder's, the targets' slack, the oracles) is
+evaluation/grounding_identification_cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from functools import lru_cache
@@ -46,7 +41,9 @@ from gap_mllm.output_parsing import parse_frame_selection
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.coordinates import backproject_pixel, camera_boxes_to_world, camera_to_world_transform, project
-from gap_mllm.processing.held_out import check_held_out, record_scene_id
+from gap_mllm.processing.synth.generator import SynthConfig
+from gap_mllm.processing.synth.samples import first_clear_frame
+from gap_mllm.processing.synth.writer import read_instance_mask
 
 from .box_iou import box_iou
 from .confidence import bootstrap_interval, wilson_interval
@@ -233,8 +230,6 @@ FRAME_RULES = ("half_of_best", "first_seen", "most_seen", "frame_0")
 
 def min_visible_pixels(data_root) -> int:
     """The pixels an object must cover to count as seen, from the SynthRooms configuration that wrote `data_root`."""
-    from gap_mllm.processing.synth.generator import SynthConfig
-
     config = json.loads((Path(data_root) / "synthrooms" / "dataset_info.json").read_text(encoding="utf-8"))["config"]
     return SynthConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}).min_visible_pixels
 
@@ -243,8 +238,6 @@ def target_coverage(record: dict, data_root, cell_pixels: int = 1) -> np.ndarray
     """`[frames]`: how much of each of a grounding stage-1 record's frames its target covers, read from the written
     instance masks: pixels (`cell_pixels=1`), or the `cell_pixels`-square cells of which it covers at least half
     (what a visual token shows: 32-pixel cells for Qwen's 16-pixel patches merged 2 x 2)."""
-    from gap_mllm.processing.synth.writer import read_instance_mask
-
     counts = []
     for image in record["images"]:
         scene, name = Path(image).parent.name, Path(image).stem
@@ -263,8 +256,6 @@ def frame_from_coverage(coverage: np.ndarray, rule: str, min_coverage: int = 1) 
     covering at least half the best frame's coverage and `min_coverage`), "first_seen" (the first frame with
     `min_coverage`), "most_seen" (the best frame), "frame_0" (the prior the mini default answers); 0 when the
     target is never covered."""
-    from gap_mllm.processing.synth.samples import first_clear_frame
-
     if rule == "frame_0" or coverage.max() < min_coverage:
         return 0
     if rule == "half_of_best":
@@ -290,54 +281,3 @@ def frame_grid_oracle(records, data_root, cell_pixels: int = 32) -> dict:
     n = len(records)
     return {"cell_pixels": cell_pixels, "num_samples": n,
             **{rule: {"frame_accuracy": count / n, "frame_accuracy_ci95": wilson_interval(count, n)} for rule, count in hits.items()}}
-
-
-def generated(model_dir, data_root, split: str, limit: int | None, annotated_frame: bool, batch_size: int = 32) -> dict:
-    """Answer the first `limit` grounding records of `split` with the model folder (two stages, or the box
-    stage alone in the annotated frame) and return the grounding metrics with `from_rows`."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from .in_memory import EvaluationSlice
-    from .tasks import GroundingTask
-
-    model = AutoModelForImageTextToText.from_pretrained(str(model_dir), trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
-    slice_ = EvaluationSlice("grounding", data_root, split, limit, annotated_frame=annotated_frame)
-    check_held_out(model_dir, data_root, {record_scene_id(r) for r in slice_.records})
-    metrics, outputs = slice_.score(model, processor, batch_size, max_new_tokens=GroundingTask.spec.max_new_tokens)
-    rows, _ = slice_.task.evaluate(slice_.records, outputs)
-    return {"metrics": metrics, **from_rows(slice_.records, rows, data_root)}
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="SynthRooms data root")
-    parser.add_argument("--split", default="val")
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--samples", help="samples.jsonl of a grounding evaluation run on --split")
-    mode.add_argument("--model", help="a model folder to answer the grounding records of --split")
-    mode.add_argument("--tolerance", action="store_true", help="how far the target boxes may move at IoU 0.25 / 0.5")
-    mode.add_argument("--token-grid", type=int, metavar="PIXELS", help="the token-grid oracle with cells of PIXELS")
-    mode.add_argument("--frame-grid", type=int, metavar="PIXELS", help="stage 1's frame read from the target's coverage in cells of PIXELS")
-    parser.add_argument("--annotated-frame", action="store_true", help="with --model: give stage 2 the annotated frame k*")
-    parser.add_argument("--limit", type=int, default=None, help="the first N records of the split")
-    args = parser.parse_args(argv)
-    if args.annotated_frame and not args.model:
-        parser.error("--annotated-frame needs --model")
-    if args.samples:
-        result = from_samples(args.samples, args.data, args.split)
-    elif args.model:
-        result = generated(args.model, args.data, args.split, args.limit, args.annotated_frame)
-    else:
-        records = load_annotation_file(find_annotation_file(args.data, "grounding_stage1", args.split))[: args.limit]
-        if args.tolerance:
-            result = tolerance_summary(records)
-        elif args.frame_grid is not None:
-            result = frame_grid_oracle(records, args.data, args.frame_grid)
-        else:
-            result = token_grid_oracle(records, args.data, args.token_grid)
-    print(json.dumps(result, indent=1))
-
-
-if __name__ == "__main__":
-    main()

@@ -22,27 +22,7 @@ from gap_mllm.processing.scannet_layout import posed_images_dir
 from .generation import BatchGenerator
 from .grounding_identification import from_rows, has_scene_truth
 from .marker_metrics import marker_scores
-from .tasks import gt_answer, get_task
-
-# What each task logs: name -> key (or dotted path) in its summary; the marker scores are added for
-# reconstruction.
-LOGGED_METRICS = {
-    "grounding": {"acc@0.25": "acc@0.25", "acc@0.5": "acc@0.5", "miou": "miou"},
-    "detection": {"f1": "f1", "precision": "splits.all.precision", "recall": "splits.all.recall"},
-    "captioning": {"cider": "cider", "bleu4": "bleu4"},
-    "reconstruction": {"overall_aligned": "aligned.overall"},
-    "spatial_qa": {"overall": "overall"},
-}
-
-
-def _lookup(summary: dict, dotted: str):
-    """`summary[key]`, or a dotted path into nested dicts ("aligned.overall")."""
-    if dotted in summary:
-        return summary[dotted]
-    value = summary
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
+from .tasks import get_task, gt_answer, headline_value
 
 
 class EvaluationSlice:
@@ -86,7 +66,7 @@ class EvaluationSlice:
         return outputs
 
     def score(self, model, processor, batch_size: int = 16, max_new_tokens: int | None = None) -> tuple[dict, list[list[str]]]:
-        """(flat metrics, raw outputs): the task's logged metrics (`LOGGED_METRICS`), plus the marker scores
+        """(flat metrics, raw outputs): the task's logged metrics (`Benchmark.logged_metrics`), plus the marker scores
         for reconstruction and, on SynthRooms, grounding's identification and median centre error
         (evaluation/grounding_identification.py). The model is put in eval mode for the call and restored after."""
         was_training = model.training
@@ -97,7 +77,7 @@ class EvaluationSlice:
             model.train(was_training)
         # METEOR (a Java process per call) is left to the final evaluation; CIDEr is the headline
         rows, summary = self.task.evaluate(self.records, outputs, meteor=False)
-        metrics = {name: _lookup(summary, key) for name, key in LOGGED_METRICS.get(self.name, {}).items()}
+        metrics = {name: headline_value(summary, key) for name, key in self.task.logged_metrics.items()}
         if self.name == "reconstruction":
             marker = marker_scores([texts[0] for texts in outputs], [gt_answer(r) for r in self.records])
             metrics.update({key: marker[key] for key in ("label_accuracy", "point_error_m_median", "unparsed") if key in marker})

@@ -45,7 +45,7 @@ def sanitize_for_scorers(text: str) -> str:
 
 def meteor_command() -> tuple[list[str], Path]:
     """`(argv, working folder)` of pycocoevalcap's METEOR call (same jar, heap and options)."""
-    try:
+    try:  # here, not at the top: pycocoevalcap is optional (the eval extra)
         import pycocoevalcap.meteor.meteor as meteor_module
     except ImportError as error:  # pragma: no cover - the eval extra installs it
         raise ScorerError("METEOR needs pycocoevalcap (pip install pycocoevalcap) and Java") from error

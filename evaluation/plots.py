@@ -17,11 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
 from gap_mllm.processing.errors import DataError
-from gap_mllm.processing.scannet_layout import media_path
+from gap_mllm.processing.scannet_layout import media_path, read_intrinsics
 
 from .box_iou import BOX_EDGES
 
@@ -30,6 +31,7 @@ MIN_DEPTH = 0.05
 
 
 def _pyplot():
+    # here, not at the top: matplotlib is optional (the eval extra) and slow to import; only the plots need it
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers / CI
@@ -126,7 +128,6 @@ def _draw_boxes(ax, boxes, intrinsics, colour, width):
 def _intrinsics(record: dict, image_path: Path):
     if "cam2img" in record:
         return np.asarray(record["cam2img"], dtype=np.float64)
-    from gap_mllm.processing.scannet_layout import read_intrinsics
 
     candidate = image_path.parent / "intrinsic.txt"
     return read_intrinsics(candidate) if candidate.is_file() else None
@@ -134,8 +135,6 @@ def _intrinsics(record: dict, image_path: Path):
 
 def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     """Frame with projected ground-truth (green) and predicted (red) boxes; False if not drawable."""
-    from PIL import Image
-
     plt = _pyplot()
     if task == DETECTION.name:
         k = 0

@@ -29,14 +29,18 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
-from . import reports
+from . import reports, scene_generation
 from .batched_answers import answer_in_batches
+from .plots import write_plots
 from .tasks import get_task, headline_value, sample_id
 
 logger = logging.getLogger(__name__)
@@ -44,14 +48,12 @@ logger = logging.getLogger(__name__)
 
 def _process_state():
     """(process index, number of processes, device, barrier) from accelerate, or a single CPU process."""
-    try:
+    try:  # accelerate is optional (the eval and train extras): without it, one process
         from accelerate import PartialState
     except ImportError:
         return 0, 1, "cpu", lambda: None
     # PartialState only forms a CPU (gloo) group when told to: without a GPU, or when the launcher
     # says so (ACCELERATE_USE_CPU), each process would otherwise think it is alone.
-    import torch
-
     use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     state = PartialState(cpu=use_cpu)
     return state.process_index, state.num_processes, state.device, state.wait_for_everyone
@@ -122,18 +124,14 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
     Samples about one scene (same images and marker at the first stage: ScanRefer's many expressions per
     scene) go to the same process and are answered from one encoding of the scene (scene_generation.py);
     `scene_reuse=False` answers each with a full call (the one-at-a-time protocol, for comparison)."""
-    from tqdm.auto import tqdm
-
-    from .scene_generation import SceneGenerator, groups_for_rank, scene_groups
-
     done = reports.read_raw_outputs(out_dir)
     todo = [i for i, sid in enumerate(ids) if sid not in done]
     first_requests = {i: task.request(records[i], 0, [], media_root) for i in todo}
-    mine = groups_for_rank(scene_groups(first_requests), rank, world)
+    mine = scene_generation.groups_for_rank(scene_generation.scene_groups(first_requests), rank, world)
     pending = sum(len(group) for group in mine)
     if not pending:
         return
-    generator = SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens)
+    generator = scene_generation.SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens)
 
     def request_for(i, stage, previous):
         request = task.request(records[i], stage, previous, media_root)
@@ -224,8 +222,6 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     }
     reports.write_summary(out_dir, summary, f"{task.name}: {annotation_file.name}")
     if plots:
-        from .plots import write_plots
-
         write_plots(task.name, records, rows, metrics, media_root, out_dir)
     return summary
 

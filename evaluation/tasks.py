@@ -4,6 +4,9 @@ A benchmark is a registry task (`gap_mllm.tasks_gap_mllm`: name, prompts, parser
 are defined there); this module adds only what evaluation needs on top. Every benchmark reads the
 official evaluation annotation records (docs/method.md §7.3; SynthRooms writes the same schema) and defines:
     spec / stage_specs     the registry task and the task asked at each stage (grounding: its 2 stages)
+    headline               (key or dotted path in the summary, description): the figure a run reports
+    logged_metrics         {logged name: key or dotted path in the summary}: what a training run logs
+                           (evaluation/in_memory.py); the headline is one of them
     stages                 number of model calls per sample (grounding: 2, the others: 1)
     request(record, stage, previous_outputs, media_root) -> Request
     oracle(record, media_root) -> [text per stage]   the ground truth written as model text
@@ -72,6 +75,8 @@ class Benchmark:
 
     spec = None  # the registry task
     stage_specs: tuple = ()  # the task asked at each stage
+    headline: tuple[str, str]  # (key or dotted path in the summary, description); every benchmark sets it
+    logged_metrics: dict[str, str]  # logged name -> key or dotted path in the summary; the headline among them
     # (import name, pip requirement) of what `evaluate` imports when it runs: checked before any answer is
     # generated, so a missing scorer fails at once and not after an evaluation's (or a training run's) work
     scoring_packages: tuple[tuple[str, str], ...] = ()
@@ -112,6 +117,7 @@ class Benchmark:
 class DetectionTask(Benchmark):
     spec, stage_specs = DETECTION, (DETECTION,)
     headline = ("f1", "mean F1 over cate31 (IoU > 0.25)")
+    logged_metrics = {"f1": "f1", "precision": "splits.all.precision", "recall": "splits.all.recall"}
 
     def request(self, record, stage, previous, media_root):
         return self.make_request(stage, record["images"], human_prompt(record))
@@ -198,6 +204,7 @@ class GroundingTask(Benchmark):
 
     spec, stage_specs = GROUNDING, (GROUNDING_STAGE1, GROUNDING_STAGE2)
     headline = ("acc@0.25", "Acc@0.25 (IoU >= 0.25)")
+    logged_metrics = {"acc@0.25": "acc@0.25", "acc@0.5": "acc@0.5", "miou": "miou"}
 
     def selected_frame(self, record, stage1_text: str) -> tuple[int, str | None]:
         """(k, note): official reading when `official_compat`, else the tolerant parser clamped to the
@@ -264,6 +271,7 @@ class CaptionTask(Benchmark):
     spec, stage_specs = CAPTIONING, (CAPTIONING,)
     scoring_packages = (("pycocoevalcap", "pycocoevalcap>=1.2"),)
     headline = ("cider", "CIDEr at the 0.5 IoU gate")
+    logged_metrics = {"cider": "cider", "bleu4": "bleu4"}
 
     def request(self, record, stage, previous, media_root):
         return self.make_request(stage, record["images"], human_prompt(record))
@@ -305,6 +313,7 @@ def _official_point(text: str):
 class ReconstructionTask(Benchmark):
     spec, stage_specs = RECONSTRUCTION, (RECONSTRUCTION,)
     headline = ("aligned.overall", "overall (Acc + Comp) / 2 after Sim(3), metres")
+    logged_metrics = {"overall_aligned": "aligned.overall"}
 
     def request(self, record, stage, previous, media_root):
         return self.make_request(stage, record["images"], human_prompt(record), record.get("pixel_coords"))
@@ -336,6 +345,7 @@ class ReconstructionTask(Benchmark):
 class SpatialQATask(Benchmark):
     spec, stage_specs = SPATIAL_QA, (SPATIAL_QA,)
     headline = ("overall", "mean over question types (MRA / accuracy)")
+    logged_metrics = {"overall": "overall"}
 
     def request(self, record, stage, previous, media_root):
         return self.make_request(stage, record["images"], human_prompt(record))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .report import results_markdown
+
 
 def _architecture(config) -> str:
     text, vision = config.vlm_config.text_config, config.vlm_config.vision_config
@@ -35,8 +37,6 @@ def mini_model_card(config, counts: dict[str, int], results: dict | None) -> str
                          model_name="GAP-MLLM-Mini")
     parameters = "\n".join(["| part | parameters |", "|---|---|"] + [f"| {name} | {count / 1e6:.2f} M |" for name, count in counts.items()])
     if results is not None:
-        from .report import results_markdown
-
         evaluation = (f"Held-out SynthRooms test scenes (budget `{results['budget']}`); every figure from `make mini`:\n\n"
                       + results_markdown(results))
     else:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gap_mllm.evaluation.marker_metrics import paired_marker_difference
 
-from .report import marker_answers
+from .sample_rows import marker_answers
 
 
 def compare_stage1(folder_a: Path, folder_b: Path, data: Path, split: str = "test") -> dict:

@@ -23,6 +23,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from huggingface_hub import constants
+from transformers.dynamic_module_utils import get_relative_import_files
+
+import gap_mllm
+
 SHIPPED_DIR = Path(__file__).resolve().parent / "gap-mllm-mini"
 CACHE_ENV = "GAP_MLLM_CACHE"
 FOLDER_NAME = "gap-mllm-mini"
@@ -34,7 +39,6 @@ def cache_root() -> Path:
     """Where assembled folders live: `$GAP_MLLM_CACHE`, else `$HF_HOME/gap_mllm`."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    from huggingface_hub import constants
 
     return Path(constants.HF_HOME).expanduser() / "gap_mllm"
 
@@ -42,9 +46,6 @@ def cache_root() -> Path:
 def remote_code_sources(model_dir: Path = SHIPPED_DIR) -> list[Path]:
     """The package files `trust_remote_code` needs for `model_dir`: the modules its configs' `auto_map` name and,
     recursively, the files they import relatively (transformers' own rule for what `save_pretrained` copies)."""
-    import gap_mllm
-    from transformers.dynamic_module_utils import get_relative_import_files
-
     package = Path(gap_mllm.__file__).resolve().parent
     modules = set()
     for name in AUTO_MAP_FILES:

@@ -14,6 +14,11 @@ from pathlib import Path
 
 import torch
 
+from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+
+from .card import mini_model_card
+from .default_model import SHIPPED_DIR
+
 STORAGE_DTYPE = torch.bfloat16
 MAX_FOLDER_BYTES = 50 * 1024 * 1024
 
@@ -35,12 +40,6 @@ def export_default(model_dir, dest, results: dict | None = None, max_shard_size:
 
     `with_remote_code`: keep the remote-code files `save_pretrained` writes (a complete Hub folder). Default: yes,
     except for the embedded default's own folder (`SHIPPED_DIR`), which ships no code (mini/default_model.py)."""
-    from .default_model import SHIPPED_DIR
-
-    from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
-
-    from .card import mini_model_card
-
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)

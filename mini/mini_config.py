@@ -16,10 +16,13 @@ the Space reconstructs uploads with them).
 
 from __future__ import annotations
 
+import torch
 from transformers import PreTrainedTokenizerBase, Qwen3VLConfig
 
-from gap_mllm import GapMllmConfig
+from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration
 from gap_mllm.tiny.tiny_config import QWEN_SPECIAL_TOKENS
+
+from .mini_tokenizer import build_mini_processor
 
 MINI_SIZE = {
     "text_hidden": 256,
@@ -113,12 +116,6 @@ def build_mini_config(
 
 def build_mini_model(processor=None, fusion_method: str = "gated", use_geometry: bool = True, seed: int = 0, size: dict | None = None):
     """A randomly initialised GAP-MLLM-Mini (weights drawn from `seed`) and its processor."""
-    import torch
-
-    from gap_mllm import GapMllmForConditionalGeneration
-
-    from .mini_tokenizer import build_mini_processor
-
     processor = processor or build_mini_processor()
     tokenizer = processor.tokenizer
     config = build_mini_config(tokenizer, fusion_method=fusion_method, use_geometry=use_geometry, size=size)

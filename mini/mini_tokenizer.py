@@ -17,6 +17,15 @@ import os
 
 import numpy as np
 
+from gap_mllm.processing.synth.categories import CATEGORY_NAMES
+from gap_mllm.processing.synth.generator import SynthRooms
+from gap_mllm.processing.synth.language import captions, describe
+from gap_mllm.processing.synth.palette import COLOUR_NAMES, TEXTURES
+from gap_mllm.processing.synth.presets import synth_config
+from gap_mllm.processing.synth.samples import camera_boxes
+from gap_mllm.processing_gap_mllm import GapMllmProcessor
+from gap_mllm.target_format import Box3D, serialize_detection, serialize_frame_selection, serialize_grounding, serialize_pointmap
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2, RECONSTRUCTION
 from gap_mllm.tiny.tiny_tokenizer import train_bpe_tokenizer
 
 MINI_VOCAB_SIZE = 768
@@ -33,21 +42,6 @@ CORPUS_SEED = 12345  # a seed no dataset of the pipeline uses: the tokenizer nev
 def mini_corpus(num_scenes: int = CORPUS_SCENES) -> tuple[str, ...]:
     """Prompts, referring expressions, captions and answers of `num_scenes` layout-only mini scenes (built
     once per process: every fresh mini model of a pipeline run needs the same tokenizer)."""
-    from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2, RECONSTRUCTION
-    from gap_mllm.processing.synth.categories import CATEGORY_NAMES
-    from gap_mllm.processing.synth.generator import SynthRooms
-    from gap_mllm.processing.synth.language import captions, describe
-    from gap_mllm.processing.synth.palette import COLOUR_NAMES, TEXTURES
-    from gap_mllm.processing.synth.presets import synth_config
-    from gap_mllm.processing.synth.samples import camera_boxes
-    from gap_mllm.target_format import (
-        Box3D,
-        serialize_detection,
-        serialize_frame_selection,
-        serialize_grounding,
-        serialize_pointmap,
-    )
-
     generator = SynthRooms(synth_config("mini", seed=CORPUS_SEED))
     texts = [
         DETECTION.task_text(),
@@ -90,9 +84,6 @@ def build_mini_processor(save_dir: str | os.PathLike | None = None, image_size: 
     """A `GapMllmProcessor` with the mini tokenizer whose pixel limits keep frames of the mini preset
     (`image_size` = (height, width), default the preset's) at their own size: 160x128 → a 10×8 grid of
     16-px Qwen patches, 20 visual tokens per view, VGGT input 140×112."""
-    from gap_mllm.processing.synth.presets import synth_config
-    from gap_mllm.processing_gap_mllm import GapMllmProcessor
-
     height, width = image_size or synth_config("mini").image_size
     processor = GapMllmProcessor.from_tokenizer(build_mini_tokenizer(), min_pixels=height * width, max_pixels=height * width,
                                                 image_mean=list(MINI_IMAGE_MEAN), image_std=list(MINI_IMAGE_STD))

@@ -28,7 +28,7 @@ from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 
 from .compare_stage1 import compare_stage1, pair_parser
-from .report import detection_counts, f1_of_counts, sample_rows
+from .sample_rows import detection_counts, f1_of_counts, sample_rows
 
 GROUNDING_THRESHOLDS = (0.25, 0.5)
 

@@ -33,16 +33,34 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+import yaml
+
+import gap_mllm.training
+from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.evaluation.baselines import all_baselines
+from gap_mllm.evaluation.geometry_eval import evaluate_geometry
+from gap_mllm.evaluation.runner import run_evaluation
+from gap_mllm.processing.synth.generator import SynthRooms
+from gap_mllm.processing.synth.presets import synth_config
+from gap_mllm.processing.synth.writer import write_dataset
+from gap_mllm.training.config import load_recipe
+from gap_mllm.training.geometry_data import GeometryClips
+from gap_mllm.training.run import run_training
+from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
+
+from .arms import ABLATION_ARMS, ARMS, MAIN_ARM, Arm
+from .export import export_default
+from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS, collect_results, write_report
+
 logger = logging.getLogger(__name__)
 
-RECIPES = Path(__file__).resolve().parent.parent / "training" / "recipes"
-if not RECIPES.is_dir():  # installed wheel: recipes ship inside gap_mllm.training
-    from gap_mllm import training as _training
-
-    RECIPES = Path(_training.__file__).resolve().parent / "recipes"
+# the shipped recipes: training/recipes/ of a checkout, package data of gap_mllm.training when installed
+RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
 
 DONE_MARKER = "stage_done.json"
 STAGE_KINDS = ("geometry", "cameras", "vision", "stage1", "stage2")  # the training stages, as `--stage-set` names them
@@ -50,37 +68,6 @@ EVAL_TASKS = ("grounding", "detection", "captioning")
 EVAL_MAX_NEW_TOKENS = {"reconstruction": 64, "grounding": 128, "captioning": 64, "detection": 512}
 
 
-@dataclass(frozen=True)
-class Arm:
-    """One model of the comparison: fusion, geometry on/off, stage 1 on/off, seed, and how the ViT starts:
-    "pretrained" (the stage-0 vision output, frozen: the official policy), "random_unfrozen" (trained with
-    the LLM from random) or "random_frozen" (the naive run of the training notes). `stage1_only` arms stop
-    after stage 1 (the vision-tower decision is read from their validation curves)."""
-
-    name: str
-    fusion_method: str = "gated"
-    use_geometry: bool = True
-    stage1: bool = True
-    seed: int = 0
-    vision: str = "pretrained"
-    stage1_only: bool = False
-
-
-MAIN_ARM = Arm("gap_gated_s0")
-ABLATION_ARMS = (
-    MAIN_ARM,
-    Arm("gap_gated_s1", seed=1),
-    Arm("gap_gated_stage2_only_s0", stage1=False),
-    Arm("gap_add_s0", fusion_method="add"),
-    Arm("no_geometry_s0", use_geometry=False),
-    Arm("no_geometry_s1", use_geometry=False, seed=1),
-)
-# The vision-tower decision (mini/README.md): stage 1 with the ViT pretrained + frozen (MAIN_ARM) vs these.
-VISION_ARMS = (
-    Arm("vit_random_unfrozen_s0", vision="random_unfrozen", stage1_only=True),
-    Arm("vit_random_frozen_s0", vision="random_frozen", stage1_only=True),
-)
-ARMS = {arm.name: arm for arm in ABLATION_ARMS + VISION_ARMS}
 
 
 @dataclass
@@ -149,10 +136,6 @@ class MiniRun:
 
 def make_data(run: MiniRun) -> dict:
     """Write the mini SynthRooms data (skipped when the same configuration and splits are already there)."""
-    from gap_mllm.processing.synth.generator import SynthRooms
-    from gap_mllm.processing.synth.presets import synth_config
-    from gap_mllm.processing.synth.writer import write_dataset
-
     config = synth_config("mini")
     train, val, test = run.settings.scenes
     splits = {"train": train, "val": val, "test": test}
@@ -173,9 +156,6 @@ def stage_is_done(folder: Path) -> bool:
 
 def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrides: list[str]) -> Path:
     """Run one recipe to completion (resuming a killed run), then mark it done."""
-    from gap_mllm.training.config import load_recipe
-    from gap_mllm.training.run import run_training
-
     if stage_is_done(output):
         logger.info("%s: done already (%s)", recipe_name, output)
         return output
@@ -187,11 +167,9 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
     recipe = load_recipe(RECIPES / recipe_name, values)
     logger.info("%s → %s", recipe_name, output)
     result = run_training(recipe, resume_from_checkpoint="auto")
-    from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
 
     # a run stopped by `--set time_limit_s=N` is not done: raise before the marker, the same command resumes it
     TrainingStoppedAtTimeLimit.check(result.global_step, int(recipe.training.get("max_steps", -1)), str(output))
-    import torch
 
     device = "cuda" if run.device == "cuda" or (run.device == "auto" and torch.cuda.is_available()) else "cpu"
     (output / DONE_MARKER).write_text(json.dumps({"recipe": recipe_name, "overrides": values, "global_step": result.global_step,
@@ -259,26 +237,18 @@ def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
     stage2 = train_stage(run, "mini_stage2.yaml", "stage2", run.stage_dir(arm.name, "stage2"), start)
     final = run.stage_dir(arm.name, "final")
     if not (final / "config.json").is_file():
-        from .export import export_default
-
         export_default(stage2, final)
     return final
 
 
 def _recipe_tasks(recipe_name: str) -> list[str]:
     """The training tasks (`data.tasks`) a recipe of this pipeline trains, as written."""
-    import yaml
-
     return list((yaml.safe_load((RECIPES / recipe_name).read_text(encoding="utf-8")).get("data") or {}).get("tasks") or [])
 
 
 def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
     """Official runners on the test split: grounding, detection, captioning and the marker task (final model),
     and the marker task on the stage-1 model; returns {results folder name: summary}."""
-    from gap_mllm.evaluation.runner import run_evaluation
-
-    from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS
-
     settings = run.settings
     summaries = {}
     final = run.stage_dir(arm.name, "final")
@@ -307,9 +277,6 @@ def evaluate_stage0(run: MiniRun, stage0: Path) -> dict:
     path = run.results_dir("stage0_geometry.json")
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
-    from gap_mllm.evaluation.geometry_eval import evaluate_geometry
-    from gap_mllm.training.geometry_data import GeometryClips
 
     model = GapMllmForConditionalGeneration.from_pretrained(stage0)
     processor = GapMllmProcessor.from_pretrained(stage0)
@@ -326,7 +293,6 @@ def compute_baselines(run: MiniRun) -> dict:
     path = run.results_dir("baselines.json")
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    from gap_mllm.evaluation.baselines import all_baselines
 
     report = all_baselines(run.data, "test")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,8 +305,6 @@ def compute_baselines(run: MiniRun) -> dict:
 
 def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path | None = None) -> dict:
     """Everything of the module docstring; returns the results written to `<out>/results/results.json`."""
-    from .report import collect_results, write_report
-
     run.out.mkdir(parents=True, exist_ok=True)
     make_data(run)
     stage0 = adopt_stage0(run, run.stage0_from) if run.stage0_from is not None else run_stage0(run)
@@ -357,7 +321,6 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
         if not (run.stage_dir(MAIN_ARM.name, "final") / "config.json").is_file():
             raise ValueError(f"--export {export}: the main arm {MAIN_ARM.name} has no final model in this run "
                              "(it was not run, or --stage1-only stopped it after stage 1)")
-        from .export import export_default
 
         export_default(run.stage_dir(MAIN_ARM.name, "final"), export, results)
     return results
@@ -396,8 +359,6 @@ def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> N
                 failed.append(arm.name)
         running = still
         if running:
-            import time
-
             time.sleep(2)
     if failed:
         raise RuntimeError(f"arm(s) {failed} failed; see {run.out / 'logs'}")

@@ -17,71 +17,29 @@ geometry report, the baselines); nothing is typed in by hand.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from gap_mllm.evaluation.confidence import bootstrap_interval, wilson_interval
+from gap_mllm.evaluation.geometry_eval import format_geometry_report
 from gap_mllm.evaluation.grounding_identification import from_samples
 from gap_mllm.evaluation.marker_metrics import marker_scores
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
+
+from .paired_arms import paired_arms
+from .sample_rows import detection_counts, f1_of_counts, marker_answers, sample_rows
 
 RESAMPLES = 1000
 # results folders of the marker task: scored on each arm's stage-1 model, and on its final model
 MARKER_STAGE1_RESULTS, MARKER_FINAL_RESULTS = "reconstruction", "reconstruction_final"
 
 
-def sample_rows(path: Path) -> list[dict]:
-    """The per-sample rows of a runner's samples.jsonl, in order."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def detection_counts(rows: list[dict], records: list[dict]) -> list[dict[str, list[int]]]:
-    """Per sample {label: [tp, fp, fn]} from the runner's matches and the records' true boxes."""
-    out = []
-    for row in rows:
-        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-        for match in row["matches"]:
-            counts[match["label"]][0 if match["tp"] else 1] += 1
-        for box in records[row["index"]]["boxes"]:
-            counts[box["label"]][2] += 1
-        for label, (tp, _, _) in list(counts.items()):
-            counts[label][2] -= tp  # true boxes found are not misses
-        out.append(dict(counts))
-    return out
-
-
-def f1_of_counts(samples: list[dict[str, list[int]]]) -> float:
-    """Mean over categories present of F1 from summed counts (the default-mode headline)."""
-    totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
-    for sample in samples:
-        for label, values in sample.items():
-            totals[label] += values
-    scores = []
-    for tp, fp, fn in totals.values():
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    return float(np.mean(scores)) if scores else 0.0
-
-
 def _bootstrap_f1(samples, seed: int = 0) -> list[float]:
     rng = np.random.default_rng(seed)
     stats = [f1_of_counts([samples[i] for i in rng.integers(0, len(samples), len(samples))]) for _ in range(RESAMPLES // 5)]
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
-
-
-def marker_answers(samples: Path, data: Path, split: str = "test") -> dict[str, list]:
-    """A marker-task evaluation's per-sample rows (`samples.jsonl` of the runner) next to their records:
-    {"ids", "predictions", "answers", "marked_frames"} (the view index of each marker), in the rows' order."""
-    rows = sample_rows(samples)
-    marker_records = load_annotation_file(find_annotation_file(data, "reconstruction", split))
-    records = [marker_records[row["index"]] for row in rows]
-    return {"ids": [row["id"] for row in rows], "predictions": [row["raw"][0] for row in rows],
-            "answers": [record["conversations"][1]["value"] for record in records],
-            "marked_frames": [record["pixel_coords"][0] for record in records]}
 
 
 def arm_results(run, arm) -> dict:
@@ -165,8 +123,6 @@ def collect_results(run, arms, geometry: dict, baselines: dict, reference: str |
     results = {"budget": run.budget, "arms": {arm.name: arm_results(run, arm) for arm in arms},
                "stage0_geometry": geometry, "baselines": baselines, "stages": stage_provenance(run)}
     if reference is not None and reference in results["arms"]:
-        from .paired_arms import paired_arms
-
         paired = {arm.name: paired_arms(run.results_dir(arm.name), run.results_dir(reference), run.data)
                   for arm in arms if arm.name != reference}
         if any(paired.values()):
@@ -186,8 +142,6 @@ def _cell(value, interval=None, percent: bool = False, digits: int = 2) -> str:
 
 def results_markdown(results: dict) -> str:
     """The evaluation table (arms and baselines) and the stage-0 geometry table, as Markdown."""
-    from gap_mllm.evaluation.geometry_eval import format_geometry_report
-
     lines = [
         "| model | Acc@0.25 % | Acc@0.5 % | det F1@0.25 % | CIDEr@0.5 | marker point error m (median) | marker label acc. % "
         "| S1 point error m (median) | S1 label acc. % |",

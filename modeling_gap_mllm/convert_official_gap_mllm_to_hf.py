@@ -36,9 +36,15 @@ import shutil
 from pathlib import Path
 
 import torch
+from huggingface_hub.utils import tqdm
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers.dynamic_module_utils import custom_object_save
 
 from .configuration_gap_mllm import GapMllmConfig
 from .conversion_report import CheckpointFileError, ConversionError, ConversionReport
+from .modeling_gap_mllm import GapMllmForConditionalGeneration
+from .processing_gap_mllm import GapMllmProcessor
 from .vggt_weights import infer_vggt_geometry_config, plan_vggt_conversion
 
 # official module name → gap_mllm prefix; `{k}` is the DeepStack index (gap level k + 1)
@@ -74,8 +80,6 @@ def official_weight_files(source_dir) -> list[Path]:
 
 def read_official_shapes(files) -> tuple[dict[str, tuple], dict[str, Path]]:
     """Key → shape and key → file from the safetensors headers (no tensor is loaded)."""
-    from safetensors import safe_open
-
     shapes, location = {}, {}
     for path in files:
         try:
@@ -273,8 +277,6 @@ class _ShardReader:
     """Tensors by key across safetensors files, one open handle per file."""
 
     def __init__(self, location: dict[str, Path]):
-        from safetensors import safe_open
-
         self.location = location
         self.handles = {path: safe_open(str(path), framework="pt") for path in set(location.values())}
 
@@ -293,8 +295,6 @@ def check_duplicates(reader: _ShardReader, duplicates, report: ConversionReport)
 
 def build_meta_model(config: GapMllmConfig):
     """The target model on the meta device: its state-dict shapes, tied keys and remote-code files, no memory."""
-    from .modeling_gap_mllm import GapMllmForConditionalGeneration
-
     with torch.device("meta"):
         return GapMllmForConditionalGeneration(config)
 
@@ -316,9 +316,6 @@ def convert_official_checkpoint(
     Returns:
         the [`ConversionReport`] (mapped, skipped with reasons, notes on detected settings).
     """
-    from safetensors.torch import save_file
-    from transformers.dynamic_module_utils import custom_object_save
-
     source_dir, output_dir = Path(source_dir), Path(output_dir)
     if (output_dir / "config.json").exists():
         raise FileExistsError(f"{output_dir} already holds a config.json; choose an empty folder")
@@ -391,7 +388,6 @@ def _nbytes(shape, reader: _ShardReader, key: str) -> int:
 def _progress_bar(progress: bool, total: int):
     if not progress:
         return None
-    from huggingface_hub.utils import tqdm
 
     return tqdm(total=total, unit="B", unit_scale=True, desc="writing GAP-MLLM weights")
 
@@ -400,7 +396,6 @@ def _convert_processor(source_dir: Path, output_dir: Path, report: ConversionRep
     if not (source_dir / "tokenizer_config.json").is_file():
         report.notes.append("no tokenizer in the source folder: processor not written (save a GapMllmProcessor yourself)")
         return
-    from .processing_gap_mllm import GapMllmProcessor
 
     processor = GapMllmProcessor.from_pretrained(source_dir)
     processor.save_pretrained(output_dir)

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from .configuration_gap_mllm import GapMllmGeometryConfig
 from .conversion_report import ConversionReport
@@ -56,8 +57,6 @@ def convert_vggt_checkpoint(
         config: the target config; inferred from the weights (plus `config_overrides`) when `None`.
         dtype: cast the weights (e.g. `torch.bfloat16`); default keeps the source dtype.
     """
-    from safetensors.torch import save_file
-
     state_dict = load_vggt_state_dict(source)
     if config is None:
         config = infer_vggt_geometry_config(state_dict, **config_overrides)

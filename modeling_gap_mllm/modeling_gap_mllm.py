@@ -31,6 +31,7 @@ from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_wei
 from .batched_qwen3_vl import use_batched_qwen3_vl
 from .multi_level_fusion import GapMllmMultiLevelFusion
 from .scene_cache import GapMllmScene, encode_scene, generate_from_scene
+from .vggt_weights import load_vggt_weights
 
 logger = logging.get_logger(__name__)
 
@@ -553,7 +554,6 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         if vggt_weights is not None:
             if not config.use_geometry:
                 raise ValueError("vggt_weights were given but use_geometry=False: the model has no geometry encoder.")
-            from .vggt_weights import load_vggt_weights
 
             report = load_vggt_weights(model.geometry_encoder, vggt_weights)
             model.vggt_conversion_report = report

@@ -30,7 +30,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from transformers import StoppingCriteriaList
 
@@ -279,10 +279,9 @@ GROUNDING_STAGE2 = TaskSpec(
     result_type=GroundingResult, serialize=_box_text, max_new_tokens=192, official_max_new_tokens=4096,
     answer_end="dict",
 )
-GROUNDING = TaskSpec(
-    name="grounding", title="3D visual grounding of a text query", template=GROUNDING_STAGE2_TEMPLATE,
-    parameters=("query",), official=True, parse=parse_grounding, result_type=GroundingResult, serialize=_box_text,
-    max_new_tokens=192, official_max_new_tokens=4096, answer_end="dict",
+# The pipeline: one call asks its last stage, so everything but its name, title and stages is stage 2's.
+GROUNDING = replace(
+    GROUNDING_STAGE2, name="grounding", title="3D visual grounding of a text query",
     stages=(GROUNDING_STAGE1.name, GROUNDING_STAGE2.name),
 )
 CAPTIONING = TaskSpec(

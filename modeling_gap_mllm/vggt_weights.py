@@ -25,6 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.utils import tqdm
+from safetensors.torch import load_file
 
 from .configuration_gap_mllm import GapMllmGeometryConfig
 from .conversion_report import PICKLE_REFUSED, CheckpointFileError, ConversionReport, describe_file_content
@@ -65,8 +69,6 @@ def _load_file(path: Path) -> dict:
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     content = describe_file_content(path)
     if path.suffix == ".safetensors" or content == "a safetensors file":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as error:  # noqa: BLE001 - SafetensorError is not an OSError / ValueError
@@ -97,9 +99,6 @@ def resolve_checkpoint_file(source) -> Path:
                 return path / name
         raise FileNotFoundError(f"{path} holds none of {', '.join(CHECKPOINT_FILE_NAMES)}")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) and not str(source).startswith("."):
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
         not_cached = []
         for name in ("model.safetensors", "model.pt"):
             try:
@@ -264,8 +263,6 @@ def load_vggt_weights(
     total = sum(state_dict[src].numel() * state_dict[src].element_size() for _, src in items)
     bar = None
     if progress:
-        from huggingface_hub.utils import tqdm
-
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="copying VGGT weights")
     with torch.no_grad():
         for target, src in items:

@@ -7,11 +7,11 @@ Modules (import what you need; `datasets` is only imported by the builder module
     scannet_layout    read / write ScanNet posed_images (jpg, depth png in mm, pose txt, intrinsics,
                       axis alignment)
     annotation_files  official annotation file names per task and split
-    prompts           task prompts in the annotation-file layout (`<image>` per view), from the task
-                      registry gap_mllm.tasks_gap_mllm (official wording where public, ours marked)
     builders          `datasets.GeneratorBasedBuilder`s: ReconstructionBuilder, DetectionBuilder,
-                      GroundingStage1Builder, GroundingStage2Builder, CaptioningBuilder, SpatialQABuilder
-    features          the typed feature schemas of those builders
+                      GroundingStage1Builder, GroundingStage2Builder, CaptioningBuilder, SpatialQABuilder;
+                      each declares its task's features; the prompts of its annotation files are the
+                      registry's (`gap_mllm.tasks_gap_mllm`: `DETECTION.annotation_prompt(n)`, `extract_query`)
+    features          the feature schemas every task shares and the building blocks of the others
     parquet_export    Parquet data files + dataset card for the Hub
     collator          GapMllmDataCollator (builder samples -> GapMllmProcessor inputs + labels)
     sampling          uniform and space-aware (Spatial-MLLM) frame sampling

@@ -35,8 +35,10 @@ from pathlib import Path
 
 import xxhash  # a dependency of datasets, which every builder needs
 
+from gap_mllm import output_parsing, tasks_gap_mllm
+
 # Modules whose code decides what a sample holds: a change there must not serve an old cache.
-_CODE_MODULES = ("builders", "record_schema", "scannet_layout", "features", "prompts", "coordinates", "errors")
+_CODE_MODULES = ("builders", "record_schema", "scannet_layout", "features", "coordinates", "errors")
 _SKIPPED_OPTIONS = {"name", "version", "data_dir", "data_files", "description"}
 
 
@@ -58,8 +60,6 @@ def _options(config) -> dict:
 
 
 def _code_bytes() -> bytes:
-    from gap_mllm import output_parsing, tasks_gap_mllm
-
     folder = Path(__file__).parent
     parts = [(folder / f"{name}.py").read_bytes() for name in _CODE_MODULES]
     # targets are parsed from the answer texts by the task registry's parsers

@@ -28,6 +28,7 @@ import datasets
 import numpy as np
 import PIL.Image
 
+from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
@@ -36,6 +37,7 @@ from gap_mllm.tasks_gap_mllm import (
     RECONSTRUCTION,
     SPATIAL_QA,
     TaskSpec,
+    extract_query,
     resolve_task,
 )
 from gap_mllm.visual_prompt import check_marker_inside
@@ -43,8 +45,11 @@ from gap_mllm.visual_prompt import check_marker_inside
 from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
 from .errors import DataError, SkipCounter
-from .features import DEFAULT_CLASS_NAMES, common_features, geometry_features, task_features
-from .prompts import IMAGE_PLACEHOLDER, extract_description
+from .features import BOX as BOX_FEATURE
+from .features import MATRIX_4X4 as MATRIX_4X4_FEATURE
+from .features import POSES as POSES_FEATURE
+from .features import DEFAULT_CLASS_NAMES, common_features, geometry_features
+from .held_out import record_scene_id
 from .record_schema import (
     ANSWER_TEXT,
     BOOLEAN,
@@ -62,6 +67,7 @@ from .record_schema import (
     read_fields,
 )
 from .scannet_layout import media_path, posed_images_dir, read_depth, read_views
+from .synth.spatial_qa import QUESTION_TYPES
 
 logger = datasets.logging.get_logger(__name__)
 
@@ -98,7 +104,8 @@ _DATASET_BUILDER_ARGUMENTS = set(inspect.signature(datasets.DatasetBuilder.__ini
 
 class MultiViewBuilder(datasets.GeneratorBasedBuilder):
     """Shared logic of the task builders; subclasses set `SPEC` (the registry's task; `TASK` is its name)
-    and implement `task_fields`. Answers are parsed with the task's own parser.
+    and implement `task_features` (the feature schema of the task's own fields) and `task_fields` (those
+    fields of one record). Answers are parsed with the task's own parser.
 
     Cache: each builder is stored as `gap_mllm_<task>` with a hash over the task, its options, the code
     and the content of every file it reads (processing/builder_fingerprint.py), so builders sharing a
@@ -146,7 +153,7 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
     def _info(self) -> datasets.DatasetInfo:
         cfg = self.config
         depth_size = self._depth_size() if cfg.load_depth else None
-        features = {**common_features(), **geometry_features(depth_size, cfg.load_poses), **task_features(self.TASK, cfg.class_names)}
+        features = {**common_features(), **geometry_features(depth_size, cfg.load_poses), **self.task_features(cfg.class_names)}
         return datasets.DatasetInfo(
             description=f"GAP-MLLM {self.TASK} samples (ScanNet posed_images layout + official annotation schema)",
             features=datasets.Features(features),
@@ -204,7 +211,8 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
         if not isinstance(record, dict):
             raise DataError(f"annotation record must be an object, got {type(record).__name__}", sample=key)
         images, prompt, answer = _check_conversation(record, key)
-        scene_id = read_field(record, RecordField("scene_id", TEXT, default=Path(images[0]).parent.name), key)
+        read_field(record, RecordField("scene_id", TEXT, default=""), key)  # a scene_id must be text when present
+        scene_id = record_scene_id(record)
         cfg = self.config
         # Decoding every frame here catches corrupt files; the stored bytes are the originals.
         views = read_views(self.media_root, images, load_depth=cfg.load_depth, load_poses=cfg.load_poses)
@@ -226,6 +234,12 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
             example["cam_to_world"] = views.cam_to_world
         example.update(self.task_fields(record, answer, len(images), key))
         return example
+
+    @classmethod
+    def task_features(cls, class_names) -> dict:
+        """The `datasets` features of the task's own fields (targets parsed from the answer or read from
+        the annotation record); `class_names`: the detection label vocabulary."""
+        raise NotImplementedError(f"{cls.__name__} declares no task_features (the builder of a task must)")
 
     def task_fields(self, record: dict, answer: str, num_images: int, key: str) -> dict:
         raise NotImplementedError
@@ -318,6 +332,14 @@ class ReconstructionBuilder(MultiViewBuilder):
     SPEC = RECONSTRUCTION
     TASK = SPEC.name
 
+    @classmethod
+    def task_features(cls, class_names):
+        return {
+            "pixel_coords": datasets.List(datasets.Value("int32"), length=3),  # [view, x, y]
+            "point": datasets.List(datasets.Value("float32"), length=3),  # first-frame camera, metres
+            "label": datasets.Value("string"),
+        }
+
     def task_fields(self, record, answer, num_images, key):
         coords = read_field(record, RecordField("pixel_coords", PIXEL), key)
         if not 0 <= coords[0] < num_images:
@@ -342,6 +364,17 @@ class DetectionBuilder(MultiViewBuilder):
 
     BOX_FIELDS = (RecordField("label", TEXT), RecordField("bbox_3d", BOX), RecordField("in_reference", BOOLEAN, default=True))
 
+    @classmethod
+    def task_features(cls, class_names):
+        return {
+            "boxes": datasets.List(
+                {"label": datasets.ClassLabel(names=list(class_names)), "bbox_3d": BOX_FEATURE, "in_reference": datasets.Value("bool")}
+            ),
+            "cam2img": MATRIX_4X4_FEATURE,
+            "cam2global": POSES_FEATURE,
+            "axis_align_matrix": MATRIX_4X4_FEATURE,
+        }
+
     def task_fields(self, record, answer, num_images, key):
         names = set(self.config.class_names)
         boxes = []
@@ -355,9 +388,19 @@ class DetectionBuilder(MultiViewBuilder):
 
 
 class _GroundingBuilder(MultiViewBuilder):
+    @classmethod
+    def task_features(cls, class_names):
+        return {
+            "description": datasets.Value("string"),
+            "object_id": datasets.Value("int32"),  # -1 when the record has none
+            "gt_bbox": BOX_FEATURE,  # axis-aligned world
+            "cam2global": POSES_FEATURE,
+            "axis_align_matrix": MATRIX_4X4_FEATURE,
+        }
+
     def task_fields(self, record, answer, num_images, key):
         try:
-            description = extract_description(record["conversations"][0]["value"])
+            description = extract_query(record["conversations"][0]["value"])
         except ValueError as err:
             raise DataError(str(err), sample=key) from err
         fields = (OBJECT_ID, RecordField("gt_bbox", BOX), camera_poses(num_images), AXIS_ALIGN)
@@ -369,6 +412,10 @@ class GroundingStage1Builder(_GroundingBuilder):
 
     SPEC = GROUNDING_STAGE1
     TASK = SPEC.name
+
+    @classmethod
+    def task_features(cls, class_names):
+        return {**super().task_features(class_names), "frame": datasets.Value("int32")}
 
     def task_fields(self, record, answer, num_images, key):
         fields = super().task_fields(record, answer, num_images, key)
@@ -383,6 +430,10 @@ class GroundingStage2Builder(_GroundingBuilder):
 
     SPEC = GROUNDING_STAGE2
     TASK = SPEC.name
+
+    @classmethod
+    def task_features(cls, class_names):
+        return {**super().task_features(class_names), "bbox_3d": BOX_FEATURE}  # in the camera frame of the first (selected) view
 
     def task_fields(self, record, answer, num_images, key):
         fields = super().task_fields(record, answer, num_images, key)
@@ -405,6 +456,15 @@ class CaptioningBuilder(MultiViewBuilder):
         RecordField("annotations", TEXT_LIST, default=[], nullable=True),  # none: the answer is the reference
     )
 
+    @classmethod
+    def task_features(cls, class_names):
+        return {
+            "object_id": datasets.Value("int32"),
+            "bbox_3d": BOX_FEATURE,  # proposal box, first-frame camera (NaN if the record has none)
+            "iou": datasets.Value("float32"),
+            "annotations": datasets.List(datasets.Value("string")),
+        }
+
     def task_fields(self, record, answer, num_images, key):
         fields = read_fields(record, self.FIELDS, key)
         return {**fields, "annotations": fields["annotations"] or [answer]}
@@ -415,6 +475,14 @@ class SpatialQABuilder(MultiViewBuilder):
 
     SPEC = SPATIAL_QA
     TASK = SPEC.name
+
+    @classmethod
+    def task_features(cls, class_names):
+        return {
+            "question_type": datasets.ClassLabel(names=list(QUESTION_TYPES)),
+            "options": datasets.List(datasets.Value("string")),
+            "ground_truth": datasets.Value("string"),
+        }
 
     def task_fields(self, record, answer, num_images, key):
         fields = (

@@ -103,3 +103,12 @@ def views_to_tensors(batch: dict) -> dict:
         if key in batch:
             out[key] = [torch.as_tensor(np.asarray(value)) for value in batch[key]]
     return out
+
+
+def collate_clips(examples: list[dict]) -> dict:
+    """Stack same-shaped geometry clips (training/geometry_data.py `GeometryClips`) into a batch
+    (`images [B, S, 3, H, W]`, ...); scene ids as a list. Stage-0 training and the geometry evaluation
+    both batch with it."""
+    batch = {key: torch.stack([e[key] for e in examples]) for key in examples[0] if key != "scene_id"}
+    batch["scene_id"] = [e["scene_id"] for e in examples]
+    return batch

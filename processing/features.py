@@ -1,4 +1,5 @@
-"""`datasets` feature schemas of the GAP-MLLM tasks.
+"""`datasets` feature schemas of the GAP-MLLM tasks: the fields every task shares and the building blocks of
+the task-specific ones, which each task's builder declares next to its task (processing/builders.py).
 
 Conventions: images are lists of `Image()` (one per view, sample order = frame order, view 0 is the
 reference frame); depth `[V, H, W]` float32 metres (0 = missing); intrinsics `[V, 3, 3]` (colour K);
@@ -13,7 +14,6 @@ from __future__ import annotations
 import datasets
 
 from .synth.categories import CATEGORY_NAMES
-from .synth.spatial_qa import QUESTION_TYPES
 
 # EmbodiedScan / official detection vocabulary (docs/method.md §6.1, `cate31` without its duplicate "lamp"
 # and with "towel" spelled correctly) plus the SynthRooms categories.
@@ -50,47 +50,3 @@ def geometry_features(depth_size: tuple[int, int] | None, load_poses: bool) -> d
         out["intrinsics"] = datasets.Array3D(shape=(None, 3, 3), dtype="float64")
         out["cam_to_world"] = POSES
     return out
-
-
-def task_features(task: str, class_names=DEFAULT_CLASS_NAMES) -> dict:
-    """Task-specific fields (targets parsed from the answer or read from the annotation record)."""
-    if task == "reconstruction":
-        return {
-            "pixel_coords": datasets.List(datasets.Value("int32"), length=3),  # [view, x, y]
-            "point": datasets.List(datasets.Value("float32"), length=3),  # first-frame camera, metres
-            "label": datasets.Value("string"),
-        }
-    if task == "detection":
-        return {
-            "boxes": datasets.List(
-                {"label": datasets.ClassLabel(names=list(class_names)), "bbox_3d": BOX, "in_reference": datasets.Value("bool")}
-            ),
-            "cam2img": MATRIX_4X4,
-            "cam2global": POSES,
-            "axis_align_matrix": MATRIX_4X4,
-        }
-    grounding = {
-        "description": datasets.Value("string"),
-        "object_id": datasets.Value("int32"),  # -1 when the record has none
-        "gt_bbox": BOX,  # axis-aligned world
-        "cam2global": POSES,
-        "axis_align_matrix": MATRIX_4X4,
-    }
-    if task == "grounding_stage1":
-        return {**grounding, "frame": datasets.Value("int32")}
-    if task == "grounding_stage2":
-        return {**grounding, "bbox_3d": BOX}  # in the camera frame of the first (selected) view
-    if task == "captioning":
-        return {
-            "object_id": datasets.Value("int32"),
-            "bbox_3d": BOX,  # proposal box, first-frame camera (NaN if the record has none)
-            "iou": datasets.Value("float32"),
-            "annotations": datasets.List(datasets.Value("string")),
-        }
-    if task == "spatial_qa":
-        return {
-            "question_type": datasets.ClassLabel(names=list(QUESTION_TYPES)),
-            "options": datasets.List(datasets.Value("string")),
-            "ground_truth": datasets.Value("string"),
-        }
-    raise ValueError(f"unknown task {task!r}")

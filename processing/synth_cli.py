@@ -15,6 +15,11 @@ import json
 
 from tqdm.auto import tqdm
 
+from .synth.allocator import keep_large_allocations_in_heap
+from .synth.generator import SynthRooms
+from .synth.presets import synth_config
+from .synth.writer import write_dataset
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, required=True, help="number of training scenes")
@@ -43,8 +48,6 @@ _OPTION_FIELDS = {
 
 
 def config_from_args(args):
-    from .synth.presets import synth_config
-
     if args.scenes < 0 or args.val_scenes < 0 or args.test_scenes < 0 or args.scenes + args.val_scenes + args.test_scenes == 0:
         raise ValueError("--scenes/--val-scenes/--test-scenes must be >= 0 and not all 0")
     overrides = {field: getattr(args, option) for option, field in _OPTION_FIELDS.items() if getattr(args, option) is not None}
@@ -58,10 +61,6 @@ def config_from_args(args):
 
 
 def main(args) -> int:
-    from .synth.allocator import keep_large_allocations_in_heap
-    from .synth.generator import SynthRooms
-    from .synth.writer import write_dataset
-
     keep_large_allocations_in_heap()  # about 2x faster rendering (see allocator.py)
 
     try:

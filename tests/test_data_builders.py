@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from gap_mllm.processing.builders import BUILDERS, DetectionBuilder, ReconstructionBuilder, SpatialQABuilder
+from gap_mllm.processing.builders import (
+    BUILDERS,
+    DetectionBuilder,
+    MultiViewBuilder,
+    ReconstructionBuilder,
+    SpatialQABuilder,
+    builder_for_task,
+)
 from gap_mllm.processing.collator import IGNORE_INDEX, GapMllmDataCollator, views_to_tensors
 from gap_mllm.processing.parquet_export import export_parquet
 from gap_mllm.processing.synth.writer import generate_samples
@@ -86,6 +93,27 @@ def test_features_are_typed(tiny_dataset, tmp_path):
     assert isinstance(features["axis_align_matrix"], datasets.Array2D)
     qa = prepared(SpatialQABuilder, tiny_dataset, tmp_path).info.features
     assert isinstance(qa["question_type"], datasets.ClassLabel)
+
+
+def test_each_builder_declares_the_features_of_its_task():
+    """The task's own fields are declared once, by its builder next to its registry task; a builder without a
+    task has none, and a task without a builder is named."""
+    fields = {
+        "reconstruction": ["pixel_coords", "point", "label"],
+        "detection": ["boxes", "cam2img", "cam2global", "axis_align_matrix"],
+        "grounding_stage1": ["description", "object_id", "gt_bbox", "cam2global", "axis_align_matrix", "frame"],
+        "grounding_stage2": ["description", "object_id", "gt_bbox", "cam2global", "axis_align_matrix", "bbox_3d"],
+        "captioning": ["object_id", "bbox_3d", "iou", "annotations"],
+        "spatial_qa": ["question_type", "options", "ground_truth"],
+    }
+    assert {name: list(builder.task_features(("chair",))) for name, builder in BUILDERS.items()} == fields
+    assert DetectionBuilder.task_features(("chair", "lamp"))["boxes"].feature["label"].names == ["chair", "lamp"]
+    with pytest.raises(NotImplementedError, match="MultiViewBuilder declares no task_features"):
+        MultiViewBuilder.task_features(("chair",))
+    with pytest.raises(ValueError, match="task 'grounding' has no data builder; use its stages"):
+        builder_for_task("grounding")
+    with pytest.raises(ValueError, match="unknown task 'boxes'"):
+        builder_for_task("boxes")
 
 
 def test_streaming_gives_the_same_examples(tiny_dataset, tmp_path):

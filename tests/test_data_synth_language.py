@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from gap_mllm.processing.prompts import extract_description
 from gap_mllm.processing.synth.spatial_qa import QUESTION_TYPES, direction_quadrant
+from gap_mllm.tasks_gap_mllm import extract_query
 
 from .test_data_fixtures import tiny_generator, tiny_scene  # noqa: F401
 
@@ -64,7 +64,7 @@ def test_every_grounding_description_picks_out_its_object():
     for index in range(3):
         scene, records = generate_samples(generator, index)
         for record in records["grounding_stage1"]:
-            description = extract_description(record["conversations"][0]["value"])
+            description = extract_query(record["conversations"][0]["value"])
             phrase = re.match(r"this is (.+?)\. it is", description).group(1)
             assert matching_objects(scene, phrase) == [record["object_id"]], phrase
             # The trailing detail is true: the target's colour is named.

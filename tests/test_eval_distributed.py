@@ -10,6 +10,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from gap_mllm.evaluation.runner import run_evaluation
 
 from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
 
@@ -22,10 +25,6 @@ def _rows(out):
 def test_two_process_grounding_equals_one_process_and_resumes_after_an_interruption(synth_data, tiny_checkpoint, tmp_path):  # noqa: F811
     """Two-stage grounding in batches of 2 through scene reuse: each scene's expressions go to one process; the
     merged samples.jsonl rows and summary are those of one process, also after a run cut short on both ranks."""
-    import torch
-
-    from gap_mllm.evaluation.runner import run_evaluation
-
     options = ["--task", "grounding", "--data", str(synth_data), "--model", str(tiny_checkpoint), "--batch-size", "2",
                "--max-new-tokens", "4", "--no-plots", "--quiet"]
     threads = torch.get_num_threads()
@@ -38,7 +37,7 @@ def test_two_process_grounding_equals_one_process_and_resumes_after_an_interrupt
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     command = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", "0", "-m", "gap_mllm.evaluation.evaluate_cli", *options,
+               "--dynamo_backend", "no", "--main_process_port", "0", "-m", "gap_mllm.cli.evaluate", *options,
                "--out", str(tmp_path / "multi")]
 
     def launch():

@@ -68,7 +68,7 @@ def test_evaluate_refuses_before_generating(datasets, tmp_path):
 
 
 def test_the_grounding_diagnostics_refuse_too(datasets, tmp_path):
-    from gap_mllm.evaluation.grounding_identification import generated
+    from gap_mllm.evaluation.grounding_identification_cli import generated
     from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
     model = _model_trained_on(save_tiny_checkpoint(tmp_path / "tiny"), split_scenes(datasets / "large", "train"))

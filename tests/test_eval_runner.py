@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from gap_mllm.evaluation import evaluate_cli, generation
+from gap_mllm.cli import evaluate as evaluate_cli
+from gap_mllm.evaluation import generation
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 
 TASKS = ("detection", "grounding", "captioning", "reconstruction", "spatial_qa")
@@ -147,11 +148,10 @@ def test_evaluate_local_metric_modules():
 def test_cli_evaluates_the_embedded_mini_like_predict_and_demo(synth_data, tmp_path, capsys, monkeypatch):
     """`gap-mllm evaluate --model mini` resolves to the embedded GAP-MLLM-Mini's folder, as `--model mini` does
     for predict and demo (cli/loading.py resolve_model_source)."""
-    from gap_mllm.evaluation import runner
     from gap_mllm.mini import default_model_path
 
-    used, original = [], runner.run_evaluation
-    monkeypatch.setattr(runner, "run_evaluation", lambda *a, **k: used.append(k["model_dir"]) or original(*a, **k))
+    used, original = [], evaluate_cli.run_evaluation
+    monkeypatch.setattr(evaluate_cli, "run_evaluation", lambda *a, **k: used.append(k["model_dir"]) or original(*a, **k))
     parser = argparse.ArgumentParser()
     evaluate_cli.add_arguments(parser)
     args = parser.parse_args(["--task", "reconstruction", "--model", "mini", "--data", str(synth_data), "--out",

@@ -3,11 +3,13 @@ with the same answers as one full generate call per sample."""
 
 import json
 
+from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.evaluation import scene_generation
 from gap_mllm.evaluation.generation import Request
 from gap_mllm.evaluation.batched_answers import sample_batches
 from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.evaluation.scene_generation import SceneGenerator, groups_for_rank, scene_groups
+from gap_mllm.tasks_gap_mllm import FRAME_LABEL
 
 from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
 
@@ -30,9 +32,9 @@ def count_calls(module) -> list:
 
 def test_scene_generator_equals_one_full_call_per_request(synth_data, tiny_checkpoint):  # noqa: F811
     frames = sorted(str(p) for p in (synth_data / "scannet" / "posed_images" / "synth0000_00").glob("*.jpg"))[:3]
-    prompts = ["Frame-0: <image>Frame-1: <image>Frame-2: <image>\nWhere is the chair?",
-               "Frame-0: <image>Frame-1: <image>Frame-2: <image>\nWhere is the lamp next to the door?",
-               "<image><image><image>Where is the chair?"]  # another prefix: a second scene
+    labelled_views = "".join(FRAME_LABEL.format(index=i) + IMAGE_PLACEHOLDER for i in range(3))  # the stage-1 layout
+    prompts = [labelled_views + "\nWhere is the chair?", labelled_views + "\nWhere is the lamp next to the door?",
+               IMAGE_PLACEHOLDER * 3 + "Where is the chair?"]  # another prefix: a second scene
     requests = [Request(frames, prompt, None, 6) for prompt in prompts]  # two questions about scene 1
     requests.append(Request(frames, prompts[0], [1, 10, 12], 6))  # the marker makes it a third scene
     generator = SceneGenerator(tiny_checkpoint)

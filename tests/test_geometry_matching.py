@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import gap_mllm.geometry_layers as geometry_layers
+from gap_mllm.processing.collator import collate_clips
 from gap_mllm.training.cross_view_matching import GlobalAttentionTap, patch_correspondences
-from gap_mllm.training.geometry_data import GeometryClips, collate_clips
+from gap_mllm.training.geometry_data import GeometryClips
 
 from .test_mini_stages import tiny_with_heads
 from .test_train_fixtures import train_data_root  # noqa: F401

@@ -11,6 +11,7 @@ import pytest
 from safetensors import safe_open
 
 from gap_mllm.mini import pipeline
+from gap_mllm.mini.arms import MAIN_ARM
 
 RESULT_KEYS = ("grounding_acc@0.25", "grounding_acc@0.5", "detection_f1@0.25", "captioning_cider@0.5",
                "stage1_point_error_m_median", "stage1_label_accuracy")
@@ -33,11 +34,11 @@ def toy_run(tmp_path_factory):
 
 def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
     stages = toy_run / "run" / "stages"
-    for stage in ("stage0_geometry", "stage0_cameras", "stage0", f"{pipeline.MAIN_ARM.name}/stage1", f"{pipeline.MAIN_ARM.name}/stage2"):
+    for stage in ("stage0_geometry", "stage0_cameras", "stage0", f"{MAIN_ARM.name}/stage1", f"{MAIN_ARM.name}/stage2"):
         done = json.loads((stages / stage / pipeline.DONE_MARKER).read_text())
         assert done["global_step"] == (3 if stage.endswith("stage1") else 2), stage  # --stage-set reached stage 1 only
     results = json.loads((toy_run / "run" / "results" / "results.json").read_text())
-    row = results["arms"][pipeline.MAIN_ARM.name]
+    row = results["arms"][MAIN_ARM.name]
     assert set(RESULT_KEYS) <= set(row)
     assert row["grounding_num_samples"] > 0 and row["detection_num_samples"] > 0 and row["stage1_num_samples"] > 0
     assert {"constant_mean_box", "best_constant_box", "random_same_category"} <= set(results["baselines"]["grounding"])
@@ -47,10 +48,10 @@ def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
     assert {"depth_abs_rel", "rotation_error_deg_median"} <= set(results["stage0_geometry"]["model"])
     table = (toy_run / "RESULTS.md").read_text()
     assert table == (toy_run / "run" / "results" / "RESULTS.md").read_text()
-    assert f"| {pipeline.MAIN_ARM.name} |" in table and "| baseline: best_constant_box |" in table
+    assert f"| {MAIN_ARM.name} |" in table and "| baseline: best_constant_box |" in table
     assert "depth AbsRel" in table and "Grounding, where it fails" in table
     # where each stage ran is part of the results (a mixed GPU / CPU run says so in its table)
-    assert {results["stages"][stage]["device"] for stage in ("stage0", f"{pipeline.MAIN_ARM.name}/stage2")} == {"cpu"}
+    assert {results["stages"][stage]["device"] for stage in ("stage0", f"{MAIN_ARM.name}/stage2")} == {"cpu"}
     assert "Where each stage was trained" in table
 
 
@@ -64,7 +65,7 @@ def test_a_stage_override_names_a_stage_and_a_value():
 def test_the_exported_folder_is_a_hub_folder_with_its_card(toy_run):
     export = toy_run / "export"
     card = (export / "README.md").read_text()
-    assert card.startswith("---\n") and "GAP-MLLM-Mini" in card and f"| {pipeline.MAIN_ARM.name} |" in card
+    assert card.startswith("---\n") and "GAP-MLLM-Mini" in card and f"| {MAIN_ARM.name} |" in card
     assert (export / "config.json").is_file() and (export / "modeling_gap_mllm.py").is_file()
     assert (export / "processor_config.json").is_file() and (export / "tokenizer.json").is_file()
     size = sum(p.stat().st_size for p in export.rglob("*") if p.is_file())

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gap_mllm.mini.pipeline import ARMS
+from gap_mllm.mini.arms import ARMS
 from gap_mllm.mini.report import arm_results, results_markdown, stage_provenance
 
 GEOMETRY_KEYS = ("depth_abs_rel", "depth_delta_1.25", "rotation_error_deg_median", "translation_direction_error_deg_median",

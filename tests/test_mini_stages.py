@@ -11,11 +11,12 @@ from gap_mllm.evaluation.in_memory import EvaluationSlice
 from gap_mllm.evaluation.marker_metrics import marker_scores
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.collator import collate_clips
 from gap_mllm.target_format import serialize_pointmap
 from gap_mllm.tiny.tiny_model import build_tiny_model
 from gap_mllm.training.config import recipe_from_dict
 from gap_mllm.training.encoder_stage_run import build_encoder_stage_trainer
-from gap_mllm.training.geometry_data import GeometryClips, collate_clips
+from gap_mllm.training.geometry_data import GeometryClips
 from gap_mllm.training.run import build_trainer
 
 from .test_train_fixtures import train_data_root  # noqa: F401

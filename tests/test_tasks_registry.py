@@ -2,6 +2,7 @@
 official prompts byte for byte, answers that round-trip, and generation that stops at the answer's end."""
 
 import argparse
+import dataclasses
 import re
 import warnings
 from pathlib import Path
@@ -95,6 +96,19 @@ def test_registry_names_flags_and_official_templates():
     assert TASKS["grounding"].stages == ("grounding_stage1", "grounding_stage2")
     assert all(spec.name == name for name, spec in TASKS.items())
     assert set(ANSWERS) == set(TASKS) == set(TASK_INPUTS)
+
+
+def test_grounding_is_its_second_stage_but_for_name_title_and_stages():
+    """One call of the pipeline asks its last stage: every other field is stage 2's, so the two cannot drift."""
+    grounding, stage2 = TASKS["grounding"], TASKS["grounding_stage2"]
+    own = {"name", "title", "stages"}
+    shared = [field.name for field in dataclasses.fields(registry.TaskSpec) if field.name not in own]
+    assert set(shared) >= {"template", "parameters", "official", "parse", "result_type", "serialize", "max_new_tokens",
+                           "official_max_new_tokens", "answer_end", "needs_marker", "frame_labels", "parse_options"}
+    for name in shared:
+        assert getattr(grounding, name) == getattr(stage2, name), name
+    assert (grounding.name, grounding.title) != (stage2.name, stage2.title)
+    assert grounding.stages == ("grounding_stage1", "grounding_stage2") and stage2.stages == ()
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -291,9 +305,10 @@ def test_every_consumer_uses_the_registry_objects():
     from gap_mllm import chat_format, model_inputs, modeling_gap_mllm, processing_gap_mllm
     from gap_mllm.cli import predict, space_backend
     from gap_mllm.cli import tasks as cli_tasks
-    from gap_mllm.evaluation import evaluate_cli, generation, runner
+    from gap_mllm.cli import evaluate as evaluate_cli
+    from gap_mllm.evaluation import generation, runner
     from gap_mllm.evaluation import tasks as eval_tasks
-    from gap_mllm.processing import annotation_files, builders, collator, prompts
+    from gap_mllm.processing import annotation_files, builders, collator
     from gap_mllm.training import data as training_data
     from gap_mllm.training import train_cli  # noqa: F401 - `gap-mllm train` reads data.tasks through the recipe
 
@@ -308,11 +323,11 @@ def test_every_consumer_uses_the_registry_objects():
     assert set(builders.BUILDERS) == {"detection", "grounding_stage1", "grounding_stage2", "captioning",
                                       "reconstruction", "spatial_qa"}
     assert all(spec_of(spec) for spec in annotation_files.TASK_FILE_TEMPLATES)
-    assert prompts.DETECTION_PROMPT is registry.DETECTION_TEMPLATE
-    assert prompts.RECONSTRUCTION_PROMPT is registry.RECONSTRUCTION_TEMPLATE
-    assert prompts.extract_description is registry.extract_query
+    assert builders.extract_query is registry.extract_query
     for name, benchmark in eval_tasks.TASKS.items():
         assert benchmark.spec is TASKS[name] and all(spec_of(spec) for spec in benchmark.stage_specs)
+        # what a run reports and what training logs are declared once, on the benchmark; the headline is logged
+        assert benchmark.headline[0] in benchmark.logged_metrics.values(), name
     assert eval_tasks.GroundingTask.stage_specs == (TASKS["grounding_stage1"], TASKS["grounding_stage2"])
     assert runner.get_task is eval_tasks.get_task and generation.resolve_task is registry.resolve_task
     assert all(spec_of(spec) for spec in cli_tasks.FRONT_END_TASKS)

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gap_mllm.training.config import LearningRates, TrainRecipe, load_recipe, recipe_from_dict
+from gap_mllm.training.config import LearningRates, TrainRecipe, load_recipe, recipe_from_dict, training_arguments
 from gap_mllm.training.config_types import RecipeTypeError, coerce, describe
 from gap_mllm.training.device import apply_device_plan, plan_device
-from gap_mllm.training.run import training_arguments
 
 RECIPES = Path(__file__).resolve().parents[1] / "training" / "recipes"
 STAGE1 = RECIPES / "stage1_pretrain.yaml"

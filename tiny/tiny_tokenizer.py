@@ -16,7 +16,9 @@ import os
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING_STAGE1, GROUNDING_STAGE2
+from gap_mllm.chat_format import IMAGE_PLACEHOLDER
+from gap_mllm.processing_gap_mllm import GapMllmProcessor
+from gap_mllm.tasks_gap_mllm import DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2
 
 # Copied from the Qwen2 / Qwen3 tokenizer.json pre-tokenizer ("Split" step).
 QWEN_SPLIT_PATTERN = (
@@ -73,7 +75,7 @@ _PROMPTS = [
     DETECTION.task_text(),
     GROUNDING_STAGE1.task_text(query="the brown chair is next to the table."),
     GROUNDING_STAGE2.task_text(query="a white pillow on the bed near the window."),
-    "Frame-0: Frame-1: Frame-2: Frame-3: <image>",
+    "".join(FRAME_LABEL.format(index=i) for i in range(4)) + IMAGE_PLACEHOLDER,
     "What is the 3D position of the point marked by the red cross in the camera coordinate system of the "
     'first frame? Output a JSON dictionary with the point in "pointmap" and its semantic label in "label".',
     "Describe the object in the box. This is a brown wooden chair. It is placed next to the table.",
@@ -166,8 +168,6 @@ def build_tiny_processor(save_dir: str | os.PathLike | None = None, **kwargs):
         **kwargs: `min_pixels` (default 32·32·4 = 4096), `max_pixels` (default 128·128·4 = 65536) and
             any `GapMllmProcessor` init argument (e.g. `preprocessing_mode`).
     """
-    from gap_mllm.processing_gap_mllm import GapMllmProcessor
-
     min_pixels = kwargs.pop("min_pixels", 32 * 32 * 4)
     max_pixels = kwargs.pop("max_pixels", 128 * 128 * 4)
     processor = GapMllmProcessor.from_tokenizer(

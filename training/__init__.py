@@ -4,7 +4,8 @@
 
 Modules: config (recipes), param_groups (freezing + optimizer groups), geometry_aligned_model (training
 forward), aux_heads / aux_losses / aux_targets (optional objectives), trainer, feature_cache, data,
-bad_samples, lora, sft (TRL), run, train_cli (`gap-mllm train`). See training/README.md.
+bad_samples, lora, sft (TRL), model_loading (the model a recipe starts from), run, train_cli (`gap-mllm train`).
+See training/README.md.
 """
 
 from .config import (

@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from transformers import TrainingArguments
+
+from gap_mllm.processing.builders import builder_for_task
+
 from .config_types import RecipeTypeError, coerce_fields, field_types
 
 LOSS_NORMALIZATIONS = ("global_token_mean", "micro_batch_mean")
@@ -266,7 +271,6 @@ class TrainRecipe:
         if unknown:
             raise ValueError(f"aux.align_levels has unknown levels {sorted(unknown)} (0-3)")
         check_training_values(self.training)
-        from gap_mllm.processing.builders import builder_for_task
 
         # canonical task names (deprecated ones warn); a task without data of its own is an error here
         self.data.tasks = [builder_for_task(task).SPEC.name for task in self.data.tasks]
@@ -302,8 +306,6 @@ def recipe_from_dict(values: dict) -> TrainRecipe:
 
 def check_training_arguments(values: dict) -> dict:
     """`training` values checked against `transformers.TrainingArguments`' fields and their types."""
-    from transformers import TrainingArguments
-
     if not isinstance(values, dict):
         raise RecipeTypeError(f"training: expected a mapping of TrainingArguments fields, got {type(values).__name__}")
     return coerce_fields(TrainingArguments, values, "training")
@@ -327,8 +329,6 @@ def check_training_values(values: dict) -> None:
 def apply_overrides(values: dict, overrides: list[str] | None) -> dict:
     """`section.key=value` strings applied in order. The value is read as YAML (numbers, booleans,
     lists: `[a, b]`); its type is then checked against the field by `recipe_from_dict`."""
-    import yaml
-
     values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
     for override in overrides or []:
         if "=" not in override:
@@ -353,8 +353,6 @@ def apply_overrides(values: dict, overrides: list[str] | None) -> dict:
 
 def load_recipe(path, overrides: list[str] | None = None) -> TrainRecipe:
     """Read a YAML recipe (see training/recipes/) and apply `section.key=value` overrides."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {str(path)!r} not found (see training/recipes/ for the shipped ones)")
@@ -365,3 +363,16 @@ def load_recipe(path, overrides: list[str] | None = None) -> TrainRecipe:
     if not isinstance(values, dict):
         raise RecipeTypeError(f"recipe {str(path)!r} must be a mapping of sections, got {type(values).__name__}")
     return recipe_from_dict(apply_overrides(values, overrides))
+
+
+# TrainingArguments settings this package needs whatever the recipe says: the collators read dataset columns
+# (images, prompt, answer, ...) that the model's forward does not name, so Trainer must not drop them.
+REQUIRED_ARGUMENTS = {"remove_unused_columns": False}
+
+
+def training_arguments(recipe: TrainRecipe) -> TrainingArguments:
+    """The run's `TrainingArguments`: the recipe's `training` values and `REQUIRED_ARGUMENTS`."""
+    values = {**recipe.training, **REQUIRED_ARGUMENTS}
+    if "output_dir" not in values:
+        raise ValueError("training.output_dir is required")
+    return TrainingArguments(**values)

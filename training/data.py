@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import logging
 
+import datasets
+
+from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.collator import GapMllmDataCollator
 
 from .aux_targets import AuxTargetCollator
 from .bad_samples import BadSampleGuard
 from .config import AuxLossConfig, DataConfig
+from .feature_cache import CachedGeometryCollator
 
 logger = logging.getLogger(__name__)
 SHARED_COLUMNS = ("id", "images", "image_paths", "prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")
@@ -31,8 +35,6 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
     keeps a random N of that task's samples (drawn with `seed`) before the concatenation. A task without an
     annotation file for the split is a FileNotFoundError naming the file looked for; one whose file holds no
     usable sample is a `DataError` naming that file (prepared builders refuse empty splits)."""
-    import datasets
-
     if data.data_root is None:
         raise ValueError("data.data_root is not set: point it at a ScanNet-layout folder (or SynthRooms output)")
     parts = []
@@ -75,7 +77,7 @@ def add_length_column(dataset, processor, name: str = LENGTH_COLUMN):
     tokenizer = processor.tokenizer
 
     def lengths(prompts, answers, paths):
-        texts = [prompt.replace("<image>", "") + answer for prompt, answer in zip(prompts, answers)]
+        texts = [prompt.replace(IMAGE_PLACEHOLDER, "") + answer for prompt, answer in zip(prompts, answers)]
         counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         return {name: [count + per_view * len(views) for count, views in zip(counts, paths)]}
 
@@ -90,7 +92,5 @@ def build_collator(processor, data: DataConfig, aux: AuxLossConfig, cache=None):
         collator = AuxTargetCollator(collator, aux, merge_size=merge)
     collator = BadSampleGuard(collator, policy=data.on_bad_sample)
     if cache is not None:
-        from .feature_cache import CachedGeometryCollator
-
         collator = CachedGeometryCollator(collator, cache)
     return collator

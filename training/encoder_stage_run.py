@@ -14,10 +14,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import torch
 from transformers import TrainerCallback
 
-from .config import TrainRecipe
+from gap_mllm.evaluation.geometry_eval import evaluate_geometry
+from gap_mllm.processing.collator import collate_clips
+
+from .config import TrainRecipe, training_arguments
+from .device import apply_device_plan
 from .encoder_stage import EncoderStageModel, EncoderStageTrainer
+from .geometry_data import GeometryClips
+from .geometry_stage import GeometryStageModel, freeze_all_but_geometry
+from .model_loading import load_model_and_processor
+from .vision_data import SemanticCollator, SemanticFrames
+from .vision_stage import VisionStageModel, freeze_all_but_vision
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +49,6 @@ class GeometryMetricsCallback(TrainerCallback):
         self.history: list[dict] = []
 
     def on_evaluate(self, args, state, control, **kwargs):
-        from gap_mllm.evaluation.geometry_eval import evaluate_geometry
-
         summary = evaluate_geometry(self.wrapper.model, self.clips)["model"]
         logs = {f"geo_{key}": value for key, value in summary.items() if isinstance(value, (int, float))}
         self.history.append({"step": state.global_step, **logs})
@@ -50,9 +58,6 @@ class GeometryMetricsCallback(TrainerCallback):
 
 def build_encoder_stage_trainer(recipe: TrainRecipe, model=None, processor=None, callbacks=None) -> EncoderStageSetup:
     """Everything of a stage-0 run, ready to `trainer.train()` (see the module docstring)."""
-    from .device import apply_device_plan
-    from .run import load_model_and_processor, training_arguments
-
     recipe, _ = apply_device_plan(recipe)
     args = training_arguments(recipe)
     if model is None:
@@ -62,9 +67,6 @@ def build_encoder_stage_trainer(recipe: TrainRecipe, model=None, processor=None,
     callbacks = list(callbacks or [])
     eval_dataset = None
     if recipe.stage == "geometry":
-        from .geometry_data import GeometryClips, collate_clips
-        from .geometry_stage import GeometryStageModel, freeze_all_but_geometry
-
         settings = recipe.geometry
         freeze_all_but_geometry(model)
         wrapper = GeometryStageModel(model, settings.camera_weight, settings.depth_weight, settings.gradient_weight,
@@ -85,17 +87,12 @@ def build_encoder_stage_trainer(recipe: TrainRecipe, model=None, processor=None,
             callbacks.append(metrics)
         collator = collate_clips
     elif recipe.stage == "vision":
-        from .vision_data import SemanticCollator, SemanticFrames
-        from .vision_stage import VisionStageModel, freeze_all_but_vision
-
         freeze_all_but_vision(model)
         wrapper = VisionStageModel(model, recipe.vision.marker_weight, recipe.vision.position_weight)
         train_dataset = SemanticFrames(recipe.data.data_root, recipe.data.train_split, recipe.vision.marker_probability, seed=args.seed)
         if recipe.data.eval_split:
             eval_dataset = SemanticFrames(recipe.data.data_root, recipe.data.eval_split, recipe.vision.marker_probability, seed=args.seed + 1)
             if recipe.data.max_eval_samples:
-                import torch
-
                 eval_dataset = torch.utils.data.Subset(eval_dataset, range(min(recipe.data.max_eval_samples, len(eval_dataset))))
         collator = SemanticCollator(processor)
     else:

@@ -17,6 +17,8 @@ import logging
 
 from transformers import TrainerCallback
 
+from gap_mllm.evaluation.in_memory import EvaluationSlice
+
 from .config import GenerationEvalConfig
 
 logger = logging.getLogger(__name__)
@@ -26,8 +28,6 @@ class GenerationEvalCallback(TrainerCallback):
     """See the module docstring. `trainer` must be set before training (build_trainer does it)."""
 
     def __init__(self, settings: GenerationEvalConfig, data_root, model, processor):
-        from gap_mllm.evaluation.in_memory import EvaluationSlice
-
         self.settings = settings
         self.slices = [EvaluationSlice(name, data_root, settings.split, settings.max_samples) for name in settings.tasks]
         self.model = model  # the GAP-MLLM (not the training wrapper): generate() lives there

@@ -210,9 +210,3 @@ class GeometryClips(torch.utils.data.Dataset):
         return {"images": torch.stack(images), "intrinsics": intrinsics, "scene_id": scene, **targets,
                 "match_index": match_index, "match_offset": match_offset}
 
-
-def collate_clips(examples: list[dict]) -> dict:
-    """Stack same-shaped clips into a batch (`images [B, S, 3, H, W]`, ...); scene ids as a list."""
-    batch = {key: torch.stack([e[key] for e in examples]) for key in examples[0] if key != "scene_id"}
-    batch["scene_id"] = [e["scene_id"] for e in examples]
-    return batch

@@ -17,6 +17,8 @@ from torch import nn
 from .config import LoraSettings
 from .param_groups import unwrap_gap_model
 
+# peft is imported in the functions below, not here: it is slow to import and only a LoRA run needs it.
+
 
 def fully_trained_module_names(model: nn.Module) -> list[str]:
     """Names of the per-level geometry mergers and fusion modules that have parameters

@@ -12,75 +12,24 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import TrainingArguments
-
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
 from gap_mllm.processing.held_out import trained_scenes
 
 from .checkpoints import check_resume_checkpoint, find_resumable_checkpoint
-from .config import ModelSource, TrainRecipe
+from .config import TrainRecipe, training_arguments
 from .data import add_length_column, build_collator, load_split
 from .device import apply_device_plan
+from .encoder_stage_run import build_encoder_stage_trainer
+from .feature_cache import GeometryFeatureCache, cache_unusable_reason
+from .generation_eval import GenerationEvalCallback
 from .geometry_aligned_model import GeometryAlignedModel
+from .lora import apply_lora
+from .model_loading import load_model_and_processor
 from .param_groups import apply_freezing
 from .time_limit import TimeLimitCallback
 from .trainer import GeometryAlignedTrainer
 
 logger = logging.getLogger(__name__)
-
-# TrainingArguments settings this package needs whatever the recipe says (docs/transformers-notes.md §9).
-REQUIRED_ARGUMENTS = {"remove_unused_columns": False}
-
-
-FRESH_SIZES = ("tiny", "small", "mini")
-
-
-def build_fresh_model(source: ModelSource):
-    """A freshly initialised model of size `source.tiny` ("tiny" / "small" / "mini") with its processor."""
-    if source.tiny not in FRESH_SIZES:
-        raise ValueError(f"model.tiny={source.tiny!r}; choose from {FRESH_SIZES}")
-    settings = {"fusion_method": source.fusion_method, "use_geometry": source.use_geometry, "seed": source.seed}
-    if source.tiny == "mini":
-        from gap_mllm.mini.mini_config import build_mini_model
-
-        return build_mini_model(**settings)
-    from gap_mllm.tiny.tiny_model import build_tiny_model
-
-    return build_tiny_model(size=source.tiny, **settings)
-
-
-def load_model_and_processor(source: ModelSource):
-    """(GapMllmForConditionalGeneration, GapMllmProcessor) from `source` (a folder / Hub id, or a fresh size)."""
-    from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
-
-    if source.tiny:
-        model, processor = build_fresh_model(source)
-        if source.encoders_from:
-            from .encoder_weights import load_encoder_weights
-
-            copied = load_encoder_weights(model, source.encoders_from, source.encoders)
-            logger.info("copied %d encoder tensors from %s", len(copied), source.encoders_from)
-        if source.dtype not in ("auto", "float32"):
-            model = model.to(getattr(torch, source.dtype))
-        return model, processor
-    if not source.name_or_path:
-        raise ValueError("model.name_or_path (a GAP-MLLM folder or Hub id) or model.tiny must be set")
-    if source.encoders_from:
-        raise ValueError("model.encoders_from applies to a fresh model (model.tiny), not to model.name_or_path")
-    kwargs = {"dtype": source.dtype, "trust_remote_code": source.trust_remote_code}
-    if source.attn_implementation:
-        kwargs["attn_implementation"] = source.attn_implementation
-    model = GapMllmForConditionalGeneration.from_pretrained(source.name_or_path, **kwargs)
-    processor = GapMllmProcessor.from_pretrained(source.name_or_path)
-    return model, processor
-
-
-def training_arguments(recipe: TrainRecipe) -> TrainingArguments:
-    values = {**recipe.training, **REQUIRED_ARGUMENTS}
-    if "output_dir" not in values:
-        raise ValueError("training.output_dir is required")
-    return TrainingArguments(**values)
 
 
 @dataclass
@@ -102,8 +51,6 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     model.train()
     apply_freezing(model, recipe.freezing)
     if recipe.lora.enabled:
-        from .lora import apply_lora
-
         model = apply_lora(model, recipe.lora)
     wrapped = GeometryAlignedModel(model, recipe.aux)
 
@@ -117,8 +64,6 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
 
     cache = None
     if recipe.cache.enabled:
-        from .feature_cache import cache_unusable_reason
-
         reason = cache_unusable_reason(model)
         if reason is not None:
             logger.warning("geometry-feature cache DISABLED for this run: %s.", reason)
@@ -128,8 +73,6 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     callbacks = list(callbacks or [])
     generation_eval = None
     if recipe.evaluation.tasks:
-        from .generation_eval import GenerationEvalCallback
-
         generation_eval = GenerationEvalCallback(recipe.evaluation, recipe.data.data_root, wrapped.gap_model, processor)
         callbacks.append(generation_eval)
     trainer = GeometryAlignedTrainer(
@@ -150,8 +93,6 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
 
 def _fill_feature_cache(recipe: TrainRecipe, args, model, processor, train_dataset, eval_dataset):
     """The run's `GeometryFeatureCache`, filled for every sample of both datasets."""
-    from .feature_cache import GeometryFeatureCache
-
     directory = recipe.cache.directory or str(Path(args.output_dir) / "geometry_cache")
     cache = GeometryFeatureCache(directory, model)
     fill_collator = build_collator(processor, recipe.data, recipe.aux)
@@ -237,8 +178,6 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
     Beside the model, `gap_mllm_training.json` records what it was trained on (`training_record`).
     With `recipe.time_limit_s`, a run that reaches it stops with a checkpoint and saves no final model."""
     if recipe.stage in ("geometry", "vision"):
-        from .encoder_stage_run import build_encoder_stage_trainer
-
         setup = build_encoder_stage_trainer(recipe, **build_kwargs)
     else:
         setup = build_trainer(recipe, **build_kwargs)

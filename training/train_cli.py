@@ -19,6 +19,11 @@ import argparse
 import logging
 import sys
 
+from transformers.utils import logging as hf_logging
+
+from .config import load_recipe
+from .run import run_training
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="recipe YAML (see training/recipes/)")
@@ -39,11 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as hf_logging
-
-    from .config import load_recipe
-    from .run import run_training
-
     overrides = list(args.overrides)
     for value, key in ((args.output_dir, "training.output_dir"), (args.report_to, "training.report_to"),
                        (args.data_root, "data.data_root"), (args.device, "device"), (args.time_limit_s, "time_limit_s")):

@@ -21,8 +21,8 @@ from gap_mllm.target_format import (
     serialize_grounding,
     serialize_pointmap,
 )
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING_STAGE1, GROUNDING_STAGE2, RECONSTRUCTION, SPATIAL_QA
 
-from .. import prompts
 from ..coordinates import backproject_pixel, invert_rigid, transform_points, world_boxes_to_camera
 from ..sampling import space_aware_indices, uniform_indices
 from .language import captions, describe
@@ -89,7 +89,7 @@ def reconstruction_records(scene: SynthScene, clip, count: int, rng) -> list[dic
         point = transform_points(point_room, first_from_room)
         label = scene.label_of(int(frame.instance[y, x]))
         record = _common(scene, clip, "recons", n)
-        record["conversations"] = _conversation(prompts.reconstruction_prompt(len(clip)), serialize_pointmap(point, label))
+        record["conversations"] = _conversation(RECONSTRUCTION.annotation_prompt(len(clip)), serialize_pointmap(point, label))
         record["pixel_coords"] = [view, x, y]
         records.append(record)
     return records
@@ -106,7 +106,7 @@ def detection_record(scene: SynthScene, clip, number: int, min_pixels: int) -> d
     labels = [scene.objects[i].category for i in seen]
     record = _common(scene, clip, "det", number)
     answer = serialize_detection([Box3D.from_list(b, label=l) for b, l in zip(boxes, labels)])
-    record["conversations"] = _conversation(prompts.detection_prompt(len(clip)), answer)
+    record["conversations"] = _conversation(DETECTION.annotation_prompt(len(clip)), answer)
     record["boxes"] = [
         {"bbox_3d": [float(v) for v in b], "label": l, "in_reference": bool(pixels[0, i] >= min_pixels)}
         for b, l, i in zip(boxes, labels, seen)
@@ -153,7 +153,7 @@ def grounding_records(scene: SynthScene, frames, object_index: int, description:
         return None
     stage1 = _common(scene, frames, "scanrefer1", number)
     stage1["object_id"] = object_index
-    stage1["conversations"] = _conversation(prompts.grounding_stage1_prompt(len(frames), description), serialize_frame_selection(k))
+    stage1["conversations"] = _conversation(GROUNDING_STAGE1.annotation_prompt(len(frames), query=description), serialize_frame_selection(k))
     stage1["prompt"] = stage1["conversations"][0]["value"]
     stage1["gt_bbox"] = [float(v) for v in scene.objects[object_index].box]
     stage1.update({key: value for key, value in _camera_fields(scene, frames).items() if key != "cam2img"})
@@ -164,7 +164,7 @@ def grounding_records(scene: SynthScene, frames, object_index: int, description:
     box = camera_boxes(scene, [object_index], second[0])[0]
     stage2 = _common(scene, second, "scanrefer2", number)
     stage2["object_id"] = object_index
-    stage2["conversations"] = _conversation(prompts.grounding_stage2_prompt(len(second), description), serialize_grounding(Box3D.from_list(box)))
+    stage2["conversations"] = _conversation(GROUNDING_STAGE2.annotation_prompt(len(second), query=description), serialize_grounding(Box3D.from_list(box)))
     stage2["prompt"] = stage2["conversations"][0]["value"]
     stage2["gt_bbox"] = stage1["gt_bbox"]
     stage2.update({key: value for key, value in _camera_fields(scene, second).items() if key != "cam2img"})
@@ -178,7 +178,7 @@ def caption_record(scene: SynthScene, frames, object_index: int, number: int) ->
     references = captions(scene, object_index)
     record = _common(scene, frames, "scan2cap", number)
     record["object_id"] = object_index
-    record["conversations"] = _conversation(prompts.caption_prompt(len(frames), box), references[0])
+    record["conversations"] = _conversation(CAPTIONING.annotation_prompt(len(frames), box=box), references[0])
     record["bbox_3d"] = [float(v) for v in box]
     record["iou"] = 1.0
     record["annotations"] = references
@@ -190,7 +190,7 @@ def spatial_qa_records(scene: SynthScene, frames, min_pixels: int, rng) -> list[
     records = []
     for n, question in enumerate(spatial_questions(scene, frames, min_pixels, rng)):
         record = _common(scene, frames, "spatial", n)
-        record["conversations"] = _conversation(prompts.spatial_qa_prompt(len(frames), question.prompt_text), question.ground_truth)
+        record["conversations"] = _conversation(SPATIAL_QA.annotation_prompt(len(frames), query=question.prompt_text), question.ground_truth)
         record["question_type"] = question.question_type
         record["options"] = question.options
         record["ground_truth"] = question.ground_truth

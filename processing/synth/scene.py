@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from ..coordinates import invert_rigid
+
 
 @dataclass
 class Part:
@@ -124,8 +126,6 @@ class SynthScene:
     @property
     def cam_to_world(self) -> np.ndarray:
         """Raw-world camera-to-world poses `[F, 4, 4]` (what ScanNet stores per frame)."""
-        from ..coordinates import invert_rigid
-
         return invert_rigid(self.axis_align_matrix) @ self.cam_to_room
 
     @property

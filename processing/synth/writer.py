@@ -17,6 +17,8 @@ scenes 0..N-1 gives the same records whatever N and whatever order.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +27,7 @@ import PIL.Image
 
 from ..annotation_files import ANNOTATIONS_SUBDIR, annotation_file_name
 from ..scannet_layout import posed_images_dir, write_frame, write_scene_meta
+from .allocator import keep_large_allocations_in_heap
 from .generator import SynthRooms
 from .samples import scene_records
 from .scene import SynthScene
@@ -126,10 +129,6 @@ def _scenes_in_order(generator: SynthRooms, out_dir: Path, indices: list[int], w
         for index in indices:
             yield _write_one(generator, out_dir, index)
         return
-    from concurrent.futures import ProcessPoolExecutor
-    from functools import partial
-
-    from .allocator import keep_large_allocations_in_heap
 
     with ProcessPoolExecutor(max_workers=workers, initializer=keep_large_allocations_in_heap) as pool:
         yield from pool.map(partial(_write_one, generator, out_dir), indices, chunksize=4)

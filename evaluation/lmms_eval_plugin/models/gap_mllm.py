@@ -28,9 +28,12 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
+from gap_mllm.cli.model_source import check_model_source
+from gap_mllm.mini import default_model_path
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
 
 from ...batched_answers import answer_in_batches
+from ...scene_generation import SceneGenerator, scene_groups
 from .. import LMMS_EVAL_REQUIREMENT, LMMS_EVAL_VERSION
 from ..documents import benchmark_of, check_document, record_of, request_for
 
@@ -87,12 +90,9 @@ class GapMllm(lmms):
             raise NotImplementedError(
                 "gap_mllm: backend=vllm needs a vLLM serving path for GAP-MLLM (the gap_mllm.serving package, which "
                 "this installation does not have); use backend=hf")
-        from gap_mllm.cli.model_source import check_model_source
 
-        from ...scene_generation import SceneGenerator
 
         if pretrained is None:
-            from gap_mllm.mini import default_model_path
 
             pretrained = default_model_path()
         self.model_source = check_model_source(pretrained, "pretrained")
@@ -175,7 +175,6 @@ class GapMllm(lmms):
 
     def _answer(self, requests: list[Instance], multi_round: bool) -> list[list[str]]:
         """Texts per request (one per stage), in request order."""
-        from ...scene_generation import scene_groups
 
         docs = [self._document(request) for request in requests]
         caps = [self._budget_cap(request) for request in requests]

@@ -8,7 +8,7 @@
 
 Task names are the registry's (gap_mllm.tasks_gap_mllm); the old det / caption / recon / qa still work.
 
-Multi-GPU: `accelerate launch -m gap_mllm.evaluation.evaluate_cli --task ...`. Rerunning with the
+Multi-GPU: `accelerate launch -m gap_mllm.cli.evaluate --task ...`. Rerunning with the
 same `--out` resumes: finished samples are skipped. The lead CLI calls `add_arguments(subparser)`
 and `main(args)`.
 """
@@ -19,12 +19,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .tasks import TASKS
+from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
+from gap_mllm.evaluation.tasks import TASKS
+
+from .loading import resolve_model_source
+from .model_source import check_model_source
+from .task_names import task_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from gap_mllm.cli.task_names import task_argument
-
     parser.add_argument("--task", required=True, type=task_argument(TASKS, "gap-mllm evaluate"), metavar="TASK",
                         help=f"benchmark to run: {', '.join(TASKS)}")
     parser.add_argument("--data", required=True, help="data root (annotations/ and scannet/posed_images/)")
@@ -49,8 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .runner import run_evaluation, write_oracle_predictions
-
     if args.write_oracle:
         path = write_oracle_predictions(args.task, args.data, args.write_oracle, args.split, args.annotation_file)
         print(f"wrote {path}")
@@ -59,9 +60,6 @@ def main(args: argparse.Namespace) -> int:
         print("error: --out is required", file=sys.stderr)
         return 2
     if args.model is not None:  # a missing / empty / truncated checkpoint is named before any work
-        from gap_mllm.cli.loading import resolve_model_source
-        from gap_mllm.cli.model_source import check_model_source
-
         args.model = check_model_source(resolve_model_source(args.model), "--model")  # "mini": the embedded default
     for value, flag in ((args.data, "--data"), (args.predictions, "--predictions"), (args.annotation_file, "--annotation-file")):
         if value is not None and not Path(value).exists():
@@ -78,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `accelerate launch -m gap_mllm.evaluation.evaluate_cli ...`
+if __name__ == "__main__":  # `accelerate launch -m gap_mllm.cli.evaluate ...`
     cli = argparse.ArgumentParser(prog="gap-mllm evaluate", description=__doc__.splitlines()[0])
     add_arguments(cli)
     sys.exit(main(cli.parse_args()))

@@ -1,0 +1,40 @@
+"""The models GAP-MLLM-Mini's pipeline trains and compares (`gap-mllm mini --arms ...`): the main arm, which is
+shipped as the embedded default, and the ablation and vision-tower arms. Light on purpose: front ends read
+`MAIN_ARM` to find the shipped model's figures without importing the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One model of the comparison: fusion, geometry on/off, stage 1 on/off, seed, and how the ViT starts:
+    "pretrained" (the stage-0 vision output, frozen: the official policy), "random_unfrozen" (trained with
+    the LLM from random) or "random_frozen" (the naive run of the training notes). `stage1_only` arms stop
+    after stage 1 (the vision-tower decision is read from their validation curves)."""
+
+    name: str
+    fusion_method: str = "gated"
+    use_geometry: bool = True
+    stage1: bool = True
+    seed: int = 0
+    vision: str = "pretrained"
+    stage1_only: bool = False
+
+
+MAIN_ARM = Arm("gap_gated_s0")
+ABLATION_ARMS = (
+    MAIN_ARM,
+    Arm("gap_gated_s1", seed=1),
+    Arm("gap_gated_stage2_only_s0", stage1=False),
+    Arm("gap_add_s0", fusion_method="add"),
+    Arm("no_geometry_s0", use_geometry=False),
+    Arm("no_geometry_s1", use_geometry=False, seed=1),
+)
+# The vision-tower decision (mini/README.md): stage 1 with the ViT pretrained + frozen (MAIN_ARM) vs these.
+VISION_ARMS = (
+    Arm("vit_random_unfrozen_s0", vision="random_unfrozen", stage1_only=True),
+    Arm("vit_random_frozen_s0", vision="random_frozen", stage1_only=True),
+)
+ARMS = {arm.name: arm for arm in ABLATION_ARMS + VISION_ARMS}

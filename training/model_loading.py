@@ -1,0 +1,75 @@
+"""The model and processor a recipe trains (`model:` of a recipe): a saved GAP-MLLM folder or Hub id, or a
+freshly initialised model of a named size (`model.tiny`).
+
+Fresh sizes are builders found by name. "tiny" and "small" (the test sizes of `gap_mllm.tiny`) are built in;
+any other size is an entry point of the group `gap_mllm.fresh_models` (`name = module:builder`) that an
+installed package declares, so training finds a builder without importing the package that defines it.
+GAP-MLLM-Mini declares "mini" this way (setup.py: `gap_mllm.mini.mini_config:build_mini_model`): mini trains
+with this package, so this package may not import mini. A builder takes `fusion_method`, `use_geometry` and
+`seed` and returns `(model, processor)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from importlib.metadata import entry_points
+
+import torch
+
+from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.tiny.tiny_model import build_tiny_model
+
+from .config import ModelSource
+from .encoder_weights import load_encoder_weights
+
+logger = logging.getLogger(__name__)
+
+FRESH_MODEL_GROUP = "gap_mllm.fresh_models"
+BUILT_IN_SIZES = ("tiny", "small")
+
+
+def fresh_sizes() -> tuple[str, ...]:
+    """Every fresh size: the built-in ones, then the entry points of `FRESH_MODEL_GROUP` (e.g. "mini")."""
+    declared = [entry.name for entry in entry_points(group=FRESH_MODEL_GROUP)]
+    return BUILT_IN_SIZES + tuple(name for name in dict.fromkeys(declared) if name not in BUILT_IN_SIZES)
+
+
+def fresh_model_builder(size: str):
+    """The builder of a fresh size; an entry point's module is imported only now, when its size is built."""
+    if size in BUILT_IN_SIZES:
+        return functools.partial(build_tiny_model, size=size)
+    for entry in entry_points(group=FRESH_MODEL_GROUP):
+        if entry.name == size:
+            return entry.load()
+    raise ValueError(f"model.tiny={size!r}; choose from {fresh_sizes()} (sizes other than {' and '.join(BUILT_IN_SIZES)} "
+                     f"are entry points of the group {FRESH_MODEL_GROUP!r} of an installed package: if 'mini' is "
+                     "missing, reinstall gap-mllm, e.g. pip install -e .)")
+
+
+def build_fresh_model(source: ModelSource):
+    """A freshly initialised model of size `source.tiny` (e.g. "tiny", "small", "mini") with its processor."""
+    builder = fresh_model_builder(source.tiny)
+    return builder(fusion_method=source.fusion_method, use_geometry=source.use_geometry, seed=source.seed)
+
+
+def load_model_and_processor(source: ModelSource):
+    """(GapMllmForConditionalGeneration, GapMllmProcessor) from `source` (a folder / Hub id, or a fresh size)."""
+    if source.tiny:
+        model, processor = build_fresh_model(source)
+        if source.encoders_from:
+            copied = load_encoder_weights(model, source.encoders_from, source.encoders)
+            logger.info("copied %d encoder tensors from %s", len(copied), source.encoders_from)
+        if source.dtype not in ("auto", "float32"):
+            model = model.to(getattr(torch, source.dtype))
+        return model, processor
+    if not source.name_or_path:
+        raise ValueError("model.name_or_path (a GAP-MLLM folder or Hub id) or model.tiny must be set")
+    if source.encoders_from:
+        raise ValueError("model.encoders_from applies to a fresh model (model.tiny), not to model.name_or_path")
+    kwargs = {"dtype": source.dtype, "trust_remote_code": source.trust_remote_code}
+    if source.attn_implementation:
+        kwargs["attn_implementation"] = source.attn_implementation
+    model = GapMllmForConditionalGeneration.from_pretrained(source.name_or_path, **kwargs)
+    processor = GapMllmProcessor.from_pretrained(source.name_or_path)
+    return model, processor
