@@ -6,6 +6,9 @@
     request.image_embeds      # per view [h·w/4, 4 · hidden]: GAP's fused main + DeepStack levels
     request.image_grid_thw    # [V, 3] rows (1, h, w)
 
+Evaluation requests, written as the annotation files write a user turn (one `<image>` per view), go through
+`encode_prompts`; `reprompt` gives another question about the same views without encoding them again.
+
 The model keeps only what `encode_images` runs (geometry encoder, Qwen ViT, mergers, fusion); the decoder layers,
 token embeddings and LM head are dropped after loading. The prompt is rendered by the GAP processor's own chat code
 (`processor.chat_prompt` on the task's segments), so after the engine expands each image placeholder to its grid's
@@ -15,12 +18,12 @@ token count it is token for token the `input_ids` the processor builds (tests/te
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
-from gap_mllm.chat_format import SYSTEM_PROMPT
+from gap_mllm.chat_format import SYSTEM_PROMPT, segments_from_placeholders
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 
@@ -123,6 +126,55 @@ class GapMllmEncoder:
         prompts = [self.processor.chat_prompt(s) for s in segments]
         options = {"task": task, "query": query, "box": box} if task is not None else {"text": texts}
         inputs = self.processor(images=[list(v) for v in images], point_prompts=point_prompts, return_tensors="pt", **options)
+        return self._requests(inputs, segments, prompts, None if task is None else resolve_task(task).name)
+
+    @torch.inference_mode()
+    def encode_prompts(self, images: Sequence[Sequence], prompts: Sequence[str], point_prompts=None,
+                       task: str | None = None) -> list[EncodedRequest]:
+        """Several samples whose user turns are written as the annotation files write them: one `<image>` per view
+        (`"Frame-0: <image>Frame-1: <image>\\n..."`), what `gap-mllm evaluate` and the lmms-eval plugin send. The
+        chat text and processor inputs are the ones the evaluation collator builds for the same prompt.
+
+        Args:
+            images: one list of views per sample.
+            prompts: one annotation-form prompt per sample, as many `<image>` as views.
+            point_prompts: None or one `(view, x, y)` marker (or None) per sample.
+            task: the registry task the prompts ask (recorded on the requests: its budget and stop rule).
+        """
+        if not isinstance(images, (list, tuple)) or not images or len(prompts) != len(images):
+            raise ValueError(f"images and prompts must be non-empty lists of one entry per sample, got {len(images or [])} "
+                             f"and {len(prompts)}")
+        segments = [segments_from_placeholders(prompt, len(views)) for prompt, views in zip(prompts, images)]
+        chats = [self.processor.chat_prompt(s) for s in segments]
+        inputs = self.processor(images=[list(v) for v in images], text=chats, point_prompts=point_prompts, return_tensors="pt")
+        return self._requests(inputs, segments, chats, None if task is None else resolve_task(task).name)
+
+    def reprompt(self, request: EncodedRequest, prompt: str, task: str | None = None) -> EncodedRequest:
+        """`request`'s views (embeddings and grids, not recomputed) with another annotation-form `prompt`: the
+        questions of one scene share its encoding. `input_ids` are the prompt's tokens with each image placeholder
+        expanded to its view's token count, as `GapMllmProcessor` builds them."""
+        segments = segments_from_placeholders(prompt, request.num_views)
+        chat = self.processor.chat_prompt(segments)
+        return replace(request, prompt=chat, segments=tuple(segments), input_ids=tuple(self.expanded_ids(chat, request.image_grid_thw)),
+                       task=None if task is None else resolve_task(task).name)
+
+    def expanded_ids(self, chat: str, image_grid_thw: torch.Tensor) -> list[int]:
+        """The token ids of a chat text with each `<|image_pad|>` repeated `t·h·w / merge²` times (view order), which
+        is what Qwen3-VL's processor and an engine's prompt update make of it."""
+        tokenizer = self.processor.tokenizer
+        image_token = tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        merge = self.model.config.vlm_config.vision_config.spatial_merge_size
+        counts = (image_grid_thw.prod(dim=-1) // merge**2).tolist()
+        ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
+        if ids.count(image_token) != len(counts):
+            raise ValueError(f"the chat text has {ids.count(image_token)} image placeholders for {len(counts)} views")
+        views, expanded = iter(counts), []
+        for token in ids:
+            expanded.extend([token] * next(views) if token == image_token else [token])
+        return expanded
+
+    def _requests(self, inputs, segments: list, prompts: list[str], task: str | None) -> list[EncodedRequest]:
+        """One `EncodedRequest` per sample of processor `inputs` (the image path runs once for the batch)."""
         encoded = self.model.encode_images(**{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()})
         requests = []
         for index, (embeddings, grid) in enumerate(encoded.per_sample()):
@@ -132,7 +184,7 @@ class GapMllmEncoder:
                 # clone: a view would drag the whole batch's storage into torch.save payloads
                 image_embeds=tuple(e.detach().to("cpu").clone() for e in embeddings),
                 image_grid_thw=grid.detach().to("cpu", torch.int64).clone(),
-                input_ids=tuple(row.tolist()), task=None if task is None else resolve_task(task).name))
+                input_ids=tuple(row.tolist()), task=task))
         return requests
 
     def encode(self, frames: Sequence, task: str | None = None, text: str | None = None, query: str | None = None,

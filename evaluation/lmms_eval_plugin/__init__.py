@@ -12,6 +12,7 @@ here). The tasks are the YAMLs in `templates/`, copied by
 live with the data); lmms-eval finds them through `--include_path`.
 
     models/gap_mllm.py   the model: HF backend, batched and scene-reusing generation (evaluation/batched_answers.py)
+    vllm_backend.py      the model's backend=vllm: the encoder half here, the language half in a vLLM server
     documents.py         one JSON line per annotation record; the model call of each stage (Benchmark.request)
     task_functions.py    what the YAMLs name: prompts, frames, the two-stage ScanRefer rounds, the scores
     export.py            `gap-mllm export-lmms`

@@ -2,19 +2,26 @@
 
     --model gap_mllm --model_args pretrained=CKPT,batch_size=8,device=cuda,dtype=bfloat16,scene_reuse=true
 
-Arguments: `pretrained` (a model folder or Hub id; default the embedded GAP-MLLM-Mini), `device` (default: the
-accelerate process device under `accelerate launch`, else cuda if there is one, else cpu), `batch_size`,
-`max_new_tokens` (a cap on the registry budgets, for smoke runs; `--gen_kwargs max_new_tokens=N` caps the same
-way), `dtype` (e.g. bfloat16), `scene_reuse` (default true), `backend` (`hf`; `vllm` is not part of this package
-yet and says so).
+    --model gap_mllm --model_args pretrained=CKPT,backend=vllm,base_url=http://HOST:8000,served_model_name=gap-mllm
 
-Each document is answered as `gap-mllm evaluate` answers its record: the same requests (documents.request_for =
+Arguments: `pretrained` (a model folder or Hub id, `mini` or nothing for the embedded GAP-MLLM-Mini), `device`
+(default: the accelerate process device under `accelerate launch`, else cuda if there is one, else cpu), `batch_size`,
+`max_new_tokens` (a cap on the registry budgets, for smoke runs; `--gen_kwargs max_new_tokens=N` caps the same
+way), `dtype` (e.g. bfloat16), `scene_reuse` (default true), `backend` (`hf`, default: this process generates; or
+`vllm`: this process runs the encoder half and a vLLM server the language half, ../vllm_backend.py). With
+`backend=vllm`: `base_url` (required), `served_model_name` (default gap-mllm), `max_concurrency` (requests in flight,
+default 8), `timeout` (seconds per request, default 600), `verify_export` (default true: the served folder must be
+the export of `pretrained`); `device`, `dtype` and `batch_size` then apply to the encoder.
+
+Each document is answered (HF backend) as `gap-mllm evaluate` answers its record: the same requests (documents.request_for =
 Benchmark.request), greedy decoding with the task's stop rule, and the same batching (evaluation/batched_answers.py:
 documents about one scene are batched together and answered from one encoding of the scene). All the requests of
 one call (lmms-eval sends every document of an output type at once) are grouped by task; a multi-round call
 (ScanRefer) answers stage 1 of a batch, builds the stage-2 requests from those answers (the frames around the
 selected frame) and answers them, which is what lmms-eval's round protocol (task_functions.grounding_doc_to_text)
-describes for one document at a time.
+describes for one document at a time. With `backend=vllm` the same requests are encoded here and answered by the
+server, all documents of a stage at once, and read back as the HF backend's stop rule would have cut them
+(../vllm_backend.py).
 
 Under `accelerate launch` lmms-eval deals the documents to the processes itself (round-robin by document), so a
 scene's questions may be answered on several processes; each process still groups its own share by scene.
@@ -36,8 +43,10 @@ from ...batched_answers import answer_in_batches
 from ...scene_generation import SceneGenerator, scene_groups
 from .. import LMMS_EVAL_REQUIREMENT, LMMS_EVAL_VERSION
 from ..documents import benchmark_of, check_document, record_of, request_for
+from ..vllm_backend import DEFAULT_MAX_CONCURRENCY, DEFAULT_SERVED_MODEL_NAME, DEFAULT_TIMEOUT_S, VllmAnswerer
 
 BACKENDS = ("hf", "vllm")
+VLLM_ARGS = ("base_url", "served_model_name", "max_concurrency", "timeout", "verify_export")
 
 
 def check_lmms_eval_version() -> None:
@@ -72,39 +81,60 @@ def _optional_int(value, name: str) -> int | None:
     return number
 
 
+def _positive_float(value, name: str) -> float | None:
+    if value in (None, "", "None", "none"):
+        return None
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return number
+
+
 class GapMllm(lmms):
     """GAP-MLLM for lmms-eval (simple model: documents come with frames and prompts, no chat messages)."""
 
     is_simple = True
 
     def __init__(self, pretrained=None, device=None, batch_size=1, max_new_tokens=None, dtype=None, scene_reuse=True,
-                 backend="hf", max_batch_size=None, **unknown) -> None:
+                 backend="hf", max_batch_size=None, base_url=None, served_model_name=None, max_concurrency=None,
+                 timeout=None, verify_export=None, **unknown) -> None:
         super().__init__()
         check_lmms_eval_version()
         if unknown:
             raise TypeError(f"gap_mllm: unknown model_args {', '.join(sorted(unknown))}; known: pretrained, device, "
-                            "batch_size, max_new_tokens, dtype, scene_reuse, backend")
+                            "batch_size, max_new_tokens, dtype, scene_reuse, backend, and with backend=vllm: "
+                            f"{', '.join(VLLM_ARGS)}")
         if backend not in BACKENDS:
             raise ValueError(f"gap_mllm: backend {backend!r}; choose from {', '.join(BACKENDS)}")
-        if backend == "vllm":
-            raise NotImplementedError(
-                "gap_mllm: backend=vllm needs a vLLM serving path for GAP-MLLM (the gap_mllm.serving package, which "
-                "this installation does not have); use backend=hf")
-
-
-        if pretrained is None:
-
+        vllm_args = {"base_url": base_url, "served_model_name": served_model_name, "max_concurrency": max_concurrency,
+                     "timeout": timeout, "verify_export": verify_export}
+        if backend != "vllm" and any(value is not None for value in vllm_args.values()):
+            given = [name for name, value in vllm_args.items() if value is not None]
+            raise ValueError(f"gap_mllm: {', '.join(given)} belong to backend=vllm (this run has backend={backend})")
+        if pretrained in (None, "", "mini"):
             pretrained = default_model_path()
         self.model_source = check_model_source(pretrained, "pretrained")
+        self.backend = backend
         self.batch_size_per_call = _optional_int(batch_size, "batch_size") or 1
         self.max_new_tokens = _optional_int(max_new_tokens, "max_new_tokens")
         self.scene_reuse = _flag(scene_reuse)
         self._device = self._choose_device(device)
-        torch_dtype = getattr(torch, str(dtype)) if dtype not in (None, "", "None", "auto") else None
-        if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+        torch_dtype = getattr(torch, str(dtype), None) if dtype not in (None, "", "None", "auto") else None
+        if dtype not in (None, "", "None", "auto") and not isinstance(torch_dtype, torch.dtype):
             raise ValueError(f"gap_mllm: dtype {dtype!r} is not a torch dtype")
-        self.generator = SceneGenerator(self.model_source, device=self._device, max_new_tokens=self.max_new_tokens,
-                                        dtype=torch_dtype)
+        self.generator = self.engine = None
+        if backend == "vllm":
+
+            self.engine = VllmAnswerer(
+                self.model_source, base_url, served_model_name=served_model_name or DEFAULT_SERVED_MODEL_NAME,
+                device=self._device, dtype=torch_dtype, max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size_per_call,
+                max_concurrency=_optional_int(max_concurrency, "max_concurrency") or DEFAULT_MAX_CONCURRENCY,
+                scene_reuse=self.scene_reuse, timeout=_positive_float(timeout, "timeout") or DEFAULT_TIMEOUT_S,
+                verify_export=True if verify_export is None else _flag(verify_export))
+        else:
+            self.generator = SceneGenerator(self.model_source, device=self._device, max_new_tokens=self.max_new_tokens,
+                                            dtype=torch_dtype)
         self._checked_held_out: set[tuple[str, frozenset]] = set()
 
     def _choose_device(self, device) -> torch.device:
@@ -198,6 +228,11 @@ class GapMllm(lmms):
                     request.max_new_tokens = min(request.max_new_tokens, cap)
                 return request
 
+            if self.engine is not None:
+                names = {i: str(docs[i]["id"]) for i in members}
+                for i, texts in self.engine.answer_stages(request_for_member, members, stages, names).items():
+                    answers[i] = texts
+                continue
             first = {i: request_for_member(i, 0, []) for i in members}
             for batch, texts in answer_in_batches(self.generator, request_for_member, scene_groups(first), stages,
                                                   self.batch_size_per_call, self.scene_reuse):

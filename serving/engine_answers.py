@@ -1,0 +1,90 @@
+"""An engine's chat completion read as GAP-MLLM's own `generate` would have answered: same tokens, same text.
+
+The package's `generate` stops each row at the end of its task's answer (`TaskSpec.stopping_criteria`, a transformers
+`StoppingCriteria`: answer_stopping.py), at the generation config's EOS ids, or at the token budget. vLLM knows
+nothing of the answer-end rules: it stops at `<|im_end|>` (its EOS and the folder's generation-config EOS ids) or at
+`max_tokens`, so a model that writes on after its answer (a rambling one, or an answer whose end the rule sees before
+the model ends its turn: spatial QA's line break) returns more text than `generate` would. So the client asks for the
+generated token ids (`"return_token_ids": true`, vLLM's field) and cuts them where `generate` would have stopped:
+
+    after the first token at which `answer_complete(decode(tokens so far), task.answer_end)` holds
+    (the check `AnswerEndCriteria` runs after every token), or at the first EOS id, whichever comes first;
+
+then decodes them as `processor.decode_generated` does (special tokens skipped). For the same generated tokens the
+text is therefore the one `generate` returns, and so are the parsed answers and scores. What can still differ is the
+tokens themselves (another kernel, dtype or batch shape can flip a near-tie in greedy decoding), and the budget at the
+very end of the model's context (the package counts the room left in M-RoPE positions, vLLM in tokens).
+
+`check_prompt_token_ids` compares the prompt the server tokenized (`prompt_token_ids`, also returned with
+`return_token_ids`) with the ids the encoder built, so a server whose chat template or tokenizer differs (or that runs
+without `--chat-template-content-format openai`) is refused instead of answering another prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from gap_mllm.answer_stopping import answer_complete
+from gap_mllm.tasks_gap_mllm import resolve_task
+
+from .encoder import EncodedRequest
+
+RETURN_TOKEN_IDS = {"return_token_ids": True}  # the request field that makes vLLM return both id lists
+
+
+def generated_token_ids(response: dict, where: str = "the server") -> list[int]:
+    """The generated ids of a `/v1/chat/completions` response (`choices[0].token_ids`), ValueError if absent."""
+    try:
+        ids = response["choices"][0].get("token_ids")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ValueError(f"{where}: not a chat completion response: {str(response)[:300]}") from None
+    if ids is None:
+        raise ValueError(f"{where} did not return the generated token ids; the request asks for them with "
+                         '"return_token_ids": true (vLLM\'s field), which this server ignores')
+    return [int(i) for i in ids]
+
+
+def answer_from_token_ids(token_ids: Sequence[int], tokenizer, task: str | None, stop_at_answer_end: bool = True,
+                eos_token_ids: Iterable[int] = ()) -> str:
+    """The text `generate` returns for these generated tokens (see the module docstring).
+
+    Args:
+        token_ids: the new tokens, in order (the engine's, up to its stop).
+        tokenizer: the GAP processor's tokenizer.
+        task: the registry task the prompt asks (its `answer_end` rule); None: EOS / budget only.
+        stop_at_answer_end: False for the official behaviour (EOS or budget only; `Request.stop_at_answer_end`).
+        eos_token_ids: the ids `generate` stops at (the model's generation config).
+    """
+    ids = [int(i) for i in token_ids]
+    eos = {int(i) for i in eos_token_ids}
+    end = next((k + 1 for k, token in enumerate(ids) if token in eos), len(ids))
+    if task is not None and stop_at_answer_end:
+        rule = resolve_task(task).answer_end
+        # the criterion runs after every new token, on the text of all new tokens so far; the row stops after the
+        # first token for which it holds (an EOS token decodes to nothing, so checking it changes nothing)
+        end = next((k for k in range(1, end + 1)
+                    if answer_complete(tokenizer.decode(ids[:k], skip_special_tokens=True), rule)), end)
+    return tokenizer.decode(ids[:end], skip_special_tokens=True)
+
+
+def check_prompt_token_ids(response: dict, request: EncodedRequest, tokenizer, where: str = "the server") -> None:
+    """ValueError when the server's prompt (`prompt_token_ids`) is not the encoder's `input_ids`: the first position
+    where they differ, with both tokens."""
+    served = response.get("prompt_token_ids")
+    if served is None:
+        raise ValueError(f"{where} did not return the prompt token ids (vLLM returns them with \"return_token_ids\": true)")
+    expected = list(request.input_ids)
+    served = [int(i) for i in served]
+    if served == expected:
+        return
+    at = next((k for k, (a, b) in enumerate(zip(served, expected)) if a != b), min(len(served), len(expected)))
+
+    def token(ids, k):
+        return repr(tokenizer.convert_ids_to_tokens(ids[k])) if k < len(ids) else "(end)"
+
+    raise ValueError(f"{where} tokenized another prompt than the encoder built ({len(served)} vs {len(expected)} tokens; first "
+                     f"difference at token {at}: served {token(served, at)}, expected {token(expected, at)}). Serve the folder "
+                     "`gap-mllm export-llm` wrote, unchanged, with --chat-template-content-format openai")
+
+
+__all__ = ["RETURN_TOKEN_IDS", "answer_from_token_ids", "check_prompt_token_ids", "generated_token_ids"]
