@@ -6,17 +6,20 @@ processing and everything they import relatively); committing them would be a se
 `modeling_gap_mllm/` that drifts from the package. Instead `default_model_path()` assembles the folder in the user
 cache:
 
-    <cache>/gap-mllm-mini/   links to every shipped file (copies where links are not possible)
-                             + the remote-code files, written from the installed `gap_mllm` package
+    <cache>/gap-mllm-mini-<id>/   links to every shipped file (copies where links are not possible)
+                                 + the remote-code files, written from the installed `gap_mllm` package
 
 and rewrites any file that differs from its source on every call (a cheap comparison of about 30 small files), so
 the default always runs the package's own code, also after the package changed. `<cache>` is `$GAP_MLLM_CACHE`, or
-`$HF_HOME/gap_mllm` (huggingface_hub's cache root). Writes go through a temporary name and `os.replace`, so several
-processes (e.g. under `accelerate launch`) may assemble the folder at the same time.
+`$HF_HOME/gap_mllm` (huggingface_hub's cache root); `<id>` is a digest of the shipped folder's path, so two
+installations (two checkouts, two virtual environments) never share, and rewrite, one folder. Writes go through a
+temporary name and `os.replace`, so several processes (e.g. under `accelerate launch`) may assemble the folder at
+the same time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +44,12 @@ def cache_root() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
 
     return Path(constants.HF_HOME).expanduser() / "gap_mllm"
+
+
+def default_destination(shipped: Path = SHIPPED_DIR) -> Path:
+    """`<cache>/gap-mllm-mini-<id>`: the assembled folder of the shipped folder `shipped` (module docstring)."""
+    digest = hashlib.sha256(str(Path(shipped).resolve()).encode("utf-8")).hexdigest()[:12]
+    return cache_root() / f"{FOLDER_NAME}-{digest}"
 
 
 def remote_code_sources(model_dir: Path = SHIPPED_DIR) -> list[Path]:
@@ -101,9 +110,9 @@ def _write_if_different(source: Path, target: Path) -> None:
 
 
 def assemble(shipped: Path = SHIPPED_DIR, destination: Path | None = None) -> Path:
-    """Assemble the Hub folder of `shipped` at `destination` (default `<cache>/gap-mllm-mini`) as the module
+    """Assemble the Hub folder of `shipped` at `destination` (default `default_destination(shipped)`) as the module
     docstring says, removing files that belong to neither (e.g. weight shards of an earlier release)."""
-    destination = Path(destination) if destination is not None else cache_root() / FOLDER_NAME
+    destination = Path(destination) if destination is not None else default_destination(shipped)
     destination.mkdir(parents=True, exist_ok=True)
     data_files = {path.name: path for path in shipped.iterdir() if path.is_file() and path.suffix != ".py"}
     code_files = {path.name: path for path in remote_code_sources(shipped)}

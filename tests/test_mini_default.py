@@ -101,3 +101,17 @@ def test_it_answers_a_bundled_room_with_a_parsable_result(mini, task):
         assert result.box is not None and len(result.box.to_list()) == 9, result
     else:  # stage 1 of grounding: the index of a frame of this scene
         assert result.frame is not None and 0 <= result.frame < len(scene.views), result
+
+
+def test_two_installations_assemble_their_own_folders(tmp_path):
+    """The assembled folder is keyed by the shipped folder it links to: another checkout's default never
+    overwrites this one's links."""
+    from gap_mllm.mini.default_model import default_destination
+
+    other = tmp_path / "other-checkout" / "gap-mllm-mini"
+    other.mkdir(parents=True)
+    assert default_destination(other) != default_destination(SHIPPED_DIR)
+    assert default_destination(SHIPPED_DIR) == default_model_path()
+    for link in default_model_path().iterdir():
+        if link.is_symlink():
+            assert Path(os.readlink(link)).parent == SHIPPED_DIR
