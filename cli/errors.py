@@ -17,10 +17,9 @@ import logging
 import pickle
 import sys
 
-from safetensors import SafetensorError
-
 from gap_mllm.conversion_report import ConversionError
-from gap_mllm.processing.errors import DataError
+from gap_mllm.processing.errors import DataError, exception_chain
+from safetensors import SafetensorError
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +33,12 @@ class UserError(ValueError):
 USER_ERROR_TYPES = (UserError, DataError, ConversionError, ValueError, OSError, pickle.UnpicklingError, SafetensorError)
 
 
-def _chain(error: BaseException):
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
 def user_message(error: BaseException) -> str | None:
     """The one-line message for a user mistake, or None for an error that is a bug.
 
     The most precise exception in the cause chain wins: our own (UserError, DataError, ...) over the
     generic ValueError / OSError that libraries wrap them in (datasets wraps builder errors)."""
-    chain = list(_chain(error))
+    chain = list(exception_chain(error))
     for candidate in chain:
         if isinstance(candidate, (UserError, DataError, ConversionError)):
             return str(candidate)

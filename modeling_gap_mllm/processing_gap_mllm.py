@@ -67,10 +67,14 @@ import numpy as np
 import PIL.Image
 import torch
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+    Qwen2VLImageProcessorPil,
+)
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.utils import logging
 
+from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
+from .control_tokens import refuse_control_tokens
 from .image_alignment import (
     VGGT_PATCH_SIZE,
     crop_to_even_patch_count,
@@ -85,10 +89,14 @@ from .image_alignment import (
     smart_resize,
     vggt_crop_preprocess,
 )
-from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
-from .control_tokens import refuse_control_tokens
 from .model_inputs import PROCESSOR_GEOMETRY_INPUT_NAMES
-from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, drop_negative_token_ids
+from .output_parsing import (
+    DetectionResult,
+    FrameSelectionResult,
+    GroundingResult,
+    PointmapResult,
+    drop_negative_token_ids,
+)
 from .tasks_gap_mllm import TaskSpec, resolve_task
 from .visual_prompt import apply_point_prompt
 
@@ -131,7 +139,20 @@ def _is_point_prompt(value) -> bool:
     )
 
 
-def _is_box(value) -> bool:
+def one_per_sample(value, num_samples: int, what: str, is_single) -> list:
+    """One `value` per sample: None for each when absent; a single value (`is_single`) only for one sample."""
+    if value is None:
+        return [None] * num_samples
+    if is_single(value):
+        if num_samples != 1:
+            raise ValueError(f"one {what} was given for {num_samples} samples; pass a list with one {what} per sample")
+        return [value]
+    if not isinstance(value, (list, tuple)) or len(value) != num_samples:
+        raise ValueError(f"{what} must be one {what} or a list with one per sample ({num_samples}), got {value!r:.80}")
+    return list(value)
+
+
+def is_box(value) -> bool:
     """True for one box: a flat sequence of numbers (as opposed to a per-sample list of boxes); whether it
     holds the 9 numbers a box needs is the task's check."""
     return (
@@ -395,23 +416,10 @@ class GapMllmProcessor(Qwen3VLProcessor):
         refuse_control_tokens(self.tokenizer, text, f"the text of sample {sample_idx}")
         return self.chat_prompt([None] * num_views + [text])
 
-    @staticmethod
-    def _per_sample(value, num_samples: int, what: str, is_single) -> list:
-        """One `value` per sample: a single value is allowed for one sample only."""
-        if value is None:
-            return [None] * num_samples
-        if is_single(value):
-            if num_samples != 1:
-                raise ValueError(f"one {what} was given for {num_samples} samples; pass a list with one {what} per sample")
-            return [value]
-        if not isinstance(value, (list, tuple)) or len(value) != num_samples:
-            raise ValueError(f"{what} must be one {what} or a list with one per sample ({num_samples}), got {value!r}")
-        return list(value)
-
     def _task_prompts(self, spec: TaskSpec, views_per_sample: list[int], point_prompts: list, query, box) -> list[str]:
         """The chat prompt of `spec` for every sample (tasks_gap_mllm.TaskSpec.user_segments)."""
-        queries = self._per_sample(query, len(views_per_sample), "query", lambda v: isinstance(v, str))
-        boxes = self._per_sample(box, len(views_per_sample), "box", _is_box)
+        queries = one_per_sample(query, len(views_per_sample), "query", lambda v: isinstance(v, str))
+        boxes = one_per_sample(box, len(views_per_sample), "box", is_box)
         prompts = []
         for i, (num_views, point, q, b) in enumerate(zip(views_per_sample, point_prompts, queries, boxes, strict=True)):
             if spec.needs_marker and point is None:

@@ -37,6 +37,15 @@ class DataError(ValueError):
         return DataError(message, path=self.path, sample=sample)
 
 
+def exception_chain(error: BaseException | None):
+    """`error`, then what caused it (`__cause__`, else `__context__`), each once: a cycle stops the walk."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 @dataclass
 class SkipCounter:
     """Counts skipped samples by reason and keeps the first few messages for the report."""

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
-
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.chat_format import SYSTEM_PROMPT, segments_from_placeholders
+from gap_mllm.processing_gap_mllm import is_box, one_per_sample
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 
@@ -52,23 +52,6 @@ class EncodedRequest:
     @property
     def num_views(self) -> int:
         return len(self.image_embeds)
-
-
-def _per_sample(value, count: int, what: str, is_single) -> list:
-    if value is None:
-        return [None] * count
-    if is_single(value):
-        if count != 1:
-            raise ValueError(f"one {what} was given for {count} samples; pass one {what} per sample")
-        return [value]
-    if not isinstance(value, (list, tuple)) or len(value) != count:
-        raise ValueError(f"{what} must be one {what} or a list with one per sample ({count}), got {value!r:.80}")
-    return list(value)
-
-
-def _is_box(value) -> bool:
-    return isinstance(value, (Sequence, torch.Tensor)) and not isinstance(value, str) and all(
-        not isinstance(v, (Sequence, torch.Tensor)) or (isinstance(v, torch.Tensor) and v.ndim == 0) for v in value)
 
 
 class GapMllmEncoder:
@@ -118,9 +101,9 @@ class GapMllmEncoder:
         if not isinstance(images, (list, tuple)) or not images or not all(isinstance(v, (list, tuple)) for v in images):
             raise ValueError("images must be a non-empty list with one list of views per sample")
         count = len(images)
-        texts = _per_sample(text, count, "text", lambda v: isinstance(v, str))
-        queries = _per_sample(query, count, "query", lambda v: isinstance(v, str))
-        boxes = _per_sample(box, count, "box", _is_box)
+        texts = one_per_sample(text, count, "text", lambda v: isinstance(v, str))
+        queries = one_per_sample(query, count, "query", lambda v: isinstance(v, str))
+        boxes = one_per_sample(box, count, "box", is_box)
         segments = [self.segments(len(views), task=task, text=t, query=q, box=b)
                     for views, t, q, b in zip(images, texts, queries, boxes, strict=True)]
         prompts = [self.processor.chat_prompt(s) for s in segments]

@@ -34,6 +34,7 @@ import re
 import shutil
 from pathlib import Path
 
+from gap_mllm.processing.errors import exception_chain
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
@@ -112,14 +113,6 @@ class CheckpointDiskFull(OSError):
     """A checkpoint (or the final model) could not be written because its device is full."""
 
 
-def _chain(error: BaseException):
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
 def folder_size(folder) -> int:
     """Bytes of the regular files under `folder` (0 when it does not exist)."""
     total = 0
@@ -162,7 +155,7 @@ def is_disk_full(error: BaseException, folder, needed_bytes: int = 0) -> bool:
     """Whether `error` (raised while writing into `folder`) means its device is full (module docstring):
     a full-disk errno or text in its chain, or, for writers that lose the errno (torch.save), less room
     left on the device than `needed_bytes` (what the write takes)."""
-    for link in _chain(error):
+    for link in exception_chain(error):
         if isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS:
             return True
         if any(marker in str(link).lower() for marker in DISK_FULL_TEXTS):

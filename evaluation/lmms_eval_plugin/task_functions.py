@@ -19,7 +19,15 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..tasks import headline_value
-from .documents import benchmark_named, benchmark_of, check_document, media_root_of, record_of, records_at, request_for
+from .documents import (
+    benchmark_named,
+    benchmark_of,
+    check_document,
+    media_root_of,
+    record_of,
+    records_at,
+    request_for,
+)
 
 # lmms-eval metric name -> key (dotted path) in the benchmark's summary (`Benchmark.evaluate`)
 METRICS = {
@@ -117,45 +125,23 @@ def aggregate(items, metric: str):
     return headline_value(summary, METRICS[task][metric])
 
 
-def aggregate_acc_025(items):
-    return aggregate(items, "acc@0.25")
+def _aggregator(metric: str):
+    """The lmms-eval `aggregation` function of one metric (the task YAMLs name it by its module attribute)."""
+
+    def aggregate_metric(items):
+        return aggregate(items, metric)
+
+    return aggregate_metric
 
 
-def aggregate_acc_05(items):
-    return aggregate(items, "acc@0.5")
-
-
-def aggregate_miou(items):
-    return aggregate(items, "miou")
-
-
-def aggregate_f1(items):
-    return aggregate(items, "f1")
-
-
-def aggregate_precision(items):
-    return aggregate(items, "precision")
-
-
-def aggregate_recall(items):
-    return aggregate(items, "recall")
-
-
-def aggregate_cider(items):
-    return aggregate(items, "cider")
-
-
-def aggregate_bleu4(items):
-    return aggregate(items, "bleu4")
-
-
-def aggregate_meteor(items):
-    return aggregate(items, "meteor")
-
-
-def aggregate_rouge_l(items):
-    return aggregate(items, "rouge_l")
-
-
-def aggregate_overall(items):
-    return aggregate(items, "overall")
+aggregate_acc_025 = _aggregator("acc@0.25")
+aggregate_acc_05 = _aggregator("acc@0.5")
+aggregate_miou = _aggregator("miou")
+aggregate_f1 = _aggregator("f1")
+aggregate_precision = _aggregator("precision")
+aggregate_recall = _aggregator("recall")
+aggregate_cider = _aggregator("cider")
+aggregate_bleu4 = _aggregator("bleu4")
+aggregate_meteor = _aggregator("meteor")
+aggregate_rouge_l = _aggregator("rouge_l")
+aggregate_overall = _aggregator("overall")
