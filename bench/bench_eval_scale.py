@@ -97,7 +97,7 @@ def run_arm(task, data, split, limit, model, out: Path, batch_size: int, scene_r
 def run_two_processes(task, data, split, limit, model, out: Path, batch_size: int, max_new_tokens) -> float:
     launcher = Path(sys.executable).parent / "accelerate"
     command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", "0", "-m", "gap_mllm.evaluation.evaluate_cli", "--task", task,
+               "--dynamo_backend", "no", "--main_process_port", "0", "-m", "gap_mllm.cli.evaluate", "--task", task,
                "--data", str(data), "--split", split, "--model", str(model), "--out", str(out), "--batch-size", str(batch_size),
                "--limit", str(limit), "--no-plots", "--quiet", "--no-meteor"]
     if max_new_tokens is not None:
