@@ -53,12 +53,15 @@ def test_vllm_backend_gives_the_hf_backend_answers_and_scores(synth_data, export
     # every model call went to the server: two stages for ScanRefer, one for the others
     completions = server.completions[served_before:]
     assert len(completions) == DOCS_PER_TASK * (len(tasks) + 1)
-    # and the server wrote on after an answer's end (it stops only at <|im_end|> or the budget): the client cut those
-    # answers where the HF backend's stop rule stopped, so the texts above are equal for that reason, not by chance
+    # where the server wrote on after an answer's end (it stops only at <|im_end|> or the budget), the client cut the
+    # answer where the HF backend's stop rule stopped; whether the Mini writes on depends on its weights, so the cut
+    # rule itself is proven on fixed token ids (tests/test_serving_client.py)
     answered = {text for task in tasks for texts in _answers(vllm, task).values() for text in texts}
     cut = [c["content"] for c in completions if c["content"] not in answered]
-    assert cut and all(any(c.startswith(a) and len(c) > len(a) for a in answered) for c in cut), cut
-    assert vllm["results"]["gap_scan2cap"]["cider,none"] > 0  # real captions that share words with the references
+    assert all(any(c.startswith(a) and len(c) > len(a) for a in answered) for c in cut), cut
+    # real captions that share words with the references (ROUGE-L: CIDEr's idf is 0 for words every reference of
+    # a 2-document corpus holds, so it can be 0 on such a slice)
+    assert vllm["results"]["gap_scan2cap"]["rouge_l,none"] > 0
 
 
 def test_vllm_backend_refuses_an_unreachable_server():
