@@ -8,7 +8,7 @@ figure the file does not hold is "not scored", and a folder without the file get
     scores = held_out_scores(folder)        # None: no evaluation_results.json in that folder
     if scores is not None:
         print(scores.line("grounding"))
-    # held-out (991 test samples): Acc@0.25 0.4 % [0.2, 1.0]; best constant box 2.1 %: this miniature does not ground yet
+    # held-out (991 test samples): Acc@0.25 0.1 % [0.0, 0.6]; best constant box 2.1 %: this miniature does not ground yet
 
 A verdict compares the model's 95 % interval with the baseline's value: it "beats the trivial baseline" only
 when the whole interval is on the better side.

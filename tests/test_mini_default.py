@@ -115,3 +115,17 @@ def test_two_installations_assemble_their_own_folders(tmp_path):
     for link in default_model_path().iterdir():
         if link.is_symlink():
             assert Path(os.readlink(link)).parent == SHIPPED_DIR
+
+
+def test_its_reconstruction_answer_parses_on_a_bundled_room(mini):
+    """The marker task stays in stage 2's mix, so the final model answers it in its own format (a point and a
+    label), not with another task's {"frame": k}."""
+    _, model, processor = mini
+    scene = synthetic_scene(seed=0)
+    marker = scene.example_inputs["reconstruction"]["marker"]
+    inputs = processor(images=scene.views, task="reconstruction", point_prompts=marker, return_tensors="pt")
+    out = model.generate(**inputs, **processor.generation_kwargs("reconstruction", inputs))
+    result = processor.post_process(out, task="reconstruction", input_ids=inputs["input_ids"])[0]
+    assert result.point is not None and len(result.point) == 3, result
+    assert isinstance(result.label, str) and result.label, result
+
