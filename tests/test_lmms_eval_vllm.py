@@ -19,8 +19,7 @@ from .engine_stand_in import EngineStandIn
 from .test_eval_runner import synth_data  # noqa: F401  (module fixture)
 from .test_lmms_eval_plugin import DOCS_PER_TASK, _answers, _evaluate, exported  # noqa: F401  (module fixture)
 
-# enough for stage 1's '{"frame": k}' and its <|im_end|>, and for the Mini to write on past a spatial-QA answer's line
-# break (the answer-end rule the server does not know); the longer answers are cut by the budget on both backends
+# enough for stage 1's '{"frame": k}' and its <|im_end|>; the longer answers are cut by the budget on both backends
 MAX_NEW_TOKENS = 10
 
 
