@@ -13,6 +13,8 @@ import argparse
 from gap_mllm.mini import default_model_path
 from gap_mllm.serving.export import export_llm_folder
 
+from .model_source import check_model_source
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -27,6 +29,7 @@ def main(args: argparse.Namespace) -> int:
     if source == "mini":
 
         source = default_model_path()
+    source = check_model_source(source, flag="SOURCE")  # a missing folder or a non-GAP one named before anything is written
     print(f"exporting the language half of {source} -> {args.output_dir}", flush=True)
     exported = export_llm_folder(source, args.output_dir, dtype=args.dtype)
     print(f"wrote {len(exported.files)} files to {exported.path}:")

@@ -41,7 +41,7 @@ from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 from . import reports, scene_generation
 from .batched_answers import answer_in_batches
 from .plots import write_plots
-from .tasks import get_task, headline_value, sample_id
+from .tasks import check_sample_limit, get_task, headline_value, sample_id
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +159,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     """
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive number of samples (the first N are scored), got {limit!r}")
+    check_sample_limit(limit)
     task = get_task(task_name, official_compat)
     task.check_scoring_dependencies()  # before the answers are generated
     annotation_file = Path(annotation_file) if annotation_file else find_annotation_file(data_dir, task.annotation_task, split)

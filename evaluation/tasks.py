@@ -59,6 +59,13 @@ def sample_id(record: dict, index: int) -> str:
     return str(record.get("id", f"{index:06d}"))
 
 
+def check_sample_limit(limit) -> None:
+    """ValueError unless `limit` (the first N records of an annotation file) is None or a positive integer: a
+    negative one would slice off the last records and 0 would score nothing, both without notice."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of samples (the first N are scored), got {limit!r}")
+
+
 def human_prompt(record: dict) -> str:
     return record["conversations"][0]["value"]
 

@@ -160,3 +160,11 @@ def test_model_refuses_what_it_would_answer_wrongly():
     sampling = Instance("generate_until", ("ctx", {"until": [], "do_sample": True}, None, 0, "gap_det", "test"), idx=0, metadata=metadata)
     with pytest.raises(ValueError, match="greedily"):
         model._budget_cap(sampling)
+
+
+@pytest.mark.parametrize("limit", [0, -1, True])
+def test_a_limit_that_is_not_a_positive_count_is_refused_not_sliced(synth_data, tmp_path, limit):  # noqa: F811
+    # records[:-1] would drop the last document and records[:0] export none, both silently
+    with pytest.raises(ValueError, match=rf"limit must be a positive number of samples .*got {limit!r}"):
+        export_tasks(synth_data, tmp_path / "tasks", limit=limit, meteor=False)
+    assert not (tmp_path / "tasks").exists() or not any((tmp_path / "tasks").iterdir())

@@ -113,3 +113,22 @@ def test_export_casts_to_the_requested_dtype(exported, tmp_path):
     stock = AutoModelForImageTextToText.from_pretrained(tmp_path / "bf16")
     assert {p.dtype for p in stock.parameters()} == {torch.bfloat16}
     assert json.loads((tmp_path / "bf16" / "gap_export.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_export_names_a_source_that_is_no_gap_checkpoint(tmp_path, capsys):
+    """A missing folder, a data folder and another model type are named before anything is written (not a Hub
+    repo-id complaint or a missing-weights-file message from transformers)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "frames.txt").write_text("not a checkpoint")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
+    cases = [(tmp_path / "missing", "no such folder"), (data, "has no config.json"),
+             (other, "is a qwen3_vl checkpoint, not a GAP-MLLM one")]
+    for source, message in cases:
+        output = tmp_path / f"out-{source.name}"
+        assert main(["export-llm", str(source), str(output)]) == 2
+        err = capsys.readouterr().err
+        assert f"SOURCE {source}" in err and message in err, err
+        assert not output.exists()

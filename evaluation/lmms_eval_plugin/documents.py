@@ -25,7 +25,7 @@ from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
 from ..generation import Request
-from ..tasks import Benchmark, get_task, sample_id
+from ..tasks import Benchmark, check_sample_limit, get_task, sample_id
 
 DOCUMENT_KEYS = ("id", "index", "task", "official_compat", "meteor", "data_root", "annotation_file", "record")
 
@@ -34,6 +34,7 @@ def documents_for(task_name: str, data_dir, split: str = "val", annotation_file=
                   meteor: bool | None = None, limit: int | None = None) -> list[dict]:
     """The documents of one benchmark's annotation file, in file order (the order `gap-mllm evaluate` scores).
     `meteor=None`: METEOR unless `official_compat`, as `gap-mllm evaluate`."""
+    check_sample_limit(limit)
     task = get_task(task_name, official_compat)
     data_root = Path(data_dir).resolve()
     path = Path(annotation_file) if annotation_file else find_annotation_file(data_root, task.annotation_task, split)
