@@ -17,9 +17,10 @@ import logging
 import pickle
 import sys
 
+from safetensors import SafetensorError
+
 from gap_mllm.conversion_report import ConversionError
 from gap_mllm.processing.errors import DataError, exception_chain
-from safetensors import SafetensorError
 
 logger = logging.getLogger(__name__)
 

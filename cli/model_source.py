@@ -21,6 +21,7 @@ from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from safetensors import safe_open
 
 from gap_mllm.conversion_report import PICKLE_REFUSED
+from gap_mllm.processing.errors import exception_chain
 
 from .errors import UserError
 
@@ -97,18 +98,14 @@ def check_model_source(source, flag: str = "--model") -> str:
 
 def hub_error_message(error: BaseException, source: str, flag: str = "--model") -> str | None:
     """A one-line explanation of a Hub failure found in `error`'s cause chain, or None."""
-
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, hub_errors.GatedRepoError):
+    for link in exception_chain(error):
+        if isinstance(link, hub_errors.GatedRepoError):
             return f"{flag} {source}: the repository is gated; accept its terms on the Hub and log in (hf auth login)"
-        if isinstance(error, hub_errors.RepositoryNotFoundError):
+        if isinstance(link, hub_errors.RepositoryNotFoundError):
             return f"{flag} {source}: no such Hub repository (or it is private: log in with hf auth login)"
-        if isinstance(error, (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled)):
+        if isinstance(link, (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled)):
             return (f"{flag} {source}: no network and the repository is not in the local Hub cache; "
                     "connect once to download it, or give a local folder")
-        error = error.__cause__ or error.__context__
     return None
 
 

@@ -67,14 +67,10 @@ import numpy as np
 import PIL.Image
 import torch
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-    Qwen2VLImageProcessorPil,
-)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.utils import logging
 
-from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
-from .control_tokens import refuse_control_tokens
 from .image_alignment import (
     VGGT_PATCH_SIZE,
     crop_to_even_patch_count,
@@ -89,14 +85,10 @@ from .image_alignment import (
     smart_resize,
     vggt_crop_preprocess,
 )
+from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
+from .control_tokens import refuse_control_tokens
 from .model_inputs import PROCESSOR_GEOMETRY_INPUT_NAMES
-from .output_parsing import (
-    DetectionResult,
-    FrameSelectionResult,
-    GroundingResult,
-    PointmapResult,
-    drop_negative_token_ids,
-)
+from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, drop_negative_token_ids
 from .tasks_gap_mllm import TaskSpec, resolve_task
 from .visual_prompt import apply_point_prompt
 

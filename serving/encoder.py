@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
+
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.chat_format import SYSTEM_PROMPT, segments_from_placeholders
 from gap_mllm.processing_gap_mllm import is_box, one_per_sample

@@ -128,4 +128,3 @@ def test_its_reconstruction_answer_parses_on_a_bundled_room(mini):
     result = processor.post_process(out, task="reconstruction", input_ids=inputs["input_ids"])[0]
     assert result.point is not None and len(result.point) == 3, result
     assert isinstance(result.label, str) and result.label, result
-

@@ -34,8 +34,9 @@ import re
 import shutil
 from pathlib import Path
 
-from gap_mllm.processing.errors import exception_chain
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from gap_mllm.processing.errors import exception_chain
 
 logger = logging.getLogger(__name__)
 

@@ -19,15 +19,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..tasks import headline_value
-from .documents import (
-    benchmark_named,
-    benchmark_of,
-    check_document,
-    media_root_of,
-    record_of,
-    records_at,
-    request_for,
-)
+from .documents import benchmark_named, benchmark_of, check_document, media_root_of, record_of, records_at, request_for
 
 # lmms-eval metric name -> key (dotted path) in the benchmark's summary (`Benchmark.evaluate`)
 METRICS = {
