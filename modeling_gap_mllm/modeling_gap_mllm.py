@@ -258,16 +258,21 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         geometry_pixel_values: torch.Tensor | None = None,
         geometry_features: list[list[torch.Tensor]] | None = None,
         output_gates: bool = False,
+        image_outputs=None,
     ):
         """The image path of GAP-MLLM: ViT features, geometry features (computed from
         `geometry_pixel_values`, or given precomputed, e.g. from a feature cache) and their fusion.
+
+        `image_outputs`: the ViT's output for `pixel_values`, precomputed (as `get_image_features` returns it, e.g.
+        rebuilt from a training feature cache); `pixel_values` is then not read.
 
         Returns:
             `(image_outputs, geometry_features, gates)`: Qwen's vision output with the fused `pooler_output`
             and `deepstack_features` (ready for `mm_encoder_outputs={"image": ...}`), the geometry features
             used (per level, one `[S_b, h_b, w_b, 2C]` tensor per sample) and the gates (or None).
         """
-        image_outputs = self.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        if image_outputs is None:
+            image_outputs = self.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         if geometry_features is None:
             if geometry_pixel_values is None:
                 raise ValueError("pass geometry_pixel_values (GapMllmProcessor) or precomputed geometry_features.")

@@ -20,15 +20,15 @@ from .config import (
     load_recipe,
     recipe_from_dict,
 )
-from .feature_cache import CachedGeometryCollator, GeometryFeatureCache
+from .feature_cache import CachedCollator, FeatureCache
 from .geometry_aligned_model import GeometryAlignedModel, GeometryAlignedOutput
 from .param_groups import apply_freezing, build_parameter_groups
 from .run import build_trainer, run_training
 from .trainer import GeometryAlignedTrainer, load_aux_heads, save_aux_heads
 
 __all__ = [
-    "AuxLossConfig", "CacheConfig", "CachedGeometryCollator", "DataConfig", "FreezingPolicy", "GeometryAlignedModel",
-    "GeometryAlignedOutput", "GeometryAlignedTrainer", "GeometryFeatureCache", "LearningRates", "LoraSettings",
+    "AuxLossConfig", "CacheConfig", "CachedCollator", "DataConfig", "FeatureCache", "FreezingPolicy", "GeometryAlignedModel",
+    "GeometryAlignedOutput", "GeometryAlignedTrainer", "LearningRates", "LoraSettings",
     "ModelSource", "TrainRecipe", "apply_freezing", "build_parameter_groups", "build_trainer", "load_aux_heads",
     "load_recipe", "recipe_from_dict", "run_training", "save_aux_heads",
 ]

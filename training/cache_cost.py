@@ -1,19 +1,22 @@
-"""What the geometry-feature cache costs on disk, and a refusal before it fills a disk that lacks the room.
+"""What the feature cache costs on disk, and a refusal before it fills a disk that lacks the room.
 
-One cached view holds every fusion level's tapped VGGT features at every VGGT patch, in float16:
+One cached view holds every fusion level's tapped VGGT features at every VGGT patch and the frozen ViT's output
+(every level at every merged token, or the blocks' hidden states when the mergers train), in float16:
 
-    bytes per view   = levels × 2C × patches per view × 2          (2C = 2 × geometry hidden size)
-    bytes per sample = views × bytes per view                      (+ a 128-byte .npy header)
-    disk for N       = N × bytes per sample
+    geometry bytes per view = levels × 2C × patches per view × 2
+    ViT bytes per view      = levels × (patches / merge²) × D_out × 2       ("merged")
+    bytes per sample        = views × (geometry + ViT bytes per view) + the tokens and the file header
+    disk for N              = N × bytes per sample
 
-At the real size (VGGT-1B: C = 1024, 4 levels) a 336×448 view (official training: 24×32 = 768 patches)
-is 4 × 2048 × 768 × 2 = 12.6 MB; a 4-view pre-training sample 50.3 MB; 100,000 such samples 5.0 TB.
-A 364×476 view (official inference: 26×34 = 884 patches) is 14.5 MB; a 32-view grounding sample 463 MB.
+At the real size (VGGT-1B: C = 1024, 4 levels; Qwen3-VL-2B: D_out = 2048, merge 2) a 336×448 view (official
+training: 24×32 = 768 patches, 192 merged tokens) is 12.6 MB of geometry + 3.1 MB of ViT = 15.7 MB; a 4-view
+pre-training sample 62.9 MB; 100,000 such samples 6.3 TB. A 364×476 view (official inference: 26×34 = 884 patches)
+is 14.5 + 3.6 MB; a 32-view grounding sample 579 MB.
 
-`GeometryFeatureCache.build` logs this for its own configuration and calls `ensure_disk_room` before it
-writes the first entry: when the free space (`shutil.disk_usage`) cannot hold the samples still to be
-cached plus a safety margin, it raises `CacheDiskError` naming the sizes and what to do; nothing is
-written, and entries already in the folder are kept.
+`FeatureCache.build` logs this for its own configuration (from the first sample it writes) and calls
+`ensure_disk_room` before it writes the first entry: when the free space (`shutil.disk_usage`) cannot hold the
+samples still to be cached plus a safety margin, it raises `CacheDiskError` naming the sizes and what to do;
+nothing is written, and entries already in the folder are kept.
 """
 
 from __future__ import annotations
@@ -23,47 +26,42 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 BYTES_PER_VALUE = 2  # float16
-NPY_HEADER_BYTES = 128  # numpy's .npy header for these arrays (format 1.0, padded to 64-byte alignment)
+HEADER_BYTES = 1024  # about what a safetensors header of an entry's dozen tensors takes (names, shapes, offsets)
 DISK_MARGIN_FRACTION = 0.05  # keep 5% of the disk free on top of the estimate
 
 
 class CacheDiskError(OSError):
-    """The geometry-feature cache would not fit on its disk."""
+    """The feature cache would not fit on its disk."""
 
 
 @dataclass(frozen=True)
 class CacheCost:
-    """Disk cost of the geometry-feature cache for one configuration.
+    """Disk cost of the feature cache for one configuration.
 
     Attributes:
-        levels: fusion levels cached (4 for GAP-MLLM).
-        channels: channels per level, 2 × geometry hidden size (2048 for VGGT-1B).
-        patches_per_view: VGGT patches of one view (h × w of the 14-px grid).
+        bytes_per_view: the cached features of one view (geometry + ViT).
         views_per_sample: views of one sample.
+        other_bytes: the rest of an entry (tokens, file header).
     """
 
-    levels: int
-    channels: int
-    patches_per_view: int
+    bytes_per_view: int
     views_per_sample: int
-
-    @property
-    def bytes_per_view(self) -> int:
-        return self.levels * self.channels * self.patches_per_view * BYTES_PER_VALUE
+    other_bytes: int = 0
 
     @property
     def bytes_per_sample(self) -> int:
-        return self.views_per_sample * self.bytes_per_view + NPY_HEADER_BYTES
+        return self.views_per_sample * self.bytes_per_view + self.other_bytes
 
     def bytes_for(self, num_samples: int) -> int:
         return num_samples * self.bytes_per_sample
 
     def describe(self, num_samples: int | None = None) -> str:
-        text = (f"{self.levels} levels × {self.channels} channels × {self.patches_per_view} patches × "
-                f"{BYTES_PER_VALUE} B = {format_bytes(self.bytes_per_view)} per view, "
+        text = (f"{format_bytes(self.bytes_per_view)} per view, "
                 f"{format_bytes(self.bytes_per_sample)} per {self.views_per_sample}-view sample")
         if num_samples is not None:
             text += f", {format_bytes(self.bytes_for(num_samples))} for {num_samples} samples"
@@ -78,17 +76,34 @@ def format_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def cache_cost(config, views_per_sample: int, patch_grid: tuple[int, int]) -> CacheCost:
-    """The cost for a `GapMllmConfig` with `views_per_sample` views of `patch_grid = (h, w)` VGGT patches
-    (e.g. (24, 32) for 336×448 frames)."""
-    return CacheCost(levels=config.num_fusion_levels, channels=2 * config.geometry_config.hidden_size,
-                     patches_per_view=patch_grid[0] * patch_grid[1], views_per_sample=views_per_sample)
+def cache_cost(config, views_per_sample: int, patch_grid: tuple[int, int], vision: str | None = "merged") -> CacheCost:
+    """The feature cost for a `GapMllmConfig` with `views_per_sample` views of `patch_grid = (h, w)` patches
+    (e.g. (24, 32) for 336×448 frames), the ViT cached as `vision` ("merged", "blocks" or None); tokens and
+    header left out."""
+    patches = patch_grid[0] * patch_grid[1]
+    vision_config = config.vlm_config.vision_config
+    levels = 1 + len(vision_config.deepstack_visual_indexes)
+    per_view = 0
+    if config.use_geometry:
+        per_view += config.num_fusion_levels * 2 * config.geometry_config.hidden_size * patches * BYTES_PER_VALUE
+    if vision == "merged":
+        per_view += levels * (patches // vision_config.spatial_merge_size**2) * vision_config.out_hidden_size * BYTES_PER_VALUE
+    elif vision == "blocks":
+        per_view += levels * patches * vision_config.hidden_size * BYTES_PER_VALUE
+    return CacheCost(bytes_per_view=per_view, views_per_sample=views_per_sample)
 
 
-def cost_of_entry(levels) -> CacheCost:
-    """The cost implied by one sample's features (per level a `[S, h, w, 2C]` tensor, as the cache stores)."""
-    views, height, width, channels = levels[0].shape
-    return CacheCost(levels=len(levels), channels=channels, patches_per_view=height * width, views_per_sample=views)
+def cost_of_sample(sample: dict, dtype) -> CacheCost:
+    """The cost implied by one sample as the cache stores it (a `FeatureCache.encode` dict), features in `dtype`."""
+    views = int(sample["image_grid_thw"].shape[0])
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    features = sum(level.numel() for level in sample.get("geometry_features", ()))
+    vision = sample.get("vision_features")
+    if vision is not None:
+        features += sum(level.numel() for level in vision.levels) if vision.kind == "merged" else vision.levels.numel()
+    other = sum(sample[name].numel() * sample[name].element_size() for name in ("input_ids", "labels", "mm_token_type_ids")
+                if name in sample) + HEADER_BYTES
+    return CacheCost(bytes_per_view=features * itemsize // views, views_per_sample=views, other_bytes=other)
 
 
 def ensure_disk_room(directory, cost: CacheCost, num_samples: int, margin: float = DISK_MARGIN_FRACTION) -> None:
@@ -96,12 +111,12 @@ def ensure_disk_room(directory, cost: CacheCost, num_samples: int, margin: float
     `directory` lacks that room plus `margin` × its size."""
     needed = cost.bytes_for(num_samples)
     usage = shutil.disk_usage(Path(directory))
-    logger.info("geometry-feature cache %s: %s; %s free on its disk", directory, cost.describe(num_samples),
+    logger.info("feature cache %s: %s; %s free on its disk", directory, cost.describe(num_samples),
                 format_bytes(usage.free))
     reserve = int(margin * usage.total)
     if needed + reserve > usage.free:
         raise CacheDiskError(
-            f"the geometry-feature cache in {directory} needs about {format_bytes(needed)} for {num_samples} more "
+            f"the feature cache in {directory} needs about {format_bytes(needed)} for {num_samples} more "
             f"samples ({cost.describe()}) but its disk has {format_bytes(usage.free)} free (keeping "
             f"{format_bytes(reserve)} spare); free space, point cache.directory at a larger disk, cache fewer "
             "samples, or train without the cache (cache.enabled: false) and recompute the features on the GPU."

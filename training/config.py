@@ -75,6 +75,10 @@ class DataConfig:
         `training.seed`) before the tasks are concatenated, so one task's size does not set the mix
         (GAP-MLLM-Mini's stage 2 keeps the marker task at about a fifth of its samples).
     Sample order: `training.train_sampling_strategy` ("random" / "sequential" / "group_by_length").
+    packing: the samples of a batch are packed into as few rows as fit, without padding
+        (training/sample_tensors.py); the loss and gradients are those of the padded batch.
+        `packing_row_tokens` caps a row's tokens (default: the batch's longest sample; with flash-attn every
+        batch is one row, the layout its variable-length kernel reads).
     """
 
     data_root: str | None = None
@@ -87,6 +91,8 @@ class DataConfig:
     max_eval_samples: int | None = None
     task_max_samples: dict[str, int] | None = None
     marker: bool = True
+    packing: bool = False
+    packing_row_tokens: int | None = None
 
 
 @dataclass
@@ -172,10 +178,15 @@ class LoraSettings:
 
 @dataclass
 class CacheConfig:
-    """Geometry-feature cache (training/feature_cache.py): the frozen encoder runs once per sample."""
+    """Feature cache (training/feature_cache.py): the processor and the frozen part of each encoder tower run once
+    per sample, before training; every batch is then read from disk. Worth it when a run sees a sample more than
+    once. `directory`: default `<output_dir>/feature_cache`. `dtype`: storage of the features ("float16",
+    "bfloat16", "float32"). `batch_size`: samples per encoder call while it is built."""
 
     enabled: bool = False
     directory: str | None = None
+    dtype: str = "float16"
+    batch_size: int = 16
 
 
 @dataclass
@@ -271,6 +282,10 @@ class TrainRecipe:
         if unknown:
             raise ValueError(f"aux.align_levels has unknown levels {sorted(unknown)} (0-3)")
         check_training_values(self.training)
+        if self.cache.batch_size < 1:
+            raise ValueError(f"cache.batch_size={self.cache.batch_size}: give a positive number of samples")
+        if self.data.packing_row_tokens is not None and self.data.packing_row_tokens < 1:
+            raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens}: give a positive number of tokens")
 
         # canonical task names (deprecated ones warn); a task without data of its own is an error here
         self.data.tasks = [builder_for_task(task).SPEC.name for task in self.data.tasks]

@@ -6,11 +6,14 @@
     collator     GapMllmDataCollator (processor, marker prompt, answer-only labels)
                  → AuxTargetCollator (targets of the enabled auxiliary losses)
                  → BadSampleGuard (name, then raise or skip-and-count a sample that fails)
-                 → CachedGeometryCollator (precomputed encoder features), when the cache is on
+                 → PackingCollator (the batch's samples packed into rows), with `data.packing`
+                 With the feature cache on, `CachedCollator` makes the batches from the cache instead, padded or
+                 packed, and runs the chain above only for a tower that is not cached.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import datasets
@@ -20,12 +23,14 @@ from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.collator import GapMllmDataCollator
 
 from .aux_targets import AuxTargetCollator
-from .bad_samples import BadSampleGuard
+from .bad_samples import SKIPPED_KEY, BadSampleGuard
 from .config import AuxLossConfig, DataConfig
-from .feature_cache import CachedGeometryCollator
+from .feature_cache import CachedCollator
+from .sample_tensors import collate_samples, split_batch
 
 logger = logging.getLogger(__name__)
 SHARED_COLUMNS = ("id", "images", "image_paths", "prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")
+MARKER_COLUMN = "pixel_coords"  # the marker task's [view, x, y]; None in the samples of other tasks
 LENGTH_COLUMN = "length"  # TrainingArguments.length_column_name's default
 
 
@@ -57,11 +62,24 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
         counter = builder.skipped.get(split)
         if counter is not None and counter.total:
             logger.warning("%s %s: %s", task, split, counter.summary())
+    parts = [_with_marker_column(part, parts) for part in parts]
     shared = [c for c in SHARED_COLUMNS if all(c in part.column_names for part in parts)]
     dataset = datasets.concatenate_datasets([part.select_columns(shared) for part in parts])
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     return dataset
+
+
+def _with_marker_column(part, parts):
+    """`part` with a `pixel_coords` column: its own, or all None when another task of the mix has one. A column
+    that some tasks lack would be dropped from the concatenation, and the marker task's samples would then train
+    without their marker (the prompt asks about a marker the views do not show)."""
+    if MARKER_COLUMN in part.column_names:
+        return part
+    owner = next((other for other in parts if MARKER_COLUMN in other.column_names), None)
+    if owner is None:
+        return part
+    return part.add_column(MARKER_COLUMN, [None] * len(part), feature=owner.features[MARKER_COLUMN])
 
 
 def add_length_column(dataset, processor, name: str = LENGTH_COLUMN):
@@ -84,13 +102,52 @@ def add_length_column(dataset, processor, name: str = LENGTH_COLUMN):
     return dataset.map(lengths, batched=True, input_columns=["prompt", "answer", "image_paths"], desc="sample lengths")
 
 
-def build_collator(processor, data: DataConfig, aux: AuxLossConfig, cache=None):
-    """The collator chain of the module docstring."""
+class PackingCollator:
+    """Wrap a collator: its batch with the samples packed into rows (training/sample_tensors.py)."""
+
+    def __init__(self, collator, pad_token_id: int, spatial_merge_size: int, row_tokens: int | None = None):
+        self.collator = collator
+        self.layout = {"pad_token_id": pad_token_id, "packing": True, "spatial_merge_size": spatial_merge_size,
+                       "row_tokens": row_tokens}
+
+    def __call__(self, examples: list[dict]):
+        batch = self.collator(examples)
+        skipped = batch.pop(SKIPPED_KEY, None)
+        packed = collate_samples(split_batch(batch), **self.layout)
+        if skipped is not None:
+            packed[SKIPPED_KEY] = skipped
+        return packed
+
+
+def packing_row_tokens(data: DataConfig, model=None) -> int | None:
+    """The longest packed row: `data.packing_row_tokens`; with flash-attn, whose variable-length path transformers
+    takes for one packed row only, every batch becomes one row."""
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    if data.packing_row_tokens is None and "flash" in attention:
+        return 10**12
+    return data.packing_row_tokens
+
+
+def sample_collator(processor, data: DataConfig, aux: AuxLossConfig):
+    """The chain that turns samples into one padded batch: processor and labels, auxiliary targets, bad-sample guard."""
     collator = GapMllmDataCollator(processor, train=True, marker=data.marker)
     if aux.enabled:
-        merge = processor.image_processor.merge_size
-        collator = AuxTargetCollator(collator, aux, merge_size=merge)
-    collator = BadSampleGuard(collator, policy=data.on_bad_sample)
+        collator = AuxTargetCollator(collator, aux, merge_size=processor.image_processor.merge_size)
+    return BadSampleGuard(collator, policy=data.on_bad_sample)
+
+
+def sample_collator_settings(data: DataConfig, aux: AuxLossConfig) -> dict:
+    """What besides the processor decides the tensors `sample_collator` makes (part of the feature cache's key)."""
+    return {"train": True, "marker": data.marker, "aux": dataclasses.asdict(aux) if aux.enabled else None}
+
+
+def build_collator(processor, data: DataConfig, aux: AuxLossConfig, cache=None, model=None):
+    """The collator chain of the module docstring (`model`: to choose packed rows for its attention kernel)."""
+    collator = sample_collator(processor, data, aux)
+    tokenizer, merge = processor.tokenizer, processor.image_processor.merge_size
     if cache is not None:
-        collator = CachedGeometryCollator(collator, cache)
+        return CachedCollator(collator, cache, tokenizer.pad_token_id, tokenizer.padding_side, packing=data.packing,
+                              spatial_merge_size=merge, row_tokens=packing_row_tokens(data, model))
+    if data.packing:
+        return PackingCollator(collator, tokenizer.pad_token_id, merge, packing_row_tokens(data, model))
     return collator

@@ -8,6 +8,10 @@ plain image features when the model has `use_geometry=False`); on top of it:
 
     geometry_features   per fusion level, one `[S_b, h_b, w_b, 2C]` tensor per sample: the frozen encoder's
                         output, precomputed (training/feature_cache.py); the encoder is then not run
+    vision_features     the frozen ViT's output (`FrozenVisionFeatures`, training/frozen_towers.py), precomputed
+                        likewise; the ViT then runs only its trainable mergers, if any
+    packed rows         `position_ids` `[4, R, T]` and no `attention_mask`: several samples per row, attention kept
+                        inside each (training/sample_tensors.py)
     LM loss as a sum    logits only at answer positions; `lm_loss_sum` + `lm_num_tokens`, so the trainer
                         can normalise over the whole optimizer step (exact gradient accumulation / DDP)
     auxiliary losses    from the visual-token hidden states and the tapped VGGT features
@@ -34,7 +38,9 @@ from .aux_losses import (
     scale_loss,
 )
 from .config import AuxLossConfig
+from .frozen_towers import vision_outputs_from_features
 from .param_groups import unwrap_gap_model
+from .sample_tensors import FrozenVisionFeatures
 
 
 @dataclass
@@ -118,13 +124,15 @@ class GeometryAlignedModel(nn.Module):
     def forward(
         self,
         input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
         image_grid_thw: torch.LongTensor,
         geometry_views_per_sample: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
         mm_token_type_ids: torch.IntTensor | None = None,
         geometry_pixel_values: torch.Tensor | None = None,
         geometry_features: list[list[torch.Tensor]] | None = None,
+        vision_features: FrozenVisionFeatures | None = None,
         labels: torch.LongTensor | None = None,
         aux_camera: torch.Tensor | None = None,
         aux_depth: list[torch.Tensor] | None = None,
@@ -135,25 +143,37 @@ class GeometryAlignedModel(nn.Module):
         Args:
             input_ids, attention_mask, mm_token_type_ids `[B, T]`, pixel_values, image_grid_thw `[V, 3]`,
                 geometry_pixel_values `[V, 3, H, W]`, geometry_views_per_sample `[B]`: from GapMllmProcessor.
+            attention_mask: `[B, T]`; None for packed rows, which give `position_ids` `[4, R, T]` instead (text
+                positions restarting at 0 in each sample, then the M-RoPE rows).
             geometry_features: precomputed encoder output (see module docstring); replaces
                 `geometry_pixel_values`.
+            vision_features: the frozen ViT's precomputed output; replaces `pixel_values`.
             labels: `[B, T]`, -100 outside the answer.
             aux_camera `[V, 9]`, aux_depth (V tensors `[h_m·k, w_m·k]`), aux_scale `[B]`: targets of the
                 enabled auxiliary losses (training/aux_targets.py).
         """
         gap = self.gap_model
         views = [int(v) for v in geometry_views_per_sample.tolist()]
+        if attention_mask is not None and position_ids is not None:
+            # with a mask transformers would ignore the packed rows' sample boundaries: attention across samples
+            raise ValueError("pass attention_mask (padded rows) or position_ids (packed rows), not both")
+        image_outputs = None
+        if vision_features is not None:
+            image_outputs = vision_outputs_from_features(gap, vision_features, image_grid_thw)
+        elif pixel_values is None:
+            raise ValueError("pass pixel_values or the ViT's cached vision_features")
         if gap.config.use_geometry:
             image_outputs, geometry_features, _ = gap.get_fused_image_features(
-                pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features
+                pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features, image_outputs=image_outputs
             )
-        else:  # plain Qwen3-VL (the no-geometry ablation arm): the geometry inputs are ignored
+        elif image_outputs is None:  # plain Qwen3-VL (the no-geometry ablation arm): the geometry inputs are ignored
             image_outputs = gap.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
 
         needs_hidden = self.aux_heads is not None
         outputs = gap.vlm.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             image_grid_thw=image_grid_thw,
             mm_token_type_ids=mm_token_type_ids,
             mm_encoder_outputs={"image": image_outputs},

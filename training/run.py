@@ -17,10 +17,10 @@ from gap_mllm.processing.held_out import trained_scenes
 
 from .checkpoints import check_resume_checkpoint, find_resumable_checkpoint
 from .config import TrainRecipe, training_arguments
-from .data import add_length_column, build_collator, load_split
+from .data import add_length_column, build_collator, load_split, sample_collator, sample_collator_settings
 from .device import apply_device_plan
 from .encoder_stage_run import build_encoder_stage_trainer
-from .feature_cache import GeometryFeatureCache, cache_unusable_reason
+from .feature_cache import FeatureCache, cache_unusable_reason, undecoded_images
 from .generation_eval import GenerationEvalCallback
 from .geometry_aligned_model import GeometryAlignedModel
 from .lora import apply_lora
@@ -66,8 +66,10 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     if recipe.cache.enabled:
         reason = cache_unusable_reason(model)
         if reason is not None:
-            logger.warning("geometry-feature cache DISABLED for this run: %s.", reason)
+            logger.warning("feature cache DISABLED for this run: %s.", reason)
         else:
+            train_dataset = undecoded_images(train_dataset)
+            eval_dataset = undecoded_images(eval_dataset) if eval_dataset is not None else None
             cache = _fill_feature_cache(recipe, args, model, processor, train_dataset, eval_dataset)
 
     callbacks = list(callbacks or [])
@@ -80,7 +82,7 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=build_collator(processor, recipe.data, recipe.aux, cache),
+        data_collator=build_collator(processor, recipe.data, recipe.aux, cache, model),
         processing_class=processor,
         callbacks=callbacks,
         learning_rates=recipe.learning_rates,
@@ -92,16 +94,18 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
 
 
 def _fill_feature_cache(recipe: TrainRecipe, args, model, processor, train_dataset, eval_dataset):
-    """The run's `GeometryFeatureCache`, filled for every sample of both datasets."""
-    directory = recipe.cache.directory or str(Path(args.output_dir) / "geometry_cache")
-    cache = GeometryFeatureCache(directory, model)
-    fill_collator = build_collator(processor, recipe.data, recipe.aux)
+    """The run's `FeatureCache`, filled for every sample of both datasets."""
+    directory = recipe.cache.directory or str(Path(args.output_dir) / "feature_cache")
+    cache = FeatureCache(directory, model, processor, sample_collator_settings(recipe.data, recipe.aux), recipe.cache.dtype)
+    logger.info("feature cache: %s", cache.describe())
+    fill_collator = sample_collator(processor, recipe.data, recipe.aux)
     # the main process fills the cache; the others then find every entry (same keys)
-    with args.main_process_first(desc="geometry feature cache"):
+    with args.main_process_first(desc="feature cache"):
         for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
             if dataset is not None:
-                stats = cache.build(model, dataset, fill_collator, skip_errors=recipe.data.on_bad_sample == "skip")
-                logger.info("geometry cache (%s): %s, folder %s", name, stats, cache.folder)
+                stats = cache.build(model, dataset, fill_collator, batch_size=recipe.cache.batch_size,
+                                    skip_errors=recipe.data.on_bad_sample == "skip")
+                logger.info("feature cache (%s): %s, folder %s", name, stats, cache.folder)
     return cache
 
 

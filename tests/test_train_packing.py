@@ -1,0 +1,159 @@
+"""Packed batches: samples of a batch in as few rows as fit, attention kept inside each sample, and the loss and
+gradients of the padded batch (float32). Plus the mix they are packed from keeps the marker of the marker task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gap_mllm.model_inputs import IGNORE_INDEX
+from gap_mllm.training.config import recipe_from_dict
+from gap_mllm.training.data import PackingCollator, load_split, packing_row_tokens, sample_collator
+from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
+from gap_mllm.training.sample_tensors import collate_samples, first_fit_decreasing, padding_share, split_batch
+
+from .test_train_fixtures import tiny, train_data_root  # noqa: F401
+
+MIXED_TASKS = ["reconstruction", "detection", "captioning", "grounding_stage1", "grounding_stage2"]
+
+
+@pytest.fixture(scope="module")
+def mixed(train_data_root, tmp_path_factory):
+    settings = recipe_from_dict({"data": {"data_root": str(train_data_root), "tasks": MIXED_TASKS,
+                                          "cache_dir": str(tmp_path_factory.mktemp("hf"))},
+                                 "aux": {"camera_weight": 1.0, "depth_weight": 1.0, "scale_weight": 1.0}})
+    return settings, load_split(settings.data, "train", settings.aux)
+
+
+def mixed_batch(processor, settings, dataset, count=7):
+    indices = [round(i * (len(dataset) - 1) / (count - 1)) for i in range(count)]
+    batch = sample_collator(processor, settings.data, settings.aux)([dataset[i] for i in indices])
+    batch.pop("num_skipped_samples")
+    return batch
+
+
+def test_the_marker_task_keeps_its_marker_in_a_mix_of_tasks(mixed):
+    settings, dataset = mixed
+    markers = [row["pixel_coords"] for row in dataset]
+    ids = dataset["id"]
+    marker_rows = [coords for coords, name in zip(markers, ids) if "_recons_" in name]
+    assert marker_rows and all(coords is not None and len(coords) == 3 for coords in marker_rows)
+    assert all(coords is None for coords, name in zip(markers, ids) if "_recons_" not in name)
+
+
+def test_split_then_collate_gives_the_collators_batch_back(mixed):
+    settings, dataset = mixed
+    _, processor = tiny()
+    batch = mixed_batch(processor, settings, dataset)
+    again = collate_samples(split_batch(batch), processor.tokenizer.pad_token_id, processor.tokenizer.padding_side)
+    assert set(again) == set(batch)
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(again[key], value), key
+        else:
+            assert len(again[key]) == len(value) and all(torch.equal(a, b) for a, b in zip(again[key], value)), key
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_loss_and_gradients_equal_the_padded_ones(mixed, attention):
+    settings, dataset = mixed
+    model, processor = tiny()
+    model.set_attn_implementation(attention)
+    wrapped = GeometryAlignedModel(model, settings.aux)
+    batch = mixed_batch(processor, settings, dataset)
+    packed = collate_samples(split_batch(batch), processor.tokenizer.pad_token_id, packing=True)
+    assert packed["input_ids"].shape[0] < batch["input_ids"].shape[0]  # fewer rows
+    assert packed["input_ids"].shape[1] <= batch["input_ids"].shape[1]  # none longer than the padded batch
+
+    def signal(inputs):
+        wrapped.zero_grad()
+        out = wrapped(**inputs)
+        total = out.lm_loss_sum + sum(out.aux_losses.values())
+        total.backward()
+        grads = {n: p.grad.clone() for n, p in wrapped.named_parameters() if p.grad is not None}
+        return out.lm_loss_sum.detach(), out.lm_num_tokens, {k: v.detach() for k, v in out.aux_losses.items()}, grads
+
+    loss, tokens, aux, grads = signal(batch)
+    packed_loss, packed_tokens, packed_aux, packed_grads = signal(packed)
+    assert int(packed_tokens) == int(tokens) > 0
+    torch.testing.assert_close(packed_loss, loss, rtol=1e-6, atol=0)
+    assert set(aux) == {"camera", "depth", "scale"}
+    for name in aux:
+        torch.testing.assert_close(packed_aux[name], aux[name], rtol=1e-5, atol=1e-6)
+    assert set(packed_grads) == set(grads)
+    for name, grad in grads.items():
+        assert (packed_grads[name] - grad).abs().max() <= 1e-5 * grad.abs().max().clamp(min=1e-12), name
+
+
+def test_attention_does_not_cross_samples_in_a_packed_row(mixed):
+    """Changing one sample's tokens leaves the other samples' logits of its row as they were."""
+    settings, dataset = mixed
+    model, processor = tiny()
+    model.eval()
+    wrapped = GeometryAlignedModel(model)
+    samples = split_batch(mixed_batch(processor, settings, dataset))
+    packed = collate_samples(samples, processor.tokenizer.pad_token_id, packing=True, row_tokens=10**6)  # one row
+    assert packed["input_ids"].shape[0] == 1
+    restarts = torch.nonzero(packed["position_ids"][0, 0] == 0).flatten().tolist()
+    first, second = restarts[0], restarts[1]
+    changed = {key: (value.clone() if isinstance(value, torch.Tensor) else value) for key, value in packed.items()}
+    text = (changed["mm_token_type_ids"][0] == 0) & (torch.arange(changed["input_ids"].shape[1]) < second)
+    text[: first + 3] = False  # keep its chat header
+    changed["input_ids"][0, text] = (changed["input_ids"][0, text] + 1) % 50 + 10  # another text in sample one
+
+    def hidden(inputs):
+        with torch.no_grad():
+            inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            return model.vlm.model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                                   mm_encoder_outputs={"image": model.get_fused_image_features(
+                                       inputs["pixel_values"], inputs["image_grid_thw"],
+                                       inputs["geometry_views_per_sample"].tolist(), inputs["geometry_pixel_values"])[0]},
+                                   use_cache=False).last_hidden_state[0]
+
+    del wrapped
+    before, after = hidden(packed), hidden(changed)
+    assert not torch.allclose(before[first:second], after[first:second])  # the change is seen where it was made
+    torch.testing.assert_close(after[second:], before[second:], rtol=0, atol=0)  # and nowhere else
+
+
+def test_rows_are_filled_longest_first_and_the_positions_restart_in_every_sample(mixed):
+    settings, dataset = mixed
+    _, processor = tiny()
+    batch = mixed_batch(processor, settings, dataset)
+    samples = split_batch(batch)
+    lengths = [s["input_ids"].shape[0] for s in samples]
+    packed = collate_samples(samples, processor.tokenizer.pad_token_id, packing=True)
+    assert packed["input_ids"].shape[1] == max(lengths)
+    # every row: its samples' text positions 0..L-1 one after the other, then a padding block counting from 0
+    segments, pad = [], processor.tokenizer.pad_token_id
+    for positions, ids in zip(packed["position_ids"][0], packed["input_ids"]):
+        starts = torch.nonzero(positions == 0).flatten().tolist() + [positions.shape[0]]
+        for begin, end in zip(starts, starts[1:]):
+            assert torch.equal(positions[begin:end], torch.arange(end - begin))
+            if not (ids[begin:end] == pad).all():
+                segments.append(end - begin)
+    assert sorted(segments) == sorted(lengths)
+    assert (packed["labels"] != IGNORE_INDEX).sum() == (batch["labels"] != IGNORE_INDEX).sum()
+    assert padding_share(packed, sum(lengths)) < padding_share(batch, sum(lengths))
+    assert first_fit_decreasing([5, 3, 4, 2, 6], 6) == [[4], [0], [2, 3], [1]]
+    assert first_fit_decreasing([9, 2], 6) == [[0], [1]]  # an item over the capacity gets its own bin
+
+
+def test_packing_collator_and_flash_attention_rows(mixed):
+    settings, dataset = mixed
+    model, processor = tiny()
+    collator = PackingCollator(sample_collator(processor, settings.data, settings.aux), processor.tokenizer.pad_token_id, 2)
+    batch = collator([dataset[0], dataset[len(dataset) - 1]])
+    assert "attention_mask" not in batch and batch["position_ids"].shape[0] == 4 and int(batch["num_skipped_samples"]) == 0
+    assert packing_row_tokens(settings.data, model) is None
+    model.config._attn_implementation = "flash_attention_2"  # transformers' varlen path reads one packed row
+    assert packing_row_tokens(settings.data, model) >= 10**9
+
+
+def test_a_padded_and_packed_layout_together_is_refused(mixed):
+    settings, dataset = mixed
+    model, processor = tiny()
+    batch = mixed_batch(processor, settings, dataset, count=2)
+    batch["position_ids"] = torch.zeros(4, *batch["input_ids"].shape, dtype=torch.long)
+    with pytest.raises(ValueError, match="not both"):
+        GeometryAlignedModel(model)(**batch)
