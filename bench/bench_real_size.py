@@ -334,13 +334,17 @@ class Bench:
                 "mfu": None if peak is None else total / seconds / peak}
 
     def cache_read(self) -> dict:
-        from gap_mllm.training.feature_cache import GeometryFeatureCache
+        """Recomputing the frozen VGGT taps vs reading them as the training feature cache stores them (one
+        safetensors file per sample, `geometry.<level>` in float16 storage: training/feature_cache.py)."""
+        import safetensors.torch
+
+        from gap_mllm.training.frozen_towers import geometry_fingerprint
 
         grid = QWEN_GRIDS[self.settings["train_grid"]]
         samples = [self.inputs(views=4, grid=grid, seed=100 + i) for i in range(self.settings["cache_samples"])]
-        directory = tempfile.mkdtemp(prefix="gap-cache-bench-", dir=self.args.cache_dir)
+        directory = Path(tempfile.mkdtemp(prefix="gap-cache-bench-", dir=self.args.cache_dir))
         started = time.perf_counter()
-        cache = GeometryFeatureCache(directory, self.model)
+        geometry_fingerprint(self.model)  # what the cache hashes of the frozen encoder before it is used
         fingerprint_s = time.perf_counter() - started
 
         def compute(sample):
@@ -348,14 +352,16 @@ class Bench:
                 return self.model.get_geometry_features(sample["geometry_pixel_values"], sample["image_grid_thw"], [4])
 
         recompute = statistics.median(self.timed(lambda: compute(samples[0])))
-        for index, sample in enumerate(samples):
-            cache.store(f"sample{index}", [level[0] for level in compute(sample)])
-        paths = [cache.path(f"sample{i}") for i in range(len(samples))]
+        paths = [directory / f"sample{index}.safetensors" for index in range(len(samples))]
+        for path, sample in zip(paths, samples):
+            levels = {f"geometry.{level}": features[0].to(torch.float16).cpu().contiguous()
+                      for level, features in enumerate(compute(sample))}
+            path.write_bytes(safetensors.torch.save(levels))
         dropped = drop_page_cache(paths)
 
         def read_all():
-            for index in range(len(samples)):
-                [level.to(self.device, non_blocking=True) for level in cache.load(f"sample{index}")]
+            for path in paths:
+                [level.to(self.device, non_blocking=True) for level in safetensors.torch.load(path.read_bytes()).values()]
 
         cold = self.timed(read_all, warmup=0, repeats=1)[0] / len(samples)
         warm = statistics.median(self.timed(read_all, warmup=0, repeats=2)) / len(samples)

@@ -119,6 +119,7 @@ class MiniRun:
     overrides: tuple[str, ...] = ()
     stage_overrides: tuple[tuple[str, str], ...] = ()  # (stage kind, SECTION.KEY=VALUE), after `overrides`
     stage0_from: Path | None = None  # a folder with both frozen encoders: used instead of training stage 0
+    stage1_from: Path | None = None  # a model folder the main arm's stage 2 starts from, instead of training stage 1
 
     @property
     def settings(self) -> Budget:
@@ -160,7 +161,9 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
         logger.info("%s: done already (%s)", recipe_name, output)
         return output
     budget = run.settings.stage_overrides
+    # one feature cache for the run: stages with the same frozen encoders share its entries (stage 2's marker samples)
     values = [f"data.data_root={run.data}", f"data.cache_dir={run.out / 'hf_datasets'}", f"training.output_dir={output}",
+              f"cache.directory={run.out / 'feature_cache'}",
               *budget.get("*", []), *budget.get(kind, []), *overrides, *run.overrides,
               *(value for stage, value in run.stage_overrides if stage == kind)]
     values.append(f"device={run.device}")  # training/device.py picks (and logs) device and precision
@@ -190,34 +193,39 @@ def run_stage0(run: MiniRun) -> Path:
 
 def adopt_stage0(run: MiniRun, source: Path) -> Path:
     """Use `source` (a model folder whose geometry encoder and ViT the arms take, e.g. a stage-0 run of
-    `gap-mllm train` or an exported default) as the run's stage 0: copied into `<out>/stages/stage0` (its
-    checkpoints left out) and marked done with its origin. A run whose stage 0 came from elsewhere (trained,
-    or another folder) refuses it, so one run's arms never mix encoders."""
+    `gap-mllm train` or an exported default) as the run's stage 0 (`adopt_model`)."""
+    return adopt_model(source, run.stage_dir("stage0"), "--stage0", "stage0")
+
+
+def adopt_model(source: Path, folder: Path, flag: str, stage: str) -> Path:
+    """Copy the model folder `source` into the stage folder `folder` (its checkpoints left out) and mark it done
+    with its origin, so the pipeline uses it instead of training that stage (`stage`: its key in an exported
+    model's `evaluation_results.json` "stages"). A folder already holding another origin (trained, or another
+    source) refuses it, so one run never mixes models."""
     source = Path(source)
     if not (source / "config.json").is_file():
-        raise FileNotFoundError(f"--stage0 {source}: not a model folder (no config.json)")
-    stage0 = run.stage_dir("stage0")
-    if stage_is_done(stage0):
-        done = json.loads((stage0 / DONE_MARKER).read_text(encoding="utf-8"))
+        raise FileNotFoundError(f"{flag} {source}: not a model folder (no config.json)")
+    if stage_is_done(folder):
+        done = json.loads((folder / DONE_MARKER).read_text(encoding="utf-8"))
         if done.get("source") != str(source):
-            raise ValueError(f"--stage0 {source}: {stage0} already holds the stage 0 of "
-                             f"{done.get('source') or 'this run (trained by ' + str(done.get('recipe')) + ')'}; use another --out")
-        logger.info("stage 0: %s, copied from %s already", stage0, source)
-        return stage0
-    if stage0.exists():
-        shutil.rmtree(stage0)  # an interrupted copy
-    shutil.copytree(source, stage0, ignore=shutil.ignore_patterns("checkpoint-*"))
-    origin, note = {}, f"copied from {source} (--stage0)"
+            raise ValueError(f"{flag} {source}: {folder} already holds "
+                             f"{done.get('source') or 'a model trained by ' + str(done.get('recipe'))}; use another --out")
+        logger.info("%s: %s, copied from %s already", stage, folder, source)
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)  # an interrupted copy
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+    origin, note = {}, f"copied from {source} ({flag})"
     if (source / DONE_MARKER).is_file():  # a pipeline stage folder: keep what trained it
         origin = json.loads((source / DONE_MARKER).read_text(encoding="utf-8"))
-    elif (source / "evaluation_results.json").is_file():  # an exported model: its results say how its stage 0 was made
-        origin = json.loads((source / "evaluation_results.json").read_text(encoding="utf-8")).get("stages", {}).get("stage0", {})
+    elif (source / "evaluation_results.json").is_file():  # an exported model: its results say how that stage was made
+        origin = json.loads((source / "evaluation_results.json").read_text(encoding="utf-8")).get("stages", {}).get(stage, {})
         if origin.get("note"):
-            note += f"; its stage 0: {origin['note']}"
-    (stage0 / DONE_MARKER).write_text(json.dumps({
-        "recipe": origin.get("recipe", "given (--stage0)"), "global_step": origin.get("global_step"),
+            note += f"; its {stage}: {origin['note']}"
+    (folder / DONE_MARKER).write_text(json.dumps({
+        "recipe": origin.get("recipe", f"given ({flag})"), "global_step": origin.get("global_step"),
         "device": origin.get("device"), "source": str(source), "note": note}, indent=1))
-    return stage0
+    return folder
 
 
 def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
@@ -227,7 +235,10 @@ def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
              f"model.seed={arm.seed}", f"model.encoders_from={stage0}", f"model.encoders={encoders}", f"training.seed={arm.seed}"]
     if arm.vision == "random_unfrozen":
         fresh += ["freezing.freeze_vision_tower=false", "learning_rates.vision_tower_lr=null", "cache.enabled=false"]
-    if arm.stage1:
+    if arm.stage1 and run.stage1_from is not None and arm == MAIN_ARM:
+        stage1 = adopt_model(run.stage1_from, run.stage_dir(arm.name, "stage1"), "--stage1", "stage1")
+        start = [f"model.name_or_path={stage1}", f"training.seed={arm.seed}"]
+    elif arm.stage1:
         stage1 = train_stage(run, "mini_stage1.yaml", "stage1", run.stage_dir(arm.name, "stage1"), fresh)
         if arm.stage1_only:
             return stage1
@@ -392,6 +403,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage0", default=None, metavar="DIR",
                         help="take both frozen encoders from this model folder instead of training stage 0 "
                              "(e.g. a stage-0 run of `gap-mllm train`); the arms' LLMs still start from random")
+    parser.add_argument("--stage1", default=None, metavar="DIR",
+                        help="start the main arm's stage 2 from this model folder instead of training its stage 1 (e.g. the "
+                             "shipped default, to continue its stage 2); the tables' stage-1 columns then score this model")
     parser.add_argument("--stage1-only", action="store_true", help="stop every arm after stage 1 (and evaluate its marker task)")
     parser.add_argument("--export", default=None, help="write the main arm's final model here as a Hub folder with its card")
     parser.add_argument("--table", default=None, help="also copy RESULTS.md here (make mini: mini/RESULTS.md)")
@@ -400,13 +414,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.stage1 and args.stage1_only:
+        raise ValueError("--stage1 DIR gives the main arm's stage 1; --stage1-only would train nothing")
     if args.stage1_only and args.export:
         raise ValueError(f"--export {args.export} needs the main arm's final model, which --stage1-only does not train")
     stage_overrides = tuple(parse_stage_override(value) for value in args.stage_overrides)
     run = MiniRun(out=Path(args.out), data=Path(args.data) if args.data else Path(args.out) / "data", budget=args.budget,
                   device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens,
                   eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides),
-                  stage_overrides=stage_overrides, stage0_from=Path(args.stage0) if args.stage0 else None)
+                  stage_overrides=stage_overrides, stage0_from=Path(args.stage0) if args.stage0 else None,
+                  stage1_from=Path(args.stage1) if args.stage1 else None)
     names = args.arms or ([arm.name for arm in ABLATION_ARMS] if args.ablation else [MAIN_ARM.name])
     arms = [replace(ARMS[name], stage1_only=True) if args.stage1_only else ARMS[name] for name in names]
     if args.no_report:  # a worker process of --parallel: one arm, no shared steps

@@ -118,9 +118,30 @@ def test_stage1_arms_on_a_given_stage0_folder(toy_run, tmp_path):
         assert a.get_tensor(key).equal(b.get_tensor(key))
     row = json.loads((tmp_path / "run" / "results" / "results.json").read_text())["arms"]["no_geometry_s0"]
     assert row["stage2_evaluated"] is False and row["stage1_num_samples"] > 0
-    with pytest.raises(ValueError, match="already holds the stage 0 of"):
+    with pytest.raises(ValueError, match=r"stage0_cameras: .* already holds"):
         pipeline.main(parser.parse_args([*common, "--stage0", str(toy_run / "run" / "stages" / "stage0_cameras")]))
     with pytest.raises(ValueError, match=r"was copied from .* \(--stage0\); pass --stage0"):
         pipeline.main(parser.parse_args(common))  # without --stage0 it would train a stage 0 and then ignore it
     with pytest.raises(ValueError, match="--stage1-only does not train"):
         pipeline.main(parser.parse_args([*common, "--stage0", str(source), "--export", str(tmp_path / "export")]))
+
+
+def test_the_main_arm_continues_stage_2_from_a_given_model(toy_run, tmp_path):
+    """`--stage1 DIR`: the main arm's stage 2 starts from DIR (copied, marked with its origin; no stage 1 trained),
+    its stage-1 columns score DIR, and the stage-2 run is recorded as started from that copy."""
+    given = toy_run / "run" / "stages" / MAIN_ARM.name / "final"
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    args = ["--out", str(tmp_path / "run"), "--data", str(toy_run / "run" / "data"), "--budget", "toy", "--device", "cpu",
+            "--stage0", str(toy_run / "run" / "stages" / "stage0"), "--stage1", str(given)]
+    assert pipeline.main(parser.parse_args(args)) == 0
+    arm = tmp_path / "run" / "stages" / MAIN_ARM.name
+    done = json.loads((arm / "stage1" / pipeline.DONE_MARKER).read_text())
+    assert done["source"] == str(given) and "(--stage1)" in done["note"]
+    assert json.loads((arm / "stage2" / "gap_mllm_training.json").read_text())["started_from"] == "stage1"
+    row = json.loads((tmp_path / "run" / "results" / "results.json").read_text())["arms"][MAIN_ARM.name]
+    assert row["stage1_num_samples"] > 0 and row["stage2_evaluated"] is True
+    with pytest.raises(ValueError, match="already holds"):
+        pipeline.main(parser.parse_args([*args[:-1], str(toy_run / "run" / "stages" / "stage0")]))
+    with pytest.raises(ValueError, match="--stage1-only would train nothing"):
+        pipeline.main(parser.parse_args([*args, "--stage1-only"]))

@@ -45,7 +45,7 @@ def test_stage1_then_stage2_through_the_cli(tmp_path, train_data_root):
                     "--set", "model.tiny=tiny", "--set", f"data.cache_dir={tmp_path / 'hf'}",
                     "--set", f"cache.directory={tmp_path / 'geometry'}", *common]) == 0
     assert (stage1_dir / "model.safetensors").is_file() and (stage1_dir / "checkpoint-2").is_dir()
-    assert any((tmp_path / "geometry").rglob("*.npy"))  # the recipe's cache was filled and used
+    assert any((tmp_path / "geometry").rglob("*.safetensors"))  # the recipe's cache was filled and used
     GapMllmForConditionalGeneration.from_pretrained(stage1_dir, require_geometry_weights=True)
     record = json.loads((stage1_dir / "gap_mllm_training.json").read_text())  # what the model card will state
     assert record["data"]["kind"] == "synthrooms" and record["tasks"] == ["reconstruction"] and record["global_step"] == 2

@@ -3,13 +3,17 @@ gradients of the padded batch (float32). Plus the mix they are packed from keeps
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from gap_mllm.model_inputs import IGNORE_INDEX
 from gap_mllm.training.config import recipe_from_dict
-from gap_mllm.training.data import PackingCollator, load_split, packing_row_tokens, sample_collator
+from gap_mllm.training.data import ONE_ROW, PackingCollator, load_split, packing_row_tokens, sample_collator
 from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
+from gap_mllm.training.packed_attention import PACKED_SDPA, packed_attention, packed_sdpa_attention, sample_spans
 from gap_mllm.training.sample_tensors import collate_samples, first_fit_decreasing, padding_share, split_batch
 
 from .test_train_fixtures import tiny, train_data_root  # noqa: F401
@@ -54,16 +58,23 @@ def test_split_then_collate_gives_the_collators_batch_back(mixed):
             assert len(again[key]) == len(value) and all(torch.equal(a, b) for a, b in zip(again[key], value)), key
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_loss_and_gradients_equal_the_padded_ones(mixed, attention):
+@pytest.mark.parametrize("attention, row_tokens", [("sdpa", None), ("sdpa", ONE_ROW), ("eager", None)],
+                         ids=["sdpa-rows-of-the-longest", "sdpa-one-row", "eager-block-mask"])
+def test_packed_loss_and_gradients_equal_the_padded_ones(mixed, attention, row_tokens, monkeypatch):
     settings, dataset = mixed
     model, processor = tiny()
     model.set_attn_implementation(attention)
     wrapped = GeometryAlignedModel(model, settings.aux)
     batch = mixed_batch(processor, settings, dataset)
-    packed = collate_samples(split_batch(batch), processor.tokenizer.pad_token_id, packing=True)
+    packed = collate_samples(split_batch(batch), processor.tokenizer.pad_token_id, packing=True, row_tokens=row_tokens)
     assert packed["input_ids"].shape[0] < batch["input_ids"].shape[0]  # fewer rows
-    assert packed["input_ids"].shape[1] <= batch["input_ids"].shape[1]  # none longer than the padded batch
+    if row_tokens is None:
+        assert packed["input_ids"].shape[1] <= batch["input_ids"].shape[1]  # none longer than the padded batch
+    else:
+        assert packed["input_ids"].shape[0] == 1
+    calls = []  # sdpa models attend per sample (training/packed_attention.py), eager ones through the block mask
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, PACKED_SDPA,
+                        lambda *args, **kwargs: calls.append(1) or packed_sdpa_attention(*args, **kwargs))
 
     def signal(inputs):
         wrapped.zero_grad()
@@ -76,6 +87,8 @@ def test_packed_loss_and_gradients_equal_the_padded_ones(mixed, attention):
     loss, tokens, aux, grads = signal(batch)
     packed_loss, packed_tokens, packed_aux, packed_grads = signal(packed)
     assert int(packed_tokens) == int(tokens) > 0
+    assert len(calls) == (model.config.vlm_config.text_config.num_hidden_layers if attention == "sdpa" else 0)
+    assert model.vlm.model.language_model.config._attn_implementation == attention  # switched back after the forward
     torch.testing.assert_close(packed_loss, loss, rtol=1e-6, atol=0)
     assert set(aux) == {"camera", "depth", "scale"}
     for name in aux:
@@ -85,7 +98,8 @@ def test_packed_loss_and_gradients_equal_the_padded_ones(mixed, attention):
         assert (packed_grads[name] - grad).abs().max() <= 1e-5 * grad.abs().max().clamp(min=1e-12), name
 
 
-def test_attention_does_not_cross_samples_in_a_packed_row(mixed):
+@pytest.mark.parametrize("per_sample", [False, True], ids=["block-mask", "per-sample-sdpa"])
+def test_attention_does_not_cross_samples_in_a_packed_row(mixed, per_sample):
     """Changing one sample's tokens leaves the other samples' logits of its row as they were."""
     settings, dataset = mixed
     model, processor = tiny()
@@ -111,7 +125,8 @@ def test_attention_does_not_cross_samples_in_a_packed_row(mixed):
                                    use_cache=False).last_hidden_state[0]
 
     del wrapped
-    before, after = hidden(packed), hidden(changed)
+    with packed_attention(model.vlm.model.language_model) if per_sample else nullcontext():
+        before, after = hidden(packed), hidden(changed)
     assert not torch.allclose(before[first:second], after[first:second])  # the change is seen where it was made
     torch.testing.assert_close(after[second:], before[second:], rtol=0, atol=0)  # and nowhere else
 
@@ -145,9 +160,26 @@ def test_packing_collator_and_flash_attention_rows(mixed):
     collator = PackingCollator(sample_collator(processor, settings.data, settings.aux), processor.tokenizer.pad_token_id, 2)
     batch = collator([dataset[0], dataset[len(dataset) - 1]])
     assert "attention_mask" not in batch and batch["position_ids"].shape[0] == 4 and int(batch["num_skipped_samples"]) == 0
+    model.config._attn_implementation = "eager"  # a block mask costs T² a row: rows as long as the longest sample
     assert packing_row_tokens(settings.data, model) is None
-    model.config._attn_implementation = "flash_attention_2"  # transformers' varlen path reads one packed row
-    assert packing_row_tokens(settings.data, model) >= 10**9
+    for attention in ("sdpa", "flash_attention_2"):  # attention per sample (Σ L²): the whole batch in one row
+        model.config._attn_implementation = attention
+        assert packing_row_tokens(settings.data, model) == ONE_ROW
+    settings.data.packing_row_tokens = 300  # the recipe's cap wins
+    assert packing_row_tokens(settings.data, model) == 300
+    settings.data.packing_row_tokens = None
+
+
+def test_sample_spans_follow_the_position_restarts_and_the_packed_function_refuses_other_inputs():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
+    assert sample_spans(positions) == [[(0, 3), (3, 5), (5, 9)], [(0, 6), (6, 9)]]
+    query = torch.zeros(1, 2, 4, 8)
+    module = torch.nn.Module()
+    with pytest.raises(ValueError, match="packed training rows only"):
+        packed_sdpa_attention(module, query, query, query, attention_mask=torch.ones(1, 1, 4, 4, dtype=torch.bool),
+                              position_ids=torch.arange(4)[None])
+    with pytest.raises(ValueError, match="packed training rows only"):
+        packed_sdpa_attention(module, query, query, query, attention_mask=None, position_ids=None)
 
 
 def test_a_padded_and_packed_layout_together_is_refused(mixed):

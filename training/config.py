@@ -74,6 +74,9 @@ class DataConfig:
     task_max_samples: {task: N}: at most N training samples of that task, drawn at random (seed
         `training.seed`) before the tasks are concatenated, so one task's size does not set the mix
         (GAP-MLLM-Mini's stage 2 keeps the marker task at about a fifth of its samples).
+    task_repeats: {task: k}: that task's (kept) samples appear k times in every epoch of the training mix, so a task
+        can get more samples than the others without new data (with the feature cache the repeats cost no encoder
+        time: one entry per distinct sample).
     Sample order: `training.train_sampling_strategy` ("random" / "sequential" / "group_by_length").
     packing: the samples of a batch are packed into as few rows as fit, without padding
         (training/sample_tensors.py); the loss and gradients are those of the padded batch.
@@ -90,6 +93,7 @@ class DataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     task_max_samples: dict[str, int] | None = None
+    task_repeats: dict[str, int] | None = None
     marker: bool = True
     packing: bool = False
     packing_row_tokens: int | None = None
@@ -229,7 +233,12 @@ class GenerationEvalConfig:
     """Evaluation with generation during training (training/generation_eval.py): every `every_n_steps`
     (and at the end), the first `max_samples` samples of each task in `tasks` (evaluation task names) of
     `split` are answered greedily and scored with the evaluation package's metrics; the figures are logged
-    next to the loss as `gen_<task>_<metric>`. Empty `tasks`: off."""
+    next to the loss as `gen_<task>_<metric>`. Empty `tasks`: off.
+
+    best_metric: keep the best model: after each evaluation whose `best_metric` (a logged `gen_*` name) is at
+        least as good as the best so far (`greater_is_better`; ties go to the later, longer-trained model), the
+        model is saved to `<output_dir>/best` with `best.json` (step and figures); at the end of training the run's
+        final model is that one (training/generation_eval.py). None: the final model is the last step's."""
 
     tasks: list[str] = field(default_factory=list)
     split: str = "val"
@@ -237,6 +246,8 @@ class GenerationEvalConfig:
     every_n_steps: int = 500
     batch_size: int = 16
     max_new_tokens: int | None = None
+    best_metric: str | None = None
+    greater_is_better: bool = True
 
 
 @dataclass
@@ -284,6 +295,11 @@ class TrainRecipe:
         check_training_values(self.training)
         if self.cache.batch_size < 1:
             raise ValueError(f"cache.batch_size={self.cache.batch_size}: give a positive number of samples")
+        for task, repeats in (self.data.task_repeats or {}).items():
+            if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+                raise ValueError(f"data.task_repeats.{task}={repeats!r}: give a whole number of repeats, at least 1")
+        if self.evaluation.best_metric is not None and not self.evaluation.tasks:
+            raise ValueError(f"evaluation.best_metric={self.evaluation.best_metric!r} needs evaluation.tasks to score")
         if self.data.packing_row_tokens is not None and self.data.packing_row_tokens < 1:
             raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens}: give a positive number of tokens")
 
@@ -298,6 +314,12 @@ class TrainRecipe:
             if bad:
                 raise ValueError(f"data.task_max_samples must be at least 1 per task, got {bad}")
             self.data.task_max_samples = caps
+        if self.data.task_repeats:
+            repeats = {builder_for_task(task).SPEC.name: count for task, count in self.data.task_repeats.items()}
+            strangers = sorted(set(repeats) - set(self.data.tasks))
+            if strangers:
+                raise ValueError(f"data.task_repeats names {strangers}, which data.tasks {self.data.tasks} does not train")
+            self.data.task_repeats = repeats
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -35,9 +35,10 @@ LENGTH_COLUMN = "length"  # TrainingArguments.length_column_name's default
 
 
 def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: int | None = None,
-               task_max_samples: dict[str, int] | None = None, seed: int = 0):
+               task_max_samples: dict[str, int] | None = None, seed: int = 0, task_repeats: dict[str, int] | None = None):
     """The concatenated `datasets.Dataset` of `data.tasks` for `split`; `task_max_samples` ({task: N})
-    keeps a random N of that task's samples (drawn with `seed`) before the concatenation. A task without an
+    keeps a random N of that task's samples (drawn with `seed`) before the concatenation, and `task_repeats`
+    ({task: k}) puts them k times into it (training mixes only). A task without an
     annotation file for the split is a FileNotFoundError naming the file looked for; one whose file holds no
     usable sample is a `DataError` naming that file (prepared builders refuse empty splits)."""
     if data.data_root is None:
@@ -58,6 +59,10 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
         if cap is not None and cap < len(part):
             logger.info("%s %s: %d of %d samples (data.task_max_samples)", task, split, cap, len(part))
             part = part.shuffle(seed=seed).select(range(cap))
+        repeats = (task_repeats or {}).get(builder.SPEC.name, 1)
+        if repeats > 1:
+            logger.info("%s %s: %d samples, each %d times in the mix (data.task_repeats)", task, split, len(part), repeats)
+            part = datasets.concatenate_datasets([part] * repeats)
         parts.append(part)
         counter = builder.skipped.get(split)
         if counter is not None and counter.total:
@@ -119,12 +124,16 @@ class PackingCollator:
         return packed
 
 
+ONE_ROW = 10**12  # a row cap no batch reaches: the whole batch in one row
+
+
 def packing_row_tokens(data: DataConfig, model=None) -> int | None:
-    """The longest packed row: `data.packing_row_tokens`; with flash-attn, whose variable-length path transformers
-    takes for one packed row only, every batch becomes one row."""
+    """The longest packed row: `data.packing_row_tokens`, else the whole batch in one row where the attention costs
+    each sample alone (Σ L²: flash-attn's variable-length path, which transformers takes for one packed row only, and
+    sdpa through training/packed_attention.py), else (eager, whose block mask costs T² a row) the longest sample."""
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
-    if data.packing_row_tokens is None and "flash" in attention:
-        return 10**12
+    if data.packing_row_tokens is None and ("flash" in attention or attention == "sdpa"):
+        return ONE_ROW
     return data.packing_row_tokens
 
 

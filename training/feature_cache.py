@@ -49,6 +49,7 @@ import PIL.Image
 import safetensors.torch
 import torch
 import xxhash  # a dependency of datasets
+from tqdm.auto import tqdm
 
 from gap_mllm import chat_format, control_tokens, image_alignment, processing_gap_mllm, visual_prompt
 from gap_mllm.processing import collator as collator_module
@@ -286,7 +287,7 @@ class FeatureCache:
         gap.eval()
         stats = CacheStats()
         try:
-            for start in range(0, len(dataset), batch_size):
+            for start in tqdm(range(0, len(dataset), batch_size), desc="feature cache", unit="batch", mininterval=30):
                 examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 keys = [sample_key(example) for example in examples]
                 missing = [index for index, key in enumerate(keys) if key not in self]

@@ -19,6 +19,7 @@ plain image features when the model has `use_geometry=False`); on top of it:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ from .aux_losses import (
 )
 from .config import AuxLossConfig
 from .frozen_towers import vision_outputs_from_features
+from .packed_attention import packed_attention
 from .param_groups import unwrap_gap_model
 from .sample_tensors import FrozenVisionFeatures
 
@@ -170,16 +172,19 @@ class GeometryAlignedModel(nn.Module):
             image_outputs = gap.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
 
         needs_hidden = self.aux_heads is not None
-        outputs = gap.vlm.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            image_grid_thw=image_grid_thw,
-            mm_token_type_ids=mm_token_type_ids,
-            mm_encoder_outputs={"image": image_outputs},
-            output_hidden_states=needs_hidden,
-            use_cache=False,
-        )
+        # packed rows: attention within each sample without a block mask (training/packed_attention.py)
+        attention = packed_attention(gap.vlm.model.language_model) if position_ids is not None else nullcontext()
+        with attention:
+            outputs = gap.vlm.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                image_grid_thw=image_grid_thw,
+                mm_token_type_ids=mm_token_type_ids,
+                mm_encoder_outputs={"image": image_outputs},
+                output_hidden_states=needs_hidden,
+                use_cache=False,
+            )
         result = GeometryAlignedOutput(aux_losses={})
         if labels is not None:
             result.lm_loss_sum, result.lm_num_tokens = self._lm_loss_sum(gap, outputs.last_hidden_state, labels)

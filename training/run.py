@@ -21,7 +21,7 @@ from .data import add_length_column, build_collator, load_split, sample_collator
 from .device import apply_device_plan
 from .encoder_stage_run import build_encoder_stage_trainer
 from .feature_cache import FeatureCache, cache_unusable_reason, undecoded_images
-from .generation_eval import GenerationEvalCallback
+from .generation_eval import GenerationEvalCallback, use_best_model
 from .geometry_aligned_model import GeometryAlignedModel
 from .lora import apply_lora
 from .model_loading import load_model_and_processor
@@ -56,7 +56,8 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
 
     if train_dataset is None:
         train_dataset = load_split(recipe.data, recipe.data.train_split, recipe.aux, recipe.data.max_train_samples,
-                                   task_max_samples=recipe.data.task_max_samples, seed=args.seed)
+                                   task_max_samples=recipe.data.task_max_samples, seed=args.seed,
+                                   task_repeats=recipe.data.task_repeats)
     if eval_dataset is None and recipe.data.eval_split:
         eval_dataset = load_split(recipe.data, recipe.data.eval_split, recipe.aux, recipe.data.max_eval_samples)
     if args.train_sampling_strategy == "group_by_length" and args.length_column_name not in train_dataset.column_names:
@@ -200,6 +201,11 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
     save_final_model(trainer)
     if trainer.args.should_save:
         record = training_record(recipe, trainer.state.global_step, data_given=build_kwargs.get("train_dataset") is not None)
+        best = use_best_model(trainer.args.output_dir) if recipe.evaluation.best_metric else None
+        if best is not None:
+            logger.info("final model: the best of the validation (%s = %s at step %d of %d)", best["metric"], best["value"],
+                        best["step"], trainer.state.global_step)
+            record["best_of_validation"] = {key: best[key] for key in ("step", "metric", "value")}
         Path(trainer.args.output_dir, TRAINING_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     if getattr(trainer, "skipped_samples", 0):
         logger.warning("skipped %d bad sample(s) on this process; see the warnings above for their names", trainer.skipped_samples)
