@@ -128,20 +128,20 @@ def test_stage1_arms_on_a_given_stage0_folder(toy_run, tmp_path):
 
 def test_the_main_arm_continues_stage_2_from_a_given_model(toy_run, tmp_path):
     """`--stage1 DIR`: the main arm's stage 2 starts from DIR (copied, marked with its origin; no stage 1 trained),
-    its stage-1 columns score DIR, and the stage-2 run is recorded as started from that copy."""
+    and the stage-2 run is recorded as started from that copy; another DIR is refused afterwards."""
     given = toy_run / "run" / "stages" / MAIN_ARM.name / "final"
-    parser = argparse.ArgumentParser()
-    pipeline.add_arguments(parser)
-    args = ["--out", str(tmp_path / "run"), "--data", str(toy_run / "run" / "data"), "--budget", "toy", "--device", "cpu",
-            "--stage0", str(toy_run / "run" / "stages" / "stage0"), "--stage1", str(given)]
-    assert pipeline.main(parser.parse_args(args)) == 0
+    stage0 = toy_run / "run" / "stages" / "stage0"
+    run = pipeline.MiniRun(out=tmp_path / "run", data=toy_run / "run" / "data", budget="toy", device="cpu", stage1_from=given)
+    final = pipeline.run_arm(run, MAIN_ARM, stage0)
     arm = tmp_path / "run" / "stages" / MAIN_ARM.name
+    assert final == arm / "final" and (final / "config.json").is_file()
     done = json.loads((arm / "stage1" / pipeline.DONE_MARKER).read_text())
     assert done["source"] == str(given) and "(--stage1)" in done["note"]
     assert json.loads((arm / "stage2" / "gap_mllm_training.json").read_text())["started_from"] == "stage1"
-    row = json.loads((tmp_path / "run" / "results" / "results.json").read_text())["arms"][MAIN_ARM.name]
-    assert row["stage1_num_samples"] > 0 and row["stage2_evaluated"] is True
     with pytest.raises(ValueError, match="already holds"):
-        pipeline.main(parser.parse_args([*args[:-1], str(toy_run / "run" / "stages" / "stage0")]))
+        pipeline.run_arm(pipeline.MiniRun(out=tmp_path / "run", data=run.data, budget="toy", device="cpu",
+                                          stage1_from=stage0), MAIN_ARM, stage0)
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
     with pytest.raises(ValueError, match="--stage1-only would train nothing"):
-        pipeline.main(parser.parse_args([*args, "--stage1-only"]))
+        pipeline.main(parser.parse_args(["--out", str(tmp_path / "other"), "--stage1", str(given), "--stage1-only"]))
