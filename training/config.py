@@ -80,8 +80,8 @@ class DataConfig:
     Sample order: `training.train_sampling_strategy` ("random" / "sequential" / "group_by_length").
     packing: the samples of a batch are packed into as few rows as fit, without padding
         (training/sample_tensors.py); the loss and gradients are those of the padded batch.
-        `packing_row_tokens` caps a row's tokens (default: the batch's longest sample; with flash-attn every
-        batch is one row, the layout its variable-length kernel reads).
+        `packing_row_tokens` caps a row's tokens (default: the whole batch in one row with sdpa and flash-attn,
+        whose attention is per sample; the batch's longest sample with eager's block mask: training/data.py).
     """
 
     data_root: str | None = None

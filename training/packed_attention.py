@@ -74,11 +74,6 @@ def packed_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value:
 AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
 
 
-def uses_packed_sdpa(text_config) -> bool:
-    """Whether `packed_attention` switches a language model of this config (its implementation is sdpa)."""
-    return text_config._attn_implementation in ("sdpa", PACKED_SDPA)
-
-
 @contextmanager
 def packed_attention(language_model):
     """Within the block, `language_model` (Qwen3-VL's text model) attends with `PACKED_SDPA` when its implementation
