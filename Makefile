@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.gap-mllm-installed
 
-.PHONY: install test test-all demo demo-venv vllm-venv space space-bundle bench mini mini-ablation clean
+.PHONY: install test test-all demo demo-venv vllm-venv gpu-venv space space-bundle bench mini mini-ablation clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,21 @@ vllm-venv: install
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install "$$($(PY) -c 'from gap_mllm.serving.vllm_settings import VLLM_REQUIREMENT; print(VLLM_REQUIREMENT)')"
 
+# GPU kernels (training/kernels.py: flash-attn 2.x and 4, Liger; DeepSpeed for ZeRO-2/3) in their own environment, on
+# a CUDA machine; the CPU path above never installs them. torch from PyPI is its CUDA build. flash-attn 2.x builds
+# against that torch (it needs nvcc / CUDA_HOME: setup.py's "flash" extra says more), so it goes in without build
+# isolation, before the "gpu" extra (flash-attn-4 shares its folder). Offline: GPU_PIP_ARGS="--no-index --find-links DIR".
+GPU_VENV ?= .venv-gpu
+GPU_TORCH ?= torch==2.13.0
+GPU_PIP_ARGS ?=
+GPU_PIP := $(GPU_VENV)/bin/python -m pip --disable-pip-version-check
+gpu-venv:
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_PIP) install $(GPU_PIP_ARGS) "$(GPU_TORCH)" setuptools wheel packaging psutil ninja
+	$(GPU_PIP) install $(GPU_PIP_ARGS) --no-build-isolation -e ".[dev,flash]"
+	$(GPU_PIP) install $(GPU_PIP_ARGS) -e ".[gpu]"
+	$(GPU_VENV)/bin/python -c "from gap_mllm.training.kernels import kernel_report; print(*kernel_report(), sep='\n')"
+
 # A folder ready to push as a Hub Space: app, front matter, this checkout's wheel, requirements.
 space-bundle: install
 	$(PY) examples/space/bundle_space.py --out build/space
@@ -65,4 +80,4 @@ bench: install
 	$(PY) bench/bench_forward.py
 
 clean:
-	rm -rf $(VENV) .venv-demo $(VLLM_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-demo $(VLLM_VENV) $(GPU_VENV) build *.egg-info .pytest_cache

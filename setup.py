@@ -60,7 +60,15 @@ EXTRAS = {
     "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6", "pycocoevalcap>=1.2"],
     "eval": ["datasets==5.2.0", "evaluate==0.4.6", "pycocoevalcap>=1.2", "matplotlib>=3.8", "accelerate==1.15.0"],
     "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8"],
-    "flash": ["flash-attn>=2.7"],
+    # CUDA machines only (`make gpu-venv`, never the CPU path; training/kernels.py checks them before a run).
+    # flash-attn 2.x is a source package on PyPI: it builds against the installed torch and needs nvcc / CUDA_HOME
+    # (pip install --no-build-isolation); its setup fetches a prebuilt wheel from the project's releases when one
+    # matches torch, CUDA and Python, else it compiles (long).
+    "flash": ["flash-attn==2.8.3.post2"],
+    # flash-attn-4 (CuTe DSL, Hopper+; [cu13]: torch 2.13's PyPI build is CUDA 13), Liger's fused linear
+    # cross-entropy, DeepSpeed (ZeRO-2/3: training/configs). flash-attn-4 shares the `flash_attn` folder with
+    # flash-attn 2.x (its `cute` part): install it after flash-attn, as `make gpu-venv` does.
+    "gpu": ["flash-attn-4[cu13]==4.0.0b36", "liger-kernel==0.8.5", "deepspeed==0.19.8"],
 }
 # The lmms-eval plugin (evaluation/lmms_eval_plugin). lmms-eval itself is installed WITHOUT its requirements,
 # `pip install --no-deps lmms-eval==0.7.3` (make install does; the pin is LMMS_EVAL_REQUIREMENT in

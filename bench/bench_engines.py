@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
 from engine_bench_model import REAL_FRAME_SIZE, random_gap_folder, scene_frames, unique_frames  # noqa: E402
+from needs_gpu import require_cuda  # noqa: E402
 
 SETTINGS = {
     "gpu": dict(models=("real", "mini"), dtypes=("bfloat16", "float32"), agreement_requests=8, agreement_tokens=32,
@@ -370,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.vllm_installed = None
     if not args.dry_run:
-        if not torch.cuda.is_available():
-            fail(f"needs a CUDA GPU, and torch {torch.__version__} sees none; --dry-run builds the inputs on the CPU")
+        require_cuda(Path(__file__).name, "cuda", what="the engine comparison",
+                     hint="--dry-run builds the inputs on the CPU")
         args.vllm_installed = vllm_version(Path(args.vllm_python))
         if args.vllm_installed != VLLM_VERSION:
             fail(f"{args.vllm_python} has vllm {args.vllm_installed}; this bench is written for vllm=={VLLM_VERSION} (make vllm-venv)")

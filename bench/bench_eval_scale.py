@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
+from needs_gpu import require_cuda  # noqa: E402
 
 # split sizes of the extrapolations: ScanRefer val (queries, scenes); Scan2Cap evaluates the ScanRefer val objects;
 # detection: one 4-frame clip per ScanNet val scene (the official file's size is not known here: an assumption)
@@ -121,7 +122,7 @@ def count_scenes(data, split, task, limit) -> tuple[int, int]:
     return len(records), len({record_scene_id(r) for r in records})
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="data root (SynthRooms or the ScanNet posed_images layout)")
     parser.add_argument("--split", default="val")
@@ -135,11 +136,11 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-new-tokens", type=int, help="cap on the answers (default: none for mini, 64 for random weights)")
     parser.add_argument("--out", help="write the figures as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     size = "real" if args.real_size else args.model_size
-    if size == "real" and (not args.device.startswith("cuda") or not torch.cuda.is_available()):
-        parser.error("--real-size needs a CUDA GPU and --device cuda (Qwen3-VL-2B + VGGT-1B: 3.2 B parameters); "
-                     f"this machine has {'a GPU: pass --device cuda' if torch.cuda.is_available() else 'none'}")
+    require_cuda(Path(__file__).name, args.device)
+    if size == "real" and not args.device.startswith("cuda"):
+        parser.error("--real-size needs --device cuda (Qwen3-VL-2B + VGGT-1B: 3.2 B parameters)")
     if args.two_processes and args.device != "cpu":
         parser.error("--two-processes is the 2-process CPU arm; on GPUs run one process per GPU with accelerate launch")
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else (None if size == "mini" else 64)

@@ -21,7 +21,8 @@ every measurement, so a run cut short keeps what it measured; progress goes to s
   train_step_<attn>     forward + backward + AdamW step of GeometryAlignedModel (official freezing: ViT and
                         VGGT frozen; LLM, mergers, gates trained; bf16 weights and optimizer states), batch 2
                         × 4 training frames: step time, tokens/s, peak memory, MFU (real_size_flops.py);
-                        sdpa always, flash_attention_2 too when `flash_attn` imports
+                        in the --attn implementation, and in each flash-attn one whose package and GPU are there
+                        (training/kernels.py); bench_train_arms.py compares the arms over 50 steps
   cache_read            geometry-feature cache at this size: recomputing one sample's features on the
                         device vs reading its entry (cold: page cache dropped with posix_fadvise; warm)
   geometry_*_large      the encoder at 100 and 200 frames
@@ -46,6 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling 
 from real_size_flops import forward_flops, peak_flops, training_step_flops  # noqa: E402
 from real_size_inputs import QWEN_GRIDS, full_inputs, image_inputs, question_suffix, scene_prefix, to_device  # noqa: E402
 from real_size_model import build_model, parameter_counts, special_ids  # noqa: E402
+from needs_gpu import arm_unavailable, require_cuda, require_kernel  # noqa: E402
+
+from gap_mllm.training.kernels import ATTENTION_IMPLEMENTATIONS, FLASH_PACKAGES  # noqa: E402
 
 # VGGT README, aggregator only, one H100, FlashAttention-3, 518×518 (docs/vggt.md §8): frames → (s, GB)
 VGGT_PUBLISHED = {1: (0.04, 1.88), 2: (0.05, 2.07), 4: (0.07, 2.45), 8: (0.11, 3.23), 10: (0.14, 3.63),
@@ -90,7 +94,8 @@ class Bench:
                 "device": name, "dtype": self.args.dtype, "torch": torch.__version__,
                 "transformers": transformers.__version__, "cuda": torch.version.cuda,
                 "peak_bf16_flops": peak_flops(name) if self.cuda else None,
-                "flash_attn": flash_attn_available(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "kernels": {name: arm_unavailable(name, self.args.device) or "ready" for name in (*FLASH_PACKAGES, "liger")},
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -388,20 +393,13 @@ class Bench:
         self.run(f"scene_reuse_k{self.settings['scene_questions']}", self.scene_reuse)
         self.run(f"train_step_{self.args.attn_default}", self.train_step, self.args.attn_default)
         self.run("cache_read", self.cache_read)
-        if self.args.attn_default != "flash_attention_2" and flash_attn_available():
-            self.run("train_step_flash_attention_2", self.train_step, "flash_attention_2")
+        for name in FLASH_PACKAGES:
+            if name != self.args.attn_default and arm_unavailable(name, self.args.device) is None:
+                self.run(f"train_step_{name}", self.train_step, name)
         # the longest runs last, so that a short budget still leaves everything above
         for name, (height, width) in self.settings["geometry_sizes"].items():
             self.run(f"{name}_large", self.geometry, height, width, self.settings["geometry_frames_large"])
         self.log(f"done; results in {self.args.out}")
-
-
-def flash_attn_available() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means: not usable
-        return False
-    return True
 
 
 def drop_page_cache(paths) -> bool:
@@ -415,15 +413,30 @@ def drop_page_cache(paths) -> bool:
     return True
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model size, device and dtype options shared by the real-size benches."""
     parser.add_argument("--size", choices=sorted(SETTINGS), default="small")
     parser.add_argument("--real-size", dest="size", action="store_const", const="real", help="same as --size real")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="default: bfloat16 on CUDA, float32 on the CPU")
+
+
+def apply_size_defaults(args) -> None:
+    """Fill the defaults that depend on the device and size (dtype, time budget) and set the CPU threads."""
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    if args.budget is None and args.size == "real":
+        args.budget = 540.0  # a 10-minute limit per command on the lent GPU machines
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_size_arguments(parser)
     parser.add_argument("--out", default="bench_real_size.json")
-    parser.add_argument("--attn", dest="attn_default", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"))
+    parser.add_argument("--attn", dest="attn_default", default="sdpa", choices=ATTENTION_IMPLEMENTATIONS)
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds after which the remaining measurements are skipped (default: 540 with "
                              "--real-size, for a 10-minute limit; none otherwise)")
@@ -433,12 +446,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", default=None, help="where the cache_read entries are written (default: tmp)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
-    if args.dtype is None:
-        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-    if args.budget is None and args.size == "real":
-        args.budget = 540.0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    require_cuda(Path(__file__).name, args.device)
+    require_kernel(Path(__file__).name, "--attn", args.attn_default, args.device)
+    apply_size_defaults(args)
     Bench(args).all()
     return 0
 

@@ -1,19 +1,8 @@
-"""argparse `type=` helpers shared by the commands."""
+"""argparse `type=` helpers of the commands: defined once in processing/argument_types.py (the lowest layer with a
+command line, `gap-mllm synth`) and imported from there by every entry point."""
 
 from __future__ import annotations
 
-import argparse
+from gap_mllm.processing.argument_types import non_negative_int, positive_int, positive_seconds
 
-
-def positive_int(value: str) -> int:
-    """An integer ≥ 1 (a token budget, a count); anything else is an argparse error naming the value."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number (at least 1)")
-    return number
-
-
-positive_int.__name__ = "positive integer"  # argparse names the type in its messages
+__all__ = ["non_negative_int", "positive_int", "positive_seconds"]

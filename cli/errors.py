@@ -9,18 +9,33 @@ that does not convert, a model source that cannot be loaded) is printed as
 
 and the command exits with status 2; the traceback is also logged at DEBUG level. Anything else is a
 bug and keeps its traceback. `--debug` (anywhere on the command line) re-raises everything.
+
+A write that fails because the device is full (ENOSPC / EDQUOT, `processing.errors.names_full_disk`) or because
+the file grew past the file system's size limit (EFBIG) is such a line too, whatever command wrote and however
+the error was wrapped. A buffered write or close reports no path (`[Errno 28] No space left on device`), so the
+line names the file being written: the error's own file name, else the file open for writing where the write
+failed (read from the traceback), else the command's output argument (`--out`, OUTPUT_DIR, ...):
+
+    gap-mllm evaluate: error: no space left on /dev/sdb1 (mounted at /data) while writing /data/eval/samples.jsonl;
+    free space there (or write elsewhere), then run the command again
+
+A `DiskFullError` (training's checkpoints, export-llm) already says more (the space needed, how to resume) and is
+printed as it is.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import pickle
 import sys
+import traceback
 
 from safetensors import SafetensorError
 
 from gap_mllm.conversion_report import ConversionError
-from gap_mllm.processing.errors import DataError, exception_chain
+from gap_mllm.processing.errors import DataError, DiskFullError, device_of, exception_chain, names_full_disk
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +49,71 @@ class UserError(ValueError):
 USER_ERROR_TYPES = (UserError, DataError, ConversionError, ValueError, OSError, pickle.UnpicklingError, SafetensorError)
 
 
-def user_message(error: BaseException) -> str | None:
+# argparse destinations of the commands' outputs -> how the user wrote them (named when the failing file is unknown)
+OUTPUT_ARGUMENTS = {"out": "--out", "output_dir": "OUTPUT_DIR", "save_dir": "--save-dir", "write_oracle": "--write-oracle"}
+
+
+def _file_open_for_writing(error: BaseException) -> str | None:
+    """The name of the file open for writing nearest to where `error` (or an error it wraps) was raised: the
+    file a failed buffered write or close was writing (such an OSError carries no file name)."""
+    for link in exception_chain(error):
+        frames = [frame for frame, _ in traceback.walk_tb(link.__traceback__)]
+        for frame in reversed(frames):  # innermost first
+            for value in list(frame.f_locals.values()):
+                name = getattr(value, "name", None) if isinstance(value, io.IOBase) else None
+                mode = str(getattr(value, "mode", ""))
+                # "<stderr>" and descriptors (int names) are no files the user chose
+                if isinstance(name, str) and not name.startswith("<") and any(c in mode for c in "wax+"):
+                    return name
+    return None
+
+
+def path_being_written(error: BaseException, args=None) -> tuple[str | None, str | None]:
+    """`(path, flag)`: the file a failed write was writing (the error's own file name, a copy's destination
+    first, else the file open for writing in its traceback; flag None), else the command's output argument
+    and its flag; `(None, None)` when neither is known."""
+    for link in exception_chain(error):
+        if isinstance(link, OSError) and (link.filename2 or link.filename):
+            return str(link.filename2 or link.filename), None
+    name = _file_open_for_writing(error)
+    if name is not None:
+        return name, None
+    for destination, flag in OUTPUT_ARGUMENTS.items():
+        if getattr(args, destination, None):
+            return str(getattr(args, destination)), flag
+    return None, None
+
+
+def write_failure_message(error: BaseException, args=None) -> str | None:
+    """The one line for a write that failed because the device is full or the file is too large for it (module
+    docstring), or None for any other error."""
+    described = next((link for link in exception_chain(error) if isinstance(link, DiskFullError)), None)
+    if described is not None:  # training's checkpoints, export-llm: their own line says more (space needed, resume)
+        return str(described)
+    if names_full_disk(error):
+        problem = "no space left on {device}"
+    elif any(isinstance(link, OSError) and link.errno == errno.EFBIG for link in exception_chain(error)):
+        problem = "the file grew past the size limit of {device} (or of this process)"
+    else:
+        return None
+    path, flag = path_being_written(error, args)
+    if path is None:
+        return f"{problem.format(device='the device')} ({error}); free space, then run the command again"
+    where = f"into {flag} {path}" if flag else path
+    return (f"{problem.format(device=device_of(path))} while writing {where}; free space there (or write elsewhere), "
+            "then run the command again")
+
+
+def user_message(error: BaseException, args=None) -> str | None:
     """The one-line message for a user mistake, or None for an error that is a bug.
 
-    The most precise exception in the cause chain wins: our own (UserError, DataError, ...) over the
-    generic ValueError / OSError that libraries wrap them in (datasets wraps builder errors)."""
+    A full disk (or a file too large for it) comes first, however it was wrapped (`write_failure_message`; `args`:
+    the command's arguments, whose output is named when the failing file is unknown). Then the most precise
+    exception in the cause chain wins: our own (UserError, DataError, ...) over the generic ValueError / OSError
+    that libraries wrap them in (datasets wraps builder errors)."""
+    written = write_failure_message(error, args)
+    if written is not None:
+        return written
     chain = list(exception_chain(error))
     for candidate in chain:
         if isinstance(candidate, (UserError, DataError, ConversionError)):
@@ -57,7 +132,7 @@ def run_command(name: str, main, args, debug: bool = False) -> int:
         print(f"gap-mllm {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - sorted into user mistakes and bugs below
-        message = None if debug else user_message(error)
+        message = None if debug else user_message(error, args)
         if message is None:
             raise
         logger.debug("gap-mllm %s failed", name, exc_info=True)

@@ -9,7 +9,8 @@
 Task names are the registry's (gap_mllm.tasks_gap_mllm); the old det / caption / recon / qa still work.
 
 Multi-GPU: `accelerate launch -m gap_mllm.cli.evaluate --task ...`. Rerunning with the
-same `--out` resumes: finished samples are skipped. The lead CLI calls `add_arguments(subparser)`
+same `--out` resumes: finished samples are skipped, if the same model, data and token budgets wrote them
+(`run_fingerprint.json`; else refused, naming what differs). The lead CLI calls `add_arguments(subparser)`
 and `main(args)`.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 from gap_mllm.evaluation.tasks import TASKS
 
+from .argument_types import positive_int
 from .loading import resolve_model_source
 from .model_source import check_model_source
 from .task_names import task_argument
@@ -38,12 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (required unless --write-oracle)")
     parser.add_argument("--split", default="val", help="annotation split (default: val)")
     parser.add_argument("--annotation-file", help="explicit annotation JSON instead of the split lookup")
-    parser.add_argument("--batch-size", type=int, default=1, help="samples per generate() call (left padded)")
-    parser.add_argument("--max-new-tokens", type=int, help="cap on the official token budgets (1280 / 4096)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per generate() call (left padded)")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="cap on the official token budgets (1280 / 4096)")
     parser.add_argument("--official-compat", action="store_true",
                         help="reproduce the official numbers (Euler reading, category lists, parsing quirks)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (captioning; needs Java)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N samples")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-scene-reuse", action="store_true",

@@ -5,7 +5,9 @@
 SOURCE: a GAP-MLLM folder or Hub id (`mini` = the embedded GAP-MLLM-Mini). OUTPUT_DIR: a new or empty folder; it
 gets config.json (qwen3_vl), the weights in stock names, the tokenizer and chat template, the Qwen3-VL processor
 configs, gap_export.json and a README (see gap_mllm/serving/export.py). The ViT weights are kept: vLLM builds the
-vision tower whenever images are allowed and splits the DeepStack levels only when it exists.
+vision tower whenever images are allowed and splits the DeepStack levels only when it exists. The files are written
+into a hidden folder next to OUTPUT_DIR, renamed to it when complete: a failed export (a full disk) leaves nothing
+behind, and the same command runs again.
 """
 
 import argparse

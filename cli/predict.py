@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box", nargs=9, type=float, metavar="V",
                         help="captioning: the object's box cx cy cz sx sy sz yaw pitch roll (first camera)")
     parser.add_argument("--marker", nargs=3, type=int, metavar=("VIEW", "X", "Y"), help="reconstruction: pixel to mark")
-    parser.add_argument("--max-frames", type=int, default=8, help="frames sampled from a video")
+    parser.add_argument("--max-frames", type=positive_int, default=8, help="frames sampled from a video")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="generation budget (default: the task's own; generation stops at the answer's end anyway)")
     parser.add_argument("--save-dir", help="write the pictures here, and for your own frames the point cloud the "

@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="generation budget (default: each task's own; generation stops at the answer's end)")
-    parser.add_argument("--concurrency", type=int, default=1, help="requests run at once; the rest wait in the queue")
-    parser.add_argument("--max-queue", type=int, default=16, help="queued requests beyond which new ones are refused")
+    parser.add_argument("--concurrency", type=positive_int, default=1, help="requests run at once; the rest wait in the queue")
+    parser.add_argument("--max-queue", type=positive_int, default=16, help="queued requests beyond which new ones are refused")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -49,6 +49,9 @@ TASK_LABELS = {
     "marker point reconstruction": RECONSTRUCTION,
 }
 NO_EXAMPLE = "(my uploaded files)"
+# What `SpaceBackend.run` raises for a request the user can fix (an upload, a task input, a query that is no
+# usable text): the page shows its message as a toast (space_ui.py); anything else is a bug and keeps its traceback.
+USER_ERRORS = (UploadError, ValueError)
 LOG = logging.getLogger("gap_mllm.space")
 
 # VGGT's camera and depth heads for the Space's tiny model: small, random, untrained (the banner says so);
@@ -112,6 +115,23 @@ def parse_numbers(text: str | None, count: int, what: str) -> list[float] | None
     if not all(math.isfinite(v) for v in values):  # "inf" / "nan" parse as floats
         raise UploadError(f"{what}: expected {count} finite numbers, got {text!r}")
     return values
+
+
+def object_choices(scene) -> list[str]:
+    """The captioning objects of a bundled room as the page lists them: `"<index>: <label>"`."""
+    return [f"{i}: {label}" for i, label in enumerate(scene.reference_labels)]
+
+
+def picked_box(scene, choice) -> list[float]:
+    """The reference box of the object `choice` names, which must be one of `object_choices(scene)` exactly (an
+    index out of range, a negative one, or another label is refused, never read as some other object)."""
+    choices = object_choices(scene)
+    if not choices:
+        raise UploadError(f"captioning object {choice!r}: objects are picked only in a bundled example; give the "
+                          "object's box instead")
+    if choice not in choices:
+        raise UploadError(f"captioning object {choice!r} is not one of this room's objects ({', '.join(choices)})")
+    return [float(v) for v in scene.reference_boxes[choices.index(choice)]]
 
 
 MAX_TOKENS_VARIABLE = "GAP_MLLM_MAX_TOKENS"
@@ -203,8 +223,7 @@ class SpaceBackend:
         """Pickable objects for captioning: the reference objects of a synthetic example."""
         if not example_name or example_name == NO_EXAMPLE:
             return []
-        scene = self.example(example_name)
-        return [f"{i}: {label}" for i, label in enumerate(scene.reference_labels)]
+        return object_choices(self.example(example_name))
 
     def example_defaults(self, example_name: str | None) -> dict:
         """The task inputs of a bundled room's own requests, to prefill the page with (their exact answers are
@@ -235,10 +254,7 @@ class SpaceBackend:
             raise UploadError(str(error)) from None
         box = None
         if task is CAPTIONING:
-            if object_choice and scene.reference_boxes is not None and len(scene.reference_boxes):
-                box = [float(v) for v in scene.reference_boxes[int(str(object_choice).split(":")[0])]]
-            else:
-                box = parse_numbers(box_text, 9, "object box")
+            box = picked_box(scene, object_choice) if object_choice else parse_numbers(box_text, 9, "object box")
         marker = None
         if task is RECONSTRUCTION:
             values = parse_numbers(marker_text, 3, "marker (view x y)")
@@ -252,7 +268,10 @@ class SpaceBackend:
             if not (0 <= marker[1] < width and 0 <= marker[2] < height):
                 raise UploadError(f"marker pixel ({marker[1]}, {marker[2]}) is outside the {width}x{height} frame")
         request = TaskRequest(task=task, query=query, box=box, marker=marker)
+        # every input is checked here, before the model runs (reconstruction included), so a bad one is the
+        # page's message at once rather than an error after the model's time
         request.validate(len(scene.views))
+        request.check_text(self.processor.tokenizer)
         return request
 
     def _geometry_status(self, scene) -> str:
@@ -269,8 +288,8 @@ class SpaceBackend:
 
     def run(self, files, example_name, task_label, query=None, object_choice=None, box_text=None,
             marker_text=None, session: str | None = None) -> SpaceOutput:
-        """One request; raises UploadError / ValueError with a user-facing message. `session` (gradio's
-        session hash) selects whose encoded scene may be reused."""
+        """One request; raises one of `USER_ERRORS` with a user-facing message, before the model runs, for any input
+        the user can fix. `session` (gradio's session hash) selects whose encoded scene may be reused."""
         started = time.time()
         number = next(self._numbers)
         LOG.info("request %d started at %.3f", number, started)

@@ -17,9 +17,9 @@ import os
 import sys
 import tempfile
 
-from .space_backend import LOG, NO_EXAMPLE, TASK_LABELS, SpaceBackend, SpaceSettings
+from .space_backend import LOG, NO_EXAMPLE, TASK_LABELS, USER_ERRORS, SpaceBackend, SpaceSettings
 from .scenes import EXAMPLE_SEEDS
-from .uploads import GIF_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, UploadError
+from .uploads import GIF_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 INTRO = """# GAP-MLLM: 3D perception from RGB frames
 Upload a few frames of one scene (or one short video; frames are sampled) or pick a synthetic example,
@@ -41,7 +41,7 @@ def build_demo(backend: SpaceBackend):
         try:
             out = backend.run(files, example_name, task_label, query, object_choice, box_text, marker_text,
                               session=session)
-        except (UploadError, ValueError) as error:
+        except USER_ERRORS as error:
             raise gr.Error(str(error), title="Cannot run this request") from error
         return ([str(p) for p in out.frames], str(out.scene_glb), out.raw, out.parsed,
                 str(out.gates_png) if out.gates_png else None, out.status, out.reference)

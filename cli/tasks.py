@@ -24,12 +24,16 @@ import torch
 
 from gap_mllm.control_tokens import refuse_control_tokens
 from gap_mllm.target_format import Box3D
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA, TaskSpec, resolve_task
+from gap_mllm.tasks_gap_mllm import (CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA, TaskSpec, format_box,
+                                     resolve_task)
 
 from .scene_store import answer_on_stored_scene
 
 FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION, GROUNDING, CAPTIONING, RECONSTRUCTION, SPATIAL_QA)
 TASKS = tuple(spec.name for spec in FRONT_END_TASKS)
+# A captioning box's numbers (metres; radians for the angles) beyond this bound describe no object of a scene the
+# model reads, and drawing such a box overflows (1e308: an OverflowError after the model has run).
+MAX_BOX_VALUE = 1e4
 
 
 @dataclass
@@ -59,16 +63,29 @@ class TaskRequest:
         """Raise ValueError with a user-facing message when the request is incomplete."""
         if self.spec not in FRONT_END_TASKS:
             raise ValueError(f"task {self.task!r} is not run by itself here; choose one of {', '.join(TASKS)}")
-        if "query" in self.spec.parameters and not (self.query and self.query.strip()):
+        if "query" in self.spec.parameters:
             what = "a question about the scene" if self.spec is SPATIAL_QA else "a text query describing the object"
-            raise ValueError(f"{self.task} needs {what}")
-        if "box" in self.spec.parameters and (self.box is None or len(self.box) != 9):
-            raise ValueError("captioning needs the object's 3D box: 9 numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll]")
+            if self.query is not None and not isinstance(self.query, str):
+                raise ValueError(f"{self.task} needs {what} as text, got {type(self.query).__name__} {self.query!r:.60}")
+            if not (self.query and self.query.strip()):
+                raise ValueError(f"{self.task} needs {what}")
+            # before any model is loaded: text that is not valid Unicode (`predict --query $'\xff'`) or holds the
+            # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.control_tokens)
+            refuse_control_tokens(None, self.query, "the query")
+        if "box" in self.spec.parameters:
+            check_box(self.box)
         if self.spec.needs_marker:
             if self.marker is None or len(self.marker) != 3:
                 raise ValueError("reconstruction needs a marker (view, x, y)")
             if not 0 <= int(self.marker[0]) < num_views:
                 raise ValueError(f"marker view {self.marker[0]} is out of range: there are {num_views} views")
+
+    def check_text(self, tokenizer) -> None:
+        """ValueError when the query (user text: a public textbox in the Space) would write chat or vision markup
+        (gap_mllm.control_tokens). Front ends call it before any model work; `run_task` calls it again, with this
+        package's rule, whatever version of the processor the checkpoint carries."""
+        if "query" in self.spec.parameters:
+            refuse_control_tokens(tokenizer, self.query, "the query")
 
     def processor_inputs(self) -> dict:
         """Keyword arguments of `processor(images=[views], ...)` for one sample: the task and the inputs it uses."""
@@ -80,6 +97,21 @@ class TaskRequest:
         if self.spec.needs_marker:
             inputs["point_prompts"] = [tuple(int(v) for v in self.marker)]
         return inputs
+
+
+def check_box(box) -> None:
+    """ValueError naming the captioning box unless it is 9 finite numbers with sizes >= 0 (the prompt's rule,
+    `format_box`) each within ±`MAX_BOX_VALUE`."""
+    if box is None or isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 9:
+        raise ValueError("captioning needs the object's 3D box: 9 numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll]"
+                         + ("" if box is None else f", got {box!r:.120}"))
+    try:
+        format_box(box)
+    except ValueError as error:
+        raise ValueError(f"captioning {error}") from None  # "captioning box has a negative size ..."
+    if any(abs(float(v)) > MAX_BOX_VALUE for v in box):
+        raise ValueError(f"captioning box {[float(v) for v in box]}: every number must lie within ±{MAX_BOX_VALUE:g} "
+                         "(metres; radians for the angles)")
 
 
 def readable_answer(raw: str) -> str:
@@ -181,11 +213,8 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         session: the session the scene is kept for (the Space passes gradio's session hash).
     """
     request.validate(len(views))
+    request.check_text(processor.tokenizer)
     spec = request.spec
-    if "query" in spec.parameters:
-        # The query is user text (a public textbox in the Space): it must not write chat or vision markup.
-        # Checked here with this package's rule, whatever version of the processor the checkpoint carries.
-        refuse_control_tokens(processor.tokenizer, request.query, "the query")
     if scenes is not None:
         inputs = request.processor_inputs()
         segments = spec.user_segments(len(views), query=inputs.get("query"), box=inputs.get("box"))

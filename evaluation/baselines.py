@@ -35,10 +35,11 @@ from gap_mllm.processing.builders import load_annotation_file
 
 from .caption_metrics import caption_scores
 from .confidence import bootstrap_interval, bootstrap_statistic, wilson_interval
-from .detection_metrics import DetectionEvaluator
+from .detection_metrics import DetectionEvaluator, ground_truth
 from .grounding_identification import constant_box
 from .grounding_metrics import score_grounding
 from .marker_metrics import marker_scores
+from .tasks import sample_id
 
 
 def _records(data_root, task: str, split: str) -> list[dict]:
@@ -107,19 +108,19 @@ def grounding_baselines(data_root, split: str = "test", candidates: int = 200, s
 def detection_baseline(data_root, split: str = "test") -> dict:
     """`category_mean_boxes` (see the module docstring): F1@0.25 with a bootstrap interval over samples."""
     sums: dict[str, list] = {}
-    for record in _records(data_root, "detection", "train"):
-        for box in record["boxes"]:
-            sums.setdefault(box["label"], []).append(box["bbox_3d"])
+    for index, record in enumerate(_records(data_root, "detection", "train")):
+        for label, box in zip(*ground_truth(record, sample_id(record, index)), strict=True):
+            sums.setdefault(label, []).append(box)
     means = {label: np.mean(boxes, axis=0).tolist() for label, boxes in sums.items()}
     records = _records(data_root, "detection", split)
     # each sample is matched once; the bootstrap resamples the per-sample counts (re-matching every
     # resample would cost 100x the IoUs for the same figures)
     evaluator = DetectionEvaluator()
     matches = []
-    for record in records:
-        labels = [b["label"] for b in record["boxes"]]
+    for index, record in enumerate(records):
+        labels, boxes = ground_truth(record, sample_id(record, index))
         known = [label for label in labels if label in means]
-        matches.append(evaluator.add(known, [means[label] for label in known], labels, [b["bbox_3d"] for b in record["boxes"]]))
+        matches.append(evaluator.add(known, [means[label] for label in known], labels, boxes))
 
     def f1_of(sample: list) -> float:
         resampled = DetectionEvaluator()

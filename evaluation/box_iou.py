@@ -18,7 +18,9 @@ fewer than 4 points mean a flat or empty intersection: volume 0.
 Tolerance: the slabs are widened by `SLAB_EPS · (1 + largest size)` so that edges lying exactly on a
 face of the other box (identical or face-sharing boxes) are not lost to rounding; this bounds the
 volume error by O(1e-9) relative. Negative sizes describe the same point set as their absolute
-values and are read that way.
+values and are read that way here (the official reading); in the default mode the evaluators refuse such a
+box before it gets here (`box_problem`: the tolerant parser's rule, so a box scores the same given as text or
+as numbers).
 
 Official-compat degenerate rule: pytorch3d's `box3d_overlap` raises "Planes have zero areas" when a
 face triangle of either box has area < 1e-4 (side products a·b < 2e-4 m²), and the official code
@@ -32,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
+from gap_mllm.output_parsing import box_numbers
 from gap_mllm.processing.coordinates import EULER_MODES, UNIT_CORNERS, euler_to_matrix
 
 SLAB_EPS = 1e-9
@@ -51,6 +54,18 @@ def _as_boxes(boxes, name: str) -> np.ndarray:
     if not np.all(np.isfinite(boxes)):
         raise ValueError(f"{name} contains NaN or inf")
     return boxes
+
+
+def box_problem(box, what: str = "bbox_3d") -> str | None:
+    """What makes `box` unscorable in the default mode, or None: it must be 9 finite numbers with sizes >= 0,
+    the rule the tolerant parser applies to answer text (`output_parsing.box_numbers`). The box-level
+    evaluators (`GroundingEvaluator.add`, `DetectionEvaluator.add`) apply it too, so that a box with a negated
+    size scores as it does in text (no box), not as the box of its absolute sizes."""
+    try:
+        values = np.asarray(box, dtype=np.float64).reshape(-1).tolist()
+    except (TypeError, ValueError):
+        return f"{what} is not a list of numbers"
+    return box_numbers(values, what)[1]
 
 
 def box_volume(boxes) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 from gap_mllm.processing.errors import DataError
 
-from .box_iou import box_iou_matrix
+from .box_iou import box_iou_matrix, box_problem
 from .category_lists import CLEAN_SPLITS, HEADLINE_SPLIT, OFFICIAL_SPLITS
 
 DETECTION_IOU_THRESHOLD = 0.25
@@ -73,11 +73,16 @@ class SampleMatch:
 
 
 def ground_truth(record: dict, sample=None, official_compat: bool = False) -> tuple[list, list]:
-    """`(labels, boxes)` of an annotation record's `boxes`; a DataError naming the sample when `boxes`
-    is not a list of `{"label": str, "bbox_3d": [9 numbers]}` objects, or (default mode, as the builders)
-    when a box has a negative size; official_compat keeps such a box (the official IoU reads its absolute
-    sizes)."""
-    entries = record.get("boxes", [])
+    """`(labels, boxes)` of an annotation record's `boxes`; a DataError naming the sample when the record has
+    no `boxes` (an empty list is a sample without objects; a missing field is not), when `boxes` is not a list
+    of `{"label": str, "bbox_3d": [9 numbers]}` objects, or (default mode, as the builders) when a box has a
+    negative size; official_compat keeps such a box (the official IoU reads its absolute sizes). Every reader
+    of detection ground truth goes through here (the runner, the lmms-eval plugin, the baselines, the plots)."""
+    if not isinstance(record, dict) or "boxes" not in record:
+        found = "no 'boxes'" if isinstance(record, dict) else f"a {type(record).__name__}, not an object"
+        raise DataError(f"the detection record has {found}: its ground-truth objects are unknown (write \"boxes\": [] "
+                        "for a sample without objects)", sample=sample)
+    entries = record["boxes"]
     if not isinstance(entries, list):
         raise DataError(f"'boxes' must be a list of {{\"label\", \"bbox_3d\"}} objects, got {type(entries).__name__}", sample=sample)
     for entry in entries:
@@ -88,6 +93,22 @@ def ground_truth(record: dict, sample=None, official_compat: bool = False) -> tu
         if not official_compat and any(isinstance(v, (int, float)) and v < 0 for v in sizes):
             raise DataError(f"ground-truth box {entry!r:.120} has a negative size", sample=sample)
     return [e["label"] for e in entries], [e["bbox_3d"] for e in entries]
+
+
+def _without_malformed(pred_labels, pred_boxes, pred_valid):
+    """`(labels, boxes, valid, number dropped)`: the predictions without those whose values `box_problem` refuses
+    (an entry already marked unscorable, `valid` False, is kept: it is a false positive). Boxes that are not
+    `[P, 9]` are the caller's error (ValueError, from `_as_boxes`)."""
+    boxes = list(np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 9)) if np.size(pred_boxes) else []
+    valid = [True] * len(boxes) if pred_valid is None else [bool(v) for v in pred_valid]
+    if len(valid) != len(boxes) or len(pred_labels) != len(boxes):  # match_sample names the mismatch
+        return pred_labels, pred_boxes, pred_valid, 0
+    keep = [i for i, box in enumerate(boxes) if not valid[i] or box_problem(box) is None]
+    if len(keep) == len(boxes):
+        return pred_labels, pred_boxes, pred_valid, 0
+    labels = [pred_labels[i] for i in keep]
+    kept = _as_boxes([boxes[i] for i in keep])
+    return labels, kept, None if pred_valid is None else [valid[i] for i in keep], len(boxes) - len(keep)
 
 
 def _as_boxes(boxes) -> np.ndarray:
@@ -198,7 +219,20 @@ class DetectionEvaluator:
     def add(self, pred_labels, pred_boxes, gt_labels, gt_boxes, pred_valid=None, dropped: int = 0) -> SampleMatch:
         """Score one sample; returns its match (per-category counts and per-prediction matches).
         `pred_valid`: see `match_sample` (unscorable predictions are false positives, and counted).
-        `dropped`: entries of the answer the parser refused (malformed, a negative size): not scored, counted."""
+        `dropped`: entries of the answer the parser refused (malformed, a negative size): not scored, counted.
+
+        Default mode: boxes given as numbers follow the parser's rule for boxes in text (`box_iou.box_problem`:
+        9 finite numbers, sizes >= 0). A prediction that breaks it is dropped and counted in `dropped`, as
+        the parser drops it (the match then lists the other predictions, in order); a ground-truth box that
+        breaks it is a DataError, as `ground_truth` refuses it in a record. official_compat keeps both (the
+        official IoU reads absolute sizes). Boxes that are not `[N, 9]` numbers are the caller's error (ValueError)."""
+        if not self.official_compat:
+            pred_labels, pred_boxes, pred_valid, refused = _without_malformed(pred_labels, pred_boxes, pred_valid)
+            dropped = int(dropped) + refused
+            for box in gt_boxes:
+                problem = box_problem(box, "ground-truth bbox_3d")
+                if problem:
+                    raise DataError(f"{problem}: a ground-truth box must be 9 finite numbers with sizes >= 0")
         self._dropped_predictions += int(dropped)
         match = match_sample(pred_labels, pred_boxes, gt_labels, gt_boxes, self.iou_threshold,
                              self.euler_mode, self.official_compat, pred_valid)

@@ -2,7 +2,8 @@
 
 A `Request` is one model call: the view files of a sample, the human-turn prompt with one `<image>`
 per view (the official annotation layout; `Frame-i: <image>` interleaving is kept), the optional
-marker `pixel_coords = [view, x, y]`, the token budget and the registry task the prompt asks.
+marker `pixel_coords = [view, x, y]`, the token budget, the registry task the prompt asks and the sample's
+id (named by the error that refuses a prompt holding a control token: processing/collator.py).
 `BatchGenerator` turns a list of requests into texts with the package collator (system prompt, chat
 template, generation prompt) and `model.generate(do_sample=False, num_beams=1)`, stopping each row at
 the end of its answer (the task's stop rule) unless the request asks for the official behaviour (EOS
@@ -28,6 +29,7 @@ class Request:
     max_new_tokens: int = 1280
     task: str | None = None  # registry task the prompt asks (its stop rule); None: EOS / budget only
     stop_at_answer_end: bool = True
+    sample: str | None = None  # the sample's id, for errors (a prompt holding a control token is refused by name)
 
 
 class BatchGenerator:
@@ -64,7 +66,7 @@ class BatchGenerator:
     def generate(self, requests: list[Request]) -> list[str]:
         if not requests:
             return []
-        examples = [{"images": r.images, "prompt": r.prompt, "pixel_coords": r.pixel_coords} for r in requests]
+        examples = [{"images": r.images, "prompt": r.prompt, "pixel_coords": r.pixel_coords, "id": r.sample} for r in requests]
         batch = self.collator(examples).to(self.device)
         budget = max(r.max_new_tokens for r in requests)
         if self.max_new_tokens is not None:

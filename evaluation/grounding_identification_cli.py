@@ -19,6 +19,7 @@ import json
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from gap_mllm.processing.annotation_files import find_annotation_file
+from gap_mllm.processing.argument_types import positive_int
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
 
@@ -48,10 +49,10 @@ def main(argv=None) -> None:
     mode.add_argument("--samples", help="samples.jsonl of a grounding evaluation run on --split")
     mode.add_argument("--model", help="a model folder to answer the grounding records of --split")
     mode.add_argument("--tolerance", action="store_true", help="how far the target boxes may move at IoU 0.25 / 0.5")
-    mode.add_argument("--token-grid", type=int, metavar="PIXELS", help="the token-grid oracle with cells of PIXELS")
-    mode.add_argument("--frame-grid", type=int, metavar="PIXELS", help="stage 1's frame read from the target's coverage in cells of PIXELS")
+    mode.add_argument("--token-grid", type=positive_int, metavar="PIXELS", help="the token-grid oracle with cells of PIXELS")
+    mode.add_argument("--frame-grid", type=positive_int, metavar="PIXELS", help="stage 1's frame read from the target's coverage in cells of PIXELS")
     parser.add_argument("--annotated-frame", action="store_true", help="with --model: give stage 2 the annotated frame k*")
-    parser.add_argument("--limit", type=int, default=None, help="the first N records of the split")
+    parser.add_argument("--limit", type=positive_int, default=None, help="the first N records of the split")
     args = parser.parse_args(argv)
     if args.annotated_frame and not args.model:
         parser.error("--annotated-frame needs --model")

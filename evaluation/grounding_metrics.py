@@ -18,7 +18,10 @@ apart). In official_compat the stage-2 answer is also read the official way (`of
 `tasks.py`), and a record without `axis_align_matrix` fails as it does there (IoU 0, counted).
 
 Negative sizes: the tolerant parser refuses a predicted box with a negative size (no box: IoU 0, counted,
-the parse reason in the row), and a ground-truth box with one is a data failure. The official code keeps
+the parse reason in the row), and a ground-truth box with one is a data failure. A box given as numbers
+(`GroundingEvaluator.add`, `score_grounding`) follows the same rule (`box_iou.box_problem`): a predicted box
+of 9 numbers that are not all finite or have a negative size is "no box in the answer", the problem in
+`detail` (a box of another shape is the caller's error: ValueError). The official code keeps
 the sizes as written; its IoU (pytorch3d `box3d_overlap` on the box corners) orients every face by the
 box centre and takes absolute volumes, so a negated size describes the same box: official_compat scores
 it as the box of the absolute sizes (an oracle with negated sizes scores 1.0 there, as officially).
@@ -54,7 +57,7 @@ from scipy.spatial.transform import Rotation
 
 from gap_mllm.processing.coordinates import camera_boxes_to_world, camera_to_world_transform, orthonormalize_rigid
 
-from .box_iou import box_iou
+from .box_iou import box_iou, box_problem
 
 GROUNDING_THRESHOLDS = (0.25, 0.5)
 
@@ -98,8 +101,9 @@ def _gt_box(gt_box_world, official_compat: bool) -> np.ndarray:
         box = None
     if box is None or box.shape != (9,) or not np.all(np.isfinite(box)):
         raise ValueError(f"gt_bbox must be 9 finite numbers, got {gt_box_world!r:.120}")
-    if not official_compat and np.any(box[3:6] < 0):
-        raise ValueError(f"gt_bbox has a negative size {box[3:6].tolist()}")
+    problem = None if official_compat else box_problem(box, "gt_bbox")
+    if problem:
+        raise ValueError(problem)
     return box
 
 
@@ -151,7 +155,10 @@ def score_grounding(pred_box_camera, gt_box_world, cam_to_world=None, axis_align
             return GroundingScore(None, UNSCORED_POSE, str(error))
     if pred_box_camera is None:
         return GroundingScore(None, UNSCORED_NO_BOX)
-    box = np.asarray(pred_box_camera, dtype=np.float64).reshape(9)
+    box = np.asarray(pred_box_camera, dtype=np.float64).reshape(9)  # another shape is the caller's error
+    problem = None if official_compat else box_problem(box, "the predicted bbox_3d")
+    if problem:  # what the parser does with the same values in text: no box (IoU 0, counted)
+        return GroundingScore(None, UNSCORED_NO_BOX, problem)
     if transform is not None and official_compat:
         try:
             box = official_camera_box_to_world(box, transform)

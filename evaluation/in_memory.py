@@ -22,7 +22,7 @@ from gap_mllm.processing.scannet_layout import posed_images_dir
 from .generation import BatchGenerator
 from .grounding_identification import from_rows, has_scene_truth
 from .marker_metrics import marker_scores
-from .tasks import get_task, gt_answer, headline_value
+from .tasks import check_prompt_texts, get_task, gt_answer, headline_value, sample_id
 
 
 class EvaluationSlice:
@@ -41,6 +41,8 @@ class EvaluationSlice:
         self.records = records if max_samples is None else records[:max_samples]
         if not self.records:
             raise ValueError(f"{path} has no record to evaluate")
+        self.ids = [sample_id(r, i) if isinstance(r, dict) else f"{i:06d}" for i, r in enumerate(self.records)]
+        check_prompt_texts(self.records, self.ids, path)  # before step 1, not at the first evaluation
         self.media_root = posed_images_dir(data_root)
         self.data_root = data_root
         # SynthRooms knows every object of a scene: grounding also logs which object its boxes point at
@@ -58,8 +60,9 @@ class EvaluationSlice:
                         texts[j].append(self.task.oracle(record, self.media_root)[0])
                     continue
                 requests = [self.task.request(record, stage, texts[j], self.media_root) for j, record in enumerate(batch)]
-                for request in requests:
+                for j, request in enumerate(requests):
                     request.images = [str(Path(self.media_root) / p) for p in request.images]
+                    request.sample = self.ids[start + j]
                 for j, text in enumerate(generator.generate(requests)):
                     texts[j].append(text)
             outputs.extend(texts)

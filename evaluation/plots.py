@@ -25,6 +25,7 @@ from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, read_intrinsics
 
 from .box_iou import BOX_EDGES
+from .detection_metrics import ground_truth
 
 MAX_SAMPLE_FIGURES = 8
 MIN_DEPTH = 0.05
@@ -138,7 +139,8 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     plt = _pyplot()
     if task == DETECTION.name:
         k = 0
-        gt = [b["bbox_3d"] for b in record.get("boxes", [])]
+        # the scorer's reader (a record without `boxes` was refused there); negative sizes are drawn as given
+        gt = ground_truth(record, record.get("id"), official_compat=True)[1]
         # the official reading keeps entries whose box cannot be drawn (not 9 finite numbers)
         pred = [p["bbox_3d"] for p in row["parsed"] if np.shape(p["bbox_3d"]) == (9,) and np.all(np.isfinite(p["bbox_3d"]))]
     elif task == GROUNDING.name:

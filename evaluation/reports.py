@@ -2,6 +2,8 @@
 
     <out>/raw_outputs.rank<r>.jsonl   one line per finished sample: {"id", "index", "raw": [text per
                                       stage]}; appended and flushed as samples finish (resume source)
+    <out>/run_fingerprint.json        model, data and task settings of the run that wrote them: a rerun
+                                      resumes only when they match (run_fingerprint.py)
     <out>/samples.jsonl               per-sample results after scoring (id, raw, parsed, score, ...)
     <out>/summary.json                task, settings, headline, all metrics
     <out>/summary.md                  the metrics as a markdown table

@@ -5,7 +5,9 @@
 
 Data: `<data_dir>/annotations/<official file of the task and split>` (or `annotation_file=`), images
 under `<data_dir>/scannet/posed_images`. Generation is batched (left padding, greedy) and resumable:
-each finished sample is appended to `raw_outputs.rank<r>.jsonl` and skipped by the next run. Under
+each finished sample is appended to `raw_outputs.rank<r>.jsonl` and skipped by the next run, if it is the same
+run: same model files, annotation file, data and task settings (`run_fingerprint.json`; run_fingerprint.py),
+else the run is refused before anything is generated or scored. Under
 `accelerate launch` the pending samples are dealt to the processes (samples about one scene stay on
 one process, which encodes the scene once and answers them all from it); the main process merges
 every rank's file (by sample index, so the order is deterministic) and scores. A predictions
@@ -13,9 +15,9 @@ file (JSONL lines `{"id": ..., "raw": [text per stage]}`, or `"text": "..."` for
 replaces the model, e.g. to re-score a run or to check an oracle.
 
 A predictions file is JSON Lines: one object per "\n"-terminated line (other line breaks, such as U+2028
-inside a string, are text). Each id may appear once; `raw` is a list of one string per stage (`text`: one
-string). A row that breaks this is an error naming the file and the line (and the id), never a value
-turned into text and scored. Rows whose id is not among the samples scored are counted and reported
+inside a string, are text), in UTF-8. Each id may appear once; `raw` is a list of one string per stage (`text`:
+one string; a row with both is refused). A row that breaks this is an error naming the file and the line (and
+the id), never a value turned into text and scored. Rows whose id is not among the samples scored are counted and reported
 (`summary["predictions_file"]`, and a warning): ids of the annotation file left out by `limit`, and ids
 the annotation file does not have. Samples without a row are an error listing their ids. `limit` must be
 a positive number of samples, and a run with no sample to score is an error naming the annotation file.
@@ -41,7 +43,8 @@ from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 from . import reports, scene_generation
 from .batched_answers import answer_in_batches
 from .plots import write_plots
-from .tasks import check_sample_limit, get_task, headline_value, sample_id
+from .run_fingerprint import check_resume, local_model_folder, run_fingerprint, write_fingerprint
+from .tasks import check_batch_size, check_prompt_texts, check_sample_limit, get_task, headline_value, sample_id
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,10 @@ def _process_state():
 
 
 def _row_texts(row: dict, stages: int) -> list[str] | str:
-    """The texts of a predictions row, or what is wrong with them."""
+    """The texts of a predictions row, or what is wrong with them (a row with both 'raw' and 'text' is refused:
+    which one to score would be a guess)."""
+    if "raw" in row and "text" in row:
+        return "the row has both 'raw' and 'text'; give one ('raw': a list of one string per stage, 'text': one string)"
     if "raw" in row:
         texts = row["raw"]
         if not isinstance(texts, list) or len(texts) != stages:
@@ -84,8 +90,15 @@ def read_predictions_file(path, stages: int) -> dict[str, list[str]]:
     strings."""
     out: dict[str, list[str]] = {}
     line_of: dict[str, int] = {}
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
+                         "a predictions file is JSON Lines in UTF-8: save it as UTF-8") from None
     # JSON Lines separates records by "\n" only; str.splitlines() would also split inside a string at U+2028.
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}, line {number}"
@@ -137,6 +150,7 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
         request = task.request(records[i], stage, previous, media_root)
         # annotation paths are relative to posed_images
         request.images = [str(media_path(media_root, p, ids[i])) for p in request.images]
+        request.sample = ids[i]  # named if its prompt is refused (processing/collator.py)
         return request
 
     reports.end_torn_line(reports.raw_output_file(out_dir, rank))
@@ -160,6 +174,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
     check_sample_limit(limit)
+    check_batch_size(batch_size)
     task = get_task(task_name, official_compat)
     task.check_scoring_dependencies()  # before the answers are generated
     annotation_file = Path(annotation_file) if annotation_file else find_annotation_file(data_dir, task.annotation_task, split)
@@ -175,6 +190,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     ids = all_ids[: len(records)]
     if model_dir is not None:  # a model is never scored on scenes it trained on (processing/held_out.py)
         check_held_out(model_dir, data_dir, {record_scene_id(r) for r in records})
+        check_prompt_texts(records, ids, annotation_file)  # no prompt may write chat turns (gap_mllm.control_tokens)
     media_root = posed_images_dir(data_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +206,14 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
             logger.info("%s: %d row(s) not scored: left out by limit=%s", predictions_file, unscored_rows["after_limit"], limit)
     else:
         rank, world, device, barrier = _process_state()
+        # answers already in out_dir are resumed only if this same run wrote them (run_fingerprint.py); every
+        # process reads the same files, so all refuse alike, and none writes before all have checked
+        model_dir = local_model_folder(model_dir)  # a Hub id: its snapshot, hashed here and then loaded
+        fingerprint = run_fingerprint(task, model_dir, data_dir, annotation_file, max_new_tokens)
+        check_resume(out_dir, fingerprint)
+        barrier()
+        if rank == 0:
+            write_fingerprint(out_dir, fingerprint)
         generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
                          rank, world, device, progress, scene_reuse)
         barrier()

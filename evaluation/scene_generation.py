@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 import torch
 
-from gap_mllm.processing.collator import chat_messages
+from gap_mllm.processing.collator import sample_chat_text
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 from .generation import BatchGenerator, Request
@@ -61,11 +61,9 @@ class SceneGenerator(BatchGenerator):
         self.scenes_encoded = 0
 
     def _split(self, request: Request) -> tuple[tuple, str]:
-        """(scene key, question suffix): the chat text the collator builds, cut after the last view."""
-        messages = chat_messages(request.prompt, len(request.images))
-        chat = self.processor.tokenizer.apply_chat_template(
-            messages, chat_template=self.processor.chat_template, tokenize=False, add_generation_prompt=True
-        )
+        """(scene key, question suffix): the chat text the collator builds (its checks included: a prompt holding
+        a control token is a DataError naming the sample), cut after the last view."""
+        chat = sample_chat_text(self.processor, request.prompt, len(request.images), sample=request.sample)
         prefix, suffix = self.processor.split_scene_prompt(chat, num_views=len(request.images))
         return (*request_scene(request), prefix), suffix
 

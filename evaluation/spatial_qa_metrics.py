@@ -6,16 +6,21 @@ dots removed ("B. chair" -> "B", "3.5 meters" -> "3.5").
     multiple choice  accuracy: 1 iff the extracted word equals the ground-truth letter, case-insensitive
     numerical        mean relative accuracy (MRA): the mean over the 10 confidence levels
                      C = 0.50, 0.55, ..., 0.95 of [ |pred - gt| / gt <= 1 - C ] (non-strict);
-                     an unparsable number scores 0.
+                     an unparsable answer scores 0; a ground truth that is not a finite number is a
+                     ValueError naming it (VSI-Bench's float() fails on it too).
 
 Two modes:
     default                the extraction first strips surrounding whitespace (" B" -> "B") and the
-                           ground truth is compared stripped; a zero numerical ground truth scores 0.
+                           ground truth is compared stripped. The relative error is taken against |gt|,
+                           and on a zero ground truth, where the formula divides by zero, an exact answer
+                           (the number 0) scores 1.0 and any other 0.0: its relative error is infinite, so
+                           it passes no level (docs/deviations.md §2.3).
     official_compat=True   VSI-Bench exactly: `prediction.split(" ")[0].rstrip(".").strip()` with no
                            strip before the split, so a leading space gives an empty word (" B" scores 0;
                            a leading newline does not, since only " " splits); the ground truth is compared
                            as written (`pred.lower() == target.lower()`); a zero numerical ground truth
-                           is a ValueError (VSI-Bench divides by it: ZeroDivisionError).
+                           is a ValueError (VSI-Bench divides by it: ZeroDivisionError), and the relative
+                           error is divided by gt as written (a negative gt passes every level).
 
 Aggregation: mean score per question type; `object_rel_direction_{easy,medium,hard}` are merged into
 `object_rel_direction` (their mean, as VSI-Bench reports them); "overall" = mean over the question
@@ -55,11 +60,18 @@ def _to_float(text):
     return value if np.isfinite(value) else None
 
 
-def mean_relative_accuracy(prediction: float | None, target: float) -> float:
-    """MRA over C in {0.50, ..., 0.95}: mean of [|p - t| / t <= 1 - C]; 0.0 if p is None or t == 0."""
-    if prediction is None or not target:
+def mean_relative_accuracy(prediction: float | None, target: float, official_compat: bool = False) -> float:
+    """MRA over C in {0.50, ..., 0.95}: mean of [|p - t| / |t| <= 1 - C]; 0.0 if p is None. t == 0 (where the
+    formula divides by zero): 1.0 if p == 0 (exact), else 0.0 (an infinite relative error passes no level).
+    official_compat divides by t as written (VSI-Bench) and raises ValueError for t == 0."""
+    if prediction is None:
         return 0.0
-    relative = abs(prediction - target) / target
+    if target == 0:
+        if official_compat:
+            raise ValueError("a zero numerical ground truth: VSI-Bench divides by it (ZeroDivisionError), so "
+                             "official_compat cannot score it")
+        return 1.0 if prediction == 0 else 0.0
+    relative = abs(prediction - target) / (target if official_compat else abs(target))
     return float(np.mean(relative <= 1.0 - MRA_LEVELS))
 
 
@@ -77,10 +89,13 @@ def score_answer(prediction: str, ground_truth: str, question_type: str, officia
     answer = fuzzy_matching(prediction or "", official_compat)
     if is_numerical(question_type):
         target = _to_float(ground_truth)
+        if target is None:  # never read as 0: an answer "0" would then score 1.0
+            raise ValueError(f"numerical ground truth {ground_truth!r} of a {question_type} question is not a finite "
+                             "number")
         if official_compat and target == 0:
             raise ValueError(f"numerical ground truth {ground_truth!r}: VSI-Bench divides by it (ZeroDivisionError), "
                              "so official_compat cannot score it")
-        return mean_relative_accuracy(_to_float(answer), target or 0.0)
+        return mean_relative_accuracy(_to_float(answer), target, official_compat)
     if official_compat:
         return 1.0 if answer.lower() == str(ground_truth).lower() else 0.0
     return 1.0 if answer.lower() == str(ground_truth).strip().lower() else 0.0

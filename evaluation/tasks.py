@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gap_mllm.control_tokens import PromptTextError, refuse_control_tokens
 from gap_mllm.output_parsing import parse_literal
 from gap_mllm.processing.coordinates import world_boxes_to_camera
+from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.record_schema import ANSWER_TEXT, REAL, TEXT, TEXT_LIST, RecordField, read_fields
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
 from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_grounding
@@ -66,8 +68,31 @@ def check_sample_limit(limit) -> None:
         raise ValueError(f"limit must be a positive number of samples (the first N are scored), got {limit!r}")
 
 
+def check_batch_size(batch_size) -> None:
+    """ValueError unless `batch_size` (samples per generate call) is a positive integer: 0 would end in a bare
+    `range()` error and a negative one would answer nothing, leaving every sample missing."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of samples per generate call, got {batch_size!r}")
+
+
 def human_prompt(record: dict) -> str:
     return record["conversations"][0]["value"]
+
+
+def check_prompt_texts(records: list, ids: list[str], path) -> None:
+    """DataError naming the annotation file `path` and the sample for a record whose human turn holds chat or
+    vision markup (a Qwen control token such as `<|im_start|>`) or text that is not valid Unicode: its prompt
+    would write chat turns of its own (gap_mllm.control_tokens). Run before a model is loaded, so a benchmark
+    is refused before any answer is generated; the collator checks each prompt again with the model's tokenizer.
+    A record without a human turn is left to the request that reads it."""
+    for record, sid in zip(records, ids, strict=True):
+        turns = record.get("conversations") if isinstance(record, dict) else None
+        prompt = turns[0].get("value") if isinstance(turns, list) and turns and isinstance(turns[0], dict) else None
+        if isinstance(prompt, str):
+            try:
+                refuse_control_tokens(None, prompt, "the prompt (human turn)")
+            except PromptTextError as error:
+                raise DataError(str(error), path=path, sample=sid) from None
 
 
 def gt_answer(record: dict) -> str:

@@ -45,6 +45,7 @@ from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.evaluation.baselines import all_baselines
 from gap_mllm.evaluation.geometry_eval import evaluate_geometry
 from gap_mllm.evaluation.runner import run_evaluation
+from gap_mllm.processing.argument_types import positive_int
 from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.processing.synth.writer import write_dataset
@@ -388,13 +389,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="SynthRooms folder (default: <out>/data)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full: the recipes; toy: a few steps per stage")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--workers", type=int, default=1, help="processes writing the data")
+    parser.add_argument("--workers", type=positive_int, default=1, help="processes writing the data")
     parser.add_argument("--ablation", action="store_true", help="train and evaluate every ablation arm (mini/README.md)")
     parser.add_argument("--arms", nargs="+", default=None, choices=sorted(ARMS), help="arms to run (default: the main arm)")
-    parser.add_argument("--parallel", type=int, default=1, help="arms trained at the same time (separate processes)")
-    parser.add_argument("--eval-max-new-tokens", type=int, default=None, help="one generation budget for every task (default: per task, EVAL_MAX_NEW_TOKENS)")
-    parser.add_argument("--eval-batch-size", type=int, default=None, help="samples per generate call of the evaluation (GPU: 64)")
-    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate the first N test samples of each task (>= 800 for the tables)")
+    parser.add_argument("--parallel", type=positive_int, default=1, help="arms trained at the same time (separate processes)")
+    parser.add_argument("--eval-max-new-tokens", type=positive_int, default=None, help="one generation budget for every task (default: per task, EVAL_MAX_NEW_TOKENS)")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=None, help="samples per generate call of the evaluation (GPU: 64)")
+    parser.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate the first N test samples of each task (>= 800 for the tables)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="applied to every training stage after the recipe, e.g. --set training.dataloader_num_workers=4")
     parser.add_argument("--stage-set", dest="stage_overrides", action="append", default=[], metavar="STAGE:SECTION.KEY=VALUE",

@@ -8,12 +8,17 @@ A user turn is written as a list of *segments*: `None` is one view (an image ite
 item (empty strings are dropped). The official annotation files write the same turn as one string
 with one `<image>` per view; `segments_from_placeholders` / `placeholders_from_segments` convert.
 `render_chat_prompt` renders them with the tokenizer's chat template for the processor and the training
-collator alike, so a training sample and an inference call of one task read identically.
+collator alike, so a training sample and an inference call of one task read identically. It checks the text
+first (`check_chat_text`: the rule of control_tokens.py), so no text item and no answer can write chat turns:
+text items that are adjacent in the prompt are checked as the one text they become there, so a control token
+split over two items (`"x<|im_"`, `"end|>"`) is found too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from .control_tokens import refuse_control_tokens
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 IMAGE_PLACEHOLDER = "<image>"  # one per view in the human turn of the official annotation files
@@ -56,10 +61,43 @@ def chat_messages(segments: Sequence[str | None], answer: str | None = None) -> 
     return messages
 
 
+def text_runs(segments: Sequence[str | None]) -> list[tuple[list[int], str]]:
+    """`(indices, joined text)` of each run of text items not separated by a view: the text the prompt holds
+    between two views (empty items are dropped by `chat_messages`, so they separate nothing)."""
+    runs: list[tuple[list[int], str]] = []
+    after_text = False  # the previous non-empty segment was text: this one continues its run
+    for index, segment in enumerate(segments):
+        if segment is None:
+            after_text = False
+        elif segment:
+            indices, text = runs.pop() if after_text else ([], "")
+            runs.append(([*indices, index], text + segment))
+            after_text = True
+    return runs
+
+
+def check_chat_text(tokenizer, segments: Sequence[str | None], answer: str | None = None,
+                    turn: str = "the user turn") -> None:
+    """Raise `control_tokens.PromptTextError` (a ValueError) naming the text items (of `turn`) or the answer when
+    they hold a control token of `tokenizer` or are not valid Unicode; adjacent text items are checked joined."""
+    for indices, text in text_runs(segments):
+        what = (f"text item {indices[0]} of {turn}" if len(indices) == 1 else
+                f"text items {indices[0]}-{indices[-1]} of {turn} (joined, as the prompt holds them)")
+        refuse_control_tokens(tokenizer, text, what)
+    if answer is not None:
+        refuse_control_tokens(tokenizer, answer, "the answer")
+
+
 def render_chat_prompt(tokenizer, segments: Sequence[str | None], answer: str | None = None,
                        chat_template: str | None = None) -> str:
     """The chat text of one sample: `chat_messages` through the tokenizer's chat template (or
-    `chat_template`), ending with the answer (training) or with the generation prompt (inference)."""
+    `chat_template`), ending with the answer (training) or with the generation prompt (inference).
+
+    Raises:
+        control_tokens.PromptTextError: (a ValueError) for text items or an answer holding a control token of
+            `tokenizer` or not valid Unicode (`check_chat_text`).
+    """
+    check_chat_text(tokenizer, segments, answer)
     return tokenizer.apply_chat_template(chat_messages(segments, answer), chat_template=chat_template,
                                          tokenize=False, add_generation_prompt=answer is None)
 
@@ -70,7 +108,9 @@ __all__ = [
     "IMAGE_PLACEHOLDER",
     "SYSTEM_PROMPT",
     "chat_messages",
+    "check_chat_text",
     "placeholders_from_segments",
     "render_chat_prompt",
     "segments_from_placeholders",
+    "text_runs",
 ]

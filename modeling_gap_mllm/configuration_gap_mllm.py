@@ -12,6 +12,7 @@ block 23 with the ViT output and blocks 4/11/17 with DeepStack levels 0/1/2.
 """
 
 import logging
+import math
 from contextlib import contextmanager
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -163,8 +164,9 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         check_sizes(self, ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                            "patch_embed_num_hidden_layers"), "geometry_config")
         check_sizes(self, ("num_register_tokens", "patch_embed_num_register_tokens"), "geometry_config", minimum=0)
-        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or not self.mlp_ratio > 0:
-            raise ValueError(f"geometry_config.mlp_ratio must be a positive number, got {self.mlp_ratio!r}.")
+        if (isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float))
+                or not 0 < self.mlp_ratio < math.inf):
+            raise ValueError(f"geometry_config.mlp_ratio must be a positive finite number, got {self.mlp_ratio!r}.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"geometry_config.hidden_size ({self.hidden_size}) must be divisible by "
@@ -200,6 +202,7 @@ class GapMllmGeometryConfig(PreTrainedConfig):
                 f"geometry_config.autocast_dtype={self.autocast_dtype!r} is not one of {GEOMETRY_AUTOCAST_DTYPES}."
             )
         self._check_head_values()
+        check_parameter_count(self)  # every size that allocates is priced, before the encoder is built
 
     @property
     def uses_dpt_head(self) -> bool:
@@ -208,18 +211,16 @@ class GapMllmGeometryConfig(PreTrainedConfig):
     def _check_head_values(self):
         """Head settings are checked only for the heads that are switched on (defaults are VGGT-1B sized)."""
         if self.use_camera_head:
+            check_sizes(self, ("camera_head_trunk_depth", "camera_head_num_attention_heads", "camera_head_num_iterations"),
+                        "geometry_config")
             width = 2 * self.hidden_size
-            if self.camera_head_num_attention_heads < 1 or width % self.camera_head_num_attention_heads:
+            if width % self.camera_head_num_attention_heads:
                 raise ValueError(
                     f"geometry_config.camera_head_num_attention_heads ({self.camera_head_num_attention_heads}) must "
                     f"divide the camera head width 2·hidden_size = {width}."
                 )
-            if self.camera_head_trunk_depth < 1 or self.camera_head_num_iterations < 1:
-                raise ValueError(
-                    "geometry_config.camera_head_trunk_depth and camera_head_num_iterations must be at least 1, got "
-                    f"{self.camera_head_trunk_depth} and {self.camera_head_num_iterations}."
-                )
         if self.uses_dpt_head:
+            check_sizes(self, ("dpt_features", "dpt_frames_chunk_size"), "geometry_config")
             if len(self.dpt_layers) != 4 or len(self.dpt_out_channels) != 4:
                 raise ValueError(
                     f"geometry_config.dpt_layers ({self.dpt_layers}) and dpt_out_channels ({self.dpt_out_channels}) "
@@ -230,13 +231,11 @@ class GapMllmGeometryConfig(PreTrainedConfig):
                     raise ValueError(
                         f"geometry_config.dpt_layers contains {layer}: valid layers are 0..{self.num_hidden_layers - 1}."
                     )
-            if min(self.dpt_out_channels) < 1 or self.dpt_features < 2 or self.dpt_features % 2:
+            if min(self.dpt_out_channels) < 1 or self.dpt_features % 2:
                 raise ValueError(
                     "geometry_config.dpt_out_channels must be positive and dpt_features a positive even number, got "
                     f"{self.dpt_out_channels} and {self.dpt_features}."
                 )
-            if self.dpt_frames_chunk_size < 1:
-                raise ValueError(f"geometry_config.dpt_frames_chunk_size must be >= 1, got {self.dpt_frames_chunk_size}.")
 
 
 class GapMllmFusionConfig(PreTrainedConfig):

@@ -26,20 +26,39 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 
-def check_token_ids(input_ids: torch.Tensor, vocabulary_size: int, name: str = "input_ids") -> None:
-    """ValueError naming `name` when `input_ids` are not integers or hold an id outside `[0, vocabulary_size)`
-    (the embedding lookup would end in a bare IndexError)."""
+def check_token_id_dtype(input_ids: torch.Tensor, name: str = "input_ids") -> None:
+    """ValueError naming `name` when `input_ids` do not hold integers (the embedding lookup needs them)."""
     if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer token ids, got a {input_ids.dtype} tensor")
+
+
+def token_id_range(input_ids: torch.Tensor) -> torch.Tensor:
+    """`[2]` tensor (lowest id, highest id) of a non-empty integer tensor, left on its device so that callers
+    can read it together with other reductions in one host synchronisation."""
+    return torch.stack(torch.aminmax(input_ids.reshape(-1)))
+
+
+def vocabulary_error(low: int, high: int, vocabulary_size: int, name: str = "input_ids") -> ValueError | None:
+    """The error for token ids spanning `[low, high]`, or None when they all lie in `[0, vocabulary_size)`."""
+    if low >= 0 and high < vocabulary_size:
+        return None
+    bad = low if low < 0 else high
+    return ValueError(
+        f"{name} holds token id {bad}, outside the model's vocabulary of {vocabulary_size} ids (0 … "
+        f"{vocabulary_size - 1}); were these ids made with another tokenizer?"
+    )
+
+
+def check_token_ids(input_ids: torch.Tensor, vocabulary_size: int, name: str = "input_ids") -> None:
+    """ValueError naming `name` when `input_ids` are not integers or hold an id outside `[0, vocabulary_size)`
+    (the embedding lookup would end in a bare IndexError). One host synchronisation."""
+    check_token_id_dtype(input_ids, name)
     if input_ids.numel() == 0:
         return
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocabulary_size:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"{name} holds token id {bad}, outside the model's vocabulary of {vocabulary_size} ids (0 … "
-            f"{vocabulary_size - 1}); were these ids made with another tokenizer?"
-        )
+    low, high = token_id_range(input_ids).tolist()
+    error = vocabulary_error(low, high, vocabulary_size, name)
+    if error is not None:
+        raise error
 
 
 def new_token_budget(model, kwargs: dict, input_length: int) -> int | None:
@@ -122,4 +141,7 @@ def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type
     return input_ids.shape[-1] - 1
 
 
-__all__ = ["check_prompt_fits", "check_token_ids", "fit_budget_to_context", "highest_prompt_position", "new_token_budget"]
+__all__ = [
+    "check_prompt_fits", "check_token_id_dtype", "check_token_ids", "fit_budget_to_context", "highest_prompt_position",
+    "new_token_budget", "token_id_range", "vocabulary_error",
+]

@@ -23,6 +23,7 @@ from transformers.utils import ModelOutput, logging
 from .config_sizes import check_memory_for_parameters
 from .configuration_gap_mllm import GapMllmConfig
 from .engine_embeddings import GapMllmImageEmbeddings, concatenate_levels
+from .forward_checks import check_forward_inputs
 from .generation_checks import check_token_ids, fit_budget_to_context, highest_prompt_position
 from .geometry_fusion import WeightedFusion
 from .loading_report import GEOMETRY_GROUPS, report_missing_weights
@@ -365,7 +366,12 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 fusion level, one `[S_b, h_b, w_b, 2C]` tensor per sample, as `get_geometry_features` returns).
             labels: `[B, T]` next-token targets (-100 = ignored) for the LM loss.
             output_gates: return the fusion gates per level (`gated` method).
+
+        Raises:
+            ValueError: naming the input, for ids outside the vocabulary and ill-shaped or empty masks, labels or
+                token types (forward_checks.py).
         """
+        check_forward_inputs(self, input_ids, inputs_embeds, attention_mask, labels, mm_token_type_ids, past_key_values)
         mm_encoder_outputs, gates = None, None
         if self.uses_geometry and pixel_values is not None:
             if geometry_pixel_values is None and geometry_features is None:

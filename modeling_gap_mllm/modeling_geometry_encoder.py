@@ -13,6 +13,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .config_sizes import check_memory_for_parameters
 from .configuration_gap_mllm import GapMllmGeometryConfig
 from .geometry_heads_camera import GapMllmCameraHead
 from .geometry_heads_dpt import GapMllmDptHead
@@ -206,6 +207,9 @@ class GapMllmGeometryEncoder(nn.Module):
     """
 
     def __init__(self, config: GapMllmGeometryConfig):
+        # Built alone (VGGT conversion, benches) nothing else prices the weights: refuse before allocating when
+        # even their lower bound does not fit (config_sizes.py).
+        check_memory_for_parameters(config)
         super().__init__()
         self.config = config
         self.aggregator = GapMllmVggtAggregator(config)

@@ -302,7 +302,7 @@ def _numbers(values, count: int, what: str):
     return tuple(numbers), None
 
 
-def _box_numbers(values, what: str):
+def box_numbers(values, what: str):
     """`(9 floats, None)` or `(None, problem)`: 9 finite numbers whose sizes (entries 3-5) are >= 0. A negative
     size is refused, not read as its absolute value: the box is malformed, and scoring it as the box of the
     absolute sizes would give a perfect IoU to an answer that is not the format."""
@@ -321,7 +321,7 @@ def _box_from_entry(entry):
     key = next((k for k in BOX_KEYS if k in entry), None)
     if key is None:
         return None, 'entry has no "bbox_3d"'
-    values, problem = _box_numbers(entry[key], key)
+    values, problem = box_numbers(entry[key], key)
     if problem:
         return None, problem
     label = entry.get("label")
@@ -434,7 +434,7 @@ def parse_grounding(text: str) -> GroundingResult:
     if isinstance(value, tuple):
         value = list(value)
     if isinstance(value, list) and value and all(not isinstance(v, (list, dict)) for v in value):
-        values, problem = _box_numbers(value, "bbox_3d")
+        values, problem = box_numbers(value, "bbox_3d")
         if problem:
             return GroundingResult(reason=problem)
         return GroundingResult(Box3D.from_list(values), "answer is a bare list, not a dict")

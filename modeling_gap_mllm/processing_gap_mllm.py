@@ -49,9 +49,15 @@ User text and control tokens (a security rule: the Space passes a public textbox
       its samples that way): it is tokenized as written, after checking that it holds exactly one
       `<|vision_start|><|image_pad|><|vision_end|>` per view and no other vision token. Never build such a
       text from untrusted input yourself: render it with `chat_prompt`, which refuses control tokens in the
-      text items and the answer.
+      text items (adjacent items checked joined, as the prompt holds them) and the answer.
+    - `apply_chat_template` (transformers' entry point: tokenize=True/False, return_dict, batches) checks the
+      text of every message the same way before the template writes the markup.
     - `split_scene_prompt` applies the same rules, so a query cannot move the split after the last view.
     - `box=` is numbers, formatted by the task (no text of the user's reaches the prompt).
+    - Text that is not valid Unicode (a lone surrogate: the bytes of a non-UTF-8 command line or file) is a
+      ValueError naming it, in every text input, the expert path included.
+    The same rule (`control_tokens.refuse_control_tokens`) guards the dataset paths: the builders, the training
+    and evaluation collator and scene reuse refuse (or skip and count) a record by name.
 
 In the official modes the VGGT size is always derived from the Qwen grid. For ScanNet-shaped frames
 this is exactly the official size; for other aspect ratios the official code's sizes (hard-coded
@@ -85,8 +91,8 @@ from .image_alignment import (
     smart_resize,
     vggt_crop_preprocess,
 )
-from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
-from .control_tokens import refuse_control_tokens
+from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, check_chat_text, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
+from .control_tokens import refuse_control_tokens, refuse_invalid_unicode
 from .model_inputs import PROCESSOR_GEOMETRY_INPUT_NAMES
 from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, drop_negative_token_ids
 from .tasks_gap_mllm import TaskSpec, resolve_task
@@ -376,19 +382,38 @@ class GapMllmProcessor(Qwen3VLProcessor):
     def chat_prompt(self, segments, answer: str | None = None) -> str:
         """The chat text of one sample (the one chat layout of chat_format.py): system prompt, the user turn
         `segments` (`None` = one view, str = a text item), then `answer` (training) or the generation prompt.
-        The text items and the answer are text, not markup: one holding a control token of the tokenizer is
-        refused (module docstring)."""
-        for index, segment in enumerate(segments):
-            if isinstance(segment, str):
-                refuse_control_tokens(self.tokenizer, segment, f"text item {index} of the user turn")
-        if answer is not None:
-            refuse_control_tokens(self.tokenizer, answer, "the answer")
+        The text items and the answer are text, not markup: text holding a control token of the tokenizer is
+        refused (module docstring), adjacent text items checked joined, as the prompt holds them."""
         return render_chat_prompt(self.tokenizer, segments, answer, self.chat_template)
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """transformers' `apply_chat_template` (`tokenize=True/False`, `return_dict=True`, a batch of conversations),
+        after the text of every message is checked by the rule of control_tokens.py: the chat template writes the
+        markup, a message's text may not (a ValueError names the conversation, the message and the tokens)."""
+        batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(conversation[0], (list, tuple))
+        for c, messages in enumerate(conversation if batched else [conversation]):
+            for m, message in enumerate(messages):
+                role = message.get("role", "no role") if isinstance(message, dict) else "no role"
+                where = f"message {m} ({role})" + (f" of conversation {c}" if batched else "")
+                check_chat_text(self.tokenizer, self._message_segments(message), turn=where)
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
+    @staticmethod
+    def _message_segments(message) -> list[str | None]:
+        """A chat message's content as chat segments: its text (a string, or each text block) as text items, any
+        other block (an image) as `None`, what separates them in the rendered prompt."""
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            return [content]
+        blocks = content if isinstance(content, (list, tuple)) else []
+        return [str(block.get("text", "")) if isinstance(block, dict) and block.get("type") == "text" else None
+                for block in blocks]
 
     def _text_prompt(self, text: str, num_views: int, sample_idx: int) -> str:
         """Chat prompt for a free text. Chat markup (the expert path) is checked, not rebuilt: exactly one
         image placeholder per view and no other vision token. Plain text is user text: it may hold no control
         token of the tokenizer (module docstring)."""
+        refuse_invalid_unicode(text, f"the text of sample {sample_idx}")
         placeholders = text.count(self.image_placeholder)
         if CHAT_MARKER in text:
             counts = {token: text.count(token) for token in (self.image_token, self.vision_start_token, self.vision_end_token)}
@@ -488,20 +513,28 @@ class GapMllmProcessor(Qwen3VLProcessor):
         max_pixels = overrides.get("max_pixels", size.get("longest_edge", max_pixels))
         return int(min_pixels), int(max_pixels)
 
-    def _check_call_kwargs(self, kwargs: dict) -> None:
-        """TypeError naming every keyword `__call__` got that neither it nor Qwen3VLProcessor knows (transformers
-        only logs such a keyword once and drops it, so a typo such as `paddding=` would change nothing silently).
-        Known: the processor-level and per-modality keywords of Qwen3VLProcessor (`padding`, `padding_side`,
-        `truncation`, `max_length`, `return_mm_token_type_ids`, `text_kwargs`, ...) and those of its tokenizer
-        and image processor."""
-        schema = self.valid_processor_kwargs
-        known = set(schema.__annotations__) | {"common_kwargs"}
+    def _modality_kwargs(self) -> dict[str, set[str]]:
+        """`{"text_kwargs": {...}, "images_kwargs": {...}, ...}`: the keywords Qwen3VLProcessor passes on to each
+        modality, those of transformers' typed kwargs and those of the sub-processor (tokenizer, image processor)."""
+        schema = self.valid_processor_kwargs.__annotations__
+        known = {}
         for modality, attribute in (("text_kwargs", "tokenizer"), ("images_kwargs", "image_processor"),
                                     ("videos_kwargs", "video_processor"), ("audio_kwargs", "feature_extractor")):
-            if modality in schema.__annotations__:
-                known |= set(getattr(schema.__annotations__[modality], "__annotations__", {}))
+            names = set(getattr(schema.get(modality), "__annotations__", {}))
             sub_processor = getattr(self, attribute, None)
-            known |= set(getattr(getattr(sub_processor, "valid_kwargs", None), "__annotations__", {}))
+            known[modality] = names | set(getattr(getattr(sub_processor, "valid_kwargs", None), "__annotations__", {}))
+        return known
+
+    def _check_call_kwargs(self, kwargs: dict) -> None:
+        """TypeError naming every keyword `__call__` got that neither it nor Qwen3VLProcessor knows (transformers
+        only logs such a keyword once and drops it, so a typo such as `paddding=` would change nothing silently),
+        at the top level or inside a per-modality dict (`text_kwargs={"paddding": True}`). Known: the
+        processor-level and per-modality keywords of Qwen3VLProcessor (`padding`, `padding_side`, `truncation`,
+        `max_length`, `return_mm_token_type_ids`, `text_kwargs`, ...) and those of its tokenizer and image
+        processor; `common_kwargs` go to every modality, so any of those is known there."""
+        per_modality = self._modality_kwargs()
+        every_modality = set().union(*per_modality.values())
+        known = set(self.valid_processor_kwargs.__annotations__) | {"common_kwargs"} | every_modality
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(
@@ -509,11 +542,23 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 "task, query, box, point_prompts, return_tensors and the Qwen3-VL processor options (padding, "
                 "padding_side, truncation, max_length, ...)"
             )
+        for group in (*per_modality, "common_kwargs"):
+            if group not in kwargs:
+                continue
+            if not isinstance(kwargs[group], dict):
+                raise TypeError(f"GapMllmProcessor: {group} must be a dict of keyword arguments, got "
+                                f"{type(kwargs[group]).__name__} {kwargs[group]!r:.60}")
+            unknown = sorted(set(kwargs[group]) - per_modality.get(group, every_modality))
+            if unknown:
+                raise TypeError(
+                    f"GapMllmProcessor got unknown keyword argument(s) {', '.join(map(repr, unknown))} in {group}; "
+                    f"the {group} it knows: {', '.join(sorted(per_modality.get(group, every_modality)))}"
+                )
 
     # ---------------------------------------------------------------------------------- __call__
 
     def __call__(self, images=None, text=None, point_prompts=None, return_tensors=None, task=None, query=None,
-                 box=None, **kwargs) -> BatchFeature:
+                 box=None, videos=None, audio=None, **kwargs) -> BatchFeature:
         """Process a batch of multi-view samples.
 
         Args:
@@ -536,7 +581,10 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 first view's camera; one per sample.
             **kwargs: forwarded to Qwen3VLProcessor (e.g. `padding`, `padding_side`, `truncation`, `max_length`);
                 in "grid" mode `size` / `min_pixels` / `max_pixels` override the pixel limits of both branches.
-                A keyword neither knows is a TypeError naming it.
+                A keyword neither knows is a TypeError naming it (inside `text_kwargs={...}` and the other
+                per-modality dicts too).
+            videos, audio: not read by GAP-MLLM; accepted as None (transformers' `apply_chat_template` passes
+                them), anything else is a ValueError (a video's frames are the views of one sample).
 
         Raises:
             ValueError: for a `query` or plain `text` holding a control token of the tokenizer (module docstring),
@@ -546,6 +594,10 @@ class GapMllmProcessor(Qwen3VLProcessor):
             `BatchFeature` with the keys listed in the module docstring (text keys only when `text` is
             given, image and geometry keys only when `images` is given).
         """
+        for name, value in (("videos", videos), ("audio", audio)):
+            if value is not None:
+                raise ValueError(f"GapMllmProcessor takes no {name}= (GAP-MLLM reads multi-view images): pass a video's "
+                                 "frames as the views of one sample, images=[[frame_0, frame_1, ...]]")
         pixel_limits = self._pixel_limits_from_kwargs(kwargs)
         self._check_call_kwargs(kwargs)
         spec = None

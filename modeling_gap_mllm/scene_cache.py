@@ -22,9 +22,11 @@ Copy-on-use: a `GapMllmScene` holds plain tensors and is never written to; each 
 `DynamicCache` from them (expanded to the question batch), so one scene serves any number of calls.
 
 Ownership: a scene records the identity of the model that encoded it (model_identity.py: the model object,
-a digest of its configuration and of its parameters' storage and in-place versions), and
-`generate(scene=...)` refuses a scene of another model, or of this model after its weights changed, with a
-ValueError saying which; a cache of other head sizes is named by its shapes. The context rules of a full
+a digest of its configuration, of its parameters and buffers (storage, in-place versions and a probe of their
+values, so that a fused optimizer step or a write through `.data` is seen) and of its PEFT adapter state), and
+`generate(scene=...)` refuses a scene of another model, or of this model after its weights, buffers or active
+adapters changed, with a ValueError saying which; a cache of other head sizes is named by its shapes. What the
+identity cannot see (e.g. a replaced `forward`) is listed in model_identity.py: re-encode after such changes. The context rules of a full
 `generate` apply too (generation_checks.py): a prefix + question past the context is refused, a budget that
 would pass it is lowered with a warning.
 """

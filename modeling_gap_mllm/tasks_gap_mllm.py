@@ -43,6 +43,7 @@ from .output_parsing import (
     GroundingResult,
     PointmapResult,
     SpatialAnswerResult,
+    box_numbers,
     parse_caption,
     parse_detection,
     parse_frame_selection,
@@ -99,8 +100,8 @@ BOX_VALUES = 9
 
 
 def format_box(values) -> str:
-    """`[0.44, 0.08, 2.26, ...]`: 9 finite numbers (Python, numpy or 0-d torch), each through `round(v, 2)`
-    as the targets are written."""
+    """`[0.44, 0.08, 2.26, ...]`: 9 finite numbers (Python, numpy or 0-d torch) with sizes >= 0 (the rule of the
+    answers' boxes, `output_parsing`), each through `round(v, 2)` as the targets are written."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != BOX_VALUES:
         raise ValueError(f"box must be {BOX_VALUES} numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll], got {values!r}")
     try:
@@ -109,6 +110,9 @@ def format_box(values) -> str:
         floats = []
     if len(floats) != BOX_VALUES or not all(math.isfinite(v) for v in floats):
         raise ValueError(f"box must hold {BOX_VALUES} finite numbers, got {values!r}")
+    _, problem = box_numbers(floats, "box")
+    if problem:  # a negative size describes no box: refused, as in an answer or an annotation
+        raise ValueError(f"{problem} (sizes, entries 3-5, must be >= 0); got {values!r}")
     return "[" + ", ".join(repr(round(v, 2)) for v in floats) + "]"
 
 

@@ -12,9 +12,10 @@ and otherwise parsed from the answer text with the task's parser (`gap_mllm.task
 and its answer text always agree. Every record field a builder reads is declared with its kind and
 checked by `record_schema.read_fields` before anything reaches Arrow (a string where 9 numbers belong is
 an error, never 9 digits). Bad data raises `DataError` naming the file and the sample, or, with
-`skip_bad_samples=True`, is skipped and counted (`builder.skipped[split]`). Sample ids must be unique
-within a file (a repeated id is bad data: refused, or skipped and counted after its first use), and an
-annotation file without a single usable sample is an error naming it.
+`skip_bad_samples=True`, is skipped and counted (`builder.skipped[split]`). A prompt or answer holding chat or
+vision markup (`<|im_start|>`, ...: gap_mllm.control_tokens) or text that is not valid Unicode is bad data.
+Sample ids must be unique within a file (a repeated id is bad data: refused, or skipped and counted after its
+first use), and an annotation file without a single usable sample is an error naming it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import PIL.Image
 
 from gap_mllm.chat_format import IMAGE_PLACEHOLDER
+from gap_mllm.control_tokens import PromptTextError, refuse_control_tokens
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
@@ -48,7 +50,7 @@ from .errors import DataError, SkipCounter
 from .features import BOX as BOX_FEATURE
 from .features import MATRIX_4X4 as MATRIX_4X4_FEATURE
 from .features import POSES as POSES_FEATURE
-from .features import DEFAULT_CLASS_NAMES, common_features, geometry_features
+from .features import DEFAULT_CLASS_NAMES, check_fits_features, common_features, geometry_features
 from .held_out import record_scene_id
 from .record_schema import (
     ANSWER_TEXT,
@@ -233,6 +235,7 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
             example["intrinsics"] = views.intrinsics
             example["cam_to_world"] = views.cam_to_world
         example.update(self.task_fields(record, answer, len(images), key))
+        check_fits_features(example, self.info.features, key)  # before Arrow, which would name neither sample nor field
         return example
 
     @classmethod
@@ -303,6 +306,13 @@ def _check_conversation(record: dict, key: str) -> tuple[list[str], str, str]:
     placeholders = prompt.count(IMAGE_PLACEHOLDER)
     if placeholders != len(images):
         raise DataError(f"the prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but the sample lists {len(images)} image(s)", sample=key)
+    # Text, never markup: a turn holding `<|im_start|>` & co. would write chat turns of its own (or, in the answer,
+    # move the span the labels supervise). Without a tokenizer the Qwen markup is checked (gap_mllm.control_tokens).
+    for what, text in (("the prompt (human turn)", prompt), ("the answer (gpt turn)", answer)):
+        try:
+            refuse_control_tokens(None, text, what)
+        except PromptTextError as error:
+            raise DataError(str(error), sample=key) from None
     return images, prompt, answer
 
 

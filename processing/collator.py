@@ -10,6 +10,12 @@ Chat layout: the one of `gap_mllm.chat_format` (official, docs/method.md §3.1 /
 interleaves the prompt's text pieces with the views in order (so `Frame-i: <image>` becomes a text
 item before each image), then the assistant answer. Labels are `IGNORE_INDEX` everywhere except the
 answer and the closing `<|im_end|>` + newline; `<|im_start|>assistant\n` is masked.
+
+Dataset text is text, never markup: a prompt or answer holding a control token of the tokenizer (an answer
+with `<|im_start|>assistant\n` would move the supervised span onto the injected text) or text that is not valid
+Unicode is a `DataError` naming the sample (`sample_chat_text`, the rule of `gap_mllm.control_tokens`). In
+training, `BadSampleGuard` then stops the run or skips and counts the sample (`data.on_bad_sample`); evaluation
+(`gap-mllm evaluate`, scene reuse included) refuses it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 
 from gap_mllm import chat_format
 from gap_mllm.chat_format import ASSISTANT_HEADER, render_chat_prompt, segments_from_placeholders
+from gap_mllm.control_tokens import PromptTextError
 from gap_mllm.model_inputs import IGNORE_INDEX  # noqa: F401 - re-exported for the trainer and tests
 
 from .errors import DataError
@@ -31,6 +38,19 @@ def prompt_segments(prompt: str, num_images: int, sample: str | None = None) -> 
         return segments_from_placeholders(prompt, num_images)
     except ValueError as error:
         raise DataError(str(error), sample=sample) from None
+
+
+def sample_chat_text(processor, prompt: str, num_images: int, answer: str | None = None, sample=None) -> str:
+    """The chat text of one annotation sample (`render_chat_prompt` with the processor's tokenizer and template):
+    the answer appended (training) or the generation prompt (`answer=None`). A `DataError` naming `sample` when
+    the prompt's `<image>` count differs from `num_images`, or when the prompt or the answer holds a control
+    token of the tokenizer or is not valid Unicode (this package's rule, whatever processor code a checkpoint
+    carries)."""
+    segments = prompt_segments(prompt, num_images, sample)
+    try:
+        return render_chat_prompt(processor.tokenizer, segments, answer, processor.chat_template)
+    except PromptTextError as error:
+        raise DataError(f"annotation text: {error}", sample=sample) from None
 
 
 def chat_messages(prompt: str, num_images: int, answer: str | None = None, sample: str | None = None) -> list[dict]:
@@ -66,10 +86,10 @@ class GapMllmDataCollator:
         texts, images, point_prompts = [], [], []
         for index, example in enumerate(examples):
             views = list(example["images"])
-            sample = example.get("id", index)
-            segments = prompt_segments(example["prompt"], len(views), sample=sample)
+            sample = example.get("id")
+            sample = index if sample is None else sample  # no id (an evaluation request without one): its position
             answer = example["answer"] if self.train else None
-            texts.append(render_chat_prompt(self.processor.tokenizer, segments, answer, self.processor.chat_template))
+            texts.append(sample_chat_text(self.processor, example["prompt"], len(views), answer, sample))
             images.append(views)
             coords = example.get("pixel_coords") if self.marker else None
             point_prompts.append(tuple(int(v) for v in coords) if coords is not None else None)

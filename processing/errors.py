@@ -1,15 +1,22 @@
-"""Bad-data errors and the skip policy shared by the readers and the builders.
+"""Bad-data errors and the skip policy shared by the readers and the builders; what a full disk looks like.
 
 Every reader raises `DataError` with the offending file and, when known, the sample it belongs to.
 Builders either let it propagate (default) or, with `skip_bad_samples=True`, skip the sample and
 count it in a `SkipCounter` (reported at the end, per reason) so nothing is dropped silently.
+
+`names_full_disk` is the one rule for "the device is full" (ENOSPC / EDQUOT anywhere in an error's chain, or
+the texts of writers that lose the errno), used by training's checkpoints, export-llm and the CLI's error line;
+`device_of` names the filesystem a path is on; `DiskFullError` is a full disk already described for the user.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,50 @@ def exception_chain(error: BaseException | None):
         seen.add(id(error))
         yield error
         error = error.__cause__ or error.__context__
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How writers without an errno report it: the OS text (wrapped by many libraries), safetensors' Rust io
+# error kind, the quota text.
+DISK_FULL_TEXTS = ("no space left on device", "storagefull", "disk quota exceeded")
+
+
+class DiskFullError(OSError):
+    """A write stopped by a full device, whose message already names the device, what was being written and what
+    to do (training's checkpoints, export-llm): front ends show it as it is."""
+
+
+def names_full_disk(error: BaseException) -> bool:
+    """Whether `error` or anything in its chain says the device is full: a full-disk errno, or its text."""
+    for link in exception_chain(error):
+        if isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(marker in str(link).lower() for marker in DISK_FULL_TEXTS):
+            return True
+    return False
+
+
+def existing_parent(path) -> Path:
+    """`path` made absolute, or its nearest ancestor that exists."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def device_of(path) -> str:
+    """The filesystem holding `path`: "<device> (mounted at <mount point>)" from /proc/self/mounts, or the
+    mount point alone where that table cannot be read."""
+    mount = existing_parent(path)
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        table = Path("/proc/self/mounts").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        table = []
+    # the last entry for a mount point is the one in effect; spaces in paths are written as \040
+    devices = [fields[0] for fields in map(str.split, table) if len(fields) >= 2 and fields[1].replace("\\040", " ") == str(mount)]
+    return f"{devices[-1]} (mounted at {mount})" if devices else str(mount)
 
 
 @dataclass

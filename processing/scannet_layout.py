@@ -11,7 +11,9 @@
                                    scans/<scene>/<scene>.txt, the official JSONs carry it per sample)
 
 Annotation JSONs list images relative to the posed_images folder ("scene0362_00/00350.jpg"); depth
-and pose files are found next to the image by stem. Depth may also be a float32 `.npy` in metres.
+and pose files are found next to the image by stem. Depth may also be a `.npy` of float metres (an integer
+array has no unit of its own and is read only with an explicit depth scale; bool, complex and other arrays are
+refused), which takes precedence over the PNG.
 Every reader raises `DataError` naming the file.
 
 Paths in annotation files must stay inside the media root: `media_path` refuses absolute paths, `..`
@@ -24,6 +26,7 @@ plots use it; the Space's upload check uses the same `resolve_inside`.
 from __future__ import annotations
 
 import errno
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,18 +139,41 @@ def read_color(path) -> PIL.Image.Image:
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def read_depth(path, depth_scale: float = DEPTH_SCALE) -> np.ndarray:
-    """Depth `[H, W]` float32 metres; 0 marks "no measurement" (ScanNet). PNG: uint16 / `depth_scale`.
+def _array_metres(values: np.ndarray, path: Path, depth_scale: float | None) -> np.ndarray:
+    """Metres of a `.npy` depth array (the PNG rule, for arrays): float values are metres; integer values have no
+    unit of their own (uint16 1500 may be millimetres) and are read only as `value / depth_scale`, with the scale
+    given; any other dtype (bool, complex, strings) is refused. `DataError` naming the file."""
+    if values.dtype.kind == "f":
+        return values.astype(np.float32)
+    if values.dtype.kind in "iu" and depth_scale is not None:
+        return values.astype(np.float32) / depth_scale
+    if values.dtype.kind in "iu":
+        raise DataError(
+            f"depth array is {values.dtype}: integer depth has no unit (1500 may be millimetres or metres), so it is "
+            f"not read as metres; save float32 metres, or uint16 millimetres as {path.with_suffix('.png').name}, or "
+            "read it with an explicit depth_scale (units per metre, e.g. 1000 for millimetres)",
+            path=path,
+        )
+    raise DataError(f"depth array is {values.dtype}, not numbers of metres; save float32 metres", path=path)
 
-    A depth PNG must be single-channel 16-bit: an 8-bit (or colour) PNG cannot hold millimetres, and reading
-    its value 200 as 0.200 m would be silently wrong, so it raises `DataError` saying what to write instead.
-    A `.npy` file is read as metres; any NaN or negative value there raises `DataError`.
+
+def read_depth(path, depth_scale: float | None = None) -> np.ndarray:
+    """Depth `[H, W]` float32 metres; 0 marks "no measurement" (ScanNet).
+
+    PNG: uint16 / `depth_scale` (default `DEPTH_SCALE`: ScanNet's millimetres). A depth PNG must be single-channel
+    16-bit: an 8-bit (or colour) PNG cannot hold millimetres, and reading its value 200 as 0.200 m would be
+    silently wrong, so it raises `DataError` saying what to write instead.
+    `.npy`: float values are metres; integer values only with an explicit `depth_scale` (units per metre), any
+    other dtype raises `DataError` (`_array_metres`). Any NaN, inf or negative value raises `DataError`.
     """
+    if depth_scale is not None and not (isinstance(depth_scale, (int, float)) and math.isfinite(depth_scale) and depth_scale > 0):
+        raise ValueError(f"depth_scale must be a positive number of units per metre, got {depth_scale!r}")
     path = existing_file(path, "depth file")
     try:
         if path.suffix == ".npy":
-            depth = np.load(path, allow_pickle=False).astype(np.float32)
+            depth = _array_metres(np.load(path, allow_pickle=False), path, depth_scale)
         else:
+            scale = DEPTH_SCALE if depth_scale is None else depth_scale
             with PIL.Image.open(path) as image:
                 image.load()
                 mode = image.mode
@@ -155,10 +181,10 @@ def read_depth(path, depth_scale: float = DEPTH_SCALE) -> np.ndarray:
             if mode not in SIXTEEN_BIT_MODES or (mode == "I" and values.size and (values.min() < 0 or values.max() > 65535)):
                 raise DataError(
                     f"depth PNG is {mode!r} ({values.dtype}), not 16-bit: ScanNet depth PNGs are uint16 millimetres "
-                    f"(read / {depth_scale:g}); write uint16 millimetres, or float32 metres as {path.with_suffix('.npy').name}",
+                    f"(read / {scale:g}); write uint16 millimetres, or float32 metres as {path.with_suffix('.npy').name}",
                     path=path,
                 )
-            depth = values.astype(np.float32) / depth_scale
+            depth = values.astype(np.float32) / scale
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError) as err:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from tqdm.auto import tqdm
 
+from .argument_types import non_negative_int, positive_int
 from .synth.allocator import keep_large_allocations_in_heap
 from .synth.generator import SynthRooms
 from .synth.presets import synth_config
@@ -22,21 +24,21 @@ from .synth.writer import write_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenes", type=int, required=True, help="number of training scenes")
-    parser.add_argument("--val-scenes", type=int, default=0, help="number of validation scenes (after the training ones)")
-    parser.add_argument("--test-scenes", type=int, default=0, help="number of test scenes (after the validation ones)")
+    parser.add_argument("--scenes", type=non_negative_int, required=True, help="number of training scenes")
+    parser.add_argument("--val-scenes", type=non_negative_int, default=0, help="number of validation scenes (after the training ones)")
+    parser.add_argument("--test-scenes", type=non_negative_int, default=0, help="number of test scenes (after the validation ones)")
     parser.add_argument("--out", required=True, help="output folder (gets scannet/posed_images, annotations, synthrooms)")
     parser.add_argument("--preset", default="default", help="named configuration: default (ScanNet-like) or mini (GAP-MLLM-Mini)")
-    parser.add_argument("--workers", type=int, default=1, help="processes rendering scenes in parallel (same output)")
-    parser.add_argument("--seed", type=int, default=None, help="dataset seed; scene i depends only on (seed, i)")
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"), help="frame size in pixels")
-    parser.add_argument("--frames", type=int, default=None, help="frames per scene (named every 10th raw frame)")
-    parser.add_argument("--min-objects", type=int, default=None)
-    parser.add_argument("--max-objects", type=int, default=None)
-    parser.add_argument("--clip-frames", type=int, default=None, help="frames of reconstruction / detection samples")
-    parser.add_argument("--grounding-frames", type=int, default=None, help="frames of grounding stage-1 samples")
-    parser.add_argument("--caption-frames", type=int, default=None)
-    parser.add_argument("--qa-frames", type=int, default=None)
+    parser.add_argument("--workers", type=positive_int, default=1, help="processes rendering scenes in parallel (same output)")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="dataset seed; scene i depends only on (seed, i)")
+    parser.add_argument("--size", type=positive_int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"), help="frame size in pixels")
+    parser.add_argument("--frames", type=positive_int, default=None, help="frames per scene (named every 10th raw frame)")
+    parser.add_argument("--min-objects", type=positive_int, default=None)
+    parser.add_argument("--max-objects", type=positive_int, default=None)
+    parser.add_argument("--clip-frames", type=positive_int, default=None, help="frames of reconstruction / detection samples")
+    parser.add_argument("--grounding-frames", type=positive_int, default=None, help="frames of grounding stage-1 samples")
+    parser.add_argument("--caption-frames", type=positive_int, default=None)
+    parser.add_argument("--qa-frames", type=positive_int, default=None)
     parser.add_argument("--frame-sampling", choices=("uniform", "space_aware"), default=None, help="how clip frames are chosen")
 
 
@@ -54,6 +56,9 @@ def config_from_args(args):
     if "image_size" in overrides:
         overrides["image_size"] = tuple(overrides["image_size"])
     config = synth_config(args.preset, **overrides)
+    if config.min_objects > config.max_objects:  # each scene draws its object count from [min, max]
+        raise ValueError(f"--min-objects ({config.min_objects}) is above --max-objects ({config.max_objects}); a value "
+                         f"not given is the {args.preset!r} preset's")
     # per-sample frame counts cannot exceed the frames of a scene
     for field in ("clip_frames", "grounding_frames", "caption_frames", "qa_frames"):
         setattr(config, field, min(getattr(config, field), config.num_frames))
@@ -66,7 +71,7 @@ def main(args) -> int:
     try:
         config = config_from_args(args)
     except ValueError as err:
-        print(f"gap-mllm synth: {err}")
+        print(f"gap-mllm synth: error: {err}", file=sys.stderr)  # as argparse and cli/errors.py word it
         return 2
     splits = {"train": args.scenes}
     if args.val_scenes:

@@ -28,20 +28,22 @@ from gap_mllm.answer_stopping import answer_complete
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 from .encoder import EncodedRequest
+from .values import response_field, token_id_list
 
 RETURN_TOKEN_IDS = {"return_token_ids": True}  # the request field that makes vLLM return both id lists
 
 
 def generated_token_ids(response: dict, where: str = "the server") -> list[int]:
-    """The generated ids of a `/v1/chat/completions` response (`choices[0].token_ids`), ValueError if absent."""
-    try:
-        ids = response["choices"][0].get("token_ids")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise ValueError(f"{where}: not a chat completion response: {str(response)[:300]}") from None
+    """The generated ids of a `/v1/chat/completions` response (`choices[0].token_ids`): whole numbers >= 0; a
+    ValueError naming the field when they are absent or malformed."""
+    choice = response_field(response, ("choices", 0), where)
+    if not isinstance(choice, dict):
+        raise ValueError(f"{where}: not a chat completion response: choices[0] is {type(choice).__name__} {choice!r:.80}")
+    ids = choice.get("token_ids")
     if ids is None:
         raise ValueError(f"{where} did not return the generated token ids; the request asks for them with "
                          '"return_token_ids": true (vLLM\'s field), which this server ignores')
-    return [int(i) for i in ids]
+    return token_id_list(ids, f"{where}'s choices[0].token_ids")
 
 
 def answer_from_token_ids(token_ids: Sequence[int], tokenizer, task: str | None, stop_at_answer_end: bool = True,
@@ -54,9 +56,12 @@ def answer_from_token_ids(token_ids: Sequence[int], tokenizer, task: str | None,
         task: the registry task the prompt asks (its `answer_end` rule); None: EOS / budget only.
         stop_at_answer_end: False for the official behaviour (EOS or budget only; `Request.stop_at_answer_end`).
         eos_token_ids: the ids `generate` stops at (the model's generation config).
+
+    Raises:
+        ValueError: an id that is not a whole number >= 0 or that the tokenizer does not have (either list).
     """
-    ids = [int(i) for i in token_ids]
-    eos = {int(i) for i in eos_token_ids}
+    ids = token_id_list(token_ids, "token_ids", len(tokenizer))
+    eos = set(token_id_list(list(eos_token_ids), "eos_token_ids"))
     end = next((k + 1 for k, token in enumerate(ids) if token in eos), len(ids))
     if task is not None and stop_at_answer_end:
         rule = resolve_task(task).answer_end
@@ -70,11 +75,13 @@ def answer_from_token_ids(token_ids: Sequence[int], tokenizer, task: str | None,
 def check_prompt_token_ids(response: dict, request: EncodedRequest, tokenizer, where: str = "the server") -> None:
     """ValueError when the server's prompt (`prompt_token_ids`) is not the encoder's `input_ids`: the first position
     where they differ, with both tokens."""
+    if not isinstance(response, dict):
+        raise ValueError(f"{where}: not a chat completion response: {str(response)[:300]}")
     served = response.get("prompt_token_ids")
     if served is None:
         raise ValueError(f"{where} did not return the prompt token ids (vLLM returns them with \"return_token_ids\": true)")
     expected = list(request.input_ids)
-    served = [int(i) for i in served]
+    served = token_id_list(served, f"{where}'s prompt_token_ids")
     if served == expected:
         return
     at = next((k for k, (a, b) in enumerate(zip(served, expected)) if a != b), min(len(served), len(expected)))

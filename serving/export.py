@@ -16,9 +16,12 @@ images are allowed, and splits the DeepStack levels only when that tower exists 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +29,12 @@ import torch
 from transformers import Qwen3VLForConditionalGeneration
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.processing.errors import DiskFullError, device_of, names_full_disk
 
 EXPORT_INFO_FILE = "gap_export.json"
+# the hidden folder an export is written into, next to the target, before it is renamed (`.<name>.partial-<hex>`;
+# a killed export leaves it behind, and it can be deleted)
+STAGING_SUFFIX = "partial"
 EXPORT_FORMAT = "gap-mllm-llm/1"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -127,13 +134,16 @@ def export_llm_folder(source, output_dir, dtype: str | None = None, model: GapMl
         dtype: "float32", "bfloat16" or "float16" to cast the weights (default: keep the checkpoint's).
         model, processor: an already loaded GAP-MLLM and its processor (then `source` only names them).
 
+    The files are written into a hidden folder next to `output_dir` that is renamed to it when complete: a failed
+    export (a full disk, an interrupt) leaves no folder behind, and the same command can simply be run again.
+
     Raises:
         FileExistsError: `output_dir` exists and is not empty (nothing is overwritten).
         ValueError: an unknown dtype, or a source that is not a GAP-MLLM.
+        DiskFullError: the device filled up while writing (the partial export is removed).
     """
     output = Path(output_dir)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output}: exists and is not an empty folder; export-llm writes into a new folder")
+    _check_new_folder(output)
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
     model = model if model is not None else GapMllmForConditionalGeneration.from_pretrained(source)
@@ -141,8 +151,37 @@ def export_llm_folder(source, output_dir, dtype: str | None = None, model: GapMl
     if not isinstance(model, GapMllmForConditionalGeneration):
         raise ValueError(f"{source}: expected a GAP-MLLM checkpoint, got {type(model).__name__}")
 
-    output.mkdir(parents=True, exist_ok=True)
     stock = stock_qwen3_vl(model, _DTYPES[dtype] if dtype else None)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.{STAGING_SUFFIX}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()  # the permissions a new folder gets (the umask's), which it keeps when renamed
+    try:
+        _write_export(staging, stock, model, processor, source)
+        _check_new_folder(output)  # still new or empty: nothing appeared there while the export was written
+        if output.is_dir():
+            output.rmdir()
+        staging.rename(output)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, Exception) and names_full_disk(error):
+            weights = sum(t.numel() * t.element_size() for t in stock.state_dict().values())
+            raise DiskFullError(errno.ENOSPC, f"no space left on {device_of(output.parent)} while writing the export "
+                                f"into {output} (its weights take {weights / 2**20:.0f} MB); the partial export was "
+                                "removed: free space there (or export elsewhere), then run export-llm again") from error
+        raise
+    files = tuple(sorted(str(path.relative_to(output)) for path in output.rglob("*") if path.is_file()))
+    return ExportedFolder(path=output, files=files)
+
+
+def _check_new_folder(output: Path) -> None:
+    """FileExistsError unless `output` is missing or an empty folder (an export never overwrites anything)."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise FileExistsError(f"{output}: exists and is not an empty folder; export-llm writes into a new folder")
+
+
+def _write_export(output: Path, stock: Qwen3VLForConditionalGeneration, model: GapMllmForConditionalGeneration,
+                  processor: GapMllmProcessor, source) -> None:
+    """Every file of the export (module docstring) into the folder `output`."""
     stock.save_pretrained(output)
     processor.tokenizer.save_pretrained(output)
     _make_tokenizer_config_stock(output)
@@ -169,8 +208,6 @@ def export_llm_folder(source, output_dir, dtype: str | None = None, model: GapMl
     (output / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     (output / "README.md").write_text(README.format(source=source, width=info["embedding_layout"]["width"], levels=levels,
                                                     hidden=vision.out_hidden_size, info=EXPORT_INFO_FILE))
-    files = tuple(sorted(str(path.relative_to(output)) for path in output.rglob("*") if path.is_file()))
-    return ExportedFolder(path=output, files=files)
 
 
 def read_export_info(folder) -> dict:

@@ -13,18 +13,24 @@ them with `torch.load(path, weights_only=True)` and passes them to `LLM(..., **e
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 
 from .encoder import EncodedRequest
+from .values import grid_row
 
 
 def offline_request(request: EncodedRequest) -> dict:
-    """The `vllm.LLM.generate` input of one encoded sample (see the module docstring)."""
-    return {"prompt": request.prompt,
-            "multi_modal_data": {"image": {"image_embeds": torch.cat(request.image_embeds, dim=0),
-                                           "image_grid_thw": request.image_grid_thw.to(torch.int64)}}}
+    """The `vllm.LLM.generate` input of one encoded sample (see the module docstring); checked as `load_offline_requests`
+    checks it (a float grid is refused, not truncated to int64)."""
+    grid = torch.as_tensor(request.image_grid_thw)
+    item = {"prompt": request.prompt,
+            "multi_modal_data": {"image": {"image_embeds": torch.cat(list(request.image_embeds), dim=0),
+                                           "image_grid_thw": grid if grid.is_floating_point() else grid.to(torch.int64)}}}
+    _check(item, 0)
+    return item
 
 
 def save_offline_requests(requests: list[dict], path) -> Path:
@@ -39,25 +45,45 @@ def save_offline_requests(requests: list[dict], path) -> Path:
 
 
 def load_offline_requests(path) -> list[dict]:
-    """Read requests written by `save_offline_requests` (`weights_only=True`, as the vLLM side reads them)."""
-    requests = torch.load(path, weights_only=True)
+    """Read requests written by `save_offline_requests` (`weights_only=True`, as the vLLM side reads them); a file
+    that is not such a list is a ValueError naming it."""
+    try:
+        requests = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path}: not a file of offline requests written by save_offline_requests ({error})") from None
     if not isinstance(requests, list):
         raise ValueError(f"{path}: expected a list of offline requests, got {type(requests).__name__}")
     for index, item in enumerate(requests):
-        _check(item, index)
+        try:
+            _check(item, index)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     return requests
 
 
 def _check(item, index: int) -> None:
-    """Refuse a request whose embeddings and grid disagree (vLLM would slice them wrongly or crash in the engine)."""
+    """Refuse a request whose fields are not what vLLM reads (a prompt text, an integer `[V, 3]` grid of whole numbers
+    >= 1, `[tokens, width]` floating-point embeddings) or whose embeddings and grid disagree (vLLM would slice them
+    wrongly or crash in the engine); the ValueError names the request and the field."""
     try:
         image = item["multi_modal_data"]["image"]
         embeds, grid, prompt = image["image_embeds"], image["image_grid_thw"], item["prompt"]
     except (KeyError, TypeError) as error:
         raise ValueError(f"request {index}: not an offline GAP-MLLM request ({error!r})") from None
+    if not isinstance(prompt, str):
+        raise ValueError(f"request {index}: prompt must be the chat text, got {type(prompt).__name__}")
+    if not (torch.is_tensor(grid) and torch.is_tensor(embeds)):
+        raise ValueError(f"request {index}: image_grid_thw and image_embeds must be tensors, got "
+                         f"{type(grid).__name__} and {type(embeds).__name__}")
     if grid.ndim != 2 or grid.shape[1] != 3 or embeds.ndim != 2:
         raise ValueError(f"request {index}: image_grid_thw {tuple(grid.shape)} / image_embeds {tuple(embeds.shape)}; "
                          "expected [V, 3] and [tokens, width]")
+    if not embeds.is_floating_point():
+        raise ValueError(f"request {index}: image_embeds must be floating point, got {embeds.dtype}")
+    if grid.is_floating_point():
+        raise ValueError(f"request {index}: image_grid_thw must hold whole numbers, got a {grid.dtype} tensor")
+    for view, row in enumerate(grid):
+        grid_row(row, f"request {index}: image_grid_thw row {view}")
     # merge 2: every Qwen3-VL checkpoint so far; tokens per view = t·h·w / 4
     tokens = int(grid.prod(dim=-1).sum()) // 4
     if embeds.shape[0] != tokens:

@@ -28,6 +28,8 @@ import torch
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 from .encoder import EncodedRequest
+from .values import grid_row as checked_grid_row
+from .values import response_field, whole_number
 
 
 def encode_tensor_base64(tensor: torch.Tensor) -> str:
@@ -43,10 +45,12 @@ def decode_tensor_base64(data: str) -> torch.Tensor:
 
 
 def image_embeds_part(embedding: torch.Tensor, grid_row) -> dict:
-    """The `image_embeds` content part of one view: `embedding` `[tokens, width]`, `grid_row` `(1, h, w)`."""
-    grid = [int(v) for v in (grid_row.tolist() if torch.is_tensor(grid_row) else grid_row)]
-    if len(grid) != 3 or embedding.ndim != 2:
-        raise ValueError(f"expected an embedding [tokens, width] and a grid row (t, h, w), got {tuple(embedding.shape)} and {grid}")
+    """The `image_embeds` content part of one view: `embedding` `[tokens, width]`, `grid_row` `(1, h, w)` (whole
+    numbers: a float grid is refused, not truncated)."""
+    grid = checked_grid_row(grid_row)
+    if not torch.is_tensor(embedding) or embedding.ndim != 2 or not embedding.is_floating_point():
+        shape = tuple(embedding.shape) if torch.is_tensor(embedding) else type(embedding).__name__
+        raise ValueError(f"image_embeds must be a floating-point tensor [tokens, width], got {shape}")
     return {"type": "image_embeds", "image_embeds": {"image_embeds": encode_tensor_base64(embedding), "image_grid_thw": grid}}
 
 
@@ -66,12 +70,13 @@ def chat_messages(request: EncodedRequest) -> list[dict]:
 
 def chat_completion_payload(request: EncodedRequest, model: str = "gap-mllm", max_tokens: int | None = None, **extra) -> dict:
     """The JSON body of `/v1/chat/completions` for one encoded sample: greedy decoding (the official setting) and
-    the task's token budget (or `max_tokens`); `extra` adds fields (e.g. `"stop"`)."""
+    the task's token budget (or `max_tokens`, a whole number >= 1); `extra` adds fields (e.g. `"stop"`)."""
     if max_tokens is None:
         if request.task is None:
             raise ValueError("a free prompt has no task budget: pass max_tokens")
         max_tokens = resolve_task(request.task).max_new_tokens
-    return {"model": model, "messages": chat_messages(request), "max_tokens": int(max_tokens), "temperature": 0.0, **extra}
+    max_tokens = whole_number(max_tokens, "max_tokens")
+    return {"model": model, "messages": chat_messages(request), "max_tokens": max_tokens, "temperature": 0.0, **extra}
 
 
 def post_chat_completion(base_url: str, payload: dict, timeout: float = 600.0) -> dict:
@@ -86,9 +91,14 @@ def post_chat_completion(base_url: str, payload: dict, timeout: float = 600.0) -
         raise RuntimeError(f"{base_url}: HTTP {error.code}: {error.read().decode(errors='replace')[:2000]}") from error
 
 
-def answer_text(response: dict) -> str:
-    """The generated text of a `/v1/chat/completions` response."""
-    return response["choices"][0]["message"]["content"]
+def answer_text(response: dict, where: str = "the server") -> str:
+    """The generated text of a `/v1/chat/completions` response (`choices[0].message.content`); a ValueError naming
+    the field when the response has no such text."""
+    content = response_field(response, ("choices", 0, "message", "content"), where)
+    if not isinstance(content, str):
+        raise ValueError(f"{where}: the response's choices[0].message.content is {type(content).__name__} "
+                         f"{content!r:.80}, not the answer's text")
+    return content
 
 
 __all__ = ["answer_text", "chat_completion_payload", "chat_messages", "decode_tensor_base64", "encode_tensor_base64",

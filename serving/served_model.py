@@ -47,6 +47,8 @@ def served_models(base_url: str, timeout: float = 30.0) -> list[dict]:
         cards = json.loads(body)["data"]
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{url}: not an OpenAI model list: {body[:300]!r}") from None
+    if not isinstance(cards, list) or not all(isinstance(card, dict) for card in cards):
+        raise ValueError(f"{url}: not an OpenAI model list ('data' must be a list of model objects): {body[:300]!r}")
     return list(cards)
 
 

@@ -23,6 +23,8 @@ file of offline requests.
 
 from __future__ import annotations
 
+from .values import whole_number
+
 VLLM_VERSION = "0.33.0"
 VLLM_REQUIREMENT = f"vllm=={VLLM_VERSION}"
 # views of one request: grounding stage 1 reads 32 frames (the official setting)
@@ -30,16 +32,17 @@ DEFAULT_MAX_IMAGES_PER_REQUEST = 32
 
 
 def engine_options(max_images: int = DEFAULT_MAX_IMAGES_PER_REQUEST) -> dict:
-    """Keyword arguments for `vllm.LLM(model=exported_folder, **engine_options())` (see the module docstring)."""
-    if max_images < 1:
-        raise ValueError(f"max_images must be at least 1 (a limit of 0 switches vLLM's DeepStack split off), got {max_images}")
-    return {"enable_mm_embeds": True, "limit_mm_per_prompt": {"image": int(max_images), "video": 0}}
+    """Keyword arguments for `vllm.LLM(model=exported_folder, **engine_options())` (see the module docstring);
+    `max_images` is a whole number >= 1 (a limit of 0 switches vLLM's DeepStack split off)."""
+    max_images = whole_number(max_images, "max_images (a limit of 0 switches vLLM's DeepStack split off)")
+    return {"enable_mm_embeds": True, "limit_mm_per_prompt": {"image": max_images, "video": 0}}
 
 
 def serve_command(exported_folder: str, max_images: int = DEFAULT_MAX_IMAGES_PER_REQUEST, port: int = 8000,
                   served_model_name: str = "gap-mllm") -> list[str]:
     """`vllm serve` arguments for an `export-llm` folder (run in the vLLM environment)."""
     options = engine_options(max_images)
+    port = whole_number(port, "port")
     limits = ", ".join(f'"{name}": {count}' for name, count in options["limit_mm_per_prompt"].items())
     return ["vllm", "serve", str(exported_folder), "--served-model-name", served_model_name, "--port", str(port),
             "--enable-mm-embeds", "--limit-mm-per-prompt", "{" + limits + "}",

@@ -19,6 +19,19 @@ settings.register_profile("ci", deadline=None, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "local")
 
 
+def write_small_synth(root, splits=None):
+    """A small SynthRooms dataset (48×64 frames, 3-4 objects, every task) at `root`, two val scenes by default;
+    returns `root`."""
+    from gap_mllm.processing.synth.generator import SynthConfig, SynthRooms
+    from gap_mllm.processing.synth.writer import write_dataset
+
+    config = SynthConfig(seed=0, image_size=(48, 64), num_frames=12, min_objects=3, max_objects=4, grounding_frames=8,
+                         caption_frames=4, qa_frames=4, recon_samples_per_scene=3, detection_clips_per_scene=1,
+                         captions_per_scene=2)
+    write_dataset(root, SynthRooms(config), splits or {"val": 2})
+    return root
+
+
 def make_views(count: int, height: int = 64, width: int = 96, seed: int = 0) -> list[Image.Image]:
     """`count` random RGB views of one size (deterministic by seed)."""
     rng = np.random.default_rng(seed)

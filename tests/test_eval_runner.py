@@ -8,21 +8,14 @@ import pytest
 from gap_mllm.cli import evaluate as evaluate_cli
 from gap_mllm.evaluation import generation
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
+from tests.conftest import write_small_synth
 
 TASKS = ("detection", "grounding", "captioning", "reconstruction", "spatial_qa")
 
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
-    from gap_mllm.processing.synth.generator import SynthConfig, SynthRooms
-    from gap_mllm.processing.synth.writer import write_dataset
-
-    root = tmp_path_factory.mktemp("synth")
-    config = SynthConfig(seed=0, image_size=(48, 64), num_frames=12, min_objects=3, max_objects=4,
-                         grounding_frames=8, caption_frames=4, qa_frames=4, recon_samples_per_scene=3,
-                         detection_clips_per_scene=1, captions_per_scene=2)  # fmt: skip
-    write_dataset(root, SynthRooms(config), {"val": 2})
-    return root
+    return write_small_synth(tmp_path_factory.mktemp("synth"))
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +91,10 @@ def test_model_run_writes_every_file_and_resumes(synth_data, tiny_checkpoint, tm
     assert calls == [2, 1]
     assert again["metrics"]["num_samples"] == 2
 
-    # everything done: nothing is generated and the summary is reproduced
-    third = run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, limit=2, progress=False, plots=False)
+    # everything done: nothing is generated and the summary is reproduced (the same run: the same token cap;
+    # another cap is another run, refused: tests/test_eval_run_fingerprint.py)
+    third = run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, limit=2, max_new_tokens=6,
+                           progress=False, plots=False)
     assert calls == [2, 1]
     assert third["metrics"] == again["metrics"]
 

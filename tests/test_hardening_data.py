@@ -28,6 +28,7 @@ from gap_mllm.training.data import load_split
 
 from .test_data_bad_inputs import build, data_error
 from .test_data_fixtures import tiny_dataset  # noqa: F401
+from tests.conftest import write_small_synth
 
 
 @pytest.fixture
@@ -243,15 +244,7 @@ def test_a_negative_size_parses_to_no_box_with_the_reason():
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
-    from gap_mllm.processing.synth.generator import SynthConfig, SynthRooms
-    from gap_mllm.processing.synth.writer import write_dataset
-
-    root = tmp_path_factory.mktemp("synth_eval")
-    config = SynthConfig(seed=0, image_size=(48, 64), num_frames=12, min_objects=3, max_objects=4, grounding_frames=8,
-                         caption_frames=4, qa_frames=4, recon_samples_per_scene=3, detection_clips_per_scene=1,
-                         captions_per_scene=2)
-    write_dataset(root, SynthRooms(config), {"val": 2})
-    return root
+    return write_small_synth(tmp_path_factory.mktemp("synth_eval"))
 
 
 def negated_oracle(task, data, path):

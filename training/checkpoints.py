@@ -36,7 +36,9 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from gap_mllm.processing.errors import exception_chain
+# the full-disk rule and the device's name are defined once, in processing/errors.py (the CLI uses them too)
+from gap_mllm.processing.errors import DiskFullError, device_of, names_full_disk
+from gap_mllm.processing.errors import existing_parent as _existing_parent
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +106,7 @@ def check_resume_checkpoint(folder) -> str:
 
 # ------------------------------------------------------------------------------------------ disk full
 
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# How writers without an errno report it: the OS text (wrapped by many libraries), safetensors' Rust io
-# error kind, the quota text.
-DISK_FULL_TEXTS = ("no space left on device", "storagefull", "disk quota exceeded")
-
-
-class CheckpointDiskFull(OSError):
+class CheckpointDiskFull(DiskFullError):
     """A checkpoint (or the final model) could not be written because its device is full."""
 
 
@@ -126,42 +122,15 @@ def folder_size(folder) -> int:
     return total
 
 
-def _existing_parent(path) -> Path:
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def free_bytes(path) -> int:
     return shutil.disk_usage(_existing_parent(path)).free
-
-
-def device_of(path) -> str:
-    """The filesystem holding `path`: "<device> (mounted at <mount point>)" from /proc/self/mounts, or the
-    mount point alone where that table cannot be read."""
-    mount = _existing_parent(path)
-    while not os.path.ismount(mount) and mount != mount.parent:
-        mount = mount.parent
-    try:
-        table = Path("/proc/self/mounts").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        table = []
-    # the last entry for a mount point is the one in effect; spaces in paths are written as \040
-    devices = [fields[0] for fields in map(str.split, table) if len(fields) >= 2 and fields[1].replace("\\040", " ") == str(mount)]
-    return f"{devices[-1]} (mounted at {mount})" if devices else str(mount)
 
 
 def is_disk_full(error: BaseException, folder, needed_bytes: int = 0) -> bool:
     """Whether `error` (raised while writing into `folder`) means its device is full (module docstring):
     a full-disk errno or text in its chain, or, for writers that lose the errno (torch.save), less room
     left on the device than `needed_bytes` (what the write takes)."""
-    for link in exception_chain(error):
-        if isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS:
-            return True
-        if any(marker in str(link).lower() for marker in DISK_FULL_TEXTS):
-            return True
-    return needed_bytes > 0 and free_bytes(folder) < needed_bytes
+    return names_full_disk(error) or (needed_bytes > 0 and free_bytes(folder) < needed_bytes)
 
 
 def newest_checkpoint_size(run_dir) -> int:

@@ -23,9 +23,11 @@ from typing import Any
 import yaml
 from transformers import TrainingArguments
 
-from gap_mllm.processing.builders import builder_for_task
+from gap_mllm.processing.builders import BUILDERS, builder_for_task
 
 from .config_types import RecipeTypeError, coerce_fields, field_types
+from .kernels import LIGER_OPTION, TRANSFORMERS_LIGER_REFUSAL, check_attention_name
+from .packed_attention import FLASH_ONE_ROW, is_flash
 
 LOSS_NORMALIZATIONS = ("global_token_mean", "micro_batch_mean")
 STAGES = ("pretrain", "finetune", "geometry", "vision")
@@ -47,6 +49,9 @@ class ModelSource:
         (how the miniature's stage 1, and its "stage 2 only" ablation arm, start). `encoders` says which:
         "geometry_encoder" and/or "vision_tower".
     dtype: "float32" / "bfloat16" / "float16" / "auto".
+    attn_implementation: None (the model's own: sdpa), "sdpa", "eager", "flash_attention_2" (flash-attn 2.x) or
+        "flash_attention_4" (flash-attn-4, Hopper+), for the whole model (LLM, ViT, VGGT, fusion); a flash choice
+        needs its package, a CUDA device and bf16 / fp16, checked before the model loads (training/kernels.py).
     """
 
     name_or_path: str | None = None
@@ -229,6 +234,17 @@ class VisionStageConfig:
 
 
 @dataclass
+class KernelConfig:
+    """Optional GPU kernels (training/kernels.py; the attention kernel is `model.attn_implementation`).
+
+    liger_fused_linear_cross_entropy: the LM head and the cross-entropy at the answer tokens as Liger's fused
+        kernel (liger-kernel; CUDA), which never holds the answer tokens' logits. Needs `make gpu-venv`.
+    """
+
+    liger_fused_linear_cross_entropy: bool = False
+
+
+@dataclass
 class GenerationEvalConfig:
     """Evaluation with generation during training (training/generation_eval.py): every `every_n_steps`
     (and at the end), the first `max_samples` samples of each task in `tasks` (evaluation task names) of
@@ -275,6 +291,7 @@ class TrainRecipe:
     geometry: GeometryStageConfig = field(default_factory=GeometryStageConfig)
     vision: VisionStageConfig = field(default_factory=VisionStageConfig)
     evaluation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
     loss_normalization: str = "global_token_mean"
     device: str = "auto"
     time_limit_s: float | None = None
@@ -293,6 +310,11 @@ class TrainRecipe:
         if unknown:
             raise ValueError(f"aux.align_levels has unknown levels {sorted(unknown)} (0-3)")
         check_training_values(self.training)
+        check_attention_name(self.model.attn_implementation)
+        if self.training.get("use_liger_kernel"):
+            raise RecipeTypeError(TRANSFORMERS_LIGER_REFUSAL)
+        if self.kernels.liger_fused_linear_cross_entropy and self.stage not in ("pretrain", "finetune"):
+            raise ValueError(f"{LIGER_OPTION} applies to the LLM stages (pretrain, finetune), not stage={self.stage!r}")
         if self.cache.batch_size < 1:
             raise ValueError(f"cache.batch_size={self.cache.batch_size}: give a positive number of samples")
         for task, repeats in (self.data.task_repeats or {}).items():
@@ -302,9 +324,14 @@ class TrainRecipe:
             raise ValueError(f"evaluation.best_metric={self.evaluation.best_metric!r} needs evaluation.tasks to score")
         if self.data.packing_row_tokens is not None and self.data.packing_row_tokens < 1:
             raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens}: give a positive number of tokens")
+        if self.data.packing and self.data.packing_row_tokens is not None and is_flash(self.model.attn_implementation):
+            raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens} with model.attn_implementation="
+                             f"{self.model.attn_implementation!r}: {FLASH_ONE_ROW}")
 
         # canonical task names (deprecated ones warn); a task without data of its own is an error here
         self.data.tasks = [builder_for_task(task).SPEC.name for task in self.data.tasks]
+        if self.stage in ("pretrain", "finetune"):  # the encoder stages read their clips from data_root, not tasks
+            check_data_tasks(self.data.tasks)
         if self.data.task_max_samples:
             caps = {builder_for_task(task).SPEC.name: count for task, count in self.data.task_max_samples.items()}
             strangers = sorted(set(caps) - set(self.data.tasks))
@@ -323,6 +350,13 @@ class TrainRecipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_data_tasks(tasks) -> None:
+    """ValueError naming `data.tasks` when it names no task: there would be no sample to train on (and datasets
+    would only say that it cannot concatenate an empty list)."""
+    if not tasks:
+        raise ValueError(f"data.tasks is empty: name at least one task with training data ({', '.join(BUILDERS)})")
 
 
 def recipe_from_dict(values: dict) -> TrainRecipe:

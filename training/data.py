@@ -24,8 +24,9 @@ from gap_mllm.processing.collator import GapMllmDataCollator
 
 from .aux_targets import AuxTargetCollator
 from .bad_samples import SKIPPED_KEY, BadSampleGuard
-from .config import AuxLossConfig, DataConfig
+from .config import AuxLossConfig, DataConfig, check_data_tasks
 from .feature_cache import CachedCollator
+from .packed_attention import is_flash
 from .sample_tensors import collate_samples, split_batch
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
     usable sample is a `DataError` naming that file (prepared builders refuse empty splits)."""
     if data.data_root is None:
         raise ValueError("data.data_root is not set: point it at a ScanNet-layout folder (or SynthRooms output)")
+    check_data_tasks(data.tasks)
     parts = []
     for task in data.tasks:
         builder = builder_for_task(task)(
@@ -132,7 +134,7 @@ def packing_row_tokens(data: DataConfig, model=None) -> int | None:
     each sample alone (Σ L²: flash-attn's variable-length path, which transformers takes for one packed row only, and
     sdpa through training/packed_attention.py), else (eager, whose block mask costs T² a row) the longest sample."""
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
-    if data.packing_row_tokens is None and ("flash" in attention or attention == "sdpa"):
+    if data.packing_row_tokens is None and (is_flash(attention) or attention == "sdpa"):
         return ONE_ROW
     return data.packing_row_tokens
 

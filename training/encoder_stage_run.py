@@ -25,6 +25,7 @@ from .device import apply_device_plan
 from .encoder_stage import EncoderStageModel, EncoderStageTrainer
 from .geometry_data import GeometryClips
 from .geometry_stage import GeometryStageModel, freeze_all_but_geometry
+from .kernels import apply_attention_implementation, check_kernels
 from .model_loading import load_model_and_processor
 from .vision_data import SemanticCollator, SemanticFrames
 from .vision_stage import VisionStageModel, freeze_all_but_vision
@@ -58,10 +59,12 @@ class GeometryMetricsCallback(TrainerCallback):
 
 def build_encoder_stage_trainer(recipe: TrainRecipe, model=None, processor=None, callbacks=None) -> EncoderStageSetup:
     """Everything of a stage-0 run, ready to `trainer.train()` (see the module docstring)."""
-    recipe, _ = apply_device_plan(recipe)
+    recipe, plan = apply_device_plan(recipe)
+    check_kernels(recipe, plan)
     args = training_arguments(recipe)
     if model is None:
         model, processor = load_model_and_processor(recipe.model)
+    apply_attention_implementation(model, recipe.model.attn_implementation, recipe.training)
     if recipe.data.data_root is None:
         raise ValueError("data.data_root is not set: point it at SynthRooms output (gap-mllm synth --preset mini)")
     callbacks = list(callbacks or [])

@@ -13,7 +13,8 @@ plain image features when the model has `use_geometry=False`); on top of it:
     packed rows         `position_ids` `[4, R, T]` and no `attention_mask`: several samples per row, attention kept
                         inside each (training/sample_tensors.py)
     LM loss as a sum    logits only at answer positions; `lm_loss_sum` + `lm_num_tokens`, so the trainer
-                        can normalise over the whole optimizer step (exact gradient accumulation / DDP)
+                        can normalise over the whole optimizer step (exact gradient accumulation / DDP); with
+                        `liger_cross_entropy`, Liger's fused linear cross-entropy instead (no logits at all)
     auxiliary losses    from the visual-token hidden states and the tapped VGGT features
 """
 
@@ -68,14 +69,17 @@ class GeometryAlignedModel(nn.Module):
         model: a `GapMllmForConditionalGeneration`, or a `peft.PeftModel` around one.
         aux: the auxiliary-loss settings; heads are built only for the enabled losses (`aux_heads` is
             None when none is).
+        liger_cross_entropy: the LM head + cross-entropy at the answer tokens as Liger's fused kernel
+            (`kernels.liger_fused_linear_cross_entropy`; needs liger-kernel and CUDA: training/kernels.py).
     """
 
     _keys_to_ignore_on_save = None  # read by Trainer after loading a checkpoint
 
-    def __init__(self, model: nn.Module, aux: AuxLossConfig | None = None):
+    def __init__(self, model: nn.Module, aux: AuxLossConfig | None = None, liger_cross_entropy: bool = False):
         super().__init__()
         self.model = model
         self.aux = aux or AuxLossConfig()
+        self.liger_cross_entropy = liger_cross_entropy
         gap = self.gap_model
         if not gap.config.use_geometry and self.aux.feature_align_weight > 0:
             raise ValueError("aux.feature_align_weight > 0 aligns hidden states with geometry features, but the model "
@@ -173,7 +177,8 @@ class GeometryAlignedModel(nn.Module):
 
         needs_hidden = self.aux_heads is not None
         # packed rows: attention within each sample without a block mask (training/packed_attention.py)
-        attention = packed_attention(gap.vlm.model.language_model) if position_ids is not None else nullcontext()
+        attention = (packed_attention(gap.vlm.model.language_model, rows=input_ids.shape[0]) if position_ids is not None
+                     else nullcontext())
         with attention:
             outputs = gap.vlm.model(
                 input_ids=input_ids,
@@ -187,7 +192,8 @@ class GeometryAlignedModel(nn.Module):
             )
         result = GeometryAlignedOutput(aux_losses={})
         if labels is not None:
-            result.lm_loss_sum, result.lm_num_tokens = self._lm_loss_sum(gap, outputs.last_hidden_state, labels)
+            result.lm_loss_sum, result.lm_num_tokens = self._lm_loss_sum(gap, outputs.last_hidden_state, labels,
+                                                                         self.liger_cross_entropy)
             result.loss = result.lm_loss_sum / result.lm_num_tokens.clamp(min=1)
         if needs_hidden:
             result.aux_losses = self._aux_losses(
@@ -197,12 +203,21 @@ class GeometryAlignedModel(nn.Module):
         return result
 
     @staticmethod
-    def _lm_loss_sum(gap, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _lm_loss_sum(gap, hidden: torch.Tensor, labels: torch.Tensor, liger: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy; the LM head runs only where a label is set (answers are a
-        few dozen tokens of a sequence of thousands, so this saves most of the logits memory)."""
+        few dozen tokens of a sequence of thousands, so this saves most of the logits memory). `liger`: Liger's
+        fused linear cross-entropy, which computes the same sum in chunks without holding the logits."""
         targets = labels[:, 1:]
         positions = targets != IGNORE_INDEX
-        logits = gap.vlm.lm_head(hidden[:, :-1][positions]).float()
+        answer_hidden = hidden[:, :-1][positions]
+        if liger:
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+            head = gap.vlm.lm_head
+            loss_sum = liger_fused_linear_cross_entropy(answer_hidden, head.weight, targets[positions], bias=head.bias,
+                                                        reduction="sum")
+            return loss_sum, positions.sum()
+        logits = gap.vlm.lm_head(answer_hidden).float()
         loss_sum = F.cross_entropy(logits, targets[positions], reduction="sum")
         return loss_sum, positions.sum()
 

@@ -13,9 +13,13 @@ are those of the padded batch (each sample's causal attention over its own token
 function is not a mask interface, so `create_causal_mask` returns None). It is what flash-attn's variable-length
 kernel does on CUDA.
 
-`packed_attention(model)` switches the language model to it for one forward of packed rows (the training forward of
-`GeometryAlignedModel`); generation and padded batches keep the model's own implementation. Only "sdpa" is switched:
-"eager" keeps its block mask (attention weights as eager computes them), flash-attn keeps its variable-length path.
+`packed_attention(model, rows)` switches the language model to it for one forward of packed rows (the training forward
+of `GeometryAlignedModel`); generation and padded batches keep the model's own implementation. Only "sdpa" is switched:
+"eager" keeps its block mask (attention weights as eager computes them), flash-attn keeps transformers' variable-length
+path. That path finds the samples from the positions of ONE packed row only (`_is_packed_sequence` needs batch size 1);
+with more rows and no mask it runs flash-attn's plain causal kernel over each whole row, so the samples of a row would
+attend to each other. A flash model is therefore refused packed batches of more than one row (`FLASH_ONE_ROW`; the
+collator puts the whole batch in one row unless `data.packing_row_tokens` caps it: training/data.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 
 PACKED_SDPA = "gap_packed_sdpa"
+FLASH_ONE_ROW = ("flash-attn keeps packed samples apart only within one packed row (transformers' variable-length path "
+                 "reads the sample starts from the positions of a single row; with several rows each row would attend "
+                 "across its samples): leave data.packing_row_tokens unset, so that the whole batch is one row")
+
+
+def is_flash(attention: str | None) -> bool:
+    """Whether an attention implementation is one of flash-attn's (transformers' `flash_attention_<n>` names)."""
+    return bool(attention) and attention.startswith("flash_attention")
 
 
 def sample_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
@@ -75,11 +87,14 @@ AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
 
 
 @contextmanager
-def packed_attention(language_model):
+def packed_attention(language_model, rows: int = 1):
     """Within the block, `language_model` (Qwen3-VL's text model) attends with `PACKED_SDPA` when its implementation
-    is sdpa; other implementations are left as they are (module docstring)."""
+    is sdpa; other implementations are left as they are, and flash-attn takes `rows` = 1 packed row only (module
+    docstring)."""
     config = language_model.config
     previous = config._attn_implementation
+    if is_flash(previous) and rows != 1:
+        raise ValueError(f"{rows} packed rows with attn_implementation={previous!r}: {FLASH_ONE_ROW}")
     if previous != "sdpa":
         yield
         return

@@ -23,6 +23,7 @@ from .encoder_stage_run import build_encoder_stage_trainer
 from .feature_cache import FeatureCache, cache_unusable_reason, undecoded_images
 from .generation_eval import GenerationEvalCallback, use_best_model
 from .geometry_aligned_model import GeometryAlignedModel
+from .kernels import apply_attention_implementation, check_kernels, check_liger_distribution
 from .lora import apply_lora
 from .model_loading import load_model_and_processor
 from .param_groups import apply_freezing
@@ -43,16 +44,19 @@ class TrainingSetup:
 def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset=None, eval_dataset=None, callbacks=None) -> TrainingSetup:
     """Everything of a run, ready to `trainer.train()`. Pass `model`/`processor`/datasets to override
     what the recipe would load (tests, notebooks). The device and precision come from `recipe.device`
-    (training/device.py: CUDA when available, else a CPU setup), and are logged."""
-    recipe, _ = apply_device_plan(recipe)
+    (training/device.py: CUDA when available, else a CPU setup), and are logged. Kernels the run cannot use
+    (training/kernels.py) are refused before the model is loaded."""
+    recipe, plan = apply_device_plan(recipe)
+    check_kernels(recipe, plan)
     args = training_arguments(recipe)
     if model is None:
         model, processor = load_model_and_processor(recipe.model)
+    apply_attention_implementation(model, recipe.model.attn_implementation, recipe.training)
     model.train()
     apply_freezing(model, recipe.freezing)
     if recipe.lora.enabled:
         model = apply_lora(model, recipe.lora)
-    wrapped = GeometryAlignedModel(model, recipe.aux)
+    wrapped = GeometryAlignedModel(model, recipe.aux, liger_cross_entropy=recipe.kernels.liger_fused_linear_cross_entropy)
 
     if train_dataset is None:
         train_dataset = load_split(recipe.data, recipe.data.train_split, recipe.aux, recipe.data.max_train_samples,
@@ -91,6 +95,8 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     )
     if generation_eval is not None:
         generation_eval.trainer = trainer
+    if recipe.kernels.liger_fused_linear_cross_entropy:
+        check_liger_distribution(trainer)
     return TrainingSetup(trainer=trainer, model=wrapped, processor=processor, cache=cache)
 
 

@@ -21,6 +21,8 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
+from gap_mllm.processing.argument_types import positive_seconds
+
 from .config import load_recipe
 from .run import run_training
 
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None, help="shortcut for --set training.output_dir=...")
     parser.add_argument("--report-to", default=None, help='shortcut for --set training.report_to=... ("none", "tensorboard", "wandb", ...)')
     parser.add_argument("--data-root", default=None, help="shortcut for --set data.data_root=...")
-    parser.add_argument("--time-limit-s", type=float, default=None,
+    parser.add_argument("--time-limit-s", type=positive_seconds, default=None,
                         help="stop after this many seconds of training with a checkpoint; the same command with "
                              "--resume auto continues it (shortcut for --set time_limit_s=...)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,

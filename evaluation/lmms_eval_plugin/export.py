@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from gap_mllm.processing.argument_types import positive_int
+
 from . import GROUP, LMMS_TASKS, task_template
 from .documents import documents_for
 
@@ -27,8 +29,11 @@ def data_files_block(documents_file: str) -> str:
 
 def export_tasks(data_dir, out_dir, split: str = "val", tasks=None, limit: int | None = None,
                  official_compat: bool = False, meteor: bool | None = None) -> dict[str, int]:
-    """Write the documents and task YAMLs of `tasks` (default: all four); returns `{task: number of documents}`."""
+    """Write the documents and task YAMLs of `tasks` (default: all four; an empty list is refused, it would write a
+    group of no task); returns `{task: number of documents}`."""
     tasks = list(LMMS_TASKS) if tasks is None else list(tasks)
+    if not tasks:
+        raise ValueError(f"no task named: choose one or more of {', '.join(LMMS_TASKS)} (or leave tasks out for all)")
     unknown = [t for t in tasks if t not in LMMS_TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(LMMS_TASKS)}")
@@ -56,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for the documents and task YAMLs (lmms-eval --include_path)")
     parser.add_argument("--split", default="val", help="annotation split (default: val)")
     parser.add_argument("--tasks", default=",".join(LMMS_TASKS), help=f"comma-separated, from {', '.join(LMMS_TASKS)} (default: all)")
-    parser.add_argument("--limit", type=int, help="only the first N records of each task")
+    parser.add_argument("--limit", type=positive_int, help="only the first N records of each task")
     parser.add_argument("--official-compat", action="store_true",
                         help="score as the released scripts do and stop answers only at EOS / the budget (as gap-mllm evaluate --official-compat)")
     parser.add_argument("--no-meteor", action="store_true", help="captioning: report METEOR as null (it needs Java)")
@@ -66,6 +71,9 @@ def main(args: argparse.Namespace) -> int:
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"--data {args.data}: no such folder")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ValueError(f"--tasks {args.tasks!r}: no task named; choose one or more of {', '.join(LMMS_TASKS)}, "
+                         "comma-separated (or leave --tasks out for all)")
     counts = export_tasks(args.data, args.out, args.split, tasks, args.limit, args.official_compat,
                           meteor=False if args.no_meteor else None)
     for task, count in counts.items():

@@ -1,0 +1,273 @@
+"""Training speed per kernel arm at the real size (Qwen3-VL-2B + VGGT-1B, random weights, bf16, one GPU): model-FLOPs
+utilisation (MFU) of each arm and the loss curves of the same steps side by side.
+
+    python bench/bench_train_arms.py --real-size --device cuda --steps 50 --out train_arms.json
+    python bench/bench_train_arms.py --size small --device cpu --steps 4 --out small.json   # CPU: the arms it can run
+
+Every arm starts from the same initial weights and trains the same `--steps` batches in the same order (forward,
+backward, AdamW step of `GeometryAlignedModel` with the official freezing: ViT and VGGT frozen; LLM, mergers and gates
+trained; the loss is the answer-token mean of the batch). The batches are synthetic (bench/real_size_inputs.py) with
+samples of different lengths (views, question and answer lengths drawn from a seed), so packing has padding to save.
+Arms (`ARMS`; `--arms` picks some):
+
+    sdpa                           the plain arm: padded rows, torch's sdpa
+    eager                          padded, eager attention: the same arithmetic in another order, the reference of
+                                   what bf16 rounding alone moves the loss curve by (`noise_reference`)
+    sdpa_packed                    the batch in one packed row, one causal sdpa call per sample (training/packed_attention.py)
+    flash_attention_2[_packed]     flash-attn 2.x, padded / one packed row (transformers' variable-length path)
+    flash_attention_4[_packed]     flash-attn-4 (Hopper+), likewise
+    sdpa_liger                     padded sdpa + Liger's fused linear cross-entropy at the answer tokens
+    flash_attention_2_packed_liger the kernels together
+    sdpa_compile                   padded sdpa, each LLM decoder layer `torch.compile`d (regional); CUDA only here
+
+An arm whose package or device is missing is recorded as skipped with the reason (training/kernels.py's checks).
+Per arm: the loss of every step; the median step time, tokens/s and MFU over the steps after `--warmup-steps`
+(model FLOPs of the real tokens, padding not counted: bench/real_size_flops.py; MFU = FLOPs / time / the GPU's dense
+bf16 peak); peak memory; the largest |loss − the plain arm's loss| over the steps, beside the eager arm's
+(`within_noise`: at most `NOISE_FACTOR` times it). The run keeps `bench_real_size.py`'s bookkeeping: each arm records
+its own error, the results file is rewritten after each arm, `--budget` seconds skip the arms still to come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
+from bench_real_size import Bench, add_size_arguments, apply_size_defaults  # noqa: E402
+from needs_gpu import arm_unavailable, require_cuda  # noqa: E402
+from real_size_flops import forward_flops, training_step_flops  # noqa: E402
+from real_size_inputs import QWEN_GRIDS, full_inputs, to_device  # noqa: E402
+
+from gap_mllm.model_inputs import IGNORE_INDEX  # noqa: E402
+from gap_mllm.training.data import ONE_ROW  # noqa: E402
+from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel  # noqa: E402
+from gap_mllm.training.kernels import apply_attention_implementation  # noqa: E402
+from gap_mllm.training.sample_tensors import collate_samples, split_batch  # noqa: E402
+
+NOISE_FACTOR = 2.0  # an arm's loss curve is "within bf16 noise" when it stays this close, relative to eager's
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to run the same training step."""
+
+    name: str
+    attention: str = "sdpa"
+    packed: bool = False
+    liger: bool = False
+    compile: bool = False
+
+
+ARMS = (
+    Arm("sdpa"),
+    Arm("eager", attention="eager"),
+    Arm("sdpa_packed", packed=True),
+    Arm("flash_attention_2", attention="flash_attention_2"),
+    Arm("flash_attention_2_packed", attention="flash_attention_2", packed=True),
+    Arm("flash_attention_4", attention="flash_attention_4"),
+    Arm("flash_attention_4_packed", attention="flash_attention_4", packed=True),
+    Arm("sdpa_liger", liger=True),
+    Arm("flash_attention_2_packed_liger", attention="flash_attention_2", packed=True, liger=True),
+    Arm("sdpa_compile", compile=True),  # last: compiled layers are reset afterwards, but nothing runs after them
+)
+PLAIN, NOISE_REFERENCE = "sdpa", "eager"
+# samples per batch, their views and lengths (drawn per sample), the grid of a view, the optimizer
+SETTINGS = {
+    "real": dict(batch=2, views=(2, 4), question=(8, 64), answer=(8, 32), grid="train", lr=1e-5),
+    "small": dict(batch=3, views=(1, 2), question=(2, 12), answer=(2, 6), grid="small", lr=1e-3),
+}
+
+
+def arm_unavailable_reason(arm: Arm, device: str) -> str | None:
+    """Why `arm` cannot run on `device` (None: it can)."""
+    if arm.compile and not device.startswith("cuda"):
+        return "this bench compiles on CUDA only (inductor's CPU code is not what is measured here)"
+    return arm_unavailable(arm.attention, device) or (arm_unavailable("liger", device) if arm.liger else None)
+
+
+def make_samples(config, ids: dict, steps: int, settings: dict, seed: int = 0) -> list[list[dict]]:
+    """`steps` batches of per-sample dicts (training/sample_tensors.py's layout), the same for every arm."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(bounds):
+        return int(torch.randint(bounds[0], bounds[1] + 1, (1,), generator=generator))
+
+    grid = QWEN_GRIDS[settings["grid"]]
+    batches = []
+    for step in range(steps):
+        samples = []
+        for index in range(settings["batch"]):
+            inputs = full_inputs(config, ids, views=draw(settings["views"]), grid=grid,
+                                 question_length=draw(settings["question"]), answer_length=draw(settings["answer"]),
+                                 seed=seed + 1000 * step + index)
+            samples.append(split_batch(inputs)[0])
+        batches.append(samples)
+    return batches
+
+
+def step_flops(model, samples: list[dict], grid) -> float:
+    """Model FLOPs of one training step on `samples` (their real tokens; padding is not counted)."""
+    views = [int(s["image_grid_thw"].shape[0]) for s in samples]
+    lengths = [int(s["input_ids"].shape[0]) for s in samples]
+    answers = [int((s["labels"][1:] != IGNORE_INDEX).sum()) for s in samples]
+    return sum(training_step_flops(forward_flops(model, views, grid, lengths, answers)).values())
+
+
+def loss_gaps(losses: dict[str, list[float]]) -> dict[str, dict]:
+    """Per arm: the largest and the mean |loss − the plain arm's| over the steps, and whether it stays within
+    `NOISE_FACTOR` times the eager arm's largest gap (None without both reference arms)."""
+    plain = losses.get(PLAIN)
+    if plain is None:
+        return {}
+    gaps = {}
+    for name, curve in losses.items():
+        differences = [abs(a - b) for a, b in zip(curve, plain)]
+        gaps[name] = {"max_abs_diff": max(differences), "mean_abs_diff": statistics.fmean(differences)}
+    reference = gaps.get(NOISE_REFERENCE, {}).get("max_abs_diff")
+    for name, gap in gaps.items():
+        gap["within_noise"] = None if not reference else gap["max_abs_diff"] <= NOISE_FACTOR * reference
+    return gaps
+
+
+class ArmsBench(Bench):
+    """bench_real_size.Bench's bookkeeping (results file, budget, errors recorded per measurement) for the arms."""
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.train_settings = dict(SETTINGS[args.size])
+        if args.batch:
+            self.train_settings["batch"] = args.batch
+        self.grid = QWEN_GRIDS[self.train_settings["grid"]]
+        self.results["meta"]["train_settings"] = {**self.train_settings, "steps": args.steps,
+                                                  "warmup_steps": args.warmup_steps}
+        self.losses: dict[str, list[float]] = {}
+
+    def prepare(self) -> dict:
+        """The batches every arm trains on, and the initial trainable weights each arm starts from."""
+        self.samples = make_samples(self.model.config, self.ids, self.args.steps, self.train_settings, self.args.seed)
+        self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        lengths = [int(s["input_ids"].shape[0]) for batch in self.samples for s in batch]
+        return {"batches": len(self.samples), "samples": len(lengths), "tokens_mean": statistics.fmean(lengths),
+                "tokens_min": min(lengths), "tokens_max": max(lengths)}
+
+    def batches(self, arm: Arm) -> list[dict]:
+        pad = self.ids["pad"]
+        merge = self.model.config.vlm_config.vision_config.spatial_merge_size
+        return [to_device(collate_samples(samples, pad, "left", packing=arm.packed, spatial_merge_size=merge,
+                                          row_tokens=ONE_ROW if arm.packed else None),
+                          self.device, self.dtype) for samples in self.samples]
+
+    def train_arm(self, arm: Arm) -> dict:
+        reason = arm_unavailable_reason(arm, self.args.device)
+        if reason:
+            return {"skipped": reason, **asdict(arm)}
+        model = self.model
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if parameter.requires_grad:
+                    parameter.copy_(self.initial[name])
+        apply_attention_implementation(model, arm.attention, {"bf16": self.dtype == torch.bfloat16})
+        model.train()
+        wrapped = GeometryAlignedModel(model, liger_cross_entropy=arm.liger)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.train_settings["lr"],
+                                      weight_decay=0.01, fused=self.cuda)
+        layers = model.vlm.model.language_model.layers
+        batches = self.batches(arm)
+        losses, times = [], []
+        try:
+            if arm.compile:
+                for layer in layers:
+                    layer.compile()
+            self.reset_peak()
+            for batch in batches:
+                self.sync()
+                start = time.perf_counter()
+                out = wrapped(**batch)
+                loss = out.lm_loss_sum / out.lm_num_tokens
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.sync()
+                times.append(time.perf_counter() - start)
+                losses.append(float(loss.detach()))
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            del optimizer
+            model.eval()
+            if arm.compile:
+                for layer in layers:
+                    layer._compiled_call_impl = None  # back to eager (nn.Module.compile keeps it here)
+            apply_attention_implementation(model, self.args.attn_default, {"bf16": self.dtype == torch.bfloat16})
+        self.losses[arm.name] = losses
+        warmup = min(self.args.warmup_steps, len(times) - 1)
+        timed, flops = times[warmup:], [step_flops(model, samples, self.grid) for samples in self.samples[warmup:]]
+        tokens = sum(int(s["input_ids"].shape[0]) for samples in self.samples[warmup:] for s in samples)
+        peak = self.results["meta"]["peak_bf16_flops"]
+        slots = [int(b["input_ids"].numel()) for b in batches]
+        return {**asdict(arm), "losses": losses, "times_s": times, "median_step_s": statistics.median(timed),
+                "tokens_per_s": tokens / sum(timed), "model_tflops_per_step": statistics.fmean(flops) / 1e12,
+                "achieved_tflops_per_s": sum(flops) / sum(timed) / 1e12,
+                "mfu": None if peak is None else sum(flops) / sum(timed) / peak,
+                "padding_share": 1 - sum(int(s["input_ids"].shape[0]) for b in self.samples for s in b) / sum(slots),
+                "peak_gib": self.peak()}
+
+    def compare(self) -> dict:
+        """The loss curves side by side (step by step) and each arm's gap to the plain arm."""
+        gaps = loss_gaps(self.losses)
+        for name, gap in gaps.items():
+            measurement = self.results["measurements"].get(f"arm_{name}")
+            if measurement is not None:
+                measurement.update(gap)
+        steps = range(len(next(iter(self.losses.values()), [])))
+        return {"noise_reference": NOISE_REFERENCE, "noise_factor": NOISE_FACTOR, "gaps": gaps,
+                "curves": [{"step": step + 1, **{name: curve[step] for name, curve in self.losses.items()}}
+                           for step in steps]}
+
+    def all(self) -> None:
+        self.log(f"GAP-MLLM {self.args.size} on {self.results['meta']['device']}, {self.args.dtype}: training arms")
+        self.run("build", self.build)
+        if self.model is None:
+            return
+        self.run("batches", self.prepare)
+        if "error" in self.results["measurements"]["batches"]:
+            return
+        wanted = self.args.arms or [arm.name for arm in ARMS]
+        for arm in ARMS:
+            if arm.name in wanted:
+                self.run(f"arm_{arm.name}", self.train_arm, arm)
+        self.run("loss_curves", self.compare)
+        self.log(f"done; results in {self.args.out}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_size_arguments(parser)
+    parser.add_argument("--steps", type=int, default=50, help="training steps per arm (the same batches for each)")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="first steps left out of the timing (not the losses)")
+    parser.add_argument("--batch", type=int, default=None, help="samples per batch (default: 2 real, 3 small)")
+    parser.add_argument("--arms", nargs="*", choices=[arm.name for arm in ARMS], default=None, help="default: all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench_train_arms.json")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds after which the remaining arms are skipped (default: 540 with --real-size)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    require_cuda(Path(__file__).name, args.device)
+    if args.steps < 2:
+        parser.error("--steps: at least 2 (the first is a warm-up)")
+    apply_size_defaults(args)
+    # what bench_real_size.Bench reads
+    args.attn_default, args.only, args.warmup, args.repeats, args.cache_dir = "sdpa", None, None, None, None
+    ArmsBench(args).all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""What wrote the answers of an evaluation output folder, so that a rerun resumes only the same run.
+
+A model run appends each finished answer to `<out>/raw_outputs.rank<r>.jsonl`, and a rerun into the same
+folder skips the samples already answered. Those answers belong to the run that wrote them: resumed by
+another model, other data or other task settings, they would be scored as the new run's. So the folder
+also holds `run_fingerprint.json`, written before the first answer:
+
+    task   the benchmark, `official_compat` (it turns the stop rule off), the `max_new_tokens` cap and
+           the official token budget of each stage
+    model  sha256 of the weight files of the model folder (*.safetensors, *.bin, *.pt, *.pth) and of
+           its configuration, tokenizer and processor files (MODEL_CONFIGURATION_FILES); a Hub id is
+           read from its local snapshot (the folder that is then loaded)
+    data   the annotation file (name, sha256) and the data root's description (dataset_identity.py)
+
+A rerun whose fingerprint differs from the recorded one, or that finds answers with no record (written
+by a version without it), is refused before anything is generated or scored, naming each part that
+differs; nothing in the folder is changed. To start fresh, give another output folder or delete the
+answers and the record. A folder without answers takes the new record.
+
+Not recorded, so free to change between a run and its resume: the batch size, the number of processes,
+scene reuse and `limit` (they change how or which samples are answered, not what an answer means), the
+split name (the annotation file is recorded), and the image files (not read: replacing images under the
+same annotation file is not seen), model files outside the lists above (a model card, evaluation
+results), and the base model a LoRA adapter folder names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from gap_mllm.processing.dataset_identity import describe_data_root
+
+from . import reports
+
+RUN_FINGERPRINT_FILE = "run_fingerprint.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# What a model folder holds besides weights that changes the answers (evaluation_results.json, README.md and
+# the training record are written or edited after training, so they are left out).
+MODEL_CONFIGURATION_FILES = (
+    "config.json", "generation_config.json", "processor_config.json", "preprocessor_config.json",
+    "video_preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "adapter_config.json",
+)  # fmt: skip
+_CHUNK = 16 * 1024 * 1024
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, read in chunks (a multi-GB weight file is never held in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files_digest(paths: list[Path]) -> str:
+    """sha256 over the names and contents of `paths` (sorted by name)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
+    return digest.hexdigest()
+
+
+def local_model_folder(model_dir) -> Path:
+    """The local folder of a model source: the folder itself, or a Hub id's snapshot (downloaded if needed; the
+    local cache when offline), which is then what gets loaded."""
+    path = Path(model_dir).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(model_dir)))
+
+
+def model_fingerprint(folder) -> dict:
+    """`{"weights": sha256, "configuration": sha256}` of a local model folder (module docstring)."""
+    files = [path for path in Path(folder).iterdir() if path.is_file()]
+    return {
+        "weights": _files_digest([path for path in files if path.name.endswith(WEIGHT_SUFFIXES)]),
+        "configuration": _files_digest([path for path in files if path.name in MODEL_CONFIGURATION_FILES]),
+    }
+
+
+def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_tokens) -> dict:
+    """The fingerprint of an evaluation run (module docstring); JSON-serialisable."""
+    data = describe_data_root(data_dir)
+    return {
+        "task": {
+            "name": task.name,
+            "official_compat": task.official_compat,
+            "max_new_tokens": max_new_tokens,
+            "stage_budgets": [spec.official_max_new_tokens for spec in task.stage_specs],
+        },
+        "model": model_fingerprint(model_folder),
+        "data": {
+            "annotation_file": Path(annotation_file).name,
+            "annotation_sha256": file_sha256(annotation_file),
+            "kind": data["kind"],
+            "name": data["name"],
+            "details": data["details"],
+        },
+    }
+
+
+# what a difference is called in the refusal, per recorded field
+_FIELD_WORDS = {
+    "task.name": "the task", "task.official_compat": "official_compat", "task.max_new_tokens": "the max_new_tokens cap",
+    "task.stage_budgets": "the official token budgets", "model.weights": "the model weights",
+    "model.configuration": "the model's configuration/tokenizer files", "data.annotation_file": "the annotation file name",
+    "data.annotation_sha256": "the annotation file's content", "data.kind": "the kind of data", "data.name": "the data",
+    "data.details": "the data's scenes/records",
+}  # fmt: skip
+
+
+def _short(value) -> str:
+    """A recorded value as shown in a message: digests cut to 12 characters, others as JSON."""
+    text = json.dumps(value)
+    return text[:13] + '…"' if isinstance(value, str) and len(value) == 64 else text[:80]
+
+
+def fingerprint_differences(recorded: dict, current: dict) -> list[str]:
+    """`["the model weights (recorded "ab12…", now "cd34…")", ...]`: each field that differs, in words."""
+    differences = []
+    for part in ("task", "model", "data"):
+        before, now = recorded.get(part) or {}, current.get(part) or {}
+        for field in sorted(set(before) | set(now)):
+            if before.get(field) != now.get(field):
+                words = _FIELD_WORDS.get(f"{part}.{field}", f"{part} {field}")
+                differences.append(f"{words} (recorded {_short(before.get(field))}, now {_short(now.get(field))})")
+    return differences
+
+
+def _answer_files(out_dir) -> list[Path]:
+    """This folder's answer files that hold anything."""
+    return [path for path in sorted(Path(out_dir).glob(reports.RAW_PATTERN)) if path.stat().st_size]
+
+
+def check_resume(out_dir, fingerprint: dict) -> None:
+    """ValueError unless the answers in `out_dir` (if any) were written by the run of `fingerprint`; reads only."""
+    answers = _answer_files(out_dir)
+    if not answers:
+        return
+    record_path = Path(out_dir) / RUN_FINGERPRINT_FILE
+    fresh = (f"give another output folder (--out), or delete {', '.join(p.name for p in answers)} and "
+             f"{RUN_FINGERPRINT_FILE} in {out_dir} to start fresh")
+    try:
+        recorded = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{out_dir} holds answers ({answers[0].name}) but no {RUN_FINGERPRINT_FILE}, so which model, "
+                         f"data and settings wrote them is unknown and they are not resumed: {fresh}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{record_path}: the run record cannot be read ({error}); the answers beside it are not "
+                         f"resumed: {fresh}") from error
+    current = json.loads(json.dumps(fingerprint))  # compared as it would be recorded (tuples become lists)
+    differences = fingerprint_differences(recorded if isinstance(recorded, dict) else {}, current)
+    if differences:
+        raise ValueError(f"{out_dir} holds answers of another run, which would be scored as this one's: "
+                         f"{'; '.join(differences)}. Rerun with the same settings to resume, or {fresh}")
+
+
+def write_fingerprint(out_dir, fingerprint: dict) -> None:
+    """Record `fingerprint` in `out_dir` (atomically: a reader sees the old record or the new one, whole)."""
+    path = Path(out_dir) / RUN_FINGERPRINT_FILE
+    text = json.dumps(fingerprint, indent=1, sort_keys=True) + "\n"
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+__all__ = ["RUN_FINGERPRINT_FILE", "check_resume", "local_model_folder", "model_fingerprint", "run_fingerprint",
+           "write_fingerprint"]

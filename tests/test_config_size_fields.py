@@ -1,0 +1,83 @@
+"""Every size field of the geometry config that allocates weights is priced by the parameter estimate
+(modeling_gap_mllm/config_sizes.py), so an absurd one is refused before allocation, naming the field."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, config_sizes
+from gap_mllm.cli.real_size import real_size_config
+from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
+from gap_mllm.modeling_geometry_encoder import GapMllmGeometryEncoder
+from gap_mllm.tiny.tiny_config import build_gap_config
+
+TINY_DPT = {"dpt_layers": [0, 1, 2, 3]}  # the tiny encoder has 4 layers
+
+
+@pytest.fixture
+def one_gib_left(monkeypatch):
+    """1 GiB of memory left, whatever the machine: nothing priced above it is ever allocated here."""
+    monkeypatch.setattr(config_sizes, "available_memory", lambda device: 2**30)
+
+
+@pytest.mark.parametrize("override, gib, parameters, part", [
+    ({"num_register_tokens": 10**9}, "238.4", "6.4e+10", "geometry_config.num_register_tokens=1000000000, hidden_size=32"),
+    ({"patch_embed_num_register_tokens": 10**9}, "119.2", "3.2e+10",
+     "geometry_config.patch_embed_num_register_tokens=1000000000, hidden_size=32"),
+    ({"use_camera_head": True, "camera_head_trunk_depth": 10**5}, "18.3", "4.92e+09",
+     "geometry_config.camera_head_trunk_depth=100000, hidden_size=32, mlp_ratio=4.0"),
+    ({"use_depth_head": True, **TINY_DPT, "dpt_features": 2 * 10**4}, "202.4", "5.43e+10",
+     "geometry_config.dpt_features=20000, dpt_out_channels=[256, 512, 1024, 1024], hidden_size=32"),
+    ({"use_point_head": True, **TINY_DPT, "dpt_out_channels": [10**5, 4, 4, 4]}, "597.0", "1.6e+11",
+     "geometry_config.dpt_features=256, dpt_out_channels=[100000, 4, 4, 4], hidden_size=32"),
+], ids=["registers", "dinov2-registers", "camera-trunk", "dpt-features", "dpt-channels"])
+def test_sizes_the_estimate_used_to_miss_are_refused_before_allocation(tiny_processor, one_gib_left, override, gib,
+                                                                       parameters, part):
+    config = build_gap_config(tiny_processor.tokenizer, geometry_config=override)
+    expected = "^" + re.escape(
+        f"the weights of this configuration need at least {gib} GiB ({parameters} parameters in torch.float32), but only "
+        f"1.0 GiB are available on cpu; the largest part, {parameters} parameters, comes from {part}. Use a smaller "
+        "configuration")
+    with pytest.raises(ValueError, match=expected):
+        GapMllmForConditionalGeneration(config)
+    with pytest.raises(ValueError, match=expected):  # the encoder built alone (VGGT conversion) too
+        GapMllmGeometryEncoder(config.geometry_config)
+
+
+def test_vggt_sized_heads_past_the_bound_are_refused_by_the_config_naming_the_field():
+    with pytest.raises(ValueError, match=r"^this configuration has at least 5.03e\+12 parameters, above the sanity bound "
+                                         r"of 1e\+12; the largest part, 5.03e\+12 parameters, comes from "
+                                         r"geometry_config.camera_head_trunk_depth=100000, hidden_size=1024, mlp_ratio=4.0: "
+                                         r"check these sizes\.$"):
+        GapMllmGeometryConfig(use_camera_head=True, camera_head_trunk_depth=10**5)
+    with pytest.raises(ValueError, match=r"comes from geometry_config.num_register_tokens=1000000000000, hidden_size=1024"):
+        GapMllmGeometryConfig(num_register_tokens=10**12)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"use_camera_head": True, "camera_head_trunk_depth": "4"}, "geometry_config.camera_head_trunk_depth must be an integer >= 1, got '4'"),
+    ({"use_camera_head": True, "camera_head_num_iterations": 2.5}, "geometry_config.camera_head_num_iterations must be an integer >= 1, got 2.5"),
+    ({"use_camera_head": True, "camera_head_num_attention_heads": 0}, "geometry_config.camera_head_num_attention_heads must be an integer >= 1, got 0"),
+    ({"use_depth_head": True, **TINY_DPT, "dpt_features": None}, "geometry_config.dpt_features must be an integer >= 1, got None"),
+    ({"use_depth_head": True, **TINY_DPT, "dpt_frames_chunk_size": 0}, "geometry_config.dpt_frames_chunk_size must be an integer >= 1, got 0"),
+    ({"mlp_ratio": float("inf")}, "geometry_config.mlp_ratio must be a positive finite number, got inf"),
+])
+def test_head_sizes_of_the_wrong_type_are_named(tiny_processor, override, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        build_gap_config(tiny_processor.tokenizer, geometry_config=override)
+
+
+def test_the_estimate_with_every_head_is_a_close_lower_bound(tiny_processor):
+    heads = {"use_camera_head": True, "use_depth_head": True, "use_point_head": True}
+    real = real_size_config().to_dict()
+    real["geometry_config"].update(heads)
+    for config in (GapMllmConfig(**real), build_gap_config(tiny_processor.tokenizer, geometry_config={**heads, **TINY_DPT})):
+        with torch.device("meta"):
+            model = GapMllmForConditionalGeneration(config)
+        for priced, built in ((config, model), (config.geometry_config, model.geometry_encoder)):
+            actual = sum(p.numel() for p in built.parameters())
+            estimate = config_sizes.estimate_num_parameters(priced)
+            assert 0.99 * actual <= estimate <= actual, (type(built).__name__, estimate, actual)

@@ -1,0 +1,133 @@
+"""`gap-mllm evaluate` resumes an output folder only for the run that wrote its answers (run_fingerprint.py):
+another model, annotation file or task setting is refused before anything is generated or scored, naming what
+differs, and the folder is left as it was. The same run resumes (also: tests/test_eval_runner.py, after a torn
+line; tests/test_eval_distributed.py, two processes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from gap_mllm.cli.main import main as gap_mllm
+from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE
+from gap_mllm.evaluation.runner import run_evaluation
+from gap_mllm.processing.annotation_files import find_annotation_file
+from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+from .test_eval_runner import _count_generate_calls, synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
+
+RUN = dict(limit=2, batch_size=2, max_new_tokens=4, progress=False, plots=False)
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory):
+    """A tiny model of the same configuration as `tiny_checkpoint` with other weights."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_other"), seed=1)
+
+
+@pytest.fixture
+def finished_run(synth_data, tiny_checkpoint, tmp_path):  # noqa: F811
+    """An output folder with the detection answers of the tiny model: (folder, its files' bytes)."""
+    out = tmp_path / "det"
+    run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, **RUN)
+    return out, snapshot(out)
+
+
+def snapshot(folder) -> dict:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def refused(synth_data, out, monkeypatch, **changes) -> str:  # noqa: F811
+    """The refusal of a rerun with `changes`; asserts that nothing was generated."""
+    calls = _count_generate_calls(monkeypatch)
+    with pytest.raises(ValueError) as error:
+        run_evaluation("detection", synth_data, out, **{**RUN, **changes})
+    assert calls == []
+    return str(error.value)
+
+
+def test_a_run_of_another_model_is_refused_naming_the_weights(synth_data, tiny_checkpoint, other_checkpoint,  # noqa: F811
+                                                              finished_run, monkeypatch):
+    out, before = finished_run
+    recorded = json.loads((out / RUN_FINGERPRINT_FILE).read_text())
+    message = refused(synth_data, out, monkeypatch, model_dir=other_checkpoint)
+    assert message.startswith(f"{out} holds answers of another run, which would be scored as this one's: the model "
+                              f"weights (recorded \"{recorded['model']['weights'][:12]}…\", now \"")
+    assert "model's configuration" not in message  # same configuration: only the weights are named
+    assert message.endswith(f"Rerun with the same settings to resume, or give another output folder (--out), or delete "
+                            f"raw_outputs.rank0.jsonl and {RUN_FINGERPRINT_FILE} in {out} to start fresh")
+    assert snapshot(out) == before  # nothing in the folder changed
+
+
+def test_other_budgets_settings_and_annotations_are_refused_naming_them(synth_data, tiny_checkpoint, finished_run,  # noqa: F811
+                                                                       monkeypatch, tmp_path):
+    out, before = finished_run
+    message = refused(synth_data, out, monkeypatch, model_dir=tiny_checkpoint, max_new_tokens=6)
+    assert ": the max_new_tokens cap (recorded 4, now 6). Rerun" in message
+    message = refused(synth_data, out, monkeypatch, model_dir=tiny_checkpoint, official_compat=True)
+    assert ": official_compat (recorded false, now true). Rerun" in message
+    annotations = find_annotation_file(synth_data, "detection", "val")
+    records = json.loads(annotations.read_text())
+    records[0]["conversations"][1]["value"] = "[]"  # another truth for the same samples
+    edited = tmp_path / annotations.name
+    edited.write_text(json.dumps(records))
+    message = refused(synth_data, out, monkeypatch, model_dir=tiny_checkpoint, annotation_file=edited)
+    assert ": the annotation file's content (recorded \"" in message and "annotation file name" not in message
+    assert snapshot(out) == before
+
+
+def test_answers_without_a_record_are_not_resumed(synth_data, tiny_checkpoint, finished_run, monkeypatch):  # noqa: F811
+    out, _ = finished_run
+    (out / RUN_FINGERPRINT_FILE).unlink()
+    message = refused(synth_data, out, monkeypatch, model_dir=tiny_checkpoint)
+    assert message.startswith(f"{out} holds answers (raw_outputs.rank0.jsonl) but no {RUN_FINGERPRINT_FILE}, so which "
+                              "model, data and settings wrote them is unknown and they are not resumed: give another")
+
+
+def test_the_same_run_resumes_and_a_folder_without_answers_takes_the_new_record(synth_data, tiny_checkpoint,  # noqa: F811
+                                                                               other_checkpoint, finished_run, monkeypatch):
+    out, before = finished_run
+    calls = _count_generate_calls(monkeypatch)
+    # the same run with other execution settings (batch size, scene reuse): nothing to redo, same answers
+    run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, **{**RUN, "batch_size": 1}, scene_reuse=False)
+    assert calls == [] and snapshot(out)["raw_outputs.rank0.jsonl"] == before["raw_outputs.rank0.jsonl"]
+    for path in out.glob("raw_outputs.rank*.jsonl"):  # answers deleted by hand, as the refusal says: start fresh
+        path.unlink()
+    run_evaluation("detection", synth_data, out, model_dir=other_checkpoint, **RUN)
+    assert calls == [2]
+    assert json.loads((out / RUN_FINGERPRINT_FILE).read_text()) != json.loads(before[RUN_FINGERPRINT_FILE])
+
+
+def test_the_cli_refuses_in_one_line(synth_data, tiny_checkpoint, other_checkpoint, finished_run, capsys):  # noqa: F811
+    out, before = finished_run
+    options = ["evaluate", "--task", "detection", "--data", str(synth_data), "--out", str(out), "--limit", "2",
+               "--max-new-tokens", "4", "--no-plots", "--quiet"]
+    assert gap_mllm([*options, "--model", str(other_checkpoint)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"gap-mllm evaluate: error: {out} holds answers of another run") and "the model weights" in error
+    assert snapshot(out) == before
+    moved = out.parent / "copy_of_the_model"  # the same files elsewhere: the same model
+    shutil.copytree(tiny_checkpoint, moved)
+    assert gap_mllm([*options, "--model", str(moved)]) == 0
+
+
+def test_a_hub_id_is_fingerprinted_from_the_snapshot_that_is_loaded(tiny_checkpoint, tmp_path, monkeypatch):  # noqa: F811
+    """A Hub id resolves to its local snapshot (here a cache written by hand, offline): the files hashed are the
+    files then loaded, and the same files give the same fingerprint wherever they are."""
+    from huggingface_hub import constants
+
+    from gap_mllm.evaluation.run_fingerprint import local_model_folder, model_fingerprint
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_checkpoint, repo / "snapshots" / commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    folder = local_model_folder("org/tiny")
+    assert folder == repo / "snapshots" / commit
+    assert model_fingerprint(folder) == model_fingerprint(tiny_checkpoint)
+    assert local_model_folder(tiny_checkpoint) == tiny_checkpoint

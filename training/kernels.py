@@ -1,0 +1,188 @@
+"""Attention and loss kernels a training run may choose, and the check that refuses those this machine cannot run.
+
+    model.attn_implementation   None (the model's own: sdpa for every model this package builds and loads),
+                                "sdpa", "eager", "flash_attention_2" (the flash-attn 2.x package) or
+                                "flash_attention_4" (the flash-attn-4 package, Hopper or newer): transformers' names.
+                                One choice for the whole GAP-MLLM: the LLM, the Qwen ViT, the VGGT encoder and the
+                                fusion all attend through transformers' attention interface.
+    kernels.liger_fused_linear_cross_entropy
+                                Liger's fused linear cross-entropy (liger-kernel) for the LM head and the loss at the
+                                answer tokens (training/geometry_aligned_model.py), instead of logits + cross-entropy.
+
+`check_kernels(recipe, plan)` runs before any model is loaded (training/run.py, training/encoder_stage_run.py) and
+raises `KernelUnavailableError`, one line naming the option, what is missing (the package, a CUDA device, a recent
+enough GPU, half precision) and what to do (`make gpu-venv` installs the GPU extras: setup.py's `gpu` extra and
+flash-attn), instead of an ImportError or a kernel's error from deep inside the first forward.
+
+`training.use_liger_kernel` (transformers' own switch) is refused when the recipe is read: transformers applies
+Liger only to a `PreTrainedModel` whose model type Liger knows, and the trainer trains a `GeometryAlignedModel`,
+which computes the loss itself, so nothing would be applied (transformers logs one warning and trains on).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+
+import torch
+
+GPU_INSTALL = "make gpu-venv"
+GPU_REMEDY = f"run on a GPU machine after `{GPU_INSTALL}`"
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class KernelPackage:
+    """A pip package that provides a kernel: its distribution name, and the oldest CUDA GPU it runs on
+    (compute capability major; None: any CUDA GPU)."""
+
+    distribution: str
+    min_capability: int | None = None
+    gpu_generation: str = ""
+
+
+# flash-attn 2.x: Ampere, Ada and Hopper (sm80+, its README); flash-attn-4: Hopper or newer (transformers'
+# FLASH_ATTENTION_COMPATIBILITY_MATRIX: cuda_min_major_version 9). Both compute in bf16 / fp16 only.
+FLASH_PACKAGES = {
+    "flash_attention_2": KernelPackage("flash-attn", 8, "Ampere"),
+    "flash_attention_4": KernelPackage("flash-attn-4", 9, "Hopper"),
+}
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", *FLASH_PACKAGES)
+LIGER_PACKAGE = KernelPackage("liger-kernel")  # Triton kernels: a CUDA device
+LIGER_OPTION = "kernels.liger_fused_linear_cross_entropy"
+
+
+class KernelUnavailableError(ValueError):
+    """A chosen kernel this machine or this run cannot use; the message names the option and the remedy."""
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a pip distribution, None when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    """The compute capability of the current CUDA device, None without one."""
+    return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+
+
+def check_attention_name(name: str | None) -> None:
+    """`model.attn_implementation` is None or one of `ATTENTION_IMPLEMENTATIONS` (any machine)."""
+    if name is not None and name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"model.attn_implementation={name!r}; choose from {ATTENTION_IMPLEMENTATIONS} "
+                         "(or leave it unset: the model's own, sdpa)")
+
+
+def compute_dtype(weights_dtype: str, training: dict) -> str | None:
+    """What the matrix products compute in: half weights, else the bf16 / fp16 autocast, else the weights' dtype
+    ("auto": not known before the model is loaded, None)."""
+    if weights_dtype in HALF_DTYPES:
+        return weights_dtype
+    if training.get("bf16"):
+        return "bfloat16"
+    if training.get("fp16"):
+        return "float16"
+    return None if weights_dtype == "auto" else weights_dtype
+
+
+def _refusal(option: str, missing: list[str], on_cpu: bool) -> KernelUnavailableError:
+    remedy = GPU_REMEDY if on_cpu else f"install the GPU extras with `{GPU_INSTALL}`"
+    return KernelUnavailableError(f"{option} needs {' and '.join(missing)}; {remedy}")
+
+
+def package_problems(package: KernelPackage, device: str, reason: str) -> list[str]:
+    """What is missing to run `package`'s kernels on `device` ("cpu" / "cuda"; `reason`: why not CUDA)."""
+    missing = []
+    if installed_version(package.distribution) is None:
+        missing.append(f"the {package.distribution} package (not installed)")
+    if device != "cuda":
+        missing.append(f"a CUDA device ({reason})")
+    elif package.min_capability is not None:
+        capability = cuda_capability()
+        if capability is not None and capability[0] < package.min_capability:
+            missing.append(f"a {package.gpu_generation} or newer GPU (compute capability {package.min_capability}.0+; "
+                           f"this one is {capability[0]}.{capability[1]})")
+    return missing
+
+
+def attention_precision_problem(name: str | None, dtype: str | None) -> str | None:
+    """Why attention `name` cannot compute in `dtype` (None: it can, or the dtype is not known yet)."""
+    if name in FLASH_PACKAGES and dtype is not None and dtype not in HALF_DTYPES:
+        return (f"model.attn_implementation={name!r} computes in bfloat16 or float16 only, and this run computes in "
+                f"{dtype}; set model.dtype: bfloat16 or training.bf16: true")
+    return None
+
+
+def cpu_reason(plan) -> str:
+    """Why a run's device plan is not CUDA, in the words of the refusals."""
+    return f"this run trains on the CPU; device plan: {plan.reason}"
+
+
+def check_kernels(recipe, plan) -> None:
+    """Refuse (`KernelUnavailableError`) the recipe's kernels that cannot run under its device `plan`
+    (training/device.py); `recipe` is the planned one (`apply_device_plan`)."""
+    name = recipe.model.attn_implementation
+    check_attention_name(name)
+    on_cpu = plan.device != "cuda"
+    if name in FLASH_PACKAGES:
+        missing = package_problems(FLASH_PACKAGES[name], plan.device, cpu_reason(plan))
+        if missing:
+            raise _refusal(f"model.attn_implementation={name!r}", missing, on_cpu)
+        problem = attention_precision_problem(name, compute_dtype(plan.dtype, recipe.training))
+        if problem:
+            raise KernelUnavailableError(problem)
+    if recipe.kernels.liger_fused_linear_cross_entropy:
+        missing = package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
+        if missing:
+            raise _refusal(f"{LIGER_OPTION}=true", missing, on_cpu)
+
+
+def apply_attention_implementation(model, name: str | None, training: dict) -> None:
+    """Switch `model` (a GAP-MLLM: LLM, ViT, VGGT, fusion) to attention `name` (None: leave it as it is), after the
+    precision of the loaded weights is checked (`training`: the TrainingArguments values, for the autocast)."""
+    if name is None:
+        return
+    check_attention_name(name)
+    weights = str(model.dtype).removeprefix("torch.")
+    problem = attention_precision_problem(name, compute_dtype(weights, training))
+    if problem:
+        raise KernelUnavailableError(problem)
+    if model.config._attn_implementation != name:
+        model.set_attn_implementation(name)
+
+
+def check_liger_distribution(trainer) -> None:
+    """Liger's fused kernel reads the LM head's weight outside the module's forward; under DeepSpeed ZeRO-3 that
+    weight is a partitioned placeholder there (DeepSpeed gathers it only inside the module's own forward)."""
+    if not trainer.is_deepspeed_enabled:
+        return
+    stage = trainer.accelerator.state.deepspeed_plugin.zero_stage
+    if stage == 3:
+        raise KernelUnavailableError(f"{LIGER_OPTION}=true does not run under DeepSpeed ZeRO-3 (the LM head's weight "
+                                     "is partitioned outside its module's forward); use ZeRO-2, FSDP or DDP, or set it "
+                                     "to false")
+
+
+TRANSFORMERS_LIGER_REFUSAL = (
+    "training.use_liger_kernel: transformers applies Liger only to a PreTrainedModel of a model type Liger knows, and "
+    "GAP-MLLM trains through GeometryAlignedModel, which computes the answer-token loss itself "
+    "(training/geometry_aligned_model.py): nothing would be applied. Set kernels.liger_fused_linear_cross_entropy: "
+    "true instead (Liger's fused linear cross-entropy at the answer tokens)")
+
+
+def kernel_report(device: str | None = None) -> list[str]:
+    """One line per optional kernel: ready on this machine, or what is missing (`make gpu-venv` ends with it).
+    `device`: "cuda" / "cpu"; default: CUDA when torch sees a device."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    reason = f"torch {torch.__version__} sees none"
+    lines = []
+    for option, package in [*((f"model.attn_implementation={name}", package) for name, package in FLASH_PACKAGES.items()),
+                            (f"{LIGER_OPTION}=true", LIGER_PACKAGE)]:
+        missing = package_problems(package, device, reason)
+        version = installed_version(package.distribution)
+        state = f"needs {' and '.join(missing)}" if missing else "ready"
+        lines.append(f"{option}: {package.distribution} {version or '-'}: {state}")
+    return lines
