@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
-# Each creates .venv if absent, installs the CPU build of torch==2.13.0 when torch is missing (a plain
-# `torch` requirement would pull several GB of CUDA packages), installs the package, then runs.
+# Each creates .venv if absent, installs torch when it is missing (which build: "torch" below), installs the
+# package, then runs. `make install` does the set-up alone.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,13 +8,33 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.gap-mllm-installed
 
-.PHONY: install test test-all demo demo-venv vllm-venv gpu-venv space space-bundle bench mini mini-ablation clean
+# torch, installed once into $(VENV) when it has none (`make clean` first to change the build):
+#   TORCH_SPEC       the requirement (default torch==2.13.0);
+#   TORCH_INDEX_URL  the index it comes from (pip --index-url). By default, on Linux without an NVIDIA GPU
+#                    (`nvidia-smi -L` lists none): PyTorch's CPU index, the CPU build (~200 MB) instead of PyPI's
+#                    CUDA build (several GB of nvidia-* wheels). With a GPU: none, so PyPI's CUDA build. None either
+#                    where pip's own configuration names a source (index-url, extra-index-url or find-links in a
+#                    pip.conf or a PIP_* variable: a mirror, a wheel folder), which then decides; and on macOS and
+#                    Windows, whose PyPI wheels are CPU builds. Examples:
+#                    make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu    (CPU build whatever pip says)
+#                    make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130  (a CUDA build without a GPU)
+#                    make install TORCH_INDEX_URL=                                        (pip's own choice)
+# NVIDIA_GPU, PIP_SOURCES and UNAME_S hold what the default is decided on (set them to simulate another machine).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_CPU_INDEX_URL := https://download.pytorch.org/whl/cpu
+NVIDIA_GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -m1 '^GPU ')
+PIP_SOURCES ?= $(shell $(PY) -m pip config list 2>/dev/null | grep -E '^[^=]*\.(index-url|extra-index-url|find-links)=')
+UNAME_S ?= $(shell uname -s)
+TORCH_INDEX_URL ?= $(if $(NVIDIA_GPU)$(PIP_SOURCES),,$(if $(filter Linux,$(UNAME_S)),$(TORCH_CPU_INDEX_URL)))
+
+.PHONY: install test test-all demo notebooks demo-venv vllm-venv gpu-venv space space-bundle bench mini mini-ablation clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): setup.py | $(PY)
-	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" $(addprefix --index-url ,$(TORCH_INDEX_URL))
+	@$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA %s build)' % torch.version.cuda if torch.version.cuda else '(CPU build)')"
 	$(PIP) install -e ".[dev]"
 	# the lmms-eval plugin's evaluator, without lmms-eval's own requirements (they pull a CUDA torch): setup.py
 	$(PIP) install --no-deps "$$($(PY) -c 'from gap_mllm.evaluation.lmms_eval_plugin import LMMS_EVAL_REQUIREMENT as r; print(r)')"
@@ -30,6 +50,10 @@ test-all: install
 
 demo: install
 	$(VENV)/bin/gap-mllm demo
+
+# Re-run the example notebooks on the embedded GAP-MLLM-Mini and store their outputs in them (76 s on a busy 2-core CPU).
+notebooks: install
+	$(PY) examples/notebooks/execute_notebooks.py examples/notebooks/*.ipynb
 
 # The Gradio Space needs pillow<13, so it lives in its own environment that borrows torch and gap_mllm.
 demo-venv: install

@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoProcessor
 
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
-from .argument_types import positive_int
+from .command_arguments import add_demo_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .example_reference import reference_lines, request_text
 from .loading import MINI, TINY, resolve_model_source
 from .model_scores import RESULTS_FILE, held_out_scores
@@ -34,20 +34,6 @@ from .visualize import save_scene_ply, write_visualisations
 BANNER = "=" * 78
 # The tasks GAP-MLLM-Mini is trained on (its spatial-QA answers would be untrained noise).
 DEMO_TASKS = ("detection", "grounding", "captioning", "reconstruction")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="mini",
-                        help='"mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model; or a folder / Hub id')
-    parser.add_argument("--example", default="synthetic room A", choices=sorted(EXAMPLE_SEEDS), help="the bundled room")
-    parser.add_argument("--out", default="demo_output", help="where the pictures (and the tiny model's folder) are written")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
-                        help="cap on each task's generation budget (default: the task's own; answers stop at their end)")
-    parser.add_argument("--seed", type=int, default=0, help="weights of --model tiny")
-    parser.add_argument("--space", action="store_true",
-                        help="launch the Gradio Space instead (gap-mllm space; needs the demo environment: make demo-venv)")
-    parser.add_argument("--host", default="127.0.0.1", help="with --space: interface to listen on")
-    parser.add_argument("--port", type=int, default=7860, help="with --space: port")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -21,36 +21,10 @@ import sys
 from pathlib import Path
 
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
-from gap_mllm.evaluation.tasks import TASKS
 
-from .argument_types import positive_int
+from .command_arguments import add_evaluate_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .loading import resolve_model_source
 from .model_source import check_model_source
-from .task_names import task_argument
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, type=task_argument(TASKS, "gap-mllm evaluate"), metavar="TASK",
-                        help=f"benchmark to run: {', '.join(TASKS)}")
-    parser.add_argument("--data", required=True, help="data root (annotations/ and scannet/posed_images/)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help='model folder or Hub id to generate with; "mini": the embedded GAP-MLLM-Mini')
-    source.add_argument("--predictions", help="JSONL of answers to score instead of generating")
-    source.add_argument("--write-oracle", metavar="FILE", help="write the ground truth as a predictions file and exit")
-    parser.add_argument("--out", help="output folder (required unless --write-oracle)")
-    parser.add_argument("--split", default="val", help="annotation split (default: val)")
-    parser.add_argument("--annotation-file", help="explicit annotation JSON instead of the split lookup")
-    parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per generate() call (left padded)")
-    parser.add_argument("--max-new-tokens", type=positive_int, help="cap on the official token budgets (1280 / 4096)")
-    parser.add_argument("--official-compat", action="store_true",
-                        help="reproduce the official numbers (Euler reading, category lists, parsing quirks)")
-    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (captioning; needs Java)")
-    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N samples")
-    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--no-scene-reuse", action="store_true",
-                        help="answer every sample with its own full model call (the one-at-a-time protocol; same "
-                             "answers, slower: for comparison)")
 
 
 def main(args: argparse.Namespace) -> int:

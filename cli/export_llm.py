@@ -15,16 +15,8 @@ import argparse
 from gap_mllm.mini import default_model_path
 from gap_mllm.serving.export import export_llm_folder
 
+from .command_arguments import add_export_llm_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .model_source import check_model_source
-
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="GAP-MLLM folder or Hub id ('mini' = the embedded GAP-MLLM-Mini)")
-    parser.add_argument("output_dir", help="new or empty folder for the stock Qwen3-VL checkpoint")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: keep the checkpoint's)")
-
 
 def main(args: argparse.Namespace) -> int:
     source = args.source

@@ -1,5 +1,7 @@
-"""`gap-mllm` console script: one sub-command per module, imported only when used (so `--help` is fast
-and a missing optional dependency only affects its own command).
+"""`gap-mllm` console script: one sub-command per module, imported only when the command runs, so that a missing
+optional dependency only affects its own command and `--help` answers at once: `gap-mllm --help` and
+`gap-mllm COMMAND --help` import neither torch nor transformers (each command's arguments are defined in a light
+module, `ARGUMENTS`; tests/test_cli_startup.py; bench/bench_startup.py times it).
 
 A user mistake (a missing file, a bad value, an unreachable model, ...) is one line on stderr and exit
 status 2 (cli/errors.py); `--debug`, anywhere on the command line, shows the full traceback instead."""
@@ -26,6 +28,28 @@ COMMANDS = {
 }
 
 
+# command -> "module:function" that adds its arguments, where that is not the `add_arguments` of the command's own
+# module: a light module (no torch, no transformers) that `gap-mllm COMMAND --help` imports instead of the command.
+ARGUMENTS = {
+    "demo": "gap_mllm.cli.command_arguments:add_demo_arguments",
+    "mini": "gap_mllm.mini.pipeline_settings:add_arguments",
+    "train": "gap_mllm.training.train_arguments:add_arguments",
+    "convert": "gap_mllm.cli.command_arguments:add_convert_arguments",
+    "evaluate": "gap_mllm.cli.command_arguments:add_evaluate_arguments",
+    "export-lmms": "gap_mllm.evaluation.lmms_eval_plugin.export_arguments:add_arguments",
+    "predict": "gap_mllm.cli.command_arguments:add_predict_arguments",
+    "export-llm": "gap_mllm.cli.command_arguments:add_export_llm_arguments",
+    "push": "gap_mllm.cli.command_arguments:add_push_arguments",
+    "synth": "gap_mllm.processing.synth_arguments:add_arguments",
+}
+
+
+def argument_adder(command: str):
+    """The function that adds `command`'s arguments to a parser (`ARGUMENTS`, else its module's `add_arguments`)."""
+    module_name, _, function = ARGUMENTS.get(command, f"{COMMANDS[command][0]}:add_arguments").partition(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gap-mllm", description="GAP-MLLM: geometry-aligned 3D-aware Qwen3-VL.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     module_name, help_text = COMMANDS[argv[0]]
-    module = importlib.import_module(module_name)
     command_parser = argparse.ArgumentParser(prog=f"gap-mllm {argv[0]}", description=help_text,
                                              epilog="--debug: show the full traceback of an error")
-    module.add_arguments(command_parser)
-    args = command_parser.parse_args(argv[1:])
+    argument_adder(argv[0])(command_parser)
+    args = command_parser.parse_args(argv[1:])  # --help and argument errors end here, before the command's imports
+    module = importlib.import_module(module_name)
     return run_command(argv[0], module.main, args, debug=debug)
 
 

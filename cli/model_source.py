@@ -20,6 +20,7 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from safetensors import safe_open
 
+from gap_mllm import register_auto_classes
 from gap_mllm.conversion_report import PICKLE_REFUSED
 from gap_mllm.processing.errors import exception_chain
 
@@ -111,8 +112,10 @@ def hub_error_message(error: BaseException, source: str, flag: str = "--model") 
 
 def load_pretrained(loader, source, flag: str = "--model", **kwargs):
     """`loader(source, **kwargs)` (e.g. `AutoModel.from_pretrained`) after `check_model_source`, with the
-    remaining load failures (refused pickle, Hub errors, unreachable Hub) turned into UserErrors."""
+    remaining load failures (refused pickle, Hub errors, unreachable Hub) turned into UserErrors. The package's
+    classes are registered first, so they load a GAP folder (not its remote-code copy)."""
     text = check_model_source(source, flag)
+    register_auto_classes()
     try:
         return loader(text, **kwargs)
     except ValueError as error:  # a Hub checkpoint of a type transformers does not know: it advises upgrading

@@ -1,8 +1,9 @@
-"""`gap-mllm predict`: one task on a few frames (or a short video, or a bundled synthetic scene);
-prints the answer and its parsed form and can save pictures (PNG with boxes, a legend and gate maps,
-GLB / PLY scene).
+"""`gap-mllm predict`: one task on a few frames (or a folder of frames, a short video, or a bundled synthetic
+scene); prints the answer and its parsed form and can save it with pictures (answer.json, PNG with boxes, a legend
+and gate maps, GLB / PLY scene).
 
     gap-mllm predict --model org/gap-mllm --images f0.jpg f1.jpg f2.jpg --task detection --save-dir out/
+    gap-mllm predict --model org/gap-mllm --images myframes/ --task detection   # its images, sorted by name
     gap-mllm predict --model DIR --images clip.mp4 --task grounding --query "the chair by the window"
     gap-mllm predict --example "synthetic room A" --task grounding       # the embedded GAP-MLLM-Mini
     gap-mllm predict --model tiny --example "synthetic room A" --task reconstruction --marker 1 120 90
@@ -10,12 +11,23 @@ GLB / PLY scene).
 `--model` defaults to "mini", the embedded GAP-MLLM-Mini trained by this package ("tiny": the untrained test
 model). On a bundled example, a task input that is not given (query, box, marker) is the example's own, and the
 answer is printed next to the exact one with the model's held-out score of the task against a trivial baseline
-(from the model folder's evaluation_results.json; a folder without one prints none).
+(from the model folder's evaluation_results.json; a folder without one prints none). On other frames the default
+model prints one line first: GAP-MLLM-Mini knows SynthRooms rooms only.
+
+`--images` takes image files, one video / GIF, or folders: a folder stands for its image files sorted by file name,
+sampled evenly down to `--max-frames` when it holds more (as a video is). A file or folder that cannot be used is one
+line naming its full path and what is wrong, exit status 2.
+
+Exit status (`EXIT_STATUS_HELP`): 0 when the answer parsed, 2 for a mistake in the command, 3
+(`PARSE_FAILURE_STATUS`) when the model's answer did not parse cleanly as the task's answer: the raw answer and
+the parse problem are still printed (and saved in answer.json with `--save-dir`), so a script can tell.
 
 With `--save-dir`, the user's own frames are also reconstructed when the model's geometry encoder has VGGT's
 camera and depth heads (GAP-MLLM-Mini has them): the depth fused with the estimated cameras is a coloured point
 cloud in frame 0's camera (normalised scale, not metres), written into the GLB / PLY with the answer's boxes,
-and the boxes are drawn with the estimated camera. A model without heads gets no cloud, and the output says why.
+and the boxes are drawn with the estimated camera (tubes in the GLB; in the PLY, points sampled along their edges,
+so the output gives the PLY's vertex count next to the cloud's). A model without heads gets no cloud, and the output
+says why.
 
 Generation stops at the end of the answer (the task's stop rule) or at the task's token budget.
 """
@@ -25,10 +37,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from .argument_types import positive_int
+from .command_arguments import EXIT_STATUS_HELP, PARSE_FAILURE_STATUS  # noqa: F401 - defined light, for --help
+from .command_arguments import add_predict_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .example_reference import reference_lines, request_text
-from .loading import TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
+from .loading import MINI, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
 from .model_scores import held_out_scores
 from .scenes import (
     CAMERA_ESTIMATED,
@@ -39,33 +53,12 @@ from .scenes import (
     scene_from_frames,
     synthetic_scene,
 )
-from .task_names import task_argument
-from .tasks import TASKS, TaskRequest, run_task
-from .uploads import UploadError, UploadLimits, load_frames
+from .tasks import TaskRequest, run_task
+from .uploads import CLI_WORDS, UploadError, UploadLimits, images_in_folder, load_frames, uniform_indices
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="mini",
-                        help='a GAP-MLLM folder or Hub id; "mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model')
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", nargs="+", metavar="PATH", help="frames of one scene in order, or one video / GIF (sampled)")
-    source.add_argument("--example", choices=sorted(EXAMPLE_SEEDS),
-                        help="a bundled held-out SynthRooms room (exact geometry): the answer is shown next to the "
-                             "exact one and the model's held-out score of the task")
-
-    parser.add_argument("--task", required=True, type=task_argument(TASKS, "gap-mllm predict"), metavar="TASK",
-                        help=f"one of {', '.join(TASKS)}")
-    parser.add_argument("--query", help="grounding: the text describing the object; spatial_qa: the question")
-    parser.add_argument("--box", nargs=9, type=float, metavar="V",
-                        help="captioning: the object's box cx cy cz sx sy sz yaw pitch roll (first camera)")
-    parser.add_argument("--marker", nargs=3, type=int, metavar=("VIEW", "X", "Y"), help="reconstruction: pixel to mark")
-    parser.add_argument("--max-frames", type=positive_int, default=8, help="frames sampled from a video")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
-                        help="generation budget (default: the task's own; generation stops at the answer's end anyway)")
-    parser.add_argument("--save-dir", help="write the pictures here, and for your own frames the point cloud the "
-                                           "model's depth and camera heads reconstruct (GLB / PLY)")
-    parser.add_argument("--formats", nargs="+", default=["png", "glb", "ply"], choices=["png", "glb", "ply"])
-    parser.add_argument("--json", action="store_true", help="print the parsed answer as JSON instead of text")
+MINI_OWN_FRAMES_NOTE = ("note: GAP-MLLM-Mini, the default --model, knows SynthRooms rooms only: on other frames (real "
+                        'photos included) its answers are meaningless; try --example "synthetic room A"')
 
 
 def main(args: argparse.Namespace) -> int:
@@ -75,9 +68,10 @@ def main(args: argparse.Namespace) -> int:
             scene = synthetic_scene(EXAMPLE_SEEDS[args.example])
             example = scene.example_inputs.get(TaskRequest(task=args.task).task, {})
         else:
+            paths = frame_paths(args.images, args.max_frames)
             # local files of the user's own choosing: no folder restriction, only the type/size checks
-            limits = UploadLimits(max_files=max(len(args.images), 1), max_frames=args.max_frames)
-            scene = scene_from_frames(load_frames(args.images, limits))
+            limits = UploadLimits(max_files=max(len(paths), 1), max_frames=args.max_frames)
+            scene = scene_from_frames(load_frames(paths, limits, words=CLI_WORDS))
         marker = tuple(args.marker) if args.marker else example.get("marker")
         box = args.box if args.box is not None else (example.get("box") if args.task == "captioning" else None)
         request = TaskRequest(task=args.task, query=args.query or example.get("query"), box=box, marker=marker)
@@ -86,14 +80,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"gap-mllm predict: {error}", file=sys.stderr)
         return 2
 
+    if args.model == MINI and not args.example:
+        print(MINI_OWN_FRAMES_NOTE, file=sys.stderr, flush=True)
     model, processor, is_tiny = load_model_and_processor(args.model)  # progress bars (stderr) end here
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)
     result = run_task(model, processor, scene.views, request, max_new_tokens=args.max_new_tokens)
     comparison = _comparison(args, scene, request, result) if args.example else {}
+    answer = {**result.to_dict(), **comparison}
     report = sys.stderr if args.json else sys.stdout
     if args.json:
-        print(json.dumps({**result.to_dict(), **comparison}, indent=2))
+        print(json.dumps(answer, indent=2))
     else:
         print(f"task       : {result.task} on {len(scene.views)} frame(s)")
         if args.example:
@@ -107,8 +104,42 @@ def main(args: argparse.Namespace) -> int:
         if result.gates:
             print("mean gate  : " + ", ".join(f"level {i}: {g.mean():.3f}" for i, g in enumerate(result.gates)))
     if args.save_dir:
-        _save(args, model, processor, scene, result, report)
-    return 0
+        _save(args, model, processor, scene, result, report, answer)
+    return _exit_status(result)
+
+
+def frame_paths(images: list[str], max_frames: int) -> list[Path]:
+    """The files `--images` names, in order: a folder stands for its image files sorted by file name
+    (`images_in_folder`; one without images is an UploadError naming it), sampled evenly down to `max_frames` as a
+    video is (one line on stderr says so); anything else is kept as given, for `load_frames` to check."""
+    paths = []
+    for given in images:
+        path = Path(given)
+        if not path.is_dir():
+            paths.append(path)
+            continue
+        found = images_in_folder(path, CLI_WORDS)
+        kept = [found[i] for i in uniform_indices(len(found), max_frames)]
+        if len(kept) < len(found):
+            print(f"{path.resolve()}: {len(found)} images; {len(kept)} of them, spread evenly in name order, are used "
+                  f"(--max-frames {max_frames})", file=sys.stderr)
+        paths.extend(kept)
+    return paths
+
+
+def _exit_status(result) -> int:
+    """0, or `PARSE_FAILURE_STATUS` with one line on stderr when the answer did not parse cleanly (its parser's
+    `reason`; the answer and the problem were printed already)."""
+    reason = getattr(result.parsed, "reason", None)
+    if reason is None:
+        return 0
+    print(f"gap-mllm predict: the answer did not parse as a {result.task} answer ({reason}); exit status "
+          f"{PARSE_FAILURE_STATUS}", file=sys.stderr)
+    return PARSE_FAILURE_STATUS
+
+
+ANSWER_FILE = "answer.json"
+PLY_PART_WORDS = {"box edges": "sampled along the answer's box edges", "answer point": "for the answer's point"}
 
 
 def _comparison(args, scene, request, result) -> dict:
@@ -122,11 +153,16 @@ def _comparison(args, scene, request, result) -> dict:
     return comparison
 
 
-def _save(args, model, processor, scene, result, report) -> None:
-    """The pictures, and for uncalibrated frames the point cloud the model's heads reconstruct, if it has them."""
-    from .visualize import write_visualisations
+def _save(args, model, processor, scene, result, report, answer: dict) -> None:
+    """answer.json (what --json prints: the raw answer, the parsed one, the parse problem), the pictures, and for
+    uncalibrated frames the point cloud the model's heads reconstruct, if it has them."""
+    from .visualize import ply_parts, write_visualisations
 
     three_d = {"glb", "ply"} & set(args.formats)
+    answer_file = Path(args.save_dir) / ANSWER_FILE
+    answer_file.parent.mkdir(parents=True, exist_ok=True)
+    answer_file.write_text(json.dumps(answer, indent=2) + "\n")
+    print(f"saved answer: {answer_file}", file=report)
     if not scene.calibrated and can_reconstruct(model):
         scene = reconstructed_scene(model, processor, scene.views)
     written = write_visualisations(scene, result, args.save_dir, formats=tuple(args.formats))
@@ -141,10 +177,25 @@ def _save(args, model, processor, scene, result, report) -> None:
         where = f"in the {kinds}" if kinds else "not written (--formats has no glb or ply)"
         print(f"point cloud: {len(scene.points):,} points {where} (your frames' depth fused with the cameras "
               "the model's heads estimated, in frame 0's camera; normalised scale, not metres, so the answer's "
-              "metric boxes need not match it in size); boxes drawn with the estimated camera", file=report)
+              "metric boxes need not match it in size); boxes drawn with the estimated camera"
+              + _ply_vertices(ply_parts(scene, result.boxes, result.point), written), file=report)
         return
     note = "note: uncalibrated frames: boxes are drawn on frame 0 with an assumed 60° pinhole; no point cloud"
     print(note + (f" ({scene.note})" if scene.note else f". {POINT_CLOUD_HOWTO}"), file=report)
+
+
+def _ply_vertices(parts: dict, written) -> str:
+    """"; the ply holds N vertices: ..." when the PLY written holds more than the point cloud (`parts`: what
+    `visualize.ply_parts` says it holds: the points sampled along the answer's box edges, its point); "" otherwise.
+    The GLB draws boxes as tubes, not points."""
+    if "ply" not in written:
+        return ""
+    counts = {part: len(xyz) for part, (xyz, _) in parts.items()}
+    extra = [f"{count:,} {PLY_PART_WORDS[part]}" for part, count in counts.items() if part != "point cloud"]
+    if not extra:
+        return ""
+    return (f"; the ply holds {sum(counts.values()):,} vertices: these {counts.get('point cloud', 0):,} points + "
+            + " + ".join(extra))
 
 
 def _indented(text: str) -> str:

@@ -23,26 +23,9 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd
 from transformers.utils import hub as transformers_hub
 
+from .command_arguments import add_push_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .hub_files import HubFolderError, plan_upload
 from .model_card import DEFAULT_BASE_MODEL, build_model_card
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="the checkpoint folder (save_pretrained of model AND processor)")
-    parser.add_argument("--repo", required=True, help="target repository id, e.g. org/gap-mllm")
-    parser.add_argument("--eval-summary", nargs="*", default=[], metavar="PATH",
-                        help="summary.json files (or their folders) from `gap-mllm evaluate` for the card's results")
-    parser.add_argument("--base-model", default=None, help="the Qwen3-VL checkpoint it was built from (card metadata)")
-    parser.add_argument("--training-data", nargs="+", default=None, metavar="TEXT",
-                        help="what the model was trained on, one item per argument (default: what the checkpoint's "
-                             "gap_mllm_training.json records, written by gap-mllm train)")
-    parser.add_argument("--datasets", nargs="+", default=None, metavar="HUB_ID", help="Hub dataset ids for the card metadata")
-    parser.add_argument("--untrained", action="store_true", help="mark the card as an untrained test model")
-    parser.add_argument("--keep-readme", action="store_true", help="upload the folder's README.md instead of generating one")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
-    parser.add_argument("--commit-message", default="Upload GAP-MLLM checkpoint")
-    parser.add_argument("--dry-run", action="store_true", help="print the upload plan and the card; upload nothing")
 
 
 def _hub_api():

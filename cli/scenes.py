@@ -23,15 +23,12 @@ from gap_mllm.processing.synth.language import captions, describe
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.processing.synth.samples import choose_clip
 
+from .example_rooms import EXAMPLE_PRESET, EXAMPLE_SEED_BASE, EXAMPLE_SEEDS  # noqa: F401 - EXAMPLE_SEEDS: re-exported
+
 # The camera assumed for frames without calibration: a centred pinhole with a 60° horizontal field of
 # view, typical of phone and ScanNet colour cameras. Only used to DRAW boxes, never fed to the model.
 ASSUMED_FOV_X_DEGREES = 60.0
 EXAMPLE_FRAMES = 4
-# Bundled examples are scenes of SynthRooms' "mini" preset (the data GAP-MLLM-Mini was trained on, at its
-# 160x128 frames) drawn with seeds that no training, validation or test split uses: held-out rooms.
-EXAMPLE_PRESET = "mini"
-EXAMPLE_SEED_BASE = 9000
-EXAMPLE_SEEDS = {"synthetic room A": 0, "synthetic room B": 1, "synthetic room C": 2}
 MAX_CLOUD_POINTS = 20000
 CLOUD_CONFIDENCE_PERCENTILE = 50.0  # keep the most confident half of the depth pixels (VGGT demo default)
 CAMERA_EXACT, CAMERA_ESTIMATED, CAMERA_ASSUMED = "exact", "estimated", "assumed"

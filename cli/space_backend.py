@@ -8,7 +8,9 @@ Uploaded frames get a point cloud and an estimated camera when the model's geome
 VGGT's camera and depth heads (scenes.reconstructed_scene): the default GAP-MLLM-Mini has trained ones; the
 Space's "tiny" test model is built with small, random heads so that path runs there too. On a bundled room,
 the output also holds the exact answer and the model's held-out score of the task (`SpaceOutput.reference`). Every request is logged (logger `gap_mllm.space`)
-with its start and end time, so the server log shows that the queue runs requests one at a time.
+with its start and end time, so the server log shows that the queue runs requests one at a time; a request the user
+can fix (`USER_ERRORS`: the page shows it as a toast) is one more line, "request N refused: <message>", without a
+traceback, which a real bug still gets.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ TASK_LABELS = {
 }
 NO_EXAMPLE = "(my uploaded files)"
 # What `SpaceBackend.run` raises for a request the user can fix (an upload, a task input, a query that is no
-# usable text): the page shows its message as a toast (space_ui.py); anything else is a bug and keeps its traceback.
+# usable text): the page shows its message as a toast (space_ui.py) and the server log one line ("request N refused:
+# ..."); anything else is a bug and keeps its traceback.
 USER_ERRORS = (UploadError, ValueError)
 LOG = logging.getLogger("gap_mllm.space")
 
@@ -295,6 +298,9 @@ class SpaceBackend:
         LOG.info("request %d started at %.3f", number, started)
         try:
             return self._run(files, example_name, task_label, query, object_choice, box_text, marker_text, session)
+        except USER_ERRORS as error:  # the page shows it as a toast: one log line, no traceback (a bug keeps its own)
+            LOG.info("request %d refused: %s", number, " ".join(str(error).split()))
+            raise
         finally:
             finished = time.time()
             LOG.info("request %d finished at %.3f (%.2f s)", number, finished, finished - started)

@@ -41,8 +41,8 @@ def build_demo(backend: SpaceBackend):
         try:
             out = backend.run(files, example_name, task_label, query, object_choice, box_text, marker_text,
                               session=session)
-        except USER_ERRORS as error:
-            raise gr.Error(str(error), title="Cannot run this request") from error
+        except USER_ERRORS as error:  # the backend logged it in one line; gradio prints no traceback for it
+            raise gr.Error(str(error), title="Cannot run this request", print_exception=False) from error
         return ([str(p) for p in out.frames], str(out.scene_glb), out.raw, out.parsed,
                 str(out.gates_png) if out.gates_png else None, out.status, out.reference)
 

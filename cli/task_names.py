@@ -1,4 +1,6 @@
-"""`--task` arguments of the commands: the registry's names, old names accepted with a deprecation note."""
+"""`--task` arguments of the commands: the registry's names, old names accepted with a deprecation note; and the tasks
+a front end (`predict`, `demo`, the Space) runs. Light to import (the registry imports neither torch nor
+transformers): `gap-mllm COMMAND --help` reads it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from gap_mllm.tasks_gap_mllm import resolve_task
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA, TaskSpec, resolve_task
+
+# The tasks a front end runs, one model call each (cli/tasks.py).
+FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION, GROUNDING, CAPTIONING, RECONSTRUCTION, SPATIAL_QA)
+TASKS = tuple(spec.name for spec in FRONT_END_TASKS)
 
 
 def task_argument(allowed: Sequence[str], command: str) -> Callable[[str], str]:

@@ -28,9 +28,8 @@ from gap_mllm.tasks_gap_mllm import (CAPTIONING, DETECTION, GROUNDING, RECONSTRU
                                      resolve_task)
 
 from .scene_store import answer_on_stored_scene
+from .task_names import FRONT_END_TASKS, TASKS
 
-FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION, GROUNDING, CAPTIONING, RECONSTRUCTION, SPATIAL_QA)
-TASKS = tuple(spec.name for spec in FRONT_END_TASKS)
 # A captioning box's numbers (metres; radians for the angles) beyond this bound describe no object of a scene the
 # model reads, and drawing such a box overflows (1e308: an OverflowError after the model has run).
 MAX_BOX_VALUE = 1e4

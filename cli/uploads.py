@@ -11,6 +11,10 @@ Rules, each failing with a message meant for the user:
   hold at most `max_video_frames` frames (counted while decoding, for headers that lie or say nothing).
 Videos and GIFs are sampled uniformly down to `max_frames`; all frames are resized to the first
 frame's size (VGGT attends across frames, so they must share one size) and capped at `max_side`.
+
+Each surface words the errors its own way (`UploadWords`): the Space names an upload by its file name (the server's
+paths are its own) and speaks of uploading; `gap-mllm predict` names the full path of what the user gave and
+speaks of giving files (`CLI_WORDS`), and also takes folders of frames (`images_in_folder`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,55 @@ class UploadError(ValueError):
 
 
 @dataclass(frozen=True)
+class UploadWords:
+    """How the rules' messages speak on one surface (see the module docstring); the rules are the same.
+
+    Attributes:
+        full_paths: name a file by its full path (the CLI) rather than its file name (the Space).
+        none_given / too_many ({count}, {limit}) / missing ({name}) / not_a_file ({name}) / mixed / no_pyav:
+            whole messages; too_long / too_many_frames: what to do, after the video's numbers.
+    """
+
+    full_paths: bool
+    none_given: str
+    too_many: str
+    missing: str
+    not_a_file: str
+    mixed: str
+    no_pyav: str
+    too_long: str
+    too_many_frames: str
+
+    def name(self, path: Path) -> str:
+        """How a message names `path`."""
+        return str(path) if self.full_paths else path.name
+
+
+SPACE_WORDS = UploadWords(
+    full_paths=False,
+    none_given="Please upload at least one image or a short video, or pick an example.",
+    too_many="Too many files: {count} uploaded, at most {limit} are accepted.",
+    missing="{name}: not found (uploads expire; please upload it again).",
+    not_a_file="{name}: not found (uploads expire; please upload it again).",
+    mixed="Upload either one video (or animated GIF) or several images, not both.",
+    no_pyav="Video upload needs PyAV on the server (pip install av); upload frames as images instead.",
+    too_long="trim it, or upload a few frames as images",
+    too_many_frames="please upload a shorter clip",
+)
+CLI_WORDS = UploadWords(
+    full_paths=True,
+    none_given="no frames given: give image files, a folder of images, or one video",
+    too_many="{count} files given, at most {limit} are accepted",
+    missing="{name}: no such file or folder",
+    not_a_file="{name}: not a regular file (give image files, a folder of images, or one video)",
+    mixed="give either one video (or animated GIF) or several images, not both",
+    no_pyav="reading a video needs PyAV (pip install av); or give the frames as image files or a folder of images",
+    too_long="trim it, or give a few frames as images",
+    too_many_frames="give a shorter clip",
+)
+
+
+@dataclass(frozen=True)
 class UploadLimits:
     max_files: int = 8  # images per request; a video is one file, sampled down to max_frames
     max_file_bytes: int = 20 * 1024 * 1024
@@ -49,33 +102,47 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(resolve_inside(root, path) is not None for root in roots)
 
 
-def check_paths(paths, limits: UploadLimits, allowed_roots=None) -> list[Path]:
+def check_paths(paths, limits: UploadLimits, allowed_roots=None, words: UploadWords = SPACE_WORDS) -> list[Path]:
     """Resolve and check upload paths (count, place, existence, size, type); returns the resolved paths."""
     paths = [Path(os.fspath(p)) for p in paths]
     if not paths:
-        raise UploadError("Please upload at least one image or a short video, or pick an example.")
+        raise UploadError(words.none_given)
     if len(paths) > limits.max_files:
-        raise UploadError(f"Too many files: {len(paths)} uploaded, at most {limits.max_files} are accepted.")
+        raise UploadError(words.too_many.format(count=len(paths), limit=limits.max_files))
     roots = [Path(r).resolve() for r in allowed_roots] if allowed_roots is not None else None
     resolved = []
     for path in paths:
         real = path.resolve()
+        name = words.name(real)
         if roots is not None and not _inside(real, roots):
-            raise UploadError(f"{path.name}: this file is not in the upload folder and cannot be read.")
+            raise UploadError(f"{name}: this file is not in the upload folder and cannot be read.")
         if not real.is_file():
-            raise UploadError(f"{path.name}: not found (uploads expire; please upload it again).")
+            raise UploadError((words.not_a_file if real.exists() else words.missing).format(name=name))
         suffix = real.suffix.lower()
         if suffix not in IMAGE_SUFFIXES | GIF_SUFFIXES | VIDEO_SUFFIXES:
             allowed = ", ".join(sorted(IMAGE_SUFFIXES | GIF_SUFFIXES | VIDEO_SUFFIXES))
-            raise UploadError(f"{path.name}: unsupported file type {suffix or '(none)'}; allowed: {allowed}.")
+            raise UploadError(f"{name}: unsupported file type {suffix or '(none)'}; allowed: {allowed}.")
         size = real.stat().st_size
         if size > limits.max_file_bytes:
-            raise UploadError(f"{path.name}: {size / 2**20:.1f} MB is over the {limits.max_file_bytes / 2**20:.0f} MB limit.")
+            raise UploadError(f"{name}: {size / 2**20:.1f} MB is over the {limits.max_file_bytes / 2**20:.0f} MB limit.")
         resolved.append(real)
     videos = [p for p in resolved if p.suffix.lower() in VIDEO_SUFFIXES | GIF_SUFFIXES]
     if videos and len(resolved) > 1:
-        raise UploadError("Upload either one video (or animated GIF) or several images, not both.")
+        raise UploadError(words.mixed)
     return resolved
+
+
+def images_in_folder(folder, words: UploadWords = CLI_WORDS) -> list[Path]:
+    """The image files directly inside `folder` (the `IMAGE_SUFFIXES`, any case; hidden files skipped), sorted by
+    file name: the frames of one scene in order. An UploadError naming the folder when it holds none."""
+    folder = Path(os.fspath(folder))
+    images = sorted((p for p in folder.iterdir()
+                     if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
+                    key=lambda p: p.name)
+    if not images:
+        raise UploadError(f"{words.name(folder.resolve())}: no image files in this folder (looked for "
+                          f"{', '.join(sorted(IMAGE_SUFFIXES))}; a video or GIF is given as the file itself)")
+    return images
 
 
 def uniform_indices(total: int, count: int) -> list[int]:
@@ -85,27 +152,29 @@ def uniform_indices(total: int, count: int) -> list[int]:
     return [int(round(i)) for i in np.linspace(0, total - 1, count)]
 
 
-def _open_image(path: Path, limits: UploadLimits) -> Image.Image:
+def _open_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.Image:
+    name = words.name(path)
     try:
         with Image.open(path) as image:
             if image.width * image.height > limits.max_pixels:
-                raise UploadError(f"{path.name}: {image.width}x{image.height} pixels is over the limit.")
+                raise UploadError(f"{name}: {image.width}x{image.height} pixels is over the limit.")
             image.load()
             try:
-                return pil_to_rgb(image, path.name)  # 16-bit PNGs are scaled, not clipped to white
+                return pil_to_rgb(image, name)  # 16-bit PNGs are scaled, not clipped to white
             except ValueError as error:  # a float image: the message says what to do
                 raise UploadError(f"{error}.") from error
     except UploadError:
         raise
     except Exception as error:  # PIL raises many types for corrupt or mislabelled files
-        raise UploadError(f"{path.name}: not a readable image ({type(error).__name__}).") from error
+        raise UploadError(f"{name}: not a readable image ({type(error).__name__}).") from error
 
 
-def _gif_frames(path: Path, limits: UploadLimits) -> list[Image.Image]:
+def _gif_frames(path: Path, limits: UploadLimits, words: UploadWords) -> list[Image.Image]:
+    name = words.name(path)
     try:
         with Image.open(path) as gif:
             if gif.width * gif.height > limits.max_pixels:
-                raise UploadError(f"{path.name}: {gif.width}x{gif.height} pixels is over the limit.")
+                raise UploadError(f"{name}: {gif.width}x{gif.height} pixels is over the limit.")
             total = getattr(gif, "n_frames", 1)
             frames = []
             for index in uniform_indices(total, limits.max_frames):
@@ -115,7 +184,7 @@ def _gif_frames(path: Path, limits: UploadLimits) -> list[Image.Image]:
     except UploadError:
         raise
     except Exception as error:
-        raise UploadError(f"{path.name}: not a readable GIF ({type(error).__name__}).") from error
+        raise UploadError(f"{name}: not a readable GIF ({type(error).__name__}).") from error
 
 
 def _video_seconds(container, stream) -> float | None:
@@ -127,41 +196,42 @@ def _video_seconds(container, stream) -> float | None:
     return None
 
 
-def _open_video_stream(av, path: Path, limits: UploadLimits):
+def _open_video_stream(av, path: Path, limits: UploadLimits, words: UploadWords):
     """Open `path` and check its first video stream's size and header length; returns `(container, stream)`."""
+    name = words.name(path)
     container = av.open(str(path))
     try:
         if not container.streams.video:
-            raise UploadError(f"{path.name}: the file has no video stream.")
+            raise UploadError(f"{name}: the file has no video stream.")
         stream = container.streams.video[0]
         if stream.width * stream.height > limits.max_pixels:
-            raise UploadError(f"{path.name}: {stream.width}x{stream.height} pixels is over the limit.")
+            raise UploadError(f"{name}: {stream.width}x{stream.height} pixels is over the limit.")
         seconds = _video_seconds(container, stream)
         if seconds is not None and seconds > limits.max_video_seconds:
-            raise UploadError(f"{path.name}: the video lasts {seconds:.1f} s; at most {limits.max_video_seconds:g} s "
-                              "are accepted (trim it, or upload a few frames as images).")
+            raise UploadError(f"{name}: the video lasts {seconds:.1f} s; at most {limits.max_video_seconds:g} s "
+                              f"are accepted ({words.too_long}).")
     except BaseException:
         container.close()
         raise
     return container, stream
 
 
-def _count_video_frames(av, path: Path, limits: UploadLimits) -> int:
+def _count_video_frames(av, path: Path, limits: UploadLimits, words: UploadWords) -> int:
     """Decode once to count frames exactly (variable frame rates), stopping past `max_video_frames`."""
-    container, stream = _open_video_stream(av, path, limits)
+    container, stream = _open_video_stream(av, path, limits, words)
     with container:
         count = 0
         for _ in container.decode(stream):
             count += 1
             if count > limits.max_video_frames:
-                raise UploadError(f"{path.name}: the video has more than {limits.max_video_frames} frames; "
-                                  "please upload a shorter clip.")
+                raise UploadError(f"{words.name(path)}: the video has more than {limits.max_video_frames} frames; "
+                                  f"{words.too_many_frames}.")
     return count
 
 
-def _decode_video_frames(av, path: Path, limits: UploadLimits, wanted: list[int]) -> list[Image.Image]:
+def _decode_video_frames(av, path: Path, limits: UploadLimits, words: UploadWords, wanted: list[int]) -> list[Image.Image]:
     """Decode again and keep only the frames at `wanted` indices (so a clip is never held in memory whole)."""
-    container, stream = _open_video_stream(av, path, limits)
+    container, stream = _open_video_stream(av, path, limits, words)
     keep, frames = set(wanted), []
     with container:
         for index, frame in enumerate(container.decode(stream)):
@@ -172,21 +242,21 @@ def _decode_video_frames(av, path: Path, limits: UploadLimits, wanted: list[int]
     return frames
 
 
-def _video_frames(path: Path, limits: UploadLimits) -> list[Image.Image]:
+def _video_frames(path: Path, limits: UploadLimits, words: UploadWords) -> list[Image.Image]:
     """Uniformly sampled frames of a video (see the module docstring for the limits)."""
     try:  # here, not at the top: PyAV is optional (the demo extra), only video uploads need it
         import av
     except ImportError as error:
-        raise UploadError("Video upload needs PyAV on the server (pip install av); upload frames as images instead.") from error
+        raise UploadError(words.no_pyav) from error
     try:
-        total = _count_video_frames(av, path, limits)
+        total = _count_video_frames(av, path, limits, words)
         if not total:
-            raise UploadError(f"{path.name}: the video has no frames.")
-        return _decode_video_frames(av, path, limits, uniform_indices(total, limits.max_frames))
+            raise UploadError(f"{words.name(path)}: the video has no frames.")
+        return _decode_video_frames(av, path, limits, words, uniform_indices(total, limits.max_frames))
     except UploadError:
         raise
     except Exception as error:
-        raise UploadError(f"{path.name}: not a readable video ({type(error).__name__}).") from error
+        raise UploadError(f"{words.name(path)}: not a readable video ({type(error).__name__}).") from error
 
 
 def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:
@@ -196,14 +266,16 @@ def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:
     return [f if f.size == size else f.resize(size, Image.Resampling.BICUBIC) for f in frames]
 
 
-def load_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None) -> list[Image.Image]:
-    """Check `paths` (see the module docstring) and return the frames to feed the model."""
-    resolved = check_paths(paths, limits, allowed_roots)
+def load_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None,
+                words: UploadWords = SPACE_WORDS) -> list[Image.Image]:
+    """Check `paths` (see the module docstring) and return the frames to feed the model; errors are worded by
+    `words` (the Space's by default)."""
+    resolved = check_paths(paths, limits, allowed_roots, words)
     suffix = resolved[0].suffix.lower()
     if suffix in VIDEO_SUFFIXES:
-        frames = _video_frames(resolved[0], limits)
+        frames = _video_frames(resolved[0], limits, words)
     elif suffix in GIF_SUFFIXES:
-        frames = _gif_frames(resolved[0], limits)
+        frames = _gif_frames(resolved[0], limits, words)
     else:
-        frames = [_open_image(p, limits) for p in resolved]
+        frames = [_open_image(p, limits, words) for p in resolved]
     return _common_size(frames, limits.max_side)

@@ -145,22 +145,29 @@ def has_3d_content(scene, boxes, point=None) -> bool:
     return (scene.points is not None and len(scene.points) > 0) or len(_as_array(boxes)) > 0 or point is not None
 
 
+def ply_parts(scene, boxes, point=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What `save_scene_ply` writes, in its order, as `{part: (xyz [N, 3], rgb [N, 3] uint8)}`: "point cloud" (the
+    scene's), "box edges" (red points sampled along every edge of the answer's boxes, `box_edge_points`), "answer
+    point" (yellow); empty parts left out. A front end counts the PLY's vertices from it."""
+    parts = {}
+    if scene.points is not None and len(scene.points):
+        colors = scene.colors if scene.colors is not None else np.full((len(scene.points), 3), 200, np.uint8)
+        parts["point cloud"] = (scene.points, colors)
+    edges = box_edge_points(boxes)
+    if len(edges):
+        parts["box edges"] = (edges, np.tile(np.array(PREDICTED, np.uint8), (len(edges), 1)))
+    if point is not None:
+        parts["answer point"] = (np.asarray([point], dtype=np.float32), np.array([MARKER], np.uint8))
+    return parts
+
+
 def save_scene_ply(path, scene, boxes, point=None) -> Path:
-    """PLY: the scene's point cloud (if any) plus red box-edge points and a yellow point for the answer.
-    Raises ValueError when there is nothing to write (`has_3d_content`): a 0-vertex PLY helps nobody."""
+    """PLY: the scene's point cloud (if any) plus red box-edge points and a yellow point for the answer
+    (`ply_parts`). Raises ValueError when there is nothing to write (`has_3d_content`): a 0-vertex PLY helps nobody."""
     if not has_3d_content(scene, boxes, point):
         raise ValueError("nothing to write to a PLY: no point cloud, no box and no point")
-    parts_xyz, parts_rgb = [], []
-    if scene.points is not None:
-        parts_xyz.append(scene.points)
-        parts_rgb.append(scene.colors if scene.colors is not None else np.full((len(scene.points), 3), 200, np.uint8))
-    edges = box_edge_points(boxes)
-    parts_xyz.append(edges)
-    parts_rgb.append(np.tile(np.array(PREDICTED, np.uint8), (len(edges), 1)))
-    if point is not None:
-        parts_xyz.append(np.asarray([point], dtype=np.float32))
-        parts_rgb.append(np.array([MARKER], np.uint8))
-    return write_ply(path, np.concatenate(parts_xyz), np.concatenate(parts_rgb))
+    parts = list(ply_parts(scene, boxes, point).values())
+    return write_ply(path, np.concatenate([xyz for xyz, _ in parts]), np.concatenate([rgb for _, rgb in parts]))
 
 
 def _edge_cylinders(trimesh, boxes: np.ndarray, colour, radius: float):

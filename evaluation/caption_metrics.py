@@ -34,6 +34,20 @@ import shutil
 from .meteor import METEOR_TIMEOUT, ScorerError, meteor_score, sanitize_for_scorers
 
 CAPTION_IOU_GATE = 0.5
+# the scores `caption_scores` computes at the gate: a benchmark summary names each with it (`gated_name`)
+GATED_SCORES = ("cider", "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l")
+
+
+def gated_name(score: str, gate: float = CAPTION_IOU_GATE) -> str:
+    """A caption score's name at the IoU gate, as Scan2Cap's tables write it (C@0.5): "cider" -> "cider@0.5". The
+    summaries of `gap-mllm evaluate`, the lmms-eval tables and mini/RESULTS.md all use it, so one metric has one name
+    (its value still depends on the evaluated set: CIDEr's IDF comes from its references)."""
+    return f"{score}@{gate:g}"
+
+
+def gated_score(metrics: dict, score: str, gate: float = CAPTION_IOU_GATE):
+    """`metrics[gated_name(score)]`, or `metrics[score]` in a summary written before the scores carried the gate."""
+    return metrics[gated_name(score, gate)] if gated_name(score, gate) in metrics else metrics[score]
 
 
 def normalize_caption(text: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from gap_mllm import register_auto_classes
 from gap_mllm.processing.collator import GapMllmDataCollator
 from gap_mllm.tasks_gap_mllm import resolve_task
 
@@ -45,6 +46,7 @@ class BatchGenerator:
     def __init__(self, model_dir, device=None, max_new_tokens: int | None = None, dtype=None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         kwargs = {"trust_remote_code": True}
+        register_auto_classes()  # the package's classes load the folder, not its remote-code copy
         if dtype is not None:
             kwargs["dtype"] = dtype
         self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(self.device).eval()

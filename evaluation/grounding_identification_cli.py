@@ -18,6 +18,7 @@ import json
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from gap_mllm import register_auto_classes
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.argument_types import positive_int
 from gap_mllm.processing.builders import load_annotation_file
@@ -32,6 +33,7 @@ from .tasks import GroundingTask
 def generated(model_dir, data_root, split: str, limit: int | None, annotated_frame: bool, batch_size: int = 32) -> dict:
     """Answer the first `limit` grounding records of `split` with the model folder (two stages, or the box
     stage alone in the annotated frame) and return the grounding metrics with `from_rows`."""
+    register_auto_classes()  # the package's classes load the folder, not its remote-code copy
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
     slice_ = EvaluationSlice("grounding", data_root, split, limit, annotated_frame=annotated_frame)

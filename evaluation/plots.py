@@ -107,7 +107,7 @@ def plot_histogram(task: str, rows: list[dict], path) -> bool:
         values = [r["score"] for r in rows if r["score"] is not None]
         title, lines = "Grounding IoU per counted sample", [0.25, 0.5]
     elif task == CAPTIONING.name:
-        values, title, lines = [r["score"] for r in rows], "CIDEr per sample", []
+        values, title, lines = [r["score"] for r in rows], "CIDEr@0.5 per sample", []
     else:
         return False
     fig, ax = plt.subplots(figsize=(5, 3.2))

@@ -41,11 +41,13 @@ from gap_mllm.tasks_gap_mllm import (
     GROUNDING_STAGE2,
     RECONSTRUCTION,
     SPATIAL_QA,
+    DefaultBudget,
     extract_query,
     resolve_task,
 )
 
-from .caption_metrics import caption_scores
+from .benchmark_names import BENCHMARK_TASKS
+from .caption_metrics import GATED_SCORES, caption_scores, gated_name
 from .detection_metrics import DetectionEvaluator, ground_truth
 from .detection_parsing import detection_predictions, official_literal
 from .generation import Request
@@ -139,7 +141,9 @@ class Benchmark:
 
     def make_request(self, stage: int, images, prompt: str, pixel_coords=None) -> Request:
         spec = self.stage_specs[stage]
-        return Request(images, prompt, pixel_coords, spec.official_max_new_tokens, task=spec.name,
+        # the official budget: the caller chose none (`--max-new-tokens` caps it), so lowering it to the model's
+        # context is an INFO line, not a warning (generation_checks.py)
+        return Request(images, prompt, pixel_coords, DefaultBudget(spec.official_max_new_tokens), task=spec.name,
                        stop_at_answer_end=not self.official_compat)
 
 
@@ -302,8 +306,8 @@ class GroundingTask(Benchmark):
 class CaptionTask(Benchmark):
     spec, stage_specs = CAPTIONING, (CAPTIONING,)
     scoring_packages = (("pycocoevalcap", "pycocoevalcap>=1.2"),)
-    headline = ("cider", "CIDEr at the 0.5 IoU gate")
-    logged_metrics = {"cider": "cider", "bleu4": "bleu4"}
+    headline = (gated_name("cider"), "CIDEr at the 0.5 IoU gate (Scan2Cap's C@0.5), IDF over the evaluated samples")
+    logged_metrics = {gated_name("cider"): gated_name("cider"), gated_name("bleu4"): gated_name("bleu4")}
 
     def request(self, record, stage, previous, media_root):
         return self.make_request(stage, record["images"], human_prompt(record))
@@ -321,6 +325,7 @@ class CaptionTask(Benchmark):
         out = caption_scores(predictions, [f["annotations"] for f in fields], [f["iou"] for f in fields], meteor=meteor,
                              official_compat=official_compat)
         per_sample = out.pop("per_sample")
+        out = {gated_name(name) if name in GATED_SCORES else name: value for name, value in out.items()}
         rows = [{"id": sample_id(record, i), "index": i, "raw": raw, "parsed": self.spec.parse(raw[0]).caption or "",
                  "gated": f["iou"] < 0.5, "score": per_sample["cider"][i],
                  "bleu4": per_sample["bleu4"][i], "rouge_l": per_sample["rouge_l"][i]}
@@ -402,6 +407,8 @@ class SpatialQATask(Benchmark):
 
 
 TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask, CaptionTask, ReconstructionTask, SpatialQATask)}
+if tuple(TASKS) != BENCHMARK_TASKS:  # the light list `gap-mllm evaluate --help` shows (benchmark_names.py)
+    raise ImportError(f"evaluation/benchmark_names.py lists {BENCHMARK_TASKS}, the benchmarks are {tuple(TASKS)}")
 
 
 def get_task(name, official_compat: bool = False) -> Benchmark:

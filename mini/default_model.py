@@ -27,9 +27,9 @@ import tempfile
 from pathlib import Path
 
 from huggingface_hub import constants
-from transformers.dynamic_module_utils import get_relative_import_files
 
 import gap_mllm
+from gap_mllm import register_auto_classes
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "gap-mllm-mini"
 CACHE_ENV = "GAP_MLLM_CACHE"
@@ -55,6 +55,9 @@ def default_destination(shipped: Path = SHIPPED_DIR) -> Path:
 def remote_code_sources(model_dir: Path = SHIPPED_DIR) -> list[Path]:
     """The package files `trust_remote_code` needs for `model_dir`: the modules its configs' `auto_map` name and,
     recursively, the files they import relatively (transformers' own rule for what `save_pretrained` copies)."""
+    # transformers' own rule, imported here: `gap_mllm.mini` (its arms, `gap-mllm mini --help`) stays free of it
+    from transformers.dynamic_module_utils import get_relative_import_files
+
     package = Path(gap_mllm.__file__).resolve().parent
     modules = set()
     for name in AUTO_MAP_FILES:
@@ -135,4 +138,8 @@ def default_model_path() -> Path:
             f"the embedded GAP-MLLM-Mini is not in this installation ({SHIPPED_DIR} has no config.json): "
             "train it with `make mini`, or pass another model folder or Hub id"
         )
+    # `import gap_mllm` is light and registers nothing (gap_mllm/__init__.py): register the package's classes here, so
+    # that `AutoModel.from_pretrained(default_model_path(), trust_remote_code=True)` returns them (and its results
+    # are the package's types, e.g. the Box3D that gap_mllm.cli.visualize draws), as it did before the lazy import
+    register_auto_classes()
     return assemble()

@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,7 +45,6 @@ from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.evaluation.baselines import all_baselines
 from gap_mllm.evaluation.geometry_eval import evaluate_geometry
 from gap_mllm.evaluation.runner import run_evaluation
-from gap_mllm.processing.argument_types import positive_int
 from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.processing.synth.writer import write_dataset
@@ -56,6 +55,7 @@ from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
 
 from .arms import ABLATION_ARMS, ARMS, MAIN_ARM, Arm
 from .export import export_default
+from .pipeline_settings import BUDGETS, STAGE_KINDS, Budget, add_arguments
 from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS, collect_results, write_report
 
 logger = logging.getLogger(__name__)
@@ -64,45 +64,7 @@ logger = logging.getLogger(__name__)
 RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
 
 DONE_MARKER = "stage_done.json"
-STAGE_KINDS = ("geometry", "cameras", "vision", "stage1", "stage2")  # the training stages, as `--stage-set` names them
 EVAL_TASKS = ("grounding", "detection", "captioning")
-EVAL_MAX_NEW_TOKENS = {"reconstruction": 64, "grounding": 128, "captioning": 64, "detection": 512}
-
-
-
-
-@dataclass
-class Budget:
-    """Data size and per-stage overrides of a budget ("full": the recipes as written; "toy": minutes)."""
-
-    scenes: tuple[int, int, int] = (1200, 60, 240)
-    stage_overrides: dict = field(default_factory=dict)
-    eval_limit: int | None = None
-    eval_batch_size: int = 16
-    # generation budget per task: about twice the longest target answer of the mini training data (marker
-    # 27 tokens, grounding 6 / 60 per stage, captioning 15, detection 407), so no valid answer is ever cut
-    # while a model that never stops costs tens of tokens, not the official 1280 / 4096
-    eval_max_new_tokens: dict = field(default_factory=lambda: dict(EVAL_MAX_NEW_TOKENS))
-
-
-BUDGETS = {
-    "full": Budget(),
-    "toy": Budget(
-        scenes=(3, 2, 2),
-        stage_overrides={
-            "*": ["training.max_steps=2", "training.logging_steps=1", "training.save_steps=2", "training.eval_steps=2",
-                  "training.per_device_train_batch_size=2", "training.dataloader_num_workers=0"],
-            "geometry": ["geometry.eval_clips=2"],
-            "cameras": ["geometry.eval_clips=2"],
-            "vision": ["data.max_eval_samples=4"],
-            "stage1": ["evaluation.max_samples=2", "evaluation.max_new_tokens=8", "evaluation.every_n_steps=0"],
-            "stage2": ["evaluation.max_samples=2", "evaluation.max_new_tokens=8", "evaluation.every_n_steps=0"],
-        },
-        eval_limit=2,
-        eval_batch_size=2,
-        eval_max_new_tokens={task: 12 for task in EVAL_MAX_NEW_TOKENS},
-    ),
-}
 
 
 @dataclass
@@ -382,35 +344,6 @@ def parse_stage_override(value: str) -> tuple[str, str]:
     if not sep or stage not in STAGE_KINDS or "=" not in override:
         raise ValueError(f"--stage-set {value!r}: expected STAGE:SECTION.KEY=VALUE with STAGE one of {', '.join(STAGE_KINDS)}")
     return stage, override
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/mini", help="run folder (stages, results, logs)")
-    parser.add_argument("--data", default=None, help="SynthRooms folder (default: <out>/data)")
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full: the recipes; toy: a few steps per stage")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--workers", type=positive_int, default=1, help="processes writing the data")
-    parser.add_argument("--ablation", action="store_true", help="train and evaluate every ablation arm (mini/README.md)")
-    parser.add_argument("--arms", nargs="+", default=None, choices=sorted(ARMS), help="arms to run (default: the main arm)")
-    parser.add_argument("--parallel", type=positive_int, default=1, help="arms trained at the same time (separate processes)")
-    parser.add_argument("--eval-max-new-tokens", type=positive_int, default=None, help="one generation budget for every task (default: per task, EVAL_MAX_NEW_TOKENS)")
-    parser.add_argument("--eval-batch-size", type=positive_int, default=None, help="samples per generate call of the evaluation (GPU: 64)")
-    parser.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate the first N test samples of each task (>= 800 for the tables)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="applied to every training stage after the recipe, e.g. --set training.dataloader_num_workers=4")
-    parser.add_argument("--stage-set", dest="stage_overrides", action="append", default=[], metavar="STAGE:SECTION.KEY=VALUE",
-                        help=f"applied to one training stage ({', '.join(STAGE_KINDS)}) after --set, e.g. a longer "
-                             "stage 1 on a GPU: --stage-set stage1:training.max_steps=3000")
-    parser.add_argument("--stage0", default=None, metavar="DIR",
-                        help="take both frozen encoders from this model folder instead of training stage 0 "
-                             "(e.g. a stage-0 run of `gap-mllm train`); the arms' LLMs still start from random")
-    parser.add_argument("--stage1", default=None, metavar="DIR",
-                        help="start the main arm's stage 2 from this model folder instead of training its stage 1 (e.g. the "
-                             "shipped default, to continue its stage 2); the tables' stage-1 columns then score this model")
-    parser.add_argument("--stage1-only", action="store_true", help="stop every arm after stage 1 (and evaluate its marker task)")
-    parser.add_argument("--export", default=None, help="write the main arm's final model here as a Hub folder with its card")
-    parser.add_argument("--table", default=None, help="also copy RESULTS.md here (make mini: mini/RESULTS.md)")
-    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gap_mllm.evaluation.caption_metrics import gated_score
 from gap_mllm.evaluation.confidence import bootstrap_interval, wilson_interval
 from gap_mllm.evaluation.geometry_eval import format_geometry_report
 from gap_mllm.evaluation.grounding_identification import from_samples
@@ -99,7 +100,7 @@ def _stage2_results(run, folder: Path) -> dict:
 
     caption = json.loads((folder / "captioning" / "summary.json").read_text(encoding="utf-8"))["metrics"]
     per_sample = [row["score"] for row in sample_rows(folder / "captioning" / "samples.jsonl")]
-    out["captioning_cider@0.5"] = caption["cider"]
+    out["captioning_cider@0.5"] = gated_score(caption, "cider")  # "cider" in summaries written before the rename
     out["captioning_cider@0.5_ci95"] = bootstrap_interval(per_sample, np.mean, RESAMPLES)
     out["captioning_num_samples"] = len(per_sample)
     return out
@@ -182,7 +183,9 @@ def results_markdown(results: dict) -> str:
                  "95 % intervals in brackets (Wilson for accuracies, bootstrap otherwise). "
                  "— : not evaluated (an arm whose stage 2 was not trained, or a run before the marker task joined "
                  "stage 2). The marker columns score each arm's final model (the exported default), whose stage 2 keeps "
-                 "the marker task in its mix; the S1 columns score its stage-1 model on the same samples.")
+                 "the marker task in its mix; the S1 columns score its stage-1 model on the same samples. CIDEr@0.5: "
+                 "Scan2Cap's CIDEr at the 0.5 IoU gate (`cider@0.5` in `gap-mllm evaluate` summaries and lmms-eval "
+                 "tables), its IDF computed over these captioning samples, so a run on fewer samples gives other values.")
     stages = results.get("stages")
     if stages:
         lines += ["", "Where each stage was trained (from its `stage_done.json`):", "", "| stage | recipe | steps | device | note |", "|---|---|---|---|---|"]

@@ -15,14 +15,14 @@ row, which no answer of any task contains. EOS (`<|im_end|>`) stops generation a
 For "list" and "dict", brackets inside double-quoted strings do not count, and when a ``` fence was
 opened before the literal the answer ends at the closing fence (or the line break after the literal),
 so the official "```json\\n[...]```" answer comes out whole.
+
+The rules are plain text and import neither torch nor transformers (the task registry, which `gap-mllm --help`
+reads, names them); the `generate` criterion that applies them is `answer_stopping_criteria.AnswerEndCriteria`.
 """
 
 from __future__ import annotations
 
 import re
-
-import torch
-from transformers import StoppingCriteria
 
 ANSWER_ENDS = ("list", "dict", "paragraph", "line")
 _RUNAWAY_BLANK_LINES = re.compile(r"\n[ \t]*\n[ \t]*\n")
@@ -81,27 +81,4 @@ def answer_complete(text: str, answer_end: str) -> bool:
     return FENCE in rest or "\n" in rest
 
 
-class AnswerEndCriteria(StoppingCriteria):
-    """Stops each row of a `generate` call once its answer is complete (`answer_complete`).
-
-    Args:
-        tokenizer: decodes the new tokens (special tokens skipped).
-        prompt_length: length of the prompt rows given to `generate` (the new tokens start there; left
-            padding keeps every row's prompt the same length).
-        answer_end: one of `ANSWER_ENDS`.
-    """
-
-    def __init__(self, tokenizer, prompt_length: int, answer_end: str):
-        if answer_end not in ANSWER_ENDS:
-            raise ValueError(f"unknown answer end {answer_end!r}; expected one of {ANSWER_ENDS}")
-        self.tokenizer = tokenizer
-        self.prompt_length = int(prompt_length)
-        self.answer_end = answer_end
-
-    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        done = [answer_complete(text, self.answer_end) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-__all__ = ["ANSWER_ENDS", "AnswerEndCriteria", "answer_complete"]
+__all__ = ["ANSWER_ENDS", "answer_complete"]

@@ -15,13 +15,17 @@ worse. So:
   rule, and budgets larger than a small model's context are common (the official grounding budget of 4,096
   tokens on a 4,096-position model), so refusing them would break calls that never reach the context, while
   generating past it is what must not happen. An answer cut at the context's end reads like one cut by its
-  budget, and the warning says why.
+  budget, and the warning says why. When the budget is the task's own (`tasks_gap_mllm.DefaultBudget`: the caller
+  set none) or the generation config's, lowering it is the documented behaviour, not the caller's mistake: one
+  INFO line says so instead of a warning.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers.utils import logging
+
+from .tasks_gap_mllm import DefaultBudget
 
 logger = logging.get_logger(__name__)
 
@@ -73,7 +77,7 @@ def new_token_budget(model, kwargs: dict, input_length: int) -> int | None:
     return None if max_length is None else int(max_length) - input_length
 
 
-_WARNED_BUDGETS: set[tuple[int, int]] = set()
+_WARNED_BUDGETS: set[tuple[int, int, bool]] = set()  # (budget, context, chosen by the caller) already logged
 
 
 def _context_limit(model) -> int | None:
@@ -97,11 +101,20 @@ def check_prompt_fits(model, highest_prompt_position: int, input_length: int, wh
     return room
 
 
+def budget_chosen_by_caller(kwargs: dict) -> bool:
+    """Whether a generate call's budget is the caller's own: a `max_new_tokens` that is not a task's default
+    (`DefaultBudget`), or a `max_length` without one; not a budget from the generation config."""
+    if "max_new_tokens" in kwargs:
+        return not isinstance(kwargs["max_new_tokens"], DefaultBudget)
+    return "max_length" in kwargs
+
+
 def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, input_length: int,
                           what: str = "the prompt") -> None:
     """Apply the context rules of the module docstring to a generate call's `kwargs`, in place: ValueError
     naming the numbers when `what` (ending at M-RoPE position `highest_prompt_position`, `input_length` tokens)
-    or `min_new_tokens` cannot fit; `max_new_tokens` lowered (with a warning) when it does not fit."""
+    or `min_new_tokens` cannot fit; `max_new_tokens` lowered when it does not fit (a warning when the caller chose
+    the budget, else an INFO line: `budget_chosen_by_caller`)."""
     room = check_prompt_fits(model, highest_prompt_position, input_length, what)
     if room is None:
         return
@@ -115,13 +128,17 @@ def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, inp
         )
     budget = new_token_budget(model, kwargs, input_length)
     if budget is not None and budget > room:
-        if (budget, limit) not in _WARNED_BUDGETS:
-            _WARNED_BUDGETS.add((budget, limit))
-            logger.warning(
-                f"max_new_tokens={budget} would pass the model's context of {limit} positions: {what} ends at position "
-                f"{highest_prompt_position}, so at most {room} new tokens are generated (answers longer than that stop "
-                "at the context's end). Lower max_new_tokens to silence this."
-            )
+        chosen = budget_chosen_by_caller(kwargs)
+        if (budget, limit, chosen) not in _WARNED_BUDGETS:
+            _WARNED_BUDGETS.add((budget, limit, chosen))
+            fits = (f"{what} ends at position {highest_prompt_position}, so at most {room} new tokens are generated "
+                    "(answers longer than that stop at the context's end)")
+            if chosen:
+                logger.warning(f"max_new_tokens={budget} would pass the model's context of {limit} positions: {fits}. "
+                               "Lower max_new_tokens to silence this.")
+            else:
+                logger.info(f"the task's token budget of {budget} is lowered to the model's context of {limit} positions: "
+                            f"{fits}.")
         kwargs["max_new_tokens"] = room
         kwargs.pop("max_length", None)
 
@@ -142,6 +159,6 @@ def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type
 
 
 __all__ = [
-    "check_prompt_fits", "check_token_id_dtype", "check_token_ids", "fit_budget_to_context", "highest_prompt_position",
-    "new_token_budget", "token_id_range", "vocabulary_error",
+    "budget_chosen_by_caller", "check_prompt_fits", "check_token_id_dtype", "check_token_ids", "fit_budget_to_context",
+    "highest_prompt_position", "new_token_budget", "token_id_range", "vocabulary_error",
 ]

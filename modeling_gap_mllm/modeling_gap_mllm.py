@@ -435,7 +435,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         `attention_mask`); the result continues them (`[B, Lq + new]`). See `scene_cache.generate_from_scene`.
 
         Context: a `max_new_tokens` that would pass `text_config.max_position_embeddings` after the prompt's
-        highest M-RoPE position is lowered to what fits, with a warning (generation_checks.py).
+        highest M-RoPE position is lowered to what fits, with a warning (an INFO line when it is the task's own budget,
+        `DefaultBudget`; generation_checks.py).
 
         Raises:
             ValueError: a token id outside the vocabulary, a prompt that itself reaches the end of the context

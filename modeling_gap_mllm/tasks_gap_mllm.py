@@ -31,10 +31,9 @@ import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from transformers import StoppingCriteriaList
-
-from .answer_stopping import ANSWER_ENDS, AnswerEndCriteria
+from .answer_stopping import ANSWER_ENDS
 from .chat_format import IMAGE_PLACEHOLDER, placeholders_from_segments
 from .output_parsing import (
     CaptionResult,
@@ -59,6 +58,9 @@ from .target_format import (
     serialize_pointmap,
     serialize_spatial_answer,
 )
+
+if TYPE_CHECKING:  # generate's types; the registry imports neither torch nor transformers at run time
+    from transformers import StoppingCriteriaList
 
 # ------------------------------------------------------------------------------------------ prompts
 
@@ -126,6 +128,15 @@ def extract_query(prompt: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- tasks
+
+
+class DefaultBudget(int):
+    """A token budget the caller did not choose: a task's own (`TaskSpec.generation_kwargs` without
+    `max_new_tokens`, the evaluation's official budgets). It is an int everywhere; `generate` only tells it apart
+    when the budget would pass the model's context: lowering the task's own budget is logged once at INFO, while
+    lowering a budget the caller set is a warning addressed to them (generation_checks.py)."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -219,6 +230,11 @@ class TaskSpec:
 
     def stopping_criteria(self, tokenizer, prompt_length: int) -> StoppingCriteriaList:
         """`stopping_criteria=` for `generate`: stop each row at the end of its answer (`answer_end`)."""
+        # imported here: the registry itself stays free of torch and transformers (`gap-mllm --help` reads it)
+        from transformers import StoppingCriteriaList
+
+        from .answer_stopping_criteria import AnswerEndCriteria
+
         return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end)])
 
     def generation_kwargs(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None) -> dict:
@@ -231,7 +247,7 @@ class TaskSpec:
         if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral)
                                            or max_new_tokens < 1):
             raise ValueError(f"max_new_tokens must be a positive integer (tokens to generate), got {max_new_tokens!r}")
-        budget = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        budget = DefaultBudget(self.max_new_tokens) if max_new_tokens is None else int(max_new_tokens)
         return {"max_new_tokens": budget, "do_sample": False,
                 "stopping_criteria": self.stopping_criteria(tokenizer, prompt_length)}
 
@@ -333,6 +349,7 @@ __all__ = [
     "CAPTIONING",
     "DEPRECATED_TASK_NAMES",
     "DETECTION",
+    "DefaultBudget",
     "GROUNDING",
     "GROUNDING_STAGE1",
     "GROUNDING_STAGE2",

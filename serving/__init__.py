@@ -15,10 +15,25 @@ would have stopped them (the tasks' answer-end rules). vLLM lives in its own env
 """
 
 from .encoder import EncodedRequest, GapMllmEncoder
-from .engine_answers import RETURN_TOKEN_IDS, answer_from_token_ids, check_prompt_token_ids, generated_token_ids
+from .engine_answers import (
+    RETURN_TOKEN_IDS,
+    answer_from_token_ids,
+    check_prompt_token_ids,
+    eos_token_ids,
+    generated_token_ids,
+    parsed_answer_json,
+    task_budget,
+)
 from .export import EXPORT_INFO_FILE, ExportedFolder, export_llm_folder, read_export_info
-from .offline import load_offline_requests, offline_request, save_offline_requests
+from .offline import (
+    load_offline_requests,
+    offline_answer_text,
+    offline_request,
+    offline_settings,
+    save_offline_requests,
+)
 from .openai_payload import (
+    ServerUnreachableError,
     chat_completion_payload,
     decode_tensor_base64,
     encode_tensor_base64,
@@ -32,6 +47,7 @@ __all__ = [
     "EXPORT_INFO_FILE",
     "EncodedRequest",
     "RETURN_TOKEN_IDS",
+    "ServerUnreachableError",
     "ExportedFolder",
     "GapMllmEncoder",
     "VLLM_REQUIREMENT",
@@ -44,15 +60,20 @@ __all__ = [
     "decode_tensor_base64",
     "encode_tensor_base64",
     "engine_options",
+    "eos_token_ids",
     "export_llm_folder",
     "generated_token_ids",
     "image_embeds_part",
     "load_offline_requests",
+    "offline_answer_text",
     "offline_request",
+    "offline_settings",
+    "parsed_answer_json",
     "post_chat_completion",
     "post_json",
     "read_export_info",
     "save_offline_requests",
     "serve_command",
     "served_models",
+    "task_budget",
 ]

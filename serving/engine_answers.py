@@ -15,6 +15,10 @@ text is therefore the one `generate` returns, and so are the parsed answers and 
 tokens themselves (another kernel, dtype or batch shape can flip a near-tie in greedy decoding), and the budget at the
 very end of the model's context (the package counts the room left in M-RoPE positions, vLLM in tokens).
 
+The budget an engine is given for a task is the registry's (`task_budget`: `TaskSpec.max_new_tokens`, what `generate`
+uses by default), so an answer is cut by the same rule and budget on every path: `gap-mllm predict`, the lmms-eval
+`backend=vllm`, the OpenAI-compatible client and the offline batch (examples/serving/).
+
 `check_prompt_token_ids` compares the prompt the server tokenized (`prompt_token_ids`, also returned with
 `return_token_ids`) with the ids the encoder built, so a server whose chat template or tokenizer differs (or that runs
 without `--chat-template-content-format openai`) is refused instead of answering another prompt.
@@ -22,15 +26,38 @@ without `--chat-template-content-format openai`) is refused instead of answering
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 
 from gap_mllm.answer_stopping import answer_complete
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 from .encoder import EncodedRequest
-from .values import response_field, token_id_list
+from .values import response_field, token_id_list, whole_number
 
 RETURN_TOKEN_IDS = {"return_token_ids": True}  # the request field that makes vLLM return both id lists
+
+
+def task_budget(task: str | None, max_tokens: int | None = None) -> int:
+    """The token budget of one engine request: `max_tokens` (a whole number >= 1) when given, else the task's own
+    (`TaskSpec.max_new_tokens`: fits any answer of the task; detection 1280); a free prompt (`task` None) has none."""
+    if max_tokens is not None:
+        return whole_number(max_tokens, "max_tokens")
+    if task is None:
+        raise ValueError("a free prompt has no task budget: pass max_tokens")
+    return resolve_task(task).max_new_tokens
+
+
+def eos_token_ids(model) -> tuple[int, ...]:
+    """The ids the package's `generate` stops at: `model.generation_config.eos_token_id` (one id, a list, or None)."""
+    eos = model.generation_config.eos_token_id
+    return () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
+
+
+def parsed_answer_json(parsed) -> dict:
+    """A task parser's result (`DetectionResult`, `GroundingResult`, ...) as JSON-ready data: `{"type": class name,
+    **fields}` (boxes as their label, center, size and angles; `reason` None when the answer parsed cleanly)."""
+    return {"type": type(parsed).__name__, **dataclasses.asdict(parsed)}
 
 
 def generated_token_ids(response: dict, where: str = "the server") -> list[int]:
@@ -94,4 +121,5 @@ def check_prompt_token_ids(response: dict, request: EncodedRequest, tokenizer, w
                      "`gap-mllm export-llm` wrote, unchanged, with --chat-template-content-format openai")
 
 
-__all__ = ["RETURN_TOKEN_IDS", "answer_from_token_ids", "check_prompt_token_ids", "generated_token_ids"]
+__all__ = ["RETURN_TOKEN_IDS", "answer_from_token_ids", "check_prompt_token_ids", "eos_token_ids", "generated_token_ids",
+           "parsed_answer_json", "task_budget"]

@@ -9,6 +9,11 @@ embeddings are sliced per view by `grid.prod() / merge²`):
 vLLM and gap-mllm need different transformers versions (vllm_settings.py), so the encoder half saves the requests
 with `save_offline_requests` (plain `torch.save` of that list: strings, dicts, tensors) and the vLLM process reads
 them with `torch.load(path, weights_only=True)` and passes them to `LLM(..., **engine_options()).generate`.
+
+The vLLM process has no task registry, so each request's settings go beside the requests (`offline_settings`:
+the task and its budget, `task_budget`) and the vLLM side generates each request with its own `max_tokens`. vLLM
+stops only at `<|im_end|>` or the budget, so its generated token ids come back and are cut where the package's
+`generate` stops (`offline_answer_text` = `answer_from_token_ids`: the task's stop rule, the EOS ids) before parsing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .encoder import EncodedRequest
+from .engine_answers import answer_from_token_ids, task_budget
 from .values import grid_row
 
 
@@ -31,6 +37,25 @@ def offline_request(request: EncodedRequest) -> dict:
                                            "image_grid_thw": grid if grid.is_floating_point() else grid.to(torch.int64)}}}
     _check(item, 0)
     return item
+
+
+def offline_settings(request: EncodedRequest, max_tokens: int | None = None) -> dict:
+    """What the vLLM process needs to know of one request besides `offline_request` (it has no gap_mllm): `{"task":
+    name, "max_tokens": the task's budget or `max_tokens` (`task_budget`), "views": V}`."""
+    return {"task": request.task, "max_tokens": task_budget(request.task, max_tokens), "views": request.num_views}
+
+
+def offline_answer_text(answer, task: str | None, tokenizer, eos_token_ids=(), where: str = "the answer") -> str:
+    """The text the package's `generate` returns for one saved `vllm.LLM.generate` output, `{"token_ids": [...],
+    ...}` (the generated ids, `outputs[0].token_ids`): the ids cut at the task's answer end or the first EOS id
+    (`answer_from_token_ids`) and decoded. A ValueError naming `where` when the ids are missing or malformed."""
+    if not isinstance(answer, dict) or "token_ids" not in answer:
+        raise ValueError(f"{where}: expected the generated token ids ({{\"token_ids\": [...]}}, written by "
+                         f"examples/serving/offline_vllm_generate.py), got {str(answer)[:120]}")
+    try:
+        return answer_from_token_ids(answer["token_ids"], tokenizer, task, eos_token_ids=eos_token_ids)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def save_offline_requests(requests: list[dict], path) -> Path:
@@ -93,4 +118,4 @@ def _check(item, index: int) -> None:
                          f"{grid.shape[0]} views")
 
 
-__all__ = ["load_offline_requests", "offline_request", "save_offline_requests"]
+__all__ = ["load_offline_requests", "offline_answer_text", "offline_request", "offline_settings", "save_offline_requests"]

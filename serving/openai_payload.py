@@ -20,16 +20,18 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shlex
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import torch
 
-from gap_mllm.tasks_gap_mllm import resolve_task
-
 from .encoder import EncodedRequest
+from .engine_answers import task_budget
 from .values import grid_row as checked_grid_row
-from .values import response_field, whole_number
+from .values import response_field
+from .vllm_settings import serve_command
 
 
 def encode_tensor_base64(tensor: torch.Tensor) -> str:
@@ -70,18 +72,37 @@ def chat_messages(request: EncodedRequest) -> list[dict]:
 
 def chat_completion_payload(request: EncodedRequest, model: str = "gap-mllm", max_tokens: int | None = None, **extra) -> dict:
     """The JSON body of `/v1/chat/completions` for one encoded sample: greedy decoding (the official setting) and
-    the task's token budget (or `max_tokens`, a whole number >= 1); `extra` adds fields (e.g. `"stop"`)."""
-    if max_tokens is None:
-        if request.task is None:
-            raise ValueError("a free prompt has no task budget: pass max_tokens")
-        max_tokens = resolve_task(request.task).max_new_tokens
-    max_tokens = whole_number(max_tokens, "max_tokens")
+    the task's token budget (or `max_tokens`, a whole number >= 1: `task_budget`); `extra` adds fields (e.g. `"stop"`)."""
+    max_tokens = task_budget(request.task, max_tokens)
     return {"model": model, "messages": chat_messages(request), "max_tokens": max_tokens, "temperature": 0.0, **extra}
 
 
+class ServerUnreachableError(ConnectionError):
+    """No OpenAI-compatible server answers at a URL; the message (one line) names it and how to start one."""
+
+
+def unreachable_message(base_url: str, reason, served_model_name: str = "gap-mllm") -> str:
+    """`base_url: no OpenAI-compatible server answers there (reason); start one ...`: the `vllm serve` command of
+    README "Serve" (`vllm_settings.serve_command`) on the URL's port and under the name the client asks for."""
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 8000)
+    except ValueError:  # no port number: the command shows vLLM's default
+        port = 8000
+    command = shlex.join(serve_command("FOLDER", port=port, served_model_name=served_model_name))
+    return (f"{base_url}: no OpenAI-compatible server answers there ({getattr(reason, 'reason', reason)}); start one in "
+            f"the vLLM environment (make vllm-venv) on the folder `gap-mllm export-llm` wrote: {command} "
+            "(README \"Serve\"), or pass the URL of a running one")
+
+
 def post_chat_completion(base_url: str, payload: dict, timeout: float = 600.0) -> dict:
-    """POST `payload` to `{base_url}/v1/chat/completions`; the response JSON (an HTTP error is raised with the
-    server's message)."""
+    """POST `payload` to `{base_url}/v1/chat/completions`; the response JSON.
+
+    Raises:
+        ServerUnreachableError: nothing answers at `base_url` (a ConnectionError; one line: the URL, how to start a server).
+        TimeoutError: no answer within `timeout` seconds.
+        RuntimeError: an HTTP error, with the server's message.
+    """
     request = urllib.request.Request(base_url.rstrip("/") + "/v1/chat/completions", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
@@ -89,6 +110,10 @@ def post_chat_completion(base_url: str, payload: dict, timeout: float = 600.0) -
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         raise RuntimeError(f"{base_url}: HTTP {error.code}: {error.read().decode(errors='replace')[:2000]}") from error
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
+            raise TimeoutError(f"{base_url}: no answer within {timeout:g} s (raise the request timeout for long answers)") from error
+        raise ServerUnreachableError(unreachable_message(base_url, error, payload.get("model", "gap-mllm"))) from error
 
 
 def answer_text(response: dict, where: str = "the server") -> str:
@@ -101,5 +126,5 @@ def answer_text(response: dict, where: str = "the server") -> str:
     return content
 
 
-__all__ = ["answer_text", "chat_completion_payload", "chat_messages", "decode_tensor_base64", "encode_tensor_base64",
-           "image_embeds_part", "post_chat_completion"]
+__all__ = ["ServerUnreachableError", "answer_text", "chat_completion_payload", "chat_messages", "decode_tensor_base64",
+           "encode_tensor_base64", "image_embeds_part", "post_chat_completion", "unreachable_message"]

@@ -12,7 +12,8 @@ are listed), a served folder that is no `export-llm` output, or one exported fro
 folder is read where the server says it is (`root`), so the check needs the client to see it at that path (the same
 machine or a shared file system); otherwise it says so and `verify_export=False` skips it, explicitly.
 
-`post_json` is `openai_payload.post_chat_completion` with the errors of a server that went away named by URL.
+A server that does not answer is a `ServerUnreachableError` (a ConnectionError) whose one line names the URL and the
+`vllm serve` command that starts one (`openai_payload.unreachable_message`), here and in `post_chat_completion`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from .export import _weights_fingerprint, read_export_info
-from .openai_payload import post_chat_completion
-
-
-def _unreachable(base_url: str, error) -> ConnectionError:
-    reason = getattr(error, "reason", error)
-    return ConnectionError(f"{base_url}: no OpenAI-compatible server answers there ({reason}); start one on a folder written "
-                           "by `gap-mllm export-llm` (`vllm serve FOLDER --enable-mm-embeds ...`, see gap_mllm.serving) "
-                           "or pass its URL")
+from .openai_payload import ServerUnreachableError, post_chat_completion, unreachable_message
 
 
 def served_models(base_url: str, timeout: float = 30.0) -> list[dict]:
@@ -42,7 +36,7 @@ def served_models(base_url: str, timeout: float = 30.0) -> list[dict]:
     except urllib.error.HTTPError as error:
         raise RuntimeError(f"{url}: HTTP {error.code}: {error.read().decode(errors='replace')[:2000]}") from error
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        raise _unreachable(base_url, error) from error
+        raise ServerUnreachableError(unreachable_message(base_url, error)) from error
     try:
         cards = json.loads(body)["data"]
     except (ValueError, KeyError, TypeError):
@@ -94,17 +88,9 @@ def check_served_model(base_url: str, served_model_name: str, source, verify_exp
 
 
 def post_json(base_url: str, payload: dict, timeout: float = 600.0) -> dict:
-    """`post_chat_completion`, with a server that stopped answering named by URL (HTTP errors: status + body)."""
-    try:
-        return post_chat_completion(base_url, payload, timeout=timeout)
-    except TimeoutError as error:
-        raise TimeoutError(f"{base_url}: no answer within {timeout:g} s (raise the request timeout for long answers)") from error
-    except urllib.error.URLError as error:
-        if isinstance(getattr(error, "reason", None), TimeoutError):
-            raise TimeoutError(f"{base_url}: no answer within {timeout:g} s (raise the request timeout for long answers)") from error
-        raise _unreachable(base_url, error) from error
-    except ConnectionError as error:
-        raise _unreachable(base_url, error) from error
+    """`post_chat_completion` (kept under this name): a server that does not answer is a `ServerUnreachableError`
+    naming the URL and how to start one, a slow one a TimeoutError, an HTTP error its status and body."""
+    return post_chat_completion(base_url, payload, timeout=timeout)
 
 
 __all__ = ["check_export_source", "check_served_model", "post_json", "served_models"]

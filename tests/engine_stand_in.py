@@ -23,6 +23,11 @@ code (gap_mllm/serving/README.md):
 
 Requests are answered one at a time (vLLM batches them; greedy answers do not depend on it here). Errors are vLLM's
 `{"error": {"message", "type", "code"}}` with its status codes (400, 404).
+
+`OfflineLLMStandIn` / `SamplingParamsStandIn` do the same for the offline API, `vllm.LLM(model=folder, ...)
+.generate(prompts, sampling_params)` on `{"prompt", "multi_modal_data": {"image": {"image_embeds": [Σ tokens,
+width], "image_grid_thw": [V, 3]}}}` dicts (gap_mllm/serving/offline.py), answering with `RequestOutput`-shaped
+objects (`.prompt_token_ids`, `.outputs[0].text`, `.token_ids`, `.finish_reason`).
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ import json
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
@@ -188,6 +195,10 @@ class EngineStandIn:
             raise _bad(f"Qwen3-VL's image embeddings need image_embeds and image_grid_thw, got {sorted(keys)}")
         embeds = torch.cat([item["image_embeds"] for item in items], dim=0)
         grid = torch.stack([item["image_grid_thw"] for item in items])
+        return self._check_embeds(embeds, grid)
+
+    def _check_embeds(self, embeds: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged embeddings and grid of one prompt, refused as vLLM refuses them (shapes, width, rows)."""
         if grid.ndim != 2 or grid.shape[1] != 3:
             raise _bad(f"image_grid_thw must stack to [images, 3], got {list(grid.shape)}")
         width = (1 + self.levels) * self.hidden
@@ -261,6 +272,62 @@ class EngineStandIn:
                 pass
 
         return Handler
+
+
+@dataclass
+class SamplingParamsStandIn:
+    """`vllm.SamplingParams` for what the stand-in reads, with vLLM's defaults (temperature 1.0, max_tokens 16)."""
+
+    temperature: float = 1.0
+    max_tokens: int | None = 16
+
+
+class OfflineLLMStandIn:
+    """`vllm.LLM` (0.33.0) for offline requests carrying image embeddings (see the module docstring), on the stock
+    Qwen3-VL of an `export-llm` folder; `calls` records `(prompt tokens, max_tokens, generated ids)` per request.
+
+    Refused as vLLM refuses them: image embeddings without `enable_mm_embeds=True`, more images in a prompt than
+    `limit_mm_per_prompt["image"]`, a `sampling_params` list of another length than the prompts, sampling."""
+
+    def __init__(self, model, dtype: str = "auto", enable_mm_embeds: bool = False, limit_mm_per_prompt=None, **_):
+        self.engine = EngineStandIn(model)
+        self.engine._server.server_close()  # the model and its request rules only: no HTTP server
+        self.enable_mm_embeds = enable_mm_embeds
+        self.max_images = (limit_mm_per_prompt or {}).get("image", 1)
+        self.calls: list[tuple[int, int, list[int]]] = []
+
+    def generate(self, prompts, sampling_params=None, use_tqdm: bool = True) -> list:
+        prompts = prompts if isinstance(prompts, list) else [prompts]
+        params = sampling_params if sampling_params is not None else SamplingParamsStandIn()
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError("The lengths of prompts and sampling_params must be the same.")
+        return [self._one(prompt, param) for prompt, param in zip(prompts, params)]
+
+    def _one(self, prompt: dict, params: SamplingParamsStandIn):
+        engine = self.engine
+        if float(params.temperature) != 0.0:
+            raise ValueError("the stand-in decodes greedily only (temperature 0)")
+        ids = engine.tokenizer(prompt["prompt"])["input_ids"]
+        embeds = grid = None
+        image = prompt.get("multi_modal_data", {}).get("image")
+        if image is not None:
+            if not self.enable_mm_embeds:
+                raise ValueError("You must set `--enable-mm-embeds` to input `image_embeds`")
+            embeds, grid = engine._check_embeds(image["image_embeds"], image["image_grid_thw"])
+            if grid.shape[0] > self.max_images:
+                raise ValueError(f"At most {self.max_images} image(s) may be provided in one prompt.")
+            ids = engine._expand(ids, grid)
+        if len(ids) > engine.max_model_len:
+            raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
+                             f"{engine.max_model_len}.")
+        max_tokens = engine.max_model_len - len(ids) if params.max_tokens is None else int(params.max_tokens)
+        new = engine._generate(ids, embeds, grid, min(max_tokens, engine.max_model_len - len(ids)))
+        self.calls.append((len(ids), max_tokens, new))
+        stopped = bool(new) and new[-1] in engine.stop_token_ids
+        completion = SimpleNamespace(index=0, text=engine.tokenizer.decode(new, skip_special_tokens=True),
+                                     token_ids=new, finish_reason="stop" if stopped else "length")
+        return SimpleNamespace(prompt=prompt["prompt"], prompt_token_ids=ids, outputs=[completion], finished=True)
 
 
 def main() -> None:

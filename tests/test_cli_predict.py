@@ -54,8 +54,15 @@ def test_predict_prints_parsed_answer_and_saves_pictures(checkpoint, frames, tmp
     out = tmp_path / "vis"
     code = predict.main(parse(["--model", str(checkpoint), "--images", *map(str, frames), "--task", "detection",
                                "--max-new-tokens", "8", "--save-dir", str(out)]))
-    assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # the untrained model's answer does not parse: a script sees it in the exit status, the answer is still there
+    assert code == predict.PARSE_FAILURE_STATUS == 3
+    saved = json.loads((out / "answer.json").read_text())
+    assert saved["task"] == "detection" and saved["boxes"] == [] and saved["reason"].startswith("no detection entries")
+    assert f"parse problem: {saved['reason']}" in printed and f"saved answer: {out / 'answer.json'}" in printed
+    assert captured.err.strip().splitlines()[-1] == (f"gap-mllm predict: the answer did not parse as a detection answer "
+                                                     f"({saved['reason']}); exit status 3")
     assert "task       : detection on 3 frame(s)" in printed and "parsed     : " in printed
     assert "mean gate  : level 0:" in printed and "assumed 60° pinhole" in printed
     # the untrained model answers with blank lines, which stop generation: no box, no point, no cloud
@@ -63,7 +70,7 @@ def test_predict_prints_parsed_answer_and_saves_pictures(checkpoint, frames, tmp
     assert "not saved glb: no point cloud" in printed and "not saved ply: no point cloud" in printed
     assert "this model's geometry encoder has no camera and depth heads" in printed  # why there is no cloud
     assert "held-out" not in printed and "truth" not in printed  # the user's own frames: no reference
-    assert {p.name for p in out.iterdir()} == {"frames_with_boxes.png", "fusion_gates.png"}
+    assert {p.name for p in out.iterdir()} == {"answer.json", "frames_with_boxes.png", "fusion_gates.png"}
     sheet = Image.open(out / "frames_with_boxes.png")
     assert sheet.size[0] == 2 * 80 and sheet.size[1] > 2 * 60  # 3 frames on a 2-column sheet, legend below
 
@@ -74,11 +81,18 @@ def mini():
     return load_model_and_processor("mini")
 
 
+def preload(monkeypatch, loaded):
+    """`gap-mllm predict` answering with an already loaded `(model, processor, is_tiny)`, wherever predict reads
+    `load_model_and_processor` from (its module or `loading`)."""
+    monkeypatch.setattr(loading, "load_model_and_processor", lambda model="mini", *a, **k: loaded)
+    monkeypatch.setattr(predict, "load_model_and_processor", lambda model="mini", *a, **k: loaded, raising=False)
+
+
 @pytest.fixture
 def preloaded_mini(mini, monkeypatch):
     """`gap-mllm predict --model mini` answering with the already loaded model (the loading itself is the same
     `load_model_and_processor` call, covered by test_mini_default.py)."""
-    monkeypatch.setattr(loading, "load_model_and_processor", lambda model="mini", *a, **k: mini)
+    preload(monkeypatch, mini)
     return mini
 
 
@@ -91,7 +105,7 @@ def test_predict_reconstructs_your_own_frames_with_the_mini(preloaded_mini, tmp_
     out = tmp_path / "out"
     code = predict.main(parse(["--images", *map(str, paths), "--task", "detection", "--max-new-tokens", "1",
                                "--save-dir", str(out)]))
-    assert code == 0
+    assert code == predict.PARSE_FAILURE_STATUS  # a 1-token answer is no detection answer
     printed = capsys.readouterr().out
     assert f"saved ply: {out / 'scene.ply'}" in printed and f"saved glb: {out / 'scene.glb'}" in printed
     points, colors = read_ply(out / "scene.ply")  # a 1-token answer has no box: the cloud alone
@@ -103,6 +117,32 @@ def test_predict_reconstructs_your_own_frames_with_the_mini(preloaded_mini, tmp_
     cloud = [g for g in trimesh.load(out / "scene.glb").geometry.values() if type(g).__name__ == "PointCloud"]
     assert len(cloud) == 1 and len(cloud[0].vertices) == len(points)
     assert "held-out" not in printed  # own frames: no held-out line
+
+
+def test_predict_counts_the_ply_vertices_it_writes(preloaded_mini, monkeypatch, tmp_path, capsys):
+    """The PLY holds the reconstructed cloud and the points sampled along the answer's box edges: the message
+    gives both numbers, as the files hold them (the GLB draws the boxes as tubes: its cloud is the cloud alone)."""
+    model, processor, _ = preloaded_mini
+    boxes = [Box3D.from_list([0.1, 0.2, 2.0, 0.5, 0.5, 0.9, 0.0, 0.0, 0.0], label="chair"),
+             Box3D.from_list([-0.4, 0.1, 2.5, 0.6, 0.8, 0.6, 0.3, 0.0, 0.0], label="table")]
+    answer_ids = processor.tokenizer(serialize_detection(boxes), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    monkeypatch.setattr(model, "generate", lambda input_ids=None, **k: torch.cat([input_ids, answer_ids], dim=1))
+    paths = []
+    for index, view in enumerate(synthetic_scene(1, num_frames=3).views):
+        paths.append(tmp_path / f"frame_{index}.png")
+        view.save(paths[-1])
+    out = tmp_path / "out"
+    assert predict.main(parse(["--images", *map(str, paths), "--task", "detection", "--save-dir", str(out)])) == 0
+    printed = capsys.readouterr().out
+    points, _ = read_ply(out / "scene.ply")
+    import trimesh
+
+    cloud = [g for g in trimesh.load(out / "scene.glb").geometry.values() if type(g).__name__ == "PointCloud"][0]
+    edges = 2 * 12 * 24  # 2 boxes, 12 edges, 24 points per edge (box_edge_points)
+    assert len(points) == len(cloud.vertices) + edges
+    assert f"point cloud: {len(cloud.vertices):,} points in the glb and ply (" in printed
+    assert printed.splitlines()[-1].endswith(f"; the ply holds {len(points):,} vertices: these {len(cloud.vertices):,} "
+                                             f"points + {edges:,} sampled along the answer's box edges")
 
 
 def test_predict_example_prints_the_reference_and_the_held_out_score(preloaded_mini, capsys):
@@ -123,8 +163,8 @@ def test_predict_example_prints_the_reference_and_the_held_out_score(preloaded_m
 def test_predict_json_on_a_bundled_example(checkpoint, capsys):
     code = predict.main(parse(["--model", str(checkpoint), "--example", "synthetic room A", "--task", "reconstruction",
                                "--marker", "1", "100", "80", "--max-new-tokens", "6", "--json"]))
-    assert code == 0
     result = json.loads(capsys.readouterr().out)
+    assert code == predict.PARSE_FAILURE_STATUS and result["reason"] == "empty answer"  # the untrained model's blank lines
     assert result["task"] == "reconstruction" and len(result["mean_gate_per_level"]) == 4
     assert set(result) >= {"raw", "boxes", "point", "label", "reason"}
 
@@ -217,3 +257,81 @@ def test_gif_is_sampled_and_frames_share_one_size(tmp_path, frames):
     assert {im.size for im in load_frames(mixed)} == {(80, 60)}
     with pytest.raises(UploadError, match="either one video"):
         load_frames([gif, frames[0]])
+
+
+def test_predict_says_the_mini_knows_synthrooms_only_on_your_own_frames(frames, monkeypatch, capsys):
+    """The default model on frames that are not a bundled room: one line first; on a bundled room, none."""
+    model, processor = build_tiny_model()
+    preload(monkeypatch, (model, processor, False))  # the note comes from --model mini, not from the weights
+    predict.main(parse(["--images", *map(str, frames), "--task", "detection", "--max-new-tokens", "2"]))
+    assert capsys.readouterr().err.splitlines().count(predict.MINI_OWN_FRAMES_NOTE) == 1
+    assert "knows SynthRooms rooms only" in predict.MINI_OWN_FRAMES_NOTE
+    predict.main(parse(["--example", "synthetic room A", "--task", "detection", "--max-new-tokens", "2"]))
+    assert "SynthRooms rooms only" not in capsys.readouterr().err
+    predict.main(parse(["--model", "tiny", "--images", *map(str, frames), "--task", "detection", "--max-new-tokens", "2"]))
+    assert "SynthRooms rooms only" not in capsys.readouterr().err
+
+
+def test_predict_json_exits_3_on_an_answer_that_does_not_parse(checkpoint, frames, capsys):
+    code = predict.main(parse(["--model", str(checkpoint), "--images", *map(str, frames), "--task", "grounding",
+                               "--query", "the chair", "--max-new-tokens", "2", "--json"]))
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert code == 3 and result["reason"] and result["boxes"] == [] and "raw" in result
+    assert f"did not parse as a grounding answer ({result['reason']}); exit status 3" in captured.err
+
+
+def test_predict_help_documents_the_exit_status(capsys):
+    from gap_mllm.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["predict", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("Exit status: 0 the answer parsed; 2 a mistake in the command (a missing or unusable file, a bad value, a "
+            "model that cannot be loaded); 3 the model's answer did not parse cleanly as the task's answer") in text
+    assert "a folder of them (its images sorted by file name)" in text
+
+
+def write_images(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        Image.new("RGB", (40, 30), (10 * index, 0, 0)).save(folder / name, format="PNG")
+    return folder
+
+
+def test_predict_takes_a_folder_of_frames_sorted_by_name(checkpoint, tmp_path, capsys):
+    folder = write_images(tmp_path / "myframes", ["b.png", "a.PNG", "c.jpg", ".hidden.png"])
+    (folder / "notes.txt").write_text("not a frame")
+    (folder / "sub.png").mkdir()  # a folder with an image's name is no frame
+    assert [p.name for p in predict.frame_paths([str(folder)], 8)] == ["a.PNG", "b.png", "c.jpg"]
+    code = predict.main(parse(["--model", str(checkpoint), "--images", str(folder), "--task", "detection",
+                               "--max-new-tokens", "2"]))
+    assert code == 3 and "task       : detection on 3 frame(s)" in capsys.readouterr().out  # untrained: no answer
+    # more images than --max-frames: spread evenly in name order, as a video is sampled, and said on stderr
+    many = write_images(tmp_path / "many", [f"frame_{i:02d}.png" for i in range(10)])
+    assert [p.name for p in predict.frame_paths([str(many)], 4)] == [f"frame_{i:02d}.png" for i in (0, 3, 6, 9)]
+    assert capsys.readouterr().err == f"{many}: 10 images; 4 of them, spread evenly in name order, are used (--max-frames 4)\n"
+
+
+def test_predict_names_the_full_path_of_a_file_it_cannot_use(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "clip.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "broken.png").write_text("not an image")
+    cases = [
+        ("empty", f"{empty}: no image files in this folder (looked for .bmp, .jpeg, .jpg, .png, .webp; a video or GIF "
+                  "is given as the file itself)"),
+        ("myframes", f"{tmp_path / 'myframes'}: no such file or folder"),
+        ("notes.txt", f"{tmp_path / 'notes.txt'}: unsupported file type .txt; allowed: .avi, .bmp, .gif, .jpeg, .jpg, "
+                      ".mkv, .mov, .mp4, .png, .webm, .webp."),
+        ("broken.png", f"{tmp_path / 'broken.png'}: not a readable image (UnidentifiedImageError)."),
+    ]
+    for given, message in cases:  # relative paths given, the full path named; refused before any model is loaded
+        assert predict.main(parse(["--model", str(checkpoint), "--images", given, "--task", "detection"])) == 2
+        assert capsys.readouterr().err == f"gap-mllm predict: {message}\n"
+    # the Space keeps its own words: an upload named by its file name only
+    with pytest.raises(UploadError, match=r"^myframes: not found \(uploads expire; please upload it again\)\.$"):
+        load_frames([tmp_path / "myframes"])

@@ -80,7 +80,7 @@ def test_lmms_eval_scores_equal_gap_mllm_evaluate_on_the_model_answers(synth_dat
     _assert_same_scores(results, answers, synth_data, tmp_path)
     # the Mini's captions share words with the references (ROUGE-L: on 2 documents CIDEr's idf is 0 for the words
     # both references hold, so CIDEr can be 0 for a caption that shares words)
-    assert results["results"]["gap_scan2cap"]["rouge_l,none"] > 0
+    assert results["results"]["gap_scan2cap"]["rouge_l@0.5,none"] > 0
 
     # the two-stage protocol is the one of gap-mllm evaluate: same stage-1 and stage-2 texts for the same records
     out = tmp_path / "runner_grounding"
@@ -119,7 +119,7 @@ def test_lmms_eval_scores_equal_gap_mllm_evaluate_on_mixed_answers(synth_data, e
     _assert_same_scores(results, answers, synth_data, tmp_path)
     scores = results["results"]
     assert 0 < scores["gap_scanrefer"]["acc@0.25,none"] < 1 and 0 < scores["gap_spatial_qa"]["overall,none"] < 1
-    assert 0 < scores["gap_det"]["f1,none"] < 1 and scores["gap_scan2cap"]["cider,none"] > 0
+    assert 0 < scores["gap_det"]["f1,none"] < 1 and scores["gap_scan2cap"]["cider@0.5,none"] > 0
 
 
 def test_task_files_list_the_scored_metrics(exported):

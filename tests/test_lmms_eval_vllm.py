@@ -60,7 +60,7 @@ def test_vllm_backend_gives_the_hf_backend_answers_and_scores(synth_data, export
     assert all(any(c.startswith(a) and len(c) > len(a) for a in answered) for c in cut), cut
     # real captions that share words with the references (ROUGE-L: CIDEr's idf is 0 for words every reference of
     # a 2-document corpus holds, so it can be 0 on such a slice)
-    assert vllm["results"]["gap_scan2cap"]["rouge_l,none"] > 0
+    assert vllm["results"]["gap_scan2cap"]["rouge_l@0.5,none"] > 0
 
 
 def test_vllm_backend_refuses_an_unreachable_server():

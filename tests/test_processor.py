@@ -640,6 +640,7 @@ def test_flat_hub_folder_loads_with_trust_remote_code(tmp_path, monkeypatch):
     assert copied == {
         "processing_gap_mllm.py",
         "answer_stopping.py",
+        "answer_stopping_criteria.py",
         "chat_format.py",
         "control_tokens.py",
         "image_alignment.py",

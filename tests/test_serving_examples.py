@@ -1,4 +1,6 @@
-"""examples/serving runs as written, on the CPU, where it does not need vLLM (the vLLM steps await a GPU)."""
+"""examples/serving runs as written, on the CPU: the client against the engine stand-in (a server doing what vLLM
+0.33.0 does), the offline batch through a stand-in for `vllm.LLM` (tests/engine_stand_in.py), on GAP-MLLM-Mini's
+export. A detection answer of the Mini is a few hundred tokens: it parses only when the task's budget is used."""
 
 import json
 import runpy
@@ -7,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from gap_mllm.cli.loading import load_model_and_processor
+from gap_mllm.cli.scenes import synthetic_scene
+from gap_mllm.cli.tasks import TaskRequest, run_task
+from gap_mllm.mini import default_model_path
+from gap_mllm.serving import GapMllmEncoder, answer_from_token_ids, eos_token_ids, export_llm_folder
+from gap_mllm.tasks_gap_mllm import DETECTION
+
+from .engine_stand_in import EngineStandIn, OfflineLLMStandIn, SamplingParamsStandIn
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "serving"
+VIEWS = 4  # the client's default room: scene 0, 4 views
+OLD_BUDGET = 64  # the offline example's former --max-tokens default, which cut detection answers
 
 
 def run_example(name, argv, monkeypatch):
@@ -32,15 +45,98 @@ def test_offline_batch_encode_then_parse(tmp_path, monkeypatch, capsys):
     requests = tmp_path / "requests.pt"
     assert run_example("offline_batch.py", ["encode", "--out", str(requests), "--views", "4"], monkeypatch) == 0
     meta = json.loads(Path(str(requests) + ".json").read_text())
-    assert meta and all(item["task"] == "grounding_stage1" for item in meta)
-    answers = tmp_path / "answers.json"  # what offline_vllm_generate.py writes: one text per request
-    answers.write_text(json.dumps(['{"frame": 2}'] + ["not json"] * (len(meta) - 1)))
+    assert meta and all(item["task"] == "grounding_stage1" and item["max_tokens"] == 64 and item["views"] == 4
+                        for item in meta)
+    tokenizer = GapMllmEncoder.from_pretrained(default_model_path()).processor.tokenizer
+    # what offline_vllm_generate.py writes: the engine wrote on after the answer (it knows no answer-end rule)
+    written_on = tokenizer('{"frame": 2} and then more', add_special_tokens=False)["input_ids"]
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps([{"text": "ignored", "token_ids": written_on}] +
+                                  [{"text": "", "token_ids": tokenizer("not json")["input_ids"]}] * (len(meta) - 1)))
     capsys.readouterr()
     assert run_example("offline_batch.py", ["parse", str(answers), "--requests", str(requests)], monkeypatch) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(meta) and "frame=2" in lines[0]
+    assert len(lines) == len(meta) + 1 and "'frame': 2" in lines[0]
+    results = json.loads((tmp_path / "answers.parsed.json").read_text())
+    assert results[0]["text"] == '{"frame": 2}'  # cut where generate stops, the parsed result next to it
+    assert results[0]["parsed"] == {"type": "FrameSelectionResult", "frame": 2, "reason": None}
+    assert [r["query"] for r in results] == [item["query"] for item in meta]
+    answers.write_text(json.dumps(["a text without its token ids"] * len(meta)))  # an answers.json of another kind
+    with pytest.raises(ValueError, match=r"answer 0: expected the generated token ids"):
+        run_example("offline_batch.py", ["parse", str(answers), "--requests", str(requests)], monkeypatch)
 
 
 def test_vllm_step_says_it_needs_vllm(tmp_path, monkeypatch):
     code = run_example("offline_vllm_generate.py", ["folder", "requests.pt", "--out", str(tmp_path / "a.json")], monkeypatch)
     assert "vLLM environment" in str(code) and "vllm" in str(code)
+
+
+@pytest.fixture(scope="module")
+def mini_export(tmp_path_factory):
+    return export_llm_folder(default_model_path(), tmp_path_factory.mktemp("served") / "gap-mllm-mini-llm").path
+
+
+@pytest.fixture(scope="module")
+def detection_by_generate():
+    """GAP-MLLM-Mini's own detection answer on the examples' room (`generate`, the task's budget and stop rule)."""
+    model, processor, _ = load_model_and_processor("mini")
+    return run_task(model, processor, synthetic_scene(seed=0, num_frames=VIEWS).views, TaskRequest("detection")).raw
+
+
+def check_detection(saved: dict, detection_by_generate: str) -> None:
+    """A whole detection answer, parsed cleanly, and the very text of the package's `generate`."""
+    assert saved["task"] == "detection" and saved["text"] == detection_by_generate
+    assert saved["parsed"]["type"] == "DetectionResult" and saved["parsed"]["reason"] is None
+    assert len(saved["parsed"]["boxes"]) >= 1 and saved["parsed"]["skipped"] == 0
+
+
+def test_offline_batch_detection_uses_the_task_budget_and_stop_rule(mini_export, detection_by_generate, tmp_path,
+                                                                    monkeypatch, capsys):
+    requests = tmp_path / "requests.pt"
+    assert run_example("offline_batch.py", ["encode", "--out", str(requests), "--task", "detection", "--views",
+                                            str(VIEWS)], monkeypatch) == 0
+    settings = json.loads(Path(str(requests) + ".json").read_text())
+    assert settings == [{"task": "detection", "max_tokens": DETECTION.max_new_tokens, "views": VIEWS, "query": None}]
+    # the vLLM step, its functions run with stand-ins for vllm.LLM and vllm.SamplingParams
+    step = runpy.run_path(str(EXAMPLES / "offline_vllm_generate.py"))
+    made = []
+
+    def llm_class(**options):
+        made.append(OfflineLLMStandIn(**options))
+        return made[-1]
+
+    answers = tmp_path / "answers.json"
+    step["run"](mini_export, requests, answers, llm_class, SamplingParamsStandIn)
+    (prompt_tokens, max_tokens, generated), = made[0].calls
+    assert max_tokens == DETECTION.max_new_tokens == 1280  # the task's budget reached the engine
+    saved = json.loads(answers.read_text())
+    assert saved == [{"text": saved[0]["text"], "token_ids": generated, "finish_reason": "stop"}]
+    # the parse step: the ids cut by the task's stop rule, parsed, written next to the text
+    capsys.readouterr()
+    assert run_example("offline_batch.py", ["parse", str(answers), "--requests", str(requests), "--out",
+                                            str(tmp_path / "results.json")], monkeypatch) == 0
+    result, = json.loads((tmp_path / "results.json").read_text())
+    check_detection(result, detection_by_generate)
+    kept = answer_from_token_ids(generated, made[0].engine.tokenizer, "detection")
+    assert result["text"] == kept and len(made[0].engine.tokenizer(kept)["input_ids"]) > OLD_BUDGET
+
+
+def test_openai_client_detection_uses_the_task_budget_and_stop_rule(mini_export, detection_by_generate, tmp_path,
+                                                                    monkeypatch, capsys):
+    out = tmp_path / "answer.json"
+    with EngineStandIn(mini_export) as server:
+        code = run_example("openai_client.py", ["--url", server.url, "--task", "detection", "--views", str(VIEWS),
+                                                "--device", "cpu", "--out", str(out)], monkeypatch)
+        completion, = server.completions
+    assert code == 0
+    saved = json.loads(out.read_text())
+    assert saved["max_tokens"] == DETECTION.max_new_tokens and saved["query"] is None
+    room = server.max_model_len - completion["prompt_tokens"]
+    assert completion["max_tokens"] == min(DETECTION.max_new_tokens, room)  # asked for the task's budget
+    check_detection(saved, detection_by_generate)
+    encoder = GapMllmEncoder.from_pretrained(default_model_path())
+    assert saved["text"] == answer_from_token_ids(completion["token_ids"], encoder.processor.tokenizer, "detection",
+                                                  eos_token_ids=eos_token_ids(encoder.model))
+    assert len(completion["token_ids"]) > OLD_BUDGET
+    printed = capsys.readouterr().out
+    assert f"answer: {saved['text']}\n" in printed and f"wrote the answer and its parsed result to {out}" in printed

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import gap_mllm.tasks_gap_mllm as registry
-from gap_mllm.answer_stopping import AnswerEndCriteria, answer_complete
+from gap_mllm.answer_stopping import answer_complete
+from gap_mllm.answer_stopping_criteria import AnswerEndCriteria
 from gap_mllm.output_parsing import (
     CaptionResult,
     DetectionResult,

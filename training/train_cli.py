@@ -21,28 +21,9 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
-from gap_mllm.processing.argument_types import positive_seconds
-
 from .config import load_recipe
 from .run import run_training
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="recipe YAML (see training/recipes/)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override a recipe value (YAML-parsed), e.g. --set training.max_steps=100 --set aux.feature_align_weight=0.5",
-    )
-    parser.add_argument("--resume", default=None, help='checkpoint folder, or "auto" for the last one in training.output_dir')
-    parser.add_argument("--output-dir", default=None, help="shortcut for --set training.output_dir=...")
-    parser.add_argument("--report-to", default=None, help='shortcut for --set training.report_to=... ("none", "tensorboard", "wandb", ...)')
-    parser.add_argument("--data-root", default=None, help="shortcut for --set data.data_root=...")
-    parser.add_argument("--time-limit-s", type=positive_seconds, default=None,
-                        help="stop after this many seconds of training with a checkpoint; the same command with "
-                             "--resume auto continues it (shortcut for --set time_limit_s=...)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
-                        help="where to train (default: the recipe's `device`, auto = CUDA if available, else CPU); "
-                             "precision and CPU settings follow, and are logged")
+from .train_arguments import add_arguments  # noqa: F401 - the command's add_arguments
 
 
 def main(args: argparse.Namespace) -> int:

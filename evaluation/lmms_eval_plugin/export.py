@@ -17,10 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from gap_mllm.processing.argument_types import positive_int
-
 from . import GROUP, LMMS_TASKS, task_template
 from .documents import documents_for
+from .export_arguments import add_arguments  # noqa: F401 - the command's add_arguments
 
 
 def data_files_block(documents_file: str) -> str:
@@ -54,17 +53,6 @@ def export_tasks(data_dir, out_dir, split: str = "val", tasks=None, limit: int |
     group = [f"group: {GROUP}", "task:", *(f"  - {task}" for task in tasks)]
     (out_dir / f"{GROUP}.yaml").write_text("\n".join(group) + "\n", encoding="utf-8")
     return counts
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="data root (annotations/ and scannet/posed_images/)")
-    parser.add_argument("--out", required=True, help="folder for the documents and task YAMLs (lmms-eval --include_path)")
-    parser.add_argument("--split", default="val", help="annotation split (default: val)")
-    parser.add_argument("--tasks", default=",".join(LMMS_TASKS), help=f"comma-separated, from {', '.join(LMMS_TASKS)} (default: all)")
-    parser.add_argument("--limit", type=positive_int, help="only the first N records of each task")
-    parser.add_argument("--official-compat", action="store_true",
-                        help="score as the released scripts do and stop answers only at EOS / the budget (as gap-mllm evaluate --official-compat)")
-    parser.add_argument("--no-meteor", action="store_true", help="captioning: report METEOR as null (it needs Java)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,0 +1,159 @@
+"""The arguments of the `gap-mllm` commands that live in this folder (demo, evaluate, predict, convert, export-llm,
+push), each command's `add_arguments`; the command modules run them. Light to import (no torch, no transformers,
+tests/test_cli_startup.py): `gap-mllm COMMAND --help` reads only this, and a command's module is imported once its
+arguments parsed."""
+
+from __future__ import annotations
+
+import argparse
+
+from .argument_types import positive_int
+from .example_rooms import EXAMPLE_SEEDS
+from .task_names import TASKS, task_argument
+
+
+# `convert vggt --heads` names -> the geometry config flags they set
+HEAD_FLAGS = {"camera": "use_camera_head", "depth": "use_depth_head", "point": "use_point_head"}
+DTYPES = ("float32", "bfloat16", "float16")  # --dtype of convert and export-llm: torch dtype names
+
+# `gap-mllm predict`'s exit status for an answer that does not parse; not 2 (a mistake in the command): the command
+# was right, the model's answer is not
+PARSE_FAILURE_STATUS = 3
+EXIT_STATUS_HELP = ("Exit status: 0 the answer parsed; 2 a mistake in the command (a missing or unusable file, a bad "
+                    f"value, a model that cannot be loaded); {PARSE_FAILURE_STATUS} the model's answer did not parse "
+                    "cleanly as the task's answer (the raw answer and the parse problem are still printed, and saved "
+                    "in answer.json with --save-dir)")
+
+
+def int_list(text: str) -> list[int]:
+    """argparse `type=`: "4,11,17,23" -> [4, 11, 17, 23]."""
+    try:
+        return [int(value) for value in text.split(",") if value.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+
+
+def head_list(text: str) -> list[str]:
+    """argparse `type=` of `--heads`: a comma list of HEAD_FLAGS names, or "none" (no head)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    unknown = sorted(set(names) - set(HEAD_FLAGS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown head(s) {unknown}; choose from {', '.join(HEAD_FLAGS)} or 'none'")
+    return names
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="mini",
+                        help='"mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model; or a folder / Hub id')
+    parser.add_argument("--example", default="synthetic room A", choices=sorted(EXAMPLE_SEEDS), help="the bundled room")
+    parser.add_argument("--out", default="demo_output", help="where the pictures (and the tiny model's folder) are written")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="cap on each task's generation budget (default: the task's own; answers stop at their end)")
+    parser.add_argument("--seed", type=int, default=0, help="weights of --model tiny")
+    parser.add_argument("--space", action="store_true",
+                        help="launch the Gradio Space instead (gap-mllm space; needs the demo environment: make demo-venv)")
+    parser.add_argument("--host", default="127.0.0.1", help="with --space: interface to listen on")
+    parser.add_argument("--port", type=int, default=7860, help="with --space: port")
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    # here: the evaluation package imports scipy (half a second), which no other command's --help needs
+    from gap_mllm.evaluation.benchmark_names import BENCHMARK_TASKS
+
+    parser.add_argument("--task", required=True, type=task_argument(BENCHMARK_TASKS, "gap-mllm evaluate"), metavar="TASK",
+                        help=f"benchmark to run: {', '.join(BENCHMARK_TASKS)}")
+    parser.add_argument("--data", required=True, help="data root (annotations/ and scannet/posed_images/)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help='model folder or Hub id to generate with; "mini": the embedded GAP-MLLM-Mini')
+    source.add_argument("--predictions", help="JSONL of answers to score instead of generating")
+    source.add_argument("--write-oracle", metavar="FILE", help="write the ground truth as a predictions file and exit")
+    parser.add_argument("--out", help="output folder (required unless --write-oracle)")
+    parser.add_argument("--split", default="val", help="annotation split (default: val)")
+    parser.add_argument("--annotation-file", help="explicit annotation JSON instead of the split lookup")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per generate() call (left padded)")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="cap on the official token budgets (1280 / 4096)")
+    parser.add_argument("--official-compat", action="store_true",
+                        help="reproduce the official numbers (Euler reading, category lists, parsing quirks)")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (captioning; needs Java)")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N samples")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-scene-reuse", action="store_true",
+                        help="answer every sample with its own full model call (the one-at-a-time protocol; same "
+                             "answers, slower: for comparison)")
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    vggt = sub.add_parser("vggt", help="VGGT-1B model.pt / safetensors / Hub id -> gap_mllm geometry encoder folder")
+    vggt.add_argument("source", help="VGGT checkpoint file, folder or Hub id (e.g. facebook/VGGT-1B)")
+    vggt.add_argument("output_dir", help="folder to write config.json + model.safetensors into")
+    vggt.add_argument(
+        "--heads", type=head_list, default=None,
+        help="heads to keep: comma list of camera,depth,point, or 'none' (default: every head in the checkpoint)",
+    )
+    vggt.add_argument("--tapped-layers", type=int_list, default=None, help="aggregator layers GAP-MLLM fuses (default 4,11,17,23)")
+    vggt.add_argument("--dpt-layers", type=int_list, default=None, help="layers the DPT heads read (default 4,11,17,23)")
+    vggt.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: keep the checkpoint dtype)")
+    vggt.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    official = sub.add_parser("official", help="official GAP-MLLM checkpoint folder -> gap_mllm folder (AutoModel, trust_remote_code)")
+    official.add_argument("source", help="official checkpoint folder (config.json + safetensors)")
+    official.add_argument("output_dir", help="new folder for the converted checkpoint")
+    official.add_argument("--no-processor", action="store_true", help="do not convert the tokenizer / image processor")
+    official.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_export_llm_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="GAP-MLLM folder or Hub id ('mini' = the embedded GAP-MLLM-Mini)")
+    parser.add_argument("output_dir", help="new or empty folder for the stock Qwen3-VL checkpoint")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: keep the checkpoint's)")
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="the checkpoint folder (save_pretrained of model AND processor)")
+    parser.add_argument("--repo", required=True, help="target repository id, e.g. org/gap-mllm")
+    parser.add_argument("--eval-summary", nargs="*", default=[], metavar="PATH",
+                        help="summary.json files (or their folders) from `gap-mllm evaluate` for the card's results")
+    parser.add_argument("--base-model", default=None, help="the Qwen3-VL checkpoint it was built from (card metadata)")
+    parser.add_argument("--training-data", nargs="+", default=None, metavar="TEXT",
+                        help="what the model was trained on, one item per argument (default: what the checkpoint's "
+                             "gap_mllm_training.json records, written by gap-mllm train)")
+    parser.add_argument("--datasets", nargs="+", default=None, metavar="HUB_ID", help="Hub dataset ids for the card metadata")
+    parser.add_argument("--untrained", action="store_true", help="mark the card as an untrained test model")
+    parser.add_argument("--keep-readme", action="store_true", help="upload the folder's README.md instead of generating one")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
+    parser.add_argument("--commit-message", default="Upload GAP-MLLM checkpoint")
+    parser.add_argument("--dry-run", action="store_true", help="print the upload plan and the card; upload nothing")
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = f"{parser.epilog}. {EXIT_STATUS_HELP}" if parser.epilog else EXIT_STATUS_HELP
+    parser.add_argument("--model", default="mini",
+                        help='a GAP-MLLM folder or Hub id; "mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs="+", metavar="PATH",
+                        help="frames of one scene in order, a folder of them (its images sorted by file name), or one "
+                             "video / GIF; a video, GIF or folder is sampled down to --max-frames")
+    source.add_argument("--example", choices=sorted(EXAMPLE_SEEDS),
+                        help="a bundled held-out SynthRooms room (exact geometry): the answer is shown next to the "
+                             "exact one and the model's held-out score of the task")
+
+    parser.add_argument("--task", required=True, type=task_argument(TASKS, "gap-mllm predict"), metavar="TASK",
+                        help=f"one of {', '.join(TASKS)}")
+    parser.add_argument("--query", help="grounding: the text describing the object; spatial_qa: the question")
+    parser.add_argument("--box", nargs=9, type=float, metavar="V",
+                        help="captioning: the object's box cx cy cz sx sy sz yaw pitch roll (first camera)")
+    parser.add_argument("--marker", nargs=3, type=int, metavar=("VIEW", "X", "Y"), help="reconstruction: pixel to mark")
+    parser.add_argument("--max-frames", type=positive_int, default=8,
+                        help="frames sampled evenly from a video, GIF or folder holding more")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="generation budget (default: the task's own; generation stops at the answer's end anyway)")
+    parser.add_argument("--save-dir", help="write the answer (answer.json) and the pictures here, and for your own "
+                                           "frames the point cloud the model's depth and camera heads reconstruct "
+                                           "(GLB / PLY)")
+    parser.add_argument("--formats", nargs="+", default=["png", "glb", "ply"], choices=["png", "glb", "ply"])
+    parser.add_argument("--json", action="store_true", help="print the parsed answer as JSON instead of text")

@@ -1,0 +1,35 @@
+"""The `generate` stopping criterion of the answer-end rules (answer_stopping.py): each row stops once its answer is
+complete. Kept apart from the rules, which import neither torch nor transformers."""
+
+from __future__ import annotations
+
+import torch
+from transformers import StoppingCriteria
+
+from .answer_stopping import ANSWER_ENDS, answer_complete
+
+
+class AnswerEndCriteria(StoppingCriteria):
+    """Stops each row of a `generate` call once its answer is complete (`answer_complete`).
+
+    Args:
+        tokenizer: decodes the new tokens (special tokens skipped).
+        prompt_length: length of the prompt rows given to `generate` (the new tokens start there; left
+            padding keeps every row's prompt the same length).
+        answer_end: one of `ANSWER_ENDS`.
+    """
+
+    def __init__(self, tokenizer, prompt_length: int, answer_end: str):
+        if answer_end not in ANSWER_ENDS:
+            raise ValueError(f"unknown answer end {answer_end!r}; expected one of {ANSWER_ENDS}")
+        self.tokenizer = tokenizer
+        self.prompt_length = int(prompt_length)
+        self.answer_end = answer_end
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        done = [answer_complete(text, self.answer_end) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+__all__ = ["AnswerEndCriteria"]
