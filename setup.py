@@ -59,7 +59,8 @@ EXTRAS = {
     # pycocoevalcap: the shipped stage-2 recipes score captioning while they train (evaluation.tasks)
     "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6", "pycocoevalcap>=1.2"],
     "eval": ["datasets==5.2.0", "evaluate==0.4.6", "pycocoevalcap>=1.2", "matplotlib>=3.8", "accelerate==1.15.0"],
-    "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8"],
+    # spaces: Hugging Face's ZeroGPU decorator, a no-op off ZeroGPU (cli/space_gpu.py); it requires gradio
+    "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8", "spaces==0.51.3"],
     # CUDA machines only (`make gpu-venv`, never the CPU path; training/kernels.py checks them before a run).
     # flash-attn 2.x is a source package on PyPI: it builds against the installed torch and needs nvcc / CUDA_HOME
     # (pip install --no-build-isolation); its setup fetches a prebuilt wheel from the project's releases when one
@@ -75,9 +76,12 @@ EXTRAS = {
 # evaluation/lmms_eval_plugin/__init__.py): its requirements would replace the CPU torch by a CUDA build
 # (torch 2.14 and ~3 GB of nvidia-* wheels) and add ~60 packages (wandb, sentence-transformers, timm, opencv,
 # yt-dlp, ...) that its evaluator and CLI never import. The extra lists what they do import beyond "eval"
-# (about 80 MB with lmms-eval, evaluation/README.md).
+# (about 80 MB with lmms-eval, evaluation/README.md). filelock<4: lmms-eval 0.7.3's evaluator patches
+# `filelock._api.FileLockMeta`, which filelock 4 removed (every evaluation fails at start with filelock 4.x).
+# av: the plugin decodes the videos of upstream tasks such as vsibench (evaluation/lmms_eval_plugin/visual_frames.py).
 EXTRAS["lmms"] = sorted(set(EXTRAS["eval"]) | {"loguru>=0.7", "sacrebleu>=2.4", "pytz>=2024.1", "tenacity>=8.3",
-                                               "pytablewriter>=1.2", "pyyaml>=6", "jinja2>=3"})
+                                               "pytablewriter>=1.2", "pyyaml>=6", "jinja2>=3", "filelock>=3.16,<4",
+                                               "av>=12"})
 EXTRAS["dev"] = sorted(
     {dep for name in ("data", "train", "eval", "lmms") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
 )

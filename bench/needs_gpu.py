@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from gap_mllm.training.kernels import FLASH_PACKAGES, GPU_INSTALL, GPU_REMEDY, LIGER_PACKAGE, package_problems
+from gap_mllm.training.kernels import FLASH_PACKAGES, GPU_REMEDY, LIGER_PACKAGE, package_problems, remedy
 
 
 def refuse(script: str, message: str) -> None:
@@ -44,9 +44,9 @@ def require_kernel(script: str, option: str, kernel: str, device: str) -> None:
     """Refuse `option` = `kernel` when its package or device is missing (training/kernels.py)."""
     missing = kernel_problems(kernel, device)
     if missing:
-        on_cpu = not device.startswith("cuda")
-        remedy = GPU_REMEDY if on_cpu else f"install the GPU extras with `{GPU_INSTALL}`"
-        refuse(script, f"{option} {kernel} needs {' and '.join(missing)}; {remedy}")
+        package = LIGER_PACKAGE if kernel == "liger" else FLASH_PACKAGES[kernel]
+        refuse(script, f"{option} {kernel} needs {' and '.join(missing)}; "
+                       f"{remedy(package, 'cuda' if device.startswith('cuda') else 'cpu')}")
 
 
 def arm_unavailable(kernel: str, device: str) -> str | None:

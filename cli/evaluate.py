@@ -48,8 +48,17 @@ def main(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if summary is not None:
         head = summary["headline"]
-        print(f"{summary['task']}: {head['name']} = {head['value']}  ({summary['num_samples']} samples) -> {args.out}")
+        print(f"{summary['task']}: {head['name']} = {head['value']}  ({samples_text(summary['num_samples'], args.limit)})"
+              f" -> {args.out}")
     return 0
+
+
+def samples_text(num_samples: int, limit: int | None) -> str:
+    """"N samples" for the line `evaluate` prints; a `--limit` above what the annotation file holds (all of it is
+    scored) is said, not passed over: "43 samples: all the annotation file holds, fewer than --limit 1000000"."""
+    if limit is not None and num_samples < limit:
+        return f"{num_samples} samples: all the annotation file holds, fewer than --limit {limit}"
+    return f"{num_samples} samples"
 
 
 if __name__ == "__main__":  # `accelerate launch -m gap_mllm.cli.evaluate ...`

@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
     else:
         print(f"task       : {result.task} on {len(scene.views)} frame(s)")
-        if args.example:
+        if args.example and request_text(request):  # detection has no input: no empty line
             print(f"input      : {request_text(request)}")
         print("answer     : " + _indented(result.answer))
         print("parsed     : " + _indented(result.summary()))

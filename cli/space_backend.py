@@ -34,6 +34,7 @@ from .example_reference import reference_lines, request_text
 from .loading import MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
 from .model_scores import held_out_scores
 from .scene_store import SceneStore
+from .space_gpu import gpu_function, gpu_line, gpu_seconds, move_to_gpu, on_zero_gpu
 from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, POINT_CLOUD_HOWTO, can_reconstruct, reconstructed_scene,
                      scene_from_frames, synthetic_scene)
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
@@ -191,9 +192,13 @@ class SpaceBackend:
         self._lock = threading.Lock()
         self._examples = {}
         self._numbers = itertools.count(1)  # request numbers for the log (next() is atomic in CPython)
-        # The next question about the same frames reuses the session's encoded scene (scene_store.py).
-        self.scenes = (SceneStore(settings.scene_sessions, settings.scene_bytes) if settings.scene_sessions > 0
-                       else None)
+        # The next question about the same frames reuses the session's encoded scene (scene_store.py); not on ZeroGPU,
+        # where the encoded scene would stay in the worker of one GPU call (space_gpu.py)
+        self.scenes = (SceneStore(settings.scene_sessions, settings.scene_bytes)
+                       if settings.scene_sessions > 0 and not on_zero_gpu() else None)
+        # the model work of a request, inside @spaces.GPU(duration=...) (a no-op off ZeroGPU)
+        self._answer_on_gpu = gpu_function(self._answer, self.gpu_seconds)
+        LOG.info(gpu_line())
         # The model folder's own evaluation (GAP-MLLM-Mini ships one); None: no held-out line is shown.
         self.scores = None if self.is_tiny or settings.model == TINY else held_out_scores(resolve_model_source(settings.model))
 
@@ -297,7 +302,7 @@ class SpaceBackend:
         number = next(self._numbers)
         LOG.info("request %d started at %.3f", number, started)
         try:
-            return self._run(files, example_name, task_label, query, object_choice, box_text, marker_text, session)
+            return self._run(files, example_name, task_label, query, object_choice, box_text, marker_text, session, number)
         except USER_ERRORS as error:  # the page shows it as a toast: one log line, no traceback (a bug keeps its own)
             LOG.info("request %d refused: %s", number, " ".join(str(error).split()))
             raise
@@ -305,15 +310,27 @@ class SpaceBackend:
             finished = time.time()
             LOG.info("request %d finished at %.3f (%.2f s)", number, finished, finished - started)
 
+    def gpu_seconds(self, scene, request, session=None) -> int:
+        """The ZeroGPU duration of a request (space_gpu.py; the arguments are those of the GPU call)."""
+        return gpu_seconds(request.spec, self.settings.max_new_tokens)
+
+    def _answer(self, scene, request, session=None):
+        """The model work of one request (the GPU call): the model on CUDA when there is one, VGGT's reconstruction of
+        uploaded frames, the task. Returns `(scene, TaskResult)`; both cross a process boundary on ZeroGPU (pickled)."""
+        move_to_gpu(self.model)
+        if not scene.calibrated and self.reconstructs:
+            scene = reconstructed_scene(self.model, self.processor, scene.views)
+        result = run_task(self.model, self.processor, scene.views, request, max_new_tokens=self.settings.max_new_tokens,
+                          scenes=self.scenes, session=session)
+        return scene, result
+
     def _run(self, files, example_name, task_label, query, object_choice, box_text, marker_text,
-             session=None) -> SpaceOutput:
+             session=None, number=0) -> SpaceOutput:
         scene = self._scene(files, example_name)
         request = self._request(task_label, query, object_choice, box_text, marker_text, scene)
+        LOG.info("request %d: %s, GPU duration %d s", number, request.task, self.gpu_seconds(scene, request))
         with self._lock:
-            if not scene.calibrated and self.reconstructs:
-                scene = reconstructed_scene(self.model, self.processor, scene.views)
-            result = run_task(self.model, self.processor, scene.views, request,
-                              max_new_tokens=self.settings.max_new_tokens, scenes=self.scenes, session=session)
+            scene, result = self._answer_on_gpu(scene, request, session)
         out = self.work_dir / uuid.uuid4().hex
         out.mkdir(parents=True)
         drawn = frames_with_boxes(scene, result.boxes, result.point, marker=result.marker)

@@ -220,7 +220,8 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         generated, input_ids, gates, image_grid_thw = answer_on_stored_scene(
             model, processor, views, processor.chat_prompt(segments), request.marker, spec.name, max_new_tokens, scenes, session)
     else:
-        inputs = processor(images=[list(views)], return_tensors="pt", **request.processor_inputs())
+        # on the model's device: the Space moves the model to CUDA inside its GPU call (space_gpu.py)
+        inputs = processor(images=[list(views)], return_tensors="pt", **request.processor_inputs()).to(model.device)
         # Task names, not TaskSpec objects, cross into the processor: its remote code has its own classes.
         generated = model.generate(**inputs, **processor.generation_kwargs(spec.name, inputs, max_new_tokens))
         input_ids, image_grid_thw = inputs["input_ids"], inputs["image_grid_thw"]

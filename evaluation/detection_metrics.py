@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gap_mllm.processing.detection_record import detection_box_entries
 from gap_mllm.processing.errors import DataError
 
 from .box_iou import box_iou_matrix, box_problem
@@ -78,11 +79,7 @@ def ground_truth(record: dict, sample=None, official_compat: bool = False) -> tu
     of `{"label": str, "bbox_3d": [9 numbers]}` objects, or (default mode, as the builders) when a box has a
     negative size; official_compat keeps such a box (the official IoU reads its absolute sizes). Every reader
     of detection ground truth goes through here (the runner, the lmms-eval plugin, the baselines, the plots)."""
-    if not isinstance(record, dict) or "boxes" not in record:
-        found = "no 'boxes'" if isinstance(record, dict) else f"a {type(record).__name__}, not an object"
-        raise DataError(f"the detection record has {found}: its ground-truth objects are unknown (write \"boxes\": [] "
-                        "for a sample without objects)", sample=sample)
-    entries = record["boxes"]
+    entries = detection_box_entries(record, sample)  # required (the builders' rule): [] is a sample without objects
     if not isinstance(entries, list):
         raise DataError(f"'boxes' must be a list of {{\"label\", \"bbox_3d\"}} objects, got {type(entries).__name__}", sample=sample)
     for entry in entries:

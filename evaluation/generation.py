@@ -3,7 +3,8 @@
 A `Request` is one model call: the view files of a sample, the human-turn prompt with one `<image>`
 per view (the official annotation layout; `Frame-i: <image>` interleaving is kept), the optional
 marker `pixel_coords = [view, x, y]`, the token budget, the registry task the prompt asks and the sample's
-id (named by the error that refuses a prompt holding a control token: processing/collator.py).
+id (named by the error that refuses a prompt holding a control token: processing/collator.py); views that are not
+files (decoded video frames) carry a `scene` name instead.
 `BatchGenerator` turns a list of requests into texts with the package collator (system prompt, chat
 template, generation prompt) and `model.generate(do_sample=False, num_beams=1)`, stopping each row at
 the end of its answer (the task's stop rule) unless the request asks for the official behaviour (EOS
@@ -31,6 +32,9 @@ class Request:
     task: str | None = None  # registry task the prompt asks (its stop rule); None: EOS / budget only
     stop_at_answer_end: bool = True
     sample: str | None = None  # the sample's id, for errors (a prompt holding a control token is refused by name)
+    # what names the views when they are not files (frames decoded from a video): requests with the same `scene`
+    # share one encoding under scene reuse (scene_generation.request_scene); None: the image paths name them
+    scene: str | None = None
 
 
 class BatchGenerator:

@@ -43,6 +43,7 @@ class EvaluationSlice:
             raise ValueError(f"{path} has no record to evaluate")
         self.ids = [sample_id(r, i) if isinstance(r, dict) else f"{i:06d}" for i, r in enumerate(self.records)]
         check_prompt_texts(self.records, self.ids, path)  # before step 1, not at the first evaluation
+        self.task.check_ground_truth(self.records, self.ids)
         self.media_root = posed_images_dir(data_root)
         self.data_root = data_root
         # SynthRooms knows every object of a scene: grounding also logs which object its boxes point at

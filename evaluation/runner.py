@@ -188,6 +188,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     if not records:
         raise ValueError(f"{annotation_file}: no samples to evaluate (the file holds no records)")
     ids = all_ids[: len(records)]
+    task.check_ground_truth(records, ids)  # before any answer is generated (a missing detection `boxes`, ...)
     if model_dir is not None:  # a model is never scored on scenes it trained on (processing/held_out.py)
         check_held_out(model_dir, data_dir, {record_scene_id(r) for r in records})
         check_prompt_texts(records, ids, annotation_file)  # no prompt may write chat turns (gap_mllm.control_tokens)

@@ -26,8 +26,11 @@ MAX_CACHED_SCENES = 2  # the runner sends one scene's samples together; 2 also c
 
 
 def request_scene(request: Request) -> tuple:
-    """What makes two requests share a scene before the prompt is looked at: same views, same marker."""
+    """What makes two requests share a scene before the prompt is looked at: same views (their `scene` name, else
+    their paths; never an in-memory image's repr, whose address a later image can reuse), same marker."""
     coords = None if request.pixel_coords is None else tuple(int(v) for v in request.pixel_coords)
+    if request.scene is not None:
+        return (request.scene,), coords
     return tuple(str(p) for p in request.images), coords
 
 

@@ -1,7 +1,8 @@
-"""Spatial QA with VSI-Bench scoring (thinking-in-space `lmms_eval/tasks/vsibench/utils.py` semantics).
+"""Spatial QA with VSI-Bench scoring (`lmms_eval/tasks/vsibench/utils.py` semantics).
 
 Answer extraction (`fuzzy_matching`): the first space-separated word of the prediction with trailing
-dots removed ("B. chair" -> "B", "3.5 meters" -> "3.5").
+dots removed ("B. chair" -> "B", "3.5 meters" -> "3.5"); with official_compat a numerical answer is read
+as lmms-eval 0.7.3 reads it instead (the first number anywhere in it, below).
 
     multiple choice  accuracy: 1 iff the extracted word equals the ground-truth letter, case-insensitive
     numerical        mean relative accuracy (MRA): the mean over the 10 confidence levels
@@ -15,12 +16,17 @@ Two modes:
                            and on a zero ground truth, where the formula divides by zero, an exact answer
                            (the number 0) scores 1.0 and any other 0.0: its relative error is infinite, so
                            it passes no level (docs/deviations.md §2.3).
-    official_compat=True   VSI-Bench exactly: `prediction.split(" ")[0].rstrip(".").strip()` with no
-                           strip before the split, so a leading space gives an empty word (" B" scores 0;
-                           a leading newline does not, since only " " splits); the ground truth is compared
-                           as written (`pred.lower() == target.lower()`); a zero numerical ground truth
-                           is a ValueError (VSI-Bench divides by it: ZeroDivisionError), and the relative
-                           error is divided by gt as written (a negative gt passes every level).
+    official_compat=True   VSI-Bench exactly as lmms-eval 0.7.3 scores a generated answer (the release the
+                           plugin pins; its vsibench task on the same answers gives the same numbers,
+                           tests/test_lmms_eval_vsibench.py): the answer is stripped (lmms-eval's
+                           `ConfigurableTask.process_results` strips every generate_until answer), then
+                           multiple choice: `answer.split(" ")[0].rstrip(".").strip()` compared with the
+                           ground truth as written (`pred.lower() == target.lower()`); numerical: the first
+                           number anywhere in the answer, digits or English number words
+                           (`extract_number`, evaluation/vsibench_answers.py: "about 3 m" and "three" read 3);
+                           a zero numerical ground truth is a ValueError (VSI-Bench divides by it:
+                           ZeroDivisionError), and the relative error is divided by gt as written (a negative
+                           gt passes every level).
 
 Aggregation: mean score per question type; `object_rel_direction_{easy,medium,hard}` are merged into
 `object_rel_direction` (their mean, as VSI-Bench reports them); "overall" = mean over the question
@@ -37,6 +43,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from .vsibench_answers import extract_number
+
 NUMERICAL_TYPES = ("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation")
 CHOICE_TYPES = ("object_rel_distance", "object_rel_direction", "object_rel_direction_easy",
                 "object_rel_direction_medium", "object_rel_direction_hard", "route_planning", "obj_appearance_order")
@@ -46,7 +54,8 @@ MRA_LEVELS = np.linspace(0.5, 0.95, 10)
 
 def fuzzy_matching(prediction: str, official_compat: bool = False) -> str:
     """VSI-Bench answer extraction: first space-separated word, trailing dots stripped (the default strips
-    surrounding whitespace first; official_compat does not, as VSI-Bench)."""
+    surrounding whitespace first; official_compat does not, as VSI-Bench's function: `score_answer` strips the
+    answer before, as lmms-eval does)."""
     if not official_compat:
         prediction = prediction.strip()
     return prediction.split(" ")[0].rstrip(".").strip()
@@ -86,6 +95,8 @@ def is_numerical(question_type: str) -> bool:
 def score_answer(prediction: str, ground_truth: str, question_type: str, official_compat: bool = False) -> float:
     """Score of one answer in [0, 1] (MRA for numerical types, exact-match accuracy for choices); see the
     module docstring for what official_compat changes."""
+    if official_compat:  # lmms-eval strips every generated answer before its task scores it
+        prediction = (prediction or "").strip()
     answer = fuzzy_matching(prediction or "", official_compat)
     if is_numerical(question_type):
         target = _to_float(ground_truth)
@@ -95,7 +106,8 @@ def score_answer(prediction: str, ground_truth: str, question_type: str, officia
         if official_compat and target == 0:
             raise ValueError(f"numerical ground truth {ground_truth!r}: VSI-Bench divides by it (ZeroDivisionError), "
                              "so official_compat cannot score it")
-        return mean_relative_accuracy(_to_float(answer), target, official_compat)
+        value = extract_number(prediction) if official_compat else _to_float(answer)
+        return mean_relative_accuracy(value, target, official_compat)
     if official_compat:
         return 1.0 if answer.lower() == str(ground_truth).lower() else 0.0
     return 1.0 if answer.lower() == str(ground_truth).strip().lower() else 0.0

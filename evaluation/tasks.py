@@ -126,6 +126,12 @@ class Benchmark:
                               f"pip install 'gap-mllm[eval]' (or {' '.join(missing)}); during training, the task can "
                               "also be left out of evaluation.tasks")
 
+    def check_ground_truth(self, records: list, ids: list[str]) -> None:
+        """DataError naming the sample for a record whose ground truth this benchmark cannot score. Run before any
+        answer is generated: refused only at scoring, the answers of the model would already be written, and the
+        fixed annotation file, another file for the run fingerprint, could not resume them (run_fingerprint.py).
+        Default: nothing this benchmark can check beforehand (its scoring still refuses what it cannot read)."""
+
     @property
     def name(self) -> str:
         return self.spec.name
@@ -160,6 +166,11 @@ class DetectionTask(Benchmark):
 
     def oracle(self, record, media_root):
         return [gt_answer(record)]
+
+    def check_ground_truth(self, records, ids):
+        """Every record's `boxes` as scoring reads them (`ground_truth`: required, a list of labelled 9-number boxes)."""
+        for record, sid in zip(records, ids, strict=True):
+            ground_truth(record, sid, self.official_compat)
 
     def evaluate(self, records, outputs, official_compat=False, **_):
         ev = DetectionEvaluator(official_compat=official_compat)

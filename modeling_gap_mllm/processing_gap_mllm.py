@@ -389,12 +389,16 @@ class GapMllmProcessor(Qwen3VLProcessor):
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
         """transformers' `apply_chat_template` (`tokenize=True/False`, `return_dict=True`, a batch of conversations),
         after the text of every message is checked by the rule of control_tokens.py: the chat template writes the
-        markup, a message's text may not (a ValueError names the conversation, the message and the tokens)."""
+        markup, a message's text may not (a ValueError names the conversation, the message and the tokens). The
+        role is text the template writes into the turn's header, so it is checked the same way."""
         batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(conversation[0], (list, tuple))
         for c, messages in enumerate(conversation if batched else [conversation]):
             for m, message in enumerate(messages):
                 role = message.get("role", "no role") if isinstance(message, dict) else "no role"
-                where = f"message {m} ({role})" + (f" of conversation {c}" if batched else "")
+                of_conversation = f" of conversation {c}" if batched else ""
+                if isinstance(role, str):
+                    refuse_control_tokens(self.tokenizer, role, f"the role of message {m}{of_conversation}")
+                where = f"message {m} ({role}){of_conversation}"
                 check_chat_text(self.tokenizer, self._message_segments(message), turn=where)
         return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
 

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import xxhash  # a dependency of datasets, which every builder needs
 
-from gap_mllm import output_parsing, tasks_gap_mllm
+from gap_mllm import control_tokens, output_parsing, tasks_gap_mllm
 
-# Modules whose code decides what a sample holds: a change there must not serve an old cache.
-_CODE_MODULES = ("builders", "record_schema", "scannet_layout", "features", "coordinates", "errors")
+# Modules whose code decides what a sample holds (or whether it is refused): a change there must not serve an old cache.
+_CODE_MODULES = ("builders", "record_schema", "scannet_layout", "features", "coordinates", "errors", "detection_record")
 _SKIPPED_OPTIONS = {"name", "version", "data_dir", "data_files", "description"}
 
 
@@ -62,8 +62,8 @@ def _options(config) -> dict:
 def _code_bytes() -> bytes:
     folder = Path(__file__).parent
     parts = [(folder / f"{name}.py").read_bytes() for name in _CODE_MODULES]
-    # targets are parsed from the answer texts by the task registry's parsers
-    parts += [Path(module.__file__).read_bytes() for module in (output_parsing, tasks_gap_mllm)]
+    # targets are parsed from the answer texts by the task registry's parsers; prompt text is checked by control_tokens
+    parts += [Path(module.__file__).read_bytes() for module in (output_parsing, tasks_gap_mllm, control_tokens)]
     return b"\0".join(parts)
 
 

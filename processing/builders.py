@@ -46,6 +46,7 @@ from gap_mllm.visual_prompt import check_marker_inside
 
 from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
+from .detection_record import detection_box_entries
 from .errors import DataError, SkipCounter
 from .features import BOX as BOX_FEATURE
 from .features import MATRIX_4X4 as MATRIX_4X4_FEATURE
@@ -388,7 +389,8 @@ class DetectionBuilder(MultiViewBuilder):
     def task_fields(self, record, answer, num_images, key):
         names = set(self.config.class_names)
         boxes = []
-        for i, entry in enumerate(read_field(record, RecordField("boxes", OBJECT_LIST, default=[], nullable=True), key)):
+        detection_box_entries(record, key)  # required, as evaluation reads it: [] is a sample without objects
+        for i, entry in enumerate(read_field(record, RecordField("boxes", OBJECT_LIST), key)):
             box = read_fields(entry, self.BOX_FIELDS, key, prefix=f"boxes[{i}].")
             if box["label"] not in names:
                 raise DataError(f"box label {box['label']!r} is not in class_names (pass class_names= to extend it)", sample=key)

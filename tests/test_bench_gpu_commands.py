@@ -168,3 +168,26 @@ def test_plain_run_resumed_once_has_the_losses_of_the_uninterrupted_run(tmp_path
     assert arms["plain_resumed"]["losses"] == arms["plain"]["losses"] and arms["plain_resumed"]["within_tolerance"]
     assert arms["zero2_resumed"]["skipped"].startswith("the ZeRO arms run on CUDA")
 
+
+
+def test_a_bench_kernel_arm_is_refused_with_the_training_run_s_words(monkeypatch, capsys):
+    """bench/needs_gpu.py takes the requirement and the remedy from training/kernels.py: on a GPU too old for the
+    kernel, installing cannot help, so the line says to choose another attention."""
+    import needs_gpu
+
+    from gap_mllm.training import kernels
+
+    monkeypatch.setattr(kernels, "installed_version", lambda name: "1.0")
+    monkeypatch.setattr(kernels, "cuda_capability", lambda: (8, 6))
+    with pytest.raises(SystemExit) as refused:
+        needs_gpu.require_kernel("bench_x.py", "--attn", "flash_attention_4", "cuda")
+    assert refused.value.code == 2
+    assert capsys.readouterr().err == ("bench_x.py: --attn flash_attention_4 needs a Hopper or newer GPU (compute "
+                                       "capability 9.0+; this one is 8.6); on this GPU choose an attention it runs "
+                                       "(flash_attention_2 from Ampere on, sdpa on any GPU)\n")
+    needs_gpu.require_kernel("bench_x.py", "--attn", "flash_attention_2", "cuda")  # Ampere runs flash-attn 2.x
+    monkeypatch.setattr(kernels, "installed_version", lambda name: None)
+    with pytest.raises(SystemExit):
+        needs_gpu.require_kernel("bench_x.py", "--attn", "flash_attention_2", "cuda")
+    assert capsys.readouterr().err == ("bench_x.py: --attn flash_attention_2 needs the flash-attn package (not "
+                                       "installed); install the GPU extras with `make gpu-venv`\n")

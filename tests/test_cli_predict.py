@@ -160,6 +160,15 @@ def test_predict_example_prints_the_reference_and_the_held_out_score(preloaded_m
     assert held_out_scores(default_model_path()).line("reconstruction") + "\n" in printed
 
 
+def test_predict_example_of_a_task_without_inputs_prints_no_empty_input_line(checkpoint, capsys):
+    """Detection takes no query, box or marker: no `input      :` line with nothing after it (as the demo)."""
+    predict.main(parse(["--model", str(checkpoint), "--example", "synthetic room A", "--task", "detection",
+                        "--max-new-tokens", "2"]))
+    printed = capsys.readouterr().out
+    assert "task       : detection on 4 frame(s)" in printed and "truth      : " in printed
+    assert not [line for line in printed.splitlines() if line.startswith("input")]
+
+
 def test_predict_json_on_a_bundled_example(checkpoint, capsys):
     code = predict.main(parse(["--model", str(checkpoint), "--example", "synthetic room A", "--task", "reconstruction",
                                "--marker", "1", "100", "80", "--max-new-tokens", "6", "--json"]))

@@ -1,28 +1,10 @@
 """Official GAP-MLLM checkpoint → gap_mllm folder.
 
-The real checkpoint cannot be downloaded here, so `write_official_checkpoint` writes a tiny one in the
-official layout (docs/method.md §1.8), from a tiny gap_mllm model with known weights:
-
-    config.json        stock Qwen3-VL config (model_type "qwen3_vl",
-                       architectures ["Qwen3VLForConditionalGenerationWithVGGT"]) + use_geometry_encoder,
-                       geometry_encoder_type, reference_frame, feature_fusion_method, fusion_num_layers,
-                       geometry_merger_type, intermediate_layer_idx
-    model.visual.*                          Qwen3-VL vision tower
-    model.language_model.*                  Qwen3-VL text model
-    lm_head.weight                          (tied to the embeddings, saved anyway)
-    geometry_encoder.vggt.aggregator.*      VGGT aggregator
-    geometry_merger.{ln_q.weight[, ln_q.bias], mlp.0.*, mlp.2.*}          main-level merger
-    geometry_deepstack_merger_list.{0,1,2}.*                              DeepStack mergers
-    feature_fusion.{norm1, norm2, gate_projection.0}.*                    main-level gate
-    deepstack_feature_fusion_list.{0,1,2}.*                               DeepStack gates
-    model.<every geometry key above>        the duplicated registration on the inner model
-
-split over two safetensors shards with an index, the duplicate copies landing in other shards than
-their originals, plus the tokenizer and image-processor files of a Qwen3-VL release.
+The real checkpoint cannot be downloaded here, so `write_official_checkpoint` (gap_mllm/tiny/official_layout.py) writes
+a tiny one in the official layout (docs/method.md §1.8), from a tiny gap_mllm model with known weights.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,67 +12,15 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from gap_mllm import GapMllmForConditionalGeneration
 from gap_mllm.cli import convert as convert_cli
 from gap_mllm.conversion_report import ConversionError
 from gap_mllm.convert_official_gap_mllm_to_hf import convert_official_checkpoint
+from gap_mllm.tiny.official_layout import write_official_checkpoint
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .conftest import make_views
-
-OFFICIAL_LEVEL_NAMES = {"mergers": ("geometry_merger", "geometry_deepstack_merger_list"),
-                        "fusions": ("feature_fusion", "deepstack_feature_fusion_list")}
-
-
-def official_key_names(key: str) -> list[str]:
-    """The official key(s) of one gap_mllm key (two for geometry modules: outer + `model.` duplicate)."""
-    if key.startswith("vlm.model."):
-        return [key[len("vlm."):]]
-    if key == "vlm.lm_head.weight":
-        return ["lm_head.weight"]
-    if key.startswith("geometry_encoder."):
-        name = "geometry_encoder.vggt." + key[len("geometry_encoder."):]
-    else:
-        _, kind, level, rest = key.split(".", 3)
-        main, deepstack = OFFICIAL_LEVEL_NAMES[kind]
-        name = f"{main}.{rest}" if level == "0" else f"{deepstack}.{int(level) - 1}.{rest}"
-    return [name, "model." + name]
-
-
-def write_official_checkpoint(model, processor, folder, registration="both", edit=None):
-    """Write `model` in the official layout (see the module docstring).
-
-    registration: "both" (outer + `model.` copies), "outer" or "inner" only.
-    edit: optional callable applied to the official key → tensor dict before saving.
-    """
-    tensors = {}
-    for key, value in model.state_dict().items():
-        names = official_key_names(key)
-        if len(names) == 2 and registration != "both":
-            names = names[:1] if registration == "outer" else names[1:]
-        for name in names:
-            tensors[name] = value.detach().clone().contiguous()
-    if edit is not None:
-        edit(tensors)
-    folder.mkdir(parents=True)
-    keys = sorted(tensors)  # sorted: every "model.geometry_*" copy lands in the first shard, its original in the second
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
-    for name, shard_keys in shards.items():
-        save_file({k: tensors[k] for k in shard_keys}, str(folder / name), metadata={"format": "pt"})
-    weight_map = {k: name for name, shard_keys in shards.items() for k in shard_keys}
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    config = model.config.vlm_config.to_dict()
-    config.update(
-        architectures=["Qwen3VLForConditionalGenerationWithVGGT"], use_geometry_encoder=True, geometry_encoder_type="vggt",
-        reference_frame="first", feature_fusion_method="gated", fusion_num_layers=1, geometry_merger_type="mlp",
-        intermediate_layer_idx=list(model.config.geometry_config.tapped_layers),
-    )
-    (folder / "config.json").write_text(json.dumps(config))
-    processor.tokenizer.save_pretrained(folder)
-    processor.image_processor.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

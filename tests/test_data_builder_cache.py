@@ -127,3 +127,16 @@ def test_a_replaced_frame_is_never_served_from_the_old_cache(tiny_dataset, tmp_p
     second = _prepared(DetectionBuilder, root, cache).as_dataset(split="train")
     assert first[0]["images"][0].tobytes() != second[0]["images"][0].tobytes()
     assert np.asarray(second[0]["images"][0]).std() == 0  # the new, uniform frame
+
+
+def test_the_code_key_covers_every_rule_that_refuses_a_sample():
+    """The required detection `boxes` (processing/detection_record.py) and the prompt-text rule (control_tokens.py)
+    decide which samples a prepared builder holds: a change to either must not serve the old cache."""
+    from pathlib import Path
+
+    from gap_mllm import control_tokens
+    from gap_mllm.processing import builder_fingerprint, detection_record
+
+    code = builder_fingerprint._code_bytes()
+    for module in (detection_record, control_tokens):
+        assert Path(module.__file__).read_bytes() in code, module.__name__

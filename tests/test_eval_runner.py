@@ -124,6 +124,26 @@ def test_cli_oracle_roundtrip(synth_data, tmp_path, capsys):
         parser.parse_args(["--task", "spatial_qa", "--data", str(synth_data)])
 
 
+def test_cli_says_when_limit_is_more_than_the_samples(synth_data, tmp_path, capsys):
+    """`--limit` above what the annotation file holds scores all of it, and the printed line says so; a limit that
+    cuts the file (or none) prints the plain count."""
+    parser = argparse.ArgumentParser()
+    evaluate_cli.add_arguments(parser)
+    oracle = tmp_path / "qa.jsonl"
+    assert evaluate_cli.main(parser.parse_args(["--task", "spatial_qa", "--data", str(synth_data), "--write-oracle", str(oracle)])) == 0
+    total = len(oracle.read_text().splitlines())
+    printed = {}
+    for limit in (1_000_000, 1):
+        args = parser.parse_args(["--task", "spatial_qa", "--data", str(synth_data), "--predictions", str(oracle),
+                                  "--out", str(tmp_path / f"limit{limit}"), "--limit", str(limit), "--no-plots", "--quiet"])
+        capsys.readouterr()
+        assert evaluate_cli.main(args) == 0
+        printed[limit] = capsys.readouterr().out.strip().splitlines()[-1]
+    assert total > 1 and printed[1_000_000].endswith(
+        f"({total} samples: all the annotation file holds, fewer than --limit 1000000) -> {tmp_path / 'limit1000000'}")
+    assert printed[1].endswith(f"(1 samples) -> {tmp_path / 'limit1'}")
+
+
 def test_evaluate_local_metric_modules():
     evaluate = pytest.importorskip("evaluate")
     from gap_mllm.evaluation.metric_modules import metric_module_path

@@ -15,18 +15,19 @@ from gap_mllm.evaluation.baselines import detection_baseline
 from gap_mllm.evaluation.detection_metrics import DetectionEvaluator, ground_truth
 from gap_mllm.evaluation.detection_parsing import detection_predictions
 from gap_mllm.evaluation.grounding_metrics import UNSCORED_NO_BOX, GroundingEvaluator
+from gap_mllm.evaluation.in_memory import EvaluationSlice
 from gap_mllm.evaluation.lmms_eval_plugin import task_functions
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 from gap_mllm.evaluation.spatial_qa_metrics import mean_relative_accuracy, score_answer
 from gap_mllm.output_parsing import parse_grounding
 from gap_mllm.processing.annotation_files import find_annotation_file
-from gap_mllm.processing.builders import ReconstructionBuilder, load_annotation_file
+from gap_mllm.processing.builders import DetectionBuilder, ReconstructionBuilder, load_annotation_file
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import posed_images_dir, read_depth
 
 from .test_data_bad_inputs import build, data_copy, data_error, first_record  # noqa: F401  (data_copy: fixture)
 from .test_data_fixtures import tiny_dataset  # noqa: F401  (module fixture)
-from .test_eval_runner import synth_data  # noqa: F401  (module fixture)
+from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
 
 UNIT_BOX = [0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
 NEGATED = [0.0, 0.0, 2.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0]  # the same point set, negated sizes
@@ -66,6 +67,43 @@ def test_the_runner_refuses_a_record_without_boxes_and_scores_an_empty_one(synth
     summary = run_evaluation("detection", synth_data, tmp_path / "out2", predictions_file=oracle, annotation_file=edited,
                              plots=True)
     assert summary["headline"]["value"] == 1.0 and summary["num_samples"] == len(records)
+
+
+def test_a_model_run_and_training_s_evaluation_refuse_it_before_any_answer(synth_data, tiny_checkpoint, tmp_path):  # noqa: F811
+    """Refused only at scoring, the model's answers were already written, and the fixed annotation file (another
+    file for the run fingerprint) could not resume them."""
+    path, records = detection_records(synth_data)
+    del records[1]["boxes"]
+    edited = tmp_path / path.name
+    edited.write_text(json.dumps(records))
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=rf"^sample '{records[1]['id']}': the detection record has no 'boxes'"):
+        run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, annotation_file=edited, limit=2,
+                       max_new_tokens=2, progress=False, plots=False)
+    assert not out.exists()  # refused before the model was loaded: nothing generated
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    shutil.copy(edited, find_annotation_file(data, "detection", "val"))
+    with pytest.raises(DataError, match=rf"^sample '{records[1]['id']}': the detection record has no 'boxes'"):
+        EvaluationSlice("detection", data, split="val")
+
+
+def test_the_detection_builder_refuses_it_and_keeps_an_empty_list(data_copy, tmp_path):  # noqa: F811
+    """The builder read a missing `boxes` as [] (a typed target of no objects beside an answer listing them)."""
+    path, records = first_record(data_copy, "detection")
+    assert records[0]["boxes"]  # the answer text lists these objects
+    del records[0]["boxes"]
+    records[1]["boxes"] = []
+    path.write_text(json.dumps(records))
+    with pytest.raises(Exception) as excinfo:
+        build(DetectionBuilder, data_copy, tmp_path / "raise")
+    assert str(data_error(excinfo.value)) == (
+        f"file {path}: sample {records[0]['id']!r}: the detection record has no 'boxes': its ground-truth objects are "
+        "unknown (write \"boxes\": [] for a sample without objects)")
+    builder = build(DetectionBuilder, data_copy, tmp_path / "skip", skip_bad_samples=True)
+    kept = builder.as_dataset(split="train")
+    assert builder.skipped["train"].total == 1 and records[0]["id"] not in kept["id"]
+    assert kept[kept["id"].index(records[1]["id"])]["boxes"] == []  # an empty list: a sample without objects
 
 
 def test_the_lmms_eval_plugin_and_the_baseline_refuse_it_too(synth_data, tmp_path):  # noqa: F811

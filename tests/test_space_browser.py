@@ -1,7 +1,8 @@
 """The Space in a real browser: start examples/space/app.py on 127.0.0.1 in the separate gradio
 environment (.venv-demo, built if missing: gradio needs pillow<13), drive it in headless Chromium
 (Debian's `chromium`, installed with apt-get if missing), run a bundled example and an upload, and
-check that the page shows what the model answered. Screenshots are kept under
+check that the page shows what the model answered, with the GPU work wrapped by the real `spaces` package (a no-op
+off ZeroGPU; its durations in the server log). Screenshots are kept under
 `test-artifacts/space_browser/` (or $GAP_MLLM_TEST_ARTIFACTS).
 
 Skipped, with the reason printed, only when Chromium or the demo environment cannot be installed."""
@@ -111,7 +112,7 @@ def space(tmp_path_factory):
     env.pop("SPACE_ID", None)
     env.pop("GAP_MLLM_MAX_TOKENS", None)  # as a Space runs: each task's own budget
     with running_app([str(demo_python), str(SPACE / "app.py")], env, logs, port, timeout=120) as url:
-        yield {"url": url, "chromium": chromium, "python": demo_python}
+        yield {"url": url, "chromium": chromium, "python": demo_python, "log": logs}
 
 
 def expected_detection() -> tuple[str, str]:
@@ -151,6 +152,10 @@ def test_space_runs_tasks_in_headless_chromium(space, tmp_path):
     example, upload = report["runs"]
 
     assert "GAP-MLLM-Mini" in report["notice"] and "trained by this package" in report["notice"]
+    # the real `spaces` package (the demo environment installs it) wraps the GPU work; off ZeroGPU it is a no-op
+    log = space["log"].read_text()
+    assert "GPU: spaces 0.51.3, not on ZeroGPU: @spaces.GPU is a no-op" in log
+    assert "request 1: detection, GPU duration 84 s" in log and "request 2: grounding, GPU duration 26 s" in log
     assert example["status"].startswith("detection on 4 frame(s); exact synthetic geometry")
     summary, held_out = expected_detection()
     assert example["parsed"] == summary and "parse problem" not in summary  # the whole answer, not cut

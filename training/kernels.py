@@ -28,6 +28,7 @@ import torch
 
 GPU_INSTALL = "make gpu-venv"
 GPU_REMEDY = f"run on a GPU machine after `{GPU_INSTALL}`"
+OLD_GPU_REMEDY = "on this GPU choose an attention it runs (flash_attention_2 from Ampere on, sdpa on any GPU)"
 HALF_DTYPES = ("bfloat16", "float16")
 
 
@@ -88,9 +89,17 @@ def compute_dtype(weights_dtype: str, training: dict) -> str | None:
     return None if weights_dtype == "auto" else weights_dtype
 
 
-def _refusal(option: str, missing: list[str], on_cpu: bool) -> KernelUnavailableError:
-    remedy = GPU_REMEDY if on_cpu else f"install the GPU extras with `{GPU_INSTALL}`"
-    return KernelUnavailableError(f"{option} needs {' and '.join(missing)}; {remedy}")
+def _refusal(option: str, missing: list[str], package: KernelPackage, device: str) -> KernelUnavailableError:
+    return KernelUnavailableError(f"{option} needs {' and '.join(missing)}; {remedy(package, device)}")
+
+
+def gpu_too_old(package: KernelPackage) -> str | None:
+    """What the current CUDA GPU lacks for `package` (an older generation than its kernels need), or None."""
+    capability = cuda_capability() if package.min_capability is not None else None
+    if capability is None or capability[0] >= package.min_capability:
+        return None
+    return (f"a {package.gpu_generation} or newer GPU (compute capability {package.min_capability}.0+; this one is "
+            f"{capability[0]}.{capability[1]})")
 
 
 def package_problems(package: KernelPackage, device: str, reason: str) -> list[str]:
@@ -100,12 +109,19 @@ def package_problems(package: KernelPackage, device: str, reason: str) -> list[s
         missing.append(f"the {package.distribution} package (not installed)")
     if device != "cuda":
         missing.append(f"a CUDA device ({reason})")
-    elif package.min_capability is not None:
-        capability = cuda_capability()
-        if capability is not None and capability[0] < package.min_capability:
-            missing.append(f"a {package.gpu_generation} or newer GPU (compute capability {package.min_capability}.0+; "
-                           f"this one is {capability[0]}.{capability[1]})")
+    elif too_old := gpu_too_old(package):
+        missing.append(too_old)
     return missing
+
+
+def remedy(package: KernelPackage, device: str) -> str:
+    """What to do when `package_problems` lists something: on the CPU, move to a GPU machine with the GPU extras; on
+    a GPU too old for the kernel, choose another attention (installing cannot help there); else install them."""
+    if device != "cuda":
+        return GPU_REMEDY
+    if gpu_too_old(package):
+        return OLD_GPU_REMEDY
+    return f"install the GPU extras with `{GPU_INSTALL}`"
 
 
 def attention_precision_problem(name: str | None, dtype: str | None) -> str | None:
@@ -126,18 +142,17 @@ def check_kernels(recipe, plan) -> None:
     (training/device.py); `recipe` is the planned one (`apply_device_plan`)."""
     name = recipe.model.attn_implementation
     check_attention_name(name)
-    on_cpu = plan.device != "cuda"
     if name in FLASH_PACKAGES:
         missing = package_problems(FLASH_PACKAGES[name], plan.device, cpu_reason(plan))
         if missing:
-            raise _refusal(f"model.attn_implementation={name!r}", missing, on_cpu)
+            raise _refusal(f"model.attn_implementation={name!r}", missing, FLASH_PACKAGES[name], plan.device)
         problem = attention_precision_problem(name, compute_dtype(plan.dtype, recipe.training))
         if problem:
             raise KernelUnavailableError(problem)
     if recipe.kernels.liger_fused_linear_cross_entropy:
         missing = package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
         if missing:
-            raise _refusal(f"{LIGER_OPTION}=true", missing, on_cpu)
+            raise _refusal(f"{LIGER_OPTION}=true", missing, LIGER_PACKAGE, plan.device)
 
 
 def apply_attention_implementation(model, name: str | None, training: dict) -> None:

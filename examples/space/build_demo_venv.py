@@ -23,7 +23,9 @@ import tempfile
 import venv
 from pathlib import Path
 
-DEMO_REQUIREMENTS = ["gradio>=6,<7", "av>=12"]  # av: video decoding for uploaded clips
+# av: video decoding for uploaded clips; spaces: Hugging Face's ZeroGPU decorator (a no-op off ZeroGPU), which the
+# Space wraps its GPU work in (gap_mllm/cli/space_gpu.py); pinned as in setup.py's "demo" extra
+DEMO_REQUIREMENTS = ["gradio>=6,<7", "av>=12", "spaces==0.51.3"]
 BROWSER_TEST_REQUIREMENTS = ["playwright>=1.50"]  # drives the system Chromium; no browser download
 # never pin these from the main environment: gradio needs its own pillow, pip/setuptools are per-venv
 NOT_CONSTRAINED = {"pillow", "pip", "setuptools", "wheel", "gap-mllm", "gap_mllm"}
@@ -53,13 +55,25 @@ def constraints_from(main_python: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _missing(demo_python: Path, requirements: list[str]) -> list[str]:
+    """The requirements an existing demo environment does not satisfy (one added to DEMO_REQUIREMENTS later)."""
+    check = ("import sys\nfrom importlib.metadata import PackageNotFoundError, version\n"
+             "from packaging.requirements import Requirement\nfor line in sys.argv[1:]:\n"
+             "    req = Requirement(line)\n    try:\n        ok = req.specifier.contains(version(req.name), prereleases=True)\n"
+             "    except PackageNotFoundError:\n        ok = False\n    print('' if ok else line)\n")
+    out = subprocess.run([str(demo_python), "-c", check, *requirements], check=True, capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if line]
+
+
 def build(main_venv: Path, demo_venv: Path, quiet: bool = True, browser_test: bool = False) -> Path:
-    """Create `demo_venv` (if not ready) and return its python; `browser_test` adds Playwright."""
+    """Create `demo_venv` (if not ready) and return its python; `browser_test` adds Playwright. A ready environment
+    gets what it lacks of the requirements (e.g. spaces, added after it was built)."""
     demo_python = python_of(demo_venv)
     if (demo_venv / STAMP).exists() and demo_python.exists():
-        if browser_test and subprocess.run([str(demo_python), "-c", "import playwright"], capture_output=True).returncode != 0:
+        missing = _missing(demo_python, DEMO_REQUIREMENTS + (BROWSER_TEST_REQUIREMENTS if browser_test else []))
+        if missing:
             subprocess.run([str(demo_python), "-m", "pip", "--disable-pip-version-check", "install",
-                            *(["-q"] if quiet else []), *BROWSER_TEST_REQUIREMENTS], check=True)
+                            *(["-q"] if quiet else []), *missing], check=True)
         return demo_python
     main_python = python_of(main_venv)
     if not main_python.exists():
@@ -76,7 +90,7 @@ def build(main_venv: Path, demo_venv: Path, quiet: bool = True, browser_test: bo
     main_site = site_packages_of(main_python)
     (site_packages_of(demo_python) / "zz_gap_mllm_main_env.pth").write_text(
         f"import site; site.addsitedir({str(main_site)!r})\n", encoding="utf-8")
-    check = "import gradio, PIL, torch, transformers, gap_mllm; print(gradio.__version__, PIL.__version__)"
+    check = "import gradio, spaces, PIL, torch, transformers, gap_mllm; print(gradio.__version__, PIL.__version__)"
     subprocess.run([str(demo_python), "-c", check], check=True)
     (demo_venv / STAMP).write_text("ok\n", encoding="utf-8")
     return demo_python

@@ -30,6 +30,14 @@ CHOICE_SUFFIX = "\nAnswer with the option's letter from the given choices direct
 LETTERS = "ABCD"
 REL_DISTANCE_MARGIN = 0.3  # metres between the closest and the second-closest option
 DIRECTION_MARGIN = np.deg2rad(15.0)  # minimum angle to a quadrant boundary
+# VSI-Bench's "hard" relative-direction question (its quadrant form); processing/vsibench_questions.py reads the
+# three objects back from it to ask the same triple in VSI-Bench's easy and medium forms
+DIRECTION_QUESTION = (
+    "If I am standing by the {standing} and facing the {facing}, is the {target} to my front-left, front-right, "
+    "back-left, or back-right? The directions refer to the quadrants of a Cartesian plane (if I am standing at the "
+    "origin and facing along the positive y-axis)."
+)
+QUADRANTS = ("front-left", "front-right", "back-left", "back-right")  # the options, in this order (A-D)
 
 
 @dataclass
@@ -46,6 +54,18 @@ class SpatialQuestion:
         if self.options:
             return self.question + "\n" + "\n".join(self.options) + CHOICE_SUFFIX
         return self.question + NUMERICAL_SUFFIX
+
+
+def question_of(prompt_text: str, options: list[str]) -> str:
+    """The question of a `SpatialQuestion.prompt_text` (the inverse: options and answer instruction removed).
+
+    Raises:
+        ValueError: the text does not end with these options and the instruction of its kind.
+    """
+    ending = ("\n" + "\n".join(options) + CHOICE_SUFFIX) if options else NUMERICAL_SUFFIX
+    if not prompt_text.endswith(ending):
+        raise ValueError(f"spatial question text {prompt_text!r} does not end with {ending!r}")
+    return prompt_text[: -len(ending)]
 
 
 def _unique_visible(scene: SynthScene, visible: np.ndarray) -> list[int]:
@@ -149,13 +169,19 @@ def _relative_distance(scene, unique, rng):
     return None
 
 
-def direction_quadrant(standing, facing, target) -> tuple[str, float]:
-    """Quadrant ("front-left", ...) of `target` for an observer at `standing` facing `facing`
-    (floor-plan points, room z up), and the angle (radians) to the nearest quadrant boundary."""
+def direction_angle(standing, facing, target) -> float:
+    """Angle (radians, in (-pi, pi]) of `target` seen from `standing` while facing `facing` (floor-plan points,
+    room z up): 0 straight ahead, positive to the left."""
     forward = np.asarray(facing[:2], float) - np.asarray(standing[:2], float)
     relative = np.asarray(target[:2], float) - np.asarray(standing[:2], float)
     left = np.array([-forward[1], forward[0]])  # forward turned +90 degrees about z (up)
-    angle = np.arctan2(relative @ left, relative @ forward)  # 0 = straight ahead, > 0 = to the left
+    return float(np.arctan2(relative @ left, relative @ forward))
+
+
+def direction_quadrant(standing, facing, target) -> tuple[str, float]:
+    """Quadrant ("front-left", ...) of `target` for an observer at `standing` facing `facing`
+    (floor-plan points, room z up), and the angle (radians) to the nearest quadrant boundary."""
+    angle = direction_angle(standing, facing, target)
     front = "front" if abs(angle) < np.pi / 2 else "back"
     side = "left" if angle > 0 else "right"
     margin = min(abs(angle), abs(np.pi - abs(angle)), abs(abs(angle) - np.pi / 2))
@@ -171,14 +197,11 @@ def _relative_direction(scene, unique, rng):
         quadrant, margin = direction_quadrant(objects[a].center, objects[b].center, objects[c].center)
         if margin < DIRECTION_MARGIN:
             continue
-        choices = ["front-left", "front-right", "back-left", "back-right"]
-        options = [f"{LETTERS[i]}. {text}" for i, text in enumerate(choices)]
+        options = [f"{LETTERS[i]}. {text}" for i, text in enumerate(QUADRANTS)]
         return SpatialQuestion(
             "object_rel_direction",
-            f"If I am standing by the {objects[a].category} and facing the {objects[b].category}, is the "
-            f"{objects[c].category} to my front-left, front-right, back-left, or back-right? The directions refer to the "
-            "quadrants of a Cartesian plane (if I am standing at the origin and facing along the positive y-axis).",
-            LETTERS[choices.index(quadrant)],
+            DIRECTION_QUESTION.format(standing=objects[a].category, facing=objects[b].category, target=objects[c].category),
+            LETTERS[QUADRANTS.index(quadrant)],
             options,
         )
     return None

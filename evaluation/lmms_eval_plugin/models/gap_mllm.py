@@ -4,10 +4,20 @@
 
     --model gap_mllm --model_args pretrained=CKPT,backend=vllm,base_url=http://HOST:8000,served_model_name=gap-mllm
 
+It answers two kinds of documents. The plugin's own (`gap-mllm export-lmms`: ScanRefer, Scan2Cap, detection, spatial
+QA) are answered as `gap-mllm evaluate` answers their records (below). Any other task whose documents give images or a
+video (`doc_to_visual`) and a text prompt (`output_type: generate_until`; e.g. lmms-eval's own `vsibench`) is answered
+on frames sampled as ../visual_frames.py documents (`max_frames`, default 32), with the task's prompt after the
+views, greedy, the task's budget and stop strings (../upstream_requests.py); documents showing the same video are
+batched together and answered from one encoding of it (scene reuse).
+
+    --model gap_mllm --model_args pretrained=CKPT,max_frames=32 --tasks vsibench
+
 Arguments: `pretrained` (a model folder or Hub id, `mini` or nothing for the embedded GAP-MLLM-Mini), `device`
 (default: the accelerate process device under `accelerate launch`, else cuda if there is one, else cpu), `batch_size`,
 `max_new_tokens` (a cap on the registry budgets, for smoke runs; `--gen_kwargs max_new_tokens=N` caps the same
-way), `dtype` (e.g. bfloat16), `scene_reuse` (default true), `backend` (`hf`, default: this process generates; or
+way), `max_frames` (upstream tasks: frames per document, default 32), `dtype` (e.g. bfloat16), `scene_reuse` (default
+true), `backend` (`hf`, default: this process generates; or
 `vllm`: this process runs the encoder half and a vLLM server the language half, ../vllm_backend.py). With
 `backend=vllm`: `base_url` (required), `served_model_name` (default gap-mllm), `max_concurrency` (requests in flight,
 default 8), `timeout` (seconds per request, default 600), `verify_export` (default true: the served folder must be
@@ -42,7 +52,9 @@ from gap_mllm.processing.held_out import check_held_out, record_scene_id
 from ...batched_answers import answer_in_batches
 from ...scene_generation import SceneGenerator, scene_groups
 from .. import LMMS_EVAL_REQUIREMENT, LMMS_EVAL_VERSION
-from ..documents import benchmark_of, check_document, record_of, request_for
+from ..documents import DOCUMENT_KEYS, benchmark_of, check_document, record_of, request_for
+from ..upstream_requests import cut_at_stop_strings, generation_of, upstream_request
+from ..visual_frames import DEFAULT_MAX_FRAMES, FrameCache, check_visuals, scene_name
 from ..vllm_backend import DEFAULT_MAX_CONCURRENCY, DEFAULT_SERVED_MODEL_NAME, DEFAULT_TIMEOUT_S, VllmAnswerer
 
 BACKENDS = ("hf", "vllm")
@@ -97,13 +109,14 @@ class GapMllm(lmms):
 
     def __init__(self, pretrained=None, device=None, batch_size=1, max_new_tokens=None, dtype=None, scene_reuse=True,
                  backend="hf", max_batch_size=None, base_url=None, served_model_name=None, max_concurrency=None,
-                 timeout=None, verify_export=None, **unknown) -> None:
+                 timeout=None, verify_export=None, max_frames=None, **unknown) -> None:
         super().__init__()
         check_lmms_eval_version()
         if unknown:
             raise TypeError(f"gap_mllm: unknown model_args {', '.join(sorted(unknown))}; known: pretrained, device, "
-                            "batch_size, max_new_tokens, dtype, scene_reuse, backend, and with backend=vllm: "
+                            "batch_size, max_new_tokens, max_frames, dtype, scene_reuse, backend, and with backend=vllm: "
                             f"{', '.join(VLLM_ARGS)}")
+        self.frames = FrameCache(_optional_int(max_frames, "max_frames") or DEFAULT_MAX_FRAMES)
         if backend not in BACKENDS:
             raise ValueError(f"gap_mllm: backend {backend!r}; choose from {', '.join(BACKENDS)}")
         vllm_args = {"base_url": base_url, "served_model_name": served_model_name, "max_concurrency": max_concurrency,
@@ -147,7 +160,11 @@ class GapMllm(lmms):
             self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
             return accelerator.device
         if device not in (None, "", "None"):
-            return torch.device(device)
+            chosen = torch.device(device)
+            if chosen.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"gap_mllm: device={device} but this machine has no CUDA GPU (torch "
+                                 f"{torch.__version__}); give device=cpu, or run on a GPU machine")
+            return chosen
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     @property
@@ -164,9 +181,20 @@ class GapMllm(lmms):
         raise NotImplementedError("gap_mllm answers generative tasks only (generate_until, generate_until_multi_round)")
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        return [texts[0] for texts in self._answer(requests, multi_round=False)]
+        mine = [i for i, request in enumerate(requests) if self._is_gap_document(request)]
+        answers: list[str | None] = [None] * len(requests)
+        for i, texts in zip(mine, self._answer([requests[i] for i in mine], multi_round=False)):
+            answers[i] = texts[0]
+        others = sorted(set(range(len(requests))) - set(mine))
+        for i, text in zip(others, self._answer_upstream([requests[i] for i in others])):
+            answers[i] = text
+        return answers
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
+        upstream = sorted({request.task_name for request in requests if not self._is_gap_document(request)})
+        if upstream:
+            raise ValueError(f"gap_mllm: task(s) {', '.join(upstream)} ask for several rounds; gap_mllm answers the "
+                             "multi-round tasks of gap-mllm export-lmms and other tasks of output_type generate_until")
         # a list of round texts (lmms-eval passes a list through to process_results; a tuple would be read as
         # (text, token counts))
         return [list(texts) for texts in self._answer(requests, multi_round=True)]
@@ -178,6 +206,46 @@ class GapMllm(lmms):
         doc = self.task_dict[task][split][doc_id]
         check_document(doc)
         return doc
+
+    def _is_gap_document(self, request: Instance) -> bool:
+        """Whether the request's document is one of `gap-mllm export-lmms` (else an upstream task's)."""
+        doc_id, task, split = request.args[-3:]
+        doc = self.task_dict[task][split][doc_id]
+        return all(key in doc for key in DOCUMENT_KEYS)
+
+    def _answer_upstream(self, requests: list[Instance]) -> list[str]:
+        """Texts of upstream `generate_until` requests (../visual_frames.py, ../upstream_requests.py), in request
+        order: grouped by task settings, then by scene (documents of one video together, encoded once)."""
+        if not requests:
+            return []
+        if self.engine is not None:
+            raise ValueError("gap_mllm: backend=vllm answers the plugin's own tasks (gap-mllm export-lmms); run other "
+                             "lmms-eval tasks with backend=hf")
+        items = []
+        for request in requests:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            where = f"task {task!r}, document {doc_id}"
+            visuals = check_visuals(doc_to_visual(self.task_dict[task][split][doc_id]), where)
+            items.append((context, visuals, scene_name(visuals, self.frames.max_frames),
+                          generation_of(gen_kwargs, task, self.max_new_tokens), where))
+        by_settings: dict = {}
+        for index, item in enumerate(items):
+            by_settings.setdefault(item[3], []).append(index)
+
+        def request_for_item(i, stage, previous):  # one stage; frames decoded when the item's batch is answered
+            context, visuals, scene, generation, where = items[i]
+            return upstream_request(context, self.frames.frames(scene, visuals), scene, generation, where)
+
+        answers: list[str | None] = [None] * len(requests)
+        for generation, members in by_settings.items():
+            by_scene: dict[str, list[int]] = {}
+            for index in members:
+                by_scene.setdefault(items[index][2], []).append(index)
+            for batch, texts in answer_in_batches(self.generator, request_for_item, list(by_scene.values()), 1,
+                                                  self.batch_size_per_call, self.scene_reuse):
+                for j, i in enumerate(batch):
+                    answers[i] = cut_at_stop_strings(texts[j][0], generation.until)
+        return answers
 
     def _budget_cap(self, request: Instance) -> int | None:
         """`max_new_tokens` of the request's generation kwargs, a cap like the model argument; anything that

@@ -1,0 +1,51 @@
+"""`--official-compat` spatial-QA scoring reads an answer as lmms-eval 0.7.3's vsibench task does: the answer
+stripped, the first word for a choice, the first number anywhere (digits or English words) for a number. Checked
+against lmms-eval's own functions, on chosen texts and on generated ones."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lmms_eval.tasks.vsibench import utils as vsibench
+
+from gap_mllm.evaluation.spatial_qa_metrics import score_answer
+from gap_mllm.evaluation.vsibench_answers import NUMBER_WORDS, extract_number
+
+TEXTS = ["3", " 3", "3.", "3.50 meters", "-2.5", "1e3", "about 4 m", "three", "Three boxes.", "twenty-one",
+         "three hundred and twenty-one", "two thousand and five", "one apple, room 2", "room 2, one apple", "none",
+         "", "  ", "B", "B. chair", "no idea", "hundred", "thousand and one"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_extract_number_is_lmms_evals(text):
+    assert extract_number(text) == vsibench.extract_number(text)
+
+
+WORDS = st.sampled_from([*NUMBER_WORDS, "and", "about", "m", "meters", "B.", "-", ".", ",", " ", "\n", "3", "-4.25", "07"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(WORDS, max_size=8).map(" ".join))
+def test_extract_number_is_lmms_evals_on_generated_texts(text):
+    assert extract_number(text) == vsibench.extract_number(text)
+
+
+def _lmms_score(answer: str, truth: str, question_type: str) -> float:
+    """lmms-eval's score of one generated answer: its task strips it (api/task.py), then vsibench_process_results."""
+    doc = {"question_type": question_type, "ground_truth": truth}
+    key = "accuracy" if question_type in vsibench.MCA_QUESTION_TYPES else "MRA:.5:.95:.05"
+    return float(vsibench.vsibench_process_results(doc, [answer.strip()])["vsibench_overall"][key])
+
+
+@pytest.mark.parametrize(("answer", "truth", "question_type", "expected"), [
+    (" B", "B", "object_rel_distance", 1.0),            # stripped before the first word is read
+    ("b.", "B", "route_planning", 1.0),
+    ("B is right", "B", "object_rel_direction_hard", 1.0),
+    ("C", "B", "object_rel_direction_easy", 0.0),
+    ("about 4 m", "8", "object_counting", 0.1),         # |4 - 8| / 8 = 0.5 passes the 0.50 level only
+    ("three", "3", "object_counting", 1.0),
+    ("3.5 meters", "3.2", "object_abs_distance", 0.9),  # relative error 0.094: every level but 0.95
+    ("none", "2.4", "room_size_estimation", 0.0),
+])
+def test_official_compat_scores_an_answer_as_lmms_eval(answer, truth, question_type, expected):
+    assert score_answer(answer, truth, question_type, official_compat=True) == pytest.approx(expected)
+    assert _lmms_score(answer, truth, question_type) == pytest.approx(expected)
