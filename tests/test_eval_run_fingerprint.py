@@ -131,3 +131,23 @@ def test_a_hub_id_is_fingerprinted_from_the_snapshot_that_is_loaded(tiny_checkpo
     assert folder == repo / "snapshots" / commit
     assert model_fingerprint(folder) == model_fingerprint(tiny_checkpoint)
     assert local_model_folder(tiny_checkpoint) == tiny_checkpoint
+
+
+def test_a_changed_configuration_file_is_refused_and_a_model_card_is_not(synth_data, tiny_checkpoint, finished_run,  # noqa: F811
+                                                                        monkeypatch, tmp_path):
+    """The same weights with another tokenizer or generation configuration answer differently: refused, naming the
+    configuration files; a model card written after the run (not in MODEL_CONFIGURATION_FILES) changes no answer."""
+    out, before = finished_run
+    edited = tmp_path / "same_weights_other_configuration"
+    shutil.copytree(tiny_checkpoint, edited)
+    config = json.loads((edited / "generation_config.json").read_text())
+    (edited / "generation_config.json").write_text(json.dumps({**config, "repetition_penalty": 1.3}))
+    message = refused(synth_data, out, monkeypatch, model_dir=edited)
+    assert ": the model's configuration/tokenizer files (recorded \"" in message and "the model weights" not in message
+    assert snapshot(out) == before
+    carded = tmp_path / "same_model_with_a_card"
+    shutil.copytree(tiny_checkpoint, carded)
+    (carded / "README.md").write_text("# a card written after the run\n")
+    calls = _count_generate_calls(monkeypatch)
+    run_evaluation("detection", synth_data, out, model_dir=carded, **RUN)
+    assert calls == [] and snapshot(out)["raw_outputs.rank0.jsonl"] == before["raw_outputs.rank0.jsonl"]

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from .tiny_model import build_tiny_model
+
 OFFICIAL_LEVEL_NAMES = {"mergers": ("geometry_merger", "geometry_deepstack_merger_list"),
                         "fusions": ("feature_fusion", "deepstack_feature_fusion_list")}
 
@@ -95,8 +97,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.out.exists():
         parser.error(f"{args.out} exists; give a new folder")
-    from .tiny_model import build_tiny_model
-
     model, processor = build_tiny_model(seed=args.seed)
     print(write_official_checkpoint(model, processor, args.out))
     return 0
