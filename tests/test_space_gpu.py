@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,11 @@ from gap_mllm.cli import space_backend, space_gpu
 from gap_mllm.cli.space_backend import SpaceBackend, SpaceSettings
 from gap_mllm.cli.space_gpu import gpu_function, gpu_seconds, move_to_gpu
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
+from tests.test_space_queue import demo_python
+from tests.test_space_user_errors import backend  # noqa: F401  (module fixture: the tiny model's Space backend)
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PYTHON = REPO / ".venv-demo" / "bin" / "python"
 EXAMPLE = "synthetic room A"
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    return SpaceBackend(SpaceSettings(model="tiny", max_new_tokens=2), work_dir=tmp_path_factory.mktemp("space"))
 
 
 def test_durations_come_from_the_task_budgets():
@@ -35,7 +30,7 @@ def test_durations_come_from_the_task_budgets():
     assert gpu_seconds(DETECTION, max_new_tokens=64) == 19 and gpu_seconds(RECONSTRUCTION, max_new_tokens=4096) == 21
 
 
-def test_the_model_work_is_one_call_whose_arguments_and_result_pickle(backend, monkeypatch):
+def test_the_model_work_is_one_call_whose_arguments_and_result_pickle(backend, monkeypatch):  # noqa: F811
     calls = []
     answer = backend._answer_on_gpu
 
@@ -51,7 +46,7 @@ def test_the_model_work_is_one_call_whose_arguments_and_result_pickle(backend, m
     assert backend.gpu_seconds(scene, request) == gpu_seconds(GROUNDING, 2)  # the Space's cap of 2 tokens
 
 
-def test_on_zero_gpu_the_session_scene_store_is_off(tmp_path, monkeypatch, backend):
+def test_on_zero_gpu_the_session_scene_store_is_off(tmp_path, monkeypatch, backend):  # noqa: F811
     assert backend.scenes is not None  # off ZeroGPU the next question about the same frames reuses the encoding
     monkeypatch.setattr(space_backend, "on_zero_gpu", lambda: True)
     loaded = (backend.model, backend.processor, backend.is_tiny)
@@ -68,7 +63,7 @@ def test_without_spaces_the_call_is_the_function(monkeypatch):
     assert "spaces is not installed" in space_gpu.gpu_line()
 
 
-def test_the_model_stays_where_it_is_without_cuda(backend):
+def test_the_model_stays_where_it_is_without_cuda(backend):  # noqa: F811
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the model would move")
     assert move_to_gpu(backend.model) == torch.device("cpu") and backend.model.device.type == "cpu"
@@ -88,20 +83,12 @@ print(json.dumps({"version": spaces.__version__ if hasattr(spaces, "__version__"
 
 
 def test_with_the_real_spaces_package_off_zero_gpu_the_decorator_is_a_no_op():
-    """In the gradio environment, which installs `spaces` (examples/space/build_demo_venv.py: built here when missing,
-    as the browser test does; an environment built before spaces was added gets it here)."""
-    sys.path.insert(0, str(REPO / "examples" / "space"))
-    try:
-        from build_demo_venv import build
-    finally:
-        sys.path.pop(0)
-    try:
-        build(Path(sys.prefix), DEMO_PYTHON.parent.parent)
-    except (subprocess.CalledProcessError, OSError) as error:  # no package index: the only reason to skip
-        pytest.skip(f"could not build the gradio environment {DEMO_PYTHON.parent.parent}: {error}")
+    """In the gradio environment, which installs `spaces` (examples/space/build_demo_venv.py: built when missing, and
+    an environment built before spaces was added gets it)."""
+    python = demo_python()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACES_ZERO_GPU", None)
-    done = subprocess.run([str(DEMO_PYTHON), "-c", SPACES_CHECK], capture_output=True, text=True, env=env, timeout=300,
+    done = subprocess.run([str(python), "-c", SPACES_CHECK], capture_output=True, text=True, env=env, timeout=300,
                           cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

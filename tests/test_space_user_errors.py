@@ -13,9 +13,9 @@ import pytest
 
 from gap_mllm.cli.space_backend import SpaceBackend, SpaceSettings
 from gap_mllm.cli.uploads import UploadError
+from tests.test_space_queue import demo_python
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PYTHON = REPO / ".venv-demo" / "bin" / "python"
 EXAMPLE_FREE = "(my uploaded files)"
 
 
@@ -88,10 +88,9 @@ print(json.dumps(report))
 def test_the_page_shows_the_user_error_without_printing_its_traceback():
     """In the gradio environment: the handler's toast for a user error asks gradio not to print a traceback; a bug
     stays the bug's own exception (gradio prints its traceback)."""
-    if not DEMO_PYTHON.exists():
-        pytest.skip(f"the gradio environment {DEMO_PYTHON.parent.parent} is not built (make demo-venv)")
+    python = demo_python()  # built when missing
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([str(DEMO_PYTHON), "-c", HANDLER], capture_output=True, text=True, env=env, timeout=300,
+    done = subprocess.run([str(python), "-c", HANDLER], capture_output=True, text=True, env=env, timeout=300,
                           cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
