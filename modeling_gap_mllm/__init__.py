@@ -26,9 +26,7 @@ _registration = {"started": False}
 
 
 def register_auto_classes() -> None:
-    """Register the config, model and processor classes with the Auto* factories (once; later calls do nothing).
-
-    Also pre-registers the remote-code entries: `save_pretrained` writes `auto_map` and copies the modules."""
+    """Register the config, model and processor classes with the Auto* factories (once; later calls do nothing)."""
     if _registration["started"]:  # also while it runs: an import below may come back here
         return
     _registration["started"] = True
@@ -48,11 +46,7 @@ def register_auto_classes() -> None:
     AutoModel.register(GapMllmConfig, GapMllmForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(GapMllmConfig, GapMllmForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(GapMllmConfig, GapMllmProcessor, exist_ok=True)
-
-    # save_pretrained writes auto_map entries and copies the remote code for these classes.
-    GapMllmConfig.register_for_auto_class()
-    GapMllmForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
-    GapMllmProcessor.register_for_auto_class("AutoProcessor")
+    # (the remote-code entries that save_pretrained writes are registered by each class's own module)
 
 
 def __getattr__(name: str):

@@ -354,4 +354,8 @@ class GapMllmConfig(PreTrainedConfig):
         return len(self.geometry_config.tapped_layers)
 
 
+# `save_pretrained` writes the auto_map entry and copies the remote code for this class, however it was imported
+# (the package's lazy `import gap_mllm` does not run its registration for a submodule import)
+GapMllmConfig.register_for_auto_class()
+
 __all__ = ["GapMllmConfig", "GapMllmFusionConfig", "GapMllmGeometryConfig", "FUSION_METHODS", "MERGER_NORMS"]

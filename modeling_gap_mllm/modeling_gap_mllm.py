@@ -579,4 +579,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         return model
 
 
+# `save_pretrained` writes the auto_map entry and copies the remote code for this class, however it was imported
+# (without it a folder saved by a process that imported this module directly had `auto_map[None]`)
+GapMllmForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
 __all__ = ["GapMllmForConditionalGeneration", "GapMllmImageEmbeddings", "GapMllmOutput", "GapMllmPreTrainedModel", "GapMllmScene"]

@@ -799,4 +799,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return self.post_process(generated, "reconstruction", input_ids)
 
 
+# `save_pretrained` writes the auto_map entry and copies the remote code for this class, however it was imported
+GapMllmProcessor.register_for_auto_class("AutoProcessor")
+
 __all__ = ["GapMllmProcessor", "OFFICIAL_PIXEL_LIMITS", "PREPROCESSING_MODES", "QWEN3_VL_IMAGE_MEAN", "QWEN3_VL_IMAGE_STD"]
