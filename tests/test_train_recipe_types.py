@@ -41,7 +41,7 @@ def test_the_shipped_example_override_becomes_a_float():
         ("lora.enabled=1", "lora.enabled: expected bool, got int 1"),
         ("training.lerning_rate=1", "unknown key(s) training.lerning_rate; did you mean training.learning_rate"),
         ("lora.rank=4", "unknown key(s) lora.rank"),
-        ("nosuchsection.x=1", "unknown key(s) nosuchsection; a recipe has aux, cache, data, device"),
+        ("nosuchsection.x=1", "unknown key(s) nosuchsection; a recipe has aux, cache, cpu_bf16_autocast, data, device"),
         ("training.learning_rate", "must look like section.key=value"),
         ("training.report_to=[unclosed", "is not valid YAML"),
     ],
@@ -145,6 +145,22 @@ def test_cpu_plan_turns_a_gpu_recipe_into_a_cpu_run(caplog):
     assert "training.bf16=True -> False" in log and "model.dtype='bfloat16' -> 'float32'" in log
     assert "training.dataloader_num_workers=4 -> 1" in log
     assert recipe.training["bf16"] is True  # the caller's recipe is not modified
+
+
+def test_cpu_bf16_autocast_is_asked_for_and_needs_a_cpu_with_native_bf16(caplog):
+    """A GPU recipe's `bf16: true` stays off on the CPU; `cpu_bf16_autocast: true` turns bf16 autocast on there (float32
+    weights), on a CPU that computes bf16 natively, and is refused on one that would emulate it."""
+    recipe = load_recipe(STAGE1, ["device=auto", "cpu_bf16_autocast=true"])
+    with caplog.at_level(logging.INFO, logger="gap_mllm.training.device"):
+        planned, plan = apply_device_plan(recipe, cuda_available=False, cpu_count=2, cpu_bf16_supported=True)
+    assert planned.training["bf16"] is True and planned.training["fp16"] is False and planned.model.dtype == "float32"
+    assert "precision: float32 weights, bf16 autocast; data-loader workers: 1" in caplog.text
+    with pytest.raises(ValueError, match=r"^cpu_bf16_autocast=true, but this CPU has no native bfloat16 \(AVX512-BF16 or "
+                                         r"AMX\), where bf16 autocast would be slower than float32; drop the option"):
+        apply_device_plan(recipe, cuda_available=False, cpu_bf16_supported=False)
+    on_cuda = plan_device("auto", {"bf16": False}, "auto", cuda_available=True, bf16_supported=True, cpu_bf16_autocast=True)
+    assert on_cuda.training == {"use_cpu": False}  # the GPU's precision is the recipe's own
+    assert plan_device("cpu", {"bf16": True}, "auto", cpu_bf16_supported=True).training["bf16"] is False  # not asked
 
 
 def test_cuda_plans():

@@ -278,6 +278,9 @@ class TrainRecipe:
         CPU settings follow from it (training/device.py), and the choice is logged.
     time_limit_s: stop after this many seconds of training with a checkpoint that `--resume auto`
         continues (training/time_limit.py); None: run to `training.max_steps`.
+    cpu_bf16_autocast: on the CPU, train with bf16 autocast (float32 weights) instead of in float32; only on a
+        CPU with native bfloat16 (AVX512-BF16 or AMX), refused elsewhere (training/device.py). No effect on CUDA,
+        where `training.bf16` / `fp16` decide.
     """
 
     stage: str = "pretrain"  # "pretrain" / "finetune" (the LLM stages), "geometry" / "vision" (stage 0)
@@ -295,6 +298,7 @@ class TrainRecipe:
     loss_normalization: str = "global_token_mean"
     device: str = "auto"
     time_limit_s: float | None = None
+    cpu_bf16_autocast: bool = False
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -7,8 +7,12 @@ The shipped recipes are written for GPUs (bf16 weights and autocast, 4 data-load
            recipe: bf16 autocast if the GPU supports bf16, else fp16; bf16 asked on a GPU without bf16:
            fp16 autocast with float32 weights.
     CPU    use_cpu on; float32 weights (a bfloat16 / float16 `model.dtype` becomes float32); no bf16 /
-           fp16 autocast, no tf32; data-loader workers capped at half the CPU cores (the main process
-           needs the rest for the model); no pinned memory. Activation checkpointing is left as is.
+           fp16 autocast (the GPU recipes' `bf16: true` is turned off), unless the recipe asks for
+           `cpu_bf16_autocast: true`: bf16 autocast on the CPU, which needs a CPU with native bfloat16
+           (AVX512-BF16 or AMX: oneDNN runs the matrix products in bf16; elsewhere the option is refused,
+           since emulated bf16 is slower than float32); no tf32; data-loader workers capped at half the CPU
+           cores (the main process needs the rest for the model); no pinned memory. Activation
+           checkpointing is left as is.
 
 `device: cuda` on a machine where torch sees no CUDA device is an error (with what torch reports).
 Every value the plan changes from the recipe is logged as a warning naming it; the summary line
@@ -42,7 +46,7 @@ class DevicePlan:
 
     def summary(self) -> str:
         if self.device == "cpu":
-            precision = "float32 weights, no autocast"
+            precision = "float32 weights, " + ("bf16 autocast" if self.training.get("bf16") else "no autocast")
         else:
             autocast = "bf16 autocast" if self.training.get("bf16") else "fp16 autocast" if self.training.get("fp16") else "no autocast"
             precision = f"{self.dtype} weights, {autocast}"
@@ -57,12 +61,21 @@ def _cuda_missing_message() -> str:
             "use --device auto (or cpu) to train on the CPU")
 
 
-def plan_device(requested: str, training: dict, dtype: str, cuda_available: bool | None = None,
-                bf16_supported: bool | None = None, cpu_count: int | None = None) -> DevicePlan:
-    """The device plan for a recipe's `device`, `training` values and `model.dtype`.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
-    `cuda_available`, `bf16_supported` and `cpu_count` default to what this machine reports (tests
-    pass them to plan for machines they do not run on).
+
+def plan_device(requested: str, training: dict, dtype: str, cuda_available: bool | None = None,
+                bf16_supported: bool | None = None, cpu_count: int | None = None, cpu_bf16_autocast: bool = False,
+                cpu_bf16_supported: bool | None = None) -> DevicePlan:
+    """The device plan for a recipe's `device`, `training` values, `model.dtype` and `cpu_bf16_autocast`.
+
+    `cuda_available`, `bf16_supported` (the GPU's), `cpu_count` and `cpu_bf16_supported` default to what this
+    machine reports (tests pass them to plan for machines they do not run on).
+
+    Raises:
+        ValueError: device=cuda without a CUDA device, or cpu_bf16_autocast on a CPU without native bf16.
     """
     if requested not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device={requested!r}; choose from auto, cpu, cuda")
@@ -90,7 +103,14 @@ def plan_device(requested: str, training: dict, dtype: str, cuda_available: bool
 
     if device == "cpu":
         set_value("use_cpu", True, "training on the CPU")
-        set_value("bf16", False, "no bf16 autocast on the CPU (float32 training)")
+        if cpu_bf16_autocast:
+            native = cpu_has_native_bf16() if cpu_bf16_supported is None else cpu_bf16_supported
+            if not native:
+                raise ValueError("cpu_bf16_autocast=true, but this CPU has no native bfloat16 (AVX512-BF16 or AMX), "
+                                 "where bf16 autocast would be slower than float32; drop the option to train in float32")
+            set_value("bf16", True, "cpu_bf16_autocast: bf16 autocast on the CPU")
+        else:
+            set_value("bf16", False, "no bf16 autocast on the CPU (float32 training; cpu_bf16_autocast turns it on)")
         set_value("fp16", False, "no fp16 autocast on the CPU (float32 training)")
         if training.get("tf32"):
             set_value("tf32", False, "tf32 is a CUDA setting")
@@ -122,7 +142,8 @@ def plan_device(requested: str, training: dict, dtype: str, cuda_available: bool
 
 def apply_device_plan(recipe, **machine):
     """`(recipe with the plan's dtype and TrainingArguments values, plan)`; logs the plan."""
-    plan = plan_device(recipe.device, recipe.training, recipe.model.dtype, **machine)
+    plan = plan_device(recipe.device, recipe.training, recipe.model.dtype, cpu_bf16_autocast=recipe.cpu_bf16_autocast,
+                       **machine)
     for change in plan.changes:
         logger.warning("device plan changes %s", change)
     logger.info(plan.summary())
