@@ -27,7 +27,7 @@ PIP_SOURCES ?= $(shell $(PY) -m pip config list 2>/dev/null | grep -E '^[^=]*\.(
 UNAME_S ?= $(shell uname -s)
 TORCH_INDEX_URL ?= $(if $(NVIDIA_GPU)$(PIP_SOURCES),,$(if $(filter Linux,$(UNAME_S)),$(TORCH_CPU_INDEX_URL)))
 
-.PHONY: install test test-all demo notebooks demo-venv vllm-venv gpu-venv space space-bundle bench mini mini-ablation clean
+.PHONY: install test test-all demo notebooks demo-venv gpu-machine vllm-venv gpu-venv space space-bundle bench mini mini-ablation clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,7 +65,12 @@ space: demo-venv
 # vLLM for serving (gap_mllm/serving): its own environment, since vLLM pins an older transformers than gap-mllm.
 # On a CUDA machine (it pulls the CUDA torch); the pinned version is defined once, in serving/vllm_settings.py.
 VLLM_VENV ?= .venv-vllm
-vllm-venv: install
+# vLLM and the GPU kernels are CUDA software of several GB: on a machine without an NVIDIA GPU (NVIDIA_GPU above is
+# empty) their targets stop before anything is installed; ANY_MACHINE=1 builds them anyway.
+gpu-machine:
+	$(if $(NVIDIA_GPU)$(ANY_MACHINE),,$(error make vllm-venv / gpu-venv: no NVIDIA GPU on this machine (nvidia-smi -L lists none), and they install several GB of CUDA wheels for one; run it on the GPU machine, or add ANY_MACHINE=1 to build it anyway))
+
+vllm-venv: gpu-machine install
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install "$$($(PY) -c 'from gap_mllm.serving.vllm_settings import VLLM_REQUIREMENT; print(VLLM_REQUIREMENT)')"
 
@@ -77,7 +82,7 @@ GPU_VENV ?= .venv-gpu
 GPU_TORCH ?= torch==2.13.0
 GPU_PIP_ARGS ?=
 GPU_PIP := $(GPU_VENV)/bin/python -m pip --disable-pip-version-check
-gpu-venv:
+gpu-venv: gpu-machine
 	$(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_PIP) install $(GPU_PIP_ARGS) "$(GPU_TORCH)" setuptools wheel packaging psutil ninja
 	$(GPU_PIP) install $(GPU_PIP_ARGS) --no-build-isolation -e ".[dev,flash]"

@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     args.vllm_installed = None
     if not args.dry_run:
         require_cuda(Path(__file__).name, "cuda", what="the engine comparison",
-                     hint="--dry-run builds the inputs on the CPU")
+                     hint="--dry-run builds the inputs on the CPU", remedy="run on a GPU machine after `make vllm-venv`")
         args.vllm_installed = vllm_version(Path(args.vllm_python))
         if args.vllm_installed != VLLM_VERSION:
             fail(f"{args.vllm_python} has vllm {args.vllm_installed}; this bench is written for vllm=={VLLM_VERSION} (make vllm-venv)")

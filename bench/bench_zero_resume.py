@@ -153,8 +153,9 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default="bench_zero_resume", help="the runs' folders (kept: finished arms are reused)")
     parser.add_argument("--out", default="bench_zero_resume.json")
     args = parser.parse_args(argv)
+    asked = args.device
     args.device = args.device or ("cuda" if args.size == "real" else "cpu")
-    require_cuda(Path(__file__).name, args.device)
+    require_cuda(Path(__file__).name, args.device, what=None if asked else "--real-size (it trains on cuda)")
     if args.size == "real" and not args.device.startswith("cuda"):
         parser.error("--real-size needs --device cuda")
     if args.steps < 2 or args.steps % 2:

@@ -23,11 +23,11 @@ def refuse(script: str, message: str) -> None:
     raise SystemExit(2)
 
 
-def require_cuda(script: str, device: str, what: str | None = None, hint: str = "") -> None:
-    """Refuse a CUDA `device` that torch does not see; `what` needs it (default: the `--device` option), `hint`
-    follows the line (e.g. what runs on the CPU instead)."""
+def require_cuda(script: str, device: str, what: str | None = None, hint: str = "", remedy: str = GPU_REMEDY) -> None:
+    """Refuse a CUDA `device` that torch does not see; `what` needs it (default: the `--device` option), `remedy`
+    says where to run it instead, `hint` follows the line (e.g. what runs on the CPU instead)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        refuse(script, f"{what or '--device ' + device} needs a CUDA device; {GPU_REMEDY} "
+        refuse(script, f"{what or '--device ' + device} needs a CUDA device; {remedy} "
                        f"(torch {torch.__version__} sees none){'; ' + hint if hint else ''}")
 
 

@@ -150,9 +150,18 @@ def reconstructed_scene(model, processor, views: list[Image.Image], max_points: 
 def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple[int, int] | None = None) -> Scene:
     """A rendered SynthRooms scene (the `mini` preset; `size` = (height, width) overrides its 128x160) with
     exact geometry, everything in the first frame's camera: `num_frames` frames spread over half the
-    camera walk (as the mini data's detection clips), and one request per task with its answer."""
+    camera walk (as the mini data's detection clips), and one request per task with its answer. More frames than
+    the preset's walk renders (24) make the walk that long, and the clip is then all of it: the scene always has
+    `num_frames` distinct views (it used to return the walk's 24 for 32 asked).
+
+    Raises:
+        ValueError: `num_frames` is not a positive number.
+    """
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames={num_frames!r}: give a positive number of frames")
     overrides = {"seed": EXAMPLE_SEED_BASE + seed, **({"image_size": tuple(size)} if size is not None else {})}
-    generator = SynthRooms(synth_config(EXAMPLE_PRESET, **overrides))
+    walk = synth_config(EXAMPLE_PRESET).num_frames
+    generator = SynthRooms(synth_config(EXAMPLE_PRESET, **overrides, **({"num_frames": num_frames} if num_frames > walk else {})))
     synth = generator.generate_scene(0)
     clip = choose_clip(synth, num_frames, generator.rng(0, 2))
     first_to_room = synth.cam_to_room[clip[0]]

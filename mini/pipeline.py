@@ -99,17 +99,30 @@ class MiniRun:
 
 
 def make_data(run: MiniRun) -> dict:
-    """Write the mini SynthRooms data (skipped when the same configuration and splits are already there)."""
+    """Write the mini SynthRooms data (skipped when the same configuration and splits are already there).
+
+    Raises:
+        ValueError: the data folder holds something else (other SynthRooms settings or scene counts, or files that
+            are not SynthRooms data): it is never deleted or written into, since it may be the user's own data.
+    """
     config = synth_config("mini")
     train, val, test = run.settings.scenes
     splits = {"train": train, "val": val, "test": test}
     info_path = run.data / "synthrooms" / "dataset_info.json"
     if info_path.is_file():
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        if info.get("config") == json.loads(json.dumps(config.to_dict())) and {k: len(v) for k, v in info["splits"].items()} == splits:
+        counts = {k: len(v) for k, v in info["splits"].items()}
+        same_config = info.get("config") == json.loads(json.dumps(config.to_dict()))
+        if same_config and counts == splits:
             logger.info("data: %s is up to date", run.data)
             return info
-        shutil.rmtree(run.data)  # another configuration: regenerate rather than mix
+        held = f"scenes {counts}" + ("" if same_config else " of other SynthRooms settings")
+        raise ValueError(f"--data {run.data} holds {held}; this budget ({run.budget}) needs the mini preset's scenes "
+                         f"{splits}. Give another --data folder (or none: {run.out / 'data'}), or delete this one to "
+                         "have it written again")
+    if run.data.exists() and any(run.data.iterdir()):
+        raise ValueError(f"--data {run.data} is not empty and holds no SynthRooms data (no synthrooms/dataset_info.json); "
+                         "give an empty or new folder for the mini data")
     logger.info("data: writing %s scenes to %s", splits, run.data)
     return write_dataset(run.data, SynthRooms(config), splits, workers=run.workers)
 
@@ -353,6 +366,9 @@ def main(args: argparse.Namespace) -> int:
     if args.stage1_only and args.export:
         raise ValueError(f"--export {args.export} needs the main arm's final model, which --stage1-only does not train")
     stage_overrides = tuple(parse_stage_override(value) for value in args.stage_overrides)
+    if args.device == "cuda" and not torch.cuda.is_available():  # before any data is written or a stage is trained
+        raise ValueError(f"--device cuda, but torch {torch.__version__} sees no CUDA device; use --device auto or cpu "
+                         "(the mini trains on the CPU too, for hours), or run on a GPU machine")
     run = MiniRun(out=Path(args.out), data=Path(args.data) if args.data else Path(args.out) / "data", budget=args.budget,
                   device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens,
                   eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides),

@@ -115,3 +115,20 @@ def test_install_reports_the_build_it_got(tmp_path):
     done = subprocess.run(["make", "-n", "-C", str(REPO), "install", f"VENV={tmp_path / 'venv'}", "NVIDIA_GPU=",
                            "PIP_SOURCES=", "UNAME_S=Linux"], capture_output=True, text=True, timeout=120)
     assert "(CPU build)" in done.stdout and "(CUDA %s build)" in done.stdout
+
+
+@pytest.mark.parametrize("target", ["vllm-venv", "gpu-venv"])
+def test_the_gpu_environments_stop_on_a_machine_without_an_nvidia_gpu(tmp_path, target):
+    """They install several GB of CUDA wheels: without a GPU, one line and nothing run; ANY_MACHINE=1 or a GPU builds."""
+    def dry_run(*assignments):
+        return subprocess.run(["make", "-n", "-C", str(REPO), target, f"VENV={tmp_path / 'venv'}", f"PY={sys.executable}",
+                               "PIP_SOURCES=", *assignments], capture_output=True, text=True, timeout=120)
+
+    refused = dry_run("NVIDIA_GPU=")
+    assert refused.returncode == 2 and " -m venv " not in refused.stdout  # (stdout: make's entering/leaving lines)
+    assert refused.stderr.strip().endswith("make vllm-venv / gpu-venv: no NVIDIA GPU on this machine (nvidia-smi -L "
+                                           "lists none), and they install several GB of CUDA wheels for one; run it on "
+                                           "the GPU machine, or add ANY_MACHINE=1 to build it anyway.  Stop.")
+    for assignment in ("NVIDIA_GPU=GPU 0: NVIDIA H100", "ANY_MACHINE=1"):
+        built = dry_run("NVIDIA_GPU=" if assignment.startswith("ANY") else assignment, assignment)
+        assert built.returncode == 0 and " -m venv " in built.stdout, built.stderr

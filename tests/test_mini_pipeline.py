@@ -145,3 +145,34 @@ def test_the_main_arm_continues_stage_2_from_a_given_model(toy_run, tmp_path):
     pipeline.add_arguments(parser)
     with pytest.raises(ValueError, match="--stage1-only would train nothing"):
         pipeline.main(parser.parse_args(["--out", str(tmp_path / "other"), "--stage1", str(given), "--stage1-only"]))
+
+
+def test_a_data_folder_of_other_scenes_or_other_files_is_refused_and_kept(toy_run, tmp_path, monkeypatch):
+    """`--data` may be the user's own folder: it is never deleted or written into (it was deleted and regenerated
+    when its scene counts differed from the budget's)."""
+    data = toy_run / "run" / "data"
+    info = data / "synthrooms" / "dataset_info.json"
+    before = info.read_bytes()
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    other_budget = parser.parse_args(["--out", str(tmp_path / "other"), "--data", str(data), "--budget", "full"])
+    with pytest.raises(ValueError, match=rf"^--data {data} holds scenes \{{'train': \d+, 'val': \d+, 'test': \d+\}}; "
+                                         r"this budget \(full\) needs the mini preset's scenes \{'train': 1200, 'val': 60, "
+                                         r"'test': 240\}\. Give another --data folder"):
+        pipeline.main(other_budget)
+    assert info.read_bytes() == before and (data / "annotations").is_dir()
+    own = tmp_path / "my_scannet"
+    (own / "annotations").mkdir(parents=True)
+    (own / "annotations" / "mine.json").write_text("[]")
+    with pytest.raises(ValueError, match="is not empty and holds no SynthRooms data"):
+        pipeline.main(parser.parse_args(["--out", str(tmp_path / "other"), "--data", str(own), "--budget", "toy"]))
+    assert (own / "annotations" / "mine.json").read_text() == "[]"
+
+
+def test_device_cuda_without_cuda_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline.torch.cuda, "is_available", lambda: False)
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    with pytest.raises(ValueError, match=r"^--device cuda, but torch .* sees no CUDA device; use --device auto or cpu"):
+        pipeline.main(parser.parse_args(["--out", str(tmp_path / "run"), "--device", "cuda", "--budget", "toy"]))
+    assert not (tmp_path / "run").exists()

@@ -62,8 +62,18 @@ def test_offline_batch_encode_then_parse(tmp_path, monkeypatch, capsys):
     assert results[0]["parsed"] == {"type": "FrameSelectionResult", "frame": 2, "reason": None}
     assert [r["query"] for r in results] == [item["query"] for item in meta]
     answers.write_text(json.dumps(["a text without its token ids"] * len(meta)))  # an answers.json of another kind
-    with pytest.raises(ValueError, match=r"answer 0: expected the generated token ids"):
-        run_example("offline_batch.py", ["parse", str(answers), "--requests", str(requests)], monkeypatch)
+    refusal = run_example("offline_batch.py", ["parse", str(answers), "--requests", str(requests)], monkeypatch)
+    assert refusal.startswith(f"{answers}: answer 0: expected the generated token ids")  # one line, no traceback
+    missing = run_example("offline_batch.py", ["parse", str(tmp_path / "no.json"), "--requests", str(requests)], monkeypatch)
+    assert missing == f"offline_batch.py parse: [Errno 2] No such file or directory: '{tmp_path / 'no.json'}'"
+
+
+def test_offline_batch_encodes_as_many_views_as_it_says(tmp_path, monkeypatch, capsys):
+    """`--views 32` (the documented command) wrote 24 views while saying 32: the example room's walk has 24 frames."""
+    requests = tmp_path / "requests.pt"
+    assert run_example("offline_batch.py", ["encode", "--out", str(requests), "--views", "32"], monkeypatch) == 0
+    assert {item["views"] for item in json.loads(Path(str(requests) + ".json").read_text())} == {32}
+    assert "requests (32 views each," in capsys.readouterr().out
 
 
 def test_vllm_step_says_it_needs_vllm(tmp_path, monkeypatch):

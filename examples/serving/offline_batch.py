@@ -77,7 +77,7 @@ def encode(args) -> int:
     save_offline_requests([offline_request(r) for r in requests], args.out)
     settings = [{**offline_settings(r, args.max_tokens), "query": q} for r, q in zip(requests, queries)]
     settings_path(args.out).write_text(json.dumps(settings, indent=1))
-    print(f"wrote {len(requests)} requests ({args.views} views each, {requests[0].image_embeds[0].shape[1]}-wide embeddings, "
+    print(f"wrote {len(requests)} requests ({len(scene.views)} views each, {requests[0].image_embeds[0].shape[1]}-wide embeddings, "
           f"budget {settings[0]['max_tokens']} tokens) to {args.out}")
     return 0
 
@@ -97,11 +97,19 @@ def parse_answers(answers: list, settings: list[dict], encoder) -> list[dict]:
 
 
 def parse(args) -> int:
-    settings = json.loads(settings_path(args.requests).read_text())
-    answers = json.loads(Path(args.answers).read_text())
+    """Exits with one line (no traceback) for a missing or unreadable file and for answers that are not these
+    requests' (another count, text without token ids, token ids outside the tokenizer)."""
+    try:
+        settings = json.loads(settings_path(args.requests).read_text())
+        answers = json.loads(Path(args.answers).read_text())
+    except (OSError, ValueError) as error:  # ValueError: a file that is not JSON
+        raise SystemExit(f"offline_batch.py parse: {error}") from None
     if len(answers) != len(settings):
         raise SystemExit(f"{args.answers}: {len(answers)} answers for {len(settings)} requests in {args.requests}")
-    results = parse_answers(answers, settings, load_encoder(args.model))
+    try:
+        results = parse_answers(answers, settings, load_encoder(args.model))
+    except ValueError as error:
+        raise SystemExit(f"{args.answers}: {error}") from None
     for result in results:
         print(f"{result['query'] or result['task']!r}: {result['parsed']}")
     out = args.out or Path(args.answers).with_suffix(".parsed.json")
