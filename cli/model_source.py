@@ -23,10 +23,10 @@ from safetensors import safe_open
 from gap_mllm import register_auto_classes
 from gap_mllm.conversion_report import PICKLE_REFUSED
 from gap_mllm.processing.errors import exception_chain
+from gap_mllm.processing.model_paths import HUB_REPO_ID, missing_local_folder
 
 from .errors import UserError
 
-REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 GAP_MLLM_MODEL_TYPE = "gap_mllm"
 _UNKNOWN_MODEL_TYPE = re.compile(r"has model type `([^`]*)` but Transformers does not recognize this architecture")
 
@@ -87,8 +87,11 @@ def check_model_source(source, flag: str = "--model") -> str:
         return text
     if path.exists():
         raise UserError(f"{flag} {text}: this is a file; give the checkpoint FOLDER (config.json + weights) or a Hub repo id")
-    if not REPO_ID.match(text) or text.startswith((".", "~")):
-        raise UserError(f"{flag} {text}: no such folder (and not a Hub repo id of the form org/name)")
+    missing = missing_local_folder(text)
+    if missing is not None:
+        why = "not a Hub repo id of the form org/name" if not HUB_REPO_ID.match(text) else \
+            f"its folder {missing.parent} is here, so it is not taken for a Hub repo id"
+        raise UserError(f"{flag} {text}: no such folder {missing} ({why})")
     if is_offline_mode():
 
         if not isinstance(try_to_load_from_cache(text, "config.json"), str):

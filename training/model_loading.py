@@ -14,10 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.processing.model_paths import missing_local_folder
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .config import ModelSource
@@ -53,6 +55,19 @@ def build_fresh_model(source: ModelSource):
     return builder(fusion_method=source.fusion_method, use_geometry=source.use_geometry, seed=source.seed)
 
 
+def check_model_folder(name_or_path: str) -> None:
+    """ValueError naming `model.name_or_path` when it means a local folder that is missing (processing/model_paths.py:
+    a Hub id would otherwise be tried, with a minute of retries offline) or that holds no saved checkpoint."""
+    missing = missing_local_folder(str(name_or_path))
+    if missing is not None:
+        raise ValueError(f"model.name_or_path={name_or_path}: no such folder {missing} (train the stage that writes it "
+                         "first, or give a GAP-MLLM checkpoint folder or Hub id)")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(f"model.name_or_path={name_or_path}: {path.resolve()} has no config.json, so it is not a saved "
+                         "checkpoint (the embedded GAP-MLLM-Mini's folder is gap_mllm.mini.default_model_path())")
+
+
 def load_model_and_processor(source: ModelSource):
     """(GapMllmForConditionalGeneration, GapMllmProcessor) from `source` (a folder / Hub id, or a fresh size)."""
     if source.tiny:
@@ -67,6 +82,7 @@ def load_model_and_processor(source: ModelSource):
         raise ValueError("model.name_or_path (a GAP-MLLM folder or Hub id) or model.tiny must be set")
     if source.encoders_from:
         raise ValueError("model.encoders_from applies to a fresh model (model.tiny), not to model.name_or_path")
+    check_model_folder(source.name_or_path)
     kwargs = {"dtype": source.dtype, "trust_remote_code": source.trust_remote_code}
     if source.attn_implementation:
         kwargs["attn_implementation"] = source.attn_implementation

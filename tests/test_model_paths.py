@@ -1,0 +1,46 @@
+"""A model name that means a missing local folder is refused by name at once, on the command line and in training,
+instead of being tried as a Hub repo id (a minute of network retries offline, then a message about the Hub)."""
+
+import os
+
+import pytest
+
+from gap_mllm.cli.errors import UserError
+from gap_mllm.cli.model_source import check_model_source
+from gap_mllm.processing.model_paths import missing_local_folder
+from gap_mllm.training.config import ModelSource
+from gap_mllm.training.model_loading import load_model_and_processor
+
+
+def test_which_names_are_missing_local_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "here").mkdir()
+    assert missing_local_folder("checkpoints/my-run") == tmp_path / "checkpoints" / "my-run"  # its parent is here
+    assert missing_local_folder("runs/mini/stage0_geometry") == tmp_path / "runs" / "mini" / "stage0_geometry"
+    assert missing_local_folder("./my-run") == tmp_path / "my-run"
+    assert missing_local_folder("Qwen/Qwen3-VL-2B-Instruct") is None  # a Hub id: no folder Qwen/ here
+    assert missing_local_folder("here") is None and missing_local_folder("checkpoints") is None  # they exist
+
+
+def test_the_command_line_names_the_missing_folder_before_any_network(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(UserError) as error:
+        check_model_source("checkpoints/my-run")
+    assert str(error.value) == (f"--model checkpoints/my-run: no such folder {tmp_path / 'checkpoints' / 'my-run'} (its "
+                                f"folder {tmp_path / 'checkpoints'} is here, so it is not taken for a Hub repo id)")
+    assert check_model_source("Qwen/Qwen3-VL-2B-Instruct") == "Qwen/Qwen3-VL-2B-Instruct"
+
+
+def test_training_names_model_name_or_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ValueError, match=rf"^model.name_or_path=checkpoints/gap-mllm-init: no such folder "
+                                         rf"{tmp_path / 'checkpoints' / 'gap-mllm-init'} \(train the stage"):
+        load_model_and_processor(ModelSource(name_or_path="checkpoints/gap-mllm-init"))
+    (tmp_path / "mini").mkdir()  # e.g. the repository's source folder mini/, which is not the embedded model
+    (tmp_path / "mini" / "README.md").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=rf"^model.name_or_path=mini: {tmp_path / 'mini'} has no config.json"):
+        load_model_and_processor(ModelSource(name_or_path="mini"))
+    assert os.listdir(tmp_path / "checkpoints") == []
