@@ -39,7 +39,7 @@ def test_refuses_without_a_gpu(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         bench_engines.main(["--out", str(tmp_path / "x.json")])
     assert done.value.code == 2 and capsys.readouterr().err == (
-        "bench_engines.py: the engine comparison needs a CUDA device; run on a GPU machine after `make gpu-venv` "
+        "bench_engines.py: the engine comparison needs a CUDA device; run on a GPU machine after `make vllm-venv` "
         f"(torch {torch.__version__} sees none); --dry-run builds the inputs on the CPU\n")
     assert not (tmp_path / "x.json").exists()
 

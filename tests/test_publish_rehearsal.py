@@ -1,5 +1,6 @@
-"""docs/publish.md's offline rehearsal, each command in its own process as a user types it: a tiny checkpoint in the
-official layout, `gap-mllm convert official`, `gap-mllm push --dry-run`, and the Space folder for ZeroGPU.
+"""docs/publish.md's offline rehearsal as a user types it: a tiny checkpoint in the official layout, `gap-mllm
+convert official`, `gap-mllm push --dry-run`, and the Space folder for ZeroGPU (the conversion, the loading and the
+bundle in fresh processes; the steps that save no model folder in this one).
 
 Fresh processes matter: `import gap_mllm` is lazy, so a process that imports the model modules directly (the
 converter does) never ran the package's registration, and its saved folder had `auto_map[None]` (the conversion
@@ -11,6 +12,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from gap_mllm.cli.main import main as gap_mllm
+from gap_mllm.tiny import official_layout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,8 +43,9 @@ def run(*command, cwd, env=None):
     return done.stdout
 
 
-def test_the_offline_publish_rehearsal_runs_as_written(tmp_path):
-    run("-m", "gap_mllm.tiny.official_layout", "official/tiny-gapmllm", cwd=tmp_path)
+def test_the_offline_publish_rehearsal_runs_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert official_layout.main(["official/tiny-gapmllm"]) == 0  # (in this process: it saves no auto_map)
     run("-m", "gap_mllm.cli.main", "convert", "official", "official/tiny-gapmllm", "build/gapmllm-3d-3b", "--no-progress",
         cwd=tmp_path)
     converted = tmp_path / "build" / "gapmllm-3d-3b"
@@ -54,9 +59,10 @@ def test_the_offline_publish_rehearsal_runs_as_written(tmp_path):
     loaded = run("-c", LOAD_REMOTE_CODE, str(converted), cwd=tmp_path, env={"HF_HOME": str(tmp_path / "hf_home")})
     assert loaded.strip().splitlines()[-1] == "GapMllmForConditionalGeneration GapMllmProcessor"
 
-    pushed = run("-m", "gap_mllm.cli.main", "push", "--model", "build/gapmllm-3d-3b", "--repo", "ORG/gapmllm-3d-3b",
-                 "--base-model", "Qwen/Qwen3-VL-2B-Instruct", "--dry-run", "--untrained", cwd=tmp_path)
-    assert pushed.strip().splitlines()[-1] == "dry run: nothing uploaded"
+    capsys.readouterr()
+    assert gap_mllm(["push", "--model", "build/gapmllm-3d-3b", "--repo", "ORG/gapmllm-3d-3b", "--base-model",
+                     "Qwen/Qwen3-VL-2B-Instruct", "--dry-run", "--untrained"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "dry run: nothing uploaded"
 
     run(str(REPO / "examples" / "space" / "bundle_space.py"), "--model", "ORG/gapmllm-3d-3b", "--hardware", "zero-a10g",
         "--out", "build/space", cwd=tmp_path)

@@ -291,7 +291,7 @@ def test_make_gpu_venv_installs_the_gpu_extras_apart_from_the_cpu_path():
         assert not names & {requirement.split("[")[0].split("=")[0].split(">")[0] for requirement in extras[name]}
 
     def dry_run(*targets):
-        return subprocess.run(["make", "-n", *targets], cwd=repo, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["make", "-n", "ANY_MACHINE=1", *targets], cwd=repo, capture_output=True, text=True, check=True).stdout
 
     gpu_lines = [line for line in dry_run("gpu-venv").splitlines() if "pip" in line]
     assert [line.split(" install ", 1)[1].strip() for line in gpu_lines] == [
