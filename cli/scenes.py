@@ -11,7 +11,7 @@ assumed pinhole camera and the 3D view shows boxes only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -160,8 +160,8 @@ def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"num_frames={num_frames!r}: give a positive number of frames")
     overrides = {"seed": EXAMPLE_SEED_BASE + seed, **({"image_size": tuple(size)} if size is not None else {})}
-    walk = synth_config(EXAMPLE_PRESET).num_frames
-    generator = SynthRooms(synth_config(EXAMPLE_PRESET, **overrides, **({"num_frames": num_frames} if num_frames > walk else {})))
+    config = synth_config(EXAMPLE_PRESET, **overrides)
+    generator = SynthRooms(replace(config, num_frames=max(config.num_frames, num_frames)))
     synth = generator.generate_scene(0)
     clip = choose_clip(synth, num_frames, generator.rng(0, 2))
     first_to_room = synth.cam_to_room[clip[0]]

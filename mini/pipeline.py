@@ -49,6 +49,7 @@ from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.processing.synth.writer import write_dataset
 from gap_mllm.training.config import load_recipe
+from gap_mllm.training.device import plan_device
 from gap_mllm.training.geometry_data import GeometryClips
 from gap_mllm.training.run import run_training
 from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
@@ -366,9 +367,7 @@ def main(args: argparse.Namespace) -> int:
     if args.stage1_only and args.export:
         raise ValueError(f"--export {args.export} needs the main arm's final model, which --stage1-only does not train")
     stage_overrides = tuple(parse_stage_override(value) for value in args.stage_overrides)
-    if args.device == "cuda" and not torch.cuda.is_available():  # before any data is written or a stage is trained
-        raise ValueError(f"--device cuda, but torch {torch.__version__} sees no CUDA device; use --device auto or cpu "
-                         "(the mini trains on the CPU too, for hours), or run on a GPU machine")
+    plan_device(args.device, {}, "auto")  # the training's own device check, before any data is written or trained
     run = MiniRun(out=Path(args.out), data=Path(args.data) if args.data else Path(args.out) / "data", budget=args.budget,
                   device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens,
                   eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides),

@@ -173,6 +173,7 @@ def test_device_cuda_without_cuda_is_refused_before_anything_is_written(tmp_path
     monkeypatch.setattr(pipeline.torch.cuda, "is_available", lambda: False)
     parser = argparse.ArgumentParser()
     pipeline.add_arguments(parser)
-    with pytest.raises(ValueError, match=r"^--device cuda, but torch .* sees no CUDA device; use --device auto or cpu"):
+    with pytest.raises(ValueError, match=r"^device=cuda, but torch sees no CUDA device \(torch .*\); use --device auto \(or "
+                                         r"cpu\) to train on the CPU$"):
         pipeline.main(parser.parse_args(["--out", str(tmp_path / "run"), "--device", "cuda", "--budget", "toy"]))
     assert not (tmp_path / "run").exists()
