@@ -34,8 +34,9 @@ $(PY):
 
 $(STAMP): setup.py | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" $(addprefix --index-url ,$(TORCH_INDEX_URL))
-	@$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA %s build)' % torch.version.cuda if torch.version.cuda else '(CPU build)')"
 	$(PIP) install -e ".[dev]"
+	@# after the package's requirements: torch imported before numpy is installed warns "Failed to initialize NumPy"
+	@$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA %s build)' % torch.version.cuda if torch.version.cuda else '(CPU build)')"
 	# the lmms-eval plugin's evaluator, without lmms-eval's own requirements (they pull a CUDA torch): setup.py
 	$(PIP) install --no-deps "$$($(PY) -c 'from gap_mllm.evaluation.lmms_eval_plugin import LMMS_EVAL_REQUIREMENT as r; print(r)')"
 	@touch $(STAMP)
@@ -99,11 +100,12 @@ space-bundle: install
 # `MINI_ARGS="--device cuda --workers 16"` on a GPU machine. mini-ablation adds the ablation arms.
 MINI_OUT ?= runs/mini
 MINI_ARGS ?=
+# --overwrite: the shipped folder is replaced on purpose (its releases predate the marker of `--export`'s own folders)
 mini: install
-	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --export mini/gap-mllm-mini --table mini/RESULTS.md $(MINI_ARGS)
+	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --export mini/gap-mllm-mini --overwrite --table mini/RESULTS.md $(MINI_ARGS)
 
 mini-ablation: install
-	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --ablation --export mini/gap-mllm-mini --table mini/RESULTS.md $(MINI_ARGS)
+	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --ablation --export mini/gap-mllm-mini --overwrite --table mini/RESULTS.md $(MINI_ARGS)
 
 bench: install
 	$(PY) bench/bench_forward.py

@@ -16,12 +16,14 @@ from .task_names import TASKS, task_argument
 HEAD_FLAGS = {"camera": "use_camera_head", "depth": "use_depth_head", "point": "use_point_head"}
 DTYPES = ("float32", "bfloat16", "float16")  # --dtype of convert and export-llm: torch dtype names
 
+SAVE_FORMATS = ("png", "glb", "ply")  # predict --formats: pictures written with --save-dir
+
 # `gap-mllm predict`'s exit status for an answer that does not parse; not 2 (a mistake in the command): the command
 # was right, the model's answer is not
 PARSE_FAILURE_STATUS = 3
 EXIT_STATUS_HELP = ("Exit status: 0 the answer parsed; 2 a mistake in the command (a missing or unusable file, a bad "
                     f"value, a model that cannot be loaded); {PARSE_FAILURE_STATUS} the model's answer did not parse "
-                    "cleanly as the task's answer (the raw answer and the parse problem are still printed, and saved "
+                    "cleanly as the task's answer, or is in another task's format (the raw answer and the parse problem are still printed, and saved "
                     "in answer.json with --save-dir)")
 
 
@@ -155,5 +157,6 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-dir", help="write the answer (answer.json) and the pictures here, and for your own "
                                            "frames the point cloud the model's depth and camera heads reconstruct "
                                            "(GLB / PLY)")
-    parser.add_argument("--formats", nargs="+", default=["png", "glb", "ply"], choices=["png", "glb", "ply"])
+    parser.add_argument("--formats", nargs="+", default=None, choices=SAVE_FORMATS,
+                        help="with --save-dir: what to save (default: all of them)")
     parser.add_argument("--json", action="store_true", help="print the parsed answer as JSON instead of text")

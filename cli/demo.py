@@ -23,7 +23,7 @@ from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .command_arguments import add_demo_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .example_reference import reference_lines, request_text
-from .loading import MINI, TINY, resolve_model_source
+from .loading import MINI, MINI_TASKS, TINY, resolve_model_source
 from .model_scores import RESULTS_FILE, held_out_scores
 from .model_source import load_pretrained
 from .scenes import EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, synthetic_scene
@@ -33,7 +33,7 @@ from .visualize import save_scene_ply, write_visualisations
 
 BANNER = "=" * 78
 # The tasks GAP-MLLM-Mini is trained on (its spatial-QA answers would be untrained noise).
-DEMO_TASKS = ("detection", "grounding", "captioning", "reconstruction")
+DEMO_TASKS = MINI_TASKS
 
 
 def main(args: argparse.Namespace) -> int:

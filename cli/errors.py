@@ -2,7 +2,7 @@
 
 `gap-mllm` runs every command through `run_command`. An exception that describes bad input (a file
 that is missing, unreadable or refused, a bad recipe value, a data error, an upload rule, a checkpoint
-that does not convert, a model source that cannot be loaded) is printed as
+that does not convert, a model source that cannot be loaded, an optional package to install) is printed as
 
     gap-mllm <command>: error: <message>
     (run with --debug for the traceback)
@@ -35,7 +35,16 @@ import traceback
 from safetensors import SafetensorError
 
 from gap_mllm.conversion_report import ConversionError
-from gap_mllm.processing.errors import DataError, DiskFullError, device_of, exception_chain, names_full_disk
+from gap_mllm.processing.errors import (
+    RUN_STOPPED_STATUS,
+    DataError,
+    DiskFullError,
+    MissingDependency,
+    RunStoppedEarly,
+    device_of,
+    exception_chain,
+    names_full_disk,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +55,9 @@ class UserError(ValueError):
     """A mistake in what the user gave (a path, an id, a value); the message says what to do."""
 
 
-USER_ERROR_TYPES = (UserError, DataError, ConversionError, ValueError, OSError, pickle.UnpicklingError, SafetensorError)
+# MissingDependency: an optional package to install (its message says how), not a bug
+USER_ERROR_TYPES = (UserError, DataError, ConversionError, MissingDependency, ValueError, OSError, pickle.UnpicklingError,
+                    SafetensorError)
 
 
 # argparse destinations of the commands' outputs -> how the user wrote them (named when the failing file is unknown)
@@ -116,7 +127,7 @@ def user_message(error: BaseException, args=None) -> str | None:
         return written
     chain = list(exception_chain(error))
     for candidate in chain:
-        if isinstance(candidate, (UserError, DataError, ConversionError)):
+        if isinstance(candidate, (UserError, DataError, ConversionError, MissingDependency)):
             return str(candidate)
     if isinstance(error, USER_ERROR_TYPES):
         text = str(error).strip() or type(error).__name__
@@ -131,6 +142,9 @@ def run_command(name: str, main, args, debug: bool = False) -> int:
     except KeyboardInterrupt:
         print(f"gap-mllm {name}: interrupted", file=sys.stderr)
         return 130
+    except RunStoppedEarly as stop:  # a time limit or a SIGTERM: expected, and the same command continues it
+        print(f"gap-mllm {name}: {stop}", file=sys.stderr)
+        return RUN_STOPPED_STATUS
     except Exception as error:  # noqa: BLE001 - sorted into user mistakes and bugs below
         message = None if debug else user_message(error, args)
         if message is None:

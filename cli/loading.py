@@ -13,16 +13,17 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor
 
-from gap_mllm.mini import default_model_path
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .errors import UserError
-from .model_source import GAP_MLLM_MODEL_TYPE, load_pretrained, not_gap_mllm_message
+from .model_source import GAP_MLLM_MODEL_TYPE, MINI, TINY, load_pretrained, not_gap_mllm_message, resolve_model_source
 
-TINY = "tiny"
-MINI = "mini"
 MINI_NOTICE = ("GAP-MLLM-Mini, the miniature GAP-MLLM trained by this package on SynthRooms (`make mini`): it knows "
                "SynthRooms rooms only, so try the bundled examples; on real photos its answers are meaningless.")
+# The tasks GAP-MLLM-Mini was trained on (`make mini`'s stage 2): it never saw a spatial question
+MINI_TASKS = ("detection", "grounding", "captioning", "reconstruction")
+MINI_UNTRAINED_TASK_NOTE = ("note: GAP-MLLM-Mini never trained on {task}: its answer is untrained; the tasks it "
+                            f"learnt are {', '.join(MINI_TASKS)}")
 UNTRAINED_NOTICE = ("This is the tiny, randomly initialised GAP-MLLM: the weights are UNTRAINED, so the answers "
                     "are noise. It shows the real pipeline; the default, --model mini, is the trained GAP-MLLM-Mini.")
 
@@ -32,14 +33,6 @@ def tiny_model_folder(folder=None) -> Path:
 
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="gap-mllm-tiny-"))
     return save_tiny_checkpoint(folder)
-
-
-def resolve_model_source(model: str) -> str:
-    """The folder or Hub id to load for a front end's `--model` value ("mini" → the embedded default)."""
-    if model == MINI:
-
-        return str(default_model_path())
-    return model
 
 
 def load_model_and_processor(model: str = MINI, device: str = "cpu", flag: str = "--model"):

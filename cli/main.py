@@ -7,9 +7,11 @@ A user mistake (a missing file, a bad value, an unreachable model, ...) is one l
 status 2 (cli/errors.py); `--debug`, anywhere on the command line, shows the full traceback instead."""
 
 import argparse
+import difflib
 import importlib
 import sys
 
+from .early_checks import check_arguments
 from .errors import run_command
 
 # command -> (module with add_arguments(parser) and main(args) -> int, one-line help)
@@ -52,6 +54,35 @@ def argument_adder(command: str):
     return getattr(importlib.import_module(module_name), function)
 
 
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of `parser` and of its sub-parsers (`convert vggt --heads`, ...)."""
+    found = []
+    for action in parser._actions:  # argparse keeps no public list of them
+        found.extend(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(option_strings(sub))
+    return found
+
+
+def suggestion(word: str, known) -> str:
+    """" (did you mean X?)" for the name of `known` closest to a misspelt `word` (difflib), or "" when none is close:
+    Python 3.11's argparse has no `suggest_on_error`."""
+    close = difflib.get_close_matches(word.split("=", 1)[0], sorted(set(known)), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def parse_command_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, an unknown option answered with the nearest known one ("did you mean --query?").
+    Abbreviations stay as argparse takes them (`--que` for `--query`, an ambiguous one refused)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        options = [word for word in unknown if word.startswith("-")]
+        hint = suggestion(options[0], option_strings(parser)) if options else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")  # exits with status 2
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gap-mllm", description="GAP-MLLM: geometry-aligned 3D-aware Qwen3-VL.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -68,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             parser.print_usage(sys.stderr)
-            print(f"gap-mllm: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+            print(f"gap-mllm: unknown command {argv[0]!r}{suggestion(argv[0], COMMANDS)}; choose from "
+                  f"{', '.join(COMMANDS)}", file=sys.stderr)
             return 2
         parser.print_help()
         return 0
@@ -76,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"gap-mllm {argv[0]}", description=help_text,
                                              epilog="--debug: show the full traceback of an error")
     argument_adder(argv[0])(command_parser)
-    args = command_parser.parse_args(argv[1:])  # --help and argument errors end here, before the command's imports
+    # --help, argument errors and the checks that need no model end here, before the command's imports
+    args = parse_command_arguments(command_parser, argv[1:])
+    status = run_command(argv[0], lambda checked: check_arguments(argv[0], checked), args, debug=debug)
+    if status:
+        return status
     module = importlib.import_module(module_name)
     return run_command(argv[0], module.main, args, debug=debug)
 

@@ -22,12 +22,16 @@ from safetensors import safe_open
 
 from gap_mllm import register_auto_classes
 from gap_mllm.conversion_report import PICKLE_REFUSED
+from gap_mllm.mini import default_model_path
 from gap_mllm.processing.errors import exception_chain
-from gap_mllm.processing.model_paths import HUB_REPO_ID, missing_local_folder
+from gap_mllm.processing.model_paths import HUB_REPO_ID, loading_bar_for, missing_local_folder
 
 from .errors import UserError
 
 GAP_MLLM_MODEL_TYPE = "gap_mllm"
+# The front ends' own `--model` names (cli/loading.py): the embedded GAP-MLLM-Mini, the untrained tiny test model
+MINI = "mini"
+TINY = "tiny"
 _UNKNOWN_MODEL_TYPE = re.compile(r"has model type `([^`]*)` but Transformers does not recognize this architecture")
 
 
@@ -38,6 +42,11 @@ def not_gap_mllm_message(source: str, model_type, flag: str = "--model") -> str:
     return (f"{flag} {source} is {kind}, not a GAP-MLLM one (its config.json has {found}, GAP-MLLM's is "
             f"{GAP_MLLM_MODEL_TYPE!r}); give a folder written by GapMllmForConditionalGeneration.save_pretrained, "
             "or convert a checkpoint with gap-mllm convert")
+
+
+def resolve_model_source(model: str) -> str:
+    """The folder or Hub id to load for a front end's `--model` value ("mini" → the embedded default)."""
+    return str(default_model_path()) if model == MINI else model
 
 
 def check_gap_mllm_config(folder: Path, source: str, flag: str = "--model") -> None:
@@ -120,7 +129,8 @@ def load_pretrained(loader, source, flag: str = "--model", **kwargs):
     text = check_model_source(source, flag)
     register_auto_classes()
     try:
-        return loader(text, **kwargs)
+        with loading_bar_for(text):  # no progress bar for a small local checkpoint (GAP-MLLM-Mini)
+            return loader(text, **kwargs)
     except ValueError as error:  # a Hub checkpoint of a type transformers does not know: it advises upgrading
         unknown = _UNKNOWN_MODEL_TYPE.search(str(error))
         if unknown is None:

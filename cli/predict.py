@@ -18,8 +18,9 @@ model prints one line first: GAP-MLLM-Mini knows SynthRooms rooms only.
 sampled evenly down to `--max-frames` when it holds more (as a video is). A file or folder that cannot be used is one
 line naming its full path and what is wrong, exit status 2.
 
-Exit status (`EXIT_STATUS_HELP`): 0 when the answer parsed, 2 for a mistake in the command, 3
-(`PARSE_FAILURE_STATUS`) when the model's answer did not parse cleanly as the task's answer: the raw answer and
+Exit status (`EXIT_STATUS_HELP`): 0 when the answer parsed, 2 for a mistake in the command (checked before the
+model loads where it can be: cli/early_checks.py), 3 (`PARSE_FAILURE_STATUS`) when the model's answer did not parse
+cleanly as the task's answer or is written in another task's format (cli/tasks.py `task_answer`): the raw answer and
 the parse problem are still printed (and saved in answer.json with `--save-dir`), so a script can tell.
 
 With `--save-dir`, the user's own frames are also reconstructed when the model's geometry encoder has VGGT's
@@ -39,10 +40,11 @@ import json
 import sys
 from pathlib import Path
 
-from .command_arguments import EXIT_STATUS_HELP, PARSE_FAILURE_STATUS  # noqa: F401 - defined light, for --help
+from .command_arguments import EXIT_STATUS_HELP, PARSE_FAILURE_STATUS, SAVE_FORMATS  # noqa: F401 - light, for --help
 from .command_arguments import add_predict_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .example_reference import reference_lines, request_text
-from .loading import MINI, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
+from .loading import (MINI, MINI_TASKS, MINI_UNTRAINED_TASK_NOTE, TINY, UNTRAINED_NOTICE, load_model_and_processor,
+                      resolve_model_source)
 from .model_scores import held_out_scores
 from .scenes import (
     CAMERA_ESTIMATED,
@@ -53,8 +55,10 @@ from .scenes import (
     scene_from_frames,
     synthetic_scene,
 )
+from .task_request import example_request
 from .tasks import TaskRequest, run_task
-from .uploads import CLI_WORDS, UploadError, UploadLimits, images_in_folder, load_frames, uniform_indices
+from .uploads import CLI_WORDS, UploadError, cli_limits, load_frames
+from .uploads import frame_paths as _frame_paths
 
 
 MINI_OWN_FRAMES_NOTE = ("note: GAP-MLLM-Mini, the default --model, knows SynthRooms rooms only: on other frames (real "
@@ -69,12 +73,8 @@ def main(args: argparse.Namespace) -> int:
             example = scene.example_inputs.get(TaskRequest(task=args.task).task, {})
         else:
             paths = frame_paths(args.images, args.max_frames)
-            # local files of the user's own choosing: no folder restriction, only the type/size checks
-            limits = UploadLimits(max_files=max(len(paths), 1), max_frames=args.max_frames)
-            scene = scene_from_frames(load_frames(paths, limits, words=CLI_WORDS))
-        marker = tuple(args.marker) if args.marker else example.get("marker")
-        box = args.box if args.box is not None else (example.get("box") if args.task == "captioning" else None)
-        request = TaskRequest(task=args.task, query=args.query or example.get("query"), box=box, marker=marker)
+            scene = scene_from_frames(load_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS))
+        request = example_request(args.task, example, query=args.query, box=args.box, marker=args.marker)
         request.validate(len(scene.views))
     except (UploadError, ValueError) as error:
         print(f"gap-mllm predict: {error}", file=sys.stderr)
@@ -82,6 +82,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.model == MINI and not args.example:
         print(MINI_OWN_FRAMES_NOTE, file=sys.stderr, flush=True)
+    if args.model == MINI and request.task not in MINI_TASKS:
+        print(MINI_UNTRAINED_TASK_NOTE.format(task=request.task), file=sys.stderr, flush=True)
     model, processor, is_tiny = load_model_and_processor(args.model)  # progress bars (stderr) end here
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)
@@ -108,23 +110,9 @@ def main(args: argparse.Namespace) -> int:
     return _exit_status(result)
 
 
-def frame_paths(images: list[str], max_frames: int) -> list[Path]:
-    """The files `--images` names, in order: a folder stands for its image files sorted by file name
-    (`images_in_folder`; one without images is an UploadError naming it), sampled evenly down to `max_frames` as a
-    video is (one line on stderr says so); anything else is kept as given, for `load_frames` to check."""
-    paths = []
-    for given in images:
-        path = Path(given)
-        if not path.is_dir():
-            paths.append(path)
-            continue
-        found = images_in_folder(path, CLI_WORDS)
-        kept = [found[i] for i in uniform_indices(len(found), max_frames)]
-        if len(kept) < len(found):
-            print(f"{path.resolve()}: {len(found)} images; {len(kept)} of them, spread evenly in name order, are used "
-                  f"(--max-frames {max_frames})", file=sys.stderr)
-        paths.extend(kept)
-    return paths
+def frame_paths(images: list[str], max_frames: int) -> list:
+    """`uploads.frame_paths`, the line saying that a folder's images are sampled down printed on stderr."""
+    return _frame_paths(images, max_frames, report=lambda line: print(line, file=sys.stderr))
 
 
 def _exit_status(result) -> int:
@@ -158,14 +146,15 @@ def _save(args, model, processor, scene, result, report, answer: dict) -> None:
     uncalibrated frames the point cloud the model's heads reconstruct, if it has them."""
     from .visualize import ply_parts, write_visualisations
 
-    three_d = {"glb", "ply"} & set(args.formats)
+    formats = tuple(args.formats or SAVE_FORMATS)  # --formats not given: every one
+    three_d = {"glb", "ply"} & set(formats)
     answer_file = Path(args.save_dir) / ANSWER_FILE
     answer_file.parent.mkdir(parents=True, exist_ok=True)
     answer_file.write_text(json.dumps(answer, indent=2) + "\n")
     print(f"saved answer: {answer_file}", file=report)
     if not scene.calibrated and can_reconstruct(model):
         scene = reconstructed_scene(model, processor, scene.views)
-    written = write_visualisations(scene, result, args.save_dir, formats=tuple(args.formats))
+    written = write_visualisations(scene, result, args.save_dir, formats=formats)
     for kind, path in written.items():
         print(f"saved {kind}: {path}", file=report)
     for kind, why in written.skipped.items():

@@ -40,6 +40,7 @@ from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, POINT_CLOUD_HOWTO, can_rec
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
+from .task_request import example_request
 from .tasks import TaskRequest, run_task
 from .uploads import UploadError, UploadLimits, load_frames
 from .visualize import answer_picture, frames_with_boxes, gate_heatmap, save_scene_glb
@@ -256,6 +257,9 @@ class SpaceBackend:
         return scene_from_frames(load_frames(paths, self.settings.limits, allowed_roots=[upload_folder()]))
 
     def _request(self, task_label, query, object_choice, box_text, marker_text, scene) -> TaskRequest:
+        """The request the page's values ask, checked. On a bundled room an input the page sent empty is the room's
+        own (`task_request.example_request`, as `gap-mllm predict --example`): a request sent before the example's
+        query filled its field in asks the example's query, not nothing."""
         try:
             task = TaskRequest(TASK_LABELS.get(task_label, task_label)).spec
         except ValueError as error:
@@ -263,24 +267,31 @@ class SpaceBackend:
         box = None
         if task is CAPTIONING:
             box = picked_box(scene, object_choice) if object_choice else parse_numbers(box_text, 9, "object box")
-        marker = None
-        if task is RECONSTRUCTION:
-            values = parse_numbers(marker_text, 3, "marker (view x y)")
-            if values is None:  # default: the centre of the first frame
-                width, height = scene.views[0].size
-                values = [0, width // 2, height // 2]
-            if not all(float(v).is_integer() for v in values):
-                raise UploadError(f"marker (view x y): whole pixel numbers are needed, got {marker_text!r}")
-            marker = tuple(int(v) for v in values)
-            width, height = scene.views[0].size
-            if not (0 <= marker[1] < width and 0 <= marker[2] < height):
-                raise UploadError(f"marker pixel ({marker[1]}, {marker[2]}) is outside the {width}x{height} frame")
-        request = TaskRequest(task=task, query=query, box=box, marker=marker)
+        marker = self._marker(marker_text, scene) if task is RECONSTRUCTION else None
+        request = example_request(task, scene.example_inputs.get(task.name, {}), query=query, box=box, marker=marker)
         # every input is checked here, before the model runs (reconstruction included), so a bad one is the
         # page's message at once rather than an error after the model's time
         request.validate(len(scene.views))
         request.check_text(self.processor.tokenizer)
         return request
+
+    @staticmethod
+    def _marker(marker_text, scene) -> tuple[int, int, int] | None:
+        """The marker field's pixel `(view, x, y)`, checked; empty: the room's own marker on a bundled room (None),
+        else the centre of the first frame."""
+        values = parse_numbers(marker_text, 3, "marker (view x y)")
+        if values is None:
+            if scene.example_inputs.get(RECONSTRUCTION.name, {}).get("marker") is not None:
+                return None  # example_request takes the room's own
+            width, height = scene.views[0].size
+            values = [0, width // 2, height // 2]
+        if not all(float(v).is_integer() for v in values):
+            raise UploadError(f"marker (view x y): whole pixel numbers are needed, got {marker_text!r}")
+        marker = tuple(int(v) for v in values)
+        width, height = scene.views[0].size
+        if not (0 <= marker[1] < width and 0 <= marker[2] < height):
+            raise UploadError(f"marker pixel ({marker[1]}, {marker[2]}) is outside the {width}x{height} frame")
+        return marker
 
     def _geometry_status(self, scene) -> str:
         """One or two sentences: where the drawn camera and the 3D view's geometry come from."""

@@ -22,95 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gap_mllm.control_tokens import refuse_control_tokens
+from gap_mllm.output_parsing import other_task_format
 from gap_mllm.target_format import Box3D
-from gap_mllm.tasks_gap_mllm import (CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA, TaskSpec, format_box,
-                                     resolve_task)
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
 
 from .scene_store import answer_on_stored_scene
-from .task_names import FRONT_END_TASKS, TASKS
-
-# A captioning box's numbers (metres; radians for the angles) beyond this bound describe no object of a scene the
-# model reads, and drawing such a box overflows (1e308: an OverflowError after the model has run).
-MAX_BOX_VALUE = 1e4
-
-
-@dataclass
-class TaskRequest:
-    """What the user asked: the task and its task-specific input (inputs the task does not use are ignored,
-    so a front end can pass every field it has).
-
-    Attributes:
-        task: one of `TASKS` (a registry name or `TaskSpec`; stored as the canonical name).
-        query: the referring text (grounding) or the question (spatial_qa).
-        box: the 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` of the object to describe
-            (captioning only), first-frame camera coordinates.
-        marker: `(view, x, y)` pixel to mark (reconstruction only), in the view's original pixels.
-    """
-
-    task: str | TaskSpec
-    query: str | None = None
-    box: list[float] | None = None
-    marker: tuple[int, int, int] | None = None
-    spec: TaskSpec = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.spec = resolve_task(self.task)
-        self.task = self.spec.name
-
-    def validate(self, num_views: int) -> None:
-        """Raise ValueError with a user-facing message when the request is incomplete."""
-        if self.spec not in FRONT_END_TASKS:
-            raise ValueError(f"task {self.task!r} is not run by itself here; choose one of {', '.join(TASKS)}")
-        if "query" in self.spec.parameters:
-            what = "a question about the scene" if self.spec is SPATIAL_QA else "a text query describing the object"
-            if self.query is not None and not isinstance(self.query, str):
-                raise ValueError(f"{self.task} needs {what} as text, got {type(self.query).__name__} {self.query!r:.60}")
-            if not (self.query and self.query.strip()):
-                raise ValueError(f"{self.task} needs {what}")
-            # before any model is loaded: text that is not valid Unicode (`predict --query $'\xff'`) or holds the
-            # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.control_tokens)
-            refuse_control_tokens(None, self.query, "the query")
-        if "box" in self.spec.parameters:
-            check_box(self.box)
-        if self.spec.needs_marker:
-            if self.marker is None or len(self.marker) != 3:
-                raise ValueError("reconstruction needs a marker (view, x, y)")
-            if not 0 <= int(self.marker[0]) < num_views:
-                raise ValueError(f"marker view {self.marker[0]} is out of range: there are {num_views} views")
-
-    def check_text(self, tokenizer) -> None:
-        """ValueError when the query (user text: a public textbox in the Space) would write chat or vision markup
-        (gap_mllm.control_tokens). Front ends call it before any model work; `run_task` calls it again, with this
-        package's rule, whatever version of the processor the checkpoint carries."""
-        if "query" in self.spec.parameters:
-            refuse_control_tokens(tokenizer, self.query, "the query")
-
-    def processor_inputs(self) -> dict:
-        """Keyword arguments of `processor(images=[views], ...)` for one sample: the task and the inputs it uses."""
-        inputs = {"task": self.task}
-        if "query" in self.spec.parameters:
-            inputs["query"] = self.query
-        if "box" in self.spec.parameters:
-            inputs["box"] = [float(v) for v in self.box]
-        if self.spec.needs_marker:
-            inputs["point_prompts"] = [tuple(int(v) for v in self.marker)]
-        return inputs
-
-
-def check_box(box) -> None:
-    """ValueError naming the captioning box unless it is 9 finite numbers with sizes >= 0 (the prompt's rule,
-    `format_box`) each within ±`MAX_BOX_VALUE`."""
-    if box is None or isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 9:
-        raise ValueError("captioning needs the object's 3D box: 9 numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll]"
-                         + ("" if box is None else f", got {box!r:.120}"))
-    try:
-        format_box(box)
-    except ValueError as error:
-        raise ValueError(f"captioning {error}") from None  # "captioning box has a negative size ..."
-    if any(abs(float(v)) > MAX_BOX_VALUE for v in box):
-        raise ValueError(f"captioning box {[float(v) for v in box]}: every number must lie within ±{MAX_BOX_VALUE:g} "
-                         "(metres; radians for the angles)")
+from .task_request import MAX_BOX_VALUE, TaskRequest, check_box  # noqa: F401 - the request's rules, defined light
 
 
 def readable_answer(raw: str) -> str:
@@ -190,6 +107,15 @@ class TaskResult:
         }
 
 
+def task_answer(task: str, raw: str, parsed):
+    """The parsed answer the front ends show (`gap-mllm predict`, `demo`, the Space): the task parser's `parsed`, or,
+    when `raw` is written in another task's format (`output_parsing.other_task_format`), an empty result of the same
+    type whose `reason` names that format: the parsers are tolerant for scoring and would read grounding's dict as
+    one unlabelled detection box, or any text as a caption, and the answer is not the task's (predict: exit status 3)."""
+    reason = other_task_format(raw, task)
+    return parsed if reason is None else type(parsed)(reason=reason)
+
+
 def _token_grids(image_grid_thw: torch.Tensor, merge: int) -> list[tuple[int, int]]:
     return [(int(h) // merge, int(w) // merge) for _, h, w in image_grid_thw.tolist()]
 
@@ -228,7 +154,8 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         # A second forward pass for the gates: generate() does not return model-specific outputs.
         gates = model(**inputs, output_gates=True).fusion_gates
     raw = processor.decode_generated(generated, input_ids=input_ids)[0]
-    result = TaskResult(task=spec.name, raw=raw, parsed=processor.post_process(generated, spec.name, input_ids)[0])
+    parsed = task_answer(spec.name, raw, processor.post_process(generated, spec.name, input_ids)[0])
+    result = TaskResult(task=spec.name, raw=raw, parsed=parsed)
     if spec is DETECTION:
         result.boxes = list(result.parsed.boxes)
     elif spec is GROUNDING:

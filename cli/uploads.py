@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gap_mllm.image_alignment import pil_to_rgb
-from gap_mllm.processing.scannet_layout import resolve_inside
+from gap_mllm.processing.path_containment import resolve_inside
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 GIF_SUFFIXES = {".gif"}
@@ -145,6 +144,31 @@ def images_in_folder(folder, words: UploadWords = CLI_WORDS) -> list[Path]:
     return images
 
 
+def frame_paths(images: list[str], max_frames: int, report=None) -> list[Path]:
+    """The files `gap-mllm predict --images` names, in order: a folder stands for its image files sorted by file name
+    (`images_in_folder`; one without images is an UploadError naming it), sampled evenly down to `max_frames` as a
+    video is (`report`, if given, gets the line that says so); anything else is kept as given, for `check_paths`."""
+    paths = []
+    for given in images:
+        path = Path(given)
+        if not path.is_dir():
+            paths.append(path)
+            continue
+        found = images_in_folder(path, CLI_WORDS)
+        kept = [found[i] for i in uniform_indices(len(found), max_frames)]
+        if len(kept) < len(found) and report is not None:
+            report(f"{path.resolve()}: {len(found)} images; {len(kept)} of them, spread evenly in name order, are used "
+                   f"(--max-frames {max_frames})")
+        paths.extend(kept)
+    return paths
+
+
+def cli_limits(paths, max_frames: int) -> UploadLimits:
+    """The limits of `gap-mllm predict`'s frames: local files of the user's own choosing, so no count or folder
+    restriction, only the type and size checks."""
+    return UploadLimits(max_files=max(len(paths), 1), max_frames=max_frames)
+
+
 def uniform_indices(total: int, count: int) -> list[int]:
     """`min(count, total)` indices spread evenly over `[0, total)`, first and last included."""
     if total <= count:
@@ -153,6 +177,9 @@ def uniform_indices(total: int, count: int) -> list[int]:
 
 
 def _open_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.Image:
+    # imported here: image_alignment imports torch, and `gap-mllm predict` checks its paths (check_paths) before torch
+    from gap_mllm.image_alignment import pil_to_rgb
+
     name = words.name(path)
     try:
         with Image.open(path) as image:

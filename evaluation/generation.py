@@ -20,6 +20,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from gap_mllm import register_auto_classes
 from gap_mllm.processing.collator import GapMllmDataCollator
+from gap_mllm.processing.model_paths import loading_bar_for
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 
@@ -53,7 +54,8 @@ class BatchGenerator:
         register_auto_classes()  # the package's classes load the folder, not its remote-code copy
         if dtype is not None:
             kwargs["dtype"] = dtype
-        self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(self.device).eval()
+        with loading_bar_for(model_dir):  # no progress bar for a small local checkpoint (GAP-MLLM-Mini)
+            self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
         self.collator = GapMllmDataCollator(self.processor, train=False, padding_side="left")
         self.max_new_tokens = max_new_tokens

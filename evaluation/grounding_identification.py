@@ -40,6 +40,8 @@ import numpy as np
 from gap_mllm.output_parsing import parse_frame_selection
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.dataset_identity import SYNTHROOMS_INFO, read_dataset_info
+from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.coordinates import backproject_pixel, camera_boxes_to_world, camera_to_world_transform, project
 from gap_mllm.processing.synth.generator import SynthConfig
 from gap_mllm.processing.synth.samples import first_clear_frame
@@ -230,7 +232,11 @@ FRAME_RULES = ("half_of_best", "first_seen", "most_seen", "frame_0")
 
 def min_visible_pixels(data_root) -> int:
     """The pixels an object must cover to count as seen, from the SynthRooms configuration that wrote `data_root`."""
-    config = json.loads((Path(data_root) / "synthrooms" / "dataset_info.json").read_text(encoding="utf-8"))["config"]
+    info = read_dataset_info(data_root)
+    if info is None or "config" not in info:
+        raise DataError("no SynthRooms settings ('config') to read min_visible_pixels from; this measure needs data "
+                        "written by gap-mllm synth", path=Path(data_root) / SYNTHROOMS_INFO)
+    config = info["config"]
     return SynthConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}).min_visible_pixels
 
 

@@ -7,7 +7,9 @@ Data: `<data_dir>/annotations/<official file of the task and split>` (or `annota
 under `<data_dir>/scannet/posed_images`. Generation is batched (left padding, greedy) and resumable:
 each finished sample is appended to `raw_outputs.rank<r>.jsonl` and skipped by the next run, if it is the same
 run: same model files, annotation file, data and task settings (`run_fingerprint.json`; run_fingerprint.py),
-else the run is refused before anything is generated or scored. Under
+else the run is refused before anything is generated or scored. One run writes into a folder at a time: a run holds
+`evaluation.lock` there from before that check to its end, and a second run into the folder is refused
+(folder_lock.py; a lock left by a killed run is taken over). Under
 `accelerate launch` the pending samples are dealt to the processes (samples about one scene stay on
 one process, which encodes the scene once and answers them all from it); the main process merges
 every rank's file (by sample index, so the order is deterministic) and scores. A predictions
@@ -42,6 +44,7 @@ from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
 from . import reports, scene_generation
 from .batched_answers import answer_in_batches
+from .folder_lock import evaluation_folder_lock
 from .plots import write_plots
 from .run_fingerprint import check_resume, local_model_folder, run_fingerprint, write_fingerprint
 from .tasks import check_batch_size, check_prompt_texts, check_sample_limit, get_task, headline_value, sample_id
@@ -195,10 +198,24 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     media_root = posed_images_dir(data_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world, device, barrier = _process_state() if predictions_file is None else (0, 1, "cpu", lambda: None)
+    # one writer per folder (folder_lock.py): taken before the fingerprint check, held until the summary is written;
+    # the main process holds it for every process of a sharded run
+    with evaluation_folder_lock(out_dir, take=rank == 0):
+        barrier()  # no process reads the folder before the main one holds it
+        return _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
+                              predictions_file, rank, world, device, barrier, batch_size, max_new_tokens,
+                              official_compat, meteor, limit, plots, progress, scene_reuse)
 
+
+def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
+                   predictions_file, rank, world, device, barrier, batch_size, max_new_tokens, official_compat, meteor,
+                   limit, plots, progress, scene_reuse) -> dict | None:
+    """The answers (generated, resumed or read), their scores and the report of `run_evaluation`, written into
+    `out_dir` while this run holds its lock."""
     unscored_rows = None
     if predictions_file is not None:
-        rank, outputs_by_id = 0, read_predictions_file(predictions_file, task.stages)
+        outputs_by_id = read_predictions_file(predictions_file, task.stages)
         unscored_rows = _unscored_rows(outputs_by_id, ids, all_ids)
         if unscored_rows["not_in_annotations"]:
             logger.warning("%s: %d row(s) not scored: their ids are not in %s (first: %s)", predictions_file,
@@ -206,7 +223,6 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
         if unscored_rows["after_limit"]:
             logger.info("%s: %d row(s) not scored: left out by limit=%s", predictions_file, unscored_rows["after_limit"], limit)
     else:
-        rank, world, device, barrier = _process_state()
         # answers already in out_dir are resumed only if this same run wrote them (run_fingerprint.py); every
         # process reads the same files, so all refuse alike, and none writes before all have checked
         model_dir = local_model_folder(model_dir)  # a Hub id: its snapshot, hashed here and then loaded

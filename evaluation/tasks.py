@@ -29,7 +29,7 @@ import numpy as np
 from gap_mllm.control_tokens import PromptTextError, refuse_control_tokens
 from gap_mllm.output_parsing import parse_literal
 from gap_mllm.processing.coordinates import world_boxes_to_camera
-from gap_mllm.processing.errors import DataError
+from gap_mllm.processing.errors import DataError, MissingDependency
 from gap_mllm.processing.record_schema import ANSWER_TEXT, REAL, TEXT, TEXT_LIST, RecordField, read_fields
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
 from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_grounding
@@ -119,12 +119,12 @@ class Benchmark:
         self.official_compat = official_compat
 
     def check_scoring_dependencies(self) -> None:
-        """ImportError naming each missing scoring package of this task and how to install it."""
+        """MissingDependency (an ImportError) naming each missing scoring package of this task and how to install it."""
         missing = [requirement for module, requirement in self.scoring_packages if importlib.util.find_spec(module) is None]
         if missing:
-            raise ImportError(f"scoring the {self.name} task needs {', '.join(missing)}, which is not installed: "
-                              f"pip install 'gap-mllm[eval]' (or {' '.join(missing)}); during training, the task can "
-                              "also be left out of evaluation.tasks")
+            raise MissingDependency(f"scoring the {self.name} task needs {', '.join(missing)}, which is not installed: "
+                                    f"pip install 'gap-mllm[eval]' (or {' '.join(missing)}); during training, the task "
+                                    "can also be left out of evaluation.tasks")
 
     def check_ground_truth(self, records: list, ids: list[str]) -> None:
         """DataError naming the sample for a record whose ground truth this benchmark cannot score. Run before any

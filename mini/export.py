@@ -4,17 +4,21 @@ tokenizer, and a model card whose figures come from the checkpoint and the pipel
 The weights are stored in bfloat16 to keep the folder under 50 MB (about 15 M parameters); the config
 says float32, so `from_pretrained` computes in float32 and the evaluation table is measured on this very
 folder (the pipeline evaluates the exported weights, not the float32 training copy).
+
+The folder is written beside `dest` and renamed into place when complete (processing/output_folder.py): a kill
+leaves the earlier folder or none, never weights without a processor; a folder the exporting command did not
+write is refused unless `overwrite`.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.processing.output_folder import MARKER, writing_output_folder
 
 from .card import mini_model_card
 from .default_model import SHIPPED_DIR
@@ -34,15 +38,31 @@ def parameter_counts(model) -> dict[str, int]:
     return counts
 
 
+EXPORT_COMMAND = "gap-mllm mini --export"  # the marker of a folder `--export` wrote
+
+
 def export_default(model_dir, dest, results: dict | None = None, max_shard_size: str = "15MB",
-                   with_remote_code: bool | None = None) -> Path:
+                   with_remote_code: bool | None = None, *, command: str = EXPORT_COMMAND, option: str = "--export",
+                   overwrite: bool = False) -> Path:
     """Copy the model of `model_dir` to `dest` in bfloat16 storage with its processor and a model card.
 
     `with_remote_code`: keep the remote-code files `save_pretrained` writes (a complete Hub folder). Default: yes,
-    except for the embedded default's own folder (`SHIPPED_DIR`), which ships no code (mini/default_model.py)."""
+    except for the embedded default's own folder (`SHIPPED_DIR`), which ships no code (mini/default_model.py).
+    `command` / `option`: who writes `dest` and how the user named it (its marker, the refusal's words);
+    `overwrite`: replace a non-empty `dest` that `command` did not write.
+
+    Raises:
+        OutputFolderRefused: `dest` holds files `command` did not write, and no `overwrite`.
+    """
     dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
+    with_remote_code = dest.resolve() != SHIPPED_DIR.resolve() if with_remote_code is None else with_remote_code
+    with writing_output_folder(dest, command, overwrite=overwrite, option=option) as staging:
+        _write_export(model_dir, staging, results, max_shard_size, with_remote_code)
+    return dest
+
+
+def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: str, with_remote_code: bool) -> None:
+    """The files of `export_default`, into the empty folder `dest` (its staging sibling)."""
     model = GapMllmForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     processor = GapMllmProcessor.from_pretrained(model_dir)
     counts = parameter_counts(model)
@@ -50,8 +70,6 @@ def export_default(model_dir, dest, results: dict | None = None, max_shard_size:
     model.config.dtype = "float32"  # compute dtype on load; storage is bfloat16 (module docstring)
     model.save_pretrained(dest, state_dict=state, max_shard_size=max_shard_size)
     processor.save_pretrained(dest)
-    if with_remote_code is None:
-        with_remote_code = dest.resolve() != SHIPPED_DIR.resolve()
     if not with_remote_code:
         for code in dest.glob("*.py"):
             code.unlink()
@@ -61,4 +79,9 @@ def export_default(model_dir, dest, results: dict | None = None, max_shard_size:
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     if size > MAX_FOLDER_BYTES:
         raise RuntimeError(f"{dest} is {size / 2**20:.1f} MiB, over the {MAX_FOLDER_BYTES / 2**20:.0f} MiB limit of the embedded default")
-    return dest
+
+
+def export_is_complete(folder: Path) -> bool:
+    """`folder` holds a whole export: its marker (only a finished folder is renamed into place), or, written before
+    the marker existed, the model card, which the export writes after the weights and the processor."""
+    return (folder / MARKER).is_file() or ((folder / "config.json").is_file() and (folder / "README.md").is_file())

@@ -20,6 +20,11 @@ training stage that was killed resumes from its last checkpoint):
     report      `results.json` and `RESULTS.md` in the output folder (the table with 95 % intervals)
     export      with `--export DIR`: the main arm's final model as a Hub folder with its model card
 
+Folders are never half-written (processing/output_folder.py): the data, each arm's `final` and `--export` are
+written into a hidden sibling and renamed into place when complete, so a killed run leaves the last complete folder
+or none, and the rerun deletes the leftover and writes it again. A `--data` or `--export` folder holding files this
+pipeline did not write is refused (`--overwrite` lets `--export` replace one), checked before anything is trained.
+
 Choices are made on the validation split (the recipes' generation evaluation logs); the test split is
 read only by the final evaluation.
 """
@@ -45,9 +50,11 @@ from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.evaluation.baselines import all_baselines
 from gap_mllm.evaluation.geometry_eval import evaluate_geometry
 from gap_mllm.evaluation.runner import run_evaluation
+from gap_mllm.processing.dataset_identity import read_dataset_info
+from gap_mllm.processing.output_folder import check_output_folder, clean_leftovers
 from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.presets import synth_config
-from gap_mllm.processing.synth.writer import write_dataset
+from gap_mllm.processing.synth.writer import write_dataset_folder
 from gap_mllm.training.config import load_recipe
 from gap_mllm.training.device import plan_device
 from gap_mllm.training.geometry_data import GeometryClips
@@ -55,7 +62,7 @@ from gap_mllm.training.run import run_training
 from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
 
 from .arms import ABLATION_ARMS, ARMS, MAIN_ARM, Arm
-from .export import export_default
+from .export import EXPORT_COMMAND, export_default, export_is_complete
 from .pipeline_settings import BUDGETS, STAGE_KINDS, Budget, add_arguments
 from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS, collect_results, write_report
 
@@ -65,6 +72,7 @@ logger = logging.getLogger(__name__)
 RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
 
 DONE_MARKER = "stage_done.json"
+COMMAND = "gap-mllm mini"  # the marker of the folders the pipeline writes for itself (an arm's `final`)
 EVAL_TASKS = ("grounding", "detection", "captioning")
 
 
@@ -83,6 +91,7 @@ class MiniRun:
     overrides: tuple[str, ...] = ()
     stage_overrides: tuple[tuple[str, str], ...] = ()  # (stage kind, SECTION.KEY=VALUE), after `overrides`
     stage0_from: Path | None = None  # a folder with both frozen encoders: used instead of training stage 0
+    data_given: bool = True  # --data was given (False: the data folder is `<out>/data`, which the messages say)
     stage1_from: Path | None = None  # a model folder the main arm's stage 2 starts from, instead of training stage 1
 
     @property
@@ -95,6 +104,11 @@ class MiniRun:
     def results_dir(self, *parts: str) -> Path:
         return self.out / "results" / Path(*parts)
 
+    @property
+    def data_named(self) -> str:
+        """The data folder as the user knows it: `--data DIR`, or the default under `--out`."""
+        return f"--data {self.data}" if self.data_given else f"the data folder {self.data} (of --out {self.out})"
+
 
 # ------------------------------------------------------------------------------------------- steps
 
@@ -102,30 +116,31 @@ class MiniRun:
 def make_data(run: MiniRun) -> dict:
     """Write the mini SynthRooms data (skipped when the same configuration and splits are already there).
 
+    The data are written beside the folder and renamed into place when complete (`write_dataset_folder`), so a
+    killed run leaves no half folder: the rerun deletes its leftover and writes the data again.
+
     Raises:
         ValueError: the data folder holds something else (other SynthRooms settings or scene counts, or files that
             are not SynthRooms data): it is never deleted or written into, since it may be the user's own data.
     """
+    clean_leftovers(Path(os.path.abspath(run.data)))  # a data folder a kill left moved aside comes back first
     config = synth_config("mini")
     train, val, test = run.settings.scenes
     splits = {"train": train, "val": val, "test": test}
-    info_path = run.data / "synthrooms" / "dataset_info.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+    info = read_dataset_info(run.data)  # a malformed file: a DataError naming it
+    if info is not None:
         counts = {k: len(v) for k, v in info["splits"].items()}
         same_config = info.get("config") == json.loads(json.dumps(config.to_dict()))
         if same_config and counts == splits:
             logger.info("data: %s is up to date", run.data)
             return info
         held = f"scenes {counts}" + ("" if same_config else " of other SynthRooms settings")
-        raise ValueError(f"--data {run.data} holds {held}; this budget ({run.budget}) needs the mini preset's scenes "
+        raise ValueError(f"{run.data_named} holds {held}; this budget ({run.budget}) needs the mini preset's scenes "
                          f"{splits}. Give another --data folder (or none: {run.out / 'data'}), or delete this one to "
                          "have it written again")
-    if run.data.exists() and any(run.data.iterdir()):
-        raise ValueError(f"--data {run.data} is not empty and holds no SynthRooms data (no synthrooms/dataset_info.json); "
-                         "give an empty or new folder for the mini data")
     logger.info("data: writing %s scenes to %s", splits, run.data)
-    return write_dataset(run.data, SynthRooms(config), splits, workers=run.workers)
+    return write_dataset_folder(run.data, SynthRooms(config), splits, command=COMMAND, option="--data",
+                                overwrite_option=None, named=run.data_named, workers=run.workers)
 
 
 def stage_is_done(folder: Path) -> bool:
@@ -224,8 +239,9 @@ def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
         start = ["model.name_or_path=null", *fresh]
     stage2 = train_stage(run, "mini_stage2.yaml", "stage2", run.stage_dir(arm.name, "stage2"), start)
     final = run.stage_dir(arm.name, "final")
-    if not (final / "config.json").is_file():
-        export_default(stage2, final)
+    if not export_is_complete(final):
+        # `final` lies in the run's own stage folder: what is there is a half export of an earlier version, replaced
+        export_default(stage2, final, command=COMMAND, option="", overwrite=True)
     return final
 
 
@@ -291,8 +307,12 @@ def compute_baselines(run: MiniRun) -> dict:
 # ------------------------------------------------------------------------------------------- driver
 
 
-def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path | None = None) -> dict:
-    """Everything of the module docstring; returns the results written to `<out>/results/results.json`."""
+def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path | None = None,
+                 overwrite: bool = False) -> dict:
+    """Everything of the module docstring; returns the results written to `<out>/results/results.json`.
+    `overwrite`: `export` may replace a folder that `gap-mllm mini --export` did not write."""
+    if export is not None:  # hours before the export: refuse a folder of the user's files now, not at the end
+        check_output_folder(export, EXPORT_COMMAND, overwrite=overwrite, option="--export")
     run.out.mkdir(parents=True, exist_ok=True)
     make_data(run)
     stage0 = adopt_stage0(run, run.stage0_from) if run.stage0_from is not None else run_stage0(run)
@@ -310,7 +330,7 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
             raise ValueError(f"--export {export}: the main arm {MAIN_ARM.name} has no final model in this run "
                              "(it was not run, or --stage1-only stopped it after stage 1)")
 
-        export_default(run.stage_dir(MAIN_ARM.name, "final"), export, results)
+        export_default(run.stage_dir(MAIN_ARM.name, "final"), export, results, overwrite=overwrite)
     return results
 
 
@@ -372,7 +392,7 @@ def main(args: argparse.Namespace) -> int:
                   device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens,
                   eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides),
                   stage_overrides=stage_overrides, stage0_from=Path(args.stage0) if args.stage0 else None,
-                  stage1_from=Path(args.stage1) if args.stage1 else None)
+                  stage1_from=Path(args.stage1) if args.stage1 else None, data_given=bool(args.data))
     names = args.arms or ([arm.name for arm in ABLATION_ARMS] if args.ablation else [MAIN_ARM.name])
     arms = [replace(ARMS[name], stage1_only=True) if args.stage1_only else ARMS[name] for name in names]
     if args.no_report:  # a worker process of --parallel: one arm, no shared steps
@@ -381,7 +401,8 @@ def main(args: argparse.Namespace) -> int:
             run_arm(run, arm, stage0)
             evaluate_arm(run, arm)
         return 0
-    results = run_pipeline(run, arms, parallel=args.parallel, export=Path(args.export) if args.export else None)
+    results = run_pipeline(run, arms, parallel=args.parallel, export=Path(args.export) if args.export else None,
+                           overwrite=args.overwrite)
     table = run.results_dir("RESULTS.md").read_text(encoding="utf-8")
     if args.table:
         Path(args.table).write_text(table, encoding="utf-8")

@@ -72,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start the main arm's stage 2 from this model folder instead of training its stage 1 (e.g. the "
                              "shipped default, to continue its stage 2); the tables' stage-1 columns then score this model")
     parser.add_argument("--stage1-only", action="store_true", help="stop every arm after stage 1 (and evaluate its marker task)")
-    parser.add_argument("--export", default=None, help="write the main arm's final model here as a Hub folder with its card")
+    parser.add_argument("--export", default=None, help="write the main arm's final model here as a Hub folder with its card "
+                                                       "(an earlier --export there is replaced; any other non-empty "
+                                                       "folder is refused, before training, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --export replace a folder it did not write (its files are deleted)")
     parser.add_argument("--table", default=None, help="also copy RESULTS.md here (make mini: mini/RESULTS.md)")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -556,3 +557,57 @@ def parse_spatial_answer(text: str) -> SpatialAnswerResult:
         value = None
     return SpatialAnswerResult(answer, value if value is not None and math.isfinite(value) else None)
 
+
+# ------------------------------------------------------------------------------- answer formats
+
+# The structured answer formats, named by the task that answers in each (captioning and spatial QA answer in plain
+# text). A front end (cli/tasks.py) refuses an answer written in another task's format: the Mini often answers a
+# detection or captioning prompt with grounding's dict, which the tolerant parsers would read as one unlabelled box or
+# as a caption. Scoring (`gap-mllm evaluate`) keeps the parsers' own reading.
+ANSWER_FORMATS = {
+    "detection": '[{"label": ..., "bbox_3d": [...]}, ...]',
+    "grounding": '{"bbox_3d": [...]}',
+    "grounding_stage1": '{"frame": k}',
+    "reconstruction": '{"pointmap": [x, y, z], "label": ...}',
+}
+_FORMAT_OF_TASK = {"grounding_stage2": "grounding"}  # the pipeline's last stage answers as the pipeline does
+_KEY_PATTERN = re.compile(r"""["']([A-Za-z_]\w*)["']\s*:""")  # a quoted dict key
+
+
+def _answer_keys(body: str) -> set[str]:
+    """The dict keys of a structured answer: read from its literal, or, for one that does not parse (a truncated
+    answer, `{"pointmap": "couch`), the quoted words followed by a colon."""
+    value, _ = parse_literal(body, allow_block=False)
+    entries = value if isinstance(value, (list, tuple)) else [value]
+    if value is not None:
+        return {key for entry in entries if isinstance(entry, dict) for key in entry if isinstance(key, str)}
+    return set(_KEY_PATTERN.findall(body))
+
+
+def answer_format(text) -> str | None:
+    """The task whose structured format `text` is written in (an `ANSWER_FORMATS` name), or None for plain text (or
+    a structure of no task's format). Decided by the keys: "pointmap" is reconstruction's, "frame" grounding stage 1's,
+    a box is detection's in a list or with a label, else grounding's."""
+    if not isinstance(text, str) or len(text) > MAX_TEXT_CHARS:
+        return None
+    body = strip_code_fences(text)
+    if not body.startswith(("{", "[")):
+        return None
+    keys = _answer_keys(body)
+    if "pointmap" in keys:
+        return "reconstruction"
+    if "frame" in keys:
+        return "grounding_stage1"
+    if keys & set(BOX_KEYS):
+        return "detection" if body.startswith("[") or "label" in keys else "grounding"
+    return None
+
+
+def other_task_format(text, task: str) -> str | None:
+    """None when `text` is not written in another task's answer format than `task`'s (a task name), else the reason to
+    show: `answer in grounding's format {"bbox_3d": [...]}, not detection's`."""
+    found = answer_format(text)
+    own = _FORMAT_OF_TASK.get(task, task)
+    if found is None or found == own:
+        return None
+    return f"answer in {found}'s format {ANSWER_FORMATS[found]}, not {task}'s"

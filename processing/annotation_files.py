@@ -8,6 +8,7 @@ stages.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from gap_mllm.tasks_gap_mllm import (
@@ -42,15 +43,33 @@ def annotation_file_name(task: str | TaskSpec, split: str, frames: int | str) ->
     return TASK_FILE_TEMPLATES[spec].format(split=split, frames=frames)
 
 
-def find_annotation_file(data_root, task: str | TaskSpec, split: str) -> Path:
-    """The one annotation file of `task`/`split` under `<data_root>/annotations` (any frame count)."""
+def find_annotation_file(data_root, task: str | TaskSpec, split: str, file_option: str | None = "--annotation-file") -> Path:
+    """The one annotation file of `task`/`split` under `<data_root>/annotations` (any frame count).
+
+    Raises:
+        FileNotFoundError: none or several match; the message lists the splits that have files of `task` and names
+            the command-line options that choose another (`--split`, and `file_option` when the command has one).
+    """
     spec = resolve_task(task)
     folder = Path(data_root) / ANNOTATIONS_SUBDIR
     matches = sorted(folder.glob(annotation_file_name(spec, split, "*")))
-    if len(matches) != 1:
-        found = ", ".join(p.name for p in matches) or "none"
-        raise FileNotFoundError(
-            f"expected exactly one {spec.name} annotation file for split {split!r} matching "
-            f"{folder / annotation_file_name(spec, split, '*')} (found: {found}); pass annotation_file= explicitly"
-        )
-    return matches[0]
+    if len(matches) == 1:
+        return matches[0]
+    give_file = f" (or give the file with {file_option} FILE)" if file_option else ""
+    if matches:
+        raise FileNotFoundError(f"{len(matches)} {spec.name} annotation files for split {split!r} in {folder} "
+                                f"({', '.join(p.name for p in matches)}); keep one{give_file}")
+    splits = ", ".join(annotation_splits(data_root, spec)) or "none"
+    raise FileNotFoundError(f"no {spec.name} annotation file for split {split!r} in {folder} (expected "
+                            f"{annotation_file_name(spec, split, '*')}); splits with {spec.name} files there: {splits}. "
+                            f"Choose one with --split{give_file}")
+
+
+def annotation_splits(data_root, task: str | TaskSpec) -> list[str]:
+    """The splits that have an annotation file of `task` under `<data_root>/annotations`, sorted."""
+    spec = resolve_task(task)
+    template = annotation_file_name(spec, "{split}", "{frames}")
+    pattern = re.escape(template).replace(re.escape("{split}"), "(?P<split>.+)").replace(re.escape("{frames}"), r"\d+")
+    folder = Path(data_root) / ANNOTATIONS_SUBDIR
+    names = (re.fullmatch(pattern, path.name) for path in folder.glob(annotation_file_name(spec, "*", "*")))
+    return sorted({match["split"] for match in names if match})

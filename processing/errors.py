@@ -7,6 +7,7 @@ count it in a `SkipCounter` (reported at the end, per reason) so nothing is drop
 `names_full_disk` is the one rule for "the device is full" (ENOSPC / EDQUOT anywhere in an error's chain, or
 the texts of writers that lose the errno), used by training's checkpoints, export-llm and the CLI's error line;
 `device_of` names the filesystem a path is on; `DiskFullError` is a full disk already described for the user.
+`MissingDependency` is an optional package a command needs and does not find, named with how to install it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+
+# `gap-mllm` exit status of a run stopped before its end that the same command continues (sysexits' EX_TEMPFAIL)
+RUN_STOPPED_STATUS = 75
+
+
+class RunStoppedEarly(RuntimeError):
+    """A run stopped before the end of its schedule (its time limit, a SIGTERM) with a checkpoint that the same
+    command continues. Not a failure: the command line prints it as one line and exits with RUN_STOPPED_STATUS."""
 
 
 class DataError(ValueError):
@@ -42,6 +52,11 @@ class DataError(ValueError):
         if self.path is not None and message.startswith(f"file {self.path}: "):
             message = message[len(f"file {self.path}: ") :]
         return DataError(message, path=self.path, sample=sample)
+
+
+class MissingDependency(ImportError):
+    """An optional package that a command needs is not installed (or is another release). The message names the
+    package and the command that installs it; front ends show it as one line, not a traceback."""
 
 
 def exception_chain(error: BaseException | None):

@@ -18,17 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .dataset_identity import SYNTHROOMS_INFO, TRAINING_RECORD
-
-
-def _synthrooms_info(data_root) -> dict | None:
-    path = Path(data_root) / SYNTHROOMS_INFO
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+from .dataset_identity import TRAINING_RECORD, read_dataset_info
 
 
 def record_scene_id(record: dict) -> str:
@@ -44,8 +34,8 @@ def generator_fingerprint(config: dict) -> str:
 def split_scenes(data_root, split: str) -> dict | None:
     """`{"generator": fingerprint, "scenes": [scene ids]}` of a SynthRooms split; None for other data (or a split
     the data does not have)."""
-    info = _synthrooms_info(data_root)
-    if info is None or split not in (info.get("splits") or {}) or "config" not in info:
+    info = read_dataset_info(data_root)
+    if info is None or split not in info["splits"] or "config" not in info:
         return None
     return {"generator": generator_fingerprint(info["config"]), "scenes": sorted(info["splits"][split])}
 
@@ -72,7 +62,7 @@ def check_held_out(model_dir, data_root, scene_ids) -> None:
     """Raise `TrainedOnEvaluationScenes` when `model_dir`'s training record lists any of `scene_ids` (the scenes of
     the samples to score) for the generator settings of `data_root`."""
     record_path = Path(model_dir) / TRAINING_RECORD
-    info = _synthrooms_info(data_root)
+    info = read_dataset_info(data_root)
     if info is None or "config" not in info or not record_path.is_file():
         return
     fingerprint = generator_fingerprint(info["config"])

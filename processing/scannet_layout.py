@@ -37,6 +37,7 @@ from gap_mllm.image_alignment import pil_to_rgb
 
 from .coordinates import check_rigid, intrinsics_3x3
 from .errors import DataError
+from .path_containment import resolve_inside  # noqa: F401 - part of this module's path rules
 
 POSED_IMAGES_SUBDIR = Path("scannet") / "posed_images"
 DEPTH_SCALE = 1000.0  # ScanNet depth PNGs are millimetres
@@ -60,24 +61,6 @@ def frame_name(raw_frame: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- paths
-
-
-def _resolve(path: Path) -> Path:
-    """`path.resolve()`, with a symbolic link loop raised as `OSError(ELOOP)` naming the path (Python
-    before 3.13 raises a bare RuntimeError there)."""
-    try:
-        return path.resolve()
-    except RuntimeError as error:
-        raise OSError(errno.ELOOP, "symbolic link loop", str(path)) from error
-
-
-def resolve_inside(root, path) -> Path | None:
-    """`path` (relative to `root`, or absolute) with every symbolic link followed, if the result lies
-    inside `root` (also resolved) or is `root` itself; None otherwise. Nothing needs to exist; a symbolic
-    link loop raises `OSError` (errno ELOOP)."""
-    root = _resolve(Path(root))
-    real = _resolve(root / Path(path))
-    return real if real == root or real.is_relative_to(root) else None
 
 
 def media_path(media_root, relative, sample=None) -> Path:

@@ -12,7 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=non_negative_int, required=True, help="number of training scenes")
     parser.add_argument("--val-scenes", type=non_negative_int, default=0, help="number of validation scenes (after the training ones)")
     parser.add_argument("--test-scenes", type=non_negative_int, default=0, help="number of test scenes (after the validation ones)")
-    parser.add_argument("--out", required=True, help="output folder (gets scannet/posed_images, annotations, synthrooms)")
+    parser.add_argument("--out", required=True, help="output folder (gets scannet/posed_images, annotations, synthrooms); "
+                                                     "a folder of other files or other scenes is refused")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files or other "
+                                                                 "scenes (they are deleted)")
     parser.add_argument("--preset", default="default", help="named configuration: default (ScanNet-like) or mini (GAP-MLLM-Mini)")
     parser.add_argument("--workers", type=positive_int, default=1, help="processes rendering scenes in parallel (same output)")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="dataset seed; scene i depends only on (seed, i)")

@@ -1,9 +1,14 @@
 """`gap-mllm synth`: write a SynthRooms dataset (ScanNet layout + official annotation JSONs).
 
     gap-mllm synth --scenes 20 --out data/synth [--val-scenes 4] [--test-scenes 4] [--seed 0] [--size 480 640]
-    gap-mllm synth --preset mini --scenes 1200 --val-scenes 60 --test-scenes 240 --out data/mini --workers 2
+    gap-mllm synth --preset mini --scenes 1200 --val-scenes 60 --test-scenes 240 --out data/mini_full --workers 2
 
 `--preset` picks a named configuration (processing/synth/presets.py); options given explicitly override it.
+
+`--out` is written beside itself and renamed into place when complete (processing/output_folder.py): a kill leaves
+no half data root. A folder holding the same scenes (same settings and split counts, e.g. the same command run
+again) is written again; a folder of other scenes, other settings or other files is refused, unless `--overwrite`
+(which deletes it).
 
 The lead CLI calls `add_arguments(subparser)` and `main(args)`.
 """
@@ -19,7 +24,7 @@ from tqdm.auto import tqdm
 from .synth.allocator import keep_large_allocations_in_heap
 from .synth.generator import SynthRooms
 from .synth.presets import synth_config
-from .synth.writer import write_dataset
+from .synth.writer import write_dataset_folder
 from .synth_arguments import add_arguments  # noqa: F401 - the command's add_arguments
 
 _OPTION_FIELDS = {
@@ -59,8 +64,9 @@ def main(args) -> int:
     if args.test_scenes:
         splits["test"] = args.test_scenes
     with tqdm(total=sum(splits.values()), desc="SynthRooms scenes", unit="scene") as bar:
-        info = write_dataset(args.out, SynthRooms(config), splits, progress=lambda scene_id: (bar.set_postfix_str(scene_id), bar.update(1)),
-                             workers=args.workers)
+        info = write_dataset_folder(args.out, SynthRooms(config), splits, command="gap-mllm synth",
+                                    overwrite=args.overwrite, workers=args.workers,
+                                    progress=lambda scene_id: (bar.set_postfix_str(scene_id), bar.update(1)))
     print(json.dumps(info["records"], indent=1))
     return 0
 

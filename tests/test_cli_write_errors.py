@@ -155,12 +155,24 @@ def test_predict_on_a_full_disk(tmp_path, capsys):
 
 
 @needs_dev_full
-def test_synth_on_a_full_disk(tmp_path, capsys):
+def test_synth_on_a_full_disk(tmp_path, capsys, monkeypatch):
+    """synth writes into a hidden sibling renamed when complete (processing/output_folder.py): the full file is
+    planted there, once the folder is made, and the line names it; the failed write leaves no folder behind."""
+    from gap_mllm.processing.synth import writer
+
     out = tmp_path / "synth"
-    full_file(out / "synthrooms" / "dataset_info.json")
+    staged = tmp_path / ".synth.gap-mllm-partial" / "synthrooms" / "dataset_info.json"
+    write_dataset = writer.write_dataset
+
+    def write_onto_a_full_disk(out_dir, *args, **kwargs):
+        full_file(staged)
+        return write_dataset(out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(writer, "write_dataset", write_onto_a_full_disk)
     status, err = run(["synth", "--scenes", "1", "--out", str(out), "--size", "48", "64", "--frames", "4",
                        "--min-objects", "2", "--max-objects", "2"], capsys)
-    assert status == 2 and error_line(err) == full_disk_line("synth", out / "synthrooms" / "dataset_info.json")
+    assert status == 2 and error_line(err) == full_disk_line("synth", staged)
+    assert not out.exists() and not staged.parent.parent.exists()
 
 
 # ------------------------------------------------------------------------------------------ export-llm

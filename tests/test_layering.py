@@ -182,6 +182,7 @@ LAZY_FOR_START_UP = {
     "modeling_gap_mllm/tasks_gap_mllm.py": "the generate stopping criterion (torch, transformers) of a task's stop rule",
     "training/__init__.py": "the training exports (torch, transformers, accelerate), on first use",
     "cli/command_arguments.py": "the benchmarks' names of `evaluate` (the evaluation package imports scipy)",
+    "cli/uploads.py": "the image conversion (image_alignment imports torch): `predict` checks its paths before torch",
 }
 
 

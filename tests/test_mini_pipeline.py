@@ -164,7 +164,7 @@ def test_a_data_folder_of_other_scenes_or_other_files_is_refused_and_kept(toy_ru
     own = tmp_path / "my_scannet"
     (own / "annotations").mkdir(parents=True)
     (own / "annotations" / "mine.json").write_text("[]")
-    with pytest.raises(ValueError, match="is not empty and holds no SynthRooms data"):
+    with pytest.raises(ValueError, match=r"is not empty \(annotations/\) and holds no SynthRooms data"):
         pipeline.main(parser.parse_args(["--out", str(tmp_path / "other"), "--data", str(own), "--budget", "toy"]))
     assert (own / "annotations" / "mine.json").read_text() == "[]"
 

@@ -82,3 +82,17 @@ def test_a_time_limited_run_resumes_to_the_uninterrupted_weights(tmp_path, recon
     for name in expected:  # the checkpoint holds optimizer, scheduler, RNG and data position
         torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0, msg=name)
     TrainingStoppedAtTimeLimit.check(finished.global_step, 6, str(folder))  # a finished run passes
+
+
+def test_a_stopped_run_is_one_line_and_exit_status_75_on_the_command_line(capsys):
+    """`gap-mllm mini` after a time-limited (or SIGTERM) stop: not a traceback, and a status a scheduler can read."""
+    from gap_mllm.cli.errors import run_command
+
+    def stopped(args):
+        TrainingStoppedAtTimeLimit.check(3805, 7200, "runs/x")
+
+    assert run_command("mini", stopped, None) == 75
+    err = capsys.readouterr().err
+    assert err == ("gap-mllm mini: training stopped at its time limit (or a SIGTERM) after step 3805 of 7200; a checkpoint "
+                   "in runs/x holds the full state, and the same command with --resume auto (the make mini pipeline: the "
+                   "same command) continues it\n")

@@ -39,7 +39,10 @@ def test_rows_are_vsibench_rows_with_the_records_answers(exported):
     assert exported["written"] == {"questions": 14, "videos": 2, "skipped": {},
                                    "question_types": dict.fromkeys(sorted(["object_abs_distance", "object_counting",
                                                                            "object_size_estimation", "room_size_estimation",
-                                                                           *DIRECTION_FORMS]), 2)}
+                                                                           *DIRECTION_FORMS]), 2),
+                                   # lmms-eval's table rows of types not asked read 0.0: named, not scores
+                                   "not_asked": ["obj_appearance_order_accuracy", "object_rel_distance_accuracy",
+                                                 "route_planning_accuracy"]}
     assert [row["id"] for row in rows] == list(range(14))
     for row in rows:
         assert [key for key in row if key != "record_id"] == VSIBENCH_COLUMNS and row["dataset"] == "synthrooms"
@@ -167,3 +170,29 @@ def test_reexport_replaces_the_videos(exported, tmp_path):
     stale.write_bytes(b"old")
     export_vsibench(exported["data"], out)
     assert not stale.exists() and len(list((out / "vsibench" / "synthrooms").iterdir())) == 2
+
+
+def test_the_command_without_lmms_eval_says_what_to_install_in_one_line(exported, tmp_path, monkeypatch, capsys):
+    from gap_mllm.cli.main import main as gap_mllm
+
+    def not_installed(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(vsibench_export, "version", not_installed)
+    status = gap_mllm(["export-vsibench", "--data", str(exported["data"]), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 2 and lines == [
+        "gap-mllm export-vsibench: error: export-vsibench writes a task for lmms-eval 0.7.3's vsibench and lmms-eval is "
+        "not installed: pip install --no-deps lmms-eval==0.7.3 (with gap-mllm[lmms]; make install does both)",
+        "(run with --debug for the traceback)"]
+
+
+def test_a_missing_split_names_the_splits_there_and_the_option(exported, tmp_path, capsys):
+    from gap_mllm.cli.main import main as gap_mllm
+
+    status = gap_mllm(["export-vsibench", "--data", str(exported["data"]), "--out", str(tmp_path / "out"), "--split", "testing"])
+    line = capsys.readouterr().err.splitlines()[0]
+    assert status == 2 and line.startswith("gap-mllm export-vsibench: error: no spatial_qa annotation file for split "
+                                           "'testing' in ")
+    assert line.endswith("splits with spatial_qa files there: test. Choose one with --split")  # no --annotation-file here
+    assert "annotation_file=" not in line and not (tmp_path / "out").exists()

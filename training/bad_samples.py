@@ -22,8 +22,26 @@ logger = logging.getLogger(__name__)
 SKIPPED_KEY = "num_skipped_samples"
 
 
+SHOWN_NAMES = 5  # skipped samples named in a one-line summary
+
+
 def sample_name(example: dict, index: int) -> str:
     return str(example.get("id", f"batch item {index}"))
+
+
+def names_text(names: list[str], shown: int = SHOWN_NAMES) -> str:
+    """The first `shown` of `names`, quoted, and how many more."""
+    text = ", ".join(repr(name) for name in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def skipped_samples_warning(count: int, names: list[str]) -> str:
+    """The end-of-run line about `count` skipped bad samples, naming the first few of `names` (those known by name
+    in this process: a feature cache's marked samples; without a cache, each was named in a warning when skipped)."""
+    text = f"skipped {count} bad sample(s) on this process"
+    if names:
+        return f"{text}: {names_text(names)}"
+    return f"{text}; see the warnings above for their names"
 
 
 class BadSampleGuard:

@@ -15,8 +15,10 @@ is 14.5 + 3.6 MB; a 32-view grounding sample 579 MB.
 
 `FeatureCache.build` logs this for its own configuration (from the first sample it writes) and calls
 `ensure_disk_room` before it writes the first entry: when the free space (`shutil.disk_usage`) cannot hold the
-samples still to be cached plus a safety margin, it raises `CacheDiskError` naming the sizes and what to do;
-nothing is written, and entries already in the folder are kept.
+samples still to be cached plus a safety margin, it raises `CacheDiskError` naming the sizes, the cache's own
+device and folder (`cache.directory` may be on another disk than the run's output folder) and what to do; nothing
+is written, and entries already in the folder are kept. A disk that fills up later, while entries are written, is
+named the same way (`FeatureCache._write`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from gap_mllm.processing.errors import DiskFullError, device_of
+
 logger = logging.getLogger(__name__)
 
 BYTES_PER_VALUE = 2  # float16
@@ -35,8 +39,9 @@ HEADER_BYTES = 1024  # about what a safetensors header of an entry's dozen tenso
 DISK_MARGIN_FRACTION = 0.05  # keep 5% of the disk free on top of the estimate
 
 
-class CacheDiskError(OSError):
-    """The feature cache would not fit on its disk."""
+class CacheDiskError(DiskFullError):
+    """The feature cache would not fit on its disk (the message names that disk and the cache folder: the command
+    line shows it as it is)."""
 
 
 @dataclass(frozen=True)
@@ -111,13 +116,14 @@ def ensure_disk_room(directory, cost: CacheCost, num_samples: int, margin: float
     `directory` lacks that room plus `margin` × its size."""
     needed = cost.bytes_for(num_samples)
     usage = shutil.disk_usage(Path(directory))
-    logger.info("feature cache %s: %s; %s free on its disk", directory, cost.describe(num_samples),
-                format_bytes(usage.free))
+    device = device_of(directory)
+    logger.info("feature cache %s: %s; %s free on %s", directory, cost.describe(num_samples), format_bytes(usage.free),
+                device)
     reserve = int(margin * usage.total)
     if needed + reserve > usage.free:
         raise CacheDiskError(
             f"the feature cache in {directory} needs about {format_bytes(needed)} for {num_samples} more "
-            f"samples ({cost.describe()}) but its disk has {format_bytes(usage.free)} free (keeping "
+            f"samples ({cost.describe()}) but its disk, {device}, has {format_bytes(usage.free)} free (keeping "
             f"{format_bytes(reserve)} spare); free space, point cache.directory at a larger disk, cache fewer "
             "samples, or train without the cache (cache.enabled: false) and recompute the features on the GPU."
         )

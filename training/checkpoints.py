@@ -47,6 +47,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 # Any one of these holds the model (full weights, sharded weights, a LoRA adapter, pickled weights).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
                 "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+MODEL_FILE = "model.safetensors"
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -70,6 +71,30 @@ def checkpoint_problem(folder) -> str | None:
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         return f"no model weights ({', '.join(WEIGHT_FILES[:3])}, ...)"
     return None
+
+
+class MissingSafetensorsWeights(FileNotFoundError):
+    """A folder without safetensors model weights (a LoRA adapter, pickled weights, or none)."""
+
+
+def load_model_weights(folder) -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder's safetensors weights (one file or an index of shards).
+
+    Raises:
+        MissingSafetensorsWeights: the folder has neither `model.safetensors` nor its shard index."""
+    from safetensors.torch import load_file  # here: this module is read by light commands too
+    folder = Path(folder)
+    index = folder / f"{MODEL_FILE}.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        tensors = {}
+        for shard in shards:
+            tensors.update(load_file(folder / shard))
+        return tensors
+    if (folder / MODEL_FILE).is_file():
+        return load_file(folder / MODEL_FILE)
+    raise MissingSafetensorsWeights(f"{folder}: no {MODEL_FILE} or {MODEL_FILE}.index.json (safetensors weights)")
+
 
 
 def checkpoint_step(folder) -> int | None:

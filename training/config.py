@@ -189,13 +189,27 @@ class LoraSettings:
 class CacheConfig:
     """Feature cache (training/feature_cache.py): the processor and the frozen part of each encoder tower run once
     per sample, before training; every batch is then read from disk. Worth it when a run sees a sample more than
-    once. `directory`: default `<output_dir>/feature_cache`. `dtype`: storage of the features ("float16",
+    once. `directory`: default `<output_dir>/feature_cache`; "~" is the user's home (a folder outside the run, e.g.
+    `~/.cache/gap_mllm/feature_cache`, outlives it, and its fingerprinted subfolders are safe to share). `dtype`: storage of the features ("float16",
     "bfloat16", "float32"). `batch_size`: samples per encoder call while it is built."""
 
     enabled: bool = False
     directory: str | None = None
     dtype: str = "float16"
     batch_size: int = 16
+
+
+@dataclass
+class RunStateConfig:
+    """A run state kept outside the output folder (training/run_state.py): after every checkpoint save, the
+    checkpoint without what the source model already holds goes to `directory` (a folder a git repository can
+    carry), and a run resumed with `--resume auto` on a machine without that checkpoint starts from it.
+    `moments_dtype` / `best_dtype`: "float32" (exact) or "bfloat16" (half the bytes) for the optimizer's moments and
+    the best model's weights. None: no run state."""
+
+    directory: str | None = None
+    moments_dtype: str = "float32"
+    best_dtype: str = "float32"
 
 
 @dataclass
@@ -291,6 +305,7 @@ class TrainRecipe:
     aux: AuxLossConfig = field(default_factory=AuxLossConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    run_state: RunStateConfig = field(default_factory=RunStateConfig)
     geometry: GeometryStageConfig = field(default_factory=GeometryStageConfig)
     vision: VisionStageConfig = field(default_factory=VisionStageConfig)
     evaluation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)
@@ -319,6 +334,9 @@ class TrainRecipe:
             raise RecipeTypeError(TRANSFORMERS_LIGER_REFUSAL)
         if self.kernels.liger_fused_linear_cross_entropy and self.stage not in ("pretrain", "finetune"):
             raise ValueError(f"{LIGER_OPTION} applies to the LLM stages (pretrain, finetune), not stage={self.stage!r}")
+        for name in ("moments_dtype", "best_dtype"):
+            if getattr(self.run_state, name) not in ("float32", "bfloat16"):
+                raise ValueError(f"run_state.{name}={getattr(self.run_state, name)!r}; choose from ['bfloat16', 'float32']")
         if self.cache.batch_size < 1:
             raise ValueError(f"cache.batch_size={self.cache.batch_size}: give a positive number of samples")
         for task, repeats in (self.data.task_repeats or {}).items():

@@ -28,8 +28,21 @@ Invalidation, by construction rather than bookkeeping:
 
 The key hashes the encoded image files, not decoded pixels, so a training batch needs no decoding: the dataset's
 images are read undecoded (`undecoded_images`). Entries are written to a temporary file and renamed, so concurrent
-writers and a killed run never leave a half-written entry. A sample the collator rejects while the cache is built
-(under `data.on_bad_sample: skip`) gets a `.bad` entry with the reason, and training skips and counts it.
+writers and a killed run never leave a half-written entry; a full disk while writing is a `DiskFullError` naming the
+cache's own device and folder.
+
+Bad samples. A sample the collator rejects while the cache is built (under `data.on_bad_sample: skip`) gets a `.bad`
+entry with the reason. The run's policy decides what a `.bad` entry (this run's or an earlier run's) does, in one rule
+(`FeatureCache.serve_bad`): under `skip` the sample is skipped and counted by name (`CacheStats.skipped_names`, the
+warnings, and the trainer's end-of-run warning); under `raise` it stops the run with a `DataError` naming the sample
+and the reason.
+
+Damaged entries. An entry that is empty, truncated or lacks a tensor this configuration stores (a disk error, a copy
+cut short) is never served. `build` checks every entry it would reuse (the safetensors header against the file's
+size and the expected tensor names; no tensor data is read) and recomputes a damaged one, with a warning naming it
+and the cache folder. Read while training (`load`), where the towers cannot run, a damaged entry is removed (a
+`.damaged` note with the reason takes its place), named once in a warning with the folder, and its sample is skipped
+and counted; the next `build` recomputes it.
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -49,14 +62,15 @@ import PIL.Image
 import safetensors.torch
 import torch
 import xxhash  # a dependency of datasets
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from gap_mllm import chat_format, control_tokens, image_alignment, processing_gap_mllm, visual_prompt
 from gap_mllm.processing import collator as collator_module
-from gap_mllm.processing.errors import DataError
+from gap_mllm.processing.errors import DataError, DiskFullError, device_of, names_full_disk
 
 from . import aux_targets, frozen_towers, sample_tensors
-from .bad_samples import SKIPPED_KEY, sample_name
+from .bad_samples import SKIPPED_KEY, names_text, sample_name
 from .cache_cost import cost_of_sample, ensure_disk_room
 from .frozen_towers import (
     frozen_vision_features,
@@ -78,8 +92,41 @@ _CODE_MODULES = (processing_gap_mllm, image_alignment, visual_prompt, chat_forma
 _CONTENT_FIELDS = ("prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")
 
 
+# tensors every entry holds (the tokens); the features' names follow the configuration (`FeatureCache.expected_tensors`)
+_TOKEN_TENSORS = ("input_ids", "labels", "mm_token_type_ids", "image_grid_thw")
+SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file: an 8-byte little-endian header length, the JSON header, the data
+
+
 class CacheUnusableError(ValueError):
     """No tower of the model can be cached (both trainable, or no geometry and a trainable ViT)."""
+
+
+class DamagedEntryError(DataError):
+    """A feature-cache entry that cannot be served (empty, truncated, a tensor missing); already reported and set
+    aside: its sample is skipped until the next `build` recomputes it."""
+
+
+def safetensors_damage(file, size: int, expected) -> str | None:
+    """What is wrong with a safetensors file of `size` bytes read from binary `file` (only its header is read), or
+    None: it is empty or cut short, its header does not parse, or it lacks a tensor of `expected`."""
+    if size == 0:
+        return "the file is empty"
+    head = file.read(SAFETENSORS_LENGTH_BYTES)
+    if len(head) < SAFETENSORS_LENGTH_BYTES:
+        return f"the file is cut short ({size} bytes)"
+    length = int.from_bytes(head, "little")
+    if SAFETENSORS_LENGTH_BYTES + length > size:
+        return f"the file is cut short inside its header ({size} bytes)"
+    try:
+        header = json.loads(file.read(length))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "its header does not parse"
+    needed = SAFETENSORS_LENGTH_BYTES + length + max(ends, default=0)
+    if size < needed:
+        return f"the file is cut short ({size} of {needed} bytes)"
+    missing = [name for name in expected if name not in header]
+    return f"tensor(s) {', '.join(missing)} missing" if missing else None
 
 
 def cache_unusable_reason(model) -> str | None:
@@ -153,9 +200,18 @@ def processing_fingerprint(processor, collator_settings: dict) -> str:
 
 @dataclass
 class CacheStats:
+    """What one `build` did: entries computed (`recomputed` of them replaced damaged ones), reused, and bad samples
+    skipped (by name)."""
+
     computed: int = 0
     reused: int = 0
     skipped: int = 0
+    recomputed: int = 0
+    skipped_names: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"{self.computed} computed ({self.recomputed} replacing damaged entries), {self.reused} reused, {self.skipped} skipped"
+        return text + (f" (bad samples: {names_text(self.skipped_names)})" if self.skipped_names else "")
 
 
 class FeatureCache:
@@ -194,6 +250,7 @@ class FeatureCache:
         self.fingerprint = digest.hexdigest()
         self.folder = Path(directory) / self.fingerprint
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.skipped_names: list[str] = []  # bad samples skipped so far (by this process), each named once
 
     def describe(self) -> str:
         vision = f"ViT: {self.vision_kind} ({self.vision_reason})" if self.vision_kind else f"ViT not cached ({self.vision_reason})"
@@ -207,11 +264,57 @@ class FeatureCache:
     def bad_path(self, key: str) -> Path:
         return self.folder / f"{key}.bad"
 
+    def damaged_path(self, key: str) -> Path:
+        return self.folder / f"{key}.damaged"
+
     def __contains__(self, key: str) -> bool:
-        return self.path(key).is_file() or self.bad_path(key).is_file()
+        """Whether `key` has a servable entry or a `.bad` one (a damaged entry does not count: it is recomputed)."""
+        return self.is_bad(key) or self.entry_damage(key) is None
 
     def is_bad(self, key: str) -> bool:
         return self.bad_path(key).is_file()
+
+    def bad_reason(self, key: str) -> str | None:
+        """Why the sample of `key` was marked bad, or None when it was not."""
+        try:
+            return self.bad_path(key).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def serve_bad(self, key: str, name: str, skip: bool) -> bool:
+        """The rule for a `.bad` entry under the run's policy (`skip`: data.on_bad_sample is "skip"): True when the
+        sample `name` is marked bad and is to be skipped (it is counted by name); False when it is not marked.
+
+        Raises:
+            DataError: it is marked bad and the policy is "raise" (the mark may be an earlier `skip` run's).
+        """
+        reason = self.bad_reason(key)
+        if reason is None:
+            return False
+        if not skip:
+            raise DataError(f"marked bad in the feature cache {self.folder} when it was built under data.on_bad_sample: "
+                            f"skip ({reason}); fix the sample, or train with data.on_bad_sample: skip to leave it out",
+                            sample=name)
+        if name not in self.skipped_names:
+            self.skipped_names.append(name)
+            logger.warning("feature cache: skipping bad sample %r (marked when the cache was built): %s", name, reason)
+        return True
+
+    def expected_tensors(self) -> list[str]:
+        """The tensors every entry of this configuration holds (the aux targets vary by sample and are not checked)."""
+        names = list(_TOKEN_TENSORS)
+        names += [f"geometry.{level}" for level in range(self.num_levels)] if self.caches_geometry else []
+        names += {"merged": ["vision.0"], "blocks": ["vision.blocks"]}.get(self.vision_kind, [])
+        return names
+
+    def entry_damage(self, key: str) -> str | None:
+        """What makes the entry of `key` unservable ("no entry", a `.damaged` note's reason, or `safetensors_damage`),
+        or None for a sound entry. Reads the header only."""
+        try:
+            with open(self.path(key), "rb") as file:
+                return safetensors_damage(file, os.fstat(file.fileno()).st_size, self.expected_tensors())
+        except FileNotFoundError:
+            return "no entry"
 
     def store(self, key: str, sample: dict) -> None:
         """Write one sample (a `split_batch` dict with `geometry_features` / `vision_features` as cached)."""
@@ -244,24 +347,54 @@ class FeatureCache:
         return stored
 
     def _write(self, path: Path, write) -> None:
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        try:
+            handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        except OSError as error:
+            raise self._disk_error(error) from error
         try:
             with os.fdopen(handle, "wb") as file:
                 write(file)
             os.replace(temporary, path)
-        except BaseException:
+        except BaseException as error:
             Path(temporary).unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise self._disk_error(error) from error
             raise
 
-    def load(self, key: str) -> dict:
-        """One sample as `collate_samples` takes it (features in the storage dtype)."""
+    def _disk_error(self, error: OSError) -> OSError:
+        """`error` itself, or for a full disk a `DiskFullError` naming the cache's device and folder (a temporary
+        file's descriptor names neither, and the command's output folder may be on another disk)."""
+        if not names_full_disk(error):
+            return error
+        return DiskFullError(f"no space left on {device_of(self.folder)} while writing the feature cache in {self.folder}; "
+                             "free space there, or point cache.directory at a larger disk, then run again (the entries "
+                             "already written are kept and reused)")
+
+    def load(self, key: str, name: str | None = None) -> dict:
+        """One sample as `collate_samples` takes it (features in the storage dtype); `name`: the sample's, for messages.
+
+        Raises:
+            DamagedEntryError: the entry is damaged (then set aside and reported once) or was set aside earlier.
+            KeyError: there is no entry (the cache was not built for this sample).
+        """
         try:
             with open(self.path(key), "rb") as file:
                 data = file.read()
         except FileNotFoundError as error:
+            if self.damaged_path(key).is_file():  # set aside earlier (and reported then)
+                raise DamagedEntryError(f"feature cache entry {key} in {self.folder} was damaged and set aside; the next "
+                                        "build recomputes it", sample=name) from None
             raise KeyError(f"feature cache {self.folder} has no entry {key}: build it first (FeatureCache.build) with "
                            "the same model, processor and data") from error
-        tensors = safetensors.torch.load(data)
+        damage = safetensors_damage(io.BytesIO(data), len(data), self.expected_tensors())
+        try:
+            tensors = safetensors.torch.load(data) if damage is None else None
+        except SafetensorError as error:  # a header that parses and sizes that add up, yet unreadable
+            damage = f"unreadable ({error})"
+        if damage is not None:
+            self.set_aside(key, damage, name)
+            raise DamagedEntryError(f"feature cache entry {key} in {self.folder} is damaged ({damage}); set aside, the "
+                                    "next build recomputes it", sample=name)
         sample = {name: tensors[name] for name in ("input_ids", "labels", "mm_token_type_ids", "image_grid_thw",
                                                    "aux_camera", "aux_scale") if name in tensors}
         depth_views = sorted(int(name.split(".")[1]) for name in tensors if name.startswith("aux_depth."))
@@ -276,12 +409,32 @@ class FeatureCache:
             sample["vision_features"] = FrozenVisionFeatures("blocks", tensors["vision.blocks"])
         return sample
 
+    def set_aside(self, key: str, damage: str, name: str | None = None) -> None:
+        """Replace a damaged entry by a `.damaged` note with the reason, and name it in a warning (once: the entry is
+        gone afterwards). Used where the towers cannot run to recompute it (while training)."""
+        self._write(self.damaged_path(key), lambda file: file.write(damage.encode("utf-8")))
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            return  # another process set it aside first and warned
+        sample = f" (sample {name!r})" if name is not None else ""
+        logger.warning("feature cache %s: entry %s%s is damaged (%s); removed, its sample is skipped until the next "
+                       "build recomputes it", self.folder, key, sample, damage)
+
     # ------------------------------------------------------------------ filling
     @torch.no_grad()
     def build(self, model, dataset, collator, batch_size: int = 16, skip_errors: bool = False) -> CacheStats:
         """Run `collator` (the run's chain before the cache) and the frozen towers on every sample of `dataset`
         (read with `undecoded_images`) that has no entry yet, and store them. Returns how many were computed,
-        reused and skipped (bad samples, under `skip_errors`: marked so training skips them too)."""
+        reused and skipped (bad samples, under `skip_errors`: marked so training skips them too).
+
+        Entries from earlier builds are checked, not trusted: a `.bad` one follows this build's policy
+        (`serve_bad`: skipped and named under `skip_errors`, else a `DataError` naming the sample and the reason),
+        and a damaged one is recomputed with a warning naming it and the cache folder.
+
+        Raises:
+            DataError: a bad sample, with `skip_errors=False`.
+        """
         gap = unwrap_gap_model(model)
         was_training = gap.training
         gap.eval()
@@ -290,8 +443,7 @@ class FeatureCache:
             for start in tqdm(range(0, len(dataset), batch_size), desc="feature cache", unit="batch", mininterval=30):
                 examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 keys = [sample_key(example) for example in examples]
-                missing = [index for index, key in enumerate(keys) if key not in self]
-                stats.reused += len(keys) - len(missing)
+                missing = self._to_compute(examples, keys, start, skip_errors, stats)
                 good = []
                 for index in missing:
                     example = decoded_example(examples[index])
@@ -303,6 +455,8 @@ class FeatureCache:
                         logger.warning("feature cache: skipping bad sample %r: %s", sample_name(example, index), error)
                         self.mark_bad(keys[index], str(error))
                         stats.skipped += 1
+                        stats.skipped_names.append(sample_name(example, start + index))
+                        self.skipped_names.append(sample_name(example, start + index))  # new: not named before
                         continue
                     good.append((index, example))
                 if not good:
@@ -314,10 +468,35 @@ class FeatureCache:
                     if stats.computed == 0:  # log the cost; refuse before writing if the disk lacks the room
                         ensure_disk_room(self.folder, cost_of_sample(sample, self.dtype), len(dataset) - start - index)
                     self.store(keys[index], sample)
+                    self.damaged_path(keys[index]).unlink(missing_ok=True)
                     stats.computed += 1
         finally:
             gap.train(was_training)
         return stats
+
+    def _to_compute(self, examples: list[dict], keys: list[str], start: int, skip_errors: bool, stats: CacheStats) -> list[int]:
+        """Indices of `examples` whose entries are to be computed: no entry, or a damaged one (warned, counted in
+        `stats.recomputed`); sound entries count as reused, `.bad` ones follow `serve_bad`."""
+        missing = []
+        for index, (example, key) in enumerate(zip(examples, keys)):
+            name = sample_name(example, start + index)
+            if self.serve_bad(key, name, skip_errors):
+                stats.skipped += 1
+                stats.skipped_names.append(name)
+                continue
+            damage = self.entry_damage(key)
+            if damage is None:
+                stats.reused += 1
+                continue
+            if damage != "no entry":
+                logger.warning("feature cache %s: entry %s (sample %r) is damaged (%s); recomputing it", self.folder,
+                               key, name, damage)
+                stats.recomputed += 1
+            elif self.damaged_path(key).is_file():  # set aside while training, and named then
+                logger.info("feature cache %s: recomputing entry %s (sample %r), set aside as damaged", self.folder, key, name)
+                stats.recomputed += 1
+            missing.append(index)
+        return missing
 
     def encode(self, model, batch: dict) -> list[dict]:
         """The per-sample dicts of a collated batch with the cached towers' outputs in place of their inputs."""
@@ -343,7 +522,8 @@ class CachedCollator:
 
     Args:
         collator: the run's chain before the cache (processor, labels, aux targets, `BadSampleGuard`); runs only
-            when a tower is not cached, for that tower's input.
+            when a tower is not cached, for that tower's input. Its `policy` (data.on_bad_sample) also decides
+            what a sample marked bad in the cache does (`FeatureCache.serve_bad`).
         cache: a built `FeatureCache`.
         pad_token_id, padding_side: the tokenizer's.
         packing: pack the samples into rows (`collate_samples`); `row_tokens` caps a row's length.
@@ -354,26 +534,41 @@ class CachedCollator:
                  spatial_merge_size: int = 2, row_tokens: int | None = None):
         self.collator = collator
         self.cache = cache
+        self.skip_bad = getattr(collator, "policy", "raise") == "skip"
         self.layout = {"pad_token_id": pad_token_id, "padding_side": padding_side, "packing": packing,
                        "spatial_merge_size": spatial_merge_size, "row_tokens": row_tokens}
 
+    def _entries(self, examples: list[dict]) -> list[tuple[dict, dict]]:
+        """`(example, cached entry)` of the samples served: those marked bad (under skip) and those whose entry is
+        damaged (set aside and reported) are left out."""
+        served = []
+        for index, example in enumerate(examples):
+            key, name = sample_key(example), sample_name(example, index)
+            if self.cache.serve_bad(key, name, self.skip_bad):
+                continue
+            try:
+                served.append((example, self.cache.load(key, name)))
+            except DamagedEntryError:
+                continue
+        return served
+
     def __call__(self, examples: list[dict]) -> dict:
-        keys = [sample_key(example) for example in examples]
-        good = [(example, key) for example, key in zip(examples, keys) if not self.cache.is_bad(key)]
-        skipped = len(examples) - len(good)
-        if not good:
+        served = self._entries(examples)
+        skipped = len(examples) - len(served)
+        if not served:
             names = [sample_name(example, index) for index, example in enumerate(examples)]
-            raise DataError(f"every sample of a batch was marked bad when the feature cache was built ({names}); fix the data")
+            raise DataError(f"no sample of a batch can be served from the feature cache {self.cache.folder} ({names}): "
+                            "each is marked bad or its entry is damaged (see the warnings above); fix the data, or "
+                            "run again to have damaged entries recomputed")
         if self.cache.complete:
-            samples = [self.cache.load(key) for _, key in good]
+            samples = [cached for _, cached in served]
         else:
-            batch = self.collator([decoded_example(example) for example, _ in good])
+            batch = self.collator([decoded_example(example) for example, _ in served])
             skipped += int(batch.pop(SKIPPED_KEY, torch.tensor(0)))
             samples = split_batch(batch)
-            if len(samples) != len(good):
+            if len(samples) != len(served):
                 raise RuntimeError("the collator dropped samples the feature cache has entries for; rebuild the cache")
-            for sample, (_, key) in zip(samples, good):
-                cached = self.cache.load(key)
+            for sample, (_, cached) in zip(samples, served):
                 for name in ("geometry_features", "vision_features"):
                     if name in cached:
                         sample[name] = cached[name]

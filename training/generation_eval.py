@@ -91,7 +91,10 @@ class GenerationEvalCallback(TrainerCallback):
             self._evaluate(state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._evaluate(state)
+        # a run stopped before its last step (time limit, SIGTERM) is not validated here: its validation points stay
+        # the schedule's (every_n_steps and the end), whatever the sessions it was trained in
+        if state.max_steps <= 0 or state.global_step >= state.max_steps:
+            self._evaluate(state)
 
 
 def read_best(output_dir) -> dict | None:

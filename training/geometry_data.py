@@ -27,7 +27,6 @@ detection / reconstruction clips are drawn the same way), so the data is endless
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,8 @@ import torch
 
 from gap_mllm.processing.annotation_files import ANNOTATIONS_SUBDIR
 from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.dataset_identity import SYNTHROOMS_INFO, read_dataset_info
+from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import (
     DEPTH_INTRINSIC_FILE,
     INTRINSIC_FILE,
@@ -55,11 +56,11 @@ def split_scene_ids(data_root, split: str) -> list[str]:
     """Scene ids of `split`: SynthRooms' `synthrooms/dataset_info.json` when present, else every scene
     referenced by the split's annotation files (real ScanNet layouts)."""
     root = Path(data_root)
-    info = root / "synthrooms" / "dataset_info.json"
-    if info.is_file():
-        splits = json.loads(info.read_text(encoding="utf-8")).get("splits", {})
+    info = read_dataset_info(root)
+    if info is not None:
+        splits = info["splits"]
         if split not in splits:
-            raise ValueError(f"{info} has no split {split!r} (splits: {sorted(splits)})")
+            raise DataError(f"no split {split!r} (splits: {sorted(splits)})", path=root / SYNTHROOMS_INFO)
         return list(splits[split])
     scenes = set()
     for path in sorted((root / ANNOTATIONS_SUBDIR).glob(f"*_{split}_*frames*.json")):

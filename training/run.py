@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
 from gap_mllm.processing.held_out import trained_scenes
 
-from .checkpoints import check_resume_checkpoint, find_resumable_checkpoint
+from .checkpoints import MissingSafetensorsWeights, check_resume_checkpoint, find_resumable_checkpoint, load_model_weights
 from .config import TrainRecipe, training_arguments
 from .data import add_length_column, build_collator, load_split, sample_collator, sample_collator_settings
 from .device import apply_device_plan
@@ -27,6 +29,7 @@ from .kernels import apply_attention_implementation, check_kernels, check_liger_
 from .lora import apply_lora
 from .model_loading import load_model_and_processor
 from .param_groups import apply_freezing
+from .run_state import RunStateCallback, RunStateError, read_run_state, restore_if_newer
 from .time_limit import TimeLimitCallback
 from .trainer import GeometryAlignedTrainer
 
@@ -41,11 +44,14 @@ class TrainingSetup:
     cache: object | None
 
 
-def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset=None, eval_dataset=None, callbacks=None) -> TrainingSetup:
+def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset=None, eval_dataset=None, callbacks=None,
+                  resume_from_checkpoint: str | None = None) -> TrainingSetup:
     """Everything of a run, ready to `trainer.train()`. Pass `model`/`processor`/datasets to override
     what the recipe would load (tests, notebooks). The device and precision come from `recipe.device`
     (training/device.py: CUDA when available, else a CPU setup), and are logged. Kernels the run cannot use
-    (training/kernels.py) are refused before the model is loaded."""
+    (training/kernels.py) are refused before the model is loaded. `resume_from_checkpoint`: the complete
+    checkpoint the run will resume from; its weights are loaded before the feature cache is keyed and filled, so
+    the cache holds the features of the towers the checkpoint trained with, not of the model the recipe built."""
     recipe, plan = apply_device_plan(recipe)
     check_kernels(recipe, plan)
     args = training_arguments(recipe)
@@ -54,6 +60,8 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     apply_attention_implementation(model, recipe.model.attn_implementation, recipe.training)
     model.train()
     apply_freezing(model, recipe.freezing)
+    if resume_from_checkpoint is not None and not recipe.lora.enabled:
+        load_checkpoint_weights(model, resume_from_checkpoint)
     if recipe.lora.enabled:
         model = apply_lora(model, recipe.lora)
     wrapped = GeometryAlignedModel(model, recipe.aux, liger_cross_entropy=recipe.kernels.liger_fused_linear_cross_entropy)
@@ -100,9 +108,26 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     return TrainingSetup(trainer=trainer, model=wrapped, processor=processor, cache=cache)
 
 
+def load_checkpoint_weights(model, checkpoint) -> None:
+    """Load a checkpoint's full weights into the (unwrapped) model before anything is derived from them (the feature
+    cache's key). Trainer loads the same weights again when it resumes. A checkpoint without safetensors weights
+    (pickled ones) is left to Trainer, with a warning that the cache is keyed by the recipe's model."""
+    try:
+        tensors = load_model_weights(checkpoint)
+    except MissingSafetensorsWeights:
+        logger.warning("%s has no safetensors weights: the feature cache is keyed by the model the recipe built, "
+                       "which is the checkpoint's only if its frozen towers were not changed", checkpoint)
+        return
+    result = model.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"resume from {checkpoint}: its weights hold tensors this model does not have "
+                         f"({', '.join(result.unexpected_keys[:5])}); it is a checkpoint of another model")
+
+
 def _fill_feature_cache(recipe: TrainRecipe, args, model, processor, train_dataset, eval_dataset):
     """The run's `FeatureCache`, filled for every sample of both datasets."""
-    directory = recipe.cache.directory or str(Path(args.output_dir) / "feature_cache")
+    # "~" expanded here: a recipe or a recorded command (a run state's) names the user's cache without a machine path
+    directory = str(Path(recipe.cache.directory).expanduser()) if recipe.cache.directory else str(Path(args.output_dir) / "feature_cache")
     cache = FeatureCache(directory, model, processor, sample_collator_settings(recipe.data, recipe.aux), recipe.cache.dtype)
     logger.info("feature cache: %s", cache.describe())
     fill_collator = sample_collator(processor, recipe.data, recipe.aux)
@@ -183,26 +208,64 @@ def save_final_model(trainer, output_dir=None) -> None:
     trainer.save_model(output_dir)
 
 
+def invoking_command() -> str:
+    """This process's command line as a person would type it again (`gap-mllm ...` for the console script)."""
+    program = Path(sys.argv[0]).name if Path(sys.argv[0]).name == "gap-mllm" else sys.argv[0]
+    return shlex.join([program, *sys.argv[1:]])
+
+
+def run_state_settings(recipe: TrainRecipe, data_given: bool) -> dict | None:
+    """What a run state of this recipe records beside the checkpoint (None without `run_state.directory`): the
+    model folder it started from (its tensors are not copied), the data root, the command that continues it."""
+    if recipe.run_state.directory is None:
+        return None
+    source = recipe.model.name_or_path
+    source = source if source and Path(source, "config.json").is_file() else None
+    data_root = None if data_given or not recipe.data.data_root else recipe.data.data_root
+    return {"source": source, "data_root": data_root, "command": invoking_command()}
+
+
+def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dict) -> str | None:
+    """`--resume auto` with a run state: its checkpoint, rebuilt in the output folder when that holds none as new
+    (a fresh machine). Without `--resume auto`, a run state of another run is refused rather than overwritten."""
+    directory, output_dir = recipe.run_state.directory, recipe.training.get("output_dir")
+    if resume == "auto":
+        return restore_if_newer(directory, output_dir, source=settings["source"], data_root=settings["data_root"])
+    record = read_run_state(directory)
+    if resume is None and record is not None:
+        raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run "
+                            f"({record.get('command')}); continue it with --resume auto, or give another run_state.directory")
+    return resume
+
+
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
     """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output.
     Stage-0 recipes (`stage: geometry` / `vision`) train an encoder (training/encoder_stage_run.py).
     Beside the model, `gap_mllm_training.json` records what it was trained on (`training_record`).
     With `recipe.time_limit_s`, a run that reaches it stops with a checkpoint and saves no final model."""
+    run_state = run_state_settings(recipe, data_given=build_kwargs.get("train_dataset") is not None)
+    if run_state is not None:  # checked, and restored, before the model and the feature cache are built
+        resume_from_checkpoint = resume_from_run_state(recipe, resume_from_checkpoint, run_state)
+    # the checkpoint is known before anything is built: the feature cache is keyed by its frozen towers
+    resume = resolve_resume(resume_from_checkpoint, recipe.training["output_dir"])
     if recipe.stage in ("geometry", "vision"):
         setup = build_encoder_stage_trainer(recipe, **build_kwargs)
     else:
-        setup = build_trainer(recipe, **build_kwargs)
+        setup = build_trainer(recipe, resume_from_checkpoint=resume, **build_kwargs)
     trainer = setup.trainer
     time_limit = None
     if recipe.time_limit_s is not None:
         time_limit = TimeLimitCallback(recipe.time_limit_s)
         trainer.add_callback(time_limit)
-    resume = resolve_resume(resume_from_checkpoint, trainer.args.output_dir)
+    if run_state is not None:
+        trainer.add_callback(RunStateCallback(recipe.run_state.directory, moments_dtype=recipe.run_state.moments_dtype,
+                                              best_dtype=recipe.run_state.best_dtype, **run_state))
     result = trainer.train(resume_from_checkpoint=resume)
     if time_limit is not None and time_limit.reached:
         # unfinished: the checkpoint holds the state, and a final model here would pass for the finished one
-        logger.warning("stopped at the time limit (%g s) after step %d of %d; the checkpoint in %s resumes it (--resume auto)",
-                       recipe.time_limit_s, result.global_step, trainer.state.max_steps, trainer.args.output_dir)
+        why = "on SIGTERM" if time_limit.terminated else f"at the time limit ({recipe.time_limit_s:g} s)"
+        logger.warning("stopped %s after step %d of %d; the checkpoint in %s resumes it (--resume auto)",
+                       why, result.global_step, trainer.state.max_steps, trainer.args.output_dir)
         return result
     save_final_model(trainer)
     if trainer.args.should_save:
@@ -213,6 +276,4 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
                         best["step"], trainer.state.global_step)
             record["best_of_validation"] = {key: best[key] for key in ("step", "metric", "value")}
         Path(trainer.args.output_dir, TRAINING_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    if getattr(trainer, "skipped_samples", 0):
-        logger.warning("skipped %d bad sample(s) on this process; see the warnings above for their names", trainer.skipped_samples)
     return result

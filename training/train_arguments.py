@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit-s", type=positive_seconds, default=None,
                         help="stop after this many seconds of training with a checkpoint; the same command with "
                              "--resume auto continues it (shortcut for --set time_limit_s=...)")
+    parser.add_argument("--run-state", default=None, metavar="DIR",
+                        help="after every checkpoint, keep the run's state (the checkpoint without what the starting model "
+                             "holds) in DIR, a folder git can carry; on a machine without the checkpoint, --resume auto "
+                             "continues from it (shortcut for --set run_state.directory=...; training/run_state.py)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to train (default: the recipe's `device`, auto = CUDA if available, else CPU); "
                              "precision and CPU settings follow, and are logged")

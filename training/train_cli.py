@@ -1,7 +1,9 @@
 """`gap-mllm train --config RECIPE.yaml [--set section.key=value ...] [--resume auto|DIR] [--device auto|cpu|cuda]`.
 
-`--time-limit-s N` stops after N seconds of training with a checkpoint; `--resume auto` continues it
-(training/time_limit.py), for schedulers that give a run fixed slots of time.
+`--time-limit-s N` stops after N seconds of training (or at a SIGTERM) with a checkpoint; `--resume auto` continues it
+(training/time_limit.py), for schedulers that give a run fixed slots of time. `--run-state DIR` keeps the run's state
+in a folder a git repository can carry, and `--resume auto` continues from it on a machine that lost the output
+folder (training/run_state.py).
 
 Values are checked against the recipe's field types (`training.*` against TrainingArguments); the
 device and precision are picked by themselves (`--device auto`, the default: CUDA when torch sees
@@ -29,7 +31,8 @@ from .train_arguments import add_arguments  # noqa: F401 - the command's add_arg
 def main(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     for value, key in ((args.output_dir, "training.output_dir"), (args.report_to, "training.report_to"),
-                       (args.data_root, "data.data_root"), (args.device, "device"), (args.time_limit_s, "time_limit_s")):
+                       (args.data_root, "data.data_root"), (args.device, "device"), (args.time_limit_s, "time_limit_s"),
+                       (args.run_state, "run_state.directory")):
         if value is not None:
             overrides.append(f"{key}={value}")
     recipe = load_recipe(args.config, overrides)

@@ -21,6 +21,7 @@ What it adds to Trainer (docs/transformers-notes.md §9):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections import defaultdict
@@ -31,7 +32,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .bad_samples import SKIPPED_KEY
+from .bad_samples import SKIPPED_KEY, skipped_samples_warning
 from .checkpoints import (
     CheckpointDiskFull,
     disk_full_error,
@@ -44,6 +45,8 @@ from .config import LOSS_NORMALIZATIONS, AuxLossConfig, LearningRates
 from .divergence import DivergenceGuard
 from .geometry_aligned_model import GeometryAlignedModel
 from .param_groups import build_parameter_groups
+
+logger = logging.getLogger(__name__)
 
 AUX_HEADS_WEIGHTS = "aux_heads.safetensors"
 AUX_HEADS_CONFIG = "aux_heads_config.json"
@@ -153,6 +156,18 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
     def skipped_samples(self) -> int:
         """Samples dropped by `BadSampleGuard` on this process so far."""
         return self._skipped_samples
+
+    @property
+    def skipped_sample_names(self) -> list[str]:
+        """The skipped samples known by name in this process: those a feature cache holds as bad (its collator's)."""
+        return list(getattr(getattr(self.data_collator, "cache", None), "skipped_names", []))
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, then a warning naming the bad samples skipped (at least the first few), if any."""
+        output = super().train(*args, **kwargs)
+        if self._skipped_samples:
+            logger.warning(skipped_samples_warning(self._skipped_samples, self.skipped_sample_names))
+        return output
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):

@@ -15,6 +15,11 @@ What OUT holds (VSI-Bench's own layout, so that lmms-eval's `vsibench` task defi
     annotations/spatial_qa_vsibench.json  the same questions as this package's annotation records (frames from DATA,
                                    the prompt lmms-eval's vsibench builds), for `gap-mllm evaluate --annotation-file`
 
+OUT is written beside itself and renamed into place when complete (processing/output_folder.py): an earlier export
+there is replaced whole (no video of it is left to pair with no question), a kill leaves the earlier export or none,
+and a non-empty folder this command did not write (the user's README.md, test.jsonl, ...) is refused unless
+`--overwrite` (which deletes it).
+
 VSI-Bench's task reads a row's video at `$HF_HOME/vsibench/<dataset>/<scene_name>.mp4` (its utils.py reads HF_HOME
 when lmms-eval loads the task) and skips its download when that folder exists, hence `HF_HOME=OUT`. Never write this
 synthetic set into your real `$HF_HOME/vsibench`: lmms-eval would then take it for the real VSI-Bench's videos.
@@ -25,7 +30,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import shutil
 import sys
 from collections import Counter
 from functools import lru_cache
@@ -37,6 +41,8 @@ from PIL import Image
 
 from gap_mllm.processing.annotation_files import ANNOTATIONS_SUBDIR, find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.errors import MissingDependency
+from gap_mllm.processing.output_folder import writing_output_folder
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 from gap_mllm.processing.vsibench_questions import DATASET_NAME, DIRECTION_FORMS, vsibench_rows
 from gap_mllm.tasks_gap_mllm import SPATIAL_QA
@@ -44,6 +50,7 @@ from gap_mllm.tasks_gap_mllm import SPATIAL_QA
 from . import LMMS_EVAL_REQUIREMENT, LMMS_EVAL_VERSION
 from .vsibench_export_arguments import add_arguments  # noqa: F401 - the command's add_arguments
 
+COMMAND = "gap-mllm export-vsibench"  # the marker of a folder this command wrote
 TASK_NAME = "vsibench_synthrooms"
 ROWS_FILE = "test.jsonl"
 VIDEO_CACHE = "vsibench"  # VSI-Bench's `dataset_kwargs.cache_dir`: its videos live in $HF_HOME/vsibench
@@ -70,7 +77,8 @@ def vsibench_task_folder() -> Path:
     """The installed lmms-eval's `tasks/vsibench` folder (found without importing lmms-eval).
 
     Raises:
-        ImportError: lmms-eval is missing, or is another release than the one the plugin follows.
+        MissingDependency: lmms-eval is missing, or is another release than the one the plugin follows (an
+            ImportError that the command shows as one line).
     """
     try:
         installed = version("lmms-eval")
@@ -78,8 +86,8 @@ def vsibench_task_folder() -> Path:
         installed = None
     if installed != LMMS_EVAL_VERSION:
         found = f"lmms-eval {installed} is installed" if installed else "lmms-eval is not installed"
-        raise ImportError(f"export-vsibench writes a task for lmms-eval {LMMS_EVAL_VERSION}'s vsibench and {found}: "
-                          f"pip install --no-deps {LMMS_EVAL_REQUIREMENT} (with gap-mllm[lmms]; make install does both)")
+        raise MissingDependency(f"export-vsibench writes a task for lmms-eval {LMMS_EVAL_VERSION}'s vsibench and {found}: "
+                                f"pip install --no-deps {LMMS_EVAL_REQUIREMENT} (with gap-mllm[lmms]; make install does both)")
     return Path(importlib.util.find_spec("lmms_eval").origin).parent / "tasks" / "vsibench"
 
 
@@ -150,18 +158,20 @@ def task_yaml(out_dir: Path, vsibench_yaml: Path) -> str:
             f"dataset_path: {out_dir.resolve()}\n")
 
 
-def export_vsibench(data_dir, out_dir, split: str = "test") -> dict:
+def export_vsibench(data_dir, out_dir, split: str = "test", overwrite: bool = False) -> dict:
     """Write the local VSI-Bench of `data_dir`'s `split` into `out_dir` (module docstring); returns what was written:
-    `{"questions", "videos", "question_types": {type: count}, "skipped": {reason: count}}`.
+    `{"questions", "videos", "question_types": {type: count}, "skipped": {reason: count}}`. `overwrite`: replace
+    a non-empty `out_dir` this command did not write.
 
     Raises:
+        OutputFolderRefused (a ValueError): `out_dir` holds files this command did not write, and no `overwrite`.
         ImportError: lmms-eval 0.7.3 is not installed (the task includes its vsibench.yaml).
         ValueError: the split asks no question of one of the direction subtypes lmms-eval's aggregation needs, or a
             scene's questions do not share one clip.
     """
     vsibench_yaml = vsibench_task_folder() / "vsibench.yaml"  # before any work: the task file includes it
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    records = load_annotation_file(find_annotation_file(data_dir, SPATIAL_QA, split))
+    records = load_annotation_file(find_annotation_file(data_dir, SPATIAL_QA, split, file_option=None))  # no such option here
     rows, skipped = vsibench_rows(records, SceneCentres(data_dir))
     types = Counter(row["question_type"] for row in rows)
     missing = [name for name in DIRECTION_FORMS if not types[name]]
@@ -174,23 +184,42 @@ def export_vsibench(data_dir, out_dir, split: str = "test") -> dict:
         if clips.setdefault(record["scene_id"], record["images"]) != record["images"]:
             raise ValueError(f"record {record['id']!r}: scene {record['scene_id']!r} is asked about two clips; one "
                              "VSI-Bench video per scene holds one clip")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    videos = out_dir / VIDEO_CACHE / DATASET_NAME
-    if videos.exists():
-        shutil.rmtree(videos)  # a video left from an earlier export would pair with no question
+    with writing_output_folder(out_dir, COMMAND, overwrite=overwrite, settings={"data": str(data_dir), "split": split}) as staging:
+        _write_export(staging, out_dir, data_dir, rows, clips, vsibench_yaml)
+    return {"questions": len(rows), "videos": len(clips), "question_types": dict(sorted(types.items())),
+            "skipped": dict(skipped), "not_asked": not_asked_metrics(types)}
+
+
+# VSI-Bench's per-type figures in lmms-eval's table (vsibench's metric_list), by the question type each one averages
+VSIBENCH_TYPE_METRICS = {"obj_appearance_order": "obj_appearance_order_accuracy",
+                         "object_abs_distance": "object_abs_distance_mra", "object_counting": "object_counting_mra",
+                         "object_rel_distance": "object_rel_distance_accuracy",
+                         "object_size_estimation": "object_size_estimation_mra",
+                         "room_size_estimation": "room_size_estimation_mra", "route_planning": "route_planning_accuracy"}
+
+
+def not_asked_metrics(types: Counter) -> list[str]:
+    """lmms-eval's table lists every VSI-Bench figure; those of a type this export asks no question of read 0.0,
+    which is not a score: their names, said where the export is written."""
+    return [metric for question_type, metric in VSIBENCH_TYPE_METRICS.items() if not types[question_type]]
+
+
+def _write_export(staging: Path, out_dir: Path, data_dir: Path, rows: list[dict], clips: dict[str, list[str]],
+                  vsibench_yaml: Path) -> None:
+    """The files of the export, into the empty folder `staging` (renamed to `out_dir` afterwards: the task file
+    names `out_dir`, the folder lmms-eval will read)."""
+    videos = staging / VIDEO_CACHE / DATASET_NAME
     media_root = posed_images_dir(data_dir)
     for scene, images in clips.items():
         write_video([media_path(media_root, image, scene) for image in images], videos / f"{scene}.mp4")
-    with open(out_dir / ROWS_FILE, "w", encoding="utf-8") as handle:
+    with open(staging / ROWS_FILE, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
-    (out_dir / "README.md").write_text(DATASET_CARD.format(rows=ROWS_FILE), encoding="utf-8")
-    (out_dir / f"{TASK_NAME}.yaml").write_text(task_yaml(out_dir, vsibench_yaml), encoding="utf-8")
+    (staging / "README.md").write_text(DATASET_CARD.format(rows=ROWS_FILE), encoding="utf-8")
+    (staging / f"{TASK_NAME}.yaml").write_text(task_yaml(out_dir, vsibench_yaml), encoding="utf-8")
     annotations = [annotation_record(row, clips[row["scene_name"]]) for row in rows]
-    (out_dir / ANNOTATION_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (out_dir / ANNOTATION_FILE).write_text(json.dumps(annotations, indent=1), encoding="utf-8")
-    return {"questions": len(rows), "videos": len(clips), "question_types": dict(sorted(types.items())),
-            "skipped": dict(skipped)}
+    (staging / ANNOTATION_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (staging / ANNOTATION_FILE).write_text(json.dumps(annotations, indent=1), encoding="utf-8")
 
 
 def usage_lines(out_dir, data_dir) -> list[str]:
@@ -204,9 +233,12 @@ def usage_lines(out_dir, data_dir) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"--data {args.data}: no such folder")
-    written = export_vsibench(args.data, args.out, args.split)
+    written = export_vsibench(args.data, args.out, args.split, overwrite=args.overwrite)
     print(json.dumps(written, indent=1))
     print("\n".join(usage_lines(args.out, args.data)))
+    if written["not_asked"]:
+        print(f"lmms-eval's table will show {', '.join(written['not_asked'])} as 0.0: this export asks no such "
+              "question, so that row is not a score")
     return 0
 
 

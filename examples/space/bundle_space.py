@@ -3,6 +3,9 @@
     python examples/space/bundle_space.py --out build/space                          (or: make space-bundle)
     python examples/space/bundle_space.py --out build/space --model ORG/NAME --hardware zero-a10g
 
+The folder is written beside OUT and renamed into place when complete (processing/output_folder.py): an earlier
+bundle there is replaced, any other non-empty folder is refused unless `--overwrite` is given.
+
 The folder gets app.py, README.md (the Space card: its front matter with `suggested_hardware` and the checkpoint
 among `models`), `space_defaults.json` (the checkpoint the app runs: `GAP_MLLM_MODEL`; a Space variable of the same
 name overrides it), a wheel of this checkout of gap-mllm and a requirements.txt that pins torch to the version this
@@ -28,6 +31,8 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from gap_mllm.processing.output_folder import OutputFolderRefused, writing_output_folder
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -75,14 +80,27 @@ def requirements(wheel: str, hardware: str) -> str:
             f"{index}torch=={torch_version}\n./{wheel}[demo]\n")
 
 
-def bundle(out_dir: Path, model: str = "mini", hardware: str = "cpu-basic") -> Path:
+COMMAND = "examples/space/bundle_space.py"  # the marker's name for a folder this script wrote
+
+
+def bundle(out_dir: Path, model: str = "mini", hardware: str = "cpu-basic", overwrite: bool = False) -> Path:
+    """Write the Space folder `out_dir` (module docstring); `overwrite` replaces a folder this script did not write.
+
+    Raises:
+        ValueError: a bad --model or --hardware, or `out_dir` holds files of its own (OutputFolderRefused).
+    """
     model = check_model_id(model)
     if hardware not in HARDWARE:
         raise ValueError(f"--hardware {hardware!r}: choose from {', '.join(HARDWARE)}")
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    with writing_output_folder(out_dir, COMMAND, overwrite=overwrite,
+                               settings={"model": model, "hardware": hardware}) as staging:
+        _write_bundle(staging, model, hardware)
+    return out_dir
+
+
+def _write_bundle(out_dir: Path, model: str, hardware: str) -> None:
+    """The files of the Space folder, into the empty folder `out_dir`."""
     shutil.copy2(HERE / "app.py", out_dir / "app.py")
     (out_dir / "README.md").write_text(space_card(model, hardware), encoding="utf-8")
     (out_dir / DEFAULTS_FILE).write_text(json.dumps({"GAP_MLLM_MODEL": model}, indent=1) + "\n", encoding="utf-8")
@@ -92,20 +110,23 @@ def bundle(out_dir: Path, model: str = "mini", hardware: str = "cpu-basic") -> P
     if len(wheels) != 1:
         raise RuntimeError(f"expected one gap_mllm wheel in {out_dir}, found {[w.name for w in wheels]}")
     (out_dir / "requirements.txt").write_text(requirements(wheels[0].name, hardware), encoding="utf-8")
-    return out_dir
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO_ROOT / "build" / "space"), help="folder to (re)create")
+    parser.add_argument("--out", default=str(REPO_ROOT / "build" / "space"),
+                        help="folder to write (an earlier bundle there is replaced; any other non-empty folder is "
+                             "refused unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out even if it holds files this script "
+                                                                 "did not write (they are deleted)")
     parser.add_argument("--model", default="mini", help="the checkpoint the Space runs: a Hub id (ORG/NAME), or mini "
                                                         "(default: the embedded GAP-MLLM-Mini) or tiny")
     parser.add_argument("--hardware", default="cpu-basic", choices=HARDWARE, help="the hardware the Space suggests and "
                                                                                   "the torch build it installs")
     args = parser.parse_args()
     try:
-        folder = bundle(Path(args.out), args.model, args.hardware)
-    except ValueError as error:
+        folder = bundle(Path(args.out), args.model, args.hardware, overwrite=args.overwrite)
+    except (ValueError, OutputFolderRefused) as error:
         parser.error(str(error))
     print(f"Space folder ready: {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
     return 0

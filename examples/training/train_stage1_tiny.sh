@@ -8,8 +8,8 @@
 #   bash examples/training/train_stage1_tiny.sh [OUT]       (default OUT: runs/tiny)
 #   gap-mllm evaluate --task detection --model runs/tiny/stage2 --data runs/tiny/data --split val --out runs/tiny/eval --max-new-tokens 64
 #
-# (with another OUT, replace runs/tiny by it). The tiny model trains for seconds, so its scores are zero: the
-# point is the mechanics. Size knobs (environment): SCENES (4), VAL_SCENES (1), STEPS (20), FRAMES per scene (16),
+# (with another OUT, replace runs/tiny by it). The tiny model trains for a few minutes (about 3 on a 2-core
+# CPU, most of it filling the feature cache) and only STEPS steps, so its scores are zero: the point is the mechanics. Size knobs (environment): SCENES (4), VAL_SCENES (1), STEPS (20), FRAMES per scene (16),
 # HEIGHT x WIDTH (120 x 160).
 set -euo pipefail
 OUT=${1:-runs/tiny}

@@ -12,6 +12,11 @@
 
 Scene i depends only on (seed, i); records of scene i use their own random stream, so writing
 scenes 0..N-1 gives the same records whatever N and whatever order.
+
+`write_dataset_folder` is what the commands use (gap-mllm synth, gap-mllm mini): the data are written beside the
+folder and renamed into place when complete (processing/output_folder.py), so a killed run leaves no half data
+root; a folder of other files or of other SynthRooms scenes is refused unless the caller allows overwriting; the
+same scenes written before are written again.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import numpy as np
 import PIL.Image
 
 from ..annotation_files import ANNOTATIONS_SUBDIR, annotation_file_name
+from ..dataset_identity import read_dataset_info
+from ..output_folder import OwnerCheck, writing_output_folder
 from ..scannet_layout import posed_images_dir, write_frame, write_scene_meta
 from .allocator import keep_large_allocations_in_heap
 from .generator import SynthRooms
@@ -170,3 +177,51 @@ def write_dataset(
         info["records"][split] = {task: len(recs) for task, recs in records.items()}
     (out_dir / "synthrooms" / "dataset_info.json").write_text(json.dumps(info, indent=1))
     return info
+
+
+def dataset_info(out_dir) -> dict | None:
+    """`<out_dir>/synthrooms/dataset_info.json` (written last by `write_dataset`) when SynthRooms wrote it, else None
+    (no such file). A malformed one is a DataError naming it (`read_dataset_info`, the one reader of the file)."""
+    info = read_dataset_info(out_dir)
+    return info if info is not None and info.get("generator") == "SynthRooms" else None
+
+
+def holds_dataset(info: dict, config, splits: dict[str, int]) -> bool:
+    """`info` (a `dataset_info`) describes the scenes `splits` of `config`: writing them again changes nothing."""
+    counts = {split: len(scenes) for split, scenes in info.get("splits", {}).items()}
+    return info.get("config") == json.loads(json.dumps(config.to_dict())) and counts == dict(splits)
+
+
+def synthrooms_owner(config, splits: dict[str, int]) -> OwnerCheck:
+    """The owner check of a data root (output_folder.py): only the same SynthRooms scenes may be written again; a
+    data root of other scenes or settings is someone's data (the user's 45-scene set, another run's)."""
+
+    def check(folder: Path) -> str | None:
+        info = dataset_info(folder)
+        if info is None:
+            return "holds no SynthRooms data (no synthrooms/dataset_info.json)"
+        if holds_dataset(info, config, splits):
+            return None
+        counts = {split: len(scenes) for split, scenes in info.get("splits", {}).items()}
+        settings = "the same settings" if info.get("config") == json.loads(json.dumps(config.to_dict())) else "other settings"
+        return f"holds SynthRooms scenes {counts} of {settings} (this command writes {dict(splits)})"
+
+    return check
+
+
+def write_dataset_folder(out_dir, generator: SynthRooms, splits: dict[str, int], *, command: str,
+                         overwrite: bool = False, option: str = "--out", overwrite_option: str | None = "--overwrite",
+                         named: str | None = None, progress: Callable[[str], None] | None = None,
+                         workers: int = 1) -> dict:
+    """`write_dataset` as a whole folder (module docstring): `out_dir` appears only when complete.
+
+    The folder carries no marker file: a run's data digest counts every file of its data root
+    (training/run_state.py); its `synthrooms/dataset_info.json` says what wrote it (`synthrooms_owner`).
+
+    Raises:
+        OutputFolderRefused: `out_dir` holds other files or other scenes, and no `overwrite`.
+    """
+    with writing_output_folder(out_dir, command, overwrite=overwrite, option=option, overwrite_option=overwrite_option,
+                               owner_check=synthrooms_owner(generator.config, splits), marker=False,
+                               named=named) as staging:
+        return write_dataset(staging, generator, splits, progress=progress, workers=workers)

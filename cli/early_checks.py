@@ -1,0 +1,110 @@
+"""Checks of a command's arguments that need no model, run by cli/main.py once the arguments parsed and before the
+command's own module is imported: that module brings torch and transformers (7-10 s), and a missing file, a model
+folder that is not there, a text file given as a frame, a task input that is missing or one the task does not read
+should be one line at once, not after that wait. Light to import (tests/test_cli_startup.py): the rules come from
+light modules (uploads.py, task_request.py, model_source.py), the same ones the commands apply again later.
+
+Each check raises `UserError` (cli/errors.py prints it as one line, exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+
+from .errors import UserError
+from .model_source import TINY, check_model_source, resolve_model_source
+from .task_request import TaskRequest
+from .uploads import CLI_WORDS, UploadError, check_paths, cli_limits, frame_paths
+
+
+def check_model(model: str | None, flag: str = "--model") -> None:
+    """UserError unless `model` ("mini", "tiny", a folder or a Hub id) can be loaded as far as the file system tells:
+    a folder that is not there, an empty one, one of another model type (`check_model_source`)."""
+    if model is not None and model != TINY:  # the tiny model is built on the fly
+        check_model_source(resolve_model_source(model), flag)
+
+
+def near_names(path: Path) -> list[str]:
+    """The entries of `path`'s folder whose names are close to its own (a misspelt path), as paths written like it."""
+    parent = path.parent
+    if not parent.is_dir():
+        return []
+    names = difflib.get_close_matches(path.name, sorted(entry.name for entry in parent.iterdir()), n=2, cutoff=0.75)
+    return [str(parent / name) for name in names]
+
+
+def check_existing(path: str | None, flag: str, kind: str = "file",
+                   missing: str = "{flag} {path}: no such file or folder") -> None:
+    """UserError unless `path` (when given) is an existing file (`kind` "file") or folder ("folder"); a missing one
+    is `missing` (formatted with flag and path) and names the near names of its folder ("did you mean ...?")."""
+    if path is None:
+        return
+    found = Path(path).expanduser()
+    if not found.exists():
+        near = near_names(found)
+        raise UserError(missing.format(flag=flag, path=path) + (f"; did you mean {' or '.join(near)}?" if near else ""))
+    if kind == "folder" and not found.is_dir():
+        raise UserError(f"{flag} {path}: this is a file; give a folder")
+    if kind == "file" and not found.is_file():
+        raise UserError(f"{flag} {path}: this is a folder; give a file")
+
+
+def predict_request(args: argparse.Namespace) -> TaskRequest:
+    """The request `gap-mllm predict` was given, checked as far as it can be without frames: an input the task does
+    not read is refused (`TaskRequest.unused_inputs`); on the user's own frames every input the task needs must be
+    given (on a bundled example the room's own fill the missing ones, cli/task_request.py `example_request`)."""
+    request = TaskRequest(args.task, query=args.query, box=args.box, marker=args.marker)
+    unused = request.unused_inputs()
+    if unused:
+        reads = ", ".join(f"--{name}" for name in request.used_inputs()) or "no input but the frames"
+        raise UserError(f"--{unused[0]} is not read by --task {request.task} (it reads {reads}); leave it out")
+    if not args.example:
+        request.validate(None)  # the marker's view is range-checked once the frames are read
+    return request
+
+
+def check_predict(args: argparse.Namespace) -> None:
+    """`gap-mllm predict`: the options that would be ignored, the request, the frames' paths and types, the model."""
+    if args.formats and not args.save_dir:
+        raise UserError("--formats picks what --save-dir writes, and without --save-dir nothing is written: add "
+                        "--save-dir DIR, or leave --formats out")
+    try:
+        predict_request(args)
+        if args.images:
+            paths = frame_paths(args.images, args.max_frames)  # folders -> their images (quiet: predict says it)
+            check_paths(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
+    except UploadError as error:
+        raise UserError(str(error)) from None
+    check_model(args.model)
+
+
+def check_demo(args: argparse.Namespace) -> None:
+    """`gap-mllm demo`: the model (the Space, `--space`, checks its own)."""
+    if not args.space:
+        check_model(args.model)
+
+
+def check_evaluate(args: argparse.Namespace) -> None:
+    """`gap-mllm evaluate`: the data root, the files it reads, the model."""
+    check_existing(args.data, "--data", "folder")
+    check_existing(args.annotation_file, "--annotation-file")
+    check_existing(args.predictions, "--predictions")
+    check_model(args.model)
+
+
+def check_train(args: argparse.Namespace) -> None:
+    """`gap-mllm train`: the recipe file (worded as training/config.py `load_recipe` words it)."""
+    check_existing(args.config, "--config",
+                   missing="--config: recipe {path!r} not found (see training/recipes/ for the shipped ones)")
+
+
+# command -> its check; a command without one goes straight to its module
+CHECKS = {"predict": check_predict, "demo": check_demo, "evaluate": check_evaluate, "train": check_train}
+
+
+def check_arguments(command: str, args: argparse.Namespace) -> None:
+    """Run `command`'s check (`CHECKS`), if it has one; UserError for a mistake."""
+    check = CHECKS.get(command)
+    if check is not None:
+        check(args)

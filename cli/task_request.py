@@ -1,0 +1,134 @@
+"""What a front end asks for one model call (`TaskRequest`) and the rules its inputs follow: light to import (no
+torch, no transformers), so that `gap-mllm predict` checks a request before its heavy imports (cli/early_checks.py)
+with the same rules the model call applies (cli/tasks.py re-exports them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gap_mllm.control_tokens import refuse_control_tokens
+from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TaskSpec, format_box, resolve_task
+
+from .task_names import FRONT_END_TASKS, TASKS
+
+# A captioning box's numbers (metres; radians for the angles) beyond this bound describe no object of a scene the
+# model reads, and drawing such a box overflows (1e308: an OverflowError after the model has run).
+MAX_BOX_VALUE = 1e4
+# The task inputs a request may carry; each task reads some of them (`TaskRequest.used_inputs`)
+INPUT_NAMES = ("query", "box", "marker")
+
+
+@dataclass
+class TaskRequest:
+    """What the user asked: the task and its task-specific input (inputs the task does not use are ignored,
+    so a front end can pass every field it has).
+
+    Attributes:
+        task: one of `TASKS` (a registry name or `TaskSpec`; stored as the canonical name).
+        query: the referring text (grounding) or the question (spatial_qa).
+        box: the 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` of the object to describe
+            (captioning only), first-frame camera coordinates.
+        marker: `(view, x, y)` pixel to mark (reconstruction only), in the view's original pixels.
+    """
+
+    task: str | TaskSpec
+    query: str | None = None
+    box: list[float] | None = None
+    marker: tuple[int, int, int] | None = None
+    spec: TaskSpec = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.spec = resolve_task(self.task)
+        self.task = self.spec.name
+
+    def validate(self, num_views: int | None) -> None:
+        """Raise ValueError with a user-facing message when the request is incomplete. `num_views` None: the frames
+        are not read yet (`gap-mllm predict`'s early check), so the marker's view is not range-checked."""
+        if self.spec not in FRONT_END_TASKS:
+            raise ValueError(f"task {self.task!r} is not run by itself here; choose one of {', '.join(TASKS)}")
+        if "query" in self.spec.parameters:
+            what = "a question about the scene" if self.spec is SPATIAL_QA else "a text query describing the object"
+            if self.query is not None and not isinstance(self.query, str):
+                raise ValueError(f"{self.task} needs {what} as text, got {type(self.query).__name__} {self.query!r:.60}")
+            if not (self.query and self.query.strip()):
+                raise ValueError(f"{self.task} needs {what}")
+            # before any model is loaded: text that is not valid Unicode (`predict --query $'\xff'`) or holds the
+            # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.control_tokens)
+            refuse_control_tokens(None, self.query, "the query")
+        if "box" in self.spec.parameters:
+            check_box(self.box)
+        if self.spec.needs_marker:
+            if self.marker is None or len(self.marker) != 3:
+                raise ValueError("reconstruction needs a marker (view, x, y)")
+            if num_views is not None and not 0 <= int(self.marker[0]) < num_views:
+                raise ValueError(f"marker view {self.marker[0]} is out of range: there are {num_views} views")
+
+    def used_inputs(self) -> tuple[str, ...]:
+        """The names of the inputs ("query", "box", "marker") this task reads; the others are ignored."""
+        return tuple(name for name in INPUT_NAMES
+                     if name in self.spec.parameters or (name == "marker" and self.spec.needs_marker))
+
+    def unused_inputs(self) -> list[str]:
+        """The inputs given (not None) that this task does not read: a command line refuses them (cli/early_checks.py)
+        rather than drop them in silence."""
+        return [name for name in INPUT_NAMES if getattr(self, name) is not None and name not in self.used_inputs()]
+
+    def check_text(self, tokenizer) -> None:
+        """ValueError when the query (user text: a public textbox in the Space) would write chat or vision markup
+        (gap_mllm.control_tokens). Front ends call it before any model work; `run_task` calls it again, with this
+        package's rule, whatever version of the processor the checkpoint carries."""
+        if "query" in self.spec.parameters:
+            refuse_control_tokens(tokenizer, self.query, "the query")
+
+    def processor_inputs(self) -> dict:
+        """Keyword arguments of `processor(images=[views], ...)` for one sample: the task and the inputs it uses."""
+        inputs = {"task": self.task}
+        if "query" in self.spec.parameters:
+            inputs["query"] = self.query
+        if "box" in self.spec.parameters:
+            inputs["box"] = [float(v) for v in self.box]
+        if self.spec.needs_marker:
+            inputs["point_prompts"] = [tuple(int(v) for v in self.marker)]
+        return inputs
+
+
+def check_box(box) -> None:
+    """ValueError naming the captioning box unless it is 9 finite numbers with sizes >= 0 (the prompt's rule,
+    `format_box`) each within ±`MAX_BOX_VALUE`."""
+    if box is None or isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 9:
+        raise ValueError("captioning needs the object's 3D box: 9 numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll]"
+                         + ("" if box is None else f", got {box!r:.120}"))
+    try:
+        format_box(box)
+    except ValueError as error:
+        raise ValueError(f"captioning {error}") from None  # "captioning box has a negative size ..."
+    if any(abs(float(v)) > MAX_BOX_VALUE for v in box):
+        raise ValueError(f"captioning box {[float(v) for v in box]}: every number must lie within ±{MAX_BOX_VALUE:g} "
+                         "(metres; radians for the angles)")
+
+
+def given(value):
+    """`value`, or None when it says nothing: None, blank text or an empty sequence (a page's empty field)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) and hasattr(value, "__len__") and len(value) == 0:
+        return None
+    return value
+
+
+def example_request(task, example: dict, query=None, box=None, marker=None) -> TaskRequest:
+    """The request on a bundled room (`example`: the room's own inputs of this task, `scene.example_inputs[task]`):
+    each input the user did not give (`given`) is the room's own, so the exact answer the front end compares with
+    is the one asked. One rule for `gap-mllm predict --example` and the Space: a page that sends its request before
+    its query field filled in asks the room's own query, not an empty one."""
+    request = TaskRequest(task)
+    used = request.used_inputs()
+    mine = {"query": query, "box": box, "marker": marker}
+    for name in INPUT_NAMES:
+        value = given(mine[name])
+        if value is None and name in used:
+            value = example.get(name)
+        setattr(request, name, value)
+    if request.marker is not None:
+        request.marker = tuple(int(v) for v in request.marker)
+    return request

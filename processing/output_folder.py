@@ -1,0 +1,170 @@
+"""The one rule for commands that write a whole output folder: never delete or overwrite the user's files, and
+never leave half a folder behind.
+
+    with writing_output_folder(out, "gap-mllm export-vsibench", overwrite=args.overwrite) as staging:
+        ...write every file under `staging`...
+    # now `out` holds the complete result (the folder it held before, if any, is gone)
+
+What it does, for a target folder `out` of a command:
+
+* **Refuses a folder it did not write.** A non-empty `out` is replaced only when it is this command's own earlier
+  output: it holds the marker file `.gap-mllm-output.json` naming the same command (written into every folder this
+  module writes). Anything else (the user's files, another command's output) is refused with one line naming the
+  folder, a few of its entries and the option that replaces it anyway (`--overwrite`). The working folder and the
+  folders above it are refused even then: replacing them would pull the ground from under the shell.
+* **Writes beside it, then renames.** The files go into a hidden sibling `.<name>.gap-mllm-partial` (same parent,
+  so the same file system and an atomic rename); when the body of the `with` ends without an error, the old `out`
+  is moved aside (`.<name>.gap-mllm-replaced`), the sibling renamed to `out`, and the old one deleted. A kill leaves
+  the last complete result (or nothing), never half a folder; a failed write leaves `out` as it was.
+* **Cleans up after a killed run.** The next run on the same target deletes a leftover partial sibling, and puts
+  back a replaced folder whose successor never arrived (a kill between the two renames).
+
+Data roots (SynthRooms) carry no marker file of this module: a training run records the digest of every file of
+its data root (training/run_state.py) and would take one more file for other data. Their own record,
+`synthrooms/dataset_info.json` (written last), says who wrote them; the writers pass `owner_check` for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+MARKER = ".gap-mllm-output.json"
+PARTIAL_SUFFIX = ".gap-mllm-partial"
+REPLACED_SUFFIX = ".gap-mllm-replaced"
+SHOWN_ENTRIES = 4  # entries of a refused folder named in the message
+
+# owner_check(folder) -> None when `folder` is the command's own earlier output (it may be replaced), else what
+# it holds instead, in words ("holds SynthRooms scenes of other settings")
+OwnerCheck = Callable[[Path], "str | None"]
+
+
+class OutputFolderRefused(ValueError):
+    """A target folder the command will not replace; the message is one line (folder, contents, what to pass)."""
+
+
+def sibling(folder: Path, suffix: str) -> Path:
+    """The hidden folder next to `folder` used while writing it (`suffix`: PARTIAL_SUFFIX or REPLACED_SUFFIX)."""
+    return folder.parent / f".{folder.name}{suffix}"
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker of `folder` (what wrote it), or None when it has none or an unreadable one."""
+    try:
+        marker = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def marker_owner(command: str) -> OwnerCheck:
+    """The default owner check: the folder's marker names `command`."""
+
+    def check(folder: Path) -> str | None:
+        marker = read_marker(folder)
+        if marker is not None and marker.get("command") == command:
+            return None
+        if marker is not None:
+            return f"holds the output of {marker.get('command')}"
+        return "was not written by " + command
+
+    return check
+
+
+def entries_in_words(folder: Path) -> str:
+    """A few of the entries of `folder`, sorted, e.g. "README.md, data/, notes.txt, … (12 entries)"."""
+    entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    names = [p.name + ("/" if p.is_dir() else "") for p in entries[:SHOWN_ENTRIES]]
+    more = f", … ({len(entries)} entries)" if len(entries) > SHOWN_ENTRIES else ""
+    return ", ".join(names) + more
+
+
+def _holds_working_folder(folder: Path) -> bool:
+    """`folder` is the working folder or one above it (replacing it would remove the shell's own folder)."""
+    here, target = Path.cwd().resolve(), folder.resolve()
+    return target == here or target in here.parents
+
+
+def check_output_folder(folder, command: str, *, overwrite: bool = False, option: str = "--out",
+                        overwrite_option: str | None = "--overwrite", owner_check: OwnerCheck | None = None,
+                        named: str | None = None) -> None:
+    """Raise OutputFolderRefused unless `command` may write `folder`: it is missing or empty, or the command's own
+    earlier output (`owner_check`, default: the marker names `command`), or `overwrite` was given.
+
+    `option` names the folder in the message as the user gave it ("--out", "--export"); `overwrite_option` is what
+    the message offers (None: the command has no such option, the message asks for another folder); `named`
+    replaces "OPTION FOLDER" in the message for a folder the user did not name (a default one)."""
+    folder = Path(folder)
+    named = named or (f"{option} {folder}" if option else str(folder))
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderRefused(f"{named} is a file, not a folder; give a folder")
+    if folder.exists() and _holds_working_folder(folder):
+        raise OutputFolderRefused(f"{named} is the working folder or holds it; give a new folder for the output")
+    if not folder.is_dir() or not any(folder.iterdir()) or overwrite:
+        return
+    holds = (owner_check or marker_owner(command))(folder)
+    if holds is None:
+        return
+    remedy = (f"pass {overwrite_option} to replace it, or give an empty or new folder" if overwrite_option
+              else "give an empty or new folder")
+    raise OutputFolderRefused(f"{named} is not empty ({entries_in_words(folder)}) and {holds}; {remedy}")
+
+
+def clean_leftovers(folder: Path) -> None:
+    """Undo what a killed run left beside `folder`: delete its partial sibling; put back the folder it had moved
+    aside if the new one never arrived, else delete that too. Both siblings are this module's own."""
+    partial, replaced = sibling(folder, PARTIAL_SUFFIX), sibling(folder, REPLACED_SUFFIX)
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    if replaced.is_dir():
+        if not folder.exists():
+            os.rename(replaced, folder)  # killed between the two renames: the last complete result comes back
+        else:
+            shutil.rmtree(replaced)
+
+
+def _put_in_place(partial: Path, folder: Path) -> None:
+    """Rename the finished `partial` to `folder`, moving the old `folder` aside first and deleting it last."""
+    replaced = sibling(folder, REPLACED_SUFFIX)
+    if folder.is_symlink():
+        folder.unlink()  # a link the user pointed somewhere: the link goes, never what it points to
+    elif folder.exists():
+        os.rename(folder, replaced)
+    os.rename(partial, folder)
+    if replaced.exists():
+        shutil.rmtree(replaced)
+
+
+@contextmanager
+def writing_output_folder(folder, command: str, *, overwrite: bool = False, option: str = "--out",
+                          overwrite_option: str | None = "--overwrite", owner_check: OwnerCheck | None = None,
+                          marker: bool = True, settings: dict | None = None, named: str | None = None) -> Iterator[Path]:
+    """Check `folder` (`check_output_folder`), then yield an empty hidden sibling to write the output into; on a
+    normal exit it becomes `folder` (module docstring), on an error it is deleted and `folder` stays as it was.
+
+    `marker`: write `.gap-mllm-output.json` (`command`, `settings`, the time) into the output, so the next run of
+    `command` knows the folder as its own; False for data roots, whose own record says who wrote them."""
+    check_output_folder(folder, command, overwrite=overwrite, option=option, overwrite_option=overwrite_option,
+                        owner_check=owner_check, named=named)  # first: "." or ".." is refused before anything beside it is touched
+    folder = Path(os.path.abspath(folder))  # a real name and parent for the siblings ("out/" and "a/../out" too)
+    clean_leftovers(folder)
+    if folder.exists():  # a folder put back by clean_leftovers is checked like any other
+        check_output_folder(folder, command, overwrite=overwrite, option=option, overwrite_option=overwrite_option,
+                            owner_check=owner_check, named=named)
+    partial = sibling(folder, PARTIAL_SUFFIX)
+    partial.mkdir(parents=True)
+    try:
+        if marker:
+            record = {"command": command, "settings": settings,
+                      "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            (partial / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # our own half folder; the target is untouched
+        raise
+    _put_in_place(partial, folder)

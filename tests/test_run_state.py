@@ -1,0 +1,236 @@
+"""Run state in git (training/run_state.py): a run stopped after its first step, its state committed, cloned and
+continued by a fresh `gap-mllm train` process in the clone, ends with the weights of the uninterrupted run (float32
+moments: exactly; bfloat16 moments: within a stated tolerance); a restore is refused, with nothing written, for
+another source model, other data or changed weights; the best model and SIGTERM take the same path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from transformers import TrainerControl, TrainerState
+
+from gap_mllm.training.config import load_recipe
+from gap_mllm.training.run import run_training
+from gap_mllm.training.run_state import (
+    BEST_FOLDER,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    RunStateError,
+    restore_run_state,
+    save_run_state,
+)
+from gap_mllm.training.time_limit import TimeLimitCallback
+
+from .test_train_fixtures import tiny, train_data_root  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"]
+
+
+@pytest.fixture(scope="module")
+def source_model(tmp_path_factory):
+    """The model folder the runs start from (its tensors are what a state does not copy)."""
+    folder = tmp_path_factory.mktemp("source")
+    model, processor = tiny()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def write_recipe(tmp_path, source, data_root, output_dir) -> Path:
+    recipe = {"stage": "pretrain", "model": {"name_or_path": str(source)},
+              "data": {"data_root": str(data_root), "cache_dir": str(tmp_path / "hf")},
+              "training": {"output_dir": str(output_dir), "use_cpu": True, "report_to": "none", "max_steps": 4,
+                           "per_device_train_batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1,
+                           "save_strategy": "steps", "save_steps": 2, "disable_tqdm": True,
+                           "train_sampling_strategy": "random", "seed": 0, "dataloader_num_workers": 0}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def final_weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(Path(folder) / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, source_model, train_data_root):
+    tmp = tmp_path_factory.mktemp("straight")
+    recipe = load_recipe(write_recipe(tmp, source_model, train_data_root, tmp / "out"))
+    run_training(recipe)
+    return final_weights(tmp / "out")
+
+
+def commit_and_clone(work: Path, state: Path) -> Path:
+    """A git repository holding the state folder, and a fresh clone of it: what a later session gets."""
+    subprocess.run([*GIT, "init", "-q", str(work)], check=True)
+    subprocess.run([*GIT, "-C", str(work), "add", state.relative_to(work).as_posix()], check=True)
+    subprocess.run([*GIT, "-C", str(work), "commit", "-q", "-m", "run state"], check=True)
+    clone = work.parent / "clone"
+    subprocess.run([*GIT, "clone", "-q", str(work), str(clone)], check=True)
+    return clone
+
+
+# float32 moments: exact, in a fresh process of a fresh clone; bfloat16 moments (the Mini's stage-2 state) round
+# each moment to 8 significant bits once per restore: within 2e-5 of the uninterrupted weights after 3 more steps at
+# lr 1e-3 (measured: about 4e-6), in-process
+@pytest.mark.parametrize("moments, atol, fresh_process", [("float32", 0.0, True), ("bfloat16", 2e-5, False)])
+def test_a_run_continued_from_its_committed_state_in_a_fresh_clone_ends_as_the_uninterrupted_run(
+        tmp_path, source_model, train_data_root, uninterrupted, moments, atol, fresh_process):
+    work = tmp_path / "repo"
+    state = work / "runs-state" / "stage"
+    recipe = load_recipe(write_recipe(tmp_path, source_model, train_data_root, tmp_path / "session1"),
+                         [f"run_state.directory={state}", f"run_state.moments_dtype={moments}", "time_limit_s=1e-9"])
+    stopped = run_training(recipe, resume_from_checkpoint="auto")  # past the limit after step 1: saved, state written
+    assert stopped.global_step == 1
+    record = json.loads((state / STATE_FILE).read_text())
+    assert record["global_step"] == 1 and record["max_steps"] == 4 and record["optimizer"]["moments_dtype"] == moments
+    assert record["source"]["path"] == str(source_model) and record["data"]["folder"] == train_data_root.name
+    # the untrained tensors come from the source: the trained ones are all that is stored
+    assert 0 < record["model"]["stored"] < len(record["model"]["from_source"]) + record["model"]["stored"]
+    assert not list(state.rglob("*.py")) and not (state / "checkpoint" / "optimizer.pt").exists()
+
+    clone = commit_and_clone(work, state)
+    shutil.rmtree(tmp_path / "session1")  # the machine is gone: only the repository is left
+    fresh_out = tmp_path / "session2"
+    if fresh_process:
+        command = [sys.executable, "-m", "gap_mllm.cli.main", "train", "--config", str(tmp_path / "recipe.yaml"),
+                   "--resume", "auto", "--output-dir", str(fresh_out), "--run-state", str(clone / "runs-state" / "stage")]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "restored step 1 of 4 from the run state" in done.stderr
+        assert "trained 4 steps" in done.stdout
+    else:
+        recipe = load_recipe(tmp_path / "recipe.yaml", [f"run_state.directory={clone / 'runs-state' / 'stage'}",
+                                                        f"training.output_dir={fresh_out}"])
+        assert run_training(recipe, resume_from_checkpoint="auto").global_step == 4
+    resumed = final_weights(fresh_out)
+    assert resumed.keys() == uninterrupted.keys()
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], atol=atol, rtol=0, msg=name)
+    # the clone's state now holds the last checkpoint of the continued run
+    assert json.loads((clone / "runs-state" / "stage" / STATE_FILE).read_text())["global_step"] == 4
+
+
+def checkpoint_and_state(tmp_path, source_model, train_data_root):
+    recipe = load_recipe(write_recipe(tmp_path, source_model, train_data_root, tmp_path / "out"),
+                         [f"run_state.directory={tmp_path / 'state'}", "time_limit_s=1e-9"])
+    run_training(recipe, resume_from_checkpoint="auto")
+    return tmp_path / "out" / "checkpoint-1", tmp_path / "state"
+
+
+def test_a_restore_is_refused_for_another_source_other_data_or_changed_weights(tmp_path, source_model, train_data_root):
+    _, state = checkpoint_and_state(tmp_path, source_model, train_data_root)
+    target = tmp_path / "elsewhere"
+
+    other = tmp_path / "other_source"
+    model, processor = tiny(seed=1)
+    model.save_pretrained(other)
+    with pytest.raises(RunStateError, match="holds other weights"):
+        restore_run_state(state, target, source=other, data_root=train_data_root)
+
+    changed_data = tmp_path / "changed_data"
+    shutil.copytree(train_data_root, changed_data)
+    annotation = next(p for p in sorted(changed_data.rglob("*.json*")) if p.is_file())
+    annotation.write_text(annotation.read_text() + " ")
+    with pytest.raises(RunStateError, match="other data than .*records differ"):
+        restore_run_state(state, target, source=source_model, data_root=changed_data)
+
+    weights = load_file(state / WEIGHTS_FILE)
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1
+    save_file(weights, state / WEIGHTS_FILE, metadata={"format": "pt"})
+    with pytest.raises(RunStateError, match="do not match the checkpoint's digest"):
+        restore_run_state(state, target, source=source_model, data_root=train_data_root)
+    assert not any(target.rglob("checkpoint-*")) if target.exists() else True
+
+
+def test_images_encoded_otherwise_with_the_same_pixels_restore_and_other_pixels_do_not(tmp_path, source_model,
+                                                                                     train_data_root):
+    import numpy as np
+    import PIL.Image
+
+    _, state = checkpoint_and_state(tmp_path, source_model, train_data_root)
+    data = tmp_path / "rewritten_data"
+    shutil.copytree(train_data_root, data)
+    image = sorted(data.rglob("*.png"))[0]
+    pixels = np.asarray(PIL.Image.open(image)).copy()
+    before = image.read_bytes()
+    PIL.Image.fromarray(pixels).save(image, compress_level=1)  # another encoder setting: other bytes, same pixels
+    assert image.read_bytes() != before
+    assert restore_run_state(state, tmp_path / "restored", source=source_model, data_root=data).is_dir()
+
+    pixels[0, 0] = 255 - pixels[0, 0]
+    PIL.Image.fromarray(pixels).save(image)
+    with pytest.raises(RunStateError, match="images differ"):
+        restore_run_state(state, tmp_path / "restored_again", source=source_model, data_root=data)
+
+
+def test_a_fresh_run_does_not_overwrite_another_runs_state(tmp_path, source_model, train_data_root):
+    _, state = checkpoint_and_state(tmp_path, source_model, train_data_root)
+    recipe = load_recipe(tmp_path / "recipe.yaml", [f"run_state.directory={state}",
+                                                    f"training.output_dir={tmp_path / 'new'}"])
+    before = (state / STATE_FILE).read_bytes()
+    with pytest.raises(RunStateError, match="holds step 1 of a run.*--resume auto"):
+        run_training(recipe, resume_from_checkpoint=None)
+    assert (state / STATE_FILE).read_bytes() == before
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_best_model_comes_back_with_the_state(tmp_path, source_model, train_data_root, dtype):
+    checkpoint, _ = checkpoint_and_state(tmp_path, source_model, train_data_root)
+    best = tmp_path / "out" / BEST_FOLDER
+    model, _ = tiny()
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "language_model" in n).add_(0.123456789)
+    model.save_pretrained(best)
+    (best / "best.json").write_text(json.dumps({"step": 1, "metric": "gen_x", "value": 0.5, "figures": {}}))
+    state = tmp_path / "state_with_best"
+    save_run_state(checkpoint, state, source=source_model, best_dir=best, best_dtype=dtype)
+    restored = tmp_path / "restored"
+    restore_run_state(state, restored, source=source_model)
+    got, expected = final_weights(restored / BEST_FOLDER), final_weights(best)
+    assert json.loads((restored / BEST_FOLDER / "best.json").read_text())["value"] == 0.5
+    source = final_weights(source_model)
+    trained = [name for name in expected if not torch.equal(expected[name], source[name])]
+    assert len(trained) == 1
+    for name in expected:  # tensors equal to the source's come from it exactly; the trained one in `dtype`
+        rounded = dtype == "bfloat16" and name in trained
+        want = expected[name].to(torch.bfloat16).to(expected[name].dtype) if rounded else expected[name]
+        assert torch.equal(got[name], want), name
+
+
+def test_sigterm_while_training_stops_at_the_next_step_with_a_checkpoint():
+    callback = TimeLimitCallback(1e9)
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    callback.on_train_begin(None, state, control)
+    try:
+        state.global_step = 3
+        callback.on_step_end(None, state, control)
+        assert not control.should_training_stop
+        os.kill(os.getpid(), signal.SIGTERM)  # handled: the test process goes on
+        callback.on_step_end(None, state, control)
+        assert control.should_save and control.should_training_stop and callback.terminated
+    finally:
+        callback.on_train_end(None, state, control)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # outside training, SIGTERM means what it did
+
+
+def test_the_minis_run_state_folder_is_not_ignored_by_git():
+    """The stage-2 run's state (mini/README.md) must reach the repository whole."""
+    files = ["mini/stage2-run/run_state.json", "mini/stage2-run/weights.safetensors",
+             "mini/stage2-run/optimizer_moments.safetensors", "mini/stage2-run/checkpoint/trainer_state.json",
+             "mini/stage2-run/checkpoint/rng_state.pth", "mini/stage2-run/checkpoint/training_args.bin",
+             "mini/stage2-run/checkpoint/scheduler.pt", "mini/stage2-run/best/weights.safetensors"]
+    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *files], capture_output=True, text=True)
+    assert ignored.stdout == "", ignored.stdout

@@ -1,0 +1,163 @@
+"""Feature-cache entries are checked when they are served, not trusted (issue 47, items 6, 8, 9):
+
+- a `.bad` entry follows the policy of the run that reads it: under `raise` it stops the run naming the sample and
+  the reason (even when an earlier `skip` run marked it), under `skip` it is skipped and counted by name, and the
+  end-of-run warning names the skipped samples;
+- a damaged entry (empty, truncated, a tensor missing) is recomputed by the next build, or, read while training,
+  removed and named once in a warning with the cache folder, never a raw safetensors error or KeyError;
+- a full disk while writing an entry names the cache's device and folder, not the run's output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+from types import SimpleNamespace
+
+import datasets
+import pytest
+import safetensors.torch
+import torch
+
+from gap_mllm.cli.errors import user_message
+from gap_mllm.processing.collator import GapMllmDataCollator
+from gap_mllm.processing.errors import DataError, DiskFullError, device_of
+from gap_mllm.training import cache_cost, feature_cache
+from gap_mllm.training.bad_samples import BadSampleGuard, skipped_samples_warning
+from gap_mllm.training.cache_cost import CacheDiskError, CacheCost, ensure_disk_room
+from gap_mllm.training.feature_cache import CachedCollator, DamagedEntryError, FeatureCache, sample_key, undecoded_images
+from gap_mllm.training.trainer import GeometryAlignedTrainer
+
+from .test_train_fixtures import recon_dataset, tiny, train_data_root  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    return tiny()
+
+
+@pytest.fixture
+def rows(recon_dataset):  # noqa: F811
+    """Three undecoded samples; the second one bad (a view without its `<image>` placeholder)."""
+    dataset = undecoded_images(recon_dataset.select(range(3)))
+    rows = [dataset[i] for i in range(3)]
+    rows[1] = {**rows[1], "prompt": rows[1]["prompt"].replace("<image>", "", 1)}
+    return datasets.Dataset.from_list(rows, features=dataset.features), rows
+
+
+def guarded(processor, policy: str):
+    return BadSampleGuard(GapMllmDataCollator(processor, train=True), policy=policy)
+
+
+def cached_collator(cache, processor, policy: str) -> CachedCollator:
+    tokenizer = processor.tokenizer
+    return CachedCollator(guarded(processor, policy), cache, tokenizer.pad_token_id, tokenizer.padding_side)
+
+
+def test_a_bad_entry_of_an_earlier_skip_run_raises_under_raise_and_is_named_under_skip(tmp_path, model_and_processor,
+                                                                                       rows, caplog):
+    model, processor = model_and_processor
+    dataset, examples = rows
+    bad = examples[1]["id"]
+    cache = FeatureCache(tmp_path, model, processor)
+    first = cache.build(model, dataset, guarded(processor, "skip"), skip_errors=True)
+    assert (first.computed, first.skipped, first.skipped_names) == (2, 1, [bad])
+    # a later run under `raise`: the mark of the skip run is not served as a skip
+    with pytest.raises(DataError) as error:
+        FeatureCache(tmp_path, model, processor).build(model, dataset, guarded(processor, "raise"))
+    message = str(error.value)
+    reason = cache.bad_reason(sample_key(examples[1]))
+    assert message.startswith(f"sample {bad!r}: marked bad in the feature cache {cache.folder}") and reason in message
+    with pytest.raises(DataError, match=f"sample {bad!r}: marked bad"):
+        cached_collator(FeatureCache(tmp_path, model, processor), processor, "raise")(examples)
+    # under `skip`: skipped and counted by name, in the build's summary, the batch and the end-of-run warning
+    cache = FeatureCache(tmp_path, model, processor)
+    again = cache.build(model, dataset, guarded(processor, "skip"), skip_errors=True)
+    assert (again.reused, again.skipped, again.skipped_names) == (2, 1, [bad]) and repr(bad) in str(again)
+    collator = cached_collator(cache, processor, "skip")
+    with caplog.at_level(logging.WARNING):
+        batch = collator(examples)
+    assert int(batch["num_skipped_samples"]) == 1 and f"skipping bad sample {bad!r}" in caplog.text
+    trainer = SimpleNamespace(data_collator=collator)
+    names = GeometryAlignedTrainer.skipped_sample_names.fget(trainer)
+    assert names == [bad] and skipped_samples_warning(3, names) == f"skipped 3 bad sample(s) on this process: {bad!r}"
+
+
+def damage(path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # a tensor missing
+        tensors = safetensors.torch.load(data)
+        del tensors["geometry.0"]
+        path.write_bytes(safetensors.torch.save(tensors, metadata={"vision": "merged"}))
+
+
+def test_damaged_entries_are_set_aside_when_read_and_recomputed_by_the_next_build(tmp_path, model_and_processor,
+                                                                                  recon_dataset, caplog):  # noqa: F811
+    model, processor = model_and_processor
+    dataset = undecoded_images(recon_dataset.select(range(4)))
+    examples = [dataset[i] for i in range(4)]
+    cache = FeatureCache(tmp_path, model, processor, dtype="float32")
+    cache.build(model, dataset, guarded(processor, "raise"))
+    keys = [sample_key(example) for example in examples]
+    sound = {key: cache.load(key) for key in keys}
+    for key, how in zip(keys, ("empty", "truncated", "missing")):
+        damage(cache.path(key), how)
+    with caplog.at_level(logging.WARNING, logger=feature_cache.__name__):
+        for key in keys[:3]:
+            with pytest.raises(DamagedEntryError, match=f"feature cache entry {key} in {cache.folder} is damaged"):
+                cache.load(key)
+        batch = cached_collator(cache, processor, "raise")(examples)  # read again: skipped, not named again
+    assert int(batch["num_skipped_samples"]) == 3 and batch["input_ids"].shape[0] == 1
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 3 and all(str(cache.folder) in warning for warning in warnings)
+    assert "empty" in warnings[0] and "cut short" in warnings[1] and "geometry.0 missing" in warnings[2]
+    stats = cache.build(model, dataset, guarded(processor, "raise"))
+    assert (stats.computed, stats.recomputed, stats.reused) == (3, 3, 1)
+    assert not list(cache.folder.glob("*.damaged"))
+    for key in keys:
+        assert torch.equal(cache.load(key)["geometry_features"][0], sound[key]["geometry_features"][0])
+
+
+def test_a_build_recomputes_a_damaged_entry_naming_it_and_the_folder(tmp_path, model_and_processor, recon_dataset,  # noqa: F811
+                                                                    caplog):
+    model, processor = model_and_processor
+    dataset = undecoded_images(recon_dataset.select(range(2)))
+    cache = FeatureCache(tmp_path, model, processor)
+    cache.build(model, dataset, guarded(processor, "raise"))
+    key = sample_key(dataset[0])
+    damage(cache.path(key), "truncated")
+    with caplog.at_level(logging.WARNING, logger=feature_cache.__name__):
+        stats = cache.build(model, dataset, guarded(processor, "raise"))
+    assert (stats.computed, stats.recomputed, stats.reused) == (1, 1, 1)
+    assert f"feature cache {cache.folder}: entry {key} (sample {dataset[0]['id']!r}) is damaged" in caplog.text
+    assert cache.load(key)["input_ids"].numel() > 0
+
+
+def test_a_full_disk_while_writing_names_the_cache_device_and_folder(tmp_path, model_and_processor, recon_dataset,  # noqa: F811
+                                                                    monkeypatch):
+    model, processor = model_and_processor
+    cache = FeatureCache(tmp_path / "cache", model, processor)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(feature_cache.safetensors.torch, "save", full)
+    with pytest.raises(DiskFullError) as error:
+        cache.build(model, undecoded_images(recon_dataset.select(range(1))), guarded(processor, "raise"))
+    expected = f"no space left on {device_of(cache.folder)} while writing the feature cache in {cache.folder}"
+    assert str(error.value).startswith(expected) and not list(cache.folder.glob("*.tmp"))
+    # the command line shows it as it is, not the output folder's disk
+    assert user_message(error.value, argparse.Namespace(output_dir=str(tmp_path / "out"))).startswith(expected)
+
+
+def test_a_disk_without_room_names_the_cache_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_cost.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9 - 10, free=10))
+    with pytest.raises(CacheDiskError) as error:
+        ensure_disk_room(tmp_path, CacheCost(bytes_per_view=1000, views_per_sample=4), 10)
+    assert f"the feature cache in {tmp_path} needs" in str(error.value) and f"its disk, {device_of(tmp_path)}, has" in str(error.value)
+    assert user_message(error.value, argparse.Namespace(output_dir="elsewhere")) == str(error.value)

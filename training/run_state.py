@@ -1,0 +1,486 @@
+"""Run state that outlives the machine: a Trainer checkpoint reduced to what cannot be rebuilt, for a git repository.
+
+A long run on a machine that is not kept between sessions (a lent GPU, a CI runner, a notebook host) loses its
+`output_dir` with the machine. The run state is the part of the newest checkpoint that a fresh clone cannot rebuild,
+small enough to commit:
+
+    README.md                   the step, the best validation and the command, for a person
+    run_state.json              step, schedule length, the command that continues the run, the digests below, the
+                                best validation so far, which tensors come from the source
+    weights.safetensors         the checkpoint's weights that differ from the source model (the trained ones), exact
+    optimizer_moments.safetensors  the optimizer's per-parameter tensors (AdamW: exp_avg, exp_avg_sq), float32 (exact)
+                                or bfloat16 (`moments_dtype`); scalars (AdamW's step) and the parameter groups in
+                                run_state.json
+    checkpoint/                 the checkpoint's small files as they are: trainer_state.json (step, logs, the data
+                                position), scheduler.pt, rng_state.pth, training_args.bin, config, tokenizer, processor
+    best/                       the model kept by `evaluation.best_metric` (its weights that differ from the source,
+                                in `best_dtype`) and its best.json
+
+Not copied: the weights equal to the source model's (the frozen encoders, and whatever did not train): the state
+names the source folder and the digest of its tensors, and `restore_run_state` refuses a source whose tensors differ.
+The restored model is checked against the digest of the checkpoint's whole state dict, so a restore is exact or
+refused. The data are named by digests of the data root's files (annotations and images apart), checked on restore:
+Trainer's data order comes from the seed, the step and the dataset, so the same data continue the same order. The
+remote-code `.py` files of a checkpoint are the installed package's and are not kept.
+
+`RunStateCallback` writes the state after every checkpoint save of a run whose recipe names `run_state.directory`,
+and `run_training` restores it when the output folder holds no newer checkpoint (`--resume auto`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
+
+from .checkpoints import (
+    MODEL_FILE,
+    TRAINER_STATE_FILE,
+    MissingSafetensorsWeights,
+    checkpoint_problem,
+    find_resumable_checkpoint,
+    load_model_weights,
+    staging_root,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STATE_FILE = "run_state.json"
+README_FILE = "README.md"
+WEIGHTS_FILE = "weights.safetensors"
+MOMENTS_FILE = "optimizer_moments.safetensors"
+CHECKPOINT_FILES = "checkpoint"
+BEST_FOLDER = "best"
+BEST_RECORD = "best.json"  # written by training/generation_eval.py
+OPTIMIZER_FILE = "optimizer.pt"
+MOMENT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# one small file of a checkpoint above this is not a "small file": refused by name rather than committed unseen
+SMALL_FILE_LIMIT = 8 * 2**20
+# the data root's files that decide the samples (annotations, scene records) vs the rendered images and depth
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".npz", ".exr", ".txt")
+_DECODED_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class RunStateError(ValueError):
+    """A run state that cannot be written or restored as asked; the message names the folder and what differs."""
+
+
+# ------------------------------------------------------------------------------------------ digests
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors in name order: name, dtype, shape and bytes of each (the layout of files aside)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def data_digest(data_root) -> dict:
+    """Digests of a data root's files, `{"folder", "records", "images", "pixels", "files"}`: the records (annotation
+    and scene files) decide the samples and their order; the image files what the towers see; "pixels" digests the
+    decoded pixels of every k-th image file (256 of them), so that a restore can tell images that are only encoded
+    otherwise (another Pillow or zlib writes other PNG bytes for the same pixels) from other images."""
+    root = Path(data_root)
+    records, images, count, image_files = hashlib.sha256(), hashlib.sha256(), 0, []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        is_image = path.suffix.lower() in _IMAGE_SUFFIXES
+        target = images if is_image else records
+        target.update(relative.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                target.update(block)
+        count += 1
+        if is_image and path.suffix.lower() in _DECODED_SUFFIXES:
+            image_files.append(path)
+    return {"folder": root.name, "records": records.hexdigest(), "images": images.hexdigest(),
+            "pixels": pixel_digest(image_files), "files": count}
+
+
+def pixel_digest(image_files: list[Path], samples: int = 256) -> str:
+    """sha256 of the decoded pixels of every k-th of `image_files` (sorted), k chosen for about `samples` images."""
+    import numpy as np
+    import PIL.Image
+
+    digest = hashlib.sha256()
+    for path in image_files[::max(1, len(image_files) // samples)]:
+        with PIL.Image.open(path) as image:
+            pixels = np.asarray(image)
+        digest.update(f"{path.name}|{image.mode}|{pixels.shape}|".encode())
+        digest.update(np.ascontiguousarray(pixels).tobytes())
+    return digest.hexdigest()
+
+
+def _weights_for_state(folder) -> dict[str, torch.Tensor]:
+    try:
+        return load_model_weights(folder)
+    except MissingSafetensorsWeights as error:
+        raise RunStateError(f"{error}: a run state needs safetensors weights") from error
+
+
+def _weight_file_names(folder: Path) -> set[str]:
+    index = folder / f"{MODEL_FILE}.index.json"
+    names = {MODEL_FILE, index.name}
+    if index.is_file():
+        names |= set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    return names
+
+
+# ------------------------------------------------------------------------------------------ weights against a source
+
+def _split_from_source(tensors: dict, source: dict, dtype: torch.dtype | None = None) -> tuple[dict, dict]:
+    """(tensors to store, {name: dtype} of those equal to the source's, which are not stored). `dtype`: store the
+    differing tensors in it (None: as they are)."""
+    stored, from_source = {}, {}
+    for name, tensor in tensors.items():
+        reference = source.get(name)
+        if reference is not None and reference.shape == tensor.shape and torch.equal(reference.to(tensor.dtype), tensor):
+            from_source[name] = str(tensor.dtype).removeprefix("torch.")
+        else:
+            stored[name] = tensor if dtype is None else tensor.to(dtype)
+    return stored, from_source
+
+
+def _join_with_source(stored: dict, from_source: dict, source: dict, what: str, source_path) -> dict:
+    tensors = {}
+    for name, dtype in from_source.items():
+        if name not in source:
+            raise RunStateError(f"{what}: the source model {source_path} has no tensor {name!r}")
+        tensors[name] = source[name].to(getattr(torch, dtype))
+    for name, tensor in stored.items():
+        tensors[name] = tensor
+    return tensors
+
+
+# ------------------------------------------------------------------------------------------ optimizer
+
+def _pack_optimizer(optimizer_state: dict, dtype: torch.dtype) -> tuple[dict, dict]:
+    """(moments as named tensors in `dtype`, the rest as JSON): per-parameter tensors of more than one element go to
+    the tensors; scalar tensors (AdamW's step) and plain values to the JSON with their dtype."""
+    moments, scalars = {}, {}
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.numel() > 1:
+                moments[f"{index}.{key}"] = value.detach().to(dtype).contiguous()
+                scalars.setdefault(str(index), {})[key] = {"moment": str(value.dtype).removeprefix("torch."),
+                                                            "shape": list(value.shape)}
+            elif isinstance(value, torch.Tensor):
+                scalars.setdefault(str(index), {})[key] = {"tensor": value.item(), "dtype": str(value.dtype).removeprefix("torch."),
+                                                            "shape": list(value.shape)}
+            else:
+                scalars.setdefault(str(index), {})[key] = {"value": value}
+    groups = []
+    for group in optimizer_state["param_groups"]:
+        groups.append({key: ({"tuple": list(value)} if isinstance(value, tuple) else value) for key, value in group.items()})
+    return moments, {"state": scalars, "param_groups": groups}
+
+
+def _unpack_optimizer(moments: dict, packed: dict) -> dict:
+    state = {}
+    for index, values in packed["state"].items():
+        entry = {}
+        for key, spec in values.items():
+            if "moment" in spec:
+                entry[key] = moments[f"{index}.{key}"].to(getattr(torch, spec["moment"])).reshape(spec["shape"])
+            elif "tensor" in spec:
+                entry[key] = torch.tensor(spec["tensor"], dtype=getattr(torch, spec["dtype"])).reshape(spec["shape"])
+            else:
+                entry[key] = spec["value"]
+        state[int(index)] = entry
+    groups = [{key: (tuple(value["tuple"]) if isinstance(value, dict) and set(value) == {"tuple"} else value)
+               for key, value in group.items()} for group in packed["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# ------------------------------------------------------------------------------------------ small files
+
+def _small_files(folder: Path, leave_out: set[str]) -> list[Path]:
+    """The checkpoint's files a state keeps as they are: all but the weights, the optimizer and remote code."""
+    files = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name in leave_out or path.suffix == ".py":
+            continue
+        if path.stat().st_size > SMALL_FILE_LIMIT:
+            raise RunStateError(f"{path}: {path.stat().st_size / 2**20:.1f} MB, not a small file of a checkpoint; a run "
+                                f"state keeps weights and optimizer tensors only as {WEIGHTS_FILE} / {MOMENTS_FILE}")
+        files.append(path)
+    return files
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Put a complete `staging` folder at `target`: the old one stays until the new one is in place."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ write
+
+def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = None, data_root=None,
+                   data_description: dict | None = None, moments_dtype: str = "float32", best_dtype: str = "float32",
+                   best_dir=None) -> dict:
+    """Write the run state of a complete Trainer `checkpoint` into `state_dir` (replaced whole, atomically);
+    returns its run_state.json record.
+
+    Args:
+        source: the model folder the run started from (its tensors are not copied); None stores every tensor.
+        command: the command that continues the run, recorded for the person who resumes it.
+        data_root / data_description: the data the run trains on (`data_digest`; pass the description when already
+            computed); None when the datasets were given in-process.
+        moments_dtype / best_dtype: "float32" (exact) or "bfloat16" (half the bytes) for the optimizer's moments and
+            for the best model's weights.
+        best_dir: the run's `best/` folder (the model kept by `evaluation.best_metric`), if any.
+    """
+    checkpoint, state_dir = Path(checkpoint), Path(state_dir)
+    for name, value in (("moments_dtype", moments_dtype), ("best_dtype", best_dtype)):
+        if value not in MOMENT_DTYPES:
+            raise RunStateError(f"run_state.{name}={value!r}: choose from {sorted(MOMENT_DTYPES)}")
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise RunStateError(f"{checkpoint}: not a complete checkpoint ({problem}); no run state written")
+    trainer_state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    source_tensors = _weights_for_state(source) if source is not None else {}
+
+    staging = state_dir.with_name(f".{state_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / CHECKPOINT_FILES).mkdir(parents=True)
+
+    model = _weights_for_state(checkpoint)
+    stored, from_source = _split_from_source(model, source_tensors)
+    save_file(stored, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+
+    optimizer_record = None
+    if (checkpoint / OPTIMIZER_FILE).is_file():
+        optimizer_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        moments, packed = _pack_optimizer(optimizer_state, MOMENT_DTYPES[moments_dtype])
+        save_file(moments, staging / MOMENTS_FILE, metadata={"format": "pt"})
+        optimizer_record = {"moments_dtype": moments_dtype, **packed}
+
+    kept = []
+    for path in _small_files(checkpoint, _weight_file_names(checkpoint) | {OPTIMIZER_FILE}):
+        shutil.copy2(path, staging / CHECKPOINT_FILES / path.name)
+        kept.append(path.name)
+
+    best_record = None
+    best_dir = Path(best_dir) if best_dir is not None else None
+    if best_dir is not None and (best_dir / BEST_RECORD).is_file():
+        (staging / BEST_FOLDER).mkdir()
+        best_model = _weights_for_state(best_dir)
+        best_stored, best_from_source = _split_from_source(best_model, source_tensors, MOMENT_DTYPES[best_dtype])
+        save_file(best_stored, staging / BEST_FOLDER / WEIGHTS_FILE, metadata={"format": "pt"})
+        for path in _small_files(best_dir, _weight_file_names(best_dir)):
+            shutil.copy2(path, staging / BEST_FOLDER / path.name)
+        best_record = {"record": json.loads((best_dir / BEST_RECORD).read_text(encoding="utf-8")), "dtype": best_dtype,
+                       "from_source": best_from_source,
+                       "stored_dtypes": {name: str(t.dtype).removeprefix("torch.") for name, t in best_model.items()
+                                         if name in best_stored}}
+
+    record = {
+        "format": FORMAT_VERSION,
+        "global_step": trainer_state.get("global_step"),
+        "max_steps": trainer_state.get("max_steps"),
+        "command": command,
+        "written_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "source": None if source is None else {"path": str(source), "digest": tensor_digest(source_tensors)},
+        "data": data_description if data_description is not None else (data_digest(data_root) if data_root else None),
+        "model": {"digest": tensor_digest(model), "stored": len(stored), "from_source": from_source},
+        "optimizer": optimizer_record,
+        "checkpoint_files": kept,
+        "best": best_record,
+    }
+    (staging / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    (staging / README_FILE).write_text(describe_run_state(record), encoding="utf-8")
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    _replace_folder(staging, state_dir)
+    logger.info("run state of step %s written to %s (%.1f MB; %d of %d tensors stored, the rest from %s)",
+                record["global_step"], state_dir, _folder_bytes(state_dir) / 2**20, len(stored), len(model), source)
+    return record
+
+
+def describe_run_state(record: dict) -> str:
+    """The folder's README.md: what the state is and the command that continues it (written with every state)."""
+    best = record.get("best")
+    best_line = "none yet" if best is None else (
+        f"step {best['record']['step']}, {best['record']['metric']} = {best['record']['value']}")
+    source = record["source"]["path"] if record["source"] else "none (every tensor is stored here)"
+    return "\n".join([
+        "# Run state (training/run_state.py)",
+        "",
+        f"Step {record['global_step']} of {record['max_steps']}, written {record['written_at']}. Best validation so far: "
+        f"{best_line}.",
+        "",
+        "The checkpoint of a training run without what its source model already holds: the trained weights, the "
+        f"optimizer's moments ({record['optimizer']['moments_dtype'] if record['optimizer'] else 'none'}), the scheduler, "
+        "RNG and data position. Untrained tensors come from the source model, checked by digest on restore: "
+        f"`{source}`.",
+        "",
+        "Continue the run (on any machine, from a clone of this repository); with `--resume auto` it starts from this "
+        "state when its output folder holds no newer checkpoint, and rewrites this folder at every checkpoint:",
+        "",
+        "```bash",
+        str(record.get("command")),
+        "```",
+        "",
+    ])
+
+
+# ------------------------------------------------------------------------------------------ read
+
+def read_run_state(state_dir) -> dict | None:
+    """The run_state.json record of `state_dir` (None when it holds no state)."""
+    path = Path(state_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunStateError(f"{path}: not a run state record ({error})") from error
+    if record.get("format") != FORMAT_VERSION:
+        raise RunStateError(f"{path}: run state format {record.get('format')!r}; this version reads {FORMAT_VERSION}")
+    return record
+
+
+def _check_data(record: dict, state_dir: Path, data_root, data_description: dict | None) -> None:
+    recorded = record.get("data")
+    if recorded is None or (data_root is None and data_description is None):
+        return
+    current = data_description if data_description is not None else data_digest(data_root)
+    differs = [part for part in ("records", "images") if recorded.get(part) != current.get(part)]
+    if differs == ["images"] and recorded.get("pixels") is not None and recorded["pixels"] == current.get("pixels"):
+        logger.info("%s: the data's image files are encoded otherwise than when the state was written, with the same "
+                    "pixels in the images compared (another Pillow or zlib); continuing", state_dir)
+        return
+    if differs:
+        raise RunStateError(
+            f"{state_dir}: the run trained on other data than {data_root or current.get('folder')} ({' and '.join(differs)} "
+            f"differ: {recorded.get('files')} files then, {current.get('files')} now); continuing it there would change "
+            "its samples and their order. Give the data root the run trained on (run_state.json \"data\" names its "
+            "folder and digests; the command that wrote it, e.g. gap-mllm synth, writes the same again), or start a new run")
+
+
+def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, data_description: dict | None = None) -> Path:
+    """Rebuild the checkpoint of `state_dir` as `<output_dir>/checkpoint-<step>` (staged, then renamed), and the best
+    model as `<output_dir>/best`; returns the checkpoint folder.
+
+    Raises:
+        RunStateError: no state there; `source` (the model the run started from) is not the recorded one; the data
+            differ; or the rebuilt weights do not match the checkpoint's digest. Nothing is written then.
+    """
+    state_dir, output_dir = Path(state_dir), Path(output_dir)
+    record = read_run_state(state_dir)
+    if record is None:
+        raise RunStateError(f"{state_dir}: no {STATE_FILE} (no run state here)")
+    step = record["global_step"]
+
+    source_tensors = {}
+    if record["source"] is not None:
+        if source is None:
+            raise RunStateError(f"{state_dir}: the state takes its untrained tensors from {record['source']['path']}; "
+                                "give the model the run started from")
+        source_tensors = _weights_for_state(source)
+        if tensor_digest(source_tensors) != record["source"]["digest"]:
+            raise RunStateError(
+                f"{state_dir}: the run started from {record['source']['path']} (tensor digest "
+                f"{record['source']['digest'][:16]}), and {source} holds other weights; restore it with that model "
+                "(git history has every committed release)")
+    _check_data(record, state_dir, data_root, data_description)
+
+    model = _join_with_source(load_file(state_dir / WEIGHTS_FILE), record["model"]["from_source"], source_tensors,
+                              str(state_dir), record["source"] and record["source"]["path"])
+    if tensor_digest(model) != record["model"]["digest"]:
+        raise RunStateError(f"{state_dir}: the rebuilt weights of step {step} do not match the checkpoint's digest "
+                            f"(the state's {WEIGHTS_FILE} was changed, or the source is not the recorded one)")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = staging_root(output_dir, step)
+    shutil.rmtree(staging, ignore_errors=True)
+    folder = staging / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    save_file(model, folder / MODEL_FILE, metadata={"format": "pt"})
+    if record["optimizer"] is not None:
+        moments = load_file(state_dir / MOMENTS_FILE)
+        torch.save(_unpack_optimizer(moments, record["optimizer"]), folder / OPTIMIZER_FILE)
+    for name in record["checkpoint_files"]:
+        shutil.copy2(state_dir / CHECKPOINT_FILES / name, folder / name)
+    target = output_dir / folder.name
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(folder, target)
+    shutil.rmtree(staging, ignore_errors=True)
+
+    best = record.get("best")
+    if best is not None:
+        _restore_best(state_dir, output_dir, best, source_tensors, record)
+    logger.info("restored step %d of %s from the run state %s into %s", step, record.get("max_steps"), state_dir, target)
+    return target
+
+
+def _restore_best(state_dir: Path, output_dir: Path, best: dict, source_tensors: dict, record: dict) -> None:
+    """`<output_dir>/best` from the state, unless the folder already keeps a best model of a later or the same step."""
+    kept = output_dir / BEST_FOLDER / BEST_RECORD
+    if kept.is_file() and json.loads(kept.read_text(encoding="utf-8")).get("step", -1) >= best["record"]["step"]:
+        return
+    stored = {name: tensor.to(getattr(torch, best["stored_dtypes"][name]))
+              for name, tensor in load_file(state_dir / BEST_FOLDER / WEIGHTS_FILE).items()}
+    tensors = _join_with_source(stored, best["from_source"], source_tensors, f"{state_dir}/{BEST_FOLDER}",
+                                record["source"] and record["source"]["path"])
+    staging = output_dir / f"{BEST_FOLDER}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    save_file(tensors, staging / MODEL_FILE, metadata={"format": "pt"})
+    for path in sorted((state_dir / BEST_FOLDER).iterdir()):
+        if path.is_file() and path.name != WEIGHTS_FILE:
+            shutil.copy2(path, staging / path.name)
+    _replace_folder(staging, output_dir / BEST_FOLDER)
+
+
+def restore_if_newer(state_dir, output_dir, *, source=None, data_root=None) -> str | None:
+    """The checkpoint to resume from under `--resume auto` with a run state: the state's, rebuilt in `output_dir`,
+    when the folder holds no complete checkpoint of that step or later (a fresh machine); else the folder's newest."""
+    local = find_resumable_checkpoint(output_dir)
+    record = read_run_state(state_dir)
+    if record is None:
+        return local
+    local_step = int(Path(local).name.rsplit("-", 1)[1]) if local else -1
+    if local_step >= record["global_step"]:
+        return local
+    return str(restore_run_state(state_dir, output_dir, source=source, data_root=data_root))
+
+
+# ------------------------------------------------------------------------------------------ during training
+
+class RunStateCallback(TrainerCallback):
+    """After every checkpoint save (main process), write the run state of that checkpoint into `state_dir`."""
+
+    def __init__(self, state_dir, *, source=None, command=None, data_root=None, moments_dtype="float32",
+                 best_dtype="float32"):
+        self.state_dir = Path(state_dir)
+        self.settings = {"source": source, "command": command, "moments_dtype": moments_dtype, "best_dtype": best_dtype}
+        self.data_root = data_root
+        self._data_description = None  # computed once: the data do not change during a run
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self._data_description is None and self.data_root is not None:
+            self._data_description = data_digest(self.data_root)
+        save_run_state(checkpoint, self.state_dir, data_description=self._data_description,
+                       best_dir=Path(args.output_dir) / BEST_FOLDER, **self.settings)
