@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from pathlib import Path
 
 from .errors import UserError
@@ -59,13 +60,16 @@ def predict_request(args: argparse.Namespace) -> TaskRequest:
     if unused:
         reads = ", ".join(f"--{name}" for name in request.used_inputs()) or "no input but the frames"
         raise UserError(f"--{unused[0]} is not read by --task {request.task} (it reads {reads}); leave it out")
-    if not args.example:
+    if args.example:
+        request.check_given()  # the room's own fill what is missing
+    else:
         request.validate(None)  # the marker's view is range-checked once the frames are read
     return request
 
 
-def check_predict(args: argparse.Namespace) -> None:
-    """`gap-mllm predict`: the options that would be ignored, the request, the frames' paths and types, the model."""
+def check_predict(args: argparse.Namespace) -> int | None:
+    """`gap-mllm predict`: the options that would be ignored, the request, the frames' paths and types, the model.
+    A mistake in the request or the frames is one line as `gap-mllm predict` words it (cli/predict.py), status 2."""
     if args.formats and not args.save_dir:
         raise UserError("--formats picks what --save-dir writes, and without --save-dir nothing is written: add "
                         "--save-dir DIR, or leave --formats out")
@@ -74,9 +78,11 @@ def check_predict(args: argparse.Namespace) -> None:
         if args.images:
             paths = frame_paths(args.images, args.max_frames)  # folders -> their images (quiet: predict says it)
             check_paths(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
-    except UploadError as error:
-        raise UserError(str(error)) from None
+    except (UploadError, ValueError) as error:  # worded as predict words them once it has read the frames
+        print(f"gap-mllm predict: {error}", file=sys.stderr)
+        return 2
     check_model(args.model)
+    return None
 
 
 def check_demo(args: argparse.Namespace) -> None:
@@ -103,8 +109,8 @@ def check_train(args: argparse.Namespace) -> None:
 CHECKS = {"predict": check_predict, "demo": check_demo, "evaluate": check_evaluate, "train": check_train}
 
 
-def check_arguments(command: str, args: argparse.Namespace) -> None:
-    """Run `command`'s check (`CHECKS`), if it has one; UserError for a mistake."""
+def check_arguments(command: str, args: argparse.Namespace) -> int | None:
+    """Run `command`'s check (`CHECKS`), if it has one: UserError for a mistake, or the exit status of a mistake the
+    check reported itself."""
     check = CHECKS.get(command)
-    if check is not None:
-        check(args)
+    return check(args) if check is not None else None

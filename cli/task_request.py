@@ -46,19 +46,28 @@ class TaskRequest:
         are not read yet (`gap-mllm predict`'s early check), so the marker's view is not range-checked."""
         if self.spec not in FRONT_END_TASKS:
             raise ValueError(f"task {self.task!r} is not run by itself here; choose one of {', '.join(TASKS)}")
-        if "query" in self.spec.parameters:
+        if "query" in self.spec.parameters and not (isinstance(self.query, str) and self.query.strip()):
             what = "a question about the scene" if self.spec is SPATIAL_QA else "a text query describing the object"
             if self.query is not None and not isinstance(self.query, str):
                 raise ValueError(f"{self.task} needs {what} as text, got {type(self.query).__name__} {self.query!r:.60}")
-            if not (self.query and self.query.strip()):
-                raise ValueError(f"{self.task} needs {what}")
+            raise ValueError(f"{self.task} needs {what}")
+        if "box" in self.spec.parameters and self.box is None:
+            check_box(self.box)  # its message for a missing box
+        if self.spec.needs_marker and self.marker is None:
+            raise ValueError("reconstruction needs a marker (view, x, y)")
+        self.check_given(num_views)
+
+    def check_given(self, num_views: int | None = None) -> None:
+        """The inputs that were given, checked as `validate` checks them, without asking for the missing ones (on a
+        bundled example the room's own fill those: `gap-mllm predict --example`'s early check)."""
+        if "query" in self.spec.parameters and isinstance(self.query, str):
             # before any model is loaded: text that is not valid Unicode (`predict --query $'\xff'`) or holds the
             # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.control_tokens)
             refuse_control_tokens(None, self.query, "the query")
-        if "box" in self.spec.parameters:
+        if "box" in self.spec.parameters and self.box is not None:
             check_box(self.box)
-        if self.spec.needs_marker:
-            if self.marker is None or len(self.marker) != 3:
+        if self.spec.needs_marker and self.marker is not None:
+            if len(self.marker) != 3:
                 raise ValueError("reconstruction needs a marker (view, x, y)")
             if num_views is not None and not 0 <= int(self.marker[0]) < num_views:
                 raise ValueError(f"marker view {self.marker[0]} is out of range: there are {num_views} views")

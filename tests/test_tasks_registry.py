@@ -305,6 +305,7 @@ def test_generation_of_a_rambling_model_stops_and_rows_stop_on_their_own(build_m
 def test_every_consumer_uses_the_registry_objects():
     from gap_mllm import chat_format, model_inputs, modeling_gap_mllm, processing_gap_mllm
     from gap_mllm.cli import predict, space_backend
+    from gap_mllm.cli import task_names
     from gap_mllm.cli import tasks as cli_tasks
     from gap_mllm.cli import evaluate as evaluate_cli
     from gap_mllm.evaluation import generation, runner
@@ -331,7 +332,7 @@ def test_every_consumer_uses_the_registry_objects():
         assert benchmark.headline[0] in benchmark.logged_metrics.values(), name
     assert eval_tasks.GroundingTask.stage_specs == (TASKS["grounding_stage1"], TASKS["grounding_stage2"])
     assert runner.get_task is eval_tasks.get_task and generation.resolve_task is registry.resolve_task
-    assert all(spec_of(spec) for spec in cli_tasks.FRONT_END_TASKS)
+    assert all(spec_of(spec) for spec in task_names.FRONT_END_TASKS)
     assert all(spec_of(spec) for spec in space_backend.TASK_LABELS.values())
     assert cli_tasks.TaskRequest("grounding", query="x").spec is TASKS["grounding"]
 
