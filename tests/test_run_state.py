@@ -170,7 +170,7 @@ def test_images_encoded_otherwise_with_the_same_pixels_restore_and_other_pixels_
     assert image.read_bytes() != before
     assert restore_run_state(state, tmp_path / "restored", source=source_model, data_root=data).is_dir()
 
-    pixels[0, 0] = 255 - pixels[0, 0]
+    pixels[0, 0] = ~pixels[0, 0]  # every bit of one pixel flipped (uint8)
     PIL.Image.fromarray(pixels).save(image)
     with pytest.raises(RunStateError, match="images differ"):
         restore_run_state(state, tmp_path / "restored_again", source=source_model, data_root=data)
@@ -184,6 +184,20 @@ def test_a_fresh_run_does_not_overwrite_another_runs_state(tmp_path, source_mode
     with pytest.raises(RunStateError, match="holds step 1 of a run.*--resume auto"):
         run_training(recipe, resume_from_checkpoint=None)
     assert (state / STATE_FILE).read_bytes() == before
+
+
+def test_a_state_folder_of_the_users_files_is_refused_before_training_and_kept(tmp_path, source_model, train_data_root):
+    from gap_mllm.processing.output_folder import OutputFolderRefused
+
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("mine")
+    recipe = load_recipe(write_recipe(tmp_path, source_model, train_data_root, tmp_path / "out"),
+                         [f"run_state.directory={mine}"])
+    with pytest.raises(OutputFolderRefused, match=r"run_state.directory .*notes is not empty \(todo.txt\) and holds no "
+                                                  r"run state \(no run_state.json\); give an empty or new folder"):
+        run_training(recipe, resume_from_checkpoint="auto")
+    assert sorted(p.name for p in mine.iterdir()) == ["todo.txt"] and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

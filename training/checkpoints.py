@@ -96,7 +96,6 @@ def load_model_weights(folder) -> dict[str, torch.Tensor]:
     raise MissingSafetensorsWeights(f"{folder}: no {MODEL_FILE} or {MODEL_FILE}.index.json (safetensors weights)")
 
 
-
 def checkpoint_step(folder) -> int | None:
     match = _CHECKPOINT_NAME.match(Path(folder).name)
     return int(match.group(1)) if match else None

@@ -29,7 +29,7 @@ from .kernels import apply_attention_implementation, check_kernels, check_liger_
 from .lora import apply_lora
 from .model_loading import load_model_and_processor
 from .param_groups import apply_freezing
-from .run_state import RunStateCallback, RunStateError, read_run_state, restore_if_newer
+from .run_state import RunStateCallback, RunStateError, check_state_folder, data_digest, read_run_state, restore_if_newer
 from .time_limit import TimeLimitCallback
 from .trainer import GeometryAlignedTrainer
 
@@ -222,15 +222,19 @@ def run_state_settings(recipe: TrainRecipe, data_given: bool) -> dict | None:
     source = recipe.model.name_or_path
     source = source if source and Path(source, "config.json").is_file() else None
     data_root = None if data_given or not recipe.data.data_root else recipe.data.data_root
-    return {"source": source, "data_root": data_root, "command": invoking_command()}
+    # digested once a run: checked against a restored state, recorded in every state the run writes
+    return {"source": source, "data_description": data_digest(data_root) if data_root else None,
+            "command": invoking_command()}
 
 
 def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dict) -> str | None:
     """`--resume auto` with a run state: its checkpoint, rebuilt in the output folder when that holds none as new
     (a fresh machine). Without `--resume auto`, a run state of another run is refused rather than overwritten."""
-    directory, output_dir = recipe.run_state.directory, recipe.training.get("output_dir")
+    directory, output_dir = recipe.run_state.directory, recipe.training["output_dir"]
+    check_state_folder(directory)  # a folder of the user's files is refused now, not at the first checkpoint
     if resume == "auto":
-        return restore_if_newer(directory, output_dir, source=settings["source"], data_root=settings["data_root"])
+        return restore_if_newer(directory, output_dir, source=settings["source"],
+                                data_description=settings["data_description"])
     record = read_run_state(directory)
     if resume is None and record is not None:
         raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run "

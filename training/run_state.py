@@ -37,16 +37,22 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
+
+from gap_mllm.processing.output_folder import check_output_folder, writing_output_folder
 
 from .checkpoints import (
     MODEL_FILE,
     TRAINER_STATE_FILE,
     MissingSafetensorsWeights,
     checkpoint_problem,
+    checkpoint_step,
     find_resumable_checkpoint,
+    folder_size,
     load_model_weights,
     staging_root,
 )
@@ -110,9 +116,6 @@ def data_digest(data_root) -> dict:
 
 def pixel_digest(image_files: list[Path], samples: int = 256) -> str:
     """sha256 of the decoded pixels of every k-th of `image_files` (sorted), k chosen for about `samples` images."""
-    import numpy as np
-    import PIL.Image
-
     digest = hashlib.sha256()
     for path in image_files[::max(1, len(image_files) // samples)]:
         with PIL.Image.open(path) as image:
@@ -218,18 +221,20 @@ def _small_files(folder: Path, leave_out: set[str]) -> list[Path]:
     return files
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+# what writes a state folder, as processing/output_folder.py names it in a refusal
+STATE_WRITER = "a run state (training/run_state.py)"
 
 
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Put a complete `staging` folder at `target`: the old one stays until the new one is in place."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+def _holds_run_state(folder: Path) -> str | None:
+    """The owner check of a state folder: one holding a run_state.json is a run state's, replaced by the next one;
+    any other non-empty folder is refused (it may be the user's)."""
+    return None if (folder / STATE_FILE).is_file() else "holds no run state (no run_state.json)"
+
+
+def check_state_folder(state_dir) -> None:
+    """OutputFolderRefused unless `state_dir` is missing, empty or a run state (checked before a run trains)."""
+    check_output_folder(state_dir, STATE_WRITER, option="run_state.directory", overwrite_option=None,
+                        owner_check=_holds_run_state)
 
 
 # ------------------------------------------------------------------------------------------ write
@@ -237,8 +242,9 @@ def _replace_folder(staging: Path, target: Path) -> None:
 def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = None, data_root=None,
                    data_description: dict | None = None, moments_dtype: str = "float32", best_dtype: str = "float32",
                    best_dir=None) -> dict:
-    """Write the run state of a complete Trainer `checkpoint` into `state_dir` (replaced whole, atomically);
-    returns its run_state.json record.
+    """Write the run state of a complete Trainer `checkpoint` into `state_dir`, written beside it and renamed into place
+    (processing/output_folder.py: a kill leaves the last state; a non-empty folder holding no run state is refused,
+    `OutputFolderRefused`); returns its run_state.json record.
 
     Args:
         source: the model folder the run started from (its tensors are not copied); None stores every tensor.
@@ -259,59 +265,60 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
     trainer_state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     source_tensors = _weights_for_state(source) if source is not None else {}
 
-    staging = state_dir.with_name(f".{state_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / CHECKPOINT_FILES).mkdir(parents=True)
-
-    model = _weights_for_state(checkpoint)
-    stored, from_source = _split_from_source(model, source_tensors)
-    save_file(stored, staging / WEIGHTS_FILE, metadata={"format": "pt"})
-
-    optimizer_record = None
-    if (checkpoint / OPTIMIZER_FILE).is_file():
-        optimizer_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        moments, packed = _pack_optimizer(optimizer_state, MOMENT_DTYPES[moments_dtype])
-        save_file(moments, staging / MOMENTS_FILE, metadata={"format": "pt"})
-        optimizer_record = {"moments_dtype": moments_dtype, **packed}
-
-    kept = []
-    for path in _small_files(checkpoint, _weight_file_names(checkpoint) | {OPTIMIZER_FILE}):
-        shutil.copy2(path, staging / CHECKPOINT_FILES / path.name)
-        kept.append(path.name)
-
-    best_record = None
-    best_dir = Path(best_dir) if best_dir is not None else None
-    if best_dir is not None and (best_dir / BEST_RECORD).is_file():
-        (staging / BEST_FOLDER).mkdir()
-        best_model = _weights_for_state(best_dir)
-        best_stored, best_from_source = _split_from_source(best_model, source_tensors, MOMENT_DTYPES[best_dtype])
-        save_file(best_stored, staging / BEST_FOLDER / WEIGHTS_FILE, metadata={"format": "pt"})
-        for path in _small_files(best_dir, _weight_file_names(best_dir)):
-            shutil.copy2(path, staging / BEST_FOLDER / path.name)
-        best_record = {"record": json.loads((best_dir / BEST_RECORD).read_text(encoding="utf-8")), "dtype": best_dtype,
-                       "from_source": best_from_source,
-                       "stored_dtypes": {name: str(t.dtype).removeprefix("torch.") for name, t in best_model.items()
-                                         if name in best_stored}}
-
-    record = {
-        "format": FORMAT_VERSION,
-        "global_step": trainer_state.get("global_step"),
-        "max_steps": trainer_state.get("max_steps"),
-        "command": command,
-        "written_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "source": None if source is None else {"path": str(source), "digest": tensor_digest(source_tensors)},
-        "data": data_description if data_description is not None else (data_digest(data_root) if data_root else None),
-        "model": {"digest": tensor_digest(model), "stored": len(stored), "from_source": from_source},
-        "optimizer": optimizer_record,
-        "checkpoint_files": kept,
-        "best": best_record,
-    }
-    (staging / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
-    (staging / README_FILE).write_text(describe_run_state(record), encoding="utf-8")
+    data = data_description if data_description is not None else (data_digest(data_root) if data_root else None)
     state_dir.parent.mkdir(parents=True, exist_ok=True)
-    _replace_folder(staging, state_dir)
+    # written beside and renamed into place; a folder of other files is refused (processing/output_folder.py)
+    with writing_output_folder(state_dir, STATE_WRITER, option="run_state.directory", overwrite_option=None,
+                               owner_check=_holds_run_state, marker=False) as staging:
+        (staging / CHECKPOINT_FILES).mkdir()
+        model = _weights_for_state(checkpoint)
+        stored, from_source = _split_from_source(model, source_tensors)
+        save_file(stored, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+
+        optimizer_record = None
+        if (checkpoint / OPTIMIZER_FILE).is_file():
+            optimizer_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+            moments, packed = _pack_optimizer(optimizer_state, MOMENT_DTYPES[moments_dtype])
+            save_file(moments, staging / MOMENTS_FILE, metadata={"format": "pt"})
+            optimizer_record = {"moments_dtype": moments_dtype, **packed}
+
+        kept = []
+        for path in _small_files(checkpoint, _weight_file_names(checkpoint) | {OPTIMIZER_FILE}):
+            shutil.copy2(path, staging / CHECKPOINT_FILES / path.name)
+            kept.append(path.name)
+
+        best_record = None
+        best_dir = Path(best_dir) if best_dir is not None else None
+        if best_dir is not None and (best_dir / BEST_RECORD).is_file():
+            (staging / BEST_FOLDER).mkdir()
+            best_model = _weights_for_state(best_dir)
+            best_stored, best_from_source = _split_from_source(best_model, source_tensors, MOMENT_DTYPES[best_dtype])
+            save_file(best_stored, staging / BEST_FOLDER / WEIGHTS_FILE, metadata={"format": "pt"})
+            for path in _small_files(best_dir, _weight_file_names(best_dir)):
+                shutil.copy2(path, staging / BEST_FOLDER / path.name)
+            best_record = {"record": json.loads((best_dir / BEST_RECORD).read_text(encoding="utf-8")),
+                           "dtype": best_dtype,
+                           "from_source": best_from_source,
+                           "stored_dtypes": {name: str(t.dtype).removeprefix("torch.") for name, t in best_model.items()
+                                             if name in best_stored}}
+
+        record = {
+            "format": FORMAT_VERSION,
+            "global_step": trainer_state.get("global_step"),
+            "max_steps": trainer_state.get("max_steps"),
+            "command": command,
+            "written_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "source": None if source is None else {"path": str(source), "digest": tensor_digest(source_tensors)},
+            "data": data,
+            "model": {"digest": tensor_digest(model), "stored": len(stored), "from_source": from_source},
+            "optimizer": optimizer_record,
+            "checkpoint_files": kept,
+            "best": best_record,
+        }
+        (staging / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+        (staging / README_FILE).write_text(describe_run_state(record), encoding="utf-8")
     logger.info("run state of step %s written to %s (%.1f MB; %d of %d tensors stored, the rest from %s)",
-                record["global_step"], state_dir, _folder_bytes(state_dir) / 2**20, len(stored), len(model), source)
+                record["global_step"], state_dir, folder_size(state_dir) / 2**20, len(stored), len(model), source)
     return record
 
 
@@ -441,46 +448,40 @@ def _restore_best(state_dir: Path, output_dir: Path, best: dict, source_tensors:
               for name, tensor in load_file(state_dir / BEST_FOLDER / WEIGHTS_FILE).items()}
     tensors = _join_with_source(stored, best["from_source"], source_tensors, f"{state_dir}/{BEST_FOLDER}",
                                 record["source"] and record["source"]["path"])
-    staging = output_dir / f"{BEST_FOLDER}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    save_file(tensors, staging / MODEL_FILE, metadata={"format": "pt"})
-    for path in sorted((state_dir / BEST_FOLDER).iterdir()):
-        if path.is_file() and path.name != WEIGHTS_FILE:
-            shutil.copy2(path, staging / path.name)
-    _replace_folder(staging, output_dir / BEST_FOLDER)
+    with writing_output_folder(output_dir / BEST_FOLDER, STATE_WRITER, overwrite=True, marker=False) as staging:
+        save_file(tensors, staging / MODEL_FILE, metadata={"format": "pt"})
+        for path in sorted((state_dir / BEST_FOLDER).iterdir()):
+            if path.is_file() and path.name != WEIGHTS_FILE:
+                shutil.copy2(path, staging / path.name)
 
 
-def restore_if_newer(state_dir, output_dir, *, source=None, data_root=None) -> str | None:
+def restore_if_newer(state_dir, output_dir, *, source=None, data_description: dict | None = None) -> str | None:
     """The checkpoint to resume from under `--resume auto` with a run state: the state's, rebuilt in `output_dir`,
-    when the folder holds no complete checkpoint of that step or later (a fresh machine); else the folder's newest."""
+    when the folder holds no complete checkpoint of that step or later (a fresh machine); else the folder's newest.
+    `data_description`: the run's data (`data_digest`), checked against the state's."""
     local = find_resumable_checkpoint(output_dir)
     record = read_run_state(state_dir)
     if record is None:
         return local
-    local_step = int(Path(local).name.rsplit("-", 1)[1]) if local else -1
-    if local_step >= record["global_step"]:
+    if local is not None and checkpoint_step(local) >= record["global_step"]:
         return local
-    return str(restore_run_state(state_dir, output_dir, source=source, data_root=data_root))
+    return str(restore_run_state(state_dir, output_dir, source=source, data_description=data_description))
 
 
 # ------------------------------------------------------------------------------------------ during training
 
 class RunStateCallback(TrainerCallback):
-    """After every checkpoint save (main process), write the run state of that checkpoint into `state_dir`."""
+    """After every checkpoint save (main process), write the run state of that checkpoint into `state_dir`.
+    `data_description`: the run's data (`data_digest`, computed once per run by its caller)."""
 
-    def __init__(self, state_dir, *, source=None, command=None, data_root=None, moments_dtype="float32",
+    def __init__(self, state_dir, *, source=None, command=None, data_description=None, moments_dtype="float32",
                  best_dtype="float32"):
         self.state_dir = Path(state_dir)
-        self.settings = {"source": source, "command": command, "moments_dtype": moments_dtype, "best_dtype": best_dtype}
-        self.data_root = data_root
-        self._data_description = None  # computed once: the data do not change during a run
+        self.settings = {"source": source, "command": command, "data_description": data_description,
+                         "moments_dtype": moments_dtype, "best_dtype": best_dtype}
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if self._data_description is None and self.data_root is not None:
-            self._data_description = data_digest(self.data_root)
-        save_run_state(checkpoint, self.state_dir, data_description=self._data_description,
-                       best_dir=Path(args.output_dir) / BEST_FOLDER, **self.settings)
+        save_run_state(checkpoint, self.state_dir, best_dir=Path(args.output_dir) / BEST_FOLDER, **self.settings)
