@@ -56,6 +56,31 @@ class CategoryCounts:
         return {"precision": precision, "recall": recall, "f1": f1, "tp": self.tp, "fp": self.fp, "fn": self.fn}
 
 
+def split_means(per_category: dict, value, official_compat: bool = False) -> dict:
+    """{split name: mean of `value(per_category[c])` over the split's categories} (the module docstring's rule:
+    official_compat averages over the verbatim list with an absent category given `value(None)`; the default over
+    the clean list's categories present in `per_category`, None when none is, plus an "all" split)."""
+    splits = OFFICIAL_SPLITS if official_compat else CLEAN_SPLITS
+    out = {}
+    for name, categories in splits.items():
+        if official_compat:
+            values = [value(per_category.get(c)) for c in categories]
+        else:
+            values = [value(per_category[c]) for c in categories if c in per_category]
+        out[name] = float(np.mean(values)) if values else None
+    if not official_compat:
+        out["all"] = float(np.mean([value(v) for v in per_category.values()])) if per_category else None
+    return out
+
+
+def headline_f1(counts: dict, official_compat: bool = False) -> float | None:
+    """The headline F1 (`DetectionEvaluator.compute()["f1"]`: the mean F1 of the headline split) from summed
+    counts per label, `{label: CategoryCounts}`; what a table recomputed from per-sample counts reports
+    (mini/report.py), so that it equals the runner's summary. None when no category of the split is present."""
+    per_category = {label: c.scores() for label, c in counts.items()}
+    return split_means(per_category, lambda s: 0.0 if s is None else s["f1"], official_compat)[HEADLINE_SPLIT]
+
+
 @dataclass
 class PredictionMatch:
     """One prediction after matching: its label, best IoU against an unused same-label box, the index
@@ -248,19 +273,6 @@ class DetectionEvaluator:
         self._num_samples += 1
         return match
 
-    def _split_means(self, per_category: dict, value) -> dict:
-        splits = OFFICIAL_SPLITS if self.official_compat else CLEAN_SPLITS
-        out = {}
-        for name, categories in splits.items():
-            if self.official_compat:
-                values = [value(per_category.get(c)) for c in categories]
-            else:
-                values = [value(per_category[c]) for c in categories if c in per_category]
-            out[name] = float(np.mean(values)) if values else None
-        if not self.official_compat:
-            out["all"] = float(np.mean([value(v) for v in per_category.values()])) if per_category else None
-        return out
-
     def compute(self) -> dict:
         """Scores as a JSON-ready dict:
 
@@ -285,7 +297,7 @@ class DetectionEvaluator:
         metric_names = ["precision", "recall", "f1"] + [f"ap{int(round(t * 100))}" for t in self.ap_thresholds]
         splits: dict[str, dict] = {}
         for metric in metric_names:
-            means = self._split_means(per_category, lambda s, m=metric: 0.0 if s is None else s[m])
+            means = split_means(per_category, lambda s, m=metric: 0.0 if s is None else s[m], self.official_compat)
             for split, mean in means.items():
                 splits.setdefault(split, {})[metric] = mean
         headline = splits.get(HEADLINE_SPLIT, {}).get("f1")

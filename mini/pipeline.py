@@ -207,17 +207,39 @@ def adopt_model(source: Path, folder: Path, flag: str, stage: str) -> Path:
     if folder.exists():
         shutil.rmtree(folder)  # an interrupted copy
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
-    origin, note = {}, f"copied from {source} ({flag})"
+    origin = {}
     if (source / DONE_MARKER).is_file():  # a pipeline stage folder: keep what trained it
         origin = json.loads((source / DONE_MARKER).read_text(encoding="utf-8"))
-    elif (source / "evaluation_results.json").is_file():  # an exported model: its results say how that stage was made
-        origin = json.loads((source / "evaluation_results.json").read_text(encoding="utf-8")).get("stages", {}).get(stage, {})
-        if origin.get("note"):
-            note += f"; its {stage}: {origin['note']}"
+    elif (source / "evaluation_results.json").is_file():  # an exported model: its results say how it was made
+        results = json.loads((source / "evaluation_results.json").read_text(encoding="utf-8"))
+        (folder / DONE_MARKER).write_text(json.dumps(exported_origin(results, source, flag, stage), indent=1))
+        return folder
     (folder / DONE_MARKER).write_text(json.dumps({
         "recipe": origin.get("recipe", f"given ({flag})"), "global_step": origin.get("global_step"),
-        "device": origin.get("device"), "source": str(source), "note": note}, indent=1))
+        "device": origin.get("device"), "source": str(source), "note": f"copied from {source} ({flag})"}, indent=1))
     return folder
+
+
+def exported_origin(results: dict, source: Path, flag: str, stage: str) -> dict:
+    """The `stage_done.json` of a stage taken from an exported model (`results`: its `evaluation_results.json`).
+
+    Its "stages" name the stage folders that made it. The stage of that name (stage 0: the encoders) is what it
+    gives; an exported model taken as another stage (`--stage1`) is its arm's final model, so every arm stage
+    that trained it is named (stage 1 and stage 2), never a stage-1 model it is not."""
+    stages, note = results.get("stages", {}), f"copied from {source} ({flag})"
+    if stage in stages:
+        origin = stages[stage]
+        if origin.get("note"):
+            note += f"; its {stage}: {origin['note']}"
+        return {"recipe": origin.get("recipe", f"given ({flag})"), "global_step": origin.get("global_step"),
+                "device": origin.get("device"), "source": str(source), "note": note}
+    trained = {name: found for name, found in sorted(stages.items()) if "/" in name}  # the arm stages: ARM/stageN
+    if trained:
+        note += "; an exported final model, made by " + "; ".join(
+            f"{name}: {found.get('recipe')}, {found.get('global_step')} steps, {found.get('device')}" for name, found in trained.items())
+    devices = sorted({str(found.get("device")) for found in trained.values() if found.get("device")})
+    return {"recipe": f"given ({flag})", "global_step": None, "device": ", ".join(devices) or None,
+            "source": str(source), "note": note}
 
 
 def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:

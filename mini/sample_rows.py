@@ -8,8 +8,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
+from gap_mllm.evaluation.detection_metrics import CategoryCounts, headline_f1
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 
@@ -35,17 +34,14 @@ def detection_counts(rows: list[dict], records: list[dict]) -> list[dict[str, li
 
 
 def f1_of_counts(samples: list[dict[str, list[int]]]) -> float:
-    """Mean over categories present of F1 from summed counts (the default-mode headline)."""
-    totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
+    """The runner's detection headline (default mode: the mean F1 over the categories of the headline list present,
+    `detection_metrics.headline_f1`) from per-sample counts summed per label; 0 when no such category is present, as
+    the baselines' table cell (evaluation/baselines.py)."""
+    totals: dict[str, CategoryCounts] = defaultdict(CategoryCounts)
     for sample in samples:
-        for label, values in sample.items():
-            totals[label] += values
-    scores = []
-    for tp, fp, fn in totals.values():
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    return float(np.mean(scores)) if scores else 0.0
+        for label, (tp, fp, fn) in sample.items():
+            totals[label].add(CategoryCounts(int(tp), int(fp), int(fn)))
+    return headline_f1(totals) or 0.0
 
 
 def marker_answers(samples: Path, data: Path, split: str = "test") -> dict[str, list]:

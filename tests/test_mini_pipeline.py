@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
@@ -177,3 +178,21 @@ def test_device_cuda_without_cuda_is_refused_before_anything_is_written(tmp_path
                                          r"cpu\) to train on the CPU$"):
         pipeline.main(parser.parse_args(["--out", str(tmp_path / "run"), "--device", "cuda", "--budget", "toy"]))
     assert not (tmp_path / "run").exists()
+
+
+def test_an_exported_final_model_taken_as_stage_1_names_the_stages_that_made_it():
+    """`--stage1 mini/gap-mllm-mini` takes a released final model: its provenance names the stage 1 and stage 2
+    that trained it (the fourth release's, as the fifth release's table shows), and `--stage0` the encoders' note."""
+    released = {"stages": {
+        "gap_gated_s0/stage1": {"recipe": "mini_stage1.yaml", "global_step": 1000, "device": "cpu"},
+        "gap_gated_s0/stage2": {"recipe": "mini_stage2.yaml", "global_step": 800, "device": "cpu"},
+        "stage0": {"recipe": "given (--stage0)", "device": "cuda", "note": "copied from runs/stage0 (--stage0)"}}}
+    source = Path("mini/gap-mllm-mini")
+    stage1 = pipeline.exported_origin(released, source, "--stage1", "stage1")
+    assert stage1 == {"recipe": "given (--stage1)", "global_step": None, "device": "cpu", "source": str(source),
+                      "note": "copied from mini/gap-mllm-mini (--stage1); an exported final model, made by "
+                              "gap_gated_s0/stage1: mini_stage1.yaml, 1000 steps, cpu; "
+                              "gap_gated_s0/stage2: mini_stage2.yaml, 800 steps, cpu"}
+    stage0 = pipeline.exported_origin(released, source, "--stage0", "stage0")
+    assert stage0["recipe"] == "given (--stage0)" and stage0["device"] == "cuda"
+    assert stage0["note"] == "copied from mini/gap-mllm-mini (--stage0); its stage0: copied from runs/stage0 (--stage0)"

@@ -141,3 +141,29 @@ def test_compare_stage1_pairs_two_evaluations_and_refuses_different_samples(tmp_
     (folders["b"] / "samples.jsonl").write_text(json.dumps({"id": "r0", "index": 0, "raw": [_pointmap(1.0)]}))
     with pytest.raises(ValueError, match="same marker samples"):
         compare_stage1(folders["a"], folders["b"], data)
+
+
+def test_the_tables_detection_f1_is_the_runners_headline_with_a_label_outside_the_list():
+    """The table recomputes F1 from per-sample counts (for its bootstrap); it must equal the runner's headline, the
+    mean over the headline list's categories present. A predicted label outside the list ("wall", which the fifth
+    release's detections name) counts in the "all" split only: the table once averaged over it too (5.3 % against
+    the summary's 5.7 % on the fifth release's test split)."""
+    from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
+    from gap_mllm.mini.sample_rows import detection_counts, f1_of_counts
+
+    chair, table = [0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    far = [9.0, 9.0, 9.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    samples = [  # (predicted labels, predicted boxes, true labels, true boxes)
+        (["chair", "wall"], [chair, far], ["chair", "table"], [chair, table]),
+        (["table", "chair"], [table, far], ["table", "chair"], [table, chair]),
+    ]
+    evaluator, rows, records = DetectionEvaluator(), [], []
+    for index, (labels, boxes, gt_labels, gt_boxes) in enumerate(samples):
+        match = evaluator.add(labels, boxes, gt_labels, gt_boxes)
+        rows.append({"index": index, "matches": [{"label": m.label, "tp": m.true_positive} for m in match.predictions]})
+        records.append({"boxes": [{"label": label} for label in gt_labels]})
+    scores = evaluator.compute()
+    # chair: tp 1, fp 1, fn 1 -> F1 0.5; table: tp 1, fn 1 -> 0.667; wall: fp 1 -> 0
+    assert scores["f1"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert scores["splits"]["all"]["f1"] == pytest.approx((0.5 + 2 / 3) / 3)
+    assert f1_of_counts(detection_counts(rows, records)) == pytest.approx(scores["f1"], abs=1e-12)

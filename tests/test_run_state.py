@@ -241,7 +241,8 @@ def test_sigterm_while_training_stops_at_the_next_step_with_a_checkpoint():
 
 
 def test_the_minis_run_state_folder_is_not_ignored_by_git():
-    """The stage-2 run's state (mini/README.md) must reach the repository whole."""
+    """A run state in the repository (mini/README.md, "A run longer than a session": the fifth release's
+    `mini/stage2-run/` until it shipped) must reach it whole: none of its files may match an ignore rule."""
     files = ["mini/stage2-run/run_state.json", "mini/stage2-run/weights.safetensors",
              "mini/stage2-run/optimizer_moments.safetensors", "mini/stage2-run/checkpoint/trainer_state.json",
              "mini/stage2-run/checkpoint/rng_state.pth", "mini/stage2-run/checkpoint/training_args.bin",
