@@ -207,16 +207,15 @@ def adopt_model(source: Path, folder: Path, flag: str, stage: str) -> Path:
     if folder.exists():
         shutil.rmtree(folder)  # an interrupted copy
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
-    origin = {}
-    if (source / DONE_MARKER).is_file():  # a pipeline stage folder: keep what trained it
-        origin = json.loads((source / DONE_MARKER).read_text(encoding="utf-8"))
-    elif (source / "evaluation_results.json").is_file():  # an exported model: its results say how it was made
+    if (source / "evaluation_results.json").is_file() and not (source / DONE_MARKER).is_file():
+        # an exported model: its results say how it was made
         results = json.loads((source / "evaluation_results.json").read_text(encoding="utf-8"))
-        (folder / DONE_MARKER).write_text(json.dumps(exported_origin(results, source, flag, stage), indent=1))
-        return folder
-    (folder / DONE_MARKER).write_text(json.dumps({
-        "recipe": origin.get("recipe", f"given ({flag})"), "global_step": origin.get("global_step"),
-        "device": origin.get("device"), "source": str(source), "note": f"copied from {source} ({flag})"}, indent=1))
+        marker = exported_origin(results, source, flag, stage)
+    else:  # a pipeline stage folder keeps what trained it; any other folder is just given
+        origin = json.loads((source / DONE_MARKER).read_text(encoding="utf-8")) if (source / DONE_MARKER).is_file() else {}
+        marker = {"recipe": origin.get("recipe", f"given ({flag})"), "global_step": origin.get("global_step"),
+                  "device": origin.get("device"), "source": str(source), "note": f"copied from {source} ({flag})"}
+    (folder / DONE_MARKER).write_text(json.dumps(marker, indent=1))
     return folder
 
 
