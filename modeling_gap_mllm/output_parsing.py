@@ -121,17 +121,30 @@ def _find_fence(text: str, start: int = 0) -> int:
 
 
 def strip_code_fences(text: str) -> str:
-    """Content of the first ``` fence (language tag such as `json` dropped; unclosed fence runs to the
-    end), or the stripped text when there is no fence. Backticks inside double-quoted strings do not
-    count as fences."""
+    """Content of the first ``` fence that holds something (language tag such as `json` dropped; unclosed fence
+    runs to the end), or the stripped text when there is no fence. Fences with nothing inside are skipped, so an
+    answer that opens its fence several times ("```json\\n```json\\n{...}") gives the literal after the last
+    opening, not an empty body. Backticks inside double-quoted strings do not count as fences."""
     start = _find_fence(text)
     if start < 0:
         return text.strip()
-    body_start = start + 3
-    while body_start < len(text) and (text[body_start].isalnum() or text[body_start] == "_"):
-        body_start += 1  # language tag ("json", "python", ...)
-    end = _find_fence(text, body_start)
-    return text[body_start : end if end >= 0 else len(text)].strip()
+    while start >= 0:
+        body_start = start + 3
+        while body_start < len(text) and (text[body_start].isalnum() or text[body_start] == "_"):
+            body_start += 1  # language tag ("json", "python", ...)
+        end = _find_fence(text, body_start)
+        body = text[body_start : end if end >= 0 else len(text)].strip()
+        if body:
+            return body
+        start = end  # an empty fence: the next ``` opens the next candidate
+    return ""
+
+
+def quoted_answer(text: str, limit: int = 120) -> str:
+    """The raw answer as a parse problem quotes it: `repr`, cut to `limit` characters with the rest counted."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text) - limit} more characters)"
 
 
 def _scan(text: str, quotes: str = "'\""):
@@ -256,10 +269,10 @@ def parse_literal(text: str, allow_block: bool = True):
     if len(text) > MAX_TEXT_CHARS:
         return None, f"text is too long ({len(text)} characters > {MAX_TEXT_CHARS})"
     body = strip_code_fences(text)
-    if not body:
-        return None, "empty answer"
+    if not body:  # "empty answer" only for an answer of whitespace: fences with nothing inside are quoted
+        return None, "empty answer" if not text.strip() else f"no answer inside the code fences of {quoted_answer(text)}"
     if nesting_depth(body) > MAX_NESTING_DEPTH:
-        return None, f"brackets nested deeper than {MAX_NESTING_DEPTH}"
+        return None, f"brackets nested deeper than {MAX_NESTING_DEPTH} in {quoted_answer(text)}"
     value, error = _try_literal(body)
     if error is None:
         # A literal `null` / `None` is no answer; keep the (value, reason) contract unambiguous.
@@ -275,7 +288,7 @@ def parse_literal(text: str, allow_block: bool = True):
         value, block_error = _try_literal(block)
         if block_error is None:
             return value, None  # a bracketed block is never None
-    return None, f"not a JSON or Python literal ({error})"
+    return None, f"not a JSON or Python literal ({error}): {quoted_answer(text)}"
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -370,7 +383,10 @@ def parse_detection(text: str) -> DetectionResult:
     # 1. The whole answer as one literal (official fenced list, a normal JSON list, a single dict).
     value, error = parse_literal(text, allow_block=False)
     if value is not None:
-        return _detection_from_value(value)
+        result = _detection_from_value(value)
+        if result.reason is not None and not result.boxes and not result.skipped:  # not a list: quote what it was
+            result.reason = f"{result.reason}: {quoted_answer(text)}"
+        return result
 
     # 2. Official line-based reading: every line that mentions a box or a label is one dict. This
     #    also keeps the complete lines of a truncated answer.
@@ -445,7 +461,7 @@ def parse_grounding(text: str) -> GroundingResult:
             if box is not None:
                 return GroundingResult(box, f"answer is a list of {len(value)} entries; took entry {i}")
         return GroundingResult(reason="no entry of the list holds a valid bbox_3d")
-    return GroundingResult(reason=f"answer is a {type(value).__name__}, not a dict")
+    return GroundingResult(reason=f"answer is a {type(value).__name__}, not a dict: {quoted_answer(text)}")
 
 
 def _as_frame_index(value):
@@ -477,7 +493,7 @@ def parse_frame_selection(text: str, num_frames: int | None = None) -> FrameSele
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
         value, reason = value[0], "answer is a one-element list"
     if not isinstance(value, dict):
-        return FrameSelectionResult(reason=f"answer is a {type(value).__name__}, not a dict")
+        return FrameSelectionResult(reason=f"answer is a {type(value).__name__}, not a dict: {quoted_answer(text)}")
     if "frame" not in value:
         return FrameSelectionResult(reason='answer has no "frame" key')
     frame = _as_frame_index(value["frame"])
@@ -531,7 +547,7 @@ def parse_pointmap(text: str) -> PointmapResult:
                     note = "answer is not one literal; read the pointmap line"
                     return PointmapResult(point, label, note if problem is None else f"{note}; {problem}")
     if value is not None:
-        return PointmapResult(reason=f"answer is a {type(value).__name__}, not a dict")
+        return PointmapResult(reason=f"answer is a {type(value).__name__}, not a dict: {quoted_answer(text)}")
     return PointmapResult(reason=error)
 
 

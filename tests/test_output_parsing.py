@@ -416,3 +416,29 @@ def test_backticks_inside_a_label_do_not_end_the_fence():
     result = parse_detection(serialize_detection(boxes))
     assert result.reason is None and result.skipped == 0
     assert [box.label for box in result.boxes] == ["chair", "```", "a`b"]
+
+
+BOX_ANSWER = '{"bbox_3d": [0.1, 0.2, 1.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0]}'
+
+
+@pytest.mark.parametrize("openings", [1, 2, 3])
+def test_repeated_fence_openings_parse(openings):
+    """Issue 54: an answer that opens its ```json fence several times is the literal after the last opening, not
+    "empty answer" (the Mini answered grounding on 3 frames so)."""
+    fenced = "```json\n" * openings + BOX_ANSWER + "\n```"
+    assert parse_grounding(fenced) == parse_grounding(BOX_ANSWER) and parse_grounding(fenced).reason is None
+    rows = "```json\n" * openings + '[\n\t{"label": "bed", "bbox_3d": [0.1, 0.2, 1.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0]}\n]```'
+    detection = parse_detection(rows)
+    assert [box.label for box in detection.boxes] == ["bed"] and detection.reason is None
+    assert strip_code_fences("```json\n```\n```json\n[1]\n```") == "[1]"
+
+
+@pytest.mark.parametrize("text", ["```json\n```", "```json\n```json\n", "7", '{"bbox_3d": [1, 2', "frame three"])
+def test_a_parse_failure_quotes_the_raw_answer(text):
+    """Issue 54: a failure on a non-empty answer quotes it (never "empty answer"); only whitespace is empty."""
+    for parse in (parse_grounding, parse_frame_selection, parse_pointmap, parse_detection):
+        reason = parse(text).reason
+        assert reason != "empty answer" and repr(text) in reason, (parse.__name__, reason)
+    assert parse_grounding(" \n ").reason == "empty answer"
+    long = "x" * 500
+    assert parse_grounding(long).reason.endswith("... (380 more characters)")
