@@ -25,24 +25,37 @@ from .generation_checks import check_token_id_dtype, token_id_range, vocabulary_
 from .model_inputs import IGNORE_INDEX
 
 
-def _cached_length(past_key_values) -> int:
-    """Tokens already in the cache (0 for no cache); the same call Qwen3-VL's own forward makes."""
+def _cached_length(past_key_values) -> int | None:
+    """Tokens already in the cache (0 for no cache); None for a filled static cache, whose count lives on the device.
+
+    A dynamic cache knows its length from its tensors' shapes (free). A static cache (compiled decoding,
+    compiled_decoding.py) counts on the device: reading it would make the host wait for the device at every decode
+    step, and inside the compiled step it would be a graph break; before its first update (the prefill) it holds no
+    tensors (`is_initialized` False), so a filled one is a decode step. (A static cache emptied by `reset()` and given
+    to a plain forward is taken as filled too: its prompt's values go unchecked, `generate` checks its own.)"""
     if past_key_values is None or not hasattr(past_key_values, "get_seq_length"):
         return 0
+    layers = getattr(past_key_values, "layers", None)
+    if layers and getattr(layers[0], "is_compileable", False):
+        return None if getattr(layers[0], "is_initialized", False) else 0
     return int(past_key_values.get_seq_length())
 
 
-def _check_shapes(batch: int, length: int, cached: int, attention_mask, labels, mm_token_type_ids) -> None:
+def _check_shapes(batch: int, length: int, cached: int | None, attention_mask, labels, mm_token_type_ids) -> None:
     """ValueError naming the per-token input whose shape does not fit `[batch, length]` (see the module rules).
     Continuing a cache, only the mask is checked: generation may pass the prompt's token types along."""
     for name, tensor in (("labels", labels), ("mm_token_type_ids", mm_token_type_ids)):
-        if tensor is not None and not cached and tuple(tensor.shape) != (batch, length):
+        if tensor is not None and cached == 0 and tuple(tensor.shape) != (batch, length):
             raise ValueError(f"{name} has shape {tuple(tensor.shape)}, but the input tokens are [{batch}, {length}]: "
                              f"{name} needs one value per token.")
     if attention_mask is None or attention_mask.ndim == 4:
         return
-    expected = f"[{batch}, {length}]" if not cached else f"[{batch}, {cached} cached + {length} new tokens]"
-    if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] != cached + length:
+    if cached is None:  # a filled static cache: its length is not read (see _cached_length), the batch is checked
+        expected, width = f"[{batch}, cached + {length} new tokens]", attention_mask.shape[-1]
+    else:
+        expected = f"[{batch}, {length}]" if not cached else f"[{batch}, {cached} cached + {length} new tokens]"
+        width = cached + length
+    if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] != width:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {expected}: one value per "
                          "token (1 = attend, 0 = padding), as the processor returns it.")
 
@@ -67,7 +80,7 @@ def check_forward_inputs(model, input_ids=None, inputs_embeds=None, attention_ma
     batch, length = tokens.shape[:2]
     cached = _cached_length(past_key_values)
     _check_shapes(batch, length, cached, attention_mask, labels, mm_token_type_ids)
-    if cached or batch * length == 0:
+    if cached is None or cached or batch * length == 0:
         return  # a decoding step: its ids are the model's own, and the prompt was checked at prefill
 
     reductions, readers = [], []

@@ -36,9 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, GenerationMixin
+from transformers import DynamicCache, GenerationMixin, StaticCache
 
-from .generation_checks import check_prompt_fits, check_token_ids, fit_budget_to_context
+from .compiled_decoding import compiled_decoding_kwargs
+from .generation_checks import check_prompt_fits, check_token_ids, fit_budget_to_context, new_token_budget
 from .model_identity import ModelIdentity, identity_mismatch, model_identity
 
 # Inputs a scene already holds: giving them again to generate(scene=...) would be ambiguous.
@@ -87,12 +88,16 @@ class GapMllmScene:
         """Bytes held by the cached keys and values (what a store of scenes has to budget for)."""
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.key_values)
 
-    def cache_for(self, batch_size: int, text_config) -> DynamicCache:
-        """A new `DynamicCache` holding the prefix for `batch_size` rows; the scene's tensors are only read."""
-        return DynamicCache(
-            [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.key_values],
-            config=text_config,
-        )
+    def cache_for(self, batch_size: int, text_config, static_length: int | None = None) -> DynamicCache | StaticCache:
+        """A new cache holding the prefix for `batch_size` rows; the scene's tensors are only read. A `DynamicCache`,
+        or with `static_length` a `StaticCache` of that many positions (compiled decoding: the prefix is copied in)."""
+        rows = [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.key_values]
+        if static_length is None:
+            return DynamicCache(rows, config=text_config)
+        cache = StaticCache(config=text_config, max_cache_len=static_length)
+        for layer, (keys, values) in enumerate(rows):
+            cache.update(keys, values, layer)
+        return cache
 
 
 def scene_prefix_length(input_ids: torch.LongTensor, vision_end_token_id: int) -> int:
@@ -243,7 +248,24 @@ def _right_align(input_ids, attention_mask, pad_token_id: int):
     return aligned_ids, aligned_mask
 
 
-def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=None, mm_token_type_ids=None, **kwargs):
+STATIC_LENGTH_STEP = 256  # static caches of a scene are sized in steps of this many positions: fewer recompilations
+
+
+def _static_cache_length(model, kwargs: dict, input_length: int) -> int:
+    """Positions of the static cache for a scene call of `input_length` prompt tokens: prompt + token budget, rounded
+    up to `STATIC_LENGTH_STEP` and never below the largest used before (transformers' `_previous_max_cache_length`, which
+    full `generate` calls share), so that the compiled decode step is reused across questions."""
+    budget = new_token_budget(model, kwargs, input_length)
+    if budget is None:
+        raise ValueError("compile_decoding with a scene needs a token budget (max_new_tokens) to size its static cache.")
+    needed = -(-(input_length + budget) // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
+    length = max(needed, getattr(model, "_previous_max_cache_length", -1))
+    model._previous_max_cache_length = length
+    return length
+
+
+def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=None, mm_token_type_ids=None,
+                        compile_decoding=False, **kwargs):
     """`generate` for question tokens continuing a scene prefix (see the module docstring).
 
     Args:
@@ -253,6 +275,7 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
             of `processor.split_scene_prompt`), padded on either side; `B` questions about this one scene.
         attention_mask: `[B, Lq]` (1 = token, 0 = padding); default all ones.
         mm_token_type_ids: accepted (processor output) and checked to be text-only.
+        compile_decoding: as for `generate` (compiled_decoding.py): the prefix goes into a static cache instead.
         **kwargs: generation options as for `generate` (greedy or sampling; one beam, one sequence per row).
 
     Returns:
@@ -262,6 +285,7 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
     """
     check_scene_for_model(model, scene)
     _check_generation_options(model, kwargs)
+    compile_options = compiled_decoding_kwargs(compile_decoding, scene.device, kwargs, scene=True)
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[1] == 0:
         found = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"generate(scene=...) needs the question tokens as input_ids [B, Lq] with Lq >= 1, got {found}.")
@@ -303,14 +327,16 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
     fit_budget_to_context(model, kwargs, int(position_ids[1:].max()), full_ids.shape[1], what="the scene prefix + question")
     # what a full prefill leaves behind, for a caller that continues from the returned cache
     model.vlm.model.rope_deltas = deltas
+    static_length = _static_cache_length(model, kwargs, full_ids.shape[1]) if compile_options else None
 
     outputs = GenerationMixin.generate(
         model,
         input_ids=full_ids,
         attention_mask=full_mask,
         position_ids=position_ids,
-        past_key_values=scene.cache_for(batch_size, model.config.get_text_config()),
+        past_key_values=scene.cache_for(batch_size, model.config.get_text_config(), static_length),
         **kwargs,
+        **compile_options,
     )
     sequences = outputs if isinstance(outputs, torch.Tensor) else outputs.sequences
     continued = torch.cat([input_ids, sequences[:, full_ids.shape[1] :]], dim=1)

@@ -1,0 +1,86 @@
+"""Compiled decoding: every decode step of `generate` replayed as one CUDA graph.
+
+A decode step of the real-size model is ≈ 1,500 small kernels per token, launched one by one from Python: on an H200
+the GPU was busy 12 % of the time (issue 53: 44 tokens/s at batch 1 against a bandwidth limit of ≈ 1,400). The cure is
+transformers' own: a static cache (`cache_implementation="static"`: keys and values in preallocated tensors at fixed
+addresses, the fill counter on the device) and its automatic compilation of the decode forward
+(`generation_config.compile_config`; `torch.compile(mode="reduce-overhead")` records the step once as a CUDA graph and
+replays it, so a token costs one graph launch instead of ≈ 1,500 kernel launches and no Python in the model).
+The prefill (vision tower, geometry encoder, fusion, the prompt) runs uncompiled, as before: its shapes change with
+every prompt. `generate(..., compile_decoding=...)` turns it on:
+
+    "off" / False   the default of `generate`: the dynamic cache, nothing compiled
+    "on" / True     static cache + compiled decode step (CUDA graphs on a GPU; on the CPU torch.compile with
+                    inductor, which pays little there: tests use a `CompileConfig` instead)
+    "auto"          "on" when the model sits on a CUDA device, else "off" (the front ends' default: predict, evaluate,
+                    the Space)
+    CompileConfig   "on" with these compile settings, on any device (how the CPU tests compile with fullgraph=True)
+
+Requirements, checked before anything runs (ValueError naming the option): no cache of the caller's
+(`past_key_values`; a scene is fine: its prefix is copied into a static cache), no other `cache_implementation`.
+
+What compiles: the decode forward is captured whole (`fullgraph=True`: a graph break is an error, not a silent
+slowdown), with no host synchronisation inside it (tests/test_compiled_decoding.py counts them). Per generated token the
+host still waits once, in transformers' loop (`StopCheck`: `unfinished_sequences.max() == 0` decides whether to go on;
+without it `generate` could not stop at EOS), and stopping criteria that read the text (the task answer-end rules,
+answer_stopping_criteria.py) read the new tokens at that same point.
+
+Cost: one compilation per batch size and cache length (a few seconds for the Mini, tens of seconds at the real size),
+then every call with those shapes replays. `generate` keeps the cache length of earlier calls when it is larger
+(transformers' `_previous_max_cache_length`), so varying prompt lengths do not recompile; varying batch sizes do.
+Exactness: a static cache attends over its whole preallocated length with the unused slots masked, so logits agree
+with the dynamic cache's to float rounding and greedy tokens are the same (tested in float32, batch 1 and 8).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import CompileConfig
+
+COMPILE_DECODING_CHOICES = ("auto", "on", "off")
+# The GPU setting: the whole decode step in one graph, replayed as a CUDA graph; shapes static (the batch and the cache
+# length are fixed within a call, and a new one recompiles rather than tracing symbolic shapes).
+DECODE_COMPILE_CONFIG = dict(fullgraph=True, dynamic=False, mode="reduce-overhead")
+
+
+def decode_compile_config(compile_decoding, device: torch.device) -> CompileConfig | None:
+    """The `CompileConfig` of the decode step for `compile_decoding` (see the module docstring) on `device`, or None
+    when decoding stays uncompiled. ValueError naming the option for any other value."""
+    if isinstance(compile_decoding, CompileConfig):
+        config = CompileConfig(**compile_decoding.to_dict())
+        config._compile_all_devices = True  # a config given on purpose compiles on the CPU too (tests)
+        return config
+    choice = {True: "on", False: "off", None: "off"}.get(compile_decoding, compile_decoding)
+    if choice not in COMPILE_DECODING_CHOICES:
+        raise ValueError(f"compile_decoding={compile_decoding!r}: expected one of {COMPILE_DECODING_CHOICES}, True, "
+                         "False or a transformers CompileConfig.")
+    if choice == "off" or (choice == "auto" and torch.device(device).type != "cuda"):
+        return None
+    config = CompileConfig(**DECODE_COMPILE_CONFIG)
+    config._compile_all_devices = torch.device(device).type != "cuda"  # "on" asked for on purpose
+    return config
+
+
+def compiled_decoding_kwargs(compile_decoding, device, kwargs: dict, scene: bool = False) -> dict:
+    """The `generate` options that compile the decode step (`cache_implementation="static"`, `compile_config`), or {}
+    when `compile_decoding` leaves it off. `kwargs` are the call's other options, checked to allow it.
+
+    Raises:
+        ValueError: an option that rules out compiled decoding (a cache of the caller's, another cache implementation).
+    """
+    config = decode_compile_config(compile_decoding, device)
+    if config is None:
+        return {}
+    if kwargs.get("past_key_values") is not None and not scene:
+        raise ValueError("compile_decoding needs generate's own static cache, but past_key_values were given: pass no "
+                         "cache, or compile_decoding='off'.")
+    implementation = kwargs.get("cache_implementation")
+    if implementation not in (None, "static"):
+        raise ValueError(f"compile_decoding needs cache_implementation='static', got {implementation!r}: drop the "
+                         "option, or compile_decoding='off'.")
+    if kwargs.get("use_cache") is False:
+        raise ValueError("compile_decoding needs use_cache=True (the decode step continues a static cache).")
+    return {"compile_config": config} if scene else {"cache_implementation": "static", "compile_config": config}
+
+
+__all__ = ["COMPILE_DECODING_CHOICES", "DECODE_COMPILE_CONFIG", "compiled_decoding_kwargs", "decode_compile_config"]

@@ -1,0 +1,117 @@
+"""Compiled decoding (compiled_decoding.py) on the CPU: the tiny model's decode step compiles whole (fullgraph=True, one
+graph, no break) and gives today's greedy tokens in float32, batch 1 and 8, with and without a scene; a decode step
+makes no host synchronisation, and generate makes the one per token that transformers' loop needs (host_syncs.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+from transformers import CompileConfig
+
+from gap_mllm.compiled_decoding import compiled_decoding_kwargs, decode_compile_config
+from gap_mllm.host_syncs import HostSyncCounter
+
+from .conftest import make_views
+
+TEXTS = ["Describe the room.", "Where is the red chair?", "How many lamps?", "What is left of the bed?"]
+
+
+@pytest.fixture
+def lively_model(build_model):
+    """The tiny model with larger language-model weights: random tiny weights repeat one token, which would let a
+    wrong step hide behind a constant argmax."""
+    model = build_model().eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.vlm.model.language_model.parameters():
+            if parameter.ndim == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
+    return model
+
+
+def _inputs(processor, batch: int):
+    images = [make_views(1 + row % 2, 64, 96, seed=row) for row in range(batch)]
+    return processor(images=images, text=[TEXTS[row % 4] for row in range(batch)], return_tensors="pt", padding=True)
+
+
+def _compiled(backend: str) -> CompileConfig:
+    return CompileConfig(fullgraph=True, dynamic=False, backend=backend, mode=None)
+
+
+@pytest.mark.parametrize("batch, backend", [(1, "aot_eager"), (8, "eager")])
+def test_the_decode_step_compiles_whole_and_keeps_the_greedy_tokens(lively_model, tiny_processor, batch, backend):
+    inputs = _inputs(tiny_processor, batch)
+    options = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    today = lively_model.generate(**inputs, **options)
+    assert len(set(today[:, -6:].flatten().tolist())) > 3  # the tokens vary: equality below means something
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = lively_model.generate(**inputs, compile_decoding=_compiled(backend), **options)
+    assert torch.equal(compiled, today)
+    # one graph for all decode steps (fullgraph=True would have raised at a break), nothing recompiled per token
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
+def test_scene_questions_decode_compiled(lively_model, tiny_processor):
+    processor, model = tiny_processor, lively_model
+    prefix, questions = processor.split_scene_prompt(TEXTS[1:], num_views=2)
+    scene = model.encode_scene(**processor(images=[make_views(2, 64, 96, seed=3)], text=prefix, return_tensors="pt"))
+    question_inputs = processor(text=questions, return_tensors="pt", padding=True)
+    options = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    today = model.generate(scene=scene, **question_inputs, **options)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = model.generate(scene=scene, compile_decoding=_compiled("eager"), **question_inputs, **options)
+    assert torch.equal(compiled, today)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
+def test_a_decode_step_makes_no_host_synchronisation(lively_model, tiny_processor):
+    model = lively_model
+    inputs = _inputs(tiny_processor, 2)
+
+    def syncs(new_tokens: int) -> HostSyncCounter:
+        with HostSyncCounter(where=True) as counter:
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           cache_implementation="static")  # the compiled step's code, run eagerly so it can be counted
+        return counter
+
+    four, eight = syncs(4), syncs(8)
+    per_token = {place: (eight.places[place] - four.places.get(place, 0)) / 4 for place in eight.places
+                 if eight.places[place] != four.places.get(place, 0)}
+    # Budget: 1 per token, transformers' StopCheck (`unfinished_sequences.max() == 0`: whether to go on), which
+    # generate needs to stop at EOS. Nothing in the model's decode forward.
+    assert list(per_token.values()) == [1.0], per_token
+    (name, place), = per_token
+    assert name == "aten._local_scalar_dense" and place.replace("\\", "/").endswith(tuple(
+        f"transformers/generation/utils.py:{line}" for line in range(380, 420))), place
+
+
+def test_the_option_is_checked_by_name(build_model):
+    cpu = torch.device("cpu")
+    assert decode_compile_config("auto", cpu) is None and decode_compile_config(False, cpu) is None
+    assert decode_compile_config("auto", torch.device("cuda")).mode == "reduce-overhead"
+    assert compiled_decoding_kwargs("on", cpu, {})["cache_implementation"] == "static"
+    with pytest.raises(ValueError, match=r"^compile_decoding='fast': expected one of \('auto', 'on', 'off'\)"):
+        decode_compile_config("fast", cpu)
+    with pytest.raises(ValueError, match=r"^compile_decoding needs cache_implementation='static', got 'dynamic'"):
+        compiled_decoding_kwargs(True, cpu, {"cache_implementation": "dynamic"})
+    with pytest.raises(ValueError, match=r"^compile_decoding needs generate's own static cache"):
+        compiled_decoding_kwargs(True, cpu, {"past_key_values": object()})
+
+
+def test_the_counter_sees_each_kind_of_read():
+    values = torch.arange(4)
+    with HostSyncCounter() as counter:
+        values.sum().item()
+        values.tolist()
+        bool(values.any())
+        values.nonzero()
+        values.cpu()
+        values.to("cpu")
+        values.to(values.device)  # a device taken from a tensor: the GPU's own on a GPU, not a copy to the host
+        values[values > 1]  # boolean indexing: nonzero underneath
+        values[values > 1] = 0
+    assert counter.counts == {"aten._local_scalar_dense": 2, "Tensor.tolist": 1, "aten.nonzero": 1, "Tensor.cpu": 1,
+                              "Tensor.to(cpu)": 1, "aten.index(bool mask)": 1, "aten.index_put_(bool mask)": 1}
