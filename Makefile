@@ -27,7 +27,7 @@ PIP_SOURCES ?= $(shell $(PY) -m pip config list 2>/dev/null | grep -E '^[^=]*\.(
 UNAME_S ?= $(shell uname -s)
 TORCH_INDEX_URL ?= $(if $(NVIDIA_GPU)$(PIP_SOURCES),,$(if $(filter Linux,$(UNAME_S)),$(TORCH_CPU_INDEX_URL)))
 
-.PHONY: install test test-all demo notebooks demo-venv gpu-machine vllm-venv gpu-venv space space-bundle bench mini mini-ablation clean
+.PHONY: install test test-all demo notebooks demo-venv gpu-machine vllm-venv gpu-venv gpu-wheels gpu-figures space space-bundle bench mini mini-ablation clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -112,3 +112,15 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .venv-demo $(VLLM_VENV) $(GPU_VENV) build *.egg-info .pytest_cache
+
+# Every GPU figure in one call of at most 9 minutes (bench/gpu_figures.py; bench/README.md, "One call on a GPU").
+# First, where there is a network: `make gpu-wheels` downloads into .whl/ (ignored) the wheels the lent GPU machines
+# lack (transformers, datasets, trl, evaluate, liger-kernel; about 17 MB). Then on the GPU machine, whose python3 holds
+# the CUDA torch: `make gpu-figures GPU_FIGURES_OUT=<folder>` installs them offline and runs every arm.
+GPU_PYTHON ?= python3
+GPU_FIGURES_OUT ?= gpu-figures
+gpu-wheels: install
+	$(PY) bench/gpu_figures.py --download-wheels --wheels .whl
+
+gpu-figures:
+	$(GPU_PYTHON) bench/gpu_figures.py --wheels .whl --out $(GPU_FIGURES_OUT)

@@ -47,24 +47,34 @@ FULL_SPLITS = {"grounding": ("ScanRefer val", 9508), "captioning": ("Scan2Cap va
                "detection": ("ScanNet val, one clip per scene (assumed)", 312)}
 
 
-def model_folder(size: str, device: str, out: Path) -> Path:
-    """The model folder of `size`: the embedded Mini, or a random-weight model built and saved in code."""
+def model_folder(size: str, device: str, out: Path, padded_vocab: bool = False) -> Path:
+    """The model folder of `size`: the embedded Mini, or a random-weight model built and saved in code. A random model
+    emits any id of its vocabulary, so its tokenizer must decode them all: the real size's (Qwen's 151,936 ids) and,
+    with `padded_vocab`, the small size's get the tiny tokenizer padded with filler tokens to Qwen's vocabulary
+    (`engine_bench_model.padded_tokenizer`, as bench_engines.py); without it the answers of a random real-size model
+    ended in "token id 30979, outside the tokenizer's 720 ids"."""
     if size == "mini":
         from gap_mllm.mini import default_model_path
 
         return default_model_path()
+    from engine_bench_model import SPECIAL_TOKEN_FIELDS, padded_tokenizer
     from real_size_model import real_size_config, small_config
 
     from gap_mllm import GapMllmForConditionalGeneration
+    from gap_mllm.cli.real_size import QWEN3_VL_2B_TEXT
     from gap_mllm.processing_gap_mllm import GapMllmProcessor
-    from gap_mllm.tiny.tiny_config import build_vlm_config
     from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer
 
-    tokenizer = build_tiny_tokenizer()
     config = small_config() if size == "small" else real_size_config()
-    ids = build_vlm_config(tokenizer, "tiny")  # the tokenizer's special ids (the real size names Qwen's)
-    for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
-        setattr(config.vlm_config, key, getattr(ids, key))
+    text_config = config.vlm_config.text_config
+    if size == "real" or padded_vocab:
+        text_config.vocab_size = QWEN3_VL_2B_TEXT["vocab_size"]
+        tokenizer = padded_tokenizer(text_config.vocab_size)
+    else:
+        tokenizer = build_tiny_tokenizer()
+    for key, token in SPECIAL_TOKEN_FIELDS.items():  # the tokenizer's special ids (the real size names Qwen's)
+        setattr(config.vlm_config, key, tokenizer.convert_tokens_to_ids(token))
+    text_config.pad_token_id = tokenizer.pad_token_id
     dtype = torch.bfloat16 if size == "real" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):
@@ -133,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--two-processes", action="store_true", help="also the batched path on 2 processes (accelerate launch)")
     parser.add_argument("--model-size", choices=("mini", "small", "real"), default="mini")
     parser.add_argument("--real-size", action="store_true", help="the real-size model (Qwen3-VL-2B + VGGT-1B, random weights); needs --device cuda")
+    parser.add_argument("--padded-vocab", action="store_true",
+                        help="small size: Qwen's 151,936-id vocabulary and a tokenizer padded to it, as the real size has "
+                             "(its evaluation path on the CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-new-tokens", type=int, help="cap on the answers (default: none for mini, 64 for random weights)")
     parser.add_argument("--out", help="write the figures as JSON here")
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_eval_scale_"))
     try:
         start = time.perf_counter()
-        model = model_folder(size, args.device, work)
+        model = model_folder(size, args.device, work, padded_vocab=args.padded_vocab)
         from gap_mllm.evaluation.scene_generation import SceneGenerator
 
         start = time.perf_counter()
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {size}: loading {load_s:.2f} s (left out of the per-query figures)", flush=True)
 
         slices = [("grounding", args.queries)] + [(t, n) for t, n in (("captioning", args.captions), ("detection", args.detections)) if n]
-        figures = {"model": size, "device": args.device, "batch_size": args.batch_size, "max_new_tokens": max_new_tokens,
+        figures = {"model": size, "padded_vocab": size == "real" or args.padded_vocab, "device": args.device, "batch_size": args.batch_size, "max_new_tokens": max_new_tokens,
                    "threads": torch.get_num_threads(), "load_s": load_s, "tasks": {}}
         for task, limit in slices:
             samples, scenes = count_scenes(args.data, args.split, task, limit)

@@ -16,6 +16,8 @@ every measurement, so a run cut short keeps what it measured; progress goes to s
                         and 32 views of inference frames (221 visual tokens each): latency, peak memory,
                         achieved model TFLOP/s
   generate              decode tokens/s at 4 views: (t(1 + N new tokens) − t(1 new token)) / N
+  generate_compiled     the same with compile_decoding="on" (static cache, decode step as a CUDA graph); the first
+                        call's compilation timed apart; whether its tokens equal the uncompiled ones
   scene_reuse_k8        8 questions on one 4-view scene: 8 full generate calls vs encode_scene + 8
                         generate(scene=...) calls vs one batched call; ratios and whether answers agree
   train_step_<attn>     forward + backward + AdamW step of GeometryAlignedModel (official freezing: ViT and
@@ -42,6 +44,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from transformers import CompileConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
 from real_size_flops import forward_flops, peak_flops, training_step_flops  # noqa: E402
@@ -246,6 +249,32 @@ class Bench:
                 "peak_gib": self.peak()}
 
     @torch.inference_mode()
+    def generate_compiled(self) -> dict:
+        """`generate` as above with `compile_decoding="on"` (static cache, the decode step compiled to a CUDA graph):
+        the first call's compilation timed apart, then the same decode figure; the tokens beside the uncompiled ones."""
+        grid = QWEN_GRIDS[self.settings["infer_grid"]]
+        inputs = self.inputs(views=4, grid=grid)
+        count = self.settings["generate_tokens"]
+
+        def run(new_tokens, compile_decoding):
+            return lambda: self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                               do_sample=False, compile_decoding=compile_decoding)
+
+        # on the CPU (the small run that keeps this path working) the same capture with Dynamo's eager backend: no
+        # inductor build there, and no speed figure is claimed for it
+        compiled = "on" if self.cuda else CompileConfig(fullgraph=True, dynamic=False, backend="eager", mode=None)
+        self.reset_peak()
+        compile_s = self.timed(run(1 + count, compiled), warmup=0, repeats=1)[0]  # compiles the decode step
+        first = statistics.median(self.timed(run(1, compiled)))
+        total = statistics.median(self.timed(run(1 + count, compiled)))
+        same = torch.equal(run(1 + count, compiled)(), run(1 + count, "off")())
+        return {"views": 4, "new_tokens": count, "first_call_with_compilation_s": compile_s,
+                "prefill_and_first_token_s": first, "total_s": total, "decode_tokens_per_s": count / (total - first),
+                "end_to_end_tokens_per_s": (1 + count) / total, "tokens_equal_to_uncompiled": same,
+                "peak_gib": self.peak(),
+                "compile_decoding": "on (static cache, reduce-overhead)" if self.cuda else "CPU check: Dynamo eager backend"}
+
+    @torch.inference_mode()
     def scene_reuse(self) -> dict:
         config, ids = self.model.config, self.ids
         grid = QWEN_GRIDS[self.settings["infer_grid"]]
@@ -390,6 +419,7 @@ class Bench:
         for views in self.settings["prefill_views"]:
             self.run(f"prefill_{views}views", self.prefill, views)
         self.run("generate", self.generate)
+        self.run("generate_compiled", self.generate_compiled)
         self.run(f"scene_reuse_k{self.settings['scene_questions']}", self.scene_reuse)
         self.run(f"train_step_{self.args.attn_default}", self.train_step, self.args.attn_default)
         self.run("cache_read", self.cache_read)

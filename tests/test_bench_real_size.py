@@ -20,7 +20,7 @@ from real_size_flops import forward_flops, training_step_flops  # noqa: E402
 from real_size_model import build_model, parameter_counts  # noqa: E402
 
 MEASUREMENTS = ("build", "geometry_518", "geometry_336x448", "prefill_1views", "prefill_2views", "generate",
-                "scene_reuse_k2", "train_step_sdpa", "cache_read", "geometry_518_large", "geometry_336x448_large")
+                "generate_compiled", "scene_reuse_k2", "train_step_sdpa", "cache_read", "geometry_518_large", "geometry_336x448_large")
 
 
 def test_small_run_measures_everything(tmp_path, capsys):
@@ -39,6 +39,7 @@ def test_small_run_measures_everything(tmp_path, capsys):
     assert all(row["seconds"] > 0 for row in measured["geometry_518"]["rows"])
     assert measured["prefill_2views"]["visual_tokens"] == 12 and measured["prefill_2views"]["model_tflops"] > 0
     assert measured["generate"]["total_s"] > 0 and measured["train_step_sdpa"]["tokens_per_s"] > 0
+    assert measured["generate_compiled"]["tokens_equal_to_uncompiled"] is True  # fp32, the decode step compiled whole
     assert measured["scene_reuse_k2"]["answers_equal_to_full"] == {"scene": 2, "batched": 2}  # fp32: exact
     payload = 4 * 256 * 24 * 4 * 2  # levels·2C·patches·views·2 B, plus the safetensors header
     assert payload < measured["cache_read"]["bytes_per_sample"] < payload + 1024

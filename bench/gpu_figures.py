@@ -1,0 +1,188 @@
+"""Every GPU figure of the real-size model in one call of at most 9 minutes: `make gpu-figures`.
+
+    python bench/gpu_figures.py --download-wheels            # here, with network: the wheels the GPU machine lacks
+    python3 bench/gpu_figures.py --out gpu-figures           # on the GPU machine (no network), from the checkout
+    python bench/gpu_figures.py --dry-run --out plan         # anywhere: the plan, nothing run (what the CPU test runs)
+
+The lent GPU machines hold torch 2.11 (CUDA 13), accelerate, peft, pyarrow and huggingface_hub but reach no network. So
+the wheels the package needs besides (`WHEELS`: transformers 5.23, datasets with dill and multiprocess, trl, evaluate,
+liger-kernel; ≈ 17 MB) are downloaded beforehand into `.whl/` (ignored by git, carried by the device call), and the
+run installs them and the package (`pip --no-index --no-deps`) before the arms. Then each arm runs as its own process
+with its own time budget (`ARMS`; killed at its budget, a bench's results file keeps what it measured), and every file
+lands flat in `--out` (at most 8: one JSON per arm, `gpu_figures.json` with each arm's status, seconds, command and
+the end of its output, and `gpu_figures.log`). Arms that cannot run there are recorded as skipped with the reason:
+flash-attn-4 (its CUDA 13 libraries, 92 MB, exceed what a device call carries), vLLM (its own multi-GB environment,
+`make vllm-venv`), DeepSpeed ZeRO (not installed there). bench/README.md, "One call on a GPU", holds the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CALL_LIMIT_S = 540  # 9 minutes: the device call's 10-minute limit less the machine's start and the transfers
+INSTALL_BUDGET_S = 60
+# What the GPU machine lacks, pinned (the versions the package is tested with here); `--download-wheels` fetches them.
+WHEELS = ("transformers==5.23.0", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "trl==1.16.0",
+          "evaluate==0.4.6", "liger-kernel==0.8.5")
+WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+                   "manylinux1_x86_64")
+MAX_FILES = 8
+DATA = "{work}/synth"  # the SynthRooms data the eval-scale and ZeRO arms read, written by the `data` arm
+
+
+@dataclass(frozen=True)
+class GpuArm:
+    """One process of the run: `argv` after the Python executable (`{out}` / `{work}` filled in), its budget, the JSON
+    it writes (None: none), and what must be importable for it to run (else it is skipped with `skip_reason`)."""
+
+    name: str
+    argv: tuple[str, ...]
+    budget_s: int
+    output: str | None
+    needs: tuple[str, ...] = ()
+    skip_reason: str = ""
+
+
+ARMS = (
+    GpuArm("data", ("-m", "gap_mllm.cli.main", "synth", "--preset", "mini", "--scenes", "0", "--val-scenes", "2",
+                    "--out", DATA, "--overwrite"), 30, None),
+    GpuArm("train_arms", ("bench/bench_train_arms.py", "--real-size", "--device", "cuda", "--steps", "15", "--batch", "8",
+                          "--arms", "sdpa", "sdpa_packed", "sdpa_liger", "sdpa_compile", "--budget", "160",
+                          "--out", "{out}/train_arms.json"), 175, "train_arms.json"),
+    GpuArm("real_size", ("bench/bench_real_size.py", "--real-size", "--device", "cuda", "--dtype", "bfloat16",
+                         "--only", "build", "prefill", "generate", "scene_reuse", "--budget", "95",
+                         "--out", "{out}/real_size.json"), 110, "real_size.json"),
+    GpuArm("vggt", ("bench/bench_geometry_encoder.py", "--real-size", "--device", "cuda", "--dtype", "bfloat16",
+                    "--height", "518", "--width", "518", "--frames", "50,100", "--attn", "sdpa,sdpa_cudnn",
+                    "--repeats", "2", "--out", "{out}/vggt.json"), 60, "vggt.json"),
+    GpuArm("eval_scale", ("bench/bench_eval_scale.py", "--real-size", "--device", "cuda", "--data", DATA,
+                          "--queries", "16", "--batch-size", "8", "--out", "{out}/eval_scale.json"), 85, "eval_scale.json"),
+    GpuArm("zero_resume", ("bench/bench_zero_resume.py", "--real-size", "--data", DATA, "--steps", "4",
+                           "--work", "{work}/zero", "--out", "{out}/zero_resume.json"), 0, "zero_resume.json",
+           needs=("deepspeed",), skip_reason="DeepSpeed is not installed on the lent GPU machines (nor carried: its "
+                                             "build needs the network)"),
+    GpuArm("flash_attention_4", (), 0, None, needs=("flash_attn.cute",),
+           skip_reason="flash-attn-4 needs nvidia-cutlass-dsl-libs-cu13 (92 MB): over the 64 MiB a device call carries"),
+    GpuArm("vllm", (), 0, None, needs=("vllm",),
+           skip_reason="vLLM is several GB in its own environment (make vllm-venv): not on a machine without network"),
+)
+
+
+def install_commands(wheels: Path) -> list[list[str]]:
+    """The offline installs that run first: the carried wheels, then the package itself (editable, no dependencies)."""
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
+           "--disable-pip-version-check"]
+    return [[*pip, "--upgrade", *map(str, sorted(wheels.glob("*.whl")))],
+            [*pip, "--no-build-isolation", "-e", str(ROOT)]]
+
+
+def download_command(wheels: Path) -> list[str]:
+    """`pip download` of `WHEELS` for the GPU machine's Python 3.12 on x86-64 Linux, binaries only."""
+    platforms = [argument for platform in WHEEL_PLATFORMS for argument in ("--platform", platform)]
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+            "--implementation", "cp", *platforms, "-d", str(wheels), *WHEELS]
+
+
+def arm_command(arm: GpuArm, out: Path, work: Path) -> list[str]:
+    return [sys.executable, *(part.format(out=out, work=work) for part in arm.argv)]
+
+
+def unavailable(arm: GpuArm) -> str | None:
+    """Why `arm` cannot run in this environment (its `skip_reason`), None when everything it needs imports."""
+    for module in arm.needs:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return arm.skip_reason
+    return None
+
+
+def check_plan(arms=ARMS) -> None:
+    """ValueError when the plan cannot fit one call: budgets over `CALL_LIMIT_S`, more than `MAX_FILES` files out."""
+    total = INSTALL_BUDGET_S + sum(arm.budget_s for arm in arms)
+    if total > CALL_LIMIT_S:
+        raise ValueError(f"the arms' budgets add up to {total} s with the install, over the call's {CALL_LIMIT_S} s")
+    files = 2 + sum(arm.output is not None for arm in arms)  # + gpu_figures.json and gpu_figures.log
+    if files > MAX_FILES:
+        raise ValueError(f"the run writes {files} files, over the {MAX_FILES} a device call brings back")
+
+
+def run_arm(arm: GpuArm, out: Path, work: Path, log) -> dict:
+    """Run one arm as its own process, killed at its budget; its status, seconds and the end of its output."""
+    command = arm_command(arm, out, work)
+    record = {"command": shlex.join(command), "budget_s": arm.budget_s, "output": arm.output}
+    log.write(f"\n=== {arm.name}: {record['command']}\n")
+    log.flush()
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                timeout=arm.budget_s, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        text, status = result.stdout, "ok" if result.returncode == 0 else f"failed (exit {result.returncode})"
+    except subprocess.TimeoutExpired as stopped:
+        text = stopped.stdout.decode(errors="replace") if isinstance(stopped.stdout, bytes) else (stopped.stdout or "")
+        status = "stopped at its budget"
+    log.write(text)
+    log.flush()
+    record.update(status=status, seconds=round(time.perf_counter() - start, 1), output_tail=text[-1500:])
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="gpu-figures", help="folder of the JSON files (flat, at most 8 files)")
+    parser.add_argument("--wheels", default=str(ROOT / ".whl"), help="folder of the carried wheels (--download-wheels)")
+    parser.add_argument("--dry-run", action="store_true", help="write and print the plan; install and run nothing")
+    parser.add_argument("--download-wheels", action="store_true", help="download WHEELS into --wheels, then stop")
+    parser.add_argument("--arms", nargs="*", choices=[arm.name for arm in ARMS], default=None, help="default: all")
+    args = parser.parse_args(argv)
+    wheels = Path(args.wheels)
+    if args.download_wheels:
+        wheels.mkdir(parents=True, exist_ok=True)
+        return subprocess.call(download_command(wheels))
+    check_plan()
+    arms = [arm for arm in ARMS if args.arms is None or arm.name in args.arms or arm.name == "data"]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "gap_mllm_gpu_figures"
+    summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": args.dry_run, "call_limit_s": CALL_LIMIT_S,
+               "wheels": list(WHEELS), "install": [shlex.join(c) for c in install_commands(wheels)], "arms": {}}
+    if not args.dry_run and not list(wheels.glob("*.whl")):
+        print(f"gpu_figures.py: no wheels in {wheels}: run `make gpu-wheels` (or --download-wheels) where there is a "
+              "network first, and carry the folder", file=sys.stderr)
+        return 2
+    with open(out / "gpu_figures.log", "w", encoding="utf-8") as log:
+        if not args.dry_run:
+            for command in install_commands(wheels):
+                log.write(f"=== install: {shlex.join(command)}\n")
+                log.flush()
+                subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=INSTALL_BUDGET_S, check=True)
+        for arm in arms:
+            reason = unavailable(arm)
+            if reason is not None or not arm.argv:
+                summary["arms"][arm.name] = {"status": "skipped", "reason": reason or arm.skip_reason}
+            elif args.dry_run:
+                summary["arms"][arm.name] = {"status": "planned", "command": shlex.join(arm_command(arm, out, work)),
+                                             "budget_s": arm.budget_s, "output": arm.output}
+            else:
+                summary["arms"][arm.name] = run_arm(arm, out, work, log)
+            print(f"{arm.name}: {summary['arms'][arm.name]['status']}", flush=True)
+            (out / "gpu_figures.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+__all__ = ["ARMS", "CALL_LIMIT_S", "GpuArm", "WHEELS", "check_plan", "download_command", "install_commands", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())
