@@ -9,7 +9,7 @@ each finished sample is appended to `raw_outputs.rank<r>.jsonl` and skipped by t
 run: same model files, annotation file, data and task settings (`run_fingerprint.json`; run_fingerprint.py),
 else the run is refused before anything is generated or scored. One run writes into a folder at a time: a run holds
 `evaluation.lock` there from before that check to its end, and a second run into the folder is refused
-(folder_lock.py; a lock left by a killed run is taken over). Under
+(folder_lock.py: an OS file lock the kernel releases however the run ends, seen across process-id namespaces). Under
 `accelerate launch` the pending samples are dealt to the processes (samples about one scene stay on
 one process, which encodes the scene once and answers them all from it); the main process merges
 every rank's file (by sample index, so the order is deterministic) and scores. A predictions
@@ -168,17 +168,21 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
 def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, predictions_file=None, split: str = "val",
                    annotation_file=None, batch_size: int = 1, max_new_tokens: int | None = None,
                    official_compat: bool = False, meteor: bool | None = None, limit: int | None = None,
-                   plots: bool = True, progress: bool = True, scene_reuse: bool = True) -> dict | None:
+                   plots: bool = True, progress: bool = True, scene_reuse: bool = True,
+                   constrained: bool = False) -> dict | None:
     """Evaluate one task; returns the summary on the main process (None on the others).
 
     Exactly one of `model_dir` (generate) and `predictions_file` (score given texts) is needed.
     `scene_reuse=False` answers every sample with its own full model call (for comparison; same texts).
+    `constrained=True` decodes every answer inside its task's grammar (the paper's protocol decodes freely).
     """
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
     check_sample_limit(limit)
     check_batch_size(batch_size)
-    task = get_task(task_name, official_compat)
+    if constrained and predictions_file is not None:
+        raise ValueError("constrained decoding applies to generated answers; --predictions are scored as given")
+    task = get_task(task_name, official_compat, constrained)
     task.check_scoring_dependencies()  # before the answers are generated
     annotation_file = Path(annotation_file) if annotation_file else find_annotation_file(data_dir, task.annotation_task, split)
     records = load_annotation_file(annotation_file)

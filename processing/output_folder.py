@@ -1,5 +1,5 @@
-"""The one rule for commands that write a whole output folder: never delete or overwrite the user's files, and
-never leave half a folder behind.
+"""The one rule for commands that write a whole output folder: never delete or overwrite the user's files, never
+leave half a folder behind, and one writer at a time.
 
     with writing_output_folder(out, "gap-mllm export-vsibench", overwrite=args.overwrite) as staging:
         ...write every file under `staging`...
@@ -16,6 +16,10 @@ What it does, for a target folder `out` of a command:
   so the same file system and an atomic rename); when the body of the `with` ends without an error, the old `out`
   is moved aside (`.<name>.gap-mllm-replaced`), the sibling renamed to `out`, and the old one deleted. A kill leaves
   the last complete result (or nothing), never half a folder; a failed write leaves `out` as it was.
+* **One writer at a time.** The folder's lock (processing/folder_lock.py, an OS file lock beside it) is taken
+  before the folder is checked and held until the rename: a second writer of the same folder is refused in one
+  line naming the first. A run that writes a folder many times (the run state, at each checkpoint) holds the
+  lock for its whole life (`holding_folder`) and takes it again here.
 * **Cleans up after a killed run.** The next run on the same target deletes a leftover partial sibling, and puts
   back a replaced folder whose successor never arrived (a kill between the two renames).
 
@@ -33,6 +37,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
+
+from .folder_lock import holding_folder
 
 MARKER = ".gap-mllm-output.json"
 PARTIAL_SUFFIX = ".gap-mllm-partial"
@@ -60,6 +66,14 @@ def read_marker(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) else None
+
+
+def mark_output_folder(folder: Path, command: str, settings: dict | None = None) -> None:
+    """Write the marker of `folder`: `command` wrote it (with `settings` and the time), so its next run knows the
+    folder as its own. For writers that fill a folder in place (a training run's output folder) as for those that
+    rename a finished one into place (`writing_output_folder`)."""
+    record = {"command": command, "settings": settings, "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (Path(folder) / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 def marker_owner(command: str) -> OwnerCheck:
@@ -152,19 +166,19 @@ def writing_output_folder(folder, command: str, *, overwrite: bool = False, opti
     check_output_folder(folder, command, overwrite=overwrite, option=option, overwrite_option=overwrite_option,
                         owner_check=owner_check, named=named)  # first: "." or ".." is refused before anything beside it is touched
     folder = Path(os.path.abspath(folder))  # a real name and parent for the siblings ("out/" and "a/../out" too)
-    clean_leftovers(folder)
-    if folder.exists():  # a folder put back by clean_leftovers is checked like any other
-        check_output_folder(folder, command, overwrite=overwrite, option=option, overwrite_option=overwrite_option,
-                            owner_check=owner_check, named=named)
-    partial = sibling(folder, PARTIAL_SUFFIX)
-    partial.mkdir(parents=True)
-    try:
-        if marker:
-            record = {"command": command, "settings": settings,
-                      "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            (partial / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # our own half folder; the target is untouched
-        raise
-    _put_in_place(partial, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with holding_folder(folder, command, option=option):  # one writer: the leftovers below are no live run's
+        clean_leftovers(folder)
+        if folder.exists():  # a folder put back by clean_leftovers (or written meanwhile) is checked like any other
+            check_output_folder(folder, command, overwrite=overwrite, option=option, overwrite_option=overwrite_option,
+                                owner_check=owner_check, named=named)
+        partial = sibling(folder, PARTIAL_SUFFIX)
+        partial.mkdir()
+        try:
+            if marker:
+                mark_output_folder(partial, command, settings)
+            yield partial
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # our own half folder; the target is untouched
+            raise
+        _put_in_place(partial, folder)
