@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from gap_mllm.compiled_decoding import add_compile_decoding_argument
+
 from .argument_types import positive_int
 from .example_rooms import EXAMPLE_SEEDS
 from .task_names import TASKS, task_argument
@@ -85,6 +87,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-scene-reuse", action="store_true",
                         help="answer every sample with its own full model call (the one-at-a-time protocol; same "
                              "answers, slower: for comparison)")
+    add_compile_decoding_argument(parser, default="auto")
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +157,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames sampled evenly from a video, GIF or folder holding more")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="generation budget (default: the task's own; generation stops at the answer's end anyway)")
+    add_compile_decoding_argument(parser, default="off")  # one answer does not repay the compilation
     parser.add_argument("--save-dir", help="write the answer (answer.json) and the pictures here, and for your own "
                                            "frames the point cloud the model's depth and camera heads reconstruct "
                                            "(GLB / PLY)")

@@ -85,6 +85,7 @@ def main(args: argparse.Namespace) -> int:
     if args.model == MINI and request.task not in MINI_TASKS:
         print(MINI_UNTRAINED_TASK_NOTE.format(task=request.task), file=sys.stderr, flush=True)
     model, processor, is_tiny = load_model_and_processor(args.model)  # progress bars (stderr) end here
+    model.compile_decoding = args.compile_decoding  # generate's default (compiled_decoding.py)
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)
     result = run_task(model, processor, scene.views, request, max_new_tokens=args.max_new_tokens)

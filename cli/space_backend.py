@@ -94,11 +94,16 @@ def build_space_tiny(folder=None) -> Path:
 
 def load_space_model(name: str = MINI):
     """`(model, processor, is_tiny)` as the Space serves them (Auto classes + trust_remote_code, eval mode);
-    "tiny" is the embedded untrained model with reconstruction heads (`build_space_tiny`)."""
+    "tiny" is the embedded untrained model with reconstruction heads (`build_space_tiny`). Decoding is compiled on a
+    dedicated GPU (`compile_decoding="auto"`: the compilation is paid once per server), not on ZeroGPU, whose every
+    request runs in a fresh worker that would compile again (compiled_decoding.py)."""
     if name == TINY:
         model, processor, _ = load_model_and_processor(str(build_space_tiny()))
-        return model, processor, True
-    return load_model_and_processor(name)
+        is_tiny = True
+    else:
+        model, processor, is_tiny = load_model_and_processor(name)
+    model.compile_decoding = "off" if on_zero_gpu() else "auto"
+    return model, processor, is_tiny
 
 
 def upload_folder() -> Path:

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from gap_mllm import register_auto_classes
+from gap_mllm.compiled_decoding import check_compile_decoding
 from gap_mllm.processing.collator import GapMllmDataCollator
 from gap_mllm.processing.model_paths import loading_bar_for
 from gap_mllm.tasks_gap_mllm import resolve_task
@@ -46,9 +47,11 @@ class BatchGenerator:
         device: torch device (default: the accelerate process device, else CPU).
         max_new_tokens: if given, caps every request's budget (useful for smoke runs).
         dtype: optional torch dtype for the weights (e.g. torch.bfloat16 on GPU).
+        compile_decoding: "auto" (default: decode steps compiled to CUDA graphs on CUDA), "on" or "off"
+            (compiled_decoding.py; the same answers).
     """
 
-    def __init__(self, model_dir, device=None, max_new_tokens: int | None = None, dtype=None):
+    def __init__(self, model_dir, device=None, max_new_tokens: int | None = None, dtype=None, compile_decoding="auto"):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         kwargs = {"trust_remote_code": True}
         register_auto_classes()  # the package's classes load the folder, not its remote-code copy
@@ -56,6 +59,7 @@ class BatchGenerator:
             kwargs["dtype"] = dtype
         with loading_bar_for(model_dir):  # no progress bar for a small local checkpoint (GAP-MLLM-Mini)
             self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(self.device).eval()
+        self.model.compile_decoding = check_compile_decoding(compile_decoding)  # generate's default for this model
         self.processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
         self.collator = GapMllmDataCollator(self.processor, train=False, padding_side="left")
         self.max_new_tokens = max_new_tokens

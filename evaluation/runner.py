@@ -134,7 +134,7 @@ def _unscored_rows(outputs_by_id: dict, ids: list[str], all_ids: list[str]) -> d
 
 
 def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
-                     rank, world, device, progress=True, scene_reuse=True) -> None:
+                     rank, world, device, progress=True, scene_reuse=True, compile_decoding="auto") -> None:
     """Generate every sample whose id is not yet in the raw-output files (this rank's share).
 
     Samples about one scene (same images and marker at the first stage: ScanRefer's many expressions per
@@ -147,7 +147,8 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
     pending = sum(len(group) for group in mine)
     if not pending:
         return
-    generator = scene_generation.SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens)
+    generator = scene_generation.SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens,
+                                                compile_decoding=compile_decoding)
 
     def request_for(i, stage, previous):
         request = task.request(records[i], stage, previous, media_root)
@@ -169,11 +170,12 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
                    annotation_file=None, batch_size: int = 1, max_new_tokens: int | None = None,
                    official_compat: bool = False, meteor: bool | None = None, limit: int | None = None,
                    plots: bool = True, progress: bool = True, scene_reuse: bool = True,
-                   constrained: bool = False) -> dict | None:
+                   constrained: bool = False, compile_decoding: str = "auto") -> dict | None:
     """Evaluate one task; returns the summary on the main process (None on the others).
 
     Exactly one of `model_dir` (generate) and `predictions_file` (score given texts) is needed.
     `scene_reuse=False` answers every sample with its own full model call (for comparison; same texts).
+    `compile_decoding`: "auto" (default: compiled decode steps on CUDA), "on" or "off" (compiled_decoding.py; same texts).
     `constrained=True` decodes every answer inside its task's grammar (the paper's protocol decodes freely).
     """
     if (model_dir is None) == (predictions_file is None):
@@ -209,12 +211,12 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
         barrier()  # no process reads the folder before the main one holds it
         return _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
                               predictions_file, rank, world, device, barrier, batch_size, max_new_tokens,
-                              official_compat, meteor, limit, plots, progress, scene_reuse)
+                              official_compat, meteor, limit, plots, progress, scene_reuse, compile_decoding)
 
 
 def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
                    predictions_file, rank, world, device, barrier, batch_size, max_new_tokens, official_compat, meteor,
-                   limit, plots, progress, scene_reuse) -> dict | None:
+                   limit, plots, progress, scene_reuse, compile_decoding="auto") -> dict | None:
     """The answers (generated, resumed or read), their scores and the report of `run_evaluation`, written into
     `out_dir` while this run holds its lock."""
     unscored_rows = None
@@ -236,7 +238,7 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
         if rank == 0:
             write_fingerprint(out_dir, fingerprint)
         generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
-                         rank, world, device, progress, scene_reuse)
+                         rank, world, device, progress, scene_reuse, compile_decoding)
         barrier()
         outputs_by_id = reports.read_raw_outputs(out_dir)
     if rank != 0:

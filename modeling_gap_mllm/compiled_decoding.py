@@ -7,13 +7,15 @@ addresses, the fill counter on the device) and its automatic compilation of the 
 (`generation_config.compile_config`; `torch.compile(mode="reduce-overhead")` records the step once as a CUDA graph and
 replays it, so a token costs one graph launch instead of ≈ 1,500 kernel launches and no Python in the model).
 The prefill (vision tower, geometry encoder, fusion, the prompt) runs uncompiled, as before: its shapes change with
-every prompt. `generate(..., compile_decoding=...)` turns it on:
+every prompt. `generate(..., compile_decoding=...)` turns it on (without the argument, `generate` takes the model's
+attribute `model.compile_decoding`, "off" unless a front end set it):
 
     "off" / False   the default of `generate`: the dynamic cache, nothing compiled
     "on" / True     static cache + compiled decode step (CUDA graphs on a GPU; on the CPU torch.compile with
                     inductor, which pays little there: tests use a `CompileConfig` instead)
-    "auto"          "on" when the model sits on a CUDA device, else "off" (the front ends' default: predict, evaluate,
-                    the Space)
+    "auto"          "on" when the model sits on a CUDA device, else "off": the default of `gap-mllm evaluate` and of the
+                    Space on a dedicated GPU (`--compile-decoding`; predict's default is "off": one answer does not
+                    repay the compilation; a ZeroGPU Space is "off" too: each request runs in a fresh worker)
     CompileConfig   "on" with these compile settings, on any device (how the CPU tests compile with fullgraph=True)
 
 Requirements, checked before anything runs (ValueError naming the option): no cache of the caller's
@@ -34,31 +36,47 @@ with the dynamic cache's to float rounding and greedy tokens are the same (teste
 
 from __future__ import annotations
 
-import torch
-from transformers import CompileConfig
-
+# torch and transformers are imported where used: the front ends' `--help` reads the choices below (tests/test_cli_startup.py)
 COMPILE_DECODING_CHOICES = ("auto", "on", "off")
 # The GPU setting: the whole decode step in one graph, replayed as a CUDA graph; shapes static (the batch and the cache
 # length are fixed within a call, and a new one recompiles rather than tracing symbolic shapes).
 DECODE_COMPILE_CONFIG = dict(fullgraph=True, dynamic=False, mode="reduce-overhead")
 
 
-def decode_compile_config(compile_decoding, device: torch.device) -> CompileConfig | None:
-    """The `CompileConfig` of the decode step for `compile_decoding` (see the module docstring) on `device`, or None
-    when decoding stays uncompiled. ValueError naming the option for any other value."""
+def decode_compile_config(compile_decoding, device):
+    """The transformers `CompileConfig` of the decode step for `compile_decoding` (see the module docstring) on
+    `device` (a `torch.device` or its name), or None when decoding stays uncompiled. ValueError naming the option for
+    any other value."""
+    import torch
+    from transformers import CompileConfig
+
     if isinstance(compile_decoding, CompileConfig):
         config = CompileConfig(**compile_decoding.to_dict())
         config._compile_all_devices = True  # a config given on purpose compiles on the CPU too (tests)
         return config
-    choice = {True: "on", False: "off", None: "off"}.get(compile_decoding, compile_decoding)
-    if choice not in COMPILE_DECODING_CHOICES:
-        raise ValueError(f"compile_decoding={compile_decoding!r}: expected one of {COMPILE_DECODING_CHOICES}, True, "
-                         "False or a transformers CompileConfig.")
+    choice = "off" if compile_decoding is None else check_compile_decoding(compile_decoding)
     if choice == "off" or (choice == "auto" and torch.device(device).type != "cuda"):
         return None
     config = CompileConfig(**DECODE_COMPILE_CONFIG)
     config._compile_all_devices = torch.device(device).type != "cuda"  # "on" asked for on purpose
     return config
+
+
+def check_compile_decoding(value) -> str:
+    """`value` as one of `COMPILE_DECODING_CHOICES` (True → "on", False → "off"), or ValueError naming the option."""
+    choice = {True: "on", False: "off"}.get(value, value) if isinstance(value, (bool, str)) else value
+    if choice not in COMPILE_DECODING_CHOICES:
+        raise ValueError(f"compile_decoding={value!r}: expected one of {COMPILE_DECODING_CHOICES}, True, False or a "
+                         "transformers CompileConfig.")
+    return choice
+
+
+def add_compile_decoding_argument(parser, default: str) -> None:
+    """The front ends' `--compile-decoding {auto,on,off}` (predict, evaluate), with their own default."""
+    parser.add_argument("--compile-decoding", choices=COMPILE_DECODING_CHOICES, default=default,
+                        help="static cache + every decode step compiled to a CUDA graph (same tokens, faster on a GPU; "
+                             "compiles once per batch size, tens of seconds at the real size); auto: on CUDA only "
+                             f"(default: {default})")
 
 
 def compiled_decoding_kwargs(compile_decoding, device, kwargs: dict, scene: bool = False) -> dict:
@@ -83,4 +101,5 @@ def compiled_decoding_kwargs(compile_decoding, device, kwargs: dict, scene: bool
     return {"compile_config": config} if scene else {"cache_implementation": "static", "compile_config": config}
 
 
-__all__ = ["COMPILE_DECODING_CHOICES", "DECODE_COMPILE_CONFIG", "compiled_decoding_kwargs", "decode_compile_config"]
+__all__ = ["COMPILE_DECODING_CHOICES", "DECODE_COMPILE_CONFIG", "add_compile_decoding_argument", "check_compile_decoding",
+           "compiled_decoding_kwargs", "decode_compile_config"]

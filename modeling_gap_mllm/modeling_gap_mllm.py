@@ -430,14 +430,17 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         return encode_scene(self, input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                             output_gates=output_gates, **kwargs)
 
-    def generate(self, inputs=None, *args, scene: GapMllmScene | None = None, compile_decoding=False, **kwargs):
+    compile_decoding = "off"  # generate's default compile_decoding (compiled_decoding.py); front ends set "auto"
+
+    def generate(self, inputs=None, *args, scene: GapMllmScene | None = None, compile_decoding=None, **kwargs):
         """`GenerationMixin.generate`, plus `scene=`: answer questions about a scene from `encode_scene`
         without encoding it again. With a scene, pass only the question tokens (`input_ids` `[B, Lq]`,
         `attention_mask`); the result continues them (`[B, Lq + new]`). See `scene_cache.generate_from_scene`.
 
-        `compile_decoding`: "off" (default, also False), "on" (True), "auto" (on where the model is on a CUDA device) or
-        a transformers `CompileConfig`: a static cache and every decode step compiled whole, replayed as a CUDA graph on a
-        GPU; the same tokens, fewer launches (compiled_decoding.py). With or without a scene.
+        `compile_decoding`: "off" (also False), "on" (True), "auto" (on where the model is on a CUDA device) or a
+        transformers `CompileConfig`: a static cache and every decode step compiled whole, replayed as a CUDA graph on a
+        GPU; the same tokens, fewer launches (compiled_decoding.py). With or without a scene. Default: the model's
+        `compile_decoding` attribute ("off" unless a front end set it).
 
         Context: a `max_new_tokens` that would pass `text_config.max_position_embeddings` after the prompt's
         highest M-RoPE position is lowered to what fits, with a warning (an INFO line when it is the task's own budget,
@@ -448,6 +451,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 or a `min_new_tokens` that cannot fit (generation_checks.py); with a scene, also a scene of
                 another model or of changed weights (scene_cache.py).
         """
+        if compile_decoding is None:
+            compile_decoding = self.compile_decoding
         if scene is None:
             self._check_generate_inputs(kwargs.get("input_ids", inputs), kwargs)
             kwargs.update(compiled_decoding_kwargs(compile_decoding, self.device, kwargs))

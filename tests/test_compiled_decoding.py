@@ -115,3 +115,33 @@ def test_the_counter_sees_each_kind_of_read():
         values[values > 1] = 0
     assert counter.counts == {"aten._local_scalar_dense": 2, "Tensor.tolist": 1, "aten.nonzero": 1, "Tensor.cpu": 1,
                               "Tensor.to(cpu)": 1, "aten.index(bool mask)": 1, "aten.index_put_(bool mask)": 1}
+
+
+def test_the_front_ends_option_and_the_models_default(lively_model, tiny_processor, tmp_path):
+    """evaluate compiles on CUDA by default, predict does not (`--compile-decoding` switches either); a front end sets
+    the model's attribute, which `generate` takes when the call names no setting."""
+    import argparse
+
+    from gap_mllm.cli.main import argument_adder
+    from gap_mllm.evaluation.generation import BatchGenerator
+    from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+    def parse(command, *argv):
+        parser = argparse.ArgumentParser()
+        argument_adder(command)(parser)
+        return parser.parse_args(argv).compile_decoding
+
+    assert parse("evaluate", "--task", "grounding", "--data", "d", "--model", "m", "--out", "o") == "auto"
+    example = ("--task", "detection", "--example", "synthetic room A")
+    assert (parse("predict", *example), parse("predict", *example, "--compile-decoding", "on")) == ("off", "on")
+    generator = BatchGenerator(save_tiny_checkpoint(tmp_path / "tiny"), compile_decoding="on")
+    assert generator.model.compile_decoding == "on"
+    with pytest.raises(ValueError, match=r"^compile_decoding='yes'"):
+        BatchGenerator.__init__(generator, tmp_path / "tiny", compile_decoding="yes")
+
+    inputs = _inputs(tiny_processor, 1)
+    lively_model.compile_decoding = _compiled("eager")
+    torch._dynamo.reset()
+    counters.clear()
+    lively_model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert counters["stats"]["unique_graphs"] == 1  # the attribute's setting compiled the decode step
