@@ -27,6 +27,10 @@ class AnswerEndCriteria(StoppingCriteria):
         self.answer_end = answer_end
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        # A host synchronisation per generated token that must stay: the rules read the text, so the new tokens come
+        # to the host (`batch_decode` reads them with one `.tolist()`). It falls where `generate`'s own per-token stop
+        # check waits for the device anyway (after the step's argmax), so the device is drained once per token, not
+        # twice (tests/test_compiled_decoding.py counts both).
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
         done = [answer_complete(text, self.answer_end) for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

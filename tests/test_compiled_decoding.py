@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch._dynamo.utils import counters
-from transformers import CompileConfig
+from transformers import CompileConfig, StoppingCriteriaList
 
+from gap_mllm.answer_stopping_criteria import AnswerEndCriteria
 from gap_mllm.compiled_decoding import compiled_decoding_kwargs, decode_compile_config
 from gap_mllm.host_syncs import HostSyncCounter
 
@@ -71,21 +72,27 @@ def test_a_decode_step_makes_no_host_synchronisation(lively_model, tiny_processo
     model = lively_model
     inputs = _inputs(tiny_processor, 2)
 
-    def syncs(new_tokens: int) -> HostSyncCounter:
-        with HostSyncCounter(where=True) as counter:
-            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           cache_implementation="static")  # the compiled step's code, run eagerly so it can be counted
-        return counter
+    def per_token(**options) -> dict:
+        def syncs(new_tokens: int) -> HostSyncCounter:
+            with HostSyncCounter(where=True) as counter:  # the compiled step's code, run eagerly so it can be counted
+                model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               cache_implementation="static", **options)
+            return counter
 
-    four, eight = syncs(4), syncs(8)
-    per_token = {place: (eight.places[place] - four.places.get(place, 0)) / 4 for place in eight.places
-                 if eight.places[place] != four.places.get(place, 0)}
+        four, eight = syncs(4), syncs(8)
+        def short(place: str) -> str:  # "generation/utils.py" of ".../transformers/generation/utils.py:395"
+            return "/".join(place.replace("\\", "/").rsplit(":", 1)[0].split("/")[-2:])
+
+        return {(name, short(place)): (count - four.places.get((name, place), 0)) / 4
+                for (name, place), count in eight.places.items() if count != four.places.get((name, place), 0)}
+
     # Budget: 1 per token, transformers' StopCheck (`unfinished_sequences.max() == 0`: whether to go on), which
     # generate needs to stop at EOS. Nothing in the model's decode forward.
-    assert list(per_token.values()) == [1.0], per_token
-    (name, place), = per_token
-    assert name == "aten._local_scalar_dense" and place.replace("\\", "/").endswith(tuple(
-        f"transformers/generation/utils.py:{line}" for line in range(380, 420))), place
+    assert per_token() == {("aten._local_scalar_dense", "generation/utils.py"): 1.0}
+    # with a task's answer-end rule (what predict, evaluate and the Space use): + its read of the new tokens
+    criteria = StoppingCriteriaList([AnswerEndCriteria(tiny_processor.tokenizer, inputs["input_ids"].shape[1], "dict")])
+    assert per_token(stopping_criteria=criteria) == {("aten._local_scalar_dense", "generation/utils.py"): 1.0,
+                                                     ("Tensor.tolist", "utils/generic.py"): 1.0}
 
 
 def test_the_option_is_checked_by_name(build_model):
