@@ -1,7 +1,8 @@
 """Checks of a command's arguments that need no model, run by cli/main.py once the arguments parsed and before the
 command's own module is imported: that module brings torch and transformers (7-10 s), and a missing file, a model
 folder that is not there, a text file given as a frame, a task input that is missing or one the task does not read
-should be one line at once, not after that wait. Light to import (tests/test_cli_startup.py): the rules come from
+should be one line at once, not after that wait: so should an output folder that is a file, a frame that does
+not decode and a marker outside the frames. Light to import (tests/test_cli_startup.py): the rules come from
 light modules (uploads.py, task_request.py, model_source.py), the same ones the commands apply again later.
 
 Each check raises `UserError` (cli/errors.py prints it as one line, exit status 2)."""
@@ -14,9 +15,13 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .example_rooms import EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE
 from .model_source import TINY, check_model_source, resolve_model_source
 from .task_request import TaskRequest
-from .uploads import CLI_WORDS, UploadError, check_paths, cli_limits, frame_paths
+from .uploads import CLI_WORDS, UploadError, check_frames, cli_limits, frame_paths
+
+# How `gap-mllm predict` gives each task input: a missing one is named by its option
+INPUT_OPTIONS = {"query": "--query TEXT", "box": "--box CX CY CZ SX SY SZ YAW PITCH ROLL", "marker": "--marker VIEW X Y"}
 
 
 def check_model(model: str | None, flag: str = "--model") -> None:
@@ -51,33 +56,60 @@ def check_existing(path: str | None, flag: str, kind: str = "file",
         raise UserError(f"{flag} {path}: this is a folder; give a file")
 
 
-def predict_request(args: argparse.Namespace) -> TaskRequest:
-    """The request `gap-mllm predict` was given, checked as far as it can be without frames: an input the task does
-    not read is refused (`TaskRequest.unused_inputs`); on the user's own frames every input the task needs must be
-    given (on a bundled example the room's own fill the missing ones, cli/task_request.py `example_request`)."""
+def check_output_folder(path: str | None, flag: str) -> None:
+    """UserError unless `path` (when given) can become a folder: neither it nor a folder above it is a file (else
+    the command would end in `[Errno 17] File exists` or `[Errno 20] Not a directory` after its model work)."""
+    if path is None:
+        return
+    found = Path(path).expanduser()
+    for place in (found, *found.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "this is a file" if place == found else f"{place} is a file"
+                raise UserError(f"{flag} {path}: {where}; give a folder")
+            return
+
+
+def predict_request(args: argparse.Namespace, num_views: int | None = None,
+                    view_size: tuple[int, int] | None = None) -> TaskRequest:
+    """The request `gap-mllm predict` was given, checked against the frames' count and `(width, height)` where they
+    are known: an input the task does not read is refused (`TaskRequest.unused_inputs`); on the user's own frames
+    every input the task needs must be given, and a missing one is named by its option (on a bundled example the
+    room's own fill the missing ones, cli/task_request.py `example_request`)."""
     request = TaskRequest(args.task, query=args.query, box=args.box, marker=args.marker)
     unused = request.unused_inputs()
     if unused:
         reads = ", ".join(f"--{name}" for name in request.used_inputs()) or "no input but the frames"
         raise UserError(f"--{unused[0]} is not read by --task {request.task} (it reads {reads}); leave it out")
     if args.example:
-        request.check_given()  # the room's own fill what is missing
-    else:
-        request.validate(None)  # the marker's view is range-checked once the frames are read
+        request.check_given(num_views, view_size)  # the room's own fill what is missing
+        return request
+    try:
+        request.validate(num_views, view_size)
+    except ValueError as error:
+        missing = request.missing_inputs()
+        if not missing:
+            raise
+        raise ValueError(f"{error}: give {INPUT_OPTIONS[missing[0]]}") from None
     return request
 
 
 def check_predict(args: argparse.Namespace) -> int | None:
-    """`gap-mllm predict`: the options that would be ignored, the request, the frames' paths and types, the model.
-    A mistake in the request or the frames is one line as `gap-mllm predict` words it (cli/predict.py), status 2."""
+    """`gap-mllm predict`: the options that would be ignored, the output folder, the frames (each image decoded), the
+    request against them (a marker outside the frames), the model. A mistake in the request or the frames is one
+    line as `gap-mllm predict` words it (cli/predict.py), status 2."""
     if args.formats and not args.save_dir:
         raise UserError("--formats picks what --save-dir writes, and without --save-dir nothing is written: add "
                         "--save-dir DIR, or leave --formats out")
+    check_output_folder(args.save_dir, "--save-dir")
     try:
-        predict_request(args)
+        predict_request(args)  # what needs no frames first: a missing input is named before the frames are read
         if args.images:
             paths = frame_paths(args.images, args.max_frames)  # folders -> their images (quiet: predict says it)
-            check_paths(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
+            shape = check_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
+            predict_request(args, shape.count, shape.size)
+        else:  # a bundled room: its frames' count and size are known without rendering it
+            predict_request(args, EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE[::-1])
     except (UploadError, ValueError) as error:  # worded as predict words them once it has read the frames
         print(f"gap-mllm predict: {error}", file=sys.stderr)
         return 2
@@ -88,6 +120,7 @@ def check_predict(args: argparse.Namespace) -> int | None:
 def check_demo(args: argparse.Namespace) -> None:
     """`gap-mllm demo`: the model (the Space, `--space`, checks its own)."""
     if not args.space:
+        check_output_folder(args.out, "--out")
         check_model(args.model)
 
 
@@ -96,6 +129,7 @@ def check_evaluate(args: argparse.Namespace) -> None:
     check_existing(args.data, "--data", "folder")
     check_existing(args.annotation_file, "--annotation-file")
     check_existing(args.predictions, "--predictions")
+    check_output_folder(args.out, "--out")
     check_model(args.model)
 
 

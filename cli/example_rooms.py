@@ -6,5 +6,10 @@
 EXAMPLE_PRESET = "mini"
 EXAMPLE_SEED_BASE = 9000
 EXAMPLE_SEEDS = {"synthetic room A": 0, "synthetic room B": 1, "synthetic room C": 2}
+# What a bundled room gives the model: its number of frames and their (height, width), the preset's own (tests/
+# test_first_hour.py holds it to the preset); here, so that `gap-mllm predict --example` checks a marker before
+# anything is rendered
+EXAMPLE_FRAMES = 4
+EXAMPLE_IMAGE_SIZE = (128, 160)
 
-__all__ = ["EXAMPLE_PRESET", "EXAMPLE_SEEDS", "EXAMPLE_SEED_BASE"]
+__all__ = ["EXAMPLE_FRAMES", "EXAMPLE_IMAGE_SIZE", "EXAMPLE_PRESET", "EXAMPLE_SEEDS", "EXAMPLE_SEED_BASE"]

@@ -11,7 +11,6 @@ import difflib
 import importlib
 import sys
 
-from .early_checks import check_arguments
 from .errors import run_command
 
 # command -> (module with add_arguments(parser) and main(args) -> int, one-line help)
@@ -72,9 +71,44 @@ def suggestion(word: str, known) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def misspelt_options(parser: argparse.ArgumentParser, argv: list[str]) -> list[tuple[str, str]]:
+    """`(word, the option it is probably meant to be)` for each `--word` of `argv` that is no option of `parser` (nor
+    an abbreviation argparse takes, `--que` for `--query`) but close to one: `--taks` -> `--task`."""
+    known = sorted(set(option_strings(parser)))
+    found = []
+    for word in argv:
+        if word == "--":  # what follows is not options
+            break
+        name = word.split("=", 1)[0]
+        if not name.startswith("--") or name in known or any(option.startswith(name) for option in known):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+        if close:
+            found.append((name, close[0]))
+    return found
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser whose every error ends with the option a misspelt word was probably meant to be: for
+    `--taks detection` argparse's error is "the following arguments are required: --task" and says nothing of the
+    `--taks` it set aside. `argv` is what `parse_command_arguments` parses."""
+
+    argv: list[str] = []
+
+    def error(self, message: str):
+        hints = [f"{word}: did you mean {option}?" for word, option in misspelt_options(self, self.argv)]
+        if hints and "did you mean" not in message:
+            message += f" ({'; '.join(hints)})"
+        super().error(message)  # exits with status 2
+
+
 def parse_command_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """`parser.parse_args(argv)`, an unknown option answered with the nearest known one ("did you mean --query?").
-    Abbreviations stay as argparse takes them (`--que` for `--query`, an ambiguous one refused)."""
+    """`parser.parse_args(argv)`, a misspelt option answered with the nearest known one ("did you mean --query?"),
+    whatever argparse's error is (an unknown option, or a required one missing because it was misspelt: a
+    `CommandParser` says so). Abbreviations stay as argparse takes them (`--que` for `--query`, an ambiguous one
+    refused)."""
+    if isinstance(parser, CommandParser):
+        parser.argv = list(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         options = [word for word in unknown if word.startswith("-")]
@@ -105,11 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     module_name, help_text = COMMANDS[argv[0]]
-    command_parser = argparse.ArgumentParser(prog=f"gap-mllm {argv[0]}", description=help_text,
-                                             epilog="--debug: show the full traceback of an error")
+    command_parser = CommandParser(prog=f"gap-mllm {argv[0]}", description=help_text,
+                                   epilog="--debug: show the full traceback of an error")
     argument_adder(argv[0])(command_parser)
     # --help, argument errors and the checks that need no model end here, before the command's imports
     args = parse_command_arguments(command_parser, argv[1:])
+    # imported once the arguments parsed: its rules read files (numpy, PIL, huggingface_hub), which --help and an
+    # argument mistake need not pay for (tests/test_cli_startup.py)
+    from .early_checks import check_arguments
+
     status = run_command(argv[0], lambda checked: check_arguments(argv[0], checked), args, debug=debug)
     if status:
         return status

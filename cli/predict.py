@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
             paths = frame_paths(args.images, args.max_frames)
             scene = scene_from_frames(load_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS))
         request = example_request(args.task, example, query=args.query, box=args.box, marker=args.marker)
-        request.validate(len(scene.views))
+        request.validate(len(scene.views), scene.views[0].size)  # the marker: a view and a pixel of these frames
     except (UploadError, ValueError) as error:
         print(f"gap-mllm predict: {error}", file=sys.stderr)
         return 2

@@ -23,12 +23,11 @@ from gap_mllm.processing.synth.language import captions, describe
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.processing.synth.samples import choose_clip
 
-from .example_rooms import EXAMPLE_PRESET, EXAMPLE_SEED_BASE, EXAMPLE_SEEDS  # noqa: F401 - EXAMPLE_SEEDS: re-exported
+from .example_rooms import EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE, EXAMPLE_PRESET, EXAMPLE_SEED_BASE, EXAMPLE_SEEDS  # noqa: F401 - EXAMPLE_SEEDS: re-exported
 
 # The camera assumed for frames without calibration: a centred pinhole with a 60° horizontal field of
 # view, typical of phone and ScanNet colour cameras. Only used to DRAW boxes, never fed to the model.
 ASSUMED_FOV_X_DEGREES = 60.0
-EXAMPLE_FRAMES = 4
 MAX_CLOUD_POINTS = 20000
 CLOUD_CONFIDENCE_PERCENTILE = 50.0  # keep the most confident half of the depth pixels (VGGT demo default)
 CAMERA_EXACT, CAMERA_ESTIMATED, CAMERA_ASSUMED = "exact", "estimated", "assumed"
@@ -148,9 +147,9 @@ def reconstructed_scene(model, processor, views: list[Image.Image], max_points: 
 
 
 def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple[int, int] | None = None) -> Scene:
-    """A rendered SynthRooms scene (the `mini` preset; `size` = (height, width) overrides its 128x160) with
-    exact geometry, everything in the first frame's camera: `num_frames` frames spread over half the
-    camera walk (as the mini data's detection clips), and one request per task with its answer. More frames than
+    """A rendered SynthRooms scene (the `mini` preset at `EXAMPLE_IMAGE_SIZE`, its own 128x160; `size` = (height,
+    width) overrides it) with exact geometry, everything in the first frame's camera: `num_frames` frames spread
+    over half the camera walk (as the mini data's detection clips), and one request per task with its answer. More frames than
     the preset's walk renders (24) make the walk that long, and the clip is then all of it: the scene always has
     `num_frames` distinct views (it used to return the walk's 24 for 32 asked).
 
@@ -159,7 +158,7 @@ def synthetic_scene(seed: int = 0, num_frames: int = EXAMPLE_FRAMES, size: tuple
     """
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"num_frames={num_frames!r}: give a positive number of frames")
-    overrides = {"seed": EXAMPLE_SEED_BASE + seed, **({"image_size": tuple(size)} if size is not None else {})}
+    overrides = {"seed": EXAMPLE_SEED_BASE + seed, "image_size": tuple(size) if size is not None else EXAMPLE_IMAGE_SIZE}
     config = synth_config(EXAMPLE_PRESET, **overrides)
     generator = SynthRooms(replace(config, num_frames=max(config.num_frames, num_frames)))
     synth = generator.generate_scene(0)

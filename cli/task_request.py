@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from gap_mllm.control_tokens import refuse_control_tokens
 from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TaskSpec, format_box, resolve_task
+from gap_mllm.visual_prompt import check_marker_inside
 
 from .task_names import FRONT_END_TASKS, TASKS
 
@@ -41,9 +42,10 @@ class TaskRequest:
         self.spec = resolve_task(self.task)
         self.task = self.spec.name
 
-    def validate(self, num_views: int | None) -> None:
-        """Raise ValueError with a user-facing message when the request is incomplete. `num_views` None: the frames
-        are not read yet (`gap-mllm predict`'s early check), so the marker's view is not range-checked."""
+    def validate(self, num_views: int | None, view_size: tuple[int, int] | None = None) -> None:
+        """Raise ValueError with a user-facing message when the request is incomplete or its marker lies outside the
+        frames (`check_given`). `num_views` / `view_size` None: not known (frames not read, a video not decoded), so
+        the marker's view / pixel is not range-checked."""
         if self.spec not in FRONT_END_TASKS:
             raise ValueError(f"task {self.task!r} is not run by itself here; choose one of {', '.join(TASKS)}")
         if "query" in self.spec.parameters and not (isinstance(self.query, str) and self.query.strip()):
@@ -55,11 +57,13 @@ class TaskRequest:
             check_box(self.box)  # its message for a missing box
         if self.spec.needs_marker and self.marker is None:
             raise ValueError("reconstruction needs a marker (view, x, y)")
-        self.check_given(num_views)
+        self.check_given(num_views, view_size)
 
-    def check_given(self, num_views: int | None = None) -> None:
+    def check_given(self, num_views: int | None = None, view_size: tuple[int, int] | None = None) -> None:
         """The inputs that were given, checked as `validate` checks them, without asking for the missing ones (on a
-        bundled example the room's own fill those: `gap-mllm predict --example`'s early check)."""
+        bundled example the room's own fill those: `gap-mllm predict --example`'s early check). The marker's view
+        must be one of `num_views` and its pixel inside `view_size` (`(width, height)` of the frames the model gets,
+        the processor's rule: gap_mllm.visual_prompt), where they are known."""
         if "query" in self.spec.parameters and isinstance(self.query, str):
             # before any model is loaded: text that is not valid Unicode (`predict --query $'\xff'`) or holds the
             # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.control_tokens)
@@ -71,11 +75,18 @@ class TaskRequest:
                 raise ValueError("reconstruction needs a marker (view, x, y)")
             if num_views is not None and not 0 <= int(self.marker[0]) < num_views:
                 raise ValueError(f"marker view {self.marker[0]} is out of range: there are {num_views} views")
+            if view_size is not None:
+                check_marker_inside(int(self.marker[1]), int(self.marker[2]), *view_size, name=f"marker view {self.marker[0]}")
 
     def used_inputs(self) -> tuple[str, ...]:
         """The names of the inputs ("query", "box", "marker") this task reads; the others are ignored."""
         return tuple(name for name in INPUT_NAMES
                      if name in self.spec.parameters or (name == "marker" and self.spec.needs_marker))
+
+    def missing_inputs(self) -> list[str]:
+        """The inputs this task reads that were not given (None, or a blank query): a command line names the option
+        that gives each (cli/early_checks.py)."""
+        return [name for name in self.used_inputs() if given(getattr(self, name)) is None]
 
     def unused_inputs(self) -> list[str]:
         """The inputs given (not None) that this task does not read: a command line refuses them (cli/early_checks.py)

@@ -176,24 +176,31 @@ def uniform_indices(total: int, count: int) -> list[int]:
     return [int(round(i)) for i in np.linspace(0, total - 1, count)]
 
 
-def _open_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.Image:
-    # imported here: image_alignment imports torch, and `gap-mllm predict` checks its paths (check_paths) before torch
-    from gap_mllm.image_alignment import pil_to_rgb
-
+def _read_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.Image:
+    """The image file at `path`, decoded (its pixel count checked first); an UploadError naming it when it is not a
+    readable image. Light (PIL only): `gap-mllm predict` reads its frames with it before the model (`check_frames`)."""
     name = words.name(path)
     try:
         with Image.open(path) as image:
             if image.width * image.height > limits.max_pixels:
                 raise UploadError(f"{name}: {image.width}x{image.height} pixels is over the limit.")
             image.load()
-            try:
-                return pil_to_rgb(image, name)  # 16-bit PNGs are scaled, not clipped to white
-            except ValueError as error:  # a float image: the message says what to do
-                raise UploadError(f"{error}.") from error
+            return image
     except UploadError:
         raise
     except Exception as error:  # PIL raises many types for corrupt or mislabelled files
         raise UploadError(f"{name}: not a readable image ({type(error).__name__}).") from error
+
+
+def _open_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.Image:
+    # imported here: image_alignment imports torch, and `gap-mllm predict` checks its frames (check_frames) before torch
+    from gap_mllm.image_alignment import pil_to_rgb
+
+    image = _read_image(path, limits, words)
+    try:
+        return pil_to_rgb(image, words.name(path))  # 16-bit PNGs are scaled, not clipped to white
+    except ValueError as error:  # a float image: the message says what to do
+        raise UploadError(f"{error}.") from error
 
 
 def _gif_frames(path: Path, limits: UploadLimits, words: UploadWords) -> list[Image.Image]:
@@ -286,11 +293,50 @@ def _video_frames(path: Path, limits: UploadLimits, words: UploadWords) -> list[
         raise UploadError(f"{words.name(path)}: not a readable video ({type(error).__name__}).") from error
 
 
-def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:
-    width, height = frames[0].size
+def common_size(first: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """`(width, height)` of every frame the model gets: the first frame's size, scaled down to `max_side` at most."""
+    width, height = first
     scale = min(1.0, max_side / max(width, height))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:
+    size = common_size(frames[0].size, max_side)
     return [f if f.size == size else f.resize(size, Image.Resampling.BICUBIC) for f in frames]
+
+
+@dataclass(frozen=True)
+class FrameShape:
+    """How many frames `load_frames` gives the model and their common `(width, height)`; None where reading it
+    would mean decoding a video."""
+
+    count: int | None
+    size: tuple[int, int] | None
+
+
+def check_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None,
+                 words: UploadWords = SPACE_WORDS) -> FrameShape:
+    """What `load_frames` checks, without torch and without decoding a video: the paths (`check_paths`), every image
+    decoded (a corrupt one is an UploadError naming it), a GIF's header; returns the frames' `FrameShape`, so that
+    a marker can be checked against them before any model runs (`gap-mllm predict`'s early check)."""
+    resolved = check_paths(paths, limits, allowed_roots, words)
+    suffix = resolved[0].suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return FrameShape(None, None)
+    if suffix in GIF_SUFFIXES:
+        name = words.name(resolved[0])
+        try:
+            with Image.open(resolved[0]) as gif:
+                if gif.width * gif.height > limits.max_pixels:
+                    raise UploadError(f"{name}: {gif.width}x{gif.height} pixels is over the limit.")
+                count, first = len(uniform_indices(getattr(gif, "n_frames", 1), limits.max_frames)), gif.size
+        except UploadError:
+            raise
+        except Exception as error:
+            raise UploadError(f"{name}: not a readable GIF ({type(error).__name__}).") from error
+        return FrameShape(count, common_size(first, limits.max_side))
+    sizes = [_read_image(path, limits, words).size for path in resolved]
+    return FrameShape(len(sizes), common_size(sizes[0], limits.max_side))
 
 
 def load_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None,

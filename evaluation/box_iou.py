@@ -32,7 +32,6 @@ official ones by ~1e-6, which matters only for IoUs within that distance of a th
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import ConvexHull, QhullError
 
 from gap_mllm.output_parsing import box_numbers
 from gap_mllm.processing.coordinates import EULER_MODES, UNIT_CORNERS, euler_to_matrix
@@ -109,6 +108,10 @@ def _hull_volume(points: np.ndarray) -> float:
     scale = np.abs(centred).max()
     if scale == 0.0 or np.linalg.matrix_rank(centred / scale, tol=1e-10) < 3:
         return 0.0
+    # here, not at the top: scipy.spatial takes most of a second to import, and `gap-mllm evaluate --help` imports
+    # this package for its task names (tests/test_cli_startup.py)
+    from scipy.spatial import ConvexHull, QhullError
+
     try:
         return float(ConvexHull(centred).volume)
     except QhullError:  # flat intersection that passed the rank test within rounding

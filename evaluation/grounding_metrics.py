@@ -53,7 +53,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from gap_mllm.processing.coordinates import camera_boxes_to_world, camera_to_world_transform, orthonormalize_rigid
 
@@ -115,6 +114,8 @@ def official_camera_box_to_world(box, extrinsic) -> np.ndarray:
     box = np.asarray(box, dtype=np.float64).reshape(9)
     extrinsic = np.asarray(extrinsic, dtype=np.float64)
     centre = (extrinsic @ np.r_[box[0:3], 1.0])[:3]
+    from scipy.spatial.transform import Rotation  # here: scipy.spatial is slow to import (gap-mllm evaluate --help)
+
     rotation = Rotation.from_matrix(extrinsic[:3, :3] @ Rotation.from_euler("zxy", box[6:9]).as_matrix())
     return np.r_[centre, box[3:6], rotation.as_euler("zxy")]
 

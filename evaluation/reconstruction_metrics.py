@@ -27,7 +27,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 METRIC_KEYS = ("accuracy", "completion", "overall", "accuracy_median", "completion_median", "overall_median")
 
@@ -67,6 +66,8 @@ def can_align(points) -> bool:
 def chamfer_metrics(pred, gt) -> dict:
     """Accuracy / completion / overall (means and medians) between point sets `[K, 3]` and `[M, 3]`."""
     pred, gt = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)
+    from scipy.spatial import cKDTree  # here: scipy.spatial is slow to import (gap-mllm evaluate --help)
+
     acc_d, _ = cKDTree(gt).query(pred)
     comp_d, _ = cKDTree(pred).query(gt)
     acc, comp = float(np.mean(acc_d)), float(np.mean(comp_d))

@@ -26,8 +26,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import constants
-
 import gap_mllm
 from gap_mllm import register_auto_classes
 
@@ -42,6 +40,7 @@ def cache_root() -> Path:
     """Where assembled folders live: `$GAP_MLLM_CACHE`, else `$HF_HOME/gap_mllm`."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
+    from huggingface_hub import constants  # here, not at the top: `gap-mllm mini --help` needs no huggingface_hub
 
     return Path(constants.HF_HOME).expanduser() / "gap_mllm"
 

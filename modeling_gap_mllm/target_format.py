@@ -25,8 +25,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where an array is built: `gap-mllm --help` and argument mistakes read the
+    import numpy as np  # task registry, which imports this module, and need no numpy (tests/test_cli_startup.py)
 
 DEFAULT_DECIMALS = 2
 
@@ -48,6 +50,8 @@ def _finite_floats(values, count: int, what: str) -> tuple[float, ...]:
 
 def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """`Ry(roll) · Rx(pitch) · Rz(yaw)` as a `[3, 3]` float64 array (= scipy `from_euler("zxy", ...)`)."""
+    import numpy as np
+
     cy_, sy_ = math.cos(yaw), math.sin(yaw)
     cp, sp = math.cos(pitch), math.sin(pitch)
     cr, sr = math.cos(roll), math.sin(roll)
@@ -96,6 +100,8 @@ class Box3D:
 
     def corners(self) -> np.ndarray:
         """The 8 corners `[8, 3]`: `R · (size ⊙ c) + center` for c ∈ {−½, ½}³ (x fastest)."""
+        import numpy as np
+
         unit = np.array([[x, y, z] for z in (-0.5, 0.5) for y in (-0.5, 0.5) for x in (-0.5, 0.5)])
         return (unit * np.asarray(self.size)) @ self.rotation_matrix().T + np.asarray(self.center)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 EULER_MODES = ("zxy", "official")
 
@@ -53,6 +52,7 @@ def euler_to_matrix(angles, euler_mode: str = "zxy") -> np.ndarray:
     """
     angles = np.asarray(angles, dtype=np.float64)
     flat = angles.reshape(-1, 3)
+    from scipy.spatial.transform import Rotation  # here: scipy.spatial takes most of a second to import
     matrices = Rotation.from_euler(_scipy_sequence(euler_mode), flat).as_matrix()
     return matrices.reshape(*angles.shape[:-1], 3, 3)
 
@@ -69,6 +69,7 @@ def matrix_to_euler(matrices, euler_mode: str = "zxy") -> np.ndarray:
     with warnings.catch_warnings():
         # scipy warns at gimbal lock; the result is still a valid decomposition (see docstring).
         warnings.simplefilter("ignore", UserWarning)
+        from scipy.spatial.transform import Rotation  # here: scipy.spatial takes most of a second to import
         angles = Rotation.from_matrix(flat).as_euler(_scipy_sequence(euler_mode))
     return angles.reshape(*matrices.shape[:-2], 3)
 
