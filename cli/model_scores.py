@@ -98,6 +98,9 @@ GEOMETRY_METRICS = (
 )
 GEOMETRY_BASELINE = "training-mean depth and identity rotations"
 TASK_SCORES = {"grounding": GROUNDING, "detection": DETECTION, "captioning": CAPTIONING, "reconstruction": FINAL_MARKER}
+# how a card names each task of `TASK_SCORES` (`HeldOutScores.markdown`)
+CARD_TASK_NAMES = {"grounding": "3D visual grounding", "detection": "3D object detection",
+                   "captioning": "3D dense captioning", "reconstruction": "marker point and label"}
 
 
 def _lookup(tree: dict, path: tuple[str, ...]):
@@ -162,6 +165,13 @@ class HeldOutScores:
         if baselines:
             text += f"; {GEOMETRY_BASELINE} " + ", ".join(baselines) + ": " + _verdict(verdicts, "reconstruct")
         return text
+
+    def markdown(self) -> str:
+        """Every line of the file as a Markdown list, one item per task (the geometry encoder first), in the
+        front ends' own words: the Space's card (examples/space/README.md) says what the model can do with it."""
+        items = [("geometry encoder (depth, cameras)", self.geometry_line())]
+        items += [(CARD_TASK_NAMES[task], self.line(task)) for task in TASK_SCORES]
+        return "\n".join(f"- {name}: {line}" for name, line in items if line is not None)
 
     def _has(self, score: TaskScore) -> bool:
         return any(f"{score.prefix}_{metric.key}" in self.row for metric in score.metrics)

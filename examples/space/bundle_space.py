@@ -32,6 +32,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from gap_mllm.cli.model_scores import held_out_scores
+from gap_mllm.mini.default_model import SHIPPED_DIR
 from gap_mllm.processing.output_folder import OutputFolderRefused, writing_output_folder
 
 HERE = Path(__file__).resolve().parent
@@ -60,9 +62,33 @@ def check_model_id(model: str) -> str:
     return model
 
 
+# The card's block of GAP-MLLM-Mini's held-out scores: its lines are the results file's, never typed in
+SCORES_BEGIN = "<!-- held-out scores: written from mini/gap-mllm-mini/evaluation_results.json"
+SCORES_END = "<!-- end of held-out scores -->"
+
+
+def with_mini_scores(card: str, mini_folder: Path = SHIPPED_DIR) -> str:
+    """`card` with its held-out-scores block (between `SCORES_BEGIN`'s line and `SCORES_END`) written from the
+    Mini's `evaluation_results.json`, in the words the Space, the demo and `predict` use (cli/model_scores.py).
+
+    Raises:
+        ValueError: the card has no such block, or the folder no results file.
+    """
+    lines = card.split("\n")
+    begin = next((i for i, line in enumerate(lines) if line.startswith(SCORES_BEGIN)), None)
+    end = next((i for i, line in enumerate(lines) if line == SCORES_END), None)
+    if begin is None or end is None or end < begin:
+        raise ValueError(f"the Space card has no block from {SCORES_BEGIN!r}... to {SCORES_END!r}")
+    scores = held_out_scores(mini_folder)
+    if scores is None:
+        raise ValueError(f"{mini_folder}: no evaluation_results.json to write the Space card's scores from")
+    return "\n".join([*lines[:begin + 1], scores.markdown(), *lines[end:]])
+
+
 def space_card(model: str, hardware: str) -> str:
-    """The Space's README.md: this folder's card with the hardware and the checkpoint in its front matter."""
-    _, front, body = (HERE / "README.md").read_text(encoding="utf-8").split("---\n", 2)
+    """The Space's README.md: this folder's card with the hardware and the checkpoint in its front matter and the
+    Mini's held-out scores written from its results file."""
+    _, front, body = with_mini_scores((HERE / "README.md").read_text(encoding="utf-8")).split("---\n", 2)
     matter = yaml.safe_load(front)
     matter["suggested_hardware"] = hardware
     if model not in EMBEDDED_MODELS:
@@ -123,7 +149,13 @@ def main() -> int:
                                                         "(default: the embedded GAP-MLLM-Mini) or tiny")
     parser.add_argument("--hardware", default="cpu-basic", choices=HARDWARE, help="the hardware the Space suggests and "
                                                                                   "the torch build it installs")
+    parser.add_argument("--update-card", action="store_true", help="only rewrite the held-out scores of this folder's "
+                                                                       "README.md from the Mini's evaluation_results.json")
     args = parser.parse_args()
+    if args.update_card:
+        (HERE / "README.md").write_text(with_mini_scores((HERE / "README.md").read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"{HERE / 'README.md'}: held-out scores written from {SHIPPED_DIR / 'evaluation_results.json'}")
+        return 0
     try:
         folder = bundle(Path(args.out), args.model, args.hardware, overwrite=args.overwrite)
     except (ValueError, OutputFolderRefused) as error:
