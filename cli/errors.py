@@ -40,6 +40,7 @@ from gap_mllm.processing.errors import (
     DataError,
     DiskFullError,
     MissingDependency,
+    RunFailed,
     RunStoppedEarly,
     device_of,
     exception_chain,
@@ -145,6 +146,11 @@ def run_command(name: str, main, args, debug: bool = False) -> int:
     except RunStoppedEarly as stop:  # a time limit or a SIGTERM: expected, and the same command continues it
         print(f"gap-mllm {name}: {stop}", file=sys.stderr)
         return RUN_STOPPED_STATUS
+    except RunFailed as failure:  # a diverged run: its line says what and where; not a bug, not the user's input
+        if debug:
+            raise
+        print(f"gap-mllm {name}: error: {failure}", file=sys.stderr)
+        return 1
     except Exception as error:  # noqa: BLE001 - sorted into user mistakes and bugs below
         message = None if debug else user_message(error, args)
         if message is None:

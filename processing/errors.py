@@ -31,6 +31,11 @@ class RunStoppedEarly(RuntimeError):
     command continues. Not a failure: the command line prints it as one line and exits with RUN_STOPPED_STATUS."""
 
 
+class RunFailed(RuntimeError):
+    """A run that cannot go on, for a reason its message states whole (what failed and where: a diverged training
+    step, ...). Not a bug: the command line prints it as one line, without a traceback, and exits with status 1."""
+
+
 class DataError(ValueError):
     """A file or sample that cannot be used. The message names the file and/or the sample."""
 

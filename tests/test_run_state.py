@@ -29,7 +29,7 @@ from gap_mllm.training.run_state import (
     restore_run_state,
     save_run_state,
 )
-from gap_mllm.training.time_limit import TimeLimitCallback
+from gap_mllm.training.time_limit import TimeLimitCallback, TrainingStoppedAtTimeLimit
 
 from .test_train_fixtures import tiny, train_data_root  # noqa: F401
 
@@ -91,8 +91,9 @@ def test_a_run_continued_from_its_committed_state_in_a_fresh_clone_ends_as_the_u
     state = work / "runs-state" / "stage"
     recipe = load_recipe(write_recipe(tmp_path, source_model, train_data_root, tmp_path / "session1"),
                          [f"run_state.directory={state}", f"run_state.moments_dtype={moments}", "time_limit_s=1e-9"])
-    stopped = run_training(recipe, resume_from_checkpoint="auto")  # past the limit after step 1: saved, state written
-    assert stopped.global_step == 1
+    with pytest.raises(TrainingStoppedAtTimeLimit) as stop:  # past the limit after step 1: saved, state written
+        run_training(recipe, resume_from_checkpoint="auto")
+    assert stop.value.result.global_step == 1
     record = json.loads((state / STATE_FILE).read_text())
     assert record["global_step"] == 1 and record["max_steps"] == 4 and record["optimizer"]["moments_dtype"] == moments
     assert record["source"]["path"] == str(source_model) and record["data"]["folder"] == train_data_root.name
@@ -125,7 +126,8 @@ def test_a_run_continued_from_its_committed_state_in_a_fresh_clone_ends_as_the_u
 def checkpoint_and_state(tmp_path, source_model, train_data_root):
     recipe = load_recipe(write_recipe(tmp_path, source_model, train_data_root, tmp_path / "out"),
                          [f"run_state.directory={tmp_path / 'state'}", "time_limit_s=1e-9"])
-    run_training(recipe, resume_from_checkpoint="auto")
+    with pytest.raises(TrainingStoppedAtTimeLimit):
+        run_training(recipe, resume_from_checkpoint="auto")
     return tmp_path / "out" / "checkpoint-1", tmp_path / "state"
 
 
@@ -150,7 +152,7 @@ def test_a_restore_is_refused_for_another_source_other_data_or_changed_weights(t
     name = sorted(weights)[0]
     weights[name] = weights[name] + 1
     save_file(weights, state / WEIGHTS_FILE, metadata={"format": "pt"})
-    with pytest.raises(RunStateError, match="do not match the checkpoint's digest"):
+    with pytest.raises(RunStateError, match=r"weights.safetensors: damaged run state file: its sha256 differs"):
         restore_run_state(state, target, source=source_model, data_root=train_data_root)
     assert not any(target.rglob("checkpoint-*")) if target.exists() else True
 

@@ -4,9 +4,11 @@ hold, and the final weights differed from the correct resume by 4e-4 without a w
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gap_mllm.training.run import run_training
+from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
 
 from .test_train_fixtures import recipe, tiny, train_data_root  # noqa: F401
 
@@ -23,7 +25,8 @@ def run(tmp_path, train_data_root, name, seed, resume=None, **top):
 
 def test_a_resume_from_a_model_built_with_another_seed_trains_on_the_checkpoints_towers(tmp_path, train_data_root):
     reference = run(tmp_path, train_data_root, "straight", seed=0)
-    run(tmp_path, train_data_root, "split", seed=0, time_limit_s=1e-9)  # checkpoint-1 of the seed-0 model
+    with pytest.raises(TrainingStoppedAtTimeLimit):  # checkpoint-1 of the seed-0 model
+        run(tmp_path, train_data_root, "split", seed=0, time_limit_s=1e-9)
     resumed = run(tmp_path, train_data_root, "split", seed=1, resume="auto")  # the recipe now builds other towers
     for name, value in reference.items():
         torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=name)

@@ -129,6 +129,15 @@ def safetensors_damage(file, size: int, expected) -> str | None:
     return f"tensor(s) {', '.join(missing)} missing" if missing else None
 
 
+def _non_finite_features(tensors: dict) -> str | None:
+    """What makes a loaded entry's features unusable: NaN or infinite values (no entry is stored so, `store` refuses
+    them; a changed or damaged file can hold them). Checked on the CPU tensors the file was read into, before the
+    batch reaches the model, so that such an entry is named as itself, not as a diverged training step."""
+    bad = [name for name, tensor in sorted(tensors.items())
+           if name.startswith(("geometry.", "vision.")) and not bool(torch.isfinite(tensor).all())]
+    return f"its features {', '.join(bad)} hold NaN or infinite values" if bad else None
+
+
 def cache_unusable_reason(model) -> str | None:
     """Why nothing of `model` can be cached (None when at least one tower can)."""
     vision_kind, vision_why = vision_cache_kind(model)
@@ -391,6 +400,8 @@ class FeatureCache:
             tensors = safetensors.torch.load(data) if damage is None else None
         except SafetensorError as error:  # a header that parses and sizes that add up, yet unreadable
             damage = f"unreadable ({error})"
+        if damage is None:
+            damage = _non_finite_features(tensors)
         if damage is not None:
             self.set_aside(key, damage, name)
             raise DamagedEntryError(f"feature cache entry {key} in {self.folder} is damaged ({damage}); set aside, the "

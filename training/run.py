@@ -6,16 +6,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
+from gap_mllm.processing.folder_lock import holding_folder
 from gap_mllm.processing.held_out import trained_scenes
+from gap_mllm.processing.output_folder import OutputFolderRefused, check_output_folder, mark_output_folder, read_marker
 
 from .checkpoints import MissingSafetensorsWeights, check_resume_checkpoint, find_resumable_checkpoint, load_model_weights
 from .config import TrainRecipe, training_arguments
@@ -29,8 +33,18 @@ from .kernels import apply_attention_implementation, check_kernels, check_liger_
 from .lora import apply_lora
 from .model_loading import load_model_and_processor
 from .param_groups import apply_freezing
-from .run_state import RunStateCallback, RunStateError, check_state_folder, data_digest, read_run_state, restore_if_newer
-from .time_limit import TimeLimitCallback
+from .run_state import (
+    STATE_WRITER,
+    RunStateCallback,
+    RunStateError,
+    check_same_run,
+    check_state_folder,
+    data_digest,
+    put_back_interrupted_write,
+    read_run_state,
+    restore_if_newer,
+)
+from .time_limit import TimeLimitCallback, TrainingStoppedAtTimeLimit
 from .trainer import GeometryAlignedTrainer
 
 logger = logging.getLogger(__name__)
@@ -208,15 +222,63 @@ def save_final_model(trainer, output_dir=None) -> None:
     trainer.save_model(output_dir)
 
 
-def invoking_command() -> str:
-    """This process's command line as a person would type it again (`gap-mllm ...` for the console script)."""
-    program = Path(sys.argv[0]).name if Path(sys.argv[0]).name == "gap-mllm" else sys.argv[0]
-    return shlex.join([program, *sys.argv[1:]])
+# the command a training output folder's marker names (processing/output_folder.py): `gap-mllm train`, and the
+# stages of `gap-mllm mini`, which train through run_training as well
+TRAIN_WRITER = "gap-mllm train"
+# recipe settings that say where a run writes and how it reports, not what it trains: a run state is continued under
+# other values of these (the source model and the data are checked by their digests instead of their paths)
+NOT_DEFINING = ("time_limit_s", "device", "run_state.", "model.name_or_path", "data.data_root", "data.cache_dir",
+                "cache.directory", "cache.batch_size", "training.output_dir", "training.logging_dir",
+                "training.report_to", "training.run_name", "training.disable_tqdm", "training.dataloader_num_workers",
+                "training.logging_steps", "training.save_steps", "training.save_total_limit", "evaluation.batch_size")
+
+
+def continuation_command(argv: list[str] | None = None) -> str:
+    """The command that continues this process's run, as a person types it: `gap-mllm train ...` with
+    `--resume auto` (replacing another `--resume`), `gap-mllm mini ...` as it is (it resumes by itself), a module
+    run as `python -m MODULE ...`; a run started from Python (a notebook, a test) is continued by calling
+    `run_training(recipe, resume_from_checkpoint="auto")` again."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0])
+    modules = {("cli", "main.py"): "gap_mllm.cli.main", ("training", "train_cli.py"): "gap_mllm.training.train_cli",
+               ("mini", "pipeline.py"): "gap_mllm.mini.pipeline"}
+    if script.name == "gap-mllm":
+        program = ["gap-mllm"]
+    elif (script.parent.name, script.name) in modules:
+        program = ["python", "-m", modules[(script.parent.name, script.name)]]
+    else:
+        return 'run_training(recipe, resume_from_checkpoint="auto") with the same recipe'
+    arguments = argv[1:]
+    if program[-1] == "gap_mllm.training.train_cli" or arguments[:1] == ["train"]:
+        kept, skip = [], False
+        for argument in arguments:
+            if skip:
+                skip = False
+            elif argument == "--resume":
+                skip = True
+            elif not argument.startswith("--resume="):
+                kept.append(argument)
+        arguments = [*kept, "--resume", "auto"]
+    return shlex.join([*program, *arguments])
+
+
+def run_definition(recipe: TrainRecipe) -> dict:
+    """The settings that define a run, flat (`"training.learning_rate": 0.001`, JSON values): the whole recipe but
+    `NOT_DEFINING`. A run state records them, and a run with other values is refused its state."""
+    flat = {}
+    for section, value in dataclasses.asdict(recipe).items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, item in items:
+            name = section if key is None else f"{section}.{key}"
+            if not any(name == skip or (skip.endswith(".") and name.startswith(skip)) for skip in NOT_DEFINING):
+                flat[name] = item
+    return json.loads(json.dumps(flat, default=str))
 
 
 def run_state_settings(recipe: TrainRecipe, data_given: bool) -> dict | None:
     """What a run state of this recipe records beside the checkpoint (None without `run_state.directory`): the
-    model folder it started from (its tensors are not copied), the data root, the command that continues it."""
+    model folder it started from (its tensors are not copied), the data root, the command that continues it, the
+    settings that define the run."""
     if recipe.run_state.directory is None:
         return None
     source = recipe.model.name_or_path
@@ -224,29 +286,91 @@ def run_state_settings(recipe: TrainRecipe, data_given: bool) -> dict | None:
     data_root = None if data_given or not recipe.data.data_root else recipe.data.data_root
     # digested once a run: checked against a restored state, recorded in every state the run writes
     return {"source": source, "data_description": data_digest(data_root) if data_root else None,
-            "command": invoking_command()}
+            "command": continuation_command(), "run": run_definition(recipe)}
 
 
 def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dict) -> str | None:
     """`--resume auto` with a run state: its checkpoint, rebuilt in the output folder when that holds none as new
-    (a fresh machine). Without `--resume auto`, a run state of another run is refused rather than overwritten."""
+    (a fresh machine), after the state was checked (its files, its run's settings, source and data). Without
+    `--resume auto`, a run state of another run is refused rather than overwritten."""
     directory, output_dir = recipe.run_state.directory, recipe.training["output_dir"]
-    check_state_folder(directory)  # a folder of the user's files is refused now, not at the first checkpoint
     if resume == "auto":
         return restore_if_newer(directory, output_dir, source=settings["source"],
-                                data_description=settings["data_description"])
+                                data_description=settings["data_description"], run=settings["run"])
     record = read_run_state(directory)
     if resume is None and record is not None:
         raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run "
                             f"({record.get('command')}); continue it with --resume auto, or give another run_state.directory")
+    if record is not None:
+        check_same_run(record, settings["run"], directory)
     return resume
+
+
+def _trains_here() -> bool:
+    """This process writes the run's folders (the main process of a distributed run; every plain run)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _training_folder_owner(folder: Path) -> str | None:
+    """The owner check of an output folder (processing/output_folder.py): a training run's, by its marker or, for a
+    folder an earlier version wrote, by its checkpoints or training record."""
+    marker = read_marker(folder)
+    if marker is not None:
+        return None if marker.get("command") == TRAIN_WRITER else f"holds the output of {marker.get('command')}"
+    if ((folder / TRAINING_RECORD).is_file() or (folder / "feature_cache").is_dir() or (folder / "best").is_dir()
+            or any(folder.glob("checkpoint-*")) or any(folder.glob("tmp-checkpoint-*"))):
+        return None
+    return "holds no training run's output"
+
+
+def check_training_output(recipe: TrainRecipe) -> None:
+    """The output-folder rule for a training run (processing/output_folder.py): `training.output_dir` is missing,
+    empty or a training run's own folder, and never the folder of the model the run starts from; then marked as a
+    training run's. OutputFolderRefused otherwise, before anything is built."""
+    output = Path(recipe.training["output_dir"])
+    named = f"training.output_dir {output}"
+    source = recipe.model.name_or_path
+    if source and Path(source).is_dir() and output.exists() and output.resolve() == Path(source).resolve():
+        raise OutputFolderRefused(f"{named} is the folder of the model the run starts from (model.name_or_path); the "
+                                  "run would write over it: give another output folder")
+    check_output_folder(output, TRAIN_WRITER, option="--output-dir", overwrite_option=None,
+                        owner_check=_training_folder_owner, named=named)
+    if read_marker(output) is None:
+        output.mkdir(parents=True, exist_ok=True)
+        mark_output_folder(output, TRAIN_WRITER, settings={"stage": recipe.stage})
 
 
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
     """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output.
     Stage-0 recipes (`stage: geometry` / `vision`) train an encoder (training/encoder_stage_run.py).
     Beside the model, `gap_mllm_training.json` records what it was trained on (`training_record`).
-    With `recipe.time_limit_s`, a run that reaches it stops with a checkpoint and saves no final model."""
+
+    The run holds its output folder (and its run state folder) for its whole life (processing/folder_lock.py): a
+    second run writing either is refused at its start. The output folder follows the output-folder rule
+    (`check_training_output`).
+
+    Raises:
+        TrainingStoppedAtTimeLimit: the run stopped before its last step (`recipe.time_limit_s`, or a SIGTERM at any
+            time: the next step end saves a checkpoint, and its run state); no final model is written, and the
+            message names the command that continues it.
+    """
+    output_dir = recipe.training["output_dir"]
+    with contextlib.ExitStack() as held:
+        if _trains_here():
+            held.enter_context(holding_folder(output_dir, TRAIN_WRITER, what="another training run", option="--output-dir"))
+            if recipe.run_state.directory is not None:
+                held.enter_context(holding_folder(recipe.run_state.directory, STATE_WRITER, what="another training run",
+                                                  option="run_state.directory (--run-state)"))
+                # a write killed between its two renames: the state it had moved aside comes back before anything
+                # reads the folder; a folder of the user's files, or an output folder inside the state, is refused
+                # now (not at the first checkpoint), before the output folder is marked
+                put_back_interrupted_write(recipe.run_state.directory)
+                check_state_folder(recipe.run_state.directory, output_dir)
+            check_training_output(recipe)
+        return _run_training(recipe, resume_from_checkpoint, **build_kwargs)
+
+
+def _run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
     run_state = run_state_settings(recipe, data_given=build_kwargs.get("train_dataset") is not None)
     if run_state is not None:  # checked, and restored, before the model and the feature cache are built
         resume_from_checkpoint = resume_from_run_state(recipe, resume_from_checkpoint, run_state)
@@ -257,20 +381,22 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
     else:
         setup = build_trainer(recipe, resume_from_checkpoint=resume, **build_kwargs)
     trainer = setup.trainer
-    time_limit = None
-    if recipe.time_limit_s is not None:
-        time_limit = TimeLimitCallback(recipe.time_limit_s)
-        trainer.add_callback(time_limit)
+    # the time limit, and a SIGTERM with or without one: a checkpoint at the next step end
+    stop = TimeLimitCallback(recipe.time_limit_s)
+    trainer.add_callback(stop)
     if run_state is not None:
         trainer.add_callback(RunStateCallback(recipe.run_state.directory, moments_dtype=recipe.run_state.moments_dtype,
                                               best_dtype=recipe.run_state.best_dtype, **run_state))
     result = trainer.train(resume_from_checkpoint=resume)
-    if time_limit is not None and time_limit.reached:
+    if stop.reached:
         # unfinished: the checkpoint holds the state, and a final model here would pass for the finished one
-        why = "on SIGTERM" if time_limit.terminated else f"at the time limit ({recipe.time_limit_s:g} s)"
-        logger.warning("stopped %s after step %d of %d; the checkpoint in %s resumes it (--resume auto)",
-                       why, result.global_step, trainer.state.max_steps, trainer.args.output_dir)
-        return result
+        why = "on SIGTERM" if stop.terminated else f"at its time limit ({recipe.time_limit_s:g} s)"
+        state = f" and the run state {recipe.run_state.directory}" if run_state is not None else ""
+        stopped = TrainingStoppedAtTimeLimit(
+            f"training stopped {why} after step {result.global_step} of {trainer.state.max_steps}; the checkpoint in "
+            f"{trainer.args.output_dir}{state} holds the full state; continue it with: {continuation_command()}")
+        stopped.result = result
+        raise stopped
     save_final_model(trainer)
     if trainer.args.should_save:
         record = training_record(recipe, trainer.state.global_step, data_given=build_kwargs.get("train_dataset") is not None)

@@ -5,8 +5,9 @@ A long run on a machine that is not kept between sessions (a lent GPU, a CI runn
 small enough to commit:
 
     README.md                   the step, the best validation and the command, for a person
-    run_state.json              step, schedule length, the command that continues the run, the digests below, the
-                                best validation so far, which tensors come from the source
+    run_state.json              step, schedule length, the command that continues the run, the recipe settings that
+                                define the run, the digests below (of the data, of the tensors and of every file
+                                of the folder), the best validation so far, which tensors come from the source
     weights.safetensors         the checkpoint's weights that differ from the source model (the trained ones), exact
     optimizer_moments.safetensors  the optimizer's per-parameter tensors (AdamW: exp_avg, exp_avg_sq), float32 (exact)
                                 or bfloat16 (`moments_dtype`); scalars (AdamW's step) and the parameter groups in
@@ -19,12 +20,23 @@ small enough to commit:
 Not copied: the weights equal to the source model's (the frozen encoders, and whatever did not train): the state
 names the source folder and the digest of its tensors, and `restore_run_state` refuses a source whose tensors differ.
 The restored model is checked against the digest of the checkpoint's whole state dict, so a restore is exact or
-refused. The data are named by digests of the data root's files (annotations and images apart), checked on restore:
-Trainer's data order comes from the seed, the step and the dataset, so the same data continue the same order. The
-remote-code `.py` files of a checkpoint are the installed package's and are not kept.
+refused. The data are named by digests of the data root's files (records, images, and the other media: depth,
+poses), checked on restore: Trainer's data order comes from the seed, the step and the dataset, so the same data
+continue the same order. Only images may differ in their bytes (another Pillow or zlib encodes the same pixels
+otherwise): they are compared by their decoded pixels then; every other file by its bytes. The remote-code `.py`
+files of a checkpoint are the installed package's and are not kept.
+
+A state continues only the run that wrote it: it records the recipe settings that define the run (`run.py`'s
+`run_definition`: every setting but where the run writes and how it reports), and a resume with other settings is
+refused naming them. Every file of the folder carries its sha256 in run_state.json, and the record its shape: a
+damaged file (truncated, a Git LFS pointer, edited) is one line naming the file and the fault, found before
+anything is written. The folder is the package's alone: a folder holding other files is refused before a run
+trains; files added while a run writes it are carried into each new state, never deleted.
 
 `RunStateCallback` writes the state after every checkpoint save of a run whose recipe names `run_state.directory`,
-and `run_training` restores it when the output folder holds no newer checkpoint (`--resume auto`).
+and `run_training` restores it when the output folder holds no newer checkpoint (`--resume auto`). The run holds
+the folder's lock for its whole life (processing/folder_lock.py): a second run with the same folder is refused at
+its start. A state write killed between its two renames is put back before the restore decision reads the folder.
 """
 
 from __future__ import annotations
@@ -43,7 +55,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
-from gap_mllm.processing.output_folder import check_output_folder, writing_output_folder
+from gap_mllm.processing.errors import DiskFullError, device_of, names_full_disk
+from gap_mllm.processing.output_folder import (
+    MARKER,
+    PARTIAL_SUFFIX,
+    REPLACED_SUFFIX,
+    check_output_folder,
+    clean_leftovers,
+    sibling,
+    writing_output_folder,
+)
 
 from .checkpoints import (
     MODEL_FILE,
@@ -59,7 +80,7 @@ from .checkpoints import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the run's settings, every file's digest, depth and poses compared by content
 STATE_FILE = "run_state.json"
 README_FILE = "README.md"
 WEIGHTS_FILE = "weights.safetensors"
@@ -71,9 +92,12 @@ OPTIMIZER_FILE = "optimizer.pt"
 MOMENT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # one small file of a checkpoint above this is not a "small file": refused by name rather than committed unseen
 SMALL_FILE_LIMIT = 8 * 2**20
-# the data root's files that decide the samples (annotations, scene records) vs the rendered images and depth
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".npz", ".exr", ".txt")
-_DECODED_SUFFIXES = (".png", ".jpg", ".jpeg")
+# the data root's files: images (compared by their decoded pixels when their bytes differ), the other media (depth
+# maps, camera poses: compared by their bytes only), and the records (annotations, scene records) that decide the
+# samples and their order
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_MEDIA_SUFFIXES = (".npy", ".npz", ".exr", ".txt")
+LFS_POINTER = b"version https://git-lfs"
 
 
 class RunStateError(ValueError):
@@ -93,24 +117,26 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def data_digest(data_root) -> dict:
-    """Digests of a data root's files, `{"folder", "records", "images", "pixels", "files"}`: the records (annotation
-    and scene files) decide the samples and their order; the image files what the towers see; "pixels" digests the
-    decoded pixels of every k-th image file (256 of them), so that a restore can tell images that are only encoded
-    otherwise (another Pillow or zlib writes other PNG bytes for the same pixels) from other images."""
+    """Digests of a data root's files, `{"folder", "records", "images", "media", "pixels", "files"}`: the records
+    (annotation and scene files) decide the samples and their order; the image files and the other media (depth,
+    poses) what the model sees; "pixels" digests the decoded pixels of every k-th image file (256 of them), so that
+    a restore can tell images that are only encoded otherwise (another Pillow or zlib writes other PNG bytes for the
+    same pixels) from other images. Depth and poses have no such second encoding: only their bytes count."""
     root = Path(data_root)
-    records, images, count, image_files = hashlib.sha256(), hashlib.sha256(), 0, []
+    digests = {"records": hashlib.sha256(), "images": hashlib.sha256(), "media": hashlib.sha256()}
+    count, image_files = 0, []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
-        is_image = path.suffix.lower() in _IMAGE_SUFFIXES
-        target = images if is_image else records
-        target.update(relative.encode() + b"\0")
+        suffix = path.suffix.lower()
+        kind = "images" if suffix in _IMAGE_SUFFIXES else "media" if suffix in _MEDIA_SUFFIXES else "records"
+        digests[kind].update(relative.encode() + b"\0")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
-                target.update(block)
+                digests[kind].update(block)
         count += 1
-        if is_image and path.suffix.lower() in _DECODED_SUFFIXES:
+        if kind == "images":
             image_files.append(path)
-    return {"folder": root.name, "records": records.hexdigest(), "images": images.hexdigest(),
+    return {"folder": root.name, **{kind: digest.hexdigest() for kind, digest in digests.items()},
             "pixels": pixel_digest(image_files), "files": count}
 
 
@@ -223,28 +249,89 @@ def _small_files(folder: Path, leave_out: set[str]) -> list[Path]:
 
 # what writes a state folder, as processing/output_folder.py names it in a refusal
 STATE_WRITER = "a run state (training/run_state.py)"
+# the entries of a state folder (the output-folder marker is written by no state, but is this package's own)
+STATE_ENTRIES = frozenset({STATE_FILE, README_FILE, WEIGHTS_FILE, MOMENTS_FILE, CHECKPOINT_FILES, BEST_FOLDER, MARKER})
 
 
-def _holds_run_state(folder: Path) -> str | None:
-    """The owner check of a state folder: one holding a run_state.json is a run state's, replaced by the next one;
-    any other non-empty folder is refused (it may be the user's)."""
+def foreign_entries(folder) -> list[str]:
+    """The entries of a state folder that no run state writes (a user's NOTES.md, a plots/ folder), sorted; the
+    output-folder module's siblings of a killed write are not in it (they lie beside it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name not in STATE_ENTRIES)
+
+
+def _is_a_run_state(folder: Path) -> str | None:
+    """The owner check of a state write while a run holds the folder: one holding a run_state.json is replaced by
+    the next state (files a person added meanwhile are carried over, `save_run_state`)."""
     return None if (folder / STATE_FILE).is_file() else "holds no run state (no run_state.json)"
 
 
-def check_state_folder(state_dir) -> None:
-    """OutputFolderRefused unless `state_dir` is missing, empty or a run state (checked before a run trains)."""
+def _is_only_a_run_state(folder: Path) -> str | None:
+    """The owner check before a run trains: a run state and nothing else (the folder is the package's alone)."""
+    if not (folder / STATE_FILE).is_file():
+        return "holds no run state (no run_state.json)"
+    other = foreign_entries(folder)
+    if other:
+        shown = ", ".join(other[:4]) + (", …" if len(other) > 4 else "")
+        return f"holds files a run state does not write ({shown}): the folder is the run state's alone; move them out, or"
+    return None
+
+
+def check_state_folder(state_dir, output_dir=None) -> None:
+    """Before a run trains: OutputFolderRefused unless `state_dir` is missing, empty or a run state and nothing else;
+    RunStateError when the run's `output_dir` is the state folder or inside it (a state write replaces the folder
+    whole, and with it the run's checkpoints)."""
+    state_dir = Path(state_dir)
+    if output_dir is not None:
+        state, output = Path(os.path.abspath(state_dir)), Path(os.path.abspath(output_dir))
+        if output == state or state in output.parents:
+            raise RunStateError(f"training.output_dir {output_dir} is {'the run state folder' if output == state else 'inside the run state folder'} "
+                                f"run_state.directory={state_dir}, which every state write replaces whole; give an "
+                                "output folder outside it")
     check_output_folder(state_dir, STATE_WRITER, option="run_state.directory", overwrite_option=None,
-                        owner_check=_holds_run_state)
+                        owner_check=_is_only_a_run_state)
+
+
+def file_digest(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_record(folder: Path) -> dict:
+    """`{relative path: {"sha256", "bytes"}}` of every file a state write put into `folder` (all but its record and
+    README, which are written after)."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative not in (STATE_FILE, README_FILE, MARKER):
+            files[relative] = {"sha256": file_digest(path), "bytes": path.stat().st_size}
+    return files
+
+
+def _state_disk_full(error: OSError, folder: Path, what: str) -> OSError:
+    """`error`, or for a full disk a DiskFullError naming the device and folder of the write (the state folder or
+    the restore's output folder, which may lie on another disk than the command's output)."""
+    if not names_full_disk(error):
+        return error
+    return DiskFullError(f"no space left on {device_of(folder)} while writing {what} in {folder}; free space there (or "
+                         "give a folder on a larger disk), then run the command again with --resume auto (the complete "
+                         "checkpoints and states are kept)")
 
 
 # ------------------------------------------------------------------------------------------ write
 
 def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = None, data_root=None,
                    data_description: dict | None = None, moments_dtype: str = "float32", best_dtype: str = "float32",
-                   best_dir=None) -> dict:
+                   best_dir=None, run: dict | None = None) -> dict:
     """Write the run state of a complete Trainer `checkpoint` into `state_dir`, written beside it and renamed into place
     (processing/output_folder.py: a kill leaves the last state; a non-empty folder holding no run state is refused,
-    `OutputFolderRefused`); returns its run_state.json record.
+    `OutputFolderRefused`); returns its run_state.json record. Files a person put into the folder beside the last
+    state are carried into the new one (with a warning), never deleted.
 
     Args:
         source: the model folder the run started from (its tensors are not copied); None stores every tensor.
@@ -254,6 +341,7 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
         moments_dtype / best_dtype: "float32" (exact) or "bfloat16" (half the bytes) for the optimizer's moments and
             for the best model's weights.
         best_dir: the run's `best/` folder (the model kept by `evaluation.best_metric`), if any.
+        run: the settings that define the run (training/run.py `run_definition`), checked when it is continued.
     """
     checkpoint, state_dir = Path(checkpoint), Path(state_dir)
     for name, value in (("moments_dtype", moments_dtype), ("best_dtype", best_dtype)):
@@ -267,9 +355,22 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
 
     data = data_description if data_description is not None else (data_digest(data_root) if data_root else None)
     state_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        record, stored, model = _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, command, data,
+                                             moments_dtype, best_dtype, best_dir, run)
+    except OSError as error:
+        raise _state_disk_full(error, state_dir, f"the run state of step {trainer_state.get('global_step')}") from error
+    logger.info("run state of step %s written to %s (%.1f MB; %d of %d tensors stored, the rest from %s)",
+                record["global_step"], state_dir, folder_size(state_dir) / 2**20, len(stored), len(model), source)
+    return record
+
+
+def _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, command, data, moments_dtype, best_dtype,
+                 best_dir, run):
+    carried = foreign_entries(state_dir) if (state_dir / STATE_FILE).is_file() else []
     # written beside and renamed into place; a folder of other files is refused (processing/output_folder.py)
     with writing_output_folder(state_dir, STATE_WRITER, option="run_state.directory", overwrite_option=None,
-                               owner_check=_holds_run_state, marker=False) as staging:
+                               owner_check=_is_a_run_state, marker=False) as staging:
         (staging / CHECKPOINT_FILES).mkdir()
         model = _weights_for_state(checkpoint)
         stored, from_source = _split_from_source(model, source_tensors)
@@ -308,18 +409,23 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
             "max_steps": trainer_state.get("max_steps"),
             "command": command,
             "written_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "run": run,
             "source": None if source is None else {"path": str(source), "digest": tensor_digest(source_tensors)},
             "data": data,
             "model": {"digest": tensor_digest(model), "stored": len(stored), "from_source": from_source},
             "optimizer": optimizer_record,
             "checkpoint_files": kept,
             "best": best_record,
+            "files": _file_record(staging),
         }
         (staging / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
         (staging / README_FILE).write_text(describe_run_state(record), encoding="utf-8")
-    logger.info("run state of step %s written to %s (%.1f MB; %d of %d tensors stored, the rest from %s)",
-                record["global_step"], state_dir, folder_size(state_dir) / 2**20, len(stored), len(model), source)
-    return record
+        for name in carried:  # a person's files, added while the run wrote here: kept, not part of the state
+            entry = state_dir / name.rstrip("/")
+            logger.warning("%s: %s is not part of a run state; carried into the new state (move it out: the folder is "
+                           "the run state's alone)", state_dir, entry.name)
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, staging / entry.name)
+    return record, stored, model
 
 
 def describe_run_state(record: dict) -> str:
@@ -339,8 +445,9 @@ def describe_run_state(record: dict) -> str:
         "RNG and data position. Untrained tensors come from the source model, checked by digest on restore: "
         f"`{source}`.",
         "",
-        "Continue the run (on any machine, from a clone of this repository); with `--resume auto` it starts from this "
-        "state when its output folder holds no newer checkpoint, and rewrites this folder at every checkpoint:",
+        "This folder is the run state's alone: every checkpoint of the run replaces it whole. Continue the run (on any "
+        "machine, from a clone of this repository) with the command below; it starts from this state when its output "
+        "folder holds no newer checkpoint, and refuses another recipe:",
         "",
         "```bash",
         str(record.get("command")),
@@ -351,18 +458,102 @@ def describe_run_state(record: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ read
 
+_NONE = type(None)
+# the shape of run_state.json: (key path, accepted types); checked before any of it is used
+_RECORD_SHAPE = (
+    (("global_step",), int), (("max_steps",), int), (("command",), (str, _NONE)), (("run",), (dict, _NONE)),
+    (("source",), (dict, _NONE)), (("data",), (dict, _NONE)), (("model",), dict), (("model", "digest"), str),
+    (("model", "from_source"), dict), (("optimizer",), (dict, _NONE)), (("checkpoint_files",), list),
+    (("best",), (dict, _NONE)), (("files",), dict),
+)
+_SOURCE_SHAPE = ((("source", "path"), str), (("source", "digest"), str))
+_OPTIMIZER_SHAPE = ((("optimizer", "moments_dtype"), str), (("optimizer", "state"), dict),
+                    (("optimizer", "param_groups"), list))
+_BEST_SHAPE = ((("best", "record"), dict), (("best", "record", "step"), int), (("best", "from_source"), dict),
+               (("best", "stored_dtypes"), dict))
+
+
+def _shape_fault(record: dict) -> str | None:
+    """What in `record` is not of a run state's shape ('"model.digest" is missing'), or None."""
+    shapes = list(_RECORD_SHAPE)
+    for key, extra in (("source", _SOURCE_SHAPE), ("optimizer", _OPTIMIZER_SHAPE), ("best", _BEST_SHAPE)):
+        if isinstance(record.get(key), dict):
+            shapes += extra
+    for keys, types in shapes:
+        value, name = record, ".".join(keys)
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return f'"{name}" is missing'
+            value = value[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and types is int):
+            wanted = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            return f'"{name}" is {type(value).__name__}, not {wanted}'
+    for name, spec in record["files"].items():
+        if not (isinstance(spec, dict) and isinstance(spec.get("sha256"), str) and isinstance(spec.get("bytes"), int)):
+            return f'"files.{name}" is not a digest record (sha256, bytes)'
+    return None
+
+
 def read_run_state(state_dir) -> dict | None:
-    """The run_state.json record of `state_dir` (None when it holds no state)."""
+    """The run_state.json record of `state_dir` (None when it holds no state).
+
+    Raises:
+        RunStateError: the record is not JSON, of another format, or not of a run state's shape (one line naming the
+            file and what is wrong)."""
     path = Path(state_dir) / STATE_FILE
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunStateError(f"{path}: not a run state record ({error})") from error
+        raise RunStateError(f"{path}: damaged run state file: not JSON ({error})") from error
+    if not isinstance(record, dict):
+        raise RunStateError(f"{path}: damaged run state file: a JSON {type(record).__name__}, not a run state record")
     if record.get("format") != FORMAT_VERSION:
-        raise RunStateError(f"{path}: run state format {record.get('format')!r}; this version reads {FORMAT_VERSION}")
+        raise RunStateError(f"{path}: run state format {record.get('format')!r}; this version reads {FORMAT_VERSION} (an "
+                            "earlier state is continued by the version of the package that wrote it: git history)")
+    fault = _shape_fault(record)
+    if fault is not None:
+        raise RunStateError(f"{path}: damaged run state file: {fault}")
     return record
+
+
+def check_state_files(record: dict, state_dir) -> None:
+    """RunStateError naming the first file of `state_dir` that is missing or not the one written (its size or
+    sha256 differ from run_state.json's: truncated, a Git LFS pointer, edited). Nothing is read otherwise."""
+    state_dir = Path(state_dir)
+    for name, spec in record["files"].items():
+        path = state_dir / name
+        if not path.is_file():
+            raise RunStateError(f"{path}: damaged run state: the file is missing (run_state.json lists it)")
+        size = path.stat().st_size
+        fault = None
+        if size != spec["bytes"]:
+            with open(path, "rb") as handle:
+                pointer = handle.read(len(LFS_POINTER)) == LFS_POINTER
+            fault = ("a Git LFS pointer, not the file (fetch it: git lfs pull)" if pointer else
+                     f"{size} bytes, {spec['bytes']} when written (truncated or replaced)")
+        elif file_digest(path) != spec["sha256"]:
+            fault = "its sha256 differs from the one written (the file was changed)"
+        if fault is not None:
+            raise RunStateError(f"{path}: damaged run state file: {fault}; nothing was restored")
+
+
+def check_same_run(record: dict, run: dict | None, state_dir) -> None:
+    """RunStateError when `run` (the settings of the run about to continue, `run_definition`) differs from those
+    the state was written by: a state continues only its own run. Names the differing settings."""
+    recorded = record.get("run")
+    if recorded is None or run is None:
+        return
+    missing = object()
+    differs = [key for key in sorted(set(recorded) | set(run)) if recorded.get(key, missing) != run.get(key, missing)]
+    if not differs:
+        return
+    shown = "; ".join(f"{key}: {recorded.get(key, '(unset)')!r} then, {run.get(key, '(unset)')!r} now" for key in differs[:4])
+    more = f" and {len(differs) - 4} more" if len(differs) > 4 else ""
+    raise RunStateError(f"run_state.directory={state_dir} holds step {record['global_step']} of another run: its settings "
+                        f"differ ({shown}{more}). A state continues only the run that wrote it: run {record.get('command')} "
+                        "to continue it, or give another run_state.directory for a new run")
 
 
 def _check_data(record: dict, state_dir: Path, data_root, data_description: dict | None) -> None:
@@ -370,32 +561,39 @@ def _check_data(record: dict, state_dir: Path, data_root, data_description: dict
     if recorded is None or (data_root is None and data_description is None):
         return
     current = data_description if data_description is not None else data_digest(data_root)
-    differs = [part for part in ("records", "images") if recorded.get(part) != current.get(part)]
+    differs = [part for part in ("records", "images", "media") if recorded.get(part) != current.get(part)]
     if differs == ["images"] and recorded.get("pixels") is not None and recorded["pixels"] == current.get("pixels"):
         logger.info("%s: the data's image files are encoded otherwise than when the state was written, with the same "
                     "pixels in the images compared (another Pillow or zlib); continuing", state_dir)
         return
     if differs:
+        words = {"records": "records", "images": "images", "media": "depth or camera files"}
         raise RunStateError(
-            f"{state_dir}: the run trained on other data than {data_root or current.get('folder')} ({' and '.join(differs)} "
-            f"differ: {recorded.get('files')} files then, {current.get('files')} now); continuing it there would change "
-            "its samples and their order. Give the data root the run trained on (run_state.json \"data\" names its "
-            "folder and digests; the command that wrote it, e.g. gap-mllm synth, writes the same again), or start a new run")
+            f"{state_dir}: the run trained on other data than {data_root or current.get('folder')} "
+            f"({' and '.join(words[part] for part in differs)} differ: {recorded.get('files')} files then, "
+            f"{current.get('files')} now); continuing it there would change its samples and their order. Give the data "
+            "root the run trained on (run_state.json \"data\" names its folder and digests; the command that wrote it, "
+            "e.g. gap-mllm synth, writes the same again), or start a new run")
 
 
-def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, data_description: dict | None = None) -> Path:
+def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, data_description: dict | None = None,
+                      run: dict | None = None) -> Path:
     """Rebuild the checkpoint of `state_dir` as `<output_dir>/checkpoint-<step>` (staged, then renamed), and the best
     model as `<output_dir>/best`; returns the checkpoint folder.
 
     Raises:
-        RunStateError: no state there; `source` (the model the run started from) is not the recorded one; the data
-            differ; or the rebuilt weights do not match the checkpoint's digest. Nothing is written then.
+        RunStateError: no state there; a file of it is damaged (`read_run_state`, `check_state_files`); `run` (the
+            settings of the run that continues it) is not the recorded one; `source` (the model the run started
+            from) is not the recorded one; the data differ; or the rebuilt weights do not match the checkpoint's
+            digest. Nothing is written then.
     """
     state_dir, output_dir = Path(state_dir), Path(output_dir)
     record = read_run_state(state_dir)
     if record is None:
         raise RunStateError(f"{state_dir}: no {STATE_FILE} (no run state here)")
     step = record["global_step"]
+    check_same_run(record, run, state_dir)
+    check_state_files(record, state_dir)
 
     source_tensors = {}
     if record["source"] is not None:
@@ -415,26 +613,32 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
     if tensor_digest(model) != record["model"]["digest"]:
         raise RunStateError(f"{state_dir}: the rebuilt weights of step {step} do not match the checkpoint's digest "
                             f"(the state's {WEIGHTS_FILE} was changed, or the source is not the recorded one)")
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = staging_root(output_dir, step)
-    shutil.rmtree(staging, ignore_errors=True)
-    folder = staging / f"checkpoint-{step}"
-    folder.mkdir(parents=True)
-    save_file(model, folder / MODEL_FILE, metadata={"format": "pt"})
+    optimizer = None
     if record["optimizer"] is not None:
-        moments = load_file(state_dir / MOMENTS_FILE)
-        torch.save(_unpack_optimizer(moments, record["optimizer"]), folder / OPTIMIZER_FILE)
-    for name in record["checkpoint_files"]:
-        shutil.copy2(state_dir / CHECKPOINT_FILES / name, folder / name)
-    target = output_dir / folder.name
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(folder, target)
-    shutil.rmtree(staging, ignore_errors=True)
+        optimizer = _unpack_optimizer(load_file(state_dir / MOMENTS_FILE), record["optimizer"])
 
-    best = record.get("best")
-    if best is not None:
-        _restore_best(state_dir, output_dir, best, source_tensors, record)
+    # every check passed: now the output folder is written (a failed write leaves no staging folder behind)
+    staging = staging_root(output_dir, step)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        folder = staging / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file(model, folder / MODEL_FILE, metadata={"format": "pt"})
+        if optimizer is not None:
+            torch.save(optimizer, folder / OPTIMIZER_FILE)
+        for name in record["checkpoint_files"]:
+            shutil.copy2(state_dir / CHECKPOINT_FILES / name, folder / name)
+        target = output_dir / folder.name
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(folder, target)
+        best = record.get("best")
+        if best is not None:
+            _restore_best(state_dir, output_dir, best, source_tensors, record)
+    except OSError as error:
+        raise _state_disk_full(error, output_dir, f"the checkpoint of step {step} restored from {state_dir}") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     logger.info("restored step %d of %s from the run state %s into %s", step, record.get("max_steps"), state_dir, target)
     return target
 
@@ -455,17 +659,33 @@ def _restore_best(state_dir: Path, output_dir: Path, best: dict, source_tensors:
                 shutil.copy2(path, staging / path.name)
 
 
-def restore_if_newer(state_dir, output_dir, *, source=None, data_description: dict | None = None) -> str | None:
+def put_back_interrupted_write(state_dir) -> None:
+    """A state write killed between its two renames left the last state moved aside (`.<name>.gap-mllm-replaced`)
+    and no folder: put it back (and delete a half-written sibling), so the restore decision sees it. Call while
+    holding the folder's lock (no write of a live run is undone)."""
+    state_dir = Path(os.path.abspath(state_dir))
+    if sibling(state_dir, REPLACED_SUFFIX).is_dir() or sibling(state_dir, PARTIAL_SUFFIX).is_dir():
+        had = state_dir.exists()
+        clean_leftovers(state_dir)
+        if not had and state_dir.is_dir():
+            logger.warning("%s: put back the run state a killed write had moved aside", state_dir)
+
+
+def restore_if_newer(state_dir, output_dir, *, source=None, data_description: dict | None = None,
+                     run: dict | None = None) -> str | None:
     """The checkpoint to resume from under `--resume auto` with a run state: the state's, rebuilt in `output_dir`,
     when the folder holds no complete checkpoint of that step or later (a fresh machine); else the folder's newest.
-    `data_description`: the run's data (`data_digest`), checked against the state's."""
+    `data_description`: the run's data (`data_digest`), checked against the state's; `run`: the run's settings
+    (`run_definition`), checked against the state's either way (the run writes its states there)."""
+    put_back_interrupted_write(state_dir)
     local = find_resumable_checkpoint(output_dir)
     record = read_run_state(state_dir)
     if record is None:
         return local
+    check_same_run(record, run, state_dir)
     if local is not None and checkpoint_step(local) >= record["global_step"]:
         return local
-    return str(restore_run_state(state_dir, output_dir, source=source, data_description=data_description))
+    return str(restore_run_state(state_dir, output_dir, source=source, data_description=data_description, run=run))
 
 
 # ------------------------------------------------------------------------------------------ during training
@@ -475,10 +695,10 @@ class RunStateCallback(TrainerCallback):
     `data_description`: the run's data (`data_digest`, computed once per run by its caller)."""
 
     def __init__(self, state_dir, *, source=None, command=None, data_description=None, moments_dtype="float32",
-                 best_dtype="float32"):
+                 best_dtype="float32", run=None):
         self.state_dir = Path(state_dir)
         self.settings = {"source": source, "command": command, "data_description": data_description,
-                         "moments_dtype": moments_dtype, "best_dtype": best_dtype}
+                         "moments_dtype": moments_dtype, "best_dtype": best_dtype, "run": run}
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:

@@ -1,17 +1,20 @@
-"""Stop a run after a wall-clock limit with a checkpoint that resumes it (`time_limit_s` of a recipe).
+"""Stop a run after a wall-clock limit, or at a SIGTERM, with a checkpoint that resumes it (`time_limit_s` of a recipe).
 
 A job scheduler's slot (a Slurm allocation, a lent GPU for ten minutes at a time) ends at a fixed time;
 killed there, a run loses everything since its last `save_steps` checkpoint, and a kill while a checkpoint is
 being written leaves a half-written one. `TimeLimitCallback` ends training at the first optimizer step after
 the limit and has Trainer save a full checkpoint there (model, optimizer, scheduler, RNG, data position), so
-the same command with `--resume auto` continues with the same schedule and batch order. Such a run is not
-finished: `run_training` then writes no final model and `TrainingStoppedAtTimeLimit.check` raises for callers
-that need the whole schedule (the `make mini` pipeline).
+the run continues with the same schedule and batch order. Such a run is not finished: `run_training` then writes
+no final model and raises `TrainingStoppedAtTimeLimit`, whose message names the command that continues it
+(`gap-mllm train ... --resume auto`; `gap-mllm mini ...` as it was typed), whether the run counts steps or epochs;
+the command line prints it as one line and exits with status 75 (`RUN_STOPPED_STATUS`), so `train && evaluate`
+stops there.
 
 A scheduler that ends a slot early says so with SIGTERM (Slurm's `--signal`, `timeout`, a session that must stop
-now): while such a run trains, SIGTERM ends it the same way, at the next step end with a checkpoint, instead of
-killing it between checkpoints. The handler is installed only for the training loop and only in the main thread;
-outside it (building the feature cache, evaluation) SIGTERM keeps its default meaning, since nothing there is lost.
+now): every run (with or without `time_limit_s`) ends the same way then, at the next step end with a checkpoint,
+instead of being killed between checkpoints. The handler is installed only for the training loop and only in the
+main thread; outside it (building the feature cache, evaluation) SIGTERM keeps its default meaning, since nothing
+there is lost.
 """
 
 from __future__ import annotations
@@ -26,28 +29,23 @@ from gap_mllm.processing.errors import RunStoppedEarly
 
 
 class TrainingStoppedAtTimeLimit(RunStoppedEarly):
-    """A run stopped at its `time_limit_s` (or a SIGTERM) before `max_steps`; its newest checkpoint resumes it."""
+    """A run stopped at its `time_limit_s` (or a SIGTERM) before its last step; its newest checkpoint resumes it.
+    `result`: Trainer's output of the stopped run (set by `run_training`)."""
 
-    @classmethod
-    def check(cls, global_step: int, max_steps: int, output_dir: str) -> None:
-        """Raise when a run ended before its last step (what a time-limited stop leaves)."""
-        if max_steps > 0 and global_step < max_steps:
-            raise cls(f"training stopped at its time limit (or a SIGTERM) after step {global_step} of {max_steps}; a checkpoint in "
-                      f"{output_dir} holds the full state, and the same command with --resume auto (the make mini "
-                      "pipeline: the same command) continues it")
+    result = None
 
 
 class TimeLimitCallback(TrainerCallback):
     """Ends training at the first step end at least `limit_s` seconds after training began (the model,
-    data and optimizer built; a resume's skipped batches included), or after a SIGTERM received while it
-    trains, with a checkpoint saved there.
+    data and optimizer built; a resume's skipped batches included; None: no limit), or after a SIGTERM received
+    while it trains, with a checkpoint saved there.
 
     `clock` is injectable for tests (`time.monotonic` by default)."""
 
-    def __init__(self, limit_s: float, clock=time.monotonic):
-        if not limit_s > 0:
+    def __init__(self, limit_s: float | None, clock=time.monotonic):
+        if limit_s is not None and not limit_s > 0:
             raise ValueError(f"time_limit_s={limit_s!r}: expected a positive number of seconds")
-        self.limit_s = float(limit_s)
+        self.limit_s = None if limit_s is None else float(limit_s)
         self.clock = clock
         self.started = None
         self.reached = False
@@ -64,7 +62,7 @@ class TimeLimitCallback(TrainerCallback):
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def on_step_end(self, args, state, control, **kwargs):
-        late = self.started is not None and self.clock() - self.started >= self.limit_s
+        late = self.limit_s is not None and self.started is not None and self.clock() - self.started >= self.limit_s
         if (late or self.terminated) and state.global_step < state.max_steps:
             self.reached = True
             control.should_save = True

@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-to", default=None, help='shortcut for --set training.report_to=... ("none", "tensorboard", "wandb", ...)')
     parser.add_argument("--data-root", default=None, help="shortcut for --set data.data_root=...")
     parser.add_argument("--time-limit-s", type=positive_seconds, default=None,
-                        help="stop after this many seconds of training with a checkpoint; the same command with "
-                             "--resume auto continues it (shortcut for --set time_limit_s=...)")
+                        help="stop after this many seconds of training with a checkpoint (a SIGTERM stops any run so), "
+                             "exit status 75; the line printed names the command that continues it, this one with "
+                             "--resume auto (shortcut for --set time_limit_s=...)")
     parser.add_argument("--run-state", default=None, metavar="DIR",
                         help="after every checkpoint, keep the run's state (the checkpoint without what the starting model "
                              "holds) in DIR, a folder git can carry; on a machine without the checkpoint, --resume auto "

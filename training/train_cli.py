@@ -1,7 +1,8 @@
 """`gap-mllm train --config RECIPE.yaml [--set section.key=value ...] [--resume auto|DIR] [--device auto|cpu|cuda]`.
 
-`--time-limit-s N` stops after N seconds of training (or at a SIGTERM) with a checkpoint; `--resume auto` continues it
-(training/time_limit.py), for schedulers that give a run fixed slots of time. `--run-state DIR` keeps the run's state
+`--time-limit-s N` stops after N seconds of training with a checkpoint, and a SIGTERM (with or without it) at the
+next step; the command then exits with status 75 and prints the command that continues it (itself with
+`--resume auto`, training/time_limit.py), for schedulers that give a run fixed slots of time. `--run-state DIR` keeps the run's state
 in a folder a git repository can carry, and `--resume auto` continues from it on a machine that lost the output
 folder (training/run_state.py).
 
@@ -42,12 +43,8 @@ def main(args: argparse.Namespace) -> int:
         logging.getLogger("gap_mllm").addHandler(handler)
         logging.getLogger("gap_mllm").setLevel(logging.INFO)
     hf_logging.set_verbosity_info()
+    # a stopped run raises TrainingStoppedAtTimeLimit: one line and status 75 (cli/errors.py), never "trained"
     result = run_training(recipe, resume_from_checkpoint=args.resume)
-    max_steps = int(recipe.training.get("max_steps", -1))
-    if recipe.time_limit_s is not None and 0 < result.global_step < max_steps:
-        print(f"stopped at the time limit after step {result.global_step} of {max_steps}; the checkpoint in "
-              f"{recipe.training['output_dir']} resumes it: the same command with --resume auto")
-        return 0
     print(f"trained {result.global_step} steps, final train loss {result.training_loss:.4f}; saved to {recipe.training['output_dir']}")
     return 0
 
@@ -55,4 +52,6 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="gap-mllm train", description="GAP-MLLM geometry-aligned pre-training / fine-tuning")
     add_arguments(parser)
-    sys.exit(main(parser.parse_args()))
+    from gap_mllm.cli.errors import run_command
+
+    sys.exit(run_command("train", main, parser.parse_args()))
