@@ -320,8 +320,9 @@ def test_item11_a_diverged_run_is_one_line_naming_the_step_and_the_run(tmp_path,
 
     assert run_command("train", diverging, None) == 1
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"gap-mllm train: error: training diverged at optimizer step 7 of "
-                                                   f"the run in {tmp_path}: the gradient norm is nan")
+    assert len(lines) == 1 and lines[0].startswith(f"gap-mllm train: error: training diverged at optimizer step 7: the "
+                                                   f"gradient norm is nan (a NaN or infinite loss or gradient) in the run "
+                                                   f"writing {tmp_path}; ")
 
 
 def test_item11_a_cache_entry_of_nan_features_is_named_as_an_entry(tmp_path, recon_dataset, caplog):  # noqa: F811

@@ -27,9 +27,10 @@ def divergence_message(step: int, grad_norm: float, output_dir: str) -> str:
     checkpoint = find_resumable_checkpoint(output_dir)
     resume = (f"the newest checkpoint, {checkpoint}, holds the finite weights before it and resumes the run"
               if checkpoint else f"no checkpoint was written yet in {output_dir}")
-    return (f"training diverged at optimizer step {step} of the run in {output_dir}: the gradient norm is {grad_norm} "
-            "(a NaN or infinite loss or gradient); the step was not applied and nothing after it was saved; {resume}. The same batches "
-            "follow on a resume, so change what diverged first: a lower training.learning_rate, a longer "
+    return (f"training diverged at optimizer step {step}: the gradient norm is {grad_norm} (a NaN or infinite loss "
+            f"or gradient) in the run writing {output_dir}; the step was not applied and nothing after it was saved; "
+            f"{resume}. The same batches follow on a resume, so change what diverged first: a lower "
+            "training.learning_rate, a longer "
             "training.warmup_steps, or float32 instead of half-precision autocast (--set training.bf16=false "
             "--set training.fp16=false)")
 
