@@ -76,8 +76,12 @@ def test_a_time_limited_cli_run_says_how_to_continue_and_the_same_command_finish
     argv = ["--config", str(RECIPES / "stage1_pretrain.yaml"), "--output-dir", str(out), "--resume", "auto",
             "--data-root", str(train_data_root), "--report-to", "none", "--set", "model.tiny=tiny",
             "--set", f"data.cache_dir={tmp_path / 'hf'}", "--set", "cache.enabled=false", *sum((["--set", o] for o in CPU), [])]
-    assert run_cli([*argv, "--time-limit-s", "1e-9"]) == 0  # past the limit after the first step
-    assert "stopped at the time limit after step 1 of 2" in capsys.readouterr().out
+    from gap_mllm.cli.errors import run_command
+
+    # past the limit after the first step: the stop status (issue 55, item 1), never "trained"
+    assert run_command("train", run_cli, [*argv, "--time-limit-s", "1e-9"]) == 75
+    captured = capsys.readouterr()
+    assert "training stopped at its time limit (1e-09 s) after step 1 of 2" in captured.err and "trained" not in captured.out
     assert not (out / "model.safetensors").exists() and (out / "checkpoint-1").is_dir()
     assert run_cli(argv) == 0
     assert "trained 2 steps" in capsys.readouterr().out and (out / "model.safetensors").is_file()
