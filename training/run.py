@@ -226,9 +226,10 @@ def save_final_model(trainer, output_dir=None) -> None:
 # stages of `gap-mllm mini`, which train through run_training as well
 TRAIN_WRITER = "gap-mllm train"
 # recipe settings that say where a run writes and how it reports, not what it trains: a run state is continued under
-# other values of these (the source model and the data are checked by their digests instead of their paths)
-NOT_DEFINING = ("time_limit_s", "device", "run_state.", "model.name_or_path", "data.data_root", "data.cache_dir",
-                "cache.directory", "cache.batch_size", "training.output_dir", "training.logging_dir",
+# other values of these (the source model and the data are checked by their digests instead of their paths; the
+# encoders a fresh model took from `model.encoders_from` are stored in the state, whose weights are checked whole)
+NOT_DEFINING = ("time_limit_s", "device", "run_state.", "model.name_or_path", "model.encoders_from", "data.data_root",
+                "data.cache_dir", "cache.directory", "cache.batch_size", "training.output_dir", "training.logging_dir",
                 "training.report_to", "training.run_name", "training.disable_tqdm", "training.dataloader_num_workers",
                 "training.logging_steps", "training.save_steps", "training.save_total_limit", "evaluation.batch_size")
 
