@@ -39,6 +39,9 @@ $(STAMP): setup.py | $(PY)
 	@$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA %s build)' % torch.version.cuda if torch.version.cuda else '(CPU build)')"
 	# the lmms-eval plugin's evaluator, without lmms-eval's own requirements (they pull a CUDA torch): setup.py
 	$(PIP) install --no-deps "$$($(PY) -c 'from gap_mllm.evaluation.lmms_eval_plugin import LMMS_EVAL_REQUIREMENT as r; print(r)')"
+	# xgrammar (constrained decoding) without triton, which only its CUDA kernels use (286 MB): setup.py
+	$(PIP) install --no-deps $$($(PY) -c 'from gap_mllm.answer_grammar_processor import XGRAMMAR_INSTALL as r; print(*r)')
+	$(PIP) install "pydantic>=2"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -70,6 +70,10 @@ EXTRAS = {
     # cross-entropy, DeepSpeed (ZeRO-2/3: training/configs). flash-attn-4 shares the `flash_attn` folder with
     # flash-attn 2.x (its `cute` part): install it after flash-attn, as `make gpu-venv` does.
     "gpu": ["flash-attn-4[cu13]==4.0.0b36", "liger-kernel==0.8.5", "deepspeed==0.19.8"],
+    # constrained decoding (modeling_gap_mllm/answer_grammar_processor.py: XGRAMMAR_REQUIREMENT). `make install`
+    # installs it with --no-deps and its few imports (XGRAMMAR_INSTALL, 5 MB), skipping triton (286 MB on Linux
+    # x86-64), which only xgrammar's CUDA kernels use; this extra is the plain pip route, triton included.
+    "grammar": ["xgrammar==0.2.8"],
 }
 # The lmms-eval plugin (evaluation/lmms_eval_plugin). lmms-eval itself is installed WITHOUT its requirements,
 # `pip install --no-deps lmms-eval==0.7.3` (make install does; the pin is LMMS_EVAL_REQUIREMENT in

@@ -8,7 +8,9 @@ files (decoded video frames) carry a `scene` name instead.
 `BatchGenerator` turns a list of requests into texts with the package collator (system prompt, chat
 template, generation prompt) and `model.generate(do_sample=False, num_beams=1)`, stopping each row at
 the end of its answer (the task's stop rule) unless the request asks for the official behaviour (EOS
-or budget only); prompts are left-padded so every row ends at the generation point.
+or budget only), and keeping it inside the task's answer grammar when the request is `constrained`
+(`TaskSpec.logits_processor`; off by default: the paper's protocol decodes freely); prompts are
+left-padded so every row ends at the generation point.
 """
 
 from __future__ import annotations
@@ -37,6 +39,29 @@ class Request:
     # what names the views when they are not files (frames decoded from a video): requests with the same `scene`
     # share one encoding under scene reuse (scene_generation.request_scene); None: the image paths name them
     scene: str | None = None
+    constrained: bool = False  # decode inside the task's answer grammar (needs `task`; TaskSpec.logits_processor)
+
+
+def answer_rules(requests: list[Request], tokenizer, prompt_length: int, budget: int) -> dict:
+    """The `generate` arguments that one call's requests share: the task's stop rule (unless the official behaviour
+    is asked for) and, for constrained requests, its grammar's logits processor for the call's token `budget`.
+    `prompt_length`: where the answers start in the rows `generate` sees.
+
+    Raises:
+        ValueError: the requests mix tasks or settings, or a constrained request names no task.
+    """
+    settings = {(r.task, r.stop_at_answer_end, r.constrained) for r in requests}
+    if len(settings) != 1:
+        raise ValueError(f"one generate() call needs one task, stop and grammar setting, got {sorted(settings, key=str)}")
+    task, stop, constrained = settings.pop()
+    if constrained and task is None:
+        raise ValueError("a constrained request needs its task (the grammar of its answer); a free prompt has none")
+    kwargs = {}
+    if task is not None and stop:
+        kwargs["stopping_criteria"] = resolve_task(task).stopping_criteria(tokenizer, prompt_length)
+    if constrained:
+        kwargs["logits_processor"] = resolve_task(task).logits_processor(tokenizer, prompt_length, budget)
+    return kwargs
 
 
 class BatchGenerator:
@@ -83,13 +108,7 @@ class BatchGenerator:
         budget = max(r.max_new_tokens for r in requests)
         if self.max_new_tokens is not None:
             budget = min(budget, self.max_new_tokens)
-        kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1}
-        stops = {(r.task, r.stop_at_answer_end) for r in requests}
-        if len(stops) != 1:
-            raise ValueError(f"one generate() call needs one task and stop setting, got {sorted(stops, key=str)}")
-        task, stop = stops.pop()
-        if task is not None and stop:
-            kwargs["stopping_criteria"] = resolve_task(task).stopping_criteria(self.processor.tokenizer,
-                                                                               batch["input_ids"].shape[1])
+        kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1,
+                  **answer_rules(requests, self.processor.tokenizer, batch["input_ids"].shape[1], budget)}
         output = self.model.generate(**batch, **kwargs)
         return self.processor.decode_generated(output, batch["input_ids"])

@@ -5,8 +5,8 @@ folder skips the samples already answered. Those answers belong to the run that 
 another model, other data or other task settings, they would be scored as the new run's. So the folder
 also holds `run_fingerprint.json`, written before the first answer:
 
-    task   the benchmark, `official_compat` (it turns the stop rule off), the `max_new_tokens` cap and
-           the official token budget of each stage
+    task   the benchmark, `official_compat` (it turns the stop rule off), the `max_new_tokens` cap,
+           the official token budget of each stage and, when on, constrained decoding (`--constrained`)
     model  sha256 of the weight files of the model folder (*.safetensors, *.bin, *.pt, *.pth) and of
            its configuration, tokenizer and processor files (MODEL_CONFIGURATION_FILES); a Hub id is
            read from its local snapshot (the folder that is then loaded)
@@ -93,6 +93,8 @@ def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_token
             "official_compat": task.official_compat,
             "max_new_tokens": max_new_tokens,
             "stage_budgets": [spec.official_max_new_tokens for spec in task.stage_specs],
+            # only when on: a free run's fingerprint stays the one written before constrained decoding existed
+            **({"constrained": True} if getattr(task, "constrained", False) else {}),
         },
         "model": model_fingerprint(model_folder),
         "data": {
@@ -108,7 +110,7 @@ def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_token
 # what a difference is called in the refusal, per recorded field
 _FIELD_WORDS = {
     "task.name": "the task", "task.official_compat": "official_compat", "task.max_new_tokens": "the max_new_tokens cap",
-    "task.stage_budgets": "the official token budgets", "model.weights": "the model weights",
+    "task.stage_budgets": "the official token budgets", "task.constrained": "constrained decoding (--constrained)", "model.weights": "the model weights",
     "model.configuration": "the model's configuration/tokenizer files", "data.annotation_file": "the annotation file name",
     "data.annotation_sha256": "the annotation file's content", "data.kind": "the kind of data", "data.name": "the data",
     "data.details": "the data's scenes/records",

@@ -18,9 +18,8 @@ from collections import OrderedDict
 import torch
 
 from gap_mllm.processing.collator import sample_chat_text
-from gap_mllm.tasks_gap_mllm import resolve_task
 
-from .generation import BatchGenerator, Request
+from .generation import BatchGenerator, Request, answer_rules
 
 MAX_CACHED_SCENES = 2  # the runner sends one scene's samples together; 2 also covers a two-stage task
 
@@ -63,6 +62,14 @@ class SceneGenerator(BatchGenerator):
         self._scenes: OrderedDict[tuple, object] = OrderedDict()
         self.scenes_encoded = 0
 
+    @classmethod
+    def from_model(cls, model, processor, max_new_tokens: int | None = None,
+                   max_scenes: int = MAX_CACHED_SCENES) -> "SceneGenerator":
+        """A scene-reusing generator around a model already in memory (`BatchGenerator.from_model`)."""
+        generator = super().from_model(model, processor, max_new_tokens)
+        generator.max_scenes, generator._scenes, generator.scenes_encoded = max_scenes, OrderedDict(), 0
+        return generator
+
     def _split(self, request: Request) -> tuple[tuple, str]:
         """(scene key, question suffix): the chat text the collator builds (its checks included: a prompt holding
         a control token is a DataError naming the sample), cut after the last view."""
@@ -97,14 +104,10 @@ class SceneGenerator(BatchGenerator):
             budget = max(requests[i].max_new_tokens for i in members)
             if self.max_new_tokens is not None:
                 budget = min(budget, self.max_new_tokens)
-            kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1}
-            stops = {(requests[i].task, requests[i].stop_at_answer_end) for i in members}
-            if len(stops) != 1:
-                raise ValueError(f"one generate() call needs one task and stop setting, got {sorted(stops, key=str)}")
-            task, stop = stops.pop()
-            if task is not None and stop:  # inside generate(scene=...) the answer follows the prefix and the question
-                prompt_length = scene.prefix_ids.shape[1] + questions["input_ids"].shape[1]
-                kwargs["stopping_criteria"] = resolve_task(task).stopping_criteria(self.processor.tokenizer, prompt_length)
+            # inside generate(scene=...) the answer follows the prefix and the question
+            prompt_length = scene.prefix_ids.shape[1] + questions["input_ids"].shape[1]
+            kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1,
+                      **answer_rules([requests[i] for i in members], self.processor.tokenizer, prompt_length, budget)}
             output = self.model.generate(scene=scene, input_ids=questions["input_ids"],
                                          attention_mask=questions["attention_mask"], **kwargs)
             for index, text in zip(members, self.processor.decode_generated(output, questions["input_ids"]), strict=True):

@@ -115,8 +115,9 @@ class Benchmark:
     # generated, so a missing scorer fails at once and not after an evaluation's (or a training run's) work
     scoring_packages: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, official_compat: bool = False):
+    def __init__(self, official_compat: bool = False, constrained: bool = False):
         self.official_compat = official_compat
+        self.constrained = constrained  # decode inside each stage's answer grammar (`gap-mllm evaluate --constrained`)
 
     def check_scoring_dependencies(self) -> None:
         """MissingDependency (an ImportError) naming each missing scoring package of this task and how to install it."""
@@ -150,7 +151,7 @@ class Benchmark:
         # the official budget: the caller chose none (`--max-new-tokens` caps it), so lowering it to the model's
         # context is an INFO line, not a warning (generation_checks.py)
         return Request(images, prompt, pixel_coords, DefaultBudget(spec.official_max_new_tokens), task=spec.name,
-                       stop_at_answer_end=not self.official_compat)
+                       stop_at_answer_end=not self.official_compat, constrained=self.constrained)
 
 
 # ------------------------------------------------------------------------------------------ detection
@@ -422,13 +423,14 @@ if tuple(TASKS) != BENCHMARK_TASKS:  # the light list `gap-mllm evaluate --help`
     raise ImportError(f"evaluation/benchmark_names.py lists {BENCHMARK_TASKS}, the benchmarks are {tuple(TASKS)}")
 
 
-def get_task(name, official_compat: bool = False) -> Benchmark:
-    """The benchmark of a task name (deprecated names such as "det" resolve with a warning)."""
+def get_task(name, official_compat: bool = False, constrained: bool = False) -> Benchmark:
+    """The benchmark of a task name (deprecated names such as "det" resolve with a warning); `constrained`: its
+    answers are decoded inside their task's grammar (off: the paper's protocol decodes freely)."""
     spec = resolve_task(name)
     if spec.name not in TASKS:
         hint = f" (it is a stage of {GROUNDING.name!r}, which evaluates both)" if spec.name in GROUNDING.stages else ""
         raise ValueError(f"task {spec.name!r} has no benchmark{hint}; choose one of {', '.join(TASKS)}")
-    return TASKS[spec.name](official_compat)
+    return TASKS[spec.name](official_compat, constrained)
 
 
 def headline_value(summary: dict, key: str):

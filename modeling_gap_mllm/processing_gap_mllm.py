@@ -769,7 +769,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 raise ValueError(f"{name} has {len(per_row[name])} entries for {len(texts)} answers")
         return [spec.parse(text, **{name: values[i] for name, values in per_row.items()}) for i, text in enumerate(texts)]
 
-    def generation_kwargs(self, task, inputs, max_new_tokens: int | None = None) -> dict:
+    def generation_kwargs(self, task, inputs, max_new_tokens: int | None = None, constrained: bool = False) -> dict:
         """`generate` arguments for `task`: greedy decoding, the task's token budget (or `max_new_tokens`)
         and its stop rule, so generation ends with the answer instead of running to the budget.
 
@@ -777,10 +777,12 @@ class GapMllmProcessor(Qwen3VLProcessor):
             task: the task name (or `TaskSpec`).
             inputs: this processor's output (or the prompt `input_ids` `[B, L]`); left padding keeps the
                 answers of a batch aligned.
+            constrained: keep every answer inside the task's answer grammar (a `logits_processor`, xgrammar),
+                so it is always in the task's format; off by default, as in transformers and vLLM.
         """
         input_ids = inputs if isinstance(inputs, (torch.Tensor, np.ndarray)) else inputs["input_ids"]
         prompt_length = input_ids.shape[-1] if hasattr(input_ids, "shape") else len(self._rows(input_ids)[0])
-        return resolve_task(task).generation_kwargs(self.tokenizer, prompt_length, max_new_tokens)
+        return resolve_task(task).generation_kwargs(self.tokenizer, prompt_length, max_new_tokens, constrained)
 
     def post_process_detection(self, generated, input_ids=None) -> list[DetectionResult]:
         """Parse detection answers (see `output_parsing.parse_detection`), one result per row."""

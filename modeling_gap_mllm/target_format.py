@@ -35,6 +35,18 @@ DEFAULT_DECIMALS = 2
 # The label key of the pre-training answer is not public (docs/method.md §4.1, §10.1); "label" is our choice.
 POINTMAP_LABEL_KEY = "label"
 
+# The pieces of the answer texts, named once: the serialisers below write them and the answer grammars
+# (answer_grammar.py) are built from them, so a format and its grammar cannot drift apart.
+BOX_KEY = "bbox_3d"  # grounding and detection boxes
+LABEL_KEY = "label"  # a detection entry's label
+FRAME_KEY = "frame"  # grounding stage 1
+POINTMAP_KEY = "pointmap"  # the pre-training answer's point
+ITEM_SEPARATOR, KEY_SEPARATOR = ", ", ": "  # json.dumps' own defaults, passed explicitly
+DETECTION_OPEN = "```json\n[\n"  # the official detection answer: fence, list, one entry per line
+DETECTION_INDENT = "\t"
+DETECTION_LINE_END = ",\n"
+DETECTION_CLOSE = "]```"
+
 
 def _finite_floats(values, count: int, what: str) -> tuple[float, ...]:
     try:
@@ -116,14 +128,14 @@ def _numbers(values, decimals: int) -> list[float]:
 
 def _dumps(obj) -> str:
     # json.dumps prints floats with repr(): 0.44, -0.0, 2.0 - exactly like the official targets.
-    return json.dumps(obj, allow_nan=False)
+    return json.dumps(obj, allow_nan=False, separators=(ITEM_SEPARATOR, KEY_SEPARATOR))
 
 
 def detection_entry(box: Box3D, decimals: int = DEFAULT_DECIMALS) -> str:
     """One detection line without indentation: `{"label": "couch", "bbox_3d": [...]}`."""
     if box.label is None:
         raise ValueError("detection boxes need a label")
-    return _dumps({"label": box.label, "bbox_3d": _numbers(box.to_list(), decimals)})
+    return _dumps({LABEL_KEY: box.label, BOX_KEY: _numbers(box.to_list(), decimals)})
 
 
 def serialize_detection(boxes, decimals: int = DEFAULT_DECIMALS) -> str:
@@ -132,21 +144,21 @@ def serialize_detection(boxes, decimals: int = DEFAULT_DECIMALS) -> str:
     Lines end with `,` except the last one; the closing fence follows `]` directly. An empty list is
     written as "```json\\n[\\n]```".
     """
-    lines = ["\t" + detection_entry(box, decimals) for box in boxes]
-    body = ",\n".join(lines)
-    return "```json\n[\n" + (body + "\n" if body else "") + "]```"
+    lines = [DETECTION_INDENT + detection_entry(box, decimals) for box in boxes]
+    body = DETECTION_LINE_END.join(lines)
+    return DETECTION_OPEN + (body + "\n" if body else "") + DETECTION_CLOSE
 
 
 def serialize_grounding(box: Box3D, decimals: int = DEFAULT_DECIMALS) -> str:
     """`{"bbox_3d": [9 numbers]}` (the label is not part of the grounding answer)."""
-    return _dumps({"bbox_3d": _numbers(box.to_list(), decimals)})
+    return _dumps({BOX_KEY: _numbers(box.to_list(), decimals)})
 
 
 def serialize_frame_selection(frame: int) -> str:
     """`{"frame": k}` (ScanRefer stage 1)."""
     if isinstance(frame, bool) or int(frame) != frame:
         raise ValueError(f"frame must be an integer, got {frame!r}")
-    return _dumps({"frame": int(frame)})
+    return _dumps({FRAME_KEY: int(frame)})
 
 
 def serialize_pointmap(point, label: str | None = None, decimals: int = DEFAULT_DECIMALS) -> str:
@@ -157,7 +169,7 @@ def serialize_pointmap(point, label: str | None = None, decimals: int = DEFAULT_
     the official evaluator, docs/method.md §10.1).
     """
     values = _finite_floats(point, 3, "pointmap")
-    obj = {"pointmap": _numbers(values, decimals)}
+    obj = {POINTMAP_KEY: _numbers(values, decimals)}
     if label is not None:
         if not isinstance(label, str):
             raise TypeError(f"pointmap label must be a string, got {label!r}")

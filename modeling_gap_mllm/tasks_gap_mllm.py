@@ -33,6 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from .answer_grammar import (
+    caption_grammar,
+    detection_grammar,
+    frame_selection_grammar,
+    grounding_grammar,
+    pointmap_grammar,
+    spatial_answer_grammar,
+)
 from .answer_stopping import ANSWER_ENDS
 from .chat_format import IMAGE_PLACEHOLDER, placeholders_from_segments
 from .output_parsing import (
@@ -60,7 +68,7 @@ from .target_format import (
 )
 
 if TYPE_CHECKING:  # generate's types; the registry imports neither torch nor transformers at run time
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
 # ------------------------------------------------------------------------------------------ prompts
 
@@ -156,6 +164,9 @@ class TaskSpec:
         max_new_tokens: a generation budget that fits any answer of the task (predict, demo, Space).
         official_max_new_tokens: the official scripts' budget (evaluation; docs/method.md §3.2).
         answer_end: stop rule (answer_stopping.py): "list", "dict", "paragraph" or "line".
+        grammar: token budget → the language of `serialize`'s answers in xgrammar's EBNF, bounded to end within
+            the budget (answer_grammar.py): what constrained decoding lets the model write (`logits_processor`,
+            vLLM's `structured_outputs.grammar`); `answer_grammar` is the one of the task's own budget.
         needs_marker: the prompt refers to a marker painted with `point_prompts=(view, x, y)`.
         frame_labels: a `Frame-i: ` text item precedes each view.
         parse_options: keyword arguments `parse` accepts besides the text (`num_frames` for stage 1).
@@ -174,6 +185,7 @@ class TaskSpec:
     max_new_tokens: int
     official_max_new_tokens: int
     answer_end: str
+    grammar: Callable[[int], str]
     needs_marker: bool = False
     frame_labels: bool = False
     parse_options: tuple[str, ...] = ()
@@ -237,19 +249,42 @@ class TaskSpec:
 
         return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end)])
 
-    def generation_kwargs(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None) -> dict:
+    @property
+    def answer_grammar(self) -> str:
+        """The answer grammar (xgrammar EBNF) for the task's own budget `max_new_tokens`."""
+        return self.grammar(self.max_new_tokens)
+
+    def logits_processor(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None) -> LogitsProcessorList:
+        """`logits_processor=` for `generate`: every row's answer stays inside the task's grammar for the budget
+        `max_new_tokens` (default: the task's own), so it ends within it (xgrammar; answer_grammar_processor.py).
+        ImportError naming the install command without xgrammar."""
+        from transformers import LogitsProcessorList
+
+        from .answer_grammar_processor import GrammarLogitsProcessor
+
+        grammar = self.grammar(self.max_new_tokens if max_new_tokens is None else int(max_new_tokens))
+        return LogitsProcessorList([GrammarLogitsProcessor(tokenizer, grammar, prompt_length)])
+
+    def generation_kwargs(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None,
+                          constrained: bool = False) -> dict:
         """Greedy decoding (official), this task's budget (or `max_new_tokens`, a positive integer) and its
-        stop rule.
+        stop rule; with `constrained`, the answer grammar's logits processor too (`logits_processor`).
 
         Raises:
-            ValueError: `max_new_tokens` is not a positive integer (0, -1, 2.5, "8", True).
+            ValueError: `max_new_tokens` is not a positive integer (0, -1, 2.5, "8", True), or `constrained` is
+                not a bool.
         """
+        if not isinstance(constrained, bool):
+            raise ValueError(f"constrained must be True or False, got {constrained!r}")
         if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral)
                                            or max_new_tokens < 1):
             raise ValueError(f"max_new_tokens must be a positive integer (tokens to generate), got {max_new_tokens!r}")
         budget = DefaultBudget(self.max_new_tokens) if max_new_tokens is None else int(max_new_tokens)
-        return {"max_new_tokens": budget, "do_sample": False,
-                "stopping_criteria": self.stopping_criteria(tokenizer, prompt_length)}
+        kwargs = {"max_new_tokens": budget, "do_sample": False,
+                  "stopping_criteria": self.stopping_criteria(tokenizer, prompt_length)}
+        if constrained:
+            kwargs["logits_processor"] = self.logits_processor(tokenizer, prompt_length, budget)
+        return kwargs
 
 
 _PARAMETER_HELP = {
@@ -285,19 +320,20 @@ def _spatial_text(result: SpatialAnswerResult) -> str:
 DETECTION = TaskSpec(
     name="detection", title="3D video object detection", template=DETECTION_TEMPLATE, parameters=(),
     official=True, parse=parse_detection, result_type=DetectionResult, serialize=_boxes_text,
-    max_new_tokens=1280, official_max_new_tokens=1280, answer_end="list", aliases=("det",),
+    max_new_tokens=1280, official_max_new_tokens=1280, answer_end="list", grammar=detection_grammar,
+    aliases=("det",),
 )
 GROUNDING_STAGE1 = TaskSpec(
     name="grounding_stage1", title="3D visual grounding, stage 1: the first clear frame of the object",
     template=GROUNDING_STAGE1_TEMPLATE, parameters=("query",), official=True, parse=parse_frame_selection,
     result_type=FrameSelectionResult, serialize=_frame_text, max_new_tokens=64, official_max_new_tokens=4096,
-    answer_end="dict", frame_labels=True, parse_options=("num_frames",), aliases=("frame_selection",),
+    answer_end="dict", grammar=frame_selection_grammar, frame_labels=True, parse_options=("num_frames",), aliases=("frame_selection",),
 )
 GROUNDING_STAGE2 = TaskSpec(
     name="grounding_stage2", title="3D visual grounding, stage 2: the object's box",
     template=GROUNDING_STAGE2_TEMPLATE, parameters=("query",), official=True, parse=parse_grounding,
     result_type=GroundingResult, serialize=_box_text, max_new_tokens=192, official_max_new_tokens=4096,
-    answer_end="dict",
+    answer_end="dict", grammar=grounding_grammar,
 )
 # The pipeline: one call asks its last stage, so everything but its name, title and stages is stage 2's.
 GROUNDING = replace(
@@ -307,18 +343,20 @@ GROUNDING = replace(
 CAPTIONING = TaskSpec(
     name="captioning", title="3D dense captioning of the object in a given box", template=CAPTIONING_TEMPLATE,
     parameters=("box",), official=False, parse=parse_caption, result_type=CaptionResult, serialize=_caption_text,
-    max_new_tokens=256, official_max_new_tokens=1280, answer_end="paragraph", aliases=("caption",),
+    max_new_tokens=256, official_max_new_tokens=1280, answer_end="paragraph", grammar=caption_grammar,
+    aliases=("caption",),
 )
 RECONSTRUCTION = TaskSpec(
     name="reconstruction", title="3D point and label of a marked pixel (pre-training)",
     template=RECONSTRUCTION_TEMPLATE, parameters=(), official=False, parse=parse_pointmap,
     result_type=PointmapResult, serialize=_point_text, max_new_tokens=96, official_max_new_tokens=1280,
-    answer_end="dict", needs_marker=True, aliases=("recon", "pointmap"),
+    answer_end="dict", grammar=pointmap_grammar, needs_marker=True, aliases=("recon", "pointmap"),
 )
 SPATIAL_QA = TaskSpec(
     name="spatial_qa", title="spatial question answering", template=SPATIAL_QA_TEMPLATE, parameters=("query",),
     official=False, parse=parse_spatial_answer, result_type=SpatialAnswerResult, serialize=_spatial_text,
-    max_new_tokens=64, official_max_new_tokens=64, answer_end="line", aliases=("qa",),
+    max_new_tokens=64, official_max_new_tokens=64, answer_end="line", grammar=spatial_answer_grammar,
+    aliases=("qa",),
 )
 
 TASKS: dict[str, TaskSpec] = {

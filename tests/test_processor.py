@@ -639,6 +639,8 @@ def test_flat_hub_folder_loads_with_trust_remote_code(tmp_path, monkeypatch):
     copied = {p.name for p in (tmp_path / "saved").glob("*.py")}
     assert copied == {
         "processing_gap_mllm.py",
+        "answer_grammar.py",
+        "answer_grammar_processor.py",
         "answer_stopping.py",
         "answer_stopping_criteria.py",
         "chat_format.py",

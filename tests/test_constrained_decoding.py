@@ -1,0 +1,255 @@
+"""Constrained decoding (issue 54): one grammar per task, derived from the registry's answer format.
+
+- the grammar and the parser agree both ways: every answer the serialiser writes is in the grammar, and answers drawn
+  at random from the grammar (token by token, through xgrammar's own masks) parse cleanly with the task's parser;
+- the `generate` logits processor leaves a greedy answer that fits the grammar unchanged and corrects one that does
+  not, row by row in a batch (the tiny model, driven by a logits processor that dictates the answer);
+- GAP-MLLM-Mini's answers on frames drawn with PIL and on random noise parse for every task with constraints on,
+  through the three generation paths (one call, batched requests, scene reuse).
+"""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import xgrammar
+from PIL import Image, ImageDraw
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from gap_mllm.answer_grammar import detection_entries
+from gap_mllm.answer_grammar_processor import GrammarLogitsProcessor, compiled_grammar, stop_token_ids
+from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
+from gap_mllm.evaluation.scene_generation import SceneGenerator
+from gap_mllm.evaluation.tasks import get_task
+from gap_mllm.mini import default_model_path
+from gap_mllm.output_parsing import answer_format
+from gap_mllm.target_format import Box3D
+from gap_mllm.tasks_gap_mllm import TASKS, resolve_task
+
+LABELS = ["chair", "couch", "bed", "night stand", "trash can", "x"]
+MINI_VOCAB = 768  # the width of GAP-MLLM-Mini's logits (its tokenizer has fewer ids)
+
+
+def _random_result(task: str, rng: random.Random):
+    """A typed answer of `task` (what a target holds), with the edge values of its numbers."""
+    def number(low=-9.99, high=9.99):
+        return rng.choice([round(rng.uniform(low, high), 2), 0.0, -0.0, 2.0, 99.99, -99.99])
+
+    def box(label=None):
+        values = [number() for _ in range(3)] + [abs(number()) for _ in range(3)] + [number(-3.14, 3.14) for _ in range(3)]
+        return Box3D.from_list(values, label=label)
+
+    spec = resolve_task(task)
+    if task == "detection":
+        return spec.result_type([box(rng.choice(LABELS)) for _ in range(rng.randint(0, 4))])
+    if task in ("grounding", "grounding_stage2"):
+        return spec.result_type(box())
+    if task == "grounding_stage1":
+        return spec.result_type(rng.randint(0, 40))
+    if task == "reconstruction":
+        return spec.result_type(tuple(number() for _ in range(3)), rng.choice([*LABELS, None]))
+    if task == "captioning":
+        return spec.result_type(rng.choice(["a red chair.", "this is a small striped table. it is by the wall."]))
+    return spec.result_type(rng.choice(["3", "3.5", "B", "12"]))
+
+
+@pytest.fixture(scope="module")
+def mini_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_path())
+
+
+def _matcher(tokenizer, task):
+    return xgrammar.GrammarMatcher(compiled_grammar(tokenizer, MINI_VOCAB, resolve_task(task).answer_grammar))
+
+
+def _sample(tokenizer, task, rng: random.Random, max_tokens: int = 2000) -> str:
+    """One answer drawn from the task's grammar: at each step a random token among those xgrammar allows, the stop
+    token taken with probability 1/4 once it is allowed."""
+    matcher, bitmask = _matcher(tokenizer, task), xgrammar.allocate_token_bitmask(1, MINI_VOCAB)
+    stops, tokens = set(stop_token_ids(tokenizer)), []
+    for _ in range(max_tokens):
+        matcher.fill_next_token_bitmask(bitmask)
+        bits = (bitmask[0].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1  # 32 token ids per int32 word
+        allowed = torch.nonzero(bits.flatten()[:MINI_VOCAB]).flatten().tolist()
+        ends = [t for t in allowed if t in stops]
+        if ends and (rng.random() < 0.25 or len(ends) == len(allowed)):
+            return tokenizer.decode(tokens)
+        token = rng.choice([t for t in allowed if t not in stops])
+        assert matcher.accept_token(token)
+        tokens.append(token)
+    raise AssertionError(f"{task}: no answer end within {max_tokens} tokens: {tokenizer.decode(tokens)!r}")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_grammar_and_parser_agree_both_ways(task, mini_tokenizer):
+    spec, rng = resolve_task(task), random.Random(task)
+    for _ in range(12):  # the serialiser's answers are in the grammar, whole
+        text = spec.serialize(_random_result(task, rng))
+        matcher = _matcher(mini_tokenizer, task)
+        assert matcher.accept_string(text) and matcher.accept_token(stop_token_ids(mini_tokenizer)[0]), (task, text)
+    for _ in range(12):  # the grammar's answers parse cleanly, in the task's own format
+        text = _sample(mini_tokenizer, task, rng)
+        parsed = spec.parse(text)
+        assert parsed.reason is None, (task, text, parsed.reason)
+        assert answer_format(text) in (None, {"grounding_stage2": "grounding"}.get(task, task)), (task, text)
+        assert spec.parse(spec.serialize(parsed)) == parsed, (task, text)  # and read back as the target would be
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_longest_answer_of_a_grammar_ends_within_its_budget(task, mini_tokenizer):
+    """A token is at least a byte: the longest answer each grammar allows (longest numbers and labels, as many
+    detection entries as it admits) has no more bytes than the task's budget, and one entry more is refused."""
+    spec = resolve_task(task)
+    box = Box3D.from_list([-99.99] * 3 + [99.99] * 3 + [-99.99] * 3, label="w" * 32)
+    longest = {"detection": [box] * detection_entries(spec.max_new_tokens), "grounding_stage1": 999,
+               "reconstruction": ((-99.99,) * 3, "w" * 32), "spatial_qa": "-999999.9999"}
+    if task in ("captioning",):
+        return  # free text: a caption cut by its budget is still a caption (parse_caption)
+    result = longest.get(task, box)
+    text = spec.serialize(spec.result_type(*result) if isinstance(result, tuple) else spec.result_type(result))
+    assert _matcher(mini_tokenizer, task).accept_string(text), text
+    assert len(text.encode()) <= spec.max_new_tokens, (task, len(text.encode()))
+    if task == "detection":
+        assert detection_entries(spec.max_new_tokens) == 9 and detection_entries(2 * spec.max_new_tokens) == 19
+        more = spec.serialize(spec.result_type([box] * (detection_entries(spec.max_new_tokens) + 1)))
+        assert not _matcher(mini_tokenizer, task).accept_string(more)
+
+
+class _Dictate(LogitsProcessor):
+    """Makes each row's greedy choice the next token of its own `targets` row (a model whose greedy answer is known)."""
+
+    def __init__(self, targets: list[list[int]], prompt_length: int):
+        self.targets, self.prompt_length = targets, prompt_length
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_length
+        boost = torch.zeros_like(scores)
+        for row, target in enumerate(self.targets):
+            boost[row, target[min(step, len(target) - 1)]] = 1e4
+        return scores + boost
+
+
+def test_a_fitting_greedy_answer_is_unchanged_and_another_is_corrected(build_model, tiny_processor):
+    """Batched, left padded: row 0 dictates a grounding answer in the grammar, row 1 one with 3 numbers. Free decoding
+    gives both as dictated; constrained, row 0 is the same tokens and row 1 becomes an answer that parses."""
+    model = build_model()
+    tokenizer = tiny_processor.tokenizer
+    good = '{"bbox_3d": [0.5, -1.25, 2.0, 0.4, 0.4, 0.9, 0.0, 0.0, 1.57]}'
+    bad = '{"bbox_3d": [0.5, 1.0, 2.0]}'
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    targets = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text in (good, bad)]
+    views = [Image.fromarray(np.full((64, 96, 3), 90 * i, np.uint8)) for i in range(2)]
+    inputs = tiny_processor(images=[views, views[:1]], task="grounding", query=["the chair", "the bed"], return_tensors="pt")
+    length = inputs["input_ids"].shape[1]
+    answers = {}
+    for constrained in (False, True):
+        kwargs = tiny_processor.generation_kwargs("grounding", inputs, max_new_tokens=80, constrained=constrained)
+        dictated = LogitsProcessorList([_Dictate(targets, length), *kwargs.pop("logits_processor", [])])
+        out = model.generate(**inputs, **kwargs, logits_processor=dictated, eos_token_id=eos, pad_token_id=eos)
+        answers[constrained] = tiny_processor.decode_generated(out, inputs["input_ids"])
+    assert answers[False] == [good, bad]
+    assert answers[True][0] == good and answers[True][1] != bad
+    fixed = tiny_processor.post_process(answers[True], "grounding")
+    assert fixed[0].reason is None and fixed[1].reason is None and fixed[1].box is not None, answers[True]
+
+
+def test_processor_refuses_bad_settings(tiny_processor):
+    with pytest.raises(ValueError, match="constrained must be True or False"):
+        resolve_task("grounding").generation_kwargs(tiny_processor.tokenizer, 5, constrained="yes")
+    with pytest.raises(ValueError, match="fewer than the prompt length 9"):
+        GrammarLogitsProcessor(tiny_processor.tokenizer, resolve_task("grounding").answer_grammar, 9)(
+            torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 768))
+    free = Request(images=[], prompt="hi", task=None, constrained=True)
+    with pytest.raises(ValueError, match="needs its task"):
+        answer_rules([free], tiny_processor.tokenizer, 3, 8)
+    mixed = [Request(images=[], prompt="a", task="detection"), Request(images=[], prompt="b", task="detection", constrained=True)]
+    with pytest.raises(ValueError, match="one task, stop and grammar setting"):
+        answer_rules(mixed, tiny_processor.tokenizer, 3, 8)
+    assert get_task("grounding", constrained=True).make_request(0, ["a.png"], "<image>Text: x Output a JSON").constrained
+
+
+def _user_frames() -> list[Image.Image]:
+    """Three frames of a 'room' drawn with PIL (floor, wall, two boxes), and three frames of noise."""
+    frames = []
+    for k in range(3):
+        image = Image.new("RGB", (160, 128), (200, 190, 170))
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((0, 80, 160, 128), fill=(120, 90, 60))
+        draw.rectangle((20 + 10 * k, 50, 70 + 10 * k, 100), fill=(180, 30, 30))
+        draw.rectangle((100 - 5 * k, 40, 140 - 5 * k, 95), fill=(40, 60, 160))
+        frames.append(image)
+    rng = np.random.default_rng(54)
+    noise = [Image.fromarray(rng.integers(0, 256, (128, 160, 3), dtype=np.uint8)) for _ in range(3)]
+    return frames, noise
+
+
+MINI_QUESTIONS = {  # every task a front end asks, with its inputs
+    "detection": {},
+    "grounding": {"query": "the red chair next to the wall"},
+    "grounding_stage1": {"query": "the blue cabinet"},
+    "captioning": {"box": [0.2, 0.3, 2.0, 0.6, 0.8, 0.6, 0.0, 0.0, 0.0]},
+    "reconstruction": {"point_prompts": (0, 40, 70)},
+    "spatial_qa": {"query": "How many chairs are in the room?"},
+}
+
+
+@pytest.fixture(scope="module")
+def mini():
+    from transformers import AutoModel, AutoProcessor
+
+    folder = default_model_path()
+    return AutoModel.from_pretrained(folder, trust_remote_code=True).eval(), AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+
+
+def _assert_mini_answers_parse(mini, frames, tasks):
+    """One `generate` call per task, the front ends' path (processor.generation_kwargs, constrained): the answer parses
+    cleanly and is in no other task's format (what `gap-mllm predict` exits 3 for). Captions get 16 tokens: a caption
+    cut by its budget is still a caption, and the grammar's other answers end within their tasks' budgets."""
+    model, processor = mini
+    for task in tasks:
+        inputs = processor(images=frames, task=task, return_tensors="pt", **MINI_QUESTIONS[task])
+        budget = 16 if task == "captioning" else None
+        out = model.generate(**inputs, **processor.generation_kwargs(task, inputs, budget, constrained=True))
+        text = processor.decode_generated(out, inputs["input_ids"])[0]
+        parsed = processor.post_process(out, task, inputs["input_ids"])[0]
+        assert parsed.reason is None and answer_format(text) in (None, task), (task, text, parsed.reason)
+
+
+def test_every_mini_answer_parses_with_constraints_on_user_frames(mini):
+    """Frames of a user's own 'room' (PIL): free decoding answers most tasks here in another task's format."""
+    _assert_mini_answers_parse(mini, _user_frames()[0], MINI_QUESTIONS)
+
+
+def test_short_mini_answers_parse_with_constraints_on_noise(mini):
+    _assert_mini_answers_parse(mini, _user_frames()[1], ["grounding", "reconstruction", "spatial_qa"])
+
+
+@pytest.mark.slow
+def test_long_mini_answers_parse_with_constraints_on_noise(mini):
+    """Detection and captioning on noise (the fast tests above cover both tasks on the drawn frames)."""
+    _assert_mini_answers_parse(mini, _user_frames()[1], ["detection", "captioning"])
+
+
+def test_batched_and_scene_reuse_generation_constrain_alike(mini, tmp_path):
+    """The evaluation's two generators (left-padded batches; one encoding per scene, questions batched) give the same
+    constrained answers, which parse, for requests on the noise frames."""
+    model, processor = mini
+    _, noise = _user_frames()
+    paths = []
+    for k, image in enumerate(noise):  # the evaluation's requests name image files
+        image.save(tmp_path / f"noise-{k}.png")
+        paths.append(str(tmp_path / f"noise-{k}.png"))
+    spec = resolve_task("grounding_stage1")
+    prompts = [spec.annotation_prompt(3, query=q) for q in ("the bed", "the blue cabinet")]
+    requests = [Request(images=list(paths), prompt=p, max_new_tokens=24, task=spec.name, constrained=True) for p in prompts]
+    batched = BatchGenerator.from_model(model, processor).generate(requests)
+    scenes = SceneGenerator.from_model(model, processor)
+    reused = scenes.generate_on_scenes(requests)
+    assert scenes.scenes_encoded == 1
+    assert batched == reused, (batched, reused)
+    for text in batched:
+        assert spec.parse(text, num_frames=3).reason is None and json.loads(text)["frame"] >= 0, text
