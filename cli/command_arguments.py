@@ -48,6 +48,13 @@ def head_list(text: str) -> list[str]:
     return names
 
 
+def add_free_decoding_argument(parser: argparse.ArgumentParser) -> None:
+    """`--free` of the commands that decode inside the task's answer grammar by default (predict, demo, space)."""
+    parser.add_argument("--free", dest="constrained", action="store_false",
+                        help="decode freely instead of inside the task's answer grammar (the default keeps every "
+                             "answer in its task's format, xgrammar); the paper's protocol, as gap-mllm evaluate")
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="mini",
                         help='"mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model; or a folder / Hub id')
@@ -55,6 +62,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_output", help="where the pictures (and the tiny model's folder) are written")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="cap on each task's generation budget (default: the task's own; answers stop at their end)")
+    add_free_decoding_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="weights of --model tiny")
     parser.add_argument("--space", action="store_true",
                         help="launch the Gradio Space instead (gap-mllm space; needs the demo environment: make demo-venv)")
@@ -80,6 +88,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=positive_int, help="cap on the official token budgets (1280 / 4096)")
     parser.add_argument("--official-compat", action="store_true",
                         help="reproduce the official numbers (Euler reading, category lists, parsing quirks)")
+    parser.add_argument("--constrained", action="store_true",
+                        help="decode every answer inside its task's answer grammar (xgrammar), so each is in the task's "
+                             "format; off by default: the paper's protocol decodes freely (run both into two --out "
+                             "folders to report both)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (captioning; needs Java)")
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N samples")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
@@ -157,6 +169,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames sampled evenly from a video, GIF or folder holding more")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="generation budget (default: the task's own; generation stops at the answer's end anyway)")
+    add_free_decoding_argument(parser)
     add_compile_decoding_argument(parser, default="off")  # one answer does not repay the compilation
     parser.add_argument("--save-dir", help="write the answer (answer.json) and the pictures here, and for your own "
                                            "frames the point cloud the model's depth and camera heads reconstruct "

@@ -40,7 +40,8 @@ def main(args: argparse.Namespace) -> int:
     if args.space:
 
         return space_main(argparse.Namespace(model=args.model, host=args.host, port=args.port,
-                                             max_new_tokens=args.max_new_tokens, concurrency=1, max_queue=16))
+                                             max_new_tokens=args.max_new_tokens, concurrency=1, max_queue=16,
+                                             constrained=args.constrained))
 
 
     out = Path(args.out)
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"Each answer is followed by the model's held-out score of the task next to a trivial baseline "
               f"({Path(folder) / RESULTS_FILE}).")
     for task in DEMO_TASKS:
-        run_demo_task(model, processor, scene, task, out, args.max_new_tokens, scores)
+        run_demo_task(model, processor, scene, task, out, args.max_new_tokens, scores, constrained=args.constrained)
     run_demo_geometry(model, processor, scene, out, scores)
     if args.model == TINY:
         print("\nReminder: untrained weights; the default model (--model mini) gives real answers.")
@@ -81,14 +82,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=None, scores=None) -> None:
+def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=None, scores=None,
+                  constrained: bool = True) -> None:
     """One task on the example: the answer, its parsed form, the exact answer with a score, the model's held-out
     score of the task against a trivial baseline (`scores`, a `model_scores.HeldOutScores`, if any), a PNG."""
 
     given = scene.example_inputs.get(task, {})
     request = TaskRequest(task, query=given.get("query"), box=given.get("box") if task == "captioning" else None,
                           marker=given.get("marker"))
-    result = run_task(model, processor, scene.views, request, max_new_tokens=max_new_tokens)
+    result = run_task(model, processor, scene.views, request, max_new_tokens=max_new_tokens, constrained=constrained)
     tokens = [h * w for h, w in result.token_grids]
     print(f"\n--- {task}: {request.spec.title}; {len(scene.views)} views, {tokens[0]} visual tokens per view")
     lines = [("input", request_text(request)), ("answer", result.answer), ("parsed", result.summary()),

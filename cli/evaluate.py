@@ -2,7 +2,7 @@
 
     gap-mllm evaluate --task detection|grounding|captioning|reconstruction|spatial_qa --model DIR|mini --data DIR
                       --out DIR [--split val] [--annotation-file FILE] [--batch-size 4] [--max-new-tokens N]
-                      [--official-compat] [--no-meteor] [--limit N] [--no-plots] [--no-scene-reuse]
+                      [--official-compat] [--constrained] [--no-meteor] [--limit N] [--no-plots] [--no-scene-reuse]
                       [--compile-decoding auto|on|off]
     gap-mllm evaluate --task detection --predictions answers.jsonl --data DIR --out DIR   (score given texts)
     gap-mllm evaluate --task detection --write-oracle oracle.jsonl --data DIR             (ground truth as text)
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         annotation_file=args.annotation_file, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         official_compat=args.official_compat, meteor=False if args.no_meteor else None, limit=args.limit,
         plots=not args.no_plots, progress=not args.quiet, scene_reuse=not args.no_scene_reuse,
-        compile_decoding=args.compile_decoding,
+        constrained=args.constrained, compile_decoding=args.compile_decoding,
     )  # fmt: skip
     if summary is not None:
         head = summary["headline"]

@@ -88,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
     model.compile_decoding = args.compile_decoding  # generate's default (compiled_decoding.py)
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)
-    result = run_task(model, processor, scene.views, request, max_new_tokens=args.max_new_tokens)
+    result = run_task(model, processor, scene.views, request, max_new_tokens=args.max_new_tokens,
+                      constrained=args.constrained)
     comparison = _comparison(args, scene, request, result) if args.example else {}
     answer = {**result.to_dict(), **comparison}
     report = sys.stderr if args.json else sys.stdout

@@ -96,8 +96,9 @@ class SceneStore:
 
 
 def answer_on_stored_scene(model, processor, views, prompt: str, marker, task: str, max_new_tokens: int | None,
-                           store: SceneStore, session: str | None):
-    """Greedy answer to `prompt` about `views` through the session's stored scene (encoded if needed).
+                           store: SceneStore, session: str | None, constrained: bool = False):
+    """Greedy answer to `prompt` about `views` through the session's stored scene (encoded if needed); inside the
+    task's answer grammar with `constrained`.
 
     Returns:
         `(generated, question_ids, fusion_gates, image_grid_thw)`: `generated` continues `question_ids`
@@ -114,7 +115,7 @@ def answer_on_stored_scene(model, processor, views, prompt: str, marker, task: s
     # The task's budget and stop rule. Inside generate(scene=...) the sequence is the scene prefix + the
     # question (it returns only the question + the answer), so the answer starts after both.
     prompt_length = scene.prefix_ids.shape[1] + question["input_ids"].shape[1]
-    options = resolve_task(task).generation_kwargs(processor.tokenizer, prompt_length, max_new_tokens)
+    options = resolve_task(task).generation_kwargs(processor.tokenizer, prompt_length, max_new_tokens, constrained)
     generated = model.generate(scene=scene, input_ids=question["input_ids"], attention_mask=question["attention_mask"],
                                **options)
     return generated, question["input_ids"], scene.fusion_gates, scene.image_grid_thw

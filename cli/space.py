@@ -16,6 +16,7 @@ import importlib.util
 import sys
 
 from .argument_types import positive_int
+from .command_arguments import add_free_decoding_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="generation budget (default: each task's own; generation stops at the answer's end)")
+    add_free_decoding_argument(parser)
     parser.add_argument("--concurrency", type=positive_int, default=1, help="requests run at once; the rest wait in the queue")
     parser.add_argument("--max-queue", type=positive_int, default=16, help="queued requests beyond which new ones are refused")
 
@@ -40,5 +42,5 @@ def main(args: argparse.Namespace) -> int:
     from .space_ui import SpaceSettings, launch
 
     launch(SpaceSettings(model=args.model, max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,
-                         max_queue=args.max_queue), host=args.host, port=args.port)
+                         max_queue=args.max_queue, constrained=args.constrained), host=args.host, port=args.port)
     return 0

@@ -163,6 +163,7 @@ def max_new_tokens_from_environment(environ=None) -> int | None:
 class SpaceSettings:
     model: str = MINI
     max_new_tokens: int | None = None  # None: each task's own budget (generation stops at the answer's end)
+    constrained: bool = True  # answers decoded inside their task's grammar (users want parseable answers)
     concurrency: int = 1
     max_queue: int = 16
     limits: UploadLimits = field(default_factory=UploadLimits)
@@ -337,7 +338,7 @@ class SpaceBackend:
         if not scene.calibrated and self.reconstructs:
             scene = reconstructed_scene(self.model, self.processor, scene.views)
         result = run_task(self.model, self.processor, scene.views, request, max_new_tokens=self.settings.max_new_tokens,
-                          scenes=self.scenes, session=session)
+                          scenes=self.scenes, session=session, constrained=self.settings.constrained)
         return scene, result
 
     def _run(self, files, example_name, task_label, query, object_choice, box_text, marker_text,

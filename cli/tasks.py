@@ -122,9 +122,9 @@ def _token_grids(image_grid_thw: torch.Tensor, merge: int) -> list[tuple[int, in
 
 @torch.no_grad()
 def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None, scenes=None,
-             session: str | None = None) -> TaskResult:
-    """Run one request on one multi-view sample (greedy decoding, stopped at the end of the answer) and
-    collect what the UI shows.
+             session: str | None = None, constrained: bool = True) -> TaskResult:
+    """Run one request on one multi-view sample (greedy decoding, stopped at the end of the answer, inside the
+    task's answer grammar unless `constrained=False`) and collect what the UI shows.
 
     Args:
         model: a `GapMllmForConditionalGeneration` (any loader: AutoModel with trust_remote_code too).
@@ -136,6 +136,8 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         scenes: a `scene_store.SceneStore` (PIL views only): answer from the session's encoded scene when
             it holds these frames and marker, else encode and keep it (same answer either way).
         session: the session the scene is kept for (the Space passes gradio's session hash).
+        constrained: decode inside the task's answer grammar (`TaskSpec.logits_processor`), so the answer is in
+            the task's format; the front ends' default (`--free` turns it off).
     """
     request.validate(len(views))
     request.check_text(processor.tokenizer)
@@ -144,12 +146,13 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         inputs = request.processor_inputs()
         segments = spec.user_segments(len(views), query=inputs.get("query"), box=inputs.get("box"))
         generated, input_ids, gates, image_grid_thw = answer_on_stored_scene(
-            model, processor, views, processor.chat_prompt(segments), request.marker, spec.name, max_new_tokens, scenes, session)
+            model, processor, views, processor.chat_prompt(segments), request.marker, spec.name, max_new_tokens, scenes, session,
+            constrained=constrained)
     else:
         # on the model's device: the Space moves the model to CUDA inside its GPU call (space_gpu.py)
         inputs = processor(images=[list(views)], return_tensors="pt", **request.processor_inputs()).to(model.device)
         # Task names, not TaskSpec objects, cross into the processor: its remote code has its own classes.
-        generated = model.generate(**inputs, **processor.generation_kwargs(spec.name, inputs, max_new_tokens))
+        generated = model.generate(**inputs, **processor.generation_kwargs(spec.name, inputs, max_new_tokens, constrained))
         input_ids, image_grid_thw = inputs["input_ids"], inputs["image_grid_thw"]
         # A second forward pass for the gates: generate() does not return model-specific outputs.
         gates = model(**inputs, output_gates=True).fusion_gates

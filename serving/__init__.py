@@ -22,6 +22,7 @@ from .engine_answers import (
     eos_token_ids,
     generated_token_ids,
     parsed_answer_json,
+    structured_output,
     task_budget,
 )
 from .export import EXPORT_INFO_FILE, ExportedFolder, export_llm_folder, read_export_info
@@ -47,6 +48,7 @@ __all__ = [
     "EXPORT_INFO_FILE",
     "EncodedRequest",
     "RETURN_TOKEN_IDS",
+    "structured_output",
     "ServerUnreachableError",
     "ExportedFolder",
     "GapMllmEncoder",

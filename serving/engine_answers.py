@@ -36,6 +36,16 @@ from .encoder import EncodedRequest
 from .values import response_field, token_id_list, whole_number
 
 RETURN_TOKEN_IDS = {"return_token_ids": True}  # the request field that makes vLLM return both id lists
+STRUCTURED_OUTPUTS = "structured_outputs"  # vLLM's structured-output request field (>= 0.12; `guided_grammar` before)
+
+
+def structured_output(task: str | None, max_tokens: int | None = None) -> dict:
+    """The request field that makes vLLM decode inside `task`'s answer grammar for the request's budget, the grammar
+    `generate` uses with `constrained=True` (`TaskSpec.grammar`, xgrammar's EBNF, which vLLM's default xgrammar backend
+    reads): `{"structured_outputs": {"grammar": ...}}`. A free prompt (`task` None) has no grammar: ValueError."""
+    if task is None:
+        raise ValueError("a free prompt has no answer grammar: constrained decoding needs the request's task")
+    return {STRUCTURED_OUTPUTS: {"grammar": resolve_task(task).grammar(task_budget(task, max_tokens))}}
 
 
 def task_budget(task: str | None, max_tokens: int | None = None) -> int:
@@ -121,5 +131,5 @@ def check_prompt_token_ids(response: dict, request: EncodedRequest, tokenizer, w
                      "`gap-mllm export-llm` wrote, unchanged, with --chat-template-content-format openai")
 
 
-__all__ = ["RETURN_TOKEN_IDS", "answer_from_token_ids", "check_prompt_token_ids", "eos_token_ids", "generated_token_ids",
-           "parsed_answer_json", "task_budget"]
+__all__ = ["RETURN_TOKEN_IDS", "STRUCTURED_OUTPUTS", "answer_from_token_ids", "check_prompt_token_ids", "eos_token_ids", "generated_token_ids",
+           "parsed_answer_json", "structured_output", "task_budget"]

@@ -28,7 +28,7 @@ import urllib.request
 import torch
 
 from .encoder import EncodedRequest
-from .engine_answers import task_budget
+from .engine_answers import structured_output, task_budget
 from .values import grid_row as checked_grid_row
 from .values import response_field
 from .vllm_settings import serve_command
@@ -70,11 +70,15 @@ def chat_messages(request: EncodedRequest) -> list[dict]:
     return [{"role": "system", "content": request.system_prompt}, {"role": "user", "content": content}]
 
 
-def chat_completion_payload(request: EncodedRequest, model: str = "gap-mllm", max_tokens: int | None = None, **extra) -> dict:
+def chat_completion_payload(request: EncodedRequest, model: str = "gap-mllm", max_tokens: int | None = None,
+                            constrained: bool = False, **extra) -> dict:
     """The JSON body of `/v1/chat/completions` for one encoded sample: greedy decoding (the official setting) and
-    the task's token budget (or `max_tokens`, a whole number >= 1: `task_budget`); `extra` adds fields (e.g. `"stop"`)."""
+    the task's token budget (or `max_tokens`, a whole number >= 1: `task_budget`); with `constrained`, vLLM's
+    structured-output field holding the task's answer grammar (`structured_output`); `extra` adds fields (e.g. `"stop"`)."""
     max_tokens = task_budget(request.task, max_tokens)
-    return {"model": model, "messages": chat_messages(request), "max_tokens": max_tokens, "temperature": 0.0, **extra}
+    grammar = structured_output(request.task, max_tokens) if constrained else {}
+    return {"model": model, "messages": chat_messages(request), "max_tokens": max_tokens, "temperature": 0.0, **grammar,
+            **extra}
 
 
 class ServerUnreachableError(ConnectionError):

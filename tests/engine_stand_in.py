@@ -18,7 +18,10 @@ code (gap_mllm/serving/README.md):
 - the embeddings are cast to the model dtype and split into the main level and the DeepStack levels
   (`_compute_deepstack_embeds`), given to the stock model through its `mm_encoder_outputs` hook (per image);
 - greedy decoding (temperature 0 only), stopping at the tokenizer's EOS and the generation config's EOS ids or after
-  `max_tokens` (vLLM knows no answer-end rule); the reply carries the text (special tokens skipped), `finish_reason`,
+  `max_tokens` (vLLM knows no answer-end rule); a `structured_outputs` field holds exactly one constraint (vLLM's
+  400 otherwise), of which the stand-in applies `grammar` (xgrammar EBNF, compiled for the folder's tokenizer and
+  applied with xgrammar's own transformers logits processor, as vLLM's default xgrammar backend masks its logits)
+  and refuses the other kinds; an EBNF that does not compile is a 400; the reply carries the text (special tokens skipped), `finish_reason`,
   and with `return_token_ids` the generated ids (the stop token included) and the prompt ids.
 
 Requests are answered one at a time (vLLM batches them; greedy answers do not depend on it here). Errors are vLLM's
@@ -121,6 +124,7 @@ class EngineStandIn:
         messages, items = self._render_messages(body.get("messages"))
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        grammar = self._grammar(body.get("structured_outputs"))
         embeds, grid = self._merge(items) if items else (None, None)
         if grid is not None:
             ids = self._expand(ids, grid)
@@ -129,7 +133,7 @@ class EngineStandIn:
         requested = body.get("max_completion_tokens", body.get("max_tokens"))
         max_tokens = min(self.max_model_len - len(ids), int(requested) if requested is not None else self.max_model_len)
         with self._lock:
-            new = self._generate(ids, embeds, grid, max_tokens)
+            new = self._generate(ids, embeds, grid, max_tokens, grammar)
         stopped = bool(new) and new[-1] in self.stop_token_ids
         content = self.tokenizer.decode(new, skip_special_tokens=True)
         self.completions.append({"content": content, "token_ids": new, "max_tokens": max_tokens, "prompt_tokens": len(ids)})
@@ -218,8 +222,31 @@ class EngineStandIn:
             out.extend([token] * next(views) if token == self.image_token_id else [token])
         return out
 
+    STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+    def _grammar(self, value):
+        """The compiled grammar of a request's `structured_outputs` field (None without one)."""
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise _bad(f"structured_outputs must be an object, got {type(value).__name__}")
+        kinds = [kind for kind in self.STRUCTURED_OUTPUT_KINDS if value.get(kind) not in (None, False)]
+        if len(kinds) != 1:
+            raise _bad(f"You can only use one kind of structured outputs constraint but multiple are specified: {kinds}")
+        if kinds != ["grammar"]:
+            raise _bad(f"the stand-in applies structured_outputs.grammar only, got {kinds[0]}")
+        import xgrammar
+
+        try:
+            xgrammar.Grammar.from_ebnf(value["grammar"])
+        except Exception as error:  # noqa: BLE001 - vLLM answers 400 for a grammar its backend cannot read
+            raise _bad(f"Invalid grammar specification: {error}") from error
+        info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.text_config.vocab_size,
+                                                       stop_token_ids=self.stop_token_ids)
+        return xgrammar.GrammarCompiler(info).compile_grammar(value["grammar"])
+
     @torch.inference_mode()
-    def _generate(self, ids: list[int], embeds, grid, max_tokens: int) -> list[int]:
+    def _generate(self, ids: list[int], embeds, grid, max_tokens: int, grammar=None) -> list[int]:
         input_ids = torch.tensor([ids])
         inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         if embeds is not None:
@@ -231,6 +258,10 @@ class EngineStandIn:
                           mm_encoder_outputs={"image": BaseModelOutputWithDeepstackFeatures(
                               pooler_output=torch.split(main, sizes),
                               deepstack_features=[torch.split(level, sizes) for level in deepstack])})
+        if grammar is not None:
+            from xgrammar.contrib.hf import LogitsProcessor
+
+            inputs["logits_processor"] = [LogitsProcessor(grammar)]
         out = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, num_beams=1,
                                   eos_token_id=self.stop_token_ids, pad_token_id=self.stop_token_ids[0])
         return out[0, len(ids):].tolist()

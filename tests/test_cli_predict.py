@@ -171,9 +171,10 @@ def test_predict_example_of_a_task_without_inputs_prints_no_empty_input_line(che
 
 def test_predict_json_on_a_bundled_example(checkpoint, capsys):
     code = predict.main(parse(["--model", str(checkpoint), "--example", "synthetic room A", "--task", "reconstruction",
-                               "--marker", "1", "100", "80", "--max-new-tokens", "6", "--json"]))
+                               "--marker", "1", "100", "80", "--max-new-tokens", "6", "--json", "--free"]))
     result = json.loads(capsys.readouterr().out)
-    assert code == predict.PARSE_FAILURE_STATUS and result["reason"] == "empty answer"  # the untrained model's blank lines
+    # decoded freely (--free): the untrained model's blank lines
+    assert code == predict.PARSE_FAILURE_STATUS and result["reason"] == "empty answer"
     assert result["task"] == "reconstruction" and len(result["mean_gate_per_level"]) == 4
     assert set(result) >= {"raw", "boxes", "point", "label", "reason"}
 

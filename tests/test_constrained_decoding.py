@@ -253,3 +253,26 @@ def test_batched_and_scene_reuse_generation_constrain_alike(mini, tmp_path):
     assert batched == reused, (batched, reused)
     for text in batched:
         assert spec.parse(text, num_frames=3).reason is None and json.loads(text)["frame"] >= 0, text
+
+
+def test_front_ends_constrain_by_default_and_evaluate_does_not():
+    """predict, demo and the Space decode inside the grammar unless --free; evaluate only with --constrained."""
+    import argparse
+
+    from gap_mllm.cli import command_arguments, space
+    from gap_mllm.cli.space_backend import SpaceSettings
+
+    def parsed(add, *argv):
+        parser = argparse.ArgumentParser()
+        add(parser)
+        return parser.parse_args(list(argv))
+
+    predict = ("--images", "a.png", "--task", "detection")
+    assert parsed(command_arguments.add_predict_arguments, *predict).constrained is True
+    assert parsed(command_arguments.add_predict_arguments, *predict, "--free").constrained is False
+    assert parsed(command_arguments.add_demo_arguments).constrained is True
+    assert parsed(command_arguments.add_demo_arguments, "--free").constrained is False
+    assert parsed(space.add_arguments).constrained is True and SpaceSettings().constrained is True
+    evaluate = ("--task", "detection", "--data", "d", "--model", "mini", "--out", "o")
+    assert parsed(command_arguments.add_evaluate_arguments, *evaluate).constrained is False
+    assert parsed(command_arguments.add_evaluate_arguments, *evaluate, "--constrained").constrained is True

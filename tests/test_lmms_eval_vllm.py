@@ -13,6 +13,7 @@ from gap_mllm.evaluation.lmms_eval_plugin.models.gap_mllm import GapMllm
 from gap_mllm.evaluation.lmms_eval_plugin.vllm_backend import VllmAnswerer
 from gap_mllm.mini import default_model_path
 from gap_mllm.serving import export_llm_folder
+from gap_mllm.tasks_gap_mllm import GROUNDING_STAGE1, SPATIAL_QA
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .engine_stand_in import EngineStandIn
@@ -92,3 +93,23 @@ def test_vllm_backend_reports_http_errors_with_status_body_and_sample(synth_data
         with pytest.raises(RuntimeError, match=r"HTTP 400: .*exceeds model's maximum context length \(64\)") as raised:
             answerer.answer_stages(lambda i, stage, previous: request_for(doc, stage, previous), [0], 1, {0: doc["id"]})
     assert f"sample {doc['id']!r}, stage 1" in "".join(raised.value.__notes__)
+
+
+def test_constrained_answers_are_the_same_through_vllm_structured_outputs(synth_data, exported, server, tmp_path,  # noqa: F811
+                                                                          monkeypatch):
+    """`constrained=true` (issue 54): the HF backend decodes inside each task's grammar (a logits processor), the vLLM
+    backend sends the same grammar as the request's `structured_outputs.grammar`, which the stand-in applies with
+    xgrammar's own logits processor; the answers are the same, each of the budget's grammar (stage 1's answers whole)."""
+    tasks = ["gap_scanrefer", "gap_spatial_qa"]
+    common = "pretrained=mini,max_new_tokens=12,device=cpu,constrained=true"
+    hf = _evaluate("gap_mllm", tasks, exported, DOCS_PER_TASK, tmp_path / "hf", monkeypatch, model_args=common)
+    served_before = len(server.completions)
+    vllm = _evaluate("gap_mllm", tasks, exported, DOCS_PER_TASK, tmp_path / "vllm", monkeypatch,
+                     model_args=f"{common},backend=vllm,base_url={server.url},served_model_name=gap-mllm")
+    assert len(server.completions) == DOCS_PER_TASK * 3  # two ScanRefer stages, one spatial question
+    for task in tasks:
+        assert _answers(vllm, task) == _answers(hf, task), task
+    for texts in _answers(vllm, "gap_scanrefer").values():
+        assert GROUNDING_STAGE1.parse(texts[0]).reason is None, texts  # '{"frame": k}' fits 12 tokens
+    for (text,) in _answers(vllm, "gap_spatial_qa").values():
+        assert SPATIAL_QA.parse(text).reason is None and SPATIAL_QA.parse(text).answer == text, text

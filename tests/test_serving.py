@@ -250,3 +250,19 @@ def test_vllm_settings_and_no_vllm_import():
     assert command[command.index("--limit-mm-per-prompt") + 1] == '{"image": 8, "video": 0}'
     assert command[command.index("--chat-template-content-format") + 1] == "openai"
     assert "vllm" not in sys.modules
+
+
+def test_constrained_payload_carries_the_task_grammar_of_its_budget(encoder):
+    """Issue 54: vLLM's structured-output field (`structured_outputs.grammar`, vLLM >= 0.12) holds the grammar that
+    `generate(constrained=True)` uses for the same task and budget; free requests carry none."""
+    from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING_STAGE2
+
+    request = encoder.encode(make_views(2, seed=3), task="grounding_stage2", query="the chair")
+    payload = json.loads(json.dumps(chat_completion_payload(request, constrained=True)))
+    assert payload["structured_outputs"] == {"grammar": GROUNDING_STAGE2.answer_grammar}
+    assert "structured_outputs" not in chat_completion_payload(request)
+    detection = encoder.encode(make_views(1), task="detection")
+    small = chat_completion_payload(detection, max_tokens=300, constrained=True)["structured_outputs"]["grammar"]
+    assert small == DETECTION.grammar(300) != DETECTION.answer_grammar  # fewer entries fit 300 tokens
+    with pytest.raises(ValueError, match="a free prompt has no answer grammar"):
+        chat_completion_payload(encoder.reprompt(request, "<image><image>Say hi."), max_tokens=4, constrained=True)

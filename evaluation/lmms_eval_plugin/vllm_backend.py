@@ -142,7 +142,7 @@ class VllmAnswerer:
         """The server's response to one request (a worker thread)."""
         try:
             payload = chat_completion_payload(encoded, model=self.served_model_name, max_tokens=self.budget(request),
-                                              **RETURN_TOKEN_IDS)
+                                              constrained=request.constrained, **RETURN_TOKEN_IDS)
             return post_json(self.base_url, payload, timeout=self.timeout)
         finally:
             gate.release()

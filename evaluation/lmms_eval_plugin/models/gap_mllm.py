@@ -17,7 +17,9 @@ Arguments: `pretrained` (a model folder or Hub id, `mini` or nothing for the emb
 (default: the accelerate process device under `accelerate launch`, else cuda if there is one, else cpu), `batch_size`,
 `max_new_tokens` (a cap on the registry budgets, for smoke runs; `--gen_kwargs max_new_tokens=N` caps the same
 way), `max_frames` (upstream tasks: frames per document, default 32), `dtype` (e.g. bfloat16), `scene_reuse` (default
-true), `backend` (`hf`, default: this process generates; or
+true), `constrained` (default false, the paper's protocol: true decodes the plugin's own tasks inside their answer
+grammar, as `gap-mllm evaluate --constrained`, with either backend; upstream tasks such as vsibench stay free, their
+answers having no registry grammar), `backend` (`hf`, default: this process generates; or
 `vllm`: this process runs the encoder half and a vLLM server the language half, ../vllm_backend.py). With
 `backend=vllm`: `base_url` (required), `served_model_name` (default gap-mllm), `max_concurrency` (requests in flight,
 default 8), `timeout` (seconds per request, default 600), `verify_export` (default true: the served folder must be
@@ -109,12 +111,12 @@ class GapMllm(lmms):
 
     def __init__(self, pretrained=None, device=None, batch_size=1, max_new_tokens=None, dtype=None, scene_reuse=True,
                  backend="hf", max_batch_size=None, base_url=None, served_model_name=None, max_concurrency=None,
-                 timeout=None, verify_export=None, max_frames=None, **unknown) -> None:
+                 timeout=None, verify_export=None, max_frames=None, constrained=None, **unknown) -> None:
         super().__init__()
         check_lmms_eval_version()
         if unknown:
             raise TypeError(f"gap_mllm: unknown model_args {', '.join(sorted(unknown))}; known: pretrained, device, "
-                            "batch_size, max_new_tokens, max_frames, dtype, scene_reuse, backend, and with backend=vllm: "
+                            "batch_size, max_new_tokens, max_frames, dtype, scene_reuse, constrained, backend, and with backend=vllm: "
                             f"{', '.join(VLLM_ARGS)}")
         self.frames = FrameCache(_optional_int(max_frames, "max_frames") or DEFAULT_MAX_FRAMES)
         if backend not in BACKENDS:
@@ -131,6 +133,7 @@ class GapMllm(lmms):
         self.batch_size_per_call = _optional_int(batch_size, "batch_size") or 1
         self.max_new_tokens = _optional_int(max_new_tokens, "max_new_tokens")
         self.scene_reuse = _flag(scene_reuse)
+        self.constrained = False if constrained is None else _flag(constrained)
         self._device = self._choose_device(device)
         torch_dtype = getattr(torch, str(dtype), None) if dtype not in (None, "", "None", "auto") else None
         if dtype not in (None, "", "None", "auto") and not isinstance(torch_dtype, torch.dtype):
@@ -292,6 +295,7 @@ class GapMllm(lmms):
 
             def request_for_member(i, stage, previous, cap=cap):
                 request = request_for(docs[i], stage, previous)
+                request.constrained = self.constrained  # the plugin's own tasks: their answer grammar (default off)
                 if cap is not None:
                     request.max_new_tokens = min(request.max_new_tokens, cap)
                 return request
