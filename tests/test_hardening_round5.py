@@ -325,6 +325,19 @@ def test_item11_a_diverged_run_is_one_line_naming_the_step_and_the_run(tmp_path,
                                                    f"writing {tmp_path}; ")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_item11_the_finite_check_of_an_entry_flags_nan_and_infinities_and_not_large_finite_values(dtype):
+    from gap_mllm.training.feature_cache import _all_finite
+
+    largest = torch.finfo(dtype).max
+    assert _all_finite(torch.full((4096,), largest, dtype=dtype))  # a sum that would overflow in the same type
+    for value in (float("nan"), float("inf"), -float("inf")):
+        values = torch.zeros(4096, dtype=dtype)
+        values[1234] = value
+        assert not _all_finite(values), value
+    assert not _all_finite(torch.tensor([float("inf"), -float("inf")], dtype=dtype))  # inf - inf: NaN
+
+
 def test_item11_a_cache_entry_of_nan_features_is_named_as_an_entry(tmp_path, recon_dataset, caplog):  # noqa: F811
     model, processor = tiny()
     dataset = undecoded_images(recon_dataset.select(range(1)))

