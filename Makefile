@@ -55,7 +55,7 @@ test-all: install
 demo: install
 	$(VENV)/bin/gap-mllm demo
 
-# Re-run the example notebooks on the embedded GAP-MLLM-Mini and store their outputs in them (76 s on a busy 2-core CPU).
+# Re-run the example notebooks on the embedded GAP-MLLM-Mini and store their outputs in them (283 s of CPU time: README.md).
 notebooks: install
 	$(PY) examples/notebooks/execute_notebooks.py examples/notebooks/*.ipynb
 

@@ -49,7 +49,7 @@ def _draw_box_set(draw: ImageDraw.ImageDraw, boxes: np.ndarray, intrinsics, colo
 
 def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True, marker=None) -> list[Image.Image]:
     """Every frame with the predicted boxes (red), the reference boxes (green, synthetic scenes) and the
-    predicted 3D point (yellow) projected, and the marker `(view, x, y)` of a reconstruction request painted
+    predicted 3D point (yellow; a wedge on the edge where it lies beyond the frame: `_draw_point`) projected, and the marker `(view, x, y)` of a reconstruction request painted
     as the model saw it (the official red "+"); frames without a known pose get no projections."""
     predicted = _as_array(boxes)
     labels = [b.label if isinstance(b, Box3D) else None for b in boxes]
@@ -74,9 +74,35 @@ def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True, mar
             p = first_to_view[:3, :3] @ np.asarray(point, dtype=np.float64) + first_to_view[:3, 3]
             if p[2] > 0.05:
                 u, v = (scene.intrinsics @ (p / p[2]))[:2]
-                draw.ellipse([u - 4, v - 4, u + 4, v + 4], outline=MARKER, width=2)
+                _draw_point(draw, float(u), float(v), image.width, image.height)
         drawn.append(image)
     return drawn
+
+
+POINT_RADIUS, WEDGE_LENGTH, WEDGE_HALF_WIDTH = 5, 20, 6  # a long, narrow wedge: its direction reads at a glance
+OUTLINE = (0, 0, 0)  # around the yellow, which vanishes on the rooms' light walls without it
+
+
+def _draw_point(draw: ImageDraw.ImageDraw, u: float, v: float, width: int, height: int) -> None:
+    """The predicted point at pixel `(u, v)` of a `width x height` frame: a yellow ring edged in black where it falls
+    inside the frame; where it falls outside (in front of the camera), a yellow wedge on the frame's edge pointing
+    towards it, so that a point beyond every frame (as a wrong answer often is) is still drawn."""
+    if 0 <= u < width and 0 <= v < height:
+        r = POINT_RADIUS
+        draw.ellipse([u - r - 1, v - r - 1, u + r + 1, v + r + 1], outline=OUTLINE, width=4)
+        draw.ellipse([u - r, v - r, u + r, v + r], outline=MARKER, width=2)
+        return
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    direction = np.array([u, v]) - centre
+    # the tip: where the line from the frame's centre to the point leaves the frame (1 pixel inside its edge)
+    reach = min(((width - 1) / 2 - 1) / abs(direction[0]) if direction[0] else np.inf,
+                ((height - 1) / 2 - 1) / abs(direction[1]) if direction[1] else np.inf)
+    tip = centre + reach * direction
+    along = direction / np.linalg.norm(direction)
+    across = np.array([-along[1], along[0]])
+    base = tip - WEDGE_LENGTH * along
+    corners = [tuple(tip), tuple(base + WEDGE_HALF_WIDTH * across), tuple(base - WEDGE_HALF_WIDTH * across)]
+    draw.polygon(corners, fill=MARKER, outline=OUTLINE, width=1)
 
 
 def contact_sheet(images: list[Image.Image], columns: int = 2, legend=None) -> Image.Image:
@@ -106,7 +132,7 @@ def legend_entries(scene, boxes, point=None, marker=None, task: str | None = Non
         text = "box to describe (input)" if task == CAPTIONING.name else "predicted boxes"
         entries.append(("box", PREDICTED, text))
     if point is not None:
-        entries.append(("circle", MARKER, "predicted 3D point"))
+        entries.append(("circle", MARKER, "predicted 3D point (wedge: beyond the frame)"))
     if marker is not None:
         entries.append(("plus", MARKER_COLOR, f"marker: the pixel asked about (view {int(marker[0])})"))
     return entries
@@ -122,6 +148,7 @@ def _draw_legend(draw: ImageDraw.ImageDraw, entries, top: int) -> None:
         if shape == "box":
             draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
         elif shape == "circle":
+            draw.ellipse([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=OUTLINE, width=4)
             draw.ellipse([x0, y0, x1, y1], outline=colour, width=2)
         else:
             draw.rectangle([x0, y0 + 4, x1, y0 + 6], fill=colour)
