@@ -63,6 +63,7 @@ from gap_mllm.training.run import run_training
 from .arms import ABLATION_ARMS, ARMS, MAIN_ARM, Arm
 from .export import EXPORT_COMMAND, export_default, export_is_complete
 from .pipeline_settings import BUDGETS, STAGE_KINDS, Budget, add_arguments
+from .provenance import FINAL_MODEL, collapse_copies, training_chain
 from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS, collect_results, write_report
 
 logger = logging.getLogger(__name__)
@@ -226,14 +227,13 @@ def exported_origin(results: dict, source: Path, flag: str, stage: str) -> dict:
     stages, note = results.get("stages", {}), f"copied from {source} ({flag})"
     if stage in stages:
         origin = stages[stage]
-        if origin.get("note"):
-            note += f"; its {stage}: {origin['note']}"
+        if origin.get("note"):  # a release copied from the last one names that folder once (mini/provenance.py)
+            note = collapse_copies(f"{note}; its {stage}: {origin['note']}")
         return {"recipe": origin.get("recipe", f"given ({flag})"), "global_step": origin.get("global_step"),
                 "device": origin.get("device"), "source": str(source), "note": note}
     trained = {name: found for name, found in sorted(stages.items()) if "/" in name}  # the arm stages: ARM/stageN
     if trained:
-        note += "; an exported final model, made by " + "; ".join(
-            f"{name}: {found.get('recipe')}, {found.get('global_step')} steps, {found.get('device')}" for name, found in trained.items())
+        note += f"; {FINAL_MODEL}" + "; ".join(training_chain(trained, source))
     devices = sorted({str(found.get("device")) for found in trained.values() if found.get("device")})
     return {"recipe": f"given ({flag})", "global_step": None, "device": ", ".join(devices) or None,
             "source": str(source), "note": note}

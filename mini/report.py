@@ -141,6 +141,14 @@ def _cell(value, interval=None, percent: bool = False, digits: int = 2) -> str:
     return text
 
 
+# random_same_category answers with a true box (of a random object of the target's category): it reads the
+# ground truth, so it is an upper reference for a model that finds the category, not a baseline to beat
+GROUNDING_ROW_NAMES = {"random_same_category": "upper reference: random_same_category (reads the true boxes)"}
+UPPER_REFERENCE_NOTE = ("random_same_category is no baseline: it answers with the true box of a random object of the "
+                        "target's category in the scene, so it reads the ground truth; it is an upper reference for "
+                        "a model that knows the category and picks among its objects at random.")
+
+
 def results_markdown(results: dict) -> str:
     """The evaluation table (arms and baselines) and the stage-0 geometry table, as Markdown."""
     lines = [
@@ -163,7 +171,7 @@ def results_markdown(results: dict) -> str:
     grounding = base["grounding"]
     for name in ("constant_mean_box", "best_constant_box", "random_same_category"):
         row = grounding[name]
-        lines.append(f"| baseline: {name} | {_cell(row['acc@0.25'], row['acc@0.25_ci95'], True)} "
+        lines.append(f"| {GROUNDING_ROW_NAMES.get(name, 'baseline: ' + name)} | {_cell(row['acc@0.25'], row['acc@0.25_ci95'], True)} "
                      f"| {_cell(row['acc@0.5'], row['acc@0.5_ci95'], True)} | — | — | — | — | — | — |")
     detection = base["detection"]["category_mean_boxes"]
     lines.append(f"| baseline: category_mean_boxes (true labels) | — | — | {_cell(detection['f1'], detection['f1_ci95'], True)} | — | — | — | — | — |")
@@ -185,7 +193,8 @@ def results_markdown(results: dict) -> str:
                  "stage 2). The marker columns score each arm's final model (the exported default), whose stage 2 keeps "
                  "the marker task in its mix; the S1 columns score its stage-1 model on the same samples. CIDEr@0.5: "
                  "Scan2Cap's CIDEr at the 0.5 IoU gate (`cider@0.5` in `gap-mllm evaluate` summaries and lmms-eval "
-                 "tables), its IDF computed over these captioning samples, so a run on fewer samples gives other values.")
+                 "tables), its IDF computed over these captioning samples, so a run on fewer samples gives other values. "
+                 + UPPER_REFERENCE_NOTE)
     stages = results.get("stages")
     if stages:
         lines += ["", "Where each stage was trained (from its `stage_done.json`):", "", "| stage | recipe | steps | device | note |", "|---|---|---|---|---|"]

@@ -1,0 +1,68 @@
+"""What the results table says of the Mini (issue 55, item 14): the provenance of a release that continues the last one
+names each copy and each training once, with no "None steps"; random_same_category, which reads the true boxes, is an
+upper reference, not a baseline; the shipped table and card are the writer's text of the shipped results file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gap_mllm.mini import pipeline
+from gap_mllm.mini.provenance import collapse_copies, made_by
+from gap_mllm.mini.report import results_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "mini" / "gap-mllm-mini"
+
+
+def shipped_results() -> dict:
+    return json.loads((SHIPPED / "evaluation_results.json").read_text(encoding="utf-8"))
+
+
+def test_a_release_continuing_the_last_one_names_each_copy_and_training_once():
+    """The next release takes this one as `--stage0` and `--stage1` (mini/README.md): its notes, from the shipped file."""
+    source = Path("mini/gap-mllm-mini")
+    stage1 = pipeline.exported_origin(shipped_results(), source, "--stage1", "stage1")
+    assert stage1["note"] == ("copied from mini/gap-mllm-mini (--stage1); an exported final model, made by "
+                              "gap_gated_s0/stage1: mini_stage1.yaml, 1000 steps, cpu; "
+                              "gap_gated_s0/stage2: mini_stage2.yaml, 800 steps, cpu; "
+                              "gap_gated_s0/stage2: mini_stage2.yaml, 7200 steps, cpu")
+    stage0 = pipeline.exported_origin(shipped_results(), source, "--stage0", "stage0")
+    assert stage0["note"].startswith("copied from mini/gap-mllm-mini (--stage0); its stage0: copied from "
+                                     "runs/stage0-cameras (--stage0): the geometry encoder of mini_stage0_cameras.yaml")
+    assert stage0["note"].count("mini/gap-mllm-mini") == 1
+    # and the release after it: the same folder copied once more is still named once
+    again = {"stages": {"stage0": {**stage0, "recipe": "given (--stage0)"}}}
+    assert pipeline.exported_origin(again, source, "--stage0", "stage0")["note"] == stage0["note"]
+
+
+def test_a_stage_of_unknown_steps_says_no_none_steps():
+    assert made_by({"recipe": "mini_stage2.yaml", "global_step": None, "device": "cpu"}) == "mini_stage2.yaml, cpu"
+    assert made_by({"recipe": "mini_stage2.yaml", "global_step": 7200, "device": "cpu"}) == "mini_stage2.yaml, 7200 steps, cpu"
+    given = {"stages": {"arm/stage1": {"recipe": "given (--stage1)", "global_step": None, "device": "cpu",
+                                       "note": "copied from elsewhere/model (--stage1)"},
+                        "arm/stage2": {"recipe": "mini_stage2.yaml", "global_step": None, "device": "cuda"}}}
+    note = pipeline.exported_origin(given, Path("mini/gap-mllm-mini"), "--stage1", "stage1")["note"]
+    assert "None" not in note and note.endswith(
+        "made by arm/stage1: copied from elsewhere/model (--stage1); arm/stage2: mini_stage2.yaml, cuda")
+
+
+def test_collapse_copies_keeps_distinct_sources():
+    chain = ("copied from A (--stage0); its stage0: copied from A (--stage0); its stage 0: copied from A (--stage0); "
+             "its stage0: copied from B (--stage0): trained")
+    assert collapse_copies(chain) == "copied from A (--stage0); its stage0: copied from B (--stage0): trained"
+
+
+def test_the_results_table_calls_random_same_category_an_upper_reference():
+    table = results_markdown(shipped_results())
+    assert "| upper reference: random_same_category (reads the true boxes) | 86.5 [84.2, 88.5] |" in table
+    assert "baseline: random_same_category" not in table and "it is an upper reference" in table
+
+
+def test_the_shipped_table_and_card_are_the_writers_text_of_the_shipped_results():
+    results = shipped_results()
+    table = results_markdown(results)
+    assert (REPO / "mini" / "RESULTS.md").read_text(encoding="utf-8") == \
+        f"# GAP-MLLM-Mini results (budget: {results['budget']})\n\n" + table
+    card = (SHIPPED / "README.md").read_text(encoding="utf-8")
+    assert table in card and "None steps" not in card + table
