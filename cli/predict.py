@@ -42,6 +42,7 @@ from pathlib import Path
 
 from .command_arguments import EXIT_STATUS_HELP, PARSE_FAILURE_STATUS, SAVE_FORMATS  # noqa: F401 - light, for --help
 from .command_arguments import add_predict_arguments as add_arguments  # noqa: F401 - the command's add_arguments
+from .early_checks import check_output_folder
 from .example_reference import reference_lines, request_text
 from .loading import (MINI, MINI_TASKS, MINI_UNTRAINED_TASK_NOTE, TINY, UNTRAINED_NOTICE, load_model_and_processor,
                       resolve_model_source)
@@ -67,6 +68,7 @@ MINI_OWN_FRAMES_NOTE = ("note: GAP-MLLM-Mini, the default --model, knows SynthRo
 
 def main(args: argparse.Namespace) -> int:
     try:
+        check_output_folder(args.save_dir, "--save-dir")  # as the early check does, for a caller that skipped it
         example = {}
         if args.example:
             scene = synthetic_scene(EXAMPLE_SEEDS[args.example])

@@ -66,8 +66,8 @@ def test_a_marker_outside_the_frames_is_refused_before_the_model(frame):
 
 
 def test_the_predict_command_applies_the_same_marker_rule_to_the_frames_it_read(frame, tmp_path, capsys):
-    """Past the early check (a script calling `predict.main`), the marker is checked against the frames read, before
-    any model: the model given does not exist."""
+    """Past the early check (a script calling `predict.main`), the marker is checked against the frames read and the
+    output folder as the early check does, before any model: the model given does not exist."""
     from gap_mllm.cli import predict
     from gap_mllm.cli.main import CommandParser
 
@@ -77,6 +77,12 @@ def test_the_predict_command_applies_the_same_marker_rule_to_the_frames_it_read(
                               "--marker", "0", "10", "100"])
     assert predict.main(args) == 2
     assert "marker pixel (x=10, y=100) is outside the 200x100 view" in capsys.readouterr().err
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    args = parser.parse_args(["--model", str(tmp_path / "no-model"), "--images", str(frame), "--task", "detection",
+                              "--save-dir", str(notes)])
+    assert predict.main(args) == 2
+    assert f"--save-dir {notes}: this is a file; give a folder" in capsys.readouterr().err
 
 
 def test_a_bundled_rooms_frames_are_as_the_early_check_says():
