@@ -13,7 +13,10 @@ host-device synchronisation, so the mini model's step was bound by dispatch, not
   `vision_rotary_position_ids` (transformers' precomputed `image_position_ids` input); identical positions.
 - `GapMllmQwen3VLVisionAttention`: when every image of the call has the same number of patches (a batch of one
   frame size, the usual case), one attention call over `[images, heads, patches, dim]` instead of one per image;
-  other cases and flash-attn keep the stock path.
+  other cases and flash-attn keep the stock path. The image lengths are read on the host once per ViT forward.
+- `GapMllmQwen3VLTextModel._deepstack_process`: the DeepStack features added at the visual tokens through their
+  flat indices (`index_add`), found once per forward, instead of a boolean-mask read and write per DeepStack level
+  (each a host-device synchronisation, and three more in the backward); the same additions, so the same numbers.
 
 The subclasses add no parameters or buffers, so weights, configs and checkpoints are the stock model's.
 """
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     Qwen3VLModel,
+    Qwen3VLTextModel,
     Qwen3VLVisionAttention,
     apply_rotary_pos_emb_vision,
     eager_attention_forward,
@@ -56,13 +61,41 @@ class GapMllmQwen3VLModel(Qwen3VLModel):
         return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
 
 
+_LAST_LENGTHS: list = [None, None]  # (cu_seqlens, its lengths): the last ViT forward's
+_LAST_VISUAL_INDEX: list = [None, None]  # (visual_pos_masks, its flat indices): the last text forward's
+
+
+class GapMllmQwen3VLTextModel(Qwen3VLTextModel):
+    """Qwen3-VL's text model with the DeepStack additions made through indices (see the module docstring)."""
+
+    def _deepstack_process(self, hidden_states, visual_pos_masks, visual_embeds):
+        """`hidden_states` `[B, T, D]` plus `visual_embeds` `[N, D]` at the N visual tokens of `visual_pos_masks`
+        `[B, T]` (row-major order, as the stock `hidden[mask] + embeds`): one index per forward (every DeepStack
+        level gets the same mask tensor), read once on the host; `index_add` at distinct indices adds each row once."""
+        if _LAST_VISUAL_INDEX[0] is not visual_pos_masks:
+            index = torch.nonzero(visual_pos_masks.flatten()).flatten()  # the one synchronisation of this forward
+            _LAST_VISUAL_INDEX[:] = [visual_pos_masks, index]
+        index = _LAST_VISUAL_INDEX[1].to(hidden_states.device)
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        added = flat.index_add(0, index, visual_embeds.to(hidden_states.device, hidden_states.dtype))
+        return added.view_as(hidden_states)
+
+
+def _image_lengths(cu_seqlens: torch.Tensor) -> list[int]:
+    """The patches of each image, `cu_seqlens` read on the host once per ViT forward, not once per block (every block
+    of a forward gets the same tensor; on a GPU each read waits for the device). The stock path reads them too."""
+    if _LAST_LENGTHS[0] is not cu_seqlens:
+        _LAST_LENGTHS[:] = [cu_seqlens, (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()]
+    return _LAST_LENGTHS[1]
+
+
 class GapMllmQwen3VLVisionAttention(Qwen3VLVisionAttention):
     """Qwen3-VL's ViT attention with one call for all images of equal patch count (see the module docstring)."""
 
     def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
         if is_flash_attention_requested(self.config):  # flash-attn's varlen kernel is one call already
             return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()  # the stock path reads these too
+        lengths = _image_lengths(cu_seqlens)
         if len(set(lengths)) != 1:
             return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
         images, patches = len(lengths), lengths[0]
@@ -92,6 +125,11 @@ def use_batched_qwen3_vl(vlm) -> None:
     """
     if type(vlm.model) is Qwen3VLModel:
         vlm.model.__class__ = GapMllmQwen3VLModel
+    if type(vlm.model.language_model) is Qwen3VLTextModel:
+        vlm.model.language_model.__class__ = GapMllmQwen3VLTextModel
+        # transformers finds which outputs a model records (hidden states, attentions) by its class name, registered
+        # when the model was built: register the new name too, or `output_hidden_states=True` would return None
+        _CAN_RECORD_REGISTRY[vlm.model.language_model] = vlm.model.language_model._can_record_outputs
     for block in vlm.model.visual.blocks:
         if type(block.attn) is Qwen3VLVisionAttention:
             block.attn.__class__ = GapMllmQwen3VLVisionAttention

@@ -178,6 +178,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         geometry_pixel_values: torch.Tensor,
         image_grid_thw: torch.LongTensor,
         views_per_sample: list[int],
+        grids: list | None = None,
     ) -> list[list[torch.Tensor]]:
         """Run the geometry encoder once per group of same-shaped samples.
 
@@ -186,12 +187,14 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 valid region is the top-left `p·h_i × p·w_i` (p = VGGT patch size, (h_i, w_i) its Qwen patch grid).
             image_grid_thw: `[N_views, 3]` rows `(1, h_i, w_i)`.
             views_per_sample: views of each sample, in batch order.
+            grids: `image_grid_thw` as host integers, when the caller has them (a training step: no read of the
+                device's copy, which waits for the GPU).
 
         Returns:
             per fusion level (0 = main, then DeepStack), one `[S_b, h_b, w_b, 2·C]` tensor per sample.
         """
         patch = self.config.geometry_config.patch_size
-        grids = image_grid_thw.tolist()
+        grids = image_grid_thw.tolist() if grids is None else [list(g) for g in grids]
         if any(t != 1 for t, _, _ in grids):
             raise ValueError("geometry fusion needs single-frame image grids (t = 1); videos bypass geometry.")
         needed_h = max(h for _, h, _ in grids) * patch
@@ -233,11 +236,14 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                         features[level][i] = layer_features[slot].reshape(count, h, w, -1)
         return features
 
-    def fuse_geometry(self, image_outputs, geometry_features, image_grid_thw, output_gates: bool = False):
+    def fuse_geometry(self, image_outputs, geometry_features, image_grid_thw, output_gates: bool = False,
+                      grids: list | None = None):
         """Replace Qwen's visual features (`pooler_output`, `deepstack_features`) in `image_outputs` by the
-        fused ones, in place; returns the gates (see `GapMllmOutput.fusion_gates`)."""
+        fused ones, in place; returns the gates (see `GapMllmOutput.fusion_gates`). `grids`: `image_grid_thw` as
+        host integers, when the caller has them."""
         merge = self.config.vlm_config.vision_config.spatial_merge_size
-        merged_grids = [(h // merge, w // merge) for _, h, w in image_grid_thw.tolist()]
+        grids = image_grid_thw.tolist() if grids is None else grids
+        merged_grids = [(h // merge, w // merge) for _, h, w in grids]
         visual_levels = [image_outputs.pooler_output, *image_outputs.deepstack_features]
         if len(visual_levels) != len(geometry_features):
             raise ValueError(
@@ -261,12 +267,14 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         geometry_features: list[list[torch.Tensor]] | None = None,
         output_gates: bool = False,
         image_outputs=None,
+        grids: list | None = None,
     ):
         """The image path of GAP-MLLM: ViT features, geometry features (computed from
         `geometry_pixel_values`, or given precomputed, e.g. from a feature cache) and their fusion.
 
         `image_outputs`: the ViT's output for `pixel_values`, precomputed (as `get_image_features` returns it, e.g.
-        rebuilt from a training feature cache); `pixel_values` is then not read.
+        rebuilt from a training feature cache); `pixel_values` is then not read. `grids`: `image_grid_thw` as host
+        integers `[(t, h, w), ...]`, when the caller has them (the training step: training/host_metadata.py).
 
         Returns:
             `(image_outputs, geometry_features, gates)`: Qwen's vision output with the fused `pooler_output`
@@ -278,11 +286,12 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         if geometry_features is None:
             if geometry_pixel_values is None:
                 raise ValueError("pass geometry_pixel_values (GapMllmProcessor) or precomputed geometry_features.")
-            geometry_features = self.get_geometry_features(geometry_pixel_values, image_grid_thw, views_per_sample)
+            geometry_features = self.get_geometry_features(geometry_pixel_values, image_grid_thw, views_per_sample, grids)
         else:
             dtype = next(self.geometry_fusion.parameters()).dtype
             geometry_features = [[features.to(dtype) for features in level] for level in geometry_features]
-        gates = self.fuse_geometry(image_outputs, geometry_features, image_grid_thw, output_gates=output_gates)
+        gates = self.fuse_geometry(image_outputs, geometry_features, image_grid_thw, output_gates=output_gates,
+                                   grids=grids)
         return image_outputs, geometry_features, gates
 
     def encode_images(

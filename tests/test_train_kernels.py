@@ -5,6 +5,7 @@ or half precision is missing; the default stays sdpa and trains. The GPU require
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 
@@ -301,3 +302,87 @@ def test_make_gpu_venv_installs_the_gpu_extras_apart_from_the_cpu_path():
     assert all(line.startswith(".venv-gpu/bin/python -m pip") for line in gpu_lines)
     cpu = dry_run("-B", "install")  # -B: every step of the CPU path, as on a fresh machine
     assert "gpu" not in cpu and "flash" not in cpu and ".venv-gpu" not in cpu
+
+
+def test_compiled_layers_and_liger_are_on_by_default_on_cuda_only(monkeypatch):
+    """Unset kernel switches: on for a CUDA run of an LLM stage where they can run, off on the CPU; a given switch
+    stays as given."""
+    monkeypatch.setattr(kernels, "compile_problem", lambda device: None)
+    switches = ("liger_fused_linear_cross_entropy", "liger_language_model", "compile_layers")
+
+    def decided(values, cuda):
+        settings = kernels.resolve_kernels(*planned(values, cuda))
+        return {name: getattr(settings.kernels, name) for name in switches}
+
+    assert decided({}, cuda=False) == dict.fromkeys(switches, False)
+    gpu_machine(monkeypatch)
+    assert decided({}, cuda=True) == dict.fromkeys(switches, True)
+    assert decided({"kernels": {"compile_layers": False}}, cuda=True)["compile_layers"] is False
+    assert decided({"stage": "geometry"}, cuda=True) == dict.fromkeys(switches, False)  # encoder stages: none applies
+    gpu_machine(monkeypatch, installed=())  # no liger-kernel: compiled, no Liger
+    assert decided({}, cuda=True) == {"liger_fused_linear_cross_entropy": False, "liger_language_model": False,
+                                      "compile_layers": True}
+    monkeypatch.setattr(kernels, "compile_problem", lambda device: "Triton")
+    assert decided({}, cuda=True)["compile_layers"] is False
+
+
+def test_compiled_layers_and_liger_language_model_are_refused_where_they_cannot_run(monkeypatch):
+    monkeypatch.setattr(kernels, "installed_version", lambda _: None)
+    settings, plan = planned({"kernels": {"liger_language_model": True}}, cuda=False)
+    with pytest.raises(KernelUnavailableError) as error:
+        check_kernels(settings, plan)
+    assert str(error.value) == (
+        "kernels.liger_language_model=true needs the liger-kernel package (not installed) and a CUDA device (this run "
+        "trains on the CPU; device plan: auto: torch sees no CUDA device); run on a GPU machine after `make gpu-venv`")
+    monkeypatch.setattr(kernels, "compile_problem", lambda device: f"a C++ compiler for inductor's {device} code (none)")
+    settings, plan = planned({"kernels": {"compile_layers": True}}, cuda=False)
+    with pytest.raises(KernelUnavailableError) as error:
+        check_kernels(settings, plan)
+    assert str(error.value) == ("kernels.compile_layers=true needs a C++ compiler for inductor's cpu code (none); set "
+                                "it to false (or leave it unset: compiled on CUDA only)")
+    with pytest.raises(ValueError, match=r"^kernels.compile_layers applies to the LLM stages"):
+        recipe_from_dict({"stage": "vision", "kernels": {"compile_layers": True}})
+
+
+def test_the_switches_reach_the_language_model(tmp_path, recon_dataset, monkeypatch):
+    """`liger_language_model` hands Qwen3-VL's text model to Liger's own patcher (a stand-in here: Liger's kernels are
+    Triton, CUDA only) with RMSNorm, RoPE and SwiGLU and no loss of its own; `compile_layers` compiles every decoder
+    layer on its own (regional), statically with length buckets."""
+    calls, compiled = [], []
+    liger = types.ModuleType("liger_kernel.transformers")
+    liger.apply_liger_kernel_to_qwen3_vl = lambda **kwargs: calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", liger)
+    monkeypatch.setattr(run, "check_kernels", lambda settings, plan: None)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append((self, kwargs)))
+    model, processor = tiny()
+    build(tmp_path, recon_dataset, model, processor, data={"length_buckets": [256]},
+          kernels={"liger_language_model": True, "compile_layers": True})
+    language_model = model.vlm.model.language_model
+    assert calls == [{"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+                      "fused_linear_cross_entropy": False, "model": language_model}]
+    assert [module for module, _ in compiled] == list(language_model.layers)
+    assert all(kwargs == {"dynamic": False, "backend": "inductor"} for _, kwargs in compiled)
+    calls.clear(), compiled.clear()
+    build(tmp_path, recon_dataset, *tiny(), kernels={"liger_language_model": False, "compile_layers": False})
+    assert calls == [] and compiled == []
+
+
+def test_liger_on_by_default_turns_off_under_zero3_and_asked_for_is_refused(tmp_path, recon_dataset, monkeypatch):
+    """The default must not refuse a ZeRO-3 run that trained before it: unset, the fused loss is off there; asked for
+    (`true`), it is refused as before."""
+    monkeypatch.setattr(run, "check_kernels", lambda settings, plan: None)
+
+    def as_on_cuda(settings, plan):  # what resolve_kernels decides on a CUDA machine with liger-kernel (no compile)
+        liger = settings.kernels.liger_fused_linear_cross_entropy is not False
+        return dataclasses.replace(settings, kernels=dataclasses.replace(
+            settings.kernels, liger_fused_linear_cross_entropy=liger, liger_language_model=False, compile_layers=False))
+
+    monkeypatch.setattr(run, "resolve_kernels", as_on_cuda)
+    for module in (run, kernels):
+        monkeypatch.setattr(module, "under_zero3", lambda trainer: True)
+    setup = build(tmp_path, recon_dataset, *tiny())
+    assert setup.model.liger_cross_entropy is False
+    with pytest.raises(KernelUnavailableError, match=r"^kernels.liger_fused_linear_cross_entropy=true does not run "
+                                                     r"under DeepSpeed ZeRO-3"):
+        build(tmp_path, recon_dataset, *tiny(), kernels={"liger_fused_linear_cross_entropy": True})

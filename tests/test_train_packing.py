@@ -4,16 +4,26 @@ gradients of the padded batch (float32). Plus the mix they are packed from keeps
 from __future__ import annotations
 
 from contextlib import nullcontext
+from itertools import accumulate
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from gap_mllm.model_inputs import IGNORE_INDEX
 from gap_mllm.training.config import recipe_from_dict
 from gap_mllm.training.data import ONE_ROW, PackingCollator, load_split, packing_row_tokens, sample_collator
 from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
-from gap_mllm.training.packed_attention import PACKED_SDPA, packed_attention, packed_sdpa_attention, sample_spans
+from gap_mllm.training import packed_attention as packed_attention_module
+from gap_mllm.training.packed_attention import (
+    PACKED_SDPA,
+    cu_seq,
+    packed_attention,
+    packed_sdpa_attention,
+    sample_spans,
+    spans_from_segments,
+)
 from gap_mllm.training.sample_tensors import collate_samples, first_fit_decreasing, padding_share, split_batch
 
 from .test_train_fixtures import tiny, train_data_root  # noqa: F401
@@ -148,6 +158,8 @@ def test_rows_are_filled_longest_first_and_the_positions_restart_in_every_sample
             if not (ids[begin:end] == pad).all():
                 segments.append(end - begin)
     assert sorted(segments) == sorted(lengths)
+    rows, width = packed["input_ids"].shape  # the host segments are those of the positions, padding blocks included
+    assert spans_from_segments(packed["packed_segments"], rows, width) == sample_spans(packed["position_ids"][0])
     assert (packed["labels"] != IGNORE_INDEX).sum() == (batch["labels"] != IGNORE_INDEX).sum()
     assert padding_share(packed, sum(lengths)) < padding_share(batch, sum(lengths))
     assert first_fit_decreasing([5, 3, 4, 2, 6], 6) == [[4], [0], [2, 3], [1]]
@@ -173,6 +185,9 @@ def test_packing_collator_and_flash_attention_rows(mixed):
 def test_sample_spans_follow_the_position_restarts_and_the_packed_function_refuses_other_inputs():
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
     assert sample_spans(positions) == [[(0, 3), (3, 5), (5, 9)], [(0, 6), (6, 9)]]
+    assert spans_from_segments((3, 2, 4, 6, 3), 2, 9) == sample_spans(positions)  # the collator's host segments
+    with pytest.raises(ValueError, match="packed_segments cover 17 tokens, the rows 2 x 9"):
+        spans_from_segments((3, 2, 4, 6, 2), 2, 9)
     query = torch.zeros(1, 2, 4, 8)
     module = torch.nn.Module()
     with pytest.raises(ValueError, match="packed training rows only"):
@@ -189,3 +204,84 @@ def test_a_padded_and_packed_layout_together_is_refused(mixed):
     batch["position_ids"] = torch.zeros(4, *batch["input_ids"].shape, dtype=torch.long)
     with pytest.raises(ValueError, match="not both"):
         GeometryAlignedModel(model)(**batch)
+
+
+def varlen_stand_in(calls):
+    """torch's `varlen_attn` as documented (causal attention within each `cu_seq` segment of the flat `[T, H, D]`
+    tokens, GQA by head groups), in float32 on the CPU: its flash kernel needs CUDA and half precision."""
+
+    def varlen(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        calls.append({"cu": cu_q.tolist(), "max": max_q, "window": window_size, "tokens": query.shape[0]})
+        assert torch.equal(cu_q, cu_k) and window_size == (-1, 0) and cu_q.dtype == torch.int32
+        groups = query.shape[1] // key.shape[1]
+        out = torch.empty_like(query)
+        for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+            q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
+            k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
+            out[start:end] = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale).transpose(0, 1)
+        return out
+
+    return varlen
+
+
+def test_packed_rows_take_one_varlen_call_per_layer_and_keep_each_samples_logits(mixed, monkeypatch):
+    """Where the device has a variable-length kernel (CUDA, bf16: `uses_varlen`), `PACKED_SDPA` makes ONE call per
+    layer over every segment, with the segment starts the collator counted (no read of the positions); each sample's
+    hidden states in the packed row equal the sample's alone. The kernel is stood in for here (no GPU)."""
+    settings, dataset = mixed
+    model, processor = tiny()
+    model.eval()
+    samples = split_batch(mixed_batch(processor, settings, dataset, count=4))
+    packed = collate_samples(samples, processor.tokenizer.pad_token_id, packing=True, row_tokens=ONE_ROW)
+    segments = packed["packed_segments"]
+    assert sum(segments) == packed["input_ids"].numel() and len(segments) == len(samples)  # no padding in one row
+    assert not packed_attention_module.uses_varlen(torch.zeros(1, dtype=torch.bfloat16), 0.0)  # not on the CPU
+    calls = []
+    monkeypatch.setattr(packed_attention_module, "varlen_kernel",
+                        lambda: (varlen_stand_in(calls), {"window_size": (-1, 0)}, True, True))
+    monkeypatch.setattr(packed_attention_module, "uses_varlen", lambda query, dropout, scaling: True)
+
+    def hidden(batch, **extra):
+        features = model.get_fused_image_features(batch["pixel_values"], batch["image_grid_thw"],
+                                                  batch["geometry_views_per_sample"].tolist(),
+                                                  batch["geometry_pixel_values"])[0]
+        with torch.no_grad():
+            return model.vlm.model(input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                                   image_grid_thw=batch["image_grid_thw"],
+                                   mm_encoder_outputs={"image": features}, use_cache=False, **extra).last_hidden_state
+
+    with packed_attention(model.vlm.model.language_model) as switched, torch.no_grad():
+        assert switched
+        row = hidden(packed, position_ids=packed["position_ids"], packed_segments=segments,
+                     packed_cu_seq=cu_seq(segments, "cpu"))[0]
+    layers = model.config.vlm_config.text_config.num_hidden_layers
+    assert len(calls) == layers and all(call["cu"] == [0, *accumulate(segments)] for call in calls)
+    assert calls[0]["max"] == max(segments) and calls[0]["tokens"] == packed["input_ids"].numel()
+    lengths = sorted((s["input_ids"].shape[0] for s in samples), reverse=True)  # the packed order: longest first
+    order = sorted(range(len(samples)), key=lambda i: (-samples[i]["input_ids"].shape[0], i))
+    start = 0
+    for index, length in zip(order, lengths):
+        alone = collate_samples([samples[index]], processor.tokenizer.pad_token_id)
+        own = hidden(alone, attention_mask=alone["attention_mask"])[0]
+        torch.testing.assert_close(row[start : start + length], own, rtol=1e-4, atol=1e-5)
+        start += length
+
+
+def test_the_varlen_kernel_is_chosen_only_where_it_computes_the_same(monkeypatch):
+    """CUDA, half precision, no dropout, and a scale the installed torch can take (2.10's kernel has no `scale`: the
+    default 1/√D only); otherwise the per-segment sdpa path."""
+    import types as pytypes
+
+    def query(cuda=True, dtype=torch.bfloat16):
+        return pytypes.SimpleNamespace(is_cuda=cuda, dtype=dtype, shape=(1, 4, 9, 64))
+
+    for takes_scale in (True, False):
+        monkeypatch.setattr(packed_attention_module, "varlen_kernel", lambda: (None, {}, False, takes_scale))
+        assert packed_attention_module.uses_varlen(query(), 0.0, 64 ** -0.5)
+        assert packed_attention_module.uses_varlen(query(), 0.0, None)
+        assert packed_attention_module.uses_varlen(query(), 0.0, 0.1) is takes_scale
+        assert not packed_attention_module.uses_varlen(query(cuda=False), 0.0)
+        assert not packed_attention_module.uses_varlen(query(dtype=torch.float32), 0.0)
+        assert not packed_attention_module.uses_varlen(query(), 0.1)
+    monkeypatch.setattr(packed_attention_module, "varlen_kernel", lambda: None)  # a torch without it
+    assert not packed_attention_module.uses_varlen(query(), 0.0)

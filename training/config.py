@@ -26,7 +26,8 @@ from transformers import TrainingArguments
 from gap_mllm.processing.builders import BUILDERS, builder_for_task
 
 from .config_types import RecipeTypeError, coerce_fields, field_types
-from .kernels import LIGER_OPTION, TRANSFORMERS_LIGER_REFUSAL, check_attention_name
+from .kernels import LLM_STAGES, TRANSFORMERS_LIGER_REFUSAL, check_attention_name
+from .length_buckets import check_buckets
 from .packed_attention import FLASH_ONE_ROW, is_flash
 
 LOSS_NORMALIZATIONS = ("global_token_mean", "micro_batch_mean")
@@ -87,6 +88,12 @@ class DataConfig:
         (training/sample_tensors.py); the loss and gradients are those of the padded batch.
         `packing_row_tokens` caps a row's tokens (default: the whole batch in one row with sdpa and flash-attn,
         whose attention is per sample; the batch's longest sample with eager's block mask: training/data.py).
+    length_buckets: sequence lengths, e.g. [512, 768, 1024]: every batch (padded or packed) is padded to the smallest
+        that holds its longest row (past the last: a multiple of it), so compiled layers and GPU kernel plans are
+        made once per bucket, not once per batch (training/length_buckets.py); the padding is masked, so the loss
+        is unchanged. The last batch of an epoch may still be smaller (one more shape); `training.dataloader_drop_last:
+        true` fixes the batch size, at the price of that batch's samples (a choice of the recipe: it changes what
+        trains). None: each batch as long as its longest row.
     """
 
     data_root: str | None = None
@@ -102,6 +109,7 @@ class DataConfig:
     marker: bool = True
     packing: bool = False
     packing_row_tokens: int | None = None
+    length_buckets: list[int] | None = None
 
 
 @dataclass
@@ -249,13 +257,21 @@ class VisionStageConfig:
 
 @dataclass
 class KernelConfig:
-    """Optional GPU kernels (training/kernels.py; the attention kernel is `model.attn_implementation`).
+    """Optional GPU kernels (training/kernels.py; the attention kernel is `model.attn_implementation`). Each is None by
+    default: on for a CUDA run of an LLM stage where it can run, off on the CPU (decided and logged when the run
+    starts); true where it cannot run is refused by name; false turns it off.
 
     liger_fused_linear_cross_entropy: the LM head and the cross-entropy at the answer tokens as Liger's fused
         kernel (liger-kernel; CUDA), which never holds the answer tokens' logits. Needs `make gpu-venv`.
+    liger_language_model: Liger's Qwen3-VL kernels (RMSNorm, RoPE, SwiGLU) in the inner language model (liger-kernel;
+        CUDA).
+    compile_layers: regional `torch.compile` of each decoder layer of the language model (inductor: Triton on CUDA,
+        a C++ compiler on the CPU); with `data.length_buckets` at static shapes, one compilation per bucket.
     """
 
-    liger_fused_linear_cross_entropy: bool = False
+    liger_fused_linear_cross_entropy: bool | None = None
+    liger_language_model: bool | None = None
+    compile_layers: bool | None = None
 
 
 @dataclass
@@ -332,8 +348,9 @@ class TrainRecipe:
         check_attention_name(self.model.attn_implementation)
         if self.training.get("use_liger_kernel"):
             raise RecipeTypeError(TRANSFORMERS_LIGER_REFUSAL)
-        if self.kernels.liger_fused_linear_cross_entropy and self.stage not in ("pretrain", "finetune"):
-            raise ValueError(f"{LIGER_OPTION} applies to the LLM stages (pretrain, finetune), not stage={self.stage!r}")
+        for name in ("liger_fused_linear_cross_entropy", "liger_language_model", "compile_layers"):
+            if getattr(self.kernels, name) and self.stage not in LLM_STAGES:
+                raise ValueError(f"kernels.{name} applies to the LLM stages (pretrain, finetune), not stage={self.stage!r}")
         for name in ("moments_dtype", "best_dtype"):
             if getattr(self.run_state, name) not in ("float32", "bfloat16"):
                 raise ValueError(f"run_state.{name}={getattr(self.run_state, name)!r}; choose from ['bfloat16', 'float32']")
@@ -346,6 +363,8 @@ class TrainRecipe:
             raise ValueError(f"evaluation.best_metric={self.evaluation.best_metric!r} needs evaluation.tasks to score")
         if self.data.packing_row_tokens is not None and self.data.packing_row_tokens < 1:
             raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens}: give a positive number of tokens")
+        if self.data.length_buckets is not None:
+            self.data.length_buckets = check_buckets(self.data.length_buckets)
         if self.data.packing and self.data.packing_row_tokens is not None and is_flash(self.model.attn_implementation):
             raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens} with model.attn_implementation="
                              f"{self.model.attn_implementation!r}: {FLASH_ONE_ROW}")

@@ -7,6 +7,8 @@
                  → AuxTargetCollator (targets of the enabled auxiliary losses)
                  → BadSampleGuard (name, then raise or skip-and-count a sample that fails)
                  → PackingCollator (the batch's samples packed into rows), with `data.packing`
+                 → BucketCollator (rows padded to a sequence-length bucket), with `data.length_buckets`
+                 → HostMetadataCollator (what the step reads on the host, read before the batch leaves it)
                  With the feature cache on, `CachedCollator` makes the batches from the cache instead, padded or
                  packed, and runs the chain above only for a tower that is not cached.
 """
@@ -26,6 +28,8 @@ from .aux_targets import AuxTargetCollator
 from .bad_samples import SKIPPED_KEY, BadSampleGuard
 from .config import AuxLossConfig, DataConfig, check_data_tasks
 from .feature_cache import CachedCollator
+from .host_metadata import HostMetadataCollator
+from .length_buckets import BucketCollator
 from .packed_attention import is_flash
 from .sample_tensors import collate_samples, split_batch
 
@@ -157,8 +161,10 @@ def build_collator(processor, data: DataConfig, aux: AuxLossConfig, cache=None, 
     collator = sample_collator(processor, data, aux)
     tokenizer, merge = processor.tokenizer, processor.image_processor.merge_size
     if cache is not None:
-        return CachedCollator(collator, cache, tokenizer.pad_token_id, tokenizer.padding_side, packing=data.packing,
-                              spatial_merge_size=merge, row_tokens=packing_row_tokens(data, model))
-    if data.packing:
-        return PackingCollator(collator, tokenizer.pad_token_id, merge, packing_row_tokens(data, model))
-    return collator
+        collator = CachedCollator(collator, cache, tokenizer.pad_token_id, tokenizer.padding_side, packing=data.packing,
+                                  spatial_merge_size=merge, row_tokens=packing_row_tokens(data, model))
+    elif data.packing:
+        collator = PackingCollator(collator, tokenizer.pad_token_id, merge, packing_row_tokens(data, model))
+    if data.length_buckets is not None:
+        collator = BucketCollator(collator, data.length_buckets, tokenizer.pad_token_id, tokenizer.padding_side)
+    return HostMetadataCollator(collator)

@@ -158,9 +158,11 @@ def split_vision_features(features: FrozenVisionFeatures, image_grid_thw: torch.
     return [FrozenVisionFeatures("blocks", part) for part in torch.split(features.levels, sizes, dim=1)]
 
 
-def vision_outputs_from_features(model, features: FrozenVisionFeatures, image_grid_thw: torch.LongTensor):
+def vision_outputs_from_features(model, features: FrozenVisionFeatures, image_grid_thw: torch.LongTensor,
+                                 grids: list | None = None):
     """The ViT's output (as `get_image_features` returns it: per-image `pooler_output` and DeepStack tuples) from
-    cached features, running the mergers when they train ("blocks")."""
+    cached features, running the mergers when they train ("blocks"). `grids`: `image_grid_thw` as host integers, when
+    the caller has them (no read of a device tensor)."""
     gap = unwrap_gap_model(model)
     visual = gap.vlm.model.visual
     dtype = next(visual.parameters()).dtype
@@ -170,7 +172,9 @@ def vision_outputs_from_features(model, features: FrozenVisionFeatures, image_gr
     else:
         hidden = features.levels.to(device=device, dtype=dtype)
         levels = [visual.merger(hidden[-1])] + [merger(tap) for merger, tap in zip(visual.deepstack_merger_list, hidden[:-1])]
-    split_sizes = (image_grid_thw.prod(-1) // visual.spatial_merge_size**2).tolist()
+    merge = visual.spatial_merge_size**2
+    split_sizes = ((image_grid_thw.prod(-1) // merge).tolist() if grids is None
+                   else [t * h * w // merge for t, h, w in grids])
     return BaseModelOutputWithDeepstackFeatures(
         pooler_output=torch.split(levels[0], split_sizes),
         deepstack_features=[torch.split(level, split_sizes) for level in levels[1:]],

@@ -41,7 +41,8 @@ from .aux_losses import (
 )
 from .config import AuxLossConfig
 from .frozen_towers import vision_outputs_from_features
-from .packed_attention import packed_attention
+from .host_metadata import answer_index
+from .packed_attention import cu_seq, packed_attention
 from .param_groups import unwrap_gap_model
 from .sample_tensors import FrozenVisionFeatures
 
@@ -143,6 +144,10 @@ class GeometryAlignedModel(nn.Module):
         aux_camera: torch.Tensor | None = None,
         aux_depth: list[torch.Tensor] | None = None,
         aux_scale: torch.Tensor | None = None,
+        packed_segments: tuple[int, ...] | None = None,
+        views_per_sample: tuple[int, ...] | None = None,
+        image_grids: tuple[tuple[int, int, int], ...] | None = None,
+        answer_index: torch.LongTensor | None = None,
         **unused,
     ) -> GeometryAlignedOutput:
         """
@@ -157,20 +162,27 @@ class GeometryAlignedModel(nn.Module):
             labels: `[B, T]`, -100 outside the answer.
             aux_camera `[V, 9]`, aux_depth (V tensors `[h_m·k, w_m·k]`), aux_scale `[B]`: targets of the
                 enabled auxiliary losses (training/aux_targets.py).
+            packed_segments: packed rows' segment lengths (host integers, `collate_samples`): the attention's sample
+                boundaries, read without a look at the device (training/packed_attention.py).
+            views_per_sample, image_grids, answer_index: `geometry_views_per_sample` and `image_grid_thw` as host
+                integers, and the flat answer positions (training/host_metadata.py): with them the step reads no
+                device value; without them they are read from the tensors.
         """
         gap = self.gap_model
-        views = [int(v) for v in geometry_views_per_sample.tolist()]
+        views = (list(views_per_sample) if views_per_sample is not None
+                 else [int(v) for v in geometry_views_per_sample.tolist()])
         if attention_mask is not None and position_ids is not None:
             # with a mask transformers would ignore the packed rows' sample boundaries: attention across samples
             raise ValueError("pass attention_mask (padded rows) or position_ids (packed rows), not both")
         image_outputs = None
         if vision_features is not None:
-            image_outputs = vision_outputs_from_features(gap, vision_features, image_grid_thw)
+            image_outputs = vision_outputs_from_features(gap, vision_features, image_grid_thw, image_grids)
         elif pixel_values is None:
             raise ValueError("pass pixel_values or the ViT's cached vision_features")
         if gap.config.use_geometry:
             image_outputs, geometry_features, _ = gap.get_fused_image_features(
-                pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features, image_outputs=image_outputs
+                pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features, image_outputs=image_outputs,
+                grids=image_grids,
             )
         elif image_outputs is None:  # plain Qwen3-VL (the no-geometry ablation arm): the geometry inputs are ignored
             image_outputs = gap.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
@@ -179,7 +191,11 @@ class GeometryAlignedModel(nn.Module):
         # packed rows: attention within each sample without a block mask (training/packed_attention.py)
         attention = (packed_attention(gap.vlm.model.language_model, rows=input_ids.shape[0]) if position_ids is not None
                      else nullcontext())
-        with attention:
+        with attention as per_segment:
+            segments = {}
+            if per_segment and packed_segments is not None:  # the segment starts go to the device once, not per layer
+                segments = {"packed_segments": tuple(packed_segments),
+                            "packed_cu_seq": cu_seq(packed_segments, input_ids.device)}
             outputs = gap.vlm.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -189,44 +205,52 @@ class GeometryAlignedModel(nn.Module):
                 mm_encoder_outputs={"image": image_outputs},
                 output_hidden_states=needs_hidden,
                 use_cache=False,
+                **segments,
             )
         result = GeometryAlignedOutput(aux_losses={})
         if labels is not None:
             result.lm_loss_sum, result.lm_num_tokens = self._lm_loss_sum(gap, outputs.last_hidden_state, labels,
-                                                                         self.liger_cross_entropy)
+                                                                         self.liger_cross_entropy, answer_index)
             result.loss = result.lm_loss_sum / result.lm_num_tokens.clamp(min=1)
         if needs_hidden:
             result.aux_losses = self._aux_losses(
-                gap, outputs.hidden_states, input_ids, image_grid_thw, views, geometry_features,
+                gap, outputs.hidden_states, input_ids, image_grids or image_grid_thw.tolist(), views, geometry_features,
                 aux_camera, aux_depth, aux_scale,
             )
         return result
 
     @staticmethod
-    def _lm_loss_sum(gap, hidden: torch.Tensor, labels: torch.Tensor, liger: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _lm_loss_sum(gap, hidden: torch.Tensor, labels: torch.Tensor, liger: bool = False,
+                     index: torch.LongTensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy; the LM head runs only where a label is set (answers are a
         few dozen tokens of a sequence of thousands, so this saves most of the logits memory). `liger`: Liger's
-        fused linear cross-entropy, which computes the same sum in chunks without holding the logits."""
+        fused linear cross-entropy, which computes the same sum in chunks without holding the logits. `index`: the
+        flat answer positions (training/host_metadata.py), gathered without the host reading how many there are;
+        None: found from `labels` (a boolean mask: one wait for the device)."""
         targets = labels[:, 1:]
-        positions = targets != IGNORE_INDEX
-        answer_hidden = hidden[:, :-1][positions]
+        if index is None:
+            index = answer_index(labels)
+        answer_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, index)
+        answer_targets = targets.reshape(-1).index_select(0, index)
+        count = (targets != IGNORE_INDEX).sum()
         if liger:
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
             head = gap.vlm.lm_head
-            loss_sum = liger_fused_linear_cross_entropy(answer_hidden, head.weight, targets[positions], bias=head.bias,
+            loss_sum = liger_fused_linear_cross_entropy(answer_hidden, head.weight, answer_targets, bias=head.bias,
                                                         reduction="sum")
-            return loss_sum, positions.sum()
+            return loss_sum, count
         logits = gap.vlm.lm_head(answer_hidden).float()
-        loss_sum = F.cross_entropy(logits, targets[positions], reduction="sum")
-        return loss_sum, positions.sum()
+        loss_sum = F.cross_entropy(logits, answer_targets, reduction="sum")
+        return loss_sum, count
 
-    def _aux_losses(self, gap, hidden_states, input_ids, image_grid_thw, views, geometry_features, aux_camera, aux_depth, aux_scale) -> dict:
+    def _aux_losses(self, gap, hidden_states, input_ids, grids, views, geometry_features, aux_camera, aux_depth, aux_scale) -> dict:
+        """The enabled auxiliary losses; `grids`: the image grids as host integers `[(t, h, w), ...]`."""
         config = gap.config
         merge = config.vlm_config.vision_config.spatial_merge_size
         visual = input_ids == config.vlm_config.image_token_id  # [B, T]; row-major = sample, view, token order
-        tokens_per_view = [int(h // merge) * int(w // merge) for _, h, w in image_grid_thw.tolist()]
-        merged_grids = [(int(h // merge), int(w // merge)) for _, h, w in image_grid_thw.tolist()]
+        tokens_per_view = [int(h // merge) * int(w // merge) for _, h, w in grids]
+        merged_grids = [(int(h // merge), int(w // merge)) for _, h, w in grids]
         heads, aux, losses = self.aux_heads, self.aux, {}
         head_tokens = hidden_states[self.aux.head_layer][visual]  # [N, D]
 

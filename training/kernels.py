@@ -8,6 +8,16 @@
     kernels.liger_fused_linear_cross_entropy
                                 Liger's fused linear cross-entropy (liger-kernel) for the LM head and the loss at the
                                 answer tokens (training/geometry_aligned_model.py), instead of logits + cross-entropy.
+    kernels.liger_language_model
+                                Liger's Qwen3-VL kernels in the inner language model: RMSNorm (layers, q/k norms, final
+                                norm), RoPE and SwiGLU (`apply_liger_kernel_to_qwen3_vl` on the text model instance;
+                                its RoPE replaces Qwen3-VL's module function, so every Qwen3-VL of the process uses it).
+    kernels.compile_layers      regional compile: each decoder layer of the language model `torch.compile`d on its
+                                own (one small graph reused by every layer), static shapes with `data.length_buckets`.
+
+The three kernel switches are `None` by default: ON on a CUDA run where they can run (liger-kernel installed; torch
+with Triton for the compile), OFF on the CPU (inductor's CPU code was not measured to pay here) — `resolve_kernels`
+decides and logs it. `true` where the kernel cannot run is refused by name; `false` turns it off anywhere.
 
 `check_kernels(recipe, plan)` runs before any model is loaded (training/run.py, training/encoder_stage_run.py) and
 raises `KernelUnavailableError`, one line naming the option, what is missing (the package, a CUDA device, a recent
@@ -21,10 +31,14 @@ which computes the loss itself, so nothing would be applied (transformers logs o
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+import logging
 from dataclasses import dataclass
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 GPU_INSTALL = "make gpu-venv"
 GPU_REMEDY = f"run on a GPU machine after `{GPU_INSTALL}`"
@@ -51,6 +65,9 @@ FLASH_PACKAGES = {
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", *FLASH_PACKAGES)
 LIGER_PACKAGE = KernelPackage("liger-kernel")  # Triton kernels: a CUDA device
 LIGER_OPTION = "kernels.liger_fused_linear_cross_entropy"
+LIGER_LM_OPTION = "kernels.liger_language_model"
+COMPILE_OPTION = "kernels.compile_layers"
+LLM_STAGES = ("pretrain", "finetune")
 
 
 class KernelUnavailableError(ValueError):
@@ -149,10 +166,80 @@ def check_kernels(recipe, plan) -> None:
         problem = attention_precision_problem(name, compute_dtype(plan.dtype, recipe.training))
         if problem:
             raise KernelUnavailableError(problem)
-    if recipe.kernels.liger_fused_linear_cross_entropy:
-        missing = package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
+    for option, wanted in ((LIGER_OPTION, recipe.kernels.liger_fused_linear_cross_entropy),
+                           (LIGER_LM_OPTION, recipe.kernels.liger_language_model)):
+        missing = package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan)) if wanted else []
         if missing:
-            raise _refusal(f"{LIGER_OPTION}=true", missing, LIGER_PACKAGE, plan.device)
+            raise _refusal(f"{option}=true", missing, LIGER_PACKAGE, plan.device)
+    if recipe.kernels.compile_layers and (problem := compile_problem(plan.device)):
+        raise KernelUnavailableError(f"{COMPILE_OPTION}=true needs {problem}; set it to false (or leave it unset: "
+                                     "compiled on CUDA only)")
+
+
+def compile_problem(device: str) -> str | None:
+    """What `torch.compile`'s inductor lacks on `device` ("cuda": Triton; "cpu": a C++ compiler), or None."""
+    if device == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else f"Triton for inductor's GPU kernels (torch {torch.__version__} has none)"
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as error:  # inductor raises its own error types when no compiler is found
+        return f"a C++ compiler for inductor's CPU code ({str(error).splitlines()[0]})"
+    return None
+
+
+def resolve_kernels(recipe, plan):
+    """`recipe` with every kernel switch decided (module docstring): an unset (None) switch is on for a CUDA run of an
+    LLM stage where it can run, off elsewhere; what is decided is logged. Given switches are kept (`check_kernels`
+    refuses those that cannot run)."""
+    settings = recipe.kernels
+    cuda = plan.device == "cuda" and recipe.stage in LLM_STAGES
+    liger = cuda and not package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
+    compiled = cuda and compile_problem(plan.device) is None
+    decided = {"liger_fused_linear_cross_entropy": liger, "liger_language_model": liger, "compile_layers": compiled}
+    values = {name: decided[name] if getattr(settings, name) is None else getattr(settings, name) for name in decided}
+    chosen = [f"kernels.{name}={str(value).lower()}" for name, value in values.items() if getattr(settings, name) is None]
+    if chosen:
+        logger.info("kernels (%s run): %s", plan.device, ", ".join(chosen))
+    return dataclasses.replace(recipe, kernels=dataclasses.replace(settings, **values))
+
+
+def apply_liger_language_model(gap_model) -> None:
+    """Liger's Qwen3-VL RMSNorm, RoPE and SwiGLU in `gap_model`'s inner language model (not its LM head or loss:
+    the answer-token loss is `GeometryAlignedModel`'s, with `kernels.liger_fused_linear_cross_entropy`)."""
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen3_vl
+
+    apply_liger_kernel_to_qwen3_vl(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                   fused_linear_cross_entropy=False, model=gap_model.vlm.model.language_model)
+
+
+def compile_decoder_layers(gap_model, dynamic: bool | None = None, backend="inductor") -> int:
+    """Regional compile: each decoder layer of `gap_model`'s language model compiled on its own (`nn.Module.compile`,
+    so the module, its weights and its state-dict names stay what they are). `dynamic=False`: one graph per sequence
+    shape (with length buckets, a few); None: torch's default (a dynamic graph after the second shape). Returns the
+    number of layers compiled."""
+    layers = gap_model.vlm.model.language_model.layers
+    for layer in layers:
+        layer.compile(dynamic=dynamic, backend=backend)
+    return len(layers)
+
+
+def uncompile_decoder_layers(gap_model) -> None:
+    """Back to eager layers (`nn.Module.compile` keeps the compiled call in `_compiled_call_impl`)."""
+    for layer in gap_model.vlm.model.language_model.layers:
+        layer._compiled_call_impl = None
+
+
+def apply_kernels(gap_model, settings, length_buckets=None) -> None:
+    """The decided kernel switches `settings` (`resolve_kernels`) applied to `gap_model` (after LoRA: the compiled
+    layers hold the adapters): Liger in the language model, then the compiled layers (static shapes with buckets)."""
+    if settings.liger_language_model:
+        apply_liger_language_model(gap_model)
+    if settings.compile_layers:
+        compile_decoder_layers(gap_model, dynamic=False if length_buckets else None)
 
 
 def apply_attention_implementation(model, name: str | None, training: dict) -> None:
@@ -169,13 +256,15 @@ def apply_attention_implementation(model, name: str | None, training: dict) -> N
         model.set_attn_implementation(name)
 
 
+def under_zero3(trainer) -> bool:
+    """Whether `trainer` runs under DeepSpeed ZeRO-3."""
+    return bool(trainer.is_deepspeed_enabled) and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
 def check_liger_distribution(trainer) -> None:
     """Liger's fused kernel reads the LM head's weight outside the module's forward; under DeepSpeed ZeRO-3 that
     weight is a partitioned placeholder there (DeepSpeed gathers it only inside the module's own forward)."""
-    if not trainer.is_deepspeed_enabled:
-        return
-    stage = trainer.accelerator.state.deepspeed_plugin.zero_stage
-    if stage == 3:
+    if under_zero3(trainer):
         raise KernelUnavailableError(f"{LIGER_OPTION}=true does not run under DeepSpeed ZeRO-3 (the LM head's weight "
                                      "is partitioned outside its module's forward); use ZeRO-2, FSDP or DDP, or set it "
                                      "to false")

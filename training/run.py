@@ -29,10 +29,17 @@ from .encoder_stage_run import build_encoder_stage_trainer
 from .feature_cache import FeatureCache, cache_unusable_reason, undecoded_images
 from .generation_eval import GenerationEvalCallback, use_best_model
 from .geometry_aligned_model import GeometryAlignedModel
-from .kernels import apply_attention_implementation, check_kernels, check_liger_distribution
+from .kernels import (
+    apply_attention_implementation,
+    apply_kernels,
+    check_kernels,
+    check_liger_distribution,
+    resolve_kernels,
+    under_zero3,
+)
 from .lora import apply_lora
 from .model_loading import load_model_and_processor
-from .param_groups import apply_freezing
+from .param_groups import apply_freezing, unwrap_gap_model
 from .run_state import (
     STATE_WRITER,
     RunStateCallback,
@@ -63,10 +70,13 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     """Everything of a run, ready to `trainer.train()`. Pass `model`/`processor`/datasets to override
     what the recipe would load (tests, notebooks). The device and precision come from `recipe.device`
     (training/device.py: CUDA when available, else a CPU setup), and are logged. Kernels the run cannot use
-    (training/kernels.py) are refused before the model is loaded. `resume_from_checkpoint`: the complete
+    (training/kernels.py) are refused before the model is loaded; those the recipe leaves unset are decided for the
+    device (compiled layers and Liger on CUDA). `resume_from_checkpoint`: the complete
     checkpoint the run will resume from; its weights are loaded before the feature cache is keyed and filled, so
     the cache holds the features of the towers the checkpoint trained with, not of the model the recipe built."""
     recipe, plan = apply_device_plan(recipe)
+    asked_liger = recipe.kernels.liger_fused_linear_cross_entropy
+    recipe = resolve_kernels(recipe, plan)
     check_kernels(recipe, plan)
     args = training_arguments(recipe)
     if model is None:
@@ -78,6 +88,7 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
         load_checkpoint_weights(model, resume_from_checkpoint)
     if recipe.lora.enabled:
         model = apply_lora(model, recipe.lora)
+    apply_kernels(unwrap_gap_model(model), recipe.kernels, recipe.data.length_buckets)
     wrapped = GeometryAlignedModel(model, recipe.aux, liger_cross_entropy=recipe.kernels.liger_fused_linear_cross_entropy)
 
     if train_dataset is None:
@@ -118,7 +129,11 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     if generation_eval is not None:
         generation_eval.trainer = trainer
     if recipe.kernels.liger_fused_linear_cross_entropy:
-        check_liger_distribution(trainer)
+        if asked_liger is None and under_zero3(trainer):  # on by default, but it cannot run here: off, not refused
+            wrapped.liger_cross_entropy = False
+            logger.info("kernels.liger_fused_linear_cross_entropy=false: DeepSpeed ZeRO-3 partitions the LM head")
+        else:
+            check_liger_distribution(trainer)
     return TrainingSetup(trainer=trainer, model=wrapped, processor=processor, cache=cache)
 
 
@@ -231,7 +246,9 @@ TRAIN_WRITER = "gap-mllm train"
 NOT_DEFINING = ("time_limit_s", "device", "run_state.", "model.name_or_path", "model.encoders_from", "data.data_root",
                 "data.cache_dir", "cache.directory", "cache.batch_size", "training.output_dir", "training.logging_dir",
                 "training.report_to", "training.run_name", "training.disable_tqdm", "training.dataloader_num_workers",
-                "training.logging_steps", "training.save_steps", "training.save_total_limit", "evaluation.batch_size")
+                "training.logging_steps", "training.save_steps", "training.save_total_limit", "evaluation.batch_size",
+                # speed, not the run: kernels follow the device (training/kernels.py), buckets only add masked padding
+                "kernels.", "data.length_buckets")
 
 
 def continuation_command(argv: list[str] | None = None) -> str:

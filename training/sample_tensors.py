@@ -21,7 +21,8 @@ dict per sample, each holding only that sample's tokens (padding removed), views
              sample (transformers reads the restarts as sample boundaries and keeps attention inside each
              sample: a block-diagonal causal mask with sdpa/eager, varlen kernels with flash-attn on one row),
              rows 1-3 each sample's own M-RoPE positions. What is left of a row after its samples is filled
-             with padding that forms a block of its own (labels ignored).
+             with padding that forms a block of its own (labels ignored). `packed_segments`: the lengths of those
+             samples and padding blocks, row after row, as host integers (the attention's segments).
 
 Packing reorders the samples of a batch (longest first); the loss is a sum over answer tokens, so the order does
 not change it, and every per-view tensor moves with its sample. The first token of every sample is unsupervised
@@ -32,6 +33,7 @@ next sample's first token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 
@@ -197,36 +199,52 @@ def _packed(samples: list[dict], pad_token_id: int, spatial_merge_size: int, row
     rows = first_fit_decreasing(lengths, row_tokens or max(lengths))
     order = [index for row in rows for index in row]
     ordered = [samples[index] for index in order]
-    # Each sample's M-RoPE positions, computed alone (positions restart at 0 in every sample).
+    # Each sample's M-RoPE positions, computed alone (positions restart at 0 in every sample), in one batched call.
     types = _pad_stack([s["mm_token_type_ids"] for s in ordered], max(lengths), 0, left=False)
     valid = _pad_stack([torch.ones(len(s["input_ids"]), dtype=torch.long) for s in ordered], max(lengths), 0, left=False)
     grids = torch.cat([s["image_grid_thw"] for s in ordered])
     rope, _ = mrope_position_ids(types, spatial_merge_size, image_grid_thw=grids, attention_mask=valid)
 
-    width = max(sum(lengths[index] for index in row) for row in rows)
+    # Where every token goes, as whole-batch index tensors: sample k sits in row `row_of[k]` from column `offset[k]`.
+    sizes = torch.tensor([lengths[index] for index in order])
+    row_of = torch.tensor([row_index for row_index, row in enumerate(rows) for _ in row])
+    before = torch.cumsum(sizes, 0) - sizes  # tokens of the samples before k (all rows)
+    row_first = torch.tensor([0, *accumulate(len(row) for row in rows)][:-1])  # index of each row's first sample
+    offset = before - before[row_first][row_of]
+    token_sample = torch.repeat_interleave(torch.arange(len(order)), sizes)
+    token_position = torch.arange(int(sizes.sum())) - before[token_sample]  # 0..L-1 within its sample
+    token_row, token_column = row_of[token_sample], offset[token_sample] + token_position
+    fill = torch.zeros(len(rows), dtype=torch.long).index_add_(0, row_of, sizes)  # tokens of each row
+    width = int(fill.max())
+
+    # what is left of a row after its samples is padding: a block of its own (positions restart at 0), never supervised
+    columns = torch.arange(width)
+    padding_positions = (columns - fill[:, None]).clamp(min=0)
     batch = {"input_ids": torch.full((len(rows), width), pad_token_id, dtype=ordered[0]["input_ids"].dtype),
              "mm_token_type_ids": torch.zeros((len(rows), width), dtype=ordered[0]["mm_token_type_ids"].dtype),
-             "position_ids": torch.zeros((4, len(rows), width), dtype=torch.long)}
+             "position_ids": padding_positions.expand(4, -1, -1).clone()}
+    batch["input_ids"][token_row, token_column] = torch.cat([s["input_ids"] for s in ordered])
+    batch["mm_token_type_ids"][token_row, token_column] = torch.cat([s["mm_token_type_ids"] for s in ordered])
     if "labels" in ordered[0]:
         batch["labels"] = torch.full((len(rows), width), IGNORE_INDEX, dtype=ordered[0]["labels"].dtype)
-    slot = 0
-    for row_index, row in enumerate(rows):
-        start = 0
-        for _ in row:
-            sample, length = ordered[slot], ordered[slot]["input_ids"].shape[0]
-            span = slice(start, start + length)
-            batch["input_ids"][row_index, span] = sample["input_ids"]
-            batch["mm_token_type_ids"][row_index, span] = sample["mm_token_type_ids"]
-            if "labels" in batch:
-                batch["labels"][row_index, span] = sample["labels"]
-            batch["position_ids"][0, row_index, span] = torch.arange(length)
-            batch["position_ids"][1:, row_index, span] = rope[:, slot, :length]
-            start += length
-            slot += 1
-        # the rest of the row is padding: a block of its own (positions restart at 0), never supervised
-        batch["position_ids"][:, row_index, start:] = torch.arange(width - start)
+        batch["labels"][token_row, token_column] = torch.cat([s["labels"] for s in ordered])
+    batch["position_ids"][0, token_row, token_column] = token_position
+    batch["position_ids"][1:, token_row, token_column] = rope[:, valid.bool()]
+    batch["packed_segments"] = packed_segments([[lengths[index] for index in row] for row in rows], width)
     _join_views(ordered, batch)
     return batch
+
+
+def packed_segments(rows: list[list[int]], width: int) -> tuple[int, ...]:
+    """The lengths of the attention segments of packed rows of `width` tokens, row after row: each sample, then the
+    row's padding block (if any). Host integers: the attention reads its sample boundaries from them
+    (training/packed_attention.py) instead of finding them in the positions on the device (a synchronisation)."""
+    segments = []
+    for row in rows:
+        segments.extend(row)
+        if sum(row) < width:
+            segments.append(width - sum(row))
+    return tuple(segments)
 
 
 def padding_share(batch: dict, sample_tokens: int) -> float:

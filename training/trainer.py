@@ -94,7 +94,7 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        skipped = inputs.pop(SKIPPED_KEY, None)
+        skipped = inputs.pop(SKIPPED_KEY, None)  # an int from the collator (training/host_metadata.py): no device read
         if skipped is not None and model.training:
             self._skipped_samples += int(skipped)
         outputs = model(**inputs)
@@ -115,9 +115,10 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
             loss = (outputs.loss + aux_total) / self.current_gradient_accumulation_steps
 
         prefix = "" if model.training else "eval_"
-        self._component_values[f"{prefix}lm_loss"].append(outputs.loss.detach().float().item())
+        # kept on the device: read once per logging step (`log`), not once per step (a wait for the GPU each)
+        self._component_values[f"{prefix}lm_loss"].append(outputs.loss.detach().float())
         for name, value in outputs.aux_losses.items():
-            self._component_values[f"{prefix}{name}_loss"].append(value.detach().float().item())
+            self._component_values[f"{prefix}{name}_loss"].append(value.detach().float())
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -135,21 +136,27 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         is_eval = any(key.startswith("eval_") for key in logs)
         names = [f"eval_{n}" if is_eval else n for n in self.component_names()]
-        # [sum, count] per part; summed over processes so every rank logs the global mean.
-        stats = torch.tensor(
-            [[sum(self._component_values[n]), len(self._component_values[n])] for n in names], dtype=torch.float64
-        )
+        values = [self._component_values[n] for n in names]
+        device = next((v[0].device for v in values if v), torch.device("cpu"))
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        sums = [torch.stack(v).double().sum().to(device) if v else zero for v in values]
+        counts = torch.tensor([*(len(v) for v in values), float(self._skipped_samples)], dtype=torch.float64,
+                              device=device)
+        # per part: the sum, then per part the count, then the skipped samples; summed over processes so every rank
+        # logs the global figures
+        stats = torch.cat([torch.stack(sums), counts]) if sums else counts
         if self.args.world_size > 1:
-            stats = self.accelerator.reduce(stats.to(self.args.device), reduction="sum").cpu()
-        for name, (total, count) in zip(names, stats.tolist()):
+            stats = self.accelerator.reduce(stats.to(self.args.device), reduction="sum")
+        # the one read of the steps' loss values on the host (it must be: the figures are written out here), made
+        # once per logging step; the training steps themselves keep them on the device
+        stats = stats.tolist()
+        totals, counts, skipped = stats[: len(names)], stats[len(names) : 2 * len(names)], stats[-1]
+        for name, total, count in zip(names, totals, counts):
             if count:
                 logs[name] = round(total / count, 6)
             self._component_values[name].clear()
         if not is_eval and "loss" in logs or "train_loss" in logs:
-            skipped = torch.tensor(float(self._skipped_samples))
-            if self.args.world_size > 1:
-                skipped = self.accelerator.reduce(skipped.to(self.args.device), reduction="sum").cpu()
-            logs["skipped_samples"] = int(skipped.item())
+            logs["skipped_samples"] = int(skipped)
         super().log(logs, start_time)
 
     @property
