@@ -2,7 +2,13 @@
 utilisation (MFU) of each arm and the loss curves of the same steps side by side.
 
     python bench/bench_train_arms.py --real-size --device cuda --steps 50 --out train_arms.json
+    python bench/bench_train_arms.py --real-size --device cuda --steps 15 --batch 8 --arms sdpa sdpa_bucketed default
     python bench/bench_train_arms.py --size small --device cpu --steps 4 --out small.json   # CPU: the arms it can run
+
+Options: `--steps N` (the same N batches for every arm), `--warmup-steps W` (left out of the timing), `--batch B`,
+`--arms NAME ...` (default: all), `--buckets L ...` (the bucketed arms' sequence lengths; default: three, from the
+batches' own padded widths), `--budget S`, `--out FILE`, and bench_real_size.py's size options (`--real-size`,
+`--size`, `--device`, `--dtype`).
 
 Every arm starts from the same initial weights and trains the same `--steps` batches in the same order (forward,
 backward, AdamW step of `GeometryAlignedModel` with the official freezing: ViT and VGGT frozen; LLM, mergers and gates
@@ -18,12 +24,24 @@ Arms (`ARMS`; `--arms` picks some):
     flash_attention_4[_packed]     flash-attn-4 (Hopper+), likewise
     sdpa_liger                     padded sdpa + Liger's fused linear cross-entropy at the answer tokens
     flash_attention_2_packed_liger the kernels together
+    sdpa_bucketed                  padded sdpa, each batch padded to a sequence-length bucket (data.length_buckets)
     sdpa_compile                   padded sdpa, each LLM decoder layer `torch.compile`d (regional); CUDA only here
+    sdpa_compile_bucketed          the compiled layers at static shapes, one per bucket (the recipes' compile setting)
+    default                        the training recipes' defaults on CUDA (training/kernels.py `resolve_kernels`):
+                                   bucketed padded rows, compiled layers, Liger's Qwen3-VL kernels in the language model
+                                   and its fused linear cross-entropy
+    default_packed                 the same with the batch in one packed row (one variable-length attention call per
+                                   layer: training/packed_attention.py)
+Liger's language-model kernels patch the model in place (and Qwen3-VL's RoPE function for the process), so the arms
+with them run last.
 
 An arm whose package or device is missing is recorded as skipped with the reason (training/kernels.py's checks).
-Per arm: the loss of every step; the median step time, tokens/s and MFU over the steps after `--warmup-steps`
-(model FLOPs of the real tokens, padding not counted: bench/real_size_flops.py; MFU = FLOPs / time / the GPU's dense
-bf16 peak); peak memory; the largest |loss − the plain arm's loss| over the steps, beside the eager arm's
+Per arm: the loss of every step; the steady state over the steps after `--warmup-steps`: `median_step_s` (their
+median), `tokens_per_s` and `mfu` from it (model FLOPs of the real tokens per step, padding not counted:
+bench/real_size_flops.py; MFU = FLOPs per step / median step time / the GPU's dense bf16 peak), `mean_step_s` and
+`mfu_mean` (the mean, which a recompiling step drags: the first H200 table's figures); compilation apart:
+`compile_s` (the time above the steady median of every step, warm-up included, that took over twice the median:
+compilations and first-time kernel plans), `slow_steps` (those steps) and `graphs_compiled` (Dynamo's count); peak memory; the largest |loss − the plain arm's loss| over the steps, beside the eager arm's
 (`within_noise`: at most `NOISE_FACTOR` times it). The run keeps `bench_real_size.py`'s bookkeeping: each arm records
 its own error, the results file is rewritten after each arm, `--budget` seconds skip the arms still to come.
 """
@@ -48,7 +66,14 @@ from real_size_inputs import QWEN_GRIDS, full_inputs, to_device  # noqa: E402
 from gap_mllm.model_inputs import IGNORE_INDEX  # noqa: E402
 from gap_mllm.training.data import ONE_ROW  # noqa: E402
 from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel  # noqa: E402
-from gap_mllm.training.kernels import apply_attention_implementation  # noqa: E402
+from gap_mllm.training.host_metadata import add_host_metadata  # noqa: E402
+from gap_mllm.training.kernels import (  # noqa: E402
+    apply_attention_implementation,
+    apply_liger_language_model,
+    compile_decoder_layers,
+    uncompile_decoder_layers,
+)
+from gap_mllm.training.length_buckets import pad_to_bucket  # noqa: E402
 from gap_mllm.training.sample_tensors import collate_samples, split_batch  # noqa: E402
 
 NOISE_FACTOR = 2.0  # an arm's loss curve is "within bf16 noise" when it stays this close, relative to eager's
@@ -63,6 +88,8 @@ class Arm:
     packed: bool = False
     liger: bool = False
     compile: bool = False
+    buckets: bool = False
+    liger_lm: bool = False
 
 
 ARMS = (
@@ -75,9 +102,15 @@ ARMS = (
     Arm("flash_attention_4_packed", attention="flash_attention_4", packed=True),
     Arm("sdpa_liger", liger=True),
     Arm("flash_attention_2_packed_liger", attention="flash_attention_2", packed=True, liger=True),
-    Arm("sdpa_compile", compile=True),  # last: compiled layers are reset afterwards, but nothing runs after them
+    Arm("sdpa_bucketed", buckets=True),
+    Arm("sdpa_compile", compile=True),  # compiled layers are reset afterwards
+    Arm("sdpa_compile_bucketed", compile=True, buckets=True),
+    # last: Liger's language-model kernels stay in the model
+    Arm("default", compile=True, buckets=True, liger=True, liger_lm=True),
+    Arm("default_packed", packed=True, compile=True, buckets=True, liger=True, liger_lm=True),
 )
 PLAIN, NOISE_REFERENCE = "sdpa", "eager"
+SLOW_FACTOR = 2.0  # a step over this many times the steady median is counted as compilation / warm-up
 # samples per batch, their views and lengths (drawn per sample), the grid of a view, the optimizer
 SETTINGS = {
     "real": dict(batch=2, views=(2, 4), question=(8, 64), answer=(8, 32), grid="train", lr=1e-5),
@@ -110,6 +143,26 @@ def make_samples(config, ids: dict, steps: int, settings: dict, seed: int = 0) -
             samples.append(split_batch(inputs)[0])
         batches.append(samples)
     return batches
+
+
+def default_buckets(widths: list[int], count: int = 3, multiple: int = 64) -> list[int]:
+    """`count` sequence-length buckets for padded widths `widths`: their quantiles (the last: the widest), each
+    rounded up to a multiple of `multiple` tokens."""
+    ordered = sorted(widths)
+    picks = [ordered[min(len(ordered) - 1, (len(ordered) * (i + 1)) // count - (1 if i + 1 == count else 0))]
+             for i in range(count)]
+    return sorted({-(-width // multiple) * multiple for width in picks})
+
+
+def steady_state(times: list[float], warmup: int) -> dict:
+    """The timing of an arm's steps: steady median over the steps after `warmup`, the mean, and the compilation /
+    warm-up time apart (module docstring)."""
+    warmup = min(warmup, len(times) - 1)
+    timed = times[warmup:]
+    steady = statistics.median(timed)
+    slow = [index + 1 for index, time in enumerate(times) if time > SLOW_FACTOR * steady]
+    return {"median_step_s": steady, "mean_step_s": statistics.fmean(timed), "timed_steps": len(timed),
+            "compile_s": sum(times[step - 1] - steady for step in slow), "slow_steps": slow}
 
 
 def step_flops(model, samples: list[dict], grid) -> float:
@@ -157,12 +210,21 @@ class ArmsBench(Bench):
         return {"batches": len(self.samples), "samples": len(lengths), "tokens_mean": statistics.fmean(lengths),
                 "tokens_min": min(lengths), "tokens_max": max(lengths)}
 
+    def buckets(self) -> list[int]:
+        """The bucketed arms' sequence lengths: `--buckets`, else `default_buckets` of the padded batches' widths."""
+        if self.args.buckets:
+            return sorted(self.args.buckets)
+        return default_buckets([max(int(s["input_ids"].shape[0]) for s in samples) for samples in self.samples])
+
     def batches(self, arm: Arm) -> list[dict]:
         pad = self.ids["pad"]
         merge = self.model.config.vlm_config.vision_config.spatial_merge_size
-        return [to_device(collate_samples(samples, pad, "left", packing=arm.packed, spatial_merge_size=merge,
-                                          row_tokens=ONE_ROW if arm.packed else None),
-                          self.device, self.dtype) for samples in self.samples]
+        batches = [collate_samples(samples, pad, "left", packing=arm.packed, spatial_merge_size=merge,
+                                   row_tokens=ONE_ROW if arm.packed else None) for samples in self.samples]
+        if arm.buckets:
+            buckets = self.buckets()
+            batches = [pad_to_bucket(batch, buckets, pad, "left") for batch in batches]
+        return [to_device(add_host_metadata(batch), self.device, self.dtype) for batch in batches]
 
     def train_arm(self, arm: Arm) -> dict:
         reason = arm_unavailable_reason(arm, self.args.device)
@@ -178,13 +240,14 @@ class ArmsBench(Bench):
         wrapped = GeometryAlignedModel(model, liger_cross_entropy=arm.liger)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.train_settings["lr"],
                                       weight_decay=0.01, fused=self.cuda)
-        layers = model.vlm.model.language_model.layers
         batches = self.batches(arm)
         losses, times = [], []
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         try:
+            if arm.liger_lm:
+                apply_liger_language_model(model)
             if arm.compile:
-                for layer in layers:
-                    layer.compile()
+                compile_decoder_layers(model, dynamic=False if arm.buckets else None)
             self.reset_peak()
             for batch in batches:
                 self.sync()
@@ -202,19 +265,23 @@ class ArmsBench(Bench):
             del optimizer
             model.eval()
             if arm.compile:
-                for layer in layers:
-                    layer._compiled_call_impl = None  # back to eager (nn.Module.compile keeps it here)
+                uncompile_decoder_layers(model)
             apply_attention_implementation(model, self.args.attn_default, {"bf16": self.dtype == torch.bfloat16})
         self.losses[arm.name] = losses
-        warmup = min(self.args.warmup_steps, len(times) - 1)
-        timed, flops = times[warmup:], [step_flops(model, samples, self.grid) for samples in self.samples[warmup:]]
-        tokens = sum(int(s["input_ids"].shape[0]) for samples in self.samples[warmup:] for s in samples)
+        timing = steady_state(times, self.args.warmup_steps)
+        timed_samples = self.samples[len(times) - timing["timed_steps"]:]
+        flops = statistics.fmean(step_flops(model, samples, self.grid) for samples in timed_samples)
+        tokens = statistics.fmean(sum(int(s["input_ids"].shape[0]) for s in samples) for samples in timed_samples)
         peak = self.results["meta"]["peak_bf16_flops"]
         slots = [int(b["input_ids"].numel()) for b in batches]
-        return {**asdict(arm), "losses": losses, "times_s": times, "median_step_s": statistics.median(timed),
-                "tokens_per_s": tokens / sum(timed), "model_tflops_per_step": statistics.fmean(flops) / 1e12,
-                "achieved_tflops_per_s": sum(flops) / sum(timed) / 1e12,
-                "mfu": None if peak is None else sum(flops) / sum(timed) / peak,
+        steady, mean = timing["median_step_s"], timing["mean_step_s"]
+        return {**asdict(arm), "losses": losses, "times_s": times, **timing,
+                "graphs_compiled": torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs,
+                "buckets": self.buckets() if arm.buckets else None,
+                "tokens_per_s": tokens / steady, "model_tflops_per_step": flops / 1e12,
+                "achieved_tflops_per_s": flops / steady / 1e12,
+                "mfu": None if peak is None else flops / steady / peak,
+                "mfu_mean": None if peak is None else flops / mean / peak,
                 "padding_share": 1 - sum(int(s["input_ids"].shape[0]) for b in self.samples for s in b) / sum(slots),
                 "peak_gib": self.peak()}
 
@@ -253,6 +320,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=3, help="first steps left out of the timing (not the losses)")
     parser.add_argument("--batch", type=int, default=None, help="samples per batch (default: 2 real, 3 small)")
     parser.add_argument("--arms", nargs="*", choices=[arm.name for arm in ARMS], default=None, help="default: all")
+    parser.add_argument("--buckets", nargs="*", type=int, default=None,
+                        help="sequence lengths of the bucketed arms (default: three from the batches' padded widths)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_train_arms.json")
     parser.add_argument("--budget", type=float, default=None,

@@ -81,5 +81,7 @@ def full_inputs(config, ids: dict, views: int, grid, question_length: int = 24, 
 
 
 def to_device(inputs: dict, device, dtype) -> dict:
-    """Floating tensors to `dtype` (pixels), everything to `device`."""
-    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
+    """Floating tensors to `dtype` (pixels), every tensor to `device`; other values (a packed batch's host
+    `packed_segments`) as they are."""
+    return {k: (v if not isinstance(v, torch.Tensor) else v.to(device, dtype) if v.is_floating_point() else v.to(device))
+            for k, v in inputs.items()}

@@ -1,0 +1,44 @@
+"""bench/bench_train_arms.py's steady-state figures (median after the warm-up; compilation time apart) and its arms
+for the recipes' new defaults: the bucketed arm trains the plain arm's losses on the CPU; the compiled default arm is
+skipped there with the reason."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_train_arms  # noqa: E402
+
+
+def test_steady_state_is_the_median_and_compilation_is_apart():
+    times = [9.0, 0.5, 0.4, 6.0, 0.5, 0.6, 0.5]  # a first compile, a recompile at step 4
+    timing = bench_train_arms.steady_state(times, warmup=1)
+    assert timing["median_step_s"] == 0.5 and timing["timed_steps"] == 6
+    assert timing["slow_steps"] == [1, 4] and timing["compile_s"] == pytest.approx(8.5 + 5.5)
+    assert timing["mean_step_s"] == pytest.approx(8.5 / 6)  # what the old `mfu` divided by
+    assert bench_train_arms.default_buckets([300, 410, 450, 700, 520, 640]) == [512, 640, 704]
+    assert bench_train_arms.default_buckets([100]) == [128]
+
+
+def test_the_bucketed_arm_trains_the_plain_arms_losses_and_the_default_needs_cuda(tmp_path, capsys):
+    out = tmp_path / "arms.json"
+    threads = torch.get_num_threads()
+    try:
+        code = bench_train_arms.main(["--size", "small", "--device", "cpu", "--steps", "3", "--warmup-steps", "1",
+                                      "--threads", "1", "--out", str(out), "--arms", "sdpa", "sdpa_bucketed", "default"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0 and "done; results in" in capsys.readouterr().out
+    measured = json.loads(out.read_text())["measurements"]
+    plain, bucketed = measured["arm_sdpa"], measured["arm_sdpa_bucketed"]
+    assert bucketed["losses"] == pytest.approx(plain["losses"], rel=1e-5)  # the padding is masked
+    assert bucketed["padding_share"] > plain["padding_share"] and len(bucketed["buckets"]) >= 1
+    for arm in (plain, bucketed):
+        assert arm["median_step_s"] > 0 and arm["timed_steps"] == 2 and arm["mfu"] is None and arm["tokens_per_s"] > 0
+        assert {"mean_step_s", "compile_s", "slow_steps", "graphs_compiled"} <= set(arm)
+    assert measured["arm_default"]["skipped"].startswith("this bench compiles on CUDA only")
