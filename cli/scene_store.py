@@ -115,7 +115,8 @@ def answer_on_stored_scene(model, processor, views, prompt: str, marker, task: s
     # The task's budget and stop rule. Inside generate(scene=...) the sequence is the scene prefix + the
     # question (it returns only the question + the answer), so the answer starts after both.
     prompt_length = scene.prefix_ids.shape[1] + question["input_ids"].shape[1]
-    options = resolve_task(task).generation_kwargs(processor.tokenizer, prompt_length, max_new_tokens, constrained)
+    options = resolve_task(task).generation_kwargs(processor.tokenizer, prompt_length, max_new_tokens, constrained,
+                                                   num_views=len(views))
     generated = model.generate(scene=scene, input_ids=question["input_ids"], attention_mask=question["attention_mask"],
                                **options)
     return generated, question["input_ids"], scene.fusion_gates, scene.image_grid_thw

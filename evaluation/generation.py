@@ -60,7 +60,8 @@ def answer_rules(requests: list[Request], tokenizer, prompt_length: int, budget:
     if task is not None and stop:
         kwargs["stopping_criteria"] = resolve_task(task).stopping_criteria(tokenizer, prompt_length)
     if constrained:
-        kwargs["logits_processor"] = resolve_task(task).logits_processor(tokenizer, prompt_length, budget)
+        kwargs["logits_processor"] = resolve_task(task).logits_processor(tokenizer, prompt_length, budget,
+                                                                         [len(r.images) for r in requests])
     return kwargs
 
 

@@ -5,7 +5,7 @@ Each grammar is the language of the task's serialiser (target_format.py), built 
 
     detection         ```json\\n[\\n\\t{"label": "couch", "bbox_3d": [9 numbers]},\\n ... \\n]```   (0 to N entries)
     grounding         {"bbox_3d": [9 numbers]}                 (stages 2 and the one-call pipeline)
-    grounding_stage1  {"frame": k}                             (k: 0 to 999; the parser clamps it to the views)
+    grounding_stage1  {"frame": k}                             (k: one of the views' indices when their number is known)
     reconstruction    {"pointmap": [x, y, z], "label": "..."}  (the label may be left out, as the serialiser does)
     captioning        one line of prose: no leading space or bracket, no backtick (never another task's format)
     spatial_qa        a number or one option letter (A-Z)
@@ -102,7 +102,7 @@ def answer_bytes(task_grammar) -> int | None:
     }.get(task_grammar)
 
 
-def detection_grammar(max_tokens: int) -> str:
+def detection_grammar(max_tokens: int, num_frames: int | None = None) -> str:
     """The official detection answer (`serialize_detection`): 0 to `detection_entries(max_tokens)` labelled boxes."""
     entries = detection_entries(max_tokens)
     entry = f'{literal(DETECTION_INDENT + "{")} {_key(LABEL_KEY)} label {_SEP} {_key(BOX_KEY)} box "}}"'
@@ -111,30 +111,35 @@ def detection_grammar(max_tokens: int) -> str:
             f"entry ::= {entry}\n" + _box_rule() + _COMMON_RULES)
 
 
-def grounding_grammar(max_tokens: int) -> str:
+def grounding_grammar(max_tokens: int, num_frames: int | None = None) -> str:
     """`{"bbox_3d": [9 numbers]}` (`serialize_grounding`)."""
     return f'root ::= "{{" {_key(BOX_KEY)} box "}}"\n' + _box_rule() + _COMMON_RULES
 
 
-def frame_selection_grammar(max_tokens: int) -> str:
-    """`{"frame": k}` (`serialize_frame_selection`), k a whole number without a leading zero."""
-    return (f'root ::= "{{" {_key(FRAME_KEY)} ("0" | [1-9] [0-9]{{0,{MAX_FRAME_DIGITS - 1}}}) "}}"\n')
+def frame_selection_grammar(max_tokens: int, num_frames: int | None = None) -> str:
+    """`{"frame": k}` (`serialize_frame_selection`): k one of the `num_frames` views' indices when given (the parser
+    would clamp any other), else a whole number without a leading zero."""
+    if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) < 1):
+        raise ValueError(f"num_frames must be a positive whole number, got {num_frames!r}")
+    frames = (" | ".join(f'"{k}"' for k in range(int(num_frames))) if num_frames is not None
+              else f'"0" | [1-9] [0-9]{{0,{MAX_FRAME_DIGITS - 1}}}')
+    return f'root ::= "{{" {_key(FRAME_KEY)} ({frames}) "}}"\n'
 
 
-def pointmap_grammar(max_tokens: int) -> str:
+def pointmap_grammar(max_tokens: int, num_frames: int | None = None) -> str:
     """`{"pointmap": [x, y, z], "label": "..."}` (`serialize_pointmap`; without a label, no label key)."""
     return (f'root ::= "{{" {_key(POINTMAP_KEY)} "[" number {_SEP} number {_SEP} number "]" '
             f'({_SEP} {_key(POINTMAP_LABEL_KEY)} label)? "}}"\n' + _COMMON_RULES)
 
 
-def caption_grammar(max_tokens: int) -> str:
+def caption_grammar(max_tokens: int, num_frames: int | None = None) -> str:
     """A caption (`serialize_caption`: stripped, not empty): one line of prose, which starts with neither a space nor
     a bracket and holds no backtick, so that it is never written in another task's structured format (a front end
     refuses a caption that is grounding's dict: `output_parsing.other_task_format`)."""
     return "root ::= [^ \\t\\r\\n{\\[`] [^\\r\\n`]*\n"
 
 
-def spatial_answer_grammar(max_tokens: int) -> str:
+def spatial_answer_grammar(max_tokens: int, num_frames: int | None = None) -> str:
     """A spatial-QA answer (`serialize_spatial_answer`): a number (whole or with decimals) or an option letter."""
     return 'root ::= "-"? ("0" | [1-9] [0-9]{0,5}) ("." [0-9]{1,4})? | [A-Z]\n'
 

@@ -78,7 +78,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
 
     Args:
         tokenizer: the processor's tokenizer (the grammar is compiled for its vocabulary).
-        grammar: the answer grammar in xgrammar's EBNF (`TaskSpec.answer_grammar`).
+        grammar: the answer grammar in xgrammar's EBNF (`TaskSpec.grammar_for`), or one per row of the batch.
         prompt_length: length of the rows given to `generate` before the answer (the new tokens start there; under
             `generate(scene=...)` the scene prefix plus the question).
 
@@ -97,8 +97,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
 
     def _start(self, batch: int, vocab_size: int) -> None:
         xgr = require_xgrammar()
-        compiled = compiled_grammar(self.tokenizer, vocab_size, self.grammar)
-        self._matchers = [xgr.GrammarMatcher(compiled) for _ in range(batch)]
+        grammars = [self.grammar] * batch if isinstance(self.grammar, str) else list(self.grammar)
+        if len(grammars) != batch:
+            raise ValueError(f"{len(grammars)} grammars for a batch of {batch} rows")
+        self._matchers = [xgr.GrammarMatcher(compiled_grammar(self.tokenizer, vocab_size, g)) for g in grammars]
         self._live = [True] * batch
         self._consumed = 0
         self._bitmask = xgr.allocate_token_bitmask(batch, vocab_size)

@@ -782,7 +782,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
         """
         input_ids = inputs if isinstance(inputs, (torch.Tensor, np.ndarray)) else inputs["input_ids"]
         prompt_length = input_ids.shape[-1] if hasattr(input_ids, "shape") else len(self._rows(input_ids)[0])
-        return resolve_task(task).generation_kwargs(self.tokenizer, prompt_length, max_new_tokens, constrained)
+        views = inputs.get("geometry_views_per_sample") if hasattr(inputs, "get") else None  # stage 1's frame indices
+        num_views = [int(n) for n in views] if views is not None else None
+        return resolve_task(task).generation_kwargs(self.tokenizer, prompt_length, max_new_tokens, constrained, num_views)
 
     def post_process_detection(self, generated, input_ids=None) -> list[DetectionResult]:
         """Parse detection answers (see `output_parsing.parse_detection`), one result per row."""

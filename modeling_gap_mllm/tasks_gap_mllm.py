@@ -164,9 +164,10 @@ class TaskSpec:
         max_new_tokens: a generation budget that fits any answer of the task (predict, demo, Space).
         official_max_new_tokens: the official scripts' budget (evaluation; docs/method.md §3.2).
         answer_end: stop rule (answer_stopping.py): "list", "dict", "paragraph" or "line".
-        grammar: token budget → the language of `serialize`'s answers in xgrammar's EBNF, bounded to end within
-            the budget (answer_grammar.py): what constrained decoding lets the model write (`logits_processor`,
-            vLLM's `structured_outputs.grammar`); `answer_grammar` is the one of the task's own budget.
+        grammar: `(token budget, num_frames=None)` → the language of `serialize`'s answers in xgrammar's EBNF,
+            bounded to end within the budget (answer_grammar.py; stage 1 also to the views' indices): what
+            constrained decoding lets the model write (`grammar_for`, `logits_processor`, vLLM's
+            `structured_outputs.grammar`); `answer_grammar` is the one of the task's own budget.
         needs_marker: the prompt refers to a marker painted with `point_prompts=(view, x, y)`.
         frame_labels: a `Frame-i: ` text item precedes each view.
         parse_options: keyword arguments `parse` accepts besides the text (`num_frames` for stage 1).
@@ -254,21 +255,33 @@ class TaskSpec:
         """The answer grammar (xgrammar EBNF) for the task's own budget `max_new_tokens`."""
         return self.grammar(self.max_new_tokens)
 
-    def logits_processor(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None) -> LogitsProcessorList:
+    def grammar_for(self, max_new_tokens: int | None = None, num_views: int | None = None) -> str:
+        """The answer grammar for a budget (default: the task's own) and, for a task whose parser takes `num_frames`
+        (stage 1), the sample's number of views."""
+        budget = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        return self.grammar(budget, num_views if "num_frames" in self.parse_options else None)
+
+    def logits_processor(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None,
+                         num_views=None) -> LogitsProcessorList:
         """`logits_processor=` for `generate`: every row's answer stays inside the task's grammar for the budget
-        `max_new_tokens` (default: the task's own), so it ends within it (xgrammar; answer_grammar_processor.py).
-        ImportError naming the install command without xgrammar."""
+        `max_new_tokens` (default: the task's own), so it ends within it, and for stage 1 inside its views' indices
+        (`num_views`: one int, or one per row); xgrammar, answer_grammar_processor.py. ImportError naming the
+        install command without xgrammar."""
         from transformers import LogitsProcessorList
 
         from .answer_grammar_processor import GrammarLogitsProcessor
 
-        grammar = self.grammar(self.max_new_tokens if max_new_tokens is None else int(max_new_tokens))
+        if isinstance(num_views, (list, tuple)):
+            grammar = [self.grammar_for(max_new_tokens, int(n)) for n in num_views]
+        else:
+            grammar = self.grammar_for(max_new_tokens, None if num_views is None else int(num_views))
         return LogitsProcessorList([GrammarLogitsProcessor(tokenizer, grammar, prompt_length)])
 
     def generation_kwargs(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None,
-                          constrained: bool = False) -> dict:
+                          constrained: bool = False, num_views=None) -> dict:
         """Greedy decoding (official), this task's budget (or `max_new_tokens`, a positive integer) and its
-        stop rule; with `constrained`, the answer grammar's logits processor too (`logits_processor`).
+        stop rule; with `constrained`, the answer grammar's logits processor too (`logits_processor`; `num_views`:
+        the views of each row, which bound stage 1's frame index).
 
         Raises:
             ValueError: `max_new_tokens` is not a positive integer (0, -1, 2.5, "8", True), or `constrained` is
@@ -283,7 +296,7 @@ class TaskSpec:
         kwargs = {"max_new_tokens": budget, "do_sample": False,
                   "stopping_criteria": self.stopping_criteria(tokenizer, prompt_length)}
         if constrained:
-            kwargs["logits_processor"] = self.logits_processor(tokenizer, prompt_length, budget)
+            kwargs["logits_processor"] = self.logits_processor(tokenizer, prompt_length, budget, num_views)
         return kwargs
 
 

@@ -276,3 +276,16 @@ def test_front_ends_constrain_by_default_and_evaluate_does_not():
     evaluate = ("--task", "detection", "--data", "d", "--model", "mini", "--out", "o")
     assert parsed(command_arguments.add_evaluate_arguments, *evaluate).constrained is False
     assert parsed(command_arguments.add_evaluate_arguments, *evaluate, "--constrained").constrained is True
+
+
+def test_stage1_grammar_holds_the_views_indices_row_by_row(mini_tokenizer):
+    """Stage 1's frame index is one of its sample's views (the parser would clamp any other); a batch of samples
+    with different view counts gets one grammar per row."""
+    spec = resolve_task("grounding_stage1")
+    three = xgrammar.GrammarMatcher(compiled_grammar(mini_tokenizer, MINI_VOCAB, spec.grammar_for(None, 3)))
+    assert three.accept_string('{"frame": 2}')
+    assert not xgrammar.GrammarMatcher(compiled_grammar(mini_tokenizer, MINI_VOCAB, spec.grammar_for(None, 3))).accept_string('{"frame": 3')
+    (processor,) = spec.logits_processor(mini_tokenizer, 2, num_views=[3, 12])
+    assert processor.grammar == [spec.grammar_for(None, 3), spec.grammar_for(None, 12)]
+    with pytest.raises(ValueError, match="2 grammars for a batch of 3 rows"):
+        processor(torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, MINI_VOCAB))
