@@ -96,9 +96,9 @@ def test_the_collator_chain_pads_to_the_buckets(mixed):
 
 def test_thirty_steps_of_random_lengths_compile_once_per_bucket():
     """Regional compile at static shapes (as `kernels.compile_layers` with buckets): Dynamo compiles the decoder
-    layer once per sequence shape, so the buckets bound the compilations of 30 training steps of random lengths (the
-    language model on random embeddings: the layers are what is compiled); the same batches unbucketed have more
-    lengths than buckets + 1 (each would be a compilation)."""
+    layer once per sequence shape, without a graph break, so the buckets bound the compilations of 30 training steps
+    of random lengths (the language model on random embeddings: the layers are what is compiled); the same batches
+    unbucketed have more lengths than buckets + 1 (each would be a compilation)."""
     model, _ = tiny()
     language_model = model.vlm.model.language_model
     hidden = language_model.config.hidden_size
@@ -107,6 +107,7 @@ def test_thirty_steps_of_random_lengths_compile_once_per_bucket():
     buckets = [24, 48, 96]
     counter = CompileCounter()
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     compile_decoder_layers(model, dynamic=False, backend=counter)
     unbucketed = set()
     try:
@@ -127,3 +128,4 @@ def test_thirty_steps_of_random_lengths_compile_once_per_bucket():
         torch._dynamo.reset()
     assert len(unbucketed) > len(buckets) + 1  # without buckets, static shapes would compile more often
     assert 1 <= counter.frame_count <= len(buckets) + 1, counter.frame_count
+    assert not torch._dynamo.utils.counters["graph_break"]  # each layer one whole graph
