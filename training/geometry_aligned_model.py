@@ -227,12 +227,14 @@ class GeometryAlignedModel(nn.Module):
         fused linear cross-entropy, which computes the same sum in chunks without holding the logits. `index`: the
         flat answer positions (training/host_metadata.py), gathered without the host reading how many there are;
         None: found from `labels` (a boolean mask: one wait for the device)."""
-        targets = labels[:, 1:]
         if index is None:
             index = answer_index(labels)
-        answer_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, index)
-        answer_targets = targets.reshape(-1).index_select(0, index)
-        count = (targets != IGNORE_INDEX).sum()
+        # `index` counts positions of `[B, T - 1]`; the same positions of `[B, T]` (a view of `hidden`, not a copy)
+        # lie one further per row before them, and their targets one after
+        positions = index + index // (labels.shape[1] - 1)
+        answer_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+        answer_targets = labels.reshape(-1).index_select(0, positions + 1)
+        count = (labels[:, 1:] != IGNORE_INDEX).sum()
         if liger:
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
