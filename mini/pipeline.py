@@ -50,11 +50,8 @@ from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.evaluation.baselines import all_baselines
 from gap_mllm.evaluation.geometry_eval import evaluate_geometry
 from gap_mllm.evaluation.runner import run_evaluation
-from gap_mllm.processing.dataset_identity import read_dataset_info
-from gap_mllm.processing.output_folder import check_output_folder, clean_leftovers
-from gap_mllm.processing.synth.generator import SynthRooms
+from gap_mllm.processing.output_folder import check_output_folder
 from gap_mllm.processing.synth.presets import synth_config
-from gap_mllm.processing.synth.writer import write_dataset_folder
 from gap_mllm.training.config import load_recipe
 from gap_mllm.training.device import plan_device
 from gap_mllm.training.geometry_data import GeometryClips
@@ -62,6 +59,8 @@ from gap_mllm.training.run import run_training
 
 from .arms import ABLATION_ARMS, ARMS, MAIN_ARM, Arm
 from .export import EXPORT_COMMAND, export_default, export_is_complete
+from .fresh_seeds import FRESH_SCENES, fresh_results
+from .synth_data import MINI_COMMAND, ensure_synth_data
 from .pipeline_settings import BUDGETS, STAGE_KINDS, Budget, add_arguments
 from .provenance import FINAL_MODEL, collapse_copies, training_chain
 from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS, collect_results, write_report
@@ -72,8 +71,9 @@ logger = logging.getLogger(__name__)
 RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
 
 DONE_MARKER = "stage_done.json"
-COMMAND = "gap-mllm mini"  # the marker of the folders the pipeline writes for itself (an arm's `final`)
+COMMAND = MINI_COMMAND  # the marker of the folders the pipeline writes for itself (an arm's `final`)
 EVAL_TASKS = ("grounding", "detection", "captioning")
+RELEASE_REFUSED_STATUS = 4  # the exit status of a run whose candidate failed the release rule (nothing exported)
 
 
 @dataclass
@@ -114,33 +114,12 @@ class MiniRun:
 
 
 def make_data(run: MiniRun) -> dict:
-    """Write the mini SynthRooms data (skipped when the same configuration and splits are already there).
-
-    The data are written beside the folder and renamed into place when complete (`write_dataset_folder`), so a
-    killed run leaves no half folder: the rerun deletes its leftover and writes the data again.
-
-    Raises:
-        ValueError: the data folder holds something else (other SynthRooms settings or scene counts, or files that
-            are not SynthRooms data): it is never deleted or written into, since it may be the user's own data.
-    """
-    clean_leftovers(Path(os.path.abspath(run.data)))  # a data folder a kill left moved aside comes back first
-    config = synth_config("mini")
+    """Write the mini SynthRooms data of the run's budget (skipped when the same configuration and splits are
+    already there; `ensure_synth_data`)."""
     train, val, test = run.settings.scenes
-    splits = {"train": train, "val": val, "test": test}
-    info = read_dataset_info(run.data)  # a malformed file: a DataError naming it
-    if info is not None:
-        counts = {k: len(v) for k, v in info["splits"].items()}
-        same_config = info.get("config") == json.loads(json.dumps(config.to_dict()))
-        if same_config and counts == splits:
-            logger.info("data: %s is up to date", run.data)
-            return info
-        held = f"scenes {counts}" + ("" if same_config else " of other SynthRooms settings")
-        raise ValueError(f"{run.data_named} holds {held}; this budget ({run.budget}) needs the mini preset's scenes "
-                         f"{splits}. Give another --data folder (or none: {run.out / 'data'}), or delete this one to "
-                         "have it written again")
-    logger.info("data: writing %s scenes to %s", splits, run.data)
-    return write_dataset_folder(run.data, SynthRooms(config), splits, command=COMMAND, option="--data",
-                                overwrite_option=None, named=run.data_named, workers=run.workers)
+    return ensure_synth_data(run.data, synth_config("mini"), {"train": train, "val": val, "test": test}, named=run.data_named,
+                             workers=run.workers, remedy=f"Give another --data folder (or none: {run.out / 'data'}), or delete "
+                                                         "this one to have it written again", budget=run.budget)
 
 
 def stage_is_done(folder: Path) -> bool:
@@ -326,10 +305,19 @@ def compute_baselines(run: MiniRun) -> dict:
 # ------------------------------------------------------------------------------------------- driver
 
 
+class ReleaseRefused(RuntimeError):
+    """The release rule (mini/fresh_seeds.py) failed: the candidate is not exported over the current release."""
+
+
 def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path | None = None,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, fresh_seeds: bool = False, release_reference: Path | None = None) -> dict:
     """Everything of the module docstring; returns the results written to `<out>/results/results.json`.
-    `overwrite`: `export` may replace a folder that `gap-mllm mini --export` did not write."""
+    `overwrite`: `export` may replace a folder that `gap-mllm mini --export` did not write. `fresh_seeds`: also
+    evaluate the main arm's final model on scenes of fresh seeds (mini/fresh_seeds.py); `release_reference` (a model
+    folder, the current release): evaluate it there too and apply the release rule, and export only if it passes
+    (`ReleaseRefused` after the table is written, otherwise)."""
+    if release_reference is not None and not (Path(release_reference) / "config.json").is_file():
+        raise ValueError(f"--release-reference {release_reference}: not a model folder (no config.json)")
     if export is not None:  # hours before the export: refuse a folder of the user's files now, not at the end
         check_output_folder(export, EXPORT_COMMAND, overwrite=overwrite, option="--export")
     run.out.mkdir(parents=True, exist_ok=True)
@@ -343,7 +331,23 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
     geometry = evaluate_stage0(run, stage0)
     baselines = compute_baselines(run)
     results = collect_results(run, arms, geometry, baselines, reference=MAIN_ARM.name)
+    if (fresh_seeds or release_reference is not None) and MAIN_ARM in arms:
+        models = {MAIN_ARM.name: run.stage_dir(MAIN_ARM.name, "final")}
+        if release_reference is not None:
+            models["release_reference"] = Path(release_reference)
+        scenes = FRESH_SCENES if run.budget == "full" else 1
+        results["fresh_seeds"] = fresh_results(
+            run.out, run.data, models, scenes=scenes, candidate=MAIN_ARM.name if release_reference is not None else None,
+            reference="release_reference" if release_reference is not None else None,
+            batch_size=run.eval_batch_size or run.settings.eval_batch_size, limit=run.eval_limit or run.settings.eval_limit,
+            max_new_tokens=run.settings.eval_max_new_tokens, workers=run.workers)
+        results["fresh_seeds"]["reference_folder"] = str(release_reference) if release_reference is not None else None
     write_report(run, results)
+    decision = (results.get("fresh_seeds") or {}).get("decision")
+    if export is not None and decision is not None and not decision["ship"]:
+        failed = [name for name, check in decision["checks"].items() if not check["passed"]]
+        raise ReleaseRefused(f"--export {export}: not written; the release rule failed on the fresh seeds "
+                             f"({'; '.join(failed)}): see {run.results_dir('RESULTS.md')}")
     if export is not None:
         if not (run.stage_dir(MAIN_ARM.name, "final") / "config.json").is_file():
             raise ValueError(f"--export {export}: the main arm {MAIN_ARM.name} has no final model in this run "
@@ -420,13 +424,21 @@ def main(args: argparse.Namespace) -> int:
             run_arm(run, arm, stage0)
             evaluate_arm(run, arm)
         return 0
-    results = run_pipeline(run, arms, parallel=args.parallel, export=Path(args.export) if args.export else None,
-                           overwrite=args.overwrite)
+    refused = None
+    try:
+        results = run_pipeline(run, arms, parallel=args.parallel, export=Path(args.export) if args.export else None,
+                               overwrite=args.overwrite, fresh_seeds=args.fresh_seeds,
+                               release_reference=Path(args.release_reference) if args.release_reference else None)
+    except ReleaseRefused as error:  # the table is written: show it, with why nothing was exported
+        refused, results = error, json.loads(run.results_dir("results.json").read_text(encoding="utf-8"))
     table = run.results_dir("RESULTS.md").read_text(encoding="utf-8")
     if args.table:
         Path(args.table).write_text(table, encoding="utf-8")
     print(table)
     print(json.dumps({"arms": list(results["arms"])}, indent=1))
+    if refused is not None:
+        print(f"gap-mllm mini: {refused}", file=sys.stderr)
+        return RELEASE_REFUSED_STATUS
     return 0
 
 

@@ -77,5 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "folder is refused, before training, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="let --export replace a folder it did not write (its files are deleted)")
+    parser.add_argument("--fresh-seeds", action="store_true",
+                        help="also evaluate the main arm on scenes of fresh generator seeds (mini/fresh_seeds.py)")
+    parser.add_argument("--release-reference", default=None, metavar="DIR",
+                        help="the current release: evaluate it on the fresh seeds too, apply the release rule of "
+                             "mini/README.md, and --export only if the main arm passes it (exit status 4 otherwise)")
     parser.add_argument("--table", default=None, help="also copy RESULTS.md here (make mini: mini/RESULTS.md)")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)

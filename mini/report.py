@@ -29,6 +29,7 @@ from gap_mllm.evaluation.marker_metrics import marker_scores
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 
+from .fresh_seeds import fresh_markdown
 from .paired_arms import paired_arms
 from .sample_rows import detection_counts, f1_of_counts, marker_answers, sample_rows
 
@@ -184,6 +185,8 @@ def results_markdown(results: dict) -> str:
     lines += marked_frame_lines(results)
     lines += paired_lines(results)
     lines += grounding_diagnostic_lines(results)
+    if results.get("fresh_seeds"):
+        lines += fresh_markdown(results["fresh_seeds"])
     sizes = next(iter(results["arms"].values()))
     lines.append("")
     lines.append(f"Test split: {sizes.get('grounding_num_samples', '—')} grounding, {sizes.get('detection_num_samples', '—')} detection, "

@@ -196,3 +196,50 @@ def test_an_exported_final_model_taken_as_stage_1_names_the_stages_that_made_it(
     stage0 = pipeline.exported_origin(released, source, "--stage0", "stage0")
     assert stage0["recipe"] == "given (--stage0)" and stage0["device"] == "cuda"
     assert stage0["note"] == "copied from mini/gap-mllm-mini (--stage0); its stage0: copied from runs/stage0 (--stage0)"
+
+
+def _fresh_seed_found(ship: bool) -> dict:
+    """What `fresh_results` returns (mini/fresh_seeds.py) with a decision that ships or fails one check."""
+    cells = {"grounding": {"num_samples": 4, "acc@0.25": 0.25, "acc@0.25_ci95": [0.05, 0.7], "frame_accuracy": 0.5,
+                           "frame_accuracy_ci95": [0.2, 0.8]},
+             "detection": {"num_samples": 4, "f1@0.25": 0.1, "f1@0.25_ci95": [0.0, 0.2]},
+             "captioning": {"num_samples": 4, "cider@0.5": 0.5, "cider@0.5_ci95": [0.2, 0.8]},
+             "marker": {"num_samples": 4, "point_error_m_median": 1.0, "point_error_m_median_ci95": [0.5, 1.5]}}
+    base = {"grounding": {"num_samples": 4, "candidates": 2, "best_constant_box": {"acc@0.25": 0.0, "acc@0.25_ci95": [0.0, 0.5]},
+                          "frame_0": {"frame_accuracy": 0.25, "frame_accuracy_ci95": [0.05, 0.7]}},
+            "detection": {"category_mean_boxes": {"f1@0.25": 0.0, "f1@0.25_ci95": [0.0, 0.0]}},
+            "captioning": {"constant_caption": {"cider@0.5": 0.1, "cider@0.5_ci95": [0.0, 0.2]}},
+            "marker": {"constant_point": {"point_error_m_median": 2.0, "point_error_m_median_ci95": [1.5, 2.5]}}}
+    checks = {"grounding Acc@0.25 ≥ 12 %": {"passed": True, "detail": "25.0%"},
+              "CIDEr@0.5 not worse": {"passed": ship, "detail": "-0.30 [-0.50, -0.10]"}}
+    return {"seeds": [5601], "scenes_per_seed": 1, "models": {MAIN_ARM.name: cells, "release_reference": cells},
+            "baselines": base, "candidate": MAIN_ARM.name, "reference": "release_reference",
+            "decision": {"ship": ship, "checks": checks}}
+
+
+@pytest.mark.parametrize("ship", [False, True])
+def test_the_release_rule_decides_the_export(toy_run, tmp_path, monkeypatch, capsys, ship):
+    """--release-reference: the fresh-seed rows and the rule's checks are in the table; a candidate that fails the
+    rule is not exported (exit status 4, the failed check named), one that passes is."""
+    calls = []
+
+    def fresh_results(out, train_data, models, **kwargs):
+        calls.append((set(models), kwargs["candidate"], kwargs["reference"]))
+        return _fresh_seed_found(ship)
+
+    monkeypatch.setattr(pipeline, "fresh_results", fresh_results)
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    export = tmp_path / "sixth"
+    args = parser.parse_args(["--out", str(toy_run / "run"), "--budget", "toy", "--device", "cpu", "--export", str(export),
+                              "--release-reference", str(toy_run / "export"), "--table", str(tmp_path / "RESULTS.md")])
+    status = pipeline.main(args)
+    assert calls == [({MAIN_ARM.name, "release_reference"}, MAIN_ARM.name, "release_reference")]
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "Fresh seeds (5601; 1 scenes each" in table
+    assert f"the candidate **{'ships' if ship else 'does not ship'}**" in table
+    if ship:
+        assert status == 0 and (export / "config.json").is_file()
+    else:
+        assert status == pipeline.RELEASE_REFUSED_STATUS == 4 and not export.exists()
+        assert "the release rule failed on the fresh seeds (CIDEr@0.5 not worse)" in capsys.readouterr().err
