@@ -184,6 +184,8 @@ LAZY_FOR_START_UP = {
     "training/__init__.py": "the training exports (torch, transformers, accelerate), on first use",
     "cli/command_arguments.py": "the benchmarks' names of `evaluate` (the evaluation package imports scipy)",
     "cli/uploads.py": "the image conversion (image_alignment imports torch): `predict` checks its paths before torch",
+    "cli/main.py": "the early checks (numpy, PIL, huggingface_hub), once a command's arguments parsed: --help and an "
+                   "argument mistake import none of them",
 }
 
 

@@ -24,6 +24,8 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
+from gap_mllm.processing.errors import RUN_STOPPED_STATUS, RunStoppedEarly
+
 from .config import load_recipe
 from .run import run_training
 from .train_arguments import add_arguments  # noqa: F401 - the command's add_arguments
@@ -52,6 +54,8 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="gap-mllm train", description="GAP-MLLM geometry-aligned pre-training / fine-tuning")
     add_arguments(parser)
-    from gap_mllm.cli.errors import run_command
-
-    sys.exit(run_command("train", main, parser.parse_args()))
+    try:
+        sys.exit(main(parser.parse_args()))
+    except RunStoppedEarly as stop:  # as `gap-mllm train` reports it (cli/errors.py, a layer above this one)
+        print(f"gap-mllm train: {stop}", file=sys.stderr)
+        sys.exit(RUN_STOPPED_STATUS)
