@@ -10,7 +10,8 @@ Four readings, on the validation split (the test split is read only by a release
    predictions, their correlation, and the error of the predictions against the constant training-mean box;
 3. the training signal: tokens per answer of each task of mini_stage2.yaml's mix, and the share of the
    `global_token_mean` loss that the frame index and the box numbers get in an epoch;
-4. where a wrong frame leaves the target: whether its centre projects into the chosen frame's image.
+4. where a wrong frame leaves the target: whether its centre projects into the chosen frame's image;
+5. which half of a right-frame answer misses: its centre or its sizes and angles (each swapped for the truth).
 
 Everything is written to OUT/diagnosis.json; the report is reports/mini/stage2.md ("Why the box is worse than a
 constant").
@@ -139,6 +140,24 @@ def loss_shares(data_root, tokenizer_dir) -> dict:
             "box_numbers_share": out["grounding_stage2"]["samples_per_epoch"] * number_tokens / total}
 
 
+def centre_or_shape(records, answers) -> dict:
+    """On the answers whose stage 1 chose k* and that hold a box: the share at IoU >= 0.25 of the answer, of its
+    centre with the true sizes and angles, and of the true centre with its sizes and angles (which half misses)."""
+    from gap_mllm.evaluation.box_iou import box_iou_pairs
+
+    rows = []
+    for record, found in zip(records, answers):
+        k = annotated_frame(record)
+        if found["frame"] != k or found["box"] is None:
+            continue
+        truth, box = truth_in_frame(record, k), np.asarray(found["box"], dtype=np.float64)
+        mixed = np.stack([box, np.concatenate([box[:3], truth[3:]]), np.concatenate([truth[:3], box[3:]])])
+        rows.append(box_iou_pairs(mixed, np.stack([truth] * 3)) >= 0.25)
+    hits = np.asarray(rows, dtype=np.float64)
+    return {"n": len(rows), "answer": float(hits[:, 0].mean()), "answer_centre_true_shape": float(hits[:, 1].mean()),
+            "true_centre_answer_shape": float(hits[:, 2].mean())}
+
+
 def in_view(record: dict, frame: int, data_root) -> bool:
     """Whether the target's centre projects inside the image of `frame`, in front of its camera."""
     k, (height, width) = scene_camera(data_root, record["scene_id"])
@@ -198,6 +217,7 @@ def main(argv=None) -> None:
     truths = np.array([truth_in_frame(recs[i], annotated_frame(recs[i])) for i in with_box])
     predictions = np.array([answers["annotated_frame"][i]["box"] for i in with_box])
     result["coordinates_in_annotated_frame"] = coordinate_table(truths, predictions, constant)
+    result["centre_or_shape_where_stage1_right"] = centre_or_shape(recs, answers["two_stages"])
     result["train_truth_std"] = dict(zip(COORDINATES, train_boxes.std(0).round(3).tolist()))
     result["constant_box"] = constant.round(3).tolist()
     result["loss"] = loss_shares(args.data, args.model)
