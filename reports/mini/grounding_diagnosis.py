@@ -3,7 +3,7 @@
     python reports/mini/grounding_diagnosis.py --model mini/gap-mllm-mini --data runs/mini/data --split val \
         --out runs/grounding-diagnosis
 
-Four readings, on the validation split (the test split is read only by a release's final evaluation):
+Five readings, on the validation split (the test split is read only by a release's final evaluation):
 
 1. the model's answers, both stages, split by whether stage 1 chose the annotated frame k*;
 2. the box stage given k* (stage 1 skipped): per box coordinate in k*'s camera, the spread of the truth and of the
