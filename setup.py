@@ -60,7 +60,8 @@ EXTRAS = {
     "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6", "pycocoevalcap>=1.2"],
     "eval": ["datasets==5.2.0", "evaluate==0.4.6", "pycocoevalcap>=1.2", "matplotlib>=3.8", "accelerate==1.15.0"],
     # spaces: Hugging Face's ZeroGPU decorator, a no-op off ZeroGPU (cli/space_gpu.py); it requires gradio
-    "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8", "spaces==0.51.3"],
+    # xgrammar: the Space decodes inside each task's grammar (a Hub Space installs this extra, triton included)
+    "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8", "spaces==0.51.3", "xgrammar==0.2.8"],
     # CUDA machines only (`make gpu-venv`, never the CPU path; training/kernels.py checks them before a run).
     # flash-attn 2.x is a source package on PyPI: it builds against the installed torch and needs nvcc / CUDA_HOME
     # (pip install --no-build-isolation); its setup fetches a prebuilt wheel from the project's releases when one
