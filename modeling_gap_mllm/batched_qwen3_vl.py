@@ -61,8 +61,19 @@ class GapMllmQwen3VLModel(Qwen3VLModel):
         return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
 
 
-_LAST_LENGTHS: list = [None, None]  # (cu_seqlens, its lengths): the last ViT forward's
-_LAST_VISUAL_INDEX: list = [None, None]  # (visual_pos_masks, its flat indices): the last text forward's
+# the last forward's host reads, each `(tensor, what was read from it)` in one tuple (replaced whole, so a thread
+# never pairs one forward's tensor with another's reading): "lengths" (ViT cu_seqlens), "visual" (visual_pos_masks)
+_LAST_READ: dict = {}
+
+
+def _read_once(key: str, tensor: torch.Tensor, read):
+    """`read(tensor)`, unless the same tensor object was read last under `key` (every block / DeepStack level of
+    one forward gets the same tensor)."""
+    last = _LAST_READ.get(key)
+    if last is None or last[0] is not tensor:
+        last = (tensor, read(tensor))
+        _LAST_READ[key] = last
+    return last[1]
 
 
 class GapMllmQwen3VLTextModel(Qwen3VLTextModel):
@@ -72,10 +83,9 @@ class GapMllmQwen3VLTextModel(Qwen3VLTextModel):
         """`hidden_states` `[B, T, D]` plus `visual_embeds` `[N, D]` at the N visual tokens of `visual_pos_masks`
         `[B, T]` (row-major order, as the stock `hidden[mask] + embeds`): one index per forward (every DeepStack
         level gets the same mask tensor), read once on the host; `index_add` at distinct indices adds each row once."""
-        if _LAST_VISUAL_INDEX[0] is not visual_pos_masks:
-            index = torch.nonzero(visual_pos_masks.flatten()).flatten()  # the one synchronisation of this forward
-            _LAST_VISUAL_INDEX[:] = [visual_pos_masks, index]
-        index = _LAST_VISUAL_INDEX[1].to(hidden_states.device)
+        # the one synchronisation of this forward's DeepStack levels
+        index = _read_once("visual", visual_pos_masks, lambda mask: torch.nonzero(mask.flatten()).flatten())
+        index = index.to(hidden_states.device)
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])
         added = flat.index_add(0, index, visual_embeds.to(hidden_states.device, hidden_states.dtype))
         return added.view_as(hidden_states)
@@ -84,9 +94,7 @@ class GapMllmQwen3VLTextModel(Qwen3VLTextModel):
 def _image_lengths(cu_seqlens: torch.Tensor) -> list[int]:
     """The patches of each image, `cu_seqlens` read on the host once per ViT forward, not once per block (every block
     of a forward gets the same tensor; on a GPU each read waits for the device). The stock path reads them too."""
-    if _LAST_LENGTHS[0] is not cu_seqlens:
-        _LAST_LENGTHS[:] = [cu_seqlens, (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()]
-    return _LAST_LENGTHS[1]
+    return _read_once("lengths", cu_seqlens, lambda cu: (cu[1:] - cu[:-1]).tolist())
 
 
 class GapMllmQwen3VLVisionAttention(Qwen3VLVisionAttention):
