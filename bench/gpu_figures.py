@@ -57,7 +57,7 @@ ARMS = (
     GpuArm("data", ("-m", "gap_mllm.cli.main", "synth", "--preset", "mini", "--scenes", "0", "--val-scenes", "2",
                     "--out", DATA, "--overwrite"), 30, None),
     GpuArm("train_arms", ("bench/bench_train_arms.py", "--real-size", "--device", "cuda", "--steps", "15", "--batch", "8",
-                          "--arms", "sdpa", "sdpa_packed", "sdpa_liger", "sdpa_compile", "--budget", "140",
+                          "--arms", "sdpa", "sdpa_packed", "default", "default_packed", "--budget", "140",
                           "--out", "{out}/train_arms.json"), 150, "train_arms.json"),
     GpuArm("real_size", ("bench/bench_real_size.py", "--real-size", "--device", "cuda", "--dtype", "bfloat16",
                          "--only", "build", "prefill", "generate", "scene_reuse", "--budget", "110",
