@@ -289,3 +289,11 @@ def test_stage1_grammar_holds_the_views_indices_row_by_row(mini_tokenizer):
     assert processor.grammar == [spec.grammar_for(None, 3), spec.grammar_for(None, 12)]
     with pytest.raises(ValueError, match="2 grammars for a batch of 3 rows"):
         processor(torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, MINI_VOCAB))
+
+
+def test_evaluate_refuses_constrained_scoring_of_given_predictions(tmp_path):
+    from gap_mllm.evaluation.runner import run_evaluation
+
+    with pytest.raises(ValueError, match="constrained decoding applies to generated answers"):
+        run_evaluation("detection", tmp_path, tmp_path / "out", predictions_file=tmp_path / "answers.jsonl",
+                       constrained=True)
