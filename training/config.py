@@ -16,6 +16,7 @@ against the annotation of the field it fills (`config_types.coerce`; `training.*
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from gap_mllm.processing.builders import BUILDERS, builder_for_task
 from .config_types import RecipeTypeError, coerce_fields, field_types
 from .kernels import LLM_STAGES, TRANSFORMERS_LIGER_REFUSAL, check_attention_name
 from .length_buckets import check_buckets
+from .loss_weights import LIGER_WEIGHTS_REFUSAL, weighted_mix
 from .packed_attention import FLASH_ONE_ROW, is_flash
 
 LOSS_NORMALIZATIONS = ("global_token_mean", "micro_batch_mean")
@@ -83,6 +85,12 @@ class DataConfig:
     task_repeats: {task: k}: that task's (kept) samples appear k times in every epoch of the training mix, so a task
         can get more samples than the others without new data (with the feature cache the repeats cost no encoder
         time: one entry per distinct sample).
+    task_loss_weights: {task: w}: every answer token of that task's samples weighs w (finite, > 0) in the LM loss
+        (training/loss_weights.py): the loss sums w·cross-entropy and still divides by the count of answer tokens,
+        so weights of 1 are the plain loss and gradient accumulation / DDP stay exact. Tasks not named weigh 1.
+        With `global_token_mean` a task's share of the signal is otherwise its share of the answer tokens (a
+        7-token grounding answer next to 200-token detection answers). Training loss only: the evaluation loss
+        stays unweighted. Not with `kernels.liger_fused_linear_cross_entropy: true` (no per-token weights there).
     Sample order: `training.train_sampling_strategy` ("random" / "sequential" / "group_by_length").
     packing: the samples of a batch are packed into as few rows as fit, without padding
         (training/sample_tensors.py); the loss and gradients are those of the padded batch.
@@ -106,6 +114,7 @@ class DataConfig:
     max_eval_samples: int | None = None
     task_max_samples: dict[str, int] | None = None
     task_repeats: dict[str, int] | None = None
+    task_loss_weights: dict[str, float] | None = None
     marker: bool = True
     packing: bool = False
     packing_row_tokens: int | None = None
@@ -388,6 +397,17 @@ class TrainRecipe:
             if strangers:
                 raise ValueError(f"data.task_repeats names {strangers}, which data.tasks {self.data.tasks} does not train")
             self.data.task_repeats = repeats
+        if self.data.task_loss_weights:
+            weights = {builder_for_task(task).SPEC.name: weight for task, weight in self.data.task_loss_weights.items()}
+            strangers = sorted(set(weights) - set(self.data.tasks))
+            if strangers:
+                raise ValueError(f"data.task_loss_weights names {strangers}, which data.tasks {self.data.tasks} does not train")
+            bad = {task: weight for task, weight in weights.items() if not (math.isfinite(weight) and weight > 0)}
+            if bad:
+                raise ValueError(f"data.task_loss_weights must be finite and above 0 per task, got {bad}")
+            if self.kernels.liger_fused_linear_cross_entropy and weighted_mix(weights):
+                raise ValueError(LIGER_WEIGHTS_REFUSAL)
+            self.data.task_loss_weights = weights
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

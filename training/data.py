@@ -4,6 +4,7 @@
                  those every task shares (id, images, prompt, answer, + pixel_coords / depth / poses when
                  present in all), concatenated (stage 2 mixes grounding, detection and captioning)
     collator     GapMllmDataCollator (processor, marker prompt, answer-only labels)
+                 → LossWeightCollator (`label_weights` beside the labels, with `data.task_loss_weights`)
                  → AuxTargetCollator (targets of the enabled auxiliary losses)
                  → BadSampleGuard (name, then raise or skip-and-count a sample that fails)
                  → PackingCollator (the batch's samples packed into rows), with `data.packing`
@@ -30,20 +31,25 @@ from .config import AuxLossConfig, DataConfig, check_data_tasks
 from .feature_cache import CachedCollator
 from .host_metadata import HostMetadataCollator
 from .length_buckets import BucketCollator
+from .loss_weights import LOSS_WEIGHT_COLUMN, LossWeightCollator, weighted_mix
 from .packed_attention import is_flash
 from .sample_tensors import collate_samples, split_batch
 
 logger = logging.getLogger(__name__)
-SHARED_COLUMNS = ("id", "images", "image_paths", "prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")
+SHARED_COLUMNS = ("id", "images", "image_paths", "prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world",
+                  LOSS_WEIGHT_COLUMN)
 MARKER_COLUMN = "pixel_coords"  # the marker task's [view, x, y]; None in the samples of other tasks
 LENGTH_COLUMN = "length"  # TrainingArguments.length_column_name's default
 
 
 def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: int | None = None,
-               task_max_samples: dict[str, int] | None = None, seed: int = 0, task_repeats: dict[str, int] | None = None):
+               task_max_samples: dict[str, int] | None = None, seed: int = 0, task_repeats: dict[str, int] | None = None,
+               task_loss_weights: dict[str, float] | None = None):
     """The concatenated `datasets.Dataset` of `data.tasks` for `split`; `task_max_samples` ({task: N})
     keeps a random N of that task's samples (drawn with `seed`) before the concatenation, and `task_repeats`
-    ({task: k}) puts them k times into it (training mixes only). A task without an
+    ({task: k}) puts them k times into it (training mixes only). `task_loss_weights` ({task: w}): each sample gets
+    its task's weight (1 for a task not named) in a float column `loss_weight` (training/loss_weights.py), only when
+    some weight differs from 1 (otherwise the dataset is the unweighted one, column for column). A task without an
     annotation file for the split is a FileNotFoundError naming the file looked for; one whose file holds no
     usable sample is a `DataError` naming that file (prepared builders refuse empty splits)."""
     if data.data_root is None:
@@ -69,6 +75,10 @@ def load_split(data: DataConfig, split: str, aux: AuxLossConfig, max_samples: in
         if repeats > 1:
             logger.info("%s %s: %d samples, each %d times in the mix (data.task_repeats)", task, split, len(part), repeats)
             part = datasets.concatenate_datasets([part] * repeats)
+        if weighted_mix(task_loss_weights):
+            weight = float(task_loss_weights.get(builder.SPEC.name, 1.0))
+            logger.info("%s %s: answer tokens weigh %g in the loss (data.task_loss_weights)", task, split, weight)
+            part = part.add_column(LOSS_WEIGHT_COLUMN, [weight] * len(part), feature=datasets.Value("float32"))
         parts.append(part)
         counter = builder.skipped.get(split)
         if counter is not None and counter.total:
@@ -145,7 +155,7 @@ def packing_row_tokens(data: DataConfig, model=None) -> int | None:
 
 def sample_collator(processor, data: DataConfig, aux: AuxLossConfig):
     """The chain that turns samples into one padded batch: processor and labels, auxiliary targets, bad-sample guard."""
-    collator = GapMllmDataCollator(processor, train=True, marker=data.marker)
+    collator = LossWeightCollator(GapMllmDataCollator(processor, train=True, marker=data.marker))
     if aux.enabled:
         collator = AuxTargetCollator(collator, aux, merge_size=processor.image_processor.merge_size)
     return BadSampleGuard(collator, policy=data.on_bad_sample)

@@ -80,6 +80,7 @@ from .frozen_towers import (
     vision_cache_kind,
     vision_fingerprint,
 )
+from .loss_weights import sample_label_weights
 from .param_groups import unwrap_gap_model
 from .sample_tensors import FrozenVisionFeatures, collate_samples, split_batch
 
@@ -582,8 +583,8 @@ class CachedCollator:
             raise DataError(f"no sample of a batch can be served from the feature cache {self.cache.folder} ({names}): "
                             "each is marked bad or its entry is damaged (see the warnings above); fix the data, or "
                             "run again to have damaged entries recomputed")
-        if self.cache.complete:
-            samples = [cached for _, cached in served]
+        if self.cache.complete:  # an entry holds no loss weight (it is a training setting): each from its example
+            samples = [sample_label_weights(cached, example) for example, cached in served]
         else:
             batch = self.collator([decoded_example(example) for example, _ in served])
             skipped += int(batch.pop(SKIPPED_KEY, torch.tensor(0)))

@@ -14,7 +14,8 @@ plain image features when the model has `use_geometry=False`); on top of it:
                         inside each (training/sample_tensors.py)
     LM loss as a sum    logits only at answer positions; `lm_loss_sum` + `lm_num_tokens`, so the trainer
                         can normalise over the whole optimizer step (exact gradient accumulation / DDP); with
-                        `liger_cross_entropy`, Liger's fused linear cross-entropy instead (no logits at all)
+                        `liger_cross_entropy`, Liger's fused linear cross-entropy instead (no logits at all);
+                        with `label_weights` (data.task_loss_weights) a sum of w·cross-entropy, the count unchanged
     auxiliary losses    from the visual-token hidden states and the tapped VGGT features
 """
 
@@ -42,6 +43,7 @@ from .aux_losses import (
 from .config import AuxLossConfig
 from .frozen_towers import vision_outputs_from_features
 from .host_metadata import answer_index
+from .loss_weights import LIGER_WEIGHTS_REFUSAL
 from .packed_attention import cu_seq, packed_attention
 from .param_groups import unwrap_gap_model
 from .sample_tensors import FrozenVisionFeatures
@@ -51,8 +53,8 @@ from .sample_tensors import FrozenVisionFeatures
 class GeometryAlignedOutput(ModelOutput):
     """Output of [`GeometryAlignedModel`].
 
-    loss: token-mean cross-entropy of this micro-batch `[]` (for evaluation and inspection).
-    lm_loss_sum: summed cross-entropy over the answer tokens `[]`.
+    loss: token-mean cross-entropy of this micro-batch `[]` (for evaluation and inspection; weighted as `lm_loss_sum`).
+    lm_loss_sum: summed cross-entropy over the answer tokens `[]` (each times its `label_weights`, when given).
     lm_num_tokens: number of answer tokens (shifted labels ≠ -100) `[]`.
     aux_losses: unweighted auxiliary losses by name ("feature_align", "camera", "depth", "scale").
     """
@@ -141,6 +143,7 @@ class GeometryAlignedModel(nn.Module):
         geometry_features: list[list[torch.Tensor]] | None = None,
         vision_features: FrozenVisionFeatures | None = None,
         labels: torch.LongTensor | None = None,
+        label_weights: torch.Tensor | None = None,
         aux_camera: torch.Tensor | None = None,
         aux_depth: list[torch.Tensor] | None = None,
         aux_scale: torch.Tensor | None = None,
@@ -160,6 +163,7 @@ class GeometryAlignedModel(nn.Module):
                 `geometry_pixel_values`.
             vision_features: the frozen ViT's precomputed output; replaces `pixel_values`.
             labels: `[B, T]`, -100 outside the answer.
+            label_weights: `[B, T]` float, each label's weight in the loss (training/loss_weights.py); None: all 1.
             aux_camera `[V, 9]`, aux_depth (V tensors `[h_m·k, w_m·k]`), aux_scale `[B]`: targets of the
                 enabled auxiliary losses (training/aux_targets.py).
             packed_segments: packed rows' segment lengths (host integers, `collate_samples`): the attention's sample
@@ -210,7 +214,8 @@ class GeometryAlignedModel(nn.Module):
         result = GeometryAlignedOutput(aux_losses={})
         if labels is not None:
             result.lm_loss_sum, result.lm_num_tokens = self._lm_loss_sum(gap, outputs.last_hidden_state, labels,
-                                                                         self.liger_cross_entropy, answer_index)
+                                                                         self.liger_cross_entropy, answer_index,
+                                                                         label_weights)
             result.loss = result.lm_loss_sum / result.lm_num_tokens.clamp(min=1)
         if needs_hidden:
             result.aux_losses = self._aux_losses(
@@ -221,12 +226,15 @@ class GeometryAlignedModel(nn.Module):
 
     @staticmethod
     def _lm_loss_sum(gap, hidden: torch.Tensor, labels: torch.Tensor, liger: bool = False,
-                     index: torch.LongTensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     index: torch.LongTensor | None = None,
+                     weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy; the LM head runs only where a label is set (answers are a
         few dozen tokens of a sequence of thousands, so this saves most of the logits memory). `liger`: Liger's
         fused linear cross-entropy, which computes the same sum in chunks without holding the logits. `index`: the
         flat answer positions (training/host_metadata.py), gathered without the host reading how many there are;
-        None: found from `labels` (a boolean mask: one wait for the device)."""
+        None: found from `labels` (a boolean mask: one wait for the device). `weights` `[B, T]` (`label_weights`):
+        each target token's cross-entropy times its weight (the count stays the number of answer tokens); not with
+        `liger`, which takes no per-token weight (refused here and in the recipe, never ignored)."""
         if index is None:
             index = answer_index(labels)
         # `index` counts positions of `[B, T - 1]`; the same positions of `[B, T]` (a view of `hidden`, not a copy)
@@ -236,6 +244,8 @@ class GeometryAlignedModel(nn.Module):
         answer_targets = labels.reshape(-1).index_select(0, positions + 1)
         count = (labels[:, 1:] != IGNORE_INDEX).sum()
         if liger:
+            if weights is not None:
+                raise ValueError(LIGER_WEIGHTS_REFUSAL)
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
             head = gap.vlm.lm_head
@@ -243,7 +253,10 @@ class GeometryAlignedModel(nn.Module):
                                                         reduction="sum")
             return loss_sum, count
         logits = gap.vlm.lm_head(answer_hidden).float()
-        loss_sum = F.cross_entropy(logits, answer_targets, reduction="sum")
+        if weights is None:
+            return F.cross_entropy(logits, answer_targets, reduction="sum"), count
+        answer_weights = weights.reshape(-1).index_select(0, positions + 1).float()  # each target token's weight
+        loss_sum = (F.cross_entropy(logits, answer_targets, reduction="none") * answer_weights).sum()
         return loss_sum, count
 
     def _aux_losses(self, gap, hidden_states, input_ids, grids, views, geometry_features, aux_camera, aux_depth, aux_scale) -> dict:

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .loss_weights import weighted_mix
+
 logger = logging.getLogger(__name__)
 
 GPU_INSTALL = "make gpu-venv"
@@ -193,13 +195,17 @@ def compile_problem(device: str) -> str | None:
 
 def resolve_kernels(recipe, plan):
     """`recipe` with every kernel switch decided (module docstring): an unset (None) switch is on for a CUDA run of an
-    LLM stage where it can run, off elsewhere; what is decided is logged. Given switches are kept (`check_kernels`
+    LLM stage where it can run, off elsewhere (Liger's fused cross-entropy also off with `data.task_loss_weights`);
+    what is decided is logged. Given switches are kept (`check_kernels`
     refuses those that cannot run)."""
     settings = recipe.kernels
     cuda = plan.device == "cuda" and recipe.stage in LLM_STAGES
     liger = cuda and not package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
     compiled = cuda and compile_problem(plan.device) is None
-    decided = {"liger_fused_linear_cross_entropy": liger, "liger_language_model": liger, "compile_layers": compiled}
+    # Liger's fused cross-entropy takes no per-token weight: off with data.task_loss_weights (training/loss_weights.py)
+    weighted = weighted_mix(recipe.data.task_loss_weights)
+    decided = {"liger_fused_linear_cross_entropy": liger and not weighted, "liger_language_model": liger,
+               "compile_layers": compiled}
     values = {name: decided[name] if getattr(settings, name) is None else getattr(settings, name) for name in decided}
     chosen = [f"kernels.{name}={str(value).lower()}" for name, value in values.items() if getattr(settings, name) is None]
     if chosen:

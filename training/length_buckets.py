@@ -23,7 +23,7 @@ import torch
 from gap_mllm.model_inputs import IGNORE_INDEX
 
 # what each token tensor of a batch is padded with (the attention mask: 0, nothing attends to it)
-PAD_VALUES = {"attention_mask": 0, "labels": IGNORE_INDEX, "mm_token_type_ids": 0}
+PAD_VALUES = {"attention_mask": 0, "labels": IGNORE_INDEX, "mm_token_type_ids": 0, "label_weights": 0.0}
 
 
 def check_buckets(buckets) -> list[int]:
@@ -57,7 +57,7 @@ def pad_to_bucket(batch: dict, buckets: list[int], pad_token_id: int, padding_si
     packed = "attention_mask" not in batch
     left = padding_side == "left" and not packed
     out = dict(batch)
-    for key in ("input_ids", "attention_mask", "labels", "mm_token_type_ids"):
+    for key in ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "label_weights"):
         if key in batch:
             value = pad_token_id if key == "input_ids" else PAD_VALUES[key]
             pad = batch[key].new_full((batch[key].shape[0], extra), value)

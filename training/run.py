@@ -94,7 +94,8 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     if train_dataset is None:
         train_dataset = load_split(recipe.data, recipe.data.train_split, recipe.aux, recipe.data.max_train_samples,
                                    task_max_samples=recipe.data.task_max_samples, seed=args.seed,
-                                   task_repeats=recipe.data.task_repeats)
+                                   task_repeats=recipe.data.task_repeats,
+                                   task_loss_weights=recipe.data.task_loss_weights)
     if eval_dataset is None and recipe.data.eval_split:
         eval_dataset = load_split(recipe.data, recipe.data.eval_split, recipe.aux, recipe.data.max_eval_samples)
     if args.train_sampling_strategy == "group_by_length" and args.length_column_name not in train_dataset.column_names:
@@ -249,6 +250,9 @@ NOT_DEFINING = ("time_limit_s", "device", "run_state.", "model.name_or_path", "m
                 "training.logging_steps", "training.save_steps", "training.save_total_limit", "evaluation.batch_size",
                 # speed, not the run: kernels follow the device (training/kernels.py), buckets only add masked padding
                 "kernels.", "data.length_buckets")
+# settings added after run states were written, with the value that trains as before: recorded only when set, so an
+# older state (which lacks them) still continues its run, and a state of a run with them set is refused without them
+RECORDED_WHEN_SET = {"data.task_loss_weights": None}
 
 
 def continuation_command(argv: list[str] | None = None) -> str:
@@ -282,12 +286,15 @@ def continuation_command(argv: list[str] | None = None) -> str:
 
 def run_definition(recipe: TrainRecipe) -> dict:
     """The settings that define a run, flat (`"training.learning_rate": 0.001`, JSON values): the whole recipe but
-    `NOT_DEFINING`. A run state records them, and a run with other values is refused its state."""
+    `NOT_DEFINING`, and those of `RECORDED_WHEN_SET` at their old value. A run state records them, and a run with
+    other values is refused its state."""
     flat = {}
     for section, value in dataclasses.asdict(recipe).items():
         items = value.items() if isinstance(value, dict) else [(None, value)]
         for key, item in items:
             name = section if key is None else f"{section}.{key}"
+            if name in RECORDED_WHEN_SET and item == RECORDED_WHEN_SET[name]:
+                continue
             if not any(name == skip or (skip.endswith(".") and name.startswith(skip)) for skip in NOT_DEFINING):
                 flat[name] = item
     return json.loads(json.dumps(flat, default=str))

@@ -4,6 +4,7 @@
 dict per sample, each holding only that sample's tokens (padding removed), views and targets:
 
     input_ids, labels, mm_token_type_ids   [L]                 the sample's tokens, no padding
+    label_weights                          [L]                 its tokens' loss weights (data.task_loss_weights)
     image_grid_thw                         [V, 3]
     pixel_values                           [Σ_v h_v·w_v, D]    the ViT's patches of its views (live ViT)
     geometry_pixel_values                  [V, 3, 14h, 14w]    its VGGT input, cut to its own size (live VGGT)
@@ -41,7 +42,7 @@ from gap_mllm.image_alignment import VGGT_PATCH_SIZE
 from gap_mllm.model_inputs import IGNORE_INDEX
 from gap_mllm.mrope_positions import mrope_position_ids
 
-TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids")
+TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids", "label_weights")
 VIEW_ROW_KEYS = ("image_grid_thw", "aux_camera")  # one row per view, concatenated over samples
 
 
@@ -173,6 +174,8 @@ def collate_samples(samples: list[dict], pad_token_id: int, padding_side: str = 
         batch["mm_token_type_ids"] = _pad_stack([s["mm_token_type_ids"] for s in samples], length, 0, left)
     if "labels" in samples[0]:
         batch["labels"] = _pad_stack([s["labels"] for s in samples], length, IGNORE_INDEX, left)
+    if "label_weights" in samples[0]:  # padding is never supervised: weight 0
+        batch["label_weights"] = _pad_stack([s["label_weights"] for s in samples], length, 0.0, left)
     _join_views(samples, batch)
     return batch
 
@@ -228,6 +231,9 @@ def _packed(samples: list[dict], pad_token_id: int, spatial_merge_size: int, row
     if "labels" in ordered[0]:
         batch["labels"] = torch.full((len(rows), width), IGNORE_INDEX, dtype=ordered[0]["labels"].dtype)
         batch["labels"][token_row, token_column] = torch.cat([s["labels"] for s in ordered])
+    if "label_weights" in ordered[0]:  # moves with its sample's labels; the padding blocks weigh 0
+        batch["label_weights"] = torch.zeros((len(rows), width), dtype=ordered[0]["label_weights"].dtype)
+        batch["label_weights"][token_row, token_column] = torch.cat([s["label_weights"] for s in ordered])
     batch["position_ids"][0, token_row, token_column] = token_position
     batch["position_ids"][1:, token_row, token_column] = rope[:, valid.bool()]
     batch["packed_segments"] = packed_segments([[lengths[index] for index in row] for row in rows], width)
