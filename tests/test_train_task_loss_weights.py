@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import datasets
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,14 @@ def mix(settings):
 
 
 @pytest.fixture(scope="module")
-def weighted(train_data_root, tmp_path_factory):
-    settings = settings_for(train_data_root, tmp_path_factory.mktemp("hf"), WEIGHTS)
+def hf_cache(tmp_path_factory):
+    """One datasets cache for the module: the builders prepare each task once."""
+    return tmp_path_factory.mktemp("hf")
+
+
+@pytest.fixture(scope="module")
+def weighted(train_data_root, hf_cache):
+    settings = settings_for(train_data_root, hf_cache, WEIGHTS)
     return settings, mix(settings)
 
 
@@ -76,9 +83,9 @@ def test_every_sample_carries_its_tasks_weight_and_the_batch_puts_it_on_its_answ
 
 
 @pytest.mark.parametrize("weights", [None, {"grounding_stage1": 1.0, "detection": 1}], ids=["absent", "all-one"])
-def test_weights_of_one_are_todays_dataset_batch_and_loss_bit_for_bit(train_data_root, tmp_path, weighted, weights):
-    plain_settings = settings_for(train_data_root, tmp_path / "a", None)
-    settings = settings_for(train_data_root, tmp_path / "b", weights)
+def test_weights_of_one_are_todays_dataset_batch_and_loss_bit_for_bit(train_data_root, hf_cache, weights):
+    plain_settings = settings_for(train_data_root, hf_cache, None)
+    settings = settings_for(train_data_root, hf_cache, weights)
     plain, dataset = mix(plain_settings), mix(settings)
     assert dataset.column_names == plain.column_names and LOSS_WEIGHT_COLUMN not in dataset.column_names
     assert dataset.to_dict() == plain.to_dict()
@@ -161,40 +168,40 @@ def test_packed_rows_and_length_buckets_carry_each_samples_weight(weighted):
         assert sorted(batch[LABEL_WEIGHTS_KEY][supervised].tolist()) == sorted(padded[LABEL_WEIGHTS_KEY][padded["labels"] != IGNORE_INDEX].tolist())
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
-def test_the_feature_cache_serves_the_weights_of_the_examples_not_of_its_entries(tmp_path, weighted, packing):
+def test_the_feature_cache_serves_the_weights_of_the_examples_not_of_its_entries(tmp_path, weighted):
     settings, dataset = weighted
     model, processor = tiny()
     model.eval()
-    undecoded = undecoded_images(dataset)
-    plain = undecoded.remove_columns(LOSS_WEIGHT_COLUMN)
+    examples = spread(undecoded_images(dataset))  # the cache holds only these
+    chosen = datasets.Dataset.from_list(examples, features=undecoded_images(dataset).features)
     collator_settings = sample_collator_settings(settings.data, settings.aux)
     cache = FeatureCache(tmp_path / "cache", model, processor, collator_settings, "float32")
-    cache.build(model, undecoded, sample_collator(processor, settings.data, settings.aux), batch_size=4)
+    cache.build(model, chosen, sample_collator(processor, settings.data, settings.aux), batch_size=6)
+    plain_examples = [{k: v for k, v in e.items() if k != LOSS_WEIGHT_COLUMN} for e in examples]
     # the weights are not part of an entry: the same folder and keys as the unweighted mix's
     assert cache.folder == FeatureCache(tmp_path / "cache", model, processor, collator_settings, "float32").folder
-    assert [sample_key(e) for e in undecoded] == [sample_key(e) for e in plain]
-    tokenizer = processor.tokenizer
-    served = CachedCollator(sample_collator(processor, settings.data, settings.aux), cache, tokenizer.pad_token_id,
-                            tokenizer.padding_side, packing=packing, row_tokens=10**6 if packing else None)
-    examples = spread(undecoded)
-    batch = served(examples)
-    assert int(batch.pop("num_skipped_samples")) == 0 and LABEL_WEIGHTS_KEY in batch
+    assert [sample_key(e) for e in examples] == [sample_key(e) for e in plain_examples]
     wrapped = GeometryAlignedModel(model)
-    alone = per_sample_losses(wrapped, processor, settings, spread(dataset))
-    with torch.no_grad():
-        torch.testing.assert_close(wrapped(**batch).lm_loss_sum, torch.stack(alone).sum(), rtol=1e-5, atol=0)
-        unweighted = served([{k: v for k, v in e.items() if k != LOSS_WEIGHT_COLUMN} for e in examples])
-        unweighted.pop("num_skipped_samples")
+    expected = torch.stack(per_sample_losses(wrapped, processor, settings, spread(dataset))).sum()
+    tokenizer = processor.tokenizer
+    for packing in (False, True):
+        served = CachedCollator(sample_collator(processor, settings.data, settings.aux), cache, tokenizer.pad_token_id,
+                                tokenizer.padding_side, packing=packing, row_tokens=10**6 if packing else None)
+        batch = served(examples)
+        assert int(batch.pop("num_skipped_samples")) == 0 and LABEL_WEIGHTS_KEY in batch
+        assert batch["input_ids"].shape[0] == (1 if packing else len(examples))
+        with torch.no_grad():
+            torch.testing.assert_close(wrapped(**batch).lm_loss_sum, expected, rtol=1e-5, atol=0)
+        unweighted = served(plain_examples)
         assert LABEL_WEIGHTS_KEY not in unweighted
 
 
-def test_the_trainers_own_chain_trains_the_weighted_loss(train_data_root, tmp_path):
+def test_the_trainers_own_chain_trains_the_weighted_loss(train_data_root, hf_cache, tmp_path):
     """build_trainer loads the weighted mix and its collator: a batch of its dataloader holds the weights, and
     compute_loss divides the weighted sum by the step's answer tokens."""
     model, processor = tiny()
     settings = recipe(tmp_path, train_data_root, data={"data_root": str(train_data_root), "tasks": TASKS,
-                                                       "cache_dir": str(tmp_path / "hf"), "task_loss_weights": WEIGHTS,
+                                                       "cache_dir": str(hf_cache), "task_loss_weights": WEIGHTS,
                                                        "packing": True},
                       training={"per_device_train_batch_size": 4})
     setup = build_trainer(settings, model=model, processor=processor)
