@@ -206,7 +206,10 @@ def test_function_local_imports_are_of_optional_dependencies_only():
                         local.append(f"{path.relative_to(REPO)}:{node.lineno}")
     allowed = {**LAZY_FOR_OPTIONAL_DEPENDENCIES, **LAZY_FOR_START_UP}
     assert sorted({place.split(":")[0] for place in local}) == sorted(allowed), local
-    assert len(local) == len(allowed), local  # one import each
+    # one import each, but the registry's two `generate` helpers: each stays a `from .module import` of its own, the
+    # form by which transformers' remote-code loader finds the files a Hub folder needs
+    expected = {place: 1 for place in allowed} | {"modeling_gap_mllm/tasks_gap_mllm.py": 2}
+    assert len(local) == sum(expected.values()), local
 
 
 def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path):
