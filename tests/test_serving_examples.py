@@ -39,6 +39,13 @@ def test_openai_client_dry_run_builds_the_request(monkeypatch, capsys):
     outline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert outline["views"] == 3 and outline["content_parts"] == ["text", "image_embeds"] * 3 + ["text"]
     assert outline["embedding_shape"][1] == 4 * 256  # the mini: hidden 256, main + 3 DeepStack levels
+    assert outline["structured_outputs"] == []  # free by default: the engine's own answer
+
+
+def test_openai_client_constrained_request_carries_the_task_grammar(monkeypatch, capsys):
+    assert run_example("openai_client.py", ["--dry-run", "--task", "grounding_stage1", "--views", "3", "--constrained"],
+                       monkeypatch) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["structured_outputs"] == ["grammar"]
 
 
 def test_offline_batch_encode_then_parse(tmp_path, monkeypatch, capsys):

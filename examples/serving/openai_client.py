@@ -46,11 +46,14 @@ def frames_and_query(args):
     return scene.views, args.query or scene.example_inputs["grounding"]["query"]
 
 
-def ask(encoder, request, url: str, served_model_name: str, max_tokens: int | None = None) -> dict:
+def ask(encoder, request, url: str, served_model_name: str, max_tokens: int | None = None, constrained: bool = False) -> dict:
     """Send one encoded request and read the answer as `generate` would have stopped it: `{"task", "max_tokens",
-    "text", "parsed"}` (the prompt the server tokenized is checked against the encoder's first)."""
+    "text", "parsed"}` (the prompt the server tokenized is checked against the encoder's first). `constrained`: the
+    request carries the task's answer grammar (vLLM's `structured_outputs`), as `generate` decodes with
+    `constrained=True`."""
     budget = task_budget(request.task, max_tokens)
-    payload = chat_completion_payload(request, model=served_model_name, max_tokens=budget, **RETURN_TOKEN_IDS)
+    payload = chat_completion_payload(request, model=served_model_name, max_tokens=budget, constrained=constrained,
+                                      **RETURN_TOKEN_IDS)
     response = post_chat_completion(url, payload)
     tokenizer = encoder.processor.tokenizer
     check_prompt_token_ids(response, request, tokenizer, where=url)
@@ -75,6 +78,8 @@ def main() -> int:
                         help="where the encoder half runs (default: cuda when available)")
     parser.add_argument("--out", type=Path, default=None, help="write the answer text and its parsed result here (JSON)")
     parser.add_argument("--dry-run", action="store_true", help="build the request and print its outline; send nothing")
+    parser.add_argument("--constrained", action="store_true",
+                        help="decode inside the task's answer grammar (vLLM's structured_outputs; off: the engine's free answer)")
     args = parser.parse_args()
 
     if args.model is None:
@@ -86,15 +91,17 @@ def main() -> int:
     needs_query = "query" in resolve_task(args.task).parameters
     request = encoder.encode(frames, task=args.task, query=query if needs_query else None)
     if args.dry_run:
-        payload = chat_completion_payload(request, model=args.served_model_name, max_tokens=args.max_tokens)
+        payload = chat_completion_payload(request, model=args.served_model_name, max_tokens=args.max_tokens,
+                                          constrained=args.constrained)
         parts = [part["type"] for part in payload["messages"][1]["content"]]
         print(json.dumps({"views": request.num_views, "embedding_shape": list(request.image_embeds[0].shape),
                           "image_grid_thw": request.image_grid_thw.tolist(), "content_parts": parts,
-                          "max_tokens": payload["max_tokens"], "payload_bytes": len(json.dumps(payload))}))
+                          "max_tokens": payload["max_tokens"], "payload_bytes": len(json.dumps(payload)),
+                          "structured_outputs": sorted(payload.get("structured_outputs", {}))}))
         return 0
     try:
         answer = {"query": query if needs_query else None, **ask(encoder, request, args.url, args.served_model_name,
-                                                                 args.max_tokens)}
+                                                                 args.max_tokens, args.constrained)}
     except (ConnectionError, TimeoutError) as error:  # no server at --url (the line says how to start one), or too slow
         print(f"openai_client.py: error: {error}", file=sys.stderr)
         return 1
