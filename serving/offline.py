@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .encoder import EncodedRequest
-from .engine_answers import answer_from_token_ids, task_budget
+from .engine_answers import STRUCTURED_OUTPUTS, answer_from_token_ids, structured_output, task_budget
 from .values import grid_row
 
 
@@ -39,10 +39,16 @@ def offline_request(request: EncodedRequest) -> dict:
     return item
 
 
-def offline_settings(request: EncodedRequest, max_tokens: int | None = None) -> dict:
+def offline_settings(request: EncodedRequest, max_tokens: int | None = None, constrained: bool = False) -> dict:
     """What the vLLM process needs to know of one request besides `offline_request` (it has no gap_mllm): `{"task":
-    name, "max_tokens": the task's budget or `max_tokens` (`task_budget`), "views": V}`."""
-    return {"task": request.task, "max_tokens": task_budget(request.task, max_tokens), "views": request.num_views}
+    name, "max_tokens": the task's budget or `max_tokens` (`task_budget`), "views": V}`, and with `constrained` the
+    task's answer grammar for that budget (`"grammar"`: what `structured_output` sends a server, and what
+    `generate(..., constrained=True)` decodes inside), which the vLLM side passes as `StructuredOutputsParams`."""
+    budget = task_budget(request.task, max_tokens)
+    settings = {"task": request.task, "max_tokens": budget, "views": request.num_views}
+    if constrained:
+        settings["grammar"] = structured_output(request.task, budget, request.num_views)[STRUCTURED_OUTPUTS]["grammar"]
+    return settings
 
 
 def offline_answer_text(answer, task: str | None, tokenizer, eos_token_ids=(), where: str = "the answer") -> str:

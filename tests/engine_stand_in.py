@@ -311,6 +311,7 @@ class SamplingParamsStandIn:
 
     temperature: float = 1.0
     max_tokens: int | None = 16
+    structured_outputs: object = None  # `vllm.sampling_params.StructuredOutputsParams` (the offline stand-in ignores it)
 
 
 class OfflineLLMStandIn:

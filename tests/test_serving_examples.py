@@ -75,6 +75,30 @@ def test_offline_batch_encode_then_parse(tmp_path, monkeypatch, capsys):
     assert missing == f"offline_batch.py parse: [Errno 2] No such file or directory: '{tmp_path / 'no.json'}'"
 
 
+def test_offline_batch_constrained_requests_carry_the_task_grammar_to_vllm(tmp_path, monkeypatch):
+    """`encode --constrained`: each request's settings hold its task's answer grammar for its budget and views (the
+    grammar `generate(..., constrained=True)` decodes inside), and the vLLM step puts it in each request's
+    `SamplingParams(structured_outputs=StructuredOutputsParams(grammar=...))`; without --constrained there is none."""
+    from gap_mllm.tasks_gap_mllm import GROUNDING_STAGE1
+
+    requests = tmp_path / "requests.pt"
+    assert run_example("offline_batch.py", ["encode", "--out", str(requests), "--views", "4", "--constrained"], monkeypatch) == 0
+    settings = json.loads(Path(str(requests) + ".json").read_text())
+    assert settings and all(item["grammar"] == GROUNDING_STAGE1.grammar_for(64, 4) for item in settings)
+    step = runpy.run_path(str(EXAMPLES / "offline_vllm_generate.py"))
+
+    def structured_outputs(grammar):  # vllm.sampling_params.StructuredOutputsParams
+        return {"grammar": grammar}
+
+    params = step["sampling_params"](settings, SamplingParamsStandIn, structured_outputs)
+    assert [p.structured_outputs for p in params] == [{"grammar": item["grammar"]} for item in settings]
+    assert all(p.temperature == 0.0 and p.max_tokens == 64 for p in params)
+    with pytest.raises(SystemExit, match="request 0 carries an answer grammar"):
+        step["sampling_params"](settings, SamplingParamsStandIn)
+    free = [{k: v for k, v in item.items() if k != "grammar"} for item in settings]
+    assert all(p.structured_outputs is None for p in step["sampling_params"](free, SamplingParamsStandIn, structured_outputs))
+
+
 def test_offline_batch_encodes_as_many_views_as_it_says(tmp_path, monkeypatch, capsys):
     """`--views 32` (the documented command) wrote 24 views while saying 32: the example room's walk has 24 frames."""
     requests = tmp_path / "requests.pt"

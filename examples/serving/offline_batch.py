@@ -75,7 +75,7 @@ def encode(args) -> int:
     requests = encoder.encode_batch([scene.views] * len(queries), task=args.task,
                                     query=None if queries == [None] else queries)
     save_offline_requests([offline_request(r) for r in requests], args.out)
-    settings = [{**offline_settings(r, args.max_tokens), "query": q} for r, q in zip(requests, queries)]
+    settings = [{**offline_settings(r, args.max_tokens, args.constrained), "query": q} for r, q in zip(requests, queries)]
     settings_path(args.out).write_text(json.dumps(settings, indent=1))
     print(f"wrote {len(requests)} requests ({len(scene.views)} views each, {requests[0].image_embeds[0].shape[1]}-wide embeddings, "
           f"budget {settings[0]['max_tokens']} tokens) to {args.out}")
@@ -128,6 +128,8 @@ def main() -> int:
     enc.add_argument("--views", type=int, default=32)
     enc.add_argument("--scene-seed", type=int, default=0)
     enc.add_argument("--max-tokens", type=int, default=None, help="token budget (default: the task's own)")
+    enc.add_argument("--constrained", action="store_true",
+                     help="each request carries its task's answer grammar; the vLLM step decodes inside it (StructuredOutputsParams)")
     enc.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                      help="where the encoder half runs (default: cuda when available)")
     par = sub.add_parser("parse", help="answers.json (from offline_vllm_generate.py) -> texts and typed results")

@@ -48,9 +48,19 @@ def read_requests(requests_path) -> tuple[list, list[dict]]:
     return requests, settings
 
 
-def sampling_params(settings: list[dict], sampling_params_class) -> list:
-    """One `SamplingParams` per request: greedy (the official setting), `max_tokens` = the request's budget."""
-    return [sampling_params_class(temperature=0.0, max_tokens=item["max_tokens"]) for item in settings]
+def sampling_params(settings: list[dict], sampling_params_class, structured_outputs_class=None) -> list:
+    """One `SamplingParams` per request: greedy (the official setting), `max_tokens` = the request's budget, and where
+    the request carries its task's answer grammar (`offline_batch.py encode --constrained`) vLLM's structured output
+    (`structured_outputs_class(grammar=...)`: `vllm.sampling_params.StructuredOutputsParams`)."""
+    params = []
+    for index, item in enumerate(settings):
+        options = {"temperature": 0.0, "max_tokens": item["max_tokens"]}
+        if item.get("grammar") is not None:
+            if structured_outputs_class is None:
+                raise SystemExit(f"request {index} carries an answer grammar, but no structured-output class was given")
+            options["structured_outputs"] = structured_outputs_class(grammar=item["grammar"])
+        params.append(sampling_params_class(**options))
+    return params
 
 
 def generate_answers(llm, requests: list, params: list) -> list[dict]:
@@ -66,12 +76,12 @@ def generate_answers(llm, requests: list, params: list) -> list[dict]:
 
 
 def run(folder, requests_path, out, llm_class, sampling_params_class, max_images: int = DEFAULT_MAX_IMAGES,
-        dtype: str = "auto") -> list[dict]:
+        dtype: str = "auto", structured_outputs_class=None) -> list[dict]:
     """Generate every request of `requests_path` with `llm_class(model=folder, ...)` and write answers.json to `out`."""
     requests, settings = read_requests(requests_path)
     llm = llm_class(model=str(folder), dtype=dtype, enable_mm_embeds=True,
                     limit_mm_per_prompt={"image": max_images, "video": 0})
-    answers = generate_answers(llm, requests, sampling_params(settings, sampling_params_class))
+    answers = generate_answers(llm, requests, sampling_params(settings, sampling_params_class, structured_outputs_class))
     Path(out).write_text(json.dumps(answers, indent=1))
     return answers
 
@@ -86,9 +96,11 @@ def main() -> int:
     args = parser.parse_args()
     try:
         from vllm import LLM, SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams  # vLLM >= 0.12 (guided_decoding before)
     except ImportError as error:
         raise SystemExit(f"this step runs in the vLLM environment (make vllm-venv): {error}") from None
-    answers = run(args.folder, args.requests, args.out, LLM, SamplingParams, args.max_images, args.dtype)
+    answers = run(args.folder, args.requests, args.out, LLM, SamplingParams, args.max_images, args.dtype,
+                  StructuredOutputsParams)
     print(f"wrote {len(answers)} answers to {args.out}")
     return 0
 
