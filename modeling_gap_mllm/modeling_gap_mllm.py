@@ -20,6 +20,7 @@ from transformers import GenerationMixin, PreTrainedModel, Qwen3VLForConditional
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
+from .answer_task_generation import answer_task_kwargs
 from .compiled_decoding import compiled_decoding_kwargs
 from .config_sizes import check_memory_for_parameters
 from .configuration_gap_mllm import GapMllmConfig
@@ -441,7 +442,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
     compile_decoding = "off"  # generate's default compile_decoding (compiled_decoding.py); front ends set "auto"
 
-    def generate(self, inputs=None, *args, scene: GapMllmScene | None = None, compile_decoding=None, **kwargs):
+    def generate(self, inputs=None, *args, scene: GapMllmScene | None = None, compile_decoding=None, answer_task=None,
+                 constrained: bool = False, **kwargs):
         """`GenerationMixin.generate`, plus `scene=`: answer questions about a scene from `encode_scene`
         without encoding it again. With a scene, pass only the question tokens (`input_ids` `[B, Lq]`,
         `attention_mask`); the result continues them (`[B, Lq + new]`). See `scene_cache.generate_from_scene`.
@@ -450,6 +452,10 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         transformers `CompileConfig`: a static cache and every decode step compiled whole, replayed as a CUDA graph on a
         GPU; the same tokens, fewer launches (compiled_decoding.py). With or without a scene. Default: the model's
         `compile_decoding` attribute ("off" unless a front end set it).
+
+        `answer_task` (a task name) with `tokenizer=`: that task's decoding settings (greedy, its budget unless
+        `max_new_tokens` is given, its stop rule), and with `constrained=True` its answer grammar, built from this call's
+        inputs, for callers that never see the processor's output (`pipeline(...)`; answer_task_generation.py).
 
         Context: a `max_new_tokens` that would pass `text_config.max_position_embeddings` after the prompt's
         highest M-RoPE position is lowered to what fits, with a warning (an INFO line when it is the task's own budget,
@@ -462,6 +468,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         """
         if compile_decoding is None:
             compile_decoding = self.compile_decoding
+        if answer_task is not None or constrained:
+            kwargs = answer_task_kwargs(answer_task, constrained, kwargs.get("input_ids", inputs), kwargs)
         if scene is None:
             self._check_generate_inputs(kwargs.get("input_ids", inputs), kwargs)
             kwargs.update(compiled_decoding_kwargs(compile_decoding, self.device, kwargs))
