@@ -73,6 +73,7 @@ RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
 DONE_MARKER = "stage_done.json"
 COMMAND = MINI_COMMAND  # the marker of the folders the pipeline writes for itself (an arm's `final`)
 EVAL_TASKS = ("grounding", "detection", "captioning")
+CONSTRAINED_SUFFIX = "_constrained"  # the results folder and table row of the main arm decoding inside its grammar
 RELEASE_REFUSED_STATUS = 4  # the exit status of a run whose candidate failed the release rule (nothing exported)
 
 
@@ -93,6 +94,7 @@ class MiniRun:
     stage0_from: Path | None = None  # a folder with both frozen encoders: used instead of training stage 0
     data_given: bool = True  # --data was given (False: the data folder is `<out>/data`, which the messages say)
     stage1_from: Path | None = None  # a model folder the main arm's stage 2 starts from, instead of training stage 1
+    constrained_row: bool = False  # also score the main arm decoding inside each task's grammar (its own table row)
 
     @property
     def settings(self) -> Budget:
@@ -243,6 +245,12 @@ def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
     return final
 
 
+def constrained_arm(arm: Arm) -> Arm:
+    """The table row of `arm`'s final model decoding inside each task's answer grammar (`--constrained-row`): its
+    results live in `results/<arm>_constrained`, and the table pairs it with the free row on the same samples."""
+    return replace(arm, name=f"{arm.name}{CONSTRAINED_SUFFIX}")
+
+
 def _recipe_tasks(recipe_name: str) -> list[str]:
     """The training tasks (`data.tasks`) a recipe of this pipeline trains, as written."""
     return list((yaml.safe_load((RECIPES / recipe_name).read_text(encoding="utf-8")).get("data") or {}).get("tasks") or [])
@@ -250,7 +258,9 @@ def _recipe_tasks(recipe_name: str) -> list[str]:
 
 def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
     """Official runners on the test split: grounding, detection, captioning and the marker task (final model),
-    and the marker task on the stage-1 model; returns {results folder name: summary}."""
+    and the marker task on the stage-1 model; with `run.constrained_row`, the main arm's final-model tasks again,
+    decoding inside each task's grammar (`constrained_arm`). Returns {results folder name: summary} (the constrained
+    ones under `<row>/<results folder name>`)."""
     settings = run.settings
     summaries = {}
     final = run.stage_dir(arm.name, "final")
@@ -260,17 +270,22 @@ def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
         jobs += [(task, task, final) for task in EVAL_TASKS]
         if "reconstruction" in _recipe_tasks("mini_stage2.yaml"):  # the final model keeps the marker task
             jobs.append(("reconstruction", MARKER_FINAL_RESULTS, final))
-    for task, results_name, model_dir in jobs:
-        out_dir = run.results_dir(arm.name, results_name)
+    jobs = [(task, results_name, model_dir, arm.name, False) for task, results_name, model_dir in jobs]
+    if run.constrained_row and arm == MAIN_ARM and not arm.stage1_only:  # the same final model, constrained
+        jobs += [(task, results_name, model_dir, constrained_arm(arm).name, True)
+                 for task, results_name, model_dir, _, _ in jobs if model_dir == final]
+    for task, results_name, model_dir, row, constrained in jobs:
+        out_dir = run.results_dir(row, results_name)
         summary_path = out_dir / "summary.json"
+        key = f"{row}/{results_name}" if constrained else results_name
         if summary_path.is_file():
-            summaries[results_name] = json.loads(summary_path.read_text(encoding="utf-8"))
+            summaries[key] = json.loads(summary_path.read_text(encoding="utf-8"))
             continue
-        summaries[results_name] = run_evaluation(task, data_dir=run.data, out_dir=out_dir, model_dir=model_dir, split="test",
+        summaries[key] = run_evaluation(task, data_dir=run.data, out_dir=out_dir, model_dir=model_dir, split="test",
                                          batch_size=run.eval_batch_size or settings.eval_batch_size,
                                          limit=run.eval_limit or settings.eval_limit,
                                          max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens[task],
-                                         meteor=False, plots=False, progress=False)
+                                         meteor=False, plots=False, progress=False, constrained=constrained)
     return summaries
 
 
@@ -330,7 +345,8 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
         evaluate_arm(run, arm)
     geometry = evaluate_stage0(run, stage0)
     baselines = compute_baselines(run)
-    results = collect_results(run, arms, geometry, baselines, reference=MAIN_ARM.name)
+    rows = [*arms, constrained_arm(MAIN_ARM)] if run.constrained_row and MAIN_ARM in arms else arms
+    results = collect_results(run, rows, geometry, baselines, reference=MAIN_ARM.name)
     if (fresh_seeds or release_reference is not None) and MAIN_ARM in arms:
         models = {MAIN_ARM.name: run.stage_dir(MAIN_ARM.name, "final")}
         if release_reference is not None:
@@ -415,7 +431,8 @@ def main(args: argparse.Namespace) -> int:
                   device=args.device, workers=args.workers, eval_max_new_tokens=args.eval_max_new_tokens,
                   eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides),
                   stage_overrides=stage_overrides, stage0_from=Path(args.stage0) if args.stage0 else None,
-                  stage1_from=Path(args.stage1) if args.stage1 else None, data_given=bool(args.data))
+                  stage1_from=Path(args.stage1) if args.stage1 else None, data_given=bool(args.data),
+                  constrained_row=args.constrained_row)
     names = args.arms or ([arm.name for arm in ABLATION_ARMS] if args.ablation else [MAIN_ARM.name])
     arms = [replace(ARMS[name], stage1_only=True) if args.stage1_only else ARMS[name] for name in names]
     if args.no_report:  # a worker process of --parallel: one arm, no shared steps

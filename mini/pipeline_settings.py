@@ -77,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "folder is refused, before training, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="let --export replace a folder it did not write (its files are deleted)")
+    parser.add_argument("--constrained-row", action="store_true",
+                        help="also evaluate the main arm decoding inside each task's answer grammar: a second table row "
+                             "beside the free one (the paper's protocol), paired on the same test samples")
     parser.add_argument("--fresh-seeds", action="store_true",
                         help="also evaluate the main arm on scenes of fresh generator seeds (mini/fresh_seeds.py)")
     parser.add_argument("--release-reference", default=None, metavar="DIR",

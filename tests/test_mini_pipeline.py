@@ -29,7 +29,8 @@ def run_mini(tmp_path, *extra):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mini")
-    run_mini(folder, "--stage-set", "stage1:training.max_steps=3")  # one stage's budget, as a GPU run sets it
+    # one stage's budget, as a GPU run sets it; the main arm scored free and constrained
+    run_mini(folder, "--stage-set", "stage1:training.max_steps=3", "--constrained-row")
     return folder
 
 
@@ -54,6 +55,12 @@ def test_every_stage_ran_and_the_table_has_every_figure(toy_run):
     # where each stage ran is part of the results (a mixed GPU / CPU run says so in its table)
     assert {results["stages"][stage]["device"] for stage in ("stage0", f"{MAIN_ARM.name}/stage2")} == {"cpu"}
     assert "Where each stage was trained" in table
+    # --constrained-row: the same final model decoding inside each task's grammar, its own row, paired with the free one
+    constrained = results["arms"][f"{MAIN_ARM.name}_constrained"]
+    assert set(RESULT_KEYS) - {"stage1_point_error_m_median", "stage1_label_accuracy"} <= set(constrained)
+    assert constrained["grounding_num_samples"] == row["grounding_num_samples"]
+    assert f"| {MAIN_ARM.name}_constrained |" in table
+    assert f"{MAIN_ARM.name}_constrained" in results["paired"]["arms"]
 
 
 def test_a_stage_override_names_a_stage_and_a_value():
@@ -77,7 +84,7 @@ def test_the_exported_folder_is_a_hub_folder_with_its_card(toy_run):
 
 
 def test_a_second_run_resumes_without_training(toy_run, caplog):
-    with caplog.at_level(logging.INFO, logger="gap_mllm.mini.pipeline"):
+    with caplog.at_level(logging.INFO, logger="gap_mllm.mini"):  # the pipeline's and its data check's (synth_data) lines
         run_mini(toy_run)
     assert caplog.text.count("done already") == 5  # stage 0 (three recipes), stage 1, stage 2
     assert "is up to date" in caplog.text
