@@ -71,7 +71,9 @@ def _iou(box, gt_bbox, cam_to_world=None, axis_align_matrix=None) -> float:
     return score_grounding(box, gt_bbox, cam_to_world, axis_align_matrix).value(official_compat=True)
 
 
-def _constant_ious(box, records) -> list[float]:
+def constant_box_ious(box, records) -> list[float]:
+    """The IoU of one camera-frame box placed in each grounding record's annotated frame k* (how a model's stage-2
+    box is scored when its stage 1 chose k*)."""
     return [_iou(box, r["gt_bbox"], r["cam2global"][_true_frame(r)], r.get("axis_align_matrix")) for r in records]
 
 
@@ -81,13 +83,13 @@ def grounding_baselines(data_root, split: str = "test", candidates: int = 200, s
     train_records = _records(data_root, "grounding_stage1", "train")
     test_records = _records(data_root, "grounding_stage1", split)
     rng = np.random.default_rng(seed)
-    out = {"constant_mean_box": accuracy_summary(_constant_ious(train_boxes.mean(0), test_records))}
+    out = {"constant_mean_box": accuracy_summary(constant_box_ious(train_boxes.mean(0), test_records))}
 
     pool = train_boxes[rng.choice(len(train_boxes), size=min(candidates, len(train_boxes)), replace=False)]
     fit = train_records if len(train_records) <= 400 else [train_records[i] for i in rng.choice(len(train_records), 400, replace=False)]
-    scores = [np.mean(np.asarray(_constant_ious(box, fit)) >= 0.25) for box in pool]
+    scores = [np.mean(np.asarray(constant_box_ious(box, fit)) >= 0.25) for box in pool]
     best = pool[int(np.argmax(scores))]
-    out["best_constant_box"] = accuracy_summary(_constant_ious(best, test_records))
+    out["best_constant_box"] = accuracy_summary(constant_box_ious(best, test_records))
     out["best_constant_box"]["box"] = [round(float(v), 3) for v in best]
     # which object each constant box points at, placed in the annotated frame (grounding_identification.py)
     out["constant_mean_box"]["identification"] = constant_box(test_records, train_boxes.mean(0), data_root)
@@ -105,22 +107,35 @@ def grounding_baselines(data_root, split: str = "test", candidates: int = 200, s
     return out
 
 
-def detection_baseline(data_root, split: str = "test") -> dict:
-    """`category_mean_boxes` (see the module docstring): F1@0.25 with a bootstrap interval over samples."""
+def category_mean_boxes(train_root) -> dict[str, list[float]]:
+    """Each category's mean training box (first frame's camera) over the train split's detection records."""
     sums: dict[str, list] = {}
-    for index, record in enumerate(_records(data_root, "detection", "train")):
+    for index, record in enumerate(_records(train_root, "detection", "train")):
         for label, box in zip(*ground_truth(record, sample_id(record, index)), strict=True):
             sums.setdefault(label, []).append(box)
-    means = {label: np.mean(boxes, axis=0).tolist() for label, boxes in sums.items()}
-    records = _records(data_root, "detection", split)
-    # each sample is matched once; the bootstrap resamples the per-sample counts (re-matching every
-    # resample would cost 100x the IoUs for the same figures)
-    evaluator = DetectionEvaluator()
+    return {label: np.mean(boxes, axis=0).tolist() for label, boxes in sums.items()}
+
+
+def category_mean_matches(records, means: dict, evaluator: DetectionEvaluator | None = None) -> list:
+    """For each detection record, the match (`DetectionEvaluator.add`) of its true objects' category mean boxes
+    (`means`; true labels) against its true boxes, added to `evaluator` (a new one if None)."""
+    evaluator = DetectionEvaluator() if evaluator is None else evaluator
     matches = []
     for index, record in enumerate(records):
         labels, boxes = ground_truth(record, sample_id(record, index))
         known = [label for label in labels if label in means]
         matches.append(evaluator.add(known, [means[label] for label in known], labels, boxes))
+    return matches
+
+
+def detection_baseline(data_root, split: str = "test") -> dict:
+    """`category_mean_boxes` (see the module docstring): F1@0.25 with a bootstrap interval over samples."""
+    means = category_mean_boxes(data_root)
+    records = _records(data_root, "detection", split)
+    # each sample is matched once; the bootstrap resamples the per-sample counts (re-matching every
+    # resample would cost 100x the IoUs for the same figures)
+    evaluator = DetectionEvaluator()
+    matches = category_mean_matches(records, means, evaluator)
 
     def f1_of(sample: list) -> float:
         resampled = DetectionEvaluator()
@@ -133,21 +148,31 @@ def detection_baseline(data_root, split: str = "test") -> dict:
     return {"category_mean_boxes": {"num_samples": len(records), "f1": f1, "f1_ci95": bootstrap_statistic(matches, f1_of, resamples=100)}}
 
 
+def most_frequent_caption(train_root) -> str:
+    """The most frequent caption of the train split (the `constant_caption` baseline's answer)."""
+    return Counter(_answer(r) for r in _records(train_root, "captioning", "train")).most_common(1)[0][0]
+
+
 def caption_baseline(data_root, split: str = "test") -> dict:
     """`constant_caption`: CIDEr (and BLEU-4) of the most frequent training caption."""
-    caption = Counter(_answer(r) for r in _records(data_root, "captioning", "train")).most_common(1)[0][0]
+    caption = most_frequent_caption(data_root)
     records = _records(data_root, "captioning", split)
     scores = caption_scores([caption] * len(records), [r["annotations"] for r in records], [r.get("iou", 1.0) for r in records], meteor=False)
     return {"constant_caption": {"num_samples": len(records), "caption": caption, "cider": scores["cider"], "bleu4": scores["bleu4"],
                                  "cider_ci95": bootstrap_interval(scores["per_sample"]["cider"])}}
 
 
-def marker_baseline(data_root, split: str = "test") -> dict:
-    """`constant_point`: the mean training point with the most frequent training label."""
-    train = [parse_pointmap(_answer(r)) for r in _records(data_root, "reconstruction", "train")]
+def constant_marker_answer(train_root) -> tuple[str, str]:
+    """(answer text, label) of the `constant_point` baseline: the mean training point with the most frequent label."""
+    train = [parse_pointmap(_answer(r)) for r in _records(train_root, "reconstruction", "train")]
     point = np.mean([p.point for p in train], axis=0)
     label = Counter(p.label for p in train).most_common(1)[0][0]
-    guess = json.dumps({"pointmap": [round(float(v), 2) for v in point], "label": label})
+    return json.dumps({"pointmap": [round(float(v), 2) for v in point], "label": label}), label
+
+
+def marker_baseline(data_root, split: str = "test") -> dict:
+    """`constant_point`: the mean training point with the most frequent training label."""
+    guess, label = constant_marker_answer(data_root)
     records = _records(data_root, "reconstruction", split)
     scores = marker_scores([guess] * len(records), [_answer(r) for r in records], [r["pixel_coords"][0] for r in records])
     return {"constant_point": {**scores, "label": label}}

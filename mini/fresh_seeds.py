@@ -32,26 +32,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from gap_mllm.evaluation.baselines import (
+    category_mean_boxes,
+    category_mean_matches,
+    constant_box_ious,
+    constant_marker_answer,
+    most_frequent_caption,
+)
 from gap_mllm.evaluation.caption_metrics import caption_scores
 from gap_mllm.evaluation.confidence import bootstrap_interval, paired_difference, paired_statistic_difference, wilson_interval
-from gap_mllm.evaluation.detection_metrics import DetectionEvaluator, ground_truth
 from gap_mllm.evaluation.grounding_identification import annotated_frame
-from gap_mllm.evaluation.grounding_metrics import score_grounding
 from gap_mllm.evaluation.marker_metrics import paired_marker_difference, point_errors
 from gap_mllm.evaluation.runner import run_evaluation
-from gap_mllm.evaluation.tasks import sample_id
-from gap_mllm.output_parsing import parse_grounding, parse_pointmap
+from gap_mllm.output_parsing import parse_grounding
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.synth.presets import synth_config
 
 from .pipeline_settings import EVAL_MAX_NEW_TOKENS
-from .sample_rows import detection_counts, f1_of_counts, sample_rows
+from .report import fresh_seed_lines
+from .sample_rows import detection_counts, f1_interval, f1_of_counts, sample_rows
 from .synth_data import ensure_synth_data
 
 logger = logging.getLogger(__name__)
@@ -109,7 +113,7 @@ def _pooled(out: Path, label: str, name: str, task: str, seeds) -> tuple[list[di
         annotation = task if task != "grounding" else "grounding_stage1"
         seed_records = load_annotation_file(find_annotation_file(folder / "data", annotation, "test"))
         for row in sample_rows(path):
-            rows.append({**row, "id": f"{seed}/{row['id']}", "seed": seed})
+            rows.append({**row, "id": f"{seed}/{row['id']}"})
             records.append(seed_records[row["index"]])
     return rows, records
 
@@ -136,13 +140,10 @@ def model_figures(out: Path, label: str, seeds=FRESH_SEEDS) -> dict:
                             # always frame 0 on the same samples: what the frame choice is paired against
                             "frame_0_hits": [float(annotated_frame(record) == 0) for record in records]}
     rows, records = _pooled(out, label, "detection", "detection", seeds)
-    counts = []
-    for seed in seeds:  # detection_counts indexes the records of one seed by the row's index
-        seed_rows = [row for row in rows if row["seed"] == seed]
-        seed_records = load_annotation_file(find_annotation_file(seed_folder(out, seed) / "data", "detection", "test"))
-        counts += detection_counts(seed_rows, seed_records)
+    # detection_counts reads row i's record at its "index": the pooled position, not the index within its seed
+    counts = detection_counts([{**row, "index": i} for i, row in enumerate(rows)], records)
     figures["detection"] = {"num_samples": len(rows), "f1@0.25": f1_of_counts(counts),
-                            "f1@0.25_ci95": _f1_interval(counts), "ids": [row["id"] for row in rows], "counts": counts}
+                            "f1@0.25_ci95": f1_interval(counts), "ids": [row["id"] for row in rows], "counts": counts}
     rows, _ = _pooled(out, label, "captioning", "captioning", seeds)
     scores = np.array([row["score"] for row in rows], dtype=np.float64)
     figures["captioning"] = {"num_samples": len(rows), "cider@0.5": float(scores.mean()),
@@ -161,78 +162,52 @@ def model_figures(out: Path, label: str, seeds=FRESH_SEEDS) -> dict:
     return figures
 
 
-def _f1_interval(counts) -> list[float]:
-    rng = np.random.default_rng(0)
-    stats = [f1_of_counts([counts[i] for i in rng.integers(0, len(counts), len(counts))]) for _ in range(RESAMPLES // 5)]
-    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
-
-
 # ------------------------------------------------------------------------------------------- baselines on the same scenes
 
 
-def _train_answers(train_data: Path, task: str) -> list[str]:
-    return [r["conversations"][1]["value"] for r in load_annotation_file(find_annotation_file(train_data, task, "train"))]
-
-
-def constant_box_ious(box, records) -> np.ndarray:
-    """[N] IoU of one camera-frame box placed in each record's annotated frame (as a model's box is scored)."""
-    return np.array([score_grounding(box, r["gt_bbox"], r["cam2global"][annotated_frame(r)], r.get("axis_align_matrix"))
-                     .value(official_compat=True) for r in records])
+def _test_records(out: Path, seeds, task: str) -> list[dict]:
+    """The records of `task` over the fresh seeds' test splits, in seed order."""
+    return [record for seed in seeds
+            for record in load_annotation_file(find_annotation_file(seed_folder(out, seed) / "data", task, "test"))]
 
 
 def baselines(out: Path, train_data: Path, seeds=FRESH_SEEDS, candidates: int = CONSTANT_CANDIDATES) -> dict:
     """What a model gets without looking, on the pooled fresh-seed samples (module docstring); the training
-    statistics come from the train split of `train_data`."""
+    statistics come from the train split of `train_data` (evaluation/baselines.py's pieces)."""
     found: dict = {}
-    records = []
-    for seed in seeds:
-        records += load_annotation_file(find_annotation_file(seed_folder(out, seed) / "data", "grounding_stage1", "test"))
-    train_boxes = np.array([parse_grounding(answer).box.to_list() for answer in _train_answers(train_data, "grounding_stage2")])
+    records = _test_records(out, seeds, "grounding_stage1")
+    train_boxes = np.array([parse_grounding(r["conversations"][1]["value"]).box.to_list()
+                            for r in load_annotation_file(find_annotation_file(train_data, "grounding_stage2", "train"))])
     rng = np.random.default_rng(0)
     pool = np.concatenate([train_boxes.mean(0, keepdims=True),
                            train_boxes[rng.choice(len(train_boxes), size=min(candidates, len(train_boxes)), replace=False)]])
-    ious = np.stack([constant_box_ious(box, records) for box in pool])  # [candidates + 1, N]
+    ious = np.array([constant_box_ious(box, records) for box in pool])  # [candidates + 1, N]
     accuracy = (ious >= 0.25).mean(1)
     best = int(np.argmax(accuracy))
     hits = int((ious[best] >= 0.25).sum())
-    frame0 = np.array([float(annotated_frame(r) == 0) for r in records])
+    frame0 = sum(annotated_frame(r) == 0 for r in records)
     found["grounding"] = {
         "num_samples": len(records), "candidates": len(pool),
         "best_constant_box": {"acc@0.25": float(accuracy[best]), "acc@0.25_ci95": wilson_interval(hits, len(records)),
                               "box": [round(float(v), 3) for v in pool[best]]},
         "constant_mean_box": {"acc@0.25": float(accuracy[0]),
                               "acc@0.25_ci95": wilson_interval(int((ious[0] >= 0.25).sum()), len(records))},
-        "frame_0": {"frame_accuracy": float(frame0.mean()), "frame_accuracy_ci95": wilson_interval(int(frame0.sum()), len(records)),
-                    "frame_hits": frame0.tolist()},
+        "frame_0": {"frame_accuracy": frame0 / len(records), "frame_accuracy_ci95": wilson_interval(frame0, len(records))},
     }
-    sums: dict[str, list] = {}
-    for index, record in enumerate(load_annotation_file(find_annotation_file(train_data, "detection", "train"))):
-        for label, box in zip(*ground_truth(record, sample_id(record, index)), strict=True):
-            sums.setdefault(label, []).append(box)
-    means = {label: np.mean(boxes, axis=0).tolist() for label, boxes in sums.items()}
-    counts = []
-    for seed in seeds:
-        for index, record in enumerate(load_annotation_file(find_annotation_file(seed_folder(out, seed) / "data", "detection", "test"))):
-            labels, boxes = ground_truth(record, sample_id(record, index))
-            known = [label for label in labels if label in means]
-            match = DetectionEvaluator().add(known, [means[label] for label in known], labels, boxes)
-            counts.append({label: [c.tp, c.fp, c.fn] for label, c in match.counts.items()})
-    found["detection"] = {"category_mean_boxes": {"f1@0.25": f1_of_counts(counts), "f1@0.25_ci95": _f1_interval(counts)}}
-    caption = Counter(_train_answers(train_data, "captioning")).most_common(1)[0][0]
+    matches = category_mean_matches(_test_records(out, seeds, "detection"), category_mean_boxes(train_data))
+    counts = [{label: [c.tp, c.fp, c.fn] for label, c in match.counts.items()} for match in matches]
+    found["detection"] = {"category_mean_boxes": {"f1@0.25": f1_of_counts(counts), "f1@0.25_ci95": f1_interval(counts)}}
+    caption = most_frequent_caption(train_data)
     scores = []
     for seed in seeds:  # CIDEr's IDF over each seed's samples, as the runner scores the model there
-        seed_records = load_annotation_file(find_annotation_file(seed_folder(out, seed) / "data", "captioning", "test"))
+        seed_records = _test_records(out, (seed,), "captioning")
         scored = caption_scores([caption] * len(seed_records), [r["annotations"] for r in seed_records],
                                 [r.get("iou", 1.0) for r in seed_records], meteor=False)
         scores += list(scored["per_sample"]["cider"])
     found["captioning"] = {"constant_caption": {"cider@0.5": float(np.mean(scores)), "caption": caption,
                                                 "cider@0.5_ci95": bootstrap_interval(scores, np.mean, RESAMPLES)}}
-    train_points = [parse_pointmap(answer) for answer in _train_answers(train_data, "reconstruction")]
-    point = np.mean([p.point for p in train_points], axis=0)
-    guess = json.dumps({"pointmap": [round(float(v), 2) for v in point], "label": Counter(p.label for p in train_points).most_common(1)[0][0]})
-    answers = []
-    for seed in seeds:
-        answers += [r["conversations"][1]["value"] for r in load_annotation_file(find_annotation_file(seed_folder(out, seed) / "data", "reconstruction", "test"))]
+    guess, _ = constant_marker_answer(train_data)
+    answers = [r["conversations"][1]["value"] for r in _test_records(out, seeds, "reconstruction")]
     errors = point_errors([guess] * len(answers), answers)
     found["marker"] = {"constant_point": {"point_error_m_median": float(np.median(errors)),
                                           "point_error_m_median_ci95": bootstrap_interval(errors, np.median, RESAMPLES)}}
@@ -291,15 +266,7 @@ def _signed(found: dict | None, percent: bool) -> str:
     return f"{found['difference'] * scale:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{unit}"
 
 
-# ------------------------------------------------------------------------------------------- the table
-
-
-def _cell(value, interval=None, percent: bool = False) -> str:
-    if value is None:
-        return "—"
-    scale, digits = (100.0, 1) if percent else (1.0, 2)
-    text = f"{value * scale:.{digits}f}"
-    return text + (f" [{interval[0] * scale:.{digits}f}, {interval[1] * scale:.{digits}f}]" if interval else "")
+# ------------------------------------------------------------------------------------------- results
 
 
 def summary(figures: dict) -> dict:
@@ -307,42 +274,6 @@ def summary(figures: dict) -> dict:
     keep = ("ids", "hits", "frame_hits", "frame_0_hits", "counts", "scores", "predictions", "answers", "marked_frames")
     return {task: {k: v for k, v in part.items() if k not in keep} if isinstance(part, dict) else part
             for task, part in figures.items()}
-
-
-def fresh_markdown(fresh: dict) -> list[str]:
-    """The fresh-seed table of RESULTS.md (results.json's "fresh_seeds"), and the release rule when it was applied."""
-    seeds = ", ".join(str(s) for s in fresh["seeds"])
-    models = fresh["models"]
-    first = next(iter(models.values()))
-    lines = ["", f"Fresh seeds ({seeds}; {fresh['scenes_per_seed']} scenes each, no model trained, tuned or tested on them; "
-                 f"{first['grounding']['num_samples']} grounding, {first['detection']['num_samples']} detection, "
-                 f"{first['captioning']['num_samples']} captioning, {first['marker']['num_samples']} marker samples, pooled):", "",
-             "| model | Acc@0.25 % | frame selection % | det F1@0.25 % | CIDEr@0.5 | marker point error m (median) |",
-             "|---|---|---|---|---|---|"]
-    for name, fig in models.items():
-        lines.append(f"| {name} | {_cell(fig['grounding']['acc@0.25'], fig['grounding']['acc@0.25_ci95'], True)} "
-                     f"| {_cell(fig['grounding']['frame_accuracy'], fig['grounding']['frame_accuracy_ci95'], True)} "
-                     f"| {_cell(fig['detection']['f1@0.25'], fig['detection']['f1@0.25_ci95'], True)} "
-                     f"| {_cell(fig['captioning']['cider@0.5'], fig['captioning']['cider@0.5_ci95'])} "
-                     f"| {_cell(fig['marker']['point_error_m_median'], fig['marker']['point_error_m_median_ci95'])} |")
-    base = fresh["baselines"]
-    g = base["grounding"]
-    lines.append(f"| baseline: best_constant_box, chosen on these samples (of {g['candidates']} training boxes; an upper "
-                 f"bound on a constant) | {_cell(g['best_constant_box']['acc@0.25'], g['best_constant_box']['acc@0.25_ci95'], True)} | — | — | — | — |")
-    lines.append(f"| baseline: always frame 0 | — | {_cell(g['frame_0']['frame_accuracy'], g['frame_0']['frame_accuracy_ci95'], True)} | — | — | — |")
-    d = base["detection"]["category_mean_boxes"]
-    lines.append(f"| baseline: category_mean_boxes (true labels) | — | — | {_cell(d['f1@0.25'], d['f1@0.25_ci95'], True)} | — | — |")
-    c = base["captioning"]["constant_caption"]
-    lines.append(f"| baseline: constant_caption | — | — | — | {_cell(c['cider@0.5'], c['cider@0.5_ci95'])} | — |")
-    m = base["marker"]["constant_point"]
-    lines.append(f"| baseline: constant_point | — | — | — | — | {_cell(m['point_error_m_median'], m['point_error_m_median_ci95'])} |")
-    decision = fresh.get("decision")
-    if decision:
-        verdict = "ships" if decision["ship"] else "does not ship"
-        lines += ["", f"Release rule ({fresh['candidate']} against {fresh['reference']}, paired on the same samples): "
-                      f"the candidate **{verdict}**.", "", "| check | passed | figure |", "|---|---|---|"]
-        lines += [f"| {name} | {'yes' if check['passed'] else 'no'} | {check['detail']} |" for name, check in decision["checks"].items()]
-    return lines
 
 
 def fresh_results(out: Path, train_data: Path, models: dict[str, Path], seeds=FRESH_SEEDS, scenes: int = FRESH_SCENES,
@@ -354,8 +285,7 @@ def fresh_results(out: Path, train_data: Path, models: dict[str, Path], seeds=FR
     figures = {label: model_figures(out, label, seeds) for label in models}
     base = baselines(out, train_data, seeds)
     found = {"seeds": list(seeds), "scenes_per_seed": scenes, "models": {label: summary(f) for label, f in figures.items()},
-             "baselines": {task: {k: {kk: vv for kk, vv in v.items() if kk != "frame_hits"} if isinstance(v, dict) else v
-                                  for k, v in part.items()} for task, part in base.items()}}
+             "baselines": base}
     if candidate is not None and reference is not None:
         decision = release_decision(figures[candidate], figures[reference], base)
         found.update(candidate=candidate, reference=reference, decision=decision)
@@ -378,7 +308,7 @@ def main(argv=None) -> dict:
                           reference="reference" if args.reference else None, batch_size=args.batch_size, workers=args.workers)
     (args.out / "fresh").mkdir(parents=True, exist_ok=True)
     (args.out / "fresh" / "fresh_seeds.json").write_text(json.dumps(found, indent=1))
-    print("\n".join(fresh_markdown({**found, "candidate": str(args.model), "reference": str(args.reference)})))
+    print("\n".join(fresh_seed_lines({**found, "candidate": str(args.model), "reference": str(args.reference)})))
     return found
 
 

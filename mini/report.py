@@ -29,19 +29,12 @@ from gap_mllm.evaluation.marker_metrics import marker_scores
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 
-from .fresh_seeds import fresh_markdown
 from .paired_arms import paired_arms
-from .sample_rows import detection_counts, f1_of_counts, marker_answers, sample_rows
+from .sample_rows import detection_counts, f1_interval, f1_of_counts, marker_answers, sample_rows
 
 RESAMPLES = 1000
 # results folders of the marker task: scored on each arm's stage-1 model, and on its final model
 MARKER_STAGE1_RESULTS, MARKER_FINAL_RESULTS = "reconstruction", "reconstruction_final"
-
-
-def _bootstrap_f1(samples, seed: int = 0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    stats = [f1_of_counts([samples[i] for i in rng.integers(0, len(samples), len(samples))]) for _ in range(RESAMPLES // 5)]
-    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
 
 
 def arm_results(run, arm) -> dict:
@@ -96,7 +89,7 @@ def _stage2_results(run, folder: Path) -> dict:
     records = load_annotation_file(find_annotation_file(run.data, "detection", "test"))
     counts = detection_counts(detection_rows, records)
     out["detection_f1@0.25"] = f1_of_counts(counts)
-    out["detection_f1@0.25_ci95"] = _bootstrap_f1(counts)
+    out["detection_f1@0.25_ci95"] = f1_interval(counts, resamples=RESAMPLES // 5)
     out["detection_num_samples"] = len(detection_rows)
 
     caption = json.loads((folder / "captioning" / "summary.json").read_text(encoding="utf-8"))["metrics"]
@@ -186,7 +179,7 @@ def results_markdown(results: dict) -> str:
     lines += paired_lines(results)
     lines += grounding_diagnostic_lines(results)
     if results.get("fresh_seeds"):
-        lines += fresh_markdown(results["fresh_seeds"])
+        lines += fresh_seed_lines(results["fresh_seeds"])
     sizes = next(iter(results["arms"].values()))
     lines.append("")
     lines.append(f"Test split: {sizes.get('grounding_num_samples', '—')} grounding, {sizes.get('detection_num_samples', '—')} detection, "
@@ -282,6 +275,42 @@ def grounding_diagnostic_lines(results: dict) -> list[str]:
     if chance:
         lines.append(f"| chance: a random object of the scene / of the target's category | — "
                      f"| {_cell(chance['scene_chance'], None, True)} / {_cell(chance['category_chance'], None, True)} | — |")
+    return lines
+
+
+def fresh_seed_lines(fresh: dict) -> list[str]:
+    """The fresh-seed table of RESULTS.md (results.json's "fresh_seeds"), and the release rule when it was applied."""
+    seeds = ", ".join(str(s) for s in fresh["seeds"])
+    models = fresh["models"]
+    first = next(iter(models.values()))
+    lines = ["", f"Fresh seeds ({seeds}; {fresh['scenes_per_seed']} scenes each, no model trained, tuned or tested on them; "
+                 f"{first['grounding']['num_samples']} grounding, {first['detection']['num_samples']} detection, "
+                 f"{first['captioning']['num_samples']} captioning, {first['marker']['num_samples']} marker samples, pooled):", "",
+             "| model | Acc@0.25 % | frame selection % | det F1@0.25 % | CIDEr@0.5 | marker point error m (median) |",
+             "|---|---|---|---|---|---|"]
+    for name, fig in models.items():
+        lines.append(f"| {name} | {_cell(fig['grounding']['acc@0.25'], fig['grounding']['acc@0.25_ci95'], True)} "
+                     f"| {_cell(fig['grounding']['frame_accuracy'], fig['grounding']['frame_accuracy_ci95'], True)} "
+                     f"| {_cell(fig['detection']['f1@0.25'], fig['detection']['f1@0.25_ci95'], True)} "
+                     f"| {_cell(fig['captioning']['cider@0.5'], fig['captioning']['cider@0.5_ci95'])} "
+                     f"| {_cell(fig['marker']['point_error_m_median'], fig['marker']['point_error_m_median_ci95'])} |")
+    base = fresh["baselines"]
+    g = base["grounding"]
+    lines.append(f"| baseline: best_constant_box, chosen on these samples (of {g['candidates']} training boxes; an upper "
+                 f"bound on a constant) | {_cell(g['best_constant_box']['acc@0.25'], g['best_constant_box']['acc@0.25_ci95'], True)} | — | — | — | — |")
+    lines.append(f"| baseline: always frame 0 | — | {_cell(g['frame_0']['frame_accuracy'], g['frame_0']['frame_accuracy_ci95'], True)} | — | — | — |")
+    d = base["detection"]["category_mean_boxes"]
+    lines.append(f"| baseline: category_mean_boxes (true labels) | — | — | {_cell(d['f1@0.25'], d['f1@0.25_ci95'], True)} | — | — |")
+    c = base["captioning"]["constant_caption"]
+    lines.append(f"| baseline: constant_caption | — | — | — | {_cell(c['cider@0.5'], c['cider@0.5_ci95'])} | — |")
+    m = base["marker"]["constant_point"]
+    lines.append(f"| baseline: constant_point | — | — | — | — | {_cell(m['point_error_m_median'], m['point_error_m_median_ci95'])} |")
+    decision = fresh.get("decision")
+    if decision:
+        verdict = "ships" if decision["ship"] else "does not ship"
+        lines += ["", f"Release rule ({fresh['candidate']} against {fresh['reference']}, paired on the same samples): "
+                      f"the candidate **{verdict}**.", "", "| check | passed | figure |", "|---|---|---|"]
+        lines += [f"| {name} | {'yes' if check['passed'] else 'no'} | {check['detail']} |" for name, check in decision["checks"].items()]
     return lines
 
 

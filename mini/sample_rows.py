@@ -8,6 +8,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from gap_mllm.evaluation.detection_metrics import CategoryCounts, headline_f1
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
@@ -42,6 +44,13 @@ def f1_of_counts(samples: list[dict[str, list[int]]]) -> float:
         for label, (tp, fp, fn) in sample.items():
             totals[label].add(CategoryCounts(int(tp), int(fp), int(fn)))
     return headline_f1(totals) or 0.0
+
+
+def f1_interval(samples: list[dict[str, list[int]]], resamples: int = 200, seed: int = 0) -> list[float]:
+    """[2.5 %, 97.5 %] of `f1_of_counts` over bootstrap resamples of the per-sample counts."""
+    rng = np.random.default_rng(seed)
+    stats = [f1_of_counts([samples[i] for i in rng.integers(0, len(samples), len(samples))]) for _ in range(resamples)]
+    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
 
 
 def marker_answers(samples: Path, data: Path, split: str = "test") -> dict[str, list]:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from gap_mllm.mini import fresh_seeds
-from gap_mllm.mini.fresh_seeds import evaluate_fresh, fresh_markdown, fresh_results, paired, release_decision
+from gap_mllm.mini.fresh_seeds import evaluate_fresh, fresh_results, paired, release_decision
+from gap_mllm.mini.report import fresh_seed_lines
 
 N = 40
 ALL = np.ones(N)
@@ -111,5 +112,5 @@ def test_the_shipped_mini_on_two_fresh_seeds(tmp_path):
     pairs = found["decision"]["paired"]
     assert pairs["grounding_acc@0.25"]["difference"] == 0.0 and pairs["captioning_cider@0.5"]["ci95"] == [0.0, 0.0]
     assert found["baselines"]["grounding"]["num_samples"] >= 4
-    text = "\n".join(fresh_markdown(found))
+    text = "\n".join(fresh_seed_lines(found))
     assert "Fresh seeds (5601, 5602; 1 scenes each" in text and "Release rule (sixth against fifth" in text
