@@ -344,28 +344,109 @@ def test_compiled_layers_and_liger_language_model_are_refused_where_they_cannot_
         recipe_from_dict({"stage": "vision", "kernels": {"compile_layers": True}})
 
 
-def test_the_switches_reach_the_language_model(tmp_path, recon_dataset, monkeypatch):
-    """`liger_language_model` hands Qwen3-VL's text model to Liger's own patcher (a stand-in here: Liger's kernels are
-    Triton, CUDA only) with RMSNorm, RoPE and SwiGLU and no loss of its own; `compile_layers` compiles every decoder
-    layer on its own (regional), statically with length buckets."""
-    calls, compiled = [], []
-    liger = types.ModuleType("liger_kernel.transformers")
-    liger.apply_liger_kernel_to_qwen3_vl = lambda **kwargs: calls.append(kwargs)
-    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
-    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", liger)
+@pytest.fixture
+def liger_pieces_stand_in(monkeypatch):
+    """Liger's three building blocks (`LigerRMSNorm`, `liger_rotary_pos_emb`, `LigerSwiGLUMLP.forward`) computed in
+    plain torch with Qwen3's math, counting their calls (the real ones are Triton: CUDA only). `liger_kernel.transformers`
+    has no `apply_liger_kernel_to_qwen3_vl` here: in liger-kernel 0.8.5 that patcher fails to import with transformers
+    5.23, so the glue must not reach it. Qwen3-VL's module RoPE is restored afterwards."""
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    calls = {"rms_norm": 0, "rope": 0, "swiglu": 0}
+
+    class LigerRMSNorm(torch.nn.Module):
+        def __init__(self, hidden_size, eps=1e-6, offset=0.0, casting_mode="llama", init_fn="ones", in_place=True,
+                     row_mode=None):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(hidden_size))
+            self.variance_epsilon, self.settings = eps, {"offset": offset, "casting_mode": casting_mode}
+
+        def forward(self, hidden_states):
+            calls["rms_norm"] += 1
+            states = hidden_states.float()
+            states = states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+            return self.weight * states.to(hidden_states.dtype)
+
+    def liger_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+        calls["rope"] += 1
+        return original_rope(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+
+    class LigerSwiGLUMLP(torch.nn.Module):
+        def forward(self, x):
+            calls["swiglu"] += 1
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    original_rope = modeling_qwen3_vl.apply_rotary_pos_emb
+    monkeypatch.setattr(modeling_qwen3_vl, "apply_rotary_pos_emb", original_rope)
+    pieces = {"rms_norm": {"LigerRMSNorm": LigerRMSNorm}, "rope": {"liger_rotary_pos_emb": liger_rotary_pos_emb},
+              "swiglu": {"LigerSwiGLUMLP": LigerSwiGLUMLP}}
+    for name in ("liger_kernel", "liger_kernel.transformers"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    for name, members in pieces.items():
+        module = types.ModuleType(f"liger_kernel.transformers.{name}")
+        vars(module).update(members)
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    return calls, LigerRMSNorm
+
+
+def test_the_switches_reach_the_language_model(tmp_path, recon_dataset, liger_pieces_stand_in, monkeypatch):
+    """`liger_language_model` puts Liger's RMSNorm in every norm of Qwen3-VL's text model (sharing the weights: the
+    state dict keeps its names and tensors), its SwiGLU in every MLP and its RoPE in the attention, and the patched
+    model computes the unpatched loss (stand-ins with Qwen3's math; training/liger_qwen3_vl.py); `compile_layers`
+    compiles every decoder layer on its own (regional), statically with length buckets."""
+    calls, liger_norm = liger_pieces_stand_in
+    compiled = []
     monkeypatch.setattr(run, "check_kernels", lambda settings, plan: None)
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append((self, kwargs)))
+    reference_setup = build(tmp_path, recon_dataset, *tiny(), kernels={"liger_language_model": False})
+    batch = reference_setup.trainer.data_collator([recon_dataset[i] for i in range(2)])
+    batch.pop("num_skipped_samples")
+    reference = reference_setup.model(**batch).lm_loss_sum
     model, processor = tiny()
-    build(tmp_path, recon_dataset, model, processor, data={"length_buckets": [256]},
-          kernels={"liger_language_model": True, "compile_layers": True})
     language_model = model.vlm.model.language_model
-    assert calls == [{"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
-                      "fused_linear_cross_entropy": False, "model": language_model}]
+    names_before = {name: tensor for name, tensor in model.state_dict(keep_vars=True).items()}
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append((self, kwargs)))
+    setup = build(tmp_path, recon_dataset, model, processor, data={"length_buckets": [256]},
+                  kernels={"liger_language_model": True, "compile_layers": True})
+    layers = len(language_model.layers)
+    norms = [module for module in language_model.modules() if isinstance(module, liger_norm)]
+    assert len(norms) == 4 * layers + 1  # input, post-attention, q and k norms per layer; the final norm
+    assert not [module for module in language_model.modules() if type(module).__name__ == "Qwen3VLTextRMSNorm"]
+    assert all(norm.settings == {"offset": 0.0, "casting_mode": "llama"} for norm in norms)
+    after = model.state_dict(keep_vars=True)
+    assert list(after) == list(names_before) and all(after[name] is names_before[name] for name in after)
+    assert all(layer.mlp.forward.__func__.__qualname__.endswith("LigerSwiGLUMLP.forward")
+               for layer in language_model.layers)
+    patched = setup.model(**batch).lm_loss_sum
+    assert calls == {"rms_norm": 4 * layers + 1, "rope": layers, "swiglu": layers}
+    torch.testing.assert_close(patched, reference, rtol=1e-6, atol=0)
     assert [module for module, _ in compiled] == list(language_model.layers)
     assert all(kwargs == {"dynamic": False, "backend": "inductor"} for _, kwargs in compiled)
-    calls.clear(), compiled.clear()
+    compiled.clear()
     build(tmp_path, recon_dataset, *tiny(), kernels={"liger_language_model": False, "compile_layers": False})
-    assert calls == [] and compiled == []
+    assert compiled == []
+
+
+def test_liger_pieces_that_do_not_import_are_named(monkeypatch):
+    """A liger-kernel whose building blocks fail to import (here: absent) is named with the option, not a bare
+    ImportError from inside the first step; a non-SiLU MLP is refused (Liger's SwiGLU computes SiLU only)."""
+    from gap_mllm.training.liger_qwen3_vl import apply_liger_to_qwen3_vl_text
+
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)
+    language_model = tiny()[0].vlm.model.language_model
+    with pytest.raises(ImportError, match=r"^kernels.liger_language_model: liger-kernel's RMSNorm, RoPE or SwiGLU "
+                                          r"does not import \(.*liger_kernel.*\)$"):
+        apply_liger_to_qwen3_vl_text(language_model)
+
+
+def test_liger_refuses_a_mlp_it_cannot_compute(liger_pieces_stand_in, monkeypatch):
+    from gap_mllm.training.liger_qwen3_vl import apply_liger_to_qwen3_vl_text
+
+    language_model = tiny()[0].vlm.model.language_model
+    monkeypatch.setattr(language_model.config, "hidden_act", "gelu")
+    with pytest.raises(ValueError, match=r"^kernels.liger_language_model: the text model's MLP activation is 'gelu'; "
+                                         r"Liger's SwiGLU computes silu / swish only"):
+        apply_liger_to_qwen3_vl_text(language_model)
+    assert liger_pieces_stand_in[0] == {"rms_norm": 0, "rope": 0, "swiglu": 0}
 
 
 def test_liger_on_by_default_turns_off_under_zero3_and_asked_for_is_refused(tmp_path, recon_dataset, monkeypatch):

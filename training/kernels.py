@@ -9,9 +9,10 @@
                                 Liger's fused linear cross-entropy (liger-kernel) for the LM head and the loss at the
                                 answer tokens (training/geometry_aligned_model.py), instead of logits + cross-entropy.
     kernels.liger_language_model
-                                Liger's Qwen3-VL kernels in the inner language model: RMSNorm (layers, q/k norms, final
-                                norm), RoPE and SwiGLU (`apply_liger_kernel_to_qwen3_vl` on the text model instance;
-                                its RoPE replaces Qwen3-VL's module function, so every Qwen3-VL of the process uses it).
+                                Liger's kernels in the inner language model: RMSNorm (layers, q/k norms, final norm),
+                                RoPE and SwiGLU, put in place from Liger's building blocks (training/liger_qwen3_vl.py:
+                                Liger 0.8.5's own Qwen3-VL patcher fails to import with transformers 5.23); its RoPE
+                                replaces Qwen3-VL's module function, so every Qwen3-VL of the process uses it.
     kernels.compile_layers      regional compile: each decoder layer of the language model `torch.compile`d on its
                                 own (one small graph reused by every layer), static shapes with `data.length_buckets`.
 
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .liger_qwen3_vl import apply_liger_to_qwen3_vl_text
 from .loss_weights import weighted_mix
 
 logger = logging.getLogger(__name__)
@@ -216,10 +218,9 @@ def resolve_kernels(recipe, plan):
 def apply_liger_language_model(gap_model) -> None:
     """Liger's Qwen3-VL RMSNorm, RoPE and SwiGLU in `gap_model`'s inner language model (not its LM head or loss:
     the answer-token loss is `GeometryAlignedModel`'s, with `kernels.liger_fused_linear_cross_entropy`)."""
-    from liger_kernel.transformers import apply_liger_kernel_to_qwen3_vl
-
-    apply_liger_kernel_to_qwen3_vl(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                   fused_linear_cross_entropy=False, model=gap_model.vlm.model.language_model)
+    counts = apply_liger_to_qwen3_vl_text(gap_model.vlm.model.language_model)
+    logger.info("kernels.liger_language_model: Liger's RMSNorm in %d norms, SwiGLU in %d MLPs, RoPE", counts["rms_norm"],
+                counts["swiglu"])
 
 
 def compile_decoder_layers(gap_model, dynamic: bool | None = None, backend="inductor") -> int:
