@@ -449,12 +449,15 @@ def main(args: argparse.Namespace) -> int:
     except ReleaseRefused as error:  # the table is written: show it, with why nothing was exported
         refused, results = error, json.loads(run.results_dir("results.json").read_text(encoding="utf-8"))
     table = run.results_dir("RESULTS.md").read_text(encoding="utf-8")
-    if args.table:
+    # --table is the shipped model's table (make mini: mini/RESULTS.md): a refused candidate leaves it as it is, since
+    # its rows would describe a model that was not exported; the candidate's table stays in the run's results
+    if args.table and refused is None:
         Path(args.table).write_text(table, encoding="utf-8")
     print(table)
     print(json.dumps({"arms": list(results["arms"])}, indent=1))
     if refused is not None:
-        print(f"gap-mllm mini: {refused}", file=sys.stderr)
+        kept = f"; --table {args.table} left as it was (it describes the release)" if args.table else ""
+        print(f"gap-mllm mini: {refused}{kept}", file=sys.stderr)
         return RELEASE_REFUSED_STATUS
     return 0
 

@@ -227,7 +227,8 @@ def _fresh_seed_found(ship: bool) -> dict:
 @pytest.mark.parametrize("ship", [False, True])
 def test_the_release_rule_decides_the_export(toy_run, tmp_path, monkeypatch, capsys, ship):
     """--release-reference: the fresh-seed rows and the rule's checks are in the table; a candidate that fails the
-    rule is not exported (exit status 4, the failed check named), one that passes is."""
+    rule is not exported (exit status 4, the failed check named) and leaves --table (the release's table) as it was,
+    its own table in the run's results; one that passes is exported and its table copied to --table."""
     calls = []
 
     def fresh_results(out, train_data, models, **kwargs):
@@ -240,13 +241,18 @@ def test_the_release_rule_decides_the_export(toy_run, tmp_path, monkeypatch, cap
     export = tmp_path / "sixth"
     args = parser.parse_args(["--out", str(toy_run / "run"), "--budget", "toy", "--device", "cpu", "--export", str(export),
                               "--release-reference", str(toy_run / "export"), "--table", str(tmp_path / "RESULTS.md")])
+    (tmp_path / "RESULTS.md").write_text("the release's table\n")
     status = pipeline.main(args)
     assert calls == [({MAIN_ARM.name, "release_reference"}, MAIN_ARM.name, "release_reference")]
-    table = (tmp_path / "RESULTS.md").read_text()
+    table = (toy_run / "run" / "results" / "RESULTS.md").read_text()
     assert "Fresh seeds (5601; 1 scenes each" in table
     assert f"the candidate **{'ships' if ship else 'does not ship'}**" in table
     if ship:
         assert status == 0 and (export / "config.json").is_file()
+        assert (tmp_path / "RESULTS.md").read_text() == table
     else:
         assert status == pipeline.RELEASE_REFUSED_STATUS == 4 and not export.exists()
-        assert "the release rule failed on the fresh seeds (CIDEr@0.5 not worse)" in capsys.readouterr().err
+        assert (tmp_path / "RESULTS.md").read_text() == "the release's table\n"
+        error = capsys.readouterr().err
+        assert "the release rule failed on the fresh seeds (CIDEr@0.5 not worse)" in error
+        assert f"--table {tmp_path / 'RESULTS.md'} left as it was (it describes the release)" in error
