@@ -16,12 +16,12 @@ must not change what is scored) where the model computes in float32 (mini, small
 rounds a batched, padded row differently from a lone one, and a random-weight model's near-equal logits then pick
 other tokens (seen on the H100: 2 of 8 real-size answers equal), so there the figures are kept with the count of
 equal answers (`answers_equal_to_one_at_a_time`), as bench_real_size's scene reuse does; the equality itself is proven
-in float32 (tests/test_eval_batched_generation.py and the scene-reuse tests). `--compile-decoding` is the evaluation's
-switch (default auto: compiled decode steps on CUDA); with compilation each arm is run once untimed first, since
-compiling (about 30 s at the real size) would otherwise swamp a small slice. Model loading is timed once and left out of the per-query figures. Per-1,000 and
-full-split figures are extrapolations of the measured per-query time (linear in the number of queries), printed as
-such; a full split has another queries-per-scene ratio (ScanRefer val: 9,508 queries over 141 scenes, about 67 per
-scene), which changes what scene reuse saves. Captioning and detection slices (`--captions`, `--detections`)
+in float32 (tests/test_eval_scene_reuse.py). `--compile-decoding` is the evaluation's switch (default auto: compiled
+decode steps on CUDA); with compilation each arm is run once untimed first, since compiling (about 30 s at the real
+size) would otherwise swamp a small slice. Model loading is timed once and left out of the per-query figures.
+Per-1,000 and full-split figures are extrapolations of the measured per-query time (linear in the number of
+queries), printed as such; a full split has another queries-per-scene ratio (ScanRefer val: 9,508 queries over 141
+scenes, about 67 per scene), which changes what scene reuse saves. Captioning and detection slices (`--captions`, `--detections`)
 give the per-sample time of those tasks for their extrapolations.
 
 `--model-size`: `mini` (the embedded GAP-MLLM-Mini, default), `small` (the package's small test configuration,
@@ -46,6 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
 from needs_gpu import require_cuda  # noqa: E402
+
+from gap_mllm.compiled_decoding import add_compile_decoding_argument, decode_compile_config  # noqa: E402
 
 # split sizes of the extrapolations: ScanRefer val (queries, scenes); Scan2Cap evaluates the ScanRefer val objects;
 # detection: one 4-frame clip per ScanNet val scene (the official file's size is not known here: an assumption)
@@ -113,11 +115,6 @@ def run_arm(task, data, split, limit, model, out: Path, batch_size: int, scene_r
     return time.perf_counter() - start
 
 
-def compiles(compile_decoding: str, device: str) -> bool:
-    """Whether the evaluation compiles its decode steps (compiled_decoding.py: auto compiles on CUDA)."""
-    return compile_decoding == "on" or (compile_decoding == "auto" and device.startswith("cuda"))
-
-
 def run_two_processes(task, data, split, limit, model, out: Path, batch_size: int, max_new_tokens) -> float:
     launcher = Path(sys.executable).parent / "accelerate"
     command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -166,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(its evaluation path on the CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-new-tokens", type=int, help="cap on the answers (default: none for mini, 64 for random weights)")
-    parser.add_argument("--compile-decoding", choices=("auto", "on", "off"), default="auto",
-                        help="the evaluation's compiled decode steps (auto: on CUDA); compiled arms get an untimed run first")
+    add_compile_decoding_argument(parser, default="auto")  # compiled arms get an untimed run first
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
     size = "real" if args.real_size else args.model_size
@@ -191,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
         slices = [("grounding", args.queries)] + [(t, n) for t, n in (("captioning", args.captions), ("detection", args.detections)) if n]
         exact = size != "real"  # float32 sizes: answers must be equal; bfloat16: counted (module docstring)
-        warmup = compiles(args.compile_decoding, args.device)
+        warmup = decode_compile_config(args.compile_decoding, args.device) is not None  # the decode steps compile
         figures = {"model": size, "padded_vocab": size == "real" or args.padded_vocab, "device": args.device, "batch_size": args.batch_size, "max_new_tokens": max_new_tokens,
                    "threads": torch.get_num_threads(), "load_s": load_s, "compile_decoding": args.compile_decoding,
                    "untimed_warmup_run": warmup, "dtype": "float32" if exact else "bfloat16", "tasks": {}}

@@ -403,7 +403,7 @@ def test_the_switches_reach_the_language_model(tmp_path, recon_dataset, liger_pi
     reference = reference_setup.model(**batch).lm_loss_sum
     model, processor = tiny()
     language_model = model.vlm.model.language_model
-    names_before = {name: tensor for name, tensor in model.state_dict(keep_vars=True).items()}
+    names_before = model.state_dict(keep_vars=True)
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append((self, kwargs)))
     setup = build(tmp_path, recon_dataset, model, processor, data={"length_buckets": [256]},
                   kernels={"liger_language_model": True, "compile_layers": True})
@@ -428,7 +428,7 @@ def test_the_switches_reach_the_language_model(tmp_path, recon_dataset, liger_pi
 
 def test_liger_pieces_that_do_not_import_are_named(monkeypatch):
     """A liger-kernel whose building blocks fail to import (here: absent) is named with the option, not a bare
-    ImportError from inside the first step; a non-SiLU MLP is refused (Liger's SwiGLU computes SiLU only)."""
+    ImportError from inside the first step."""
     from gap_mllm.training.liger_qwen3_vl import apply_liger_to_qwen3_vl_text
 
     monkeypatch.setitem(sys.modules, "liger_kernel", None)
@@ -439,6 +439,7 @@ def test_liger_pieces_that_do_not_import_are_named(monkeypatch):
 
 
 def test_liger_refuses_a_mlp_it_cannot_compute(liger_pieces_stand_in, monkeypatch):
+    """A non-SiLU MLP is refused before anything is patched (Liger's SwiGLU computes SiLU only)."""
     from gap_mllm.training.liger_qwen3_vl import apply_liger_to_qwen3_vl_text
 
     language_model = tiny()[0].vlm.model.language_model
