@@ -63,7 +63,7 @@ from .fresh_seeds import FRESH_SCENES, fresh_results
 from .synth_data import MINI_COMMAND, ensure_synth_data
 from .pipeline_settings import BUDGETS, STAGE_KINDS, Budget, add_arguments
 from .provenance import FINAL_MODEL, collapse_copies, training_chain
-from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS, collect_results, write_report
+from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS, collect_results, release_table_after_refusal, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -449,14 +449,21 @@ def main(args: argparse.Namespace) -> int:
     except ReleaseRefused as error:  # the table is written: show it, with why nothing was exported
         refused, results = error, json.loads(run.results_dir("results.json").read_text(encoding="utf-8"))
     table = run.results_dir("RESULTS.md").read_text(encoding="utf-8")
-    # --table is the shipped model's table (make mini: mini/RESULTS.md): a refused candidate leaves it as it is, since
-    # its rows would describe a model that was not exported; the candidate's table stays in the run's results
+    # --table is the shipped model's table (make mini: mini/RESULTS.md): a refused candidate leaves its rows as they
+    # are, since the candidate's would describe a model that was not exported, and adds the fresh-seed rows of the
+    # release and the candidate (evidence on the release); the candidate's whole table stays in the run's results
     if args.table and refused is None:
         Path(args.table).write_text(table, encoding="utf-8")
+    elif args.table and Path(args.table).is_file():
+        release = Path(args.table).read_text(encoding="utf-8")
+        Path(args.table).write_text(release_table_after_refusal(
+            release, results["fresh_seeds"], f"{Path(args.release_reference).name} (--release-reference)"),
+                                    encoding="utf-8")
     print(table)
     print(json.dumps({"arms": list(results["arms"])}, indent=1))
     if refused is not None:
-        kept = f"; --table {args.table} left as it was (it describes the release)" if args.table else ""
+        kept = (f"; --table {args.table} keeps the release's rows and gains the fresh-seed rows of the release and the "
+                "candidate" if args.table and Path(args.table).is_file() else "")
         print(f"gap-mllm mini: {refused}{kept}", file=sys.stderr)
         return RELEASE_REFUSED_STATUS
     return 0

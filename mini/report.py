@@ -314,6 +314,24 @@ def fresh_seed_lines(fresh: dict) -> list[str]:
     return lines
 
 
+REFUSED_SECTION = "## The release on fresh seeds, beside the last candidate the release rule refused"
+
+
+def release_table_after_refusal(release_table: str, fresh: dict, release_label: str) -> str:
+    """The release's table (`--table`) after a candidate was refused: its own rows as they were, and a section with
+    the fresh-seed rows of that run (results.json's "fresh_seeds"), which evaluated the release beside the candidate
+    on the same samples, with the rule's checks. The section of an earlier refusal is replaced.
+
+    `release_label`: what the rows of the release (the run's `reference`) are called in the section."""
+    kept = release_table.split(REFUSED_SECTION)[0].rstrip("\n")
+    names = {fresh["reference"]: f"release: {release_label}", fresh["candidate"]: f"candidate: {fresh['candidate']} (refused)"}
+    relabelled = {**fresh, "models": {names.get(name, name): figures for name, figures in fresh["models"].items()},
+                  "candidate": names[fresh["candidate"]], "reference": names[fresh["reference"]]}
+    intro = ("The run that trained the candidate evaluated the release beside it on scenes of fresh seeds; the release "
+             "rule refused the candidate, so the release stays and its rows above are unchanged.")
+    return "\n".join([kept, "", REFUSED_SECTION, "", intro, *fresh_seed_lines(relabelled)]) + "\n"
+
+
 def write_report(run, results: dict) -> Path:
     folder = run.results_dir()
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from gap_mllm.mini import pipeline
 from gap_mllm.mini.arms import MAIN_ARM
+from gap_mllm.mini.report import REFUSED_SECTION
 
 RESULT_KEYS = ("grounding_acc@0.25", "grounding_acc@0.5", "detection_f1@0.25", "captioning_cider@0.5",
                "stage1_point_error_m_median", "stage1_label_accuracy")
@@ -227,8 +228,9 @@ def _fresh_seed_found(ship: bool) -> dict:
 @pytest.mark.parametrize("ship", [False, True])
 def test_the_release_rule_decides_the_export(toy_run, tmp_path, monkeypatch, capsys, ship):
     """--release-reference: the fresh-seed rows and the rule's checks are in the table; a candidate that fails the
-    rule is not exported (exit status 4, the failed check named) and leaves --table (the release's table) as it was,
-    its own table in the run's results; one that passes is exported and its table copied to --table."""
+    rule is not exported (exit status 4, the failed check named) and leaves the rows of --table (the release's table) as they were,
+    its own table in the run's results, but for a section of the fresh-seed rows of the release and the candidate
+    (replaced by the next refusal); one that passes is exported and its table copied to --table."""
     calls = []
 
     def fresh_results(out, train_data, models, **kwargs):
@@ -252,7 +254,18 @@ def test_the_release_rule_decides_the_export(toy_run, tmp_path, monkeypatch, cap
         assert (tmp_path / "RESULTS.md").read_text() == table
     else:
         assert status == pipeline.RELEASE_REFUSED_STATUS == 4 and not export.exists()
-        assert (tmp_path / "RESULTS.md").read_text() == "the release's table\n"
+        release = (tmp_path / "RESULTS.md").read_text()
+        head, section = release.split(f"\n\n{REFUSED_SECTION}\n\n")
+        assert head == "the release's table"  # the release's own rows as they were
+        reference = "export (--release-reference)"  # the release folder's name
+        assert f"| release: {reference} | 25.0 [5.0, 70.0] | 50.0 [20.0, 80.0] |" in section
+        assert f"| candidate: {MAIN_ARM.name} (refused) | 25.0 [5.0, 70.0] |" in section
+        assert (f"Release rule (candidate: {MAIN_ARM.name} (refused) against release: {reference}, paired on the same "
+                "samples): the candidate **does not ship**.") in section
+        assert "| CIDEr@0.5 not worse | no | -0.30 [-0.50, -0.10] |" in section
         error = capsys.readouterr().err
         assert "the release rule failed on the fresh seeds (CIDEr@0.5 not worse)" in error
-        assert f"--table {tmp_path / 'RESULTS.md'} left as it was (it describes the release)" in error
+        assert f"--table {tmp_path / 'RESULTS.md'} keeps the release's rows and gains the fresh-seed rows" in error
+        # a second refusal replaces the section of the first, the release's rows still as they were
+        assert pipeline.main(args) == 4
+        assert (tmp_path / "RESULTS.md").read_text() == release

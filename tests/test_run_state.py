@@ -157,6 +157,51 @@ def test_a_restore_is_refused_for_another_source_other_data_or_changed_weights(t
     assert not any(target.rglob("checkpoint-*")) if target.exists() else True
 
 
+def _nudge_numbers(data: Path, factor: float) -> None:
+    """Every decimal number of one scene record and of one pose file times `factor`, written back at full precision
+    (1 + 1e-15: the last digits another CPU's float maths gives; 1 + 1e-6: other values)."""
+    import re
+
+    def scaled(match):
+        return repr(float(match.group()) * factor)
+
+    number = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?")
+    record = next(p for p in sorted(data.rglob("*.json")) if number.search(p.read_text()))
+    pose = next(p for p in sorted(data.rglob("*.txt")) if number.search(p.read_text()))
+    for path in (record, pose):
+        before = path.read_text()
+        path.write_text(number.sub(scaled, before))
+        assert path.read_text() != before
+
+
+def test_numbers_that_differ_in_their_last_digits_restore_and_other_numbers_do_not(tmp_path, source_model,
+                                                                                  train_data_root):
+    """Data written again on another CPU (the records' and poses' numbers in their last digits) continue the run;
+    numbers that differ by 1e-6 are other data. A state written before the masked-text digests is refused on the
+    rewritten data, naming run_state.accept_other_data, and continues with it."""
+    _, state = checkpoint_and_state(tmp_path, source_model, train_data_root)
+    last_digits = tmp_path / "last_digits"
+    shutil.copytree(train_data_root, last_digits)
+    _nudge_numbers(last_digits, 1 + 1e-15)
+    assert restore_run_state(state, tmp_path / "restored", source=source_model, data_root=last_digits).is_dir()
+
+    other_values = tmp_path / "other_values"
+    shutil.copytree(train_data_root, other_values)
+    _nudge_numbers(other_values, 1 + 1e-6)
+    with pytest.raises(RunStateError, match="other data than .*records and depth or camera files differ"):
+        restore_run_state(state, tmp_path / "refused", source=source_model, data_root=other_values)
+
+    record = json.loads((state / STATE_FILE).read_text())
+    for key in ("structure", "values"):  # as a state of an earlier version recorded its data
+        del record["data"][key]
+    (state / STATE_FILE).write_text(json.dumps(record))
+    with pytest.raises(RunStateError, match="predates the digests .* run_state.accept_other_data=true continues it"):
+        restore_run_state(state, tmp_path / "refused_old", source=source_model, data_root=last_digits)
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused_old").exists()
+    assert restore_run_state(state, tmp_path / "accepted", source=source_model, data_root=last_digits,
+                             accept_other_data=True).is_dir()
+
+
 def test_images_encoded_otherwise_with_the_same_pixels_restore_and_other_pixels_do_not(tmp_path, source_model,
                                                                                      train_data_root):
     import numpy as np

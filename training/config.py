@@ -222,11 +222,14 @@ class RunStateConfig:
     checkpoint without what the source model already holds goes to `directory` (a folder a git repository can
     carry), and a run resumed with `--resume auto` on a machine without that checkpoint starts from it.
     `moments_dtype` / `best_dtype`: "float32" (exact) or "bfloat16" (half the bytes) for the optimizer's moments and
-    the best model's weights. None: no run state."""
+    the best model's weights. None: no run state. `accept_other_data`: continue a state on data whose digests differ
+    from those it recorded (a warning names what differs): for a state written before the digests that tell numbers
+    differing in their last digits (another CPU) from other data, on data the same command wrote again."""
 
     directory: str | None = None
     moments_dtype: str = "float32"
     best_dtype: str = "float32"
+    accept_other_data: bool = False
 
 
 @dataclass

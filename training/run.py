@@ -321,7 +321,8 @@ def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dic
     directory, output_dir = recipe.run_state.directory, recipe.training["output_dir"]
     if resume == "auto":
         return restore_if_newer(directory, output_dir, source=settings["source"],
-                                data_description=settings["data_description"], run=settings["run"])
+                                data_description=settings["data_description"], run=settings["run"],
+                                accept_other_data=recipe.run_state.accept_other_data)
     record = read_run_state(directory)
     if resume is None and record is not None:
         raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run "

@@ -22,9 +22,14 @@ names the source folder and the digest of its tensors, and `restore_run_state` r
 The restored model is checked against the digest of the checkpoint's whole state dict, so a restore is exact or
 refused. The data are named by digests of the data root's files (records, images, and the other media: depth,
 poses), checked on restore: Trainer's data order comes from the seed, the step and the dataset, so the same data
-continue the same order. Only images may differ in their bytes (another Pillow or zlib encodes the same pixels
-otherwise): they are compared by their decoded pixels then; every other file by its bytes. The remote-code `.py`
-files of a checkpoint are the installed package's and are not kept.
+continue the same order. Images may differ in their bytes (another Pillow or zlib encodes the same pixels
+otherwise): they are compared by their decoded pixels then. Records and text media may differ in the last digits of
+their numbers (a generator's float maths gives other last bits on another CPU: numpy picks its SIMD kernels by the
+CPU's features): they are compared by their text with every decimal number masked ("structure", exact) and by the
+count, sum and absolute sum of those numbers ("values", within a relative 1e-9); any other difference is other data.
+A state written before "structure" was recorded has only the bytes: `run_state.accept_other_data` continues it on
+data whose bytes differ, with a warning that names the parts (the user's word that the data are the same). The
+remote-code `.py` files of a checkpoint are the installed package's and are not kept.
 
 A state continues only the run that wrote it: it records the recipe settings that define the run (`run.py`'s
 `run_definition`: every setting but where the run writes and how it reports), and a resume with other settings is
@@ -45,6 +50,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -97,6 +103,10 @@ SMALL_FILE_LIMIT = 8 * 2**20
 # samples and their order
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _MEDIA_SUFFIXES = (".npy", ".npz", ".exr", ".txt")
+_BINARY_MEDIA_SUFFIXES = (".npy", ".npz", ".exr")  # compared by their bytes only
+# a decimal number of a text file (records, poses): the part of a file whose last digits may differ across CPUs
+_DECIMAL_NUMBER = re.compile(rb"-?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+")
+VALUES_RTOL = 1e-9  # the relative difference of the number sums that still counts as the same data
 LFS_POINTER = b"version https://git-lfs"
 
 
@@ -121,23 +131,45 @@ def data_digest(data_root) -> dict:
     (annotation and scene files) decide the samples and their order; the image files and the other media (depth,
     poses) what the model sees; "pixels" digests the decoded pixels of every k-th image file (256 of them), so that
     a restore can tell images that are only encoded otherwise (another Pillow or zlib writes other PNG bytes for the
-    same pixels) from other images. Depth and poses have no such second encoding: only their bytes count."""
+    same pixels) from other images; "structure" digests the text files (records, text media) with every decimal
+    number masked (binary media by their bytes), and "values" is [count, sum, absolute sum] of those numbers, so
+    that a restore can tell numbers that differ in their last digits (another CPU's float maths) from other data
+    (`same_numbers_but_last_digits`)."""
     root = Path(data_root)
     digests = {"records": hashlib.sha256(), "images": hashlib.sha256(), "media": hashlib.sha256()}
+    structure, values = hashlib.sha256(), np.zeros(3)  # the text files: masked text; count, sum, |sum| of numbers
     count, image_files = 0, []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
         suffix = path.suffix.lower()
         kind = "images" if suffix in _IMAGE_SUFFIXES else "media" if suffix in _MEDIA_SUFFIXES else "records"
         digests[kind].update(relative.encode() + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digests[kind].update(block)
+        content = path.read_bytes()
+        digests[kind].update(content)
         count += 1
         if kind == "images":
             image_files.append(path)
+        elif suffix in _BINARY_MEDIA_SUFFIXES:
+            structure.update(relative.encode() + b"\0" + hashlib.sha256(content).digest())
+        else:
+            structure.update(relative.encode() + b"\0" + _DECIMAL_NUMBER.sub(b"#", content))
+            numbers = np.array([float(token) for token in _DECIMAL_NUMBER.findall(content)], dtype=np.float64)
+            values += (numbers.size, numbers.sum(), np.abs(numbers).sum())
     return {"folder": root.name, **{kind: digest.hexdigest() for kind, digest in digests.items()},
-            "pixels": pixel_digest(image_files), "files": count}
+            "pixels": pixel_digest(image_files), "structure": structure.hexdigest(),
+            "values": [int(values[0]), float(values[1]), float(values[2])], "files": count}
+
+
+def same_numbers_but_last_digits(recorded: dict, current: dict) -> bool:
+    """Whether two `data_digest`s describe text files (records, text media) that differ at most in the last digits
+    of their decimal numbers: the same text with the numbers masked, as many numbers, and their sum and absolute
+    sum within `VALUES_RTOL`. False when `recorded` predates the "structure" digest."""
+    if recorded.get("structure") is None or recorded["structure"] != current.get("structure"):
+        return False
+    (count_then, sum_then, abs_then), (count_now, sum_now, abs_now) = recorded["values"], current["values"]
+    scale = max(abs_then, abs_now, 1.0)  # the sum may cancel to near 0: its tolerance follows the absolute sum
+    return (count_then == count_now and abs(sum_then - sum_now) <= VALUES_RTOL * scale
+            and abs(abs_then - abs_now) <= VALUES_RTOL * scale)
 
 
 def pixel_digest(image_files: list[Path], samples: int = 256) -> str:
@@ -556,28 +588,46 @@ def check_same_run(record: dict, run: dict | None, state_dir) -> None:
                         "to continue it, or give another run_state.directory for a new run")
 
 
-def _check_data(record: dict, state_dir: Path, data_root, data_description: dict | None) -> None:
+def _check_data(record: dict, state_dir: Path, data_root, data_description: dict | None,
+                accept_other_data: bool = False) -> None:
+    """RunStateError when the data differ from those the state was trained on (module docstring: what counts);
+    `accept_other_data` turns the error into a warning naming what differs."""
     recorded = record.get("data")
     if recorded is None or (data_root is None and data_description is None):
         return
     current = data_description if data_description is not None else data_digest(data_root)
     differs = [part for part in ("records", "images", "media") if recorded.get(part) != current.get(part)]
-    if differs == ["images"] and recorded.get("pixels") is not None and recorded["pixels"] == current.get("pixels"):
+    same_pixels = recorded.get("pixels") is not None and recorded["pixels"] == current.get("pixels")
+    if "images" in differs and same_pixels:
         logger.info("%s: the data's image files are encoded otherwise than when the state was written, with the same "
                     "pixels in the images compared (another Pillow or zlib); continuing", state_dir)
+        differs.remove("images")
+    if differs and "images" not in differs and same_numbers_but_last_digits(recorded, current):
+        logger.info("%s: the data's records and text media differ from those the state was written with only in the "
+                    "last digits of their numbers (the same text and count; sums within %g: another CPU's float "
+                    "maths); continuing", state_dir, VALUES_RTOL)
         return
-    if differs:
-        words = {"records": "records", "images": "images", "media": "depth or camera files"}
-        raise RunStateError(
-            f"{state_dir}: the run trained on other data than {data_root or current.get('folder')} "
-            f"({' and '.join(words[part] for part in differs)} differ: {recorded.get('files')} files then, "
-            f"{current.get('files')} now); continuing it there would change its samples and their order. Give the data "
-            "root the run trained on (run_state.json \"data\" names its folder and digests; the command that wrote it, "
-            "e.g. gap-mllm synth, writes the same again), or start a new run")
+    if not differs:
+        return
+    words = {"records": "records", "images": "images", "media": "depth or camera files"}
+    found = (f"{' and '.join(words[part] for part in differs)} differ: {recorded.get('files')} files then, "
+             f"{current.get('files')} now")
+    if accept_other_data:
+        logger.warning("%s: the run trained on other data than %s (%s); continuing on them as "
+                       "run_state.accept_other_data asks", state_dir, data_root or current.get("folder"), found)
+        return
+    older = (" This state predates the digests that tell numbers differing in their last digits (another CPU) from "
+             "other data: if the data were written by the same command, run_state.accept_other_data=true continues it."
+             if recorded.get("structure") is None else "")
+    raise RunStateError(
+        f"{state_dir}: the run trained on other data than {data_root or current.get('folder')} ({found}); "
+        "continuing it there would change its samples and their order. Give the data root the run trained on "
+        "(run_state.json \"data\" names its folder and digests; the command that wrote it, e.g. gap-mllm synth, "
+        f"writes the same again), or start a new run.{older}")
 
 
 def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, data_description: dict | None = None,
-                      run: dict | None = None) -> Path:
+                      run: dict | None = None, accept_other_data: bool = False) -> Path:
     """Rebuild the checkpoint of `state_dir` as `<output_dir>/checkpoint-<step>` (staged, then renamed), and the best
     model as `<output_dir>/best`; returns the checkpoint folder.
 
@@ -606,7 +656,7 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
                 f"{state_dir}: the run started from {record['source']['path']} (tensor digest "
                 f"{record['source']['digest'][:16]}), and {source} holds other weights; restore it with that model "
                 "(git history has every committed release)")
-    _check_data(record, state_dir, data_root, data_description)
+    _check_data(record, state_dir, data_root, data_description, accept_other_data)
 
     model = _join_with_source(load_file(state_dir / WEIGHTS_FILE), record["model"]["from_source"], source_tensors,
                               str(state_dir), record["source"] and record["source"]["path"])
@@ -672,7 +722,7 @@ def put_back_interrupted_write(state_dir) -> None:
 
 
 def restore_if_newer(state_dir, output_dir, *, source=None, data_description: dict | None = None,
-                     run: dict | None = None) -> str | None:
+                     run: dict | None = None, accept_other_data: bool = False) -> str | None:
     """The checkpoint to resume from under `--resume auto` with a run state: the state's, rebuilt in `output_dir`,
     when the folder holds no complete checkpoint of that step or later (a fresh machine); else the folder's newest.
     `data_description`: the run's data (`data_digest`), checked against the state's; `run`: the run's settings
@@ -685,7 +735,8 @@ def restore_if_newer(state_dir, output_dir, *, source=None, data_description: di
     check_same_run(record, run, state_dir)
     if local is not None and checkpoint_step(local) >= record["global_step"]:
         return local
-    return str(restore_run_state(state_dir, output_dir, source=source, data_description=data_description, run=run))
+    return str(restore_run_state(state_dir, output_dir, source=source, data_description=data_description, run=run,
+                                 accept_other_data=accept_other_data))
 
 
 # ------------------------------------------------------------------------------------------ during training
