@@ -256,36 +256,52 @@ def _recipe_tasks(recipe_name: str) -> list[str]:
     return list((yaml.safe_load((RECIPES / recipe_name).read_text(encoding="utf-8")).get("data") or {}).get("tasks") or [])
 
 
+def _evaluate(run: MiniRun, task: str, results_name: str, model_dir: Path, row: str, constrained: bool) -> dict:
+    """One official runner on the test split into `results/<row>/<results_name>` (skipped when its summary is
+    there), with the budget's evaluation settings; returns its summary."""
+    out_dir = run.results_dir(row, results_name)
+    summary_path = out_dir / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+    settings = run.settings
+    return run_evaluation(task, data_dir=run.data, out_dir=out_dir, model_dir=model_dir, split="test",
+                          batch_size=run.eval_batch_size or settings.eval_batch_size,
+                          limit=run.eval_limit or settings.eval_limit,
+                          max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens[task],
+                          meteor=False, plots=False, progress=False, constrained=constrained)
+
+
+def final_model_tasks() -> list[tuple[str, str]]:
+    """(evaluation task, results folder name) of a final model: grounding, detection, captioning, and the marker
+    task when stage 2 trains it (its results folder `MARKER_FINAL_RESULTS`)."""
+    tasks = [(task, task) for task in EVAL_TASKS]
+    if "reconstruction" in _recipe_tasks("mini_stage2.yaml"):  # the final model keeps the marker task
+        tasks.append(("reconstruction", MARKER_FINAL_RESULTS))
+    return tasks
+
+
+def evaluate_final_tasks(run: MiniRun, model_dir: Path, row: str, constrained: bool = False) -> dict:
+    """Every task of a final model (`final_model_tasks`) into `results/<row>/`: {results folder name: summary}."""
+    return {name: _evaluate(run, task, name, model_dir, row, constrained) for task, name in final_model_tasks()}
+
+
 def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
     """Official runners on the test split: grounding, detection, captioning and the marker task (final model),
     and the marker task on the stage-1 model; with `run.constrained_row`, the main arm's final-model tasks again,
     decoding inside each task's grammar (`constrained_arm`). Returns {results folder name: summary} (the constrained
     ones under `<row>/<results folder name>`)."""
-    settings = run.settings
     summaries = {}
     final = run.stage_dir(arm.name, "final")
     # the marker task first: its answers are the shortest, so an interrupted evaluation has it complete
-    jobs = [("reconstruction", MARKER_STAGE1_RESULTS, run.stage_dir(arm.name, "stage1"))] if arm.stage1 else []
+    if arm.stage1:
+        summaries[MARKER_STAGE1_RESULTS] = _evaluate(run, "reconstruction", MARKER_STAGE1_RESULTS,
+                                                     run.stage_dir(arm.name, "stage1"), arm.name, False)
     if not arm.stage1_only:
-        jobs += [(task, task, final) for task in EVAL_TASKS]
-        if "reconstruction" in _recipe_tasks("mini_stage2.yaml"):  # the final model keeps the marker task
-            jobs.append(("reconstruction", MARKER_FINAL_RESULTS, final))
-    jobs = [(task, results_name, model_dir, arm.name, False) for task, results_name, model_dir in jobs]
-    if run.constrained_row and arm == MAIN_ARM and not arm.stage1_only:  # the same final model, constrained
-        jobs += [(task, results_name, model_dir, constrained_arm(arm).name, True)
-                 for task, results_name, model_dir, _, _ in jobs if model_dir == final]
-    for task, results_name, model_dir, row, constrained in jobs:
-        out_dir = run.results_dir(row, results_name)
-        summary_path = out_dir / "summary.json"
-        key = f"{row}/{results_name}" if constrained else results_name
-        if summary_path.is_file():
-            summaries[key] = json.loads(summary_path.read_text(encoding="utf-8"))
-            continue
-        summaries[key] = run_evaluation(task, data_dir=run.data, out_dir=out_dir, model_dir=model_dir, split="test",
-                                         batch_size=run.eval_batch_size or settings.eval_batch_size,
-                                         limit=run.eval_limit or settings.eval_limit,
-                                         max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens[task],
-                                         meteor=False, plots=False, progress=False, constrained=constrained)
+        summaries.update(evaluate_final_tasks(run, final, arm.name))
+        if run.constrained_row and arm == MAIN_ARM:  # the same final model, constrained
+            row = constrained_arm(arm).name
+            summaries.update({f"{row}/{name}": summary
+                              for name, summary in evaluate_final_tasks(run, final, row, constrained=True).items()})
     return summaries
 
 

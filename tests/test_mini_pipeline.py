@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,29 @@ def test_the_release_rule_decides_the_export(toy_run, tmp_path, monkeypatch, cap
         # a second refusal replaces the section of the first, the release's rows still as they were
         assert pipeline.main(args) == 4
         assert (tmp_path / "RESULTS.md").read_text() == release
+
+
+def test_a_shipped_release_gains_its_constrained_row_as_the_pipeline_scores_it(toy_run, tmp_path):
+    """mini/constrained_row.py on an exported release without the row: the row it scores on the shipped folder is
+    the one `--constrained-row` scored in the run (same model, samples and settings); the folder's results, its
+    card and the table gain it, and the table keeps the section a refused candidate added."""
+    from gap_mllm.mini.constrained_row import add_constrained_row
+
+    release = tmp_path / "release"
+    shutil.copytree(toy_run / "export", release)
+    results = json.loads((release / "evaluation_results.json").read_text())
+    name = f"{MAIN_ARM.name}_constrained"
+    expected = results["arms"].pop(name)
+    (release / "evaluation_results.json").write_text(json.dumps(results))
+    refused = f"\n\n{REFUSED_SECTION}\n\nthe refused candidate's fresh-seed rows\n"
+    table = tmp_path / "RESULTS.md"
+    table.write_text((toy_run / "RESULTS.md").read_text().rstrip("\n") + refused)
+
+    row = add_constrained_row(release, toy_run / "run" / "data", tmp_path / "scored", budget="toy", table=table)
+    assert row == expected
+    written = json.loads((release / "evaluation_results.json").read_text())
+    assert list(written["arms"]) == [MAIN_ARM.name, name] and written["arms"][name] == expected
+    assert table.read_text() == (toy_run / "RESULTS.md").read_text().rstrip("\n") + refused
+    assert f"| {name} |" in (release / "README.md").read_text()
+    with pytest.raises(ValueError, match="evaluated at budget 'toy', not 'full'"):
+        add_constrained_row(release, toy_run / "run" / "data", tmp_path / "again", table=table)
