@@ -276,23 +276,28 @@ def test_a_shipped_release_gains_its_constrained_row_as_the_pipeline_scores_it(t
     """mini/constrained_row.py on an exported release without the row: the row it scores on the shipped folder is
     the one `--constrained-row` scored in the run (same model, samples and settings); the folder's results, its
     card and the table gain it, and the table keeps the section a refused candidate added."""
-    from gap_mllm.mini.constrained_row import add_constrained_row
+    from gap_mllm.mini.constrained_row import add_constrained_row, release_table
+    from gap_mllm.mini.report import arm_results
 
     release = tmp_path / "release"
     shutil.copytree(toy_run / "export", release)
     results = json.loads((release / "evaluation_results.json").read_text())
     name = f"{MAIN_ARM.name}_constrained"
-    expected = results["arms"].pop(name)
+    results["arms"].pop(name, None)  # the module's other tests export this folder again, with or without the row
     (release / "evaluation_results.json").write_text(json.dumps(results))
+    # the row the run's --constrained-row scored (the fixture's run), from its answers
+    run = pipeline.MiniRun(out=toy_run / "run", data=toy_run / "run" / "data", budget="toy")
+    expected = arm_results(run, pipeline.constrained_arm(MAIN_ARM))
     refused = f"\n\n{REFUSED_SECTION}\n\nthe refused candidate's fresh-seed rows\n"
     table = tmp_path / "RESULTS.md"
-    table.write_text((toy_run / "RESULTS.md").read_text().rstrip("\n") + refused)
+    table.write_text("the release's table" + refused)
 
     row = add_constrained_row(release, toy_run / "run" / "data", tmp_path / "scored", budget="toy", table=table)
     assert row == expected
     written = json.loads((release / "evaluation_results.json").read_text())
     assert list(written["arms"]) == [MAIN_ARM.name, name] and written["arms"][name] == expected
-    assert table.read_text() == (toy_run / "RESULTS.md").read_text().rstrip("\n") + refused
+    assert table.read_text() == release_table(written, None).rstrip("\n") + refused
+    assert f"| {name} |" in table.read_text()
     assert f"| {name} |" in (release / "README.md").read_text()
     with pytest.raises(ValueError, match="evaluated at budget 'toy', not 'full'"):
         add_constrained_row(release, toy_run / "run" / "data", tmp_path / "again", table=table)

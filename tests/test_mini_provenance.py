@@ -23,14 +23,22 @@ def test_a_release_continuing_the_last_one_names_each_copy_and_training_once():
     """The next release takes this one as `--stage0` and `--stage1` (mini/README.md): its notes, from the shipped file."""
     source = Path("mini/gap-mllm-mini")
     stage1 = pipeline.exported_origin(shipped_results(), source, "--stage1", "stage1")
+    # the sixth release continued the fifth, copied from a work tree of its commit (mini/README.md), itself a
+    # continuation of the fourth: each copy named where it was made, each training once, in order
+    fifth = "../gap-mllm-fifth/mini/gap-mllm-mini"
     assert stage1["note"] == ("copied from mini/gap-mllm-mini (--stage1); an exported final model, made by "
-                              "gap_gated_s0/stage1: mini_stage1.yaml, 1000 steps, cpu; "
+                              f"gap_gated_s0/stage1: copied from {fifth} (--stage1); an exported final model, made by "
+                              "gap_gated_s0/stage1: copied from mini/gap-mllm-mini (--stage1); an exported final model, "
+                              "made by gap_gated_s0/stage1: mini_stage1.yaml, 1000 steps, cpu; "
                               "gap_gated_s0/stage2: mini_stage2.yaml, 800 steps, cpu; "
-                              "gap_gated_s0/stage2: mini_stage2.yaml, 7200 steps, cpu")
+                              "gap_gated_s0/stage2: mini_stage2.yaml, 7200 steps, cpu; "
+                              "gap_gated_s0/stage2: mini_stage2.yaml, 3600 steps, cpu")
     stage0 = pipeline.exported_origin(shipped_results(), source, "--stage0", "stage0")
-    assert stage0["note"].startswith("copied from mini/gap-mllm-mini (--stage0); its stage0: copied from "
-                                     "runs/stage0-cameras (--stage0): the geometry encoder of mini_stage0_cameras.yaml")
-    assert stage0["note"].count("mini/gap-mllm-mini") == 1
+    assert stage0["note"].startswith(f"copied from mini/gap-mllm-mini (--stage0); its stage0: copied from {fifth} "
+                                     "(--stage0); its stage0: copied from mini/gap-mllm-mini (--stage0); its stage0: "
+                                     "copied from runs/stage0-cameras (--stage0): the geometry encoder of "
+                                     "mini_stage0_cameras.yaml")
+    assert stage0["note"].count("(--stage0)") == 4
     # and the release after it: the same folder copied once more is still named once
     again = {"stages": {"stage0": {**stage0, "recipe": "given (--stage0)"}}}
     assert pipeline.exported_origin(again, source, "--stage0", "stage0")["note"] == stage0["note"]
