@@ -63,7 +63,14 @@ from .fresh_seeds import FRESH_SCENES, fresh_results
 from .synth_data import MINI_COMMAND, ensure_synth_data
 from .pipeline_settings import BUDGETS, STAGE_KINDS, Budget, add_arguments
 from .provenance import FINAL_MODEL, collapse_copies, training_chain
-from .report import MARKER_FINAL_RESULTS, MARKER_STAGE1_RESULTS, collect_results, release_table_after_refusal, write_report
+from .report import (
+    CONSTRAINED_SUFFIX,
+    MARKER_FINAL_RESULTS,
+    MARKER_STAGE1_RESULTS,
+    collect_results,
+    release_table_after_refusal,
+    write_report,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +80,6 @@ RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
 DONE_MARKER = "stage_done.json"
 COMMAND = MINI_COMMAND  # the marker of the folders the pipeline writes for itself (an arm's `final`)
 EVAL_TASKS = ("grounding", "detection", "captioning")
-CONSTRAINED_SUFFIX = "_constrained"  # the results folder and table row of the main arm decoding inside its grammar
 RELEASE_REFUSED_STATUS = 4  # the exit status of a run whose candidate failed the release rule (nothing exported)
 
 

@@ -138,6 +138,10 @@ def _cell(value, interval=None, percent: bool = False, digits: int = 2) -> str:
 # random_same_category answers with a true box (of a random object of the target's category): it reads the
 # ground truth, so it is an upper reference for a model that finds the category, not a baseline to beat
 GROUNDING_ROW_NAMES = {"random_same_category": "upper reference: random_same_category (reads the true boxes)"}
+CONSTRAINED_SUFFIX = "_constrained"  # the results folder and table row of the main arm decoding inside its grammar
+CONSTRAINED_NOTE = (" {row}: the same final model on the same samples, decoding inside each task's answer grammar "
+                    "(constrained decoding, the default of `gap-mllm predict`, the demo and the Space; "
+                    "`gap-mllm evaluate --constrained`), where the other rows decode freely as the paper's protocol does.")
 UPPER_REFERENCE_NOTE = ("random_same_category is no baseline: it answers with the true box of a random object of the "
                         "target's category in the scene, so it reads the ground truth; it is an upper reference for "
                         "a model that knows the category and picks among its objects at random.")
@@ -190,7 +194,8 @@ def results_markdown(results: dict) -> str:
                  "the marker task in its mix; the S1 columns score its stage-1 model on the same samples. CIDEr@0.5: "
                  "Scan2Cap's CIDEr at the 0.5 IoU gate (`cider@0.5` in `gap-mllm evaluate` summaries and lmms-eval "
                  "tables), its IDF computed over these captioning samples, so a run on fewer samples gives other values. "
-                 + UPPER_REFERENCE_NOTE)
+                 + UPPER_REFERENCE_NOTE
+                 + "".join(CONSTRAINED_NOTE.format(row=name) for name in results["arms"] if name.endswith(CONSTRAINED_SUFFIX)))
     stages = results.get("stages")
     if stages:
         lines += ["", "Where each stage was trained (from its `stage_done.json`):", "", "| stage | recipe | steps | device | note |", "|---|---|---|---|---|"]
