@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -26,26 +25,17 @@ from gap_mllm import GapMllmForConditionalGeneration
 
 from .arms import MAIN_ARM
 from .card import mini_model_card
+from .default_model import replace_atomically
 from .export import parameter_counts
 from .pipeline import MiniRun, constrained_arm, evaluate_final_tasks
-from .report import REFUSED_SECTION, arm_results, results_markdown
+from .report import arm_results, results_document
 
 RESULTS_FILE = "evaluation_results.json"
 
 
 def _replace_file(path: Path, text: str) -> None:
-    """Write `path` beside it and rename it into place: a kill leaves the old file or the new one."""
-    staging = path.with_name(path.name + ".writing")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
-
-
-def release_table(results: dict, current: str | None) -> str:
-    """The results table of `results`, with the refused candidate's section of the `current` table kept."""
-    table = f"# GAP-MLLM-Mini results (budget: {results['budget']})\n\n" + results_markdown(results)
-    if current is not None and REFUSED_SECTION in current:
-        table = table.rstrip("\n") + "\n\n" + REFUSED_SECTION + current.split(REFUSED_SECTION, 1)[1]
-    return table
+    """Write `path` whole or not at all: a kill leaves the old file or the new one."""
+    replace_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def add_constrained_row(model: Path, data: Path, out: Path, *, budget: str = "full", eval_limit: int | None = None,
@@ -75,7 +65,7 @@ def add_constrained_row(model: Path, data: Path, out: Path, *, budget: str = "fu
     _replace_file(model / "README.md", mini_model_card(loaded.config, parameter_counts(loaded), results))
     if table is not None:
         table = Path(table)
-        _replace_file(table, release_table(results, table.read_text(encoding="utf-8") if table.is_file() else None))
+        _replace_file(table, results_document(results, table.read_text(encoding="utf-8") if table.is_file() else None))
     return row
 
 

@@ -75,7 +75,7 @@ def remote_code_sources(model_dir: Path = SHIPPED_DIR) -> list[Path]:
     return sorted(files)
 
 
-def _replace_atomically(target: Path, write) -> None:
+def replace_atomically(target: Path, write) -> None:
     """Create `target` through `write(temporary path)` and `os.replace`, so readers never see half a file."""
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(handle)
@@ -101,14 +101,14 @@ def _link_or_copy(source: Path, target: Path) -> None:
         except OSError:
             shutil.copyfile(source, temporary)
 
-    _replace_atomically(target, write)
+    replace_atomically(target, write)
 
 
 def _write_if_different(source: Path, target: Path) -> None:
     data = source.read_bytes()
     if target.is_file() and not target.is_symlink() and target.read_bytes() == data:
         return
-    _replace_atomically(target, lambda temporary: temporary.write_bytes(data))
+    replace_atomically(target, lambda temporary: temporary.write_bytes(data))
 
 
 def assemble(shipped: Path = SHIPPED_DIR, destination: Path | None = None) -> Path:

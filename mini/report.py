@@ -337,10 +337,19 @@ def release_table_after_refusal(release_table: str, fresh: dict, release_label: 
     return "\n".join([kept, "", REFUSED_SECTION, "", intro, *fresh_seed_lines(relabelled)]) + "\n"
 
 
+def results_document(results: dict, current: str | None = None) -> str:
+    """RESULTS.md of `results`: its title and `results_markdown`, with the section a refused candidate added to the
+    `current` document kept (`release_table_after_refusal`)."""
+    document = f"# GAP-MLLM-Mini results (budget: {results['budget']})\n\n" + results_markdown(results)
+    if current is not None and REFUSED_SECTION in current:
+        document = document.rstrip("\n") + "\n\n" + REFUSED_SECTION + current.split(REFUSED_SECTION, 1)[1]
+    return document
+
+
 def write_report(run, results: dict) -> Path:
     folder = run.results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=1))
     path = folder / "RESULTS.md"
-    path.write_text(f"# GAP-MLLM-Mini results (budget: {results['budget']})\n\n" + results_markdown(results))
+    path.write_text(results_document(results))
     return path

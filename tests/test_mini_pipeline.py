@@ -276,8 +276,8 @@ def test_a_shipped_release_gains_its_constrained_row_as_the_pipeline_scores_it(t
     """mini/constrained_row.py on an exported release without the row: the row it scores on the shipped folder is
     the one `--constrained-row` scored in the run (same model, samples and settings); the folder's results, its
     card and the table gain it, and the table keeps the section a refused candidate added."""
-    from gap_mllm.mini.constrained_row import add_constrained_row, release_table
-    from gap_mllm.mini.report import arm_results
+    from gap_mllm.mini.constrained_row import add_constrained_row
+    from gap_mllm.mini.report import arm_results, results_document
 
     release = tmp_path / "release"
     shutil.copytree(toy_run / "export", release)
@@ -296,7 +296,7 @@ def test_a_shipped_release_gains_its_constrained_row_as_the_pipeline_scores_it(t
     assert row == expected
     written = json.loads((release / "evaluation_results.json").read_text())
     assert list(written["arms"]) == [MAIN_ARM.name, name] and written["arms"][name] == expected
-    assert table.read_text() == release_table(written, None).rstrip("\n") + refused
+    assert table.read_text() == results_document(written).rstrip("\n") + refused
     assert f"| {name} |" in table.read_text()
     assert f"| {name} |" in (release / "README.md").read_text()
     with pytest.raises(ValueError, match="evaluated at budget 'toy', not 'full'"):
