@@ -34,14 +34,16 @@ $(PY):
 
 $(STAMP): setup.py | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" $(addprefix --index-url ,$(TORCH_INDEX_URL))
-	$(PIP) install -e ".[dev]"
+	@# the package, then its requirements and the dev extra's but xgrammar, then xgrammar without triton, which it
+	@# requires on Linux x86-64 and only its CUDA kernels use (286 MB beside the CPU torch): setup.py, cli/requirements.py
+	$(PIP) install --no-deps -e .
+	$(PIP) install $$($(PY) -m gap_mllm.cli.requirements --extra dev --without xgrammar)
+	$(PIP) install --no-deps $$($(PY) -c 'from gap_mllm.answer_grammar_processor import XGRAMMAR_INSTALL as r; print(*r)')
+	$(PIP) install "pydantic>=2"
 	@# after the package's requirements: torch imported before numpy is installed warns "Failed to initialize NumPy"
 	@$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA %s build)' % torch.version.cuda if torch.version.cuda else '(CPU build)')"
 	# the lmms-eval plugin's evaluator, without lmms-eval's own requirements (they pull a CUDA torch): setup.py
 	$(PIP) install --no-deps "$$($(PY) -c 'from gap_mllm.evaluation.lmms_eval_plugin import LMMS_EVAL_REQUIREMENT as r; print(r)')"
-	# xgrammar (constrained decoding) without triton, which only its CUDA kernels use (286 MB): setup.py
-	$(PIP) install --no-deps $$($(PY) -c 'from gap_mllm.answer_grammar_processor import XGRAMMAR_INSTALL as r; print(*r)')
-	$(PIP) install "pydantic>=2"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -107,8 +109,12 @@ MINI_ARGS ?=
 mini: install
 	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --export mini/gap-mllm-mini --overwrite --table mini/RESULTS.md $(MINI_ARGS)
 
+# the paper's claims (mini/README.md, "The paper's claims in miniature"): six arms from the sixth release's stage 0
+# (ABLATION_STAGE0: `git archive 98942b5 mini/gap-mllm-mini modeling_gap_mllm | tar -x -C runs/stage0-sixth`), each
+# stage's run state in mini/ablation-run; not a release, so nothing is exported
+ABLATION_STAGE0 ?= runs/stage0-sixth/mini/gap-mllm-mini
 mini-ablation: install
-	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --ablation --export mini/gap-mllm-mini --overwrite --table mini/RESULTS.md $(MINI_ARGS)
+	$(VENV)/bin/gap-mllm mini --out runs/ablation --ablation --stage0 $(ABLATION_STAGE0) --run-state mini/ablation-run --eval-limit 1000 $(MINI_ARGS)
 
 bench: install
 	$(PY) bench/bench_forward.py

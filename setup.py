@@ -43,6 +43,12 @@ class BuildPyWithModelCard(build_py):
             self.copy_file(str(HERE / "model_card.md"), str(target))
 
 
+# Constrained decoding, the default of `gap-mllm predict`, the demo and the Space (modeling_gap_mllm/
+# answer_grammar_processor.py: XGRAMMAR_REQUIREMENT, the same pin; tests/test_first_contact_round4.py), so a core
+# requirement: a plain `pip install gap-mllm` runs the defaults. On Linux x86-64 xgrammar requires triton (286 MB), which
+# only its CUDA kernels use: PyPI's CUDA torch brings triton anyway; beside the CPU torch (~200 MB) it doubles the
+# download, so `make install` installs xgrammar without it (Makefile, cli/requirements.py).
+XGRAMMAR = "xgrammar==0.2.8"
 CORE = [
     "torch>=2.6",
     "transformers==5.23.0",
@@ -53,6 +59,7 @@ CORE = [
     "pillow>=10",
     "scipy>=1.11",
     "tqdm>=4.66",
+    XGRAMMAR,
 ]
 EXTRAS = {
     "data": ["datasets==5.2.0", "trimesh>=4"],
@@ -60,8 +67,7 @@ EXTRAS = {
     "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6", "pycocoevalcap>=1.2"],
     "eval": ["datasets==5.2.0", "evaluate==0.4.6", "pycocoevalcap>=1.2", "matplotlib>=3.8", "accelerate==1.15.0"],
     # spaces: Hugging Face's ZeroGPU decorator, a no-op off ZeroGPU (cli/space_gpu.py); it requires gradio
-    # xgrammar: the Space decodes inside each task's grammar (a Hub Space installs this extra, triton included)
-    "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8", "spaces==0.51.3", "xgrammar==0.2.8"],
+    "demo": ["gradio>=6,<7", "trimesh>=4", "av>=12", "matplotlib>=3.8", "spaces==0.51.3"],
     # CUDA machines only (`make gpu-venv`, never the CPU path; training/kernels.py checks them before a run).
     # flash-attn 2.x is a source package on PyPI: it builds against the installed torch and needs nvcc / CUDA_HOME
     # (pip install --no-build-isolation); its setup fetches a prebuilt wheel from the project's releases when one
@@ -71,10 +77,8 @@ EXTRAS = {
     # cross-entropy, DeepSpeed (ZeRO-2/3: training/configs). flash-attn-4 shares the `flash_attn` folder with
     # flash-attn 2.x (its `cute` part): install it after flash-attn, as `make gpu-venv` does.
     "gpu": ["flash-attn-4[cu13]==4.0.0b36", "liger-kernel==0.8.5", "deepspeed==0.19.8"],
-    # constrained decoding (modeling_gap_mllm/answer_grammar_processor.py: XGRAMMAR_REQUIREMENT). `make install`
-    # installs it with --no-deps and its few imports (XGRAMMAR_INSTALL, 5 MB), skipping triton (286 MB on Linux
-    # x86-64), which only xgrammar's CUDA kernels use; this extra is the plain pip route, triton included.
-    "grammar": ["xgrammar==0.2.8"],
+    # constrained decoding is a core requirement now (XGRAMMAR above); the extra stays for the commands that name it
+    "grammar": [XGRAMMAR],
 }
 # The lmms-eval plugin (evaluation/lmms_eval_plugin). lmms-eval itself is installed WITHOUT its requirements,
 # `pip install --no-deps lmms-eval==0.7.3` (make install does; the pin is LMMS_EVAL_REQUIREMENT in

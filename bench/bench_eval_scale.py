@@ -4,7 +4,9 @@
     python bench/bench_eval_scale.py --real-size --device cuda --data DATA ...     # awaiting a GPU
 
 Arms, on the same first N grounding queries of the split (two-stage ScanRefer protocol, the official budgets and
-stop rules), each a full `run_evaluation` (scores, no plots) in a fresh output folder, in one run:
+stop rules), each answered and scored as `gap-mllm evaluate` does it (the runner's requests, scene groups and batches,
+the task's scoring), on one model built or loaded once per process (the real size is never saved: three 6.4 GB
+save / loads per run took the whole budget of a GPU call), in one run:
 
   one_at_a_time    batch 1, every query and stage a full model call (`scene_reuse=False`): the official protocol
   batched_reuse    queries of one scene batched (`--batch-size`) and answered from one encoding of the scene
@@ -18,8 +20,9 @@ other tokens (seen on the H100: 2 of 8 real-size answers equal), so there the fi
 equal answers (`answers_equal_to_one_at_a_time`), as bench_real_size's scene reuse does; the equality itself is proven
 in float32 (tests/test_eval_scene_reuse.py). `--compile-decoding` is the evaluation's switch (default auto: compiled
 decode steps on CUDA); with compilation each arm is run once untimed first, since compiling (about 30 s at the real
-size) would otherwise swamp a small slice. Model loading is timed once and left out of the per-query figures.
-Per-1,000 and full-split figures are extrapolations of the measured per-query time (linear in the number of
+size) would otherwise swamp a small slice. Building / loading the model is timed once and left out of the per-query figures.
+Each arm's time is split by stage (eval_stage_timer.py: data + processor, VGGT, ViT, LLM prefill, decode, scoring,
+other) and its slowest stage named, so a figure says where the time goes. Per-1,000 and full-split figures are extrapolations of the measured per-query time (linear in the number of
 queries), printed as such; a full split has another queries-per-scene ratio (ScanRefer val: 9,508 queries over 141
 scenes, about 67 per scene), which changes what scene reuse saves. Captioning and detection slices (`--captions`, `--detections`)
 give the per-sample time of those tasks for their extrapolations.
@@ -55,16 +58,23 @@ FULL_SPLITS = {"grounding": ("ScanRefer val", 9508), "captioning": ("Scan2Cap va
                "detection": ("ScanNet val, one clip per scene (assumed)", 312)}
 
 
-def model_folder(size: str, device: str, out: Path, padded_vocab: bool = False) -> Path:
-    """The model folder of `size`: the embedded Mini, or a random-weight model built and saved in code. A random model
-    emits any id of its vocabulary, so its tokenizer must decode them all: the real size's (Qwen's 151,936 ids) and,
-    with `padded_vocab`, the small size's get the tiny tokenizer padded with filler tokens to Qwen's vocabulary
+def build_model(size: str, device: str, padded_vocab: bool = False):
+    """`(model, processor)` of `size` in memory: the embedded Mini loaded from its folder, or a random-weight model built
+    in code, once per process (the real size: 6.4 GB, never written to disk). A random model emits any id of its
+    vocabulary, so its tokenizer must decode them all: the real size's (Qwen's 151,936 ids) and, with `padded_vocab`,
+    the small size's get the tiny tokenizer padded with filler tokens to Qwen's vocabulary
     (`engine_bench_model.padded_tokenizer`, as bench_engines.py); without it the answers of a random real-size model
     ended in "token id 30979, outside the tokenizer's 720 ids"."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     if size == "mini":
+        from gap_mllm.evaluation.generation import register_auto_classes
         from gap_mllm.mini import default_model_path
 
-        return default_model_path()
+        folder = str(default_model_path())
+        register_auto_classes()  # the package's classes load the folder (as BatchGenerator does)
+        model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).to(device).eval()
+        return model, AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     from engine_bench_model import SPECIAL_TOKEN_FIELDS, padded_tokenizer
     from real_size_model import real_size_config, small_config
 
@@ -89,30 +99,70 @@ def model_folder(size: str, device: str, out: Path, padded_vocab: bool = False) 
         model = GapMllmForConditionalGeneration._from_config(config, dtype=dtype)
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), GapMllmProcessor.from_tokenizer(tokenizer)
+
+
+def model_folder(size: str, device: str, out: Path, padded_vocab: bool = False) -> Path:
+    """The model folder of `size` (the two-process arm's `gap-mllm evaluate` loads a folder): the embedded Mini's, or
+    `build_model`'s random model saved under `out`."""
+    if size == "mini":
+        from gap_mllm.mini import default_model_path
+
+        return default_model_path()
+    model, processor = build_model(size, device, padded_vocab)
     folder = out / f"model_{size}"
     model.save_pretrained(folder)
-    GapMllmProcessor.from_tokenizer(tokenizer).save_pretrained(folder)
+    processor.save_pretrained(folder)
     del model
     return folder
+
+
+def load_slice(data, split: str, task_name: str, limit: int):
+    """`(task, records, ids, media_root)`: the first `limit` records of `task_name`'s annotation file of `split`."""
+    from gap_mllm.evaluation.tasks import get_task, sample_id
+    from gap_mllm.processing.annotation_files import find_annotation_file
+    from gap_mllm.processing.builders import load_annotation_file
+    from gap_mllm.processing.scannet_layout import posed_images_dir
+
+    task = get_task(task_name)
+    records = load_annotation_file(find_annotation_file(data, task.annotation_task, split))[:limit]
+    return task, records, [sample_id(r, i) for i, r in enumerate(records)], posed_images_dir(data)
+
+
+def run_arm(generator, slice_, batch_size: int, scene_reuse: bool) -> tuple[dict[str, list[str]], dict]:
+    """Answer and score one slice in memory as `gap-mllm evaluate` does (runner.sample_requests, scene_groups,
+    answer_in_batches, the task's evaluate): `(answers by sample id, seconds by stage)`."""
+    from eval_stage_timer import StageTimer
+
+    from gap_mllm.evaluation import scene_generation
+    from gap_mllm.evaluation.batched_answers import answer_in_batches
+    from gap_mllm.evaluation.runner import sample_requests
+
+    task, records, ids, media_root = slice_
+    request_for = sample_requests(task, records, ids, media_root)
+    groups = scene_generation.scene_groups({i: task.request(records[i], 0, [], media_root) for i in range(len(records))})
+    timer = StageTimer(generator)
+    start = time.perf_counter()
+    answers = {}
+    try:
+        for batch, texts in answer_in_batches(generator, request_for, groups, task.stages, batch_size, scene_reuse):
+            for j, i in enumerate(batch):
+                answers[ids[i]] = texts[j]
+        stages = timer.seconds()
+    finally:
+        timer.remove()
+    scoring = time.perf_counter()
+    task.evaluate(records, [answers[sid] for sid in ids], meteor=False)
+    stages["scoring"] = time.perf_counter() - scoring
+    stages["total"] = time.perf_counter() - start
+    stages["other"] = stages["total"] - sum(v for k, v in stages.items() if k != "total")
+    return answers, stages
 
 
 def raw_answers(out: Path) -> dict[str, list[str]]:
     from gap_mllm.evaluation import reports
 
     return reports.read_raw_outputs(out)
-
-
-def run_arm(task, data, split, limit, model, out: Path, batch_size: int, scene_reuse: bool, max_new_tokens,
-            compile_decoding: str = "auto") -> float:
-    """Seconds of one in-process evaluation (model loading included; subtracted by the caller). The device is the
-    runner's: accelerate's process device (the GPU when there is one)."""
-    from gap_mllm.evaluation.runner import run_evaluation
-
-    start = time.perf_counter()
-    run_evaluation(task, data, out, model_dir=model, split=split, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                   limit=limit, plots=False, progress=False, meteor=False, scene_reuse=scene_reuse,
-                   compile_decoding=compile_decoding)
-    return time.perf_counter() - start
 
 
 def run_two_processes(task, data, split, limit, model, out: Path, batch_size: int, max_new_tokens) -> float:
@@ -176,14 +226,16 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench_eval_scale_"))
     try:
-        start = time.perf_counter()
-        model = model_folder(size, args.device, work, padded_vocab=args.padded_vocab)
+        from gap_mllm.compiled_decoding import check_compile_decoding
         from gap_mllm.evaluation.scene_generation import SceneGenerator
 
         start = time.perf_counter()
-        SceneGenerator(model, device=args.device, max_new_tokens=max_new_tokens)
+        model, processor = build_model(size, args.device, padded_vocab=args.padded_vocab)
+        model = model.to(args.device)
+        model.compile_decoding = check_compile_decoding(args.compile_decoding)
+        generator = SceneGenerator.from_model(model, processor, max_new_tokens=max_new_tokens)
         load_s = time.perf_counter() - start
-        print(f"model {size}: loading {load_s:.2f} s (left out of the per-query figures)", flush=True)
+        print(f"model {size}: built / loaded once in {load_s:.2f} s (left out of the per-query figures)", flush=True)
 
         slices = [("grounding", args.queries)] + [(t, n) for t, n in (("captioning", args.captions), ("detection", args.detections)) if n]
         exact = size != "real"  # float32 sizes: answers must be equal; bfloat16: counted (module docstring)
@@ -192,23 +244,25 @@ def main(argv: list[str] | None = None) -> int:
                    "threads": torch.get_num_threads(), "load_s": load_s, "compile_decoding": args.compile_decoding,
                    "untimed_warmup_run": warmup, "dtype": "float32" if exact else "bfloat16", "tasks": {}}
         for task, limit in slices:
+            slice_ = load_slice(args.data, args.split, task, limit)
             samples, scenes = count_scenes(args.data, args.split, task, limit)
             row = {"samples": samples, "scenes": scenes}
             arms = {"one_at_a_time": (1, False), "batched_reuse": (args.batch_size, True)}
             answers = {}
             for name, (batch, reuse) in arms.items():
-                out = work / f"{task}_{name}"
                 if warmup:  # compile outside the timed run (same slice, so the same shapes)
-                    run_arm(task, args.data, args.split, limit, model, work / f"{task}_{name}_warmup", batch, reuse,
-                            max_new_tokens, args.compile_decoding)
-                seconds = run_arm(task, args.data, args.split, limit, model, out, batch, reuse, max_new_tokens,
-                                  args.compile_decoding)
-                answers[name] = raw_answers(out)
-                row[name] = {"seconds": seconds, "per_sample_s": (seconds - load_s) / samples}
-                print(f"{task} {name}: {seconds:.1f} s for {samples} samples", flush=True)
+                    run_arm(generator, slice_, batch, reuse)
+                answers[name], stages = run_arm(generator, slice_, batch, reuse)
+                seconds = stages["total"]
+                row[name] = {"seconds": seconds, "per_sample_s": seconds / samples,
+                             "stages_s": stages, "slowest_stage": max((k for k in stages if k not in ("total", "other")),
+                                                                      key=stages.get)}
+                print(f"{task} {name}: {seconds:.1f} s for {samples} samples; stages "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if k != "total"), flush=True)
             if args.two_processes:
+                folder = model_folder(size, args.device, work, padded_vocab=args.padded_vocab)
                 out = work / f"{task}_two_processes"
-                seconds = run_two_processes(task, args.data, args.split, limit, model, out, args.batch_size, max_new_tokens)
+                seconds = run_two_processes(task, args.data, args.split, limit, folder, out, args.batch_size, max_new_tokens)
                 answers["two_processes"] = raw_answers(out)
                 row["two_processes"] = {"seconds": seconds, "per_sample_s": seconds / samples, "includes_startup_and_loading": True}
                 print(f"{task} two_processes: {seconds:.1f} s for {samples} samples (start-up and loading included)", flush=True)
@@ -226,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                     row[name]["extrapolated_hours_full_split"] = split_size * row[name]["per_sample_s"] / 3600
             row["full_split"] = FULL_SPLITS[task][0]
             figures["tasks"][task] = row
+            if args.out:  # after each task: a run stopped at its budget keeps what it measured
+                Path(args.out).write_text(json.dumps(figures, indent=2))
         print_table(figures)
         if args.out:
             Path(args.out).write_text(json.dumps(figures, indent=2))
@@ -247,6 +303,12 @@ def print_table(figures: dict) -> None:
                   f"{arm['speedup_vs_one_at_a_time']:.2f}× | {arm['extrapolated_s_per_1000']:.0f} | "
                   f"{arm['extrapolated_hours_full_split']:.2f} ({row['full_split']}) | "
                   f"{arm['answers_equal_to_one_at_a_time']} / {row['samples']} |")
+    print("\nseconds by stage (eval_stage_timer.py):")
+    for task, row in figures["tasks"].items():
+        for name, arm in row.items():
+            if isinstance(arm, dict) and "stages_s" in arm:
+                print(f"  {task} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in arm["stages_s"].items())
+                      + f"; slowest: {arm['slowest_stage']}")
 
 
 if __name__ == "__main__":

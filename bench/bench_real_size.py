@@ -334,6 +334,7 @@ class Bench:
                 "note": "answers can differ in bf16: the prefix is prefilled in a different shape than in the full call"}
 
     def train_step(self, attn: str) -> dict:
+        from gap_mllm.training.divergence import StepGuard
         from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
 
         if attn != self.args.attn_default:
@@ -346,8 +347,14 @@ class Bench:
         views, batch = self.settings["train_views"], self.settings["train_batch"]
         inputs = self.inputs(views=views, grid=grid, answer_length=self.settings["answer_tokens"], batch=batch)
 
+        guard = StepGuard(trainable, f"bench train_step_{attn}")
+        steps = []
+
         def step():
-            wrapped(**inputs).loss.backward()
+            loss = wrapped(**inputs).loss
+            loss.backward()
+            steps.append(None)
+            guard.check(len(steps), inputs, loss)  # never a figure of a non-finite step
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

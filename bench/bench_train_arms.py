@@ -27,6 +27,7 @@ Arms (`ARMS`; `--arms` picks some):
     sdpa_bucketed                  padded sdpa, each batch padded to a sequence-length bucket (data.length_buckets)
     sdpa_compile                   padded sdpa, each LLM decoder layer `torch.compile`d (regional); CUDA only here
     sdpa_compile_bucketed          the compiled layers at static shapes, one per bucket (the recipes' compile setting)
+    sdpa_compile_towers_bucketed   the same, and every block of the frozen towers compiled (`kernels.compile_towers`)
     default                        the training recipes' defaults on CUDA (training/kernels.py `resolve_kernels`):
                                    bucketed padded rows, compiled layers, Liger's Qwen3-VL kernels in the language model
                                    and its fused linear cross-entropy
@@ -49,11 +50,13 @@ its own error, the results file is rewritten after each arm, `--budget` seconds 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -64,14 +67,18 @@ from real_size_flops import forward_flops, training_step_flops  # noqa: E402
 from real_size_inputs import QWEN_GRIDS, full_inputs, to_device  # noqa: E402
 
 from gap_mllm.model_inputs import IGNORE_INDEX  # noqa: E402
-from gap_mllm.training.data import ONE_ROW  # noqa: E402
+from gap_mllm.training.data import ONE_ROW, TRAINING_PADDING_SIDE  # noqa: E402
+from gap_mllm.training.divergence import StepGuard  # noqa: E402
 from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel  # noqa: E402
 from gap_mllm.training.host_metadata import add_host_metadata  # noqa: E402
 from gap_mllm.training.kernels import (  # noqa: E402
     apply_attention_implementation,
     apply_liger_language_model,
     compile_decoder_layers,
+    compile_frozen_towers,
+    kernel_context,
     uncompile_decoder_layers,
+    uncompile_frozen_towers,
 )
 from gap_mllm.training.length_buckets import pad_to_bucket  # noqa: E402
 from gap_mllm.training.sample_tensors import collate_samples, split_batch  # noqa: E402
@@ -90,6 +97,7 @@ class Arm:
     compile: bool = False
     buckets: bool = False
     liger_lm: bool = False
+    compile_towers: bool = False
 
 
 ARMS = (
@@ -105,6 +113,7 @@ ARMS = (
     Arm("sdpa_bucketed", buckets=True),
     Arm("sdpa_compile", compile=True),  # compiled layers are reset afterwards
     Arm("sdpa_compile_bucketed", compile=True, buckets=True),
+    Arm("sdpa_compile_towers_bucketed", compile=True, buckets=True, compile_towers=True),
     # last: Liger's language-model kernels stay in the model
     Arm("default", compile=True, buckets=True, liger=True, liger_lm=True),
     Arm("default_packed", packed=True, compile=True, buckets=True, liger=True, liger_lm=True),
@@ -123,6 +132,12 @@ def arm_unavailable_reason(arm: Arm, device: str) -> str | None:
     if arm.compile and not device.startswith("cuda"):
         return "this bench compiles on CUDA only (inductor's CPU code is not what is measured here)"
     return arm_unavailable(arm.attention, device) or (arm_unavailable("liger", device) if arm.liger else None)
+
+
+def arm_kernels(arm: Arm) -> SimpleNamespace:
+    """The arm's kernel switches under the recipe's names (training/kernels.py `kernel_context`)."""
+    return SimpleNamespace(compile_layers=arm.compile, compile_towers=arm.compile_towers,
+                           liger_language_model=arm.liger_lm, liger_fused_linear_cross_entropy=arm.liger)
 
 
 def make_samples(config, ids: dict, steps: int, settings: dict, seed: int = 0) -> list[list[dict]]:
@@ -219,17 +234,18 @@ class ArmsBench(Bench):
     def batches(self, arm: Arm) -> list[dict]:
         pad = self.ids["pad"]
         merge = self.model.config.vlm_config.vision_config.spatial_merge_size
-        batches = [collate_samples(samples, pad, "left", packing=arm.packed, spatial_merge_size=merge,
+        side = TRAINING_PADDING_SIDE  # as a training run pads its batches
+        batches = [collate_samples(samples, pad, side, packing=arm.packed, spatial_merge_size=merge,
                                    row_tokens=ONE_ROW if arm.packed else None) for samples in self.samples]
         if arm.buckets:
             buckets = self.buckets()
-            batches = [pad_to_bucket(batch, buckets, pad, "left") for batch in batches]
+            batches = [pad_to_bucket(batch, buckets, pad, side) for batch in batches]
         return [to_device(add_host_metadata(batch), self.device, self.dtype) for batch in batches]
 
-    def train_arm(self, arm: Arm) -> dict:
-        reason = arm_unavailable_reason(arm, self.args.device)
-        if reason:
-            return {"skipped": reason, **asdict(arm)}
+    @contextlib.contextmanager
+    def arm_session(self, arm: Arm):
+        """`(wrapped model, optimizer, guard)` of `arm`: the initial weights, the arm's attention and kernels on; all
+        undone afterwards (bench/profile_train_step.py trains its arms through it too)."""
         model = self.model
         with torch.no_grad():
             for name, parameter in model.named_parameters():
@@ -240,33 +256,54 @@ class ArmsBench(Bench):
         wrapped = GeometryAlignedModel(model, liger_cross_entropy=arm.liger)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.train_settings["lr"],
                                       weight_decay=0.01, fused=self.cuda)
-        batches = self.batches(arm)
-        losses, times = [], []
-        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        guard = StepGuard(model.parameters(), f"bench arm {arm.name}",
+                          kernel_context(arm_kernels(arm), self.buckets() if arm.buckets else None))
         try:
             if arm.liger_lm:
                 apply_liger_language_model(model)
             if arm.compile:
                 compile_decoder_layers(model, dynamic=False if arm.buckets else None)
-            self.reset_peak()
-            for batch in batches:
-                self.sync()
-                start = time.perf_counter()
-                out = wrapped(**batch)
-                loss = out.lm_loss_sum / out.lm_num_tokens
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                self.sync()
-                times.append(time.perf_counter() - start)
-                losses.append(float(loss.detach()))
+            if arm.compile_towers:
+                compile_frozen_towers(model)
+            yield wrapped, optimizer, guard
         finally:
             optimizer.zero_grad(set_to_none=True)
             del optimizer
             model.eval()
             if arm.compile:
                 uncompile_decoder_layers(model)
+            if arm.compile_towers:
+                uncompile_frozen_towers(model)
             apply_attention_implementation(model, self.args.attn_default, {"bf16": self.dtype == torch.bfloat16})
+
+    @staticmethod
+    def train_step(wrapped, optimizer, guard, step: int, batch: dict) -> torch.Tensor:
+        """One step: the answer-token mean loss, backward, the guard (a non-finite step fails the arm before it
+        writes weights), AdamW. Returns the loss (on the device)."""
+        out = wrapped(**batch)
+        loss = out.lm_loss_sum / out.lm_num_tokens
+        loss.backward()
+        guard.check(step, batch, loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def train_arm(self, arm: Arm) -> dict:
+        reason = arm_unavailable_reason(arm, self.args.device)
+        if reason:
+            return {"skipped": reason, **asdict(arm)}
+        model = self.model
+        batches = self.batches(arm)
+        losses, times = [], []
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        with self.arm_session(arm) as (wrapped, optimizer, guard):
+            self.reset_peak()
+            for batch in batches:
+                self.sync()
+                start = time.perf_counter()
+                losses.append(float(self.train_step(wrapped, optimizer, guard, len(losses) + 1, batch)))
+                self.sync()
+                times.append(time.perf_counter() - start)
         self.losses[arm.name] = losses
         timing = steady_state(times, self.args.warmup_steps)
         timed_samples = self.samples[len(times) - timing["timed_steps"]:]
@@ -278,6 +315,8 @@ class ArmsBench(Bench):
         return {**asdict(arm), "losses": losses, "times_s": times, **timing,
                 "graphs_compiled": torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs,
                 "buckets": self.buckets() if arm.buckets else None,
+                "buckets_crossed": (set(self.buckets()) <= {int(b["input_ids"].shape[-1]) for b in batches}
+                                    if arm.buckets else None),
                 "tokens_per_s": tokens / steady, "model_tflops_per_step": flops / 1e12,
                 "achieved_tflops_per_s": flops / steady / 1e12,
                 "mfu": None if peak is None else flops / steady / peak,
@@ -297,13 +336,17 @@ class ArmsBench(Bench):
                 "curves": [{"step": step + 1, **{name: curve[step] for name, curve in self.losses.items()}}
                            for step in steps]}
 
-    def all(self) -> None:
-        self.log(f"GAP-MLLM {self.args.size} on {self.results['meta']['device']}, {self.args.dtype}: training arms")
+    def begin(self, what: str) -> bool:
+        """Log the run, build the model and the batches; False when either failed (recorded)."""
+        self.log(f"GAP-MLLM {self.args.size} on {self.results['meta']['device']}, {self.args.dtype}: {what}")
         self.run("build", self.build)
         if self.model is None:
-            return
+            return False
         self.run("batches", self.prepare)
-        if "error" in self.results["measurements"]["batches"]:
+        return "error" not in self.results["measurements"]["batches"]
+
+    def all(self) -> None:
+        if not self.begin("training arms"):
             return
         wanted = self.args.arms or [arm.name for arm in ARMS]
         for arm in ARMS:

@@ -1,4 +1,4 @@
-"""Every GPU figure of the real-size model in one call of at most 9 minutes: `make gpu-figures`.
+"""Every GPU figure of the real-size model in one call of at most 8 minutes: `make gpu-figures`.
 
     python bench/gpu_figures.py --download-wheels            # here, with network: the wheels the GPU machine lacks
     python3 bench/gpu_figures.py --out gpu-figures           # on the GPU machine (no network), from the checkout
@@ -10,7 +10,11 @@ liger-kernel; ≈ 17 MB) are downloaded beforehand into `.whl/` (ignored by git,
 run installs them and the package (`pip --no-index --no-deps`) before the arms. Then each arm runs as its own process
 with its own time budget (`ARMS`; killed at its budget, a bench's results file keeps what it measured), and every file
 lands flat in `--out` (at most 8: one JSON per arm, `gpu_figures.json` with each arm's status, seconds, command and
-the end of its output, and `gpu_figures.log`). Arms that cannot run there are recorded as skipped with the reason:
+the end of its output, and `gpu_figures.log`, whose repeated warning lines are kept once with their count). The arms
+run by importance: the NaN bisection, the training arms (30 steps crossing every bucket), the profile of the best arm,
+evaluation at scale. The call ends with one table (arm, status, key figure, verdict) and the kernel
+verdicts that training/configs/gpu_verdicts.json takes (training/gpu_verdicts.py: a switch is on by default on CUDA
+only where they say EARNED). Arms that cannot run there are recorded as skipped with the reason:
 flash-attn-4 (its CUDA 13 libraries, 92 MB, exceed what a device call carries), vLLM (its own multi-GB environment,
 `make vllm-venv`), DeepSpeed ZeRO (not installed there). bench/README.md, "One call on a GPU", holds the figures.
 """
@@ -28,8 +32,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
+from gpu_figures_table import collapse_repeats, figures_table, switch_verdicts  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-CALL_LIMIT_S = 540  # 9 minutes: the device call's 10-minute limit less the machine's start and the transfers
+CALL_LIMIT_S = 480  # 8 minutes: the device call's 10-minute limit less the machine's start and the transfers
 INSTALL_BUDGET_S = 60
 # What the GPU machine lacks, pinned (the versions the package is tested with here); `--download-wheels` fetches them.
 WHEELS = ("transformers==5.23.0", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "trl==1.16.0",
@@ -53,30 +60,31 @@ class GpuArm:
     skip_reason: str = ""
 
 
+# In the order of importance (correctness first: the NaN bisection, then the training arms over 30 steps that cross
+# every bucket and recompile, which decide the CUDA defaults; then the profile of the best arm and evaluation at scale),
+# each budget sized from this session's H100 calls (2026-11-26c: bisection configurations 3-10 s each after a 20 s
+# start; training arms 19-41 s for 30 steps, a compiled arm's first compilation 21 s) with a margin: 460 s in all with
+# the install. Inference (prefill, plain and compiled decoding, VGGT alone) left the call: each has figures from two
+# GPUs that agree (bench/README.md), and the call's 8 minutes go to what is still open.
 ARMS = (
+    GpuArm("bisect", ("bench/bisect_compile_nan.py", "--real-size", "--device", "cuda", "--configs", "eager_bucketed",
+                      "eager_bucketed_right_pad", "eager_bucketed_cudnn", "eager_bucketed_efficient",
+                      "eager_bucketed_math", "compile_static_right_pad", "--budget", "65", "--out", "{out}/bisect.json"),
+           75, "bisect.json"),
+    GpuArm("train_arms", ("bench/bench_train_arms.py", "--real-size", "--device", "cuda", "--steps", "30", "--batch", "8",
+                          "--arms", "sdpa", "sdpa_packed", "sdpa_liger", "sdpa_compile_bucketed",
+                          "sdpa_compile_towers_bucketed", "--budget", "190", "--out", "{out}/train_arms.json"), 200,
+           "train_arms.json"),
+    GpuArm("profile", ("bench/profile_train_step.py", "--real-size", "--device", "cuda", "--batch", "8", "--arms",
+                       "sdpa_compile_bucketed", "--steps", "5", "--warmup", "3", "--out", "{out}/profile.json"), 60,
+           "profile.json"),
     GpuArm("data", ("-m", "gap_mllm.cli.main", "synth", "--preset", "mini", "--scenes", "0", "--val-scenes", "2",
-                    "--out", DATA, "--overwrite"), 30, None),
-    GpuArm("train_arms", ("bench/bench_train_arms.py", "--real-size", "--device", "cuda", "--steps", "15", "--batch", "8",
-                          "--arms", "sdpa", "sdpa_packed", "default", "default_packed", "--budget", "140",
-                          "--out", "{out}/train_arms.json"), 150, "train_arms.json"),
-    GpuArm("real_size", ("bench/bench_real_size.py", "--real-size", "--device", "cuda", "--dtype", "bfloat16",
-                         "--only", "build", "prefill", "generate", "scene_reuse", "--budget", "110",
-                         "--out", "{out}/real_size.json"), 125, "real_size.json"),
-    GpuArm("vggt", ("bench/bench_geometry_encoder.py", "--real-size", "--device", "cuda", "--dtype", "bfloat16",
-                    "--height", "518", "--width", "518", "--frames", "50,100", "--attn", "sdpa",
-                    "--repeats", "2", "--out", "{out}/vggt.json"), 55, "vggt.json"),
-    # the slice is small: the random real-size model is saved and loaded three times (6.4 GB each), and the figures are
-    # written only at the end, so the budget leaves room for that. Decoding is not compiled here: compiling costs about
-    # 30 s per arm and shape at the real size (real_size's generate_compiled measures compiled decoding), which swamped
-    # this slice on the H100 (one at a time 43 s, batched 35-90 s for 8 queries)
+                    "--out", DATA, "--overwrite"), 20, None),
+    # the random real-size model is built once per process (no save / load); decoding is not compiled here: compiling
+    # costs about 30 s per arm and shape at the real size, which would swamp an 8-query slice
     GpuArm("eval_scale", ("bench/bench_eval_scale.py", "--real-size", "--device", "cuda", "--data", DATA,
                           "--queries", "8", "--batch-size", "8", "--max-new-tokens", "32", "--compile-decoding", "off",
-                          "--out", "{out}/eval_scale.json"), 70, "eval_scale.json"),
-    # compiled decoding's greedy tokens beside the uncompiled ones in float32: in bfloat16 they parted on the H100
-    # (2026-11-26), which rounding explains only if float32 gives equal tokens
-    GpuArm("decode_fp32", ("bench/bench_real_size.py", "--real-size", "--device", "cuda", "--dtype", "float32",
-                           "--only", "build", "generate", "--budget", "45", "--out", "{out}/decode_fp32.json"), 50,
-           "decode_fp32.json"),
+                          "--out", "{out}/eval_scale.json"), 45, "eval_scale.json"),
     GpuArm("zero_resume", ("bench/bench_zero_resume.py", "--real-size", "--data", DATA, "--steps", "4",
                            "--work", "{work}/zero", "--out", "{out}/zero_resume.json"), 0, "zero_resume.json",
            needs=("deepspeed",), skip_reason="DeepSpeed is not installed on the lent GPU machines (nor carried: its "
@@ -86,6 +94,9 @@ ARMS = (
     GpuArm("vllm", (), 0, None, needs=("vllm",),
            skip_reason="vLLM is several GB in its own environment (make vllm-venv): not on a machine without network"),
 )
+
+
+DATA_ARM = next(arm for arm in ARMS if arm.name == "data")
 
 
 def install_commands(wheels: Path) -> list[list[str]]:
@@ -148,8 +159,11 @@ def run_arm(arm: GpuArm, out: Path, work: Path, log) -> dict:
     except subprocess.TimeoutExpired as stopped:
         text = stopped.stdout.decode(errors="replace") if isinstance(stopped.stdout, bytes) else (stopped.stdout or "")
         status = "stopped at its budget"
+    text = collapse_repeats(text)
     log.write(text)
     log.flush()
+    if arm.output and not (out / arm.output).exists():
+        status += "; no figures written"
     record.update(status=status, seconds=round(time.perf_counter() - start, 1), output_tail=text[-1500:])
     return record
 
@@ -167,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         wheels.mkdir(parents=True, exist_ok=True)
         return subprocess.call(download_command(wheels))
     check_plan()
-    arms = [arm for arm in ARMS if args.arms is None or arm.name in args.arms or arm.name == "data"]
+    arms = [arm for arm in ARMS if args.arms is None or arm.name in args.arms]
+    if any(DATA in " ".join(arm.argv) for arm in arms if arm.name != "data") and "data" not in [a.name for a in arms]:
+        arms.insert(next(i for i, arm in enumerate(arms) if DATA in " ".join(arm.argv)), DATA_ARM)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "gap_mllm_gpu_figures"
@@ -192,8 +208,15 @@ def main(argv: list[str] | None = None) -> int:
                                              "budget_s": arm.budget_s, "output": arm.output}
             else:
                 summary["arms"][arm.name] = run_arm(arm, out, work, log)
+            if arm.name == "train_arms" and not args.dry_run:
+                summary["verdicts"] = switch_verdicts(out)  # what training/configs/gpu_verdicts.json takes
             print(f"{arm.name}: {summary['arms'][arm.name]['status']}", flush=True)
             (out / "gpu_figures.json").write_text(json.dumps(summary, indent=2))
+        table = figures_table(summary, out)
+        log.write(f"\n{table}\n")
+    print(table)
+    for switch, verdict in summary.get("verdicts", {}).items():
+        print(f"verdict {switch}: {'EARNED' if verdict['earned'] else 'not earned'} ({verdict['why']})")
     return 0
 
 

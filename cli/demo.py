@@ -6,7 +6,9 @@
    every task the model was trained on (`cli/tasks.py`, as `gap-mllm predict`): detection, grounding of a
    referring expression, captioning of an object's box, the marked-pixel point + label;
 3. print each answer, its parsed result, the exact answer and its score (IoU, distance), and save one PNG
-   per task into `--out`: predicted boxes next to the reference ones, with a legend.
+   per task into `--out`: predicted boxes next to the reference ones, with a legend. `--out` is new, empty or
+   an earlier demo's (the output-folder rule of every writer, processing/output_folder.py): a folder of the
+   user's files is refused before anything is loaded, never written over.
 
 `--model tiny` runs the same on the tiny, randomly initialised test model (its weights are UNTRAINED, its
 answers noise); its Hub folder is written to `--out` first. `gap-mllm demo --space` launches the Gradio
@@ -19,11 +21,14 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor
 
+from gap_mllm.mini.identity import is_gap_mllm_mini
+from gap_mllm.processing.output_folder import claim_output_folder
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .command_arguments import add_demo_arguments as add_arguments  # noqa: F401 - the command's add_arguments
+from .early_checks import DEMO_WRITER
 from .example_reference import reference_lines, request_text
-from .loading import MINI, MINI_TASKS, TINY, resolve_model_source
+from .loading import MINI_TASKS, TINY, resolve_model_source
 from .model_scores import RESULTS_FILE, held_out_scores
 from .model_source import load_pretrained
 from .scenes import EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, synthetic_scene
@@ -44,7 +49,8 @@ def main(args: argparse.Namespace) -> int:
                                              constrained=args.constrained))
 
 
-    out = Path(args.out)
+    # new, empty or the demo's own (its marker): a folder of the user's files is refused, never written over
+    out = claim_output_folder(args.out, DEMO_WRITER)
     banner = []
     if args.model == TINY:
 
@@ -54,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
                   f"Saved the Hub-style folder to {folder}"]
     else:
         folder = resolve_model_source(args.model)
-        if args.model == MINI:
+        if is_gap_mllm_mini(folder):  # by its card, however --model names it (mini/identity.py)
             banner = ["GAP-MLLM demo with GAP-MLLM-Mini, trained by this package on SynthRooms (make mini).",
                       "It knows SynthRooms rooms only: the example below is a held-out one.", f"Model folder: {folder}"]
     model = load_pretrained(AutoModel.from_pretrained, folder, "--model", trust_remote_code=True).eval()
@@ -69,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
               f"{model.config.level_geometry_layers} (main, DeepStack 0-2)")
     print(f"Example: {args.example}, {len(scene.views)} views of {scene.views[0].size[0]}x{scene.views[0].size[1]} px, "
           f"objects seen: {', '.join(scene.reference_labels)}", flush=True)
-    scores = held_out_scores(folder)  # None for a folder without evaluation_results.json (the tiny model)
+    # the figures of the decoding that runs (None for a folder without evaluation_results.json: the tiny model)
+    scores = held_out_scores(folder, constrained=args.constrained)
     if scores is not None:
         print(f"Each answer is followed by the model's held-out score of the task next to a trivial baseline "
               f"({Path(folder) / RESULTS_FILE}).")

@@ -14,14 +14,25 @@ import difflib
 import sys
 from pathlib import Path
 
+from gap_mllm.evaluation.folder_lock import check_evaluation_folder
+from gap_mllm.processing.errors import MissingDependency
+from gap_mllm.processing.output_folder import OwnerCheck
+from gap_mllm.processing.output_folder import check_output_folder as check_writer_folder
+from gap_mllm.regular_files import regular_file_problem
+
 from .errors import UserError
 from .example_rooms import EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE
 from .model_source import TINY, check_model_source, resolve_model_source
+from .space import gradio_missing
 from .task_request import TaskRequest
 from .uploads import CLI_WORDS, UploadError, check_frames, cli_limits, frame_paths
 
 # How `gap-mllm predict` gives each task input: a missing one is named by its option
 INPUT_OPTIONS = {"query": "--query TEXT", "box": "--box CX CY CZ SX SY SZ YAW PITCH ROLL", "marker": "--marker VIEW X Y"}
+# the commands whose output folders follow the output-folder rule (processing/output_folder.py), as their markers
+# name them: a folder one of them wrote is that command's to write again, any other non-empty folder is refused
+PREDICT_WRITER = "gap-mllm predict"
+DEMO_WRITER = "gap-mllm demo"
 
 
 def check_model(model: str | None, flag: str = "--model") -> None:
@@ -52,13 +63,19 @@ def check_existing(path: str | None, flag: str, kind: str = "file",
         raise UserError(missing.format(flag=flag, path=path) + (f"; did you mean {' or '.join(near)}?" if near else ""))
     if kind == "folder" and not found.is_dir():
         raise UserError(f"{flag} {path}: this is a file; give a folder")
-    if kind == "file" and not found.is_file():
-        raise UserError(f"{flag} {path}: this is a folder; give a file")
+    if kind == "file" and not found.is_file():  # regular files only (gap_mllm.regular_files): a FIFO too
+        what = regular_file_problem(found) or "not a regular file"
+        raise UserError(f"{flag} {path}: this is {what}; give a file" if what == "a folder"
+                        else f"{flag} {path}: this is {what}, not a regular file; give a file")
 
 
-def check_output_folder(path: str | None, flag: str) -> None:
+def check_output_folder(path: str | None, flag: str, command: str | None = None,
+                        owner_check: OwnerCheck | None = None) -> None:
     """UserError unless `path` (when given) can become a folder: neither it nor a folder above it is a file (else
-    the command would end in `[Errno 17] File exists` or `[Errno 20] Not a directory` after its model work)."""
+    the command would end in `[Errno 17] File exists` or `[Errno 20] Not a directory` after its model work). With
+    `command` (the writer its marker names), the output-folder rule of every writer too (processing/output_folder.py):
+    a folder of the user's files, the working folder and one that cannot be written are refused (OutputFolderRefused,
+    one line), so that nothing of the user's is written over, and nothing is learnt only after the model ran."""
     if path is None:
         return
     found = Path(path).expanduser()
@@ -67,7 +84,10 @@ def check_output_folder(path: str | None, flag: str) -> None:
             if not place.is_dir():
                 where = "this is a file" if place == found else f"{place} is a file"
                 raise UserError(f"{flag} {path}: {where}; give a folder")
-            return
+            break
+    if command is not None:
+        check_writer_folder(found, command, option=flag, overwrite_option=None, owner_check=owner_check,
+                            named=f"{flag} {path}")
 
 
 def predict_request(args: argparse.Namespace, num_views: int | None = None,
@@ -101,13 +121,14 @@ def check_predict(args: argparse.Namespace) -> int | None:
     if args.formats and not args.save_dir:
         raise UserError("--formats picks what --save-dir writes, and without --save-dir nothing is written: add "
                         "--save-dir DIR, or leave --formats out")
-    check_output_folder(args.save_dir, "--save-dir")
+    check_output_folder(args.save_dir, "--save-dir", PREDICT_WRITER)
     try:
         predict_request(args)  # what needs no frames first: a missing input is named before the frames are read
         if args.images:
             paths = frame_paths(args.images, args.max_frames)  # folders -> their images (quiet: predict says it)
             shape = check_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
-            predict_request(args, shape.count, shape.size)
+            # a marker names a pixel of its frame as stored (original pixels), not of the resized frame
+            predict_request(args, shape.count, shape.original_size(args.marker[0] if args.marker else 0))
         else:  # a bundled room: its frames' count and size are known without rendering it
             predict_request(args, EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE[::-1])
     except (UploadError, ValueError) as error:  # worded as predict words them once it has read the frames
@@ -118,9 +139,14 @@ def check_predict(args: argparse.Namespace) -> int | None:
 
 
 def check_demo(args: argparse.Namespace) -> None:
-    """`gap-mllm demo`: the model (the Space, `--space`, checks its own)."""
+    """`gap-mllm demo`: the model; with `--space`, gradio (the Space checks the rest itself), before the demo's module
+    imports torch and transformers."""
+    if args.space:
+        missing = gradio_missing()
+        if missing is not None:
+            raise MissingDependency(missing)
     if not args.space:
-        check_output_folder(args.out, "--out")
+        check_output_folder(args.out, "--out", DEMO_WRITER)
         check_model(args.model)
 
 
@@ -130,6 +156,8 @@ def check_evaluate(args: argparse.Namespace) -> None:
     check_existing(args.annotation_file, "--annotation-file")
     check_existing(args.predictions, "--predictions")
     check_output_folder(args.out, "--out")
+    if args.out is not None:  # new, empty or an evaluation's own: never a folder of the user's files, nor "."
+        check_evaluation_folder(Path(args.out).expanduser())
     check_model(args.model)
 
 

@@ -5,9 +5,9 @@ that is missing, unreadable or refused, a bad recipe value, a data error, an upl
 that does not convert, a model source that cannot be loaded, an optional package to install) is printed as
 
     gap-mllm <command>: error: <message>
-    (run with --debug for the traceback)
 
-and the command exits with status 2; the traceback is also logged at DEBUG level. Anything else is a
+(one line: `--debug`, which shows the traceback, is named in every command's --help and in docs/usage.md) and the
+command exits with status 2; the traceback is also logged at DEBUG level. Anything else is a
 bug and keeps its traceback. `--debug` (anywhere on the command line) re-raises everything.
 
 A write that fails because the device is full (ENOSPC / EDQUOT, `processing.errors.names_full_disk`) or because
@@ -36,7 +36,6 @@ from safetensors import SafetensorError
 
 from gap_mllm.conversion_report import ConversionError
 from gap_mllm.processing.errors import (
-    RUN_STOPPED_STATUS,
     DataError,
     DiskFullError,
     MissingDependency,
@@ -143,9 +142,9 @@ def run_command(name: str, main, args, debug: bool = False) -> int:
     except KeyboardInterrupt:
         print(f"gap-mllm {name}: interrupted", file=sys.stderr)
         return 130
-    except RunStoppedEarly as stop:  # a time limit or a SIGTERM: expected, and the same command continues it
+    except RunStoppedEarly as stop:  # a time limit, a SIGTERM or Ctrl-C: expected, and the same command continues it
         print(f"gap-mllm {name}: {stop}", file=sys.stderr)
-        return RUN_STOPPED_STATUS
+        return stop.status  # RUN_STOPPED_STATUS; 130 after Ctrl-C
     except RunFailed as failure:  # a diverged run: its line says what and where; not a bug, not the user's input
         if debug:
             raise
@@ -156,5 +155,6 @@ def run_command(name: str, main, args, debug: bool = False) -> int:
         if message is None:
             raise
         logger.debug("gap-mllm %s failed", name, exc_info=True)
-        print(f"gap-mllm {name}: error: {message}\n(run with --debug for the traceback)", file=sys.stderr)
+        # one line, as docs/usage.md promises; `--debug` is in every command's --help (its epilog) and in the docs
+        print(f"gap-mllm {name}: error: {message}", file=sys.stderr)
         return USAGE_ERROR_STATUS

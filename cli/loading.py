@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
@@ -35,18 +36,43 @@ def tiny_model_folder(folder=None) -> Path:
     return save_tiny_checkpoint(folder)
 
 
-def load_model_and_processor(model: str = MINI, device: str = "cpu", flag: str = "--model"):
-    """`(model, processor, is_tiny)`, the model in eval mode. A source that cannot be loaded (no such
-    folder, an empty one, truncated weights, refused pickle weights, an unreachable Hub id, a checkpoint of
-    another model type) is a `UserError` naming it (`cli/model_source.py`)."""
+@dataclass
+class ModelSource:
+    """What a front end reads of a model before its weights: where it is (`source`, a folder or Hub id), its
+    `config` and its `processor`, whether it is the tiny test model. Enough to check a request whole (the query's
+    tokens, the frames as the processor reads them, the model's context: cli/tasks.py `check_request`) before the
+    weights load."""
+
+    source: str
+    config: object
+    processor: object
+    is_tiny: bool
+    flag: str = "--model"
+
+    def load_model(self, device: str = "cpu"):
+        """The model itself, in eval mode (the weights: the slow part)."""
+        return load_pretrained(AutoModel.from_pretrained, self.source, self.flag, trust_remote_code=True).to(device).eval()
 
 
+def load_model_source(model: str = MINI, flag: str = "--model") -> ModelSource:
+    """The config and processor of `model` ("mini", "tiny", a folder or Hub id), without its weights. A source that
+    cannot be loaded (no such folder, an empty one, refused files, an unreachable Hub id, a checkpoint of another
+    model type) is a `UserError` naming it (`cli/model_source.py`)."""
     is_tiny = model == TINY
     source = str(tiny_model_folder()) if is_tiny else resolve_model_source(model)
-    loaded = load_pretrained(AutoModel.from_pretrained, source, flag, trust_remote_code=True)
-    model_type = getattr(loaded.config, "model_type", None)
+    config = load_pretrained(AutoConfig.from_pretrained, source, flag, trust_remote_code=True)
+    model_type = getattr(config, "model_type", None)
     if model_type != GAP_MLLM_MODEL_TYPE:  # a Hub model of a type transformers knows (a folder is checked before)
         raise UserError(not_gap_mllm_message(source, model_type, flag))
-    loaded = loaded.to(device).eval()
     processor = load_pretrained(AutoProcessor.from_pretrained, source, flag, trust_remote_code=True)
-    return loaded, processor, is_tiny
+    return ModelSource(source, config, processor, is_tiny, flag)
+
+
+def load_model_and_processor(model: str = MINI, device: str = "cpu", flag: str = "--model",
+                              found: ModelSource | None = None):
+    """`(model, processor, is_tiny)`, the model in eval mode (`load_model_source`, then the weights; `found`: its
+    `ModelSource` already read, as `gap-mllm predict` reads it to check a request first). A source that cannot be
+    loaded (no such folder, an empty one, truncated weights, refused pickle weights, an unreachable Hub id, a
+    checkpoint of another model type) is a `UserError` naming it (`cli/model_source.py`)."""
+    found = found if found is not None else load_model_source(model, flag)
+    return found.load_model(device), found.processor, found.is_tiny

@@ -2,13 +2,18 @@
 score of a trivial baseline, for every front end (`gap-mllm demo`, `predict`, the Space, the notebooks).
 
 The figures come from the folder's `evaluation_results.json` (written by `make mini` next to GAP-MLLM-Mini's
-weights): the shipped arm's row (`arms[<main arm>]`) and `baselines`. Nothing is computed or typed in here; a
-figure the file does not hold is "not scored", and a folder without the file gets no line at all.
+weights): the shipped arm's row and `baselines`. Nothing is computed or typed in here; a figure the file does not
+hold is "not scored", and a folder without the file gets no line at all.
 
-    scores = held_out_scores(folder)        # None: no evaluation_results.json in that folder
+The row is the one of the decoding that ran: `constrained=True` (the front ends' default: answers decoded inside each
+task's grammar) reads the shipped arm's constrained row (`arms[<main arm>_constrained]`, `gap-mllm mini
+--constrained-row`), `constrained=False` (`--free`) its free row (`arms[<main arm>]`). A file with both rows names the
+decoding in each line; a file without a constrained row gives the free figures and says so when constrained decoding ran.
+
+    scores = held_out_scores(folder, constrained=True)   # None: no evaluation_results.json in that folder
     if scores is not None:
         print(scores.line("grounding"))
-    # held-out (991 test samples): Acc@0.25 0.1 % [0.0, 0.6]; best constant box 2.1 %: this miniature does not ground yet
+    # held-out (991 test samples, constrained decoding): Acc@0.25 12.4 % [10.5, 14.6]; best constant box 2.1 %: ...
 
 A verdict compares the model's 95 % interval with the baseline's value: it "beats the trivial baseline" only
 when the whole interval is on the better side.
@@ -20,7 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gap_mllm.mini.arms import MAIN_ARM
+from gap_mllm.mini.arms import CONSTRAINED_SUFFIX, MAIN_ARM
 
 RESULTS_FILE = "evaluation_results.json"
 
@@ -121,12 +126,33 @@ def shipped_arm(results: dict) -> str | None:
     return next(iter(arms)) if len(arms) == 1 else None
 
 
+def scored_row(results: dict, constrained: bool) -> tuple[str | None, str | None]:
+    """`(arm, decoding words)` of the row that scores the decoding that ran (module docstring): the words are None for
+    a file with one decoding only when it is the one that ran (nothing to tell apart)."""
+    shipped = shipped_arm(results)
+    arms = results.get("arms") or {}
+    if shipped is None:
+        return None, None
+    with_constrained = f"{shipped}{CONSTRAINED_SUFFIX}" in arms
+    if constrained and with_constrained:
+        return f"{shipped}{CONSTRAINED_SUFFIX}", "constrained decoding"
+    if constrained:
+        return shipped, "free decoding: the file has no constrained row"
+    return shipped, "free decoding" if with_constrained else None
+
+
 @dataclass
 class HeldOutScores:
-    """The held-out figures of one model folder (`evaluation_results.json`), as lines a person reads."""
+    """The held-out figures of one model folder (`evaluation_results.json`), as lines a person reads.
+
+    Attributes:
+        arm: the row read (`scored_row`); decoding: how its answers were decoded, in words, or None where the file
+            tells only one decoding and it is the one that ran.
+    """
 
     results: dict
     arm: str | None
+    decoding: str | None = None
 
     @property
     def row(self) -> dict:
@@ -142,7 +168,7 @@ class HeldOutScores:
         if not self._has(score):
             return f"held-out: {task} not scored"
         count, figures = self._figures(score)
-        return f"held-out{_samples(count)}: {figures}"
+        return f"held-out{_samples(count, decoding=self.decoding)}: {figures}"
 
     def geometry_line(self) -> str | None:
         """The geometry encoder's depth and cameras on held-out clips (`stage0_geometry`) next to the baseline
@@ -208,11 +234,14 @@ class HeldOutScores:
             return "held-out: reconstruction not scored"
         count, figures = self._figures(STAGE1_MARKER)
         return ("held-out: this release's final model is not scored on the marker task; its stage-1 checkpoint, "
-                f"before the task fine-tuning{_samples(count)}: {figures}")
+                f"before the task fine-tuning{_samples(count, decoding=self.decoding)}: {figures}")
 
 
-def _samples(count, what: str = "test samples") -> str:
-    return f" ({count} {what})" if count is not None else ""
+def _samples(count, what: str = "test samples", decoding: str | None = None) -> str:
+    """` (N test samples, <decoding>)`, its parts where known; "" when neither is."""
+    parts = [f"{count} {what}"] if count is not None else []
+    parts += [decoding] if decoding else []
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _verdict(verdicts: list[tuple[Metric, bool]], skill: str) -> str:
@@ -223,10 +252,11 @@ def _verdict(verdicts: list[tuple[Metric, bool]], skill: str) -> str:
     return "; ".join(f"{metric.name} {'beats' if beaten else 'does not beat'} it" for metric, beaten in verdicts)
 
 
-def held_out_scores(model_folder) -> HeldOutScores | None:
-    """The held-out scores of a local model folder; None when it has no `evaluation_results.json` (a Hub id, the
-    tiny test model, any checkpoint the pipeline did not export): the front ends then print nothing of the sort.
-    A file that is not valid JSON raises ValueError naming it."""
+def held_out_scores(model_folder, constrained: bool) -> HeldOutScores | None:
+    """The held-out scores of a local model folder, for answers decoded inside their grammar (`constrained`) or freely
+    (the row: `scored_row`); None when it has no `evaluation_results.json` (a Hub id, the tiny test model, any
+    checkpoint the pipeline did not export): the front ends then print nothing of the sort. A file that is not valid
+    JSON raises ValueError naming it."""
     if model_folder is None:
         return None
     path = Path(model_folder) / RESULTS_FILE
@@ -238,4 +268,4 @@ def held_out_scores(model_folder) -> HeldOutScores | None:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(results, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(results).__name__}")
-    return HeldOutScores(results, shipped_arm(results))
+    return HeldOutScores(results, *scored_row(results, constrained))

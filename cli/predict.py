@@ -11,8 +11,16 @@ and gate maps, GLB / PLY scene).
 `--model` defaults to "mini", the embedded GAP-MLLM-Mini trained by this package ("tiny": the untrained test
 model). On a bundled example, a task input that is not given (query, box, marker) is the example's own, and the
 answer is printed next to the exact one with the model's held-out score of the task against a trivial baseline
-(from the model folder's evaluation_results.json; a folder without one prints none). On other frames the default
-model prints one line first: GAP-MLLM-Mini knows SynthRooms rooms only.
+(from the model folder's evaluation_results.json, the row of the decoding that ran; a folder without one prints
+none). On other frames a GAP-MLLM-Mini (known by its model card, however `--model` names it: mini/identity.py)
+prints one line first: it knows SynthRooms rooms only.
+
+`--save-dir` is new, empty or an earlier predict's (the output-folder rule of every writer,
+processing/output_folder.py): a folder of the user's files, the working folder and one that cannot be written are
+refused before the model loads. `--marker VIEW X Y` names a pixel of that frame as its file holds it (original
+pixels), whatever size the frames are resized to for the model. The request is checked whole with the model's
+config and processor before its weights load (cli/tasks.py `check_request`): a query holding the tokenizer's own
+tokens, a frame the processor cannot read, a query too long for the model's context.
 
 `--images` takes image files, one video / GIF, or folders: a folder stands for its image files sorted by file name,
 sampled evenly down to `--max-frames` when it holds more (as a video is). A file or folder that cannot be used is one
@@ -42,10 +50,13 @@ from pathlib import Path
 
 from .command_arguments import EXIT_STATUS_HELP, PARSE_FAILURE_STATUS, SAVE_FORMATS  # noqa: F401 - light, for --help
 from .command_arguments import add_predict_arguments as add_arguments  # noqa: F401 - the command's add_arguments
-from .early_checks import check_output_folder
+from gap_mllm.mini.identity import is_gap_mllm_mini
+from gap_mllm.processing.output_folder import claim_output_folder
+
+from .early_checks import PREDICT_WRITER, check_output_folder
 from .example_reference import reference_lines, request_text
-from .loading import (MINI, MINI_TASKS, MINI_UNTRAINED_TASK_NOTE, TINY, UNTRAINED_NOTICE, load_model_and_processor,
-                      resolve_model_source)
+from .loading import (MINI_TASKS, MINI_UNTRAINED_TASK_NOTE, TINY, UNTRAINED_NOTICE, load_model_and_processor,
+                      load_model_source, resolve_model_source)
 from .model_scores import held_out_scores
 from .scenes import (
     CAMERA_ESTIMATED,
@@ -57,36 +68,56 @@ from .scenes import (
     synthetic_scene,
 )
 from .task_request import example_request
-from .tasks import TaskRequest, run_task
-from .uploads import CLI_WORDS, UploadError, cli_limits, load_frames
+from .tasks import FramesRefused, TaskRequest, check_request, run_task
+from .uploads import CLI_WORDS, UploadError, cli_limits, original_size, read_frames
 from .uploads import frame_paths as _frame_paths
 
 
-MINI_OWN_FRAMES_NOTE = ("note: GAP-MLLM-Mini, the default --model, knows SynthRooms rooms only: on other frames (real "
+MINI_OWN_FRAMES_NOTE = ("note: this --model is GAP-MLLM-Mini, which knows SynthRooms rooms only: on other frames (real "
                         'photos included) its answers are meaningless; try --example "synthetic room A"')
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        check_output_folder(args.save_dir, "--save-dir")  # as the early check does, for a caller that skipped it
-        example = {}
+        # as the early check does, for a caller that skipped it: a folder of the user's is refused, never written
+        check_output_folder(args.save_dir, "--save-dir", PREDICT_WRITER)
+        example, frames = {}, None
         if args.example:
             scene = synthetic_scene(EXAMPLE_SEEDS[args.example])
             example = scene.example_inputs.get(TaskRequest(task=args.task).task, {})
         else:
             paths = frame_paths(args.images, args.max_frames)
-            scene = scene_from_frames(load_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS))
+            frames = read_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
+            scene = scene_from_frames(frames.views)
         request = example_request(args.task, example, query=args.query, box=args.box, marker=args.marker)
-        request.validate(len(scene.views), scene.views[0].size)  # the marker: a view and a pixel of these frames
+        # the marker: a view of these frames and a pixel of that frame as its file holds it (original pixels),
+        # then moved onto the resized frame the model gets
+        marked = original_size(frames.originals, request.marker[0]) if frames and request.marker else None
+        request.validate(len(scene.views), marked or scene.views[0].size)
+        if marked is not None:
+            request.marker = frames.on_model_frames(request.marker)
     except (UploadError, ValueError) as error:
         print(f"gap-mllm predict: {error}", file=sys.stderr)
         return 2
 
-    if args.model == MINI and not args.example:
+    # the Mini by what its card says (mini/identity.py), however --model names it: "mini", its folder, a copy
+    is_mini = args.model != TINY and is_gap_mllm_mini(resolve_model_source(args.model))
+    if is_mini and not args.example:
         print(MINI_OWN_FRAMES_NOTE, file=sys.stderr, flush=True)
-    if args.model == MINI and request.task not in MINI_TASKS:
+    if is_mini and request.task not in MINI_TASKS:
         print(MINI_UNTRAINED_TASK_NOTE.format(task=request.task), file=sys.stderr, flush=True)
-    model, processor, is_tiny = load_model_and_processor(args.model)  # progress bars (stderr) end here
+    found = load_model_source(args.model)  # the config and the processor: the request is checked whole before the weights
+    try:
+        check_request(found.config, found.processor, scene.views, request, args.max_new_tokens)
+    except FramesRefused as error:
+        named = f"{paths[0]}: {frames.originals[0][0]}x{frames.originals[0][1]} px" if frames else "the example's frames"
+        print(f"gap-mllm predict: {named}, {error.size[0]}x{error.size[1]} px as the model gets it: the model's "
+              f"processor cannot read it ({error.reason}); crop or resize the frames", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"gap-mllm predict: {error}", file=sys.stderr)
+        return 2
+    model, processor, is_tiny = load_model_and_processor(args.model, found=found)  # progress bars (stderr) end here
     model.compile_decoding = args.compile_decoding  # generate's default (compiled_decoding.py)
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)
@@ -139,7 +170,7 @@ def _comparison(args, scene, request, result) -> dict:
     apply left out; no held-out line for a model folder without evaluation_results.json)."""
 
     comparison = {"reference": dict(reference_lines(scene, request, result))}
-    scores = None if args.model == TINY else held_out_scores(resolve_model_source(args.model))
+    scores = None if args.model == TINY else held_out_scores(resolve_model_source(args.model), args.constrained)
     if scores is not None:
         comparison["held_out"] = scores.line(request.task)
     return comparison
@@ -152,8 +183,9 @@ def _save(args, model, processor, scene, result, report, answer: dict) -> None:
 
     formats = tuple(args.formats or SAVE_FORMATS)  # --formats not given: every one
     three_d = {"glb", "ply"} & set(formats)
+    # checked again now (the model ran meanwhile), made and marked as predict's: the user's files are never written
+    claim_output_folder(args.save_dir, PREDICT_WRITER, option="--save-dir")
     answer_file = Path(args.save_dir) / ANSWER_FILE
-    answer_file.parent.mkdir(parents=True, exist_ok=True)
     answer_file.write_text(json.dumps(answer, indent=2) + "\n")
     print(f"saved answer: {answer_file}", file=report)
     if not scene.calibrated and can_reconstruct(model):

@@ -31,11 +31,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=positive_int, default=16, help="queued requests beyond which new ones are refused")
 
 
+def gradio_missing() -> str | None:
+    """The one line saying how to get gradio when it is not installed, else None (looked up, not imported: launch()
+    must set GRADIO_TEMP_DIR first). `gap-mllm space` prints it; `gap-mllm demo --space` raises it from its early
+    check (cli/early_checks.py), before the demo's own imports (seconds of torch and transformers)."""
+    if importlib.util.find_spec("gradio") is not None:
+        return None
+    return ("the Space needs gradio, which is kept out of the main environment (it requires pillow<13): build the demo "
+            "environment with python examples/space/build_demo_venv.py, then run .venv-demo/bin/python -m "
+            "gap_mllm.cli.main space")
+
+
 def main(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("gradio") is None:  # not imported here: launch() must set GRADIO_TEMP_DIR first
-        print("gap-mllm space needs gradio, which is kept out of the main environment (it requires pillow<13).\n"
-              "Build the demo environment: python examples/space/build_demo_venv.py  (then .venv-demo/bin/python -m gap_mllm.cli.main space)",
-              file=sys.stderr)
+    missing = gradio_missing()
+    if missing is not None:
+        print(f"gap-mllm space: error: {missing}", file=sys.stderr)
         return 2
     # here, not at the top: the Space's modules need its environment (gradio; datasets through the evaluation
     # package), so a missing gradio is the one clear line above, not an ImportError

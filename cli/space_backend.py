@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gap_mllm.mini.identity import is_gap_mllm_mini
+
 from .example_reference import reference_lines, request_text
 from .loading import MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
 from .model_scores import held_out_scores
@@ -41,7 +43,7 @@ from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUC
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .task_request import example_request
-from .tasks import TaskRequest, run_task
+from .tasks import TaskRequest, check_request, run_task
 from .uploads import UploadError, UploadLimits, load_frames
 from .visualize import answer_picture, frames_with_boxes, gate_heatmap, save_scene_glb
 
@@ -206,14 +208,16 @@ class SpaceBackend:
         # the model work of a request, inside @spaces.GPU(duration=...) (a no-op off ZeroGPU)
         self._answer_on_gpu = gpu_function(self._answer, self.gpu_seconds)
         LOG.info(gpu_line())
-        # The model folder's own evaluation (GAP-MLLM-Mini ships one); None: no held-out line is shown.
-        self.scores = None if self.is_tiny or settings.model == TINY else held_out_scores(resolve_model_source(settings.model))
+        # The model folder's own evaluation (GAP-MLLM-Mini ships one), for the decoding the Space runs; None: no
+        # held-out line is shown.
+        self.scores = (None if self.is_tiny or settings.model == TINY
+                       else held_out_scores(resolve_model_source(settings.model), settings.constrained))
 
     @property
     def notice(self) -> str:
         if self.is_tiny:
             return UNTRAINED_NOTICE
-        if self.settings.model == MINI:
+        if self.settings.model != TINY and is_gap_mllm_mini(resolve_model_source(self.settings.model)):  # by its card
             return MINI_NOTICE
         return f"Model: `{self.settings.model}`."
 
@@ -345,6 +349,9 @@ class SpaceBackend:
              session=None, number=0) -> SpaceOutput:
         scene = self._scene(files, example_name)
         request = self._request(task_label, query, object_choice, box_text, marker_text, scene)
+        # before the GPU call, as predict does before its load: a query too long for the model's context, frames the
+        # processor cannot read (cli/tasks.py)
+        check_request(self.model.config, self.processor, scene.views, request, self.settings.max_new_tokens)
         LOG.info("request %d: %s, GPU duration %d s", number, request.task, self.gpu_seconds(scene, request))
         with self._lock:
             scene, result = self._answer_on_gpu(scene, request, session)

@@ -16,6 +16,13 @@ FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION, GROUNDING, CAPTIONING, RECON
 TASKS = tuple(spec.name for spec in FRONT_END_TASKS)
 
 
+def stage_refusal(stage: str, pipeline: str) -> str:
+    """Why `--task <stage>` is refused where `pipeline` runs, and how to run the stage: one line."""
+    return (f"{stage!r} is one stage of {pipeline}, which this command runs as one call (the last stage's prompt on "
+            f"every frame): --task {pipeline}; one stage at a time: processor(images=frames, task={stage!r}, ...) in "
+            f"Python (README.md, Use); both stages in turn, scored: gap-mllm evaluate --task {pipeline}")
+
+
 def task_argument(allowed: Sequence[str], command: str) -> Callable[[str], str]:
     """An argparse `type=` for `--task`: returns the canonical name of one of `allowed`.
 
@@ -31,6 +38,10 @@ def task_argument(allowed: Sequence[str], command: str) -> Callable[[str], str]:
                 spec = resolve_task(value)
             except ValueError:
                 spec = None
+        if spec is not None and spec.name not in allowed:
+            pipeline = next((task for task in allowed if spec.name in resolve_task(task).stages), None)
+            if pipeline is not None:  # a stage of a task this command runs whole (grounding's two)
+                raise argparse.ArgumentTypeError(stage_refusal(spec.name, pipeline))
         if spec is None or spec.name not in allowed:
             raise argparse.ArgumentTypeError(f"{value!r} is not a task of this command; choose from {', '.join(allowed)}")
         for warning in caught:

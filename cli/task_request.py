@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gap_mllm.control_tokens import refuse_control_tokens
-from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TaskSpec, format_box, resolve_task
+from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TaskSpec, check_query_text, format_box, resolve_task
 from gap_mllm.visual_prompt import check_marker_inside
 
 from .task_names import FRONT_END_TASKS, TASKS
@@ -68,6 +68,7 @@ class TaskRequest:
             # before any model is loaded: text that is not valid Unicode (`predict --query $'\xff'`) or holds the
             # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.control_tokens)
             refuse_control_tokens(None, self.query, "the query")
+            check_query_text(self.query, "the query")  # `<image>`: the prompt's own placeholder of a view
         if "box" in self.spec.parameters and self.box is not None:
             check_box(self.box)
         if self.spec.needs_marker and self.marker is not None:

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gap_mllm.control_tokens import PromptTextError
+from gap_mllm.generation_checks import context_limit, positions_after
+from gap_mllm.mrope_positions import mrope_position_ids
 from gap_mllm.output_parsing import other_task_format
 from gap_mllm.target_format import Box3D
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
@@ -114,6 +117,62 @@ def task_answer(task: str, raw: str, parsed):
     one unlabelled detection box, or any text as a caption, and the answer is not the task's (predict: exit status 3)."""
     reason = other_task_format(raw, task)
     return parsed if reason is None else type(parsed)(reason=reason)
+
+
+class FramesRefused(ValueError):
+    """Frames the model's processor cannot read (`reason`, its own words), all of `size` `(width, height)` as the
+    model gets them: a front end names its files."""
+
+    def __init__(self, reason: str, size: tuple[int, int]):
+        super().__init__(f"the model's processor cannot read the frames ({size[0]}x{size[1]} px): {reason}")
+        self.reason, self.size = reason, size
+
+
+def check_request(config, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None) -> None:
+    """What `run_task` would refuse or answer wrongly, found with the model's `config` and `processor` alone, so that a
+    front end says it before the weights load (cli/loading.py `ModelSource`). A ValueError with one line each:
+
+    * the query holds one of the tokenizer's added tokens (`<image>` ...: `TaskRequest.check_text`);
+    * the processor cannot read the frames (`FramesRefused`: a frame past Qwen's aspect-ratio limit, ...);
+    * the prompt leaves the answer no room in the model's context: the prompt's highest M-RoPE position (visual
+      tokens of a view share positions: mrope_positions.py, the positions `generate` gives them) plus the answer's
+      budget (the task's own, which fits any answer of the task, or `max_new_tokens` when lower) must stay within
+      `text_config.max_position_embeddings` (generation_checks.py). `generate` lowers a budget past the context to
+      the positions left, which is right for a budget set high, but a query that took those positions would be
+      answered in a few tokens (a zero-size box) as if nothing were wrong; so it is refused here, naming the query's
+      length and the limit.
+    """
+    request.validate(len(views))
+    request.check_text(processor.tokenizer)
+    try:
+        inputs = processor(images=[list(views)], return_tensors="pt", **request.processor_inputs())
+    except ValueError as error:
+        if isinstance(error, PromptTextError) or error.__cause__ is None:
+            raise
+        # a view the image processor refused (its error, wrapped with the view's number: processing_gap_mllm.py)
+        raise FramesRefused(str(error.__cause__), tuple(views[0].size)) from error
+    limit = context_limit(config)
+    if limit is None:
+        return
+    merge = config.vlm_config.vision_config.spatial_merge_size
+    positions, _ = mrope_position_ids(inputs["mm_token_type_ids"], merge, inputs["image_grid_thw"],
+                                      attention_mask=inputs.get("attention_mask"))
+    highest = int(positions.max())
+    own = request.spec.max_new_tokens
+    needed = own if max_new_tokens is None else min(int(max_new_tokens), own)
+    over = needed - positions_after(limit, highest)
+    if over <= 0:
+        return
+    context = (f"the model's context of {limit:,} positions (text_config.max_position_embeddings): the prompt with "
+               f"its {len(views)} frame(s) ends at position {highest:,}, and the {request.task} answer needs up to "
+               f"{needed:,} more")
+    if "query" in request.spec.parameters:
+        tokens = len(processor.tokenizer(request.query, add_special_tokens=False)["input_ids"])
+        remedy = (f"shorten it by at least {over:,} tokens" if over < tokens
+                  else "no query fits with these frames: give fewer or smaller frames")
+        raise ValueError(f"the query is too long for the model: {len(request.query):,} characters, {tokens:,} tokens, "
+                         f"do not fit in {context}; {remedy}")
+    raise ValueError(f"the request does not fit in {context}; give fewer or smaller frames")
 
 
 def _token_grids(image_grid_thw: torch.Tensor, merge: int) -> list[tuple[int, int]]:

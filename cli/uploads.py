@@ -11,6 +11,8 @@ Rules, each failing with a message meant for the user:
   hold at most `max_video_frames` frames (counted while decoding, for headers that lie or say nothing).
 Videos and GIFs are sampled uniformly down to `max_frames`; all frames are resized to the first
 frame's size (VGGT attends across frames, so they must share one size) and capped at `max_side`.
+A marker pixel (`gap-mllm predict --marker VIEW X Y`) is given in its frame's original pixels, as the file holds
+them, checked there, and moved onto the resized frame the model gets (`Frames.on_model_frames`).
 
 Each surface words the errors its own way (`UploadWords`): the Space names an upload by its file name (the server's
 paths are its own) and speaks of uploading; `gap-mllm predict` names the full path of what the user gave and
@@ -307,11 +309,46 @@ def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:
 
 @dataclass(frozen=True)
 class FrameShape:
-    """How many frames `load_frames` gives the model and their common `(width, height)`; None where reading it
-    would mean decoding a video."""
+    """How many frames `load_frames` gives the model and their common `(width, height)`, and each frame's original
+    `(width, height)` (as its file holds it: the pixels a marker names); None where reading it would mean decoding
+    a video."""
 
     count: int | None
     size: tuple[int, int] | None
+    originals: tuple[tuple[int, int], ...] | None = None
+
+    def original_size(self, view) -> tuple[int, int] | None:
+        """The original `(width, height)` of frame `view`; None when not known or `view` is not a frame (the
+        request's own check names a view out of range)."""
+        return original_size(self.originals, view)
+
+
+def original_size(originals, view) -> tuple[int, int] | None:
+    """`originals[view]` when `view` is one of the frames, else None."""
+    if originals is None or view is None or not 0 <= int(view) < len(originals):
+        return None
+    return tuple(originals[int(view)])
+
+
+def on_model_frame(marker, original: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int]:
+    """The marker `(view, x, y)` of a frame of `original` `(width, height)` pixels, on that frame resized to `size`:
+    the resized pixel that covers the original one's centre (1280x1024 -> 640x512: (568, 600) -> (284, 300))."""
+    view, x, y = (int(v) for v in marker)
+    (width, height), (new_width, new_height) = original, size
+    return (view, min(new_width - 1, int((x + 0.5) * new_width / width)),
+            min(new_height - 1, int((y + 0.5) * new_height / height)))
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The frames the model gets (`views`, resized to one size) and each one's original `(width, height)`."""
+
+    views: list
+    originals: tuple[tuple[int, int], ...]
+
+    def on_model_frames(self, marker) -> tuple[int, int, int]:
+        """A marker given in original pixels (checked inside its frame first), on the frames the model gets."""
+        return on_model_frame(marker, original_size(self.originals, marker[0]), self.views[0].size)
 
 
 def check_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None,
@@ -334,15 +371,21 @@ def check_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=Non
             raise
         except Exception as error:
             raise UploadError(f"{name}: not a readable GIF ({type(error).__name__}).") from error
-        return FrameShape(count, common_size(first, limits.max_side))
+        return FrameShape(count, common_size(first, limits.max_side), (first,) * count)
     sizes = [_read_image(path, limits, words).size for path in resolved]
-    return FrameShape(len(sizes), common_size(sizes[0], limits.max_side))
+    return FrameShape(len(sizes), common_size(sizes[0], limits.max_side), tuple(sizes))
 
 
 def load_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None,
                 words: UploadWords = SPACE_WORDS) -> list[Image.Image]:
     """Check `paths` (see the module docstring) and return the frames to feed the model; errors are worded by
     `words` (the Space's by default)."""
+    return read_frames(paths, limits, allowed_roots, words).views
+
+
+def read_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None,
+                words: UploadWords = SPACE_WORDS) -> Frames:
+    """`load_frames`, with each frame's original size kept (`Frames`): what a marker in original pixels needs."""
     resolved = check_paths(paths, limits, allowed_roots, words)
     suffix = resolved[0].suffix.lower()
     if suffix in VIDEO_SUFFIXES:
@@ -351,4 +394,4 @@ def load_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None
         frames = _gif_frames(resolved[0], limits, words)
     else:
         frames = [_open_image(p, limits, words) for p in resolved]
-    return _common_size(frames, limits.max_side)
+    return Frames(_common_size(frames, limits.max_side), tuple(frame.size for frame in frames))

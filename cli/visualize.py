@@ -58,11 +58,8 @@ def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True, mar
     drawn = []
     for index, view in enumerate(views):
         image = view.copy()
-        if index == 0:
-            first_to_view = np.eye(4)
-        elif scene.cam_to_first is not None:
-            first_to_view = invert_rigid(scene.cam_to_first[index])
-        else:
+        first_to_view = _first_to_view(scene, index)
+        if first_to_view is None:
             drawn.append(image)
             continue
         draw = ImageDraw.Draw(image)
@@ -70,24 +67,55 @@ def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True, mar
             _draw_box_set(draw, transform_boxes(scene.reference_boxes, first_to_view), scene.intrinsics, REFERENCE, 1)
         if len(predicted):
             _draw_box_set(draw, transform_boxes(predicted, first_to_view), scene.intrinsics, PREDICTED, 2, labels)
-        if point is not None:
-            p = first_to_view[:3, :3] @ np.asarray(point, dtype=np.float64) + first_to_view[:3, 3]
-            if p[2] > 0.05:
-                u, v = (scene.intrinsics @ (p / p[2]))[:2]
-                _draw_point(draw, float(u), float(v), image.width, image.height)
+        mark = point_mark(point, first_to_view, scene.intrinsics, image.width, image.height) if point is not None else None
+        if mark is not None:
+            _draw_point(draw, mark, image.width, image.height)
         drawn.append(image)
     return drawn
+
+
+def _first_to_view(scene, index: int):
+    """Frame 0's camera to view `index`'s (4x4), or None for a view without a known pose."""
+    if index == 0:
+        return np.eye(4)
+    return invert_rigid(scene.cam_to_first[index]) if scene.cam_to_first is not None else None
+
+
+def point_marks(scene, point) -> list[tuple[str, float, float] | None]:
+    """`point_mark` of the predicted 3D `point` in every view of `scene` (as `frames_with_boxes` draws it; None for a
+    view without a known pose too)."""
+    marks = []
+    for index, view in enumerate(scene.views):
+        first_to_view = _first_to_view(scene, index)
+        marks.append(None if first_to_view is None
+                     else point_mark(point, first_to_view, scene.intrinsics, view.width, view.height))
+    return marks
+
+
+MIN_POINT_DEPTH = 0.05  # metres in front of the camera: a point nearer or behind it is not drawn in that view
+
+
+def point_mark(point, first_to_view, intrinsics, width: int, height: int) -> tuple[str, float, float] | None:
+    """How the predicted 3D `point` (frame 0's camera) shows in one `width x height` view (`first_to_view`: frame 0's
+    camera to the view's): `("ring", u, v)` inside the frame, `("wedge", u, v)` beyond its edge in front of the camera
+    (`_draw_point` draws both), None behind the camera (nothing is drawn)."""
+    p = first_to_view[:3, :3] @ np.asarray(point, dtype=np.float64) + first_to_view[:3, 3]
+    if p[2] <= MIN_POINT_DEPTH:
+        return None
+    u, v = (intrinsics @ (p / p[2]))[:2]
+    return ("ring" if 0 <= u < width and 0 <= v < height else "wedge"), float(u), float(v)
 
 
 POINT_RADIUS, WEDGE_LENGTH, WEDGE_HALF_WIDTH = 5, 20, 6  # a long, narrow wedge: its direction reads at a glance
 OUTLINE = (0, 0, 0)  # around the yellow, which vanishes on the rooms' light walls without it
 
 
-def _draw_point(draw: ImageDraw.ImageDraw, u: float, v: float, width: int, height: int) -> None:
-    """The predicted point at pixel `(u, v)` of a `width x height` frame: a yellow ring edged in black where it falls
-    inside the frame; where it falls outside (in front of the camera), a yellow wedge on the frame's edge pointing
-    towards it, so that a point beyond every frame (as a wrong answer often is) is still drawn."""
-    if 0 <= u < width and 0 <= v < height:
+def _draw_point(draw: ImageDraw.ImageDraw, mark: tuple[str, float, float], width: int, height: int) -> None:
+    """The predicted point's `point_mark` `(kind, u, v)` in a `width x height` frame: a yellow ring edged in black
+    where it falls inside the frame; where it falls outside (in front of the camera), a yellow wedge on the frame's
+    edge pointing towards it, so that a point beyond every frame (as a wrong answer often is) is still drawn."""
+    kind, u, v = mark
+    if kind == "ring":
         r = POINT_RADIUS
         draw.ellipse([u - r - 1, v - r - 1, u + r + 1, v + r + 1], outline=OUTLINE, width=4)
         draw.ellipse([u - r, v - r, u + r, v + r], outline=MARKER, width=2)

@@ -18,7 +18,10 @@ Captioning:
 Marker task (stage 1):
     constant_point          the mean training point, with the most frequent training label
 
-Every figure comes with its 95 % interval (confidence.py). Randomness is seeded.
+Every figure comes with its 95 % interval (confidence.py). Randomness is seeded. `limit` scores the first `limit`
+records of the scored split, the samples a model evaluated with the same limit answers (the runner takes
+`records[:limit]` of the same annotation file, evaluation/runner.py), so a baseline and the model it is read against
+are scored on the same samples.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ from .marker_metrics import marker_scores
 from .tasks import sample_id
 
 
-def _records(data_root, task: str, split: str) -> list[dict]:
-    return load_annotation_file(find_annotation_file(data_root, task, split))
+def _records(data_root, task: str, split: str, limit: int | None = None) -> list[dict]:
+    """The records of `task`'s annotation file of `split`: the first `limit` of them when given (module docstring)."""
+    return load_annotation_file(find_annotation_file(data_root, task, split))[:limit]
 
 
 def _answer(record: dict) -> str:
@@ -77,11 +81,12 @@ def constant_box_ious(box, records) -> list[float]:
     return [_iou(box, r["gt_bbox"], r["cam2global"][_true_frame(r)], r.get("axis_align_matrix")) for r in records]
 
 
-def grounding_baselines(data_root, split: str = "test", candidates: int = 200, seed: int = 0) -> dict:
+def grounding_baselines(data_root, split: str = "test", candidates: int = 200, seed: int = 0,
+                        limit: int | None = None) -> dict:
     """The three grounding baselines on the two-stage records of `split` (see the module docstring)."""
     train_boxes = np.array([parse_grounding(_answer(r)).box.to_list() for r in _records(data_root, "grounding_stage2", "train")])
     train_records = _records(data_root, "grounding_stage1", "train")
-    test_records = _records(data_root, "grounding_stage1", split)
+    test_records = _records(data_root, "grounding_stage1", split, limit)
     rng = np.random.default_rng(seed)
     out = {"constant_mean_box": accuracy_summary(constant_box_ious(train_boxes.mean(0), test_records))}
 
@@ -128,10 +133,10 @@ def category_mean_matches(records, means: dict, evaluator: DetectionEvaluator | 
     return matches
 
 
-def detection_baseline(data_root, split: str = "test") -> dict:
+def detection_baseline(data_root, split: str = "test", limit: int | None = None) -> dict:
     """`category_mean_boxes` (see the module docstring): F1@0.25 with a bootstrap interval over samples."""
     means = category_mean_boxes(data_root)
-    records = _records(data_root, "detection", split)
+    records = _records(data_root, "detection", split, limit)
     # each sample is matched once; the bootstrap resamples the per-sample counts (re-matching every
     # resample would cost 100x the IoUs for the same figures)
     evaluator = DetectionEvaluator()
@@ -153,10 +158,10 @@ def most_frequent_caption(train_root) -> str:
     return Counter(_answer(r) for r in _records(train_root, "captioning", "train")).most_common(1)[0][0]
 
 
-def caption_baseline(data_root, split: str = "test") -> dict:
+def caption_baseline(data_root, split: str = "test", limit: int | None = None) -> dict:
     """`constant_caption`: CIDEr (and BLEU-4) of the most frequent training caption."""
     caption = most_frequent_caption(data_root)
-    records = _records(data_root, "captioning", split)
+    records = _records(data_root, "captioning", split, limit)
     scores = caption_scores([caption] * len(records), [r["annotations"] for r in records], [r.get("iou", 1.0) for r in records], meteor=False)
     return {"constant_caption": {"num_samples": len(records), "caption": caption, "cider": scores["cider"], "bleu4": scores["bleu4"],
                                  "cider_ci95": bootstrap_interval(scores["per_sample"]["cider"])}}
@@ -170,14 +175,16 @@ def constant_marker_answer(train_root) -> tuple[str, str]:
     return json.dumps({"pointmap": [round(float(v), 2) for v in point], "label": label}), label
 
 
-def marker_baseline(data_root, split: str = "test") -> dict:
+def marker_baseline(data_root, split: str = "test", limit: int | None = None) -> dict:
     """`constant_point`: the mean training point with the most frequent training label."""
     guess, label = constant_marker_answer(data_root)
-    records = _records(data_root, "reconstruction", split)
+    records = _records(data_root, "reconstruction", split, limit)
     scores = marker_scores([guess] * len(records), [_answer(r) for r in records], [r["pixel_coords"][0] for r in records])
     return {"constant_point": {**scores, "label": label}}
 
 
-def all_baselines(data_root, split: str = "test") -> dict:
-    return {"grounding": grounding_baselines(data_root, split), "detection": detection_baseline(data_root, split),
-            "captioning": caption_baseline(data_root, split), "marker": marker_baseline(data_root, split)}
+def all_baselines(data_root, split: str = "test", limit: int | None = None) -> dict:
+    """Every baseline of the module docstring on the first `limit` records of each task's `split` (all: None)."""
+    return {"grounding": grounding_baselines(data_root, split, limit=limit),
+            "detection": detection_baseline(data_root, split, limit),
+            "captioning": caption_baseline(data_root, split, limit), "marker": marker_baseline(data_root, split, limit)}

@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 
 from gap_mllm.processing.dataset_identity import describe_data_root
+from gap_mllm.regular_files import open_regular_file
 
 from . import reports
 
@@ -48,9 +49,10 @@ _CHUNK = 16 * 1024 * 1024
 
 
 def file_sha256(path) -> str:
-    """sha256 of a file's bytes, read in chunks (a multi-GB weight file is never held in memory)."""
+    """sha256 of a file's bytes, read in chunks (a multi-GB weight file is never held in memory); regular files
+    only (gap_mllm.regular_files: a FIFO is refused, not waited on)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

@@ -9,7 +9,9 @@ each finished sample is appended to `raw_outputs.rank<r>.jsonl` and skipped by t
 run: same model files, annotation file, data and task settings (`run_fingerprint.json`; run_fingerprint.py),
 else the run is refused before anything is generated or scored. One run writes into a folder at a time: a run holds
 `evaluation.lock` there from before that check to its end, and a second run into the folder is refused
-(folder_lock.py: an OS file lock the kernel releases however the run ends, seen across process-id namespaces). Under
+(folder_lock.py: an OS file lock the kernel releases however the run ends, seen across process-id namespaces); the
+folder is new, empty or an evaluation's own, never a folder of the user's files (folder_lock.py, the output-folder
+rule of every writer), checked before any work. Under
 `accelerate launch` the pending samples are dealt to the processes (samples about one scene stay on
 one process, which encodes the scene once and answers them all from it); the main process merges
 every rank's file (by sample index, so the order is deterministic) and scores. A predictions
@@ -40,11 +42,12 @@ from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
+from gap_mllm.regular_files import read_regular_bytes
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
 from . import reports, scene_generation
 from .batched_answers import answer_in_batches
-from .folder_lock import evaluation_folder_lock
+from .folder_lock import check_evaluation_folder, claim_evaluation_folder, evaluation_folder_lock
 from .plots import write_plots
 from .run_fingerprint import check_resume, local_model_folder, run_fingerprint, write_fingerprint
 from .tasks import check_batch_size, check_prompt_texts, check_sample_limit, get_task, headline_value, sample_id
@@ -93,7 +96,7 @@ def read_predictions_file(path, stages: int) -> dict[str, list[str]]:
     strings."""
     out: dict[str, list[str]] = {}
     line_of: dict[str, int] = {}
-    data = Path(path).read_bytes()
+    data = read_regular_bytes(path, "predictions file")  # a FIFO is refused, not waited on
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -133,6 +136,20 @@ def _unscored_rows(outputs_by_id: dict, ids: list[str], all_ids: list[str]) -> d
             "not_in_annotations": len(unknown), "not_in_annotations_first": unknown[:5]}
 
 
+def sample_requests(task, records, ids, media_root):
+    """`(sample index, stage, previous texts) -> Request` of `task` for `records` (ids `ids`), its image paths
+    resolved under `media_root` and the sample named (what `answer_in_batches` asks for; bench_eval_scale.py too)."""
+
+    def request_for(i, stage, previous):
+        request = task.request(records[i], stage, previous, media_root)
+        # annotation paths are relative to posed_images
+        request.images = [str(media_path(media_root, p, ids[i])) for p in request.images]
+        request.sample = ids[i]  # named if its prompt is refused (processing/collator.py)
+        return request
+
+    return request_for
+
+
 def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
                      rank, world, device, progress=True, scene_reuse=True, compile_decoding="auto") -> None:
     """Generate every sample whose id is not yet in the raw-output files (this rank's share).
@@ -149,14 +166,7 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
         return
     generator = scene_generation.SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens,
                                                 compile_decoding=compile_decoding)
-
-    def request_for(i, stage, previous):
-        request = task.request(records[i], stage, previous, media_root)
-        # annotation paths are relative to posed_images
-        request.images = [str(media_path(media_root, p, ids[i])) for p in request.images]
-        request.sample = ids[i]  # named if its prompt is refused (processing/collator.py)
-        return request
-
+    request_for = sample_requests(task, records, ids, media_root)
     reports.end_torn_line(reports.raw_output_file(out_dir, rank))
     with open(reports.raw_output_file(out_dir, rank), "a", encoding="utf-8") as handle, \
             tqdm(total=pending, desc=f"{task.name} (rank {rank})", disable=not progress or rank != 0) as bar:
@@ -180,6 +190,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     """
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
+    check_evaluation_folder(out_dir)  # a folder of the user's (or "."): refused before any work (folder_lock.py)
     check_sample_limit(limit)
     check_batch_size(batch_size)
     if constrained and predictions_file is not None:
@@ -203,11 +214,13 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
         check_prompt_texts(records, ids, annotation_file)  # no prompt may write chat turns (gap_mllm.control_tokens)
     media_root = posed_images_dir(data_dir)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rank, world, device, barrier = _process_state() if predictions_file is None else (0, 1, "cpu", lambda: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
     # one writer per folder (folder_lock.py): taken before the fingerprint check, held until the summary is written;
     # the main process holds it for every process of a sharded run
     with evaluation_folder_lock(out_dir, take=rank == 0):
+        if rank == 0:  # checked again under the lock, and marked as an evaluation's before anything is written
+            claim_evaluation_folder(out_dir)
         barrier()  # no process reads the folder before the main one holds it
         return _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
                               predictions_file, rank, world, device, barrier, batch_size, max_new_tokens,

@@ -24,6 +24,9 @@ class Arm:
 
 
 MAIN_ARM = Arm("gap_gated_s0")
+# the results folder and table row of the main arm decoding inside each task's answer grammar (`--constrained-row`):
+# front ends read it to show the figures of the decoding they ran (cli/model_scores.py)
+CONSTRAINED_SUFFIX = "_constrained"
 ABLATION_ARMS = (
     MAIN_ARM,
     Arm("gap_gated_s1", seed=1),

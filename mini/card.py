@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .identity import MINI_MODEL_NAME
 from .report import results_markdown
 
 
@@ -34,7 +35,7 @@ def mini_model_card(config, counts: dict[str, int], results: dict | None) -> str
     """README.md of the exported miniature (front matter + sections)."""
     data = ModelCardData(language="en", license="apache-2.0", library_name="transformers", pipeline_tag="image-text-to-text",
                          tags=["multimodal", "3d", "spatial-reasoning", "custom_code", "gap-mllm", "synthetic-data"],
-                         model_name="GAP-MLLM-Mini")
+                         model_name=MINI_MODEL_NAME)
     parameters = "\n".join(["| part | parameters |", "|---|---|"] + [f"| {name} | {count / 1e6:.2f} M |" for name, count in counts.items()])
     if results is not None:
         evaluation = (f"Held-out SynthRooms test scenes (budget `{results['budget']}`); every figure from `make mini`:\n\n"

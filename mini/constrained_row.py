@@ -60,13 +60,21 @@ def add_constrained_row(model: Path, data: Path, out: Path, *, budget: str = "fu
     row = arm_results(run, row_arm)
     results["arms"] = {**{name: found for name, found in results["arms"].items() if name != row_arm.name},
                        row_arm.name: row}
+    write_shipped_results(model, results, table)
+    return row
+
+
+def write_shipped_results(model: Path, results: dict, table: Path | None = None) -> None:
+    """Write `results` as the shipped folder `model`'s `evaluation_results.json`, its model card (the writer's text
+    of them: mini/card.py) and, given, the results table `table` (keeping a refused candidate's section), each whole
+    or not at all."""
+    model = Path(model)
     loaded = GapMllmForConditionalGeneration.from_pretrained(model, dtype=torch.float32)
-    _replace_file(results_path, json.dumps(results, indent=1))
+    _replace_file(model / RESULTS_FILE, json.dumps(results, indent=1))
     _replace_file(model / "README.md", mini_model_card(loaded.config, parameter_counts(loaded), results))
     if table is not None:
         table = Path(table)
         _replace_file(table, results_document(results, table.read_text(encoding="utf-8") if table.is_file() else None))
-    return row
 
 
 def main(argv=None) -> dict:

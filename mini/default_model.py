@@ -1,10 +1,10 @@
 """The embedded GAP-MLLM-Mini as a loadable Hub folder whose remote code is the installed package's.
 
-The repository ships only the model's data in `mini/gap-mllm-mini/` (weights, configs, tokenizer, card, results).
-A Hub folder also needs the remote-code files that `trust_remote_code` imports (configuration, modeling,
-processing and everything they import relatively); committing them would be a second copy of
-`modeling_gap_mllm/` that drifts from the package. Instead `default_model_path()` assembles the folder in the user
-cache:
+The repository ships `mini/gap-mllm-mini/`: the model's data (weights, configs, tokenizer, card, results) and, as
+links into `modeling_gap_mllm/` (mini/code_links.py), the remote-code files `trust_remote_code` imports, so the
+folder loads by path. Links can fail where the package's files are not beside them as in a checkout (a clone whose
+git wrote the links as text files, an installation that moved): `default_model_path()` therefore assembles the
+folder it returns in the user cache, whatever the shipped folder's links are:
 
     <cache>/gap-mllm-mini-<id>/   links to every shipped file (copies where links are not possible)
                                  + the remote-code files, written from the installed `gap_mllm` package

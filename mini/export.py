@@ -21,6 +21,7 @@ from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.processing.output_folder import MARKER, writing_output_folder
 
 from .card import mini_model_card
+from .code_links import write_code_links
 from .default_model import SHIPPED_DIR
 
 STORAGE_DTYPE = torch.bfloat16
@@ -46,8 +47,9 @@ def export_default(model_dir, dest, results: dict | None = None, max_shard_size:
                    overwrite: bool = False) -> Path:
     """Copy the model of `model_dir` to `dest` in bfloat16 storage with its processor and a model card.
 
-    `with_remote_code`: keep the remote-code files `save_pretrained` writes (a complete Hub folder). Default: yes,
-    except for the embedded default's own folder (`SHIPPED_DIR`), which ships no code (mini/default_model.py).
+    `with_remote_code`: keep the remote-code files `save_pretrained` writes (a complete Hub folder). Default: yes; the
+    embedded default's own folder (`SHIPPED_DIR`) gets them as links into the package instead of copies, equally
+    complete (mini/code_links.py); False writes no code.
     `command` / `option`: who writes `dest` and how the user named it (its marker, the refusal's words);
     `overwrite`: replace a non-empty `dest` that `command` did not write.
 
@@ -55,14 +57,16 @@ def export_default(model_dir, dest, results: dict | None = None, max_shard_size:
         OutputFolderRefused: `dest` holds files `command` did not write, and no `overwrite`.
     """
     dest = Path(dest)
-    with_remote_code = dest.resolve() != SHIPPED_DIR.resolve() if with_remote_code is None else with_remote_code
+    code = ("links" if dest.resolve() == SHIPPED_DIR.resolve() else "copies") if with_remote_code in (None, True) else None
     with writing_output_folder(dest, command, overwrite=overwrite, option=option) as staging:
-        _write_export(model_dir, staging, results, max_shard_size, with_remote_code)
+        _write_export(model_dir, staging, results, max_shard_size, code, dest)
     return dest
 
 
-def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: str, with_remote_code: bool) -> None:
-    """The files of `export_default`, into the empty folder `dest` (its staging sibling)."""
+def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: str, code: str | None,
+                  final: Path) -> None:
+    """The files of `export_default`, into the empty folder `dest` (the staging sibling of `final`); `code`: the
+    remote code as "copies" (`save_pretrained`'s), "links" into the package (mini/code_links.py) or None (none)."""
     model = GapMllmForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     processor = GapMllmProcessor.from_pretrained(model_dir)
     counts = parameter_counts(model)
@@ -70,9 +74,11 @@ def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: s
     model.config.dtype = "float32"  # compute dtype on load; storage is bfloat16 (module docstring)
     model.save_pretrained(dest, state_dict=state, max_shard_size=max_shard_size)
     processor.save_pretrained(dest)
-    if not with_remote_code:
-        for code in dest.glob("*.py"):
-            code.unlink()
+    if code is None:
+        for path in dest.glob("*.py"):
+            path.unlink()
+    elif code == "links":  # the committed folder: no second copy of the package in git
+        write_code_links(dest, link_folder=final)
     (dest / "README.md").write_text(mini_model_card(model.config, counts, results), encoding="utf-8")
     if results is not None:
         (dest / "evaluation_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")

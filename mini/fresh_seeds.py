@@ -165,17 +165,20 @@ def model_figures(out: Path, label: str, seeds=FRESH_SEEDS) -> dict:
 # ------------------------------------------------------------------------------------------- baselines on the same scenes
 
 
-def _test_records(out: Path, seeds, task: str) -> list[dict]:
-    """The records of `task` over the fresh seeds' test splits, in seed order."""
+def _test_records(out: Path, seeds, task: str, limit: int | None = None) -> list[dict]:
+    """The records of `task` over the fresh seeds' test splits, in seed order: the first `limit` of each seed, the
+    samples the models answered with that limit (`evaluate_fresh`; the runner takes `records[:limit]`)."""
     return [record for seed in seeds
-            for record in load_annotation_file(find_annotation_file(seed_folder(out, seed) / "data", task, "test"))]
+            for record in load_annotation_file(find_annotation_file(seed_folder(out, seed) / "data", task, "test"))[:limit]]
 
 
-def baselines(out: Path, train_data: Path, seeds=FRESH_SEEDS, candidates: int = CONSTANT_CANDIDATES) -> dict:
-    """What a model gets without looking, on the pooled fresh-seed samples (module docstring); the training
-    statistics come from the train split of `train_data` (evaluation/baselines.py's pieces)."""
+def baselines(out: Path, train_data: Path, seeds=FRESH_SEEDS, candidates: int = CONSTANT_CANDIDATES,
+              limit: int | None = None) -> dict:
+    """What a model gets without looking, on the pooled fresh-seed samples the models answered (module docstring; the
+    first `limit` of each seed's task, as `evaluate_fresh` with that limit); the training statistics come from the
+    train split of `train_data` (evaluation/baselines.py's pieces)."""
     found: dict = {}
-    records = _test_records(out, seeds, "grounding_stage1")
+    records = _test_records(out, seeds, "grounding_stage1", limit)
     train_boxes = np.array([parse_grounding(r["conversations"][1]["value"]).box.to_list()
                             for r in load_annotation_file(find_annotation_file(train_data, "grounding_stage2", "train"))])
     rng = np.random.default_rng(0)
@@ -194,22 +197,22 @@ def baselines(out: Path, train_data: Path, seeds=FRESH_SEEDS, candidates: int = 
                               "acc@0.25_ci95": wilson_interval(int((ious[0] >= 0.25).sum()), len(records))},
         "frame_0": {"frame_accuracy": frame0 / len(records), "frame_accuracy_ci95": wilson_interval(frame0, len(records))},
     }
-    matches = category_mean_matches(_test_records(out, seeds, "detection"), category_mean_boxes(train_data))
+    matches = category_mean_matches(_test_records(out, seeds, "detection", limit), category_mean_boxes(train_data))
     counts = [{label: [c.tp, c.fp, c.fn] for label, c in match.counts.items()} for match in matches]
     found["detection"] = {"category_mean_boxes": {"f1@0.25": f1_of_counts(counts), "f1@0.25_ci95": f1_interval(counts)}}
     caption = most_frequent_caption(train_data)
     scores = []
     for seed in seeds:  # CIDEr's IDF over each seed's samples, as the runner scores the model there
-        seed_records = _test_records(out, (seed,), "captioning")
+        seed_records = _test_records(out, (seed,), "captioning", limit)
         scored = caption_scores([caption] * len(seed_records), [r["annotations"] for r in seed_records],
                                 [r.get("iou", 1.0) for r in seed_records], meteor=False)
         scores += list(scored["per_sample"]["cider"])
     found["captioning"] = {"constant_caption": {"cider@0.5": float(np.mean(scores)), "caption": caption,
                                                 "cider@0.5_ci95": bootstrap_interval(scores, np.mean, RESAMPLES)}}
     guess, _ = constant_marker_answer(train_data)
-    answers = [r["conversations"][1]["value"] for r in _test_records(out, seeds, "reconstruction")]
+    answers = [r["conversations"][1]["value"] for r in _test_records(out, seeds, "reconstruction", limit)]
     errors = point_errors([guess] * len(answers), answers)
-    found["marker"] = {"constant_point": {"point_error_m_median": float(np.median(errors)),
+    found["marker"] = {"constant_point": {"num_samples": len(answers), "point_error_m_median": float(np.median(errors)),
                                           "point_error_m_median_ci95": bootstrap_interval(errors, np.median, RESAMPLES)}}
     return found
 
@@ -283,7 +286,7 @@ def fresh_results(out: Path, train_data: Path, models: dict[str, Path], seeds=FR
     for label, folder in models.items():
         evaluate_fresh(out, folder, label, seeds, scenes, **evaluation)
     figures = {label: model_figures(out, label, seeds) for label in models}
-    base = baselines(out, train_data, seeds)
+    base = baselines(out, train_data, seeds, limit=evaluation.get("limit"))  # on the samples the models answered
     found = {"seeds": list(seeds), "scenes_per_seed": scenes, "models": {label: summary(f) for label, f in figures.items()},
              "baselines": base}
     if candidate is not None and reference is not None:

@@ -36,8 +36,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,14 +52,18 @@ from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.evaluation.baselines import all_baselines
 from gap_mllm.evaluation.geometry_eval import evaluate_geometry
 from gap_mllm.evaluation.runner import run_evaluation
+from gap_mllm.processing.errors import RunStoppedEarly
 from gap_mllm.processing.output_folder import check_output_folder
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.training.config import load_recipe
 from gap_mllm.training.device import plan_device
 from gap_mllm.training.geometry_data import GeometryClips
-from gap_mllm.training.run import run_training
+from gap_mllm.training.run import continuation_command, run_training
 
-from .arms import ABLATION_ARMS, ARMS, MAIN_ARM, Arm
+from .ablation import ABLATION_FRESH_SEEDS, ABLATION_STAGE2_SETTINGS, ablation_arms, run_state_overrides, stage2_steps
+from .ablation import check_stage0, stage_steps
+
+from .arms import ARMS, MAIN_ARM, Arm
 from .export import EXPORT_COMMAND, export_default, export_is_complete
 from .fresh_seeds import FRESH_SCENES, fresh_results
 from .synth_data import MINI_COMMAND, ensure_synth_data
@@ -101,6 +107,9 @@ class MiniRun:
     data_given: bool = True  # --data was given (False: the data folder is `<out>/data`, which the messages say)
     stage1_from: Path | None = None  # a model folder the main arm's stage 2 starts from, instead of training stage 1
     constrained_row: bool = False  # also score the main arm decoding inside each task's grammar (its own table row)
+    ablation: bool = False  # every arm at the ablation's one budget (mini/ablation.py)
+    run_state: Path | None = None  # `--run-state DIR`: each arm's stage keeps its run state in DIR/<arm>/<stage>
+    deadline: float | None = None  # `--time-limit`: time.monotonic() by which the command stops
 
     @property
     def settings(self) -> Budget:
@@ -134,17 +143,40 @@ def stage_is_done(folder: Path) -> bool:
     return (folder / DONE_MARKER).is_file()
 
 
-def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrides: list[str]) -> Path:
-    """Run one recipe to completion (resuming a killed run), then mark it done."""
+class StoppedBeforeStage(RunStoppedEarly):
+    """`--time-limit` left too little time to start the next training stage: the command stops (exit status 75),
+    and the same command continues there."""
+
+
+MIN_STAGE_S = 60  # a training stage does not start with less than this left of `--time-limit`
+
+
+def stage_settings(run: MiniRun, kind: str) -> list[str]:
+    """The settings the budget, `--set` and `--stage-set` give a training stage of kind `kind`, in their order."""
+    budget = run.settings.stage_overrides
+    return [*budget.get("*", []), *budget.get(kind, []), *run.overrides,
+            *(value for stage, value in run.stage_overrides if stage == kind)]
+
+
+def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrides: list[str], last: list[str] = ()) -> Path:
+    """Run one recipe to completion (resuming a killed run), then mark it done. `overrides` come before the
+    budget's and the user's settings, `last` after them (the ablation's equal steps, which no setting changes)."""
     if stage_is_done(output):
         logger.info("%s: done already (%s)", recipe_name, output)
         return output
+    last = list(last)
+    if run.deadline is not None:  # `--time-limit`: the stage trains for what is left, or not at all
+        left = run.deadline - time.monotonic()
+        if left < MIN_STAGE_S:
+            raise StoppedBeforeStage(f"gap-mllm mini stopped at its --time-limit before {recipe_name} ({output}); "
+                                     f"continue it with: {continuation_command()}")
+        last.append(f"time_limit_s={int(left)}")
     budget = run.settings.stage_overrides
     # one feature cache for the run: stages with the same frozen encoders share its entries (stage 2's marker samples)
     values = [f"data.data_root={run.data}", f"data.cache_dir={run.out / 'hf_datasets'}", f"training.output_dir={output}",
               f"cache.directory={run.out / 'feature_cache'}",
               *budget.get("*", []), *budget.get(kind, []), *overrides, *run.overrides,
-              *(value for stage, value in run.stage_overrides if stage == kind)]
+              *(value for stage, value in run.stage_overrides if stage == kind), *last]
     values.append(f"device={run.device}")  # training/device.py picks (and logs) device and precision
     recipe = load_recipe(RECIPES / recipe_name, values)
     logger.info("%s → %s", recipe_name, output)
@@ -233,22 +265,57 @@ def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
              f"model.seed={arm.seed}", f"model.encoders_from={stage0}", f"model.encoders={encoders}", f"training.seed={arm.seed}"]
     if arm.vision == "random_unfrozen":
         fresh += ["freezing.freeze_vision_tower=false", "learning_rates.vision_tower_lr=null", "cache.enabled=false"]
+    states = {kind: run_state_overrides(run.run_state, arm, kind) if run.run_state is not None else []
+              for kind in ("stage1", "stage2")}
+    stage2_last = ablation_stage2(run, arm)
     if arm.stage1 and run.stage1_from is not None and arm == MAIN_ARM:
         stage1 = adopt_model(run.stage1_from, run.stage_dir(arm.name, "stage1"), "--stage1", "stage1")
         start = [f"model.name_or_path={stage1}", f"training.seed={arm.seed}"]
     elif arm.stage1:
-        stage1 = train_stage(run, "mini_stage1.yaml", "stage1", run.stage_dir(arm.name, "stage1"), fresh)
+        stage1 = train_stage(run, "mini_stage1.yaml", "stage1", run.stage_dir(arm.name, "stage1"), [*fresh, *states["stage1"]])
         if arm.stage1_only:
             return stage1
         start = [f"model.name_or_path={stage1}", f"training.seed={arm.seed}"]
     else:
         start = ["model.name_or_path=null", *fresh]
-    stage2 = train_stage(run, "mini_stage2.yaml", "stage2", run.stage_dir(arm.name, "stage2"), start)
+    stage2 = train_stage(run, "mini_stage2.yaml", "stage2", run.stage_dir(arm.name, "stage2"),
+                         [*start, *states["stage2"], *ablation_stage2_settings(run)], last=stage2_last)
     final = run.stage_dir(arm.name, "final")
     if not export_is_complete(final):
         # `final` lies in the run's own stage folder: what is there is a half export of an earlier version, replaced
         export_default(stage2, final, command=COMMAND, option="", overwrite=True)
     return final
+
+
+def _recipe_steps(recipe_name: str) -> int:
+    """`training.max_steps` of a recipe of this pipeline, as written."""
+    return int(yaml.safe_load((RECIPES / recipe_name).read_text(encoding="utf-8"))["training"]["max_steps"])
+
+
+def ablation_stage2_settings(run: MiniRun) -> list[str]:
+    """What `--ablation` sets in every arm's stage 2 before the user's settings: the sixth release's stage 2
+    (mini/ablation.py) at the budget's ablation steps."""
+    if not run.ablation:
+        return []
+    steps = run.settings.ablation_stage2_steps
+    return [*ABLATION_STAGE2_SETTINGS, *([f"training.max_steps={steps}"] if steps is not None else [])]
+
+
+def ablation_stage2(run: MiniRun, arm: Arm) -> list[str]:
+    """The stage-2 settings of `--ablation` that come after every other (`train_stage`'s `last`): an arm without
+    stage 1 trains the stage-1 steps as more stage 2, so every arm makes the same number of steps."""
+    if not run.ablation or arm.stage1:
+        return []
+    stage1 = stage_steps(_recipe_steps("mini_stage1.yaml"), stage_settings(run, "stage1"))
+    stage2 = stage_steps(_recipe_steps("mini_stage2.yaml"), _ablation_then_user(run))
+    return [f"training.max_steps={stage2_steps(arm, stage1, stage2)}"]
+
+
+def _ablation_then_user(run: MiniRun) -> list[str]:
+    """Stage 2's settings in `train_stage`'s order: the budget's, the ablation's, the user's."""
+    budget = run.settings.stage_overrides
+    return [*budget.get("*", []), *budget.get("stage2", []), *ablation_stage2_settings(run), *run.overrides,
+            *(value for stage, value in run.stage_overrides if stage == "stage2")]
 
 
 def constrained_arm(arm: Arm) -> Arm:
@@ -329,11 +396,15 @@ def evaluate_stage0(run: MiniRun, stage0: Path) -> dict:
 
 
 def compute_baselines(run: MiniRun) -> dict:
-    path = run.results_dir("baselines.json")
+    """The trivial baselines on the test samples the models answer (the first `--eval-limit` of each task, as the
+    runners take them: `_evaluate`), so each table row and its baseline are scored on the same samples; kept in
+    `results/baselines.json` (`baselines_limit<N>.json` with a limit, so a rerun with another limit scores anew)."""
+    limit = run.eval_limit or run.settings.eval_limit
+    path = run.results_dir("baselines.json" if limit is None else f"baselines_limit{limit}.json")
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
 
-    report = all_baselines(run.data, "test")
+    report = all_baselines(run.data, "test", limit=limit)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     return report
@@ -380,6 +451,12 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
             batch_size=run.eval_batch_size or run.settings.eval_batch_size, limit=run.eval_limit or run.settings.eval_limit,
             max_new_tokens=run.settings.eval_max_new_tokens, workers=run.workers)
         results["fresh_seeds"]["reference_folder"] = str(release_reference) if release_reference is not None else None
+    if run.ablation:  # every arm on the same scenes of the ablation's own fresh seeds, fixed before any was evaluated
+        results["ablation_fresh_seeds"] = fresh_results(
+            run.out, run.data, {arm.name: run.stage_dir(arm.name, "final") for arm in arms if not arm.stage1_only},
+            seeds=ABLATION_FRESH_SEEDS, scenes=FRESH_SCENES if run.budget == "full" else 1,
+            batch_size=run.eval_batch_size or run.settings.eval_batch_size, limit=run.eval_limit or run.settings.eval_limit,
+            max_new_tokens=run.settings.eval_max_new_tokens, workers=run.workers)
     write_report(run, results)
     decision = (results.get("fresh_seeds") or {}).get("decision")
     if export is not None and decision is not None and not decision["ship"]:
@@ -410,6 +487,12 @@ def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> N
                        "--budget", run.budget, "--device", run.device, "--arms", arm.name, "--no-report"]
             if arm.stage1_only:
                 command.append("--stage1-only")
+            if run.ablation:
+                command.append("--ablation")
+            if run.run_state is not None:
+                command += ["--run-state", str(run.run_state)]
+            if run.deadline is not None:
+                command += ["--time-limit", str(max(1, int(run.deadline - time.monotonic())))]
             for flag, value in (("--eval-max-new-tokens", run.eval_max_new_tokens), ("--eval-batch-size", run.eval_batch_size),
                                 ("--eval-limit", run.eval_limit)):
                 if value is not None:
@@ -441,12 +524,43 @@ def parse_stage_override(value: str) -> tuple[str, str]:
     return stage, override
 
 
+class StoppedAtTimeLimit(RunStoppedEarly):
+    """`--time-limit` (or a SIGTERM) came outside a training loop: the command stops at once (exit status 75)."""
+
+
+def _stop_outside_training(signum, frame):
+    raise StoppedAtTimeLimit(f"gap-mllm mini stopped on SIGTERM (its --time-limit) outside a training step (data, "
+                             f"the feature cache or an evaluation: nothing there is lost); continue it with: "
+                             f"{continuation_command()}")
+
+
+def stop_at_time_limit(seconds: float) -> threading.Timer:
+    """At `--time-limit`, this process gets a SIGTERM: a training step in progress ends with a checkpoint and its run
+    state (training/time_limit.py, whose handler holds the signal while a stage trains; each stage's own
+    `time_limit_s` stops it there as well), and whatever else runs (data, the feature cache, an evaluation: nothing
+    there is lost) ends at once with `StoppedAtTimeLimit`, exit status 75 like the training's stop."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_outside_training)
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.stage1 and args.stage1_only:
         raise ValueError("--stage1 DIR gives the main arm's stage 1; --stage1-only would train nothing")
     if args.stage1_only and args.export:
         raise ValueError(f"--export {args.export} needs the main arm's final model, which --stage1-only does not train")
+    given = [flag for flag, value in (("--export", args.export), ("--release-reference", args.release_reference),
+                                      ("--stage1", args.stage1), ("--table", args.table)) if value]
+    if args.ablation and given:  # its main arm is retrained at the ablation's budget, not the shipped model
+        raise ValueError(f"--ablation trains every arm, the main one too, from the same stage 0 at one budget "
+                         f"(mini/ablation.py): its main arm is not a release and its table not the shipped model's, so "
+                         f"{', '.join(given)} does not go with it")
+    if args.ablation and args.budget == "full":  # every arm from the same stage 0, on every machine
+        check_stage0(args.stage0)
     stage_overrides = tuple(parse_stage_override(value) for value in args.stage_overrides)
     plan_device(args.device, {}, "auto")  # the training's own device check, before any data is written or trained
     run = MiniRun(out=Path(args.out), data=Path(args.data) if args.data else Path(args.out) / "data", budget=args.budget,
@@ -454,8 +568,12 @@ def main(args: argparse.Namespace) -> int:
                   eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit, overrides=tuple(args.overrides),
                   stage_overrides=stage_overrides, stage0_from=Path(args.stage0) if args.stage0 else None,
                   stage1_from=Path(args.stage1) if args.stage1 else None, data_given=bool(args.data),
-                  constrained_row=args.constrained_row)
-    names = args.arms or ([arm.name for arm in ABLATION_ARMS] if args.ablation else [MAIN_ARM.name])
+                  constrained_row=args.constrained_row, ablation=args.ablation,
+                  run_state=Path(args.run_state) if args.run_state else None,
+                  deadline=time.monotonic() + args.time_limit if args.time_limit else None)
+    if args.time_limit:
+        stop_at_time_limit(args.time_limit)
+    names = args.arms or ([arm.name for arm in ablation_arms()] if args.ablation else [MAIN_ARM.name])
     arms = [replace(ARMS[name], stage1_only=True) if args.stage1_only else ARMS[name] for name in names]
     if args.no_report:  # a worker process of --parallel: one arm, no shared steps
         stage0 = run.stage_dir("stage0")

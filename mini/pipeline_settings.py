@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from gap_mllm.processing.argument_types import positive_int
 
+from .ablation import ABLATION_STAGE2_STEPS
 from .arms import ARMS
 
 STAGE_KINDS = ("geometry", "cameras", "vision", "stage1", "stage2")  # the training stages, as `--stage-set` names them
@@ -26,10 +27,12 @@ class Budget:
     # 27 tokens, grounding 6 / 60 per stage, captioning 15, detection 407), so no valid answer is ever cut
     # while a model that never stops costs tens of tokens, not the official 1280 / 4096
     eval_max_new_tokens: dict = field(default_factory=lambda: dict(EVAL_MAX_NEW_TOKENS))
+    # `--ablation`: the stage-2 steps of every arm (mini/ablation.py; None: the budget's own, as the toy's 2)
+    ablation_stage2_steps: int | None = None
 
 
 BUDGETS = {
-    "full": Budget(),
+    "full": Budget(ablation_stage2_steps=ABLATION_STAGE2_STEPS),
     "toy": Budget(
         scenes=(3, 2, 2),
         stage_overrides={
@@ -54,7 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full: the recipes; toy: a few steps per stage")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--workers", type=positive_int, default=1, help="processes writing the data")
-    parser.add_argument("--ablation", action="store_true", help="train and evaluate every ablation arm (mini/README.md)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="train and evaluate every ablation arm, one at a time, at one budget (mini/ablation.py); "
+                             "with --arms, those arms at that budget")
+    parser.add_argument("--run-state", default=None, metavar="DIR",
+                        help="keep each arm's training stages' run states in DIR/<arm>/<stage> (a folder to commit: a "
+                             "fresh clone continues the run with the same command; training/run_state.py)")
+    parser.add_argument("--time-limit", type=positive_int, default=None, metavar="SECONDS",
+                        help="stop the whole command after SECONDS: each training stage gets what is left as its "
+                             "time_limit_s (a checkpoint and its run state, exit status 75); no stage starts with under "
+                             "a minute left, and at the limit a step in progress ends the same way while data, "
+                             "cache filling or evaluation are ended at once (nothing there is lost)")
     parser.add_argument("--arms", nargs="+", default=None, choices=sorted(ARMS), help="arms to run (default: the main arm)")
     parser.add_argument("--parallel", type=positive_int, default=1, help="arms trained at the same time (separate processes)")
     parser.add_argument("--eval-max-new-tokens", type=positive_int, default=None, help="one generation budget for every task (default: per task, EVAL_MAX_NEW_TOKENS)")

@@ -29,6 +29,7 @@ from gap_mllm.evaluation.marker_metrics import marker_scores
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 
+from .arms import CONSTRAINED_SUFFIX
 from .paired_arms import paired_arms
 from .sample_rows import detection_counts, f1_interval, f1_of_counts, marker_answers, sample_rows
 
@@ -138,7 +139,6 @@ def _cell(value, interval=None, percent: bool = False, digits: int = 2) -> str:
 # random_same_category answers with a true box (of a random object of the target's category): it reads the
 # ground truth, so it is an upper reference for a model that finds the category, not a baseline to beat
 GROUNDING_ROW_NAMES = {"random_same_category": "upper reference: random_same_category (reads the true boxes)"}
-CONSTRAINED_SUFFIX = "_constrained"  # the results folder and table row of the main arm decoding inside its grammar
 CONSTRAINED_NOTE = (" {row}: the same final model on the same samples, decoding inside each task's answer grammar "
                     "(constrained decoding, the default of `gap-mllm predict`, the demo and the Space; "
                     "`gap-mllm evaluate --constrained`), where the other rows decode freely as the paper's protocol does.")

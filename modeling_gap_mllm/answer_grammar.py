@@ -1,32 +1,45 @@
 """The grammar of each task's answer: what constrained decoding lets the model write, in xgrammar's EBNF.
 
 Each grammar is the language of the task's serialiser (target_format.py), built from the same named pieces
-(keys, separators, the detection fence), and bounded so that an answer always ends within its token budget:
+(keys, separators, the detection fence), and admits only what a reader accepts as an answer of its task:
 
     detection         ```json\\n[\\n\\t{"label": "couch", "bbox_3d": [9 numbers]},\\n ... \\n]```   (0 to N entries)
     grounding         {"bbox_3d": [9 numbers]}                 (stages 2 and the one-call pipeline)
     grounding_stage1  {"frame": k}                             (k: one of the views' indices when their number is known)
     reconstruction    {"pointmap": [x, y, z], "label": "..."}  (the label may be left out, as the serialiser does)
-    captioning        one line of prose: no leading space or bracket, no backtick (never another task's format)
-    spatial_qa        a number or one option letter (A-Z)
+    captioning        prose: sentences of words (`caption_grammar`), never another task's syntax
+    spatial_qa        one of the option letters the question offers, else a number
 
 A number is what `json.dumps(round(v, 2))` writes: an optional minus, 1-2 integer digits without a leading zero,
 a point, 1-2 decimals (`0.44`, `-0.0`, `12.5`; up to ±99.99 metres or radians: a room); a box's sizes (entries 3-5)
 have no minus (`output_parsing.box_numbers` refuses a negative size) except `-0.0`, which the serialiser writes for a
-size of -0.0. Labels are 1-32 printable ASCII characters without `"` or `\\`, so a label needs no escape.
+size of -0.0. A label (detection's, reconstruction's) is a name: words of letters and digits that start with a
+letter, joined by single spaces, hyphens or apostrophes (`night stand`, `l-shaped sofa`), 1-32 characters, so never
+a number, a bracket or a fragment of JSON. The grammar does not restrict labels to a category list: a model's
+categories are not recorded in its folder (the real model's are the open vocabulary of its training data).
 
-Every grammar is built for a token budget (`max_tokens`: the task's `max_new_tokens`, or the caller's). A token is at
-least one byte of text, so an answer of at most `max_tokens` bytes always ends within the budget, whatever the
-tokenizer: a detection answer holds at most `detection_entries(max_tokens)` entries (9 for detection's 1,280
-tokens; a larger budget allows more), and the fixed-size answers fit their tasks' budgets (`answer_bytes`).
-Captions are free text: one cut by its budget is still a caption.
+Length. Every grammar is built for a token budget (`max_tokens`: the task's `max_new_tokens`, or the caller's). A
+token is at least one byte of text, so an answer of at most `max_tokens` bytes ends within the budget whatever the
+tokenizer: the fixed-size answers fit their tasks' budgets (`answer_bytes`). A detection answer is a list that a
+byte bound would cut short (Qwen's tokenizer spends 5-6 tokens on a number, fewer than its bytes), so it is
+bounded by tokens where the decoder counts them: `generate`'s logits processor (answer_grammar_processor.py) decodes
+inside the list without a bound (`DETECTION_LIST`) and, once the tokens left are what one more entry and the close
+can take, lets it begin no further entry, so the answer ends well-formed and holds as many entries as the budget
+allows (with a real-size tokenizer, 18 entries of a room in detection's 1,280 tokens: tests/test_answer_meaning.py).
+An engine that cannot count tokens (vLLM's structured outputs) gets `detection_grammar`, bounded in bytes:
+`detection_entries(max_tokens)` entries (9 in 1,280 tokens). A caption ends on sentence punctuation, or at the budget
+(a caption cut short is still prose).
 
-The grammars are plain text (no torch, no xgrammar): the registry (`TaskSpec.answer_grammar`) holds them, the
-`generate` logits processor compiles them (answer_grammar_processor.py), and a vLLM request carries them as
-`structured_outputs.grammar` (serving/): one grammar per task on every path.
+The grammars are plain text (no torch, no xgrammar): the registry (`TaskSpec.grammar`, `TaskSpec.entry_list`) holds
+them, the `generate` logits processor compiles them (answer_grammar_processor.py), and a vLLM request carries them as
+`structured_outputs.grammar` (serving/): one definition per task on every path.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .target_format import (
     BOX_KEY,
@@ -47,6 +60,10 @@ MAX_INTEGER_DIGITS = 2  # |value| < 100 (metres, radians)
 MAX_DECIMALS = 2  # target_format.DEFAULT_DECIMALS: what the targets print
 MAX_FRAME_DIGITS = 3
 BOX_VALUES = 9
+MAX_WORD_LETTERS = 20  # a caption's word: English words are shorter; a longer run of letters is no word
+MAX_CAPTION_NUMBER_DIGITS = 4  # a caption's number ("1.5 meters", "2 chairs"): 1-4 digits, 0-2 decimals
+SENTENCE_ENDS = ".!?"
+CLAUSE_MARKS = ",;"  # no colon: "word: value" is the key-value shape of the structured answers, which prose never needs
 
 
 def literal(text: str) -> str:
@@ -60,13 +77,29 @@ def _key(name: str) -> str:
     return literal(f'"{name}"{KEY_SEPARATOR}')
 
 
+def _name_rules(max_chars: int) -> str:
+    """`name`: 1 to `max_chars` characters of words of letters and digits, the first starting with a letter, each
+    joined to the next by one space, hyphen or apostrophe. The length bound is counted by the rule names: `name_k`
+    is what may follow with `k` characters left (a joint and the character after it are written together, so a name
+    never ends on a joint)."""
+    rules = [f"name ::= [A-Za-z] name_{max_chars - 1}"]
+    for left in range(max_chars - 1, -1, -1):
+        options = ['""']
+        if left >= 1:
+            options.append(f"[A-Za-z0-9] name_{left - 1}")
+        if left >= 2:
+            options.append(f'[ \'\\-] [A-Za-z0-9] name_{left - 2}')
+        rules.append(f"name_{left} ::= {' | '.join(options)}")
+    return "\n".join(rules) + "\n"
+
+
 # Shared rules: the number forms of every answer and the label string.
 _UNSIGNED = f'("0" | [1-9] [0-9]{{0,{MAX_INTEGER_DIGITS - 1}}}) "." [0-9]{{1,{MAX_DECIMALS}}}'
 _COMMON_RULES = (
     f'number ::= "-"? unsigned\n'
     f"unsigned ::= {_UNSIGNED}\n"
     f'size ::= unsigned | "-0.0"\n'
-    f'label ::= "\\"" [ !#-\\[\\]-~]{{1,{MAX_LABEL_CHARS}}} "\\""\n'
+    f'label ::= "\\"" name "\\""\n' + _name_rules(MAX_LABEL_CHARS)
 )
 _SEP = literal(ITEM_SEPARATOR)
 
@@ -83,10 +116,12 @@ _BOX_BYTES = 2 + BOX_VALUES * _NUMBER_BYTES + (BOX_VALUES - 1) * len(ITEM_SEPARA
 _LABEL_BYTES = MAX_LABEL_CHARS + 2
 _DETECTION_ENTRY_BYTES = (len(DETECTION_INDENT) + 2 + len(f'"{LABEL_KEY}"{KEY_SEPARATOR}') + _LABEL_BYTES
                           + len(ITEM_SEPARATOR) + len(f'"{BOX_KEY}"{KEY_SEPARATOR}') + _BOX_BYTES + len(DETECTION_LINE_END))
+_DETECTION_LIST_END = "\n" + DETECTION_CLOSE  # after the last entry
 
 
 def detection_entries(max_tokens: int) -> int:
-    """How many entries a detection answer may hold so that the longest one ends within `max_tokens` tokens."""
+    """How many entries a detection answer may hold so that the longest one has at most `max_tokens` bytes (the
+    bound of an engine that cannot count tokens: `detection_grammar`)."""
     return max(0, (int(max_tokens) - len(DETECTION_OPEN) - len(DETECTION_CLOSE)) // _DETECTION_ENTRY_BYTES)
 
 
@@ -102,21 +137,67 @@ def answer_bytes(task_grammar) -> int | None:
     }.get(task_grammar)
 
 
-def detection_grammar(max_tokens: int, num_frames: int | None = None) -> str:
-    """The official detection answer (`serialize_detection`): 0 to `detection_entries(max_tokens)` labelled boxes."""
-    entries = detection_entries(max_tokens)
+def detection_list_grammar(entries: int | None) -> str:
+    """The official detection answer (`serialize_detection`) with at most `entries` labelled boxes (None: any
+    number, for a decoder that closes the list at its token budget: `EntryList`)."""
     entry = f'{literal(DETECTION_INDENT + "{")} {_key(LABEL_KEY)} label {_SEP} {_key(BOX_KEY)} box "}}"'
-    listed = f'(entry ({literal(DETECTION_LINE_END)} entry){{0,{entries - 1}}} "\\n")? ' if entries else ""
+    more = "*" if entries is None else f"{{0,{int(entries) - 1}}}"
+    listed = f'(entry ({literal(DETECTION_LINE_END)} entry){more} "\\n")? ' if entries is None or entries > 0 else ""
     return (f"root ::= {literal(DETECTION_OPEN)} {listed}{literal(DETECTION_CLOSE)}\n"
             f"entry ::= {entry}\n" + _box_rule() + _COMMON_RULES)
 
 
-def grounding_grammar(max_tokens: int, num_frames: int | None = None) -> str:
+def detection_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
+    """The detection answer bounded in bytes: 0 to `detection_entries(max_tokens)` labelled boxes, so that it ends
+    within `max_tokens` tokens on an engine that cannot count them (vLLM); `generate` closes `DETECTION_LIST` at its
+    budget instead."""
+    return detection_list_grammar(detection_entries(max_tokens))
+
+
+@dataclass(frozen=True)
+class EntryList:
+    """A list answer that a decoder counting tokens closes at its budget (`GrammarLogitsProcessor`) instead of a bound
+    in bytes: it decodes inside `grammar(None)` (no bound on the entries) until `reserve` tokens are left, then inside
+    `bounded(text so far)`: no entry beyond the one it is writing or, once the list is open and between entries, one
+    more. `reserve` is the most bytes that the rest of a bounded answer can take (from just after an entry: the
+    separator, the longest entry and the close; the rest of an entry begun is shorter), and a token is at least a
+    byte, so the answer ends well-formed within the budget, and entries begin until its last `reserve` tokens.
+
+    Attributes:
+        grammar: entries (int, or None for no bound) → the grammar (EBNF) of the list.
+        opening: the text before the first entry's separator (inside it, the rest of the opening comes on top of an
+            entry, so no entry may begin there).
+        entry_start, entry_end: the texts that begin and end an entry, and occur nowhere else in an answer.
+        reserve: bytes, as above.
+    """
+
+    grammar: Callable[[int | None], str]
+    opening: str
+    entry_start: str
+    entry_end: str
+    reserve: int
+
+    def bounded(self, text: str) -> str:
+        """The grammar of the list `text` (an answer begun inside `grammar(None)`) ends in: the entries begun, and one
+        more when `text` has opened the list and is not inside an entry."""
+        begun = text.count(self.entry_start)
+        between = text.startswith(self.opening) and begun == text.count(self.entry_end)
+        return self.grammar(begun + 1 if between else begun)
+
+
+# Detection as `generate` decodes it: labels are names and numbers digits, so "\t{" begins an entry and "}" ends it,
+# and nothing else does. Opened with "```json\n[", a first entry needs "\n", the longest entry and the close, a later
+# one ",\n" (the reserve), the longest entry and the close.
+DETECTION_LIST = EntryList(detection_list_grammar, DETECTION_OPEN.removesuffix("\n"), DETECTION_INDENT + "{",
+                           "}", _DETECTION_ENTRY_BYTES + len(_DETECTION_LIST_END))
+
+
+def grounding_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
     """`{"bbox_3d": [9 numbers]}` (`serialize_grounding`)."""
     return f'root ::= "{{" {_key(BOX_KEY)} box "}}"\n' + _box_rule() + _COMMON_RULES
 
 
-def frame_selection_grammar(max_tokens: int, num_frames: int | None = None) -> str:
+def frame_selection_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
     """`{"frame": k}` (`serialize_frame_selection`): k one of the `num_frames` views' indices when given (the parser
     would clamp any other), else a whole number without a leading zero."""
     if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) < 1):
@@ -126,32 +207,129 @@ def frame_selection_grammar(max_tokens: int, num_frames: int | None = None) -> s
     return f'root ::= "{{" {_key(FRAME_KEY)} ({frames}) "}}"\n'
 
 
-def pointmap_grammar(max_tokens: int, num_frames: int | None = None) -> str:
+def pointmap_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
     """`{"pointmap": [x, y, z], "label": "..."}` (`serialize_pointmap`; without a label, no label key)."""
     return (f'root ::= "{{" {_key(POINTMAP_KEY)} "[" number {_SEP} number {_SEP} number "]" '
             f'({_SEP} {_key(POINTMAP_LABEL_KEY)} label)? "}}"\n' + _COMMON_RULES)
 
 
-def caption_grammar(max_tokens: int, num_frames: int | None = None) -> str:
-    """A caption (`serialize_caption`: stripped, not empty): one line of prose, which starts with neither a space nor
-    a bracket and holds no backtick, so that it is never written in another task's structured format (a front end
-    refuses a caption that is grounding's dict: `output_parsing.other_task_format`)."""
-    return "root ::= [^ \\t\\r\\n{\\[`] [^\\r\\n`]*\n"
+def _characters(chars: str) -> str:
+    return "(" + " | ".join(literal(c) for c in chars) + ")"
 
 
-def spatial_answer_grammar(max_tokens: int, num_frames: int | None = None) -> str:
-    """A spatial-QA answer (`serialize_spatial_answer`): a number (whole or with decimals) or an option letter."""
-    return 'root ::= "-"? ("0" | [1-9] [0-9]{0,5}) ("." [0-9]{1,4})? | [A-Z]\n'
+def _letters(letters) -> str:
+    return "[" + "".join(sorted(letters)) + "]"
+
+
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _word_rules(max_letters: int, not_words: tuple[str, ...]) -> str:
+    """`word`: a capital or lower-case letter, then lower-case letters (2 to `max_letters` in all), so a word is never
+    camel-cased glue of tokens (`pointmapTextcouch`); the one-letter words `a`, `A`, `I`; an acronym of 2-3 capitals
+    (`TV`); inner hyphens or apostrophes join lower-case parts (`L-shaped`, `it's`). No run of letters holds one of
+    `not_words` (lower-case; the first letter in either case), anywhere (`dpointmap` neither).
+
+    The rules are the product of the matching automaton of `not_words` (its states: the prefixes of `not_words`
+    that the letters so far may end in) and the count of letters: `l<state>_<n>` is what may follow `n` letters
+    ending in that state (`h` for a word's first letter, after which one more must come)."""
+    states = sorted({w[:k] for w in not_words for k in range(len(w))}, key=lambda t: (len(t), t))
+
+    def step(state: str, letter: str) -> str | None:
+        """The state after `letter`: the longest end of the letters that begins one of `not_words`; None where one
+        of them is complete."""
+        text = state + letter
+        if any(text.endswith(w) for w in not_words):
+            return None
+        return next(text[k:] for k in range(len(text) + 1) if text[k:] in states)
+
+    rules, todo, named = [], [], set()
+
+    def name(state: str, n: int, first: bool = False) -> str:
+        rule = f"l{states.index(state)}_{n}{'h' if first else ''}"
+        if rule not in named:
+            named.add(rule)
+            todo.append((rule, state, n, first))
+        return rule
+
+    def letters_then(state: str, n: int, capitals: bool = False) -> list[str]:
+        """One more letter (its state's letters grouped in one class), then what may follow it."""
+        targets: dict[str, set] = {}
+        for letter in _LOWER:
+            target = step(state, letter)
+            if target is not None:
+                targets.setdefault(target, set()).update({letter, letter.upper()} if capitals else {letter})
+        return [f"{_letters(letters)} {name(t, n + 1, first=n == 0 and capitals)}" for t, letters in targets.items()]
+
+    joined = "((\"-\" | \"'\") part)"
+    rules.append(f"word ::= [A-Z]{{2,3}} | [aAI] | [A-Za-z] {joined}{{1,2}} | head {joined}{{0,2}}")
+    rules.append(f"head ::= {' | '.join(letters_then('', 0, capitals=True))}")
+    rules.append(f"part ::= {' | '.join(letters_then('', 0))}")
+    while todo:
+        rule, state, n, first = todo.pop(0)
+        options = [] if first else ['""']  # a head has two letters at least, a part one
+        if n < max_letters:
+            options += letters_then(state, n)
+        rules.append(f"{rule} ::= {' | '.join(options)}")
+    return "\n".join(rules) + "\n"
+
+
+# Words a caption may not hold: the structured answers' key names that are no English word (`bbox_3d` and `box_3d`
+# cannot be written without `_`; "label" and "frame" are English, and with no quotes no key can be written).
+CAPTION_NOT_WORDS = ("bbox", "pointmap")
+
+
+def caption_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
+    """A caption (`serialize_caption`): prose, what a reader accepts as a description, and nothing of another task's
+    syntax. Sentences joined by one space; a sentence starts with a word and ends with one of `.!?`; words are
+    joined by one space, after a `,` or `;` or none; a word is letters (`_word_rules`: 2-20, lower-case after the
+    first, no key name; or `a`, `I`); a number (`2`, `1.5`; no minus) stands between words, never next to another
+    number (a list of numbers is a box copied from the prompt, not prose); a parenthesis holds words and closes
+    before the sentence goes on. So no brace, bracket, quote, backslash, backtick or colon, no line break, no leading
+    or double space, no double punctuation."""
+    number = f'[0-9]{{1,{MAX_CAPTION_NUMBER_DIGITS}}} ("." [0-9]{{1,2}})?'
+    return (
+        "root ::= sentence (\" \" sentence)*\n"
+        f"sentence ::= word phrase* (pause number)? {_characters(SENTENCE_ENDS)}\n"
+        "phrase ::= pause (unit | number pause unit)\n"
+        "unit ::= word | \"(\" word inner* \")\"\n"
+        "inner ::= pause (word | number pause word)\n"
+        f"pause ::= {_characters(CLAUSE_MARKS)}? \" \"\n"
+        f"number ::= {number}\n" + _word_rules(MAX_WORD_LETTERS, CAPTION_NOT_WORDS)
+    )
+
+
+_OPTION_LINE = re.compile(r"^([A-Z])\. \S", re.MULTILINE)  # "B. chair": an option line, VSI-Bench style
+
+
+def offered_options(prompt: str | None) -> tuple[str, ...]:
+    """The option letters a spatial question offers, in order: each line that starts with `X. ` (VSI-Bench's and
+    SynthRooms' `A. chair`); `()` for a question without options (a numerical one)."""
+    return tuple(dict.fromkeys(_OPTION_LINE.findall(prompt or "")))
+
+
+def spatial_answer_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
+    """A spatial-QA answer (`serialize_spatial_answer`): one of the option letters `prompt` (the question) offers; a
+    number (whole or with decimals) for a question that offers none; without the question, either."""
+    number = '"-"? ("0" | [1-9] [0-9]{0,5}) ("." [0-9]{1,4})?'
+    if prompt is None:
+        return f"root ::= {number} | [A-Z]\n"
+    options = offered_options(prompt)
+    return f"root ::= {' | '.join(literal(letter) for letter in options)}\n" if options else f"root ::= {number}\n"
 
 
 __all__ = [
+    "DETECTION_LIST",
+    "EntryList",
     "answer_bytes",
     "caption_grammar",
     "detection_entries",
     "detection_grammar",
+    "detection_list_grammar",
     "frame_selection_grammar",
     "grounding_grammar",
     "literal",
+    "offered_options",
     "pointmap_grammar",
     "spatial_answer_grammar",
 ]

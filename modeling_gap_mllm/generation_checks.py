@@ -15,9 +15,10 @@ worse. So:
   rule, and budgets larger than a small model's context are common (the official grounding budget of 4,096
   tokens on a 4,096-position model), so refusing them would break calls that never reach the context, while
   generating past it is what must not happen. An answer cut at the context's end reads like one cut by its
-  budget, and the warning says why. When the budget is the task's own (`tasks_gap_mllm.DefaultBudget`: the caller
-  set none) or the generation config's, lowering it is the documented behaviour, not the caller's mistake: one
-  INFO line says so instead of a warning.
+  budget, and the warning says why; a constrained list answer closes for the lowered budget (`fit_budget` of
+  answer_grammar_processor.py), so it still ends well-formed. When the budget is the task's own
+  (`tasks_gap_mllm.DefaultBudget`: the caller set none) or the generation config's, lowering it is the documented
+  behaviour, not the caller's mistake: one INFO line says so instead of a warning.
 """
 
 from __future__ import annotations
@@ -80,8 +81,20 @@ def new_token_budget(model, kwargs: dict, input_length: int) -> int | None:
 _WARNED_BUDGETS: set[tuple[int, int, bool]] = set()  # (budget, context, chosen by the caller) already logged
 
 
+def context_limit(config) -> int | None:
+    """The decoder's number of rotary positions (`text_config.max_position_embeddings` of a model's `config`),
+    None when the config states none."""
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
+def positions_after(limit: int, highest_prompt_position: int) -> int:
+    """How many new tokens still get a trained position (0 … `limit` − 1) after a prompt ending at M-RoPE position
+    `highest_prompt_position`: the k-th new token sits at `highest_prompt_position + k`."""
+    return limit - 1 - highest_prompt_position
+
+
 def _context_limit(model) -> int | None:
-    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return context_limit(model.config)
 
 
 def check_prompt_fits(model, highest_prompt_position: int, input_length: int, what: str = "the prompt") -> int | None:
@@ -91,7 +104,7 @@ def check_prompt_fits(model, highest_prompt_position: int, input_length: int, wh
     limit = _context_limit(model)
     if limit is None:
         return None
-    room = limit - 1 - highest_prompt_position
+    room = positions_after(limit, highest_prompt_position)
     if room < 1:
         raise ValueError(
             f"{what} ends at position {highest_prompt_position} ({input_length} tokens; visual tokens share "
@@ -141,6 +154,9 @@ def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, inp
                             f"{fits}.")
         kwargs["max_new_tokens"] = room
         kwargs.pop("max_length", None)
+        for processor in kwargs.get("logits_processor") or ():
+            if hasattr(processor, "fit_budget"):  # a grammar closing its list at the budget: answer_grammar_processor
+                processor.fit_budget(room)
 
 
 def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type_ids=None, image_grid_thw=None) -> int:
@@ -159,6 +175,7 @@ def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type
 
 
 __all__ = [
-    "budget_chosen_by_caller", "check_prompt_fits", "check_token_id_dtype", "check_token_ids", "fit_budget_to_context",
-    "highest_prompt_position", "new_token_budget", "token_id_range", "vocabulary_error",
+    "budget_chosen_by_caller", "check_prompt_fits", "check_token_id_dtype", "check_token_ids", "context_limit",
+    "fit_budget_to_context", "highest_prompt_position", "new_token_budget", "positions_after", "token_id_range",
+    "vocabulary_error",
 ]

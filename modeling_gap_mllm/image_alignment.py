@@ -24,6 +24,8 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
+from .regular_files import regular_file_problem
+
 try:  # transformers' own function (the Pil module: the torchvision one imports torchvision)
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as _hf_smart_resize
 except ImportError:  # pragma: no cover - only for transformers versions without the Pil module
@@ -323,6 +325,9 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
         return pil_to_rgb(image, name)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        kind = regular_file_problem(path)  # regular files only (regular_files.py): a FIFO would be waited on
+        if kind is not None:
+            raise ValueError(f"{name}: image file {str(path)!r} is {kind}, not a regular file")
         if not path.is_file():
             raise FileNotFoundError(f"{name}: image file not found: {str(path)!r}")
         try:

@@ -28,6 +28,8 @@ from .engine_embeddings import GapMllmImageEmbeddings, concatenate_levels
 from .forward_checks import check_forward_inputs
 from .generation_checks import check_token_ids, fit_budget_to_context, highest_prompt_position
 from .geometry_fusion import WeightedFusion
+from .hub_reachability import hub_loading_kwargs
+from .loading_bar import loading_bar_for
 from .loading_report import GEOMETRY_GROUPS, report_missing_weights
 from .model_inputs import GEOMETRY_INPUT_NAMES  # prefill-only inputs; generate() drops them afterwards
 from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_weights
@@ -545,7 +547,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 fusion modules are missing from the checkpoint.
         """
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        with loading_bar_for(pretrained_model_name_or_path):  # no "Loading weights" bar for a small local checkpoint
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         # Loading materialises fresh parameters (all trainable): restore the default frozen parts.
         model.apply_freezing_policy()
         groups = report_missing_weights(info["missing_keys"], str(pretrained_model_name_or_path))
@@ -580,6 +583,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 `model.vggt_conversion_report`.
             from_pretrained_kwargs: passed to `Qwen3VLForConditionalGeneration.from_pretrained` (dtype, ...).
         """
+        # an unreachable Hub: the cached checkpoint at once, or one line, not a minute of retries (hub_reachability.py)
+        from_pretrained_kwargs = {**hub_loading_kwargs(qwen3_vl_name_or_path, "Qwen3-VL"), **from_pretrained_kwargs}
         vlm = Qwen3VLForConditionalGeneration.from_pretrained(qwen3_vl_name_or_path, **from_pretrained_kwargs)
         config = GapMllmConfig(
             vlm_config=vlm.config,

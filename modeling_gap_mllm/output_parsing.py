@@ -344,6 +344,23 @@ def _box_from_entry(entry):
     return Box3D.from_list(values, label=label), None
 
 
+TRAILING_COMMA = "a stray comma after the answer"
+
+
+def _without_trailing_comma(value):
+    """`(value, None)`, or `(X, TRAILING_COMMA)` for a one-element tuple: how a literal `X,` reads, the answer followed
+    by a comma (not "a list of 1 entries", nor a tuple the parser cannot use)."""
+    if isinstance(value, tuple) and len(value) == 1:
+        return value[0], TRAILING_COMMA
+    return value, None
+
+
+def _joined(*reasons) -> str | None:
+    """The reasons that are not None, joined by "; "; None when there are none."""
+    found = [reason for reason in reasons if reason]
+    return "; ".join(found) if found else None
+
+
 def _with_problems(reason: str | None, skipped: int, first_problem: str | None) -> str | None:
     if not skipped:
         return reason
@@ -383,9 +400,13 @@ def parse_detection(text: str) -> DetectionResult:
     # 1. The whole answer as one literal (official fenced list, a normal JSON list, a single dict).
     value, error = parse_literal(text, allow_block=False)
     if value is not None:
+        value, comma = _without_trailing_comma(value)
+        if isinstance(value, dict):  # "{...}," is a line of the official one-dict-per-line list: no stray comma
+            comma = None
         result = _detection_from_value(value)
         if result.reason is not None and not result.boxes and not result.skipped:  # not a list: quote what it was
             result.reason = f"{result.reason}: {quoted_answer(text)}"
+        result.reason = _joined(comma, result.reason)
         return result
 
     # 2. Official line-based reading: every line that mentions a box or a label is one dict. This
@@ -445,9 +466,10 @@ def parse_grounding(text: str) -> GroundingResult:
     value, error = parse_literal(text)
     if value is None:
         return GroundingResult(reason=error)
+    value, comma = _without_trailing_comma(value)
     if isinstance(value, dict):
         box, problem = _box_from_entry(value)
-        return GroundingResult(box, problem)
+        return GroundingResult(box, _joined(comma, problem))
     if isinstance(value, tuple):
         value = list(value)
     if isinstance(value, list) and value and all(not isinstance(v, (list, dict)) for v in value):
@@ -489,9 +511,9 @@ def parse_frame_selection(text: str, num_frames: int | None = None) -> FrameSele
     value, error = parse_literal(text)
     if value is None:
         return FrameSelectionResult(reason=error)
-    reason = None
+    value, reason = _without_trailing_comma(value)
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
-        value, reason = value[0], "answer is a one-element list"
+        value, reason = value[0], _joined(reason, "answer is a one-element list")
     if not isinstance(value, dict):
         return FrameSelectionResult(reason=f"answer is a {type(value).__name__}, not a dict: {quoted_answer(text)}")
     if "frame" not in value:
@@ -502,7 +524,7 @@ def parse_frame_selection(text: str, num_frames: int | None = None) -> FrameSele
     if num_frames is not None:
         clamped = min(max(frame, 0), int(num_frames) - 1)
         if clamped != frame:
-            reason = f"frame {frame} clamped to {clamped} (valid range 0..{int(num_frames) - 1})"
+            reason = _joined(reason, f"frame {frame} clamped to {clamped} (valid range 0..{int(num_frames) - 1})")
             frame = clamped
     return FrameSelectionResult(frame, reason)
 
@@ -532,9 +554,10 @@ def parse_pointmap(text: str) -> PointmapResult:
     Falls back to the official line-based reading (the first line mentioning "pointmap").
     """
     value, error = parse_literal(text)
+    value, comma = _without_trailing_comma(value)
     if isinstance(value, dict):
         point, label, problem = _pointmap_from_dict(value)
-        return PointmapResult(point, label, problem)
+        return PointmapResult(point, label, _joined(comma, problem))
     if isinstance(text, str) and len(text) <= MAX_TEXT_CHARS:
         for raw_line in strip_code_fences(text).splitlines():
             line = raw_line.strip().rstrip(",").strip()

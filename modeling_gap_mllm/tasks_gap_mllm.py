@@ -12,7 +12,7 @@ runners, `gap-mllm predict / evaluate / train` and the Space.
                       prompt on the given frames
     grounding_stage1  ScanRefer stage 1: first clear frame of the object {"frame": k} → FrameSelectionResult
     grounding_stage2  ScanRefer stage 2: the object's box                {"bbox_3d": [9 numbers]} → GroundingResult
-    captioning        describe the object in a given 3D box              free text → CaptionResult
+    captioning        describe the object in a given 3D box              prose → CaptionResult
     reconstruction    3D point + label of the pixel marked with a red +  {"pointmap": [x, y, z], "label"} → PointmapResult
                       (the geometry-aligned pre-training task)
     spatial_qa        a spatial question (VSI-Bench style)               a number or option letter → SpatialAnswerResult
@@ -31,9 +31,12 @@ import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .answer_grammar import (
+    DETECTION_LIST,
+    EntryList,
     caption_grammar,
     detection_grammar,
     frame_selection_grammar,
@@ -138,6 +141,15 @@ def extract_query(prompt: str) -> str:
 # ------------------------------------------------------------------------------------------- tasks
 
 
+def check_query_text(query: str, what: str = "the query") -> None:
+    """ValueError naming `what` when `query` holds `<image>`: the prompt has one such placeholder per view, and a
+    query's own would stand for a view that is not there. The rule of every prompt (`TaskSpec.prompt`) and of the
+    front ends' checks before a model loads (cli/task_request.py)."""
+    if IMAGE_PLACEHOLDER in query:
+        raise ValueError(f"{what} must not contain {IMAGE_PLACEHOLDER!r} (the placeholder of a view in the prompt); "
+                         "remove it from the text")
+
+
 class DefaultBudget(int):
     """A token budget the caller did not choose: a task's own (`TaskSpec.generation_kwargs` without
     `max_new_tokens`, the evaluation's official budgets). It is an int everywhere; `generate` only tells it apart
@@ -164,10 +176,16 @@ class TaskSpec:
         max_new_tokens: a generation budget that fits any answer of the task (predict, demo, Space).
         official_max_new_tokens: the official scripts' budget (evaluation; docs/method.md §3.2).
         answer_end: stop rule (answer_stopping.py): "list", "dict", "paragraph" or "line".
-        grammar: `(token budget, num_frames=None)` → the language of `serialize`'s answers in xgrammar's EBNF,
-            bounded to end within the budget (answer_grammar.py; stage 1 also to the views' indices): what
-            constrained decoding lets the model write (`grammar_for`, `logits_processor`, vLLM's
-            `structured_outputs.grammar`); `answer_grammar` is the one of the task's own budget.
+        grammar: `(token budget, num_frames=None, prompt=None)` → the language of `serialize`'s answers in
+            xgrammar's EBNF, bounded to end within the budget (answer_grammar.py; stage 1 also to the views'
+            indices, spatial QA to the options its question offers): what constrained decoding lets the model write
+            (`grammar_for`, `logits_processor`, vLLM's `structured_outputs.grammar`); `answer_grammar` is the one of
+            the task's own budget.
+        entry_list: for a list answer (detection), the list that `generate`'s logits processor closes at the token
+            budget (answer_grammar.EntryList), so the answer holds as many entries as the budget allows; an engine
+            that cannot count tokens (vLLM) gets `grammar`'s, bounded in bytes.
+        grammar_reads_prompt: `grammar` depends on the question (spatial QA's offered options): `logits_processor`
+            builds each row's from the row's prompt.
         needs_marker: the prompt refers to a marker painted with `point_prompts=(view, x, y)`.
         frame_labels: a `Frame-i: ` text item precedes each view.
         parse_options: keyword arguments `parse` accepts besides the text (`num_frames` for stage 1).
@@ -186,7 +204,9 @@ class TaskSpec:
     max_new_tokens: int
     official_max_new_tokens: int
     answer_end: str
-    grammar: Callable[[int], str]
+    grammar: Callable[..., str]
+    entry_list: EntryList | None = None
+    grammar_reads_prompt: bool = False
     needs_marker: bool = False
     frame_labels: bool = False
     parse_options: tuple[str, ...] = ()
@@ -215,8 +235,7 @@ class TaskSpec:
         if query is not None:
             if not isinstance(query, str) or not query.strip():
                 raise ValueError(f"task {self.name!r}: query must be a non-empty string, got {query!r}")
-            if IMAGE_PLACEHOLDER in query:
-                raise ValueError(f"task {self.name!r}: query must not contain {IMAGE_PLACEHOLDER!r}")
+            check_query_text(query, f"task {self.name!r}: query")
             values["query"] = query.strip()
         if box is not None:
             values["box"] = format_box(list(box))
@@ -255,27 +274,36 @@ class TaskSpec:
         """The answer grammar (xgrammar EBNF) for the task's own budget `max_new_tokens`."""
         return self.grammar(self.max_new_tokens)
 
-    def grammar_for(self, max_new_tokens: int | None = None, num_views: int | None = None) -> str:
-        """The answer grammar for a budget (default: the task's own) and, for a task whose parser takes `num_frames`
-        (stage 1), the sample's number of views."""
+    def grammar_for(self, max_new_tokens: int | None = None, num_views: int | None = None,
+                    prompt: str | None = None) -> str:
+        """The answer grammar for a budget (default: the task's own), bounded in bytes; for a task whose parser takes
+        `num_frames` (stage 1), the sample's number of views; for one whose grammar reads the question (spatial QA),
+        the sample's prompt text (None: any answer of the task)."""
         budget = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-        return self.grammar(budget, num_views if "num_frames" in self.parse_options else None)
+        return self.grammar(budget, num_views if "num_frames" in self.parse_options else None,
+                            prompt if self.grammar_reads_prompt else None)
 
     def logits_processor(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None,
                          num_views=None) -> LogitsProcessorList:
-        """`logits_processor=` for `generate`: every row's answer stays inside the task's grammar for the budget
-        `max_new_tokens` (default: the task's own), so it ends within it, and for stage 1 inside its views' indices
-        (`num_views`: one int, or one per row); xgrammar, answer_grammar_processor.py. ImportError naming the
-        install command without xgrammar."""
+        """`logits_processor=` for `generate`: every row's answer stays inside the task's grammar and ends within the
+        budget `max_new_tokens` (default: the task's own): a list closed at the budget (`entry_list`), the grammar
+        of each row's question (`grammar_reads_prompt`), or for stage 1 its views' indices (`num_views`: one int, or
+        one per row); xgrammar, answer_grammar_processor.py. ImportError naming the install command without
+        xgrammar."""
         from transformers import LogitsProcessorList
 
         from .answer_grammar_processor import GrammarLogitsProcessor
 
-        if isinstance(num_views, (list, tuple)):
-            grammar = [self.grammar_for(max_new_tokens, int(n)) for n in num_views]
+        budget = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if self.entry_list is not None:
+            grammar = self.entry_list
+        elif self.grammar_reads_prompt:
+            grammar = partial(self.grammar_for, budget, None)  # called with each row's prompt text
+        elif isinstance(num_views, (list, tuple)):
+            grammar = [self.grammar_for(budget, int(n)) for n in num_views]
         else:
-            grammar = self.grammar_for(max_new_tokens, None if num_views is None else int(num_views))
-        return LogitsProcessorList([GrammarLogitsProcessor(tokenizer, grammar, prompt_length)])
+            grammar = self.grammar_for(budget, None if num_views is None else int(num_views))
+        return LogitsProcessorList([GrammarLogitsProcessor(tokenizer, grammar, prompt_length, budget)])
 
     def generation_kwargs(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None,
                           constrained: bool = False, num_views=None) -> dict:
@@ -334,7 +362,7 @@ DETECTION = TaskSpec(
     name="detection", title="3D video object detection", template=DETECTION_TEMPLATE, parameters=(),
     official=True, parse=parse_detection, result_type=DetectionResult, serialize=_boxes_text,
     max_new_tokens=1280, official_max_new_tokens=1280, answer_end="list", grammar=detection_grammar,
-    aliases=("det",),
+    entry_list=DETECTION_LIST, aliases=("det",),
 )
 GROUNDING_STAGE1 = TaskSpec(
     name="grounding_stage1", title="3D visual grounding, stage 1: the first clear frame of the object",
@@ -369,7 +397,7 @@ SPATIAL_QA = TaskSpec(
     name="spatial_qa", title="spatial question answering", template=SPATIAL_QA_TEMPLATE, parameters=("query",),
     official=False, parse=parse_spatial_answer, result_type=SpatialAnswerResult, serialize=_spatial_text,
     max_new_tokens=64, official_max_new_tokens=64, answer_end="line", grammar=spatial_answer_grammar,
-    aliases=("qa",),
+    grammar_reads_prompt=True, aliases=("qa",),
 )
 
 TASKS: dict[str, TaskSpec] = {
@@ -409,6 +437,7 @@ __all__ = [
     "TASKS",
     "TASK_NAMES",
     "TaskSpec",
+    "check_query_text",
     "extract_query",
     "format_box",
     "resolve_task",

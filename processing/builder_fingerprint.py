@@ -36,6 +36,7 @@ from pathlib import Path
 import xxhash  # a dependency of datasets, which every builder needs
 
 from gap_mllm import control_tokens, output_parsing, tasks_gap_mllm
+from gap_mllm.regular_files import open_regular_file, read_regular_bytes
 
 # Modules whose code decides what a sample holds (or whether it is refused): a change there must not serve an old cache.
 _CODE_MODULES = ("builders", "record_schema", "scannet_layout", "features", "coordinates", "errors", "detection_record")
@@ -72,17 +73,18 @@ _CHUNK = 1 << 20
 
 def _content(path: Path) -> str:
     """`size:xxh3-128` of the file's bytes; "missing" / "unreadable" when it cannot be read (the builder
-    then raises, or skips, with the sample named; the key stays stable)."""
+    then raises, or skips, with the sample named; the key stays stable). Regular files only
+    (gap_mllm.regular_files): a FIFO is "unreadable", never waited on."""
     digest = xxhash.xxh3_128()
     size = 0
     try:
-        with open(path, "rb") as handle:
+        with open_regular_file(path) as handle:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
     except FileNotFoundError:
         return "missing"
-    except OSError as error:  # a symbolic link loop, a folder, no permission
+    except OSError as error:  # a symbolic link loop, a folder, a FIFO, no permission
         return f"unreadable:{error.errno}"
     return f"{size}:{digest.hexdigest()}"
 
@@ -122,8 +124,8 @@ def builder_cache_key(task: str, config, annotation_files: dict, media_root) -> 
     for split, path in sorted(annotation_files.items()):
         path = Path(path)
         try:
-            raw = path.read_bytes()
-        except OSError:  # missing or unreadable: the builder names the file when it reads it
+            raw = read_regular_bytes(path)
+        except OSError:  # missing, unreadable or no regular file: the builder names the file when it reads it
             raw = b""
         _update(digest, f"annotations:{split}", hashlib.blake2b(raw, digest_size=16).hexdigest())
         try:

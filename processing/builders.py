@@ -31,6 +31,7 @@ import PIL.Image
 
 from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.control_tokens import PromptTextError, refuse_control_tokens
+from gap_mllm.regular_files import NotARegularFile, read_regular_text
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
@@ -284,9 +285,11 @@ def load_annotation_file(path) -> list:
     """The list of records of an annotation JSON (DataError naming the file if it is not one)."""
     path = Path(path)
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(read_regular_text(path, "annotation file"))
     except FileNotFoundError as err:
         raise DataError("annotation file not found", path=path) from err
+    except NotARegularFile as err:  # a FIFO would have been waited on for ever
+        raise DataError(f"annotation file is {err.kind}, not a regular file", path=path) from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"annotation file is not valid JSON ({err})", path=path) from err
     except OSError as err:  # a symbolic link loop, a folder, no permission

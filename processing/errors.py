@@ -24,11 +24,16 @@ logger = logging.getLogger(__name__)
 
 # `gap-mllm` exit status of a run stopped before its end that the same command continues (sysexits' EX_TEMPFAIL)
 RUN_STOPPED_STATUS = 75
+# ... and of one a person stopped with Ctrl-C (SIGINT): the shell's status of an interrupted command, 128 + 2
+INTERRUPTED_STATUS = 130
 
 
 class RunStoppedEarly(RuntimeError):
-    """A run stopped before the end of its schedule (its time limit, a SIGTERM) with a checkpoint that the same
-    command continues. Not a failure: the command line prints it as one line and exits with RUN_STOPPED_STATUS."""
+    """A run stopped before the end of its schedule (its time limit, a SIGTERM, Ctrl-C) with a checkpoint that the
+    same command continues. Not a failure: the command line prints it as one line and exits with `status`
+    (RUN_STOPPED_STATUS; INTERRUPTED_STATUS for Ctrl-C)."""
+
+    status = RUN_STOPPED_STATUS
 
 
 class RunFailed(RuntimeError):

@@ -15,7 +15,9 @@ the holder in the message. A lock file left by a killed run is taken (with a log
 
 The lock file of a folder that is replaced whole by a rename (`writing_output_folder`) lies beside it,
 `.<name>.gap-mllm-lock` in the same parent, so it outlives each rename; a folder that is appended to (an
-evaluation's) may keep it inside (`lock_file=`). A process that holds a folder's lock may take it again (nested
+evaluation's) may keep it inside (`lock_file=`). The lock is the folder's, not the path's: the folder is named with
+every symbolic link resolved (`out` and a link `outL -> out` share one lock), and a lock file that is itself a
+symbolic link is refused, never opened (writing the holder's record through it would overwrite what it points to). A process that holds a folder's lock may take it again (nested
 writers of one run: the run state written at each checkpoint of a run that holds it); the lock goes with the
 outermost. `flock` is local to one machine's kernel on most network file systems (NFS emulates it with byte-range
 locks, which do reach the server); two machines writing one folder through a file system without lock support are
@@ -52,10 +54,28 @@ class FolderBusy(OSError):
         self.errno = errno.EBUSY
 
 
+class LockFileIsALink(OSError):
+    """A folder's lock file is a symbolic link: refused, never written through (the message names it)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ELOOP
+
+
 def lock_file_of(folder) -> Path:
-    """The lock file of a folder replaced whole by a rename: `.<name>.gap-mllm-lock` beside it."""
-    folder = Path(os.path.abspath(folder))
+    """The lock file of a folder replaced whole by a rename: `.<name>.gap-mllm-lock` beside the folder `folder`
+    resolves to (every symbolic link followed: one folder, one lock, by whatever path it is given)."""
+    folder = Path(os.path.realpath(folder))
     return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+
+
+def _lock_path(folder, lock_file=None) -> Path:
+    """The lock file `acquire` takes for `folder`: `lock_file` in its folder resolved (the file itself is not
+    followed: a link there is refused), else `lock_file_of(folder)`."""
+    if lock_file is None:
+        return lock_file_of(folder)
+    lock_file = Path(os.path.abspath(lock_file))
+    return Path(os.path.realpath(lock_file.parent)) / lock_file.name
 
 
 def boot_id() -> str | None:
@@ -85,12 +105,21 @@ def read_holder(path) -> dict | None:
     return holder if isinstance(holder, dict) else {}
 
 
-def _open_locked(path: Path) -> int | None:
+def _open_locked(path: Path, folder) -> int | None:
     """A descriptor of `path` holding its exclusive lock, or None when another process holds it. The file is
     created when missing; a file replaced or deleted between the open and the lock (its holder released it) is
-    opened again, so the lock held is always on the file the path names."""
+    opened again, so the lock held is always on the file the path names.
+
+    Raises:
+        LockFileIsALink: `path` is a symbolic link (it is not opened: `O_NOFOLLOW`)."""
     for _ in range(10):
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP or not path.is_symlink():
+                raise
+            raise LockFileIsALink(f"{path}: the lock file of {folder} is a symbolic link (to {os.readlink(path)}); a lock "
+                                  "file is never written through a link: remove the link, then run again") from error
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -99,7 +128,7 @@ def _open_locked(path: Path) -> int | None:
                 return None
             raise
         try:
-            same = os.path.samestat(os.fstat(descriptor), os.stat(path))
+            same = os.path.samestat(os.fstat(descriptor), os.lstat(path))
         except FileNotFoundError:
             same = False
         if same:
@@ -116,14 +145,15 @@ def acquire(folder, command: str, *, lock_file=None, what: str = "another run", 
 
     Raises:
         FolderBusy: another process holds it.
+        LockFileIsALink: the lock file is a symbolic link.
     """
-    path = Path(os.path.abspath(lock_file if lock_file is not None else lock_file_of(folder)))
+    path = _lock_path(folder, lock_file)
     held = _HELD.get(str(path))
     if held is not None:
         held[0] += 1
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = _open_locked(path)
+    descriptor = _open_locked(path, folder)
     if descriptor is None:
         holder = read_holder(path) or {}
         other = f" or give another {option}" if option else ""
@@ -151,14 +181,14 @@ def release(path) -> None:
         return
     del _HELD[key]
     with contextlib.suppress(FileNotFoundError):
-        if os.path.samestat(os.fstat(held[1]), os.stat(key)):
+        if os.path.samestat(os.fstat(held[1]), os.lstat(key)):
             os.unlink(key)  # deleted while still locked: a run that opened it meanwhile opens the next file
     os.close(held[1])
 
 
 def holds(folder, lock_file=None) -> bool:
     """Whether this process holds the lock of `folder`."""
-    return str(Path(os.path.abspath(lock_file if lock_file is not None else lock_file_of(folder)))) in _HELD
+    return str(_lock_path(folder, lock_file)) in _HELD
 
 
 @contextlib.contextmanager

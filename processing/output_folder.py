@@ -11,7 +11,8 @@ What it does, for a target folder `out` of a command:
   output: it holds the marker file `.gap-mllm-output.json` naming the same command (written into every folder this
   module writes). Anything else (the user's files, another command's output) is refused with one line naming the
   folder, a few of its entries and the option that replaces it anyway (`--overwrite`). The working folder and the
-  folders above it are refused even then: replacing them would pull the ground from under the shell.
+  folders above it are refused even then: replacing them would pull the ground from under the shell. A folder that
+  cannot be written (read-only, no permission) is refused too, before any work whose result would be lost.
 * **Writes beside it, then renames.** The files go into a hidden sibling `.<name>.gap-mllm-partial` (same parent,
   so the same file system and an atomic rename); when the body of the `with` ends without an error, the old `out`
   is moved aside (`.<name>.gap-mllm-replaced`), the sibling renamed to `out`, and the old one deleted. A kill leaves
@@ -22,6 +23,12 @@ What it does, for a target folder `out` of a command:
   lock for its whole life (`holding_folder`) and takes it again here.
 * **Cleans up after a killed run.** The next run on the same target deletes a leftover partial sibling, and puts
   back a replaced folder whose successor never arrived (a kill between the two renames).
+
+Writers that fill a folder in place rather than replace it whole follow the same rule: the folder is new, empty or
+their own (the marker), never the user's (no `--overwrite`), and is marked as theirs before the first file is
+written: `gap-mllm evaluate`, which resumes into its `--out` (evaluation/folder_lock.py), `demo --out` and
+`predict --save-dir` through `claim_output_folder`; a training run's output folder through its own check
+(training/run.py `check_training_output`, which also refuses the model's folder).
 
 Data roots (SynthRooms) carry no marker file of this module: a training run records the digest of every file of
 its data root (training/run_state.py) and would take one more file for other data. Their own record,
@@ -98,6 +105,20 @@ def entries_in_words(folder: Path) -> str:
     return ", ".join(names) + more
 
 
+def unwritable_reason(folder: Path) -> str | None:
+    """Why `folder` cannot be written, or None: the folder when it exists, else the nearest folder above it that
+    exists (where it would be made), is on a read-only file system or grants this process no write permission."""
+    place = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if place is None or not place.is_dir() or os.access(place, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    where = "it" if place == folder else str(place)
+    return f"{where} is on a read-only file system" if read_only else f"{where} grants no write permission"
+
+
 def _holds_working_folder(folder: Path) -> bool:
     """`folder` is the working folder or one above it (replacing it would remove the shell's own folder)."""
     here, target = Path.cwd().resolve(), folder.resolve()
@@ -119,6 +140,9 @@ def check_output_folder(folder, command: str, *, overwrite: bool = False, option
         raise OutputFolderRefused(f"{named} is a file, not a folder; give a folder")
     if folder.exists() and _holds_working_folder(folder):
         raise OutputFolderRefused(f"{named} is the working folder or holds it; give a new folder for the output")
+    unwritable = unwritable_reason(folder)
+    if unwritable is not None:  # now, not when the first file is written after the command's work
+        raise OutputFolderRefused(f"{named} cannot be written: {unwritable}; give a folder you can write to")
     if not folder.is_dir() or not any(folder.iterdir()) or overwrite:
         return
     holds = (owner_check or marker_owner(command))(folder)
@@ -127,6 +151,20 @@ def check_output_folder(folder, command: str, *, overwrite: bool = False, option
     remedy = (f"pass {overwrite_option} to replace it, or give an empty or new folder" if overwrite_option
               else "give an empty or new folder")
     raise OutputFolderRefused(f"{named} is not empty ({entries_in_words(folder)}) and {holds}; {remedy}")
+
+
+def claim_output_folder(folder, command: str, *, option: str = "--out", owner_check: OwnerCheck | None = None,
+                        named: str | None = None, settings: dict | None = None) -> Path:
+    """The rule for a writer that fills `folder` in place (module docstring): `check_output_folder` without an
+    overwrite option (a folder of the user's is never written, whatever is passed), then the folder is made and
+    marked as `command`'s when it has no marker yet; returns it. OutputFolderRefused otherwise, before anything is
+    written."""
+    check_output_folder(folder, command, option=option, overwrite_option=None, owner_check=owner_check, named=named)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if read_marker(folder) is None:
+        mark_output_folder(folder, command, settings)
+    return folder
 
 
 def clean_leftovers(folder: Path) -> None:

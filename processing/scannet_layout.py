@@ -34,6 +34,7 @@ import numpy as np
 import PIL.Image
 
 from gap_mllm.image_alignment import pil_to_rgb
+from gap_mllm.regular_files import kind_of
 
 from .coordinates import check_rigid, intrinsics_3x3
 from .errors import DataError
@@ -91,17 +92,18 @@ def media_path(media_root, relative, sample=None) -> Path:
 
 def existing_file(path, what: str) -> Path:
     """`path` if it is a readable regular file, else a `DataError` that says why: not found, a symbolic
-    link loop, or not a regular file."""
+    link loop, or what it is instead of a regular file (a FIFO, a device, a folder: gap_mllm.regular_files)."""
     path = Path(path)
     try:
-        path.stat()
+        mode = path.stat().st_mode
     except FileNotFoundError:
         raise DataError(f"{what} not found", path=path) from None
     except OSError as error:
         loop = error.errno == errno.ELOOP
         raise DataError(f"{what} is a symbolic link loop" if loop else f"cannot read {what} ({error.strerror})", path=path) from None
-    if not path.is_file():
-        raise DataError(f"{what} is not a regular file", path=path)
+    kind = kind_of(mode)
+    if kind is not None:
+        raise DataError(f"{what} is {kind}, not a regular file", path=path)
     return path
 
 

@@ -39,14 +39,19 @@ RETURN_TOKEN_IDS = {"return_token_ids": True}  # the request field that makes vL
 STRUCTURED_OUTPUTS = "structured_outputs"  # vLLM's structured-output request field (>= 0.12; `guided_grammar` before)
 
 
-def structured_output(task: str | None, max_tokens: int | None = None, num_views: int | None = None) -> dict:
+def structured_output(task: str | None, max_tokens: int | None = None, num_views: int | None = None,
+                      prompt: str | None = None) -> dict:
     """The request field that makes vLLM decode inside `task`'s answer grammar for the request's budget, the grammar
     `generate` uses with `constrained=True` (`TaskSpec.grammar`, xgrammar's EBNF, which vLLM's default xgrammar backend
-    reads): `{"structured_outputs": {"grammar": ...}}`; `num_views` bounds stage 1's frame index. A free prompt
-    (`task` None) has no grammar: ValueError."""
+    reads): `{"structured_outputs": {"grammar": ...}}`; `num_views` bounds stage 1's frame index, `prompt` (the
+    request's chat text) spatial QA's answer to the options its question offers. vLLM cannot close a list at its
+    token budget as `generate` does, so a detection answer is bounded in bytes (`answer_grammar.detection_entries`:
+    9 entries in 1,280 tokens, where `generate` holds as many as the tokens allow). A free prompt (`task` None) has
+    no grammar: ValueError."""
     if task is None:
         raise ValueError("a free prompt has no answer grammar: constrained decoding needs the request's task")
-    return {STRUCTURED_OUTPUTS: {"grammar": resolve_task(task).grammar_for(task_budget(task, max_tokens), num_views)}}
+    grammar = resolve_task(task).grammar_for(task_budget(task, max_tokens), num_views, prompt)
+    return {STRUCTURED_OUTPUTS: {"grammar": grammar}}
 
 
 def task_budget(task: str | None, max_tokens: int | None = None) -> int:

@@ -47,7 +47,8 @@ def offline_settings(request: EncodedRequest, max_tokens: int | None = None, con
     budget = task_budget(request.task, max_tokens)
     settings = {"task": request.task, "max_tokens": budget, "views": request.num_views}
     if constrained:
-        settings["grammar"] = structured_output(request.task, budget, request.num_views)[STRUCTURED_OUTPUTS]["grammar"]
+        grammar = structured_output(request.task, budget, request.num_views, request.prompt)
+        settings["grammar"] = grammar[STRUCTURED_OUTPUTS]["grammar"]
     return settings
 
 

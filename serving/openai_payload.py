@@ -76,7 +76,7 @@ def chat_completion_payload(request: EncodedRequest, model: str = "gap-mllm", ma
     the task's token budget (or `max_tokens`, a whole number >= 1: `task_budget`); with `constrained`, vLLM's
     structured-output field holding the task's answer grammar (`structured_output`); `extra` adds fields (e.g. `"stop"`)."""
     max_tokens = task_budget(request.task, max_tokens)
-    grammar = structured_output(request.task, max_tokens, request.num_views) if constrained else {}
+    grammar = structured_output(request.task, max_tokens, request.num_views, request.prompt) if constrained else {}
     return {"model": model, "messages": chat_messages(request), "max_tokens": max_tokens, "temperature": 0.0, **grammar,
             **extra}
 

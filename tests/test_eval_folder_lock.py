@@ -124,7 +124,7 @@ def test_a_missing_split_names_the_splits_there_and_the_options(synth_data, orac
     status = gap_mllm(["evaluate", "--task", "detection", "--data", str(synth_data), "--predictions", str(oracle),
                        "--out", str(tmp_path / "out"), "--split", "testing", "--quiet"])
     lines = capsys.readouterr().err.splitlines()
-    assert status == 2 and len(lines) == 2 and lines[0].startswith("gap-mllm evaluate: error: no detection annotation "
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("gap-mllm evaluate: error: no detection annotation "
                                                                    "file for split 'testing' in ")
     assert lines[0].endswith("splits with detection files there: val. Choose one with --split (or give the file with "
                              "--annotation-file FILE)")

@@ -4,7 +4,6 @@ steps in); the `train` extra installs what the shipped recipes' evaluations need
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from gap_mllm.evaluation.in_memory import EvaluationSlice
 from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.evaluation.tasks import get_task
 
+from .setup_extras import setup_extras
 from .test_train_fixtures import train_data_root  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,11 +52,7 @@ def test_an_evaluation_run_fails_before_it_writes_anything(train_data_root, tmp_
 
 def _extras() -> dict:
     """`EXTRAS` of setup.py, read without running setup()."""
-    tree = ast.parse((REPO / "setup.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "EXTRAS":
-            return ast.literal_eval(node.value)
-    raise AssertionError("setup.py defines no EXTRAS")
+    return setup_extras()
 
 
 def test_the_train_extra_scores_every_task_the_shipped_recipes_evaluate():

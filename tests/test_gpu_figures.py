@@ -33,11 +33,12 @@ def test_the_dry_run_writes_the_plan_and_runs_nothing(tmp_path, monkeypatch, cap
     arms = plan["arms"]
     assert list(arms) == [arm.name for arm in gpu_figures.ARMS]
     planned = {name for name, arm in arms.items() if arm["status"] == "planned"}
-    assert {"data", "train_arms", "real_size", "vggt", "eval_scale"} <= planned
-    assert "--batch 8" in arms["train_arms"]["command"] and "--only build prefill generate" in arms["real_size"]["command"]
+    assert {"bisect", "train_arms", "profile", "data", "eval_scale"} <= planned
+    assert list(arms)[:3] == ["bisect", "train_arms", "profile"]  # correctness first, then the figures
+    assert "--batch 8" in arms["train_arms"]["command"] and "--steps 30" in arms["train_arms"]["command"]
     for name in ("flash_attention_4", "vllm"):
         assert arms[name]["status"] == "skipped" and arms[name]["reason"]
-    assert sum(arm.get("budget_s", 0) for arm in arms.values()) + gpu_figures.INSTALL_BUDGET_S <= 540
+    assert sum(arm.get("budget_s", 0) for arm in arms.values()) + gpu_figures.INSTALL_BUDGET_S <= 480  # 8 minutes
     outputs = [arm.output for arm in gpu_figures.ARMS if arm.output]
     assert len(outputs) + 2 <= 8 and len(set(outputs)) == len(outputs) and all("/" not in o for o in outputs)
     assert any(w.startswith("transformers==5.23") for w in plan["wheels"])
@@ -53,7 +54,7 @@ def test_a_real_run_without_wheels_refuses_in_one_line(tmp_path, capsys):
 
 def test_a_plan_over_the_call_is_refused():
     long_arm = gpu_figures.GpuArm("long", ("x.py",), 600, "long.json")
-    with pytest.raises(ValueError, match=r"over the call's 540 s"):
+    with pytest.raises(ValueError, match=r"over the call's 480 s"):
         gpu_figures.check_plan((long_arm,))
 
 

@@ -30,6 +30,7 @@ from gap_mllm.processing.folder_lock import FolderBusy, lock_file_of
 from gap_mllm.processing.output_folder import OutputFolderRefused, REPLACED_SUFFIX, sibling
 from gap_mllm.training import run_state as run_state_module
 from gap_mllm.training.config import load_recipe
+from gap_mllm.training.data_sketch import compare_data, sketch_data_root
 from gap_mllm.training.divergence import TrainingDivergedError, divergence_message
 from gap_mllm.training.feature_cache import DamagedEntryError, FeatureCache, sample_key, undecoded_images
 from gap_mllm.training.run import continuation_command, run_definition, run_training
@@ -169,7 +170,7 @@ def test_item5_a_changed_camera_pose_file_is_refused_by_content(state, tmp_path,
     raw = bytearray(changed.read_bytes())
     raw[-2] = raw[-2] ^ 1  # one bit of the pose's last value
     changed.write_bytes(bytes(raw))
-    with pytest.raises(RunStateError, match="other data than .*depth or camera files differ"):
+    with pytest.raises(RunStateError, match=rf"other data than .*{changed.name}: its text differs"):
         restore_run_state(state, tmp_path / "restored", source=source_model, data_root=data)
     assert not (tmp_path / "restored").exists()
 
@@ -178,15 +179,14 @@ def test_item5_depth_arrays_are_digested_by_content_apart_from_the_images(tmp_pa
     import numpy as np
     import PIL.Image
 
-    digests = []
+    sketches = []
     for value in (1.0, 1.5):
         root = tmp_path / str(value)
         root.mkdir()
         PIL.Image.new("RGB", (4, 4)).save(root / "0.png")
         np.save(root / "0.npy", np.full((4, 4), value, dtype=np.float32))
-        digests.append(run_state_module.data_digest(root))
-    assert digests[0]["media"] != digests[1]["media"]
-    assert (digests[0]["images"], digests[0]["pixels"]) == (digests[1]["images"], digests[1]["pixels"])
+        sketches.append(sketch_data_root(root))
+    assert compare_data(*sketches).differences == [("0.npy", "its bytes differ")]  # the image is the same
 
 
 # ------------------------------------------------------------------------------ items 6, 7, 10: whose folder, who writes

@@ -50,6 +50,8 @@ def module_files(root: Path) -> dict[str, tuple[Path, str]]:
         for path in sorted((root / folder).rglob("*.py")):
             if any((root / other) in path.parents for other in nested):
                 continue
+            if path.is_symlink():  # the shipped Hub folder's links (mini/gap-mllm-mini) are modeling_gap_mllm's modules
+                continue
             parts = [part for part in path.relative_to(root / folder).with_suffix("").parts if part != "__init__"]
             modules[".".join([package, *parts])] = (path, folder)
     return modules

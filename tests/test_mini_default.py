@@ -1,10 +1,12 @@
 """The committed GAP-MLLM-Mini (mini/gap-mllm-mini) is a Hub folder that loads through the Auto classes
 with trust_remote_code and answers a bundled held-out room with parsable results. Its scores are in
-mini/RESULTS.md, not here: this checks the artefact, not its quality. The folder ships no code: the remote code
-of the loadable default is the installed package's (mini/default_model.py)."""
+mini/RESULTS.md, not here: this checks the artefact, not its quality. The folder's remote code is links into the
+package (mini/code_links.py), so the folder loads by path as a Hub folder; the default (`default_model_path`) writes the
+installed package's code next to links to the shipped data (mini/default_model.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -17,15 +19,79 @@ from transformers import AutoModel, AutoProcessor
 import gap_mllm
 from gap_mllm.cli.scenes import synthetic_scene
 from gap_mllm.mini import SHIPPED_DIR, default_model_path
+from gap_mllm.mini.code_links import link_problems
 from gap_mllm.mini.default_model import assemble, remote_code_sources
 from gap_mllm.mini.export import MAX_FOLDER_BYTES
 
 PACKAGE = Path(gap_mllm.__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_shipped_folder_carries_no_copy_of_the_package_code():
+def test_the_shipped_folder_carries_links_to_the_package_code_not_copies():
+    """Every file its auto_map reaches is a relative link to the package's file of the same name, and nothing else is;
+    git tracks them as links (mode 120000) and ignores none of them."""
     assert (SHIPPED_DIR / "config.json").is_file() and list(SHIPPED_DIR.glob("*.safetensors"))
-    assert not list(SHIPPED_DIR.glob("*.py"))
+    assert link_problems(SHIPPED_DIR) == [], "run: python -m gap_mllm.mini.code_links"
+    links = sorted(SHIPPED_DIR.glob("*.py"))
+    assert {p.name for p in links} == {p.name for p in remote_code_sources()}
+    for link in links:
+        assert os.readlink(link) == f"../../{PACKAGE.name}/{link.name}" and link.resolve() == PACKAGE / link.name
+    if (REPO / ".git").exists():
+        names = [str(p.relative_to(REPO)) for p in links]
+        ignored = subprocess.run(["git", "check-ignore", *names], cwd=REPO, capture_output=True, text=True)
+        assert ignored.stdout == "", ignored.stdout
+        tracked = subprocess.run(["git", "ls-files", "-s", "--", *names], cwd=REPO, capture_output=True, text=True,
+                                 check=True).stdout.splitlines()
+        assert all(line.startswith("120000 ") for line in tracked), tracked  # links, never copies
+
+
+def test_the_shipped_folder_loads_by_path_in_a_fresh_process(tmp_path):
+    """As the card promises (library_name transformers, custom code): AutoModel, AutoProcessor and transformers'
+    pipeline load the committed folder by its path, offline, from the folder's own remote code (the package is never
+    imported), without transformers' "Loading weights" bar, and the pipeline answers a picture."""
+    script = (
+        "import sys, json\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from transformers import AutoModel, AutoProcessor, pipeline\n"
+        f"path = {str(SHIPPED_DIR)!r}\n"
+        "model = AutoModel.from_pretrained(path, trust_remote_code=True)\n"
+        "processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)\n"
+        "pipe = pipeline('image-text-to-text', model=path, trust_remote_code=True)\n"
+        "image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 160, 3), dtype=np.uint8))\n"
+        "out = pipe(text=[{'role': 'user', 'content': [{'type': 'image', 'image': image},\n"
+        "                  {'type': 'text', 'text': 'Detect every object. Output a JSON.'}]}], max_new_tokens=8)\n"
+        "print(json.dumps({'model': type(model).__name__, 'module': type(model).__module__,\n"
+        "                  'processor': type(processor).__name__, 'pipe_model': type(pipe.model).__name__,\n"
+        "                  'answer': out[0]['generated_text'][-1]['content'], 'package': 'gap_mllm' in sys.modules}))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["model"] == loaded["pipe_model"] == "GapMllmForConditionalGeneration"
+    assert loaded["processor"] == "GapMllmProcessor" and loaded["module"].startswith("transformers_modules.")
+    assert not loaded["package"] and isinstance(loaded["answer"], str)
+    assert "Loading weights" not in done.stderr, done.stderr[-2000:]
+
+
+def test_an_upload_of_the_shipped_folder_sends_the_code_not_the_links():
+    """`gap-mllm push` plans every linked file, and huggingface_hub's CommitOperationAdd (what push_folder commits)
+    reads the package file's bytes through each link."""
+    from huggingface_hub import CommitOperationAdd
+
+    from gap_mllm.cli.hub_files import plan_upload
+
+    plan = plan_upload(SHIPPED_DIR)
+    assert {p.name for p in remote_code_sources()} <= set(plan.files)
+    for name in (n for n in plan.files if n.endswith(".py")):
+        operation = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(SHIPPED_DIR / name))
+        source = (PACKAGE / name).read_bytes()
+        assert operation.upload_info.size == len(source)
+        assert operation.upload_info.sha256 == hashlib.sha256(source).digest(), name
+        with operation.as_file() as handle:
+            assert handle.read() == source
 
 
 def test_the_default_folder_holds_the_package_remote_code_byte_for_byte():
@@ -136,3 +202,23 @@ def test_its_reconstruction_answer_parses_on_a_bundled_room(mini):
     result = processor.post_process(out, task="reconstruction", input_ids=inputs["input_ids"])[0]
     assert result.point is not None and len(result.point) == 3, result
     assert isinstance(result.label, str) and result.label, result
+
+
+def test_an_export_into_the_shipped_folder_writes_links_and_elsewhere_copies(tmp_path, monkeypatch):
+    """`make mini --export mini/gap-mllm-mini` keeps the folder complete and copy-free: the remote code as links into
+    the package (targets relative to the folder, written from its staging sibling); any other export is a
+    self-contained Hub folder with `save_pretrained`'s copies."""
+    from gap_mllm.mini import export
+    from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny")
+    shipped = tmp_path / "mini" / "gap-mllm-mini"
+    monkeypatch.setattr(export, "SHIPPED_DIR", shipped)
+    export.export_default(checkpoint, shipped)
+    assert link_problems(shipped) == []
+    for link in shipped.glob("*.py"):
+        assert link.is_symlink() and not os.path.isabs(os.readlink(link)) and link.resolve() == PACKAGE / link.name
+    copied = export.export_default(checkpoint, tmp_path / "elsewhere")
+    code = sorted(copied.glob("*.py"))
+    assert code and not any(p.is_symlink() for p in code)
+    assert all(p.read_bytes() == (PACKAGE / p.name).read_bytes() for p in code)

@@ -26,7 +26,7 @@ ROW = {
 def scores_of(tmp_path, row=ROW, **extra):
     results = {"arms": {"gap_gated_s0": dict(row), "no_geometry_s0": {}}, "baselines": BASELINES, **extra}
     (tmp_path / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
-    return held_out_scores(tmp_path)
+    return held_out_scores(tmp_path, constrained=False)
 
 
 def test_each_task_against_its_baseline(tmp_path):
@@ -67,28 +67,57 @@ def test_missing_figures_are_not_scored_and_a_folder_without_results_has_no_line
     assert scores.line("grounding") == ("held-out (10 test samples): Acc@0.25 10.0 %; best constant box 2.1 %: "
                                         "this miniature does not ground yet")  # no interval: no claim either
     assert scores.geometry_line() is None
-    assert held_out_scores(tmp_path / "elsewhere") is None and held_out_scores(None) is None
+    assert held_out_scores(tmp_path / "elsewhere", False) is None and held_out_scores(None, True) is None
     (tmp_path / RESULTS_FILE).write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match=f"{RESULTS_FILE}: not valid JSON"):
-        held_out_scores(tmp_path)
+        held_out_scores(tmp_path, constrained=True)
 
 
 def test_the_embedded_mini_lines_carry_its_own_figures():
     folder = default_model_path()
     results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
     row, base = results["arms"]["gap_gated_s0"], results["baselines"]
-    scores = held_out_scores(folder)
+    scores = held_out_scores(folder, constrained=False)  # the free row, named as such: the file holds both
     assert scores.line("grounding").startswith(
-        f"held-out ({row['grounding_num_samples']} test samples): Acc@0.25 {100 * row['grounding_acc@0.25']:.1f} % "
+        f"held-out ({row['grounding_num_samples']} test samples, free decoding): Acc@0.25 {100 * row['grounding_acc@0.25']:.1f} % "
         f"[{100 * row['grounding_acc@0.25_ci95'][0]:.1f}, {100 * row['grounding_acc@0.25_ci95'][1]:.1f}]; best constant "
         f"box {100 * base['grounding']['best_constant_box']['acc@0.25']:.1f} %: ")
     assert f"F1@0.25 {100 * row['detection_f1@0.25']:.1f} %" in scores.line("detection")
     assert f"CIDEr@0.5 {row['captioning_cider@0.5']:.2f}" in scores.line("captioning")
     marker = scores.line("reconstruction")
     if "final_marker_point_error_m_median" in row:  # a release whose final model answers the marker task
-        assert marker.startswith(f"held-out ({row['final_marker_num_samples']} test samples): point error")
+        assert marker.startswith(f"held-out ({row['final_marker_num_samples']} test samples, free decoding): point error")
     else:
         assert "final model is not scored on the marker task" in marker
     geometry = results["stage0_geometry"]
     assert (f"depth AbsRel {geometry['model']['depth_abs_rel']:.3f}" in scores.geometry_line()
             and f"identity rotations {geometry['baseline']['depth_abs_rel']:.3f}" in scores.geometry_line())
+
+
+def test_the_figures_are_those_of_the_decoding_that_ran(tmp_path):
+    """Constrained decoding (the front ends' default) reads the constrained row, `--free` the free one, each named; a
+    file without a constrained row gives the free figures and says that constrained decoding was not scored."""
+    constrained_row = {**ROW, "grounding_acc@0.25": 0.124, "grounding_acc@0.25_ci95": [0.105, 0.146]}
+    results = {"arms": {"gap_gated_s0": dict(ROW), "gap_gated_s0_constrained": constrained_row}, "baselines": BASELINES}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
+    constrained, free = held_out_scores(tmp_path, constrained=True), held_out_scores(tmp_path, constrained=False)
+    assert (constrained.arm, free.arm) == ("gap_gated_s0_constrained", "gap_gated_s0")
+    assert constrained.line("grounding") == ("held-out (991 test samples, constrained decoding): Acc@0.25 12.4 % "
+                                             "[10.5, 14.6]; best constant box 2.1 %: beats the trivial baseline")
+    assert free.line("grounding").startswith("held-out (991 test samples, free decoding): Acc@0.25 0.4 % [0.2, 1.0]; ")
+    del results["arms"]["gap_gated_s0_constrained"]
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
+    assert held_out_scores(tmp_path, constrained=True).line("grounding").startswith(
+        "held-out (991 test samples, free decoding: the file has no constrained row): Acc@0.25 0.4 %")
+
+
+def test_the_shipped_mini_shows_its_constrained_figures_by_default():
+    """The demo, `predict --example` and the Space decode inside the grammar by default: their line carries the
+    constrained row's figures (12.4 % [10.5, 14.6] for the sixth release's grounding), not the free row's."""
+    folder = default_model_path()
+    results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
+    row = results["arms"]["gap_gated_s0_constrained"]
+    line = held_out_scores(folder, constrained=True).line("grounding")
+    assert line.startswith(f"held-out ({row['grounding_num_samples']} test samples, constrained decoding): Acc@0.25 "
+                           f"{100 * row['grounding_acc@0.25']:.1f} % [{100 * row['grounding_acc@0.25_ci95'][0]:.1f}, "
+                           f"{100 * row['grounding_acc@0.25_ci95'][1]:.1f}]")

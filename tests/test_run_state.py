@@ -145,7 +145,7 @@ def test_a_restore_is_refused_for_another_source_other_data_or_changed_weights(t
     shutil.copytree(train_data_root, changed_data)
     annotation = next(p for p in sorted(changed_data.rglob("*.json*")) if p.is_file())
     annotation.write_text(annotation.read_text() + " ")
-    with pytest.raises(RunStateError, match="other data than .*records differ"):
+    with pytest.raises(RunStateError, match=rf"other data than .*changed_data: .*{annotation.name}: its text differs"):
         restore_run_state(state, target, source=source_model, data_root=changed_data)
 
     weights = load_file(state / WEIGHTS_FILE)
@@ -177,7 +177,7 @@ def _nudge_numbers(data: Path, factor: float) -> None:
 def test_numbers_that_differ_in_their_last_digits_restore_and_other_numbers_do_not(tmp_path, source_model,
                                                                                   train_data_root):
     """Data written again on another CPU (the records' and poses' numbers in their last digits) continue the run;
-    numbers that differ by 1e-6 are other data. A state written before the masked-text digests is refused on the
+    numbers that differ by 1e-6 are other data. A state written before the data sketch (format 2) is refused on the
     rewritten data, naming run_state.accept_other_data, and continues with it."""
     _, state = checkpoint_and_state(tmp_path, source_model, train_data_root)
     last_digits = tmp_path / "last_digits"
@@ -188,14 +188,19 @@ def test_numbers_that_differ_in_their_last_digits_restore_and_other_numbers_do_n
     other_values = tmp_path / "other_values"
     shutil.copytree(train_data_root, other_values)
     _nudge_numbers(other_values, 1 + 1e-6)
-    with pytest.raises(RunStateError, match="other data than .*records and depth or camera files differ"):
+    with pytest.raises(RunStateError, match=r"other data than .*other_values: .*other_values/annotations/.*json: its "
+                                            r"decimal numbers 1-\d+ of \d+ are not the recorded ones \(they differ by "
+                                            r"more than another CPU's last digits, 1e-12 relative\) \(and 1 more file "
+                                            r"differs\)"):
         restore_run_state(state, tmp_path / "refused", source=source_model, data_root=other_values)
 
-    record = json.loads((state / STATE_FILE).read_text())
-    for key in ("structure", "values"):  # as a state of an earlier version recorded its data
-        del record["data"][key]
+    record = json.loads((state / STATE_FILE).read_text())  # as a state of the earlier format recorded its data
+    record.update(format=2, data={"folder": train_data_root.name, "records": "0" * 64, "files": 1})
+    del record["digest"], record["files"]["data_sketch.safetensors"]
+    (state / "data_sketch.safetensors").unlink()
     (state / STATE_FILE).write_text(json.dumps(record))
-    with pytest.raises(RunStateError, match="predates the digests .* run_state.accept_other_data=true continues it"):
+    with pytest.raises(RunStateError, match=r"format 2, before the per-file sketch\), so .*last_digits cannot be "
+                                            r"checked .* run_state.accept_other_data=true continues on them"):
         restore_run_state(state, tmp_path / "refused_old", source=source_model, data_root=last_digits)
     assert not (tmp_path / "refused").exists() and not (tmp_path / "refused_old").exists()
     assert restore_run_state(state, tmp_path / "accepted", source=source_model, data_root=last_digits,
@@ -219,7 +224,7 @@ def test_images_encoded_otherwise_with_the_same_pixels_restore_and_other_pixels_
 
     pixels[0, 0] = ~pixels[0, 0]  # every bit of one pixel flipped (uint8)
     PIL.Image.fromarray(pixels).save(image)
-    with pytest.raises(RunStateError, match="images differ"):
+    with pytest.raises(RunStateError, match=rf"{image.name}: its pixels differ"):
         restore_run_state(state, tmp_path / "restored_again", source=source_model, data_root=data)
 
 
@@ -291,7 +296,8 @@ def test_the_minis_run_state_folder_is_not_ignored_by_git():
     """A run state in the repository (mini/README.md, "A run longer than a session": the fifth release's
     `mini/stage2-run/` until it shipped) must reach it whole: none of its files may match an ignore rule."""
     files = ["mini/stage2-run/run_state.json", "mini/stage2-run/weights.safetensors",
-             "mini/stage2-run/optimizer_moments.safetensors", "mini/stage2-run/checkpoint/trainer_state.json",
+             "mini/stage2-run/optimizer_moments.safetensors", "mini/stage2-run/data_sketch.safetensors",
+             "mini/stage2-run/checkpoint/trainer_state.json",
              "mini/stage2-run/checkpoint/rng_state.pth", "mini/stage2-run/checkpoint/training_args.bin",
              "mini/stage2-run/checkpoint/scheduler.pt", "mini/stage2-run/best/weights.safetensors"]
     ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *files], capture_output=True, text=True)

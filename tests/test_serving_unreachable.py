@@ -54,4 +54,4 @@ def test_openai_client_example_prints_one_line_and_exits_non_zero(closed_port, m
         runpy.run_path(str(script), run_name="__main__")
     assert done.value.code == 1
     err = capsys.readouterr().err  # (after the weights' loading bar)
-    assert err.endswith(f"\nopenai_client.py: error: {expected(closed_port)}\n") and "Traceback" not in err
+    assert err.splitlines()[-1] == f"openai_client.py: error: {expected(closed_port)}" and "Traceback" not in err

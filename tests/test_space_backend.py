@@ -253,8 +253,8 @@ def test_a_bundled_room_shows_the_reference_and_the_held_out_score(tmp_path, mon
     lines = out.reference.splitlines()
     assert lines[0] == "input: box=[" + ", ".join(f"{v:.2f}" for v in given["box"]) + "]"  # 2 decimals, not 17
     assert lines[1] == "truth: " + " | ".join(given["references"])
-    assert lines[2] == held_out_scores(folder).line("captioning")
-    assert held_out_scores(folder).line("captioning").startswith("held-out (")
+    assert lines[2] == held_out_scores(folder, constrained=True).line("captioning")
+    assert held_out_scores(folder, constrained=True).line("captioning").startswith("held-out (")
 
     answer_within_budget(backend.model, backend.processor, monkeypatch, '{"pointmap": [0.0, 0.0, 1.0], "label": "wall"}')
     out = backend.run(None, "synthetic room A", "marker point reconstruction", marker_text=defaults["marker"])
@@ -262,7 +262,7 @@ def test_a_bundled_room_shows_the_reference_and_the_held_out_score(tmp_path, mon
     expected_error = float(np.linalg.norm(np.subtract(truth["point"], [0.0, 0.0, 1.0])))
     assert f"truth: point: [{', '.join(f'{v:.2f}' for v in truth['point'])}] label: {truth['label']}" in out.reference
     assert f"score: point error {expected_error:.2f} m; label wrong" in out.reference
-    assert out.reference.endswith(held_out_scores(folder).line("reconstruction"))
+    assert out.reference.endswith(held_out_scores(folder, constrained=True).line("reconstruction"))
     assert backend.example_defaults("(my uploaded files)") == {"object": None, "query": "", "marker": ""}
     assert backend.run(uploads, None, "3D dense captioning (pick an object)",
                        box_text="0 0 2 0.5 0.5 0.5 0 0 0").reference == ""

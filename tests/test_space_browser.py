@@ -127,7 +127,7 @@ def expected_detection() -> tuple[str, str]:
     model, processor, _ = load_space_model("mini")
     scene = synthetic_scene(EXAMPLE_SEEDS["synthetic room A"])
     summary = run_task(model, processor, scene.views, TaskRequest("detection")).summary()
-    return summary, held_out_scores(default_model_path()).line("detection")
+    return summary, held_out_scores(default_model_path(), constrained=True).line("detection")
 
 
 def test_space_runs_tasks_in_headless_chromium(space, tmp_path):

@@ -31,7 +31,7 @@ def test_the_space_card_says_what_the_results_file_says(bundle_space):
     assert card == bundle_space.with_mini_scores(card), (
         "examples/space/README.md disagrees with mini/gap-mllm-mini/evaluation_results.json: run "
         "python examples/space/bundle_space.py --update-card")
-    scores = held_out_scores(SHIPPED_DIR)
+    scores = held_out_scores(SHIPPED_DIR, constrained=True)
     for task in ("grounding", "detection", "captioning", "reconstruction"):
         assert scores.line(task) in card
     assert "do not beat trivial baselines" not in card
@@ -42,11 +42,12 @@ def test_the_cards_lines_follow_the_results_file(bundle_space, tmp_path):
     folder = tmp_path / "mini"
     folder.mkdir()
     results = json.loads((SHIPPED_DIR / RESULTS_FILE).read_text(encoding="utf-8"))
-    row = results["arms"][held_out_scores(SHIPPED_DIR).arm]
+    row = results["arms"][held_out_scores(SHIPPED_DIR, constrained=True).arm]
     row["grounding_acc@0.25"], row["grounding_acc@0.25_ci95"] = 0.02, [0.01, 0.03]
     (folder / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
     card = bundle_space.with_mini_scores(CARD.read_text(encoding="utf-8"), folder)
-    assert ("3D visual grounding: held-out (991 test samples): Acc@0.25 2.0 % [1.0, 3.0]; best constant box 2.1 %: "
+    assert ("3D visual grounding: held-out (991 test samples, constrained decoding): Acc@0.25 2.0 % [1.0, 3.0]; best "
+            "constant box 2.1 %: "
             "this miniature does not ground yet") in card
     with pytest.raises(ValueError, match="no block"):
         bundle_space.with_mini_scores("# a card without the block\n", folder)
@@ -60,5 +61,5 @@ def test_a_bundled_card_is_written_from_the_results_file(bundle_space, monkeypat
     monkeypatch.setattr(bundle_space, "HERE", tmp_path)
     (tmp_path / "README.md").write_text(stale, encoding="utf-8")
     card = bundle_space.space_card("mini", "cpu-basic")
-    assert held_out_scores(SHIPPED_DIR).markdown() in card and "does not beat it" not in card
+    assert held_out_scores(SHIPPED_DIR, constrained=True).markdown() in card and "does not beat it" not in card
     assert "suggested_hardware: cpu-basic" in card

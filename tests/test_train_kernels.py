@@ -21,6 +21,7 @@ from gap_mllm.training.kernels import KernelUnavailableError, apply_attention_im
 from gap_mllm.training.packed_attention import FLASH_ONE_ROW
 from gap_mllm.training.sample_tensors import collate_samples, split_batch
 
+from .setup_extras import setup_extras
 from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root  # noqa: F401
 
 FLASH = {"flash_attention_2": "flash-attn", "flash_attention_4": "flash-attn-4"}
@@ -271,7 +272,6 @@ def test_the_kernel_report_that_ends_make_gpu_venv(monkeypatch):
 
 
 def test_make_gpu_venv_installs_the_gpu_extras_apart_from_the_cpu_path():
-    import ast
     import shutil
     import subprocess
     from pathlib import Path
@@ -279,9 +279,7 @@ def test_make_gpu_venv_installs_the_gpu_extras_apart_from_the_cpu_path():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     repo = Path(__file__).resolve().parents[1]
-    tree = ast.parse((repo / "setup.py").read_text(encoding="utf-8"))
-    extras = next(ast.literal_eval(node.value) for node in tree.body
-                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "EXTRAS")
+    extras = setup_extras(repo)
     gpu = [*extras["gpu"], *extras["flash"]]
     assert all("==" in requirement for requirement in gpu)  # pinned: versions that exist on PyPI
     names = {requirement.split("[")[0].split("=")[0] for requirement in gpu}
@@ -314,16 +312,19 @@ def test_compiled_layers_and_liger_are_on_by_default_on_cuda_only(monkeypatch):
         settings = kernels.resolve_kernels(*planned(values, cuda))
         return {name: getattr(settings.kernels, name) for name in switches}
 
-    assert decided({}, cuda=False) == dict.fromkeys(switches, False)
+    monkeypatch.setattr(kernels, "earned_switches", lambda: dict.fromkeys([*switches, "packing", "compile_towers"], True))
+    buckets = {"data": {"length_buckets": [512, 1024]}}
+    assert decided(buckets, cuda=False) == dict.fromkeys(switches, False)
     gpu_machine(monkeypatch)
-    assert decided({}, cuda=True) == dict.fromkeys(switches, True)
-    assert decided({"kernels": {"compile_layers": False}}, cuda=True)["compile_layers"] is False
-    assert decided({"stage": "geometry"}, cuda=True) == dict.fromkeys(switches, False)  # encoder stages: none applies
+    assert decided(buckets, cuda=True) == dict.fromkeys(switches, True)
+    assert decided({}, cuda=True)["compile_layers"] is False  # measured at buckets' static shapes only
+    assert decided({**buckets, "kernels": {"compile_layers": False}}, cuda=True)["compile_layers"] is False
+    assert decided({**buckets, "stage": "geometry"}, cuda=True) == dict.fromkeys(switches, False)  # encoder stages
     gpu_machine(monkeypatch, installed=())  # no liger-kernel: compiled, no Liger
-    assert decided({}, cuda=True) == {"liger_fused_linear_cross_entropy": False, "liger_language_model": False,
-                                      "compile_layers": True}
+    assert decided(buckets, cuda=True) == {"liger_fused_linear_cross_entropy": False, "liger_language_model": False,
+                                           "compile_layers": True}
     monkeypatch.setattr(kernels, "compile_problem", lambda device: "Triton")
-    assert decided({}, cuda=True)["compile_layers"] is False
+    assert decided(buckets, cuda=True)["compile_layers"] is False
 
 
 def test_compiled_layers_and_liger_language_model_are_refused_where_they_cannot_run(monkeypatch):

@@ -13,7 +13,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from gap_mllm.model_inputs import IGNORE_INDEX
 from gap_mllm.training.config import recipe_from_dict
-from gap_mllm.training.data import ONE_ROW, PackingCollator, load_split, packing_row_tokens, sample_collator
+from gap_mllm.training.data import (
+    ONE_ROW,
+    TRAINING_PADDING_SIDE,
+    PackingCollator,
+    load_split,
+    packing_row_tokens,
+    sample_collator,
+)
 from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
 from gap_mllm.training import packed_attention as packed_attention_module
 from gap_mllm.training.packed_attention import (
@@ -59,7 +66,7 @@ def test_split_then_collate_gives_the_collators_batch_back(mixed):
     settings, dataset = mixed
     _, processor = tiny()
     batch = mixed_batch(processor, settings, dataset)
-    again = collate_samples(split_batch(batch), processor.tokenizer.pad_token_id, processor.tokenizer.padding_side)
+    again = collate_samples(split_batch(batch), processor.tokenizer.pad_token_id, TRAINING_PADDING_SIDE)
     assert set(again) == set(batch)
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):

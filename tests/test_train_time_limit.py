@@ -35,6 +35,7 @@ def test_the_callback_stops_and_saves_at_the_first_step_past_the_limit():
     assert not (control.should_save or control.should_training_stop or callback.reached)
     clock.now, state.global_step = 130.0, 5
     callback.on_step_end(None, state, control)
+    callback.on_train_end(None, state, control)  # SIGTERM and Ctrl-C handlers back to the test process's own
     assert control.should_save and control.should_training_stop and callback.reached
 
 
@@ -45,6 +46,7 @@ def test_the_last_step_is_not_a_time_limited_stop():
     callback.on_train_begin(None, state, control)
     clock.now, state.global_step = 500.0, 10  # the run ends here anyway, with its final model
     callback.on_step_end(None, state, control)
+    callback.on_train_end(None, state, control)  # SIGTERM and Ctrl-C handlers back to the test process's own
     assert not (callback.reached or control.should_training_stop)
 
 

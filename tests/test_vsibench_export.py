@@ -183,8 +183,7 @@ def test_the_command_without_lmms_eval_says_what_to_install_in_one_line(exported
     lines = capsys.readouterr().err.splitlines()
     assert status == 2 and lines == [
         "gap-mllm export-vsibench: error: export-vsibench writes a task for lmms-eval 0.7.3's vsibench and lmms-eval is "
-        "not installed: pip install --no-deps lmms-eval==0.7.3 (with gap-mllm[lmms]; make install does both)",
-        "(run with --debug for the traceback)"]
+        "not installed: pip install --no-deps lmms-eval==0.7.3 (with gap-mllm[lmms]; make install does both)"]
 
 
 def test_a_missing_split_names_the_splits_there_and_the_option(exported, tmp_path, capsys):

@@ -16,6 +16,7 @@ against the annotation of the field it fills (`config_types.coerce`; `training.*
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,9 +223,10 @@ class RunStateConfig:
     checkpoint without what the source model already holds goes to `directory` (a folder a git repository can
     carry), and a run resumed with `--resume auto` on a machine without that checkpoint starts from it.
     `moments_dtype` / `best_dtype`: "float32" (exact) or "bfloat16" (half the bytes) for the optimizer's moments and
-    the best model's weights. None: no run state. `accept_other_data`: continue a state on data whose digests differ
-    from those it recorded (a warning names what differs): for a state written before the digests that tell numbers
-    differing in their last digits (another CPU) from other data, on data the same command wrote again."""
+    the best model's weights. None: no run state. `accept_other_data`: continue a resumed run (from its state, or from
+    a checkpoint of its output folder) on data other than those it recorded (training/data_sketch.py; a warning names
+    the first file that differs), which it records from then on: for a state written before the data sketch (format
+    2), or an output folder an earlier version wrote, on data the same command wrote again."""
 
     directory: str | None = None
     moments_dtype: str = "float32"
@@ -270,8 +272,8 @@ class VisionStageConfig:
 @dataclass
 class KernelConfig:
     """Optional GPU kernels (training/kernels.py; the attention kernel is `model.attn_implementation`). Each is None by
-    default: on for a CUDA run of an LLM stage where it can run, off on the CPU (decided and logged when the run
-    starts); true where it cannot run is refused by name; false turns it off.
+    default: on for a CUDA run of an LLM stage where it can run and the latest GPU figures earned it, off on the CPU
+    (decided and logged when the run starts); true where it cannot run is refused by name; false turns it off.
 
     liger_fused_linear_cross_entropy: the LM head and the cross-entropy at the answer tokens as Liger's fused
         kernel (liger-kernel; CUDA), which never holds the answer tokens' logits. Needs `make gpu-venv`.
@@ -279,11 +281,16 @@ class KernelConfig:
         CUDA).
     compile_layers: regional `torch.compile` of each decoder layer of the language model (inductor: Triton on CUDA,
         a C++ compiler on the CPU); with `data.length_buckets` at static shapes, one compilation per bucket.
+    compile_towers: the same for each block of the frozen towers (the VGGT encoder's DINO, frame and global blocks;
+        the ViT's blocks), whose element-wise work and launches were most of a real-size step on an H100 (bench/README.md
+        "Where a step goes"); one compilation per number of views.
+    Each is on by default only where the latest GPU figures earned it (training/gpu_verdicts.py).
     """
 
     liger_fused_linear_cross_entropy: bool | None = None
     liger_language_model: bool | None = None
     compile_layers: bool | None = None
+    compile_towers: bool | None = None
 
 
 @dataclass
@@ -360,7 +367,7 @@ class TrainRecipe:
         check_attention_name(self.model.attn_implementation)
         if self.training.get("use_liger_kernel"):
             raise RecipeTypeError(TRANSFORMERS_LIGER_REFUSAL)
-        for name in ("liger_fused_linear_cross_entropy", "liger_language_model", "compile_layers"):
+        for name in ("liger_fused_linear_cross_entropy", "liger_language_model", "compile_layers", "compile_towers"):
             if getattr(self.kernels, name) and self.stage not in LLM_STAGES:
                 raise ValueError(f"kernels.{name} applies to the LLM stages (pretrain, finetune), not stage={self.stage!r}")
         for name in ("moments_dtype", "best_dtype"):
@@ -503,6 +510,31 @@ def load_recipe(path, overrides: list[str] | None = None) -> TrainRecipe:
 # TrainingArguments settings this package needs whatever the recipe says: the collators read dataset columns
 # (images, prompt, answer, ...) that the model's forward does not name, so Trainer must not drop them.
 REQUIRED_ARGUMENTS = {"remove_unused_columns": False}
+
+
+def _json_value(value):
+    """`value` as a run state records settings (JSON, anything else as its text: training/run.py `run_definition`)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def training_default(name: str):
+    """The value `TrainingArguments` gives its field `name` when the recipe leaves it out (JSON, as recorded), or
+    `NO_DEFAULT` for a field without a plain default (a factory) or no such field."""
+    found = next((f for f in dataclasses.fields(TrainingArguments) if f.name == name), None)
+    if found is None or found.default is dataclasses.MISSING:
+        return NO_DEFAULT
+    return _json_value(found.default)
+
+
+NO_DEFAULT = object()  # `training_default` of a field without one
+
+
+def without_defaults(settings: dict) -> dict:
+    """Flat run settings (`"training.weight_decay": 0.0`, training/run.py `run_definition`) without the `training.*`
+    ones given at `TrainingArguments`' own default: the resolved recipe is the same with or without them, so a
+    setting written out at its default is the same run as one left out."""
+    return {name: value for name, value in settings.items()
+            if not (name.startswith("training.") and training_default(name[len("training."):]) == value)}
 
 
 def training_arguments(recipe: TrainRecipe) -> TrainingArguments:

@@ -140,6 +140,12 @@ class PackingCollator:
         return packed
 
 
+# Training batches pad their rows on the right, whatever the tokenizer's side (left, for generation). A left-padded
+# row's padding queries see only padding keys: fully masked attention rows, whose SDPA backward wrote NaN into every
+# weight gradient on an H100 (bench/bisect_compile_nan.py: left-padded rows at bucket widths gave non-finite
+# gradients from the first step, with or without compile; right padding and packed rows stayed finite). A right-padded
+# padding query sees the real tokens before it, and no loss reads it, so the loss is the same (tests/test_train_padding_side.py).
+TRAINING_PADDING_SIDE = "right"
 ONE_ROW = 10**12  # a row cap no batch reaches: the whole batch in one row
 
 
@@ -155,7 +161,8 @@ def packing_row_tokens(data: DataConfig, model=None) -> int | None:
 
 def sample_collator(processor, data: DataConfig, aux: AuxLossConfig):
     """The chain that turns samples into one padded batch: processor and labels, auxiliary targets, bad-sample guard."""
-    collator = LossWeightCollator(GapMllmDataCollator(processor, train=True, marker=data.marker))
+    collator = LossWeightCollator(GapMllmDataCollator(processor, train=True, marker=data.marker,
+                                                      padding_side=TRAINING_PADDING_SIDE))
     if aux.enabled:
         collator = AuxTargetCollator(collator, aux, merge_size=processor.image_processor.merge_size)
     return BadSampleGuard(collator, policy=data.on_bad_sample)
@@ -171,10 +178,10 @@ def build_collator(processor, data: DataConfig, aux: AuxLossConfig, cache=None, 
     collator = sample_collator(processor, data, aux)
     tokenizer, merge = processor.tokenizer, processor.image_processor.merge_size
     if cache is not None:
-        collator = CachedCollator(collator, cache, tokenizer.pad_token_id, tokenizer.padding_side, packing=data.packing,
+        collator = CachedCollator(collator, cache, tokenizer.pad_token_id, TRAINING_PADDING_SIDE, packing=data.packing,
                                   spatial_merge_size=merge, row_tokens=packing_row_tokens(data, model))
     elif data.packing:
         collator = PackingCollator(collator, tokenizer.pad_token_id, merge, packing_row_tokens(data, model))
     if data.length_buckets is not None:
-        collator = BucketCollator(collator, data.length_buckets, tokenizer.pad_token_id, tokenizer.padding_side)
+        collator = BucketCollator(collator, data.length_buckets, tokenizer.pad_token_id, TRAINING_PADDING_SIDE)
     return HostMetadataCollator(collator)

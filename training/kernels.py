@@ -15,10 +15,16 @@
                                 replaces Qwen3-VL's module function, so every Qwen3-VL of the process uses it.
     kernels.compile_layers      regional compile: each decoder layer of the language model `torch.compile`d on its
                                 own (one small graph reused by every layer), static shapes with `data.length_buckets`.
+    kernels.compile_towers      the same for the frozen towers' blocks (VGGT's DINO / frame / global blocks, the ViT's).
 
-The three kernel switches are `None` by default: ON on a CUDA run where they can run (liger-kernel installed; torch
-with Triton for the compile), OFF on the CPU (inductor's CPU code was not measured to pay here) — `resolve_kernels`
-decides and logs it. `true` where the kernel cannot run is refused by name; `false` turns it off anywhere.
+The four kernel switches are `None` by default: ON on a CUDA run where they can run (liger-kernel installed; torch
+with Triton for the compile; compiled layers with `data.length_buckets`) AND the latest GPU figures in the repository
+earned them (training/gpu_verdicts.py reads training/configs/gpu_verdicts.json: finite over 30 steps crossing every
+bucket, the loss curve of the plain path, faster than it), OFF on the CPU (inductor's CPU code was not measured to pay
+here) — `resolve_kernels` decides and logs it. `true` where the kernel cannot run is refused by name; `false` turns it
+off anywhere. Measured on an H100 (bench/README.md, "GPU round 3"): compiled layers at buckets and Liger's fused
+cross-entropy earned theirs; Liger's language-model kernels did not (slower than compiled layers alone, and their
+loss curve 0.054 away).
 
 `check_kernels(recipe, plan)` runs before any model is loaded (training/run.py, training/encoder_stage_run.py) and
 raises `KernelUnavailableError`, one line naming the option, what is missing (the package, a CUDA device, a recent
@@ -39,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .gpu_verdicts import earned_switches
 from .liger_qwen3_vl import apply_liger_to_qwen3_vl_text
 from .loss_weights import weighted_mix
 
@@ -71,6 +78,7 @@ LIGER_PACKAGE = KernelPackage("liger-kernel")  # Triton kernels: a CUDA device
 LIGER_OPTION = "kernels.liger_fused_linear_cross_entropy"
 LIGER_LM_OPTION = "kernels.liger_language_model"
 COMPILE_OPTION = "kernels.compile_layers"
+COMPILE_TOWERS_OPTION = "kernels.compile_towers"
 LLM_STAGES = ("pretrain", "finetune")
 
 
@@ -175,9 +183,11 @@ def check_kernels(recipe, plan) -> None:
         missing = package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan)) if wanted else []
         if missing:
             raise _refusal(f"{option}=true", missing, LIGER_PACKAGE, plan.device)
-    if recipe.kernels.compile_layers and (problem := compile_problem(plan.device)):
-        raise KernelUnavailableError(f"{COMPILE_OPTION}=true needs {problem}; set it to false (or leave it unset: "
-                                     "compiled on CUDA only)")
+    for option, wanted in ((COMPILE_OPTION, recipe.kernels.compile_layers),
+                           (COMPILE_TOWERS_OPTION, recipe.kernels.compile_towers)):
+        if wanted and (problem := compile_problem(plan.device)):
+            raise KernelUnavailableError(f"{option}=true needs {problem}; set it to false (or leave it unset: "
+                                         "compiled on CUDA only)")
 
 
 def compile_problem(device: str) -> str | None:
@@ -197,17 +207,22 @@ def compile_problem(device: str) -> str | None:
 
 def resolve_kernels(recipe, plan):
     """`recipe` with every kernel switch decided (module docstring): an unset (None) switch is on for a CUDA run of an
-    LLM stage where it can run, off elsewhere (Liger's fused cross-entropy also off with `data.task_loss_weights`);
-    what is decided is logged. Given switches are kept (`check_kernels`
-    refuses those that cannot run)."""
+    LLM stage where it can run and the committed GPU figures earned it (training/gpu_verdicts.py; compiled layers with
+    `data.length_buckets` only, the shapes they were measured at), off elsewhere (Liger's fused cross-entropy also off
+    with `data.task_loss_weights`); what is decided is logged. Given switches are kept (`check_kernels` refuses those
+    that cannot run)."""
     settings = recipe.kernels
     cuda = plan.device == "cuda" and recipe.stage in LLM_STAGES
+    earned = earned_switches() if cuda else {}
     liger = cuda and not package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
-    compiled = cuda and compile_problem(plan.device) is None
+    # compiled layers were measured (and earned their default) at length buckets' static shapes only
+    compiled = cuda and compile_problem(plan.device) is None and bool(recipe.data.length_buckets)
     # Liger's fused cross-entropy takes no per-token weight: off with data.task_loss_weights (training/loss_weights.py)
     weighted = weighted_mix(recipe.data.task_loss_weights)
-    decided = {"liger_fused_linear_cross_entropy": liger and not weighted, "liger_language_model": liger,
-               "compile_layers": compiled}
+    decided = {"liger_fused_linear_cross_entropy": liger and earned["liger_fused_linear_cross_entropy"] and not weighted,
+               "liger_language_model": liger and earned["liger_language_model"],
+               "compile_layers": compiled and earned["compile_layers"],
+               "compile_towers": cuda and compile_problem(plan.device) is None and earned["compile_towers"]}
     values = {name: decided[name] if getattr(settings, name) is None else getattr(settings, name) for name in decided}
     chosen = [f"kernels.{name}={str(value).lower()}" for name, value in values.items() if getattr(settings, name) is None]
     if chosen:
@@ -234,6 +249,36 @@ def compile_decoder_layers(gap_model, dynamic: bool | None = None, backend="indu
     return len(layers)
 
 
+# the frozen towers' repeated blocks (module paths inside a GAP-MLLM): each compiled on its own, as the decoder layers
+TOWER_BLOCKS = ("geometry_encoder.aggregator.patch_embed.blocks", "geometry_encoder.aggregator.frame_blocks",
+                "geometry_encoder.aggregator.global_blocks", "vlm.model.visual.blocks")
+
+
+def tower_blocks(gap_model) -> list:
+    """The blocks of `TOWER_BLOCKS` in `gap_model` (a list a tower lacks is left out)."""
+    blocks = []
+    for path in TOWER_BLOCKS:
+        try:
+            blocks.extend(gap_model.get_submodule(path))
+        except AttributeError:
+            continue
+    return blocks
+
+
+def compile_frozen_towers(gap_model, dynamic: bool | None = None, backend="inductor") -> int:
+    """Regional compile of the frozen towers (`kernels.compile_towers`): each block of `TOWER_BLOCKS` compiled on its
+    own (`nn.Module.compile`: names and weights unchanged). Returns the number of blocks compiled."""
+    blocks = tower_blocks(gap_model)
+    for block in blocks:
+        block.compile(dynamic=dynamic, backend=backend)
+    return len(blocks)
+
+
+def uncompile_frozen_towers(gap_model) -> None:
+    for block in tower_blocks(gap_model):
+        block._compiled_call_impl = None
+
+
 def uncompile_decoder_layers(gap_model) -> None:
     """Back to eager layers (`nn.Module.compile` keeps the compiled call in `_compiled_call_impl`)."""
     for layer in gap_model.vlm.model.language_model.layers:
@@ -247,6 +292,18 @@ def apply_kernels(gap_model, settings, length_buckets=None) -> None:
         apply_liger_language_model(gap_model)
     if settings.compile_layers:
         compile_decoder_layers(gap_model, dynamic=False if length_buckets else None)
+    if settings.compile_towers:
+        compile_frozen_towers(gap_model)
+
+
+def kernel_context(settings, length_buckets=None) -> str:
+    """The kernel settings that are on (compiled layers, Liger, length buckets), as a divergence line names them
+    (training/divergence.py); "" when none is."""
+    on = [f"kernels.{name}=true" for name in ("compile_layers", "compile_towers", "liger_language_model",
+                                              "liger_fused_linear_cross_entropy") if getattr(settings, name, None)]
+    if length_buckets:
+        on.append(f"data.length_buckets={list(length_buckets)}")
+    return f"kernel settings on: {', '.join(on)}" if on else ""
 
 
 def apply_attention_implementation(model, name: str | None, training: dict) -> None:

@@ -22,8 +22,9 @@ from gap_mllm.processing.held_out import trained_scenes
 from gap_mllm.processing.output_folder import OutputFolderRefused, check_output_folder, mark_output_folder, read_marker
 
 from .checkpoints import MissingSafetensorsWeights, check_resume_checkpoint, find_resumable_checkpoint, load_model_weights
-from .config import TrainRecipe, training_arguments
+from .config import TrainRecipe, training_arguments, without_defaults
 from .data import add_length_column, build_collator, load_split, sample_collator, sample_collator_settings
+from .data_sketch import sketch_data_root
 from .device import apply_device_plan
 from .encoder_stage_run import build_encoder_stage_trainer
 from .feature_cache import FeatureCache, cache_unusable_reason, undecoded_images
@@ -34,6 +35,7 @@ from .kernels import (
     apply_kernels,
     check_kernels,
     check_liger_distribution,
+    kernel_context,
     resolve_kernels,
     under_zero3,
 )
@@ -46,12 +48,14 @@ from .run_state import (
     RunStateError,
     check_same_run,
     check_state_folder,
-    data_digest,
     put_back_interrupted_write,
     read_run_state,
+    record_run_data,
     restore_if_newer,
+    resumed_data,
+    state_folder,
 )
-from .time_limit import TimeLimitCallback, TrainingStoppedAtTimeLimit
+from .time_limit import TimeLimitCallback
 from .trainer import GeometryAlignedTrainer
 
 logger = logging.getLogger(__name__)
@@ -129,6 +133,7 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     )
     if generation_eval is not None:
         generation_eval.trainer = trainer
+    trainer.kernel_context = kernel_context(recipe.kernels, recipe.data.length_buckets)  # named if a step diverges
     if recipe.kernels.liger_fused_linear_cross_entropy:
         if asked_liger is None and under_zero3(trainer):  # on by default, but it cannot run here: off, not refused
             wrapped.liger_cross_entropy = False
@@ -255,11 +260,33 @@ NOT_DEFINING = ("time_limit_s", "device", "run_state.", "model.name_or_path", "m
 RECORDED_WHEN_SET = {"data.task_loss_weights": None}
 
 
+# settings that apply to the one resume that is given them, left out of the command that continues the run:
+# `accept_other_data` lets a state continue on data whose digests differ, and the states the run writes from then on
+# record the data it trains on, so the next resume needs no such word (and should not carry it unasked)
+ONE_RESUME_SETTINGS = ("run_state.accept_other_data",)
+
+
+def _without_one_resume_settings(arguments: list[str]) -> list[str]:
+    """`arguments` without `--set NAME=VALUE` (or `--set=NAME=VALUE`) of a `ONE_RESUME_SETTINGS` name."""
+    kept, index = [], 0
+    while index < len(arguments):
+        argument, width, value = arguments[index], 1, None
+        if argument == "--set" and index + 1 < len(arguments):
+            width, value = 2, arguments[index + 1]
+        elif argument.startswith("--set="):
+            value = argument[len("--set="):]
+        if value is None or value.split("=", 1)[0].strip() not in ONE_RESUME_SETTINGS:
+            kept.extend(arguments[index:index + width])
+        index += width
+    return kept
+
+
 def continuation_command(argv: list[str] | None = None) -> str:
     """The command that continues this process's run, as a person types it: `gap-mllm train ...` with
     `--resume auto` (replacing another `--resume`), `gap-mllm mini ...` as it is (it resumes by itself), a module
     run as `python -m MODULE ...`; a run started from Python (a notebook, a test) is continued by calling
-    `run_training(recipe, resume_from_checkpoint="auto")` again."""
+    `run_training(recipe, resume_from_checkpoint="auto")` again. Only what the next resume needs: the settings of
+    one resume (`ONE_RESUME_SETTINGS`) are left out."""
     argv = list(sys.argv if argv is None else argv)
     script = Path(argv[0])
     modules = {("cli", "main.py"): "gap_mllm.cli.main", ("training", "train_cli.py"): "gap_mllm.training.train_cli",
@@ -270,7 +297,7 @@ def continuation_command(argv: list[str] | None = None) -> str:
         program = ["python", "-m", modules[(script.parent.name, script.name)]]
     else:
         return 'run_training(recipe, resume_from_checkpoint="auto") with the same recipe'
-    arguments = argv[1:]
+    arguments = _without_one_resume_settings(argv[1:])
     if program[-1] == "gap_mllm.training.train_cli" or arguments[:1] == ["train"]:
         kept, skip = [], False
         for argument in arguments:
@@ -286,8 +313,9 @@ def continuation_command(argv: list[str] | None = None) -> str:
 
 def run_definition(recipe: TrainRecipe) -> dict:
     """The settings that define a run, flat (`"training.learning_rate": 0.001`, JSON values): the whole recipe but
-    `NOT_DEFINING`, and those of `RECORDED_WHEN_SET` at their old value. A run state records them, and a run with
-    other values is refused its state."""
+    `NOT_DEFINING`, those of `RECORDED_WHEN_SET` at their old value, and the `training.*` values given at
+    TrainingArguments' own default (config.py `without_defaults`: the resolved recipe is compared, not the text
+    given). A run state records them, and a run with other values is refused its state."""
     flat = {}
     for section, value in dataclasses.asdict(recipe).items():
         items = value.items() if isinstance(value, dict) else [(None, value)]
@@ -297,21 +325,28 @@ def run_definition(recipe: TrainRecipe) -> dict:
                 continue
             if not any(name == skip or (skip.endswith(".") and name.startswith(skip)) for skip in NOT_DEFINING):
                 flat[name] = item
-    return json.loads(json.dumps(flat, default=str))
+    return without_defaults(json.loads(json.dumps(flat, default=str)))
 
 
-def run_state_settings(recipe: TrainRecipe, data_given: bool) -> dict | None:
+def run_state_settings(recipe: TrainRecipe, data) -> dict | None:
     """What a run state of this recipe records beside the checkpoint (None without `run_state.directory`): the
-    model folder it started from (its tensors are not copied), the data root, the command that continues it, the
-    settings that define the run."""
+    model folder it started from (its tensors are not copied), the sketch of the data (`data`, training/data_sketch.py;
+    None for datasets given in-process), the command that continues it, the settings that define the run."""
     if recipe.run_state.directory is None:
         return None
     source = recipe.model.name_or_path
     source = source if source and Path(source, "config.json").is_file() else None
-    data_root = None if data_given or not recipe.data.data_root else recipe.data.data_root
-    # digested once a run: checked against a restored state, recorded in every state the run writes
-    return {"source": source, "data_description": data_digest(data_root) if data_root else None,
-            "command": continuation_command(), "run": run_definition(recipe)}
+    return {"source": source, "data_description": data, "command": continuation_command(), "run": run_definition(recipe)}
+
+
+def data_of_the_run(recipe: TrainRecipe, resume: str | None, data):
+    """The sketch of the data this run records (in its output folder, and in its run states): for a resumed run the
+    data its checkpoint trained on, checked against `data`, the sketch of its data root (`resumed_data`: a resume on
+    other data is refused, whichever way the checkpoint was found); for a new run `data`."""
+    if resume is None or data is None:
+        return data
+    return resumed_data(resume, data, recipe.data.data_root, state_dir=recipe.run_state.directory,
+                        accept_other_data=recipe.run_state.accept_other_data)
 
 
 def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dict) -> str | None:
@@ -320,9 +355,10 @@ def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dic
     `--resume auto`, a run state of another run is refused rather than overwritten."""
     directory, output_dir = recipe.run_state.directory, recipe.training["output_dir"]
     if resume == "auto":
+        data = settings["data_description"]  # None: datasets given in-process, nothing to check
         return restore_if_newer(directory, output_dir, source=settings["source"],
-                                data_description=settings["data_description"], run=settings["run"],
-                                accept_other_data=recipe.run_state.accept_other_data)
+                                data_root=recipe.data.data_root if data is not None else None, data_description=data,
+                                run=settings["run"], accept_other_data=recipe.run_state.accept_other_data)
     record = read_run_state(directory)
     if resume is None and record is not None:
         raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run "
@@ -381,6 +417,9 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
             message names the command that continues it.
     """
     output_dir = recipe.training["output_dir"]
+    if recipe.run_state.directory is not None:  # a link is written through to its target, and locked as it
+        recipe = dataclasses.replace(recipe, run_state=dataclasses.replace(
+            recipe.run_state, directory=str(state_folder(recipe.run_state.directory))))
     with contextlib.ExitStack() as held:
         if _trains_here():
             held.enter_context(holding_folder(output_dir, TRAIN_WRITER, what="another training run", option="--output-dir"))
@@ -397,11 +436,19 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
 
 
 def _run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
-    run_state = run_state_settings(recipe, data_given=build_kwargs.get("train_dataset") is not None)
+    data_root = None if build_kwargs.get("train_dataset") is not None else recipe.data.data_root
+    # sketched once a run: checked against the data of the checkpoint it resumes, recorded in its folder and states
+    data = sketch_data_root(data_root) if data_root else None
+    run_state = run_state_settings(recipe, data)
     if run_state is not None:  # checked, and restored, before the model and the feature cache are built
         resume_from_checkpoint = resume_from_run_state(recipe, resume_from_checkpoint, run_state)
     # the checkpoint is known before anything is built: the feature cache is keyed by its frozen towers
     resume = resolve_resume(resume_from_checkpoint, recipe.training["output_dir"])
+    data = data_of_the_run(recipe, resume, data)
+    if run_state is not None:
+        run_state["data_description"] = data
+    if _trains_here():
+        record_run_data(recipe.training["output_dir"], data)
     if recipe.stage in ("geometry", "vision"):
         setup = build_encoder_stage_trainer(recipe, **build_kwargs)
     else:
@@ -413,12 +460,15 @@ def _run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None
     if run_state is not None:
         trainer.add_callback(RunStateCallback(recipe.run_state.directory, moments_dtype=recipe.run_state.moments_dtype,
                                               best_dtype=recipe.run_state.best_dtype, **run_state))
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        stop.release()  # the signals' own handlers back, however training ended
     if stop.reached:
         # unfinished: the checkpoint holds the state, and a final model here would pass for the finished one
-        why = "on SIGTERM" if stop.terminated else f"at its time limit ({recipe.time_limit_s:g} s)"
+        why = f"on {stop.stop_signal}" if stop.terminated else f"at its time limit ({recipe.time_limit_s:g} s)"
         state = f" and the run state {recipe.run_state.directory}" if run_state is not None else ""
-        stopped = TrainingStoppedAtTimeLimit(
+        stopped = stop.stopped(
             f"training stopped {why} after step {result.global_step} of {trainer.state.max_steps}; the checkpoint in "
             f"{trainer.args.output_dir}{state} holds the full state; continue it with: {continuation_command()}")
         stopped.result = result

@@ -7,11 +7,14 @@ small enough to commit:
     README.md                   the step, the best validation and the command, for a person
     run_state.json              step, schedule length, the command that continues the run, the recipe settings that
                                 define the run, the digests below (of the data, of the tensors and of every file
-                                of the folder), the best validation so far, which tensors come from the source
+                                of the folder), the best validation so far, which tensors come from the source,
+                                and the digest of the record itself
     weights.safetensors         the checkpoint's weights that differ from the source model (the trained ones), exact
     optimizer_moments.safetensors  the optimizer's per-parameter tensors (AdamW: exp_avg, exp_avg_sq), float32 (exact)
                                 or bfloat16 (`moments_dtype`); scalars (AdamW's step) and the parameter groups in
                                 run_state.json
+    data_sketch.safetensors     the sketch of the data the run trains on (training/data_sketch.py): the same file in
+                                every state of one run
     checkpoint/                 the checkpoint's small files as they are: trainer_state.json (step, logs, the data
                                 position), scheduler.pt, rng_state.pth, training_args.bin, config, tokenizer, processor
     best/                       the model kept by `evaluation.best_metric` (its weights that differ from the source,
@@ -20,28 +23,32 @@ small enough to commit:
 Not copied: the weights equal to the source model's (the frozen encoders, and whatever did not train): the state
 names the source folder and the digest of its tensors, and `restore_run_state` refuses a source whose tensors differ.
 The restored model is checked against the digest of the checkpoint's whole state dict, so a restore is exact or
-refused. The data are named by digests of the data root's files (records, images, and the other media: depth,
-poses), checked on restore: Trainer's data order comes from the seed, the step and the dataset, so the same data
-continue the same order. Images may differ in their bytes (another Pillow or zlib encodes the same pixels
-otherwise): they are compared by their decoded pixels then. Records and text media may differ in the last digits of
-their numbers (a generator's float maths gives other last bits on another CPU: numpy picks its SIMD kernels by the
-CPU's features): they are compared by their text with every decimal number masked ("structure", exact) and by the
-count, sum and absolute sum of those numbers ("values", within a relative 1e-9); any other difference is other data.
-A state written before "structure" was recorded has only the bytes: `run_state.accept_other_data` continues it on
-data whose bytes differ, with a warning that names the parts (the user's word that the data are the same). The
-remote-code `.py` files of a checkpoint are the installed package's and are not kept.
+refused. The data are named by a sketch of every file of the data root (training/data_sketch.py), checked on every
+resume: Trainer's data order comes from the seed, the step and the dataset, so the same data continue the same order.
+A resume continues only on the same files: images with the same bytes or pixels, text files whose every decimal
+number equals the recorded one in its place up to another CPU's last digits (1e-12 relative); anything else is
+other data, refused in one line naming the first file that differs. The output folder keeps the sketch of its run
+(`.gap-mllm-data.sketch`, training/run.py), so a resume from a checkpoint there is checked as well, and a run
+records the data it continues (the state's, or the folder's), never the data it is given. A state written before
+the sketch (format 2) cannot be checked file by file: `run_state.accept_other_data` continues it (the user's word
+that the data are those the run trained on), and so it does any other data, with a warning that names the first
+file that differs. The remote-code `.py` files of a checkpoint are the installed package's and are not kept.
 
 A state continues only the run that wrote it: it records the recipe settings that define the run (`run.py`'s
 `run_definition`: every setting but where the run writes and how it reports), and a resume with other settings is
-refused naming them. Every file of the folder carries its sha256 in run_state.json, and the record its shape: a
-damaged file (truncated, a Git LFS pointer, edited) is one line naming the file and the fault, found before
-anything is written. The folder is the package's alone: a folder holding other files is refused before a run
-trains; files added while a run writes it are carried into each new state, never deleted.
+refused naming them. Every file of the folder carries its sha256 in run_state.json, and the record its shape and its
+own digest: a damaged file (truncated, a Git LFS pointer, edited) is one line naming the file and the fault, found
+before anything is written. A state committed to a shared repository never writes outside its folder: every name it
+lists is a file of a state's layout (`checkpoint/scheduler.pt`, never `../x` or an absolute path), and a file of the
+state that is a symbolic link is refused. The folder is the package's alone: a folder holding other files (at its
+top, or in `checkpoint/` and `best/`) is refused before a run trains; files added while a run writes it are carried
+into each new state, never deleted. A state folder given as a symbolic link is written through to its target.
 
 `RunStateCallback` writes the state after every checkpoint save of a run whose recipe names `run_state.directory`,
 and `run_training` restores it when the output folder holds no newer checkpoint (`--resume auto`). The run holds
-the folder's lock for its whole life (processing/folder_lock.py): a second run with the same folder is refused at
-its start. A state write killed between its two renames is put back before the restore decision reads the folder.
+the folder's lock for its whole life (processing/folder_lock.py; the lock of the folder the path resolves to): a
+second run with the same folder, by any path, is refused at its start. A state write killed between its two renames
+is put back before the restore decision reads the folder.
 """
 
 from __future__ import annotations
@@ -50,18 +57,16 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 from gap_mllm.processing.errors import DiskFullError, device_of, names_full_disk
+from gap_mllm.processing.path_containment import resolve_inside
 from gap_mllm.processing.output_folder import (
     MARKER,
     PARTIAL_SUFFIX,
@@ -83,14 +88,19 @@ from .checkpoints import (
     load_model_weights,
     staging_root,
 )
+from .config import without_defaults
+from .data_sketch import RECORD_FILE, DamagedSketch, DataSketch, compare_data, decode_sketch, log_accepted, read_sketch
+from .data_sketch import sketch_data_root, write_sketch
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: the run's settings, every file's digest, depth and poses compared by content
+FORMAT_VERSION = 3  # 3: the data's sketch, the record's own digest; 2: the run's settings, every file's digest
+READ_FORMATS = (2, 3)  # a format-2 state continues only with run_state.accept_other_data (its data cannot be checked)
 STATE_FILE = "run_state.json"
 README_FILE = "README.md"
 WEIGHTS_FILE = "weights.safetensors"
 MOMENTS_FILE = "optimizer_moments.safetensors"
+DATA_SKETCH_FILE = "data_sketch.safetensors"
 CHECKPOINT_FILES = "checkpoint"
 BEST_FOLDER = "best"
 BEST_RECORD = "best.json"  # written by training/generation_eval.py
@@ -98,15 +108,6 @@ OPTIMIZER_FILE = "optimizer.pt"
 MOMENT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # one small file of a checkpoint above this is not a "small file": refused by name rather than committed unseen
 SMALL_FILE_LIMIT = 8 * 2**20
-# the data root's files: images (compared by their decoded pixels when their bytes differ), the other media (depth
-# maps, camera poses: compared by their bytes only), and the records (annotations, scene records) that decide the
-# samples and their order
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_MEDIA_SUFFIXES = (".npy", ".npz", ".exr", ".txt")
-_BINARY_MEDIA_SUFFIXES = (".npy", ".npz", ".exr")  # compared by their bytes only
-# a decimal number of a text file (records, poses): the part of a file whose last digits may differ across CPUs
-_DECIMAL_NUMBER = re.compile(rb"-?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+")
-VALUES_RTOL = 1e-9  # the relative difference of the number sums that still counts as the same data
 LFS_POINTER = b"version https://git-lfs"
 
 
@@ -126,61 +127,18 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def data_digest(data_root) -> dict:
-    """Digests of a data root's files, `{"folder", "records", "images", "media", "pixels", "files"}`: the records
-    (annotation and scene files) decide the samples and their order; the image files and the other media (depth,
-    poses) what the model sees; "pixels" digests the decoded pixels of every k-th image file (256 of them), so that
-    a restore can tell images that are only encoded otherwise (another Pillow or zlib writes other PNG bytes for the
-    same pixels) from other images; "structure" digests the text files (records, text media) with every decimal
-    number masked (binary media by their bytes), and "values" is [count, sum, absolute sum] of those numbers, so
-    that a restore can tell numbers that differ in their last digits (another CPU's float maths) from other data
-    (`same_numbers_but_last_digits`)."""
-    root = Path(data_root)
-    digests = {"records": hashlib.sha256(), "images": hashlib.sha256(), "media": hashlib.sha256()}
-    structure, values = hashlib.sha256(), np.zeros(3)  # the text files: masked text; count, sum, |sum| of numbers
-    count, image_files = 0, []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix()
-        suffix = path.suffix.lower()
-        kind = "images" if suffix in _IMAGE_SUFFIXES else "media" if suffix in _MEDIA_SUFFIXES else "records"
-        digests[kind].update(relative.encode() + b"\0")
-        content = path.read_bytes()
-        digests[kind].update(content)
-        count += 1
-        if kind == "images":
-            image_files.append(path)
-        elif suffix in _BINARY_MEDIA_SUFFIXES:
-            structure.update(relative.encode() + b"\0" + hashlib.sha256(content).digest())
-        else:
-            structure.update(relative.encode() + b"\0" + _DECIMAL_NUMBER.sub(b"#", content))
-            numbers = np.array([float(token) for token in _DECIMAL_NUMBER.findall(content)], dtype=np.float64)
-            values += (numbers.size, numbers.sum(), np.abs(numbers).sum())
-    return {"folder": root.name, **{kind: digest.hexdigest() for kind, digest in digests.items()},
-            "pixels": pixel_digest(image_files), "structure": structure.hexdigest(),
-            "values": [int(values[0]), float(values[1]), float(values[2])], "files": count}
+def state_folder(state_dir) -> Path:
+    """The folder a state is read from and written to: `state_dir` with every symbolic link resolved, so a state
+    folder given as a link (`--run-state st`, `st -> repo/state`) is written through to its target, never replaced by
+    a folder of its own, and locked as the target (processing/folder_lock.py)."""
+    return Path(os.path.realpath(state_dir))
 
 
-def same_numbers_but_last_digits(recorded: dict, current: dict) -> bool:
-    """Whether two `data_digest`s describe text files (records, text media) that differ at most in the last digits
-    of their decimal numbers: the same text with the numbers masked, as many numbers, and their sum and absolute
-    sum within `VALUES_RTOL`. False when `recorded` predates the "structure" digest."""
-    if recorded.get("structure") is None or recorded["structure"] != current.get("structure"):
-        return False
-    (count_then, sum_then, abs_then), (count_now, sum_now, abs_now) = recorded["values"], current["values"]
-    scale = max(abs_then, abs_now, 1.0)  # the sum may cancel to near 0: its tolerance follows the absolute sum
-    return (count_then == count_now and abs(sum_then - sum_now) <= VALUES_RTOL * scale
-            and abs(abs_then - abs_now) <= VALUES_RTOL * scale)
-
-
-def pixel_digest(image_files: list[Path], samples: int = 256) -> str:
-    """sha256 of the decoded pixels of every k-th of `image_files` (sorted), k chosen for about `samples` images."""
-    digest = hashlib.sha256()
-    for path in image_files[::max(1, len(image_files) // samples)]:
-        with PIL.Image.open(path) as image:
-            pixels = np.asarray(image)
-        digest.update(f"{path.name}|{image.mode}|{pixels.shape}|".encode())
-        digest.update(np.ascontiguousarray(pixels).tobytes())
-    return digest.hexdigest()
+def record_digest(record: dict) -> str:
+    """sha256 of a run_state.json record without its "digest" (keys sorted, compact): the record's own digest."""
+    canonical = json.dumps({key: value for key, value in record.items() if key != "digest"}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def _weights_for_state(folder) -> dict[str, torch.Tensor]:
@@ -282,16 +240,39 @@ def _small_files(folder: Path, leave_out: set[str]) -> list[Path]:
 # what writes a state folder, as processing/output_folder.py names it in a refusal
 STATE_WRITER = "a run state (training/run_state.py)"
 # the entries of a state folder (the output-folder marker is written by no state, but is this package's own)
-STATE_ENTRIES = frozenset({STATE_FILE, README_FILE, WEIGHTS_FILE, MOMENTS_FILE, CHECKPOINT_FILES, BEST_FOLDER, MARKER})
+STATE_ENTRIES = frozenset({STATE_FILE, README_FILE, WEIGHTS_FILE, MOMENTS_FILE, DATA_SKETCH_FILE, CHECKPOINT_FILES,
+                           BEST_FOLDER, MARKER})
+# the folders of a state, which hold the files run_state.json lists ("checkpoint/scheduler.pt") and nothing else
+STATE_SUBFOLDERS = (CHECKPOINT_FILES, BEST_FOLDER)
+
+
+def _listed_files(folder: Path) -> set[str] | None:
+    """The files the run_state.json of `folder` lists; None when it cannot be read (a damaged record, refused by
+    name when the state is read)."""
+    try:
+        files = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return set(files) if isinstance(files, dict) else None
 
 
 def foreign_entries(folder) -> list[str]:
-    """The entries of a state folder that no run state writes (a user's NOTES.md, a plots/ folder), sorted; the
-    output-folder module's siblings of a killed write are not in it (they lie beside it)."""
+    """The entries of a state folder that no run state writes, sorted: at its top (a user's NOTES.md, a plots/
+    folder), and in `checkpoint/` and `best/` what run_state.json does not list (`checkpoint/notes.txt`); a folder
+    is named with a trailing "/". The output-folder module's siblings of a killed write are not in it (they lie
+    beside it)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name not in STATE_ENTRIES)
+    listed = _listed_files(folder)
+    found = []
+    for path in folder.iterdir():
+        if path.name not in STATE_ENTRIES:
+            found.append(path.name + ("/" if path.is_dir() else ""))
+        elif path.name in STATE_SUBFOLDERS and listed is not None and path.is_dir() and not path.is_symlink():
+            found += [f"{path.name}/{inner.name}" + ("/" if inner.is_dir() else "") for inner in path.iterdir()
+                      if f"{path.name}/{inner.name}" not in listed]
+    return sorted(found)
 
 
 def _is_a_run_state(folder: Path) -> str | None:
@@ -307,21 +288,21 @@ def _is_only_a_run_state(folder: Path) -> str | None:
     other = foreign_entries(folder)
     if other:
         shown = ", ".join(other[:4]) + (", …" if len(other) > 4 else "")
-        return f"holds files a run state does not write ({shown}): the folder is the run state's alone; move them out, or"
+        return f"holds files a run state does not write ({shown}): the folder is the run state's alone (move them out)"
     return None
 
 
 def check_state_folder(state_dir, output_dir=None) -> None:
     """Before a run trains: OutputFolderRefused unless `state_dir` is missing, empty or a run state and nothing else;
-    RunStateError when the run's `output_dir` is the state folder or inside it (a state write replaces the folder
-    whole, and with it the run's checkpoints)."""
-    state_dir = Path(state_dir)
+    RunStateError when the run's `output_dir` is the state folder or inside it once links are followed (a state
+    write replaces the folder whole, and with it the run's checkpoints)."""
+    state_dir = state_folder(state_dir)
     if output_dir is not None:
-        state, output = Path(os.path.abspath(state_dir)), Path(os.path.abspath(output_dir))
-        if output == state or state in output.parents:
-            raise RunStateError(f"training.output_dir {output_dir} is {'the run state folder' if output == state else 'inside the run state folder'} "
-                                f"run_state.directory={state_dir}, which every state write replaces whole; give an "
-                                "output folder outside it")
+        inside = resolve_inside(state_dir, os.path.abspath(output_dir))
+        if inside is not None:
+            where = "the run state folder" if inside == state_dir else "inside the run state folder"
+            raise RunStateError(f"training.output_dir {output_dir} is {where} run_state.directory={state_dir} (links "
+                                "followed), which every state write replaces whole; give an output folder outside it")
     check_output_folder(state_dir, STATE_WRITER, option="run_state.directory", overwrite_option=None,
                         owner_check=_is_only_a_run_state)
 
@@ -368,14 +349,14 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
     Args:
         source: the model folder the run started from (its tensors are not copied); None stores every tensor.
         command: the command that continues the run, recorded for the person who resumes it.
-        data_root / data_description: the data the run trains on (`data_digest`; pass the description when already
-            computed); None when the datasets were given in-process.
+        data_root / data_description: the data the run trains on (a `DataSketch`, training/data_sketch.py: pass the
+            sketch when already made, else the data root is sketched); None when the datasets were given in-process.
         moments_dtype / best_dtype: "float32" (exact) or "bfloat16" (half the bytes) for the optimizer's moments and
             for the best model's weights.
         best_dir: the run's `best/` folder (the model kept by `evaluation.best_metric`), if any.
         run: the settings that define the run (training/run.py `run_definition`), checked when it is continued.
     """
-    checkpoint, state_dir = Path(checkpoint), Path(state_dir)
+    checkpoint, state_dir = Path(checkpoint), state_folder(state_dir)
     for name, value in (("moments_dtype", moments_dtype), ("best_dtype", best_dtype)):
         if value not in MOMENT_DTYPES:
             raise RunStateError(f"run_state.{name}={value!r}: choose from {sorted(MOMENT_DTYPES)}")
@@ -385,7 +366,7 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
     trainer_state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     source_tensors = _weights_for_state(source) if source is not None else {}
 
-    data = data_description if data_description is not None else (data_digest(data_root) if data_root else None)
+    data = data_description if data_description is not None else (sketch_data_root(data_root) if data_root else None)
     state_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         record, stored, model = _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, command, data,
@@ -400,10 +381,14 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
 def _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, command, data, moments_dtype, best_dtype,
                  best_dir, run):
     carried = foreign_entries(state_dir) if (state_dir / STATE_FILE).is_file() else []
+    data_record = None
     # written beside and renamed into place; a folder of other files is refused (processing/output_folder.py)
     with writing_output_folder(state_dir, STATE_WRITER, option="run_state.directory", overwrite_option=None,
                                owner_check=_is_a_run_state, marker=False) as staging:
         (staging / CHECKPOINT_FILES).mkdir()
+        if data is not None:
+            (staging / DATA_SKETCH_FILE).write_bytes(data.encode())
+            data_record = data.summary()
         model = _weights_for_state(checkpoint)
         stored, from_source = _split_from_source(model, source_tensors)
         save_file(stored, staging / WEIGHTS_FILE, metadata={"format": "pt"})
@@ -443,21 +428,36 @@ def _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, c
             "written_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "run": run,
             "source": None if source is None else {"path": str(source), "digest": tensor_digest(source_tensors)},
-            "data": data,
+            "data": data_record,
             "model": {"digest": tensor_digest(model), "stored": len(stored), "from_source": from_source},
             "optimizer": optimizer_record,
             "checkpoint_files": kept,
             "best": best_record,
             "files": _file_record(staging),
         }
+        record["digest"] = record_digest(record)
         (staging / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
         (staging / README_FILE).write_text(describe_run_state(record), encoding="utf-8")
-        for name in carried:  # a person's files, added while the run wrote here: kept, not part of the state
-            entry = state_dir / name.rstrip("/")
-            logger.warning("%s: %s is not part of a run state; carried into the new state (move it out: the folder is "
-                           "the run state's alone)", state_dir, entry.name)
-            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, staging / entry.name)
+        _carry_foreign_entries(state_dir, staging, carried)
     return record, stored, model
+
+
+def _carry_foreign_entries(state_dir: Path, staging: Path, carried: list[str]) -> None:
+    """Copy a person's files (`foreign_entries`, added while the run wrote here) into the new state `staging`, as they
+    are (links as links): kept, not part of the state. One the new state writes itself (a name it now lists) is
+    refused rather than lost (the old state stays)."""
+    for name in carried:
+        entry, target = state_dir / name.rstrip("/"), staging / name.rstrip("/")
+        if os.path.lexists(target):
+            raise RunStateError(f"{entry}: a file a person put into the run state folder, and the new state writes "
+                                f"{name.rstrip('/')} itself; move it out of {state_dir} (the last state is kept)")
+        logger.warning("%s: %s is not part of a run state; carried into the new state (move it out: the folder is "
+                       "the run state's alone)", state_dir, name)
+        target.parent.mkdir(exist_ok=True)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True)
+        else:
+            shutil.copy2(entry, target, follow_symlinks=False)
 
 
 def describe_run_state(record: dict) -> str:
@@ -523,6 +523,37 @@ def _shape_fault(record: dict) -> str | None:
     for name, spec in record["files"].items():
         if not (isinstance(spec, dict) and isinstance(spec.get("sha256"), str) and isinstance(spec.get("bytes"), int)):
             return f'"files.{name}" is not a digest record (sha256, bytes)'
+    return _name_fault(record)
+
+
+def _plain_name(name) -> bool:
+    """A file name without a folder: not empty, ".", "..", and no separator."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def is_state_file_name(name: str) -> bool:
+    """Whether `name` (from run_state.json) is a file of a state's layout: one of its top files, or
+    `checkpoint/NAME` or `best/NAME` (never `..`, an absolute path, or a deeper folder)."""
+    parts = name.split("/")
+    if len(parts) == 1:
+        return name in (WEIGHTS_FILE, MOMENTS_FILE, DATA_SKETCH_FILE)
+    return len(parts) == 2 and parts[0] in STATE_SUBFOLDERS and _plain_name(parts[1])
+
+
+def _name_fault(record: dict) -> str | None:
+    """What name of `record` is not a file of the state (a state from a shared repository must never make a restore
+    read or write outside its folders), or None: every file listed is of a state's layout, every checkpoint file is
+    a listed `checkpoint/NAME`, and the data sketch named is the listed file."""
+    for name in record["files"]:
+        if not is_state_file_name(name):
+            return (f'"files" lists {name!r}, not a file of a run state ({WEIGHTS_FILE}, {MOMENTS_FILE}, {DATA_SKETCH_FILE}, '
+                    f'{CHECKPOINT_FILES}/NAME, {BEST_FOLDER}/NAME)')
+    for name in record["checkpoint_files"]:
+        if not _plain_name(name) or f"{CHECKPOINT_FILES}/{name}" not in record["files"]:
+            return f'"checkpoint_files" lists {name!r}, not a file of its {CHECKPOINT_FILES}/ folder listed in "files"'
+    sketch = (record.get("data") or {}).get("sketch")
+    if sketch is not None and record["files"].get(DATA_SKETCH_FILE, {}).get("sha256") != sketch:
+        return f'"data.sketch" is not the digest of the listed {DATA_SKETCH_FILE}'
     return None
 
 
@@ -541,10 +572,13 @@ def read_run_state(state_dir) -> dict | None:
         raise RunStateError(f"{path}: damaged run state file: not JSON ({error})") from error
     if not isinstance(record, dict):
         raise RunStateError(f"{path}: damaged run state file: a JSON {type(record).__name__}, not a run state record")
-    if record.get("format") != FORMAT_VERSION:
-        raise RunStateError(f"{path}: run state format {record.get('format')!r}; this version reads {FORMAT_VERSION} (an "
-                            "earlier state is continued by the version of the package that wrote it: git history)")
+    if record.get("format") not in READ_FORMATS:
+        raise RunStateError(f"{path}: run state format {record.get('format')!r}; this version reads "
+                            f"{' and '.join(map(str, READ_FORMATS))} (an earlier state is continued by the version of "
+                            "the package that wrote it: git history)")
     fault = _shape_fault(record)
+    if fault is None and record["format"] >= 3 and record.get("digest") != record_digest(record):
+        fault = "its content differs from its digest (the record was edited)"
     if fault is not None:
         raise RunStateError(f"{path}: damaged run state file: {fault}")
     return record
@@ -556,6 +590,10 @@ def check_state_files(record: dict, state_dir) -> None:
     state_dir = Path(state_dir)
     for name, spec in record["files"].items():
         path = state_dir / name
+        link = next((p for p in (state_dir / name.split("/")[0], path) if p.is_symlink()), None)
+        if link is not None:
+            raise RunStateError(f"{link}: damaged run state: a symbolic link (a state holds its files themselves, and "
+                                "nothing is read through a link); nothing was restored")
         if not path.is_file():
             raise RunStateError(f"{path}: damaged run state: the file is missing (run_state.json lists it)")
         size = path.stat().st_size
@@ -573,10 +611,12 @@ def check_state_files(record: dict, state_dir) -> None:
 
 def check_same_run(record: dict, run: dict | None, state_dir) -> None:
     """RunStateError when `run` (the settings of the run about to continue, `run_definition`) differs from those
-    the state was written by: a state continues only its own run. Names the differing settings."""
+    the state was written by: a state continues only its own run. Names the differing settings. Both are compared
+    resolved (config.py `without_defaults`): a setting written out at its default is the same run as one left out."""
     recorded = record.get("run")
     if recorded is None or run is None:
         return
+    recorded, run = without_defaults(recorded), without_defaults(run)
     missing = object()
     differs = [key for key in sorted(set(recorded) | set(run)) if recorded.get(key, missing) != run.get(key, missing)]
     if not differs:
@@ -588,48 +628,76 @@ def check_same_run(record: dict, run: dict | None, state_dir) -> None:
                         "to continue it, or give another run_state.directory for a new run")
 
 
-def _check_data(record: dict, state_dir: Path, data_root, data_description: dict | None,
-                accept_other_data: bool = False) -> None:
-    """RunStateError when the data differ from those the state was trained on (module docstring: what counts);
-    `accept_other_data` turns the error into a warning naming what differs."""
-    recorded = record.get("data")
-    if recorded is None or (data_root is None and data_description is None):
-        return
-    current = data_description if data_description is not None else data_digest(data_root)
-    differs = [part for part in ("records", "images", "media") if recorded.get(part) != current.get(part)]
-    same_pixels = recorded.get("pixels") is not None and recorded["pixels"] == current.get("pixels")
-    if "images" in differs and same_pixels:
-        logger.info("%s: the data's image files are encoded otherwise than when the state was written, with the same "
-                    "pixels in the images compared (another Pillow or zlib); continuing", state_dir)
-        differs.remove("images")
-    if differs and "images" not in differs and same_numbers_but_last_digits(recorded, current):
-        logger.info("%s: the data's records and text media differ from those the state was written with only in the "
-                    "last digits of their numbers (the same text and count; sums within %g: another CPU's float "
-                    "maths); continuing", state_dir, VALUES_RTOL)
-        return
-    if not differs:
-        return
-    words = {"records": "records", "images": "images", "media": "depth or camera files"}
-    found = (f"{' and '.join(words[part] for part in differs)} differ: {recorded.get('files')} files then, "
-             f"{current.get('files')} now")
+def state_sketch(record: dict, state_dir: Path) -> DataSketch | None:
+    """The sketch of the data the state's run trained on (None: the state records no data, or predates the sketch).
+    Call after `check_state_files` (the file's digest is checked there)."""
+    if (record.get("data") or {}).get("sketch") is None:
+        return None
+    path = state_dir / DATA_SKETCH_FILE
+    try:
+        return decode_sketch(path.read_bytes())
+    except DamagedSketch as error:
+        raise RunStateError(f"{path}: damaged run state file: {error}") from error
+
+
+def check_same_data(recorded: DataSketch | None, current: DataSketch, where, data_root, *,
+                    accept_other_data: bool = False, unrecorded: str = "") -> DataSketch:
+    """The sketch a run resumed at `where` (a state folder, a checkpoint) records from here on: `recorded` (the
+    data it trained on) when `current` (the data it is given, from `data_root`) are the same data
+    (training/data_sketch.py), else `current` when `accept_other_data` continues on other data (a warning names the
+    first file that differs). `unrecorded`: why nothing is recorded, in words, when `recorded` is None.
+
+    Raises:
+        RunStateError: other data, or none recorded, without `accept_other_data`: one line naming the first file that
+            differs."""
+    data_root = data_root or current.folder
+    if recorded is None:
+        if accept_other_data:
+            logger.warning("%s: %s; continuing on %s as run_state.accept_other_data asks (recorded as the run's data "
+                           "from now on)", where, unrecorded, data_root)
+            return current
+        raise RunStateError(f"{where}: {unrecorded}, so {data_root} cannot be checked against the data the run trained "
+                            "on. If they are those data (written again by the same command), "
+                            "run_state.accept_other_data=true continues on them (recorded as the run's data from now "
+                            "on); else start a new run")
+    comparison = compare_data(recorded, current)
+    if comparison.same():
+        log_accepted(comparison, where)
+        return recorded
     if accept_other_data:
         logger.warning("%s: the run trained on other data than %s (%s); continuing on them as "
-                       "run_state.accept_other_data asks", state_dir, data_root or current.get("folder"), found)
-        return
-    older = (" This state predates the digests that tell numbers differing in their last digits (another CPU) from "
-             "other data: if the data were written by the same command, run_state.accept_other_data=true continues it."
-             if recorded.get("structure") is None else "")
+                       "run_state.accept_other_data asks (recorded as the run's data from now on)", where, data_root,
+                       comparison.first(data_root))
+        return current
     raise RunStateError(
-        f"{state_dir}: the run trained on other data than {data_root or current.get('folder')} ({found}); "
-        "continuing it there would change its samples and their order. Give the data root the run trained on "
-        "(run_state.json \"data\" names its folder and digests; the command that wrote it, e.g. gap-mllm synth, "
-        f"writes the same again), or start a new run.{older}")
+        f"{where}: the run trained on other data than {data_root}: {comparison.first(data_root)}; continuing it there "
+        "would change its samples and their order. Give the data root the run trained on (the command that wrote it, "
+        "e.g. gap-mllm synth, writes the same again), or start a new run")
 
 
-def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, data_description: dict | None = None,
+def _check_data(record: dict, state_dir: Path, data_root, data: DataSketch | None,
+                accept_other_data: bool = False) -> DataSketch | None:
+    """The sketch of the data the restored checkpoint continues on (`check_same_data`, for the state's data), None
+    when the state records none; unchecked (the state's sketch) when neither `data_root` nor `data` is given."""
+    if record.get("data") is None:
+        return None
+    recorded = state_sketch(record, state_dir)
+    if data_root is None and data is None:
+        return recorded
+    current = data if data is not None else sketch_data_root(data_root)
+    return check_same_data(recorded, current, state_dir, data_root, accept_other_data=accept_other_data,
+                           unrecorded="this state recorded its data by whole-root digests (format 2, before the "
+                                      "per-file sketch)")
+
+
+def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, data_description: DataSketch | None = None,
                       run: dict | None = None, accept_other_data: bool = False) -> Path:
     """Rebuild the checkpoint of `state_dir` as `<output_dir>/checkpoint-<step>` (staged, then renamed), and the best
-    model as `<output_dir>/best`; returns the checkpoint folder.
+    model as `<output_dir>/best`; returns the checkpoint folder. The output folder's data record
+    (`.gap-mllm-data.sketch`) becomes the state's sketch (the data the checkpoint trained on; the data given,
+    with `accept_other_data` on other data), so a resume from the rebuilt checkpoint is checked as well.
+    `data_root` / `data_description` (a `DataSketch` of it): the data the run continues on, checked against the
+    state's (none given: not checked here).
 
     Raises:
         RunStateError: no state there; a file of it is damaged (`read_run_state`, `check_state_files`); `run` (the
@@ -637,7 +705,7 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
             from) is not the recorded one; the data differ; or the rebuilt weights do not match the checkpoint's
             digest. Nothing is written then.
     """
-    state_dir, output_dir = Path(state_dir), Path(output_dir)
+    state_dir, output_dir = state_folder(state_dir), Path(output_dir)
     record = read_run_state(state_dir)
     if record is None:
         raise RunStateError(f"{state_dir}: no {STATE_FILE} (no run state here)")
@@ -656,7 +724,7 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
                 f"{state_dir}: the run started from {record['source']['path']} (tensor digest "
                 f"{record['source']['digest'][:16]}), and {source} holds other weights; restore it with that model "
                 "(git history has every committed release)")
-    _check_data(record, state_dir, data_root, data_description, accept_other_data)
+    data = _check_data(record, state_dir, data_root, data_description, accept_other_data)
 
     model = _join_with_source(load_file(state_dir / WEIGHTS_FILE), record["model"]["from_source"], source_tensors,
                               str(state_dir), record["source"] and record["source"]["path"])
@@ -671,6 +739,7 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
     staging = staging_root(output_dir, step)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
+        record_run_data(output_dir, data)  # first: a kill after the rename below leaves no checkpoint unrecorded
         shutil.rmtree(staging, ignore_errors=True)
         folder = staging / f"checkpoint-{step}"
         folder.mkdir(parents=True)
@@ -704,16 +773,52 @@ def _restore_best(state_dir: Path, output_dir: Path, best: dict, source_tensors:
                                 record["source"] and record["source"]["path"])
     with writing_output_folder(output_dir / BEST_FOLDER, STATE_WRITER, overwrite=True, marker=False) as staging:
         save_file(tensors, staging / MODEL_FILE, metadata={"format": "pt"})
-        for path in sorted((state_dir / BEST_FOLDER).iterdir()):
-            if path.is_file() and path.name != WEIGHTS_FILE:
-                shutil.copy2(path, staging / path.name)
+        for name in sorted(record["files"]):  # the listed files only (checked by their digests)
+            folder, _, file = name.partition("/")
+            if folder == BEST_FOLDER and file != WEIGHTS_FILE:
+                shutil.copy2(state_dir / name, staging / file)
+
+
+def record_run_data(output_dir, data: DataSketch | None) -> None:
+    """Keep `data`, the sketch of the data the run in training output folder `output_dir` trains on, as the folder's
+    data record (`RECORD_FILE`), which a resume from a checkpoint there is checked against; None (datasets given
+    in-process, or a state that records no data) removes a record left by an earlier run."""
+    path = Path(output_dir) / RECORD_FILE
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_sketch(data, path)
+
+
+def resumed_data(checkpoint, data: DataSketch, data_root, *, state_dir=None, accept_other_data: bool = False) -> DataSketch:
+    """The sketch of the data a run resuming from `checkpoint` records: the data record of the checkpoint's folder
+    (else, for a checkpoint at or after the run state's step, the state's sketch), checked against `data`, the
+    sketch of the data root it is given (`check_same_data`).
+
+    Raises:
+        RunStateError: other data, or none recorded (a folder an earlier version wrote), without
+            `accept_other_data`: one line naming the first file that differs."""
+    checkpoint = Path(checkpoint)
+    try:
+        recorded = read_sketch(checkpoint.parent / RECORD_FILE)
+    except DamagedSketch as error:
+        raise RunStateError(f"{error}; the data {checkpoint} trained on cannot be checked (delete the file and give "
+                            "run_state.accept_other_data=true if the data root is the one it trained on)") from error
+    if recorded is None and state_dir is not None:
+        record = read_run_state(state_folder(state_dir))
+        if record is not None:
+            check_state_files(record, state_folder(state_dir))
+            recorded = state_sketch(record, state_folder(state_dir))
+    return check_same_data(recorded, data, checkpoint, data_root, accept_other_data=accept_other_data,
+                           unrecorded=f"its folder holds no record of the data it trained on ({RECORD_FILE}: an "
+                                      "earlier version wrote it, or the file was removed)")
 
 
 def put_back_interrupted_write(state_dir) -> None:
     """A state write killed between its two renames left the last state moved aside (`.<name>.gap-mllm-replaced`)
     and no folder: put it back (and delete a half-written sibling), so the restore decision sees it. Call while
     holding the folder's lock (no write of a live run is undone)."""
-    state_dir = Path(os.path.abspath(state_dir))
+    state_dir = state_folder(state_dir)
     if sibling(state_dir, REPLACED_SUFFIX).is_dir() or sibling(state_dir, PARTIAL_SUFFIX).is_dir():
         had = state_dir.exists()
         clean_leftovers(state_dir)
@@ -721,12 +826,14 @@ def put_back_interrupted_write(state_dir) -> None:
             logger.warning("%s: put back the run state a killed write had moved aside", state_dir)
 
 
-def restore_if_newer(state_dir, output_dir, *, source=None, data_description: dict | None = None,
+def restore_if_newer(state_dir, output_dir, *, source=None, data_root=None, data_description: DataSketch | None = None,
                      run: dict | None = None, accept_other_data: bool = False) -> str | None:
     """The checkpoint to resume from under `--resume auto` with a run state: the state's, rebuilt in `output_dir`,
-    when the folder holds no complete checkpoint of that step or later (a fresh machine); else the folder's newest.
-    `data_description`: the run's data (`data_digest`), checked against the state's; `run`: the run's settings
-    (`run_definition`), checked against the state's either way (the run writes its states there)."""
+    when the folder holds no complete checkpoint of that step or later (a fresh machine); else the folder's newest
+    (whose data the caller checks against the folder's record: `resumed_data`). `data_description`: the sketch of
+    the run's data (of `data_root`, which a refusal names), checked against the state's; `run`: the run's settings (`run_definition`), checked against the
+    state's either way (the run writes its states there)."""
+    state_dir = state_folder(state_dir)
     put_back_interrupted_write(state_dir)
     local = find_resumable_checkpoint(output_dir)
     record = read_run_state(state_dir)
@@ -735,19 +842,20 @@ def restore_if_newer(state_dir, output_dir, *, source=None, data_description: di
     check_same_run(record, run, state_dir)
     if local is not None and checkpoint_step(local) >= record["global_step"]:
         return local
-    return str(restore_run_state(state_dir, output_dir, source=source, data_description=data_description, run=run,
-                                 accept_other_data=accept_other_data))
+    return str(restore_run_state(state_dir, output_dir, source=source, data_root=data_root,
+                                 data_description=data_description, run=run, accept_other_data=accept_other_data))
 
 
 # ------------------------------------------------------------------------------------------ during training
 
 class RunStateCallback(TrainerCallback):
     """After every checkpoint save (main process), write the run state of that checkpoint into `state_dir`.
-    `data_description`: the run's data (`data_digest`, computed once per run by its caller)."""
+    `data_description`: the sketch of the data the run trains on (the one recorded when it resumed: `resumed_data`,
+    the state's; else its data root's, sketched once per run by its caller)."""
 
     def __init__(self, state_dir, *, source=None, command=None, data_description=None, moments_dtype="float32",
                  best_dtype="float32", run=None):
-        self.state_dir = Path(state_dir)
+        self.state_dir = state_folder(state_dir)
         self.settings = {"source": source, "command": command, "data_description": data_description,
                          "moments_dtype": moments_dtype, "best_dtype": best_dtype, "run": run}
 

@@ -12,25 +12,34 @@ stops there.
 
 A scheduler that ends a slot early says so with SIGTERM (Slurm's `--signal`, `timeout`, a session that must stop
 now): every run (with or without `time_limit_s`) ends the same way then, at the next step end with a checkpoint,
-instead of being killed between checkpoints. The handler is installed only for the training loop and only in the
-main thread; outside it (building the feature cache, evaluation) SIGTERM keeps its default meaning, since nothing
-there is lost.
+instead of being killed between checkpoints. Ctrl-C (SIGINT) is a person saying the same: it stops the run the same
+way (a checkpoint, the run state, the line naming the command that continues it), with the shell's exit status of
+an interrupted command, 130 (`INTERRUPTED_STATUS`); a second Ctrl-C before that step ends interrupts at once,
+without a checkpoint, for a step that does not end. The handlers are installed only for the training loop and only
+in the main thread; outside it (building the feature cache, evaluation) both signals keep their default meaning,
+since nothing there is lost.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 
 from transformers import TrainerCallback
 
-from gap_mllm.processing.errors import RunStoppedEarly
+from gap_mllm.processing.errors import INTERRUPTED_STATUS, RunStoppedEarly
+
+# the signals that stop a run at its next step end, and how its line names each
+STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
 
 
 class TrainingStoppedAtTimeLimit(RunStoppedEarly):
-    """A run stopped at its `time_limit_s` (or a SIGTERM) before its last step; its newest checkpoint resumes it.
-    `result`: Trainer's output of the stopped run (set by `run_training`)."""
+    """A run stopped at its `time_limit_s` (or a SIGTERM or Ctrl-C) before its last step; its newest checkpoint
+    resumes it. `result`: Trainer's output of the stopped run (set by `run_training`); `status`: the command line's
+    exit status (`RunStoppedEarly.status`, `INTERRUPTED_STATUS` for Ctrl-C)."""
 
     result = None
 
@@ -49,17 +58,36 @@ class TimeLimitCallback(TrainerCallback):
         self.clock = clock
         self.started = None
         self.reached = False
-        self.terminated = False  # a SIGTERM arrived while training
-        self._previous_handler = None
+        self.terminated = False  # a SIGTERM or SIGINT arrived while training
+        self.stop_signal = None  # which one (its STOP_SIGNALS name)
+        self._previous_handlers = {}
+        self._pid = os.getpid()  # the process whose handlers these are (not a forked data loader worker)
 
-    def _on_sigterm(self, signum, frame):
+    @property
+    def interrupted(self) -> bool:
+        """The run was stopped by Ctrl-C (SIGINT): the command line exits with `INTERRUPTED_STATUS`."""
+        return self.stop_signal == STOP_SIGNALS[signal.SIGINT]
+
+    def _on_signal(self, signum, frame):
+        if os.getpid() != self._pid:
+            # a data loader worker forked with this handler: Ctrl-C reaches the whole process group, and the run stops
+            # from the main process, which then ends its workers; a worker that stopped by itself would fail the run
+            return
+        if signum == signal.SIGINT and self.stop_signal == STOP_SIGNALS[signal.SIGINT]:
+            raise KeyboardInterrupt  # a second Ctrl-C: a step that does not end is interrupted at once
         self.terminated = True
+        self.stop_signal = self.stop_signal or STOP_SIGNALS[signum]
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: stopping at the end of this step with a checkpoint (Ctrl-C again to stop at once, "
+                  "without one)", file=sys.stderr, flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.clock()
         self.reached = self.terminated = False
+        self.stop_signal = None
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous_handlers = {number: signal.signal(number, self._on_signal) for number in STOP_SIGNALS}
 
     def on_step_end(self, args, state, control, **kwargs):
         late = self.limit_s is not None and self.started is not None and self.clock() - self.started >= self.limit_s
@@ -70,6 +98,19 @@ class TimeLimitCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+        self.release()
+
+    def release(self) -> None:
+        """Give the signals back their handlers from before training (also after a training loop that raised,
+        where Trainer calls no `on_train_end`: `run_training` calls this in a `finally`)."""
+        for number, handler in self._previous_handlers.items():
+            signal.signal(number, handler)
+        self._previous_handlers = {}
+
+    def stopped(self, message: str) -> TrainingStoppedAtTimeLimit:
+        """The exception of a run this callback stopped, with the exit status its signal asks for (Ctrl-C:
+        `INTERRUPTED_STATUS`, the shell's; otherwise `RUN_STOPPED_STATUS`)."""
+        error = TrainingStoppedAtTimeLimit(message)
+        if self.interrupted:
+            error.status = INTERRUPTED_STATUS
+        return error

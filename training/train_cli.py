@@ -1,7 +1,7 @@
 """`gap-mllm train --config RECIPE.yaml [--set section.key=value ...] [--resume auto|DIR] [--device auto|cpu|cuda]`.
 
-`--time-limit-s N` stops after N seconds of training with a checkpoint, and a SIGTERM (with or without it) at the
-next step; the command then exits with status 75 and prints the command that continues it (itself with
+`--time-limit-s N` stops after N seconds of training with a checkpoint, and a SIGTERM or Ctrl-C (with or without it)
+at the next step; the command then exits with status 75 (130 after Ctrl-C) and prints the command that continues it (itself with
 `--resume auto`, training/time_limit.py), for schedulers that give a run fixed slots of time. `--run-state DIR` keeps the run's state
 in a folder a git repository can carry, and `--resume auto` continues from it on a machine that lost the output
 folder (training/run_state.py).
@@ -24,7 +24,7 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
-from gap_mllm.processing.errors import RUN_STOPPED_STATUS, RunStoppedEarly
+from gap_mllm.processing.errors import RunStoppedEarly
 
 from .config import load_recipe
 from .run import run_training
@@ -58,4 +58,4 @@ if __name__ == "__main__":
         sys.exit(main(parser.parse_args()))
     except RunStoppedEarly as stop:  # as `gap-mllm train` reports it (cli/errors.py, a layer above this one)
         print(f"gap-mllm train: {stop}", file=sys.stderr)
-        sys.exit(RUN_STOPPED_STATUS)
+        sys.exit(stop.status)

@@ -1,0 +1,123 @@
+"""The end of `make gpu-figures`: one table (arm, status, key figure, verdict), the kernel verdicts that decide the
+CUDA defaults (training/gpu_verdicts.py), and a log without its thousand repeated warnings.
+
+    collapse_repeats(text)          each line once, in order, and one count line per line repeated 3 times or more
+    key_figure(name, path)          the figure that says most of an arm's JSON, in one short line
+    figures_table(summary, out)     the markdown table of the call, from its summary and the arms' JSON files
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+REPEATS_SHOWN = 3  # a line seen this often or more is kept once and counted
+
+
+def collapse_repeats(text: str) -> str:
+    """`text` with every repeated line kept at its first place only, and a count line for each line repeated
+    `REPEATS_SHOWN` times or more (inductor's and Triton's warnings repeat once per step and layer)."""
+    lines = text.splitlines()
+    counts = Counter(lines)
+    seen, kept = set(), []
+    for line in lines:
+        if counts[line] >= REPEATS_SHOWN and line in seen:
+            continue
+        seen.add(line)
+        kept.append(line)
+    notes = [f"[repeated {count} times: {line[:160]}]" for line, count in counts.items()
+             if count >= REPEATS_SHOWN and line.strip()]
+    return "\n".join(kept + notes) + ("\n" if text.endswith("\n") or notes else "")
+
+
+def _measurements(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()).get("measurements", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _train_arms(measurements: dict) -> str:
+    parts = []
+    for name, value in measurements.items():
+        if not name.startswith("arm_"):
+            continue
+        arm = name.removeprefix("arm_")
+        if "error" in value:
+            parts.append(f"{arm} FAILED ({value['error'].split(':')[0]})")
+        elif "skipped" in value:
+            parts.append(f"{arm} skipped")
+        else:
+            mfu = f" {value['mfu'] * 100:.1f} % MFU" if value.get("mfu") else ""
+            parts.append(f"{arm} {value['median_step_s']:.3f} s{mfu}")
+    return "; ".join(parts)
+
+
+def _bisect(measurements: dict) -> str:
+    finite = [n.removeprefix("config_") for n, v in measurements.items() if v.get("finite") is True]
+    bad = [n.removeprefix("config_") for n, v in measurements.items() if v.get("finite") is False]
+    return f"finite: {', '.join(finite) or '-'}; non-finite: {', '.join(bad) or '-'}"
+
+
+def _profile(measurements: dict) -> str:
+    parts = []
+    for name, value in measurements.items():
+        if name.startswith("profile_") and "kernel_classes_s" in value:
+            classes = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in list(value["kernel_classes_s"].items())[:4])
+            parts.append(f"{value['arm']}: {value['launches_per_step']:.0f} launches/step; {classes}")
+    return "; ".join(parts)
+
+
+def _eval_scale(measurements: dict) -> str:
+    parts = [f"{name}: {value['seconds_per_query']:.2f} s/query" for name, value in measurements.items()
+             if isinstance(value, dict) and value.get("seconds_per_query")]
+    return "; ".join(parts)
+
+
+def _real_size(measurements: dict) -> str:
+    parts = [f"{name} {value['seconds'] * 1000:.0f} ms" for name, value in measurements.items()
+             if name.startswith("prefill") and "seconds" in value]
+    if "decode_tokens_per_s" in measurements.get("generate", {}):
+        parts.append(f"decode {measurements['generate']['decode_tokens_per_s']:.1f} tok/s")
+    return "; ".join(parts)
+
+
+def _vggt(measurements: dict) -> str:
+    rows = [row for value in measurements.values() if isinstance(value, dict) for row in value.get("rows", [])]
+    return "; ".join(f"{row['frames']} frames {row['seconds']:.3f} s" for row in rows if "seconds" in row)
+
+
+KEY_FIGURES = {"train_arms": _train_arms, "bisect": _bisect, "profile": _profile, "eval_scale": _eval_scale,
+               "real_size": _real_size, "vggt": _vggt}
+
+
+def key_figure(name: str, path: Path) -> str:
+    """The key figure of arm `name` from its JSON file at `path` ("" when it has none)."""
+    reader = KEY_FIGURES.get(name)
+    return reader(_measurements(path)) if reader and path.exists() else ""
+
+
+def switch_verdicts(out: Path) -> dict:
+    """The kernel verdicts (training/gpu_verdicts.py) from this call's train_arms.json; {} without it."""
+    import importlib
+
+    importlib.invalidate_caches()  # the package was installed by this process (gpu_figures.py's install step)
+    from gap_mllm.training.gpu_verdicts import verdicts_from_arms
+
+    measurements = _measurements(out / "train_arms.json")
+    return verdicts_from_arms(measurements) if measurements else {}
+
+
+def figures_table(summary: dict, out: Path) -> str:
+    """One markdown row per arm: status, seconds, key figure, verdict."""
+    verdicts = summary.get("verdicts", {})
+    rows = ["| arm | status | s | key figure | verdict |", "|---|---|---|---|---|"]
+    for name, arm in summary["arms"].items():
+        figure = key_figure(name, out / arm["output"]) if arm.get("output") else ""
+        if name == "train_arms" and verdicts:
+            verdict = "; ".join(f"{switch} {'EARNED' if v['earned'] else 'not earned'}" for switch, v in verdicts.items())
+        else:
+            verdict = "ok" if arm["status"] == "ok" else arm["status"]
+        rows.append(f"| {name} | {arm['status']} | {arm.get('seconds', '')} | {figure} | {verdict} |")
+    return "\n".join(rows)

@@ -1,0 +1,132 @@
+"""The paper's claims in miniature (issue 63): what `gap-mllm mini --ablation` trains, at one budget for every arm.
+
+The paper (docs/method.md) claims that geometry helps, that geometry-aligned pre-training (stage 1) helps and that
+gated fusion beats plain addition. Each claim is one pair of arms that differ in that ingredient only:
+
+    geometry helps                 gap_gated_s0 − no_geometry_s0   (and gap_gated_s1 − no_geometry_s1)
+    stage 1 helps                  gap_gated_s0 − gap_gated_stage2_only_s0
+    gated beats add                gap_gated_s0 − gap_add_s0
+    seed to seed (the noise)       gap_gated_s0 − gap_gated_s1, no_geometry_s0 − no_geometry_s1
+
+**One design for every arm.** Every arm takes the same stage 0 (`--stage0`: the sixth release's frozen geometry encoder
+and ViT), the same data and the same mix, and trains its LLM, mergers and fusions from random:
+
+    stage 1   mini_stage1.yaml as written: 1,000 steps of 16 marker samples (the stage 1 of the shipped chain)
+    stage 2   mini_stage2.yaml as the sixth release ran it: `ABLATION_STAGE2_STEPS` steps of 16 (cosine to 0 at
+              the end, validation every 1,200 steps, the best by grounding Acc@0.25), every frame-selection record
+              weighted by 20, bf16 autocast on the CPU
+
+The budget is the sixth release's stage-2 length, 3,600 steps: its validation (mini/README.md's research log,
+reports/mini/stage2.md) stayed at the level it started from at 1,200 and 2,400 steps (grounding Acc@0.25 7.3 %, frame
+selection 20.8 / 22.9 %) and reached its score only at 3,600 (12.5 %, frame selection 30.2 %), as the cosine learning
+rate decayed: a shorter schedule has no evidence of reaching most of the score, and a longer one (the fifth's 7,200)
+doubles the cost of six arms on two CPU cores. The main arm is trained again at this budget; it is not the shipped
+model, whose chain (stage 1 of 1,000, stage 2 of 800 + 7,200 + 3,600 steps) is longer.
+
+**The same steps for the arm without stage 1.** `gap_gated_stage2_only_s0` trains no stage 1, so it gets the stage-1
+budget as extra stage-2 steps (1,000 + 3,600 = 4,600, one cosine schedule): every arm makes the same number of
+optimizer steps on the same number of samples (73,600), and the claim reads "1,000 steps of the marker task before the
+tasks beat 1,000 more steps of the tasks". Its tokens are not equal: a stage-2 sample is longer than a marker sample
+(8-view frame records, 60-token boxes), so it sees more tokens than the other arms, which favours the ablation: a
+stage-1 gain measured this way is conservative.
+
+**One arm at a time, each in git between machines.** `--run-state DIR` keeps every training stage's run state
+(training/run_state.py) in `DIR/<arm>/<stage>` (bfloat16 moments and best model, as the sixth release's run): a
+session commits DIR at its end, and the same command on a fresh machine continues the arm it stopped in, rebuilding
+the finished stages and arms from their states (no steps left to train). `--time-limit SECONDS` stops the whole
+command by then (mini/pipeline.py, `train_stage`). Arms run in `ABLATION_ORDER`, so each stop of work ends with more
+claims answered.
+
+**Fresh seeds fixed before any arm is evaluated.** The arms are compared on scenes of `ABLATION_FRESH_SEEDS`, seeds
+no data of this package used (training, validation and test: seed 0; the release rule: 5601-5603,
+mini/fresh_seeds.py), 90 scenes each (about 1,000 samples per task), and on the test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .arms import ARMS, Arm
+
+# the training order of `--ablation`: the main arm, then one arm per claim, then the second seeds (issue 63)
+ABLATION_ORDER = ("gap_gated_s0", "no_geometry_s0", "gap_gated_stage2_only_s0", "gap_add_s0", "gap_gated_s1",
+                  "no_geometry_s1")
+ABLATION_STAGE2_STEPS = 3600  # the sixth release's stage 2 (module docstring: why this budget)
+# the sixth release's stage-2 settings beside its step count (its command in reports/mini/releases-five-and-six.md)
+ABLATION_STAGE2_SETTINGS = ("cpu_bf16_autocast=true",)
+# the run state of each stage: bfloat16 moments and best model (the sixth release's run: 63 MB a stage-2 state)
+RUN_STATE_SETTINGS = ("run_state.moments_dtype=bfloat16", "run_state.best_dtype=bfloat16")
+# the shared stage 0 of every arm: the sixth release's folder (commit 98942b5), named by the digest of its weight files
+# (`weights_digest`); a later release in mini/gap-mllm-mini is another stage 0, refused (`check_stage0`)
+ABLATION_STAGE0_COMMIT = "98942b5"
+ABLATION_STAGE0_DIGEST = "4af5f91622201f4b27ce70033dceb7e92fa5ad8f394d0fd93cb6ded5920965f3"
+# scenes of these seeds judge the claims: never the data seed 0, never the release rule's 5601-5603 (FRESH_SEEDS)
+ABLATION_FRESH_SEEDS = (6301, 6302, 6303)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper: `arm` (with the ingredient) minus `without` on the same samples; `second` the same
+    pair on the second seed, where both arms have one."""
+
+    name: str
+    arm: str
+    without: str
+    second: tuple[str, str] | None = None
+
+
+CLAIMS = (
+    Claim("geometry helps (VGGT features fused into the LLM)", "gap_gated_s0", "no_geometry_s0",
+          second=("gap_gated_s1", "no_geometry_s1")),
+    Claim("geometry-aligned pre-training (stage 1) helps", "gap_gated_s0", "gap_gated_stage2_only_s0"),
+    Claim("gated fusion beats plain addition", "gap_gated_s0", "gap_add_s0"),
+)
+# the seed-to-seed differences shown beside the claims: what retraining the same arm on another seed changes
+SEED_PAIRS = (("gap_gated_s0", "gap_gated_s1"), ("no_geometry_s0", "no_geometry_s1"))
+
+
+def ablation_arms() -> list[Arm]:
+    return [ARMS[name] for name in ABLATION_ORDER]
+
+
+def stage_steps(recipe_steps: int, overrides) -> int:
+    """The `training.max_steps` a stage trains: the recipe's, then the last of `overrides` (in their order) that sets it."""
+    steps = recipe_steps
+    for value in overrides:
+        name, _, setting = value.partition("=")
+        if name.strip() == "training.max_steps":
+            steps = int(setting)
+    return steps
+
+
+def stage2_steps(arm: Arm, stage1: int, stage2: int) -> int:
+    """Stage-2 steps of `arm` in the ablation: `stage2`, plus the stage-1 steps for an arm without stage 1 (every arm
+    makes the same number of optimizer steps; module docstring)."""
+    return stage2 if arm.stage1 else stage1 + stage2
+
+
+def run_state_overrides(root, arm: Arm, kind: str) -> list[str]:
+    """The settings that keep `arm`'s training stage `kind` ("stage1", "stage2") in `root/<arm>/<kind>`."""
+    return [f"run_state.directory={Path(root) / arm.name / kind}", *RUN_STATE_SETTINGS]
+
+
+def weights_digest(folder) -> str:
+    """sha256 over a model folder's `*.safetensors` files (their names and the sha256 of their bytes, in name order)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def check_stage0(folder) -> None:
+    """`--stage0 folder` of the ablation is the sixth release's (every arm, on every machine, the same encoders);
+    a ValueError naming how to get it otherwise."""
+    if folder is None or weights_digest(folder) != ABLATION_STAGE0_DIGEST:
+        raise ValueError(
+            f"--ablation takes every arm's frozen encoders from the sixth release (commit {ABLATION_STAGE0_COMMIT}): "
+            f"--stage0 {folder if folder is not None else '(not given)'} is not that folder; write it with `mkdir -p "
+            f"runs/stage0-sixth && git archive {ABLATION_STAGE0_COMMIT} mini/gap-mllm-mini modeling_gap_mllm | tar -x "
+            f"-C runs/stage0-sixth` and give --stage0 runs/stage0-sixth/mini/gap-mllm-mini")

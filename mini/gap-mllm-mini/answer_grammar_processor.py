@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/answer_grammar_processor.py

@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/batched_qwen3_vl.py

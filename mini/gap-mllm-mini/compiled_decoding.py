@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/compiled_decoding.py

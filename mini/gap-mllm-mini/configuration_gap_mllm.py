@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/configuration_gap_mllm.py

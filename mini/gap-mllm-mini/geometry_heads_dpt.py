@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/geometry_heads_dpt.py

@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/geometry_patch_embed.py

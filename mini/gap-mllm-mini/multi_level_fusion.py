@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/multi_level_fusion.py

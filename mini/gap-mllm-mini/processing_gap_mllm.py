@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/processing_gap_mllm.py

@@ -1,0 +1,99 @@
+"""The CUDA defaults follow the committed GPU figures (training/gpu_verdicts.py, training/configs/gpu_verdicts.json):
+the verdict rule itself, `resolve_kernels` on a simulated CUDA machine, the shipped recipes' packing, and the end of
+`make gpu-figures` (its table and its log without repeated warnings)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from gap_mllm.training import kernels
+from gap_mllm.training.config import load_recipe, recipe_from_dict
+from gap_mllm.training.device import apply_device_plan
+from gap_mllm.training.gpu_verdicts import (
+    MIN_STEPS,
+    SWITCH_ARMS,
+    arm_verdict,
+    earned_switches,
+    load_verdicts,
+    verdicts_from_arms,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import gpu_figures_table  # noqa: E402
+
+
+def arm(name, steps=MIN_STEPS, loss=2.0, step_s=1.0, **extra):
+    return {"name": name, "losses": [loss] * steps, "median_step_s": step_s, **extra}
+
+
+def test_the_verdict_rule_needs_finite_steps_the_same_curve_and_speed():
+    plain = arm("sdpa")
+    assert arm_verdict(arm("x", step_s=0.9), plain)["earned"]
+    assert not arm_verdict(arm("x", step_s=0.99), plain)["earned"]  # within the 3 % margin: not faster
+    assert "losses 0.0500 away" in arm_verdict(arm("x", loss=2.05, step_s=0.5), plain)["why"]
+    failed = arm_verdict({"name": "x", "error": "TrainingDivergedError: training diverged at optimizer step 13"}, plain)
+    assert not failed["earned"] and failed["why"].startswith("failed: TrainingDivergedError")
+    short = arm_verdict(arm("x", steps=15, step_s=0.5, compile=True), plain)
+    assert not short["earned"] and "15 steps measured, fewer than 30" in short["why"]
+    assert arm_verdict(arm("x", steps=15, step_s=0.5), plain)["earned"]  # nothing recompiles: 10 steps are enough
+    assert not arm_verdict(arm("x", step_s=0.5, buckets=[512], buckets_crossed=False), plain)["earned"]
+    assert not arm_verdict({"skipped": "needs liger"}, plain)["earned"]
+
+
+def test_the_committed_file_is_what_the_rule_says_of_its_figures():
+    committed = load_verdicts()
+    assert set(committed["switches"]) == set(SWITCH_ARMS)
+    for switch, verdict in committed["switches"].items():
+        figures = json.loads((ROOT / verdict["source"]).read_text())["measurements"]
+        assert verdicts_from_arms(figures)[switch]["earned"] == verdict["earned"], switch
+        assert verdicts_from_arms(figures)[switch]["why"] == verdict["why"], switch
+
+
+def decided(values):
+    recipe, plan = apply_device_plan(recipe_from_dict(values), cuda_available=True, bf16_supported=True)
+    return kernels.resolve_kernels(recipe, plan).kernels
+
+
+def test_the_cuda_defaults_agree_with_the_committed_verdicts(monkeypatch):
+    monkeypatch.setattr(kernels, "installed_version", lambda name: "1.0")
+    monkeypatch.setattr(kernels, "cuda_capability", lambda: (9, 0))
+    monkeypatch.setattr(kernels, "compile_problem", lambda device: None)
+    earned = earned_switches()
+    settings = decided({"data": {"length_buckets": [512, 1024]}})
+    for switch in ("compile_layers", "compile_towers", "liger_fused_linear_cross_entropy", "liger_language_model"):
+        assert getattr(settings, switch) is earned[switch], switch
+    assert decided({}).compile_layers is False  # no buckets: not the shapes that earned it
+
+
+@pytest.mark.parametrize("recipe", sorted(path.name for path in (ROOT / "training" / "recipes").glob("*.yaml")))
+def test_no_shipped_recipe_turns_on_a_switch_the_verdicts_did_not_earn(recipe):
+    """A recipe may leave an earned switch off (the real-size recipes do not pack yet: packed rows with activation
+    checkpointing fail their recompute, tests/test_examples.py), never turn on one that was not earned."""
+    settings = load_recipe(ROOT / "training" / "recipes" / recipe)
+    earned = earned_switches()
+    assert not settings.data.packing or earned["packing"]
+    for switch in ("compile_layers", "compile_towers", "liger_fused_linear_cross_entropy", "liger_language_model"):
+        assert getattr(settings.kernels, switch) is not True or earned[switch], (recipe, switch)
+
+
+def test_the_end_of_the_gpu_call_collapses_repeats_and_tables_each_arm(tmp_path):
+    text = "start\n" + "W: Triton CompilationError\n" * 500 + "done\n"
+    collapsed = gpu_figures_table.collapse_repeats(text)
+    assert collapsed.splitlines() == ["start", "W: Triton CompilationError", "done",
+                                      "[repeated 500 times: W: Triton CompilationError]"]
+    figures = {"measurements": {"arm_sdpa": {"median_step_s": 0.782, "mfu": 0.138},
+                                "arm_default": {"error": "TrainingDivergedError: training diverged at optimizer step 13"}}}
+    (tmp_path / "train_arms.json").write_text(json.dumps(figures))
+    summary = {"arms": {"train_arms": {"status": "ok", "seconds": 150.5, "output": "train_arms.json"},
+                        "eval_scale": {"status": "stopped at its budget; no figures written", "output": "eval_scale.json"}},
+               "verdicts": {"packing": {"earned": True}, "compile_layers": {"earned": False}}}
+    table = gpu_figures_table.figures_table(summary, tmp_path).splitlines()
+    assert table[2] == ("| train_arms | ok | 150.5 | sdpa 0.782 s 13.8 % MFU; default FAILED (TrainingDivergedError) | "
+                        "packing EARNED; compile_layers not earned |")
+    assert table[3].startswith("| eval_scale | stopped at its budget; no figures written |")

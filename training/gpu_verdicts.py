@@ -1,0 +1,87 @@
+"""Which kernel switch a CUDA run turns on by default: only those the latest GPU figures earned (issue 61, item 3).
+
+A default that never met a GPU corrupted runs (compiled layers + length buckets wrote NaN weights on an H100) and
+another made steps slower (Liger). So a switch is on by default on CUDA only when the committed verdict file
+(`training/configs/gpu_verdicts.json`, written by `bench/gpu_figures.py` from its training arms and copied here with
+the figures it came from) says its arm earned it:
+
+    finite       the arm trained every step (the package's divergence guard stopped none), over at least
+                 `MIN_STEPS` steps with compile or buckets (every bucket crossed), `MIN_STEPS_PLAIN` without
+    same curve   its losses stay within `LOSS_TOLERANCE` of its baseline arm's, step by step
+    faster       its median step is at most `SPEED_MARGIN` × its baseline's
+
+`SWITCH_ARMS` names each switch's arm and baseline. training/kernels.py `resolve_kernels` reads `earned_switches()`;
+the shipped recipes' `data.packing` follows the same file (tests/test_gpu_verdicts.py checks both).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+VERDICT_FILE = Path(__file__).resolve().parent / "configs" / "gpu_verdicts.json"
+MIN_STEPS = 30  # an arm that compiles or buckets: enough steps to cross every bucket and recompile
+MIN_STEPS_PLAIN = 10  # an arm without either (nothing recompiles)
+LOSS_TOLERANCE = 0.01  # packed rows moved the loss by 0.0026-0.0034 (bf16 rounding); the NaN-free default_packed by 0.054
+SPEED_MARGIN = 0.97  # 3 % faster at least: step times of one arm vary by ~1-2 % between runs on one warm GPU
+
+
+@dataclass(frozen=True)
+class SwitchArm:
+    """The training-arm (bench/bench_train_arms.py `ARMS`) that measures a switch, and the arm it must beat."""
+
+    arm: str
+    baseline: str = "sdpa"
+
+
+SWITCH_ARMS = {
+    "packing": SwitchArm("sdpa_packed"),
+    "compile_layers": SwitchArm("sdpa_compile_bucketed"),
+    "liger_fused_linear_cross_entropy": SwitchArm("sdpa_liger"),
+    "liger_language_model": SwitchArm("default", baseline="sdpa_compile_bucketed"),
+    "compile_towers": SwitchArm("sdpa_compile_towers_bucketed", baseline="sdpa_compile_bucketed"),
+}
+
+
+def arm_verdict(arm: dict | None, baseline: dict | None) -> dict:
+    """`{"earned": bool, "why": str}` for one arm's record of bench_train_arms.py (`arm_<name>`) against its
+    baseline's record (module docstring)."""
+    if not arm or "skipped" in arm:
+        return {"earned": False, "why": f"not measured{': ' + arm['skipped'] if arm else ''}"}
+    if "error" in arm:
+        return {"earned": False, "why": f"failed: {arm['error'][:200]}"}
+    if not baseline or "losses" not in baseline:
+        return {"earned": False, "why": "its baseline arm was not measured"}
+    losses = arm.get("losses", [])
+    needed = MIN_STEPS if arm.get("compile") or arm.get("buckets") else MIN_STEPS_PLAIN
+    if len(losses) < needed:
+        return {"earned": False, "why": f"{len(losses)} steps measured, fewer than {needed}"}
+    if arm.get("buckets") and arm.get("buckets_crossed") is False:
+        return {"earned": False, "why": "not every length bucket was crossed"}
+    gap = max(abs(a - b) for a, b in zip(losses, baseline["losses"]))
+    if gap > LOSS_TOLERANCE:
+        return {"earned": False, "why": f"losses {gap:.4f} away from {baseline['name']}'s (tolerance {LOSS_TOLERANCE})"}
+    ratio = arm["median_step_s"] / baseline["median_step_s"]
+    if ratio > SPEED_MARGIN:
+        return {"earned": False, "why": f"median step {ratio:.2f}× {baseline['name']}'s (needs ≤ {SPEED_MARGIN})"}
+    return {"earned": True, "why": f"finite over {len(losses)} steps, losses within {gap:.4f}, step {ratio:.2f}× "
+                                   f"{baseline['name']}'s"}
+
+
+def verdicts_from_arms(measurements: dict) -> dict:
+    """Per switch: its arm's verdict, from bench_train_arms.py's `measurements` (`arm_<name>` records)."""
+    return {switch: {"arm": pair.arm, "baseline": pair.baseline,
+                     **arm_verdict(measurements.get(f"arm_{pair.arm}"), measurements.get(f"arm_{pair.baseline}"))}
+            for switch, pair in SWITCH_ARMS.items()}
+
+
+def load_verdicts(path: Path = VERDICT_FILE) -> dict:
+    """The committed verdict file: `{"device", "date", "source", "switches": {switch: {"earned", "why", ...}}}`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def earned_switches(path: Path = VERDICT_FILE) -> dict[str, bool]:
+    """Switch name → whether the committed GPU figures earned it (a switch the file does not name: not earned)."""
+    switches = load_verdicts(path).get("switches", {})
+    return {name: bool(switches.get(name, {}).get("earned")) for name in SWITCH_ARMS}
