@@ -97,3 +97,13 @@ def test_the_end_of_the_gpu_call_collapses_repeats_and_tables_each_arm(tmp_path)
     assert table[2] == ("| train_arms | ok | 150.5 | sdpa 0.782 s 13.8 % MFU; default FAILED (TrainingDivergedError) | "
                         "packing EARNED; compile_layers not earned |")
     assert table[3].startswith("| eval_scale | stopped at its budget; no figures written |")
+
+
+def test_packed_rows_with_activation_checkpointing_under_sdpa_are_refused_when_read():
+    """Why the real-size recipes do not pack although packing earned its default: packed rows' per-sample attention
+    is switched on for the forward only, and a checkpointed layer recomputes inside the backward (a CheckpointError
+    on the tiny model; a reentrant checkpoint would attend across samples silently)."""
+    with pytest.raises(ValueError, match=r"^data.packing with training.activation_checkpointing under sdpa"):
+        recipe_from_dict({"data": {"packing": True}, "training": {"activation_checkpointing": True}})
+    recipe_from_dict({"data": {"packing": True}})  # either alone is fine
+    recipe_from_dict({"training": {"activation_checkpointing": True}})

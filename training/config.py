@@ -384,6 +384,16 @@ class TrainRecipe:
             raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens}: give a positive number of tokens")
         if self.data.length_buckets is not None:
             self.data.length_buckets = check_buckets(self.data.length_buckets)
+        checkpointing = self.training.get("activation_checkpointing") or self.training.get("gradient_checkpointing")
+        if self.data.packing and checkpointing and self.model.attn_implementation in (None, "sdpa"):
+            # packed rows attend per sample through training/packed_attention.py, switched on for the forward only; a
+            # checkpointed layer recomputes its forward inside the backward, where plain sdpa would attend across the
+            # samples of a row (non-reentrant checkpointing refuses the mismatch deep inside torch; reentrant would
+            # train on it)
+            raise ValueError("data.packing with training.activation_checkpointing under sdpa: a checkpointed layer "
+                             "recomputes its forward in the backward, where the packed rows' per-sample attention is "
+                             "not in force; turn one of them off (or use flash_attention_2, whose packed rows need no "
+                             "switch)")
         if self.data.packing and self.data.packing_row_tokens is not None and is_flash(self.model.attn_implementation):
             raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens} with model.attn_implementation="
                              f"{self.model.attn_implementation!r}: {FLASH_ONE_ROW}")

@@ -10,8 +10,9 @@ the figures it came from) says its arm earned it:
     same curve   its losses stay within `LOSS_TOLERANCE` of its baseline arm's, step by step
     faster       its median step is at most `SPEED_MARGIN` × its baseline's
 
-`SWITCH_ARMS` names each switch's arm and baseline. training/kernels.py `resolve_kernels` reads `earned_switches()`;
-the shipped recipes' `data.packing` follows the same file (tests/test_gpu_verdicts.py checks both).
+`SWITCH_ARMS` names each switch's arm and baseline. training/kernels.py `resolve_kernels` reads `earned_switches()`,
+and no shipped recipe turns on a switch (or `data.packing`) the file did not earn (tests/test_gpu_verdicts.py checks
+both).
 """
 
 from __future__ import annotations

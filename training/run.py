@@ -16,6 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import TrainOutput
+
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
 from gap_mllm.processing.folder_lock import holding_folder
 from gap_mllm.processing.held_out import trained_scenes
@@ -141,6 +145,29 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
         else:
             check_liger_distribution(trainer)
     return TrainingSetup(trainer=trainer, model=wrapped, processor=processor, cache=cache)
+
+
+def finished_checkpoint(checkpoint, max_steps: int) -> bool:
+    """Whether `checkpoint` (a resumed `checkpoint-N`, or None) is the run's last step: its trainer state's
+    `global_step` reached `max_steps` (> 0; a run counted in epochs is left to Trainer)."""
+    if checkpoint is None or max_steps <= 0:
+        return False
+    state = Path(checkpoint) / TRAINER_STATE_NAME
+    return state.is_file() and json.loads(state.read_text(encoding="utf-8")).get("global_step", 0) >= max_steps
+
+
+def finish_from_checkpoint(trainer, checkpoint) -> TrainOutput:
+    """The end of a run whose checkpoint is its last step: its weights and trainer state, no step trained.
+
+    Trainer resumed at its last step trains one step more (transformers 5.23 checks `max_steps` only after a step:
+    a run state or a checkpoint at step N of N came back as step N + 1, at a learning rate past its schedule), so the
+    finished run is taken as it is and its final model written from the checkpoint."""
+    trainer._load_from_checkpoint(checkpoint)  # Trainer's own loader: full weights, adapters, FSDP / DeepSpeed
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
+    logger.info("%s is the run's last step (%d of %d): nothing left to train; the final model is written from it",
+                checkpoint, trainer.state.global_step, trainer.args.max_steps)
+    return TrainOutput(trainer.state.global_step, losses[-1] if losses else float("nan"), {})
 
 
 def load_checkpoint_weights(model, checkpoint) -> None:
@@ -461,7 +488,8 @@ def _run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None
         trainer.add_callback(RunStateCallback(recipe.run_state.directory, moments_dtype=recipe.run_state.moments_dtype,
                                               best_dtype=recipe.run_state.best_dtype, **run_state))
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        finished = finished_checkpoint(resume, trainer.args.max_steps)
+        result = finish_from_checkpoint(trainer, resume) if finished else trainer.train(resume_from_checkpoint=resume)
     finally:
         stop.release()  # the signals' own handlers back, however training ended
     if stop.reached:

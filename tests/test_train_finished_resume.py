@@ -1,0 +1,61 @@
+"""A run resumed from its last step trains no step more (training/run.py `finish_from_checkpoint`).
+
+transformers 5.23's Trainer, resumed from a checkpoint at `max_steps`, trains step N + 1 before it checks the end (shown
+below with Trainer itself), so a run state or a checkpoint of a finished run came back one step further, at a learning
+rate past its schedule (found by the ablation's restore check, issue 63). `run_training` takes the finished checkpoint
+as it is: the same final weights as the run that wrote it, the same step count, nothing trained."""
+
+from __future__ import annotations
+
+import safetensors.torch
+import torch
+from transformers import TrainerCallback
+
+from gap_mllm.training.run import build_trainer, finished_checkpoint, run_training
+
+from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root  # noqa: F401
+
+
+class StepsTrained(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def settings(tmp_path):
+    return {"max_steps": 2, "save_strategy": "steps", "save_steps": 2, "output_dir": str(tmp_path / "run")}
+
+
+def test_trainer_itself_trains_past_a_finished_checkpoint(tmp_path, recon_dataset):
+    """The upstream behaviour the fix stands in for (if transformers changes it, this test says so)."""
+    data = recon_dataset.select(range(8))
+    model, processor = tiny()
+    build_trainer(recipe(tmp_path, training=settings(tmp_path)), model=model, processor=processor,
+                  train_dataset=data).trainer.train()
+    model, processor = tiny()
+    trainer = build_trainer(recipe(tmp_path, training=settings(tmp_path)), model=model, processor=processor,
+                            train_dataset=data).trainer
+    trained = StepsTrained()
+    trainer.add_callback(trained)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    assert trained.steps == [3]
+
+
+def test_run_training_resumed_at_the_last_step_trains_nothing_and_writes_the_same_model(tmp_path, recon_dataset):
+    data = recon_dataset.select(range(8))
+    model, processor = tiny()
+    first = run_training(recipe(tmp_path, training=settings(tmp_path)), model=model, processor=processor,
+                         train_dataset=data)
+    out = tmp_path / "run"
+    final = safetensors.torch.load_file(str(out / "model.safetensors"))
+    assert finished_checkpoint(str(out / "checkpoint-2"), 2) and not finished_checkpoint(str(out / "checkpoint-2"), 3)
+    (out / "model.safetensors").unlink()
+    model, processor = tiny(seed=1)  # other initial weights: everything must come from the checkpoint
+    again = run_training(recipe(tmp_path, training=settings(tmp_path)), resume_from_checkpoint="auto", model=model,
+                         processor=processor, train_dataset=data)
+    assert again.global_step == first.global_step == 2
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    resumed = safetensors.torch.load_file(str(out / "model.safetensors"))
+    assert set(resumed) == set(final) and all(torch.equal(resumed[k], final[k]) for k in final)
