@@ -187,13 +187,10 @@ def equal_answers(texts: dict[str, list[str]], reference: dict[str, list[str]]) 
     return sum(texts.get(sample) == answer for sample, answer in reference.items())
 
 
-def count_scenes(data, split, task, limit) -> tuple[int, int]:
-    from gap_mllm.evaluation.tasks import get_task
-    from gap_mllm.processing.annotation_files import find_annotation_file
-    from gap_mllm.processing.builders import load_annotation_file
+def count_scenes(records) -> tuple[int, int]:
+    """(samples, scenes) of a slice's records (`load_slice`)."""
     from gap_mllm.processing.held_out import record_scene_id
 
-    records = load_annotation_file(find_annotation_file(data, get_task(task).annotation_task, split))[:limit]
     return len(records), len({record_scene_id(r) for r in records})
 
 
@@ -230,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         from gap_mllm.evaluation.scene_generation import SceneGenerator
 
         start = time.perf_counter()
-        model, processor = build_model(size, args.device, padded_vocab=args.padded_vocab)
-        model = model.to(args.device)
+        model, processor = build_model(size, args.device, padded_vocab=args.padded_vocab)  # on args.device
         model.compile_decoding = check_compile_decoding(args.compile_decoding)
         generator = SceneGenerator.from_model(model, processor, max_new_tokens=max_new_tokens)
         load_s = time.perf_counter() - start
@@ -245,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                    "untimed_warmup_run": warmup, "dtype": "float32" if exact else "bfloat16", "tasks": {}}
         for task, limit in slices:
             slice_ = load_slice(args.data, args.split, task, limit)
-            samples, scenes = count_scenes(args.data, args.split, task, limit)
+            samples, scenes = count_scenes(slice_[1])
             row = {"samples": samples, "scenes": scenes}
             arms = {"one_at_a_time": (1, False), "batched_reuse": (args.batch_size, True)}
             answers = {}

@@ -140,6 +140,12 @@ def arm_kernels(arm: Arm) -> SimpleNamespace:
                            liger_language_model=arm.liger_lm, liger_fused_linear_cross_entropy=arm.liger)
 
 
+def plain_bench_settings(args) -> None:
+    """What bench_real_size.Bench reads and the training benches (this one, bisect_compile_nan.py,
+    profile_train_step.py) do not take: the model built in sdpa, every measurement run, Bench's own repeats."""
+    args.attn_default, args.only, args.warmup, args.repeats, args.cache_dir = "sdpa", None, None, None, None
+
+
 def make_samples(config, ids: dict, steps: int, settings: dict, seed: int = 0) -> list[list[dict]]:
     """`steps` batches of per-sample dicts (training/sample_tensors.py's layout), the same for every arm."""
     generator = torch.Generator().manual_seed(seed)
@@ -375,8 +381,7 @@ def main(argv=None) -> int:
     if args.steps < 2:
         parser.error("--steps: at least 2 (the first is a warm-up)")
     apply_size_defaults(args)
-    # what bench_real_size.Bench reads
-    args.attn_default, args.only, args.warmup, args.repeats, args.cache_dir = "sdpa", None, None, None, None
+    plain_bench_settings(args)
     ArmsBench(args).all()
     return 0
 

@@ -64,7 +64,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
 from bench_real_size import add_size_arguments, apply_size_defaults  # noqa: E402
-from bench_train_arms import ArmsBench  # noqa: E402
+from bench_train_arms import ArmsBench, plain_bench_settings  # noqa: E402
 from needs_gpu import require_cuda  # noqa: E402
 from real_size_inputs import to_device  # noqa: E402
 from unmasked_rows_attention import SAFE_SDPA, register_safe_sdpa  # noqa: E402
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     if args.size == "real" and args.budget == 540.0:
         args.budget = 170.0  # the bisection's share of a GPU call
     args.steps, args.warmup_steps, args.arms, args.buckets = args.batches, 0, [], None
-    args.attn_default, args.only, args.warmup, args.repeats, args.cache_dir = "sdpa", None, None, None, None
+    plain_bench_settings(args)
     Bisection(args).all()
     return 0
 

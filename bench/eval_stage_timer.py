@@ -18,6 +18,7 @@ the launch of it — the synchronisation itself costs a little, stated beside th
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -83,19 +84,16 @@ class StageTimer:
         if width > 1:  # a prefill forward; one-token steps are decode
             self._start("prefill")
 
+    @contextlib.contextmanager
     def stage(self, name: str):
-        timer = self
-
-        class _Stage:
-            def __enter__(self):
-                self.outer = name not in timer._open
-                timer._start(name)
-
-            def __exit__(self, *exc):
-                if self.outer:
-                    timer._stop(name)
-
-        return _Stage()
+        """Time the block into `name` (the outermost of nested blocks of one stage only)."""
+        outer = name not in self._open
+        self._start(name)
+        try:
+            yield
+        finally:
+            if outer:
+                self._stop(name)
 
     def seconds(self) -> dict:
         """The stages' seconds so far (module docstring)."""

@@ -31,16 +31,17 @@ def collapse_repeats(text: str) -> str:
     return "\n".join(kept + notes) + ("\n" if text.endswith("\n") or notes else "")
 
 
-def _measurements(path: Path) -> dict:
+def _document(path: Path) -> dict:
+    """An arm's JSON file ({} when it is missing or cut off mid-write)."""
     try:
-        return json.loads(path.read_text()).get("measurements", {})
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _train_arms(measurements: dict) -> str:
+def _train_arms(document: dict) -> str:
     parts = []
-    for name, value in measurements.items():
+    for name, value in document.get("measurements", {}).items():
         if not name.startswith("arm_"):
             continue
         arm = name.removeprefix("arm_")
@@ -54,48 +55,36 @@ def _train_arms(measurements: dict) -> str:
     return "; ".join(parts)
 
 
-def _bisect(measurements: dict) -> str:
+def _bisect(document: dict) -> str:
+    measurements = document.get("measurements", {})
     finite = [n.removeprefix("config_") for n, v in measurements.items() if v.get("finite") is True]
     bad = [n.removeprefix("config_") for n, v in measurements.items() if v.get("finite") is False]
     return f"finite: {', '.join(finite) or '-'}; non-finite: {', '.join(bad) or '-'}"
 
 
-def _profile(measurements: dict) -> str:
+def _profile(document: dict) -> str:
     parts = []
-    for name, value in measurements.items():
+    for name, value in document.get("measurements", {}).items():
         if name.startswith("profile_") and "kernel_classes_s" in value:
             classes = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in list(value["kernel_classes_s"].items())[:4])
             parts.append(f"{value['arm']}: {value['launches_per_step']:.0f} launches/step; {classes}")
     return "; ".join(parts)
 
 
-def _eval_scale(measurements: dict) -> str:
-    parts = [f"{name}: {value['seconds_per_query']:.2f} s/query" for name, value in measurements.items()
-             if isinstance(value, dict) and value.get("seconds_per_query")]
-    return "; ".join(parts)
+def _eval_scale(document: dict) -> str:
+    """bench_eval_scale.py's figures (`tasks` → task → arm): seconds per sample and the slowest stage."""
+    return "; ".join(f"{task} {arm} {value['per_sample_s']:.2f} s/sample (slowest: {value.get('slowest_stage', '?')})"
+                     for task, row in document.get("tasks", {}).items() for arm, value in row.items()
+                     if isinstance(value, dict) and "per_sample_s" in value)
 
 
-def _real_size(measurements: dict) -> str:
-    parts = [f"{name} {value['seconds'] * 1000:.0f} ms" for name, value in measurements.items()
-             if name.startswith("prefill") and "seconds" in value]
-    if "decode_tokens_per_s" in measurements.get("generate", {}):
-        parts.append(f"decode {measurements['generate']['decode_tokens_per_s']:.1f} tok/s")
-    return "; ".join(parts)
-
-
-def _vggt(measurements: dict) -> str:
-    rows = [row for value in measurements.values() if isinstance(value, dict) for row in value.get("rows", [])]
-    return "; ".join(f"{row['frames']} frames {row['seconds']:.3f} s" for row in rows if "seconds" in row)
-
-
-KEY_FIGURES = {"train_arms": _train_arms, "bisect": _bisect, "profile": _profile, "eval_scale": _eval_scale,
-               "real_size": _real_size, "vggt": _vggt}
+KEY_FIGURES = {"train_arms": _train_arms, "bisect": _bisect, "profile": _profile, "eval_scale": _eval_scale}
 
 
 def key_figure(name: str, path: Path) -> str:
     """The key figure of arm `name` from its JSON file at `path` ("" when it has none)."""
     reader = KEY_FIGURES.get(name)
-    return reader(_measurements(path)) if reader and path.exists() else ""
+    return reader(_document(path)) if reader and path.exists() else ""
 
 
 def switch_verdicts(out: Path) -> dict:
@@ -105,7 +94,7 @@ def switch_verdicts(out: Path) -> dict:
     importlib.invalidate_caches()  # the package was installed by this process (gpu_figures.py's install step)
     from gap_mllm.training.gpu_verdicts import verdicts_from_arms
 
-    measurements = _measurements(out / "train_arms.json")
+    measurements = _document(out / "train_arms.json").get("measurements", {})
     return verdicts_from_arms(measurements) if measurements else {}
 
 

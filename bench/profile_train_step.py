@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
 from bench_real_size import add_size_arguments, apply_size_defaults  # noqa: E402
-from bench_train_arms import ARMS, ArmsBench  # noqa: E402
+from bench_train_arms import ARMS, ArmsBench, plain_bench_settings  # noqa: E402
 from needs_gpu import require_cuda  # noqa: E402
 
 
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
         parser.error("--steps must exceed --warmup (the profiled steps are the rest)")
     apply_size_defaults(args)
     args.warmup_steps, args.buckets = 0, None
-    args.attn_default, args.only, args.warmup, args.repeats, args.cache_dir = "sdpa", None, None, None, None
+    plain_bench_settings(args)
     StepProfile(args).all()
     return 0
 

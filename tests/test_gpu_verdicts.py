@@ -90,13 +90,18 @@ def test_the_end_of_the_gpu_call_collapses_repeats_and_tables_each_arm(tmp_path)
     figures = {"measurements": {"arm_sdpa": {"median_step_s": 0.782, "mfu": 0.138},
                                 "arm_default": {"error": "TrainingDivergedError: training diverged at optimizer step 13"}}}
     (tmp_path / "train_arms.json").write_text(json.dumps(figures))
+    scale = {"tasks": {"grounding": {"samples": 8, "one_at_a_time": {"per_sample_s": 4.72, "slowest_stage": "decode"},
+                                     "full_split": "ScanRefer val"}}}  # bench_eval_scale.py's layout
+    (tmp_path / "eval_scale.json").write_text(json.dumps(scale))
     summary = {"arms": {"train_arms": {"status": "ok", "seconds": 150.5, "output": "train_arms.json"},
-                        "eval_scale": {"status": "stopped at its budget; no figures written", "output": "eval_scale.json"}},
+                        "eval_scale": {"status": "ok", "seconds": 41.0, "output": "eval_scale.json"},
+                        "profile": {"status": "stopped at its budget; no figures written", "output": "profile.json"}},
                "verdicts": {"packing": {"earned": True}, "compile_layers": {"earned": False}}}
     table = gpu_figures_table.figures_table(summary, tmp_path).splitlines()
     assert table[2] == ("| train_arms | ok | 150.5 | sdpa 0.782 s 13.8 % MFU; default FAILED (TrainingDivergedError) | "
                         "packing EARNED; compile_layers not earned |")
-    assert table[3].startswith("| eval_scale | stopped at its budget; no figures written |")
+    assert table[3] == "| eval_scale | ok | 41.0 | grounding one_at_a_time 4.72 s/sample (slowest: decode) | ok |"
+    assert table[4].startswith("| profile | stopped at its budget; no figures written |")
 
 
 def test_packed_rows_with_activation_checkpointing_under_sdpa_are_refused_when_read():

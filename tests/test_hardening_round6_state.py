@@ -41,10 +41,9 @@ from gap_mllm.training.run_state import (
     resumed_data,
     save_run_state,
 )
-from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
 
-from .test_hardening_round5 import hold_in_another_process
-from .test_run_state import source_model, write_recipe  # noqa: F401  (module fixture)
+from .test_hardening_round5 import hold_in_another_process, stopped  # noqa: F401  (module fixture)
+from .test_run_state import source_model  # noqa: F401  (module fixture)
 from .test_train_fixtures import TRAIN_CONFIG, train_data_root  # noqa: F401
 
 RECONS = Path("annotations") / "scannet_recons_train_4frames.json"
@@ -243,14 +242,11 @@ def test_1_last_digit_noise_of_1e_15_relative_in_every_number_still_continues(re
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, source_model, train_data_root):  # noqa: F811
-    """A run stopped after step 1 of 4 with its run state: `(recipe path, output folder, state folder)`."""
-    tmp = tmp_path_factory.mktemp("round6")
-    recipe_path = write_recipe(tmp, source_model, train_data_root, tmp / "out")
-    recipe = load_recipe(recipe_path, [f"run_state.directory={tmp / 'state'}", "time_limit_s=1e-9"])
-    with pytest.raises(TrainingStoppedAtTimeLimit):
-        run_training(recipe, resume_from_checkpoint="auto")
-    return recipe_path, tmp / "out", tmp / "state"
+def trained(stopped):  # noqa: F811
+    """Round 5's run stopped after step 1 of 4 with its run state (its own, this module's): `(recipe path, output
+    folder, state folder)`."""
+    _, recipe_path, out, state = stopped
+    return recipe_path, out, state
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,8 @@ def describe_batch(batch: dict | None) -> str:
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         padding = int((mask == 0).sum())
         left = int((mask[:, 0] == 0).sum())  # rows that start with padding
-        side = "left" if left else "right"
         text += f", padded rows ({padding} padding tokens, {left} rows padded on the left)" if padding else ", no padding"
-        if padding and side == "left":
+        if left:
             text += " (left-padded rows have fully masked attention rows)"
     elif batch.get("packed_segments") is not None:
         text += f", packed rows ({len(batch['packed_segments'])} segments)"
@@ -75,11 +74,14 @@ def divergence_message(step: int, grad_norm: float, output_dir: str | None, cont
             f"or gradient){where}{'; ' + context if context else ''}; {kept}. {REMEDY}")
 
 
-def check_gradient_norm(step: int, grad_norm, output_dir: str | None, context: str = "") -> float:
-    """`grad_norm` as a float; `TrainingDivergedError` (`divergence_message`) when it is NaN or infinite."""
+def check_gradient_norm(step: int, grad_norm, output_dir: str | None, context=lambda: "") -> float:
+    """`grad_norm` as a float; `TrainingDivergedError` (`divergence_message`) when it is NaN or infinite.
+
+    `context`: a callable giving the line's batch / kernel context, called only for a diverged step (describing a
+    batch reads the device, which a finite step must not pay: tests/test_train_host_syncs.py)."""
     value = float(grad_norm) if grad_norm is not None else 0.0
     if not math.isfinite(value):
-        raise TrainingDivergedError(divergence_message(step, value, output_dir, context))
+        raise TrainingDivergedError(divergence_message(step, value, output_dir, context()))
     return value
 
 
@@ -98,18 +100,15 @@ class DivergenceGuard:
     _last_batch = None
 
     def training_step(self, model, inputs, *args, **kwargs):
-        # kept, not described: describing reads the device, which only a diverged step may do (train_host_syncs)
-        self._last_batch = inputs
+        self._last_batch = inputs  # kept, described only if the step diverges
         return super().training_step(model, inputs, *args, **kwargs)
 
     def _get_grad_norm(self, model, grad_norm=None):
         # Trainer's own hook between gradient clipping and `optimizer.step()` (transformers 5.x): the norm is
         # the pre-clip global norm, computed even when max_grad_norm is 0
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        value = float(grad_norm) if grad_norm is not None else 0.0
-        if not math.isfinite(value):
-            check_gradient_norm(self.state.global_step + 1, value, self.args.output_dir,
-                                join_context(describe_batch(self._last_batch), self.kernel_context))
+        check_gradient_norm(self.state.global_step + 1, grad_norm, self.args.output_dir,
+                            lambda: join_context(describe_batch(self._last_batch), self.kernel_context))
         return grad_norm
 
 
@@ -127,4 +126,5 @@ class StepGuard:
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
         if loss is not None:
             norm = norm + loss.detach().float() * 0  # a non-finite loss makes the norm non-finite too
-        return check_gradient_norm(step, norm, None, join_context(self.where, describe_batch(batch), self.kernel_context))
+        return check_gradient_norm(step, norm, None,
+                                   lambda: join_context(self.where, describe_batch(batch), self.kernel_context))

@@ -215,14 +215,15 @@ def resolve_kernels(recipe, plan):
     cuda = plan.device == "cuda" and recipe.stage in LLM_STAGES
     earned = earned_switches() if cuda else {}
     liger = cuda and not package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
+    compiles = cuda and compile_problem(plan.device) is None
     # compiled layers were measured (and earned their default) at length buckets' static shapes only
-    compiled = cuda and compile_problem(plan.device) is None and bool(recipe.data.length_buckets)
+    compiled = compiles and bool(recipe.data.length_buckets)
     # Liger's fused cross-entropy takes no per-token weight: off with data.task_loss_weights (training/loss_weights.py)
     weighted = weighted_mix(recipe.data.task_loss_weights)
     decided = {"liger_fused_linear_cross_entropy": liger and earned["liger_fused_linear_cross_entropy"] and not weighted,
                "liger_language_model": liger and earned["liger_language_model"],
                "compile_layers": compiled and earned["compile_layers"],
-               "compile_towers": cuda and compile_problem(plan.device) is None and earned["compile_towers"]}
+               "compile_towers": compiles and earned["compile_towers"]}
     values = {name: decided[name] if getattr(settings, name) is None else getattr(settings, name) for name in decided}
     chosen = [f"kernels.{name}={str(value).lower()}" for name, value in values.items() if getattr(settings, name) is None]
     if chosen:
