@@ -111,10 +111,12 @@ mini: install
 
 # the paper's claims (mini/README.md, "The paper's claims in miniature"): six arms from the sixth release's stage 0
 # (ABLATION_STAGE0: `git archive 98942b5 mini/gap-mllm-mini modeling_gap_mllm | tar -x -C runs/stage0-sixth`), each
-# stage's run state in mini/ablation-run; not a release, so nothing is exported
+# stage's run state in mini/ablation-run; not a release, so nothing is exported: after each arm the claims so far
+# replace only mini/RESULTS.md's section "The paper's claims in miniature" (mini/claims.py)
 ABLATION_STAGE0 ?= runs/stage0-sixth/mini/gap-mllm-mini
 mini-ablation: install
-	$(VENV)/bin/gap-mllm mini --out runs/ablation --ablation --stage0 $(ABLATION_STAGE0) --run-state mini/ablation-run --eval-limit 1000 $(MINI_ARGS)
+	$(VENV)/bin/gap-mllm mini --out runs/ablation --data $(MINI_OUT)/data --ablation --stage0 $(ABLATION_STAGE0) \
+		--run-state mini/ablation-run --eval-limit 1000 --table mini/RESULTS.md $(MINI_ARGS)
 
 bench: install
 	$(PY) bench/bench_forward.py

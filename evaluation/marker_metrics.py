@@ -71,13 +71,16 @@ def point_errors(predictions: list[str], answers: list[str]) -> np.ndarray:
 
 
 def paired_marker_difference(predictions_a: list[str], predictions_b: list[str], answers: list[str],
-                             marked_frames: list[int], resamples: int = 1000) -> dict:
+                             marked_frames: list[int], resamples: int = 1000, groups=None) -> dict:
     """Median point error of A minus that of B on the same samples, overall and by marked frame ("first",
-    "other"): `paired_difference` (bootstrap over the samples both answered with a point, drawn jointly) and
-    how many samples an unparsable answer of either model left out (`num_left_out`)."""
+    "other"): `paired_difference` (bootstrap over the samples both answered with a point, drawn jointly; with
+    `groups`, one label per sample such as its scene, over whole groups) and how many samples an unparsable answer
+    of either model left out (`num_left_out`)."""
     if not len(predictions_a) == len(predictions_b) == len(answers) == len(marked_frames):
         raise ValueError(f"{len(predictions_a)} and {len(predictions_b)} predictions, {len(answers)} answers and "
                          f"{len(marked_frames)} marked frames: the two models must answer the same samples")
+    if groups is not None and len(groups) != len(answers):
+        raise ValueError(f"groups: {len(groups)} labels for {len(answers)} samples; give one group (e.g. scene) per sample")
     errors_a, errors_b = point_errors(predictions_a, answers), point_errors(predictions_b, answers)
     frames = np.asarray(marked_frames, dtype=np.int64)
     both = np.isfinite(errors_a) & np.isfinite(errors_b)
@@ -85,7 +88,9 @@ def paired_marker_difference(predictions_a: list[str], predictions_b: list[str],
     for name, part in (("all", np.ones_like(both)), ("first", frames == 0), ("other", frames != 0)):
         keep = part & both
         if keep.any():
-            out[name] = {**paired_difference(errors_a[keep], errors_b[keep], np.median, resamples=resamples),
+            kept_groups = None if groups is None else [groups[i] for i in np.flatnonzero(keep)]
+            out[name] = {**paired_difference(errors_a[keep], errors_b[keep], np.median, resamples=resamples,
+                                             groups=kept_groups),
                          "num_samples": int(keep.sum()), "num_left_out": int((part & ~both).sum()),
                          "median_a": float(np.median(errors_a[keep])), "median_b": float(np.median(errors_b[keep]))}
     return out

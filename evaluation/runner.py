@@ -286,12 +286,25 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
 
 
 def write_oracle_predictions(task_name: str, data_dir, path, split: str = "val", annotation_file=None) -> Path:
-    """Write the ground truth of every sample as model text (a predictions file that should score 100%)."""
+    """Write the ground truth of every sample as model text (a predictions file that should score 100%) to the new
+    file `path`: an existing file is refused, never overwritten, and the file appears whole or not at all (written
+    beside it, then linked in place, which fails if another writer made `path` meanwhile)."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path}: the file exists; oracle predictions go to a new file only (nothing was written)")
     task = get_task(task_name)
     annotation_file = Path(annotation_file) if annotation_file else find_annotation_file(data_dir, task.annotation_task, split)
     records = load_annotation_file(annotation_file)
     media_root = posed_images_dir(data_dir)
-    with open(path, "w", encoding="utf-8") as handle:
-        for i, record in enumerate(records):
-            handle.write(json.dumps({"id": sample_id(record, i), "raw": task.oracle(record, media_root)}) + "\n")
-    return Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as handle:
+            for i, record in enumerate(records):
+                handle.write(json.dumps({"id": sample_id(record, i), "raw": task.oracle(record, media_root)}) + "\n")
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            raise FileExistsError(f"{path}: the file appeared while the oracle was written; it was left as it is") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

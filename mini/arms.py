@@ -23,6 +23,18 @@ class Arm:
     stage1_only: bool = False
 
 
+def fresh_model_settings(arm: Arm, stage0) -> list[str]:
+    """The recipe settings of `arm`'s freshly initialised model (its stage 1, or its stage 2 without one): the Mini
+    with the arm's fusion, geometry and seed, its frozen encoders taken from the stage-0 folder `stage0`."""
+    encoders = "[geometry_encoder, vision_tower]" if arm.vision == "pretrained" else "[geometry_encoder]"
+    settings = ["model.tiny=mini", f"model.fusion_method={arm.fusion_method}",
+                f"model.use_geometry={str(arm.use_geometry).lower()}", f"model.seed={arm.seed}",
+                f"model.encoders_from={stage0}", f"model.encoders={encoders}", f"training.seed={arm.seed}"]
+    if arm.vision == "random_unfrozen":
+        settings += ["freezing.freeze_vision_tower=false", "learning_rates.vision_tower_lr=null", "cache.enabled=false"]
+    return settings
+
+
 MAIN_ARM = Arm("gap_gated_s0")
 # the results folder and table row of the main arm decoding inside each task's answer grammar (`--constrained-row`):
 # front ends read it to show the figures of the decoding they ran (cli/model_scores.py)

@@ -102,19 +102,25 @@ def evaluate_fresh(out: Path, model_dir: Path, label: str, seeds=FRESH_SEEDS, sc
 # ------------------------------------------------------------------------------------------- pooled figures
 
 
-def _pooled(out: Path, label: str, name: str, task: str, seeds) -> tuple[list[dict], list[dict]]:
-    """(rows, records) of one results folder over the seeds, row i answering record i; ids prefixed by the seed."""
+def seed_parts(out: Path, label: str, seeds) -> list[tuple[str, Path, Path]]:
+    """Where `label` answered each fresh seed: [(seed, its results folder, its data folder)], for `figures_of`."""
+    return [(str(seed), seed_folder(out, seed) / "results" / label, seed_folder(out, seed) / "data") for seed in seeds]
+
+
+def _pooled(parts, label: str, name: str, task: str) -> tuple[list[dict], list[dict]]:
+    """(rows, records) of one results folder `name` over `parts` ([(prefix, results folder, data folder)]), row i
+    answering record i; ids and each record's "scene" prefixed by the part (scene names repeat across seeds)."""
     rows, records = [], []
-    for seed in seeds:
-        folder = seed_folder(out, seed)
-        path = folder / "results" / label / name / "samples.jsonl"
+    for prefix, results, data in parts:
+        path = Path(results) / name / "samples.jsonl"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: {label} was not evaluated on fresh seed {seed} ({task}); run evaluate_fresh first")
+            raise FileNotFoundError(f"{path}: {label} was not evaluated on {prefix} ({task}); evaluate it there first")
         annotation = task if task != "grounding" else "grounding_stage1"
-        seed_records = load_annotation_file(find_annotation_file(folder / "data", annotation, "test"))
+        part_records = load_annotation_file(find_annotation_file(Path(data), annotation, "test"))
         for row in sample_rows(path):
-            rows.append({**row, "id": f"{seed}/{row['id']}"})
-            records.append(seed_records[row["index"]])
+            record = part_records[row["index"]]
+            rows.append({**row, "id": f"{prefix}/{row['id']}"})
+            records.append({**record, "scene": f"{prefix}/{record['scene_id']}"})
     return rows, records
 
 
@@ -129,27 +135,36 @@ def frame_hits(rows, records) -> np.ndarray:
 
 
 def model_figures(out: Path, label: str, seeds=FRESH_SEEDS) -> dict:
-    """Pooled figures of one evaluated model, with 95 % intervals, and the per-sample values the pairs need."""
+    """Pooled figures of one model evaluated on the fresh seeds (`evaluate_fresh`): `figures_of`."""
+    return figures_of(label, seed_parts(out, label, seeds))
+
+
+def figures_of(label: str, parts) -> dict:
+    """Pooled figures of one evaluated model over `parts` ([(prefix, results folder, data folder)]: the fresh seeds,
+    or a run's test split), with 95 % intervals, and the per-sample values (and each sample's scene) the pairs need."""
     figures: dict = {"label": label}
-    rows, records = _pooled(out, label, "grounding", "grounding", seeds)
+    rows, records = _pooled(parts, label, "grounding", "grounding")
     hits, frames = grounding_hits(rows), frame_hits(rows, records)
     figures["grounding"] = {"num_samples": len(rows), "acc@0.25": float(hits.mean()),
                             "acc@0.25_ci95": wilson_interval(int(hits.sum()), len(rows)),
                             "frame_accuracy": float(frames.mean()), "frame_accuracy_ci95": wilson_interval(int(frames.sum()), len(rows)),
                             "ids": [row["id"] for row in rows], "hits": hits.tolist(), "frame_hits": frames.tolist(),
+                            "scenes": [record["scene"] for record in records],
                             # always frame 0 on the same samples: what the frame choice is paired against
                             "frame_0_hits": [float(annotated_frame(record) == 0) for record in records]}
-    rows, records = _pooled(out, label, "detection", "detection", seeds)
-    # detection_counts reads row i's record at its "index": the pooled position, not the index within its seed
+    rows, records = _pooled(parts, label, "detection", "detection")
+    # detection_counts reads row i's record at its "index": the pooled position, not the index within its part
     counts = detection_counts([{**row, "index": i} for i, row in enumerate(rows)], records)
     figures["detection"] = {"num_samples": len(rows), "f1@0.25": f1_of_counts(counts),
-                            "f1@0.25_ci95": f1_interval(counts), "ids": [row["id"] for row in rows], "counts": counts}
-    rows, _ = _pooled(out, label, "captioning", "captioning", seeds)
+                            "f1@0.25_ci95": f1_interval(counts), "ids": [row["id"] for row in rows], "counts": counts,
+                            "scenes": [record["scene"] for record in records]}
+    rows, records = _pooled(parts, label, "captioning", "captioning")
     scores = np.array([row["score"] for row in rows], dtype=np.float64)
     figures["captioning"] = {"num_samples": len(rows), "cider@0.5": float(scores.mean()),
                              "cider@0.5_ci95": bootstrap_interval(scores, np.mean, RESAMPLES),
-                             "ids": [row["id"] for row in rows], "scores": scores.tolist()}
-    rows, records = _pooled(out, label, "reconstruction_final", "reconstruction", seeds)
+                             "ids": [row["id"] for row in rows], "scores": scores.tolist(),
+                             "scenes": [record["scene"] for record in records]}
+    rows, records = _pooled(parts, label, "reconstruction_final", "reconstruction")
     predictions = [row["raw"][0] for row in rows]
     answers = [record["conversations"][1]["value"] for record in records]
     errors = point_errors(predictions, answers)
@@ -158,7 +173,8 @@ def model_figures(out: Path, label: str, seeds=FRESH_SEEDS) -> dict:
                          "point_error_m_median": float(np.median(finite)) if finite.size else None,
                          "point_error_m_median_ci95": bootstrap_interval(finite, np.median, RESAMPLES) if finite.size else None,
                          "ids": [row["id"] for row in rows], "predictions": predictions, "answers": answers,
-                         "marked_frames": [record["pixel_coords"][0] for record in records]}
+                         "marked_frames": [record["pixel_coords"][0] for record in records],
+                         "scenes": [record["scene"] for record in records]}
     return figures
 
 
@@ -274,7 +290,8 @@ def _signed(found: dict | None, percent: bool) -> str:
 
 def summary(figures: dict) -> dict:
     """The figures without the per-sample lists (what results.json keeps)."""
-    keep = ("ids", "hits", "frame_hits", "frame_0_hits", "counts", "scores", "predictions", "answers", "marked_frames")
+    keep = ("ids", "hits", "frame_hits", "frame_0_hits", "counts", "scores", "predictions", "answers", "marked_frames",
+            "scenes")
     return {task: {k: v for k, v in part.items() if k not in keep} if isinstance(part, dict) else part
             for task, part in figures.items()}
 

@@ -61,11 +61,12 @@ from gap_mllm.training.geometry_data import GeometryClips
 from gap_mllm.training.run import continuation_command, run_training
 
 from .ablation import ABLATION_FRESH_SEEDS, ABLATION_STAGE2_SETTINGS, ablation_arms, run_state_overrides, stage2_steps
-from .ablation import check_stage0, stage_steps
+from .ablation import check_stage0, stage_steps, weights_digest
 
-from .arms import ARMS, MAIN_ARM, Arm
+from .arms import ARMS, MAIN_ARM, Arm, fresh_model_settings
 from .export import EXPORT_COMMAND, export_default, export_is_complete
-from .fresh_seeds import FRESH_SCENES, fresh_results
+from .claims import write_claims
+from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results
 from .synth_data import MINI_COMMAND, ensure_synth_data
 from .pipeline_settings import BUDGETS, STAGE_KINDS, Budget, add_arguments
 from .provenance import FINAL_MODEL, collapse_copies, training_chain
@@ -75,6 +76,7 @@ from .report import (
     MARKER_STAGE1_RESULTS,
     collect_results,
     release_table_after_refusal,
+    results_document,
     write_report,
 )
 
@@ -109,6 +111,7 @@ class MiniRun:
     constrained_row: bool = False  # also score the main arm decoding inside each task's grammar (its own table row)
     ablation: bool = False  # every arm at the ablation's one budget (mini/ablation.py)
     run_state: Path | None = None  # `--run-state DIR`: each arm's stage keeps its run state in DIR/<arm>/<stage>
+    claims_table: Path | None = None  # `--ablation --table FILE`: the claims section of FILE, rewritten after each arm
     deadline: float | None = None  # `--time-limit`: time.monotonic() by which the command stops
 
     @property
@@ -211,12 +214,16 @@ def adopt_model(source: Path, folder: Path, flag: str, stage: str) -> Path:
     """Copy the model folder `source` into the stage folder `folder` (its checkpoints left out) and mark it done
     with its origin, so the pipeline uses it instead of training that stage (`stage`: its key in an exported
     model's `evaluation_results.json` "stages"). A folder already holding another origin (trained, or another
-    source) refuses it, so one run never mixes models."""
+    source) refuses it, so one run never mixes models; the same source under another path (a moved checkout, the
+    same commit extracted elsewhere) is the same origin, known by the digest of its weight files."""
     source = Path(source)
     if not (source / "config.json").is_file():
         raise FileNotFoundError(f"{flag} {source}: not a model folder (no config.json)")
     if stage_is_done(folder):
         done = json.loads((folder / DONE_MARKER).read_text(encoding="utf-8"))
+        if done.get("source") is not None and done["source"] != str(source) and weights_digest(folder) == weights_digest(source):
+            logger.info("%s: %s holds the weights of %s already (copied from %s)", stage, folder, source, done["source"])
+            return folder
         if done.get("source") != str(source):
             raise ValueError(f"{flag} {source}: {folder} already holds "
                              f"{done.get('source') or 'a model trained by ' + str(done.get('recipe'))}; use another --out")
@@ -260,11 +267,7 @@ def exported_origin(results: dict, source: Path, flag: str, stage: str) -> dict:
 
 def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
     """Stage 1 (unless the arm skips it) and stage 2 of one arm; returns the final model folder."""
-    encoders = "[geometry_encoder, vision_tower]" if arm.vision == "pretrained" else "[geometry_encoder]"
-    fresh = ["model.tiny=mini", f"model.fusion_method={arm.fusion_method}", f"model.use_geometry={str(arm.use_geometry).lower()}",
-             f"model.seed={arm.seed}", f"model.encoders_from={stage0}", f"model.encoders={encoders}", f"training.seed={arm.seed}"]
-    if arm.vision == "random_unfrozen":
-        fresh += ["freezing.freeze_vision_tower=false", "learning_rates.vision_tower_lr=null", "cache.enabled=false"]
+    fresh = fresh_model_settings(arm, stage0)
     states = {kind: run_state_overrides(run.run_state, arm, kind) if run.run_state is not None else []
               for kind in ("stage1", "stage2")}
     stage2_last = ablation_stage2(run, arm)
@@ -433,9 +436,13 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
     stage0 = adopt_stage0(run, run.stage0_from) if run.stage0_from is not None else run_stage0(run)
     if parallel > 1 and len(arms) > 1:
         _run_arms_in_subprocesses(run, arms, parallel)
-    for arm in arms:  # in-process (or, after the subprocesses, only collecting what they wrote)
+    for number, arm in enumerate(arms):  # in-process (or, after the subprocesses, only collecting what they wrote)
         run_arm(run, arm, stage0)
         evaluate_arm(run, arm)
+        if run.ablation and not arm.stage1_only:  # each arm answers its claims as soon as it is trained (issue 63)
+            evaluate_fresh(run.out, run.stage_dir(arm.name, "final"), arm.name, seeds=ABLATION_FRESH_SEEDS,
+                           **_fresh_settings(run))
+            write_claims(run, [done.name for done in arms[:number + 1] if not done.stage1_only], run.claims_table)
     geometry = evaluate_stage0(run, stage0)
     baselines = compute_baselines(run)
     rows = [*arms, constrained_arm(MAIN_ARM)] if run.constrained_row and MAIN_ARM in arms else arms
@@ -444,19 +451,16 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
         models = {MAIN_ARM.name: run.stage_dir(MAIN_ARM.name, "final")}
         if release_reference is not None:
             models["release_reference"] = Path(release_reference)
-        scenes = FRESH_SCENES if run.budget == "full" else 1
         results["fresh_seeds"] = fresh_results(
-            run.out, run.data, models, scenes=scenes, candidate=MAIN_ARM.name if release_reference is not None else None,
-            reference="release_reference" if release_reference is not None else None,
-            batch_size=run.eval_batch_size or run.settings.eval_batch_size, limit=run.eval_limit or run.settings.eval_limit,
-            max_new_tokens=run.settings.eval_max_new_tokens, workers=run.workers)
+            run.out, run.data, models, candidate=MAIN_ARM.name if release_reference is not None else None,
+            reference="release_reference" if release_reference is not None else None, **_fresh_settings(run))
         results["fresh_seeds"]["reference_folder"] = str(release_reference) if release_reference is not None else None
     if run.ablation:  # every arm on the same scenes of the ablation's own fresh seeds, fixed before any was evaluated
+        trained = [arm.name for arm in arms if not arm.stage1_only]
         results["ablation_fresh_seeds"] = fresh_results(
-            run.out, run.data, {arm.name: run.stage_dir(arm.name, "final") for arm in arms if not arm.stage1_only},
-            seeds=ABLATION_FRESH_SEEDS, scenes=FRESH_SCENES if run.budget == "full" else 1,
-            batch_size=run.eval_batch_size or run.settings.eval_batch_size, limit=run.eval_limit or run.settings.eval_limit,
-            max_new_tokens=run.settings.eval_max_new_tokens, workers=run.workers)
+            run.out, run.data, {name: run.stage_dir(name, "final") for name in trained}, seeds=ABLATION_FRESH_SEEDS,
+            **_fresh_settings(run))
+        results["claims"] = write_claims(run, trained, run.claims_table)
     write_report(run, results)
     decision = (results.get("fresh_seeds") or {}).get("decision")
     if export is not None and decision is not None and not decision["ship"]:
@@ -470,6 +474,14 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
 
         export_default(run.stage_dir(MAIN_ARM.name, "final"), export, results, overwrite=overwrite)
     return results
+
+
+def _fresh_settings(run: MiniRun) -> dict:
+    """How models are evaluated on scenes of fresh seeds (mini/fresh_seeds.py) in this run."""
+    return {"scenes": FRESH_SCENES if run.budget == "full" else 1,
+            "batch_size": run.eval_batch_size or run.settings.eval_batch_size,
+            "limit": run.eval_limit or run.settings.eval_limit, "max_new_tokens": run.settings.eval_max_new_tokens,
+            "workers": run.workers}
 
 
 def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> None:
@@ -554,11 +566,14 @@ def main(args: argparse.Namespace) -> int:
     if args.stage1_only and args.export:
         raise ValueError(f"--export {args.export} needs the main arm's final model, which --stage1-only does not train")
     given = [flag for flag, value in (("--export", args.export), ("--release-reference", args.release_reference),
-                                      ("--stage1", args.stage1), ("--table", args.table)) if value]
+                                      ("--stage1", args.stage1)) if value]
     if args.ablation and given:  # its main arm is retrained at the ablation's budget, not the shipped model
         raise ValueError(f"--ablation trains every arm, the main one too, from the same stage 0 at one budget "
-                         f"(mini/ablation.py): its main arm is not a release and its table not the shipped model's, so "
-                         f"{', '.join(given)} does not go with it")
+                         f"(mini/ablation.py): its main arm is not a release, so {', '.join(given)} does not go with it "
+                         f"(--table FILE with it rewrites only FILE's section of the claims)")
+    if args.ablation and args.table and not Path(args.table).is_file():
+        raise FileNotFoundError(f"--table {args.table}: with --ablation it names the release's RESULTS.md whose claims "
+                                f"section the run rewrites after each arm (make mini-ablation: mini/RESULTS.md); no such file")
     if args.ablation and args.budget == "full":  # every arm from the same stage 0, on every machine
         check_stage0(args.stage0)
     stage_overrides = tuple(parse_stage_override(value) for value in args.stage_overrides)
@@ -570,6 +585,7 @@ def main(args: argparse.Namespace) -> int:
                   stage1_from=Path(args.stage1) if args.stage1 else None, data_given=bool(args.data),
                   constrained_row=args.constrained_row, ablation=args.ablation,
                   run_state=Path(args.run_state) if args.run_state else None,
+                  claims_table=Path(args.table) if args.ablation and args.table else None,
                   deadline=time.monotonic() + args.time_limit if args.time_limit else None)
     if args.time_limit:
         stop_at_time_limit(args.time_limit)
@@ -592,11 +608,15 @@ def main(args: argparse.Namespace) -> int:
     # --table is the shipped model's table (make mini: mini/RESULTS.md): a refused candidate leaves its rows as they
     # are, since the candidate's would describe a model that was not exported, and adds the fresh-seed rows of the
     # release and the candidate (evidence on the release); the candidate's whole table stays in the run's results
-    if args.table and refused is None:
-        Path(args.table).write_text(table, encoding="utf-8")
-    elif args.table and Path(args.table).is_file():
-        release = Path(args.table).read_text(encoding="utf-8")
-        Path(args.table).write_text(release_table_after_refusal(
+    # (with --ablation, --table got only its claims section: `write_claims`); the sections other runs added to it
+    # (the claims, a refused candidate's) are kept
+    release_table = args.table if not args.ablation else None
+    if release_table and refused is None:
+        current = Path(release_table).read_text(encoding="utf-8") if Path(release_table).is_file() else None
+        Path(release_table).write_text(results_document(results, current), encoding="utf-8")
+    elif release_table and Path(release_table).is_file():
+        release = Path(release_table).read_text(encoding="utf-8")
+        Path(release_table).write_text(release_table_after_refusal(
             release, results["fresh_seeds"], f"{Path(args.release_reference).name} (--release-reference)"),
                                     encoding="utf-8")
     print(table)

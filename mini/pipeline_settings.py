@@ -98,5 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--release-reference", default=None, metavar="DIR",
                         help="the current release: evaluate it on the fresh seeds too, apply the release rule of "
                              "mini/README.md, and --export only if the main arm passes it (exit status 4 otherwise)")
-    parser.add_argument("--table", default=None, help="also copy RESULTS.md here (make mini: mini/RESULTS.md)")
+    parser.add_argument("--table", default=None, help="also copy RESULTS.md here, keeping the sections other runs added to it (make mini: "
+                        "mini/RESULTS.md); with --ablation, rewrite only its section of the paper's claims, after "
+                        "each arm (make mini-ablation)")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)

@@ -30,6 +30,8 @@ from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 
 from .arms import CONSTRAINED_SUFFIX
+from .claims_table import CLAIMS_SECTION, claims_section
+from .markdown_sections import document_section, signed_cell, with_section
 from .paired_arms import paired_arms
 from .sample_rows import detection_counts, f1_interval, f1_of_counts, marker_answers, sample_rows
 
@@ -232,13 +234,6 @@ PAIRED_COLUMNS = (  # (metric of mini/paired_arms.py, column title, shown in per
 )
 
 
-def _signed_cell(found: dict | None, percent: bool) -> str:
-    if found is None:
-        return "—"
-    scale, digits = (100.0, 1) if percent else (1.0, 2)
-    low, high = (value * scale for value in found["ci95"])
-    return f"{found['difference'] * scale:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
-
 
 def paired_lines(results: dict) -> list[str]:
     """The ablation as paired differences: each arm minus the main arm on the same test samples; empty when the
@@ -252,7 +247,7 @@ def paired_lines(results: dict) -> list[str]:
              "| arm − " + reference + " | " + " | ".join(title for _, title, _ in PAIRED_COLUMNS) + " |",
              "|---|" + "---|" * len(PAIRED_COLUMNS)]
     for name, found in paired["arms"].items():
-        lines.append(f"| {name} | " + " | ".join(_signed_cell(found.get(metric), percent) for metric, _, percent in PAIRED_COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(signed_cell(found.get(metric), percent) for metric, _, percent in PAIRED_COLUMNS) + " |")
     return lines
 
 
@@ -328,21 +323,25 @@ def release_table_after_refusal(release_table: str, fresh: dict, release_label: 
     on the same samples, with the rule's checks. The section of an earlier refusal is replaced.
 
     `release_label`: what the rows of the release (the run's `reference`) are called in the section."""
-    kept = release_table.split(REFUSED_SECTION)[0].rstrip("\n")
     names = {fresh["reference"]: f"release: {release_label}", fresh["candidate"]: f"candidate: {fresh['candidate']} (refused)"}
     relabelled = {**fresh, "models": {names.get(name, name): figures for name, figures in fresh["models"].items()},
                   "candidate": names[fresh["candidate"]], "reference": names[fresh["reference"]]}
     intro = ("The run that trained the candidate evaluated the release beside it on scenes of fresh seeds; the release "
              "rule refused the candidate, so the release stays and its rows above are unchanged.")
-    return "\n".join([kept, "", REFUSED_SECTION, "", intro, *fresh_seed_lines(relabelled)]) + "\n"
+    return with_section(release_table, REFUSED_SECTION, "\n".join([REFUSED_SECTION, "", intro, *fresh_seed_lines(relabelled)]) + "\n")
 
 
 def results_document(results: dict, current: str | None = None) -> str:
-    """RESULTS.md of `results`: its title and `results_markdown`, with the section a refused candidate added to the
-    `current` document kept (`release_table_after_refusal`)."""
+    """RESULTS.md of `results`: its title and `results_markdown`, with the sections other runs added to the `current`
+    document kept: the claims in miniature (`gap-mllm mini --ablation --table`, mini/claims.py) and a refused
+    candidate's (`release_table_after_refusal`)."""
     document = f"# GAP-MLLM-Mini results (budget: {results['budget']})\n\n" + results_markdown(results)
-    if current is not None and REFUSED_SECTION in current:
-        document = document.rstrip("\n") + "\n\n" + REFUSED_SECTION + current.split(REFUSED_SECTION, 1)[1]
+    if results.get("claims"):
+        document = with_section(document, CLAIMS_SECTION, claims_section(results))
+    for heading in (CLAIMS_SECTION, REFUSED_SECTION):
+        kept = document_section(current, heading) if current is not None else None
+        if kept is not None and heading not in document:
+            document = with_section(document, heading, kept)
     return document
 
 

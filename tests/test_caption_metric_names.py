@@ -48,6 +48,11 @@ def test_gap_mllm_evaluate_prints_the_gated_name(tmp_path, capsys):
                      str(out), "--no-meteor", "--no-plots", "--quiet"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(rf"captioning: cider@0\.5 = [0-9.]+  \(\d+ samples\) -> {re.escape(str(out))}", line), line
+    # --write-oracle onto an existing file (the user's, or this oracle): refused, the file left byte for byte
+    kept = oracle.read_bytes()
+    assert gap_mllm(["evaluate", "--task", "captioning", "--data", str(data), "--write-oracle", str(oracle)]) != 0
+    assert f"{oracle}: the file exists; oracle predictions go to a new file only" in capsys.readouterr().err
+    assert oracle.read_bytes() == kept and sorted(p.name for p in tmp_path.iterdir()) == ["data", "eval", "oracle.jsonl"]
     table = (out / "summary.md").read_text()
     assert "| **cider@0.5** (CIDEr at the 0.5 IoU gate (Scan2Cap's C@0.5), IDF over the evaluated samples) |" in table
     assert "| bleu4@0.5 |" in table and "| cider |" not in table

@@ -69,12 +69,16 @@ def test_the_cuda_defaults_agree_with_the_committed_verdicts(monkeypatch):
     for switch in ("compile_layers", "compile_towers", "liger_fused_linear_cross_entropy", "liger_language_model"):
         assert getattr(settings, switch) is earned[switch], switch
     assert decided({}).compile_layers is False  # no buckets: not the shapes that earned it
+    # packed rows under activation checkpointing recompute through a checkpoint context, which a compiled layer refuses
+    packed = {"data": {"length_buckets": [512, 1024], "packing": True}, "training": {"activation_checkpointing": True}}
+    assert decided(packed).compile_layers is False
+    assert decided({**packed, "training": {}}).compile_layers is earned["compile_layers"]
 
 
 @pytest.mark.parametrize("recipe", sorted(path.name for path in (ROOT / "training" / "recipes").glob("*.yaml")))
 def test_no_shipped_recipe_turns_on_a_switch_the_verdicts_did_not_earn(recipe):
-    """A recipe may leave an earned switch off (the real-size recipes do not pack yet: packed rows with activation
-    checkpointing fail their recompute, tests/test_examples.py), never turn on one that was not earned."""
+    """A recipe may leave an earned switch off (the real-size recipes checkpoint activations and do not pack yet:
+    packing's verdict was measured without checkpointing), never turn on one that was not earned."""
     settings = load_recipe(ROOT / "training" / "recipes" / recipe)
     earned = earned_switches()
     assert not settings.data.packing or earned["packing"]
@@ -104,11 +108,19 @@ def test_the_end_of_the_gpu_call_collapses_repeats_and_tables_each_arm(tmp_path)
     assert table[4].startswith("| profile | stopped at its budget; no figures written |")
 
 
-def test_packed_rows_with_activation_checkpointing_under_sdpa_are_refused_when_read():
-    """Why the real-size recipes do not pack although packing earned its default: packed rows' per-sample attention
-    is switched on for the forward only, and a checkpointed layer recomputes inside the backward (a CheckpointError
-    on the tiny model; a reentrant checkpoint would attend across samples silently)."""
-    with pytest.raises(ValueError, match=r"^data.packing with training.activation_checkpointing under sdpa"):
-        recipe_from_dict({"data": {"packing": True}, "training": {"activation_checkpointing": True}})
+def test_packed_rows_with_a_reentrant_checkpoint_under_sdpa_are_refused_when_read():
+    """Packed rows' per-sample attention is switched on for the forward; the non-reentrant checkpoint (transformers'
+    default) recomputes a layer under the same switch (tests/test_train_packing.py checks its gradients), the
+    reentrant one has no hook for it and would attend across the samples of a row in the backward."""
+    with pytest.raises(ValueError, match=r"^data.packing with training.activation_checkpointing and use_reentrant=true"):
+        recipe_from_dict({"data": {"packing": True}, "training": {
+            "activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": True}}})
+    with pytest.raises(ValueError, match=r"use_reentrant=true under sdpa"):
+        recipe_from_dict({"data": {"packing": True}, "training": {
+            "gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}}})
+    recipe_from_dict({"data": {"packing": True}, "training": {"activation_checkpointing": True}})  # non-reentrant
+    with pytest.raises(ValueError, match=r"^kernels.compile_layers=true with data.packing and training.activation_che"):
+        recipe_from_dict({"data": {"packing": True}, "training": {"activation_checkpointing": True},
+                          "kernels": {"compile_layers": True}})
     recipe_from_dict({"data": {"packing": True}})  # either alone is fine
     recipe_from_dict({"training": {"activation_checkpointing": True}})

@@ -169,7 +169,7 @@ def test_the_command_takes_the_run_state_and_time_limit():
     assert (args.ablation, args.run_state, args.time_limit) == (True, "mini/ablation-run", 5400)
 
 
-@pytest.mark.parametrize("extra", [["--export", "x"], ["--release-reference", "x"], ["--stage1", "x"], ["--table", "x"]])
+@pytest.mark.parametrize("extra", [["--export", "x"], ["--release-reference", "x"], ["--stage1", "x"]])
 def test_the_ablation_is_not_a_release(extra, tmp_path):
     with pytest.raises(ValueError, match="--ablation"):
         pipeline.main(_parse("--ablation", "--out", str(tmp_path), *extra))

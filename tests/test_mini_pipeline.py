@@ -14,6 +14,8 @@ from safetensors import safe_open
 
 from gap_mllm.mini import pipeline
 from gap_mllm.mini.arms import MAIN_ARM
+from gap_mllm.mini.claims_table import CLAIMS_SECTION
+from gap_mllm.mini.markdown_sections import document_section
 from gap_mllm.mini.report import REFUSED_SECTION
 
 RESULT_KEYS = ("grounding_acc@0.25", "grounding_acc@0.5", "detection_f1@0.25", "captioning_cider@0.5",
@@ -130,6 +132,10 @@ def test_stage1_arms_on_a_given_stage0_folder(toy_run, tmp_path):
     assert row["stage2_evaluated"] is False and row["stage1_num_samples"] > 0
     with pytest.raises(ValueError, match=r"stage0_cameras: .* already holds"):
         pipeline.main(parser.parse_args([*common, "--stage0", str(toy_run / "run" / "stages" / "stage0_cameras")]))
+    moved = tmp_path / "moved" / "stage0"  # the same weights under another path: the same origin
+    shutil.copytree(source, moved)
+    assert pipeline.main(parser.parse_args([*common, "--stage0", str(moved)])) == 0
+    assert json.loads((stages / "stage0" / pipeline.DONE_MARKER).read_text())["source"] == str(source)
     with pytest.raises(ValueError, match=r"was copied from .* \(--stage0\); pass --stage0"):
         pipeline.main(parser.parse_args(common))  # without --stage0 it would train a stage 0 and then ignore it
     with pytest.raises(ValueError, match="--stage1-only does not train"):
@@ -301,3 +307,42 @@ def test_a_shipped_release_gains_its_constrained_row_as_the_pipeline_scores_it(t
     assert f"| {name} |" in (release / "README.md").read_text()
     with pytest.raises(ValueError, match="evaluated at budget 'toy', not 'full'"):
         add_constrained_row(release, toy_run / "run" / "data", tmp_path / "again", table=table)
+
+
+def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_path):
+    """`--ablation` at the toy budget with the main arm and the arm without geometry, as `make mini-ablation` runs it:
+    after each arm the claims so far are in the run's claims.json and in --table's claims section (the release's
+    rows untouched); the geometry claim is measured on the fresh seeds and the test split, the others are named as
+    not evaluated yet."""
+
+    table = tmp_path / "RESULTS.md"
+    release = (toy_run / "RESULTS.md").read_text()
+    table.write_text(release)
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "run"), "--data", str(toy_run / "run" / "data"), "--budget", "toy",
+                              "--device", "cpu", "--stage0", str(toy_run / "run" / "stages" / "stage0"), "--ablation",
+                              "--arms", "gap_gated_s0", "no_geometry_s0", "--table", str(table)])
+    assert pipeline.main(args) == 0
+    claims = json.loads((tmp_path / "run" / "results" / "claims.json").read_text())
+    for where in ("fresh_seeds", "test"):
+        geometry, stage1, gated = claims[where]["claims"]
+        assert (geometry["arm"], geometry["without"]) == ("gap_gated_s0", "no_geometry_s0")
+        assert set(geometry["paired"]) == {"grounding_acc@0.25", "frame_accuracy", "detection_f1@0.25",
+                                           "captioning_cider@0.5", "marker_point_error_m_median"}
+        assert geometry["paired"]["grounding_acc@0.25"]["num_groups"] == claims[where]["num_scenes"] > 0
+        assert stage1["missing"] == ["gap_gated_stage2_only_s0"] and gated["missing"] == ["gap_add_s0"]
+    written = table.read_text()
+    section = document_section(written, CLAIMS_SECTION)
+    assert written.replace(section, "").rstrip("\n") == release.rstrip("\n")
+    assert section == (tmp_path / "run" / "results" / "CLAIMS.md").read_text()
+    assert "gap_gated_s0 − no_geometry_s0 | " in section and "not evaluated yet: gap_add_s0" in section
+
+
+def test_the_ablation_table_must_be_an_existing_results_file(tmp_path):
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    with pytest.raises(FileNotFoundError, match="--table .*missing.md: with --ablation it names the release's RESULTS.md"):
+        pipeline.main(parser.parse_args(["--out", str(tmp_path / "run"), "--budget", "toy", "--ablation",
+                                         "--table", str(tmp_path / "missing.md")]))
+    assert not (tmp_path / "run").exists()

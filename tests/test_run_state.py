@@ -119,8 +119,16 @@ def test_a_run_continued_from_its_committed_state_in_a_fresh_clone_ends_as_the_u
     assert resumed.keys() == uninterrupted.keys()
     for name in uninterrupted:
         torch.testing.assert_close(resumed[name], uninterrupted[name], atol=atol, rtol=0, msg=name)
-    # the clone's state now holds the last checkpoint of the continued run
-    assert json.loads((clone / "runs-state" / "stage" / STATE_FILE).read_text())["global_step"] == 4
+    # the clone's state now holds the last checkpoint of the continued run, without moments (nothing trains from it)
+    last = json.loads((clone / "runs-state" / "stage" / STATE_FILE).read_text())
+    assert last["global_step"] == last["max_steps"] == 4 and last["optimizer"] is None
+    assert not (clone / "runs-state" / "stage" / "optimizer_moments.safetensors").exists()
+    if fresh_process:  # the finished state rebuilds the finished run: nothing trained, the same final weights
+        again = tmp_path / "session3"
+        recipe = load_recipe(tmp_path / "recipe.yaml", [f"run_state.directory={clone / 'runs-state' / 'stage'}",
+                                                        f"training.output_dir={again}"])
+        assert run_training(recipe, resume_from_checkpoint="auto").global_step == 4
+        assert all(torch.equal(final_weights(again)[name], resumed[name]) for name in resumed)
 
 
 def checkpoint_and_state(tmp_path, source_model, train_data_root):
@@ -302,3 +310,31 @@ def test_the_minis_run_state_folder_is_not_ignored_by_git():
              "mini/stage2-run/checkpoint/scheduler.pt", "mini/stage2-run/best/weights.safetensors"]
     ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *files], capture_output=True, text=True)
     assert ignored.stdout == "", ignored.stdout
+
+
+def test_a_fresh_models_state_takes_its_encoders_from_the_folder_they_came_from(tmp_path, source_model, train_data_root):
+    """A fresh model (`model.tiny`) whose encoders came from `model.encoders_from` (the Mini's stage 1): its state
+    stores the trained weights only, names that folder as its source, restores exactly from it and refuses another."""
+    path = write_recipe(tmp_path, source_model, train_data_root, tmp_path / "out")
+    recipe = yaml.safe_load(path.read_text())
+    recipe["model"] = {"tiny": "tiny", "seed": 3, "encoders_from": str(source_model)}
+    path.write_text(yaml.safe_dump(recipe))
+    state = tmp_path / "state"
+    with pytest.raises(TrainingStoppedAtTimeLimit):
+        run_training(load_recipe(path, [f"run_state.directory={state}", "time_limit_s=1e-9"]),
+                     resume_from_checkpoint="auto")
+    record = json.loads((state / STATE_FILE).read_text())
+    assert record["source"]["path"] == str(source_model)
+    stored = load_file(state / WEIGHTS_FILE)
+    encoders = [name for name in record["model"]["from_source"] if name.startswith(("geometry_encoder.", "vlm.model.visual."))]
+    assert encoders and not [name for name in stored if name in encoders]
+    assert record["model"]["stored"] == len(stored) > 0  # the fresh LLM trained: stored
+
+    other = tmp_path / "other_source"
+    tiny(seed=1)[0].save_pretrained(other)
+    with pytest.raises(RunStateError, match="holds other weights"):
+        restore_run_state(state, tmp_path / "elsewhere", source=other, data_root=train_data_root)
+    checkpoint = restore_run_state(state, tmp_path / "rebuilt", source=source_model, data_root=train_data_root)
+    rebuilt = load_file(Path(checkpoint) / "model.safetensors")
+    original = load_file(tmp_path / "out" / "checkpoint-1" / "model.safetensors")
+    assert rebuilt.keys() == original.keys() and all(torch.equal(rebuilt[n], original[n]) for n in original)

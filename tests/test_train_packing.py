@@ -75,13 +75,18 @@ def test_split_then_collate_gives_the_collators_batch_back(mixed):
             assert len(again[key]) == len(value) and all(torch.equal(a, b) for a, b in zip(again[key], value)), key
 
 
-@pytest.mark.parametrize("attention, row_tokens", [("sdpa", None), ("sdpa", ONE_ROW), ("eager", None)],
-                         ids=["sdpa-rows-of-the-longest", "sdpa-one-row", "eager-block-mask"])
-def test_packed_loss_and_gradients_equal_the_padded_ones(mixed, attention, row_tokens, monkeypatch):
+@pytest.mark.parametrize("attention, row_tokens, checkpointed",
+                         [("sdpa", None, False), ("sdpa", ONE_ROW, False), ("eager", None, False), ("sdpa", None, True)],
+                         ids=["sdpa-rows-of-the-longest", "sdpa-one-row", "eager-block-mask", "sdpa-checkpointed"])
+def test_packed_loss_and_gradients_equal_the_padded_ones(mixed, attention, row_tokens, checkpointed, monkeypatch):
+    """Checkpointed: every layer recomputes its forward in the backward, under the per-sample attention its forward
+    ran with (training/packed_attention.py `recompute_as_forward`): twice the packed calls, the same gradients."""
     settings, dataset = mixed
     model, processor = tiny()
     model.set_attn_implementation(attention)
-    wrapped = GeometryAlignedModel(model, settings.aux)
+    wrapped = GeometryAlignedModel(model, settings.aux, packed_rows=True)
+    if checkpointed:
+        wrapped.activation_checkpointing_enable()  # as the Trainer calls it for training.activation_checkpointing
     batch = mixed_batch(processor, settings, dataset)
     packed = collate_samples(split_batch(batch), processor.tokenizer.pad_token_id, packing=True, row_tokens=row_tokens)
     assert packed["input_ids"].shape[0] < batch["input_ids"].shape[0]  # fewer rows
@@ -104,7 +109,8 @@ def test_packed_loss_and_gradients_equal_the_padded_ones(mixed, attention, row_t
     loss, tokens, aux, grads = signal(batch)
     packed_loss, packed_tokens, packed_aux, packed_grads = signal(packed)
     assert int(packed_tokens) == int(tokens) > 0
-    assert len(calls) == (model.config.vlm_config.text_config.num_hidden_layers if attention == "sdpa" else 0)
+    layers = model.config.vlm_config.text_config.num_hidden_layers
+    assert len(calls) == (layers * (2 if checkpointed else 1) if attention == "sdpa" else 0)
     assert model.vlm.model.language_model.config._attn_implementation == attention  # switched back after the forward
     torch.testing.assert_close(packed_loss, loss, rtol=1e-6, atol=0)
     assert set(aux) == {"camera", "depth", "scale"}
@@ -292,3 +298,24 @@ def test_the_varlen_kernel_is_chosen_only_where_it_computes_the_same(monkeypatch
         assert not packed_attention_module.uses_varlen(query(), 0.1)
     monkeypatch.setattr(packed_attention_module, "varlen_kernel", lambda: None)  # a torch without it
     assert not packed_attention_module.uses_varlen(query(), 0.0)
+
+
+def test_checkpointed_layers_of_a_run_without_packed_rows_still_compile():
+    """The recompute context is given only to a run of packed rows: torch.compile refuses any checkpoint context but
+    its own (an AssertionError while tracing), so compiled layers under activation checkpointing (the real-size
+    recipes' CUDA default) keep the plain checkpoint. aot_eager on the CPU traces as inductor does on CUDA."""
+    from gap_mllm.training.kernels import compile_decoder_layers
+
+    model, _ = tiny()
+    wrapped = GeometryAlignedModel(model)
+    wrapped.activation_checkpointing_enable()
+    compile_decoder_layers(model, backend="aot_eager")
+    ids = torch.randint(5, 50, (2, 24))
+    model.vlm.model.language_model(input_ids=ids, use_cache=False).last_hidden_state.sum().backward()
+    layer = model.vlm.model.language_model.layers[0]
+    assert "context_fn" not in layer._gradient_checkpointing_func.keywords
+    assert all(p.grad is not None for p in layer.parameters())
+    packed, _ = tiny()
+    GeometryAlignedModel(packed, packed_rows=True).activation_checkpointing_enable()
+    assert "context_fn" in packed.vlm.model.language_model.layers[0]._gradient_checkpointing_func.keywords
+

@@ -27,6 +27,7 @@ from transformers import TrainingArguments
 
 from gap_mllm.processing.builders import BUILDERS, builder_for_task
 
+from .activation_checkpointing import checkpoints_activations, reentrant_checkpointing
 from .config_types import RecipeTypeError, coerce_fields, field_types
 from .kernels import LLM_STAGES, TRANSFORMERS_LIGER_REFUSAL, check_attention_name
 from .length_buckets import check_buckets
@@ -384,16 +385,20 @@ class TrainRecipe:
             raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens}: give a positive number of tokens")
         if self.data.length_buckets is not None:
             self.data.length_buckets = check_buckets(self.data.length_buckets)
-        checkpointing = self.training.get("activation_checkpointing") or self.training.get("gradient_checkpointing")
-        if self.data.packing and checkpointing and self.model.attn_implementation in (None, "sdpa"):
-            # packed rows attend per sample through training/packed_attention.py, switched on for the forward only; a
-            # checkpointed layer recomputes its forward inside the backward, where plain sdpa would attend across the
-            # samples of a row (non-reentrant checkpointing refuses the mismatch deep inside torch; reentrant would
-            # train on it)
-            raise ValueError("data.packing with training.activation_checkpointing under sdpa: a checkpointed layer "
-                             "recomputes its forward in the backward, where the packed rows' per-sample attention is "
-                             "not in force; turn one of them off (or use flash_attention_2, whose packed rows need no "
-                             "switch)")
+        if self.data.packing and reentrant_checkpointing(self.training) and self.model.attn_implementation in (None, "sdpa"):
+            # packed rows attend per sample through training/packed_attention.py, switched on for the forward; the
+            # non-reentrant checkpoint recomputes a layer under the same switch (its context_fn), the reentrant one
+            # has no such hook and would recompute with plain sdpa, attending across the samples of a row
+            raise ValueError("data.packing with training.activation_checkpointing and use_reentrant=true under sdpa: "
+                             "a reentrant checkpoint recomputes each layer in the backward without the packed rows' "
+                             "per-sample attention; leave training.activation_checkpointing_kwargs.use_reentrant unset "
+                             "(false), or turn packing or checkpointing off")
+        if self.data.packing and checkpoints_activations(self.training) and self.kernels.compile_layers:
+            # packed rows recompute under their attention through the checkpoint's context_fn (training/
+            # geometry_aligned_model.py), and torch.compile refuses any context_fn but its own dispatch modes
+            raise ValueError("kernels.compile_layers=true with data.packing and training.activation_checkpointing: a "
+                             "compiled layer takes no checkpoint context, and packed rows need one to recompute with "
+                             "their per-sample attention; turn one of the three off")
         if self.data.packing and self.data.packing_row_tokens is not None and is_flash(self.model.attn_implementation):
             raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens} with model.attn_implementation="
                              f"{self.model.attn_implementation!r}: {FLASH_ONE_ROW}")

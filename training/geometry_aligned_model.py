@@ -44,7 +44,7 @@ from .config import AuxLossConfig
 from .frozen_towers import vision_outputs_from_features
 from .host_metadata import answer_index
 from .loss_weights import LIGER_WEIGHTS_REFUSAL
-from .packed_attention import cu_seq, packed_attention
+from .packed_attention import cu_seq, packed_attention, recompute_as_forward
 from .param_groups import unwrap_gap_model
 from .sample_tensors import FrozenVisionFeatures
 
@@ -74,15 +74,19 @@ class GeometryAlignedModel(nn.Module):
             None when none is).
         liger_cross_entropy: the LM head + cross-entropy at the answer tokens as Liger's fused kernel
             (`kernels.liger_fused_linear_cross_entropy`; needs liger-kernel and CUDA: training/kernels.py).
+        packed_rows: the run trains on packed rows (`data.packing`): activation checkpointing then recomputes each
+            layer under the attention its forward ran with (`activation_checkpointing_enable`).
     """
 
     _keys_to_ignore_on_save = None  # read by Trainer after loading a checkpoint
 
-    def __init__(self, model: nn.Module, aux: AuxLossConfig | None = None, liger_cross_entropy: bool = False):
+    def __init__(self, model: nn.Module, aux: AuxLossConfig | None = None, liger_cross_entropy: bool = False,
+                 packed_rows: bool = False):
         super().__init__()
         self.model = model
         self.aux = aux or AuxLossConfig()
         self.liger_cross_entropy = liger_cross_entropy
+        self.packed_rows = packed_rows
         gap = self.gap_model
         if not gap.config.use_geometry and self.aux.feature_align_weight > 0:
             raise ValueError("aux.feature_align_weight > 0 aligns hidden states with geometry features, but the model "
@@ -115,9 +119,16 @@ class GeometryAlignedModel(nn.Module):
         silently trains as a separate matrix and the saved model differs from the tied one."""
         return self.gap_model.tie_weights(*args, **kwargs)
 
-    def activation_checkpointing_enable(self, **kwargs):
-        """Trainer's `activation_checkpointing=True` lands here: checkpoint the GAP-MLLM's layers."""
-        self.gap_model.activation_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs):
+        """Trainer's `activation_checkpointing=True` lands here: checkpoint the GAP-MLLM's layers. With packed rows,
+        the non-reentrant checkpoint (transformers' default) recomputes each layer under the attention implementation
+        its forward ran with (training/packed_attention.py `recompute_as_forward`), so they attend per sample in the
+        backward too; a `context_fn` of the caller's own is kept. Without packed rows none is given: torch.compile
+        takes no context_fn but its own (compiled layers: training/config.py refuses them with packed rows)."""
+        checkpoint = dict(activation_checkpointing_kwargs or {"use_reentrant": False})
+        if self.packed_rows and checkpoint.get("use_reentrant") is False and "context_fn" not in checkpoint:
+            checkpoint["context_fn"] = recompute_as_forward(self.gap_model.vlm.model.language_model)
+        self.gap_model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint, **kwargs)
 
     def llm_layer_for_level(self, level: int) -> int:
         """Index into the hidden-state tuple that is aligned with fusion level `level`."""

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .activation_checkpointing import checkpoints_activations
 from .gpu_verdicts import earned_switches
 from .liger_qwen3_vl import apply_liger_to_qwen3_vl_text
 from .loss_weights import weighted_mix
@@ -216,8 +217,10 @@ def resolve_kernels(recipe, plan):
     earned = earned_switches() if cuda else {}
     liger = cuda and not package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
     compiles = cuda and compile_problem(plan.device) is None
-    # compiled layers were measured (and earned their default) at length buckets' static shapes only
-    compiled = compiles and bool(recipe.data.length_buckets)
+    # compiled layers were measured (and earned their default) at length buckets' static shapes only; a compiled
+    # layer takes no checkpoint context, which packed rows under activation checkpointing need (training/config.py)
+    compiled = (compiles and bool(recipe.data.length_buckets)
+                and not (recipe.data.packing and checkpoints_activations(recipe.training)))
     # Liger's fused cross-entropy takes no per-token weight: off with data.task_loss_weights (training/loss_weights.py)
     weighted = weighted_mix(recipe.data.task_loss_weights)
     decided = {"liger_fused_linear_cross_entropy": liger and earned["liger_fused_linear_cross_entropy"] and not weighted,

@@ -22,7 +22,13 @@ without them (a caller that gives positions only) they are found from the positi
 positions on the host (a synchronisation per layer).
 
 `packed_attention(model, rows)` switches the language model to it for one forward of packed rows (the training forward
-of `GeometryAlignedModel`); generation and padded batches keep the model's own implementation. Only "sdpa" is switched:
+of `GeometryAlignedModel`); generation and padded batches keep the model's own implementation. A layer under
+activation checkpointing recomputes its forward inside the backward, after the switch has ended: torch's non-reentrant
+checkpoint takes `recompute_as_forward(model)` as its `context_fn`, which runs the recompute under the implementation
+the forward ran with (`GeometryAlignedModel.activation_checkpointing_enable` passes it to a run of packed rows). A
+reentrant checkpoint has no such hook, and torch.compile refuses any checkpoint context but its own, so packed rows
+with a reentrant checkpoint, or with checkpointing and compiled layers, are refused (training/config.py; the compiled
+layers' CUDA default is off for such a run: training/kernels.py). Only "sdpa" is switched:
 "eager" keeps its block mask (attention weights as eager computes them), flash-attn keeps transformers' variable-length
 path. That path finds the samples from the positions of ONE packed row only (`_is_packed_sequence` needs batch size 1);
 with more rows and no mask it runs flash-attn's plain causal kernel over each whole row, so the samples of a row would
@@ -33,7 +39,7 @@ collator puts the whole batch in one row unless `data.packing_row_tokens` caps i
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from itertools import accumulate
 
 import torch
@@ -190,3 +196,27 @@ def packed_attention(language_model, rows: int = 1):
         yield True
     finally:
         config._attn_implementation = previous
+
+
+@contextmanager
+def _attention_implementation(config, implementation: str):
+    previous = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+def recompute_as_forward(language_model):
+    """A `context_fn` for torch's non-reentrant `checkpoint`: called as each checkpointed layer runs its forward, it
+    notes `language_model`'s attention implementation then (`PACKED_SDPA` inside `packed_attention`), and returns
+    (no context for the forward, a context that restores that implementation for the layer's recompute in the
+    backward), so a packed row attends per sample in both."""
+    config = language_model.config
+
+    def context_fn():
+        return nullcontext(), _attention_implementation(config, config._attn_implementation)
+
+    return context_fn
+

@@ -97,7 +97,8 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     if recipe.lora.enabled:
         model = apply_lora(model, recipe.lora)
     apply_kernels(unwrap_gap_model(model), recipe.kernels, recipe.data.length_buckets)
-    wrapped = GeometryAlignedModel(model, recipe.aux, liger_cross_entropy=recipe.kernels.liger_fused_linear_cross_entropy)
+    wrapped = GeometryAlignedModel(model, recipe.aux, liger_cross_entropy=recipe.kernels.liger_fused_linear_cross_entropy,
+                                   packed_rows=recipe.data.packing)
 
     if train_dataset is None:
         train_dataset = load_split(recipe.data, recipe.data.train_split, recipe.aux, recipe.data.max_train_samples,
@@ -274,8 +275,8 @@ def save_final_model(trainer, output_dir=None) -> None:
 # stages of `gap-mllm mini`, which train through run_training as well
 TRAIN_WRITER = "gap-mllm train"
 # recipe settings that say where a run writes and how it reports, not what it trains: a run state is continued under
-# other values of these (the source model and the data are checked by their digests instead of their paths; the
-# encoders a fresh model took from `model.encoders_from` are stored in the state, whose weights are checked whole)
+# other values of these (the source model, `model.name_or_path` or a fresh model's `model.encoders_from`, and the data
+# are checked by their digests instead of their paths; the rebuilt weights are checked whole)
 NOT_DEFINING = ("time_limit_s", "device", "run_state.", "model.name_or_path", "model.encoders_from", "data.data_root",
                 "data.cache_dir", "cache.directory", "cache.batch_size", "training.output_dir", "training.logging_dir",
                 "training.report_to", "training.run_name", "training.disable_tqdm", "training.dataloader_num_workers",
@@ -355,15 +356,23 @@ def run_definition(recipe: TrainRecipe) -> dict:
     return without_defaults(json.loads(json.dumps(flat, default=str)))
 
 
+def run_state_source(recipe: TrainRecipe) -> str | None:
+    """The model folder whose tensors a run state of this recipe does not copy: `model.name_or_path`, or for a fresh
+    model the folder its encoders came from (`model.encoders_from`: the frozen encoders are most of a Mini's weights,
+    and a state that carried them would be too large for git). Either is checked by its tensor digest on restore."""
+    for folder in (recipe.model.name_or_path, recipe.model.encoders_from):
+        if folder and Path(folder, "config.json").is_file():
+            return folder
+    return None
+
+
 def run_state_settings(recipe: TrainRecipe, data) -> dict | None:
     """What a run state of this recipe records beside the checkpoint (None without `run_state.directory`): the
     model folder it started from (its tensors are not copied), the sketch of the data (`data`, training/data_sketch.py;
     None for datasets given in-process), the command that continues it, the settings that define the run."""
     if recipe.run_state.directory is None:
         return None
-    source = recipe.model.name_or_path
-    source = source if source and Path(source, "config.json").is_file() else None
-    return {"source": source, "data_description": data, "command": continuation_command(), "run": run_definition(recipe)}
+    return {"source": run_state_source(recipe), "data_description": data, "command": continuation_command(), "run": run_definition(recipe)}
 
 
 def data_of_the_run(recipe: TrainRecipe, resume: str | None, data):

@@ -12,7 +12,7 @@ small enough to commit:
     weights.safetensors         the checkpoint's weights that differ from the source model (the trained ones), exact
     optimizer_moments.safetensors  the optimizer's per-parameter tensors (AdamW: exp_avg, exp_avg_sq), float32 (exact)
                                 or bfloat16 (`moments_dtype`); scalars (AdamW's step) and the parameter groups in
-                                run_state.json
+                                run_state.json; none at the run's last step, from which nothing trains
     data_sketch.safetensors     the sketch of the data the run trains on (training/data_sketch.py): the same file in
                                 every state of one run
     checkpoint/                 the checkpoint's small files as they are: trainer_state.json (step, logs, the data
@@ -394,7 +394,10 @@ def _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, c
         save_file(stored, staging / WEIGHTS_FILE, metadata={"format": "pt"})
 
         optimizer_record = None
-        if (checkpoint / OPTIMIZER_FILE).is_file():
+        # the run's last step keeps no moments: nothing trains from it (training/run.py `finish_from_checkpoint`), and
+        # a finished stage's state is what a later stage's run rebuilds its start from, kept in git for good
+        finished = 0 < (trainer_state.get("max_steps") or 0) <= (trainer_state.get("global_step") or 0)
+        if (checkpoint / OPTIMIZER_FILE).is_file() and not finished:
             optimizer_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
             moments, packed = _pack_optimizer(optimizer_state, MOMENT_DTYPES[moments_dtype])
             save_file(moments, staging / MOMENTS_FILE, metadata={"format": "pt"})

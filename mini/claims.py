@@ -1,0 +1,127 @@
+"""The paper's claims in miniature (issue 63): each claim of mini/ablation.py as paired differences over scenes.
+
+For one set of samples every arm answered (the ablation's fresh seeds, or the run's test split), each claim's pair
+of arms (`CLAIMS`: the arm with the ingredient minus the arm without) is compared on the same samples, with a 95 %
+interval from a **cluster bootstrap over scenes** (evaluation/confidence.py, `groups`): the samples of one scene share
+its rooms, objects and frames, so they are drawn together, never counted as independent evidence. Beside the claims,
+the same differences between two seeds of one arm (`SEED_PAIRS`) show what retraining alone changes.
+
+    grounding Acc@0.25, frame selection    per-sample hits (an unscored answer counts 0, as the runner's)
+    detection F1@0.25                      the pooled F1 of the summed per-sample counts, recomputed per resample
+    CIDEr@0.5                              per-sample CIDEr (each seed's IDF, as the runner scores it)
+    marker point error (median, m)         lower is better; samples either arm left unparsed are left out
+
+A verdict per figure, in words: **helps** where the interval lies wholly on the better side of 0, **hurts at this
+scale** where it lies wholly on the worse side, **no measurable effect** otherwise. A claim whose arms are not both
+evaluated yet says which are missing, so a table written after each arm is honest about what it answers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gap_mllm.evaluation.confidence import paired_difference, paired_statistic_difference
+from gap_mllm.evaluation.marker_metrics import paired_marker_difference
+
+from .ablation import ABLATION_FRESH_SEEDS, CLAIMS, SEED_PAIRS
+from .claims_table import CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_EFFECT, claims_section
+from .fresh_seeds import figures_of, model_figures
+from .markdown_sections import document_section, with_section
+from .sample_rows import f1_of_counts
+
+RESAMPLES = 1000
+
+
+def _check_same_samples(a: dict, b: dict) -> None:
+    for task in ("grounding", "detection", "captioning", "marker"):
+        if a[task]["ids"] != b[task]["ids"]:
+            raise ValueError(f"{a['label']} and {b['label']} did not answer the same {task} samples in the same order: "
+                             f"evaluate both on the same scenes with the same --eval-limit")
+
+
+def paired_over_scenes(a: dict, b: dict, resamples: int = RESAMPLES) -> dict:
+    """A − B of every figure (`FIGURES`) for two arms' `figures_of` (mini/fresh_seeds.py) on the same samples, each
+    with its 95 % interval over bootstrap resamples of whole scenes (`num_groups` scenes)."""
+    _check_same_samples(a, b)
+    grounding, detection, captioning, marker = (a[task] for task in ("grounding", "detection", "captioning", "marker"))
+    return {
+        "grounding_acc@0.25": paired_difference(grounding["hits"], b["grounding"]["hits"], resamples=resamples,
+                                                groups=grounding["scenes"]),
+        "frame_accuracy": paired_difference(grounding["frame_hits"], b["grounding"]["frame_hits"], resamples=resamples,
+                                            groups=grounding["scenes"]),
+        # the pooled F1 is recomputed on every resample: a fifth of the resamples (as the release rule's)
+        "detection_f1@0.25": paired_statistic_difference(detection["counts"], b["detection"]["counts"], f1_of_counts,
+                                                         resamples=resamples // 5, groups=detection["scenes"]),
+        "captioning_cider@0.5": paired_difference(captioning["scores"], b["captioning"]["scores"], resamples=resamples,
+                                                  groups=captioning["scenes"]),
+        "marker_point_error_m_median": paired_marker_difference(
+            marker["predictions"], b["marker"]["predictions"], marker["answers"], marker["marked_frames"],
+            resamples=resamples, groups=marker["scenes"]).get("all"),
+    }
+
+
+def verdict(found: dict | None, higher_is_better: bool) -> str:
+    """The module docstring's verdict of one paired difference ("not measured" without one)."""
+    if found is None:
+        return "not measured"
+    low, high = found["ci95"]
+    if (low > 0) if higher_is_better else (high < 0):
+        return HELPS
+    if (high < 0) if higher_is_better else (low > 0):
+        return HURTS
+    return NO_EFFECT
+
+
+def _pair(figures: dict, arm: str, without: str, resamples: int) -> dict:
+    missing = [name for name in (arm, without) if name not in figures]
+    if missing:
+        return {"arm": arm, "without": without, "missing": missing}
+    paired = paired_over_scenes(figures[arm], figures[without], resamples)
+    return {"arm": arm, "without": without, "paired": paired,
+            "verdicts": {key: verdict(paired[key], higher) for key, _, higher, _ in FIGURES}}
+
+
+def claims_results(figures: dict[str, dict], where: str, resamples: int = RESAMPLES) -> dict:
+    """Every claim and seed pair over `figures` ({arm: `figures_of`} of the arms evaluated on one set of samples,
+    `where` naming it): results.json's `"claims"` entry for that set."""
+    first = next(iter(figures.values()), None)
+    return {"where": where,
+            "num_samples": {task: first[task]["num_samples"] for task in ("grounding", "detection", "captioning", "marker")}
+            if first else None,
+            "num_scenes": len(set(first["grounding"]["scenes"])) if first else 0,
+            "claims": [{"claim": claim.name, **_pair(figures, claim.arm, claim.without, resamples),
+                        **({"second": _pair(figures, *claim.second, resamples)} if claim.second else {})}
+                       for claim in CLAIMS],
+            "seed_to_seed": [_pair(figures, arm, other, resamples) for arm, other in SEED_PAIRS]}
+
+
+# ------------------------------------------------------------------------------------------- the run's claims
+
+
+def run_claims(run, arms: list[str]) -> dict:
+    """{where: `claims_results`} over the arms of an ablation run (`run`: mini/pipeline.py's MiniRun) evaluated on
+    the ablation's fresh seeds and on the run's test split (mini/pipeline.py, `evaluate_arm` and `evaluate_fresh`)."""
+    seeds = "-".join(str(seed) for seed in (ABLATION_FRESH_SEEDS[0], ABLATION_FRESH_SEEDS[-1]))
+    fresh = {arm: model_figures(run.out, arm, ABLATION_FRESH_SEEDS) for arm in arms}
+    test = {arm: figures_of(arm, [("test", run.results_dir(arm), run.data)]) for arm in arms}
+    return {"fresh_seeds": claims_results(fresh, f"scenes of the fresh seeds {seeds}"),
+            "test": claims_results(test, "the test split")}
+
+
+def write_claims(run, arms: list[str], table: Path | None = None) -> dict:
+    """The claims over `arms` (those trained and evaluated so far) into `<run>/results/claims.json` and CLAIMS.md,
+    and into `table`'s claims section when given (`gap-mllm mini --ablation --table mini/RESULTS.md`: the rest of
+    that file, the release's table, is left as it is). Returns the claims."""
+    claims = run_claims(run, arms)
+    folder = run.results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "claims.json").write_text(json.dumps(claims, indent=1))
+    section = claims_section({"claims": claims})
+    (folder / "CLAIMS.md").write_text(section, encoding="utf-8")
+    if table is not None:
+        current = Path(table).read_text(encoding="utf-8")
+        if document_section(current, CLAIMS_SECTION) != section:
+            Path(table).write_text(with_section(current, CLAIMS_SECTION, section), encoding="utf-8")
+    return claims
+

@@ -1,0 +1,65 @@
+"""The claims in miniature as markdown (mini/claims.py computes them): a row per claim and per seed pair, each figure's
+paired difference with its interval, and the verdicts in words; the section of RESULTS.md they make."""
+
+from __future__ import annotations
+
+from .markdown_sections import signed_cell
+
+# (key, column title, higher is better, shown in percentage points)
+FIGURES = (
+    ("grounding_acc@0.25", "grounding Acc@0.25", True, True),
+    ("frame_accuracy", "frame selection", True, True),
+    ("detection_f1@0.25", "detection F1@0.25", True, True),
+    ("captioning_cider@0.5", "CIDEr@0.5", True, False),
+    ("marker_point_error_m_median", "marker point error m", False, False),
+)
+HELPS, HURTS, NO_EFFECT = "helps", "hurts at this scale", "no measurable effect"
+CLAIMS_SECTION = "## The paper's claims in miniature"
+
+
+def _in_words(verdicts: dict) -> str:
+    """"helps: grounding Acc@0.25; no measurable effect: the rest" style summary of one pair's verdicts."""
+    by_word: dict[str, list[str]] = {}
+    for key, title, _, _ in FIGURES:
+        by_word.setdefault(verdicts[key], []).append(title)
+    order = (HELPS, HURTS, NO_EFFECT, "not measured")
+    return "; ".join(f"{word}: {', '.join(by_word[word]) if len(by_word[word]) < len(FIGURES) else 'every figure'}"
+                     for word in order if word in by_word)
+
+
+def _row(label: str, pair: dict) -> str:
+    if "missing" in pair:
+        return f"| {label} | " + " | ".join("—" for _ in FIGURES) + f" | not evaluated yet: {', '.join(pair['missing'])} |"
+    cells = " | ".join(signed_cell(pair["paired"][key], percent, digits=3) for key, _, _, percent in FIGURES)
+    return f"| {label} | {cells} | {_in_words(pair['verdicts'])} |"
+
+
+def claims_lines(claims: dict) -> list[str]:
+    """The markdown table of one `claims_results`: a row per claim (and its second seed), then the seed-to-seed rows."""
+    counts = claims["num_samples"] or {}
+    lines = ["", f"On {claims['where']} ({claims['num_scenes']} scenes; {counts.get('grounding', 0)} grounding, "
+                 f"{counts.get('detection', 0)} detection, {counts.get('captioning', 0)} captioning, "
+                 f"{counts.get('marker', 0)} marker samples). A − B on the same samples with its 95 % interval from a "
+                 "bootstrap over scenes; accuracies and F1 in percentage points; a negative point error is closer:", "",
+             "| claim: A − B | " + " | ".join(title for _, title, _, _ in FIGURES) + " | verdict |",
+             "|---|" + "---|" * (len(FIGURES) + 1)]
+    for claim in claims["claims"]:
+        lines.append(_row(f"{claim['claim']}: {claim['arm']} − {claim['without']}", claim))
+        if "second" in claim:
+            second = claim["second"]
+            lines.append(_row(f"the same, second seed: {second['arm']} − {second['without']}", second))
+    for pair in claims["seed_to_seed"]:
+        lines.append(_row(f"seed to seed (noise): {pair['arm']} − {pair['without']}", pair))
+    return lines
+
+
+def claims_section(results: dict) -> str:
+    """The "claims in miniature" section of RESULTS.md from results.json's `"claims"` ({where: claims_results})."""
+    intro = ("The paper's three claims, each as the difference between two arms of `gap-mllm mini --ablation` trained at "
+             "one budget from the same stage 0 (mini/ablation.py), judged on scenes no arm was trained or tuned on. "
+             "Verdicts: helps (interval wholly better than 0), hurts at this scale (wholly worse), no measurable effect "
+             "(it contains 0). The seed-to-seed rows are the same arm trained twice: what noise looks like.")
+    lines = [CLAIMS_SECTION, "", intro]
+    for claims in results["claims"].values():
+        lines += claims_lines(claims)
+    return "\n".join(lines) + "\n"

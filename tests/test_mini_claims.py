@@ -1,0 +1,156 @@
+"""The paper's claims in miniature (mini/claims.py): the cluster bootstrap over scenes (evaluation/confidence.py), each
+verdict on constructed figures with a known outcome, the table's rows for arms not evaluated yet, and the claims
+section written into a RESULTS.md without touching the rest of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gap_mllm.evaluation.confidence import paired_difference, paired_statistic_difference, resample_rows
+from gap_mllm.mini.claims import claims_results, write_claims
+from gap_mllm.mini.claims_table import CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_EFFECT, claims_lines, claims_section
+from gap_mllm.mini.markdown_sections import document_section, with_section
+from gap_mllm.mini.report import REFUSED_SECTION, results_document
+from gap_mllm.mini.sample_rows import f1_of_counts
+
+SCENES, PER_SCENE = 12, 5
+N = SCENES * PER_SCENE
+SCENE_OF = [f"7/scene{i // PER_SCENE:02d}" for i in range(N)]
+
+
+def test_a_cluster_resample_draws_whole_scenes():
+    rng = np.random.default_rng(3)
+    groups = ["a", "a", "b", "b", "b", "c"]
+    members = {"a": [0, 1], "b": [2, 3, 4], "c": [5]}
+    for rows in resample_rows(rng, len(groups), 50, groups):
+        drawn = list(rows)
+        while drawn:  # the resample is a sequence of complete scenes, each in its own order
+            scene = groups[drawn[0]]
+            assert drawn[:len(members[scene])] == members[scene]
+            drawn = drawn[len(members[scene]):]
+    with pytest.raises(ValueError, match="groups: 5 labels for 6 samples"):
+        resample_rows(rng, 6, 1, groups[:5])
+
+
+def test_scenes_that_move_together_widen_the_interval_and_a_constant_gap_gives_a_point():
+    # each scene's samples all gain or all lose together (+1 / -1 by scene): the samples are 60, the evidence is 12
+    sign = np.array([1.0 if (i // PER_SCENE) % 2 == 0 else -1.0 for i in range(N)])
+    rng = np.random.default_rng(0)
+    b = rng.random(N)
+    a = b + 0.25 + 0.5 * sign
+    by_sample = paired_difference(a, b, resamples=2000)
+    by_scene = paired_difference(a, b, resamples=2000, groups=SCENE_OF)
+    assert by_sample["difference"] == by_scene["difference"] == pytest.approx(0.25)
+    assert by_scene["num_groups"] == SCENES and "num_groups" not in by_sample
+    width = lambda found: found["ci95"][1] - found["ci95"][0]  # noqa: E731
+    # sample-level: sd 0.5 / sqrt(60); scene-level: 0.5 / sqrt(12), about 2.2 times wider
+    assert width(by_scene) > 1.8 * width(by_sample)
+    # the same gain on every sample: every resample's difference is that gain
+    assert paired_difference(b + 0.1, b, groups=SCENE_OF)["ci95"] == pytest.approx([0.1, 0.1])
+    counts = [{"chair": [1, 0, 0]}] * N
+    found = paired_statistic_difference(counts, counts, f1_of_counts, resamples=50, groups=SCENE_OF)
+    assert found == {"difference": 0.0, "ci95": [0.0, 0.0], "num_groups": SCENES}
+
+
+def _figures(label, hits, frame_hits, detected, cider, point_error):
+    """The per-sample figures `figures_of` returns, N samples per task in SCENES scenes."""
+    answer = json.dumps({"pointmap": [0.0, 0.0, 0.0], "label": "chair"})
+    task = lambda prefix: {"num_samples": N, "ids": [f"{prefix}{i}" for i in range(N)], "scenes": SCENE_OF}  # noqa: E731
+    return {"label": label,
+            "grounding": {**task("g"), "hits": list(map(float, hits)), "frame_hits": list(map(float, frame_hits))},
+            "detection": {**task("d"), "counts": [{"chair": [int(t), int(not t), int(not t)]} for t in detected]},
+            "captioning": {**task("c"), "scores": list(map(float, cider))},
+            "marker": {**task("m"), "answers": [answer] * N, "marked_frames": [0] * N,
+                       "predictions": [json.dumps({"pointmap": [e, 0.0, 0.0], "label": "chair"}) for e in point_error]}}
+
+
+def _half(first):
+    """1 on the first `first` samples of every scene, 0 on the rest."""
+    return [float(i % PER_SCENE < first) for i in range(N)]
+
+
+def test_each_verdict_on_figures_with_a_known_outcome():
+    without = _figures("without", _half(1), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    # with the ingredient: one more grounding hit and one more detection in every scene (helps), the same frames and
+    # captions (no effect), every point 0.5 m further (hurts)
+    arm = _figures("with", _half(2), _half(2), _half(3), [0.5] * N, [1.5] * N)
+    found = claims_results({"gap_gated_s0": arm, "gap_add_s0": without}, "constructed scenes")
+    gated = next(claim for claim in found["claims"] if claim["without"] == "gap_add_s0")
+    assert gated["verdicts"] == {"grounding_acc@0.25": HELPS, "frame_accuracy": NO_EFFECT, "detection_f1@0.25": HELPS,
+                                 "captioning_cider@0.5": NO_EFFECT, "marker_point_error_m_median": HURTS}
+    assert gated["paired"]["grounding_acc@0.25"]["difference"] == pytest.approx(0.2)
+    assert gated["paired"]["grounding_acc@0.25"]["ci95"] == pytest.approx([0.2, 0.2])  # the same gain in each scene
+    assert gated["paired"]["marker_point_error_m_median"]["difference"] == pytest.approx(0.5)
+    assert found["num_scenes"] == SCENES and found["num_samples"]["grounding"] == N
+    lines = "\n".join(claims_lines(found))
+    row = next(line for line in lines.splitlines() if "gap_gated_s0 − gap_add_s0" in line)
+    assert row.endswith("| helps: grounding Acc@0.25, detection F1@0.25; hurts at this scale: marker point error m; "
+                        "no measurable effect: frame selection, CIDEr@0.5 |")
+    assert "| +20.0 [+20.0, +20.0] |" in row
+
+
+def test_claims_whose_arms_are_not_evaluated_say_which_and_samples_must_match():
+    arm = _figures("a", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    found = claims_results({"gap_gated_s0": arm}, "constructed scenes")
+    assert [claim["missing"] for claim in found["claims"]] == [["no_geometry_s0"], ["gap_gated_stage2_only_s0"], ["gap_add_s0"]]
+    assert found["claims"][0]["second"]["missing"] == ["gap_gated_s1", "no_geometry_s1"]
+    lines = claims_lines(found)
+    assert sum("not evaluated yet" in line for line in lines) == 3 + 1 + 2
+    assert lines[-1] == ("| seed to seed (noise): no_geometry_s0 − no_geometry_s1 | " + " | ".join("—" for _ in FIGURES)
+                         + " | not evaluated yet: no_geometry_s0, no_geometry_s1 |")
+    other = _figures("b", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    other["captioning"]["ids"] = other["captioning"]["ids"][::-1]
+    with pytest.raises(ValueError, match="did not answer the same captioning samples"):
+        claims_results({"gap_gated_s0": arm, "no_geometry_s0": other}, "constructed scenes")
+
+
+RELEASE = "# GAP-MLLM-Mini results (budget: full)\n\nThe release's table.\n\n| model | Acc |\n|---|---|\n| m | 1 |\n"
+
+
+class _Run:
+    """The parts of mini/pipeline.py's MiniRun that `write_claims` uses."""
+
+    def __init__(self, out: Path):
+        self.out, self.data = out, out / "data"
+
+    def results_dir(self, *parts):
+        return self.out / "results" / Path(*parts)
+
+
+def test_the_claims_section_is_written_into_the_release_table_and_replaced_there(tmp_path, monkeypatch):
+    arm = _figures("a", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    without = _figures("b", _half(1), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    monkeypatch.setattr("gap_mllm.mini.claims.model_figures", lambda out, label, seeds: {"a": arm, "b": without}[label])
+    monkeypatch.setattr("gap_mllm.mini.claims.figures_of", lambda label, parts: {"a": arm, "b": without}[label])
+    monkeypatch.setattr("gap_mllm.mini.claims.CLAIMS", ())
+    monkeypatch.setattr("gap_mllm.mini.claims.SEED_PAIRS", (("a", "b"),))
+    table = tmp_path / "RESULTS.md"
+    refused = f"{REFUSED_SECTION}\n\nA refused candidate's rows.\n"
+    table.write_text(RELEASE + "\n" + refused)
+    claims = write_claims(_Run(tmp_path), ["a", "b"], table)
+    written = table.read_text()
+    assert written.startswith(RELEASE) and document_section(written, REFUSED_SECTION) == refused
+    assert document_section(written, CLAIMS_SECTION) == claims_section({"claims": claims})
+    assert (tmp_path / "results" / "CLAIMS.md").read_text() == claims_section({"claims": claims})
+    assert json.loads((tmp_path / "results" / "claims.json").read_text())["test"]["where"] == "the test split"
+    # a second arm's pass replaces the section, leaving the rest byte-identical
+    write_claims(_Run(tmp_path), ["a"], table)
+    again = table.read_text()
+    assert again.count(CLAIMS_SECTION) == 1 and again.startswith(RELEASE) and refused in again
+    assert "not evaluated yet: b" in document_section(again, CLAIMS_SECTION)
+    # the release's own table, rewritten by `gap-mllm mini --table`, keeps both sections
+    results = {"budget": "full", "arms": {}, "baselines": {}}
+    monkeypatch.setattr("gap_mllm.mini.report.results_markdown", lambda results: "The next release's table.\n")
+    kept = results_document(results, again)
+    assert document_section(kept, CLAIMS_SECTION) == document_section(again, CLAIMS_SECTION)
+    assert document_section(kept, REFUSED_SECTION) == refused
+
+
+def test_with_section_replaces_only_its_own_section():
+    document = "# T\n\nintro\n\n## A\n\nold a\n\n## B\n\nb\n"
+    assert with_section(document, "## A", "## A\n\nnew a\n") == "# T\n\nintro\n\n## A\n\nnew a\n\n## B\n\nb\n"
+    assert with_section("# T\n", "## C", "## C\n\nc\n") == "# T\n\n## C\n\nc\n"
