@@ -27,7 +27,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -38,10 +37,9 @@ from gap_mllm.mini.arms import ARMS, fresh_model_settings
 from gap_mllm.training.config import load_recipe
 from gap_mllm.training.data import load_split
 from gap_mllm.training.device import cpu_has_native_bf16
-from gap_mllm.training.run import build_trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
-from bench_stage2_sample_time import StepClock  # noqa: E402
+from bench_stage2_sample_time import timed_training, timing_settings  # noqa: E402
 
 RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
 MODELS = ("gap_gated_s0", "gap_add_s0", "no_geometry_s0")  # one arm of each model the ablation trains
@@ -52,19 +50,12 @@ def time_stage(arm: str, stage: str, options, work: Path, dataset) -> dict:
     recipe_name, settings = STAGES[stage]
     if "cpu_bf16_autocast=true" in settings and (options.device != "cpu" or not cpu_has_native_bf16()):
         settings = [s for s in settings if s != "cpu_bf16_autocast=true"]  # said in the output: the run's own choice
-    folder = work / f"{arm}_{stage}"
-    overrides = [*fresh_model_settings(ARMS[arm], options.stage0), f"data.data_root={options.data}",
-                 f"data.cache_dir={work / 'hf'}", f"training.output_dir={folder}", f"cache.directory={folder / 'cache'}",
-                 f"training.max_steps={options.steps}", "training.save_steps=100000", "training.logging_steps=100000",
-                 "evaluation.tasks=[]", "evaluation.best_metric=null", f"device={options.device}", *settings]
-    recipe = load_recipe(RECIPES / recipe_name, overrides)
-    started = time.perf_counter()
-    setup = build_trainer(recipe, train_dataset=dataset[stage])
-    prepared = time.perf_counter() - started
-    clock = StepClock()
-    setup.trainer.add_callback(clock)
-    setup.trainer.train()
-    timed = clock.ends[options.warmup:]
+    folder = work / f"{arm}_{stage}"  # each arm fills its own feature cache: the fill is measured per arm
+    recipe = load_recipe(RECIPES / recipe_name, [*fresh_model_settings(ARMS[arm], options.stage0),
+                                                 *timing_settings(options.data, work, folder, folder / "cache",
+                                                                  options.steps, options.device), *settings])
+    setup, prepared, ends = timed_training(recipe, dataset[stage])
+    timed = ends[options.warmup:]
     batch = int(recipe.training["per_device_train_batch_size"])
     found = {"arm": arm, "stage": stage, "step_s": (timed[-1] - timed[0]) / (len(timed) - 1), "setup_s": prepared,
              "settings": settings}

@@ -74,21 +74,33 @@ def padding_shares(trainer, steps: int) -> dict:
     return {layout: 1.0 - tokens / count for layout, count in slots.items()}
 
 
-def run_arm(name: str, switches: list[str], options, dataset, work: Path) -> dict:
-    overrides = [f"model.name_or_path={options.model}", f"data.data_root={options.data}",
-                 f"data.cache_dir={work / 'hf'}", f"training.output_dir={work / name.replace('+', '_')}",
-                 f"cache.directory={work / 'cache'}", f"training.max_steps={options.steps}",
-                 "training.save_steps=100000", "training.logging_steps=100000", "evaluation.tasks=[]", "evaluation.best_metric=null",
-                 "device=cpu", *switches]
-    recipe = load_recipe(RECIPE, overrides)
+def timing_settings(data, work: Path, output: Path, cache: Path, steps: int, device: str = "cpu") -> list[str]:
+    """The recipe settings of a timed bench run: its data (the datasets' cache shared in `work`), its own output and
+    feature-cache folders, `steps` steps, and no checkpoint, log line or evaluation among them."""
+    return [f"data.data_root={data}", f"data.cache_dir={work / 'hf'}", f"training.output_dir={output}",
+            f"cache.directory={cache}", f"training.max_steps={steps}", "training.save_steps=100000",
+            "training.logging_steps=100000", "evaluation.tasks=[]", "evaluation.best_metric=null", f"device={device}"]
+
+
+def timed_training(recipe, dataset):
+    """(the trainer's set-up, its seconds: the model, the data and a feature cache's fill, the end time of every
+    optimizer step) of training `recipe` on `dataset`."""
     started = time.perf_counter()
     setup = build_trainer(recipe, train_dataset=dataset)
     prepared = time.perf_counter() - started
     clock = StepClock()
     setup.trainer.add_callback(clock)
     setup.trainer.train()
+    return setup, prepared, clock.ends
+
+
+def run_arm(name: str, switches: list[str], options, dataset, work: Path) -> dict:
+    recipe = load_recipe(RECIPE, [f"model.name_or_path={options.model}",
+                                  *timing_settings(options.data, work, work / name.replace("+", "_"), work / "cache",
+                                                   options.steps), *switches])
+    setup, prepared, ends = timed_training(recipe, dataset)
     batch = int(recipe.training["per_device_train_batch_size"])
-    timed = clock.ends[options.warmup :]
+    timed = ends[options.warmup :]
     per_step = [(b - a) for a, b in zip(timed, timed[1:])]
     result = {"arm": name, "seconds_per_sample": (timed[-1] - timed[0]) / ((len(timed) - 1) * batch),
               "median_step_s": statistics.median(per_step), "setup_s": prepared}

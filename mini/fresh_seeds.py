@@ -53,6 +53,7 @@ from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.synth.presets import synth_config
 
+from .markdown_sections import signed_cell
 from .pipeline_settings import EVAL_MAX_NEW_TOKENS
 from .report import fresh_seed_lines
 from .sample_rows import detection_counts, f1_interval, f1_of_counts, sample_rows
@@ -278,11 +279,8 @@ def release_decision(candidate: dict, reference: dict, base: dict) -> dict:
 
 
 def _signed(found: dict | None, percent: bool) -> str:
-    if found is None:
-        return "—"
-    scale, digits, unit = (100.0, 1, " points") if percent else (1.0, 2, "")
-    low, high = (value * scale for value in found["ci95"])
-    return f"{found['difference'] * scale:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{unit}"
+    """A check's figure: `signed_cell`, with its unit where it is in percentage points."""
+    return signed_cell(found, percent) + (" points" if percent and found is not None else "")
 
 
 # ------------------------------------------------------------------------------------------- results

@@ -436,13 +436,15 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
     stage0 = adopt_stage0(run, run.stage0_from) if run.stage0_from is not None else run_stage0(run)
     if parallel > 1 and len(arms) > 1:
         _run_arms_in_subprocesses(run, arms, parallel)
+    claims = None
     for number, arm in enumerate(arms):  # in-process (or, after the subprocesses, only collecting what they wrote)
         run_arm(run, arm, stage0)
         evaluate_arm(run, arm)
         if run.ablation and not arm.stage1_only:  # each arm answers its claims as soon as it is trained (issue 63)
             evaluate_fresh(run.out, run.stage_dir(arm.name, "final"), arm.name, seeds=ABLATION_FRESH_SEEDS,
                            **_fresh_settings(run))
-            write_claims(run, [done.name for done in arms[:number + 1] if not done.stage1_only], run.claims_table)
+            claims = write_claims(run, [done.name for done in arms[:number + 1] if not done.stage1_only],
+                                  run.claims_table)
     geometry = evaluate_stage0(run, stage0)
     baselines = compute_baselines(run)
     rows = [*arms, constrained_arm(MAIN_ARM)] if run.constrained_row and MAIN_ARM in arms else arms
@@ -460,7 +462,7 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
         results["ablation_fresh_seeds"] = fresh_results(
             run.out, run.data, {name: run.stage_dir(name, "final") for name in trained}, seeds=ABLATION_FRESH_SEEDS,
             **_fresh_settings(run))
-        results["claims"] = write_claims(run, trained, run.claims_table)
+        results["claims"] = claims  # the last arm's claims: those of every trained arm
     write_report(run, results)
     decision = (results.get("fresh_seeds") or {}).get("decision")
     if export is not None and decision is not None and not decision["ship"]:

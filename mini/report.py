@@ -234,7 +234,6 @@ PAIRED_COLUMNS = (  # (metric of mini/paired_arms.py, column title, shown in per
 )
 
 
-
 def paired_lines(results: dict) -> list[str]:
     """The ablation as paired differences: each arm minus the main arm on the same test samples; empty when the
     run has no pair."""

@@ -318,4 +318,8 @@ def test_checkpointed_layers_of_a_run_without_packed_rows_still_compile():
     packed, _ = tiny()
     GeometryAlignedModel(packed, packed_rows=True).activation_checkpointing_enable()
     assert "context_fn" in packed.vlm.model.language_model.layers[0]._gradient_checkpointing_func.keywords
+    # kwargs that leave use_reentrant out get transformers' default, the non-reentrant checkpoint, and the context
+    GeometryAlignedModel(packed, packed_rows=True).activation_checkpointing_enable({"preserve_rng_state": True})
+    keywords = packed.vlm.model.language_model.layers[0]._gradient_checkpointing_func.keywords
+    assert keywords["use_reentrant"] is False and "context_fn" in keywords and keywords["preserve_rng_state"] is True
 

@@ -126,8 +126,10 @@ class GeometryAlignedModel(nn.Module):
         backward too; a `context_fn` of the caller's own is kept. Without packed rows none is given: torch.compile
         takes no context_fn but its own (compiled layers: training/config.py refuses them with packed rows)."""
         checkpoint = dict(activation_checkpointing_kwargs or {"use_reentrant": False})
-        if self.packed_rows and checkpoint.get("use_reentrant") is False and "context_fn" not in checkpoint:
-            checkpoint["context_fn"] = recompute_as_forward(self.gap_model.vlm.model.language_model)
+        if self.packed_rows:
+            checkpoint.setdefault("use_reentrant", False)  # kwargs without it: transformers' default (training/config.py)
+            if checkpoint["use_reentrant"] is False:
+                checkpoint.setdefault("context_fn", recompute_as_forward(self.gap_model.vlm.model.language_model))
         self.gap_model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint, **kwargs)
 
     def llm_layer_for_level(self, level: int) -> int:
