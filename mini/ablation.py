@@ -37,7 +37,8 @@ stage-1 gain measured this way is conservative.
 **One arm at a time, each in git between machines.** `--run-state DIR` keeps every training stage's run state
 (training/run_state.py) in `DIR/<arm>/<stage>` (bfloat16 moments and best model, as the sixth release's run): a
 session commits DIR at its end, and the same command on a fresh machine continues the arm it stopped in, rebuilding
-the finished stages and arms from their states (no steps left to train). `--time-limit SECONDS` stops the whole
+the finished stages and arms from their states (no steps left to train), and each arm's evaluation answers from
+`DIR/<arm>/answers` (mini/kept_answers.py: an arm is answered once). `--time-limit SECONDS` stops the whole
 command by then (mini/pipeline.py, `train_stage`). Arms run in `ABLATION_ORDER`, so each stop of work ends with more
 claims answered.
 

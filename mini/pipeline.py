@@ -66,7 +66,8 @@ from .ablation import check_stage0, stage_steps, weights_digest
 from .arms import ARMS, MAIN_ARM, Arm, fresh_model_settings
 from .export import EXPORT_COMMAND, export_default, export_is_complete
 from .claims import write_claims
-from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results
+from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results, seed_parts
+from .kept_answers import answers_kept
 from .synth_data import MINI_COMMAND, ensure_synth_data
 from .pipeline_settings import BUDGETS, STAGE_KINDS, Budget, add_arguments
 from .provenance import FINAL_MODEL, collapse_copies, training_chain
@@ -439,10 +440,12 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
     claims = None
     for number, arm in enumerate(arms):  # in-process (or, after the subprocesses, only collecting what they wrote)
         run_arm(run, arm, stage0)
-        evaluate_arm(run, arm)
-        if run.ablation and not arm.stage1_only:  # each arm answers its claims as soon as it is trained (issue 63)
-            evaluate_fresh(run.out, run.stage_dir(arm.name, "final"), arm.name, seeds=ABLATION_FRESH_SEEDS,
-                           **_fresh_settings(run))
+        with arm_answers_kept(run, arm):
+            evaluate_arm(run, arm)
+            if run.ablation and not arm.stage1_only:  # each arm answers its claims as soon as it is trained (issue 63)
+                evaluate_fresh(run.out, run.stage_dir(arm.name, "final"), arm.name, seeds=ABLATION_FRESH_SEEDS,
+                               **_fresh_settings(run))
+        if run.ablation and not arm.stage1_only:
             claims = write_claims(run, [done.name for done in arms[:number + 1] if not done.stage1_only],
                                   run.claims_table)
     geometry = evaluate_stage0(run, stage0)
@@ -476,6 +479,15 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
 
         export_default(run.stage_dir(MAIN_ARM.name, "final"), export, results, overwrite=overwrite)
     return results
+
+
+def arm_answers_kept(run: MiniRun, arm: Arm):
+    """With `--run-state DIR`: `arm`'s evaluation answers (the test split's, the ablation's fresh seeds') are put back
+    from DIR/<arm>/answers before the `with` block evaluates it, and kept there when it ends (mini/kept_answers.py)."""
+    roots = [run.results_dir(arm.name), run.results_dir(constrained_arm(arm).name),
+             *(results for _, results, _ in seed_parts(run.out, arm.name, ABLATION_FRESH_SEEDS))]
+    return answers_kept(run.out, run.run_state, arm.name, roots,
+                        models=[run.stage_dir(arm.name, "final"), run.stage_dir(arm.name, "stage1")])
 
 
 def _fresh_settings(run: MiniRun) -> dict:
@@ -597,7 +609,8 @@ def main(args: argparse.Namespace) -> int:
         stage0 = run.stage_dir("stage0")
         for arm in arms:
             run_arm(run, arm, stage0)
-            evaluate_arm(run, arm)
+            with arm_answers_kept(run, arm):
+                evaluate_arm(run, arm)
         return 0
     refused = None
     try:

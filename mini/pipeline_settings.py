@@ -61,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train and evaluate every ablation arm, one at a time, at one budget (mini/ablation.py); "
                              "with --arms, those arms at that budget")
     parser.add_argument("--run-state", default=None, metavar="DIR",
-                        help="keep each arm's training stages' run states in DIR/<arm>/<stage> (a folder to commit: a "
-                             "fresh clone continues the run with the same command; training/run_state.py)")
+                        help="keep each arm's training stages' run states in DIR/<arm>/<stage> and its evaluation "
+                             "answers in DIR/<arm>/answers (a folder to commit: a fresh clone continues the run with the "
+                             "same command, answering nothing twice; training/run_state.py, mini/kept_answers.py)")
     parser.add_argument("--time-limit", type=positive_int, default=None, metavar="SECONDS",
                         help="stop the whole command after SECONDS: each training stage gets what is left as its "
                              "time_limit_s (a checkpoint and its run state, exit status 75); no stage starts with under "

@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 from transformers import TrainerCallback
 
+from gap_mllm.evaluation.run_fingerprint import MODEL_CONFIGURATION_FILES, model_fingerprint
 from gap_mllm.training.run import build_trainer, finished_checkpoint, run_training
 
 from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root  # noqa: F401
@@ -50,12 +51,37 @@ def test_run_training_resumed_at_the_last_step_trains_nothing_and_writes_the_sam
                          train_dataset=data)
     out = tmp_path / "run"
     final = safetensors.torch.load_file(str(out / "model.safetensors"))
+    fingerprint = model_fingerprint(out)
     assert finished_checkpoint(str(out / "checkpoint-2"), 2) and not finished_checkpoint(str(out / "checkpoint-2"), 3)
-    (out / "model.safetensors").unlink()
+    for written in [out / "model.safetensors", *(out / name for name in MODEL_CONFIGURATION_FILES)]:
+        written.unlink(missing_ok=True)
     model, processor = tiny(seed=1)  # other initial weights: everything must come from the checkpoint
     again = run_training(recipe(tmp_path, training=settings(tmp_path)), resume_from_checkpoint="auto", model=model,
                          processor=processor, train_dataset=data)
     assert again.global_step == first.global_step == 2
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
     resumed = safetensors.torch.load_file(str(out / "model.safetensors"))
+    assert set(resumed) == set(final) and all(torch.equal(resumed[k], final[k]) for k in final)
+    # the folder is the trained run's, byte for byte, in every file an evaluation's fingerprint reads (the tokenizer
+    # kept no padding of the run's last call; the special tokens aligned as Trainer.train aligns them)
+    assert model_fingerprint(out) == fingerprint
+
+
+def test_a_finished_run_resumed_fills_no_feature_cache(tmp_path, train_data_root):
+    """Nothing trains from the last step, so the cache (half an hour for the Mini's stage 2 on a CPU) is not filled."""
+    def cached(cache_folder, resume=None):
+        run_recipe = recipe(tmp_path, train_data_root, cache={"enabled": True, "directory": str(tmp_path / cache_folder)},
+                            data={"data_root": str(train_data_root), "cache_dir": str(tmp_path / "hf")},
+                            training=settings(tmp_path))
+        model, processor = tiny(seed=0 if resume is None else 1)
+        return run_training(run_recipe, resume_from_checkpoint=resume, model=model, processor=processor)
+
+    first = cached("cache_of_the_run")
+    assert any((tmp_path / "cache_of_the_run").rglob("*.safetensors"))
+    final = safetensors.torch.load_file(str(tmp_path / "run" / "model.safetensors"))
+    (tmp_path / "run" / "model.safetensors").unlink()
+    again = cached("cache_of_the_resume", resume="auto")
+    assert again.global_step == first.global_step == 2
+    assert not list((tmp_path / "cache_of_the_resume").rglob("*.safetensors"))
+    resumed = safetensors.torch.load_file(str(tmp_path / "run" / "model.safetensors"))
     assert set(resumed) == set(final) and all(torch.equal(resumed[k], final[k]) for k in final)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import TrainOutput, align_special_tokens
 
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
 from gap_mllm.processing.folder_lock import holding_folder
@@ -81,7 +81,8 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     (training/kernels.py) are refused before the model is loaded; those the recipe leaves unset are decided for the
     device (compiled layers and Liger on CUDA). `resume_from_checkpoint`: the complete
     checkpoint the run will resume from; its weights are loaded before the feature cache is keyed and filled, so
-    the cache holds the features of the towers the checkpoint trained with, not of the model the recipe built."""
+    the cache holds the features of the towers the checkpoint trained with, not of the model the recipe built. A
+    checkpoint at the run's last step trains nothing (`finish_from_checkpoint`): no cache is filled for it."""
     recipe, plan = apply_device_plan(recipe)
     asked_liger = recipe.kernels.liger_fused_linear_cross_entropy
     recipe = resolve_kernels(recipe, plan)
@@ -111,7 +112,10 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
         train_dataset = add_length_column(train_dataset, processor, args.length_column_name)
 
     cache = None
-    if recipe.cache.enabled:
+    if recipe.cache.enabled and finished_checkpoint(resume_from_checkpoint, args.max_steps):
+        # nothing will train: the cache would be filled (half an hour for the Mini's stage 2 on a CPU) for no step
+        logger.info("feature cache not filled: %s is the run's last step", resume_from_checkpoint)
+    elif recipe.cache.enabled:
         reason = cache_unusable_reason(model)
         if reason is not None:
             logger.warning("feature cache DISABLED for this run: %s.", reason)
@@ -165,6 +169,10 @@ def finish_from_checkpoint(trainer, checkpoint) -> TrainOutput:
     finished run is taken as it is and its final model written from the checkpoint."""
     trainer._load_from_checkpoint(checkpoint)  # Trainer's own loader: full weights, adapters, FSDP / DeepSpeed
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    if hasattr(trainer.model, "config") and trainer.processing_class is not None:
+        # what `Trainer.train` does first (the tokenizer's special tokens into the model's configs): the final model's
+        # config.json is the same as the run's that trained this step (evaluation fingerprints compare it)
+        align_special_tokens(trainer.model, trainer.processing_class)
     losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
     logger.info("%s is the run's last step (%d of %d): nothing left to train; the final model is written from it",
                 checkpoint, trainer.state.global_step, trainer.args.max_steps)
@@ -268,7 +276,22 @@ def save_final_model(trainer, output_dir=None) -> None:
     plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
     if trainer.is_fsdp_enabled and plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
         plugin.set_state_dict_type("FULL_STATE_DICT")
+    clear_call_settings(trainer.processing_class)
     trainer.save_model(output_dir)
+
+
+def clear_call_settings(processing_class) -> None:
+    """Clear the padding and truncation that a fast tokenizer's backend keeps from its last call.
+
+    `save_pretrained` writes them into tokenizer.json and tokenizer_config.json, so a final model's files depended on
+    what ran last (a validation's left-padded generation, or nothing for a run finished from its last checkpoint),
+    and an evaluation's fingerprint of the model with them. Every call sets its own padding and truncation, so
+    clearing them changes no encoding."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.no_truncation()
 
 
 # the command a training output folder's marker names (processing/output_folder.py): `gap-mllm train`, and the
