@@ -3,16 +3,19 @@
 transformers 5.23's Trainer, resumed from a checkpoint at `max_steps`, trains step N + 1 before it checks the end (shown
 below with Trainer itself), so a run state or a checkpoint of a finished run came back one step further, at a learning
 rate past its schedule (found by the ablation's restore check, issue 63). `run_training` takes the finished checkpoint
-as it is: the same final weights as the run that wrote it, the same step count, nothing trained."""
+as it is: the same final folder as the run that wrote it (weights, config and tokenizer files), the same step count,
+nothing trained, no feature cache filled."""
 
 from __future__ import annotations
 
+import json
+
 import safetensors.torch
 import torch
-from transformers import TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 
 from gap_mllm.evaluation.run_fingerprint import MODEL_CONFIGURATION_FILES, model_fingerprint
-from gap_mllm.training.run import build_trainer, finished_checkpoint, run_training
+from gap_mllm.training.run import build_trainer, clear_call_settings, finished_checkpoint, run_training
 
 from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root  # noqa: F401
 
@@ -85,3 +88,20 @@ def test_a_finished_run_resumed_fills_no_feature_cache(tmp_path, train_data_root
     assert not list((tmp_path / "cache_of_the_resume").rglob("*.safetensors"))
     resumed = safetensors.torch.load_file(str(tmp_path / "run" / "model.safetensors"))
     assert set(resumed) == set(final) and all(torch.equal(resumed[k], final[k]) for k in final)
+
+
+def test_a_tokenizer_saved_without_its_last_calls_padding_encodes_the_same(tmp_path):
+    """`clear_call_settings` (before a final model is saved) changes the files, not what the tokenizer encodes."""
+    _, processor = tiny()
+    texts = ["the chair near the window", "a table"]
+    processor.tokenizer(texts, padding=True, padding_side="left")  # a validation's generation, as the run's last call
+    processor.tokenizer.save_pretrained(tmp_path / "as_left")
+    clear_call_settings(processor)
+    processor.tokenizer.save_pretrained(tmp_path / "cleared")
+    assert json.loads((tmp_path / "as_left" / "tokenizer.json").read_text())["padding"]["direction"] == "Left"
+    assert json.loads((tmp_path / "cleared" / "tokenizer.json").read_text())["padding"] is None
+    left, cleared = AutoTokenizer.from_pretrained(tmp_path / "as_left"), AutoTokenizer.from_pretrained(tmp_path / "cleared")
+    assert left.padding_side == cleared.padding_side
+    for settings_of_a_call in ({}, {"padding": True}, {"padding": True, "padding_side": "right"},
+                               {"padding": "max_length", "max_length": 12}):
+        assert left(texts, **settings_of_a_call) == cleared(texts, **settings_of_a_call), settings_of_a_call
