@@ -23,13 +23,14 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
 from gap_mllm.evaluation.reports import RAW_PATTERN
 from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE, model_fingerprint
+
+from .default_model import replace_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,7 @@ def evaluation_folders(roots: Iterable[Path]) -> list[Path]:
 def _write_atomically(path: Path, data: bytes) -> None:
     """`path` holds `data` whole or keeps what it held: a stop (SIGTERM) mid-write leaves no torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    replace_atomically(path, lambda temporary: temporary.write_bytes(data))
 
 
 def _complete_lines(data: bytes) -> bytes:
