@@ -84,9 +84,12 @@ def restore_answers(out: Path, run_state: Path, arm: str, models: Iterable[Path]
     whose kept model is one of `models` (the arm's model folders on this machine, by the digests of their weights and
     configuration files: evaluation/run_fingerprint.py). Returns how many folders were put back."""
     kept_root = answers_folder(run_state, arm)
+    kept_folders = evaluation_folders([kept_root])
+    if not kept_folders:  # nothing kept: the models' weights are not hashed for nothing
+        return 0
     here = [model_fingerprint(folder) for folder in map(Path, models) if (folder / "config.json").is_file()]
     restored = 0
-    for kept in evaluation_folders([kept_root]):
+    for kept in kept_folders:
         folder = Path(out) / kept.relative_to(kept_root)
         if any(folder.glob(RAW_PATTERN)):  # answered on this machine: its own answers are the newer
             continue
