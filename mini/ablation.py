@@ -61,8 +61,9 @@ ABLATION_ORDER = ("gap_gated_s0", "no_geometry_s0", "gap_gated_stage2_only_s0", 
 ABLATION_STAGE2_STEPS = 7200  # the fifth release's stage 2 (module docstring: why this budget, and not 3,600)
 # the sixth release's stage-2 settings beside its step count (its command in reports/mini/releases-five-and-six.md)
 ABLATION_STAGE2_SETTINGS = ("cpu_bf16_autocast=true",)
-# the run state of each stage: bfloat16 moments and best model (the sixth release's run: 63 MB a stage-2 state)
-RUN_STATE_SETTINGS = ("run_state.moments_dtype=bfloat16", "run_state.best_dtype=bfloat16")
+# the run state of each stage: bfloat16 moments (the sixth release's run); the best model in float32, so that a stage rebuilt
+# from its state is the folder its session evaluated (a best of the last step costs no bytes: training/run_state.py)
+RUN_STATE_SETTINGS = ("run_state.moments_dtype=bfloat16",)
 # the shared stage 0 of every arm: the sixth release's folder (commit 98942b5), named by the digest of its weight files
 # (`weights_digest`); a later release in mini/gap-mllm-mini is another stage 0, refused (`check_stage0`)
 ABLATION_STAGE0_COMMIT = "98942b5"

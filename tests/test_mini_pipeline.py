@@ -10,8 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import transformers
 from safetensors import safe_open
 
+from gap_mllm.evaluation import scene_generation
 from gap_mllm.mini import pipeline
 from gap_mllm.mini.arms import MAIN_ARM
 from gap_mllm.mini.claims_table import CLAIMS_SECTION
@@ -309,11 +311,13 @@ def test_a_shipped_release_gains_its_constrained_row_as_the_pipeline_scores_it(t
         add_constrained_row(release, toy_run / "run" / "data", tmp_path / "again", table=table)
 
 
-def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_path):
+def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_path, monkeypatch):
     """`--ablation` at the toy budget with the main arm and the arm without geometry, as `make mini-ablation` runs it:
     after each arm the claims so far are in the run's claims.json and in --table's claims section (the release's
     rows untouched); the geometry claim is measured on the fresh seeds and the test split, the others are named as
-    not evaluated yet."""
+    not evaluated yet. On a fresh machine (--out gone, the run state left) the same command trains nothing and
+    answers nothing: every stage comes back from its state and every answer from the arm's kept answers, and the
+    claims are the same."""
 
     table = tmp_path / "RESULTS.md"
     release = (toy_run / "RESULTS.md").read_text()
@@ -322,9 +326,11 @@ def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_p
     pipeline.add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path / "run"), "--data", str(toy_run / "run" / "data"), "--budget", "toy",
                               "--device", "cpu", "--stage0", str(toy_run / "run" / "stages" / "stage0"), "--ablation",
-                              "--arms", "gap_gated_s0", "no_geometry_s0", "--table", str(table)])
+                              "--arms", "gap_gated_s0", "no_geometry_s0", "--table", str(table),
+                              "--run-state", str(tmp_path / "state")])
     assert pipeline.main(args) == 0
-    claims = json.loads((tmp_path / "run" / "results" / "claims.json").read_text())
+    first = (tmp_path / "run" / "results" / "claims.json").read_text()
+    claims = json.loads(first)
     for where in ("fresh_seeds", "test"):
         geometry, stage1, gated = claims[where]["claims"]
         assert (geometry["arm"], geometry["without"]) == ("gap_gated_s0", "no_geometry_s0")
@@ -337,6 +343,21 @@ def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_p
     assert written.replace(section, "").rstrip("\n") == release.rstrip("\n")
     assert section == (tmp_path / "run" / "results" / "CLAIMS.md").read_text()
     assert "gap_gated_s0 − no_geometry_s0 | " in section and "not evaluated yet: gap_add_s0" in section
+
+    assert sorted(path.name for path in (tmp_path / "state" / "gap_gated_s0").iterdir()) == ["answers", "stage1", "stage2"]
+    shutil.rmtree(tmp_path / "run")  # a fresh machine: only the run state is left
+
+    class NoGeneration:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("an answer was generated again on the fresh machine")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stage trained again on the fresh machine")
+
+    monkeypatch.setattr(scene_generation, "SceneGenerator", NoGeneration)
+    monkeypatch.setattr(transformers.Trainer, "train", no_training)
+    assert pipeline.main(args) == 0
+    assert (tmp_path / "run" / "results" / "claims.json").read_text() == first
 
 
 def test_the_ablation_table_must_be_an_existing_results_file(tmp_path):

@@ -26,6 +26,8 @@ from gap_mllm.training.run_state import (
     STATE_FILE,
     WEIGHTS_FILE,
     RunStateError,
+    file_digest,
+    record_digest,
     restore_run_state,
     save_run_state,
 )
@@ -282,6 +284,63 @@ def test_the_best_model_comes_back_with_the_state(tmp_path, source_model, train_
         rounded = dtype == "bfloat16" and name in trained
         want = expected[name].to(torch.bfloat16).to(expected[name].dtype) if rounded else expected[name]
         assert torch.equal(got[name], want), name
+
+
+def _old_form_best(state: Path, stored: dict, from_source: dict) -> None:
+    """Rewrite `state`'s best model as states before `best.from_checkpoint` kept it: `stored` (every tensor that
+    differs from the source, rounded to bfloat16, `best_dtype`) in best/weights.safetensors under their own dtype
+    (float32), the others `from_source` ({name: dtype}), no `from_checkpoint`; signed again."""
+    save_file(stored, state / BEST_FOLDER / WEIGHTS_FILE, metadata={"format": "pt"})
+    record = json.loads((state / STATE_FILE).read_text())
+    record["best"].pop("from_checkpoint", None)
+    record["best"]["from_source"] = from_source
+    record["best"]["dtype"] = "bfloat16"
+    record["best"]["stored_dtypes"] = {name: "float32" for name in stored}
+    path = state / BEST_FOLDER / WEIGHTS_FILE
+    record["files"][f"{BEST_FOLDER}/{WEIGHTS_FILE}"] = {"sha256": file_digest(path), "bytes": path.stat().st_size}
+    record["digest"] = record_digest(record)
+    (state / STATE_FILE).write_text(json.dumps(record))
+
+
+def test_a_best_model_of_the_checkpoints_step_comes_back_exactly_and_costs_no_bytes(tmp_path, source_model,
+                                                                                   train_data_root):
+    # the ablation's stage 2 keeps its last step as its best: rebuilt from the state, its final folder must be the
+    # one its session evaluated (answers kept for it are reused only then), whatever `best_dtype` rounds
+    checkpoint, _ = checkpoint_and_state(tmp_path, source_model, train_data_root)
+    best = tmp_path / "out" / BEST_FOLDER
+    best.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy2(checkpoint / name, best / name)
+    (best / "best.json").write_text(json.dumps({"step": 1, "metric": "gen_x", "value": 0.5, "figures": {}}))
+    expected, source = final_weights(best), final_weights(source_model)
+    trained = {name: t for name, t in expected.items() if not torch.equal(t, source[name])}
+    untrained = {name: str(t.dtype).removeprefix("torch.") for name, t in expected.items() if name not in trained}
+    assert trained and all(t.dtype == torch.float32 for t in trained.values())
+    assert any(not torch.equal(t.to(torch.bfloat16).float(), t) for t in trained.values())  # bfloat16 would round
+
+    state = tmp_path / "state_with_best"
+    save_run_state(checkpoint, state, source=source_model, best_dir=best, best_dtype="bfloat16")
+    assert load_file(state / BEST_FOLDER / WEIGHTS_FILE) == {}
+    assert set(json.loads((state / STATE_FILE).read_text())["best"]["from_checkpoint"]) == set(expected)
+    restore_run_state(state, tmp_path / "restored", source=source_model)
+    got = final_weights(tmp_path / "restored" / BEST_FOLDER)
+    assert set(got) == set(expected) and all(torch.equal(got[name], expected[name]) for name in expected)
+
+    # a state written before `from_checkpoint` kept such a best rounded: it is the checkpoint's model, taken exactly
+    _old_form_best(state, {name: t.to(torch.bfloat16) for name, t in trained.items()}, untrained)
+    restore_run_state(state, tmp_path / "restored_old", source=source_model)
+    got = final_weights(tmp_path / "restored_old" / BEST_FOLDER)
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+
+    # ... once its stored copy agrees: a tensor that is not the checkpoint's rounded is refused, nothing written
+    changed = {name: t.to(torch.bfloat16) for name, t in trained.items()}
+    first = sorted(changed)[0]
+    changed[first] = changed[first] + 1
+    _old_form_best(state, changed, untrained)
+    with pytest.raises(RunStateError, match=rf"best model, kept at the checkpoint's step, holds '{first}' other than "
+                                            r"the checkpoint's"):
+        restore_run_state(state, tmp_path / "restored_bad", source=source_model)
+    assert not (tmp_path / "restored_bad").exists()
 
 
 def test_sigterm_while_training_stops_at_the_next_step_with_a_checkpoint():

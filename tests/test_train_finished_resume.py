@@ -9,6 +9,7 @@ nothing trained, no feature cache filled."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import safetensors.torch
 import torch
@@ -16,6 +17,7 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from gap_mllm.evaluation.run_fingerprint import MODEL_CONFIGURATION_FILES, model_fingerprint
 from gap_mllm.training.run import build_trainer, clear_call_settings, finished_checkpoint, run_training
+from gap_mllm.training.run_state import read_run_state
 
 from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root  # noqa: F401
 
@@ -105,3 +107,34 @@ def test_a_tokenizer_saved_without_its_last_calls_padding_encodes_the_same(tmp_p
     for settings_of_a_call in ({}, {"padding": True}, {"padding": True, "padding_side": "right"},
                                {"padding": "max_length", "max_length": 12}):
         assert left(texts, **settings_of_a_call) == cleared(texts, **settings_of_a_call), settings_of_a_call
+
+
+def test_a_run_rebuilt_from_its_state_ends_with_the_best_model_of_its_last_validation(tmp_path, train_data_root):
+    """The last step (3) is off the validation schedule (every 2 steps): it is validated at its end, before its
+    checkpoint and run state are written, so the state keeps the best model that validation chose, and a fresh
+    machine that rebuilds the run from the state alone ends with the trained run's final folder (the ablation's
+    kept answers are reused only for that folder, issue 63). Before, the last validation ran at train end, after
+    the state: the state kept step 2's best and the rebuilt final model was another model."""
+    def run(resume=None, seed=0):
+        run_recipe = recipe(tmp_path, train_data_root,
+                            data={"data_root": str(train_data_root), "cache_dir": str(tmp_path / "hf")},
+                            evaluation={"tasks": ["grounding"], "best_metric": "gen_grounding_acc@0.25",
+                                        "every_n_steps": 2, "max_samples": 1},
+                            run_state={"directory": str(tmp_path / "state")},
+                            training={**settings(tmp_path), "max_steps": 3, "save_steps": 3})
+        model, processor = tiny(seed=seed)
+        return run_training(run_recipe, resume_from_checkpoint=resume, model=model, processor=processor)
+
+    run()
+    out = tmp_path / "run"
+    trained = model_fingerprint(out)
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 3  # a tie goes to the later step
+    record = read_run_state(tmp_path / "state")
+    assert record["global_step"] == 3 and record["best"]["record"]["step"] == 3
+    validated = [entry["step"] for entry in json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())[
+        "log_history"] if "gen_grounding_acc@0.25" in entry]
+    assert validated == [2, 3]  # each validation once: the end's is not repeated at train end
+
+    shutil.rmtree(out)  # a fresh machine: only the run state is left
+    assert run(resume="auto", seed=1).global_step == 3
+    assert model_fingerprint(out) == trained

@@ -224,7 +224,8 @@ class RunStateConfig:
     checkpoint without what the source model already holds goes to `directory` (a folder a git repository can
     carry), and a run resumed with `--resume auto` on a machine without that checkpoint starts from it.
     `moments_dtype` / `best_dtype`: "float32" (exact) or "bfloat16" (half the bytes) for the optimizer's moments and
-    the best model's weights. None: no run state. `accept_other_data`: continue a resumed run (from its state, or from
+    the best model's weights that differ from the checkpoint's (a best of the checkpoint's own step is restored
+    exactly, whatever `best_dtype`). None: no run state. `accept_other_data`: continue a resumed run (from its state, or from
     a checkpoint of its output folder) on data other than those it recorded (training/data_sketch.py; a warning names
     the first file that differs), which it records from then on: for a state written before the data sketch (format
     2), or an output folder an earlier version wrote, on data the same command wrote again."""

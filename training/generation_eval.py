@@ -87,12 +87,17 @@ class GenerationEvalCallback(TrainerCallback):
         logger.info("best model so far (%s = %s at step %d) kept in %s", name, value, step, output / BEST_FOLDER)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.settings.every_n_steps > 0 and state.global_step % self.settings.every_n_steps == 0:
+        # the last step is validated here too, before its checkpoint is saved: the run state written with that
+        # checkpoint (training/run_state.py) then keeps the best model this validation may choose, and a run rebuilt
+        # from the state ends with the same final model as the run that trained it
+        last = 0 < state.max_steps <= state.global_step
+        if (self.settings.every_n_steps > 0 and state.global_step % self.settings.every_n_steps == 0) or last:
             self._evaluate(state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        # a run stopped before its last step (time limit, SIGTERM) is not validated here: its validation points stay
-        # the schedule's (every_n_steps and the end), whatever the sessions it was trained in
+        # the last step was validated at its end (`on_step_end`) unless no step ran there; a run stopped before its
+        # last step (time limit, SIGTERM) is not validated here: its validation points stay the schedule's
+        # (every_n_steps and the end), whatever the sessions it was trained in
         if state.max_steps <= 0 or state.global_step >= state.max_steps:
             self._evaluate(state)
 

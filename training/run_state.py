@@ -17,8 +17,9 @@ small enough to commit:
                                 every state of one run
     checkpoint/                 the checkpoint's small files as they are: trainer_state.json (step, logs, the data
                                 position), scheduler.pt, rng_state.pth, training_args.bin, config, tokenizer, processor
-    best/                       the model kept by `evaluation.best_metric` (its weights that differ from the source,
-                                in `best_dtype`) and its best.json
+    best/                       the model kept by `evaluation.best_metric` (its weights that differ from both the
+                                source and the checkpoint, in `best_dtype`: none when the best is the checkpoint's
+                                step, which is restored exactly) and its best.json
 
 Not copied: the weights equal to the source model's (the frozen encoders, and whatever did not train): the state
 names the source folder and the digest of its tensors, and `restore_run_state` refuses a source whose tensors differ.
@@ -413,13 +414,17 @@ def _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, c
         if best_dir is not None and (best_dir / BEST_RECORD).is_file():
             (staging / BEST_FOLDER).mkdir()
             best_model = _weights_for_state(best_dir)
-            best_stored, best_from_source = _split_from_source(best_model, source_tensors, MOMENT_DTYPES[best_dtype])
+            # a tensor the best model shares with the checkpoint (all of them when the best is the checkpoint's step)
+            # is taken from the checkpoint on restore, exactly: `best_dtype` rounds only what only the best holds
+            best_differs, from_checkpoint = _split_from_source(best_model, model)
+            best_stored, best_from_source = _split_from_source(best_differs, source_tensors, MOMENT_DTYPES[best_dtype])
             save_file(best_stored, staging / BEST_FOLDER / WEIGHTS_FILE, metadata={"format": "pt"})
             for path in _small_files(best_dir, _weight_file_names(best_dir)):
                 shutil.copy2(path, staging / BEST_FOLDER / path.name)
             best_record = {"record": json.loads((best_dir / BEST_RECORD).read_text(encoding="utf-8")),
                            "dtype": best_dtype,
                            "from_source": best_from_source,
+                           "from_checkpoint": from_checkpoint,
                            "stored_dtypes": {name: str(t.dtype).removeprefix("torch.") for name, t in best_model.items()
                                              if name in best_stored}}
 
@@ -523,6 +528,8 @@ def _shape_fault(record: dict) -> str | None:
         if not isinstance(value, types) or (isinstance(value, bool) and types is int):
             wanted = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
             return f'"{name}" is {type(value).__name__}, not {wanted}'
+    if isinstance(record.get("best"), dict) and not isinstance(record["best"].get("from_checkpoint", {}), dict):
+        return f'"best.from_checkpoint" is {type(record["best"]["from_checkpoint"]).__name__}, not dict'
     for name, spec in record["files"].items():
         if not (isinstance(spec, dict) and isinstance(spec.get("sha256"), str) and isinstance(spec.get("bytes"), int)):
             return f'"files.{name}" is not a digest record (sha256, bytes)'
@@ -737,6 +744,8 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
     optimizer = None
     if record["optimizer"] is not None:
         optimizer = _unpack_optimizer(load_file(state_dir / MOMENTS_FILE), record["optimizer"])
+    best = record.get("best")
+    best_weights = None if best is None else _best_weights(state_dir, output_dir, best, source_tensors, record, model)
 
     # every check passed: now the output folder is written (a failed write leaves no staging folder behind)
     staging = staging_root(output_dir, step)
@@ -754,9 +763,8 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
         target = output_dir / folder.name
         shutil.rmtree(target, ignore_errors=True)
         os.replace(folder, target)
-        best = record.get("best")
-        if best is not None:
-            _restore_best(state_dir, output_dir, best, source_tensors, record)
+        if best_weights is not None:
+            _write_best(state_dir, output_dir, best_weights, record)
     except OSError as error:
         raise _state_disk_full(error, output_dir, f"the checkpoint of step {step} restored from {state_dir}") from error
     finally:
@@ -765,21 +773,55 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
     return target
 
 
-def _restore_best(state_dir: Path, output_dir: Path, best: dict, source_tensors: dict, record: dict) -> None:
-    """`<output_dir>/best` from the state, unless the folder already keeps a best model of a later or the same step."""
+def _best_weights(state_dir: Path, output_dir: Path, best: dict, source_tensors: dict, record: dict,
+                  checkpoint_model: dict) -> dict | None:
+    """The best model's weights rebuilt from the state (None when `<output_dir>/best` already keeps a best model of
+    a later or the same step). `checkpoint_model`: the restored checkpoint's weights, which give the tensors the best
+    shares with it. RunStateError for a best that names tensors the checkpoint lacks or disagrees with it."""
     kept = output_dir / BEST_FOLDER / BEST_RECORD
     if kept.is_file() and json.loads(kept.read_text(encoding="utf-8")).get("step", -1) >= best["record"]["step"]:
-        return
+        return None
     stored = {name: tensor.to(getattr(torch, best["stored_dtypes"][name]))
               for name, tensor in load_file(state_dir / BEST_FOLDER / WEIGHTS_FILE).items()}
-    tensors = _join_with_source(stored, best["from_source"], source_tensors, f"{state_dir}/{BEST_FOLDER}",
-                                record["source"] and record["source"]["path"])
+    from_checkpoint = best.get("from_checkpoint", {})
+    if "from_checkpoint" not in best and best["record"]["step"] == record["global_step"]:
+        # a state written before `from_checkpoint` stored a best of the checkpoint's own step rounded to `best_dtype`:
+        # that model is the checkpoint's (kept at the same step), taken exactly once its stored copy agrees
+        if best.get("dtype") not in MOMENT_DTYPES:
+            raise RunStateError(f"{state_dir}/{STATE_FILE}: best.dtype is {best.get('dtype')!r}, not one of "
+                                f"{sorted(MOMENT_DTYPES)}; the state is damaged")
+        from_checkpoint = _same_model_rounded(stored, checkpoint_model, MOMENT_DTYPES[best["dtype"]], state_dir)
+        stored = {name: tensor for name, tensor in stored.items() if name not in from_checkpoint}
+    missing = sorted(set(from_checkpoint) - set(checkpoint_model))
+    if missing:
+        raise RunStateError(f"{state_dir}/{BEST_FOLDER}: the best model takes {missing[0]!r} from the checkpoint, "
+                            "which has no such tensor; the state is damaged")
+    stored.update({name: checkpoint_model[name].to(getattr(torch, dtype)) for name, dtype in from_checkpoint.items()})
+    return _join_with_source(stored, best["from_source"], source_tensors, f"{state_dir}/{BEST_FOLDER}",
+                             record["source"] and record["source"]["path"])
+
+
+def _write_best(state_dir: Path, output_dir: Path, tensors: dict, record: dict) -> None:
+    """`<output_dir>/best`: `tensors` (`_best_weights`) and the state's listed best/ files."""
     with writing_output_folder(output_dir / BEST_FOLDER, STATE_WRITER, overwrite=True, marker=False) as staging:
         save_file(tensors, staging / MODEL_FILE, metadata={"format": "pt"})
         for name in sorted(record["files"]):  # the listed files only (checked by their digests)
             folder, _, file = name.partition("/")
             if folder == BEST_FOLDER and file != WEIGHTS_FILE:
                 shutil.copy2(state_dir / name, staging / file)
+
+
+def _same_model_rounded(stored: dict, checkpoint_model: dict, rounding: torch.dtype, state_dir: Path) -> dict:
+    """{name: dtype} of the checkpoint's tensors for `stored`, a best model kept at the checkpoint's step rounded to
+    `rounding` (the record's `best.dtype`; `stored` is back in the tensors' own dtypes). RunStateError when a stored
+    tensor is not the checkpoint's tensor so rounded."""
+    for name, tensor in stored.items():
+        reference = checkpoint_model.get(name)
+        if (reference is None or reference.shape != tensor.shape
+                or not torch.equal(reference.to(rounding).to(tensor.dtype), tensor)):
+            raise RunStateError(f"{state_dir}/{BEST_FOLDER}: the best model, kept at the checkpoint's step, holds {name!r} "
+                                "other than the checkpoint's (rounded to its stored dtype); the state is damaged")
+    return {name: str(checkpoint_model[name].dtype).removeprefix("torch.") for name in stored}
 
 
 def record_run_data(output_dir, data: DataSketch | None) -> None:
