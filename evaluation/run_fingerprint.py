@@ -7,8 +7,8 @@ also holds `run_fingerprint.json`, written before the first answer:
 
     task   the benchmark, `official_compat` (it turns the stop rule off), the `max_new_tokens` cap,
            the official token budget of each stage and, when on, constrained decoding (`--constrained`)
-    model  sha256 of the weight files of the model folder (*.safetensors, *.bin, *.pt, *.pth) and of
-           its configuration, tokenizer and processor files (MODEL_CONFIGURATION_FILES); a Hub id is
+    model  sha256 of the weight files of the model folder (*.safetensors, *.bin, *.pt, *.pth, but the
+           files Trainer saves beside a model: TRAINER_FILES) and of its configuration, tokenizer and processor files (MODEL_CONFIGURATION_FILES); a Hub id is
            read from its local snapshot (the folder that is then loaded)
     data   the annotation file (name, sha256) and the data root's description (dataset_identity.py)
 
@@ -38,6 +38,10 @@ from . import reports
 
 RUN_FINGERPRINT_FILE = "run_fingerprint.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# What transformers' Trainer saves beside a model (its names in transformers.trainer): no weights, nothing that changes
+# an answer; training_args.bin holds the run's output_dir, so the same model rebuilt in another folder (a run state
+# restored under another --out) was taken for another model and its kept answers refused
+TRAINER_FILES = ("training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt")
 # What a model folder holds besides weights that changes the answers (evaluation_results.json, README.md and
 # the training record are written or edited after training, so they are left out).
 MODEL_CONFIGURATION_FILES = (
@@ -81,7 +85,8 @@ def model_fingerprint(folder) -> dict:
     """`{"weights": sha256, "configuration": sha256}` of a local model folder (module docstring)."""
     files = [path for path in Path(folder).iterdir() if path.is_file()]
     return {
-        "weights": _files_digest([path for path in files if path.name.endswith(WEIGHT_SUFFIXES)]),
+        "weights": _files_digest([path for path in files if path.name.endswith(WEIGHT_SUFFIXES)
+                                  and path.name not in TRAINER_FILES and not path.name.startswith("rng_state")]),
         "configuration": _files_digest([path for path in files if path.name in MODEL_CONFIGURATION_FILES]),
     }
 

@@ -9,9 +9,11 @@ import json
 import shutil
 
 import pytest
+import torch
+from transformers import TrainingArguments
 
 from gap_mllm.cli.main import main as gap_mllm
-from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE
+from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE, model_fingerprint
 from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
@@ -151,3 +153,19 @@ def test_a_changed_configuration_file_is_refused_and_a_model_card_is_not(synth_d
     calls = _count_generate_calls(monkeypatch)
     run_evaluation("detection", synth_data, out, model_dir=carded, **RUN)
     assert calls == [] and snapshot(out)["raw_outputs.rank0.jsonl"] == before["raw_outputs.rank0.jsonl"]
+
+
+def test_the_files_trainer_saves_beside_a_model_are_not_its_weights(tiny_checkpoint, tmp_path):  # noqa: F811
+    """A model folder written by Trainer holds training_args.bin (with the run's output_dir) and, as a checkpoint,
+    the optimizer, scheduler and RNG states: none changes an answer, so the same model in another folder (a stage
+    rebuilt from its run state under another --out) keeps its fingerprint; a changed weight file does not."""
+    plain = model_fingerprint(tiny_checkpoint)
+    for name, output_dir in (("here", "runs/ablation/stage1"), ("there", "/elsewhere/stage1")):
+        folder = shutil.copytree(tiny_checkpoint, tmp_path / name)
+        torch.save(TrainingArguments(output_dir=output_dir, report_to="none"), folder / "training_args.bin")
+        for trainer_file in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            torch.save({"written_in": name}, folder / trainer_file)
+        assert model_fingerprint(folder) == plain
+    weights = next(path for path in (tmp_path / "there").iterdir() if path.suffix == ".safetensors")
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert model_fingerprint(tmp_path / "there")["weights"] != plain["weights"]
