@@ -8,8 +8,9 @@ also holds `run_fingerprint.json`, written before the first answer:
     task   the benchmark, `official_compat` (it turns the stop rule off), the `max_new_tokens` cap,
            the official token budget of each stage and, when on, constrained decoding (`--constrained`)
     model  sha256 of the weight files of the model folder (*.safetensors, *.bin, *.pt, *.pth, but the
-           files Trainer saves beside a model: TRAINER_FILES) and of its configuration, tokenizer and processor files (MODEL_CONFIGURATION_FILES); a Hub id is
-           read from its local snapshot (the folder that is then loaded)
+           files Trainer saves beside a model: TRAINER_FILES) and of its configuration, tokenizer and
+           processor files (MODEL_CONFIGURATION_FILES); a Hub id is read from its local snapshot (the
+           folder that is then loaded)
     data   the annotation file (name, sha256) and the data root's description (dataset_identity.py)
 
 A rerun whose fingerprint differs from the recorded one, or that finds answers with no record (written

@@ -14,8 +14,8 @@ and the next machine puts them back before it evaluates the arm. The runner then
 which it does only for the same model, data and settings (evaluation/run_fingerprint.py), generates what is
 missing, and scores all of them again (scoring is deterministic and takes seconds). A kept folder whose model is
 none of the arm's models on this machine (the digest of its weights or configuration files differs: the stage was
-trained again, or rebuilt from a run state that stores the best-of-validation model in bfloat16: reports/mini/
-ablation-in-progress.md) is not put back and is answered again, with a log line; its kept copy is then replaced.
+trained again) is not put back and is answered again, with a log line; its kept copy is then replaced. A stage
+rebuilt from its run state is the folder that was evaluated (training/run_state.py restores the best model exactly).
 """
 
 from __future__ import annotations
