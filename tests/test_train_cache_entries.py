@@ -163,3 +163,23 @@ def test_a_disk_without_room_names_the_cache_device(tmp_path, monkeypatch):
         ensure_disk_room(tmp_path, CacheCost(bytes_per_view=1000, views_per_sample=4), 10)
     assert f"the feature cache in {tmp_path} needs" in str(error.value) and f"its disk, {device_of(tmp_path)}, has" in str(error.value)
     assert user_message(error.value, argparse.Namespace(output_dir="elsewhere")) == str(error.value)
+
+
+def test_the_spare_room_of_a_large_disk_is_capped(tmp_path, monkeypatch):
+    """5 % of a 252 GB disk would be 12.6 GB kept spare: a small cache on a disk with 3 GB free must still go,
+    and the same cache with less than the cap (2 GiB) plus its size free must not."""
+    cost = CacheCost(bytes_per_view=1000, views_per_sample=4)
+    needed = cost.bytes_for(10)
+    total = 252 * 10**9
+    free = cache_cost.DISK_MARGIN_CAP_BYTES + needed
+    monkeypatch.setattr(cache_cost.shutil, "disk_usage", lambda path: SimpleNamespace(total=total, used=total - free, free=free))
+    ensure_disk_room(tmp_path, cost, 10)
+    free -= 1
+    with pytest.raises(CacheDiskError, match="keeping 2.1 GB spare"):
+        ensure_disk_room(tmp_path, cost, 10)
+    # a small disk keeps its 5 %: 10 GB total, 500 MB spare
+    total, free = 10 * 10**9, 5 * 10**8 + needed
+    ensure_disk_room(tmp_path, cost, 10)
+    free -= 1
+    with pytest.raises(CacheDiskError, match="keeping 500.0 MB spare"):
+        ensure_disk_room(tmp_path, cost, 10)

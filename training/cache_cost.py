@@ -36,7 +36,10 @@ logger = logging.getLogger(__name__)
 
 BYTES_PER_VALUE = 2  # float16
 HEADER_BYTES = 1024  # about what a safetensors header of an entry's dozen tensors takes (names, shapes, offsets)
-DISK_MARGIN_FRACTION = 0.05  # keep 5% of the disk free on top of the estimate
+DISK_MARGIN_FRACTION = 0.05  # keep 5% of the disk free on top of the estimate ...
+# ... but never more than 2 GiB: 5 % of a large shared disk (12.6 GB of 252 GB) refused a 200 kB cache on a disk
+# with 13 GB free; the spare room only keeps the cache from filling the disk (checkpoints check their own room)
+DISK_MARGIN_CAP_BYTES = 2 * 2**30
 
 
 class CacheDiskError(DiskFullError):
@@ -113,13 +116,13 @@ def cost_of_sample(sample: dict, dtype) -> CacheCost:
 
 def ensure_disk_room(directory, cost: CacheCost, num_samples: int, margin: float = DISK_MARGIN_FRACTION) -> None:
     """Log the cost of caching `num_samples` more samples and raise `CacheDiskError` if the disk holding
-    `directory` lacks that room plus `margin` × its size."""
+    `directory` lacks that room plus `margin` × its size (at most `DISK_MARGIN_CAP_BYTES`)."""
     needed = cost.bytes_for(num_samples)
     usage = shutil.disk_usage(Path(directory))
     device = device_of(directory)
     logger.info("feature cache %s: %s; %s free on %s", directory, cost.describe(num_samples), format_bytes(usage.free),
                 device)
-    reserve = int(margin * usage.total)
+    reserve = min(int(margin * usage.total), DISK_MARGIN_CAP_BYTES)
     if needed + reserve > usage.free:
         raise CacheDiskError(
             f"the feature cache in {directory} needs about {format_bytes(needed)} for {num_samples} more "
