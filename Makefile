@@ -116,7 +116,7 @@ mini: install
 ABLATION_STAGE0 ?= runs/stage0-sixth/mini/gap-mllm-mini
 mini-ablation: install
 	$(VENV)/bin/gap-mllm mini --out runs/ablation --data $(MINI_OUT)/data --ablation --stage0 $(ABLATION_STAGE0) \
-		--run-state mini/ablation-run --eval-limit 1000 --table mini/RESULTS.md $(MINI_ARGS)
+		--run-state mini/ablation-run --eval-limit 1000 --table mini/RESULTS.md --quote README.md model_card.md $(MINI_ARGS)
 
 bench: install
 	$(PY) bench/bench_forward.py

@@ -25,9 +25,9 @@ from gap_mllm.evaluation.confidence import paired_difference, paired_statistic_d
 from gap_mllm.evaluation.marker_metrics import paired_marker_difference
 
 from .ablation import ABLATION_FRESH_SEEDS, CLAIMS, SEED_PAIRS
-from .claims_table import CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_EFFECT, claims_section
+from .claims_table import CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_EFFECT, QUOTE_BEGIN, QUOTE_END, claims_quote, claims_section
 from .fresh_seeds import figures_of, model_figures
-from .markdown_sections import document_section, with_section
+from .markdown_sections import block_between, document_section, with_block, with_section
 from .sample_rows import f1_of_counts
 
 RESAMPLES = 1000
@@ -109,10 +109,29 @@ def run_claims(run, arms: list[str]) -> dict:
             "test": claims_results(test, "the test split")}
 
 
-def write_claims(run, arms: list[str], table: Path | None = None) -> dict:
+def check_quote_block(path) -> None:
+    """`--quote path` names a file with the quote block (`QUOTE_BEGIN` … `QUOTE_END`): else a clear error, before
+    anything is trained."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--quote {path}: no such file")
+    block_between(Path(path).read_text(encoding="utf-8"), QUOTE_BEGIN, QUOTE_END, f"--quote {path}")
+
+
+def write_quotes(claims: dict, quotes) -> None:
+    """The fresh-seed claims (`claims_quote`) between the comment lines of each of `quotes` (README.md, model_card.md);
+    the rest of each file as it is, a file already up to date not written."""
+    body = claims_quote(claims)
+    for path in quotes:
+        current = Path(path).read_text(encoding="utf-8")
+        if block_between(current, QUOTE_BEGIN, QUOTE_END, f"--quote {path}") != body:
+            Path(path).write_text(with_block(current, QUOTE_BEGIN, QUOTE_END, body, f"--quote {path}"), encoding="utf-8")
+
+
+def write_claims(run, arms: list[str], table: Path | None = None, quotes=()) -> dict:
     """The claims over `arms` (those trained and evaluated so far) into `<run>/results/claims.json` and CLAIMS.md,
-    and into `table`'s claims section when given (`gap-mllm mini --ablation --table mini/RESULTS.md`: the rest of
-    that file, the release's table, is left as it is). Returns the claims."""
+    into `table`'s claims section when given (`gap-mllm mini --ablation --table mini/RESULTS.md`: the rest of
+    that file, the release's table, is left as it is) and into the quote block of each of `quotes` (`--quote`).
+    Returns the claims."""
     claims = run_claims(run, arms)
     folder = run.results_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,5 +142,6 @@ def write_claims(run, arms: list[str], table: Path | None = None) -> dict:
         current = Path(table).read_text(encoding="utf-8")
         if document_section(current, CLAIMS_SECTION) != section:
             Path(table).write_text(with_section(current, CLAIMS_SECTION, section), encoding="utf-8")
+    write_quotes(claims, quotes)
     return claims
 

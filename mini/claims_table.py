@@ -1,5 +1,6 @@
 """The claims in miniature as markdown (mini/claims.py computes them): a row per claim and per seed pair, each figure's
-paired difference with its interval, and the verdicts in words; the section of RESULTS.md they make."""
+paired difference with its interval, and the verdicts in words; the section of RESULTS.md they make, and the quote of
+its fresh-seed table that the README and the model card template carry between two comment lines."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ FIGURES = (
 )
 HELPS, HURTS, NO_EFFECT = "helps", "hurts at this scale", "no measurable effect"
 CLAIMS_SECTION = "## The paper's claims in miniature"
+# the lines around the quote in README.md and model_card.md (`gap-mllm mini --ablation --quote FILE` rewrites what is between)
+QUOTE_BEGIN = "<!-- the paper's claims in miniature: written by `gap-mllm mini --ablation --quote`, from here -->"
+QUOTE_END = "<!-- to here -->"
+VERDICTS_IN_WORDS = ("Verdicts: helps (interval wholly better than 0), hurts at this scale (wholly worse), no measurable "
+                     "effect (it contains 0).")
 
 
 def _in_words(verdicts: dict) -> str:
@@ -57,9 +63,19 @@ def claims_section(results: dict) -> str:
     """The "claims in miniature" section of RESULTS.md from results.json's `"claims"` ({where: claims_results})."""
     intro = ("The paper's three claims, each as the difference between two arms of `gap-mllm mini --ablation` trained at "
              "one budget from the same stage 0 (mini/ablation.py), judged on scenes no arm was trained or tuned on. "
-             "Verdicts: helps (interval wholly better than 0), hurts at this scale (wholly worse), no measurable effect "
-             "(it contains 0). The seed-to-seed rows are the same arm trained twice: what noise looks like.")
+             f"{VERDICTS_IN_WORDS} The seed-to-seed rows are the same arm trained twice: what noise looks like.")
     lines = [CLAIMS_SECTION, "", intro]
     for claims in results["claims"].values():
         lines += claims_lines(claims)
     return "\n".join(lines) + "\n"
+
+
+def claims_quote(claims: dict) -> str:
+    """The block README.md and model_card.md quote (`claims` as results.json's `"claims"`): the fresh-seed table of
+    the RESULTS.md section, word for word, with a sentence saying what the arms are and where the rest is."""
+    intro = ("The paper's three claims, measured in miniature by this package: arms of GAP-MLLM-Mini trained on "
+             "SynthRooms at one budget from the same frozen encoders, each pair differing in one ingredient "
+             "(`gap-mllm mini --ablation`, mini/ablation.py), judged on scenes of generator seeds no arm was trained or "
+             f"tuned on. {VERDICTS_IN_WORDS} The test split's table: mini/RESULTS.md of the gap-mllm repository.")
+    # the blank line last: the comment line below it must not read as a row of the table
+    return "\n".join([intro, *claims_lines(claims["fresh_seeds"]), ""]) + "\n"

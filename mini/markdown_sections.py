@@ -1,5 +1,6 @@
 """Markdown pieces the miniature's documents share: a section of a document found and replaced by its heading (the
-sections other runs add to RESULTS.md are kept and rewritten in place), and a paired difference as a table cell."""
+sections other runs add to RESULTS.md are kept and rewritten in place), a block between two comment lines rewritten
+in a document another hand writes (the README's quote of the claims), and a paired difference as a table cell."""
 
 from __future__ import annotations
 
@@ -20,6 +21,22 @@ def with_section(document: str, heading: str, section: str) -> str:
     if current is None:
         return document.rstrip("\n") + "\n\n" + section
     return document.replace(current.rstrip("\n"), section.rstrip("\n"), 1)
+
+
+def block_between(document: str, begin: str, end: str, source) -> str:
+    """The text between the lines `begin` and `end` of `document` (`source` names it in the ValueError raised where
+    it lacks either line, or has them out of order)."""
+    start, stop = document.find(begin + "\n"), document.find("\n" + end)
+    if start < 0 or stop < start:
+        raise ValueError(f"{source} has no block to rewrite: it needs the line {begin!r} and, below it, the line {end!r}")
+    return document[start + len(begin) + 1:stop + 1]
+
+
+def with_block(document: str, begin: str, end: str, body: str, source) -> str:
+    """`document` with the text between its lines `begin` and `end` replaced by `body` (`block_between`)."""
+    current = block_between(document, begin, end, source)
+    start = document.find(begin + "\n") + len(begin) + 1
+    return document[:start] + body + ("" if body.endswith("\n") else "\n") + document[start + len(current):]
 
 
 def signed_cell(found: dict | None, percent: bool, digits: int = 2) -> str:

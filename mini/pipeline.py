@@ -65,7 +65,7 @@ from .ablation import check_stage0, stage_steps, weights_digest
 
 from .arms import ARMS, MAIN_ARM, Arm, fresh_model_settings
 from .export import EXPORT_COMMAND, export_default, export_is_complete
-from .claims import write_claims
+from .claims import check_quote_block, write_claims
 from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results, seed_parts
 from .kept_answers import answers_kept
 from .synth_data import MINI_COMMAND, ensure_synth_data
@@ -113,6 +113,7 @@ class MiniRun:
     ablation: bool = False  # every arm at the ablation's one budget (mini/ablation.py)
     run_state: Path | None = None  # `--run-state DIR`: each arm's stage keeps its run state in DIR/<arm>/<stage>
     claims_table: Path | None = None  # `--ablation --table FILE`: the claims section of FILE, rewritten after each arm
+    claims_quotes: tuple[Path, ...] = ()  # `--ablation --quote FILE...`: the quote block of each FILE, likewise
     deadline: float | None = None  # `--time-limit`: time.monotonic() by which the command stops
 
     @property
@@ -447,7 +448,7 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
                                **_fresh_settings(run))
         if run.ablation and not arm.stage1_only:
             claims = write_claims(run, [done.name for done in arms[:number + 1] if not done.stage1_only],
-                                  run.claims_table)
+                                  run.claims_table, run.claims_quotes)
     geometry = evaluate_stage0(run, stage0)
     baselines = compute_baselines(run)
     rows = [*arms, constrained_arm(MAIN_ARM)] if run.constrained_row and MAIN_ARM in arms else arms
@@ -588,6 +589,10 @@ def main(args: argparse.Namespace) -> int:
     if args.ablation and args.table and not Path(args.table).is_file():
         raise FileNotFoundError(f"--table {args.table}: with --ablation it names the release's RESULTS.md whose claims "
                                 f"section the run rewrites after each arm (make mini-ablation: mini/RESULTS.md); no such file")
+    if args.quote and not args.ablation:
+        raise ValueError(f"--quote {' '.join(args.quote)} quotes the claims of --ablation, which this run does not train")
+    for path in args.quote:  # before any step: a file without the block would be found only after the first arm
+        check_quote_block(path)
     if args.ablation and args.budget == "full":  # every arm from the same stage 0, on every machine
         check_stage0(args.stage0)
     stage_overrides = tuple(parse_stage_override(value) for value in args.stage_overrides)
@@ -600,6 +605,7 @@ def main(args: argparse.Namespace) -> int:
                   constrained_row=args.constrained_row, ablation=args.ablation,
                   run_state=Path(args.run_state) if args.run_state else None,
                   claims_table=Path(args.table) if args.ablation and args.table else None,
+                  claims_quotes=tuple(Path(path) for path in args.quote),
                   deadline=time.monotonic() + args.time_limit if args.time_limit else None)
     if args.time_limit:
         stop_at_time_limit(args.time_limit)

@@ -102,4 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", default=None, help="also copy RESULTS.md here, keeping the sections other runs added to it (make mini: "
                         "mini/RESULTS.md); with --ablation, rewrite only its section of the paper's claims, after "
                         "each arm (make mini-ablation)")
+    parser.add_argument("--quote", nargs="+", default=[], metavar="FILE",
+                        help="with --ablation, rewrite the quote of the claims' fresh-seed table in each FILE, between "
+                             "its two comment lines (make mini-ablation: README.md model_card.md; mini/claims_table.py)")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)

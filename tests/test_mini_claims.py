@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from gap_mllm.evaluation.confidence import paired_difference, paired_statistic_difference, resample_rows
-from gap_mllm.mini.claims import claims_results, write_claims
-from gap_mllm.mini.claims_table import CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_EFFECT, claims_lines, claims_section
-from gap_mllm.mini.markdown_sections import document_section, with_section
+from gap_mllm.mini.claims import check_quote_block, claims_results, write_claims
+from gap_mllm.mini.claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_EFFECT, QUOTE_BEGIN, QUOTE_END, claims_lines,
+                                       claims_quote, claims_section)
+from gap_mllm.mini.markdown_sections import block_between, document_section, with_section
 from gap_mllm.mini.report import REFUSED_SECTION, results_document
 from gap_mllm.mini.sample_rows import f1_of_counts
 
@@ -148,6 +149,41 @@ def test_the_claims_section_is_written_into_the_release_table_and_replaced_there
     kept = results_document(results, again)
     assert document_section(kept, CLAIMS_SECTION) == document_section(again, CLAIMS_SECTION)
     assert document_section(kept, REFUSED_SECTION) == refused
+
+
+def test_the_quote_block_of_each_quoted_file_is_rewritten_and_nothing_else(tmp_path, monkeypatch):
+    """`--quote README.md model_card.md`: the fresh-seed table of the claims, word for word as in RESULTS.md's section,
+    between the two comment lines of each file; the text around them byte-identical; a file without them refused by
+    name."""
+    arm = _figures("a", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    without = _figures("b", _half(1), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    monkeypatch.setattr("gap_mllm.mini.claims.model_figures", lambda out, label, seeds: {"a": arm, "b": without}[label])
+    monkeypatch.setattr("gap_mllm.mini.claims.figures_of", lambda label, parts: {"a": arm, "b": without}[label])
+    monkeypatch.setattr("gap_mllm.mini.claims.CLAIMS", ())
+    monkeypatch.setattr("gap_mllm.mini.claims.SEED_PAIRS", (("a", "b"),))
+    before, after = "# README\n\n## What it can do\n\nsome text\n\n", "\nWhat a row says.\n\n## Next\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(before + QUOTE_BEGIN + "\nan older quote\n" + QUOTE_END + "\n" + after)
+    table = tmp_path / "RESULTS.md"
+    table.write_text(RELEASE)
+    claims = write_claims(_Run(tmp_path), ["a", "b"], table, [readme])
+    written = readme.read_text()
+    quote = block_between(written, QUOTE_BEGIN, QUOTE_END, readme)
+    assert quote == claims_quote(claims) and written == before + QUOTE_BEGIN + "\n" + quote + QUOTE_END + "\n" + after
+    fresh_table = "\n".join(claims_lines(claims["fresh_seeds"])).strip("\n")
+    assert fresh_table in quote and fresh_table in table.read_text() and "| seed to seed (noise): a − b | +" in quote
+    assert quote.endswith("|\n\n")  # a blank line between the table and the closing comment, which is no table row
+    write_claims(_Run(tmp_path), ["a", "b"], table, [readme])
+    assert readme.read_text() == written
+    plain = tmp_path / "plain.md"
+    plain.write_text("# no block here\n")
+    with pytest.raises(ValueError, match=f"--quote {plain} has no block to rewrite: it needs the line"):
+        write_claims(_Run(tmp_path), ["a"], table, [plain])
+    with pytest.raises(ValueError, match=f"--quote {plain} has no block"):
+        check_quote_block(plain)
+    with pytest.raises(FileNotFoundError, match="--quote .*missing.md: no such file"):
+        check_quote_block(tmp_path / "missing.md")
+    assert plain.read_text() == "# no block here\n"
 
 
 def test_with_section_replaces_only_its_own_section():

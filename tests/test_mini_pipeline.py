@@ -16,7 +16,7 @@ from safetensors import safe_open
 from gap_mllm.evaluation import scene_generation
 from gap_mllm.mini import pipeline
 from gap_mllm.mini.arms import MAIN_ARM
-from gap_mllm.mini.claims_table import CLAIMS_SECTION
+from gap_mllm.mini.claims_table import CLAIMS_SECTION, QUOTE_BEGIN, QUOTE_END, claims_quote
 from gap_mllm.mini.markdown_sections import document_section
 from gap_mllm.mini.report import REFUSED_SECTION
 
@@ -322,12 +322,14 @@ def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_p
     table = tmp_path / "RESULTS.md"
     release = (toy_run / "RESULTS.md").read_text()
     table.write_text(release)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# README\n\n{QUOTE_BEGIN}\n{QUOTE_END}\n\nthe rest\n")
     parser = argparse.ArgumentParser()
     pipeline.add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path / "run"), "--data", str(toy_run / "run" / "data"), "--budget", "toy",
                               "--device", "cpu", "--stage0", str(toy_run / "run" / "stages" / "stage0"), "--ablation",
                               "--arms", "gap_gated_s0", "no_geometry_s0", "--table", str(table),
-                              "--run-state", str(tmp_path / "state")])
+                              "--quote", str(readme), "--run-state", str(tmp_path / "state")])
     assert pipeline.main(args) == 0
     first = (tmp_path / "run" / "results" / "claims.json").read_text()
     claims = json.loads(first)
@@ -343,6 +345,7 @@ def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_p
     assert written.replace(section, "").rstrip("\n") == release.rstrip("\n")
     assert section == (tmp_path / "run" / "results" / "CLAIMS.md").read_text()
     assert "gap_gated_s0 − no_geometry_s0 | " in section and "not evaluated yet: gap_add_s0" in section
+    assert readme.read_text() == f"# README\n\n{QUOTE_BEGIN}\n{claims_quote(claims)}{QUOTE_END}\n\nthe rest\n"
 
     assert sorted(path.name for path in (tmp_path / "state" / "gap_gated_s0").iterdir()) == ["answers", "stage1", "stage2"]
     shutil.rmtree(tmp_path / "run")  # a fresh machine: only the run state is left
@@ -367,3 +370,16 @@ def test_the_ablation_table_must_be_an_existing_results_file(tmp_path):
         pipeline.main(parser.parse_args(["--out", str(tmp_path / "run"), "--budget", "toy", "--ablation",
                                          "--table", str(tmp_path / "missing.md")]))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_quoted_file_without_the_block_or_a_quote_without_the_ablation_is_refused_before_any_step(tmp_path):
+    plain = tmp_path / "README.md"
+    plain.write_text("# no block\n")
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    with pytest.raises(ValueError, match=f"--quote {plain} has no block to rewrite: it needs the line"):
+        pipeline.main(parser.parse_args(["--out", str(tmp_path / "run"), "--budget", "toy", "--ablation",
+                                         "--quote", str(plain)]))
+    with pytest.raises(ValueError, match="quotes the claims of --ablation, which this run does not train"):
+        pipeline.main(parser.parse_args(["--out", str(tmp_path / "run"), "--budget", "toy", "--quote", str(plain)]))
+    assert not (tmp_path / "run").exists() and plain.read_text() == "# no block\n"

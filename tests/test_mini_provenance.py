@@ -9,8 +9,8 @@ from pathlib import Path
 
 from gap_mllm.mini import pipeline
 from gap_mllm.mini.provenance import collapse_copies, made_by
-from gap_mllm.mini.claims_table import CLAIMS_SECTION
-from gap_mllm.mini.markdown_sections import document_section
+from gap_mllm.mini.claims_table import CLAIMS_SECTION, QUOTE_BEGIN, QUOTE_END
+from gap_mllm.mini.markdown_sections import block_between, document_section
 from gap_mllm.mini.report import REFUSED_SECTION, results_document, results_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,3 +84,14 @@ def test_the_shipped_table_and_card_are_the_writers_text_of_the_shipped_results(
     assert not refused or "the candidate **does not ship**" in section
     card = (SHIPPED / "README.md").read_text(encoding="utf-8")
     assert table in card and "None steps" not in card + table
+
+
+def test_the_readme_and_the_model_card_quote_the_claims_table_word_for_word():
+    """`make mini-ablation --quote README.md model_card.md`: both quote the same block, and its table is the fresh-seed
+    table of mini/RESULTS.md's claims section, row for row."""
+    readme, card = ((REPO / name).read_text(encoding="utf-8") for name in ("README.md", "model_card.md"))
+    quote = block_between(readme, QUOTE_BEGIN, QUOTE_END, "README.md")
+    assert block_between(card, QUOTE_BEGIN, QUOTE_END, "model_card.md") == quote
+    section = document_section((REPO / "mini" / "RESULTS.md").read_text(encoding="utf-8"), CLAIMS_SECTION)
+    rows = [line for line in quote.splitlines() if line.startswith("|")]
+    assert len(rows) == 8 and "\n".join(rows) in section  # header, rule, 6 rows
