@@ -3,6 +3,7 @@ it gives the loss and gradients of training with the towers (float32 storage) wh
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -231,6 +232,20 @@ def test_fingerprints_are_stable_across_save_and_reload(tmp_path):
     assert geometry_fingerprint(reloaded) == geometry_fingerprint(model)
     assert vision_fingerprint(reloaded, "merged") == vision_fingerprint(model, "merged")
     assert FeatureCache(tmp_path / "cache", reloaded, processor).folder == FeatureCache(tmp_path / "cache", model, processor).folder
+
+
+def test_the_cache_key_ignores_where_remote_code_lives_but_not_a_processing_setting(tmp_path):
+    """A processor loaded from a saved folder carries `auto_map` (the Hub's trust_remote_code pointer), one built in
+    memory does not: the same tokens and features, so the same cache folder. A setting that changes the pixels does
+    change it."""
+    model, processor = tiny()
+    mapped = copy.deepcopy(processor)
+    mapped.image_processor.auto_map = {"AutoProcessor": "processing_gap_mllm.GapMllmProcessor"}
+    assert "auto_map" in mapped.to_dict()["image_processor"]
+    assert FeatureCache(tmp_path / "cache", model, mapped).folder == FeatureCache(tmp_path / "cache", model, processor).folder
+    resized = copy.deepcopy(processor)
+    resized.image_processor.image_mean = (0.4, 0.5, 0.5)
+    assert FeatureCache(tmp_path / "cache", model, resized).folder != FeatureCache(tmp_path / "cache", model, processor).folder
 
 
 def test_nothing_to_cache_is_refused(tmp_path):

@@ -203,11 +203,22 @@ def sample_key(example: dict) -> str:
     return digest.hexdigest()
 
 
+def _without_remote_code_maps(settings):
+    """`settings` (a processor's `to_dict`) without its `auto_map` entries at any depth: they name the files the Hub's
+    `trust_remote_code` loads a class from, which decide no tensor (the code itself is hashed, `_CODE_MODULES`). A
+    folder written by `save_pretrained` has them and a processor built in memory has not: the same processing made
+    two keys, and the ablation's arm without stage 1 (built from stage 0 in memory) filled a second 22 GB cache of
+    the very features its sibling arms had cached."""
+    if isinstance(settings, dict):
+        return {name: _without_remote_code_maps(value) for name, value in settings.items() if name != "auto_map"}
+    return settings
+
+
 def processing_fingerprint(processor, collator_settings: dict) -> str:
     """Hex digest of everything besides the weights that decides a sample's tensors: the processor's settings,
     chat template and tokenizer, the collator's settings and the code of `_CODE_MODULES`."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(_without_remote_code_maps(processor.to_dict()), sort_keys=True, default=str).encode())
     digest.update(str(processor.chat_template).encode())
     tokenizer = json.loads(processor.tokenizer.backend_tokenizer.to_str())
     for state in ("padding", "truncation"):  # set by each call (e.g. padding=True), not part of the vocabulary
