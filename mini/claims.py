@@ -123,8 +123,9 @@ def write_quotes(claims: dict, quotes) -> None:
     body = claims_quote(claims)
     for path in quotes:
         current = Path(path).read_text(encoding="utf-8")
-        if block_between(current, QUOTE_BEGIN, QUOTE_END, f"--quote {path}") != body:
-            Path(path).write_text(with_block(current, QUOTE_BEGIN, QUOTE_END, body, f"--quote {path}"), encoding="utf-8")
+        updated = with_block(current, QUOTE_BEGIN, QUOTE_END, body, f"--quote {path}")
+        if updated != current:
+            Path(path).write_text(updated, encoding="utf-8")
 
 
 def write_claims(run, arms: list[str], table: Path | None = None, quotes=()) -> dict:

@@ -23,20 +23,26 @@ def with_section(document: str, heading: str, section: str) -> str:
     return document.replace(current.rstrip("\n"), section.rstrip("\n"), 1)
 
 
-def block_between(document: str, begin: str, end: str, source) -> str:
-    """The text between the lines `begin` and `end` of `document` (`source` names it in the ValueError raised where
-    it lacks either line, or has them out of order)."""
+def _block_span(document: str, begin: str, end: str, source) -> tuple[int, int]:
+    """(start, stop) of the text between the lines `begin` and `end` of `document`; a ValueError naming `source`
+    where it lacks either line, or has them out of order."""
     start, stop = document.find(begin + "\n"), document.find("\n" + end)
     if start < 0 or stop < start:
         raise ValueError(f"{source} has no block to rewrite: it needs the line {begin!r} and, below it, the line {end!r}")
-    return document[start + len(begin) + 1:stop + 1]
+    return start + len(begin) + 1, stop + 1
+
+
+def block_between(document: str, begin: str, end: str, source) -> str:
+    """The text between the lines `begin` and `end` of `document` (`source` names it in the ValueError raised where
+    it lacks either line, or has them out of order)."""
+    start, stop = _block_span(document, begin, end, source)
+    return document[start:stop]
 
 
 def with_block(document: str, begin: str, end: str, body: str, source) -> str:
     """`document` with the text between its lines `begin` and `end` replaced by `body` (`block_between`)."""
-    current = block_between(document, begin, end, source)
-    start = document.find(begin + "\n") + len(begin) + 1
-    return document[:start] + body + ("" if body.endswith("\n") else "\n") + document[start + len(current):]
+    start, stop = _block_span(document, begin, end, source)
+    return document[:start] + body + ("" if body.endswith("\n") else "\n") + document[stop:]
 
 
 def signed_cell(found: dict | None, percent: bool, digits: int = 2) -> str:

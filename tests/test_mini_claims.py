@@ -122,13 +122,18 @@ class _Run:
         return self.out / "results" / Path(*parts)
 
 
-def test_the_claims_section_is_written_into_the_release_table_and_replaced_there(tmp_path, monkeypatch):
+def _two_arms(monkeypatch) -> None:
+    """`write_claims` over two constructed arms "a" and "b" (b hits grounding half as often), compared as one seed pair."""
     arm = _figures("a", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
     without = _figures("b", _half(1), _half(2), _half(2), [0.5] * N, [1.0] * N)
     monkeypatch.setattr("gap_mllm.mini.claims.model_figures", lambda out, label, seeds: {"a": arm, "b": without}[label])
     monkeypatch.setattr("gap_mllm.mini.claims.figures_of", lambda label, parts: {"a": arm, "b": without}[label])
     monkeypatch.setattr("gap_mllm.mini.claims.CLAIMS", ())
     monkeypatch.setattr("gap_mllm.mini.claims.SEED_PAIRS", (("a", "b"),))
+
+
+def test_the_claims_section_is_written_into_the_release_table_and_replaced_there(tmp_path, monkeypatch):
+    _two_arms(monkeypatch)
     table = tmp_path / "RESULTS.md"
     refused = f"{REFUSED_SECTION}\n\nA refused candidate's rows.\n"
     table.write_text(RELEASE + "\n" + refused)
@@ -155,12 +160,7 @@ def test_the_quote_block_of_each_quoted_file_is_rewritten_and_nothing_else(tmp_p
     """`--quote README.md model_card.md`: the fresh-seed table of the claims, word for word as in RESULTS.md's section,
     between the two comment lines of each file; the text around them byte-identical; a file without them refused by
     name."""
-    arm = _figures("a", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
-    without = _figures("b", _half(1), _half(2), _half(2), [0.5] * N, [1.0] * N)
-    monkeypatch.setattr("gap_mllm.mini.claims.model_figures", lambda out, label, seeds: {"a": arm, "b": without}[label])
-    monkeypatch.setattr("gap_mllm.mini.claims.figures_of", lambda label, parts: {"a": arm, "b": without}[label])
-    monkeypatch.setattr("gap_mllm.mini.claims.CLAIMS", ())
-    monkeypatch.setattr("gap_mllm.mini.claims.SEED_PAIRS", (("a", "b"),))
+    _two_arms(monkeypatch)
     before, after = "# README\n\n## What it can do\n\nsome text\n\n", "\nWhat a row says.\n\n## Next\n"
     readme = tmp_path / "README.md"
     readme.write_text(before + QUOTE_BEGIN + "\nan older quote\n" + QUOTE_END + "\n" + after)

@@ -166,8 +166,8 @@ def test_a_disk_without_room_names_the_cache_device(tmp_path, monkeypatch):
 
 
 def test_the_spare_room_of_a_large_disk_is_capped(tmp_path, monkeypatch):
-    """5 % of a 252 GB disk would be 12.6 GB kept spare: a small cache on a disk with 3 GB free must still go,
-    and the same cache with less than the cap (2 GiB) plus its size free must not."""
+    """5 % of a 252 GB disk would be 12.6 GB kept spare: a small cache on that disk goes with the cap (2 GiB) plus
+    its size free, and not with a byte less."""
     cost = CacheCost(bytes_per_view=1000, views_per_sample=4)
     needed = cost.bytes_for(10)
     total = 252 * 10**9
