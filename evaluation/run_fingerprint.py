@@ -11,11 +11,19 @@ also holds `run_fingerprint.json`, written before the first answer:
            files Trainer saves beside a model: TRAINER_FILES) and of its configuration, tokenizer and
            processor files (MODEL_CONFIGURATION_FILES); a Hub id is read from its local snapshot (the
            folder that is then loaded)
-    data   the annotation file (name, sha256) and the data root's description (dataset_identity.py)
+    data   the annotation file (name, sha256, and a sketch of its decimal numbers) and the data root's
+           description (dataset_identity.py)
 
 A rerun whose fingerprint differs from the recorded one, or that finds answers with no record (written
 by a version without it), is refused before anything is generated or scored, naming each part that
-differs; nothing in the folder is changed. To start fresh, give another output folder or delete the
+differs; nothing in the folder is changed. One difference is not one: an annotation file written again on
+another CPU (the same data, some numbers other in their last digits: processing/decimal_numbers.py) has another
+sha256 and the same text around its numbers, and numbers within the bound of the recorded sketch's
+ANNOTATION_BLOCKS block sums: its answers resume, with a log line. A record without the sketch (written before
+it existed) resumes on the same bytes only. The blocks are large (the Mini's test annotation files: up to 9,477
+numbers a block) and the record small (1.7 kB); a block's bound grows with its numbers, yet one number moved by
+1e-4 in those files keeps all 4 sums with probability under 1e-11 (the odds: processing/decimal_numbers.py), and
+numpy's pairwise sum rounds a block's sum by tens of ulp of its absolute sum, far inside REL of it. To start fresh, give another output folder or delete the
 answers and the record. A folder without answers takes the new record.
 
 Not recorded, so free to change between a run and its resume: the batch size, the number of processes,
@@ -29,10 +37,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 from gap_mllm.processing.dataset_identity import describe_data_root
+from gap_mllm.processing.decimal_numbers import REL, block_sums, blocks_beyond_last_digits, text_and_numbers
 from gap_mllm.regular_files import open_regular_file
 
 from . import reports
@@ -51,6 +63,12 @@ MODEL_CONFIGURATION_FILES = (
     "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "adapter_config.json",
 )  # fmt: skip
 _CHUNK = 16 * 1024 * 1024
+# the blocks of an annotation file's numbers sketched in its record: few, so that a record stays a few kB (an
+# ablation keeps one per evaluation folder in git), and at least MIN_BLOCK numbers a block
+ANNOTATION_BLOCKS = 16
+MIN_BLOCK = 64
+
+logger = logging.getLogger(__name__)
 
 
 def file_sha256(path) -> str:
@@ -92,6 +110,40 @@ def model_fingerprint(folder) -> dict:
     }
 
 
+def annotation_numbers(path) -> dict:
+    """The sketch of an annotation file's decimal numbers (module docstring): `{"text": sha256 of the text around
+    them, "count": n, "block": numbers a block, "sums": [blocks][K] weighted sums, "absolute": [blocks] sums of |x|}`;
+    the weights follow the file's name. JSON keeps each float64 exactly (repr round-trips)."""
+    path = Path(path)
+    with open_regular_file(path) as handle:
+        text, numbers = text_and_numbers(handle.read())
+    block = max(MIN_BLOCK, -(-numbers.size // ANNOTATION_BLOCKS))
+    sums, absolute = block_sums(path.name, numbers, block)
+    return {"text": text.hex(), "count": int(numbers.size), "block": block, "sums": sums.tolist(),
+            "absolute": absolute.tolist()}
+
+
+def numbers_difference(recorded: dict, current: dict) -> str | None:
+    """None when two sketches of `annotation_numbers` are of the same text with numbers within another CPU's last
+    digits; else what differs, in words."""
+    if recorded.get("text") != current.get("text"):
+        return "its text differs (beyond the digits of its decimal numbers)"
+    if recorded.get("count") != current.get("count"):
+        return f"it holds {current.get('count')} decimal numbers, {recorded.get('count')} then"
+    if recorded.get("block") != current.get("block"):
+        return (f"the recorded sketch of its numbers has blocks of {recorded.get('block')} numbers, this version's "
+                f"{current.get('block')}, which it cannot compare")
+    try:
+        arrays = [np.asarray(sketch[key], dtype=np.float64) for sketch in (recorded, current)
+                  for key in ("sums", "absolute")]
+        beyond = blocks_beyond_last_digits(*arrays[0::2], *arrays[1::2], int(current["count"]), int(current["block"]))
+    except (KeyError, TypeError, ValueError) as error:  # a record edited by hand, or of another shape
+        return f"the recorded sketch of its numbers cannot be compared ({type(error).__name__}: {error})"
+    if beyond.any():
+        return f"its decimal numbers differ by more than another CPU's last digits ({REL:g} relative)"
+    return None
+
+
 def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_tokens) -> dict:
     """The fingerprint of an evaluation run (module docstring); JSON-serialisable."""
     data = describe_data_root(data_dir)
@@ -108,6 +160,7 @@ def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_token
         "data": {
             "annotation_file": Path(annotation_file).name,
             "annotation_sha256": file_sha256(annotation_file),
+            "annotation_numbers": annotation_numbers(annotation_file),
             "kind": data["kind"],
             "name": data["name"],
             "details": data["details"],
@@ -120,7 +173,8 @@ _FIELD_WORDS = {
     "task.name": "the task", "task.official_compat": "official_compat", "task.max_new_tokens": "the max_new_tokens cap",
     "task.stage_budgets": "the official token budgets", "task.constrained": "constrained decoding (--constrained)", "model.weights": "the model weights",
     "model.configuration": "the model's configuration/tokenizer files", "data.annotation_file": "the annotation file name",
-    "data.annotation_sha256": "the annotation file's content", "data.kind": "the kind of data", "data.name": "the data",
+    "data.annotation_sha256": "the annotation file's content", "data.annotation_numbers": "the annotation file's numbers",
+    "data.kind": "the kind of data", "data.name": "the data",
     "data.details": "the data's scenes/records",
 }  # fmt: skip
 
@@ -131,12 +185,33 @@ def _short(value) -> str:
     return text[:13] + '…"' if isinstance(value, str) and len(value) == 64 else text[:80]
 
 
+def _annotation_fields(before: dict, now: dict) -> tuple[set, list[str]]:
+    """(the annotation fields of the data records `before` and `now` that are settled here, what differs in words):
+    the same bytes, or the same text and numbers within another CPU's last digits (module docstring), settle both
+    fields; other bytes without a recorded sketch, or with one that differs, are one difference."""
+    fields = {"annotation_sha256", "annotation_numbers"}
+    if before.get("annotation_sha256") == now.get("annotation_sha256"):
+        return fields, []  # the same bytes: a record without the sketch (older) is as good
+    recorded = before.get("annotation_numbers")
+    why = ("no sketch of its numbers was recorded, so only the same bytes resume" if not isinstance(recorded, dict)
+           else numbers_difference(recorded, now.get("annotation_numbers") or {}))
+    if why is None:
+        return fields, []
+    words = _FIELD_WORDS["data.annotation_sha256"]
+    return fields, [f"{words} (recorded {_short(before.get('annotation_sha256'))}, now "
+                    f"{_short(now.get('annotation_sha256'))}: {why})"]
+
+
 def fingerprint_differences(recorded: dict, current: dict) -> list[str]:
     """`["the model weights (recorded "ab12…", now "cd34…")", ...]`: each field that differs, in words."""
     differences = []
     for part in ("task", "model", "data"):
         before, now = recorded.get(part) or {}, current.get(part) or {}
-        for field in sorted(set(before) | set(now)):
+        settled = set()
+        if part == "data":
+            settled, found = _annotation_fields(before, now)
+            differences += found
+        for field in sorted((set(before) | set(now)) - settled):
             if before.get(field) != now.get(field):
                 words = _FIELD_WORDS.get(f"{part}.{field}", f"{part} {field}")
                 differences.append(f"{words} (recorded {_short(before.get(field))}, now {_short(now.get(field))})")
@@ -169,6 +244,18 @@ def check_resume(out_dir, fingerprint: dict) -> None:
     if differences:
         raise ValueError(f"{out_dir} holds answers of another run, which would be scored as this one's: "
                          f"{'; '.join(differences)}. Rerun with the same settings to resume, or {fresh}")
+    before, now = recorded.get("data") or {}, current.get("data") or {}
+    if before.get("annotation_sha256") != now.get("annotation_sha256"):
+        logger.info("%s: its answers were made on an annotation file %s that differs from this one only in the last "
+                    "digits of its numbers (each within %g relative: another CPU's float maths); resuming them",
+                    out_dir, now.get("annotation_file"), REL)
+
+
+def discard_answers(out_dir) -> None:
+    """Delete the answers of `out_dir` and their record (a run that answers them again: runner.py)."""
+    for path in _answer_files(out_dir):
+        path.unlink()
+    (Path(out_dir) / RUN_FINGERPRINT_FILE).unlink(missing_ok=True)
 
 
 def write_fingerprint(out_dir, fingerprint: dict) -> None:
@@ -182,5 +269,5 @@ def write_fingerprint(out_dir, fingerprint: dict) -> None:
     os.replace(partial, path)
 
 
-__all__ = ["RUN_FINGERPRINT_FILE", "check_resume", "local_model_folder", "model_fingerprint", "run_fingerprint",
-           "write_fingerprint"]
+__all__ = ["ANNOTATION_BLOCKS", "RUN_FINGERPRINT_FILE", "annotation_numbers", "check_resume", "discard_answers", "local_model_folder",
+           "model_fingerprint", "numbers_difference", "run_fingerprint", "write_fingerprint"]

@@ -49,7 +49,7 @@ from . import reports, scene_generation
 from .batched_answers import answer_in_batches
 from .folder_lock import check_evaluation_folder, claim_evaluation_folder, evaluation_folder_lock
 from .plots import write_plots
-from .run_fingerprint import check_resume, local_model_folder, run_fingerprint, write_fingerprint
+from .run_fingerprint import check_resume, discard_answers, local_model_folder, run_fingerprint, write_fingerprint
 from .tasks import check_batch_size, check_prompt_texts, check_sample_limit, get_task, headline_value, sample_id
 
 logger = logging.getLogger(__name__)
@@ -176,18 +176,40 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
             bar.update(len(batch))
 
 
+OTHER_RUN_ANSWERS = ("refuse", "answer_again")
+
+
+def _other_run(out_dir: Path, fingerprint: dict, other_run_answers: str) -> bool:
+    """Whether `out_dir` holds answers of another run that this one answers again; raises the refusal when it
+    holds some and `other_run_answers` is "refuse" (run_evaluation)."""
+    try:
+        check_resume(out_dir, fingerprint)
+    except ValueError as refusal:
+        if other_run_answers == "refuse":
+            raise
+        logger.warning("%s: its answers are answered again (other_run_answers=answer_again): %s", out_dir, refusal)
+        return True
+    return False
+
+
 def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, predictions_file=None, split: str = "val",
                    annotation_file=None, batch_size: int = 1, max_new_tokens: int | None = None,
                    official_compat: bool = False, meteor: bool | None = None, limit: int | None = None,
                    plots: bool = True, progress: bool = True, scene_reuse: bool = True,
-                   constrained: bool = False, compile_decoding: str = "auto") -> dict | None:
+                   constrained: bool = False, compile_decoding: str = "auto",
+                   other_run_answers: str = "refuse") -> dict | None:
     """Evaluate one task; returns the summary on the main process (None on the others).
 
     Exactly one of `model_dir` (generate) and `predictions_file` (score given texts) is needed.
     `scene_reuse=False` answers every sample with its own full model call (for comparison; same texts).
     `compile_decoding`: "auto" (default: compiled decode steps on CUDA), "on" or "off" (compiled_decoding.py; same texts).
     `constrained=True` decodes every answer inside its task's grammar (the paper's protocol decodes freely).
+    `other_run_answers`: what becomes of answers in `out_dir` that another run wrote (run_fingerprint.py): "refuse"
+    (default: a ValueError naming what differs, nothing changed) or "answer_again" (a warning; they are deleted and
+    answered by this run: for a pipeline that owns `out_dir` and keeps a copy of them, as `gap-mllm mini` does).
     """
+    if other_run_answers not in OTHER_RUN_ANSWERS:
+        raise ValueError(f"other_run_answers={other_run_answers!r}: one of {', '.join(OTHER_RUN_ANSWERS)}")
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
     check_evaluation_folder(out_dir)  # a folder of the user's (or "."): refused before any work (folder_lock.py)
@@ -224,12 +246,14 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
         barrier()  # no process reads the folder before the main one holds it
         return _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
                               predictions_file, rank, world, device, barrier, batch_size, max_new_tokens,
-                              official_compat, meteor, limit, plots, progress, scene_reuse, compile_decoding)
+                              official_compat, meteor, limit, plots, progress, scene_reuse, compile_decoding,
+                              other_run_answers)
 
 
 def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
                    predictions_file, rank, world, device, barrier, batch_size, max_new_tokens, official_compat, meteor,
-                   limit, plots, progress, scene_reuse, compile_decoding="auto") -> dict | None:
+                   limit, plots, progress, scene_reuse, compile_decoding="auto",
+                   other_run_answers="refuse") -> dict | None:
     """The answers (generated, resumed or read), their scores and the report of `run_evaluation`, written into
     `out_dir` while this run holds its lock."""
     unscored_rows = None
@@ -246,10 +270,14 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
         # process reads the same files, so all refuse alike, and none writes before all have checked
         model_dir = local_model_folder(model_dir)  # a Hub id: its snapshot, hashed here and then loaded
         fingerprint = run_fingerprint(task, model_dir, data_dir, annotation_file, max_new_tokens)
-        check_resume(out_dir, fingerprint)
+        other_run = _other_run(out_dir, fingerprint, other_run_answers)
         barrier()
         if rank == 0:
+            if other_run:
+                discard_answers(out_dir)
             write_fingerprint(out_dir, fingerprint)
+        if other_run:  # every process found the same: none reads the folder before its answers are gone
+            barrier()
         generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
                          rank, world, device, progress, scene_reuse, compile_decoding)
         barrier()

@@ -54,7 +54,7 @@ from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.synth.presets import synth_config
 
 from .markdown_sections import signed_cell
-from .pipeline_settings import EVAL_MAX_NEW_TOKENS
+from .pipeline_settings import ANSWERS_OF_ANOTHER_RUN, EVAL_MAX_NEW_TOKENS
 from .report import fresh_seed_lines
 from .sample_rows import detection_counts, f1_interval, f1_of_counts, sample_rows
 from .synth_data import ensure_synth_data
@@ -87,7 +87,8 @@ def fresh_data(out: Path, seed: int, scenes: int = FRESH_SCENES, workers: int = 
 def evaluate_fresh(out: Path, model_dir: Path, label: str, seeds=FRESH_SEEDS, scenes: int = FRESH_SCENES,
                    batch_size: int = 16, max_new_tokens: dict | None = None, limit: int | None = None, workers: int = 1) -> None:
     """Answer every task of every fresh seed with `model_dir` into `<out>/fresh/seed-<S>/results/<label>/<task>`
-    (a task whose summary.json is there is skipped, so an interrupted evaluation continues)."""
+    (a task whose summary.json is there is skipped, so an interrupted evaluation continues; answers there of another
+    run are answered again: ANSWERS_OF_ANOTHER_RUN)."""
     budgets = {**EVAL_MAX_NEW_TOKENS, **(max_new_tokens or {})}
     for seed in seeds:
         data = fresh_data(out, seed, scenes, workers)
@@ -97,7 +98,8 @@ def evaluate_fresh(out: Path, model_dir: Path, label: str, seeds=FRESH_SEEDS, sc
                 continue
             logger.info("fresh seed %d: %s of %s", seed, task, model_dir)
             run_evaluation(task, data_dir=data, out_dir=folder, model_dir=model_dir, split="test", batch_size=batch_size,
-                           limit=limit, max_new_tokens=budgets[task], meteor=False, plots=False, progress=False)
+                           limit=limit, max_new_tokens=budgets[task], meteor=False, plots=False, progress=False,
+                           other_run_answers=ANSWERS_OF_ANOTHER_RUN)
 
 
 # ------------------------------------------------------------------------------------------- pooled figures

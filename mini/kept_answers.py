@@ -16,6 +16,10 @@ missing, and scores all of them again (scoring is deterministic and takes second
 none of the arm's models on this machine (the digest of its weights or configuration files differs: the stage was
 trained again) is not put back and is answered again, with a log line; its kept copy is then replaced. A stage
 rebuilt from its run state is the folder that was evaluated (training/run_state.py restores the best model exactly).
+The data are written again on each machine: an annotation file with other last digits (another CPU's float maths)
+resumes its answers, while answers put back that the runner cannot resume (other data, or a record older than its
+sketch of the annotation numbers with other bytes) are answered again (mini/pipeline_settings.py
+ANSWERS_OF_ANOTHER_RUN), with a warning, and their kept copy is then replaced.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ from .claims import check_quote_block, write_claims
 from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results, seed_parts
 from .kept_answers import answers_kept
 from .synth_data import MINI_COMMAND, ensure_synth_data
-from .pipeline_settings import BUDGETS, STAGE_KINDS, Budget, add_arguments
+from .pipeline_settings import ANSWERS_OF_ANOTHER_RUN, BUDGETS, STAGE_KINDS, Budget, add_arguments
 from .provenance import FINAL_MODEL, collapse_copies, training_chain
 from .report import (
     CONSTRAINED_SUFFIX,
@@ -336,7 +336,8 @@ def _recipe_tasks(recipe_name: str) -> list[str]:
 
 def _evaluate(run: MiniRun, task: str, results_name: str, model_dir: Path, row: str, constrained: bool) -> dict:
     """One official runner on the test split into `results/<row>/<results_name>` (skipped when its summary is
-    there), with the budget's evaluation settings; returns its summary."""
+    there), with the budget's evaluation settings; returns its summary. Answers there of another run (put back
+    from a run state but made on other data, or left by an earlier run) are answered again (ANSWERS_OF_ANOTHER_RUN)."""
     out_dir = run.results_dir(row, results_name)
     summary_path = out_dir / "summary.json"
     if summary_path.is_file():
@@ -346,7 +347,8 @@ def _evaluate(run: MiniRun, task: str, results_name: str, model_dir: Path, row: 
                           batch_size=run.eval_batch_size or settings.eval_batch_size,
                           limit=run.eval_limit or settings.eval_limit,
                           max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens[task],
-                          meteor=False, plots=False, progress=False, constrained=constrained)
+                          meteor=False, plots=False, progress=False, constrained=constrained,
+                          other_run_answers=ANSWERS_OF_ANOTHER_RUN)
 
 
 def final_model_tasks() -> list[tuple[str, str]]:

@@ -12,6 +12,10 @@ from .ablation import ABLATION_STAGE2_STEPS
 from .arms import ARMS
 
 STAGE_KINDS = ("geometry", "cameras", "vision", "stage1", "stage2")  # the training stages, as `--stage-set` names them
+# answers found in an evaluation folder of the pipeline's --out that another run wrote (put back from a run state
+# but made on other data, left by an earlier run): the pipeline owns the folder and the run state keeps a copy
+# until the new answers replace it, so they are answered again (evaluation/runner.py) rather than stopping the run
+ANSWERS_OF_ANOTHER_RUN = "answer_again"
 EVAL_MAX_NEW_TOKENS = {"reconstruction": 64, "grounding": 128, "captioning": 64, "detection": 512}
 
 

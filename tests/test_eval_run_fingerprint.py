@@ -16,6 +16,7 @@ from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE, model_fingerprint
 from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.processing.annotation_files import find_annotation_file
+from gap_mllm.processing.decimal_numbers import NUMBER
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .test_eval_runner import _count_generate_calls, synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
@@ -169,3 +170,83 @@ def test_the_files_trainer_saves_beside_a_model_are_not_its_weights(tiny_checkpo
     weights = next(path for path in (tmp_path / "there").iterdir() if path.suffix == ".safetensors")
     weights.write_bytes(weights.read_bytes() + b" ")
     assert model_fingerprint(tmp_path / "there")["weights"] != plain["weights"]
+
+
+def _written_again(annotations, tmp_path, factor: float, only_first: bool = False):
+    """`annotations` under its own name in a folder of `tmp_path`, each decimal number (or only the first one that
+    is not 0) multiplied by `factor` and written back as Python writes a float: the same text around the numbers."""
+    changed = []
+
+    def scaled(match):
+        value = float(match.group(0))
+        if (only_first and changed) or value == 0:
+            return match.group(0)
+        changed.append(value)
+        return repr(value * factor).encode()
+
+    folder = tmp_path / f"written_again_{factor!r}_{only_first}"
+    folder.mkdir()
+    copy = folder / annotations.name
+    copy.write_bytes(NUMBER.sub(scaled, annotations.read_bytes()))
+    assert changed and copy.read_bytes() != annotations.read_bytes()
+    return copy
+
+
+def test_an_annotation_file_written_again_on_another_cpu_resumes_and_other_numbers_do_not(
+        synth_data, tiny_checkpoint, finished_run, monkeypatch, tmp_path, caplog):  # noqa: F811
+    """Another CPU writes the same annotation file with other last digits (processing/decimal_numbers.py): another
+    sha256, the same answers; one number moved by 1e-6 relative is other data, refused and named."""
+    out, before = finished_run
+    annotations = find_annotation_file(synth_data, "detection", "val")
+    one_moved = _written_again(annotations, tmp_path, 1 + 1e-6, only_first=True)
+    message = refused(synth_data, out, monkeypatch, model_dir=tiny_checkpoint, annotation_file=one_moved)
+    assert (": the annotation file's content (recorded \"" in message and "its decimal numbers differ by more than "
+            "another CPU's last digits (1e-12 relative)). Rerun" in message)
+    assert snapshot(out) == before
+    last_digits = _written_again(annotations, tmp_path, 1 + 3e-14)
+    calls = _count_generate_calls(monkeypatch)
+    with caplog.at_level("INFO", logger="gap_mllm.evaluation.run_fingerprint"):
+        run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, annotation_file=last_digits, **RUN)
+    assert calls == [] and snapshot(out)["raw_outputs.rank0.jsonl"] == before["raw_outputs.rank0.jsonl"]
+    assert "that differs from this one only in the last digits of its numbers" in caplog.text
+
+
+def test_a_record_without_the_sketch_of_the_numbers_resumes_the_same_bytes_only(
+        synth_data, tiny_checkpoint, finished_run, monkeypatch, tmp_path):  # noqa: F811
+    """A record written before the sketch existed: the same annotation bytes resume (and the record gains the
+    sketch), other last digits cannot be told from other data and are refused, saying why."""
+    out, before = finished_run
+    record = json.loads(before[RUN_FINGERPRINT_FILE])
+    assert record["data"]["annotation_numbers"]["count"] > 0
+    older = {**record, "data": {k: v for k, v in record["data"].items() if k != "annotation_numbers"}}
+    (out / RUN_FINGERPRINT_FILE).write_text(json.dumps(older))
+    annotations = find_annotation_file(synth_data, "detection", "val")
+    message = refused(synth_data, out, monkeypatch, model_dir=tiny_checkpoint,
+                      annotation_file=_written_again(annotations, tmp_path, 1 + 3e-14))
+    assert "no sketch of its numbers was recorded, so only the same bytes resume). Rerun" in message
+    calls = _count_generate_calls(monkeypatch)
+    run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, **RUN)
+    assert calls == [] and json.loads((out / RUN_FINGERPRINT_FILE).read_text()) == record
+
+
+def test_a_pipeline_that_owns_the_folder_answers_another_runs_answers_again(synth_data, tiny_checkpoint,  # noqa: F811
+                                                                           other_checkpoint, finished_run, monkeypatch,
+                                                                           caplog):
+    """other_run_answers="answer_again" (gap-mllm mini: its run state keeps a copy): the other model's answers are
+    deleted with a warning naming what differs, this model answers every sample and the record becomes its own; the
+    same run then resumes them. Any other value is refused before anything is read."""
+    out, before = finished_run
+    calls = _count_generate_calls(monkeypatch)
+    with caplog.at_level("WARNING", logger="gap_mllm.evaluation.runner"):
+        run_evaluation("detection", synth_data, out, model_dir=other_checkpoint, **RUN, other_run_answers="answer_again")
+    assert calls == [2]
+    assert f"{out}: its answers are answered again (other_run_answers=answer_again): " in caplog.text
+    assert "the model weights (recorded" in caplog.text
+    record = json.loads((out / RUN_FINGERPRINT_FILE).read_text())
+    assert record["model"] == model_fingerprint(other_checkpoint) != json.loads(before[RUN_FINGERPRINT_FILE])["model"]
+    answered = snapshot(out)["raw_outputs.rank0.jsonl"]
+    assert len(answered.splitlines()) == 2
+    run_evaluation("detection", synth_data, out, model_dir=other_checkpoint, **RUN, other_run_answers="answer_again")
+    assert calls == [2] and snapshot(out)["raw_outputs.rank0.jsonl"] == answered
+    with pytest.raises(ValueError, match=r"other_run_answers='replace': one of refuse, answer_again"):
+        run_evaluation("detection", synth_data, out, model_dir=other_checkpoint, **RUN, other_run_answers="replace")

@@ -6,6 +6,8 @@ import json
 import logging
 
 from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE, model_fingerprint
+from gap_mllm.evaluation.runner import OTHER_RUN_ANSWERS
+from gap_mllm.mini import fresh_seeds, pipeline
 from gap_mllm.mini.kept_answers import answers_folder, answers_kept, keep_answers, restore_answers
 
 ANSWERED = b'{"id": "a", "index": 0, "raw": ["x"]}\n{"id": "b", "index": 1, "raw": ["y"]}\n'
@@ -95,3 +97,24 @@ def test_an_evaluation_stopped_part_way_keeps_what_it_answered(tmp_path):
     with answers_kept(out, None, "arm", [out / "results" / "arm"], [final]):  # no run state: nothing kept
         pass
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_the_pipelines_evaluations_answer_again_what_they_cannot_resume(tmp_path, monkeypatch):
+    """Answers put back from a run state but made on other data cannot resume (evaluation/run_fingerprint.py): both
+    of the pipeline's evaluations (the test split's and the fresh seeds') have the runner answer them again
+    (tests/test_eval_run_fingerprint.py shows the runner doing so) instead of stopping the ablation."""
+    asked = []
+
+    def runner(task, **settings):
+        asked.append((task, settings["out_dir"].relative_to(tmp_path).as_posix(), settings["other_run_answers"]))
+        return {}
+
+    monkeypatch.setattr(pipeline, "run_evaluation", runner)
+    monkeypatch.setattr(fresh_seeds, "run_evaluation", runner)
+    monkeypatch.setattr(fresh_seeds, "fresh_data", lambda out, seed, scenes, workers: tmp_path / f"data-{seed}")
+    run = pipeline.MiniRun(out=tmp_path / "run", data=tmp_path / "data", device="cpu")
+    pipeline._evaluate(run, "grounding", "grounding", tmp_path / "model", "arm", constrained=False)
+    fresh_seeds.evaluate_fresh(tmp_path / "run", tmp_path / "model", "arm", seeds=(7,))
+    assert asked[0] == ("grounding", "run/results/arm/grounding", "answer_again")
+    assert [item[2] for item in asked] == ["answer_again"] * (1 + len(fresh_seeds.FRESH_TASKS))
+    assert "answer_again" in OTHER_RUN_ANSWERS

@@ -12,7 +12,8 @@ folder, sketches the data root it is given and continues only when every file is
 * a binary array (.npy, .npz, .exr) has the same bytes.
 * any other file (records, poses, intrinsics: text) has the same bytes, or the same text around its decimal numbers,
   as many of them, and each number, in its place, equal to the recorded one within what another CPU's float maths
-  changes: |x' - x| <= REL*|x| + FLOOR. (Measured: 8 Mini scenes written under three settings of
+  changes: |x' - x| <= REL*|x| + FLOOR (the rule, shared with the evaluation's run record:
+  processing/decimal_numbers.py). (Measured: 8 Mini scenes written under three settings of
   NPY_DISABLE_CPU_FEATURES differ in 154 of 18,678 numbers, by at most 192 ulp: 4e-14 relative, 1.3e-15 absolute;
   their sketches compare as the same data.)
 
@@ -47,7 +48,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,13 +58,13 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
+from gap_mllm.processing.decimal_numbers import FLOOR, REL, K, blocks_beyond_last_digits, text_and_numbers
+from gap_mllm.processing.decimal_numbers import block_sums as _block_sums
+
 logger = logging.getLogger(__name__)
 
 VERSION = 1  # of the sketch (its weights, blocks and digests); a sketch of another version is not compared
-K = 4  # weighted sums per block
-BLOCK = 64  # numbers per block
-REL = 1e-12  # per number: the relative difference that is still "the last digits" (measured: 4e-14)
-FLOOR = 1e-12  # per number: the absolute one, for numbers near 0 (a cancellation's leftover; measured: 1.3e-15)
+BLOCK = 64  # numbers per block (K sums per block, the per-number bound REL and FLOOR: processing/decimal_numbers.py)
 DIGEST_BYTES = 16  # of each sha256 kept
 # the sketch of the data a training output folder's run trains on (a safetensors file, named so that no "*.safetensors"
 # rule takes it for weights: `gap-mllm push` uploads an output folder's *.safetensors)
@@ -73,9 +73,6 @@ RECORD_FILE = ".gap-mllm-data.sketch"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BINARY_SUFFIXES = (".npy", ".npz", ".exr")
 TEXT, IMAGE, BINARY = 0, 1, 2  # the kinds of file
-# a decimal number of a text file: digits, a point, digits, or an exponent; not part of a word, a name or a version
-# ("00010.jpg", "1.2.3" and "v1.5" are text); a split keeps the text around the numbers and the numbers apart
-_NUMBER = re.compile(rb"(?<![\w.])(-?(?:\d+\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+))(?![\w.])")
 _TENSORS = ("names", "kinds", "raw", "content", "counts", "blocks", "sums", "absolute", "settings")
 
 
@@ -238,43 +235,15 @@ def _pixels_digest(content: bytes) -> np.ndarray:
     return _short(digest)
 
 
-def weights(name: str, count: int) -> np.ndarray:
-    """[K, count] weights in [1, 2) of the numbers of file `name`: splitmix64 of (a hash of the name and k) + the
-    position, its top 53 bits as the fraction. Integer arithmetic: the same on every CPU."""
-    positions = np.arange(count, dtype=np.uint64)
-    rows = []
-    with np.errstate(over="ignore"):
-        for k in range(K):
-            key = hashlib.sha256(f"{name}\0{k}".encode("utf-8", "surrogateescape")).digest()
-            seed = np.uint64(int.from_bytes(key[:8], "little"))
-            z = positions + seed + np.uint64(0x9E3779B97F4A7C15)
-            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            z = z ^ (z >> np.uint64(31))
-            rows.append(1.0 + (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53)
-    return np.stack(rows)
-
-
 def block_sums(name: str, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(`[blocks, K]` weighted sums, `[blocks]` absolute sums) of a file's numbers, BLOCK numbers a block."""
-    blocks = -(-numbers.size // BLOCK)
-    padded = np.zeros(blocks * BLOCK)
-    padded[:numbers.size] = numbers
-    weighted = np.zeros((K, blocks * BLOCK))
-    weighted[:, :numbers.size] = weights(name, numbers.size) * numbers
-    return (weighted.reshape(K, blocks, BLOCK).sum(axis=2).T.copy(),
-            np.abs(padded).reshape(blocks, BLOCK).sum(axis=1))
+    return _block_sums(name, numbers, BLOCK)
 
 
 def _text_parts(content: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(the digest of the text around the decimal numbers, the numbers in order) of a text file. The text is
-    digested piece by piece with each piece's length, so no piece can pass for a number or the reverse."""
-    parts = _NUMBER.split(content)
-    digest = hashlib.sha256()
-    for piece in parts[0::2]:
-        digest.update(len(piece).to_bytes(8, "little") + piece)
-    numbers = np.fromiter(map(float, parts[1::2]), dtype=np.float64, count=len(parts) // 2)
-    return _short(digest), numbers
+    """(the short digest of the text around the decimal numbers, the numbers in order) of a text file."""
+    text, numbers = text_and_numbers(content)
+    return np.frombuffer(text[:DIGEST_BYTES], dtype=np.uint8), numbers
 
 
 def kind_of(name: str) -> int:
@@ -344,11 +313,9 @@ def _number_difference(recorded: DataSketch, i: int, current: DataSketch, j: int
     many numbers) are other numbers: the first block whose sums moved beyond the bound; None when none did."""
     first, last = int(recorded.blocks[i]), int(recorded.blocks[i + 1])
     now = int(current.blocks[j])
-    absolute = np.maximum(recorded.absolute[first:last], current.absolute[now:now + last - first])
-    sizes = np.minimum(BLOCK, recorded.counts[i] - BLOCK * np.arange(last - first))
-    bound = 2.0 * (REL * absolute + FLOOR * sizes)
-    moved = np.abs(recorded.sums[first:last] - current.sums[now:now + last - first])
-    beyond = ~np.all(moved <= bound[:, None], axis=1)  # NaN (an infinity on both sides) counts as moved
+    beyond = blocks_beyond_last_digits(recorded.sums[first:last], current.sums[now:now + last - first],
+                                       recorded.absolute[first:last], current.absolute[now:now + last - first],
+                                       int(recorded.counts[i]), BLOCK)
     if not beyond.any():
         return None
     start = int(np.argmax(beyond)) * BLOCK
