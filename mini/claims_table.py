@@ -19,6 +19,9 @@ CLAIMS_SECTION = "## The paper's claims in miniature"
 # the lines around the quote in README.md and model_card.md (`gap-mllm mini --ablation --quote FILE` rewrites what is between)
 QUOTE_BEGIN = "<!-- the paper's claims in miniature: written by `gap-mllm mini --ablation --quote`, from here -->"
 QUOTE_END = "<!-- to here -->"
+# what the arms cost is a timing, and timings live in bench/ (measured side by side in one run), not in this table
+COST_SENTENCE = ("What each arm costs, seconds per training step with geometry on and off, is measured side by side in "
+                 "bench/README.md, \"The ablation's arms\".")
 VERDICTS_IN_WORDS = ("Verdicts: helps (interval wholly better than 0), hurts at this scale (wholly worse), no measurable "
                      "effect (it contains 0).")
 
@@ -63,7 +66,8 @@ def claims_section(results: dict) -> str:
     """The "claims in miniature" section of RESULTS.md from results.json's `"claims"` ({where: claims_results})."""
     intro = ("The paper's three claims, each as the difference between two arms of `gap-mllm mini --ablation` trained at "
              "one budget from the same stage 0 (mini/ablation.py), judged on scenes no arm was trained or tuned on. "
-             f"{VERDICTS_IN_WORDS} The seed-to-seed rows are the same arm trained twice: what noise looks like.")
+             f"{VERDICTS_IN_WORDS} The seed-to-seed rows are the same arm trained twice: what noise looks like. "
+             f"{COST_SENTENCE}")
     lines = [CLAIMS_SECTION, "", intro]
     for claims in results["claims"].values():
         lines += claims_lines(claims)
