@@ -23,8 +23,8 @@ ANNOTATION_BLOCKS block sums: its answers resume, with a log line. A record with
 it existed) resumes on the same bytes only. The blocks are large (the Mini's test annotation files: up to 9,477
 numbers a block) and the record small (1.7 kB); a block's bound grows with its numbers, yet one number moved by
 1e-4 in those files keeps all 4 sums with probability under 1e-11 (the odds: processing/decimal_numbers.py), and
-numpy's pairwise sum rounds a block's sum by tens of ulp of its absolute sum, far inside REL of it. To start fresh, give another output folder or delete the
-answers and the record. A folder without answers takes the new record.
+numpy's pairwise sum rounds a block's sum by tens of ulp of its absolute sum, far inside REL of it. To start
+fresh, give another output folder or delete the answers and the record. A folder without answers takes the new record.
 
 Not recorded, so free to change between a run and its resume: the batch size, the number of processes,
 scene reuse and `limit` (they change how or which samples are answered, not what an answer means), the
@@ -110,15 +110,13 @@ def model_fingerprint(folder) -> dict:
     }
 
 
-def annotation_numbers(path) -> dict:
-    """The sketch of an annotation file's decimal numbers (module docstring): `{"text": sha256 of the text around
-    them, "count": n, "block": numbers a block, "sums": [blocks][K] weighted sums, "absolute": [blocks] sums of |x|}`;
-    the weights follow the file's name. JSON keeps each float64 exactly (repr round-trips)."""
-    path = Path(path)
-    with open_regular_file(path) as handle:
-        text, numbers = text_and_numbers(handle.read())
+def annotation_numbers(name: str, content: bytes) -> dict:
+    """The sketch of the decimal numbers of annotation file `name` whose bytes are `content` (module docstring):
+    `{"text": sha256 of the text around them, "count": n, "block": numbers a block, "sums": [blocks][K] weighted
+    sums, "absolute": [blocks] sums of |x|}`; the weights follow the name. JSON keeps each float64 exactly."""
+    text, numbers = text_and_numbers(content)
     block = max(MIN_BLOCK, -(-numbers.size // ANNOTATION_BLOCKS))
-    sums, absolute = block_sums(path.name, numbers, block)
+    sums, absolute = block_sums(name, numbers, block)
     return {"text": text.hex(), "count": int(numbers.size), "block": block, "sums": sums.tolist(),
             "absolute": absolute.tolist()}
 
@@ -134,9 +132,9 @@ def numbers_difference(recorded: dict, current: dict) -> str | None:
         return (f"the recorded sketch of its numbers has blocks of {recorded.get('block')} numbers, this version's "
                 f"{current.get('block')}, which it cannot compare")
     try:
-        arrays = [np.asarray(sketch[key], dtype=np.float64) for sketch in (recorded, current)
-                  for key in ("sums", "absolute")]
-        beyond = blocks_beyond_last_digits(*arrays[0::2], *arrays[1::2], int(current["count"]), int(current["block"]))
+        sums, absolute = ([np.asarray(sketch[key], dtype=np.float64) for sketch in (recorded, current)]
+                          for key in ("sums", "absolute"))
+        beyond = blocks_beyond_last_digits(*sums, *absolute, int(current["count"]), int(current["block"]))
     except (KeyError, TypeError, ValueError) as error:  # a record edited by hand, or of another shape
         return f"the recorded sketch of its numbers cannot be compared ({type(error).__name__}: {error})"
     if beyond.any():
@@ -147,6 +145,8 @@ def numbers_difference(recorded: dict, current: dict) -> str | None:
 def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_tokens) -> dict:
     """The fingerprint of an evaluation run (module docstring); JSON-serialisable."""
     data = describe_data_root(data_dir)
+    with open_regular_file(annotation_file) as handle:  # read once: its digest and its numbers' sketch
+        annotation = handle.read()
     return {
         "task": {
             "name": task.name,
@@ -159,8 +159,8 @@ def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_token
         "model": model_fingerprint(model_folder),
         "data": {
             "annotation_file": Path(annotation_file).name,
-            "annotation_sha256": file_sha256(annotation_file),
-            "annotation_numbers": annotation_numbers(annotation_file),
+            "annotation_sha256": hashlib.sha256(annotation).hexdigest(),
+            "annotation_numbers": annotation_numbers(Path(annotation_file).name, annotation),
             "kind": data["kind"],
             "name": data["name"],
             "details": data["details"],
@@ -173,8 +173,8 @@ _FIELD_WORDS = {
     "task.name": "the task", "task.official_compat": "official_compat", "task.max_new_tokens": "the max_new_tokens cap",
     "task.stage_budgets": "the official token budgets", "task.constrained": "constrained decoding (--constrained)", "model.weights": "the model weights",
     "model.configuration": "the model's configuration/tokenizer files", "data.annotation_file": "the annotation file name",
-    "data.annotation_sha256": "the annotation file's content", "data.annotation_numbers": "the annotation file's numbers",
-    "data.kind": "the kind of data", "data.name": "the data",
+    "data.annotation_sha256": "the annotation file's content",
+    "data.annotation_numbers": "the annotation file's numbers", "data.kind": "the kind of data", "data.name": "the data",
     "data.details": "the data's scenes/records",
 }  # fmt: skip
 
@@ -269,5 +269,5 @@ def write_fingerprint(out_dir, fingerprint: dict) -> None:
     os.replace(partial, path)
 
 
-__all__ = ["ANNOTATION_BLOCKS", "RUN_FINGERPRINT_FILE", "annotation_numbers", "check_resume", "discard_answers", "local_model_folder",
-           "model_fingerprint", "numbers_difference", "run_fingerprint", "write_fingerprint"]
+__all__ = ["ANNOTATION_BLOCKS", "RUN_FINGERPRINT_FILE", "annotation_numbers", "check_resume", "discard_answers",
+           "local_model_folder", "model_fingerprint", "numbers_difference", "run_fingerprint", "write_fingerprint"]
