@@ -32,7 +32,9 @@ budget as extra stage-2 steps (1,000 + 7,200 = 8,200, one cosine schedule): ever
 optimizer steps on the same number of samples (131,200), and the claim reads "1,000 steps of the marker task before the
 tasks beat 1,000 more steps of the tasks". Its tokens are not equal: a stage-2 sample is longer than a marker sample
 (8-view frame records, 60-token boxes), so it sees more tokens than the other arms, which favours the ablation: a
-stage-1 gain measured this way is conservative.
+stage-1 gain measured this way is conservative. The Mini's stage-2 mix keeps the marker task (mini_stage2.yaml), so
+this arm still trains the stage-1 task, inside stage 2: the claim measures a separate phase of it before the tasks,
+not the task itself (the official stage 2 has no marker data; reports/mini/ablation-in-progress.md).
 
 **One arm at a time, each in git between machines.** `--run-state DIR` keeps every training stage's run state
 (training/run_state.py) in `DIR/<arm>/<stage>` (bfloat16 moments and best model, as the sixth release's run): a

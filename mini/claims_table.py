@@ -22,6 +22,10 @@ QUOTE_END = "<!-- to here -->"
 # what the arms cost is a timing, and timings live in bench/ (measured side by side in one run), not in this table
 COST_SENTENCE = ("What each arm costs, seconds per training step with geometry on and off, is measured side by side in "
                  "bench/README.md, \"The ablation's arms\".")
+# a verdict is one interval's; how to read a row (an interval the other sample set does not repeat, what a claim in
+# miniature says of the full-size model) is the report's, and both the section and the quote point to it
+READING_SENTENCE = ("What each claim does and does not say, and how to read a verdict the other sample set does not "
+                    "repeat: reports/mini/ablation-in-progress.md.")
 VERDICTS_IN_WORDS = ("Verdicts: helps (interval wholly better than 0), hurts at this scale (wholly worse), no measurable "
                      "effect (it contains 0).")
 
@@ -67,7 +71,7 @@ def claims_section(results: dict) -> str:
     intro = ("The paper's three claims, each as the difference between two arms of `gap-mllm mini --ablation` trained at "
              "one budget from the same stage 0 (mini/ablation.py), judged on scenes no arm was trained or tuned on. "
              f"{VERDICTS_IN_WORDS} The seed-to-seed rows are the same arm trained twice: what noise looks like. "
-             f"{COST_SENTENCE}")
+             f"{COST_SENTENCE} {READING_SENTENCE}")
     lines = [CLAIMS_SECTION, "", intro]
     for claims in results["claims"].values():
         lines += claims_lines(claims)
@@ -80,6 +84,7 @@ def claims_quote(claims: dict) -> str:
     intro = ("The paper's three claims, measured in miniature by this package: arms of GAP-MLLM-Mini trained on "
              "SynthRooms at one budget from the same frozen encoders, each pair differing in one ingredient "
              "(`gap-mllm mini --ablation`, mini/ablation.py), judged on scenes of generator seeds no arm was trained or "
-             f"tuned on. {VERDICTS_IN_WORDS} The test split's table: mini/RESULTS.md of the gap-mllm repository.")
+             f"tuned on. {VERDICTS_IN_WORDS} The test split's table is in mini/RESULTS.md, and what each claim does and "
+             "does not say in reports/mini/ablation-in-progress.md, both in the gap-mllm repository.")
     # the blank line last: the comment line below it must not read as a row of the table
     return "\n".join([intro, *claims_lines(claims["fresh_seeds"]), ""]) + "\n"

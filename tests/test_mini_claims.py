@@ -5,6 +5,7 @@ section written into a RESULTS.md without touching the rest of it."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from gap_mllm.mini.markdown_sections import block_between, document_section, wit
 from gap_mllm.mini.report import REFUSED_SECTION, results_document
 from gap_mllm.mini.sample_rows import f1_of_counts
 
+REPO = Path(__file__).resolve().parents[1]
 SCENES, PER_SCENE = 12, 5
 N = SCENES * PER_SCENE
 SCENE_OF = [f"7/scene{i // PER_SCENE:02d}" for i in range(N)]
@@ -107,6 +109,19 @@ def test_claims_whose_arms_are_not_evaluated_say_which_and_samples_must_match():
     other["captioning"]["ids"] = other["captioning"]["ids"][::-1]
     with pytest.raises(ValueError, match="did not answer the same captioning samples"):
         claims_results({"gap_gated_s0": arm, "no_geometry_s0": other}, "constructed scenes")
+
+
+def test_every_repository_file_the_claims_section_and_quote_point_to_exists():
+    """The section and the quote send the reader to files for what a verdict does not say (the report, the cost in
+    bench/, the design, the test split's table): each named file is in the repository, so a rename breaks this test,
+    not the pointer."""
+    arm = _figures("a", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    claims = {"fresh_seeds": claims_results({"gap_gated_s0": arm}, "constructed scenes")}
+    named = set()
+    for text in (claims_section({"claims": claims}), claims_quote(claims)):
+        named |= set(re.findall(r"\b(?:mini|reports|bench)/[\w/.-]+\.(?:md|py)\b", text))
+    assert {"reports/mini/ablation-in-progress.md", "bench/README.md", "mini/ablation.py", "mini/RESULTS.md"} <= named
+    assert sorted(path for path in named if not (REPO / path).is_file()) == []
 
 
 RELEASE = "# GAP-MLLM-Mini results (budget: full)\n\nThe release's table.\n\n| model | Acc |\n|---|---|\n| m | 1 |\n"
