@@ -24,8 +24,9 @@ COST_SENTENCE = ("What each arm costs, seconds per training step with geometry o
                  "bench/README.md, \"The ablation's arms\".")
 # a verdict is one interval's; how to read a row (an interval the other sample set does not repeat, what a claim in
 # miniature says of the full-size model) is the report's, and both the section and the quote point to it
+ABLATION_REPORT = "reports/mini/ablation-in-progress.md"
 READING_SENTENCE = ("What each claim does and does not say, and how to read a verdict the other sample set does not "
-                    "repeat: reports/mini/ablation-in-progress.md.")
+                    f"repeat: {ABLATION_REPORT}.")
 VERDICTS_IN_WORDS = ("Verdicts: helps (interval wholly better than 0), hurts at this scale (wholly worse), no measurable "
                      "effect (it contains 0).")
 
@@ -85,6 +86,6 @@ def claims_quote(claims: dict) -> str:
              "SynthRooms at one budget from the same frozen encoders, each pair differing in one ingredient "
              "(`gap-mllm mini --ablation`, mini/ablation.py), judged on scenes of generator seeds no arm was trained or "
              f"tuned on. {VERDICTS_IN_WORDS} The test split's table is in mini/RESULTS.md, and what each claim does and "
-             "does not say in reports/mini/ablation-in-progress.md, both in the gap-mllm repository.")
+             f"does not say in {ABLATION_REPORT}, both in the gap-mllm repository.")
     # the blank line last: the comment line below it must not read as a row of the table
     return "\n".join([intro, *claims_lines(claims["fresh_seeds"]), ""]) + "\n"
