@@ -67,7 +67,7 @@ from .arms import ARMS, MAIN_ARM, Arm, fresh_model_settings
 from .export import EXPORT_COMMAND, export_default, export_is_complete
 from .claims import check_quote_block, write_claims
 from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results, seed_parts
-from .kept_answers import answers_kept
+from .kept_answers import answers_folder, answers_kept, evaluation_folders
 from .synth_data import MINI_COMMAND, ensure_synth_data
 from .pipeline_settings import ANSWERS_OF_ANOTHER_RUN, BUDGETS, STAGE_KINDS, Budget, add_arguments
 from .provenance import FINAL_MODEL, collapse_copies, training_chain
@@ -449,8 +449,7 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
                 evaluate_fresh(run.out, run.stage_dir(arm.name, "final"), arm.name, seeds=ABLATION_FRESH_SEEDS,
                                **_fresh_settings(run))
         if run.ablation and not arm.stage1_only:
-            claims = write_claims(run, [done.name for done in arms[:number + 1] if not done.stage1_only],
-                                  run.claims_table, run.claims_quotes)
+            claims = _claims_so_far(run, arms, number) or claims
     geometry = evaluate_stage0(run, stage0)
     baselines = compute_baselines(run)
     rows = [*arms, constrained_arm(MAIN_ARM)] if run.constrained_row and MAIN_ARM in arms else arms
@@ -484,13 +483,39 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
     return results
 
 
+def _answer_roots(run: MiniRun, arm: Arm) -> list[Path]:
+    """The folders under --out that `arm`'s evaluations answer into: the test split's, the fresh seeds'."""
+    return [run.results_dir(arm.name), run.results_dir(constrained_arm(arm).name),
+            *(results for _, results, _ in seed_parts(run.out, arm.name, ABLATION_FRESH_SEEDS))]
+
+
 def arm_answers_kept(run: MiniRun, arm: Arm):
     """With `--run-state DIR`: `arm`'s evaluation answers (the test split's, the ablation's fresh seeds') are put back
     from DIR/<arm>/answers before the `with` block evaluates it, and kept there when it ends (mini/kept_answers.py)."""
-    roots = [run.results_dir(arm.name), run.results_dir(constrained_arm(arm).name),
-             *(results for _, results, _ in seed_parts(run.out, arm.name, ABLATION_FRESH_SEEDS))]
-    return answers_kept(run.out, run.run_state, arm.name, roots,
+    return answers_kept(run.out, run.run_state, arm.name, _answer_roots(run, arm),
                         models=[run.stage_dir(arm.name, "final"), run.stage_dir(arm.name, "stage1")])
+
+
+def _answered_before(run: MiniRun, arm: Arm) -> bool:
+    """Whether `arm` has answers from an earlier call: in its evaluation folders under --out, or kept in the run
+    state."""
+    kept = [answers_folder(run.run_state, arm.name)] if run.run_state is not None else []
+    return bool(evaluation_folders([*_answer_roots(run, arm), *kept]))
+
+
+def _claims_so_far(run: MiniRun, arms: list[Arm], number: int) -> dict | None:
+    """The claims over `arms[:number + 1]` (each arm answers its claims as soon as it is trained, issue 63), written
+    to the run's results, --table's claims section and each --quote, and returned; None, with nothing written, while a
+    later arm of `arms` was answered by an earlier call. The arms come back one after another, so without that rule
+    a stop before such an arm is back (a time limit, a crash) would leave --table and the quotes with the claims of
+    the arms back so far: claims an earlier call had answered would read "not evaluated yet"."""
+    waiting = [later.name for later in arms[number + 1:] if not later.stage1_only and _answered_before(run, later)]
+    if waiting:
+        logger.info("claims: not written after %s; %s answered before and come back later", arms[number].name,
+                    ", ".join(waiting))
+        return None
+    return write_claims(run, [done.name for done in arms[:number + 1] if not done.stage1_only], run.claims_table,
+                        run.claims_quotes)
 
 
 def _fresh_settings(run: MiniRun) -> dict:

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from gap_mllm.evaluation import scene_generation
 from gap_mllm.mini import pipeline
 from gap_mllm.mini.arms import MAIN_ARM
+from gap_mllm.mini.claims import write_claims
 from gap_mllm.mini.claims_table import CLAIMS_SECTION, QUOTE_BEGIN, QUOTE_END, claims_quote
 from gap_mllm.mini.markdown_sections import document_section
 from gap_mllm.mini.report import REFUSED_SECTION
@@ -317,7 +318,9 @@ def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_p
     rows untouched); the geometry claim is measured on the fresh seeds and the test split, the others are named as
     not evaluated yet. On a fresh machine (--out gone, the run state left) the same command trains nothing and
     answers nothing: every stage comes back from its state and every answer from the arm's kept answers, and the
-    claims are the same."""
+    claims are the same. There the claims are written once, after the last arm came back: written after the first,
+    they would have said "not evaluated yet" of the second until it was back, and a stop in between would have left
+    --table and the quotes so."""
 
     table = tmp_path / "RESULTS.md"
     release = (toy_run / "RESULTS.md").read_text()
@@ -330,7 +333,15 @@ def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_p
                               "--device", "cpu", "--stage0", str(toy_run / "run" / "stages" / "stage0"), "--ablation",
                               "--arms", "gap_gated_s0", "no_geometry_s0", "--table", str(table),
                               "--quote", str(readme), "--run-state", str(tmp_path / "state")])
+    written_over = []  # the arms of each call of write_claims
+
+    def recorded_write_claims(run, arms, *args):
+        written_over.append(list(arms))
+        return write_claims(run, arms, *args)
+
+    monkeypatch.setattr(pipeline, "write_claims", recorded_write_claims)
     assert pipeline.main(args) == 0
+    assert written_over == [["gap_gated_s0"], ["gap_gated_s0", "no_geometry_s0"]]
     first = (tmp_path / "run" / "results" / "claims.json").read_text()
     claims = json.loads(first)
     for where in ("fresh_seeds", "test"):
@@ -359,8 +370,10 @@ def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_p
 
     monkeypatch.setattr(scene_generation, "SceneGenerator", NoGeneration)
     monkeypatch.setattr(transformers.Trainer, "train", no_training)
+    written_over.clear()
     assert pipeline.main(args) == 0
     assert (tmp_path / "run" / "results" / "claims.json").read_text() == first
+    assert written_over == [["gap_gated_s0", "no_geometry_s0"]]
 
 
 def test_the_ablation_table_must_be_an_existing_results_file(tmp_path):

@@ -5,6 +5,9 @@ a stage done."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,6 +51,35 @@ def test_the_last_step_is_not_a_time_limited_stop():
     callback.on_step_end(None, state, control)
     callback.on_train_end(None, state, control)  # SIGTERM and Ctrl-C handlers back to the test process's own
     assert not (callback.reached or control.should_training_stop)
+
+
+class WorkerPids(torch.utils.data.Dataset):
+    """Each item is the process id of the process that loaded it."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, index):
+        return os.getpid()
+
+
+def test_the_training_loaders_workers_outlive_a_sigterm_sent_to_the_whole_job():
+    """A scheduler's SIGTERM reaches every process of the job: the run must stop at its next step end with a
+    checkpoint, so the data loader's worker keeps loading (PyTorch's own worker dies at a SIGTERM its parent did not
+    send, and the main process then failed at its next batch, with no checkpoint)."""
+    loader = torch.utils.data.DataLoader(WorkerPids(), batch_size=1, num_workers=1)
+    callback = TimeLimitCallback(None)
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    callback.on_train_begin(None, state, control, train_dataloader=loader)
+    try:
+        batches = iter(loader)
+        worker = int(next(batches))
+        # sent by another process, as a scheduler sends it (not the worker's parent)
+        subprocess.run([sys.executable, "-c", f"import os, signal; os.kill({worker}, signal.SIGTERM)"], check=True)
+        rest = [int(batch) for batch in batches]
+    finally:
+        callback.on_train_end(None, state, control)  # SIGTERM and Ctrl-C handlers back to the test process's own
+    assert worker != os.getpid() and rest == [worker] * 11
 
 
 @pytest.mark.parametrize("limit", [0, -5, float("nan")])

@@ -18,6 +18,13 @@ an interrupted command, 130 (`INTERRUPTED_STATUS`); a second Ctrl-C before that 
 without a checkpoint, for a step that does not end. The handlers are installed only for the training loop and only
 in the main thread; outside it (building the feature cache, evaluation) both signals keep their default meaning,
 since nothing there is lost.
+
+A scheduler signals every process of the job (Slurm's `scancel`, `kill -- -PGID`), the training data loader's
+workers too, and PyTorch's workers die at a SIGTERM that their parent did not send (torch/utils/data/_utils/
+signal_handling.py): the main process then failed at its next batch, with no checkpoint. So the training loader's
+workers ignore SIGTERM (`WorkersIgnoreStop`): the main process stops the run and ends its workers as it ends them
+at every epoch; a worker whose main process is gone ends by itself (PyTorch's watchdog). Ctrl-C reaches them with
+the handler they were forked with, which does nothing in a worker.
 """
 
 from __future__ import annotations
@@ -42,6 +49,28 @@ class TrainingStoppedAtTimeLimit(RunStoppedEarly):
     exit status (`RunStoppedEarly.status`, `INTERRUPTED_STATUS` for Ctrl-C)."""
 
     result = None
+
+
+class WorkersIgnoreStop:
+    """The `worker_init_fn` of the training data loader while a run trains: SIGTERM is ignored in each worker (module
+    docstring), then the loader's own `worker_init_fn` (Trainer's seeding) runs. A top-level class, so that a
+    loader whose workers are spawned can pickle it."""
+
+    def __init__(self, worker_init_fn=None):
+        self.worker_init_fn = worker_init_fn
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # after PyTorch's worker handlers, which die at it
+        if self.worker_init_fn is not None:
+            self.worker_init_fn(worker_id)
+
+
+def workers_ignore_stop(loader) -> None:
+    """Have the workers of `loader` (a DataLoader, or None) ignore SIGTERM from the next `iter(loader)` on; a loader
+    whose `skip_first_batches` copy a resume makes keeps it (accelerate copies `worker_init_fn`)."""
+    if loader is None or not getattr(loader, "num_workers", 0) or isinstance(loader.worker_init_fn, WorkersIgnoreStop):
+        return
+    loader.worker_init_fn = WorkersIgnoreStop(loader.worker_init_fn)
 
 
 class TimeLimitCallback(TrainerCallback):
@@ -88,6 +117,7 @@ class TimeLimitCallback(TrainerCallback):
         self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             self._previous_handlers = {number: signal.signal(number, self._on_signal) for number in STOP_SIGNALS}
+        workers_ignore_stop(kwargs.get("train_dataloader"))  # its workers start at the epoch's first batch, after this
 
     def on_step_end(self, args, state, control, **kwargs):
         late = self.limit_s is not None and self.started is not None and self.clock() - self.started >= self.limit_s
