@@ -28,6 +28,12 @@ Arms (`ARMS`; `--arms` picks some):
     sdpa_compile                   padded sdpa, each LLM decoder layer `torch.compile`d (regional); CUDA only here
     sdpa_compile_bucketed          the compiled layers at static shapes, one per bucket (the recipes' compile setting)
     sdpa_compile_towers_bucketed   the same, and every block of the frozen towers compiled (`kernels.compile_towers`)
+    sdpa[_packed]_checkpointed     padded / packed sdpa under activation checkpointing (non-reentrant, as the real-size
+                                   recipes train; packed rows recompute per sample: training/packed_attention.py)
+    sdpa[_packed]_compile_towers_checkpointed
+                                   the same with the towers compiled: what a real-size recipe runs on CUDA
+    sdpa_compile_bucketed_checkpointed
+                                   compiled layers at buckets, under activation checkpointing
     default                        the training recipes' defaults on CUDA (training/kernels.py `resolve_kernels`):
                                    bucketed padded rows, compiled layers, Liger's Qwen3-VL kernels in the language model
                                    and its fused linear cross-entropy
@@ -98,6 +104,7 @@ class Arm:
     buckets: bool = False
     liger_lm: bool = False
     compile_towers: bool = False
+    checkpointing: bool = False  # activation checkpointing, as the real-size recipes train (non-reentrant)
 
 
 ARMS = (
@@ -114,6 +121,14 @@ ARMS = (
     Arm("sdpa_compile", compile=True),  # compiled layers are reset afterwards
     Arm("sdpa_compile_bucketed", compile=True, buckets=True),
     Arm("sdpa_compile_towers_bucketed", compile=True, buckets=True, compile_towers=True),
+    # the real-size recipes checkpoint activations: packing earns its place there only against a checkpointed baseline
+    Arm("sdpa_checkpointed", checkpointing=True),
+    Arm("sdpa_packed_checkpointed", packed=True, checkpointing=True),
+    # what the real-size recipes run on CUDA (no length buckets, so no compiled layers; the towers compiled), padded
+    # and packed
+    Arm("sdpa_compile_towers_checkpointed", compile_towers=True, checkpointing=True),
+    Arm("sdpa_packed_compile_towers_checkpointed", packed=True, compile_towers=True, checkpointing=True),
+    Arm("sdpa_compile_bucketed_checkpointed", compile=True, buckets=True, checkpointing=True),
     # last: Liger's language-model kernels stay in the model
     Arm("default", compile=True, buckets=True, liger=True, liger_lm=True),
     Arm("default_packed", packed=True, compile=True, buckets=True, liger=True, liger_lm=True),
@@ -129,7 +144,7 @@ SETTINGS = {
 
 def arm_unavailable_reason(arm: Arm, device: str) -> str | None:
     """Why `arm` cannot run on `device` (None: it can)."""
-    if arm.compile and not device.startswith("cuda"):
+    if (arm.compile or arm.compile_towers) and not device.startswith("cuda"):
         return "this bench compiles on CUDA only (inductor's CPU code is not what is measured here)"
     return arm_unavailable(arm.attention, device) or (arm_unavailable("liger", device) if arm.liger else None)
 
@@ -259,12 +274,14 @@ class ArmsBench(Bench):
                     parameter.copy_(self.initial[name])
         apply_attention_implementation(model, arm.attention, {"bf16": self.dtype == torch.bfloat16})
         model.train()
-        wrapped = GeometryAlignedModel(model, liger_cross_entropy=arm.liger)
+        wrapped = GeometryAlignedModel(model, liger_cross_entropy=arm.liger, packed_rows=arm.packed)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.train_settings["lr"],
                                       weight_decay=0.01, fused=self.cuda)
         guard = StepGuard(model.parameters(), f"bench arm {arm.name}",
                           kernel_context(arm_kernels(arm), self.buckets() if arm.buckets else None))
         try:
+            if arm.checkpointing:  # as Trainer's activation_checkpointing=True does (packed rows: recompute per sample)
+                wrapped.activation_checkpointing_enable()
             if arm.liger_lm:
                 apply_liger_language_model(model)
             if arm.compile:
@@ -276,6 +293,8 @@ class ArmsBench(Bench):
             optimizer.zero_grad(set_to_none=True)
             del optimizer
             model.eval()
+            if arm.checkpointing:
+                model.activation_checkpointing_disable()
             if arm.compile:
                 uncompile_decoder_layers(model)
             if arm.compile_towers:

@@ -9,6 +9,7 @@ replace Qwen's in the config. With random weights the ids' meaning does not matt
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,13 +27,22 @@ SPECIAL_TOKEN_FIELDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|
 
 
 def padded_tokenizer(vocab_size: int):
-    """The tiny tokenizer with `<|filler_i|>` tokens up to `vocab_size` ids (nothing added when it has that many)."""
+    """The tiny tokenizer with `<|filler_i|>` tokens up to `vocab_size` ids (nothing added when it has that many).
+
+    The fillers join the BPE vocabulary (no merge makes them, so no text encodes to them; each id decodes), not the
+    added tokens: Qwen's 151,936 ids are vocabulary but for a few dozen added tokens, and every prompt path scans the
+    added tokens of its tokenizer (modeling_gap_mllm/control_tokens.py). 150,000 added fillers made that scan 0.5 s a
+    call, 1.5 s of every real-size query on the H200 (bench/README.md), a cost the real tokenizer does not have."""
+    from tokenizers import Tokenizer
+
     from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     if vocab_size < len(tokenizer):
         raise ValueError(f"vocab_size {vocab_size} is below the tokenizer's {len(tokenizer)} ids")
-    tokenizer.add_tokens([f"<|filler_{i}|>" for i in range(len(tokenizer), vocab_size)])
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state["model"]["vocab"].update({f"<|filler_{i}|>": i for i in range(len(tokenizer), vocab_size)})
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))  # the same wrapper, special tokens and template
     return tokenizer
 
 

@@ -11,10 +11,10 @@ run installs them and the package (`pip --no-index --no-deps`) before the arms. 
 with its own time budget (`ARMS`; killed at its budget, a bench's results file keeps what it measured), and every file
 lands flat in `--out` (at most 8: one JSON per arm, `gpu_figures.json` with each arm's status, seconds, command and
 the end of its output, and `gpu_figures.log`, whose repeated warning lines are kept once with their count). The arms
-run by importance: the NaN bisection, the training arms (30 steps crossing every bucket), the profile of the best arm,
-evaluation at scale. The call ends with one table (arm, status, key figure, verdict) and the kernel
-verdicts that training/configs/gpu_verdicts.json takes (training/gpu_verdicts.py: a switch is on by default on CUDA
-only where they say EARNED). Arms that cannot run there are recorded as skipped with the reason:
+run by importance: the training arms (30 steps crossing every bucket, each step checked finite; with and without
+activation checkpointing), evaluation at scale. The call ends with one table (arm, status, key figure, verdict) and
+the kernel verdicts that training/configs/gpu_verdicts.json takes (training/gpu_verdicts.py: a switch is on by default
+on CUDA only where they say EARNED). Arms that cannot run there are recorded as skipped with the reason:
 flash-attn-4 (its CUDA 13 libraries, 92 MB, exceed what a device call carries), vLLM (its own multi-GB environment,
 `make vllm-venv`), DeepSpeed ZeRO (not installed there). bench/README.md, "One call on a GPU", holds the figures.
 """
@@ -60,31 +60,28 @@ class GpuArm:
     skip_reason: str = ""
 
 
-# In the order of importance (correctness first: the NaN bisection, then the training arms over 30 steps that cross
-# every bucket and recompile, which decide the CUDA defaults; then the profile of the best arm and evaluation at scale),
-# each budget sized from this session's H100 calls (2026-11-26c: bisection configurations 3-10 s each after a 20 s
-# start; training arms 19-41 s for 30 steps, a compiled arm's first compilation 21 s) with a margin: 460 s in all with
-# the install. Inference (prefill, plain and compiled decoding, VGGT alone) left the call: each has figures from two
-# GPUs that agree (bench/README.md), and the call's 8 minutes go to what is still open.
+# In the order of importance (correctness first: the training arms over 30 steps that cross every bucket and
+# recompile, each step checked finite by the package's guard, which decide the CUDA defaults; then evaluation at
+# scale), each budget sized from the H200 calls of 2026-11-27 (training arms 17-42 s for 30 steps, a compiled arm's
+# first compilation 18-23 s, 20 s of start; compiled evaluation of 4 queries 140 s with its compiling run; the H100 is
+# about 10 % slower) with a margin: 470 s in all with the install. The training arms are those whose verdict is open
+# or the baseline of one (packing, Liger's fused loss and packing under checkpointing were decided on the H100 and the
+# H200 alike: training/configs/gpu_verdicts.json keeps their sources). The NaN bisection left the call (its cause,
+# cuDNN's SDPA backward through left padding's fully masked rows, showed on both GPUs; bisect_compile_nan.py runs
+# alone), as did inference (bench_real_size.py, bench_geometry_encoder.py) and the profile (profile_train_step.py).
 ARMS = (
-    GpuArm("bisect", ("bench/bisect_compile_nan.py", "--real-size", "--device", "cuda", "--configs", "eager_bucketed",
-                      "eager_bucketed_right_pad", "eager_bucketed_cudnn", "eager_bucketed_efficient",
-                      "eager_bucketed_math", "compile_static_right_pad", "--budget", "65", "--out", "{out}/bisect.json"),
-           75, "bisect.json"),
     GpuArm("train_arms", ("bench/bench_train_arms.py", "--real-size", "--device", "cuda", "--steps", "30", "--batch", "8",
-                          "--arms", "sdpa", "sdpa_packed", "sdpa_liger", "sdpa_compile_bucketed",
-                          "sdpa_compile_towers_bucketed", "--budget", "190", "--out", "{out}/train_arms.json"), 200,
-           "train_arms.json"),
-    GpuArm("profile", ("bench/profile_train_step.py", "--real-size", "--device", "cuda", "--batch", "8", "--arms",
-                       "sdpa_compile_bucketed", "--steps", "5", "--warmup", "3", "--out", "{out}/profile.json"), 60,
-           "profile.json"),
+                          "--arms", "sdpa", "sdpa_compile_bucketed", "sdpa_compile_towers_bucketed",
+                          "sdpa_checkpointed", "sdpa_compile_towers_checkpointed",
+                          "sdpa_compile_bucketed_checkpointed", "--budget", "225", "--out", "{out}/train_arms.json"),
+           240, "train_arms.json"),
     GpuArm("data", ("-m", "gap_mllm.cli.main", "synth", "--preset", "mini", "--scenes", "0", "--val-scenes", "2",
                     "--out", DATA, "--overwrite"), 20, None),
-    # the random real-size model is built once per process (no save / load); decoding is not compiled here: compiling
-    # costs about 30 s per arm and shape at the real size, which would swamp an 8-query slice
+    # the random real-size model is built once per process (no save / load); decoding compiled as `gap-mllm evaluate`
+    # does on CUDA (each arm run once untimed first: about 30 s of compiling per shape)
     GpuArm("eval_scale", ("bench/bench_eval_scale.py", "--real-size", "--device", "cuda", "--data", DATA,
-                          "--queries", "8", "--batch-size", "8", "--max-new-tokens", "32", "--compile-decoding", "off",
-                          "--out", "{out}/eval_scale.json"), 45, "eval_scale.json"),
+                          "--queries", "4", "--batch-size", "4", "--max-new-tokens", "32", "--compile-decoding", "on",
+                          "--out", "{out}/eval_scale.json"), 150, "eval_scale.json"),
     GpuArm("zero_resume", ("bench/bench_zero_resume.py", "--real-size", "--data", DATA, "--steps", "4",
                            "--work", "{work}/zero", "--out", "{out}/zero_resume.json"), 0, "zero_resume.json",
            needs=("deepspeed",), skip_reason="DeepSpeed is not installed on the lent GPU machines (nor carried: its "

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gap_mllm.training import kernels
+from gap_mllm.training.activation_checkpointing import checkpoints_activations
 from gap_mllm.training.config import load_recipe, recipe_from_dict
 from gap_mllm.training.device import apply_device_plan
 from gap_mllm.training.gpu_verdicts import (
@@ -82,6 +83,11 @@ def test_no_shipped_recipe_turns_on_a_switch_the_verdicts_did_not_earn(recipe):
     settings = load_recipe(ROOT / "training" / "recipes" / recipe)
     earned = earned_switches()
     assert not settings.data.packing or earned["packing"]
+    if checkpoints_activations(settings.training):  # the recompute runs the kernels again: their own verdicts
+        checkpointed = earned_switches(checkpointing=True)
+        assert not settings.data.packing or checkpointed["packing"], recipe
+        for switch in ("compile_layers", "compile_towers", "liger_fused_linear_cross_entropy", "liger_language_model"):
+            assert getattr(settings.kernels, switch) is not True or checkpointed[switch], (recipe, switch)
     for switch in ("compile_layers", "compile_towers", "liger_fused_linear_cross_entropy", "liger_language_model"):
         assert getattr(settings.kernels, switch) is not True or earned[switch], (recipe, switch)
 
@@ -124,3 +130,29 @@ def test_packed_rows_with_a_reentrant_checkpoint_under_sdpa_are_refused_when_rea
                           "kernels": {"compile_layers": True}})
     recipe_from_dict({"data": {"packing": True}})  # either alone is fine
     recipe_from_dict({"training": {"activation_checkpointing": True}})
+
+
+def test_a_checkpointing_run_needs_each_switchs_checkpointed_verdict(tmp_path):
+    """The recompute of activation checkpointing runs a switch's kernels again (packed rows recompute per sample), so
+    a verdict measured without it says nothing of a checkpointing run; Liger's fused cross-entropy (the LM head and the
+    loss, outside every checkpointed layer) is the exception."""
+    verdicts = {name: {"earned": True} for name in ("packing", "compile_layers", "compile_towers",
+                                                    "liger_fused_linear_cross_entropy", "compile_towers_checkpointed")}
+    verdicts["packing_checkpointed"] = {"earned": False}
+    path = tmp_path / "verdicts.json"
+    path.write_text(json.dumps({"switches": verdicts}))
+    assert earned_switches(path) == {"packing": True, "compile_layers": True, "liger_fused_linear_cross_entropy": True,
+                                     "liger_language_model": False, "compile_towers": True}
+    assert earned_switches(path, checkpointing=True) == {
+        "packing": False, "compile_layers": False,  # measured checkpointed and not earned / never measured so
+        "liger_fused_linear_cross_entropy": True, "liger_language_model": False, "compile_towers": True}
+
+
+def test_the_real_size_recipes_cuda_defaults_follow_the_checkpointed_verdicts(monkeypatch):
+    monkeypatch.setattr(kernels, "installed_version", lambda name: "1.0")
+    monkeypatch.setattr(kernels, "cuda_capability", lambda: (9, 0))
+    monkeypatch.setattr(kernels, "compile_problem", lambda device: None)
+    checkpointed = earned_switches(checkpointing=True)
+    settings = decided({"data": {"length_buckets": [512, 1024]}, "training": {"activation_checkpointing": True}})
+    for switch in ("compile_layers", "compile_towers", "liger_fused_linear_cross_entropy", "liger_language_model"):
+        assert getattr(settings, switch) is checkpointed[switch], switch

@@ -312,7 +312,8 @@ def test_compiled_layers_and_liger_are_on_by_default_on_cuda_only(monkeypatch):
         settings = kernels.resolve_kernels(*planned(values, cuda))
         return {name: getattr(settings.kernels, name) for name in switches}
 
-    monkeypatch.setattr(kernels, "earned_switches", lambda: dict.fromkeys([*switches, "packing", "compile_towers"], True))
+    earned = dict.fromkeys([*switches, "packing", "compile_towers"], True)
+    monkeypatch.setattr(kernels, "earned_switches", lambda **_: earned)
     buckets = {"data": {"length_buckets": [512, 1024]}}
     assert decided(buckets, cuda=False) == dict.fromkeys(switches, False)
     gpu_machine(monkeypatch)

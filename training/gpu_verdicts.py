@@ -10,7 +10,9 @@ the figures it came from) says its arm earned it:
     same curve   its losses stay within `LOSS_TOLERANCE` of its baseline arm's, step by step
     faster       its median step is at most `SPEED_MARGIN` × its baseline's
 
-`SWITCH_ARMS` names each switch's arm and baseline. training/kernels.py `resolve_kernels` reads `earned_switches()`,
+`SWITCH_ARMS` names each switch's arm and baseline; a `<switch>_checkpointed` entry is the same switch measured under
+activation checkpointing, which a checkpointing run needs as well (`earned_switches(checkpointing=True)`: the recompute
+runs the switch's kernels again). training/kernels.py `resolve_kernels` reads `earned_switches()`,
 and no shipped recipe turns on a switch (or `data.packing`) the file did not earn (tests/test_gpu_verdicts.py checks
 both).
 """
@@ -42,7 +44,18 @@ SWITCH_ARMS = {
     "liger_fused_linear_cross_entropy": SwitchArm("sdpa_liger"),
     "liger_language_model": SwitchArm("default", baseline="sdpa_compile_bucketed"),
     "compile_towers": SwitchArm("sdpa_compile_towers_bucketed", baseline="sdpa_compile_bucketed"),
+    # under activation checkpointing (the real-size recipes), measured as such a recipe runs on CUDA: towers compiled
+    "compile_towers_checkpointed": SwitchArm("sdpa_compile_towers_checkpointed", baseline="sdpa_checkpointed"),
+    "packing_checkpointed": SwitchArm("sdpa_packed_compile_towers_checkpointed",
+                                      baseline="sdpa_compile_towers_checkpointed"),
+    "compile_layers_checkpointed": SwitchArm("sdpa_compile_bucketed_checkpointed", baseline="sdpa_checkpointed"),
 }
+CHECKPOINTED = "_checkpointed"  # the suffix of a switch's verdict under activation checkpointing
+# Liger's fused cross-entropy is the LM head and the loss, outside every checkpointed layer: checkpointing changes
+# nothing it computes, so its one verdict holds with or without. Every other switch works inside the checkpointed
+# layers (the recompute runs its kernels again, packed rows recompute per sample): its verdict without checkpointing
+# says nothing of a checkpointed run (the H200's packed rows: 0.67x plain without, 1.14x with towers compiled, with).
+CHECKPOINT_NEUTRAL = frozenset({"liger_fused_linear_cross_entropy"})
 
 
 def arm_verdict(arm: dict | None, baseline: dict | None) -> dict:
@@ -82,7 +95,15 @@ def load_verdicts(path: Path = VERDICT_FILE) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def earned_switches(path: Path = VERDICT_FILE) -> dict[str, bool]:
-    """Switch name → whether the committed GPU figures earned it (a switch the file does not name: not earned)."""
+def earned_switches(path: Path = VERDICT_FILE, checkpointing: bool = False) -> dict[str, bool]:
+    """Switch name → whether the committed GPU figures earned it for a run that checkpoints activations or not
+    (`checkpointing`): with it, a switch needs its `<switch>_checkpointed` verdict too (none: not earned), unless it is
+    `CHECKPOINT_NEUTRAL`. A switch the file does not name is not earned. The names are the kernel and data switches
+    (`packing`, `compile_layers`, ...), never the `_checkpointed` verdicts themselves."""
     switches = load_verdicts(path).get("switches", {})
-    return {name: bool(switches.get(name, {}).get("earned")) for name in SWITCH_ARMS}
+
+    def earned(name: str) -> bool:
+        return bool(switches.get(name, {}).get("earned"))
+
+    return {name: earned(name) and (not checkpointing or name in CHECKPOINT_NEUTRAL or earned(name + CHECKPOINTED))
+            for name in SWITCH_ARMS if not name.endswith(CHECKPOINTED)}

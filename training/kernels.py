@@ -22,9 +22,10 @@ with Triton for the compile; compiled layers with `data.length_buckets`) AND the
 earned them (training/gpu_verdicts.py reads training/configs/gpu_verdicts.json: finite over 30 steps crossing every
 bucket, the loss curve of the plain path, faster than it), OFF on the CPU (inductor's CPU code was not measured to pay
 here) — `resolve_kernels` decides and logs it. `true` where the kernel cannot run is refused by name; `false` turns it
-off anywhere. Measured on an H100 (bench/README.md, "GPU round 3"): compiled layers at buckets and Liger's fused
-cross-entropy earned theirs; Liger's language-model kernels did not (slower than compiled layers alone, and their
-loss curve 0.054 away).
+off anywhere. A run that checkpoints activations takes the verdicts measured under checkpointing. Measured on an H100
+and an H200 (bench/README.md, "GPU round 3" and "GPU round 4"): compiled layers at buckets, compiled towers (with and
+without checkpointing) and Liger's fused cross-entropy earned theirs; Liger's language-model kernels did not (slower
+than compiled layers alone, and their loss curve 0.054 away).
 
 `check_kernels(recipe, plan)` runs before any model is loaded (training/run.py, training/encoder_stage_run.py) and
 raises `KernelUnavailableError`, one line naming the option, what is missing (the package, a CUDA device, a recent
@@ -208,13 +209,14 @@ def compile_problem(device: str) -> str | None:
 
 def resolve_kernels(recipe, plan):
     """`recipe` with every kernel switch decided (module docstring): an unset (None) switch is on for a CUDA run of an
-    LLM stage where it can run and the committed GPU figures earned it (training/gpu_verdicts.py; compiled layers with
-    `data.length_buckets` only, the shapes they were measured at), off elsewhere (Liger's fused cross-entropy also off
+    LLM stage where it can run and the committed GPU figures earned it (training/gpu_verdicts.py; measured under
+    activation checkpointing where the recipe checkpoints; compiled layers with `data.length_buckets` only, the
+    shapes they were measured at), off elsewhere (Liger's fused cross-entropy also off
     with `data.task_loss_weights`); what is decided is logged. Given switches are kept (`check_kernels` refuses those
     that cannot run)."""
     settings = recipe.kernels
     cuda = plan.device == "cuda" and recipe.stage in LLM_STAGES
-    earned = earned_switches() if cuda else {}
+    earned = earned_switches(checkpointing=checkpoints_activations(recipe.training)) if cuda else {}
     liger = cuda and not package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
     compiles = cuda and compile_problem(plan.device) is None
     # compiled layers were measured (and earned their default) at length buckets' static shapes only; a compiled
