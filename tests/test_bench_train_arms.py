@@ -42,3 +42,36 @@ def test_the_bucketed_arm_trains_the_plain_arms_losses_and_the_default_needs_cud
         assert arm["median_step_s"] > 0 and arm["timed_steps"] == 2 and arm["mfu"] is None and arm["tokens_per_s"] > 0
         assert {"mean_step_s", "compile_s", "slow_steps", "graphs_compiled"} <= set(arm)
     assert measured["arm_default"]["skipped"].startswith("this bench compiles on CUDA only")
+
+
+def test_the_checkpointed_arms_recompute_each_layer_and_train_the_plain_arms_losses(tmp_path, monkeypatch):
+    """sdpa_checkpointed and sdpa_packed_checkpointed (the real-size recipes' activation checkpointing): the first
+    decoder layer's attention runs twice a step (forward, then the layer's recompute in the backward; transformers
+    checkpoints a layer's `forward`, so the layer's own hooks run once), the plain arm's once, and the three arms train
+    the same losses (float32); the arms that compile the towers are CUDA-only here."""
+    calls, original = [], bench_train_arms.ArmsBench.train_step
+
+    def counted(wrapped, optimizer, guard, step, batch):
+        attention = wrapped.gap_model.vlm.model.language_model.layers[0].self_attn
+        count = [0]
+        handle = attention.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        try:
+            return original(wrapped, optimizer, guard, step, batch)
+        finally:
+            handle.remove()
+            calls.append(count[0])
+
+    monkeypatch.setattr(bench_train_arms.ArmsBench, "train_step", staticmethod(counted))
+    out = tmp_path / "arms.json"
+    threads = torch.get_num_threads()
+    try:
+        assert bench_train_arms.main(["--size", "small", "--device", "cpu", "--steps", "3", "--warmup-steps", "1",
+                                      "--threads", "1", "--out", str(out), "--arms", "sdpa", "sdpa_checkpointed",
+                                      "sdpa_packed_checkpointed", "sdpa_compile_towers_checkpointed"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [1] * 3 + [2] * 6
+    measured = json.loads(out.read_text())["measurements"]
+    for arm in ("sdpa_checkpointed", "sdpa_packed_checkpointed"):
+        assert measured[f"arm_{arm}"]["losses"] == pytest.approx(measured["arm_sdpa"]["losses"], rel=1e-5), arm
+    assert measured["arm_sdpa_compile_towers_checkpointed"]["skipped"].startswith("this bench compiles on CUDA only")
