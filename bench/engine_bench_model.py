@@ -35,15 +35,14 @@ def padded_tokenizer(vocab_size: int):
     call, 1.5 s of every real-size query on the H200 (bench/README.md), a cost the real tokenizer does not have."""
     from tokenizers import Tokenizer
 
-    from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer
+    from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer, wrap_tokenizer
 
-    tokenizer = build_tiny_tokenizer()
-    if vocab_size < len(tokenizer):
-        raise ValueError(f"vocab_size {vocab_size} is below the tokenizer's {len(tokenizer)} ids")
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    state["model"]["vocab"].update({f"<|filler_{i}|>": i for i in range(len(tokenizer), vocab_size)})
-    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))  # the same wrapper, special tokens and template
-    return tokenizer
+    tiny = build_tiny_tokenizer()
+    if vocab_size < len(tiny):
+        raise ValueError(f"vocab_size {vocab_size} is below the tokenizer's {len(tiny)} ids")
+    state = json.loads(tiny.backend_tokenizer.to_str())
+    state["model"]["vocab"].update({f"<|filler_{i}|>": i for i in range(len(tiny), vocab_size)})
+    return wrap_tokenizer(Tokenizer.from_str(json.dumps(state)))  # the tiny one's special tokens and template
 
 
 def random_gap_folder(folder, size: str, dtype: torch.dtype, device: str, seed: int = 0):

@@ -131,6 +131,12 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenize
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """`tok` (a `tokenizers.Tokenizer` with the Qwen special tokens) as the transformers tokenizer
+    `train_bpe_tokenizer` describes: its special tokens, left padding, vision token attributes and chat template."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

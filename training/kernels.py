@@ -216,13 +216,14 @@ def resolve_kernels(recipe, plan):
     that cannot run)."""
     settings = recipe.kernels
     cuda = plan.device == "cuda" and recipe.stage in LLM_STAGES
-    earned = earned_switches(checkpointing=checkpoints_activations(recipe.training)) if cuda else {}
+    checkpointed = checkpoints_activations(recipe.training)
+    earned = earned_switches(checkpointing=checkpointed) if cuda else {}
     liger = cuda and not package_problems(LIGER_PACKAGE, plan.device, cpu_reason(plan))
     compiles = cuda and compile_problem(plan.device) is None
     # compiled layers were measured (and earned their default) at length buckets' static shapes only; a compiled
     # layer takes no checkpoint context, which packed rows under activation checkpointing need (training/config.py)
     compiled = (compiles and bool(recipe.data.length_buckets)
-                and not (recipe.data.packing and checkpoints_activations(recipe.training)))
+                and not (recipe.data.packing and checkpointed))
     # Liger's fused cross-entropy takes no per-token weight: off with data.task_loss_weights (training/loss_weights.py)
     weighted = weighted_mix(recipe.data.task_loss_weights)
     decided = {"liger_fused_linear_cross_entropy": liger and earned["liger_fused_linear_cross_entropy"] and not weighted,
