@@ -129,9 +129,29 @@ def load_slice(data, split: str, task_name: str, limit: int):
     return task, records, [sample_id(r, i) for i, r in enumerate(records)], posed_images_dir(data)
 
 
-def run_arm(generator, slice_, batch_size: int, scene_reuse: bool) -> tuple[dict[str, list[str]], dict]:
+def annotated_stage2_frames(request_for, task, records, media_root):
+    """`request_for` whose later stages follow the annotated stage-1 answer (the task's oracle) instead of the
+    model's: a random-weight model's frame selection is noise that always falls back to frame 0, so all the queries
+    of a scene would share one stage-2 scene and batch as a trained model's (each query's own selected frame and
+    neighbours) never do; the stage-1 call itself is still the model's (`--stage2-frames`)."""
+    oracle = {}
+
+    def following_annotation(i, stage, previous):
+        if stage == 0:
+            return request_for(i, stage, previous)
+        if i not in oracle:
+            oracle[i] = task.oracle(records[i], media_root)
+        return request_for(i, stage, [*oracle[i][:stage], *previous[stage:]])
+
+    return following_annotation
+
+
+def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
+            stage2_frames: str = "answered") -> tuple[dict[str, list[str]], dict]:
     """Answer and score one slice in memory as `gap-mllm evaluate` does (runner.sample_requests, scene_groups,
-    answer_in_batches, the task's evaluate): `(answers by sample id, seconds by stage)`."""
+    answer_in_batches, the task's evaluate): `(answers by sample id, seconds by stage, with the scenes encoded and
+    the model's generate calls counted)`. The generator's scenes are forgotten first: an untimed run before would
+    otherwise leave them encoded, and the timed one would leave the towers out."""
     from eval_stage_timer import StageTimer
 
     from gap_mllm.evaluation import scene_generation
@@ -140,7 +160,11 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool) -> tuple[dict
 
     task, records, ids, media_root = slice_
     request_for = sample_requests(task, records, ids, media_root)
+    if stage2_frames == "annotated":
+        request_for = annotated_stage2_frames(request_for, task, records, media_root)
     groups = scene_generation.scene_groups({i: task.request(records[i], 0, [], media_root) for i in range(len(records))})
+    generator.forget_scenes()
+    encoded_before = generator.scenes_encoded
     timer = StageTimer(generator)
     start = time.perf_counter()
     answers = {}
@@ -149,6 +173,7 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool) -> tuple[dict
             for j, i in enumerate(batch):
                 answers[ids[i]] = texts[j]
         stages = timer.seconds()
+        counts = {"scenes_encoded": generator.scenes_encoded - encoded_before, "generate_calls": timer.generate_calls}
     finally:
         timer.remove()
     scoring = time.perf_counter()
@@ -156,7 +181,7 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool) -> tuple[dict
     stages["scoring"] = time.perf_counter() - scoring
     stages["total"] = time.perf_counter() - start
     stages["other"] = stages["total"] - sum(v for k, v in stages.items() if k != "total")
-    return answers, stages
+    return answers, {**stages, **counts}
 
 
 def raw_answers(out: Path) -> dict[str, list[str]]:
@@ -210,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(its evaluation path on the CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-new-tokens", type=int, help="cap on the answers (default: none for mini, 64 for random weights)")
+    parser.add_argument("--stage2-frames", choices=("answered", "annotated"),
+                        help="the frames of a two-stage task's later stage: those the model's stage-1 answer selects "
+                             "(the protocol; default for mini), or those of the annotated answer (default for random "
+                             "weights, whose selection always falls back to frame 0: `annotated_stage2_frames`)")
     add_compile_decoding_argument(parser, default="auto")  # compiled arms get an untimed run first
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -220,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.two_processes and args.device != "cpu":
         parser.error("--two-processes is the 2-process CPU arm; on GPUs run one process per GPU with accelerate launch")
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else (None if size == "mini" else 64)
+    stage2_frames = args.stage2_frames or ("answered" if size == "mini" else "annotated")
 
     work = Path(tempfile.mkdtemp(prefix="bench_eval_scale_"))
     try:
@@ -238,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup = decode_compile_config(args.compile_decoding, args.device) is not None  # the decode steps compile
         figures = {"model": size, "padded_vocab": size == "real" or args.padded_vocab, "device": args.device, "batch_size": args.batch_size, "max_new_tokens": max_new_tokens,
                    "threads": torch.get_num_threads(), "load_s": load_s, "compile_decoding": args.compile_decoding,
-                   "untimed_warmup_run": warmup, "dtype": "float32" if exact else "bfloat16", "tasks": {}}
+                   "untimed_warmup_run": warmup, "dtype": "float32" if exact else "bfloat16",
+                   "stage2_frames": stage2_frames, "tasks": {}}
         for task, limit in slices:
             slice_ = load_slice(args.data, args.split, task, limit)
             samples, scenes = count_scenes(slice_[1])
@@ -247,13 +278,15 @@ def main(argv: list[str] | None = None) -> int:
             answers = {}
             for name, (batch, reuse) in arms.items():
                 if warmup:  # compile outside the timed run (same slice, so the same shapes)
-                    run_arm(generator, slice_, batch, reuse)
-                answers[name], stages = run_arm(generator, slice_, batch, reuse)
+                    run_arm(generator, slice_, batch, reuse, stage2_frames)
+                answers[name], stages = run_arm(generator, slice_, batch, reuse, stage2_frames)
+                counts = {key: stages.pop(key) for key in ("scenes_encoded", "generate_calls")}
                 seconds = stages["total"]
-                row[name] = {"seconds": seconds, "per_sample_s": seconds / samples,
+                row[name] = {"seconds": seconds, "per_sample_s": seconds / samples, **counts,
                              "stages_s": stages, "slowest_stage": max((k for k in stages if k not in ("total", "other")),
                                                                       key=stages.get)}
-                print(f"{task} {name}: {seconds:.1f} s for {samples} samples; stages "
+                print(f"{task} {name}: {seconds:.1f} s for {samples} samples ({counts['scenes_encoded']} scenes "
+                      f"encoded, {counts['generate_calls']} generate calls); stages "
                       + ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if k != "total"), flush=True)
             if args.two_processes:
                 folder = model_folder(size, args.device, work, padded_vocab=args.padded_vocab)

@@ -3,13 +3,17 @@
 The one loop behind `gap-mllm evaluate` (runner.py) and the lmms-eval plugin's model (lmms_eval_plugin/): the
 samples are first grouped by scene (`scene_generation.scene_groups`: same first-stage frames and marker), then
 
-    for batch, shared in sample_batches(groups, batch_size):      # a scene's samples batch together
+    for batches in scene_batches(groups, batch_size):             # a scene's samples, in batches of its own
         for stage in range(stages):                               # grounding: frame selection, then the box
-            requests = [request_for(i, stage, texts so far) for i in batch]
-            texts += generator.generate_on_scenes(requests) if shared else generator.generate(requests)
+            for batch, shared in batches:
+                requests = [request_for(i, stage, texts so far) for i in batch]
+                texts += generator.generate_on_scenes(requests) if shared else generator.generate(requests)
 
 so a scene's prefix (geometry encoder, vision tower, multi-view prefill) is encoded once for all its
-questions at each stage, and a stage-2 request is built from the stage-1 answer of the same sample.
+questions at each stage, and a stage-2 request is built from the stage-1 answer of the same sample. Every
+batch of a scene answers a stage before any answers the next: ScanRefer asks about 67 questions of a scene, and
+when each batch went through both stages in turn, its stage-2 scenes pushed the stage-1 scene out of the
+generator's small cache, so the stage-1 scene was encoded again for every batch instead of once.
 """
 
 from __future__ import annotations
@@ -19,27 +23,27 @@ from collections.abc import Callable, Iterator
 from .generation import Request
 
 
-def sample_batches(groups: list[list[int]], batch_size: int):
-    """`(indices, shared)` batches: a group of several samples (one scene) is sent in batches of its own,
-    answered through scene reuse (`shared=True`); single samples are batched together as before."""
+def scene_batches(groups: list[list[int]], batch_size: int) -> Iterator[list[tuple[list[int], bool]]]:
+    """The `(indices, shared)` batches, listed together per scene: a group of several samples (one scene) is sent
+    in batches of its own, answered through scene reuse (`shared=True`); single samples are batched together
+    (`shared=False`), each such batch a list of its own."""
     singles = []
     for group in groups:
         if len(group) == 1:
             singles.extend(group)
             if len(singles) == batch_size:
-                yield singles, False
+                yield [(singles, False)]
                 singles = []
             continue
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size], True
+        yield [(group[start : start + batch_size], True) for start in range(0, len(group), batch_size)]
     if singles:
-        yield singles, False
+        yield [(singles, False)]
 
 
 def answer_in_batches(generator, request_for: Callable[[int, int, list[str]], Request], groups: list[list[int]],
                       stages: int, batch_size: int, scene_reuse: bool = True) -> Iterator[tuple[list[int], list[list[str]]]]:
-    """Yield `(sample indices, [[text per stage] per sample])`, one batch at a time (so a caller can write
-    each batch as it finishes).
+    """Yield `(sample indices, [[text per stage] per sample])`, one batch at a time, each scene's batches once the
+    scene's last stage is answered (so a caller can write them as they finish).
 
     Args:
         generator: a `scene_generation.SceneGenerator` (or a `BatchGenerator` when `scene_reuse=False`).
@@ -48,11 +52,13 @@ def answer_in_batches(generator, request_for: Callable[[int, int, list[str]], Re
             answered by a full call (the groups still decide which samples share a batch).
         stages: model calls per sample.
     """
-    for batch, shared in sample_batches(groups, batch_size):
-        texts: list[list[str]] = [[] for _ in batch]
+    for batches in scene_batches(groups, batch_size):
+        texts: dict[int, list[str]] = {i: [] for batch, _ in batches for i in batch}
         for stage in range(stages):
-            requests = [request_for(i, stage, texts[j]) for j, i in enumerate(batch)]
-            answer = generator.generate_on_scenes if shared and scene_reuse else generator.generate
-            for j, text in enumerate(answer(requests)):
-                texts[j].append(text)
-        yield batch, texts
+            for batch, shared in batches:
+                requests = [request_for(i, stage, texts[i]) for i in batch]
+                answer = generator.generate_on_scenes if shared and scene_reuse else generator.generate
+                for i, text in zip(batch, answer(requests), strict=True):
+                    texts[i].append(text)
+        for batch, _ in batches:
+            yield batch, [texts[i] for i in batch]

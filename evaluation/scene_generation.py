@@ -90,15 +90,27 @@ class SceneGenerator(BatchGenerator):
             self._scenes.popitem(last=False)
         return scene
 
+    def forget_scenes(self) -> None:
+        """Drop the encoded scenes kept so far (a benchmark's timed run must encode its scenes itself)."""
+        self._scenes.clear()
+
     @torch.no_grad()
     def generate_on_scenes(self, requests: list[Request]) -> list[str]:
-        """Answer `requests` (any mix of scenes): one `generate(scene=...)` call per scene, questions batched."""
+        """Answer `requests` (any mix of scenes): one `generate(scene=...)` call per scene asked several questions
+        (or already encoded), questions batched; the scenes asked one question go together through one full batched
+        call (`generate`), since encoding such a scene saves nothing and answering it alone leaves the batch unused
+        (ScanRefer's stage 2: each query's own selected frame and neighbours). Same answers either way (tests)."""
         split = [self._split(r) for r in requests]
         by_scene: dict[tuple, list[int]] = {}
         for index, (key, _) in enumerate(split):
             by_scene.setdefault(key, []).append(index)
         answers: list[str | None] = [None] * len(requests)
+        alone = [members[0] for key, members in by_scene.items() if len(members) == 1 and key not in self._scenes]
+        for index, text in zip(alone, self.generate([requests[i] for i in alone]), strict=True):
+            answers[index] = text
         for key, members in by_scene.items():
+            if answers[members[0]] is not None:
+                continue
             scene = self._scene(key, requests[members[0]])
             questions = self.processor(text=[split[i][1] for i in members], return_tensors="pt").to(self.device)
             budget = max(requests[i].max_new_tokens for i in members)

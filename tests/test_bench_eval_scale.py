@@ -49,3 +49,35 @@ def test_the_padded_vocabulary_path_runs_at_a_small_width(tmp_path, capsys):
     assert grounding["samples"] == 2 and grounding["batched_reuse"]["seconds"] > 0
     # the answers were decoded (the bench compares the arms' raw answers before printing any figure)
     assert "| grounding | 2 (" in capsys.readouterr().out
+
+
+def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annotated_frames(tmp_path):
+    """An untimed run before a timed one (compiled decoding's warm-up) left the scenes encoded in the generator, and
+    the timed run of GPU round 4 counted no geometry encoder at all; and a random model's stage 2 always took frame 0,
+    so its queries shared one stage-2 scene as a trained model's do not. Each run now encodes its own scenes, and with
+    `stage2_frames="annotated"` stage 2 takes the annotated frame and its neighbours."""
+    from gap_mllm.evaluation.scene_generation import SceneGenerator
+    from gap_mllm.evaluation.tasks import stage2_images
+    from gap_mllm.tiny.tiny_model import build_tiny_model
+
+    data = write_small_synth(tmp_path / "data")
+    model, processor = build_tiny_model()
+    generator = SceneGenerator.from_model(model, processor, max_new_tokens=4)
+    slice_ = bench_eval_scale.load_slice(data, "val", "grounding", 4)
+    task, records, _, media_root = slice_
+    first_answers, first = bench_eval_scale.run_arm(generator, slice_, 4, True)
+    again_answers, again = bench_eval_scale.run_arm(generator, slice_, 4, True)
+    assert again_answers == first_answers
+    assert again["scenes_encoded"] == first["scenes_encoded"] >= 1 and again["vggt"] > 0
+
+    from gap_mllm.evaluation.runner import sample_requests
+
+    request_for = bench_eval_scale.annotated_stage2_frames(sample_requests(task, records, slice_[2], media_root), task,
+                                                           records, media_root)
+    for i, record in enumerate(records):
+        k = task.selected_frame(record, task.oracle(record, media_root)[0])[0]
+        request = request_for(i, 1, ["not a frame"])  # a random model's stage-1 answer
+        assert [Path(p).relative_to(media_root).as_posix() for p in request.images] == stage2_images(
+            record["images"][k], media_root)
+    answers, counts = bench_eval_scale.run_arm(generator, slice_, 4, True, stage2_frames="annotated")
+    assert len(answers) == len(records) and counts["generate_calls"] >= 2  # stage 1, then stage 2

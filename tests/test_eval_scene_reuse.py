@@ -6,7 +6,7 @@ import json
 from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.evaluation import scene_generation
 from gap_mllm.evaluation.generation import Request
-from gap_mllm.evaluation.batched_answers import sample_batches
+from gap_mllm.evaluation.batched_answers import answer_in_batches, scene_batches
 from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.evaluation.scene_generation import SceneGenerator, groups_for_rank, scene_groups
 from gap_mllm.tasks_gap_mllm import FRAME_LABEL
@@ -21,12 +21,23 @@ def test_groups_stay_whole_and_are_balanced_over_ranks():
     assert groups == [[0, 2, 4], [1, 5], [3], [6]]
     assert groups_for_rank(groups, 0, 2) == [[0, 2, 4], [6]] and groups_for_rank(groups, 1, 2) == [[1, 5], [3]]
     assert groups_for_rank([[0], [1], [2]], 1, 2) == [[1]]  # single samples: round-robin, as before
-    assert list(sample_batches(groups, 2)) == [([0, 2], True), ([4], True), ([1, 5], True), ([3, 6], False)]
+    assert list(scene_batches(groups, 2)) == [[([0, 2], True), ([4], True)], [([1, 5], True)], [([3, 6], False)]]
 
 
 def count_calls(module) -> list:
     calls = []
     module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def count_generate_calls(generator) -> list:
+    calls, original = [], generator.model.generate
+
+    def counting(*args, **kwargs):
+        calls.append("scene" if kwargs.get("scene") is not None else "full")
+        return original(*args, **kwargs)
+
+    generator.model.generate = counting
     return calls
 
 
@@ -40,12 +51,46 @@ def test_scene_generator_equals_one_full_call_per_request(synth_data, tiny_check
     generator = SceneGenerator(tiny_checkpoint)
     expected = [generator.generate([request])[0] for request in requests]
     geometry_calls = count_calls(generator.model.geometry_encoder)
+    generate_calls = count_generate_calls(generator)
     assert generator.generate_on_scenes(requests) == expected
-    assert generator.scenes_encoded == len(geometry_calls) == 3
-    assert generator.generate_on_scenes(requests[2:]) == expected[2:]  # the two scenes last used are kept
-    assert generator.scenes_encoded == 3
-    assert generator.generate_on_scenes(requests[:1]) == expected[:1]  # the first one was dropped
-    assert generator.scenes_encoded == 4
+    # scene 1 (two questions) is encoded once; scenes 2 and 3 (one question each) go together through one full call
+    assert generator.scenes_encoded == 1 and len(geometry_calls) == 2
+    assert sorted(generate_calls) == ["full", "scene"]
+    assert generator.generate_on_scenes(requests[:1]) == expected[:1]  # scene 1 is kept: one question reuses it
+    assert generator.scenes_encoded == 1 and len(geometry_calls) == 2 and generate_calls[-1] == "scene"
+    generator.forget_scenes()
+    assert generator.generate_on_scenes(requests[:2]) == expected[:2]  # forgotten: encoded again
+    assert generator.scenes_encoded == 2 and len(geometry_calls) == 3
+
+
+def test_every_batch_of_a_scene_answers_a_stage_before_the_next_stage(synth_data, tiny_checkpoint):  # noqa: F811
+    """ScanRefer's shape: one stage-1 scene asked by every query, then a stage-2 scene of each query's own (its
+    selected frame and neighbours). The stage-1 scene is encoded once for all batches, though the stage-2 scenes
+    outnumber the generator's cache; the answers are those of one full call per request."""
+    frames = sorted(str(p) for p in (synth_data / "scannet" / "posed_images" / "synth0000_00").glob("*.jpg"))[:6]
+    labelled_views = "".join(FRAME_LABEL.format(index=i) + IMAGE_PLACEHOLDER for i in range(4))
+
+    def request_for(i, stage, previous):
+        if stage == 0:
+            return Request(frames[:4], labelled_views + f"\nWhere is object {i}?", None, 4)
+        assert len(previous) == 1  # the sample's own stage-1 answer
+        return Request(frames[i : i + 2], IMAGE_PLACEHOLDER * 2 + f"Box of object {i}?", None, 4)
+
+    generator = SceneGenerator(tiny_checkpoint)
+    expected = {}
+    for i in range(5):
+        first = generator.generate([request_for(i, 0, [])])
+        expected[i] = first + generator.generate([request_for(i, 1, first)])
+    encoded = []
+    original = generator._scene
+    generator._scene = lambda key, request: (encoded.append(key) if key not in generator._scenes else None,
+                                             original(key, request))[1]
+    generate_calls = count_generate_calls(generator)
+    answered = dict(pair for batch, texts in answer_in_batches(generator, request_for, [list(range(5))], 2, 2)
+                    for pair in zip(batch, texts, strict=True))
+    assert answered == expected
+    assert len(encoded) == 1  # the stage-1 scene, once for the three batches
+    assert generate_calls == ["scene"] * 3 + ["full"] * 3  # stage 2: each batch's own scenes in one full call
 
 
 def test_grounding_run_reuses_scenes_with_unchanged_answers(synth_data, tiny_checkpoint, tmp_path, monkeypatch):  # noqa: F811
