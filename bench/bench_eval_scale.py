@@ -147,10 +147,10 @@ def annotated_stage2_frames(request_for, task, records, media_root):
 
 
 def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
-            stage2_frames: str = "answered") -> tuple[dict[str, list[str]], dict]:
+            stage2_frames: str = "answered") -> tuple[dict[str, list[str]], dict, dict]:
     """Answer and score one slice in memory as `gap-mllm evaluate` does (runner.sample_requests, scene_groups,
-    answer_in_batches, the task's evaluate): `(answers by sample id, seconds by stage, with the scenes encoded and
-    the model's generate calls counted)`. The generator's scenes are forgotten first: an untimed run before would
+    answer_in_batches, the task's evaluate): `(answers by sample id, seconds by stage, {"scenes_encoded",
+    "generate_calls"})`. The generator's scenes are forgotten first: an untimed run before would
     otherwise leave them encoded, and the timed one would leave the towers out."""
     from eval_stage_timer import StageTimer
 
@@ -181,7 +181,7 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
     stages["scoring"] = time.perf_counter() - scoring
     stages["total"] = time.perf_counter() - start
     stages["other"] = stages["total"] - sum(v for k, v in stages.items() if k != "total")
-    return answers, {**stages, **counts}
+    return answers, stages, counts
 
 
 def raw_answers(out: Path) -> dict[str, list[str]]:
@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, (batch, reuse) in arms.items():
                 if warmup:  # compile outside the timed run (same slice, so the same shapes)
                     run_arm(generator, slice_, batch, reuse, stage2_frames)
-                answers[name], stages = run_arm(generator, slice_, batch, reuse, stage2_frames)
-                counts = {key: stages.pop(key) for key in ("scenes_encoded", "generate_calls")}
+                answers[name], stages, counts = run_arm(generator, slice_, batch, reuse, stage2_frames)
                 seconds = stages["total"]
                 row[name] = {"seconds": seconds, "per_sample_s": seconds / samples, **counts,
                              "stages_s": stages, "slowest_stage": max((k for k in stages if k not in ("total", "other")),

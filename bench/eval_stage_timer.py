@@ -27,12 +27,12 @@ import torch
 class _TimedCall:
     """A stand-in for `target` whose calls are timed into `timer`'s `stage` (outermost call only)."""
 
-    def __init__(self, target, timer, stage, counter: str | None = None):
-        self._target, self._timer, self._stage, self._counter = target, timer, stage, counter
+    def __init__(self, target, timer, stage):
+        self._target, self._timer, self._stage = target, timer, stage
+        self.calls = 0
 
     def __call__(self, *args, **kwargs):
-        if self._counter is not None:
-            setattr(self._timer, self._counter, getattr(self._timer, self._counter) + 1)
+        self.calls += 1
         with self._timer.stage(self._stage):
             return self._target(*args, **kwargs)
 
@@ -49,12 +49,11 @@ class StageTimer:
         self.cuda = self.model.device.type == "cuda"
         self.totals = dict.fromkeys(("data_processor", "vggt", "vit", "prefill", "prefill_in_generate", "generate"), 0.0)
         self._open: dict[str, float] = {}
-        self.generate_calls = 0  # the model's generate calls (a batch of questions or of samples is one)
         self._originals = {"collator": generator.collator, "processor": generator.processor}
         generator.collator = _TimedCall(generator.collator, self, "data_processor")
         generator.processor = _TimedCall(generator.processor, self, "data_processor")
         self._generate, self._encode_scene = self.model.generate, self.model.encode_scene
-        self.model.generate = _TimedCall(self._generate, self, "generate", counter="generate_calls")
+        self._timed_generate = self.model.generate = _TimedCall(self._generate, self, "generate")
         self.model.encode_scene = _TimedCall(self._encode_scene, self, "prefill")  # a scene's prompt, once
         self.handles = []
         for name, module in (("vggt", self.model.geometry_encoder), ("vit", self.model.vlm.model.visual)):
@@ -97,6 +96,11 @@ class StageTimer:
         finally:
             if outer:
                 self._stop(name)
+
+    @property
+    def generate_calls(self) -> int:
+        """The model's generate calls so far (a batch of questions or of samples is one)."""
+        return self._timed_generate.calls
 
     def seconds(self) -> dict:
         """The stages' seconds so far (module docstring)."""

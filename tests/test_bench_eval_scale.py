@@ -65,10 +65,10 @@ def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annota
     generator = SceneGenerator.from_model(model, processor, max_new_tokens=4)
     slice_ = bench_eval_scale.load_slice(data, "val", "grounding", 4)
     task, records, _, media_root = slice_
-    first_answers, first = bench_eval_scale.run_arm(generator, slice_, 4, True)
-    again_answers, again = bench_eval_scale.run_arm(generator, slice_, 4, True)
+    first_answers, _, first = bench_eval_scale.run_arm(generator, slice_, 4, True)
+    again_answers, again_stages, again = bench_eval_scale.run_arm(generator, slice_, 4, True)
     assert again_answers == first_answers
-    assert again["scenes_encoded"] == first["scenes_encoded"] >= 1 and again["vggt"] > 0
+    assert again["scenes_encoded"] == first["scenes_encoded"] >= 1 and again_stages["vggt"] > 0
 
     from gap_mllm.evaluation.runner import sample_requests
 
@@ -79,5 +79,5 @@ def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annota
         request = request_for(i, 1, ["not a frame"])  # a random model's stage-1 answer
         assert [Path(p).relative_to(media_root).as_posix() for p in request.images] == stage2_images(
             record["images"][k], media_root)
-    answers, counts = bench_eval_scale.run_arm(generator, slice_, 4, True, stage2_frames="annotated")
+    answers, _, counts = bench_eval_scale.run_arm(generator, slice_, 4, True, stage2_frames="annotated")
     assert len(answers) == len(records) and counts["generate_calls"] >= 2  # stage 1, then stage 2

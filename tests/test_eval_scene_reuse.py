@@ -81,15 +81,11 @@ def test_every_batch_of_a_scene_answers_a_stage_before_the_next_stage(synth_data
     for i in range(5):
         first = generator.generate([request_for(i, 0, [])])
         expected[i] = first + generator.generate([request_for(i, 1, first)])
-    encoded = []
-    original = generator._scene
-    generator._scene = lambda key, request: (encoded.append(key) if key not in generator._scenes else None,
-                                             original(key, request))[1]
     generate_calls = count_generate_calls(generator)
     answered = dict(pair for batch, texts in answer_in_batches(generator, request_for, [list(range(5))], 2, 2)
                     for pair in zip(batch, texts, strict=True))
     assert answered == expected
-    assert len(encoded) == 1  # the stage-1 scene, once for the three batches
+    assert generator.scenes_encoded == 1  # the stage-1 scene, once for the three batches
     assert generate_calls == ["scene"] * 3 + ["full"] * 3  # stage 2: each batch's own scenes in one full call
 
 
