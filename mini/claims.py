@@ -12,8 +12,16 @@ the same differences between two seeds of one arm (`SEED_PAIRS`) show what retra
     marker point error (median, m)         lower is better; samples either arm left unparsed are left out
 
 A verdict per figure, in words: **helps** where the interval lies wholly on the better side of 0, **hurts at this
-scale** where it lies wholly on the worse side, **no measurable effect** otherwise. A claim whose arms are not both
-evaluated yet says which are missing, so a table written after each arm is honest about what it answers.
+scale** where it lies wholly on the worse side, **no measurable effect** otherwise; a seed pair, whose sides are
+the same arm, says only **the seeds differ** (an interval without 0) or **no measurable difference**. A claim whose
+arms are not both evaluated yet says which are missing, so a table written after each arm is honest about what it
+answers.
+
+A claim's interval is over scenes: it says how sure the difference between these two trained models is, not how
+sure the difference between the two recipes is, which a third training run could move. So a helps / hurts whose
+difference is no larger than the largest seed-to-seed difference measured on that figure and those samples is
+marked **but no more than seed to seed**. Two seeds of two arms are a description of noise, not an estimate of its
+spread: the mark is a reading aid, not a test.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from gap_mllm.evaluation.confidence import paired_difference, paired_statistic_d
 from gap_mllm.evaluation.marker_metrics import paired_marker_difference
 
 from .ablation import ABLATION_FRESH_SEEDS, CLAIMS, SEED_PAIRS
-from .claims_table import CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_EFFECT, QUOTE_BEGIN, QUOTE_END, claims_quote, claims_section
+from .claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_DIFFERENCE, NO_EFFECT, QUOTE_BEGIN, QUOTE_END,
+                           SEEDS_DIFFER, WITHIN_SEED_NOISE, claims_quote, claims_section)
 from .fresh_seeds import figures_of, model_figures
 from .markdown_sections import block_between, document_section, with_block, with_section
 from .sample_rows import f1_of_counts
@@ -73,27 +82,69 @@ def verdict(found: dict | None, higher_is_better: bool) -> str:
     return NO_EFFECT
 
 
-def _pair(figures: dict, arm: str, without: str, resamples: int) -> dict:
+def seed_verdict(found: dict | None) -> str:
+    """The verdict of a seed pair's difference (the same arm trained twice, so no side is the better one): whether
+    the two seeds differ measurably (an interval without 0) or not."""
+    if found is None:
+        return "not measured"
+    low, high = found["ci95"]
+    return SEEDS_DIFFER if low > 0 or high < 0 else NO_DIFFERENCE
+
+
+def _pair(figures: dict, arm: str, without: str, resamples: int, seeds: bool = False) -> dict:
+    """A − B of two arms (`seeds`: two seeds of one arm, judged by `seed_verdict`), or the arms not evaluated yet."""
     missing = [name for name in (arm, without) if name not in figures]
     if missing:
         return {"arm": arm, "without": without, "missing": missing}
     paired = paired_over_scenes(figures[arm], figures[without], resamples)
     return {"arm": arm, "without": without, "paired": paired,
-            "verdicts": {key: verdict(paired[key], higher) for key, _, higher, _ in FIGURES}}
+            "verdicts": {key: seed_verdict(paired[key]) if seeds else verdict(paired[key], higher)
+                         for key, _, higher, _ in FIGURES}}
+
+
+def seed_noise(seed_pairs: list[dict]) -> dict[str, float]:
+    """{figure: the largest |A − B| of the measured seed pairs}: how far retraining one arm on another seed moved
+    that figure on these samples (no entry while no seed pair is measured)."""
+    noise: dict[str, float] = {}
+    for pair in seed_pairs:
+        for key, found in pair.get("paired", {}).items():
+            if found is not None:
+                noise[key] = max(noise.get(key, 0.0), abs(found["difference"]))
+    return noise
+
+
+def against_seed_noise(pair: dict, noise: dict[str, float]) -> dict:
+    """A claim's pair with each helps / hurts whose difference is no larger than `noise`'s for its figure marked
+    "but no more than seed to seed" (`WITHIN_SEED_NOISE`): its interval is over scenes, and a difference between two
+    training runs that retraining one arm alone matches is no evidence of the ingredient."""
+    if "verdicts" not in pair:
+        return pair
+    marked = {key: WITHIN_SEED_NOISE[word] if word in WITHIN_SEED_NOISE and key in noise
+              and abs(pair["paired"][key]["difference"]) <= noise[key] else word
+              for key, word in pair["verdicts"].items()}
+    return {**pair, "verdicts": marked}
 
 
 def claims_results(figures: dict[str, dict], where: str, resamples: int = RESAMPLES) -> dict:
     """Every claim and seed pair over `figures` ({arm: `figures_of`} of the arms evaluated on one set of samples,
-    `where` naming it): results.json's `"claims"` entry for that set."""
+    `where` naming it): results.json's `"claims"` entry for that set. `seed_noise` holds each figure's largest
+    seed-to-seed difference, against which the claims' verdicts are read (`against_seed_noise`)."""
     first = next(iter(figures.values()), None)
+    seed_pairs = [_pair(figures, arm, other, resamples, seeds=True) for arm, other in SEED_PAIRS]
+    noise = seed_noise(seed_pairs)
+
+    def judged(arm: str, without: str) -> dict:
+        return against_seed_noise(_pair(figures, arm, without, resamples), noise)
+
     return {"where": where,
             "num_samples": {task: first[task]["num_samples"] for task in ("grounding", "detection", "captioning", "marker")}
             if first else None,
             "num_scenes": len(set(first["grounding"]["scenes"])) if first else 0,
-            "claims": [{"claim": claim.name, **_pair(figures, claim.arm, claim.without, resamples),
-                        **({"second": _pair(figures, *claim.second, resamples)} if claim.second else {})}
+            "claims": [{"claim": claim.name, **judged(claim.arm, claim.without),
+                        **({"second": judged(*claim.second)} if claim.second else {})}
                        for claim in CLAIMS],
-            "seed_to_seed": [_pair(figures, arm, other, resamples) for arm, other in SEED_PAIRS]}
+            "seed_to_seed": seed_pairs,
+            "seed_noise": noise}
 
 
 # ------------------------------------------------------------------------------------------- the run's claims

@@ -15,6 +15,12 @@ FIGURES = (
     ("marker_point_error_m_median", "marker point error m", False, False),
 )
 HELPS, HURTS, NO_EFFECT = "helps", "hurts at this scale", "no measurable effect"
+# a claim's interval is over scenes, not over training runs: a helps / hurts no larger than what retraining the same
+# arm on another seed moved that figure (a seed-to-seed row) is marked so, beside the interval's verdict
+HELPS_WITHIN_NOISE, HURTS_WITHIN_NOISE = "helps, but no more than seed to seed", "hurts, but no more than seed to seed"
+WITHIN_SEED_NOISE = {HELPS: HELPS_WITHIN_NOISE, HURTS: HURTS_WITHIN_NOISE}
+# a seed pair is one arm trained twice: neither seed is the better one by design, so its verdict has no direction
+SEEDS_DIFFER, NO_DIFFERENCE = "the seeds differ", "no measurable difference"
 CLAIMS_SECTION = "## The paper's claims in miniature"
 # the lines around the quote in README.md and model_card.md (`gap-mllm mini --ablation --quote FILE` rewrites what is between)
 QUOTE_BEGIN = "<!-- the paper's claims in miniature: written by `gap-mllm mini --ablation --quote`, from here -->"
@@ -28,7 +34,11 @@ ABLATION_REPORT = "reports/mini/ablation-in-progress.md"
 READING_SENTENCE = ("What each claim does and does not say, and how to read a verdict the other sample set does not "
                     f"repeat: {ABLATION_REPORT}.")
 VERDICTS_IN_WORDS = ("Verdicts: helps (interval wholly better than 0), hurts at this scale (wholly worse), no measurable "
-                     "effect (it contains 0).")
+                     "effect (it contains 0); a helps or hurts whose difference is no larger than a seed-to-seed row's "
+                     "on that figure says \"but no more than seed to seed\": the interval is over scenes, not over "
+                     "training runs.")
+SEED_ROWS_SENTENCE = ("The seed-to-seed rows are the same arm trained twice: what noise looks like; their verdict says "
+                      "only whether the two seeds differ (interval without 0) or not.")
 
 
 def _in_words(verdicts: dict) -> str:
@@ -36,7 +46,8 @@ def _in_words(verdicts: dict) -> str:
     by_word: dict[str, list[str]] = {}
     for key, title, _, _ in FIGURES:
         by_word.setdefault(verdicts[key], []).append(title)
-    order = (HELPS, HURTS, NO_EFFECT, "not measured")
+    order = (HELPS, HELPS_WITHIN_NOISE, HURTS, HURTS_WITHIN_NOISE, NO_EFFECT, SEEDS_DIFFER, NO_DIFFERENCE,
+             "not measured")
     return "; ".join(f"{word}: {', '.join(by_word[word]) if len(by_word[word]) < len(FIGURES) else 'every figure'}"
                      for word in order if word in by_word)
 
@@ -71,8 +82,7 @@ def claims_section(results: dict) -> str:
     """The "claims in miniature" section of RESULTS.md from results.json's `"claims"` ({where: claims_results})."""
     intro = ("The paper's three claims, each as the difference between two arms of `gap-mllm mini --ablation` trained at "
              "one budget from the same stage 0 (mini/ablation.py), judged on scenes no arm was trained or tuned on. "
-             f"{VERDICTS_IN_WORDS} The seed-to-seed rows are the same arm trained twice: what noise looks like. "
-             f"{COST_SENTENCE} {READING_SENTENCE}")
+             f"{VERDICTS_IN_WORDS} {SEED_ROWS_SENTENCE} {COST_SENTENCE} {READING_SENTENCE}")
     lines = [CLAIMS_SECTION, "", intro]
     for claims in results["claims"].values():
         lines += claims_lines(claims)
@@ -85,7 +95,7 @@ def claims_quote(claims: dict) -> str:
     intro = ("The paper's three claims, measured in miniature by this package: arms of GAP-MLLM-Mini trained on "
              "SynthRooms at one budget from the same frozen encoders, each pair differing in one ingredient "
              "(`gap-mllm mini --ablation`, mini/ablation.py), judged on scenes of generator seeds no arm was trained or "
-             f"tuned on. {VERDICTS_IN_WORDS} The test split's table is in mini/RESULTS.md, and what each claim does and "
-             f"does not say in {ABLATION_REPORT}, both in the gap-mllm repository.")
+             f"tuned on. {VERDICTS_IN_WORDS} {SEED_ROWS_SENTENCE} The test split's table is in mini/RESULTS.md, and "
+             f"what each claim does and does not say in {ABLATION_REPORT}, both in the gap-mllm repository.")
     # the blank line last: the comment line below it must not read as a row of the table
     return "\n".join([intro, *claims_lines(claims["fresh_seeds"]), ""]) + "\n"

@@ -110,7 +110,7 @@ def seed_parts(out: Path, label: str, seeds) -> list[tuple[str, Path, Path]]:
     return [(str(seed), seed_folder(out, seed) / "results" / label, seed_folder(out, seed) / "data") for seed in seeds]
 
 
-def _pooled(parts, label: str, name: str, task: str) -> tuple[list[dict], list[dict]]:
+def pooled_rows(parts, label: str, name: str, task: str) -> tuple[list[dict], list[dict]]:
     """(rows, records) of one results folder `name` over `parts` ([(prefix, results folder, data folder)]), row i
     answering record i; ids and each record's "scene" prefixed by the part (scene names repeat across seeds)."""
     rows, records = [], []
@@ -146,7 +146,7 @@ def figures_of(label: str, parts) -> dict:
     """Pooled figures of one evaluated model over `parts` ([(prefix, results folder, data folder)]: the fresh seeds,
     or a run's test split), with 95 % intervals, and the per-sample values (and each sample's scene) the pairs need."""
     figures: dict = {"label": label}
-    rows, records = _pooled(parts, label, "grounding", "grounding")
+    rows, records = pooled_rows(parts, label, "grounding", "grounding")
     hits, frames = grounding_hits(rows), frame_hits(rows, records)
     figures["grounding"] = {"num_samples": len(rows), "acc@0.25": float(hits.mean()),
                             "acc@0.25_ci95": wilson_interval(int(hits.sum()), len(rows)),
@@ -155,19 +155,19 @@ def figures_of(label: str, parts) -> dict:
                             "scenes": [record["scene"] for record in records],
                             # always frame 0 on the same samples: what the frame choice is paired against
                             "frame_0_hits": [float(annotated_frame(record) == 0) for record in records]}
-    rows, records = _pooled(parts, label, "detection", "detection")
+    rows, records = pooled_rows(parts, label, "detection", "detection")
     # detection_counts reads row i's record at its "index": the pooled position, not the index within its part
     counts = detection_counts([{**row, "index": i} for i, row in enumerate(rows)], records)
     figures["detection"] = {"num_samples": len(rows), "f1@0.25": f1_of_counts(counts),
                             "f1@0.25_ci95": f1_interval(counts), "ids": [row["id"] for row in rows], "counts": counts,
                             "scenes": [record["scene"] for record in records]}
-    rows, records = _pooled(parts, label, "captioning", "captioning")
+    rows, records = pooled_rows(parts, label, "captioning", "captioning")
     scores = np.array([row["score"] for row in rows], dtype=np.float64)
     figures["captioning"] = {"num_samples": len(rows), "cider@0.5": float(scores.mean()),
                              "cider@0.5_ci95": bootstrap_interval(scores, np.mean, RESAMPLES),
                              "ids": [row["id"] for row in rows], "scores": scores.tolist(),
                              "scenes": [record["scene"] for record in records]}
-    rows, records = _pooled(parts, label, "reconstruction_final", "reconstruction")
+    rows, records = pooled_rows(parts, label, "reconstruction_final", "reconstruction")
     predictions = [row["raw"][0] for row in rows]
     answers = [record["conversations"][1]["value"] for record in records]
     errors = point_errors(predictions, answers)

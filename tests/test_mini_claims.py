@@ -13,8 +13,9 @@ import pytest
 
 from gap_mllm.evaluation.confidence import paired_difference, paired_statistic_difference, resample_rows
 from gap_mllm.mini.claims import check_quote_block, claims_results, write_claims
-from gap_mllm.mini.claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_EFFECT, QUOTE_BEGIN, QUOTE_END, claims_lines,
-                                       claims_quote, claims_section)
+from gap_mllm.mini.claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HELPS_WITHIN_NOISE, HURTS, NO_DIFFERENCE,
+                                       NO_EFFECT, QUOTE_BEGIN, QUOTE_END, SEEDS_DIFFER, claims_lines, claims_quote,
+                                       claims_section)
 from gap_mllm.mini.markdown_sections import block_between, document_section, with_section
 from gap_mllm.mini.report import REFUSED_SECTION, results_document
 from gap_mllm.mini.sample_rows import f1_of_counts
@@ -94,6 +95,40 @@ def test_each_verdict_on_figures_with_a_known_outcome():
     assert row.endswith("| helps: grounding Acc@0.25, detection F1@0.25; hurts at this scale: marker point error m; "
                         "no measurable effect: frame selection, CIDEr@0.5 |")
     assert "| +20.0 [+20.0, +20.0] |" in row
+
+
+def test_a_seed_pair_says_whether_its_seeds_differ_and_a_claim_no_larger_is_marked_so():
+    """Two seeds of one arm: a difference whose interval excludes 0 is "the seeds differ" whichever its sign, one
+    that holds 0 "no measurable difference". A claim's helps / hurts whose difference is no larger than the seed
+    pair's on that figure is marked "but no more than seed to seed"; a larger one, or one on a figure where the seeds
+    agree, keeps its verdict."""
+    first = _figures("s0", _half(2), _half(2), _half(2), [0.5] * N, [1.5] * N)
+    second = _figures("s1", _half(1), _half(2), _half(2), [0.5] * N, [1.5] * N)  # grounding 0.2 below, same points
+    added = _figures("add", _half(0), _half(2), _half(2), [0.5] * N, [1.0] * N)  # grounding 0.4 below, points closer
+    stage2_only = _figures("stage2", _half(1), _half(2), _half(2), [0.5] * N, [1.5] * N)  # grounding 0.2 below
+    found = claims_results({"gap_gated_s0": first, "gap_gated_s1": second, "gap_add_s0": added,
+                            "gap_gated_stage2_only_s0": stage2_only}, "constructed scenes")
+    seeds = next(pair for pair in found["seed_to_seed"] if pair["without"] == "gap_gated_s1")
+    assert seeds["verdicts"] == {"grounding_acc@0.25": SEEDS_DIFFER, "frame_accuracy": NO_DIFFERENCE,
+                                 "detection_f1@0.25": NO_DIFFERENCE, "captioning_cider@0.5": NO_DIFFERENCE,
+                                 "marker_point_error_m_median": NO_DIFFERENCE}
+    assert found["seed_noise"]["grounding_acc@0.25"] == pytest.approx(0.2)
+    assert found["seed_noise"]["marker_point_error_m_median"] == pytest.approx(0.0)
+    claim_of = {claim["without"]: claim for claim in found["claims"]}
+    gated, pretraining = claim_of["gap_add_s0"], claim_of["gap_gated_stage2_only_s0"]
+    assert gated["verdicts"]["grounding_acc@0.25"] == HELPS  # 0.4 > 0.2
+    assert gated["verdicts"]["marker_point_error_m_median"] == HURTS  # the seeds agree on the points
+    assert pretraining["verdicts"]["grounding_acc@0.25"] == HELPS_WITHIN_NOISE  # 0.2, as the seeds' own gap
+    rows = claims_lines(found)
+    seed_row = next(line for line in rows if "seed to seed (noise): gap_gated_s0 − gap_gated_s1" in line)
+    assert seed_row.endswith("| the seeds differ: grounding Acc@0.25; no measurable difference: frame selection, "
+                             "detection F1@0.25, CIDEr@0.5, marker point error m |")
+    claim_row = next(line for line in rows if "gap_gated_s0 − gap_gated_stage2_only_s0" in line)
+    assert claim_row.endswith("| helps, but no more than seed to seed: grounding Acc@0.25; no measurable effect: "
+                              "frame selection, detection F1@0.25, CIDEr@0.5, marker point error m |")
+    # without a measured seed pair, nothing is marked
+    alone = claims_results({"gap_gated_s0": first, "gap_gated_stage2_only_s0": stage2_only}, "constructed scenes")
+    assert alone["seed_noise"] == {} and alone["claims"][1]["verdicts"]["grounding_acc@0.25"] == HELPS
 
 
 def test_claims_whose_arms_are_not_evaluated_say_which_and_samples_must_match():
