@@ -34,7 +34,7 @@ tasks beat 1,000 more steps of the tasks". Its tokens are not equal: a stage-2 s
 (8-view frame records, 60-token boxes), so it sees more tokens than the other arms, which favours the ablation: a
 stage-1 gain measured this way is conservative. The Mini's stage-2 mix keeps the marker task (mini_stage2.yaml), so
 this arm still trains the stage-1 task, inside stage 2: the claim measures a separate phase of it before the tasks,
-not the task itself (the official stage 2 has no marker data; reports/mini/ablation-in-progress.md).
+not the task itself (the official stage 2 has no marker data; reports/mini/claims-in-miniature.md).
 
 **One arm at a time, each in git between machines.** `--run-state DIR` keeps every training stage's run state
 (training/run_state.py) in `DIR/<arm>/<stage>` (bfloat16 moments and best model, as the sixth release's run): a

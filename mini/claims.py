@@ -33,6 +33,7 @@ from gap_mllm.evaluation.confidence import paired_difference, paired_statistic_d
 from gap_mllm.evaluation.marker_metrics import paired_marker_difference
 
 from .ablation import ABLATION_FRESH_SEEDS, CLAIMS, SEED_PAIRS
+from .arm_provenance import arms_provenance
 from .claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_DIFFERENCE, NO_EFFECT, QUOTE_BEGIN, QUOTE_END,
                            SEEDS_DIFFER, WITHIN_SEED_NOISE, claims_quote, claims_section)
 from .fresh_seeds import figures_of, model_figures
@@ -152,12 +153,13 @@ def claims_results(figures: dict[str, dict], where: str, resamples: int = RESAMP
 
 def run_claims(run, arms: list[str]) -> dict:
     """{where: `claims_results`} over the arms of an ablation run (`run`: mini/pipeline.py's MiniRun) evaluated on
-    the ablation's fresh seeds and on the run's test split (mini/pipeline.py, `evaluate_arm` and `evaluate_fresh`)."""
+    the ablation's fresh seeds and on the run's test split (mini/pipeline.py, `evaluate_arm` and `evaluate_fresh`),
+    and "arms": where each of them was trained (mini/arm_provenance.py)."""
     seeds = "-".join(str(seed) for seed in (ABLATION_FRESH_SEEDS[0], ABLATION_FRESH_SEEDS[-1]))
     fresh = {arm: model_figures(run.out, arm, ABLATION_FRESH_SEEDS) for arm in arms}
     test = {arm: figures_of(arm, [("test", run.results_dir(arm), run.data)]) for arm in arms}
     return {"fresh_seeds": claims_results(fresh, f"scenes of the fresh seeds {seeds}"),
-            "test": claims_results(test, "the test split")}
+            "test": claims_results(test, "the test split"), "arms": arms_provenance(run, arms)}
 
 
 def check_quote_block(path) -> None:

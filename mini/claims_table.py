@@ -4,6 +4,7 @@ its fresh-seed table that the README and the model card template carry between t
 
 from __future__ import annotations
 
+from .ablation import ABLATION_STAGE0_COMMIT
 from .markdown_sections import signed_cell
 
 # (key, column title, higher is better, shown in percentage points)
@@ -22,6 +23,7 @@ WITHIN_SEED_NOISE = {HELPS: HELPS_WITHIN_NOISE, HURTS: HURTS_WITHIN_NOISE}
 # a seed pair is one arm trained twice: neither seed is the better one by design, so its verdict has no direction
 SEEDS_DIFFER, NO_DIFFERENCE = "the seeds differ", "no measurable difference"
 CLAIMS_SECTION = "## The paper's claims in miniature"
+SAMPLE_SETS = ("fresh_seeds", "test")  # the claims' sample sets, in the order the section shows them
 # the lines around the quote in README.md and model_card.md (`gap-mllm mini --ablation --quote FILE` rewrites what is between)
 QUOTE_BEGIN = "<!-- the paper's claims in miniature: written by `gap-mllm mini --ablation --quote`, from here -->"
 QUOTE_END = "<!-- to here -->"
@@ -30,7 +32,7 @@ COST_SENTENCE = ("What each arm costs, seconds per training step with geometry o
                  "bench/README.md, \"The ablation's arms\".")
 # a verdict is one interval's; how to read a row (an interval the other sample set does not repeat, what a claim in
 # miniature says of the full-size model) is the report's, and both the section and the quote point to it
-ABLATION_REPORT = "reports/mini/ablation-in-progress.md"
+ABLATION_REPORT = "reports/mini/claims-in-miniature.md"
 READING_SENTENCE = ("What each claim does and does not say, and how to read a verdict the other sample set does not "
                     f"repeat: {ABLATION_REPORT}.")
 VERDICTS_IN_WORDS = ("Verdicts: helps (interval wholly better than 0), hurts at this scale (wholly worse), no measurable "
@@ -78,14 +80,78 @@ def claims_lines(claims: dict) -> list[str]:
     return lines
 
 
+def _geometry(model: dict | None) -> str:
+    if model is None:
+        return "—"
+    if not model["use_geometry"]:
+        return "none"
+    return f"VGGT, {'gated fusion' if model['fusion_method'] == 'gated' else 'added'}"
+
+
+def _stage_cell(stage: dict | None) -> str:
+    if stage is None:
+        return "—"
+    parts = (stage["recipe"], f"{stage['steps']} steps" if stage["steps"] is not None else None,
+             f"seed {stage['seed']}" if stage["seed"] is not None else None, stage["device"])
+    return ", ".join(str(part) for part in parts if part is not None)
+
+
+def _final_cell(found: dict) -> str:
+    final = found["final"]
+    if final is None:
+        return "its last step (no validation kept)" if "stage2" in found["stages"] else "—"
+    return (f"validation step {final['step']} (the best {final['metric'].removeprefix('gen_')}: "
+            f"{final['value']:.3f})")
+
+
+def _data_cell(found: dict) -> str:
+    numbers = dict.fromkeys(str(stage.get("data", "no run state")) for stage in found["stages"].values())
+    return " / ".join(numbers) or "—"
+
+
+def _data_sentence(arms: dict[str, dict]) -> str:
+    """Whether every stage trained on one data (numbered by mini/arm_provenance.py), in words."""
+    stages = [(name, stage) for name, found in arms.items() for stage in found["stages"].values()]
+    numbers = {stage.get("data") for _, stage in stages}
+    if numbers != {1}:
+        return ("The stages did not all train on one data (column \"data\": another number is other data; \"no run "
+                "state\": a stage trained without --run-state, whose data are not recorded).")
+    rewritten = list(dict.fromkeys(name for name, stage in stages if stage["last_digit_files"]))
+    most = max(stage["last_digit_files"] for _, stage in stages)
+    again = (f" The sketches of {', '.join(rewritten)} differ from the first's only in the last digits of the numbers "
+             f"of up to {most:,} text files, as data written again on another CPU do." if rewritten else "")
+    return ("Every stage of every arm trained on the same data (1): the same files, image pixels and numbers, by the "
+            "rule a resumed run is held to (training/data_sketch.py)." + again)
+
+
+def provenance_lines(arms: dict[str, dict]) -> list[str]:
+    """The table of where each arm was trained (`arms`: mini/arm_provenance.py's `arms_provenance`), and whether
+    every stage of every arm trained on one data."""
+    lines = ["", "Where each arm was trained (its stages' `stage_done.json`, the validation step its last stage kept "
+                 "as its final model, and the data each stage trained on, from its run state; every arm's frozen "
+                 f"encoders are the sixth release's stage 0, commit {ABLATION_STAGE0_COMMIT}, checked by the digest of "
+                 "its weights before any arm trains):", "",
+             "| arm | geometry | stage 1 | stage 2 | final model | data | run state |", "|---|---|---|---|---|---|---|"]
+    for name, found in arms.items():
+        lines.append(f"| {name} | {_geometry(found['model'])} | {_stage_cell(found['stages'].get('stage1'))} | "
+                     f"{_stage_cell(found['stages'].get('stage2'))} | {_final_cell(found)} | "
+                     f"{_data_cell(found)} | {found['run_state'] or '—'} |")
+    if any(found["stages"] for found in arms.values()):  # (no stage at all: nothing to compare)
+        lines += ["", _data_sentence(arms)]
+    return lines
+
+
 def claims_section(results: dict) -> str:
-    """The "claims in miniature" section of RESULTS.md from results.json's `"claims"` ({where: claims_results})."""
+    """The "claims in miniature" section of RESULTS.md from results.json's `"claims"` ({where: claims_results} for
+    each of `SAMPLE_SETS`, and `"arms"`: where each arm was trained, mini/arm_provenance.py)."""
     intro = ("The paper's three claims, each as the difference between two arms of `gap-mllm mini --ablation` trained at "
              "one budget from the same stage 0 (mini/ablation.py), judged on scenes no arm was trained or tuned on. "
              f"{VERDICTS_IN_WORDS} {SEED_ROWS_SENTENCE} {COST_SENTENCE} {READING_SENTENCE}")
     lines = [CLAIMS_SECTION, "", intro]
-    for claims in results["claims"].values():
-        lines += claims_lines(claims)
+    for where in SAMPLE_SETS:
+        lines += claims_lines(results["claims"][where])
+    if results["claims"].get("arms"):
+        lines += provenance_lines(results["claims"]["arms"])
     return "\n".join(lines) + "\n"
 
 

@@ -70,7 +70,7 @@ from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results, seed_parts
 from .kept_answers import answers_folder, answers_kept, evaluation_folders
 from .synth_data import MINI_COMMAND, ensure_synth_data
 from .pipeline_settings import ANSWERS_OF_ANOTHER_RUN, BUDGETS, STAGE_KINDS, Budget, add_arguments
-from .provenance import FINAL_MODEL, collapse_copies, training_chain
+from .provenance import DONE_MARKER, FINAL_MODEL, collapse_copies, training_chain
 from .report import (
     CONSTRAINED_SUFFIX,
     MARKER_FINAL_RESULTS,
@@ -86,7 +86,6 @@ logger = logging.getLogger(__name__)
 # the shipped recipes: training/recipes/ of a checkout, package data of gap_mllm.training when installed
 RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
 
-DONE_MARKER = "stage_done.json"
 COMMAND = MINI_COMMAND  # the marker of the folders the pipeline writes for itself (an arm's `final`)
 EVAL_TASKS = ("grounding", "detection", "captioning")
 RELEASE_REFUSED_STATUS = 4  # the exit status of a run whose candidate failed the release rule (nothing exported)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+DONE_MARKER = "stage_done.json"  # the file mini/pipeline.py writes into a stage folder when its training returned
+
 # "copied from SOURCE (--stageN); its STAGE: " followed at once by a copy of the same SOURCE by the same flag
 _REPEATED_COPY = re.compile(r"(copied from (?P<source>[^;()]+) \((?P<flag>--[\w-]+)\); its [^:;]+: )"
                             r"copied from (?P=source) \((?P=flag)\); its [^:;]+: ")

@@ -33,6 +33,7 @@ from .arms import CONSTRAINED_SUFFIX
 from .claims_table import CLAIMS_SECTION, claims_section
 from .markdown_sections import document_section, signed_cell, with_section
 from .paired_arms import paired_arms
+from .provenance import DONE_MARKER
 from .sample_rows import detection_counts, f1_interval, f1_of_counts, marker_answers, sample_rows
 
 RESAMPLES = 1000
@@ -106,7 +107,7 @@ def _stage2_results(run, folder: Path) -> dict:
 def stage_provenance(run) -> dict[str, dict]:
     """What trained each stage folder of the run, from its `stage_done.json` (recipe, steps, device, notes)."""
     out = {}
-    for marker in sorted(run.out.glob("stages/**/stage_done.json")):
+    for marker in sorted(run.out.glob(f"stages/**/{DONE_MARKER}")):
         done = json.loads(marker.read_text(encoding="utf-8"))
         device = done.get("device") or next((value.split("=", 1)[1] for value in done.get("overrides", []) if value.startswith("device=")), None)
         out[str(marker.parent.relative_to(run.out / "stages"))] = {

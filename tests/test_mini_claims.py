@@ -151,11 +151,15 @@ def test_every_repository_file_the_claims_section_and_quote_point_to_exists():
     bench/, the design, the test split's table): each named file is in the repository, so a rename breaks this test,
     not the pointer."""
     arm = _figures("a", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
-    claims = {"fresh_seeds": claims_results({"gap_gated_s0": arm}, "constructed scenes")}
+    found = claims_results({"gap_gated_s0": arm}, "constructed scenes")
+    stage = {"recipe": "mini_stage2.yaml", "steps": 1, "seed": 0, "device": "cpu", "data": 1, "last_digit_files": 0}
+    claims = {"fresh_seeds": found, "test": found,
+              "arms": {"gap_gated_s0": {"model": None, "stages": {"stage2": stage}, "final": None, "run_state": None}}}
     named = set()
     for text in (claims_section({"claims": claims}), claims_quote(claims)):
-        named |= set(re.findall(r"\b(?:mini|reports|bench)/[\w/.-]+\.(?:md|py)\b", text))
-    assert {"reports/mini/ablation-in-progress.md", "bench/README.md", "mini/ablation.py", "mini/RESULTS.md"} <= named
+        named |= set(re.findall(r"\b(?:mini|reports|bench|training)/[\w/.-]+\.(?:md|py)\b", text))
+    assert {"reports/mini/claims-in-miniature.md", "bench/README.md", "mini/ablation.py", "mini/RESULTS.md",
+            "training/data_sketch.py"} <= named
     assert sorted(path for path in named if not (REPO / path).is_file()) == []
 
 

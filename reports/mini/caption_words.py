@@ -13,7 +13,7 @@ For each arm, on the run's test split and on the ablation's fresh seeds (the ans
 wrote under `--run`): the share of answers whose word is right, with its Wilson interval, and the difference to the
 first of `--arms` on the same samples, with a 95 % interval from a bootstrap over scenes. An answer not in the form
 counts as wrong in every word (its count is printed). Prints the markdown table; `--out FILE` also writes the JSON.
-The report: reports/mini/ablation-in-progress.md ("What retraining alone moves").
+The report: reports/mini/claims-in-miniature.md ("What retraining alone moves").
 """
 
 from __future__ import annotations

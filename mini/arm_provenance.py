@@ -1,0 +1,125 @@
+"""Where each arm of the ablation was trained (issue 63: the claims table carries each arm's provenance), read from
+what its run left, not from what the design says it should be:
+
+    model         geometry on or off, the fusion and the model seed its first stage was built with (that stage's
+                  `model.*` settings: a later stage continues the model it is given)
+    each stage    the recipe, steps, training seed and device its `stage_done.json` records (mini/pipeline.py writes
+                  it when the stage's training returns, on a fresh machine too, where the stage is rebuilt from its
+                  run state)
+    final model   the validation step its stage 2 kept (`best.json`: the best by validation grounding, the final
+                  model of every arm, training/generation_eval.py)
+    data          which data each stage trained on, from its run state's data sketch (training/run_state.py),
+                  compared across all stages by the rule a resumed run is held to (training/data_sketch.py: the same
+                  files, the same image pixels, every number within another CPU's float rounding): stages numbered
+                  1 trained on the first stage's data, 2 on other data, and so on, so that "every arm trained on the
+                  same data" is checked rather than taken on trust. Data written again on another machine differ in
+                  the last digits of some numbers: the same data, with another sketch digest, counted by name. A
+                  stage without a run state (no `--run-state`) has no data number
+
+An arm whose stage folder is missing (not trained yet, or a run without it) has no entry for that stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gap_mllm.training.data_sketch import compare_data
+from gap_mllm.training.generation_eval import read_best
+from gap_mllm.training.run_state import check_state_files, read_run_state, state_sketch
+
+from .provenance import DONE_MARKER
+
+STAGES = ("stage1", "stage2")  # the training stages of an ablation arm, in order (stage 0 is shared, given)
+
+
+def _setting(overrides, name: str) -> str | None:
+    """The last value `overrides` ("key=value" strings, in order) give `name`, or None."""
+    found = None
+    for value in overrides or ():
+        key, _, setting = str(value).partition("=")
+        if key.strip() == name:
+            found = setting
+    return found
+
+
+def _stage_done(folder: Path) -> dict | None:
+    """The `stage_done.json` of a stage folder, None when the stage is not done."""
+    marker = Path(folder) / DONE_MARKER
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+
+
+def trained_stage(done: dict, state_dir: Path | None) -> dict:
+    """One training stage of an arm: recipe, steps, training seed and device from its `stage_done.json` (`done`),
+    and the digest of the data sketch of its run state in `state_dir` (None without one)."""
+    seed = _setting(done.get("overrides"), "training.seed")
+    record = read_run_state(state_dir) if state_dir is not None else None
+    return {"recipe": done.get("recipe"), "steps": done.get("global_step"), "device": done.get("device"),
+            "seed": int(seed) if seed is not None else None,
+            "data_sketch": record["data"]["sketch"] if record is not None and record.get("data") else None}
+
+
+def model_built(done: dict) -> dict | None:
+    """{"use_geometry", "fusion_method", "seed"} of the model a stage built (its `model.*` settings,
+    mini/arms.py `fresh_model_settings`); None for a stage that continued a model it was given."""
+    found = {key: _setting(done.get("overrides"), f"model.{key}") for key in ("use_geometry", "fusion_method", "seed")}
+    if None in found.values():
+        return None
+    return {"use_geometry": found["use_geometry"] == "true", "fusion_method": found["fusion_method"],
+            "seed": int(found["seed"])}
+
+
+def _state_dir(run, name: str, stage: str) -> Path | None:
+    state_root = getattr(run, "run_state", None)
+    return Path(state_root) / name / stage if state_root is not None else None
+
+
+def arm_provenance(run, name: str) -> dict:
+    """{"model": `model_built` of its first stage, "stages": {stage: `trained_stage`}, "final": the validation step
+    its stage 2 kept ({"step", "metric", "value"}; None while stage 2 is not done, or kept none), "run_state": its
+    folder or None} for the arm `name` of `run` (mini/pipeline.py's MiniRun: its `out` and `run_state`)."""
+    root = Path(run.out) / "stages" / name
+    done = {stage: found for stage in STAGES if (found := _stage_done(root / stage)) is not None}
+    best = read_best(root / STAGES[-1]) if STAGES[-1] in done else None  # the final model is stage 2's
+    state_root = getattr(run, "run_state", None)
+    return {"model": model_built(next(iter(done.values()))) if done else None,
+            "stages": {stage: trained_stage(found, _state_dir(run, name, stage)) for stage, found in done.items()},
+            "final": {key: best[key] for key in ("step", "metric", "value")} if best is not None else None,
+            "run_state": str(Path(state_root) / name) if state_root is not None else None}
+
+
+def _data_number(sketch, firsts: list) -> tuple[int, int]:
+    """(number, last-digit files) of `sketch` among the data seen so far (`firsts`: the first sketch of each number,
+    appended to when `sketch` is other data than all of them)."""
+    for number, first in enumerate(firsts, start=1):
+        comparison = compare_data(first, sketch)
+        if comparison.same():
+            return number, len(comparison.last_digits)
+    firsts.append(sketch)
+    return len(firsts), 0
+
+
+def number_the_data(run, arms: dict[str, dict]) -> None:
+    """Give every stage of `arms` (name -> `arm_provenance`) with a run state its "data" number (1 for the data of
+    the first such stage, 2 for the first other data, ...) and "last_digit_files": how many text files differ from
+    that number's first stage only in the last digits of their numbers (data written again on another machine).
+    Stages with the same sketch digest are the same data without comparing (one comparison per distinct digest)."""
+    firsts: list = []
+    by_digest: dict[str, tuple[int, int]] = {}
+    for name, found in arms.items():
+        for stage, entry in found["stages"].items():
+            digest = entry["data_sketch"]
+            if digest is None:
+                continue
+            if digest not in by_digest:
+                state_dir = _state_dir(run, name, stage)
+                record = read_run_state(state_dir)
+                check_state_files(record, state_dir)  # the sketch file is the one the record's digest names
+                by_digest[digest] = _data_number(state_sketch(record, state_dir), firsts)
+            entry["data"], entry["last_digit_files"] = by_digest[digest]
+
+
+def arms_provenance(run, names) -> dict[str, dict]:
+    """`arm_provenance` of each arm of `names`, in their order, their stages' data numbered (`number_the_data`)."""
+    arms = {name: arm_provenance(run, name) for name in names}
+    number_the_data(run, arms)
+    return arms

@@ -1,0 +1,130 @@
+"""Where each arm of the ablation was trained (mini/arm_provenance.py) and its table under the claims
+(mini/claims_table.py `provenance_lines`): read from the stage folders the run left, and the stages' data compared by
+the rule a resumed run is held to, so that "every arm trained on the same data" is checked, not assumed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from gap_mllm.mini import arm_provenance
+from gap_mllm.mini.arm_provenance import arms_provenance, number_the_data
+from gap_mllm.mini.claims_table import provenance_lines
+from gap_mllm.mini.provenance import DONE_MARKER
+from gap_mllm.training.data_sketch import sketch_data_root
+
+
+def _stage(out: Path, arm: str, stage: str, steps: int, seed: int, best_step: int | None = None, first: bool = False,
+           geometry: bool = True) -> None:
+    """A stage folder as mini/pipeline.py leaves it: its `stage_done.json` (a first stage with the settings that built
+    the model) and, with `best_step`, the best validation model's `best.json`."""
+    folder = out / "stages" / arm / stage
+    folder.mkdir(parents=True)
+    built = [f"model.use_geometry={str(geometry).lower()}", "model.fusion_method=gated", f"model.seed={seed}"]
+    (folder / DONE_MARKER).write_text(json.dumps({
+        "recipe": f"mini_{stage}.yaml",
+        "overrides": [*(built if first else []), "training.seed=0", f"training.seed={seed}", "device=cpu"],
+        "global_step": steps, "training_loss": 0.5, "device": "cpu"}))
+    if best_step is not None:
+        (folder / "best").mkdir()
+        (folder / "best" / "best.json").write_text(json.dumps({"step": best_step, "metric": "gen_grounding_acc@0.25",
+                                                               "value": 0.09375, "figures": {}}))
+
+
+def test_each_arm_says_what_trained_it_from_its_stage_folders(tmp_path):
+    """Recipe, steps, the last training seed of the overrides and device of each stage; the final model is the step
+    stage 2 kept; an arm without stage 1 has none; an arm whose stage 2 is not done has no final model yet; without
+    --run-state no data is recorded, and the sentence under the table says the stages are not shown on one data."""
+    _stage(tmp_path, "gap_gated_s1", "stage1", 1000, 1, first=True)
+    _stage(tmp_path, "gap_gated_s1", "stage2", 7200, 1, best_step=6000)
+    _stage(tmp_path, "gap_gated_stage2_only_s0", "stage2", 8200, 0, first=True)
+    _stage(tmp_path, "no_geometry_s1", "stage1", 1000, 1, first=True, geometry=False)
+    _stage(tmp_path, "given_s0", "stage2", 10, 0)  # continued a model it was given: how it was built is not known
+    found = arms_provenance(SimpleNamespace(out=tmp_path, run_state=None),
+                            ["gap_gated_s1", "gap_gated_stage2_only_s0", "no_geometry_s1", "given_s0"])
+    assert found["gap_gated_s1"] == {
+        "model": {"use_geometry": True, "fusion_method": "gated", "seed": 1},
+        "stages": {stage: {"recipe": f"mini_{stage}.yaml", "steps": steps, "device": "cpu", "seed": 1,
+                           "data_sketch": None} for stage, steps in (("stage1", 1000), ("stage2", 7200))},
+        "final": {"step": 6000, "metric": "gen_grounding_acc@0.25", "value": 0.09375}, "run_state": None}
+    assert list(found["gap_gated_stage2_only_s0"]["stages"]) == ["stage2"]
+    assert found["gap_gated_stage2_only_s0"]["final"] is None and found["no_geometry_s1"]["final"] is None
+    assert found["no_geometry_s1"]["model"]["use_geometry"] is False and found["given_s0"]["model"] is None
+
+    lines = provenance_lines(found)
+    assert ("| gap_gated_s1 | VGGT, gated fusion | mini_stage1.yaml, 1000 steps, seed 1, cpu | mini_stage2.yaml, "
+            "7200 steps, seed 1, cpu | validation step 6000 (the best grounding_acc@0.25: 0.094) | no run state | — |"
+            ) in lines
+    assert ("| gap_gated_stage2_only_s0 | VGGT, gated fusion | — | mini_stage2.yaml, 8200 steps, seed 0, cpu | its "
+            "last step (no validation kept) | no run state | — |") in lines
+    assert "| no_geometry_s1 | none | mini_stage1.yaml, 1000 steps, seed 1, cpu | — | — | no run state | — |" in lines
+    assert ("| given_s0 | — | — | mini_stage2.yaml, 10 steps, seed 0, cpu | its last step (no validation kept) | "
+            "no run state | — |") in lines
+    assert lines[-1].startswith("The stages did not all train on one data")
+
+
+def _nudged(source: Path, target: Path, factor: float) -> Path:
+    """A copy of the data folder `source` with every decimal number times `factor`, at full precision."""
+    shutil.copytree(source, target)
+    number = re.compile(r"(?<![\w.])-?\d+\.\d+(?:[eE][-+]?\d+)?(?![\w.])")
+    for path in sorted(target.rglob("*.txt")):
+        path.write_text(number.sub(lambda m: repr(float(m.group()) * factor), path.read_text()))
+    return target
+
+
+@pytest.fixture()
+def three_data(tmp_path):
+    """Sketches of one data folder, of it written again with other last digits (1 + 1e-15) and of other numbers
+    (1 + 1e-6)."""
+    data = tmp_path / "data"
+    (data / "poses").mkdir(parents=True)
+    for index in range(3):
+        (data / "poses" / f"{index:05d}.txt").write_text(f"0.{index}123456789012345 1.5 -2.25\n3.0 {index}.75 0.1\n")
+    return {"first": sketch_data_root(data),
+            "last_digits": sketch_data_root(_nudged(data, tmp_path / "again", 1 + 1e-15)),
+            "other": sketch_data_root(_nudged(data, tmp_path / "other", 1 + 1e-6))}
+
+
+def test_the_stages_are_numbered_by_their_data_under_the_resume_rule(three_data, monkeypatch):
+    """Data written again on another CPU (other sketch digest, numbers within the last digits) are the first data,
+    with the files that differ so counted; other numbers are data 2; a digest seen before is not compared again."""
+    by_state = {"a/stage1": "first", "a/stage2": "first", "b/stage1": "last_digits", "b/stage2": "other"}
+    digest = {"first": "d1", "last_digits": "d2", "other": "d3"}
+    monkeypatch.setattr(arm_provenance, "read_run_state", lambda state_dir: {"state": state_dir})
+    monkeypatch.setattr(arm_provenance, "check_state_files", lambda record, state_dir: None)
+    monkeypatch.setattr(arm_provenance, "state_sketch",
+                        lambda record, state_dir: three_data[by_state[f"{state_dir.parent.name}/{state_dir.name}"]])
+    compared = []
+    real_compare = arm_provenance.compare_data
+    monkeypatch.setattr(arm_provenance, "compare_data", lambda a, b: compared.append(1) or real_compare(a, b))
+
+    def arm(*names):
+        return {"stages": {stage: {"data_sketch": digest[name]} for stage, name in zip(("stage1", "stage2"), names)}}
+
+    arms = {"a": arm("first", "first"), "b": arm("last_digits", "other")}
+    number_the_data(SimpleNamespace(out=Path("unused"), run_state=Path("state")), arms)
+    assert [(stage["data"], stage["last_digit_files"]) for found in arms.values() for stage in found["stages"].values()
+            ] == [(1, 0), (1, 0), (1, 3), (2, 0)]
+    assert len(compared) == 2  # d1 is the first data, then known by its digest; d2 and d3 each against data 1
+
+
+def test_the_sentence_under_the_table_says_one_data_and_which_arms_differ_in_last_digits():
+    def arm(*numbers):
+        return {"model": None, "final": None, "run_state": None,
+                "stages": {f"stage{i + 1}": {"recipe": "r", "steps": 1, "seed": 0, "device": "cpu", "data": number,
+                                             "last_digit_files": files} for i, (number, files) in enumerate(numbers)}}
+
+    one = provenance_lines({"x_s0": arm((1, 0), (1, 0)), "y_s0": arm((1, 3464), (1, 3464))})
+    assert one[-1] == ("Every stage of every arm trained on the same data (1): the same files, image pixels and "
+                       "numbers, by the rule a resumed run is held to (training/data_sketch.py). The sketches of y_s0 "
+                       "differ from the first's only in the last digits of the numbers of up to 3,464 text files, as "
+                       "data written again on another CPU do.")
+    assert ("| x_s0 | — | r, 1 steps, seed 0, cpu | r, 1 steps, seed 0, cpu | its last step (no validation kept) | 1 "
+            "| — |") in one
+    two = provenance_lines({"x_s0": arm((1, 0), (1, 0)), "y_s0": arm((1, 0), (2, 0))})
+    assert "| 1 / 2 |" in two[-3] and two[-1].startswith("The stages did not all train on one data")
