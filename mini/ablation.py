@@ -99,14 +99,20 @@ def ablation_arms() -> list[Arm]:
     return [ARMS[name] for name in ABLATION_ORDER]
 
 
+def override_value(overrides, name: str) -> str | None:
+    """The value the last of `overrides` ("key=value" recipe settings, in their order) gives `name`, or None."""
+    found = None
+    for value in overrides or ():
+        key, _, setting = str(value).partition("=")
+        if key.strip() == name:
+            found = setting
+    return found
+
+
 def stage_steps(recipe_steps: int, overrides) -> int:
     """The `training.max_steps` a stage trains: the recipe's, then the last of `overrides` (in their order) that sets it."""
-    steps = recipe_steps
-    for value in overrides:
-        name, _, setting = value.partition("=")
-        if name.strip() == "training.max_steps":
-            steps = int(setting)
-    return steps
+    steps = override_value(overrides, "training.max_steps")
+    return int(steps) if steps is not None else recipe_steps
 
 
 def stage2_steps(arm: Arm, stage1: int, stage2: int) -> int:

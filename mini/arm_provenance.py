@@ -27,19 +27,10 @@ from gap_mllm.training.data_sketch import compare_data
 from gap_mllm.training.generation_eval import read_best
 from gap_mllm.training.run_state import check_state_files, read_run_state, state_sketch
 
+from .ablation import override_value
 from .provenance import DONE_MARKER
 
 STAGES = ("stage1", "stage2")  # the training stages of an ablation arm, in order (stage 0 is shared, given)
-
-
-def _setting(overrides, name: str) -> str | None:
-    """The last value `overrides` ("key=value" strings, in order) give `name`, or None."""
-    found = None
-    for value in overrides or ():
-        key, _, setting = str(value).partition("=")
-        if key.strip() == name:
-            found = setting
-    return found
 
 
 def _stage_done(folder: Path) -> dict | None:
@@ -51,7 +42,7 @@ def _stage_done(folder: Path) -> dict | None:
 def trained_stage(done: dict, state_dir: Path | None) -> dict:
     """One training stage of an arm: recipe, steps, training seed and device from its `stage_done.json` (`done`),
     and the digest of the data sketch of its run state in `state_dir` (None without one)."""
-    seed = _setting(done.get("overrides"), "training.seed")
+    seed = override_value(done.get("overrides"), "training.seed")
     record = read_run_state(state_dir) if state_dir is not None else None
     return {"recipe": done.get("recipe"), "steps": done.get("global_step"), "device": done.get("device"),
             "seed": int(seed) if seed is not None else None,
@@ -61,7 +52,8 @@ def trained_stage(done: dict, state_dir: Path | None) -> dict:
 def model_built(done: dict) -> dict | None:
     """{"use_geometry", "fusion_method", "seed"} of the model a stage built (its `model.*` settings,
     mini/arms.py `fresh_model_settings`); None for a stage that continued a model it was given."""
-    found = {key: _setting(done.get("overrides"), f"model.{key}") for key in ("use_geometry", "fusion_method", "seed")}
+    overrides = done.get("overrides")
+    found = {key: override_value(overrides, f"model.{key}") for key in ("use_geometry", "fusion_method", "seed")}
     if None in found.values():
         return None
     return {"use_geometry": found["use_geometry"] == "true", "fusion_method": found["fusion_method"],
