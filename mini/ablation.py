@@ -70,6 +70,8 @@ RUN_STATE_SETTINGS = ("run_state.moments_dtype=bfloat16",)
 # (`weights_digest`); a later release in mini/gap-mllm-mini is another stage 0, refused (`check_stage0`)
 ABLATION_STAGE0_COMMIT = "98942b5"
 ABLATION_STAGE0_DIGEST = "4af5f91622201f4b27ce70033dceb7e92fa5ad8f394d0fd93cb6ded5920965f3"
+# the training stages of an arm, in order (stage 0 is the run's, shared by every arm); the last is its final model's
+ARM_STAGES = ("stage1", "stage2")
 # scenes of these seeds judge the claims: never the data seed 0, never the release rule's 5601-5603 (FRESH_SEEDS)
 ABLATION_FRESH_SEEDS = (6301, 6302, 6303)
 
@@ -121,9 +123,14 @@ def stage2_steps(arm: Arm, stage1: int, stage2: int) -> int:
     return stage2 if arm.stage1 else stage1 + stage2
 
 
+def arm_state_dir(root, arm: str, kind: str) -> Path:
+    """Where the run state `root` (`--run-state DIR`) keeps the arm `arm`'s training stage `kind` (of `ARM_STAGES`)."""
+    return Path(root) / arm / kind
+
+
 def run_state_overrides(root, arm: Arm, kind: str) -> list[str]:
-    """The settings that keep `arm`'s training stage `kind` ("stage1", "stage2") in `root/<arm>/<kind>`."""
-    return [f"run_state.directory={Path(root) / arm.name / kind}", *RUN_STATE_SETTINGS]
+    """The settings that keep `arm`'s training stage `kind` (of `ARM_STAGES`) in `arm_state_dir`."""
+    return [f"run_state.directory={arm_state_dir(root, arm.name, kind)}", *RUN_STATE_SETTINGS]
 
 
 def weights_digest(folder) -> str:

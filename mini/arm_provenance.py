@@ -27,11 +27,8 @@ from gap_mllm.training.data_sketch import compare_data
 from gap_mllm.training.generation_eval import read_best
 from gap_mllm.training.run_state import check_state_files, read_run_state, state_sketch
 
-from .ablation import override_value
+from .ablation import ARM_STAGES, arm_state_dir, override_value
 from .provenance import DONE_MARKER
-
-STAGES = ("stage1", "stage2")  # the training stages of an ablation arm, in order (stage 0 is shared, given)
-
 
 def _stage_done(folder: Path) -> dict | None:
     """The `stage_done.json` of a stage folder, None when the stage is not done."""
@@ -62,7 +59,7 @@ def model_built(done: dict) -> dict | None:
 
 def _state_dir(run, name: str, stage: str) -> Path | None:
     state_root = getattr(run, "run_state", None)
-    return Path(state_root) / name / stage if state_root is not None else None
+    return arm_state_dir(state_root, name, stage) if state_root is not None else None
 
 
 def arm_provenance(run, name: str) -> dict:
@@ -70,8 +67,8 @@ def arm_provenance(run, name: str) -> dict:
     its stage 2 kept ({"step", "metric", "value"}; None while stage 2 is not done, or kept none), "run_state": its
     folder or None} for the arm `name` of `run` (mini/pipeline.py's MiniRun: its `out` and `run_state`)."""
     root = Path(run.out) / "stages" / name
-    done = {stage: found for stage in STAGES if (found := _stage_done(root / stage)) is not None}
-    best = read_best(root / STAGES[-1]) if STAGES[-1] in done else None  # the final model is stage 2's
+    done = {stage: found for stage in ARM_STAGES if (found := _stage_done(root / stage)) is not None}
+    best = read_best(root / ARM_STAGES[-1]) if ARM_STAGES[-1] in done else None  # the final model is stage 2's
     state_root = getattr(run, "run_state", None)
     return {"model": model_built(next(iter(done.values()))) if done else None,
             "stages": {stage: trained_stage(found, _state_dir(run, name, stage)) for stage, found in done.items()},

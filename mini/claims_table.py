@@ -4,7 +4,7 @@ its fresh-seed table that the README and the model card template carry between t
 
 from __future__ import annotations
 
-from .ablation import ABLATION_STAGE0_COMMIT
+from .ablation import ABLATION_STAGE0_COMMIT, ARM_STAGES
 from .markdown_sections import signed_cell
 
 # (key, column title, higher is better, shown in percentage points)
@@ -99,7 +99,7 @@ def _stage_cell(stage: dict | None) -> str:
 def _final_cell(found: dict) -> str:
     final = found["final"]
     if final is None:
-        return "its last step (no validation kept)" if "stage2" in found["stages"] else "—"
+        return "its last step (no validation kept)" if ARM_STAGES[-1] in found["stages"] else "—"
     return (f"validation step {final['step']} (the best {final['metric'].removeprefix('gen_')}: "
             f"{final['value']:.3f})")
 

@@ -60,7 +60,8 @@ from gap_mllm.training.device import plan_device
 from gap_mllm.training.geometry_data import GeometryClips
 from gap_mllm.training.run import continuation_command, run_training
 
-from .ablation import ABLATION_FRESH_SEEDS, ABLATION_STAGE2_SETTINGS, ablation_arms, run_state_overrides, stage2_steps
+from .ablation import (ABLATION_FRESH_SEEDS, ABLATION_STAGE2_SETTINGS, ARM_STAGES, ablation_arms, run_state_overrides,
+                       stage2_steps)
 from .ablation import check_stage0, stage_steps, weights_digest
 
 from .arms import ARMS, MAIN_ARM, Arm, fresh_model_settings
@@ -270,7 +271,7 @@ def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
     """Stage 1 (unless the arm skips it) and stage 2 of one arm; returns the final model folder."""
     fresh = fresh_model_settings(arm, stage0)
     states = {kind: run_state_overrides(run.run_state, arm, kind) if run.run_state is not None else []
-              for kind in ("stage1", "stage2")}
+              for kind in ARM_STAGES}
     stage2_last = ablation_stage2(run, arm)
     if arm.stage1 and run.stage1_from is not None and arm == MAIN_ARM:
         stage1 = adopt_model(run.stage1_from, run.stage_dir(arm.name, "stage1"), "--stage1", "stage1")
