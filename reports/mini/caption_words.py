@@ -1,9 +1,9 @@
 """Which words of a caption the ablation's arms get right (issue 63): a one-off reading of their answers.
 
     python reports/mini/caption_words.py --run runs/ablation --data runs/mini/data \
-        --arms gap_gated_s0 gap_gated_s1 no_geometry_s0 gap_add_s0 gap_gated_stage2_only_s0
+        --arms gap_gated_s0 gap_gated_s1 no_geometry_s0 no_geometry_s1 gap_add_s0 gap_gated_stage2_only_s0
 
-CIDEr@0.5 moved by 0.3 between two seeds of the main arm, more than any claim moved it. CIDEr says how far a caption
+CIDEr@0.5 moved by 0.2-0.3 between two seeds of one arm, as much as any claim moved it. CIDEr says how far a caption
 is from its references, not which of its words are wrong. SynthRooms' first reference caption of an object reads
 "this is a [size] [colour] [texture] category. it is ..." (processing/synth/language.py `captions`), and every
 trained Mini answers in that form, so each word of an answer can be read against the truth's: the category (one of
