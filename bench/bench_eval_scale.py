@@ -1,7 +1,8 @@
 """Evaluation at benchmark scale: time per 1,000 grounding queries, one at a time vs batched + scene reuse.
 
     python bench/bench_eval_scale.py --data DATA --split val --queries 120 --batch-size 8 [--two-processes]
-    python bench/bench_eval_scale.py --real-size --device cuda --data DATA ...     # awaiting a GPU
+    python bench/bench_eval_scale.py --real-size --device cuda --data DATA --queries 8 --batch-size 8 \
+        --arms batched_reuse --compile-decoding on        # on a GPU (make gpu-figures), ScanRefer-shaped DATA
 
 Arms, on the same first N grounding queries of the split (two-stage ScanRefer protocol, the official budgets and
 stop rules), each answered and scored as `gap-mllm evaluate` does it (the runner's requests, scene groups and batches,
@@ -22,10 +23,16 @@ in float32 (tests/test_eval_scene_reuse.py). `--compile-decoding` is the evaluat
 decode steps on CUDA); with compilation each arm is run once untimed first, since compiling (about 30 s at the real
 size) would otherwise swamp a small slice. Building / loading the model is timed once and left out of the per-query figures.
 Each arm's time is split by stage (eval_stage_timer.py: data + processor, VGGT, ViT, LLM prefill, decode, scoring,
-other) and its slowest stage named, so a figure says where the time goes. Per-1,000 and full-split figures are extrapolations of the measured per-query time (linear in the number of
-queries), printed as such; a full split has another queries-per-scene ratio (ScanRefer val: 9,508 queries over 141
-scenes, about 67 per scene), which changes what scene reuse saves. Captioning and detection slices (`--captions`, `--detections`)
-give the per-sample time of those tasks for their extrapolations.
+other) and its slowest stage named, so a figure says where the time goes; the same split is kept per stage of the task
+with the views encoded at each. Per-1,000 and full-split figures are extrapolations of the measured per-query time
+(linear in the number of queries), printed as such. For grounding, ScanRefer val's minutes are also estimated from
+what each part of the work scales with (`scanrefer_estimate`: the views ScanRefer encodes at each stage, its queries),
+on a ScanRefer-shaped slice only: the default SynthRooms preset (640×480 frames, 32 at stage 1, up to 19 at stage 2;
+`gap-mllm synth --scenes 0 --val-scenes 1`); a Mini-shaped slice (8 and at most 7 views of 160×128 frames) is refused
+by name, since the geometry encoder's seconds per view grow with the views of a scene. `--arms` runs some arms only,
+`--preprocessing-mode` picks the random-weight processor's image pipeline (the real size: "official_inference", 221
+visual tokens per ScanNet frame, as ScanRefer is evaluated with a converted official checkpoint). Captioning and
+detection slices (`--captions`, `--detections`) give the per-sample time of those tasks for their extrapolations.
 
 `--model-size`: `mini` (the embedded GAP-MLLM-Mini, default), `small` (the package's small test configuration,
 random weights, built in code) or `real` (Qwen3-VL-2B + VGGT-1B, random weights, built in code: bench/real_size_model.py;
@@ -51,20 +58,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling 
 from needs_gpu import require_cuda  # noqa: E402
 
 from gap_mllm.compiled_decoding import add_compile_decoding_argument, decode_compile_config  # noqa: E402
+from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS  # noqa: E402
+from gap_mllm.processing_gap_mllm import PREPROCESSING_MODES  # noqa: E402
 
 # split sizes of the extrapolations: ScanRefer val (queries, scenes); Scan2Cap evaluates the ScanRefer val objects;
 # detection: one 4-frame clip per ScanNet val scene (the official file's size is not known here: an assumption)
 FULL_SPLITS = {"grounding": ("ScanRefer val", 9508), "captioning": ("Scan2Cap val (2,068 ScanRefer val objects)", 2068),
                "detection": ("ScanNet val, one clip per scene (assumed)", 312)}
+# ScanRefer val as the official evaluation answers it (docs/method.md §3.4): 9,508 descriptions of 2,068 objects in
+# 141 scenes; stage 1 sees the scene's 32 frames, stage 2 the selected frame and 9 posed frames each way (19)
+SCANREFER_VAL = {"queries": 9508, "objects": 2068, "scenes": 141,
+                 "stage_views": (32, 2 * OFFICIAL_STAGE2_NEIGHBOURS + 1)}
+ARMS = {"one_at_a_time": False, "batched_reuse": True}  # arm -> scene reuse
 
 
-def build_model(size: str, device: str, padded_vocab: bool = False):
+def build_model(size: str, device: str, padded_vocab: bool = False, preprocessing_mode: str = "grid"):
     """`(model, processor)` of `size` in memory: the embedded Mini loaded from its folder, or a random-weight model built
     in code, once per process (the real size: 6.4 GB, never written to disk). A random model emits any id of its
     vocabulary, so its tokenizer must decode them all: the real size's (Qwen's 151,936 ids) and, with `padded_vocab`,
     the small size's get the tiny tokenizer padded with filler tokens to Qwen's vocabulary
     (`engine_bench_model.padded_tokenizer`, as bench_engines.py); without it the answers of a random real-size model
-    ended in "token id 30979, outside the tokenizer's 720 ids"."""
+    ended in "token id 30979, outside the tokenizer's 720 ids". `preprocessing_mode` is the random-weight processor's
+    (the real size's ScanRefer figures use "official_inference", as a converted official checkpoint evaluates: 221
+    visual tokens per ScanNet frame); the Mini keeps its folder's."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     if size == "mini":
@@ -99,17 +115,18 @@ def build_model(size: str, device: str, padded_vocab: bool = False):
         model = GapMllmForConditionalGeneration._from_config(config, dtype=dtype)
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), GapMllmProcessor.from_tokenizer(tokenizer)
+    return model.eval(), GapMllmProcessor.from_tokenizer(tokenizer, preprocessing_mode=preprocessing_mode)
 
 
-def model_folder(size: str, device: str, out: Path, padded_vocab: bool = False) -> Path:
+def model_folder(size: str, device: str, out: Path, padded_vocab: bool = False,
+                 preprocessing_mode: str = "grid") -> Path:
     """The model folder of `size` (the two-process arm's `gap-mllm evaluate` loads a folder): the embedded Mini's, or
     `build_model`'s random model saved under `out`."""
     if size == "mini":
         from gap_mllm.mini import default_model_path
 
         return default_model_path()
-    model, processor = build_model(size, device, padded_vocab)
+    model, processor = build_model(size, device, padded_vocab, preprocessing_mode)
     folder = out / f"model_{size}"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -150,8 +167,10 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
             stage2_frames: str = "answered") -> tuple[dict[str, list[str]], dict, dict]:
     """Answer and score one slice in memory as `gap-mllm evaluate` does (runner.sample_requests, scene_groups,
     answer_in_batches, the task's evaluate): `(answers by sample id, seconds by stage, {"scenes_encoded",
-    "generate_calls"})`. The generator's scenes are forgotten first: an untimed run before would
-    otherwise leave them encoded, and the timed one would leave the towers out."""
+    "generate_calls", "task_stages"})`, where "task_stages" gives, per stage of the task (grounding: frame selection,
+    then the box), its seconds by stage, the views the geometry encoder encoded and the views its requests asked
+    about (`views_requested`: one count per request). The generator's scenes are forgotten first: an untimed run
+    before would otherwise leave them encoded, and the timed one would leave the towers out."""
     from eval_stage_timer import StageTimer
 
     from gap_mllm.evaluation import scene_generation
@@ -166,6 +185,15 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
     generator.forget_scenes()
     encoded_before = generator.scenes_encoded
     timer = StageTimer(generator)
+    views_requested: dict[int, list[int]] = {}
+    answering = request_for
+
+    def request_for(i, stage, previous):  # answer_in_batches builds a stage's requests before answering them
+        timer.task_stage = stage
+        request = answering(i, stage, previous)
+        views_requested.setdefault(stage, []).append(len(request.images))
+        return request
+
     start = time.perf_counter()
     answers = {}
     try:
@@ -173,7 +201,11 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
             for j, i in enumerate(batch):
                 answers[ids[i]] = texts[j]
         stages = timer.seconds()
-        counts = {"scenes_encoded": generator.scenes_encoded - encoded_before, "generate_calls": timer.generate_calls}
+        task_stages = [{"seconds": seconds, "views_encoded": timer.views_by_stage.get(stage, 0),
+                        "views_requested": views_requested.get(stage, [])}
+                       for stage, seconds in timer.seconds_by_stage().items()]
+        counts = {"scenes_encoded": generator.scenes_encoded - encoded_before, "generate_calls": timer.generate_calls,
+                  "task_stages": task_stages}
     finally:
         timer.remove()
     scoring = time.perf_counter()
@@ -219,6 +251,45 @@ def count_scenes(records) -> tuple[int, int]:
     return len(records), len({record_scene_id(r) for r in records})
 
 
+def scanrefer_estimate(arm: dict, samples: int, scene_reuse: bool) -> dict:
+    """ScanRefer val's minutes from one arm's figures (`run_arm`'s) on a ScanRefer-shaped grounding slice, by what
+    each part of the work scales with, instead of a flat per-query time:
+
+        the views            reading and processing the frames, the geometry encoder, the vision tower and the LLM
+                             prefill, in seconds per view encoded at each stage (the processor reads a scene's frames
+                             where the model encodes them), × the views ScanRefer val encodes there: stage 1, its 141
+                             scenes' 32 frames once each with scene reuse (every query's without); stage 2, the
+                             selected frame and 9 posed frames each way (19), between once per object (2,068: descriptions of one
+                             object select the same frame and share that scene, `low`) and once per query (9,508,
+                             `high`);
+        the rest             decoding and the loop's own time: seconds per query × 9,508.
+
+    The seconds per view carry over only at ScanRefer's views per scene (the geometry encoder attends across all the
+    views of a scene), so a slice whose stage-1 requests do not all have 32 views, or whose stage-2 requests never
+    reach 19, gets `refused` with the reason and no minutes (GPU round 4's ~22 minutes came from the Mini's 8 and
+    at most 7 views of 160×128 frames). Compiling the decode step (once per batch size) is not in it."""
+    stages = arm.get("task_stages", [])
+    views = [stage["views_requested"] for stage in stages]
+    wanted = SCANREFER_VAL["stage_views"]
+    if len(views) != 2 or set(views[0]) != {wanted[0]} or max(views[1]) != wanted[1]:
+        shape = " and ".join(f"stage {k + 1} {min(v)}-{max(v)}" for k, v in enumerate(views) if v) or "none"
+        return {"refused": f"not a ScanRefer-shaped slice: its requests have {shape} views, ScanRefer's {wanted[0]} "
+                           f"and up to {wanted[1]} (write the data with the default SynthRooms preset)"}
+    if any(stage["views_encoded"] == 0 for stage in stages):
+        return {"refused": "a stage encoded no view in the timed run (its scenes were kept from an earlier run)"}
+    towers = [sum(stage["seconds"][k] for k in ("data_processor", "vggt", "vit", "prefill_llm")) for stage in stages]
+    per_view = [seconds / stage["views_encoded"] for seconds, stage in zip(towers, stages)]
+    per_query = (arm["stages_s"]["total"] - sum(towers) - arm["stages_s"]["scoring"]) / samples
+    n = SCANREFER_VAL
+    stage1_views = (n["scenes"] if scene_reuse else n["queries"]) * wanted[0]
+    bounds = {"low": (stage1_views, (n["objects"] if scene_reuse else n["queries"]) * wanted[1]),
+              "high": (stage1_views, n["queries"] * wanted[1])}
+    minutes = {name: (sum(s * v for s, v in zip(per_view, counts)) + per_query * n["queries"]) / 60
+               for name, counts in bounds.items()}
+    return {"minutes_low": minutes["low"], "minutes_high": minutes["high"], "seconds_per_view_encoded": per_view,
+            "seconds_per_query_rest": per_query, "views_encoded": {name: list(v) for name, v in bounds.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="data root (SynthRooms or the ScanNet posed_images layout)")
@@ -239,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the frames of a two-stage task's later stage: those the model's stage-1 answer selects "
                              "(the protocol; default for mini), or those of the annotated answer (default for random "
                              "weights, whose selection always falls back to frame 0: `annotated_stage2_frames`)")
+    parser.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(ARMS),
+                        help="the arms run (default both); answers are compared with one_at_a_time's where it runs")
+    parser.add_argument("--preprocessing-mode", choices=PREPROCESSING_MODES,
+                        help="the random-weight processor's image pipeline (default: official_inference at the real "
+                             "size, as ScanRefer is evaluated with a converted official checkpoint; grid for small); "
+                             "the Mini keeps its folder's")
     add_compile_decoding_argument(parser, default="auto")  # compiled arms get an untimed run first
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -250,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--two-processes is the 2-process CPU arm; on GPUs run one process per GPU with accelerate launch")
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else (None if size == "mini" else 64)
     stage2_frames = args.stage2_frames or ("answered" if size == "mini" else "annotated")
+    if size == "mini" and args.preprocessing_mode:
+        parser.error("--preprocessing-mode is for the random-weight sizes; the Mini keeps its folder's processor")
+    preprocessing = args.preprocessing_mode or ("official_inference" if size == "real" else "grid")
 
     work = Path(tempfile.mkdtemp(prefix="bench_eval_scale_"))
     try:
@@ -257,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         from gap_mllm.evaluation.scene_generation import SceneGenerator
 
         start = time.perf_counter()
-        model, processor = build_model(size, args.device, padded_vocab=args.padded_vocab)  # on args.device
+        model, processor = build_model(size, args.device, padded_vocab=args.padded_vocab,  # on args.device
+                                       preprocessing_mode=preprocessing)
         model.compile_decoding = check_compile_decoding(args.compile_decoding)
         generator = SceneGenerator.from_model(model, processor, max_new_tokens=max_new_tokens)
         load_s = time.perf_counter() - start
@@ -269,40 +350,47 @@ def main(argv: list[str] | None = None) -> int:
         figures = {"model": size, "padded_vocab": size == "real" or args.padded_vocab, "device": args.device, "batch_size": args.batch_size, "max_new_tokens": max_new_tokens,
                    "threads": torch.get_num_threads(), "load_s": load_s, "compile_decoding": args.compile_decoding,
                    "untimed_warmup_run": warmup, "dtype": "float32" if exact else "bfloat16",
-                   "stage2_frames": stage2_frames, "tasks": {}}
+                   "stage2_frames": stage2_frames, "preprocessing_mode": processor.preprocessing_mode, "tasks": {}}
         for task, limit in slices:
             slice_ = load_slice(args.data, args.split, task, limit)
             samples, scenes = count_scenes(slice_[1])
             row = {"samples": samples, "scenes": scenes}
-            arms = {"one_at_a_time": (1, False), "batched_reuse": (args.batch_size, True)}
+            arms = {name: (args.batch_size if reuse else 1, reuse) for name, reuse in ARMS.items() if name in args.arms}
             answers = {}
             for name, (batch, reuse) in arms.items():
+                untimed_s = None
                 if warmup:  # compile outside the timed run (same slice, so the same shapes)
-                    run_arm(generator, slice_, batch, reuse, stage2_frames)
+                    untimed_s = run_arm(generator, slice_, batch, reuse, stage2_frames)[1]["total"]
                 answers[name], stages, counts = run_arm(generator, slice_, batch, reuse, stage2_frames)
                 seconds = stages["total"]
-                row[name] = {"seconds": seconds, "per_sample_s": seconds / samples, **counts,
+                # the untimed run less the timed one: about what compiling the decode step for each batch size cost
+                row[name] = {"seconds": seconds, "per_sample_s": seconds / samples, "untimed_run_s": untimed_s, **counts,
                              "stages_s": stages, "slowest_stage": max((k for k in stages if k not in ("total", "other")),
                                                                       key=stages.get)}
+                if task == "grounding":
+                    row[name]["scanrefer_val"] = scanrefer_estimate(row[name], samples, reuse)
                 print(f"{task} {name}: {seconds:.1f} s for {samples} samples ({counts['scenes_encoded']} scenes "
                       f"encoded, {counts['generate_calls']} generate calls); stages "
                       + ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if k != "total"), flush=True)
             if args.two_processes:
-                folder = model_folder(size, args.device, work, padded_vocab=args.padded_vocab)
+                folder = model_folder(size, args.device, work, padded_vocab=args.padded_vocab,
+                                      preprocessing_mode=preprocessing)
                 out = work / f"{task}_two_processes"
                 seconds = run_two_processes(task, args.data, args.split, limit, folder, out, args.batch_size, max_new_tokens)
                 answers["two_processes"] = raw_answers(out)
                 row["two_processes"] = {"seconds": seconds, "per_sample_s": seconds / samples, "includes_startup_and_loading": True}
                 print(f"{task} two_processes: {seconds:.1f} s for {samples} samples (start-up and loading included)", flush=True)
-            different = [name for name, texts in answers.items() if texts != answers["one_at_a_time"]]
+            reference = answers.get("one_at_a_time")
+            different = [name for name, texts in answers.items() if reference is not None and texts != reference]
             if different and exact:
                 raise SystemExit(f"{task}: the answers of {', '.join(different)} differ from one at a time; no figures")
             for name, texts in answers.items():
-                row[name]["answers_equal_to_one_at_a_time"] = equal_answers(texts, answers["one_at_a_time"])
-            base = row["one_at_a_time"]["per_sample_s"]
+                equal = None if reference is None else equal_answers(texts, reference)
+                row[name]["answers_equal_to_one_at_a_time"] = equal
+            base = row["one_at_a_time"]["per_sample_s"] if "one_at_a_time" in row else None
             for name in row:
                 if isinstance(row[name], dict):
-                    row[name]["speedup_vs_one_at_a_time"] = base / row[name]["per_sample_s"]
+                    row[name]["speedup_vs_one_at_a_time"] = None if base is None else base / row[name]["per_sample_s"]
                     row[name]["extrapolated_s_per_1000"] = 1000 * row[name]["per_sample_s"]
                     split_name, split_size = FULL_SPLITS[task]
                     row[name]["extrapolated_hours_full_split"] = split_size * row[name]["per_sample_s"] / 3600
@@ -327,10 +415,23 @@ def print_table(figures: dict) -> None:
         for name, arm in row.items():
             if not isinstance(arm, dict):
                 continue
+            speedup = arm["speedup_vs_one_at_a_time"]
+            equal = arm["answers_equal_to_one_at_a_time"]
+            equal = "—" if equal is None else f"{equal} / {row['samples']}"
             print(f"| {task} | {row['samples']} ({row['scenes']}) | {name} | {arm['seconds']:.1f} | {arm['per_sample_s']:.3f} | "
-                  f"{arm['speedup_vs_one_at_a_time']:.2f}× | {arm['extrapolated_s_per_1000']:.0f} | "
+                  f"{'—' if speedup is None else f'{speedup:.2f}×'} | {arm['extrapolated_s_per_1000']:.0f} | "
                   f"{arm['extrapolated_hours_full_split']:.2f} ({row['full_split']}) | "
-                  f"{arm['answers_equal_to_one_at_a_time']} / {row['samples']} |")
+                  f"{equal} |")
+    print("\nScanRefer val from the work each part scales with (`scanrefer_estimate`; decode compilation not "
+          "included):")
+    for name, arm in figures["tasks"].get("grounding", {}).items():
+        if isinstance(arm, dict) and "scanrefer_val" in arm:
+            estimate = arm["scanrefer_val"]
+            print(f"  grounding {name}: " + (f"refused: {estimate['refused']}" if "refused" in estimate else
+                  f"{estimate['minutes_low']:.1f}-{estimate['minutes_high']:.1f} min (stage 2 once per object - once "
+                  f"per query); s per view encoded by stage "
+                  + ", ".join(f"{v:.4f}" for v in estimate["seconds_per_view_encoded"])
+                  + f"; the rest {estimate['seconds_per_query_rest']:.3f} s per query"))
     print("\nseconds by stage (eval_stage_timer.py):")
     for task, row in figures["tasks"].items():
         for name, arm in row.items():

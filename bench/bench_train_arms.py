@@ -6,9 +6,9 @@ utilisation (MFU) of each arm and the loss curves of the same steps side by side
     python bench/bench_train_arms.py --size small --device cpu --steps 4 --out small.json   # CPU: the arms it can run
 
 Options: `--steps N` (the same N batches for every arm), `--warmup-steps W` (left out of the timing), `--batch B`,
-`--arms NAME ...` (default: all), `--buckets L ...` (the bucketed arms' sequence lengths; default: three, from the
-batches' own padded widths), `--budget S`, `--out FILE`, and bench_real_size.py's size options (`--real-size`,
-`--size`, `--device`, `--dtype`).
+`--arms NAME ...` (default: all; run in the order given, Liger's language-model arms last), `--buckets L ...` (the
+bucketed arms' sequence lengths; default: three, from the batches' own padded widths), `--budget S`, `--out FILE`, and
+bench_real_size.py's size options (`--real-size`, `--size`, `--device`, `--dtype`).
 
 Every arm starts from the same initial weights and trains the same `--steps` batches in the same order (forward,
 backward, AdamW step of `GeometryAlignedModel` with the official freezing: ViT and VGGT frozen; LLM, mergers and gates
@@ -28,6 +28,8 @@ Arms (`ARMS`; `--arms` picks some):
     sdpa_compile                   padded sdpa, each LLM decoder layer `torch.compile`d (regional); CUDA only here
     sdpa_compile_bucketed          the compiled layers at static shapes, one per bucket (the recipes' compile setting)
     sdpa_compile_towers_bucketed   the same, and every block of the frozen towers compiled (`kernels.compile_towers`)
+    sdpa_graph_towers_bucketed     the same, and the VGGT encoder's forward replayed as one CUDA graph per input shape
+                                   (`kernels.graph_geometry_encoder`, training/cuda_graph_forward.py); CUDA only
     sdpa[_packed]_checkpointed     padded / packed sdpa under activation checkpointing (non-reentrant, as the real-size
                                    recipes train; packed rows recompute per sample: training/packed_attention.py)
     sdpa[_packed]_compile_towers_checkpointed
@@ -74,6 +76,7 @@ from real_size_inputs import QWEN_GRIDS, full_inputs, to_device  # noqa: E402
 
 from gap_mllm.model_inputs import IGNORE_INDEX  # noqa: E402
 from gap_mllm.training.data import ONE_ROW, TRAINING_PADDING_SIDE  # noqa: E402
+from gap_mllm.training.cuda_graph_forward import graph_geometry_encoder, ungraph_geometry_encoder  # noqa: E402
 from gap_mllm.training.divergence import StepGuard  # noqa: E402
 from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel  # noqa: E402
 from gap_mllm.training.host_metadata import add_host_metadata  # noqa: E402
@@ -104,6 +107,7 @@ class Arm:
     buckets: bool = False
     liger_lm: bool = False
     compile_towers: bool = False
+    graph_towers: bool = False  # the VGGT encoder replayed as CUDA graphs
     checkpointing: bool = False  # activation checkpointing, as the real-size recipes train (non-reentrant)
 
 
@@ -121,6 +125,7 @@ ARMS = (
     Arm("sdpa_compile", compile=True),  # compiled layers are reset afterwards
     Arm("sdpa_compile_bucketed", compile=True, buckets=True),
     Arm("sdpa_compile_towers_bucketed", compile=True, buckets=True, compile_towers=True),
+    Arm("sdpa_graph_towers_bucketed", compile=True, buckets=True, compile_towers=True, graph_towers=True),
     # the real-size recipes checkpoint activations: packing earns its place there only against a checkpointed baseline
     Arm("sdpa_checkpointed", checkpointing=True),
     Arm("sdpa_packed_checkpointed", packed=True, checkpointing=True),
@@ -142,16 +147,30 @@ SETTINGS = {
 }
 
 
+def arms_in_order(names: list[str] | None) -> list[Arm]:
+    """The arms named, in the order given (a `--budget` that runs out skips the last ones: the call puts first what
+    it needs most), those with Liger's language-model kernels last (they patch the model for good); all of `ARMS`,
+    in its order, when none is named."""
+    if not names:
+        return list(ARMS)
+    by_name = {arm.name: arm for arm in ARMS}
+    chosen = [by_name[name] for name in dict.fromkeys(names)]
+    return [arm for arm in chosen if not arm.liger_lm] + [arm for arm in chosen if arm.liger_lm]
+
+
 def arm_unavailable_reason(arm: Arm, device: str) -> str | None:
     """Why `arm` cannot run on `device` (None: it can)."""
     if (arm.compile or arm.compile_towers) and not device.startswith("cuda"):
         return "this bench compiles on CUDA only (inductor's CPU code is not what is measured here)"
+    if arm.graph_towers and not device.startswith("cuda"):
+        return "a CUDA graph replays GPU kernels: CUDA only"
     return arm_unavailable(arm.attention, device) or (arm_unavailable("liger", device) if arm.liger else None)
 
 
 def arm_kernels(arm: Arm) -> SimpleNamespace:
     """The arm's kernel switches under the recipe's names (training/kernels.py `kernel_context`)."""
     return SimpleNamespace(compile_layers=arm.compile, compile_towers=arm.compile_towers,
+                           graph_geometry_encoder=arm.graph_towers,
                            liger_language_model=arm.liger_lm, liger_fused_linear_cross_entropy=arm.liger)
 
 
@@ -288,6 +307,8 @@ class ArmsBench(Bench):
                 compile_decoder_layers(model, dynamic=False if arm.buckets else None)
             if arm.compile_towers:
                 compile_frozen_towers(model)
+            if arm.graph_towers:
+                graph_geometry_encoder(model)
             yield wrapped, optimizer, guard
         finally:
             optimizer.zero_grad(set_to_none=True)
@@ -299,6 +320,8 @@ class ArmsBench(Bench):
                 uncompile_decoder_layers(model)
             if arm.compile_towers:
                 uncompile_frozen_towers(model)
+            if arm.graph_towers:
+                ungraph_geometry_encoder(model)
             apply_attention_implementation(model, self.args.attn_default, {"bf16": self.dtype == torch.bfloat16})
 
     @staticmethod
@@ -373,10 +396,8 @@ class ArmsBench(Bench):
     def all(self) -> None:
         if not self.begin("training arms"):
             return
-        wanted = self.args.arms or [arm.name for arm in ARMS]
-        for arm in ARMS:
-            if arm.name in wanted:
-                self.run(f"arm_{arm.name}", self.train_arm, arm)
+        for arm in arms_in_order(self.args.arms):
+            self.run(f"arm_{arm.name}", self.train_arm, arm)
         self.run("loss_curves", self.compare)
         self.log(f"done; results in {self.args.out}")
 

@@ -2,8 +2,12 @@
 
     timer = StageTimer(generator)          # wraps the generator's collator, processor and model
     ... answer requests ...
-    timer.seconds()   # {"data_processor", "vggt", "vit", "prefill_llm", "decode", "generate_other"}
+    timer.seconds()   # {"data_processor", "vggt", "vit", "prefill_llm", "decode"}
     timer.remove()
+
+A caller that answers a multi-stage task sets `timer.task_stage` (0: grounding's frame selection, 1: its box) before
+each stage's generator calls; `timer.seconds_by_stage()` then splits the same figures by task stage, and
+`timer.views_by_stage` counts the views the geometry encoder encoded at each (a scene reused is not encoded again).
 
 The stages (wall seconds; on CUDA each boundary synchronises the device, so a stage's time is its own work and not
 the launch of it — the synchronisation itself costs a little, stated beside the figures):
@@ -47,7 +51,9 @@ class StageTimer:
         self.generator = generator
         self.model = generator.model
         self.cuda = self.model.device.type == "cuda"
-        self.totals = dict.fromkeys(("data_processor", "vggt", "vit", "prefill", "prefill_in_generate", "generate"), 0.0)
+        self.task_stage = 0
+        self.by_stage: dict[int, dict[str, float]] = {}
+        self.views_by_stage: dict[int, int] = {}
         self._open: dict[str, float] = {}
         self._originals = {"collator": generator.collator, "processor": generator.processor}
         generator.collator = _TimedCall(generator.collator, self, "data_processor")
@@ -56,11 +62,22 @@ class StageTimer:
         self._timed_generate = self.model.generate = _TimedCall(self._generate, self, "generate")
         self.model.encode_scene = _TimedCall(self._encode_scene, self, "prefill")  # a scene's prompt, once
         self.handles = []
+        self.handles.append(self.model.geometry_encoder.register_forward_pre_hook(self._count_views))
         for name, module in (("vggt", self.model.geometry_encoder), ("vit", self.model.vlm.model.visual)):
             self.handles.append(module.register_forward_pre_hook(lambda m, a, name=name: self._start(name)))
             self.handles.append(module.register_forward_hook(lambda m, a, o, name=name: self._stop(name)))
         self.handles.append(self.model.register_forward_pre_hook(self._model_start, with_kwargs=True))
         self.handles.append(self.model.register_forward_hook(lambda m, a, o: self._stop("prefill")))
+
+    @property
+    def totals(self) -> dict[str, float]:
+        """The current task stage's running sums (`_stop` adds to them)."""
+        names = ("data_processor", "vggt", "vit", "prefill", "prefill_in_generate", "generate")
+        return self.by_stage.setdefault(self.task_stage, dict.fromkeys(names, 0.0))
+
+    def _count_views(self, module, args) -> None:
+        images = args[0]  # [B, S, 3, H, W]: B samples of S views
+        self.views_by_stage[self.task_stage] = self.views_by_stage.get(self.task_stage, 0) + images.shape[0] * images.shape[1]
 
     def _now(self) -> float:
         if self.cuda:
@@ -102,12 +119,22 @@ class StageTimer:
         """The model's generate calls so far (a batch of questions or of samples is one)."""
         return self._timed_generate.calls
 
+    @staticmethod
+    def _stages(totals: dict[str, float]) -> dict[str, float]:
+        towers = totals["vggt"] + totals["vit"]
+        return {"data_processor": totals["data_processor"], "vggt": totals["vggt"], "vit": totals["vit"],
+                "prefill_llm": max(totals["prefill"] - towers, 0.0),
+                "decode": max(totals["generate"] - totals["prefill_in_generate"], 0.0)}
+
+    def seconds_by_stage(self) -> dict[int, dict[str, float]]:
+        """`seconds()` of each task stage, by its index."""
+        return {stage: self._stages(totals) for stage, totals in sorted(self.by_stage.items())}
+
     def seconds(self) -> dict:
-        """The stages' seconds so far (module docstring)."""
-        towers = self.totals["vggt"] + self.totals["vit"]
-        return {"data_processor": self.totals["data_processor"], "vggt": self.totals["vggt"], "vit": self.totals["vit"],
-                "prefill_llm": max(self.totals["prefill"] - towers, 0.0),
-                "decode": max(self.totals["generate"] - self.totals["prefill_in_generate"], 0.0)}
+        """The stages' seconds so far, all task stages together (module docstring)."""
+        by_stage = self.seconds_by_stage().values()
+        names = ("data_processor", "vggt", "vit", "prefill_llm", "decode")
+        return {name: sum(stages[name] for stages in by_stage) for name in names}
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -63,25 +63,35 @@ class GpuArm:
 # In the order of importance (correctness first: the training arms over 30 steps that cross every bucket and
 # recompile, each step checked finite by the package's guard, which decide the CUDA defaults; then evaluation at
 # scale), each budget sized from the H200 calls of 2026-11-27 (training arms 17-42 s for 30 steps, a compiled arm's
-# first compilation 18-23 s, 20 s of start; compiled evaluation of 4 queries 140 s with its compiling run; the H100 is
-# about 10 % slower) with a margin: 470 s in all with the install. The training arms are those whose verdict is open
-# or the baseline of one (packing, Liger's fused loss and packing under checkpointing were decided on the H100 and the
-# H200 alike: training/configs/gpu_verdicts.json keeps their sources). The NaN bisection left the call (its cause,
-# cuDNN's SDPA backward through left padding's fully masked rows, showed on both GPUs; bisect_compile_nan.py runs
-# alone), as did inference (bench_real_size.py, bench_geometry_encoder.py) and the profile (profile_train_step.py).
+# first compilation 18-23 s, 20 s of start; compiled decoding about 30 s of compiling per batch size; the H100 is
+# about 10 % slower) with a margin: 480 s in all with the install. The training arms, in this order (a budget that
+# runs out skips the last): the verdict still open (compiled layers under activation checkpointing, against
+# checkpointed sdpa), then the best finite arm with its baseline (compiled towers against compiled layers: 30.6 % MFU
+# on the H200, not measured on an H100) and the VGGT encoder replayed as CUDA graphs on top of it
+# (`kernels.graph_geometry_encoder`: the launches that kept that arm's GPU idle 18 % of its step). Packing, Liger's fused
+# loss and the checkpointed compiled towers were decided on the H100 and the H200 (training/configs/gpu_verdicts.json
+# keeps their sources). The NaN bisection left the call (its cause, cuDNN's SDPA backward through left padding's fully
+# masked rows, showed on both GPUs; bisect_compile_nan.py runs alone), as did inference (bench_real_size.py,
+# bench_geometry_encoder.py) and the profile (profile_train_step.py).
+# The evaluation reads ScanRefer-shaped data (the default SynthRooms preset: 640×480 frames, 32 at stage 1, the
+# selected frame and 9 each way at stage 2; 221 visual tokens a frame through the official inference pipeline), 8
+# descriptions of one scene in one batch, batched with scene reuse as `gap-mllm evaluate` answers; the one-at-a-time
+# arm was measured in rounds 3 and 4 and is left out for time. Its ScanRefer minutes count the views ScanRefer encodes
+# at each stage (bench_eval_scale.scanrefer_estimate); round 4's 22 minutes came from the Mini's 160×128 frames, 8 at
+# stage 1 and at most 7 at stage 2.
 ARMS = (
     GpuArm("train_arms", ("bench/bench_train_arms.py", "--real-size", "--device", "cuda", "--steps", "30", "--batch", "8",
-                          "--arms", "sdpa", "sdpa_compile_bucketed", "sdpa_compile_towers_bucketed",
-                          "sdpa_checkpointed", "sdpa_compile_towers_checkpointed",
-                          "sdpa_compile_bucketed_checkpointed", "--budget", "225", "--out", "{out}/train_arms.json"),
-           240, "train_arms.json"),
-    GpuArm("data", ("-m", "gap_mllm.cli.main", "synth", "--preset", "mini", "--scenes", "0", "--val-scenes", "2",
+                          "--arms", "sdpa_checkpointed", "sdpa_compile_bucketed_checkpointed", "sdpa_compile_bucketed",
+                          "sdpa_compile_towers_bucketed", "sdpa_graph_towers_bucketed", "--budget", "195",
+                          "--out", "{out}/train_arms.json"),
+           210, "train_arms.json"),
+    GpuArm("data", ("-m", "gap_mllm.cli.main", "synth", "--scenes", "0", "--val-scenes", "1", "--workers", "4",
                     "--out", DATA, "--overwrite"), 20, None),
     # the random real-size model is built once per process (no save / load); decoding compiled as `gap-mllm evaluate`
-    # does on CUDA (each arm run once untimed first: about 30 s of compiling per shape)
+    # does on CUDA (the arm run once untimed first: about 30 s of compiling per batch size)
     GpuArm("eval_scale", ("bench/bench_eval_scale.py", "--real-size", "--device", "cuda", "--data", DATA,
-                          "--queries", "4", "--batch-size", "4", "--max-new-tokens", "32", "--compile-decoding", "on",
-                          "--out", "{out}/eval_scale.json"), 150, "eval_scale.json"),
+                          "--queries", "8", "--batch-size", "8", "--arms", "batched_reuse", "--max-new-tokens", "32",
+                          "--compile-decoding", "on", "--out", "{out}/eval_scale.json"), 190, "eval_scale.json"),
     GpuArm("zero_resume", ("bench/bench_zero_resume.py", "--real-size", "--data", DATA, "--steps", "4",
                            "--work", "{work}/zero", "--out", "{out}/zero_resume.json"), 0, "zero_resume.json",
            needs=("deepspeed",), skip_reason="DeepSpeed is not installed on the lent GPU machines (nor carried: its "

@@ -71,9 +71,20 @@ def _profile(document: dict) -> str:
     return "; ".join(parts)
 
 
+def _scanrefer_minutes(value: dict) -> str:
+    estimate = value.get("scanrefer_val")
+    if not estimate:
+        return ""
+    if "refused" in estimate:
+        return "; ScanRefer val: no estimate (not a ScanRefer-shaped slice)"
+    return f"; ScanRefer val {estimate['minutes_low']:.0f}-{estimate['minutes_high']:.0f} min"
+
+
 def _eval_scale(document: dict) -> str:
-    """bench_eval_scale.py's figures (`tasks` → task → arm): seconds per sample and the slowest stage."""
+    """bench_eval_scale.py's figures (`tasks` → task → arm): seconds per sample, the slowest stage and, for grounding,
+    ScanRefer val's minutes (`bench_eval_scale.scanrefer_estimate`)."""
     return "; ".join(f"{task} {arm} {value['per_sample_s']:.2f} s/sample (slowest: {value.get('slowest_stage', '?')})"
+                     + _scanrefer_minutes(value)
                      for task, row in document.get("tasks", {}).items() for arm, value in row.items()
                      if isinstance(value, dict) and "per_sample_s" in value)
 

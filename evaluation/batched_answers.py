@@ -14,6 +14,12 @@ questions at each stage, and a stage-2 request is built from the stage-1 answer 
 batch of a scene answers a stage before any answers the next: ScanRefer asks about 67 questions of a scene, and
 when each batch went through both stages in turn, its stage-2 scenes pushed the stage-1 scene out of the
 generator's small cache, so the stage-1 scene was encoded again for every batch instead of once.
+
+A later stage asks about other frames than the first (ScanRefer's stage 2: the frame each query selected and its
+neighbours, 19 frames), so a scene's samples are batched again for it, by the frames they now ask about
+(`stage_batches`): ScanRefer describes each object about 4.6 times, and descriptions of one object that select the
+same frame then share one batch and one encoding of their stage-2 scene, where the first stage's batches would have
+spread them over several batches and encoded that scene once per batch.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from .generation import Request
+from .scene_generation import request_scene
 
 
 def scene_batches(groups: list[list[int]], batch_size: int) -> Iterator[list[tuple[list[int], bool]]]:
@@ -40,6 +47,22 @@ def scene_batches(groups: list[list[int]], batch_size: int) -> Iterator[list[tup
         yield [(singles, False)]
 
 
+def stage_batches(batches: list[tuple[list[int], bool]], requests: dict[int, Request],
+                  batch_size: int) -> list[tuple[list[int], bool]]:
+    """The batches of one scene's later stage: its samples ordered by the scene their `requests` of this stage ask
+    about (`request_scene`: frames and marker; scenes in order of first appearance, samples in their order), then cut
+    into batches of `batch_size`, so that samples asking about one scene sit together and it is encoded once
+    (a scene split over two batches is kept by the generator for the second). `batches` that are not a scene's
+    (single samples of different scenes, `shared=False`) are returned as they are."""
+    if not all(shared for _, shared in batches):
+        return batches
+    by_scene: dict[tuple, list[int]] = {}
+    for i in (i for batch, _ in batches for i in batch):
+        by_scene.setdefault(request_scene(requests[i]), []).append(i)
+    ordered = [i for members in by_scene.values() for i in members]
+    return [(ordered[start : start + batch_size], True) for start in range(0, len(ordered), batch_size)]
+
+
 def answer_in_batches(generator, request_for: Callable[[int, int, list[str]], Request], groups: list[list[int]],
                       stages: int, batch_size: int, scene_reuse: bool = True) -> Iterator[tuple[list[int], list[list[str]]]]:
     """Yield `(sample indices, [[text per stage] per sample])`, one batch at a time, each scene's batches once the
@@ -55,10 +78,11 @@ def answer_in_batches(generator, request_for: Callable[[int, int, list[str]], Re
     for batches in scene_batches(groups, batch_size):
         texts: dict[int, list[str]] = {i: [] for batch, _ in batches for i in batch}
         for stage in range(stages):
-            for batch, shared in batches:
-                requests = [request_for(i, stage, texts[i]) for i in batch]
+            requests = {i: request_for(i, stage, texts[i]) for batch, _ in batches for i in batch}
+            batched = stage_batches(batches, requests, batch_size) if stage and scene_reuse else batches
+            for batch, shared in batched:
                 answer = generator.generate_on_scenes if shared and scene_reuse else generator.generate
-                for i, text in zip(batch, answer(requests), strict=True):
+                for i, text in zip(batch, answer([requests[i] for i in batch]), strict=True):
                     texts[i].append(text)
         for batch, _ in batches:
             yield batch, [texts[i] for i in batch]

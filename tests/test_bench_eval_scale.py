@@ -69,6 +69,14 @@ def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annota
     again_answers, again_stages, again = bench_eval_scale.run_arm(generator, slice_, 4, True)
     assert again_answers == first_answers
     assert again["scenes_encoded"] == first["scenes_encoded"] >= 1 and again_stages["vggt"] > 0
+    # the figures split by the task's stage: every request counted at its stage, the stage-1 scenes encoded once each
+    stages = again["task_stages"]
+    assert [len(stage["views_requested"]) for stage in stages] == [len(records)] * 2
+    scenes = {tuple(record["images"]) for record in records}
+    assert stages[0]["views_encoded"] == sum(len(images) for images in scenes)
+    for name, seconds in again_stages.items():
+        if name in stages[0]["seconds"]:
+            assert seconds == pytest.approx(sum(stage["seconds"][name] for stage in stages), rel=1e-9, abs=1e-12)
 
     from gap_mllm.evaluation.runner import sample_requests
 
@@ -81,3 +89,51 @@ def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annota
             record["images"][k], media_root)
     answers, _, counts = bench_eval_scale.run_arm(generator, slice_, 4, True, stage2_frames="annotated")
     assert len(answers) == len(records) and counts["generate_calls"] >= 2  # stage 1, then stage 2
+
+
+def scanrefer_shaped_arm(stage1_views, stage2_views) -> dict:
+    """A batched arm's figures on 4 queries of one scene: 10 s of views at stage 1, 6 s at stage 2, 2 s of the rest."""
+    return {"stages_s": {"total": 18.5, "scoring": 0.5},
+            "task_stages": [{"views_requested": [stage1_views] * 4, "views_encoded": stage1_views,
+                             "seconds": {"data_processor": 1.0, "vggt": 6.0, "vit": 1.0, "prefill_llm": 2.0, "decode": 0.5}},
+                            {"views_requested": stage2_views, "views_encoded": sum(stage2_views),
+                             "seconds": {"data_processor": 0.5, "vggt": 4.0, "vit": 0.5, "prefill_llm": 1.0, "decode": 1.0}}]}
+
+
+def test_scanrefer_minutes_count_the_views_scanrefer_encodes_and_its_queries():
+    """The views of a stage are paid per view ScanRefer val encodes there (stage 1: 141 scenes × 32; stage 2: 19 per
+    object, or per query), the rest per query (9,508)."""
+    estimate = bench_eval_scale.scanrefer_estimate(scanrefer_shaped_arm(32, [19, 19, 12, 10]), 4, scene_reuse=True)
+    per_view = [10.0 / 32, 6.0 / 60]
+    per_query = (18.5 - 16.0 - 0.5) / 4
+    assert estimate["seconds_per_view_encoded"] == pytest.approx(per_view)
+    assert estimate["seconds_per_query_rest"] == pytest.approx(per_query)
+    assert estimate["minutes_low"] == pytest.approx((per_view[0] * 141 * 32 + per_view[1] * 2068 * 19 + per_query * 9508) / 60)
+    assert estimate["minutes_high"] == pytest.approx((per_view[0] * 141 * 32 + per_view[1] * 9508 * 19 + per_query * 9508) / 60)
+    alone = bench_eval_scale.scanrefer_estimate(scanrefer_shaped_arm(32, [19, 19, 12, 10]), 4, scene_reuse=False)
+    assert alone["minutes_low"] == alone["minutes_high"] == pytest.approx(
+        (per_view[0] * 9508 * 32 + per_view[1] * 9508 * 19 + per_query * 9508) / 60)
+
+
+def test_a_slice_not_shaped_as_scanrefer_gets_no_minutes():
+    """GPU round 4 extrapolated ScanRefer from the Mini's 8-frame stage 1 and 7-frame stage 2 of 160×128 frames; the
+    geometry encoder's cost per view grows with a scene's views, so such a slice is refused by name."""
+    estimate = bench_eval_scale.scanrefer_estimate(scanrefer_shaped_arm(8, [7, 7, 5, 4]), 4, scene_reuse=True)
+    assert set(estimate) == {"refused"}
+    assert "stage 1 8-8 and stage 2 4-7 views, ScanRefer's 32 and up to 19" in estimate["refused"]
+    assert set(bench_eval_scale.scanrefer_estimate(scanrefer_shaped_arm(32, [12, 10, 10, 9]), 4, True)) == {"refused"}
+
+
+def test_the_gpu_calls_table_gives_scanrefers_minutes_or_says_why_not(tmp_path):
+    from gpu_figures_table import key_figure
+
+    arm = {**scanrefer_shaped_arm(32, [19, 19, 12, 10]), "per_sample_s": 4.625, "slowest_stage": "vggt"}
+    arm["scanrefer_val"] = bench_eval_scale.scanrefer_estimate(arm, 4, scene_reuse=True)
+    path = tmp_path / "eval_scale.json"
+    path.write_text(json.dumps({"tasks": {"grounding": {"samples": 4, "batched_reuse": arm}}}))
+    low, high = arm["scanrefer_val"]["minutes_low"], arm["scanrefer_val"]["minutes_high"]
+    assert key_figure("eval_scale", path) == (f"grounding batched_reuse 4.62 s/sample (slowest: vggt); "
+                                              f"ScanRefer val {low:.0f}-{high:.0f} min")
+    arm["scanrefer_val"] = {"refused": "not a ScanRefer-shaped slice"}
+    path.write_text(json.dumps({"tasks": {"grounding": {"batched_reuse": arm}}}))
+    assert key_figure("eval_scale", path).endswith("; ScanRefer val: no estimate (not a ScanRefer-shaped slice)")

@@ -44,6 +44,18 @@ def test_the_bucketed_arm_trains_the_plain_arms_losses_and_the_default_needs_cud
     assert measured["arm_default"]["skipped"].startswith("this bench compiles on CUDA only")
 
 
+def test_arms_run_in_the_order_given_with_liger_language_model_arms_last():
+    """A GPU call's budget skips the arms still to come, so it names first what it needs most; Liger's language-model
+    kernels patch the model for good, so their arms stay last whatever the order given."""
+    order = bench_train_arms.arms_in_order(["default", "sdpa_checkpointed", "sdpa_graph_towers_bucketed", "sdpa",
+                                            "sdpa_checkpointed"])
+    assert [arm.name for arm in order] == ["sdpa_checkpointed", "sdpa_graph_towers_bucketed", "sdpa", "default"]
+    assert bench_train_arms.arms_in_order(None) == list(bench_train_arms.ARMS)
+    graphed = next(arm for arm in bench_train_arms.ARMS if arm.name == "sdpa_graph_towers_bucketed")
+    assert bench_train_arms.arm_kernels(graphed).graph_geometry_encoder is True
+    assert bench_train_arms.arm_unavailable_reason(graphed, "cpu") is not None
+
+
 def test_the_checkpointed_arms_recompute_each_layer_and_train_the_plain_arms_losses(tmp_path, monkeypatch):
     """sdpa_checkpointed and sdpa_packed_checkpointed (the real-size recipes' activation checkpointing): the first
     decoder layer's attention runs twice a step (forward, then the layer's recompute in the backward; transformers

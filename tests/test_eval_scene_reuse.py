@@ -6,7 +6,7 @@ import json
 from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.evaluation import scene_generation
 from gap_mllm.evaluation.generation import Request
-from gap_mllm.evaluation.batched_answers import answer_in_batches, scene_batches
+from gap_mllm.evaluation.batched_answers import answer_in_batches, scene_batches, stage_batches
 from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.evaluation.scene_generation import SceneGenerator, groups_for_rank, scene_groups
 from gap_mllm.tasks_gap_mllm import FRAME_LABEL
@@ -87,6 +87,42 @@ def test_every_batch_of_a_scene_answers_a_stage_before_the_next_stage(synth_data
     assert answered == expected
     assert generator.scenes_encoded == 1  # the stage-1 scene, once for the three batches
     assert generate_calls == ["scene"] * 3 + ["full"] * 3  # stage 2: each batch's own scenes in one full call
+
+
+def test_a_later_stage_batches_a_scenes_samples_by_the_frames_they_ask_about():
+    requests = {i: Request([f"scene0/{i % 2}.jpg", f"scene0/{i % 2 + 1}.jpg"], "p") for i in range(5)}
+    requests[5] = Request(["scene0/0.jpg", "scene0/1.jpg"], "p", pixel_coords=[0, 5, 5])  # a marker: another scene
+    # scenes in order of first appearance (0/1, 1/2, the marked one), then batches of 3 across them
+    assert stage_batches([([0, 1, 2], True), ([3, 4, 5], True)], requests, 3) == [([0, 2, 4], True), ([1, 3, 5], True)]
+    assert stage_batches([([0, 1, 2], True), ([3, 4, 5], True)], requests, 4) == [([0, 2, 4, 1], True), ([3, 5], True)]
+    singles = [([0, 1], False)]  # single samples of different scenes: their batch as it was
+    assert stage_batches(singles, requests, 3) is singles
+
+
+def test_descriptions_of_one_object_share_one_encoding_of_their_stage2_scene(synth_data, tiny_checkpoint):  # noqa: F811
+    """ScanRefer describes an object several times; descriptions that select the same frame ask stage 2 about the
+    same scene. Spread over the first stage's batches ([0, 1, 2], [3, 4, 5]), that scene would be encoded once per
+    batch; batched again by scene for stage 2 it is encoded once, and the answers are those of one full call each."""
+    frames = sorted(str(p) for p in (synth_data / "scannet" / "posed_images" / "synth0000_00").glob("*.jpg"))[:4]
+    labelled_views = "".join(FRAME_LABEL.format(index=i) + IMAGE_PLACEHOLDER for i in range(3))
+
+    def request_for(i, stage, previous):
+        if stage == 0:
+            return Request(frames[:3], labelled_views + f"\nWhere is description {i}?", None, 4)
+        return Request(frames[i % 2 : i % 2 + 2], IMAGE_PLACEHOLDER * 2 + f"Box of description {i}?", None, 4)
+
+    generator = SceneGenerator(tiny_checkpoint)
+    expected = {}
+    for i in range(6):
+        first = generator.generate([request_for(i, 0, [])])
+        expected[i] = first + generator.generate([request_for(i, 1, first)])
+    generate_calls, geometry_calls = count_generate_calls(generator), count_calls(generator.model.geometry_encoder)
+    answered = dict(pair for batch, texts in answer_in_batches(generator, request_for, [list(range(6))], 2, 3)
+                    for pair in zip(batch, texts, strict=True))
+    assert answered == expected
+    # the stage-1 scene once, then each of the two stage-2 scenes once, its three descriptions in one batch (the
+    # first stage's batches: 6 generate calls, and the geometry encoder ran 4 times, once in a full call)
+    assert generator.scenes_encoded == 3 and len(geometry_calls) == 3 and generate_calls == ["scene"] * 4
 
 
 def test_grounding_run_reuses_scenes_with_unchanged_answers(synth_data, tiny_checkpoint, tmp_path, monkeypatch):  # noqa: F811

@@ -306,7 +306,7 @@ def test_compiled_layers_and_liger_are_on_by_default_on_cuda_only(monkeypatch):
     """Unset kernel switches: on for a CUDA run of an LLM stage where they can run, off on the CPU; a given switch
     stays as given."""
     monkeypatch.setattr(kernels, "compile_problem", lambda device: None)
-    switches = ("liger_fused_linear_cross_entropy", "liger_language_model", "compile_layers")
+    switches = ("liger_fused_linear_cross_entropy", "liger_language_model", "compile_layers", "graph_geometry_encoder")
 
     def decided(values, cuda):
         settings = kernels.resolve_kernels(*planned(values, cuda))
@@ -323,9 +323,11 @@ def test_compiled_layers_and_liger_are_on_by_default_on_cuda_only(monkeypatch):
     assert decided({**buckets, "stage": "geometry"}, cuda=True) == dict.fromkeys(switches, False)  # encoder stages
     gpu_machine(monkeypatch, installed=())  # no liger-kernel: compiled, no Liger
     assert decided(buckets, cuda=True) == {"liger_fused_linear_cross_entropy": False, "liger_language_model": False,
-                                           "compile_layers": True}
+                                           "compile_layers": True, "graph_geometry_encoder": True}
     monkeypatch.setattr(kernels, "compile_problem", lambda device: "Triton")
     assert decided(buckets, cuda=True)["compile_layers"] is False
+    earned["graph_geometry_encoder"] = False  # the committed file today: no GPU figure has earned it
+    assert decided(buckets, cuda=True)["graph_geometry_encoder"] is False
 
 
 def test_compiled_layers_and_liger_language_model_are_refused_where_they_cannot_run(monkeypatch):

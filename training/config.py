@@ -286,6 +286,9 @@ class KernelConfig:
     compile_towers: the same for each block of the frozen towers (the VGGT encoder's DINO, frame and global blocks;
         the ViT's blocks), whose element-wise work and launches were most of a real-size step on an H100 (bench/README.md
         "Where a step goes"); one compilation per number of views.
+    graph_geometry_encoder: the frozen VGGT encoder's forward replayed as one CUDA graph per input shape
+        (training/cuda_graph_forward.py): its thousands of kernel launches a step become one; CUDA only, not under
+        DeepSpeed ZeRO-3 or FSDP (their hooks gather the encoder's weights inside its forward).
     Each is on by default only where the latest GPU figures earned it (training/gpu_verdicts.py).
     """
 
@@ -293,6 +296,7 @@ class KernelConfig:
     liger_language_model: bool | None = None
     compile_layers: bool | None = None
     compile_towers: bool | None = None
+    graph_geometry_encoder: bool | None = None
 
 
 @dataclass
@@ -369,7 +373,8 @@ class TrainRecipe:
         check_attention_name(self.model.attn_implementation)
         if self.training.get("use_liger_kernel"):
             raise RecipeTypeError(TRANSFORMERS_LIGER_REFUSAL)
-        for name in ("liger_fused_linear_cross_entropy", "liger_language_model", "compile_layers", "compile_towers"):
+        for name in ("liger_fused_linear_cross_entropy", "liger_language_model", "compile_layers", "compile_towers",
+                     "graph_geometry_encoder"):
             if getattr(self.kernels, name) and self.stage not in LLM_STAGES:
                 raise ValueError(f"kernels.{name} applies to the LLM stages (pretrain, finetune), not stage={self.stage!r}")
         for name in ("moments_dtype", "best_dtype"):

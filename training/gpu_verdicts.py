@@ -44,12 +44,15 @@ SWITCH_ARMS = {
     "liger_fused_linear_cross_entropy": SwitchArm("sdpa_liger"),
     "liger_language_model": SwitchArm("default", baseline="sdpa_compile_bucketed"),
     "compile_towers": SwitchArm("sdpa_compile_towers_bucketed", baseline="sdpa_compile_bucketed"),
+    "graph_geometry_encoder": SwitchArm("sdpa_graph_towers_bucketed", baseline="sdpa_compile_towers_bucketed"),
     # under activation checkpointing (the real-size recipes), measured as such a recipe runs on CUDA: towers compiled
     "compile_towers_checkpointed": SwitchArm("sdpa_compile_towers_checkpointed", baseline="sdpa_checkpointed"),
     "packing_checkpointed": SwitchArm("sdpa_packed_compile_towers_checkpointed",
                                       baseline="sdpa_compile_towers_checkpointed"),
     "compile_layers_checkpointed": SwitchArm("sdpa_compile_bucketed_checkpointed", baseline="sdpa_checkpointed"),
 }
+# a switch whose arm no GPU call has measured yet: its entry in the verdict file has no source and is not earned
+NOT_MEASURED = "its arm has not been measured on a GPU yet"
 CHECKPOINTED = "_checkpointed"  # the suffix of a switch's verdict under activation checkpointing
 # Liger's fused cross-entropy is the LM head and the loss, outside every checkpointed layer: checkpointing changes
 # nothing it computes, so its one verdict holds with or without. Every other switch works inside the checkpointed

@@ -16,8 +16,11 @@
     kernels.compile_layers      regional compile: each decoder layer of the language model `torch.compile`d on its
                                 own (one small graph reused by every layer), static shapes with `data.length_buckets`.
     kernels.compile_towers      the same for the frozen towers' blocks (VGGT's DINO / frame / global blocks, the ViT's).
+    kernels.graph_geometry_encoder
+                                the frozen VGGT encoder's forward replayed as one CUDA graph per input shape
+                                (training/cuda_graph_forward.py); CUDA only, not under DeepSpeed ZeRO-3 or FSDP.
 
-The four kernel switches are `None` by default: ON on a CUDA run where they can run (liger-kernel installed; torch
+The five kernel switches are `None` by default: ON on a CUDA run where they can run (liger-kernel installed; torch
 with Triton for the compile; compiled layers with `data.length_buckets`) AND the latest GPU figures in the repository
 earned them (training/gpu_verdicts.py reads training/configs/gpu_verdicts.json: finite over 30 steps crossing every
 bucket, the loss curve of the plain path, faster than it), OFF on the CPU (inductor's CPU code was not measured to pay
@@ -25,7 +28,8 @@ here) — `resolve_kernels` decides and logs it. `true` where the kernel cannot 
 off anywhere. A run that checkpoints activations takes the verdicts measured under checkpointing. Measured on an H100
 and an H200 (bench/README.md, "GPU round 3" and "GPU round 4"): compiled layers at buckets, compiled towers (with and
 without checkpointing) and Liger's fused cross-entropy earned theirs; Liger's language-model kernels did not (slower
-than compiled layers alone, and their loss curve 0.054 away).
+than compiled layers alone, and their loss curve 0.054 away). The graphed VGGT encoder has no GPU figure yet (its arm,
+`sdpa_graph_towers_bucketed`, is in the next GPU call): off by default until one earns it.
 
 `check_kernels(recipe, plan)` runs before any model is loaded (training/run.py, training/encoder_stage_run.py) and
 raises `KernelUnavailableError`, one line naming the option, what is missing (the package, a CUDA device, a recent
@@ -47,6 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from .activation_checkpointing import checkpoints_activations
+from .cuda_graph_forward import graph_geometry_encoder
 from .gpu_verdicts import earned_switches
 from .liger_qwen3_vl import apply_liger_to_qwen3_vl_text
 from .loss_weights import weighted_mix
@@ -81,6 +86,7 @@ LIGER_OPTION = "kernels.liger_fused_linear_cross_entropy"
 LIGER_LM_OPTION = "kernels.liger_language_model"
 COMPILE_OPTION = "kernels.compile_layers"
 COMPILE_TOWERS_OPTION = "kernels.compile_towers"
+GRAPH_OPTION = "kernels.graph_geometry_encoder"
 LLM_STAGES = ("pretrain", "finetune")
 
 
@@ -190,6 +196,9 @@ def check_kernels(recipe, plan) -> None:
         if wanted and (problem := compile_problem(plan.device)):
             raise KernelUnavailableError(f"{option}=true needs {problem}; set it to false (or leave it unset: "
                                          "compiled on CUDA only)")
+    if recipe.kernels.graph_geometry_encoder and plan.device != "cuda":
+        raise KernelUnavailableError(f"{GRAPH_OPTION}=true needs a CUDA device ({cpu_reason(plan)}): a CUDA graph "
+                                     "replays GPU kernels; set it to false (or leave it unset)")
 
 
 def compile_problem(device: str) -> str | None:
@@ -229,7 +238,8 @@ def resolve_kernels(recipe, plan):
     decided = {"liger_fused_linear_cross_entropy": liger and earned["liger_fused_linear_cross_entropy"] and not weighted,
                "liger_language_model": liger and earned["liger_language_model"],
                "compile_layers": compiled and earned["compile_layers"],
-               "compile_towers": compiles and earned["compile_towers"]}
+               "compile_towers": compiles and earned["compile_towers"],
+               "graph_geometry_encoder": cuda and earned["graph_geometry_encoder"]}
     values = {name: decided[name] if getattr(settings, name) is None else getattr(settings, name) for name in decided}
     chosen = [f"kernels.{name}={str(value).lower()}" for name, value in values.items() if getattr(settings, name) is None]
     if chosen:
@@ -301,13 +311,16 @@ def apply_kernels(gap_model, settings, length_buckets=None) -> None:
         compile_decoder_layers(gap_model, dynamic=False if length_buckets else None)
     if settings.compile_towers:
         compile_frozen_towers(gap_model)
+    if settings.graph_geometry_encoder:  # after the compile: the first capture of each shape compiles, then records
+        graph_geometry_encoder(gap_model)
 
 
 def kernel_context(settings, length_buckets=None) -> str:
     """The kernel settings that are on (compiled layers, Liger, length buckets), as a divergence line names them
     (training/divergence.py); "" when none is."""
-    on = [f"kernels.{name}=true" for name in ("compile_layers", "compile_towers", "liger_language_model",
-                                              "liger_fused_linear_cross_entropy") if getattr(settings, name, None)]
+    on = [f"kernels.{name}=true" for name in ("compile_layers", "compile_towers", "graph_geometry_encoder",
+                                              "liger_language_model", "liger_fused_linear_cross_entropy")
+          if getattr(settings, name, None)]
     if length_buckets:
         on.append(f"data.length_buckets={list(length_buckets)}")
     return f"kernel settings on: {', '.join(on)}" if on else ""
@@ -330,6 +343,16 @@ def apply_attention_implementation(model, name: str | None, training: dict) -> N
 def under_zero3(trainer) -> bool:
     """Whether `trainer` runs under DeepSpeed ZeRO-3."""
     return bool(trainer.is_deepspeed_enabled) and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def graph_distribution_problem(trainer) -> str | None:
+    """Why the VGGT encoder cannot be captured as CUDA graphs under `trainer`'s distribution (None: it can): ZeRO-3
+    and FSDP gather its partitioned weights in hooks around its forward, on the host, which a replay would skip."""
+    if under_zero3(trainer):
+        return "DeepSpeed ZeRO-3"
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return "FSDP"
+    return None
 
 
 def check_liger_distribution(trainer) -> None:

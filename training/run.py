@@ -34,11 +34,15 @@ from .encoder_stage_run import build_encoder_stage_trainer
 from .feature_cache import FeatureCache, cache_unusable_reason, undecoded_images
 from .generation_eval import GenerationEvalCallback, use_best_model
 from .geometry_aligned_model import GeometryAlignedModel
+from .cuda_graph_forward import ungraph_geometry_encoder
 from .kernels import (
+    GRAPH_OPTION,
+    KernelUnavailableError,
     apply_attention_implementation,
     apply_kernels,
     check_kernels,
     check_liger_distribution,
+    graph_distribution_problem,
     kernel_context,
     resolve_kernels,
     under_zero3,
@@ -85,6 +89,7 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
     checkpoint at the run's last step trains nothing (`finish_from_checkpoint`): no cache is filled for it."""
     recipe, plan = apply_device_plan(recipe)
     asked_liger = recipe.kernels.liger_fused_linear_cross_entropy
+    asked_graph = recipe.kernels.graph_geometry_encoder
     recipe = resolve_kernels(recipe, plan)
     check_kernels(recipe, plan)
     args = training_arguments(recipe)
@@ -149,6 +154,12 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
             logger.info("kernels.liger_fused_linear_cross_entropy=false: DeepSpeed ZeRO-3 partitions the LM head")
         else:
             check_liger_distribution(trainer)
+    if recipe.kernels.graph_geometry_encoder and (problem := graph_distribution_problem(trainer)):
+        if asked_graph is not None:
+            raise KernelUnavailableError(f"{GRAPH_OPTION}=true does not run under {problem} (its hooks gather the "
+                                         "encoder's weights inside its forward); set it to false")
+        ungraph_geometry_encoder(unwrap_gap_model(model))  # on by default, but it cannot run here: off, not refused
+        logger.info("%s=false: %s gathers the encoder's weights inside its forward", GRAPH_OPTION, problem)
     return TrainingSetup(trainer=trainer, model=wrapped, processor=processor, cache=cache)
 
 
