@@ -21,7 +21,9 @@ other tokens (seen on the H100: 2 of 8 real-size answers equal), so there the fi
 equal answers (`answers_equal_to_one_at_a_time`), as bench_real_size's scene reuse does; the equality itself is proven
 in float32 (tests/test_eval_scene_reuse.py). `--compile-decoding` is the evaluation's switch (default auto: compiled
 decode steps on CUDA); with compilation each arm is run once untimed first, since compiling (about 30 s at the real
-size) would otherwise swamp a small slice. Building / loading the model is timed once and left out of the per-query figures.
+size) would otherwise swamp a small slice; that run's figures are kept as the arm's `untimed_run` (compiling included),
+written before the timed run starts, so an arm killed at its budget keeps them. Building / loading the model is timed
+once and left out of the per-query figures.
 Each arm's time is split by stage (eval_stage_timer.py: data + processor, VGGT, ViT, LLM prefill, decode, scoring,
 other) and its slowest stage named, so a figure says where the time goes; the same split is kept per stage of the task
 with the views encoded at each. Per-1,000 and full-split figures are extrapolations of the measured per-query time
@@ -290,6 +292,17 @@ def scanrefer_estimate(arm: dict, samples: int, scene_reuse: bool) -> dict:
             "seconds_per_query_rest": per_query, "views_encoded": {name: list(v) for name, v in bounds.items()}}
 
 
+def arm_figures(task: str, stages: dict, counts: dict, samples: int, scene_reuse: bool) -> dict:
+    """One run of an arm (`run_arm`'s seconds by stage and counts) as the figures file keeps it: seconds, per sample,
+    the counts, the stages and the slowest, and for grounding ScanRefer val's minutes (`scanrefer_estimate`)."""
+    seconds = stages["total"]
+    figures = {"seconds": seconds, "per_sample_s": seconds / samples, **counts, "stages_s": stages,
+               "slowest_stage": max((k for k in stages if k not in ("total", "other")), key=stages.get)}
+    if task == "grounding":
+        figures["scanrefer_val"] = scanrefer_estimate(figures, samples, scene_reuse)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="data root (SynthRooms or the ScanNet posed_images layout)")
@@ -358,17 +371,18 @@ def main(argv: list[str] | None = None) -> int:
             arms = {name: (args.batch_size if reuse else 1, reuse) for name, reuse in ARMS.items() if name in args.arms}
             answers = {}
             for name, (batch, reuse) in arms.items():
-                untimed_s = None
+                untimed = None
                 if warmup:  # compile outside the timed run (same slice, so the same shapes)
-                    untimed_s = run_arm(generator, slice_, batch, reuse, stage2_frames)[1]["total"]
+                    _, stages, counts = run_arm(generator, slice_, batch, reuse, stage2_frames)
+                    # its time less the timed run's: about what compiling the decode step for each batch size cost;
+                    # written at once, so that a run stopped at its budget during the timed run keeps it
+                    untimed = row[name] = {"untimed_run": arm_figures(task, stages, counts, samples, reuse)}
+                    figures["tasks"][task] = row
+                    if args.out:
+                        Path(args.out).write_text(json.dumps(figures, indent=2))
                 answers[name], stages, counts = run_arm(generator, slice_, batch, reuse, stage2_frames)
                 seconds = stages["total"]
-                # the untimed run less the timed one: about what compiling the decode step for each batch size cost
-                row[name] = {"seconds": seconds, "per_sample_s": seconds / samples, "untimed_run_s": untimed_s, **counts,
-                             "stages_s": stages, "slowest_stage": max((k for k in stages if k not in ("total", "other")),
-                                                                      key=stages.get)}
-                if task == "grounding":
-                    row[name]["scanrefer_val"] = scanrefer_estimate(row[name], samples, reuse)
+                row[name] = {**arm_figures(task, stages, counts, samples, reuse), **(untimed or {})}
                 print(f"{task} {name}: {seconds:.1f} s for {samples} samples ({counts['scenes_encoded']} scenes "
                       f"encoded, {counts['generate_calls']} generate calls); stages "
                       + ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if k != "total"), flush=True)

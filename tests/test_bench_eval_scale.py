@@ -134,6 +134,35 @@ def test_the_gpu_calls_table_gives_scanrefers_minutes_or_says_why_not(tmp_path):
     low, high = arm["scanrefer_val"]["minutes_low"], arm["scanrefer_val"]["minutes_high"]
     assert key_figure("eval_scale", path) == (f"grounding batched_reuse 4.62 s/sample (slowest: vggt); "
                                               f"ScanRefer val {low:.0f}-{high:.0f} min")
+    # stopped at its budget during the timed run: the untimed run's figures, said so
+    path.write_text(json.dumps({"tasks": {"grounding": {"samples": 4, "batched_reuse": {"untimed_run": arm}}}}))
+    assert key_figure("eval_scale", path) == (f"grounding batched_reuse (untimed run only, compiling included) 4.62 "
+                                              f"s/sample (slowest: vggt); ScanRefer val {low:.0f}-{high:.0f} min")
     arm["scanrefer_val"] = {"refused": "not a ScanRefer-shaped slice"}
     path.write_text(json.dumps({"tasks": {"grounding": {"batched_reuse": arm}}}))
     assert key_figure("eval_scale", path).endswith("; ScanRefer val: no estimate (not a ScanRefer-shaped slice)")
+
+
+def test_a_run_stopped_during_its_timed_run_keeps_the_untimed_runs_figures(tmp_path, monkeypatch):
+    """A GPU call kills an arm at its budget; the untimed (compiling) run's figures are written before the timed run
+    starts, so a kill there still leaves what was measured."""
+    data = write_small_synth(tmp_path / "data")
+    out = tmp_path / "figures.json"
+    monkeypatch.setattr(bench_eval_scale, "decode_compile_config", lambda *args: "compiled")  # an untimed run first
+    runs, run_arm = [], bench_eval_scale.run_arm
+
+    def stopped_at_the_second(*args, **kwargs):
+        runs.append(1)
+        if len(runs) == 2:
+            raise TimeoutError("the arm's budget")
+        return run_arm(*args, **kwargs)
+
+    monkeypatch.setattr(bench_eval_scale, "run_arm", stopped_at_the_second)
+    with pytest.raises(TimeoutError):
+        bench_eval_scale.main(["--data", str(data), "--model-size", "small", "--queries", "2", "--batch-size", "2",
+                               "--max-new-tokens", "2", "--compile-decoding", "off", "--arms", "batched_reuse",
+                               "--out", str(out)])
+    kept = json.loads(out.read_text())["tasks"]["grounding"]["batched_reuse"]
+    assert set(kept) == {"untimed_run"}
+    untimed = kept["untimed_run"]
+    assert untimed["seconds"] > 0 and len(untimed["task_stages"]) == 2 and "refused" in untimed["scanrefer_val"]

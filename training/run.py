@@ -27,6 +27,7 @@ from gap_mllm.processing.output_folder import OutputFolderRefused, check_output_
 
 from .checkpoints import MissingSafetensorsWeights, check_resume_checkpoint, find_resumable_checkpoint, load_model_weights
 from .config import TrainRecipe, training_arguments, without_defaults
+from .cuda_graph_forward import ungraph_geometry_encoder
 from .data import add_length_column, build_collator, load_split, sample_collator, sample_collator_settings
 from .data_sketch import sketch_data_root
 from .device import apply_device_plan
@@ -34,7 +35,6 @@ from .encoder_stage_run import build_encoder_stage_trainer
 from .feature_cache import FeatureCache, cache_unusable_reason, undecoded_images
 from .generation_eval import GenerationEvalCallback, use_best_model
 from .geometry_aligned_model import GeometryAlignedModel
-from .cuda_graph_forward import ungraph_geometry_encoder
 from .kernels import (
     GRAPH_OPTION,
     KernelUnavailableError,
