@@ -11,7 +11,7 @@ recording; here the tower is captured by hand, because its shapes are few and kn
     ...                                                  # training steps: one capture per new shape, then replays
     graphs.remove()                                      # the module's own forward again
 
-What capture needs, and why it holds for VGGT (tests/test_cuda_graph_forward.py checks the last two on the CPU):
+What capture needs, and why it holds for VGGT (tests/test_cuda_graph_forward.py checks each on the CPU):
 - no gradient: the wrapper runs the module's forward itself when grad is enabled and a parameter trains;
 - fixed addresses: each shape owns a static input (copied into before a replay) and static outputs (overwritten by
   the next replay of that shape), so every call returns *copies* of the outputs (a few MB per level at training
