@@ -63,18 +63,21 @@ from gap_mllm.compiled_decoding import add_compile_decoding_argument, decode_com
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS  # noqa: E402
 from gap_mllm.processing_gap_mllm import PREPROCESSING_MODES  # noqa: E402
 
-# split sizes of the extrapolations: ScanRefer val (queries, scenes); Scan2Cap evaluates the ScanRefer val objects;
-# detection: one 4-frame clip per ScanNet val scene (the official file's size is not known here: an assumption)
-FULL_SPLITS = {"grounding": ("ScanRefer val", 9508), "captioning": ("Scan2Cap val (2,068 ScanRefer val objects)", 2068),
-               "detection": ("ScanNet val, one clip per scene (assumed)", 312)}
 # ScanRefer val as the official evaluation answers it (docs/method.md §3.4): 9,508 descriptions of 2,068 objects in
 # 141 scenes; stage 1 sees the scene's 32 frames, stage 2 the selected frame and 9 posed frames each way (19)
 SCANREFER_VAL = {"queries": 9508, "objects": 2068, "scenes": 141,
                  "stage_views": (32, 2 * OFFICIAL_STAGE2_NEIGHBOURS + 1)}
+# split sizes of the extrapolations: ScanRefer val's queries; Scan2Cap evaluates the ScanRefer val objects;
+# detection: one 4-frame clip per ScanNet val scene (the official file's size is not known here: an assumption)
+FULL_SPLITS = {"grounding": ("ScanRefer val", SCANREFER_VAL["queries"]),
+               "captioning": (f"Scan2Cap val ({SCANREFER_VAL['objects']:,} ScanRefer val objects)",
+                              SCANREFER_VAL["objects"]),
+               "detection": ("ScanNet val, one clip per scene (assumed)", 312)}
 ARMS = {"one_at_a_time": False, "batched_reuse": True}  # arm -> scene reuse
 
 
-def build_model(size: str, device: str, padded_vocab: bool = False, preprocessing_mode: str = "grid"):
+def build_model(size: str, device: str, padded_vocab: bool = False,
+                preprocessing_mode: str = "grid"):
     """`(model, processor)` of `size` in memory: the embedded Mini loaded from its folder, or a random-weight model built
     in code, once per process (the real size: 6.4 GB, never written to disk). A random model emits any id of its
     vocabulary, so its tokenizer must decode them all: the real size's (Qwen's 151,936 ids) and, with `padded_vocab`,

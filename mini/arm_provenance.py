@@ -28,7 +28,8 @@ from gap_mllm.training.generation_eval import read_best
 from gap_mllm.training.run_state import check_state_files, read_run_state, state_sketch
 
 from .ablation import ARM_STAGES, arm_state_dir, override_value
-from .provenance import DONE_MARKER
+from .provenance import DONE_MARKER, stage_device
+
 
 def _stage_done(folder: Path) -> dict | None:
     """The `stage_done.json` of a stage folder, None when the stage is not done."""
@@ -41,7 +42,7 @@ def trained_stage(done: dict, state_dir: Path | None) -> dict:
     and the digest of the data sketch of its run state in `state_dir` (None without one)."""
     seed = override_value(done.get("overrides"), "training.seed")
     record = read_run_state(state_dir) if state_dir is not None else None
-    return {"recipe": done.get("recipe"), "steps": done.get("global_step"), "device": done.get("device"),
+    return {"recipe": done.get("recipe"), "steps": done.get("global_step"), "device": stage_device(done),
             "seed": int(seed) if seed is not None else None,
             "data_sketch": record["data"]["sketch"] if record is not None and record.get("data") else None}
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import re
 
+from .ablation import override_value
+
 DONE_MARKER = "stage_done.json"  # the file mini/pipeline.py writes into a stage folder when its training returned
+
+
+def stage_device(done: dict) -> str | None:
+    """The device a stage trained on, from its `stage_done.json` (`done`): its "device", else the last `device=` of its
+    overrides (markers written before they recorded it)."""
+    return done.get("device") or override_value(done.get("overrides"), "device")
 
 # "copied from SOURCE (--stageN); its STAGE: " followed at once by a copy of the same SOURCE by the same flag
 _REPEATED_COPY = re.compile(r"(copied from (?P<source>[^;()]+) \((?P<flag>--[\w-]+)\); its [^:;]+: )"

@@ -33,7 +33,7 @@ from .arms import CONSTRAINED_SUFFIX
 from .claims_table import CLAIMS_SECTION, claims_section
 from .markdown_sections import document_section, signed_cell, with_section
 from .paired_arms import paired_arms
-from .provenance import DONE_MARKER
+from .provenance import DONE_MARKER, stage_device
 from .sample_rows import detection_counts, f1_interval, f1_of_counts, marker_answers, sample_rows
 
 RESAMPLES = 1000
@@ -109,7 +109,7 @@ def stage_provenance(run) -> dict[str, dict]:
     out = {}
     for marker in sorted(run.out.glob(f"stages/**/{DONE_MARKER}")):
         done = json.loads(marker.read_text(encoding="utf-8"))
-        device = done.get("device") or next((value.split("=", 1)[1] for value in done.get("overrides", []) if value.startswith("device=")), None)
+        device = stage_device(done)
         out[str(marker.parent.relative_to(run.out / "stages"))] = {
             key: value for key, value in (("recipe", done.get("recipe")), ("global_step", done.get("global_step")),
                                           ("device", device), ("note", done.get("note"))) if value is not None}

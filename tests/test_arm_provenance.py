@@ -15,7 +15,7 @@ import pytest
 from gap_mllm.mini import arm_provenance
 from gap_mllm.mini.arm_provenance import arms_provenance, number_the_data
 from gap_mllm.mini.claims_table import provenance_lines
-from gap_mllm.mini.provenance import DONE_MARKER
+from gap_mllm.mini.provenance import DONE_MARKER, stage_device
 from gap_mllm.training.data_sketch import sketch_data_root
 
 
@@ -128,3 +128,11 @@ def test_the_sentence_under_the_table_says_one_data_and_which_arms_differ_in_las
             "| — |") in one
     two = provenance_lines({"x_s0": arm((1, 0), (1, 0)), "y_s0": arm((1, 0), (2, 0))})
     assert "| 1 / 2 |" in two[-3] and two[-1].startswith("The stages did not all train on one data")
+
+
+def test_a_stages_device_is_its_markers_else_the_last_device_override():
+    """One reader of a stage's device for the arms' table and the results' stages (mini/report.py): a marker written
+    before it recorded the device names it by its overrides, the last one as the recipe applies them."""
+    assert stage_device({"device": "cuda", "overrides": ["device=cpu"]}) == "cuda"
+    assert stage_device({"overrides": ["device=cuda", "training.seed=0", "device=cpu"]}) == "cpu"
+    assert stage_device({"overrides": ["training.seed=0"]}) is None and stage_device({}) is None
