@@ -172,9 +172,10 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
             stage2_frames: str = "answered") -> tuple[dict[str, list[str]], dict, dict]:
     """Answer and score one slice in memory as `gap-mllm evaluate` does (runner.sample_requests, scene_groups,
     answer_in_batches, the task's evaluate): `(answers by sample id, seconds by stage, {"scenes_encoded",
-    "generate_calls", "task_stages"})`, where "task_stages" gives, per stage of the task (grounding: frame selection,
-    then the box), its seconds by stage, the views the geometry encoder encoded and the views its requests asked
-    about (`views_requested`: one count per request). The generator's scenes are forgotten first: an untimed run
+    "generate_calls", "task_stages", "graphs_compiled"})`, where "task_stages" gives, per stage of the task
+    (grounding: frame selection, then the box), its seconds by stage, the views the geometry encoder encoded and the
+    views its requests asked about (`views_requested`: one count per request), and "graphs_compiled" the graphs
+    torch.compile made during the run (`compiled_graphs`). The generator's scenes are forgotten first: an untimed run
     before would otherwise leave them encoded, and the timed one would leave the towers out."""
     from eval_stage_timer import StageTimer
 
@@ -199,6 +200,7 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
         views_requested.setdefault(stage, []).append(len(request.images))
         return request
 
+    graphs_before = compiled_graphs()
     start = time.perf_counter()
     answers = {}
     try:
@@ -210,7 +212,7 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
                         "views_requested": views_requested.get(stage, [])}
                        for stage, seconds in timer.seconds_by_stage().items()]
         counts = {"scenes_encoded": generator.scenes_encoded - encoded_before, "generate_calls": timer.generate_calls,
-                  "task_stages": task_stages}
+                  "task_stages": task_stages, "graphs_compiled": compiled_graphs() - graphs_before}
     finally:
         timer.remove()
     scoring = time.perf_counter()
@@ -219,6 +221,14 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
     stages["total"] = time.perf_counter() - start
     stages["other"] = stages["total"] - sum(v for k, v in stages.items() if k != "total")
     return answers, stages, counts
+
+
+def compiled_graphs() -> int:
+    """The graphs torch.compile has made in this process so far (dynamo's count): a run's difference is what it
+    compiled (the decode step's: at most 5 in a run, compiled_decoding.py; a timed run after its untimed one, 0)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def raw_answers(out: Path) -> dict[str, list[str]]:
@@ -264,9 +274,10 @@ def scanrefer_estimate(arm: dict, samples: int, scene_reuse: bool) -> dict:
                              prefill, in seconds per view encoded at each stage (the processor reads a scene's frames
                              where the model encodes them), × the views ScanRefer val encodes there: stage 1, its 141
                              scenes' 32 frames once each with scene reuse (every query's without); stage 2, the
-                             selected frame and 9 posed frames each way (19), between once per object (2,068: descriptions of one
-                             object select the same frame and share that scene, `low`) and once per query (9,508,
-                             `high`);
+                             selected frame and 9 posed frames each way (19), between once per object (2,068:
+                             descriptions of one object select the same frame and share that scene, `low`) and once
+                             per frame stage 1 can select, 32 per scene (4,512, `high`: stage 2 encodes each scene
+                             once, batched_answers.stage_batches; without scene reuse once per query, 9,508);
         the rest             decoding and the loop's own time: seconds per query × 9,508.
 
     The seconds per view carry over only at ScanRefer's views per scene (the geometry encoder attends across all the
@@ -287,8 +298,9 @@ def scanrefer_estimate(arm: dict, samples: int, scene_reuse: bool) -> dict:
     per_query = (arm["stages_s"]["total"] - sum(towers) - arm["stages_s"]["scoring"]) / samples
     n = SCANREFER_VAL
     stage1_views = (n["scenes"] if scene_reuse else n["queries"]) * wanted[0]
+    selectable = min(n["queries"], n["scenes"] * wanted[0])  # a scan's stage-2 scenes: one per frame it can select
     bounds = {"low": (stage1_views, (n["objects"] if scene_reuse else n["queries"]) * wanted[1]),
-              "high": (stage1_views, n["queries"] * wanted[1])}
+              "high": (stage1_views, (selectable if scene_reuse else n["queries"]) * wanted[1])}
     minutes = {name: (sum(s * v for s, v in zip(per_view, counts)) + per_query * n["queries"]) / 60
                for name, counts in bounds.items()}
     return {"minutes_low": minutes["low"], "minutes_high": minutes["high"], "seconds_per_view_encoded": per_view,

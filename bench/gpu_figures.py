@@ -63,7 +63,7 @@ class GpuArm:
 # In the order of importance (correctness first: the training arms over 30 steps that cross every bucket and
 # recompile, each step checked finite by the package's guard, which decide the CUDA defaults; then evaluation at
 # scale), each budget sized from the H200 calls of 2026-11-27 (training arms 17-42 s for 30 steps, a compiled arm's
-# first compilation 18-23 s, 20 s of start; compiled decoding about 30 s of compiling per batch size; the H100 is
+# first compilation 18-23 s, 20 s of start; compiled decoding about 30 s per compilation, a few per run; the H100 is
 # about 10 % slower) with a margin: 480 s in all with the install. The training arms, in this order (a budget that
 # runs out skips the last): the verdict still open (compiled layers under activation checkpointing, against
 # checkpointed sdpa), then the best finite arm with its baseline (compiled towers against compiled layers: 30.6 % MFU
@@ -88,7 +88,7 @@ ARMS = (
     GpuArm("data", ("-m", "gap_mllm.cli.main", "synth", "--scenes", "0", "--val-scenes", "1", "--workers", "4",
                     "--out", DATA, "--overwrite"), 20, None),
     # the random real-size model is built once per process (no save / load); decoding compiled as `gap-mllm evaluate`
-    # does on CUDA (the arm run once untimed first: about 30 s of compiling per batch size)
+    # does on CUDA (the arm run once untimed first: about 30 s per compilation, at most 5 of the decode step)
     GpuArm("eval_scale", ("bench/bench_eval_scale.py", "--real-size", "--device", "cuda", "--data", DATA,
                           "--queries", "8", "--batch-size", "8", "--arms", "batched_reuse", "--max-new-tokens", "32",
                           "--compile-decoding", "on", "--out", "{out}/eval_scale.json"), 190, "eval_scale.json"),

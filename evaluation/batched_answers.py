@@ -19,7 +19,9 @@ A later stage asks about other frames than the first (ScanRefer's stage 2: the f
 neighbours, 19 frames), so a scene's samples are batched again for it, by the frames they now ask about
 (`stage_batches`): ScanRefer describes each object about 4.6 times, and descriptions of one object that select the
 same frame then share one batch and one encoding of their stage-2 scene, where the first stage's batches would have
-spread them over several batches and encoded that scene once per batch.
+spread them over several batches and encoded that scene once per batch. The stage-2 scenes are packed into batches
+whole, so each is encoded once: stage 2 encodes at most one scene per frame that stage 1 can select (ScanRefer: 32
+per scan), however many queries a scan has.
 """
 
 from __future__ import annotations
@@ -49,18 +51,38 @@ def scene_batches(groups: list[list[int]], batch_size: int) -> Iterator[list[tup
 
 def stage_batches(batches: list[tuple[list[int], bool]], requests: dict[int, Request],
                   batch_size: int) -> list[tuple[list[int], bool]]:
-    """The batches of one scene's later stage: its samples ordered by the scene their `requests` of this stage ask
-    about (`request_scene`: frames and marker; scenes in order of first appearance, samples in their order), then cut
-    into batches of `batch_size`, so that samples asking about one scene sit together and it is encoded once
-    (a scene split over two batches is kept by the generator for the second). `batches` that are not a scene's
-    (single samples of different scenes, `shared=False`) are returned as they are."""
+    """The batches of one scene's later stage, packed by the scene their `requests` of this stage ask about
+    (`request_scene`: frames and marker), so that each such scene is encoded once: a scene asked at most `batch_size`
+    questions is never split over two batches, and batches are filled as far as that allows. The scenes are placed
+    largest first (ties in order of first appearance), each in the first batch with room for all its samples
+    (first-fit decreasing); a scene asked more questions than a batch holds gets whole batches of its own, its rest
+    opening the batch right after them (the generator still holds it there). Samples keep their order within a scene.
+    `batches` that are not a scene's (single samples of different scenes, `shared=False`) are returned as they are.
+
+    Cut into batches in order instead, a stage-2 scene of ScanRefer (a query's selected frame and its neighbours)
+    straddled two batches at every boundary; its one question on either side went through a full call, which the
+    generator does not keep, and the scene was encoded twice."""
     if not all(shared for _, shared in batches):
         return batches
     by_scene: dict[tuple, list[int]] = {}
     for i in (i for batch, _ in batches for i in batch):
         by_scene.setdefault(request_scene(requests[i]), []).append(i)
-    ordered = [i for members in by_scene.values() for i in members]
-    return [(ordered[start : start + batch_size], True) for start in range(0, len(ordered), batch_size)]
+    packed: list[list[int]] = []
+    rests: list[list[int]] = []
+    for members in by_scene.values():
+        whole = len(members) - len(members) % batch_size if len(members) > batch_size else 0
+        packed.extend(members[start : start + batch_size] for start in range(0, whole, batch_size))
+        if whole and len(members) > whole:
+            packed.append(members[whole:])  # opens the batch right after the scene's whole ones
+        elif not whole:
+            rests.append(members)
+    for members in sorted(rests, key=len, reverse=True):  # stable: ties keep their order of first appearance
+        room = next((batch for batch in packed if len(batch) + len(members) <= batch_size), None)
+        if room is None:
+            packed.append(list(members))
+        else:
+            room.extend(members)
+    return [(batch, True) for batch in packed]
 
 
 def answer_in_batches(generator, request_for: Callable[[int, int, list[str]], Request], groups: list[list[int]],

@@ -96,32 +96,27 @@ class SceneGenerator(BatchGenerator):
 
     @torch.no_grad()
     def generate_on_scenes(self, requests: list[Request]) -> list[str]:
-        """Answer `requests` (any mix of scenes): one `generate(scene=...)` call per scene asked several questions
-        (or already encoded), questions batched; the scenes asked one question go together through one full batched
-        call (`generate`), since encoding such a scene saves nothing and answering it alone leaves the batch unused
-        (ScanRefer's stage 2: each query's own selected frame and neighbours). Same answers either way (tests)."""
+        """Answer `requests` (any mix of scenes) in one `generate(scene=[...])` call: each scene encoded once (or
+        taken from the generator's cache), every question decoded in the same batch against its own scene
+        (scene_cache.py: one scene per row). Same answers as one full call each (tests).
+
+        Before, each scene asked several questions had a call of its own, and the scenes asked one question went
+        together through one full call: ScanRefer's stage 2 (each query's own selected frame and neighbours, about
+        4.6 descriptions per object) then decoded in calls of a few rows, where a batch holds 8."""
         split = [self._split(r) for r in requests]
-        by_scene: dict[tuple, list[int]] = {}
+        scenes = {key: None for key, _ in split}
         for index, (key, _) in enumerate(split):
-            by_scene.setdefault(key, []).append(index)
-        answers: list[str | None] = [None] * len(requests)
-        alone = [members[0] for key, members in by_scene.items() if len(members) == 1 and key not in self._scenes]
-        for index, text in zip(alone, self.generate([requests[i] for i in alone]), strict=True):
-            answers[index] = text
-        for key, members in by_scene.items():
-            if answers[members[0]] is not None:
-                continue
-            scene = self._scene(key, requests[members[0]])
-            questions = self.processor(text=[split[i][1] for i in members], return_tensors="pt").to(self.device)
-            budget = max(requests[i].max_new_tokens for i in members)
-            if self.max_new_tokens is not None:
-                budget = min(budget, self.max_new_tokens)
-            # inside generate(scene=...) the answer follows the prefix and the question
-            prompt_length = scene.prefix_ids.shape[1] + questions["input_ids"].shape[1]
-            kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1,
-                      **answer_rules([requests[i] for i in members], self.processor.tokenizer, prompt_length, budget)}
-            output = self.model.generate(scene=scene, input_ids=questions["input_ids"],
-                                         attention_mask=questions["attention_mask"], **kwargs)
-            for index, text in zip(members, self.processor.decode_generated(output, questions["input_ids"]), strict=True):
-                answers[index] = text
-        return answers
+            if scenes[key] is None:
+                scenes[key] = self._scene(key, requests[index])
+        questions = self.processor(text=[suffix for _, suffix in split], return_tensors="pt").to(self.device)
+        budget = max(r.max_new_tokens for r in requests)
+        if self.max_new_tokens is not None:
+            budget = min(budget, self.max_new_tokens)
+        # inside generate(scene=...) the answer follows the longest prefix and the questions
+        prompt_length = max(scene.num_tokens for scene in scenes.values()) + questions["input_ids"].shape[1]
+        kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1,
+                  **answer_rules(requests, self.processor.tokenizer, prompt_length, budget)}
+        rows = [scenes[key] for key, _ in split]
+        output = self.model.generate(scene=rows[0] if len(scenes) == 1 else rows, input_ids=questions["input_ids"],
+                                     attention_mask=questions["attention_mask"], **kwargs)
+        return self.processor.decode_generated(output, questions["input_ids"])

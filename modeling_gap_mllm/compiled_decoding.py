@@ -27,9 +27,17 @@ host still waits once, in transformers' loop (`StopCheck`: `unfinished_sequences
 without it `generate` could not stop at EOS), and stopping criteria that read the text (the task answer-end rules,
 answer_stopping_criteria.py) read the new tokens at that same point.
 
-Cost: one compilation per batch size and cache length (a few seconds for the Mini, tens of seconds at the real size),
-then every call with those shapes replays. `generate` keeps the cache length of earlier calls when it is larger
-(transformers' `_previous_max_cache_length`), so varying prompt lengths do not recompile; varying batch sizes do.
+Cost: the first call compiles the step for its shapes, as they are (static: the graph GPU rounds measured, one batch
+size); the first call of another batch size or cache length compiles it once more with those sizes symbolic
+(`dynamic=None`, torch's automatic dynamic shapes), and that graph then serves every later size, with a size-1 batch
+its own graph (torch specialises sizes 0 and 1). A few seconds each for the Mini, tens of seconds at the real size;
+on a GPU each new size still records its own CUDA graph, which costs a few steps, not a compilation. The sizes vary
+in every evaluation: a scene's questions come in batches of 1 to `--batch-size`, and a full call and a scene call
+continue caches of other lengths. With `dynamic=False`, as before, each pair of sizes was a graph of its own, and
+dynamo stops at 8 graphs of one function: with `fullgraph=True` the ninth is an error (`FailOnRecompileLimitHit`),
+which a grounding evaluation of 8 small scenes reached on the CPU. A decode step's inputs are the same in a full call
+and in a scene call (model_inputs.py `PREFILL_ONLY_INPUT_NAMES`, and the causal mask's copy), so both use the same
+graphs: at most 5 for any mix of batch sizes and lengths (tests/test_compiled_decoding.py).
 Exactness: a static cache attends over its whole preallocated length with the unused slots masked, so logits agree
 with the dynamic cache's to float rounding and greedy tokens are the same (tested in float32, batch 1 and 8).
 """
@@ -38,9 +46,10 @@ from __future__ import annotations
 
 # torch and transformers are imported where used: the front ends' `--help` reads the choices below (tests/test_cli_startup.py)
 COMPILE_DECODING_CHOICES = ("auto", "on", "off")
-# The GPU setting: the whole decode step in one graph, replayed as a CUDA graph; shapes static (the batch and the cache
-# length are fixed within a call, and a new one recompiles rather than tracing symbolic shapes).
-DECODE_COMPILE_CONFIG = dict(fullgraph=True, dynamic=False, mode="reduce-overhead")
+# The GPU setting: the whole decode step in one graph, replayed as a CUDA graph; the first shapes static (the graph
+# whose speed was measured), other batch sizes and cache lengths served by one graph with those sizes symbolic (see
+# "Cost" above: a graph per size would reach dynamo's limit of 8 in any evaluation).
+DECODE_COMPILE_CONFIG = dict(fullgraph=True, dynamic=None, mode="reduce-overhead")
 
 
 def decode_compile_config(compile_decoding, device):
@@ -75,7 +84,7 @@ def add_compile_decoding_argument(parser, default: str) -> None:
     """The front ends' `--compile-decoding {auto,on,off}` (predict, evaluate), with their own default."""
     parser.add_argument("--compile-decoding", choices=COMPILE_DECODING_CHOICES, default=default,
                         help="static cache + every decode step compiled to a CUDA graph (same tokens, faster on a GPU; "
-                             "compiles once per batch size, tens of seconds at the real size); auto: on CUDA only "
+                             "compiles a few times per run, tens of seconds each at the real size); auto: on CUDA only "
                              f"(default: {default})")
 
 

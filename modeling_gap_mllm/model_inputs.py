@@ -7,7 +7,12 @@ PROCESSOR_GEOMETRY_INPUT_NAMES = ("geometry_pixel_values", "geometry_views_per_s
 # Every geometry input the model's forward accepts (plus precomputed encoder output); `generate` drops
 # them after prefill, since the geometry tokens are in the KV cache by then.
 GEOMETRY_INPUT_NAMES = (*PROCESSOR_GEOMETRY_INPUT_NAMES, "geometry_features")
+# Everything `generate` drops after prefill besides transformers' own (pixel values): the geometry inputs, and what
+# describes the images to the prefill's M-RoPE (token types, image and video grids). A decode step's positions come
+# from the rope deltas, so these only made its inputs differ between a full call and a scene call (scene_cache.py)
+# and between scenes of other view counts, and compiled decoding recompiled for each (compiled_decoding.py).
+PREFILL_ONLY_INPUT_NAMES = (*GEOMETRY_INPUT_NAMES, "mm_token_type_ids", "image_grid_thw", "video_grid_thw")
 # `labels` value the loss skips: system and user turns, the assistant header, padding.
 IGNORE_INDEX = -100
 
-__all__ = ["GEOMETRY_INPUT_NAMES", "IGNORE_INDEX", "PROCESSOR_GEOMETRY_INPUT_NAMES"]
+__all__ = ["GEOMETRY_INPUT_NAMES", "IGNORE_INDEX", "PREFILL_ONLY_INPUT_NAMES", "PROCESSOR_GEOMETRY_INPUT_NAMES"]

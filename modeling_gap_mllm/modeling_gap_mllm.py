@@ -31,7 +31,7 @@ from .geometry_fusion import WeightedFusion
 from .hub_reachability import hub_loading_kwargs
 from .loading_bar import loading_bar_for
 from .loading_report import GEOMETRY_GROUPS, report_missing_weights
-from .model_inputs import GEOMETRY_INPUT_NAMES  # prefill-only inputs; generate() drops them afterwards
+from .model_inputs import GEOMETRY_INPUT_NAMES, PREFILL_ONLY_INPUT_NAMES  # generate() drops the latter after prefill
 from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_weights
 from .batched_qwen3_vl import use_batched_qwen3_vl
 from .multi_level_fusion import GapMllmMultiLevelFusion
@@ -444,11 +444,12 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
     compile_decoding = "off"  # generate's default compile_decoding (compiled_decoding.py); front ends set "auto"
 
-    def generate(self, inputs=None, *args, scene: GapMllmScene | None = None, compile_decoding=None, answer_task=None,
-                 constrained: bool = False, **kwargs):
+    def generate(self, inputs=None, *args, scene: GapMllmScene | list[GapMllmScene] | None = None,
+                 compile_decoding=None, answer_task=None, constrained: bool = False, **kwargs):
         """`GenerationMixin.generate`, plus `scene=`: answer questions about a scene from `encode_scene`
         without encoding it again. With a scene, pass only the question tokens (`input_ids` `[B, Lq]`,
-        `attention_mask`); the result continues them (`[B, Lq + new]`). See `scene_cache.generate_from_scene`.
+        `attention_mask`); the result continues them (`[B, Lq + new]`). A list of `B` scenes gives each row its own
+        (questions about several scenes in one batch). See `scene_cache.generate_from_scene`.
 
         `compile_decoding`: "off" (also False), "on" (True), "auto" (on where the model is on a CUDA device) or a
         transformers `CompileConfig`: a static cache and every decode step compiled whole, replayed as a CUDA graph on a
@@ -494,10 +495,16 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        # The geometry encoder runs at prefill only; with a cache, later steps see no images.
+        # The geometry encoder runs at prefill only; with a cache, later steps see no images, nor what places their
+        # M-RoPE positions (model_inputs.py): a decode step then has the same inputs in every call.
         if not is_first_iteration and kwargs.get("use_cache", True):
-            for name in GEOMETRY_INPUT_NAMES:
+            for name in PREFILL_ONLY_INPUT_NAMES:
                 inputs.pop(name, None)
+            # The causal mask of a static cache is a view in some calls and a tensor of its own in others (a scene
+            # call's); a compiled step with a symbolic batch guards on a view's base, so a view is copied (B × L).
+            mask = inputs.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask._base is not None:
+                inputs["attention_mask"] = mask.clone()
         return inputs
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):

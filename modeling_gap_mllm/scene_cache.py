@@ -18,6 +18,11 @@ prefilled in one matmul instead of as part of a longer one). Several questions a
 scene by putting each row's padding *between* the prefix and its question (masked, and skipped by the
 position ids), so every row sees exactly the unpadded layout of its own full call.
 
+Several scenes in one call: `scene=[scene_a, scene_a, scene_b]` gives each question row its own scene (one per
+row), so questions about different scenes decode as one batch (an evaluation's stage 2: each query's own frames).
+Rows of shorter prefixes are padded on the left (masked, skipped by the position ids, their cache slots zeros), the
+layout a batched full call gives them, and each row keeps its scene's M-RoPE offset.
+
 Copy-on-use: a `GapMllmScene` holds plain tensors and is never written to; each `generate` builds its own
 `DynamicCache` from them (expanded to the question batch), so one scene serves any number of calls.
 
@@ -98,6 +103,30 @@ class GapMllmScene:
         for layer, (keys, values) in enumerate(rows):
             cache.update(keys, values, layer)
         return cache
+
+
+def rows_cache(scenes: list[GapMllmScene], text_config, static_length: int | None = None) -> DynamicCache | StaticCache:
+    """A new cache holding, in row `r`, the prefix of `scenes[r]`, right-aligned to the longest prefix (`P`): keys and
+    values `[B, H_kv, P, head_dim]`, zeros left of a shorter prefix (masked by the caller). One scene for every row is
+    `GapMllmScene.cache_for` (its tensors expanded, not copied). A `StaticCache` of `static_length` with it given."""
+    if all(scene is scenes[0] for scene in scenes):
+        return scenes[0].cache_for(len(scenes), text_config, static_length)
+    width = max(scene.num_tokens for scene in scenes)
+    layers = []
+    for layer in range(len(scenes[0].key_values)):
+        keys, values = scenes[0].key_values[layer]
+        stacked_keys = keys.new_zeros(len(scenes), keys.shape[1], width, keys.shape[3])
+        stacked_values = values.new_zeros(len(scenes), values.shape[1], width, values.shape[3])
+        for row, scene in enumerate(scenes):
+            stacked_keys[row, :, width - scene.num_tokens :] = scene.key_values[layer][0][0]
+            stacked_values[row, :, width - scene.num_tokens :] = scene.key_values[layer][1][0]
+        layers.append((stacked_keys, stacked_values))
+    if static_length is None:
+        return DynamicCache(layers, config=text_config)
+    cache = StaticCache(config=text_config, max_cache_len=static_length)
+    for layer, (keys, values) in enumerate(layers):
+        cache.update(keys, values, layer)
+    return cache
 
 
 def scene_prefix_length(input_ids: torch.LongTensor, vision_end_token_id: int) -> int:
@@ -234,6 +263,35 @@ def _check_generation_options(model, kwargs: dict) -> None:
         raise ValueError("generate(scene=...) needs use_cache=True: the scene IS a cache.")
 
 
+def _row_scenes(scene, batch_size: int) -> list:
+    """The scene of each of `batch_size` question rows: `scene` for all, or the list given (one per row)."""
+    if not isinstance(scene, (list, tuple)):
+        return [scene] * batch_size
+    if len(scene) != batch_size:
+        raise ValueError(f"generate(scene=[...]) got {len(scene)} scenes for {batch_size} question rows: give one "
+                         "scene per row of input_ids (or one scene for all).")
+    devices = {str(s.device) for s in scene if hasattr(s, "device")}
+    if len(devices) > 1:
+        raise ValueError(f"generate(scene=[...]) got scenes on {', '.join(sorted(devices))}: one call decodes on one "
+                         "device.")
+    return list(scene)
+
+
+def _row_prefixes(scenes: list, pad_token_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """`([B, P] ids, [B, P] mask)` of the rows' scene prefixes, each right-aligned to the longest (`P`), padded on
+    the left with `pad_token_id` (mask 0), as a batched full call pads its prompts."""
+    if all(s is scenes[0] for s in scenes):
+        prefix = scenes[0].prefix_ids.expand(len(scenes), -1)
+        return prefix, torch.ones_like(prefix)
+    width = max(s.num_tokens for s in scenes)
+    ids = scenes[0].prefix_ids.new_full((len(scenes), width), pad_token_id)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(scenes):
+        ids[row, width - s.num_tokens :] = s.prefix_ids[0]
+        mask[row, width - s.num_tokens :] = 1
+    return ids, mask
+
+
 def _right_align(input_ids, attention_mask, pad_token_id: int):
     """Move each row's padding to its left end (next to the prefix): `[B, Lq]` ids and mask."""
     aligned_ids = torch.full_like(input_ids, pad_token_id)
@@ -264,15 +322,16 @@ def _static_cache_length(model, kwargs: dict, input_length: int) -> int:
     return length
 
 
-def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=None, mm_token_type_ids=None,
-                        compile_decoding=False, **kwargs):
+def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_ids, attention_mask=None,
+                        mm_token_type_ids=None, compile_decoding=False, **kwargs):
     """`generate` for question tokens continuing a scene prefix (see the module docstring).
 
     Args:
         model: the `GapMllmForConditionalGeneration` that encoded `scene`.
-        scene: from `encode_scene`.
+        scene: from `encode_scene`; or a list of `B` of them, the scene of each question row.
         input_ids: `[B, Lq]` question tokens (e.g. `processor(text=questions)["input_ids"]`, the suffixes
-            of `processor.split_scene_prompt`), padded on either side; `B` questions about this one scene.
+            of `processor.split_scene_prompt`), padded on either side; `B` questions about this one scene (or
+            row `r` about `scene[r]`).
         attention_mask: `[B, Lq]` (1 = token, 0 = padding); default all ones.
         mm_token_type_ids: accepted (processor output) and checked to be text-only.
         compile_decoding: as for `generate` (compiled_decoding.py): the prefix goes into a static cache instead.
@@ -283,12 +342,14 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
         tokens (with `return_dict_in_generate=True`, `.sequences` is that tensor), so
         `processor.decode_generated(out, input_ids=input_ids)` gives the answers.
     """
-    check_scene_for_model(model, scene)
-    _check_generation_options(model, kwargs)
-    compile_options = compiled_decoding_kwargs(compile_decoding, scene.device, kwargs, scene=True)
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[1] == 0:
         found = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"generate(scene=...) needs the question tokens as input_ids [B, Lq] with Lq >= 1, got {found}.")
+    scenes = _row_scenes(scene, input_ids.shape[0])
+    for distinct in {id(s): s for s in scenes}.values():
+        check_scene_for_model(model, distinct)
+    _check_generation_options(model, kwargs)
+    compile_options = compiled_decoding_kwargs(compile_decoding, scenes[0].device, kwargs, scene=True)
     check_token_ids(input_ids, model.get_input_embeddings().num_embeddings)
     if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape):
         found = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
@@ -305,7 +366,7 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
             "generate(scene=...) got image tokens in input_ids: pass only the question suffix "
             "(processor.split_scene_prompt), not the full prompt; the scene holds the views."
         )
-    device = scene.device
+    device = scenes[0].device
     input_ids = input_ids.to(device)
     batch_size = input_ids.shape[0]
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
@@ -316,17 +377,19 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
         pad_token_id = pad_token_id[0]
     aligned_ids, aligned_mask = _right_align(input_ids, attention_mask, 0 if pad_token_id is None else int(pad_token_id))
 
-    prefix = scene.prefix_ids.expand(batch_size, -1)
+    prefix, prefix_mask = _row_prefixes(scenes, 0 if pad_token_id is None else int(pad_token_id))
     full_ids = torch.cat([prefix, aligned_ids], dim=1)
-    full_mask = torch.cat([torch.ones_like(prefix), aligned_mask], dim=1)
+    full_mask = torch.cat([prefix_mask, aligned_mask], dim=1)
     # The layout generate builds for a full prompt: text positions count real tokens only (so the middle
     # padding is skipped), M-RoPE positions of text after the views are text positions + the scene's delta.
     text_positions = (full_mask.long().cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
-    deltas = scene.rope_deltas.to(device).expand(batch_size, 1)
+    deltas = torch.cat([s.rope_deltas.to(device) for s in scenes]) if len({id(s) for s in scenes}) > 1 else (
+        scenes[0].rope_deltas.to(device).expand(batch_size, 1))
     position_ids = torch.cat([text_positions[None], (text_positions + deltas)[None].expand(3, -1, -1)])
     fit_budget_to_context(model, kwargs, int(position_ids[1:].max()), full_ids.shape[1], what="the scene prefix + question")
-    # what a full prefill leaves behind, for a caller that continues from the returned cache
-    model.vlm.model.rope_deltas = deltas
+    # what a full prefill leaves behind, for a caller that continues from the returned cache; a tensor of its own
+    # (not the expanded view): the compiled decode step guards on its strides, and a full call's are contiguous
+    model.vlm.model.rope_deltas = deltas.contiguous()
     static_length = _static_cache_length(model, kwargs, full_ids.shape[1]) if compile_options else None
 
     outputs = GenerationMixin.generate(
@@ -334,7 +397,7 @@ def generate_from_scene(model, scene: GapMllmScene, input_ids, attention_mask=No
         input_ids=full_ids,
         attention_mask=full_mask,
         position_ids=position_ids,
-        past_key_values=scene.cache_for(batch_size, model.config.get_text_config(), static_length),
+        past_key_values=rows_cache(scenes, model.config.get_text_config(), static_length),
         **kwargs,
         **compile_options,
     )

@@ -91,6 +91,29 @@ def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annota
     assert len(answers) == len(records) and counts["generate_calls"] >= 2  # stage 1, then stage 2
 
 
+def test_a_run_counts_the_graphs_it_compiled_and_the_timed_run_after_an_untimed_one_compiles_none(tmp_path):
+    """Compiled decoding's graphs are made in the untimed run (`graphs_compiled`); the timed run replays them."""
+    from transformers import CompileConfig
+
+    from gap_mllm.compiled_decoding import DECODE_COMPILE_CONFIG
+    from gap_mllm.evaluation.scene_generation import SceneGenerator
+    from gap_mllm.tiny.tiny_model import build_tiny_model
+
+    data = write_small_synth(tmp_path / "data")
+    model, processor = build_tiny_model()
+    model.compile_decoding = CompileConfig(**{**DECODE_COMPILE_CONFIG, "backend": "eager", "mode": None})
+    generator = SceneGenerator.from_model(model, processor, max_new_tokens=4)
+    slice_ = bench_eval_scale.load_slice(data, "val", "grounding", 4)
+    torch._dynamo.reset()
+    try:
+        untimed_answers, _, untimed = bench_eval_scale.run_arm(generator, slice_, 4, True, stage2_frames="annotated")
+        timed_answers, _, timed = bench_eval_scale.run_arm(generator, slice_, 4, True, stage2_frames="annotated")
+    finally:
+        torch._dynamo.reset()
+    assert timed_answers == untimed_answers
+    assert 1 <= untimed["graphs_compiled"] <= 5 and timed["graphs_compiled"] == 0
+
+
 def scanrefer_shaped_arm(stage1_views, stage2_views) -> dict:
     """A batched arm's figures on 4 queries of one scene: 10 s of views at stage 1, 6 s at stage 2, 2 s of the rest."""
     return {"stages_s": {"total": 18.5, "scoring": 0.5},
@@ -102,14 +125,16 @@ def scanrefer_shaped_arm(stage1_views, stage2_views) -> dict:
 
 def test_scanrefer_minutes_count_the_views_scanrefer_encodes_and_its_queries():
     """The views of a stage are paid per view ScanRefer val encodes there (stage 1: 141 scenes × 32; stage 2: 19 per
-    object, or per query), the rest per query (9,508)."""
+    object, or per frame stage 1 can select: 141 × 32, fewer than the 9,508 queries, since a scene's stage-2 scenes
+    are encoded once each; one at a time, per query), the rest per query (9,508)."""
     estimate = bench_eval_scale.scanrefer_estimate(scanrefer_shaped_arm(32, [19, 19, 12, 10]), 4, scene_reuse=True)
     per_view = [10.0 / 32, 6.0 / 60]
     per_query = (18.5 - 16.0 - 0.5) / 4
     assert estimate["seconds_per_view_encoded"] == pytest.approx(per_view)
     assert estimate["seconds_per_query_rest"] == pytest.approx(per_query)
     assert estimate["minutes_low"] == pytest.approx((per_view[0] * 141 * 32 + per_view[1] * 2068 * 19 + per_query * 9508) / 60)
-    assert estimate["minutes_high"] == pytest.approx((per_view[0] * 141 * 32 + per_view[1] * 9508 * 19 + per_query * 9508) / 60)
+    assert estimate["minutes_high"] == pytest.approx(
+        (per_view[0] * 141 * 32 + per_view[1] * 141 * 32 * 19 + per_query * 9508) / 60)
     alone = bench_eval_scale.scanrefer_estimate(scanrefer_shaped_arm(32, [19, 19, 12, 10]), 4, scene_reuse=False)
     assert alone["minutes_low"] == alone["minutes_high"] == pytest.approx(
         (per_view[0] * 9508 * 32 + per_view[1] * 9508 * 19 + per_query * 9508) / 60)
@@ -138,6 +163,9 @@ def test_the_gpu_calls_table_gives_scanrefers_minutes_or_says_why_not(tmp_path):
     path.write_text(json.dumps({"tasks": {"grounding": {"samples": 4, "batched_reuse": {"untimed_run": arm}}}}))
     assert key_figure("eval_scale", path) == (f"grounding batched_reuse (untimed run only, compiling included) 4.62 "
                                               f"s/sample (slowest: vggt); ScanRefer val {low:.0f}-{high:.0f} min")
+    timed = {**arm, "untimed_run": {**arm, "graphs_compiled": 3}}  # compiled decoding's graphs, made untimed
+    path.write_text(json.dumps({"tasks": {"grounding": {"samples": 4, "batched_reuse": timed}}}))
+    assert key_figure("eval_scale", path).endswith(f"{high:.0f} min; 3 graphs compiled in the untimed run")
     arm["scanrefer_val"] = {"refused": "not a ScanRefer-shaped slice"}
     path.write_text(json.dumps({"tasks": {"grounding": {"batched_reuse": arm}}}))
     assert key_figure("eval_scale", path).endswith("; ScanRefer val: no estimate (not a ScanRefer-shaped slice)")

@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 from transformers import CompileConfig, StoppingCriteriaList
 
 from gap_mllm.answer_stopping_criteria import AnswerEndCriteria
-from gap_mllm.compiled_decoding import compiled_decoding_kwargs, decode_compile_config
+from gap_mllm.compiled_decoding import DECODE_COMPILE_CONFIG, compiled_decoding_kwargs, decode_compile_config
 from gap_mllm.host_syncs import HostSyncCounter
 
 from .conftest import make_views
@@ -66,6 +66,53 @@ def test_scene_questions_decode_compiled(lively_model, tiny_processor):
     compiled = model.generate(scene=scene, compile_decoding=_compiled("eager"), **question_inputs, **options)
     assert torch.equal(compiled, today)
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
+# An evaluation's decode calls: full calls and scene calls ("scene", questions about one scene), batches of 1 to 8,
+# and budgets that grow the cache (a full call's length is its prompt + budget, a scene call's rounded up to 256).
+EVALUATION_MIX = [("full", 3, 4), ("scene", 2, 4), ("full", 1, 4), ("scene", 5, 4), ("full", 8, 24), ("scene", 1, 4),
+                  ("full", 4, 4), ("scene", 6, 600), ("full", 7, 4), ("scene", 3, 4), ("full", 2, 4), ("scene", 5, 4),
+                  ("full", 1, 4), ("scene", 8, 4), ("full", 4, 4)]
+
+
+def _mix_tokens(model, processor, compile_decoding) -> list[torch.Tensor]:
+    """The greedy tokens of every call of `EVALUATION_MIX` (one scene encoded for the scene calls), from the model's
+    first call on (the static cache's length an earlier run left on the model is forgotten)."""
+    if hasattr(model, "_previous_max_cache_length"):
+        del model._previous_max_cache_length
+    prefix, _ = processor.split_scene_prompt(TEXTS[1:], num_views=2)
+    scene = model.encode_scene(**processor(images=[make_views(2, 64, 96, seed=3)], text=prefix, return_tensors="pt"))
+    tokens = []
+    for kind, batch, budget in EVALUATION_MIX:
+        options = dict(max_new_tokens=budget, min_new_tokens=budget, do_sample=False, compile_decoding=compile_decoding)
+        if kind == "full":
+            tokens.append(model.generate(**_inputs(processor, batch), **options))
+            continue
+        questions = [processor.split_scene_prompt([TEXTS[row % 4]], num_views=2)[1][0] for row in range(batch)]
+        inputs = processor(text=questions, return_tensors="pt", padding=True)
+        tokens.append(model.generate(scene=scene, **inputs, **options))
+    return tokens
+
+
+def test_an_evaluations_mix_of_shapes_compiles_a_few_graphs_not_one_per_shape(lively_model, tiny_processor):
+    """The shipped setting (`DECODE_COMPILE_CONFIG`, here with the eager backend) serves an evaluation's mix of batch
+    sizes, cache lengths and full / scene calls with at most 5 graphs, each call's tokens those of uncompiled decoding.
+    With one graph per shape (`dynamic=False`, the setting before) the same mix stops at dynamo's limit of 8 graphs:
+    under `fullgraph=True` an error, which a grounding evaluation of 8 small scenes reached."""
+    today = _mix_tokens(lively_model, tiny_processor, "off")
+    assert len({tuple(t[0, -4:].tolist()) for t in today}) > 3  # the tokens vary: equality below means something
+    shipped = CompileConfig(**{**DECODE_COMPILE_CONFIG, "backend": "eager", "mode": None})
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = _mix_tokens(lively_model, tiny_processor, shipped)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, today, strict=True))
+    assert 3 <= counters["stats"]["unique_graphs"] <= 5 and not counters["graph_break"]
+
+    per_shape = CompileConfig(**{**DECODE_COMPILE_CONFIG, "dynamic": False, "backend": "eager", "mode": None})
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+        _mix_tokens(lively_model, tiny_processor, per_shape)
+    torch._dynamo.reset()
 
 
 def test_a_decode_step_makes_no_host_synchronisation(lively_model, tiny_processor):

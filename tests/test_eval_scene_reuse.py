@@ -53,14 +53,14 @@ def test_scene_generator_equals_one_full_call_per_request(synth_data, tiny_check
     geometry_calls = count_calls(generator.model.geometry_encoder)
     generate_calls = count_generate_calls(generator)
     assert generator.generate_on_scenes(requests) == expected
-    # scene 1 (two questions) is encoded once; scenes 2 and 3 (one question each) go together through one full call
-    assert generator.scenes_encoded == 1 and len(geometry_calls) == 2
-    assert sorted(generate_calls) == ["full", "scene"]
-    assert generator.generate_on_scenes(requests[:1]) == expected[:1]  # scene 1 is kept: one question reuses it
-    assert generator.scenes_encoded == 1 and len(geometry_calls) == 2 and generate_calls[-1] == "scene"
+    # each of the three scenes encoded once, the four questions decoded in one call, each row against its own scene
+    assert generator.scenes_encoded == 3 and len(geometry_calls) == 3
+    assert generate_calls == ["scene"]
+    assert generator.generate_on_scenes(requests[3:]) == expected[3:]  # the last scene is kept: reused
+    assert generator.scenes_encoded == 3 and len(geometry_calls) == 3 and generate_calls == ["scene"] * 2
     generator.forget_scenes()
     assert generator.generate_on_scenes(requests[:2]) == expected[:2]  # forgotten: encoded again
-    assert generator.scenes_encoded == 2 and len(geometry_calls) == 3
+    assert generator.scenes_encoded == 4 and len(geometry_calls) == 4
 
 
 def test_every_batch_of_a_scene_answers_a_stage_before_the_next_stage(synth_data, tiny_checkpoint):  # noqa: F811
@@ -85,16 +85,20 @@ def test_every_batch_of_a_scene_answers_a_stage_before_the_next_stage(synth_data
     answered = dict(pair for batch, texts in answer_in_batches(generator, request_for, [list(range(5))], 2, 2)
                     for pair in zip(batch, texts, strict=True))
     assert answered == expected
-    assert generator.scenes_encoded == 1  # the stage-1 scene, once for the three batches
-    assert generate_calls == ["scene"] * 3 + ["full"] * 3  # stage 2: each batch's own scenes in one full call
+    assert generator.scenes_encoded == 1 + 5  # the stage-1 scene once for the three batches, each stage-2 one once
+    assert generate_calls == ["scene"] * 3 + ["scene"] * 3  # stage 2: a batch's scenes decoded in one call
 
 
 def test_a_later_stage_batches_a_scenes_samples_by_the_frames_they_ask_about():
     requests = {i: Request([f"scene0/{i % 2}.jpg", f"scene0/{i % 2 + 1}.jpg"], "p") for i in range(5)}
     requests[5] = Request(["scene0/0.jpg", "scene0/1.jpg"], "p", pixel_coords=[0, 5, 5])  # a marker: another scene
-    # scenes in order of first appearance (0/1, 1/2, the marked one), then batches of 3 across them
-    assert stage_batches([([0, 1, 2], True), ([3, 4, 5], True)], requests, 3) == [([0, 2, 4], True), ([1, 3, 5], True)]
-    assert stage_batches([([0, 1, 2], True), ([3, 4, 5], True)], requests, 4) == [([0, 2, 4, 1], True), ([3, 5], True)]
+    # three scenes: 0/1 asked by 0, 2, 4; 1/2 by 1, 3; the marked one by 5; each whole in one batch, largest first,
+    # into the first batch with room (cut in order, batches of 4 split 1/2 over two batches and encoded it twice)
+    first_stage = [([0, 1, 2], True), ([3, 4, 5], True)]
+    assert stage_batches(first_stage, requests, 3) == [([0, 2, 4], True), ([1, 3, 5], True)]
+    assert stage_batches(first_stage, requests, 4) == [([0, 2, 4, 5], True), ([1, 3], True)]
+    # a scene asked more questions than a batch holds: its whole batches, then its rest opening the next batch
+    assert stage_batches(first_stage, requests, 2) == [([0, 2], True), ([4, 5], True), ([1, 3], True)]
     singles = [([0, 1], False)]  # single samples of different scenes: their batch as it was
     assert stage_batches(singles, requests, 3) is singles
 
@@ -151,3 +155,27 @@ def test_grounding_run_reuses_scenes_with_unchanged_answers(synth_data, tiny_che
     monkeypatch.setattr(scene_generation, "scene_groups", lambda requests: [[i] for i in requests])
     separate = run(tmp_path / "separate", batch_size=1)
     assert shared == separate and len(shared) == 3
+
+
+def test_a_stage2_scene_straddling_two_batches_is_encoded_once(synth_data, tiny_checkpoint):  # noqa: F811
+    """Seven descriptions, stage-2 scenes asked 2, 2, 2 and 1 times, batches of 3. Cut in order ([0, 1, 2], [3, 4, 5],
+    [6]), the second scene had one question on either side of a boundary, each answered by a full call, and was
+    encoded twice; packed whole, every stage-2 scene is encoded once, with the answers of one full call each."""
+    frames = sorted(str(p) for p in (synth_data / "scannet" / "posed_images" / "synth0000_00").glob("*.jpg"))[:5]
+    labelled_views = "".join(FRAME_LABEL.format(index=i) + IMAGE_PLACEHOLDER for i in range(3))
+
+    def request_for(i, stage, previous):
+        if stage == 0:
+            return Request(frames[:3], labelled_views + f"\nWhere is description {i}?", None, 4)
+        return Request(frames[i // 2 : i // 2 + 2], IMAGE_PLACEHOLDER * 2 + f"Box of description {i}?", None, 4)
+
+    generator = SceneGenerator(tiny_checkpoint)
+    expected = {}
+    for i in range(7):
+        first = generator.generate([request_for(i, 0, [])])
+        expected[i] = first + generator.generate([request_for(i, 1, first)])
+    geometry_calls = count_calls(generator.model.geometry_encoder)
+    answered = dict(pair for batch, texts in answer_in_batches(generator, request_for, [list(range(7))], 2, 3)
+                    for pair in zip(batch, texts, strict=True))
+    assert answered == expected
+    assert len(geometry_calls) == 1 + 4  # the stage-1 scene, then each stage-2 scene once

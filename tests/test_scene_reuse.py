@@ -131,6 +131,35 @@ def test_questions_batched_against_one_scene(talkative, tiny_processor, two_view
     assert answers == [tiny_processor.decode_generated(tokens[None])[0] for tokens, _ in references]
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_questions_about_several_scenes_decode_as_one_batch(talkative, tiny_processor, compiled):
+    """`scene=[...]`, one scene per row: scenes of 1, 2 and 4 views (prefixes of three lengths, the shorter padded on
+    the left) and two questions about one of them answer in one call as each would in its own full call."""
+    from transformers import CompileConfig
+
+    from gap_mllm.compiled_decoding import DECODE_COMPILE_CONFIG
+
+    views = [make_views(count, seed=10 + count) for count in (1, 2, 4)]
+    rows = [(0, QUESTIONS[0]), (2, QUESTIONS[1]), (1, QUESTIONS[2]), (2, QUESTIONS[3])]  # (scene, question) per row
+    references = [full_call(talkative, tiny_processor, views[k], question) for k, question in rows]
+    scenes = []
+    for frames in views:
+        prefix, _ = tiny_processor.split_scene_prompt(QUESTIONS[:1], num_views=len(frames))
+        scenes.append(talkative.encode_scene(**tiny_processor(images=frames, text=prefix, return_tensors="pt")))
+    assert len({scene.num_tokens for scene in scenes}) == 3
+    suffixes = [tiny_processor.split_scene_prompt([question], num_views=len(views[k]))[1][0] for k, question in rows]
+    batch = tiny_processor(text=suffixes, return_tensors="pt", padding=True)
+    options = dict(GREEDY)
+    if compiled:
+        options["compile_decoding"] = CompileConfig(**{**DECODE_COMPILE_CONFIG, "backend": "eager", "mode": None})
+    out = talkative.generate(scene=[scenes[k] for k, _ in rows], **batch, **options)
+    width = batch["input_ids"].shape[1]
+    for row, reference in enumerate(references):
+        assert_same_answer(reference, out.sequences[row, width:], [step[row] for step in out.logits], f"row {row}")
+    with pytest.raises(ValueError, match=r"got 2 scenes for 4 question rows"):
+        talkative.generate(scene=scenes[:2], **batch, **GREEDY)
+
+
 def test_whole_prompt_works_as_scene_input_and_the_scene_is_never_written(talkative, tiny_processor):
     frames = make_views(2, seed=3)
     scene = talkative.encode_scene(**tiny_processor(images=frames, text=QUESTIONS[0], return_tensors="pt"))
