@@ -1,7 +1,7 @@
 """Evaluation at benchmark scale: time per 1,000 grounding queries, one at a time vs batched + scene reuse.
 
     python bench/bench_eval_scale.py --data DATA --split val --queries 120 --batch-size 8 [--two-processes]
-    python bench/bench_eval_scale.py --real-size --device cuda --data DATA --queries 8 --batch-size 8 \
+    python bench/bench_eval_scale.py --real-size --device cuda --data DATA --queries 11 --batch-size 8 \
         --arms batched_reuse --compile-decoding on        # on a GPU (make gpu-figures), ScanRefer-shaped DATA
 
 Arms, on the same first N grounding queries of the split (two-stage ScanRefer protocol, the official budgets and
