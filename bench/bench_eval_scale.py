@@ -457,8 +457,9 @@ def print_table(figures: dict) -> None:
         if isinstance(arm, dict) and "scanrefer_val" in arm:
             estimate = arm["scanrefer_val"]
             print(f"  grounding {name}: " + (f"refused: {estimate['refused']}" if "refused" in estimate else
-                  f"{estimate['minutes_low']:.1f}-{estimate['minutes_high']:.1f} min (stage 2 once per object - once "
-                  f"per query); s per view encoded by stage "
+                  f"{estimate['minutes_low']:.1f}-{estimate['minutes_high']:.1f} min (stage-2 views encoded "
+                  f"{estimate['views_encoded']['low'][1]:,}-{estimate['views_encoded']['high'][1]:,}); s per view "
+                  f"encoded by stage "
                   + ", ".join(f"{v:.4f}" for v in estimate["seconds_per_view_encoded"])
                   + f"; the rest {estimate['seconds_per_query_rest']:.3f} s per query"))
     print("\nseconds by stage (eval_stage_timer.py):")
