@@ -97,12 +97,18 @@ class GapMllmScene:
         """A new cache holding the prefix for `batch_size` rows; the scene's tensors are only read. A `DynamicCache`,
         or with `static_length` a `StaticCache` of that many positions (compiled decoding: the prefix is copied in)."""
         rows = [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.key_values]
-        if static_length is None:
-            return DynamicCache(rows, config=text_config)
-        cache = StaticCache(config=text_config, max_cache_len=static_length)
-        for layer, (keys, values) in enumerate(rows):
-            cache.update(keys, values, layer)
-        return cache
+        return _cache_holding(rows, text_config, static_length)
+
+
+def _cache_holding(layers, text_config, static_length: int | None) -> DynamicCache | StaticCache:
+    """A `DynamicCache` of `layers` (per decoder layer, `(keys, values)` `[B, H_kv, P, head_dim]`), or with
+    `static_length` a `StaticCache` of that many positions with them copied in (compiled decoding)."""
+    if static_length is None:
+        return DynamicCache(layers, config=text_config)
+    cache = StaticCache(config=text_config, max_cache_len=static_length)
+    for layer, (keys, values) in enumerate(layers):
+        cache.update(keys, values, layer)
+    return cache
 
 
 def rows_cache(scenes: list[GapMllmScene], text_config, static_length: int | None = None) -> DynamicCache | StaticCache:
@@ -121,12 +127,7 @@ def rows_cache(scenes: list[GapMllmScene], text_config, static_length: int | Non
             stacked_keys[row, :, width - scene.num_tokens :] = scene.key_values[layer][0][0]
             stacked_values[row, :, width - scene.num_tokens :] = scene.key_values[layer][1][0]
         layers.append((stacked_keys, stacked_values))
-    if static_length is None:
-        return DynamicCache(layers, config=text_config)
-    cache = StaticCache(config=text_config, max_cache_len=static_length)
-    for layer, (keys, values) in enumerate(layers):
-        cache.update(keys, values, layer)
-    return cache
+    return _cache_holding(layers, text_config, static_length)
 
 
 def scene_prefix_length(input_ids: torch.LongTensor, vision_end_token_id: int) -> int:
