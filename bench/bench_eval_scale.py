@@ -283,7 +283,8 @@ def scanrefer_estimate(arm: dict, samples: int, scene_reuse: bool) -> dict:
     The seconds per view carry over only at ScanRefer's views per scene (the geometry encoder attends across all the
     views of a scene), so a slice whose stage-1 requests do not all have 32 views, or whose stage-2 requests never
     reach 19, gets `refused` with the reason and no minutes (GPU round 4's ~22 minutes came from the Mini's 8 and
-    at most 7 views of 160×128 frames). Compiling the decode step (once per batch size) is not in it."""
+    at most 7 views of 160×128 frames). Compiling the decode step (a few graphs per run, compiled_decoding.py) is
+    not in it."""
     stages = arm.get("task_stages", [])
     views = [stage["views_requested"] for stage in stages]
     wanted = SCANREFER_VAL["stage_views"]
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 untimed = None
                 if warmup:  # compile outside the timed run (same slice, so the same shapes)
                     _, stages, counts = run_arm(generator, slice_, batch, reuse, stage2_frames)
-                    # its time less the timed run's: about what compiling the decode step for each batch size cost;
+                    # its time less the timed run's: about what compiling the decode step cost (`graphs_compiled`);
                     # written at once, so that a run stopped at its budget during the timed run keeps it
                     untimed = row[name] = {"untimed_run": arm_figures(task, stages, counts, samples, reuse)}
                     figures["tasks"][task] = row

@@ -104,10 +104,10 @@ class SceneGenerator(BatchGenerator):
         together through one full call: ScanRefer's stage 2 (each query's own selected frame and neighbours, about
         4.6 descriptions per object) then decoded in calls of a few rows, where a batch holds 8."""
         split = [self._split(r) for r in requests]
-        scenes = {key: None for key, _ in split}
-        for index, (key, _) in enumerate(split):
-            if scenes[key] is None:
-                scenes[key] = self._scene(key, requests[index])
+        scenes = {}  # each scene of the batch, encoded (or taken from the cache) once
+        for (key, _), request in zip(split, requests, strict=True):
+            if key not in scenes:
+                scenes[key] = self._scene(key, request)
         questions = self.processor(text=[suffix for _, suffix in split], return_tensors="pt").to(self.device)
         budget = max(r.max_new_tokens for r in requests)
         if self.max_new_tokens is not None:
@@ -116,7 +116,6 @@ class SceneGenerator(BatchGenerator):
         prompt_length = max(scene.num_tokens for scene in scenes.values()) + questions["input_ids"].shape[1]
         kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1,
                   **answer_rules(requests, self.processor.tokenizer, prompt_length, budget)}
-        rows = [scenes[key] for key, _ in split]
-        output = self.model.generate(scene=rows[0] if len(scenes) == 1 else rows, input_ids=questions["input_ids"],
+        output = self.model.generate(scene=[scenes[key] for key, _ in split], input_ids=questions["input_ids"],
                                      attention_mask=questions["attention_mask"], **kwargs)
         return self.processor.decode_generated(output, questions["input_ids"])

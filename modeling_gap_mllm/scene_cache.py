@@ -369,28 +369,27 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
         )
     device = scenes[0].device
     input_ids = input_ids.to(device)
-    batch_size = input_ids.shape[0]
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     pad_token_id = model.generation_config.pad_token_id
     if pad_token_id is None:
         pad_token_id = model.generation_config.eos_token_id
     if isinstance(pad_token_id, (list, tuple)):
         pad_token_id = pad_token_id[0]
-    aligned_ids, aligned_mask = _right_align(input_ids, attention_mask, 0 if pad_token_id is None else int(pad_token_id))
+    pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
+    aligned_ids, aligned_mask = _right_align(input_ids, attention_mask, pad_token_id)
 
-    prefix, prefix_mask = _row_prefixes(scenes, 0 if pad_token_id is None else int(pad_token_id))
+    prefix, prefix_mask = _row_prefixes(scenes, pad_token_id)
     full_ids = torch.cat([prefix, aligned_ids], dim=1)
     full_mask = torch.cat([prefix_mask, aligned_mask], dim=1)
     # The layout generate builds for a full prompt: text positions count real tokens only (so the middle
     # padding is skipped), M-RoPE positions of text after the views are text positions + the scene's delta.
     text_positions = (full_mask.long().cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
-    deltas = torch.cat([s.rope_deltas.to(device) for s in scenes]) if len({id(s) for s in scenes}) > 1 else (
-        scenes[0].rope_deltas.to(device).expand(batch_size, 1))
+    deltas = torch.cat([s.rope_deltas for s in scenes]).to(device)  # [B, 1]: each row its scene's
     position_ids = torch.cat([text_positions[None], (text_positions + deltas)[None].expand(3, -1, -1)])
     fit_budget_to_context(model, kwargs, int(position_ids[1:].max()), full_ids.shape[1], what="the scene prefix + question")
-    # what a full prefill leaves behind, for a caller that continues from the returned cache; a tensor of its own
-    # (not the expanded view): the compiled decode step guards on its strides, and a full call's are contiguous
-    model.vlm.model.rope_deltas = deltas.contiguous()
+    # what a full prefill leaves behind, for a caller that continues from the returned cache (a tensor of its own,
+    # as a full call's: the compiled decode step guards on its strides, and an expanded view made it recompile)
+    model.vlm.model.rope_deltas = deltas
     static_length = _static_cache_length(model, kwargs, full_ids.shape[1]) if compile_options else None
 
     outputs = GenerationMixin.generate(
