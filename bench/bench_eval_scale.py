@@ -62,6 +62,7 @@ from needs_gpu import require_cuda  # noqa: E402
 from gap_mllm.compiled_decoding import add_compile_decoding_argument, decode_compile_config  # noqa: E402
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS  # noqa: E402
 from gap_mllm.processing_gap_mllm import PREPROCESSING_MODES  # noqa: E402
+from gap_mllm.static_cache_pool import static_cache_pool  # noqa: E402
 
 # ScanRefer val as the official evaluation answers it (docs/method.md §3.4): 9,508 descriptions of 2,068 objects in
 # 141 scenes; stage 1 sees the scene's 32 frames, stage 2 the selected frame and 9 posed frames each way (19)
@@ -172,11 +173,14 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
             stage2_frames: str = "answered") -> tuple[dict[str, list[str]], dict, dict]:
     """Answer and score one slice in memory as `gap-mllm evaluate` does (runner.sample_requests, scene_groups,
     answer_in_batches, the task's evaluate): `(answers by sample id, seconds by stage, {"scenes_encoded",
-    "generate_calls", "task_stages", "graphs_compiled"})`, where "task_stages" gives, per stage of the task
-    (grounding: frame selection, then the box), its seconds by stage, the views the geometry encoder encoded and the
-    views its requests asked about (`views_requested`: one count per request), and "graphs_compiled" the graphs
-    torch.compile made during the run (`compiled_graphs`). The generator's scenes are forgotten first: an untimed run
-    before would otherwise leave them encoded, and the timed one would leave the towers out."""
+    "generate_calls", "task_stages", "graphs_compiled", "static_cache_allocations"})`, where "task_stages" gives, per
+    stage of the task (grounding: frame selection, then the box), its seconds by stage, the views the geometry encoder
+    encoded and the views its requests asked about (`views_requested`: one count per request), "graphs_compiled" the
+    graphs torch.compile made during the run (`compiled_graphs`) and "static_cache_allocations" the times compiled
+    decoding's static cache was allocated (static_cache_pool.py: a timed run after its untimed one, 0, so its decode
+    steps meet the addresses their CUDA graphs were recorded with). On CUDA also "cuda_graphs_recorded" and
+    "cuda_graph_skips" (`cuda_graphs_recorded`, `cuda_graph_skips`). The generator's scenes are forgotten first: an
+    untimed run before would otherwise leave them encoded, and the timed one would leave the towers out."""
     from eval_stage_timer import StageTimer
 
     from gap_mllm.evaluation import scene_generation
@@ -200,7 +204,11 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
         views_requested.setdefault(stage, []).append(len(request.images))
         return request
 
-    graphs_before = compiled_graphs()
+    cuda = generator.model.device.type == "cuda"  # CUDA graphs exist there only
+    graphs_before, skips_before = compiled_graphs(), cuda_graph_skips()
+    recorded_before = cuda_graphs_recorded() if cuda else None
+    pool = static_cache_pool(generator.model)
+    allocations_before = pool.allocations
     start = time.perf_counter()
     answers = {}
     try:
@@ -212,7 +220,12 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
                         "views_requested": views_requested.get(stage, [])}
                        for stage, seconds in timer.seconds_by_stage().items()]
         counts = {"scenes_encoded": generator.scenes_encoded - encoded_before, "generate_calls": timer.generate_calls,
-                  "task_stages": task_stages, "graphs_compiled": compiled_graphs() - graphs_before}
+                  "task_stages": task_stages, "graphs_compiled": compiled_graphs() - graphs_before,
+                  "static_cache_allocations": pool.allocations - allocations_before}
+        if cuda:
+            recorded = cuda_graphs_recorded()
+            counts["cuda_graphs_recorded"] = None if recorded is None else recorded - recorded_before
+            counts["cuda_graph_skips"] = cuda_graph_skips() - skips_before
     finally:
         timer.remove()
     scoring = time.perf_counter()
@@ -229,6 +242,39 @@ def compiled_graphs() -> int:
     from torch._dynamo.utils import counters
 
     return counters["stats"]["unique_graphs"]
+
+
+_RECORDED: dict = {"counting": False, "count": 0}  # CUDA graphs recorded by torch's cudagraph trees in this process
+
+
+def cuda_graphs_recorded() -> int | None:
+    """The CUDA graphs torch's cudagraph trees have recorded in this process since the first call (which starts the
+    count): compiled decoding's, one per shape of the decode step, and one more each time a call's static cache sat at
+    other addresses than at the recording (torch <= 2.11 stops replaying a graph re-recorded 128 times:
+    static_cache_pool.py). Counted by wrapping `CUDAGraphTreeManager.record_function`, a private torch method (a
+    bench's instrument, not the package's): None for a torch without it."""
+    if not _RECORDED["counting"]:
+        _RECORDED["counting"] = True
+        from torch._inductor import cudagraph_trees
+
+        record_function = getattr(cudagraph_trees.CUDAGraphTreeManager, "record_function", None)
+        if record_function is None:
+            _RECORDED["count"] = None
+            return None
+
+        def counted(self, *args, **kwargs):
+            _RECORDED["count"] += 1
+            return record_function(self, *args, **kwargs)
+
+        cudagraph_trees.CUDAGraphTreeManager.record_function = counted
+    return _RECORDED["count"]
+
+
+def cuda_graph_skips() -> int:
+    """The times torch's cudagraph trees ran a compiled graph without CUDA graphs (torch's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def raw_answers(out: Path) -> dict[str, list[str]]:

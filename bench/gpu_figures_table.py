@@ -82,8 +82,9 @@ def _scanrefer_minutes(value: dict) -> str:
 
 def _eval_scale(document: dict) -> str:
     """bench_eval_scale.py's figures (`tasks` → task → arm): seconds per sample, the slowest stage and, for grounding,
-    ScanRefer val's minutes (`bench_eval_scale.scanrefer_estimate`) and the graphs its untimed run compiled; an arm
-    stopped during its timed run, by its untimed (compiling) run's figures, said so."""
+    ScanRefer val's minutes (`bench_eval_scale.scanrefer_estimate`), the graphs its untimed run compiled and the CUDA
+    graphs its timed run recorded (0 when every decode step replays one recorded before: static_cache_pool.py); an
+    arm stopped during its timed run, by its untimed (compiling) run's figures, said so."""
     parts = []
     for task, row in document.get("tasks", {}).items():
         for arm, value in row.items():
@@ -91,9 +92,11 @@ def _eval_scale(document: dict) -> str:
                 arm, value = f"{arm} (untimed run only, compiling included)", value["untimed_run"]
             if isinstance(value, dict) and "per_sample_s" in value:
                 compiled = value.get("untimed_run", {}).get("graphs_compiled")
+                recorded = value.get("cuda_graphs_recorded") if "untimed_run" in value else None
                 parts.append(f"{task} {arm} {value['per_sample_s']:.2f} s/sample "
                              f"(slowest: {value.get('slowest_stage', '?')})" + _scanrefer_minutes(value)
-                             + ("" if compiled is None else f"; {compiled} graphs compiled in the untimed run"))
+                             + ("" if compiled is None else f"; {compiled} graphs compiled in the untimed run")
+                             + ("" if recorded is None else f", {recorded} CUDA graphs recorded in the timed run"))
     return "; ".join(parts)
 
 

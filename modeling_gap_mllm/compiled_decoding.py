@@ -21,6 +21,11 @@ attribute `model.compile_decoding`, "off" unless a front end set it):
 Requirements, checked before anything runs (ValueError naming the option): no cache of the caller's
 (`past_key_values`; a scene is fine: its prefix is copied into a static cache), no other `cache_implementation`.
 
+The static cache: a CUDA graph reads the cache at the addresses it was recorded with, so every call of the model
+decodes in the same buffers, lent by the model's pool (static_cache_pool.py) for full and scene calls alike; a new
+cache per call (transformers' way) made every call record its graph again, and torch <= 2.11 stops replaying a graph
+re-recorded 128 times. A cache a compiled call returns is valid until the model's next compiled call.
+
 What compiles: the decode forward is captured whole (`fullgraph=True`: a graph break is an error, not a silent
 slowdown), with no host synchronisation inside it (tests/test_compiled_decoding.py counts them). Per generated token the
 host still waits once, in transformers' loop (`StopCheck`: `unfinished_sequences.max() == 0` decides whether to go on;
@@ -31,7 +36,7 @@ Cost: the first call compiles the step for its shapes, as they are (static: the 
 size); the first call of another batch size or cache length compiles it once more with those sizes symbolic
 (`dynamic=None`, torch's automatic dynamic shapes), and that graph then serves every later size, with a size-1 batch
 its own graph (torch specialises sizes 0 and 1). A few seconds each for the Mini, tens of seconds at the real size;
-on a GPU each new size still records its own CUDA graph, which costs a few steps, not a compilation. The sizes vary
+on a GPU each new size records its own CUDA graph once, which costs a few steps, not a compilation. The sizes vary
 in every evaluation: a scene's questions come in batches of 1 to `--batch-size`, and a full call and a scene call
 continue caches of other lengths. With `dynamic=False`, as before, each pair of sizes was a graph of its own, and
 dynamo stops at 8 graphs of one function: with `fullgraph=True` the ninth is an error (`FailOnRecompileLimitHit`),

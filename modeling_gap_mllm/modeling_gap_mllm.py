@@ -36,6 +36,7 @@ from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_wei
 from .batched_qwen3_vl import use_batched_qwen3_vl
 from .multi_level_fusion import GapMllmMultiLevelFusion
 from .scene_cache import GapMllmScene, encode_scene, generate_from_scene
+from .static_cache_pool import pooled_static_cache, static_cache_length, static_cache_pool
 from .vggt_weights import load_vggt_weights
 
 logger = logging.get_logger(__name__)
@@ -473,14 +474,24 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             compile_decoding = self.compile_decoding
         if answer_task is not None or constrained:
             kwargs = answer_task_kwargs(answer_task, constrained, kwargs.get("input_ids", inputs), kwargs)
-        if scene is None:
-            self._check_generate_inputs(kwargs.get("input_ids", inputs), kwargs)
-            kwargs.update(compiled_decoding_kwargs(compile_decoding, self.device, kwargs))
-            return super().generate(inputs, *args, **kwargs)
-        if args:
+        if scene is not None and args:
             raise TypeError("generate(scene=...) takes generation options as keyword arguments only.")
-        input_ids = kwargs.pop("input_ids", inputs)
-        return generate_from_scene(self, scene, input_ids, compile_decoding=compile_decoding, **kwargs)
+        with static_cache_pool(self).lending():  # a static cache's buffers are this call's (static_cache_pool.py)
+            if scene is None:
+                self._check_generate_inputs(kwargs.get("input_ids", inputs), kwargs)
+                kwargs.update(compiled_decoding_kwargs(compile_decoding, self.device, kwargs))
+                return super().generate(inputs, *args, **kwargs)
+            input_ids = kwargs.pop("input_ids", inputs)
+            return generate_from_scene(self, scene, input_ids, compile_decoding=compile_decoding, **kwargs)
+
+    def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs):
+        """transformers' hook for the static cache of a `generate` call: here lent by the model's pool, at the same
+        addresses in every call of a length, so that compiled decoding replays its recorded CUDA graphs instead of
+        recording them again each call (static_cache_pool.py); its length rounded up as a scene call's."""
+        if cache_implementation != "static" or prefill_chunk_size is not None:  # no chunked prefill nor offloading
+            return super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
+                                                 model_kwargs)
+        return pooled_static_cache(self, static_cache_length(self, max_cache_len))
 
     def _check_generate_inputs(self, input_ids, kwargs: dict) -> None:
         """Refuse ids outside the vocabulary and prompts past the context; lower a `max_new_tokens` that would

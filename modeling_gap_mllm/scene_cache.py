@@ -46,6 +46,7 @@ from transformers import DynamicCache, GenerationMixin, StaticCache
 from .compiled_decoding import compiled_decoding_kwargs
 from .generation_checks import check_prompt_fits, check_token_ids, fit_budget_to_context, new_token_budget
 from .model_identity import ModelIdentity, identity_mismatch, model_identity
+from .static_cache_pool import pooled_static_cache, static_cache_length
 
 # Inputs a scene already holds: giving them again to generate(scene=...) would be ambiguous.
 SCENE_OWNED_INPUTS = (
@@ -93,30 +94,31 @@ class GapMllmScene:
         """Bytes held by the cached keys and values (what a store of scenes has to budget for)."""
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.key_values)
 
-    def cache_for(self, batch_size: int, text_config, static_length: int | None = None) -> DynamicCache | StaticCache:
-        """A new cache holding the prefix for `batch_size` rows; the scene's tensors are only read. A `DynamicCache`,
-        or with `static_length` a `StaticCache` of that many positions (compiled decoding: the prefix is copied in)."""
+    def cache_for(self, batch_size: int, text_config,
+                  static_cache: StaticCache | None = None) -> DynamicCache | StaticCache:
+        """A cache holding the prefix for `batch_size` rows; the scene's tensors are only read. A new `DynamicCache`,
+        or `static_cache` (empty) with the prefix copied in (compiled decoding)."""
         rows = [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.key_values]
-        return _cache_holding(rows, text_config, static_length)
+        return _cache_holding(rows, text_config, static_cache)
 
 
-def _cache_holding(layers, text_config, static_length: int | None) -> DynamicCache | StaticCache:
-    """A `DynamicCache` of `layers` (per decoder layer, `(keys, values)` `[B, H_kv, P, head_dim]`), or with
-    `static_length` a `StaticCache` of that many positions with them copied in (compiled decoding)."""
-    if static_length is None:
+def _cache_holding(layers, text_config, static_cache: StaticCache | None) -> DynamicCache | StaticCache:
+    """A `DynamicCache` of `layers` (per decoder layer, `(keys, values)` `[B, H_kv, P, head_dim]`), or the empty
+    `static_cache` with them copied in (compiled decoding)."""
+    if static_cache is None:
         return DynamicCache(layers, config=text_config)
-    cache = StaticCache(config=text_config, max_cache_len=static_length)
     for layer, (keys, values) in enumerate(layers):
-        cache.update(keys, values, layer)
-    return cache
+        static_cache.update(keys, values, layer)
+    return static_cache
 
 
-def rows_cache(scenes: list[GapMllmScene], text_config, static_length: int | None = None) -> DynamicCache | StaticCache:
-    """A new cache holding, in row `r`, the prefix of `scenes[r]`, right-aligned to the longest prefix (`P`): keys and
+def rows_cache(scenes: list[GapMllmScene], text_config,
+               static_cache: StaticCache | None = None) -> DynamicCache | StaticCache:
+    """A cache holding, in row `r`, the prefix of `scenes[r]`, right-aligned to the longest prefix (`P`): keys and
     values `[B, H_kv, P, head_dim]`, zeros left of a shorter prefix (masked by the caller). One scene for every row is
-    `GapMllmScene.cache_for` (its tensors expanded, not copied). A `StaticCache` of `static_length` with it given."""
+    `GapMllmScene.cache_for` (its tensors expanded, not copied). With `static_cache`, that (empty) cache filled."""
     if all(scene is scenes[0] for scene in scenes):
-        return scenes[0].cache_for(len(scenes), text_config, static_length)
+        return scenes[0].cache_for(len(scenes), text_config, static_cache)
     width = max(scene.num_tokens for scene in scenes)
     layers = []
     for layer in range(len(scenes[0].key_values)):
@@ -127,7 +129,7 @@ def rows_cache(scenes: list[GapMllmScene], text_config, static_length: int | Non
             stacked_keys[row, :, width - scene.num_tokens :] = scene.key_values[layer][0][0]
             stacked_values[row, :, width - scene.num_tokens :] = scene.key_values[layer][1][0]
         layers.append((stacked_keys, stacked_values))
-    return _cache_holding(layers, text_config, static_length)
+    return _cache_holding(layers, text_config, static_cache)
 
 
 def scene_prefix_length(input_ids: torch.LongTensor, vision_end_token_id: int) -> int:
@@ -307,20 +309,13 @@ def _right_align(input_ids, attention_mask, pad_token_id: int):
     return aligned_ids, aligned_mask
 
 
-STATIC_LENGTH_STEP = 256  # static caches of a scene are sized in steps of this many positions: fewer recompilations
-
-
 def _static_cache_length(model, kwargs: dict, input_length: int) -> int:
-    """Positions of the static cache for a scene call of `input_length` prompt tokens: prompt + token budget, rounded
-    up to `STATIC_LENGTH_STEP` and never below the largest used before (transformers' `_previous_max_cache_length`, which
-    full `generate` calls share), so that the compiled decode step is reused across questions."""
+    """Positions of the static cache for a scene call of `input_length` prompt tokens: prompt + token budget, as
+    `static_cache_pool.static_cache_length` sizes every static cache of the model (shared with full calls)."""
     budget = new_token_budget(model, kwargs, input_length)
     if budget is None:
         raise ValueError("compile_decoding with a scene needs a token budget (max_new_tokens) to size its static cache.")
-    needed = -(-(input_length + budget) // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
-    length = max(needed, getattr(model, "_previous_max_cache_length", -1))
-    model._previous_max_cache_length = length
-    return length
+    return static_cache_length(model, input_length + budget)
 
 
 def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_ids, attention_mask=None,
@@ -390,14 +385,16 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
     # what a full prefill leaves behind, for a caller that continues from the returned cache (a tensor of its own,
     # as a full call's: the compiled decode step guards on its strides, and an expanded view made it recompile)
     model.vlm.model.rope_deltas = deltas
-    static_length = _static_cache_length(model, kwargs, full_ids.shape[1]) if compile_options else None
+    # compiled decoding: an empty static cache from the model's pool (its buffers at the addresses of the call before)
+    static_cache = (pooled_static_cache(model, _static_cache_length(model, kwargs, full_ids.shape[1]))
+                    if compile_options else None)
 
     outputs = GenerationMixin.generate(
         model,
         input_ids=full_ids,
         attention_mask=full_mask,
         position_ids=position_ids,
-        past_key_values=rows_cache(scenes, model.config.get_text_config(), static_length),
+        past_key_values=rows_cache(scenes, model.config.get_text_config(), static_cache),
         **kwargs,
         **compile_options,
     )

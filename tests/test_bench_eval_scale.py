@@ -112,6 +112,10 @@ def test_a_run_counts_the_graphs_it_compiled_and_the_timed_run_after_an_untimed_
         torch._dynamo.reset()
     assert timed_answers == untimed_answers
     assert 1 <= untimed["graphs_compiled"] <= 5 and timed["graphs_compiled"] == 0
+    # the timed run decodes in the static-cache buffers the untimed one left: on a GPU, at the addresses its CUDA
+    # graphs were recorded with (static_cache_pool.py); CUDA graphs are counted on CUDA only
+    assert untimed["static_cache_allocations"] >= 1 and timed["static_cache_allocations"] == 0
+    assert "cuda_graphs_recorded" not in timed
 
 
 def scanrefer_shaped_arm(stage1_views, stage2_views) -> dict:
@@ -166,6 +170,10 @@ def test_the_gpu_calls_table_gives_scanrefers_minutes_or_says_why_not(tmp_path):
     timed = {**arm, "untimed_run": {**arm, "graphs_compiled": 3}}  # compiled decoding's graphs, made untimed
     path.write_text(json.dumps({"tasks": {"grounding": {"samples": 4, "batched_reuse": timed}}}))
     assert key_figure("eval_scale", path).endswith(f"{high:.0f} min; 3 graphs compiled in the untimed run")
+    timed["cuda_graphs_recorded"] = 0  # on CUDA: the timed run replayed the graphs its untimed run recorded
+    path.write_text(json.dumps({"tasks": {"grounding": {"samples": 4, "batched_reuse": timed}}}))
+    assert key_figure("eval_scale", path).endswith("3 graphs compiled in the untimed run, 0 CUDA graphs recorded in "
+                                                   "the timed run")
     arm["scanrefer_val"] = {"refused": "not a ScanRefer-shaped slice"}
     path.write_text(json.dumps({"tasks": {"grounding": {"batched_reuse": arm}}}))
     assert key_figure("eval_scale", path).endswith("; ScanRefer val: no estimate (not a ScanRefer-shaped slice)")
@@ -194,3 +202,21 @@ def test_a_run_stopped_during_its_timed_run_keeps_the_untimed_runs_figures(tmp_p
     assert set(kept) == {"untimed_run"}
     untimed = kept["untimed_run"]
     assert untimed["seconds"] > 0 and len(untimed["task_stages"]) == 2 and "refused" in untimed["scanrefer_val"]
+
+
+def test_the_cuda_graph_count_wraps_torchs_recording(monkeypatch):
+    """`cuda_graphs_recorded` counts each call of torch's (private) `CUDAGraphTreeManager.record_function` and passes
+    it through; where torch lacks the method the count is None rather than a 0 that would read as "none recorded"."""
+    from torch._inductor import cudagraph_trees
+
+    calls = []
+    monkeypatch.setattr(cudagraph_trees.CUDAGraphTreeManager, "record_function",
+                        lambda self, *args: calls.append(args) or "recorded", raising=False)
+    monkeypatch.setattr(bench_eval_scale, "_RECORDED", {"counting": False, "count": 0})
+    assert bench_eval_scale.cuda_graphs_recorded() == 0
+    assert cudagraph_trees.CUDAGraphTreeManager.record_function(object(), "inputs", 3) == "recorded"
+    assert (bench_eval_scale.cuda_graphs_recorded(), calls) == (1, [("inputs", 3)])
+
+    monkeypatch.delattr(cudagraph_trees.CUDAGraphTreeManager, "record_function")
+    monkeypatch.setattr(bench_eval_scale, "_RECORDED", {"counting": False, "count": 0})
+    assert bench_eval_scale.cuda_graphs_recorded() is None

@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/static_cache_pool.py

@@ -1,0 +1,219 @@
+"""Compiled decoding's static cache at the same addresses in every `generate` call of a model.
+
+Compiled decoding replays each decode step as a CUDA graph (compiled_decoding.py). The static cache's keys, values and
+fill counters are the graph's *static inputs* (transformers marks them with `torch._dynamo.mark_static_address`): the
+graph reads them at the addresses it was recorded with. transformers 5.x builds a new `StaticCache` for every
+`generate` call (`_prepare_static_cache`), and so did a scene call here, so every call's first decode step met new
+addresses and torch's CUDA-graph trees recorded the step again (`StaticInputIdxMismatch`). torch up to 2.11 (the lent
+GPU machines' version) counts such re-recordings per graph, and past `cudagraph_unexpected_rerecord_limit` (128) it
+runs that graph without CUDA graphs for the rest of the process (one log line, `counters["inductor"]
+["cudagraph_skips"]`): an evaluation answers in thousands of calls (ScanRefer val: about 1,200 batches per stage),
+so after its first 128 calls of one shape every decode step would launch its kernels one by one again. torch 2.13
+no longer counts them (pytorch PR 182531) but still records a graph per call.
+
+Here the buffers outlive the call: one `[rows, H_kv, L, head_dim]` keys and values tensor per decoder layer and one
+fill counter per layer, held per model (`StaticCachePool`), and a call's cache layers (`PooledStaticLayer`) are their
+first `B` rows (`[:B]`: a view that starts at the same address whatever `B`). So every call of a cache length `L` finds
+the addresses it found before, and the graph recorded for a shape is replayed by every later call of that shape. The
+buffers are allocated again only when `L` grows (it never shrinks: `static_cache_length`, the rule transformers'
+`_previous_max_cache_length` follows, rounded up to `STATIC_LENGTH_STEP`) or a call has more rows than any before.
+
+Exactness: a lent view is zeroed and its counter reset before the prefill writes into it, which is the state of a
+new `StaticCache` (tests/test_static_cache_pool.py: the greedy tokens of an evaluation's mix of calls equal those of
+uncompiled decoding, and every call of one length decodes at one address).
+
+Ownership, so that sharing buffers can never give a wrong answer:
+- A cache returned by a compiled call (`return_dict_in_generate=True`: `.past_key_values`) holds the pool's buffers
+  until the model's next compiled call takes them back; after that, using it raises a RuntimeError saying so. Copy it
+  first to keep it.
+- Calls from several threads at once: the first holds the pool (`lending`); a call that finds it held gets buffers of
+  its own for that call (the same tokens, the graph recorded again), never the held ones.
+- `release_static_cache(model)` frees the buffers (at the real size, batch 8 and a 32-frame scene, about 7 GB), e.g.
+  when an evaluation ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from contextlib import contextmanager
+
+import torch
+from transformers import StaticCache
+from transformers.cache_utils import StaticLayer
+
+STATIC_LENGTH_STEP = 256  # static caches are sized in steps of this many positions: few lengths, few recordings
+
+
+class StaticCachePool:
+    """The static-cache buffers of one model's compiled decoding (see the module docstring): per decoder layer,
+    keys `[rows, H_kv, L, head_dim]`, values `[rows, H_kv, L, v_head_dim]` and a fill counter (a 0-d long tensor)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._holder: int | None = None  # thread id of the call holding the pool
+        self._layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._lent: list[weakref.ref] = []  # the layers of the cache that holds the buffers now
+        self._lending_cache: object | None = None
+        self.allocations = 0  # times the buffers were (re)allocated: what tests and the bench count
+        self.private_allocations = 0  # caches of calls that found the pool held by another thread
+
+    def __deepcopy__(self, memo):  # a copied cache's layers keep their own tensors and refer to the same pool
+        return self
+
+    def __reduce__(self):  # pickled: an empty pool (a lock cannot be pickled, buffers are not worth it)
+        return (StaticCachePool, ())
+
+    @contextmanager
+    def lending(self):
+        """Hold the pool for one `generate` call (of this thread); a call that finds it held lends nothing."""
+        if self._holder == threading.get_ident() or not self._lock.acquire(blocking=False):
+            yield
+            return
+        self._holder = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._holder = None
+            self._lock.release()
+
+    def buffers(self, layer: PooledStaticLayer, keys_like: torch.Tensor, values_like: torch.Tensor):
+        """`(keys, values, fill counter)` for `layer` of a cache with `keys_like.shape[0]` rows: zeroed views of the
+        pool's buffers when this thread holds it, else tensors of the call's own."""
+        rows, heads, _, k_dim = keys_like.shape
+        length, v_dim = layer.max_cache_len, values_like.shape[-1]
+        if self._holder != threading.get_ident():
+            self.private_allocations += layer.layer_index == 0
+            return _zeros(rows, heads, length, k_dim, keys_like), _zeros(rows, heads, length, v_dim, values_like), \
+                torch.zeros((), dtype=torch.long, device=keys_like.device)
+        if layer.cache_token is not self._lending_cache:  # a new cache takes the buffers back from the one before
+            self._reclaim()
+            self._lending_cache = layer.cache_token
+        held = self._layers.get(layer.layer_index)
+        if held is None or not _fits(held, rows, heads, length, k_dim, v_dim, keys_like, values_like):
+            self._layers.pop(layer.layer_index, None)  # freed before the new one is allocated
+            rows = max(rows, 0 if held is None else held[0].shape[0])
+            held = (_zeros(rows, heads, length, k_dim, keys_like), _zeros(rows, heads, length, v_dim, values_like),
+                    torch.zeros((), dtype=torch.long, device=keys_like.device))
+            self._layers[layer.layer_index] = held
+            self.allocations += layer.layer_index == 0
+        keys, values, filled = held[0][: keys_like.shape[0]], held[1][: keys_like.shape[0]], held[2]
+        keys.zero_()
+        values.zero_()
+        filled.zero_()
+        self._lent.append(weakref.ref(layer))
+        return keys, values, filled
+
+    def _reclaim(self) -> None:
+        for ref in self._lent:
+            layer = ref()
+            if layer is not None:
+                layer.reclaim()
+        self._lent = []
+
+    def release(self) -> None:
+        """Free the buffers (the caches lent from them are reclaimed)."""
+        self._reclaim()
+        self._lending_cache = None
+        self._layers = {}
+
+
+def _zeros(rows: int, heads: int, length: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((rows, heads, length, dim), dtype=like.dtype, device=like.device)
+
+
+def _fits(held, rows: int, heads: int, length: int, k_dim: int, v_dim: int, keys_like, values_like) -> bool:
+    keys, values, _ = held
+    return (keys.shape[0] >= rows and keys.shape[1:] == (heads, length, k_dim) and values.shape[-1] == v_dim
+            and keys.dtype == keys_like.dtype and values.dtype == values_like.dtype and keys.device == keys_like.device)
+
+
+class PooledStaticLayer(StaticLayer):
+    """A `StaticLayer` whose keys, values and fill counter are lent by a `StaticCachePool` at its first update
+    (where `StaticLayer` allocates its own); the same layer otherwise."""
+
+    def __init__(self, max_cache_len: int, pool: StaticCachePool, layer_index: int, cache_token: object):
+        super().__init__(max_cache_len=max_cache_len)
+        self.pool, self.layer_index, self.cache_token = pool, layer_index, cache_token
+        self.reclaimed = False
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self._check_not_reclaimed()
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.batch_size, self.num_heads = key_states.shape[:2]
+        self.k_head_dim, self.v_head_dim = key_states.shape[-1], value_states.shape[-1]
+        self.keys, self.values, self.cumulative_length = self.pool.buffers(self, key_states, value_states)
+        # what StaticLayer does: the compiled step reads these at fixed addresses (see the module docstring)
+        for tensor in (self.keys, self.values, self.cumulative_length):
+            torch._dynamo.mark_static_address(tensor)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self._check_not_reclaimed()
+        return super().update(key_states, value_states, *args, **kwargs)
+
+    def get_seq_length(self):
+        self._check_not_reclaimed()
+        return super().get_seq_length()
+
+    def reclaim(self) -> None:
+        """The pool took the buffers back for a later call: drop them, and refuse any further use."""
+        self.reclaimed = True
+        self.keys = self.values = None
+        self.cumulative_length = torch.zeros((), dtype=torch.long)
+
+    def _check_not_reclaimed(self) -> None:
+        if self.reclaimed:
+            raise RuntimeError(
+                "This static cache came from a compiled generate call (compile_decoding) and its buffers now serve a "
+                "later compiled call of the same model (static_cache_pool.py): copy a returned cache before the next "
+                "call to keep it, or generate with compile_decoding='off'."
+            )
+
+
+_POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its StaticCachePool
+
+
+def static_cache_pool(model) -> StaticCachePool:
+    """The `StaticCachePool` of `model` (made at first use; kept beside the model, not in it, so that copying or
+    pickling a model never copies buffers or a lock)."""
+    pool = _POOLS.get(model)
+    if pool is None:
+        pool = _POOLS[model] = StaticCachePool()
+    return pool
+
+
+def release_static_cache(model) -> None:
+    """Free the static-cache buffers compiled decoding keeps for `model` (they are allocated again when needed)."""
+    pool = _POOLS.get(model)
+    if pool is not None:
+        pool.release()
+
+
+def static_cache_length(model, needed: int) -> int:
+    """The positions of the static cache of a call that needs `needed` (prompt + token budget): rounded up to
+    `STATIC_LENGTH_STEP`, and never below the largest length the model used before (`_previous_max_cache_length`, the
+    attribute transformers keeps for the same purpose), which it then records. Every call of one length shares the
+    pool's buffers, so lengths only grow."""
+    rounded = -(-needed // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
+    length = max(rounded, getattr(model, "_previous_max_cache_length", -1))
+    model._previous_max_cache_length = length
+    return length
+
+
+def pooled_static_cache(model, max_cache_len: int) -> StaticCache:
+    """An empty `StaticCache` of `max_cache_len` positions for `model`'s decoder, its layers lent by the model's pool
+    at their first update (a call must hold the pool: `static_cache_pool(model).lending()`, as `generate` does)."""
+    text_config = model.config.get_text_config(decoder=True)
+    cache = StaticCache(config=text_config, max_cache_len=max_cache_len)
+    pool, token = static_cache_pool(model), object()
+    for index, layer in enumerate(cache.layers):
+        if type(layer) is not StaticLayer:  # a sliding-window or offloaded layer: not a layer Qwen3-VL's decoder has
+            raise ValueError(f"compiled decoding: the static cache's layer {index} is a {type(layer).__name__}; the "
+                             "cache pool lends only full-attention StaticLayer buffers.")
+        cache.layers[index] = PooledStaticLayer(max_cache_len, pool, index, token)
+    return cache
+
+
+__all__ = ["STATIC_LENGTH_STEP", "PooledStaticLayer", "StaticCachePool", "pooled_static_cache", "release_static_cache",
+           "static_cache_length", "static_cache_pool"]
