@@ -13,12 +13,13 @@ no longer counts them (pytorch PR 182531) but still records a graph per call.
 
 Here the buffers outlive the call: one `[rows, H_kv, L, head_dim]` keys and values tensor per decoder layer and one
 fill counter per layer, held per model (`StaticCachePool`), and a call's cache layers (`PooledStaticLayer`) are their
-first `B` rows (`[:B]`: a view that starts at the same address whatever `B`). So every call of a cache length `L` finds
-the addresses it found before, and the graph recorded for a shape is replayed by every later call of that shape. The
-buffers are allocated again only when `L` grows (it never shrinks: `static_cache_length`, the rule transformers'
-`_previous_max_cache_length` follows, rounded up to `STATIC_LENGTH_STEP`) or a call has more rows than any before.
+first `B` rows (a tensor sharing the buffer's memory, so at the same address whatever `B`). So every call of a cache
+length `L` finds the addresses it found before, and the graph recorded for a shape is replayed by every later call of
+that shape. The buffers are allocated again only when `L` grows (it never shrinks: `static_cache_length`, the rule
+transformers' `_previous_max_cache_length` follows, rounded up to `STATIC_LENGTH_STEP`) or a call has more rows than
+any before.
 
-Exactness: a lent view is zeroed and its counter reset before the prefill writes into it, which is the state of a
+Exactness: the rows lent are zeroed and its counter reset before the prefill writes into it, which is the state of a
 new `StaticCache` (tests/test_static_cache_pool.py: the greedy tokens of an evaluation's mix of calls equal those of
 uncompiled decoding, and every call of one length decodes at one address).
 
@@ -52,7 +53,7 @@ class StaticCachePool:
     def __init__(self):
         self._lock = threading.Lock()
         self._holder: int | None = None  # thread id of the call holding the pool
-        self._layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = {}
         self._lent: list[weakref.ref] = []  # the layers of the cache that holds the buffers now
         self._lending_cache: object | None = None
         self.allocations = 0  # times the buffers were (re)allocated: what tests and the bench count
@@ -91,13 +92,14 @@ class StaticCachePool:
             self._lending_cache = layer.cache_token
         held = self._layers.get(layer.layer_index)
         if held is None or not _fits(held, rows, heads, length, k_dim, v_dim, keys_like, values_like):
-            self._layers.pop(layer.layer_index, None)  # freed before the new one is allocated
-            rows = max(rows, 0 if held is None else held[0].shape[0])
-            held = (_zeros(rows, heads, length, k_dim, keys_like), _zeros(rows, heads, length, v_dim, values_like),
+            capacity = max(rows, 0 if held is None else held[0].shape[0])  # rows never shrink
+            held = self._layers[layer.layer_index] = None  # the old buffers freed before the new ones are allocated
+            held = (_zeros(capacity, heads, length, k_dim, keys_like),
+                    _zeros(capacity, heads, length, v_dim, values_like),
                     torch.zeros((), dtype=torch.long, device=keys_like.device))
             self._layers[layer.layer_index] = held
             self.allocations += layer.layer_index == 0
-        keys, values, filled = held[0][: keys_like.shape[0]], held[1][: keys_like.shape[0]], held[2]
+        keys, values, filled = _first_rows(held[0], rows), _first_rows(held[1], rows), held[2]
         keys.zero_()
         values.zero_()
         filled.zero_()
@@ -116,6 +118,13 @@ class StaticCachePool:
         self._reclaim()
         self._lending_cache = None
         self._layers = {}
+
+
+def _first_rows(buffer: torch.Tensor, rows: int) -> torch.Tensor:
+    """The first `rows` rows of `buffer` as a tensor of their own that shares its memory (same address), not a view:
+    compiled code then meets what a new cache gives it (a compiled step with a symbolic batch guards on a view's
+    base, and views of the buffer would carry its row count into the guards)."""
+    return buffer.new_empty(0).set_(buffer.untyped_storage(), 0, (rows, *buffer.shape[1:]))
 
 
 def _zeros(rows: int, heads: int, length: int, dim: int, like: torch.Tensor) -> torch.Tensor:
