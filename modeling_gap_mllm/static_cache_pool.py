@@ -79,8 +79,8 @@ class StaticCachePool:
             self._lock.release()
 
     def buffers(self, layer: PooledStaticLayer, keys_like: torch.Tensor, values_like: torch.Tensor):
-        """`(keys, values, fill counter)` for `layer` of a cache with `keys_like.shape[0]` rows: zeroed views of the
-        pool's buffers when this thread holds it, else tensors of the call's own."""
+        """`(keys, values, fill counter)` for `layer` of a cache with `keys_like.shape[0]` rows, zeroed: the first rows
+        of the pool's buffers when this thread holds the pool, else tensors of the call's own."""
         rows, heads, _, k_dim = keys_like.shape
         length, v_dim = layer.max_cache_len, values_like.shape[-1]
         if self._holder != threading.get_ident():
