@@ -86,7 +86,8 @@ def test_a_returned_cache_refuses_use_once_a_later_call_took_its_buffers(lively_
     copied = copy.deepcopy(kept)  # what the error below advises, to keep a cache
     keys = kept.layers[0].keys.clone()
     lively_model.generate(**inputs, **options)
-    assert torch.equal(copied.layers[0].keys, keys) and int(copied.get_seq_length()) == int(first.sequences.shape[1]) - 1
+    assert torch.equal(copied.layers[0].keys, keys)
+    assert int(copied.get_seq_length()) == first.sequences.shape[1] - 1  # the prompt and the tokens but the last
     assert isinstance(pickle.loads(pickle.dumps(copied)).layers[0].pool, StaticCachePool)  # pickled without a lock
     with pytest.raises(RuntimeError, match=r"^This static cache came from a compiled generate call"):
         kept.get_seq_length()
