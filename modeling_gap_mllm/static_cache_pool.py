@@ -19,7 +19,7 @@ that shape. The buffers are allocated again only when `L` grows (it never shrink
 transformers' `_previous_max_cache_length` follows, rounded up to `STATIC_LENGTH_STEP`) or a call has more rows than
 any before.
 
-Exactness: the rows lent are zeroed and its counter reset before the prefill writes into it, which is the state of a
+Exactness: the rows lent are zeroed and their counter reset before the prefill writes into them, the state of a
 new `StaticCache` (tests/test_static_cache_pool.py: the greedy tokens of an evaluation's mix of calls equal those of
 uncompiled decoding, and every call of one length decodes at one address).
 
@@ -85,8 +85,7 @@ class StaticCachePool:
         length, v_dim = layer.max_cache_len, values_like.shape[-1]
         if self._holder != threading.get_ident():
             self.private_allocations += layer.layer_index == 0
-            return _zeros(rows, heads, length, k_dim, keys_like), _zeros(rows, heads, length, v_dim, values_like), \
-                torch.zeros((), dtype=torch.long, device=keys_like.device)
+            return _new_buffers(rows, heads, length, k_dim, v_dim, keys_like, values_like)
         if layer.cache_token is not self._lending_cache:  # a new cache takes the buffers back from the one before
             self._reclaim()
             self._lending_cache = layer.cache_token
@@ -94,10 +93,8 @@ class StaticCachePool:
         if held is None or not _fits(held, rows, heads, length, k_dim, v_dim, keys_like, values_like):
             capacity = max(rows, 0 if held is None else held[0].shape[0])  # rows never shrink
             held = self._layers[layer.layer_index] = None  # the old buffers freed before the new ones are allocated
-            held = (_zeros(capacity, heads, length, k_dim, keys_like),
-                    _zeros(capacity, heads, length, v_dim, values_like),
-                    torch.zeros((), dtype=torch.long, device=keys_like.device))
-            self._layers[layer.layer_index] = held
+            held = self._layers[layer.layer_index] = _new_buffers(capacity, heads, length, k_dim, v_dim, keys_like,
+                                                                  values_like)
             self.allocations += layer.layer_index == 0
         keys, values, filled = _first_rows(held[0], rows), _first_rows(held[1], rows), held[2]
         keys.zero_()
@@ -127,8 +124,13 @@ def _first_rows(buffer: torch.Tensor, rows: int) -> torch.Tensor:
     return buffer.new_empty(0).set_(buffer.untyped_storage(), 0, (rows, *buffer.shape[1:]))
 
 
-def _zeros(rows: int, heads: int, length: int, dim: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros((rows, heads, length, dim), dtype=like.dtype, device=like.device)
+def _new_buffers(rows: int, heads: int, length: int, k_dim: int, v_dim: int, keys_like: torch.Tensor,
+                 values_like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zeroed keys `[rows, heads, length, k_dim]`, values `[rows, heads, length, v_dim]` (dtypes and device of
+    `keys_like` / `values_like`) and a fill counter."""
+    return (torch.zeros((rows, heads, length, k_dim), dtype=keys_like.dtype, device=keys_like.device),
+            torch.zeros((rows, heads, length, v_dim), dtype=values_like.dtype, device=values_like.device),
+            torch.zeros((), dtype=torch.long, device=keys_like.device))
 
 
 def _fits(held, rows: int, heads: int, length: int, k_dim: int, v_dim: int, keys_like, values_like) -> bool:
