@@ -48,8 +48,10 @@ $(STAMP): setup.py | $(PY)
 
 install: $(STAMP)
 
+# two pytest-xdist workers, one test file each at a time (its module fixtures built once), one torch thread each
+# (tests/conftest.py): the suite's wall time on a 2-core machine (tests/README.md)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-all: install
 	$(PY) -m pytest -q -m ""

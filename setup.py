@@ -92,7 +92,7 @@ EXTRAS["lmms"] = sorted(set(EXTRAS["eval"]) | {"loguru>=0.7", "sacrebleu>=2.4", 
                                                "pytablewriter>=1.2", "pyyaml>=6", "jinja2>=3", "filelock>=3.16,<4",
                                                "av>=12"})
 EXTRAS["dev"] = sorted(
-    {dep for name in ("data", "train", "eval", "lmms") for dep in EXTRAS[name]} | {"pytest>=8", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
+    {dep for name in ("data", "train", "eval", "lmms") for dep in EXTRAS[name]} | {"pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
 )
 
 setup(

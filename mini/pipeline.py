@@ -63,6 +63,7 @@ from gap_mllm.training.run import continuation_command, run_training
 from .ablation import (ABLATION_FRESH_SEEDS, ABLATION_STAGE2_SETTINGS, ARM_STAGES, ablation_arms, run_state_overrides,
                        stage2_steps)
 from .ablation import check_stage0, stage_steps, weights_digest
+from .archived_states import check_states_present
 
 from .arms import ARMS, MAIN_ARM, Arm, fresh_model_settings
 from .export import EXPORT_COMMAND, export_default, export_is_complete
@@ -638,6 +639,8 @@ def main(args: argparse.Namespace) -> int:
         stop_at_time_limit(args.time_limit)
     names = args.arms or ([arm.name for arm in ablation_arms()] if args.ablation else [MAIN_ARM.name])
     arms = [replace(ARMS[name], stage1_only=True) if args.stage1_only else ARMS[name] for name in names]
+    if run.run_state is not None:  # a finished arm whose states left the tree is brought back, not trained again
+        check_states_present(run.run_state, names)
     if args.no_report:  # a worker process of --parallel: one arm, no shared steps
         stage0 = run.stage_dir("stage0")
         for arm in arms:

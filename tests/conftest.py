@@ -18,6 +18,14 @@ settings.register_profile("local", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "local")
 
+# `make test` runs two pytest-xdist workers on a 2-core machine: each worker keeps to one torch thread, and so do the
+# processes its tests start (OMP_NUM_THREADS is inherited), since two workers of two threads each doubled the CPU
+# time of the suite instead of halving its wall time.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 def write_small_synth(root, splits=None):
     """A small SynthRooms dataset (48×64 frames, 3-4 objects, every task) at `root`, two val scenes by default;

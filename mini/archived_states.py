@@ -1,0 +1,117 @@
+"""Finished runs' states kept by commit, not in the tree (issue 82; docs/design.md §13, "Run states in git").
+
+A run state crosses machines in git while its run is in flight (`--run-state DIR`, training/run_state.py). Once the
+run is finished its weights, moments and data sketches (tens of MB an arm) no longer need to stand in the tree: they
+leave it, and the folder's `ARCHIVE.json` names the commit that still holds them, so that one command brings them
+back. What the claims, the report and their tests read (each arm's kept answers) stays. The record:
+
+    {"commit":   the 40-hex commit whose tree holds every listed arm's stage folders,
+     "folder":   the folder's path in that commit's tree (the repository-relative `--run-state` folder),
+     "archived": arms whose stage folders left the tree,
+     "pending":  finished arms whose stage folders are still tracked and leave in a later submission (one submission's
+                 diff is capped, and deleting a file counts its bytes: the 400 MB of the ablation's six arms leave over
+                 several submissions),
+     "issue":    why}
+
+A run that would continue an archived arm whose stage folders are absent is refused before anything is written
+(`check_states_present`): without the states it would train the arm again from its first step, hours of work, with
+no word that the finished run exists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ablation import ARM_STAGES, arm_state_dir
+
+ARCHIVE_RECORD = "ARCHIVE.json"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class ArchivedStateMissing(ValueError):
+    """A run needs an archived arm's run state, and the checkout does not hold it."""
+
+
+@dataclass(frozen=True)
+class StateArchive:
+    """One `ARCHIVE.json` (module docstring): `root` is the run-state folder it was read from."""
+
+    root: Path
+    commit: str
+    folder: str
+    archived: tuple[str, ...]
+    pending: tuple[str, ...]
+
+    def stage_folders(self, arms) -> list[str]:
+        """The repository paths of `arms`' stage folders, in the archive commit's tree."""
+        return [f"{self.folder}/{arm}/{stage}" for arm in arms for stage in ARM_STAGES]
+
+    def restore_command(self, arms=None) -> str:
+        """The one shell command, run at the repository's root, that writes `arms`' (default: every archived arm's)
+        stage folders back from the archive commit, unstaged, leaving every other file of the tree as it is.
+
+        `git archive` rather than `git checkout <commit> -- PATH`: checkout stages hundreds of MB into the index (the
+        next `git commit -a` would put them back in the tree), and `git restore --source` deletes the files the
+        commit lacks, this record among them."""
+        arms = tuple(arms) if arms is not None else self.archived
+        members = [f"{self.folder}/{arm}" for arm in arms]
+        wanted = f"{self.folder}/*/stage*"
+        return (f"git archive {self.commit} {' '.join(shlex.quote(member) for member in members)} "
+                f"| tar -x --wildcards {shlex.quote(wanted)}")
+
+
+def read_archive(root) -> StateArchive | None:
+    """The `ARCHIVE.json` of the run-state folder `root`, None when it has none; a malformed record is refused
+    naming the file and the field."""
+    path = Path(root) / ARCHIVE_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not the JSON record of an archive of finished run states ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not the JSON record of an archive of finished run states (an object is expected)")
+    commit, folder = record.get("commit"), record.get("folder")
+    if not isinstance(commit, str) or not _COMMIT.match(commit):
+        raise ValueError(f"{path}: 'commit' must be a full 40-hex commit id, got {commit!r}")
+    if not isinstance(folder, str) or not folder or folder.startswith("/") or ".." in Path(folder).parts:
+        raise ValueError(f"{path}: 'folder' must be the run-state folder's path inside the repository, got {folder!r}")
+    arms = {}
+    for field in ("archived", "pending"):
+        value = record.get(field, [])
+        if not isinstance(value, list) or not all(isinstance(arm, str) and arm and "/" not in arm for arm in value):
+            raise ValueError(f"{path}: '{field}' must be a list of arm names, got {value!r}")
+        arms[field] = tuple(value)
+    both = sorted(set(arms["archived"]) & set(arms["pending"]))
+    if both:
+        raise ValueError(f"{path}: {', '.join(both)} listed both as archived and as pending")
+    return StateArchive(root=Path(root), commit=commit, folder=folder, archived=arms["archived"],
+                        pending=arms["pending"])
+
+
+def missing_archived_arms(root, arms) -> list[str]:
+    """The arms of `arms` that `root`'s archive lists as archived and whose stage folders are not all in `root`."""
+    archive = read_archive(root)
+    if archive is None:
+        return []
+    return [arm for arm in arms if arm in archive.archived
+            and not all(arm_state_dir(root, arm, stage).is_dir() for stage in ARM_STAGES)]
+
+
+def check_states_present(root, arms) -> None:
+    """Refuse (ArchivedStateMissing, one line) a run with `--run-state root` over `arms` when one of them is an
+    archived arm whose stage folders are absent: the line names the arms, the commit and the command that brings
+    them back."""
+    missing = missing_archived_arms(root, arms)
+    if missing:
+        archive = read_archive(root)
+        raise ArchivedStateMissing(
+            f"--run-state {root}: the finished run states of {', '.join(missing)} left the tree (kept by commit "
+            f"{archive.commit[:12]}, {ARCHIVE_RECORD}); without them the run would train "
+            f"{'that arm' if len(missing) == 1 else 'those arms'} again from the first step. Bring them back, at the "
+            f"repository's root, with: {archive.restore_command(missing)}")
