@@ -27,9 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ablation import ARM_STAGES, arm_state_dir
+from .arms import ARMS
 
 ARCHIVE_RECORD = "ARCHIVE.json"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def arm_stages(arm: str) -> tuple[str, ...]:
+    """The training stages whose run states the arm `arm` keeps (of `ARM_STAGES`: an arm without stage 1 has none
+    for it; an arm this version does not know is taken to have them all)."""
+    known = ARMS.get(arm)
+    return tuple(stage for stage in ARM_STAGES if known is None or known.stage1 or stage != ARM_STAGES[0])
 
 
 class ArchivedStateMissing(ValueError):
@@ -48,7 +56,7 @@ class StateArchive:
 
     def stage_folders(self, arms) -> list[str]:
         """The repository paths of `arms`' stage folders, in the archive commit's tree."""
-        return [f"{self.folder}/{arm}/{stage}" for arm in arms for stage in ARM_STAGES]
+        return [f"{self.folder}/{arm}/{stage}" for arm in arms for stage in arm_stages(arm)]
 
     def restore_command(self, arms=None) -> str:
         """The one shell command, run at the repository's root, that writes `arms`' (default: every archived arm's)
@@ -100,7 +108,7 @@ def missing_archived_arms(root, arms) -> list[str]:
     if archive is None:
         return []
     return [arm for arm in arms if arm in archive.archived
-            and not all(arm_state_dir(root, arm, stage).is_dir() for stage in ARM_STAGES)]
+            and not all(arm_state_dir(root, arm, stage).is_dir() for stage in arm_stages(arm))]
 
 
 def check_states_present(root, arms) -> None:

@@ -621,6 +621,9 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--quote {' '.join(args.quote)} quotes the claims of --ablation, which this run does not train")
     for path in args.quote:  # before any step: a file without the block would be found only after the first arm
         check_quote_block(path)
+    names = args.arms or ([arm.name for arm in ablation_arms()] if args.ablation else [MAIN_ARM.name])
+    if args.run_state:  # a finished arm whose states left the tree is brought back, not trained again
+        check_states_present(Path(args.run_state), names)
     if args.ablation and args.budget == "full":  # every arm from the same stage 0, on every machine
         check_stage0(args.stage0)
     stage_overrides = tuple(parse_stage_override(value) for value in args.stage_overrides)
@@ -637,10 +640,7 @@ def main(args: argparse.Namespace) -> int:
                   deadline=time.monotonic() + args.time_limit if args.time_limit else None)
     if args.time_limit:
         stop_at_time_limit(args.time_limit)
-    names = args.arms or ([arm.name for arm in ablation_arms()] if args.ablation else [MAIN_ARM.name])
     arms = [replace(ARMS[name], stage1_only=True) if args.stage1_only else ARMS[name] for name in names]
-    if run.run_state is not None:  # a finished arm whose states left the tree is brought back, not trained again
-        check_states_present(run.run_state, names)
     if args.no_report:  # a worker process of --parallel: one arm, no shared steps
         stage0 = run.stage_dir("stage0")
         for arm in arms:
