@@ -123,3 +123,15 @@ def check_states_present(root, arms) -> None:
             f"{archive.commit[:12]}, {ARCHIVE_RECORD}); without them the run would train "
             f"{'that arm' if len(missing) == 1 else 'those arms'} again from the first step. Bring them back, at the "
             f"repository's root, with: {archive.restore_command(missing)}")
+
+
+def archive_sentence(archive: StateArchive) -> str:
+    """The sentence of RESULTS.md's claims section and the ablation report that says where the finished arms' run
+    states are and the command that brings them back to rebuild the claims."""
+    everything = (*archive.archived, *archive.pending)
+    later = (f", and those of {', '.join(archive.pending)} leave it in a later submission, one submission's diff "
+             f"being capped" if archive.pending else "")
+    return (f"The arms' run states (weights, optimizer moments, data sketches) are kept by commit {archive.commit}, not "
+            f"in the tree: those of {', '.join(archive.archived)} left it when the ablation finished{later} "
+            f"(docs/design.md §13, {archive.folder}/{ARCHIVE_RECORD}). To rebuild this section from them, at the "
+            f"repository's root: `{archive.restore_command(everything)}`, then `make mini-ablation`.")

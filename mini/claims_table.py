@@ -4,7 +4,10 @@ its fresh-seed table that the README and the model card template carry between t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .ablation import ABLATION_STAGE0_COMMIT, ARM_STAGES
+from .archived_states import archive_sentence, read_archive
 from .markdown_sections import signed_cell
 
 # (key, column title, higher is better, shown in percentage points)
@@ -138,6 +141,9 @@ def provenance_lines(arms: dict[str, dict]) -> list[str]:
                      f"{_data_cell(found)} | {found['run_state'] or '—'} |")
     if any(found["stages"] for found in arms.values()):  # (no stage at all: nothing to compare)
         lines += ["", _data_sentence(arms)]
+    roots = dict.fromkeys(Path(found["run_state"]).parent for found in arms.values() if found["run_state"])
+    for archive in filter(None, map(read_archive, roots)):  # where the finished states went
+        lines += ["", archive_sentence(archive)]
     return lines
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from gap_mllm.mini import pipeline
 from gap_mllm.mini.ablation import ARM_STAGES
-from gap_mllm.mini.archived_states import (ARCHIVE_RECORD, ArchivedStateMissing, StateArchive, arm_stages,
+from gap_mllm.mini.archived_states import (ARCHIVE_RECORD, ArchivedStateMissing, StateArchive, archive_sentence, arm_stages,
                                            check_states_present, read_archive)
 from gap_mllm.mini.arms import ABLATION_ARMS
 from gap_mllm.mini.pipeline_settings import add_arguments
@@ -175,3 +175,10 @@ def test_a_malformed_record_is_refused_naming_the_file_and_field(tmp_path):
     (tmp_path / ARCHIVE_RECORD).write_text(json.dumps({"commit": "76f53ee", "folder": RUN_STATE}), encoding="utf-8")
     with pytest.raises(ValueError, match=r"ARCHIVE\.json: 'commit' must be a full 40-hex commit id"):
         read_archive(tmp_path)
+
+
+@pytest.mark.parametrize("document", ["mini/RESULTS.md", "reports/mini/claims-in-miniature.md"])
+def test_the_claims_name_the_archive_commit_and_the_command_that_rebuilds_them(document):
+    sentence = archive_sentence(_archive())
+    assert sentence in (REPO / document).read_text(encoding="utf-8"), (
+        f"{document} must carry the archive's sentence as mini/archived_states.py writes it for {ARCHIVE_RECORD}")
