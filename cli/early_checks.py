@@ -127,7 +127,7 @@ def check_predict(args: argparse.Namespace) -> int | None:
         if args.images:
             paths = frame_paths(args.images, args.max_frames)  # folders -> their images (quiet: predict says it)
             shape = check_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
-            # a marker names a pixel of its frame as stored (original pixels), not of the resized frame
+            # a marker names a pixel of its frame as shown (original pixels, upright), not of the resized frame
             predict_request(args, shape.count, shape.original_size(args.marker[0] if args.marker else 0))
         else:  # a bundled room: its frames' count and size are known without rendering it
             predict_request(args, EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE[::-1])

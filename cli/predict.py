@@ -17,10 +17,10 @@ prints one line first: it knows SynthRooms rooms only.
 
 `--save-dir` is new, empty or an earlier predict's (the output-folder rule of every writer,
 processing/output_folder.py): a folder of the user's files, the working folder and one that cannot be written are
-refused before the model loads. `--marker VIEW X Y` names a pixel of that frame as its file holds it (original
-pixels), whatever size the frames are resized to for the model. The request is checked whole with the model's
-config and processor before its weights load (cli/tasks.py `check_request`): a query holding the tokenizer's own
-tokens, a frame the processor cannot read, a query too long for the model's context.
+refused before the model loads. `--marker VIEW X Y` names a pixel of that frame as a photo viewer shows it
+(original pixels, EXIF orientation applied), whatever size the frames are resized to for the model. The request is
+checked whole with the model's config and processor before its weights load (cli/tasks.py `check_request`): a query
+holding the tokenizer's own tokens, a frame the processor cannot read, a query too long for the model's context.
 
 `--images` takes image files, one video / GIF, or folders: a folder stands for its image files sorted by file name,
 sampled evenly down to `--max-frames` when it holds more (as a video is). A file or folder that cannot be used is one
@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
             frames = read_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
             scene = scene_from_frames(frames.views)
         request = example_request(args.task, example, query=args.query, box=args.box, marker=args.marker)
-        # the marker: a view of these frames and a pixel of that frame as its file holds it (original pixels),
+        # the marker: a view of these frames and a pixel of that frame as shown (original pixels, upright),
         # then moved onto the resized frame the model gets
         marked = original_size(frames.originals, request.marker[0]) if frames and request.marker else None
         request.validate(len(scene.views), marked or scene.views[0].size)

@@ -8,11 +8,14 @@ Rules, each failing with a message meant for the user:
 - place: with `allowed_roots`, every path must resolve (symlinks followed) inside one of them, so a
   crafted request cannot make the server read any other file.
 - length: a video may last at most `max_video_seconds` (read from its header, before decoding) and
-  hold at most `max_video_frames` frames (counted while decoding, for headers that lie or say nothing).
+  hold at most `max_video_frames` frames (counted while decoding, for headers that lie or say nothing);
+- whole: the frames that decode must be the frames the file declares (its frame count, or where it has none its
+  duration), so a cut file (an interrupted copy) is refused, not read as a shorter clip.
 Videos and GIFs are sampled uniformly down to `max_frames`; all frames are resized to the first
 frame's size (VGGT attends across frames, so they must share one size) and capped at `max_side`.
-A marker pixel (`gap-mllm predict --marker VIEW X Y`) is given in its frame's original pixels, as the file holds
-them, checked there, and moved onto the resized frame the model gets (`Frames.on_model_frames`).
+Images are read upright, their EXIF orientation applied (gap_mllm.image_files), as a photo viewer shows them.
+A marker pixel (`gap-mllm predict --marker VIEW X Y`) is given in its frame's original pixels, as the photo is
+shown (upright), checked there, and moved onto the resized frame the model gets (`Frames.on_model_frames`).
 
 Each surface words the errors its own way (`UploadWords`): the Space names an upload by its file name (the server's
 paths are its own) and speaks of uploading; `gap-mllm predict` names the full path of what the user gave and
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gap_mllm.image_files import read_image_file
 from gap_mllm.processing.path_containment import resolve_inside
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -46,7 +50,7 @@ class UploadWords:
     Attributes:
         full_paths: name a file by its full path (the CLI) rather than its file name (the Space).
         none_given / too_many ({count}, {limit}) / missing ({name}) / not_a_file ({name}) / mixed / no_pyav:
-            whole messages; too_long / too_many_frames: what to do, after the video's numbers.
+            whole messages; too_long / too_many_frames / truncated: what to do, after the video's numbers.
     """
 
     full_paths: bool
@@ -58,6 +62,7 @@ class UploadWords:
     no_pyav: str
     too_long: str
     too_many_frames: str
+    truncated: str
 
     def name(self, path: Path) -> str:
         """How a message names `path`."""
@@ -74,6 +79,7 @@ SPACE_WORDS = UploadWords(
     no_pyav="Video upload needs PyAV on the server (pip install av); upload frames as images instead.",
     too_long="trim it, or upload a few frames as images",
     too_many_frames="please upload a shorter clip",
+    truncated="please upload the whole file again",
 )
 CLI_WORDS = UploadWords(
     full_paths=True,
@@ -85,6 +91,7 @@ CLI_WORDS = UploadWords(
     no_pyav="reading a video needs PyAV (pip install av); or give the frames as image files or a folder of images",
     too_long="trim it, or give a few frames as images",
     too_many_frames="give a shorter clip",
+    truncated="copy the whole file again, or give its frames as images",
 )
 
 
@@ -179,15 +186,16 @@ def uniform_indices(total: int, count: int) -> list[int]:
 
 
 def _read_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.Image:
-    """The image file at `path`, decoded (its pixel count checked first); an UploadError naming it when it is not a
-    readable image. Light (PIL only): `gap-mllm predict` reads its frames with it before the model (`check_frames`)."""
+    """The image file at `path`, decoded and upright (its EXIF orientation applied: `read_image_file`; its pixel
+    count checked first); an UploadError naming it when it is not a readable image. Light (PIL only): `gap-mllm predict` reads its frames with it before the model (`check_frames`)."""
     name = words.name(path)
+
+    def within_limit(image):
+        if image.width * image.height > limits.max_pixels:
+            raise UploadError(f"{name}: {image.width}x{image.height} pixels is over the limit.")
+
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > limits.max_pixels:
-                raise UploadError(f"{name}: {image.width}x{image.height} pixels is over the limit.")
-            image.load()
-            return image
+        return read_image_file(path, within_limit)  # upright: the photo as the user sees it (image_files.py)
     except UploadError:
         raise
     except Exception as error:  # PIL raises many types for corrupt or mislabelled files
@@ -252,16 +260,58 @@ def _open_video_stream(av, path: Path, limits: UploadLimits, words: UploadWords)
     return container, stream
 
 
+# A container may hide a frame or two that it counts (an mp4 edit list trims the start), and its duration is rounded:
+# a shortfall within this many frame intervals is not a cut.
+VIDEO_SHORTFALL_FRAMES = 2
+
+
+def _frame_interval(stream, count: int, last_time: float | None) -> float | None:
+    """Seconds between frames: the stream's frame rate, else the decoded frames' own spacing; None when unknown."""
+    rate = stream.guessed_rate or stream.average_rate
+    if rate:
+        return 1 / float(rate)
+    return last_time / (count - 1) if last_time and count > 1 else None
+
+
+def _check_whole_video(container, stream, count: int, last_time: float | None, name: str, words: UploadWords) -> None:
+    """An UploadError when the `count` frames decoded fall short of what the file declares: its frame count, or,
+    where it counts none (WebM, Matroska), its duration against the time the decoded frames cover. A cut file (an
+    interrupted copy) still declares the whole clip and decodes its first part only: sampled "evenly" it would give
+    the model the first seconds as if they were all of it."""
+    declared = stream.frames
+    if declared:
+        if count + VIDEO_SHORTFALL_FRAMES < declared:
+            raise UploadError(f"{name}: the video declares {declared} frames but only {count} can be decoded (the "
+                              f"file is cut short or damaged, e.g. an interrupted copy); {words.truncated}.")
+        return
+    seconds, interval = _video_seconds(container, stream), _frame_interval(stream, count, last_time)
+    if seconds is None or interval is None or last_time is None:
+        return  # the file says neither how many frames nor how long: nothing to hold the frames against
+    covered = last_time + interval
+    if covered + VIDEO_SHORTFALL_FRAMES * interval < seconds:
+        raise UploadError(f"{name}: the video declares {seconds:.1f} s but only {count} frames covering "
+                          f"{covered:.1f} s can be decoded (the file is cut short or damaged, e.g. an interrupted "
+                          f"copy); {words.truncated}.")
+
+
 def _count_video_frames(av, path: Path, limits: UploadLimits, words: UploadWords) -> int:
-    """Decode once to count frames exactly (variable frame rates), stopping past `max_video_frames`."""
+    """Decode once to count frames exactly (variable frame rates), stopping past `max_video_frames`; the count is
+    held against what the file declares (`_check_whole_video`), so a cut file is refused, not read as a short one."""
     container, stream = _open_video_stream(av, path, limits, words)
     with container:
-        count = 0
-        for _ in container.decode(stream):
-            count += 1
-            if count > limits.max_video_frames:
-                raise UploadError(f"{words.name(path)}: the video has more than {limits.max_video_frames} frames; "
-                                  f"{words.too_many_frames}.")
+        count, last_time = 0, None
+        try:
+            for frame in container.decode(stream):
+                count += 1
+                last_time = frame.time if frame.time is not None else last_time
+                if count > limits.max_video_frames:
+                    raise UploadError(f"{words.name(path)}: the video has more than {limits.max_video_frames} frames; "
+                                      f"{words.too_many_frames}.")
+        except av.error.FFmpegError:
+            if not count:
+                raise  # nothing decodes: not a readable video
+            # the frames decoded so far end in damaged data: the file is measured by them
+        _check_whole_video(container, stream, count, last_time, words.name(path), words)
     return count
 
 
@@ -310,8 +360,8 @@ def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:
 @dataclass(frozen=True)
 class FrameShape:
     """How many frames `load_frames` gives the model and their common `(width, height)`, and each frame's original
-    `(width, height)` (as its file holds it: the pixels a marker names); None where reading it would mean decoding
-    a video."""
+    `(width, height)` (the photo as shown, upright: the pixels a marker names); None where reading it would mean
+    decoding a video."""
 
     count: int | None
     size: tuple[int, int] | None

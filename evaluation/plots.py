@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from gap_mllm.image_files import read_image_file
 from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
 from gap_mllm.processing.errors import DataError
@@ -162,7 +162,7 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     intrinsics = _intrinsics(record, image_path)
     if intrinsics is None or not image_path.is_file():
         return False
-    image = Image.open(image_path).convert("RGB")
+    image = read_image_file(image_path).convert("RGB")  # upright, as the builder read the frame
     fig, ax = plt.subplots(figsize=(6, 6 * image.height / image.width))
     ax.imshow(image)
     _draw_boxes(ax, gt, intrinsics, "lime", 3.0)  # wider, so an exact prediction on top leaves it visible

@@ -31,6 +31,7 @@ import PIL.Image
 
 from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.control_tokens import PromptTextError, refuse_control_tokens
+from gap_mllm.image_files import displayed_size
 from gap_mllm.regular_files import NotARegularFile, read_regular_text
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
@@ -360,8 +361,9 @@ class ReconstructionBuilder(MultiViewBuilder):
             raise DataError(f"'pixel_coords' view {coords[0]} out of range for {num_images} image(s)", sample=key)
         image_path = media_path(self.media_root, record["images"][coords[0]], key)
         with PIL.Image.open(image_path) as image:  # header only; the frame was fully decoded by read_views
+            width, height = displayed_size(image)  # the pixels of the upright frame, as every reader gives it
             try:
-                check_marker_inside(coords[1], coords[2], image.width, image.height, f"'pixel_coords' {coords}")
+                check_marker_inside(coords[1], coords[2], width, height, f"'pixel_coords' {coords}")
             except ValueError as err:
                 raise DataError(str(err), path=image_path, sample=key) from err
         parsed = self.SPEC.parse(answer)

@@ -34,6 +34,7 @@ import numpy as np
 import PIL.Image
 
 from gap_mllm.image_alignment import pil_to_rgb
+from gap_mllm.image_files import read_image_file
 from gap_mllm.regular_files import kind_of
 
 from .coordinates import check_rigid, intrinsics_3x3
@@ -108,12 +109,11 @@ def existing_file(path, what: str) -> Path:
 
 
 def read_color(path) -> PIL.Image.Image:
-    """An RGB colour image, fully decoded (a truncated or corrupt file raises `DataError` here)."""
+    """An RGB colour image, fully decoded and upright (a truncated or corrupt file raises `DataError` here)."""
     path = existing_file(path, "colour image")
     try:
-        with PIL.Image.open(path) as image:
-            image.load()
-            return pil_to_rgb(image, str(path))  # 16-bit frames are scaled, not clipped to white
+        # upright (EXIF orientation applied: gap_mllm.image_files); 16-bit frames are scaled, not clipped to white
+        return pil_to_rgb(read_image_file(path), str(path))
     except PIL.Image.DecompressionBombError as err:
         raise DataError(f"refused as a possible decompression bomb ({err})", path=path) from err
     except (OSError, SyntaxError, ValueError) as err:

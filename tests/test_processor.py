@@ -648,6 +648,7 @@ def test_flat_hub_folder_loads_with_trust_remote_code(tmp_path, monkeypatch):
         "image_alignment.py",
         "model_inputs.py",
         "output_parsing.py",
+        "image_files.py",
         "regular_files.py",
         "target_format.py",
         "tasks_gap_mllm.py",

@@ -66,6 +66,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from gap_mllm import chat_format, control_tokens, image_alignment, processing_gap_mllm, visual_prompt
+from gap_mllm.image_files import read_image_file
 from gap_mllm.processing import collator as collator_module
 from gap_mllm.processing.errors import DataError, DiskFullError, device_of, names_full_disk
 
@@ -171,10 +172,10 @@ def decoded_example(example: dict) -> dict:
     for view in example["images"]:
         if isinstance(view, PIL.Image.Image):
             views.append(view)
-        elif view.get("bytes") is not None:
-            views.append(PIL.Image.open(io.BytesIO(view["bytes"])))
+        elif view.get("bytes") is not None:  # upright, as datasets' own decoding and every reader give it
+            views.append(read_image_file(io.BytesIO(view["bytes"])))
         else:
-            views.append(PIL.Image.open(view["path"]))
+            views.append(read_image_file(view["path"]))
     return {**example, "images": views}
 
 
