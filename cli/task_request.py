@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gap_mllm.answer_grammar import options_problem
 from gap_mllm.control_tokens import refuse_control_tokens
 from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TaskSpec, check_query_text, format_box, resolve_task
 from gap_mllm.visual_prompt import check_marker_inside
@@ -69,6 +70,9 @@ class TaskRequest:
             # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.control_tokens)
             refuse_control_tokens(None, self.query, "the query")
             check_query_text(self.query, "the query")  # `<image>`: the prompt's own placeholder of a view
+        if self.spec is SPATIAL_QA and isinstance(self.query, str) and options_problem(self.query):
+            # a letter asked for and no options read: its grammar would force a number on it (answer_grammar.py)
+            raise ValueError(options_problem(self.query))
         if "box" in self.spec.parameters and self.box is not None:
             check_box(self.box)
         if self.spec.needs_marker and self.marker is not None:

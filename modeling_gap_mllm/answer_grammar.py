@@ -299,21 +299,52 @@ def caption_grammar(max_tokens: int, num_frames: int | None = None, prompt: str 
     )
 
 
-_OPTION_LINE = re.compile(r"^([A-Z])\. \S", re.MULTILINE)  # "B. chair": an option line, VSI-Bench style
+# An option line as benchmarks write it: "A. chair" (VSI-Bench, SynthRooms), "A) chair", "(A) chair", "A: chair", and
+# the same with lower-case letters; the layout is told apart so that one question's options are read in one layout.
+_OPTION_LINE = re.compile(r"^[ \t]*(?P<layout>\((?P<paren>[A-Za-z])\)|(?P<letter>[A-Za-z])(?P<mark>[.):]))[ \t]+\S",
+                          re.MULTILINE)
+# a question that asks for an option letter ("Answer with the option's letter from the given choices directly.")
+_ASKS_FOR_LETTER = re.compile(r"\b(?:option|choice)(?:'s)?\s+letter\b|\bletter\s+of\s+the\s+(?:\w+\s+)?"
+                              r"(?:option|choice|answer)\b", re.IGNORECASE)
 
 
 def offered_options(prompt: str | None) -> tuple[str, ...]:
-    """The option letters a spatial question offers, in order: each line that starts with `X. ` (VSI-Bench's and
-    SynthRooms' `A. chair`); `()` for a question without options (a numerical one)."""
-    return tuple(dict.fromkeys(_OPTION_LINE.findall(prompt or "")))
+    """The option letters a spatial question offers, in order, as the question writes them: lines that start with
+    `A. `, `A) `, `(A) ` or `A: ` (or the same in lower case), lettered from A (or a) on in one layout (`A. chair` /
+    `B. table`: VSI-Bench's and SynthRooms' layout); `()` for a question without options (a numerical one). A line
+    `Q: ...` or a list lettered from elsewhere is no set of options."""
+    found: dict[tuple[str, bool], list[str]] = {}
+    for line in _OPTION_LINE.finditer(prompt or ""):
+        letter = line["paren"] or line["letter"]
+        layout = ("()" if line["paren"] else line["mark"], letter.islower())
+        found.setdefault(layout, []).append(letter)
+    for (_, lower), letters in found.items():
+        first = "a" if lower else "A"
+        options = tuple(dict.fromkeys(letters))
+        if options == tuple(chr(ord(first) + k) for k in range(len(options))):
+            return options
+    return ()
+
+
+def options_problem(prompt: str | None) -> str | None:
+    """Why a spatial question cannot be answered in its grammar, or None: it asks for an option letter but offers no
+    options that `offered_options` reads (the number grammar would force a number on it)."""
+    if prompt is None or offered_options(prompt) or not _ASKS_FOR_LETTER.search(prompt):
+        return None
+    return ("the question asks for an option letter but lists no options this model reads: write each option on its "
+            "own line as 'A. chair', 'A) chair', '(A) chair' or 'A: chair', lettered from A")
 
 
 def spatial_answer_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
     """A spatial-QA answer (`serialize_spatial_answer`): one of the option letters `prompt` (the question) offers; a
-    number (whole or with decimals) for a question that offers none; without the question, either."""
+    number (whole or with decimals) for a question that offers none; without the question, either. A question that
+    asks for a letter and offers none is a ValueError (`options_problem`), not given a number."""
     number = '"-"? ("0" | [1-9] [0-9]{0,5}) ("." [0-9]{1,4})?'
     if prompt is None:
         return f"root ::= {number} | [A-Z]\n"
+    problem = options_problem(prompt)
+    if problem is not None:
+        raise ValueError(problem)
     options = offered_options(prompt)
     return f"root ::= {' | '.join(literal(letter) for letter in options)}\n" if options else f"root ::= {number}\n"
 
@@ -330,6 +361,7 @@ __all__ = [
     "grounding_grammar",
     "literal",
     "offered_options",
+    "options_problem",
     "pointmap_grammar",
     "spatial_answer_grammar",
 ]
