@@ -17,7 +17,7 @@ Tasks a front end runs (one model call each):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from gap_mllm.output_parsing import other_task_format
 from gap_mllm.target_format import Box3D
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
 
+from .answer_checks import budget_cut, zero_size_box
 from .scene_store import answer_on_stored_scene
 from .task_request import MAX_BOX_VALUE, TaskRequest, check_box  # noqa: F401 - the request's rules, defined light
 
@@ -114,9 +115,13 @@ def task_answer(task: str, raw: str, parsed):
     """The parsed answer the front ends show (`gap-mllm predict`, `demo`, the Space): the task parser's `parsed`, or,
     when `raw` is written in another task's format (`output_parsing.other_task_format`), an empty result of the same
     type whose `reason` names that format: the parsers are tolerant for scoring and would read grounding's dict as
-    one unlabelled detection box, or any text as a caption, and the answer is not the task's (predict: exit status 3)."""
+    one unlabelled detection box, or any text as a caption, and the answer is not the task's (predict: exit status 3).
+    A box of size 0x0x0 is kept with that reason (`answer_checks.zero_size_box`)."""
     reason = other_task_format(raw, task)
-    return parsed if reason is None else type(parsed)(reason=reason)
+    if reason is not None:
+        return type(parsed)(reason=reason)
+    zero = zero_size_box(parsed) if parsed.reason is None else None  # no object's box (answer_checks.py)
+    return parsed if zero is None else replace(parsed, reason=zero)
 
 
 class FramesRefused(ValueError):
@@ -217,6 +222,10 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         gates = model(**inputs, output_gates=True).fusion_gates
     raw = processor.decode_generated(generated, input_ids=input_ids)[0]
     parsed = task_answer(spec.name, raw, processor.post_process(generated, spec.name, input_ids)[0])
+    budget = spec.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+    cut = budget_cut(spec, processor.tokenizer, generated[0, input_ids.shape[-1]:].tolist(), budget, constrained)
+    if cut is not None and parsed.reason is None:  # a whole-looking answer the budget ended is no success
+        parsed = replace(parsed, reason=cut)
     result = TaskResult(task=spec.name, raw=raw, parsed=parsed)
     if spec is DETECTION:
         result.boxes = list(result.parsed.boxes)

@@ -9,7 +9,9 @@ Past N-1 the rotary embedding extrapolates to positions the model never saw, and
 worse. So:
 
 - a prompt that itself ends past N-1 (or at N-1, leaving no position for an answer) is refused;
-- `min_new_tokens` that cannot fit is refused (it demands tokens past the context);
+- `min_new_tokens` that cannot fit is refused (it demands tokens past the context), and so is a context that leaves
+  fewer new tokens than the task's shortest whole answer (`TaskSpec.shortest_answer`: for a list, its grammar's
+  close) needs: lowered that far, the budget could only cut the answer;
 - a `max_new_tokens` that does not fit is lowered to the positions left, with a warning naming the numbers
   (once per budget and context). `max_new_tokens` is an upper bound, not a length: answers end at their stop
   rule, and budgets larger than a small model's context are common (the official grounding budget of 4,096
@@ -122,16 +124,34 @@ def budget_chosen_by_caller(kwargs: dict) -> bool:
     return "max_length" in kwargs
 
 
+def shortest_answer(kwargs: dict) -> tuple[str, int] | None:
+    """`(task name, tokens)` of the shortest whole answer of a generate call's task, as its stopping criteria carry it
+    (`TaskSpec.stopping_criteria`); None for a call without them."""
+    for criterion in kwargs.get("stopping_criteria") or ():
+        if getattr(criterion, "shortest_answer", None) is not None:
+            return criterion.shortest_answer
+    return None
+
+
 def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, input_length: int,
                           what: str = "the prompt") -> None:
     """Apply the context rules of the module docstring to a generate call's `kwargs`, in place: ValueError
     naming the numbers when `what` (ending at M-RoPE position `highest_prompt_position`, `input_length` tokens)
-    or `min_new_tokens` cannot fit; `max_new_tokens` lowered when it does not fit (a warning when the caller chose
+    or `min_new_tokens` cannot fit, or when fewer new tokens fit than the task's shortest whole answer needs
+    (`shortest_answer`: lowered that far, the budget could only cut the answer, or close its list empty);
+    `max_new_tokens` lowered when it does not fit (a warning when the caller chose
     the budget, else an INFO line: `budget_chosen_by_caller`)."""
     room = check_prompt_fits(model, highest_prompt_position, input_length, what)
     if room is None:
         return
     limit = _context_limit(model)
+    shortest = shortest_answer(kwargs)
+    if shortest is not None and room < shortest[1]:
+        raise ValueError(
+            f"{what} ends at position {highest_prompt_position}, so at most {room} new tokens fit in the model's "
+            f"context of {limit} positions, fewer than the {shortest[1]} that the shortest whole {shortest[0]} answer "
+            "needs; use fewer or smaller views or a shorter text."
+        )
     config = kwargs.get("generation_config") or model.generation_config
     minimum = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
     if minimum is not None and minimum > room:
@@ -176,6 +196,7 @@ def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type
 
 __all__ = [
     "budget_chosen_by_caller", "check_prompt_fits", "check_token_id_dtype", "check_token_ids", "context_limit",
-    "fit_budget_to_context", "highest_prompt_position", "new_token_budget", "positions_after", "token_id_range",
+    "fit_budget_to_context", "highest_prompt_position", "new_token_budget", "positions_after", "shortest_answer",
+    "token_id_range",
     "vocabulary_error",
 ]

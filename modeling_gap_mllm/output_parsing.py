@@ -642,11 +642,22 @@ def answer_format(text) -> str | None:
     return None
 
 
+# A caption is prose (its grammar's words and marks): a code fence, a brace or bracket, or a quote before a colon is a
+# piece of a structured answer, which a freely decoded caption writes when the model mixes the tasks up
+# (```` ```json1.19, 3d": "refrigerator", ````).
+_STRUCTURE_MARK = re.compile(r'```|[{}\[\]]|"\s*:')
+
+
 def other_task_format(text, task: str) -> str | None:
     """None when `text` is not written in another task's answer format than `task`'s (a task name), else the reason to
-    show: `answer in grounding's format {"bbox_3d": [...]}, not detection's`."""
+    show: `answer in grounding's format {"bbox_3d": [...]}, not detection's`; for a caption, also a piece of a
+    structured answer in it (`_STRUCTURE_MARK`)."""
     found = answer_format(text)
     own = _FORMAT_OF_TASK.get(task, task)
+    if found is None and own == "captioning" and isinstance(text, str):
+        mark = _STRUCTURE_MARK.search(text[:MAX_TEXT_CHARS])
+        if mark is not None:
+            return f"answer holds {mark.group()!r}, a piece of a structured answer (JSON), not a caption's prose"
     if found is None or found == own:
         return None
     return f"answer in {found}'s format {ANSWER_FORMATS[found]}, not {task}'s"

@@ -62,6 +62,7 @@ from .output_parsing import (
     parse_spatial_answer,
 )
 from .target_format import (
+    Box3D,
     serialize_caption,
     serialize_detection,
     serialize_frame_selection,
@@ -260,14 +261,32 @@ class TaskSpec:
 
     # ------------------------------------------------------------------------------- answers
 
+    @property
+    def shortest_answer(self) -> str:
+        """The shortest text that is a whole answer of the task (its grammar's): what any budget must hold at the
+        least. Detection's empty list is also what its grammar needs to close the list (`entry_list`)."""
+        least = {
+            DetectionResult: lambda: serialize_detection([]),
+            GroundingResult: lambda: serialize_grounding(Box3D.from_list([0.0] * BOX_VALUES)),
+            FrameSelectionResult: lambda: serialize_frame_selection(0),
+            PointmapResult: lambda: serialize_pointmap((0.0, 0.0, 0.0)),
+            CaptionResult: lambda: serialize_caption("I."),  # a one-letter word and the sentence's end
+            SpatialAnswerResult: lambda: serialize_spatial_answer("A"),
+        }
+        return least[self.result_type]()
+
     def stopping_criteria(self, tokenizer, prompt_length: int) -> StoppingCriteriaList:
-        """`stopping_criteria=` for `generate`: stop each row at the end of its answer (`answer_end`)."""
+        """`stopping_criteria=` for `generate`: stop each row at the end of its answer (`answer_end`). It carries
+        the tokens of the task's `shortest_answer`, so that `generate` refuses a context that cannot hold it
+        (generation_checks.py `fit_budget_to_context`)."""
         # imported here: the registry itself stays free of torch and transformers (`gap-mllm --help` reads it)
         from transformers import StoppingCriteriaList
 
         from .answer_stopping_criteria import AnswerEndCriteria
 
-        return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end)])
+        shortest = len(tokenizer(self.shortest_answer, add_special_tokens=False)["input_ids"])
+        return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end,
+                                                       shortest_answer=(self.name, shortest))])
 
     @property
     def answer_grammar(self) -> str:

@@ -286,7 +286,8 @@ def test_predict_and_demo_captions_are_prose(frames, mini):
 
 
 def test_predict_answers_every_task_on_photographs(mini):
-    """Every front-end task's answer on the six photographs (detection with 200 tokens: its list closes at them)."""
+    """Every front-end task's answer on the six photographs (detection with 200 tokens: its list closes at them, well
+    formed, and the front end says the budget closed it: no success, issue 83)."""
     model, processor = mini
     photos = _frames("photos")
     requests = {"detection": TaskRequest("detection"), "grounding": TaskRequest("grounding", query="the red chair"),
@@ -294,17 +295,22 @@ def test_predict_answers_every_task_on_photographs(mini):
                 "spatial_qa": TaskRequest("spatial_qa", query=CHOICE)}
     for task, request in requests.items():
         result = run_task(model, processor, photos, request, max_new_tokens=200 if task == "detection" else None)
+        if task == "detection":
+            assert result.parsed.reason.startswith("the grammar closed the list for the token budget of 200 ")
+            assert processor.post_process_detection(processor.tokenizer(result.raw, return_tensors="pt")["input_ids"]
+                                                    )[0].reason is None and len(result.parsed.boxes) >= 1
+            continue
         _check_answer(processor.tokenizer, task, result.raw, result.parsed, request.query)
-        assert task != "detection" or len(result.parsed.boxes) >= 1
 
 
 def test_the_space_stored_scene_answers_as_predict(mini):
-    """The Space answers from the session's stored scene (cli/scene_store.py): the same constrained answers."""
+    """The Space answers from the session's stored scene (cli/scene_store.py): the same constrained answers (whole:
+    48 tokens hold the caption)."""
     model, processor = mini
     photos, store = _frames("photos")[:3], SceneStore()
     for request in (TaskRequest("captioning", box=BOX), TaskRequest("spatial_qa", query=CHOICE)):
-        stored = run_task(model, processor, photos, request, max_new_tokens=16, scenes=store, session="s")
-        assert stored.raw == run_task(model, processor, photos, request, max_new_tokens=16).raw
+        stored = run_task(model, processor, photos, request, max_new_tokens=48, scenes=store, session="s")
+        assert stored.raw == run_task(model, processor, photos, request, max_new_tokens=48).raw
         _check_answer(processor.tokenizer, request.task, stored.raw, stored.parsed, request.query)
     assert store.encoded == 1
 
