@@ -17,17 +17,24 @@ class AnswerEndCriteria(StoppingCriteria):
         prompt_length: length of the prompt rows given to `generate` (the new tokens start there; left
             padding keeps every row's prompt the same length).
         answer_end: one of `ANSWER_ENDS`.
-        shortest_answer: `(task name, tokens)` of the task's shortest whole answer (`TaskSpec.shortest_answer`), or
-            None: `generate` refuses a context that leaves fewer new tokens (generation_checks.py).
+        shortest_answer: `(task name, text)` of the task's shortest whole answer (`TaskSpec.shortest_answer`), or
+            None: `generate` refuses a context that leaves fewer new tokens than its text's (generation_checks.py).
     """
 
-    def __init__(self, tokenizer, prompt_length: int, answer_end: str, shortest_answer: tuple[str, int] | None = None):
+    def __init__(self, tokenizer, prompt_length: int, answer_end: str, shortest_answer: tuple[str, str] | None = None):
         if answer_end not in ANSWER_ENDS:
             raise ValueError(f"unknown answer end {answer_end!r}; expected one of {ANSWER_ENDS}")
         self.tokenizer = tokenizer
         self.prompt_length = int(prompt_length)
         self.answer_end = answer_end
         self.shortest_answer = shortest_answer
+
+    def shortest_answer_tokens(self) -> tuple[str, int] | None:
+        """`(task name, tokens)` of the task's shortest whole answer, or None when not given."""
+        if self.shortest_answer is None:
+            return None
+        task, text = self.shortest_answer
+        return task, len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         # A host synchronisation per generated token that must stay: the rules read the text, so the new tokens come

@@ -129,7 +129,7 @@ def shortest_answer(kwargs: dict) -> tuple[str, int] | None:
     (`TaskSpec.stopping_criteria`); None for a call without them."""
     for criterion in kwargs.get("stopping_criteria") or ():
         if getattr(criterion, "shortest_answer", None) is not None:
-            return criterion.shortest_answer
+            return criterion.shortest_answer_tokens()
     return None
 
 

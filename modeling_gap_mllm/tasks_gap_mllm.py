@@ -277,16 +277,15 @@ class TaskSpec:
 
     def stopping_criteria(self, tokenizer, prompt_length: int) -> StoppingCriteriaList:
         """`stopping_criteria=` for `generate`: stop each row at the end of its answer (`answer_end`). It carries
-        the tokens of the task's `shortest_answer`, so that `generate` refuses a context that cannot hold it
-        (generation_checks.py `fit_budget_to_context`)."""
+        the task's `shortest_answer`, so that `generate` refuses a context that cannot hold it (generation_checks.py
+        `fit_budget_to_context`)."""
         # imported here: the registry itself stays free of torch and transformers (`gap-mllm --help` reads it)
         from transformers import StoppingCriteriaList
 
         from .answer_stopping_criteria import AnswerEndCriteria
 
-        shortest = len(tokenizer(self.shortest_answer, add_special_tokens=False)["input_ids"])
         return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end,
-                                                       shortest_answer=(self.name, shortest))])
+                                                       shortest_answer=(self.name, self.shortest_answer))])
 
     @property
     def answer_grammar(self) -> str:

@@ -36,20 +36,22 @@ def test_the_task_budget_is_an_int_marked_as_a_default():
 def test_generate_logs_a_lowered_task_budget_once_at_info_and_warns_for_a_chosen_one(tiny_processor, short_context,
                                                                                      caplog):
     model, frames, full = short_context
-    defaults = tiny_processor.generation_kwargs("grounding", full)  # 192 tokens, 5 positions left after the prompt
+    # spatial QA: 64 tokens, 5 positions left after the prompt, which hold its shortest answer (a grounding answer
+    # they cannot hold is refused: issue 83, tests/test_hardening_round7_inputs.py)
+    defaults = tiny_processor.generation_kwargs("spatial_qa", full)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         first = model.generate(**full, **defaults)
-        model.generate(**full, **tiny_processor.generation_kwargs("grounding", full))
+        model.generate(**full, **tiny_processor.generation_kwargs("spatial_qa", full))
         prefix, suffix = tiny_processor.split_scene_prompt("Where is the chair?", num_views=2)
         scene = encode(model, tiny_processor, frames, prefix)
         question = tiny_processor(text=suffix, return_tensors="pt")
-        model.generate(scene=scene, **question, **tiny_processor.generation_kwargs("grounding", question["input_ids"]))
+        model.generate(scene=scene, **question, **tiny_processor.generation_kwargs("spatial_qa", question["input_ids"]))
     assert first.shape[1] <= 41 + 5
-    assert budget_records(caplog) == [(logging.INFO, INFO_LINE.format(budget=192, limit=40, what="the prompt", end=34,
+    assert budget_records(caplog) == [(logging.INFO, INFO_LINE.format(budget=64, limit=40, what="the prompt", end=34,
                                                                       room=5))]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        model.generate(**full, **tiny_processor.generation_kwargs("grounding", full, max_new_tokens=192))
+        model.generate(**full, **tiny_processor.generation_kwargs("spatial_qa", full, max_new_tokens=192))
     assert budget_records(caplog) == [(logging.WARNING, (
         "max_new_tokens=192 would pass the model's context of 40 positions: the prompt ends at position 34, so at most 5 "
         "new tokens are generated (answers longer than that stop at the context's end). Lower max_new_tokens to "
