@@ -25,8 +25,9 @@ SAVE_FORMATS = ("png", "glb", "ply")  # predict --formats: pictures written with
 PARSE_FAILURE_STATUS = 3
 EXIT_STATUS_HELP = ("Exit status: 0 the answer parsed; 2 a mistake in the command (a missing or unusable file, a bad "
                     f"value, a model that cannot be loaded); {PARSE_FAILURE_STATUS} the model's answer did not parse "
-                    "cleanly as the task's answer, or is in another task's format (the raw answer and the parse problem are still printed, and saved "
-                    "in answer.json with --save-dir)")
+                    "cleanly as the task's answer, or is in another task's format, or was ended by its token budget, "
+                    "or holds a 0x0x0 box (the raw answer and the parse problem are still printed, and saved in "
+                    "answer.json with --save-dir)")
 
 
 def int_list(text: str) -> list[int]:
