@@ -126,7 +126,7 @@ def write_video(frame_paths: list[Path], path: Path, fps: int = VIDEO_FPS) -> No
     """Write the frames, in order, as a lossless mp4 (H.264 in RGB, qp 0; PyAV): decoded, it gives the same pixels."""
     import av  # here: PyAV is needed only to write videos (extras "demo" and "dev")
 
-    frames = [np.asarray(read_image_file(p).convert("RGB")) for p in frame_paths]  # upright, as every reader gives them
+    frames = [np.asarray(read_image_file(p).convert("RGB")) for p in frame_paths]  # upright, as every reader reads
     height, width = frames[0].shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
