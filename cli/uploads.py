@@ -187,7 +187,8 @@ def uniform_indices(total: int, count: int) -> list[int]:
 
 def _read_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.Image:
     """The image file at `path`, decoded and upright (its EXIF orientation applied: `read_image_file`; its pixel
-    count checked first); an UploadError naming it when it is not a readable image. Light (PIL only): `gap-mllm predict` reads its frames with it before the model (`check_frames`)."""
+    count checked first); an UploadError naming it when it is not a readable image. Light (PIL only): `gap-mllm
+    predict` reads its frames with it before the model (`check_frames`)."""
     name = words.name(path)
 
     def within_limit(image):
@@ -265,33 +266,38 @@ def _open_video_stream(av, path: Path, limits: UploadLimits, words: UploadWords)
 VIDEO_SHORTFALL_FRAMES = 2
 
 
-def _frame_interval(stream, count: int, last_time: float | None) -> float | None:
+def _frame_interval(stream, count: int, span: float | None) -> float | None:
     """Seconds between frames: the stream's frame rate, else the decoded frames' own spacing; None when unknown."""
     rate = stream.guessed_rate or stream.average_rate
     if rate:
         return 1 / float(rate)
-    return last_time / (count - 1) if last_time and count > 1 else None
+    return span / (count - 1) if span and count > 1 else None
 
 
-def _check_whole_video(container, stream, count: int, last_time: float | None, name: str, words: UploadWords) -> None:
+def _check_whole_video(container, stream, count: int, span: float | None, name: str, words: UploadWords) -> None:
     """An UploadError when the `count` frames decoded fall short of what the file declares: its frame count, or,
-    where it counts none (WebM, Matroska), its duration against the time the decoded frames cover. A cut file (an
-    interrupted copy) still declares the whole clip and decodes its first part only: sampled "evenly" it would give
-    the model the first seconds as if they were all of it."""
+    where it counts none (WebM, Matroska), its duration against the time the decoded frames cover (`span`: from the
+    first frame's time to the last one's). A cut file (an interrupted copy) still declares the whole clip and decodes
+    its first part only: sampled "evenly" it would give the model the first seconds as if they were all of it."""
     declared = stream.frames
     if declared:
         if count + VIDEO_SHORTFALL_FRAMES < declared:
             raise UploadError(f"{name}: the video declares {declared} frames but only {count} can be decoded (the "
                               f"file is cut short or damaged, e.g. an interrupted copy); {words.truncated}.")
         return
-    seconds, interval = _video_seconds(container, stream), _frame_interval(stream, count, last_time)
-    if seconds is None or interval is None or last_time is None:
+    seconds, interval = _video_seconds(container, stream), _frame_interval(stream, count, span)
+    if seconds is None or interval is None or span is None:
         return  # the file says neither how many frames nor how long: nothing to hold the frames against
-    covered = last_time + interval
+    covered = span + interval
     if covered + VIDEO_SHORTFALL_FRAMES * interval < seconds:
         raise UploadError(f"{name}: the video declares {seconds:.1f} s but only {count} frames covering "
                           f"{covered:.1f} s can be decoded (the file is cut short or damaged, e.g. an interrupted "
                           f"copy); {words.truncated}.")
+
+
+def _span(times: list[float]) -> float | None:
+    """Seconds from the first decoded frame's time to the last one's; None when the frames carry no times."""
+    return max(times) - min(times) if times else None
 
 
 def _count_video_frames(av, path: Path, limits: UploadLimits, words: UploadWords) -> int:
@@ -299,19 +305,20 @@ def _count_video_frames(av, path: Path, limits: UploadLimits, words: UploadWords
     held against what the file declares (`_check_whole_video`), so a cut file is refused, not read as a short one."""
     container, stream = _open_video_stream(av, path, limits, words)
     with container:
-        count, last_time = 0, None
+        count, times = 0, []
         try:
             for frame in container.decode(stream):
                 count += 1
-                last_time = frame.time if frame.time is not None else last_time
+                times += [frame.time] if frame.time is not None else []
                 if count > limits.max_video_frames:
                     raise UploadError(f"{words.name(path)}: the video has more than {limits.max_video_frames} frames; "
                                       f"{words.too_many_frames}.")
         except av.error.FFmpegError:
-            if not count:
-                raise  # nothing decodes: not a readable video
-            # the frames decoded so far end in damaged data: the file is measured by them
-        _check_whole_video(container, stream, count, last_time, words.name(path), words)
+            # damaged data after some frames: refused as cut when they fall short, else as not readable
+            if count:
+                _check_whole_video(container, stream, count, _span(times), words.name(path), words)
+            raise
+        _check_whole_video(container, stream, count, _span(times), words.name(path), words)
     return count
 
 
