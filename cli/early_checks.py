@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gap_mllm.evaluation.folder_lock import check_evaluation_folder
 from gap_mllm.processing.errors import MissingDependency
-from gap_mllm.processing.output_folder import OwnerCheck
+from gap_mllm.processing.output_folder import OwnerCheck, check_outside_data
 from gap_mllm.processing.output_folder import check_output_folder as check_writer_folder
 from gap_mllm.regular_files import regular_file_problem
 
@@ -158,6 +158,7 @@ def check_evaluate(args: argparse.Namespace) -> None:
     check_output_folder(args.out, "--out")
     if args.out is not None:  # new, empty or an evaluation's own: never a folder of the user's files, nor "."
         check_evaluation_folder(Path(args.out).expanduser())
+        check_outside_data(Path(args.out).expanduser(), args.data, f"--out {args.out}", f"--data {args.data}")
     check_model(args.model)
 
 

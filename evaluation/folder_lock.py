@@ -8,20 +8,20 @@ fingerprint check, and gives it back when it ends. A second run is refused in on
 holder. The lock file lies inside the folder (the folder is appended to, never replaced whole); a file left by a
 killed run is taken over with a log line.
 
-Whose folder `--out` is follows the rule of every writer (processing/output_folder.py): a new or empty folder, or
-one an evaluation wrote (its marker file, or for a folder an earlier version wrote, its `run_fingerprint.json`),
-never the user's: `claim_evaluation_folder` refuses any other before anything is read or written there, and marks
-the folder as an evaluation's.
+Whose folder `--out` is follows the rule of every writer (processing/output_folder.py `marker_problem`): a new or
+empty folder, or one whose marker (a regular file, read without following a link) names `gap-mllm evaluate`, never
+the user's: a `run_fingerprint.json` or `evaluation.lock` of the user's is no marker, and a folder an earlier version
+wrote without one is refused like theirs. `check_evaluation_folder` refuses any other before anything is written
+there; `claim_evaluation_folder`, under the lock, checks again (the lock file it holds there leaves a new folder
+empty) and marks the folder as an evaluation's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from gap_mllm.processing.folder_lock import FolderBusy, holding_folder
-from gap_mllm.processing.output_folder import check_output_folder, claim_output_folder, read_marker
-
-from .run_fingerprint import RUN_FINGERPRINT_FILE
+from gap_mllm.processing.folder_lock import FolderBusy, holding_folder, holds
+from gap_mllm.processing.output_folder import check_output_folder, claim_output_folder
 
 LOCK_FILE = "evaluation.lock"
 COMMAND = "gap-mllm evaluate"
@@ -42,24 +42,14 @@ def evaluation_folder_lock(folder, take: bool = True):
                           option="--out", busy=EvaluationFolderBusy, take=take)
 
 
-def evaluation_folder_owner(folder: Path) -> str | None:
-    """The owner check of an evaluation's `--out` (processing/output_folder.py): None for an evaluation's own
-    folder (its marker names this command, or, written by an earlier version without a marker, it holds the run's
-    `run_fingerprint.json` or lock file), else what it holds instead, in words."""
-    marker = read_marker(folder)
-    if marker is not None:
-        return None if marker.get("command") == COMMAND else f"holds the output of {marker.get('command')}"
-    if (Path(folder) / RUN_FINGERPRINT_FILE).is_file() or (Path(folder) / LOCK_FILE).is_file():
-        return None
-    return f"was not written by {COMMAND}"
-
-
 def check_evaluation_folder(folder) -> None:
-    """OutputFolderRefused unless `folder` may take an evaluation (`evaluation_folder_owner`): the command line's
-    early check, which writes nothing."""
-    check_output_folder(folder, COMMAND, overwrite_option=None, owner_check=evaluation_folder_owner)
+    """OutputFolderRefused unless `folder` may take an evaluation (new, empty, or its marker names this command): the
+    command line's early check, which writes nothing."""
+    check_output_folder(folder, COMMAND, overwrite_option=None)
 
 
 def claim_evaluation_folder(folder) -> Path:
-    """`check_evaluation_folder`, then the folder made and marked as an evaluation's (`claim_output_folder`)."""
-    return claim_output_folder(folder, COMMAND, owner_check=evaluation_folder_owner)
+    """`check_evaluation_folder` under the folder's lock, then the folder made and marked as an evaluation's
+    (`claim_output_folder`). The lock file this process holds there is its own, not a file of the folder's."""
+    held = (LOCK_FILE,) if holds(folder, Path(folder) / LOCK_FILE) else ()
+    return claim_output_folder(folder, COMMAND, ignore=held)

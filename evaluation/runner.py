@@ -43,6 +43,7 @@ from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
 from gap_mllm.regular_files import read_regular_bytes
+from gap_mllm.processing.output_folder import check_outside_data
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
 from . import reports, scene_generation
@@ -213,6 +214,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
     check_evaluation_folder(out_dir)  # a folder of the user's (or "."): refused before any work (folder_lock.py)
+    check_outside_data(out_dir, data_dir, f"--out {out_dir}", f"--data {data_dir}")
     check_sample_limit(limit)
     check_batch_size(batch_size)
     if constrained and predictions_file is not None:

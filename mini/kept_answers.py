@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+from gap_mllm.evaluation.folder_lock import claim_evaluation_folder
 from gap_mllm.evaluation.reports import RAW_PATTERN
 from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE, model_fingerprint
 
@@ -103,6 +104,7 @@ def restore_answers(out: Path, run_state: Path, arm: str, models: Iterable[Path]
                            "%s…); they are answered again", kept, arm, str((model or {}).get("weights"))[:12],
                            str((model or {}).get("configuration"))[:12])
             continue
+        claim_evaluation_folder(folder)  # marked as an evaluation's: the runner owns a folder by its marker alone
         for raw in sorted(kept.glob(f"{RAW_PATTERN}{GZIP_SUFFIX}")):
             _write_atomically(folder / raw.name.removesuffix(GZIP_SUFFIX), gzip.decompress(raw.read_bytes()))
         _write_atomically(folder / RUN_FINGERPRINT_FILE, (kept / RUN_FINGERPRINT_FILE).read_bytes())

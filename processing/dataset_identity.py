@@ -35,8 +35,18 @@ def read_dataset_info(data_root) -> dict | None:
     path = Path(data_root) / SYNTHROOMS_INFO
     if not path.is_file():
         return None
+    return parse_dataset_info(path.read_bytes(), path)
+
+
+def parse_dataset_info(data: bytes, path) -> dict:
+    """The dataset_info.json `data` read from `path`, checked (`read_dataset_info`); for a reader that opens the file
+    its own way (a writer's ownership check, processing/synth/writer.py, which follows no link).
+
+    Raises:
+        DataError: not UTF-8 JSON, or not of that shape; the message names `path` and the fault.
+    """
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f"not valid JSON ({error}); write the data again with gap-mllm synth", path=path) from None
     problem = dataset_info_problem(info)

@@ -9,7 +9,12 @@ What it does, for a target folder `out` of a command:
 
 * **Refuses a folder it did not write.** A non-empty `out` is replaced only when it is this command's own earlier
   output: it holds the marker file `.gap-mllm-output.json` naming the same command (written into every folder this
-  module writes). Anything else (the user's files, another command's output) is refused with one line naming the
+  module writes). The marker is read for what it says (`marker_problem`, the one ownership rule): a regular file,
+  opened without following a symbolic link (`O_NOFOLLOW`: a link to another folder's marker says nothing of this
+  one), that parses as a JSON object naming the command. No other file name stands for a marker (a user's
+  `run_fingerprint.json` or `evaluation.lock` is the user's file), so a folder an earlier version wrote without a
+  marker is refused like the user's, and the line says how to proceed (move its files, or `--overwrite` where the
+  command has it). Anything else (the user's files, another command's output) is refused with one line naming the
   folder, a few of its entries and the option that replaces it anyway (`--overwrite`). The working folder and the
   folders above it are refused even then: replacing them would pull the ground from under the shell. A folder that
   cannot be written (read-only, no permission) is refused too, before any work whose result would be lost.
@@ -32,20 +37,27 @@ written: `gap-mllm evaluate`, which resumes into its `--out` (evaluation/folder_
 
 Data roots (SynthRooms) carry no marker file of this module: a training run records the digest of every file of
 its data root (training/run_state.py) and would take one more file for other data. Their own record,
-`synthrooms/dataset_info.json` (written last), says who wrote them; the writers pass `owner_check` for it.
+`synthrooms/dataset_info.json` (written last), says who wrote them; the writers pass `owner_check` for it, which
+reads it as the marker is read (`read_owner_bytes`). For the same reason an output folder inside a data root is
+refused (`check_outside_data`): its files, and its lock file, would be read as data.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
+
+from gap_mllm.regular_files import kind_of
 
 from .folder_lock import holding_folder
+from .path_containment import resolve_inside
 
 MARKER = ".gap-mllm-output.json"
 PARTIAL_SUFFIX = ".gap-mllm-partial"
@@ -66,13 +78,101 @@ def sibling(folder: Path, suffix: str) -> Path:
     return folder.parent / f".{folder.name}{suffix}"
 
 
-def read_marker(folder: Path) -> dict | None:
-    """The marker of `folder` (what wrote it), or None when it has none or an unreadable one."""
+class NotAnOwnerRecord(ValueError):
+    """A file that would say who wrote a folder (its marker, a data root's dataset_info.json) but cannot: a symbolic
+    link, not a regular file, or not readable. The message says which, in words that follow "the folder ... and"."""
+
+
+def _is_link(name: str, directory: int) -> bool:
     try:
-        marker = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return stat.S_ISLNK(os.lstat(name, dir_fd=directory).st_mode)
+    except OSError:
+        return False
+
+
+def read_owner_bytes(folder, relative: str, what: str = "") -> bytes | None:
+    """The bytes of the file `relative` under `folder` that says who wrote the folder, or None when there is none.
+    Every part of `relative` is opened without following a symbolic link (`O_NOFOLLOW`, from a descriptor of
+    `folder`), and the file is read only when the opened descriptor is a regular file (a FIFO is opened without
+    waiting, `O_NONBLOCK`): a record is this folder's own, never one it points to. `what` names the file in the
+    message ("marker ").
+
+    Raises:
+        NotAnOwnerRecord: a part is a symbolic link, the file is not a regular file, or it cannot be read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        directory = os.open(folder, flags | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return marker if isinstance(marker, dict) else None
+    parts = Path(relative).parts
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            try:
+                opened = os.open(part, flags | os.O_NOFOLLOW | (os.O_NONBLOCK if last else os.O_DIRECTORY),
+                                 dir_fd=directory)
+            except FileNotFoundError:
+                return None
+            except OSError as error:
+                if _is_link(part, directory):
+                    target = os.readlink(part, dir_fd=directory)
+                    raise NotAnOwnerRecord(f"its {what}{relative} is a symbolic link (to {target}), which says nothing "
+                                           "of who wrote this folder") from None
+                if error.errno == errno.ENOTDIR:  # a part above the file is a file: there is no record
+                    return None
+                raise NotAnOwnerRecord(f"its {what}{relative} cannot be read ({error.strerror})") from None
+            os.close(directory)
+            directory = opened
+        kind = kind_of(os.fstat(directory).st_mode)
+        if kind is not None:
+            raise NotAnOwnerRecord(f"its {what}{relative} is {kind}, not a regular file")
+        os.set_blocking(directory, True)
+        with os.fdopen(os.dup(directory), "rb") as handle:
+            return handle.read()
+    finally:
+        os.close(directory)
+
+
+def _read_marker_record(folder) -> dict:
+    """The parsed marker of `folder` (`read_owner_bytes`): a JSON object naming its command.
+
+    Raises:
+        FileNotFoundError: `folder` has no marker.
+        NotAnOwnerRecord: the marker is a link, not a regular file, unreadable, or not such an object.
+    """
+    data = read_owner_bytes(folder, MARKER, "marker ")
+    if data is None:
+        raise FileNotFoundError(MARKER)
+    try:
+        marker = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        marker = None
+    if not isinstance(marker, dict) or not isinstance(marker.get("command"), str):
+        raise NotAnOwnerRecord(f"its marker {MARKER} is not a JSON object naming the command that wrote the folder")
+    return marker
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker of `folder` (what wrote it), or None when it has none or one that says nothing (`marker_problem`)."""
+    try:
+        return _read_marker_record(folder)
+    except (FileNotFoundError, NotAnOwnerRecord):
+        return None
+
+
+def marker_problem(folder, command: str) -> str | None:
+    """The one ownership rule (module docstring): None when the marker of `folder` is a regular file, reached through
+    no link, that parses and names `command`; else why the folder is not `command`'s, in words that follow "the
+    folder ... and" in a refusal."""
+    try:
+        marker = _read_marker_record(folder)
+    except FileNotFoundError:
+        return (f"was not written by {command} (no marker {MARKER} names it; an earlier version's folder has none: "
+                "to use it, move its files elsewhere)")
+    except NotAnOwnerRecord as error:
+        return str(error)
+    return None if marker["command"] == command else f"holds the output of {marker['command']}"
 
 
 def mark_output_folder(folder: Path, command: str, settings: dict | None = None) -> None:
@@ -84,15 +184,10 @@ def mark_output_folder(folder: Path, command: str, settings: dict | None = None)
 
 
 def marker_owner(command: str) -> OwnerCheck:
-    """The default owner check: the folder's marker names `command`."""
+    """The owner check of every writer with a marker: `marker_problem` for `command`."""
 
     def check(folder: Path) -> str | None:
-        marker = read_marker(folder)
-        if marker is not None and marker.get("command") == command:
-            return None
-        if marker is not None:
-            return f"holds the output of {marker.get('command')}"
-        return "was not written by " + command
+        return marker_problem(folder, command)
 
     return check
 
@@ -127,13 +222,14 @@ def _holds_working_folder(folder: Path) -> bool:
 
 def check_output_folder(folder, command: str, *, overwrite: bool = False, option: str = "--out",
                         overwrite_option: str | None = "--overwrite", owner_check: OwnerCheck | None = None,
-                        named: str | None = None) -> None:
+                        named: str | None = None, ignore: Collection[str] = ()) -> None:
     """Raise OutputFolderRefused unless `command` may write `folder`: it is missing or empty, or the command's own
     earlier output (`owner_check`, default: the marker names `command`), or `overwrite` was given.
 
     `option` names the folder in the message as the user gave it ("--out", "--export"); `overwrite_option` is what
     the message offers (None: the command has no such option, the message asks for another folder); `named`
-    replaces "OPTION FOLDER" in the message for a folder the user did not name (a default one)."""
+    replaces "OPTION FOLDER" in the message for a folder the user did not name (a default one); `ignore`: names of
+    entries the caller itself put there (the lock file it holds inside the folder), which leave a folder empty."""
     folder = Path(folder)
     named = named or (f"{option} {folder}" if option else str(folder))
     if folder.exists() and not folder.is_dir():
@@ -143,7 +239,7 @@ def check_output_folder(folder, command: str, *, overwrite: bool = False, option
     unwritable = unwritable_reason(folder)
     if unwritable is not None:  # now, not when the first file is written after the command's work
         raise OutputFolderRefused(f"{named} cannot be written: {unwritable}; give a folder you can write to")
-    if not folder.is_dir() or not any(folder.iterdir()) or overwrite:
+    if not folder.is_dir() or not any(entry.name not in ignore for entry in folder.iterdir()) or overwrite:
         return
     holds = (owner_check or marker_owner(command))(folder)
     if holds is None:
@@ -154,17 +250,29 @@ def check_output_folder(folder, command: str, *, overwrite: bool = False, option
 
 
 def claim_output_folder(folder, command: str, *, option: str = "--out", owner_check: OwnerCheck | None = None,
-                        named: str | None = None, settings: dict | None = None) -> Path:
+                        named: str | None = None, settings: dict | None = None, ignore: Collection[str] = ()) -> Path:
     """The rule for a writer that fills `folder` in place (module docstring): `check_output_folder` without an
     overwrite option (a folder of the user's is never written, whatever is passed), then the folder is made and
     marked as `command`'s when it has no marker yet; returns it. OutputFolderRefused otherwise, before anything is
     written."""
-    check_output_folder(folder, command, option=option, overwrite_option=None, owner_check=owner_check, named=named)
+    check_output_folder(folder, command, option=option, overwrite_option=None, owner_check=owner_check, named=named,
+                        ignore=ignore)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if read_marker(folder) is None:
         mark_output_folder(folder, command, settings)
     return folder
+
+
+def check_outside_data(folder, data_root, named: str, data_named: str) -> None:
+    """OutputFolderRefused when output folder `folder` is the data root `data_root` or lies inside it, links
+    followed (nothing is checked without a data root): every file under a data root is read as data (a training
+    run digests them all), so the output, and the lock file beside it, would become part of the data it reads.
+    `named` / `data_named` name both as the user gave them ("training.output_dir runs/x", "data.data_root data")."""
+    if data_root is None or resolve_inside(Path(data_root), os.path.abspath(folder)) is None:
+        return
+    raise OutputFolderRefused(f"{named} is inside the data root {data_named} (links followed), where every file is "
+                              "read as data; give an output folder outside the data root")
 
 
 def clean_leftovers(folder: Path) -> None:

@@ -21,6 +21,7 @@ from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation import runner
 from gap_mllm.evaluation.folder_lock import LOCK_FILE, EvaluationFolderBusy
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
+from gap_mllm.processing.output_folder import MARKER, mark_output_folder
 
 from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
 
@@ -33,8 +34,10 @@ def dead_pid() -> int:
 
 
 def write_lock(folder, pid, host=None, started=None) -> dict:
-    """A lock file as a run writes it, held by no process (what a killed run leaves)."""
+    """A lock file as a run writes it, held by no process, in a folder marked as an evaluation's (what a killed run
+    leaves: a run marks its folder right after taking the lock, and a folder without the marker is not its own)."""
     folder.mkdir(parents=True, exist_ok=True)
+    mark_output_folder(folder, "gap-mllm evaluate")
     holder = {"pid": pid, "host": host or socket.gethostname(), "started": time.time() if started is None else started}
     (folder / LOCK_FILE).write_text(json.dumps(holder))
     return holder
@@ -43,8 +46,9 @@ def write_lock(folder, pid, host=None, started=None) -> dict:
 @contextlib.contextmanager
 def held_by_another_process(folder, holder: dict):
     """A live process that holds the lock of `folder` (an OS file lock on its lock file, as a run takes it), with
-    `holder` as the file's record."""
+    `holder` as the file's record, the folder marked as an evaluation's (as that run marks it)."""
     folder.mkdir(parents=True, exist_ok=True)
+    mark_output_folder(folder, "gap-mllm evaluate")
     path = folder / LOCK_FILE
     path.write_text(json.dumps(holder))
     code = ("import fcntl, os, sys, time; d = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(d, fcntl.LOCK_EX); "
@@ -70,7 +74,7 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_folder_and_holder(syn
         with pytest.raises(EvaluationFolderBusy) as error:
             run_evaluation("detection", synth_data, out, predictions_file=oracle, plots=False)
         assert str(out) in str(error.value) and f"pid {holder['pid']} on {holder['host']}" in str(error.value)
-        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing read into or written
+        assert sorted(p.name for p in out.iterdir()) == [MARKER, LOCK_FILE]  # nothing read into or written
         assert json.loads((out / LOCK_FILE).read_text()) == holder
         status = gap_mllm(["evaluate", "--task", "detection", "--data", str(synth_data), "--predictions", str(oracle),
                            "--out", str(out), "--no-plots", "--quiet"])
@@ -88,7 +92,7 @@ def test_a_holder_in_another_pid_namespace_with_the_same_hostname_is_refused_not
     with held_by_another_process(out, holder):
         with pytest.raises(EvaluationFolderBusy, match=f"pid {holder['pid']} on {holder['host']}"):
             run_evaluation("detection", synth_data, out, predictions_file=oracle, plots=False)
-        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+        assert sorted(p.name for p in out.iterdir()) == [MARKER, LOCK_FILE]
     # its holder gone (the kernel released its lock), the folder is free again
     assert run_evaluation("detection", synth_data, out, predictions_file=oracle, plots=False)["headline"]["value"] == 1.0
 

@@ -254,8 +254,8 @@ def test_item10_train_output_dir_follows_the_output_folder_rule(stopped, tmp_pat
     users = tmp_path / "mine"
     users.mkdir()
     (users / "notes.txt").write_text("mine")
-    for output, refusal in ((users, r"training.output_dir .*mine is not empty \(notes.txt\) and holds no training run's "
-                                    r"output; give an empty or new folder"),
+    for output, refusal in ((users, r"training.output_dir .*mine is not empty \(notes.txt\) and was not written by "
+                                    r"gap-mllm train \(no marker .*; give an empty or new folder"),
                             (source_model, r"training.output_dir .* is the folder of the model the run starts from")):
         before = sorted(p.name for p in output.iterdir())
         recipe = load_recipe(recipe_path, [f"training.output_dir={output}"])

@@ -23,7 +23,8 @@ from transformers.trainer_utils import TrainOutput, align_special_tokens
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
 from gap_mllm.processing.folder_lock import holding_folder
 from gap_mllm.processing.held_out import trained_scenes
-from gap_mllm.processing.output_folder import OutputFolderRefused, check_output_folder, mark_output_folder, read_marker
+from gap_mllm.processing.output_folder import (OutputFolderRefused, check_outside_data, check_output_folder,
+                                                mark_output_folder, read_marker)
 
 from .checkpoints import MissingSafetensorsWeights, check_resume_checkpoint, find_resumable_checkpoint, load_model_weights
 from .config import TrainRecipe, training_arguments, without_defaults
@@ -443,21 +444,10 @@ def _trains_here() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _training_folder_owner(folder: Path) -> str | None:
-    """The owner check of an output folder (processing/output_folder.py): a training run's, by its marker or, for a
-    folder an earlier version wrote, by its checkpoints or training record."""
-    marker = read_marker(folder)
-    if marker is not None:
-        return None if marker.get("command") == TRAIN_WRITER else f"holds the output of {marker.get('command')}"
-    if ((folder / TRAINING_RECORD).is_file() or (folder / "feature_cache").is_dir() or (folder / "best").is_dir()
-            or any(folder.glob("checkpoint-*")) or any(folder.glob("tmp-checkpoint-*"))):
-        return None
-    return "holds no training run's output"
-
-
 def check_training_output(recipe: TrainRecipe) -> None:
     """The output-folder rule for a training run (processing/output_folder.py): `training.output_dir` is missing,
-    empty or a training run's own folder, and never the folder of the model the run starts from; then marked as a
+    empty or a training run's own folder (its marker names `gap-mllm train`; a folder of an earlier version without
+    one is refused as the user's), and never the folder of the model the run starts from; then marked as a
     training run's. OutputFolderRefused otherwise, before anything is built."""
     output = Path(recipe.training["output_dir"])
     named = f"training.output_dir {output}"
@@ -465,8 +455,7 @@ def check_training_output(recipe: TrainRecipe) -> None:
     if source and Path(source).is_dir() and output.exists() and output.resolve() == Path(source).resolve():
         raise OutputFolderRefused(f"{named} is the folder of the model the run starts from (model.name_or_path); the "
                                   "run would write over it: give another output folder")
-    check_output_folder(output, TRAIN_WRITER, option="--output-dir", overwrite_option=None,
-                        owner_check=_training_folder_owner, named=named)
+    check_output_folder(output, TRAIN_WRITER, option="--output-dir", overwrite_option=None, named=named)
     if read_marker(output) is None:
         output.mkdir(parents=True, exist_ok=True)
         mark_output_folder(output, TRAIN_WRITER, settings={"stage": recipe.stage})
@@ -487,6 +476,11 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
             message names the command that continues it.
     """
     output_dir = recipe.training["output_dir"]
+    # before any lock file is made beside them: an output inside the data root would be read as the run's data
+    data_root = None if build_kwargs.get("train_dataset") is not None else recipe.data.data_root
+    for folder, named in ((output_dir, "training.output_dir"), (recipe.run_state.directory, "run_state.directory")):
+        if folder is not None:
+            check_outside_data(folder, data_root, f"{named} {folder}", f"data.data_root {data_root}")
     if recipe.run_state.directory is not None:  # a link is written through to its target, and locked as it
         recipe = dataclasses.replace(recipe, run_state=dataclasses.replace(
             recipe.run_state, directory=str(state_folder(recipe.run_state.directory))))

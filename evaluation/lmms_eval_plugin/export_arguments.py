@@ -19,3 +19,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-compat", action="store_true",
                         help="score as the released scripts do and stop answers only at EOS / the budget (as gap-mllm evaluate --official-compat)")
     parser.add_argument("--no-meteor", action="store_true", help="captioning: report METEOR as null (it needs Java)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out even if it holds files this command "
+                                                                 "did not write (they are deleted)")

@@ -31,8 +31,8 @@ import numpy as np
 import PIL.Image
 
 from ..annotation_files import ANNOTATIONS_SUBDIR, annotation_file_name
-from ..dataset_identity import read_dataset_info
-from ..output_folder import OwnerCheck, writing_output_folder
+from ..dataset_identity import SYNTHROOMS_INFO, parse_dataset_info
+from ..output_folder import NotAnOwnerRecord, OwnerCheck, read_owner_bytes, writing_output_folder
 from ..scannet_layout import posed_images_dir, write_frame, write_scene_meta
 from .allocator import keep_large_allocations_in_heap
 from .generator import SynthRooms
@@ -179,26 +179,26 @@ def write_dataset(
     return info
 
 
-def dataset_info(out_dir) -> dict | None:
-    """`<out_dir>/synthrooms/dataset_info.json` (written last by `write_dataset`) when SynthRooms wrote it, else None
-    (no such file). A malformed one is a DataError naming it (`read_dataset_info`, the one reader of the file)."""
-    info = read_dataset_info(out_dir)
-    return info if info is not None and info.get("generator") == "SynthRooms" else None
-
-
 def holds_dataset(info: dict, config, splits: dict[str, int]) -> bool:
-    """`info` (a `dataset_info`) describes the scenes `splits` of `config`: writing them again changes nothing."""
+    """`info` (a parsed synthrooms/dataset_info.json) describes the scenes `splits` of `config`: writing them again
+    changes nothing."""
     counts = {split: len(scenes) for split, scenes in info.get("splits", {}).items()}
     return info.get("config") == json.loads(json.dumps(config.to_dict())) and counts == dict(splits)
 
 
 def synthrooms_owner(config, splits: dict[str, int]) -> OwnerCheck:
     """The owner check of a data root (output_folder.py): only the same SynthRooms scenes may be written again; a
-    data root of other scenes or settings is someone's data (the user's 45-scene set, another run's)."""
+    data root of other scenes or settings is someone's data (the user's 45-scene set, another run's). Its
+    synthrooms/dataset_info.json is read as a marker is (`read_owner_bytes`: a regular file reached through no
+    link), then checked by the one parser of the file (a malformed one is a DataError naming it)."""
 
     def check(folder: Path) -> str | None:
-        info = dataset_info(folder)
-        if info is None:
+        try:
+            data = read_owner_bytes(folder, SYNTHROOMS_INFO.as_posix())
+        except NotAnOwnerRecord as error:
+            return str(error)
+        info = parse_dataset_info(data, Path(folder) / SYNTHROOMS_INFO) if data is not None else None
+        if info is None or info.get("generator") != "SynthRooms":
             return "holds no SynthRooms data (no synthrooms/dataset_info.json)"
         if holds_dataset(info, config, splits):
             return None
