@@ -39,7 +39,8 @@ from .test_eval_runner import synth_data  # noqa: F401  (module fixture)
 
 RECIPE = Path(__file__).resolve().parent.parent / "training" / "recipes" / "mini_stage2.yaml"
 EVALUATE = "gap-mllm evaluate"
-NO_MARKER = "no marker .gap-mllm-output.json names it; an earlier version's folder has none: to use it, move its files elsewhere"
+NO_MARKER = ("no marker .gap-mllm-output.json names it; an earlier version's folder has none: to use it, move its files "
+             "elsewhere")
 
 
 def contents(folder: Path) -> dict:
@@ -48,11 +49,11 @@ def contents(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}
 
 
-def users_folder(path: Path, **files: str) -> Path:
+def users_folder(path: Path, files: dict[str, str] | None = None) -> Path:
+    """A folder of the user's: their summary.md and `files` ({name: text})."""
     path.mkdir(parents=True)
-    (path / "summary.md").write_text("my notes\n")
-    for name, text in files.items():
-        (path / name.replace("__", ".")).write_text(text)
+    for name, text in {"summary.md": "my notes\n", **(files or {})}.items():
+        (path / name).write_text(text)
     return path
 
 
@@ -89,7 +90,7 @@ def evaluate(synth_data, oracle, out) -> int:  # noqa: F811
 def test_evaluate_takes_no_other_file_name_for_its_marker(synth_data, evaluated, tmp_path, stand_in, capsys):  # noqa: F811
     """Was: data-lost (exit 0, summary.md and run_fingerprint.json replaced; an empty evaluation.lock alike)."""
     oracle, _ = evaluated
-    users = users_folder(tmp_path / "c", **{stand_in.replace(".", "__"): "notes\n" if "json" in stand_in else ""})
+    users = users_folder(tmp_path / "c", {stand_in: "notes\n" if stand_in.endswith(".json") else ""})
     before = contents(users)
     assert evaluate(synth_data, oracle, users) == 2
     assert capsys.readouterr().err.splitlines() == [
@@ -134,7 +135,7 @@ def test_a_marker_that_does_not_parse_or_is_not_a_regular_file_says_nothing(tmp_
 
 def test_export_lmms_refuses_the_users_files_unless_overwrite(synth_data, tmp_path, capsys):  # noqa: F811
     """Was: data-lost (export-lmms wrote its documents and YAMLs over the user's files, exit 0)."""
-    users = users_folder(tmp_path / "tasks", gap_det__yaml="my task\n")
+    users = users_folder(tmp_path / "tasks", {"gap_det.yaml": "my task\n"})
     before = contents(users)
     argv = ["export-lmms", "--data", str(synth_data), "--out", str(users), "--tasks", "gap_det", "--limit", "1"]
     assert gap_mllm(argv) == 2
@@ -192,7 +193,7 @@ def test_synth_reads_its_dataset_info_by_the_one_rule(synth_data, tmp_path):  # 
 def test_train_refuses_an_output_folder_without_its_marker(tmp_path):
     """Checkpoints and a training record without the marker: an earlier version's folder, or the user's copy of one.
     Was: taken for a training run's by those names (and marked as one)."""
-    earlier = users_folder(tmp_path / "run", gap_mllm_training__json="{}")
+    earlier = users_folder(tmp_path / "run", {"gap_mllm_training.json": "{}"})
     (earlier / "checkpoint-2").mkdir()
     before = contents(earlier)
     recipe = load_recipe(RECIPE, [f"training.output_dir={earlier}"])
