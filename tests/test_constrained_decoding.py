@@ -296,5 +296,5 @@ def test_evaluate_refuses_constrained_scoring_of_given_predictions(tmp_path):
     from gap_mllm.evaluation.runner import run_evaluation
 
     with pytest.raises(ValueError, match="constrained decoding applies to generated answers"):
-        run_evaluation("detection", tmp_path, tmp_path / "out", predictions_file=tmp_path / "answers.jsonl",
+        run_evaluation("detection", tmp_path / "data", tmp_path / "out", predictions_file=tmp_path / "answers.jsonl",
                        constrained=True)
