@@ -1,4 +1,5 @@
-"""The grammar of each task's answer: what constrained decoding lets the model write, in xgrammar's EBNF.
+"""The grammar of each task's answer: what constrained decoding lets the model write, in GBNF as llguidance reads it
+(`llguidance.grammar_from("grammar", ...)`: the `generate` path and vLLM's `guidance` backend).
 
 Each grammar is the language of the task's serialiser (target_format.py), built from the same named pieces
 (keys, separators, the detection fence), and admits only what a reader accepts as an answer of its task:
@@ -30,7 +31,7 @@ An engine that cannot count tokens (vLLM's structured outputs) gets `detection_g
 `detection_entries(max_tokens)` entries (9 in 1,280 tokens). A caption ends on sentence punctuation, or at the budget
 (a caption cut short is still prose).
 
-The grammars are plain text (no torch, no xgrammar): the registry (`TaskSpec.grammar`, `TaskSpec.entry_list`) holds
+The grammars are plain text (no torch, no grammar engine): the registry (`TaskSpec.grammar`, `TaskSpec.entry_list`) holds
 them, the `generate` logits processor compiles them (answer_grammar_processor.py), and a vLLM request carries them as
 `structured_outputs.grammar` (serving/): one definition per task on every path.
 """
@@ -88,7 +89,7 @@ def _name_rules(max_chars: int) -> str:
         if left >= 1:
             options.append(f"[A-Za-z0-9] name_{left - 1}")
         if left >= 2:
-            options.append(f'[ \'\\-] [A-Za-z0-9] name_{left - 2}')
+            options.append(f"[ '-] [A-Za-z0-9] name_{left - 2}")  # a class's last '-' is literal: no escape
         rules.append(f"name_{left} ::= {' | '.join(options)}")
     return "\n".join(rules) + "\n"
 
@@ -141,8 +142,10 @@ def detection_list_grammar(entries: int | None) -> str:
     """The official detection answer (`serialize_detection`) with at most `entries` labelled boxes (None: any
     number, for a decoder that closes the list at its token budget: `EntryList`)."""
     entry = f'{literal(DETECTION_INDENT + "{")} {_key(LABEL_KEY)} label {_SEP} {_key(BOX_KEY)} box "}}"'
-    more = "*" if entries is None else f"{{0,{int(entries) - 1}}}"
-    listed = f'(entry ({literal(DETECTION_LINE_END)} entry){more} "\\n")? ' if entries is None or entries > 0 else ""
+    # no `{0,0}` repetition for a single entry: llguidance (vLLM's guidance backend) refuses an empty range
+    more = "*" if entries is None else f"{{0,{int(entries) - 1}}}" if entries > 1 else None
+    repeated = f" ({literal(DETECTION_LINE_END)} entry){more}" if more else ""
+    listed = f'(entry{repeated} "\\n")? ' if entries is None or entries > 0 else ""
     return (f"root ::= {literal(DETECTION_OPEN)} {listed}{literal(DETECTION_CLOSE)}\n"
             f"entry ::= {entry}\n" + _box_rule() + _COMMON_RULES)
 

@@ -2,11 +2,16 @@
 
     out = model.generate(**inputs, **processor.generation_kwargs("grounding", inputs, constrained=True))
 
-Built on xgrammar (the structured-output engine of vLLM and SGLang): the task's grammar (`TaskSpec.answer_grammar`,
-answer_grammar.py) is compiled once per tokenizer, vocabulary width and grammar (`compiled_grammar`), and at every
-step each row's matcher takes the row's new token and fills a bitmask of the tokens that keep the answer inside the
-grammar; the others get -inf. A token the model would pick anyway is never changed, so a greedy answer that already
-fits the grammar is generated unchanged; once the grammar's answer is complete only the stop ids (EOS) remain.
+Built on llguidance (the grammar engine of vLLM's `guidance` backend, llama.cpp and SGLang): the task's grammar
+(`TaskSpec.answer_grammar`, answer_grammar.py, GBNF read as vLLM reads it: `llguidance.grammar_from("grammar", ...)`)
+is compiled once per tokenizer, vocabulary width and grammar (`grammar_matcher` copies the compiled matcher), and at
+every step each row's matcher takes the row's new token and fills a bitmask of the tokens that keep the answer inside
+the grammar; the others get -inf (`apply_bitmask`: the bits unpacked on the logits' device, no torch.compile, no
+triton). A token the model would pick anyway is never changed, so a greedy answer that already fits the grammar is
+generated unchanged; once the grammar's answer is complete only the stop ids (EOS) remain. Where the grammar forces
+the next bytes (a key, the detection fence) llguidance allows their greedy tokenization only, the tokens a model
+trained on that text writes; elsewhere its masks equal xgrammar's, the engine before it (issue 81: the Mini's answers
+are the same texts, tests/test_constrained_answers_kept.py).
 
 A list answer (detection: `answer_grammar.EntryList`) is closed by the token budget, not bounded in bytes: the row
 decodes inside the list without a bound until the tokens left are the list's `reserve` (what one more entry and the
@@ -19,9 +24,9 @@ A row whose token the grammar refuses is no longer constrained: that happens onl
 (`generate` pads it, or the answer-end rule ended it), never to a live one, since its token came from the mask.
 Reading each row's new token is a host sync per step, as in every grammar engine: the matchers run on the CPU.
 
-xgrammar is imported in a `try` so that this folder's remote code loads without it (transformers checks the
+llguidance is imported in a `try` so that this folder's remote code loads without it (transformers checks the
 imports of remote code outside `try` blocks); asking for constrained decoding without it is an ImportError naming
-the install command.
+the install command (`require_grammar_engine`).
 """
 
 from __future__ import annotations
@@ -34,26 +39,26 @@ from transformers import LogitsProcessor
 from .answer_grammar import EntryList
 
 try:  # optional for the remote code: only constrained decoding needs it
-    import xgrammar
-except ImportError:  # pragma: no cover - exercised in environments without xgrammar
-    xgrammar = None
+    import llguidance
+    import llguidance.hf
+except ImportError:  # pragma: no cover - exercised in environments without llguidance
+    llguidance = None
 
-# The version verified here (docs/design.md §12). `make install` installs XGRAMMAR_INSTALL with --no-deps (xgrammar and
-# its FFI library, 5 MB; then pydantic, which it also imports, the usual way), not triton (286 MB), which only its CUDA
-# kernels use; `pip install 'gap-mllm[grammar]'` is the plain route (setup.py).
-XGRAMMAR_REQUIREMENT = "xgrammar==0.2.8"
-XGRAMMAR_INSTALL = (XGRAMMAR_REQUIREMENT, "apache-tvm-ffi==0.1.15.post2")
+# The version verified here (docs/design.md §12; setup.py's GRAMMAR_ENGINE, the same pin): a 3 MB abi3 wheel without
+# requirements, so a plain `pip install` brings it and nothing else.
+ENGINE_REQUIREMENT = "llguidance==1.9.1"
 CONTROL_TOKENS_THAT_STOP = ("<|im_end|>",)  # the chat turn's end: Qwen3-VL's and the Mini's EOS
 
-_COMPILERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {vocab width: GrammarCompiler}
+# tokenizer -> {vocab width: (llguidance tokenizer, {grammar text: compiled matcher, copied for each answer})}
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def require_xgrammar():
-    """The xgrammar module, or an ImportError saying how to install it."""
-    if xgrammar is None:
-        raise ImportError(f"constrained decoding needs xgrammar: pip install '{XGRAMMAR_REQUIREMENT}' "
-                          "(make install installs it), or decode freely (constrained=False / --free)")
-    return xgrammar
+def require_grammar_engine():
+    """The llguidance module, or an ImportError saying how to install it."""
+    if llguidance is None:
+        raise ImportError(f"constrained decoding needs llguidance: pip install '{ENGINE_REQUIREMENT}' "
+                          "(pip install -e . installs it), or decode freely (constrained=False / --free)")
+    return llguidance
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -66,20 +71,42 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def compiled_grammar(tokenizer, vocab_size: int, grammar: str):
-    """The xgrammar `CompiledGrammar` of `grammar` (EBNF) for `tokenizer` and logits of width `vocab_size` (the
-    model's vocabulary, which may be padded past the tokenizer's). One compiler per tokenizer and width, whose
-    cache keeps each compiled grammar: a task's grammar compiles once per process."""
-    xgr = require_xgrammar()
+def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
+    """A fresh llguidance `LLMatcher` of `grammar` (GBNF) for `tokenizer` and logits of width `vocab_size` (the
+    model's vocabulary, which may be padded past the tokenizer's: ids past it are never allowed). The grammar is
+    compiled once per tokenizer, width and text; each call copies the compiled matcher (`deep_copy`, microseconds).
+
+    Raises:
+        ValueError: the grammar does not compile (llguidance's message).
+    """
+    llg = require_grammar_engine()
     try:
-        per_width = _COMPILERS.setdefault(tokenizer, {})
+        per_width = _COMPILED.setdefault(tokenizer, {})
     except TypeError:  # a tokenizer that cannot be weakly referenced: compiled each time, still correct
         per_width = {}
     if vocab_size not in per_width:
-        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=int(vocab_size),
-                                                  stop_token_ids=stop_token_ids(tokenizer))
-        per_width[vocab_size] = xgr.GrammarCompiler(info, cache_enabled=True)
-    return per_width[vocab_size].compile_grammar(grammar)
+        engine_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=int(vocab_size),
+                                                        eos_token=stop_token_ids(tokenizer))
+        per_width[vocab_size] = (engine_tokenizer, {})
+    engine_tokenizer, compiled = per_width[vocab_size]
+    if grammar not in compiled:
+        matcher = llg.LLMatcher(engine_tokenizer, llg.grammar_from("grammar", grammar), log_level=0)
+        if matcher.is_error():
+            raise ValueError(f"the answer grammar does not compile in llguidance: {matcher.get_error()}")
+        compiled[grammar] = matcher
+    return compiled[grammar].deep_copy()
+
+
+def apply_bitmask(scores: torch.FloatTensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """Set `scores[row, token]` to -inf in place for each of `rows` where bit `token` of `bitmask[row]` (int32 words,
+    32 token ids each, the least significant bit first) is 0. The words are unpacked on the scores' device."""
+    index = torch.tensor(rows, device=scores.device)
+    words = bitmask[rows].to(scores.device, non_blocking=True)
+    shifts = torch.arange(32, dtype=torch.int32, device=scores.device)
+    allowed = ((words.unsqueeze(-1) >> shifts) & 1).flatten(1)[:, : scores.shape[1]].bool()
+    if allowed.shape[1] < scores.shape[1]:  # logits wider than the mask: the ids past it are no tokens
+        allowed = torch.nn.functional.pad(allowed, (0, scores.shape[1] - allowed.shape[1]), value=False)
+    scores[index] = scores[index].masked_fill(~allowed, float("-inf"))
 
 
 class GrammarLogitsProcessor(LogitsProcessor):
@@ -99,7 +126,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, tokenizer, grammar, prompt_length: int, max_new_tokens: int | None = None):
-        require_xgrammar()
+        require_grammar_engine()
         if isinstance(prompt_length, bool) or int(prompt_length) < 0:
             raise ValueError(f"prompt_length must be a whole number >= 0, got {prompt_length!r}")
         if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or int(max_new_tokens) < 1):
@@ -117,7 +144,6 @@ class GrammarLogitsProcessor(LogitsProcessor):
             self.max_new_tokens = min(self.max_new_tokens, int(max_new_tokens))
 
     def _start(self, input_ids: torch.LongTensor, vocab_size: int) -> None:
-        xgr = require_xgrammar()
         batch = input_ids.shape[0]
         grammars = list(self.grammar) if isinstance(self.grammar, (list, tuple)) else [self.grammar] * batch
         if len(grammars) != batch:
@@ -129,19 +155,20 @@ class GrammarLogitsProcessor(LogitsProcessor):
             raise ValueError("a list answer closed at the token budget (EntryList) needs the budget: max_new_tokens=")
         self._lists = [g if isinstance(g, EntryList) else None for g in grammars]  # None once bounded
         texts = [g.grammar(None) if isinstance(g, EntryList) else g for g in grammars]
-        self._matchers = [xgr.GrammarMatcher(compiled_grammar(self.tokenizer, vocab_size, g)) for g in texts]
+        self._matchers = [grammar_matcher(self.tokenizer, vocab_size, g) for g in texts]
+        self._stops = set(stop_token_ids(self.tokenizer))
         self._tokens: list[list[int]] = [[] for _ in range(batch)]  # a list row's accepted tokens, to bound it
         self._live = [True] * batch
         self._consumed = 0
         self._vocab_size = vocab_size
-        self._bitmask = xgr.allocate_token_bitmask(batch, vocab_size)
+        self._bitmask = torch.full((batch, (vocab_size + 31) // 32), -1, dtype=torch.int32)
 
     def _close_list(self, row: int) -> None:
-        """From now on the row's list begins no entry beyond what the tokens left can end (`EntryList.bounded`)."""
-        xgr = require_xgrammar()
+        """From now on the row's list begins no entry beyond what the tokens left can end (`EntryList.bounded`). The
+        bounded grammar depends on the entries begun only, so it compiles once per count (`grammar_matcher`)."""
         text = self.tokenizer.decode(self._tokens[row])
-        matcher = xgr.GrammarMatcher(compiled_grammar(self.tokenizer, self._vocab_size, self._lists[row].bounded(text)))
-        if not all(matcher.accept_token(token) for token in self._tokens[row]):  # the bounded list holds its text
+        matcher = grammar_matcher(self.tokenizer, self._vocab_size, self._lists[row].bounded(text))
+        if not matcher.consume_tokens(self._tokens[row]):  # the bounded list holds its text
             raise RuntimeError(f"the bounded list grammar refuses the answer begun inside the list: {text!r}")
         self._matchers[row], self._lists[row] = matcher, None
 
@@ -161,7 +188,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
                 for token in tokens:
                     if not self._live[row]:
                         break
-                    self._live[row] = matcher.accept_token(token) and not matcher.is_terminated()
+                    # a stop token ends the row (llguidance's matcher may stop before it, at the grammar's end,
+                    # and then allows the stop ids only)
+                    self._live[row] = token not in self._stops and matcher.consume_token(token)
                     if self._lists[row] is not None:
                         self._tokens[row].append(token)
             self._consumed = generated
@@ -172,10 +201,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
             # the tokens left, this one included, are what the rest of the list can take at most: no new entry
             if self._lists[row] is not None and self.max_new_tokens - generated <= self._lists[row].reserve:
                 self._close_list(row)
-            self._matchers[row].fill_next_token_bitmask(self._bitmask, row)
-        xgr = require_xgrammar()
-        xgr.apply_token_bitmask_inplace(scores, self._bitmask.to(scores.device), indices=live)
+            self._matchers[row].unsafe_compute_mask_ptr(self._bitmask[row].data_ptr(), self._bitmask.shape[1] * 4)
+        apply_bitmask(scores, self._bitmask, live)
         return scores
 
 
-__all__ = ["GrammarLogitsProcessor", "XGRAMMAR_REQUIREMENT", "compiled_grammar", "require_xgrammar", "stop_token_ids"]
+__all__ = ["ENGINE_REQUIREMENT", "GrammarLogitsProcessor", "apply_bitmask", "grammar_matcher", "require_grammar_engine",
+           "stop_token_ids"]
