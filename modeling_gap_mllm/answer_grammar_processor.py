@@ -97,6 +97,22 @@ def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
     return compiled[grammar].deep_copy()
 
 
+def fill_bitmask(matcher, bitmask: torch.Tensor, row: int) -> None:
+    """Write the tokens `matcher` allows next into `bitmask[row]` (a contiguous CPU int32 tensor `[B, ceil(V / 32)]`),
+    llguidance's layout: bit `t % 32` of word `t // 32` is token `t`. The matcher fills it off the GIL."""
+    if bitmask.dtype != torch.int32 or bitmask.device.type != "cpu" or not bitmask.is_contiguous():
+        raise ValueError("the bitmask must be a contiguous CPU int32 tensor")
+    matcher.unsafe_compute_mask_ptr(bitmask[row].data_ptr(), bitmask.shape[1] * 4)
+
+
+def grammar_accepts(tokenizer, vocab_size: int, grammar: str, text: str, whole: bool = True) -> bool:
+    """`text` is an answer of `grammar` (`whole`), or the beginning of one (an answer cut by its budget), whatever
+    tokens spell it."""
+    matcher = grammar_matcher(tokenizer, vocab_size, grammar)
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    return (not tokens or matcher.consume_tokens(tokens)) and not matcher.is_error() and (not whole or matcher.is_accepting())
+
+
 def apply_bitmask(scores: torch.FloatTensor, bitmask: torch.Tensor, rows: list[int]) -> None:
     """Set `scores[row, token]` to -inf in place for each of `rows` where bit `token` of `bitmask[row]` (int32 words,
     32 token ids each, the least significant bit first) is 0. The words are unpacked on the scores' device."""
@@ -201,10 +217,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
             # the tokens left, this one included, are what the rest of the list can take at most: no new entry
             if self._lists[row] is not None and self.max_new_tokens - generated <= self._lists[row].reserve:
                 self._close_list(row)
-            self._matchers[row].unsafe_compute_mask_ptr(self._bitmask[row].data_ptr(), self._bitmask.shape[1] * 4)
+            fill_bitmask(self._matchers[row], self._bitmask, row)
         apply_bitmask(scores, self._bitmask, live)
         return scores
 
 
-__all__ = ["ENGINE_REQUIREMENT", "GrammarLogitsProcessor", "apply_bitmask", "grammar_matcher", "require_grammar_engine",
-           "stop_token_ids"]
+__all__ = ["ENGINE_REQUIREMENT", "GrammarLogitsProcessor", "apply_bitmask", "fill_bitmask", "grammar_accepts",
+           "grammar_matcher", "require_grammar_engine", "stop_token_ids"]

@@ -19,9 +19,10 @@ code (gap_mllm/serving/README.md):
   (`_compute_deepstack_embeds`), given to the stock model through its `mm_encoder_outputs` hook (per image);
 - greedy decoding (temperature 0 only), stopping at the tokenizer's EOS and the generation config's EOS ids or after
   `max_tokens` (vLLM knows no answer-end rule); a `structured_outputs` field holds exactly one constraint (vLLM's
-  400 otherwise), of which the stand-in applies `grammar` (xgrammar EBNF, compiled for the folder's tokenizer and
-  applied with xgrammar's own transformers logits processor, as vLLM's default xgrammar backend masks its logits)
-  and refuses the other kinds; an EBNF that does not compile is a 400; the reply carries the text (special tokens skipped), `finish_reason`,
+  400 otherwise), of which the stand-in applies `grammar` (GBNF, read by llguidance as vLLM's `guidance` backend reads it,
+  `llguidance.grammar_from("grammar", ...)`, compiled for the folder's tokenizer at the model's vocabulary width and
+  applied by the package's logits processor with the prompt as its prefix) and refuses the other kinds; a grammar that
+  does not compile is a 400; the reply carries the text (special tokens skipped), `finish_reason`,
   and with `return_token_ids` the generated ids (the stop token included) and the prompt ids.
 
 Requests are answered one at a time (vLLM batches them; greedy answers do not depend on it here). Errors are vLLM's
@@ -225,7 +226,7 @@ class EngineStandIn:
     STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
 
     def _grammar(self, value):
-        """The compiled grammar of a request's `structured_outputs` field (None without one)."""
+        """The grammar of a request's `structured_outputs` field, checked to compile (None without one)."""
         if value is None:
             return None
         if not isinstance(value, dict):
@@ -235,15 +236,13 @@ class EngineStandIn:
             raise _bad(f"You can only use one kind of structured outputs constraint but multiple are specified: {kinds}")
         if kinds != ["grammar"]:
             raise _bad(f"the stand-in applies structured_outputs.grammar only, got {kinds[0]}")
-        import xgrammar
+        from gap_mllm.answer_grammar_processor import grammar_matcher
 
         try:
-            xgrammar.Grammar.from_ebnf(value["grammar"])
+            grammar_matcher(self.tokenizer, self.model.config.text_config.vocab_size, value["grammar"])
         except Exception as error:  # noqa: BLE001 - vLLM answers 400 for a grammar its backend cannot read
             raise _bad(f"Invalid grammar specification: {error}") from error
-        info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.text_config.vocab_size,
-                                                       stop_token_ids=self.stop_token_ids)
-        return xgrammar.GrammarCompiler(info).compile_grammar(value["grammar"])
+        return value["grammar"]
 
     @torch.inference_mode()
     def _generate(self, ids: list[int], embeds, grid, max_tokens: int, grammar=None) -> list[int]:
@@ -259,9 +258,9 @@ class EngineStandIn:
                               pooler_output=torch.split(main, sizes),
                               deepstack_features=[torch.split(level, sizes) for level in deepstack])})
         if grammar is not None:
-            from xgrammar.contrib.hf import LogitsProcessor
+            from gap_mllm.answer_grammar_processor import GrammarLogitsProcessor
 
-            inputs["logits_processor"] = [LogitsProcessor(grammar)]
+            inputs["logits_processor"] = [GrammarLogitsProcessor(self.tokenizer, grammar, prompt_length=len(ids))]
         out = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, num_beams=1,
                                   eos_token_id=self.stop_token_ids, pad_token_id=self.stop_token_ids[0])
         return out[0, len(ids):].tolist()

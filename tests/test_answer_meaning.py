@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import xgrammar
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
 
 from gap_mllm.answer_grammar import DETECTION_LIST, detection_entries, offered_options
-from gap_mllm.answer_grammar_processor import GrammarLogitsProcessor, compiled_grammar, stop_token_ids
+from gap_mllm.answer_grammar_processor import GrammarLogitsProcessor, grammar_accepts, stop_token_ids
 from gap_mllm.answer_task_generation import answer_task_kwargs
 from gap_mllm.cli.scene_store import SceneStore
 from gap_mllm.cli.tasks import TaskRequest, run_task
@@ -81,8 +80,7 @@ def _frames(name: str) -> list[Image.Image]:
 
 def _inside(tokenizer, grammar: str, text: str, whole: bool = True) -> bool:
     """`text` is an answer of `grammar` (`whole`), or the beginning of one (an answer cut by its budget)."""
-    matcher = xgrammar.GrammarMatcher(compiled_grammar(tokenizer, MINI_VOCAB, grammar))
-    return matcher.accept_string(text) and (not whole or matcher.is_completed())
+    return grammar_accepts(tokenizer, MINI_VOCAB, grammar, text, whole)
 
 
 def _is_prose(tokenizer, caption: str, whole: bool = False) -> bool:
@@ -168,11 +166,13 @@ def test_every_synthrooms_caption_is_prose(mini_tokenizer):
 
 
 def _forced_detection(tokenizer, width: int, budget: int, target: list[int], prefer_short: bool = False,
-                      lowered: int | None = None) -> tuple[str, int]:
+                      lowered: int | None = None, by_byte: bool = False) -> tuple[str, int]:
     """Greedy decoding under `DETECTION_LIST`'s processor with a stream that dictates `target` (a list far longer than
     the budget: it always opens another entry); where the grammar refuses the dictated token, the allowed token the
     stream prefers: any (`prefer_short` False) or the one of fewest bytes (the most tokens per answer). `lowered`:
-    the budget `generate` lowers the call to (`fit_budget`). Returns `(answer, tokens generated)`."""
+    the budget `generate` lowers the call to (`fit_budget`). `by_byte`: `target` holds one token per byte and the
+    stream dictates the token of the answer's next byte (where the grammar forces its next bytes, the engine writes
+    them in its own tokens, so the answer runs ahead of the step count). Returns `(answer, tokens generated)`."""
     processor = GrammarLogitsProcessor(tokenizer, DETECTION_LIST, 1, budget)
     if lowered is not None:
         processor.fit_budget(lowered)
@@ -187,7 +187,8 @@ def _forced_detection(tokenizer, width: int, budget: int, target: list[int], pre
     try:
         for step in range(budget):
             scores.copy_(base)
-            scores[0, target[min(step, len(target) - 1)]] += 1e4
+            at = len(tokenizer.decode(ids[1:]).encode()) if by_byte else step
+            scores[0, target[min(at, len(target) - 1)]] += 1e4
             token = int(processor(torch.tensor([ids]), scores).argmax())
             if token in stops:
                 break
@@ -216,7 +217,8 @@ def test_detection_holds_as_many_entries_as_the_tokens_allow(which, mini_tokeniz
 
 
 def test_an_answer_forced_to_its_budget_still_parses(mini_tokenizer):
-    """The worst case of the reserve: entries of the longest labels and numbers, written one byte per token, that
+    """The worst case of the reserve: entries of the longest labels and numbers, written one byte per token wherever
+    the grammar leaves a choice (bytes it forces, llguidance writes in its own tokens), that
     never stop opening another entry, at every budget across one entry's length (the budget ends in every part of
     an entry): the answer ends well-formed within the budget, with at least the byte bound's entries."""
     longest = Box3D.from_list([-99.99] * 3 + [99.99] * 3 + [-99.99] * 3, label="w" * 32)
@@ -224,7 +226,7 @@ def test_an_answer_forced_to_its_budget_still_parses(mini_tokenizer):
     target = [tokenizer_id for c in text for tokenizer_id in mini_tokenizer(c, add_special_tokens=False)["input_ids"]]
     assert len(target) == len(text)  # one byte per token
     for budget in range(DETECTION_LIST.reserve, DETECTION_LIST.reserve + 140):
-        answer, used = _forced_detection(mini_tokenizer, MINI_VOCAB, budget, target, prefer_short=True)
+        answer, used = _forced_detection(mini_tokenizer, MINI_VOCAB, budget, target, prefer_short=True, by_byte=True)
         parsed = DETECTION.parse(answer)
         assert parsed.reason is None and answer.endswith("]```") and used <= budget, (budget, answer[-60:])
         assert len(parsed.boxes) >= detection_entries(budget), budget
@@ -351,7 +353,7 @@ def test_the_evaluation_and_lmms_eval_generator_answers_inside_the_grammar(mini,
 
 
 def test_a_vllm_request_carries_the_grammar_of_its_question(mini):
-    """The vLLM payload's grammar: the caption's prose (and the Mini decoding inside it as vLLM's xgrammar backend
+    """The vLLM payload's grammar: the caption's prose (and the Mini decoding inside it as vLLM's guidance backend
     does, with no budget closing: prose), spatial QA's offered letters from the request's prompt, and detection's
     list bounded in bytes (vLLM cannot count tokens)."""
     model, processor = mini

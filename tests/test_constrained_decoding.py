@@ -1,7 +1,7 @@
 """Constrained decoding (issue 54): one grammar per task, derived from the registry's answer format.
 
 - the grammar and the parser agree both ways: every answer the serialiser writes is in the grammar, and answers drawn
-  at random from the grammar (token by token, through xgrammar's own masks) parse cleanly with the task's parser;
+  at random from the grammar (token by token, through the grammar engine's own masks) parse cleanly with the task's parser;
 - the `generate` logits processor leaves a greedy answer that fits the grammar unchanged and corrects one that does
   not, row by row in a batch (the tiny model, driven by a logits processor that dictates the answer);
 - GAP-MLLM-Mini's answers on frames drawn with PIL and on random noise parse for every task with constraints on,
@@ -14,12 +14,12 @@ import random
 import numpy as np
 import pytest
 import torch
-import xgrammar
 from PIL import Image, ImageDraw
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from gap_mllm.answer_grammar import detection_entries
-from gap_mllm.answer_grammar_processor import GrammarLogitsProcessor, compiled_grammar, stop_token_ids
+from gap_mllm.answer_grammar_processor import (GrammarLogitsProcessor, fill_bitmask, grammar_accepts, grammar_matcher,
+                                               stop_token_ids)
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
 from gap_mllm.evaluation.scene_generation import SceneGenerator
 from gap_mllm.evaluation.tasks import get_task
@@ -63,23 +63,23 @@ def mini_tokenizer():
 
 
 def _matcher(tokenizer, task):
-    return xgrammar.GrammarMatcher(compiled_grammar(tokenizer, MINI_VOCAB, resolve_task(task).answer_grammar))
+    return grammar_matcher(tokenizer, MINI_VOCAB, resolve_task(task).answer_grammar)
 
 
 def _sample(tokenizer, task, rng: random.Random, max_tokens: int = 2000) -> str:
-    """One answer drawn from the task's grammar: at each step a random token among those xgrammar allows, the stop
+    """One answer drawn from the task's grammar: at each step a random token among those the engine allows, the stop
     token taken with probability 1/4 once it is allowed."""
-    matcher, bitmask = _matcher(tokenizer, task), xgrammar.allocate_token_bitmask(1, MINI_VOCAB)
+    matcher, bitmask = _matcher(tokenizer, task), torch.full((1, (MINI_VOCAB + 31) // 32), -1, dtype=torch.int32)
     stops, tokens = set(stop_token_ids(tokenizer)), []
     for _ in range(max_tokens):
-        matcher.fill_next_token_bitmask(bitmask)
+        fill_bitmask(matcher, bitmask, 0)
         bits = (bitmask[0].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1  # 32 token ids per int32 word
         allowed = torch.nonzero(bits.flatten()[:MINI_VOCAB]).flatten().tolist()
         ends = [t for t in allowed if t in stops]
         if ends and (rng.random() < 0.25 or len(ends) == len(allowed)):
             return tokenizer.decode(tokens)
         token = rng.choice([t for t in allowed if t not in stops])
-        assert matcher.accept_token(token)
+        assert matcher.consume_token(token)
         tokens.append(token)
     raise AssertionError(f"{task}: no answer end within {max_tokens} tokens: {tokenizer.decode(tokens)!r}")
 
@@ -90,7 +90,8 @@ def test_grammar_and_parser_agree_both_ways(task, mini_tokenizer):
     for _ in range(12):  # the serialiser's answers are in the grammar, whole
         text = spec.serialize(_random_result(task, rng))
         matcher = _matcher(mini_tokenizer, task)
-        assert matcher.accept_string(text) and matcher.accept_token(stop_token_ids(mini_tokenizer)[0]), (task, text)
+        tokens = mini_tokenizer.encode(text, add_special_tokens=False) + stop_token_ids(mini_tokenizer)[:1]
+        assert matcher.consume_tokens(tokens) and matcher.is_accepting(), (task, text)
     for _ in range(12):  # the grammar's answers parse cleanly, in the task's own format
         text = _sample(mini_tokenizer, task, rng)
         parsed = spec.parse(text)
@@ -111,12 +112,12 @@ def test_the_longest_answer_of_a_grammar_ends_within_its_budget(task, mini_token
         return  # free text: a caption cut by its budget is still a caption (parse_caption)
     result = longest.get(task, box)
     text = spec.serialize(spec.result_type(*result) if isinstance(result, tuple) else spec.result_type(result))
-    assert _matcher(mini_tokenizer, task).accept_string(text), text
+    assert grammar_accepts(mini_tokenizer, MINI_VOCAB, spec.answer_grammar, text), text
     assert len(text.encode()) <= spec.max_new_tokens, (task, len(text.encode()))
     if task == "detection":
         assert detection_entries(spec.max_new_tokens) == 9 and detection_entries(2 * spec.max_new_tokens) == 19
         more = spec.serialize(spec.result_type([box] * (detection_entries(spec.max_new_tokens) + 1)))
-        assert not _matcher(mini_tokenizer, task).accept_string(more)
+        assert not grammar_accepts(mini_tokenizer, MINI_VOCAB, spec.answer_grammar, more, whole=False)
 
 
 class _Dictate(LogitsProcessor):
@@ -283,9 +284,8 @@ def test_stage1_grammar_holds_the_views_indices_row_by_row(mini_tokenizer):
     """Stage 1's frame index is one of its sample's views (the parser would clamp any other); a batch of samples
     with different view counts gets one grammar per row."""
     spec = resolve_task("grounding_stage1")
-    three = xgrammar.GrammarMatcher(compiled_grammar(mini_tokenizer, MINI_VOCAB, spec.grammar_for(None, 3)))
-    assert three.accept_string('{"frame": 2}')
-    assert not xgrammar.GrammarMatcher(compiled_grammar(mini_tokenizer, MINI_VOCAB, spec.grammar_for(None, 3))).accept_string('{"frame": 3')
+    assert grammar_accepts(mini_tokenizer, MINI_VOCAB, spec.grammar_for(None, 3), '{"frame": 2}')
+    assert not grammar_accepts(mini_tokenizer, MINI_VOCAB, spec.grammar_for(None, 3), '{"frame": 3', whole=False)
     (processor,) = spec.logits_processor(mini_tokenizer, 2, num_views=[3, 12])
     assert processor.grammar == [spec.grammar_for(None, 3), spec.grammar_for(None, 12)]
     with pytest.raises(ValueError, match="2 grammars for a batch of 3 rows"):
