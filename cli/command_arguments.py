@@ -53,7 +53,7 @@ def add_free_decoding_argument(parser: argparse.ArgumentParser) -> None:
     """`--free` of the commands that decode inside the task's answer grammar by default (predict, demo, space)."""
     parser.add_argument("--free", dest="constrained", action="store_false",
                         help="decode freely instead of inside the task's answer grammar (the default keeps every "
-                             "answer in its task's format, xgrammar); the paper's protocol, as gap-mllm evaluate")
+                             "answer in its task's format, llguidance); the paper's protocol, as gap-mllm evaluate")
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +90,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-compat", action="store_true",
                         help="reproduce the official numbers (Euler reading, category lists, parsing quirks)")
     parser.add_argument("--constrained", action="store_true",
-                        help="decode every answer inside its task's answer grammar (xgrammar), so each is in the task's "
+                        help="decode every answer inside its task's answer grammar (llguidance), so each is in the task's "
                              "format; off by default: the paper's protocol decodes freely (run both into two --out "
                              "folders to report both)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (captioning; needs Java)")

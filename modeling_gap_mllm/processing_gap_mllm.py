@@ -777,7 +777,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
             task: the task name (or `TaskSpec`).
             inputs: this processor's output (or the prompt `input_ids` `[B, L]`); left padding keeps the
                 answers of a batch aligned.
-            constrained: keep every answer inside the task's answer grammar (a `logits_processor`, xgrammar),
+            constrained: keep every answer inside the task's answer grammar (a `logits_processor`, llguidance),
                 so it is always in the task's format; off by default, as in transformers and vLLM.
         """
         input_ids = inputs if isinstance(inputs, (torch.Tensor, np.ndarray)) else inputs["input_ids"]

@@ -178,7 +178,7 @@ class TaskSpec:
         official_max_new_tokens: the official scripts' budget (evaluation; docs/method.md §3.2).
         answer_end: stop rule (answer_stopping.py): "list", "dict", "paragraph" or "line".
         grammar: `(token budget, num_frames=None, prompt=None)` → the language of `serialize`'s answers in
-            xgrammar's EBNF, bounded to end within the budget (answer_grammar.py; stage 1 also to the views'
+            GBNF as llguidance reads it, bounded to end within the budget (answer_grammar.py; stage 1 also to the views'
             indices, spatial QA to the options its question offers): what constrained decoding lets the model write
             (`grammar_for`, `logits_processor`, vLLM's `structured_outputs.grammar`); `answer_grammar` is the one of
             the task's own budget.
@@ -289,7 +289,7 @@ class TaskSpec:
 
     @property
     def answer_grammar(self) -> str:
-        """The answer grammar (xgrammar EBNF) for the task's own budget `max_new_tokens`."""
+        """The answer grammar (GBNF, as llguidance reads it) for the task's own budget `max_new_tokens`."""
         return self.grammar(self.max_new_tokens)
 
     def grammar_for(self, max_new_tokens: int | None = None, num_views: int | None = None,
@@ -306,8 +306,8 @@ class TaskSpec:
         """`logits_processor=` for `generate`: every row's answer stays inside the task's grammar and ends within the
         budget `max_new_tokens` (default: the task's own): a list closed at the budget (`entry_list`), the grammar
         of each row's question (`grammar_reads_prompt`), or for stage 1 its views' indices (`num_views`: one int, or
-        one per row); xgrammar, answer_grammar_processor.py. ImportError naming the install command without
-        xgrammar."""
+        one per row); llguidance, answer_grammar_processor.py. ImportError naming the install command without
+        llguidance."""
         from transformers import LogitsProcessorList
 
         from .answer_grammar_processor import GrammarLogitsProcessor

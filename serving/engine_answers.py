@@ -42,7 +42,7 @@ STRUCTURED_OUTPUTS = "structured_outputs"  # vLLM's structured-output request fi
 def structured_output(task: str | None, max_tokens: int | None = None, num_views: int | None = None,
                       prompt: str | None = None) -> dict:
     """The request field that makes vLLM decode inside `task`'s answer grammar for the request's budget, the grammar
-    `generate` uses with `constrained=True` (`TaskSpec.grammar`, xgrammar's EBNF, which vLLM's default xgrammar backend
+    `generate` uses with `constrained=True` (`TaskSpec.grammar`, GBNF, which vLLM's `guidance` backend
     reads): `{"structured_outputs": {"grammar": ...}}`; `num_views` bounds stage 1's frame index, `prompt` (the
     request's chat text) spatial QA's answer to the options its question offers. vLLM cannot close a list at its
     token budget as `generate` does, so a detection answer is bounded in bytes (`answer_grammar.detection_entries`:
