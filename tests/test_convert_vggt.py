@@ -228,3 +228,32 @@ def test_from_qwen3_vl_loads_vggt_weights(tmp_path, tiny_processor):
         assert torch.equal(value, state_dict[key].to(value.dtype)), key
     assert model.config.geometry_config.source_checkpoint.endswith("model.pt")
     assert model.vggt_conversion_report.skipped == {TRACK_KEY: "track head (not implemented in gap_mllm)"}
+
+
+def test_convert_writes_a_new_or_its_own_folder_never_the_users(tmp_path, capsys):
+    """`gap-mllm convert` follows the one ownership rule (processing/output_folder.py): it replaces its own earlier
+    output, refuses a folder of the user's files with their bytes kept, and says where it wrote (not its staging)."""
+    from gap_mllm.processing.output_folder import OutputFolderRefused
+
+    state_dict, _ = reference_layout_state_dict()
+    torch.save(state_dict, tmp_path / "model.pt")
+    parser = argparse.ArgumentParser()
+    convert_cli.add_arguments(parser)
+    argv = ["vggt", str(tmp_path / "model.pt"), None, "--tapped-layers", "1,3", "--dpt-layers", "0,1,2,3",
+            "--no-progress"]
+
+    def convert(out):
+        return convert_cli.main(parser.parse_args([str(out) if arg is None else arg for arg in argv]))
+
+    assert convert(tmp_path / "out") == 0 and convert(tmp_path / "out") == 0  # the second replaces its own output
+    printed = capsys.readouterr().out
+    assert f"to {tmp_path / 'out'}" in printed and "gap-mllm-partial" not in printed
+    reloaded = load_vggt_state_dict(tmp_path / "out")
+    assert torch.equal(reloaded["camera_head.embed_pose.weight"], state_dict["camera_head.embed_pose.weight"])
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "config.json").write_text('{"mine": true}', encoding="utf-8")
+    with pytest.raises(OutputFolderRefused, match=r"OUTPUT_DIR .*users"):
+        convert(users)
+    assert sorted(path.name for path in users.iterdir()) == ["config.json"]
+    assert (users / "config.json").read_text(encoding="utf-8") == '{"mine": true}'
