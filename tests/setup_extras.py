@@ -1,4 +1,4 @@
-"""setup.py's `EXTRAS`, read without running setup(): its string constants (e.g. XGRAMMAR, a pin that both the core
+"""setup.py's `EXTRAS`, read without running setup(): its string constants (e.g. GRAMMAR_ENGINE, a pin that both the core
 requirements and an extra name) resolve the names inside it."""
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def test_a_small_local_checkpoint_loads_without_a_progress_bar(tmp_path):
 def test_make_install_imports_torch_only_after_the_requirements_are_installed():
     done = subprocess.run(["make", "-n", "-B", "install"], cwd=REPO, capture_output=True, text=True, check=True)
     lines = done.stdout.splitlines()
-    requirements = next(i for i, line in enumerate(lines) if "gap_mllm.cli.requirements --extra dev" in line)
+    requirements = next(i for i, line in enumerate(lines) if 'install -e ".[dev]"' in line)
     printed = next(i for i, line in enumerate(lines) if "import torch; print" in line)
     assert requirements < printed
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-
-from gap_mllm.cli.requirements import declared_requirements, normalised
+from packaging.utils import canonicalize_name as normalised
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +26,7 @@ def setup_constant(name: str):
     names = {node.targets[0].id: node.value for node in tree.body
              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
     value = names[name]
-    if isinstance(value, ast.List):  # CORE names XGRAMMAR: resolve the names it lists
+    if isinstance(value, ast.List):  # CORE names GRAMMAR_ENGINE: resolve the names it lists
         return [setup_constant(item.id) if isinstance(item, ast.Name) else ast.literal_eval(item) for item in value.elts]
     return ast.literal_eval(value)
 
@@ -36,24 +35,19 @@ def setup_constant(name: str):
 
 
 def test_constrained_decoding_is_a_core_requirement_with_the_verified_pin():
-    from gap_mllm.answer_grammar_processor import XGRAMMAR_REQUIREMENT
+    from gap_mllm.answer_grammar_processor import ENGINE_REQUIREMENT
 
-    assert setup_constant("XGRAMMAR") == XGRAMMAR_REQUIREMENT
-    assert XGRAMMAR_REQUIREMENT in setup_constant("CORE")
+    assert setup_constant("GRAMMAR_ENGINE") == ENGINE_REQUIREMENT
+    assert ENGINE_REQUIREMENT in setup_constant("CORE")
 
 
-def test_the_requirement_list_make_install_uses():
-    entries = ["torch>=2.6", "xgrammar==0.2.8", 'datasets==5.2.0; extra == "data"', 'datasets==5.2.0; extra == "dev"',
-               'pytest>=8; extra == "dev"', 'gradio<7,>=6; extra == "demo"']
-    assert declared_requirements(entries) == ["torch>=2.6", "xgrammar==0.2.8"]
-    assert declared_requirements(entries, ("dev",), ("XGrammar",)) == ["torch>=2.6", "datasets==5.2.0", "pytest>=8"]
-    with pytest.raises(ValueError, match="a marker other than extra == NAME"):
-        declared_requirements(['triton; platform_system == "Linux"'])
-    # the installed package's own metadata (what `make install` reads): xgrammar is core
-    done = subprocess.run([sys.executable, "-m", "gap_mllm.cli.requirements"], capture_output=True, text=True, check=True)
-    assert "xgrammar==0.2.8" in done.stdout.split()
+def test_make_install_is_one_pip_install_of_the_package_with_its_requirements():
+    """No install dance (issue 81): llguidance requires nothing, so `make install` installs the package with its
+    requirements and the dev extra's in one pip call, no grammar engine `--no-deps` (lmms-eval's stays: setup.py)."""
     done = subprocess.run(["make", "-n", "-B", "install"], cwd=REPO, capture_output=True, text=True, check=True)
-    assert "--no-deps -e ." in done.stdout and "gap_mllm.cli.requirements --extra dev --without xgrammar" in done.stdout
+    assert 'install -e ".[dev]"' in done.stdout
+    assert "xgrammar" not in done.stdout and "gap_mllm.cli.requirements" not in done.stdout
+    assert [line for line in done.stdout.splitlines() if "--no-deps" in line and "lmms" not in line.lower()] == []
 
 
 def declared_closure(roots: list[str]) -> set[str]:
@@ -70,7 +64,7 @@ def declared_closure(roots: list[str]) -> set[str]:
         found.add(name)
         try:
             pending.extend(requires(requirement.name) or [])
-        except PackageNotFoundError:  # required but not installed here (triton on a CPU install): imports nothing
+        except PackageNotFoundError:  # required but not installed here (one for another platform): imports nothing
             continue
     return found
 
@@ -104,15 +98,16 @@ print(json.dumps({"status": status, "imported": imported}))
 
 def test_the_default_predict_imports_only_declared_requirements(tmp_path):
     """What `pip install gap-mllm` (or the wheel) holds is enough for `gap-mllm predict`'s defaults: every package the
-    package's code imports on that path (constrained decoding's xgrammar included) is a requirement of setup.py's core
-    list or of one of them. A package of an extra imported there would fail on a plain install, as xgrammar did."""
+    package's code imports on that path (constrained decoding's llguidance included) is a requirement of setup.py's
+    core list or of one of them. A package of an extra imported there would fail on a plain install, as xgrammar (the
+    engine before llguidance) once did."""
     done = subprocess.run([sys.executable, "-c", IMPORT_RECORDER], capture_output=True, text=True, cwd=tmp_path,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] in (0, 3), done.stderr[-2000:]  # 3: an answer that did not parse cleanly
     imported = result["imported"]
-    assert "xgrammar" in imported  # the default decodes inside the task's grammar
+    assert "llguidance" in imported and "xgrammar" not in imported  # the default decodes inside the task's grammar
     declared = declared_closure(setup_constant("CORE"))
     undeclared = {module: dists for module, dists in imported.items()
                   if not any(normalised(dist) in declared for dist in dists)}
