@@ -69,9 +69,10 @@ def test_each_arm_says_what_trained_it_from_its_stage_folders(tmp_path):
 
 
 def _nudged(source: Path, target: Path, factor: float) -> Path:
-    """A copy of the data folder `source` with every decimal number times `factor`, at full precision."""
+    """A copy of the data folder `source` with every decimal number written at full precision times `factor` (a
+    short one, 1.5, keeps its form: another CPU's float maths moves only the last digits of a full repr)."""
     shutil.copytree(source, target)
-    number = re.compile(r"(?<![\w.])-?\d+\.\d+(?:[eE][-+]?\d+)?(?![\w.])")
+    number = re.compile(r"(?<![\w.])-?\d+\.\d{12,}(?:[eE][-+]?\d+)?(?![\w.])")
     for path in sorted(target.rglob("*.txt")):
         path.write_text(number.sub(lambda m: repr(float(m.group()) * factor), path.read_text()))
     return target
