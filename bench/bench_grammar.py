@@ -189,7 +189,7 @@ def bench_engine(engine, tokenizer, repeats: int, max_seconds: float) -> None:
                     assert all(engine.accept(m, token) for m in matchers), (engine.name, name)
                 if time.perf_counter() - began > max_seconds:  # a slow engine: fewer repeats, said below
                     break
-            label = f"{batch}" + (" par" if fill is engine.fill_parallel else "")
+            label = f"{batch}" + (" par" if fill == engine.fill_parallel else "")
             compiled = f"{statistics.median(compile_times) * 1e3:10.1f}" if (batch, fill) == arms[0] else " " * 10
             print(f"  {name:<24} {compiled}  {label:>5}  {'':>13} {_quantiles(steps)}  {len(steps)}")
         if hasattr(grammar, "bounded") and engine.name == "llguidance":

@@ -14,6 +14,7 @@ import difflib
 import sys
 from pathlib import Path
 
+from gap_mllm.answer_grammar import engine_missing
 from gap_mllm.evaluation.folder_lock import check_evaluation_folder
 from gap_mllm.processing.errors import MissingDependency
 from gap_mllm.processing.output_folder import OwnerCheck, check_outside_data
@@ -114,10 +115,20 @@ def predict_request(args: argparse.Namespace, num_views: int | None = None,
     return request
 
 
+def check_grammar_engine(args: argparse.Namespace) -> None:
+    """A run that decodes inside the task's grammar (predict's and demo's default, evaluate --constrained) needs the
+    grammar engine: without it, one line naming it and its install command, before the model loads."""
+    if getattr(args, "constrained", False) and getattr(args, "predictions", None) is None:
+        missing = engine_missing()
+        if missing is not None:
+            raise MissingDependency(missing)
+
+
 def check_predict(args: argparse.Namespace) -> int | None:
     """`gap-mllm predict`: the options that would be ignored, the output folder, the frames (each image decoded), the
     request against them (a marker outside the frames), the model. A mistake in the request or the frames is one
     line as `gap-mllm predict` words it (cli/predict.py), status 2."""
+    check_grammar_engine(args)
     if args.formats and not args.save_dir:
         raise UserError("--formats picks what --save-dir writes, and without --save-dir nothing is written: add "
                         "--save-dir DIR, or leave --formats out")
@@ -146,12 +157,14 @@ def check_demo(args: argparse.Namespace) -> None:
         if missing is not None:
             raise MissingDependency(missing)
     if not args.space:
+        check_grammar_engine(args)
         check_output_folder(args.out, "--out", DEMO_WRITER)
         check_model(args.model)
 
 
 def check_evaluate(args: argparse.Namespace) -> None:
     """`gap-mllm evaluate`: the data root, the files it reads, the model."""
+    check_grammar_engine(args)
     check_existing(args.data, "--data", "folder")
     check_existing(args.annotation_file, "--annotation-file")
     check_existing(args.predictions, "--predictions")

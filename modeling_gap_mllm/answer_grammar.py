@@ -67,6 +67,24 @@ SENTENCE_ENDS = ".!?"
 CLAUSE_MARKS = ",;"  # no colon: "word: value" is the key-value shape of the structured answers, which prose never needs
 
 
+# The engine that reads these grammars (the `generate` logits processor, answer_grammar_processor.py; vLLM's
+# `guidance` backend) and the version verified here; setup.py's GRAMMAR_ENGINE is the same pin. Named here, in a
+# module without torch, so the commands refuse at once when it is missing (cli/early_checks.py).
+ENGINE_MODULE = "llguidance"
+ENGINE_REQUIREMENT = "llguidance==1.9.1"
+
+
+def engine_missing() -> str | None:
+    """The one line saying that constrained decoding needs the grammar engine and how to install it, when it is not
+    installed (looked up, not imported); else None."""
+    import importlib.util
+
+    if importlib.util.find_spec(ENGINE_MODULE) is not None:
+        return None
+    return (f"constrained decoding needs {ENGINE_MODULE}, which is not installed: pip install '{ENGINE_REQUIREMENT}' "
+            "(a plain pip install -e . brings it), or decode freely (--free; evaluate: leave out --constrained)")
+
+
 def literal(text: str) -> str:
     """`text` as an EBNF string literal (quotes, backslashes, tabs and line breaks escaped)."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
@@ -354,6 +372,7 @@ def spatial_answer_grammar(max_tokens: int, num_frames: int | None = None, promp
 
 __all__ = [
     "DETECTION_LIST",
+    "ENGINE_REQUIREMENT",
     "EntryList",
     "answer_bytes",
     "caption_grammar",

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from .answer_grammar import EntryList
+from .answer_grammar import ENGINE_REQUIREMENT, EntryList, engine_missing
 
 try:  # optional for the remote code: only constrained decoding needs it
     import llguidance
@@ -44,9 +45,8 @@ try:  # optional for the remote code: only constrained decoding needs it
 except ImportError:  # pragma: no cover - exercised in environments without llguidance
     llguidance = None
 
-# The version verified here (docs/design.md §12; setup.py's GRAMMAR_ENGINE, the same pin): a 3 MB abi3 wheel without
-# requirements, so a plain `pip install` brings it and nothing else.
-ENGINE_REQUIREMENT = "llguidance==1.9.1"
+# ENGINE_REQUIREMENT (answer_grammar.py): the version verified here; a 3 MB abi3 wheel without requirements, so a
+# plain `pip install` brings it and nothing else.
 CONTROL_TOKENS_THAT_STOP = ("<|im_end|>",)  # the chat turn's end: Qwen3-VL's and the Mini's EOS
 
 # tokenizer -> {vocab width: (llguidance tokenizer, {grammar text: compiled matcher, copied for each answer})}
@@ -56,8 +56,7 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def require_grammar_engine():
     """The llguidance module, or an ImportError saying how to install it."""
     if llguidance is None:
-        raise ImportError(f"constrained decoding needs llguidance: pip install '{ENGINE_REQUIREMENT}' "
-                          "(pip install -e . installs it), or decode freely (constrained=False / --free)")
+        raise ImportError(engine_missing() or f"constrained decoding needs {ENGINE_REQUIREMENT}, which did not import")
     return llguidance
 
 
@@ -71,6 +70,21 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def _engine(tokenizer, vocab_size: int) -> tuple:
+    """`(llguidance tokenizer, {grammar text: compiled matcher}, stop ids)` of `tokenizer` at width `vocab_size`, made
+    once (the conversion takes about a second at Qwen's vocabulary, and the stop ids read the whole vocabulary)."""
+    require_grammar_engine()
+    try:
+        per_width = _COMPILED.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: converted each time, still correct
+        per_width = {}
+    if vocab_size not in per_width:
+        stops = stop_token_ids(tokenizer)
+        engine_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=int(vocab_size), eos_token=stops)
+        per_width[vocab_size] = (engine_tokenizer, {}, frozenset(stops))
+    return per_width[vocab_size]
+
+
 def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
     """A fresh llguidance `LLMatcher` of `grammar` (GBNF) for `tokenizer` and logits of width `vocab_size` (the
     model's vocabulary, which may be padded past the tokenizer's: ids past it are never allowed). The grammar is
@@ -79,18 +93,9 @@ def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
     Raises:
         ValueError: the grammar does not compile (llguidance's message).
     """
-    llg = require_grammar_engine()
-    try:
-        per_width = _COMPILED.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be weakly referenced: compiled each time, still correct
-        per_width = {}
-    if vocab_size not in per_width:
-        engine_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=int(vocab_size),
-                                                        eos_token=stop_token_ids(tokenizer))
-        per_width[vocab_size] = (engine_tokenizer, {})
-    engine_tokenizer, compiled = per_width[vocab_size]
+    engine_tokenizer, compiled, _ = _engine(tokenizer, vocab_size)
     if grammar not in compiled:
-        matcher = llg.LLMatcher(engine_tokenizer, llg.grammar_from("grammar", grammar), log_level=0)
+        matcher = llguidance.LLMatcher(engine_tokenizer, llguidance.grammar_from("grammar", grammar), log_level=0)
         if matcher.is_error():
             raise ValueError(f"the answer grammar does not compile in llguidance: {matcher.get_error()}")
         compiled[grammar] = matcher
@@ -115,14 +120,25 @@ def grammar_accepts(tokenizer, vocab_size: int, grammar: str, text: str, whole: 
 
 def apply_bitmask(scores: torch.FloatTensor, bitmask: torch.Tensor, rows: list[int]) -> None:
     """Set `scores[row, token]` to -inf in place for each of `rows` where bit `token` of `bitmask[row]` (int32 words,
-    32 token ids each, the least significant bit first) is 0. The words are unpacked on the scores' device."""
-    index = torch.tensor(rows, device=scores.device)
-    words = bitmask[rows].to(scores.device, non_blocking=True)
-    shifts = torch.arange(32, dtype=torch.int32, device=scores.device)
-    allowed = ((words.unsqueeze(-1) >> shifts) & 1).flatten(1)[:, : scores.shape[1]].bool()
-    if allowed.shape[1] < scores.shape[1]:  # logits wider than the mask: the ids past it are no tokens
-        allowed = torch.nn.functional.pad(allowed, (0, scores.shape[1] - allowed.shape[1]), value=False)
-    scores[index] = scores[index].masked_fill(~allowed, float("-inf"))
+    32 token ids each, the least significant bit first) is 0. The bits are unpacked on the scores' device: on the CPU
+    by numpy's `unpackbits` (a byte table, microseconds), on an accelerator by shifts there; then one `masked_fill`.
+    No torch.compile and no triton (llguidance's own torch kernel is a compiled function)."""
+    width = scores.shape[1]
+    if bitmask.shape[1] * 32 < width:
+        raise ValueError(f"a bitmask of {bitmask.shape[1] * 32} token ids for logits of {width}")
+    refused_words = ~bitmask[rows]  # a set bit: a refused token
+    if scores.device.type == "cpu":
+        bits = np.unpackbits(refused_words.numpy().view(np.uint8), axis=1, count=width, bitorder="little")
+        refused = torch.from_numpy(bits.view(np.bool_))
+    else:
+        words = refused_words.to(scores.device, non_blocking=True)
+        shifts = torch.arange(32, dtype=torch.int32, device=scores.device)
+        refused = ((words.unsqueeze(-1) >> shifts) & 1).flatten(1)[:, :width].bool()
+    if len(rows) == scores.shape[0] and list(rows) == list(range(scores.shape[0])):
+        scores.masked_fill_(refused, float("-inf"))
+    else:
+        index = torch.tensor(rows, device=scores.device)
+        scores[index] = scores[index].masked_fill(refused, float("-inf"))
 
 
 class GrammarLogitsProcessor(LogitsProcessor):
@@ -172,7 +188,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self._lists = [g if isinstance(g, EntryList) else None for g in grammars]  # None once bounded
         texts = [g.grammar(None) if isinstance(g, EntryList) else g for g in grammars]
         self._matchers = [grammar_matcher(self.tokenizer, vocab_size, g) for g in texts]
-        self._stops = set(stop_token_ids(self.tokenizer))
+        self._stops = _engine(self.tokenizer, vocab_size)[2]
         self._tokens: list[list[int]] = [[] for _ in range(batch)]  # a list row's accepted tokens, to bound it
         self._live = [True] * batch
         self._consumed = 0

@@ -298,3 +298,52 @@ def test_evaluate_refuses_constrained_scoring_of_given_predictions(tmp_path):
     with pytest.raises(ValueError, match="constrained decoding applies to generated answers"):
         run_evaluation("detection", tmp_path / "data", tmp_path / "out", predictions_file=tmp_path / "answers.jsonl",
                        constrained=True)
+
+
+# ------------------------------------------------------------------ without the grammar engine (issue 81)
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "--example", "synthetic room A", "--task", "grounding", "--save-dir", "{out}"],
+    ["demo", "--out", "{out}"],
+    ["evaluate", "--task", "grounding", "--data", "{data}", "--model", "mini", "--out", "{out}", "--constrained"],
+])
+def test_a_constrained_run_without_the_engine_is_refused_at_once(argv, tmp_path, monkeypatch, capsys):
+    """`predict`, `demo` and `evaluate --constrained` without llguidance: one line naming it and its install command,
+    exit 2, from the early check (before the command's module, hence the model, is imported), nothing written."""
+    import importlib.util
+    import sys
+
+    from gap_mllm.answer_grammar import ENGINE_REQUIREMENT
+    from gap_mllm.cli.main import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llguidance" else find_spec(name, *a))
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "out"
+    loaded = set(sys.modules)
+    assert main([part.format(out=out, data=tmp_path / "data") for part in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "llguidance" in err and f"pip install '{ENGINE_REQUIREMENT}'" in err, err
+    assert not out.exists() and sorted(tmp_path.iterdir()) == [tmp_path / "data"]
+    command_module = {"predict": "gap_mllm.cli.predict", "demo": "gap_mllm.cli.demo", "evaluate": "gap_mllm.cli.evaluate"}
+    assert command_module[argv[0]] in loaded or command_module[argv[0]] not in sys.modules  # not imported by the run
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2], [2, 0]])
+def test_the_bitmask_refuses_exactly_the_tokens_whose_bit_is_clear(rows):
+    """`apply_bitmask` (numpy's unpacking on the CPU): token t of a row is -inf iff bit t % 32 of word t // 32 is 0,
+    at a width that ends inside a word; the rows not named are left as they were."""
+    from gap_mllm.answer_grammar_processor import apply_bitmask
+
+    generator = torch.Generator().manual_seed(81)
+    width = 100
+    bitmask = torch.randint(-2**31, 2**31 - 1, (3, 4), dtype=torch.int32, generator=generator)
+    scores = torch.randn(3, width, generator=generator)
+    expected = scores.clone()
+    for row in rows:
+        for token in range(width):
+            if not (int(bitmask[row, token // 32]) >> (token % 32)) & 1:
+                expected[row, token] = float("-inf")
+    apply_bitmask(scores, bitmask, rows)
+    assert torch.equal(scores, expected)
