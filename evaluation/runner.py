@@ -33,6 +33,7 @@ import json
 import logging
 import os
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,7 +51,8 @@ from . import reports, scene_generation
 from .batched_answers import answer_in_batches
 from .folder_lock import check_evaluation_folder, claim_evaluation_folder, evaluation_folder_lock
 from .plots import write_plots
-from .run_fingerprint import check_resume, discard_answers, local_model_folder, run_fingerprint, write_fingerprint
+from .run_fingerprint import (check_resume, discard_answers, local_model_folder, model_fingerprint, run_fingerprint,
+                              write_fingerprint)
 from .tasks import check_batch_size, check_prompt_texts, check_sample_limit, get_task, headline_value, sample_id
 
 logger = logging.getLogger(__name__)
@@ -151,13 +153,57 @@ def sample_requests(task, records, ids, media_root):
     return request_for
 
 
+# The generator `one_load_per_model` keeps while its block runs: {"key": ..., "generator": ...}, or None outside one.
+_kept_generator: dict | None = None
+
+
+@contextmanager
+def one_load_per_model():
+    """Within the block, the evaluations of one model (several tasks, several data folders: what `gap-mllm mini`
+    evaluates of each model) load it once instead of once per `run_evaluation`. The loaded model is reused only for
+    the same folder with the same weights and configuration (`model_fingerprint`), device and compile setting, and
+    only one is kept at a time (a full-size model takes gigabytes). A nested block shares the outer one's."""
+    global _kept_generator
+    outer = _kept_generator
+    if outer is None:
+        _kept_generator = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _kept_generator = None
+
+
+def _generator(model_dir, model_identity: dict, device, max_new_tokens, compile_decoding):
+    """A `SceneGenerator` of `model_dir`: the one `one_load_per_model` keeps when it is of the same model, else a
+    newly loaded one (kept in its place inside such a block)."""
+    key = (str(Path(model_dir).resolve()), json.dumps(model_identity, sort_keys=True), str(device), compile_decoding)
+    kept = _kept_generator
+    if kept is not None and kept.get("key") == key:
+        generator = kept["generator"]
+        generator.max_new_tokens = max_new_tokens
+        # as newly loaded: a scene's key is its name, and names repeat across data folders (the fresh seeds' scenes)
+        generator.forget_scenes()
+        generator.scenes_encoded = 0
+        return generator
+    if kept is not None:
+        kept.clear()  # the model kept before is let go before this one loads
+    generator = scene_generation.SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens,
+                                                compile_decoding=compile_decoding)
+    if kept is not None:
+        kept.update(key=key, generator=generator)
+    return generator
+
+
 def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
-                     rank, world, device, progress=True, scene_reuse=True, compile_decoding="auto") -> None:
+                     rank, world, device, progress=True, scene_reuse=True, compile_decoding="auto",
+                     model_identity=None) -> None:
     """Generate every sample whose id is not yet in the raw-output files (this rank's share).
 
     Samples about one scene (same images and marker at the first stage: ScanRefer's many expressions per
     scene) go to the same process and are answered from one encoding of the scene (scene_generation.py);
-    `scene_reuse=False` answers each with a full call (the one-at-a-time protocol, for comparison)."""
+    `scene_reuse=False` answers each with a full call (the one-at-a-time protocol, for comparison).
+    `model_identity`: the model's `model_fingerprint` (default: computed here), which `one_load_per_model` checks."""
     done = reports.read_raw_outputs(out_dir)
     todo = [i for i, sid in enumerate(ids) if sid not in done]
     first_requests = {i: task.request(records[i], 0, [], media_root) for i in todo}
@@ -165,8 +211,9 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
     pending = sum(len(group) for group in mine)
     if not pending:
         return
-    generator = scene_generation.SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens,
-                                                compile_decoding=compile_decoding)
+    if model_identity is None:
+        model_identity = model_fingerprint(model_dir)
+    generator = _generator(model_dir, model_identity, device, max_new_tokens, compile_decoding)
     request_for = sample_requests(task, records, ids, media_root)
     reports.end_torn_line(reports.raw_output_file(out_dir, rank))
     with open(reports.raw_output_file(out_dir, rank), "a", encoding="utf-8") as handle, \
@@ -281,7 +328,7 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
         if other_run:  # every process found the same: none reads the folder before its answers are gone
             barrier()
         generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
-                         rank, world, device, progress, scene_reuse, compile_decoding)
+                         rank, world, device, progress, scene_reuse, compile_decoding, fingerprint["model"])
         barrier()
         outputs_by_id = reports.read_raw_outputs(out_dir)
     if rank != 0:

@@ -47,7 +47,7 @@ from gap_mllm.evaluation.caption_metrics import caption_scores
 from gap_mllm.evaluation.confidence import bootstrap_interval, paired_difference, paired_statistic_difference, wilson_interval
 from gap_mllm.evaluation.grounding_identification import annotated_frame
 from gap_mllm.evaluation.marker_metrics import paired_marker_difference, point_errors
-from gap_mllm.evaluation.runner import run_evaluation
+from gap_mllm.evaluation.runner import one_load_per_model, run_evaluation
 from gap_mllm.output_parsing import parse_grounding
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
@@ -90,16 +90,17 @@ def evaluate_fresh(out: Path, model_dir: Path, label: str, seeds=FRESH_SEEDS, sc
     (a task whose summary.json is there is skipped, so an interrupted evaluation continues; answers there of another
     run are answered again: ANSWERS_OF_ANOTHER_RUN)."""
     budgets = {**EVAL_MAX_NEW_TOKENS, **(max_new_tokens or {})}
-    for seed in seeds:
-        data = fresh_data(out, seed, scenes, workers)
-        for task, name in FRESH_TASKS:
-            folder = seed_folder(out, seed) / "results" / label / name
-            if (folder / "summary.json").is_file():
-                continue
-            logger.info("fresh seed %d: %s of %s", seed, task, model_dir)
-            run_evaluation(task, data_dir=data, out_dir=folder, model_dir=model_dir, split="test", batch_size=batch_size,
-                           limit=limit, max_new_tokens=budgets[task], meteor=False, plots=False, progress=False,
-                           other_run_answers=ANSWERS_OF_ANOTHER_RUN)
+    with one_load_per_model():  # the model is loaded once for every task of every seed
+        for seed in seeds:
+            data = fresh_data(out, seed, scenes, workers)
+            for task, name in FRESH_TASKS:
+                folder = seed_folder(out, seed) / "results" / label / name
+                if (folder / "summary.json").is_file():
+                    continue
+                logger.info("fresh seed %d: %s of %s", seed, task, model_dir)
+                run_evaluation(task, data_dir=data, out_dir=folder, model_dir=model_dir, split="test",
+                               batch_size=batch_size, limit=limit, max_new_tokens=budgets[task], meteor=False,
+                               plots=False, progress=False, other_run_answers=ANSWERS_OF_ANOTHER_RUN)
 
 
 # ------------------------------------------------------------------------------------------- pooled figures

@@ -51,7 +51,7 @@ import gap_mllm.training
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.evaluation.baselines import all_baselines
 from gap_mllm.evaluation.geometry_eval import evaluate_geometry
-from gap_mllm.evaluation.runner import run_evaluation
+from gap_mllm.evaluation.runner import one_load_per_model, run_evaluation
 from gap_mllm.processing.errors import RunStoppedEarly
 from gap_mllm.processing.output_folder import check_output_folder
 from gap_mllm.processing.synth.presets import synth_config
@@ -362,8 +362,10 @@ def final_model_tasks() -> list[tuple[str, str]]:
 
 
 def evaluate_final_tasks(run: MiniRun, model_dir: Path, row: str, constrained: bool = False) -> dict:
-    """Every task of a final model (`final_model_tasks`) into `results/<row>/`: {results folder name: summary}."""
-    return {name: _evaluate(run, task, name, model_dir, row, constrained) for task, name in final_model_tasks()}
+    """Every task of a final model (`final_model_tasks`) into `results/<row>/`: {results folder name: summary}; the
+    model is loaded once for all of them (`one_load_per_model`)."""
+    with one_load_per_model():
+        return {name: _evaluate(run, task, name, model_dir, row, constrained) for task, name in final_model_tasks()}
 
 
 def evaluate_arm(run: MiniRun, arm: Arm) -> dict:
@@ -444,7 +446,8 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
     claims = None
     for number, arm in enumerate(arms):  # in-process (or, after the subprocesses, only collecting what they wrote)
         run_arm(run, arm, stage0)
-        with arm_answers_kept(run, arm):
+        # one load of each model for the test split and the fresh seeds alike (the final model serves both)
+        with arm_answers_kept(run, arm), one_load_per_model():
             evaluate_arm(run, arm)
             if run.ablation and not arm.stage1_only:  # each arm answers its claims as soon as it is trained (issue 63)
                 evaluate_fresh(run.out, run.stage_dir(arm.name, "final"), arm.name, seeds=ABLATION_FRESH_SEEDS,

@@ -25,6 +25,13 @@ RESULT_KEYS = ("grounding_acc@0.25", "grounding_acc@0.5", "detection_f1@0.25", "
                "stage1_point_error_m_median", "stage1_label_accuracy")
 
 
+def shared_caches(toy_run) -> tuple[str, ...]:
+    """Settings that give a run of the tests the fixture run's feature cache and prepared datasets: entries are keyed
+    by the frozen weights and the sample (training/feature_cache.py), so a run on the fixture's data with its stage-0
+    encoders reuses them instead of running the encoders again; nothing a test checks depends on where they are."""
+    return (f"cache.directory={toy_run / 'run' / 'feature_cache'}", f"data.cache_dir={toy_run / 'run' / 'hf_datasets'}")
+
+
 def run_mini(tmp_path, *extra):
     parser = argparse.ArgumentParser()
     pipeline.add_arguments(parser)
@@ -150,7 +157,8 @@ def test_the_main_arm_continues_stage_2_from_a_given_model(toy_run, tmp_path):
     and the stage-2 run is recorded as started from that copy; another DIR is refused afterwards."""
     given = toy_run / "run" / "stages" / MAIN_ARM.name / "final"
     stage0 = toy_run / "run" / "stages" / "stage0"
-    run = pipeline.MiniRun(out=tmp_path / "run", data=toy_run / "run" / "data", budget="toy", device="cpu", stage1_from=given)
+    run = pipeline.MiniRun(out=tmp_path / "run", data=toy_run / "run" / "data", budget="toy", device="cpu", stage1_from=given,
+                           overrides=shared_caches(toy_run))
     final = pipeline.run_arm(run, MAIN_ARM, stage0)
     arm = tmp_path / "run" / "stages" / MAIN_ARM.name
     assert final == arm / "final" and (final / "config.json").is_file()
@@ -332,7 +340,8 @@ def test_a_toy_ablation_answers_the_claims_of_the_arms_it_trained(toy_run, tmp_p
     args = parser.parse_args(["--out", str(tmp_path / "run"), "--data", str(toy_run / "run" / "data"), "--budget", "toy",
                               "--device", "cpu", "--stage0", str(toy_run / "run" / "stages" / "stage0"), "--ablation",
                               "--arms", "gap_gated_s0", "no_geometry_s0", "--table", str(table),
-                              "--quote", str(readme), "--run-state", str(tmp_path / "state")])
+                              "--quote", str(readme), "--run-state", str(tmp_path / "state"),
+                              *(part for setting in shared_caches(toy_run) for part in ("--set", setting))])
     written_over = []  # the arms of each call of write_claims
 
     def recorded_write_claims(run, arms, *args):
