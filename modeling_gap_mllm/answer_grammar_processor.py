@@ -51,6 +51,7 @@ CONTROL_TOKENS_THAT_STOP = ("<|im_end|>",)  # the chat turn's end: Qwen3-VL's an
 
 # tokenizer -> {vocab width: (llguidance tokenizer, {grammar text: compiled matcher, copied for each answer})}
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_EXECUTOR = None  # _executor()
 
 
 def require_grammar_engine():
@@ -100,6 +101,14 @@ def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
             raise ValueError(f"the answer grammar does not compile in llguidance: {matcher.get_error()}")
         compiled[grammar] = matcher
     return compiled[grammar].deep_copy()
+
+
+def _executor():
+    """llguidance's thread pool for a batch's masks (its default size: 80 % of the CPUs, at most 32), made once."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = require_grammar_engine().LLExecutor()
+    return _EXECUTOR
 
 
 def fill_bitmask(matcher, bitmask: torch.Tensor, row: int) -> None:
@@ -233,7 +242,11 @@ class GrammarLogitsProcessor(LogitsProcessor):
             # the tokens left, this one included, are what the rest of the list can take at most: no new entry
             if self._lists[row] is not None and self.max_new_tokens - generated <= self._lists[row].reserve:
                 self._close_list(row)
-            fill_bitmask(self._matchers[row], self._bitmask, row)
+        if len(live) == 1:
+            fill_bitmask(self._matchers[live[0]], self._bitmask, live[0])
+        else:  # the rows' masks filled in parallel, off the GIL (llguidance's thread pool, as vLLM fills a batch)
+            _executor().unsafe_compute_mask_ptr([(self._matchers[row], row) for row in live], self._bitmask.data_ptr(),
+                                                self._bitmask.shape[1] * 4, self._bitmask.shape[0])
         apply_bitmask(scores, self._bitmask, live)
         return scores
 

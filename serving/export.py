@@ -48,7 +48,7 @@ geometry, silently. Feed it only the precomputed image embeddings of `gap_mllm.s
 `image_grid_thw` row), e.g. vLLM's `image_embeds` content parts:
 
     vllm serve <this folder> --enable-mm-embeds --limit-mm-per-prompt '{{"image": 32, "video": 0}}' \\
-        --chat-template-content-format openai
+        --chat-template-content-format openai --structured-outputs-config.backend guidance
 
 and keep the image limit above 0 (with 0 vLLM skips the vision tower and with it the DeepStack split).
 `{info}` records the source checkpoint and the layout. Written by `gap-mllm export-llm`.

@@ -7,6 +7,7 @@ and the Qwen3-VL processor replaces each `<|image_pad|>` by `grid.prod() / merge
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -242,14 +243,40 @@ def test_client_reports_the_server_error(encoder):
 
 
 def test_vllm_settings_and_no_vllm_import():
-    assert engine_options(32) == {"enable_mm_embeds": True, "limit_mm_per_prompt": {"image": 32, "video": 0}}
+    assert engine_options(32) == {"enable_mm_embeds": True, "limit_mm_per_prompt": {"image": 32, "video": 0},
+                                  "structured_outputs_config": {"backend": "guidance"}}
     with pytest.raises(ValueError, match="DeepStack"):
         engine_options(0)
     command = serve_command("llm", max_images=8)
     assert command[:3] == ["vllm", "serve", "llm"] and "--enable-mm-embeds" in command
     assert command[command.index("--limit-mm-per-prompt") + 1] == '{"image": 8, "video": 0}'
     assert command[command.index("--chat-template-content-format") + 1] == "openai"
+    assert command[command.index("--structured-outputs-config.backend") + 1] == "guidance"  # llguidance (issue 81)
     assert "vllm" not in sys.modules
+
+
+# the printed `vllm serve` commands (README.md's too, once its text names the backend: issue 81's report)
+DOCUMENTED_SERVE_COMMANDS = ["docs/serving.md", "docs/evaluate-at-scale.md", "evaluation/README.md",
+                             "examples/serving/openai_client.py", "serving/export.py"]
+
+
+def test_every_printed_serve_command_runs_the_grammar_engine_of_generate():
+    """vLLM takes its grammar engine at server start: each printed command starts it with llguidance ("guidance"),
+    the engine the answer grammars are written for (serving/vllm_settings.py)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    commands = []
+    for name in DOCUMENTED_SERVE_COMMANDS:
+        lines = (root / name).read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if re.match(r"\s*(\S*/)?vllm serve \S", line):
+                end = i
+                while lines[end].rstrip().endswith("\\"):
+                    end += 1
+                commands.append((name, " ".join(lines[i: end + 1])))
+    assert {name for name, _ in commands} == set(DOCUMENTED_SERVE_COMMANDS)
+    assert [c for c in commands if "--structured-outputs-config.backend guidance" not in c[1]] == []
 
 
 def test_constrained_payload_carries_the_task_grammar_of_its_budget(encoder):

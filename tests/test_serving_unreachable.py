@@ -14,7 +14,8 @@ from gap_mllm.serving import ServerUnreachableError, check_served_model, post_ch
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "serving"
 START = ("start one in the vLLM environment (make vllm-venv) on the folder `gap-mllm export-llm` wrote: vllm serve FOLDER "
          "--served-model-name {name} --port {port} --enable-mm-embeds --limit-mm-per-prompt '{{\"image\": 32, \"video\": 0}}' "
-         "--chat-template-content-format openai (README \"Serve\"), or pass the URL of a running one")
+         "--chat-template-content-format openai --structured-outputs-config.backend guidance (README \"Serve\"), or pass "
+         "the URL of a running one")
 
 
 @pytest.fixture

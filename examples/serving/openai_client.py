@@ -2,7 +2,8 @@
 
     # the server (vLLM environment), on a folder written by `gap-mllm export-llm`:
     vllm serve gap-mllm-mini-llm --served-model-name gap-mllm --port 8000 --enable-mm-embeds \
-        --limit-mm-per-prompt '{"image": 32, "video": 0}' --chat-template-content-format openai
+        --limit-mm-per-prompt '{"image": 32, "video": 0}' --chat-template-content-format openai \
+        --structured-outputs-config.backend guidance
     # the client (gap-mllm environment), on the GAP folder the export came from:
     python examples/serving/openai_client.py --url http://localhost:8000 --task grounding_stage2 --query "the chair"
     python examples/serving/openai_client.py --task detection --out answer.json   # the text and its parsed result
