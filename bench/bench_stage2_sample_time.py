@@ -42,9 +42,9 @@ from gap_mllm.training.sample_tensors import collate_samples
 
 RECIPE = Path(gap_mllm.training.__file__).resolve().parent / "recipes" / "mini_stage2.yaml"
 # "today": the recipe as the fourth release trained it (no cache, padded rows); the recipe now turns both on
-ARMS = {"today": ["cache.enabled=false", "data.packing=false"], "cached": ["cache.enabled=true", "data.packing=false"],
-        "cached+packed": ["cache.enabled=true", "data.packing=true"],
-        "cached+packed+bf16": ["cache.enabled=true", "data.packing=true", "cpu_bf16_autocast=true"]}
+ARMS = {"today": ["cache.enabled=false", "data.packing=false"], "cached": ["cache.enabled=always", "data.packing=false"],
+        "cached+packed": ["cache.enabled=always", "data.packing=true"],
+        "cached+packed+bf16": ["cache.enabled=always", "data.packing=true", "cpu_bf16_autocast=true"]}
 
 
 class StepClock(TrainerCallback):

@@ -17,7 +17,7 @@ from .errors import run_command
 COMMANDS = {
     "demo": ("gap_mllm.cli.demo", "GAP-MLLM-Mini (trained by this package) answers detection, grounding, captioning and the marker task on a held-out SynthRooms room, next to the exact answer and its held-out score vs a trivial baseline"),
     "mini": ("gap_mllm.mini.pipeline", "train GAP-MLLM-Mini end to end on SynthRooms (data, stages 0-2, evaluation, table; --ablation)"),
-    "train": ("gap_mllm.training.train_cli", "geometry-aligned pre-training (stage 1) and task fine-tuning (stage 2) from a recipe"),
+    "train": ("gap_mllm.cli.train", "geometry-aligned pre-training (stage 1) and task fine-tuning (stage 2) from a recipe"),
     "convert": ("gap_mllm.cli.convert", "convert VGGT-1B or official GAP-MLLM checkpoints into gap_mllm (strict, with a report of every key)"),
     "evaluate": ("gap_mllm.cli.evaluate", "score a model (or a predictions file) on detection, grounding, captioning, reconstruction or spatial_qa data"),
     "export-lmms": ("gap_mllm.evaluation.lmms_eval_plugin.export", "write lmms-eval tasks (documents + task YAMLs) of a data root for the gap_mllm lmms-eval plugin"),

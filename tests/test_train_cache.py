@@ -280,7 +280,7 @@ def test_unfrozen_encoder_with_the_cache_on_trains_it_and_caches_the_vit(tmp_pat
 
     from .test_train_fixtures import recipe, trainable_state
 
-    settings = recipe(tmp_path, train_data_root, cache={"enabled": True},
+    settings = recipe(tmp_path, train_data_root, cache={"enabled": "always"},
                       freezing={"freeze_geometry_encoder": False}, data={"data_root": str(train_data_root),
                                                                          "cache_dir": str(tmp_path / "hf")})
     with caplog.at_level(logging.INFO, logger="gap_mllm.training.run"):
@@ -300,7 +300,7 @@ def test_a_run_with_the_cache_and_packing_never_runs_the_frozen_towers(tmp_path,
 
     from .test_train_fixtures import recipe, trainable_state
 
-    settings = recipe(tmp_path, train_data_root, cache={"enabled": True, "dtype": "float32"},
+    settings = recipe(tmp_path, train_data_root, cache={"enabled": "always", "dtype": "float32"},
                       data={"data_root": str(train_data_root), "cache_dir": str(tmp_path / "hf"), "tasks": MIXED_TASKS,
                             "packing": True}, training={"per_device_train_batch_size": 4})
     setup = build_trainer(settings)

@@ -43,7 +43,7 @@ def test_stage1_then_stage2_through_the_cli(tmp_path, train_data_root):
     common = ["--data-root", str(train_data_root), "--report-to", "none", *sum((["--set", o] for o in CPU), [])]
     assert run_cli(["--config", str(RECIPES / "stage1_pretrain.yaml"), "--output-dir", str(stage1_dir),
                     "--set", "model.tiny=tiny", "--set", f"data.cache_dir={tmp_path / 'hf'}",
-                    "--set", f"cache.directory={tmp_path / 'geometry'}", *common]) == 0
+                    "--set", f"cache.directory={tmp_path / 'geometry'}", "--set", "cache.enabled=always", *common]) == 0
     assert (stage1_dir / "model.safetensors").is_file() and (stage1_dir / "checkpoint-2").is_dir()
     assert any((tmp_path / "geometry").rglob("*.safetensors"))  # the recipe's cache was filled and used
     GapMllmForConditionalGeneration.from_pretrained(stage1_dir, require_geometry_weights=True)

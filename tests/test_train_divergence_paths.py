@@ -32,7 +32,7 @@ def test_a_nan_gradient_stops_every_batch_path_naming_the_batch(path, tmp_path, 
     data, expected = PATHS[path]
     sections = {"data": {"data_root": str(train_data_root), **data}}
     if path == "feature cache":
-        sections["cache"] = {"enabled": True, "directory": str(tmp_path / "cache")}
+        sections["cache"] = {"enabled": "always", "directory": str(tmp_path / "cache")}
     settings = {"max_steps": 4, "max_grad_norm": 1.0, "output_dir": str(tmp_path / "run")}
     model, processor = tiny()
     setup = build_trainer(recipe(tmp_path, training=settings, **sections), model=model, processor=processor,

@@ -75,7 +75,7 @@ def test_run_training_resumed_at_the_last_step_trains_nothing_and_writes_the_sam
 def test_a_finished_run_resumed_fills_no_feature_cache(tmp_path, train_data_root):
     """Nothing trains from the last step, so the cache (half an hour for the Mini's stage 2 on a CPU) is not filled."""
     def cached(cache_folder, resume=None):
-        run_recipe = recipe(tmp_path, train_data_root, cache={"enabled": True, "directory": str(tmp_path / cache_folder)},
+        run_recipe = recipe(tmp_path, train_data_root, cache={"enabled": "always", "directory": str(tmp_path / cache_folder)},
                             data={"data_root": str(train_data_root), "cache_dir": str(tmp_path / "hf")},
                             training=settings(tmp_path))
         model, processor = tiny(seed=0 if resume is None else 1)

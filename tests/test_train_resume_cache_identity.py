@@ -15,7 +15,7 @@ from .test_train_fixtures import recipe, tiny, train_data_root  # noqa: F401
 
 def run(tmp_path, train_data_root, name, seed, resume=None, **top):
     model, processor = tiny(seed=seed)
-    settings = recipe(tmp_path, train_data_root, cache={"enabled": True, "directory": str(tmp_path / f"cache_{name}")},
+    settings = recipe(tmp_path, train_data_root, cache={"enabled": "always", "directory": str(tmp_path / f"cache_{name}")},
                       data={"data_root": str(train_data_root), "cache_dir": str(tmp_path / "hf")},
                       training={"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "train_sampling_strategy": "random",
                                 "output_dir": str(tmp_path / name)}, **top)
@@ -37,7 +37,7 @@ def test_a_cache_folder_under_the_home_is_named_with_a_tilde(tmp_path, train_dat
     from gap_mllm.training.run import build_trainer
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    settings = recipe(tmp_path, train_data_root, cache={"enabled": True, "directory": "~/.cache/features"},
+    settings = recipe(tmp_path, train_data_root, cache={"enabled": "always", "directory": "~/.cache/features"},
                       data={"data_root": str(train_data_root), "cache_dir": str(tmp_path / "hf")})
     setup = build_trainer(settings)
     assert setup.cache.folder.parent == tmp_path / "home" / ".cache" / "features"

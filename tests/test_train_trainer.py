@@ -176,7 +176,7 @@ def test_trainer_accepts_a_model_without_geometry(tmp_path, recon_dataset):
     with torch.no_grad():
         torch.testing.assert_close(GeometryAlignedModel(model)(**batch).loss, model(**batch).loss, atol=1e-5, rtol=1e-5)
     before = trainable_state(model)
-    run(tmp_path, recon_dataset, model=model.train(), processor=processor, cache={"enabled": True})
+    run(tmp_path, recon_dataset, model=model.train(), processor=processor, cache={"enabled": "always"})
     after = trainable_state(model)
     assert not hasattr(model, "geometry_encoder")
     assert all(not torch.equal(before[n], after[n]) for n in before if n.startswith("vlm.model.language_model.layers."))

@@ -19,11 +19,19 @@ samples still to be cached plus a safety margin, it raises `CacheDiskError` nami
 device and folder (`cache.directory` may be on another disk than the run's output folder) and what to do; nothing
 is written, and entries already in the folder are kept. A disk that fills up later, while entries are written, is
 named the same way (`FeatureCache._write`).
+
+Whether the cache pays off at all is decided before it is built, from the run's own numbers (`cache_skip_reason`):
+filling it runs the frozen towers once on every sample of the training and held-out sets; without it they run once
+per sample a step or an evaluation reads. It is built only when the run would read more samples than the cache
+encodes, `steps × samples per step + evaluations × held-out samples > training + held-out samples`: a 2-step run of
+16 from a 1,216-sample set reads 32 samples and would encode 1,216 first, so it trains without the cache and the log
+says so in one line. `cache.enabled: always` builds it anyway (a cache in a shared folder that later runs reuse).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,3 +138,51 @@ def ensure_disk_room(directory, cost: CacheCost, num_samples: int, margin: float
             f"{format_bytes(reserve)} spare); free space, point cache.directory at a larger disk, cache fewer "
             "samples, or train without the cache (cache.enabled: false) and recompute the features on the GPU."
         )
+
+
+# `cache.enabled` (training/config.py CacheConfig): build the cache even where `cache_skip_reason` finds it costs more
+ALWAYS = "always"
+
+
+def samples_per_step(args) -> int:
+    """Samples one optimizer step reads, over every process (`TrainingArguments`: batch × accumulation × world)."""
+    return args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
+def training_steps(args, train_samples: int) -> int:
+    """The run's optimizer steps: `max_steps` when set, else its epochs of `train_samples` (Trainer's own count)."""
+    if args.max_steps > 0:
+        return args.max_steps
+    return math.ceil(args.num_train_epochs * math.ceil(train_samples / samples_per_step(args)))
+
+
+def evaluations(args, steps: int) -> int:
+    """How many times Trainer evaluates the held-out set in `steps` steps (`eval_strategy`, `eval_steps`)."""
+    strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+    if strategy == "steps":
+        every = args.eval_steps or args.logging_steps
+        every = math.ceil(every * steps) if every < 1 else int(every)  # a fraction of the run, as Trainer reads it
+        return steps // max(every, 1)
+    if strategy == "epoch":
+        return math.ceil(args.num_train_epochs)
+    return 0
+
+
+def cache_skip_reason(args, train_samples: int, eval_samples: int = 0) -> str | None:
+    """None when the feature cache pays off for this run (module docstring), else the one line that says why it is not
+    built. `args`: the run's `TrainingArguments`; `train_samples` / `eval_samples`: the sets the cache would encode
+    (a task repeated by `data.task_repeats` counts its copies: a copy reuses its entry, so the count is an upper bound
+    of the encoder's work and the cache is, if anything, built a little too seldom)."""
+    steps = training_steps(args, train_samples)
+    per_step = samples_per_step(args)
+    checks = evaluations(args, steps) if eval_samples else 0
+    # a run counted in epochs reads each sample once an epoch (its last batch may be short)
+    train_reads = steps * per_step if args.max_steps > 0 else math.ceil(args.num_train_epochs * train_samples)
+    reads = train_reads + checks * eval_samples
+    encoded = train_samples + eval_samples
+    if reads > encoded:
+        return None
+    held_out = f" and {checks} evaluation(s) of {eval_samples:,}" if checks else ""
+    return (f"feature cache not built: this run reads {reads:,} samples ({steps:,} step(s) of {per_step}{held_out}), "
+            f"no more than the {encoded:,} the cache would encode first, so the frozen towers run in the steps instead "
+            f"(cache.enabled: {ALWAYS} builds it anyway)")

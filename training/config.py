@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from transformers import TrainingArguments
@@ -208,11 +208,13 @@ class LoraSettings:
 class CacheConfig:
     """Feature cache (training/feature_cache.py): the processor and the frozen part of each encoder tower run once
     per sample, before training; every batch is then read from disk. Worth it when a run sees a sample more than
-    once. `directory`: default `<output_dir>/feature_cache`; "~" is the user's home (a folder outside the run, e.g.
+    once: `enabled: true` builds it only when the run's own numbers say so (training/cache_cost.py
+    `cache_skip_reason`, decided before any feature is written and logged in one line when it is not built);
+    `always` builds it anyway (a shared folder that later runs reuse). `directory`: default `<output_dir>/feature_cache`; "~" is the user's home (a folder outside the run, e.g.
     `~/.cache/gap_mllm/feature_cache`, outlives it, and its fingerprinted subfolders are safe to share). `dtype`: storage of the features ("float16",
     "bfloat16", "float32"). `batch_size`: samples per encoder call while it is built."""
 
-    enabled: bool = False
+    enabled: bool | Literal["always"] = False
     directory: str | None = None
     dtype: str = "float16"
     batch_size: int = 16

@@ -58,6 +58,11 @@ def build_fresh_model(source: ModelSource):
 def check_model_folder(name_or_path: str) -> None:
     """ValueError naming `model.name_or_path` when it means a local folder that is missing (processing/model_paths.py:
     a Hub id would otherwise be tried, with a minute of retries offline) or that holds no saved checkpoint."""
+    if str(name_or_path) == "mini" and not Path("mini", "config.json").is_file():
+        # `gap-mllm train` reads the name (cli/train.py); a run started another way (python -m, accelerate) does not
+        raise ValueError("model.name_or_path=mini names the embedded GAP-MLLM-Mini under `gap-mllm train` only; "
+                         "started otherwise, give its folder: python -c 'from gap_mllm.mini import default_model_path; "
+                         "print(default_model_path())'")
     missing = missing_local_folder(str(name_or_path))
     if missing is not None:
         raise ValueError(f"model.name_or_path={name_or_path}: no such folder {missing} (train the stage that writes it "

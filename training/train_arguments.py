@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override a recipe value (YAML-parsed), e.g. --set training.max_steps=100 --set aux.feature_align_weight=0.5",
     )
+    parser.add_argument("--model", default=None,
+                        help='the model to start from: a GAP-MLLM folder or Hub id, or "mini", the embedded GAP-MLLM-Mini '
+                             '(as predict and evaluate read it); shortcut for --set model.name_or_path=...')
     parser.add_argument("--resume", default=None, help='checkpoint folder, or "auto" for the last one in training.output_dir')
     parser.add_argument("--output-dir", default=None, help="shortcut for --set training.output_dir=...")
     parser.add_argument("--report-to", default=None, help='shortcut for --set training.report_to=... ("none", "tensorboard", "wandb", ...)')

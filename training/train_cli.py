@@ -31,14 +31,19 @@ from .run import run_training
 from .train_arguments import add_arguments  # noqa: F401 - the command's add_arguments
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, resolve_model=None) -> int:
+    """Train the recipe of `args`. `resolve_model`: the front end's reader of `model.name_or_path` (`gap-mllm train`
+    passes cli/model_source.py's, which reads "mini" as the embedded GAP-MLLM-Mini; this package may not import it)."""
     overrides = list(args.overrides)
-    for value, key in ((args.output_dir, "training.output_dir"), (args.report_to, "training.report_to"),
+    for value, key in ((args.model, "model.name_or_path"), (args.output_dir, "training.output_dir"),
+                       (args.report_to, "training.report_to"),
                        (args.data_root, "data.data_root"), (args.device, "device"), (args.time_limit_s, "time_limit_s"),
                        (args.run_state, "run_state.directory")):
         if value is not None:
             overrides.append(f"{key}={value}")
     recipe = load_recipe(args.config, overrides)
+    if resolve_model is not None and recipe.model.name_or_path and not recipe.model.tiny:
+        recipe.model.name_or_path = resolve_model(recipe.model.name_or_path)
     if not logging.getLogger("gap_mllm").handlers:  # the device plan and cache reports are INFO lines
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
