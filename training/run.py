@@ -26,6 +26,7 @@ from gap_mllm.processing.held_out import trained_scenes
 from gap_mllm.processing.output_folder import (OutputFolderRefused, check_outside_data, check_output_folder,
                                                 mark_output_folder, read_marker)
 
+from .cache_cost import ALWAYS, cache_skip_reason
 from .checkpoints import MissingSafetensorsWeights, check_resume_checkpoint, find_resumable_checkpoint, load_model_weights
 from .config import TrainRecipe, training_arguments, without_defaults
 from .cuda_graph_forward import ungraph_geometry_encoder
@@ -123,8 +124,13 @@ def build_trainer(recipe: TrainRecipe, model=None, processor=None, train_dataset
         logger.info("feature cache not filled: %s is the run's last step", resume_from_checkpoint)
     elif recipe.cache.enabled:
         reason = cache_unusable_reason(model)
+        # before any feature is written: a run that reads fewer samples than the cache would encode trains without it
+        skip = None if recipe.cache.enabled == ALWAYS else cache_skip_reason(
+            args, len(train_dataset), len(eval_dataset) if eval_dataset is not None else 0)
         if reason is not None:
             logger.warning("feature cache DISABLED for this run: %s.", reason)
+        elif skip is not None:
+            logger.info(skip)
         else:
             train_dataset = undecoded_images(train_dataset)
             eval_dataset = undecoded_images(eval_dataset) if eval_dataset is not None else None
