@@ -169,11 +169,16 @@ def test_a_restore_is_refused_for_another_source_other_data_or_changed_weights(t
 
 def _nudge_numbers(data: Path, factor: float) -> None:
     """Every decimal number of one scene record and of one pose file times `factor`, written back at full precision
-    (1 + 1e-15: the last digits another CPU's float maths gives; 1 + 1e-6: other values)."""
+    (1 + 1e-15: the last digits another CPU's float maths gives; 1 + 1e-6: other values). A number whose written
+    form that would change (1.5 -> 1.5000000000000016) is kept: another CPU moves a full repr's last digits only."""
     import re
 
+    from gap_mllm.training.data_sketch import number_forms
+
     def scaled(match):
-        return repr(float(match.group()) * factor)
+        nudged = repr(float(match.group()) * factor)
+        same_form = number_forms(match.group().encode())[0].tobytes() == number_forms(nudged.encode())[0].tobytes()
+        return nudged if same_form else match.group()
 
     number = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?")
     record = next(p for p in sorted(data.rglob("*.json")) if number.search(p.read_text()))

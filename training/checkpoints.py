@@ -37,7 +37,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 # the full-disk rule and the device's name are defined once, in processing/errors.py (the CLI uses them too)
-from gap_mllm.processing.errors import DiskFullError, device_of, names_full_disk
+from gap_mllm.processing.errors import DiskFullError, device_of, exception_chain, names_full_disk
 from gap_mllm.processing.errors import existing_parent as _existing_parent
 
 logger = logging.getLogger(__name__)
@@ -155,6 +155,31 @@ def is_disk_full(error: BaseException, folder, needed_bytes: int = 0) -> bool:
     a full-disk errno or text in its chain, or, for writers that lose the errno (torch.save), less room
     left on the device than `needed_bytes` (what the write takes)."""
     return names_full_disk(error) or (needed_bytes > 0 and free_bytes(folder) < needed_bytes)
+
+
+def file_size_limit() -> int | None:
+    """This process's file-size limit in bytes (`ulimit -f`, RLIMIT_FSIZE), None when there is none."""
+    import resource  # POSIX only; here, so that importing the module never needs it
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+# what torch.save's zip writer says when a write stopped short (it loses the errno): a full disk or a size limit
+SHORT_WRITE_TEXTS = ("unexpected pos", "file write failed")
+
+
+def names_size_limit(error: BaseException) -> bool:
+    """Whether `error` means a file grew past the file-size limit (`ulimit -f`): EFBIG or its text anywhere in its
+    chain, or a writer's short write (torch.save: `SHORT_WRITE_TEXTS`) while this process has such a limit. (Python
+    ignores SIGXFSZ, so the write fails instead of killing the process.)"""
+    for link in exception_chain(error):
+        text = str(link).lower()
+        if (isinstance(link, OSError) and link.errno == errno.EFBIG) or "file too large" in text:
+            return True
+        if file_size_limit() is not None and any(marker in text for marker in SHORT_WRITE_TEXTS):
+            return True
+    return False
 
 
 def newest_checkpoint_size(run_dir) -> int:

@@ -367,8 +367,8 @@ def _number_difference(recorded: DataSketch, i: int, current: DataSketch, j: int
     if not beyond.any():
         return None
     start = int(np.argmax(beyond)) * BLOCK
-    return (f"its decimal numbers {start + 1}-{min(start + BLOCK, count)} of {count} are not the recorded ones (one "
-            f"or more differ by more than another CPU's last digits, {REL:g} relative)")
+    return (f"its decimal numbers {start + 1}-{min(start + BLOCK, count)} of {count} are not the recorded ones (they "
+            f"differ by more than another CPU's last digits, {REL:g} relative)")
 
 
 def _file_difference(recorded: DataSketch, i: int, current: DataSketch, j: int) -> tuple[str, str | None]:

@@ -32,6 +32,7 @@ from .config import TrainRecipe, training_arguments, without_defaults
 from .cuda_graph_forward import ungraph_geometry_encoder
 from .data import add_length_column, build_collator, load_split, sample_collator, sample_collator_settings
 from .data_sketch import sketch_data_root
+from .state_steering import steering_of
 from .device import apply_device_plan
 from .encoder_stage_run import build_encoder_stage_trainer
 from .feature_cache import FeatureCache, cache_unusable_reason, undecoded_images
@@ -426,6 +427,14 @@ def data_of_the_run(recipe: TrainRecipe, resume: str | None, data):
                         accept_other_data=recipe.run_state.accept_other_data)
 
 
+def run_steering(recipe: TrainRecipe):
+    """The recipe's values that steer its steps (training/state_steering.py), which a restored run state must hold;
+    None for a stage-0 recipe (its own trainer: the state's step is still checked)."""
+    if recipe.stage in ("geometry", "vision"):
+        return None
+    return steering_of(training_arguments(recipe), recipe.learning_rates)
+
+
 def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dict) -> str | None:
     """`--resume auto` with a run state: its checkpoint, rebuilt in the output folder when that holds none as new
     (a fresh machine), after the state was checked (its files, its run's settings, source and data). Without
@@ -435,11 +444,13 @@ def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dic
         data = settings["data_description"]  # None: datasets given in-process, nothing to check
         return restore_if_newer(directory, output_dir, source=settings["source"],
                                 data_root=recipe.data.data_root if data is not None else None, data_description=data,
-                                run=settings["run"], accept_other_data=recipe.run_state.accept_other_data)
+                                run=settings["run"], accept_other_data=recipe.run_state.accept_other_data,
+                                steering=run_steering(recipe))
     record = read_run_state(directory)
     if resume is None and record is not None:
-        raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run "
-                            f"({record.get('command')}); continue it with --resume auto, or give another run_state.directory")
+        # the command printed is this process's own, never the record's (a state is untrusted input: issue 83)
+        raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run; continue it "
+                            f"with: {continuation_command()} (or give another run_state.directory)")
     if record is not None:
         check_same_run(record, settings["run"], directory)
     return resume

@@ -54,6 +54,7 @@ is put back before the restore decision reads the folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -63,6 +64,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
@@ -84,19 +86,24 @@ from .checkpoints import (
     MissingSafetensorsWeights,
     checkpoint_problem,
     checkpoint_step,
+    file_size_limit,
     find_resumable_checkpoint,
     folder_size,
     load_model_weights,
+    names_size_limit,
     staging_root,
 )
 from .config import without_defaults
 from .data_sketch import RECORD_FILE, DamagedSketch, DataSketch, compare_data, decode_sketch, log_accepted, read_sketch
 from .data_sketch import sketch_data_root, write_sketch
+from .state_steering import Steering, SteeringRefused, check_steering
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 3: the data's sketch, the record's own digest; 2: the run's settings, every file's digest
-READ_FORMATS = (2, 3)  # a format-2 state continues only with run_state.accept_other_data (its data cannot be checked)
+FORMAT_VERSION = 4  # 4: the record's digest over its file's bytes; 3: the data's sketch, the record's own digest (of
+# its parsed content); 2: the run's settings, every file's digest
+READ_FORMATS = (2, 3, 4)  # a format-2 state continues only with run_state.accept_other_data (its data cannot be checked)
+UNSIGNED = "0" * 64  # the digest's place while the record's bytes are digested
 STATE_FILE = "run_state.json"
 README_FILE = "README.md"
 WEIGHTS_FILE = "weights.safetensors"
@@ -135,11 +142,47 @@ def state_folder(state_dir) -> Path:
     return Path(os.path.realpath(state_dir))
 
 
-def record_digest(record: dict) -> str:
-    """sha256 of a run_state.json record without its "digest" (keys sorted, compact): the record's own digest."""
+def record_digest(record: dict, indent: int | None = None) -> str:
+    """The digest of the run_state.json that `json.dumps(record, indent=indent)` writes (format 4): sha256 of those
+    bytes with UNSIGNED in the digest's place. The file's every byte is covered: a key written twice, an edit,
+    even of spacing, is another digest."""
+    text = json.dumps({**record, "digest": UNSIGNED}, indent=indent, ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def record_text(record: dict) -> str:
+    """The text of `record`'s run_state.json, signed (`record_digest`)."""
+    return json.dumps({**record, "digest": record_digest(record, indent=1)}, indent=1, ensure_ascii=True)
+
+
+def _parsed_record_digest(record: dict) -> str:
+    """A format-3 record's digest: of its parsed content without "digest" (keys sorted, compact)."""
     canonical = json.dumps({key: value for key, value in record.items() if key != "digest"}, sort_keys=True,
                            separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _digest_fault(record: dict, data: bytes) -> str | None:
+    """Why the record (parsed from file bytes `data`) is not the one its digest signs, or None."""
+    digest = record.get("digest")
+    if record["format"] == 3:
+        return None if digest == _parsed_record_digest(record) else "its content differs from its digest (the record was edited)"
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        return '"digest" is missing or not a sha256'
+    unsigned = data.replace(digest.encode("ascii"), UNSIGNED.encode("ascii"))
+    if hashlib.sha256(unsigned).hexdigest() != digest:
+        return "its bytes differ from those its digest signs (the file was edited)"
+    return None
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """A JSON object's members, refused when a key is written twice (the second would silently win)."""
+    record = {}
+    for key, value in pairs:
+        if key in record:
+            raise ValueError(f'the key "{key}" is written twice')
+        record[key] = value
+    return record
 
 
 def _weights_for_state(folder) -> dict[str, torch.Tensor]:
@@ -327,9 +370,15 @@ def _file_record(folder: Path) -> dict:
     return files
 
 
-def _state_disk_full(error: OSError, folder: Path, what: str) -> OSError:
+def _state_disk_full(error: Exception, folder: Path, what: str) -> Exception:
     """`error`, or for a full disk a DiskFullError naming the device and folder of the write (the state folder or
-    the restore's output folder, which may lie on another disk than the command's output)."""
+    the restore's output folder, which may lie on another disk than the command's output), whichever library
+    raised (safetensors' SafetensorError carries the OS's text only)."""
+    if names_size_limit(error):
+        return DiskFullError(errno.EFBIG, f"a file grew past this process's file-size limit (ulimit -f, "
+                             f"{file_size_limit() or 'unknown'} bytes) while writing {what} in {folder}; raise the "
+                             "limit (ulimit -f unlimited), then run the command again with --resume auto (the complete "
+                             "checkpoints and states are kept)")
     if not names_full_disk(error):
         return error
     return DiskFullError(f"no space left on {device_of(folder)} while writing {what} in {folder}; free space there (or "
@@ -372,8 +421,11 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
     try:
         record, stored, model = _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, command, data,
                                              moments_dtype, best_dtype, best_dir, run)
-    except OSError as error:
-        raise _state_disk_full(error, state_dir, f"the run state of step {trainer_state.get('global_step')}") from error
+    except (OSError, SafetensorError, RuntimeError) as error:  # safetensors and torch.save lose the errno
+        failed = _state_disk_full(error, state_dir, f"the run state of step {trainer_state.get('global_step')}")
+        if failed is error and not isinstance(error, OSError):
+            raise
+        raise failed from error
     logger.info("run state of step %s written to %s (%.1f MB; %d of %d tensors stored, the rest from %s)",
                 record["global_step"], state_dir, folder_size(state_dir) / 2**20, len(stored), len(model), source)
     return record
@@ -443,8 +495,7 @@ def _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, c
             "best": best_record,
             "files": _file_record(staging),
         }
-        record["digest"] = record_digest(record)
-        (staging / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+        (staging / STATE_FILE).write_text(record_text(record), encoding="utf-8")
         (staging / README_FILE).write_text(describe_run_state(record), encoding="utf-8")
         _carry_foreign_entries(state_dir, staging, carried)
     return record, stored, model
@@ -576,22 +627,36 @@ def read_run_state(state_dir) -> dict | None:
     path = Path(state_dir) / STATE_FILE
     if not path.is_file():
         return None
+    data = path.read_bytes()
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        record = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as error:
         raise RunStateError(f"{path}: damaged run state file: not JSON ({error})") from error
+    except ValueError as error:  # UnicodeDecodeError, a key written twice
+        raise RunStateError(f"{path}: damaged run state file: {error}") from error
     if not isinstance(record, dict):
         raise RunStateError(f"{path}: damaged run state file: a JSON {type(record).__name__}, not a run state record")
-    if record.get("format") not in READ_FORMATS:
-        raise RunStateError(f"{path}: run state format {record.get('format')!r}; this version reads "
-                            f"{' and '.join(map(str, READ_FORMATS))} (an earlier state is continued by the version of "
-                            "the package that wrote it: git history)")
+    found = record.get("format")
+    if found not in READ_FORMATS:
+        raise RunStateError(f"{path}: {_format_words(found)}; this version of gap-mllm reads run state formats "
+                            f"{', '.join(map(str, READ_FORMATS))}")
     fault = _shape_fault(record)
-    if fault is None and record["format"] >= 3 and record.get("digest") != record_digest(record):
-        fault = "its content differs from its digest (the record was edited)"
+    if fault is None and record["format"] >= 3:
+        fault = _digest_fault(record, data)
     if fault is not None:
         raise RunStateError(f"{path}: damaged run state file: {fault}")
     return record
+
+
+def _format_words(found) -> str:
+    """What a run state of format `found` (not one this version reads) is, in words, and what to do."""
+    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
+        return (f"run state format {found}, written by a later version of gap-mllm than this one; update the package "
+                "(pip install -U gap-mllm, or pull the repository) to continue it")
+    if isinstance(found, int) and not isinstance(found, bool) and 0 < found < min(READ_FORMATS):
+        return (f"run state format {found}, written by an earlier version of gap-mllm; continue it with the version "
+                "that wrote it (git history)")
+    return f'damaged run state file: "format" is {found!r}, not a run state format'
 
 
 def check_state_files(record: dict, state_dir) -> None:
@@ -634,8 +699,8 @@ def check_same_run(record: dict, run: dict | None, state_dir) -> None:
     shown = "; ".join(f"{key}: {recorded.get(key, '(unset)')!r} then, {run.get(key, '(unset)')!r} now" for key in differs[:4])
     more = f" and {len(differs) - 4} more" if len(differs) > 4 else ""
     raise RunStateError(f"run_state.directory={state_dir} holds step {record['global_step']} of another run: its settings "
-                        f"differ ({shown}{more}). A state continues only the run that wrote it: run {record.get('command')} "
-                        "to continue it, or give another run_state.directory for a new run")
+                        f"differ ({shown}{more}). A state continues only the run that wrote it: give the settings it "
+                        "was written with (its README.md), or another run_state.directory for a new run")
 
 
 def state_sketch(record: dict, state_dir: Path) -> DataSketch | None:
@@ -701,7 +766,7 @@ def _check_data(record: dict, state_dir: Path, data_root, data: DataSketch | Non
 
 
 def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, data_description: DataSketch | None = None,
-                      run: dict | None = None, accept_other_data: bool = False) -> Path:
+                      run: dict | None = None, accept_other_data: bool = False, steering: Steering | None = None) -> Path:
     """Rebuild the checkpoint of `state_dir` as `<output_dir>/checkpoint-<step>` (staged, then renamed), and the best
     model as `<output_dir>/best`; returns the checkpoint folder. The output folder's data record
     (`.gap-mllm-data.sketch`) becomes the state's sketch (the data the checkpoint trained on; the data given,
@@ -722,6 +787,7 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
     step = record["global_step"]
     check_same_run(record, run, state_dir)
     check_state_files(record, state_dir)
+    check_steering_values(record, state_dir, steering)
 
     source_tensors = {}
     if record["source"] is not None:
@@ -765,12 +831,27 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
         os.replace(folder, target)
         if best_weights is not None:
             _write_best(state_dir, output_dir, best_weights, record)
-    except OSError as error:
-        raise _state_disk_full(error, output_dir, f"the checkpoint of step {step} restored from {state_dir}") from error
+    except (OSError, SafetensorError, RuntimeError) as error:  # safetensors and torch.save lose the errno
+        failed = _state_disk_full(error, output_dir, f"the checkpoint of step {step} restored from {state_dir}")
+        if failed is error and not isinstance(error, OSError):
+            raise
+        raise failed from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("restored step %d of %s from the run state %s into %s", step, record.get("max_steps"), state_dir, target)
     return target
+
+
+def check_steering_values(record: dict, state_dir: Path, steering: Steering | None) -> None:
+    """RunStateError naming the first value of the state that steers training and is not the recipe's or its
+    checkpoint's (training/state_steering.py: the step, each optimizer group's rates and settings, the scheduler);
+    the step alone when no recipe's `steering` is given. Call after `check_state_files`."""
+    try:
+        check_steering(record, state_dir, steering)
+    except SteeringRefused as error:
+        raise RunStateError(f"{Path(state_dir) / STATE_FILE}: refused: its {error}; a run state steers nothing the recipe "
+                            "and its checkpoint do not say (nothing was restored): give the recipe it was written with, "
+                            "or another run_state.directory for a new run") from error
 
 
 def _best_weights(state_dir: Path, output_dir: Path, best: dict, source_tensors: dict, record: dict,
@@ -872,7 +953,8 @@ def put_back_interrupted_write(state_dir) -> None:
 
 
 def restore_if_newer(state_dir, output_dir, *, source=None, data_root=None, data_description: DataSketch | None = None,
-                     run: dict | None = None, accept_other_data: bool = False) -> str | None:
+                     run: dict | None = None, accept_other_data: bool = False,
+                     steering: Steering | None = None) -> str | None:
     """The checkpoint to resume from under `--resume auto` with a run state: the state's, rebuilt in `output_dir`,
     when the folder holds no complete checkpoint of that step or later (a fresh machine); else the folder's newest
     (whose data the caller checks against the folder's record: `resumed_data`). `data_description`: the sketch of
@@ -888,7 +970,8 @@ def restore_if_newer(state_dir, output_dir, *, source=None, data_root=None, data
     if local is not None and checkpoint_step(local) >= record["global_step"]:
         return local
     return str(restore_run_state(state_dir, output_dir, source=source, data_root=data_root,
-                                 data_description=data_description, run=run, accept_other_data=accept_other_data))
+                                 data_description=data_description, run=run, accept_other_data=accept_other_data,
+                                 steering=steering))
 
 
 # ------------------------------------------------------------------------------------------ during training
