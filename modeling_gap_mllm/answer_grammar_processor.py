@@ -213,6 +213,18 @@ class GrammarLogitsProcessor(LogitsProcessor):
             raise RuntimeError(f"the bounded list grammar refuses the answer begun inside the list: {text!r}")
         self._matchers[row], self._lists[row] = matcher, None
 
+    def _consume(self, new_tokens: list[list[int]]) -> None:
+        """Each live row's matcher takes its new tokens; a row whose token the grammar refuses is no longer live. One
+        token a row (every step but the first of a resumed call): the rows in parallel, off the GIL."""
+        rows = [row for row, tokens in enumerate(new_tokens) if self._live[row] is not False and tokens]
+        if len(rows) > 1 and all(len(new_tokens[row]) == 1 for row in rows):
+            accepted = _executor().consume_token_par([(self._matchers[row], new_tokens[row][0]) for row in rows])
+        else:
+            accepted = [self._matchers[row].consume_tokens(new_tokens[row]) for row in rows]
+        for row, ok in zip(rows, accepted):
+            if not ok:
+                self._live[row] = False
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """`input_ids` `[B, prompt_length + n]`, `scores` `[B, V]` → `scores` with the refused tokens at -inf."""
         batch, vocab_size = scores.shape
@@ -225,15 +237,15 @@ class GrammarLogitsProcessor(LogitsProcessor):
         if generated > self._consumed:
             new_tokens = input_ids[:, self.prompt_length + self._consumed :].tolist()  # the host sync (docstring)
             for row, tokens in enumerate(new_tokens):
-                matcher = self._matchers[row]
-                for token in tokens:
-                    if not self._live[row]:
-                        break
-                    # a stop token ends the row (llguidance's matcher may stop before it, at the grammar's end,
-                    # and then allows the stop ids only)
-                    self._live[row] = token not in self._stops and matcher.consume_token(token)
-                    if self._lists[row] is not None:
-                        self._tokens[row].append(token)
+                if self._lists[row] is not None and self._live[row]:
+                    self._tokens[row].extend(tokens)
+                # a stop token ends the row (llguidance's matcher may stop before it, at the grammar's end, and then
+                # allows the stop ids only)
+                if self._live[row] and any(token in self._stops for token in tokens):
+                    tokens[:] = tokens[: next(i for i, t in enumerate(tokens) if t in self._stops)]
+                    self._live[row] = None  # consumes what precedes the stop, then ends
+            self._consume(new_tokens)
+            self._live = [live is True for live in self._live]
             self._consumed = generated
         live = [row for row in range(batch) if self._live[row]]
         if not live:

@@ -99,7 +99,7 @@ def test_constrained_answers_are_the_same_through_vllm_structured_outputs(synth_
                                                                           monkeypatch):
     """`constrained=true` (issue 54): the HF backend decodes inside each task's grammar (a logits processor), the vLLM
     backend sends the same grammar as the request's `structured_outputs.grammar`, which the stand-in applies with
-    xgrammar's own logits processor; the answers are the same, each of the budget's grammar (stage 1's answers whole)."""
+    llguidance as vLLM's guidance backend does; the answers are the same, each of the budget's grammar (stage 1's answers whole)."""
     tasks = ["gap_scanrefer", "gap_spatial_qa"]
     common = "pretrained=mini,max_new_tokens=12,device=cpu,constrained=true"
     hf = _evaluate("gap_mllm", tasks, exported, DOCS_PER_TASK, tmp_path / "hf", monkeypatch, model_args=common)
