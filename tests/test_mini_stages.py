@@ -123,6 +123,8 @@ def test_stage1_on_a_trained_encoder_learns_the_marker_task(trained_geometry, tr
         "stage": "pretrain", "device": "cpu", "data": {"data_root": str(train_data_root), "tasks": ["reconstruction"],
                                                       "max_train_samples": 8, "cache_dir": str(tmp_path / "hf")},
         "learning_rates": {"merger_lr": 3e-3},
+        # the frozen encoders run once per sample, not at each of the 120 steps; float32: the features as computed
+        "cache": {"enabled": "always", "dtype": "float32", "directory": str(tmp_path / "feature_cache")},
         "training": {"output_dir": str(tmp_path / "stage1"), "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
                      "max_steps": 120, "per_device_train_batch_size": 8, "learning_rate": 3e-3, "lr_scheduler_type": "constant",
                      "logging_steps": 10, "seed": 0, "dataloader_num_workers": 0},
