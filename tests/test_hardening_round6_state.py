@@ -462,5 +462,5 @@ def test_2_an_output_folder_that_is_a_link_to_the_state_folder_is_refused_at_the
 def test_2_the_state_records_its_data_sketch_as_a_listed_file(trained):
     _, _, state = trained
     record = read_run_state(state)
-    assert record["format"] == 3 and record["data"]["sketch"] == record["files"][DATA_SKETCH_FILE]["sha256"]
+    assert record["format"] == 4 and record["data"]["sketch"] == record["files"][DATA_SKETCH_FILE]["sha256"]
     assert record["data"]["files"] == len(read_sketch(state / DATA_SKETCH_FILE).names)

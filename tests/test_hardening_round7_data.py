@@ -73,10 +73,13 @@ def test_a_number_re_exported_in_exponent_form_is_refused_as_reformatted(origina
 
 
 def test_full_precision_pose_rounded_to_six_decimals_is_refused(original, tmp_path):
-    """A %.6f re-export of full-precision numbers: another count of digits after the point."""
+    """A %.6f re-export of full-precision numbers: rounded values (by up to 5e-7), so other numbers; the short ones
+    (0.0, 1.0) as %.6f only: the same values in another form."""
     rounded = " ".join(f"{float(x):.6f}" for x in POSE_TEXT.split()[:4]) + "\n0.0 0.0 0.0 1.0\n"
     changed = _variant(tmp_path, pose=rounded)
-    assert f"{changed / POSE}: its decimal numbers are reformatted" in _refusal(original, changed)
+    assert f"{changed / POSE}: its decimal numbers 1-8 of 8 are not the recorded ones" in _refusal(original, changed)
+    short = _variant(tmp_path / "short", pose=POSE_TEXT.replace("0.0 0.0 0.0 1.0", "0.000000 0.000000 0.000000 1.000000"))
+    assert f"{short / POSE}: its decimal numbers are reformatted: the same values" in _refusal(original, short)
 
 
 # ------------------------------------------------------------------------------ per number, not per block

@@ -121,14 +121,14 @@ def test_the_settings_refusal_never_repeats_the_records_command(stopped, state, 
     assert "of another run: its settings differ" in str(caught.value) and "rm -rf" not in str(caught.value)
     with pytest.raises(RunStateError) as caught:
         resume(stopped, state, tmp_path / "out", resume_from=None)
-    assert "continue it with: " in str(caught.value) and "rm -rf" not in str(caught.value)
+    assert "continue it with --resume auto (" in str(caught.value) and "rm -rf" not in str(caught.value)
 
 
 def test_the_digest_covers_the_files_bytes(stopped, state, tmp_path):
     """Case the record's bytes edited, its parsed content the same (accepted -> refused)."""
     text = (state / STATE_FILE).read_text()
     (state / STATE_FILE).write_text(text.replace("\n", "\n  ", 3))
-    with pytest.raises(RunStateError, match="its bytes differ from those its digest signs"):
+    with pytest.raises(RunStateError, match=r"its content differs from its digest \(the record was edited\)"):
         read_run_state(state)
 
 

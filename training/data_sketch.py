@@ -388,11 +388,11 @@ def _file_difference(recorded: DataSketch, i: int, current: DataSketch, j: int) 
     if recorded.forms is None and current.forms is not None:
         return "differs", ("its bytes differ, and the run recorded its data with version 1 of the data check, which "
                            "cannot tell a reformatted number from last digits")
-    if recorded.forms is not None and not np.array_equal(recorded.forms[i], current.forms[j]):
-        return "differs", ("its decimal numbers are reformatted (another count of digits after the point, other digits "
-                           "before it, or another notation, e.g. 0.40 for 0.4 or 366e-2 for 3.66): the text the model "
-                           "trains on differs")
-    what = _number_difference(recorded, i, current, j)
+    what = _number_difference(recorded, i, current, j)  # a number's bound follows its magnitude, not its form
+    if what is None and recorded.forms is not None and not np.array_equal(recorded.forms[i], current.forms[j]):
+        what = ("its decimal numbers are reformatted: the same values written in another form (another count of "
+                "digits after the point, other digits before it, or another notation, e.g. 0.40 for 0.4 or 366e-2 "
+                "for 3.66), so the text the model trains on differs")
     return ("differs", what) if what is not None else ("last_digits", None)
 
 

@@ -32,7 +32,6 @@ from .config import TrainRecipe, training_arguments, without_defaults
 from .cuda_graph_forward import ungraph_geometry_encoder
 from .data import add_length_column, build_collator, load_split, sample_collator, sample_collator_settings
 from .data_sketch import sketch_data_root
-from .state_steering import steering_of
 from .device import apply_device_plan
 from .encoder_stage_run import build_encoder_stage_trainer
 from .feature_cache import FeatureCache, cache_unusable_reason, undecoded_images
@@ -66,6 +65,7 @@ from .run_state import (
     resumed_data,
     state_folder,
 )
+from .state_steering import steering_of
 from .time_limit import TimeLimitCallback
 from .trainer import GeometryAlignedTrainer
 
@@ -450,7 +450,7 @@ def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dic
     if resume is None and record is not None:
         # the command printed is this process's own, never the record's (a state is untrusted input: issue 83)
         raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run; continue it "
-                            f"with: {continuation_command()} (or give another run_state.directory)")
+                            f"with --resume auto ({continuation_command()}), or give another run_state.directory")
     if record is not None:
         check_same_run(record, settings["run"], directory)
     return resume

@@ -171,7 +171,7 @@ def _digest_fault(record: dict, data: bytes) -> str | None:
         return '"digest" is missing or not a sha256'
     unsigned = data.replace(digest.encode("ascii"), UNSIGNED.encode("ascii"))
     if hashlib.sha256(unsigned).hexdigest() != digest:
-        return "its bytes differ from those its digest signs (the file was edited)"
+        return "its content differs from its digest (the record was edited)"
     return None
 
 
