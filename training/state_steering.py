@@ -48,7 +48,7 @@ class Steering:
     eps: float
     adam: bool  # the optimizer is an Adam (its groups carry betas and eps)
     scheduler: str
-    warmup_steps: int
+    warmup: float  # TrainingArguments.warmup_steps: steps, or a fraction of the run's steps below 1
     scheduler_kwargs: dict = field(default_factory=dict)
     group_rates: dict = field(default_factory=dict)  # named group -> its rate (None: learning_rate)
 
@@ -63,18 +63,20 @@ def steering_of(args, learning_rates=None) -> Steering:
                     betas=(float(args.adam_beta1), float(args.adam_beta2)), eps=float(args.adam_epsilon),
                     adam="adam" in str(getattr(args.optim, "value", args.optim)).lower(),
                     scheduler=str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-                    warmup_steps=args.get_warmup_steps(max_steps) if max_steps > 0 else 0,
+                    warmup=float(args.warmup_steps),
                     scheduler_kwargs=dict(args.lr_scheduler_kwargs or {}), group_rates=rates)
 
 
-def schedule_factor(steering: Steering, step: int) -> float:
-    """The factor the recipe's schedule gives the learning rate after `step` steps (Trainer's scheduler, stepped)."""
+def schedule_factor(steering: Steering, step: int, total: int) -> float:
+    """The factor the recipe's schedule gives the learning rate after `step` of `total` steps (Trainer's scheduler,
+    stepped; `total`: max_steps, or for a recipe counted in epochs the recorded max_steps, as Trainer computed it)."""
     from transformers import get_scheduler  # here: a restore without a recipe never needs it
 
+    warmup = int(steering.warmup) if steering.warmup >= 1 else math.ceil(total * steering.warmup)  # Trainer's rule
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)
-    scheduler = get_scheduler(steering.scheduler, optimizer, num_warmup_steps=steering.warmup_steps,
-                              num_training_steps=steering.max_steps, scheduler_specific_kwargs=steering.scheduler_kwargs)
+    scheduler = get_scheduler(steering.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total,
+                              scheduler_specific_kwargs=steering.scheduler_kwargs)
     for _ in range(step):
         optimizer.step()
         scheduler.step()
@@ -179,6 +181,7 @@ def check_steering(record: dict, state_dir: Path, steering: Steering | None) -> 
     check_step(record, checkpoint_files, steering)
     if steering is None:
         return
-    factor = schedule_factor(steering, record["global_step"])
+    total = steering.max_steps if steering.max_steps > 0 else record["max_steps"]
+    factor = schedule_factor(steering, record["global_step"], total)
     initial_rates = check_optimizer(record, steering, factor) if record.get("optimizer") is not None else []
     check_scheduler(record, checkpoint_files, factor, initial_rates)
