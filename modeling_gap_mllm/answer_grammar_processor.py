@@ -9,9 +9,10 @@ every step each row's matcher takes the row's new token and fills a bitmask of t
 the grammar; the others get -inf (`apply_bitmask`: the bits unpacked on the logits' device, no torch.compile, no
 triton). A token the model would pick anyway is never changed, so a greedy answer that already fits the grammar is
 generated unchanged; once the grammar's answer is complete only the stop ids (EOS) remain. Where the grammar forces
-the next bytes (a key, the detection fence) llguidance allows their greedy tokenization only, the tokens a model
-trained on that text writes; elsewhere its masks equal xgrammar's, the engine before it (issue 81: the Mini's answers
-are the same texts, tests/test_constrained_answers_kept.py).
+the next bytes (a key, the detection fence) llguidance allows their greedy tokenization only (with Qwen's vocabulary
+these are the BPE tokens of every task's reference answer: tests/test_grammar_engine_real_vocab.py); elsewhere its
+masks equal xgrammar's, the engine before it (issue 81: the Mini's answers are the same texts, tests/
+test_constrained_answers_kept.py). A batch's rows take their tokens and fill their masks in parallel, off the GIL.
 
 A list answer (detection: `answer_grammar.EntryList`) is closed by the token budget, not bounded in bytes: the row
 decodes inside the list without a bound until the tokens left are the list's `reserve` (what one more entry and the
