@@ -195,3 +195,33 @@ def test_a_torch_save_cut_by_the_file_size_limit_is_named(stopped, tmp_path, mon
     with pytest.raises(DiskFullError, match=r"file-size limit \(ulimit -f, 4096 bytes\)"):
         save_run_state(out / "checkpoint-1", tmp_path / "st2")
     assert not (tmp_path / "st2").exists()
+
+
+def test_a_checkpoint_cut_by_the_file_size_limit_is_one_line_and_leaves_no_tmp_checkpoint(tmp_path, monkeypatch,
+                                                                                         source_model,  # noqa: F811
+                                                                                         train_data_root):  # noqa: F811
+    """Case `ulimit -f` while Trainer saves (two tracebacks and `tmp-checkpoint-1` -> one line, nothing half-written):
+    torch.save writes up to the limit and says "unexpected pos", as under a real limit (Python ignores SIGXFSZ)."""
+    import resource
+
+    from gap_mllm.training.run import run_training
+
+    from .test_run_state import write_recipe
+
+    real_save = torch.save
+
+    def cut(obj, path, *args, **kwargs):
+        if str(path).endswith("optimizer.pt"):
+            Path(path).write_bytes(b"\0" * 4096)
+            raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed; unexpected pos 4096 vs 20000")
+        return real_save(obj, path, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", cut)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (4096, resource.RLIM_INFINITY))
+    out = tmp_path / "out"
+    recipe = load_recipe(write_recipe(tmp_path, source_model, train_data_root, out), ["training.max_steps=2",
+                                                                                      "training.save_steps=1"])
+    with pytest.raises(DiskFullError) as caught:
+        run_training(recipe)
+    assert f"file-size limit (ulimit -f, 4096 bytes) while writing checkpoint-1 in {out}" in str(caught.value)
+    assert not list(out.glob("tmp-checkpoint*")) and not list(out.glob("checkpoint-*"))

@@ -182,6 +182,14 @@ def names_size_limit(error: BaseException) -> bool:
     return False
 
 
+def size_limit_error(folder, what: str) -> DiskFullError:
+    """The one-line error after the file-size limit (`names_size_limit`) stopped writing `what` into `folder`."""
+    return DiskFullError(errno.EFBIG, f"a file grew past this process's file-size limit (ulimit -f, "
+                         f"{file_size_limit() or 'unknown'} bytes) while writing {what} in {folder}; raise the limit "
+                         "(ulimit -f unlimited), then run the command again with --resume auto (the complete checkpoints "
+                         "and states are kept)")
+
+
 def newest_checkpoint_size(run_dir) -> int:
     """Bytes of the newest complete checkpoint in `run_dir` (what the next one will take), 0 if none."""
     newest = find_resumable_checkpoint(run_dir)

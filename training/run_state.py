@@ -54,7 +54,6 @@ is put back before the restore decision reads the folder.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -86,11 +85,11 @@ from .checkpoints import (
     MissingSafetensorsWeights,
     checkpoint_problem,
     checkpoint_step,
-    file_size_limit,
     find_resumable_checkpoint,
     folder_size,
     load_model_weights,
     names_size_limit,
+    size_limit_error,
     staging_root,
 )
 from .config import without_defaults
@@ -375,10 +374,7 @@ def _state_disk_full(error: Exception, folder: Path, what: str) -> Exception:
     the restore's output folder, which may lie on another disk than the command's output), whichever library
     raised (safetensors' SafetensorError carries the OS's text only)."""
     if names_size_limit(error):
-        return DiskFullError(errno.EFBIG, f"a file grew past this process's file-size limit (ulimit -f, "
-                             f"{file_size_limit() or 'unknown'} bytes) while writing {what} in {folder}; raise the "
-                             "limit (ulimit -f unlimited), then run the command again with --resume auto (the complete "
-                             "checkpoints and states are kept)")
+        return size_limit_error(folder, what)
     if not names_full_disk(error):
         return error
     return DiskFullError(f"no space left on {device_of(folder)} while writing {what} in {folder}; free space there (or "

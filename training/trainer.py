@@ -38,7 +38,9 @@ from .checkpoints import (
     disk_full_error,
     find_resumable_checkpoint,
     is_disk_full,
+    names_size_limit,
     newest_checkpoint_size,
+    size_limit_error,
     staging_root,
 )
 from .config import LOSS_NORMALIZATIONS, AuxLossConfig, LearningRates
@@ -206,6 +208,9 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
         try:
             super()._save_checkpoint(model, trial)
         except Exception as error:
+            if self.args.should_save and names_size_limit(error):  # `ulimit -f`: torch.save says "unexpected pos"
+                shutil.rmtree(staging, ignore_errors=True)  # half written and useless (issue 83)
+                raise size_limit_error(run_dir, name) from error
             # the next checkpoint takes about as much as the last one; the first, what its tensors hold
             needed = newest_checkpoint_size(run_dir) or self._checkpoint_tensor_bytes()
             if not (self.args.should_save and is_disk_full(error, staging, needed)):
