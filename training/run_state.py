@@ -27,7 +27,8 @@ The restored model is checked against the digest of the checkpoint's whole state
 refused. The data are named by a sketch of every file of the data root (training/data_sketch.py), checked on every
 resume: Trainer's data order comes from the seed, the step and the dataset, so the same data continue the same order.
 A resume continues only on the same files: images with the same bytes or pixels, text files whose every decimal
-number equals the recorded one in its place up to another CPU's last digits (1e-12 relative); anything else is
+number is written in the same form and equals the recorded one in its place up to another CPU's last digits (1e-12
+relative of each); anything else (a reformatted number too) is
 other data, refused in one line naming the first file that differs. The output folder keeps the sketch of its run
 (`.gap-mllm-data.sketch`, training/run.py), so a resume from a checkpoint there is checked as well, and a run
 records the data it continues (the state's, or the folder's), never the data it is given. A state written before
@@ -44,6 +45,12 @@ lists is a file of a state's layout (`checkpoint/scheduler.pt`, never `../x` or 
 state that is a symbolic link is refused. The folder is the package's alone: a folder holding other files (at its
 top, or in `checkpoint/` and `best/`) is refused before a run trains; files added while a run writes it are carried
 into each new state, never deleted. A state folder given as a symbolic link is written through to its target.
+
+A state is untrusted input (its record's digest is one anyone recomputes): before a restore writes anything, every
+value that steers training is checked against the recipe and the checkpoint (training/state_steering.py: the step
+within [1, max_steps] and the checkpoint's, each optimizer group's rates and settings, the scheduler), and refused
+naming the field. The record's digest covers its file's bytes (format 4), a key written twice is refused, and a
+refusal prints the command of the current process, never the record's.
 
 `RunStateCallback` writes the state after every checkpoint save of a run whose recipe names `run_state.directory`,
 and `run_training` restores it when the output folder holds no newer checkpoint (`--resume auto`). The run holds
