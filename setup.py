@@ -58,10 +58,14 @@ CORE = [
     "pillow>=10",
     "scipy>=1.11",
     "tqdm>=4.66",
+    # the pictures `gap-mllm demo` and `predict --save-dir` write by default (cli/visualize.py): a default's need
+    "matplotlib>=3.8",
     GRAMMAR_ENGINE,
 ]
 EXTRAS = {
     "data": ["datasets==5.2.0", "trimesh>=4"],
+    # `predict --formats glb` (the only default-off format; without it that option is refused in one line)
+    "glb": ["trimesh>=4"],
     # pycocoevalcap: the shipped stage-2 recipes score captioning while they train (evaluation.tasks)
     "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6", "pycocoevalcap>=1.2"],
     "eval": ["datasets==5.2.0", "evaluate==0.4.6", "pycocoevalcap>=1.2", "matplotlib>=3.8", "accelerate==1.15.0"],

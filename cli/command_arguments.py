@@ -19,6 +19,9 @@ HEAD_FLAGS = {"camera": "use_camera_head", "depth": "use_depth_head", "point": "
 DTYPES = ("float32", "bfloat16", "float16")  # --dtype of convert and export-llm: torch dtype names
 
 SAVE_FORMATS = ("png", "glb", "ply")  # predict --formats: pictures written with --save-dir
+# what --save-dir writes when --formats is not given: what a plain install can write (glb needs trimesh, the
+# glb extra, so it is written only when asked for: cli/early_checks.py refuses it without trimesh)
+DEFAULT_SAVE_FORMATS = ("png", "ply")
 
 # `gap-mllm predict`'s exit status for an answer that does not parse; not 2 (a mistake in the command): the command
 # was right, the model's answer is not
@@ -176,5 +179,5 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                                            "frames the point cloud the model's depth and camera heads reconstruct "
                                            "(GLB / PLY)")
     parser.add_argument("--formats", nargs="+", default=None, choices=SAVE_FORMATS,
-                        help="with --save-dir: what to save (default: all of them)")
+                        help="with --save-dir: what to save (default: png ply; glb needs trimesh: pip install 'gap-mllm[glb]')")
     parser.add_argument("--json", action="store_true", help="print the parsed answer as JSON instead of text")

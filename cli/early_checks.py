@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -115,6 +116,11 @@ def predict_request(args: argparse.Namespace, num_views: int | None = None,
     return request
 
 
+# `predict --formats glb` without trimesh: the one optional format (png and ply are what a plain install writes)
+GLB_MISSING = ("--formats glb needs trimesh, which a plain install leaves out: pip install 'gap-mllm[glb]' (or pip "
+               "install trimesh), or leave glb out of --formats")
+
+
 def check_grammar_engine(args: argparse.Namespace) -> None:
     """A run that decodes inside the task's grammar (predict's and demo's default, evaluate --constrained) needs the
     grammar engine: without it, one line naming it and its install command, before the model loads."""
@@ -132,6 +138,8 @@ def check_predict(args: argparse.Namespace) -> int | None:
     if args.formats and not args.save_dir:
         raise UserError("--formats picks what --save-dir writes, and without --save-dir nothing is written: add "
                         "--save-dir DIR, or leave --formats out")
+    if args.formats and "glb" in args.formats and importlib.util.find_spec("trimesh") is None:
+        raise MissingDependency(GLB_MISSING)
     check_output_folder(args.save_dir, "--save-dir", PREDICT_WRITER)
     try:
         predict_request(args)  # what needs no frames first: a missing input is named before the frames are read

@@ -48,7 +48,7 @@ import json
 import sys
 from pathlib import Path
 
-from .command_arguments import EXIT_STATUS_HELP, PARSE_FAILURE_STATUS, SAVE_FORMATS  # noqa: F401 - light, for --help
+from .command_arguments import DEFAULT_SAVE_FORMATS, EXIT_STATUS_HELP, PARSE_FAILURE_STATUS  # noqa: F401 - light
 from .command_arguments import add_predict_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from gap_mllm.mini.identity import is_gap_mllm_mini
 from gap_mllm.processing.output_folder import claim_output_folder
@@ -181,7 +181,7 @@ def _save(args, model, processor, scene, result, report, answer: dict) -> None:
     uncalibrated frames the point cloud the model's heads reconstruct, if it has them."""
     from .visualize import ply_parts, write_visualisations
 
-    formats = tuple(args.formats or SAVE_FORMATS)  # --formats not given: every one
+    formats = tuple(args.formats or DEFAULT_SAVE_FORMATS)  # --formats not given: what a plain install writes
     three_d = {"glb", "ply"} & set(formats)
     # checked again now (the model ran meanwhile), made and marked as predict's: the user's files are never written
     claim_output_folder(args.save_dir, PREDICT_WRITER, option="--save-dir")

@@ -107,7 +107,7 @@ def test_predict_reconstructs_your_own_frames_with_the_mini(preloaded_mini, tmp_
         view.save(paths[-1])
     out = tmp_path / "out"
     code = predict.main(parse(["--images", *map(str, paths), "--task", "detection", "--max-new-tokens", "1",
-                               "--save-dir", str(out)]))
+                               "--save-dir", str(out), "--formats", "png", "glb", "ply"]))  # glb: asked for
     assert code == predict.PARSE_FAILURE_STATUS  # a 1-token answer is no detection answer
     printed = capsys.readouterr().out
     assert f"saved ply: {out / 'scene.ply'}" in printed and f"saved glb: {out / 'scene.glb'}" in printed
@@ -135,7 +135,8 @@ def test_predict_counts_the_ply_vertices_it_writes(preloaded_mini, monkeypatch, 
         paths.append(tmp_path / f"frame_{index}.png")
         view.save(paths[-1])
     out = tmp_path / "out"
-    assert predict.main(parse(["--images", *map(str, paths), "--task", "detection", "--save-dir", str(out)])) == 0
+    assert predict.main(parse(["--images", *map(str, paths), "--task", "detection", "--save-dir", str(out),
+                               "--formats", "png", "glb", "ply"])) == 0  # glb only when asked for
     printed = capsys.readouterr().out
     points, _ = read_ply(out / "scene.ply")
     import trimesh

@@ -91,27 +91,71 @@ class Recorder:
 
 sys.meta_path.insert(0, Recorder())
 from gap_mllm.cli.main import main
-status = main(["predict", "--example", "synthetic room A", "--task", "grounding"])
+status = main(json.loads(sys.argv[1]))
 print(json.dumps({"status": status, "imported": imported}))
 """
 
+# The README's commands with their defaults (issue 84): predict, predict writing its pictures, the demo (pictures too)
+DEFAULT_COMMANDS = {
+    "predict": ["predict", "--example", "synthetic room A", "--task", "grounding"],
+    "predict --save-dir": ["predict", "--example", "synthetic room A", "--task", "detection", "--save-dir", "saved"],
+    "demo": ["demo", "--out", "demo_output"],
+}
 
-def test_the_default_predict_imports_only_declared_requirements(tmp_path):
-    """What `pip install gap-mllm` (or the wheel) holds is enough for `gap-mllm predict`'s defaults: every package the
-    package's code imports on that path (constrained decoding's llguidance included) is a requirement of setup.py's
-    core list or of one of them. A package of an extra imported there would fail on a plain install, as xgrammar (the
-    engine before llguidance) once did."""
-    done = subprocess.run([sys.executable, "-c", IMPORT_RECORDER], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=600)
+
+@pytest.mark.parametrize("command", sorted(DEFAULT_COMMANDS))
+def test_each_default_command_imports_only_declared_requirements(command, tmp_path):
+    """What `pip install gap-mllm` (or the wheel) holds is enough for each README command's defaults: every package
+    the package's code imports on that path (constrained decoding's llguidance, the pictures' matplotlib) is a
+    requirement of setup.py's core list or of one of them. A package of an extra imported there would fail on a plain
+    install, as xgrammar (the engine before llguidance) and matplotlib (the pictures, issue 84) once did."""
+    done = subprocess.run([sys.executable, "-c", IMPORT_RECORDER, json.dumps(DEFAULT_COMMANDS[command])],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] in (0, 3), done.stderr[-2000:]  # 3: an answer that did not parse cleanly
     imported = result["imported"]
     assert "llguidance" in imported and "xgrammar" not in imported  # the default decodes inside the task's grammar
+    if command != "predict":  # the pictures were drawn: matplotlib (the gate heat map) ran on this path
+        assert "matplotlib" in imported and "trimesh" not in imported
     declared = declared_closure(setup_constant("CORE"))
     undeclared = {module: dists for module, dists in imported.items()
                   if not any(normalised(dist) in declared for dist in dists)}
-    assert undeclared == {}, f"imported by the default predict, required by no core requirement: {undeclared}"
+    assert undeclared == {}, f"imported by the default {command}, required by no core requirement: {undeclared}"
+
+
+# `gap-mllm predict --formats glb` where trimesh is not installed (a None entry in sys.modules: find_spec finds nothing)
+GLB_WITHOUT_TRIMESH = """
+import contextlib, io, json, runpy, sys
+sys.modules["trimesh"] = None
+sys.argv = ["gap-mllm", *json.loads(sys.argv[1])]
+err = io.StringIO()
+try:
+    with contextlib.redirect_stderr(err):
+        runpy.run_module("gap_mllm.cli.main", run_name="__main__")
+    status = 0
+except SystemExit as stop:
+    status = stop.code
+print(json.dumps({"status": status, "err": err.getvalue(), "torch": "torch" in sys.modules}))
+"""
+
+
+def test_formats_glb_without_trimesh_is_one_line_naming_the_extra_before_the_model(tmp_path):
+    """The one format a plain install cannot write: refused in one line naming the `glb` extra, exit 2, before torch
+    (so before the model) and with nothing written; a plain `--save-dir` does not ask for it."""
+    from gap_mllm.cli.command_arguments import DEFAULT_SAVE_FORMATS
+
+    assert "glb" not in DEFAULT_SAVE_FORMATS and '"glb": ["trimesh>=4"]' in (REPO / "setup.py").read_text()
+    argv = ["predict", "--example", "synthetic room A", "--task", "detection", "--save-dir", "saved",
+            "--formats", "png", "glb"]
+    done = subprocess.run([sys.executable, "-c", GLB_WITHOUT_TRIMESH, json.dumps(argv)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == 2 and result["torch"] is False, result
+    assert result["err"].splitlines() == [
+        "gap-mllm predict: error: --formats glb needs trimesh, which a plain install leaves out: pip install "
+        "'gap-mllm[glb]' (or pip install trimesh), or leave glb out of --formats"], result["err"]
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------ 5. every figure shown is for what ran
