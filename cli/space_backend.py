@@ -33,6 +33,7 @@ import torch
 from gap_mllm.mini.identity import is_gap_mllm_mini
 
 from .example_reference import reference_lines, request_text
+from .frame_grid import MIN_COLUMNS, frame_caption, frame_order, grid_columns
 from .loading import MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
 from .model_scores import held_out_scores
 from .scene_store import SceneStore
@@ -187,6 +188,9 @@ class SpaceOutput:
     parsed: str
     status: str
     reference: str = ""
+    # the gallery's captions and column count (frame_grid.py): `frames` are in the order shown, the marked view first
+    captions: list[str] = field(default_factory=list)
+    columns: int = MIN_COLUMNS
 
 
 class SpaceBackend:
@@ -362,12 +366,16 @@ class SpaceBackend:
         for index, image in enumerate(drawn):
             frames.append(out / f"frame_{index}.png")
             image.save(frames[-1])
+        order = frame_order(len(frames), result.marker)  # the marker task: the marked view first
+        captions = [frame_caption(index, result.marker) for index in order]
+        columns = grid_columns([drawn[index].size for index in order])
         answer_picture(scene, result).save(out / "frames_with_boxes.png")
         glb = save_scene_glb(out / "scene.glb", scene, result.boxes, result.point)
         gates = gate_heatmap(result.gates, result.token_grids, out / "fusion_gates.png")
         status = f"{request.task} on {len(scene.views)} frame(s); {self._geometry_status(scene)}"
-        return SpaceOutput(frames=frames, scene_glb=glb, gates_png=gates, raw=result.answer,
-                           parsed=result.summary(), status=status, reference=self._reference(scene, request, result))
+        return SpaceOutput(frames=[frames[index] for index in order], scene_glb=glb, gates_png=gates, raw=result.answer,
+                           parsed=result.summary(), status=status, reference=self._reference(scene, request, result),
+                           captions=captions, columns=columns)
 
     def _reference(self, scene, request, result) -> str:
         """On a bundled room: the request, the exact answer and the score of this one, then the model's held-out

@@ -2,7 +2,8 @@
 
 Layout: input column (files or a bundled example, task, task inputs, Run) and output column
 (status, frames with projected boxes, 3D view, raw answer, parsed result, on a bundled room the exact
-answer and the model's held-out score of the task, fusion gate heat map).
+answer and the model's held-out score of the task, fusion gate heat map). The frames are shown whole, all in
+sight, the marked view first (frame_grid.py).
 Uploads get a point cloud and an estimated camera only when the model has VGGT's camera and depth
 heads; the page says which (and how to get them). Every request is logged with its start and end time.
 Safety: uploads are checked by uploads.py against the gradio upload folder only; gradio serves no
@@ -17,6 +18,7 @@ import os
 import sys
 import tempfile
 
+from .frame_grid import FRAMES_CSS, MIN_COLUMNS
 from .space_backend import LOG, NO_EXAMPLE, TASK_LABELS, USER_ERRORS, SpaceBackend, SpaceSettings
 from .scenes import EXAMPLE_SEEDS
 from .uploads import GIF_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -43,7 +45,10 @@ def build_demo(backend: SpaceBackend):
                               session=session)
         except USER_ERRORS as error:  # the backend logged it in one line; gradio prints no traceback for it
             raise gr.Error(str(error), title="Cannot run this request", print_exception=False) from error
-        return ([str(p) for p in out.frames], str(out.scene_glb), out.raw, out.parsed,
+        # every frame whole, in a grid that shows them all (frame_grid.py), the marked view first
+        frames = gr.update(value=[(str(path), caption) for path, caption in zip(out.frames, out.captions)],
+                           columns=out.columns)
+        return (frames, str(out.scene_glb), out.raw, out.parsed,
                 str(out.gates_png) if out.gates_png else None, out.status, out.reference)
 
     # gradio finds the request parameter by its type hint; this module's postponed annotations are strings
@@ -71,8 +76,8 @@ def build_demo(backend: SpaceBackend):
                 run = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
-                frames = gr.Gallery(label="Frames with projected 3D boxes (red: answer)", columns=2, height=360,
-                                    elem_id="frames")
+                frames = gr.Gallery(label="Frames with projected 3D boxes (red: answer)", columns=MIN_COLUMNS,
+                                    height="auto", object_fit="contain", fit_columns=False, elem_id="frames")
                 scene = gr.Model3D(label="3D view (point cloud and boxes)", clear_color=(0.1, 0.1, 0.1, 1.0),
                                    height=360, elem_id="scene3d")
                 with gr.Row():
@@ -107,4 +112,4 @@ def launch(settings: SpaceSettings, host: str = "127.0.0.1", port: int = 7860, *
     demo = build_demo(backend)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     limit = f"{settings.limits.max_file_bytes // 2**20}mb"
-    demo.launch(server_name=host, server_port=port, max_file_size=limit, show_error=True, **launch_kwargs)
+    demo.launch(server_name=host, server_port=port, max_file_size=limit, show_error=True, css=FRAMES_CSS, **launch_kwargs)

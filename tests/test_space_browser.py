@@ -136,20 +136,26 @@ def test_space_runs_tasks_in_headless_chromium(space, tmp_path):
     for index in range(2):
         frames.append(tmp_path / f"frame_{index}.png")
         Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(frames[-1])
+    photos = []  # eight 400×270 "photos" (the size): the most views a request takes
+    for index in range(8):
+        photos.append(tmp_path / f"photo_{index}.png")
+        Image.fromarray(rng.integers(0, 256, (270, 400, 3), dtype=np.uint8)).save(photos[-1])
     scenarios = [
         {"name": "example_detection", "example": "synthetic room A", "task": "3D object detection"},
         {"name": "upload_grounding", "files": [str(f) for f in frames], "task": "3D visual grounding (text query)",
          "query": "the red chair"},
+        {"name": "photos_marker", "files": [str(f) for f in photos], "task": "marker point reconstruction",
+         "marker": "2 200 135"},
     ]
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     done = subprocess.run(
         [str(space["python"]), str(SPACE / "drive_in_browser.py"), "--url", space["url"], "--out", str(ARTIFACTS),
          "--chromium", space["chromium"], "--scenarios", json.dumps(scenarios), "--timeout", "120"],
-        capture_output=True, text=True, timeout=360)
+        capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    example, upload = report["runs"]
+    example, upload, marked = report["runs"]
 
     assert "GAP-MLLM-Mini" in report["notice"] and "trained by this package" in report["notice"]
     # the real `spaces` package (the demo environment installs it) wraps the GPU work; off ZeroGPU it is a no-op
@@ -166,6 +172,27 @@ def test_space_runs_tasks_in_headless_chromium(space, tmp_path):
     assert upload["status"].startswith("grounding on 2 frame(s); uploaded frames")
     assert "point cloud (" in upload["status"] and "not metric" in upload["status"]  # the trained VGGT-style heads of GAP-MLLM-Mini
     assert upload["parsed"] and upload["gallery_images"] == 2 and upload["gates_image"] == 1
+
+    # every view whole (its image element has the frame's own aspect ratio, contain) and in sight: the whole grid
+    # inside the 1280×800 window with the page at its top, nothing scrolling inside the gallery; the marked view first
+    marked_order = ["frame 2 (marked)", "frame 0", "frame 1", *[f"frame {i}" for i in range(3, 8)]]
+    for run, size, captions in ((example, (160, 128), [f"frame {i}" for i in range(4)]),
+                                (upload, (128, 96), ["frame 0", "frame 1"]), (marked, (400, 270), marked_order)):
+        shown, name = run["frames"], run["name"]
+        assert shown["viewport"] == [1280, 800] and shown["grid_scrolls"] is False, name
+        # nothing lies on a frame: the gallery's label ends above the first row, each caption starts under its frame
+        assert shown["label_bottom"] is not None and shown["label_bottom"] <= min(f["y"] for f in shown["frames"]), name
+        assert all(f["caption_top"] >= f["y"] + f["height"] - 0.5 for f in shown["frames"]), name
+        assert [frame["caption"] for frame in shown["frames"]] == captions, name
+        ratio = size[0] / size[1]
+        for frame in shown["frames"]:
+            assert frame["natural"] == list(size) and frame["fit"] == "contain", (name, frame)
+            # the rendered box has the frame's aspect ratio, within a pixel of rounding on its height
+            assert frame["width"] / frame["height"] == pytest.approx(ratio, abs=ratio / frame["height"]), (name, frame)
+            assert 0 <= frame["x"] and frame["x"] + frame["width"] <= 1280, (name, frame)
+            assert 0 <= frame["y"] and frame["y"] + frame["height"] <= 800, (name, frame)
+    assert marked["status"].startswith("reconstruction on 8 frame(s); uploaded frames")
+    assert marked["gallery_images"] == 8
 
     # the WebGL canvas really drew the point cloud and boxes, not only its clear colour
     canvas = np.asarray(Image.open(ARTIFACTS / "example_detection_scene3d.png").convert("RGB")).reshape(-1, 3)

@@ -3,6 +3,7 @@ the answer, and save screenshots; prints one JSON line with what the page showed
 
     python examples/space/drive_in_browser.py --url http://127.0.0.1:7860/ --out shots/ [--chromium /usr/bin/chromium]
         [--scenarios '[{"name": "upload", "files": ["a.png", "b.png"], "task": "3D visual grounding (text query)", "query": "the red chair"}]']
+        (a scenario may also give "marker": "view x y")
 
 Uses Playwright with the system Chromium (no browser download). WebGL runs on SwiftShader in
 headless mode (the flags below, docs/transformers-notes.md §15); the 3D canvas needs several seconds to draw.
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--hide-scrollbars"]
+VIEWPORT = (1280, 800)  # a laptop's window: every frame of a request must be in sight in it (cli/frame_grid.py)
 
 
 def textbox_value(page, elem_id: str) -> str:
@@ -41,6 +43,7 @@ def run_scenario(page, scenario: dict, out_dir: Path) -> dict:
         choose_dropdown(page, "example", scenario["example"])
     page.get_by_label(scenario["task"], exact=True).check()
     page.locator("#query textarea, #query input").first.fill(scenario.get("query") or "")
+    page.locator("#marker textarea, #marker input").first.fill(scenario.get("marker") or "")
     previous = page.locator("#status").inner_text()
     started = time.monotonic()
     page.locator("#run").click()
@@ -54,13 +57,41 @@ def run_scenario(page, scenario: dict, out_dir: Path) -> dict:
               "status": page.locator("#status").inner_text(), "parsed": textbox_value(page, "parsed"),
               "raw": textbox_value(page, "raw"), "reference": textbox_value(page, "reference"),
               "gallery_images": page.locator("#frames img").count(),
-              "gates_image": page.locator("#gates img").count()}
+              "gates_image": page.locator("#gates img").count(), "frames": frames_in_view(page)}
     canvas = page.locator("#scene3d canvas")
     canvas.wait_for()
     report["canvas"] = canvas.count()
     report["canvas_drawn_fraction"] = wait_for_canvas_drawing(page, canvas, out_dir / f"{name}_scene3d.png")
     page.screenshot(path=str(out_dir / f"{name}_page.png"), full_page=True)
     return report
+
+
+# Each frame of the gallery's grid as the page lays it out, read with the page scrolled to its top: the image element's
+# box in the viewport, the image's own size, its object-fit, its caption and where that starts; where the gallery's
+# label ends, and whether the grid scrolls inside itself.
+FRAMES_IN_VIEW = """() => {
+  window.scrollTo(0, 0);
+  const wrap = document.querySelector('#frames .grid-wrap');
+  const label = document.querySelector('#frames [data-testid="block-label"]');
+  const frames = [...document.querySelectorAll('#frames .grid-container img')].map(img => {
+    const box = img.getBoundingClientRect();
+    const item = img.closest('.thumbnail-item');
+    const caption = item ? item.querySelector('.caption-label') : null;
+    return {x: box.x, y: box.y, width: box.width, height: box.height, natural: [img.naturalWidth, img.naturalHeight],
+            fit: getComputedStyle(img).objectFit, caption: caption ? caption.innerText.trim() : '',
+            caption_top: caption ? caption.getBoundingClientRect().top : null};
+  });
+  return {viewport: [window.innerWidth, window.innerHeight], frames: frames,
+          label_bottom: label ? label.getBoundingClientRect().bottom : null,
+          grid_scrolls: wrap ? wrap.scrollHeight > wrap.clientHeight + 1 : null};
+}"""
+
+
+def frames_in_view(page) -> dict:
+    """Where the gallery's frames lie on the page, once every image has loaded (`FRAMES_IN_VIEW`)."""
+    page.wait_for_function("() => [...document.querySelectorAll('#frames .grid-container img')]"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    return page.evaluate(FRAMES_IN_VIEW)
 
 
 def drawn_fraction(png: Path) -> float:
@@ -93,13 +124,16 @@ def drive(url: str, out_dir: Path, chromium: str, scenarios: list[dict], timeout
     report = {"url": url, "runs": []}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page = browser.new_page(viewport={"width": VIEWPORT[0], "height": VIEWPORT[1]})
         page.set_default_timeout(timeout_s * 1000)
         page.goto(url)
         page.locator("#run").wait_for()
         report["notice"] = page.locator("#model-notice").inner_text()
         page.screenshot(path=str(out_dir / "loaded.png"), full_page=True)
-        for scenario in scenarios:
+        for number, scenario in enumerate(scenarios):
+            if number:  # a fresh page: the upload field would add this scenario's files to the last one's
+                page.reload()
+                page.locator("#run").wait_for()
             report["runs"].append(run_scenario(page, scenario, out_dir))
         browser.close()
     return report
