@@ -111,7 +111,8 @@ def test_the_cache_is_built_only_when_the_run_reads_more_samples_than_it_encodes
         "feature cache not built: this run reads 1,000 samples (63 step(s) of 16)")
     assert cache_skip_reason(arguments(epochs=2.0, batch=1, accumulation=16), 1000) is None
     # held-out samples count at every evaluation: 8 steps of 4 × 2 processes = 64 reads, + 4 evaluations of 30 (every
-    # quarter of the run, as Trainer rounds it: every 2 steps) = 184 > 150 + 30 encoded; every 4 steps, 2: 124, not built
+    # quarter of the run, as Trainer rounds it: every 2 steps) = 184 > 150 + 30 encoded; every 4 steps, 2: 124, not
+    # built
     assert cache_skip_reason(arguments(max_steps=8, batch=4, world=2, eval_strategy="steps", eval_steps=0.25), 150,
                              30) is None
     assert cache_skip_reason(arguments(max_steps=8, batch=4, world=2, eval_strategy="steps", eval_steps=4), 150,

@@ -150,7 +150,7 @@ def samples_per_step(args) -> int:
 
 
 def training_steps(args, train_samples: int) -> int:
-    """The run's optimizer steps: `max_steps` when set, else its epochs of `train_samples` (Trainer's own count)."""
+    """The run's optimizer steps: `max_steps` when set, else its epochs of `train_samples` (as Trainer counts)."""
     if args.max_steps > 0:
         return args.max_steps
     return math.ceil(args.num_train_epochs * math.ceil(train_samples / samples_per_step(args)))
