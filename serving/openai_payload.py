@@ -87,7 +87,7 @@ class ServerUnreachableError(ConnectionError):
 
 def unreachable_message(base_url: str, reason, served_model_name: str = "gap-mllm") -> str:
     """`base_url: no OpenAI-compatible server answers there (reason); start one ...`: the `vllm serve` command of
-    README "Serve" (`vllm_settings.serve_command`) on the URL's port and under the name the client asks for."""
+    docs/serving.md (`vllm_settings.serve_command`) on the URL's port and under the name the client asks for."""
     try:
         parts = urllib.parse.urlsplit(base_url)
         port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 8000)
@@ -96,7 +96,7 @@ def unreachable_message(base_url: str, reason, served_model_name: str = "gap-mll
     command = shlex.join(serve_command("FOLDER", port=port, served_model_name=served_model_name))
     return (f"{base_url}: no OpenAI-compatible server answers there ({getattr(reason, 'reason', reason)}); start one in "
             f"the vLLM environment (make vllm-venv) on the folder `gap-mllm export-llm` wrote: {command} "
-            "(README \"Serve\"), or pass the URL of a running one")
+            "(docs/serving.md), or pass the URL of a running one")
 
 
 def post_chat_completion(base_url: str, payload: dict, timeout: float = 600.0) -> dict:

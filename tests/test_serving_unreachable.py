@@ -1,5 +1,5 @@
-"""A server that cannot be reached is one line naming its URL and the `vllm serve` command that starts one (README
-"Serve"), from every client path: `post_chat_completion` (the README's Python client), the server checks and
+"""A server that cannot be reached is one line naming its URL and the `vllm serve` command that starts one
+(docs/serving.md), from every client path: `post_chat_completion` (docs/serving.md's Python client), the server checks and
 `post_json` of the lmms-eval vLLM backend, and examples/serving/openai_client.py (exit status 1, no traceback)."""
 
 import runpy
@@ -14,7 +14,7 @@ from gap_mllm.serving import ServerUnreachableError, check_served_model, post_ch
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "serving"
 START = ("start one in the vLLM environment (make vllm-venv) on the folder `gap-mllm export-llm` wrote: vllm serve FOLDER "
          "--served-model-name {name} --port {port} --enable-mm-embeds --limit-mm-per-prompt '{{\"image\": 32, \"video\": 0}}' "
-         "--chat-template-content-format openai --structured-outputs-config.backend guidance (README \"Serve\"), or pass "
+         "--chat-template-content-format openai --structured-outputs-config.backend guidance (docs/serving.md), or pass "
          "the URL of a running one")
 
 

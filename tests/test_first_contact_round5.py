@@ -1,0 +1,77 @@
+"""First contact, round 5 (issue 84, item 5): a README a newcomer reads in five minutes. At most 150 lines of at most
+120 characters; its table gives the figures the demo prints (the constrained row of mini/RESULTS.md), each metric
+glossed; the install line names the torch a plain pip install gets and the one command for the CPU build, the same
+requirement and index as `make install`'s. Item 6: docs/usage.md's photo example of a grammar proving the shape and
+not the meaning is the Mini's recorded answer (tests/data/constrained_answers.json, checked by
+tests/test_constrained_answers_kept.py), on the same photographs and box."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+MAX_LINES, MAX_WIDTH = 150, 120
+
+
+def readme_lines() -> list[str]:
+    return README.read_text(encoding="utf-8").splitlines()
+
+
+def makefile_value(name: str) -> str:
+    """A Makefile variable's value as written (`NAME ?= value` or `NAME := value`)."""
+    text = (REPO / "Makefile").read_text(encoding="utf-8")
+    return re.search(rf"^{name} [?:]?= (\S+)$", text, re.M).group(1)
+
+
+def test_the_readme_is_short_and_narrow():
+    lines = readme_lines()
+    assert len(lines) <= MAX_LINES, len(lines)
+    wide = [(number, len(line)) for number, line in enumerate(lines, 1) if len(line) > MAX_WIDTH]
+    assert wide == [], wide
+
+
+def test_the_readme_table_gives_the_constrained_figures_the_demo_prints_each_metric_glossed():
+    """Each Mini figure of the table is a cell of RESULTS.md's constrained row (or the stage-0 depth figure, which no
+    decoding touches), not of the free row where the two differ (grounding: 12.4 against 12.3)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("\n## What the Mini can and cannot do\n"):]
+    rows = [line for line in section.split("\n## ", 2)[1].splitlines() if line.startswith("| ")][1:]
+    results = (REPO / "mini" / "RESULTS.md").read_text(encoding="utf-8")
+    constrained = next(line for line in results.splitlines() if line.startswith("| gap_gated_s0_constrained |"))
+    constrained_cells = {cell.strip() for cell in constrained.split("|")}
+    assert len(rows) == 6
+    for row in rows:
+        task, metric, figure, baseline = (cell.strip() for cell in row.strip("|").split("|"))
+        name, _, gloss = metric.partition(": ")
+        assert len(gloss.split()) >= 3, f"{task}: the metric {name!r} is not glossed"
+        number = re.sub(r"\s*(%|m)(?= \[|$)", "", figure)  # "12.4 % [10.5, 14.6]" -> "12.4 [10.5, 14.6]"
+        if task.startswith("depth"):
+            assert f"| depth AbsRel (lower is better) | {number} [" in results
+        else:
+            assert number in constrained_cells, (task, figure)
+    assert "12.4 % [10.5, 14.6]" in text and "12.3 %" not in text
+
+
+def test_the_readme_names_the_torch_a_plain_install_gets_and_the_cpu_command():
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert "on Linux it gets PyPI's CUDA build of torch" in text
+    cpu = f"pip install {makefile_value('TORCH_SPEC')} --index-url {makefile_value('TORCH_CPU_INDEX_URL')}"
+    assert f"`{cpu}`" in text
+    assert "git clone --filter=blob:none" in text and "A plain `git clone` works too" in text
+
+
+def test_the_usage_photo_example_is_the_minis_recorded_constrained_caption():
+    from .test_constrained_answers_kept import BOX, FIXTURE, REQUESTS
+
+    usage = (REPO / "docs" / "usage.md").read_text(encoding="utf-8")
+    block = usage[usage.index("**What the grammar guarantees, and what it cannot.**"):]
+    command, answer = re.findall(r"```bash\n(.*?)```", block, re.S)[0].splitlines()
+    argv = shlex.split(command)
+    assert argv[:4] == ["gap-mllm", "predict", "--images", "tests/data/photos"]
+    assert [float(v) for v in argv[argv.index("--box") + 1:]] == BOX == REQUESTS["captioning"]["box"]
+    recorded = json.loads(FIXTURE.read_text(encoding="utf-8"))["answers"]["photos"]["captioning"]
+    assert answer == f"# answer     : {recorded}"
