@@ -77,6 +77,13 @@ class GapMllmPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["past_key_values"]
     _no_split_modules = ["Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock", "GapMllmGeometryBlock"]
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """`is_activation_checkpointing` under its old name, without transformers 5.x's FutureWarning: peft 0.21 reads
+        this name in `PeftModel.__init__` (every `get_peft_model` and `PeftModel.from_pretrained`), so each LoRA run
+        warned of a deprecation its user cannot act on (issue 84). Same value as the new name."""
+        return self.is_activation_checkpointing
+
     @torch.no_grad()
     def _init_weights(self, module):
         """Initialise every GAP parameter: geometry-encoder modules (VGGT tokens, LayerScale, ...) through

@@ -75,3 +75,22 @@ def test_the_usage_photo_example_is_the_minis_recorded_constrained_caption():
     assert [float(v) for v in argv[argv.index("--box") + 1:]] == BOX == REQUESTS["captioning"]["box"]
     recorded = json.loads(FIXTURE.read_text(encoding="utf-8"))["answers"]["photos"]["captioning"]
     assert answer == f"# answer     : {recorded}"
+
+
+def test_lora_on_a_gap_mllm_warns_of_no_deprecation():
+    """peft reads `is_gradient_checkpointing` (transformers 5.x's deprecated name) in `PeftModel.__init__`: the model
+    answers under that name without a FutureWarning (notebook 02's stored output showed one), with the new name's
+    value, on and off."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from gap_mllm.tiny.tiny_model import build_tiny_model
+
+    model, _ = build_tiny_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert model.is_gradient_checkpointing is model.is_activation_checkpointing is False
+        model.activation_checkpointing_enable()
+        assert model.is_gradient_checkpointing is model.is_activation_checkpointing is True
+        get_peft_model(model, LoraConfig(r=2, target_modules=r".*language_model.*\.q_proj"))
