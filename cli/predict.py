@@ -1,6 +1,6 @@
 """`gap-mllm predict`: one task on a few frames (or a folder of frames, a short video, or a bundled synthetic
 scene); prints the answer and its parsed form and can save it with pictures (answer.json, PNG with boxes, a legend
-and gate maps, GLB / PLY scene).
+and gate maps, PLY scene; a GLB scene with `--formats ... glb`, which needs trimesh: the glb extra).
 
     gap-mllm predict --model org/gap-mllm --images f0.jpg f1.jpg f2.jpg --task detection --save-dir out/
     gap-mllm predict --model org/gap-mllm --images myframes/ --task detection   # its images, sorted by name
