@@ -163,7 +163,8 @@ class Xgrammar:
 
 
 def bench_engine(engine, tokenizer, repeats: int, max_seconds: float) -> None:
-    print(f"\n{engine.name}: tokenizer conversion {engine.tokenizer_seconds * 1e3:.0f} ms (once per tokenizer and width)")
+    print(f"\n{engine.name}: tokenizer conversion {engine.tokenizer_seconds * 1e3:.0f} ms "
+          "(once per tokenizer and width)")
     print(f"  {'grammar':<24} {'compile ms':>10}  {'batch':>5}  mask ms/step: {'median':>8} {'p99':>8} {'max':>8}"
           f"  steps")
     bitmask = torch.full((max(BATCHES), (QWEN_VOCAB + 31) // 32), -1, dtype=torch.int32)

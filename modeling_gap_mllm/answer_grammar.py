@@ -31,7 +31,7 @@ An engine that cannot count tokens (vLLM's structured outputs) gets `detection_g
 `detection_entries(max_tokens)` entries (9 in 1,280 tokens). A caption ends on sentence punctuation, or at the budget
 (a caption cut short is still prose).
 
-The grammars are plain text (no torch, no grammar engine): the registry (`TaskSpec.grammar`, `TaskSpec.entry_list`) holds
+The grammars are plain text (no torch, no engine): the registry (`TaskSpec.grammar`, `TaskSpec.entry_list`) holds
 them, the `generate` logits processor compiles them (answer_grammar_processor.py), and a vLLM request carries them as
 `structured_outputs.grammar` (serving/): one definition per task on every path.
 """

@@ -125,7 +125,8 @@ def grammar_accepts(tokenizer, vocab_size: int, grammar: str, text: str, whole: 
     tokens spell it."""
     matcher = grammar_matcher(tokenizer, vocab_size, grammar)
     tokens = tokenizer.encode(text, add_special_tokens=False)
-    return (not tokens or matcher.consume_tokens(tokens)) and not matcher.is_error() and (not whole or matcher.is_accepting())
+    consumed = not tokens or matcher.consume_tokens(tokens)
+    return consumed and not matcher.is_error() and (not whole or matcher.is_accepting())
 
 
 def apply_bitmask(scores: torch.FloatTensor, bitmask: torch.Tensor, rows: list[int]) -> None:

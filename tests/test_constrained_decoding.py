@@ -1,7 +1,7 @@
 """Constrained decoding (issue 54): one grammar per task, derived from the registry's answer format.
 
 - the grammar and the parser agree both ways: every answer the serialiser writes is in the grammar, and answers drawn
-  at random from the grammar (token by token, through the grammar engine's own masks) parse cleanly with the task's parser;
+  at random from the grammar (token by token, through the engine's own masks) parse cleanly with the task's parser;
 - the `generate` logits processor leaves a greedy answer that fits the grammar unchanged and corrects one that does
   not, row by row in a batch (the tiny model, driven by a logits processor that dictates the answer);
 - GAP-MLLM-Mini's answers on frames drawn with PIL and on random noise parse for every task with constraints on,
@@ -318,7 +318,8 @@ def test_a_constrained_run_without_the_engine_is_refused_at_once(argv, tmp_path,
     from gap_mllm.cli.main import main
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llguidance" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llguidance" else find_spec(name, *a))
     (tmp_path / "data").mkdir()
     out = tmp_path / "out"
     loaded = set(sys.modules)
@@ -326,7 +327,7 @@ def test_a_constrained_run_without_the_engine_is_refused_at_once(argv, tmp_path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "llguidance" in err and f"pip install '{ENGINE_REQUIREMENT}'" in err, err
     assert not out.exists() and sorted(tmp_path.iterdir()) == [tmp_path / "data"]
-    command_module = {"predict": "gap_mllm.cli.predict", "demo": "gap_mllm.cli.demo", "evaluate": "gap_mllm.cli.evaluate"}
+    command_module = {name: f"gap_mllm.cli.{name}" for name in ("predict", "demo", "evaluate")}
     assert command_module[argv[0]] in loaded or command_module[argv[0]] not in sys.modules  # not imported by the run
 
 

