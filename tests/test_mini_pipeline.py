@@ -157,8 +157,8 @@ def test_the_main_arm_continues_stage_2_from_a_given_model(toy_run, tmp_path):
     and the stage-2 run is recorded as started from that copy; another DIR is refused afterwards."""
     given = toy_run / "run" / "stages" / MAIN_ARM.name / "final"
     stage0 = toy_run / "run" / "stages" / "stage0"
-    run = pipeline.MiniRun(out=tmp_path / "run", data=toy_run / "run" / "data", budget="toy", device="cpu", stage1_from=given,
-                           overrides=shared_caches(toy_run))
+    run = pipeline.MiniRun(out=tmp_path / "run", data=toy_run / "run" / "data", budget="toy", device="cpu",
+                           stage1_from=given, overrides=shared_caches(toy_run))
     final = pipeline.run_arm(run, MAIN_ARM, stage0)
     arm = tmp_path / "run" / "stages" / MAIN_ARM.name
     assert final == arm / "final" and (final / "config.json").is_file()
