@@ -49,6 +49,20 @@ def write_small_synth(root, splits=None):
     return root
 
 
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    """`write_small_synth` once per test module that asks for it (a module may define its own `synth_data`)."""
+    return write_small_synth(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A saved tiny GAP-MLLM checkpoint folder, once per test module that asks for it."""
+    from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
 def make_views(count: int, height: int = 64, width: int = 96, seed: int = 0) -> list[Image.Image]:
     """`count` random RGB views of one size (deterministic by seed)."""
     rng = np.random.default_rng(seed)

@@ -22,7 +22,6 @@ from gap_mllm.cli.scenes import EXAMPLE_SEEDS
 from gap_mllm.processing.errors import device_of
 from gap_mllm.processing.output_folder import mark_output_folder
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
-from tests.conftest import write_small_synth
 
 FULL = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not FULL.exists(), reason="no /dev/full on this system")
@@ -49,11 +48,6 @@ def full_file(path: Path) -> Path:
 
 def full_disk_line(command: str, path) -> str:
     return f"gap-mllm {command}: error: no space left on {device_of(path)} while writing {path}{WHAT_TO_DO}"
-
-
-@pytest.fixture(scope="module")
-def synth_data(tmp_path_factory):
-    return write_small_synth(tmp_path_factory.mktemp("synth"))
 
 
 @pytest.fixture(scope="module")

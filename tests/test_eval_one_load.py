@@ -8,19 +8,6 @@ import pytest
 
 from gap_mllm.evaluation import runner, scene_generation
 from gap_mllm.evaluation.runner import one_load_per_model, run_evaluation
-from tests.conftest import write_small_synth
-
-
-@pytest.fixture(scope="module")
-def synth_data(tmp_path_factory):
-    return write_small_synth(tmp_path_factory.mktemp("synth"))
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
-
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

@@ -8,21 +8,8 @@ import pytest
 from gap_mllm.cli import evaluate as evaluate_cli
 from gap_mllm.evaluation import generation
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
-from tests.conftest import write_small_synth
 
 TASKS = ("detection", "grounding", "captioning", "reconstruction", "spatial_qa")
-
-
-@pytest.fixture(scope="module")
-def synth_data(tmp_path_factory):
-    return write_small_synth(tmp_path_factory.mktemp("synth"))
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
-
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.mark.parametrize("task", TASKS)
