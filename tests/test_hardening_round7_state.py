@@ -9,7 +9,6 @@ naming the field, nothing written.
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 from pathlib import Path
 
@@ -27,11 +26,11 @@ from gap_mllm.training.run_state import (
     RunStateError,
     file_digest,
     read_run_state,
-    record_digest,
     save_run_state,
 )
 
 from .test_hardening_round5 import stopped  # noqa: F401  (module fixture)
+from .test_hardening_round6_state import rewrite_record  # re-signed as a forger would
 from .test_run_state import source_model  # noqa: F401  (module fixture)
 from .test_train_fixtures import train_data_root  # noqa: F401
 
@@ -40,15 +39,6 @@ from .test_train_fixtures import train_data_root  # noqa: F401
 def state(stopped, tmp_path):  # noqa: F811
     """A copy of the stopped run's state, for a test to change."""
     return Path(shutil.copytree(stopped[3], tmp_path / "state"))
-
-
-def rewrite(state: Path, change, sign: bool = True) -> None:
-    """Change run_state.json with `change(record)`, re-signed as a forger would (the digest is public)."""
-    record = json.loads((state / STATE_FILE).read_text())
-    change(record)
-    if sign:
-        record["digest"] = record_digest(record)
-    (state / STATE_FILE).write_text(json.dumps(record))
 
 
 def resume(stopped, state: Path, out: Path, resume_from="auto", extra=()):  # noqa: F811
@@ -86,7 +76,7 @@ def test_the_states_own_values_restore(stopped, state, tmp_path):  # noqa: F811
 ])
 def test_an_optimizer_group_value_not_the_recipes_is_refused_naming_it(stopped, state, tmp_path, key, value):
     """Case lr 1e9 and its kin (silent -> refused naming the field)."""
-    rewrite(state, set_group(0, key, value))
+    rewrite_record(state, set_group(0, key, value))
     message = refused(stopped, state, tmp_path, f"optimizer.param_groups[0].{key} is ")
     assert message.startswith(f"{state / STATE_FILE}: refused: its optimizer.param_groups[0].{key} is ")
 
@@ -100,14 +90,14 @@ def test_an_edited_scheduler_is_refused(stopped, state, tmp_path):
 
     def change(record):
         record["files"]["checkpoint/scheduler.pt"] = {"sha256": file_digest(path), "bytes": path.stat().st_size}
-    rewrite(state, change)
+    rewrite_record(state, change)
     refused(stopped, state, tmp_path, "its checkpoint's scheduler.pt holds base_lrs [1000000000.0")
 
 
 @pytest.mark.parametrize("step", [10**30, -5, 0, 3])
 def test_a_step_outside_the_run_or_not_its_checkpoints_is_refused(stopped, state, tmp_path, step):
     """Cases global_step 10**30 / -5 / 0 / not the checkpoint's (silent, `checkpoint--5` -> refused, no folder)."""
-    rewrite(state, lambda record: record.update(global_step=step))
+    rewrite_record(state, lambda record: record.update(global_step=step))
     named = "and its checkpoint's trainer_state.json says 1" if step == 3 else "not a step of the run (1 to its max_steps 4)"
     refused(stopped, state, tmp_path, f"its global_step is {step}, {named}")
     assert not list(tmp_path.rglob(f"checkpoint-{step}")) and not list(tmp_path.rglob("tmp-checkpoint*"))
@@ -115,7 +105,7 @@ def test_a_step_outside_the_run_or_not_its_checkpoints_is_refused(stopped, state
 
 def test_the_settings_refusal_never_repeats_the_records_command(stopped, state, tmp_path):
     """Case `command` = "rm -rf ~ #" (printed as advice -> never printed)."""
-    rewrite(state, lambda record: record.update(command="rm -rf ~ # gap-mllm train"))
+    rewrite_record(state, lambda record: record.update(command="rm -rf ~ # gap-mllm train"))
     with pytest.raises(RunStateError) as caught:
         resume(stopped, state, tmp_path / "out", extra=["training.learning_rate=0.5"])
     assert "of another run: its settings differ" in str(caught.value) and "rm -rf" not in str(caught.value)
@@ -145,7 +135,7 @@ def test_a_key_written_twice_is_refused(stopped, state, tmp_path):
 
 def test_a_later_format_is_not_called_an_earlier_state(state):
     """Case format 5 ("an earlier state" -> written by a later version, update the package)."""
-    rewrite(state, lambda record: record.update(format=5))
+    rewrite_record(state, lambda record: record.update(format=5))
     with pytest.raises(RunStateError) as caught:
         read_run_state(state)
     assert "run state format 5, written by a later version of gap-mllm" in str(caught.value)
