@@ -46,9 +46,8 @@ class ArchivedStateMissing(ValueError):
 
 @dataclass(frozen=True)
 class StateArchive:
-    """One `ARCHIVE.json` (module docstring): `root` is the run-state folder it was read from."""
+    """One `ARCHIVE.json` (module docstring)."""
 
-    root: Path
     commit: str
     folder: str
     archived: tuple[str, ...]
@@ -98,26 +97,20 @@ def read_archive(root) -> StateArchive | None:
     both = sorted(set(arms["archived"]) & set(arms["pending"]))
     if both:
         raise ValueError(f"{path}: {', '.join(both)} listed both as archived and as pending")
-    return StateArchive(root=Path(root), commit=commit, folder=folder, archived=arms["archived"],
+    return StateArchive(commit=commit, folder=folder, archived=arms["archived"],
                         pending=arms["pending"])
-
-
-def missing_archived_arms(root, arms) -> list[str]:
-    """The arms of `arms` that `root`'s archive lists as archived and whose stage folders are not all in `root`."""
-    archive = read_archive(root)
-    if archive is None:
-        return []
-    return [arm for arm in arms if arm in archive.archived
-            and not all(arm_state_dir(root, arm, stage).is_dir() for stage in arm_stages(arm))]
 
 
 def check_states_present(root, arms) -> None:
     """Refuse (ArchivedStateMissing, one line) a run with `--run-state root` over `arms` when one of them is an
-    archived arm whose stage folders are absent: the line names the arms, the commit and the command that brings
-    them back."""
-    missing = missing_archived_arms(root, arms)
+    archived arm whose stage folders are not all in `root`: the line names the arms, the commit and the command that
+    brings them back."""
+    archive = read_archive(root)
+    if archive is None:
+        return
+    missing = [arm for arm in arms if arm in archive.archived
+               and not all(arm_state_dir(root, arm, stage).is_dir() for stage in arm_stages(arm))]
     if missing:
-        archive = read_archive(root)
         raise ArchivedStateMissing(
             f"--run-state {root}: the finished run states of {', '.join(missing)} left the tree (kept by commit "
             f"{archive.commit[:12]}, {ARCHIVE_RECORD}); without them the run would train "
@@ -131,7 +124,7 @@ def archive_sentence(archive: StateArchive) -> str:
     everything = (*archive.archived, *archive.pending)
     later = (f", and those of {', '.join(archive.pending)} leave it in a later submission, one submission's diff "
              f"being capped" if archive.pending else "")
-    return (f"The arms' run states (weights, optimizer moments, data sketches) are kept by commit {archive.commit}, not "
-            f"in the tree: those of {', '.join(archive.archived)} left it when the ablation finished{later} "
+    return (f"The arms' run states (weights, optimizer moments, data sketches) are kept by commit {archive.commit}, "
+            f"not in the tree: those of {', '.join(archive.archived)} left it when the ablation finished{later} "
             f"(docs/design.md §13, {archive.folder}/{ARCHIVE_RECORD}). To rebuild this section from them, at the "
             f"repository's root: `{archive.restore_command(everything)}`, then `make mini-ablation`.")
