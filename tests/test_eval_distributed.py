@@ -14,7 +14,6 @@ import torch
 
 from gap_mllm.evaluation.runner import run_evaluation
 
-from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
 
 
 def _rows(out):

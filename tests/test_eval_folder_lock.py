@@ -23,7 +23,6 @@ from gap_mllm.evaluation.folder_lock import LOCK_FILE, EvaluationFolderBusy
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 from gap_mllm.processing.output_folder import MARKER, mark_output_folder
 
-from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
 
 
 def dead_pid() -> int:

@@ -19,7 +19,7 @@ from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.decimal_numbers import NUMBER
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
-from .test_eval_runner import _count_generate_calls, synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
+from .test_eval_runner import _count_generate_calls
 
 RUN = dict(limit=2, batch_size=2, max_new_tokens=4, progress=False, plots=False)
 

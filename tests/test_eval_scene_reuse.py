@@ -11,7 +11,6 @@ from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.evaluation.scene_generation import SceneGenerator, groups_for_rank, scene_groups
 from gap_mllm.tasks_gap_mllm import FRAME_LABEL
 
-from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
 
 
 def test_groups_stay_whole_and_are_balanced_over_ranks():

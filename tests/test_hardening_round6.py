@@ -37,7 +37,6 @@ from gap_mllm.training.run import continuation_command, run_definition, run_trai
 from gap_mllm.training.run_state import STATE_FILE, RunStateError, check_same_run, check_state_folder, restore_if_newer
 from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
 
-from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
 from .test_run_state import source_model, write_recipe  # noqa: F401  (module fixture)
 from .test_train_fixtures import train_data_root  # noqa: F401  (session fixture)
 

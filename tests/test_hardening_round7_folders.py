@@ -35,7 +35,6 @@ from gap_mllm.training import run as training_run
 from gap_mllm.training.config import load_recipe
 from gap_mllm.training.run import check_training_output, run_training
 
-from .test_eval_runner import synth_data  # noqa: F401  (module fixture)
 
 RECIPE = Path(__file__).resolve().parent.parent / "training" / "recipes" / "mini_stage2.yaml"
 EVALUATE = "gap-mllm evaluate"

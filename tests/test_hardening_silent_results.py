@@ -27,7 +27,6 @@ from gap_mllm.processing.scannet_layout import posed_images_dir, read_depth
 
 from .test_data_bad_inputs import build, data_copy, data_error, first_record  # noqa: F401  (data_copy: fixture)
 from .test_data_fixtures import tiny_dataset  # noqa: F401  (module fixture)
-from .test_eval_runner import synth_data, tiny_checkpoint  # noqa: F401  (module fixtures)
 
 UNIT_BOX = [0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
 NEGATED = [0.0, 0.0, 2.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0]  # the same point set, negated sizes

@@ -21,7 +21,6 @@ from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.evaluation.tasks import get_task, headline_value
 from gap_mllm.mini import default_model_path
 
-from .test_eval_runner import synth_data  # noqa: F401  (module fixture)
 
 DOCS_PER_TASK = 2
 MAX_NEW_TOKENS = 6

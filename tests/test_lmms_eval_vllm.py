@@ -17,7 +17,6 @@ from gap_mllm.tasks_gap_mllm import GROUNDING_STAGE1, SPATIAL_QA
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .engine_stand_in import EngineStandIn
-from .test_eval_runner import synth_data  # noqa: F401  (module fixture)
 from .test_lmms_eval_plugin import DOCS_PER_TASK, _answers, _evaluate, exported  # noqa: F401  (module fixture)
 
 # enough for stage 1's '{"frame": k}' and its <|im_end|>; the longer answers are cut by the budget on both backends
