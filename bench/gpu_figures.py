@@ -41,6 +41,12 @@ INSTALL_BUDGET_S = 60
 # What the GPU machine lacks, pinned (the versions the package is tested with here); `--download-wheels` fetches them.
 WHEELS = ("transformers==5.23.0", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "trl==1.16.0",
           "evaluate==0.4.6", "liger-kernel==0.8.5")
+# A device call carries the working tree and `.whl/` together, at most 64 MiB: the tracked tree (≤ 40 MB,
+# tests/test_lean_repository.py) leaves room for the wheels only while they stay within their budget; the pinned
+# set measured 16.2 MB (15.4 MiB) on 2026-11-28, the transformers wheel 13.3 MB of it. `--download-wheels` refuses
+# a set over the budget, naming its largest wheels.
+DEVICE_CARRY_BYTES = 64 * 2**20
+WHEELS_BUDGET_BYTES = 20 * 2**20
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
                    "manylinux1_x86_64")
 MAX_FILES = 8
@@ -128,6 +134,23 @@ def download_command(wheels: Path) -> list[str]:
             "--implementation", "cp", *platforms, "-d", str(wheels), *WHEELS]
 
 
+def downloaded_wheels(wheels: Path) -> dict[str, int]:
+    """The wheel files in `wheels` and their sizes in bytes, by name."""
+    return {path.name: path.stat().st_size for path in sorted(wheels.glob("*.whl"))}
+
+
+def check_wheels_budget(wheels: Path) -> None:
+    """Refuse (ValueError, one line) a wheels folder over `WHEELS_BUDGET_BYTES`: with the tree it would not fit the
+    64 MiB a device call carries."""
+    sizes = downloaded_wheels(wheels)
+    total = sum(sizes.values())
+    if total > WHEELS_BUDGET_BYTES:
+        largest = ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in
+                            sorted(sizes.items(), key=lambda item: -item[1])[:3])
+        raise ValueError(f"{wheels}: the wheels take {total / 2**20:.1f} MiB, over their {WHEELS_BUDGET_BYTES / 2**20:.0f} "
+                         f"MiB of the {DEVICE_CARRY_BYTES / 2**20:.0f} MiB a device call carries; largest: {largest}")
+
+
 def arm_command(arm: GpuArm, out: Path, work: Path) -> list[str]:
     return [sys.executable, *(part.format(out=out, work=work) for part in arm.argv)]
 
@@ -188,7 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     wheels = Path(args.wheels)
     if args.download_wheels:
         wheels.mkdir(parents=True, exist_ok=True)
-        return subprocess.call(download_command(wheels))
+        status = subprocess.call(download_command(wheels))
+        if status == 0:
+            try:
+                check_wheels_budget(wheels)
+            except ValueError as error:
+                print(f"gpu_figures.py: {error}", file=sys.stderr)
+                return 2
+        return status
     check_plan()
     arms = [arm for arm in ARMS if args.arms is None or arm.name in args.arms]
     if any(DATA in " ".join(arm.argv) for arm in arms if arm.name != "data") and "data" not in [a.name for a in arms]:
@@ -229,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ARMS", "CALL_LIMIT_S", "GpuArm", "WHEELS", "check_plan", "download_command", "install_commands", "main"]
+__all__ = ["ARMS", "CALL_LIMIT_S", "DEVICE_CARRY_BYTES", "GpuArm", "WHEELS", "WHEELS_BUDGET_BYTES", "check_plan",
+           "check_wheels_budget", "download_command", "downloaded_wheels", "install_commands", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

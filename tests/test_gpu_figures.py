@@ -76,3 +76,28 @@ def test_each_arms_arguments_are_accepted_by_its_bench(arm, tmp_path, capsys, mo
     err = capsys.readouterr().err
     # argparse would say "usage: ..." (also status 2); the bench's own refusal names the missing CUDA device
     assert refused.value.code == 2 and "usage:" not in err and "needs a CUDA device" in err, shlex.join(argv)
+
+
+def _sparse_wheel(folder: Path, name: str, size: int) -> None:
+    with open(folder / name, "wb") as wheel:
+        wheel.truncate(size)
+
+
+def test_a_wheels_folder_over_its_budget_is_refused_naming_the_largest_wheels(tmp_path):
+    _sparse_wheel(tmp_path, "transformers-9-py3-none-any.whl", gpu_figures.WHEELS_BUDGET_BYTES - 10)
+    gpu_figures.check_wheels_budget(tmp_path)  # within the budget
+    _sparse_wheel(tmp_path, "huge-1-py3-none-any.whl", 11)
+    with pytest.raises(ValueError, match=r"over their 20 MiB of the 64 MiB a device call carries; largest: "
+                                         r"transformers-9-py3-none-any\.whl \(20\.0 MiB\), huge-1"):
+        gpu_figures.check_wheels_budget(tmp_path)
+
+
+def test_a_download_over_the_budget_exits_2_in_one_line(tmp_path, monkeypatch, capsys):
+    def download(command):
+        _sparse_wheel(Path(command[command.index("-d") + 1]), "big-1-py3-none-any.whl",
+                      gpu_figures.WHEELS_BUDGET_BYTES + 1)
+        return 0
+    monkeypatch.setattr(subprocess, "call", download)
+    assert gpu_figures.main(["--download-wheels", "--wheels", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "big-1-py3-none-any.whl" in err

@@ -12,6 +12,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -182,3 +183,18 @@ def test_the_claims_name_the_archive_commit_and_the_command_that_rebuilds_them(d
     sentence = archive_sentence(_archive())
     assert sentence in (REPO / document).read_text(encoding="utf-8"), (
         f"{document} must carry the archive's sentence as mini/archived_states.py writes it for {ARCHIVE_RECORD}")
+
+
+def test_a_device_call_carries_the_tree_and_the_wheels_without_moving_anything_out():
+    """Issue 82, item 5: `make gpu-figures` runs on the tree as it is, with `.whl/` beside it, within the 64 MiB a
+    device call carries (the wheels are held to their budget where they are downloaded: bench/gpu_figures.py)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_figures
+
+    tracked = sum(_tracked_sizes().values())
+    assert tracked + gpu_figures.WHEELS_BUDGET_BYTES <= gpu_figures.DEVICE_CARRY_BYTES, (
+        f"the tracked tree ({tracked / 2**20:.1f} MiB) and the wheels' budget "
+        f"({gpu_figures.WHEELS_BUDGET_BYTES / 2**20:.0f} MiB) exceed the {gpu_figures.DEVICE_CARRY_BYTES / 2**20:.0f} MiB "
+        f"a device call carries")
+    if (REPO / ".whl").is_dir():  # where `make gpu-wheels` ran: the folder as downloaded keeps to its budget
+        gpu_figures.check_wheels_budget(REPO / ".whl")
