@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import sys
 import time
 import urllib.request
@@ -216,3 +217,32 @@ def test_server_refuses_files_outside_the_upload_folder(space, tmp_path):
     stream = urllib.request.urlopen(space["url"] + f"gradio_api/call/run/{event}", timeout=60).read().decode()
     assert "event: error" in stream and "not uploaded by a user" in stream
     assert "event: complete" not in stream
+
+
+def test_a_second_build_of_the_demo_environment_waits_for_the_first(tmp_path):
+    """Two builders at once (two test workers, two terminals) would clear the folder the first installs into: the
+    second waits on the lock beside the environment, then builds (here: refuses the missing main environment)."""
+    from filelock import FileLock
+
+    sys.path.insert(0, str(SPACE))
+    try:
+        from build_demo_venv import build
+    finally:
+        sys.path.pop(0)
+    demo = tmp_path / ".venv-demo"
+    outcome = []
+
+    def second_builder():
+        try:
+            build(tmp_path / "no-main-venv", demo)
+        except FileNotFoundError as error:
+            outcome.append(str(error))
+
+    with FileLock(f"{demo}.lock"):
+        builder = threading.Thread(target=second_builder)
+        builder.start()
+        builder.join(timeout=1.0)
+        assert builder.is_alive() and outcome == []  # held at the lock, nothing done
+    builder.join(timeout=60)
+    assert not builder.is_alive() and len(outcome) == 1 and "main environment not found" in outcome[0]
+    assert not demo.exists()

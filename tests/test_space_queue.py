@@ -12,11 +12,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
-from tests.test_space_browser import DEMO_VENV, MAIN_VENV, SPACE, free_port, running_app, skip_with_reason
+from tests.test_space_browser import ensure_demo_python, free_port, running_app
 
 MAX_QUEUE = 2
 REQUEST = [None, "synthetic room A", "3D object detection", "", None, "", ""]  # the /run endpoint's inputs
@@ -85,16 +84,9 @@ print(json.dumps(at_once() if phase == "at_once" else overflow()))
 
 
 def demo_python():
-    """The .venv-demo interpreter (built if missing); skips the module when it cannot be built."""
-    sys.path.insert(0, str(SPACE))
-    try:
-        from build_demo_venv import build
-    finally:
-        sys.path.pop(0)
-    try:
-        return build(MAIN_VENV, DEMO_VENV)
-    except (subprocess.CalledProcessError, OSError) as error:
-        skip_with_reason(f"could not build the gradio environment {DEMO_VENV}: {error}")
+    """The .venv-demo interpreter (built if missing, with the browser test's Playwright too, so that the first test
+    file to need it builds it whole, once); skips the module when it cannot be built."""
+    return ensure_demo_python()
 
 
 @pytest.fixture(scope="module")

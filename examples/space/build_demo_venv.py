@@ -67,7 +67,18 @@ def _missing(demo_python: Path, requirements: list[str]) -> list[str]:
 
 def build(main_venv: Path, demo_venv: Path, quiet: bool = True, browser_test: bool = False) -> Path:
     """Create `demo_venv` (if not ready) and return its python; `browser_test` adds Playwright. A ready environment
-    gets what it lacks of the requirements (e.g. spaces, added after it was built)."""
+    gets what it lacks of the requirements (e.g. spaces, added after it was built).
+
+    One builder at a time (a lock file beside the environment, `<demo_venv>.lock`): a second build started meanwhile
+    (two test workers, two terminals) waits and then finds the environment ready, instead of clearing the folder
+    the first one is installing into."""
+    from filelock import FileLock  # huggingface_hub's requirement, so in every main environment
+
+    with FileLock(f"{demo_venv}.lock"):
+        return _build_unlocked(main_venv, demo_venv, quiet, browser_test)
+
+
+def _build_unlocked(main_venv: Path, demo_venv: Path, quiet: bool, browser_test: bool) -> Path:
     demo_python = python_of(demo_venv)
     if (demo_venv / STAMP).exists() and demo_python.exists():
         missing = _missing(demo_python, DEMO_REQUIREMENTS + (BROWSER_TEST_REQUIREMENTS if browser_test else []))
