@@ -38,6 +38,7 @@ them, the `generate` logits processor compiles them (answer_grammar_processor.py
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,6 +246,7 @@ def _letters(letters) -> str:
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
 
 
+@functools.lru_cache(maxsize=8)  # the same few rules for every caption request (~10 ms of Python each to build)
 def _word_rules(max_letters: int, not_words: tuple[str, ...]) -> str:
     """`word`: a capital or lower-case letter, then lower-case letters (2 to `max_letters` in all), so a word is never
     camel-cased glue of tokens (`pointmapTextcouch`); the one-letter words `a`, `A`, `I`; an acronym of 2-3 capitals

@@ -33,7 +33,6 @@ import yaml
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from gap_mllm.cli.model_scores import held_out_scores
-from gap_mllm.cli.space_backend import SpaceSettings
 from gap_mllm.mini.default_model import SHIPPED_DIR
 from gap_mllm.processing.output_folder import OutputFolderRefused, writing_output_folder
 
@@ -80,6 +79,9 @@ def with_mini_scores(card: str, mini_folder: Path = SHIPPED_DIR) -> str:
     end = next((i for i, line in enumerate(lines) if line == SCORES_END), None)
     if begin is None or end is None or end < begin:
         raise ValueError(f"the Space card has no block from {SCORES_BEGIN!r}... to {SCORES_END!r}")
+    # imported here: the backend brings torch and transformers (4 s), which a refused --out never needs
+    from gap_mllm.cli.space_backend import SpaceSettings
+
     scores = held_out_scores(mini_folder, constrained=SpaceSettings.constrained)  # the decoding the Space runs
     if scores is None:
         raise ValueError(f"{mini_folder}: no evaluation_results.json to write the Space card's scores from")
