@@ -45,9 +45,11 @@ $(STAMP): setup.py | $(PY)
 install: $(STAMP)
 
 # two pytest-xdist workers, one test file each at a time (its module fixtures built once), one torch thread each
-# (tests/conftest.py): the suite's wall time on a 2-core machine (tests/README.md)
+# (tests/conftest.py): the suite's wall time on a 2-core machine (tests/README.md). Bytecode is written even where the
+# environment says not to (PYTHONDONTWRITEBYTECODE): the tests start about 200 fresh Python processes, and each
+# would compile the package's modules again (and each worker rewrite every test module's asserts again)
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -n 2 --dist loadfile
 
 test-all: install
 	$(PY) -m pytest -q -m ""
