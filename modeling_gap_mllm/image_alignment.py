@@ -27,11 +27,6 @@ import torch.nn.functional as F
 from .image_files import read_image_file
 from .regular_files import regular_file_problem
 
-try:  # transformers' own function (the Pil module: the torchvision one imports torchvision)
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as _hf_smart_resize
-except ImportError:  # pragma: no cover - only for transformers versions without the Pil module
-    _hf_smart_resize = None
-
 QWEN_PATCH_SIZE = 16
 QWEN_MERGE_SIZE = 2
 QWEN_FACTOR = QWEN_PATCH_SIZE * QWEN_MERGE_SIZE  # 32 px per merged LLM token side
@@ -57,6 +52,17 @@ def _smart_resize_fallback(height: int, width: int, factor: int, min_pixels: int
     return h_bar, w_bar
 
 
+def _transformers_smart_resize():
+    """transformers' own `smart_resize` (the Pil module: the torchvision one imports torchvision), None for a version
+    without it. Imported at the first call, not with this module: the SynthRooms writer and the CLI import this
+    module for its PIL helpers, and transformers' image processing costs about 2 s of imports."""
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as resize
+    except ImportError:  # pragma: no cover - only for transformers versions without the Pil module
+        return None
+    return resize
+
+
 def smart_resize(
     height: int,
     width: int,
@@ -70,7 +76,7 @@ def smart_resize(
     Delegates to transformers' `smart_resize` (the function the Pil image processor itself calls), so
     the geometry branch can never disagree with the Qwen branch.
     """
-    resize = _hf_smart_resize or _smart_resize_fallback
+    resize = _transformers_smart_resize() or _smart_resize_fallback
     h_bar, w_bar = resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return int(h_bar), int(w_bar)
 
