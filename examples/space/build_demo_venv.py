@@ -92,9 +92,13 @@ def _build_unlocked(main_venv: Path, demo_venv: Path, quiet: bool, browser_test:
     venv.EnvBuilder(with_pip=True, clear=demo_venv.exists()).create(demo_venv)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
         handle.write(constraints_from(main_python))
-    pip = [str(demo_python), "-m", "pip", "--disable-pip-version-check", "install"] + (["-q"] if quiet else [])
+    # compiled afterwards on every core (compileall -j 0), not by pip one module after the other (as `make install`)
+    pip = [str(demo_python), "-m", "pip", "--disable-pip-version-check", "install", "--no-compile"] + (
+        ["-q"] if quiet else [])
     extra = BROWSER_TEST_REQUIREMENTS if browser_test else []
     subprocess.run(pip + ["-c", handle.name, *DEMO_REQUIREMENTS, *extra], check=True)
+    # like pip, passing over the few files that do not compile (templates, other Pythons' code): no check
+    subprocess.run([str(demo_python), "-m", "compileall", "-qq", "-j", "0", str(site_packages_of(demo_python))])
     # Installed AFTER gradio, so pip never saw (and never tried to replace) the main environment's packages.
     # `site.addsitedir` (not a bare path) also runs the main environment's own .pth files: that is how the
     # editable `gap_mllm` install is found.
