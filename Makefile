@@ -35,15 +35,14 @@ $(PY):
 # pip installs without compiling (--no-compile): it would compile the 17,000 modules one after the other; the last
 # step compiles them all on every core instead (compileall -j 0: a fresh install on 2 cores took 66 s, not 75 s, with
 # the same .pyc files). Like pip, it passes over the few files that do not compile (templates, other Pythons' code).
-PIP_INSTALL := $(PIP) install --no-compile
 SITE_PACKAGES = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 $(STAMP): setup.py | $(PY)
-	@$(PY) -c "import torch" 2>/dev/null || $(PIP_INSTALL) "$(TORCH_SPEC)" $(addprefix --index-url ,$(TORCH_INDEX_URL))
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" --no-compile $(addprefix --index-url ,$(TORCH_INDEX_URL))
 	@# the package with its requirements (the grammar engine, llguidance, included) and the dev extra's
-	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP) install -e ".[dev]" --no-compile
 	# the lmms-eval plugin's evaluator, without lmms-eval's own requirements (they pull a CUDA torch): setup.py
-	$(PIP_INSTALL) --no-deps "$$($(PY) -c 'from gap_mllm.evaluation.lmms_eval_plugin import LMMS_EVAL_REQUIREMENT as r; print(r)')"
+	$(PIP) install --no-compile --no-deps "$$($(PY) -c 'from gap_mllm.evaluation.lmms_eval_plugin import LMMS_EVAL_REQUIREMENT as r; print(r)')"
 	$(PY) -m compileall -qq -j 0 "$(SITE_PACKAGES)" || true
 	@# after the package's requirements: torch imported before numpy is installed warns "Failed to initialize NumPy"
 	@$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA %s build)' % torch.version.cuda if torch.version.cuda else '(CPU build)')"
