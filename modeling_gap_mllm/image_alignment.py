@@ -14,6 +14,7 @@ the resizes all work on it, and neither the caller's object nor its pixels are e
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -52,6 +53,7 @@ def _smart_resize_fallback(height: int, width: int, factor: int, min_pixels: int
     return h_bar, w_bar
 
 
+@functools.cache  # looked up once: smart_resize runs for every image
 def _transformers_smart_resize():
     """transformers' own `smart_resize` (the Pil module: the torchvision one imports torchvision), None for a version
     without it. Imported at the first call, not with this module: the SynthRooms writer and the CLI import this

@@ -13,8 +13,8 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -49,14 +49,21 @@ def ensure_chromium() -> str:
     return found
 
 
-def ensure_demo_python() -> Path:
+def demo_venv_builder():
+    """examples/space/build_demo_venv.py's `build` (the script's folder is no package)."""
     sys.path.insert(0, str(SPACE))
     try:
         from build_demo_venv import build
     finally:
         sys.path.pop(0)
+    return build
+
+
+def ensure_demo_python() -> Path:
+    """The .venv-demo interpreter, built when missing, whole (with the browser test's Playwright, so that the first
+    test file to need it builds it once); skips the test when it cannot be built."""
     try:
-        return build(MAIN_VENV, DEMO_VENV, browser_test=True)
+        return demo_venv_builder()(MAIN_VENV, DEMO_VENV, browser_test=True)
     except (subprocess.CalledProcessError, OSError) as error:
         skip_with_reason(f"could not build the gradio environment {DEMO_VENV}: {error}")
 
@@ -224,11 +231,7 @@ def test_a_second_build_of_the_demo_environment_waits_for_the_first(tmp_path):
     second waits on the lock beside the environment, then builds (here: refuses the missing main environment)."""
     from filelock import FileLock
 
-    sys.path.insert(0, str(SPACE))
-    try:
-        from build_demo_venv import build
-    finally:
-        sys.path.pop(0)
+    build = demo_venv_builder()
     demo = tmp_path / ".venv-demo"
     outcome = []
 

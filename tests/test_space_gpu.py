@@ -16,7 +16,7 @@ from gap_mllm.cli import space_backend, space_gpu
 from gap_mllm.cli.space_backend import SpaceBackend, SpaceSettings
 from gap_mllm.cli.space_gpu import gpu_function, gpu_seconds, move_to_gpu
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
-from tests.test_space_queue import demo_python
+from tests.test_space_browser import ensure_demo_python
 from tests.test_space_user_errors import backend  # noqa: F401  (module fixture: the tiny model's Space backend)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ print(json.dumps({"version": spaces.__version__ if hasattr(spaces, "__version__"
 def test_with_the_real_spaces_package_off_zero_gpu_the_decorator_is_a_no_op():
     """In the gradio environment, which installs `spaces` (examples/space/build_demo_venv.py: built when missing, and
     an environment built before spaces was added gets it)."""
-    python = demo_python()
+    python = ensure_demo_python()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACES_ZERO_GPU", None)
     done = subprocess.run([str(python), "-c", SPACES_CHECK], capture_output=True, text=True, env=env, timeout=300,

@@ -87,16 +87,10 @@ print(json.dumps(at_once() if phase == "at_once" else overflow()))
 '''
 
 
-def demo_python():
-    """The .venv-demo interpreter (built if missing, with the browser test's Playwright too, so that the first test
-    file to need it builds it whole, once); skips the module when it cannot be built."""
-    return ensure_demo_python()
-
-
 @pytest.fixture(scope="module")
 def queued_space(tmp_path_factory):
     """`gap-mllm space` with one request at a time and at most MAX_QUEUE waiting."""
-    python = demo_python()
+    python = ensure_demo_python()
     folder = tmp_path_factory.mktemp("queue")
     port, log_path = free_port(), folder / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}

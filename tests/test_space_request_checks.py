@@ -149,9 +149,9 @@ print(json.dumps(raised))
 
 def test_the_page_shows_each_bad_input_as_its_message(tmp_path):
     """The gradio handler itself (in the demo environment): every bad input is a toast, never a traceback."""
-    from tests.test_space_queue import demo_python
+    from tests.test_space_browser import ensure_demo_python
 
-    python = demo_python()
+    python = ensure_demo_python()
     room = "synthetic room A"
     requests = [[None, room, CAPTIONING, "", "999: x", "", ""], [None, room, CAPTIONING, "", "-1: x", "", ""],
                 [None, room, CAPTIONING, "", None, "0 0 1e308 1 1 1 0 0 0", ""],

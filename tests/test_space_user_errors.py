@@ -13,7 +13,7 @@ import pytest
 
 from gap_mllm.cli.space_backend import SpaceBackend, SpaceSettings
 from gap_mllm.cli.uploads import UploadError
-from tests.test_space_queue import demo_python
+from tests.test_space_browser import ensure_demo_python
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_FREE = "(my uploaded files)"
@@ -88,7 +88,7 @@ print(json.dumps(report))
 def test_the_page_shows_the_user_error_without_printing_its_traceback():
     """In the gradio environment: the handler's toast for a user error asks gradio not to print a traceback; a bug
     stays the bug's own exception (gradio prints its traceback)."""
-    python = demo_python()  # built when missing
+    python = ensure_demo_python()  # built when missing
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([str(python), "-c", HANDLER], capture_output=True, text=True, env=env, timeout=300,
                           cwd=REPO)

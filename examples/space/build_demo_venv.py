@@ -97,13 +97,14 @@ def _build_unlocked(main_venv: Path, demo_venv: Path, quiet: bool, browser_test:
         ["-q"] if quiet else [])
     extra = BROWSER_TEST_REQUIREMENTS if browser_test else []
     subprocess.run(pip + ["-c", handle.name, *DEMO_REQUIREMENTS, *extra], check=True)
+    demo_site = site_packages_of(demo_python)
     # like pip, passing over the few files that do not compile (templates, other Pythons' code): no check
-    subprocess.run([str(demo_python), "-m", "compileall", "-qq", "-j", "0", str(site_packages_of(demo_python))])
+    subprocess.run([str(demo_python), "-m", "compileall", "-qq", "-j", "0", str(demo_site)])
     # Installed AFTER gradio, so pip never saw (and never tried to replace) the main environment's packages.
     # `site.addsitedir` (not a bare path) also runs the main environment's own .pth files: that is how the
     # editable `gap_mllm` install is found.
     main_site = site_packages_of(main_python)
-    (site_packages_of(demo_python) / "zz_gap_mllm_main_env.pth").write_text(
+    (demo_site / "zz_gap_mllm_main_env.pth").write_text(
         f"import site; site.addsitedir({str(main_site)!r})\n", encoding="utf-8")
     check = "import gradio, spaces, PIL, torch, transformers, gap_mllm; print(gradio.__version__, PIL.__version__)"
     subprocess.run([str(demo_python), "-c", check], check=True)
