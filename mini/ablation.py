@@ -6,6 +6,8 @@ gated fusion beats plain addition. Each claim is one pair of arms that differ in
     geometry helps                 gap_gated_s0 − no_geometry_s0   (and gap_gated_s1 − no_geometry_s1)
     stage 1 helps                  gap_gated_s0 − gap_gated_stage2_only_s0
     gated beats add                gap_gated_s0 − gap_add_s0
+    the objective helps (title)    gap_gated_s0 − gap_gated_no_gap_s0   (and gap_gated_stage2_only_s0 − gap_gated_no_gap_s0:
+                                   the objective inside stage 2 alone)
     seed to seed (the noise)       gap_gated_s0 − gap_gated_s1, no_geometry_s0 − no_geometry_s1
 
 **One design for every arm.** Every arm takes the same stage 0 (`--stage0`: the sixth release's frozen geometry encoder
@@ -36,6 +38,12 @@ stage-1 gain measured this way is conservative. The Mini's stage-2 mix keeps the
 this arm still trains the stage-1 task, inside stage 2: the claim measures a separate phase of it before the tasks,
 not the task itself (the official stage 2 has no marker data; reports/mini/claims-in-miniature.md).
 
+**The arm that never trains the objective.** `gap_gated_no_gap_s0` trains no stage 1 and no marker sample in stage 2
+(mini/arms.py `MARKER_FREE_STAGE2`: the mix without its marker samples, the other tasks as written), for the same
+8,200 steps as the stage-2-only arm: the paper's title claim, geometry-aligned pre-training against none. Its marker
+figure is not compared (it never learned the answer format). `gap_gated_no_gap_s1` is its second seed, trained when
+the first seed's grounding difference lies within twice the seed-to-seed one.
+
 **One arm at a time, each in git between machines.** `--run-state DIR` keeps every training stage's run state
 (training/run_state.py) in `DIR/<arm>/<stage>` (bfloat16 moments and best model, as the sixth release's run): a
 session commits DIR at its end, and the same command on a fresh machine continues the arm it stopped in, rebuilding
@@ -59,7 +67,7 @@ from .arms import ARMS, Arm
 
 # the training order of `--ablation`: the main arm, then one arm per claim, then the second seeds (issue 63)
 ABLATION_ORDER = ("gap_gated_s0", "no_geometry_s0", "gap_gated_stage2_only_s0", "gap_add_s0", "gap_gated_s1",
-                  "no_geometry_s1")
+                  "no_geometry_s1", "gap_gated_no_gap_s0")
 ABLATION_STAGE2_STEPS = 7200  # the fifth release's stage 2 (module docstring: why this budget, and not 3,600)
 # the sixth release's stage-2 settings beside its step count (its command in reports/mini/releases-five-and-six.md)
 ABLATION_STAGE2_SETTINGS = ("cpu_bf16_autocast=true",)
@@ -92,6 +100,9 @@ CLAIMS = (
           second=("gap_gated_s1", "no_geometry_s1")),
     Claim("geometry-aligned pre-training (stage 1) helps", "gap_gated_s0", "gap_gated_stage2_only_s0"),
     Claim("gated fusion beats plain addition", "gap_gated_s0", "gap_add_s0"),
+    Claim("the geometry-aligned objective (stage 1 and the marker task in stage 2) helps", "gap_gated_s0",
+          "gap_gated_no_gap_s0"),
+    Claim("the objective inside stage 2 alone helps", "gap_gated_stage2_only_s0", "gap_gated_no_gap_s0"),
 )
 # the seed-to-seed differences shown beside the claims: what retraining the same arm on another seed changes
 SEED_PAIRS = (("gap_gated_s0", "gap_gated_s1"), ("no_geometry_s0", "no_geometry_s1"))

@@ -8,9 +8,9 @@ back. What the claims, the report and their tests read (each arm's kept answers)
     {"commit":   the 40-hex commit whose tree holds every listed arm's stage folders,
      "folder":   the folder's path in that commit's tree (the repository-relative `--run-state` folder),
      "archived": arms whose stage folders left the tree,
-     "pending":  finished arms whose stage folders are still tracked and leave in a later submission (one submission's
-                 diff is capped, and deleting a file counts its bytes: the 400 MB of the ablation's six arms leave over
-                 several submissions),
+     "pending":  the arm whose run is in flight: its stage folders stay tracked while it runs, so that a fresh machine
+                 continues it (at most one arm, its folder within `IN_FLIGHT_LIMIT_BYTES`; a device call leaves it
+                 out: bench/README.md), and leave the tree by this record when its run finishes,
      "issue":    why}
 
 A run that would continue an archived arm whose stage folders are absent is refused before anything is written
@@ -30,6 +30,9 @@ from .ablation import ARM_STAGES, arm_state_dir
 from .arms import ARMS
 
 ARCHIVE_RECORD = "ARCHIVE.json"
+# the one in-flight arm's tracked stage folders: weights, bfloat16 moments and the best model (about 26 MB each at the
+# Mini's size) and the data sketch (11 MB)
+IN_FLIGHT_LIMIT_BYTES = 90_000_000
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -121,10 +124,9 @@ def check_states_present(root, arms) -> None:
 def archive_sentence(archive: StateArchive) -> str:
     """The sentence of RESULTS.md's claims section and the ablation report that says where the finished arms' run
     states are and the command that brings them back to rebuild the claims."""
-    everything = (*archive.archived, *archive.pending)
-    later = (f", and those of {', '.join(archive.pending)} leave it in a later submission, one submission's diff "
-             f"being capped" if archive.pending else "")
+    later = (f"; those of {', '.join(archive.pending)}, in flight, stay in the tree until its run finishes"
+             if archive.pending else "")
     return (f"The arms' run states (weights, optimizer moments, data sketches) are kept by commit {archive.commit}, "
             f"not in the tree: those of {', '.join(archive.archived)} left it when the ablation finished{later} "
             f"(docs/design.md §13, {archive.folder}/{ARCHIVE_RECORD}). To rebuild this section from them, at the "
-            f"repository's root: `{archive.restore_command(everything)}`, then `make mini-ablation`.")
+            f"repository's root: `{archive.restore_command()}`, then `make mini-ablation`.")

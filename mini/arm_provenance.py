@@ -3,7 +3,8 @@ what its run left, not from what the design says it should be:
 
     model         geometry on or off, the fusion and the model seed its first stage was built with (that stage's
                   `model.*` settings: a later stage continues the model it is given)
-    each stage    the recipe, steps, training seed and device its `stage_done.json` records (mini/pipeline.py writes
+    each stage    the recipe, steps, training seed, device and whether its mix held the marker task (a
+                  `data.tasks` setting without it: mini/arms.py `MARKER_FREE_STAGE2`) its `stage_done.json` records (mini/pipeline.py writes
                   it when the stage's training returns, on a fresh machine too, where the stage is rebuilt from its
                   run state)
     final model   the validation step its stage 2 kept (`best.json`: the best by validation grounding, the final
@@ -28,6 +29,7 @@ from gap_mllm.training.generation_eval import read_best
 from gap_mllm.training.run_state import check_state_files, read_run_state, state_sketch
 
 from .ablation import ARM_STAGES, arm_state_dir, override_value
+from .arms import MARKER_TASK
 from .provenance import DONE_MARKER, stage_device
 
 
@@ -38,12 +40,15 @@ def _stage_done(folder: Path) -> dict | None:
 
 
 def trained_stage(done: dict, state_dir: Path | None) -> dict:
-    """One training stage of an arm: recipe, steps, training seed and device from its `stage_done.json` (`done`),
+    """One training stage of an arm: recipe, steps, training seed, device and "marker_task" (False where a
+    `data.tasks` setting left the marker task out, else None: the recipe's mix) from its `stage_done.json` (`done`),
     and the digest of the data sketch of its run state in `state_dir` (None without one)."""
     seed = override_value(done.get("overrides"), "training.seed")
+    tasks = override_value(done.get("overrides"), "data.tasks")
     record = read_run_state(state_dir) if state_dir is not None else None
     return {"recipe": done.get("recipe"), "steps": done.get("global_step"), "device": stage_device(done),
             "seed": int(seed) if seed is not None else None,
+            "marker_task": False if tasks is not None and MARKER_TASK not in tasks else None,
             "data_sketch": record["data"]["sketch"] if record is not None and record.get("data") else None}
 
 

@@ -34,13 +34,15 @@ from gap_mllm.evaluation.marker_metrics import paired_marker_difference
 
 from .ablation import ABLATION_FRESH_SEEDS, CLAIMS, SEED_PAIRS
 from .arm_provenance import arms_provenance
-from .claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_DIFFERENCE, NO_EFFECT, QUOTE_BEGIN, QUOTE_END,
-                           SEEDS_DIFFER, WITHIN_SEED_NOISE, claims_quote, claims_section)
+from .arms import ARMS
+from .claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_DIFFERENCE, NO_EFFECT, NOT_COMPARABLE, QUOTE_BEGIN,
+                           QUOTE_END, SEEDS_DIFFER, WITHIN_SEED_NOISE, claims_quote, claims_section)
 from .fresh_seeds import figures_of, model_figures
 from .markdown_sections import block_between, document_section, with_block, with_section
 from .sample_rows import f1_of_counts
 
 RESAMPLES = 1000
+MARKER_FIGURE = "marker_point_error_m_median"
 
 
 def _check_same_samples(a: dict, b: dict) -> None:
@@ -65,7 +67,7 @@ def paired_over_scenes(a: dict, b: dict, resamples: int = RESAMPLES) -> dict:
                                                          resamples=resamples // 5, groups=detection["scenes"]),
         "captioning_cider@0.5": paired_difference(captioning["scores"], b["captioning"]["scores"], resamples=resamples,
                                                   groups=captioning["scenes"]),
-        "marker_point_error_m_median": paired_marker_difference(
+        MARKER_FIGURE: paired_marker_difference(
             marker["predictions"], b["marker"]["predictions"], marker["answers"], marker["marked_frames"],
             resamples=resamples, groups=marker["scenes"]).get("all"),
     }
@@ -98,9 +100,11 @@ def _pair(figures: dict, arm: str, without: str, resamples: int, seeds: bool = F
     if missing:
         return {"arm": arm, "without": without, "missing": missing}
     paired = paired_over_scenes(figures[arm], figures[without], resamples)
-    return {"arm": arm, "without": without, "paired": paired,
-            "verdicts": {key: seed_verdict(paired[key]) if seeds else verdict(paired[key], higher)
-                         for key, _, higher, _ in FIGURES}}
+    verdicts = {key: seed_verdict(paired[key]) if seeds else verdict(paired[key], higher)
+                for key, _, higher, _ in FIGURES}
+    if not all(ARMS[name].marker_task for name in (arm, without) if name in ARMS):
+        paired[MARKER_FIGURE], verdicts[MARKER_FIGURE] = None, NOT_COMPARABLE
+    return {"arm": arm, "without": without, "paired": paired, "verdicts": verdicts}
 
 
 def seed_noise(seed_pairs: list[dict]) -> dict[str, float]:

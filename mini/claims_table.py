@@ -25,6 +25,9 @@ HELPS_WITHIN_NOISE, HURTS_WITHIN_NOISE = "helps, but no more than seed to seed",
 WITHIN_SEED_NOISE = {HELPS: HELPS_WITHIN_NOISE, HURTS: HURTS_WITHIN_NOISE}
 # a seed pair is one arm trained twice: neither seed is the better one by design, so its verdict has no direction
 SEEDS_DIFFER, NO_DIFFERENCE = "the seeds differ", "no measurable difference"
+# the marker figure of a pair with an arm that never trained the marker task (mini/arms.py `marker_task`): that arm
+# never learned the answer format, so its point error says nothing of geometry
+NOT_COMPARABLE = "not comparable (one arm never trained the marker task)"
 CLAIMS_SECTION = "## The paper's claims in miniature"
 SAMPLE_SETS = ("fresh_seeds", "test")  # the claims' sample sets, in the order the section shows them
 # the lines around the quote in README.md and model_card.md (`gap-mllm mini --ablation --quote FILE` rewrites what is between)
@@ -52,7 +55,7 @@ def _in_words(verdicts: dict) -> str:
     for key, title, _, _ in FIGURES:
         by_word.setdefault(verdicts[key], []).append(title)
     order = (HELPS, HELPS_WITHIN_NOISE, HURTS, HURTS_WITHIN_NOISE, NO_EFFECT, SEEDS_DIFFER, NO_DIFFERENCE,
-             "not measured")
+             NOT_COMPARABLE, "not measured")
     return "; ".join(f"{word}: {', '.join(by_word[word]) if len(by_word[word]) < len(FIGURES) else 'every figure'}"
                      for word in order if word in by_word)
 
@@ -94,7 +97,8 @@ def _geometry(model: dict | None) -> str:
 def _stage_cell(stage: dict | None) -> str:
     if stage is None:
         return "—"
-    parts = (stage["recipe"], f"{stage['steps']} steps" if stage["steps"] is not None else None,
+    parts = (stage["recipe"], "no marker samples" if stage.get("marker_task") is False else None,
+             f"{stage['steps']} steps" if stage["steps"] is not None else None,
              f"seed {stage['seed']}" if stage["seed"] is not None else None, stage["device"])
     return ", ".join(str(part) for part in parts if part is not None)
 
@@ -150,7 +154,7 @@ def provenance_lines(arms: dict[str, dict]) -> list[str]:
 def claims_section(results: dict) -> str:
     """The "claims in miniature" section of RESULTS.md from results.json's `"claims"` ({where: claims_results} for
     each of `SAMPLE_SETS`, and `"arms"`: where each arm was trained, mini/arm_provenance.py)."""
-    intro = ("The paper's three claims, each as the difference between two arms of `gap-mllm mini --ablation` trained at "
+    intro = ("The paper's claims, each as the difference between two arms of `gap-mllm mini --ablation` trained at "
              "one budget from the same stage 0 (mini/ablation.py), judged on scenes no arm was trained or tuned on. "
              f"{VERDICTS_IN_WORDS} {SEED_ROWS_SENTENCE} {COST_SENTENCE} {READING_SENTENCE}")
     lines = [CLAIMS_SECTION, "", intro]
@@ -164,7 +168,7 @@ def claims_section(results: dict) -> str:
 def claims_quote(claims: dict) -> str:
     """The block README.md and model_card.md quote (`claims` as results.json's `"claims"`): the fresh-seed table of
     the RESULTS.md section, word for word, with a sentence saying what the arms are and where the rest is."""
-    intro = ("The paper's three claims, measured in miniature by this package: arms of GAP-MLLM-Mini trained on "
+    intro = ("The paper's claims, measured in miniature by this package: arms of GAP-MLLM-Mini trained on "
              "SynthRooms at one budget from the same frozen encoders, each pair differing in one ingredient "
              "(`gap-mllm mini --ablation`, mini/ablation.py), judged on scenes of generator seeds no arm was trained or "
              f"tuned on. {VERDICTS_IN_WORDS} {SEED_ROWS_SENTENCE} The test split's table is in mini/RESULTS.md, and "

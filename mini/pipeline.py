@@ -65,7 +65,7 @@ from .ablation import (ABLATION_FRESH_SEEDS, ABLATION_STAGE2_SETTINGS, ARM_STAGE
 from .ablation import check_stage0, stage_steps, weights_digest
 from .archived_states import check_states_present
 
-from .arms import ARMS, MAIN_ARM, Arm, fresh_model_settings
+from .arms import ARMS, MAIN_ARM, Arm, fresh_model_settings, stage2_arm_settings
 from .export import EXPORT_COMMAND, export_default, export_is_complete
 from .claims import check_quote_block, write_claims
 from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results, seed_parts
@@ -285,7 +285,8 @@ def run_arm(run: MiniRun, arm: Arm, stage0: Path) -> Path:
     else:
         start = ["model.name_or_path=null", *fresh]
     stage2 = train_stage(run, "mini_stage2.yaml", "stage2", run.stage_dir(arm.name, "stage2"),
-                         [*start, *states["stage2"], *ablation_stage2_settings(run)], last=stage2_last)
+                         [*start, *stage2_arm_settings(arm), *states["stage2"], *ablation_stage2_settings(run)],
+                         last=stage2_last)
     final = run.stage_dir(arm.name, "final")
     if not export_is_complete(final):
         # `final` lies in the run's own stage folder: what is there is a half export of an earlier version, replaced

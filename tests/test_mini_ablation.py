@@ -25,7 +25,8 @@ from gap_mllm.mini.ablation import (
     ablation_arms,
     stage_steps,
 )
-from gap_mllm.mini.arms import ABLATION_ARMS, ARMS, MAIN_ARM
+from gap_mllm.mini.arms import ABLATION_ARMS, ARMS, MAIN_ARM, MARKER_FREE_STAGE2, Arm
+from gap_mllm.training.config import load_recipe
 from gap_mllm.mini.fresh_seeds import FRESH_SEEDS
 from gap_mllm.mini.pipeline_settings import add_arguments
 from gap_mllm.processing.errors import RUN_STOPPED_STATUS, RunStoppedEarly
@@ -35,18 +36,46 @@ def _differences(a: str, b: str) -> set[str]:
     return {f.name for f in fields(ARMS[a]) if f.name != "name" and getattr(ARMS[a], f.name) != getattr(ARMS[b], f.name)}
 
 
-def test_the_order_trains_every_ablation_arm_main_first_then_one_per_claim_then_the_second_seeds():
+def test_the_order_trains_every_ablation_arm_main_first_then_one_per_claim_then_the_second_seeds_then_the_title_arm():
     assert sorted(ABLATION_ORDER) == sorted(arm.name for arm in ABLATION_ARMS)
     assert ABLATION_ORDER[0] == MAIN_ARM.name
-    assert ABLATION_ORDER[1:4] == tuple(claim.without for claim in CLAIMS)
-    assert all(ARMS[name].seed == 1 for name in ABLATION_ORDER[4:])
+    assert ABLATION_ORDER[1:4] == tuple(claim.without for claim in CLAIMS[:3])
+    assert all(ARMS[name].seed == 1 for name in ABLATION_ORDER[4:6])
+    # the arm that never trains the geometry-aligned objective came last: the six before it were finished and archived
+    assert ABLATION_ORDER[6:] == ("gap_gated_no_gap_s0",) == tuple({claim.without for claim in CLAIMS[3:]})
     assert [arm.name for arm in ablation_arms()] == list(ABLATION_ORDER)
 
 
 def test_each_claim_and_seed_pair_differs_in_one_ingredient():
-    assert [_differences(c.arm, c.without) for c in CLAIMS] == [{"use_geometry"}, {"stage1"}, {"fusion_method"}]
+    assert [_differences(c.arm, c.without) for c in CLAIMS] == [
+        {"use_geometry"}, {"stage1"}, {"fusion_method"}, {"stage1", "marker_task"}, {"marker_task"}]
     assert _differences(*CLAIMS[0].second) == {"use_geometry"}
     assert all(_differences(a, b) == {"seed"} for a, b in SEED_PAIRS)
+    assert _differences("gap_gated_no_gap_s0", "gap_gated_no_gap_s1") == {"seed"}
+
+
+def test_an_arm_without_the_marker_task_has_no_stage_1():
+    with pytest.raises(ValueError, match="stage 1 is the marker task"):
+        Arm("x", marker_task=False)
+
+
+def test_the_arm_without_the_objective_trains_the_stage_2_mix_without_marker_samples(tmp_path, monkeypatch):
+    captured = _Captured(monkeypatch)
+    _train_arms(_run(tmp_path), ["gap_gated_stage2_only_s0", "gap_gated_no_gap_s0"])
+    assert captured.setting("gap_gated_stage2_only_s0", "stage2", "data.tasks") == []  # the recipe's mix
+    assert captured.setting("gap_gated_no_gap_s0", "stage2", "data.tasks") == [
+        "[grounding_stage1, grounding_stage2, detection, captioning]"]
+    assert captured.setting("gap_gated_no_gap_s0", "stage2", "evaluation.tasks") == ["[grounding, detection, captioning]"]
+    # equal steps: the stage-1 budget as more stage 2, as the stage-2-only arm
+    assert (captured.setting("gap_gated_no_gap_s0", "stage2", "training.max_steps")[-1]
+            == captured.setting("gap_gated_stage2_only_s0", "stage2", "training.max_steps")[-1]
+            == str(1000 + ABLATION_STAGE2_STEPS))
+    # the settings make a valid recipe: the other tasks' caps, repeats and weights as mini_stage2.yaml writes them
+    recipe = load_recipe(pipeline.RECIPES / "mini_stage2.yaml", list(MARKER_FREE_STAGE2))
+    assert recipe.data.tasks == ["grounding_stage1", "grounding_stage2", "detection", "captioning"]
+    assert recipe.data.task_max_samples == {"captioning": 2500}
+    assert recipe.data.task_repeats == {"grounding_stage2": 2, "detection": 2}
+    assert recipe.evaluation.tasks == ["grounding", "detection", "captioning"]
 
 
 def test_the_fresh_seeds_are_none_of_the_data_or_the_release_rule():

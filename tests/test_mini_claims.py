@@ -14,8 +14,8 @@ import pytest
 from gap_mllm.evaluation.confidence import paired_difference, paired_statistic_difference, resample_rows
 from gap_mllm.mini.claims import check_quote_block, claims_results, write_claims
 from gap_mllm.mini.claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HELPS_WITHIN_NOISE, HURTS, NO_DIFFERENCE,
-                                       NO_EFFECT, QUOTE_BEGIN, QUOTE_END, SEEDS_DIFFER, claims_lines, claims_quote,
-                                       claims_section)
+                                       NO_EFFECT, NOT_COMPARABLE, QUOTE_BEGIN, QUOTE_END, SEEDS_DIFFER, claims_lines,
+                                       claims_quote, claims_section)
 from gap_mllm.mini.markdown_sections import block_between, document_section, with_section
 from gap_mllm.mini.report import REFUSED_SECTION, results_document
 from gap_mllm.mini.sample_rows import f1_of_counts
@@ -131,13 +131,38 @@ def test_a_seed_pair_says_whether_its_seeds_differ_and_a_claim_no_larger_is_mark
     assert alone["seed_noise"] == {} and alone["claims"][1]["verdicts"]["grounding_acc@0.25"] == HELPS
 
 
+def test_the_marker_figure_of_a_pair_with_the_arm_that_never_trained_the_marker_task_is_not_compared():
+    """gap_gated_no_gap_s0 never learned the marker answer: its point error says nothing of geometry, so the two
+    claims with it leave that figure out by name, and judge the four others as every claim does."""
+    main = _figures("main", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    stage2_only = _figures("stage2", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
+    never = _figures("never", _half(1), _half(2), _half(2), [0.5] * N, [9.0] * N)  # one hit fewer, points far off
+    found = claims_results({"gap_gated_s0": main, "gap_gated_stage2_only_s0": stage2_only,
+                            "gap_gated_no_gap_s0": never}, "constructed scenes")
+    objective, inside_stage2 = (claim for claim in found["claims"] if claim["without"] == "gap_gated_no_gap_s0")
+    for claim in (objective, inside_stage2):
+        assert claim["paired"]["marker_point_error_m_median"] is None
+        assert claim["verdicts"] == {"grounding_acc@0.25": HELPS, "frame_accuracy": NO_EFFECT,
+                                     "detection_f1@0.25": NO_EFFECT, "captioning_cider@0.5": NO_EFFECT,
+                                     "marker_point_error_m_median": NOT_COMPARABLE}
+    row = next(line for line in claims_lines(found) if "gap_gated_s0 − gap_gated_no_gap_s0" in line)
+    assert row.endswith(f"| helps: grounding Acc@0.25; no measurable effect: frame selection, detection F1@0.25, "
+                        f"CIDEr@0.5; {NOT_COMPARABLE}: marker point error m |")
+    assert "| — |" in row  # the marker cell
+    # the other claims still compare the marker figure
+    stage1 = next(claim for claim in found["claims"] if claim["without"] == "gap_gated_stage2_only_s0")
+    assert stage1["verdicts"]["marker_point_error_m_median"] == NO_EFFECT
+
+
 def test_claims_whose_arms_are_not_evaluated_say_which_and_samples_must_match():
     arm = _figures("a", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
     found = claims_results({"gap_gated_s0": arm}, "constructed scenes")
-    assert [claim["missing"] for claim in found["claims"]] == [["no_geometry_s0"], ["gap_gated_stage2_only_s0"], ["gap_add_s0"]]
+    assert [claim["missing"] for claim in found["claims"]] == [
+        ["no_geometry_s0"], ["gap_gated_stage2_only_s0"], ["gap_add_s0"], ["gap_gated_no_gap_s0"],
+        ["gap_gated_stage2_only_s0", "gap_gated_no_gap_s0"]]
     assert found["claims"][0]["second"]["missing"] == ["gap_gated_s1", "no_geometry_s1"]
     lines = claims_lines(found)
-    assert sum("not evaluated yet" in line for line in lines) == 3 + 1 + 2
+    assert sum("not evaluated yet" in line for line in lines) == 5 + 1 + 2
     assert lines[-1] == ("| seed to seed (noise): no_geometry_s0 − no_geometry_s1 | " + " | ".join("—" for _ in FIGURES)
                          + " | not evaluated yet: no_geometry_s0, no_geometry_s1 |")
     other = _figures("b", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
