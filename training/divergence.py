@@ -13,6 +13,13 @@ One check for every training loop: `check_gradient_norm` raises `TrainingDiverge
 - `StepGuard` is the same check for a hand-written loop (bench/): the global norm of the trained parameters'
   gradients, between `backward()` and `optimizer.step()`.
 
+A finite gradient can still make a weight non-finite: the optimizer's own arithmetic (a weight decay or learning rate
+whose product with a weight overflows, float32's 3.4e38) writes inf or NaN without a non-finite gradient. So after
+every optimizer step, the last one included, `DivergenceGuard` checks the trained weights themselves
+(`check_trained_weights`: one stacked reduction, one host read per optimizer step, and one all-reduce of one number
+where the weights are sharded): such a step stops the run with `TrainingDivergedError` naming it, before anything of
+it is saved (a checkpoint, a run state, the final model).
+
 The line names the step, the batch (`describe_batch`: rows × width, which side is padded and how much, or packed
 segments) and the kernel settings that were on (compiled layers, length buckets, Liger), so a report of a diverged
 run points at what to bisect. The weights and the checkpoints already written stay finite.
@@ -23,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers import TrainerCallback
 
 from gap_mllm.processing.errors import RunFailed
 
@@ -30,13 +38,13 @@ from .checkpoints import find_resumable_checkpoint
 
 
 class TrainingDivergedError(RunFailed):
-    """The gradient norm of an optimizer step is NaN or infinite (the step was not applied); one line on the command
-    line (cli/errors.py), naming the step and the run's folder."""
+    """The gradient norm of an optimizer step is NaN or infinite (the step was not applied), or its update made a
+    trained weight so; one line on the command line (cli/errors.py), naming the step and the run's folder."""
 
 
-REMEDY = ("The same batches follow on a resume, so change what diverged first: a lower training.learning_rate, a "
-          "longer training.warmup_steps, or float32 instead of half-precision autocast (--set training.bf16=false "
-          "--set training.fp16=false)")
+REMEDY = ("The same batches follow on a resume, so change what diverged first: a lower training.learning_rate or "
+          "training.weight_decay, a longer training.warmup_steps, or float32 instead of half-precision autocast "
+          "(--set training.bf16=false --set training.fp16=false)")
 
 
 def describe_batch(batch: dict | None) -> str:
@@ -58,20 +66,27 @@ def describe_batch(batch: dict | None) -> str:
     return text
 
 
-def divergence_message(step: int, grad_norm: float, output_dir: str | None, context: str = "") -> str:
-    """The one line of a diverged step: where, the norm, the batch / kernel `context`, what was kept, the remedy.
-    `output_dir`: the run's folder (None: a loop that writes no checkpoints, e.g. a bench arm)."""
+def divergence_message(step: int, grad_norm: float | None, output_dir: str | None, context: str = "",
+                       broken_weights: str | None = None) -> str:
+    """The one line of a diverged step: where, what went non-finite, the batch / kernel `context`, what was kept, the
+    remedy. `output_dir`: the run's folder (None: a loop that writes no checkpoints, e.g. a bench arm).
+    `broken_weights`: the weights the step's update made non-finite, in words (then the step was applied in memory,
+    and nothing of it is saved); None for a non-finite gradient norm `grad_norm` (the step was not applied)."""
+    if broken_weights is None:
+        what = f"the gradient norm is {grad_norm} (a NaN or infinite loss or gradient)"
+        applied, saved = "the step was not applied", "nothing after it was saved"
+    else:
+        what = f"its update made {broken_weights} non-finite (with a finite gradient: the optimizer's update overflowed)"
+        applied, saved = "the run stopped", "nothing of this step or after it was saved"
     if output_dir is None:
-        kept = "the step was not applied"
-        where = ""
+        kept, where = applied, ""
     else:
         checkpoint = find_resumable_checkpoint(output_dir)
         resume = (f"the newest checkpoint, {checkpoint}, holds the finite weights before it and resumes the run"
                   if checkpoint else f"no checkpoint was written yet in {output_dir}")
-        kept = f"the step was not applied and nothing after it was saved; {resume}"
+        kept = f"{applied} and {saved}; {resume}"
         where = f" in the run writing {output_dir}"
-    return (f"training diverged at optimizer step {step}: the gradient norm is {grad_norm} (a NaN or infinite loss "
-            f"or gradient){where}{'; ' + context if context else ''}; {kept}. {REMEDY}")
+    return f"training diverged at optimizer step {step}: {what}{where}{'; ' + context if context else ''}; {kept}. {REMEDY}"
 
 
 def check_gradient_norm(step: int, grad_norm, output_dir: str | None, context=lambda: "") -> float:
@@ -89,15 +104,81 @@ def join_context(*parts: str) -> str:
     return "; ".join(part for part in parts if part)
 
 
+SHOWN_WEIGHTS = 3  # non-finite weights named in the line
+
+
+def _local_tensor(param: torch.Tensor) -> torch.Tensor:
+    """The part of a trained weight this process holds: a DeepSpeed ZeRO-3 parameter's partition (`ds_tensor`; the
+    parameter itself is empty between forwards), an FSDP2 DTensor's local shard, else the weight itself."""
+    partition = getattr(param, "ds_tensor", None)
+    if partition is not None:
+        return partition
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
+def non_finite_weight_count(parameters: list[torch.Tensor], accelerator=None) -> int:
+    """How many of `parameters` hold a NaN or an infinite value, summed over the processes of `accelerator` (where the
+    weights are sharded, each process sees its own part). The tensors are reduced on the device and stacked into one
+    count: one host read (and one all-reduce of that number on several processes), however many tensors."""
+    local = [_local_tensor(p) for p in parameters]
+    local = [t for t in local if t.numel()]
+    device = local[0].device if local else torch.device("cpu")
+    flags = [torch.isfinite(t).all().to(device) for t in local]
+    count = (~torch.stack(flags)).sum() if flags else torch.zeros((), dtype=torch.long, device=device)
+    if accelerator is not None and accelerator.num_processes > 1:
+        count = accelerator.reduce(count.to(accelerator.device), reduction="sum")
+    return int(count)
+
+
+def non_finite_weight_names(named_parameters) -> list[str]:
+    """The names of the trained weights (`requires_grad`) this process holds non-finite values of (the failure path
+    only: one host read per weight)."""
+    return [name for name, param in named_parameters
+            if param.requires_grad and _local_tensor(param).numel() and not bool(torch.isfinite(_local_tensor(param)).all())]
+
+
+def check_trained_weights(step: int, model, output_dir: str | None, accelerator=None, context=lambda: "") -> None:
+    """`TrainingDivergedError` (`divergence_message`) when optimizer step `step` made any trained weight of `model`
+    (`requires_grad`) NaN or infinite; called right after `optimizer.step()`, before anything of the step is saved.
+
+    Cost: `non_finite_weight_count`, one host read a step; the weights are named only for a diverged step."""
+    trained = [param for param in model.parameters() if param.requires_grad]
+    count = non_finite_weight_count(trained, accelerator)
+    if not count:
+        return
+    names = non_finite_weight_names(model.named_parameters())
+    shown = ", ".join(names[:SHOWN_WEIGHTS]) + (f" and {len(names) - SHOWN_WEIGHTS} more" if len(names) > SHOWN_WEIGHTS else "")
+    weights = f"{count} trained weight tensor{'s' if count != 1 else ''}" + (f" ({shown})" if names else "")
+    raise TrainingDivergedError(divergence_message(step, None, output_dir, context(), broken_weights=weights))
+
+
+class _TrainedWeightsCheck(TrainerCallback):
+    """`DivergenceGuard`'s check after the optimizer step (`on_optimizer_step`: after `optimizer.step()`, before the
+    step's end saves anything)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        check_trained_weights(state.global_step + 1, trainer.model, args.output_dir, trainer.accelerator,
+                              lambda: join_context(describe_batch(trainer._last_batch), trainer.kernel_context))
+
+
 class DivergenceGuard:
     """Mixin for a `transformers.Trainer` subclass (before `Trainer` in the bases): raises
-    `TrainingDivergedError` instead of applying an optimizer step with a non-finite gradient norm.
+    `TrainingDivergedError` instead of applying an optimizer step with a non-finite gradient norm, and after a step
+    whose update made a trained weight non-finite (`check_trained_weights`), before anything of it is saved.
 
     `kernel_context`: the kernel settings named in the line (set by training/run.py where compile, buckets or Liger
     are on); the batch of the step's last micro-batch is described (`describe_batch`)."""
 
     kernel_context = ""
     _last_batch = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(_TrainedWeightsCheck(self))
 
     def training_step(self, model, inputs, *args, **kwargs):
         self._last_batch = inputs  # kept, described only if the step diverges
