@@ -372,6 +372,7 @@ class TrainRecipe:
         if unknown:
             raise ValueError(f"aux.align_levels has unknown levels {sorted(unknown)} (0-3)")
         check_training_values(self.training)
+        check_value_ranges(self)
         check_attention_name(self.model.attn_implementation)
         if self.training.get("use_liger_kernel"):
             raise RecipeTypeError(TRANSFORMERS_LIGER_REFUSAL)
@@ -382,15 +383,11 @@ class TrainRecipe:
         for name in ("moments_dtype", "best_dtype"):
             if getattr(self.run_state, name) not in ("float32", "bfloat16"):
                 raise ValueError(f"run_state.{name}={getattr(self.run_state, name)!r}; choose from ['bfloat16', 'float32']")
-        if self.cache.batch_size < 1:
-            raise ValueError(f"cache.batch_size={self.cache.batch_size}: give a positive number of samples")
         for task, repeats in (self.data.task_repeats or {}).items():
             if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
                 raise ValueError(f"data.task_repeats.{task}={repeats!r}: give a whole number of repeats, at least 1")
         if self.evaluation.best_metric is not None and not self.evaluation.tasks:
             raise ValueError(f"evaluation.best_metric={self.evaluation.best_metric!r} needs evaluation.tasks to score")
-        if self.data.packing_row_tokens is not None and self.data.packing_row_tokens < 1:
-            raise ValueError(f"data.packing_row_tokens={self.data.packing_row_tokens}: give a positive number of tokens")
         if self.data.length_buckets is not None:
             self.data.length_buckets = check_buckets(self.data.length_buckets)
         if self.data.packing and reentrant_checkpointing(self.training) and self.model.attn_implementation in (None, "sdpa"):
@@ -446,6 +443,70 @@ class TrainRecipe:
         return dataclasses.asdict(self)
 
 
+# The ranges of a recipe's numbers, checked where the recipe is read (`check_value_ranges`), after their types: a value
+# outside its range is refused naming its key, not met later as a ZeroDivisionError inside Trainer
+# (gradient_accumulation_steps=0), an error of the optimizer after the model and the feature cache were built (a
+# negative learning rate), or a run that trains on nonsense (a negative loss weight maximises its loss). None, where a
+# field allows it, is not a number and is not checked; NaN and infinity never pass the types (config_types.py).
+AT_LEAST_ONE = ("at least 1", lambda value: value >= 1)
+ABOVE_ZERO = ("above 0", lambda value: value > 0)
+NOT_NEGATIVE = ("0 or more", lambda value: value >= 0)
+BELOW_ONE = ("in [0, 1)", lambda value: 0 <= value < 1)
+SHARE = ("in (0, 1]", lambda value: 0 < value <= 1)
+PROBABILITY = ("in [0, 1]", lambda value: 0 <= value <= 1)
+SEED = ("in [0, 2**32)", lambda value: 0 <= value < 2**32)  # numpy's seeds
+
+VALUE_RANGES = {
+    # TrainingArguments' numbers (transformers checks none of them where the recipe is read)
+    "training.per_device_train_batch_size": AT_LEAST_ONE, "training.per_device_eval_batch_size": AT_LEAST_ONE,
+    "training.gradient_accumulation_steps": AT_LEAST_ONE, "training.eval_accumulation_steps": AT_LEAST_ONE,
+    "training.learning_rate": ABOVE_ZERO, "training.weight_decay": NOT_NEGATIVE, "training.max_grad_norm": NOT_NEGATIVE,
+    "training.adam_beta1": BELOW_ONE, "training.adam_beta2": BELOW_ONE, "training.adam_epsilon": NOT_NEGATIVE,
+    "training.warmup_steps": NOT_NEGATIVE, "training.label_smoothing_factor": BELOW_ONE,
+    "training.logging_steps": ABOVE_ZERO, "training.save_steps": ABOVE_ZERO, "training.eval_steps": ABOVE_ZERO,
+    "training.eval_delay": NOT_NEGATIVE, "training.torch_empty_cache_steps": AT_LEAST_ONE,
+    "training.dataloader_num_workers": NOT_NEGATIVE, "training.dataloader_prefetch_factor": AT_LEAST_ONE,
+    "training.seed": SEED, "training.data_seed": SEED, "training.ddp_timeout": ABOVE_ZERO,
+    # the recipe's own sections
+    "model.seed": SEED,
+    "data.max_train_samples": AT_LEAST_ONE, "data.max_eval_samples": AT_LEAST_ONE,
+    "data.packing_row_tokens": AT_LEAST_ONE,
+    "learning_rates.merger_lr": NOT_NEGATIVE, "learning_rates.vision_tower_lr": NOT_NEGATIVE,
+    "learning_rates.geometry_encoder_lr": NOT_NEGATIVE, "learning_rates.aux_heads_lr": NOT_NEGATIVE,
+    "aux.feature_align_weight": NOT_NEGATIVE, "aux.camera_weight": NOT_NEGATIVE, "aux.depth_weight": NOT_NEGATIVE,
+    "aux.scale_weight": NOT_NEGATIVE, "aux.depth_gradient_weight": NOT_NEGATIVE,
+    "aux.depth_confidence_alpha": NOT_NEGATIVE, "aux.depth_patch": AT_LEAST_ONE,
+    "aux.align_head_hidden_size": AT_LEAST_ONE,
+    "lora.r": AT_LEAST_ONE, "lora.alpha": ABOVE_ZERO, "lora.dropout": BELOW_ONE,
+    "cache.batch_size": AT_LEAST_ONE,
+    "geometry.clip_frames": AT_LEAST_ONE, "geometry.window_fraction": SHARE, "geometry.min_window_fraction": SHARE,
+    "geometry.num_clips": AT_LEAST_ONE, "geometry.eval_clips": NOT_NEGATIVE, "geometry.match_heads": AT_LEAST_ONE,
+    "geometry.camera_weight": NOT_NEGATIVE, "geometry.depth_weight": NOT_NEGATIVE, "geometry.point_weight": NOT_NEGATIVE,
+    "geometry.gradient_weight": NOT_NEGATIVE, "geometry.confidence_alpha": NOT_NEGATIVE,
+    "geometry.iteration_gamma": ABOVE_ZERO, "geometry.match_weight": NOT_NEGATIVE, "geometry.flow_weight": NOT_NEGATIVE,
+    "vision.marker_probability": PROBABILITY, "vision.marker_weight": NOT_NEGATIVE,
+    "vision.position_weight": NOT_NEGATIVE,
+    "evaluation.max_samples": AT_LEAST_ONE, "evaluation.every_n_steps": AT_LEAST_ONE,
+    "evaluation.batch_size": AT_LEAST_ONE, "evaluation.max_new_tokens": AT_LEAST_ONE,
+    "time_limit_s": ABOVE_ZERO,
+}
+
+
+def check_value_ranges(recipe: TrainRecipe) -> None:
+    """`RecipeTypeError` naming the first number of `recipe` outside its range in `VALUE_RANGES` (or not finite: a
+    recipe built in code has not passed the types), with the range in words."""
+    for name, (words, within) in VALUE_RANGES.items():
+        section, _, key = name.rpartition(".")
+        holder = recipe if not section else getattr(recipe, section)
+        value = holder.get(key) if isinstance(holder, dict) else getattr(holder, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if not math.isfinite(value):
+            raise RecipeTypeError(f"{name}={value!r}: give a finite number ({words})")
+        if not within(value):
+            raise RecipeTypeError(f"{name}={value!r}: must be {words}")
+
+
 def check_data_tasks(tasks) -> None:
     """ValueError naming `data.tasks` when it names no task: there would be no sample to train on (and datasets
     would only say that it cannot concatenate an empty list)."""
@@ -491,6 +552,41 @@ def check_training_values(values: dict) -> None:
                               "(or a positive training.max_steps)")
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping of a recipe's YAML writes `key` twice, at lines `first` and `second` (1-based)."""
+
+    def __init__(self, key, first: int, second: int):
+        super().__init__(f"the key {key!r} is written twice (lines {first} and {second})")
+        self.key, self.first, self.second = key, first, second
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a mapping with a key written twice (`DuplicateKey`): PyYAML itself keeps the
+    last value silently, so a recipe with `stage:` twice trained with the later one. A key given by a merge
+    (`<<: *defaults`) may still be overridden, as YAML defines merges."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in lines:
+                        raise DuplicateKey(key, lines[key], line)
+                    lines[key] = line
+                except TypeError:  # an unhashable key: PyYAML's own error names it
+                    break
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str):
+    """`text` parsed as YAML by `RecipeLoader` (safe, and a key written twice is a `DuplicateKey`)."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+
+
 def apply_overrides(values: dict, overrides: list[str] | None) -> dict:
     """`section.key=value` strings applied in order. The value is read as YAML (numbers, booleans,
     lists: `[a, b]`); its type is then checked against the field by `recipe_from_dict`."""
@@ -510,21 +606,29 @@ def apply_overrides(values: dict, overrides: list[str] | None) -> dict:
             if not isinstance(target, dict):
                 raise RecipeTypeError(f"override {override!r}: {part!r} is not a section")
         try:
-            target[key] = yaml.safe_load(raw)
+            target[key] = read_yaml(raw)
         except yaml.YAMLError as error:
             raise RecipeTypeError(f"override {override!r}: the value is not valid YAML ({error})") from error
     return values
 
 
 def load_recipe(path, overrides: list[str] | None = None) -> TrainRecipe:
-    """Read a YAML recipe (see training/recipes/) and apply `section.key=value` overrides."""
+    """Read a YAML recipe (see training/recipes/) and apply `section.key=value` overrides. A `RecipeTypeError` naming
+    the file when it is empty, is not YAML, writes a key twice (the later value would silently win) or is not a
+    mapping of sections."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {str(path)!r} not found (see training/recipes/ for the shipped ones)")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = read_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKey as error:
+        raise RecipeTypeError(f"recipe {str(path)!r}: {error}; the later value would silently replace the first: keep "
+                              "one") from None
     except yaml.YAMLError as error:
         raise RecipeTypeError(f"recipe {str(path)!r} is not valid YAML: {error}") from error
+    if values is None or values == {}:
+        raise RecipeTypeError(f"recipe {str(path)!r} is empty: it sets no training.output_dir (the folder the run "
+                              "writes), stage or data; start from a recipe of training/recipes/")
     if not isinstance(values, dict):
         raise RecipeTypeError(f"recipe {str(path)!r} must be a mapping of sections, got {type(values).__name__}")
     return recipe_from_dict(apply_overrides(values, overrides))
@@ -562,7 +666,14 @@ def without_defaults(settings: dict) -> dict:
 
 def training_arguments(recipe: TrainRecipe) -> TrainingArguments:
     """The run's `TrainingArguments`: the recipe's `training` values and `REQUIRED_ARGUMENTS`."""
-    values = {**recipe.training, **REQUIRED_ARGUMENTS}
-    if "output_dir" not in values:
-        raise ValueError("training.output_dir is required")
-    return TrainingArguments(**values)
+    output_dir_of(recipe)
+    return TrainingArguments(**{**recipe.training, **REQUIRED_ARGUMENTS})
+
+
+def output_dir_of(recipe: TrainRecipe) -> str:
+    """The run's `training.output_dir`; a `RecipeTypeError` naming it when the recipe sets none."""
+    output_dir = recipe.training.get("output_dir")
+    if output_dir is None:
+        raise RecipeTypeError("training.output_dir is not set: name the folder the run writes (training.output_dir in "
+                              "the recipe, or gap-mllm train --output-dir)")
+    return output_dir

@@ -10,8 +10,9 @@ Rules (the value is the YAML-parsed one):
     None            only where the annotation allows None (`X | None`, `Optional[X]`)
     bool            a bool, or the strings true/false/yes/no/on/off (any case); never 0/1
     int             an int (not a bool); a float with an integral value; a string that parses as one
-    float           an int or a float (ints are kept as ints); a string that parses as a finite or
-                    infinite float ("3e-3" -> 0.003); NaN is refused
+    float           an int or a float (ints are kept as ints); a string that parses as a finite float
+                    ("3e-3" -> 0.003); NaN and infinity are refused (no recipe number means either; the
+                    ranges of the numbers are training/config.py's `VALUE_RANGES`)
     str             a str; an int or float is written back as text (YAML read `2024` as a number)
     list[X], tuple  a list/tuple, every element coerced to X (a scalar is refused: write [a, b])
     dict[K, V]      a dict, values coerced to V
@@ -78,7 +79,8 @@ def _exact(value, annotation) -> bool:
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and not (isinstance(value, float) and math.isnan(value))
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and not (isinstance(value, float) and not math.isfinite(value))
     if annotation is str:
         return isinstance(value, str)
     if isinstance(annotation, type) and not dataclasses.is_dataclass(annotation) and typing.get_origin(annotation) is None:
@@ -115,6 +117,9 @@ def _to_int(value, name, annotation):
     raise _fail(name, annotation, value)
 
 
+NOT_FINITE = " (a finite number: NaN and infinity are not usable values)"
+
+
 def _to_float(value, name, annotation):
     if isinstance(value, bool):
         raise _fail(name, annotation, value)
@@ -127,8 +132,8 @@ def _to_float(value, name, annotation):
             raise _fail(name, annotation, value, " (a number such as 3e-3 or 0.003)") from None
     else:
         raise _fail(name, annotation, value)
-    if isinstance(number, float) and math.isnan(number):
-        raise _fail(name, annotation, value, " (NaN is not a usable value)")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise _fail(name, annotation, value, NOT_FINITE)
     return number
 
 
@@ -221,12 +226,17 @@ def coerce(value, annotation, name: str):
     if any(_exact(value, m) for m in members):
         return value
     ordered = [m for m in _PREFERENCE if m in members] + [m for m in members if m not in _PREFERENCE and m is not type(None)]
+    hint, inner = "", None
     for member in ordered:
         try:
             return _coerce_one(value, member, name)
-        except RecipeTypeError:
-            continue
-    raise _fail(name, annotation, value)
+        except RecipeTypeError as error:
+            hint = hint or (NOT_FINITE if str(error).endswith(NOT_FINITE) else "")
+            # an entry of a list / mapping of the right kind: its own error names it (`name.key`, `name[i]`)
+            inner = inner or (error if str(error).startswith((f"{name}.", f"{name}[")) else None)
+    if inner is not None:
+        raise inner
+    raise _fail(name, annotation, value, hint)
 
 
 def field_types(cls) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from gap_mllm.processing.output_folder import (OutputFolderRefused, check_outsid
 
 from .cache_cost import ALWAYS, cache_skip_reason
 from .checkpoints import MissingSafetensorsWeights, check_resume_checkpoint, find_resumable_checkpoint, load_model_weights
-from .config import TrainRecipe, training_arguments, without_defaults
+from .config import TrainRecipe, output_dir_of, training_arguments, without_defaults
 from .cuda_graph_forward import ungraph_geometry_encoder
 from .data import add_length_column, build_collator, load_split, sample_collator, sample_collator_settings
 from .data_sketch import sketch_data_root
@@ -492,7 +492,7 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
             time: the next step end saves a checkpoint, and its run state); no final model is written, and the
             message names the command that continues it.
     """
-    output_dir = recipe.training["output_dir"]
+    output_dir = output_dir_of(recipe)  # a recipe without one is refused by name, before anything is made
     # before any lock file is made beside them: an output inside the data root would be read as the run's data
     data_root = None if build_kwargs.get("train_dataset") is not None else recipe.data.data_root
     for folder, named in ((output_dir, "training.output_dir"), (recipe.run_state.directory, "run_state.directory")):
