@@ -3,17 +3,21 @@
 Rules, each failing with a message meant for the user:
 - count: at most `max_files` files per request;
 - size: at most `max_file_bytes` per file and `max_pixels` per frame (decompression bombs);
-- type: images (.png .jpg .jpeg .webp .bmp), animated GIF, or a video (.mp4 .webm .mov .avi .mkv,
-  needs PyAV); the content must decode as that type, not only carry its extension;
+- type: images (.png .jpg .jpeg .webp .bmp), an animation (a GIF, an animated PNG or WebP), or a video (.mp4 .webm
+  .mov .avi .mkv, needs PyAV); the content must decode as that type, not only carry its extension;
 - place: with `allowed_roots`, every path must resolve (symlinks followed) inside one of them, so a
   crafted request cannot make the server read any other file.
 - length: a video may last at most `max_video_seconds` (read from its header, before decoding) and
   hold at most `max_video_frames` frames (counted while decoding, for headers that lie or say nothing);
 - whole: the frames that decode must be the frames the file declares (its frame count, or where it has none its
-  duration), so a cut file (an interrupted copy) is refused, not read as a shorter clip.
-Videos and GIFs are sampled uniformly down to `max_frames`; all frames are resized to the first
+  duration, from the stream's first timestamp to its end), so a cut file (an interrupted copy) is refused, not read as
+  a shorter clip;
+- shape: the frames share one aspect ratio (gap_mllm.image_files `check_one_aspect_ratio`: a portrait frame beside a
+  landscape one is refused, naming both and their sizes, never stretched).
+Videos and animations are sampled uniformly down to `max_frames`; all frames are resized to the first
 frame's size (VGGT attends across frames, so they must share one size) and capped at `max_side`.
-Images are read upright, their EXIF orientation applied (gap_mllm.image_files), as a photo viewer shows them.
+Frames are read as a viewer shows them: an image upright, its EXIF orientation applied (gap_mllm.image_files), a
+video turned and mirrored as its display matrix says (its rotation metadata: a phone's portrait clip stands upright).
 A marker pixel (`gap-mllm predict --marker VIEW X Y`) is given in its frame's original pixels, as the photo is
 shown (upright), checked there, and moved onto the resized frame the model gets (`Frames.on_model_frames`).
 
@@ -31,11 +35,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gap_mllm.image_files import read_image_file
-from gap_mllm.processing.path_containment import resolve_inside
+from gap_mllm.image_files import check_one_aspect_ratio, read_image_file
+from gap_mllm.processing.path_containment import broken_link, resolve_inside
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 GIF_SUFFIXES = {".gif"}
+ANIMATED_IMAGE_SUFFIXES = {".png", ".webp"}  # an image, or an animation (APNG, animated WebP) as a GIF is
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv"}
 
 
@@ -75,7 +80,7 @@ SPACE_WORDS = UploadWords(
     too_many="Too many files: {count} uploaded, at most {limit} are accepted.",
     missing="{name}: not found (uploads expire; please upload it again).",
     not_a_file="{name}: not found (uploads expire; please upload it again).",
-    mixed="Upload either one video (or animated GIF) or several images, not both.",
+    mixed="Upload either one video (or animated GIF, PNG or WebP) or several images, not both.",
     no_pyav="Video upload needs PyAV on the server (pip install av); upload frames as images instead.",
     too_long="trim it, or upload a few frames as images",
     too_many_frames="please upload a shorter clip",
@@ -87,7 +92,7 @@ CLI_WORDS = UploadWords(
     too_many="{count} files given, at most {limit} are accepted",
     missing="{name}: no such file or folder",
     not_a_file="{name}: not a regular file (give image files, a folder of images, or one video)",
-    mixed="give either one video (or animated GIF) or several images, not both",
+    mixed="give either one video (or animated GIF, PNG or WebP) or several images, not both",
     no_pyav="reading a video needs PyAV (pip install av); or give the frames as image files or a folder of images",
     too_long="trim it, or give a few frames as images",
     too_many_frames="give a shorter clip",
@@ -120,6 +125,9 @@ def check_paths(paths, limits: UploadLimits, allowed_roots=None, words: UploadWo
     roots = [Path(r).resolve() for r in allowed_roots] if allowed_roots is not None else None
     resolved = []
     for path in paths:
+        leads_nowhere = broken_link(path)  # a link loop: not "missing", and no RuntimeError from resolve()
+        if leads_nowhere is not None:
+            raise UploadError(f"{words.name(path)}: this is {leads_nowhere}; give the file itself")
         real = path.resolve()
         name = words.name(real)
         if roots is not None and not _inside(real, roots):
@@ -134,10 +142,25 @@ def check_paths(paths, limits: UploadLimits, allowed_roots=None, words: UploadWo
         if size > limits.max_file_bytes:
             raise UploadError(f"{name}: {size / 2**20:.1f} MB is over the {limits.max_file_bytes / 2**20:.0f} MB limit.")
         resolved.append(real)
-    videos = [p for p in resolved if p.suffix.lower() in VIDEO_SUFFIXES | GIF_SUFFIXES]
+    videos = [p for p in resolved if p.suffix.lower() in VIDEO_SUFFIXES or is_animation(p)]
     if videos and len(resolved) > 1:
         raise UploadError(words.mixed)
     return resolved
+
+
+def is_animation(path: Path) -> bool:
+    """Whether `path` is read as an animation: a GIF, or a PNG / WebP of more than one frame (its header says so);
+    an unreadable PNG / WebP is not (the image reader names it)."""
+    suffix = path.suffix.lower()
+    if suffix in GIF_SUFFIXES:
+        return True
+    if suffix not in ANIMATED_IMAGE_SUFFIXES:
+        return False
+    try:
+        with Image.open(path) as image:
+            return bool(getattr(image, "is_animated", False))
+    except Exception:  # PIL raises many types for corrupt or mislabelled files
+        return False
 
 
 def images_in_folder(folder, words: UploadWords = CLI_WORDS) -> list[Path]:
@@ -203,42 +226,59 @@ def _read_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.I
         raise UploadError(f"{name}: not a readable image ({type(error).__name__}).") from error
 
 
-def _open_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.Image:
+def _rgb(image: Image.Image, name: str) -> Image.Image:
+    """`image` (a file's image, or an animation's current frame) as the model's RGB (`pil_to_rgb`: 16-bit PNGs
+    scaled, not clipped to white; transparency blended onto white)."""
     # imported here: image_alignment imports torch, and `gap-mllm predict` checks its frames (check_frames) before torch
     from gap_mllm.image_alignment import pil_to_rgb
 
-    image = _read_image(path, limits, words)
     try:
-        return pil_to_rgb(image, words.name(path))  # 16-bit PNGs are scaled, not clipped to white
+        return pil_to_rgb(image, name)
     except ValueError as error:  # a float image: the message says what to do
         raise UploadError(f"{error}.") from error
 
 
-def _gif_frames(path: Path, limits: UploadLimits, words: UploadWords) -> list[Image.Image]:
+def _open_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.Image:
+    return _rgb(_read_image(path, limits, words), words.name(path))
+
+
+def _animation_kind(path: Path) -> str:
+    return {".gif": "GIF", ".png": "animated PNG", ".webp": "animated WebP"}.get(path.suffix.lower(), "animation")
+
+
+def _animation_frames(path: Path, limits: UploadLimits, words: UploadWords) -> list[Image.Image]:
+    """Uniformly sampled frames of an animation (a GIF, an animated PNG or WebP), each as RGB as an image is
+    (`_rgb`)."""
     name = words.name(path)
     try:
-        with Image.open(path) as gif:
-            if gif.width * gif.height > limits.max_pixels:
-                raise UploadError(f"{name}: {gif.width}x{gif.height} pixels is over the limit.")
-            total = getattr(gif, "n_frames", 1)
+        with Image.open(path) as animation:
+            if animation.width * animation.height > limits.max_pixels:
+                raise UploadError(f"{name}: {animation.width}x{animation.height} pixels is over the limit.")
+            total = getattr(animation, "n_frames", 1)
             frames = []
             for index in uniform_indices(total, limits.max_frames):
-                gif.seek(index)
-                frames.append(gif.convert("RGB"))
+                animation.seek(index)
+                frames.append(_rgb(animation, name))
             return frames
     except UploadError:
         raise
     except Exception as error:
-        raise UploadError(f"{name}: not a readable GIF ({type(error).__name__}).") from error
+        raise UploadError(f"{name}: not a readable {_animation_kind(path)} ({type(error).__name__}).") from error
 
 
 def _video_seconds(container, stream) -> float | None:
-    """The clip's length from its header (stream first, then container), or None when not recorded."""
+    """The clip's length from its header, from the stream's first timestamp to its end (the stream's duration, else
+    the container's), or None when not recorded. FFmpeg gives a container's duration as the span of its streams,
+    except where the demuxer reads it from the file: Matroska's (and WebM's) segment duration runs from timestamp
+    zero, so a stream whose timestamps start at 1 s has its span there less that second."""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / 1_000_000  # av.time_base: microseconds
-    return None
+    if container.duration is None:
+        return None
+    seconds = container.duration / 1_000_000  # av.time_base: microseconds
+    if "matroska" in container.format.name.split(",") and stream.start_time is not None and stream.time_base:
+        seconds -= float(stream.start_time * stream.time_base)
+    return seconds
 
 
 def _open_video_stream(av, path: Path, limits: UploadLimits, words: UploadWords):
@@ -322,14 +362,53 @@ def _count_video_frames(av, path: Path, limits: UploadLimits, words: UploadWords
     return count
 
 
+# How to show a frame as its display matrix says (libavutil/display.h: a pixel (x, y) is shown at
+# (a·x + c·y, b·x + d·y), y downwards), keyed by the signs of the matrix's (a, b, c, d): the eight quarter turns and
+# mirrors, as FFmpeg's own `autorotate` shows them. PyAV's `VideoFrame.rotation` gives the turn only, not the mirror,
+# so the matrix itself is read.
+DISPLAY_TRANSPOSES = {
+    (1, 0, 0, 1): None,
+    (-1, 0, 0, 1): Image.Transpose.FLIP_LEFT_RIGHT,
+    (1, 0, 0, -1): Image.Transpose.FLIP_TOP_BOTTOM,
+    (-1, 0, 0, -1): Image.Transpose.ROTATE_180,
+    (0, -1, 1, 0): Image.Transpose.ROTATE_90,  # a quarter turn counter-clockwise (VideoFrame.rotation 90)
+    (0, 1, -1, 0): Image.Transpose.ROTATE_270,  # a quarter turn clockwise (rotation -90): a phone held upright
+    (0, 1, 1, 0): Image.Transpose.TRANSPOSE,
+    (0, -1, -1, 0): Image.Transpose.TRANSVERSE,
+}
+
+
+def _displayed(frame, name: str) -> Image.Image:
+    """A decoded video frame as RGB, turned and mirrored as its display matrix (the container's rotation metadata,
+    which FFmpeg attaches to every decoded frame) says it is shown; an UploadError for a matrix that is no quarter
+    turn or mirror (a 45° tilt)."""
+    image = frame.to_image().convert("RGB")
+    matrix = frame.side_data.get("DISPLAYMATRIX")
+    if matrix is None:
+        return image
+    a, b, _, c, d = np.frombuffer(bytes(matrix), dtype=np.int32)[:5].astype(np.float64)  # 16.16 fixed point
+    scale = max(abs(a), abs(b), abs(c), abs(d))
+    if not scale:
+        return image  # an empty matrix says nothing (FFmpeg ignores it too)
+    signs = tuple(int(v) for v in np.rint(np.array([a, b, c, d]) / scale))
+    if signs not in DISPLAY_TRANSPOSES:
+        degrees = round(float(np.degrees(np.arctan2(-b, a))))  # counter-clockwise, as VideoFrame.rotation gives it
+        raise UploadError(f"{name}: the video's rotation metadata turns its frames by {degrees}°, not a "
+                          "quarter turn; re-encode it upright (ffmpeg -i in.mp4 out.mp4 applies it), or give its "
+                          "frames as images.")
+    transpose = DISPLAY_TRANSPOSES[signs]
+    return image if transpose is None else image.transpose(transpose)
+
+
 def _decode_video_frames(av, path: Path, limits: UploadLimits, words: UploadWords, wanted: list[int]) -> list[Image.Image]:
-    """Decode again and keep only the frames at `wanted` indices (so a clip is never held in memory whole)."""
+    """Decode again and keep only the frames at `wanted` indices (so a clip is never held in memory whole), each as
+    it is shown (`_displayed`)."""
     container, stream = _open_video_stream(av, path, limits, words)
     keep, frames = set(wanted), []
     with container:
         for index, frame in enumerate(container.decode(stream)):
             if index in keep:
-                frames.append(frame.to_image().convert("RGB"))
+                frames.append(_displayed(frame, words.name(path)))
             if index >= wanted[-1]:
                 break
     return frames
@@ -357,6 +436,14 @@ def common_size(first: tuple[int, int], max_side: int) -> tuple[int, int]:
     width, height = first
     scale = min(1.0, max_side / max(width, height))
     return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _one_shape(sizes, names) -> None:
+    """The frames' shape rule (gap_mllm.image_files `check_one_aspect_ratio`) as an UploadError."""
+    try:
+        check_one_aspect_ratio(sizes, names)
+    except ValueError as error:
+        raise UploadError(f"{error}.") from error
 
 
 def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:
@@ -417,19 +504,22 @@ def check_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=Non
     suffix = resolved[0].suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return FrameShape(None, None)
-    if suffix in GIF_SUFFIXES:
+    if is_animation(resolved[0]):
         name = words.name(resolved[0])
         try:
-            with Image.open(resolved[0]) as gif:
-                if gif.width * gif.height > limits.max_pixels:
-                    raise UploadError(f"{name}: {gif.width}x{gif.height} pixels is over the limit.")
-                count, first = len(uniform_indices(getattr(gif, "n_frames", 1), limits.max_frames)), gif.size
+            with Image.open(resolved[0]) as animation:
+                if animation.width * animation.height > limits.max_pixels:
+                    raise UploadError(f"{name}: {animation.width}x{animation.height} pixels is over the limit.")
+                count = len(uniform_indices(getattr(animation, "n_frames", 1), limits.max_frames))
+                first = animation.size
         except UploadError:
             raise
         except Exception as error:
-            raise UploadError(f"{name}: not a readable GIF ({type(error).__name__}).") from error
+            raise UploadError(f"{name}: not a readable {_animation_kind(resolved[0])} ({type(error).__name__}).") \
+                from error
         return FrameShape(count, common_size(first, limits.max_side), (first,) * count)
     sizes = [_read_image(path, limits, words).size for path in resolved]
+    _one_shape(sizes, [words.name(path) for path in resolved])
     return FrameShape(len(sizes), common_size(sizes[0], limits.max_side), tuple(sizes))
 
 
@@ -445,10 +535,13 @@ def read_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None
     """`load_frames`, with each frame's original size kept (`Frames`): what a marker in original pixels needs."""
     resolved = check_paths(paths, limits, allowed_roots, words)
     suffix = resolved[0].suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        frames = _video_frames(resolved[0], limits, words)
-    elif suffix in GIF_SUFFIXES:
-        frames = _gif_frames(resolved[0], limits, words)
+    if suffix in VIDEO_SUFFIXES or is_animation(resolved[0]):
+        frames = (_video_frames if suffix in VIDEO_SUFFIXES else _animation_frames)(resolved[0], limits, words)
+        names = [f"{words.name(resolved[0])}, sampled frame {index + 1} of {len(frames)}"
+                 for index in range(len(frames))]
     else:
         frames = [_open_image(p, limits, words) for p in resolved]
-    return Frames(_common_size(frames, limits.max_side), tuple(frame.size for frame in frames))
+        names = [words.name(path) for path in resolved]
+    sizes = [frame.size for frame in frames]
+    _one_shape(sizes, names)
+    return Frames(_common_size(frames, limits.max_side), tuple(sizes))

@@ -25,7 +25,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from .image_files import read_image_file
+from .image_files import AnimatedImageError, read_image_file
 from .regular_files import regular_file_problem
 
 QWEN_PATCH_SIZE = 16
@@ -320,7 +320,7 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
         - `PIL.Image.Image` (any mode; transparency is blended onto white, as VGGT's loader does;
           16-bit grey, e.g. a 16-bit PNG, is scaled by its full range to 8 bits; float mode "F" is refused);
         - `str` / `os.PathLike` path to an image file, read upright (its EXIF orientation applied, as a photo viewer
-          shows it: image_files.py); a PIL image is taken as given;
+          shows it: image_files.py; an animated file is refused); a PIL image is taken as given (its current frame);
         - `numpy.ndarray` HWC (or unambiguous CHW), uint8 or float in [0, 1], 1/3/4 channels, or 2-D grey;
         - `torch.Tensor` CHW (or unambiguous HWC), uint8 or float in [0, 1].
 
@@ -342,6 +342,8 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
             raise FileNotFoundError(f"{name}: image file not found: {str(path)!r}")
         try:
             return pil_to_rgb(read_image_file(path), f"{name} ({str(path)!r})")  # upright: EXIF orientation applied
+        except AnimatedImageError as err:  # a clip: which of its frames would be the view is the caller's choice
+            raise ValueError(f"{name}: {err}") from err
         except PIL.Image.DecompressionBombError as err:
             raise ValueError(
                 f"{name}: image file {str(path)!r} is refused as a possible decompression bomb ({err}); "

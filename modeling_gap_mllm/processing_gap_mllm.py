@@ -93,6 +93,7 @@ from .image_alignment import (
 )
 from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, check_chat_text, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
 from .control_tokens import refuse_control_tokens, refuse_invalid_unicode
+from .image_files import check_one_aspect_ratio
 from .model_inputs import PROCESSOR_GEOMETRY_INPUT_NAMES
 from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, drop_negative_token_ids
 from .tasks_gap_mllm import TaskSpec, resolve_task
@@ -365,13 +366,16 @@ class GapMllmProcessor(Qwen3VLProcessor):
     def _load_sample(self, views: list, point_prompt, sample_idx: int) -> list[PIL.Image.Image]:
         if len(views) == 0:
             raise ValueError(f"sample {sample_idx} has no views; pass images=None for text-only input")
-        loaded = [load_image(view, name=f"sample {sample_idx}, view {j}") for j, view in enumerate(views)]
+        names = [f"sample {sample_idx}, view {j}" for j in range(len(views))]
+        loaded = [load_image(view, name=name) for view, name in zip(views, names)]
+        check_one_aspect_ratio([view.size for view in loaded], names)  # resized to one size, they must not stretch
         # The marker goes into the ORIGINAL pixel grid of its view, before any resizing.
         loaded = apply_point_prompt(loaded, point_prompt, name=f"point prompt of sample {sample_idx}")
         height, width = loaded[0].height, loaded[0].width
         for j, view in enumerate(loaded):
             if (view.height, view.width) != (height, width):
-                # VGGT attends across the frames of a sample, so they must share one size.
+                # VGGT attends across the frames of a sample, so they must share one size (and share one shape:
+                # checked above).
                 logger.warning(
                     f"sample {sample_idx}, view {j}: size {view.height}x{view.width} differs from view 0 "
                     f"({height}x{width}); resizing it to {height}x{width}"

@@ -41,6 +41,7 @@ from gap_mllm.target_format import DETECTION_INDENT, DETECTION_LINE_END, Box3D, 
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, RECONSTRUCTION, SPATIAL_QA, TASKS, resolve_task
 
 from .conftest import write_small_synth
+from .test_constrained_answers_kept import photo_frames
 from .test_constrained_decoding import _user_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -70,10 +71,10 @@ def mini():
 
 
 def _frames(name: str) -> list[Image.Image]:
-    """The six photographs (sizes 160x106 to 160x188: the processor brings them to the first one's), or the drawn room
-    and the noise of test_constrained_decoding (three frames each)."""
+    """The six photographs (sizes 160x106 to 160x188, resized to the first one's: test_constrained_answers_kept
+    `photo_frames`), or the drawn room and the noise of test_constrained_decoding (three frames each)."""
     if name == "photos":
-        return [Image.open(path).convert("RGB") for path in PHOTOS]
+        return photo_frames()
     room, noise = _user_frames()
     return {"room": room, "noise": noise}[name]
 
@@ -338,9 +339,9 @@ def test_the_evaluation_and_lmms_eval_generator_answers_inside_the_grammar(mini,
     """`BatchGenerator` (gap-mllm evaluate, the lmms-eval plugin's hf backend) on the photographs as files."""
     model, processor = mini
     paths = []
-    for path in PHOTOS:
+    for path, frame in zip(PHOTOS, photo_frames()):
         paths.append(str(tmp_path / path.name))
-        Image.open(path).save(paths[-1])
+        frame.save(paths[-1])
     caption = Request(images=paths, prompt=CAPTIONING.annotation_prompt(6, box=BOX), max_new_tokens=32,
                       task="captioning", constrained=True)
     choice = Request(images=paths, prompt=SPATIAL_QA.annotation_prompt(6, query=CHOICE), max_new_tokens=8,

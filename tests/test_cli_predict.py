@@ -12,7 +12,7 @@ from gap_mllm.cli import loading, predict
 from gap_mllm.cli.loading import load_model_and_processor
 from gap_mllm.cli.scenes import synthetic_scene
 from gap_mllm.cli.tasks import TaskRequest, run_task
-from gap_mllm.cli.uploads import UploadError, UploadLimits, load_frames
+from gap_mllm.cli.uploads import CLI_WORDS, FrameShape, UploadError, UploadLimits, check_frames, load_frames
 from gap_mllm.cli.visualize import box_edge_points, write_visualisations
 from gap_mllm.point_cloud import read_ply
 from gap_mllm.target_format import Box3D, serialize_detection
@@ -271,6 +271,43 @@ def test_gif_is_sampled_and_frames_share_one_size(tmp_path, frames):
     assert {im.size for im in load_frames(mixed)} == {(80, 60)}
     with pytest.raises(UploadError, match="either one video"):
         load_frames([gif, frames[0]])
+
+
+@pytest.mark.parametrize("suffix, options, cut_read_as", [(".png", {}, "animated PNG"),  # a cut WebP's header
+                                                        (".webp", {"lossless": True}, "image")])  # says no animation
+def test_an_animated_png_or_webp_is_sampled_as_a_gif_is(tmp_path, frames, suffix, options, cut_read_as):
+    animated = tmp_path / f"clip{suffix}"
+    images = [Image.new("RGB", (64, 48), (i * 20, 0, 0)) for i in range(12)]
+    images[0].save(animated, save_all=True, append_images=images[1:], **options)
+    loaded = load_frames([animated], UploadLimits(max_frames=4))
+    assert [im.getpixel((0, 0))[0] for im in loaded] == [0, 80, 140, 220]  # frames 0, 4, 7, 11, as a GIF's
+    assert check_frames([animated], UploadLimits(max_frames=4)) == FrameShape(4, (64, 48), ((64, 48),) * 4)
+    with pytest.raises(UploadError, match=r"^give either one video \(or animated GIF, PNG or WebP\) or several "):
+        load_frames([animated, frames[0]], words=CLI_WORDS)
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes(animated.read_bytes()[: len(animated.read_bytes()) // 2])
+    with pytest.raises(UploadError) as refused:
+        load_frames([broken])
+    assert str(refused.value) == f"broken{suffix}: not a readable {cut_read_as} (OSError)."
+
+
+def test_frames_of_another_shape_are_refused_naming_both_not_stretched(checkpoint, tmp_path, frames, capsys):
+    """A portrait frame beside landscape ones would be stretched to their size: refused on every path that reads
+    frames (predict before the model, the Space); frames of one shape at another size are resized, as before."""
+    portrait = tmp_path / "portrait.png"
+    Image.new("RGB", (60, 80)).save(portrait)
+    given = [frames[0], portrait]
+    message = (f"{portrait} is 60x80 (portrait) but {frames[0]} is 80x60 (landscape): the frames of one scene must "
+               "share one aspect ratio (resized to one size, they would be stretched); crop or turn them to one shape, "
+               "or leave this frame out.")
+    for read in (load_frames, check_frames):
+        with pytest.raises(UploadError) as refused:
+            read(given, words=CLI_WORDS)
+        assert str(refused.value) == message
+    with pytest.raises(UploadError, match=r"^portrait.png is 60x80 \(portrait\) but f0.png is 80x60 \(landscape\)"):
+        load_frames(given)  # the Space names an upload by its file name
+    assert predict.main(parse(["--model", str(checkpoint), "--images", *map(str, given), "--task", "detection"])) == 2
+    assert capsys.readouterr().err == f"gap-mllm predict: {message}\n"
 
 
 def test_predict_says_the_mini_knows_synthrooms_only_on_your_own_frames(frames, monkeypatch, capsys):

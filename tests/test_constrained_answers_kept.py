@@ -35,6 +35,14 @@ REQUESTS = {  # task -> the request's inputs on frames that are not a bundled ro
 }
 
 
+def photo_frames() -> list[Image.Image]:
+    """The six photographs, each resized (bicubic) to the first one's 160x160, as the processor resized them itself
+    when their answers were recorded: they are of three shapes (160x106 to 160x188), which it now refuses
+    (gap_mllm.image_files `check_one_aspect_ratio`)."""
+    photos = [Image.open(p).convert("RGB") for p in PHOTOS]
+    return [photo.resize(photos[0].size, Image.Resampling.BICUBIC) for photo in photos]
+
+
 def _frame_sets() -> dict:
     """name -> (frames, per-task request inputs)."""
     from gap_mllm.cli.scenes import synthetic_scene
@@ -45,7 +53,7 @@ def _frame_sets() -> dict:
         room_requests[task] = {name: value for name, value in inputs.items() if name in ("query", "box", "marker")}
     noise = [Image.fromarray(np.random.default_rng(54).integers(0, 256, (128, 160, 3), dtype=np.uint8))
              for _ in range(3)]
-    return {"photos": ([Image.open(p).convert("RGB") for p in PHOTOS], REQUESTS),
+    return {"photos": (photo_frames(), REQUESTS),
             "synthetic room A": (room.views, room_requests),
             "noise": (noise, REQUESTS)}
 

@@ -195,6 +195,34 @@ def test_views_of_another_size_are_resized_to_the_first_with_a_warning(processor
     assert torch.equal(out["geometry_pixel_values"][1], _expected_geometry(resized, 4, 4))
 
 
+def test_views_of_another_shape_are_refused_naming_both_sizes_not_stretched(processor):
+    """A portrait view beside a landscape one would be stretched to its size: refused, as by predict and the Space."""
+    with pytest.raises(ValueError) as refused:
+        processor(images=[[_image(48, 64, 1)], [_image(48, 64, 1), _image(64, 48, 2)]], text=["a", "b"])
+    assert str(refused.value) == (
+        "sample 1, view 1 is 48x64 (portrait) but sample 1, view 0 is 64x48 (landscape): the frames of one scene must "
+        "share one aspect ratio (resized to one size, they would be stretched); crop or turn them to one shape, or "
+        "leave this frame out")
+    with pytest.raises(ValueError, match=r"^sample 0, view 1 is 72x48 \(landscape\) but sample 0, view 0 is 64x48 "):
+        processor(images=[_image(48, 64, 1), _image(48, 72, 2)], text="x")  # 3:2 beside 4:3: one orientation, stretched
+    processor(images=[_image(135, 240, 1), _image(136, 240, 2)], text="x")  # 1080 beside 1088 rows (codec padding)
+
+
+def test_an_animated_image_file_is_refused_as_one_view(processor, tmp_path):
+    """An animated PNG given as one view is a clip: refused, not read as its first frame."""
+    animated = tmp_path / "clip.png"
+    frames = [PIL.Image.new("RGB", (16, 12), (i * 40, 0, 0)) for i in range(3)]
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    with pytest.raises(ValueError) as refused:
+        processor(images=[str(animated)], text="x")
+    assert str(refused.value) == (
+        f"sample 0, view 0: {str(animated)!r} is an animated PNG of 3 frames, a clip rather than one frame: give its "
+        "frames as images, or give the file to gap-mllm predict or the Space, which sample it as a clip")
+    still = tmp_path / "still.png"
+    frames[0].save(still)
+    assert np.asarray(load_image(still))[0, 0].tolist() == [0, 0, 0]  # one frame: an image
+
+
 def test_per_call_pixel_limits_apply_to_both_branches(processor):
     out = processor(images=_image(480, 640), text="x", max_pixels=32 * 32 * 12, return_tensors="pt")
     h_p, w_p = (v // 16 for v in hf_smart_resize(480, 640, 32, TINY_MIN, 32 * 32 * 12))

@@ -13,7 +13,7 @@ from gap_mllm.cli.uploads import UploadError, UploadLimits, load_frames, uniform
 
 try:
     import av
-except ImportError as error:  # the demo extra has it; the dev environment may not
+except ImportError as error:  # the space and dev extras have it
     print(f"\nSKIPPED video upload tests: PyAV is not importable ({error}); pip install av", file=sys.stderr)
     pytest.skip(f"PyAV is not importable ({error})", allow_module_level=True)
 
@@ -81,3 +81,89 @@ def test_broken_or_mixed_video_uploads_are_refused(tmp_path):
     clip = write_clip(tmp_path / "clip.webm", "libvpx", frames=2)
     with pytest.raises(UploadError, match="either one video"):
         load_frames([clip, clip])
+
+
+def write_turned_clip(path, degrees: int, hflip: bool = False, frames: int = 3):
+    """An mp4 of 64x48 frames, white in their stored top-left 32x24 corner, whose display matrix says: turn them
+    `degrees` counter-clockwise, then mirror left-right if `hflip` (what a phone writes for a portrait clip)."""
+    stored = np.zeros((48, 64, 3), dtype=np.uint8)
+    stored[:24, :32] = 255
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        if not hasattr(stream, "set_display_rotation"):
+            pytest.skip(f"PyAV {av.__version__} cannot write a display matrix (set_display_rotation: PyAV 17.1)")
+        stream.set_display_rotation(degrees, hflip=hflip)
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def white_corner(image) -> str:
+    """Which corner of `image` holds the white quarter."""
+    pixels = np.asarray(image, dtype=np.float64).mean(axis=2)
+    height, width = pixels.shape
+    corners = {"top-left": pixels[: height // 4, : width // 4], "top-right": pixels[: height // 4, -(width // 4):],
+               "bottom-left": pixels[-(height // 4):, : width // 4],
+               "bottom-right": pixels[-(height // 4):, -(width // 4):]}
+    return max(corners, key=lambda corner: corners[corner].mean())
+
+
+@pytest.mark.parametrize("degrees, hflip, size, corner", [
+    (-90, False, (48, 64), "top-right"),  # a phone's portrait clip: turned a quarter clockwise
+    (90, False, (48, 64), "bottom-left"),
+    (180, False, (64, 48), "bottom-right"),
+    (0, True, (64, 48), "top-right"),  # mirrored (a front camera)
+    (90, True, (48, 64), "bottom-right"),  # a quarter counter-clockwise, then mirrored
+])
+def test_a_video_is_read_as_its_rotation_metadata_shows_it(tmp_path, degrees, hflip, size, corner):
+    from gap_mllm.cli.uploads import CLI_WORDS, read_frames
+
+    clip = write_turned_clip(tmp_path / "phone.mp4", degrees, hflip)
+    read = read_frames([clip], UploadLimits(max_frames=8), words=CLI_WORDS)  # predict, the Space, lmms-eval videos
+    assert read.originals == (size,) * 3 and {view.size for view in read.views} == {size}
+    assert [white_corner(view) for view in read.views] == [corner] * 3
+
+
+def test_a_video_turned_by_other_than_a_quarter_is_refused(tmp_path):
+    clip = write_turned_clip(tmp_path / "tilted.mp4", 45)
+    with pytest.raises(UploadError) as refused:
+        load_frames([clip])
+    assert str(refused.value) == ("tilted.mp4: the video's rotation metadata turns its frames by 45°, not a quarter "
+                                  "turn; re-encode it upright (ffmpeg -i in.mp4 out.mp4 applies it), or give its "
+                                  "frames as images.")
+
+
+def write_late_clip(path, codec: str, start_seconds: int = 1, frames: int = FRAMES):
+    """A constant-rate clip whose first frame's timestamp is `start_seconds` (a clip cut from a longer recording)."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, FPS)
+        for index in range(frames):
+            rgb = np.broadcast_to(PALETTE[index % len(PALETTE)].astype(np.uint8), (SIZE[1], SIZE[0], 3)).copy()
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = start_seconds * FPS + index, Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("suffix, codec", [(".mkv", "mpeg4"), (".webm", "libvpx")])
+def test_a_clip_whose_timestamps_start_late_is_judged_by_its_own_span(tmp_path, suffix, codec):
+    """Matroska counts its duration from timestamp zero: 12 frames at 6 fps from 1 s declare 3 s, and span 2 s."""
+    clip = write_late_clip(tmp_path / f"late{suffix}", codec)
+    frames = load_frames([clip], UploadLimits(max_frames=4, max_video_seconds=2.5))  # 2 s long, not 3 s
+    assert [source_index(f) for f in frames] == [0, 4, 7, 11]
+    data = clip.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UploadError, match=rf"^cut{suffix}: the video declares 2.0 s but only \d+ frames covering "):
+        load_frames([cut])  # a cut one is still refused, by the same span
