@@ -1,16 +1,19 @@
 """Whether a path stays inside a folder once every symbolic link is followed: the rule that keeps annotation paths
-inside the data root (processing/scannet_layout.py) and uploads inside their allowed folders (cli/uploads.py). Light
-to import (pathlib only): `gap-mllm predict` checks its paths before torch is imported."""
+inside the data root (processing/scannet_layout.py) and uploads inside their allowed folders (cli/uploads.py); and
+what a symbolic link that leads nowhere is (`broken_link`), so that a link loop is named as one, not as a file that
+is missing. Light to import (os, pathlib): `gap-mllm predict` checks its paths before torch is imported."""
 
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 
-def _resolve(path: Path) -> Path:
-    """`path.resolve()`, with a symbolic link loop raised as `OSError(ELOOP)` naming the path (Python
+def resolve_path(path) -> Path:
+    """`Path(path).resolve()`, with a symbolic link loop raised as `OSError(ELOOP)` naming the path (Python
     before 3.13 raises a bare RuntimeError there)."""
+    path = Path(path)
     try:
         return path.resolve()
     except RuntimeError as error:
@@ -21,6 +24,21 @@ def resolve_inside(root, path) -> Path | None:
     """`path` (relative to `root`, or absolute) with every symbolic link followed, if the result lies
     inside `root` (also resolved) or is `root` itself; None otherwise. Nothing needs to exist; a symbolic
     link loop raises `OSError` (errno ELOOP)."""
-    root = _resolve(Path(root))
-    real = _resolve(root / Path(path))
+    root = resolve_path(root)
+    real = resolve_path(root / Path(path))
     return real if real == root or real.is_relative_to(root) else None
+
+
+def broken_link(path) -> str | None:
+    """What `path` is, in words, when following its symbolic links leads nowhere: "a symbolic link loop (...)" (the
+    path, or a folder above it, links back to itself) or "a symbolic link to T, which does not exist"; None for any
+    other path (a plain one, a link that reaches a file or folder, a path that is simply missing)."""
+    try:
+        os.stat(path)
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop (following its links leads back to itself)"
+        if error.errno != errno.ENOENT or not os.path.islink(path):
+            return None
+    return f"a symbolic link to {os.readlink(path)}, which does not exist"
