@@ -55,11 +55,13 @@ from .features import MATRIX_4X4 as MATRIX_4X4_FEATURE
 from .features import POSES as POSES_FEATURE
 from .features import DEFAULT_CLASS_NAMES, check_fits_features, common_features, geometry_features
 from .held_out import record_scene_id
+from .json_files import JsonTooDeep, loads_json
 from .record_schema import (
     ANSWER_TEXT,
     BOOLEAN,
     BOX,
     IDENTIFIER,
+    IMAGES,
     OBJECT_LIST,
     PIXEL,
     REAL,
@@ -286,7 +288,9 @@ def load_annotation_file(path) -> list:
     """The list of records of an annotation JSON (DataError naming the file if it is not one)."""
     path = Path(path)
     try:
-        records = json.loads(read_regular_text(path, "annotation file"))
+        records = loads_json(read_regular_text(path, "annotation file"), path)
+    except JsonTooDeep as err:  # Python's reader would end in a RecursionError
+        raise DataError(f"annotation file is {err.reason}", path=path) from None
     except FileNotFoundError as err:
         raise DataError("annotation file not found", path=path) from err
     except NotARegularFile as err:  # a FIFO would have been waited on for ever
@@ -301,9 +305,7 @@ def load_annotation_file(path) -> list:
 
 
 def _check_conversation(record: dict, key: str) -> tuple[list[str], str, str]:
-    images = record.get("images")
-    if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
-        raise DataError("'images' must be a non-empty list of paths", sample=key)
+    images = read_field(record, IMAGES, key)
     turns = record.get("conversations")
     if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns[:2]):
         raise DataError("'conversations' must hold a human turn and a gpt turn with string values", sample=key)
@@ -392,6 +394,11 @@ class DetectionBuilder(MultiViewBuilder):
         }
 
     def task_fields(self, record, answer, num_images, key):
+        # the answer text is what trains: one the detection parser cannot read cleanly (prose, a box of 8 numbers)
+        # would teach the model answers that evaluation scores as unreadable
+        parsed = self.SPEC.parse(answer)
+        if parsed.reason is not None:
+            raise DataError(f"answer is not a detection answer ({parsed.reason})", sample=key)
         names = set(self.config.class_names)
         boxes = []
         detection_box_entries(record, key)  # required, as evaluation reads it: [] is a sample without objects

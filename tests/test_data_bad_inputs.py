@@ -99,6 +99,26 @@ def test_negative_box_size_names_the_annotation_file_and_sample(data_copy, tmp_p
     assert builder.skipped["train"].total == 1 and len(builder.as_dataset(split="train")) == len(records) - 1
 
 
+@pytest.mark.parametrize("answer, reason", [
+    ("not json at all", "no detection entries found"),
+    ('```json\n[{"label": "chair", "bbox_3d": [0, 0, 1, 0.5, 0.5]}]\n```', "skipped 1 malformed entry"),
+])
+def test_a_detection_answer_the_parser_cannot_read_is_refused_or_skipped_by_name(data_copy, tmp_path, answer, reason):
+    """The answer text is what trains: one evaluation would score as unreadable never reaches a batch."""
+    path, records = first_record(data_copy, "detection")
+    records[1]["conversations"][1]["value"] = answer
+    path.write_text(json.dumps(records))
+    with pytest.raises(Exception) as excinfo:
+        build(DetectionBuilder, data_copy, tmp_path)
+    error = data_error(excinfo.value)
+    assert "answer is not a detection answer (" in str(error) and reason in str(error)
+    assert str(path) in str(error) and records[1]["id"] in str(error)
+    builder = build(DetectionBuilder, data_copy, tmp_path / "skip", skip_bad_samples=True)
+    kept = builder.as_dataset(split="train")
+    assert len(kept) == len(records) - 1 and records[1]["id"] not in kept["id"]
+    assert builder.skipped["train"].total == 1 and records[1]["id"] in builder.skipped["train"].summary()
+
+
 def test_image_count_must_match_the_prompt(data_copy, tmp_path):
     path, records = first_record(data_copy, "reconstruction")
     records[0]["images"] = records[0]["images"][:3]  # the prompt still has 4 <image>
