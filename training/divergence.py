@@ -76,7 +76,8 @@ def divergence_message(step: int, grad_norm: float | None, output_dir: str | Non
         what = f"the gradient norm is {grad_norm} (a NaN or infinite loss or gradient)"
         applied, saved = "the step was not applied", "nothing after it was saved"
     else:
-        what = f"its update made {broken_weights} non-finite (with a finite gradient: the optimizer's update overflowed)"
+        what = (f"its update made {broken_weights} non-finite (with a finite gradient: the optimizer's update "
+                "overflowed)")
         applied, saved = "the run stopped", "nothing of this step or after it was saved"
     if output_dir is None:
         kept, where = applied, ""
@@ -86,7 +87,8 @@ def divergence_message(step: int, grad_norm: float | None, output_dir: str | Non
                   if checkpoint else f"no checkpoint was written yet in {output_dir}")
         kept = f"{applied} and {saved}; {resume}"
         where = f" in the run writing {output_dir}"
-    return f"training diverged at optimizer step {step}: {what}{where}{'; ' + context if context else ''}; {kept}. {REMEDY}"
+    context = f"; {context}" if context else ""
+    return f"training diverged at optimizer step {step}: {what}{where}{context}; {kept}. {REMEDY}"
 
 
 def check_gradient_norm(step: int, grad_norm, output_dir: str | None, context=lambda: "") -> float:
@@ -133,8 +135,12 @@ def non_finite_weight_count(parameters: list[torch.Tensor], accelerator=None) ->
 def non_finite_weight_names(named_parameters) -> list[str]:
     """The names of the trained weights (`requires_grad`) this process holds non-finite values of (the failure path
     only: one host read per weight)."""
-    return [name for name, param in named_parameters
-            if param.requires_grad and _local_tensor(param).numel() and not bool(torch.isfinite(_local_tensor(param)).all())]
+    names = []
+    for name, param in named_parameters:
+        held = _local_tensor(param)
+        if param.requires_grad and held.numel() and not bool(torch.isfinite(held).all()):
+            names.append(name)
+    return names
 
 
 def check_trained_weights(step: int, model, output_dir: str | None, accelerator=None, context=lambda: "") -> None:
@@ -147,7 +153,8 @@ def check_trained_weights(step: int, model, output_dir: str | None, accelerator=
     if not count:
         return
     names = non_finite_weight_names(model.named_parameters())
-    shown = ", ".join(names[:SHOWN_WEIGHTS]) + (f" and {len(names) - SHOWN_WEIGHTS} more" if len(names) > SHOWN_WEIGHTS else "")
+    more = len(names) - SHOWN_WEIGHTS
+    shown = ", ".join(names[:SHOWN_WEIGHTS]) + (f" and {more} more" if more > 0 else "")
     weights = f"{count} trained weight tensor{'s' if count != 1 else ''}" + (f" ({shown})" if names else "")
     raise TrainingDivergedError(divergence_message(step, None, output_dir, context(), broken_weights=weights))
 
