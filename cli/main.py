@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     argument_adder(argv[0])(command_parser)
     # --help, argument errors and the checks that need no model end here, before the command's imports
     args = parse_command_arguments(command_parser, argv[1:])
+    if hasattr(args, "debug"):  # a command that reads --debug itself (train: the libraries' log on the terminal)
+        args.debug = debug
     # imported once the arguments parsed: its rules read files (numpy, PIL, huggingface_hub), which --help and an
     # argument mistake need not pay for (tests/test_cli_startup.py)
     from .early_checks import check_arguments

@@ -2,13 +2,12 @@
 GAP-MLLM-Mini named `mini` (as predict and evaluate name it), then `predict --model` on the result; and the feature
 cache built only when the run's own numbers say it pays off (training/cache_cost.py `cache_skip_reason`).
 
-The default test runs the same commands in this process on one small room and 2 steps; the README block itself,
-verbatim in a shell, is the `slow` test."""
+The default test runs the same commands on one small room and 2 steps (the training in its own process, to read
+what a terminal shows); the README block itself, verbatim in a shell, is the `slow` test."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -53,20 +52,53 @@ def test_the_readme_block_is_the_recipe_and_the_commands_of_this_test():
     assert recipe.cache.enabled is True  # on, and decided by the run's numbers
 
 
-def test_a_short_run_from_mini_trains_without_a_cache_and_predict_answers_with_it(tmp_path, caplog, capsys):
+PROGRESS_BAR = re.compile(r"^ *\d+%\|.*\| *\d+/\d+ \[.*\]$")  # one state of a tqdm bar, as Trainer draws it
+
+
+def printed_lines(output: str) -> list[str]:
+    """What a terminal keeps of `output` (stdout and stderr together) besides the progress bar: the lines, each cut
+    at its carriage returns (a bar redraws itself after one, and a line written under it clears it with spaces first),
+    without the bar's states and the blank clearings."""
+    return [part for line in output.splitlines() for part in line.split("\r")
+            if part.strip() and not PROGRESS_BAR.match(part)]
+
+
+def test_a_short_run_from_mini_trains_without_a_cache_and_predict_answers_with_it(tmp_path, capsys):
+    """The first fine-tune's command (2 steps on one room) in its own process, as a terminal shows it: the run's plan,
+    the bar with its loss lines and where the model and the log went, in at most 40 lines besides the bar; the
+    libraries' INFO records (configuration dumps, Trainer's banner and farewell) are in the output folder's
+    train.log instead. Then predict answers with the model it wrote."""
     data, out = tmp_path / "data", tmp_path / "run"
     write_dataset(data, SynthRooms(synth_config("mini", num_frames=12)), {"train": 1})  # 4 detection samples
-    with caplog.at_level(logging.INFO, logger="gap_mllm.training.run"):
-        status = gap_mllm(["train", "--config", str(RECIPE), "--model", "mini", "--data-root", str(data),
-                           "--output-dir", str(out), "--set", f"data.cache_dir={tmp_path / 'hf'}",
-                           "--set", "training.max_steps=2"])
-    assert status == 0, capsys.readouterr().err[-2000:]
-    assert "trained 2 steps" in capsys.readouterr().out
-    # 2 steps of 2 read 4 samples, the 4 the cache would encode first: not built, said in one line
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feature cache not built")]
-    assert lines == ["feature cache not built: this run reads 4 samples (2 step(s) of 2), no more than the 4 the cache "
-                     "would encode first, so the frozen towers run in the steps instead (cache.enabled: always builds "
-                     "it anyway)"]
+    done = subprocess.run([sys.executable, "-m", "gap_mllm.cli.main", "train", "--config", str(RECIPE), "--model",
+                           "mini", "--data-root", str(data), "--output-dir", str(out), "--set",
+                           f"data.cache_dir={tmp_path / 'hf'}", "--set", "training.max_steps=2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    lines = printed_lines(done.stdout)
+    assert len(lines) <= 40, "\n".join(lines)
+    assert any(PROGRESS_BAR.match(part) for part in done.stdout.replace("\r", "\n").splitlines())  # Trainer's bar
+    log = out / "train.log"
+    assert lines[0] == f"log    : {log} (the INFO records of transformers, datasets, accelerate)"
+    # the plan: model, data, steps; 2 steps of 2 read 4 samples, the 4 the cache would encode first: not built
+    assert (f"model  : {default_model_path()}; 6,477,312 of 15,242,596 parameters train" in lines
+            and f"data   : detection from {data}: 4 training samples, no evaluation" in lines
+            and f"steps  : 2 steps of 2 samples (4 samples read), learning rate 0.0001; saved to {out}" in lines)
+    assert ("feature cache not built: this run reads 4 samples (2 step(s) of 2), no more than the 4 the cache would "
+            "encode first, so the frozen towers run in the steps instead (cache.enabled: always builds it anyway)"
+            in lines)
+    assert len([line for line in lines if line.startswith("{'loss': ")]) == 2  # Trainer's loss line of each step
+    assert lines[-1].startswith("trained 2 steps, final train loss ") and lines[-1].endswith(
+        f"; saved to {out} (log: {log})")
+    assert not [line for line in lines if line.startswith(("[transformers", "[datasets", "[accelerate"))]
+    kept = log.read_text(encoding="utf-8")
+    for info in ("[transformers.configuration_utils] INFO: loading configuration file",
+                 "[transformers.configuration_utils] INFO: Model config GapMllmConfig {",
+                 "[transformers.trainer] INFO: ***** Running training *****",
+                 "Do not forget to share your model on huggingface.co/models",
+                 f"[transformers.modeling_utils] INFO: Model weights saved in {out / 'model.safetensors'}",
+                 "[gap_mllm.training.run] INFO: feature cache not built"):
+        assert info in kept, info
     assert not (out / "feature_cache").exists()
     # it started from the embedded Mini's weights: the frozen towers kept them bit for bit, the LLM moved
     mini = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,43 @@ def test_a_time_limited_cli_run_says_how_to_continue_and_the_same_command_finish
     assert not (out / "model.safetensors").exists() and (out / "checkpoint-1").is_dir()
     assert run_cli(argv) == 0
     assert "trained 2 steps" in capsys.readouterr().out and (out / "model.safetensors").is_file()
+
+
+def test_the_training_log_keeps_the_libraries_info_in_its_file_and_the_terminal_shows_their_warnings(
+        tmp_path, capsys, monkeypatch):
+    """`gap-mllm train`'s logging (training/run.py `training_log`): the INFO records of transformers, datasets,
+    accelerate and the package go to the log file only, a warning to the terminal as well, the libraries' progress
+    bars are off; `echo=True` (`--debug`) shows the INFO records on the terminal. All is put back afterwards."""
+    import datasets.utils
+    from transformers.utils import logging as hf_logging
+
+    from gap_mllm.training.run import training_log
+
+    package = logging.getLogger("gap_mllm")
+    monkeypatch.setattr(package, "handlers", [])  # a handler an earlier test's `gap-mllm train` left on it
+    transformers_logger = logging.getLogger("transformers")
+    before = (list(transformers_logger.handlers), transformers_logger.level, package.level)
+    log = tmp_path / "train.log"
+    with training_log(log):
+        logging.getLogger("transformers.configuration_utils").info("Model config GapMllmConfig {")
+        logging.getLogger("transformers.trainer").warning("a warning the user must see")
+        logging.getLogger("datasets.builder").info("Generating train split")
+        logging.getLogger("accelerate.state").info("Distributed environment: NO")
+        logging.getLogger("gap_mllm.training.run").info("steps  : 4 steps of 2 samples")
+        bars_off = (hf_logging.is_progress_bar_enabled(), datasets.utils.are_progress_bars_disabled())
+    assert capsys.readouterr().err == "[transformers.trainer] WARNING: a warning the user must see\n"
+    assert bars_off == (False, True)
+    kept = [line.split(" ", 2)[2] for line in log.read_text(encoding="utf-8").splitlines()]  # without the time
+    assert kept == ["[transformers.configuration_utils] INFO: Model config GapMllmConfig {",
+                    "[transformers.trainer] WARNING: a warning the user must see",
+                    "[datasets.builder] INFO: Generating train split",
+                    "[accelerate.state] INFO: Distributed environment: NO",
+                    "[gap_mllm.training.run] INFO: steps  : 4 steps of 2 samples"]
+    assert (list(transformers_logger.handlers), transformers_logger.level, package.level) == before
+    assert hf_logging.is_progress_bar_enabled() and not datasets.utils.are_progress_bars_disabled()
+
+    with training_log(None, echo=True):  # --debug; a process that writes no output folder has no file
+        logging.getLogger("transformers.configuration_utils").info("Model config GapMllmConfig {")
+        bars_on = hf_logging.is_progress_bar_enabled()
+    assert capsys.readouterr().err == "[transformers.configuration_utils] INFO: Model config GapMllmConfig {\n"
+    assert bars_on and (list(transformers_logger.handlers), transformers_logger.level, package.level) == before

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_pt_utils import get_model_param_count
 from transformers.trainer_utils import TrainOutput, align_special_tokens
 
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
@@ -220,7 +221,7 @@ def _fill_feature_cache(recipe: TrainRecipe, args, model, processor, train_datas
     directory = str(Path(recipe.cache.directory).expanduser()) if recipe.cache.directory else str(Path(args.output_dir) / "feature_cache")
     cache = FeatureCache(directory, model, processor, sample_collator_settings(recipe.data, recipe.aux), recipe.cache.dtype)
     logger.info("feature cache: %s", cache.describe())
-    fill_collator = sample_collator(processor, recipe.data, recipe.aux)
+    fill_collator = sample_collator(processor, recipe.data, recipe.aux, model)
     # the main process fills the cache; the others then find every entry (same keys)
     with args.main_process_first(desc="feature cache"):
         for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
@@ -478,10 +479,107 @@ def check_training_output(recipe: TrainRecipe) -> None:
         mark_output_folder(output, TRAIN_WRITER, settings={"stage": recipe.stage})
 
 
-def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, **build_kwargs):
+# the libraries whose INFO records (configuration dumps, Trainer's banner, saved files) a run's log file keeps
+LIBRARY_LOGGERS = ("transformers", "datasets", "accelerate")
+TRAIN_LOG = "train.log"  # `gap-mllm train`'s log file, in the run's output folder
+
+
+@contextlib.contextmanager
+def training_log(path, echo: bool = False):
+    """While the block runs, the INFO records of `LIBRARY_LOGGERS` and of the package's logger (`gap_mllm`) are
+    appended to the file `path` (None: no file, e.g. on a process that does not write the output folder), and the
+    terminal shows the libraries' warnings and errors only, without their progress bars (Trainer's own bar stays:
+    it is tqdm's, not the libraries' switchable one). `echo=True` (`gap-mllm train --debug`) shows their INFO records
+    and progress bars on the terminal as well. Everything is put back as it was when the block ends, however it ends.
+
+    The libraries' own terminal handlers (transformers' and datasets' default ones) are set aside for the block, and
+    one handler on stderr, made when the block starts, stands for them: the records reach whichever stream is stderr
+    now, once."""
+    import datasets.utils as datasets_utils
+    from transformers.utils import logging as hf_logging
+
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setLevel(logging.INFO if echo else logging.WARNING)
+    terminal.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
+    handlers = [terminal]
+    if path is not None:
+        log_file = logging.FileHandler(path, encoding="utf-8")  # appended: a resumed run continues its file
+        log_file.setLevel(logging.INFO)
+        log_file.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s"))
+        handlers.append(log_file)
+    package = logging.getLogger("gap_mllm")  # its terminal handler is the caller's (`gap-mllm train`: train_cli.py)
+    saved_package_level = package.level
+    if path is not None:
+        package.addHandler(log_file)
+        if package.getEffectiveLevel() > logging.INFO:
+            package.setLevel(logging.INFO)
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        saved.append((library, library.level, list(library.handlers)))
+        for handler in list(library.handlers):
+            library.removeHandler(handler)
+        for handler in handlers:
+            library.addHandler(handler)
+        if library.getEffectiveLevel() > logging.INFO:  # a DEBUG level a user set stays
+            library.setLevel(logging.INFO)
+    bars = [] if echo else [(on, off) for enabled, on, off in (
+        (hf_logging.is_progress_bar_enabled(), hf_logging.enable_progress_bar, hf_logging.disable_progress_bar),
+        (not datasets_utils.are_progress_bars_disabled(), datasets_utils.enable_progress_bars,
+         datasets_utils.disable_progress_bars)) if enabled]
+    for _, off in bars:
+        off()
+    try:
+        yield
+    finally:
+        for on, _ in bars:
+            on()
+        for library, level, own in saved:
+            for handler in handlers:
+                library.removeHandler(handler)
+            for handler in own:
+                library.addHandler(handler)
+            library.setLevel(level)
+        package.setLevel(saved_package_level)
+        if path is not None:
+            package.removeHandler(log_file)
+            log_file.close()
+
+
+def run_plan(recipe: TrainRecipe, trainer, data_root: str | None = None) -> list[str]:
+    """What a run is about to do, in the lines `run_training` logs before its first step: the model it starts from
+    (and how many of its parameters train), the data (`data_root`, None for datasets given in-process: the samples
+    to train on and to evaluate), the steps and the samples they read. The feature cache's decision is logged where
+    it is taken (`build_trainer`)."""
+    args, model = trainer.args, trainer.model
+    source = recipe.model.name_or_path or (f"a freshly initialised {recipe.model.tiny} model (seed {recipe.model.seed})"
+                                           if recipe.model.tiny else "a freshly initialised model")
+    total, trained = get_model_param_count(model), get_model_param_count(model, trainable_only=True)  # ZeRO-3 too
+    train, held_out = trainer.train_dataset, trainer.eval_dataset
+    tasks = ", ".join(recipe.data.tasks) if recipe.stage not in ("geometry", "vision") else f"stage {recipe.stage}"
+    where = f" from {data_root}" if data_root else ""
+    samples = f"{len(train):,} training samples" if hasattr(train, "__len__") else "a stream of training samples"
+    evaluated = hasattr(held_out, "__len__") and args.eval_strategy != "no"
+    evaluation = f"{len(held_out):,} held out for evaluation" if evaluated else "no evaluation"
+    batch = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if args.max_steps > 0:
+        steps = f"{args.max_steps:,} steps of {batch:,} samples ({args.max_steps * batch:,} samples read)"
+    else:
+        steps = f"{args.num_train_epochs:g} epoch(s) in steps of {batch:,} samples"
+    return [f"model  : {source}; {trained:,} of {total:,} parameters train",
+            f"data   : {tasks}{where}: {samples}, {evaluation}",
+            f"steps  : {steps}, learning rate {args.learning_rate:g}; saved to {args.output_dir}"]
+
+
+def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, log_file: str | None = None,
+                 echo_library_log: bool = False, **build_kwargs):
     """Train, save the final model (+ auxiliary heads) to `training.output_dir`, return Trainer's output.
     Stage-0 recipes (`stage: geometry` / `vision`) train an encoder (training/encoder_stage_run.py).
     Beside the model, `gap_mllm_training.json` records what it was trained on (`training_record`).
+
+    `log_file`: a file name in the output folder (`gap-mllm train`: `TRAIN_LOG`) that receives the libraries' INFO
+    records and the package's for the whole run, while the terminal shows their warnings only (`training_log`;
+    `echo_library_log=True` shows their INFO there too). None leaves logging as the caller set it up.
 
     The run holds its output folder (and its run state folder) for its whole life (processing/folder_lock.py): a
     second run writing either is refused at its start. The output folder follows the output-folder rule
@@ -513,6 +611,11 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
                 put_back_interrupted_write(recipe.run_state.directory)
                 check_state_folder(recipe.run_state.directory, output_dir)
             check_training_output(recipe)
+        if log_file is not None:  # after the output folder is checked and marked: the file is the run's own
+            path = Path(output_dir, log_file) if _trains_here() else None
+            held.enter_context(training_log(path, echo=echo_library_log))
+            if path is not None:
+                logger.info("log    : %s (the INFO records of %s)", path, ", ".join(LIBRARY_LOGGERS))
         return _run_training(recipe, resume_from_checkpoint, **build_kwargs)
 
 
@@ -535,6 +638,9 @@ def _run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None
     else:
         setup = build_trainer(recipe, resume_from_checkpoint=resume, **build_kwargs)
     trainer = setup.trainer
+    if _trains_here():
+        for line in run_plan(recipe, trainer, data_root):
+            logger.info(line)
     # the time limit, and a SIGTERM with or without one: a checkpoint at the next step end
     stop = TimeLimitCallback(recipe.time_limit_s)
     trainer.add_callback(stop)

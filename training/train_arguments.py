@@ -32,3 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to train (default: the recipe's `device`, auto = CUDA if available, else CPU); "
                              "precision and CPU settings follow, and are logged")
+    parser.add_argument("--debug", action="store_true",
+                        help="the libraries' INFO records (transformers, datasets, accelerate) and progress bars "
+                             "on the terminal too (they always go to train.log in the output folder), and the full "
+                             "traceback of an error")

@@ -10,6 +10,11 @@ Values are checked against the recipe's field types (`training.*` against Traini
 device and precision are picked by themselves (`--device auto`, the default: CUDA when torch sees
 one, else the CPU in float32) and logged.
 
+The terminal shows what a person reads: the run's plan (device, model, data, steps, the feature cache's decision),
+Trainer's progress bar with its loss lines, the evaluations, and where the model and the log went. The libraries'
+INFO records (transformers' configuration dumps, Trainer's banner, the files saved) go to `train.log` in the output
+folder (training/run.py `training_log`); `--debug` shows them on the terminal too.
+
 Runs under `accelerate launch` unchanged (one process per device):
 
     accelerate launch --config_file training/configs/accelerate_deepspeed_zero2.yaml \\
@@ -21,13 +26,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
-from transformers.utils import logging as hf_logging
+from pathlib import Path
 
 from gap_mllm.processing.errors import RunStoppedEarly
 
 from .config import load_recipe
-from .run import run_training
+from .run import TRAIN_LOG, run_training
 from .train_arguments import add_arguments  # noqa: F401 - the command's add_arguments
 
 
@@ -44,16 +48,27 @@ def main(args: argparse.Namespace, resolve_model=None) -> int:
     recipe = load_recipe(args.config, overrides)
     if resolve_model is not None and recipe.model.name_or_path and not recipe.model.tiny:
         recipe.model.name_or_path = resolve_model(recipe.model.name_or_path)
-    if not logging.getLogger("gap_mllm").handlers:  # the device plan and cache reports are INFO lines
+    if not logging.getLogger("gap_mllm").handlers:  # the run's plan, the device and the cache decision: INFO lines
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
+        handler.setFormatter(TerminalFormat("%(message)s"))
         logging.getLogger("gap_mllm").addHandler(handler)
         logging.getLogger("gap_mllm").setLevel(logging.INFO)
-    hf_logging.set_verbosity_info()
     # a stopped run raises TrainingStoppedAtTimeLimit: one line and status 75 (cli/errors.py), never "trained"
-    result = run_training(recipe, resume_from_checkpoint=args.resume)
-    print(f"trained {result.global_step} steps, final train loss {result.training_loss:.4f}; saved to {recipe.training['output_dir']}")
+    result = run_training(recipe, resume_from_checkpoint=args.resume, log_file=TRAIN_LOG,
+                          echo_library_log=getattr(args, "debug", False))
+    output_dir = recipe.training["output_dir"]
+    print(f"trained {result.global_step} steps, final train loss {result.training_loss:.4f}; saved to {output_dir} "
+          f"(log: {Path(output_dir, TRAIN_LOG)})")
     return 0
+
+
+class TerminalFormat(logging.Formatter):
+    """The package's records as a person reads them: an INFO record is its message, a warning or an error is
+    prefixed with its level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno <= logging.INFO else f"{record.levelname}: {text}"
 
 
 if __name__ == "__main__":
