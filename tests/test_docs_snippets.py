@@ -1,9 +1,12 @@
 """The snippets of the README and docs/ run as written.
 
-- The Python snippets of docs/usage.md and docs/serving.md (the README's "Use" snippet and its `gap-mllm demo` line are
-  run by tests/test_user_output.py). They continue the README's "Use" snippet (`MODEL`, `model`, `processor`,
-  `frames`, `query`): its loading part runs first. docs/serving.md's client asks the engine stand-in
-  (tests/engine_stand_in.py, a server doing what vLLM does) on GAP-MLLM-Mini's export instead of localhost:8000.
+- Every ```python block of README.md and docs/*.md runs by itself in a fresh namespace, or says in its first line
+  which block it continues (`# continues FILE's "HEADING" snippet`, FILE relative to the repository, HEADING the `##`
+  heading it sits under): that block's chain runs first, in the same namespace. Every block is checked so without
+  running it (the names it reads are defined by it or by its chain, `undefined_names`); the offline blocks of
+  docs/usage.md and docs/serving.md also run here (the README's "Use" snippet and its `gap-mllm demo` line are run
+  by tests/test_user_output.py). docs/serving.md's client asks the engine stand-in (tests/engine_stand_in.py, a
+  server doing what vLLM does) on GAP-MLLM-Mini's export instead of localhost:8000.
 - A snippet that downloads from the Hub sits under a heading that says "(needs the Hub)"; it runs only in the slow
   suite (`make test-all`) on a machine that reaches the Hub, and is skipped with that reason otherwise.
 - Every `gap-mllm` command line of the README parses with that command's arguments (no torch imported: a renamed
@@ -14,19 +17,21 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import os
 import re
 import shlex
 import socket
 import subprocess
+import symtable
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 USAGE = REPO / "docs" / "usage.md"
-SERVING = REPO / "docs" / "serving.md"
 README = REPO / "README.md"
 SERVED_URL = "http://localhost:8000"  # the URL docs/serving.md's client asks: the stand-in's URL in the test
 HUB_LABEL = "(needs the Hub)"
@@ -43,21 +48,102 @@ def snippets_by_heading(path: Path) -> list[tuple[str, str]]:
     return found
 
 
-def readme_use_snippet() -> str:
-    """The first ```python block of the README's "Use" section."""
-    text = README.read_text(encoding="utf-8")
-    return re.findall(r"```python\n(.*?)```", text[text.index("\n## Use\n"):], re.S)[0]
+@dataclass(frozen=True)
+class Snippet:
+    """A ```python block: its markdown file (relative to `root`), the `##` heading it sits under, its code."""
+
+    path: str
+    heading: str
+    code: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.path}'s \"{self.heading.lstrip('#').strip()}\" snippet"
 
 
-def readme_loading_part() -> str:
-    """The README's "Use" snippet up to its helper `ask`: imports, model, processor, the scene and its frames."""
-    code = readme_use_snippet()
-    return code[: code.index("\ndef ask(")]
+CONTINUES = re.compile(r"^# continues (?P<path>\S+)'s \"(?P<heading>[^\"]+)\" snippet")
 
 
-def readme_query_line() -> str:
-    """The README "Use" snippet's line that names the grounding query (after its helper `ask`)."""
-    return next(line for line in readme_use_snippet().splitlines() if line.startswith("query = "))
+def doc_snippets(root: Path = REPO) -> list[Snippet]:
+    """Every ```python block of `root`'s README.md and docs/*.md, in file order."""
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return [Snippet(path.relative_to(root).as_posix(), heading, code)
+            for path in files if path.is_file() for heading, code in snippets_by_heading(path)]
+
+
+def snippet_chain(snippet: Snippet, snippets: list[Snippet]) -> list[Snippet]:
+    """The blocks that run for `snippet`, in order: the block its first line says it continues (and that one's
+    chain), then itself. A continued block that is missing, ambiguous (two blocks under its heading) or part of a
+    loop is an AssertionError naming the snippet."""
+    chain = [snippet]
+    while match := CONTINUES.match(chain[0].code):
+        heading = match["heading"]
+        found = [other for other in snippets if other.path == match["path"]
+                 and other.heading.lstrip("#").strip() == heading]
+        assert len(found) == 1, f"{chain[0].name} continues {match['path']}'s \"{heading}\" snippet: {len(found)} found"
+        assert found[0] not in chain, f"{snippet.name}: its chain of continued snippets is a loop"
+        chain.insert(0, found[0])
+    return chain
+
+
+def undefined_names(code: str, defined=frozenset()) -> set[str]:
+    """The global names `code` reads that neither it (an assignment, an import, a `def`), nor `defined` (the names of
+    the blocks it continues), nor the builtins define: what a fresh interpreter would raise NameError on."""
+    top = symtable.symtable(code, "<snippet>", "exec")
+    own = {symbol.get_name() for symbol in top.get_symbols() if symbol.is_local()}
+    read, tables = set(), [top]
+    while tables:
+        table = tables.pop()
+        read |= {symbol.get_name() for symbol in table.get_symbols()
+                 if symbol.is_referenced() and (symbol.is_global() if table is not top else not symbol.is_local())}
+        tables += table.get_children()
+    return read - own - set(defined) - set(dir(builtins))
+
+
+def chain_names(chain: list[Snippet]) -> set[str]:
+    """The module-level names the blocks of `chain` define."""
+    return {symbol.get_name() for snippet in chain
+            for symbol in symtable.symtable(snippet.code, "<snippet>", "exec").get_symbols() if symbol.is_local()}
+
+
+def run_alone(snippet: Snippet, snippets: list[Snippet], replace: tuple[str, str] | None = None) -> dict:
+    """Run `snippet`'s chain (`snippet_chain`) in a fresh namespace, `replace` = (old, new) applied to its code;
+    returns the namespace."""
+    namespace = {"__name__": "doc_snippet"}
+    for block in snippet_chain(snippet, snippets):
+        code = block.code.replace(*replace) if replace is not None and block is snippet else block.code
+        exec(compile(code, str(REPO / block.path), "exec"), namespace)
+    return namespace
+
+
+def test_every_python_block_runs_alone_or_says_which_block_it_continues():
+    """No block of the README or docs/ reads a name that only another block defines (`NameError: name 'MODEL' is not
+    defined`), unless its first line says which block it continues."""
+    snippets = doc_snippets()
+    assert {snippet.path for snippet in snippets} >= {"README.md", "docs/usage.md", "docs/serving.md"}
+    for snippet in snippets:
+        chain = snippet_chain(snippet, snippets)
+        missing = undefined_names(snippet.code, chain_names(chain[:-1]))
+        assert not missing, (f"{snippet.name} reads {', '.join(sorted(missing))} without defining it: define it there, "
+                             "or say in its first line which snippet it continues (# continues FILE's \"HEADING\" "
+                             "snippet)")
+
+
+def test_a_block_that_names_the_block_it_continues_runs_after_it(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text('## Use\n\n```python\nMODEL = "mini"\n```\n', encoding="utf-8")
+    (tmp_path / "docs" / "usage.md").write_text(
+        '## Loaded\n\n```python\n# continues README.md\'s "Use" snippet\nmodel = MODEL.upper()\n```\n\n'
+        '## Alone\n\n```python\nprint(model)\n```\n\n'
+        '## Elsewhere\n\n```python\n# continues README.md\'s "Install" snippet\nprint(MODEL)\n```\n', encoding="utf-8")
+    readme, loaded, alone, elsewhere = doc_snippets(tmp_path)
+    assert snippet_chain(loaded, [readme, loaded, alone, elsewhere]) == [readme, loaded]
+    assert undefined_names(loaded.code, chain_names([readme])) == set() and undefined_names(loaded.code) == {"MODEL"}
+    assert undefined_names(alone.code) == {"model"}
+    with pytest.raises(AssertionError, match="docs/usage.md's \"Elsewhere\" snippet continues README.md's \"Install\" "
+                                             "snippet: 0 found"):
+        snippet_chain(elsewhere, [readme, loaded, alone, elsewhere])
+    assert run_alone(loaded, [readme, loaded], replace=('"mini"', '"tiny"'))["model"] == "MINI"  # only its own code
 
 
 def readme_commands(section: str | None = None) -> list[list[str]]:
@@ -102,21 +188,23 @@ def stored_output(heading: str) -> str:
 
 
 def test_offline_snippets_run_as_written():
-    """Each offline snippet of docs/usage.md runs after the README's loading part; the scene-reuse snippet answers
-    each question inside its task's grammar (issue 84) and prints what the doc stores, with GAP-MLLM-Mini."""
+    """Each offline snippet of docs/usage.md runs alone (`run_alone`); the scene-reuse snippet answers each question
+    inside its task's grammar (issue 84) and prints what the doc stores, with GAP-MLLM-Mini."""
     import contextlib
     import io
 
-    offline = [(heading, code) for heading, code in snippets_by_heading(USAGE) if HUB_LABEL not in heading]
-    assert offline
-    namespace = {"__name__": "usage_snippet"}
-    exec(compile(readme_loading_part(), str(README), "exec"), namespace)
-    for heading, code in offline:
+    snippets = doc_snippets()
+    offline = [snippet for snippet in snippets if snippet.path == "docs/usage.md" and HUB_LABEL not in snippet.heading]
+    assert len(offline) == 2
+    for snippet in offline:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            exec(compile(code, str(USAGE), "exec"), namespace)
-        if heading == "## Many questions about one scene":
+            namespace = run_alone(snippet, snippets)
+        if snippet.heading == "## Many questions about one scene":
             assert printed.getvalue() == stored_output("Many questions about one scene")
+            break
+    else:
+        pytest.fail("docs/usage.md has no \"Many questions about one scene\" snippet")
     answers = namespace["answers"]  # the scene-reuse snippet: one answer per question
     assert isinstance(answers, list) and len(answers) == len(namespace["questions"]) == 2
     assert all(isinstance(answer, str) for answer in answers)
@@ -129,10 +217,10 @@ def test_offline_snippets_run_as_written():
 def test_hub_snippets_run_as_written():
     if not hub_reachable():
         pytest.skip("needs the Hub: downloads Qwen/Qwen3-VL-2B-Instruct (offline here)")
-    for heading, code in snippets_by_heading(USAGE):
-        if HUB_LABEL in heading:
-            namespace = {"__name__": "usage_snippet"}
-            exec(compile(code, str(USAGE), "exec"), namespace)
+    snippets = doc_snippets()
+    for snippet in snippets:
+        if snippet.path == "docs/usage.md" and HUB_LABEL in snippet.heading:
+            namespace = run_alone(snippet, snippets)
             assert type(namespace["model"]).__name__ == "GapMllmForConditionalGeneration"
 
 
@@ -172,18 +260,18 @@ def test_serving_client_snippet_runs_against_the_engine_stand_in(tmp_path):
     import contextlib
     import io
 
+    from gap_mllm.mini import default_model_path
     from gap_mllm.serving import export_llm_folder
 
     from .engine_stand_in import EngineStandIn
 
-    (code,) = [code for _, code in snippets_by_heading(SERVING)]
-    assert code.count(SERVED_URL) == 1
-    namespace = {"__name__": "serving_snippet"}
-    exec(compile(readme_loading_part() + "\n" + readme_query_line(), str(README), "exec"), namespace)
-    folder = export_llm_folder(namespace["MODEL"], tmp_path / "gap-mllm-mini-llm").path
+    snippets = doc_snippets()
+    (snippet,) = [snippet for snippet in snippets if snippet.path == "docs/serving.md"]
+    assert snippet.code.count(SERVED_URL) == 1 and "MODEL = default_model_path()" in snippet.code
+    folder = export_llm_folder(default_model_path(), tmp_path / "gap-mllm-mini-llm").path  # the snippet's MODEL
     printed = io.StringIO()
     with EngineStandIn(folder) as server, contextlib.redirect_stdout(printed):
-        exec(compile(code.replace(SERVED_URL, server.url), str(SERVING), "exec"), namespace)
+        namespace = run_alone(snippet, snippets, replace=(SERVED_URL, server.url))
     (completion,) = server.completions
     assert completion["token_ids"] and namespace["request"].task == "grounding_stage2"
     assert printed.getvalue().startswith("GroundingResult(")
