@@ -69,6 +69,15 @@ def reference_score(scene, task: str, given: dict, result) -> str:
     return ""
 
 
+def query_reference_box(scene, query: str | None) -> list[float] | None:
+    """The reference box of the object a grounding `query` describes, on a bundled room asked its own grounding query
+    (`Scene.example_inputs`); None for another query or uploaded frames, whose object no reference names."""
+    given = scene.example_inputs.get(GROUNDING.name, {})
+    if query is None or query != given.get("query") or "box" not in given:
+        return None
+    return given["box"]
+
+
 def _is_the_example_request(task: str, given: dict, request) -> bool:
     """Whether the user asked the bundled request (its reference answer then applies)."""
     if task == GROUNDING.name:

@@ -59,6 +59,8 @@ class TaskResult:
             feature in each fused token; empty when the model has no gated fusion.
         token_grids: per view, the `(h, w)` grid of visual tokens after spatial merging (to lay the
             gates out as maps).
+        query: the query of the request (grounding, spatial QA), if any: the picture of a bundled room's own grounding
+            query marks its object's reference box (visualize.py `answer_picture`).
     """
 
     task: str
@@ -69,6 +71,7 @@ class TaskResult:
     marker: tuple[int, int, int] | None = None
     gates: list[np.ndarray] = field(default_factory=list)
     token_grids: list[tuple[int, int]] = field(default_factory=list)
+    query: str | None = None
 
     @property
     def answer(self) -> str:
@@ -226,7 +229,8 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
     cut = budget_cut(spec, processor.tokenizer, generated[0, input_ids.shape[-1]:].tolist(), budget, constrained)
     if cut is not None and parsed.reason is None:  # a whole-looking answer the budget ended is no success
         parsed = replace(parsed, reason=cut)
-    result = TaskResult(task=spec.name, raw=raw, parsed=parsed)
+    result = TaskResult(task=spec.name, raw=raw, parsed=parsed,
+                        query=request.query if "query" in spec.parameters else None)
     if spec is DETECTION:
         result.boxes = list(result.parsed.boxes)
     elif spec is GROUNDING:

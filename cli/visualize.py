@@ -5,9 +5,11 @@ metres). Frame v is drawn with `first → v = inv(cam_to_first[v])` when poses a
 only the first frame can carry boxes. The GLB is turned into glTF's y-up frame (x, −y, −z) so viewers
 show the room upright; the PLY keeps the camera frame, as the package's point clouds do.
 
-The frames PNG carries a legend naming what each colour is (reference vs predicted boxes, the
-predicted point, the marker of a reconstruction request, drawn as the model saw it). A 3D file with
-nothing to show (no point cloud, no box, no point) is not written; `write_visualisations` says why.
+The frames PNG carries a legend naming what each colour is (reference vs predicted boxes, the reference box of a
+grounding query's object in its own colour, the predicted point, the marker of a reconstruction request, drawn as the
+model saw it), and says when the boxes are drawn on frame 0 only (frames without poses). Every text lies inside the
+picture it is drawn on: a box's label is moved into its frame, a legend line too long for the sheet is wrapped. A 3D
+file with nothing to show (no point cloud, no box, no point) is not written; `write_visualisations` says why.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from gap_mllm.target_format import Box3D
 from gap_mllm.tasks_gap_mllm import CAPTIONING
 from gap_mllm.visual_prompt import MARKER_COLOR, apply_point_prompt
 
+from .example_reference import query_reference_box
+
 PREDICTED = (230, 40, 40)
 REFERENCE = (40, 200, 80)
+QUERY_REFERENCE = (40, 110, 255)  # the reference box of the object a grounding query describes
 MARKER = (255, 200, 0)
 OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])
 
@@ -37,20 +42,50 @@ def _as_array(boxes) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(-1, 9)
 
 
+def fitted_text(draw: ImageDraw.ImageDraw, text: str, width: float) -> str:
+    """`text`, cut to end in "…" where its drawn width passes `width` pixels (the whole of it when it fits)."""
+    if draw.textlength(text) <= width:
+        return text
+    while text and draw.textlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…" if text else ""
+
+
+def text_inside(draw: ImageDraw.ImageDraw, anchor, text: str, width: int, height: int):
+    """Where to draw `text` near `anchor` (x, y) so that its box (`draw.textbbox`) lies inside a `width x height`
+    picture: the anchor, moved in just as far as needed; `(xy, text)`, the text cut to the width if it is wider."""
+    text = fitted_text(draw, text, width)
+    left, top, right, bottom = draw.textbbox((0, 0), text)
+    x = min(max(anchor[0], -left), width - right)
+    y = min(max(anchor[1], -top), height - bottom)
+    return (x, y), text
+
+
 def _draw_box_set(draw: ImageDraw.ImageDraw, boxes: np.ndarray, intrinsics, colour, width: int, labels=None):
+    """The boxes' projected edges; each label at the top left of the part of its box the frame shows, moved into the
+    frame where it would pass an edge (none for a box wholly outside the frame)."""
+    frame_width, frame_height = draw.im.size
     for index, box in enumerate(boxes):
         segments = project_box_edges(box, intrinsics)
         for start, end in segments:
             draw.line([tuple(start), tuple(end)], fill=colour, width=width)
-        if labels and segments:
-            top_left = min((tuple(p) for seg in segments for p in seg), key=lambda p: (p[1], p[0]))
-            draw.text((top_left[0] + 2, top_left[1] + 2), str(labels[index]), fill=colour)
+        if labels and labels[index] and segments:
+            points = np.array([point for segment in segments for point in segment])
+            left, top = np.maximum(points.min(axis=0), 0)
+            right, bottom = np.minimum(points.max(axis=0), (frame_width - 1, frame_height - 1))
+            if left > right or top > bottom:
+                continue
+            xy, text = text_inside(draw, (left + 2, top + 2), str(labels[index]), frame_width, frame_height)
+            draw.text(xy, text, fill=colour)
 
 
-def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True, marker=None) -> list[Image.Image]:
-    """Every frame with the predicted boxes (red), the reference boxes (green, synthetic scenes) and the
-    predicted 3D point (yellow; a wedge on the edge where it lies beyond the frame: `_draw_point`) projected, and the marker `(view, x, y)` of a reconstruction request painted
-    as the model saw it (the official red "+"); frames without a known pose get no projections."""
+def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True, marker=None,
+                      query_box=None) -> list[Image.Image]:
+    """Every frame with the predicted boxes (red), the reference boxes (green, synthetic scenes), the reference box of
+    the object a grounding query describes (`query_box`, blue and thicker, over its green one) and the predicted 3D
+    point (yellow; a wedge on the edge where it lies beyond the frame: `_draw_point`) projected, and the marker
+    `(view, x, y)` of a reconstruction request painted as the model saw it (the official red "+"); frames without a
+    known pose get no projections."""
     predicted = _as_array(boxes)
     labels = [b.label if isinstance(b, Box3D) else None for b in boxes]
     labels = labels if any(labels) else None
@@ -65,6 +100,9 @@ def frames_with_boxes(scene, boxes, point=None, show_reference: bool = True, mar
         draw = ImageDraw.Draw(image)
         if show_reference and len(scene.reference_boxes):
             _draw_box_set(draw, transform_boxes(scene.reference_boxes, first_to_view), scene.intrinsics, REFERENCE, 1)
+        if show_reference and query_box is not None:
+            _draw_box_set(draw, transform_boxes(_as_array([query_box]), first_to_view), scene.intrinsics,
+                          QUERY_REFERENCE, 2)
         if len(predicted):
             _draw_box_set(draw, transform_boxes(predicted, first_to_view), scene.intrinsics, PREDICTED, 2, labels)
         mark = point_mark(point, first_to_view, scene.intrinsics, image.width, image.height) if point is not None else None
@@ -135,27 +173,33 @@ def _draw_point(draw: ImageDraw.ImageDraw, mark: tuple[str, float, float], width
 
 def contact_sheet(images: list[Image.Image], columns: int = 2, legend=None) -> Image.Image:
     """The frames tiled into one image (for a single PNG per answer), with `legend` (`legend_entries`) in a
-    white strip below them."""
+    white strip below them, each entry's text wrapped to the sheet's width (`legend_lines`)."""
     width, height = images[0].size
     rows = -(-len(images) // columns)
-    strip = LEGEND_ROW_HEIGHT * max(len(legend), 1) + 2 * LEGEND_PADDING if legend is not None else 0
+    lines = legend_lines(legend, columns * width) if legend is not None else []
+    strip = LEGEND_ROW_HEIGHT * len(lines) + 2 * LEGEND_PADDING if legend is not None else 0
     sheet = Image.new("RGB", (columns * width, rows * height + strip), (255, 255, 255))
     for index, image in enumerate(images):
         sheet.paste(image.resize((width, height)), ((index % columns) * width, (index // columns) * height))
     if legend is not None:
-        _draw_legend(ImageDraw.Draw(sheet), legend, top=rows * height + LEGEND_PADDING)
+        _draw_legend(ImageDraw.Draw(sheet), lines, top=rows * height + LEGEND_PADDING)
     return sheet
 
 
 LEGEND_ROW_HEIGHT, LEGEND_PADDING, LEGEND_SWATCH = 14, 4, 10
+LEGEND_TEXT_LEFT = LEGEND_PADDING + LEGEND_SWATCH + 6  # where an entry's text starts, right of its swatch
+NOTHING_DRAWN = "nothing to draw: the answer has no box or point"
 
 
 def legend_entries(scene, boxes, point=None, marker=None, task: str | None = None,
-                   show_reference: bool = True) -> list[tuple[str, tuple[int, int, int], str]]:
-    """`(shape, colour, text)` for everything `frames_with_boxes` draws with these arguments."""
+                   show_reference: bool = True, query_box=None) -> list[tuple[str, tuple[int, int, int] | None, str]]:
+    """`(shape, colour, text)` for everything `frames_with_boxes` draws with these arguments; a `("note", None, text)`
+    entry (no swatch) says when boxes and the point are drawn on frame 0 only (several frames, no poses)."""
     entries = []
     if show_reference and len(scene.reference_boxes):
         entries.append(("box", REFERENCE, "reference boxes (ground truth)"))
+    if show_reference and query_box is not None:
+        entries.append(("box", QUERY_REFERENCE, "reference box of the query's object"))
     if len(_as_array(boxes)):
         text = "box to describe (input)" if task == CAPTIONING.name else "predicted boxes"
         entries.append(("box", PREDICTED, text))
@@ -163,14 +207,43 @@ def legend_entries(scene, boxes, point=None, marker=None, task: str | None = Non
         entries.append(("circle", MARKER, "predicted 3D point (wedge: beyond the frame)"))
     if marker is not None:
         entries.append(("plus", MARKER_COLOR, f"marker: the pixel asked about (view {int(marker[0])})"))
+    drawn = bool(len(_as_array(boxes))) or point is not None or (show_reference and bool(len(scene.reference_boxes)))
+    if drawn and len(scene.views) > 1 and scene.cam_to_first is None:
+        entries.append(("note", None, f"boxes drawn on frame 0 (top left) only, of {len(scene.views)} frames: the "
+                                      "others have no known camera pose"))
     return entries
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, entries, top: int) -> None:
+def _wrapped(draw: ImageDraw.ImageDraw, text: str, width: float) -> list[str]:
+    """`text` in lines no wider than `width` pixels, broken between words (a word wider than a line is cut)."""
+    lines, line = [], ""
+    for word in text.split():
+        joined = f"{line} {word}" if line else word
+        if line and draw.textlength(joined) > width:
+            lines.append(line)
+            joined = word
+        line = joined
+    lines.append(line)
+    return [fitted_text(draw, line, width) for line in lines]
+
+
+def legend_lines(entries, sheet_width: int) -> list[tuple[str | None, tuple[int, int, int] | None, int, str]]:
+    """The legend of `entries` as drawn lines `(shape, colour, x, text)` on a sheet `sheet_width` wide: each entry's
+    text wrapped so that every line ends inside the sheet (`shape` on its first line only; a note starts at the left
+    edge); the "nothing to draw" line when there are no entries."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))  # to measure text in the font the sheet is drawn with
     if not entries:
-        draw.text((LEGEND_PADDING, top), "nothing to draw: the answer has no box or point", fill=(0, 0, 0))
-        return
-    for row, (shape, colour, text) in enumerate(entries):
+        entries = [("note", None, NOTHING_DRAWN)]
+    lines = []
+    for shape, colour, text in entries:
+        x = LEGEND_PADDING if shape == "note" else LEGEND_TEXT_LEFT
+        for number, line in enumerate(_wrapped(draw, text, sheet_width - x - LEGEND_PADDING)):
+            lines.append((shape if number == 0 else None, colour, x, line))
+    return lines
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, lines, top: int) -> None:
+    for row, (shape, colour, x, text) in enumerate(lines):
         y = top + row * LEGEND_ROW_HEIGHT
         x0, y0, x1, y1 = LEGEND_PADDING, y, LEGEND_PADDING + LEGEND_SWATCH, y + LEGEND_SWATCH
         if shape == "box":
@@ -178,10 +251,10 @@ def _draw_legend(draw: ImageDraw.ImageDraw, entries, top: int) -> None:
         elif shape == "circle":
             draw.ellipse([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=OUTLINE, width=4)
             draw.ellipse([x0, y0, x1, y1], outline=colour, width=2)
-        else:
+        elif shape == "plus":
             draw.rectangle([x0, y0 + 4, x1, y0 + 6], fill=colour)
             draw.rectangle([x0 + 4, y0, x0 + 6, y1], fill=colour)
-        draw.text((x1 + 6, y0 - 1), text, fill=(0, 0, 0))
+        draw.text((x, y0 - 1), text, fill=(0, 0, 0))
 
 
 def box_edge_points(boxes, per_edge: int = 24) -> np.ndarray:
@@ -309,10 +382,14 @@ NOTHING_IN_3D = "no point cloud (uncalibrated frames) and no box or point in the
 
 
 def answer_picture(scene, result) -> Image.Image:
-    """The frames of `result` (a `TaskResult`) with its boxes / point / marker and a legend, as one image."""
+    """The frames of `result` (a `TaskResult`) with its boxes / point / marker and a legend, as one image; on a
+    bundled room asked its own grounding query, that query's object's reference box is marked
+    (example_reference.py `query_reference_box`)."""
     marker = getattr(result, "marker", None)
-    frames = frames_with_boxes(scene, result.boxes, result.point, marker=marker)
-    return contact_sheet(frames, legend=legend_entries(scene, result.boxes, result.point, marker, result.task))
+    query_box = query_reference_box(scene, getattr(result, "query", None))
+    frames = frames_with_boxes(scene, result.boxes, result.point, marker=marker, query_box=query_box)
+    return contact_sheet(frames, legend=legend_entries(scene, result.boxes, result.point, marker, result.task,
+                                                       query_box=query_box))
 
 
 def write_visualisations(scene, result, out_dir, formats=("png", "glb", "ply")) -> SavedPictures:
