@@ -16,6 +16,12 @@ with `<|im_start|>assistant\n` would move the supervised span onto the injected 
 Unicode is a `DataError` naming the sample (`sample_chat_text`, the rule of `gap_mllm.control_tokens`). In
 training, `BadSampleGuard` then stops the run or skips and counts the sample (`data.on_bad_sample`); evaluation
 (`gap-mllm evaluate`, scene reuse included) refuses it.
+
+A sample longer than the model's context is bad data too (`max_tokens`, training: the model's
+`text_config.max_position_embeddings`): its tokens (text and visual) are counted once the processor has made them,
+before any model input is built from them, so a prompt of 200,000 words is a `DataError` naming the sample, not an
+attention mask of hundreds of gigabytes. Tokens, not M-RoPE positions: the visual tokens of a view share positions,
+so a sample's positions are fewer than its tokens, and its tokens size its memory.
 """
 
 from __future__ import annotations
@@ -72,13 +78,17 @@ class GapMllmDataCollator:
         processor: a `GapMllmProcessor`.
         train: append the answer and return `labels` (else: generation prompt, no labels).
         marker: paint the red "+" of `pixel_coords` (pre-training samples) through the processor.
+        max_tokens: the most tokens a sample may have (the model's context); a longer one is a `DataError` naming
+            it (module docstring). None: no bound.
         **processor_kwargs: forwarded to the processor call (e.g. `padding_side`).
     """
 
-    def __init__(self, processor, train: bool = True, marker: bool = True, **processor_kwargs):
+    def __init__(self, processor, train: bool = True, marker: bool = True, max_tokens: int | None = None,
+                 **processor_kwargs):
         self.processor = processor
         self.train = train
         self.marker = marker
+        self.max_tokens = max_tokens
         self.processor_kwargs = processor_kwargs
         self._header_ids = processor.tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False)
 
@@ -94,9 +104,22 @@ class GapMllmDataCollator:
             coords = example.get("pixel_coords") if self.marker else None
             point_prompts.append(tuple(int(v) for v in coords) if coords is not None else None)
         batch = self.processor(images=images, text=texts, point_prompts=point_prompts, return_tensors="pt", **self.processor_kwargs)
+        if self.max_tokens is not None:
+            self._check_lengths(batch["attention_mask"], examples)
         if self.train:
             batch["labels"] = self._labels(batch["input_ids"], batch["attention_mask"])
         return batch
+
+    def _check_lengths(self, attention_mask: torch.Tensor, examples: list[dict]) -> None:
+        """A `DataError` naming the first sample with more than `max_tokens` tokens (the mask is the processor's,
+        on the host: no device is read)."""
+        for index, tokens in enumerate(attention_mask.sum(dim=-1).tolist()):
+            if tokens > self.max_tokens:
+                sample = examples[index].get("id")
+                raise DataError(f"{tokens} tokens (chat text, prompt, answer and the visual tokens of its "
+                                f"{len(examples[index]['images'])} view(s)) do not fit the model's context of "
+                                f"{self.max_tokens} (text_config.max_position_embeddings); shorten its prompt or answer, "
+                                "or give it fewer views", sample=index if sample is None else sample)
 
     def _labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         labels = torch.full_like(input_ids, IGNORE_INDEX)

@@ -3,7 +3,8 @@
     datasets     one `processing.builders` builder per task in `data.tasks`, their columns reduced to
                  those every task shares (id, images, prompt, answer, + pixel_coords / depth / poses when
                  present in all), concatenated (stage 2 mixes grounding, detection and captioning)
-    collator     GapMllmDataCollator (processor, marker prompt, answer-only labels)
+    collator     GapMllmDataCollator (processor, marker prompt, answer-only labels; a sample longer than the
+                 model's context is a bad sample)
                  → LossWeightCollator (`label_weights` beside the labels, with `data.task_loss_weights`)
                  → AuxTargetCollator (targets of the enabled auxiliary losses)
                  → BadSampleGuard (name, then raise or skip-and-count a sample that fails)
@@ -22,6 +23,7 @@ import logging
 import datasets
 
 from gap_mllm.chat_format import IMAGE_PLACEHOLDER
+from gap_mllm.generation_checks import context_limit
 from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.collator import GapMllmDataCollator
 
@@ -159,9 +161,13 @@ def packing_row_tokens(data: DataConfig, model=None) -> int | None:
     return data.packing_row_tokens
 
 
-def sample_collator(processor, data: DataConfig, aux: AuxLossConfig):
-    """The chain that turns samples into one padded batch: processor and labels, auxiliary targets, bad-sample guard."""
-    collator = LossWeightCollator(GapMllmDataCollator(processor, train=True, marker=data.marker,
+def sample_collator(processor, data: DataConfig, aux: AuxLossConfig, model=None):
+    """The chain that turns samples into one padded batch: processor and labels, auxiliary targets, bad-sample guard.
+    `model`: the model the batches are for; a sample longer than its context (`context_limit`) is a bad sample, named,
+    then refused or skipped and counted (None: no bound)."""
+    config = getattr(model, "config", None)
+    max_tokens = context_limit(config) if config is not None else None
+    collator = LossWeightCollator(GapMllmDataCollator(processor, train=True, marker=data.marker, max_tokens=max_tokens,
                                                       padding_side=TRAINING_PADDING_SIDE))
     if aux.enabled:
         collator = AuxTargetCollator(collator, aux, merge_size=processor.image_processor.merge_size)
@@ -175,7 +181,7 @@ def sample_collator_settings(data: DataConfig, aux: AuxLossConfig) -> dict:
 
 def build_collator(processor, data: DataConfig, aux: AuxLossConfig, cache=None, model=None):
     """The collator chain of the module docstring (`model`: to choose packed rows for its attention kernel)."""
-    collator = sample_collator(processor, data, aux)
+    collator = sample_collator(processor, data, aux, model)
     tokenizer, merge = processor.tokenizer, processor.image_processor.merge_size
     if cache is not None:
         collator = CachedCollator(collator, cache, tokenizer.pad_token_id, TRAINING_PADDING_SIDE, packing=data.packing,
