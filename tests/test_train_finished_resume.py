@@ -16,7 +16,8 @@ import torch
 from transformers import AutoTokenizer, TrainerCallback
 
 from gap_mllm.evaluation.run_fingerprint import MODEL_CONFIGURATION_FILES, model_fingerprint
-from gap_mllm.training.run import build_trainer, clear_call_settings, finished_checkpoint, run_training
+from gap_mllm.training.run import (ALREADY_FINISHED, build_trainer, clear_call_settings, finished_checkpoint,
+                                   run_training)
 from gap_mllm.training.run_state import read_run_state
 
 from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root  # noqa: F401
@@ -64,6 +65,8 @@ def test_run_training_resumed_at_the_last_step_trains_nothing_and_writes_the_sam
     again = run_training(recipe(tmp_path, training=settings(tmp_path)), resume_from_checkpoint="auto", model=model,
                          processor=processor, train_dataset=data)
     assert again.global_step == first.global_step == 2
+    assert again.metrics == {ALREADY_FINISHED: str(out / "checkpoint-2")}
+    assert ALREADY_FINISHED not in first.metrics
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
     resumed = safetensors.torch.load_file(str(out / "model.safetensors"))
     assert set(resumed) == set(final) and all(torch.equal(resumed[k], final[k]) for k in final)
@@ -138,3 +141,21 @@ def test_a_run_rebuilt_from_its_state_ends_with_the_best_model_of_its_last_valid
     shutil.rmtree(out)  # a fresh machine: only the run state is left
     assert run(resume="auto", seed=1).global_step == 3
     assert model_fingerprint(out) == trained
+
+
+def test_the_command_says_a_finished_run_is_finished_and_where_its_model_is(tmp_path, train_data_root, capsys):
+    """`gap-mllm train --resume auto` on a finished run printed "trained 2 steps, final train loss nan"."""
+    from .test_train_cli import CPU, RECIPES, run_cli
+
+    out = tmp_path / "run"
+    argv = ["--config", str(RECIPES / "stage1_pretrain.yaml"), "--output-dir", str(out), "--data-root",
+            str(train_data_root), "--report-to", "none", "--set", "model.tiny=tiny",
+            "--set", f"data.cache_dir={tmp_path / 'hf'}", "--set", "cache.enabled=false",
+            *sum((["--set", o] for o in CPU), [])]
+    assert run_cli(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("trained 2 steps, final train loss ")
+    assert run_cli([*argv, "--resume", "auto"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (f"nothing to train: the run had already finished at step 2 ({out / 'checkpoint-2'}); its final "
+                    f"model is in {out}")
+    assert (out / "model.safetensors").is_file()

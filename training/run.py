@@ -182,7 +182,9 @@ def finished_checkpoint(checkpoint, max_steps: int) -> bool:
 
 
 def finish_from_checkpoint(trainer, checkpoint) -> TrainOutput:
-    """The end of a run whose checkpoint is its last step: its weights and trainer state, no step trained.
+    """The end of a run whose checkpoint is its last step: its weights and trainer state, no step trained; the
+    output's `metrics` name the checkpoint (`ALREADY_FINISHED`); its `training_loss` is NaN unless the checkpoint's
+    log holds the run's.
 
     Trainer resumed at its last step trains one step more (transformers 5.23 checks `max_steps` only after a step:
     a run state or a checkpoint at step N of N came back as step N + 1, at a learning rate past its schedule), so the
@@ -196,7 +198,12 @@ def finish_from_checkpoint(trainer, checkpoint) -> TrainOutput:
     losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
     logger.info("%s is the run's last step (%d of %d): nothing left to train; the final model is written from it",
                 checkpoint, trainer.state.global_step, trainer.args.max_steps)
-    return TrainOutput(trainer.state.global_step, losses[-1] if losses else float("nan"), {})
+    # the checkpoint was saved before the run's closing summary: its mean training loss is not known here
+    return TrainOutput(trainer.state.global_step, losses[-1] if losses else float("nan"),
+                       {ALREADY_FINISHED: str(checkpoint)})
+
+
+ALREADY_FINISHED = "already_finished"  # `TrainOutput.metrics` of a run resumed at its last step: that checkpoint
 
 
 def load_checkpoint_weights(model, checkpoint) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from gap_mllm.processing.errors import RunStoppedEarly
 
 from .config import load_recipe
-from .run import TRAIN_LOG, run_training
+from .run import ALREADY_FINISHED, TRAIN_LOG, run_training
 from .train_arguments import add_arguments  # noqa: F401 - the command's add_arguments
 
 
@@ -57,6 +57,10 @@ def main(args: argparse.Namespace, resolve_model=None) -> int:
     result = run_training(recipe, resume_from_checkpoint=args.resume, log_file=TRAIN_LOG,
                           echo_library_log=getattr(args, "debug", False))
     output_dir = recipe.training["output_dir"]
+    if ALREADY_FINISHED in result.metrics:  # resumed at its last step: nothing trained, and no loss of this command
+        print(f"nothing to train: the run had already finished at step {result.global_step} "
+              f"({result.metrics[ALREADY_FINISHED]}); its final model is in {output_dir}")
+        return 0
     print(f"trained {result.global_step} steps, final train loss {result.training_loss:.4f}; saved to {output_dir} "
           f"(log: {Path(output_dir, TRAIN_LOG)})")
     return 0
