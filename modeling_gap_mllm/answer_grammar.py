@@ -9,7 +9,8 @@ Each grammar is the language of the task's serialiser (target_format.py), built 
     grounding_stage1  {"frame": k}                             (k: one of the views' indices when their number is known)
     reconstruction    {"pointmap": [x, y, z], "label": "..."}  (the label may be left out, as the serialiser does)
     captioning        prose: sentences of words (`caption_grammar`), never another task's syntax
-    spatial_qa        one of the option letters the question offers, else a number
+    spatial_qa        one of the option letters the question offers, else a number (a question that names a
+                      letter twice or numbers its options is refused: `options_problem`)
 
 A number is what `json.dumps(round(v, 2))` writes: an optional minus, 1-2 integer digits without a leading zero,
 a point, 1-2 decimals (`0.44`, `-0.0`, `12.5`; up to ±99.99 metres or radians: a room); a box's sizes (entries 3-5)
@@ -90,6 +91,34 @@ def literal(text: str) -> str:
     """`text` as an EBNF string literal (quotes, backslashes, tabs and line breaks escaped)."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
     return f'"{escaped}"'
+
+
+def grammar_characters(grammar: str) -> list[str]:
+    """Every character an answer of a grammar (GBNF as this module writes it: `literal`'s escapes, classes of
+    characters and ranges such as `[A-Za-z0-9]` or `[ '-]`) may write, sorted: the characters of its string literals
+    and of its classes. What the tokenizer must be able to write for the grammar to apply (answer_grammar_processor.py
+    `unwritable_character`)."""
+    found, index, unescape = set(), 0, {"n": "\n", "t": "\t"}
+    while index < len(grammar):
+        opening = grammar[index]
+        if opening in "[\"":
+            closing, text = "]" if opening == "[" else '"', []
+            index += 1
+            while grammar[index] != closing:
+                if grammar[index] == "\\":
+                    index += 1
+                    text.append(unescape.get(grammar[index], grammar[index]))
+                else:
+                    text.append(grammar[index])
+                index += 1
+            if opening == "[":  # ranges: a '-' between two characters (a first or last '-' is itself)
+                spans = [k for k in range(1, len(text) - 1) if text[k] == "-"]
+                for k in spans:
+                    found.update(chr(code) for code in range(ord(text[k - 1]), ord(text[k + 1]) + 1))
+                text = [char for k, char in enumerate(text) if k not in spans]
+            found.update(text)
+        index += 1
+    return sorted(found)
 
 
 def _key(name: str) -> str:
@@ -331,17 +360,26 @@ _ASKS_FOR_LETTER = re.compile(r"\b(?:option|choice)(?:'s)?\s+letter\b|\bletter\s
                               r"(?:option|choice|answer)\b", re.IGNORECASE)
 
 
+# a numbered line ("1. chair", "2) table", "(3) lamp", "4: bed"): options as some people number them, which this
+# model, trained on lettered options, answers by no number it was taught
+_NUMBERED_LINE = re.compile(r"^[ \t]*(?:\((?P<paren>[0-9]+)\)|(?P<number>[0-9]+)[.):])[ \t]+\S", re.MULTILINE)
+
+
+def _option_letters(prompt: str | None) -> dict[tuple[str, bool], list[str]]:
+    """The letters of the option lines of `prompt`, in order, by layout: `(mark, lower case)` → letters."""
+    found: dict[tuple[str, bool], list[str]] = {}
+    for line in _OPTION_LINE.finditer(prompt or ""):
+        letter = line["paren"] or line["letter"]
+        found.setdefault(("()" if line["paren"] else line["mark"], letter.islower()), []).append(letter)
+    return found
+
+
 def offered_options(prompt: str | None) -> tuple[str, ...]:
     """The option letters a spatial question offers, in order, as the question writes them: lines that start with
     `A. `, `A) `, `(A) ` or `A: ` (or the same in lower case), lettered from A (or a) on in one layout (`A. chair` /
     `B. table`: VSI-Bench's and SynthRooms' layout); `()` for a question without options (a numerical one). A line
     `Q: ...` or a list lettered from elsewhere is no set of options."""
-    found: dict[tuple[str, bool], list[str]] = {}
-    for line in _OPTION_LINE.finditer(prompt or ""):
-        letter = line["paren"] or line["letter"]
-        layout = ("()" if line["paren"] else line["mark"], letter.islower())
-        found.setdefault(layout, []).append(letter)
-    for (_, lower), letters in found.items():
+    for (_, lower), letters in _option_letters(prompt).items():
         first = "a" if lower else "A"
         options = tuple(dict.fromkeys(letters))
         if options == tuple(chr(ord(first) + k) for k in range(len(options))):
@@ -349,10 +387,42 @@ def offered_options(prompt: str | None) -> tuple[str, ...]:
     return ()
 
 
+def _repeated_letter(prompt: str | None) -> str | None:
+    """The first letter that the options `offered_options` reads name twice ("A. chair" ... "A. sofa"), or None."""
+    options = offered_options(prompt)
+    for letters in _option_letters(prompt).values():
+        if tuple(dict.fromkeys(letters)) == options:
+            return next((letter for k, letter in enumerate(letters) if letter in letters[:k]), None)
+    return None
+
+
+def _numbered_options(prompt: str | None) -> tuple[str, ...]:
+    """The numbers of a question's numbered lines when they count from 1 (`1. chair` / `2. table`), else `()`."""
+    numbers = tuple(line["paren"] or line["number"] for line in _NUMBERED_LINE.finditer(prompt or ""))
+    return numbers if len(numbers) > 1 and numbers == tuple(str(k) for k in range(1, len(numbers) + 1)) else ()
+
+
 def options_problem(prompt: str | None) -> str | None:
-    """Why a spatial question cannot be answered in its grammar, or None: it asks for an option letter but offers no
-    options that `offered_options` reads (the number grammar would force a number on it)."""
-    if prompt is None or offered_options(prompt) or not _ASKS_FOR_LETTER.search(prompt):
+    """Why a spatial question cannot be answered in its grammar, or None:
+
+    - it names an option letter twice (`A. chair` / `B. table` / `A. sofa`): an answer "A" would not say which;
+    - it numbers its options (`1. chair` / `2. table`) and letters none: this model answers options by letter, and
+      the number grammar would force any number on it ("2010");
+    - it asks for an option letter but offers no options that `offered_options` reads (the number grammar would
+      force a number on it)."""
+    if prompt is None:
+        return None
+    repeated = _repeated_letter(prompt)
+    if repeated is not None:
+        return (f"the question names option {repeated} twice, so an answer '{repeated}' would not say which: letter "
+                "each option once, from A")
+    if offered_options(prompt):
+        return None
+    numbered = _numbered_options(prompt)
+    if numbered:
+        return (f"the question numbers its options ({', '.join(numbered)}), and this model answers options by their "
+                "letter: write them as 'A. chair', 'B. table', lettered from A")
+    if not _ASKS_FOR_LETTER.search(prompt):
         return None
     return ("the question asks for an option letter but lists no options this model reads: write each option on its "
             "own line as 'A. chair', 'A) chair', '(A) chair' or 'A: chair', lettered from A")
@@ -361,7 +431,8 @@ def options_problem(prompt: str | None) -> str | None:
 def spatial_answer_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
     """A spatial-QA answer (`serialize_spatial_answer`): one of the option letters `prompt` (the question) offers; a
     number (whole or with decimals) for a question that offers none; without the question, either. A question that
-    asks for a letter and offers none is a ValueError (`options_problem`), not given a number."""
+    asks for a letter and offers none, names a letter twice or numbers its options is a ValueError
+    (`options_problem`), not given a grammar."""
     number = '"-"? ("0" | [1-9] [0-9]{0,5}) ("." [0-9]{1,4})?'
     if prompt is None:
         return f"root ::= {number} | [A-Z]\n"
@@ -383,6 +454,7 @@ __all__ = [
     "detection_list_grammar",
     "frame_selection_grammar",
     "grounding_grammar",
+    "grammar_characters",
     "literal",
     "offered_options",
     "options_problem",

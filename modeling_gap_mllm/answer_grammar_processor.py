@@ -18,11 +18,14 @@ A list answer (detection: `answer_grammar.EntryList`) is closed by the token bud
 decodes inside the list without a bound until the tokens left are the list's `reserve` (what one more entry and the
 close can take), then inside the list bounded to the entry it is writing (between entries: one more), so it ends
 well-formed within the budget with as many entries as the budget allows. The processor counts the budget `generate`
-was given (`max_new_tokens`; `fit_budget` when `generate` lowers it to the model's context). A grammar that depends
+was given (`max_new_tokens`; `fit_budget` when `generate` runs with another budget: the caller's own, or the model's
+context's). A grammar that depends
 on the question (spatial QA's offered options) is built from each row's prompt, decoded once at the first step.
 
 A row whose token the grammar refuses is no longer constrained: that happens only to a row that already stopped
-(`generate` pads it, or the answer-end rule ended it), never to a live one, since its token came from the mask.
+(`generate` pads it, or the answer-end rule ended it), never to a live one, since its token came from the mask. So a
+grammar holding a character the tokenizer cannot write is refused at its first step (`unwritable_character`): there
+the engine's mask leads to a token it then refuses, and the row would decode on without its grammar.
 Reading each row's new token is a host sync per step, as in every grammar engine: the matchers run on the CPU.
 
 llguidance is imported in a `try` so that this folder's remote code loads without it (transformers checks the
@@ -38,7 +41,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from .answer_grammar import ENGINE_REQUIREMENT, EntryList, engine_missing
+from .answer_grammar import ENGINE_REQUIREMENT, EntryList, engine_missing, grammar_characters
 
 try:  # optional for the remote code: only constrained decoding needs it
     import llguidance
@@ -50,7 +53,8 @@ except ImportError:  # pragma: no cover - exercised in environments without llgu
 # plain `pip install` brings it and nothing else.
 CONTROL_TOKENS_THAT_STOP = ("<|im_end|>",)  # the chat turn's end: Qwen3-VL's and the Mini's EOS
 
-# tokenizer -> {vocab width: (llguidance tokenizer, {grammar text: compiled matcher, copied for each answer})}
+# tokenizer -> {vocab width: (llguidance tokenizer, {grammar text: compiled matcher, copied for each answer}, stop ids,
+#                            {character: whether the tokenizer can write it})}
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _EXECUTOR = None  # _executor()
 
@@ -73,8 +77,9 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def _engine(tokenizer, vocab_size: int) -> tuple:
-    """`(llguidance tokenizer, {grammar text: compiled matcher}, stop ids)` of `tokenizer` at width `vocab_size`, made
-    once (the conversion takes about a second at Qwen's vocabulary, and the stop ids read the whole vocabulary)."""
+    """`(llguidance tokenizer, {grammar text: compiled matcher}, stop ids, {character: writable})` of `tokenizer` at
+    width `vocab_size`, made once (the conversion takes about a second at Qwen's vocabulary, and the stop ids read the
+    whole vocabulary)."""
     require_grammar_engine()
     try:
         per_width = _COMPILED.setdefault(tokenizer, {})
@@ -83,8 +88,23 @@ def _engine(tokenizer, vocab_size: int) -> tuple:
     if vocab_size not in per_width:
         stops = stop_token_ids(tokenizer)
         engine_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=int(vocab_size), eos_token=stops)
-        per_width[vocab_size] = (engine_tokenizer, {}, frozenset(stops))
+        per_width[vocab_size] = (engine_tokenizer, {}, frozenset(stops), {})
     return per_width[vocab_size]
+
+
+def unwritable_character(tokenizer, vocab_size: int, grammar: str) -> str | None:
+    """The first character an answer of `grammar` may write (`grammar_characters`) that `tokenizer` has no tokens
+    for (its tokens do not spell it back), or None. Where a grammar forces a character the tokenizer cannot write,
+    the engine masks the logits to other tokens, then refuses the one chosen, and the answer would go on without
+    its grammar: such a grammar cannot be applied (`grammar_matcher` refuses it)."""
+    engine_tokenizer, _, _, writable = _engine(tokenizer, vocab_size)
+    for char in grammar_characters(grammar):
+        if char not in writable:
+            text = char.encode("utf-8")
+            writable[char] = engine_tokenizer.decode_bytes(engine_tokenizer.tokenize_bytes(text)) == text
+        if not writable[char]:
+            return char
+    return None
 
 
 def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
@@ -93,10 +113,16 @@ def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
     compiled once per tokenizer, width and text; each call copies the compiled matcher (`deep_copy`, microseconds).
 
     Raises:
-        ValueError: the grammar does not compile (llguidance's message).
+        ValueError: the tokenizer cannot write a character of the grammar (`unwritable_character`), or the grammar does
+            not compile (llguidance's message).
     """
-    engine_tokenizer, compiled, _ = _engine(tokenizer, vocab_size)
+    engine_tokenizer, compiled, _, _ = _engine(tokenizer, vocab_size)
     if grammar not in compiled:
+        missing = unwritable_character(tokenizer, vocab_size, grammar)
+        if missing is not None:
+            raise ValueError(f"the answer grammar cannot be applied with this tokenizer: it has no token for "
+                             f"{missing!r}, which the grammar's answers write; constrained decoding needs the model's "
+                             "own tokenizer, or decode freely (constrained=False; gap-mllm: --free)")
         matcher = llguidance.LLMatcher(engine_tokenizer, llguidance.grammar_from("grammar", grammar), log_level=0)
         if matcher.is_error():
             raise ValueError(f"the answer grammar does not compile in llguidance: {matcher.get_error()}")
@@ -181,10 +207,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self._matchers: list | None = None
 
     def fit_budget(self, max_new_tokens: int) -> None:
-        """`generate` generates at most `max_new_tokens` (fewer than this processor was made for: the model's
-        context ends sooner); lists close for that budget."""
-        if self.max_new_tokens is not None:
-            self.max_new_tokens = min(self.max_new_tokens, int(max_new_tokens))
+        """`generate` generates at most `max_new_tokens`: the call's own budget, which may differ from the one this
+        processor was made for (the caller's `max_new_tokens` beside `generation_kwargs`'s, or the model's context
+        ending sooner: generation_checks.py `budget_to_grammars`); lists close for that budget."""
+        self.max_new_tokens = int(max_new_tokens)
 
     def _start(self, input_ids: torch.LongTensor, vocab_size: int) -> None:
         batch = input_ids.shape[0]
@@ -266,4 +292,4 @@ class GrammarLogitsProcessor(LogitsProcessor):
 
 
 __all__ = ["ENGINE_REQUIREMENT", "GrammarLogitsProcessor", "apply_bitmask", "fill_bitmask", "grammar_accepts",
-           "grammar_matcher", "require_grammar_engine", "stop_token_ids"]
+           "grammar_matcher", "require_grammar_engine", "stop_token_ids", "unwritable_character"]

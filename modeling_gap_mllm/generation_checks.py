@@ -18,7 +18,9 @@ worse. So:
   tokens on a 4,096-position model), so refusing them would break calls that never reach the context, while
   generating past it is what must not happen. An answer cut at the context's end reads like one cut by its
   budget, and the warning says why; a constrained list answer closes for the lowered budget (`fit_budget` of
-  answer_grammar_processor.py), so it still ends well-formed. When the budget is the task's own
+  answer_grammar_processor.py), so it still ends well-formed. Whether lowered or not, the grammar closes its list
+  for the budget the call uses, which may be the caller's own rather than the one it was built for
+  (`budget_to_grammars`). When the budget is the task's own
   (`tasks_gap_mllm.DefaultBudget`: the caller set none) or the generation config's, lowering it is the documented
   behaviour, not the caller's mistake: one INFO line says so instead of a warning.
 """
@@ -133,6 +135,25 @@ def shortest_answer(kwargs: dict) -> tuple[str, int] | None:
     return None
 
 
+def budget_to_grammars(model, kwargs: dict, input_length: int | None) -> None:
+    """Tell each logits processor of a generate call's `kwargs` that plans for its token budget (a grammar that
+    closes a list at the budget: answer_grammar_processor.py `fit_budget`) the budget the call uses, as
+    `new_token_budget` reads it: the call's own `max_new_tokens` may differ from the one `generation_kwargs` built the
+    grammar for (`generate(**inputs, **{**kwargs, "max_new_tokens": 40})`), and `fit_budget_to_context` lowers it to
+    the context. `input_length` None (the prompt's length is not known): a budget set by `max_length` is not read."""
+    processors = [processor for processor in kwargs.get("logits_processor") or () if hasattr(processor, "fit_budget")]
+    if not processors:
+        return
+    if input_length is None:
+        config = kwargs.get("generation_config") or model.generation_config
+        budget = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    else:
+        budget = new_token_budget(model, kwargs, input_length)
+    if budget is not None:
+        for processor in processors:
+            processor.fit_budget(int(budget))
+
+
 def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, input_length: int,
                           what: str = "the prompt") -> None:
     """Apply the context rules of the module docstring to a generate call's `kwargs`, in place: ValueError
@@ -140,7 +161,13 @@ def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, inp
     or `min_new_tokens` cannot fit, or when fewer new tokens fit than the task's shortest whole answer needs
     (`shortest_answer`: lowered that far, the budget could only cut the answer, or close its list empty);
     `max_new_tokens` lowered when it does not fit (a warning when the caller chose
-    the budget, else an INFO line: `budget_chosen_by_caller`)."""
+    the budget, else an INFO line: `budget_chosen_by_caller`). Then the call's grammars learn the budget it uses
+    (`budget_to_grammars`)."""
+    _fit_to_context(model, kwargs, highest_prompt_position, input_length, what)
+    budget_to_grammars(model, kwargs, input_length)
+
+
+def _fit_to_context(model, kwargs: dict, highest_prompt_position: int, input_length: int, what: str) -> None:
     room = check_prompt_fits(model, highest_prompt_position, input_length, what)
     if room is None:
         return
@@ -174,9 +201,6 @@ def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, inp
                             f"{fits}.")
         kwargs["max_new_tokens"] = room
         kwargs.pop("max_length", None)
-        for processor in kwargs.get("logits_processor") or ():
-            if hasattr(processor, "fit_budget"):  # a grammar closing its list at the budget: answer_grammar_processor
-                processor.fit_budget(room)
 
 
 def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type_ids=None, image_grid_thw=None) -> int:
@@ -195,7 +219,7 @@ def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type
 
 
 __all__ = [
-    "budget_chosen_by_caller", "check_prompt_fits", "check_token_id_dtype", "check_token_ids", "context_limit",
+    "budget_chosen_by_caller", "budget_to_grammars", "check_prompt_fits", "check_token_id_dtype", "check_token_ids", "context_limit",
     "fit_budget_to_context", "highest_prompt_position", "new_token_budget", "positions_after", "shortest_answer",
     "token_id_range",
     "vocabulary_error",

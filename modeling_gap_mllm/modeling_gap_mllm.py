@@ -26,7 +26,7 @@ from .config_sizes import check_memory_for_parameters
 from .configuration_gap_mllm import GapMllmConfig
 from .engine_embeddings import GapMllmImageEmbeddings, concatenate_levels
 from .forward_checks import check_forward_inputs
-from .generation_checks import check_token_ids, fit_budget_to_context, highest_prompt_position
+from .generation_checks import budget_to_grammars, check_token_ids, fit_budget_to_context, highest_prompt_position
 from .geometry_fusion import WeightedFusion
 from .hub_reachability import hub_loading_kwargs
 from .loading_bar import loading_bar_for
@@ -505,6 +505,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         pass it (in `kwargs`; generation_checks.py). A prompt continuing a cache given in `past_key_values` is
         not checked: its positions start after the cache."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or kwargs.get("past_key_values") is not None:
+            budget_to_grammars(self, kwargs, None)  # the context is not checked; the grammars plan for the call's budget
             return
         check_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
         highest = highest_prompt_position(self, input_ids, kwargs.get("attention_mask"), kwargs.get("mm_token_type_ids"),

@@ -131,6 +131,35 @@ def test_spatial_answers_are_the_options_the_question_offers(mini_tokenizer):
     assert _inside(mini_tokenizer, SPATIAL_QA.grammar_for(), "D")  # the question unknown: either form
 
 
+DUPLICATE_LETTER = "Which object is closest to the camera?\nA. chair\nB. table\nA. sofa\nAnswer with the option's letter."
+NUMBERED = "Which object is closest to the camera?\n1. chair\n2. table\nAnswer with the option's number."
+
+
+@pytest.mark.parametrize("question, problem", [
+    (DUPLICATE_LETTER, "the question names option A twice, so an answer 'A' would not say which: letter each option "
+                       "once, from A"),
+    (NUMBERED, "the question numbers its options (1, 2), and this model answers options by their letter: write them "
+               "as 'A. chair', 'B. table', lettered from A"),
+])
+def test_a_question_naming_a_letter_twice_or_numbering_its_options_is_refused_by_name(question, problem, capsys):
+    """"A. chair / B. table / A. sofa" got the grammar of A or B (an answer "A" says neither which), and "1. chair /
+    2. table" the free number grammar (the Mini may answer "2010"). Both are refused, naming why, by the grammar (every
+    path: generate, the evaluation, a vLLM request) and by the front ends' request check before the model loads."""
+    from gap_mllm.cli.main import main as gap_mllm
+
+    with pytest.raises(ValueError) as refused:
+        SPATIAL_QA.grammar_for(None, None, question)
+    assert str(refused.value) == problem
+    with pytest.raises(ValueError) as refused:
+        TaskRequest("spatial_qa", query=question).check_given()
+    assert str(refused.value) == problem
+    assert gap_mllm(["predict", "--example", "synthetic room A", "--task", "spatial_qa", "--query", question]) == 2
+    assert capsys.readouterr().err == f"gap-mllm predict: {problem}\n"
+    # numbered lines beside lettered options are no options: the letters are read
+    steps = "Go forward.\n1. pass the bed\n2. turn left\nWhere is the door?\nA. left\nB. right"
+    assert SPATIAL_QA.grammar_for(None, None, steps) == 'root ::= "A" | "B"\n'
+
+
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
     return write_small_synth(tmp_path_factory.mktemp("synth"))

@@ -25,7 +25,7 @@ from gap_mllm.evaluation.scene_generation import SceneGenerator
 from gap_mllm.evaluation.tasks import get_task
 from gap_mllm.mini import default_model_path
 from gap_mllm.output_parsing import answer_format
-from gap_mllm.target_format import Box3D
+from gap_mllm.target_format import Box3D, serialize_detection
 from gap_mllm.tasks_gap_mllm import TASKS, resolve_task
 
 LABELS = ["chair", "couch", "bed", "night stand", "trash can", "x"]
@@ -156,6 +156,71 @@ def test_a_fitting_greedy_answer_is_unchanged_and_another_is_corrected(build_mod
     assert answers[True][0] == good and answers[True][1] != bad
     fixed = tiny_processor.post_process(answers[True], "grounding")
     assert fixed[0].reason is None and fixed[1].reason is None and fixed[1].box is not None, answers[True]
+
+
+def test_a_budget_given_beside_the_grammar_closes_its_list_for_that_budget(build_model, tiny_processor):
+    """`generation_kwargs(constrained=True)` builds detection's grammar for the task's 1,280 tokens; a caller who gives
+    `max_new_tokens` beside it (`generate(**inputs, **{**kwargs, "max_new_tokens": 240})`) gets the list closed for
+    the 240 tokens the call generates, well-formed: the answer of a grammar built for 240, on the full and the scene
+    path. The model dictates a list longer than any budget."""
+    model, budget = build_model(), 240
+    eos = tiny_processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    box = Box3D.from_list([0.5, -1.25, 2.0, 0.4, 0.4, 0.9, 3.1, 1.2, -3.1], label="chair")
+    target = tiny_processor.tokenizer(serialize_detection([box] * 40), add_special_tokens=False)["input_ids"]
+    views = [Image.fromarray(np.full((64, 96, 3), 90 * i, np.uint8)) for i in range(2)]
+    inputs = tiny_processor(images=[views], task="detection", return_tensors="pt")
+    prompt_ids = inputs["input_ids"]
+
+    def answer(kwargs, scene=None, **given):
+        dictated = LogitsProcessorList([_Dictate([target], prompt_ids.shape[1]), *kwargs.pop("logits_processor")])
+        call = {**kwargs, **given, "logits_processor": dictated, "eos_token_id": eos, "pad_token_id": eos}
+        if scene is None:
+            return tiny_processor.decode_generated(model.generate(**inputs, **call), prompt_ids)[0]
+        question = {"input_ids": prompt_ids[:, scene.prefix_ids.shape[1]:]}
+        out = model.generate(scene=scene, **question, **call)
+        return tiny_processor.decode_generated(out, question["input_ids"])[0]
+
+    built_for_it = answer(tiny_processor.generation_kwargs("detection", inputs, budget, constrained=True))
+    given_beside = answer(tiny_processor.generation_kwargs("detection", inputs, constrained=True), max_new_tokens=budget)
+    parsed = resolve_task("detection").parse(given_beside)
+    assert given_beside == built_for_it and parsed.reason is None and len(parsed.boxes) == 2, given_beside
+    prefix, _ = tiny_processor.split_scene_prompt(tiny_processor.task_prompt("detection", 2), num_views=2)
+    scene = model.encode_scene(**tiny_processor(images=[views], text=[prefix], return_tensors="pt"))
+    on_scene = answer(tiny_processor.generation_kwargs("detection", inputs, constrained=True), scene=scene,
+                      max_new_tokens=budget)
+    assert on_scene == built_for_it
+
+
+def _tokenizer_without(character: str):
+    """A byte-level tokenizer of single characters (no merges) that has no token for `character`, and `<|im_end|>`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(c for c in pre_tokenizers.ByteLevel.alphabet() if c != character)
+    vocab = {c: i for i, c in enumerate(alphabet)} | {"<|im_end|>": len(alphabet)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>")
+
+
+@pytest.mark.parametrize("task", ["grounding", "detection", "spatial_qa"])
+def test_a_grammar_the_tokenizer_cannot_write_is_an_error_naming_what_it_cannot_write(task):
+    """A tokenizer without `{` cannot write a grounding or detection answer: the grammar's first step masked the logits
+    to a token the engine then refused, and the row decoded on without its grammar. Now the first step is a ValueError
+    naming the character; a grammar whose characters it can all write is applied (the spatial answer's number)."""
+    tokenizer = _tokenizer_without("{")
+    processor = resolve_task(task).logits_processor(tokenizer, 3, 64)[0]
+    step = (torch.tensor([[1, 2, 3]]), torch.zeros(1, len(tokenizer)))
+    if task == "spatial_qa":
+        assert torch.isfinite(processor(*step)).any()
+        return
+    with pytest.raises(ValueError) as refused:
+        processor(*step)
+    assert str(refused.value) == (
+        "the answer grammar cannot be applied with this tokenizer: it has no token for '{', which the grammar's "
+        "answers write; constrained decoding needs the model's own tokenizer, or decode freely (constrained=False; "
+        "gap-mllm: --free)")
 
 
 def test_processor_refuses_bad_settings(tiny_processor):
