@@ -3,8 +3,9 @@ what its run left, not from what the design says it should be:
 
     model         geometry on or off, the fusion and the model seed its first stage was built with (that stage's
                   `model.*` settings: a later stage continues the model it is given)
-    each stage    the recipe, steps, training seed, device and whether its mix held the marker task (a
-                  `data.tasks` setting without it: mini/arms.py `MARKER_FREE_STAGE2`) its `stage_done.json` records (mini/pipeline.py writes
+    each stage    the recipe, steps, training seed, device, precision (bf16 autocast or float32 on the CPU: a CPU
+                  without native bfloat16 trains in float32) and whether its mix held the marker task (a `data.tasks`
+                  setting without it: mini/arms.py `MARKER_FREE_STAGE2`) its `stage_done.json` records (mini/pipeline.py writes
                   it when the stage's training returns, on a fresh machine too, where the stage is rebuilt from its
                   run state)
     final model   the validation step its stage 2 kept (`best.json`: the best by validation grounding, the final
@@ -40,15 +41,18 @@ def _stage_done(folder: Path) -> dict | None:
 
 
 def trained_stage(done: dict, state_dir: Path | None) -> dict:
-    """One training stage of an arm: recipe, steps, training seed, device and "marker_task" (False where a
-    `data.tasks` setting left the marker task out, else None: the recipe's mix) from its `stage_done.json` (`done`),
+    """One training stage of an arm: recipe, steps, training seed, device, "marker_task" (False where a `data.tasks`
+    setting left the marker task out, else None: the recipe's mix) and "precision" (what the last
+    `cpu_bf16_autocast` setting chose; None without one) from its `stage_done.json` (`done`),
     and the digest of the data sketch of its run state in `state_dir` (None without one)."""
     seed = override_value(done.get("overrides"), "training.seed")
     tasks = override_value(done.get("overrides"), "data.tasks")
+    autocast = override_value(done.get("overrides"), "cpu_bf16_autocast")
     record = read_run_state(state_dir) if state_dir is not None else None
     return {"recipe": done.get("recipe"), "steps": done.get("global_step"), "device": stage_device(done),
             "seed": int(seed) if seed is not None else None,
             "marker_task": False if tasks is not None and MARKER_TASK not in tasks else None,
+            "precision": {"true": "bf16 autocast", "false": "float32"}.get(str(autocast).strip().lower()),
             "data_sketch": record["data"]["sketch"] if record is not None and record.get("data") else None}
 
 

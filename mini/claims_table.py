@@ -99,7 +99,7 @@ def _stage_cell(stage: dict | None) -> str:
         return "—"
     parts = (stage["recipe"], "no marker samples" if stage.get("marker_task") is False else None,
              f"{stage['steps']} steps" if stage["steps"] is not None else None,
-             f"seed {stage['seed']}" if stage["seed"] is not None else None, stage["device"])
+             f"seed {stage['seed']}" if stage["seed"] is not None else None, stage["device"], stage.get("precision"))
     return ", ".join(str(part) for part in parts if part is not None)
 
 

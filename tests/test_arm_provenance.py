@@ -20,7 +20,7 @@ from gap_mllm.training.data_sketch import sketch_data_root
 
 
 def _stage(out: Path, arm: str, stage: str, steps: int, seed: int, best_step: int | None = None, first: bool = False,
-           geometry: bool = True) -> None:
+           geometry: bool = True, settings: tuple[str, ...] = ()) -> None:
     """A stage folder as mini/pipeline.py leaves it: its `stage_done.json` (a first stage with the settings that built
     the model) and, with `best_step`, the best validation model's `best.json`."""
     folder = out / "stages" / arm / stage
@@ -28,7 +28,7 @@ def _stage(out: Path, arm: str, stage: str, steps: int, seed: int, best_step: in
     built = [f"model.use_geometry={str(geometry).lower()}", "model.fusion_method=gated", f"model.seed={seed}"]
     (folder / DONE_MARKER).write_text(json.dumps({
         "recipe": f"mini_{stage}.yaml",
-        "overrides": [*(built if first else []), "training.seed=0", f"training.seed={seed}", "device=cpu"],
+        "overrides": [*(built if first else []), "training.seed=0", f"training.seed={seed}", *settings, "device=cpu"],
         "global_step": steps, "training_loss": 0.5, "device": "cpu"}))
     if best_step is not None:
         (folder / "best").mkdir()
@@ -50,7 +50,8 @@ def test_each_arm_says_what_trained_it_from_its_stage_folders(tmp_path):
     assert found["gap_gated_s1"] == {
         "model": {"use_geometry": True, "fusion_method": "gated", "seed": 1},
         "stages": {stage: {"recipe": f"mini_{stage}.yaml", "steps": steps, "device": "cpu", "seed": 1,
-                           "data_sketch": None} for stage, steps in (("stage1", 1000), ("stage2", 7200))},
+                           "marker_task": None, "precision": None, "data_sketch": None}
+                   for stage, steps in (("stage1", 1000), ("stage2", 7200))},
         "final": {"step": 6000, "metric": "gen_grounding_acc@0.25", "value": 0.09375}, "run_state": None}
     assert list(found["gap_gated_stage2_only_s0"]["stages"]) == ["stage2"]
     assert found["gap_gated_stage2_only_s0"]["final"] is None and found["no_geometry_s1"]["final"] is None
@@ -66,6 +67,25 @@ def test_each_arm_says_what_trained_it_from_its_stage_folders(tmp_path):
     assert ("| given_s0 | — | — | mini_stage2.yaml, 10 steps, seed 0, cpu | its last step (no validation kept) | "
             "no run state | — |") in lines
     assert lines[-1].startswith("The stages did not all train on one data")
+
+
+def test_a_stage_without_the_marker_task_and_its_precision_are_named_in_its_cell(tmp_path):
+    """The stage-2 cell says what the stage's settings changed of the recipe's run: a mix without marker samples
+    (mini/arms.py `MARKER_FREE_STAGE2`) and bf16 autocast or float32 (the last `cpu_bf16_autocast` setting)."""
+    from gap_mllm.mini.arms import MARKER_FREE_STAGE2
+
+    _stage(tmp_path, "gap_gated_stage2_only_s0", "stage2", 8200, 0, first=True, settings=("cpu_bf16_autocast=true",))
+    _stage(tmp_path, "gap_gated_no_gap_s0", "stage2", 8200, 0, first=True,
+           settings=(*MARKER_FREE_STAGE2, "cpu_bf16_autocast=true", "cpu_bf16_autocast=false"))
+    found = arms_provenance(SimpleNamespace(out=tmp_path, run_state=None),
+                            ["gap_gated_stage2_only_s0", "gap_gated_no_gap_s0"])
+    assert found["gap_gated_stage2_only_s0"]["stages"]["stage2"]["marker_task"] is None
+    assert found["gap_gated_no_gap_s0"]["stages"]["stage2"]["marker_task"] is False
+    lines = provenance_lines(found)
+    assert ("| gap_gated_stage2_only_s0 | VGGT, gated fusion | — | mini_stage2.yaml, 8200 steps, seed 0, cpu, bf16 "
+            "autocast | its last step (no validation kept) | no run state | — |") in lines
+    assert ("| gap_gated_no_gap_s0 | VGGT, gated fusion | — | mini_stage2.yaml, no marker samples, 8200 steps, seed 0, "
+            "cpu, float32 | its last step (no validation kept) | no run state | — |") in lines
 
 
 def _nudged(source: Path, target: Path, factor: float) -> Path:
