@@ -22,6 +22,9 @@ writers of one run: the run state written at each checkpoint of a run that holds
 outermost. `flock` is local to one machine's kernel on most network file systems (NFS emulates it with byte-range
 locks, which do reach the server); two machines writing one folder through a file system without lock support are
 not told apart.
+
+A lock file that cannot be made (the folder that holds it is read-only, or grants this process no write permission)
+is `FolderNotWritable`: one line naming the folder and what to do, before anything is read or written there.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ class FolderBusy(OSError):
     def __init__(self, message: str):
         super().__init__(message)
         self.errno = errno.EBUSY
+
+
+class FolderNotWritable(ValueError):
+    """The lock file of a folder cannot be made: the folder that holds it is read-only or grants this process no write
+    permission (the message names the folder, why and what to do; one line on the command line)."""
+
+
+# what an attempt to make a file says in a folder one may not write
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class LockFileIsALink(OSError):
@@ -146,14 +158,24 @@ def acquire(folder, command: str, *, lock_file=None, what: str = "another run", 
     Raises:
         FolderBusy: another process holds it.
         LockFileIsALink: the lock file is a symbolic link.
+        FolderNotWritable: the lock file cannot be made there (a read-only folder, no write permission).
     """
     path = _lock_path(folder, lock_file)
     held = _HELD.get(str(path))
     if held is not None:
         held[0] += 1
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = _open_locked(path, folder)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = _open_locked(path, folder)
+    except OSError as error:
+        if error.errno not in NOT_WRITABLE:
+            raise
+        place = next((p for p in (path.parent, *path.parent.parents) if p.exists()), path.parent)  # where it failed
+        other = f"give another {option} you can write to" if option else "write elsewhere"
+        raise FolderNotWritable(f"{folder} cannot be written: {place} is read-only for this process ({error.strerror}; "
+                                f"the folder's lock file goes in {path.parent}); {other}, or make {place} writable"
+                                ) from error
     if descriptor is None:
         holder = read_holder(path) or {}
         other = f" or give another {option}" if option else ""

@@ -30,6 +30,7 @@ from transformers import Qwen3VLForConditionalGeneration
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.processing.errors import DiskFullError, device_of, names_full_disk
+from gap_mllm.processing.output_folder import OutputFolderRefused, unwritable_reason
 
 EXPORT_INFO_FILE = "gap_export.json"
 # the hidden folder an export is written into, next to the target, before it is renamed (`.<name>.partial-<hex>`;
@@ -139,11 +140,20 @@ def export_llm_folder(source, output_dir, dtype: str | None = None, model: GapMl
 
     Raises:
         FileExistsError: `output_dir` exists and is not empty (nothing is overwritten).
+        OutputFolderRefused: the folder that would hold `output_dir` cannot be written (read-only, no permission),
+            checked before the model is loaded.
         ValueError: an unknown dtype, or a source that is not a GAP-MLLM.
         DiskFullError: the device filled up while writing (the partial export is removed).
     """
     output = Path(output_dir)
     _check_new_folder(output)
+    # the export is written beside `output` and renamed: the folder that holds it must be writable, known now rather
+    # than after the model is loaded and converted
+    unwritable = unwritable_reason(output.parent / f".{output.name}.{STAGING_SUFFIX}")
+    if unwritable is not None:
+        raise OutputFolderRefused(f"OUTPUT_DIR {output} cannot be written: {unwritable} (the export is written into a "
+                                  "hidden folder beside OUTPUT_DIR, then renamed); give an OUTPUT_DIR in a folder you "
+                                  "can write to")
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
     model = model if model is not None else GapMllmForConditionalGeneration.from_pretrained(source)

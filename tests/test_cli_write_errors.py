@@ -251,3 +251,58 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ------------------------------------------------------------------------------------------ a read-only folder
+
+
+def read_only_folder(folder: Path, monkeypatch) -> Path:
+    """`folder` made read-only (mode 0o555). Root writes there anyway, so for root the two calls a writer meets are
+    made to answer as they answer a user: `os.access` without write permission, and `os.open` creating a file in it
+    with EACCES (what the kernel raises for a user)."""
+    folder.mkdir(parents=True)
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        access, opened = os.access, os.open
+
+        def refused_access(path, mode, **kwargs):
+            if Path(path).resolve() == folder.resolve() and mode & os.W_OK:
+                return False
+            return access(path, mode, **kwargs)
+
+        def refused_open(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT and Path(path).resolve().parent == folder.resolve():
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return opened(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "access", refused_access)
+        monkeypatch.setattr(os, "open", refused_open)
+    return folder
+
+
+def test_train_into_a_read_only_folder_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    """Was `[Errno 13] Permission denied: '.../.out.gap-mllm-lock'`, the lock file beside the output folder."""
+    parent = read_only_folder(tmp_path / "ro", monkeypatch)
+    status, err = run(["train", "--config", "training/recipes/first_finetune.yaml", "--set", "model.tiny=tiny",
+                       "--output-dir", str(parent / "out")], capsys)
+    assert status == 2
+    assert error_line(err) == (f"gap-mllm train: error: {parent / 'out'} cannot be written: {parent} is read-only for "
+                               f"this process (Permission denied; the folder's lock file goes in {parent}); give another "
+                               f"--output-dir you can write to, or make {parent} writable")
+    assert list(parent.iterdir()) == []
+
+
+def test_export_llm_into_a_read_only_folder_is_refused_before_the_model_loads(checkpoint, tmp_path, capsys,
+                                                                              monkeypatch):
+    """Was `[Errno 13] Permission denied: '.../.llm.partial-…'`, after the model was loaded and converted."""
+    from gap_mllm import GapMllmForConditionalGeneration
+
+    parent = read_only_folder(tmp_path / "ro", monkeypatch)
+    monkeypatch.setattr(GapMllmForConditionalGeneration, "from_pretrained",
+                        classmethod(lambda *args, **kwargs: pytest.fail("the model was loaded")))
+    status, err = run(["export-llm", str(checkpoint), str(parent / "llm")], capsys)
+    assert status == 2
+    assert error_line(err) == (f"gap-mllm export-llm: error: OUTPUT_DIR {parent / 'llm'} cannot be written: {parent} "
+                               "grants no write permission (the export is written into a hidden folder beside "
+                               "OUTPUT_DIR, then renamed); give an OUTPUT_DIR in a folder you can write to")
+    assert list(parent.iterdir()) == []
