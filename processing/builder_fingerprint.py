@@ -38,6 +38,8 @@ import xxhash  # a dependency of datasets, which every builder needs
 from gap_mllm import control_tokens, output_parsing, tasks_gap_mllm
 from gap_mllm.regular_files import open_regular_file, read_regular_bytes
 
+from .json_files import loads_json
+
 # Modules whose code decides what a sample holds (or whether it is refused): a change there must not serve an old cache.
 _CODE_MODULES = ("builders", "record_schema", "scannet_layout", "features", "coordinates", "errors", "detection_record")
 _SKIPPED_OPTIONS = {"name", "version", "data_dir", "data_files", "description"}
@@ -71,10 +73,11 @@ def _code_bytes() -> bytes:
 _CHUNK = 1 << 20
 
 
-def _content(path: Path) -> str:
-    """`size:xxh3-128` of the file's bytes; "missing" / "unreadable" when it cannot be read (the builder
+def file_content_digest(path) -> str:
+    """`size:xxh3-128` of the file's bytes; "missing" / "unreadable:<errno>" when it cannot be read (the builder
     then raises, or skips, with the sample named; the key stays stable). Regular files only
-    (gap_mllm.regular_files): a FIFO is "unreadable", never waited on."""
+    (gap_mllm.regular_files): a FIFO is "unreadable", never waited on. Also what an evaluation records of each
+    frame an answer was made from (evaluation/run_fingerprint.py)."""
     digest = xxhash.xxh3_128()
     size = 0
     try:
@@ -129,11 +132,12 @@ def builder_cache_key(task: str, config, annotation_files: dict, media_root) -> 
             raw = b""
         _update(digest, f"annotations:{split}", hashlib.blake2b(raw, digest_size=16).hexdigest())
         try:
-            records = json.loads(raw) if raw else []
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            records = loads_json(raw, path) if raw else []
+        except ValueError:  # not UTF-8, not JSON, nested too deep (processing/json_files.py)
             records = []  # the builder reports the bad file by name when it reads it
         if not isinstance(records, list):
             records = []
         for file in _media_files(media_root, records, config.load_depth, config.load_poses):
-            _update(digest, f"file:{file.relative_to(media_root) if file.is_relative_to(media_root) else file}", _content(file))
+            name = file.relative_to(media_root) if file.is_relative_to(media_root) else file
+            _update(digest, f"file:{name}", file_content_digest(file))
     return digest.hexdigest()

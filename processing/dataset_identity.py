@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .errors import DataError
+from .json_files import JsonTooDeep, loads_json
 
 SYNTHROOMS_INFO = Path("synthrooms") / "dataset_info.json"
 # Written beside a model by `gap-mllm train` (training/run.py: `training_record`): what it was trained
@@ -46,7 +47,9 @@ def parse_dataset_info(data: bytes, path) -> dict:
         DataError: not UTF-8 JSON, or not of that shape; the message names `path` and the fault.
     """
     try:
-        info = json.loads(data.decode("utf-8"))
+        info = loads_json(data.decode("utf-8"), path)
+    except JsonTooDeep as error:
+        raise DataError(f"{error.reason}; write the data again with gap-mllm synth", path=path) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f"not valid JSON ({error}); write the data again with gap-mllm synth", path=path) from None
     problem = dataset_info_problem(info)

@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from .json_files import loads_json
+
 logger = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".gap-mllm-lock"
@@ -109,7 +111,7 @@ def holder_text(holder: dict) -> str:
 def read_holder(path) -> dict | None:
     """The record of lock file `path` (None when it is gone; `{}` when it cannot be read)."""
     try:
-        holder = json.loads(Path(path).read_text(encoding="utf-8"))
+        holder = loads_json(Path(path).read_text(encoding="utf-8"), path)
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, ValueError):

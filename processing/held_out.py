@@ -22,8 +22,11 @@ from .dataset_identity import TRAINING_RECORD, read_dataset_info
 
 
 def record_scene_id(record: dict) -> str:
-    """The scene of an annotation record: its `scene_id`, else the folder of its first image."""
-    return str(record.get("scene_id", Path(record["images"][0]).parent.name))
+    """The scene of an annotation record: its `scene_id`, else the folder of its first image (read only then: a
+    record with a scene_id needs no image for it; the readers check `images` first, record_schema.py IMAGES)."""
+    if "scene_id" in record:
+        return str(record["scene_id"])
+    return Path(record["images"][0]).parent.name
 
 
 def generator_fingerprint(config: dict) -> str:

@@ -18,6 +18,7 @@ wrong type is a `DataError` naming the sample and the field, e.g.
     TEXT            a string
     ANSWER_TEXT     a string, or a finite number written back as text (numerical ground truths)
     TEXT_LIST       a list of strings (a bare string is refused: it is not a list of one)
+    IMAGE_LIST      a non-empty list of strings: a sample's frames (`IMAGES`, the field every task reads)
     OBJECT_LIST     a list of JSON objects (each then read with its own fields)
     BOX             9 finite numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll], sizes >= 0
     PIXEL           [view, x, y]: 3 ints
@@ -88,6 +89,12 @@ def _text_list(value) -> list[str]:
     return list(value)
 
 
+def _image_list(value) -> list[str]:
+    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        raise WrongType
+    return list(value)
+
+
 def _box(value) -> list[float]:
     if not (isinstance(value, list) and len(value) == 9 and all(_is_real(v) for v in value)):
         raise WrongType
@@ -111,6 +118,7 @@ TEXT = FieldKind("a string", _checked(lambda v: isinstance(v, str)))
 ANSWER_TEXT = FieldKind("a string (or a number)", _checked(lambda v: isinstance(v, str) or _is_real(v), str))
 TEXT_LIST = FieldKind("a list of strings", _text_list)
 OBJECT_LIST = FieldKind("a list of objects", _checked(lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), list))
+IMAGE_LIST = FieldKind("a non-empty list of image paths (strings)", _image_list)
 BOX = FieldKind("a list of 9 finite numbers (sizes >= 0)", _box)
 PIXEL = FieldKind("[view, x, y] integers", _pixel)
 
@@ -141,6 +149,10 @@ class RecordField:
     kind: FieldKind
     default: Any = REQUIRED
     nullable: bool = False
+
+
+# the frames of a sample, which every task's builder and benchmark reads (relative to the media root)
+IMAGES = RecordField("images", IMAGE_LIST)
 
 
 def _shown(value) -> str:

@@ -10,7 +10,8 @@ import pytest
 
 from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
-from gap_mllm.processing.held_out import TrainedOnEvaluationScenes, check_held_out, split_scenes, trained_scenes
+from gap_mllm.processing.held_out import (TrainedOnEvaluationScenes, check_held_out, record_scene_id, split_scenes,
+                                         trained_scenes)
 from gap_mllm.processing.synth.generator import SynthConfig, SynthRooms
 from gap_mllm.processing.synth.writer import write_dataset
 
@@ -74,3 +75,9 @@ def test_the_grounding_diagnostics_refuse_too(datasets, tmp_path):
     model = _model_trained_on(save_tiny_checkpoint(tmp_path / "tiny"), split_scenes(datasets / "large", "train"))
     with pytest.raises(TrainedOnEvaluationScenes):
         generated(model, datasets / "small", "val", limit=2, annotated_frame=False)
+
+
+def test_a_record_s_scene_id_needs_no_image():
+    """Was: IndexError (the first image's folder was computed as the default even beside a scene_id)."""
+    assert record_scene_id({"scene_id": "scene0001_00", "images": []}) == "scene0001_00"
+    assert record_scene_id({"images": ["scene0002_00/00010.jpg"]}) == "scene0002_00"
