@@ -57,9 +57,11 @@ from typing import Callable, Collection, Iterator
 from gap_mllm.regular_files import kind_of
 
 from .folder_lock import holding_folder
-from .path_containment import resolve_inside
+from .json_files import loads_json
+from .path_containment import broken_link, resolve_inside
 
 MARKER = ".gap-mllm-output.json"
+MARKER_PARTIAL_SUFFIX = ".partial"  # `.<MARKER>.<pid>.partial`: a marker being written (`mark_output_folder`)
 PARTIAL_SUFFIX = ".gap-mllm-partial"
 REPLACED_SUFFIX = ".gap-mllm-replaced"
 SHOWN_ENTRIES = 4  # entries of a refused folder named in the message
@@ -145,8 +147,8 @@ def _read_marker_record(folder) -> dict:
     if data is None:
         raise FileNotFoundError(MARKER)
     try:
-        marker = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        marker = loads_json(data.decode("utf-8"), MARKER)
+    except ValueError:  # not UTF-8, not JSON, nested too deep (processing/json_files.py)
         marker = None
     if not isinstance(marker, dict) or not isinstance(marker.get("command"), str):
         raise NotAnOwnerRecord(f"its marker {MARKER} is not a JSON object naming the command that wrote the folder")
@@ -178,9 +180,37 @@ def marker_problem(folder, command: str) -> str | None:
 def mark_output_folder(folder: Path, command: str, settings: dict | None = None) -> None:
     """Write the marker of `folder`: `command` wrote it (with `settings` and the time), so its next run knows the
     folder as its own. For writers that fill a folder in place (a training run's output folder) as for those that
-    rename a finished one into place (`writing_output_folder`)."""
+    rename a finished one into place (`writing_output_folder`).
+
+    Written whole or not at all: into `.<marker>.<pid>.partial` beside it, then renamed into place. A write that
+    fails (a full disk) deletes its partial file and leaves no marker, so the folder stays as it was (a new folder
+    stays empty, and the command's rerun takes it); a partial file a kill left is this module's own, and counts as
+    nothing in the folder (`_left_by_a_failed_marker_write`)."""
     record = {"command": command, "settings": settings, "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    (Path(folder) / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    partial = Path(folder) / f".{MARKER}.{os.getpid()}{MARKER_PARTIAL_SUFFIX}"
+    partial.unlink(missing_ok=True)  # one a killed run of the same pid left (a container's pid 1)
+    try:
+        with open(partial, "x", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, indent=1) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, Path(folder) / MARKER)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _left_by_a_failed_marker_write(entry: Path) -> bool:
+    """Whether `entry` is what a marker write that failed can leave in a folder: its partial file (a kill during the
+    write), or an empty marker (a version that wrote the marker in place, stopped by a full disk). Neither says who
+    wrote the folder nor holds anything of the user's, so a folder holding only these counts as empty."""
+    if entry.name.startswith(f".{MARKER}.") and entry.name.endswith(MARKER_PARTIAL_SUFFIX):
+        return True
+    try:
+        status = entry.lstat()
+    except OSError:
+        return False
+    return entry.name == MARKER and stat.S_ISREG(status.st_mode) and status.st_size == 0
 
 
 def marker_owner(command: str) -> OwnerCheck:
@@ -232,6 +262,9 @@ def check_output_folder(folder, command: str, *, overwrite: bool = False, option
     entries the caller itself put there (the lock file it holds inside the folder), which leave a folder empty."""
     folder = Path(folder)
     named = named or (f"{option} {folder}" if option else str(folder))
+    leads_nowhere = broken_link(folder)
+    if leads_nowhere is not None:  # found only when the first file is written, after the command's work
+        raise OutputFolderRefused(f"{named} is {leads_nowhere}; give a folder (a new name, or a link to a real one)")
     if folder.exists() and not folder.is_dir():
         raise OutputFolderRefused(f"{named} is a file, not a folder; give a folder")
     if folder.exists() and _holds_working_folder(folder):
@@ -239,7 +272,8 @@ def check_output_folder(folder, command: str, *, overwrite: bool = False, option
     unwritable = unwritable_reason(folder)
     if unwritable is not None:  # now, not when the first file is written after the command's work
         raise OutputFolderRefused(f"{named} cannot be written: {unwritable}; give a folder you can write to")
-    if not folder.is_dir() or not any(entry.name not in ignore for entry in folder.iterdir()) or overwrite:
+    if not folder.is_dir() or overwrite or not any(
+            entry.name not in ignore and not _left_by_a_failed_marker_write(entry) for entry in folder.iterdir()):
         return
     holds = (owner_check or marker_owner(command))(folder)
     if holds is None:

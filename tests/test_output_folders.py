@@ -12,6 +12,9 @@ Every data set here is tiny (48x64 frames, 1-2 scenes), every model the tiny one
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import os
 import re
@@ -23,8 +26,10 @@ from pathlib import Path
 import pytest
 
 from gap_mllm.cli.main import main as gap_mllm
+from gap_mllm.evaluation.runner import write_oracle_predictions
 from gap_mllm.processing.output_folder import (MARKER, PARTIAL_SUFFIX, REPLACED_SUFFIX, OutputFolderRefused,
-                                               check_output_folder, sibling, writing_output_folder)
+                                               check_output_folder, claim_output_folder, read_marker, sibling,
+                                               writing_output_folder)
 
 from .conftest import write_small_synth
 
@@ -50,6 +55,70 @@ def error_lines(err: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ the mechanism
+
+
+class _DiskFillsUp:
+    """`open` whose files named like the marker (or its partial file) are created, then refuse their first write
+    with ENOSPC: a full disk in the middle of writing a marker (pathlib's `write_text` opens through `io.open`)."""
+
+    def __init__(self, real_open):
+        self.real_open = real_open
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        handle = self.real_open(file, mode, *args, **kwargs)
+        written = not isinstance(file, int) and any(c in mode for c in "wax")
+        if not written or MARKER not in os.path.basename(os.fspath(file)):
+            return handle
+
+        class Full:
+            def __getattr__(self, name):
+                return getattr(handle, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                handle.close()
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        return Full()
+
+
+def test_a_marker_write_stopped_by_a_full_disk_leaves_no_marker_and_the_rerun_works(synth_data, tmp_path,  # noqa: F811
+                                                                                   monkeypatch, capsys):
+    """Was: the failed write left a 0-byte marker, and the rerun the full-disk line asked for was refused ("its
+    marker is not a JSON object naming the command"). The marker is written beside, then renamed."""
+    oracle = write_oracle_predictions("detection", synth_data, tmp_path / "oracle.jsonl")
+    out = tmp_path / "eval"
+    command = ["evaluate", "--task", "detection", "--data", str(synth_data), "--predictions", str(oracle), "--out",
+               str(out), "--no-plots", "--quiet"]
+    with monkeypatch.context() as disk:
+        full = _DiskFillsUp(io.open)
+        disk.setattr(io, "open", full)
+        disk.setattr(builtins, "open", full)
+        assert gap_mllm(command) == 2
+    assert "gap-mllm evaluate: error: no space left on" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # no marker, no partial marker, no lock: as new
+    assert gap_mllm(command) == 0
+    assert read_marker(out)["command"] == "gap-mllm evaluate"
+
+
+def test_an_empty_marker_alone_is_taken_as_an_empty_folder_and_beside_the_users_files_is_refused(tmp_path):
+    """An empty marker (what a full disk left when markers were written in place) says nothing of who wrote the
+    folder: with nothing else there, the folder is empty and its command writes it; beside the user's files the
+    folder is still refused (the ownership rule: a marker is a regular file that parses and names the command)."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / MARKER).write_bytes(b"")
+    assert claim_output_folder(alone, "gap-mllm evaluate") == alone
+    assert read_marker(alone)["command"] == "gap-mllm evaluate"
+    users = users_folder(tmp_path / "users")
+    (users / MARKER).write_bytes(b"")
+    with pytest.raises(OutputFolderRefused, match="its marker .gap-mllm-output.json is not a JSON object naming"):
+        claim_output_folder(users, "gap-mllm evaluate")
+    assert (users / MARKER).read_bytes() == b"" and assert_untouched(users) is None
 
 
 def test_a_foreign_folder_is_refused_in_one_line_and_kept(tmp_path):
