@@ -22,6 +22,12 @@ values and are read that way here (the official reading); in the default mode th
 box before it gets here (`box_problem`: the tolerant parser's rule, so a box scores the same given as text or
 as numbers).
 
+Range: a box holding a value beyond ±BOX_VALUE_LIMIT (1e100 m) has no IoU in float64 (its volume, a product of
+three sizes, and the squares in its distances overflow), so every such pair scores IoU 0, a miss, in both modes and
+without numpy's overflow warnings; in the default mode the evaluators also refuse such a predicted box before it
+gets here, as a non-finite one (`box_problem`: dropped in detection, "no box" in grounding). No room is within a
+factor 1e90 of that bound, so no box of a scene is ever turned away by it.
+
 Official-compat degenerate rule: pytorch3d's `box3d_overlap` raises "Planes have zero areas" when a
 face triangle of either box has area < 1e-4 (side products a·b < 2e-4 m²), and the official code
 turns any exception into IoU 0. `official_compat=True` reproduces that; the default does not (a thin
@@ -37,6 +43,7 @@ from gap_mllm.output_parsing import box_numbers
 from gap_mllm.processing.coordinates import EULER_MODES, UNIT_CORNERS, euler_to_matrix
 
 SLAB_EPS = 1e-9
+BOX_VALUE_LIMIT = 1e100  # metres: beyond it a box's volume or distances overflow float64 (module docstring)
 PYTORCH3D_FACE_AREA_EPS = 1e-4  # box3d_overlap(eps=1e-4): a face triangle smaller than this raises
 
 # The 12 edges of a box as corner-index pairs (corner i has the unit signs of UNIT_CORNERS[i]:
@@ -64,7 +71,16 @@ def box_problem(box, what: str = "bbox_3d") -> str | None:
         values = np.asarray(box, dtype=np.float64).reshape(-1).tolist()
     except (TypeError, ValueError):
         return f"{what} is not a list of numbers"
-    return box_numbers(values, what)[1]
+    return box_numbers(values, what)[1] or box_range_problem(values, what)
+
+
+def box_range_problem(box, what: str = "bbox_3d") -> str | None:
+    """What puts `box` beyond the IoU's float64 range (a value beyond ±BOX_VALUE_LIMIT), or None."""
+    values = np.abs(np.asarray(box, dtype=np.float64))
+    if np.any(values > BOX_VALUE_LIMIT):
+        return (f"{what} holds a value beyond ±{BOX_VALUE_LIMIT:g} ({float(values.max()):g}), where its volume and "
+                "distances overflow")
+    return None
 
 
 def box_volume(boxes) -> np.ndarray:
@@ -178,13 +194,22 @@ def box_iou_pairs(boxes_a, boxes_b, euler_mode: str = "zxy", official_compat: bo
         float64 IoUs in [0, 1]; 0 where the union is empty.
     """
     a, b = _as_boxes(boxes_a, "boxes_a"), _as_boxes(boxes_b, "boxes_b")
+    if a.shape != b.shape:
+        raise ValueError(f"boxes_a and boxes_b must have the same shape, got {a.shape} and {b.shape}")
+    iou = np.zeros(len(a))
+    # a pair with a box beyond the float64 range is a miss (module docstring), never computed: no overflow
+    scored = ~(np.abs(a) > BOX_VALUE_LIMIT).any(axis=1) & ~(np.abs(b) > BOX_VALUE_LIMIT).any(axis=1)
+    if not scored.any():
+        return iou
+    a, b = a[scored], b[scored]
     inter = intersection_volume(a, b, euler_mode)
     union = box_volume(a) + box_volume(b) - inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
+        values = np.where(union > 0, inter / union, 0.0)
     if official_compat:
-        iou = np.where(_pytorch3d_would_raise(a) | _pytorch3d_would_raise(b), 0.0, iou)
-    return np.clip(iou, 0.0, 1.0)
+        values = np.where(_pytorch3d_would_raise(a) | _pytorch3d_would_raise(b), 0.0, values)
+    iou[scored] = np.clip(values, 0.0, 1.0)
+    return iou
 
 
 def box_iou_matrix(boxes_a, boxes_b, euler_mode: str = "zxy", official_compat: bool = False) -> np.ndarray:

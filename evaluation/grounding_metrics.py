@@ -21,8 +21,9 @@ Negative sizes: the tolerant parser refuses a predicted box with a negative size
 the parse reason in the row), and a ground-truth box with one is a data failure. A box given as numbers
 (`GroundingEvaluator.add`, `score_grounding`) follows the same rule (`box_iou.box_problem`): a predicted box
 of 9 numbers that are not all finite or have a negative size is "no box in the answer", the problem in
-`detail` (a box of another shape is the caller's error: ValueError). The official code keeps
-the sizes as written; its IoU (pytorch3d `box3d_overlap` on the box corners) orients every face by the
+`detail` (a box of another shape is the caller's error: ValueError); so is, in both modes, a predicted box holding
+a value beyond ±1e100 (`box_iou.BOX_VALUE_LIMIT`: its transform and IoU would overflow float64). The official code
+keeps the sizes as written; its IoU (pytorch3d `box3d_overlap` on the box corners) orients every face by the
 box centre and takes absolute volumes, so a negated size describes the same box: official_compat scores
 it as the box of the absolute sizes (an oracle with negated sizes scores 1.0 there, as officially).
 
@@ -56,7 +57,7 @@ import numpy as np
 
 from gap_mllm.processing.coordinates import camera_boxes_to_world, camera_to_world_transform, orthonormalize_rigid
 
-from .box_iou import box_iou, box_problem
+from .box_iou import box_iou, box_problem, box_range_problem
 
 GROUNDING_THRESHOLDS = (0.25, 0.5)
 
@@ -157,7 +158,8 @@ def score_grounding(pred_box_camera, gt_box_world, cam_to_world=None, axis_align
     if pred_box_camera is None:
         return GroundingScore(None, UNSCORED_NO_BOX)
     box = np.asarray(pred_box_camera, dtype=np.float64).reshape(9)  # another shape is the caller's error
-    problem = None if official_compat else box_problem(box, "the predicted bbox_3d")
+    # a box beyond the IoU's float64 range is no box in either mode (its transform would overflow too)
+    problem = (box_range_problem if official_compat else box_problem)(box, "the predicted bbox_3d")
     if problem:  # what the parser does with the same values in text: no box (IoU 0, counted)
         return GroundingScore(None, UNSCORED_NO_BOX, problem)
     if transform is not None and official_compat:

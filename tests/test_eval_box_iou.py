@@ -1,9 +1,13 @@
 """Exact oriented-box IoU: closed-form cases and a Monte Carlo cross-check."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-from gap_mllm.evaluation.box_iou import box_iou, box_iou_matrix, box_iou_pairs, intersection_volume
+from gap_mllm.evaluation.box_iou import box_iou, box_iou_matrix, box_iou_pairs, box_problem, intersection_volume
+from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
+from gap_mllm.evaluation.grounding_metrics import UNSCORED_NO_BOX, GroundingScore, score_grounding
 from gap_mllm.processing.coordinates import euler_to_matrix
 
 EXACT = 1e-8  # slab widening (1e-9 relative) bounds the error of the exact method
@@ -129,3 +133,27 @@ def test_negative_sizes_read_as_absolute_and_bad_input_raises():
         box_iou([0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 1, 0, 0, 0])
     with pytest.raises(ValueError):
         box_iou([0, 0, np.nan, 1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1, 0, 0, 0])
+
+
+def test_a_box_beyond_the_float_range_is_a_miss_without_overflow_warnings():
+    """Was: numpy's overflow warnings (RuntimeWarning) for boxes of 1e308, in both modes. A value beyond ±1e100 is a
+    miss in the IoU (0, never computed) and, in the default mode, a box the evaluators refuse as a non-finite one:
+    dropped in detection, "no box" in grounding (both modes)."""
+    huge, unit = [1e308] * 6 + [0, 0, 0], [0, 0, 0, 1, 1, 1, 0, 0, 0]
+    problem = "bbox_3d holds a value beyond ±1e+100 (1e+308), where its volume and distances overflow"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any numpy warning fails the test
+        for official_compat in (False, True):
+            assert box_iou(huge, unit, official_compat=official_compat) == 0.0
+            matrix = box_iou_matrix([huge, unit], [unit, huge], official_compat=official_compat)
+            assert matrix.tolist() == [[0, 0], [1, 0]]
+        assert box_problem(huge) == problem and box_problem([0, 0, 0, 1e100, 1, 1, 0, 0, 0]) is None
+        default, official = DetectionEvaluator(), DetectionEvaluator(official_compat=True)
+        default.add(["chair", "chair"], [huge, unit], ["chair"], [unit])
+        official.add(["chair", "chair"], [huge, unit], ["chair"], [unit])
+        assert default.compute()["dropped_predictions"] == 1 and default.counts["chair"].fp == 0
+        assert official.compute()["dropped_predictions"] == 0 and official.counts["chair"].fp == 1
+        assert default.counts["chair"].tp == official.counts["chair"].tp == 1
+        for official_compat in (False, True):
+            assert score_grounding(huge, unit, np.eye(4), np.eye(4), official_compat) == GroundingScore(
+                None, UNSCORED_NO_BOX, f"the predicted {problem}")
