@@ -20,6 +20,7 @@ from gap_mllm.evaluation.folder_lock import check_evaluation_folder
 from gap_mllm.processing.errors import MissingDependency
 from gap_mllm.processing.output_folder import OwnerCheck, check_outside_data
 from gap_mllm.processing.output_folder import check_output_folder as check_writer_folder
+from gap_mllm.processing.path_containment import broken_link
 from gap_mllm.regular_files import regular_file_problem
 
 from .errors import UserError
@@ -60,8 +61,11 @@ def check_existing(path: str | None, flag: str, kind: str = "file",
     if path is None:
         return
     found = Path(path).expanduser()
+    leads_nowhere = broken_link(found)
+    if leads_nowhere is not None:  # not "no such file, did you mean" the same name
+        raise UserError(f"{flag} {path}: this is {leads_nowhere}; give a real {kind}")
     if not found.exists():
-        near = near_names(found)
+        near = [name for name in near_names(found) if name != str(found)]
         raise UserError(missing.format(flag=flag, path=path) + (f"; did you mean {' or '.join(near)}?" if near else ""))
     if kind == "folder" and not found.is_dir():
         raise UserError(f"{flag} {path}: this is a file; give a folder")
@@ -170,8 +174,18 @@ def check_demo(args: argparse.Namespace) -> None:
         check_model(args.model)
 
 
+def check_evaluate_sources(args: argparse.Namespace) -> None:
+    """`gap-mllm evaluate`: `--write-oracle FILE` writes that one file and no folder, so an `--out` beside it would be
+    passed over: refused (UserError), before anything is written (also by cli/evaluate.py, for `python -m`)."""
+    if args.write_oracle and args.out:
+        raise UserError(f"--write-oracle writes the predictions file {args.write_oracle} and no folder, so --out "
+                        f"{args.out} would be passed over: leave --out out (then score the file with --predictions "
+                        f"{args.write_oracle} --out {args.out})")
+
+
 def check_evaluate(args: argparse.Namespace) -> None:
-    """`gap-mllm evaluate`: the data root, the files it reads, the model."""
+    """`gap-mllm evaluate`: the sources, the data root, the files it reads, the output folder, the model."""
+    check_evaluate_sources(args)
     check_grammar_engine(args)
     check_existing(args.data, "--data", "folder")
     check_existing(args.annotation_file, "--annotation-file")

@@ -5,13 +5,15 @@
                       [--official-compat] [--constrained] [--no-meteor] [--limit N] [--no-plots] [--no-scene-reuse]
                       [--compile-decoding auto|on|off]
     gap-mllm evaluate --task detection --predictions answers.jsonl --data DIR --out DIR   (score given texts)
-    gap-mllm evaluate --task detection --write-oracle oracle.jsonl --data DIR             (ground truth as text)
+    gap-mllm evaluate --task detection --write-oracle oracle.jsonl --data DIR             (ground truth as text;
+                                                                                         no --out: one file)
 
 Task names are the registry's (gap_mllm.tasks_gap_mllm); the old det / caption / recon / qa still work.
 
 Multi-GPU: `accelerate launch -m gap_mllm.cli.evaluate --task ...`. Rerunning with the
 same `--out` resumes: finished samples are skipped, if the same model, data and token budgets wrote them
-(`run_fingerprint.json`; else refused, naming what differs). The lead CLI calls `add_arguments(subparser)`
+(`run_fingerprint.json`; else refused, naming what differs) from the same frames (else they are answered again);
+a line says how many answers were reused. The lead CLI calls `add_arguments(subparser)`
 and `main(args)`.
 """
 
@@ -19,16 +21,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 
 from .command_arguments import add_evaluate_arguments as add_arguments  # noqa: F401 - the command's add_arguments
+from .early_checks import check_evaluate_sources, check_existing
 from .loading import resolve_model_source
 from .model_source import check_model_source
 
 
 def main(args: argparse.Namespace) -> int:
+    check_evaluate_sources(args)
     if args.write_oracle:
         path = write_oracle_predictions(args.task, args.data, args.write_oracle, args.split, args.annotation_file)
         print(f"wrote {path}")
@@ -38,9 +41,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.model is not None:  # a missing / empty / truncated checkpoint is named before any work
         args.model = check_model_source(resolve_model_source(args.model), "--model")  # "mini": the embedded default
-    for value, flag in ((args.data, "--data"), (args.predictions, "--predictions"), (args.annotation_file, "--annotation-file")):
-        if value is not None and not Path(value).exists():
-            raise FileNotFoundError(f"{flag} {value}: no such file or folder")
+    check_existing(args.data, "--data", "folder")  # a link loop or a link to nothing is named as one
+    check_existing(args.predictions, "--predictions")
+    check_existing(args.annotation_file, "--annotation-file")
     summary = run_evaluation(
         args.task, args.data, args.out, model_dir=args.model, predictions_file=args.predictions, split=args.split,
         annotation_file=args.annotation_file, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
@@ -49,6 +52,10 @@ def main(args: argparse.Namespace) -> int:
         constrained=args.constrained, compile_decoding=args.compile_decoding,
     )  # fmt: skip
     if summary is not None:
+        if "answers" in summary:  # a model's run: what it reused of the folder's answers, always said
+            answers = summary["answers"]
+            print(f"answers in {args.out}: {answers['reused']} reused, {answers['answered_again']} answered again, "
+                  f"{answers['new']} new")
         head = summary["headline"]
         print(f"{summary['task']}: {head['name']} = {head['value']}  ({samples_text(summary['num_samples'], args.limit)})"
               f" -> {args.out}")

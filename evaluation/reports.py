@@ -1,7 +1,8 @@
 """Output files of a run: per-sample JSONL, summary JSON, markdown table.
 
     <out>/raw_outputs.rank<r>.jsonl   one line per finished sample: {"id", "index", "raw": [text per
-                                      stage]}; appended and flushed as samples finish (resume source)
+                                      stage], "frames": digest of the frames it was made from}; appended and
+                                      flushed as samples finish (resume source; run_fingerprint.py)
     <out>/run_fingerprint.json        model, data and task settings of the run that wrote them: a rerun
                                       resumes only when they match (run_fingerprint.py)
     <out>/samples.jsonl               per-sample results after scoring (id, raw, parsed, score, ...)
@@ -15,6 +16,9 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Iterator
+
+from gap_mllm.processing.json_files import loads_json
 
 RAW_PATTERN = "raw_outputs.rank*.jsonl"
 
@@ -23,18 +27,41 @@ def raw_output_file(out_dir, rank: int) -> Path:
     return Path(out_dir) / f"raw_outputs.rank{rank}.jsonl"
 
 
+def _raw_rows(path) -> Iterator[tuple[str, dict | None]]:
+    """`(line, row or None)` of one answer file: None for a line that is no answer row (a torn last line, left by a
+    crash mid-write). Lines are split on "\n" only (JSON Lines): `str.splitlines()` would also split at U+2028
+    inside a string."""
+    for line in Path(path).read_text(encoding="utf-8").split("\n"):
+        try:
+            row = loads_json(line, path)
+            row["id"], row["raw"] = str(row["id"]), list(row["raw"])
+        except (ValueError, KeyError, TypeError):  # ValueError: not JSON, or nested too deep (processing/json_files.py)
+            row = None
+        yield line, row
+
+
+def read_raw_rows(out_dir) -> dict[str, dict]:
+    """`{id: row}` from every rank's file (the last row of an id wins; lines that are no row are ignored)."""
+    return {row["id"]: row for path in sorted(Path(out_dir).glob(RAW_PATTERN)) for _, row in _raw_rows(path) if row}
+
+
 def read_raw_outputs(out_dir) -> dict[str, list[str]]:
-    """`{id: [texts]}` from every rank's file; a torn last line (crash mid-write) is ignored. Lines are split on
-    "\n" only (JSON Lines): `str.splitlines()` would also split at U+2028 inside a string."""
-    done: dict[str, list[str]] = {}
+    """`{id: [texts]}` from every rank's file (`read_raw_rows`)."""
+    return {sid: row["raw"] for sid, row in read_raw_rows(out_dir).items()}
+
+
+def drop_raw_outputs(out_dir, ids) -> None:
+    """Remove the rows of `ids` from every rank's file (answers to be answered again), each file rewritten whole
+    beside it and renamed into place: a kill leaves it as it was or without them, never torn."""
+    ids = set(ids)
     for path in sorted(Path(out_dir).glob(RAW_PATTERN)):
-        for line in path.read_text(encoding="utf-8").split("\n"):
-            try:
-                row = json.loads(line)
-                done[str(row["id"])] = list(row["raw"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return done
+        lines = list(_raw_rows(path))
+        kept = [line for line, row in lines if row is None or row["id"] not in ids]
+        if len(kept) == len(lines):
+            continue
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_text("\n".join(kept), encoding="utf-8")
+        os.replace(partial, path)
 
 
 def end_torn_line(path) -> None:
@@ -49,8 +76,10 @@ def end_torn_line(path) -> None:
                 handle.write("\n")
 
 
-def append_raw_output(handle, sample_id: str, index: int, texts: list[str]) -> None:
-    handle.write(json.dumps({"id": sample_id, "index": index, "raw": texts}) + "\n")
+def append_raw_output(handle, sample_id: str, index: int, texts: list[str], frames: str | None = None) -> None:
+    """Append one answer row (`frames`: the digest of the frames it was made from, run_fingerprint.py)."""
+    row = {"id": sample_id, "index": index, "raw": texts, **({"frames": frames} if frames is not None else {})}
+    handle.write(json.dumps(row) + "\n")
     handle.flush()
     os.fsync(handle.fileno())  # a crash right after must not lose the finished sample
 

@@ -14,6 +14,13 @@ also holds `run_fingerprint.json`, written before the first answer:
     data   the annotation file (name, sha256, and a sketch of its decimal numbers) and the data root's
            description (dataset_identity.py)
 
+Each answer also records what it was made from beyond the records: the frames its requests read (every stage's:
+grounding's second stage reads the neighbours of the frame its first answer chose), as `frames` in its row, a digest
+of their paths and contents (`frames_digest`; each file's bytes hashed once per run, processing/builder_fingerprint.py
+`file_content_digest`). A rerun checks the answers it would reuse against the frames as they are now, and answers
+again those whose frames changed (a frame repainted, replaced, gone) or whose row records no frames (a version
+before this record), saying how many (runner.py); the others are reused, and the run says how many.
+
 A rerun whose fingerprint differs from the recorded one, or that finds answers with no record (written
 by a version without it), is refused before anything is generated or scored, naming each part that
 differs; nothing in the folder is changed. One difference is not one: an annotation file written again on
@@ -28,9 +35,8 @@ fresh, give another output folder or delete the answers and the record. A folder
 
 Not recorded, so free to change between a run and its resume: the batch size, the number of processes,
 scene reuse and `limit` (they change how or which samples are answered, not what an answer means), the
-split name (the annotation file is recorded), and the image files (not read: replacing images under the
-same annotation file is not seen), model files outside the lists above (a model card, evaluation
-results), and the base model a LoRA adapter folder names.
+split name (the annotation file is recorded), frames no answer reads, model files outside the lists above (a model
+card, evaluation results), and the base model a LoRA adapter folder names.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gap_mllm.processing.builder_fingerprint import file_content_digest
 from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.decimal_numbers import REL, block_sums, blocks_beyond_last_digits, text_and_numbers
+from gap_mllm.processing.json_files import loads_json
 from gap_mllm.regular_files import open_regular_file
 
 from . import reports
@@ -108,6 +116,29 @@ def model_fingerprint(folder) -> dict:
                                   and path.name not in TRAINER_FILES and not path.name.startswith("rng_state")]),
         "configuration": _files_digest([path for path in files if path.name in MODEL_CONFIGURATION_FILES]),
     }
+
+
+class FrameDigests:
+    """`file_content_digest` of each frame file, each file read once however many answers name it (a scene's frames
+    serve many samples): call it with a path."""
+
+    def __init__(self):
+        self._known: dict[str, str] = {}
+
+    def __call__(self, path) -> str:
+        key = str(path)
+        if key not in self._known:
+            self._known[key] = file_content_digest(path)
+        return self._known[key]
+
+
+def frames_digest(frames, media_root, digests: FrameDigests) -> str:
+    """The `frames` record of an answer row (module docstring): sha256 (32 hex digits) over the paths `frames` (as
+    the requests name them, relative to `media_root`, in order) and each file's content (`digests`)."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(f"{frame}\0{digests(Path(media_root) / frame)}\0".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
 
 
 def annotation_numbers(name: str, content: bytes) -> dict:
@@ -232,12 +263,13 @@ def check_resume(out_dir, fingerprint: dict) -> None:
     fresh = (f"give another output folder (--out), or delete {', '.join(p.name for p in answers)} and "
              f"{RUN_FINGERPRINT_FILE} in {out_dir} to start fresh")
     try:
-        recorded = json.loads(record_path.read_text(encoding="utf-8"))
+        recorded = loads_json(record_path.read_text(encoding="utf-8"), record_path)
     except FileNotFoundError:
         raise ValueError(f"{out_dir} holds answers ({answers[0].name}) but no {RUN_FINGERPRINT_FILE}, so which model, "
                          f"data and settings wrote them is unknown and they are not resumed: {fresh}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{record_path}: the run record cannot be read ({error}); the answers beside it are not "
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8, not JSON, nested too deep (JsonTooDeep)
+        raise ValueError(f"{record_path}: the run record cannot be read ({getattr(error, 'reason', error)}); the "
+                         "answers beside it are not "
                          f"resumed: {fresh}") from error
     current = json.loads(json.dumps(fingerprint))  # compared as it would be recorded (tuples become lists)
     differences = fingerprint_differences(recorded if isinstance(recorded, dict) else {}, current)
@@ -269,5 +301,6 @@ def write_fingerprint(out_dir, fingerprint: dict) -> None:
     os.replace(partial, path)
 
 
-__all__ = ["ANNOTATION_BLOCKS", "RUN_FINGERPRINT_FILE", "annotation_numbers", "check_resume", "discard_answers",
-           "local_model_folder", "model_fingerprint", "numbers_difference", "run_fingerprint", "write_fingerprint"]
+__all__ = ["ANNOTATION_BLOCKS", "RUN_FINGERPRINT_FILE", "FrameDigests", "annotation_numbers", "check_resume",
+           "discard_answers", "frames_digest", "local_model_folder", "model_fingerprint", "numbers_difference",
+           "run_fingerprint", "write_fingerprint"]

@@ -7,8 +7,10 @@ Data: `<data_dir>/annotations/<official file of the task and split>` (or `annota
 under `<data_dir>/scannet/posed_images`. Generation is batched (left padding, greedy) and resumable:
 each finished sample is appended to `raw_outputs.rank<r>.jsonl` and skipped by the next run, if it is the same
 run: same model files, annotation file, data and task settings (`run_fingerprint.json`; run_fingerprint.py),
-else the run is refused before anything is generated or scored. One run writes into a folder at a time: a run holds
-`evaluation.lock` there from before that check to its end, and a second run into the folder is refused
+else the run is refused before anything is generated or scored; and if the frames the answer was made from are
+the same (the digest in its row): an answer whose frames changed since is answered again (a warning names the
+samples). The summary says how many answers were reused (`summary["answers"]`). One run writes into a folder at a
+time: a run holds `evaluation.lock` there from before that check to its end, and a second run into the folder is refused
 (folder_lock.py: an OS file lock the kernel releases however the run ends, seen across process-id namespaces); the
 folder is new, empty or an evaluation's own, never a folder of the user's files (folder_lock.py, the output-folder
 rule of every writer), checked before any work. Under
@@ -43,6 +45,7 @@ from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
+from gap_mllm.processing.json_files import loads_json
 from gap_mllm.regular_files import read_regular_bytes
 from gap_mllm.processing.output_folder import check_outside_data
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
@@ -51,9 +54,10 @@ from . import reports, scene_generation
 from .batched_answers import answer_in_batches
 from .folder_lock import check_evaluation_folder, claim_evaluation_folder, evaluation_folder_lock
 from .plots import write_plots
-from .run_fingerprint import (check_resume, discard_answers, local_model_folder, model_fingerprint, run_fingerprint,
-                              write_fingerprint)
-from .tasks import check_batch_size, check_prompt_texts, check_sample_limit, get_task, headline_value, sample_id
+from .run_fingerprint import (FrameDigests, check_resume, discard_answers, frames_digest, local_model_folder,
+                              model_fingerprint, run_fingerprint, write_fingerprint)
+from .tasks import (check_batch_size, check_prompt_texts, check_records, check_sample_limit, get_task, headline_value,
+                    sample_id)
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +116,7 @@ def read_predictions_file(path, stages: int) -> dict[str, list[str]]:
             continue
         where = f"{path}, line {number}"
         try:
-            row = json.loads(line)
+            row = loads_json(line, where)  # nested too deep: JsonTooDeep, naming the line
         except json.JSONDecodeError as error:
             raise ValueError(f"{where}: not a JSON object ({error})") from error
         if not isinstance(row, dict) or "id" not in row:
@@ -151,6 +155,49 @@ def sample_requests(task, records, ids, media_root):
         return request
 
     return request_for
+
+
+def answer_frames(task, record, texts: list[str], media_root) -> list[str]:
+    """The frames (relative to `media_root`) an answer `texts` (one text per stage) of `record` was made from: the
+    images of each stage's request, a later stage's as the earlier answers chose them (grounding's neighbours)."""
+    return [image for stage in range(task.stages)
+            for image in task.request(record, stage, texts[:stage], media_root).images]
+
+
+SHOWN_SAMPLES = 5  # samples named in a line about answers answered again
+
+
+def reuse_answers(task, records, ids, media_root, out_dir, digests: FrameDigests) -> dict:
+    """Which answers in `out_dir` (of this run's fingerprint: `check_resume`) are reused: those whose row records the
+    digest of the frames they were made from and whose frames are still the same (run_fingerprint.py). The rows of
+    the others (frames changed, or no digest recorded) are removed, so that they are answered again, with a warning
+    naming them. Returns `{"reused": n, "answered_again": m, "new": k}` (k: samples without an answer before).
+    Main process only, before any process reads the answers."""
+    rows = reports.read_raw_rows(out_dir)
+    changed, unrecorded, reused = [], [], 0
+    for index, sid in enumerate(ids):
+        row = rows.get(sid)
+        if row is None:
+            continue
+        if not isinstance(row.get("frames"), str):
+            unrecorded.append(sid)
+        elif row["frames"] != frames_digest(answer_frames(task, records[index], row["raw"], media_root), media_root,
+                                            digests):
+            changed.append(sid)
+        else:
+            reused += 1
+    again = changed + unrecorded
+    if again:
+        reports.drop_raw_outputs(out_dir, again)
+        for why, stale in (("were made on frames that have changed since", changed),
+                           ("record no digest of the frames they were made from (an earlier version wrote them)",
+                            unrecorded)):
+            if stale:
+                more = ", ..." if len(stale) > SHOWN_SAMPLES else ""
+                shown = ", ".join(repr(sid) for sid in stale[:SHOWN_SAMPLES]) + more
+                logger.warning("%s: %d answer(s) there %s, so they are answered again: %s", out_dir, len(stale), why,
+                               shown)
+    return {"reused": reused, "answered_again": len(again), "new": len(ids) - reused - len(again)}
 
 
 # The generator `one_load_per_model` keeps while its block runs: {"key": ..., "generator": ...}, or None outside one.
@@ -197,13 +244,15 @@ def _generator(model_dir, model_identity: dict, device, max_new_tokens, compile_
 
 def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
                      rank, world, device, progress=True, scene_reuse=True, compile_decoding="auto",
-                     model_identity=None) -> None:
-    """Generate every sample whose id is not yet in the raw-output files (this rank's share).
+                     model_identity=None, digests: FrameDigests | None = None) -> None:
+    """Generate every sample whose id is not yet in the raw-output files (this rank's share); each row records the
+    digest of the frames its answer was made from (`frames_digest`).
 
     Samples about one scene (same images and marker at the first stage: ScanRefer's many expressions per
     scene) go to the same process and are answered from one encoding of the scene (scene_generation.py);
     `scene_reuse=False` answers each with a full call (the one-at-a-time protocol, for comparison).
-    `model_identity`: the model's `model_fingerprint` (default: computed here), which `one_load_per_model` checks."""
+    `model_identity`: the model's `model_fingerprint` (default: computed here), which `one_load_per_model` checks.
+    `digests`: the frames' digests known so far (`reuse_answers` read them; default: none)."""
     done = reports.read_raw_outputs(out_dir)
     todo = [i for i, sid in enumerate(ids) if sid not in done]
     first_requests = {i: task.request(records[i], 0, [], media_root) for i in todo}
@@ -215,12 +264,14 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
         model_identity = model_fingerprint(model_dir)
     generator = _generator(model_dir, model_identity, device, max_new_tokens, compile_decoding)
     request_for = sample_requests(task, records, ids, media_root)
+    digests = FrameDigests() if digests is None else digests
     reports.end_torn_line(reports.raw_output_file(out_dir, rank))
     with open(reports.raw_output_file(out_dir, rank), "a", encoding="utf-8") as handle, \
             tqdm(total=pending, desc=f"{task.name} (rank {rank})", disable=not progress or rank != 0) as bar:
         for batch, texts in answer_in_batches(generator, request_for, mine, task.stages, batch_size, scene_reuse):
             for j, i in enumerate(batch):
-                reports.append_raw_output(handle, ids[i], i, texts[j])
+                frames = frames_digest(answer_frames(task, records[i], texts[j], media_root), media_root, digests)
+                reports.append_raw_output(handle, ids[i], i, texts[j], frames)
             bar.update(len(batch))
 
 
@@ -270,7 +321,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     task.check_scoring_dependencies()  # before the answers are generated
     annotation_file = Path(annotation_file) if annotation_file else find_annotation_file(data_dir, task.annotation_task, split)
     records = load_annotation_file(annotation_file)
-    all_ids = [sample_id(r, i) if isinstance(r, dict) else f"{i:06d}" for i, r in enumerate(records)]
+    all_ids = [sample_id(r, i) for i, r in enumerate(records)]
     duplicated = sorted(sid for sid, count in Counter(all_ids).items() if count > 1)
     if duplicated:
         raise ValueError(f"{annotation_file}: sample ids are not unique ({len(duplicated)} repeated, e.g. {duplicated[0]!r})")
@@ -279,6 +330,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     if not records:
         raise ValueError(f"{annotation_file}: no samples to evaluate (the file holds no records)")
     ids = all_ids[: len(records)]
+    check_records(records, ids, annotation_file)  # each an object with its frames (`"images": []` has none)
     task.check_ground_truth(records, ids)  # before any answer is generated (a missing detection `boxes`, ...)
     if model_dir is not None:  # a model is never scored on scenes it trained on (processing/held_out.py)
         check_held_out(model_dir, data_dir, {record_scene_id(r) for r in records})
@@ -305,7 +357,7 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
                    other_run_answers="refuse") -> dict | None:
     """The answers (generated, resumed or read), their scores and the report of `run_evaluation`, written into
     `out_dir` while this run holds its lock."""
-    unscored_rows = None
+    unscored_rows = answers = None
     if predictions_file is not None:
         outputs_by_id = read_predictions_file(predictions_file, task.stages)
         unscored_rows = _unscored_rows(outputs_by_id, ids, all_ids)
@@ -321,14 +373,15 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
         fingerprint = run_fingerprint(task, model_dir, data_dir, annotation_file, max_new_tokens)
         other_run = _other_run(out_dir, fingerprint, other_run_answers)
         barrier()
+        digests = FrameDigests()
         if rank == 0:
             if other_run:
                 discard_answers(out_dir)
             write_fingerprint(out_dir, fingerprint)
-        if other_run:  # every process found the same: none reads the folder before its answers are gone
-            barrier()
+            answers = reuse_answers(task, records, ids, media_root, out_dir, digests)
+        barrier()  # no process reads the answers before the main one removed those answered again
         generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
-                         rank, world, device, progress, scene_reuse, compile_decoding, fingerprint["model"])
+                         rank, world, device, progress, scene_reuse, compile_decoding, fingerprint["model"], digests)
         barrier()
         outputs_by_id = reports.read_raw_outputs(out_dir)
     if rank != 0:
@@ -352,7 +405,7 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
         "official_compat": official_compat,
         "data": describe_data_root(data_dir),  # what the card may call this data (never guessed)
         "source": "predictions" if predictions_file is not None else "model",
-        **({"predictions_file": unscored_rows} if unscored_rows is not None else {}),
+        **({"predictions_file": unscored_rows} if unscored_rows is not None else {"answers": answers}),
         "headline": {"name": key, "description": description, "value": headline_value(metrics, key)},
         "metrics": metrics,
     }
@@ -372,6 +425,7 @@ def write_oracle_predictions(task_name: str, data_dir, path, split: str = "val",
     task = get_task(task_name)
     annotation_file = Path(annotation_file) if annotation_file else find_annotation_file(data_dir, task.annotation_task, split)
     records = load_annotation_file(annotation_file)
+    check_records(records, [sample_id(r, i) for i, r in enumerate(records)], annotation_file)
     media_root = posed_images_dir(data_dir)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:

@@ -30,7 +30,7 @@ from gap_mllm.control_tokens import PromptTextError, refuse_control_tokens
 from gap_mllm.output_parsing import parse_literal
 from gap_mllm.processing.coordinates import world_boxes_to_camera
 from gap_mllm.processing.errors import DataError, MissingDependency
-from gap_mllm.processing.record_schema import ANSWER_TEXT, REAL, TEXT, TEXT_LIST, RecordField, read_fields
+from gap_mllm.processing.record_schema import ANSWER_TEXT, IMAGES, REAL, TEXT, TEXT_LIST, RecordField, read_fields
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
 from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_grounding
 from gap_mllm.tasks_gap_mllm import (
@@ -59,8 +59,9 @@ logger = logging.getLogger(__name__)
 
 
 def sample_id(record: dict, index: int) -> str:
-    """The record's `id`, or its position in the annotation file (official files carry no id)."""
-    return str(record.get("id", f"{index:06d}"))
+    """The record's `id`, or its position in the annotation file (official files carry no id; nor does a record that
+    is no object, which `check_records` then refuses by this name)."""
+    return str(record.get("id", f"{index:06d}")) if isinstance(record, dict) else f"{index:06d}"
 
 
 def check_sample_limit(limit) -> None:
@@ -95,6 +96,17 @@ def check_prompt_texts(records: list, ids: list[str], path) -> None:
                 refuse_control_tokens(None, prompt, "the prompt (human turn)")
             except PromptTextError as error:
                 raise DataError(str(error), path=path, sample=sid) from None
+
+
+def check_records(records: list, ids: list[str], path) -> None:
+    """DataError naming the annotation file `path` and the sample for a record that is not an object or whose
+    `images` is not a non-empty list of paths (record_schema.py IMAGES, as the builders read it): every benchmark's
+    requests, its scene grouping and its scoring read them. Run before any other check of the records."""
+    for record, sid in zip(records, ids, strict=True):
+        try:
+            read_fields(record, (IMAGES,), sid)
+        except DataError as error:
+            raise DataError(str(error).removeprefix(f"sample {sid!r}: "), path=path, sample=sid) from None
 
 
 def gt_answer(record: dict) -> str:

@@ -386,3 +386,25 @@ def test_predict_names_the_full_path_of_a_file_it_cannot_use(checkpoint, tmp_pat
     # the Space keeps its own words: an upload named by its file name only
     with pytest.raises(UploadError, match=r"^myframes: not found \(uploads expire; please upload it again\)\.$"):
         load_frames([tmp_path / "myframes"])
+
+
+def test_a_frame_or_save_dir_that_is_a_link_loop_is_refused_before_the_model(checkpoint, frames, tmp_path,
+                                                                              monkeypatch, capsys):
+    """Was: crash (a frame that is a link loop: RuntimeError from Path.resolve) and, for --save-dir, a failure after
+    the model had run. Both are one line before any model is loaded (processing/path_containment.py broken_link)."""
+    from gap_mllm.cli.main import main as gap_mllm
+
+    monkeypatch.setattr(loading, "load_model_and_processor", lambda *a, **k: pytest.fail("the model was loaded"))
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    for run in (gap_mllm, lambda argv: predict.main(parse(argv[1:]))):  # the command line, the module
+        assert run(["predict", "--model", str(checkpoint), "--images", str(loop), "--task", "detection"]) == 2
+        assert capsys.readouterr().err == (f"gap-mllm predict: {loop}: this is a symbolic link loop (following its "
+                                           "links leads back to itself); give the file itself\n")
+    save_dir = tmp_path / "saved"
+    save_dir.symlink_to(save_dir)
+    assert gap_mllm(["predict", "--model", str(checkpoint), "--images", *map(str, frames), "--task", "detection",
+                     "--save-dir", str(save_dir)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"gap-mllm predict: error: --save-dir {save_dir} is a symbolic link loop (following its links leads back to "
+        "itself); give a folder (a new name, or a link to a real one)"]

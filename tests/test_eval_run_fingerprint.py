@@ -10,11 +10,13 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 from transformers import TrainingArguments
 
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE, model_fingerprint
-from gap_mllm.evaluation.runner import run_evaluation
+from gap_mllm.evaluation.runner import answer_frames, run_evaluation
+from gap_mllm.evaluation.tasks import get_task
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.decimal_numbers import NUMBER
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
@@ -113,7 +115,9 @@ def test_the_cli_refuses_in_one_line(synth_data, tiny_checkpoint, other_checkpoi
     assert snapshot(out) == before
     moved = out.parent / "copy_of_the_model"  # the same files elsewhere: the same model
     shutil.copytree(tiny_checkpoint, moved)
+    capsys.readouterr()
     assert gap_mllm([*options, "--model", str(moved)]) == 0
+    assert f"answers in {out}: 2 reused, 0 answered again, 0 new" in capsys.readouterr().out.splitlines()
 
 
 def test_a_hub_id_is_fingerprinted_from_the_snapshot_that_is_loaded(tiny_checkpoint, tmp_path, monkeypatch):  # noqa: F811
@@ -250,3 +254,61 @@ def test_a_pipeline_that_owns_the_folder_answers_another_runs_answers_again(synt
     assert calls == [2] and snapshot(out)["raw_outputs.rank0.jsonl"] == answered
     with pytest.raises(ValueError, match=r"other_run_answers='replace': one of refuse, answer_again"):
         run_evaluation("detection", synth_data, out, model_dir=other_checkpoint, **RUN, other_run_answers="replace")
+
+
+def test_answers_made_on_frames_that_changed_are_answered_again(synth_data, tiny_checkpoint, tmp_path,  # noqa: F811
+                                                                monkeypatch, caplog):
+    """Was: silent (a frame repainted after the run: its answers reused and scored, exit 0, nothing said). Each
+    answer records the digest of the frames it was made from; a rerun answers again those whose frames changed,
+    names them, and the summary says how many answers were reused."""
+    data = shutil.copytree(synth_data, tmp_path / "data")
+    out = tmp_path / "det"
+    assert run_evaluation("detection", data, out, model_dir=tiny_checkpoint, **RUN)["answers"] == {
+        "reused": 0, "answered_again": 0, "new": 2}
+    first, second = json.loads(find_annotation_file(data, "detection", "val").read_text())[:2]
+    frame = next(image for image in first["images"] if image not in second["images"])
+    calls = _count_generate_calls(monkeypatch)
+    assert run_evaluation("detection", data, out, model_dir=tiny_checkpoint, **RUN)["answers"] == {
+        "reused": 2, "answered_again": 0, "new": 0}
+    assert calls == []
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(data / "scannet" / "posed_images" / frame)  # repainted
+    with caplog.at_level("WARNING", logger="gap_mllm.evaluation.runner"):
+        summary = run_evaluation("detection", data, out, model_dir=tiny_checkpoint, **RUN)
+    assert summary["answers"] == {"reused": 1, "answered_again": 1, "new": 0} and sum(calls) == 1
+    assert caplog.messages == [f"{out}: 1 answer(s) there were made on frames that have changed since, so they are "
+                               f"answered again: {first['id']!r}"]
+    rows = [json.loads(line) for line in (out / "raw_outputs.rank0.jsonl").read_text().splitlines()]
+    assert sorted(row["id"] for row in rows) == sorted([first["id"], second["id"]])  # one row each, none stale
+
+
+def test_a_later_stage_s_frames_are_part_of_what_an_answer_was_made_from(synth_data, tiny_checkpoint,  # noqa: F811
+                                                                          tmp_path, monkeypatch):
+    """Grounding's second stage reads the neighbours of the frame its first answer chose: one of them repainted
+    (a frame the first stage never read) is answered again too."""
+    data = shutil.copytree(synth_data, tmp_path / "data")
+    out = tmp_path / "grounding"
+    run_evaluation("grounding", data, out, model_dir=tiny_checkpoint, **{**RUN, "limit": 1})
+    (row,) = [json.loads(line) for line in (out / "raw_outputs.rank0.jsonl").read_text().splitlines()]
+    record = json.loads(find_annotation_file(data, "grounding_stage1", "val").read_text())[0]
+    frames = answer_frames(get_task("grounding"), record, row["raw"], data / "scannet" / "posed_images")
+    neighbour = next(frame for frame in frames[len(record["images"]):] if frame not in record["images"])
+    Image.new("RGB", (64, 48), (0, 0, 255)).save(data / "scannet" / "posed_images" / neighbour)
+    calls = _count_generate_calls(monkeypatch)
+    summary = run_evaluation("grounding", data, out, model_dir=tiny_checkpoint, **{**RUN, "limit": 1})
+    assert summary["answers"] == {"reused": 0, "answered_again": 1, "new": 0} and calls == [1, 1]  # two stages
+
+
+def test_answers_that_record_no_frames_are_answered_again(synth_data, tiny_checkpoint, finished_run,  # noqa: F811
+                                                          monkeypatch, caplog):
+    """Rows written before answers recorded their frames cannot be checked against the frames: answered again."""
+    out, _ = finished_run
+    raw = out / "raw_outputs.rank0.jsonl"
+    rows = [json.loads(line) for line in raw.read_text().splitlines()]
+    raw.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "frames"}) + "\n" for row in rows))
+    calls = _count_generate_calls(monkeypatch)
+    with caplog.at_level("WARNING", logger="gap_mllm.evaluation.runner"):
+        summary = run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, **RUN)
+    assert summary["answers"] == {"reused": 0, "answered_again": 2, "new": 0} and sum(calls) == 2
+    assert caplog.messages == [f"{out}: 2 answer(s) there record no digest of the frames they were made from (an "
+                               f"earlier version wrote them), so they are answered again: {rows[0]['id']!r}, "
+                               f"{rows[1]['id']!r}"]

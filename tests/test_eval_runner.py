@@ -6,6 +6,8 @@ import json
 import pytest
 
 from gap_mllm.cli import evaluate as evaluate_cli
+from gap_mllm.cli.errors import UserError
+from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation import generation
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 
@@ -129,6 +131,24 @@ def test_cli_says_when_limit_is_more_than_the_samples(synth_data, tmp_path, caps
     assert total > 1 and printed[1_000_000].endswith(
         f"({total} samples: all the annotation file holds, fewer than --limit 1000000) -> {tmp_path / 'limit1000000'}")
     assert printed[1].endswith(f"(1 samples) -> {tmp_path / 'limit1'}")
+
+
+def test_write_oracle_with_out_is_refused_in_one_line(synth_data, tmp_path, capsys):
+    """Was: silent (--out passed over: the oracle file written, no folder, exit 0). Refused before anything is
+    written, by the early check and by `python -m gap_mllm.cli.evaluate` alike."""
+    oracle, out = tmp_path / "oracle.jsonl", tmp_path / "out"
+    line = (f"--write-oracle writes the predictions file {oracle} and no folder, so --out {out} would be passed "
+            f"over: leave --out out (then score the file with --predictions {oracle} --out {out})")
+    argv = ["evaluate", "--task", "detection", "--data", str(synth_data), "--write-oracle", str(oracle),
+            "--out", str(out)]
+    assert gap_mllm(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [f"gap-mllm evaluate: error: {line}"]
+    parser = argparse.ArgumentParser()
+    evaluate_cli.add_arguments(parser)
+    with pytest.raises(UserError) as error:
+        evaluate_cli.main(parser.parse_args(argv[1:]))
+    assert str(error.value) == line
+    assert not oracle.exists() and not out.exists()
 
 
 def test_evaluate_local_metric_modules():
