@@ -116,10 +116,11 @@ class GapMllmDataCollator:
         for index, tokens in enumerate(attention_mask.sum(dim=-1).tolist()):
             if tokens > self.max_tokens:
                 sample = examples[index].get("id")
-                raise DataError(f"{tokens} tokens (chat text, prompt, answer and the visual tokens of its "
-                                f"{len(examples[index]['images'])} view(s)) do not fit the model's context of "
-                                f"{self.max_tokens} (text_config.max_position_embeddings); shorten its prompt or answer, "
-                                "or give it fewer views", sample=index if sample is None else sample)
+                views = len(examples[index]["images"])
+                raise DataError(f"{tokens} tokens (chat text, prompt, answer and the visual tokens of its {views} "
+                                f"view(s)) do not fit the model's context of {self.max_tokens} "
+                                "(text_config.max_position_embeddings); shorten its prompt or answer, or give it fewer "
+                                "views", sample=index if sample is None else sample)
 
     def _labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         labels = torch.full_like(input_ids, IGNORE_INDEX)

@@ -1,5 +1,6 @@
 """Inputs that used to be read silently wrong are refused with the sample named, or read correctly:
-a marker pixel outside its view, 16-bit PNG frames, image paths that leave the data root."""
+a marker pixel outside its view, 16-bit PNG frames, image paths that leave the data root, a sample longer than the
+model's context."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from gap_mllm.processing.builders import ReconstructionBuilder, load_annotation_
 from gap_mllm.processing.collator import GapMllmDataCollator
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir, read_color, resolve_inside
+from gap_mllm.tiny.tiny_model import build_tiny_model
 from gap_mllm.training.bad_samples import SKIPPED_KEY, BadSampleGuard
+from gap_mllm.training.config import AuxLossConfig, DataConfig
+from gap_mllm.training.data import build_collator, sample_collator
 
 from .test_data_bad_inputs import build, data_error
 from .test_data_fixtures import tiny_dataset  # noqa: F401
@@ -185,44 +189,40 @@ def test_evaluation_runner_refuses_image_paths_leaving_the_data_root(data_copy, 
 
 @pytest.fixture(scope="module")
 def tiny_model_and_processor():
-    from gap_mllm.tiny.tiny_model import build_tiny_model
-
     return build_tiny_model(seed=0)
 
 
 @pytest.fixture
 def overlong_batch(tiny_dataset, tmp_path):
     """Two built reconstruction samples; the second one's prompt 5,000 words longer (the tiny model's context: 4,096)."""
-    examples = [dict(e) for e in build(ReconstructionBuilder, tiny_dataset, tmp_path).as_dataset(split="train").select(range(2))]
+    built = build(ReconstructionBuilder, tiny_dataset, tmp_path).as_dataset(split="train")
+    examples = [dict(example) for example in built.select(range(2))]
     examples[1]["prompt"] += " word" * 5000
     return examples
 
 
-def test_a_sample_longer_than_the_models_context_is_refused_by_name(overlong_batch, tiny_model_and_processor):
-    from gap_mllm.training.config import AuxLossConfig, DataConfig
-    from gap_mllm.training.data import build_collator
+TOO_LONG = ("tokens (chat text, prompt, answer and the visual tokens of its 4 view(s)) do not fit the model's context "
+            "of 4096 (text_config.max_position_embeddings); shorten its prompt or answer, or give it fewer views")
 
+
+def test_a_sample_longer_than_the_models_context_is_refused_by_name(overlong_batch, tiny_model_and_processor):
     model, processor = tiny_model_and_processor
     collator = build_collator(processor, DataConfig(on_bad_sample="raise"), AuxLossConfig(), model=model)
     with pytest.raises(DataError) as error:
         collator(overlong_batch)
-    message = str(error.value)
-    assert f"sample '{overlong_batch[1]['id']}': cannot be collated: " in message
-    assert "tokens (chat text, prompt, answer and the visual tokens of its 4 view(s)) do not fit the model's context " \
-           "of 4096 (text_config.max_position_embeddings); shorten its prompt or answer, or give it fewer views" in message
+    message, name = str(error.value), overlong_batch[1]["id"]
+    assert message.startswith(f"sample {name!r}: cannot be collated: ") and message.endswith(TOO_LONG)
+    assert message.count(name) == 1  # named once
+    # every path that makes batches for the model has the bound: the feature cache's filling collator too
+    with pytest.raises(DataError, match="do not fit the model's context of 4096"):
+        sample_collator(processor, DataConfig(on_bad_sample="raise"), AuxLossConfig(), model)(overlong_batch[1:])
 
 
 def test_a_sample_longer_than_the_models_context_is_skipped_and_counted(overlong_batch, tiny_model_and_processor,
                                                                           caplog):
-    from gap_mllm.training.config import AuxLossConfig, DataConfig
-    from gap_mllm.training.data import build_collator
-
     model, processor = tiny_model_and_processor
     batch = build_collator(processor, DataConfig(on_bad_sample="skip"), AuxLossConfig(), model=model)(overlong_batch)
     assert int(batch[SKIPPED_KEY]) == 1 and batch["input_ids"].shape[0] == 1
-    assert f"skipping bad sample {overlong_batch[1]['id']!r}" in caplog.text and "do not fit the model's context" in caplog.text
-    # every path that makes batches for the model has the bound: the feature cache's filling collator too
-    from gap_mllm.training.data import sample_collator
-
-    with pytest.raises(DataError, match="do not fit the model's context of 4096"):
-        sample_collator(processor, DataConfig(on_bad_sample="raise"), AuxLossConfig(), model)(overlong_batch[1:])
+    name = overlong_batch[1]["id"]
+    assert f"skipping bad sample {name!r}: " in caplog.text and caplog.text.count(name) == 1
+    assert caplog.text.rstrip().endswith(TOO_LONG)

@@ -44,6 +44,14 @@ def skipped_samples_warning(count: int, names: list[str]) -> str:
     return f"{text}; see the warnings above for their names"
 
 
+def reason_of(error: Exception) -> str:
+    """What is wrong with a sample, from the error its collation raised, without the sample's name when the error
+    names it already (a `DataError` with its sample): the line names the sample once."""
+    text = str(error)
+    prefix = f"sample {error.sample!r}: " if isinstance(error, DataError) and error.sample is not None else None
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
 class BadSampleGuard:
     """Wrap a collator. `policy="raise"`: a failing sample stops the run with a `DataError` naming it;
     `"skip"`: it is dropped, logged by name and counted in the batch's `num_skipped_samples`."""
@@ -64,9 +72,10 @@ class BadSampleGuard:
                 raise  # the samples only fail together: not a bad-sample problem
             if self.policy == "raise":
                 (index, error), *_ = bad
-                raise DataError(f"cannot be collated: {error}", sample=sample_name(examples[index], index)) from error
+                raise DataError(f"cannot be collated: {reason_of(error)}", sample=sample_name(examples[index], index)
+                                ) from error
             for index, error in bad:
-                logger.warning("skipping bad sample %r: %s", sample_name(examples[index], index), error)
+                logger.warning("skipping bad sample %r: %s", sample_name(examples[index], index), reason_of(error))
             if not good:
                 names = [sample_name(examples[i], i) for i, _ in bad]
                 raise DataError(f"every sample of a batch is bad ({names}); fix the data") from batch_error
