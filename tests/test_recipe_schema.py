@@ -46,7 +46,7 @@ def test_nan_and_infinity_are_refused_naming_the_key(override, message):
     ("data.max_train_samples=0", "data.max_train_samples=0: must be at least 1"),
     ("lora.dropout=1.5", "lora.dropout=1.5: must be in [0, 1)"),
     ("geometry.window_fraction=0", "geometry.window_fraction=0: must be in (0, 1]"),
-    ("evaluation.every_n_steps=0", "evaluation.every_n_steps=0: must be at least 1"),
+    ("evaluation.every_n_steps=-1", "evaluation.every_n_steps=-1: must be 0 or more"),
     ("time_limit_s=0", "time_limit_s=0: must be above 0"),
 ])
 def test_numbers_outside_their_range_are_refused_naming_the_key(override, message):

@@ -486,7 +486,7 @@ VALUE_RANGES = {
     "geometry.iteration_gamma": ABOVE_ZERO, "geometry.match_weight": NOT_NEGATIVE, "geometry.flow_weight": NOT_NEGATIVE,
     "vision.marker_probability": PROBABILITY, "vision.marker_weight": NOT_NEGATIVE,
     "vision.position_weight": NOT_NEGATIVE,
-    "evaluation.max_samples": AT_LEAST_ONE, "evaluation.every_n_steps": AT_LEAST_ONE,
+    "evaluation.max_samples": AT_LEAST_ONE, "evaluation.every_n_steps": NOT_NEGATIVE,  # 0: at the end only
     "evaluation.batch_size": AT_LEAST_ONE, "evaluation.max_new_tokens": AT_LEAST_ONE,
     "time_limit_s": ABOVE_ZERO,
 }
