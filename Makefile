@@ -27,7 +27,7 @@ PIP_SOURCES ?= $(shell $(PY) -m pip config list 2>/dev/null | grep -E '^[^=]*\.(
 UNAME_S ?= $(shell uname -s)
 TORCH_INDEX_URL ?= $(if $(NVIDIA_GPU)$(PIP_SOURCES),,$(if $(filter Linux,$(UNAME_S)),$(TORCH_CPU_INDEX_URL)))
 
-.PHONY: install test test-all demo notebooks demo-venv gpu-machine vllm-venv gpu-venv gpu-wheels gpu-figures space space-bundle bench mini mini-ablation clean
+.PHONY: install test test-all demo notebooks gpu-machine vllm-venv gpu-venv gpu-wheels gpu-figures space space-bundle bench mini mini-ablation clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,12 +67,9 @@ demo: install
 notebooks: install
 	$(PY) examples/notebooks/execute_notebooks.py examples/notebooks/*.ipynb
 
-# The Gradio Space needs pillow<13, so it lives in its own environment that borrows torch and gap_mllm.
-demo-venv: install
-	$(PY) examples/space/build_demo_venv.py --main-venv $(VENV) --demo-venv .venv-demo
-
-space: demo-venv
-	.venv-demo/bin/python examples/space/app.py
+# The Gradio Space on this machine (gradio: setup.py's space extra, part of the dev extra make install installs)
+space: install
+	$(VENV)/bin/gap-mllm space
 
 # vLLM for serving (gap_mllm/serving): its own environment, since vLLM pins an older transformers than gap-mllm.
 # On a CUDA machine (it pulls the CUDA torch); the pinned version is defined once, in serving/vllm_settings.py.
@@ -115,7 +112,7 @@ MINI_ARGS ?=
 mini: install
 	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --export mini/gap-mllm-mini --overwrite --table mini/RESULTS.md $(MINI_ARGS)
 
-# the paper's claims (mini/README.md, "The paper's claims in miniature"): six arms from the sixth release's stage 0
+# the paper's claims (mini/README.md, "The paper's claims in miniature"): the arms from the sixth release's stage 0
 # (ABLATION_STAGE0: `git archive 98942b5 mini/gap-mllm-mini modeling_gap_mllm | tar -x -C runs/stage0-sixth`), each
 # stage's run state in mini/ablation-run; not a release, so nothing is exported: after each arm the claims so far
 # replace only mini/RESULTS.md's section "The paper's claims in miniature" (mini/claims.py)
@@ -129,7 +126,7 @@ bench: install
 	$(PY) bench/bench_forward.py
 
 clean:
-	rm -rf $(VENV) .venv-demo $(VLLM_VENV) $(GPU_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(GPU_VENV) build *.egg-info .pytest_cache
 
 # Every GPU figure in one call of at most 9 minutes (bench/gpu_figures.py; bench/README.md, "One call on a GPU").
 # First, where there is a network: `make gpu-wheels` downloads into .whl/ (ignored) the wheels the lent GPU machines

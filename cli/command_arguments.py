@@ -69,7 +69,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     add_free_decoding_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="weights of --model tiny")
     parser.add_argument("--space", action="store_true",
-                        help="launch the Gradio Space instead (gap-mllm space; needs the demo environment: make demo-venv)")
+                        help="launch the Gradio Space instead (gap-mllm space; gradio: the space extra)")
     parser.add_argument("--host", default="127.0.0.1", help="with --space: interface to listen on")
     parser.add_argument("--port", type=int, default=7860, help="with --space: port")
 

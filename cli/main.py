@@ -25,7 +25,7 @@ COMMANDS = {
     "predict": ("gap_mllm.cli.predict", "run one task on frames, a video or a bundled scene; print the parsed answer, save PNG/GLB/PLY (with the point cloud of your frames when the model has depth and camera heads)"),
     "export-llm": ("gap_mllm.cli.export_llm", "write a checkpoint's language half as a stock Qwen3-VL folder for vLLM/SGLang (image inputs: GAP encoder embeddings)"),
     "push": ("gap_mllm.cli.push", "publish a checkpoint folder to the Hub: safetensors, remote code, processor, generated card"),
-    "space": ("gap_mllm.cli.space", "run the Gradio Space locally (needs the separate gradio environment: make demo-venv)"),
+    "space": ("gap_mllm.cli.space", "run the Gradio Space locally (gradio: pip install 'gap-mllm[space]'; make install has it)"),
     "synth": ("gap_mllm.processing.synth_cli", "generate SynthRooms scenes with exact ground truth (ScanNet layout + official schemas)"),
 }
 

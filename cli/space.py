@@ -3,10 +3,9 @@
     gap-mllm space                          # the embedded GAP-MLLM-Mini (--model tiny: the untrained test model)
     gap-mllm space --model org/gap-mllm     # any folder or Hub id
 
-gradio is not a dependency of the package: it requires pillow<13 and would downgrade the main
-environment's pillow (docs/transformers-notes.md §15). Install it in a separate environment
-(`python examples/space/build_demo_venv.py`, then `.venv-demo/bin/python -m gap_mllm.cli.main space`) or with
-`pip install "gap-mllm[demo]"` where pillow<13 is acceptable.
+gradio is in the package's `space` extra (`pip install -e '.[space]'`; `make install` installs it), not among its
+core requirements: a plain install that only predicts needs no web server. The extra shares the package's one
+environment (gradio 6 asks for pillow<13, which the package runs on: setup.py).
 """
 
 from __future__ import annotations
@@ -15,15 +14,15 @@ import argparse
 import importlib.util
 import sys
 
-from .argument_types import positive_int
-from .command_arguments import add_free_decoding_argument
+from .argument_types import port_number, positive_int
+from .command_arguments import SPACE_HOST, SPACE_PORT, add_free_decoding_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="mini",
                         help='a GAP-MLLM folder or Hub id; "mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model')
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default=SPACE_HOST, help=f"interface to listen on ({SPACE_HOST}: this machine only)")
+    parser.add_argument("--port", type=port_number, default=SPACE_PORT, help="port to listen on (1-65535)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="generation budget (default: each task's own; generation stops at the answer's end)")
     add_free_decoding_argument(parser)
@@ -37,9 +36,8 @@ def gradio_missing() -> str | None:
     check (cli/early_checks.py), before the demo's own imports (seconds of torch and transformers)."""
     if importlib.util.find_spec("gradio") is not None:
         return None
-    return ("the Space needs gradio, which is kept out of the main environment (it requires pillow<13): build the demo "
-            "environment with python examples/space/build_demo_venv.py, then run .venv-demo/bin/python -m "
-            "gap_mllm.cli.main space")
+    return ("the Space needs gradio, which a plain install leaves out: pip install 'gap-mllm[space]' (in a checkout: "
+            "pip install -e '.[space]', or make install)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -7,10 +7,11 @@ directory; the UI (space_ui.py) only passes values in and paths out.
 Uploaded frames get a point cloud and an estimated camera when the model's geometry encoder has
 VGGT's camera and depth heads (scenes.reconstructed_scene): the default GAP-MLLM-Mini has trained ones; the
 Space's "tiny" test model is built with small, random heads so that path runs there too. On a bundled room,
-the output also holds the exact answer and the model's held-out score of the task (`SpaceOutput.reference`). Every request is logged (logger `gap_mllm.space`)
-with its start and end time, so the server log shows that the queue runs requests one at a time; a request the user
-can fix (`USER_ERRORS`: the page shows it as a toast) is one more line, "request N refused: <message>", without a
-traceback, which a real bug still gets.
+the output also holds the exact answer and the model's held-out score of the task (`SpaceOutput.reference`). Every
+request is logged (logger `gap_mllm.space`; space_ui.py stamps each line with the local clock time) when it starts and
+when it finishes, so the server log shows that the queue runs requests one at a time, and with its task (on ZeroGPU
+also the GPU duration it asks for: space_gpu.py); a request the user can fix (`USER_ERRORS`: the page shows it as a
+toast) is one more line, "request N refused: <message>", without a traceback, which a real bug still gets.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .frame_grid import MIN_COLUMNS, frame_caption, frame_order, grid_columns
 from .loading import MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
 from .model_scores import held_out_scores
 from .scene_store import SceneStore
-from .space_gpu import gpu_function, gpu_line, gpu_seconds, move_to_gpu, on_zero_gpu
+from .space_gpu import gpu_function, gpu_line, gpu_seconds, move_to_gpu, on_zero_gpu, request_line
 from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, POINT_CLOUD_HOWTO, can_reconstruct, reconstructed_scene,
                      scene_from_frames, synthetic_scene)
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
@@ -323,17 +324,16 @@ class SpaceBackend:
             marker_text=None, session: str | None = None) -> SpaceOutput:
         """One request; raises one of `USER_ERRORS` with a user-facing message, before the model runs, for any input
         the user can fix. `session` (gradio's session hash) selects whose encoded scene may be reused."""
-        started = time.time()
+        started = time.monotonic()
         number = next(self._numbers)
-        LOG.info("request %d started at %.3f", number, started)
+        LOG.info("request %d started", number)
         try:
             return self._run(files, example_name, task_label, query, object_choice, box_text, marker_text, session, number)
         except USER_ERRORS as error:  # the page shows it as a toast: one log line, no traceback (a bug keeps its own)
             LOG.info("request %d refused: %s", number, " ".join(str(error).split()))
             raise
         finally:
-            finished = time.time()
-            LOG.info("request %d finished at %.3f (%.2f s)", number, finished, finished - started)
+            LOG.info("request %d finished (%.2f s)", number, time.monotonic() - started)
 
     def gpu_seconds(self, scene, request, session=None) -> int:
         """The ZeroGPU duration of a request (space_gpu.py; the arguments are those of the GPU call)."""
@@ -356,7 +356,7 @@ class SpaceBackend:
         # before the GPU call, as predict does before its load: a query too long for the model's context, frames the
         # processor cannot read (cli/tasks.py)
         check_request(self.model.config, self.processor, scene.views, request, self.settings.max_new_tokens)
-        LOG.info("request %d: %s, GPU duration %d s", number, request.task, self.gpu_seconds(scene, request))
+        LOG.info(request_line(number, request.spec, self.settings.max_new_tokens))
         with self._lock:
             scene, result = self._answer_on_gpu(scene, request, session)
         out = self.work_dir / uuid.uuid4().hex

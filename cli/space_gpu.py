@@ -79,10 +79,21 @@ def move_to_gpu(model) -> torch.device:
 
 
 def gpu_line() -> str:
-    """One line for the server log: where this Space's GPU work runs."""
+    """One line for the server log: where this Space's GPU work runs. Only on ZeroGPU does a request ask for a GPU
+    duration (`request_line`); elsewhere the line says which device this process has."""
     version = spaces_version()
+    device = "on CUDA" if torch.cuda.is_available() else "on the CPU (no CUDA)"
     if version is None:
-        return "GPU: spaces is not installed; requests run in this process, on CUDA when there is one"
-    where = "ZeroGPU: every request runs inside @spaces.GPU" if on_zero_gpu() else \
-        "not on ZeroGPU: @spaces.GPU is a no-op, requests run in this process"
-    return f"GPU: spaces {version}, {where}, on CUDA when there is one (durations: cli/space_gpu.py)"
+        return f"GPU: spaces is not installed; requests run in this process, {device}"
+    if on_zero_gpu():
+        return (f"GPU: spaces {version}, ZeroGPU: every request runs inside @spaces.GPU with the duration its line "
+                "states (cli/space_gpu.py)")
+    return f"GPU: spaces {version}, not on ZeroGPU: @spaces.GPU is a no-op, requests run in this process, {device}"
+
+
+def request_line(number: int, task: TaskSpec, max_new_tokens: int | None = None) -> str:
+    """The server log's line for request `number` before its model work: its task, and on ZeroGPU the duration it
+    asks for (`gpu_seconds`); off ZeroGPU no duration is asked for, so none is stated."""
+    if on_zero_gpu():
+        return f"request {number}: {task.name}, ZeroGPU duration {gpu_seconds(task, max_new_tokens)} s"
+    return f"request {number}: {task.name}"

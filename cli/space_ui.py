@@ -71,7 +71,7 @@ def build_demo(backend: SpaceBackend):
                 task = gr.Radio(list(TASK_LABELS), value=next(iter(TASK_LABELS)), label="Task", elem_id="task")
                 query = gr.Textbox(label="Grounding query", placeholder="the chair next to the desk", elem_id="query")
                 object_choice = gr.Dropdown([], label="Captioning: object (bundled examples)", elem_id="object")
-                box_text = gr.Textbox(label="Captioning: or a box cx cy cz sx sy sz yaw pitch roll", elem_id="box")
+                box_text = gr.Textbox(label="Captioning: or a box cx cy cz sx sy sz [yaw pitch roll] (first camera)", elem_id="box")
                 marker_text = gr.Textbox(label="Reconstruction: marker 'view x y' (empty: centre of frame 0)", elem_id="marker")
                 run = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column(scale=2):
@@ -93,11 +93,15 @@ def build_demo(backend: SpaceBackend):
     return demo
 
 
+# each line starts with the local clock time to the millisecond, e.g. "14:03:22.418 gap_mllm.space: request 3 started"
+LOG_FORMAT = logging.Formatter("%(asctime)s.%(msecs)03d %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
 def log_requests_to_stderr() -> None:
     """Show the backend's per-request lines (start, end) in the server log, once."""
     if not LOG.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handler.setFormatter(LOG_FORMAT)
         LOG.addHandler(handler)
         LOG.setLevel(logging.INFO)
 

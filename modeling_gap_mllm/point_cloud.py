@@ -71,7 +71,7 @@ def save_point_cloud(cloud: PointCloud, path) -> Path:
     if suffix == ".ply":
         return write_ply(path, cloud.points, cloud.colors)
     if suffix == ".glb":
-        try:  # here, not at the top: trimesh is optional (the data and demo extras), only .glb needs it
+        try:  # here, not at the top: trimesh is optional (the data, glb and space extras), only .glb needs it
             import trimesh
         except ImportError as error:
             raise ImportError("saving a point cloud as .glb needs trimesh: pip install trimesh") from error

@@ -21,11 +21,13 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
-def heavy_modules_after(argv: list[str]) -> dict:
+def heavy_modules_after(argv: list[str], hidden: tuple[str, ...] = ()) -> dict:
     """Run `gap-mllm <argv>` through `python -m gap_mllm.cli.main` in a fresh interpreter; its exit status, output
-    and which of HEAVY it imported."""
+    and which of HEAVY it imported. `hidden`: packages that interpreter finds as if not installed (a None entry in
+    sys.modules: importlib.util.find_spec returns None and an import raises ImportError)."""
     code = (
         "import contextlib, io, json, runpy, sys\n"
+        f"sys.modules.update(dict.fromkeys({list(hidden)!r}))\n"
         f"sys.argv = ['gap-mllm', *{argv!r}]\n"
         "out, err = io.StringIO(), io.StringIO()\n"
         "try:\n"

@@ -1,12 +1,16 @@
 """The Space's GPU work for ZeroGPU: each request's model work is one call (`SpaceBackend._answer`), wrapped in the
-real `spaces` package's `@spaces.GPU(duration=...)` (a no-op off ZeroGPU: checked in the gradio environment, where
-`spaces` is installed), with a duration from the task's token budget; on ZeroGPU its arguments and result cross a
-process boundary, so they must pickle, and the session scene store is off."""
+real `spaces` package's `@spaces.GPU(duration=...)` (a no-op off ZeroGPU: checked with the `spaces` the dev extra
+installs), with a duration from the task's token budget; on ZeroGPU its arguments and result cross a process boundary,
+so they must pickle, and the session scene store is off. The server log states that duration only on ZeroGPU."""
 
 import json
+import logging
 import os
 import pickle
+import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +18,9 @@ import torch
 
 from gap_mllm.cli import space_backend, space_gpu
 from gap_mllm.cli.space_backend import SpaceBackend, SpaceSettings
-from gap_mllm.cli.space_gpu import gpu_function, gpu_seconds, move_to_gpu
+from gap_mllm.cli.space_gpu import gpu_function, gpu_seconds, move_to_gpu, request_line
+from gap_mllm.cli.space_ui import LOG_FORMAT
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
-from tests.test_space_browser import ensure_demo_python
 from tests.test_space_user_errors import backend  # noqa: F401  (module fixture: the tiny model's Space backend)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +57,40 @@ def test_on_zero_gpu_the_session_scene_store_is_off(tmp_path, monkeypatch, backe
     assert SpaceBackend(SpaceSettings(model="tiny"), work_dir=tmp_path, loaded=loaded).scenes is None
 
 
+def test_the_log_states_a_gpu_duration_only_on_zero_gpu(backend, monkeypatch, caplog):  # noqa: F811
+    """Off ZeroGPU no duration is asked for, so a request's line names its task alone; on ZeroGPU it adds the duration
+    the call asks for (the same `gpu_seconds` the decorator is given)."""
+    with caplog.at_level(logging.INFO, logger="gap_mllm.space"):
+        backend.run([], EXAMPLE, "3D object detection")
+    messages = [record.getMessage() for record in caplog.records]
+    number = int(messages[0].split()[1])
+    assert messages[:2] == [f"request {number} started", f"request {number}: detection"]
+    assert re.fullmatch(rf"request {number} finished \(\d+\.\d\d s\)", messages[-1]), messages
+    assert not [message for message in messages if "duration" in message]
+    if not torch.cuda.is_available():
+        assert space_gpu.gpu_line().endswith("is a no-op, requests run in this process, on the CPU (no CUDA)")
+    assert request_line(7, DETECTION) == "request 7: detection"
+
+    monkeypatch.setattr(space_gpu, "on_zero_gpu", lambda: True)
+    assert request_line(7, DETECTION) == "request 7: detection, ZeroGPU duration 84 s"
+    capped = gpu_seconds(GROUNDING, 2)
+    assert request_line(8, GROUNDING, max_new_tokens=2) == f"request 8: grounding, ZeroGPU duration {capped} s"
+    assert space_gpu.gpu_line() == ("GPU: spaces 0.51.3, ZeroGPU: every request runs inside @spaces.GPU with the "
+                                    "duration its line states (cli/space_gpu.py)")
+
+
+def test_the_server_log_stamps_each_line_with_the_local_clock_time(backend, caplog):  # noqa: F811
+    """Local clock time to the millisecond (e.g. 14:03:22.418), not seconds since the epoch."""
+    with caplog.at_level(logging.INFO, logger="gap_mllm.space"):
+        backend.run([], EXAMPLE, "marker point reconstruction")
+    started = caplog.records[0]
+    line = LOG_FORMAT.format(started)
+    number = started.getMessage().split()[1]
+    clock = time.strftime("%H:%M:%S", time.localtime(started.created)) + f".{int(started.msecs):03d}"
+    assert line == f"{clock} gap_mllm.space: request {number} started"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} gap_mllm\.space: request \d+ started", line)
+
+
 def test_without_spaces_the_call_is_the_function(monkeypatch):
     monkeypatch.setattr(space_gpu, "spaces_version", lambda: None)
 
@@ -83,12 +121,10 @@ print(json.dumps({"version": spaces.__version__ if hasattr(spaces, "__version__"
 
 
 def test_with_the_real_spaces_package_off_zero_gpu_the_decorator_is_a_no_op():
-    """In the gradio environment, which installs `spaces` (examples/space/build_demo_venv.py: built when missing, and
-    an environment built before spaces was added gets it)."""
-    python = ensure_demo_python()
+    """With the real `spaces` package (setup.py's space extra, in the dev extra), in a fresh process."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACES_ZERO_GPU", None)
-    done = subprocess.run([str(python), "-c", SPACES_CHECK], capture_output=True, text=True, env=env, timeout=300,
+    done = subprocess.run([sys.executable, "-c", SPACES_CHECK], capture_output=True, text=True, env=env, timeout=300,
                           cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,25 +1,29 @@
 """Several users at once: the Space's gradio queue runs requests one at a time and refuses what is
 beyond `max_queue`, with a clear message.
 
-`gap-mllm space --concurrency 1 --max-queue 2` runs on 127.0.0.1 in the separate gradio environment
-(.venv-demo, built if missing, as in test_space_browser.py); a gradio_client script, run in that
-environment, submits the requests. One at a time is checked on the server side: the backend logs the
-start and end time of every request, and no two of these intervals may overlap.
-
-Skipped, with the reason printed, only when the demo environment cannot be built."""
+`gap-mllm space --concurrency 1 --max-queue 2`, the console script as a user types it, runs on 127.0.0.1 in the
+tests' own environment (gradio: setup.py's space extra, in the dev extra); a gradio_client script, run in a second
+process, submits the requests. One at a time is checked on the server side: the server log stamps the start and end
+of every request with the local clock time, and no two of these intervals may overlap."""
 
 import json
 import os
 import re
 import subprocess
+import sys
+import urllib.request
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from tests.test_space_browser import ensure_demo_python, free_port, running_app
+from tests.test_space_browser import free_port, running_app
 
 MAX_QUEUE = 2
+GAP_MLLM = Path(sys.executable).with_name("gap-mllm")  # the console script of the environment the tests run in
 REQUEST = [None, "synthetic room A", "3D object detection", "", None, "", ""]  # the /run endpoint's inputs
-LOG_LINE = re.compile(r"request (\d+) (started|finished) at ([0-9.]+)")
+# the server log's lines as space_ui.LOG_FORMAT writes them: "14:03:22.418 gap_mllm.space: request 3 started"
+LOG_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) gap_mllm\.space: request (\d+) (started|finished)", re.MULTILINE)
 
 CLIENT = r'''
 """Submit requests to the Space with gradio_client; print one JSON line (see test_space_queue.py)."""
@@ -90,31 +94,48 @@ print(json.dumps(at_once() if phase == "at_once" else overflow()))
 @pytest.fixture(scope="module")
 def queued_space(tmp_path_factory):
     """`gap-mllm space` with one request at a time and at most MAX_QUEUE waiting."""
-    python = ensure_demo_python()
     folder = tmp_path_factory.mktemp("queue")
     port, log_path = free_port(), folder / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACE_ID", None)
-    command = [str(python), "-m", "gap_mllm.cli.main", "space", "--host", "127.0.0.1", "--port", str(port),
+    command = [str(GAP_MLLM), "space", "--host", "127.0.0.1", "--port", str(port),
                "--model", "tiny", "--concurrency", "1", "--max-queue", str(MAX_QUEUE), "--max-new-tokens", "8"]
     client = folder / "client.py"
     client.write_text(CLIENT)
     with running_app(command, env, log_path, port, timeout=90) as url:
-        yield {"url": url, "python": python, "client": client, "log": log_path}
+        yield {"url": url, "client": client, "log": log_path, "command": command}
+
+
+def test_gap_mllm_space_serves_the_page_from_the_package_environment(queued_space):
+    """`gap-mllm space` runs where the package is installed: gradio comes with the package's space extra, so no
+    second environment is needed (nor refused for)."""
+    assert queued_space["command"][:2] == [str(GAP_MLLM), "space"]
+    with urllib.request.urlopen(queued_space["url"] + "config", timeout=30) as page:  # the page's gradio config
+        assert page.status == 200 and json.load(page)["title"] == "GAP-MLLM demo"
+    log = queued_space["log"].read_text()
+    assert "GPU: spaces 0.51.3, not on ZeroGPU: @spaces.GPU is a no-op, requests run in this process" in log
+    assert "Traceback" not in log
 
 
 def run_client(space, phase: str) -> dict:
-    done = subprocess.run([str(space["python"]), str(space["client"]), space["url"], phase, json.dumps(REQUEST),
+    done = subprocess.run([sys.executable, str(space["client"]), space["url"], phase, json.dumps(REQUEST),
                            str(MAX_QUEUE)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def clock_seconds(clock: str, now: datetime) -> float:
+    """A log line's local clock time ("14:03:22.418", written before `now`) as seconds since the epoch, as time.time()
+    gives them: on `now`'s day, or the day before when that would put it after `now` (a run across midnight)."""
+    stamp = datetime.combine(now.date(), datetime.strptime(clock, "%H:%M:%S.%f").time())
+    return (stamp - timedelta(days=1) if stamp > now + timedelta(seconds=1) else stamp).timestamp()
+
+
 def request_intervals(log_text: str) -> list[tuple[float, float]]:
     """`(start, end)` of every finished request in the server log, by start time."""
-    times = {}
-    for number, event, stamp in LOG_LINE.findall(log_text):
-        times.setdefault(int(number), {})[event] = float(stamp)
+    times, now = {}, datetime.now()
+    for clock, number, event in LOG_LINE.findall(log_text):
+        times.setdefault(int(number), {})[event] = clock_seconds(clock, now)
     return sorted((t["started"], t["finished"]) for t in times.values() if "finished" in t)
 
 

@@ -286,7 +286,7 @@ def test_make_gpu_venv_installs_the_gpu_extras_apart_from_the_cpu_path():
     assert names == {"flash-attn", "flash-attn-4", "liger-kernel", "deepspeed"}
     assert {kernels.FLASH_PACKAGES[name].distribution for name in kernels.FLASH_PACKAGES} | {
         kernels.LIGER_PACKAGE.distribution} <= names  # what the checks ask for is what the extras install
-    for name in ("data", "train", "eval", "demo"):  # "dev" and "lmms" are unions of these (setup.py)
+    for name in ("data", "train", "eval", "space"):  # "dev" and "lmms" are unions of these (setup.py)
         assert not names & {requirement.split("[")[0].split("=")[0].split(">")[0] for requirement in extras[name]}
 
     def dry_run(*targets):
