@@ -30,7 +30,7 @@ from .generation_checks import budget_to_grammars, check_token_ids, fit_budget_t
 from .geometry_fusion import WeightedFusion
 from .hub_reachability import hub_loading_kwargs
 from .loading_bar import loading_bar_for
-from .loading_report import GEOMETRY_GROUPS, report_missing_weights
+from .loading_report import GEOMETRY_GROUPS, first_non_finite_tensor, report_missing_weights
 from .model_inputs import GEOMETRY_INPUT_NAMES, PREFILL_ONLY_INPUT_NAMES  # generate() drops the latter after prefill
 from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_weights
 from .batched_qwen3_vl import use_batched_qwen3_vl
@@ -565,16 +565,24 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, require_geometry_weights: bool = False, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus a loud report of missing GAP components.
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, require_geometry_weights: bool = False,
+                        allow_non_finite_weights: bool = False, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus a loud report of missing GAP components and a refusal of weights
+        that are not numbers.
 
         Args:
             require_geometry_weights: raise instead of warning when the geometry encoder, mergers or
                 fusion modules are missing from the checkpoint.
+            allow_non_finite_weights: load weights holding NaN or infinities (to inspect a diverged checkpoint);
+                by default such a checkpoint is a ValueError naming the first tensor that holds one.
         """
         wants_info = kwargs.pop("output_loading_info", False)
         with loading_bar_for(pretrained_model_name_or_path):  # no "Loading weights" bar for a small local checkpoint
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        broken = None if allow_non_finite_weights else first_non_finite_tensor(model.state_dict())
+        if broken is not None:  # it would load and answer nothing (every box dropped), without a word
+            raise ValueError(f"{pretrained_model_name_or_path}: the weights hold NaN or infinite values (first: "
+                             f"{broken}); the checkpoint is damaged or was saved from a diverged run: load another one")
         # Loading materialises fresh parameters (all trainable): restore the default frozen parts.
         model.apply_freezing_policy()
         groups = report_missing_weights(info["missing_keys"], str(pretrained_model_name_or_path))

@@ -9,7 +9,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from gap_mllm import GapMllmForConditionalGeneration
 from gap_mllm.configuration_gap_mllm import FUSION_METHODS
-from gap_mllm.loading_report import MissingWeightsWarning
+from gap_mllm.loading_report import MissingWeightsWarning, first_non_finite_tensor
 
 
 def _logits(model, inputs, **kwargs):
@@ -173,6 +173,33 @@ def test_missing_geometry_weights_are_reported_by_group(tmp_path, build_model, m
     assert torch.isfinite(_logits(model.eval(), make_inputs((2,)))).all()
     with pytest.raises(ValueError, match="lacks GAP geometry weights"), pytest.warns(MissingWeightsWarning):
         GapMllmForConditionalGeneration.from_pretrained(tmp_path, require_geometry_weights=True)
+
+
+def test_weights_holding_nan_or_an_infinity_are_refused_naming_the_folder_and_the_first_tensor(tmp_path, build_model):
+    model = build_model()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    first, later = "vlm.model.language_model.layers.0.mlp.down_proj.weight", "geometry_fusion.mergers.0.mlp.0.weight"
+    assert list(model.state_dict()).index(first) < list(model.state_dict()).index(later)
+    weights[later][0, 0] = float("nan")
+    weights[first][1, 2] = float("-inf")  # the model's order, not the file's (alphabetical), decides which is first
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError) as refused:
+        GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+    assert str(refused.value) == (f"{tmp_path}: the weights hold NaN or infinite values (first: {first}); the "
+                                  "checkpoint is damaged or was saved from a diverged run: load another one")
+    loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path, allow_non_finite_weights=True)
+    assert torch.isinf(loaded.state_dict()[first][1, 2]) and torch.isnan(loaded.state_dict()[later][0, 0])
+
+
+def test_the_non_finite_check_reads_each_tensor_in_order_and_is_not_fooled_by_a_large_sum():
+    large = {"big": torch.full((10,), 3e38), "half": torch.full((10_000,), 60_000.0, dtype=torch.float16),
+             "double": torch.tensor([1e300], dtype=torch.float64), "ids": torch.tensor([1, 2]),
+             "unloaded": torch.empty(3, device="meta")}
+    assert first_non_finite_tensor(large) is None  # their float32 sums overflow; every value is finite
+    broken = {"a": torch.zeros(2), "b": torch.tensor([0.0, float("inf")]), "c": torch.tensor([float("nan")])}
+    assert first_non_finite_tensor(broken) == "b"
+    assert first_non_finite_tensor({**large, "d": torch.tensor([float("-inf")], dtype=torch.float16)}) == "d"
 
 
 def test_complete_checkpoint_loads_silently(tmp_path, build_model, recwarn):
