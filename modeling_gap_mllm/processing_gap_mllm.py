@@ -66,8 +66,10 @@ this is exactly the official size; for other aspect ratios the official code's s
 
 from __future__ import annotations
 
+import json
 import numbers
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -115,6 +117,53 @@ _PIL_IMAGE_PROCESSOR_KEYS = (
     "do_resize", "resample", "size", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
     "image_std", "do_convert_rgb", "patch_size", "temporal_patch_size", "merge_size",
 )  # fmt: skip
+
+
+# The image processor's settings that are counts of pixels or patches: a 0 divides by zero at the first image
+_POSITIVE_IMAGE_PROCESSOR_SIZES = ("patch_size", "temporal_patch_size", "merge_size", "size.shortest_edge",
+                                   "size.longest_edge")
+# The JSON files a tokenizer is read from (each a JSON object)
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json",
+                    "vocab.json", "chat_template.json")
+
+
+def check_image_processor_sizes(image_processor, source) -> None:
+    """ValueError naming the file and key of an image-processor size of `source` (a folder or Hub id) that is not a
+    positive integer (`_POSITIVE_IMAGE_PROCESSOR_SIZES`): `patch_size: 0` would divide by zero at the first image."""
+    folder = Path(str(source))
+    nested = (folder / "processor_config.json").is_file() and "image_processor" in json.loads(
+        (folder / "processor_config.json").read_text(encoding="utf-8"))
+    where = "processor_config.json's image_processor." if nested or not folder.is_dir() else "preprocessor_config.json's "
+    for key in _POSITIVE_IMAGE_PROCESSOR_SIZES:
+        value = image_processor
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{source}: {where}{key} must be a positive integer, got {value!r}")
+
+
+def unreadable_tokenizer_file(source) -> str | None:
+    """What is wrong with the first tokenizer file of the folder `source` that cannot be read (named), or None (all
+    read, or `source` is not a folder). Asked only after the tokenizer failed to load: transformers answers a
+    damaged tokenizer.json with a bare `KeyError: 'added_tokens'` or a JSON error naming no file."""
+    from tokenizers import Tokenizer
+
+    for name in _TOKENIZER_FILES:
+        path = Path(str(source)) / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            content = json.loads(text)
+            if not isinstance(content, dict):
+                raise ValueError(f"a JSON {type(content).__name__}, not an object")
+            if name == "tokenizer.json":
+                if not isinstance(content.get("added_tokens"), list):
+                    raise ValueError("no 'added_tokens' list")
+                Tokenizer.from_str(text)  # the tokenizers library's own reading of the rest
+        except Exception as error:  # noqa: BLE001 - whatever the reason, this file cannot be read
+            return f"{path} cannot be read as a tokenizer file ({error}); copy it again, or save the processor again"
+    return None
 
 
 def split_prompt_at_last_view(prompt: str, vision_end_token: str) -> tuple[str, str]:
@@ -233,9 +282,16 @@ class GapMllmProcessor(Qwen3VLProcessor):
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         # AutoImageProcessor resolves "Qwen2VLImageProcessor" to the torchvision backend when torchvision
         # is installed; this package never depends on it, so always come back with the Pil class.
-        args = super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+        try:
+            args = super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+        except Exception as error:
+            unreadable = unreadable_tokenizer_file(pretrained_model_name_or_path)
+            if unreadable is None:
+                raise
+            raise ValueError(unreadable) from error
         index = cls.get_attributes().index("image_processor")
         args[index] = cls._as_pil_image_processor(args[index])
+        check_image_processor_sizes(args[index], pretrained_model_name_or_path)
         return args
 
     @staticmethod

@@ -3,6 +3,7 @@
 Also covers the size rules of `image_alignment.py` and the tiny tokenizer fixture.
 """
 
+import json
 import logging
 import types
 
@@ -539,6 +540,42 @@ def test_loading_always_returns_the_pil_image_processor(tmp_path, monkeypatch):
     loaded = GapMllmProcessor.from_pretrained(tmp_path)
     assert type(loaded.image_processor) is Qwen2VLImageProcessorPil
     assert loaded.pixel_limits == (2048, 40960) and loaded.image_processor.patch_size == 16
+
+
+@pytest.mark.parametrize("key, value", [("patch_size", 0), ("merge_size", 0), ("temporal_patch_size", -2),
+                                        ("patch_size", 16.0), ("size.longest_edge", 0)])
+def test_image_processor_sizes_that_are_not_positive_integers_are_refused_naming_the_file_and_key(tmp_path, key,
+                                                                                                value):
+    build_tiny_processor().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "processor_config.json").read_text())
+    if key.startswith("size."):
+        config["image_processor"]["size"][key.removeprefix("size.")] = value
+    else:
+        config["image_processor"][key] = value
+    (tmp_path / "processor_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError) as refused:
+        GapMllmProcessor.from_pretrained(tmp_path)  # patch_size 0 used to be a ZeroDivisionError at the first image
+    assert str(refused.value) == (f"{tmp_path}: processor_config.json's image_processor.{key} must be a positive "
+                                  f"integer, got {value!r}")
+
+
+@pytest.mark.parametrize("file, damage, problem", [
+    ("tokenizer.json", lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "added_tokens"}),
+     "no 'added_tokens' list"),
+    ("tokenizer.json", lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "model"}),
+     "Model missing"),
+    ("tokenizer.json", lambda text: text[: len(text) // 2], "Expecting"),
+    ("tokenizer_config.json", lambda text: "[]", "a JSON list, not an object"),
+])
+def test_an_unreadable_tokenizer_file_is_named(tmp_path, file, damage, problem):
+    build_tiny_processor().save_pretrained(tmp_path)
+    path = tmp_path / file
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(ValueError) as refused:  # KeyError: 'added_tokens', a JSON error naming no file, ...
+        GapMllmProcessor.from_pretrained(tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"{path} cannot be read as a tokenizer file (") and problem in message
+    assert message.endswith("); copy it again, or save the processor again")
 
 
 # ---------------------------------------------------------------------------------- decoding
