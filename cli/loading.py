@@ -2,12 +2,14 @@
 
 `model` is a local folder or a Hub repo id (the Hub cache and HF_HUB_OFFLINE apply as usual), "mini"
 (the default of every front end): the embedded GAP-MLLM-Mini trained by this package on SynthRooms
-(gap_mllm.mini.default_model_path), or "tiny": the tiny, UNTRAINED test model built into a folder first
-(no download), which exercises the whole pipeline but answers noise.
+(gap_mllm.mini.default_model_path), or "tiny": the tiny, UNTRAINED test model built into a temporary folder first
+(no download; the folder is removed when the process exits), which exercises the whole pipeline but answers noise.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +31,19 @@ UNTRAINED_NOTICE = ("This is the tiny, randomly initialised GAP-MLLM: the weight
                     "are noise. It shows the real pipeline; the default, --model mini, is the trained GAP-MLLM-Mini.")
 
 
-def tiny_model_folder(folder=None) -> Path:
-    """Save the tiny model + processor as a Hub-style folder (a fresh temporary one by default)."""
+def temporary_model_folder(prefix: str) -> Path:
+    """A new folder in the system's temporary folder for a model built on the fly (the tiny test models), removed
+    when the process exits: the front ends read it until then (the config and processor first, the weights later),
+    and each run builds its own."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
-    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="gap-mllm-tiny-"))
+
+def tiny_model_folder(folder=None) -> Path:
+    """Save the tiny model + processor as a Hub-style folder (by default a temporary one, removed at exit)."""
+
+    folder = Path(folder) if folder is not None else temporary_model_folder("gap-mllm-tiny-")
     return save_tiny_checkpoint(folder)
 
 

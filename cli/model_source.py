@@ -4,9 +4,11 @@ transformers answers a missing folder with "Repo id must be in the form ...", an
 "Unrecognized model ... Should have a `model_type` key", an offline Hub id with "We couldn't connect
 to 'https://huggingface.co'", a truncated safetensors file with "Error while deserializing header"
 (no file named), a pickle it refuses with a page about `weights_only`, and a checkpoint of another model
-type with advice to upgrade transformers (or, for a type it knows, by loading that other model).
+type with advice to upgrade transformers (or, for a type it knows, by loading that other model), and a
+config.json whose sizes disagree with the weights (a `vocab_size` edited by hand) with a page-long load report.
 `check_model_source` and `load_pretrained` turn each into one `UserError` that names the input and says
-what to do; a folder whose config.json is not a GAP-MLLM one is named with the model type it holds.
+what to do; a folder whose config.json is not a GAP-MLLM one is named with the model type it holds, one whose
+sizes disagree with its weights with the key and both sizes (read from the weights' headers, not the weights).
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ GAP_MLLM_MODEL_TYPE = "gap_mllm"
 MINI = "mini"
 TINY = "tiny"
 _UNKNOWN_MODEL_TYPE = re.compile(r"has model type `([^`]*)` but Transformers does not recognize this architecture")
+# config.json's sizes that the weights also hold: (key path, the tensor that holds it, its dimension there)
+CONFIG_SIZE_TENSORS = (
+    (("vlm_config", "text_config", "vocab_size"), "vlm.model.language_model.embed_tokens.weight", 0),
+    (("vlm_config", "text_config", "vocab_size"), "vlm.lm_head.weight", 0),
+    (("vlm_config", "text_config", "hidden_size"), "vlm.model.language_model.embed_tokens.weight", 1),
+    (("vlm_config", "vision_config", "hidden_size"), "vlm.model.visual.patch_embed.proj.weight", 0),
+    (("geometry_config", "hidden_size"), "geometry_encoder.aggregator.camera_token", -1),
+)
 
 
 def not_gap_mllm_message(source: str, model_type, flag: str = "--model") -> str:
@@ -49,8 +59,8 @@ def resolve_model_source(model: str) -> str:
     return str(default_model_path()) if model == MINI else model
 
 
-def check_gap_mllm_config(folder: Path, source: str, flag: str = "--model") -> None:
-    """UserError unless `folder/config.json` is readable JSON with `model_type` "gap_mllm"."""
+def check_gap_mllm_config(folder: Path, source: str, flag: str = "--model") -> dict:
+    """`folder/config.json` as a dict; UserError unless it is readable JSON with `model_type` "gap_mllm"."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -58,6 +68,7 @@ def check_gap_mllm_config(folder: Path, source: str, flag: str = "--model") -> N
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != GAP_MLLM_MODEL_TYPE:
         raise UserError(not_gap_mllm_message(source, model_type, flag))
+    return config
 
 
 def unreadable_safetensors(folder) -> list[str]:
@@ -74,11 +85,41 @@ def unreadable_safetensors(folder) -> list[str]:
     return problems
 
 
+def tensor_shapes(folder, names) -> dict[str, list[int]]:
+    """`{name: shape}` of the tensors `names` that the safetensors files of `folder` hold, read from the files'
+    headers (no weight is read)."""
+    shapes = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as weights:
+            for name in set(names).intersection(weights.keys()):
+                shapes[name] = list(weights.get_slice(name).get_shape())
+    return shapes
+
+
+def check_config_sizes(folder: Path, config: dict, source: str, flag: str = "--model") -> None:
+    """UserError naming the key and both sizes when a size of config.json (`CONFIG_SIZE_TENSORS`: the vocabulary,
+    the hidden sizes) disagrees with the tensor of the weights that holds it; transformers would answer with a load
+    report a page long."""
+    shapes = tensor_shapes(folder, [tensor for _, tensor, _ in CONFIG_SIZE_TENSORS])
+    for keys, tensor, dimension in CONFIG_SIZE_TENSORS:
+        value = config
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not shapes.get(tensor) or not isinstance(value, int):
+            continue  # a size config.json leaves to its default, or a tensor these weights do not hold
+        held = shapes[tensor][dimension]
+        if value != held:
+            raise UserError(f"{flag} {source}: config.json's {'.'.join(keys)} is {value} but the weights' {tensor} "
+                            f"has {held} (shape {shapes[tensor]}); the config does not belong to these weights: "
+                            "restore the config.json saved with them")
+
+
 def check_model_source(source, flag: str = "--model") -> str:
     """`source` as a string if it can be loaded as far as can be told without loading it; else a
     UserError: no such folder, an empty folder or one without config.json, a config.json of another model
-    type (named), a truncated safetensors file (named), a file where a folder is expected, or a Hub id that
-    is not in the local cache while the Hub is unreachable by choice (HF_HUB_OFFLINE)."""
+    type (named), a truncated safetensors file (named), a config.json whose sizes disagree with the weights (the
+    key and both sizes named), a file where a folder is expected, or a Hub id that is not in the local cache while
+    the Hub is unreachable by choice (HF_HUB_OFFLINE)."""
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -88,11 +129,12 @@ def check_model_source(source, flag: str = "--model") -> str:
         if not (path / "config.json").is_file():
             raise UserError(f"{flag} {text}: the folder has no config.json, so it is not a saved checkpoint "
                             "(model.save_pretrained writes one)")
-        check_gap_mllm_config(path, text, flag)
+        config = check_gap_mllm_config(path, text, flag)
         problems = unreadable_safetensors(path)
         if problems:
             raise UserError(f"{flag} {text}: unreadable weights ({'; '.join(problems)}); the file is truncated or "
                             "corrupt: copy or download it again")
+        check_config_sizes(path, config, text, flag)
         return text
     if path.exists():
         raise UserError(f"{flag} {text}: this is a file; give the checkpoint FOLDER (config.json + weights) or a Hub repo id")
@@ -136,6 +178,12 @@ def load_pretrained(loader, source, flag: str = "--model", **kwargs):
         if unknown is None:
             raise
         raise UserError(not_gap_mllm_message(text, unknown.group(1), flag)) from error
+    except RuntimeError as error:  # a size of config.json that `check_config_sizes` does not know: after the report
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise UserError(f"{flag} {text}: the weights' shapes disagree with config.json (the load report above lists "
+                        "them); the config does not belong to these weights: restore the config.json saved with them"
+                        ) from error
     except pickle.UnpicklingError as error:
         files = ", ".join(str(p) for p in sorted(Path(text).glob("*.bin"))) if Path(text).is_dir() else text
         raise UserError(f"{flag} {text}: {files or 'a .bin file'}: {PICKLE_REFUSED}") from error

@@ -35,7 +35,8 @@ from gap_mllm.mini.identity import is_gap_mllm_mini
 
 from .example_reference import reference_lines, request_text
 from .frame_grid import MIN_COLUMNS, frame_caption, frame_order, grid_columns
-from .loading import MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source
+from .loading import (MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source,
+                      temporary_model_folder)
 from .model_scores import held_out_scores
 from .scene_store import SceneStore
 from .space_gpu import gpu_function, gpu_line, gpu_seconds, move_to_gpu, on_zero_gpu, request_line
@@ -88,7 +89,7 @@ def _tiny_fov_bias(model, degrees: float = TINY_FIELD_OF_VIEW_DEGREES) -> None:
 
 def build_space_tiny(folder=None) -> Path:
     """Save the Space's tiny model: the embedded tiny GAP-MLLM plus small random camera and depth heads."""
-    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="gap-mllm-space-tiny-"))
+    folder = Path(folder) if folder is not None else temporary_model_folder("gap-mllm-space-tiny-")  # removed at exit
     model, processor = build_tiny_model(geometry_config=SPACE_TINY_HEADS)
     _tiny_fov_bias(model)
     model.save_pretrained(folder)
