@@ -170,8 +170,12 @@ def load_summaries(paths) -> list[dict]:
     for path in paths or []:
         path = Path(path)
         path = path / "summary.json" if path.is_dir() else path
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        if "task" not in summary or "headline" not in summary:
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not readable JSON ({error}); give the summary.json gap-mllm evaluate wrote"
+                             ) from error
+        if not isinstance(summary, dict) or "task" not in summary or "headline" not in summary:
             raise ValueError(f"{path}: not an evaluation summary (needs 'task' and 'headline'; see evaluation/reports.py)")
         summary["task"] = DEPRECATED_TASK_NAMES.get(summary["task"], summary["task"])  # summaries of older runs
         summaries.append(summary)

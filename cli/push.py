@@ -24,7 +24,7 @@ from huggingface_hub import CommitOperationAdd
 from transformers.utils import hub as transformers_hub
 
 from .command_arguments import add_push_arguments as add_arguments  # noqa: F401 - the command's add_arguments
-from .hub_files import HubFolderError, plan_upload
+from .hub_files import HubFolderError, check_repo_id, plan_upload
 from .model_card import DEFAULT_BASE_MODEL, build_model_card
 
 
@@ -44,8 +44,9 @@ def push_folder(folder, repo_id: str, card_text: str | None = None, private: boo
                 commit_message: str = "Upload GAP-MLLM checkpoint", api=None):
     """Upload the planned files of `folder` (+ `card_text` as README.md) in one commit.
 
-    Returns `(commit_info, uploaded_paths)`. Raises HubFolderError before any Hub call when the folder
-    is not publishable."""
+    Returns `(commit_info, uploaded_paths)`. Raises HubFolderError before any Hub call when the repo id is not
+    one the Hub accepts or the folder is not publishable."""
+    check_repo_id(repo_id)
     plan = plan_upload(folder)
     api = api or _hub_api()
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
@@ -74,6 +75,7 @@ def push_model(model, processor, repo_id: str, eval_summaries=(), base_model=Non
 def main(args: argparse.Namespace) -> int:
     folder = Path(args.model)
     try:
+        check_repo_id(args.repo)  # before anything is read
         plan = plan_upload(folder)
         card = None if args.keep_readme else build_card_text(folder, args.repo, args.eval_summary, args.base_model,
                                                              args.untrained, args.training_data, args.datasets)

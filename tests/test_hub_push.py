@@ -13,6 +13,7 @@ from unittest import mock
 import pytest
 import torch
 import transformers.utils.hub
+from safetensors.torch import load_file
 
 from gap_mllm.cli import push as push_cli
 from gap_mllm.cli.hub_files import HubFolderError, plan_upload, remote_code_closure
@@ -137,6 +138,107 @@ def test_dry_run_uploads_nothing_and_prints_the_card(checkpoint, fake_hub, capsy
     out = capsys.readouterr().out
     assert fake_hub.calls == [] and "dry run: nothing uploaded" in out
     assert "--- README.md (generated) ---" in out and "license_name: gap-mllm-non-commercial" in out
+
+
+@pytest.mark.parametrize("repo_id, reason", [
+    ("../../etc", "Repo id must be in the form 'repo_name' or 'namespace/repo_name': '../../etc'"),
+    ("a/b/c", "Repo id must be in the form 'repo_name' or 'namespace/repo_name': 'a/b/c'"),
+    ("me/x--y", "Cannot have -- or .. in repo_id: 'me/x--y'"),
+])
+def test_a_repo_id_the_hub_refuses_is_refused_before_anything_else(tmp_path, fake_hub, capsys, repo_id, reason):
+    message = f"repo id {repo_id!r} is not one the Hub accepts ({reason}); give namespace/name, e.g. org/gap-mllm"
+    missing = tmp_path / "no-such-folder"  # the repo id is named first, before the folder is read
+    assert push_cli.main(_parse(["--model", str(missing), "--repo", repo_id, "--dry-run"])) == 2
+    assert capsys.readouterr().err == f"gap-mllm push: {message}\n"
+    with pytest.raises(HubFolderError) as refused:
+        push_cli.push_folder(missing, repo_id, card_text="card")
+    assert str(refused.value) == message and fake_hub.calls == []
+
+
+def test_a_link_to_a_file_outside_the_folder_is_refused_by_name(checkpoint, tmp_path, fake_hub, capsys):
+    folder = tmp_path / "linked"
+    shutil.copytree(checkpoint, folder)
+    secret, notes = tmp_path / "passwd", tmp_path / "bashrc"
+    secret.write_text("root:x:0:0\n")
+    notes.write_text("alias ll='ls -l'\n")
+    (folder / "vocab.json").symlink_to(secret)
+    (folder / "README.md").symlink_to(notes)
+    message = (f"{folder}: README.md -> {notes}, vocab.json -> {secret}: a link to a file outside the folder, which "
+               "push would upload; copy the file into the folder (or remove the link), then push again")
+    assert push_cli.main(_parse(["--model", str(folder), "--repo", REPO, "--keep-readme", "--dry-run"])) == 2
+    assert capsys.readouterr().err == f"gap-mllm push: {message}\n"
+    with pytest.raises(HubFolderError) as refused:
+        push_cli.push_folder(folder, REPO)
+    assert str(refused.value) == message and fake_hub.calls == []
+
+
+def test_links_inside_the_folder_or_into_the_package_model_code_are_uploaded(checkpoint, tmp_path, fake_hub):
+    import gap_mllm
+
+    folder = tmp_path / "linked"
+    shutil.copytree(checkpoint, folder)
+    (folder / "notes").mkdir()
+    (folder / "notes" / "card.md").write_text("# card\n")
+    (folder / "README.md").symlink_to(Path("notes") / "card.md")
+    (folder / "geometry_layers.py").unlink()  # as the shipped GAP-MLLM-Mini folder links its code files
+    (folder / "geometry_layers.py").symlink_to(Path(gap_mllm.__file__).parent / "geometry_layers.py")
+    push_cli.push_folder(folder, REPO)
+    assert fake_hub.uploaded() == expected_files(checkpoint)
+    assert (fake_hub.root / REPO / "README.md").read_text() == "# card\n"
+
+
+def test_only_the_weights_transformers_loads_are_uploaded(checkpoint, tmp_path):
+    folder = tmp_path / "weights"
+    shutil.copytree(checkpoint, folder)
+    for stray in ("optimizer.safetensors", "model-copy.safetensors"):
+        shutil.copy(folder / "model.safetensors", folder / stray)
+    plan = plan_upload(folder)
+    assert [name for name in plan.files if name.endswith(".safetensors")] == ["model.safetensors"]
+    assert set(plan.skipped) == {"optimizer.safetensors", "model-copy.safetensors"}
+    # sharded: the index and the shards it names; transformers loads model.safetensors first when both are there
+    shard = "model-00001-of-00001.safetensors"
+    (folder / "model.safetensors").rename(folder / shard)
+    names = {name: shard for name in load_file(folder / shard)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": names}))
+    plan = plan_upload(folder)
+    assert {name for name in plan.files if "safetensors" in name} == {shard, "model.safetensors.index.json"}
+    shutil.copy(folder / shard, folder / "model.safetensors")
+    assert {name for name in plan_upload(folder).files if "safetensors" in name} == {"model.safetensors"}
+    (folder / "model.safetensors").unlink()
+    (folder / shard).unlink()
+    with pytest.raises(HubFolderError) as refused:
+        plan_upload(folder)
+    assert str(refused.value) == (f"{folder / 'model.safetensors.index.json'} names the shard {shard!r}, which is not "
+                                  f"a file of {folder}; re-save the model with save_pretrained")
+
+
+@pytest.mark.parametrize("file, content, problem", [
+    ("config.json", "{bad", "not readable JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+                            "(char 1)); fix or re-save the file, then push again"),
+    ("processor_config.json", "[1]", "a JSON list, not an object; fix or re-save the file, then push again"),
+    ("tokenizer_config.json", "", "not readable JSON (Expecting value: line 1 column 1 (char 0)); fix or re-save the "
+                                  "file, then push again"),
+    ("model.safetensors.index.json", "{bad", "not readable JSON (Expecting property name enclosed in double quotes: "
+                                             "line 1 column 2 (char 1)); fix or re-save the file, then push again"),
+])
+def test_a_json_file_push_reads_is_named_when_it_cannot_be_read(checkpoint, tmp_path, capsys, file, content, problem):
+    folder = tmp_path / "broken"
+    shutil.copytree(checkpoint, folder)
+    if file == "model.safetensors.index.json":
+        (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    (folder / file).write_text(content)
+    assert push_cli.main(_parse(["--model", str(folder), "--repo", REPO, "--dry-run"])) == 2
+    assert capsys.readouterr().err == f"gap-mllm push: {folder / file}: {problem}\n"
+
+
+def test_an_evaluation_summary_that_is_not_json_is_named(checkpoint, tmp_path, capsys):
+    summary = tmp_path / "summary.json"
+    summary.write_text("{bad")
+    assert push_cli.main(_parse(["--model", str(checkpoint), "--repo", REPO, "--dry-run", "--eval-summary",
+                                 str(summary)])) == 2
+    assert capsys.readouterr().err == (f"gap-mllm push: {summary}: not readable JSON (Expecting property name enclosed "
+                                       "in double quotes: line 1 column 2 (char 1)); give the summary.json gap-mllm "
+                                       "evaluate wrote\n")
 
 
 def test_revision_creates_the_branch_and_commits_to_it(checkpoint, fake_hub):
