@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from gap_mllm.compiled_decoding import add_compile_decoding_argument
+from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
 
 from .argument_types import positive_int
 from .example_rooms import EXAMPLE_SEEDS
@@ -31,6 +32,24 @@ EXIT_STATUS_HELP = ("Exit status: 0 the answer parsed; 2 a mistake in the comman
                     "cleanly as the task's answer, or is in another task's format, or was ended by its token budget, "
                     "or holds a 0x0x0 box (the raw answer and the parse problem are still printed, and saved in "
                     "answer.json with --save-dir)")
+
+
+BOX_HELP = ("captioning: the object's box in the first camera's OpenCV frame (x right, y down, z forward; metres): "
+            "cx cy cz sx sy sz [yaw pitch roll], the angles in radians as the model writes them, R = "
+            "Ry(roll)·Rx(pitch)·Rz(yaw): an upright object has pitch 1.57 less the camera's downward tilt and roll "
+            "±3.14 (a detection answer's box holds them). Without the angles, an upright object seen by a level "
+            "camera, sx across the view, sy along it, sz its height: yaw pitch roll "
+            + " ".join(f"{angle:.2f}" for angle in UPRIGHT_LEVEL_ANGLES))
+
+
+class BoxNumbers(argparse.Action):
+    """`--box`: 6 numbers (centre and size) or 9 (and the angles); any other count is argparse's error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (CENTRE_AND_SIZE, 9):
+            raise argparse.ArgumentError(self, f"expected {CENTRE_AND_SIZE} numbers (cx cy cz sx sy sz) or 9 (cx cy "
+                                               f"cz sx sy sz yaw pitch roll), got {len(values)}")
+        setattr(namespace, self.dest, values)
 
 
 def int_list(text: str) -> list[int]:
@@ -166,8 +185,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, type=task_argument(TASKS, "gap-mllm predict"), metavar="TASK",
                         help=f"one of {', '.join(TASKS)}")
     parser.add_argument("--query", help="grounding: the text describing the object; spatial_qa: the question")
-    parser.add_argument("--box", nargs=9, type=float, metavar="V",
-                        help="captioning: the object's box cx cy cz sx sy sz yaw pitch roll (first camera)")
+    parser.add_argument("--box", nargs="+", type=float, action=BoxNumbers, metavar="V", help=BOX_HELP)
     parser.add_argument("--marker", nargs=3, type=int, metavar=("VIEW", "X", "Y"), help="reconstruction: pixel to mark")
     parser.add_argument("--max-frames", type=positive_int, default=8,
                         help="frames sampled evenly from a video, GIF or folder holding more")

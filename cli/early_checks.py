@@ -31,7 +31,8 @@ from .task_request import TaskRequest
 from .uploads import CLI_WORDS, UploadError, check_frames, cli_limits, frame_paths
 
 # How `gap-mllm predict` gives each task input: a missing one is named by its option
-INPUT_OPTIONS = {"query": "--query TEXT", "box": "--box CX CY CZ SX SY SZ YAW PITCH ROLL", "marker": "--marker VIEW X Y"}
+INPUT_OPTIONS = {"query": "--query TEXT", "box": "--box CX CY CZ SX SY SZ [YAW PITCH ROLL]",
+                 "marker": "--marker VIEW X Y"}
 # the commands whose output folders follow the output-folder rule (processing/output_folder.py), as their markers
 # name them: a folder one of them wrote is that command's to write again, any other non-empty folder is refused
 PREDICT_WRITER = "gap-mllm predict"

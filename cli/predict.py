@@ -22,6 +22,11 @@ refused before the model loads. `--marker VIEW X Y` names a pixel of that frame 
 checked whole with the model's config and processor before its weights load (cli/tasks.py `check_request`): a query
 holding the tokenizer's own tokens, a frame the processor cannot read, a query too long for the model's context.
 
+`--box` is the object's box in the first camera's OpenCV frame, its angles as the model writes them (an upright
+object has pitch π/2 less the camera's downward tilt and roll ±π); 6 numbers stand for an upright object seen by a
+level camera (processing/box_angles.py `UPRIGHT_LEVEL_ANGLES`). Angles that no box the model was trained on had
+(its folder's box_angles.json) get one line saying so, naming the convention.
+
 `--images` takes image files, one video / GIF, or folders: a folder stands for its image files sorted by file name,
 sampled evenly down to `--max-frames` when it holds more (as a video is). A file or folder that cannot be used is one
 line naming its full path and what is wrong, exit status 2.
@@ -51,6 +56,7 @@ from pathlib import Path
 from .command_arguments import DEFAULT_SAVE_FORMATS, EXIT_STATUS_HELP, PARSE_FAILURE_STATUS  # noqa: F401 - light
 from .command_arguments import add_predict_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from gap_mllm.mini.identity import is_gap_mllm_mini
+from gap_mllm.processing.box_angles import read_box_angles, unseen_angles_note
 from gap_mllm.processing.output_folder import claim_output_folder
 
 from .early_checks import PREDICT_WRITER, check_output_folder
@@ -96,9 +102,15 @@ def main(args: argparse.Namespace) -> int:
         request.validate(len(scene.views), marked or scene.views[0].size)
         if marked is not None:
             request.marker = frames.on_model_frames(request.marker)
+        # a box of an orientation no training box had (its folder's record, processing/box_angles.py): one line
+        unseen = None
+        if "box" in request.used_inputs() and request.box is not None and args.model != TINY:
+            unseen = unseen_angles_note(request.box, read_box_angles(resolve_model_source(args.model)))
     except (UploadError, ValueError) as error:
         print(f"gap-mllm predict: {error}", file=sys.stderr)
         return 2
+    if unseen:
+        print(unseen, file=sys.stderr, flush=True)
 
     # the Mini by what its card says (mini/identity.py), however --model names it: "mini", its folder, a copy
     is_mini = args.model != TINY and is_gap_mllm_mini(resolve_model_source(args.model))

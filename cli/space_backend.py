@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from gap_mllm.mini.identity import is_gap_mllm_mini
+from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note
 
 from .example_reference import reference_lines, request_text
 from .frame_grid import MIN_COLUMNS, frame_caption, frame_order, grid_columns
@@ -116,19 +117,22 @@ def upload_folder() -> Path:
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
 
 
-def parse_numbers(text: str | None, count: int, what: str) -> list[float] | None:
-    """`count` numbers separated by commas or spaces (brackets allowed); None for empty text."""
+def parse_numbers(text: str | None, count: int | tuple[int, ...], what: str) -> list[float] | None:
+    """`count` numbers (or any of the counts of a tuple) separated by commas or spaces (brackets allowed); None for
+    empty text."""
     if not text or not text.strip():
         return None
+    counts = count if isinstance(count, tuple) else (count,)
+    expected = " or ".join(str(n) for n in counts)
     parts = [p for p in re.split(r"[\s,;\[\]()]+", text.strip()) if p]
     try:
         values = [float(p) for p in parts]
     except ValueError as error:
-        raise UploadError(f"{what}: expected {count} numbers, got {text!r}") from error
-    if len(values) != count:
-        raise UploadError(f"{what}: expected {count} numbers, got {len(values)}")
+        raise UploadError(f"{what}: expected {expected} numbers, got {text!r}") from error
+    if len(values) not in counts:
+        raise UploadError(f"{what}: expected {expected} numbers, got {len(values)}")
     if not all(math.isfinite(v) for v in values):  # "inf" / "nan" parse as floats
-        raise UploadError(f"{what}: expected {count} finite numbers, got {text!r}")
+        raise UploadError(f"{what}: expected {expected} finite numbers, got {text!r}")
     return values
 
 
@@ -218,6 +222,9 @@ class SpaceBackend:
         # held-out line is shown.
         self.scores = (None if self.is_tiny or settings.model == TINY
                        else held_out_scores(resolve_model_source(settings.model), settings.constrained))
+        # the orientations of its training boxes (GAP-MLLM-Mini records them): a box of another gets a note
+        self.box_angles = (None if self.is_tiny or settings.model == TINY
+                           else read_box_angles(resolve_model_source(settings.model)))
 
     @property
     def notice(self) -> str:
@@ -282,7 +289,9 @@ class SpaceBackend:
             raise UploadError(str(error)) from None
         box = None
         if task is CAPTIONING:
-            box = picked_box(scene, object_choice) if object_choice else parse_numbers(box_text, 9, "object box")
+            # 6 numbers: an upright object seen by a level camera (task_request.box_with_angles)
+            box = (picked_box(scene, object_choice) if object_choice
+                   else parse_numbers(box_text, (CENTRE_AND_SIZE, 9), "object box"))
         marker = self._marker(marker_text, scene) if task is RECONSTRUCTION else None
         request = example_request(task, scene.example_inputs.get(task.name, {}), query=query, box=box, marker=marker)
         # every input is checked here, before the model runs (reconstruction included), so a bad one is the
@@ -374,6 +383,8 @@ class SpaceBackend:
         glb = save_scene_glb(out / "scene.glb", scene, result.boxes, result.point)
         gates = gate_heatmap(result.gates, result.token_grids, out / "fusion_gates.png")
         status = f"{request.task} on {len(scene.views)} frame(s); {self._geometry_status(scene)}"
+        unseen = unseen_angles_note(request.box, self.box_angles) if request.spec is CAPTIONING else None
+        status += f"\n{unseen}" if unseen else ""
         return SpaceOutput(frames=[frames[index] for index in order], scene_glb=glb, gates_png=gates, raw=result.answer,
                            parsed=result.summary(), status=status, reference=self._reference(scene, request, result),
                            captions=captions, columns=columns)

@@ -4,9 +4,11 @@ with the same rules the model call applies (cli/tasks.py re-exports them)."""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from gap_mllm.answer_grammar import options_problem
+from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
 from gap_mllm.control_tokens import refuse_control_tokens
 from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TaskSpec, check_query_text, format_box, resolve_task
 from gap_mllm.visual_prompt import check_marker_inside
@@ -29,7 +31,8 @@ class TaskRequest:
         task: one of `TASKS` (a registry name or `TaskSpec`; stored as the canonical name).
         query: the referring text (grounding) or the question (spatial_qa).
         box: the 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` of the object to describe
-            (captioning only), first-frame camera coordinates.
+            (captioning only), first-frame camera coordinates; 6 numbers (centre and size) stand for an upright
+            object seen by a level camera, the angles `UPRIGHT_LEVEL_ANGLES` (`box_with_angles`).
         marker: `(view, x, y)` pixel to mark (reconstruction only), in the view's original pixels.
     """
 
@@ -42,6 +45,7 @@ class TaskRequest:
     def __post_init__(self):
         self.spec = resolve_task(self.task)
         self.task = self.spec.name
+        self.box = box_with_angles(self.box)
 
     def validate(self, num_views: int | None, view_size: tuple[int, int] | None = None) -> None:
         """Raise ValueError with a user-facing message when the request is incomplete or its marker lies outside the
@@ -117,11 +121,22 @@ class TaskRequest:
         return inputs
 
 
+def box_with_angles(box):
+    """A box given by its centre and size alone (6 numbers) with the angles of an upright object seen by a level
+    first camera (`UPRIGHT_LEVEL_ANGLES`) appended, as a list of 9 floats; any other value as it is (`check_box`
+    judges it). One rule for `gap-mllm predict --box`, the Space's box field and the demo."""
+    if (isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != CENTRE_AND_SIZE
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in box)):
+        return box
+    return [float(v) for v in box] + list(UPRIGHT_LEVEL_ANGLES)
+
+
 def check_box(box) -> None:
-    """ValueError naming the captioning box unless it is 9 finite numbers with sizes >= 0 (the prompt's rule,
-    `format_box`) each within ±`MAX_BOX_VALUE`."""
+    """ValueError naming the captioning box unless it is 9 finite numbers with sizes > 0 as the prompt writes them
+    (its rule, `format_box`: a box with a side of 0 is no object's, as in an answer) each within ±`MAX_BOX_VALUE`."""
     if box is None or isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 9:
-        raise ValueError("captioning needs the object's 3D box: 9 numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll]"
+        raise ValueError("captioning needs the object's 3D box: 9 numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll], "
+                         "or 6 [cx, cy, cz, sx, sy, sz] for an upright object seen by a level camera"
                          + ("" if box is None else f", got {box!r:.120}"))
     try:
         format_box(box)
@@ -146,14 +161,12 @@ def example_request(task, example: dict, query=None, box=None, marker=None) -> T
     each input the user did not give (`given`) is the room's own, so the exact answer the front end compares with
     is the one asked. One rule for `gap-mllm predict --example` and the Space: a page that sends its request before
     its query field filled in asks the room's own query, not an empty one."""
-    request = TaskRequest(task)
-    used = request.used_inputs()
-    mine = {"query": query, "box": box, "marker": marker}
+    asked = TaskRequest(task)  # its inputs are set below, all at once
+    used = asked.used_inputs()
+    mine, values = {"query": query, "box": box, "marker": marker}, {}
     for name in INPUT_NAMES:
         value = given(mine[name])
-        if value is None and name in used:
-            value = example.get(name)
-        setattr(request, name, value)
-    if request.marker is not None:
-        request.marker = tuple(int(v) for v in request.marker)
-    return request
+        values[name] = example.get(name) if value is None and name in used else value
+    if values["marker"] is not None:
+        values["marker"] = tuple(int(v) for v in values["marker"])
+    return TaskRequest(asked.spec, **values)

@@ -1,5 +1,7 @@
 """Write the trained GAP-MLLM-Mini as a Hub folder: weights (bfloat16 on disk), remote code, processor,
-tokenizer, and a model card whose figures come from the checkpoint and the pipeline's results.
+tokenizer, and a model card whose figures come from the checkpoint and the pipeline's results; with the results, the
+orientations of its training boxes too (box_angles.json, processing/box_angles.py: `gap-mllm predict` notes a box
+whose angles none of them had).
 
 The weights are stored in bfloat16 to keep the folder under 50 MB (about 15 M parameters); the config
 says float32, so `from_pretrained` computes in float32 and the evaluation table is measured on this very
@@ -15,14 +17,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.processing.box_angles import box_angle_record, write_box_angles
 from gap_mllm.processing.output_folder import MARKER, writing_output_folder
+from gap_mllm.processing.synth.generator import SynthRooms
+from gap_mllm.processing.synth.presets import synth_config
+from gap_mllm.processing.synth.samples import camera_box_angles
 
 from .card import mini_model_card
 from .code_links import write_code_links
 from .default_model import SHIPPED_DIR
+from .pipeline_settings import BUDGETS
 
 STORAGE_DTYPE = torch.bfloat16
 MAX_FOLDER_BYTES = 50 * 1024 * 1024
@@ -40,6 +48,9 @@ def parameter_counts(model) -> dict[str, int]:
 
 
 EXPORT_COMMAND = "gap-mllm mini --export"  # the marker of a folder `--export` wrote
+# what the box-angle record of an export was read from (`mini_box_angles`)
+BOX_ANGLES_SOURCE = ("every object's box in the camera of every frame of the {scenes} training scenes of SynthRooms' "
+                     "mini preset (gap-mllm synth --preset mini)")
 
 
 def export_default(model_dir, dest, results: dict | None = None, max_shard_size: str = "15MB",
@@ -82,9 +93,20 @@ def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: s
     (dest / "README.md").write_text(mini_model_card(model.config, counts, results), encoding="utf-8")
     if results is not None:
         (dest / "evaluation_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        if results.get("budget") in BUDGETS:  # the orientations of its training boxes (processing/box_angles.py)
+            write_box_angles(dest, mini_box_angles(BUDGETS[results["budget"]].scenes[0]))
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     if size > MAX_FOLDER_BYTES:
         raise RuntimeError(f"{dest} is {size / 2**20:.1f} MiB, over the {MAX_FOLDER_BYTES / 2**20:.0f} MiB limit of the embedded default")
+
+
+def mini_box_angles(train_scenes: int) -> dict:
+    """The box-angle record (processing/box_angles.py) of the Mini's training data: every object's box in every
+    frame's camera of the first `train_scenes` scenes of SynthRooms' mini preset (its train split: `gap-mllm synth`
+    numbers it first), laid out without rendering (about half a second a scene)."""
+    generator = SynthRooms(synth_config("mini"))
+    angles = np.concatenate([camera_box_angles(generator.layout_scene(index)) for index in range(train_scenes)])
+    return box_angle_record(angles, BOX_ANGLES_SOURCE.format(scenes=train_scenes))
 
 
 def export_is_complete(folder: Path) -> bool:

@@ -114,8 +114,10 @@ BOX_VALUES = 9
 
 
 def format_box(values) -> str:
-    """`[0.44, 0.08, 2.26, ...]`: 9 finite numbers (Python, numpy or 0-d torch) with sizes >= 0 (the rule of the
-    answers' boxes, `output_parsing`), each through `round(v, 2)` as the targets are written."""
+    """`[0.44, 0.08, 2.26, ...]`: 9 finite numbers (Python, numpy or 0-d torch), each through `round(v, 2)` as the
+    targets are written. A size (entries 3-5) must be > 0 as written: a negative one is refused as in an answer
+    (`output_parsing.box_numbers`), and so is one written 0.0, since a box with a side of 0 is no object's box (an
+    answer's box of size 0x0x0 is no success either: cli/answer_checks.py)."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != BOX_VALUES:
         raise ValueError(f"box must be {BOX_VALUES} numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll], got {values!r}")
     try:
@@ -126,8 +128,13 @@ def format_box(values) -> str:
         raise ValueError(f"box must hold {BOX_VALUES} finite numbers, got {values!r}")
     _, problem = box_numbers(floats, "box")
     if problem:  # a negative size describes no box: refused, as in an answer or an annotation
-        raise ValueError(f"{problem} (sizes, entries 3-5, must be >= 0); got {values!r}")
-    return "[" + ", ".join(repr(round(v, 2)) for v in floats) + "]"
+        raise ValueError(f"{problem} (sizes, entries 3-5, must be > 0); got {values!r}")
+    written = [round(v, 2) for v in floats]
+    flat = [axis for axis, size in zip("xyz", written[3:6]) if size <= 0]
+    if flat:
+        raise ValueError(f"box {written} has a size of 0 along {', '.join(flat)}: a box with a side of 0 is no "
+                         "object's box (sizes, entries 3-5, must be at least 0.01 as the prompt writes them)")
+    return "[" + ", ".join(repr(v) for v in written) + "]"
 
 
 def extract_query(prompt: str) -> str:

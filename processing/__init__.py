@@ -7,6 +7,8 @@ Modules (import what you need; `datasets` is only imported by the builder module
     scannet_layout    read / write ScanNet posed_images (jpg, depth png in mm, pose txt, intrinsics,
                       axis alignment)
     annotation_files  official annotation file names per task and split
+    box_angles        the orientations of a model's training boxes (its folder's box_angles.json), the check of a
+                      box against them, and the angles of a box given by centre and size alone
     builders          `datasets.GeneratorBasedBuilder`s: ReconstructionBuilder, DetectionBuilder,
                       GroundingStage1Builder, GroundingStage2Builder, CaptioningBuilder, SpatialQABuilder;
                       each declares its task's features; the prompts of its annotation files are the

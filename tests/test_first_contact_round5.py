@@ -2,8 +2,7 @@
 120 characters; its table gives the figures the demo prints (the constrained row of mini/RESULTS.md), each metric
 glossed; the install line names the torch a plain pip install gets and the one command for the CPU build, the same
 requirement and index as `make install`'s. Item 6: docs/usage.md's photo example of a grammar proving the shape and
-not the meaning is the Mini's recorded answer (tests/data/constrained_answers.json, checked by
-tests/test_constrained_answers_kept.py), on the same photographs and box."""
+not the meaning is what the Mini answers there: the caption of a box its own detection answer holds."""
 
 from __future__ import annotations
 
@@ -64,17 +63,33 @@ def test_the_readme_names_the_torch_a_plain_install_gets_and_the_cpu_command():
     assert "git clone --filter=blob:none" in text and "A plain `git clone` works too" in text
 
 
-def test_the_usage_photo_example_is_the_minis_recorded_constrained_caption():
-    from .test_constrained_answers_kept import BOX, FIXTURE, REQUESTS
+def _expanded(argument: str) -> list[str]:
+    """A shell word with one `{a,b}` brace expansion, as bash expands it."""
+    found = re.fullmatch(r"(.*)\{([^{}]*)\}(.*)", argument)
+    return [found[1] + part + found[3] for part in found[2].split(",")] if found else [argument]
+
+
+def test_the_usage_photo_example_is_the_minis_caption_of_a_box_its_detection_wrote(capsys):
+    """The captioning command's box is the "desk" of the detection answer the doc shows (the model's own convention:
+    no angle note for the Mini), and `gap-mllm predict` answers it on those photographs with the caption the doc
+    stores, prose that parses."""
+    from gap_mllm.cli.main import main as gap_mllm
+    from gap_mllm.mini import SHIPPED_DIR
+    from gap_mllm.processing.box_angles import read_box_angles, unseen_angles_note
 
     usage = (REPO / "docs" / "usage.md").read_text(encoding="utf-8")
     block = usage[usage.index("**What the grammar guarantees, and what it cannot.**"):]
-    command, answer = re.findall(r"```bash\n(.*?)```", block, re.S)[0].splitlines()
-    argv = shlex.split(command)
-    assert argv[:4] == ["gap-mllm", "predict", "--images", "tests/data/photos"]
-    assert [float(v) for v in argv[argv.index("--box") + 1:]] == BOX == REQUESTS["captioning"]["box"]
-    recorded = json.loads(FIXTURE.read_text(encoding="utf-8"))["answers"]["photos"]["captioning"]
-    assert answer == f"# answer     : {recorded}"
+    lines = re.findall(r"```bash\n(.*?)```", block, re.S)[0].replace("\\\n", " ").splitlines()
+    detection, captioning = [[word for part in shlex.split(line) for word in _expanded(part)]
+                             for line in lines if line.startswith("gap-mllm ")]
+    desk = next(line for line in lines if line.lstrip("# ").startswith("desk: "))
+    box = [float(v) for v in captioning[captioning.index("--box") + 1:]]
+    assert box == json.loads(desk.split("desk: ")[1])
+    assert detection[:2] == captioning[:2] == ["gap-mllm", "predict"] and "detection" in detection
+    assert unseen_angles_note(box, read_box_angles(SHIPPED_DIR)) is None
+    assert gap_mllm(captioning[1:]) == 0  # the answer parsed
+    answer = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("answer     : "))
+    assert f"# {answer}" == lines[-1]
 
 
 def test_lora_on_a_gap_mllm_warns_of_no_deprecation():

@@ -111,7 +111,7 @@ def test_a_required_option_misspelt_is_named_as_the_option_meant(argv, meant):
 
 @pytest.mark.parametrize("task, option", [
     ("grounding", "give --query TEXT"),
-    ("captioning", "give --box CX CY CZ SX SY SZ YAW PITCH ROLL"),
+    ("captioning", "give --box CX CY CZ SX SY SZ [YAW PITCH ROLL]"),
     ("reconstruction", "give --marker VIEW X Y"),
 ])
 def test_a_task_input_left_out_is_named_by_its_option(frame, task, option):

@@ -18,8 +18,10 @@ from gap_mllm.mini import pipeline
 from gap_mllm.mini.arms import MAIN_ARM
 from gap_mllm.mini.claims import write_claims
 from gap_mllm.mini.claims_table import CLAIMS_SECTION, QUOTE_BEGIN, QUOTE_END, claims_quote
+from gap_mllm.mini.export import mini_box_angles
 from gap_mllm.mini.markdown_sections import document_section
 from gap_mllm.mini.report import REFUSED_SECTION
+from gap_mllm.processing.box_angles import read_box_angles
 
 RESULT_KEYS = ("grounding_acc@0.25", "grounding_acc@0.5", "detection_f1@0.25", "captioning_cider@0.5",
                "stage1_point_error_m_median", "stage1_label_accuracy")
@@ -95,6 +97,8 @@ def test_the_exported_folder_is_a_hub_folder_with_its_card(toy_run):
     shards = sorted(export.glob("model*.safetensors"))
     with safe_open(str(shards[0]), "pt") as handle:
         assert handle.get_tensor(next(iter(handle.keys()))).dtype.is_floating_point
+    # the orientations of its training boxes: the toy budget's 3 training scenes (predict notes a box of another)
+    assert read_box_angles(export) == mini_box_angles(3)
 
 
 def test_a_second_run_resumes_without_training(toy_run, caplog):

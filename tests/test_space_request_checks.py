@@ -84,8 +84,9 @@ def test_the_listed_object_is_described_with_its_own_box(backend, monkeypatch):
 
 
 @pytest.mark.parametrize("box, expected", [
-    ("0 0 2 -1 1 1 0 0 0", "captioning box has a negative size [-1.0, 1.0, 1.0] (sizes, entries 3-5, must be >= 0)"),
-    ("0 0 2 1 1 -0.5 0 0 0", "captioning box has a negative size [1.0, 1.0, -0.5] (sizes, entries 3-5, must be >= 0)"),
+    ("0 0 2 -1 1 1 0 0 0", "captioning box has a negative size [-1.0, 1.0, 1.0] (sizes, entries 3-5, must be > 0)"),
+    ("0 0 2 1 1 -0.5 0 0 0", "captioning box has a negative size [1.0, 1.0, -0.5] (sizes, entries 3-5, must be > 0)"),
+    ("0 0 0 0 0 0 0 0 0", "captioning box [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] has a size of 0 along x, y, z"),
     ("0 0 1e308 1 1 1 0 0 0", "captioning box [0.0, 0.0, 1e+308, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]: every number must lie "
                               "within ±10000 (metres; radians for the angles)"),
     ("1e308 0 2 1 1 1 0 0 0", "captioning box [1e+308, 0.0, 2.0"),
@@ -96,9 +97,9 @@ def test_a_box_that_is_no_box_is_refused_before_the_model(backend, no_model, upl
         assert user_error(backend, files, example, CAPTIONING, box_text=box).startswith(expected)
 
 
-def test_boxes_at_the_bound_and_of_zero_size_are_drawn(backend):
+def test_boxes_at_the_bound_and_of_the_smallest_size_are_drawn(backend):
     bound = f"{MAX_BOX_VALUE:g}"
-    for box in (f"{bound} -{bound} {bound} {bound} {bound} {bound} {bound} -{bound} {bound}", "0 0 0 0 0 0 0 0 0"):
+    for box in (f"{bound} -{bound} {bound} {bound} {bound} {bound} {bound} -{bound} {bound}", "0 0 1 0.01 0.01 0.01"):
         out = backend.run(None, EXAMPLE, CAPTIONING, box_text=box)
         assert out.frames and out.scene_glb.is_file()
 
@@ -182,7 +183,9 @@ def test_predict_refuses_a_negative_size_before_loading_the_model(capsys):
 
 
 def test_the_processor_refuses_a_negative_size(tiny_processor):
-    with pytest.raises(ValueError, match=r"box has a negative size \[1.0, 1.0, -2.0\] \(sizes, entries 3-5, must be >= 0\)"):
+    with pytest.raises(ValueError,
+                       match=r"box has a negative size \[1.0, 1.0, -2.0\] \(sizes, entries 3-5, must be > 0\)"):
         tiny_processor(images=[make_views(2)], task="captioning", box=[0, 0, 2, 1, 1, -2, 0, 0, 0])
-    inputs = tiny_processor(images=[make_views(2)], task="captioning", box=[0, 0, 2, 1, 1, 0, 0, 0, 0], return_tensors="pt")
+    inputs = tiny_processor(images=[make_views(2)], task="captioning", box=[0, 0, 2, 1, 1, 0.01, 0, 0, 0],
+                            return_tensors="pt")
     assert inputs["input_ids"].shape[0] == 1

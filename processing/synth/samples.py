@@ -48,6 +48,14 @@ def camera_boxes(scene: SynthScene, object_indices, reference_frame: int) -> np.
     return world_boxes_to_camera(boxes, scene.cam_to_room[reference_frame]) if len(boxes) else np.zeros((0, 9))
 
 
+def camera_box_angles(scene: SynthScene) -> np.ndarray:
+    """`[frames × objects, 3]`: the yaw, pitch and roll of every object's box in the camera of every frame of
+    `scene`. A target's boxes are in the camera of one of its frames (a clip's first, stage 2's selected frame), so
+    these hold the angles of every box target the scene gives (processing/box_angles.py records their ranges)."""
+    objects = range(len(scene.objects))
+    return np.concatenate([camera_boxes(scene, objects, frame)[:, 6:9] for frame in range(len(scene.cam_to_room))])
+
+
 def choose_clip(scene: SynthScene, num_samples: int, rng, method: str = "uniform", window: int | None = None) -> list[int]:
     """Frame indices of one clip: `num_samples` frames in a random window of `window` frames
     (default: half the trajectory), spaced uniformly or chosen by space-aware coverage."""

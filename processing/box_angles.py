@@ -1,0 +1,124 @@
+"""The orientations of the boxes a model was trained on, recorded in its folder, and the check of a box against them.
+
+A box's angles are what the model reads and writes: `[yaw, pitch, roll]` in radians, `R = Ry(roll) · Rx(pitch) ·
+Rz(yaw)` (scipy "zxy"), in the OpenCV frame of the first camera (x right, y down, z forward; docs/method.md §5).
+Objects stand upright, so the targets' pitch and roll are set by how the camera is held: an upright object seen by a
+level camera has pitch π/2 and roll ±π (yaw then turns it about its vertical axis), and a camera tilted down by t
+gives pitch π/2 − t. SynthRooms' cameras look 7-33° down (processing/synth/trajectory.py), so GAP-MLLM-Mini's boxes
+have pitch 0.99-1.46 and roll within 0.37 of ±π; a box of pitch 0 and roll 0 (an object lying on its back) is an
+orientation no target had, and the model's answer to it is no caption.
+
+The record, `box_angles.json` in the model's folder (written by the Mini's export, mini/export.py):
+
+    {"convention": BOX_ANGLE_CONVENTION, "source": "what the angles were read from",
+     "angles": {"yaw": [[-3.15, 3.15]], "pitch": [[0.99, 1.46]], "roll": [[-3.15, -2.77], [2.77, 3.15]]}}
+
+Each angle's values are the intervals (one, or two where they wrap through ±π) of the smallest arc holding every
+training box's angle, widened outward to 2 decimals, the precision a prompt writes. A folder without the file (the
+real model, any other) records nothing, and no box is checked against it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+BOX_ANGLES_RECORD = "box_angles.json"
+ANGLE_NAMES = ("yaw", "pitch", "roll")
+BOX_ANGLE_CONVENTION = ("yaw pitch roll in radians, R = Ry(roll)·Rx(pitch)·Rz(yaw) (scipy 'zxy'), in the first "
+                        "camera's OpenCV frame (x right, y down, z forward)")
+_DECIMALS = 2  # a prompt writes the box's numbers to 2 decimals (tasks_gap_mllm.format_box)
+# The angles of a box given by its centre and size alone (`gap-mllm predict --box cx cy cz sx sy sz`, the Space's
+# box field): an upright object seen by a level first camera (optical axis horizontal, no roll), its width along the
+# camera's x axis (across the view), its depth along z (away from the camera) and its height along -y (up). That
+# rotation is Rx(π/2), which the model's boxes write with roll ±π: yaw π, pitch π/2, roll π. A camera tilted down by
+# t (the usual case: pitch π/2 - t) or an object turned about its vertical axis (yaw) needs the angles given.
+UPRIGHT_LEVEL_ANGLES = (math.pi, math.pi / 2, math.pi)
+CENTRE_AND_SIZE = 6  # the numbers of a box given without its angles
+
+
+def _down(value: float) -> float:
+    return math.floor(value * 10**_DECIMALS) / 10**_DECIMALS
+
+
+def _up(value: float) -> float:
+    return math.ceil(value * 10**_DECIMALS) / 10**_DECIMALS
+
+
+def angle_intervals(values) -> list[list[float]]:
+    """The smallest arc of the circle holding every angle of `values` (radians, within [-π, π]), as intervals of
+    [-π, π]: one, or two when the arc wraps through ±π; each widened outward to 2 decimals. Angles that leave no gap
+    wider than 0.01 (a prompt's precision) give the whole circle, `[[-3.15, 3.15]]`."""
+    ordered = sorted(float(v) for v in values)
+    if not ordered:
+        raise ValueError("no angles to record")
+    gaps = [(ordered[k + 1] - ordered[k], k + 1) for k in range(len(ordered) - 1)]
+    wrap = ordered[0] + 2 * math.pi - ordered[-1]
+    widest, after = max(gaps, default=(0.0, 0))
+    if max(widest, wrap) <= 10**-_DECIMALS:
+        return [[_down(-math.pi), _up(math.pi)]]
+    if wrap >= widest:  # the values' own span is the arc
+        return [[_down(ordered[0]), _up(ordered[-1])]]
+    # the arc runs from the value after the widest gap, through ±π, round to the value before it
+    return [[_down(-math.pi), _up(ordered[after - 1])], [_down(ordered[after]), _up(math.pi)]]
+
+
+def box_angle_record(angles, source: str) -> dict:
+    """The record (module docstring) of `angles`, rows of `[yaw, pitch, roll]` (the training boxes' angles), read
+    from `source` (a few words naming the data)."""
+    rows = [list(row) for row in angles]
+    return {"convention": BOX_ANGLE_CONVENTION, "source": source,
+            "angles": {name: angle_intervals([row[k] for row in rows]) for k, name in enumerate(ANGLE_NAMES)}}
+
+
+def write_box_angles(folder, record: dict) -> Path:
+    """Write `record` as the folder's `box_angles.json`; returns its path."""
+    path = Path(folder) / BOX_ANGLES_RECORD
+    path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_box_angles(folder) -> dict | None:
+    """The `box_angles.json` record of a model folder, or None when `folder` is not a folder or records none (a Hub
+    id, the tiny test model). A file that is not a record is ValueError naming it."""
+    path = Path(folder) / BOX_ANGLES_RECORD if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        intervals = {name: [[float(low), float(high)] for low, high in record["angles"][name]] for name in ANGLE_NAMES}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a record of box angles ({type(error).__name__}: {error}); "
+                         "delete it or write it again") from None
+    return {**record, "angles": intervals}
+
+
+def _inside(value: float, intervals) -> bool:
+    return any(low <= value <= high for low, high in intervals)
+
+
+def _intervals_text(intervals) -> str:
+    return " or ".join(f"{low:g} to {high:g}" for low, high in intervals)
+
+
+def unseen_angles_note(box, record: dict | None) -> str | None:
+    """One line when the angles of `box` (9 numbers), as a prompt writes them, hold a value outside the training
+    boxes' angles of `record` (`read_box_angles`), naming the values, the recorded ranges and the convention; None
+    when they lie inside, or nothing is recorded."""
+    if record is None:
+        return None
+    written = [round(float(v), _DECIMALS) for v in list(box)[6:9]]
+    outside = [(name, value) for name, value in zip(ANGLE_NAMES, written) if not _inside(value, record["angles"][name])]
+    if not outside:
+        return None
+    unseen = ", ".join(f"{name} {value:g} (trained: {_intervals_text(record['angles'][name])})"
+                       for name, value in outside)
+    return (f"note: the box's angles (yaw pitch roll {' '.join(f'{v:g}' for v in written)}) hold {unseen}, an "
+            f"orientation no box this model was trained on had, so its answer may mean nothing. Angles are "
+            f"{record.get('convention', BOX_ANGLE_CONVENTION)}: an upright object has pitch π/2 less the camera's "
+            "downward tilt and roll ±π; the angles of this model's own detection answers are in its convention")
+
+
+__all__ = ["ANGLE_NAMES", "BOX_ANGLES_RECORD", "BOX_ANGLE_CONVENTION", "CENTRE_AND_SIZE", "UPRIGHT_LEVEL_ANGLES",
+           "angle_intervals", "box_angle_record", "read_box_angles", "unseen_angles_note", "write_box_angles"]
