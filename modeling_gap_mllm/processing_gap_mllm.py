@@ -133,7 +133,8 @@ def check_image_processor_sizes(image_processor, source) -> None:
     folder = Path(str(source))
     nested = (folder / "processor_config.json").is_file() and "image_processor" in json.loads(
         (folder / "processor_config.json").read_text(encoding="utf-8"))
-    where = "processor_config.json's image_processor." if nested or not folder.is_dir() else "preprocessor_config.json's "
+    nested = nested or not folder.is_dir()  # a Hub id: the file transformers writes now
+    where = "processor_config.json's image_processor." if nested else "preprocessor_config.json's "
     for key in _POSITIVE_IMAGE_PROCESSOR_SIZES:
         value = image_processor
         for part in key.split("."):

@@ -58,7 +58,7 @@ DAMAGES = {
                    "--model {folder}: config.json's vlm_config.text_config.vocab_size is 800 but the weights' "
                    "vlm.model.language_model.embed_tokens.weight has 720 (shape [720, 64]); the config does not "
                    "belong to these weights: restore the config.json saved with them"),
-    "tokenizer.json": (lambda folder: edit_json(folder / "tokenizer.json", lambda tokenizer: tokenizer.pop("added_tokens")),
+    "tokenizer.json": (lambda folder: edit_json(folder / "tokenizer.json", lambda content: content.pop("added_tokens")),
                        "{folder}/tokenizer.json cannot be read as a tokenizer file (no 'added_tokens' list); copy it "
                        "again, or save the processor again"),
     "patch_size": (lambda folder: edit_json(folder / "processor_config.json",
@@ -107,7 +107,8 @@ def test_evaluate_and_export_llm_refuse_nan_weights_in_one_line(checkpoint, tmp_
 
 
 @pytest.mark.parametrize("keys, value, tensor, held", [
-    (("vlm_config", "text_config", "hidden_size"), 96, "vlm.model.language_model.embed_tokens.weight", "64 (shape [720, 64])"),
+    (("vlm_config", "text_config", "hidden_size"), 96, "vlm.model.language_model.embed_tokens.weight",
+     "64 (shape [720, 64])"),
     (("vlm_config", "vision_config", "hidden_size"), 48, "vlm.model.visual.patch_embed.proj.weight",
      "32 (shape [32, 3, 2, 16, 16])"),
     (("geometry_config", "hidden_size"), 64, "geometry_encoder.aggregator.camera_token", "32 (shape [1, 2, 1, 32])"),
@@ -116,7 +117,8 @@ def test_a_config_size_that_disagrees_with_the_weights_is_named_with_both_sizes(
                                                                                 tensor, held):
     folder = tmp_path / "edited"
     shutil.copytree(checkpoint, folder)
-    edit_json(folder / "config.json", lambda config: functools.reduce(dict.get, keys[:-1], config).__setitem__(keys[-1], value))
+    edit_json(folder / "config.json",
+              lambda config: functools.reduce(dict.get, keys[:-1], config).__setitem__(keys[-1], value))
     with pytest.raises(UserError) as refused:
         check_model_source(folder)
     assert str(refused.value) == (f"--model {folder}: config.json's {'.'.join(keys)} is {value} but the weights' "
