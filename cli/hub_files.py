@@ -33,6 +33,7 @@ from huggingface_hub.utils import validate_repo_id
 import gap_mllm
 from gap_mllm.processing.path_containment import resolve_inside
 
+from gap_mllm.processing.box_angles import BOX_ANGLES_RECORD
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
 
 WEIGHTS_FILE, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"  # transformers' names
@@ -44,6 +45,7 @@ UPLOAD_PATTERNS = (
     "vocab.json", "merges.txt", "tokenizer.model",
     "chat_template.jinja", "chat_template.json",
     TRAINING_RECORD,  # what the model was trained on (training/run.py), read by the card
+    BOX_ANGLES_RECORD,  # the orientations of its training boxes (processing/box_angles.py), read by predict
     "*.py",
     "README.md",
 )
