@@ -16,7 +16,7 @@ One check for every training loop: `check_gradient_norm` raises `TrainingDiverge
 A finite gradient can still make a weight non-finite: the optimizer's own arithmetic (a weight decay or learning rate
 whose product with a weight overflows, float32's 3.4e38) writes inf or NaN without a non-finite gradient. So after
 every optimizer step, the last one included, `DivergenceGuard` checks the trained weights themselves
-(`check_trained_weights`: one stacked reduction, one host read per optimizer step, and one all-reduce of one number
+(`check_trained_weights`: their global norm, one host read per optimizer step, and one all-reduce of one number
 where the weights are sharded): such a step stops the run with `TrainingDivergedError` naming it, before anything of
 it is saved (a checkpoint, a run state, the final model).
 
@@ -118,18 +118,34 @@ def _local_tensor(param: torch.Tensor) -> torch.Tensor:
     return param.to_local() if hasattr(param, "to_local") else param
 
 
-def non_finite_weight_count(parameters: list[torch.Tensor], accelerator=None) -> int:
-    """How many of `parameters` hold a NaN or an infinite value, summed over the processes of `accelerator` (where the
-    weights are sharded, each process sees its own part). The tensors are reduced on the device and stacked into one
-    count: one host read (and one all-reduce of that number on several processes), however many tensors."""
-    local = [_local_tensor(p) for p in parameters]
-    local = [t for t in local if t.numel()]
-    device = local[0].device if local else torch.device("cpu")
-    flags = [torch.isfinite(t).all().to(device) for t in local]
-    count = (~torch.stack(flags)).sum() if flags else torch.zeros((), dtype=torch.long, device=device)
+def _summed(count: torch.Tensor, accelerator) -> int:
+    """`count` (a 0-d tensor) summed over the processes of `accelerator`, read on the host (one read)."""
     if accelerator is not None and accelerator.num_processes > 1:
         count = accelerator.reduce(count.to(accelerator.device), reduction="sum")
     return int(count)
+
+
+def non_finite_weight_count(parameters: list[torch.Tensor], accelerator=None) -> int:
+    """How many of `parameters` hold a NaN or an infinite value, summed over the processes of `accelerator` (where the
+    weights are sharded, each process sees its own part).
+
+    A finite run pays one host read (and, on several processes, one all-reduce of one number) per call: the global
+    norm of the tensors (`torch.nn.utils.get_total_norm`: fused kernels per device and dtype on CUDA, one pass over
+    the weights, 20 times cheaper on a CPU than a per-tensor `isfinite().all()`) is finite exactly when every value is,
+    but for weights so large that their squares overflow float32 (1e19); only then are the tensors counted one by one,
+    so such weights are not taken for non-finite ones."""
+    local = [_local_tensor(p).detach() for p in parameters]
+    local = [t for t in local if t.numel()]
+    if local:
+        suspect = (~torch.isfinite(torch.nn.utils.get_total_norm(local))).long()
+    else:
+        suspect = torch.zeros((), dtype=torch.long)
+    if not _summed(suspect, accelerator):
+        return 0
+    device = local[0].device if local else torch.device("cpu")
+    flags = [torch.isfinite(t).all().to(device) for t in local]
+    count = (~torch.stack(flags)).sum() if flags else torch.zeros((), dtype=torch.long, device=device)
+    return _summed(count, accelerator)
 
 
 def non_finite_weight_names(named_parameters) -> list[str]:
@@ -147,7 +163,8 @@ def check_trained_weights(step: int, model, output_dir: str | None, accelerator=
     """`TrainingDivergedError` (`divergence_message`) when optimizer step `step` made any trained weight of `model`
     (`requires_grad`) NaN or infinite; called right after `optimizer.step()`, before anything of the step is saved.
 
-    Cost: `non_finite_weight_count`, one host read a step; the weights are named only for a diverged step."""
+    Cost: `non_finite_weight_count`, one pass over the trained weights and one host read a step; the weights are named
+    only for a diverged step."""
     trained = [param for param in model.parameters() if param.requires_grad]
     count = non_finite_weight_count(trained, accelerator)
     if not count:
