@@ -10,7 +10,7 @@ import argparse
 from gap_mllm.compiled_decoding import add_compile_decoding_argument
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
 
-from .argument_types import positive_int
+from .argument_types import port_number, positive_int
 from .example_rooms import EXAMPLE_SEEDS
 from .task_names import TASKS, task_argument
 
@@ -78,19 +78,32 @@ def add_free_decoding_argument(parser: argparse.ArgumentParser) -> None:
                              "answer in its task's format, llguidance); the paper's protocol, as gap-mllm evaluate")
 
 
+# What `gap-mllm demo` and `gap-mllm space` use for an option not given. The demo's options of one of its two paths
+# (the console demo, or the Space with --space) default to None, so that one given to the other path is refused
+# (cli/early_checks.py `check_demo`), never passed over.
+DEMO_OUT = "demo_output"
+DEMO_EXAMPLE = "synthetic room A"
+TINY_SEED = 0
+SPACE_HOST = "127.0.0.1"
+SPACE_PORT = 7860
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="mini",
                         help='"mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model; or a folder / Hub id')
-    parser.add_argument("--example", default="synthetic room A", choices=sorted(EXAMPLE_SEEDS), help="the bundled room")
-    parser.add_argument("--out", default="demo_output", help="where the pictures (and the tiny model's folder) are written")
+    parser.add_argument("--example", default=None, choices=sorted(EXAMPLE_SEEDS),
+                        help=f"the bundled room (default: {DEMO_EXAMPLE}; not with --space)")
+    parser.add_argument("--out", default=None,
+                        help=f"where the pictures (and the tiny model's folder) are written (default: {DEMO_OUT}; not "
+                             "with --space)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="cap on each task's generation budget (default: the task's own; answers stop at their end)")
     add_free_decoding_argument(parser)
-    parser.add_argument("--seed", type=int, default=0, help="weights of --model tiny")
+    parser.add_argument("--seed", type=int, default=None, help=f"weights of --model tiny (default: {TINY_SEED})")
     parser.add_argument("--space", action="store_true",
                         help="launch the Gradio Space instead (gap-mllm space; gradio: the space extra)")
-    parser.add_argument("--host", default="127.0.0.1", help="with --space: interface to listen on")
-    parser.add_argument("--port", type=int, default=7860, help="with --space: port")
+    parser.add_argument("--host", default=None, help=f"with --space: interface to listen on (default: {SPACE_HOST})")
+    parser.add_argument("--port", type=port_number, default=None, help=f"with --space: port (default: {SPACE_PORT})")
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from gap_mllm.mini.identity import is_gap_mllm_mini
 from gap_mllm.processing.output_folder import claim_output_folder
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
+from .command_arguments import DEMO_EXAMPLE, DEMO_OUT, SPACE_HOST, SPACE_PORT, TINY_SEED
 from .command_arguments import add_demo_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .early_checks import DEMO_WRITER
 from .example_reference import reference_lines, request_text
@@ -44,17 +45,20 @@ DEMO_TASKS = MINI_TASKS
 def main(args: argparse.Namespace) -> int:
     if args.space:
 
-        return space_main(argparse.Namespace(model=args.model, host=args.host, port=args.port,
+        return space_main(argparse.Namespace(model=args.model, host=args.host or SPACE_HOST,
+                                             port=args.port or SPACE_PORT,
                                              max_new_tokens=args.max_new_tokens, concurrency=1, max_queue=16,
                                              constrained=args.constrained))
 
 
     # new, empty or the demo's own (its marker): a folder of the user's files is refused, never written over
-    out = claim_output_folder(args.out, DEMO_WRITER)
+    out = claim_output_folder(args.out or DEMO_OUT, DEMO_WRITER)
+    example = args.example or DEMO_EXAMPLE
     banner = []
     if args.model == TINY:
 
-        folder = str(save_tiny_checkpoint(out / "gap-mllm-tiny", seed=args.seed))  # progress bars (stderr) end here
+        seed = TINY_SEED if args.seed is None else args.seed
+        folder = str(save_tiny_checkpoint(out / "gap-mllm-tiny", seed=seed))  # progress bars (stderr) end here
         banner = ["GAP-MLLM demo with a TINY, RANDOMLY INITIALISED model: the weights are UNTRAINED,",
                   "so the answers are noise. The demo shows the real pipeline end to end.",
                   f"Saved the Hub-style folder to {folder}"]
@@ -65,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
                       "It knows SynthRooms rooms only: the example below is a held-out one.", f"Model folder: {folder}"]
     model = load_pretrained(AutoModel.from_pretrained, folder, "--model", trust_remote_code=True).eval()
     processor = load_pretrained(AutoProcessor.from_pretrained, folder, "--model", trust_remote_code=True)
-    scene = synthetic_scene(EXAMPLE_SEEDS[args.example])
+    scene = synthetic_scene(EXAMPLE_SEEDS[example])
     # Printed as one block after the saving and loading progress bars, so they never interleave.
     print("\n".join([BANNER, *banner, BANNER]))
     print(f"Loaded {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) and "
@@ -73,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
     if model.config.use_geometry:
         print(f"Fusion: {model.config.geometry_fusion_config.method}, VGGT layers per level "
               f"{model.config.level_geometry_layers} (main, DeepStack 0-2)")
-    print(f"Example: {args.example}, {len(scene.views)} views of {scene.views[0].size[0]}x{scene.views[0].size[1]} px, "
+    print(f"Example: {example}, {len(scene.views)} views of {scene.views[0].size[0]}x{scene.views[0].size[1]} px, "
           f"objects seen: {', '.join(scene.reference_labels)}", flush=True)
     # the figures of the decoding that runs (None for a folder without evaluation_results.json: the tiny model)
     scores = held_out_scores(folder, constrained=args.constrained)

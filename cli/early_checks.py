@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import shlex
+import socket
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from gap_mllm.processing.path_containment import broken_link
 from gap_mllm.regular_files import regular_file_problem
 
 from .errors import UserError
+from .command_arguments import DEMO_OUT, SPACE_HOST, SPACE_PORT
 from .example_rooms import EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE
 from .model_source import TINY, check_model_source, resolve_model_source
 from .space import gradio_missing
@@ -162,16 +165,72 @@ def check_predict(args: argparse.Namespace) -> int | None:
     return None
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the Space cannot listen on `host`:`port`, in words that follow "--host H --port P", or None: a host that is
+    no address of this machine (a name that does not resolve, another machine's address), or a port it may not take
+    (in use, or below 1024 without the right). Found by binding a socket there and closing it at once, as the server
+    will: a mistake is one line now, not a traceback once the model has loaded."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        return f"names no address of this machine ({getattr(error, 'strerror', None) or error})"
+    family, kind, protocol, _, address = addresses[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a port just closed is free
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return f"cannot be listened on ({error.strerror or error})"
+    return None
+
+
+def check_space(args: argparse.Namespace) -> None:
+    """`gap-mllm space` (and `demo --space`): the address it listens on (`listen_problem`), then gradio."""
+    problem = listen_problem(args.host, args.port)
+    if problem is not None:
+        raise UserError(f"--host {shlex.quote(args.host)} --port {args.port} {problem}; give another --host or --port")
+    missing = gradio_missing()
+    if missing is not None:
+        raise MissingDependency(missing)
+
+
+# `gap-mllm demo` options read on one of its two paths only: option -> (attribute, read with --space, what it is)
+DEMO_PATH_OPTIONS = {"--host": ("host", True, "the Space's interface"), "--port": ("port", True, "the Space's port"),
+                     "--out": ("out", False, "where the console demo writes its pictures"),
+                     "--example": ("example", False, "the console demo's room (the Space's page offers every room)"),
+                     "--seed": ("seed", False, "the console demo's tiny model's weights")}
+
+
+def unread_demo_option(args: argparse.Namespace) -> str | None:
+    """The first option given to `gap-mllm demo` that its path (the console demo, or the Space with `--space`) does
+    not read, in one line saying why and what to do; None when every option given is read."""
+    for option, (attribute, with_space, what) in DEMO_PATH_OPTIONS.items():
+        value = getattr(args, attribute)
+        if value is None or with_space == args.space:
+            continue
+        given = f"{option} {shlex.quote(str(value))}"
+        if with_space:
+            return (f"{given} is {what}, read only with --space (without it the demo runs in the console): add "
+                    f"--space, or leave {option} out")
+        return f"{given} is {what}, which --space does not run: leave {option} out, or drop --space"
+    if args.seed is not None and args.model != TINY:
+        return (f"--seed {args.seed} sets the weights of --model tiny, and --model {args.model} has its own: leave "
+                "--seed out, or add --model tiny")
+    return None
+
+
 def check_demo(args: argparse.Namespace) -> None:
-    """`gap-mllm demo`: the model; with `--space`, gradio (the Space checks the rest itself), before the demo's module
-    imports torch and transformers."""
+    """`gap-mllm demo`: an option its path does not read (`unread_demo_option`); the model; with `--space`, what
+    `check_space` checks (the Space checks the rest itself), before the demo's module imports torch and
+    transformers."""
+    unread = unread_demo_option(args)
+    if unread is not None:
+        raise UserError(unread)
     if args.space:
-        missing = gradio_missing()
-        if missing is not None:
-            raise MissingDependency(missing)
+        check_space(argparse.Namespace(host=args.host or SPACE_HOST, port=args.port or SPACE_PORT))
     if not args.space:
         check_grammar_engine(args)
-        check_output_folder(args.out, "--out", DEMO_WRITER)
+        check_output_folder(args.out or DEMO_OUT, "--out", DEMO_WRITER)
         check_model(args.model)
 
 
@@ -205,7 +264,8 @@ def check_train(args: argparse.Namespace) -> None:
 
 
 # command -> its check; a command without one goes straight to its module
-CHECKS = {"predict": check_predict, "demo": check_demo, "evaluate": check_evaluate, "train": check_train}
+CHECKS = {"predict": check_predict, "demo": check_demo, "evaluate": check_evaluate, "train": check_train,
+          "space": check_space}
 
 
 def check_arguments(command: str, args: argparse.Namespace) -> int | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.processing.argument_types import positive_int
 
 from .arms import MAIN_ARM
 from .card import mini_model_card
@@ -83,8 +84,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", type=Path, required=True, help="the SynthRooms data it was evaluated on (its test split)")
     parser.add_argument("--out", type=Path, required=True, help="where the constrained answers are written")
     parser.add_argument("--budget", default="full", help="the budget the release was evaluated at (its settings)")
-    parser.add_argument("--eval-limit", type=int, default=None, help="samples per task, as the release's run took")
-    parser.add_argument("--eval-batch-size", type=int, default=None)
+    parser.add_argument("--eval-limit", type=positive_int, default=None, help="samples per task, as the release's run took")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=None)
     parser.add_argument("--table", type=Path, default=None, help="the results table to rewrite (mini/RESULTS.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

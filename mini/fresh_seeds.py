@@ -50,6 +50,7 @@ from gap_mllm.evaluation.marker_metrics import paired_marker_difference, point_e
 from gap_mllm.evaluation.runner import one_load_per_model, run_evaluation
 from gap_mllm.output_parsing import parse_grounding
 from gap_mllm.processing.annotation_files import find_annotation_file
+from gap_mllm.processing.argument_types import positive_int, worker_count
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.synth.presets import synth_config
 
@@ -319,9 +320,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, required=True, help="run folder: fresh/seed-<S>/{data,results} are written here")
     parser.add_argument("--model", type=Path, required=True, help="the candidate model folder")
     parser.add_argument("--reference", type=Path, default=None, help="the current release: apply the release rule against it")
-    parser.add_argument("--scenes", type=int, default=FRESH_SCENES, help="test scenes per seed")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=1, help="processes writing the scenes")
+    parser.add_argument("--scenes", type=positive_int, default=FRESH_SCENES, help="test scenes per seed")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--workers", type=worker_count, default=1, help="processes writing the scenes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     models = {"candidate": args.model, **({"reference": args.reference} if args.reference else {})}

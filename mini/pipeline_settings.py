@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from gap_mllm.processing.argument_types import positive_int
+from gap_mllm.processing.argument_types import positive_int, worker_count
 
 from .ablation import ABLATION_STAGE2_STEPS
 from .arms import ARMS
@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="SynthRooms folder (default: <out>/data)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full: the recipes; toy: a few steps per stage")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--workers", type=positive_int, default=1, help="processes writing the data")
+    parser.add_argument("--workers", type=worker_count, default=1,
+                        help="processes writing the data (at most the machine's CPUs)")
     parser.add_argument("--ablation", action="store_true",
                         help="train and evaluate every ablation arm, one at a time, at one budget (mini/ablation.py); "
                              "with --arms, those arms at that budget")

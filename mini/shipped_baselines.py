@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 from gap_mllm.evaluation.baselines import all_baselines
+from gap_mllm.processing.argument_types import positive_int
 
 from .constrained_row import RESULTS_FILE, write_shipped_results
 from .fresh_seeds import baselines as fresh_seed_baselines
@@ -53,7 +54,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", type=Path, required=True, help="the shipped Mini folder (with evaluation_results.json)")
     parser.add_argument("--data", type=Path, required=True, help="the SynthRooms data it was evaluated on")
     parser.add_argument("--out", type=Path, required=True, help="run folder: the fresh seeds' scenes are written here")
-    parser.add_argument("--eval-limit", type=int, default=None, help="samples per task, as the release's run took")
+    parser.add_argument("--eval-limit", type=positive_int, default=None, help="samples per task, as the release's run took")
     parser.add_argument("--table", type=Path, default=None, help="the results table to rewrite (mini/RESULTS.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

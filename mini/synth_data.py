@@ -3,7 +3,6 @@ Shared by the run's own data (mini/pipeline.py) and the fresh-seed scenes a rele
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from gap_mllm.processing.dataset_identity import read_dataset_info
 from gap_mllm.processing.output_folder import clean_leftovers
 from gap_mllm.processing.synth.generator import SynthRooms
-from gap_mllm.processing.synth.writer import write_dataset_folder
+from gap_mllm.processing.synth.writer import setting_differences, write_dataset_folder
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +32,11 @@ def ensure_synth_data(folder: Path, config, splits: dict[str, int], named: str, 
     info = read_dataset_info(folder)  # a malformed file: a DataError naming it
     if info is not None:
         counts = {k: len(v) for k, v in info["splits"].items()}
-        same_config = info.get("config") == json.loads(json.dumps(config.to_dict()))
-        if same_config and counts == splits:
+        settings = setting_differences(info, config)  # each with both values
+        if not settings and counts == splits:
             logger.info("data: %s is up to date", folder)
             return info
-        held = f"scenes {counts}" + ("" if same_config else " of other SynthRooms settings")
+        held = f"scenes {counts}" + (f" of other SynthRooms settings ({'; '.join(settings)})" if settings else "")
         needs = f"this budget ({budget}) needs the mini preset's scenes" if budget else "this run needs the scenes"
         raise ValueError(f"{named} holds {held}; {needs} {splits}. {remedy}")
     logger.info("data: writing %s scenes to %s", splits, folder)

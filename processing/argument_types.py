@@ -1,7 +1,8 @@
 """argparse `type=` helpers shared by every command line of the package: the `gap-mllm` commands (cli/), and the
-synth, mini and evaluation entry points. A count or duration out of its range is an argparse error naming the
+synth, mini and evaluation entry points. A count, duration or port out of its range is an argparse error naming the
 option and the value (`argument --batch-size: '0' must be a positive number (at least 1)`, exit status 2),
-before any work starts, instead of a `range()` error or a run that ends having done nothing.
+before any work starts, instead of a `range()` error, a run that ends having done nothing, a server that cannot
+listen, or thousands of processes started at once.
 
 They live here, in the lowest layer with a command line (`gap-mllm synth`), so that every layer above imports
 the same definitions (tests/test_layering.py)."""
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+
+PORT_RANGE = (1, 65535)  # the TCP ports a server can listen on
 
 
 def _whole_number(value: str) -> int:
@@ -35,6 +39,34 @@ def non_negative_int(value: str) -> int:
     return number
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system has one, else every CPU of the machine)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_count(value: str) -> int:
+    """A number of worker processes: at least 1 and at most the CPUs this process may use (`usable_cpus`). The
+    workers render on the CPU, so more of them only wait for one another; and a process pool started by fork starts
+    every worker at once (`--workers 100000` would start 100,000 processes)."""
+    number = positive_int(value)
+    cpus = usable_cpus()
+    if number > cpus:
+        raise argparse.ArgumentTypeError(f"{value!r} is more processes than the {cpus} CPUs this machine gives the "
+                                         f"command; give at most {cpus}")
+    return number
+
+
+def port_number(value: str) -> int:
+    """A TCP port a server listens on: 1 to 65535."""
+    number = _whole_number(value)
+    low, high = PORT_RANGE
+    if not low <= number <= high:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port: give a number from {low} to {high}")
+    return number
+
+
 def positive_seconds(value: str) -> float:
     """A finite number of seconds > 0."""
     try:
@@ -50,5 +82,7 @@ def positive_seconds(value: str) -> float:
 positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"
 positive_seconds.__name__ = "number of seconds"
+worker_count.__name__ = "number of workers"
+port_number.__name__ = "port"
 
-__all__ = ["non_negative_int", "positive_int", "positive_seconds"]
+__all__ = ["non_negative_int", "port_number", "positive_int", "positive_seconds", "usable_cpus", "worker_count"]

@@ -21,7 +21,8 @@ What it does, for a target folder `out` of a command:
 * **Writes beside it, then renames.** The files go into a hidden sibling `.<name>.gap-mllm-partial` (same parent,
   so the same file system and an atomic rename); when the body of the `with` ends without an error, the old `out`
   is moved aside (`.<name>.gap-mllm-replaced`), the sibling renamed to `out`, and the old one deleted. A kill leaves
-  the last complete result (or nothing), never half a folder; a failed write leaves `out` as it was.
+  the last complete result (or nothing), never half a folder; a failed write leaves `out` as it was. An `out` that
+  is a symbolic link is written through: the folder it leads to is the one replaced, and the user's link stays.
 * **One writer at a time.** The folder's lock (processing/folder_lock.py, an OS file lock beside it) is taken
   before the folder is checked and held until the rename: a second writer of the same folder is refused in one
   line naming the first. A run that writes a folder many times (the run state, at each checkpoint) holds the
@@ -325,9 +326,7 @@ def clean_leftovers(folder: Path) -> None:
 def _put_in_place(partial: Path, folder: Path) -> None:
     """Rename the finished `partial` to `folder`, moving the old `folder` aside first and deleting it last."""
     replaced = sibling(folder, REPLACED_SUFFIX)
-    if folder.is_symlink():
-        folder.unlink()  # a link the user pointed somewhere: the link goes, never what it points to
-    elif folder.exists():
+    if folder.exists():
         os.rename(folder, replaced)
     os.rename(partial, folder)
     if replaced.exists():
@@ -346,6 +345,8 @@ def writing_output_folder(folder, command: str, *, overwrite: bool = False, opti
     check_output_folder(folder, command, overwrite=overwrite, option=option, overwrite_option=overwrite_option,
                         owner_check=owner_check, named=named)  # first: "." or ".." is refused before anything beside it is touched
     folder = Path(os.path.abspath(folder))  # a real name and parent for the siblings ("out/" and "a/../out" too)
+    if folder.is_symlink():  # the user's link stays: the output is written through it, where it leads
+        folder = Path(os.path.realpath(folder))
     folder.parent.mkdir(parents=True, exist_ok=True)
     with holding_folder(folder, command, option=option):  # one writer: the leftovers below are no live run's
         clean_leftovers(folder)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 
 import pytest
 
@@ -13,6 +14,7 @@ from gap_mllm.cli.main import COMMANDS
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation import grounding_identification_cli
 from gap_mllm.evaluation.runner import run_evaluation
+from gap_mllm.mini import constrained_row, fresh_seeds, shipped_baselines
 
 POSITIVE = "must be a positive number (at least 1)"
 NON_NEGATIVE = "must be zero or a positive number"
@@ -56,6 +58,45 @@ def test_a_count_out_of_range_is_an_argparse_error_naming_the_option(capsys, arg
         gap_mllm([*argv, flag, value])
     assert exit_info.value.code == 2
     assert f"gap-mllm {argv[0]}: error: argument {flag}: '{value}' {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["space"], ["demo", "--space"], ["demo"]])
+@pytest.mark.parametrize("port", ["0", "99999", "-1"])
+def test_a_port_outside_1_to_65535_is_an_argparse_error(capsys, argv, port):
+    """`demo --port 99999` ran the console demo, and `space --port 99999` reached the server."""
+    with pytest.raises(SystemExit) as exit_info:
+        gap_mllm([*argv, "--port", port])
+    assert exit_info.value.code == 2
+    assert (f"gap-mllm {argv[0]}: error: argument --port: '{port}' is not a port: give a number from 1 to 65535"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv", [SYNTH, MINI])
+def test_more_workers_than_cpus_is_an_argparse_error(capsys, monkeypatch, argv):
+    """A fork-started process pool starts every worker at once: `--workers 100000` started 100,000 processes."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        gap_mllm([*argv, "--workers", "3"])
+    assert exit_info.value.code == 2
+    assert (f"gap-mllm {argv[0]}: error: argument --workers: '3' is more processes than the 2 CPUs this machine gives "
+            "the command; give at most 2") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool, argv, flag, value, message", [
+    (fresh_seeds, ["--data", "d", "--out", "o", "--model", "m"], "--scenes", "0", POSITIVE),
+    (fresh_seeds, ["--data", "d", "--out", "o", "--model", "m"], "--batch-size", "0", POSITIVE),
+    (fresh_seeds, ["--data", "d", "--out", "o", "--model", "m"], "--workers", "0", POSITIVE),
+    (shipped_baselines, ["--model", "m", "--data", "d", "--out", "o"], "--eval-limit", "0", POSITIVE),
+    (constrained_row, ["--model", "m", "--data", "d", "--out", "o"], "--eval-limit", "-1", POSITIVE),
+    (constrained_row, ["--model", "m", "--data", "d", "--out", "o"], "--eval-batch-size", "0", POSITIVE),
+])
+def test_the_mini_tools_check_their_counts(capsys, tool, argv, flag, value, message):
+    """The Mini's own command lines (python -m gap_mllm.mini.fresh_seeds, ...) took any integer: `--eval-limit 0` was
+    read as no limit."""
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main([*argv, flag, value])
+    assert exit_info.value.code == 2
+    assert f"error: argument {flag}: '{value}' {message}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, flag", [(SYNTH, "--size"), (["train", "--config", "x.yaml"], "--time-limit-s")])
@@ -103,7 +144,7 @@ def test_the_evaluation_api_refuses_a_batch_size_before_reading_anything(tmp_pat
 
 
 # Number arguments that are not counts (their range is checked where they are used, or any value is valid).
-NOT_COUNTS = {("demo", "--seed"), ("demo", "--port"), ("space", "--port"), ("predict", "--marker"), ("predict", "--box")}
+NOT_COUNTS = {("demo", "--seed"), ("predict", "--marker"), ("predict", "--box")}
 
 
 def test_no_command_takes_a_bare_int_or_float():

@@ -185,6 +185,40 @@ def test_the_working_folder_is_never_replaced(tmp_path, monkeypatch):
     assert_untouched(tmp_path / "work")
 
 
+def test_a_folder_given_as_a_link_is_written_through_and_the_link_kept(tmp_path):
+    """`--out LINK` replaced the user's link with a folder (empty target or the command's earlier output)."""
+    target = tmp_path / "disk" / "out"
+    target.mkdir(parents=True)
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    for text in ("first", "second"):  # into the empty folder, then over the command's own output
+        with writing_output_folder(link, "gap-mllm x") as staging:
+            (staging / "result.txt").write_text(text)
+        assert link.is_symlink() and os.readlink(link) == str(target)
+        assert (target / "result.txt").read_text() == text and (target / MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "out"]
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["out"]  # no sibling left beside the target
+
+
+def test_synth_writes_through_a_link_and_refuses_one_that_leads_nowhere(tmp_path, capsys):
+    target = tmp_path / "disk" / "data"
+    target.mkdir(parents=True)
+    link = tmp_path / "data"
+    link.symlink_to(target)
+    assert synth(link, 1) == 0
+    assert link.is_symlink() and (target / "synthrooms" / "dataset_info.json").is_file()
+    assert synth(link, 1) == 0  # the same scenes again, through the link
+    assert link.is_symlink() and sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["data"]
+    capsys.readouterr()
+    dangling = tmp_path / "gone"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert synth(dangling, 1) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"gap-mllm synth: error: --out {dangling} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist; "
+        "give a folder (a new name, or a link to a real one)"]
+    assert dangling.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
 # ------------------------------------------------------------------------------------------ 1: bundle_space.py
 
 
@@ -373,7 +407,8 @@ def test_synth_into_a_folder_of_other_scenes_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert synth(data, 2) == 2  # other scenes: it replaced their annotation files
     err = capsys.readouterr().err
-    assert f"--out {data} is not empty" in err and "holds SynthRooms scenes {'train': 1}" in err and "--overwrite" in err
+    assert f"--out {data} is not empty" in err and "--overwrite" in err
+    assert "holds other SynthRooms scenes (scenes {'train': 1} there, {'train': 2} here)" in err
     assert {p.name: p.read_bytes() for p in (data / "annotations").iterdir()} == annotations
     assert synth(data, 1) == 0  # the same scenes again: written again, the same files
     assert {p.name: p.read_bytes() for p in (data / "annotations").iterdir()} == annotations

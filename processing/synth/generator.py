@@ -2,10 +2,14 @@
 
 Scene `i` of a generator with seed `s` depends only on (s, i) through `numpy.random.SeedSequence`,
 so scenes can be generated in any order, in parallel, or again later, with identical results.
+
+Limits, checked before any work (`scene_count_problem`, `scene_size_problem`): at most `MAX_SCENES` scenes, frames of
+at most `MAX_IMAGE_SIDE` pixels a side, and a scene that fits the machine's memory while it is rendered.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,6 +20,17 @@ from .layout import place_objects, sample_room
 from .renderer import PartArrays, render
 from .scene import SynthScene
 from .trajectory import sample_trajectory
+
+# Scene ids are ScanNet's four digits (synth0000_00 ... synth9999_00, as scene0000_00): a fifth digit would sort
+# synth10000_00 before synth1000_00, so sorted ids would no longer be in scene order.
+MAX_SCENES = 10_000
+MAX_IMAGE_SIDE = 65_500  # frames are written as JPEG, whose largest side libjpeg (and PIL) writes is 65,500 pixels
+# What one scene holds in memory while it is rendered, at least (measured with tracemalloc at 64x80 to 480x640
+# pixels): its frames until they are written (RGB 3, depth 4, instance ids 4 bytes a pixel; with each frame's pose,
+# name and arrays, FRAME_BYTES more), and the renderer's buffers of the frame in progress.
+HELD_BYTES_PER_PIXEL = 11
+FRAME_BYTES = 512
+RENDER_BYTES_PER_PIXEL = 64
 
 
 @dataclass
@@ -61,6 +76,52 @@ class SynthConfig:
         return max(1, int(round(self.min_visible_fraction * self.image_size[0] * self.image_size[1])))
 
 
+def scene_memory_bytes(config: SynthConfig) -> int:
+    """The memory one scene of `config` needs while it is rendered, at least (`HELD_BYTES_PER_PIXEL` ...)."""
+    height, width = config.image_size
+    pixels = height * width
+    return config.num_frames * (pixels * HELD_BYTES_PER_PIXEL + FRAME_BYTES) + pixels * RENDER_BYTES_PER_PIXEL
+
+
+def machine_memory_bytes() -> int | None:
+    """The machine's physical memory, or None where the system does not say (no `os.sysconf`)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def in_gib(size: int) -> str:
+    """`size` bytes in words: "3.2 GiB", "4,658.8 GiB"."""
+    return f"{size / 2**30:,.1f} GiB"
+
+
+def scene_count_problem(count: int) -> str | None:
+    """Why `count` scenes cannot be written (more than `MAX_SCENES`), or None; the words follow the count given."""
+    if count <= MAX_SCENES:
+        return None
+    return (f"is more than the {MAX_SCENES:,} scenes SynthRooms writes (scene ids keep ScanNet's four digits, "
+            f"synth0000_00 to synth{MAX_SCENES - 1}_00, so that they sort in scene order)")
+
+
+def scene_size_problem(config: SynthConfig, workers: int = 1) -> str | None:
+    """Why scenes of `config` cannot be rendered, `workers` at a time, or None: a frame side above `MAX_IMAGE_SIDE`,
+    or more memory than the machine has (`scene_memory_bytes` for each worker). Checked before anything is
+    allocated; the words, with what to do, follow the frame size and count given."""
+    height, width = config.image_size
+    if max(height, width) > MAX_IMAGE_SIDE:
+        return f"are larger than JPEG frames go ({MAX_IMAGE_SIDE:,} pixels a side): give smaller frames"
+    memory = machine_memory_bytes()
+    needed = workers * scene_memory_bytes(config)
+    if memory is None or needed <= memory:
+        return None
+    scenes = "a scene (its frames are held until written)" if workers == 1 else \
+        f"{workers} scenes at once, one a worker (their frames are held until written)"
+    fewer = "smaller or fewer frames" + ("" if workers == 1 else ", or fewer workers")
+    return (f"need at least {in_gib(needed)} of memory to render {scenes}, more than this machine's {in_gib(memory)}: "
+            f"give {fewer}")
+
+
 def pinhole_intrinsics(height: int, width: int, fov_x_degrees: float) -> np.ndarray:
     """3x3 K of a centred pinhole: fx = fy = (W / 2) / tan(fov_x / 2), principal point at the centre.
 
@@ -78,10 +139,19 @@ class SynthRooms:
     """
 
     def __init__(self, config: SynthConfig | None = None):
+        """Raises ValueError for frames that cannot be rendered on this machine (`scene_size_problem`)."""
         self.config = config or SynthConfig()
+        problem = scene_size_problem(self.config)
+        if problem is not None:
+            height, width = self.config.image_size
+            raise ValueError(f"{self.config.num_frames} frames of {height}x{width} pixels (num_frames, image_size) "
+                             f"{problem}")
 
     def scene_id(self, index: int) -> str:
-        """ScanNet-style id: `synth{index:04d}_00`."""
+        """ScanNet-style id: `synth{index:04d}_00`, for 0 <= index < MAX_SCENES (ValueError otherwise)."""
+        if not 0 <= index < MAX_SCENES:
+            raise ValueError(f"scene index {index} is outside 0 to {MAX_SCENES - 1}: scene ids keep ScanNet's four "
+                             "digits")
         return f"synth{index:04d}_00"
 
     def rng(self, index: int, stream: int = 0) -> np.random.Generator:

@@ -35,7 +35,7 @@ from ..dataset_identity import SYNTHROOMS_INFO, parse_dataset_info
 from ..output_folder import NotAnOwnerRecord, OwnerCheck, read_owner_bytes, writing_output_folder
 from ..scannet_layout import posed_images_dir, write_frame, write_scene_meta
 from .allocator import keep_large_allocations_in_heap
-from .generator import SynthRooms
+from .generator import SynthRooms, scene_count_problem, scene_size_problem
 from .samples import scene_records
 from .scene import SynthScene
 
@@ -141,6 +141,27 @@ def _scenes_in_order(generator: SynthRooms, out_dir: Path, indices: list[int], w
         yield from pool.map(partial(_write_one, generator, out_dir), indices, chunksize=4)
 
 
+def check_dataset_request(config, splits: dict[str, int], workers: int = 1) -> None:
+    """ValueError, before anything is written, unless `splits` scenes of `config` can be written by `workers`
+    processes: a whole number of scenes in each split, at most `MAX_SCENES` in all (generator.py), frames this
+    machine can render `workers` at a time (`scene_size_problem`), and no task taking more frames than a scene has
+    (its annotation files are named by that count)."""
+    counts = list(splits.values())
+    if any(isinstance(count, bool) or not isinstance(count, int) or count < 0 for count in counts):
+        raise ValueError(f"splits {splits}: give a whole number of scenes (0 or more) for each split")
+    problem = scene_count_problem(sum(counts))
+    if problem is not None:
+        raise ValueError(f"splits {splits}: {sum(counts):,} scenes {problem}")
+    problem = scene_size_problem(config, min(workers, max(counts, default=1)))  # a split's scenes at once, at most
+    if problem is not None:
+        height, width = config.image_size
+        raise ValueError(f"{config.num_frames} frames of {height}x{width} pixels (num_frames, image_size) {problem}")
+    for field in sorted(set(TASK_FRAMES.values())):
+        if getattr(config, field) > config.num_frames:
+            raise ValueError(f"{field} {getattr(config, field)} is more than the {config.num_frames} frames of a scene "
+                             f"(num_frames): give at most {config.num_frames}")
+
+
 def write_dataset(
     out_dir,
     generator: SynthRooms,
@@ -153,10 +174,14 @@ def write_dataset(
     Scenes are numbered consecutively across splits (in the order given). `progress(scene_id)` is called
     after each scene (the CLI drives a tqdm bar with it). `workers` > 1 renders scenes in that many
     processes; the files written are the same (every scene depends only on (seed, index)).
+
+    Raises:
+        ValueError: what `check_dataset_request` refuses, before anything is written.
     """
+    config = generator.config
+    check_dataset_request(config, splits, workers)
     out_dir = Path(out_dir)
     (out_dir / "synthrooms").mkdir(parents=True, exist_ok=True)
-    config = generator.config
     info = {"generator": "SynthRooms", "config": config.to_dict(), "splits": {}, "records": {}}
     start = 0
     for split, count in splits.items():
@@ -179,11 +204,32 @@ def write_dataset(
     return info
 
 
-def holds_dataset(info: dict, config, splits: dict[str, int]) -> bool:
-    """`info` (a parsed synthrooms/dataset_info.json) describes the scenes `splits` of `config`: writing them again
+_NOT_SET = object()
+
+
+def _setting(settings: dict, name: str) -> str:
+    """The value of setting `name` in words (as JSON; "(not set)" when `settings` has none)."""
+    return json.dumps(settings[name]) if name in settings else "(not set)"
+
+
+def setting_differences(info: dict, config) -> list[str]:
+    """The settings in which the SynthRooms data `info` (a parsed synthrooms/dataset_info.json) differ from `config`,
+    each with both values ("seed 0 there, 5 here"); empty when they are the same."""
+    held = info.get("config") if isinstance(info.get("config"), dict) else {}
+    wanted = json.loads(json.dumps(config.to_dict()))  # as the file holds it (tuples as lists)
+    return [f"{name} {_setting(held, name)} there, {_setting(wanted, name)} here"
+            for name in sorted(set(held) | set(wanted)) if held.get(name, _NOT_SET) != wanted.get(name, _NOT_SET)]
+
+
+def dataset_differences(info: dict, config, splits: dict[str, int]) -> list[str]:
+    """How the SynthRooms data `info` differ from the scenes `splits` of `config`: `setting_differences`, then the
+    scene counts when they differ ("scenes {'train': 2} there, {'train': 1} here"); empty when writing them again
     changes nothing."""
+    differences = setting_differences(info, config)
     counts = {split: len(scenes) for split, scenes in info.get("splits", {}).items()}
-    return info.get("config") == json.loads(json.dumps(config.to_dict())) and counts == dict(splits)
+    if counts != dict(splits):
+        differences.append(f"scenes {counts} there, {dict(splits)} here")
+    return differences
 
 
 def synthrooms_owner(config, splits: dict[str, int]) -> OwnerCheck:
@@ -200,11 +246,8 @@ def synthrooms_owner(config, splits: dict[str, int]) -> OwnerCheck:
         info = parse_dataset_info(data, Path(folder) / SYNTHROOMS_INFO) if data is not None else None
         if info is None or info.get("generator") != "SynthRooms":
             return "holds no SynthRooms data (no synthrooms/dataset_info.json)"
-        if holds_dataset(info, config, splits):
-            return None
-        counts = {split: len(scenes) for split, scenes in info.get("splits", {}).items()}
-        settings = "the same settings" if info.get("config") == json.loads(json.dumps(config.to_dict())) else "other settings"
-        return f"holds SynthRooms scenes {counts} of {settings} (this command writes {dict(splits)})"
+        differences = dataset_differences(info, config, splits)
+        return f"holds other SynthRooms scenes ({'; '.join(differences)})" if differences else None
 
     return check
 
@@ -219,8 +262,10 @@ def write_dataset_folder(out_dir, generator: SynthRooms, splits: dict[str, int],
     (training/run_state.py); its `synthrooms/dataset_info.json` says what wrote it (`synthrooms_owner`).
 
     Raises:
+        ValueError: what `check_dataset_request` refuses, before the folder is looked at or locked.
         OutputFolderRefused: `out_dir` holds other files or other scenes, and no `overwrite`.
     """
+    check_dataset_request(generator.config, splits, workers)
     with writing_output_folder(out_dir, command, overwrite=overwrite, option=option, overwrite_option=overwrite_option,
                                owner_check=synthrooms_owner(generator.config, splits), marker=False,
                                named=named) as staging:
