@@ -23,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=None, help="dataset seed; scene i depends only on (seed, i)")
     parser.add_argument("--size", type=positive_int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"), help="frame size in pixels")
     parser.add_argument("--frames", type=positive_int, default=None, help="frames per scene (named every 10th raw frame)")
-    parser.add_argument("--min-objects", type=positive_int, default=None)
-    parser.add_argument("--max-objects", type=positive_int, default=None)
+    parser.add_argument("--min-objects", type=positive_int, default=None,
+                        help="fewest objects asked for in a scene (an object that finds no free spot is left out)")
+    parser.add_argument("--max-objects", type=positive_int, default=None,
+                        help="most objects asked for in a scene (at most what a room can hold)")
     # a sample's frames are frames of its scene: a count above --frames is refused (a preset's own is lowered to it)
     parser.add_argument("--clip-frames", type=positive_int, default=None,
                         help="frames of reconstruction / detection samples (at most --frames)")

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .output_folder import check_output_folder
 from .synth.allocator import keep_large_allocations_in_heap
-from .synth.generator import SynthRooms, scene_count_problem, scene_size_problem
+from .synth.generator import SynthRooms, object_count_problem, scene_count_problem, scene_size_problem
 from .synth.presets import synth_config
 from .synth.writer import TASK_FRAMES, synthrooms_owner, write_dataset_folder
 from .synth_arguments import add_arguments  # noqa: F401 - the command's add_arguments
@@ -61,6 +61,9 @@ def config_from_args(args):
     if config.min_objects > config.max_objects:  # each scene draws its object count from [min, max]
         raise ValueError(f"--min-objects ({config.min_objects}) is above --max-objects ({config.max_objects}); a value "
                          f"not given is the {args.preset!r} preset's")
+    problem = object_count_problem(config)
+    if problem is not None:
+        raise ValueError(f"--max-objects {config.max_objects} {problem}")
     # a sample's frames are frames of its scene: a count given above them is refused, a preset's own lowered to them
     frames_named = f"--frames {config.num_frames}" if args.frames is not None else \
         f"the {config.num_frames} frames of a {args.preset!r} scene (--frames)"

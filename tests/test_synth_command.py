@@ -137,6 +137,17 @@ def test_a_sample_frame_count_above_the_scenes_is_refused(tmp_path, capsys, argv
     assert left_behind(tmp_path) == []
 
 
+def test_more_objects_than_a_room_holds_are_refused(tmp_path, capsys):
+    """`--max-objects 1000` spent minutes a scene trying to place objects no room has space for, then left them out."""
+    assert synth(tmp_path / "data", "--scenes", "1", "--min-objects", "2", "--max-objects", "1000") == 2
+    assert refusal(capsys) == [
+        f"{ERROR}--max-objects 1000 is more objects than a room of these settings holds (at most 385: its largest "
+        "floor, 7x6 m, over the smallest footprint; an object that finds no free spot is left out): give at most 385"]
+    assert left_behind(tmp_path) == []
+    with pytest.raises(ValueError, match=r"^max_objects 386 is more objects than a room of these settings holds"):
+        SynthRooms(SynthConfig(max_objects=386))
+
+
 def test_a_presets_sample_frame_count_is_lowered_to_the_frames_given():
     """`--frames 8` of the default preset (32-frame grounding and captioning): the user gave the scene's frames, the
     preset's sample counts follow them (the annotation files are named by what the samples hold)."""

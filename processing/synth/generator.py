@@ -3,8 +3,9 @@
 Scene `i` of a generator with seed `s` depends only on (s, i) through `numpy.random.SeedSequence`,
 so scenes can be generated in any order, in parallel, or again later, with identical results.
 
-Limits, checked before any work (`scene_count_problem`, `scene_size_problem`): at most `MAX_SCENES` scenes, frames of
-at most `MAX_IMAGE_SIDE` pixels a side, and a scene that fits the machine's memory while it is rendered.
+Limits, checked before any work (`scene_count_problem`, `scene_size_problem`, `object_count_problem`): at most
+`MAX_SCENES` scenes, frames of at most `MAX_IMAGE_SIDE` pixels a side, a scene that fits the machine's memory while
+it is rendered, and no more objects than a room can hold.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from .categories import CATEGORY_NAMES
-from .layout import place_objects, sample_room
+from .layout import place_objects, room_capacity, sample_room
 from .renderer import PartArrays, render
 from .scene import SynthScene
 from .trajectory import sample_trajectory
@@ -122,6 +123,18 @@ def scene_size_problem(config: SynthConfig, workers: int = 1) -> str | None:
             f"give {fewer}")
 
 
+def object_count_problem(config: SynthConfig) -> str | None:
+    """Why scenes of `config` cannot hold the objects asked for (`max_objects` above what a room of its size ranges
+    can ever hold, `room_capacity`), or None; the words, with what to do, follow the count given. Checked before any
+    work: placing each object takes up to 60 tries against every placed one, all in vain beyond the capacity."""
+    capacity = room_capacity(config.categories, config.room_width, config.room_depth)
+    if config.max_objects <= capacity:
+        return None
+    return (f"is more objects than a room of these settings holds (at most {capacity}: its largest floor, "
+            f"{config.room_width[1]:g}x{config.room_depth[1]:g} m, over the smallest footprint; an object that finds no "
+            f"free spot is left out): give at most {capacity}")
+
+
 def pinhole_intrinsics(height: int, width: int, fov_x_degrees: float) -> np.ndarray:
     """3x3 K of a centred pinhole: fx = fy = (W / 2) / tan(fov_x / 2), principal point at the centre.
 
@@ -139,13 +152,17 @@ class SynthRooms:
     """
 
     def __init__(self, config: SynthConfig | None = None):
-        """Raises ValueError for frames that cannot be rendered on this machine (`scene_size_problem`)."""
+        """Raises ValueError for frames that cannot be rendered on this machine (`scene_size_problem`), or more
+        objects than a room holds (`object_count_problem`)."""
         self.config = config or SynthConfig()
         problem = scene_size_problem(self.config)
         if problem is not None:
             height, width = self.config.image_size
             raise ValueError(f"{self.config.num_frames} frames of {height}x{width} pixels (num_frames, image_size) "
                              f"{problem}")
+        problem = object_count_problem(self.config)
+        if problem is not None:
+            raise ValueError(f"max_objects {self.config.max_objects} {problem}")
 
     def scene_id(self, index: int) -> str:
         """ScanNet-style id: `synth{index:04d}_00`, for 0 <= index < MAX_SCENES (ValueError otherwise)."""

@@ -114,6 +114,15 @@ def _candidate(rng, category: Category, room: Room, object_id: int) -> SceneObje
     )
 
 
+def room_capacity(categories, width_range, depth_range) -> int:
+    """The most objects of `categories` a room of the given size ranges can ever hold: its largest floor over the
+    smallest footprint with its `CLEARANCE` (`place_objects` leaves out an object that finds no free spot, so more are
+    never placed; a real room, with mixed sizes, holds far fewer)."""
+    smallest = min((CATEGORIES[name].width[0] + CLEARANCE) * (CATEGORIES[name].depth[0] + CLEARANCE)
+                   for name in categories)
+    return int(width_range[1] * depth_range[1] / smallest)
+
+
 def place_objects(rng: np.random.Generator, room: Room, num_objects: int, categories=None, attempts: int = 60):
     """Place up to `num_objects` non-overlapping objects; categories drawn uniformly (repeats allowed).
 
