@@ -179,7 +179,7 @@ def reuse_answers(task, records, ids, media_root, out_dir, digests: FrameDigests
         row = rows.get(sid)
         if row is None:
             continue
-        if not isinstance(row.get("frames"), str):
+        if not isinstance(row.get("frames"), str) or len(row["raw"]) != task.stages:  # no record, or not of this task
             unrecorded.append(sid)
         elif row["frames"] != frames_digest(answer_frames(task, records[index], row["raw"], media_root), media_root,
                                             digests):

@@ -214,7 +214,7 @@ def official_frame(text: str) -> int:
     body = text.strip("\n").strip("`").strip("json").strip()
     try:
         value = json.loads(body)
-    except (json.JSONDecodeError, TypeError):
+    except (json.JSONDecodeError, TypeError, RecursionError):  # RecursionError: an answer nested too deep to read
         return 0
     frame = value.get("frame", 0) if isinstance(value, dict) else 0
     return frame if isinstance(frame, int) and not isinstance(frame, bool) else 0

@@ -9,7 +9,7 @@ import pytest
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation.lmms_eval_plugin import LMMS_TASKS
 from gap_mllm.evaluation.lmms_eval_plugin.export import export_tasks
-from gap_mllm.evaluation.runner import read_predictions_file, write_oracle_predictions
+from gap_mllm.evaluation.runner import read_predictions_file, run_evaluation, write_oracle_predictions
 from gap_mllm.processing.annotation_files import find_annotation_file
 
 
@@ -110,3 +110,20 @@ def test_a_data_root_that_is_a_link_loop_is_named_as_one(tmp_path, oracle, capsy
         f"gap-mllm evaluate: error: --data {nowhere}: this is a symbolic link to {tmp_path / 'gone'}, which does not "
         "exist; give a real folder"]
     assert not (tmp_path / "out").exists()
+
+
+def test_an_answer_nested_too_deep_is_no_answer_in_either_reading(synth_data, tmp_path):  # noqa: F811
+    """Was: crash (RecursionError) in the official stage-1 reading of a grounding answer nested 100,000 levels; the
+    official code reads any failure as frame 0, and the tolerant reading finds no answer in it."""
+    oracle = write_oracle_predictions("grounding", synth_data, tmp_path / "oracle.jsonl")
+    deep = "[" * 100_000 + "]" * 100_000
+    rows = [{**json.loads(line), "raw": [deep, deep]} for line in oracle.read_text().splitlines()[:2]]
+    answers = tmp_path / "deep.jsonl"
+    answers.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for official_compat in (False, True):
+        out = tmp_path / f"out{official_compat}"
+        summary = run_evaluation("grounding", synth_data, out, predictions_file=answers, limit=2, plots=False,
+                                 official_compat=official_compat)
+        assert summary["metrics"]["unscored"] == {"no box in the answer": 2}
+        assert [json.loads(line)["parsed"] for line in (out / "samples.jsonl").read_text().splitlines()] == [
+            {"frame": 0, "bbox_3d": None}] * 2
