@@ -9,8 +9,8 @@ without meeting Python's recursion limit.
 
 The depth is that of the text's brackets outside strings: their running count, summed by numpy once the strings
 are cut out (split at the quotes that are not escaped), and only when the text holds more opening brackets than the
-bound at all (a marker or a run record never does; an annotation file of many records does: a 22 MB one takes a
-few passes over its bytes, about a sixth of parsing it).
+bound at all (a marker or a run record never does; an annotation file of many records does: measured on a 22 MB
+one, 0.25-0.4 s against 1.0-1.2 s for `json.loads` itself; 0.2 ms for an 11 kB one).
 """
 
 from __future__ import annotations
