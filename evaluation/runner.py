@@ -167,12 +167,15 @@ def answer_frames(task, record, texts: list[str], media_root) -> list[str]:
 SHOWN_SAMPLES = 5  # samples named in a line about answers answered again
 
 
-def reuse_answers(task, records, ids, media_root, out_dir, digests: FrameDigests) -> dict:
+def reuse_answers(task, records, ids, media_root, out_dir, digests: FrameDigests,
+                  unrecorded_frames: str = "answer_again") -> dict:
     """Which answers in `out_dir` (of this run's fingerprint: `check_resume`) are reused: those whose row records the
     digest of the frames they were made from and whose frames are still the same (run_fingerprint.py). The rows of
     the others (frames changed, or no digest recorded) are removed, so that they are answered again, with a warning
-    naming them. Returns `{"reused": n, "answered_again": m, "new": k}` (k: samples without an answer before).
-    Main process only, before any process reads the answers."""
+    naming them; with `unrecorded_frames="take_current"` a row that records no digest (an earlier version wrote it)
+    is reused as made from the frames as they are now, and a warning says how many were. Returns
+    `{"reused": n, "answered_again": m, "new": k}` (k: samples without an answer before). Main process only, before
+    any process reads the answers."""
     rows = reports.read_raw_rows(out_dir)
     changed, unrecorded, reused = [], [], 0
     for index, sid in enumerate(ids):
@@ -186,6 +189,11 @@ def reuse_answers(task, records, ids, media_root, out_dir, digests: FrameDigests
             changed.append(sid)
         else:
             reused += 1
+    if unrecorded and unrecorded_frames == "take_current":
+        logger.warning("%s: %d answer(s) there record no digest of the frames they were made from (an earlier version "
+                       "wrote them): reused as made from the frames as they are now (unrecorded_frames=take_current)",
+                       out_dir, len(unrecorded))
+        reused, unrecorded = reused + len(unrecorded), []
     again = changed + unrecorded
     if again:
         reports.drop_raw_outputs(out_dir, again)
@@ -276,6 +284,7 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
 
 
 OTHER_RUN_ANSWERS = ("refuse", "answer_again")
+UNRECORDED_FRAMES = ("answer_again", "take_current")
 
 
 def _other_run(out_dir: Path, fingerprint: dict, other_run_answers: str) -> bool:
@@ -296,7 +305,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
                    official_compat: bool = False, meteor: bool | None = None, limit: int | None = None,
                    plots: bool = True, progress: bool = True, scene_reuse: bool = True,
                    constrained: bool = False, compile_decoding: str = "auto",
-                   other_run_answers: str = "refuse") -> dict | None:
+                   other_run_answers: str = "refuse", unrecorded_frames: str = "answer_again") -> dict | None:
     """Evaluate one task; returns the summary on the main process (None on the others).
 
     Exactly one of `model_dir` (generate) and `predictions_file` (score given texts) is needed.
@@ -306,9 +315,14 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     `other_run_answers`: what becomes of answers in `out_dir` that another run wrote (run_fingerprint.py): "refuse"
     (default: a ValueError naming what differs, nothing changed) or "answer_again" (a warning; they are deleted and
     answered by this run: for a pipeline that owns `out_dir` and keeps a copy of them, as `gap-mllm mini` does).
+    `unrecorded_frames`: what becomes of an answer whose row records no digest of its frames (written before rows
+    recorded one): "answer_again" (default) or "take_current" (reused as made from the frames as they are now, with a
+    warning counting them: for a pipeline that wrote its data folder itself and checks it, as `gap-mllm mini` does).
     """
     if other_run_answers not in OTHER_RUN_ANSWERS:
         raise ValueError(f"other_run_answers={other_run_answers!r}: one of {', '.join(OTHER_RUN_ANSWERS)}")
+    if unrecorded_frames not in UNRECORDED_FRAMES:
+        raise ValueError(f"unrecorded_frames={unrecorded_frames!r}: one of {', '.join(UNRECORDED_FRAMES)}")
     if (model_dir is None) == (predictions_file is None):
         raise ValueError("pass exactly one of model_dir and predictions_file")
     check_evaluation_folder(out_dir)  # a folder of the user's (or "."): refused before any work (folder_lock.py)
@@ -348,13 +362,13 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
         return _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
                               predictions_file, rank, world, device, barrier, batch_size, max_new_tokens,
                               official_compat, meteor, limit, plots, progress, scene_reuse, compile_decoding,
-                              other_run_answers)
+                              other_run_answers, unrecorded_frames)
 
 
 def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
                    predictions_file, rank, world, device, barrier, batch_size, max_new_tokens, official_compat, meteor,
                    limit, plots, progress, scene_reuse, compile_decoding="auto",
-                   other_run_answers="refuse") -> dict | None:
+                   other_run_answers="refuse", unrecorded_frames="answer_again") -> dict | None:
     """The answers (generated, resumed or read), their scores and the report of `run_evaluation`, written into
     `out_dir` while this run holds its lock."""
     unscored_rows = answers = None
@@ -378,7 +392,7 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
             if other_run:
                 discard_answers(out_dir)
             write_fingerprint(out_dir, fingerprint)
-            answers = reuse_answers(task, records, ids, media_root, out_dir, digests)
+            answers = reuse_answers(task, records, ids, media_root, out_dir, digests, unrecorded_frames)
         barrier()  # no process reads the answers before the main one removed those answered again
         generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
                          rank, world, device, progress, scene_reuse, compile_decoding, fingerprint["model"], digests)

@@ -55,7 +55,7 @@ from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.synth.presets import synth_config
 
 from .markdown_sections import signed_cell
-from .pipeline_settings import ANSWERS_OF_ANOTHER_RUN, EVAL_MAX_NEW_TOKENS
+from .pipeline_settings import ANSWERS_OF_ANOTHER_RUN, EVAL_MAX_NEW_TOKENS, UNRECORDED_FRAMES
 from .report import fresh_seed_lines
 from .sample_rows import detection_counts, f1_interval, f1_of_counts, sample_rows
 from .synth_data import ensure_synth_data
@@ -101,7 +101,8 @@ def evaluate_fresh(out: Path, model_dir: Path, label: str, seeds=FRESH_SEEDS, sc
                 logger.info("fresh seed %d: %s of %s", seed, task, model_dir)
                 run_evaluation(task, data_dir=data, out_dir=folder, model_dir=model_dir, split="test",
                                batch_size=batch_size, limit=limit, max_new_tokens=budgets[task], meteor=False,
-                               plots=False, progress=False, other_run_answers=ANSWERS_OF_ANOTHER_RUN)
+                               plots=False, progress=False, other_run_answers=ANSWERS_OF_ANOTHER_RUN,
+                               unrecorded_frames=UNRECORDED_FRAMES)
 
 
 # ------------------------------------------------------------------------------------------- pooled figures

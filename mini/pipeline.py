@@ -71,7 +71,7 @@ from .claims import check_quote_block, write_claims
 from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results, seed_parts
 from .kept_answers import answers_folder, answers_kept, evaluation_folders
 from .synth_data import MINI_COMMAND, ensure_synth_data
-from .pipeline_settings import ANSWERS_OF_ANOTHER_RUN, BUDGETS, STAGE_KINDS, Budget, add_arguments
+from .pipeline_settings import ANSWERS_OF_ANOTHER_RUN, BUDGETS, STAGE_KINDS, UNRECORDED_FRAMES, Budget, add_arguments
 from .provenance import DONE_MARKER, FINAL_MODEL, collapse_copies, training_chain
 from .report import (
     CONSTRAINED_SUFFIX,
@@ -350,7 +350,8 @@ def _evaluate(run: MiniRun, task: str, results_name: str, model_dir: Path, row: 
                           limit=run.eval_limit or settings.eval_limit,
                           max_new_tokens=run.eval_max_new_tokens or settings.eval_max_new_tokens[task],
                           meteor=False, plots=False, progress=False, constrained=constrained,
-                          other_run_answers=ANSWERS_OF_ANOTHER_RUN)
+                          other_run_answers=ANSWERS_OF_ANOTHER_RUN,
+                          unrecorded_frames=UNRECORDED_FRAMES)
 
 
 def final_model_tasks() -> list[tuple[str, str]]:

@@ -16,6 +16,10 @@ STAGE_KINDS = ("geometry", "cameras", "vision", "stage1", "stage2")  # the train
 # but made on other data, left by an earlier run): the pipeline owns the folder and the run state keeps a copy
 # until the new answers replace it, so they are answered again (evaluation/runner.py) rather than stopping the run
 ANSWERS_OF_ANOTHER_RUN = "answer_again"
+# kept answers written before answer rows recorded their frames' digest (the ablation's arms): the pipeline wrote its
+# data folders itself and checks them (mini/synth_data.py), so they are reused as made from those frames, counted in a
+# warning, rather than answered again (hours of generation a run)
+UNRECORDED_FRAMES = "take_current"
 EVAL_MAX_NEW_TOKENS = {"reconstruction": 64, "grounding": 128, "captioning": 64, "detection": 512}
 
 

@@ -312,3 +312,24 @@ def test_answers_that_record_no_frames_are_answered_again(synth_data, tiny_check
     assert caplog.messages == [f"{out}: 2 answer(s) there record no digest of the frames they were made from (an "
                                f"earlier version wrote them), so they are answered again: {rows[0]['id']!r}, "
                                f"{rows[1]['id']!r}"]
+
+
+def test_a_pipeline_that_owns_its_data_may_take_unrecorded_rows_as_made_from_the_frames_as_they_are(
+        synth_data, tiny_checkpoint, finished_run, monkeypatch, caplog):  # noqa: F811
+    """`unrecorded_frames="take_current"` (what `gap-mllm mini` passes for its kept answers, written before rows
+    recorded their frames): such rows are reused and counted in one warning; a row whose frames did change is still
+    answered again."""
+    out, _ = finished_run
+    raw = out / "raw_outputs.rank0.jsonl"
+    rows = [json.loads(line) for line in raw.read_text().splitlines()]
+    raw.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "frames"}) + "\n" for row in rows))
+    calls = _count_generate_calls(monkeypatch)
+    with caplog.at_level("WARNING", logger="gap_mllm.evaluation.runner"):
+        summary = run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, **RUN,
+                                 unrecorded_frames="take_current")
+    assert summary["answers"] == {"reused": 2, "answered_again": 0, "new": 0} and sum(calls) == 0
+    assert caplog.messages == [f"{out}: 2 answer(s) there record no digest of the frames they were made from (an "
+                               "earlier version wrote them): reused as made from the frames as they are now "
+                               "(unrecorded_frames=take_current)"]
+    with pytest.raises(ValueError, match=r"unrecorded_frames='keep': one of answer_again, take_current"):
+        run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, **RUN, unrecorded_frames="keep")
