@@ -298,13 +298,19 @@ def test_a_later_stage_s_frames_are_part_of_what_an_answer_was_made_from(synth_d
     assert summary["answers"] == {"reused": 0, "answered_again": 1, "new": 0} and calls == [1, 1]  # two stages
 
 
+def _rows_as_an_earlier_version_wrote_them(out) -> list[dict]:
+    """The answer rows of the finished run `out`, rewritten without their frames' digest; returns them as they were."""
+    raw = out / "raw_outputs.rank0.jsonl"
+    rows = [json.loads(line) for line in raw.read_text().splitlines()]
+    raw.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "frames"}) + "\n" for row in rows))
+    return rows
+
+
 def test_answers_that_record_no_frames_are_answered_again(synth_data, tiny_checkpoint, finished_run,  # noqa: F811
                                                           monkeypatch, caplog):
     """Rows written before answers recorded their frames cannot be checked against the frames: answered again."""
     out, _ = finished_run
-    raw = out / "raw_outputs.rank0.jsonl"
-    rows = [json.loads(line) for line in raw.read_text().splitlines()]
-    raw.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "frames"}) + "\n" for row in rows))
+    rows = _rows_as_an_earlier_version_wrote_them(out)
     calls = _count_generate_calls(monkeypatch)
     with caplog.at_level("WARNING", logger="gap_mllm.evaluation.runner"):
         summary = run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, **RUN)
@@ -320,9 +326,7 @@ def test_a_pipeline_that_owns_its_data_may_take_unrecorded_rows_as_made_from_the
     recorded their frames): such rows are reused and counted in one warning; a row whose frames did change is still
     answered again."""
     out, _ = finished_run
-    raw = out / "raw_outputs.rank0.jsonl"
-    rows = [json.loads(line) for line in raw.read_text().splitlines()]
-    raw.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "frames"}) + "\n" for row in rows))
+    rows = _rows_as_an_earlier_version_wrote_them(out)
     calls = _count_generate_calls(monkeypatch)
     with caplog.at_level("WARNING", logger="gap_mllm.evaluation.runner"):
         summary = run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, **RUN,
