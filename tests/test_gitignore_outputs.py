@@ -48,11 +48,15 @@ def documented_outputs(text: str) -> list[str]:
 
 
 def demo_default_output() -> str:
+    """The folder `gap-mllm demo` writes without --out (its parser's default is None, so that --out beside --space
+    is refused: the folder is `DEMO_OUT`)."""
     from gap_mllm.cli import demo
+    from gap_mllm.cli.command_arguments import DEMO_OUT
 
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
-    return parser.get_default("out")
+    assert parser.get_default("out") is None
+    return DEMO_OUT
 
 
 def ignored(paths: list[str]) -> set[str]:

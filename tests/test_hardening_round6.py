@@ -27,7 +27,7 @@ from gap_mllm.cli.errors import run_command
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation.runner import read_predictions_file, run_evaluation, write_oracle_predictions
 from gap_mllm.image_alignment import load_image
-from gap_mllm.processing.builder_fingerprint import _content
+from gap_mllm.processing.builder_fingerprint import file_content_digest
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.errors import INTERRUPTED_STATUS, DataError
 from gap_mllm.processing.output_folder import MARKER, OutputFolderRefused, read_marker
@@ -240,7 +240,7 @@ def test_a_fifo_in_place_of_a_frame_is_refused_by_train_and_predict_and_every_re
     assert capsys.readouterr().err == (f"gap-mllm predict: {frame.resolve()}: not a regular file (give image files, a "
                                        "folder of images, or one video)\n")
     # the readers behind them: the data's cache key, the processor's images, annotation and predictions files
-    assert _content(frame) == "unreadable:22"
+    assert file_content_digest(frame) == "unreadable:22"
     with pytest.raises(ValueError, match=rf"view 0: image file '{frame}' is a FIFO \(named pipe\), not a regular file"):
         load_image(str(frame), name="view 0")
     with pytest.raises(DataError, match="annotation file is a FIFO"):

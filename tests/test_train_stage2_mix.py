@@ -31,7 +31,7 @@ def test_a_repeated_task_appears_k_times_in_the_mix(train_data_root, tmp_path):
 @pytest.mark.parametrize("data, evaluation, message", [
     ({"tasks": ["detection"], "task_repeats": {"captioning": 2}}, {}, "names \\['captioning'\\], which data.tasks"),
     ({"tasks": ["detection"], "task_repeats": {"detection": 0}}, {}, "at least 1"),
-    ({"tasks": ["detection"], "task_repeats": {"detection": 1.5}}, {}, "expected dict\\[str, int\\]"),
+    ({"tasks": ["detection"], "task_repeats": {"detection": 1.5}}, {}, r"data\.task_repeats\.detection: expected int, got float 1\.5"),
     ({"tasks": ["detection"]}, {"best_metric": "gen_detection_f1"}, "needs evaluation.tasks"),
 ])
 def test_bad_mix_and_selection_settings_are_refused(data, evaluation, message):

@@ -70,7 +70,7 @@ def readme_use_section() -> tuple[list[list[str]], str]:
     text = README.read_text(encoding="utf-8")
     section = text[text.index("\n## Use\n"):]
     section = section[: section.index("\n## ", 1)]
-    shell = [shlex.split(line) for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+    shell = [shlex.split(line, comments=True) for block in re.findall(r"```bash\n(.*?)```", section, re.S)
              for line in block.splitlines() if line.strip()]
     python = re.findall(r"```python\n(.*?)```", section, re.S)
     return shell, python[0]  # the first Python block is the usage snippet
