@@ -22,15 +22,17 @@ An unknown source is treated as non-commercial: the cautious reading.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from safetensors import safe_open
 
 from gap_mllm import GapMllmConfig
 from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+
+from .model_source import tensor_shapes
 
 DEFAULT_BASE_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 DEFAULT_GEOMETRY_CHECKPOINT = "facebook/VGGT-1B"
@@ -81,14 +83,9 @@ def parameter_counts(model_dir) -> dict[str, int]:
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights to count")
-    for path in files:
-        with safe_open(str(path), framework="np") as handle:
-            for key in handle.keys():
-                numel = 1
-                for dim in handle.get_slice(key).get_shape():
-                    numel *= dim
-                part = next((name for prefix, name in PARTS if key.startswith(prefix)), "other")
-                counts[part] += numel
+    for key, shape in tensor_shapes(model_dir).items():
+        part = next((name for prefix, name in PARTS if key.startswith(prefix)), "other")
+        counts[part] += math.prod(shape)
     counts["total"] = sum(counts.values())
     return counts
 

@@ -85,13 +85,13 @@ def unreadable_safetensors(folder) -> list[str]:
     return problems
 
 
-def tensor_shapes(folder, names) -> dict[str, list[int]]:
-    """`{name: shape}` of the tensors `names` that the safetensors files of `folder` hold, read from the files'
-    headers (no weight is read)."""
+def tensor_shapes(folder, names=None) -> dict[str, list[int]]:
+    """`{name: shape}` of the tensors `names` (default: every tensor) that the safetensors files of `folder` hold,
+    read from the files' headers (no weight is read)."""
     shapes = {}
     for path in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(path), framework="np") as weights:
-            for name in set(names).intersection(weights.keys()):
+            for name in weights.keys() if names is None else set(names).intersection(weights.keys()):
                 shapes[name] = list(weights.get_slice(name).get_shape())
     return shapes
 

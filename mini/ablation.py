@@ -6,8 +6,8 @@ gated fusion beats plain addition. Each claim is one pair of arms that differ in
     geometry helps                 gap_gated_s0 − no_geometry_s0   (and gap_gated_s1 − no_geometry_s1)
     stage 1 helps                  gap_gated_s0 − gap_gated_stage2_only_s0
     gated beats add                gap_gated_s0 − gap_add_s0
-    the objective helps (title)    gap_gated_s0 − gap_gated_no_gap_s0   (and gap_gated_stage2_only_s0 − gap_gated_no_gap_s0:
-                                   the objective inside stage 2 alone)
+    the objective helps (title)    gap_gated_s0 − gap_gated_no_gap_s0
+                                   (and gap_gated_stage2_only_s0 − gap_gated_no_gap_s0: inside stage 2 alone)
     seed to seed (the noise)       gap_gated_s0 − gap_gated_s1, no_geometry_s0 − no_geometry_s1
 
 **One design for every arm.** Every arm takes the same stage 0 (`--stage0`: the sixth release's frozen geometry encoder
