@@ -44,7 +44,7 @@ class BuildPyWithModelCard(build_py):
 
 
 # Constrained decoding, the default of `gap-mllm predict`, the demo and the Space (modeling_gap_mllm/
-# answer_grammar_processor.py: ENGINE_REQUIREMENT, the same pin; tests/test_first_contact_round4.py), so a core
+# generation_gap_mllm.py: ENGINE_REQUIREMENT, the same pin; tests/test_first_contact_round4.py), so a core
 # requirement: a plain `pip install gap-mllm` runs the defaults. llguidance is a 3 MB abi3 wheel without requirements
 # (no triton: bench/README.md, "Constrained decoding", for why it replaced xgrammar).
 GRAMMAR_ENGINE = "llguidance==1.9.1"

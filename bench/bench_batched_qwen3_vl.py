@@ -5,7 +5,7 @@
 Inputs: the GAP-MLLM-Mini model (random weights: the positions and the step's work do not depend on them) and
 a collated batch of grounding stage-1 samples of the mini preset (`--views` frames of 160×128 and the official
 prompt). Both arms run on the same model and batch: *loops* switches the Qwen3-VL modules back to transformers'
-classes and the geometry mergers to one call per sample (the package before gap_mllm.batched_qwen3_vl), *batched*
+classes and the geometry mergers to one call per sample (the package before gap_mllm.modeling_gap_mllm), *batched*
 is what the package uses (batch-wide position ids, one ViT attention call per layer, one merger call per fusion
 level). For each arm:
 
@@ -26,14 +26,13 @@ from collections import Counter
 
 import numpy as np
 import torch
+from gap_mllm.mini.mini_config import build_mini_model
+from gap_mllm.modeling_gap_mllm import GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention
+from gap_mllm.processing.collator import GapMllmDataCollator
+from gap_mllm.tasks_gap_mllm import GROUNDING_STAGE1
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLVisionAttention
-
-from gap_mllm.batched_qwen3_vl import GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention
-from gap_mllm.mini.mini_config import build_mini_model
-from gap_mllm.processing.collator import GapMllmDataCollator
-from gap_mllm.tasks_gap_mllm import GROUNDING_STAGE1
 
 ARMS = {"loops": (Qwen3VLModel, Qwen3VLVisionAttention), "batched": (GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention)}
 

@@ -57,12 +57,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
-from needs_gpu import require_cuda  # noqa: E402
-
-from gap_mllm.compiled_decoding import add_compile_decoding_argument, decode_compile_config  # noqa: E402
+from gap_mllm.cli.command_arguments import add_compile_decoding_argument  # noqa: E402
+from gap_mllm.generation_gap_mllm import (
+    decode_compile_config,  # noqa: E402
+    static_cache_pool,  # noqa: E402
+)
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS  # noqa: E402
 from gap_mllm.processing_gap_mllm import PREPROCESSING_MODES  # noqa: E402
-from gap_mllm.static_cache_pool import static_cache_pool  # noqa: E402
+from needs_gpu import require_cuda  # noqa: E402
 
 # ScanRefer val as the official evaluation answers it (docs/method.md §3.4): 9,508 descriptions of 2,068 objects in
 # 141 scenes; stage 1 sees the scene's 32 frames, stage 2 the selected frame and 9 posed frames each way (19)
@@ -98,12 +100,11 @@ def build_model(size: str, device: str, padded_vocab: bool = False,
         model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).to(device).eval()
         return model, AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     from engine_bench_model import SPECIAL_TOKEN_FIELDS, padded_tokenizer
-    from real_size_model import real_size_config, small_config
-
     from gap_mllm import GapMllmForConditionalGeneration
     from gap_mllm.cli.real_size import QWEN3_VL_2B_TEXT
     from gap_mllm.processing_gap_mllm import GapMllmProcessor
     from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer
+    from real_size_model import real_size_config, small_config
 
     config = small_config() if size == "small" else real_size_config()
     text_config = config.vlm_config.text_config
@@ -177,12 +178,11 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
     stage of the task (grounding: frame selection, then the box), its seconds by stage, the views the geometry encoder
     encoded and the views its requests asked about (`views_requested`: one count per request), "graphs_compiled" the
     graphs torch.compile made during the run (`compiled_graphs`) and "static_cache_allocations" the times compiled
-    decoding's static cache was allocated (static_cache_pool.py: a timed run after its untimed one, 0, so its decode
+    decoding's static cache was allocated (generation_gap_mllm.py: a timed run after its untimed one, 0, so its decode
     steps meet the addresses their CUDA graphs were recorded with). On CUDA also "cuda_graphs_recorded" and
     "cuda_graph_skips" (`cuda_graphs_recorded`, `cuda_graph_skips`). The generator's scenes are forgotten first: an
     untimed run before would otherwise leave them encoded, and the timed one would leave the towers out."""
     from eval_stage_timer import StageTimer
-
     from gap_mllm.evaluation import scene_generation
     from gap_mllm.evaluation.batched_answers import answer_in_batches
     from gap_mllm.evaluation.runner import sample_requests
@@ -238,7 +238,7 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
 
 def compiled_graphs() -> int:
     """The graphs torch.compile has made in this process so far (dynamo's count): a run's difference is what it
-    compiled (the decode step's: at most 5 in a run, compiled_decoding.py; a timed run after its untimed one, 0)."""
+    compiled (the decode step's: at most 5 in a run, generation_gap_mllm.py; a timed run after its untimed one, 0)."""
     from torch._dynamo.utils import counters
 
     return counters["stats"]["unique_graphs"]
@@ -251,7 +251,7 @@ def cuda_graphs_recorded() -> int | None:
     """The CUDA graphs torch's cudagraph trees have recorded in this process since the first call (which starts the
     count): compiled decoding's, one per shape of the decode step, and one more each time a call's static cache sat at
     other addresses than at the recording (torch <= 2.11 stops replaying a graph re-recorded 128 times:
-    static_cache_pool.py). Counted by wrapping `CUDAGraphTreeManager.record_function`, a private torch method (a
+    generation_gap_mllm.py). Counted by wrapping `CUDAGraphTreeManager.record_function`, a private torch method (a
     bench's instrument, not the package's): None for a torch without it."""
     if not _RECORDED["counting"]:
         _RECORDED["counting"] = True
@@ -329,7 +329,7 @@ def scanrefer_estimate(arm: dict, samples: int, scene_reuse: bool) -> dict:
     The seconds per view carry over only at ScanRefer's views per scene (the geometry encoder attends across all the
     views of a scene), so a slice whose stage-1 requests do not all have 32 views, or whose stage-2 requests never
     reach 19, gets `refused` with the reason and no minutes (GPU round 4's ~22 minutes came from the Mini's 8 and
-    at most 7 views of 160×128 frames). Compiling the decode step (a few graphs per run, compiled_decoding.py) is
+    at most 7 views of 160×128 frames). Compiling the decode step (a few graphs per run, generation_gap_mllm.py) is
     not in it."""
     stages = arm.get("task_stages", [])
     views = [stage["views_requested"] for stage in stages]
@@ -408,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench_eval_scale_"))
     try:
-        from gap_mllm.compiled_decoding import check_compile_decoding
         from gap_mllm.evaluation.scene_generation import SceneGenerator
+        from gap_mllm.generation_gap_mllm import check_compile_decoding
 
         start = time.perf_counter()
         model, processor = build_model(size, args.device, padded_vocab=args.padded_vocab,  # on args.device

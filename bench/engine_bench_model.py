@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
 from real_size_model import real_size_config, small_config, tiny_tokenizer
 
 # official inference frames: Qwen 416×544 (26×34 patches, 221 tokens per view), as bench_real_size.py
@@ -31,11 +30,10 @@ def padded_tokenizer(vocab_size: int):
 
     The fillers join the BPE vocabulary (no merge makes them, so no text encodes to them; each id decodes), not the
     added tokens: Qwen's 151,936 ids are vocabulary but for a few dozen added tokens, and every prompt path scans the
-    added tokens of its tokenizer (modeling_gap_mllm/control_tokens.py). 150,000 added fillers made that scan 0.5 s a
+    added tokens of its tokenizer (modeling_gap_mllm/tasks_gap_mllm.py). 150,000 added fillers made that scan 0.5 s a
     call, 1.5 s of every real-size query on the H200 (bench/README.md), a cost the real tokenizer does not have."""
-    from tokenizers import Tokenizer
-
     from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer, wrap_tokenizer
+    from tokenizers import Tokenizer
 
     tiny = build_tiny_tokenizer()
     if vocab_size < len(tiny):

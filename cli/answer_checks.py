@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
-from gap_mllm.answer_grammar_processor import stop_token_ids
-from gap_mllm.answer_stopping import answer_complete
+from gap_mllm.tasks_gap_mllm import stop_token_ids
+from gap_mllm.tasks_gap_mllm import answer_complete
 
 BUDGET_ADVICE = "give it a larger token budget (--max-new-tokens)"
 

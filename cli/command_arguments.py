@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from gap_mllm.compiled_decoding import add_compile_decoding_argument
+from gap_mllm.tasks_gap_mllm import COMPILE_DECODING_CHOICES
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
 
 from .argument_types import port_number, positive_int
@@ -50,6 +50,14 @@ class BoxNumbers(argparse.Action):
             raise argparse.ArgumentError(self, f"expected {CENTRE_AND_SIZE} numbers (cx cy cz sx sy sz) or 9 (cx cy "
                                                f"cz sx sy sz yaw pitch roll), got {len(values)}")
         setattr(namespace, self.dest, values)
+
+
+def add_compile_decoding_argument(parser, default: str) -> None:
+    """The front ends' `--compile-decoding {auto,on,off}` (predict, evaluate), with their own default."""
+    parser.add_argument("--compile-decoding", choices=COMPILE_DECODING_CHOICES, default=default,
+                        help="static cache + every decode step compiled to a CUDA graph (same tokens, faster on a GPU; "
+                             "compiles a few times per run, tens of seconds each at the real size); auto: on CUDA only "
+                             f"(default: {default})")
 
 
 def int_list(text: str) -> list[int]:

@@ -17,13 +17,13 @@ import socket
 import sys
 from pathlib import Path
 
-from gap_mllm.answer_grammar import engine_missing
+from gap_mllm.tasks_gap_mllm import engine_missing
 from gap_mllm.evaluation.folder_lock import check_evaluation_folder
 from gap_mllm.processing.errors import MissingDependency
 from gap_mllm.processing.output_folder import OwnerCheck, check_outside_data
 from gap_mllm.processing.output_folder import check_output_folder as check_writer_folder
 from gap_mllm.processing.path_containment import broken_link
-from gap_mllm.regular_files import regular_file_problem
+from gap_mllm.processing_gap_mllm import regular_file_problem
 
 from .errors import UserError
 from .command_arguments import DEMO_OUT, SPACE_HOST, SPACE_PORT
@@ -73,7 +73,7 @@ def check_existing(path: str | None, flag: str, kind: str = "file",
         raise UserError(missing.format(flag=flag, path=path) + (f"; did you mean {' or '.join(near)}?" if near else ""))
     if kind == "folder" and not found.is_dir():
         raise UserError(f"{flag} {path}: this is a file; give a folder")
-    if kind == "file" and not found.is_file():  # regular files only (gap_mllm.regular_files): a FIFO too
+    if kind == "file" and not found.is_file():  # regular files only (gap_mllm.processing_gap_mllm): a FIFO too
         what = regular_file_problem(found) or "not a regular file"
         raise UserError(f"{flag} {path}: this is {what}; give a file" if what == "a folder"
                         else f"{flag} {path}: this is {what}, not a regular file; give a file")

@@ -34,7 +34,6 @@ import traceback
 
 from safetensors import SafetensorError
 
-from gap_mllm.conversion_report import ConversionError
 from gap_mllm.processing.errors import (
     DataError,
     DiskFullError,
@@ -56,8 +55,15 @@ class UserError(ValueError):
 
 
 # MissingDependency: an optional package to install (its message says how), not a bug
-USER_ERROR_TYPES = (UserError, DataError, ConversionError, MissingDependency, ValueError, OSError, pickle.UnpicklingError,
-                    SafetensorError)
+USER_ERROR_TYPES = (UserError, DataError, MissingDependency, ValueError, OSError, pickle.UnpicklingError, SafetensorError)
+
+
+def own_error_types() -> tuple[type, ...]:
+    """The package's own error types, whose message is the one to print. A checkpoint's `ConversionError` is read
+    from the VGGT converter only once that module is imported (no such error exists before), so that
+    `--help` and argument mistakes import no torch."""
+    converter = sys.modules.get("gap_mllm.convert_vggt_to_hf")
+    return (UserError, DataError, MissingDependency) + ((converter.ConversionError,) if converter else ())
 
 
 # argparse destinations of the commands' outputs -> how the user wrote them (named when the failing file is unknown)
@@ -127,7 +133,7 @@ def user_message(error: BaseException, args=None) -> str | None:
         return written
     chain = list(exception_chain(error))
     for candidate in chain:
-        if isinstance(candidate, (UserError, DataError, ConversionError, MissingDependency)):
+        if isinstance(candidate, own_error_types()):
             return str(candidate)
     if isinstance(error, USER_ERROR_TYPES):
         text = str(error).strip() or type(error).__name__

@@ -130,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"gap-mllm predict: {error}", file=sys.stderr)
         return 2
     model, processor, is_tiny = load_model_and_processor(args.model, found=found)  # progress bars (stderr) end here
-    model.compile_decoding = args.compile_decoding  # generate's default (compiled_decoding.py)
+    model.compile_decoding = args.compile_decoding  # generate's default (generation_gap_mllm.py)
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)
     result = run_task(model, processor, scene.views, request, max_new_tokens=args.max_new_tokens,

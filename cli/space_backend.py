@@ -102,7 +102,7 @@ def load_space_model(name: str = MINI):
     """`(model, processor, is_tiny)` as the Space serves them (Auto classes + trust_remote_code, eval mode);
     "tiny" is the embedded untrained model with reconstruction heads (`build_space_tiny`). Decoding is compiled on a
     dedicated GPU (`compile_decoding="auto"`: the compilation is paid once per server), not on ZeroGPU, whose every
-    request runs in a fresh worker that would compile again (compiled_decoding.py)."""
+    request runs in a fresh worker that would compile again (generation_gap_mllm.py)."""
     if name == TINY:
         model, processor, _ = load_model_and_processor(str(build_space_tiny()))
         is_tiny = True

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass, field
 
-from gap_mllm.answer_grammar import options_problem
+from gap_mllm.tasks_gap_mllm import options_problem
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
-from gap_mllm.control_tokens import refuse_control_tokens
+from gap_mllm.tasks_gap_mllm import refuse_control_tokens
 from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TaskSpec, check_query_text, format_box, resolve_task
-from gap_mllm.visual_prompt import check_marker_inside
+from gap_mllm.processing_gap_mllm import check_marker_inside
 
 from .task_names import FRONT_END_TASKS, TASKS
 
@@ -68,14 +68,14 @@ class TaskRequest:
         """The inputs that were given, checked as `validate` checks them, without asking for the missing ones (on a
         bundled example the room's own fill those: `gap-mllm predict --example`'s early check). The marker's view
         must be one of `num_views` and its pixel inside `view_size` (`(width, height)` of the frames the model gets,
-        the processor's rule: gap_mllm.visual_prompt), where they are known."""
+        the processor's rule: gap_mllm.processing_gap_mllm), where they are known."""
         if "query" in self.spec.parameters and isinstance(self.query, str):
             # before any model is loaded: text that is not valid Unicode (`predict --query $'\xff'`) or holds the
-            # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.control_tokens)
+            # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.tasks_gap_mllm)
             refuse_control_tokens(None, self.query, "the query")
             check_query_text(self.query, "the query")  # `<image>`: the prompt's own placeholder of a view
         if self.spec is SPATIAL_QA and isinstance(self.query, str) and options_problem(self.query):
-            # a letter asked for and no options read: its grammar would force a number on it (answer_grammar.py)
+            # a letter asked for and no options read: its grammar would force a number on it (tasks_gap_mllm.py)
             raise ValueError(options_problem(self.query))
         if "box" in self.spec.parameters and self.box is not None:
             check_box(self.box)
@@ -104,7 +104,7 @@ class TaskRequest:
 
     def check_text(self, tokenizer) -> None:
         """ValueError when the query (user text: a public textbox in the Space) would write chat or vision markup
-        (gap_mllm.control_tokens). Front ends call it before any model work; `run_task` calls it again, with this
+        (gap_mllm.tasks_gap_mllm). Front ends call it before any model work; `run_task` calls it again, with this
         package's rule, whatever version of the processor the checkpoint carries."""
         if "query" in self.spec.parameters:
             refuse_control_tokens(tokenizer, self.query, "the query")

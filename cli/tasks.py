@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from gap_mllm.control_tokens import PromptTextError
-from gap_mllm.generation_checks import context_limit, positions_after
-from gap_mllm.mrope_positions import mrope_position_ids
-from gap_mllm.output_parsing import other_task_format
-from gap_mllm.target_format import Box3D
+from gap_mllm.tasks_gap_mllm import PromptTextError
+from gap_mllm.generation_gap_mllm import context_limit, positions_after
+from gap_mllm.modeling_gap_mllm import mrope_position_ids
+from gap_mllm.tasks_gap_mllm import other_task_format
+from gap_mllm.tasks_gap_mllm import Box3D
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
 
 from .answer_checks import budget_cut, zero_size_box
@@ -143,9 +143,9 @@ def check_request(config, processor, views: list, request: TaskRequest, max_new_
     * the query holds one of the tokenizer's added tokens (`<image>` ...: `TaskRequest.check_text`);
     * the processor cannot read the frames (`FramesRefused`: a frame past Qwen's aspect-ratio limit, ...);
     * the prompt leaves the answer no room in the model's context: the prompt's highest M-RoPE position (visual
-      tokens of a view share positions: mrope_positions.py, the positions `generate` gives them) plus the answer's
+      tokens of a view share positions: modeling_gap_mllm.py, the positions `generate` gives them) plus the answer's
       budget (the task's own, which fits any answer of the task, or `max_new_tokens` when lower) must stay within
-      `text_config.max_position_embeddings` (generation_checks.py). `generate` lowers a budget past the context to
+      `text_config.max_position_embeddings` (generation_gap_mllm.py). `generate` lowers a budget past the context to
       the positions left, which is right for a budget set high, but a query that took those positions would be
       answered in a few tokens (a zero-size box) as if nothing were wrong; so it is refused here, naming the query's
       length and the limit.
@@ -198,7 +198,7 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         processor: its `GapMllmProcessor`.
         views: the frames (PIL images or paths), all of one scene.
         request: the task and its input; a query holding a control token of the tokenizer (`<|im_end|>`,
-            `<|vision_end|>`, ...) is a ValueError (gap_mllm.control_tokens).
+            `<|vision_end|>`, ...) is a ValueError (gap_mllm.tasks_gap_mllm).
         max_new_tokens: generation budget (a positive integer); None: the task's own (tasks_gap_mllm).
         scenes: a `scene_store.SceneStore` (PIL views only): answer from the session's encoded scene when
             it holds these frames and marker, else encode and keep it (same answer either way).

@@ -12,11 +12,11 @@ Rules, each failing with a message meant for the user:
 - whole: the frames that decode must be the frames the file declares (its frame count, or where it has none its
   duration, from the stream's first timestamp to its end), so a cut file (an interrupted copy) is refused, not read as
   a shorter clip;
-- shape: the frames share one aspect ratio (gap_mllm.image_files `check_one_aspect_ratio`: a portrait frame beside a
+- shape: the frames share one aspect ratio (gap_mllm.processing_gap_mllm `check_one_aspect_ratio`: a portrait frame beside a
   landscape one is refused, naming both and their sizes, never stretched).
 Videos and animations are sampled uniformly down to `max_frames`; all frames are resized to the first
 frame's size (VGGT attends across frames, so they must share one size) and capped at `max_side`.
-Frames are read as a viewer shows them: an image upright, its EXIF orientation applied (gap_mllm.image_files), a
+Frames are read as a viewer shows them: an image upright, its EXIF orientation applied (gap_mllm.processing_gap_mllm), a
 video turned and mirrored as its display matrix says (its rotation metadata: a phone's portrait clip stands upright).
 A marker pixel (`gap-mllm predict --marker VIEW X Y`) is given in its frame's original pixels, as the photo is
 shown (upright), checked there, and moved onto the resized frame the model gets (`Frames.on_model_frames`).
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gap_mllm.image_files import check_one_aspect_ratio, read_image_file
+from gap_mllm.processing_gap_mllm import check_one_aspect_ratio, read_image_file
 from gap_mllm.processing.path_containment import broken_link, resolve_inside
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -219,7 +219,7 @@ def _read_image(path: Path, limits: UploadLimits, words: UploadWords) -> Image.I
             raise UploadError(f"{name}: {image.width}x{image.height} pixels is over the limit.")
 
     try:
-        return read_image_file(path, within_limit)  # upright: the photo as the user sees it (image_files.py)
+        return read_image_file(path, within_limit)  # upright: the photo as the user sees it (processing_gap_mllm.py)
     except UploadError:
         raise
     except Exception as error:  # PIL raises many types for corrupt or mislabelled files
@@ -230,7 +230,7 @@ def _rgb(image: Image.Image, name: str) -> Image.Image:
     """`image` (a file's image, or an animation's current frame) as the model's RGB (`pil_to_rgb`: 16-bit PNGs
     scaled, not clipped to white; transparency blended onto white)."""
     # imported here: image_alignment imports torch, and `gap-mllm predict` checks its frames (check_frames) before torch
-    from gap_mllm.image_alignment import pil_to_rgb
+    from gap_mllm.processing_gap_mllm import pil_to_rgb
 
     try:
         return pil_to_rgb(image, name)
@@ -439,7 +439,7 @@ def common_size(first: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def _one_shape(sizes, names) -> None:
-    """The frames' shape rule (gap_mllm.image_files `check_one_aspect_ratio`) as an UploadError."""
+    """The frames' shape rule (gap_mllm.processing_gap_mllm `check_one_aspect_ratio`) as an UploadError."""
     try:
         check_one_aspect_ratio(sizes, names)
     except ValueError as error:

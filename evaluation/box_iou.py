@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gap_mllm.output_parsing import box_numbers
+from gap_mllm.tasks_gap_mllm import box_numbers
 from gap_mllm.processing.coordinates import EULER_MODES, UNIT_CORNERS, euler_to_matrix
 
 SLAB_EPS = 1e-9

@@ -1,6 +1,6 @@
 """Detection answers → scored predictions, in the default (tolerant) or the official reading.
 
-Default (`official_compat=False`): `gap_mllm.output_parsing.parse_detection`, the tolerant parser: the
+Default (`official_compat=False`): `gap_mllm.tasks_gap_mllm.parse_detection`, the tolerant parser: the
 whole answer as one JSON / Python literal (a fenced list, a normal multi-line list, a single dict),
 else line by line; entries keyed `bbox_3d` or `box_3d` (the detection prompt says "box_3d"); an entry
 whose box is not 9 finite numbers with sizes >= 0 is dropped, named in `parse_error` and counted
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gap_mllm.output_parsing import parse_detection
+from gap_mllm.tasks_gap_mllm import parse_detection
 
 NO_LABEL = "(no label)"  # an entry without "label" (tolerant reading): matches no ground truth
 

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from gap_mllm import register_auto_classes
-from gap_mllm.compiled_decoding import check_compile_decoding
+from gap_mllm.generation_gap_mllm import check_compile_decoding
 from gap_mllm.processing.collator import GapMllmDataCollator
 from gap_mllm.processing.model_paths import loading_bar_for
 from gap_mllm.tasks_gap_mllm import resolve_task
@@ -74,7 +74,7 @@ class BatchGenerator:
         max_new_tokens: if given, caps every request's budget (useful for smoke runs).
         dtype: optional torch dtype for the weights (e.g. torch.bfloat16 on GPU).
         compile_decoding: "auto" (default: decode steps compiled to CUDA graphs on CUDA), "on" or "off"
-            (compiled_decoding.py; the same answers).
+            (generation_gap_mllm.py; the same answers).
     """
 
     def __init__(self, model_dir, device=None, max_new_tokens: int | None = None, dtype=None, compile_decoding="auto"):

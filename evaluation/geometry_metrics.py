@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gap_mllm.pose_encoding import pose_encoding_to_extrinsics_intrinsics
+from gap_mllm.modeling_vggt import pose_encoding_to_extrinsics_intrinsics
 
 from .confidence import bootstrap_interval
 

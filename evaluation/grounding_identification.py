@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.output_parsing import parse_frame_selection
+from gap_mllm.tasks_gap_mllm import parse_frame_selection
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import SYNTHROOMS_INFO, read_dataset_info

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gap_mllm.output_parsing import parse_pointmap
+from gap_mllm.tasks_gap_mllm import parse_pointmap
 
 from .confidence import bootstrap_interval, paired_difference, wilson_interval
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.image_files import read_image_file
+from gap_mllm.processing_gap_mllm import read_image_file
 from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
 from gap_mllm.processing.errors import DataError

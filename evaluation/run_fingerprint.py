@@ -53,7 +53,7 @@ from gap_mllm.processing.builder_fingerprint import file_content_digest
 from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.decimal_numbers import REL, block_sums, blocks_beyond_last_digits, text_and_numbers
 from gap_mllm.processing.json_files import loads_json
-from gap_mllm.regular_files import open_regular_file
+from gap_mllm.processing_gap_mllm import open_regular_file
 
 from . import reports
 
@@ -81,7 +81,7 @@ logger = logging.getLogger(__name__)
 
 def file_sha256(path) -> str:
     """sha256 of a file's bytes, read in chunks (a multi-GB weight file is never held in memory); regular files
-    only (gap_mllm.regular_files: a FIFO is refused, not waited on)."""
+    only (gap_mllm.processing_gap_mllm: a FIFO is refused, not waited on)."""
     digest = hashlib.sha256()
     with open_regular_file(path) as handle:
         while chunk := handle.read(_CHUNK):

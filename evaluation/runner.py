@@ -46,7 +46,7 @@ from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
 from gap_mllm.processing.json_files import loads_json
-from gap_mllm.regular_files import read_regular_bytes
+from gap_mllm.processing_gap_mllm import read_regular_bytes
 from gap_mllm.processing.output_folder import check_outside_data
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
@@ -310,7 +310,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
 
     Exactly one of `model_dir` (generate) and `predictions_file` (score given texts) is needed.
     `scene_reuse=False` answers every sample with its own full model call (for comparison; same texts).
-    `compile_decoding`: "auto" (default: compiled decode steps on CUDA), "on" or "off" (compiled_decoding.py; same texts).
+    `compile_decoding`: "auto" (default: compiled decode steps on CUDA), "on" or "off" (generation_gap_mllm.py; same texts).
     `constrained=True` decodes every answer inside its task's grammar (the paper's protocol decodes freely).
     `other_run_answers`: what becomes of answers in `out_dir` that another run wrote (run_fingerprint.py): "refuse"
     (default: a ValueError naming what differs, nothing changed) or "answer_again" (a warning; they are deleted and
@@ -348,7 +348,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     task.check_ground_truth(records, ids)  # before any answer is generated (a missing detection `boxes`, ...)
     if model_dir is not None:  # a model is never scored on scenes it trained on (processing/held_out.py)
         check_held_out(model_dir, data_dir, {record_scene_id(r) for r in records})
-        check_prompt_texts(records, ids, annotation_file)  # no prompt may write chat turns (gap_mllm.control_tokens)
+        check_prompt_texts(records, ids, annotation_file)  # no prompt may write chat turns (gap_mllm.tasks_gap_mllm)
     media_root = posed_images_dir(data_dir)
     out_dir = Path(out_dir)
     rank, world, device, barrier = _process_state() if predictions_file is None else (0, 1, "cpu", lambda: None)

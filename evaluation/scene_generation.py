@@ -98,7 +98,7 @@ class SceneGenerator(BatchGenerator):
     def generate_on_scenes(self, requests: list[Request]) -> list[str]:
         """Answer `requests` (any mix of scenes) in one `generate(scene=[...])` call: each scene encoded once (or
         taken from the generator's cache), every question decoded in the same batch against its own scene
-        (scene_cache.py: one scene per row). Same answers as one full call each (tests).
+        (generation_gap_mllm.py: one scene per row). Same answers as one full call each (tests).
 
         Before, each scene asked several questions had a call of its own, and the scenes asked one question went
         together through one full call: ScanRefer's stage 2 (each query's own selected frame and neighbours, about

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.control_tokens import PromptTextError, refuse_control_tokens
-from gap_mllm.output_parsing import parse_literal
+from gap_mllm.tasks_gap_mllm import PromptTextError, refuse_control_tokens
+from gap_mllm.tasks_gap_mllm import parse_literal
 from gap_mllm.processing.coordinates import world_boxes_to_camera
 from gap_mllm.processing.errors import DataError, MissingDependency
 from gap_mllm.processing.record_schema import ANSWER_TEXT, IMAGES, REAL, TEXT, TEXT_LIST, RecordField, read_fields
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
-from gap_mllm.target_format import Box3D, serialize_frame_selection, serialize_grounding
+from gap_mllm.tasks_gap_mllm import Box3D, serialize_frame_selection, serialize_grounding
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
@@ -85,7 +85,7 @@ def human_prompt(record: dict) -> str:
 def check_prompt_texts(records: list, ids: list[str], path) -> None:
     """DataError naming the annotation file `path` and the sample for a record whose human turn holds chat or
     vision markup (a Qwen control token such as `<|im_start|>`) or text that is not valid Unicode: its prompt
-    would write chat turns of its own (gap_mllm.control_tokens). Run before a model is loaded, so a benchmark
+    would write chat turns of its own (gap_mllm.tasks_gap_mllm). Run before a model is loaded, so a benchmark
     is refused before any answer is generated; the collator checks each prompt again with the model's tokenizer.
     A record without a human turn is left to the request that reads it."""
     for record, sid in zip(records, ids, strict=True):
@@ -161,7 +161,7 @@ class Benchmark:
     def make_request(self, stage: int, images, prompt: str, pixel_coords=None) -> Request:
         spec = self.stage_specs[stage]
         # the official budget: the caller chose none (`--max-new-tokens` caps it), so lowering it to the model's
-        # context is an INFO line, not a warning (generation_checks.py)
+        # context is an INFO line, not a warning (generation_gap_mllm.py)
         return Request(images, prompt, pixel_coords, DefaultBudget(spec.official_max_new_tokens), task=spec.name,
                        stop_at_answer_end=not self.official_compat, constrained=self.constrained)
 

@@ -11,33 +11,815 @@ The fused features go into Qwen3-VL through its `mm_encoder_outputs` hook, so M-
 injection, caching and the LM loss are stock transformers code.
 """
 
-import os
+
+
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel, Qwen3VLForConditionalGeneration
 from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+    Qwen3VLModel,
+    Qwen3VLTextModel,
+    Qwen3VLVisionAttention,
+    apply_rotary_pos_emb_vision,
+    eager_attention_forward,
+)
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import is_flash_attention_requested
+from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
-from .answer_task_generation import answer_task_kwargs
-from .compiled_decoding import compiled_decoding_kwargs
-from .config_sizes import check_memory_for_parameters
-from .configuration_gap_mllm import GapMllmConfig
-from .engine_embeddings import GapMllmImageEmbeddings, concatenate_levels
-from .forward_checks import check_forward_inputs
-from .generation_checks import budget_to_grammars, check_token_ids, fit_budget_to_context, highest_prompt_position
-from .geometry_fusion import WeightedFusion
-from .hub_reachability import hub_loading_kwargs
-from .loading_bar import loading_bar_for
-from .loading_report import GEOMETRY_GROUPS, first_non_finite_tensor, report_missing_weights
-from .model_inputs import GEOMETRY_INPUT_NAMES, PREFILL_ONLY_INPUT_NAMES  # generate() drops the latter after prefill
-from .modeling_geometry_encoder import GapMllmGeometryEncoder, init_geometry_weights
-from .batched_qwen3_vl import use_batched_qwen3_vl
-from .multi_level_fusion import GapMllmMultiLevelFusion
-from .scene_cache import GapMllmScene, encode_scene, generate_from_scene
-from .static_cache_pool import pooled_static_cache, static_cache_length, static_cache_pool
-from .vggt_weights import load_vggt_weights
+from .configuration_gap_mllm import (
+    GEOMETRY_INPUT_NAMES,  # noqa: F401 - re-exported for callers that build model inputs
+    IGNORE_INDEX,
+    PREFILL_ONLY_INPUT_NAMES,
+    GapMllmConfig,
+    GapMllmFusionConfig,
+    check_memory_for_parameters,
+)
+from .generation_gap_mllm import (
+    GapMllmScene,
+    answer_task_kwargs,
+    budget_to_grammars,
+    check_token_id_dtype,
+    check_token_ids,
+    compiled_decoding_kwargs,
+    encode_scene,
+    fit_budget_to_context,
+    generate_from_scene,
+    highest_prompt_position,
+    pooled_static_cache,
+    static_cache_length,
+    static_cache_pool,
+    token_id_range,
+    vocabulary_error,
+)
+from .modeling_vggt import GapMllmGeometryEncoder, init_geometry_weights
+
+# (key prefix, human name), most specific first.
+WEIGHT_GROUPS = (
+    ("geometry_encoder.", "geometry encoder (VGGT aggregator)"),
+    ("geometry_fusion.mergers.", "geometry mergers"),
+    ("geometry_fusion.fusions.", "fusion modules (gates)"),
+    ("vlm.model.visual.", "Qwen3-VL vision tower"),
+    ("vlm.model.language_model.", "Qwen3-VL language model"),
+    ("vlm.lm_head.", "LM head"),
+)
+GEOMETRY_GROUPS = frozenset(name for prefix, name in WEIGHT_GROUPS if prefix.startswith("geometry_"))
+
+
+class MissingWeightsWarning(UserWarning):
+    """A checkpoint lacked weights of a GAP-MLLM component; they were randomly initialised."""
+
+
+def group_missing_keys(missing_keys) -> dict[str, list[str]]:
+    """Sort state-dict keys into the named components of `WEIGHT_GROUPS` (others under "other")."""
+    groups: dict[str, list[str]] = {}
+    for key in sorted(missing_keys):
+        name = next((name for prefix, name in WEIGHT_GROUPS if key.startswith(prefix)), "other")
+        groups.setdefault(name, []).append(key)
+    return groups
+
+
+def report_missing_weights(missing_keys, source: str) -> dict[str, list[str]]:
+    """Warn once, by group, about `missing_keys` of a checkpoint loaded from `source`; returns the groups."""
+    groups = group_missing_keys(missing_keys)
+    if groups:
+        lines = [f"  - {name}: {len(keys)} tensors randomly initialised (e.g. {keys[0]})" for name, keys in groups.items()]
+        message = (
+            f"The checkpoint at {source!r} lacks the weights of these GAP-MLLM components:\n" + "\n".join(lines)
+            + "\nThey are NOT pretrained. Load the matching weights (VGGT converter, a trained GAP-MLLM "
+            "checkpoint) before using the model for anything but training from scratch."
+        )
+        logger.warning(message)
+        warnings.warn(message, MissingWeightsWarning, stacklevel=3)
+    return groups
+
+
+def first_non_finite_tensor(state_dict) -> str | None:
+    """The name of the first floating-point tensor of `state_dict` (in its order) that holds a NaN or an infinity,
+    or None. Tensors on the meta device (not loaded) are passed over.
+
+    One pass over the weights, with one host synchronisation per device rather than one per tensor: each tensor's
+    sum (in float32: a NaN or an infinity anywhere makes it one) stays on its device until they are stacked. Summing
+    reads the weights once without a copy, several times faster than `isfinite(...).all()`; a sum that overflows
+    float32 only flags a tensor, which `isfinite` then checks exactly."""
+    names, sums = {}, {}
+    for position, (name, tensor) in enumerate(state_dict.items()):
+        if tensor.is_floating_point() and not tensor.is_meta:
+            names.setdefault(tensor.device, []).append((position, name))
+            sums.setdefault(tensor.device, []).append(tensor.sum(dtype=torch.float32))
+    broken = []
+    for device, device_sums in sums.items():
+        flagged = (~torch.isfinite(torch.stack(device_sums))).nonzero().flatten().tolist()  # the one synchronisation
+        broken.extend(names[device][index] for index in flagged
+                      if not torch.isfinite(state_dict[names[device][index][1]]).all())
+    return min(broken)[1] if broken else None
+
+
+TEXT, IMAGE, VIDEO = 0, 1, 2
+
+
+def _run_grid_rows(grid_thw: torch.LongTensor | None, device, split_frames: bool) -> torch.LongTensor:
+    """`[N, 3]` grids with one row per vision run: a video split into its frames (as Qwen3-VL does, since
+    timestamps separate them), an image as it is."""
+    if grid_thw is None:
+        return torch.zeros(0, 3, dtype=torch.long, device=device)
+    grid_thw = grid_thw.to(device).long()
+    if not split_frames:
+        return grid_thw
+    frames = torch.repeat_interleave(grid_thw, grid_thw[:, 0], dim=0)
+    return torch.cat([torch.ones_like(frames[:, :1]), frames[:, 1:]], dim=1)
+
+
+def _run_grids(types: torch.Tensor, run_id: torch.Tensor, image_grids: torch.Tensor, video_grids: torch.Tensor):
+    """`(t, rows, cols, advance)` of the grid each vision token's run consumes, `[B, T]` each (0 elsewhere)."""
+    grids = torch.cat([image_grids, video_grids, torch.zeros(1, 3, dtype=torch.long, device=types.device)])
+    offset = torch.where(types == VIDEO, image_grids.shape[0], 0)
+    index = torch.where(types == TEXT, grids.shape[0] - 1, (run_id + offset).clamp(0, grids.shape[0] - 1))
+    grid = grids[index]
+    return grid[..., 0], grid[..., 1], grid[..., 2], torch.maximum(grid[..., 1], grid[..., 2])
+
+
+def mrope_position_ids(
+    mm_token_type_ids: torch.Tensor,
+    spatial_merge_size: int,
+    image_grid_thw: torch.LongTensor | None = None,
+    video_grid_thw: torch.LongTensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.long,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """M-RoPE positions of a batch, as Qwen3-VL's `get_rope_index` returns them.
+
+    Args:
+        mm_token_type_ids: `[B, T]` 0 text, 1 image, 2 video (the processor's output).
+        spatial_merge_size: the vision config's merge size (2 for Qwen3-VL).
+        image_grid_thw: `[N_images, 3]` patch grids in the order the images appear (batch-major).
+        video_grid_thw: `[N_videos, 3]`; each video frame is its own run.
+        attention_mask: `[B, T]`, 0 for padding (left or right); `None`: every token counts.
+        dtype: dtype of the returned positions (`get_rope_index` uses `input_ids.dtype`).
+
+    Returns:
+        `([3, B, T] positions (t, h, w), [B, 1] deltas)`: delta = the largest position + 1 − the sample's
+        length, what generation adds to text positions after the prompt.
+
+    Raises:
+        ValueError: the vision runs of the tokens and the grids disagree (count or length); Qwen3-VL's own
+            code would fail or mis-assign positions there.
+    """
+    types = mm_token_type_ids.long()
+    batch, length = types.shape
+    device = types.device
+    valid = torch.ones_like(types, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+    types = torch.where(valid, types, TEXT)
+    image_grids = _run_grid_rows(image_grid_thw, device, split_frames=False)
+    video_grids = _run_grid_rows(video_grid_thw, device, split_frames=True)
+
+    # A run starts at a vision token whose previous counted token is not of its type.
+    index = torch.arange(length, device=device).expand(batch, -1)
+    last_valid = torch.cummax(torch.where(valid, index, -1), dim=1).values
+    previous_valid = torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
+    previous_type = torch.where(previous_valid >= 0, types.gather(1, previous_valid.clamp(min=0)), -1)
+    vision = valid & (types != TEXT)
+    run_start = vision & (previous_type != types)
+
+    # Runs are numbered per modality in batch-major order, as Qwen3-VL's grid iterators consume them.
+    run_number = {}
+    for modality in (IMAGE, VIDEO):
+        starts = (run_start & (types == modality)).flatten()
+        run_number[modality] = (torch.cumsum(starts, 0) - 1).view(batch, length)
+    start_at = torch.cummax(torch.where(run_start, index, 0), dim=1).values  # the start of each token's run
+    run_id = torch.where(types == VIDEO, run_number[VIDEO], run_number[IMAGE]).gather(1, start_at)
+    grid_t, rows, cols, advance = _run_grids(types, run_id, image_grids, video_grids)
+    rows, cols, advance = rows // spatial_merge_size, cols // spatial_merge_size, advance // spatial_merge_size
+    run_size = torch.where(types == IMAGE, grid_t, 1) * rows * cols
+
+    # Position where each run (or text token) starts: counted text tokens before it + the advances of the
+    # runs before it.
+    text = valid & (types == TEXT)
+    text_before = torch.cumsum(text, 1) - text.long()
+    advance_at_start = torch.where(run_start, advance, 0)
+    advances_before = torch.cumsum(advance_at_start, 1) - advance_at_start
+    run_start_position = (text_before + advances_before).gather(1, start_at)
+    within_run = torch.cumsum(vision, 1) - torch.cumsum(vision, 1).gather(1, start_at)
+    cols_safe = cols.clamp(min=1)
+    base = torch.where(vision, run_start_position, text_before + advances_before)
+    plane = (rows * cols).clamp(min=1)  # an image of t temporal patches is t planes of rows × cols tokens
+    positions = torch.stack([
+        base + torch.where(vision, within_run // plane, 0),
+        base + torch.where(vision, within_run % plane // cols_safe, 0),
+        base + torch.where(vision, within_run % cols_safe, 0),
+    ])
+    positions = torch.where(valid, positions, 0).to(dtype)
+
+    _check_runs(types, run_start, run_id, vision, run_size, image_grids.shape[0], video_grids.shape[0])
+    largest = torch.where(valid, positions.amax(0), torch.iinfo(positions.dtype).min).amax(1)
+    deltas = (largest + 1 - valid.sum(1)).unsqueeze(1).long()
+    return positions, deltas
+
+
+def _check_runs(types, run_start, run_id, vision, run_size, num_images: int, num_videos: int) -> None:
+    """One host synchronisation: every run has a grid and exactly the grid's number of tokens."""
+    problems = []
+    for modality, count, name in ((IMAGE, num_images, "image"), (VIDEO, num_videos, "video frame")):
+        runs = (run_start & (types == modality)).sum()
+        member = vision & (types == modality)
+        sizes = torch.zeros(count + 1, dtype=torch.long, device=types.device)
+        sizes.index_add_(0, torch.where(member, run_id, count).clamp(max=count).flatten(), member.long().flatten())
+        expected = torch.zeros(count + 1, dtype=torch.long, device=types.device)
+        expected.index_add_(0, torch.where(run_start & member, run_id, count).clamp(max=count).flatten(),
+                            torch.where(run_start & member, run_size, 0).flatten())
+        problems.append(torch.stack([runs - count, (sizes[:count] != expected[:count]).sum()]))
+    found = torch.stack(problems).tolist()
+    for (extra_runs, wrong_sizes), name in zip(found, ("image", "video frame")):
+        if extra_runs or wrong_sizes:
+            raise ValueError(
+                f"mm_token_type_ids and the {name} grids disagree: {extra_runs:+d} {name} runs against the grids, "
+                f"{wrong_sizes} run(s) whose token count is not the grid's (h × w / merge²). Build the inputs with "
+                "the processor (it writes the vision tokens from the same grids)."
+            )
+
+
+def vision_rotary_position_ids(grid_thw: torch.LongTensor, spatial_merge_size: int, num_patches: int) -> torch.LongTensor:
+    """The ViT's 2-D rotary positions `[num_patches, 2]` (row, column), as transformers' `get_vision_position_ids`
+    returns them for Qwen3-VL, without its loop over images.
+
+    Patches come image by image, frame by frame, and within a frame in `m × m` merge blocks (row-major blocks,
+    row-major inside a block), `m = spatial_merge_size`.
+
+    Args:
+        grid_thw: `[N, 3]` patch grids (t, h, w) of the images (or videos) in order.
+        num_patches: `Σ t·h·w`, the number of rows of `pixel_values` (given so that nothing is read back from
+            the device).
+    """
+    grid = grid_thw.long()
+    counts = grid.prod(-1)
+    image = torch.repeat_interleave(torch.arange(grid.shape[0], device=grid.device), counts, output_size=num_patches)
+    first_patch = (torch.cumsum(counts, 0) - counts)[image]
+    heights, widths = grid[image, 1], grid[image, 2]
+    in_frame = (torch.arange(num_patches, device=grid.device) - first_patch) % (heights * widths)
+    block, in_block = in_frame // spatial_merge_size**2, in_frame % spatial_merge_size**2
+    blocks_per_row = widths // spatial_merge_size
+    rows = block // blocks_per_row * spatial_merge_size + in_block // spatial_merge_size
+    cols = block % blocks_per_row * spatial_merge_size + in_block % spatial_merge_size
+    return torch.stack([rows, cols], dim=-1)
+
+
+class GapMllmQwen3VLModel(Qwen3VLModel):
+    """`Qwen3VLModel` whose LLM and ViT position ids are computed batch-wide."""
+
+    def get_rope_index(self, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None,
+                       attention_mask=None, **kwargs):
+        return mrope_position_ids(
+            mm_token_type_ids.to(input_ids.device),
+            self.config.vision_config.spatial_merge_size,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            attention_mask=attention_mask,
+            dtype=input_ids.dtype,
+        )
+
+    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
+        # `get_video_features` comes here too (with the video grids): the layout of the positions is the same.
+        if image_grid_thw is not None and "position_ids" not in kwargs and "image_position_ids" not in kwargs:
+            kwargs["image_position_ids"] = vision_rotary_position_ids(
+                image_grid_thw, self.visual.spatial_merge_size, pixel_values.shape[0]
+            )
+        return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+
+
+# the last forward's host reads, each `(tensor, what was read from it)` in one tuple (replaced whole, so a thread
+# never pairs one forward's tensor with another's reading): "lengths" (ViT cu_seqlens), "visual" (visual_pos_masks)
+_LAST_READ: dict = {}
+
+
+def _read_once(key: str, tensor: torch.Tensor, read):
+    """`read(tensor)`, unless the same tensor object was read last under `key` (every block / DeepStack level of
+    one forward gets the same tensor)."""
+    last = _LAST_READ.get(key)
+    if last is None or last[0] is not tensor:
+        last = (tensor, read(tensor))
+        _LAST_READ[key] = last
+    return last[1]
+
+
+class GapMllmQwen3VLTextModel(Qwen3VLTextModel):
+    """Qwen3-VL's text model with the DeepStack additions made through indices (see the module docstring)."""
+
+    def _deepstack_process(self, hidden_states, visual_pos_masks, visual_embeds):
+        """`hidden_states` `[B, T, D]` plus `visual_embeds` `[N, D]` at the N visual tokens of `visual_pos_masks`
+        `[B, T]` (row-major order, as the stock `hidden[mask] + embeds`): one index per forward (every DeepStack
+        level gets the same mask tensor), read once on the host; `index_add` at distinct indices adds each row once."""
+        # the one synchronisation of this forward's DeepStack levels
+        index = _read_once("visual", visual_pos_masks, lambda mask: torch.nonzero(mask.flatten()).flatten())
+        index = index.to(hidden_states.device)
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        added = flat.index_add(0, index, visual_embeds.to(hidden_states.device, hidden_states.dtype))
+        return added.view_as(hidden_states)
+
+
+def _image_lengths(cu_seqlens: torch.Tensor) -> list[int]:
+    """The patches of each image, `cu_seqlens` read on the host once per ViT forward, not once per block (every block
+    of a forward gets the same tensor; on a GPU each read waits for the device). The stock path reads them too."""
+    return _read_once("lengths", cu_seqlens, lambda cu: (cu[1:] - cu[:-1]).tolist())
+
+
+class GapMllmQwen3VLVisionAttention(Qwen3VLVisionAttention):
+    """Qwen3-VL's ViT attention with one call for all images of equal patch count (see the module docstring)."""
+
+    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+        if is_flash_attention_requested(self.config):  # flash-attn's varlen kernel is one call already
+            return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+        lengths = _image_lengths(cu_seqlens)
+        if len(set(lengths)) != 1:
+            return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+        images, patches = len(lengths), lengths[0]
+        seq_length = hidden_states.shape[0]
+        query, key, value = (
+            self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        )
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
+        # [images · patches, heads, dim] → [images, heads, patches, dim]: each image attends only to itself
+        query, key, value = (t.reshape(images, patches, self.num_heads, -1).transpose(1, 2) for t in (query, key, value))
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, _ = attention(
+            self, query, key, value, attention_mask=None, scaling=self.scaling,
+            dropout=0.0 if not self.training else self.attention_dropout, is_causal=False, **kwargs,
+        )
+        return self.proj(output.reshape(seq_length, -1).contiguous())  # output: [images, patches, heads, dim]
+
+
+def use_batched_qwen3_vl(vlm) -> None:
+    """Switch a built `Qwen3VLForConditionalGeneration` to the batch-wide subclasses, in place.
+
+    Why a class switch: `Qwen3VLForConditionalGeneration` builds its modules in `__init__` (also inside
+    `from_pretrained`) with no hook to choose their classes. The subclasses add no state, so switching the class
+    of a built module changes only its methods (and survives `deepcopy`, pickling and `torch.compile`, unlike
+    bound methods stored on instances).
+    """
+    if type(vlm.model) is Qwen3VLModel:
+        vlm.model.__class__ = GapMllmQwen3VLModel
+    if type(vlm.model.language_model) is Qwen3VLTextModel:
+        vlm.model.language_model.__class__ = GapMllmQwen3VLTextModel
+        # transformers finds which outputs a model records (hidden states, attentions) by its class name, registered
+        # when the model was built: register the new name too, or `output_hidden_states=True` would return None
+        _CAN_RECORD_REGISTRY[vlm.model.language_model] = vlm.model.language_model._can_record_outputs
+    for block in vlm.model.visual.blocks:
+        if type(block.attn) is Qwen3VLVisionAttention:
+            block.attn.__class__ = GapMllmQwen3VLVisionAttention
+
+
+@dataclass(frozen=True)
+class GapMllmImageEmbeddings:
+    """What `GapMllmForConditionalGeneration.encode_images` returns.
+
+    Attributes:
+        embeddings: one `[tokens_i, (1 + num_deepstack) · hidden]` tensor per image, in input order
+            (views in sample order, samples in batch order); `tokens_i = h_i · w_i / merge²`.
+        image_grid_thw: `[N_images, 3]` rows `(1, h_i, w_i)`, the patch grid of each image (before the merge).
+        views_per_sample: the number of images of each sample, in batch order.
+        hidden_size: the width of one level (Qwen3-VL's `vision_config.out_hidden_size`).
+        num_deepstack_levels: DeepStack levels after the main one (3 for Qwen3-VL-2B).
+    """
+
+    embeddings: tuple[torch.Tensor, ...]
+    image_grid_thw: torch.LongTensor
+    views_per_sample: tuple[int, ...]
+    hidden_size: int
+    num_deepstack_levels: int
+
+    def __post_init__(self):
+        if len(self.embeddings) != self.image_grid_thw.shape[0] or sum(self.views_per_sample) != len(self.embeddings):
+            raise ValueError(
+                f"{len(self.embeddings)} embeddings, {self.image_grid_thw.shape[0]} grid rows and views_per_sample="
+                f"{list(self.views_per_sample)} do not describe the same images"
+            )
+
+    @property
+    def width(self) -> int:
+        """`(1 + num_deepstack_levels) · hidden_size`: 8192 for Qwen3-VL-2B."""
+        return (1 + self.num_deepstack_levels) * self.hidden_size
+
+    def per_sample(self) -> list[tuple[tuple[torch.Tensor, ...], torch.LongTensor]]:
+        """`[(embeddings of the sample's images, its [V_b, 3] grid rows), …]`, one entry per sample."""
+        samples, start = [], 0
+        for count in self.views_per_sample:
+            samples.append((self.embeddings[start : start + count], self.image_grid_thw[start : start + count]))
+            start += count
+        return samples
+
+
+def concatenate_levels(main: tuple[torch.Tensor, ...], deepstack: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Per image, `[main ‖ deepstack_0 ‖ …]` along the feature axis.
+
+    Args:
+        main: one `[tokens_i, hidden]` tensor per image (Qwen's `pooler_output`, or GAP's fused level 0).
+        deepstack: per DeepStack level, one `[tokens_i, hidden]` tensor per image.
+
+    Returns:
+        one `[tokens_i, (1 + len(deepstack)) · hidden]` tensor per image.
+    """
+    levels = [main, *deepstack]
+    for level, tensors in enumerate(levels):
+        if len(tensors) != len(main):
+            raise ValueError(f"level {level} has {len(tensors)} images, the main level {len(main)}")
+    return tuple(torch.cat([tensors[image] for tensors in levels], dim=-1) for image in range(len(main)))
+
+
+def _cached_length(past_key_values) -> int | None:
+    """Tokens already in the cache (0 for no cache); None for a filled static cache, whose count lives on the device.
+
+    A dynamic cache knows its length from its tensors' shapes (free). A static cache (compiled decoding,
+    generation_gap_mllm.py) counts on the device: reading it would make the host wait for the device at every decode
+    step, and inside the compiled step it would be a graph break; before its first update (the prefill) it holds no
+    tensors (`is_initialized` False), so a filled one is a decode step. (A static cache emptied by `reset()` and given
+    to a plain forward is taken as filled too: its prompt's values go unchecked, `generate` checks its own.)"""
+    if past_key_values is None or not hasattr(past_key_values, "get_seq_length"):
+        return 0
+    layers = getattr(past_key_values, "layers", None)
+    if layers and getattr(layers[0], "is_compileable", False):
+        return None if getattr(layers[0], "is_initialized", False) else 0
+    return int(past_key_values.get_seq_length())
+
+
+def _check_shapes(batch: int, length: int, cached: int | None, attention_mask, labels, mm_token_type_ids) -> None:
+    """ValueError naming the per-token input whose shape does not fit `[batch, length]` (see the module rules).
+    Continuing a cache, only the mask is checked: generation may pass the prompt's token types along."""
+    for name, tensor in (("labels", labels), ("mm_token_type_ids", mm_token_type_ids)):
+        if tensor is not None and cached == 0 and tuple(tensor.shape) != (batch, length):
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, but the input tokens are [{batch}, {length}]: "
+                             f"{name} needs one value per token.")
+    if attention_mask is None or attention_mask.ndim == 4:
+        return
+    if cached is None:  # a filled static cache: its length is not read (see _cached_length), the batch is checked
+        expected, width = f"[{batch}, cached + {length} new tokens]", attention_mask.shape[-1]
+    else:
+        expected = f"[{batch}, {length}]" if not cached else f"[{batch}, {cached} cached + {length} new tokens]"
+        width = cached + length
+    if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] != width:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {expected}: one value per "
+                         "token (1 = attend, 0 = padding), as the processor returns it.")
+
+
+def check_forward_inputs(model, input_ids=None, inputs_embeds=None, attention_mask=None, labels=None,
+                         mm_token_type_ids=None, past_key_values=None) -> None:
+    """Apply the module rules to the inputs of one forward of `model` (a `GapMllmForConditionalGeneration`).
+
+    Raises:
+        ValueError: naming the input (`input_ids`, `labels`, `attention_mask`, `mm_token_type_ids`) and what is
+            wrong with it.
+    """
+    tokens = input_ids if input_ids is not None else inputs_embeds
+    if tokens is None:
+        return  # Qwen3-VL itself asks for one of them
+    if input_ids is not None:
+        check_token_id_dtype(input_ids)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}, expected [batch, length].")
+    if labels is not None:
+        check_token_id_dtype(labels, "labels")
+    batch, length = tokens.shape[:2]
+    cached = _cached_length(past_key_values)
+    _check_shapes(batch, length, cached, attention_mask, labels, mm_token_type_ids)
+    if cached is None or cached or batch * length == 0:
+        return  # a decoding step: its ids are the model's own, and the prompt was checked at prefill
+
+    reductions, readers = [], []
+    if input_ids is not None:
+        vocabulary = model.get_input_embeddings().num_embeddings
+        reductions.append(token_id_range(input_ids))
+        readers.append(lambda low, high: vocabulary_error(low, high, vocabulary, "input_ids"))
+    if labels is not None:
+        outputs = model.get_output_embeddings().out_features  # the logits' width, which the loss indexes
+        targets = labels.masked_fill(labels == IGNORE_INDEX, 0)  # ignored positions are no ids
+        reductions.append(token_id_range(targets))
+        readers.append(lambda low, high: vocabulary_error(low, high, outputs, f"labels (besides {IGNORE_INDEX}, ignored)"))
+    if attention_mask is not None and attention_mask.ndim == 2:
+        kept = attention_mask != 0
+        masked_vision = (~kept & (mm_token_type_ids != 0)).sum() if mm_token_type_ids is not None else kept.new_zeros((), dtype=torch.long)
+        reductions.append(torch.stack([kept.sum(-1).min(), masked_vision]).to(torch.long))
+        readers.append(lambda fewest, vision: _mask_error(attention_mask, mm_token_type_ids, fewest, vision))
+    if not reductions:
+        return
+    values = torch.cat([r.to(device=reductions[0].device, dtype=torch.long) for r in reductions]).tolist()
+    for index, read in enumerate(readers):
+        error = read(*values[2 * index : 2 * index + 2])
+        if error is not None:
+            raise error
+
+
+def _mask_error(attention_mask, mm_token_type_ids, fewest_kept: int, masked_vision: int) -> ValueError | None:
+    """The error for a 2-D mask leaving a row empty or masking vision tokens, naming the first such row."""
+    kept = attention_mask != 0
+    if fewest_kept == 0:
+        row = int((kept.sum(-1) == 0).nonzero()[0, 0])
+        return ValueError(f"attention_mask row {row} is all zeros: every sample needs at least one token with mask 1.")
+    if masked_vision:
+        row = int((~kept & (mm_token_type_ids != 0)).any(-1).nonzero()[0, 0])
+        return ValueError(
+            f"attention_mask masks {masked_vision} image/video token(s) (mm_token_type_ids ≠ 0), the first in row {row}: "
+            "the mask may leave out padding only, never vision tokens."
+        )
+    return None
+
+
+class GapMllmGeometryMerger(nn.Module):
+    """Norm → 2×2 spatial concat → Linear → GELU → Linear.
+
+    Parameter names follow the official `GeometryFeatureMerger` (`ln_q`, `mlp.0`, `mlp.2`) so that the
+    official checkpoint maps by prefix.
+
+    Args:
+        input_size: channels of one geometry patch token (2 × VGGT width = 2048 for VGGT-1B).
+        hidden_size: hidden width of the MLP (4096 officially).
+        output_size: width of the Qwen visual tokens (`vision_config.out_hidden_size`).
+        norm: `"rms"` (Qwen2 RMSNorm) or `"layer"` (LayerNorm with bias).
+        norm_eps: eps of that norm (1e-6 officially).
+        merge_size: spatial merge of Qwen3-VL (2).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, norm: str = "rms",
+                 norm_eps: float = 1e-6, merge_size: int = 2):
+        super().__init__()
+        self.input_size = input_size
+        self.merge_size = merge_size
+        self.ln_q = Qwen2RMSNorm(input_size, eps=norm_eps) if norm == "rms" else nn.LayerNorm(input_size, eps=norm_eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(input_size * merge_size**2, hidden_size),
+            nn.GELU(),  # exact GELU, as the official merger
+            nn.Linear(hidden_size, output_size),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            features: `[S, h, w, input_size]` geometry patch tokens of S views on an (h, w) patch grid.
+
+        Returns:
+            `[S * (h // 2) * (w // 2), output_size]`: merged tokens, views in order, each view's tokens
+            row-major over its merged grid (Qwen's token order).
+        """
+        views, height, width, channels = features.shape
+        m = self.merge_size
+        features = features[:, : height // m * m, : width // m * m]  # odd grids lose their last row/column
+        features = features.reshape(views, height // m, m, width // m, m, channels).permute(0, 1, 3, 2, 4, 5)
+        merged = self.ln_q(features).reshape(-1, channels * m * m)
+        return self.mlp(merged)
+
+
+class GatedFusion(nn.Module):
+    """Official token- and channel-wise gate: `a = σ(W·[LN₁(v); LN₂(g)] + b)`, `out = a⊙LN₁(v) + (1−a)⊙LN₂(g)`.
+
+    No residual to the raw `v` and no zero-init (faithful to the official code): the output is a convex
+    mix of normalised features, so `a ≡ 1` gives `LN₁(v)`, not `v`.
+    """
+
+    def __init__(self, config: GapMllmFusionConfig, hidden_size: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=config.norm_eps)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=config.norm_eps)
+        # Sequential(Linear, Sigmoid): keeps the official key name `gate_projection.0`.
+        self.gate_projection = nn.Sequential(nn.Linear(2 * hidden_size, hidden_size), nn.Sigmoid())
+
+    def forward(self, visual: torch.Tensor, geometry: torch.Tensor, grids=None):
+        """visual, geometry: `[N, D]` → fused `[N, D]`, gate `[N, D]` in (0, 1)."""
+        visual, geometry = self.norm1(visual), self.norm2(geometry)
+        gate = self.gate_projection(torch.cat([visual, geometry], dim=-1))
+        return gate * visual + (1 - gate) * geometry, gate
+
+
+class AddFusion(nn.Module):
+    """`out = v + g` (VG-LLM's choice); no parameters, so geometry = 0 leaves `v` unchanged."""
+
+    def __init__(self, config: GapMllmFusionConfig, hidden_size: int):
+        super().__init__()
+
+    def forward(self, visual, geometry, grids=None):
+        return visual + geometry, None
+
+
+class ConcatFusion(nn.Module):
+    """`out = Linear_{2D→D}([LN₁(v); LN₂(g)])`."""
+
+    def __init__(self, config: GapMllmFusionConfig, hidden_size: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=config.norm_eps)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=config.norm_eps)
+        self.projection = nn.Linear(2 * hidden_size, hidden_size)
+
+    def forward(self, visual, geometry, grids=None):
+        return self.projection(torch.cat([self.norm1(visual), self.norm2(geometry)], dim=-1)), None
+
+
+class WeightedFusion(nn.Module):
+    """`out = w₁/(w₁+w₂)·v + w₂/(w₁+w₂)·g` with two learnable scalars, both 0.5 at init."""
+
+    def __init__(self, config: GapMllmFusionConfig, hidden_size: int):
+        super().__init__()
+        self.weight_2d = nn.Parameter(torch.tensor(0.5))
+        self.weight_3d = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, visual, geometry, grids=None):
+        total = self.weight_2d + self.weight_3d
+        return (self.weight_2d / total) * visual + (self.weight_3d / total) * geometry, None
+
+
+def sincos_position_embedding_2d(height: int, width: int, dim: int, device, dtype) -> torch.Tensor:
+    """MAE-style 2-D sine-cosine embedding `[height * width, dim]`, row-major: the first half of the
+    channels encodes the row, the second half the column (temperature 10000)."""
+    if dim % 4 != 0:
+        raise ValueError(f"cross-attention fusion needs a hidden size divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32, device=device) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=device),
+                                torch.arange(width, dtype=torch.float32, device=device), indexing="ij")
+
+    def encode(positions):
+        angles = positions.flatten()[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).to(dtype)
+
+
+class GapMllmFusionCrossAttention(nn.Module):
+    """Multi-head cross-attention, visual tokens (queries) to geometry tokens (keys/values) of one view.
+
+    Runs through the transformers attention interface, so `attn_implementation` (eager, sdpa,
+    flash_attention_2) applies here as everywhere else.
+    """
+
+    def __init__(self, config: GapMllmFusionConfig, hidden_size: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.cross_attention_num_heads
+        if hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"cross-attention fusion: hidden size {hidden_size} is not divisible by "
+                f"geometry_fusion_config.cross_attention_num_heads={self.num_heads}"
+            )
+        self.head_dim = hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.num_key_value_groups = 1
+        self.attention_dropout = config.cross_attention_dropout
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """queries, keys, values: `[B, L, D]` → `[B, L, D]`."""
+        batch, length, _ = queries.shape
+
+        def heads(x):
+            return x.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+
+        attn_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, _ = attn_fn(
+            self, heads(self.q_proj(queries)), heads(self.k_proj(keys)), heads(self.v_proj(values)), None,
+            dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, is_causal=False,
+        )
+        return self.o_proj(out.reshape(batch, length, -1))
+
+
+class CrossAttentionFusionBlock(nn.Module):
+    """LN on q, k, v; 2-D sin-cos positions added to q and k; cross-attention; residual;
+    LN → MLP (GELU, dropout) → residual (the official `CrossAttentionBlock`)."""
+
+    def __init__(self, config: GapMllmFusionConfig, hidden_size: int):
+        super().__init__()
+        self.norm1_query = nn.LayerNorm(hidden_size, eps=config.norm_eps)
+        self.norm1_key = nn.LayerNorm(hidden_size, eps=config.norm_eps)
+        self.norm1_value = nn.LayerNorm(hidden_size, eps=config.norm_eps)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=config.norm_eps)
+        self.cross_attention = GapMllmFusionCrossAttention(config, hidden_size)
+        inner = hidden_size * config.cross_attention_mlp_ratio
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, inner), nn.GELU(), nn.Dropout(config.cross_attention_dropout),
+            nn.Linear(inner, hidden_size), nn.Dropout(config.cross_attention_dropout),
+        )
+
+    def forward(self, visual: torch.Tensor, geometry: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """visual, geometry: `[B, height * width, D]` (B views of one merged grid) → `[B, height * width, D]`."""
+        position = sincos_position_embedding_2d(height, width, visual.shape[-1], visual.device, visual.dtype)
+        attended = self.cross_attention(
+            self.norm1_query(visual) + position, self.norm1_key(geometry) + position, self.norm1_value(geometry)
+        )
+        hidden = visual + attended
+        return hidden + self.mlp(self.norm2(hidden))
+
+
+class CrossAttentionFusion(nn.Module):
+    """Stack of `cross_attention_num_layers` blocks; each view attends only to its own geometry tokens."""
+
+    def __init__(self, config: GapMllmFusionConfig, hidden_size: int):
+        super().__init__()
+        self.cross_attn_blocks = nn.ModuleList(
+            [CrossAttentionFusionBlock(config, hidden_size) for _ in range(config.cross_attention_num_layers)]
+        )
+
+    def forward(self, visual: torch.Tensor, geometry: torch.Tensor, grids):
+        """visual, geometry: `[N, D]`, the tokens of all views in order; grids: one merged (h, w) per view."""
+        sizes = [h * w for h, w in grids]
+        fused = list(torch.split(visual, sizes))
+        geometry_views = torch.split(geometry, sizes)
+        # Views with the same grid run as one batch.
+        by_grid: dict[tuple[int, int], list[int]] = {}
+        for index, grid in enumerate(grids):
+            by_grid.setdefault(tuple(grid), []).append(index)
+        for (height, width), indices in by_grid.items():
+            hidden = torch.stack([fused[i] for i in indices])
+            context = torch.stack([geometry_views[i] for i in indices])
+            for block in self.cross_attn_blocks:
+                hidden = block(hidden, context, height, width)
+            for slot, i in enumerate(indices):
+                fused[i] = hidden[slot]
+        return torch.cat(fused), None
+
+
+FUSION_CLASSES = {
+    "gated": GatedFusion,
+    "add": AddFusion,
+    "concat": ConcatFusion,
+    "weighted": WeightedFusion,
+    "cross_attention": CrossAttentionFusion,
+}
+
+
+def build_fusion(config: GapMllmFusionConfig, hidden_size: int) -> nn.Module:
+    """The fusion module of `config.method` for tokens of width `hidden_size`."""
+    return FUSION_CLASSES[config.method](config, hidden_size)
+
+
+class GapMllmMultiLevelFusion(nn.Module):
+    """`mergers[l]` and `fusions[l]` for every level l (0 = main visual tokens, l ≥ 1 = DeepStack l-1)."""
+
+    def __init__(self, config: GapMllmConfig):
+        super().__init__()
+        vision = config.vlm_config.vision_config
+        fusion = config.geometry_fusion_config
+        self.merge_size = vision.spatial_merge_size
+        self.mergers = nn.ModuleList(
+            [
+                GapMllmGeometryMerger(
+                    input_size=2 * config.geometry_config.hidden_size,
+                    hidden_size=fusion.merger_hidden_size,
+                    output_size=vision.out_hidden_size,
+                    norm=fusion.merger_norm,
+                    norm_eps=fusion.merger_norm_eps,
+                    merge_size=self.merge_size,
+                )
+                for _ in range(config.num_fusion_levels)
+            ]
+        )
+        self.fusions = nn.ModuleList(
+            [build_fusion(fusion, vision.out_hidden_size) for _ in range(config.num_fusion_levels)]
+        )
+
+    def forward(
+        self,
+        visual_levels: list[tuple[torch.Tensor, ...]],
+        geometry_levels: list[list[torch.Tensor]],
+        merged_grids: list[tuple[int, int]],
+        output_gates: bool = False,
+    ) -> tuple[list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...] | None]:
+        """
+        Args:
+            visual_levels: per level, one `[n_i, D]` tensor per image (Qwen's `pooler_output` for level 0,
+                its `deepstack_features[l-1]` for level l).
+            geometry_levels: per level, one `[S_b, h_b, w_b, C]` tensor of VGGT patch features per sample
+                (samples in batch order, so their views concatenate to the image order).
+            merged_grids: the merged (h/2, w/2) grid of each image; `n_i = h_i/2 · w_i/2`.
+            output_gates: also return, per level, the gate averaged over channels `[N]` (`gated` only).
+
+        Returns:
+            the fused features with the structure of `visual_levels`, and the gates (or None).
+        """
+        sizes = [h * w for h, w in merged_grids]
+        fused_levels, gates = [], []
+        for level, (visual, geometry) in enumerate(zip(visual_levels, geometry_levels)):
+            merged = self._merge(level, geometry)
+            visual = torch.cat(visual)
+            fused, gate = self.fusions[level](visual, merged.to(visual.dtype), merged_grids)
+            fused_levels.append(torch.split(fused, sizes))
+            if output_gates and gate is not None:
+                gates.append(gate.mean(dim=-1))
+        return fused_levels, (tuple(gates) if output_gates and gates else None)
+
+    def _merge(self, level: int, geometry: list[torch.Tensor]) -> torch.Tensor:
+        """`[Σ views · merged tokens, D]`: the level's merger on every sample's `[S_b, h_b, w_b, C]` features, in order.
+
+        The merger works token by token, so samples of one patch grid go through it as one stack of views: one
+        call per level instead of one per sample (each call is a dozen kernel launches on a GPU).
+        """
+        if len({features.shape[1:] for features in geometry}) == 1:
+            return self.mergers[level](torch.cat(geometry))
+        return torch.cat([self.mergers[level](features) for features in geometry])
+
 
 logger = logging.get_logger(__name__)
 
@@ -112,7 +894,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     accepts_loss_kwargs = False  # Qwen3-VL's choice: Trainer then scales the loss for accumulation.
 
     def __init__(self, config: GapMllmConfig):
-        # Refuse before allocating when even a lower bound of the weights does not fit (config_sizes.py); on
+        # Refuse before allocating when even a lower bound of the weights does not fit (configuration_gap_mllm.py); on
         # the meta device (from_pretrained) nothing is allocated here.
         check_memory_for_parameters(config)
         super().__init__(config)
@@ -316,7 +1098,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> GapMllmImageEmbeddings:
         """GAP-MLLM's whole image path (geometry encoder, ViT, mergers, gates: each runs once) as the precomputed
-        image embeddings a stock Qwen3-VL takes, e.g. vLLM's `image_embeds` (see `engine_embeddings.py`).
+        image embeddings a stock Qwen3-VL takes, e.g. vLLM's `image_embeds` (see `modeling_gap_mllm.py`).
 
         Args:
             pixel_values: `[Σ h_i·w_i, 3·2·16·16]` ViT patches (`GapMllmProcessor`).
@@ -390,7 +1172,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
         Raises:
             ValueError: naming the input, for ids outside the vocabulary and ill-shaped or empty masks, labels or
-                token types (forward_checks.py).
+                token types (modeling_gap_mllm.py).
         """
         check_forward_inputs(self, input_ids, inputs_embeds, attention_mask, labels, mm_token_type_ids, past_key_values)
         mm_encoder_outputs, gates = None, None
@@ -439,7 +1221,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     def encode_scene(self, input_ids=None, pixel_values=None, image_grid_thw=None, output_gates: bool = False,
                      **kwargs) -> GapMllmScene:
         """Encode one multi-view scene once (geometry encoder, vision tower, fusion, prefill of the prompt up
-        to the last view) for `generate(scene=...)`; see `scene_cache.py`.
+        to the last view) for `generate(scene=...)`; see `generation_gap_mllm.py`.
 
         Args:
             input_ids, pixel_values, image_grid_thw, ...: the processor output for ONE sample, e.g.
@@ -450,7 +1232,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         return encode_scene(self, input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                             output_gates=output_gates, **kwargs)
 
-    compile_decoding = "off"  # generate's default compile_decoding (compiled_decoding.py); front ends set "auto"
+    compile_decoding = "off"  # generate's default compile_decoding (generation_gap_mllm.py); front ends set "auto"
 
     def generate(self, inputs=None, *args, scene: GapMllmScene | list[GapMllmScene] | None = None,
                  compile_decoding=None, answer_task=None, constrained: bool = False, **kwargs):
@@ -461,21 +1243,21 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
         `compile_decoding`: "off" (also False), "on" (True), "auto" (on where the model is on a CUDA device) or a
         transformers `CompileConfig`: a static cache and every decode step compiled whole, replayed as a CUDA graph on a
-        GPU; the same tokens, fewer launches (compiled_decoding.py). With or without a scene. Default: the model's
+        GPU; the same tokens, fewer launches (generation_gap_mllm.py). With or without a scene. Default: the model's
         `compile_decoding` attribute ("off" unless a front end set it).
 
         `answer_task` (a task name) with `tokenizer=`: that task's decoding settings (greedy, its budget unless
         `max_new_tokens` is given, its stop rule), and with `constrained=True` its answer grammar, built from this call's
-        inputs, for callers that never see the processor's output (`pipeline(...)`; answer_task_generation.py).
+        inputs, for callers that never see the processor's output (`pipeline(...)`; generation_gap_mllm.py).
 
         Context: a `max_new_tokens` that would pass `text_config.max_position_embeddings` after the prompt's
         highest M-RoPE position is lowered to what fits, with a warning (an INFO line when it is the task's own budget,
-        `DefaultBudget`; generation_checks.py).
+        `DefaultBudget`; generation_gap_mllm.py).
 
         Raises:
             ValueError: a token id outside the vocabulary, a prompt that itself reaches the end of the context
-                or a `min_new_tokens` that cannot fit (generation_checks.py); with a scene, also a scene of
-                another model or of changed weights (scene_cache.py).
+                or a `min_new_tokens` that cannot fit (generation_gap_mllm.py); with a scene, also a scene of
+                another model or of changed weights (generation_gap_mllm.py).
         """
         if compile_decoding is None:
             compile_decoding = self.compile_decoding
@@ -483,7 +1265,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             kwargs = answer_task_kwargs(answer_task, constrained, kwargs.get("input_ids", inputs), kwargs)
         if scene is not None and args:
             raise TypeError("generate(scene=...) takes generation options as keyword arguments only.")
-        with static_cache_pool(self).lending():  # a static cache's buffers are this call's (static_cache_pool.py)
+        with static_cache_pool(self).lending():  # a static cache's buffers are this call's (generation_gap_mllm.py)
             if scene is None:
                 self._check_generate_inputs(kwargs.get("input_ids", inputs), kwargs)
                 kwargs.update(compiled_decoding_kwargs(compile_decoding, self.device, kwargs))
@@ -494,7 +1276,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs):
         """transformers' hook for the static cache of a `generate` call: here lent by the model's pool, at the same
         addresses in every call of a length, so that compiled decoding replays its recorded CUDA graphs instead of
-        recording them again each call (static_cache_pool.py); its length rounded up as a scene call's."""
+        recording them again each call (generation_gap_mllm.py); its length rounded up as a scene call's."""
         if cache_implementation != "static" or prefill_chunk_size is not None:  # no chunked prefill nor offloading
             return super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
                                                  model_kwargs)
@@ -502,7 +1284,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
     def _check_generate_inputs(self, input_ids, kwargs: dict) -> None:
         """Refuse ids outside the vocabulary and prompts past the context; lower a `max_new_tokens` that would
-        pass it (in `kwargs`; generation_checks.py). A prompt continuing a cache given in `past_key_values` is
+        pass it (in `kwargs`; generation_gap_mllm.py). A prompt continuing a cache given in `past_key_values` is
         not checked: its positions start after the cache."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or kwargs.get("past_key_values") is not None:
             budget_to_grammars(self, kwargs, None)  # the context is not checked; the grammars plan for the call's budget
@@ -515,7 +1297,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # The geometry encoder runs at prefill only; with a cache, later steps see no images, nor what places their
-        # M-RoPE positions (model_inputs.py): a decode step then has the same inputs in every call.
+        # M-RoPE positions (configuration_gap_mllm.py): a decode step then has the same inputs in every call.
         if not is_first_iteration and kwargs.get("use_cache", True):
             for name in PREFILL_ONLY_INPUT_NAMES:
                 inputs.pop(name, None)
@@ -577,8 +1359,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 by default such a checkpoint is a ValueError naming the first tensor that holds one.
         """
         wants_info = kwargs.pop("output_loading_info", False)
-        with loading_bar_for(pretrained_model_name_or_path):  # no "Loading weights" bar for a small local checkpoint
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         broken = None if allow_non_finite_weights else first_non_finite_tensor(model.state_dict())
         if broken is not None:  # it would load and answer nothing (every box dropped), without a word
             raise ValueError(f"{pretrained_model_name_or_path}: the weights hold NaN or infinite values (first: "
@@ -617,32 +1398,16 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 `model.vggt_conversion_report`.
             from_pretrained_kwargs: passed to `Qwen3VLForConditionalGeneration.from_pretrained` (dtype, ...).
         """
-        # an unreachable Hub: the cached checkpoint at once, or one line, not a minute of retries (hub_reachability.py)
-        from_pretrained_kwargs = {**hub_loading_kwargs(qwen3_vl_name_or_path, "Qwen3-VL"), **from_pretrained_kwargs}
-        vlm = Qwen3VLForConditionalGeneration.from_pretrained(qwen3_vl_name_or_path, **from_pretrained_kwargs)
-        config = GapMllmConfig(
-            vlm_config=vlm.config,
-            geometry_config=geometry_config or {},
-            geometry_fusion_config=geometry_fusion_config or {},
-            attn_implementation=vlm.config._attn_implementation,
-        )
-        model = cls(config).to(vlm.dtype)
-        model.vlm = vlm
-        use_batched_qwen3_vl(vlm)
-        loaded = set()
-        if vggt_weights is not None:
-            if not config.use_geometry:
-                raise ValueError("vggt_weights were given but use_geometry=False: the model has no geometry encoder.")
-
-            report = load_vggt_weights(model.geometry_encoder, vggt_weights)
-            model.vggt_conversion_report = report
-            loaded = {"geometry_encoder." + key for key in report.mapped}
-            if isinstance(vggt_weights, (str, os.PathLike)):
-                config.geometry_config.source_checkpoint = str(vggt_weights)
+        try:  # the converter is installed with the package, never copied into a model folder
+            from gap_mllm.convert_vggt_to_hf import build_from_qwen3_vl
+        except ImportError as error:
+            raise ImportError("from_qwen3_vl builds a model with the gap-mllm package: pip install gap-mllm") from error
+        model, loaded = build_from_qwen3_vl(cls, qwen3_vl_name_or_path, geometry_config, geometry_fusion_config,
+                                            vggt_weights, **from_pretrained_kwargs)
+        use_batched_qwen3_vl(model.vlm)  # the loaded language model replaced the one __init__ prepared
         model.apply_freezing_policy()
         new_keys = [k for k in model.state_dict() if not k.startswith("vlm.") and k not in loaded]
-        groups = report_missing_weights(new_keys, str(qwen3_vl_name_or_path))
-        model.missing_weight_groups = sorted(groups)
+        model.missing_weight_groups = sorted(report_missing_weights(new_keys, str(qwen3_vl_name_or_path)))
         return model
 
 
@@ -650,4 +1415,13 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 # (without it a folder saved by a process that imported this module directly had `auto_map[None]`)
 GapMllmForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
-__all__ = ["GapMllmForConditionalGeneration", "GapMllmImageEmbeddings", "GapMllmOutput", "GapMllmPreTrainedModel", "GapMllmScene"]
+
+__all__ = [
+    "GapMllmForConditionalGeneration",
+    "GapMllmImageEmbeddings",
+    "GapMllmOutput",
+    "GapMllmPreTrainedModel",
+    "GapMllmScene",
+    "check_forward_inputs",
+    "concatenate_levels",
+]

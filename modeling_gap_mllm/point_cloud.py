@@ -3,14 +3,14 @@
 PLY is written and read with numpy only (binary little-endian, float32 xyz + optional uint8 rgb).
 This module is for users and front ends: the model's remote code never imports it (a saved model folder
 carries no file export). The point-map maths (`depth_to_world_points`, `fuse_point_cloud`, `PointCloud`)
-lives in `point_maps.py` and is re-exported here.
+lives in `modeling_vggt.py` and is re-exported here.
 """
 
 from pathlib import Path
 
 import numpy as np
 
-from .point_maps import PointCloud, depth_to_camera_points, depth_to_world_points, fuse_point_cloud
+from .modeling_vggt import PointCloud, depth_to_camera_points, depth_to_world_points, fuse_point_cloud
 
 
 def _ply_dtype(with_colors: bool) -> np.dtype:

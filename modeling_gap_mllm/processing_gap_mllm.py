@@ -43,7 +43,7 @@ User text and control tokens (a security rule: the Space passes a public textbox
     A prompt is tokenized in one piece, so text holding `<|im_end|>`, `<|im_start|>`, `<|vision_end|>` (or any
     other added token of the tokenizer) would become those tokens and write chat turns or move the views.
     - `query=` (grounding, spatial QA) and a free `text=` WITHOUT chat markup are user text: one holding any
-      added token of the tokenizer is refused with a ValueError naming the tokens (control_tokens.py). The
+      added token of the tokenizer is refused with a ValueError naming the tokens (tasks_gap_mllm.py). The
       text is never rewritten, so every accepted prompt has exactly the ids it had before the rule.
     - A `text=` WITH chat markup (`<|im_start|>`) is the explicit expert path (the training collator renders
       its samples that way): it is tokenized as written, after checking that it holds exactly one
@@ -64,42 +64,598 @@ this is exactly the official size; for other aspect ratios the official code's s
 364×476, or (H//16)·14 × (W//16)·14) can disagree with the Qwen grid, and we keep the alignment.
 """
 
+
 from __future__ import annotations
 
+import errno
+import functools
+import io
 import json
+import math
 import numbers
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
+import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.utils import logging
 
-from .image_alignment import (
-    VGGT_PATCH_SIZE,
-    crop_to_even_patch_count,
-    crop_top_left_to_multiple,
-    geometry_size_for_qwen_size,
-    jpeg_reencode,
-    load_image,
-    pil_to_tensor,
-    resize_bicubic,
-    resize_bicubic_antialias,
-    resize_bilinear,
-    smart_resize,
-    vggt_crop_preprocess,
+from .configuration_gap_mllm import PROCESSOR_GEOMETRY_INPUT_NAMES
+from .tasks_gap_mllm import (
+    CHAT_MARKER,
+    SYSTEM_PROMPT,  # noqa: F401 - re-exported
+    DetectionResult,
+    FrameSelectionResult,
+    GroundingResult,
+    PointmapResult,
+    TaskSpec,
+    check_chat_text,
+    drop_negative_token_ids,
+    refuse_control_tokens,
+    refuse_invalid_unicode,
+    render_chat_prompt,
+    resolve_task,
 )
-from .chat_format import CHAT_MARKER, SYSTEM_PROMPT, check_chat_text, render_chat_prompt  # noqa: F401 - SYSTEM_PROMPT re-exported
-from .control_tokens import refuse_control_tokens, refuse_invalid_unicode
-from .image_files import check_one_aspect_ratio
-from .model_inputs import PROCESSOR_GEOMETRY_INPUT_NAMES
-from .output_parsing import DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, drop_negative_token_ids
-from .tasks_gap_mllm import TaskSpec, resolve_task
-from .visual_prompt import apply_point_prompt
+
+# what a path that is not a regular file is instead, by its stat type (S_IFMT); anything else is "a special file"
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class NotARegularFile(OSError):
+    """A path a reader refuses: it is a FIFO, a device, a socket or a folder, not a regular file. The message names
+    the file and what it is; an OSError, so the command line shows it as one line (cli/errors.py)."""
+
+    def __init__(self, path, kind: str, what: str = "file"):
+        super().__init__(errno.EINVAL, f"{what} {path} is {kind}, not a regular file; give a regular file")
+        self.filename, self.kind, self.what = str(path), kind, what
+
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 22]" prefix
+        return self.strerror
+
+    def __reduce__(self):  # crosses process boundaries (datasets' workers) with its own arguments
+        return type(self), (self.filename, self.kind, self.what)
+
+
+def kind_of(mode: int) -> str | None:
+    """What a file of stat mode `mode` is, in words, when it is not a regular file; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((words for test, words in _KINDS if test(mode)), "a special file")
+
+
+def regular_file_problem(path) -> str | None:
+    """What `path` is when it exists and is not a regular file ("a FIFO (named pipe)", "a folder", ...), without
+    opening it; None for a regular file and for a path that is missing (the caller's own message names that)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return kind_of(mode)
+
+
+def open_regular_file(path, what: str = "file"):
+    """`open(path, "rb")` of a regular file (symbolic links followed); `NotARegularFile` naming `path` as `what`
+    ("colour image", "annotation file") for anything else, without waiting on a FIFO. Other OSErrors (missing, no
+    permission) are raised as `open` raises them."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        kind = kind_of(os.fstat(descriptor).st_mode)
+        if kind is not None:
+            raise NotARegularFile(path, kind, what)
+        os.set_blocking(descriptor, True)  # a regular file: reads as any other open file's
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def read_regular_bytes(path, what: str = "file") -> bytes:
+    """The bytes of regular file `path` (`open_regular_file`: `NotARegularFile` for anything else)."""
+    with open_regular_file(path, what) as handle:
+        return handle.read()
+
+
+def read_regular_text(path, what: str = "file", encoding: str = "utf-8") -> str:
+    """The text of regular file `path` (`open_regular_file`); a UnicodeDecodeError as `Path.read_text` raises it."""
+    return read_regular_bytes(path, what).decode(encoding)
+
+
+ORIENTATION_TAG = 0x0112  # EXIF "Orientation"
+SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # the tag values whose upright photo is the stored one turned by a quarter
+# How far one frame's width/height ratio may differ from the first frame's (relatively) and still count as its shape:
+# 1920x1080 beside 1920x1088 (a codec's padded rows) is one shape, 4:3 beside 3:2 (12.5 %) is not.
+ASPECT_RATIO_TOLERANCE = 0.01
+
+
+class AnimatedImageError(ValueError):
+    """An animated image file given where one frame is read (`read_image_file`)."""
+
+
+def upright(image: PIL.Image.Image) -> PIL.Image.Image:
+    """`image` as its EXIF orientation says it is viewed (a new image, the tag removed); `image` itself when it has
+    no orientation other than 1."""
+    if image.getexif().get(ORIENTATION_TAG, 1) == 1:
+        return image
+    return PIL.ImageOps.exif_transpose(image)
+
+
+def read_image_file(source, before_decoding=None) -> PIL.Image.Image:
+    """The image file `source` (a path or a binary file object), fully decoded and upright (`upright`), in its own
+    mode. `before_decoding(image)`, if given, sees the opened file first (its header: a reader's pixel limit is
+    checked before the pixels are decoded). PIL's errors pass through: each caller words them for its user; an
+    animated file is an `AnimatedImageError` (module docstring)."""
+    with PIL.Image.open(source) as image:
+        if getattr(image, "is_animated", False):
+            name = repr(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else "the image"
+            raise AnimatedImageError(f"{name} is an animated {image.format} of {image.n_frames} frames, a clip rather "
+                                     "than one frame: give its frames as images, or give the file to gap-mllm predict "
+                                     "or the Space, which sample it as a clip")
+        if before_decoding is not None:
+            before_decoding(image)
+        image.load()  # decoded: the image outlives the closed file
+        return upright(image)
+
+
+def displayed_size(image: PIL.Image.Image) -> tuple[int, int]:
+    """`(width, height)` of an opened image as it is viewed (its EXIF orientation applied), read from the header
+    without decoding the pixels."""
+    if image.getexif().get(ORIENTATION_TAG, 1) in SWAPPED_ORIENTATIONS:
+        return image.height, image.width
+    return image.width, image.height
+
+
+def _shape(size: tuple[int, int]) -> str:
+    width, height = size
+    return "landscape" if width > height else "portrait" if width < height else "square"
+
+
+def check_one_aspect_ratio(sizes, names) -> None:
+    """A ValueError when the frames of `sizes` (`(width, height)` each, as shown) do not share the first one's aspect
+    ratio (within `ASPECT_RATIO_TOLERANCE`), naming the first frame that differs and the first frame (`names`: how
+    each is named), with both sizes. Frames of one aspect ratio pass whatever their sizes."""
+    sizes, names = list(sizes), list(names)
+    if not sizes:
+        return
+    first_width, first_height = sizes[0]
+    for size, name in zip(sizes[1:], names[1:]):
+        width, height = size
+        if abs((width * first_height) / (height * first_width) - 1) > ASPECT_RATIO_TOLERANCE:
+            raise ValueError(
+                f"{name} is {width}x{height} ({_shape(size)}) but {names[0]} is {first_width}x{first_height} "
+                f"({_shape(sizes[0])}): the frames of one scene must share one aspect ratio (resized to one size, "
+                "they would be stretched); crop or turn them to one shape, or leave this frame out")
+
+
+QWEN_PATCH_SIZE = 16
+QWEN_MERGE_SIZE = 2
+QWEN_FACTOR = QWEN_PATCH_SIZE * QWEN_MERGE_SIZE  # 32 px per merged LLM token side
+VGGT_PATCH_SIZE = 14
+VGGT_TARGET_WIDTH = 518  # VGGT's training width (37 patches of 14 px)
+JPEG_QUALITY = 75  # PIL's default JPEG quality, used by the official inference base64 round trip
+
+
+def _smart_resize_fallback(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Copy of transformers' Qwen2-VL `smart_resize`, used only if that import ever moves."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
+        )
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+@functools.cache  # looked up once: smart_resize runs for every image
+def _transformers_smart_resize():
+    """transformers' own `smart_resize` (the Pil module: the torchvision one imports torchvision), None for a version
+    without it. Imported at the first call, not with this module: the SynthRooms writer and the CLI import this
+    module for its PIL helpers, and transformers' image processing costs about 2 s of imports."""
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as resize
+    except ImportError:  # pragma: no cover - only for transformers versions without the Pil module
+        return None
+    return resize
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = QWEN_FACTOR,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 14 * 14 * 4 * 1280,
+) -> tuple[int, int]:
+    """Qwen's resize rule: the (h̄, w̄) closest to (height, width), multiples of `factor`, with
+    `min_pixels <= h̄·w̄ <= max_pixels` (up to one `factor` step), aspect ratio kept as far as possible.
+
+    Delegates to transformers' `smart_resize` (the function the Pil image processor itself calls), so
+    the geometry branch can never disagree with the Qwen branch.
+    """
+    resize = _transformers_smart_resize() or _smart_resize_fallback
+    h_bar, w_bar = resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return int(h_bar), int(w_bar)
+
+
+def geometry_size_for_qwen_size(
+    qwen_height: int,
+    qwen_width: int,
+    qwen_patch_size: int = QWEN_PATCH_SIZE,
+    geometry_patch_size: int = VGGT_PATCH_SIZE,
+) -> tuple[int, int]:
+    """The grid rule: VGGT input size `(14·h̄/16, 14·w̄/16)` whose 14-px patch grid equals Qwen's 16-px grid.
+
+    Example: Qwen 416×544 (26×34 patches, 221 tokens) → VGGT 364×476; Qwen 384×512 → VGGT 336×448.
+    """
+    if qwen_height % qwen_patch_size or qwen_width % qwen_patch_size:
+        raise ValueError(
+            f"Qwen input size {qwen_height}x{qwen_width} is not a multiple of the {qwen_patch_size}-px patch size"
+        )
+    return (qwen_height // qwen_patch_size) * geometry_patch_size, (qwen_width // qwen_patch_size) * geometry_patch_size
+
+
+def vggt_crop_size(height: int, width: int, target_width: int = VGGT_TARGET_WIDTH) -> tuple[int, int, int]:
+    """Sizes of VGGT's official "crop" preprocessing for an input of `height × width`.
+
+    Returns `(resized_height, crop_top, output_height)`: the image is resized (bicubic) to
+    `resized_height × target_width` with `resized_height = round(H·518/W / 14)·14` (Python's `round`,
+    as in the official code), then rows `[crop_top, crop_top + output_height)` are kept, which centre-
+    crops the height to 518 when it is larger. 480×640 and 968×1296 both give `(392, 0, 392)`.
+    """
+    resized_height = round(height * (target_width / width) / VGGT_PATCH_SIZE) * VGGT_PATCH_SIZE
+    if resized_height < VGGT_PATCH_SIZE:
+        raise ValueError(f"image of {height}x{width} is too flat for VGGT's crop preprocessing")
+    if resized_height > target_width:
+        crop_top = (resized_height - target_width) // 2
+        return resized_height, crop_top, target_width
+    return resized_height, 0, resized_height
+
+
+def vggt_crop_preprocess(image: PIL.Image.Image, target_width: int = VGGT_TARGET_WIDTH) -> PIL.Image.Image:
+    """VGGT's official `load_and_preprocess_images(mode="crop")` on one RGB image, kept as a PIL image.
+
+    Width → 518 and height → `round(H·518/W/14)·14` (bicubic), centre crop of the height to 518 if larger.
+    Cropping the PIL image gives the same pixels as the official crop of the `to_tensor` output.
+    """
+    height, width = image.height, image.width
+    resized_height, crop_top, out_height = vggt_crop_size(height, width, target_width)
+    resized = image.resize((target_width, resized_height), PIL.Image.Resampling.BICUBIC)
+    if crop_top or out_height != resized_height:
+        resized = resized.crop((0, crop_top, target_width, crop_top + out_height))
+    return resized
+
+
+def crop_top_left_to_multiple(image: PIL.Image.Image, multiple: int = QWEN_FACTOR) -> PIL.Image.Image:
+    """Official training crop: keep the top-left `⌊H/m⌋·m × ⌊W/m⌋·m` pixels (392×518 → 384×512 for m = 32)."""
+    height, width = (image.height // multiple) * multiple, (image.width // multiple) * multiple
+    if height == 0 or width == 0:
+        raise ValueError(f"image of {image.height}x{image.width} is smaller than {multiple} px")
+    return image.crop((0, 0, width, height))
+
+
+def crop_to_even_patch_count(
+    image: PIL.Image.Image, patch_size: int = QWEN_PATCH_SIZE, merge_size: int = QWEN_MERGE_SIZE
+) -> PIL.Image.Image:
+    """Official inference crop: drop trailing 16-px patches (top-left kept) only where the count is odd.
+
+    No-op for 392×518 (24 and 32 patches); e.g. a width of 530 (33 patches) becomes 514.
+    """
+    width, height = image.width, image.height
+    if (width // patch_size) % merge_size:
+        width -= ((width // patch_size) % merge_size) * patch_size
+    if (height // patch_size) % merge_size:
+        height -= ((height // patch_size) % merge_size) * patch_size
+    if (width, height) == (image.width, image.height):
+        return image
+    return image.crop((0, 0, width, height))
+
+
+def jpeg_reencode(image: PIL.Image.Image, quality: int = JPEG_QUALITY) -> PIL.Image.Image:
+    """JPEG round trip at `quality` (official inference re-encodes every frame through base64 JPEG)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with PIL.Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
+def resize_bicubic(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Image:
+    """PIL bicubic resize to `height × width` (a copy; no-op sizes still return a new image)."""
+    if (image.height, image.width) == (height, width):
+        return image.copy()
+    return image.resize((width, height), PIL.Image.Resampling.BICUBIC)
+
+
+def resize_bicubic_antialias(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic resize of a float image tensor with antialiasing, as torchvision resizes a float32 tensor
+    (`transforms.v2.functional.resize(..., InterpolationMode.BICUBIC, antialias=True)`, the resize of the
+    Qwen3-VL torchvision image processor that the official inference feeds): `F.interpolate(mode="bicubic",
+    antialias=True, align_corners=False)`, the result neither clamped nor rounded (torchvision does both for
+    integer images only, so values may overshoot [0, 1] a little), and the input returned as is when the size
+    does not change. Without torchvision.
+
+    Args:
+        tensor: `[3, H, W]` or `[N, 3, H, W]` float32.
+    Returns:
+        the same rank, spatial size `height × width`, float32.
+    """
+    if tuple(tensor.shape[-2:]) == (height, width):
+        return tensor
+    squeeze = tensor.dim() == 3
+    batch = tensor.unsqueeze(0) if squeeze else tensor
+    out = F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return out[0] if squeeze else out
+
+
+def pil_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
+    """RGB PIL image → float32 tensor `[3, H, W]` in [0, 1] (torchvision's `to_tensor`, without torchvision)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def resize_bilinear(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize with `align_corners=False`, no antialias (what the official model does inside).
+
+    Args:
+        tensor: `[3, H, W]` or `[N, 3, H, W]` float.
+    Returns:
+        the same rank, spatial size `height × width`.
+    """
+    squeeze = tensor.dim() == 3
+    batch = tensor.unsqueeze(0) if squeeze else tensor
+    out = F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False)
+    return out[0] if squeeze else out
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _composite_rgba_on_white(rgba: PIL.Image.Image) -> PIL.Image.Image:
+    # VGGT's loader blends transparency onto white; doing it for every input keeps both branches equal.
+    background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return PIL.Image.alpha_composite(background, rgba).convert("RGB")
+
+
+# Pillow modes of single-channel images with more than 8 bits: 16-bit PNG / TIFF ("I;16*"), 32-bit
+# integer ("I") and float ("F"). `convert("RGB")` clips them at 255, which turns a 16-bit frame white.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+UINT16_MAX = 65535
+
+
+def _high_bit_depth_to_l(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
+    """A 16-bit ("I;16*", or "I" holding values in 0..65535) grey image as 8-bit "L", scaled by the
+    full 16-bit range: v -> round(v · 255 / 65535). Other ranges ("F", "I" beyond 16 bits) are refused."""
+    if image.mode == "F":
+        raise ValueError(
+            f"{name}: a 32-bit float image (mode F) has no defined brightness range; convert it to 8-bit RGB "
+            "(or pass a float array in [0, 1]) before giving it to the processor"
+        )
+    values = np.asarray(image, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > UINT16_MAX):
+        raise ValueError(
+            f"{name}: a 32-bit integer image (mode {image.mode}) with values in [{values.min()}, {values.max()}] "
+            "beyond the 16-bit range; convert it to 8-bit RGB first"
+        )
+    scaled = np.rint(values.astype(np.float64) * (255.0 / UINT16_MAX)).astype(np.uint8)
+    return PIL.Image.fromarray(scaled, mode="L")
+
+
+def pil_to_rgb(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image:
+    """A new RGB (8-bit) copy of a PIL image of any mode.
+
+    Transparency is blended onto white (as VGGT's loader does). 16-bit grey frames (16-bit PNG) are
+    scaled by their full range, 0..65535 -> 0..255; 32-bit float images are refused (ValueError naming
+    `name`): their range is undefined.
+    """
+    if image.mode in SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        image = _high_bit_depth_to_l(image, name)
+    return _pil_to_rgb(image)
+
+
+def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    if image.mode == "RGBA":
+        return _composite_rgba_on_white(image)
+    if image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return _composite_rgba_on_white(image.convert("RGBA"))
+    return image.convert("RGB")  # always a new object, so later drawing never touches the caller's image
+
+
+def _array_to_pil(array: np.ndarray, layout: str, name: str) -> PIL.Image.Image:
+    """`array` is HWC (`layout="hwc"`) or CHW; uint8 or float in [0, 1]; 1, 3 or 4 channels."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+        layout = "hwc"
+    if array.ndim != 3:
+        raise ValueError(f"{name}: expected an image array with 2 or 3 dimensions, got shape {tuple(array.shape)}")
+    if layout == "chw":
+        array = np.transpose(array, (1, 2, 0))
+    channels = array.shape[2]
+    if channels not in (1, 3, 4):
+        raise ValueError(f"{name}: expected 1, 3 or 4 channels, got shape {tuple(array.shape)} ({layout.upper()})")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name}: empty image of shape {tuple(array.shape)}")
+    if array.dtype == np.uint8:
+        data = array
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name}: float image contains NaN or infinite values")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < -1e-6 or hi > 1.0 + 1e-6:
+            raise ValueError(
+                f"{name}: float images must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                "(pass uint8 for 0-255 data)"
+            )
+        # Rounding makes k/255 floats (e.g. a to_tensor output) map back to exactly k.
+        data = np.clip(np.rint(array.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    else:
+        raise TypeError(f"{name}: unsupported image dtype {array.dtype} (use uint8 or float in [0, 1])")
+    data = np.ascontiguousarray(data)
+    if channels == 1:
+        return PIL.Image.fromarray(data[:, :, 0], mode="L").convert("RGB")
+    if channels == 4:
+        return _composite_rgba_on_white(PIL.Image.fromarray(data, mode="RGBA"))
+    return PIL.Image.fromarray(data, mode="RGB")
+
+
+def _guess_layout(shape: tuple[int, ...], prefer: str) -> str:
+    """HWC vs CHW for a 3-D array: the channel axis is the one of size 1, 3 or 4; ties go to `prefer`."""
+    first, last = shape[0] in (1, 3, 4), shape[-1] in (1, 3, 4)
+    if first and not last:
+        return "chw"
+    if last and not first:
+        return "hwc"
+    return prefer
+
+
+def load_image(image, name: str = "image") -> PIL.Image.Image:
+    """Convert one view to a new RGB `PIL.Image` (uint8).
+
+    Accepted inputs:
+        - `PIL.Image.Image` (any mode; transparency is blended onto white, as VGGT's loader does;
+          16-bit grey, e.g. a 16-bit PNG, is scaled by its full range to 8 bits; float mode "F" is refused);
+        - `str` / `os.PathLike` path to an image file, read upright (its EXIF orientation applied, as a photo viewer
+          shows it: processing_gap_mllm.py; an animated file is refused); a PIL image is taken as given (its current frame);
+        - `numpy.ndarray` HWC (or unambiguous CHW), uint8 or float in [0, 1], 1/3/4 channels, or 2-D grey;
+        - `torch.Tensor` CHW (or unambiguous HWC), uint8 or float in [0, 1].
+
+    Args:
+        name: how the input is named in error messages (e.g. "sample 1, view 3").
+
+    Raises:
+        FileNotFoundError: path that does not exist. ValueError: unreadable file, bad shape or range.
+        TypeError: unsupported type or dtype.
+    """
+    if isinstance(image, PIL.Image.Image):
+        return pil_to_rgb(image, name)
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        kind = regular_file_problem(path)  # regular files only (processing_gap_mllm.py): a FIFO would be waited on
+        if kind is not None:
+            raise ValueError(f"{name}: image file {str(path)!r} is {kind}, not a regular file")
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: image file not found: {str(path)!r}")
+        try:
+            return pil_to_rgb(read_image_file(path), f"{name} ({str(path)!r})")  # upright: EXIF orientation applied
+        except AnimatedImageError as err:  # a clip: which of its frames would be the view is the caller's choice
+            raise ValueError(f"{name}: {err}") from err
+        except PIL.Image.DecompressionBombError as err:
+            raise ValueError(
+                f"{name}: image file {str(path)!r} is refused as a possible decompression bomb ({err}); "
+                "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+            ) from err
+        except (PIL.UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"{name}: cannot read image file {str(path)!r}: {err}") from err
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.dtype in (torch.bfloat16, torch.float16):
+            array = array.float()
+        array = array.numpy()
+        layout = _guess_layout(array.shape, prefer="chw") if array.ndim == 3 else "hwc"
+        return _array_to_pil(array, layout, name)
+    if isinstance(image, np.ndarray):
+        layout = _guess_layout(image.shape, prefer="hwc") if image.ndim == 3 else "hwc"
+        return _array_to_pil(image, layout, name)
+    raise TypeError(
+        f"{name}: unsupported image type {type(image).__module__}.{type(image).__qualname__}; expected a PIL image, "
+        "a file path, a numpy array (HWC) or a torch tensor (CHW)"
+    )
+
+
+MARKER_COLOR = (255, 0, 0)
+MARKER_ARM = 10  # half-length of each bar
+MARKER_HALF_THICKNESS = 2  # the official `thickness = 3` draws offsets -2..2, i.e. a 5-px stroke
+
+
+def _as_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{what} must be an integer pixel coordinate, got {value!r}")
+
+
+def marker_mask(height: int, width: int, x: int, y: int) -> np.ndarray:
+    """Boolean mask `[height, width]` of the pixels the marker at column `x`, row `y` paints."""
+    mask = np.zeros((height, width), dtype=bool)
+    arm, half = MARKER_ARM, MARKER_HALF_THICKNESS
+    # Python slices clip at the borders for us; negative starts must be clamped to 0 by hand.
+    mask[max(y - half, 0) : max(y + half + 1, 0), max(x - arm, 0) : max(x + arm + 1, 0)] = True
+    mask[max(y - arm, 0) : max(y + arm + 1, 0), max(x - half, 0) : max(x + half + 1, 0)] = True
+    return mask
+
+
+def check_marker_inside(x: int, y: int, width: int, height: int, name: str = "marker") -> None:
+    """Raise ValueError naming `name` unless the pixel (x, y) (column, row) lies inside a `width × height` image."""
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(
+            f"{name}: marker pixel (x={x}, y={y}) is outside the {width}x{height} view "
+            f"(x must be in [0, {width - 1}], y in [0, {height - 1}], in the view's original pixel grid)"
+        )
+
+
+def draw_marker(image: PIL.Image.Image, x: int, y: int, name: str = "marker") -> PIL.Image.Image:
+    """Return an RGB copy of `image` with the red "+" centred at column `x`, row `y`.
+
+    The centre must be inside the image (ValueError naming `name` otherwise); arms that cross the border
+    are clipped. The input is not modified.
+    """
+    x, y = _as_int(x, f"{name} x"), _as_int(y, f"{name} y")
+    check_marker_inside(x, y, image.width, image.height, name)
+    rgb = np.array(image.convert("RGB"), dtype=np.uint8)  # np.array copies
+    rgb[marker_mask(rgb.shape[0], rgb.shape[1], x, y)] = MARKER_COLOR
+    return PIL.Image.fromarray(rgb, mode="RGB")
+
+
+def parse_point_prompt(point_prompt, num_views: int, name: str = "point prompt") -> tuple[int, int, int]:
+    """Validate `(view_idx, x, y)` against `num_views`; returns plain ints.
+
+    Raises:
+        TypeError / ValueError: not a 3-sequence of integers.
+        IndexError: `view_idx` outside `[0, num_views)` (negative indices are rejected, not wrapped).
+    """
+    if not isinstance(point_prompt, Sequence) or isinstance(point_prompt, str) or len(point_prompt) != 3:
+        raise ValueError(f"{name} must be (view_idx, x, y), got {point_prompt!r}")
+    view_idx = _as_int(point_prompt[0], f"{name} view index")
+    x = _as_int(point_prompt[1], f"{name} x")
+    y = _as_int(point_prompt[2], f"{name} y")
+    if not 0 <= view_idx < num_views:
+        raise IndexError(f"{name}: view index {view_idx} is out of range for a sample with {num_views} view(s)")
+    return view_idx, x, y
+
+
+def apply_point_prompt(views: Sequence[PIL.Image.Image], point_prompt, name: str = "point prompt") -> list:
+    """Paint the marker `(view_idx, x, y)` into a copy of view `view_idx`; the other views are passed through.
+
+    Args:
+        views: the sample's views as PIL images, at their original resolution.
+        point_prompt: `(view_idx, x, y)` or None (views returned unchanged, as a new list).
+    Returns:
+        a new list of views; the caller's list and images are not modified.
+    Raises:
+        ValueError / TypeError / IndexError: a malformed prompt, or a marker pixel outside its view.
+    """
+    views = list(views)
+    if point_prompt is None:
+        return views
+    view_idx, x, y = parse_point_prompt(point_prompt, len(views), name)
+    views[view_idx] = draw_marker(views[view_idx], x, y, name=f"{name} (view {view_idx})")
+    return views
+
 
 logger = logging.get_logger(__name__)
 
@@ -441,7 +997,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return loaded
 
     def chat_prompt(self, segments, answer: str | None = None) -> str:
-        """The chat text of one sample (the one chat layout of chat_format.py): system prompt, the user turn
+        """The chat text of one sample (the one chat layout of tasks_gap_mllm.py): system prompt, the user turn
         `segments` (`None` = one view, str = a text item), then `answer` (training) or the generation prompt.
         The text items and the answer are text, not markup: text holding a control token of the tokenizer is
         refused (module docstring), adjacent text items checked joined, as the prompt holds them."""
@@ -449,7 +1005,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
         """transformers' `apply_chat_template` (`tokenize=True/False`, `return_dict=True`, a batch of conversations),
-        after the text of every message is checked by the rule of control_tokens.py: the chat template writes the
+        after the text of every message is checked by the rule of tasks_gap_mllm.py: the chat template writes the
         markup, a message's text may not (a ValueError names the conversation, the message and the tokens). The
         role is text the template writes into the turn's header, so it is checked the same way."""
         batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(conversation[0], (list, tuple))
@@ -867,4 +1423,22 @@ class GapMllmProcessor(Qwen3VLProcessor):
 # `save_pretrained` writes the auto_map entry and copies the remote code for this class, however it was imported
 GapMllmProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["GapMllmProcessor", "OFFICIAL_PIXEL_LIMITS", "PREPROCESSING_MODES", "QWEN3_VL_IMAGE_MEAN", "QWEN3_VL_IMAGE_STD"]
+
+__all__ = [
+    "AnimatedImageError",
+    "GapMllmProcessor",
+    "NotARegularFile",
+    "OFFICIAL_PIXEL_LIMITS",
+    "PREPROCESSING_MODES",
+    "QWEN3_VL_IMAGE_MEAN",
+    "QWEN3_VL_IMAGE_STD",
+    "check_one_aspect_ratio",
+    "displayed_size",
+    "kind_of",
+    "open_regular_file",
+    "read_image_file",
+    "read_regular_bytes",
+    "read_regular_text",
+    "regular_file_problem",
+    "upright",
+]

@@ -20,58 +20,1418 @@ runners, `gap-mllm predict / evaluate / train` and the Space.
 Prompt wording: `official=True` marks templates copied verbatim from the official inference code
 (docs/method.md §3.3-3.4: detection and both grounding stages); the others are ours, since the official
 wording is not public. Boxes are `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the first frame's
-OpenCV camera (metres, radians; target_format.py). Old names (`det`, `caption`, `recon`, `qa`,
+OpenCV camera (metres, radians; tasks_gap_mllm.py). Old names (`det`, `caption`, `recon`, `qa`,
 `pointmap`, `frame_selection`) still resolve, with a deprecation warning naming the new name.
 """
 
+
 from __future__ import annotations
 
+import ast
+import functools
+import json
 import math
 import numbers
+import re
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .answer_grammar import (
-    DETECTION_LIST,
-    EntryList,
-    caption_grammar,
-    detection_grammar,
-    frame_selection_grammar,
-    grounding_grammar,
-    pointmap_grammar,
-    spatial_answer_grammar,
+# Every control token of the Qwen2/2.5/3(-VL) tokenizers has one of these shapes: `<|im_start|>`, `<|vision_end|>`,
+# `<|box_start|>`, `<|endoftext|>`, ... and the reasoning / tool markers `<think>`, `</tool_call>`, `<tool_response>`.
+MARKUP_PATTERN = re.compile(r"<\|[A-Za-z0-9_]+\|>|</?(?:think|tool_call|tool_response)>")
+
+
+class PromptTextError(ValueError):
+    """Text that must not become part of a chat prompt: it holds control tokens or is not valid Unicode."""
+
+
+def added_token_contents(tokenizer) -> dict[int, str]:
+    """`{id: text}` of the tokenizer's added tokens (the chat and vision markers and any other added token)."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return {int(index): str(getattr(token, "content", token)) for index, token in decoder.items()}
+
+
+def refuse_invalid_unicode(text: str, what: str) -> None:
+    """Raise `PromptTextError` when `text` (named `what`) holds a lone surrogate: not text a tokenizer can read
+    (Python decodes the bytes of a non-UTF-8 command line or file with `surrogateescape` into U+DC80..U+DCFF)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        byte = f", the byte 0x{code - 0xDC00:02x} of an input that is not UTF-8" if 0xDC80 <= code <= 0xDCFF else ""
+        raise PromptTextError(
+            f"{what} is not valid text: character {error.start} is U+{code:04X}, a lone surrogate{byte}. Give the "
+            "text as UTF-8."
+        ) from None
+
+
+def control_tokens_in(tokenizer, text: str) -> list[str]:
+    """The control tokens `text` holds, in order of first appearance: the Qwen markup (`MARKUP_PATTERN`) and,
+    when `tokenizer` is given, its added tokens, written out literally or produced when it reads `text`
+    (normalisation included). `text` must be valid Unicode (`refuse_invalid_unicode`)."""
+    found = list(dict.fromkeys(match.group() for match in MARKUP_PATTERN.finditer(text)))
+    if tokenizer is None:
+        return found
+    added = added_token_contents(tokenizer)
+    found += [content for content in added.values() if content and content in text and content not in found]
+    found.sort(key=text.find)  # every one so far is written out in the text
+    for index in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        content = added.get(int(index))
+        if content is not None and content not in found:
+            found.append(content)
+    return found
+
+
+def refuse_control_tokens(tokenizer, text: str, what: str) -> None:
+    """The rule (module docstring): raise `PromptTextError` (a ValueError) when `text`, user or dataset text named
+    `what` (e.g. "sample 0: the query"), is not valid Unicode or holds a control token. `tokenizer`: the one the
+    prompt will be read with, or None where none is at hand (the Qwen markup is checked then)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be text, got {type(text).__name__} {text!r:.60}")
+    refuse_invalid_unicode(text, what)
+    found = control_tokens_in(tokenizer, text)
+    if found:
+        raise PromptTextError(
+            f"{what} contains the tokenizer's control token(s) {', '.join(map(repr, found))}: user text must not write "
+            "chat or vision markup (it would end the user turn or move the views). Remove them from the text."
+        )
+
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+IMAGE_PLACEHOLDER = "<image>"  # one per view in the human turn of the official annotation files
+CHAT_MARKER = "<|im_start|>"
+ASSISTANT_HEADER = "<|im_start|>assistant\n"  # masked in the labels (docs/method.md §8.2)
+
+
+def segments_from_placeholders(prompt: str, num_images: int) -> list[str | None]:
+    """`"Frame-0: <image>Frame-1: <image>\\nText"` → `["Frame-0: ", None, "Frame-1: ", None, "\\nText"]`.
+
+    Raises:
+        ValueError: when the prompt's `<image>` count differs from `num_images`.
+    """
+    pieces = prompt.split(IMAGE_PLACEHOLDER)
+    if len(pieces) - 1 != num_images:
+        raise ValueError(
+            f"the prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given"
+        )
+    segments: list[str | None] = []
+    for index, piece in enumerate(pieces):
+        if piece:
+            segments.append(piece)
+        if index < num_images:
+            segments.append(None)
+    return segments
+
+
+def placeholders_from_segments(segments: Sequence[str | None]) -> str:
+    """Inverse of `segments_from_placeholders`: the annotation-file form of a user turn."""
+    return "".join(IMAGE_PLACEHOLDER if segment is None else segment for segment in segments)
+
+
+def chat_messages(segments: Sequence[str | None], answer: str | None = None) -> list[dict]:
+    """Messages for `apply_chat_template`: the system prompt, the user turn, then the answer if given."""
+    content = [{"type": "image"} if segment is None else {"type": "text", "text": segment}
+               for segment in segments if segment is None or segment]
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def text_runs(segments: Sequence[str | None]) -> list[tuple[list[int], str]]:
+    """`(indices, joined text)` of each run of text items not separated by a view: the text the prompt holds
+    between two views (empty items are dropped by `chat_messages`, so they separate nothing)."""
+    runs: list[tuple[list[int], str]] = []
+    after_text = False  # the previous non-empty segment was text: this one continues its run
+    for index, segment in enumerate(segments):
+        if segment is None:
+            after_text = False
+        elif segment:
+            indices, text = runs.pop() if after_text else ([], "")
+            runs.append(([*indices, index], text + segment))
+            after_text = True
+    return runs
+
+
+def check_chat_text(tokenizer, segments: Sequence[str | None], answer: str | None = None,
+                    turn: str = "the user turn") -> None:
+    """Raise `control_tokens.PromptTextError` (a ValueError) naming the text items (of `turn`) or the answer when
+    they hold a control token of `tokenizer` or are not valid Unicode; adjacent text items are checked joined."""
+    for indices, text in text_runs(segments):
+        what = (f"text item {indices[0]} of {turn}" if len(indices) == 1 else
+                f"text items {indices[0]}-{indices[-1]} of {turn} (joined, as the prompt holds them)")
+        refuse_control_tokens(tokenizer, text, what)
+    if answer is not None:
+        refuse_control_tokens(tokenizer, answer, "the answer")
+
+
+def render_chat_prompt(tokenizer, segments: Sequence[str | None], answer: str | None = None,
+                       chat_template: str | None = None) -> str:
+    """The chat text of one sample: `chat_messages` through the tokenizer's chat template (or
+    `chat_template`), ending with the answer (training) or with the generation prompt (inference).
+
+    Raises:
+        control_tokens.PromptTextError: (a ValueError) for text items or an answer holding a control token of
+            `tokenizer` or not valid Unicode (`check_chat_text`).
+    """
+    check_chat_text(tokenizer, segments, answer)
+    return tokenizer.apply_chat_template(chat_messages(segments, answer), chat_template=chat_template,
+                                         tokenize=False, add_generation_prompt=answer is None)
+
+
+if TYPE_CHECKING:  # numpy is imported where an array is built: `gap-mllm --help` and argument mistakes read the
+    import numpy as np  # task registry, which imports this module, and need no numpy (tests/test_cli_startup.py)
+
+DEFAULT_DECIMALS = 2
+
+# The label key of the pre-training answer is not public (docs/method.md §4.1, §10.1); "label" is our choice.
+POINTMAP_LABEL_KEY = "label"
+
+# The pieces of the answer texts, named once: the serialisers below write them and the answer grammars
+# (tasks_gap_mllm.py) are built from them, so a format and its grammar cannot drift apart.
+BOX_KEY = "bbox_3d"  # grounding and detection boxes
+LABEL_KEY = "label"  # a detection entry's label
+FRAME_KEY = "frame"  # grounding stage 1
+POINTMAP_KEY = "pointmap"  # the pre-training answer's point
+ITEM_SEPARATOR, KEY_SEPARATOR = ", ", ": "  # json.dumps' own defaults, passed explicitly
+DETECTION_OPEN = "```json\n[\n"  # the official detection answer: fence, list, one entry per line
+DETECTION_INDENT = "\t"
+DETECTION_LINE_END = ",\n"
+DETECTION_CLOSE = "]```"
+
+
+def _finite_floats(values, count: int, what: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be {count} numbers, got {values!r}") from err
+    if len(out) != count:
+        raise ValueError(f"{what} must have {count} numbers, got {len(out)}")
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError(f"{what} must be finite, got {out}")
+    return out
+
+
+def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """`Ry(roll) · Rx(pitch) · Rz(yaw)` as a `[3, 3]` float64 array (= scipy `from_euler("zxy", ...)`)."""
+    import numpy as np
+
+    cy_, sy_ = math.cos(yaw), math.sin(yaw)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
+    rz = np.array([[cy_, -sy_, 0.0], [sy_, cy_, 0.0], [0.0, 0.0, 1.0]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cp, -sp], [0.0, sp, cp]])
+    ry = np.array([[cr, 0.0, sr], [0.0, 1.0, 0.0], [-sr, 0.0, cr]])
+    return ry @ rx @ rz
+
+
+@dataclass(frozen=True)
+class Box3D:
+    """An oriented 3D box in the first view's OpenCV camera frame (metres, radians; see module docstring).
+
+    Attributes:
+        label: object name, or None (grounding answers carry no label).
+        center: `(cx, cy, cz)`.
+        size: `(sx, sy, sz)` along the box's own x, y, z axes.
+        angles: `(yaw, pitch, roll)`; `R = Ry(roll)·Rx(pitch)·Rz(yaw)`.
+    """
+
+    label: str | None
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    angles: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))
+
+    def __post_init__(self):
+        if self.label is not None and not isinstance(self.label, str):
+            raise TypeError(f"Box3D label must be a string or None, got {self.label!r}")
+        object.__setattr__(self, "center", _finite_floats(self.center, 3, "Box3D center"))
+        object.__setattr__(self, "size", _finite_floats(self.size, 3, "Box3D size"))
+        object.__setattr__(self, "angles", _finite_floats(self.angles, 3, "Box3D angles"))
+
+    def to_list(self) -> list[float]:
+        """`[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` (9 floats)."""
+        return [*self.center, *self.size, *self.angles]
+
+    @classmethod
+    def from_list(cls, values, label: str | None = None) -> "Box3D":
+        """Inverse of `to_list`. Raises ValueError unless `values` holds exactly 9 finite numbers."""
+        v = _finite_floats(values, 9, "bbox_3d")
+        return cls(label=label, center=v[0:3], size=v[3:6], angles=v[6:9])
+
+    def rotation_matrix(self) -> np.ndarray:
+        """`[3, 3]` rotation box → camera frame (`Ry(roll)·Rx(pitch)·Rz(yaw)`)."""
+        return rotation_matrix(*self.angles)
+
+    def corners(self) -> np.ndarray:
+        """The 8 corners `[8, 3]`: `R · (size ⊙ c) + center` for c ∈ {−½, ½}³ (x fastest)."""
+        import numpy as np
+
+        unit = np.array([[x, y, z] for z in (-0.5, 0.5) for y in (-0.5, 0.5) for x in (-0.5, 0.5)])
+        return (unit * np.asarray(self.size)) @ self.rotation_matrix().T + np.asarray(self.center)
+
+    def rounded(self, decimals: int = DEFAULT_DECIMALS) -> "Box3D":
+        """The box as its serialised text reads back (every value through Python's `round`)."""
+        return Box3D.from_list([round(v, decimals) for v in self.to_list()], label=self.label)
+
+
+def _numbers(values, decimals: int) -> list[float]:
+    return [round(float(v), decimals) for v in values]
+
+
+def _dumps(obj) -> str:
+    # json.dumps prints floats with repr(): 0.44, -0.0, 2.0 - exactly like the official targets.
+    return json.dumps(obj, allow_nan=False, separators=(ITEM_SEPARATOR, KEY_SEPARATOR))
+
+
+def detection_entry(box: Box3D, decimals: int = DEFAULT_DECIMALS) -> str:
+    """One detection line without indentation: `{"label": "couch", "bbox_3d": [...]}`."""
+    if box.label is None:
+        raise ValueError("detection boxes need a label")
+    return _dumps({LABEL_KEY: box.label, BOX_KEY: _numbers(box.to_list(), decimals)})
+
+
+def serialize_detection(boxes, decimals: int = DEFAULT_DECIMALS) -> str:
+    """The official detection answer: a ```json fence, `[`, one TAB-indented dict per line, `]```.
+
+    Lines end with `,` except the last one; the closing fence follows `]` directly. An empty list is
+    written as "```json\\n[\\n]```".
+    """
+    lines = [DETECTION_INDENT + detection_entry(box, decimals) for box in boxes]
+    body = DETECTION_LINE_END.join(lines)
+    return DETECTION_OPEN + (body + "\n" if body else "") + DETECTION_CLOSE
+
+
+def serialize_grounding(box: Box3D, decimals: int = DEFAULT_DECIMALS) -> str:
+    """`{"bbox_3d": [9 numbers]}` (the label is not part of the grounding answer)."""
+    return _dumps({BOX_KEY: _numbers(box.to_list(), decimals)})
+
+
+def serialize_frame_selection(frame: int) -> str:
+    """`{"frame": k}` (ScanRefer stage 1)."""
+    if isinstance(frame, bool) or int(frame) != frame:
+        raise ValueError(f"frame must be an integer, got {frame!r}")
+    return _dumps({FRAME_KEY: int(frame)})
+
+
+def serialize_pointmap(point, label: str | None = None, decimals: int = DEFAULT_DECIMALS) -> str:
+    """`{"pointmap": [x, y, z], "label": "..."}` on one line (no fence; the official line parser needs it).
+
+    The label key name is not public; we use `"label"` (`POINTMAP_LABEL_KEY`). With `label=None` the key
+    is omitted. Point in the first view's OpenCV camera frame, metres (the most consistent reading of
+    the official evaluator, docs/method.md §10.1).
+    """
+    values = _finite_floats(point, 3, "pointmap")
+    obj = {POINTMAP_KEY: _numbers(values, decimals)}
+    if label is not None:
+        if not isinstance(label, str):
+            raise TypeError(f"pointmap label must be a string, got {label!r}")
+        obj[POINTMAP_LABEL_KEY] = label
+    return _dumps(obj)
+
+
+def serialize_caption(caption: str) -> str:
+    """A caption answer is the caption itself (surrounding whitespace removed); it must not be empty."""
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"a caption must be a non-empty string, got {caption!r}")
+    return caption.strip()
+
+
+def serialize_spatial_answer(answer) -> str:
+    """A spatial-QA answer: the number (`repr`, so 3.5 → "3.5") or the option letter as text."""
+    if isinstance(answer, bool) or answer is None:
+        raise ValueError(f"a spatial-QA answer must be a number or a string, got {answer!r}")
+    if isinstance(answer, (int, float)):
+        return _dumps(answer)
+    text = str(answer).strip()
+    if not text:
+        raise ValueError("a spatial-QA answer must not be empty")
+    return text
+
+
+MAX_TEXT_CHARS = 100_000  # ≈ 25k generated tokens; official generation stops at 1280-4096 tokens
+MAX_NESTING_DEPTH = 32  # valid answers nest at most 3 deep
+BOX_KEYS = ("bbox_3d", "box_3d")  # the detection prompt says "box_3d" while targets use "bbox_3d"
+POINTMAP_LABEL_KEYS = (POINTMAP_LABEL_KEY, "semantic_label", "category", "class", "name")
+
+
+@dataclass
+class DetectionResult:
+    """Parsed detection answer.
+
+    Attributes:
+        boxes: the valid entries, in output order.
+        reason: None when the text parsed cleanly, else what went wrong (entries may still be present).
+        skipped: number of entries that looked like boxes but were dropped (wrong count, non-finite, ...).
+    """
+
+    boxes: list[Box3D] = field(default_factory=list)
+    reason: str | None = None
+    skipped: int = 0
+
+
+@dataclass
+class GroundingResult:
+    """Parsed grounding answer: one box (label None unless the text had one) or None with a reason."""
+
+    box: Box3D | None = None
+    reason: str | None = None
+
+
+@dataclass
+class FrameSelectionResult:
+    """Parsed frame-selection answer; `frame` is clamped to `[0, num_frames − 1]` when that was given."""
+
+    frame: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class PointmapResult:
+    """Parsed pre-training answer: `point` `(x, y, z)` and the optional semantic `label`."""
+
+    point: tuple[float, float, float] | None = None
+    label: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class CaptionResult:
+    """Parsed captioning answer: the caption (surrounding whitespace removed), or None with a reason."""
+
+    caption: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class SpatialAnswerResult:
+    """Parsed spatial-QA answer.
+
+    Attributes:
+        answer: the answer word as VSI-Bench reads it (first space-separated word, trailing dots removed:
+            "B. chair" → "B", "3.5 meters" → "3.5"), or None for an empty answer.
+        value: `answer` as a number when it is one (numerical questions), else None.
+        reason: None, or what went wrong.
+    """
+
+    answer: str | None = None
+    value: float | None = None
+    reason: str | None = None
+# ------------------------------------------------------------------------------------- token ids
+
+
+def drop_negative_token_ids(rows) -> list[list[int]]:
+    """Rows of token ids without their negative entries.
+
+    Negative ids are never tokens: -100 is the ignore index of labels (and what people pad generated
+    ids with), other negative values are padding conventions. Tokenizers cannot decode them (Rust
+    `OverflowError`), so they are dropped before decoding.
+    """
+    return [[int(i) for i in row if int(i) >= 0] for row in rows]
+
+
+# ------------------------------------------------------------------------------------ literal parsing
+
+
+def _find_fence(text: str, start: int = 0) -> int:
+    """Index of the first ``` at or after `start` that is not inside a double-quoted string, or -1
+    (a JSON label such as "```" must not end the fence)."""
+    for i, ch, in_string in _scan(text[start:], quotes='"'):
+        if not in_string and ch == "`" and text.startswith("```", start + i):
+            return start + i
+    return -1
+
+
+def strip_code_fences(text: str) -> str:
+    """Content of the first ``` fence that holds something (language tag such as `json` dropped; unclosed fence
+    runs to the end), or the stripped text when there is no fence. Fences with nothing inside are skipped, so an
+    answer that opens its fence several times ("```json\\n```json\\n{...}") gives the literal after the last
+    opening, not an empty body. Backticks inside double-quoted strings do not count as fences."""
+    start = _find_fence(text)
+    if start < 0:
+        return text.strip()
+    while start >= 0:
+        body_start = start + 3
+        while body_start < len(text) and (text[body_start].isalnum() or text[body_start] == "_"):
+            body_start += 1  # language tag ("json", "python", ...)
+        end = _find_fence(text, body_start)
+        body = text[body_start : end if end >= 0 else len(text)].strip()
+        if body:
+            return body
+        start = end  # an empty fence: the next ``` opens the next candidate
+    return ""
+
+
+def quoted_answer(text: str, limit: int = 120) -> str:
+    """The raw answer as a parse problem quotes it: `repr`, cut to `limit` characters with the rest counted."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text) - limit} more characters)"
+
+
+def _scan(text: str, quotes: str = "'\""):
+    """Yield `(index, char, in_string)`, tracking string literals opened by any of `quotes` (with escapes)."""
+    quote = None
+    escaped = False
+    for i, ch in enumerate(text):
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+            yield i, ch, True
+        elif ch in quotes:
+            quote = ch
+            yield i, ch, True
+        else:
+            yield i, ch, False
+
+
+def nesting_depth(text: str) -> int:
+    """Maximum bracket depth outside string literals.
+
+    Computed twice, with and without single quotes as string delimiters, and the larger one returned:
+    an apostrophe in prose ("Here's ...") must not hide deep brackets from the guard.
+    """
+    best = 0
+    for quotes in ("'\"", '"'):
+        depth = 0
+        for _, ch, in_string in _scan(text, quotes):
+            if in_string:
+                continue
+            if ch in "[{(":
+                depth += 1
+                best = max(best, depth)
+            elif ch in "]})":
+                depth = max(depth - 1, 0)
+    return best
+
+
+_PY_WORDS = {"true": "True", "false": "False", "null": "None"}
+
+
+def _to_python_literal(text: str) -> str:
+    """Rewrite JSON-isms for `ast.literal_eval`: drop trailing commas, map true/false/null (outside strings)."""
+    out: list[str] = []
+    chars = list(_scan(text))
+    n = len(chars)
+    i = 0
+    while i < n:
+        _, ch, in_string = chars[i]
+        if not in_string and ch == ",":
+            j = i + 1
+            while j < n and not chars[j][2] and chars[j][1].isspace():
+                j += 1
+            if j < n and not chars[j][2] and chars[j][1] in "]}":
+                i += 1  # trailing comma: drop it
+                continue
+        if not in_string and ch.isalpha() and (i == 0 or not (chars[i - 1][1].isalnum() or chars[i - 1][1] == "_")):
+            j = i
+            while j < n and not chars[j][2] and (chars[j][1].isalnum() or chars[j][1] == "_"):
+                j += 1
+            word = text[i:j]
+            out.append(_PY_WORDS.get(word, word))
+            i = j
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _first_balanced_block(text: str, quotes: str) -> str | None:
+    """The first `{...}` or `[...]` block (whichever opens first), balanced outside strings."""
+    opening = None
+    depth = 0
+    start = -1
+    for i, ch, in_string in _scan(text, quotes):
+        if in_string:
+            continue
+        if opening is None:
+            if ch in "[{":
+                opening, start, depth = ch, i, 1
+            continue
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1]
+    return None
+
+
+def _try_literal(candidate: str):
+    """`(value, None)` on success, `(None, error)` otherwise. Never raises."""
+    if nesting_depth(candidate) > MAX_NESTING_DEPTH:  # checked per candidate: json/ast recurse per level
+        return None, f"brackets nested deeper than {MAX_NESTING_DEPTH}"
+    try:
+        return json.loads(candidate), None
+    except Exception as err:  # noqa: BLE001 - any failure moves on to the literal fallback
+        json_error = f"{type(err).__name__}: {err}"
+    try:
+        with warnings.catch_warnings():  # model text may hold invalid escapes ("\\ "): not our warning to raise
+            warnings.simplefilter("ignore")
+            return ast.literal_eval(_to_python_literal(candidate)), None
+    except Exception:  # noqa: BLE001 - SyntaxError, ValueError, MemoryError, RecursionError, ...
+        return None, json_error
+
+
+def parse_literal(text: str, allow_block: bool = True):
+    """Parse one JSON / Python literal out of a model answer.
+
+    Args:
+        allow_block: when the whole (fence-stripped) text is not a literal, try its first balanced
+            `{...}` / `[...]` block (prose around the answer).
+    Returns:
+        `(value, None)` on success, `(None, reason)` otherwise. Never raises, never executes code.
+    """
+    if not isinstance(text, str):
+        return None, f"expected a string, got {type(text).__name__}"
+    if len(text) > MAX_TEXT_CHARS:
+        return None, f"text is too long ({len(text)} characters > {MAX_TEXT_CHARS})"
+    body = strip_code_fences(text)
+    if not body:  # "empty answer" only for an answer of whitespace: fences with nothing inside are quoted
+        return None, "empty answer" if not text.strip() else f"no answer inside the code fences of {quoted_answer(text)}"
+    if nesting_depth(body) > MAX_NESTING_DEPTH:
+        return None, f"brackets nested deeper than {MAX_NESTING_DEPTH} in {quoted_answer(text)}"
+    value, error = _try_literal(body)
+    if error is None:
+        # A literal `null` / `None` is no answer; keep the (value, reason) contract unambiguous.
+        return (value, None) if value is not None else (None, "answer is null")
+    # Prose around the answer ("Sure! {...}"): try the first balanced block, first treating both quote
+    # styles as strings, then only double quotes (an apostrophe in prose would open a fake string).
+    tried = {body}
+    for quotes in ("'\"", '"') if allow_block else ():
+        block = _first_balanced_block(body, quotes)
+        if block is None or block in tried:
+            continue
+        tried.add(block)
+        value, block_error = _try_literal(block)
+        if block_error is None:
+            return value, None  # a bracketed block is never None
+    return None, f"not a JSON or Python literal ({error}): {quoted_answer(text)}"
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def _finite_number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):  # ints too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _parsed_numbers(values, count: int, what: str):
+    """`(tuple_of_floats, None)` or `(None, problem)`."""
+    if not isinstance(values, (list, tuple)):
+        return None, f"{what} is not a list"
+    if len(values) != count:
+        return None, f"{what} has {len(values)} value(s) instead of {count}"
+    numbers = [_finite_number(v) for v in values]
+    if any(n is None for n in numbers):
+        return None, f"{what} contains a non-numeric or non-finite value"
+    return tuple(numbers), None
+
+
+def box_numbers(values, what: str):
+    """`(9 floats, None)` or `(None, problem)`: 9 finite numbers whose sizes (entries 3-5) are >= 0. A negative
+    size is refused, not read as its absolute value: the box is malformed, and scoring it as the box of the
+    absolute sizes would give a perfect IoU to an answer that is not the format."""
+    values, problem = _parsed_numbers(values, 9, what)
+    if problem:
+        return None, problem
+    if any(v < 0 for v in values[3:6]):
+        return None, f"{what} has a negative size {list(values[3:6])}"
+    return values, None
+
+
+def _box_from_entry(entry):
+    """`(Box3D, None)` or `(None, problem)` for one `{"label": ..., "bbox_3d": [...]}` dict."""
+    if not isinstance(entry, dict):
+        return None, f"entry is a {type(entry).__name__}, not a dict"
+    key = next((k for k in BOX_KEYS if k in entry), None)
+    if key is None:
+        return None, 'entry has no "bbox_3d"'
+    values, problem = box_numbers(entry[key], key)
+    if problem:
+        return None, problem
+    label = entry.get("label")
+    if label is not None and not isinstance(label, str):
+        return None, f"label {label!r} is not a string"
+    return Box3D.from_list(values, label=label), None
+
+
+TRAILING_COMMA = "a stray comma after the answer"
+
+
+def _without_trailing_comma(value):
+    """`(value, None)`, or `(X, TRAILING_COMMA)` for a one-element tuple: how a literal `X,` reads, the answer followed
+    by a comma (not "a list of 1 entries", nor a tuple the parser cannot use)."""
+    if isinstance(value, tuple) and len(value) == 1:
+        return value[0], TRAILING_COMMA
+    return value, None
+
+
+def _joined(*reasons) -> str | None:
+    """The reasons that are not None, joined by "; "; None when there are none."""
+    found = [reason for reason in reasons if reason]
+    return "; ".join(found) if found else None
+
+
+def _with_problems(reason: str | None, skipped: int, first_problem: str | None) -> str | None:
+    if not skipped:
+        return reason
+    note = f"skipped {skipped} malformed entr{'y' if skipped == 1 else 'ies'} (first: {first_problem})"
+    return note if reason is None else f"{reason}; {note}"
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+
+def _line_candidates(line: str):
+    """Variants of one answer line to try: as is, then without a leading `[` / trailing `]` or fence."""
+    yield line
+    trimmed = line
+    if trimmed.startswith("["):
+        trimmed = trimmed[1:].strip()
+    for tail in ("```", "]"):
+        if trimmed.endswith(tail):
+            trimmed = trimmed[: -len(tail)].strip().rstrip(",").strip()
+    if trimmed != line:
+        yield trimmed
+
+
+def parse_detection(text: str) -> DetectionResult:
+    """Parse a detection answer (docs/method.md §3.3, §4.1) into boxes.
+
+    Accepts the official fenced one-dict-per-line list, a normal (multi-line) JSON list, a single
+    dict, and truncated output (complete lines are kept). Entries whose `bbox_3d` does not hold exactly
+    9 finite numbers with sizes >= 0 are skipped and counted. An empty list is a valid answer (no boxes,
+    reason None).
+    """
+    if not isinstance(text, str):
+        return DetectionResult(reason=f"expected a string, got {type(text).__name__}")
+    if len(text) > MAX_TEXT_CHARS:
+        return DetectionResult(reason=f"text is too long ({len(text)} characters > {MAX_TEXT_CHARS})")
+
+    # 1. The whole answer as one literal (official fenced list, a normal JSON list, a single dict).
+    value, error = parse_literal(text, allow_block=False)
+    if value is not None:
+        value, comma = _without_trailing_comma(value)
+        if isinstance(value, dict):  # "{...}," is a line of the official one-dict-per-line list: no stray comma
+            comma = None
+        result = _detection_from_value(value)
+        if result.reason is not None and not result.boxes and not result.skipped:  # not a list: quote what it was
+            result.reason = f"{result.reason}: {quoted_answer(text)}"
+        result.reason = _joined(comma, result.reason)
+        return result
+
+    # 2. Official line-based reading: every line that mentions a box or a label is one dict. This
+    #    also keeps the complete lines of a truncated answer.
+    boxes, skipped, first_problem = [], 0, None
+    for raw_line in strip_code_fences(text).splitlines():
+        line = raw_line.strip().rstrip(",").strip()
+        if not any(key in line for key in (*BOX_KEYS, "label")):
+            continue
+        found = None
+        problem = None
+        for candidate in _line_candidates(line):
+            # allow_block: prose before a one-line list ("Boxes: [{...}]") still yields the list.
+            parsed, _ = parse_literal(candidate, allow_block=True)
+            if parsed is None:
+                continue
+            entries = list(parsed) if isinstance(parsed, (list, tuple)) else [parsed]
+            results = [_box_from_entry(entry) for entry in entries]
+            found = [box for box, _ in results if box is not None]
+            bad = [p for box, p in results if box is None]
+            skipped += len(bad)
+            problem = bad[0] if bad else None
+            break
+        if found is None:
+            skipped += 1
+            problem = f"cannot parse line {line[:60]!r}"
+        else:
+            boxes.extend(found)
+        first_problem = first_problem or problem
+    if boxes or skipped:
+        return DetectionResult(boxes, _with_problems(f"{error}; read it line by line", skipped, first_problem), skipped)
+
+    return DetectionResult(reason=f"no detection entries found: {error}")
+
+
+def _detection_from_value(value) -> DetectionResult:
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, tuple):  # "{...}, {...}" reads as a Python tuple
+        value = list(value)
+    if not isinstance(value, list):
+        return DetectionResult(reason=f"answer is a {type(value).__name__}, not a list of boxes")
+    boxes, skipped, first_problem = [], 0, None
+    for entry in value:
+        box, problem = _box_from_entry(entry)
+        if box is None:
+            skipped += 1
+            first_problem = first_problem or problem
+        else:
+            boxes.append(box)
+    return DetectionResult(boxes, _with_problems(None, skipped, first_problem), skipped)
+
+
+def parse_grounding(text: str) -> GroundingResult:
+    """Parse `{"bbox_3d": [9 numbers]}` (ScanRefer stage 2). A list of such dicts gives its first valid box.
+    A box with a negative size gives no box, with the reason saying so."""
+    value, error = parse_literal(text)
+    if value is None:
+        return GroundingResult(reason=error)
+    value, comma = _without_trailing_comma(value)
+    if isinstance(value, dict):
+        box, problem = _box_from_entry(value)
+        return GroundingResult(box, _joined(comma, problem))
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list) and value and all(not isinstance(v, (list, dict)) for v in value):
+        values, problem = box_numbers(value, "bbox_3d")
+        if problem:
+            return GroundingResult(reason=problem)
+        return GroundingResult(Box3D.from_list(values), "answer is a bare list, not a dict")
+    if isinstance(value, list):
+        for i, entry in enumerate(value):
+            box, _ = _box_from_entry(entry)
+            if box is not None:
+                return GroundingResult(box, f"answer is a list of {len(value)} entries; took entry {i}")
+        return GroundingResult(reason="no entry of the list holds a valid bbox_3d")
+    return GroundingResult(reason=f"answer is a {type(value).__name__}, not a dict: {quoted_answer(text)}")
+
+
+def _as_frame_index(value):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value) < 20:
+        return int(value.strip())
+    return None
+
+
+def parse_frame_selection(text: str, num_frames: int | None = None) -> FrameSelectionResult:
+    """Parse `{"frame": k}` (ScanRefer stage 1).
+
+    Args:
+        num_frames: if given, `k` is clamped to `[0, num_frames − 1]` and `reason` says so. (The official
+            code maps a failed parse to frame 0 and never range-checks; callers that want that map a
+            None frame to 0 themselves.)
+    """
+    if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) < 1):
+        raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+    value, error = parse_literal(text)
+    if value is None:
+        return FrameSelectionResult(reason=error)
+    value, reason = _without_trailing_comma(value)
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value, reason = value[0], _joined(reason, "answer is a one-element list")
+    if not isinstance(value, dict):
+        return FrameSelectionResult(reason=f"answer is a {type(value).__name__}, not a dict: {quoted_answer(text)}")
+    if "frame" not in value:
+        return FrameSelectionResult(reason='answer has no "frame" key')
+    frame = _as_frame_index(value["frame"])
+    if frame is None:
+        return FrameSelectionResult(reason=f'"frame" value {value["frame"]!r} is not an integer')
+    if num_frames is not None:
+        clamped = min(max(frame, 0), int(num_frames) - 1)
+        if clamped != frame:
+            reason = _joined(reason, f"frame {frame} clamped to {clamped} (valid range 0..{int(num_frames) - 1})")
+            frame = clamped
+    return FrameSelectionResult(frame, reason)
+
+
+def _pointmap_from_dict(value: dict):
+    point, problem = (
+        _parsed_numbers(value.get("pointmap"), 3, "pointmap") if "pointmap" in value else (None, 'no "pointmap" key')
+    )
+    if problem:
+        return None, None, problem
+    label = next((value[k] for k in POINTMAP_LABEL_KEYS if isinstance(value.get(k), str)), None)
+    if label is None:
+        # a label key holding a number, list, ... is no label: say so rather than read "no label given"
+        key = next((k for k in POINTMAP_LABEL_KEYS if value.get(k) is not None), None)
+        if key is not None:
+            found = value[key]
+            return point, None, f'"{key}" is a {type(found).__name__} ({found!r:.40}), not a text label'
+    return point, label, None
+
+
+def parse_pointmap(text: str) -> PointmapResult:
+    """Parse `{"pointmap": [x, y, z], "label": "..."}` (pre-training / reconstruction answers).
+
+    The label is read from `"label"` (our serialiser's key) or, failing that, from one of
+    `semantic_label`, `category`, `class`, `name`; it is None when absent. A label that is not text
+    (`"label": 5`) is no label: the point is kept, the label is None and `reason` says what the key held.
+    Falls back to the official line-based reading (the first line mentioning "pointmap").
+    """
+    value, error = parse_literal(text)
+    value, comma = _without_trailing_comma(value)
+    if isinstance(value, dict):
+        point, label, problem = _pointmap_from_dict(value)
+        return PointmapResult(point, label, _joined(comma, problem))
+    if isinstance(text, str) and len(text) <= MAX_TEXT_CHARS:
+        for raw_line in strip_code_fences(text).splitlines():
+            line = raw_line.strip().rstrip(",").strip()
+            if "pointmap" not in line:
+                continue
+            parsed, _ = parse_literal(line)
+            if isinstance(parsed, dict):
+                point, label, problem = _pointmap_from_dict(parsed)
+                if point is not None:  # (a problem with a point is about its label)
+                    note = "answer is not one literal; read the pointmap line"
+                    return PointmapResult(point, label, note if problem is None else f"{note}; {problem}")
+    if value is not None:
+        return PointmapResult(reason=f"answer is a {type(value).__name__}, not a dict: {quoted_answer(text)}")
+    return PointmapResult(reason=error)
+
+
+def parse_caption(text: str) -> CaptionResult:
+    """A captioning answer is free text: the caption is the stripped text; an empty answer gives None."""
+    if not isinstance(text, str):
+        return CaptionResult(reason=f"expected a string, got {type(text).__name__}")
+    caption = text.strip()
+    return CaptionResult(caption) if caption else CaptionResult(reason="empty answer")
+
+
+def parse_spatial_answer(text: str) -> SpatialAnswerResult:
+    """Read a spatial-QA answer the way VSI-Bench scores it: the first space-separated word, trailing dots
+    removed; `value` is that word as a finite number when it is one."""
+    if not isinstance(text, str):
+        return SpatialAnswerResult(reason=f"expected a string, got {type(text).__name__}")
+    answer = text.strip().split(" ")[0].rstrip(".").strip()
+    if not answer:
+        return SpatialAnswerResult(reason="empty answer")
+    try:
+        value = float(answer)
+    except ValueError:
+        value = None
+    return SpatialAnswerResult(answer, value if value is not None and math.isfinite(value) else None)
+
+
+# ------------------------------------------------------------------------------- answer formats
+
+# The structured answer formats, named by the task that answers in each (captioning and spatial QA answer in plain
+# text). A front end (cli/tasks.py) refuses an answer written in another task's format: the Mini often answers a
+# detection or captioning prompt with grounding's dict, which the tolerant parsers would read as one unlabelled box or
+# as a caption. Scoring (`gap-mllm evaluate`) keeps the parsers' own reading.
+ANSWER_FORMATS = {
+    "detection": '[{"label": ..., "bbox_3d": [...]}, ...]',
+    "grounding": '{"bbox_3d": [...]}',
+    "grounding_stage1": '{"frame": k}',
+    "reconstruction": '{"pointmap": [x, y, z], "label": ...}',
+}
+_FORMAT_OF_TASK = {"grounding_stage2": "grounding"}  # the pipeline's last stage answers as the pipeline does
+_KEY_PATTERN = re.compile(r"""["']([A-Za-z_]\w*)["']\s*:""")  # a quoted dict key
+
+
+def _answer_keys(body: str) -> set[str]:
+    """The dict keys of a structured answer: read from its literal, or, for one that does not parse (a truncated
+    answer, `{"pointmap": "couch`), the quoted words followed by a colon."""
+    value, _ = parse_literal(body, allow_block=False)
+    entries = value if isinstance(value, (list, tuple)) else [value]
+    if value is not None:
+        return {key for entry in entries if isinstance(entry, dict) for key in entry if isinstance(key, str)}
+    return set(_KEY_PATTERN.findall(body))
+
+
+def answer_format(text) -> str | None:
+    """The task whose structured format `text` is written in (an `ANSWER_FORMATS` name), or None for plain text (or
+    a structure of no task's format). Decided by the keys: "pointmap" is reconstruction's, "frame" grounding stage 1's,
+    a box is detection's in a list or with a label, else grounding's."""
+    if not isinstance(text, str) or len(text) > MAX_TEXT_CHARS:
+        return None
+    body = strip_code_fences(text)
+    if not body.startswith(("{", "[")):
+        return None
+    keys = _answer_keys(body)
+    if "pointmap" in keys:
+        return "reconstruction"
+    if "frame" in keys:
+        return "grounding_stage1"
+    if keys & set(BOX_KEYS):
+        return "detection" if body.startswith("[") or "label" in keys else "grounding"
+    return None
+
+
+# A caption is prose (its grammar's words and marks): a code fence, a brace or bracket, or a quote before a colon is a
+# piece of a structured answer, which a freely decoded caption writes when the model mixes the tasks up
+# (```` ```json1.19, 3d": "refrigerator", ````).
+_STRUCTURE_MARK = re.compile(r'```|[{}\[\]]|"\s*:')
+
+
+def other_task_format(text, task: str) -> str | None:
+    """None when `text` is not written in another task's answer format than `task`'s (a task name), else the reason to
+    show: `answer in grounding's format {"bbox_3d": [...]}, not detection's`; for a caption, also a piece of a
+    structured answer in it (`_STRUCTURE_MARK`)."""
+    found = answer_format(text)
+    own = _FORMAT_OF_TASK.get(task, task)
+    if found is None and own == "captioning" and isinstance(text, str):
+        mark = _STRUCTURE_MARK.search(text[:MAX_TEXT_CHARS])
+        if mark is not None:
+            return f"answer holds {mark.group()!r}, a piece of a structured answer (JSON), not a caption's prose"
+    if found is None or found == own:
+        return None
+    return f"answer in {found}'s format {ANSWER_FORMATS[found]}, not {task}'s"
+
+
+MAX_LABEL_CHARS = 32
+MAX_INTEGER_DIGITS = 2  # |value| < 100 (metres, radians)
+MAX_DECIMALS = 2  # target_format.DEFAULT_DECIMALS: what the targets print
+MAX_FRAME_DIGITS = 3
+BOX_VALUES = 9
+MAX_WORD_LETTERS = 20  # a caption's word: English words are shorter; a longer run of letters is no word
+MAX_CAPTION_NUMBER_DIGITS = 4  # a caption's number ("1.5 meters", "2 chairs"): 1-4 digits, 0-2 decimals
+SENTENCE_ENDS = ".!?"
+CLAUSE_MARKS = ",;"  # no colon: "word: value" is the key-value shape of the structured answers, which prose never needs
+
+
+# The engine that reads these grammars (the `generate` logits processor, generation_gap_mllm.py; vLLM's
+# `guidance` backend) and the version verified here; setup.py's GRAMMAR_ENGINE is the same pin. Named here, in a
+# module without torch, so the commands refuse at once when it is missing (cli/early_checks.py).
+ENGINE_MODULE = "llguidance"
+ENGINE_REQUIREMENT = "llguidance==1.9.1"
+
+
+def engine_missing() -> str | None:
+    """The one line saying that constrained decoding needs the grammar engine and how to install it, when it is not
+    installed (looked up, not imported); else None."""
+    import importlib.util
+
+    if importlib.util.find_spec(ENGINE_MODULE) is not None:
+        return None
+    return (f"constrained decoding needs {ENGINE_MODULE}, which is not installed: pip install '{ENGINE_REQUIREMENT}' "
+            "(a plain pip install -e . brings it), or decode freely (--free; evaluate: leave out --constrained)")
+
+
+def literal(text: str) -> str:
+    """`text` as an EBNF string literal (quotes, backslashes, tabs and line breaks escaped)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def grammar_characters(grammar: str) -> list[str]:
+    """Every character an answer of a grammar (GBNF as this module writes it: `literal`'s escapes, classes of
+    characters and ranges such as `[A-Za-z0-9]` or `[ '-]`) may write, sorted: the characters of its string literals
+    and of its classes. What the tokenizer must be able to write for the grammar to apply (generation_gap_mllm.py
+    `unwritable_character`)."""
+    found, index, unescape = set(), 0, {"n": "\n", "t": "\t"}
+    while index < len(grammar):
+        opening = grammar[index]
+        if opening in "[\"":
+            closing, text = "]" if opening == "[" else '"', []
+            index += 1
+            while grammar[index] != closing:
+                if grammar[index] == "\\":
+                    index += 1
+                    text.append(unescape.get(grammar[index], grammar[index]))
+                else:
+                    text.append(grammar[index])
+                index += 1
+            if opening == "[":  # ranges: a '-' between two characters (a first or last '-' is itself)
+                spans = [k for k in range(1, len(text) - 1) if text[k] == "-"]
+                for k in spans:
+                    found.update(chr(code) for code in range(ord(text[k - 1]), ord(text[k + 1]) + 1))
+                text = [char for k, char in enumerate(text) if k not in spans]
+            found.update(text)
+        index += 1
+    return sorted(found)
+
+
+def _key(name: str) -> str:
+    """A quoted dict key and the key separator: `"bbox_3d": ` as one literal."""
+    return literal(f'"{name}"{KEY_SEPARATOR}')
+
+
+def _name_rules(max_chars: int) -> str:
+    """`name`: 1 to `max_chars` characters of words of letters and digits, the first starting with a letter, each
+    joined to the next by one space, hyphen or apostrophe. The length bound is counted by the rule names: `name_k`
+    is what may follow with `k` characters left (a joint and the character after it are written together, so a name
+    never ends on a joint)."""
+    rules = [f"name ::= [A-Za-z] name_{max_chars - 1}"]
+    for left in range(max_chars - 1, -1, -1):
+        options = ['""']
+        if left >= 1:
+            options.append(f"[A-Za-z0-9] name_{left - 1}")
+        if left >= 2:
+            options.append(f"[ '-] [A-Za-z0-9] name_{left - 2}")  # a class's last '-' is literal: no escape
+        rules.append(f"name_{left} ::= {' | '.join(options)}")
+    return "\n".join(rules) + "\n"
+
+
+# Shared rules: the number forms of every answer and the label string.
+_UNSIGNED = f'("0" | [1-9] [0-9]{{0,{MAX_INTEGER_DIGITS - 1}}}) "." [0-9]{{1,{MAX_DECIMALS}}}'
+_COMMON_RULES = (
+    f'number ::= "-"? unsigned\n'
+    f"unsigned ::= {_UNSIGNED}\n"
+    f'size ::= unsigned | "-0.0"\n'
+    f'label ::= "\\"" name "\\""\n' + _name_rules(MAX_LABEL_CHARS)
 )
-from .answer_stopping import ANSWER_ENDS
-from .chat_format import IMAGE_PLACEHOLDER, placeholders_from_segments
-from .output_parsing import (
-    CaptionResult,
-    DetectionResult,
-    FrameSelectionResult,
-    GroundingResult,
-    PointmapResult,
-    SpatialAnswerResult,
-    box_numbers,
-    parse_caption,
-    parse_detection,
-    parse_frame_selection,
-    parse_grounding,
-    parse_pointmap,
-    parse_spatial_answer,
-)
-from .target_format import (
-    Box3D,
-    serialize_caption,
-    serialize_detection,
-    serialize_frame_selection,
-    serialize_grounding,
-    serialize_pointmap,
-    serialize_spatial_answer,
-)
+_SEP = literal(ITEM_SEPARATOR)
+
+
+def _box_rule() -> str:
+    """`[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]`: sizes without a minus."""
+    kinds = ["number"] * 3 + ["size"] * 3 + ["number"] * 3
+    return f'box ::= "[" {f" {_SEP} ".join(kinds)} "]"\n'
+
+
+# the longest text of each piece, in bytes (all ASCII): what bounds an answer's length in tokens
+_NUMBER_BYTES = 1 + MAX_INTEGER_DIGITS + 1 + MAX_DECIMALS  # -99.99
+_BOX_BYTES = 2 + BOX_VALUES * _NUMBER_BYTES + (BOX_VALUES - 1) * len(ITEM_SEPARATOR)
+_LABEL_BYTES = MAX_LABEL_CHARS + 2
+_DETECTION_ENTRY_BYTES = (len(DETECTION_INDENT) + 2 + len(f'"{LABEL_KEY}"{KEY_SEPARATOR}') + _LABEL_BYTES
+                          + len(ITEM_SEPARATOR) + len(f'"{BOX_KEY}"{KEY_SEPARATOR}') + _BOX_BYTES + len(DETECTION_LINE_END))
+_DETECTION_LIST_END = "\n" + DETECTION_CLOSE  # after the last entry
+
+
+def detection_entries(max_tokens: int) -> int:
+    """How many entries a detection answer may hold so that the longest one has at most `max_tokens` bytes (the
+    bound of an engine that cannot count tokens: `detection_grammar`)."""
+    return max(0, (int(max_tokens) - len(DETECTION_OPEN) - len(DETECTION_CLOSE)) // _DETECTION_ENTRY_BYTES)
+
+
+def answer_bytes(task_grammar) -> int | None:
+    """The longest answer of a fixed-size grammar in bytes (None for detection's, bounded by `detection_entries`, and
+    free text's): grounding, frame selection, reconstruction, spatial QA."""
+    return {
+        grounding_grammar: 2 + len(f'"{BOX_KEY}"{KEY_SEPARATOR}') + _BOX_BYTES,
+        frame_selection_grammar: 2 + len(f'"{FRAME_KEY}"{KEY_SEPARATOR}') + MAX_FRAME_DIGITS,
+        pointmap_grammar: (2 + len(f'"{POINTMAP_KEY}"{KEY_SEPARATOR}') + 2 + 3 * _NUMBER_BYTES + 2 * len(ITEM_SEPARATOR)
+                           + len(ITEM_SEPARATOR) + len(f'"{POINTMAP_LABEL_KEY}"{KEY_SEPARATOR}') + _LABEL_BYTES),
+        spatial_answer_grammar: 1 + 6 + 1 + 4,
+    }.get(task_grammar)
+
+
+def detection_list_grammar(entries: int | None) -> str:
+    """The official detection answer (`serialize_detection`) with at most `entries` labelled boxes (None: any
+    number, for a decoder that closes the list at its token budget: `EntryList`)."""
+    entry = f'{literal(DETECTION_INDENT + "{")} {_key(LABEL_KEY)} label {_SEP} {_key(BOX_KEY)} box "}}"'
+    # no `{0,0}` repetition for a single entry: llguidance (vLLM's guidance backend) refuses an empty range
+    more = "*" if entries is None else f"{{0,{int(entries) - 1}}}" if entries > 1 else None
+    repeated = f" ({literal(DETECTION_LINE_END)} entry){more}" if more else ""
+    listed = f'(entry{repeated} "\\n")? ' if entries is None or entries > 0 else ""
+    return (f"root ::= {literal(DETECTION_OPEN)} {listed}{literal(DETECTION_CLOSE)}\n"
+            f"entry ::= {entry}\n" + _box_rule() + _COMMON_RULES)
+
+
+def detection_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
+    """The detection answer bounded in bytes: 0 to `detection_entries(max_tokens)` labelled boxes, so that it ends
+    within `max_tokens` tokens on an engine that cannot count them (vLLM); `generate` closes `DETECTION_LIST` at its
+    budget instead."""
+    return detection_list_grammar(detection_entries(max_tokens))
+
+
+@dataclass(frozen=True)
+class EntryList:
+    """A list answer that a decoder counting tokens closes at its budget (`GrammarLogitsProcessor`) instead of a bound
+    in bytes: it decodes inside `grammar(None)` (no bound on the entries) until `reserve` tokens are left, then inside
+    `bounded(text so far)`: no entry beyond the one it is writing or, once the list is open and between entries, one
+    more. `reserve` is the most bytes that the rest of a bounded answer can take (from just after an entry: the
+    separator, the longest entry and the close; the rest of an entry begun is shorter), and a token is at least a
+    byte, so the answer ends well-formed within the budget, and entries begin until its last `reserve` tokens.
+
+    Attributes:
+        grammar: entries (int, or None for no bound) → the grammar (EBNF) of the list.
+        opening: the text before the first entry's separator (inside it, the rest of the opening comes on top of an
+            entry, so no entry may begin there).
+        entry_start, entry_end: the texts that begin and end an entry, and occur nowhere else in an answer.
+        reserve: bytes, as above.
+    """
+
+    grammar: Callable[[int | None], str]
+    opening: str
+    entry_start: str
+    entry_end: str
+    reserve: int
+
+    def bounded(self, text: str) -> str:
+        """The grammar of the list `text` (an answer begun inside `grammar(None)`) ends in: the entries begun, and one
+        more when `text` has opened the list and is not inside an entry."""
+        begun = text.count(self.entry_start)
+        between = text.startswith(self.opening) and begun == text.count(self.entry_end)
+        return self.grammar(begun + 1 if between else begun)
+
+
+# Detection as `generate` decodes it: labels are names and numbers digits, so "\t{" begins an entry and "}" ends it,
+# and nothing else does. Opened with "```json\n[", a first entry needs "\n", the longest entry and the close, a later
+# one ",\n" (the reserve), the longest entry and the close.
+DETECTION_LIST = EntryList(detection_list_grammar, DETECTION_OPEN.removesuffix("\n"), DETECTION_INDENT + "{",
+                           "}", _DETECTION_ENTRY_BYTES + len(_DETECTION_LIST_END))
+
+
+def grounding_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
+    """`{"bbox_3d": [9 numbers]}` (`serialize_grounding`)."""
+    return f'root ::= "{{" {_key(BOX_KEY)} box "}}"\n' + _box_rule() + _COMMON_RULES
+
+
+def frame_selection_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
+    """`{"frame": k}` (`serialize_frame_selection`): k one of the `num_frames` views' indices when given (the parser
+    would clamp any other), else a whole number without a leading zero."""
+    if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) < 1):
+        raise ValueError(f"num_frames must be a positive whole number, got {num_frames!r}")
+    frames = (" | ".join(f'"{k}"' for k in range(int(num_frames))) if num_frames is not None
+              else f'"0" | [1-9] [0-9]{{0,{MAX_FRAME_DIGITS - 1}}}')
+    return f'root ::= "{{" {_key(FRAME_KEY)} ({frames}) "}}"\n'
+
+
+def pointmap_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
+    """`{"pointmap": [x, y, z], "label": "..."}` (`serialize_pointmap`; without a label, no label key)."""
+    return (f'root ::= "{{" {_key(POINTMAP_KEY)} "[" number {_SEP} number {_SEP} number "]" '
+            f'({_SEP} {_key(POINTMAP_LABEL_KEY)} label)? "}}"\n' + _COMMON_RULES)
+
+
+def _characters(chars: str) -> str:
+    return "(" + " | ".join(literal(c) for c in chars) + ")"
+
+
+def _letters(letters) -> str:
+    return "[" + "".join(sorted(letters)) + "]"
+
+
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+
+
+@functools.lru_cache(maxsize=8)  # the same few rules for every caption request (~10 ms of Python each to build)
+def _word_rules(max_letters: int, not_words: tuple[str, ...]) -> str:
+    """`word`: a capital or lower-case letter, then lower-case letters (2 to `max_letters` in all), so a word is never
+    camel-cased glue of tokens (`pointmapTextcouch`); the one-letter words `a`, `A`, `I`; an acronym of 2-3 capitals
+    (`TV`); inner hyphens or apostrophes join lower-case parts (`L-shaped`, `it's`). No run of letters holds one of
+    `not_words` (lower-case; the first letter in either case), anywhere (`dpointmap` neither).
+
+    The rules are the product of the matching automaton of `not_words` (its states: the prefixes of `not_words`
+    that the letters so far may end in) and the count of letters: `l<state>_<n>` is what may follow `n` letters
+    ending in that state (`h` for a word's first letter, after which one more must come)."""
+    states = sorted({w[:k] for w in not_words for k in range(len(w))}, key=lambda t: (len(t), t))
+
+    def step(state: str, letter: str) -> str | None:
+        """The state after `letter`: the longest end of the letters that begins one of `not_words`; None where one
+        of them is complete."""
+        text = state + letter
+        if any(text.endswith(w) for w in not_words):
+            return None
+        return next(text[k:] for k in range(len(text) + 1) if text[k:] in states)
+
+    rules, todo, named = [], [], set()
+
+    def name(state: str, n: int, first: bool = False) -> str:
+        rule = f"l{states.index(state)}_{n}{'h' if first else ''}"
+        if rule not in named:
+            named.add(rule)
+            todo.append((rule, state, n, first))
+        return rule
+
+    def letters_then(state: str, n: int, capitals: bool = False) -> list[str]:
+        """One more letter (its state's letters grouped in one class), then what may follow it."""
+        targets: dict[str, set] = {}
+        for letter in _LOWER:
+            target = step(state, letter)
+            if target is not None:
+                targets.setdefault(target, set()).update({letter, letter.upper()} if capitals else {letter})
+        return [f"{_letters(letters)} {name(t, n + 1, first=n == 0 and capitals)}" for t, letters in targets.items()]
+
+    joined = "((\"-\" | \"'\") part)"
+    rules.append(f"word ::= [A-Z]{{2,3}} | [aAI] | [A-Za-z] {joined}{{1,2}} | head {joined}{{0,2}}")
+    rules.append(f"head ::= {' | '.join(letters_then('', 0, capitals=True))}")
+    rules.append(f"part ::= {' | '.join(letters_then('', 0))}")
+    while todo:
+        rule, state, n, first = todo.pop(0)
+        options = [] if first else ['""']  # a head has two letters at least, a part one
+        if n < max_letters:
+            options += letters_then(state, n)
+        rules.append(f"{rule} ::= {' | '.join(options)}")
+    return "\n".join(rules) + "\n"
+
+
+# Words a caption may not hold: the structured answers' key names that are no English word (`bbox_3d` and `box_3d`
+# cannot be written without `_`; "label" and "frame" are English, and with no quotes no key can be written).
+CAPTION_NOT_WORDS = ("bbox", "pointmap")
+
+
+def caption_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
+    """A caption (`serialize_caption`): prose, what a reader accepts as a description, and nothing of another task's
+    syntax. Sentences joined by one space; a sentence starts with a word and ends with one of `.!?`; words are
+    joined by one space, after a `,` or `;` or none; a word is letters (`_word_rules`: 2-20, lower-case after the
+    first, no key name; or `a`, `I`); a number (`2`, `1.5`; no minus) stands between words, never next to another
+    number (a list of numbers is a box copied from the prompt, not prose); a parenthesis holds words and closes
+    before the sentence goes on. So no brace, bracket, quote, backslash, backtick or colon, no line break, no leading
+    or double space, no double punctuation."""
+    number = f'[0-9]{{1,{MAX_CAPTION_NUMBER_DIGITS}}} ("." [0-9]{{1,2}})?'
+    return (
+        "root ::= sentence (\" \" sentence)*\n"
+        f"sentence ::= word phrase* (pause number)? {_characters(SENTENCE_ENDS)}\n"
+        "phrase ::= pause (unit | number pause unit)\n"
+        "unit ::= word | \"(\" word inner* \")\"\n"
+        "inner ::= pause (word | number pause word)\n"
+        f"pause ::= {_characters(CLAUSE_MARKS)}? \" \"\n"
+        f"number ::= {number}\n" + _word_rules(MAX_WORD_LETTERS, CAPTION_NOT_WORDS)
+    )
+
+
+# An option line as benchmarks write it: "A. chair" (VSI-Bench, SynthRooms), "A) chair", "(A) chair", "A: chair", and
+# the same with lower-case letters; the layout is told apart so that one question's options are read in one layout.
+_OPTION_LINE = re.compile(r"^[ \t]*(?P<layout>\((?P<paren>[A-Za-z])\)|(?P<letter>[A-Za-z])(?P<mark>[.):]))[ \t]+\S",
+                          re.MULTILINE)
+# a question that asks for an option letter ("Answer with the option's letter from the given choices directly.")
+_ASKS_FOR_LETTER = re.compile(r"\b(?:option|choice)(?:'s)?\s+letter\b|\bletter\s+of\s+the\s+(?:\w+\s+)?"
+                              r"(?:option|choice|answer)\b", re.IGNORECASE)
+
+
+# a numbered line ("1. chair", "2) table", "(3) lamp", "4: bed"): options as some people number them, which this
+# model, trained on lettered options, answers by no number it was taught
+_NUMBERED_LINE = re.compile(r"^[ \t]*(?:\((?P<paren>[0-9]+)\)|(?P<number>[0-9]+)[.):])[ \t]+\S", re.MULTILINE)
+
+
+def _option_letters(prompt: str | None) -> dict[tuple[str, bool], list[str]]:
+    """The letters of the option lines of `prompt`, in order, by layout: `(mark, lower case)` → letters."""
+    found: dict[tuple[str, bool], list[str]] = {}
+    for line in _OPTION_LINE.finditer(prompt or ""):
+        letter = line["paren"] or line["letter"]
+        found.setdefault(("()" if line["paren"] else line["mark"], letter.islower()), []).append(letter)
+    return found
+
+
+def offered_options(prompt: str | None) -> tuple[str, ...]:
+    """The option letters a spatial question offers, in order, as the question writes them: lines that start with
+    `A. `, `A) `, `(A) ` or `A: ` (or the same in lower case), lettered from A (or a) on in one layout (`A. chair` /
+    `B. table`: VSI-Bench's and SynthRooms' layout); `()` for a question without options (a numerical one). A line
+    `Q: ...` or a list lettered from elsewhere is no set of options."""
+    for (_, lower), letters in _option_letters(prompt).items():
+        first = "a" if lower else "A"
+        options = tuple(dict.fromkeys(letters))
+        if options == tuple(chr(ord(first) + k) for k in range(len(options))):
+            return options
+    return ()
+
+
+def _repeated_letter(prompt: str | None) -> str | None:
+    """The first letter that the options `offered_options` reads name twice ("A. chair" ... "A. sofa"), or None."""
+    options = offered_options(prompt)
+    for letters in _option_letters(prompt).values():
+        if tuple(dict.fromkeys(letters)) == options:
+            return next((letter for k, letter in enumerate(letters) if letter in letters[:k]), None)
+    return None
+
+
+def _numbered_options(prompt: str | None) -> tuple[str, ...]:
+    """The numbers of a question's numbered lines when they count from 1 (`1. chair` / `2. table`), else `()`."""
+    numbers = tuple(line["paren"] or line["number"] for line in _NUMBERED_LINE.finditer(prompt or ""))
+    return numbers if len(numbers) > 1 and numbers == tuple(str(k) for k in range(1, len(numbers) + 1)) else ()
+
+
+def options_problem(prompt: str | None) -> str | None:
+    """Why a spatial question cannot be answered in its grammar, or None:
+
+    - it names an option letter twice (`A. chair` / `B. table` / `A. sofa`): an answer "A" would not say which;
+    - it numbers its options (`1. chair` / `2. table`) and letters none: this model answers options by letter, and
+      the number grammar would force any number on it ("2010");
+    - it asks for an option letter but offers no options that `offered_options` reads (the number grammar would
+      force a number on it)."""
+    if prompt is None:
+        return None
+    repeated = _repeated_letter(prompt)
+    if repeated is not None:
+        return (f"the question names option {repeated} twice, so an answer '{repeated}' would not say which: letter "
+                "each option once, from A")
+    if offered_options(prompt):
+        return None
+    numbered = _numbered_options(prompt)
+    if numbered:
+        return (f"the question numbers its options ({', '.join(numbered)}), and this model answers options by their "
+                "letter: write them as 'A. chair', 'B. table', lettered from A")
+    if not _ASKS_FOR_LETTER.search(prompt):
+        return None
+    return ("the question asks for an option letter but lists no options this model reads: write each option on its "
+            "own line as 'A. chair', 'A) chair', '(A) chair' or 'A: chair', lettered from A")
+
+
+def spatial_answer_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
+    """A spatial-QA answer (`serialize_spatial_answer`): one of the option letters `prompt` (the question) offers; a
+    number (whole or with decimals) for a question that offers none; without the question, either. A question that
+    asks for a letter and offers none, names a letter twice or numbers its options is a ValueError
+    (`options_problem`), not given a grammar."""
+    number = '"-"? ("0" | [1-9] [0-9]{0,5}) ("." [0-9]{1,4})?'
+    if prompt is None:
+        return f"root ::= {number} | [A-Z]\n"
+    problem = options_problem(prompt)
+    if problem is not None:
+        raise ValueError(problem)
+    options = offered_options(prompt)
+    return f"root ::= {' | '.join(literal(letter) for letter in options)}\n" if options else f"root ::= {number}\n"
+
+
+ANSWER_ENDS = ("list", "dict", "paragraph", "line")
+_RUNAWAY_BLANK_LINES = re.compile(r"\n[ \t]*\n[ \t]*\n")
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_QUOTES = re.compile(r'""|"')
+_BRACKET = re.compile(r"[\[\]{}]")
+FENCE = "```"
+
+
+def _mask_strings(text: str) -> str:
+    """`text` with every double-quoted string emptied (`""`), cut before a string that is still open."""
+    masked = _JSON_STRING.sub('""', text)
+    for quote in _QUOTES.finditer(masked):
+        if quote.group() == '"':
+            return masked[: quote.start()]
+    return masked
+
+
+def _literal_span(code: str) -> tuple[int, int | None, str] | None:
+    """`(start, end, opener)` of the first top-level bracket block of string-masked `code` (`end` is the
+    index after its closing bracket, None while open), or None before any bracket."""
+    start, depth = -1, 0
+    for match in _BRACKET.finditer(code):
+        bracket = match.group()
+        if bracket in "[{":
+            start = match.start() if start < 0 else start
+            depth += 1
+        elif start >= 0:
+            depth -= 1
+            if depth == 0:
+                return start, match.end(), code[start]
+    return None if start < 0 else (start, None, code[start])
+
+
+def answer_complete(text: str, answer_end: str) -> bool:
+    """Whether the generated `text` (the new tokens only, decoded) already holds the whole answer."""
+    if answer_end not in ANSWER_ENDS:
+        raise ValueError(f"unknown answer end {answer_end!r}; expected one of {ANSWER_ENDS}")
+    if _RUNAWAY_BLANK_LINES.search(text):
+        return True
+    body = text.lstrip()
+    if answer_end == "line":
+        return "\n" in body
+    if answer_end == "paragraph":
+        return _BLANK_LINE.search(body) is not None
+    code = _mask_strings(text)
+    span = _literal_span(code)
+    if span is None or span[1] is None or (answer_end == "list" and span[2] != "["):
+        return False
+    start, end, _ = span
+    fence = code.find(FENCE)
+    if fence < 0 or fence > start:
+        return True
+    rest = code[end:]
+    return FENCE in rest or "\n" in rest
+
 
 if TYPE_CHECKING:  # generate's types; the registry imports neither torch nor transformers at run time
+    import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
 # ------------------------------------------------------------------------------------------ prompts
@@ -110,7 +1470,6 @@ RECONSTRUCTION_TEMPLATE = (
 SPATIAL_QA_TEMPLATE = "{query}"
 
 FRAME_LABEL = "Frame-{index}: "  # grounding stage 1: a text item before each view (docs/method.md §3.4)
-BOX_VALUES = 9
 
 
 def format_box(values) -> str:
@@ -162,7 +1521,7 @@ class DefaultBudget(int):
     """A token budget the caller did not choose: a task's own (`TaskSpec.generation_kwargs` without
     `max_new_tokens`, the evaluation's official budgets). It is an int everywhere; `generate` only tells it apart
     when the budget would pass the model's context: lowering the task's own budget is logged once at INFO, while
-    lowering a budget the caller set is a warning addressed to them (generation_checks.py)."""
+    lowering a budget the caller set is a warning addressed to them (generation_gap_mllm.py)."""
 
     __slots__ = ()
 
@@ -183,9 +1542,9 @@ class TaskSpec:
             numbers rounded to 2 decimals).
         max_new_tokens: a generation budget that fits any answer of the task (predict, demo, Space).
         official_max_new_tokens: the official scripts' budget (evaluation; docs/method.md §3.2).
-        answer_end: stop rule (answer_stopping.py): "list", "dict", "paragraph" or "line".
+        answer_end: stop rule (tasks_gap_mllm.py): "list", "dict", "paragraph" or "line".
         grammar: `(token budget, num_frames=None, prompt=None)` → the language of `serialize`'s answers in
-            GBNF as llguidance reads it, bounded to end within the budget (answer_grammar.py; stage 1 also to the views'
+            GBNF as llguidance reads it, bounded to end within the budget (tasks_gap_mllm.py; stage 1 also to the views'
             indices, spatial QA to the options its question offers): what constrained decoding lets the model write
             (`grammar_for`, `logits_processor`, vLLM's `structured_outputs.grammar`); `answer_grammar` is the one of
             the task's own budget.
@@ -284,12 +1643,12 @@ class TaskSpec:
 
     def stopping_criteria(self, tokenizer, prompt_length: int) -> StoppingCriteriaList:
         """`stopping_criteria=` for `generate`: stop each row at the end of its answer (`answer_end`). It carries
-        the task's `shortest_answer`, so that `generate` refuses a context that cannot hold it (generation_checks.py
+        the task's `shortest_answer`, so that `generate` refuses a context that cannot hold it (generation_gap_mllm.py
         `fit_budget_to_context`)."""
         # imported here: the registry itself stays free of torch and transformers (`gap-mllm --help` reads it)
         from transformers import StoppingCriteriaList
 
-        from .answer_stopping_criteria import AnswerEndCriteria
+        from .tasks_gap_mllm import AnswerEndCriteria
 
         return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end,
                                                        shortest_answer=(self.name, self.shortest_answer))])
@@ -313,11 +1672,11 @@ class TaskSpec:
         """`logits_processor=` for `generate`: every row's answer stays inside the task's grammar and ends within the
         budget `max_new_tokens` (default: the task's own): a list closed at the budget (`entry_list`), the grammar
         of each row's question (`grammar_reads_prompt`), or for stage 1 its views' indices (`num_views`: one int, or
-        one per row); llguidance, answer_grammar_processor.py. ImportError naming the install command without
+        one per row); llguidance, generation_gap_mllm.py. ImportError naming the install command without
         llguidance."""
         from transformers import LogitsProcessorList
 
-        from .answer_grammar_processor import GrammarLogitsProcessor
+        from .tasks_gap_mllm import GrammarLogitsProcessor
 
         budget = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         if self.entry_list is not None:
@@ -449,21 +1808,360 @@ def resolve_task(task: str | TaskSpec) -> TaskSpec:
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_NAMES)}")
 
 
+# ------------------------------------------------------------------ generate-time classes of the answer rules
+
+# `generate(compile_decoding=...)`: compiled decode steps on CUDA only ("auto"), always, or never; named here, in the
+# module that imports no torch, for the front ends' `--compile-decoding`
+COMPILE_DECODING_CHOICES = ("auto", "on", "off")
+
+@functools.cache
+def _grammar_engine():
+    """llguidance with its transformers bridge, or None where it is not installed (optional for the remote code: only
+    constrained decoding needs it); imported on first use, since the bridge imports transformers."""
+    try:
+        import llguidance
+        import llguidance.hf
+    except ImportError:  # pragma: no cover - exercised in environments without llguidance
+        return None
+    return llguidance
+
+# ENGINE_REQUIREMENT (answer_grammar.py): the version verified here; a 3 MB abi3 wheel without requirements, so a
+# plain `pip install` brings it and nothing else.
+CONTROL_TOKENS_THAT_STOP = ("<|im_end|>",)  # the chat turn's end: Qwen3-VL's and the Mini's EOS
+
+# tokenizer -> {vocab width: (llguidance tokenizer, {grammar text: compiled matcher, copied for each answer}, stop ids,
+#                            {character: whether the tokenizer can write it})}
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_EXECUTOR = None  # _executor()
+
+
+def require_grammar_engine():
+    """The llguidance module, or an ImportError saying how to install it."""
+    engine = _grammar_engine()
+    if engine is None:
+        raise ImportError(engine_missing() or f"constrained decoding needs {ENGINE_REQUIREMENT}, which did not import")
+    return engine
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """The ids that end an answer: the tokenizer's EOS and `<|im_end|>` when it has one."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[token] for token in CONTROL_TOKENS_THAT_STOP if token in vocab}
+    if not ids:
+        raise ValueError("constrained decoding needs a stop token: the tokenizer has no EOS and no <|im_end|>")
+    return sorted(ids)
+
+
+def _engine(tokenizer, vocab_size: int) -> tuple:
+    """`(llguidance tokenizer, {grammar text: compiled matcher}, stop ids, {character: writable})` of `tokenizer` at
+    width `vocab_size`, made once (the conversion takes about a second at Qwen's vocabulary, and the stop ids read the
+    whole vocabulary)."""
+    require_grammar_engine()
+    try:
+        per_width = _COMPILED.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: converted each time, still correct
+        per_width = {}
+    if vocab_size not in per_width:
+        stops = stop_token_ids(tokenizer)
+        engine_tokenizer = require_grammar_engine().hf.from_tokenizer(tokenizer, n_vocab=int(vocab_size), eos_token=stops)
+        per_width[vocab_size] = (engine_tokenizer, {}, frozenset(stops), {})
+    return per_width[vocab_size]
+
+
+def unwritable_character(tokenizer, vocab_size: int, grammar: str) -> str | None:
+    """The first character an answer of `grammar` may write (`grammar_characters`) that `tokenizer` has no tokens
+    for (its tokens do not spell it back), or None. Where a grammar forces a character the tokenizer cannot write,
+    the engine masks the logits to other tokens, then refuses the one chosen, and the answer would go on without
+    its grammar: such a grammar cannot be applied (`grammar_matcher` refuses it)."""
+    engine_tokenizer, _, _, writable = _engine(tokenizer, vocab_size)
+    for char in grammar_characters(grammar):
+        if char not in writable:
+            text = char.encode("utf-8")
+            writable[char] = engine_tokenizer.decode_bytes(engine_tokenizer.tokenize_bytes(text)) == text
+        if not writable[char]:
+            return char
+    return None
+
+
+def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
+    """A fresh llguidance `LLMatcher` of `grammar` (GBNF) for `tokenizer` and logits of width `vocab_size` (the
+    model's vocabulary, which may be padded past the tokenizer's: ids past it are never allowed). The grammar is
+    compiled once per tokenizer, width and text; each call copies the compiled matcher (`deep_copy`, microseconds).
+
+    Raises:
+        ValueError: the tokenizer cannot write a character of the grammar (`unwritable_character`), or the grammar does
+            not compile (llguidance's message).
+    """
+    engine_tokenizer, compiled, _, _ = _engine(tokenizer, vocab_size)
+    if grammar not in compiled:
+        missing = unwritable_character(tokenizer, vocab_size, grammar)
+        if missing is not None:
+            raise ValueError(f"the answer grammar cannot be applied with this tokenizer: it has no token for "
+                             f"{missing!r}, which the grammar's answers write; constrained decoding needs the model's "
+                             "own tokenizer, or decode freely (constrained=False; gap-mllm: --free)")
+        engine = require_grammar_engine()
+        matcher = engine.LLMatcher(engine_tokenizer, engine.grammar_from("grammar", grammar), log_level=0)
+        if matcher.is_error():
+            raise ValueError(f"the answer grammar does not compile in llguidance: {matcher.get_error()}")
+        compiled[grammar] = matcher
+    return compiled[grammar].deep_copy()
+
+
+def _executor():
+    """llguidance's thread pool for a batch's masks (its default size: 80 % of the CPUs, at most 32), made once."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = require_grammar_engine().LLExecutor()
+    return _EXECUTOR
+
+
+def fill_bitmask(matcher, bitmask: torch.Tensor, row: int) -> None:
+    """Write the tokens `matcher` allows next into `bitmask[row]` (a contiguous CPU int32 tensor `[B, ceil(V / 32)]`),
+    llguidance's layout: bit `t % 32` of word `t // 32` is token `t`. The matcher fills it off the GIL."""
+    import torch  # here: the task registry imports no torch (`gap-mllm --help` reads it)
+    if bitmask.dtype != torch.int32 or bitmask.device.type != "cpu" or not bitmask.is_contiguous():
+        raise ValueError("the bitmask must be a contiguous CPU int32 tensor")
+    matcher.unsafe_compute_mask_ptr(bitmask[row].data_ptr(), bitmask.shape[1] * 4)
+
+
+def grammar_accepts(tokenizer, vocab_size: int, grammar: str, text: str, whole: bool = True) -> bool:
+    """`text` is an answer of `grammar` (`whole`), or the beginning of one (an answer cut by its budget), whatever
+    tokens spell it."""
+    matcher = grammar_matcher(tokenizer, vocab_size, grammar)
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    consumed = not tokens or matcher.consume_tokens(tokens)
+    return consumed and not matcher.is_error() and (not whole or matcher.is_accepting())
+
+
+def apply_bitmask(scores: torch.FloatTensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """Set `scores[row, token]` to -inf in place for each of `rows` where bit `token` of `bitmask[row]` (int32 words,
+    32 token ids each, the least significant bit first) is 0. The bits are unpacked on the scores' device: on the CPU
+    by numpy's `unpackbits` (a byte table, microseconds), on an accelerator by shifts there; then one `masked_fill`.
+    No torch.compile and no triton (llguidance's own torch kernel is a compiled function)."""
+    import torch  # here: the task registry imports no torch (`gap-mllm --help` reads it)
+    import numpy as np
+
+    width = scores.shape[1]
+    if bitmask.shape[1] * 32 < width:
+        raise ValueError(f"a bitmask of {bitmask.shape[1] * 32} token ids for logits of {width}")
+    refused_words = ~bitmask[rows]  # a set bit: a refused token
+    if scores.device.type == "cpu":
+        bits = np.unpackbits(refused_words.numpy().view(np.uint8), axis=1, count=width, bitorder="little")
+        refused = torch.from_numpy(bits.view(np.bool_))
+    else:
+        words = refused_words.to(scores.device, non_blocking=True)
+        shifts = torch.arange(32, dtype=torch.int32, device=scores.device)
+        refused = ((words.unsqueeze(-1) >> shifts) & 1).flatten(1)[:, :width].bool()
+    if len(rows) == scores.shape[0] and list(rows) == list(range(scores.shape[0])):
+        scores.masked_fill_(refused, float("-inf"))
+    else:
+        index = torch.tensor(rows, device=scores.device)
+        scores[index] = scores[index].masked_fill(refused, float("-inf"))
+
+
+class GrammarLogitsProcessor:
+    """Masks each row's logits to the tokens its task's grammar allows next (module docstring).
+
+    Args:
+        tokenizer: the processor's tokenizer (the grammar is compiled for its vocabulary).
+        grammar: the answer grammar of every row, or one per row of the batch; each is the EBNF text
+            (`TaskSpec.grammar_for`), an `EntryList` (a list closed at the budget: `TaskSpec.entry_list`), or a
+            callable that builds one of those from the row's prompt text (spatial QA's offered options).
+        prompt_length: length of the rows given to `generate` before the answer (the new tokens start there; under
+            `generate(scene=...)` the scene prefix plus the question).
+        max_new_tokens: the token budget of the `generate` call; needed by an `EntryList`.
+
+    One instance serves one `generate` call; a later call on the same instance (the row lengths start over) starts
+    its matchers afresh.
+    """
+
+    def __init__(self, tokenizer, grammar, prompt_length: int, max_new_tokens: int | None = None):
+        require_grammar_engine()
+        if isinstance(prompt_length, bool) or int(prompt_length) < 0:
+            raise ValueError(f"prompt_length must be a whole number >= 0, got {prompt_length!r}")
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or int(max_new_tokens) < 1):
+            raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+        self.tokenizer = tokenizer
+        self.grammar = grammar
+        self.prompt_length = int(prompt_length)
+        self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
+        self._matchers: list | None = None
+
+    def fit_budget(self, max_new_tokens: int) -> None:
+        """`generate` generates at most `max_new_tokens`: the call's own budget, which may differ from the one this
+        processor was made for (the caller's `max_new_tokens` beside `generation_kwargs`'s, or the model's context
+        ending sooner: generation_checks.py `budget_to_grammars`); lists close for that budget."""
+        self.max_new_tokens = int(max_new_tokens)
+
+    def _start(self, input_ids: torch.LongTensor, vocab_size: int) -> None:
+        import torch  # here: the task registry imports no torch (`gap-mllm --help` reads it)
+        batch = input_ids.shape[0]
+        grammars = list(self.grammar) if isinstance(self.grammar, (list, tuple)) else [self.grammar] * batch
+        if len(grammars) != batch:
+            raise ValueError(f"{len(grammars)} grammars for a batch of {batch} rows")
+        if any(callable(g) for g in grammars):
+            prompts = self.tokenizer.batch_decode(input_ids[:, : self.prompt_length].tolist(), skip_special_tokens=True)
+            grammars = [g(prompt) if callable(g) else g for g, prompt in zip(grammars, prompts)]
+        if self.max_new_tokens is None and any(isinstance(g, EntryList) for g in grammars):
+            raise ValueError("a list answer closed at the token budget (EntryList) needs the budget: max_new_tokens=")
+        self._lists = [g if isinstance(g, EntryList) else None for g in grammars]  # None once bounded
+        texts = [g.grammar(None) if isinstance(g, EntryList) else g for g in grammars]
+        self._matchers = [grammar_matcher(self.tokenizer, vocab_size, g) for g in texts]
+        self._stops = _engine(self.tokenizer, vocab_size)[2]
+        self._tokens: list[list[int]] = [[] for _ in range(batch)]  # a list row's accepted tokens, to bound it
+        self._live = [True] * batch
+        self._consumed = 0
+        self._vocab_size = vocab_size
+        self._bitmask = torch.full((batch, (vocab_size + 31) // 32), -1, dtype=torch.int32)
+
+    def _close_list(self, row: int) -> None:
+        """From now on the row's list begins no entry beyond what the tokens left can end (`EntryList.bounded`). The
+        bounded grammar depends on the entries begun only, so it compiles once per count (`grammar_matcher`)."""
+        text = self.tokenizer.decode(self._tokens[row])
+        matcher = grammar_matcher(self.tokenizer, self._vocab_size, self._lists[row].bounded(text))
+        if not matcher.consume_tokens(self._tokens[row]):  # the bounded list holds its text
+            raise RuntimeError(f"the bounded list grammar refuses the answer begun inside the list: {text!r}")
+        self._matchers[row], self._lists[row] = matcher, None
+
+    def _consume(self, new_tokens: list[list[int]]) -> None:
+        """Each live row's matcher takes its new tokens; a row whose token the grammar refuses is no longer live. One
+        token a row (every step but the first of a resumed call): the rows in parallel, off the GIL."""
+        rows = [row for row, tokens in enumerate(new_tokens) if self._live[row] is not False and tokens]
+        if len(rows) > 1 and all(len(new_tokens[row]) == 1 for row in rows):
+            accepted = _executor().consume_token_par([(self._matchers[row], new_tokens[row][0]) for row in rows])
+        else:
+            accepted = [self._matchers[row].consume_tokens(new_tokens[row]) for row in rows]
+        for row, ok in zip(rows, accepted):
+            if not ok:
+                self._live[row] = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """`input_ids` `[B, prompt_length + n]`, `scores` `[B, V]` → `scores` with the refused tokens at -inf."""
+        batch, vocab_size = scores.shape
+        generated = input_ids.shape[1] - self.prompt_length
+        if generated < 0:
+            raise ValueError(f"the rows hold {input_ids.shape[1]} tokens, fewer than the prompt length "
+                             f"{self.prompt_length} this processor was made for")
+        if self._matchers is None or len(self._matchers) != batch or generated < self._consumed:
+            self._start(input_ids, vocab_size)
+        if generated > self._consumed:
+            new_tokens = input_ids[:, self.prompt_length + self._consumed :].tolist()  # the host sync (docstring)
+            for row, tokens in enumerate(new_tokens):
+                if self._lists[row] is not None and self._live[row]:
+                    self._tokens[row].extend(tokens)
+                # a stop token ends the row (llguidance's matcher may stop before it, at the grammar's end, and then
+                # allows the stop ids only)
+                if self._live[row] and any(token in self._stops for token in tokens):
+                    tokens[:] = tokens[: next(i for i, t in enumerate(tokens) if t in self._stops)]
+                    self._live[row] = None  # consumes what precedes the stop, then ends
+            self._consume(new_tokens)
+            self._live = [live is True for live in self._live]
+            self._consumed = generated
+        live = [row for row in range(batch) if self._live[row]]
+        if not live:
+            return scores
+        for row in live:
+            # the tokens left, this one included, are what the rest of the list can take at most: no new entry
+            if self._lists[row] is not None and self.max_new_tokens - generated <= self._lists[row].reserve:
+                self._close_list(row)
+        if len(live) == 1:
+            fill_bitmask(self._matchers[live[0]], self._bitmask, live[0])
+        else:  # the rows' masks filled in parallel, off the GIL (llguidance's thread pool, as vLLM fills a batch)
+            _executor().unsafe_compute_mask_ptr([(self._matchers[row], row) for row in live], self._bitmask.data_ptr(),
+                                                self._bitmask.shape[1] * 4, self._bitmask.shape[0])
+        apply_bitmask(scores, self._bitmask, live)
+        return scores
+
+
+class AnswerEndCriteria:
+    """Stops each row of a `generate` call once its answer is complete (`answer_complete`).
+
+    Args:
+        tokenizer: decodes the new tokens (special tokens skipped).
+        prompt_length: length of the prompt rows given to `generate` (the new tokens start there; left
+            padding keeps every row's prompt the same length).
+        answer_end: one of `ANSWER_ENDS`.
+        shortest_answer: `(task name, text)` of the task's shortest whole answer (`TaskSpec.shortest_answer`), or
+            None: `generate` refuses a context that leaves fewer new tokens than its text's (generation_checks.py).
+    """
+
+    def __init__(self, tokenizer, prompt_length: int, answer_end: str, shortest_answer: tuple[str, str] | None = None):
+        if answer_end not in ANSWER_ENDS:
+            raise ValueError(f"unknown answer end {answer_end!r}; expected one of {ANSWER_ENDS}")
+        self.tokenizer = tokenizer
+        self.prompt_length = int(prompt_length)
+        self.answer_end = answer_end
+        self.shortest_answer = shortest_answer
+
+    def shortest_answer_tokens(self) -> tuple[str, int] | None:
+        """`(task name, tokens)` of the task's shortest whole answer, or None when not given."""
+        if self.shortest_answer is None:
+            return None
+        task, text = self.shortest_answer
+        return task, len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        import torch  # here: the task registry imports no torch (`gap-mllm --help` reads it)
+        # A host synchronisation per generated token that must stay: the rules read the text, so the new tokens come
+        # to the host (`batch_decode` reads them with one `.tolist()`). It falls where `generate`'s own per-token stop
+        # check waits for the device anyway (after the step's argmax), so the device is drained once per token, not
+        # twice (tests/test_compiled_decoding.py counts both).
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        done = [answer_complete(text, self.answer_end) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 __all__ = [
+    "COMPILE_DECODING_CHOICES",
+    "ANSWER_ENDS",
+    "ASSISTANT_HEADER",
     "CAPTIONING",
+    "CHAT_MARKER",
     "DEPRECATED_TASK_NAMES",
     "DETECTION",
+    "DETECTION_LIST",
     "DefaultBudget",
+    "ENGINE_REQUIREMENT",
+    "EntryList",
     "GROUNDING",
     "GROUNDING_STAGE1",
     "GROUNDING_STAGE2",
+    "IMAGE_PLACEHOLDER",
+    "MARKUP_PATTERN",
+    "PromptTextError",
     "RECONSTRUCTION",
     "SPATIAL_QA",
+    "SYSTEM_PROMPT",
     "TASKS",
     "TASK_NAMES",
     "TaskSpec",
+    "added_token_contents",
+    "answer_bytes",
+    "answer_complete",
+    "caption_grammar",
+    "chat_messages",
+    "check_chat_text",
     "check_query_text",
+    "control_tokens_in",
+    "detection_entries",
+    "detection_grammar",
+    "detection_list_grammar",
     "extract_query",
     "format_box",
+    "frame_selection_grammar",
+    "grammar_characters",
+    "grounding_grammar",
+    "literal",
+    "offered_options",
+    "options_problem",
+    "placeholders_from_segments",
+    "pointmap_grammar",
+    "refuse_control_tokens",
+    "refuse_invalid_unicode",
+    "render_chat_prompt",
     "resolve_task",
+    "segments_from_placeholders",
+    "spatial_answer_grammar",
+    "text_runs",
 ]

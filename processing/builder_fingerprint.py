@@ -35,8 +35,8 @@ from pathlib import Path
 
 import xxhash  # a dependency of datasets, which every builder needs
 
-from gap_mllm import control_tokens, output_parsing, tasks_gap_mllm
-from gap_mllm.regular_files import open_regular_file, read_regular_bytes
+from gap_mllm import tasks_gap_mllm
+from gap_mllm.processing_gap_mllm import open_regular_file, read_regular_bytes
 
 from .json_files import loads_json
 
@@ -66,7 +66,7 @@ def _code_bytes() -> bytes:
     folder = Path(__file__).parent
     parts = [(folder / f"{name}.py").read_bytes() for name in _CODE_MODULES]
     # targets are parsed from the answer texts by the task registry's parsers; prompt text is checked by control_tokens
-    parts += [Path(module.__file__).read_bytes() for module in (output_parsing, tasks_gap_mllm, control_tokens)]
+    parts += [Path(module.__file__).read_bytes() for module in (tasks_gap_mllm,)]
     return b"\0".join(parts)
 
 
@@ -76,7 +76,7 @@ _CHUNK = 1 << 20
 def file_content_digest(path) -> str:
     """`size:xxh3-128` of the file's bytes; "missing" / "unreadable:<errno>" when it cannot be read (the builder
     then raises, or skips, with the sample named; the key stays stable). Regular files only
-    (gap_mllm.regular_files): a FIFO is "unreadable", never waited on. Also what an evaluation records of each
+    (gap_mllm.processing_gap_mllm): a FIFO is "unreadable", never waited on. Also what an evaluation records of each
     frame an answer was made from (evaluation/run_fingerprint.py)."""
     digest = xxhash.xxh3_128()
     size = 0

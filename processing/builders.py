@@ -13,7 +13,7 @@ and its answer text always agree. Every record field a builder reads is declared
 checked by `record_schema.read_fields` before anything reaches Arrow (a string where 9 numbers belong is
 an error, never 9 digits). Bad data raises `DataError` naming the file and the sample, or, with
 `skip_bad_samples=True`, is skipped and counted (`builder.skipped[split]`). A prompt or answer holding chat or
-vision markup (`<|im_start|>`, ...: gap_mllm.control_tokens) or text that is not valid Unicode is bad data.
+vision markup (`<|im_start|>`, ...: gap_mllm.tasks_gap_mllm) or text that is not valid Unicode is bad data.
 Sample ids must be unique within a file (a repeated id is bad data: refused, or skipped and counted after its
 first use), and an annotation file without a single usable sample is an error naming it.
 """
@@ -29,10 +29,10 @@ import datasets
 import numpy as np
 import PIL.Image
 
-from gap_mllm.chat_format import IMAGE_PLACEHOLDER
-from gap_mllm.control_tokens import PromptTextError, refuse_control_tokens
-from gap_mllm.image_files import displayed_size
-from gap_mllm.regular_files import NotARegularFile, read_regular_text
+from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER
+from gap_mllm.tasks_gap_mllm import PromptTextError, refuse_control_tokens
+from gap_mllm.processing_gap_mllm import displayed_size
+from gap_mllm.processing_gap_mllm import NotARegularFile, read_regular_text
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
@@ -44,7 +44,7 @@ from gap_mllm.tasks_gap_mllm import (
     extract_query,
     resolve_task,
 )
-from gap_mllm.visual_prompt import check_marker_inside
+from gap_mllm.processing_gap_mllm import check_marker_inside
 
 from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
@@ -314,7 +314,7 @@ def _check_conversation(record: dict, key: str) -> tuple[list[str], str, str]:
     if placeholders != len(images):
         raise DataError(f"the prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but the sample lists {len(images)} image(s)", sample=key)
     # Text, never markup: a turn holding `<|im_start|>` & co. would write chat turns of its own (or, in the answer,
-    # move the span the labels supervise). Without a tokenizer the Qwen markup is checked (gap_mllm.control_tokens).
+    # move the span the labels supervise). Without a tokenizer the Qwen markup is checked (gap_mllm.tasks_gap_mllm).
     for what, text in (("the prompt (human turn)", prompt), ("the answer (gpt turn)", answer)):
         try:
             refuse_control_tokens(None, text, what)

@@ -5,7 +5,7 @@ with one `<image>` per view, `answer`, optional `pixel_coords`) and returns the 
 `BatchFeature` (input_ids, attention_mask, pixel_values, image_grid_thw, geometry_pixel_values,
 geometry_views_per_sample, ...) plus `labels` for training.
 
-Chat layout: the one of `gap_mllm.chat_format` (official, docs/method.md §3.1 / §8.2), rendered by its
+Chat layout: the one of `gap_mllm.tasks_gap_mllm` (official, docs/method.md §3.1 / §8.2), rendered by its
 `render_chat_prompt` as the processor does: system "You are a helpful assistant.", one user turn whose content
 interleaves the prompt's text pieces with the views in order (so `Frame-i: <image>` becomes a text
 item before each image), then the assistant answer. Labels are `IGNORE_INDEX` everywhere except the
@@ -13,7 +13,7 @@ answer and the closing `<|im_end|>` + newline; `<|im_start|>assistant\n` is mask
 
 Dataset text is text, never markup: a prompt or answer holding a control token of the tokenizer (an answer
 with `<|im_start|>assistant\n` would move the supervised span onto the injected text) or text that is not valid
-Unicode is a `DataError` naming the sample (`sample_chat_text`, the rule of `gap_mllm.control_tokens`). In
+Unicode is a `DataError` naming the sample (`sample_chat_text`, the rule of `gap_mllm.tasks_gap_mllm`). In
 training, `BadSampleGuard` then stops the run or skips and counts the sample (`data.on_bad_sample`); evaluation
 (`gap-mllm evaluate`, scene reuse included) refuses it.
 
@@ -29,10 +29,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gap_mllm import chat_format
-from gap_mllm.chat_format import ASSISTANT_HEADER, render_chat_prompt, segments_from_placeholders
-from gap_mllm.control_tokens import PromptTextError
-from gap_mllm.model_inputs import IGNORE_INDEX  # noqa: F401 - re-exported for the trainer and tests
+from gap_mllm import tasks_gap_mllm
+from gap_mllm.tasks_gap_mllm import ASSISTANT_HEADER, render_chat_prompt, segments_from_placeholders
+from gap_mllm.tasks_gap_mllm import PromptTextError
+from gap_mllm.configuration_gap_mllm import IGNORE_INDEX  # noqa: F401 - re-exported for the trainer and tests
 
 from .errors import DataError
 
@@ -60,8 +60,8 @@ def sample_chat_text(processor, prompt: str, num_images: int, answer: str | None
 
 
 def chat_messages(prompt: str, num_images: int, answer: str | None = None, sample: str | None = None) -> list[dict]:
-    """Messages for the chat template from an annotation prompt (`chat_format.chat_messages`)."""
-    return chat_format.chat_messages(prompt_segments(prompt, num_images, sample), answer)
+    """Messages for the chat template from an annotation prompt (`tasks_gap_mllm.chat_messages`)."""
+    return tasks_gap_mllm.chat_messages(prompt_segments(prompt, num_images, sample), answer)
 
 
 def _find_last(row: list[int], pattern: list[int]) -> int:

@@ -11,10 +11,10 @@ this machine, not a Hub organisation). One rule for the command line (cli/model_
 from __future__ import annotations
 
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-# the quiet load of a small local checkpoint: the model's own rule (remote code, so it lives in the model's folder)
-from gap_mllm.loading_bar import SMALL_CHECKPOINT_BYTES, local_weight_bytes, loading_bar_for  # noqa: F401
 
 HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name, the form a Hub model id takes
 
@@ -28,3 +28,38 @@ def missing_local_folder(name: str) -> Path | None:
     looks_local = (not HUB_REPO_ID.match(name) or name.startswith((".", "~", "/"))
                    or path.parent.is_dir() and path.parent != Path("."))
     return path.resolve() if looks_local else None
+
+
+SMALL_CHECKPOINT_BYTES = 256 * 2**20
+
+
+def local_weight_bytes(name) -> int | None:
+    """The total size of the safetensors / bin weight files of local folder `name`; None when it is no folder."""
+    path = Path(str(name)).expanduser()
+    if not path.is_dir():
+        return None
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in path.glob(pattern) if f.is_file())
+
+
+@contextmanager
+def loading_bar_for(name):
+    """transformers' weight-loading progress bar off, while loading `name`, when it is a local checkpoint smaller than
+    `SMALL_CHECKPOINT_BYTES`; as it was otherwise, and after."""
+    size = local_weight_bytes(name)
+    if size is None or size >= SMALL_CHECKPOINT_BYTES:
+        yield
+        return
+    from huggingface_hub import utils as hub_utils  # here: loaded with transformers, not by the light importers
+    from transformers.utils import logging as transformers_logging
+
+    was_on, hub_was_off = transformers_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            with warnings.catch_warnings():  # enabling warns when HF_HUB_DISABLE_PROGRESS_BARS is set
+                warnings.simplefilter("ignore")
+                transformers_logging.enable_progress_bar()
+            if hub_was_off:  # enable_progress_bar turns the Hub's bars on too: keep them as they were
+                hub_utils.disable_progress_bars()

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from gap_mllm.image_alignment import pil_to_rgb
-from gap_mllm.image_files import read_image_file
-from gap_mllm.regular_files import kind_of
+from gap_mllm.processing_gap_mllm import pil_to_rgb
+from gap_mllm.processing_gap_mllm import read_image_file
+from gap_mllm.processing_gap_mllm import kind_of
 
 from .coordinates import check_rigid, intrinsics_3x3
 from .errors import DataError
@@ -93,7 +93,7 @@ def media_path(media_root, relative, sample=None) -> Path:
 
 def existing_file(path, what: str) -> Path:
     """`path` if it is a readable regular file, else a `DataError` that says why: not found, a symbolic
-    link loop, or what it is instead of a regular file (a FIFO, a device, a folder: gap_mllm.regular_files)."""
+    link loop, or what it is instead of a regular file (a FIFO, a device, a folder: gap_mllm.processing_gap_mllm)."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
@@ -112,7 +112,7 @@ def read_color(path) -> PIL.Image.Image:
     """An RGB colour image, fully decoded and upright (a truncated or corrupt file raises `DataError` here)."""
     path = existing_file(path, "colour image")
     try:
-        # upright (EXIF orientation applied: gap_mllm.image_files); 16-bit frames are scaled, not clipped to white
+        # upright (EXIF orientation applied: gap_mllm.processing_gap_mllm); 16-bit frames are scaled, not clipped to white
         return pil_to_rgb(read_image_file(path), str(path))
     except PIL.Image.DecompressionBombError as err:
         raise DataError(f"refused as a possible decompression bomb ({err})", path=path) from err

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
-from gap_mllm.chat_format import SYSTEM_PROMPT, segments_from_placeholders
+from gap_mllm.tasks_gap_mllm import SYSTEM_PROMPT, segments_from_placeholders
 from gap_mllm.processing_gap_mllm import is_box, one_per_sample
 from gap_mllm.tasks_gap_mllm import resolve_task
 

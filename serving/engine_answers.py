@@ -1,7 +1,7 @@
 """An engine's chat completion read as GAP-MLLM's own `generate` would have answered: same tokens, same text.
 
 The package's `generate` stops each row at the end of its task's answer (`TaskSpec.stopping_criteria`, a transformers
-`StoppingCriteria`: answer_stopping.py), at the generation config's EOS ids, or at the token budget. vLLM knows
+`StoppingCriteria`: tasks_gap_mllm.py), at the generation config's EOS ids, or at the token budget. vLLM knows
 nothing of the answer-end rules: it stops at `<|im_end|>` (its EOS and the folder's generation-config EOS ids) or at
 `max_tokens`, so a model that writes on after its answer (a rambling one, or an answer whose end the rule sees before
 the model ends its turn: spatial QA's line break) returns more text than `generate` would. So the client asks for the
@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from gap_mllm.answer_stopping import answer_complete
+from gap_mllm.tasks_gap_mllm import answer_complete
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 from .encoder import EncodedRequest

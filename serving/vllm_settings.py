@@ -11,7 +11,7 @@ Why these options (read in vLLM 0.33.0's source, `vllm/model_executor/models/qwe
   embeddings. The limit is the number of views per request (32 for grounding stage 1); videos are off.
 - `structured_outputs_config={"backend": "guidance"}` (`--structured-outputs-config.backend guidance`): vLLM picks
   the grammar engine at server start, not per request, and its default ("auto") gives a GBNF grammar to xgrammar.
-  The answer grammars (`structured_outputs.grammar`, modeling_gap_mllm/answer_grammar.py) are written for and
+  The answer grammars (`structured_outputs.grammar`, modeling_gap_mllm/tasks_gap_mllm.py) are written for and
   verified with llguidance, the engine of `generate(constrained=True)`, so a served answer is masked by the same
   engine as a local one. At Qwen's 151,936 ids xgrammar also takes 0.35-4 s to compile the caption's prose grammar
   and 60-570 ms a token to mask it, llguidance 30-120 ms and about 0.5 ms (bench/README.md, "Constrained

@@ -236,7 +236,7 @@ class EngineStandIn:
             raise _bad(f"You can only use one kind of structured outputs constraint but multiple are specified: {kinds}")
         if kinds != ["grammar"]:
             raise _bad(f"the stand-in applies structured_outputs.grammar only, got {kinds[0]}")
-        from gap_mllm.answer_grammar_processor import grammar_matcher
+        from gap_mllm.tasks_gap_mllm import grammar_matcher
 
         try:
             grammar_matcher(self.tokenizer, self.model.config.text_config.vocab_size, value["grammar"])
@@ -258,7 +258,7 @@ class EngineStandIn:
                               pooler_output=torch.split(main, sizes),
                               deepstack_features=[torch.split(level, sizes) for level in deepstack])})
         if grammar is not None:
-            from gap_mllm.answer_grammar_processor import GrammarLogitsProcessor
+            from gap_mllm.tasks_gap_mllm import GrammarLogitsProcessor
 
             inputs["logits_processor"] = [GrammarLogitsProcessor(self.tokenizer, grammar, prompt_length=len(ids))]
         out = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, num_beams=1,

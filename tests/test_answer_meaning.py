@@ -18,18 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
-
-from gap_mllm.answer_grammar import DETECTION_LIST, detection_entries, offered_options
-from gap_mllm.answer_grammar_processor import GrammarLogitsProcessor, grammar_accepts, stop_token_ids
-from gap_mllm.answer_task_generation import answer_task_kwargs
 from gap_mllm.cli.scene_store import SceneStore
 from gap_mllm.cli.tasks import TaskRequest, run_task
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
-from gap_mllm.generation_checks import fit_budget_to_context
+from gap_mllm.generation_gap_mllm import answer_task_kwargs, fit_budget_to_context
 from gap_mllm.mini import default_model_path
-from gap_mllm.output_parsing import answer_format
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.features import OFFICIAL_CATEGORIES
 from gap_mllm.processing.synth.categories import CATEGORY_NAMES
@@ -37,8 +30,28 @@ from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.language import captions
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.serving import GapMllmEncoder, chat_completion_payload
-from gap_mllm.target_format import DETECTION_INDENT, DETECTION_LINE_END, Box3D, detection_entry, serialize_detection
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, RECONSTRUCTION, SPATIAL_QA, TASKS, resolve_task
+from gap_mllm.tasks_gap_mllm import (
+    CAPTIONING,
+    DETECTION,
+    DETECTION_INDENT,
+    DETECTION_LINE_END,
+    DETECTION_LIST,
+    RECONSTRUCTION,
+    SPATIAL_QA,
+    TASKS,
+    Box3D,
+    GrammarLogitsProcessor,
+    answer_format,
+    detection_entries,
+    detection_entry,
+    grammar_accepts,
+    offered_options,
+    resolve_task,
+    serialize_detection,
+    stop_token_ids,
+)
+from PIL import Image
+from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
 
 from .conftest import write_small_synth
 from .test_constrained_answers_kept import photo_frames
@@ -263,7 +276,7 @@ def test_an_answer_forced_to_its_budget_still_parses(mini_tokenizer):
 
 
 def test_a_budget_lowered_to_the_context_closes_the_list_for_it(mini, mini_tokenizer):
-    """`generate` lowers a budget past the model's context to the positions left (generation_checks.py) and tells the
+    """`generate` lowers a budget past the model's context to the positions left (generation_gap_mllm.py) and tells the
     grammar, whose list then closes for the lower budget: 3 entries in 300 tokens, as a 300-token call."""
     model, _ = mini
     processor = GrammarLogitsProcessor(mini_tokenizer, DETECTION_LIST, 5, DETECTION.max_new_tokens)

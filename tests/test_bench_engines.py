@@ -61,7 +61,7 @@ def test_padded_tokenizer_decodes_every_id():
     tiny = build_tiny_tokenizer()
     assert all(tokenizer.convert_tokens_to_ids(t) == tiny.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|im_end|>"))
     # the fillers are vocabulary, as Qwen's ids are, not added tokens: every prompt path scans the added tokens
-    # (control_tokens.py), and 150,000 added fillers made that 0.5 s a call in the real-size benches
+    # (tasks_gap_mllm.py), and 150,000 added fillers made that 0.5 s a call in the real-size benches
     assert tokenizer.added_tokens_decoder == tiny.added_tokens_decoder
     text = "the chair <|filler_999|> by the door"
     assert tokenizer(text)["input_ids"] == tiny(text)["input_ids"]  # no text encodes to a filler

@@ -93,11 +93,10 @@ def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annota
 
 def test_a_run_counts_the_graphs_it_compiled_and_the_timed_run_after_an_untimed_one_compiles_none(tmp_path):
     """Compiled decoding's graphs are made in the untimed run (`graphs_compiled`); the timed run replays them."""
-    from transformers import CompileConfig
-
-    from gap_mllm.compiled_decoding import DECODE_COMPILE_CONFIG
     from gap_mllm.evaluation.scene_generation import SceneGenerator
+    from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
     from gap_mllm.tiny.tiny_model import build_tiny_model
+    from transformers import CompileConfig
 
     data = write_small_synth(tmp_path / "data")
     model, processor = build_tiny_model()
@@ -113,7 +112,7 @@ def test_a_run_counts_the_graphs_it_compiled_and_the_timed_run_after_an_untimed_
     assert timed_answers == untimed_answers
     assert 1 <= untimed["graphs_compiled"] <= 5 and timed["graphs_compiled"] == 0
     # the timed run decodes in the static-cache buffers the untimed one left: on a GPU, at the addresses its CUDA
-    # graphs were recorded with (static_cache_pool.py); CUDA graphs are counted on CUDA only
+    # graphs were recorded with (generation_gap_mllm.py); CUDA graphs are counted on CUDA only
     assert untimed["static_cache_allocations"] >= 1 and timed["static_cache_allocations"] == 0
     assert "cuda_graphs_recorded" not in timed
 

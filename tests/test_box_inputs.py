@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import pytest
-
 from gap_mllm.cli import predict
 from gap_mllm.cli.command_arguments import add_predict_arguments
 from gap_mllm.cli.main import main as gap_mllm
@@ -28,11 +27,16 @@ from gap_mllm.cli.space_backend import parse_numbers
 from gap_mllm.cli.task_request import TaskRequest, example_request
 from gap_mllm.mini import SHIPPED_DIR
 from gap_mllm.mini.export import BOX_ANGLES_SOURCE, mini_box_angles
-from gap_mllm.processing.box_angles import (BOX_ANGLES_RECORD, angle_intervals, box_angle_record, read_box_angles,
-                                            unseen_angles_note, write_box_angles)
+from gap_mllm.processing.box_angles import (
+    BOX_ANGLES_RECORD,
+    angle_intervals,
+    box_angle_record,
+    read_box_angles,
+    unseen_angles_note,
+    write_box_angles,
+)
 from gap_mllm.serving import GapMllmEncoder
-from gap_mllm.target_format import rotation_matrix
-from gap_mllm.tasks_gap_mllm import CAPTIONING
+from gap_mllm.tasks_gap_mllm import CAPTIONING, rotation_matrix
 
 from .conftest import make_views
 

@@ -11,7 +11,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-
 from gap_mllm.cli.errors import UserError
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.model_source import check_model_source, load_pretrained
@@ -165,8 +164,8 @@ def test_train_with_a_missing_recipe_or_a_bad_value(tmp_path, capsys):
 
 
 def test_malformed_intrinsics_is_a_data_error_that_can_be_skipped(tmp_path):
-    from gap_mllm.processing.builders import DetectionBuilder, load_annotation_file
     from gap_mllm.processing.annotation_files import find_annotation_file
+    from gap_mllm.processing.builders import DetectionBuilder, load_annotation_file
     from gap_mllm.processing.scannet_layout import posed_images_dir, read_intrinsics
     from gap_mllm.processing.synth.writer import write_dataset
 
@@ -218,7 +217,7 @@ def test_processor_text_of_the_wrong_type(tiny_processor, text):
 
 
 def test_post_processing_drops_negative_ids_and_names_foreign_ones(tiny_processor):
-    from gap_mllm.target_format import Box3D, serialize_detection
+    from gap_mllm.tasks_gap_mllm import Box3D, serialize_detection
 
     text = serialize_detection([Box3D.from_list([0.5, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], label="chair")])
     ids = tiny_processor.tokenizer(text)["input_ids"]
@@ -255,7 +254,7 @@ def test_predictions_file_with_a_broken_line(tmp_path):
 
 
 def test_sixteen_bit_arrays_are_refused_with_a_hint():
-    from gap_mllm.image_alignment import load_image
+    from gap_mllm.processing_gap_mllm import load_image
 
     with pytest.raises(TypeError, match="sample 2, view 0: unsupported image dtype uint16"):
         load_image(np.zeros((4, 4, 3), dtype=np.uint16), name="sample 2, view 0")

@@ -1,4 +1,4 @@
-"""Compiled decoding (compiled_decoding.py) on the CPU: the tiny model's decode step compiles whole (fullgraph=True, one
+"""Compiled decoding (generation_gap_mllm.py) on the CPU: the tiny model's decode step compiles whole (fullgraph=True, one
 graph, no break) and gives today's greedy tokens in float32, batch 1 and 8, with and without a scene; a decode step
 makes no host synchronisation, and generate makes the one per token that transformers' loop needs (host_syncs.py)."""
 
@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG, compiled_decoding_kwargs, decode_compile_config
+from gap_mllm.host_syncs import HostSyncCounter
+from gap_mllm.tasks_gap_mllm import AnswerEndCriteria
 from torch._dynamo.utils import counters
 from transformers import CompileConfig, StoppingCriteriaList
-
-from gap_mllm.answer_stopping_criteria import AnswerEndCriteria
-from gap_mllm.compiled_decoding import DECODE_COMPILE_CONFIG, compiled_decoding_kwargs, decode_compile_config
-from gap_mllm.host_syncs import HostSyncCounter
 
 from .conftest import make_views
 

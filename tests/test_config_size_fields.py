@@ -1,5 +1,5 @@
 """Every size field of the geometry config that allocates weights is priced by the parameter estimate
-(modeling_gap_mllm/config_sizes.py), so an absurd one is refused before allocation, naming the field."""
+(modeling_gap_mllm/configuration_gap_mllm.py), so an absurd one is refused before allocation, naming the field."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import re
 
 import pytest
 import torch
-
-from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, config_sizes
+from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, configuration_gap_mllm
 from gap_mllm.cli.real_size import real_size_config
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
-from gap_mllm.modeling_geometry_encoder import GapMllmGeometryEncoder
+from gap_mllm.modeling_vggt import GapMllmGeometryEncoder
 from gap_mllm.tiny.tiny_config import build_gap_config
 
 TINY_DPT = {"dpt_layers": [0, 1, 2, 3]}  # the tiny encoder has 4 layers
@@ -20,7 +19,7 @@ TINY_DPT = {"dpt_layers": [0, 1, 2, 3]}  # the tiny encoder has 4 layers
 @pytest.fixture
 def one_gib_left(monkeypatch):
     """1 GiB of memory left, whatever the machine: nothing priced above it is ever allocated here."""
-    monkeypatch.setattr(config_sizes, "available_memory", lambda device: 2**30)
+    monkeypatch.setattr(configuration_gap_mllm, "available_memory", lambda device: 2**30)
 
 
 @pytest.mark.parametrize("override, gib, parameters, part", [
@@ -79,5 +78,5 @@ def test_the_estimate_with_every_head_is_a_close_lower_bound(tiny_processor):
             model = GapMllmForConditionalGeneration(config)
         for priced, built in ((config, model), (config.geometry_config, model.geometry_encoder)):
             actual = sum(p.numel() for p in built.parameters())
-            estimate = config_sizes.estimate_num_parameters(priced)
+            estimate = configuration_gap_mllm.estimate_num_parameters(priced)
             assert 0.99 * actual <= estimate <= actual, (type(built).__name__, estimate, actual)

@@ -38,7 +38,7 @@ REQUESTS = {  # task -> the request's inputs on frames that are not a bundled ro
 def photo_frames() -> list[Image.Image]:
     """The six photographs, each resized (bicubic) to the first one's 160x160, as the processor resized them itself
     when their answers were recorded: they are of three shapes (160x106 to 160x188), which it now refuses
-    (gap_mllm.image_files `check_one_aspect_ratio`)."""
+    (gap_mllm.processing_gap_mllm `check_one_aspect_ratio`)."""
     photos = [Image.open(p).convert("RGB") for p in PHOTOS]
     return [photo.resize(photos[0].size, Image.Resampling.BICUBIC) for photo in photos]
 
@@ -60,10 +60,9 @@ def _frame_sets() -> dict:
 
 def constrained_answers() -> dict:
     """{frame set: {request: the Mini's constrained answer}} by `run_task` (greedy)."""
-    from transformers import AutoModel, AutoProcessor
-
     from gap_mllm.cli.tasks import TaskRequest, run_task
     from gap_mllm.mini import default_model_path
+    from transformers import AutoModel, AutoProcessor
 
     folder = default_model_path()
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
@@ -90,7 +89,7 @@ def test_the_mini_constrained_answers_are_unchanged():
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--record"]:
-    from gap_mllm.answer_grammar_processor import ENGINE_REQUIREMENT
+    from gap_mllm.generation_gap_mllm import ENGINE_REQUIREMENT
 
     FIXTURE.write_text(json.dumps({"engine": ENGINE_REQUIREMENT, "answers": constrained_answers()}, indent=1,
                                   ensure_ascii=False) + "\n", encoding="utf-8")

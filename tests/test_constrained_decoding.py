@@ -14,19 +14,25 @@ import random
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
-from transformers import LogitsProcessor, LogitsProcessorList
-
-from gap_mllm.answer_grammar import detection_entries
-from gap_mllm.answer_grammar_processor import (GrammarLogitsProcessor, fill_bitmask, grammar_accepts, grammar_matcher,
-                                               stop_token_ids)
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
 from gap_mllm.evaluation.scene_generation import SceneGenerator
 from gap_mllm.evaluation.tasks import get_task
 from gap_mllm.mini import default_model_path
-from gap_mllm.output_parsing import answer_format
-from gap_mllm.target_format import Box3D, serialize_detection
-from gap_mllm.tasks_gap_mllm import TASKS, resolve_task
+from gap_mllm.tasks_gap_mllm import (
+    TASKS,
+    Box3D,
+    GrammarLogitsProcessor,
+    answer_format,
+    detection_entries,
+    fill_bitmask,
+    grammar_accepts,
+    grammar_matcher,
+    resolve_task,
+    serialize_detection,
+    stop_token_ids,
+)
+from PIL import Image, ImageDraw
+from transformers import LogitsProcessor, LogitsProcessorList
 
 LABELS = ["chair", "couch", "bed", "night stand", "trash can", "x"]
 MINI_VOCAB = 768  # the width of GAP-MLLM-Mini's logits (its tokenizer has fewer ids)
@@ -379,8 +385,8 @@ def test_a_constrained_run_without_the_engine_is_refused_at_once(argv, tmp_path,
     import importlib.util
     import sys
 
-    from gap_mllm.answer_grammar import ENGINE_REQUIREMENT
     from gap_mllm.cli.main import main
+    from gap_mllm.tasks_gap_mllm import ENGINE_REQUIREMENT
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -400,7 +406,7 @@ def test_a_constrained_run_without_the_engine_is_refused_at_once(argv, tmp_path,
 def test_the_bitmask_refuses_exactly_the_tokens_whose_bit_is_clear(rows):
     """`apply_bitmask` (numpy's unpacking on the CPU): token t of a row is -inf iff bit t % 32 of word t // 32 is 0,
     at a width that ends inside a word; the rows not named are left as they were."""
-    from gap_mllm.answer_grammar_processor import apply_bitmask
+    from gap_mllm.tasks_gap_mllm import apply_bitmask
 
     generator = torch.Generator().manual_seed(81)
     width = 100

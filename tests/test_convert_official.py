@@ -12,11 +12,10 @@ import textwrap
 
 import pytest
 import torch
-
 from gap_mllm import GapMllmForConditionalGeneration
 from gap_mllm.cli import convert as convert_cli
-from gap_mllm.conversion_report import ConversionError
 from gap_mllm.convert_official_gap_mllm_to_hf import convert_official_checkpoint
+from gap_mllm.convert_vggt_to_hf import ConversionError
 from gap_mllm.tiny.official_layout import write_official_checkpoint
 from gap_mllm.tiny.tiny_model import build_tiny_model
 

@@ -11,18 +11,18 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from gap_mllm.cli import convert as convert_cli
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
-from gap_mllm.conversion_report import ConversionError
 from gap_mllm.convert_vggt_to_hf import (
+    ConversionError,
     convert_vggt_checkpoint,
     infer_vggt_geometry_config,
+    load_vggt_encoder,
     load_vggt_state_dict,
     plan_vggt_conversion,
 )
-from gap_mllm.modeling_geometry_encoder import GapMllmGeometryEncoder
+from gap_mllm.modeling_vggt import GapMllmGeometryEncoder
+from safetensors.torch import save_file
 
 from .test_geometry_heads import TINY_HEADS
 
@@ -78,7 +78,7 @@ def test_round_trip_reference_layout_to_outputs(prefix):
     state_dict, config = reference_layout_state_dict()
     source = GapMllmGeometryEncoder(config).eval()
     source.load_state_dict({k: v for k, v in state_dict.items() if k != TRACK_KEY})
-    encoder = GapMllmGeometryEncoder.from_vggt_state_dict({prefix + k: v for k, v in state_dict.items()}, config)
+    encoder = load_vggt_encoder({prefix + k: v for k, v in state_dict.items()}, config)
     report = encoder.conversion_report
     assert len(report.mapped) == len(state_dict) - 1
     assert report.skipped == {prefix + TRACK_KEY: "track head (not implemented in gap_mllm)"}
@@ -109,7 +109,7 @@ def test_config_is_inferred_from_the_weights():
 def test_disabled_heads_are_skipped_and_reported():
     state_dict, config = reference_layout_state_dict()
     aggregator_only = GapMllmGeometryConfig(**{**TINY_HEADS, "use_camera_head": False, "use_depth_head": False, "use_point_head": False})
-    encoder = GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, aggregator_only)
+    encoder = load_vggt_encoder(state_dict, aggregator_only)
     reasons = set(encoder.conversion_report.skipped.values())
     assert reasons == {"camera_head (disabled: geometry_config.use_camera_head=False)",
                        "depth_head (disabled: geometry_config.use_depth_head=False)",
@@ -122,18 +122,18 @@ def test_missing_key_is_an_error_naming_it():
     state_dict, config = reference_layout_state_dict()
     del state_dict["aggregator.frame_blocks.2.attn.k_norm.bias"]
     with pytest.raises(ConversionError, match=r"missing .*\n  - aggregator\.frame_blocks\.2\.attn\.k_norm\.bias"):
-        GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, config)
+        load_vggt_encoder(state_dict, config)
 
 
 def test_extra_key_is_an_error_naming_it():
     state_dict, config = reference_layout_state_dict()
     state_dict["aggregator.frame_blocks.9.norm1.weight"] = torch.ones(32)
     with pytest.raises(ConversionError, match=r"aggregator\.frame_blocks\.9\.norm1\.weight: no tensor of this name"):
-        GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, config)
+        load_vggt_encoder(state_dict, config)
     state_dict.pop("aggregator.frame_blocks.9.norm1.weight")
     state_dict["other_model.weight"] = torch.ones(1)
     with pytest.raises(ConversionError, match=r"other_model\.weight: no tensor of this name"):
-        GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, config)
+        load_vggt_encoder(state_dict, config)
 
 
 def test_mis_shaped_key_is_an_error_naming_it():
@@ -141,7 +141,7 @@ def test_mis_shaped_key_is_an_error_naming_it():
     state_dict["depth_head.projects.1.weight"] = torch.zeros(16, 64, 1, 2)
     with pytest.raises(ConversionError, match=r"depth_head\.projects\.1\.weight <- depth_head\.projects\.1\.weight: "
                                               r"source shape \(16, 64, 1, 2\) vs expected \(16, 64, 1, 1\)"):
-        GapMllmGeometryEncoder.from_vggt_state_dict(state_dict, config)
+        load_vggt_encoder(state_dict, config)
 
 
 def test_keys_outside_the_wrapper_prefix_are_errors():

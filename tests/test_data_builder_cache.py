@@ -14,7 +14,6 @@ import shutil
 
 import numpy as np
 import PIL.Image
-
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import BUILDERS, DetectionBuilder, GroundingStage2Builder
 from gap_mllm.training.config import AuxLossConfig, DataConfig
@@ -130,13 +129,13 @@ def test_a_replaced_frame_is_never_served_from_the_old_cache(tiny_dataset, tmp_p
 
 
 def test_the_code_key_covers_every_rule_that_refuses_a_sample():
-    """The required detection `boxes` (processing/detection_record.py) and the prompt-text rule (control_tokens.py)
+    """The required detection `boxes` (processing/detection_record.py) and the prompt-text rule (tasks_gap_mllm.py)
     decide which samples a prepared builder holds: a change to either must not serve the old cache."""
     from pathlib import Path
 
-    from gap_mllm import control_tokens
+    from gap_mllm import tasks_gap_mllm
     from gap_mllm.processing import builder_fingerprint, detection_record
 
     code = builder_fingerprint._code_bytes()
-    for module in (detection_record, control_tokens):
+    for module in (detection_record, tasks_gap_mllm):
         assert Path(module.__file__).read_bytes() in code, module.__name__

@@ -11,13 +11,12 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
-
-from gap_mllm.image_alignment import load_image
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import ReconstructionBuilder, load_annotation_file
 from gap_mllm.processing.collator import GapMllmDataCollator
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir, read_color, resolve_inside
+from gap_mllm.processing_gap_mllm import load_image
 from gap_mllm.tiny.tiny_model import build_tiny_model
 from gap_mllm.training.bad_samples import SKIPPED_KEY, BadSampleGuard
 from gap_mllm.training.config import AuxLossConfig, DataConfig

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from gap_mllm.output_parsing import parse_detection
 from gap_mllm.processing.coordinates import (
     backproject_depth,
     backproject_pixel,
@@ -21,6 +19,8 @@ from gap_mllm.processing.synth.layout import rectangles_overlap
 from gap_mllm.processing.synth.renderer import PartArrays, render
 from gap_mllm.processing.synth.scene import STRUCTURE_IDS, Part, Room, SceneObject
 from gap_mllm.processing.synth.trajectory import camera_position_is_free
+from gap_mllm.tasks_gap_mllm import parse_detection
+
 from .test_data_fixtures import TINY_CONFIG, tiny_dataset, tiny_generator, tiny_scene  # noqa: F401
 
 SURFACE_TOL = 1e-4  # metres: float32 depth at <= 10 m is good to ~1e-6 m; 1e-4 leaves a wide margin

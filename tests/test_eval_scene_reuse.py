@@ -3,14 +3,12 @@ with the same answers as one full generate call per sample."""
 
 import json
 
-from gap_mllm.chat_format import IMAGE_PLACEHOLDER
 from gap_mllm.evaluation import scene_generation
-from gap_mllm.evaluation.generation import Request
 from gap_mllm.evaluation.batched_answers import answer_in_batches, scene_batches, stage_batches
+from gap_mllm.evaluation.generation import Request
 from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.evaluation.scene_generation import SceneGenerator, groups_for_rank, scene_groups
-from gap_mllm.tasks_gap_mllm import FRAME_LABEL
-
+from gap_mllm.tasks_gap_mllm import FRAME_LABEL, IMAGE_PLACEHOLDER
 
 
 def test_groups_stay_whole_and_are_balanced_over_ranks():

@@ -35,7 +35,7 @@ def setup_constant(name: str):
 
 
 def test_constrained_decoding_is_a_core_requirement_with_the_verified_pin():
-    from gap_mllm.answer_grammar_processor import ENGINE_REQUIREMENT
+    from gap_mllm.generation_gap_mllm import ENGINE_REQUIREMENT
 
     assert setup_constant("GRAMMAR_ENGINE") == ENGINE_REQUIREMENT
     assert ENGINE_REQUIREMENT in setup_constant("CORE")
@@ -318,8 +318,7 @@ def test_a_grounding_stage_given_to_predict_says_how_to_run_it(stage, capsys):
 
 
 def test_a_trailing_comma_after_an_answer_is_named_as_such():
-    from gap_mllm.output_parsing import (TRAILING_COMMA, parse_detection, parse_frame_selection, parse_grounding,
-                                         parse_pointmap)
+    from gap_mllm.tasks_gap_mllm import TRAILING_COMMA, parse_detection, parse_frame_selection, parse_grounding, parse_pointmap
 
     box = '{"bbox_3d": [0.1, 0.2, 1.5, 0.4, 0.5, 0.6, 0.0, 0.0, 0.0]}'
     grounded = parse_grounding(box + ",")
@@ -432,9 +431,8 @@ def test_the_readme_picture_caption_says_where_the_point_is_drawn():
 def test_the_docs_give_the_minis_vocabulary_as_it_is():
     import re
 
-    from transformers import AutoTokenizer
-
     from gap_mllm.mini import SHIPPED_DIR
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(SHIPPED_DIR, trust_remote_code=True)
     config = json.loads((SHIPPED_DIR / "config.json").read_text(encoding="utf-8"))

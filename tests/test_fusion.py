@@ -2,13 +2,10 @@
 
 import pytest
 import torch
-from torch import nn
-
 from gap_mllm import GapMllmConfig
 from gap_mllm.configuration_gap_mllm import FUSION_METHODS, GapMllmFusionConfig
-from gap_mllm.geometry_fusion import build_fusion
-from gap_mllm.geometry_merger import GapMllmGeometryMerger
-from gap_mllm.multi_level_fusion import GapMllmMultiLevelFusion
+from gap_mllm.modeling_gap_mllm import GapMllmGeometryMerger, GapMllmMultiLevelFusion, build_fusion
+from torch import nn
 
 D = 16
 

@@ -8,9 +8,8 @@ a trained-network scale: relative Frobenius error ≤ 2e-2 and max abs error ≤
 
 import pytest
 import torch
-
 from gap_mllm import GapMllmGeometryConfig
-from gap_mllm.modeling_geometry_encoder import GapMllmGeometryEncoder, autocast_dtype_for
+from gap_mllm.modeling_vggt import GapMllmGeometryEncoder, autocast_dtype_for
 
 from .test_geometry_encoder import randomise
 

@@ -8,18 +8,19 @@ from functools import partial
 
 import pytest
 import torch
+from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
+from gap_mllm.modeling_vggt import (
+    GapMllmGeometryBlock,
+    GapMllmGeometryEncoder,
+    GapMllmGeometryRotaryEmbedding2D,
+    GeometryEncoderOutput,
+    apply_rotary_2d,
+    build_token_positions,
+    init_geometry_weights,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
-
-from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
-from gap_mllm.geometry_layers import GapMllmGeometryBlock
-from gap_mllm.geometry_rope import GapMllmGeometryRotaryEmbedding2D, apply_rotary_2d, build_token_positions
-from gap_mllm.modeling_geometry_encoder import (
-    GapMllmGeometryEncoder,
-    GeometryEncoderOutput,
-    init_geometry_weights,
-)
 
 HIDDEN = 32
 PATCH = 14

@@ -9,10 +9,17 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
-from gap_mllm.geometry_heads_dpt import GapMllmDptResidualUnit, activate_depth, activate_points
-from gap_mllm.modeling_geometry_encoder import GapMllmGeometryEncoder
+from gap_mllm.modeling_vggt import (
+    GapMllmDptResidualUnit,
+    GapMllmGeometryEncoder,
+    activate_depth,
+    activate_points,
+    extrinsics_intrinsics_to_pose_encoding,
+    matrix_to_quaternion,
+    pose_encoding_to_extrinsics_intrinsics,
+    quaternion_to_matrix,
+)
 from gap_mllm.point_cloud import (
     PointCloud,
     depth_to_camera_points,
@@ -21,12 +28,6 @@ from gap_mllm.point_cloud import (
     read_ply,
     save_point_cloud,
     write_ply,
-)
-from gap_mllm.pose_encoding import (
-    extrinsics_intrinsics_to_pose_encoding,
-    matrix_to_quaternion,
-    pose_encoding_to_extrinsics_intrinsics,
-    quaternion_to_matrix,
 )
 
 TINY_HEADS = dict(

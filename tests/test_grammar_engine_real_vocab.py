@@ -11,11 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from gap_mllm.answer_grammar import DETECTION_LIST
-from gap_mllm.answer_grammar_processor import fill_bitmask, grammar_matcher, stop_token_ids
-from gap_mllm.target_format import Box3D
-from gap_mllm.tasks_gap_mllm import resolve_task
+from gap_mllm.tasks_gap_mllm import DETECTION_LIST, Box3D, fill_bitmask, grammar_matcher, resolve_task, stop_token_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_grammar import QWEN_VOCAB, QWEN_VOCABULARY_PACKAGE, qwen_vocabulary_tokenizer  # noqa: E402

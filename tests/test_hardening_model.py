@@ -13,17 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration
-from gap_mllm import config_sizes, generation_checks
+from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, configuration_gap_mllm, generation_gap_mllm
 from gap_mllm.cli.errors import UserError
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.model_source import check_model_source, load_pretrained
 from gap_mllm.cli.real_size import QWEN3_VL_2B_TEXT, QWEN3_VL_2B_TOKENS, QWEN3_VL_2B_VISION, real_size_config
 from gap_mllm.cli.scene_store import SceneStore
 from gap_mllm.cli.tasks import TaskRequest, run_task
-from gap_mllm.output_parsing import parse_pointmap
-from gap_mllm.tasks_gap_mllm import TASKS
+from gap_mllm.tasks_gap_mllm import TASKS, parse_pointmap
 from gap_mllm.tiny.tiny_config import build_gap_config
 from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
 
@@ -192,10 +189,10 @@ def short_context(tiny_processor, monkeypatch):
     position 34 (the visual tokens of a view share positions)."""
     model, _ = build_tiny_model(processor=tiny_processor, seed=2)
     model.config.vlm_config.text_config.max_position_embeddings = 40
-    monkeypatch.setattr(generation_checks, "_WARNED_BUDGETS", set())
+    monkeypatch.setattr(generation_gap_mllm, "_WARNED_BUDGETS", set())
     frames = make_views(2, seed=13)
     full = tiny_processor(images=frames, text="Where is the chair?", return_tensors="pt")
-    assert full["input_ids"].shape[1] == 41 and generation_checks.highest_prompt_position(
+    assert full["input_ids"].shape[1] == 41 and generation_gap_mllm.highest_prompt_position(
         model, full["input_ids"], full["attention_mask"], full["mm_token_type_ids"], full["image_grid_thw"]) == 34
     return model, frames, full
 
@@ -324,7 +321,7 @@ def test_absurd_sizes_are_refused_by_the_config(tiny_processor, override, messag
 
 
 def test_a_model_that_cannot_fit_is_refused_before_allocating(tiny_processor, monkeypatch):
-    monkeypatch.setattr(config_sizes, "available_memory", lambda device: 2**30)  # 1 GiB left, whatever the machine
+    monkeypatch.setattr(configuration_gap_mllm, "available_memory", lambda device: 2**30)  # 1 GiB left, whatever the machine
     config = build_gap_config(tiny_processor.tokenizer, geometry_config={"num_hidden_layers": 10**6})  # ~2.5e10 weights
     with pytest.raises(ValueError, match=r"need at least 91.6 GiB \(2.46e\+10 parameters in torch.float32\), but only "
                                          r"1.0 GiB are available on cpu"):
@@ -346,11 +343,11 @@ def test_real_and_8b_sizes_are_accepted_and_the_estimate_is_a_close_lower_bound(
     for config in (real_size_config(), eight_b, tiny):
         with torch.device("meta"):
             actual = sum(p.numel() for p in GapMllmForConditionalGeneration(config).parameters())
-        estimate = config_sizes.estimate_num_parameters(config)
+        estimate = configuration_gap_mllm.estimate_num_parameters(config)
         assert 0.98 * actual <= estimate <= actual, (estimate, actual)
-    assert round(config_sizes.estimate_num_parameters(real_size_config()) / 1e9, 2) == 3.24
-    assert round(config_sizes.estimate_num_parameters(eight_b) / 1e9, 1) == 10.0  # 8.8 B VLM + VGGT-1B + fusion
-    assert config_sizes.estimate_num_parameters(eight_b) * 50 < config_sizes.MAX_PARAMETERS  # far from the bound
+    assert round(configuration_gap_mllm.estimate_num_parameters(real_size_config()) / 1e9, 2) == 3.24
+    assert round(configuration_gap_mllm.estimate_num_parameters(eight_b) / 1e9, 1) == 10.0  # 8.8 B VLM + VGGT-1B + fusion
+    assert configuration_gap_mllm.estimate_num_parameters(eight_b) * 50 < configuration_gap_mllm.MAX_PARAMETERS  # far from the bound
 
 
 def _folder_with_model_type(tmp_path, model_type) -> Path:

@@ -1,6 +1,6 @@
 """No dataset or user text becomes a chat turn on any path (issue 40, items 1, 2, 9 and 13).
 
-One rule (gap_mllm.control_tokens.refuse_control_tokens) for every path that turns text into a prompt: the
+One rule (gap_mllm.tasks_gap_mllm.refuse_control_tokens) for every path that turns text into a prompt: the
 builders and the training collator skip-and-count or refuse a record by name, `gap-mllm evaluate` (batched and
 scene reuse) refuses it, live queries are refused; text items are checked as the prompt joins them; text that is
 not valid Unicode is a ValueError naming it. transformers' own processor entry points keep working, and a typo
@@ -15,12 +15,9 @@ import os
 import shutil
 
 import pytest
-
-from gap_mllm.chat_format import ASSISTANT_HEADER
 from gap_mllm.cli import predict
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.tasks import TaskRequest, run_task
-from gap_mllm.control_tokens import PromptTextError
 from gap_mllm.evaluation.generation import Request
 from gap_mllm.evaluation.in_memory import EvaluationSlice
 from gap_mllm.evaluation.runner import run_evaluation
@@ -29,6 +26,7 @@ from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import ReconstructionBuilder, load_annotation_file
 from gap_mllm.processing.collator import IGNORE_INDEX, GapMllmDataCollator
 from gap_mllm.processing.errors import DataError
+from gap_mllm.tasks_gap_mllm import ASSISTANT_HEADER, PromptTextError
 from gap_mllm.training.bad_samples import SKIPPED_KEY, BadSampleGuard
 
 from .conftest import make_views

@@ -10,7 +10,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from gap_mllm.evaluation.baselines import detection_baseline
 from gap_mllm.evaluation.detection_metrics import DetectionEvaluator, ground_truth
 from gap_mllm.evaluation.detection_parsing import detection_predictions
@@ -19,11 +18,11 @@ from gap_mllm.evaluation.in_memory import EvaluationSlice
 from gap_mllm.evaluation.lmms_eval_plugin import task_functions
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 from gap_mllm.evaluation.spatial_qa_metrics import mean_relative_accuracy, score_answer
-from gap_mllm.output_parsing import parse_grounding
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import DetectionBuilder, ReconstructionBuilder, load_annotation_file
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import posed_images_dir, read_depth
+from gap_mllm.tasks_gap_mllm import parse_grounding
 
 from .test_data_bad_inputs import build, data_copy, data_error, first_record  # noqa: F401  (data_copy: fixture)
 from .test_data_fixtures import tiny_dataset  # noqa: F401  (module fixture)

@@ -13,11 +13,10 @@ from unittest import mock
 import pytest
 import torch
 import transformers.utils.hub
-from safetensors.torch import load_file
-
 from gap_mllm.cli import push as push_cli
 from gap_mllm.cli.hub_files import HubFolderError, plan_upload, remote_code_closure
 from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
+from safetensors.torch import load_file
 
 REPO = "me/gap-mllm-tiny"
 COMMIT = "0" * 40
@@ -92,7 +91,7 @@ def test_every_auto_map_module_and_its_imports_are_uploaded(checkpoint):
     closure = remote_code_closure(checkpoint)
     assert {"configuration_gap_mllm.py", "modeling_gap_mllm.py", "processing_gap_mllm.py"} <= closure
     # the chain modeling -> geometry encoder -> layers is followed, not just the auto_map entries
-    assert "modeling_geometry_encoder.py" in closure and "geometry_layers.py" in closure
+    assert "modeling_vggt.py" in closure and "modeling_vggt.py" in closure
 
 
 def test_pickles_logs_and_stray_scripts_are_left_out(checkpoint, tmp_path, fake_hub):
@@ -121,7 +120,7 @@ def test_pickle_only_weights_are_refused_before_any_hub_call(checkpoint, tmp_pat
 
 
 @pytest.mark.parametrize("missing, message", [
-    ("geometry_layers.py", "geometry_layers.py is missing"),
+    ("modeling_vggt.py", "modeling_vggt.py is missing"),
     ("chat_template.jinja", "chat template"),
     ("tokenizer_config.json", "tokenizer"),
 ])
@@ -180,8 +179,8 @@ def test_links_inside_the_folder_or_into_the_package_model_code_are_uploaded(che
     (folder / "notes").mkdir()
     (folder / "notes" / "card.md").write_text("# card\n")
     (folder / "README.md").symlink_to(Path("notes") / "card.md")
-    (folder / "geometry_layers.py").unlink()  # as the shipped GAP-MLLM-Mini folder links its code files
-    (folder / "geometry_layers.py").symlink_to(Path(gap_mllm.__file__).parent / "geometry_layers.py")
+    (folder / "modeling_vggt.py").unlink()  # as the shipped GAP-MLLM-Mini folder links its code files
+    (folder / "modeling_vggt.py").symlink_to(Path(gap_mllm.__file__).parent / "modeling_vggt.py")
     push_cli.push_folder(folder, REPO)
     assert fake_hub.uploaded() == expected_files(checkpoint)
     assert (fake_hub.root / REPO / "README.md").read_text() == "# card\n"
@@ -310,8 +309,8 @@ def test_published_repo_loads_by_id_offline_without_the_package(checkpoint, fake
     assert loaded["processor"] == "GapMllmProcessor"
 
     # same numbers as the original checkpoint loaded from its folder in this process
-    from transformers import AutoModel, AutoProcessor
     import numpy as np
+    from transformers import AutoModel, AutoProcessor
 
     model = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)

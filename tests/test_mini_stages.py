@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from gap_mllm.evaluation.in_memory import EvaluationSlice
 from gap_mllm.evaluation.marker_metrics import marker_scores
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.collator import collate_clips
-from gap_mllm.target_format import serialize_pointmap
+from gap_mllm.tasks_gap_mllm import serialize_pointmap
 from gap_mllm.tiny.tiny_model import build_tiny_model
 from gap_mllm.training.config import recipe_from_dict
 from gap_mllm.training.encoder_stage_run import build_encoder_stage_trainer

@@ -1,17 +1,14 @@
 """Answer serialisers (exact official texts) and the never-eval parsers (valid, malformed, adversarial)."""
 
+import builtins
 import json
 import math
 
-import builtins
-
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from gap_mllm.output_parsing import (
+from gap_mllm.tasks_gap_mllm import (
     MAX_TEXT_CHARS,
+    Box3D,
     DetectionResult,
     FrameSelectionResult,
     GroundingResult,
@@ -21,16 +18,15 @@ from gap_mllm.output_parsing import (
     parse_grounding,
     parse_literal,
     parse_pointmap,
-    strip_code_fences,
-)
-from gap_mllm.target_format import (
-    Box3D,
     rotation_matrix,
     serialize_detection,
     serialize_frame_selection,
     serialize_grounding,
     serialize_pointmap,
+    strip_code_fences,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 COUCH = Box3D("couch", (0.44, 0.08, 2.26), (0.98, 1.88, 0.83), (0.81, 1.17, 2.96))
 PILLOW = Box3D("pillow", (0.83, -0.0012, 2.08), (0.32, 0.46, 0.33), (0.79, 1.17, 2.96))

@@ -1,6 +1,6 @@
 """GapMllmProcessor: Qwen/VGGT token alignment, official modes, input types, errors, save/load, decoding.
 
-Also covers the size rules of `image_alignment.py` and the tiny tokenizer fixture.
+Also covers the size rules of `processing_gap_mllm.py` and the tiny tokenizer fixture.
 """
 
 import json
@@ -12,11 +12,8 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
-
-from gap_mllm.image_alignment import (
+from gap_mllm.processing_gap_mllm import (
+    GapMllmProcessor,
     _smart_resize_fallback,
     crop_to_even_patch_count,
     crop_top_left_to_multiple,
@@ -25,9 +22,11 @@ from gap_mllm.image_alignment import (
     smart_resize,
     vggt_crop_size,
 )
-from gap_mllm.processing_gap_mllm import GapMllmProcessor
-from gap_mllm.target_format import Box3D, serialize_detection, serialize_frame_selection, serialize_pointmap
+from gap_mllm.tasks_gap_mllm import Box3D, serialize_detection, serialize_frame_selection, serialize_pointmap
 from gap_mllm.tiny.tiny_tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_processor, build_tiny_tokenizer
+from transformers import AutoTokenizer
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
 TINY_MIN, TINY_MAX = 32 * 32 * 4, 128 * 128 * 4
 PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -704,20 +703,20 @@ def test_flat_hub_folder_loads_with_trust_remote_code(tmp_path, monkeypatch):
     copied = {p.name for p in (tmp_path / "saved").glob("*.py")}
     assert copied == {
         "processing_gap_mllm.py",
-        "answer_grammar.py",
-        "answer_grammar_processor.py",
-        "answer_stopping.py",
-        "answer_stopping_criteria.py",
-        "chat_format.py",
-        "control_tokens.py",
-        "image_alignment.py",
-        "model_inputs.py",
-        "output_parsing.py",
-        "image_files.py",
-        "regular_files.py",
-        "target_format.py",
         "tasks_gap_mllm.py",
-        "visual_prompt.py",
+        "generation_gap_mllm.py",
+        "tasks_gap_mllm.py",
+        "generation_gap_mllm.py",
+        "tasks_gap_mllm.py",
+        "tasks_gap_mllm.py",
+        "processing_gap_mllm.py",
+        "configuration_gap_mllm.py",
+        "tasks_gap_mllm.py",
+        "processing_gap_mllm.py",
+        "processing_gap_mllm.py",
+        "tasks_gap_mllm.py",
+        "tasks_gap_mllm.py",
+        "processing_gap_mllm.py",
     }
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(

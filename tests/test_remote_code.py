@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import torch
-
 from gap_mllm.tasks_gap_mllm import TASKS
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
@@ -78,8 +77,8 @@ def test_fresh_process_loads_the_hub_folder_with_remote_code(tmp_path, tiny_proc
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_gap_mllm.GapMllmProcessor"}
-    for module in ("configuration_gap_mllm.py", "modeling_gap_mllm.py", "modeling_geometry_encoder.py",
-                   "geometry_fusion.py", "processing_gap_mllm.py"):
+    for module in ("configuration_gap_mllm.py", "modeling_gap_mllm.py", "modeling_vggt.py",
+                   "modeling_gap_mllm.py", "processing_gap_mllm.py"):
         assert (folder / module).exists(), module
 
     images = [make_views(2, 64, 96, seed=1), make_views(3, 48, 80, seed=2)]
@@ -121,8 +120,8 @@ def test_saved_remote_code_has_no_converter_and_no_file_export(tmp_path, tiny_pr
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     copied = {path.name for path in tmp_path.glob("*.py")}
-    assert {"modeling_gap_mllm.py", "processing_gap_mllm.py", "configuration_gap_mllm.py", "output_parsing.py",
-            "modeling_geometry_encoder.py", "point_maps.py", "vggt_weights.py"} <= copied
+    assert {"modeling_gap_mllm.py", "processing_gap_mllm.py", "configuration_gap_mllm.py", "tasks_gap_mllm.py",
+            "modeling_vggt.py", "modeling_vggt.py", "modeling_vggt.py"} <= copied
     assert not [name for name in copied if name.startswith("convert_")], copied
     assert "point_cloud.py" not in copied
     for name in sorted(copied):

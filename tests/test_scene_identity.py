@@ -1,14 +1,12 @@
 """A scene is refused after any change of what encoded it, including the changes that do not bump a tensor's
 in-place version counter: a fused AdamW step, a PEFT adapter switch or `disable_adapter()`, an in-place
-buffer change, a write through `.data` (model_identity.py)."""
+buffer change, a write through `.data` (generation_gap_mllm.py)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
-from gap_mllm.model_identity import model_identity
+from gap_mllm.generation_gap_mllm import model_identity
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .conftest import make_views
@@ -88,7 +86,7 @@ def test_peft_adapter_switches_and_disable_adapter_invalidate_the_scene(scene_se
 
 
 def test_the_identity_of_an_unchanged_model_is_stable(scene_setup):
-    """Unchanged model, same identity (its cost, one read of the weights per check, is in model_identity.py's
+    """Unchanged model, same identity (its cost, one read of the weights per check, is in generation_gap_mllm.py's
     docstring: tests time nothing)."""
     model, _, _ = scene_setup
     assert model_identity(model) == model_identity(model)

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from gap_mllm.control_tokens import PromptTextError
 from gap_mllm.serving import (
     GapMllmEncoder,
     chat_completion_payload,
@@ -25,7 +23,9 @@ from gap_mllm.serving import (
     serve_command,
 )
 from gap_mllm.serving.openai_payload import chat_messages
+from gap_mllm.tasks_gap_mllm import PromptTextError
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
 from tests.conftest import make_views
 
 TASK_CASES = {  # name -> (task inputs, views)
@@ -123,7 +123,7 @@ def test_encoder_refuses_ambiguous_or_marked_up_prompts(encoder):
 
 
 def test_every_encoder_path_refuses_text_that_writes_control_tokens(encoder):
-    """The prompt-text rule of every path (gap_mllm.control_tokens) on the serving encoder: a free prompt, a task's
+    """The prompt-text rule of every path (gap_mllm.tasks_gap_mllm) on the serving encoder: a free prompt, a task's
     query, the annotation-form prompts `gap-mllm evaluate` and the lmms-eval plugin send, and a scene's reprompt.
     Each is refused naming the token, before anything is encoded or sent."""
     frames = make_views(1)

@@ -9,14 +9,13 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from gap_mllm.cli import space_backend
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.scenes import EXAMPLE_SEEDS
 from gap_mllm.cli.space_backend import USER_ERRORS, SpaceBackend, SpaceSettings
 from gap_mllm.cli.tasks import MAX_BOX_VALUE, TaskRequest
 from gap_mllm.cli.uploads import UploadError
+from PIL import Image
 
 from .conftest import make_views
 
@@ -108,7 +107,7 @@ def test_boxes_at_the_bound_and_of_the_smallest_size_are_drawn(backend):
 def test_a_query_that_is_not_text_is_a_user_error(backend, no_model, query):
     """A lone surrogate (JavaScript strings can hold one) or a non-UTF-8 byte read from a command line."""
     message = user_error(backend, None, EXAMPLE, GROUNDING, query=query)
-    assert message.startswith("the query ") and "surrogate" in message  # the rule: gap_mllm.control_tokens
+    assert message.startswith("the query ") and "surrogate" in message  # the rule: gap_mllm.tasks_gap_mllm
 
 
 def test_a_query_with_control_tokens_is_refused_before_the_model(backend, no_model, uploads):

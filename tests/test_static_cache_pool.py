@@ -1,4 +1,4 @@
-"""Compiled decoding's static cache pool (static_cache_pool.py) on the CPU: across an evaluation's mix of full and scene
+"""Compiled decoding's static cache pool (generation_gap_mllm.py) on the CPU: across an evaluation's mix of full and scene
 calls each cache length decodes at one address (the buffers allocated again only when the length grows or a call has
 more rows than any before), with the greedy tokens of uncompiled decoding; a cache a call returned refuses use once a
 later call took its buffers; a call from another thread while the pool is held gets buffers of its own."""
@@ -11,11 +11,8 @@ import threading
 
 import pytest
 import torch
-from transformers import CompileConfig
-from transformers.cache_utils import StaticLayer
-
-from gap_mllm.compiled_decoding import DECODE_COMPILE_CONFIG
-from gap_mllm.static_cache_pool import (
+from gap_mllm.generation_gap_mllm import (
+    DECODE_COMPILE_CONFIG,
     STATIC_LENGTH_STEP,
     PooledStaticLayer,
     StaticCachePool,
@@ -23,6 +20,8 @@ from gap_mllm.static_cache_pool import (
     static_cache_length,
     static_cache_pool,
 )
+from transformers import CompileConfig
+from transformers.cache_utils import StaticLayer
 
 from .test_compiled_decoding import _compiled, _inputs, _mix_tokens, lively_model  # noqa: F401 (a fixture)
 

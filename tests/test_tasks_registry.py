@@ -7,23 +7,24 @@ import re
 import warnings
 from pathlib import Path
 
+import gap_mllm.tasks_gap_mllm as registry
 import pytest
 import torch
-
-import gap_mllm.tasks_gap_mllm as registry
-from gap_mllm.answer_stopping import answer_complete
-from gap_mllm.answer_stopping_criteria import AnswerEndCriteria
-from gap_mllm.output_parsing import (
+from gap_mllm.processing.collator import GapMllmDataCollator
+from gap_mllm.tasks_gap_mllm import (
+    DEPRECATED_TASK_NAMES,
+    TASKS,
+    AnswerEndCriteria,
+    Box3D,
     CaptionResult,
     DetectionResult,
     FrameSelectionResult,
     GroundingResult,
     PointmapResult,
     SpatialAnswerResult,
+    answer_complete,
+    resolve_task,
 )
-from gap_mllm.processing.collator import GapMllmDataCollator
-from gap_mllm.target_format import Box3D
-from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES, TASKS, resolve_task
 
 from .conftest import make_views
 
@@ -303,11 +304,10 @@ def test_generation_of_a_rambling_model_stops_and_rows_stop_on_their_own(build_m
 
 
 def test_every_consumer_uses_the_registry_objects():
-    from gap_mllm import chat_format, model_inputs, modeling_gap_mllm, processing_gap_mllm
-    from gap_mllm.cli import predict, space_backend
-    from gap_mllm.cli import task_names
-    from gap_mllm.cli import tasks as cli_tasks
+    from gap_mllm import configuration_gap_mllm, modeling_gap_mllm, processing_gap_mllm, tasks_gap_mllm
     from gap_mllm.cli import evaluate as evaluate_cli
+    from gap_mllm.cli import predict, space_backend, task_names
+    from gap_mllm.cli import tasks as cli_tasks
     from gap_mllm.evaluation import generation, runner
     from gap_mllm.evaluation import tasks as eval_tasks
     from gap_mllm.processing import annotation_files, builders, collator
@@ -317,8 +317,8 @@ def test_every_consumer_uses_the_registry_objects():
     spec_of = lambda spec: spec is TASKS[spec.name]  # noqa: E731 - identity with the registry's object
 
     assert processing_gap_mllm.resolve_task is registry.resolve_task
-    assert processing_gap_mllm.render_chat_prompt is chat_format.render_chat_prompt is collator.render_chat_prompt
-    assert modeling_gap_mllm.GEOMETRY_INPUT_NAMES is model_inputs.GEOMETRY_INPUT_NAMES
+    assert processing_gap_mllm.render_chat_prompt is tasks_gap_mllm.render_chat_prompt is collator.render_chat_prompt
+    assert modeling_gap_mllm.GEOMETRY_INPUT_NAMES is configuration_gap_mllm.GEOMETRY_INPUT_NAMES
     assert all(builder.SPEC is TASKS[name] for name, builder in builders.BUILDERS.items())
     assert training_data.builder_for_task is builders.builder_for_task
     assert builders.builder_for_task("detection").SPEC is TASKS["detection"]
@@ -363,8 +363,8 @@ PACKAGE_DIRS = ("modeling_gap_mllm", "processing", "training", "evaluation", "cl
 # One distinctive piece of every prompt template, and the constants that once had two definitions.
 TEMPLATE_PIECES = ("Detect the 3D bounding boxes", "Localize the first clear frame", "Localize the object described",
                    "Describe the object in the 3D bounding box", "Estimate the 3D position of the point marked")
-SINGLE_DEFINITIONS = {"SYSTEM_PROMPT": "chat_format.py", "IGNORE_INDEX": "model_inputs.py",
-                      "GEOMETRY_INPUT_NAMES": "model_inputs.py", "IMAGE_PLACEHOLDER": "chat_format.py"}
+SINGLE_DEFINITIONS = {"SYSTEM_PROMPT": "tasks_gap_mllm.py", "IGNORE_INDEX": "configuration_gap_mllm.py",
+                      "GEOMETRY_INPUT_NAMES": "configuration_gap_mllm.py", "IMAGE_PLACEHOLDER": "tasks_gap_mllm.py"}
 
 
 def test_prompts_and_shared_constants_are_written_in_exactly_one_module():

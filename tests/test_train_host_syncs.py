@@ -10,7 +10,6 @@ from collections import Counter
 
 import pytest
 import torch
-
 from gap_mllm.host_syncs import HostSyncCounter
 from gap_mllm.training import run
 
@@ -25,10 +24,10 @@ BUDGET = {
     "qwen3_vl/modeling_qwen3_vl.py": 2,  # that split, and the image-token count formatted into a check's message
     "utils/import_utils.py": 1,  # transformers' check that image tokens and image features agree
     # once per forward each: the ViT's image lengths, the DeepStack visual-token index
-    "modeling_gap_mllm/batched_qwen3_vl.py": 2,
+    "modeling_gap_mllm/modeling_gap_mllm.py": 2,
 }
 PADDED_ONLY = {
-    "modeling_gap_mllm/mrope_positions.py": 1,  # the M-RoPE positions' consistency check (packed rows bring theirs)
+    "modeling_gap_mllm/modeling_gap_mllm.py": 1,  # the M-RoPE positions' consistency check (packed rows bring theirs)
     "transformers/masking_utils.py": 2,  # transformers' "is anything padded?" tests before sdpa's causal mask
 }
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gap_mllm.geometry_rope import apply_rotary_2d
+from gap_mllm.modeling_vggt import apply_rotary_2d
 
 DEPTH_TOLERANCE = 0.05  # a projected point is visible in frame 0 when its depth is within 5 % of frame 0's depth there
 

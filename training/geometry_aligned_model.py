@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from gap_mllm.model_inputs import IGNORE_INDEX
+from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
 
 from .aux_heads import GeometryAuxHeads
 from .aux_losses import (

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from gap_mllm.model_inputs import IGNORE_INDEX
+from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
 
 from .bad_samples import SKIPPED_KEY
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from gap_mllm.model_inputs import IGNORE_INDEX
+from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
 
 # what each token tensor of a batch is padded with (the attention mask: 0, nothing attends to it)
 PAD_VALUES = {"attention_mask": 0, "labels": IGNORE_INDEX, "mm_token_type_ids": 0, "label_weights": 0.0}

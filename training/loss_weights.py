@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from gap_mllm.model_inputs import IGNORE_INDEX
+from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
 
 LOSS_WEIGHT_COLUMN = "loss_weight"  # a sample's weight in the training mix (absent: every sample weighs 1)
 LABEL_WEIGHTS_KEY = "label_weights"  # [B, T] float32 beside `labels`: the weight of each supervised token, else 0

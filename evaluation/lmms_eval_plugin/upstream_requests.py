@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gap_mllm.chat_format import IMAGE_PLACEHOLDER, placeholders_from_segments
+from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER, placeholders_from_segments
 
 from ..generation import Request
 

@@ -15,7 +15,7 @@ as decoded; the checkpoint's processor resizes them as the official inference do
 `preprocessing_mode`: "official_inference" for a converted official checkpoint: JPEG q75 round trip, VGGT crop to
 width 518, then 416x544 for a 4:3 frame, 221 visual tokens; "grid": smart_resize within the image processor's pixel
 limits; docs/method.md §2.3), and frames of another size than the first are resized to it (VGGT attends across them):
-frames of another aspect ratio are refused, never stretched (gap_mllm.image_files `check_one_aspect_ratio`).
+frames of another aspect ratio are refused, never stretched (gap_mllm.processing_gap_mllm `check_one_aspect_ratio`).
 
 Documents of one video are one scene: their frames are decoded once (`FrameCache`) and carry one `scene` name, so
 scene reuse encodes the video once for all its questions (evaluation/scene_generation.py).

@@ -2,7 +2,7 @@
 
 Each record is the dict that goes into the task's annotation JSON (docs/method.md §7.2, §7.3):
 `images` (paths relative to posed_images), `conversations` (human prompt with one `<image>` per
-frame, gpt answer written by `gap_mllm.target_format`), plus the task fields (`pixel_coords`,
+frame, gpt answer written by `gap_mllm.tasks_gap_mllm`), plus the task fields (`pixel_coords`,
 `boxes`, `cam2img`, `cam2global`, `axis_align_matrix`, `gt_bbox`, `iou`, `annotations`). We add
 `id`, `scene_id` and, where it helps, `object_id` and `question_type`; readers ignore unknown keys.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gap_mllm.target_format import (
+from gap_mllm.tasks_gap_mllm import (
     Box3D,
     serialize_detection,
     serialize_frame_selection,

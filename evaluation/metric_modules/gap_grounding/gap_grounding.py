@@ -6,7 +6,7 @@ import evaluate
 import numpy as np
 
 from gap_mllm.evaluation.grounding_metrics import GroundingEvaluator
-from gap_mllm.output_parsing import parse_grounding
+from gap_mllm.tasks_gap_mllm import parse_grounding
 
 _DESCRIPTION = """Predictions are raw stage-2 answers `{"bbox_3d": [...]}` in the camera frame of the
 selected frame; references are `{"gt_bbox": [9 floats, world], "camera_to_world": [16 floats, row-major

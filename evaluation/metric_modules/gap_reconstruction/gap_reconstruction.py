@@ -4,7 +4,7 @@ import datasets
 import evaluate
 
 from gap_mllm.evaluation.reconstruction_metrics import ReconstructionEvaluator
-from gap_mllm.output_parsing import parse_pointmap
+from gap_mllm.tasks_gap_mllm import parse_pointmap
 
 _DESCRIPTION = """Predictions and references are answer texts `{"pointmap": [x, y, z], ...}`; compute kwarg
 `scene_ids` (one per sample) groups the points into scenes (default: one scene). Per-scene metrics,

@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/answer_grammar_processor.py

@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/batched_qwen3_vl.py

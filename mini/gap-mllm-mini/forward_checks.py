@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/forward_checks.py

@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/geometry_patch_embed.py

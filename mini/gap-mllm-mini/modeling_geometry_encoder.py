@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/modeling_geometry_encoder.py

@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/multi_level_fusion.py

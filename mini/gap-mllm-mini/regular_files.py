@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/regular_files.py

@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/static_cache_pool.py

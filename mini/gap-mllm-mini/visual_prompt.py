@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/visual_prompt.py

@@ -1,0 +1,1302 @@
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_gap_mllm import GapMllmGeometryConfig, check_memory_for_parameters
+
+def quaternion_to_matrix(quaternions: torch.Tensor) -> torch.Tensor:
+    """XYZW quaternions `[..., 4]` (need not be unit: normalised implicitly) → rotation matrices `[..., 3, 3]`."""
+    x, y, z, w = torch.unbind(quaternions, dim=-1)
+    two_s = 2.0 / (quaternions * quaternions).sum(dim=-1)
+    matrix = torch.stack(
+        (
+            1 - two_s * (y * y + z * z),
+            two_s * (x * y - z * w),
+            two_s * (x * z + y * w),
+            two_s * (x * y + z * w),
+            1 - two_s * (x * x + z * z),
+            two_s * (y * z - x * w),
+            two_s * (x * z - y * w),
+            two_s * (y * z + x * w),
+            1 - two_s * (x * x + y * y),
+        ),
+        dim=-1,
+    )
+    return matrix.reshape(quaternions.shape[:-1] + (3, 3))
+
+
+def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices `[..., 3, 3]` → unit XYZW quaternions `[..., 4]` with `w >= 0`.
+
+    Numerically robust (the method of PyTorch3D that VGGT uses): four candidate quaternions are
+    formed, each divided by one of `2|w|, 2|x|, 2|y|, 2|z|`, and the best-conditioned one (largest
+    denominator) is kept.
+    """
+    if matrix.shape[-2:] != (3, 3):
+        raise ValueError(f"rotation matrices must have shape [..., 3, 3], got {tuple(matrix.shape)}")
+    batch_shape = matrix.shape[:-2]
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = torch.unbind(matrix.reshape(batch_shape + (9,)), dim=-1)
+    # |w|, |x|, |y|, |z| (times 2), from the diagonal
+    q_abs = torch.stack(
+        [1.0 + m00 + m11 + m22, 1.0 + m00 - m11 - m22, 1.0 - m00 + m11 - m22, 1.0 - m00 - m11 + m22], dim=-1
+    )
+    q_abs = torch.where(q_abs > 0, torch.sqrt(q_abs.clamp(min=0)), torch.zeros_like(q_abs))
+    # row i: the quaternion (w, x, y, z) multiplied by 2·q_abs[i]
+    candidates = torch.stack(
+        [
+            torch.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], dim=-1),
+            torch.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], dim=-1),
+            torch.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], dim=-1),
+            torch.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], dim=-1),
+        ],
+        dim=-2,
+    )
+    floor = torch.tensor(0.1, dtype=q_abs.dtype, device=q_abs.device)
+    candidates = candidates / (2.0 * q_abs[..., None].max(floor))
+    best = q_abs.argmax(dim=-1)
+    wxyz = torch.gather(candidates, -2, best[..., None, None].expand(batch_shape + (1, 4))).squeeze(-2)
+    xyzw = wxyz[..., [1, 2, 3, 0]]
+    return torch.where(xyzw[..., 3:4] < 0, -xyzw, xyzw)
+
+
+def pose_encoding_to_extrinsics_intrinsics(
+    pose_encoding: torch.Tensor, image_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode `absT_quaR_FoV` encodings.
+
+    Args:
+        pose_encoding: `[..., 9]` (e.g. `[B, S, 9]`).
+        image_size: `(H, W)` in pixels of the images the fields of view refer to.
+
+    Returns:
+        `extrinsics [..., 3, 4]` (OpenCV camera-from-world `[R | t]`) and
+        `intrinsics [..., 3, 3]` `[[f_x, 0, W/2], [0, f_y, H/2], [0, 0, 1]]`, both in the dtype of the input.
+    """
+    if pose_encoding.shape[-1] != 9:
+        raise ValueError(f"pose encodings must have 9 values in the last dimension, got {tuple(pose_encoding.shape)}")
+    height, width = image_size
+    translation = pose_encoding[..., :3]
+    rotation = quaternion_to_matrix(pose_encoding[..., 3:7])
+    extrinsics = torch.cat([rotation, translation[..., None]], dim=-1)
+    fov_h, fov_w = pose_encoding[..., 7], pose_encoding[..., 8]
+    intrinsics = torch.zeros(pose_encoding.shape[:-1] + (3, 3), dtype=pose_encoding.dtype, device=pose_encoding.device)
+    intrinsics[..., 0, 0] = (width / 2.0) / torch.tan(fov_w / 2.0)
+    intrinsics[..., 1, 1] = (height / 2.0) / torch.tan(fov_h / 2.0)
+    intrinsics[..., 0, 2] = width / 2.0
+    intrinsics[..., 1, 2] = height / 2.0
+    intrinsics[..., 2, 2] = 1.0
+    return extrinsics, intrinsics
+
+
+def extrinsics_intrinsics_to_pose_encoding(
+    extrinsics: torch.Tensor, intrinsics: torch.Tensor, image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Encode cameras as `absT_quaR_FoV` (inverse of `pose_encoding_to_extrinsics_intrinsics`).
+
+    Args:
+        extrinsics: `[..., 3, 4]` OpenCV camera-from-world `[R | t]` (a `[..., 4, 4]` matrix is accepted too).
+        intrinsics: `[..., 3, 3]` pinhole intrinsics; only `f_x` and `f_y` are encoded (the principal point
+            is assumed at the image centre, skew zero).
+        image_size: `(H, W)` in pixels.
+
+    Returns:
+        `[..., 9]` in the dtype of `extrinsics`.
+    """
+    height, width = image_size
+    rotation = extrinsics[..., :3, :3]
+    translation = extrinsics[..., :3, 3]
+    quaternion = matrix_to_quaternion(rotation)
+    fov_h = 2 * torch.atan((height / 2.0) / intrinsics[..., 1, 1])
+    fov_w = 2 * torch.atan((width / 2.0) / intrinsics[..., 0, 0])
+    return torch.cat([translation, quaternion, fov_h[..., None], fov_w[..., None]], dim=-1).to(extrinsics.dtype)
+
+
+def activate_pose_encoding(raw: torch.Tensor) -> torch.Tensor:
+    """The camera head's output activation: translation and quaternion linear, fields of view ReLU."""
+    return torch.cat([raw[..., :7], torch.relu(raw[..., 7:])], dim=-1)
+
+
+def depth_to_camera_points(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Unproject depth maps into their cameras.
+
+    Args:
+        depth: `[..., H, W]` or `[..., H, W, 1]` (z along the optical axis).
+        intrinsics: `[..., 3, 3]` pinhole, zero skew.
+
+    Returns:
+        `[..., H, W, 3]` camera-frame points.
+    """
+    if depth.shape[-1] == 1 and depth.ndim >= 3:
+        depth = depth[..., 0]
+    height, width = depth.shape[-2:]
+    rows, cols = torch.meshgrid(
+        torch.arange(height, dtype=depth.dtype, device=depth.device),
+        torch.arange(width, dtype=depth.dtype, device=depth.device),
+        indexing="ij",
+    )
+    fx = intrinsics[..., 0, 0, None, None]
+    fy = intrinsics[..., 1, 1, None, None]
+    cx = intrinsics[..., 0, 2, None, None]
+    cy = intrinsics[..., 1, 2, None, None]
+    x = (cols - cx) * depth / fx
+    y = (rows - cy) * depth / fy
+    return torch.stack([x, y, depth], dim=-1)
+
+
+def depth_to_world_points(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Unproject depth maps to world points.
+
+    Args:
+        depth: `[..., H, W]` or `[..., H, W, 1]`.
+        extrinsics: `[..., 3, 4]` camera-from-world `[R | t]`.
+        intrinsics: `[..., 3, 3]`.
+
+    Returns:
+        `[..., H, W, 3]` world points, `Rᵀ (x_cam − t)`.
+    """
+    camera_points = depth_to_camera_points(depth, intrinsics)
+    rotation = extrinsics[..., :3, :3]
+    translation = extrinsics[..., :3, 3]
+    shifted = camera_points - translation[..., None, None, :]
+    # row-vector form of Rᵀ·p: p · R
+    return torch.einsum("...hwi,...ij->...hwj", shifted, rotation)
+
+
+@dataclass
+class PointCloud:
+    """A coloured point cloud: `points [N, 3]` float32, `colors [N, 3]` uint8 or `None`,
+    `frame_index [N]` int64 (the frame each point came from) or `None`."""
+
+    points: np.ndarray
+    colors: np.ndarray | None = None
+    frame_index: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+def fuse_point_cloud(
+    points: torch.Tensor,
+    confidence: torch.Tensor | None = None,
+    images: torch.Tensor | None = None,
+    confidence_percentile: float = 50.0,
+    min_confidence: float | None = None,
+    max_points: int | None = None,
+    seed: int = 0,
+) -> PointCloud:
+    """Fuse per-frame point maps of one sample into one point cloud.
+
+    Args:
+        points: `[S, H, W, 3]` world points (from `depth_to_world_points` or the point head).
+        confidence: `[S, H, W]`; points below the `confidence_percentile`-th percentile (over all frames)
+            or below `min_confidence` are dropped. `None` keeps every finite point.
+        images: `[S, 3, H, W]` RGB in [0, 1] for the colours (optional).
+        confidence_percentile: 0 keeps all, 50 keeps the most confident half (VGGT demo default).
+        min_confidence: absolute threshold applied as well (VGGT confidences are >= 1).
+        max_points: random subsample (seeded) to at most this many points.
+        seed: seed of that subsample.
+
+    Returns:
+        [`PointCloud`] with colours when `images` is given.
+    """
+    if points.ndim != 4 or points.shape[-1] != 3:
+        raise ValueError(f"points must be [frames, H, W, 3], got {tuple(points.shape)}")
+    points = points.detach().float().cpu()
+    keep = torch.isfinite(points).all(dim=-1)
+    if confidence is not None:
+        confidence = confidence.detach().float().cpu()
+        if confidence.shape != points.shape[:-1]:
+            raise ValueError(f"confidence {tuple(confidence.shape)} does not match points {tuple(points.shape[:-1])}")
+        if confidence_percentile > 0:
+            threshold = torch.quantile(confidence[keep], confidence_percentile / 100.0) if keep.any() else 0.0
+            keep &= confidence >= threshold
+        if min_confidence is not None:
+            keep &= confidence >= min_confidence
+    frame_index = torch.arange(points.shape[0])[:, None, None].expand(points.shape[:-1])
+    cloud_points = points[keep].numpy().astype(np.float32)
+    frames = frame_index[keep].numpy().astype(np.int64)
+    colors = None
+    if images is not None:
+        if images.shape[0] != points.shape[0] or tuple(images.shape[-2:]) != tuple(points.shape[1:3]):
+            raise ValueError(f"images {tuple(images.shape)} do not match points {tuple(points.shape)}")
+        rgb = images.detach().float().cpu().permute(0, 2, 3, 1).clamp(0, 1)
+        colors = (rgb[keep] * 255).round().to(torch.uint8).numpy()
+    if max_points is not None and len(cloud_points) > max_points:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(cloud_points), size=max_points, replace=False))
+        cloud_points, frames = cloud_points[chosen], frames[chosen]
+        colors = colors[chosen] if colors is not None else None
+    return PointCloud(points=cloud_points, colors=colors, frame_index=frames)
+
+
+def build_token_positions(
+    grid_height: int, grid_width: int, num_special_tokens: int, device: torch.device | None = None
+) -> torch.LongTensor:
+    """(row, column) position of every token of one frame.
+
+    Args:
+        grid_height, grid_width: patch grid of the frame (h = H / patch_size, w = W / patch_size).
+        num_special_tokens: camera + register tokens placed before the patches.
+
+    Returns:
+        `LongTensor [num_special_tokens + h·w, 2]`: zeros for the special tokens, then (row + 1, col + 1)
+        for the patches in row-major order (the order in which the patch convolution flattens them).
+    """
+    rows = torch.arange(grid_height, device=device)
+    cols = torch.arange(grid_width, device=device)
+    patch_positions = torch.cartesian_prod(rows, cols) + 1
+    special_positions = torch.zeros(num_special_tokens, 2, dtype=patch_positions.dtype, device=device)
+    return torch.cat([special_positions, patch_positions], dim=0)
+
+
+class GapMllmGeometryRotaryEmbedding2D(nn.Module):
+    """Cosine and sine tables of the 2-D RoPE for given token positions.
+
+    Holds no parameters or buffers (the tables depend on the image size), so it is never part of a
+    checkpoint and needs no weight init.
+
+    Args:
+        head_dim: size `D` of one attention head; must be divisible by 4.
+        frequency: base frequency (VGGT: 100).
+    """
+
+    def __init__(self, head_dim: int, frequency: float):
+        super().__init__()
+        if head_dim % 4 != 0:
+            raise ValueError(f"the 2-D RoPE needs a head dim divisible by 4, got {head_dim}.")
+        self.head_dim = head_dim
+        self.frequency = float(frequency)
+
+    def forward(self, positions: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            positions: `LongTensor [..., L, 2]`, (row, column) of each token.
+
+        Returns:
+            `(cos, sin)`, each `float32 [..., L, D]`: the row tables in the first `D/2` channels, the
+            column tables in the last `D/2`. Always float32: the angles reach ~40 rad at 518 px, far
+            beyond what bf16 resolves, and VGGT was trained with these tables in fp32 (autocast).
+        """
+        axis_dim = self.head_dim // 2
+        exponents = torch.arange(0, axis_dim, 2, device=positions.device).float() / axis_dim
+        inv_freq = 1.0 / (self.frequency**exponents)  # [D/4]
+        angles = positions.float().unsqueeze(-1) * inv_freq  # [..., L, 2, D/4]
+        angles = torch.cat([angles, angles], dim=-1)  # [..., L, 2, D/2]: rotate-half pairs j and j + D/4
+        angles = angles.flatten(-2)  # [..., L, D]: row half, then column half
+        return angles.cos(), angles.sin()
+
+
+def _rotate_each_half(states: torch.Tensor) -> torch.Tensor:
+    """Rotate-half applied separately to the row half and the column half: [a, b | c, d] → [-b, a | -d, c]."""
+    a, b, c, d = states.chunk(4, dim=-1)
+    return torch.cat([-b, a, -d, c], dim=-1)
+
+
+def apply_rotary_2d(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate queries or keys by their 2-D positions.
+
+    Args:
+        states: `[B, H, L, D]` queries or keys.
+        cos, sin: `[L, D]` or `[B, L, D]` tables from `GapMllmGeometryRotaryEmbedding2D`.
+
+    Returns:
+        `[B, H, L, D]` in the dtype of `states`.
+    """
+    cos = cos.to(states.dtype).unsqueeze(-3)  # broadcast over heads
+    sin = sin.to(states.dtype).unsqueeze(-3)
+    return states * cos + _rotate_each_half(states) * sin
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention, the fallback of the attention interface.
+
+    Args:
+        query, key, value: `[B, H, L, D]`.
+        attention_mask: additive `[B, 1 or H, L, L]` mask or `None` (the geometry encoder uses none).
+
+    Returns:
+        `(output [B, L, H, D], weights [B, H, L, L])`, in the dtype of `query`; the softmax runs in fp32.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class GapMllmGeometryAttention(nn.Module):
+    """Multi-head self-attention with optional QK-LayerNorm and 2-D RoPE (bidirectional, no mask).
+
+    Args:
+        config: geometry config; `hidden_size`, `num_attention_heads` and `_attn_implementation` are read.
+        use_qk_norm: LayerNorm over each head's queries and keys (after the projection, before RoPE).
+        layer_norm_eps: eps of the QK LayerNorms.
+    """
+
+    def __init__(self, config: GapMllmGeometryConfig, use_qk_norm: bool, layer_norm_eps: float):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.num_key_value_groups = 1
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
+        # Identity keeps the DINOv2 state dict free of q_norm/k_norm keys, as in the reference.
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=layer_norm_eps) if use_qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=layer_norm_eps) if use_qk_norm else nn.Identity()
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `[B, L, C]`.
+            position_embeddings: `(cos, sin)`, each `[L, D]` or `[B, L, D]`; `None` disables RoPE.
+
+        Returns:
+            `[B, L, C]`.
+        """
+        batch, length, channels = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, D]
+        query, key = self.q_norm(query), self.k_norm(key)
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            query = apply_rotary_2d(query, cos, sin)
+            key = apply_rotary_2d(key, cos, sin)
+
+        attn_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, _ = attn_fn(
+            self, query, key, value, None, dropout=0.0, scaling=self.scaling, is_causal=False, **kwargs
+        )  # [B, L, H, D]
+        return self.proj(output.reshape(batch, length, channels))
+
+
+class GapMllmGeometryMlp(nn.Module):
+    """fc1 → exact GELU → fc2: `[..., C]` → `[..., C]` with hidden width `int(C · mlp_ratio)`."""
+
+    def __init__(self, hidden_size: int, mlp_ratio: float):
+        super().__init__()
+        intermediate_size = int(hidden_size * mlp_ratio)
+        self.fc1 = nn.Linear(hidden_size, intermediate_size, bias=True)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(intermediate_size, hidden_size, bias=True)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class GapMllmGeometryLayerScale(nn.Module):
+    """Per-channel residual scale `x · gamma`; `init_value` is kept for the weight init."""
+
+    def __init__(self, hidden_size: int, init_value: float):
+        super().__init__()
+        self.init_value = float(init_value)
+        self.gamma = nn.Parameter(torch.full((hidden_size,), self.init_value))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.gamma
+
+
+class GapMllmGeometryBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer block: `x + ls1(attn(norm1 x))`, then `x + ls2(mlp(norm2 x))`.
+
+    Args:
+        config: geometry config (width, heads, MLP ratio, attention implementation).
+        use_qk_norm: QK-LayerNorm in the attention.
+        layer_norm_eps: eps of `norm1`, `norm2` and the QK norms.
+        layer_scale_init: LayerScale init; a falsy value means no LayerScale (identity), as in the reference.
+    """
+
+    def __init__(
+        self, config: GapMllmGeometryConfig, use_qk_norm: bool, layer_norm_eps: float, layer_scale_init: float | None
+    ):
+        super().__init__()
+        hidden_size = config.hidden_size
+        self.norm1 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.attn = GapMllmGeometryAttention(config, use_qk_norm=use_qk_norm, layer_norm_eps=layer_norm_eps)
+        self.ls1 = GapMllmGeometryLayerScale(hidden_size, layer_scale_init) if layer_scale_init else nn.Identity()
+        self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.mlp = GapMllmGeometryMlp(hidden_size, config.mlp_ratio)
+        self.ls2 = GapMllmGeometryLayerScale(hidden_size, layer_scale_init) if layer_scale_init else nn.Identity()
+
+    def forward(
+        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `[B, L, C]` (B = batch·frames for frame attention, L = frames·tokens for global).
+            position_embeddings: RoPE `(cos, sin)`, each `[L, D]`, or `None`.
+
+        Returns:
+            `[B, L, C]`.
+        """
+        hidden_states = hidden_states + self.ls1(self.attn(self.norm1(hidden_states), position_embeddings))
+        hidden_states = hidden_states + self.ls2(self.mlp(self.norm2(hidden_states)))
+        return hidden_states
+
+
+# VGGT builds its DINOv2 with antialiased bicubic interpolation of the position embedding and no
+# interpolation offset (DINOv2's own default is offset 0.1 without antialias).
+POS_EMBED_INTERPOLATION_ANTIALIAS = True
+
+
+class GapMllmDinov2PatchProjection(nn.Module):
+    """Non-overlapping patch convolution: `[N, 3, H, W]` → `[N, (H/p)·(W/p), C]` (row-major patches)."""
+
+    def __init__(self, config: GapMllmGeometryConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(3, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.proj(pixel_values).flatten(2).transpose(1, 2)
+
+
+class GapMllmDinov2PatchEmbed(nn.Module):
+    """DINOv2 ViT with registers; returns the final-normed patch tokens.
+
+    Uses `hidden_size`, `num_attention_heads`, `mlp_ratio`, `patch_size`, `image_size` and the
+    `patch_embed_*` fields of the config (no QK-norm, no RoPE in these blocks).
+    """
+
+    def __init__(self, config: GapMllmGeometryConfig):
+        super().__init__()
+        hidden_size = config.hidden_size
+        self.patch_size = config.patch_size
+        self.num_register_tokens = config.patch_embed_num_register_tokens
+        num_positions = 1 + (config.image_size // config.patch_size) ** 2
+
+        self.patch_embed = GapMllmDinov2PatchProjection(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, self.num_register_tokens, hidden_size)) if self.num_register_tokens else None
+        )
+        # Unused at inference (DINOv2 masked-image training); kept so the checkpoint loads strictly,
+        # frozen as in VGGT.
+        self.mask_token = nn.Parameter(torch.zeros(1, hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            [
+                GapMllmGeometryBlock(
+                    config,
+                    use_qk_norm=False,
+                    layer_norm_eps=config.patch_embed_layer_norm_eps,
+                    layer_scale_init=config.patch_embed_layer_scale_init,
+                )
+                for _ in range(config.patch_embed_num_hidden_layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(hidden_size, eps=config.patch_embed_layer_norm_eps)
+
+    def interpolate_pos_encoding(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Position embedding of the cls token and of a `(height/p) × (width/p)` patch grid.
+
+        Follows DINOv2's `interpolate_pos_encoding` exactly, including its shortcut: the stored table
+        is returned untouched only when the patch count matches AND the image is square. Interpolation
+        runs in fp32, bicubic, antialiased, to an explicit output size (offset 0). DINOv2 unpacks the
+        image as `(w, h)` = (H, W) and resizes to `(w0, h0)`, i.e. to (rows, columns) after all; the
+        names here say what the values are.
+
+        Args:
+            tokens: `[N, 1 + P, C]` cls + patch tokens (for the patch count and the output dtype).
+            height, width: image size in pixels.
+
+        Returns:
+            `[1, 1 + P, C]`.
+        """
+        num_patches = tokens.shape[1] - 1
+        num_stored = self.pos_embed.shape[1] - 1
+        if num_patches == num_stored and height == width:
+            return self.pos_embed
+        pos_embed = self.pos_embed.float()
+        cls_pos_embed = pos_embed[:, :1]
+        stored_side = int(math.sqrt(num_stored))
+        if stored_side * stored_side != num_stored:
+            raise ValueError(f"pos_embed holds {num_stored} patch positions, not a square grid.")
+        channels = pos_embed.shape[-1]
+        stored_grid = pos_embed[:, 1:].reshape(1, stored_side, stored_side, channels).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(
+            stored_grid,
+            size=(height // self.patch_size, width // self.patch_size),  # (rows, columns)
+            mode="bicubic",
+            antialias=POS_EMBED_INTERPOLATION_ANTIALIAS,
+        )
+        patch_pos_embed = grid.permute(0, 2, 3, 1).reshape(1, -1, channels)
+        return torch.cat([cls_pos_embed, patch_pos_embed], dim=1).to(tokens.dtype)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            pixel_values: `[N, 3, H, W]`, ImageNet-normalised, H and W multiples of `patch_size`.
+
+        Returns:
+            `[N, P, C]` normalised patch tokens, `P = (H/p)·(W/p)` in row-major order.
+        """
+        height, width = pixel_values.shape[-2:]
+        patches = self.patch_embed(pixel_values)  # [N, P, C]
+        tokens = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
+        tokens = tokens + self.interpolate_pos_encoding(tokens, height, width)
+        if self.register_tokens is not None:
+            registers = self.register_tokens.expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([tokens[:, :1], registers, tokens[:, 1:]], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        # LayerNorm is per token, so normalising only the patch tokens equals DINOv2's norm-then-slice.
+        return self.norm(tokens[:, 1 + self.num_register_tokens :])
+
+
+POSE_ENCODING_SIZE = 9  # absT_quaR_FoV: translation 3, quaternion 4, fields of view 2
+CAMERA_TRUNK_LAYER_SCALE_INIT = 0.01
+CAMERA_TRUNK_LAYER_NORM_EPS = 1e-5  # torch's LayerNorm default, as in VGGT's `Block`
+ADALN_EPS = 1e-6
+
+
+class _CameraTrunkConfig:
+    """The fields `GapMllmGeometryBlock` reads, at the camera head's width (`2·hidden_size`). The attention
+    backend is read from the geometry config at call time, so switching it there switches it here too."""
+
+    def __init__(self, config: GapMllmGeometryConfig):
+        self._geometry_config = config
+        self.hidden_size = 2 * config.hidden_size
+        self.num_attention_heads = config.camera_head_num_attention_heads
+        self.mlp_ratio = config.mlp_ratio
+
+    @property
+    def _attn_implementation(self):
+        return self._geometry_config._attn_implementation
+
+
+class _PoseBranch(nn.Module):
+    """fc1 (width → width/2) → exact GELU → fc2 (→ 9): the pose delta (VGGT's `Mlp` leaf names)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, width // 2)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(width // 2, POSE_ENCODING_SIZE)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class GapMllmCameraHead(nn.Module):
+    """Iterative camera regression from the camera token of each frame (docs/vggt.md §4).
+
+    Per iteration: embed the previous estimate (a learned empty pose first), modulate the
+    LayerNorm-ed camera tokens adaLN-style (shift, scale, gate), run the trunk (self-attention across
+    the frames of a sample, no RoPE, no QK-norm, LayerScale 0.01), and add the MLP's delta to the
+    estimate. Each iteration's estimate is activated (FoV through ReLU) and returned.
+    """
+
+    def __init__(self, config: GapMllmGeometryConfig):
+        super().__init__()
+        width = 2 * config.hidden_size
+        self.num_iterations = config.camera_head_num_iterations
+        trunk_config = _CameraTrunkConfig(config)
+        self.trunk = nn.Sequential(
+            *[
+                GapMllmGeometryBlock(
+                    trunk_config,
+                    use_qk_norm=False,
+                    layer_norm_eps=CAMERA_TRUNK_LAYER_NORM_EPS,
+                    layer_scale_init=CAMERA_TRUNK_LAYER_SCALE_INIT,
+                )
+                for _ in range(config.camera_head_trunk_depth)
+            ]
+        )
+        self.token_norm = nn.LayerNorm(width)
+        self.trunk_norm = nn.LayerNorm(width)
+        self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, POSE_ENCODING_SIZE))
+        self.embed_pose = nn.Linear(POSE_ENCODING_SIZE, width)
+        # index 1: VGGT's Sequential(SiLU, Linear) — keeps the key `poseLN_modulation.1.*`
+        self.poseLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        self.adaln_norm = nn.LayerNorm(width, elementwise_affine=False, eps=ADALN_EPS)
+        self.pose_branch = _PoseBranch(width)
+
+    def forward(self, camera_tokens: torch.Tensor, num_iterations: int | None = None) -> tuple[torch.Tensor, ...]:
+        """
+        Args:
+            camera_tokens: `[B, S, 2·C]`, token 0 of the last aggregator layer for every frame.
+            num_iterations: refinement steps (default `config.camera_head_num_iterations`).
+
+        Returns:
+            one activated `[B, S, 9]` pose encoding per iteration; the last is the prediction.
+        """
+        tokens = self.token_norm(camera_tokens.to(self.token_norm.weight.dtype))
+        batch_size, num_frames, _ = tokens.shape
+        estimate, estimates = None, []
+        for _ in range(num_iterations or self.num_iterations):
+            if estimate is None:
+                conditioning = self.embed_pose(self.empty_pose_tokens.expand(batch_size, num_frames, -1))
+            else:
+                # no back-propagation through earlier iterations, as in VGGT
+                conditioning = self.embed_pose(estimate.detach())
+            shift, scale, gate = self.poseLN_modulation(conditioning).chunk(3, dim=-1)
+            modulated = gate * (self.adaln_norm(tokens) * (1 + scale) + shift) + tokens
+            delta = self.pose_branch(self.trunk_norm(self.trunk(modulated)))
+            estimate = delta if estimate is None else estimate + delta
+            estimates.append(activate_pose_encoding(estimate))
+        return tuple(estimates)
+
+
+HEAD_HIDDEN_CHANNELS = 32  # width of output_conv2's hidden layer in VGGT
+POSITION_EMBEDDING_SCALE = 0.1
+POSITION_EMBEDDING_OMEGA = 100.0
+
+
+def uv_position_embedding(height: int, width: int, channels: int, aspect_ratio: float, dtype, device) -> torch.Tensor:
+    """Sinusoidal embedding of a normalised UV grid, `[channels, height, width]` (VGGT's `_apply_pos_embed`).
+
+    The grid spans `±aspect/diag` horizontally and `±1/diag` vertically (`diag = sqrt(aspect² + 1)`),
+    at cell centres of a `height × width` map. The first half of the channels encodes u, the second v,
+    each as `[sin(p·ω), cos(p·ω)]` with `ω_k = 100^(-k / (channels/4))`, computed in float64.
+    """
+    diagonal = (aspect_ratio**2 + 1.0) ** 0.5
+    span_x, span_y = aspect_ratio / diagonal, 1.0 / diagonal
+    xs = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, width, dtype=dtype, device=device)
+    ys = torch.linspace(-span_y * (height - 1) / height, span_y * (height - 1) / height, height, dtype=dtype, device=device)
+    grid_u, grid_v = torch.meshgrid(xs, ys, indexing="xy")  # each [height, width]
+
+    def sincos(positions: torch.Tensor, dim: int) -> torch.Tensor:
+        omega = torch.arange(dim // 2, dtype=torch.float64, device=device) / (dim / 2.0)
+        omega = 1.0 / POSITION_EMBEDDING_OMEGA**omega
+        angles = positions.reshape(-1).double()[:, None] * omega[None]
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
+
+    embedding = torch.cat([sincos(grid_u, channels // 2), sincos(grid_v, channels // 2)], dim=-1)
+    return embedding.view(height, width, channels).permute(2, 0, 1)
+
+
+class GapMllmDptResidualUnit(nn.Module):
+    """`conv2(relu(conv1(relu(x)))) + relu(x)`.
+
+    The skip adds `relu(x)`, not `x`: the reference applies an in-place ReLU to its input before the
+    convolutions, which also rewrites the tensor the skip connection reads. Reproduced explicitly.
+    """
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(features, features, kernel_size=3, padding=1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        activated = torch.relu(hidden_states)
+        return self.conv2(torch.relu(self.conv1(activated))) + activated
+
+
+class GapMllmDptFusionBlock(nn.Module):
+    """`out_conv(upsample(unit2(x + unit1(skip))))` — bilinear, align_corners=True; the deepest block has no skip."""
+
+    def __init__(self, features: int, has_skip: bool = True):
+        super().__init__()
+        self.out_conv = nn.Conv2d(features, features, kernel_size=1)
+        if has_skip:
+            self.resConfUnit1 = GapMllmDptResidualUnit(features)
+        self.resConfUnit2 = GapMllmDptResidualUnit(features)
+
+    def forward(self, hidden_states: torch.Tensor, skip: torch.Tensor | None = None, size=None) -> torch.Tensor:
+        if skip is not None:
+            hidden_states = hidden_states + self.resConfUnit1(skip)
+        hidden_states = self.resConfUnit2(hidden_states)
+        if size is None:
+            size = (hidden_states.shape[-2] * 2, hidden_states.shape[-1] * 2)
+        hidden_states = nn.functional.interpolate(hidden_states, size=tuple(size), mode="bilinear", align_corners=True)
+        return self.out_conv(hidden_states)
+
+
+class GapMllmDptScratch(nn.Module):
+    """Container with VGGT's `scratch.*` names: `layer{1..4}_rn`, `refinenet{1..4}`, `output_conv1`, `output_conv2`."""
+
+    def __init__(self, in_channels: list[int], features: int, output_dim: int):
+        super().__init__()
+        for index, channels in enumerate(in_channels, start=1):
+            setattr(self, f"layer{index}_rn", nn.Conv2d(channels, features, kernel_size=3, padding=1, bias=False))
+        self.refinenet1 = GapMllmDptFusionBlock(features)
+        self.refinenet2 = GapMllmDptFusionBlock(features)
+        self.refinenet3 = GapMllmDptFusionBlock(features)
+        self.refinenet4 = GapMllmDptFusionBlock(features, has_skip=False)
+        self.output_conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
+        self.output_conv2 = nn.Sequential(
+            nn.Conv2d(features // 2, HEAD_HIDDEN_CHANNELS, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(HEAD_HIDDEN_CHANNELS, output_dim, kernel_size=1),
+        )
+
+
+def activate_depth(raw: torch.Tensor) -> torch.Tensor:
+    """Depth: `exp(x)` (positive, scale-normalised)."""
+    return torch.exp(raw)
+
+
+def activate_points(raw: torch.Tensor) -> torch.Tensor:
+    """World points: `sign(x)·(exp(|x|) − 1)` (VGGT's `inv_log`)."""
+    return torch.sign(raw) * torch.expm1(torch.abs(raw))
+
+
+ACTIVATIONS = {"depth": (2, activate_depth), "points": (4, activate_points)}
+
+
+class GapMllmDptHead(nn.Module):
+    """DPT dense head. `kind="depth"`: 2 output channels (depth, confidence); `kind="points"`: 4 (x, y, z, confidence).
+
+    Confidence is `1 + exp(c)` for both.
+    """
+
+    def __init__(self, config: GapMllmGeometryConfig, kind: str):
+        super().__init__()
+        if kind not in ACTIVATIONS:
+            raise ValueError(f"unknown DPT head kind {kind!r}; expected one of {sorted(ACTIVATIONS)}")
+        output_dim, self.activation = ACTIVATIONS[kind]
+        self.kind = kind
+        self.patch_size = config.patch_size
+        self.layers = list(config.dpt_layers)
+        self.frames_chunk_size = config.dpt_frames_chunk_size
+        width = 2 * config.hidden_size
+        channels = list(config.dpt_out_channels)
+
+        self.norm = nn.LayerNorm(width)
+        self.projects = nn.ModuleList([nn.Conv2d(width, c, kernel_size=1) for c in channels])
+        self.resize_layers = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(channels[0], channels[0], kernel_size=4, stride=4),
+                nn.ConvTranspose2d(channels[1], channels[1], kernel_size=2, stride=2),
+                nn.Identity(),
+                nn.Conv2d(channels[3], channels[3], kernel_size=3, stride=2, padding=1),
+            ]
+        )
+        self.scratch = GapMllmDptScratch(channels, config.dpt_features, output_dim)
+
+    def forward(
+        self, layer_patch_tokens: list[torch.Tensor], image_size: tuple[int, int], frames_chunk_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            layer_patch_tokens: the patch tokens (special tokens already dropped) of the 4 layers
+                `config.dpt_layers`, in that order, each `[B, S, h·w, 2·C]` (row-major patches).
+            image_size: `(H, W)` of the input images, `h = H / patch_size`, `w = W / patch_size`.
+            frames_chunk_size: frames per chunk (default `config.dpt_frames_chunk_size`); chunking only
+                bounds memory, every frame is processed independently.
+
+        Returns:
+            `(prediction, confidence)`: prediction `[B, S, H, W, 1]` (depth) or `[B, S, H, W, 3]` (points),
+            confidence `[B, S, H, W]`, in the head's dtype.
+        """
+        batch_size, num_frames = layer_patch_tokens[0].shape[:2]
+        chunk = frames_chunk_size or self.frames_chunk_size
+        predictions, confidences = [], []
+        for start in range(0, num_frames, chunk):
+            prediction, confidence = self._forward_frames(
+                [tokens[:, start : start + chunk] for tokens in layer_patch_tokens], image_size
+            )
+            predictions.append(prediction)
+            confidences.append(confidence)
+        return torch.cat(predictions, dim=1), torch.cat(confidences, dim=1)
+
+    def _forward_frames(self, layer_patch_tokens: list[torch.Tensor], image_size: tuple[int, int]):
+        height, width = image_size
+        grid_height, grid_width = height // self.patch_size, width // self.patch_size
+        batch_size, num_frames = layer_patch_tokens[0].shape[:2]
+        dtype = self.norm.weight.dtype
+        maps = []
+        for index, tokens in enumerate(layer_patch_tokens):
+            tokens = self.norm(tokens.to(dtype).reshape(batch_size * num_frames, grid_height * grid_width, -1))
+            feature_map = tokens.permute(0, 2, 1).reshape(batch_size * num_frames, -1, grid_height, grid_width)
+            feature_map = self._add_position_embedding(self.projects[index](feature_map), width / height)
+            maps.append(self.resize_layers[index](feature_map))
+
+        scratch = self.scratch
+        layer_1, layer_2, layer_3, layer_4 = (getattr(scratch, f"layer{i}_rn")(m) for i, m in enumerate(maps, start=1))
+        fused = scratch.refinenet4(layer_4, size=layer_3.shape[2:])
+        fused = scratch.refinenet3(fused, layer_3, size=layer_2.shape[2:])
+        fused = scratch.refinenet2(fused, layer_2, size=layer_1.shape[2:])
+        fused = scratch.refinenet1(fused, layer_1)
+        fused = scratch.output_conv1(fused)
+        fused = nn.functional.interpolate(
+            fused, size=(grid_height * self.patch_size, grid_width * self.patch_size), mode="bilinear", align_corners=True
+        )
+        fused = self._add_position_embedding(fused, width / height)
+        raw = scratch.output_conv2(fused).permute(0, 2, 3, 1)  # [B·S, H, W, out]
+        prediction = self.activation(raw[..., :-1])
+        confidence = 1 + torch.exp(raw[..., -1])
+        return (
+            prediction.reshape(batch_size, num_frames, *prediction.shape[1:]),
+            confidence.reshape(batch_size, num_frames, *confidence.shape[1:]),
+        )
+
+    @staticmethod
+    def _add_position_embedding(feature_map: torch.Tensor, aspect_ratio: float) -> torch.Tensor:
+        channels, height, width = feature_map.shape[1:]
+        embedding = uv_position_embedding(height, width, channels, aspect_ratio, feature_map.dtype, feature_map.device)
+        return feature_map + (embedding * POSITION_EMBEDDING_SCALE).to(feature_map.dtype)[None]
+
+
+@dataclass
+class GeometryReconstructionOutput(ModelOutput):
+    """Output of `GapMllmGeometryEncoder.reconstruct` (fields of disabled heads are `None`).
+
+    Frames are in input order. World frame = the camera of VGGT's reference frame (frame 0, or the
+    last frame with `reference_frame="last"`); scale normalised, not metric.
+
+    Args:
+        pose_encoding: `[B, S, 9]` `absT_quaR_FoV` of the last refinement iteration (camera head).
+        pose_encoding_iterations: one `[B, S, 9]` per iteration.
+        extrinsics: `[B, S, 3, 4]` OpenCV camera-from-world `[R | t]`.
+        intrinsics: `[B, S, 3, 3]` pinhole, principal point at the image centre.
+        depth: `[B, S, H, W, 1]` (`exp` activation), depth_conf `[B, S, H, W]` (`1 + exp`).
+        world_points: `[B, S, H, W, 3]` (point head, `sign·expm1`), world_points_conf `[B, S, H, W]`.
+        layer_features: the encoder's usual output, one `[B, S, h·w, 2C]` per tapped layer.
+        patch_grid: `(h, w)`.
+        image_size: `(H, W)`.
+    """
+
+    pose_encoding: torch.Tensor | None = None
+    pose_encoding_iterations: tuple[torch.Tensor, ...] | None = None
+    extrinsics: torch.Tensor | None = None
+    intrinsics: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
+    depth_conf: torch.Tensor | None = None
+    world_points: torch.Tensor | None = None
+    world_points_conf: torch.Tensor | None = None
+    layer_features: tuple[torch.Tensor, ...] | None = None
+    patch_grid: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None
+
+    def world_points_from_depth(self) -> torch.Tensor:
+        """`[B, S, H, W, 3]`: depth unprojected with the predicted cameras (VGGT's README finds this more
+        accurate than the point head)."""
+        if self.depth is None or self.extrinsics is None:
+            raise ValueError("world_points_from_depth needs the depth and camera heads (use_depth_head, use_camera_head)")
+        return depth_to_world_points(self.depth.float(), self.extrinsics.float(), self.intrinsics.float())
+
+    def point_cloud(
+        self,
+        images: torch.Tensor | None = None,
+        sample: int = 0,
+        source: str | None = None,
+        confidence_percentile: float = 50.0,
+        max_points: int | None = None,
+    ) -> PointCloud:
+        """Fuse all frames of one sample into a point cloud.
+
+        Args:
+            images: the `[B, S, 3, H, W]` input, for colours (optional).
+            sample: which batch element.
+            source: `"depth"` (depth + cameras) or `"points"` (point head); default: depth when available.
+            confidence_percentile: drop points below this percentile of the matching confidence.
+            max_points: random subsample size.
+        """
+        if source is None:
+            source = "depth" if self.depth is not None and self.extrinsics is not None else "points"
+        if source == "depth":
+            points, confidence = self.world_points_from_depth()[sample], self.depth_conf[sample]
+        elif source == "points":
+            if self.world_points is None:
+                raise ValueError("source='points' needs the point head (use_point_head)")
+            points, confidence = self.world_points[sample], self.world_points_conf[sample]
+        else:
+            raise ValueError(f"source must be 'depth' or 'points', got {source!r}")
+        return fuse_point_cloud(
+            points,
+            confidence,
+            images[sample] if images is not None else None,
+            confidence_percentile=confidence_percentile,
+            max_points=max_points,
+        )
+
+
+def _flip_frames(value):
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(item.flip(1) for item in value)
+    return value.flip(1)
+
+
+def run_reconstruction(encoder, images: torch.Tensor, frames_chunk_size: int | None = None) -> GeometryReconstructionOutput:
+    """Aggregator + enabled heads on `images [B, S, 3, H, W]` in [0, 1] (see `GeometryReconstructionOutput`)."""
+    config = encoder.config
+    camera_head = getattr(encoder, "camera_head", None)
+    depth_head = getattr(encoder, "depth_head", None)
+    point_head = getattr(encoder, "point_head", None)
+    if camera_head is None and depth_head is None and point_head is None:
+        raise ValueError(
+            "no reconstruction head is enabled: set use_camera_head / use_depth_head / use_point_head in the "
+            "geometry config and load VGGT weights that contain them"
+        )
+    aggregator = encoder.aggregator
+    aggregator.check_images(images)
+    reverse = config.reference_frame == "last"
+    if reverse:
+        images = images.flip(1)
+    tapped = list(config.tapped_layers)
+    last_layer = config.num_hidden_layers - 1
+    needed = set(tapped)
+    if camera_head is not None:
+        needed.add(last_layer)
+    if depth_head is not None or point_head is not None:
+        needed.update(config.dpt_layers)
+    layers = sorted(needed)
+    outputs = dict(zip(layers, aggregator(images, layers)))
+    num_special = aggregator.num_special_tokens
+    image_size = tuple(images.shape[-2:])
+    result = {}
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        if camera_head is not None:
+            iterations = camera_head(outputs[last_layer][:, :, 0])
+            extrinsics, intrinsics = pose_encoding_to_extrinsics_intrinsics(iterations[-1], image_size)
+            result.update(pose_encoding=iterations[-1], pose_encoding_iterations=iterations,
+                          extrinsics=extrinsics, intrinsics=intrinsics)
+        if depth_head is not None or point_head is not None:
+            dpt_tokens = [outputs[layer][:, :, num_special:] for layer in config.dpt_layers]
+        if depth_head is not None:
+            result["depth"], result["depth_conf"] = depth_head(dpt_tokens, image_size, frames_chunk_size)
+        if point_head is not None:
+            result["world_points"], result["world_points_conf"] = point_head(dpt_tokens, image_size, frames_chunk_size)
+    result["layer_features"] = tuple(outputs[layer][:, :, num_special:] for layer in tapped)
+    if reverse:
+        result = {key: _flip_frames(value) for key, value in result.items()}
+    patch = config.patch_size
+    return GeometryReconstructionOutput(
+        **result, patch_grid=(image_size[0] // patch, image_size[1] // patch), image_size=image_size
+    )
+
+
+@dataclass
+class GeometryEncoderOutput(ModelOutput):
+    """Output of [`GapMllmGeometryEncoder`].
+
+    Args:
+        layer_features (`tuple[torch.Tensor]`): one `[B, S, P, 2·hidden_size]` tensor per tapped layer, in
+            `config.tapped_layers` order: the frame-block output ⊕ the global-block output of that layer,
+            patch tokens only (`P = h·w`, row-major), frames in input order.
+        patch_grid (`tuple[int, int]`): the patch grid `(h, w) = (H / patch_size, W / patch_size)`.
+    """
+
+    layer_features: tuple[torch.Tensor, ...] | None = None
+    patch_grid: tuple[int, int] | None = None
+
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_dtype_for(config: GapMllmGeometryConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype the aggregator runs under autocast for input on `device`, or None (no autocast).
+
+    `config.autocast_dtype == "auto"` gives bf16 on CUDA devices (the official encode path: VGGT under bf16
+    autocast) and None elsewhere, so CPU fp32 runs stay exact; an explicit dtype applies on any device."""
+    setting = getattr(config, "autocast_dtype", "auto")
+    if setting is None:
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return AUTOCAST_DTYPES[setting]
+
+
+def _expand_token_pair(token_pair: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
+    """Copy 0 of a learned pair for frame 0, copy 1 for every other frame.
+
+    Args:
+        token_pair: `[1, 2, X, C]`.
+
+    Returns:
+        `[B·S, X, C]`, frames of one sample contiguous.
+    """
+    first = token_pair[:, :1].expand(batch_size, 1, -1, -1)
+    others = token_pair[:, 1:].expand(batch_size, num_frames - 1, -1, -1)
+    return torch.cat([first, others], dim=1).flatten(0, 1)
+
+
+class GapMllmVggtAggregator(nn.Module):
+    """VGGT's alternating-attention aggregator (DINOv2 patch embedding + frame/global blocks).
+
+    Parameters: `camera_token [1, 2, 1, C]`, `register_token [1, 2, R, C]`, `patch_embed.*` (DINOv2),
+    `frame_blocks.N.*` and `global_blocks.N.*` for N < `num_hidden_layers`. The ImageNet mean and std
+    are non-persistent buffers (not in VGGT's checkpoint either).
+    """
+
+    def __init__(self, config: GapMllmGeometryConfig):
+        super().__init__()
+        self.config = config
+        hidden_size = config.hidden_size
+        self.patch_size = config.patch_size
+        self.num_special_tokens = config.num_special_tokens
+
+        self.patch_embed = GapMllmDinov2PatchEmbed(config)
+        # One copy for the reference frame (frame 0), one shared by all others: this is how VGGT
+        # knows which frame defines the world coordinate system.
+        self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, hidden_size))
+        self.register_token = nn.Parameter(torch.zeros(1, 2, config.num_register_tokens, hidden_size))
+        self.rotary_emb = (
+            GapMllmGeometryRotaryEmbedding2D(config.head_dim, config.rope_frequency)
+            if config.rope_frequency > 0
+            else None
+        )
+
+        def alternating_block() -> GapMllmGeometryBlock:
+            return GapMllmGeometryBlock(
+                config,
+                use_qk_norm=config.qk_norm,
+                layer_norm_eps=config.layer_norm_eps,
+                layer_scale_init=config.layer_scale_init,
+            )
+
+        self.frame_blocks = nn.ModuleList([alternating_block() for _ in range(config.num_hidden_layers)])
+        self.global_blocks = nn.ModuleList([alternating_block() for _ in range(config.num_hidden_layers)])
+
+        self.register_buffer("image_mean", self._normalisation_buffer(config.image_mean), persistent=False)
+        self.register_buffer("image_std", self._normalisation_buffer(config.image_std), persistent=False)
+
+    @staticmethod
+    def _normalisation_buffer(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).view(1, 1, 3, 1, 1)
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise a `ValueError` naming the shape unless it is `[B, S, 3, H, W]` with H, W multiples of `patch_size`."""
+        shape = tuple(images.shape)
+        if images.ndim != 5 or shape[2] != 3 or shape[0] < 1 or shape[1] < 1:
+            raise ValueError(
+                f"geometry encoder images must be [batch, frames, 3, height, width], got shape {shape}."
+            )
+        height, width = shape[-2:]
+        if height == 0 or width == 0 or height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"geometry encoder images have shape {shape}: height {height} and width {width} must be positive "
+                f"multiples of the patch size {self.patch_size}."
+            )
+
+    def forward(self, images: torch.Tensor, output_layers: list[int] | None = None) -> tuple[torch.Tensor, ...]:
+        """
+        Args:
+            images: `[B, S, 3, H, W]` float RGB in [0, 1]; H and W multiples of `patch_size`. Frame 0 is the
+                reference frame.
+            output_layers: 0-based block-pair indices to return, in the wanted order; defaults to
+                `config.tapped_layers`. Blocks after `max(output_layers)` are not run.
+
+        Returns:
+            One `[B, S, T, 2·C]` tensor per requested layer, `T = 1 + num_register_tokens + h·w`: tokens are
+            camera, registers, then patches (row-major); channels are frame-block output ⊕ global-block output.
+            Runs under autocast as `config.autocast_dtype` says (`autocast_dtype_for`); the outputs are
+            in the weights' dtype either way.
+        """
+        autocast_dtype = autocast_dtype_for(self.config, images.device)
+        if autocast_dtype is None:
+            return self._aggregate(images, output_layers)
+        with torch.autocast(device_type=images.device.type, dtype=autocast_dtype):
+            outputs = self._aggregate(images, output_layers)
+        weights_dtype = self.patch_embed.patch_embed.proj.weight.dtype
+        return tuple(output.to(weights_dtype) for output in outputs)
+
+    def _aggregate(self, images: torch.Tensor, output_layers: list[int] | None) -> tuple[torch.Tensor, ...]:
+        self.check_images(images)
+        layers = list(self.config.tapped_layers if output_layers is None else output_layers)
+        for layer in layers:
+            if not 0 <= layer < len(self.frame_blocks):
+                raise ValueError(
+                    f"output layer {layer} does not exist: valid layers are 0..{len(self.frame_blocks) - 1}."
+                )
+        batch_size, num_frames, _, height, width = images.shape
+        grid_height, grid_width = height // self.patch_size, width // self.patch_size
+
+        # Normalise in fp32 whatever the input dtype, then match the weights (bf16 checkpoints).
+        pixel_values = (images.float() - self.image_mean) / self.image_std
+        pixel_values = pixel_values.to(self.patch_embed.patch_embed.proj.weight.dtype).flatten(0, 1)
+        patch_tokens = self.patch_embed(pixel_values)  # [B·S, P, C]
+
+        special_tokens = torch.cat(
+            [
+                _expand_token_pair(self.camera_token, batch_size, num_frames),
+                _expand_token_pair(self.register_token, batch_size, num_frames),
+            ],
+            dim=1,
+        ).to(patch_tokens.dtype)
+        tokens = torch.cat([special_tokens, patch_tokens], dim=1)  # [B·S, T, C]
+        num_tokens, channels = tokens.shape[1:]
+
+        frame_rope = global_rope = None
+        if self.rotary_emb is not None:
+            positions = build_token_positions(grid_height, grid_width, self.num_special_tokens, images.device)
+            frame_rope = self.rotary_emb(positions)  # each [T, D]
+            # Global attention sees the frames one after another; each frame keeps its own grid positions.
+            global_rope = tuple(table.repeat(num_frames, 1) for table in frame_rope)  # each [S·T, D]
+
+        wanted = set(layers)
+        collected = {}
+        per_frame = (batch_size * num_frames, num_tokens, channels)  # frame attention: one sequence per frame
+        per_sample = (batch_size, num_frames * num_tokens, channels)  # global attention: one sequence per sample
+        per_token = (batch_size, num_frames, num_tokens, channels)
+        for index in range(max(layers) + 1):
+            tokens = self.frame_blocks[index](tokens.reshape(per_frame), frame_rope)
+            frame_output = tokens.reshape(per_token)
+            tokens = self.global_blocks[index](tokens.reshape(per_sample), global_rope)
+            if index in wanted:
+                global_output = tokens.reshape(per_token)
+                collected[index] = torch.cat([frame_output, global_output], dim=-1)
+        return tuple(collected[layer] for layer in layers)
+
+
+class GapMllmGeometryEncoder(nn.Module):
+    """Frozen geometry encoder of GAP-MLLM: the VGGT aggregator, plus VGGT's reconstruction heads when
+    the config enables them (`camera_head`, `depth_head`, `point_head`; names as in VGGT's checkpoint).
+
+    `forward` returns the aggregator features GAP-MLLM fuses; `reconstruct` runs the heads as well.
+    `config.reference_frame == "last"` reverses the frames before the aggregator and the outputs
+    back after it, so the last input frame is VGGT's reference while outputs stay in input order.
+    """
+
+    def __init__(self, config: GapMllmGeometryConfig):
+        # Built alone (VGGT conversion, benches) nothing else prices the weights: refuse before allocating when
+        # even their lower bound does not fit (config_sizes.py).
+        check_memory_for_parameters(config)
+        super().__init__()
+        self.config = config
+        self.aggregator = GapMllmVggtAggregator(config)
+        if config.use_camera_head:
+            self.camera_head = GapMllmCameraHead(config)
+        if config.use_depth_head:
+            self.depth_head = GapMllmDptHead(config, "depth")
+        if config.use_point_head:
+            self.point_head = GapMllmDptHead(config, "points")
+
+    def reconstruct(self, images: torch.Tensor, frames_chunk_size: int | None = None) -> GeometryReconstructionOutput:
+        """VGGT's 3D outputs for `images [B, S, 3, H, W]` in [0, 1]: cameras (`pose_encoding`, `extrinsics`,
+        `intrinsics`), `depth`/`depth_conf`, `world_points`/`world_points_conf`, and the tapped `layer_features`,
+        from one aggregator pass. `output.point_cloud(images)` fuses the frames into a point cloud.
+        See [`GeometryReconstructionOutput`] for shapes and conventions."""
+        return run_reconstruction(self, images, frames_chunk_size)
+
+    def forward(self, images: torch.Tensor) -> GeometryEncoderOutput:
+        """
+        Args:
+            images: `[B, S, 3, H, W]` float RGB in [0, 1]; H and W multiples of `config.patch_size`.
+
+        Returns:
+            [`GeometryEncoderOutput`] with `layer_features` (one `[B, S, h·w, 2·hidden_size]` per tapped
+            layer, in `config.tapped_layers` order; camera and register tokens dropped) and
+            `patch_grid = (h, w)`.
+        """
+        self.aggregator.check_images(images)
+        reverse = self.config.reference_frame == "last"
+        if reverse:
+            images = images.flip(1)
+        outputs = self.aggregator(images, self.config.tapped_layers)
+        num_special = self.aggregator.num_special_tokens
+        features = tuple(output[:, :, num_special:] for output in outputs)
+        if reverse:
+            features = tuple(feature.flip(1) for feature in features)
+        patch_size = self.config.patch_size
+        return GeometryEncoderOutput(
+            layer_features=features, patch_grid=(images.shape[-2] // patch_size, images.shape[-1] // patch_size)
+        )
+
+
+@torch.no_grad()
+def init_geometry_weights(module: nn.Module, config: GapMllmGeometryConfig) -> bool:
+    """Initialise ONE module of the geometry encoder (not its children); meant for `_init_weights`.
+
+    Uses `transformers.initialization`, whose functions skip tensors already loaded from a checkpoint.
+    Covers every parameter of the encoder, bare `nn.Parameter`s included, and refills the
+    non-persistent normalisation buffers (they are empty after a meta-device build):
+
+    - aggregator: `camera_token`, `register_token` ~ N(0, 1e-6); ImageNet mean/std buffers from the config;
+    - DINOv2: `cls_token`, `register_tokens` ~ N(0, 1e-6); `mask_token` = 0; `pos_embed` ~ trunc-N(0, 0.02);
+    - LayerScale `gamma` = its configured init value;
+    - camera head: `empty_pose_tokens` = 0;
+    - Linear, Conv2d and ConvTranspose2d: weight ~ trunc-N(0, `config.initializer_range`), bias 0; LayerNorm: weight 1, bias 0.
+
+    Linear, Conv2d and LayerNorm are matched by type, so the caller must pass only modules of the
+    geometry encoder (e.g. those in `set(encoder.modules())`).
+
+    Returns:
+        `True` if the module was one of the above (handled), `False` otherwise.
+    """
+    if isinstance(module, GapMllmVggtAggregator):
+        init.normal_(module.camera_token, std=1e-6)
+        init.normal_(module.register_token, std=1e-6)
+        init.copy_(module.image_mean, module._normalisation_buffer(config.image_mean))
+        init.copy_(module.image_std, module._normalisation_buffer(config.image_std))
+        return True
+    if isinstance(module, GapMllmDinov2PatchEmbed):
+        init.normal_(module.cls_token, std=1e-6)
+        if module.register_tokens is not None:
+            init.normal_(module.register_tokens, std=1e-6)
+        init.zeros_(module.mask_token)
+        init.trunc_normal_(module.pos_embed, std=0.02)
+        return True
+    if isinstance(module, GapMllmGeometryLayerScale):
+        init.constant_(module.gamma, module.init_value)
+        return True
+    if isinstance(module, GapMllmCameraHead):
+        init.zeros_(module.empty_pose_tokens)
+        return True
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        init.trunc_normal_(module.weight, std=config.initializer_range)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+        return True
+    if isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            init.ones_(module.weight)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+        return True
+    return False
+
+
+__all__ = [
+    "ConversionError",
+    "ConversionReport",
+    "GapMllmCameraHead",
+    "GapMllmDinov2PatchEmbed",
+    "GapMllmDinov2PatchProjection",
+    "GapMllmDptHead",
+    "GapMllmGeometryAttention",
+    "GapMllmGeometryBlock",
+    "GapMllmGeometryEncoder",
+    "GapMllmGeometryLayerScale",
+    "GapMllmGeometryMlp",
+    "GapMllmGeometryRotaryEmbedding2D",
+    "GapMllmVggtAggregator",
+    "GeometryEncoderOutput",
+    "GeometryReconstructionOutput",
+    "POSE_ENCODING_SIZE",
+    "PointCloud",
+    "activate_depth",
+    "activate_points",
+    "activate_pose_encoding",
+    "apply_rotary_2d",
+    "autocast_dtype_for",
+    "build_token_positions",
+    "depth_to_camera_points",
+    "depth_to_world_points",
+    "eager_attention_forward",
+    "extrinsics_intrinsics_to_pose_encoding",
+    "fuse_point_cloud",
+    "init_geometry_weights",
+    "matrix_to_quaternion",
+    "pose_encoding_to_extrinsics_intrinsics",
+    "quaternion_to_matrix",
+    "run_reconstruction",
+    "uv_position_embedding",
+]
