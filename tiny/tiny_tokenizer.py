@@ -16,7 +16,7 @@ import os
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from gap_mllm.chat_format import IMAGE_PLACEHOLDER
+from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER
 from gap_mllm.processing_gap_mllm import GapMllmProcessor
 from gap_mllm.tasks_gap_mllm import DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2
 

@@ -29,7 +29,7 @@ import yaml
 from gap_mllm.evaluation.confidence import bootstrap_interval, wilson_interval
 from gap_mllm.evaluation.grounding_identification import annotated_frame, identify, scene_camera, world_box
 from gap_mllm.evaluation.grounding_metrics import score_grounding
-from gap_mllm.output_parsing import parse_grounding
+from gap_mllm.tasks_gap_mllm import parse_grounding
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.coordinates import world_boxes_to_camera
