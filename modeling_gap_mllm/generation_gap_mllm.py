@@ -1,3 +1,11 @@
+"""Generation support for GAP-MLLM: the checks `generate` runs and the machinery it decodes with.
+
+- Answer tasks and prompt checks: `answer_task_kwargs`, `check_token_ids`, `fit_budget_to_context` (a prompt past
+  `text_config.max_position_embeddings` is refused; a `max_new_tokens` past it is lowered to the positions left).
+- Model identity: `ModelIdentity`, `model_identity`, `identity_mismatch` (which model state encoded a cached scene).
+- Compiled decoding: `StaticCachePool`, `pooled_static_cache`, `release_static_cache`, `compiled_decoding_kwargs`.
+- Scene reuse: `GapMllmScene`, `encode_scene`, `generate_from_scene` (encode the views once, answer many questions).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +29,7 @@ from .tasks_gap_mllm import (
 )
 
 
-
+# ---- answer tasks and prompt checks
 def answer_task_kwargs(answer_task, constrained: bool, input_ids, kwargs: dict) -> dict:
     """`kwargs` (the rest of a `generate` call) with `answer_task`'s decoding settings for the prompt `input_ids`
     `[B, L]`; stopping criteria and logits processors the call gave run before the task's own.
@@ -61,8 +69,7 @@ def check_token_id_dtype(input_ids: torch.Tensor, name: str = "input_ids") -> No
 
 
 def token_id_range(input_ids: torch.Tensor) -> torch.Tensor:
-    """`[2]` tensor (lowest id, highest id) of a non-empty integer tensor, left on its device so that callers
-    can read it together with other reductions in one host synchronisation."""
+    """`[2]` tensor `(lowest id, highest id)` of a non-empty integer tensor, left on its device (no host sync)."""
     return torch.stack(torch.aminmax(input_ids.reshape(-1)))
 
 
@@ -78,8 +85,7 @@ def vocabulary_error(low: int, high: int, vocabulary_size: int, name: str = "inp
 
 
 def check_token_ids(input_ids: torch.Tensor, vocabulary_size: int, name: str = "input_ids") -> None:
-    """ValueError naming `name` when `input_ids` are not integers or hold an id outside `[0, vocabulary_size)`
-    (the embedding lookup would end in a bare IndexError). One host synchronisation."""
+    """ValueError naming `name` unless `input_ids` are integers in `[0, vocabulary_size)`; one host synchronisation."""
     check_token_id_dtype(input_ids, name)
     if input_ids.numel() == 0:
         return
@@ -90,9 +96,8 @@ def check_token_ids(input_ids: torch.Tensor, vocabulary_size: int, name: str = "
 
 
 def new_token_budget(model, kwargs: dict, input_length: int) -> int | None:
-    """The number of new tokens a generate call with `kwargs` may produce after `input_length` tokens:
-    `max_new_tokens` (argument, then the call's or the model's generation config), else `max_length` −
-    `input_length`; None when neither is set."""
+    """New tokens a generate call with `kwargs` may produce after `input_length` tokens: `max_new_tokens` (the call's,
+    then the generation config's), else `max_length - input_length`; None when neither is set."""
     config = kwargs.get("generation_config") or model.generation_config
     budget = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
     if budget is not None:
@@ -105,14 +110,13 @@ _WARNED_BUDGETS: set[tuple[int, int, bool]] = set()  # (budget, context, chosen 
 
 
 def context_limit(config) -> int | None:
-    """The decoder's number of rotary positions (`text_config.max_position_embeddings` of a model's `config`),
-    None when the config states none."""
+    """The decoder's rotary positions (`text_config.max_position_embeddings` of `config`), or None."""
     return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
 def positions_after(limit: int, highest_prompt_position: int) -> int:
-    """How many new tokens still get a trained position (0 … `limit` − 1) after a prompt ending at M-RoPE position
-    `highest_prompt_position`: the k-th new token sits at `highest_prompt_position + k`."""
+    """New tokens that still get a trained position (0 … `limit` − 1) after a prompt ending at M-RoPE position
+    `highest_prompt_position` (the k-th new token sits at `highest_prompt_position + k`)."""
     return limit - 1 - highest_prompt_position
 
 
@@ -155,11 +159,8 @@ def shortest_answer(kwargs: dict) -> tuple[str, int] | None:
 
 
 def budget_to_grammars(model, kwargs: dict, input_length: int | None) -> None:
-    """Tell each logits processor of a generate call's `kwargs` that plans for its token budget (a grammar that
-    closes a list at the budget: answer_grammar_processor.py `fit_budget`) the budget the call uses, as
-    `new_token_budget` reads it: the call's own `max_new_tokens` may differ from the one `generation_kwargs` built the
-    grammar for (`generate(**inputs, **{**kwargs, "max_new_tokens": 40})`), and `fit_budget_to_context` lowers it to
-    the context. `input_length` None (the prompt's length is not known): a budget set by `max_length` is not read."""
+    """Call `fit_budget(budget)` on each logits processor in `kwargs` that has it (a grammar closing its list at the
+    budget), with the budget the call uses (`new_token_budget`). With `input_length` None, `max_length` is not read."""
     processors = [processor for processor in kwargs.get("logits_processor") or () if hasattr(processor, "fit_budget")]
     if not processors:
         return
@@ -175,13 +176,12 @@ def budget_to_grammars(model, kwargs: dict, input_length: int | None) -> None:
 
 def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, input_length: int,
                           what: str = "the prompt") -> None:
-    """Apply the context rules of the module docstring to a generate call's `kwargs`, in place: ValueError
-    naming the numbers when `what` (ending at M-RoPE position `highest_prompt_position`, `input_length` tokens)
-    or `min_new_tokens` cannot fit, or when fewer new tokens fit than the task's shortest whole answer needs
-    (`shortest_answer`: lowered that far, the budget could only cut the answer, or close its list empty);
-    `max_new_tokens` lowered when it does not fit (a warning when the caller chose
-    the budget, else an INFO line: `budget_chosen_by_caller`). Then the call's grammars learn the budget it uses
-    (`budget_to_grammars`)."""
+    """Fit a generate call's `kwargs` to the model's context in place, then pass the budget to its grammars.
+
+    A `max_new_tokens` past the context is lowered to the positions left after `what` (ending at M-RoPE position
+    `highest_prompt_position`, `input_length` tokens): a warning when the caller chose it (`budget_chosen_by_caller`),
+    else an INFO line. ValueError, naming the numbers, when no position is left, `min_new_tokens` cannot fit, or fewer
+    new tokens fit than the task's shortest whole answer (`shortest_answer`)."""
     _fit_to_context(model, kwargs, highest_prompt_position, input_length, what)
     budget_to_grammars(model, kwargs, input_length)
 
@@ -223,8 +223,8 @@ def _fit_to_context(model, kwargs: dict, highest_prompt_position: int, input_len
 
 
 def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type_ids=None, image_grid_thw=None) -> int:
-    """The highest M-RoPE position of a `[B, L]` prompt batch, as `generate` lays it out (visual tokens on
-    their compressed grid positions when the views are given, else one position per real token)."""
+    """The highest M-RoPE position of a `[B, L]` prompt batch as `generate` lays it out (visual tokens on their
+    compressed grid positions when the views are given, else one position per real token)."""
     if mm_token_type_ids is not None and image_grid_thw is not None:
         positions, _ = model.vlm.model.get_rope_index(
             input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
@@ -237,13 +237,13 @@ def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type
     return input_ids.shape[-1] - 1
 
 
+# ---- model identity
 _INSTANCE_ATTRIBUTE = "_gap_mllm_identity_token"
 
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """`model_identity`'s answer; equal identities mean the same model object, configuration and weights."""
-
+    """What `model_identity` returns; equal identities mean the same model object, configuration and weights."""
     instance: str
     config: str
     weights: str
@@ -251,8 +251,7 @@ class ModelIdentity:
 
 
 def _instance_token(model) -> str:
-    """A token unique to this model object. It is kept on the object with the object's `id`, so a copy
-    (whose `id` differs) makes its own instead of inheriting the original's."""
+    """A token unique to this model object, stored with its `id` so that a copy makes its own."""
     stored = model.__dict__.get(_INSTANCE_ATTRIBUTE)
     if stored is None or stored[0] != id(model):
         stored = (id(model), uuid.uuid4().hex)
@@ -265,14 +264,12 @@ def _config_digest(model) -> str:
 
 
 _PROBED_ELEMENTS = 16  # a tensor's elements at this many evenly strided positions (16 to 31 of them)
-# PEFT keeps an adapter layer's state in these attributes (BaseTunerLayer, ModulesToSaveWrapper): which adapters
-# are active, whether all are disabled (`disable_adapter()`), which are merged, and their scales.
+# PEFT adapter-layer state (BaseTunerLayer, ModulesToSaveWrapper): active, disabled, merged adapters and scales
 _ADAPTER_ATTRIBUTES = ("_disable_adapters", "_active_adapter", "merged_adapters", "scaling")
 
 
 def _state_tensors(model):
-    """Every parameter and buffer of `model`, from one walk over its modules (a tensor shared by two modules
-    comes twice; `named_parameters` + `named_buffers` would walk the modules twice)."""
+    """Every parameter and buffer of `model`, in one walk over its modules (a shared tensor once per module)."""
     for module in model.modules():
         for tensor in (*module._parameters.values(), *module._buffers.values()):
             if tensor is not None:
@@ -300,9 +297,8 @@ def _address(tensor) -> int:
 
 @torch.no_grad()
 def _weights_digest(model) -> str:
-    """Digest of every parameter's and buffer's metadata and value probe (see the module docstring). Two
-    tensor operations per tensor (a sum and a strided view) and a few small copies to the host (per device and
-    dtype): the check runs before every `generate(scene=...)`."""
+    """Digest of every parameter and buffer: address, in-place version, shape, dtype, float32 sum and 16 to 31 strided
+    elements (fused optimizers and `.data` writes change values without bumping the version)."""
     metadata = array("q")
     sums: dict[torch.device, list] = {}
     elements: dict[tuple[str, str], list] = {}  # (device, dtype) -> probed elements, copied to the host together
@@ -338,7 +334,9 @@ def _adapters_digest(model) -> str:
 
 
 def model_identity(model) -> ModelIdentity:
-    """The identity of `model` now (see the module docstring); costs one read of the weights."""
+    """The `ModelIdentity` of `model` now; costs one read of the weights. Blind to state outside parameters, buffers,
+    configuration and PEFT adapter attributes (a replaced `forward`, hooks, train/eval mode) and to writes that keep
+    each tensor's float32 sum and probed elements."""
     return ModelIdentity(instance=_instance_token(model), config=_config_digest(model), weights=_weights_digest(model),
                          adapters=_adapters_digest(model))
 
@@ -359,12 +357,15 @@ def identity_mismatch(recorded: ModelIdentity, model) -> str | None:
     return None
 
 
+# ---- static cache pool and compiled decoding
 STATIC_LENGTH_STEP = 256  # static caches are sized in steps of this many positions: few lengths, few recordings
 
 
 class StaticCachePool:
-    """The static-cache buffers of one model's compiled decoding (see the module docstring): per decoder layer,
-    keys `[rows, H_kv, L, head_dim]`, values `[rows, H_kv, L, v_head_dim]` and a fill counter (a 0-d long tensor)."""
+    """Static-cache buffers shared by every compiled `generate` call of one model, so that its CUDA graphs replay at
+    fixed addresses: per decoder layer, keys `[rows, H_kv, L, head_dim]`, values `[rows, H_kv, L, v_head_dim]` and a
+    0-d long fill counter. A cache lent from it is valid until the model's next compiled call; a call that finds the
+    pool held by another thread gets buffers of its own."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -434,16 +435,13 @@ class StaticCachePool:
 
 
 def _first_rows(buffer: torch.Tensor, rows: int) -> torch.Tensor:
-    """The first `rows` rows of `buffer` as a tensor of their own that shares its memory (same address), not a view:
-    compiled code then meets what a new cache gives it (a compiled step with a symbolic batch guards on a view's
-    base, and views of the buffer would carry its row count into the guards)."""
+    """The first `rows` rows of `buffer`, sharing its storage but not a view (compiled steps guard on a view's base)."""
     return buffer.new_empty(0).set_(buffer.untyped_storage(), 0, (rows, *buffer.shape[1:]))
 
 
 def _new_buffers(rows: int, heads: int, length: int, k_dim: int, v_dim: int, keys_like: torch.Tensor,
                  values_like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Zeroed keys `[rows, heads, length, k_dim]`, values `[rows, heads, length, v_dim]` (dtypes and device of
-    `keys_like` / `values_like`) and a fill counter."""
+    """Zeroed keys `[rows, heads, length, k_dim]`, values `[rows, heads, length, v_dim]` and a fill counter."""
     return (torch.zeros((rows, heads, length, k_dim), dtype=keys_like.dtype, device=keys_like.device),
             torch.zeros((rows, heads, length, v_dim), dtype=values_like.dtype, device=values_like.device),
             torch.zeros((), dtype=torch.long, device=keys_like.device))
@@ -456,8 +454,7 @@ def _fits(held, rows: int, heads: int, length: int, k_dim: int, v_dim: int, keys
 
 
 class PooledStaticLayer(StaticLayer):
-    """A `StaticLayer` whose keys, values and fill counter are lent by a `StaticCachePool` at its first update
-    (where `StaticLayer` allocates its own); the same layer otherwise."""
+    """A `StaticLayer` whose keys, values and fill counter are lent by a `StaticCachePool` at its first update."""
 
     def __init__(self, max_cache_len: int, pool: StaticCachePool, layer_index: int, cache_token: object):
         super().__init__(max_cache_len=max_cache_len)
@@ -470,7 +467,7 @@ class PooledStaticLayer(StaticLayer):
         self.batch_size, self.num_heads = key_states.shape[:2]
         self.k_head_dim, self.v_head_dim = key_states.shape[-1], value_states.shape[-1]
         self.keys, self.values, self.cumulative_length = self.pool.buffers(self, key_states, value_states)
-        # what StaticLayer does: the compiled step reads these at fixed addresses (see the module docstring)
+        # as StaticLayer does: the compiled step reads these at fixed addresses
         for tensor in (self.keys, self.values, self.cumulative_length):
             torch._dynamo.mark_static_address(tensor)
         self.is_initialized = True
@@ -502,8 +499,7 @@ _POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its
 
 
 def static_cache_pool(model) -> StaticCachePool:
-    """The `StaticCachePool` of `model` (made at first use; kept beside the model, not in it, so that copying or
-    pickling a model never copies buffers or a lock)."""
+    """The `StaticCachePool` of `model`, made at first use; kept beside the model so copies and pickles carry none."""
     pool = _POOLS.get(model)
     if pool is None:
         pool = _POOLS[model] = StaticCachePool()
@@ -518,10 +514,8 @@ def release_static_cache(model) -> None:
 
 
 def static_cache_length(model, needed: int) -> int:
-    """The positions of the static cache of a call that needs `needed` (prompt + token budget): rounded up to
-    `STATIC_LENGTH_STEP`, and never below the largest length the model used before (`_previous_max_cache_length`, the
-    attribute transformers keeps for the same purpose), which it then records. Every call of one length shares the
-    pool's buffers, so lengths only grow."""
+    """Static-cache positions for a call needing `needed` (prompt + token budget): rounded up to `STATIC_LENGTH_STEP`,
+    never below the model's `_previous_max_cache_length`, which it then records (lengths only grow)."""
     rounded = -(-needed // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
     length = max(rounded, getattr(model, "_previous_max_cache_length", -1))
     model._previous_max_cache_length = length
@@ -542,20 +536,19 @@ def pooled_static_cache(model, max_cache_len: int) -> StaticCache:
     return cache
 
 
-# torch and transformers are imported where used: the front ends' `--help` reads the choices below (tests/test_cli_startup.py)
-# The GPU setting: the whole decode step in one graph, replayed as a CUDA graph; the first shapes static (the graph
-# whose speed was measured), other batch sizes and cache lengths served by one graph with those sizes symbolic (see
-# "Cost" above: a graph per size would reach dynamo's limit of 8 in any evaluation).
+# The whole decode step in one CUDA graph; `dynamic=None`: later batch sizes and cache lengths share one symbolic graph
+# (a graph per size would reach dynamo's limit of 8 in an evaluation).
 DECODE_COMPILE_CONFIG = dict(fullgraph=True, dynamic=None, mode="reduce-overhead")
 
 
 def decode_compile_config(compile_decoding, device):
-    """The transformers `CompileConfig` of the decode step for `compile_decoding` (see the module docstring) on
-    `device` (a `torch.device` or its name), or None when decoding stays uncompiled. ValueError naming the option for
-    any other value."""
+    """The transformers `CompileConfig` of the decode step on `device` (a `torch.device` or its name), or None.
+
+    `compile_decoding`: "off" / False / None (uncompiled), "on" / True (compiled on any device), "auto" ("on" on CUDA,
+    else "off") or a `CompileConfig` (as given, on any device); ValueError naming the option for any other value.
+    """
     import torch
     from transformers import CompileConfig
-
     if isinstance(compile_decoding, CompileConfig):
         config = CompileConfig(**compile_decoding.to_dict())
         config._compile_all_devices = True  # a config given on purpose compiles on the CPU too (tests)
@@ -599,6 +592,7 @@ def compiled_decoding_kwargs(compile_decoding, device, kwargs: dict, scene: bool
     return {"compile_config": config} if scene else {"cache_implementation": "static", "compile_config": config}
 
 
+# ---- scene reuse
 # Inputs a scene already holds: giving them again to generate(scene=...) would be ambiguous.
 SCENE_OWNED_INPUTS = (
     "pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "geometry_pixel_values",
@@ -608,7 +602,7 @@ SCENE_OWNED_INPUTS = (
 
 @dataclass(frozen=True)
 class GapMllmScene:
-    """The encoded scene prefix of one multi-view sample (see the module docstring).
+    """The encoded scene prefix of one multi-view sample, from `encode_scene`; never written, so reusable by any call.
 
     Attributes:
         prefix_ids: `[1, P]` token ids of the prefix (system turn … last `<|vision_end|>`).
@@ -617,10 +611,9 @@ class GapMllmScene:
         image_grid_thw: `[V, 3]` patch grid of every view.
         fusion_gates: per fusion level, the `[N_visual]` gate shares (when encoded with `output_gates=True`
             and the gated method), else None.
-        model_identity: the model that encoded it (`model_identity.ModelIdentity`); `generate(scene=...)`
-            accepts the scene only from that model with the same configuration and weights.
+        model_identity: the `ModelIdentity` of the model that encoded it; `generate(scene=...)` accepts the scene
+            only from that model with the same configuration, weights and adapters.
     """
-
     prefix_ids: torch.LongTensor
     key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     rope_deltas: torch.LongTensor
@@ -654,8 +647,7 @@ class GapMllmScene:
 
 
 def _cache_holding(layers, text_config, static_cache: StaticCache | None) -> DynamicCache | StaticCache:
-    """A `DynamicCache` of `layers` (per decoder layer, `(keys, values)` `[B, H_kv, P, head_dim]`), or the empty
-    `static_cache` with them copied in (compiled decoding)."""
+    """A `DynamicCache` of `layers` (`(keys, values)`, `[B, H_kv, P, head_dim]`), or `static_cache` filled with them."""
     if static_cache is None:
         return DynamicCache(layers, config=text_config)
     for layer, (keys, values) in enumerate(layers):
@@ -769,9 +761,8 @@ def encode_scene(
 
 
 def check_scene_for_model(model, scene) -> None:
-    """ValueError unless `scene` is a `GapMllmScene` that `model`, as it is now, encoded: its cache has this
-    model's layer count, key/value heads, head size, dtype and device type, and its recorded identity is
-    this model's (same object, configuration and weights; model_identity.py)."""
+    """ValueError unless `scene` is a `GapMllmScene` that `model`, as it is now, encoded: this model's layer count,
+    key/value heads, head size, dtype, device type and `model_identity`."""
     if type(scene).__name__ != "GapMllmScene" or not hasattr(scene, "key_values"):  # the package's or a remote-code copy's class
         raise ValueError(
             f"scene must be a GapMllmScene from model.encode_scene(...), got {type(scene).__name__} {scene!r:.60}"
@@ -832,8 +823,7 @@ def _row_scenes(scene, batch_size: int) -> list:
 
 
 def _row_prefixes(scenes: list, pad_token_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """`([B, P] ids, [B, P] mask)` of the rows' scene prefixes, each right-aligned to the longest (`P`), padded on
-    the left with `pad_token_id` (mask 0), as a batched full call pads its prompts."""
+    """`([B, P] ids, [B, P] mask)` of the rows' prefixes, left-padded with `pad_token_id` to the longest (`P`)."""
     if all(s is scenes[0] for s in scenes):
         prefix = scenes[0].prefix_ids.expand(len(scenes), -1)
         return prefix, torch.ones_like(prefix)
@@ -861,8 +851,7 @@ def _right_align(input_ids, attention_mask, pad_token_id: int):
 
 
 def _static_cache_length(model, kwargs: dict, input_length: int) -> int:
-    """Positions of the static cache for a scene call of `input_length` prompt tokens: prompt + token budget, as
-    `static_cache_pool.static_cache_length` sizes every static cache of the model (shared with full calls)."""
+    """`static_cache_length` for a scene call: `input_length` prompt tokens + the token budget."""
     budget = new_token_budget(model, kwargs, input_length)
     if budget is None:
         raise ValueError("compile_decoding with a scene needs a token budget (max_new_tokens) to size its static cache.")
@@ -871,7 +860,7 @@ def _static_cache_length(model, kwargs: dict, input_length: int) -> int:
 
 def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_ids, attention_mask=None,
                         mm_token_type_ids=None, compile_decoding=False, **kwargs):
-    """`generate` for question tokens continuing a scene prefix (see the module docstring).
+    """`generate` for question tokens continuing the cached prefix of `scene`; greedy answers equal a full call's.
 
     Args:
         model: the `GapMllmForConditionalGeneration` that encoded `scene`.
@@ -881,7 +870,7 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
             row `r` about `scene[r]`).
         attention_mask: `[B, Lq]` (1 = token, 0 = padding); default all ones.
         mm_token_type_ids: accepted (processor output) and checked to be text-only.
-        compile_decoding: as for `generate` (compiled_decoding.py): the prefix goes into a static cache instead.
+        compile_decoding: as for `generate` (`decode_compile_config`); the prefix is copied into a pooled static cache.
         **kwargs: generation options as for `generate` (greedy or sampling; one beam, one sequence per row).
 
     Returns:
@@ -933,8 +922,7 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
     deltas = torch.cat([s.rope_deltas for s in scenes]).to(device)  # [B, 1]: each row its scene's
     position_ids = torch.cat([text_positions[None], (text_positions + deltas)[None].expand(3, -1, -1)])
     fit_budget_to_context(model, kwargs, int(position_ids[1:].max()), full_ids.shape[1], what="the scene prefix + question")
-    # what a full prefill leaves behind, for a caller that continues from the returned cache (a tensor of its own,
-    # as a full call's: the compiled decode step guards on its strides, and an expanded view made it recompile)
+    # as a full prefill leaves it, for callers continuing the returned cache (own tensor: a view recompiles the step)
     model.vlm.model.rope_deltas = deltas
     # compiled decoding: an empty static cache from the model's pool (its buffers at the addresses of the call before)
     static_cache = (pooled_static_cache(model, _static_cache_length(model, kwargs, full_ids.shape[1]))
