@@ -1,69 +1,10 @@
-"""`GapMllmProcessor`: Qwen3-VL processing plus the aligned VGGT geometry input and the task parsers.
+"""Processor for GAP-MLLM: Qwen3-VL text and image processing plus the aligned VGGT geometry input.
 
-One call turns multi-view samples and a task (or a free prompt) into everything the model needs:
-
-    inputs = processor(images=[view_0, view_1, view_2, view_3], task="grounding",
-                       query="the chair next to the desk", return_tensors="pt")
-    out = model.generate(**inputs, **processor.generation_kwargs("grounding", inputs))
-    result = processor.post_process(out, task="grounding", input_ids=inputs["input_ids"])[0]
-
-    processor(images=views, text="Describe the room.", return_tensors="pt")     # a free prompt
-
-Tasks, their prompts, parsers, budgets and stop rules are defined in `tasks_gap_mllm.py`.
-
-    input_ids, attention_mask, mm_token_type_ids    [B, L]  (Qwen3-VL; mm_token_type_ids drives M-RoPE)
-    pixel_values                                   [Σ h_p·w_p, 3·2·16·16]  (Qwen ViT patches)
-    image_grid_thw                                 [V, 3]  one row (1, h_p, w_p) per view, views in
-                                                           sample order, samples in batch order
-    geometry_pixel_values                          [V, 3, H_max, W_max] float32 in [0, 1]; view i's
-                                                           valid region is its top-left 14·h_p × 14·w_p
-                                                           block, zeros elsewhere
-    geometry_views_per_sample                      [B] int64
-
-V = total number of views in the batch. Every view gets h_p·w_p/4 `<|image_pad|>` tokens, and its VGGT
-input has the 14-px patch grid (h_p, w_p), so after the 2×2 geometry merger there is exactly one
-geometry token per merged Qwen token.
-
-Preprocessing modes (`preprocessing_mode`, saved in processor_config.json; docs/method.md §2.2-2.3, docs/deviations.md §4.1):
-    "grid" (default)      both branches see the same full frame: Qwen gets the view resized by
-                          `smart_resize` (the image processor's min/max pixels) to (h̄, w̄); VGGT gets a
-                          bicubic resize of the same view to 14·h̄/16 × 14·w̄/16.
-    "official_inference"  JPEG q75 re-encode → VGGT crop (ScanNet frames → 392×518) → Qwen gets that
-                          image (odd 16-px patch counts cropped) with min/max pixels 200,704 /
-                          1,605,632 (→ 416×544, 221 tokens), resized as the official demo's float
-                          [0, 1] tensor is by the Qwen3-VL torchvision processor (bicubic with
-                          antialias on the float values, no rescale), then normalised and patchified
-                          by the image processor; VGGT gets a bilinear resize of the 392×518 tensor
-                          to the grid size (→ 364×476).
-    "official_training"   VGGT crop → Qwen gets its top-left crop to multiples of 32 (→ 384×512) with
-                          min/max 12,544 / 451,584 (192 tokens); VGGT gets a bilinear resize of the
-                          UNCROPPED 392×518 tensor to the grid size (→ 336×448).
-
-User text and control tokens (a security rule: the Space passes a public textbox through here):
-    A prompt is tokenized in one piece, so text holding `<|im_end|>`, `<|im_start|>`, `<|vision_end|>` (or any
-    other added token of the tokenizer) would become those tokens and write chat turns or move the views.
-    - `query=` (grounding, spatial QA) and a free `text=` WITHOUT chat markup are user text: one holding any
-      added token of the tokenizer is refused with a ValueError naming the tokens (tasks_gap_mllm.py). The
-      text is never rewritten, so every accepted prompt has exactly the ids it had before the rule.
-    - A `text=` WITH chat markup (`<|im_start|>`) is the explicit expert path (the training collator renders
-      its samples that way): it is tokenized as written, after checking that it holds exactly one
-      `<|vision_start|><|image_pad|><|vision_end|>` per view and no other vision token. Never build such a
-      text from untrusted input yourself: render it with `chat_prompt`, which refuses control tokens in the
-      text items (adjacent items checked joined, as the prompt holds them) and the answer.
-    - `apply_chat_template` (transformers' entry point: tokenize=True/False, return_dict, batches) checks the
-      text of every message the same way before the template writes the markup.
-    - `split_scene_prompt` applies the same rules, so a query cannot move the split after the last view.
-    - `box=` is numbers, formatted by the task (no text of the user's reaches the prompt).
-    - Text that is not valid Unicode (a lone surrogate: the bytes of a non-UTF-8 command line or file) is a
-      ValueError naming it, in every text input, the expert path included.
-    The same rule (`control_tokens.refuse_control_tokens`) guards the dataset paths: the builders, the training
-    and evaluation collator and scene reuse refuse (or skip and count) a record by name.
-
-In the official modes the VGGT size is always derived from the Qwen grid. For ScanNet-shaped frames
-this is exactly the official size; for other aspect ratios the official code's sizes (hard-coded
-364×476, or (H//16)·14 × (W//16)·14) can disagree with the Qwen grid, and we keep the alignment.
+Sections: reading regular and image files (`open_regular_file`, `read_image_file`, `check_one_aspect_ratio`); the
+size rules and resizes of both branches (`smart_resize`, `geometry_size_for_qwen_size`, `vggt_crop_preprocess`); view
+loading (`load_image`); the marker visual prompt (`draw_marker`, `apply_point_prompt`); processor-folder checks; and
+`GapMllmProcessor`, which turns multi-view samples and a task or free prompt into model inputs and parses answers.
 """
-
 
 from __future__ import annotations
 
@@ -105,14 +46,15 @@ from .tasks_gap_mllm import (
     resolve_task,
 )
 
+# ---------------------------------------------------------------------------------------------- files
+
 # what a path that is not a regular file is instead, by its stat type (S_IFMT); anything else is "a special file"
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 class NotARegularFile(OSError):
-    """A path a reader refuses: it is a FIFO, a device, a socket or a folder, not a regular file. The message names
-    the file and what it is; an OSError, so the command line shows it as one line (cli/errors.py)."""
+    """A FIFO, device, socket or folder where a regular file is read; the message names the path and its kind."""
 
     def __init__(self, path, kind: str, what: str = "file"):
         super().__init__(errno.EINVAL, f"{what} {path} is {kind}, not a regular file; give a regular file")
@@ -133,8 +75,7 @@ def kind_of(mode: int) -> str | None:
 
 
 def regular_file_problem(path) -> str | None:
-    """What `path` is when it exists and is not a regular file ("a FIFO (named pipe)", "a folder", ...), without
-    opening it; None for a regular file and for a path that is missing (the caller's own message names that)."""
+    """What `path` is when it exists and is not a regular file ("a folder", ...), without opening it; else None."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -143,9 +84,8 @@ def regular_file_problem(path) -> str | None:
 
 
 def open_regular_file(path, what: str = "file"):
-    """`open(path, "rb")` of a regular file (symbolic links followed); `NotARegularFile` naming `path` as `what`
-    ("colour image", "annotation file") for anything else, without waiting on a FIFO. Other OSErrors (missing, no
-    permission) are raised as `open` raises them."""
+    """`open(path, "rb")` of a regular file (links followed); `NotARegularFile` naming `path` as `what` ("colour image")
+    for anything else, without blocking on a FIFO. Other OSErrors are raised as `open` raises them."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         kind = kind_of(os.fstat(descriptor).st_mode)
@@ -159,20 +99,21 @@ def open_regular_file(path, what: str = "file"):
 
 
 def read_regular_bytes(path, what: str = "file") -> bytes:
-    """The bytes of regular file `path` (`open_regular_file`: `NotARegularFile` for anything else)."""
+    """The bytes of regular file `path` (`NotARegularFile` for anything else)."""
     with open_regular_file(path, what) as handle:
         return handle.read()
 
 
 def read_regular_text(path, what: str = "file", encoding: str = "utf-8") -> str:
-    """The text of regular file `path` (`open_regular_file`); a UnicodeDecodeError as `Path.read_text` raises it."""
+    """The text of regular file `path` (`NotARegularFile` for anything else; UnicodeDecodeError as decoding raises)."""
     return read_regular_bytes(path, what).decode(encoding)
 
 
+# --------------------------------------------------------------------------------------------- images
+
 ORIENTATION_TAG = 0x0112  # EXIF "Orientation"
 SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # the tag values whose upright photo is the stored one turned by a quarter
-# How far one frame's width/height ratio may differ from the first frame's (relatively) and still count as its shape:
-# 1920x1080 beside 1920x1088 (a codec's padded rows) is one shape, 4:3 beside 3:2 (12.5 %) is not.
+# relative width/height difference still one shape: 1920x1080 beside 1920x1088 is, 4:3 beside 3:2 (12.5 %) is not
 ASPECT_RATIO_TOLERANCE = 0.01
 
 
@@ -181,18 +122,17 @@ class AnimatedImageError(ValueError):
 
 
 def upright(image: PIL.Image.Image) -> PIL.Image.Image:
-    """`image` as its EXIF orientation says it is viewed (a new image, the tag removed); `image` itself when it has
-    no orientation other than 1."""
+    """`image` as its EXIF orientation says it is viewed (a new image); `image` itself for orientation 1 or none."""
     if image.getexif().get(ORIENTATION_TAG, 1) == 1:
         return image
     return PIL.ImageOps.exif_transpose(image)
 
 
 def read_image_file(source, before_decoding=None) -> PIL.Image.Image:
-    """The image file `source` (a path or a binary file object), fully decoded and upright (`upright`), in its own
-    mode. `before_decoding(image)`, if given, sees the opened file first (its header: a reader's pixel limit is
-    checked before the pixels are decoded). PIL's errors pass through: each caller words them for its user; an
-    animated file is an `AnimatedImageError` (module docstring)."""
+    """The image file `source` (a path or binary file object), fully decoded and `upright`, in its own mode.
+
+    `before_decoding(image)`, if given, sees the opened header first (e.g. to check a pixel limit). PIL's errors pass
+    through; an animated file raises `AnimatedImageError`."""
     with PIL.Image.open(source) as image:
         if getattr(image, "is_animated", False):
             name = repr(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else "the image"
@@ -206,8 +146,7 @@ def read_image_file(source, before_decoding=None) -> PIL.Image.Image:
 
 
 def displayed_size(image: PIL.Image.Image) -> tuple[int, int]:
-    """`(width, height)` of an opened image as it is viewed (its EXIF orientation applied), read from the header
-    without decoding the pixels."""
+    """`(width, height)` of an opened image as viewed (EXIF orientation applied), from the header alone."""
     if image.getexif().get(ORIENTATION_TAG, 1) in SWAPPED_ORIENTATIONS:
         return image.height, image.width
     return image.width, image.height
@@ -219,9 +158,8 @@ def _shape(size: tuple[int, int]) -> str:
 
 
 def check_one_aspect_ratio(sizes, names) -> None:
-    """A ValueError when the frames of `sizes` (`(width, height)` each, as shown) do not share the first one's aspect
-    ratio (within `ASPECT_RATIO_TOLERANCE`), naming the first frame that differs and the first frame (`names`: how
-    each is named), with both sizes. Frames of one aspect ratio pass whatever their sizes."""
+    """ValueError naming the first frame (of `sizes`, `(width, height)` each, named by `names`) whose aspect ratio
+    differs from the first frame's by more than `ASPECT_RATIO_TOLERANCE`; frame sizes themselves may differ."""
     sizes, names = list(sizes), list(names)
     if not sizes:
         return
@@ -234,6 +172,8 @@ def check_one_aspect_ratio(sizes, names) -> None:
                 f"({_shape(sizes[0])}): the frames of one scene must share one aspect ratio (resized to one size, "
                 "they would be stretched); crop or turn them to one shape, or leave this frame out")
 
+
+# ------------------------------------------------------------------------------------ sizes and resizes
 
 QWEN_PATCH_SIZE = 16
 QWEN_MERGE_SIZE = 2
@@ -262,9 +202,7 @@ def _smart_resize_fallback(height: int, width: int, factor: int, min_pixels: int
 
 @functools.cache  # looked up once: smart_resize runs for every image
 def _transformers_smart_resize():
-    """transformers' own `smart_resize` (the Pil module: the torchvision one imports torchvision), None for a version
-    without it. Imported at the first call, not with this module: the SynthRooms writer and the CLI import this
-    module for its PIL helpers, and transformers' image processing costs about 2 s of imports."""
+    """transformers' Pil `smart_resize` (imported at first use: about 2 s of imports), None when missing."""
     try:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as resize
     except ImportError:  # pragma: no cover - only for transformers versions without the Pil module
@@ -279,12 +217,8 @@ def smart_resize(
     min_pixels: int = 56 * 56,
     max_pixels: int = 14 * 14 * 4 * 1280,
 ) -> tuple[int, int]:
-    """Qwen's resize rule: the (h̄, w̄) closest to (height, width), multiples of `factor`, with
-    `min_pixels <= h̄·w̄ <= max_pixels` (up to one `factor` step), aspect ratio kept as far as possible.
-
-    Delegates to transformers' `smart_resize` (the function the Pil image processor itself calls), so
-    the geometry branch can never disagree with the Qwen branch.
-    """
+    """Qwen's resize rule (transformers' `smart_resize`, as the image processor calls it): the (h̄, w̄) closest to
+    (height, width), multiples of `factor`, with `min_pixels <= h̄·w̄ <= max_pixels`, aspect ratio kept."""
     resize = _transformers_smart_resize() or _smart_resize_fallback
     h_bar, w_bar = resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return int(h_bar), int(w_bar)
@@ -296,10 +230,8 @@ def geometry_size_for_qwen_size(
     qwen_patch_size: int = QWEN_PATCH_SIZE,
     geometry_patch_size: int = VGGT_PATCH_SIZE,
 ) -> tuple[int, int]:
-    """The grid rule: VGGT input size `(14·h̄/16, 14·w̄/16)` whose 14-px patch grid equals Qwen's 16-px grid.
-
-    Example: Qwen 416×544 (26×34 patches, 221 tokens) → VGGT 364×476; Qwen 384×512 → VGGT 336×448.
-    """
+    """VGGT input size `(14·h̄/16, 14·w̄/16)` whose 14-px patch grid equals Qwen's 16-px grid (416×544 → 364×476).
+    ValueError when the Qwen size is not a multiple of `qwen_patch_size`."""
     if qwen_height % qwen_patch_size or qwen_width % qwen_patch_size:
         raise ValueError(
             f"Qwen input size {qwen_height}x{qwen_width} is not a multiple of the {qwen_patch_size}-px patch size"
@@ -308,13 +240,9 @@ def geometry_size_for_qwen_size(
 
 
 def vggt_crop_size(height: int, width: int, target_width: int = VGGT_TARGET_WIDTH) -> tuple[int, int, int]:
-    """Sizes of VGGT's official "crop" preprocessing for an input of `height × width`.
-
-    Returns `(resized_height, crop_top, output_height)`: the image is resized (bicubic) to
-    `resized_height × target_width` with `resized_height = round(H·518/W / 14)·14` (Python's `round`,
-    as in the official code), then rows `[crop_top, crop_top + output_height)` are kept, which centre-
-    crops the height to 518 when it is larger. 480×640 and 968×1296 both give `(392, 0, 392)`.
-    """
+    """`(resized_height, crop_top, output_height)` of VGGT's official "crop" preprocessing of a `height × width` input:
+    resize to `round(H·518/W / 14)·14 × 518`, then keep rows `[crop_top, crop_top + output_height)` (a centre crop to
+    518 when taller). 480×640 and 968×1296 both give `(392, 0, 392)`; ValueError for an image too flat."""
     resized_height = round(height * (target_width / width) / VGGT_PATCH_SIZE) * VGGT_PATCH_SIZE
     if resized_height < VGGT_PATCH_SIZE:
         raise ValueError(f"image of {height}x{width} is too flat for VGGT's crop preprocessing")
@@ -325,11 +253,7 @@ def vggt_crop_size(height: int, width: int, target_width: int = VGGT_TARGET_WIDT
 
 
 def vggt_crop_preprocess(image: PIL.Image.Image, target_width: int = VGGT_TARGET_WIDTH) -> PIL.Image.Image:
-    """VGGT's official `load_and_preprocess_images(mode="crop")` on one RGB image, kept as a PIL image.
-
-    Width → 518 and height → `round(H·518/W/14)·14` (bicubic), centre crop of the height to 518 if larger.
-    Cropping the PIL image gives the same pixels as the official crop of the `to_tensor` output.
-    """
+    """VGGT's official `load_and_preprocess_images(mode="crop")` on one RGB image (`vggt_crop_size`), as a PIL image."""
     height, width = image.height, image.width
     resized_height, crop_top, out_height = vggt_crop_size(height, width, target_width)
     resized = image.resize((target_width, resized_height), PIL.Image.Resampling.BICUBIC)
@@ -349,10 +273,7 @@ def crop_top_left_to_multiple(image: PIL.Image.Image, multiple: int = QWEN_FACTO
 def crop_to_even_patch_count(
     image: PIL.Image.Image, patch_size: int = QWEN_PATCH_SIZE, merge_size: int = QWEN_MERGE_SIZE
 ) -> PIL.Image.Image:
-    """Official inference crop: drop trailing 16-px patches (top-left kept) only where the count is odd.
-
-    No-op for 392×518 (24 and 32 patches); e.g. a width of 530 (33 patches) becomes 514.
-    """
+    """Official inference crop: drop a trailing 16-px patch (top-left kept) where the count is odd (530 → 514)."""
     width, height = image.width, image.height
     if (width // patch_size) % merge_size:
         width -= ((width // patch_size) % merge_size) * patch_size
@@ -380,18 +301,9 @@ def resize_bicubic(image: PIL.Image.Image, height: int, width: int) -> PIL.Image
 
 
 def resize_bicubic_antialias(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic resize of a float image tensor with antialiasing, as torchvision resizes a float32 tensor
-    (`transforms.v2.functional.resize(..., InterpolationMode.BICUBIC, antialias=True)`, the resize of the
-    Qwen3-VL torchvision image processor that the official inference feeds): `F.interpolate(mode="bicubic",
-    antialias=True, align_corners=False)`, the result neither clamped nor rounded (torchvision does both for
-    integer images only, so values may overshoot [0, 1] a little), and the input returned as is when the size
-    does not change. Without torchvision.
-
-    Args:
-        tensor: `[3, H, W]` or `[N, 3, H, W]` float32.
-    Returns:
-        the same rank, spatial size `height × width`, float32.
-    """
+    """Antialiased bicubic resize of float32 `[3, H, W]` or `[N, 3, H, W]` to `height × width`, as torchvision's
+    `resize(..., BICUBIC, antialias=True)` of a float tensor: neither clamped nor rounded (values may overshoot [0, 1]
+    a little); the input itself when the size is unchanged."""
     if tuple(tensor.shape[-2:]) == (height, width):
         return tensor
     squeeze = tensor.dim() == 3
@@ -407,13 +319,7 @@ def pil_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
 
 
 def resize_bilinear(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear resize with `align_corners=False`, no antialias (what the official model does inside).
-
-    Args:
-        tensor: `[3, H, W]` or `[N, 3, H, W]` float.
-    Returns:
-        the same rank, spatial size `height × width`.
-    """
+    """Bilinear resize of `[3, H, W]` or `[N, 3, H, W]` to `height × width` (`align_corners=False`, no antialias)."""
     squeeze = tensor.dim() == 3
     batch = tensor.unsqueeze(0) if squeeze else tensor
     out = F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False)
@@ -422,22 +328,19 @@ def resize_bilinear(tensor: torch.Tensor, height: int, width: int) -> torch.Tens
 
 # --------------------------------------------------------------------------------------------- loading
 
-
 def _composite_rgba_on_white(rgba: PIL.Image.Image) -> PIL.Image.Image:
     # VGGT's loader blends transparency onto white; doing it for every input keeps both branches equal.
     background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return PIL.Image.alpha_composite(background, rgba).convert("RGB")
 
 
-# Pillow modes of single-channel images with more than 8 bits: 16-bit PNG / TIFF ("I;16*"), 32-bit
-# integer ("I") and float ("F"). `convert("RGB")` clips them at 255, which turns a 16-bit frame white.
+# single-channel modes of more than 8 bits ("I;16*", "I", "F"): `convert("RGB")` clips them at 255 (a white frame)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 UINT16_MAX = 65535
 
 
 def _high_bit_depth_to_l(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
-    """A 16-bit ("I;16*", or "I" holding values in 0..65535) grey image as 8-bit "L", scaled by the
-    full 16-bit range: v -> round(v · 255 / 65535). Other ranges ("F", "I" beyond 16 bits) are refused."""
+    """A 16-bit grey image as 8-bit "L", v -> round(v · 255 / 65535); ValueError for "F" or "I" beyond 16 bits."""
     if image.mode == "F":
         raise ValueError(
             f"{name}: a 32-bit float image (mode F) has no defined brightness range; convert it to 8-bit RGB "
@@ -454,12 +357,8 @@ def _high_bit_depth_to_l(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
 
 
 def pil_to_rgb(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image:
-    """A new RGB (8-bit) copy of a PIL image of any mode.
-
-    Transparency is blended onto white (as VGGT's loader does). 16-bit grey frames (16-bit PNG) are
-    scaled by their full range, 0..65535 -> 0..255; 32-bit float images are refused (ValueError naming
-    `name`): their range is undefined.
-    """
+    """A new 8-bit RGB copy of a PIL image of any mode: transparency blended onto white, 16-bit grey scaled by its full
+    range; ValueError naming `name` for a 32-bit float image (no defined range)."""
     if image.mode in SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         image = _high_bit_depth_to_l(image, name)
     return _pil_to_rgb(image)
@@ -474,7 +373,7 @@ def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 
 
 def _array_to_pil(array: np.ndarray, layout: str, name: str) -> PIL.Image.Image:
-    """`array` is HWC (`layout="hwc"`) or CHW; uint8 or float in [0, 1]; 1, 3 or 4 channels."""
+    """An HWC or CHW (`layout`) array, uint8 or float in [0, 1], 1, 3 or 4 channels, as an RGB image."""
     if array.ndim == 2:
         array = array[:, :, None]
         layout = "hwc"
@@ -521,28 +420,24 @@ def _guess_layout(shape: tuple[int, ...], prefer: str) -> str:
 
 
 def load_image(image, name: str = "image") -> PIL.Image.Image:
-    """Convert one view to a new RGB `PIL.Image` (uint8).
-
-    Accepted inputs:
-        - `PIL.Image.Image` (any mode; transparency is blended onto white, as VGGT's loader does;
-          16-bit grey, e.g. a 16-bit PNG, is scaled by its full range to 8 bits; float mode "F" is refused);
-        - `str` / `os.PathLike` path to an image file, read upright (its EXIF orientation applied, as a photo viewer
-          shows it: processing_gap_mllm.py; an animated file is refused); a PIL image is taken as given (its current frame);
-        - `numpy.ndarray` HWC (or unambiguous CHW), uint8 or float in [0, 1], 1/3/4 channels, or 2-D grey;
-        - `torch.Tensor` CHW (or unambiguous HWC), uint8 or float in [0, 1].
+    """Convert one view to a new 8-bit RGB `PIL.Image`.
 
     Args:
+        image: a `PIL.Image.Image` of any mode (`pil_to_rgb`; taken as given, its current frame); a `str` /
+            `os.PathLike` image file (regular, not animated), read upright (EXIF orientation applied); a
+            `numpy.ndarray` HWC (or unambiguous CHW) or 2-D grey; a `torch.Tensor` CHW (or unambiguous HWC). Arrays
+            and tensors are uint8 or float in [0, 1] with 1, 3 or 4 channels.
         name: how the input is named in error messages (e.g. "sample 1, view 3").
 
     Raises:
-        FileNotFoundError: path that does not exist. ValueError: unreadable file, bad shape or range.
-        TypeError: unsupported type or dtype.
+        FileNotFoundError: a missing path. ValueError: an unreadable file, a bad shape or range.
+        TypeError: an unsupported type or dtype.
     """
     if isinstance(image, PIL.Image.Image):
         return pil_to_rgb(image, name)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        kind = regular_file_problem(path)  # regular files only (processing_gap_mllm.py): a FIFO would be waited on
+        kind = regular_file_problem(path)  # regular files only: a FIFO would be waited on
         if kind is not None:
             raise ValueError(f"{name}: image file {str(path)!r} is {kind}, not a regular file")
         if not path.is_file():
@@ -574,6 +469,8 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
     )
 
 
+# ------------------------------------------------------------------------------------ marker visual prompt
+
 MARKER_COLOR = (255, 0, 0)
 MARKER_ARM = 10  # half-length of each bar
 MARKER_HALF_THICKNESS = 2  # the official `thickness = 3` draws offsets -2..2, i.e. a 5-px stroke
@@ -600,7 +497,7 @@ def marker_mask(height: int, width: int, x: int, y: int) -> np.ndarray:
 
 
 def check_marker_inside(x: int, y: int, width: int, height: int, name: str = "marker") -> None:
-    """Raise ValueError naming `name` unless the pixel (x, y) (column, row) lies inside a `width × height` image."""
+    """ValueError naming `name` unless pixel (x, y) (column, row) lies inside a `width × height` image."""
     if not (0 <= x < width and 0 <= y < height):
         raise ValueError(
             f"{name}: marker pixel (x={x}, y={y}) is outside the {width}x{height} view "
@@ -609,11 +506,8 @@ def check_marker_inside(x: int, y: int, width: int, height: int, name: str = "ma
 
 
 def draw_marker(image: PIL.Image.Image, x: int, y: int, name: str = "marker") -> PIL.Image.Image:
-    """Return an RGB copy of `image` with the red "+" centred at column `x`, row `y`.
-
-    The centre must be inside the image (ValueError naming `name` otherwise); arms that cross the border
-    are clipped. The input is not modified.
-    """
+    """An RGB copy of `image` with the red "+" centred at column `x`, row `y` (arms clipped at the border).
+    ValueError naming `name` when the centre is outside the image."""
     x, y = _as_int(x, f"{name} x"), _as_int(y, f"{name} y")
     check_marker_inside(x, y, image.width, image.height, name)
     rgb = np.array(image.convert("RGB"), dtype=np.uint8)  # np.array copies
@@ -622,12 +516,8 @@ def draw_marker(image: PIL.Image.Image, x: int, y: int, name: str = "marker") ->
 
 
 def parse_point_prompt(point_prompt, num_views: int, name: str = "point prompt") -> tuple[int, int, int]:
-    """Validate `(view_idx, x, y)` against `num_views`; returns plain ints.
-
-    Raises:
-        TypeError / ValueError: not a 3-sequence of integers.
-        IndexError: `view_idx` outside `[0, num_views)` (negative indices are rejected, not wrapped).
-    """
+    """`(view_idx, x, y)` as plain ints. TypeError / ValueError: not 3 integers; IndexError: `view_idx` outside
+    `[0, num_views)` (negative indices are refused, not wrapped)."""
     if not isinstance(point_prompt, Sequence) or isinstance(point_prompt, str) or len(point_prompt) != 3:
         raise ValueError(f"{name} must be (view_idx, x, y), got {point_prompt!r}")
     view_idx = _as_int(point_prompt[0], f"{name} view index")
@@ -639,16 +529,9 @@ def parse_point_prompt(point_prompt, num_views: int, name: str = "point prompt")
 
 
 def apply_point_prompt(views: Sequence[PIL.Image.Image], point_prompt, name: str = "point prompt") -> list:
-    """Paint the marker `(view_idx, x, y)` into a copy of view `view_idx`; the other views are passed through.
-
-    Args:
-        views: the sample's views as PIL images, at their original resolution.
-        point_prompt: `(view_idx, x, y)` or None (views returned unchanged, as a new list).
-    Returns:
-        a new list of views; the caller's list and images are not modified.
-    Raises:
-        ValueError / TypeError / IndexError: a malformed prompt, or a marker pixel outside its view.
-    """
+    """A new list of `views` (PIL images at their original resolution) with the marker `point_prompt`
+    `(view_idx, x, y)` painted into a copy of view `view_idx`; None leaves every view as is. ValueError / TypeError /
+    IndexError for a malformed prompt or a marker pixel outside its view."""
     views = list(views)
     if point_prompt is None:
         return views
@@ -657,15 +540,16 @@ def apply_point_prompt(views: Sequence[PIL.Image.Image], point_prompt, name: str
     return views
 
 
+# ------------------------------------------------------------------------------------------- processor
+
 logger = logging.get_logger(__name__)
 
 PREPROCESSING_MODES = ("grid", "official_inference", "official_training")
-# (min_pixels, max_pixels) fixed by the official scripts (docs/method.md §2.3).
+# (min_pixels, max_pixels) fixed by the official scripts
 OFFICIAL_PIXEL_LIMITS = {"official_inference": (200_704, 1_605_632), "official_training": (12_544, 451_584)}
 # Default limits of a processor built with `from_tokenizer`: the official training limits.
 DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS = OFFICIAL_PIXEL_LIMITS["official_training"]
-# Qwen3-VL's pixel normalisation (its preprocessor_config.json): (x - 0.5) / 0.5 per channel. The image
-# processor class we build on, shared with Qwen2-VL, defaults to the CLIP mean/std instead.
+# Qwen3-VL normalises (x - 0.5) / 0.5; the Qwen2-VL image processor class defaults to the CLIP mean/std instead.
 QWEN3_VL_IMAGE_MEAN = (0.5, 0.5, 0.5)
 QWEN3_VL_IMAGE_STD = (0.5, 0.5, 0.5)
 # Image-processor settings copied when a non-Pil image processor has to be rebuilt as the Pil one.
@@ -673,8 +557,6 @@ _PIL_IMAGE_PROCESSOR_KEYS = (
     "do_resize", "resample", "size", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
     "image_std", "do_convert_rgb", "patch_size", "temporal_patch_size", "merge_size",
 )  # fmt: skip
-
-
 # The image processor's settings that are counts of pixels or patches: a 0 divides by zero at the first image
 _POSITIVE_IMAGE_PROCESSOR_SIZES = ("patch_size", "temporal_patch_size", "merge_size", "size.shortest_edge",
                                    "size.longest_edge")
@@ -685,7 +567,7 @@ _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_m
 
 def check_image_processor_sizes(image_processor, source) -> None:
     """ValueError naming the file and key of an image-processor size of `source` (a folder or Hub id) that is not a
-    positive integer (`_POSITIVE_IMAGE_PROCESSOR_SIZES`): `patch_size: 0` would divide by zero at the first image."""
+    positive integer (`patch_size`, `merge_size`, `size.shortest_edge`, ...)."""
     folder = Path(str(source))
     nested = (folder / "processor_config.json").is_file() and "image_processor" in json.loads(
         (folder / "processor_config.json").read_text(encoding="utf-8"))
@@ -700,11 +582,9 @@ def check_image_processor_sizes(image_processor, source) -> None:
 
 
 def unreadable_tokenizer_file(source) -> str | None:
-    """What is wrong with the first tokenizer file of the folder `source` that cannot be read (named), or None (all
-    read, or `source` is not a folder). Asked only after the tokenizer failed to load: transformers answers a
-    damaged tokenizer.json with a bare `KeyError: 'added_tokens'` or a JSON error naming no file."""
+    """A message naming the first tokenizer file of folder `source` that cannot be read, or None (all read, or not a
+    folder); asked after the tokenizer failed to load, whose own error names no file."""
     from tokenizers import Tokenizer
-
     for name in _TOKENIZER_FILES:
         path = Path(str(source)) / name
         if not path.is_file():
@@ -735,7 +615,7 @@ def split_prompt_at_last_view(prompt: str, vision_end_token: str) -> tuple[str, 
 
 
 def _is_point_prompt(value) -> bool:
-    """True for one `(view_idx, x, y)` triple (as opposed to a per-sample list of them)."""
+    """True for one `(view_idx, x, y)` triple, not a per-sample list."""
     return (
         isinstance(value, Sequence)
         and not isinstance(value, str)
@@ -758,8 +638,7 @@ def one_per_sample(value, num_samples: int, what: str, is_single) -> list:
 
 
 def is_box(value) -> bool:
-    """True for one box: a flat sequence of numbers (as opposed to a per-sample list of boxes); whether it
-    holds the 9 numbers a box needs is the task's check."""
+    """True for one box (a flat sequence of numbers), not a per-sample list of boxes."""
     return (
         isinstance(value, (Sequence, np.ndarray, torch.Tensor))
         and not isinstance(value, str)
@@ -768,20 +647,41 @@ def is_box(value) -> bool:
 
 
 def _is_view_stack(value) -> bool:
-    """A 4-D array / tensor `[N, ...]` is taken as the N views of one sample."""
+    """True for a 4-D array / tensor: the N views of one sample."""
     return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4
 
 
 class GapMllmProcessor(Qwen3VLProcessor):
-    r"""Qwen3-VL processor (image-only: no video processor, so no torchvision needed) that also builds
-    GAP-MLLM's VGGT geometry input, paints the marker visual prompt and parses task answers.
+    r"""Qwen3-VL processor (images only: no video processor, no torchvision) that also builds GAP-MLLM's VGGT geometry
+    input, paints the marker visual prompt and parses task answers.
+
+        inputs = processor(images=[view_0, view_1], task="grounding", query="the chair", return_tensors="pt")
+        out = model.generate(**inputs, **processor.generation_kwargs("grounding", inputs))
+        result = processor.post_process(out, task="grounding", input_ids=inputs["input_ids"])[0]
+
+    Every view gets h_p·w_p/4 `<|image_pad|>` tokens and a VGGT input whose 14-px patch grid is (h_p, w_p), so the 2×2
+    geometry merger gives one geometry token per merged Qwen token. Preprocessing modes (the VGGT size always follows
+    the Qwen grid):
+
+    - "grid": Qwen gets the view `smart_resize`d to (h̄, w̄); VGGT a bicubic resize of it to 14·h̄/16 × 14·w̄/16.
+    - "official_inference": JPEG q75 round trip, `vggt_crop_preprocess` (ScanNet frames → 392×518); Qwen gets that
+      image (odd 16-px patch counts cropped) with pixel limits 200,704 / 1,605,632 (→ 416×544, 221 tokens), resized as a
+      float [0, 1] tensor (`resize_bicubic_antialias`); VGGT a bilinear resize of the 392×518 image (→ 364×476).
+    - "official_training": `vggt_crop_preprocess`; Qwen gets its top-left crop to multiples of 32 (→ 384×512) with
+      limits 12,544 / 451,584 (192 tokens); VGGT a bilinear resize of the whole 392×518 image (→ 336×448).
+
+    User text (`query=`, a free `text=` without chat markup, the messages of `apply_chat_template`) may hold no added
+    token of the tokenizer (`<|im_end|>`, `<|vision_end|>`, ...) and must be valid Unicode, else a ValueError names
+    it; a `text=` with chat markup (`<|im_start|>`) is tokenized as written once it holds exactly one
+    `<|vision_start|><|image_pad|><|vision_end|>` per view and no other vision token.
 
     Args:
         image_processor (`Qwen2VLImageProcessorPil`): patch 16, temporal patch 2, merge 2; its
             `size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}` is used in "grid" mode.
         tokenizer: a Qwen tokenizer with the vision special tokens and a chat template.
         chat_template (`str`, *optional*): defaults to the tokenizer's.
-        preprocessing_mode (`str`): "grid" (default), "official_inference" or "official_training".
+        preprocessing_mode (`str`): "grid" (default), "official_inference" or "official_training"; saved in
+            processor_config.json.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, preprocessing_mode="grid", **kwargs):
@@ -791,8 +691,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
             )
         if chat_template is None and tokenizer is not None:
             chat_template = getattr(tokenizer, "chat_template", None)
-        # Qwen3VLProcessor's signature has a video_processor; ours does not (ProcessorMixin reads the
-        # signature to find sub-processors, and Qwen3VLVideoProcessor needs torchvision).
+        # no video_processor: ProcessorMixin finds sub-processors by signature, and the video one needs torchvision
         super().__init__(
             image_processor=image_processor,
             tokenizer=tokenizer,
@@ -815,10 +714,8 @@ class GapMllmProcessor(Qwen3VLProcessor):
         chat_template: str | None = None,
         **image_processor_kwargs,
     ) -> "GapMllmProcessor":
-        """Build the processor around `tokenizer` with a fresh Qwen3-VL Pil image processor: patch 16,
-        temporal patch 2, merge 2, the given pixel limits and Qwen3-VL's normalisation (mean = std = 0.5;
-        `image_mean=` / `image_std=` in `image_processor_kwargs` override it, e.g. for a model trained
-        with other values)."""
+        """The processor around `tokenizer` with a new Pil image processor: patch 16, temporal patch 2, merge 2, the
+        given pixel limits and mean = std = 0.5 (`image_mean=` / `image_std=` in `image_processor_kwargs` override)."""
         image_processor_kwargs.setdefault("image_mean", list(QWEN3_VL_IMAGE_MEAN))
         image_processor_kwargs.setdefault("image_std", list(QWEN3_VL_IMAGE_STD))
         image_processor = Qwen2VLImageProcessorPil(
@@ -837,8 +734,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # AutoImageProcessor resolves "Qwen2VLImageProcessor" to the torchvision backend when torchvision
-        # is installed; this package never depends on it, so always come back with the Pil class.
+        # always the Pil image processor: AutoImageProcessor picks the torchvision one when torchvision is installed
         try:
             args = super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
         except Exception as error:
@@ -880,12 +776,8 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
     def _prepare_view(self, image: PIL.Image.Image, pixel_limits: tuple[int, int]):
-        """One (already marked, sample-sized) view → `(qwen_image, geometry [3, Hg, Wg], (h_p, w_p))`.
-
-        `qwen_image` is what the image processor receives: a PIL image that it resizes itself ("grid",
-        "official_training"), or in "official_inference" the view already resized as the official demo's
-        processor resizes its float tensor (`resize_bicubic_antialias`), a float32 `[3, h̄, w̄]` array in about
-        [0, 1] that it only normalises and patchifies (`_qwen_image_kwargs`)."""
+        """One marked view → `(qwen_image, geometry [3, Hg, Wg], (h_p, w_p))`; `qwen_image` is a PIL image, or in
+        "official_inference" an already resized float32 `[3, h̄, w̄]` array in about [0, 1]."""
         patch = self.image_processor.patch_size
         mode = self.preprocessing_mode
         if mode == "grid":
@@ -907,14 +799,12 @@ class GapMllmProcessor(Qwen3VLProcessor):
         else:
             geometry = resize_bilinear(geometry_source, geo_h, geo_w)
         if mode == "official_inference":
-            # The official demo hands the processor the float [0, 1] tensor of this crop (do_rescale=False); its
-            # torchvision backend resizes those floats, not the 8-bit image our Pil processor would resize.
+            # the official demo's processor resizes the crop's float [0, 1] tensor, not an 8-bit image
             qwen_image = resize_bicubic_antialias(pil_to_tensor(qwen_image), h_bar, w_bar).numpy()
         return qwen_image, geometry, (h_bar // patch, w_bar // patch)
 
     def _qwen_image_kwargs(self) -> dict:
-        """Image-processor settings of this mode's Qwen images: "official_inference" views arrive resized and in
-        [0, 1] (`_prepare_view`), so the processor must neither resize nor rescale them."""
+        """Image-processor settings of this mode: "official_inference" views arrive resized and in [0, 1]."""
         if self.preprocessing_mode == "official_inference":
             return {"do_resize": False, "do_rescale": False}
         return {}
@@ -923,7 +813,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
     @staticmethod
     def _split_samples(images) -> list[list]:
-        """images → list (samples) of lists (views)."""
+        """`images` as a list (samples) of lists (views)."""
         if _is_view_stack(images):
             return [list(images)]
         if not isinstance(images, (list, tuple)):
@@ -987,8 +877,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         height, width = loaded[0].height, loaded[0].width
         for j, view in enumerate(loaded):
             if (view.height, view.width) != (height, width):
-                # VGGT attends across the frames of a sample, so they must share one size (and share one shape:
-                # checked above).
+                # VGGT attends across a sample's frames, so they share one size
                 logger.warning(
                     f"sample {sample_idx}, view {j}: size {view.height}x{view.width} differs from view 0 "
                     f"({height}x{width}); resizing it to {height}x{width}"
@@ -997,17 +886,14 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return loaded
 
     def chat_prompt(self, segments, answer: str | None = None) -> str:
-        """The chat text of one sample (the one chat layout of tasks_gap_mllm.py): system prompt, the user turn
-        `segments` (`None` = one view, str = a text item), then `answer` (training) or the generation prompt.
-        The text items and the answer are text, not markup: text holding a control token of the tokenizer is
-        refused (module docstring), adjacent text items checked joined, as the prompt holds them."""
+        """The chat text of one sample: system prompt, the user turn `segments` (`None` = one view, str = a text item),
+        then `answer` (training) or the generation prompt. ValueError for a control token of the tokenizer in the
+        text items (adjacent items checked joined) or the answer."""
         return render_chat_prompt(self.tokenizer, segments, answer, self.chat_template)
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
-        """transformers' `apply_chat_template` (`tokenize=True/False`, `return_dict=True`, a batch of conversations),
-        after the text of every message is checked by the rule of tasks_gap_mllm.py: the chat template writes the
-        markup, a message's text may not (a ValueError names the conversation, the message and the tokens). The
-        role is text the template writes into the turn's header, so it is checked the same way."""
+        """transformers' `apply_chat_template`, after checking that no message's text or role holds a control token of
+        the tokenizer (ValueError naming the conversation, the message and the tokens)."""
         batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(conversation[0], (list, tuple))
         for c, messages in enumerate(conversation if batched else [conversation]):
             for m, message in enumerate(messages):
@@ -1021,8 +907,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
     @staticmethod
     def _message_segments(message) -> list[str | None]:
-        """A chat message's content as chat segments: its text (a string, or each text block) as text items, any
-        other block (an image) as `None`, what separates them in the rendered prompt."""
+        """A chat message's content as chat segments: text items, and `None` for any other block."""
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             return [content]
@@ -1031,9 +916,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 for block in blocks]
 
     def _text_prompt(self, text: str, num_views: int, sample_idx: int) -> str:
-        """Chat prompt for a free text. Chat markup (the expert path) is checked, not rebuilt: exactly one
-        image placeholder per view and no other vision token. Plain text is user text: it may hold no control
-        token of the tokenizer (module docstring)."""
+        """Chat prompt of a free text: chat markup is checked (one image placeholder per view), plain text wrapped."""
         refuse_invalid_unicode(text, f"the text of sample {sample_idx}")
         placeholders = text.count(self.image_placeholder)
         if CHAT_MARKER in text:
@@ -1055,7 +938,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return self.chat_prompt([None] * num_views + [text])
 
     def _task_prompts(self, spec: TaskSpec, views_per_sample: list[int], point_prompts: list, query, box) -> list[str]:
-        """The chat prompt of `spec` for every sample (tasks_gap_mllm.TaskSpec.user_segments)."""
+        """The chat prompt of `spec` for every sample."""
         queries = one_per_sample(query, len(views_per_sample), "query", lambda v: isinstance(v, str))
         boxes = one_per_sample(box, len(views_per_sample), "box", is_box)
         prompts = []
@@ -1076,13 +959,8 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return prompts
 
     def task_prompt(self, task, num_views: int, query: str | None = None, box=None, sample_idx: int = 0) -> str:
-        """The chat prompt of `task` (its user turn: the views, then the task text with `query` / `box`), as
-        `processor(task=...)` writes it. `query` is user text: one holding a control token of the tokenizer
-        is refused (module docstring).
-
-        Raises:
-            ValueError: naming the sample, for a missing or malformed task input or a control token in `query`.
-        """
+        """The chat prompt of `task` (the views, then the task text with `query` / `box`), as `processor(task=...)`
+        writes it; ValueError naming the sample for a missing or malformed task input or a control token in `query`."""
         spec = resolve_task(task)
         if isinstance(query, str):
             refuse_control_tokens(self.tokenizer, query, f"sample {sample_idx}: the query")
@@ -1103,10 +981,10 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
         Returns:
             `(prefix, suffix)` (or `(prefix, [suffix, ...])` for a list): the prefix runs up to and including
-            the last view's `<|vision_end|>`; prefix + suffix is exactly the full prompt. Raises if the
-            prompts do not share one prefix (e.g. different text between the views), and (as `__call__`) for
-            plain text holding a control token of the tokenizer or chat text whose vision tokens are not exactly
-            one placeholder per view: nothing a question says can move the split.
+            the last view's `<|vision_end|>`; prefix + suffix is exactly the full prompt.
+
+        Raises:
+            ValueError: prompts that do not share one prefix, and the text `__call__` refuses.
         """
         texts = [text] if isinstance(text, str) else list(text)
         parts = [split_prompt_at_last_view(self._text_prompt(t, num_views, i), self.vision_end_token)
@@ -1119,7 +997,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return prefixes[0], suffixes[0] if isinstance(text, str) else suffixes
 
     def _pixel_limits_from_kwargs(self, kwargs: dict) -> tuple[int, int]:
-        """Pops per-call `size` / `min_pixels` / `max_pixels` (grid mode only) so both branches use them."""
+        """Pop per-call `size` / `min_pixels` / `max_pixels` (grid mode only) so both branches use them."""
         overrides = {k: kwargs.pop(k) for k in ("size", "min_pixels", "max_pixels") if k in kwargs}
         if not overrides:
             return self.pixel_limits
@@ -1135,8 +1013,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return int(min_pixels), int(max_pixels)
 
     def _modality_kwargs(self) -> dict[str, set[str]]:
-        """`{"text_kwargs": {...}, "images_kwargs": {...}, ...}`: the keywords Qwen3VLProcessor passes on to each
-        modality, those of transformers' typed kwargs and those of the sub-processor (tokenizer, image processor)."""
+        """`{"text_kwargs": {...}, "images_kwargs": {...}, ...}`: the keywords each modality takes."""
         schema = self.valid_processor_kwargs.__annotations__
         known = {}
         for modality, attribute in (("text_kwargs", "tokenizer"), ("images_kwargs", "image_processor"),
@@ -1147,12 +1024,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return known
 
     def _check_call_kwargs(self, kwargs: dict) -> None:
-        """TypeError naming every keyword `__call__` got that neither it nor Qwen3VLProcessor knows (transformers
-        only logs such a keyword once and drops it, so a typo such as `paddding=` would change nothing silently),
-        at the top level or inside a per-modality dict (`text_kwargs={"paddding": True}`). Known: the
-        processor-level and per-modality keywords of Qwen3VLProcessor (`padding`, `padding_side`, `truncation`,
-        `max_length`, `return_mm_token_type_ids`, `text_kwargs`, ...) and those of its tokenizer and image
-        processor; `common_kwargs` go to every modality, so any of those is known there."""
+        """TypeError naming each keyword (top level or per modality) Qwen3VLProcessor would silently drop."""
         per_modality = self._modality_kwargs()
         every_modality = set().union(*per_modality.values())
         known = set(self.valid_processor_kwargs.__annotations__) | {"common_kwargs"} | every_modality
@@ -1187,33 +1059,33 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 (a batch; view counts may differ); a 4-D array/tensor is the view stack of one sample.
                 Each view: PIL image, file path, numpy HWC (uint8 or float in [0, 1]) or torch CHW.
             text: a free prompt: `str` or one `str` per sample. Without `<|im_start|>` the chat prompt is
-                built (system "You are a helpful assistant.", every view as an image item, then the text,
-                generation prompt added); with chat markup it must hold one image placeholder per view.
+                built (system prompt, every view as an image item, then the text, generation prompt added); with
+                chat markup it must hold one image placeholder per view.
             point_prompts: None, one `(view_idx, x, y)` (single sample) or one entry per sample (None or
                 `(view_idx, x, y)`); the red "+" is painted at pixel (x, y) of that view's original grid.
             return_tensors: "pt", "np" or None.
-            task: instead of `text`, a task of `tasks_gap_mllm.TASKS` ("detection", "grounding",
-                "grounding_stage1", "grounding_stage2", "captioning", "reconstruction", "spatial_qa"):
-                the processor writes the task's prompt (the official wording where it is public).
-                "grounding" asks the stage-2 box prompt on the given frames (one call; `gap-mllm
-                evaluate` runs both stages). "reconstruction" needs `point_prompts`.
+            task: instead of `text`, a task name ("detection", "grounding", "grounding_stage1", "grounding_stage2",
+                "captioning", "reconstruction", "spatial_qa") whose prompt the processor writes. "grounding" asks
+                the stage-2 box prompt on the given frames; "reconstruction" needs `point_prompts`.
             query: the description (grounding tasks) or the question (spatial_qa); one per sample.
             box: captioning: the object's box, 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the
                 first view's camera; one per sample.
             **kwargs: forwarded to Qwen3VLProcessor (e.g. `padding`, `padding_side`, `truncation`, `max_length`);
                 in "grid" mode `size` / `min_pixels` / `max_pixels` override the pixel limits of both branches.
-                A keyword neither knows is a TypeError naming it (inside `text_kwargs={...}` and the other
-                per-modality dicts too).
-            videos, audio: not read by GAP-MLLM; accepted as None (transformers' `apply_chat_template` passes
-                them), anything else is a ValueError (a video's frames are the views of one sample).
+            videos, audio: accepted as None only (a video's frames are the views of one sample).
 
         Raises:
-            ValueError: for a `query` or plain `text` holding a control token of the tokenizer (module docstring),
-                `point_prompts` given to a task that does not use a marker, and malformed inputs (named).
+            ValueError: a `query` or plain `text` holding a control token of the tokenizer, `point_prompts` for a
+                task without a marker, and malformed inputs (named). TypeError: a keyword neither knows.
 
         Returns:
-            `BatchFeature` with the keys listed in the module docstring (text keys only when `text` is
-            given, image and geometry keys only when `images` is given).
+            `BatchFeature` (text keys only with a prompt, image keys only with `images`; V = views in the batch):
+                input_ids, attention_mask, mm_token_type_ids  `[B, L]`
+                pixel_values                                  `[Σ h_p·w_p, 3·2·16·16]` Qwen ViT patches
+                image_grid_thw                                `[V, 3]`, one row (1, h_p, w_p) per view, in order
+                geometry_pixel_values                         `[V, 3, H_max, W_max]` float32 in [0, 1]; view i
+                                                              fills its top-left 14·h_p × 14·w_p block, zeros elsewhere
+                geometry_views_per_sample                     `[B]` int64
         """
         for name, value in (("videos", videos), ("audio", audio)):
             if value is not None:
@@ -1333,9 +1205,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
     @staticmethod
     def _rows(ids, name: str = "generated") -> list[list[int]]:
-        """Token ids as rows of Python ints. Ids must be integers: a float tensor or a 3.7 in a list is a
-        TypeError naming `name` (truncating it to a token would decode a token nobody generated)."""
-
+        """Token ids as rows of Python ints; TypeError naming `name` for a non-integer id."""
         def plain(value):
             if isinstance(value, (torch.Tensor, np.ndarray)):
                 kind = value.dtype.kind if isinstance(value, np.ndarray) else (
@@ -1360,7 +1230,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return [[int(v) for v in row] for row in rows]
 
     def post_process(self, generated, task, input_ids=None, **options) -> list:
-        """Typed results of generated answers, one per row (the task's parser in tasks_gap_mllm.py).
+        """Typed results of generated answers, one per row (the task's parser).
 
         Args:
             generated: what `decode_generated` accepts (generate output, token ids, or texts).
@@ -1392,10 +1262,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
         Args:
             task: the task name (or `TaskSpec`).
-            inputs: this processor's output (or the prompt `input_ids` `[B, L]`); left padding keeps the
-                answers of a batch aligned.
-            constrained: keep every answer inside the task's answer grammar (a `logits_processor`, llguidance),
-                so it is always in the task's format; off by default, as in transformers and vLLM.
+            inputs: this processor's output (or the prompt `input_ids` `[B, L]`, left-padded for a batch).
+            max_new_tokens: overrides the task's token budget.
+            constrained: keep every answer inside the task's answer grammar (an llguidance `logits_processor`).
         """
         input_ids = inputs if isinstance(inputs, (torch.Tensor, np.ndarray)) else inputs["input_ids"]
         prompt_length = input_ids.shape[-1] if hasattr(input_ids, "shape") else len(self._rows(input_ids)[0])
@@ -1404,7 +1273,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return resolve_task(task).generation_kwargs(self.tokenizer, prompt_length, max_new_tokens, constrained, num_views)
 
     def post_process_detection(self, generated, input_ids=None) -> list[DetectionResult]:
-        """Parse detection answers (see `output_parsing.parse_detection`), one result per row."""
+        """Parse detection answers, one result per row."""
         return self.post_process(generated, "detection", input_ids)
 
     def post_process_grounding(self, generated, input_ids=None) -> list[GroundingResult]:
