@@ -1,29 +1,12 @@
-"""The GAP-MLLM tasks, each defined once: name, prompt, answer format and parser, generation budget, stop rule.
+"""GAP-MLLM tasks: prompt, answer format, parser, answer grammar, token budget and stop rule of each task.
 
-Everything that asks the model something reads this module: the processor (`processor(task=...)`,
-`processor.post_process(..., task=...)`), the training collator and data builders, the evaluation
-runners, `gap-mllm predict / evaluate / train` and the Space.
-
-    name              what                                               answer text → parsed result
-    detection         3D video object detection                          ```json [{"label", "bbox_3d"}, ...]``` → DetectionResult
-    grounding         3D visual grounding of a text query: the two       {"bbox_3d": [9 numbers]} → GroundingResult
-                      stages below (`gap-mllm evaluate`); one call
-                      (processor, predict, Space) asks the stage-2
-                      prompt on the given frames
-    grounding_stage1  ScanRefer stage 1: first clear frame of the object {"frame": k} → FrameSelectionResult
-    grounding_stage2  ScanRefer stage 2: the object's box                {"bbox_3d": [9 numbers]} → GroundingResult
-    captioning        describe the object in a given 3D box              prose → CaptionResult
-    reconstruction    3D point + label of the pixel marked with a red +  {"pointmap": [x, y, z], "label"} → PointmapResult
-                      (the geometry-aligned pre-training task)
-    spatial_qa        a spatial question (VSI-Bench style)               a number or option letter → SpatialAnswerResult
-
-Prompt wording: `official=True` marks templates copied verbatim from the official inference code
-(docs/method.md §3.3-3.4: detection and both grounding stages); the others are ours, since the official
-wording is not public. Boxes are `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the first frame's
-OpenCV camera (metres, radians; tasks_gap_mllm.py). Old names (`det`, `caption`, `recon`, `qa`,
-`pointmap`, `frame_selection`) still resolve, with a deprecation warning naming the new name.
+Sections: chat format and the prompt-text rule (`render_chat_prompt`, `refuse_control_tokens`); answer text format
+(`Box3D`, `serialize_*`); answer parsers (`parse_*` → `DetectionResult`, ...); answer grammars (`*_grammar`,
+`EntryList`) and stop rule (`answer_complete`); prompts and the task registry (`TaskSpec`, `TASKS`, `resolve_task`:
+detection, grounding, grounding_stage1, grounding_stage2, captioning, reconstruction, spatial_qa); `generate` helpers
+(`GrammarLogitsProcessor`, `AnswerEndCriteria`). Boxes are `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the first
+view's OpenCV camera frame (metres, radians).
 """
-
 
 from __future__ import annotations
 
@@ -40,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
-# Every control token of the Qwen2/2.5/3(-VL) tokenizers has one of these shapes: `<|im_start|>`, `<|vision_end|>`,
-# `<|box_start|>`, `<|endoftext|>`, ... and the reasoning / tool markers `<think>`, `</tool_call>`, `<tool_response>`.
+# ---- chat format and the prompt-text rule
+# The Qwen2/2.5/3(-VL) control tokens (`<|im_start|>`, `<|vision_end|>`, ...) and the `<think>` / tool markers.
 MARKUP_PATTERN = re.compile(r"<\|[A-Za-z0-9_]+\|>|</?(?:think|tool_call|tool_response)>")
 
 
@@ -50,14 +33,13 @@ class PromptTextError(ValueError):
 
 
 def added_token_contents(tokenizer) -> dict[int, str]:
-    """`{id: text}` of the tokenizer's added tokens (the chat and vision markers and any other added token)."""
+    """`{id: text}` of the tokenizer's added tokens."""
     decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
     return {int(index): str(getattr(token, "content", token)) for index, token in decoder.items()}
 
 
 def refuse_invalid_unicode(text: str, what: str) -> None:
-    """Raise `PromptTextError` when `text` (named `what`) holds a lone surrogate: not text a tokenizer can read
-    (Python decodes the bytes of a non-UTF-8 command line or file with `surrogateescape` into U+DC80..U+DCFF)."""
+    """Raise `PromptTextError` when `text` (named `what` in the message) holds a lone surrogate (non-UTF-8 input)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
@@ -70,9 +52,8 @@ def refuse_invalid_unicode(text: str, what: str) -> None:
 
 
 def control_tokens_in(tokenizer, text: str) -> list[str]:
-    """The control tokens `text` holds, in order of first appearance: the Qwen markup (`MARKUP_PATTERN`) and,
-    when `tokenizer` is given, its added tokens, written out literally or produced when it reads `text`
-    (normalisation included). `text` must be valid Unicode (`refuse_invalid_unicode`)."""
+    """The control tokens in `text` (valid Unicode), in order of first appearance: `MARKUP_PATTERN` matches and,
+    when `tokenizer` is given, its added tokens written out or produced by tokenizing `text`."""
     found = list(dict.fromkeys(match.group() for match in MARKUP_PATTERN.finditer(text)))
     if tokenizer is None:
         return found
@@ -87,9 +68,9 @@ def control_tokens_in(tokenizer, text: str) -> list[str]:
 
 
 def refuse_control_tokens(tokenizer, text: str, what: str) -> None:
-    """The rule (module docstring): raise `PromptTextError` (a ValueError) when `text`, user or dataset text named
-    `what` (e.g. "sample 0: the query"), is not valid Unicode or holds a control token. `tokenizer`: the one the
-    prompt will be read with, or None where none is at hand (the Qwen markup is checked then)."""
+    """Raise `PromptTextError` (a ValueError) when `text`, user or dataset text named `what` in the message (e.g.
+    "sample 0: the query"), is not valid Unicode or holds a control token of `tokenizer` (None: `MARKUP_PATTERN`
+    only); TypeError when `text` is not a str."""
     if not isinstance(text, str):
         raise TypeError(f"{what} must be text, got {type(text).__name__} {text!r:.60}")
     refuse_invalid_unicode(text, what)
@@ -104,15 +85,12 @@ def refuse_control_tokens(tokenizer, text: str, what: str) -> None:
 SYSTEM_PROMPT = "You are a helpful assistant."
 IMAGE_PLACEHOLDER = "<image>"  # one per view in the human turn of the official annotation files
 CHAT_MARKER = "<|im_start|>"
-ASSISTANT_HEADER = "<|im_start|>assistant\n"  # masked in the labels (docs/method.md §8.2)
+ASSISTANT_HEADER = "<|im_start|>assistant\n"  # masked in the labels
 
 
 def segments_from_placeholders(prompt: str, num_images: int) -> list[str | None]:
-    """`"Frame-0: <image>Frame-1: <image>\\nText"` → `["Frame-0: ", None, "Frame-1: ", None, "\\nText"]`.
-
-    Raises:
-        ValueError: when the prompt's `<image>` count differs from `num_images`.
-    """
+    """`"Frame-0: <image>Frame-1: <image>\\nText"` → `["Frame-0: ", None, "Frame-1: ", None, "\\nText"]`; ValueError
+    when the `<image>` count differs from `num_images`."""
     pieces = prompt.split(IMAGE_PLACEHOLDER)
     if len(pieces) - 1 != num_images:
         raise ValueError(
@@ -143,10 +121,9 @@ def chat_messages(segments: Sequence[str | None], answer: str | None = None) -> 
 
 
 def text_runs(segments: Sequence[str | None]) -> list[tuple[list[int], str]]:
-    """`(indices, joined text)` of each run of text items not separated by a view: the text the prompt holds
-    between two views (empty items are dropped by `chat_messages`, so they separate nothing)."""
+    """`(indices, joined text)` of each run of text segments between two views (empty segments ignored)."""
     runs: list[tuple[list[int], str]] = []
-    after_text = False  # the previous non-empty segment was text: this one continues its run
+    after_text = False
     for index, segment in enumerate(segments):
         if segment is None:
             after_text = False
@@ -159,8 +136,7 @@ def text_runs(segments: Sequence[str | None]) -> list[tuple[list[int], str]]:
 
 def check_chat_text(tokenizer, segments: Sequence[str | None], answer: str | None = None,
                     turn: str = "the user turn") -> None:
-    """Raise `control_tokens.PromptTextError` (a ValueError) naming the text items (of `turn`) or the answer when
-    they hold a control token of `tokenizer` or are not valid Unicode; adjacent text items are checked joined."""
+    """`refuse_control_tokens` on each text run of `segments` (named as items of `turn`) and on `answer`."""
     for indices, text in text_runs(segments):
         what = (f"text item {indices[0]} of {turn}" if len(indices) == 1 else
                 f"text items {indices[0]}-{indices[-1]} of {turn} (joined, as the prompt holds them)")
@@ -171,28 +147,21 @@ def check_chat_text(tokenizer, segments: Sequence[str | None], answer: str | Non
 
 def render_chat_prompt(tokenizer, segments: Sequence[str | None], answer: str | None = None,
                        chat_template: str | None = None) -> str:
-    """The chat text of one sample: `chat_messages` through the tokenizer's chat template (or
-    `chat_template`), ending with the answer (training) or with the generation prompt (inference).
-
-    Raises:
-        control_tokens.PromptTextError: (a ValueError) for text items or an answer holding a control token of
-            `tokenizer` or not valid Unicode (`check_chat_text`).
-    """
+    """The chat text of one sample: `chat_messages` through the tokenizer's (or the given) chat template, ending
+    with the answer (training) or with the generation prompt (`answer=None`, inference). Raises `PromptTextError`
+    (`check_chat_text`)."""
     check_chat_text(tokenizer, segments, answer)
     return tokenizer.apply_chat_template(chat_messages(segments, answer), chat_template=chat_template,
                                          tokenize=False, add_generation_prompt=answer is None)
 
 
-if TYPE_CHECKING:  # numpy is imported where an array is built: `gap-mllm --help` and argument mistakes read the
-    import numpy as np  # task registry, which imports this module, and need no numpy (tests/test_cli_startup.py)
+if TYPE_CHECKING:  # numpy is imported where an array is built: the task registry loads without it
+    import numpy as np
 
+# ---- answer text format
 DEFAULT_DECIMALS = 2
-
-# The label key of the pre-training answer is not public (docs/method.md §4.1, §10.1); "label" is our choice.
-POINTMAP_LABEL_KEY = "label"
-
-# The pieces of the answer texts, named once: the serialisers below write them and the answer grammars
-# (tasks_gap_mllm.py) are built from them, so a format and its grammar cannot drift apart.
+POINTMAP_LABEL_KEY = "label"  # the official key is not public
+# The serialisers and the answer grammars are both built from these pieces.
 BOX_KEY = "bbox_3d"  # grounding and detection boxes
 LABEL_KEY = "label"  # a detection entry's label
 FRAME_KEY = "frame"  # grounding stage 1
@@ -219,7 +188,6 @@ def _finite_floats(values, count: int, what: str) -> tuple[float, ...]:
 def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """`Ry(roll) · Rx(pitch) · Rz(yaw)` as a `[3, 3]` float64 array (= scipy `from_euler("zxy", ...)`)."""
     import numpy as np
-
     cy_, sy_ = math.cos(yaw), math.sin(yaw)
     cp, sp = math.cos(pitch), math.sin(pitch)
     cr, sr = math.cos(roll), math.sin(roll)
@@ -231,7 +199,8 @@ def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Box3D:
-    """An oriented 3D box in the first view's OpenCV camera frame (metres, radians; see module docstring).
+    """An oriented 3D box in the first view's OpenCV camera frame (metres, radians); TypeError / ValueError for a
+    label that is not a str or values that are not 3 finite numbers each.
 
     Attributes:
         label: object name, or None (grounding answers carry no label).
@@ -239,7 +208,6 @@ class Box3D:
         size: `(sx, sy, sz)` along the box's own x, y, z axes.
         angles: `(yaw, pitch, roll)`; `R = Ry(roll)·Rx(pitch)·Rz(yaw)`.
     """
-
     label: str | None
     center: tuple[float, float, float]
     size: tuple[float, float, float]
@@ -269,7 +237,6 @@ class Box3D:
     def corners(self) -> np.ndarray:
         """The 8 corners `[8, 3]`: `R · (size ⊙ c) + center` for c ∈ {−½, ½}³ (x fastest)."""
         import numpy as np
-
         unit = np.array([[x, y, z] for z in (-0.5, 0.5) for y in (-0.5, 0.5) for x in (-0.5, 0.5)])
         return (unit * np.asarray(self.size)) @ self.rotation_matrix().T + np.asarray(self.center)
 
@@ -283,23 +250,20 @@ def _numbers(values, decimals: int) -> list[float]:
 
 
 def _dumps(obj) -> str:
-    # json.dumps prints floats with repr(): 0.44, -0.0, 2.0 - exactly like the official targets.
+    # repr() floats (0.44, -0.0, 2.0), as the official targets print them
     return json.dumps(obj, allow_nan=False, separators=(ITEM_SEPARATOR, KEY_SEPARATOR))
 
 
 def detection_entry(box: Box3D, decimals: int = DEFAULT_DECIMALS) -> str:
-    """One detection line without indentation: `{"label": "couch", "bbox_3d": [...]}`."""
+    """One detection line without indentation: `{"label": "couch", "bbox_3d": [...]}`; ValueError without a label."""
     if box.label is None:
         raise ValueError("detection boxes need a label")
     return _dumps({LABEL_KEY: box.label, BOX_KEY: _numbers(box.to_list(), decimals)})
 
 
 def serialize_detection(boxes, decimals: int = DEFAULT_DECIMALS) -> str:
-    """The official detection answer: a ```json fence, `[`, one TAB-indented dict per line, `]```.
-
-    Lines end with `,` except the last one; the closing fence follows `]` directly. An empty list is
-    written as "```json\\n[\\n]```".
-    """
+    """The official detection answer: "```json\\n[\\n", one TAB-indented dict per line joined by ",\\n", "\\n]```"
+    (no boxes: "```json\\n[\\n]```")."""
     lines = [DETECTION_INDENT + detection_entry(box, decimals) for box in boxes]
     body = DETECTION_LINE_END.join(lines)
     return DETECTION_OPEN + (body + "\n" if body else "") + DETECTION_CLOSE
@@ -311,19 +275,15 @@ def serialize_grounding(box: Box3D, decimals: int = DEFAULT_DECIMALS) -> str:
 
 
 def serialize_frame_selection(frame: int) -> str:
-    """`{"frame": k}` (ScanRefer stage 1)."""
+    """`{"frame": k}` (ScanRefer stage 1); ValueError unless `frame` is an integer."""
     if isinstance(frame, bool) or int(frame) != frame:
         raise ValueError(f"frame must be an integer, got {frame!r}")
     return _dumps({FRAME_KEY: int(frame)})
 
 
 def serialize_pointmap(point, label: str | None = None, decimals: int = DEFAULT_DECIMALS) -> str:
-    """`{"pointmap": [x, y, z], "label": "..."}` on one line (no fence; the official line parser needs it).
-
-    The label key name is not public; we use `"label"` (`POINTMAP_LABEL_KEY`). With `label=None` the key
-    is omitted. Point in the first view's OpenCV camera frame, metres (the most consistent reading of
-    the official evaluator, docs/method.md §10.1).
-    """
+    """`{"pointmap": [x, y, z], "label": "..."}` on one line; the point in the first view's camera frame (metres);
+    `label=None` omits the key. ValueError unless 3 finite numbers; TypeError for a label that is not a str."""
     values = _finite_floats(point, 3, "pointmap")
     obj = {POINTMAP_KEY: _numbers(values, decimals)}
     if label is not None:
@@ -334,14 +294,14 @@ def serialize_pointmap(point, label: str | None = None, decimals: int = DEFAULT_
 
 
 def serialize_caption(caption: str) -> str:
-    """A caption answer is the caption itself (surrounding whitespace removed); it must not be empty."""
+    """The caption, stripped; ValueError when empty."""
     if not isinstance(caption, str) or not caption.strip():
         raise ValueError(f"a caption must be a non-empty string, got {caption!r}")
     return caption.strip()
 
 
 def serialize_spatial_answer(answer) -> str:
-    """A spatial-QA answer: the number (`repr`, so 3.5 → "3.5") or the option letter as text."""
+    """A spatial-QA answer: the number (`repr`: 3.5 → "3.5") or the option letter; ValueError when empty."""
     if isinstance(answer, bool) or answer is None:
         raise ValueError(f"a spatial-QA answer must be a number or a string, got {answer!r}")
     if isinstance(answer, (int, float)):
@@ -352,6 +312,7 @@ def serialize_spatial_answer(answer) -> str:
     return text
 
 
+# ---- answer parsers
 MAX_TEXT_CHARS = 100_000  # ≈ 25k generated tokens; official generation stops at 1280-4096 tokens
 MAX_NESTING_DEPTH = 32  # valid answers nest at most 3 deep
 BOX_KEYS = ("bbox_3d", "box_3d")  # the detection prompt says "box_3d" while targets use "bbox_3d"
@@ -367,7 +328,6 @@ class DetectionResult:
         reason: None when the text parsed cleanly, else what went wrong (entries may still be present).
         skipped: number of entries that looked like boxes but were dropped (wrong count, non-finite, ...).
     """
-
     boxes: list[Box3D] = field(default_factory=list)
     reason: str | None = None
     skipped: int = 0
@@ -376,7 +336,6 @@ class DetectionResult:
 @dataclass
 class GroundingResult:
     """Parsed grounding answer: one box (label None unless the text had one) or None with a reason."""
-
     box: Box3D | None = None
     reason: str | None = None
 
@@ -384,7 +343,6 @@ class GroundingResult:
 @dataclass
 class FrameSelectionResult:
     """Parsed frame-selection answer; `frame` is clamped to `[0, num_frames − 1]` when that was given."""
-
     frame: int | None = None
     reason: str | None = None
 
@@ -392,7 +350,6 @@ class FrameSelectionResult:
 @dataclass
 class PointmapResult:
     """Parsed pre-training answer: `point` `(x, y, z)` and the optional semantic `label`."""
-
     point: tuple[float, float, float] | None = None
     label: str | None = None
     reason: str | None = None
@@ -401,7 +358,6 @@ class PointmapResult:
 @dataclass
 class CaptionResult:
     """Parsed captioning answer: the caption (surrounding whitespace removed), or None with a reason."""
-
     caption: str | None = None
     reason: str | None = None
 
@@ -416,29 +372,18 @@ class SpatialAnswerResult:
         value: `answer` as a number when it is one (numerical questions), else None.
         reason: None, or what went wrong.
     """
-
     answer: str | None = None
     value: float | None = None
     reason: str | None = None
-# ------------------------------------------------------------------------------------- token ids
 
 
 def drop_negative_token_ids(rows) -> list[list[int]]:
-    """Rows of token ids without their negative entries.
-
-    Negative ids are never tokens: -100 is the ignore index of labels (and what people pad generated
-    ids with), other negative values are padding conventions. Tokenizers cannot decode them (Rust
-    `OverflowError`), so they are dropped before decoding.
-    """
+    """Rows of token ids without their negative entries (-100 and other padding, which tokenizers cannot decode)."""
     return [[int(i) for i in row if int(i) >= 0] for row in rows]
 
 
-# ------------------------------------------------------------------------------------ literal parsing
-
-
 def _find_fence(text: str, start: int = 0) -> int:
-    """Index of the first ``` at or after `start` that is not inside a double-quoted string, or -1
-    (a JSON label such as "```" must not end the fence)."""
+    """Index of the first ``` at or after `start` outside a double-quoted string, or -1."""
     for i, ch, in_string in _scan(text[start:], quotes='"'):
         if not in_string and ch == "`" and text.startswith("```", start + i):
             return start + i
@@ -446,10 +391,8 @@ def _find_fence(text: str, start: int = 0) -> int:
 
 
 def strip_code_fences(text: str) -> str:
-    """Content of the first ``` fence that holds something (language tag such as `json` dropped; unclosed fence
-    runs to the end), or the stripped text when there is no fence. Fences with nothing inside are skipped, so an
-    answer that opens its fence several times ("```json\\n```json\\n{...}") gives the literal after the last
-    opening, not an empty body. Backticks inside double-quoted strings do not count as fences."""
+    """Content of the first non-empty ``` fence (language tag dropped; an unclosed fence runs to the end), or the
+    stripped text when there is no fence."""
     start = _find_fence(text)
     if start < 0:
         return text.strip()
@@ -466,7 +409,7 @@ def strip_code_fences(text: str) -> str:
 
 
 def quoted_answer(text: str, limit: int = 120) -> str:
-    """The raw answer as a parse problem quotes it: `repr`, cut to `limit` characters with the rest counted."""
+    """`repr(text)`, cut to `limit` characters with the rest counted."""
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text) - limit} more characters)"
@@ -493,11 +436,7 @@ def _scan(text: str, quotes: str = "'\""):
 
 
 def nesting_depth(text: str) -> int:
-    """Maximum bracket depth outside string literals.
-
-    Computed twice, with and without single quotes as string delimiters, and the larger one returned:
-    an apostrophe in prose ("Here's ...") must not hide deep brackets from the guard.
-    """
+    """Maximum bracket depth outside string literals (the larger of: `'` and `"` as quotes, `"` only)."""
     best = 0
     for quotes in ("'\"", '"'):
         depth = 0
@@ -516,7 +455,7 @@ _PY_WORDS = {"true": "True", "false": "False", "null": "None"}
 
 
 def _to_python_literal(text: str) -> str:
-    """Rewrite JSON-isms for `ast.literal_eval`: drop trailing commas, map true/false/null (outside strings)."""
+    """JSON-isms rewritten for `ast.literal_eval`: trailing commas dropped, true/false/null mapped."""
     out: list[str] = []
     chars = list(_scan(text))
     n = len(chars)
@@ -565,7 +504,7 @@ def _first_balanced_block(text: str, quotes: str) -> str | None:
 
 
 def _try_literal(candidate: str):
-    """`(value, None)` on success, `(None, error)` otherwise. Never raises."""
+    """`(value, None)` or `(None, error)`; never raises."""
     if nesting_depth(candidate) > MAX_NESTING_DEPTH:  # checked per candidate: json/ast recurse per level
         return None, f"brackets nested deeper than {MAX_NESTING_DEPTH}"
     try:
@@ -581,11 +520,12 @@ def _try_literal(candidate: str):
 
 
 def parse_literal(text: str, allow_block: bool = True):
-    """Parse one JSON / Python literal out of a model answer.
+    """Parse one JSON / Python literal out of a model answer (code fences stripped).
 
     Args:
-        allow_block: when the whole (fence-stripped) text is not a literal, try its first balanced
-            `{...}` / `[...]` block (prose around the answer).
+        text: the answer text (at most `MAX_TEXT_CHARS`).
+        allow_block: when the whole text is not a literal, try its first balanced `{...}` / `[...]` block.
+
     Returns:
         `(value, None)` on success, `(None, reason)` otherwise. Never raises, never executes code.
     """
@@ -594,16 +534,14 @@ def parse_literal(text: str, allow_block: bool = True):
     if len(text) > MAX_TEXT_CHARS:
         return None, f"text is too long ({len(text)} characters > {MAX_TEXT_CHARS})"
     body = strip_code_fences(text)
-    if not body:  # "empty answer" only for an answer of whitespace: fences with nothing inside are quoted
+    if not body:
         return None, "empty answer" if not text.strip() else f"no answer inside the code fences of {quoted_answer(text)}"
     if nesting_depth(body) > MAX_NESTING_DEPTH:
         return None, f"brackets nested deeper than {MAX_NESTING_DEPTH} in {quoted_answer(text)}"
     value, error = _try_literal(body)
     if error is None:
-        # A literal `null` / `None` is no answer; keep the (value, reason) contract unambiguous.
         return (value, None) if value is not None else (None, "answer is null")
-    # Prose around the answer ("Sure! {...}"): try the first balanced block, first treating both quote
-    # styles as strings, then only double quotes (an apostrophe in prose would open a fake string).
+    # prose around the answer: an apostrophe in prose would open a fake string, so retry with `"` only
     tried = {body}
     for quotes in ("'\"", '"') if allow_block else ():
         block = _first_balanced_block(body, quotes)
@@ -614,9 +552,6 @@ def parse_literal(text: str, allow_block: bool = True):
         if block_error is None:
             return value, None  # a bracketed block is never None
     return None, f"not a JSON or Python literal ({error}): {quoted_answer(text)}"
-
-
-# ------------------------------------------------------------------------------------- validation
 
 
 def _finite_number(value) -> float | None:
@@ -630,7 +565,6 @@ def _finite_number(value) -> float | None:
 
 
 def _parsed_numbers(values, count: int, what: str):
-    """`(tuple_of_floats, None)` or `(None, problem)`."""
     if not isinstance(values, (list, tuple)):
         return None, f"{what} is not a list"
     if len(values) != count:
@@ -642,9 +576,8 @@ def _parsed_numbers(values, count: int, what: str):
 
 
 def box_numbers(values, what: str):
-    """`(9 floats, None)` or `(None, problem)`: 9 finite numbers whose sizes (entries 3-5) are >= 0. A negative
-    size is refused, not read as its absolute value: the box is malformed, and scoring it as the box of the
-    absolute sizes would give a perfect IoU to an answer that is not the format."""
+    """`(9 floats, None)` or `(None, problem)`: 9 finite numbers whose sizes (entries 3-5) are >= 0 (a negative size
+    is a problem, not read as its absolute value)."""
     values, problem = _parsed_numbers(values, 9, what)
     if problem:
         return None, problem
@@ -673,15 +606,13 @@ TRAILING_COMMA = "a stray comma after the answer"
 
 
 def _without_trailing_comma(value):
-    """`(value, None)`, or `(X, TRAILING_COMMA)` for a one-element tuple: how a literal `X,` reads, the answer followed
-    by a comma (not "a list of 1 entries", nor a tuple the parser cannot use)."""
+    """`(value, None)`, or `(X, TRAILING_COMMA)` for the one-element tuple that a literal `X,` reads as."""
     if isinstance(value, tuple) and len(value) == 1:
         return value[0], TRAILING_COMMA
     return value, None
 
 
 def _joined(*reasons) -> str | None:
-    """The reasons that are not None, joined by "; "; None when there are none."""
     found = [reason for reason in reasons if reason]
     return "; ".join(found) if found else None
 
@@ -693,11 +624,8 @@ def _with_problems(reason: str | None, skipped: int, first_problem: str | None) 
     return note if reason is None else f"{reason}; {note}"
 
 
-# ------------------------------------------------------------------------------------------ tasks
-
-
 def _line_candidates(line: str):
-    """Variants of one answer line to try: as is, then without a leading `[` / trailing `]` or fence."""
+    """One answer line as is, then without a leading `[` / trailing `]` or fence."""
     yield line
     trimmed = line
     if trimmed.startswith("["):
@@ -710,32 +638,25 @@ def _line_candidates(line: str):
 
 
 def parse_detection(text: str) -> DetectionResult:
-    """Parse a detection answer (docs/method.md §3.3, §4.1) into boxes.
-
-    Accepts the official fenced one-dict-per-line list, a normal (multi-line) JSON list, a single
-    dict, and truncated output (complete lines are kept). Entries whose `bbox_3d` does not hold exactly
-    9 finite numbers with sizes >= 0 are skipped and counted. An empty list is a valid answer (no boxes,
-    reason None).
-    """
+    """Parse a detection answer: the official fenced one-dict-per-line list, a JSON list, a single dict, or a
+    truncated answer (its complete lines). Entries without 9 finite numbers (sizes >= 0) are skipped and counted;
+    an empty list is a valid answer. Never raises."""
     if not isinstance(text, str):
         return DetectionResult(reason=f"expected a string, got {type(text).__name__}")
     if len(text) > MAX_TEXT_CHARS:
         return DetectionResult(reason=f"text is too long ({len(text)} characters > {MAX_TEXT_CHARS})")
-
-    # 1. The whole answer as one literal (official fenced list, a normal JSON list, a single dict).
+    # 1. the whole answer as one literal
     value, error = parse_literal(text, allow_block=False)
     if value is not None:
         value, comma = _without_trailing_comma(value)
-        if isinstance(value, dict):  # "{...}," is a line of the official one-dict-per-line list: no stray comma
+        if isinstance(value, dict):  # "{...}," is an official list line, not a stray comma
             comma = None
         result = _detection_from_value(value)
         if result.reason is not None and not result.boxes and not result.skipped:  # not a list: quote what it was
             result.reason = f"{result.reason}: {quoted_answer(text)}"
         result.reason = _joined(comma, result.reason)
         return result
-
-    # 2. Official line-based reading: every line that mentions a box or a label is one dict. This
-    #    also keeps the complete lines of a truncated answer.
+    # 2. the official line-based reading (keeps the complete lines of a truncated answer)
     boxes, skipped, first_problem = [], 0, None
     for raw_line in strip_code_fences(text).splitlines():
         line = raw_line.strip().rstrip(",").strip()
@@ -744,7 +665,6 @@ def parse_detection(text: str) -> DetectionResult:
         found = None
         problem = None
         for candidate in _line_candidates(line):
-            # allow_block: prose before a one-line list ("Boxes: [{...}]") still yields the list.
             parsed, _ = parse_literal(candidate, allow_block=True)
             if parsed is None:
                 continue
@@ -763,7 +683,6 @@ def parse_detection(text: str) -> DetectionResult:
         first_problem = first_problem or problem
     if boxes or skipped:
         return DetectionResult(boxes, _with_problems(f"{error}; read it line by line", skipped, first_problem), skipped)
-
     return DetectionResult(reason=f"no detection entries found: {error}")
 
 
@@ -786,8 +705,7 @@ def _detection_from_value(value) -> DetectionResult:
 
 
 def parse_grounding(text: str) -> GroundingResult:
-    """Parse `{"bbox_3d": [9 numbers]}` (ScanRefer stage 2). A list of such dicts gives its first valid box.
-    A box with a negative size gives no box, with the reason saying so."""
+    """Parse `{"bbox_3d": [9 numbers]}` (a list of such dicts gives its first valid box). Never raises."""
     value, error = parse_literal(text)
     if value is None:
         return GroundingResult(reason=error)
@@ -824,13 +742,8 @@ def _as_frame_index(value):
 
 
 def parse_frame_selection(text: str, num_frames: int | None = None) -> FrameSelectionResult:
-    """Parse `{"frame": k}` (ScanRefer stage 1).
-
-    Args:
-        num_frames: if given, `k` is clamped to `[0, num_frames − 1]` and `reason` says so. (The official
-            code maps a failed parse to frame 0 and never range-checks; callers that want that map a
-            None frame to 0 themselves.)
-    """
+    """Parse `{"frame": k}` (ScanRefer stage 1); with `num_frames`, `k` is clamped to `[0, num_frames − 1]` and
+    `reason` says so. ValueError when `num_frames` is not a positive integer (the text never raises)."""
     if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) < 1):
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
     value, error = parse_literal(text)
@@ -862,7 +775,6 @@ def _pointmap_from_dict(value: dict):
         return None, None, problem
     label = next((value[k] for k in POINTMAP_LABEL_KEYS if isinstance(value.get(k), str)), None)
     if label is None:
-        # a label key holding a number, list, ... is no label: say so rather than read "no label given"
         key = next((k for k in POINTMAP_LABEL_KEYS if value.get(k) is not None), None)
         if key is not None:
             found = value[key]
@@ -871,12 +783,10 @@ def _pointmap_from_dict(value: dict):
 
 
 def parse_pointmap(text: str) -> PointmapResult:
-    """Parse `{"pointmap": [x, y, z], "label": "..."}` (pre-training / reconstruction answers).
+    """Parse `{"pointmap": [x, y, z], "label": "..."}` (reconstruction); also the first line mentioning "pointmap".
 
-    The label is read from `"label"` (our serialiser's key) or, failing that, from one of
-    `semantic_label`, `category`, `class`, `name`; it is None when absent. A label that is not text
-    (`"label": 5`) is no label: the point is kept, the label is None and `reason` says what the key held.
-    Falls back to the official line-based reading (the first line mentioning "pointmap").
+    The label is read from the first text value of `POINTMAP_LABEL_KEYS`, else None (a non-text label is noted in
+    `reason`). Never raises.
     """
     value, error = parse_literal(text)
     value, comma = _without_trailing_comma(value)
@@ -891,7 +801,7 @@ def parse_pointmap(text: str) -> PointmapResult:
             parsed, _ = parse_literal(line)
             if isinstance(parsed, dict):
                 point, label, problem = _pointmap_from_dict(parsed)
-                if point is not None:  # (a problem with a point is about its label)
+                if point is not None:
                     note = "answer is not one literal; read the pointmap line"
                     return PointmapResult(point, label, note if problem is None else f"{note}; {problem}")
     if value is not None:
@@ -900,7 +810,7 @@ def parse_pointmap(text: str) -> PointmapResult:
 
 
 def parse_caption(text: str) -> CaptionResult:
-    """A captioning answer is free text: the caption is the stripped text; an empty answer gives None."""
+    """The stripped text as the caption; an empty answer gives None with a reason."""
     if not isinstance(text, str):
         return CaptionResult(reason=f"expected a string, got {type(text).__name__}")
     caption = text.strip()
@@ -922,25 +832,19 @@ def parse_spatial_answer(text: str) -> SpatialAnswerResult:
     return SpatialAnswerResult(answer, value if value is not None and math.isfinite(value) else None)
 
 
-# ------------------------------------------------------------------------------- answer formats
-
-# The structured answer formats, named by the task that answers in each (captioning and spatial QA answer in plain
-# text). A front end (cli/tasks.py) refuses an answer written in another task's format: the Mini often answers a
-# detection or captioning prompt with grounding's dict, which the tolerant parsers would read as one unlabelled box or
-# as a caption. Scoring (`gap-mllm evaluate`) keeps the parsers' own reading.
+# ---- answer formats: which task's structured format an answer is written in
 ANSWER_FORMATS = {
     "detection": '[{"label": ..., "bbox_3d": [...]}, ...]',
     "grounding": '{"bbox_3d": [...]}',
     "grounding_stage1": '{"frame": k}',
     "reconstruction": '{"pointmap": [x, y, z], "label": ...}',
 }
-_FORMAT_OF_TASK = {"grounding_stage2": "grounding"}  # the pipeline's last stage answers as the pipeline does
+_FORMAT_OF_TASK = {"grounding_stage2": "grounding"}
 _KEY_PATTERN = re.compile(r"""["']([A-Za-z_]\w*)["']\s*:""")  # a quoted dict key
 
 
 def _answer_keys(body: str) -> set[str]:
-    """The dict keys of a structured answer: read from its literal, or, for one that does not parse (a truncated
-    answer, `{"pointmap": "couch`), the quoted words followed by a colon."""
+    """The dict keys of a structured answer (for one that does not parse, the quoted words before a colon)."""
     value, _ = parse_literal(body, allow_block=False)
     entries = value if isinstance(value, (list, tuple)) else [value]
     if value is not None:
@@ -949,9 +853,7 @@ def _answer_keys(body: str) -> set[str]:
 
 
 def answer_format(text) -> str | None:
-    """The task whose structured format `text` is written in (an `ANSWER_FORMATS` name), or None for plain text (or
-    a structure of no task's format). Decided by the keys: "pointmap" is reconstruction's, "frame" grounding stage 1's,
-    a box is detection's in a list or with a label, else grounding's."""
+    """The `ANSWER_FORMATS` task whose format `text` is written in (by its keys), or None for plain text."""
     if not isinstance(text, str) or len(text) > MAX_TEXT_CHARS:
         return None
     body = strip_code_fences(text)
@@ -967,16 +869,13 @@ def answer_format(text) -> str | None:
     return None
 
 
-# A caption is prose (its grammar's words and marks): a code fence, a brace or bracket, or a quote before a colon is a
-# piece of a structured answer, which a freely decoded caption writes when the model mixes the tasks up
-# (```` ```json1.19, 3d": "refrigerator", ````).
+# a piece of a structured answer in a caption: a code fence, a brace or bracket, or a quote before a colon
 _STRUCTURE_MARK = re.compile(r'```|[{}\[\]]|"\s*:')
 
 
 def other_task_format(text, task: str) -> str | None:
-    """None when `text` is not written in another task's answer format than `task`'s (a task name), else the reason to
-    show: `answer in grounding's format {"bbox_3d": [...]}, not detection's`; for a caption, also a piece of a
-    structured answer in it (`_STRUCTURE_MARK`)."""
+    """None, or the reason when `text` is written in another task's format than `task`'s (for a caption: holds a
+    piece of a structured answer), e.g. `answer in grounding's format {"bbox_3d": [...]}, not detection's`."""
     found = answer_format(text)
     own = _FORMAT_OF_TASK.get(task, task)
     if found is None and own == "captioning" and isinstance(text, str):
@@ -988,29 +887,24 @@ def other_task_format(text, task: str) -> str | None:
     return f"answer in {found}'s format {ANSWER_FORMATS[found]}, not {task}'s"
 
 
+# ---- answer grammars (GBNF as llguidance reads it) and the stop rule
 MAX_LABEL_CHARS = 32
 MAX_INTEGER_DIGITS = 2  # |value| < 100 (metres, radians)
-MAX_DECIMALS = 2  # target_format.DEFAULT_DECIMALS: what the targets print
+MAX_DECIMALS = 2  # DEFAULT_DECIMALS: what the targets print
 MAX_FRAME_DIGITS = 3
 BOX_VALUES = 9
 MAX_WORD_LETTERS = 20  # a caption's word: English words are shorter; a longer run of letters is no word
 MAX_CAPTION_NUMBER_DIGITS = 4  # a caption's number ("1.5 meters", "2 chairs"): 1-4 digits, 0-2 decimals
 SENTENCE_ENDS = ".!?"
-CLAUSE_MARKS = ",;"  # no colon: "word: value" is the key-value shape of the structured answers, which prose never needs
-
-
-# The engine that reads these grammars (the `generate` logits processor, generation_gap_mllm.py; vLLM's
-# `guidance` backend) and the version verified here; setup.py's GRAMMAR_ENGINE is the same pin. Named here, in a
-# module without torch, so the commands refuse at once when it is missing (cli/early_checks.py).
+CLAUSE_MARKS = ",;"  # no colon: "word: value" is the structured answers' shape
+# the grammar engine (`GrammarLogitsProcessor`, vLLM's `guidance` backend) and its verified version
 ENGINE_MODULE = "llguidance"
 ENGINE_REQUIREMENT = "llguidance==1.9.1"
 
 
 def engine_missing() -> str | None:
-    """The one line saying that constrained decoding needs the grammar engine and how to install it, when it is not
-    installed (looked up, not imported); else None."""
+    """None when llguidance is installed (looked up, not imported), else one line saying how to install it."""
     import importlib.util
-
     if importlib.util.find_spec(ENGINE_MODULE) is not None:
         return None
     return (f"constrained decoding needs {ENGINE_MODULE}, which is not installed: pip install '{ENGINE_REQUIREMENT}' "
@@ -1024,10 +918,8 @@ def literal(text: str) -> str:
 
 
 def grammar_characters(grammar: str) -> list[str]:
-    """Every character an answer of a grammar (GBNF as this module writes it: `literal`'s escapes, classes of
-    characters and ranges such as `[A-Za-z0-9]` or `[ '-]`) may write, sorted: the characters of its string literals
-    and of its classes. What the tokenizer must be able to write for the grammar to apply (generation_gap_mllm.py
-    `unwritable_character`)."""
+    """Every character an answer of `grammar` (as this module writes grammars) may write, sorted: those of its
+    string literals and character classes (see `unwritable_character`)."""
     found, index, unescape = set(), 0, {"n": "\n", "t": "\t"}
     while index < len(grammar):
         opening = grammar[index]
@@ -1041,7 +933,7 @@ def grammar_characters(grammar: str) -> list[str]:
                 else:
                     text.append(grammar[index])
                 index += 1
-            if opening == "[":  # ranges: a '-' between two characters (a first or last '-' is itself)
+            if opening == "[":  # a '-' between two characters is a range
                 spans = [k for k in range(1, len(text) - 1) if text[k] == "-"]
                 for k in spans:
                     found.update(chr(code) for code in range(ord(text[k - 1]), ord(text[k + 1]) + 1))
@@ -1052,15 +944,13 @@ def grammar_characters(grammar: str) -> list[str]:
 
 
 def _key(name: str) -> str:
-    """A quoted dict key and the key separator: `"bbox_3d": ` as one literal."""
+    """`"bbox_3d": ` as one literal."""
     return literal(f'"{name}"{KEY_SEPARATOR}')
 
 
 def _name_rules(max_chars: int) -> str:
-    """`name`: 1 to `max_chars` characters of words of letters and digits, the first starting with a letter, each
-    joined to the next by one space, hyphen or apostrophe. The length bound is counted by the rule names: `name_k`
-    is what may follow with `k` characters left (a joint and the character after it are written together, so a name
-    never ends on a joint)."""
+    """`name`: 1 to `max_chars` characters, words of letters and digits (the first starting with a letter) joined by
+    one space, hyphen or apostrophe; `name_k` is what may follow with `k` characters left."""
     rules = [f"name ::= [A-Za-z] name_{max_chars - 1}"]
     for left in range(max_chars - 1, -1, -1):
         options = ['""']
@@ -1072,7 +962,6 @@ def _name_rules(max_chars: int) -> str:
     return "\n".join(rules) + "\n"
 
 
-# Shared rules: the number forms of every answer and the label string.
 _UNSIGNED = f'("0" | [1-9] [0-9]{{0,{MAX_INTEGER_DIGITS - 1}}}) "." [0-9]{{1,{MAX_DECIMALS}}}'
 _COMMON_RULES = (
     f'number ::= "-"? unsigned\n'
@@ -1089,7 +978,7 @@ def _box_rule() -> str:
     return f'box ::= "[" {f" {_SEP} ".join(kinds)} "]"\n'
 
 
-# the longest text of each piece, in bytes (all ASCII): what bounds an answer's length in tokens
+# the longest text of each piece in bytes (all ASCII), which bounds an answer's tokens
 _NUMBER_BYTES = 1 + MAX_INTEGER_DIGITS + 1 + MAX_DECIMALS  # -99.99
 _BOX_BYTES = 2 + BOX_VALUES * _NUMBER_BYTES + (BOX_VALUES - 1) * len(ITEM_SEPARATOR)
 _LABEL_BYTES = MAX_LABEL_CHARS + 2
@@ -1099,14 +988,12 @@ _DETECTION_LIST_END = "\n" + DETECTION_CLOSE  # after the last entry
 
 
 def detection_entries(max_tokens: int) -> int:
-    """How many entries a detection answer may hold so that the longest one has at most `max_tokens` bytes (the
-    bound of an engine that cannot count tokens: `detection_grammar`)."""
+    """How many entries a detection answer may hold so that the longest one has at most `max_tokens` bytes."""
     return max(0, (int(max_tokens) - len(DETECTION_OPEN) - len(DETECTION_CLOSE)) // _DETECTION_ENTRY_BYTES)
 
 
 def answer_bytes(task_grammar) -> int | None:
-    """The longest answer of a fixed-size grammar in bytes (None for detection's, bounded by `detection_entries`, and
-    free text's): grounding, frame selection, reconstruction, spatial QA."""
+    """The longest answer in bytes of a fixed-size grammar function (`grounding_grammar`, ...), else None."""
     return {
         grounding_grammar: 2 + len(f'"{BOX_KEY}"{KEY_SEPARATOR}') + _BOX_BYTES,
         frame_selection_grammar: 2 + len(f'"{FRAME_KEY}"{KEY_SEPARATOR}') + MAX_FRAME_DIGITS,
@@ -1117,10 +1004,9 @@ def answer_bytes(task_grammar) -> int | None:
 
 
 def detection_list_grammar(entries: int | None) -> str:
-    """The official detection answer (`serialize_detection`) with at most `entries` labelled boxes (None: any
-    number, for a decoder that closes the list at its token budget: `EntryList`)."""
+    """The grammar of `serialize_detection`'s answers with at most `entries` boxes (None: any number)."""
     entry = f'{literal(DETECTION_INDENT + "{")} {_key(LABEL_KEY)} label {_SEP} {_key(BOX_KEY)} box "}}"'
-    # no `{0,0}` repetition for a single entry: llguidance (vLLM's guidance backend) refuses an empty range
+    # no `{0,0}` repetition for a single entry: llguidance refuses an empty range
     more = "*" if entries is None else f"{{0,{int(entries) - 1}}}" if entries > 1 else None
     repeated = f" ({literal(DETECTION_LINE_END)} entry){more}" if more else ""
     listed = f'(entry{repeated} "\\n")? ' if entries is None or entries > 0 else ""
@@ -1129,29 +1015,22 @@ def detection_list_grammar(entries: int | None) -> str:
 
 
 def detection_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
-    """The detection answer bounded in bytes: 0 to `detection_entries(max_tokens)` labelled boxes, so that it ends
-    within `max_tokens` tokens on an engine that cannot count them (vLLM); `generate` closes `DETECTION_LIST` at its
-    budget instead."""
+    """The detection grammar with 0 to `detection_entries(max_tokens)` boxes: ends within `max_tokens` tokens on an
+    engine that cannot count tokens (vLLM)."""
     return detection_list_grammar(detection_entries(max_tokens))
 
 
 @dataclass(frozen=True)
 class EntryList:
-    """A list answer that a decoder counting tokens closes at its budget (`GrammarLogitsProcessor`) instead of a bound
-    in bytes: it decodes inside `grammar(None)` (no bound on the entries) until `reserve` tokens are left, then inside
-    `bounded(text so far)`: no entry beyond the one it is writing or, once the list is open and between entries, one
-    more. `reserve` is the most bytes that the rest of a bounded answer can take (from just after an entry: the
-    separator, the longest entry and the close; the rest of an entry begun is shorter), and a token is at least a
-    byte, so the answer ends well-formed within the budget, and entries begin until its last `reserve` tokens.
+    """A list answer that `GrammarLogitsProcessor` closes at its token budget: decoded inside `grammar(None)` until
+    `reserve` tokens are left, then inside `bounded(text so far)` (at most one more entry).
 
     Attributes:
         grammar: entries (int, or None for no bound) → the grammar (EBNF) of the list.
-        opening: the text before the first entry's separator (inside it, the rest of the opening comes on top of an
-            entry, so no entry may begin there).
+        opening: the text before the first entry's separator.
         entry_start, entry_end: the texts that begin and end an entry, and occur nowhere else in an answer.
-        reserve: bytes, as above.
+        reserve: the most bytes the rest of a bounded answer can take after an entry (a token is at least a byte).
     """
-
     grammar: Callable[[int | None], str]
     opening: str
     entry_start: str
@@ -1159,16 +1038,13 @@ class EntryList:
     reserve: int
 
     def bounded(self, text: str) -> str:
-        """The grammar of the list `text` (an answer begun inside `grammar(None)`) ends in: the entries begun, and one
-        more when `text` has opened the list and is not inside an entry."""
+        """The grammar for the entries `text` has begun, plus one when it is between entries of an open list."""
         begun = text.count(self.entry_start)
         between = text.startswith(self.opening) and begun == text.count(self.entry_end)
         return self.grammar(begun + 1 if between else begun)
 
 
-# Detection as `generate` decodes it: labels are names and numbers digits, so "\t{" begins an entry and "}" ends it,
-# and nothing else does. Opened with "```json\n[", a first entry needs "\n", the longest entry and the close, a later
-# one ",\n" (the reserve), the longest entry and the close.
+# labels are names and numbers digits, so "\t{" begins an entry and "}" ends it, and nothing else does
 DETECTION_LIST = EntryList(detection_list_grammar, DETECTION_OPEN.removesuffix("\n"), DETECTION_INDENT + "{",
                            "}", _DETECTION_ENTRY_BYTES + len(_DETECTION_LIST_END))
 
@@ -1179,8 +1055,7 @@ def grounding_grammar(max_tokens: int, num_frames: int | None = None, prompt: st
 
 
 def frame_selection_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
-    """`{"frame": k}` (`serialize_frame_selection`): k one of the `num_frames` views' indices when given (the parser
-    would clamp any other), else a whole number without a leading zero."""
+    """`{"frame": k}`: k one of the `num_frames` views' indices when given, else a whole number."""
     if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) < 1):
         raise ValueError(f"num_frames must be a positive whole number, got {num_frames!r}")
     frames = (" | ".join(f'"{k}"' for k in range(int(num_frames))) if num_frames is not None
@@ -1205,26 +1080,19 @@ def _letters(letters) -> str:
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
 
 
-@functools.lru_cache(maxsize=8)  # the same few rules for every caption request (~10 ms of Python each to build)
+@functools.lru_cache(maxsize=8)  # ~10 ms to build, the same for every caption request
 def _word_rules(max_letters: int, not_words: tuple[str, ...]) -> str:
-    """`word`: a capital or lower-case letter, then lower-case letters (2 to `max_letters` in all), so a word is never
-    camel-cased glue of tokens (`pointmapTextcouch`); the one-letter words `a`, `A`, `I`; an acronym of 2-3 capitals
-    (`TV`); inner hyphens or apostrophes join lower-case parts (`L-shaped`, `it's`). No run of letters holds one of
-    `not_words` (lower-case; the first letter in either case), anywhere (`dpointmap` neither).
-
-    The rules are the product of the matching automaton of `not_words` (its states: the prefixes of `not_words`
-    that the letters so far may end in) and the count of letters: `l<state>_<n>` is what may follow `n` letters
-    ending in that state (`h` for a word's first letter, after which one more must come)."""
+    """`word`: a letter then lower-case letters (2 to `max_letters` in all), `a`, `A`, `I`, an acronym of 2-3
+    capitals, or lower-case parts joined by `-` or `'`; no run of letters holds one of `not_words`. Rule
+    `l<state>_<n>`: what may follow `n` letters ending in that state of the `not_words` automaton."""
     states = sorted({w[:k] for w in not_words for k in range(len(w))}, key=lambda t: (len(t), t))
 
     def step(state: str, letter: str) -> str | None:
-        """The state after `letter`: the longest end of the letters that begins one of `not_words`; None where one
-        of them is complete."""
+        """The state after `letter`, or None where a `not_words` word is complete."""
         text = state + letter
         if any(text.endswith(w) for w in not_words):
             return None
         return next(text[k:] for k in range(len(text) + 1) if text[k:] in states)
-
     rules, todo, named = [], [], set()
 
     def name(state: str, n: int, first: bool = False) -> str:
@@ -1235,7 +1103,6 @@ def _word_rules(max_letters: int, not_words: tuple[str, ...]) -> str:
         return rule
 
     def letters_then(state: str, n: int, capitals: bool = False) -> list[str]:
-        """One more letter (its state's letters grouped in one class), then what may follow it."""
         targets: dict[str, set] = {}
         for letter in _LOWER:
             target = step(state, letter)
@@ -1256,19 +1123,14 @@ def _word_rules(max_letters: int, not_words: tuple[str, ...]) -> str:
     return "\n".join(rules) + "\n"
 
 
-# Words a caption may not hold: the structured answers' key names that are no English word (`bbox_3d` and `box_3d`
-# cannot be written without `_`; "label" and "frame" are English, and with no quotes no key can be written).
+# the structured answers' key names that are no English word
 CAPTION_NOT_WORDS = ("bbox", "pointmap")
 
 
 def caption_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
-    """A caption (`serialize_caption`): prose, what a reader accepts as a description, and nothing of another task's
-    syntax. Sentences joined by one space; a sentence starts with a word and ends with one of `.!?`; words are
-    joined by one space, after a `,` or `;` or none; a word is letters (`_word_rules`: 2-20, lower-case after the
-    first, no key name; or `a`, `I`); a number (`2`, `1.5`; no minus) stands between words, never next to another
-    number (a list of numbers is a box copied from the prompt, not prose); a parenthesis holds words and closes
-    before the sentence goes on. So no brace, bracket, quote, backslash, backtick or colon, no line break, no leading
-    or double space, no double punctuation."""
+    """A caption: sentences of words (`_word_rules`), joined by one space and ending in `.!?`; words joined by a
+    space after an optional `,` or `;`; a number (`1.5`, no minus) only between words; parentheses hold words. No
+    brace, bracket, quote, backslash, backtick, colon or line break."""
     number = f'[0-9]{{1,{MAX_CAPTION_NUMBER_DIGITS}}} ("." [0-9]{{1,2}})?'
     return (
         "root ::= sentence (\" \" sentence)*\n"
@@ -1281,22 +1143,17 @@ def caption_grammar(max_tokens: int, num_frames: int | None = None, prompt: str 
     )
 
 
-# An option line as benchmarks write it: "A. chair" (VSI-Bench, SynthRooms), "A) chair", "(A) chair", "A: chair", and
-# the same with lower-case letters; the layout is told apart so that one question's options are read in one layout.
+# an option line: "A. chair", "A) chair", "(A) chair", "A: chair" (or lower case), its layout told apart
 _OPTION_LINE = re.compile(r"^[ \t]*(?P<layout>\((?P<paren>[A-Za-z])\)|(?P<letter>[A-Za-z])(?P<mark>[.):]))[ \t]+\S",
                           re.MULTILINE)
-# a question that asks for an option letter ("Answer with the option's letter from the given choices directly.")
 _ASKS_FOR_LETTER = re.compile(r"\b(?:option|choice)(?:'s)?\s+letter\b|\bletter\s+of\s+the\s+(?:\w+\s+)?"
                               r"(?:option|choice|answer)\b", re.IGNORECASE)
-
-
-# a numbered line ("1. chair", "2) table", "(3) lamp", "4: bed"): options as some people number them, which this
-# model, trained on lettered options, answers by no number it was taught
+# a numbered option line ("1. chair", "(3) lamp"): the model was trained on lettered options only
 _NUMBERED_LINE = re.compile(r"^[ \t]*(?:\((?P<paren>[0-9]+)\)|(?P<number>[0-9]+)[.):])[ \t]+\S", re.MULTILINE)
 
 
 def _option_letters(prompt: str | None) -> dict[tuple[str, bool], list[str]]:
-    """The letters of the option lines of `prompt`, in order, by layout: `(mark, lower case)` → letters."""
+    """`(mark, lower case)` → the letters of `prompt`'s option lines in that layout, in order."""
     found: dict[tuple[str, bool], list[str]] = {}
     for line in _OPTION_LINE.finditer(prompt or ""):
         letter = line["paren"] or line["letter"]
@@ -1305,10 +1162,8 @@ def _option_letters(prompt: str | None) -> dict[tuple[str, bool], list[str]]:
 
 
 def offered_options(prompt: str | None) -> tuple[str, ...]:
-    """The option letters a spatial question offers, in order, as the question writes them: lines that start with
-    `A. `, `A) `, `(A) ` or `A: ` (or the same in lower case), lettered from A (or a) on in one layout (`A. chair` /
-    `B. table`: VSI-Bench's and SynthRooms' layout); `()` for a question without options (a numerical one). A line
-    `Q: ...` or a list lettered from elsewhere is no set of options."""
+    """The option letters a question offers, in order: lines starting `A. `, `A) `, `(A) ` or `A: ` (or lower case),
+    lettered from A in one layout; `()` for a question without options."""
     for (_, lower), letters in _option_letters(prompt).items():
         first = "a" if lower else "A"
         options = tuple(dict.fromkeys(letters))
@@ -1318,7 +1173,7 @@ def offered_options(prompt: str | None) -> tuple[str, ...]:
 
 
 def _repeated_letter(prompt: str | None) -> str | None:
-    """The first letter that the options `offered_options` reads name twice ("A. chair" ... "A. sofa"), or None."""
+    """The first option letter named twice ("A. chair" ... "A. sofa"), or None."""
     options = offered_options(prompt)
     for letters in _option_letters(prompt).values():
         if tuple(dict.fromkeys(letters)) == options:
@@ -1327,19 +1182,14 @@ def _repeated_letter(prompt: str | None) -> str | None:
 
 
 def _numbered_options(prompt: str | None) -> tuple[str, ...]:
-    """The numbers of a question's numbered lines when they count from 1 (`1. chair` / `2. table`), else `()`."""
+    """The numbers of a question's numbered lines when they count from 1, else `()`."""
     numbers = tuple(line["paren"] or line["number"] for line in _NUMBERED_LINE.finditer(prompt or ""))
     return numbers if len(numbers) > 1 and numbers == tuple(str(k) for k in range(1, len(numbers) + 1)) else ()
 
 
 def options_problem(prompt: str | None) -> str | None:
-    """Why a spatial question cannot be answered in its grammar, or None:
-
-    - it names an option letter twice (`A. chair` / `B. table` / `A. sofa`): an answer "A" would not say which;
-    - it numbers its options (`1. chair` / `2. table`) and letters none: this model answers options by letter, and
-      the number grammar would force any number on it ("2010");
-    - it asks for an option letter but offers no options that `offered_options` reads (the number grammar would
-      force a number on it)."""
+    """Why a spatial question cannot get an answer grammar, or None: it names an option letter twice, numbers its
+    options instead of lettering them, or asks for an option letter but offers none that `offered_options` reads."""
     if prompt is None:
         return None
     repeated = _repeated_letter(prompt)
@@ -1359,10 +1209,8 @@ def options_problem(prompt: str | None) -> str | None:
 
 
 def spatial_answer_grammar(max_tokens: int, num_frames: int | None = None, prompt: str | None = None) -> str:
-    """A spatial-QA answer (`serialize_spatial_answer`): one of the option letters `prompt` (the question) offers; a
-    number (whole or with decimals) for a question that offers none; without the question, either. A question that
-    asks for a letter and offers none, names a letter twice or numbers its options is a ValueError
-    (`options_problem`), not given a grammar."""
+    """A spatial-QA answer: one of the option letters `prompt` (the question) offers, else a number; either when
+    `prompt` is None. ValueError when the question has an `options_problem`."""
     number = '"-"? ("0" | [1-9] [0-9]{0,5}) ("." [0-9]{1,4})?'
     if prompt is None:
         return f"root ::= {number} | [A-Z]\n"
@@ -1383,7 +1231,7 @@ FENCE = "```"
 
 
 def _mask_strings(text: str) -> str:
-    """`text` with every double-quoted string emptied (`""`), cut before a string that is still open."""
+    """`text` with every double-quoted string emptied, cut before a string that is still open."""
     masked = _JSON_STRING.sub('""', text)
     for quote in _QUOTES.finditer(masked):
         if quote.group() == '"':
@@ -1392,8 +1240,7 @@ def _mask_strings(text: str) -> str:
 
 
 def _literal_span(code: str) -> tuple[int, int | None, str] | None:
-    """`(start, end, opener)` of the first top-level bracket block of string-masked `code` (`end` is the
-    index after its closing bracket, None while open), or None before any bracket."""
+    """`(start, end or None while open, opener)` of the first top-level bracket block of `code`, or None."""
     start, depth = -1, 0
     for match in _BRACKET.finditer(code):
         bracket = match.group()
@@ -1408,7 +1255,8 @@ def _literal_span(code: str) -> tuple[int, int | None, str] | None:
 
 
 def answer_complete(text: str, answer_end: str) -> bool:
-    """Whether the generated `text` (the new tokens only, decoded) already holds the whole answer."""
+    """Whether the generated `text` (the new tokens, decoded) holds a whole answer; `answer_end` of `ANSWER_ENDS`
+    (ValueError otherwise)."""
     if answer_end not in ANSWER_ENDS:
         raise ValueError(f"unknown answer end {answer_end!r}; expected one of {ANSWER_ENDS}")
     if _RUNAWAY_BLANK_LINES.search(text):
@@ -1430,19 +1278,16 @@ def answer_complete(text: str, answer_end: str) -> bool:
     return FENCE in rest or "\n" in rest
 
 
-if TYPE_CHECKING:  # generate's types; the registry imports neither torch nor transformers at run time
+if TYPE_CHECKING:  # the registry imports neither torch nor transformers at run time
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-# ------------------------------------------------------------------------------------------ prompts
-
-# Official (docs/method.md §3.3): the sample's human turn with the `<image>` placeholders removed.
+# ---- prompts (detection and both grounding stages verbatim from the official inference code)
 DETECTION_TEMPLATE = (
     "Detect the 3D bounding boxes in the camera coordinate system of the first frame.\n"
     'Output a json list where each entry contains the object name in "label" and its 3D bounding box in "box_3d".\n'
     "The 3D bounding box format should be [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll]."
 )
-# Official (docs/method.md §3.4), `{query}` = the description; both end with a newline.
 GROUNDING_STAGE1_TEMPLATE = (
     "Localize the first clear frame in the video showing the object described in the text.\n"
     "Text: {query}\n"
@@ -1454,29 +1299,23 @@ GROUNDING_STAGE2_TEMPLATE = (
     'Output a JSON dictionary with the matched object\'s 3D bounding box in "bbox_3d" in the camera coordinate system of the first frame.\n'
     "The 3D bounding box format should be [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll].\n"
 )
-# Ours (docs/method.md §3.5: the official template refers to a Mask3D proposal and is not public); the box
-# is printed like the targets, 2 decimals.
+# ours, as for the two below (the official wording is not public)
 CAPTIONING_TEMPLATE = (
     "Describe the object in the 3D bounding box {box} in the camera coordinate system of the first frame.\n"
     "The 3D bounding box format is [x_center, y_center, z_center, x_size, y_size, z_size, yaw, pitch, roll]."
 )
-# Ours (docs/method.md §3.6, §10.1). The marker is the red "+" the processor paints (point_prompts).
 RECONSTRUCTION_TEMPLATE = (
     'Estimate the 3D position of the point marked with a red "+" in the camera coordinate system of the first frame, '
     "and name what it lies on.\n"
     'Output a JSON dictionary with the point [x, y, z] in "pointmap" and its semantic label in "label".'
 )
-# Ours: the question as given, with its options and answer instruction (VSI-Bench style).
-SPATIAL_QA_TEMPLATE = "{query}"
-
-FRAME_LABEL = "Frame-{index}: "  # grounding stage 1: a text item before each view (docs/method.md §3.4)
+SPATIAL_QA_TEMPLATE = "{query}"  # the question with its options (VSI-Bench style)
+FRAME_LABEL = "Frame-{index}: "  # grounding stage 1: a text item before each view
 
 
 def format_box(values) -> str:
-    """`[0.44, 0.08, 2.26, ...]`: 9 finite numbers (Python, numpy or 0-d torch), each through `round(v, 2)` as the
-    targets are written. A size (entries 3-5) must be > 0 as written: a negative one is refused as in an answer
-    (`output_parsing.box_numbers`), and so is one written 0.0, since a box with a side of 0 is no object's box (an
-    answer's box of size 0x0x0 is no success either: cli/answer_checks.py)."""
+    """`[0.44, 0.08, 2.26, ...]`: 9 finite numbers (Python, numpy or 0-d torch), each through `round(v, 2)`;
+    ValueError for other values or a size (entries 3-5) negative or 0.0 at 2 decimals."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != BOX_VALUES:
         raise ValueError(f"box must be {BOX_VALUES} numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll], got {values!r}")
     try:
@@ -1486,7 +1325,7 @@ def format_box(values) -> str:
     if len(floats) != BOX_VALUES or not all(math.isfinite(v) for v in floats):
         raise ValueError(f"box must hold {BOX_VALUES} finite numbers, got {values!r}")
     _, problem = box_numbers(floats, "box")
-    if problem:  # a negative size describes no box: refused, as in an answer or an annotation
+    if problem:
         raise ValueError(f"{problem} (sizes, entries 3-5, must be > 0); got {values!r}")
     written = [round(v, 2) for v in floats]
     flat = [axis for axis, size in zip("xyz", written[3:6]) if size <= 0]
@@ -1497,32 +1336,27 @@ def format_box(values) -> str:
 
 
 def extract_query(prompt: str) -> str:
-    """The description of a grounding prompt: the text between `Text:` and `Output a JSON`, stripped (the
-    official extraction, docs/method.md §3.4)."""
+    """The description in a grounding prompt: the text between `Text:` and `Output a JSON`, stripped (ValueError
+    without them)."""
     start, end = prompt.find("Text:"), prompt.find("Output a JSON")
     if start < 0 or end < 0 or end < start:
         raise ValueError("prompt has no 'Text: ... Output a JSON' description")
     return prompt[start + len("Text:") : end].strip()
 
 
-# ------------------------------------------------------------------------------------------- tasks
+# ---- the task registry
 
 
 def check_query_text(query: str, what: str = "the query") -> None:
-    """ValueError naming `what` when `query` holds `<image>`: the prompt has one such placeholder per view, and a
-    query's own would stand for a view that is not there. The rule of every prompt (`TaskSpec.prompt`) and of the
-    front ends' checks before a model loads (cli/task_request.py)."""
+    """ValueError naming `what` when `query` holds `IMAGE_PLACEHOLDER` (the prompt's placeholder of a view)."""
     if IMAGE_PLACEHOLDER in query:
         raise ValueError(f"{what} must not contain {IMAGE_PLACEHOLDER!r} (the placeholder of a view in the prompt); "
                          "remove it from the text")
 
 
 class DefaultBudget(int):
-    """A token budget the caller did not choose: a task's own (`TaskSpec.generation_kwargs` without
-    `max_new_tokens`, the evaluation's official budgets). It is an int everywhere; `generate` only tells it apart
-    when the budget would pass the model's context: lowering the task's own budget is logged once at INFO, while
-    lowering a budget the caller set is a warning addressed to them (generation_gap_mllm.py)."""
-
+    """An int token budget the caller did not choose (a task's own); `generate` lowers it to fit the context with an
+    INFO log instead of a warning."""
     __slots__ = ()
 
 
@@ -1531,35 +1365,27 @@ class TaskSpec:
     """One task.
 
     Attributes:
-        name: canonical name (used by every command, recipe, file lookup and the processor).
+        name: canonical name.
         title: one line for people.
         template: the task text sent after the views; `{query}` / `{box}` are its parameters.
         parameters: the parameters `template` needs: `()`, `("query",)` or `("box",)`.
-        official: True when `template` is verbatim from the official inference code (docs/method.md §3.2).
+        official: True when `template` is verbatim from the official inference code.
         parse: answer text → typed result (`result_type`); never raises.
         result_type: the dataclass `parse` returns.
-        serialize: typed result → answer text (the training target; `parse(serialize(r))` gives `r` back,
-            numbers rounded to 2 decimals).
-        max_new_tokens: a generation budget that fits any answer of the task (predict, demo, Space).
-        official_max_new_tokens: the official scripts' budget (evaluation; docs/method.md §3.2).
-        answer_end: stop rule (tasks_gap_mllm.py): "list", "dict", "paragraph" or "line".
-        grammar: `(token budget, num_frames=None, prompt=None)` → the language of `serialize`'s answers in
-            GBNF as llguidance reads it, bounded to end within the budget (tasks_gap_mllm.py; stage 1 also to the views'
-            indices, spatial QA to the options its question offers): what constrained decoding lets the model write
-            (`grammar_for`, `logits_processor`, vLLM's `structured_outputs.grammar`); `answer_grammar` is the one of
-            the task's own budget.
-        entry_list: for a list answer (detection), the list that `generate`'s logits processor closes at the token
-            budget (answer_grammar.EntryList), so the answer holds as many entries as the budget allows; an engine
-            that cannot count tokens (vLLM) gets `grammar`'s, bounded in bytes.
-        grammar_reads_prompt: `grammar` depends on the question (spatial QA's offered options): `logits_processor`
-            builds each row's from the row's prompt.
+        serialize: typed result → answer text (the training target; numbers rounded to 2 decimals).
+        max_new_tokens: a generation budget that fits any answer of the task.
+        official_max_new_tokens: the official scripts' budget (evaluation).
+        answer_end: stop rule of `answer_complete`: "list", "dict", "paragraph" or "line".
+        grammar: `(token budget, num_frames=None, prompt=None)` → the GBNF grammar of the task's answers, bounded to
+            end within the budget (stage 1: to the views' indices; spatial QA: to the question's options).
+        entry_list: for a list answer (detection), the `EntryList` that `GrammarLogitsProcessor` closes at the budget.
+        grammar_reads_prompt: `grammar` depends on the question, so each row's is built from its prompt.
         needs_marker: the prompt refers to a marker painted with `point_prompts=(view, x, y)`.
         frame_labels: a `Frame-i: ` text item precedes each view.
         parse_options: keyword arguments `parse` accepts besides the text (`num_frames` for stage 1).
         stages: for a pipeline, the tasks it runs in order (grounding); one call asks the last stage.
         aliases: deprecated names that still resolve to this task.
     """
-
     name: str
     title: str
     template: str
@@ -1584,14 +1410,9 @@ class TaskSpec:
         if self.answer_end not in ANSWER_ENDS:
             raise ValueError(f"task {self.name!r}: unknown answer_end {self.answer_end!r}")
 
-    # ------------------------------------------------------------------------------- prompts
-
     def task_text(self, query: str | None = None, box=None) -> str:
-        """The task text after the views, e.g. the stage-2 text for `query="the chair by the desk"`.
-
-        Raises:
-            ValueError: a parameter the task needs is missing or malformed, or one it does not take is given.
-        """
+        """The task text after the views, e.g. for `query="the chair by the desk"`; ValueError when a parameter the
+        task needs is missing or malformed, or one it does not take is given."""
         given = {"query": query, "box": box}
         for name, value in given.items():
             if value is not None and name not in self.parameters:
@@ -1609,8 +1430,8 @@ class TaskSpec:
         return self.template.format(**values)
 
     def user_segments(self, num_views: int, query: str | None = None, box=None) -> list[str | None]:
-        """The user turn as chat segments (`None` = one view, str = a text item): every view, then the
-        task text; with `frame_labels`, `Frame-i: ` before view i and the task text on a new line."""
+        """The user turn as chat segments (`None` = one view, str = a text item): the views, then the task text
+        (with `frame_labels`, `Frame-i: ` before view i). ValueError unless `num_views` >= 1."""
         if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1:
             raise ValueError(f"task {self.name!r} needs at least one view, got {num_views!r}")
         text = self.task_text(query=query, box=box)
@@ -1625,12 +1446,9 @@ class TaskSpec:
         """The human turn as the official annotation files store it: one `<image>` per view."""
         return placeholders_from_segments(self.user_segments(num_views, query=query, box=box))
 
-    # ------------------------------------------------------------------------------- answers
-
     @property
     def shortest_answer(self) -> str:
-        """The shortest text that is a whole answer of the task (its grammar's): what any budget must hold at the
-        least. Detection's empty list is also what its grammar needs to close the list (`entry_list`)."""
+        """The shortest whole answer of the task's grammar: what any token budget must hold at the least."""
         least = {
             DetectionResult: lambda: serialize_detection([]),
             GroundingResult: lambda: serialize_grounding(Box3D.from_list([0.0] * BOX_VALUES)),
@@ -1642,42 +1460,34 @@ class TaskSpec:
         return least[self.result_type]()
 
     def stopping_criteria(self, tokenizer, prompt_length: int) -> StoppingCriteriaList:
-        """`stopping_criteria=` for `generate`: stop each row at the end of its answer (`answer_end`). It carries
-        the task's `shortest_answer`, so that `generate` refuses a context that cannot hold it (generation_gap_mllm.py
-        `fit_budget_to_context`)."""
-        # imported here: the registry itself stays free of torch and transformers (`gap-mllm --help` reads it)
-        from transformers import StoppingCriteriaList
+        """`stopping_criteria=` for `generate`: stop each row at the end of its answer (`AnswerEndCriteria`)."""
+        from transformers import StoppingCriteriaList  # here: the registry imports no torch or transformers
 
         from .tasks_gap_mllm import AnswerEndCriteria
-
         return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end,
                                                        shortest_answer=(self.name, self.shortest_answer))])
 
     @property
     def answer_grammar(self) -> str:
-        """The answer grammar (GBNF, as llguidance reads it) for the task's own budget `max_new_tokens`."""
+        """The answer grammar for the task's own budget `max_new_tokens`."""
         return self.grammar(self.max_new_tokens)
 
     def grammar_for(self, max_new_tokens: int | None = None, num_views: int | None = None,
                     prompt: str | None = None) -> str:
-        """The answer grammar for a budget (default: the task's own), bounded in bytes; for a task whose parser takes
-        `num_frames` (stage 1), the sample's number of views; for one whose grammar reads the question (spatial QA),
-        the sample's prompt text (None: any answer of the task)."""
+        """The answer grammar for a budget (default: the task's own), bounded in bytes; `num_views` bounds stage 1's
+        frame index, `prompt` (the question) spatial QA's options (None: any answer of the task)."""
         budget = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         return self.grammar(budget, num_views if "num_frames" in self.parse_options else None,
                             prompt if self.grammar_reads_prompt else None)
 
     def logits_processor(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None,
                          num_views=None) -> LogitsProcessorList:
-        """`logits_processor=` for `generate`: every row's answer stays inside the task's grammar and ends within the
-        budget `max_new_tokens` (default: the task's own): a list closed at the budget (`entry_list`), the grammar
-        of each row's question (`grammar_reads_prompt`), or for stage 1 its views' indices (`num_views`: one int, or
-        one per row); llguidance, generation_gap_mllm.py. ImportError naming the install command without
-        llguidance."""
+        """`logits_processor=` for `generate`: each row's answer stays inside the task's grammar and ends within
+        `max_new_tokens` (default: the task's own); `num_views`: one int or one per row (stage 1). ImportError
+        naming the install command when llguidance is not installed."""
         from transformers import LogitsProcessorList
 
         from .tasks_gap_mllm import GrammarLogitsProcessor
-
         budget = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         if self.entry_list is not None:
             grammar = self.entry_list
@@ -1691,9 +1501,8 @@ class TaskSpec:
 
     def generation_kwargs(self, tokenizer, prompt_length: int, max_new_tokens: int | None = None,
                           constrained: bool = False, num_views=None) -> dict:
-        """Greedy decoding (official), this task's budget (or `max_new_tokens`, a positive integer) and its
-        stop rule; with `constrained`, the answer grammar's logits processor too (`logits_processor`; `num_views`:
-        the views of each row, which bound stage 1's frame index).
+        """`generate` kwargs: greedy decoding, the task's budget (or `max_new_tokens`) and stop rule; with
+        `constrained`, the answer grammar's `logits_processor` too (`num_views` as there).
 
         Raises:
             ValueError: `max_new_tokens` is not a positive integer (0, -1, 2.5, "8", True), or `constrained` is
@@ -1760,7 +1569,7 @@ GROUNDING_STAGE2 = TaskSpec(
     result_type=GroundingResult, serialize=_box_text, max_new_tokens=192, official_max_new_tokens=4096,
     answer_end="dict", grammar=grounding_grammar,
 )
-# The pipeline: one call asks its last stage, so everything but its name, title and stages is stage 2's.
+# the pipeline: one call asks its last stage, so all but its name, title and stages is stage 2's
 GROUNDING = replace(
     GROUNDING_STAGE2, name="grounding", title="3D visual grounding of a text query",
     stages=(GROUNDING_STAGE1.name, GROUNDING_STAGE2.name),
@@ -1793,8 +1602,8 @@ DEPRECATED_TASK_NAMES = {alias: spec.name for spec in TASKS.values() for alias i
 
 
 def resolve_task(task: str | TaskSpec) -> TaskSpec:
-    """The `TaskSpec` of a canonical name (or a spec, returned as is). A deprecated name resolves with a
-    `FutureWarning` naming the new one; anything else raises ValueError listing the names."""
+    """The `TaskSpec` of a name (a spec is returned as is); a deprecated name warns with `FutureWarning`, an unknown
+    one raises ValueError listing `TASK_NAMES`."""
     if isinstance(task, TaskSpec):
         return task
     if type(task).__name__ == "TaskSpec":  # a spec of another copy of this module (package vs remote code)
@@ -1808,16 +1617,14 @@ def resolve_task(task: str | TaskSpec) -> TaskSpec:
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_NAMES)}")
 
 
-# ------------------------------------------------------------------ generate-time classes of the answer rules
-
-# `generate(compile_decoding=...)`: compiled decode steps on CUDA only ("auto"), always, or never; named here, in the
-# module that imports no torch, for the front ends' `--compile-decoding`
+# ---- `generate` helpers: the grammar logits processor and the stopping criteria
+# `generate(compile_decoding=...)`: compiled decode steps on CUDA only ("auto"), always, or never
 COMPILE_DECODING_CHOICES = ("auto", "on", "off")
+
 
 @functools.cache
 def _grammar_engine():
-    """llguidance with its transformers bridge, or None where it is not installed (optional for the remote code: only
-    constrained decoding needs it); imported on first use, since the bridge imports transformers."""
+    """llguidance with its transformers bridge, imported on first use, or None where it is not installed."""
     try:
         import llguidance
         import llguidance.hf
@@ -1825,12 +1632,9 @@ def _grammar_engine():
         return None
     return llguidance
 
-# ENGINE_REQUIREMENT (answer_grammar.py): the version verified here; a 3 MB abi3 wheel without requirements, so a
-# plain `pip install` brings it and nothing else.
-CONTROL_TOKENS_THAT_STOP = ("<|im_end|>",)  # the chat turn's end: Qwen3-VL's and the Mini's EOS
 
-# tokenizer -> {vocab width: (llguidance tokenizer, {grammar text: compiled matcher, copied for each answer}, stop ids,
-#                            {character: whether the tokenizer can write it})}
+CONTROL_TOKENS_THAT_STOP = ("<|im_end|>",)  # the chat turn's end: Qwen3-VL's and the Mini's EOS
+# tokenizer -> {vocab width: `_engine`'s tuple}
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _EXECUTOR = None  # _executor()
 
@@ -1844,7 +1648,7 @@ def require_grammar_engine():
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """The ids that end an answer: the tokenizer's EOS and `<|im_end|>` when it has one."""
+    """The ids that end an answer: the tokenizer's EOS and `<|im_end|>` (ValueError when it has neither)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     vocab = tokenizer.get_vocab()
     ids |= {vocab[token] for token in CONTROL_TOKENS_THAT_STOP if token in vocab}
@@ -1855,12 +1659,11 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 def _engine(tokenizer, vocab_size: int) -> tuple:
     """`(llguidance tokenizer, {grammar text: compiled matcher}, stop ids, {character: writable})` of `tokenizer` at
-    width `vocab_size`, made once (the conversion takes about a second at Qwen's vocabulary, and the stop ids read the
-    whole vocabulary)."""
+    width `vocab_size`, made once (about a second at Qwen's vocabulary)."""
     require_grammar_engine()
     try:
         per_width = _COMPILED.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be weakly referenced: converted each time, still correct
+    except TypeError:  # not weakly referenceable: converted each time
         per_width = {}
     if vocab_size not in per_width:
         stops = stop_token_ids(tokenizer)
@@ -1870,10 +1673,8 @@ def _engine(tokenizer, vocab_size: int) -> tuple:
 
 
 def unwritable_character(tokenizer, vocab_size: int, grammar: str) -> str | None:
-    """The first character an answer of `grammar` may write (`grammar_characters`) that `tokenizer` has no tokens
-    for (its tokens do not spell it back), or None. Where a grammar forces a character the tokenizer cannot write,
-    the engine masks the logits to other tokens, then refuses the one chosen, and the answer would go on without
-    its grammar: such a grammar cannot be applied (`grammar_matcher` refuses it)."""
+    """The first character an answer of `grammar` may write (`grammar_characters`) that `tokenizer` cannot spell
+    with its tokens, or None."""
     engine_tokenizer, _, _, writable = _engine(tokenizer, vocab_size)
     for char in grammar_characters(grammar):
         if char not in writable:
@@ -1885,9 +1686,8 @@ def unwritable_character(tokenizer, vocab_size: int, grammar: str) -> str | None
 
 
 def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
-    """A fresh llguidance `LLMatcher` of `grammar` (GBNF) for `tokenizer` and logits of width `vocab_size` (the
-    model's vocabulary, which may be padded past the tokenizer's: ids past it are never allowed). The grammar is
-    compiled once per tokenizer, width and text; each call copies the compiled matcher (`deep_copy`, microseconds).
+    """A fresh llguidance `LLMatcher` of `grammar` (GBNF) for `tokenizer` and logits of width `vocab_size` (ids past
+    the tokenizer's are never allowed); compiled once per tokenizer, width and grammar, then copied.
 
     Raises:
         ValueError: the tokenizer cannot write a character of the grammar (`unwritable_character`), or the grammar does
@@ -1909,7 +1709,7 @@ def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
 
 
 def _executor():
-    """llguidance's thread pool for a batch's masks (its default size: 80 % of the CPUs, at most 32), made once."""
+    """llguidance's thread pool for a batch's masks, made once."""
     global _EXECUTOR
     if _EXECUTOR is None:
         _EXECUTOR = require_grammar_engine().LLExecutor()
@@ -1917,17 +1717,16 @@ def _executor():
 
 
 def fill_bitmask(matcher, bitmask: torch.Tensor, row: int) -> None:
-    """Write the tokens `matcher` allows next into `bitmask[row]` (a contiguous CPU int32 tensor `[B, ceil(V / 32)]`),
-    llguidance's layout: bit `t % 32` of word `t // 32` is token `t`. The matcher fills it off the GIL."""
-    import torch  # here: the task registry imports no torch (`gap-mllm --help` reads it)
+    """Write the tokens `matcher` allows next into `bitmask[row]` (a contiguous CPU int32 tensor `[B, ceil(V / 32)]`,
+    else ValueError): bit `t % 32` of word `t // 32` is token `t`."""
+    import torch  # here: the task registry imports no torch
     if bitmask.dtype != torch.int32 or bitmask.device.type != "cpu" or not bitmask.is_contiguous():
         raise ValueError("the bitmask must be a contiguous CPU int32 tensor")
     matcher.unsafe_compute_mask_ptr(bitmask[row].data_ptr(), bitmask.shape[1] * 4)
 
 
 def grammar_accepts(tokenizer, vocab_size: int, grammar: str, text: str, whole: bool = True) -> bool:
-    """`text` is an answer of `grammar` (`whole`), or the beginning of one (an answer cut by its budget), whatever
-    tokens spell it."""
+    """Whether `text` is a whole answer of `grammar` (or with `whole=False`, the beginning of one)."""
     matcher = grammar_matcher(tokenizer, vocab_size, grammar)
     tokens = tokenizer.encode(text, add_special_tokens=False)
     consumed = not tokens or matcher.consume_tokens(tokens)
@@ -1935,13 +1734,10 @@ def grammar_accepts(tokenizer, vocab_size: int, grammar: str, text: str, whole: 
 
 
 def apply_bitmask(scores: torch.FloatTensor, bitmask: torch.Tensor, rows: list[int]) -> None:
-    """Set `scores[row, token]` to -inf in place for each of `rows` where bit `token` of `bitmask[row]` (int32 words,
-    32 token ids each, the least significant bit first) is 0. The bits are unpacked on the scores' device: on the CPU
-    by numpy's `unpackbits` (a byte table, microseconds), on an accelerator by shifts there; then one `masked_fill`.
-    No torch.compile and no triton (llguidance's own torch kernel is a compiled function)."""
-    import torch  # here: the task registry imports no torch (`gap-mllm --help` reads it)
+    """Set `scores[row, token]` (`[B, V]`) to -inf in place, for each of `rows`, where bit `token` of `bitmask[row]`
+    (int32 words, least significant bit first) is 0; unpacked on the scores' device. ValueError for a short mask."""
+    import torch  # here: the task registry imports no torch
     import numpy as np
-
     width = scores.shape[1]
     if bitmask.shape[1] * 32 < width:
         raise ValueError(f"a bitmask of {bitmask.shape[1] * 32} token ids for logits of {width}")
@@ -1961,19 +1757,18 @@ def apply_bitmask(scores: torch.FloatTensor, bitmask: torch.Tensor, rows: list[i
 
 
 class GrammarLogitsProcessor:
-    """Masks each row's logits to the tokens its task's grammar allows next (module docstring).
+    """Masks each row's logits to the tokens its answer grammar allows next (llguidance).
 
     Args:
         tokenizer: the processor's tokenizer (the grammar is compiled for its vocabulary).
-        grammar: the answer grammar of every row, or one per row of the batch; each is the EBNF text
-            (`TaskSpec.grammar_for`), an `EntryList` (a list closed at the budget: `TaskSpec.entry_list`), or a
-            callable that builds one of those from the row's prompt text (spatial QA's offered options).
-        prompt_length: length of the rows given to `generate` before the answer (the new tokens start there; under
-            `generate(scene=...)` the scene prefix plus the question).
+        grammar: the answer grammar of every row, or one per row; each the EBNF text (`TaskSpec.grammar_for`), an
+            `EntryList`, or a callable that builds one of those from the row's prompt text.
+        prompt_length: length of the rows given to `generate` before the answer (the new tokens start there).
         max_new_tokens: the token budget of the `generate` call; needed by an `EntryList`.
 
-    One instance serves one `generate` call; a later call on the same instance (the row lengths start over) starts
-    its matchers afresh.
+    Raises:
+        ImportError: llguidance is not installed.
+        ValueError: a negative `prompt_length` or a budget below 1.
     """
 
     def __init__(self, tokenizer, grammar, prompt_length: int, max_new_tokens: int | None = None):
@@ -1989,13 +1784,11 @@ class GrammarLogitsProcessor:
         self._matchers: list | None = None
 
     def fit_budget(self, max_new_tokens: int) -> None:
-        """`generate` generates at most `max_new_tokens`: the call's own budget, which may differ from the one this
-        processor was made for (the caller's `max_new_tokens` beside `generation_kwargs`'s, or the model's context
-        ending sooner: generation_checks.py `budget_to_grammars`); lists close for that budget."""
+        """Set the budget that lists close for: the `generate` call's own, when it differs from the one given."""
         self.max_new_tokens = int(max_new_tokens)
 
     def _start(self, input_ids: torch.LongTensor, vocab_size: int) -> None:
-        import torch  # here: the task registry imports no torch (`gap-mllm --help` reads it)
+        import torch  # here: the task registry imports no torch
         batch = input_ids.shape[0]
         grammars = list(self.grammar) if isinstance(self.grammar, (list, tuple)) else [self.grammar] * batch
         if len(grammars) != batch:
@@ -2016,17 +1809,15 @@ class GrammarLogitsProcessor:
         self._bitmask = torch.full((batch, (vocab_size + 31) // 32), -1, dtype=torch.int32)
 
     def _close_list(self, row: int) -> None:
-        """From now on the row's list begins no entry beyond what the tokens left can end (`EntryList.bounded`). The
-        bounded grammar depends on the entries begun only, so it compiles once per count (`grammar_matcher`)."""
+        """Switch the row to its `EntryList.bounded` grammar: no entry beyond what the tokens left can end."""
         text = self.tokenizer.decode(self._tokens[row])
         matcher = grammar_matcher(self.tokenizer, self._vocab_size, self._lists[row].bounded(text))
-        if not matcher.consume_tokens(self._tokens[row]):  # the bounded list holds its text
+        if not matcher.consume_tokens(self._tokens[row]):
             raise RuntimeError(f"the bounded list grammar refuses the answer begun inside the list: {text!r}")
         self._matchers[row], self._lists[row] = matcher, None
 
     def _consume(self, new_tokens: list[list[int]]) -> None:
-        """Each live row's matcher takes its new tokens; a row whose token the grammar refuses is no longer live. One
-        token a row (every step but the first of a resumed call): the rows in parallel, off the GIL."""
+        """Each live row's matcher takes its new tokens (one each: in parallel); a refused token ends the row."""
         rows = [row for row, tokens in enumerate(new_tokens) if self._live[row] is not False and tokens]
         if len(rows) > 1 and all(len(new_tokens[row]) == 1 for row in rows):
             accepted = _executor().consume_token_par([(self._matchers[row], new_tokens[row][0]) for row in rows])
@@ -2046,12 +1837,11 @@ class GrammarLogitsProcessor:
         if self._matchers is None or len(self._matchers) != batch or generated < self._consumed:
             self._start(input_ids, vocab_size)
         if generated > self._consumed:
-            new_tokens = input_ids[:, self.prompt_length + self._consumed :].tolist()  # the host sync (docstring)
+            new_tokens = input_ids[:, self.prompt_length + self._consumed :].tolist()  # one host sync a step
             for row, tokens in enumerate(new_tokens):
                 if self._lists[row] is not None and self._live[row]:
                     self._tokens[row].extend(tokens)
-                # a stop token ends the row (llguidance's matcher may stop before it, at the grammar's end, and then
-                # allows the stop ids only)
+                # a stop token ends the row (the matcher, at the grammar's end, allows the stop ids only)
                 if self._live[row] and any(token in self._stops for token in tokens):
                     tokens[:] = tokens[: next(i for i, t in enumerate(tokens) if t in self._stops)]
                     self._live[row] = None  # consumes what precedes the stop, then ends
@@ -2062,12 +1852,12 @@ class GrammarLogitsProcessor:
         if not live:
             return scores
         for row in live:
-            # the tokens left, this one included, are what the rest of the list can take at most: no new entry
+            # the tokens left, this one included, are what the rest of the list can take at most
             if self._lists[row] is not None and self.max_new_tokens - generated <= self._lists[row].reserve:
                 self._close_list(row)
         if len(live) == 1:
             fill_bitmask(self._matchers[live[0]], self._bitmask, live[0])
-        else:  # the rows' masks filled in parallel, off the GIL (llguidance's thread pool, as vLLM fills a batch)
+        else:  # the rows' masks filled in parallel, off the GIL
             _executor().unsafe_compute_mask_ptr([(self._matchers[row], row) for row in live], self._bitmask.data_ptr(),
                                                 self._bitmask.shape[1] * 4, self._bitmask.shape[0])
         apply_bitmask(scores, self._bitmask, live)
@@ -2079,11 +1869,10 @@ class AnswerEndCriteria:
 
     Args:
         tokenizer: decodes the new tokens (special tokens skipped).
-        prompt_length: length of the prompt rows given to `generate` (the new tokens start there; left
-            padding keeps every row's prompt the same length).
-        answer_end: one of `ANSWER_ENDS`.
-        shortest_answer: `(task name, text)` of the task's shortest whole answer (`TaskSpec.shortest_answer`), or
-            None: `generate` refuses a context that leaves fewer new tokens than its text's (generation_checks.py).
+        prompt_length: length of the (left-padded) prompt rows given to `generate`.
+        answer_end: one of `ANSWER_ENDS` (ValueError otherwise).
+        shortest_answer: `(task name, text)` of `TaskSpec.shortest_answer`, or None; `generate` refuses a context
+            that cannot hold it.
     """
 
     def __init__(self, tokenizer, prompt_length: int, answer_end: str, shortest_answer: tuple[str, str] | None = None):
@@ -2102,11 +1891,9 @@ class AnswerEndCriteria:
         return task, len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        import torch  # here: the task registry imports no torch (`gap-mllm --help` reads it)
-        # A host synchronisation per generated token that must stay: the rules read the text, so the new tokens come
-        # to the host (`batch_decode` reads them with one `.tolist()`). It falls where `generate`'s own per-token stop
-        # check waits for the device anyway (after the step's argmax), so the device is drained once per token, not
-        # twice (tests/test_compiled_decoding.py counts both).
+        """`[B]` bool: whether each row's answer is complete."""
+        import torch  # here: the task registry imports no torch
+        # one host sync per token, where `generate`'s own stop check already waits for the device
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
         done = [answer_complete(text, self.answer_end) for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
