@@ -57,6 +57,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
+from needs_gpu import require_cuda  # noqa: E402
+
 from gap_mllm.cli.command_arguments import add_compile_decoding_argument  # noqa: E402
 from gap_mllm.generation_gap_mllm import (
     decode_compile_config,  # noqa: E402
@@ -64,7 +66,6 @@ from gap_mllm.generation_gap_mllm import (
 )
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS  # noqa: E402
 from gap_mllm.processing_gap_mllm import PREPROCESSING_MODES  # noqa: E402
-from needs_gpu import require_cuda  # noqa: E402
 
 # ScanRefer val as the official evaluation answers it (docs/method.md §3.4): 9,508 descriptions of 2,068 objects in
 # 141 scenes; stage 1 sees the scene's 32 frames, stage 2 the selected frame and 9 posed frames each way (19)
@@ -100,11 +101,12 @@ def build_model(size: str, device: str, padded_vocab: bool = False,
         model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).to(device).eval()
         return model, AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     from engine_bench_model import SPECIAL_TOKEN_FIELDS, padded_tokenizer
+    from real_size_model import real_size_config, small_config
+
     from gap_mllm import GapMllmForConditionalGeneration
     from gap_mllm.cli.real_size import QWEN3_VL_2B_TEXT
     from gap_mllm.processing_gap_mllm import GapMllmProcessor
     from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer
-    from real_size_model import real_size_config, small_config
 
     config = small_config() if size == "small" else real_size_config()
     text_config = config.vlm_config.text_config
@@ -183,6 +185,7 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
     "cuda_graph_skips" (`cuda_graphs_recorded`, `cuda_graph_skips`). The generator's scenes are forgotten first: an
     untimed run before would otherwise leave them encoded, and the timed one would leave the towers out."""
     from eval_stage_timer import StageTimer
+
     from gap_mllm.evaluation import scene_generation
     from gap_mllm.evaluation.batched_answers import answer_in_batches
     from gap_mllm.evaluation.runner import sample_requests

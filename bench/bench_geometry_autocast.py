@@ -19,7 +19,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the weight randomiser
 from gap_mllm import GapMllmGeometryConfig  # noqa: E402
 from gap_mllm.modeling_vggt import GapMllmGeometryEncoder  # noqa: E402
-
 from tests.test_geometry_encoder import randomise  # noqa: E402
 
 SMALL = dict(image_size=112, hidden_size=128, num_hidden_layers=8, num_attention_heads=4,

@@ -37,10 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
 from bench_real_size import VGGT_PUBLISHED  # noqa: E402
+from needs_gpu import arm_unavailable, require_cuda  # noqa: E402
+
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig  # noqa: E402
 from gap_mllm.modeling_vggt import GapMllmGeometryEncoder  # noqa: E402
 from gap_mllm.training.kernels import ATTENTION_IMPLEMENTATIONS  # noqa: E402
-from needs_gpu import arm_unavailable, require_cuda  # noqa: E402
 
 # small: the width/depth of gap_mllm.tiny's "small" geometry encoder, 4 fusion levels
 SMALL = dict(hidden_size=128, num_hidden_layers=8, num_attention_heads=4, patch_embed_num_hidden_layers=4,

@@ -31,6 +31,7 @@ import statistics
 import time
 
 import torch
+
 from gap_mllm.tasks_gap_mllm import (
     DETECTION_LIST,
     Box3D,
@@ -263,9 +264,10 @@ def bench_processor(tokenizer, repeats: int) -> None:
 
 
 def bench_mini(repeats: int) -> None:
+    from transformers import AutoModel, AutoProcessor
+
     from gap_mllm.cli.scenes import synthetic_scene
     from gap_mllm.mini import default_model_path
-    from transformers import AutoModel, AutoProcessor
 
     folder = default_model_path()
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()

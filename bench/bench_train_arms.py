@@ -70,6 +70,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
 from bench_real_size import Bench, add_size_arguments, apply_size_defaults  # noqa: E402
+from needs_gpu import arm_unavailable, require_cuda  # noqa: E402
+from real_size_flops import forward_flops, training_step_flops  # noqa: E402
+from real_size_inputs import QWEN_GRIDS, full_inputs, to_device  # noqa: E402
+
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX  # noqa: E402
 from gap_mllm.training.cuda_graph_forward import graph_geometry_encoder, ungraph_geometry_encoder  # noqa: E402
 from gap_mllm.training.data import ONE_ROW, TRAINING_PADDING_SIDE  # noqa: E402
@@ -87,9 +91,6 @@ from gap_mllm.training.kernels import (  # noqa: E402
 )
 from gap_mllm.training.length_buckets import pad_to_bucket  # noqa: E402
 from gap_mllm.training.sample_tensors import collate_samples, split_batch  # noqa: E402
-from needs_gpu import arm_unavailable, require_cuda  # noqa: E402
-from real_size_flops import forward_flops, training_step_flops  # noqa: E402
-from real_size_inputs import QWEN_GRIDS, full_inputs, to_device  # noqa: E402
 
 NOISE_FACTOR = 2.0  # an arm's loss curve is "within bf16 noise" when it stays this close, relative to eager's
 

@@ -32,8 +32,9 @@ def padded_tokenizer(vocab_size: int):
     added tokens: Qwen's 151,936 ids are vocabulary but for a few dozen added tokens, and every prompt path scans the
     added tokens of its tokenizer (modeling_gap_mllm/tasks_gap_mllm.py). 150,000 added fillers made that scan 0.5 s a
     call, 1.5 s of every real-size query on the H200 (bench/README.md), a cost the real tokenizer does not have."""
-    from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer, wrap_tokenizer
     from tokenizers import Tokenizer
+
+    from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer, wrap_tokenizer
 
     tiny = build_tiny_tokenizer()
     if vocab_size < len(tiny):

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gap_mllm.tasks_gap_mllm import box_numbers
 from gap_mllm.processing.coordinates import EULER_MODES, UNIT_CORNERS, euler_to_matrix
+from gap_mllm.tasks_gap_mllm import box_numbers
 
 SLAB_EPS = 1e-9
 BOX_VALUE_LIMIT = 1e100  # metres: beyond it a box's volume or distances overflow float64 (module docstring)

@@ -37,15 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.tasks_gap_mllm import parse_frame_selection
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.coordinates import backproject_pixel, camera_boxes_to_world, camera_to_world_transform, project
 from gap_mllm.processing.dataset_identity import SYNTHROOMS_INFO, read_dataset_info
 from gap_mllm.processing.errors import DataError
-from gap_mllm.processing.coordinates import backproject_pixel, camera_boxes_to_world, camera_to_world_transform, project
 from gap_mllm.processing.synth.generator import SynthConfig
 from gap_mllm.processing.synth.samples import first_clear_frame
 from gap_mllm.processing.synth.writer import read_instance_mask
+from gap_mllm.tasks_gap_mllm import parse_frame_selection
 
 from .box_iou import box_iou
 from .confidence import bootstrap_interval, wilson_interval

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.processing_gap_mllm import read_image_file
+from gap_mllm.image_files_gap_mllm import read_image_file
 from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, read_intrinsics
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
 
 from .box_iou import BOX_EDGES
 from .detection_metrics import ground_truth

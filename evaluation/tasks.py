@@ -26,13 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.tasks_gap_mllm import PromptTextError, refuse_control_tokens
-from gap_mllm.tasks_gap_mllm import parse_literal
 from gap_mllm.processing.coordinates import world_boxes_to_camera
 from gap_mllm.processing.errors import DataError, MissingDependency
 from gap_mllm.processing.record_schema import ANSWER_TEXT, IMAGES, REAL, TEXT, TEXT_LIST, RecordField, read_fields
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
-from gap_mllm.tasks_gap_mllm import Box3D, serialize_frame_selection, serialize_grounding
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
@@ -41,9 +38,15 @@ from gap_mllm.tasks_gap_mllm import (
     GROUNDING_STAGE2,
     RECONSTRUCTION,
     SPATIAL_QA,
+    Box3D,
     DefaultBudget,
+    PromptTextError,
     extract_query,
+    parse_literal,
+    refuse_control_tokens,
     resolve_task,
+    serialize_frame_selection,
+    serialize_grounding,
 )
 
 from .benchmark_names import BENCHMARK_TASKS

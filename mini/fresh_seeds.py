@@ -48,11 +48,11 @@ from gap_mllm.evaluation.confidence import bootstrap_interval, paired_difference
 from gap_mllm.evaluation.grounding_identification import annotated_frame
 from gap_mllm.evaluation.marker_metrics import paired_marker_difference, point_errors
 from gap_mllm.evaluation.runner import one_load_per_model, run_evaluation
-from gap_mllm.tasks_gap_mllm import parse_grounding
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.argument_types import positive_int, worker_count
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.synth.presets import synth_config
+from gap_mllm.tasks_gap_mllm import parse_grounding
 
 from .markdown_sections import signed_cell
 from .pipeline_settings import ANSWERS_OF_ANOTHER_RUN, EVAL_MAX_NEW_TOKENS, UNRECORDED_FRAMES

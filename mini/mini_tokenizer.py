@@ -24,8 +24,19 @@ from gap_mllm.processing.synth.palette import COLOUR_NAMES, TEXTURES
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.processing.synth.samples import camera_boxes
 from gap_mllm.processing_gap_mllm import GapMllmProcessor
-from gap_mllm.tasks_gap_mllm import Box3D, serialize_detection, serialize_frame_selection, serialize_grounding, serialize_pointmap
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2, RECONSTRUCTION
+from gap_mllm.tasks_gap_mllm import (
+    CAPTIONING,
+    DETECTION,
+    FRAME_LABEL,
+    GROUNDING_STAGE1,
+    GROUNDING_STAGE2,
+    RECONSTRUCTION,
+    Box3D,
+    serialize_detection,
+    serialize_frame_selection,
+    serialize_grounding,
+    serialize_pointmap,
+)
 from gap_mllm.tiny.tiny_tokenizer import train_bpe_tokenizer
 
 MINI_VOCAB_SIZE = 768

@@ -42,10 +42,15 @@ from safetensors.torch import save_file
 from transformers.dynamic_module_utils import custom_object_save
 
 from .configuration_gap_mllm import GapMllmConfig
-from .convert_vggt_to_hf import CheckpointFileError, ConversionError, ConversionReport
+from .convert_vggt_to_hf import (
+    CheckpointFileError,
+    ConversionError,
+    ConversionReport,
+    infer_vggt_geometry_config,
+    plan_vggt_conversion,
+)
 from .modeling_gap_mllm import GapMllmForConditionalGeneration
 from .processing_gap_mllm import GapMllmProcessor
-from .convert_vggt_to_hf import infer_vggt_geometry_config, plan_vggt_conversion
 
 # official module name → gap_mllm prefix; `{k}` is the DeepStack index (gap level k + 1)
 GEOMETRY_MODULES = ("geometry_encoder.", "geometry_merger.", "geometry_deepstack_merger_list.",

@@ -43,7 +43,6 @@ from transformers import Qwen3VLForConditionalGeneration
 from .configuration_gap_mllm import GapMllmConfig, GapMllmGeometryConfig
 from .modeling_vggt import GapMllmGeometryEncoder
 
-
 # Why a pickled checkpoint that torch's safe loader refuses is not loaded anyway (one wording for the
 # converters and the command line).
 PICKLE_REFUSED = (

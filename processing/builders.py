@@ -29,31 +29,31 @@ import datasets
 import numpy as np
 import PIL.Image
 
-from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER
-from gap_mllm.tasks_gap_mllm import PromptTextError, refuse_control_tokens
-from gap_mllm.processing_gap_mllm import displayed_size
-from gap_mllm.processing_gap_mllm import NotARegularFile, read_regular_text
+from gap_mllm.image_files_gap_mllm import NotARegularFile, displayed_size, read_regular_text
+from gap_mllm.processing_gap_mllm import check_marker_inside
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
+    IMAGE_PLACEHOLDER,
     RECONSTRUCTION,
     SPATIAL_QA,
+    PromptTextError,
     TaskSpec,
     extract_query,
+    refuse_control_tokens,
     resolve_task,
 )
-from gap_mllm.processing_gap_mllm import check_marker_inside
 
 from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
 from .detection_record import detection_box_entries
 from .errors import DataError, SkipCounter
 from .features import BOX as BOX_FEATURE
+from .features import DEFAULT_CLASS_NAMES, check_fits_features, common_features, geometry_features
 from .features import MATRIX_4X4 as MATRIX_4X4_FEATURE
 from .features import POSES as POSES_FEATURE
-from .features import DEFAULT_CLASS_NAMES, check_fits_features, common_features, geometry_features
 from .held_out import record_scene_id
 from .json_files import JsonTooDeep, loads_json
 from .record_schema import (

@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from gap_mllm import tasks_gap_mllm
-from gap_mllm.tasks_gap_mllm import ASSISTANT_HEADER, render_chat_prompt, segments_from_placeholders
-from gap_mllm.tasks_gap_mllm import PromptTextError
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX  # noqa: F401 - re-exported for the trainer and tests
+from gap_mllm.tasks_gap_mllm import ASSISTANT_HEADER, PromptTextError, render_chat_prompt, segments_from_placeholders
 
 from .errors import DataError
 

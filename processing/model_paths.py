@@ -15,7 +15,6 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-
 HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name, the form a Hub model id takes
 
 

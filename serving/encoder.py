@@ -23,9 +23,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
-from gap_mllm.tasks_gap_mllm import SYSTEM_PROMPT, segments_from_placeholders
 from gap_mllm.processing_gap_mllm import is_box, one_per_sample
-from gap_mllm.tasks_gap_mllm import resolve_task
+from gap_mllm.tasks_gap_mllm import SYSTEM_PROMPT, resolve_task, segments_from_placeholders
 
 
 @dataclass(frozen=True)

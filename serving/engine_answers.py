@@ -29,8 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from gap_mllm.tasks_gap_mllm import answer_complete
-from gap_mllm.tasks_gap_mllm import resolve_task
+from gap_mllm.tasks_gap_mllm import answer_complete, resolve_task
 
 from .encoder import EncodedRequest
 from .values import response_field, token_id_list, whole_number

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
+
 from gap_mllm.cli.scene_store import SceneStore
 from gap_mllm.cli.tasks import TaskRequest, run_task
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
@@ -50,8 +53,6 @@ from gap_mllm.tasks_gap_mllm import (
     serialize_detection,
     stop_token_ids,
 )
-from PIL import Image
-from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
 
 from .conftest import write_small_synth
 from .test_constrained_answers_kept import photo_frames

@@ -9,14 +9,15 @@ import pickle
 
 import pytest
 import torch
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLVisionAttention
+from transformers.vision_utils import get_vision_position_ids
+
 from gap_mllm.modeling_gap_mllm import (
     GapMllmQwen3VLModel,
     GapMllmQwen3VLVisionAttention,
     mrope_position_ids,
     vision_rotary_position_ids,
 )
-from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLVisionAttention
-from transformers.vision_utils import get_vision_position_ids
 
 MERGE = 2
 

@@ -93,10 +93,11 @@ def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annota
 
 def test_a_run_counts_the_graphs_it_compiled_and_the_timed_run_after_an_untimed_one_compiles_none(tmp_path):
     """Compiled decoding's graphs are made in the untimed run (`graphs_compiled`); the timed run replays them."""
+    from transformers import CompileConfig
+
     from gap_mllm.evaluation.scene_generation import SceneGenerator
     from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
     from gap_mllm.tiny.tiny_model import build_tiny_model
-    from transformers import CompileConfig
 
     data = write_small_synth(tmp_path / "data")
     model, processor = build_tiny_model()

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import pytest
+
 from gap_mllm.cli import predict
 from gap_mllm.cli.command_arguments import add_predict_arguments
 from gap_mllm.cli.main import main as gap_mllm

@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+
 from gap_mllm.cli.errors import UserError
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.model_source import check_model_source, load_pretrained

@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from gap_mllm.cli import loading, predict
 from gap_mllm.cli.loading import load_model_and_processor
 from gap_mllm.cli.scenes import synthetic_scene
@@ -15,7 +17,6 @@ from gap_mllm.cli.visualize import box_edge_points, write_visualisations
 from gap_mllm.point_cloud import read_ply
 from gap_mllm.tasks_gap_mllm import Box3D, serialize_detection
 from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
-from PIL import Image
 
 
 def parse(argv):

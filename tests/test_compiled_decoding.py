@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
+from transformers import CompileConfig, StoppingCriteriaList
+
 from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG, compiled_decoding_kwargs, decode_compile_config
 from gap_mllm.host_syncs import HostSyncCounter
 from gap_mllm.tasks_gap_mllm import AnswerEndCriteria
-from torch._dynamo.utils import counters
-from transformers import CompileConfig, StoppingCriteriaList
 
 from .conftest import make_views
 

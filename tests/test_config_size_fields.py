@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+
 from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, configuration_gap_mllm
 from gap_mllm.cli.real_size import real_size_config
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig

@@ -60,9 +60,10 @@ def _frame_sets() -> dict:
 
 def constrained_answers() -> dict:
     """{frame set: {request: the Mini's constrained answer}} by `run_task` (greedy)."""
+    from transformers import AutoModel, AutoProcessor
+
     from gap_mllm.cli.tasks import TaskRequest, run_task
     from gap_mllm.mini import default_model_path
-    from transformers import AutoModel, AutoProcessor
 
     folder = default_model_path()
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()

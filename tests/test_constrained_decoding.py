@@ -14,6 +14,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
+from transformers import LogitsProcessor, LogitsProcessorList
+
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
 from gap_mllm.evaluation.scene_generation import SceneGenerator
 from gap_mllm.evaluation.tasks import get_task
@@ -31,8 +34,6 @@ from gap_mllm.tasks_gap_mllm import (
     serialize_detection,
     stop_token_ids,
 )
-from PIL import Image, ImageDraw
-from transformers import LogitsProcessor, LogitsProcessorList
 
 LABELS = ["chair", "couch", "bed", "night stand", "trash can", "x"]
 MINI_VOCAB = 768  # the width of GAP-MLLM-Mini's logits (its tokenizer has fewer ids)

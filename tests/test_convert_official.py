@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+
 from gap_mllm import GapMllmForConditionalGeneration
 from gap_mllm.cli import convert as convert_cli
 from gap_mllm.convert_official_gap_mllm_to_hf import convert_official_checkpoint

@@ -11,6 +11,8 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from gap_mllm.cli import convert as convert_cli
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
 from gap_mllm.convert_vggt_to_hf import (
@@ -22,7 +24,6 @@ from gap_mllm.convert_vggt_to_hf import (
     plan_vggt_conversion,
 )
 from gap_mllm.modeling_vggt import GapMllmGeometryEncoder
-from safetensors.torch import save_file
 
 from .test_geometry_heads import TINY_HEADS
 
@@ -206,9 +207,10 @@ def test_convert_vggt_checkpoint_dtype(tmp_path):
 
 
 def test_from_qwen3_vl_loads_vggt_weights(tmp_path, tiny_processor):
+    from transformers import Qwen3VLForConditionalGeneration
+
     from gap_mllm import GapMllmForConditionalGeneration
     from gap_mllm.tiny.tiny_config import build_gap_config
-    from transformers import Qwen3VLForConditionalGeneration
 
     gap_config = build_gap_config(tiny_processor.tokenizer)
     Qwen3VLForConditionalGeneration(gap_config.vlm_config).save_pretrained(tmp_path / "qwen")

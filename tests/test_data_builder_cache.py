@@ -14,6 +14,7 @@ import shutil
 
 import numpy as np
 import PIL.Image
+
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import BUILDERS, DetectionBuilder, GroundingStage2Builder
 from gap_mllm.training.config import AuxLossConfig, DataConfig

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gap_mllm.processing import coordinates as C
-from gap_mllm.tasks_gap_mllm import Box3D
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
+
+from gap_mllm.processing import coordinates as C
+from gap_mllm.tasks_gap_mllm import Box3D
 
 
 def rx(a):

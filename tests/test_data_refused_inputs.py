@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
+
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import ReconstructionBuilder, load_annotation_file
 from gap_mllm.processing.collator import GapMllmDataCollator

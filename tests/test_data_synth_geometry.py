@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from gap_mllm.processing.coordinates import (
     backproject_depth,
     backproject_pixel,

@@ -6,6 +6,7 @@ addressed to them. Every path that lowers a budget: `generate` (full prompt and 
 import logging
 
 import pytest
+
 from gap_mllm import generation_gap_mllm
 from gap_mllm.processing.synth import SynthRooms, write_dataset
 from gap_mllm.processing.synth.presets import synth_config

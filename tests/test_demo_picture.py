@@ -8,13 +8,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from matplotlib.text import Text
+from PIL import Image, ImageDraw
+
 from gap_mllm.cli.example_reference import query_reference_box
 from gap_mllm.cli.scenes import EXAMPLE_SEEDS, Scene, scene_from_frames, synthetic_scene
 from gap_mllm.cli.tasks import TaskResult
 from gap_mllm.cli.visualize import MARKER, QUERY_REFERENCE, answer_picture, frames_with_boxes, gate_heatmap, legend_entries
 from gap_mllm.tasks_gap_mllm import Box3D
-from matplotlib.text import Text
-from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
 

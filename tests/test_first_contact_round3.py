@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from gap_mllm.tasks_gap_mllm import (
     CaptionResult,
     DetectionResult,
@@ -105,8 +106,9 @@ def test_options_the_command_would_ignore_are_refused():
 
 
 def test_a_small_local_checkpoint_loads_without_a_progress_bar(tmp_path):
-    from gap_mllm.processing.model_paths import loading_bar_for
     from transformers.utils import logging as transformers_logging
+
+    from gap_mllm.processing.model_paths import loading_bar_for
 
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 1024)
     assert transformers_logging.is_progress_bar_enabled()

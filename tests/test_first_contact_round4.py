@@ -431,8 +431,9 @@ def test_the_readme_picture_caption_says_where_the_point_is_drawn():
 def test_the_docs_give_the_minis_vocabulary_as_it_is():
     import re
 
-    from gap_mllm.mini import SHIPPED_DIR
     from transformers import AutoTokenizer
+
+    from gap_mllm.mini import SHIPPED_DIR
 
     tokenizer = AutoTokenizer.from_pretrained(SHIPPED_DIR, trust_remote_code=True)
     config = json.loads((SHIPPED_DIR / "config.json").read_text(encoding="utf-8"))

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from torch import nn
+
 from gap_mllm import GapMllmConfig
 from gap_mllm.configuration_gap_mllm import FUSION_METHODS, GapMllmFusionConfig
 from gap_mllm.modeling_gap_mllm import GapMllmGeometryMerger, GapMllmMultiLevelFusion, build_fusion
-from torch import nn
 
 D = 16
 

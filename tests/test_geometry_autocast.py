@@ -8,6 +8,7 @@ a trained-network scale: relative Frobenius error ≤ 2e-2 and max abs error ≤
 
 import pytest
 import torch
+
 from gap_mllm import GapMllmGeometryConfig
 from gap_mllm.modeling_vggt import GapMllmGeometryEncoder, autocast_dtype_for
 

@@ -8,6 +8,10 @@ from functools import partial
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.modeling_layers import GradientCheckpointingLayer
+
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
 from gap_mllm.modeling_vggt import (
     GapMllmGeometryBlock,
@@ -18,9 +22,6 @@ from gap_mllm.modeling_vggt import (
     build_token_positions,
     init_geometry_weights,
 )
-from torch import nn
-from torch.utils.checkpoint import checkpoint
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 HIDDEN = 32
 PATCH = 14

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
 from gap_mllm.modeling_vggt import (
     GapMllmDptResidualUnit,

@@ -3,9 +3,10 @@ logits that are the block's own, and terms that train."""
 
 from __future__ import annotations
 
-import gap_mllm.modeling_vggt as geometry_layers
 import pytest
 import torch
+
+import gap_mllm.modeling_vggt as geometry_layers
 from gap_mllm.processing.collator import collate_clips
 from gap_mllm.training.cross_view_matching import GlobalAttentionTap, patch_correspondences
 from gap_mllm.training.geometry_data import GeometryClips

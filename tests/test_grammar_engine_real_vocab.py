@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from gap_mllm.tasks_gap_mllm import DETECTION_LIST, Box3D, fill_bitmask, grammar_matcher, resolve_task, stop_token_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
+
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import BUILDERS, load_annotation_file
 from gap_mllm.processing.errors import DataError
@@ -23,7 +24,6 @@ from gap_mllm.processing.scannet_layout import posed_images_dir, read_depth
 from gap_mllm.tasks_gap_mllm import Box3D, parse_detection, parse_grounding, serialize_detection
 from gap_mllm.training.config import recipe_from_dict
 from gap_mllm.training.data import load_split
-
 from tests.conftest import write_small_synth
 
 from .test_data_bad_inputs import build, data_error

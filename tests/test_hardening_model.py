@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, configuration_gap_mllm, generation_gap_mllm
 from gap_mllm.cli.errors import UserError
 from gap_mllm.cli.main import main as gap_mllm

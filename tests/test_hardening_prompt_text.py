@@ -15,6 +15,7 @@ import os
 import shutil
 
 import pytest
+
 from gap_mllm.cli import predict
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.tasks import TaskRequest, run_task

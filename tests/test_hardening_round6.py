@@ -18,22 +18,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from transformers import TrainerCallback
+
 from gap_mllm.cli import demo, predict
 from gap_mllm.cli.command_arguments import add_demo_arguments, add_predict_arguments
 from gap_mllm.cli.errors import run_command
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation.runner import read_predictions_file, run_evaluation, write_oracle_predictions
+from gap_mllm.image_files_gap_mllm import NotARegularFile
 from gap_mllm.processing.builder_fingerprint import file_content_digest
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.errors import INTERRUPTED_STATUS, DataError
 from gap_mllm.processing.output_folder import MARKER, OutputFolderRefused, read_marker
-from gap_mllm.processing_gap_mllm import NotARegularFile, load_image
+from gap_mllm.processing_gap_mllm import load_image
 from gap_mllm.training.config import load_recipe
 from gap_mllm.training.run import continuation_command, run_definition, run_training
 from gap_mllm.training.run_state import STATE_FILE, RunStateError, check_same_run, check_state_folder, restore_if_newer
 from gap_mllm.training.time_limit import TrainingStoppedAtTimeLimit
-from PIL import Image
-from transformers import TrainerCallback
 
 from .test_run_state import source_model, write_recipe  # noqa: F401  (module fixture)
 from .test_train_fixtures import train_data_root  # noqa: F401  (session fixture)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import pytest
+
 from gap_mllm.cli import predict
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.tasks import TaskRequest, run_task, task_answer
 from gap_mllm.cli.uploads import CLI_WORDS, UploadError, cli_limits, load_frames, read_frames
 from gap_mllm.generation_gap_mllm import highest_prompt_position
+from gap_mllm.image_files_gap_mllm import displayed_size
 from gap_mllm.processing.scannet_layout import read_color
-from gap_mllm.processing_gap_mllm import displayed_size, load_image
+from gap_mllm.processing_gap_mllm import load_image
 from gap_mllm.tasks_gap_mllm import offered_options, parse_caption, parse_grounding, spatial_answer_grammar
 from gap_mllm.tiny.tiny_model import build_tiny_model
 from gap_mllm.training.feature_cache import decoded_example

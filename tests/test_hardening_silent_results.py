@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from gap_mllm.evaluation.baselines import detection_baseline
 from gap_mllm.evaluation.detection_metrics import DetectionEvaluator, ground_truth
 from gap_mllm.evaluation.detection_parsing import detection_predictions

@@ -13,10 +13,11 @@ from unittest import mock
 import pytest
 import torch
 import transformers.utils.hub
+from safetensors.torch import load_file
+
 from gap_mllm.cli import push as push_cli
 from gap_mllm.cli.hub_files import HubFolderError, plan_upload, remote_code_closure
 from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
-from safetensors.torch import load_file
 
 REPO = "me/gap-mllm-tiny"
 COMMIT = "0" * 40

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from gap_mllm.evaluation.in_memory import EvaluationSlice
 from gap_mllm.evaluation.marker_metrics import marker_scores
 from gap_mllm.processing.annotation_files import find_annotation_file

@@ -3,12 +3,13 @@ batching, attention implementations, initialisation and loud reports of missing 
 
 import pytest
 import torch
-from gap_mllm import GapMllmForConditionalGeneration
-from gap_mllm.configuration_gap_mllm import FUSION_METHODS
-from gap_mllm.modeling_gap_mllm import MissingWeightsWarning, first_non_finite_tensor
 from safetensors.torch import load_file, save_file
 from transformers import Qwen3VLForConditionalGeneration
 from transformers.utils import is_flash_attn_2_available
+
+from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.configuration_gap_mllm import FUSION_METHODS
+from gap_mllm.modeling_gap_mllm import MissingWeightsWarning, first_non_finite_tensor
 
 
 def _logits(model, inputs, **kwargs):

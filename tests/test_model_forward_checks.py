@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from gap_mllm import modeling_gap_mllm
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
 from gap_mllm.tiny.tiny_model import build_tiny_model

@@ -6,6 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from gap_mllm.tasks_gap_mllm import (
     MAX_TEXT_CHARS,
     Box3D,
@@ -25,8 +28,6 @@ from gap_mllm.tasks_gap_mllm import (
     serialize_pointmap,
     strip_code_fences,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 COUCH = Box3D("couch", (0.44, 0.08, 2.26), (0.98, 1.88, 0.83), (0.81, 1.17, 2.96))
 PILLOW = Box3D("pillow", (0.83, -0.0012, 2.08), (0.32, 0.46, 0.33), (0.79, 1.17, 2.96))

@@ -12,6 +12,10 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
+
 from gap_mllm.processing_gap_mllm import (
     GapMllmProcessor,
     _smart_resize_fallback,
@@ -24,9 +28,6 @@ from gap_mllm.processing_gap_mllm import (
 )
 from gap_mllm.tasks_gap_mllm import Box3D, serialize_detection, serialize_frame_selection, serialize_pointmap
 from gap_mllm.tiny.tiny_tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_processor, build_tiny_tokenizer
-from transformers import AutoTokenizer
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
 TINY_MIN, TINY_MAX = 32 * 32 * 4, 128 * 128 * 4
 PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import torch
+
 from gap_mllm.tasks_gap_mllm import TASKS
 from gap_mllm.tiny.tiny_model import build_tiny_model
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from gap_mllm.generation_gap_mllm import model_identity
 from gap_mllm.tiny.tiny_model import build_tiny_model
 

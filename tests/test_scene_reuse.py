@@ -8,6 +8,7 @@ encoder and the vision tower must run once per scene, however many questions fol
 
 import pytest
 import torch
+
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .conftest import make_views
@@ -134,8 +135,9 @@ def test_questions_batched_against_one_scene(talkative, tiny_processor, two_view
 def test_questions_about_several_scenes_decode_as_one_batch(talkative, tiny_processor, compiled):
     """`scene=[...]`, one scene per row: scenes of 1, 2 and 4 views (prefixes of three lengths, the shorter padded on
     the left) and two questions about one of them answer in one call as each would in its own full call."""
-    from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
     from transformers import CompileConfig
+
+    from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
 
     views = [make_views(count, seed=10 + count) for count in (1, 2, 4)]
     rows = [(0, QUESTIONS[0]), (2, QUESTIONS[1]), (1, QUESTIONS[2]), (2, QUESTIONS[3])]  # (scene, question) per row

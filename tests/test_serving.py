@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from gap_mllm.serving import (
     GapMllmEncoder,
     chat_completion_payload,
@@ -25,7 +26,6 @@ from gap_mllm.serving import (
 from gap_mllm.serving.openai_payload import chat_messages
 from gap_mllm.tasks_gap_mllm import PromptTextError
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
-
 from tests.conftest import make_views
 
 TASK_CASES = {  # name -> (task inputs, views)

@@ -5,6 +5,8 @@ a how-to message when it has not, and the fallback when the camera estimate is u
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from gap_mllm.cli import visualize
 from gap_mllm.cli.loading import load_model_and_processor
 from gap_mllm.cli.scenes import (
@@ -18,7 +20,6 @@ from gap_mllm.cli.scenes import (
 from gap_mllm.cli.space_backend import POINT_CLOUD_HOWTO, SpaceBackend, SpaceSettings, max_new_tokens_from_environment
 from gap_mllm.tasks_gap_mllm import DETECTION, Box3D, serialize_detection
 from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
-from PIL import Image
 
 # 84×112 frames: the processor's VGGT input is 84×112 too (grid mode: Qwen 96×128 → 14/16 of it), so the
 # intrinsics used for drawing must be exactly the ones reconstruct returned, with no rescaling.

@@ -9,13 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from gap_mllm.cli import space_backend
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.scenes import EXAMPLE_SEEDS
 from gap_mllm.cli.space_backend import USER_ERRORS, SpaceBackend, SpaceSettings
 from gap_mllm.cli.tasks import MAX_BOX_VALUE, TaskRequest
 from gap_mllm.cli.uploads import UploadError
-from PIL import Image
 
 from .conftest import make_views
 

@@ -11,6 +11,9 @@ import threading
 
 import pytest
 import torch
+from transformers import CompileConfig
+from transformers.cache_utils import StaticLayer
+
 from gap_mllm.generation_gap_mllm import (
     DECODE_COMPILE_CONFIG,
     STATIC_LENGTH_STEP,
@@ -20,8 +23,6 @@ from gap_mllm.generation_gap_mllm import (
     static_cache_length,
     static_cache_pool,
 )
-from transformers import CompileConfig
-from transformers.cache_utils import StaticLayer
 
 from .test_compiled_decoding import _compiled, _inputs, _mix_tokens, lively_model  # noqa: F401 (a fixture)
 

@@ -7,9 +7,10 @@ import re
 import warnings
 from pathlib import Path
 
-import gap_mllm.tasks_gap_mllm as registry
 import pytest
 import torch
+
+import gap_mllm.tasks_gap_mllm as registry
 from gap_mllm.processing.collator import GapMllmDataCollator
 from gap_mllm.tasks_gap_mllm import (
     DEPRECATED_TASK_NAMES,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounter
+
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
 from gap_mllm.training.config import recipe_from_dict, training_arguments
 from gap_mllm.training.data import build_collator, load_split, sample_collator
@@ -14,7 +16,6 @@ from gap_mllm.training.host_metadata import add_host_metadata
 from gap_mllm.training.kernels import compile_decoder_layers, uncompile_decoder_layers
 from gap_mllm.training.length_buckets import BucketCollator, bucket_length, pad_to_bucket
 from gap_mllm.training.sample_tensors import collate_samples, split_batch
-from torch._dynamo.testing import CompileCounter
 
 from .test_train_fixtures import tiny, train_data_root  # noqa: F401
 

@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
+
 from gap_mllm.host_syncs import HostSyncCounter
 from gap_mllm.training import run
 

@@ -9,6 +9,8 @@ from itertools import accumulate
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
 from gap_mllm.training import packed_attention as packed_attention_module
 from gap_mllm.training.config import recipe_from_dict
@@ -30,7 +32,6 @@ from gap_mllm.training.packed_attention import (
     spans_from_segments,
 )
 from gap_mllm.training.sample_tensors import collate_samples, first_fit_decreasing, padding_share, split_batch
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .test_train_fixtures import tiny, train_data_root  # noqa: F401
 

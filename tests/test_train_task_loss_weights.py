@@ -10,6 +10,7 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
+
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
 from gap_mllm.training.config import recipe_from_dict
 from gap_mllm.training.data import build_collator, load_split, sample_collator, sample_collator_settings

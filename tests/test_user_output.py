@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import transformers
+from PIL import Image
+
 from gap_mllm.cli import demo
 from gap_mllm.cli.demo import DEMO_TASKS
 from gap_mllm.cli.model_scores import held_out_scores
@@ -21,7 +23,6 @@ from gap_mllm.mini import default_model_path
 from gap_mllm.processing_gap_mllm import MARKER_COLOR, marker_mask
 from gap_mllm.tasks_gap_mllm import TASKS
 from gap_mllm.tiny.tiny_model import build_tiny_model
-from PIL import Image
 
 from .test_cli_predict import scripted_generate
 

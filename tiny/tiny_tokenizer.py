@@ -16,9 +16,8 @@ import os
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER
 from gap_mllm.processing_gap_mllm import GapMllmProcessor
-from gap_mllm.tasks_gap_mllm import DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2
+from gap_mllm.tasks_gap_mllm import DETECTION, FRAME_LABEL, GROUNDING_STAGE1, GROUNDING_STAGE2, IMAGE_PLACEHOLDER
 
 # Copied from the Qwen2 / Qwen3 tokenizer.json pre-tokenizer ("Split" step).
 QWEN_SPLIT_PATTERN = (

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from gap_mllm.modeling_vggt import extrinsics_intrinsics_to_pose_encoding
 
 from .config import AuxLossConfig

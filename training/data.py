@@ -22,10 +22,10 @@ import logging
 
 import datasets
 
-from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER
 from gap_mllm.generation_gap_mllm import context_limit
 from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.collator import GapMllmDataCollator
+from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER
 
 from .aux_targets import AuxTargetCollator
 from .bad_samples import SKIPPED_KEY, BadSampleGuard

@@ -15,21 +15,25 @@ from __future__ import annotations
 import numpy as np
 
 from gap_mllm.tasks_gap_mllm import (
+    CAPTIONING,
+    DETECTION,
+    GROUNDING_STAGE1,
+    GROUNDING_STAGE2,
+    RECONSTRUCTION,
+    SPATIAL_QA,
     Box3D,
     serialize_detection,
     serialize_frame_selection,
     serialize_grounding,
     serialize_pointmap,
 )
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING_STAGE1, GROUNDING_STAGE2, RECONSTRUCTION, SPATIAL_QA
 
 from ..coordinates import backproject_pixel, invert_rigid, transform_points, world_boxes_to_camera
 from ..sampling import space_aware_indices, uniform_indices
+from ..scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS
 from .language import captions, describe
 from .scene import SynthScene
 from .spatial_qa import spatial_questions
-
-from ..scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS
 
 
 def image_path(scene: SynthScene, frame: int) -> str:

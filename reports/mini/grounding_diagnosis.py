@@ -29,10 +29,10 @@ import yaml
 from gap_mllm.evaluation.confidence import bootstrap_interval, wilson_interval
 from gap_mllm.evaluation.grounding_identification import annotated_frame, identify, scene_camera, world_box
 from gap_mllm.evaluation.grounding_metrics import score_grounding
-from gap_mllm.tasks_gap_mllm import parse_grounding
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.coordinates import world_boxes_to_camera
+from gap_mllm.tasks_gap_mllm import parse_grounding
 
 COORDINATES = ("cx", "cy", "cz", "sx", "sy", "sz", "yaw", "pitch", "roll")
 RECIPE = Path(__file__).resolve().parents[2] / "training" / "recipes" / "mini_stage2.yaml"

@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/image_files_gap_mllm.py
