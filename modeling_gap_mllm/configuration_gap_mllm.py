@@ -1,7 +1,9 @@
 """Configuration classes of GAP-MLLM.
 
-`GapMllmConfig` is a composite config: the stock Qwen3-VL config (`vlm_config`), the VGGT-style
-geometry encoder (`geometry_config`) and the multi-level fusion settings (`geometry_fusion_config`).
+`GapMllmConfig` is a composite config: the stock Qwen3-VL config (`vlm_config`), the geometry encoder's
+config (`geometry_config`, of the class registered for `geometry_encoder_type`: VGGT's by default) and the
+multi-level fusion settings (`geometry_fusion_config`). The geometry-encoder interface (`GeometryEncoderConfig`,
+`GeometryEncoder`, `GeometryEncoderOutput`) and its registry (`register_geometry_encoder`) are defined here.
 The model type is `gap_mllm`, never `qwen3_vl`: a reused type would make `AutoModel` build the stock
 class and silently drop the geometry weights.
 
@@ -18,9 +20,12 @@ import math
 import numbers
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import ModelOutput
 
 MAX_PARAMETERS = 10**12
 
@@ -149,7 +154,7 @@ def _fusion_parts(config) -> list[Part]:
     fusion, geometry = config.geometry_fusion_config, config.geometry_config
     vision = config.vlm_config.vision_config
     width = vision.out_hidden_size
-    merger = 2 * geometry.hidden_size * vision.spatial_merge_size**2 * fusion.merger_hidden_size + fusion.merger_hidden_size * width
+    merger = geometry.feature_size * vision.spatial_merge_size**2 * fusion.merger_hidden_size + fusion.merger_hidden_size * width
     fuse = {"gated": 2 * width * width, "concat": 2 * width * width,
             "cross_attention": fusion.cross_attention_num_layers * (4 + 2 * fusion.cross_attention_mlp_ratio) * width * width}
     levels = config.num_fusion_levels
@@ -162,14 +167,14 @@ def _fusion_parts(config) -> list[Part]:
 
 def parameter_parts(config) -> list[Part]:
     """The parts of `estimate_num_parameters(config)`, each labelled with the config fields that size it.
-    `config`: a `GapMllmConfig`, or a `GapMllmGeometryConfig` alone (the geometry encoder built by itself)."""
+    `config`: a `GapMllmConfig`, or a geometry config alone (the geometry encoder built by itself)."""
     if not hasattr(config, "vlm_config"):
-        return _geometry_parts(config)
+        return config.parameter_parts()
     vlm = config.vlm_config
     tied = bool(getattr(vlm, "tie_word_embeddings", False) or getattr(vlm.text_config, "tie_word_embeddings", False))
     parts = _text_parts(vlm.text_config, tied) + _vision_parts(vlm.vision_config)
     if config.use_geometry:
-        parts += _geometry_parts(config.geometry_config) + _fusion_parts(config)
+        parts += config.geometry_config.parameter_parts() + _fusion_parts(config)
     return parts
 
 
@@ -288,8 +293,115 @@ def _quiet_default_sub_configs():
         logger.removeFilter(quiet)
 
 
+# ------------------------------------------------------------------------------------------ geometry-encoder interface
+
+
+@dataclass
+class GeometryEncoderOutput(ModelOutput):
+    """Output of a geometry encoder's `forward` (`GeometryEncoder`).
+
+    Args:
+        layer_features (`tuple[torch.Tensor]`): one `[B, S, h·w, feature_size]` tensor per tapped layer, in
+            `config.tapped_layers` order: patch tokens only (`(h, w)` the patch grid, row-major), frames in input
+            order. VGGT's: the frame-block output ⊕ the global-block output of the layer (`feature_size = 2·hidden_size`).
+        patch_grid (`tuple[int, int]`): the patch grid `(h, w) = (H / patch_size, W / patch_size)`.
+    """
+
+    layer_features: tuple | None = None
+    patch_grid: tuple[int, int] | None = None
+
+
+class GeometryEncoderConfig(Protocol):
+    """What GAP-MLLM reads of a geometry config (a `PreTrainedConfig` subclass registered with `register_geometry_encoder`).
+
+    Attributes:
+        tapped_layers (`list[int]`): the encoder layers returned, one per fusion level: the last feeds the main visual
+            tokens, the others the DeepStack levels in order (1 + the vision tower's DeepStack levels in all).
+        num_hidden_layers (`int`): the encoder depth (layers `0..num_hidden_layers-1`).
+        patch_size (`int`): pixels per token side; one token per Qwen patch (`GapMllmProcessor` gives 14 px a patch).
+        feature_size (`int`): channels of each level's features (the mergers' input width).
+
+    Methods:
+        parameter_parts() -> `list[tuple[str, int]]`: a lower bound of the encoder's parameter count in parts, each
+            labelled with the fields that size it (`estimate_num_parameters`).
+    """
+
+    tapped_layers: list[int]
+    num_hidden_layers: int
+    patch_size: int
+    feature_size: int
+
+    def parameter_parts(self) -> list[tuple[str, int]]: ...
+
+
+class GeometryEncoder(Protocol):
+    """What GAP-MLLM calls on a geometry encoder: an `nn.Module` built as `encoder_class(geometry_config)`.
+
+    Methods:
+        forward(images) -> `GeometryEncoderOutput`: `images [B, S, 3, H, W]` RGB in [0, 1] (any normalisation is the
+            encoder's), H and W multiples of `config.patch_size`, in the dtype of the encoder's parameters.
+        init_module_weights(module): initialise `module`, one of the encoder's own modules (not its children);
+            `_init_weights` calls it for each, so it must leave tensors loaded from a checkpoint alone (use
+            `transformers.initialization`).
+        set_trainable(trainable): `requires_grad` of the encoder's parameters (the freezing policy); parameters no
+            forward uses may stay frozen.
+        reconstruct(images) (optional): the outputs of the encoder's reconstruction heads, when it has heads.
+    """
+
+    config: GeometryEncoderConfig
+
+    def __call__(self, images) -> GeometryEncoderOutput: ...
+
+    def init_module_weights(self, module) -> None: ...
+
+    def set_trainable(self, trainable: bool) -> None: ...
+
+
+# geometry_encoder_type -> the geometry config class / the encoder class (register_geometry_encoder)
+GEOMETRY_ENCODER_CONFIGS: dict[str, type[PreTrainedConfig]] = {}
+GEOMETRY_ENCODERS: dict[str, type] = {}
+
+
+def register_geometry_encoder(name: str, config_class: type[PreTrainedConfig], encoder_class: type) -> None:
+    """Make `name` a `GapMllmConfig.geometry_encoder_type`: its `geometry_config` is a `config_class`
+    (`GeometryEncoderConfig`) and the model's encoder `encoder_class(geometry_config)` (`GeometryEncoder`). A name
+    registered again takes the new classes. Raises TypeError when `config_class` is not a `PreTrainedConfig` subclass
+    or `encoder_class` not a class, ValueError for an empty name."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a geometry encoder name must be a non-empty string, got {name!r}.")
+    if not (isinstance(config_class, type) and issubclass(config_class, PreTrainedConfig)):
+        raise TypeError(f"config_class of geometry encoder {name!r} must be a PreTrainedConfig subclass, got {config_class!r}.")
+    if not isinstance(encoder_class, type):
+        raise TypeError(f"encoder_class of geometry encoder {name!r} must be a class, got {encoder_class!r}.")
+    GEOMETRY_ENCODER_CONFIGS[name] = config_class
+    GEOMETRY_ENCODERS[name] = encoder_class
+
+
+def build_geometry_config(encoder_type: str, geometry_config=None) -> PreTrainedConfig:
+    """`geometry_config` (None for the defaults, a dict as in config.json, or a config) as the config class registered
+    for `encoder_type`. Raises ValueError naming the registered types for an unknown one, and for a config (or a dict's
+    `model_type`) of another class."""
+    if not isinstance(encoder_type, str) or encoder_type not in GEOMETRY_ENCODER_CONFIGS:
+        raise ValueError(f"geometry_encoder_type={encoder_type!r} is not registered: choose one of "
+                         f"{sorted(GEOMETRY_ENCODER_CONFIGS)} (or register it with register_geometry_encoder).")
+    config_class = GEOMETRY_ENCODER_CONFIGS[encoder_type]
+    if geometry_config is None:
+        return config_class()
+    if isinstance(geometry_config, dict):
+        model_type = geometry_config.get("model_type", config_class.model_type)
+    elif isinstance(geometry_config, PreTrainedConfig):
+        model_type = geometry_config.model_type
+    else:
+        raise TypeError(f"geometry_config must be a dict, a PreTrainedConfig or None, got {type(geometry_config).__name__}.")
+    if model_type != config_class.model_type:
+        raise ValueError(f"geometry_config has model_type {model_type!r}, but geometry_encoder_type={encoder_type!r} "
+                         f"takes a {config_class.__name__} (model_type {config_class.model_type!r}).")
+    return config_class(**geometry_config) if isinstance(geometry_config, dict) else geometry_config
+
+
 class GapMllmGeometryConfig(PreTrainedConfig):
-    r"""Configuration of the VGGT aggregator used as GAP-MLLM's frozen geometry encoder.
+    r"""Configuration of the VGGT aggregator used as GAP-MLLM's frozen geometry encoder (`geometry_encoder_type`
+    `"vggt"`; a `GeometryEncoderConfig`).
 
     Defaults are VGGT-1B (docs/vggt.md §3): a DINOv2 ViT-L/14-with-registers patch embedding
     followed by `num_hidden_layers` frame-attention blocks alternating with as many global-attention
@@ -400,6 +512,15 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         """Camera token + aggregator registers prepended to each frame (5 for VGGT-1B)."""
         return 1 + self.num_register_tokens
 
+    @property
+    def feature_size(self) -> int:
+        """Channels of a tapped layer's features: frame-block output ⊕ global-block output."""
+        return 2 * self.hidden_size
+
+    def parameter_parts(self) -> list[Part]:
+        """The parts of the encoder's parameter estimate (`parameter_parts`)."""
+        return _geometry_parts(self)
+
     def _check_values(self):
         check_sizes(self, ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                            "patch_embed_num_hidden_layers"), "geometry_config")
@@ -478,6 +599,11 @@ class GapMllmGeometryConfig(PreTrainedConfig):
                 )
 
 
+# known without the modeling modules, so that a config.json loads alone (AutoConfig); modeling_vggt.py registers the
+# encoder class beside it
+GEOMETRY_ENCODER_CONFIGS["vggt"] = GapMllmGeometryConfig
+
+
 class GapMllmFusionConfig(PreTrainedConfig):
     r"""Settings of the geometry mergers and of the fusion modules (one of each per level).
 
@@ -531,7 +657,10 @@ class GapMllmConfig(PreTrainedConfig):
 
     Args:
         vlm_config (`Qwen3VLConfig` or `dict`): the base Qwen3-VL configuration.
-        geometry_config (`GapMllmGeometryConfig` or `dict`): the VGGT geometry encoder.
+        geometry_encoder_type (`str`): the registered geometry encoder (`register_geometry_encoder`), `"vggt"` by
+            default; a config.json without it is `"vggt"`. ValueError naming the registered ones for another.
+        geometry_config (`PreTrainedConfig` or `dict`): the geometry encoder's config, of the class registered for
+            `geometry_encoder_type` (`GapMllmGeometryConfig` for `"vggt"`).
         geometry_fusion_config (`GapMllmFusionConfig` or `dict`): mergers and fusion.
         use_geometry (`bool`): build the geometry encoder, mergers and fusion. `False` gives a model
             that is exactly stock Qwen3-VL (the "fusion off" arm).
@@ -554,12 +683,15 @@ class GapMllmConfig(PreTrainedConfig):
     }
 
     vlm_config: dict | PreTrainedConfig | None = None
+    geometry_encoder_type: str = "vggt"
     geometry_config: dict | PreTrainedConfig | None = None
     geometry_fusion_config: dict | PreTrainedConfig | None = None
     use_geometry: bool = True
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        # built here, not from sub_configs_defaults: its class is the one registered for geometry_encoder_type
+        self.geometry_config = build_geometry_config(self.geometry_encoder_type, self.geometry_config)
         super().__post_init__(**kwargs)
         if self.vlm_config.model_type != "qwen3_vl":
             raise ValueError(
@@ -585,7 +717,7 @@ class GapMllmConfig(PreTrainedConfig):
 
     @property
     def level_geometry_layers(self) -> list[int]:
-        """VGGT layer fused at each level: level 0 = main visual tokens, level k ≥ 1 = DeepStack k-1."""
+        """Geometry-encoder layer fused at each level: level 0 = main visual tokens, level k ≥ 1 = DeepStack k-1."""
         tapped = list(self.geometry_config.tapped_layers)
         return [tapped[-1]] + tapped[:-1]
 
@@ -601,16 +733,22 @@ GapMllmConfig.register_for_auto_class()
 
 __all__ = [
     "FUSION_METHODS",
+    "GEOMETRY_ENCODERS",
+    "GEOMETRY_ENCODER_CONFIGS",
     "GEOMETRY_INPUT_NAMES",
     "GapMllmConfig",
     "GapMllmFusionConfig",
     "GapMllmGeometryConfig",
+    "GeometryEncoder",
+    "GeometryEncoderConfig",
+    "GeometryEncoderOutput",
     "IGNORE_INDEX",
     "MAX_PARAMETERS",
     "MERGER_NORMS",
     "PREFILL_ONLY_INPUT_NAMES",
     "PROCESSOR_GEOMETRY_INPUT_NAMES",
     "available_memory",
+    "build_geometry_config",
     "check_memory_for_parameters",
     "check_parameter_count",
     "check_sizes",
@@ -618,4 +756,5 @@ __all__ = [
     "estimate_num_parameters",
     "largest_part",
     "parameter_parts",
+    "register_geometry_encoder",
 ]

@@ -34,6 +34,7 @@ from transformers.utils.generic import is_flash_attention_requested
 from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
 from .configuration_gap_mllm import (
+    GEOMETRY_ENCODERS,
     GEOMETRY_INPUT_NAMES,  # noqa: F401 - re-exported for callers that build model inputs
     IGNORE_INDEX,
     PREFILL_ONLY_INPUT_NAMES,
@@ -58,7 +59,7 @@ from .generation_gap_mllm import (
     token_id_range,
     vocabulary_error,
 )
-from .modeling_vggt import GapMllmGeometryEncoder, init_geometry_weights
+from .modeling_vggt import GapMllmGeometryEncoder  # noqa: F401 - the import registers the "vggt" geometry encoder
 
 # (key prefix, human name), most specific first.
 WEIGHT_GROUPS = (
@@ -766,7 +767,7 @@ class GapMllmMultiLevelFusion(nn.Module):
         self.mergers = nn.ModuleList(
             [
                 GapMllmGeometryMerger(
-                    input_size=2 * config.geometry_config.hidden_size,
+                    input_size=config.geometry_config.feature_size,
                     hidden_size=fusion.merger_hidden_size,
                     output_size=vision.out_hidden_size,
                     norm=fusion.merger_norm,
@@ -791,7 +792,7 @@ class GapMllmMultiLevelFusion(nn.Module):
         Args:
             visual_levels: per level, one `[n_i, D]` tensor per image (Qwen's `pooler_output` for level 0,
                 its `deepstack_features[l-1]` for level l).
-            geometry_levels: per level, one `[S_b, h_b, w_b, C]` tensor of VGGT patch features per sample
+            geometry_levels: per level, one `[S_b, h_b, w_b, C]` tensor of geometry patch features per sample
                 (samples in batch order, so their views concatenate to the image order).
             merged_grids: the merged (h/2, w/2) grid of each image; `n_i = h_i/2 · w_i/2`.
             output_gates: also return, per level, the gate averaged over channels `[N]` (`gated` only).
@@ -868,12 +869,12 @@ class GapMllmPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Initialise every GAP parameter: geometry-encoder modules (VGGT tokens, LayerScale, ...) through
-        `init_geometry_weights`, the weighted-fusion scalars at 0.5, everything else (Linear N(0, 0.02),
-        norms at 1/0, Qwen3-VL modules) through the transformers default."""
-        # init_geometry_weights matches Linear/LayerNorm by type: give it only the encoder's own modules.
+        """Initialise every GAP parameter: geometry-encoder modules through the encoder's `init_module_weights`,
+        the weighted-fusion scalars at 0.5, everything else (Linear N(0, 0.02), norms at 1/0, Qwen3-VL modules)
+        through the transformers default."""
+        # an encoder's init may match Linear/LayerNorm by type: it gets only its own modules
         if module in getattr(self, "_geometry_encoder_modules", ()):
-            init_geometry_weights(module, self.config.geometry_config)
+            self.geometry_encoder.init_module_weights(module)
             return
         if isinstance(module, WeightedFusion):
             init.constant_(module.weight_2d, 0.5)
@@ -886,7 +887,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     """GAP-MLLM for image(s)+text → text generation.
 
     Modules: `vlm` (stock `Qwen3VLForConditionalGeneration`), and when `config.use_geometry`:
-    `geometry_encoder` (VGGT aggregator) and `geometry_fusion` (`mergers[l]`, `fusions[l]`).
+    `geometry_encoder` (`GEOMETRY_ENCODERS[config.geometry_encoder_type]`, a `GeometryEncoder`: VGGT's aggregator by
+    default) and `geometry_fusion` (`mergers[l]`, `fusions[l]`).
     Frozen by default: `vlm.model.visual` and `geometry_encoder`; trainable: the LLM, the mergers and
     the fusion modules (docs/method.md §8.3).
     """
@@ -906,7 +908,13 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         self.vlm = Qwen3VLForConditionalGeneration(config.vlm_config)
         use_batched_qwen3_vl(self.vlm)  # position ids and ViT attention without per-image host loops
         if config.use_geometry:
-            self.geometry_encoder = GapMllmGeometryEncoder(config.geometry_config)
+            encoder_class = GEOMETRY_ENCODERS.get(config.geometry_encoder_type)
+            if encoder_class is None:
+                raise ValueError(
+                    f"geometry_encoder_type={config.geometry_encoder_type!r} has no encoder class: register it with "
+                    f"register_geometry_encoder (registered: {sorted(GEOMETRY_ENCODERS)})."
+                )
+            self.geometry_encoder = encoder_class(config.geometry_config)
             self.geometry_fusion = GapMllmMultiLevelFusion(config)
             self._geometry_encoder_modules = set(self.geometry_encoder.modules())
         self.post_init()
@@ -921,14 +929,11 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
     # ---------------------------------------------------------------- parameters and freezing
     def apply_freezing_policy(self, freeze_vision_tower: bool = True, freeze_geometry_encoder: bool = True):
-        """Official recipe: Qwen ViT (with its mergers) and VGGT frozen; LLM, mergers and fusion trained."""
+        """Official recipe: Qwen ViT (with its mergers) and the geometry encoder frozen; LLM, mergers and fusion
+        trained."""
         self.vlm.model.visual.requires_grad_(not freeze_vision_tower)
         if self.config.use_geometry:
-            self.geometry_encoder.requires_grad_(not freeze_geometry_encoder)
-            # the DINOv2 mask token is never used in a forward (VGGT keeps it frozen too)
-            mask_token = getattr(self.geometry_encoder.aggregator.patch_embed, "mask_token", None)
-            if mask_token is not None:
-                mask_token.requires_grad_(False)
+            self.geometry_encoder.set_trainable(not freeze_geometry_encoder)
 
     def get_input_embeddings(self):
         return self.vlm.get_input_embeddings()
@@ -977,14 +982,15 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
         Args:
             geometry_pixel_values: `[N_views, 3, H_max, W_max]` in [0, 1] from `GapMllmProcessor`; view i's
-                valid region is the top-left `p·h_i × p·w_i` (p = VGGT patch size, (h_i, w_i) its Qwen patch grid).
+                valid region is the top-left `p·h_i × p·w_i` (p = `geometry_config.patch_size`, (h_i, w_i) its Qwen
+                patch grid).
             image_grid_thw: `[N_views, 3]` rows `(1, h_i, w_i)`.
             views_per_sample: views of each sample, in batch order.
             grids: `image_grid_thw` as host integers, when the caller has them (a training step: no read of the
                 device's copy, which waits for the GPU).
 
         Returns:
-            per fusion level (0 = main, then DeepStack), one `[S_b, h_b, w_b, 2·C]` tensor per sample.
+            per fusion level (0 = main, then DeepStack), one `[S_b, h_b, w_b, feature_size]` tensor per sample.
         """
         patch = self.config.geometry_config.patch_size
         grids = image_grid_thw.tolist() if grids is None else [list(g) for g in grids]

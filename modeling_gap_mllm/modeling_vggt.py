@@ -9,7 +9,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_gap_mllm import GapMllmGeometryConfig, check_memory_for_parameters
+from .configuration_gap_mllm import (
+    GapMllmGeometryConfig,
+    GeometryEncoderOutput,
+    check_memory_for_parameters,
+    register_geometry_encoder,
+)
+
 
 def quaternion_to_matrix(quaternions: torch.Tensor) -> torch.Tensor:
     """XYZW quaternions `[..., 4]` (need not be unit: normalised implicitly) → rotation matrices `[..., 3, 3]`."""
@@ -983,21 +989,6 @@ def run_reconstruction(encoder, images: torch.Tensor, frames_chunk_size: int | N
     )
 
 
-@dataclass
-class GeometryEncoderOutput(ModelOutput):
-    """Output of [`GapMllmGeometryEncoder`].
-
-    Args:
-        layer_features (`tuple[torch.Tensor]`): one `[B, S, P, 2·hidden_size]` tensor per tapped layer, in
-            `config.tapped_layers` order: the frame-block output ⊕ the global-block output of that layer,
-            patch tokens only (`P = h·w`, row-major), frames in input order.
-        patch_grid (`tuple[int, int]`): the patch grid `(h, w) = (H / patch_size, W / patch_size)`.
-    """
-
-    layer_features: tuple[torch.Tensor, ...] | None = None
-    patch_grid: tuple[int, int] | None = None
-
-
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -1157,8 +1148,9 @@ class GapMllmVggtAggregator(nn.Module):
 
 
 class GapMllmGeometryEncoder(nn.Module):
-    """Frozen geometry encoder of GAP-MLLM: the VGGT aggregator, plus VGGT's reconstruction heads when
-    the config enables them (`camera_head`, `depth_head`, `point_head`; names as in VGGT's checkpoint).
+    """Frozen geometry encoder of GAP-MLLM (`geometry_encoder_type` `"vggt"`, a `GeometryEncoder`): the VGGT
+    aggregator, plus VGGT's reconstruction heads when the config enables them (`camera_head`, `depth_head`,
+    `point_head`; names as in VGGT's checkpoint).
 
     `forward` returns the aggregator features GAP-MLLM fuses; `reconstruct` runs the heads as well.
     `config.reference_frame == "last"` reverses the frames before the aggregator and the outputs
@@ -1185,6 +1177,17 @@ class GapMllmGeometryEncoder(nn.Module):
         from one aggregator pass. `output.point_cloud(images)` fuses the frames into a point cloud.
         See [`GeometryReconstructionOutput`] for shapes and conventions."""
         return run_reconstruction(self, images, frames_chunk_size)
+
+    def init_module_weights(self, module: nn.Module) -> None:
+        """`init_geometry_weights(module, self.config)`: one of this encoder's modules."""
+        init_geometry_weights(module, self.config)
+
+    def set_trainable(self, trainable: bool) -> None:
+        """`requires_grad` of every parameter but the DINOv2 mask token, which no forward uses (frozen, as in VGGT)."""
+        self.requires_grad_(trainable)
+        mask_token = getattr(self.aggregator.patch_embed, "mask_token", None)
+        if mask_token is not None:
+            mask_token.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> GeometryEncoderOutput:
         """
@@ -1262,6 +1265,9 @@ def init_geometry_weights(module: nn.Module, config: GapMllmGeometryConfig) -> b
             init.zeros_(module.bias)
         return True
     return False
+
+
+register_geometry_encoder("vggt", GapMllmGeometryConfig, GapMllmGeometryEncoder)
 
 
 __all__ = [

@@ -101,7 +101,7 @@ def cache_cost(config, views_per_sample: int, patch_grid: tuple[int, int], visio
     levels = 1 + len(vision_config.deepstack_visual_indexes)
     per_view = 0
     if config.use_geometry:
-        per_view += config.num_fusion_levels * 2 * config.geometry_config.hidden_size * patches * BYTES_PER_VALUE
+        per_view += config.num_fusion_levels * config.geometry_config.feature_size * patches * BYTES_PER_VALUE
     if vision == "merged":
         per_view += levels * (patches // vision_config.spatial_merge_size**2) * vision_config.out_hidden_size * BYTES_PER_VALUE
     elif vision == "blocks":

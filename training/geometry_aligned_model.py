@@ -93,7 +93,7 @@ class GeometryAlignedModel(nn.Module):
                              "has use_geometry=False (no geometry encoder): set it to 0")
         text = gap.config.vlm_config.text_config
         self.aux_heads = (
-            GeometryAuxHeads(self.aux, text.hidden_size, 2 * gap.config.geometry_config.hidden_size)
+            GeometryAuxHeads(self.aux, text.hidden_size, gap.config.geometry_config.feature_size)
             if self.aux.enabled
             else None
         )

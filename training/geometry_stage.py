@@ -125,7 +125,4 @@ class GeometryStageModel(EncoderStageModel):
 def freeze_all_but_geometry(model) -> None:
     """Stage 0 geometry trains the aggregator and its heads only (the DINOv2 mask token stays frozen)."""
     model.requires_grad_(False)
-    model.geometry_encoder.requires_grad_(True)
-    mask_token = getattr(model.geometry_encoder.aggregator.patch_embed, "mask_token", None)
-    if mask_token is not None:
-        mask_token.requires_grad_(False)
+    model.geometry_encoder.set_trainable(True)
