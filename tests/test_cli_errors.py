@@ -259,3 +259,14 @@ def test_sixteen_bit_arrays_are_refused_with_a_hint():
 
     with pytest.raises(TypeError, match="sample 2, view 0: unsupported image dtype uint16"):
         load_image(np.zeros((4, 4, 3), dtype=np.uint16), name="sample 2, view 0")
+
+
+# ------------------------------------------------------------------------------------ token budgets
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_cli_budget_flags_must_be_positive(capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        gap_mllm(["predict", "--example", "synthetic room A", "--task", "detection", "--max-new-tokens", value])
+    assert exit_info.value.code == 2
+    assert f"argument --max-new-tokens: '{value}' must be a positive number" in capsys.readouterr().err

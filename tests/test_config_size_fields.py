@@ -1,5 +1,7 @@
 """Every size field of the geometry config that allocates weights is priced by the parameter estimate
-(modeling_gap_mllm/configuration_gap_mllm.py), so an absurd one is refused before allocation, naming the field."""
+(modeling_gap_mllm/configuration_gap_mllm.py), so an absurd one is refused before allocation, naming the field; sizes
+that are not positive integers, or a model past the sanity bound or the memory left, are refused by the config, while
+the real and 8B sizes are accepted and the estimate is a close lower bound of the parameter count."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, configuration_gap_mllm
-from gap_mllm.cli.real_size import real_size_config
+from gap_mllm.cli.real_size import QWEN3_VL_2B_TEXT, QWEN3_VL_2B_TOKENS, QWEN3_VL_2B_VISION, real_size_config
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
 from gap_mllm.modeling_vggt import GapMllmGeometryEncoder
 from gap_mllm.tiny.tiny_config import build_gap_config
@@ -81,3 +83,66 @@ def test_the_estimate_with_every_head_is_a_close_lower_bound(tiny_processor):
             actual = sum(p.numel() for p in built.parameters())
             estimate = configuration_gap_mllm.estimate_num_parameters(priced)
             assert 0.99 * actual <= estimate <= actual, (type(built).__name__, estimate, actual)
+
+
+# ---------------------------------------------------------------------------------- the sizes of the whole model
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"geometry_config": {"hidden_size": 0}}, "geometry_config.hidden_size must be an integer >= 1, got 0"),
+    ({"geometry_config": {"hidden_size": -32}}, "geometry_config.hidden_size must be an integer >= 1, got -32"),
+    ({"geometry_config": {"num_attention_heads": 2.0}}, "geometry_config.num_attention_heads must be an integer >= 1, got 2.0"),
+    ({"geometry_config": {"num_register_tokens": -1}}, "geometry_config.num_register_tokens must be an integer >= 0"),
+    ({"geometry_fusion_config": {"cross_attention_num_heads": 0}}, "geometry_fusion_config.cross_attention_num_heads must be"),
+    ({"text_config": {"hidden_size": 0}}, "vlm_config.text_config.hidden_size must be an integer >= 1, got 0"),
+    ({"text_config": {"num_hidden_layers": -1}}, "vlm_config.text_config.num_hidden_layers must be an integer >= 1, got -1"),
+    ({"text_config": {"num_key_value_heads": 3}}, "num_attention_heads \\(4\\) must be a multiple of num_key_value_heads \\(3\\)"),
+    ({"vision_config": {"depth": 0}}, "vlm_config.vision_config.depth must be an integer >= 1, got 0"),
+    ({"text_config": {"hidden_size": 10**9}}, "at least 3.02e\\+12 parameters, above the sanity bound of 1e\\+12"),
+    ({"text_config": {"num_hidden_layers": 10**8}}, "above the sanity bound"),
+    ({"geometry_config": {"hidden_size": 10**9}}, "above the sanity bound"),
+])
+def test_absurd_sizes_are_refused_by_the_config(tiny_processor, override, message):
+    override = dict(override)
+    text, vision = override.pop("text_config", None), override.pop("vision_config", None)
+    if text or vision:
+        vlm = build_gap_config(tiny_processor.tokenizer).vlm_config.to_dict()
+        vlm["text_config"].update(text or {})
+        vlm["vision_config"].update(vision or {})
+        base = build_gap_config(tiny_processor.tokenizer)
+        with pytest.raises(ValueError, match=message):
+            GapMllmConfig(vlm_config=vlm, geometry_config=base.geometry_config.to_dict(),
+                          geometry_fusion_config=base.geometry_fusion_config.to_dict())
+        return
+    with pytest.raises(ValueError, match=message):
+        build_gap_config(tiny_processor.tokenizer, **override)
+
+
+def test_a_model_that_cannot_fit_is_refused_before_allocating(tiny_processor, monkeypatch):
+    monkeypatch.setattr(configuration_gap_mllm, "available_memory", lambda device: 2**30)  # 1 GiB left, whatever the machine
+    config = build_gap_config(tiny_processor.tokenizer, geometry_config={"num_hidden_layers": 10**6})  # ~2.5e10 weights
+    with pytest.raises(ValueError, match=r"need at least 91.6 GiB \(2.46e\+10 parameters in torch.float32\), but only "
+                                         r"1.0 GiB are available on cpu"):
+        GapMllmForConditionalGeneration(config)
+    with torch.device("meta"):  # from_pretrained builds here: nothing is allocated, nothing refused
+        GapMllmForConditionalGeneration(real_size_config())
+
+
+def test_real_and_8b_sizes_are_accepted_and_the_estimate_is_a_close_lower_bound(tiny_processor):
+    from transformers import Qwen3VLConfig
+
+    eight_b = GapMllmConfig(vlm_config=Qwen3VLConfig(  # Qwen3-VL-8B's published sizes
+        text_config={**QWEN3_VL_2B_TEXT, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                     "num_attention_heads": 32, "num_key_value_heads": 8},
+        vision_config={**QWEN3_VL_2B_VISION, "depth": 27, "hidden_size": 1152, "intermediate_size": 4304,
+                       "out_hidden_size": 4096, "deepstack_visual_indexes": [8, 16, 24]},
+        tie_word_embeddings=False, **QWEN3_VL_2B_TOKENS))
+    tiny = build_gap_config(tiny_processor.tokenizer)
+    for config in (real_size_config(), eight_b, tiny):
+        with torch.device("meta"):
+            actual = sum(p.numel() for p in GapMllmForConditionalGeneration(config).parameters())
+        estimate = configuration_gap_mllm.estimate_num_parameters(config)
+        assert 0.98 * actual <= estimate <= actual, (estimate, actual)
+    assert round(configuration_gap_mllm.estimate_num_parameters(real_size_config()) / 1e9, 2) == 3.24
+    assert round(configuration_gap_mllm.estimate_num_parameters(eight_b) / 1e9, 1) == 10.0  # 8.8 B VLM + VGGT-1B + fusion
+    assert configuration_gap_mllm.estimate_num_parameters(eight_b) * 50 < configuration_gap_mllm.MAX_PARAMETERS  # far from the bound

@@ -12,7 +12,8 @@ from gap_mllm.processing.synth import SynthRooms, write_dataset
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.tasks_gap_mllm import DefaultBudget, resolve_task
 
-from .test_hardening_model import encode, short_context  # noqa: F401 - the fixture: a tiny model with 40 positions
+from .test_generation import short_context  # noqa: F401 - the fixture: a tiny model with 40 positions
+from .test_scene_reuse import encode
 
 LOGGER = "gap_mllm.generation_gap_mllm"
 INFO_LINE = ("the task's token budget of {budget} is lowered to the model's context of {limit} positions: {what} ends at "

@@ -1,8 +1,18 @@
-"""generate(): cached == uncached greedy tokens, one geometry-encoder call per call, beam expansion."""
+"""generate(): cached == uncached greedy tokens, one geometry-encoder call per call, beam expansion; a token budget
+past the model's context is lowered with a warning on both paths (full prompt and scene reuse), counted in M-RoPE
+positions, and a prompt past the context or an unfittable minimum is refused."""
 
+import logging
+
+import pytest
 import torch
 
+from gap_mllm import generation_gap_mllm
 from gap_mllm.modeling_gap_mllm import GEOMETRY_INPUT_NAMES
+from gap_mllm.tiny.tiny_model import build_tiny_model
+
+from .conftest import make_views
+from .test_scene_reuse import encode
 
 
 def _count_encoder_calls(model):
@@ -71,3 +81,55 @@ def test_beam_search_runs_with_several_views(build_model, make_inputs):
     inputs = make_inputs((2, 1))
     out = model.generate(**inputs, num_beams=2, num_return_sequences=2, max_new_tokens=4, do_sample=False)
     assert out.shape[0] == 4
+
+
+# ------------------------------------------------------------------------------------------- the model's context
+
+
+@pytest.fixture
+def short_context(tiny_processor, monkeypatch):
+    """A tiny model whose context ends at 40 positions, and a 2-view prompt: 41 tokens ending at M-RoPE
+    position 34 (the visual tokens of a view share positions)."""
+    model, _ = build_tiny_model(processor=tiny_processor, seed=2)
+    model.config.vlm_config.text_config.max_position_embeddings = 40
+    monkeypatch.setattr(generation_gap_mllm, "_WARNED_BUDGETS", set())
+    frames = make_views(2, seed=13)
+    full = tiny_processor(images=frames, text="Where is the chair?", return_tensors="pt")
+    assert full["input_ids"].shape[1] == 41 and generation_gap_mllm.highest_prompt_position(
+        model, full["input_ids"], full["attention_mask"], full["mm_token_type_ids"], full["image_grid_thw"]) == 34
+    return model, frames, full
+
+
+def test_a_budget_past_the_context_is_lowered_with_a_warning_in_both_generate_paths(tiny_processor, short_context, caplog):
+    model, frames, full = short_context
+    with caplog.at_level(logging.WARNING):
+        out = model.generate(**full, max_new_tokens=100, do_sample=False)
+    assert out.shape[1] == 41 + 5  # positions 35..39: the 5 that exist
+    assert "max_new_tokens=100 would pass the model's context of 40 positions: the prompt ends at position 34, " \
+           "so at most 5 new tokens are generated" in caplog.text
+    prefix, suffix = tiny_processor.split_scene_prompt("Where is the chair?", num_views=2)
+    scene = encode(model, tiny_processor, frames, prefix)
+    question = tiny_processor(text=suffix, return_tensors="pt")
+    from_scene = model.generate(scene=scene, **question, max_new_tokens=100, do_sample=False)
+    assert torch.equal(from_scene[0, question["input_ids"].shape[1]:], out[0, 41:])  # same 5 tokens
+
+
+def test_positions_not_token_counts_decide(short_context):
+    model, _, full = short_context
+    model.config.vlm_config.text_config.max_position_embeddings = 38  # fewer positions than the prompt's 41 tokens
+    out = model.generate(**full, max_new_tokens=2, do_sample=False)
+    assert out.shape[1] == 43
+
+
+def test_a_prompt_past_the_context_or_an_unfittable_minimum_is_refused(tiny_processor, short_context):
+    model, frames, full = short_context
+    with pytest.raises(ValueError, match=r"at most 5 new tokens fit in the model's context of 40 positions, but min_new_tokens=6"):
+        model.generate(**full, max_new_tokens=6, min_new_tokens=6)
+    model.config.vlm_config.text_config.max_position_embeddings = 30
+    with pytest.raises(ValueError, match=r"the prompt ends at position 34 \(41 tokens; visual tokens share positions\), "
+                                         r"leaving no room in the model's context of 30 positions"):
+        model.generate(**full, max_new_tokens=1)
+    prefix, _ = tiny_processor.split_scene_prompt("Where is the chair?", num_views=2)
+    model.config.vlm_config.text_config.max_position_embeddings = 20
+    with pytest.raises(ValueError, match=r"the scene prefix ends at position 23 .* context of 20 positions"):
+        encode(model, tiny_processor, frames, prefix)

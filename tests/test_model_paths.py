@@ -1,13 +1,18 @@
-"""A model name that means a missing local folder is refused by name at once, on the command line and in training,
-instead of being tried as a Hub repo id (a minute of network retries offline, then a message about the Hub)."""
+"""What `--model` and `model.name_or_path` name: a missing local folder is refused by name at once, on the command
+line and in training, instead of being tried as a Hub repo id (a minute of network retries offline, then a message
+about the Hub); a checkpoint of another model type is named by its model_type, a saved GAP-MLLM one passes."""
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
 from gap_mllm.cli.errors import UserError
-from gap_mllm.cli.model_source import check_model_source
+from gap_mllm.cli.main import main as gap_mllm
+from gap_mllm.cli.model_source import check_model_source, load_pretrained
 from gap_mllm.processing.model_paths import missing_local_folder
+from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 from gap_mllm.training.config import ModelSource
 from gap_mllm.training.model_loading import load_model_and_processor
 
@@ -47,3 +52,36 @@ def test_training_names_model_name_or_path(tmp_path, monkeypatch):
                                          r"`gap-mllm train` only; started otherwise, give its folder: "):
         load_model_and_processor(ModelSource(name_or_path="mini"))
     assert os.listdir(tmp_path / "checkpoints") == []
+
+
+def _folder_with_model_type(tmp_path, model_type) -> Path:
+    folder = tmp_path / f"type-{model_type}"
+    folder.mkdir()
+    config = {"architectures": ["Other"]} if model_type is None else {"model_type": model_type}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_checkpoint_of_another_model_type_is_named(tmp_path, capsys):
+    folder = _folder_with_model_type(tmp_path, "llava_next_video_plus")
+    status = gap_mllm(["predict", "--model", str(folder), "--example", "synthetic room A", "--task", "detection"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err and "upgrade" not in err
+    assert f"--model {folder} is a llava_next_video_plus checkpoint, not a GAP-MLLM one (its config.json has " \
+           "model_type 'llava_next_video_plus', GAP-MLLM's is 'gap_mllm')" in err
+    with pytest.raises(UserError, match="is not a transformers checkpoint, not a GAP-MLLM one .*has no model_type"):
+        check_model_source(_folder_with_model_type(tmp_path, None))
+    with pytest.raises(UserError, match="is a qwen3_vl checkpoint, not a GAP-MLLM one"):
+        check_model_source(_folder_with_model_type(tmp_path, "qwen3_vl"))
+
+    def hub_loader(source, **kwargs):  # what AutoModel.from_pretrained raises for a Hub id of an unknown type
+        raise ValueError("The checkpoint you are trying to load has model type `newvlm` but Transformers does not "
+                         "recognize this architecture. ... `pip install --upgrade transformers`")
+
+    with pytest.raises(UserError, match="--model org/newvlm is a newvlm checkpoint, not a GAP-MLLM one"):
+        load_pretrained(hub_loader, "org/newvlm")
+
+
+def test_a_saved_gap_mllm_checkpoint_still_passes_the_source_check(tmp_path):
+    folder = save_tiny_checkpoint(tmp_path / "tiny")
+    assert check_model_source(folder) == str(folder)

@@ -439,3 +439,9 @@ def test_a_parse_failure_quotes_the_raw_answer(text):
     assert parse_grounding(" \n ").reason == "empty answer"
     long = "x" * 500
     assert parse_grounding(long).reason.endswith("... (380 more characters)")
+
+
+def test_a_numeric_pointmap_label_is_no_label_and_says_so():
+    result = parse_pointmap('{"pointmap": [0.5, -0.25, 3.0], "label": 5}')
+    assert (result.point, result.label, result.reason) == ((0.5, -0.25, 3.0), None, '"label" is a int (5), not a text label')
+    assert parse_pointmap('{"pointmap": [0.5, -0.25, 3.0], "label": "wall"}').reason is None

@@ -3,8 +3,11 @@
 Every answer must equal the one of a separate full `generate` call on the same images and question:
 tokens exactly (greedy), logits within LOGITS_TOLERANCE (the prefix is prefilled in a shorter matmul
 than in the full call, so float rounding differs; observed ≤ 3e-7 on the tiny model). The geometry
-encoder and the vision tower must run once per scene, however many questions follow.
+encoder and the vision tower must run once per scene, however many questions follow. A scene is refused by
+name with another model (same shapes, changed weights or configuration, other head sizes) and with bad arguments.
 """
+
+import copy
 
 import pytest
 import torch
@@ -202,3 +205,80 @@ def test_bad_scene_requests_get_clear_errors(talkative, tiny_processor):
         talkative.generate(scene=scene, **question, num_beams=2)
     with pytest.raises(ValueError, match="use_cache=True"):
         talkative.generate(scene=scene, **question, use_cache=False)
+
+
+# ------------------------------------------------------------------------- a scene and the model that encoded it
+
+
+@pytest.fixture(scope="module")
+def scene_setup(tiny_processor):
+    model, _ = build_tiny_model(processor=tiny_processor, seed=0)
+    frames = make_views(2, seed=11)
+    prefix, suffix = tiny_processor.split_scene_prompt("Where is the chair?", num_views=2)
+    question = tiny_processor(text=suffix, return_tensors="pt")
+    return model, frames, prefix, question
+
+
+def encode(model, processor, frames, prefix):
+    return model.encode_scene(**processor(images=frames, text=prefix, return_tensors="pt"))
+
+
+def test_a_scene_of_another_model_with_the_same_shapes_is_refused(tiny_processor, scene_setup):
+    model, frames, prefix, question = scene_setup
+    scene = encode(model, tiny_processor, frames, prefix)
+    other, _ = build_tiny_model(processor=tiny_processor, seed=1)  # same layers, dtype, device; other weights
+    with pytest.raises(ValueError, match="cannot be used with this model: it was encoded by another model object"):
+        other.generate(scene=scene, **question, max_new_tokens=2)
+    with pytest.raises(ValueError, match="another model object"):
+        copy.deepcopy(model).generate(scene=scene, **question, max_new_tokens=2)
+    first = model.generate(scene=scene, **question, max_new_tokens=3, do_sample=False)  # its own model: works,
+    again = model.generate(scene=scene, **question, max_new_tokens=3, do_sample=False)  # and generating changes nothing
+    assert torch.equal(first, again)
+
+
+def test_a_scene_is_refused_after_the_weights_change(tiny_processor):
+    model, _ = build_tiny_model(processor=tiny_processor, seed=0)
+    other, _ = build_tiny_model(processor=tiny_processor, seed=1)
+    frames = make_views(2, seed=12)
+    prefix, suffix = tiny_processor.split_scene_prompt("q", num_views=2)
+    question = tiny_processor(text=suffix, return_tensors="pt")
+    weight = model.vlm.model.language_model.layers[0].mlp.up_proj.weight
+    for change in (lambda: model.load_state_dict(other.state_dict()), lambda: weight.add_(0.01)):  # loading; a step
+        scene = encode(model, tiny_processor, frames, prefix)
+        with torch.no_grad():
+            change()
+        with pytest.raises(ValueError, match="this model's weights changed after it was encoded"):
+            model.generate(scene=scene, **question, max_new_tokens=2)
+    scene = encode(model, tiny_processor, frames, prefix)
+    model.config.vlm_config.text_config.rms_norm_eps = 1e-3
+    with pytest.raises(ValueError, match="configuration changed after it was encoded"):
+        model.generate(scene=scene, **question, max_new_tokens=2)
+
+
+def test_a_scene_of_other_head_sizes_is_named_by_its_shapes(tiny_processor, scene_setup):
+    model, frames, prefix, question = scene_setup
+    scene = encode(model, tiny_processor, frames, prefix)  # 4 layers of [1, 2, P, 16]
+    small, _ = build_tiny_model(processor=tiny_processor, size="small")  # 4 layers of [1, 2, P, 64]
+    with pytest.raises(ValueError, match=r"different model or placement \(4 layers of keys \[1, 2, \d+, 16\] "
+                                         r"torch.float32 on cpu\); this model needs 4 layers of keys \[1, 2, P, 64\]"):
+        small.generate(scene=scene, **question, max_new_tokens=2)
+
+
+def test_bad_scene_arguments_get_errors_naming_them(tiny_processor, scene_setup):
+    model, frames, prefix, question = scene_setup
+    scene = encode(model, tiny_processor, frames, prefix)
+    with pytest.raises(ValueError, match="scene must be a GapMllmScene from model.encode_scene.*got str 'hello'"):
+        model.generate(scene="hello", **question, max_new_tokens=2)
+    ids = question["input_ids"]
+    with pytest.raises(ValueError, match=rf"attention_mask has shape \(2, {ids.shape[1]}\) but input_ids has \(1, {ids.shape[1]}\)"):
+        model.generate(scene=scene, input_ids=ids, attention_mask=torch.ones(2, ids.shape[1], dtype=torch.long), max_new_tokens=2)
+    vocabulary = model.get_input_embeddings().num_embeddings
+    for bad in (vocabulary, -3):
+        foreign = ids.clone()
+        foreign[0, 1] = bad
+        with pytest.raises(ValueError, match=rf"input_ids holds token id {bad}, outside the model's vocabulary of {vocabulary} ids"):
+            model.generate(scene=scene, input_ids=foreign, max_new_tokens=2)
+    full = tiny_processor(images=frames, text="Where is the chair?", return_tensors="pt")
+    full["input_ids"][0, -2] = vocabulary + 5
+    with pytest.raises(ValueError, match=rf"token id {vocabulary + 5}, outside"):  # the full path too
+        model.generate(**full, max_new_tokens=2)
