@@ -12,8 +12,7 @@
 
 from __future__ import annotations
 
-from gap_mllm.tasks_gap_mllm import stop_token_ids
-from gap_mllm.tasks_gap_mllm import answer_complete
+from gap_mllm.tasks_gap_mllm import answer_complete, stop_token_ids
 
 BUDGET_ADVICE = "give it a larger token budget (--max-new-tokens)"
 

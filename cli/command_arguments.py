@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 
-from gap_mllm.tasks_gap_mllm import COMPILE_DECODING_CHOICES
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
+from gap_mllm.tasks_gap_mllm import COMPILE_DECODING_CHOICES
 
 from .argument_types import port_number, positive_int
 from .example_rooms import EXAMPLE_SEEDS
 from .task_names import TASKS, task_argument
-
 
 # `convert vggt --heads` names -> the geometry config flags they set
 HEAD_FLAGS = {"camera": "use_camera_head", "depth": "use_depth_head", "point": "use_point_head"}

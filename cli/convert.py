@@ -21,9 +21,8 @@ import sys
 
 import torch
 
-from gap_mllm.convert_vggt_to_hf import ConversionError
 from gap_mllm.convert_official_gap_mllm_to_hf import convert_official_checkpoint
-from gap_mllm.convert_vggt_to_hf import convert_vggt_checkpoint
+from gap_mllm.convert_vggt_to_hf import ConversionError, convert_vggt_checkpoint
 from gap_mllm.processing.output_folder import writing_output_folder
 
 from .command_arguments import HEAD_FLAGS

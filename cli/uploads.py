@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gap_mllm.image_files_gap_mllm import check_one_aspect_ratio, read_image_file
+from gap_mllm.image_utils_gap_mllm import check_one_aspect_ratio, pil_to_rgb, read_image_file
 from gap_mllm.processing.path_containment import broken_link, resolve_inside
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -230,7 +230,6 @@ def _rgb(image: Image.Image, name: str) -> Image.Image:
     """`image` (a file's image, or an animation's current frame) as the model's RGB (`pil_to_rgb`: 16-bit PNGs
     scaled, not clipped to white; transparency blended onto white)."""
     # imported here: image_alignment imports torch, and `gap-mllm predict` checks its frames (check_frames) before torch
-    from gap_mllm.image_files_gap_mllm import pil_to_rgb
 
     try:
         return pil_to_rgb(image, name)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.image_files_gap_mllm import read_image_file
+from gap_mllm.image_utils_gap_mllm import read_image_file
 from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, read_intrinsics

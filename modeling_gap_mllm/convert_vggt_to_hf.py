@@ -41,15 +41,9 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen3VLForConditionalGeneration
 
 from .configuration_gap_mllm import GapMllmConfig, GapMllmGeometryConfig
+from .image_utils_gap_mllm import PICKLE_REFUSED
 from .modeling_vggt import GapMllmGeometryEncoder
 
-# Why a pickled checkpoint that torch's safe loader refuses is not loaded anyway (one wording for the
-# converters and the command line).
-PICKLE_REFUSED = (
-    "pickle weights are refused: unpickling a file can run arbitrary code, so only plain tensors are loaded "
-    "(torch.load(weights_only=True)) and this file holds other objects. Convert it to safetensors where you "
-    "trust it (load it there, then save_pretrained or safetensors.torch.save_file)"
-)
 
 # First bytes of files people hand to a converter by mistake.
 _MAGIC = (

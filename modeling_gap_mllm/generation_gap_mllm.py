@@ -490,7 +490,7 @@ class PooledStaticLayer(StaticLayer):
         if self.reclaimed:
             raise RuntimeError(
                 "This static cache came from a compiled generate call (compile_decoding) and its buffers now serve a "
-                "later compiled call of the same model (static_cache_pool.py): copy a returned cache before the next "
+                "later compiled call of the same model: copy a returned cache before the next "
                 "call to keep it, or generate with compile_decoding='off'."
             )
 
@@ -946,17 +946,14 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
 
 
 __all__ = [
-    "AnswerEndCriteria",
     "COMPILE_DECODING_CHOICES",
     "DECODE_COMPILE_CONFIG",
     "ENGINE_REQUIREMENT",
     "GapMllmScene",
-    "GrammarLogitsProcessor",
     "ModelIdentity",
     "PooledStaticLayer",
     "STATIC_LENGTH_STEP",
     "StaticCachePool",
-    "apply_bitmask",
     "budget_chosen_by_caller",
     "budget_to_grammars",
     "check_compile_decoding",
@@ -968,11 +965,8 @@ __all__ = [
     "context_limit",
     "decode_compile_config",
     "encode_scene",
-    "fill_bitmask",
     "fit_budget_to_context",
     "generate_from_scene",
-    "grammar_accepts",
-    "grammar_matcher",
     "highest_prompt_position",
     "identity_mismatch",
     "model_identity",
@@ -980,13 +974,10 @@ __all__ = [
     "pooled_static_cache",
     "positions_after",
     "release_static_cache",
-    "require_grammar_engine",
     "scene_prefix_length",
     "shortest_answer",
     "static_cache_length",
     "static_cache_pool",
-    "stop_token_ids",
     "token_id_range",
-    "unwritable_character",
     "vocabulary_error",
 ]

@@ -1271,8 +1271,6 @@ register_geometry_encoder("vggt", GapMllmGeometryConfig, GapMllmGeometryEncoder)
 
 
 __all__ = [
-    "ConversionError",
-    "ConversionReport",
     "GapMllmCameraHead",
     "GapMllmDinov2PatchEmbed",
     "GapMllmDinov2PatchProjection",

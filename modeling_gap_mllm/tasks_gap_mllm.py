@@ -1462,8 +1462,6 @@ class TaskSpec:
     def stopping_criteria(self, tokenizer, prompt_length: int) -> StoppingCriteriaList:
         """`stopping_criteria=` for `generate`: stop each row at the end of its answer (`AnswerEndCriteria`)."""
         from transformers import StoppingCriteriaList  # here: the registry imports no torch or transformers
-
-        from .tasks_gap_mllm import AnswerEndCriteria
         return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end,
                                                        shortest_answer=(self.name, self.shortest_answer))])
 
@@ -1486,8 +1484,6 @@ class TaskSpec:
         `max_new_tokens` (default: the task's own); `num_views`: one int or one per row (stage 1). ImportError
         naming the install command when llguidance is not installed."""
         from transformers import LogitsProcessorList
-
-        from .tasks_gap_mllm import GrammarLogitsProcessor
         budget = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         if self.entry_list is not None:
             grammar = self.entry_list

@@ -29,8 +29,7 @@ import datasets
 import numpy as np
 import PIL.Image
 
-from gap_mllm.image_files_gap_mllm import NotARegularFile, displayed_size, read_regular_text
-from gap_mllm.processing_gap_mllm import check_marker_inside
+from gap_mllm.image_utils_gap_mllm import NotARegularFile, check_marker_inside, displayed_size, read_regular_text
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,

@@ -26,7 +26,7 @@ from gap_mllm.cli.command_arguments import add_demo_arguments, add_predict_argum
 from gap_mllm.cli.errors import run_command
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation.runner import read_predictions_file, run_evaluation, write_oracle_predictions
-from gap_mllm.image_files_gap_mllm import NotARegularFile
+from gap_mllm.image_utils_gap_mllm import NotARegularFile
 from gap_mllm.processing.builder_fingerprint import file_content_digest
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.errors import INTERRUPTED_STATUS, DataError

@@ -18,7 +18,7 @@ from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.tasks import TaskRequest, run_task, task_answer
 from gap_mllm.cli.uploads import CLI_WORDS, UploadError, cli_limits, load_frames, read_frames
 from gap_mllm.generation_gap_mllm import highest_prompt_position
-from gap_mllm.image_files_gap_mllm import displayed_size
+from gap_mllm.image_utils_gap_mllm import displayed_size
 from gap_mllm.processing.scannet_layout import read_color
 from gap_mllm.processing_gap_mllm import load_image
 from gap_mllm.tasks_gap_mllm import offered_options, parse_caption, parse_grounding, spatial_answer_grammar

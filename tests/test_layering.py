@@ -175,17 +175,16 @@ def test_no_cycle_between_folders_or_between_modules():
 LAZY_FOR_OPTIONAL_DEPENDENCIES = {
     "cli/predict.py": "datasets, through the evaluation package that the pictures import (--save-dir)",
     "cli/space.py": "gradio and datasets: the Space's modules, after the check that gradio is there",
+    "modeling_gap_mllm/modeling_gap_mllm.py": "the converter behind `from_qwen3_vl` (VGGT checkpoints, the Hub probe): "
+                                              "installed with the package, never copied into a model folder",
 }
 # ... and the ones keeping torch and transformers out of `import gap_mllm` and of the light modules that
 # `gap-mllm --help` reads (tests/test_cli_startup.py): package exports on first use, the registry's stop criterion,
 # and scipy out of every command's --help but `evaluate`'s.
 LAZY_FOR_START_UP = {
     "modeling_gap_mllm/__init__.py": "the model, config and processor classes, on first use (and their registration)",
-    "modeling_gap_mllm/tasks_gap_mllm.py": "the generate stopping criterion and grammar logits processor (torch, "
-                                           "transformers, llguidance) of a task's stop rule and answer grammar",
     "training/__init__.py": "the training exports (torch, transformers, accelerate), on first use",
     "cli/command_arguments.py": "the benchmarks' names of `evaluate` (the evaluation package imports scipy)",
-    "cli/uploads.py": "the image conversion (image_alignment imports torch): `predict` checks its paths before torch",
     "cli/main.py": "the early checks (numpy, PIL, huggingface_hub), once a command's arguments parsed: --help and an "
                    "argument mistake import none of them",
 }
@@ -208,9 +207,7 @@ def test_function_local_imports_are_of_optional_dependencies_only():
                         local.append(f"{path.relative_to(REPO)}:{node.lineno}")
     allowed = {**LAZY_FOR_OPTIONAL_DEPENDENCIES, **LAZY_FOR_START_UP}
     assert sorted({place.split(":")[0] for place in local}) == sorted(allowed), local
-    # one import each, but the registry's two `generate` helpers: each stays a `from .module import` of its own, the
-    # form by which transformers' remote-code loader finds the files a Hub folder needs
-    expected = {place: 1 for place in allowed} | {"modeling_gap_mllm/tasks_gap_mllm.py": 2}
+    expected = {place: 1 for place in allowed}  # one import each
     assert len(local) == sum(expected.values()), local
 
 

@@ -19,8 +19,8 @@ from gap_mllm.cli.model_scores import held_out_scores
 from gap_mllm.cli.scenes import scene_from_frames, synthetic_scene
 from gap_mllm.cli.tasks import TaskRequest, run_task
 from gap_mllm.cli.visualize import LEGEND_ROW_HEIGHT, MARKER, REFERENCE, save_scene_ply, write_visualisations
+from gap_mllm.image_utils_gap_mllm import MARKER_COLOR, marker_mask
 from gap_mllm.mini import default_model_path
-from gap_mllm.processing_gap_mllm import MARKER_COLOR, marker_mask
 from gap_mllm.tasks_gap_mllm import TASKS
 from gap_mllm.tiny.tiny_model import build_tiny_model
 

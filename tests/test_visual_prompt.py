@@ -4,7 +4,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from gap_mllm.processing_gap_mllm import apply_point_prompt, draw_marker, marker_mask, parse_point_prompt
+from gap_mllm.image_utils_gap_mllm import apply_point_prompt, draw_marker, marker_mask, parse_point_prompt
 
 RED = np.array([255, 0, 0], dtype=np.uint8)
 

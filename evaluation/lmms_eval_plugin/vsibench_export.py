@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.image_files_gap_mllm import read_image_file
+from gap_mllm.image_utils_gap_mllm import read_image_file
 from gap_mllm.processing.annotation_files import ANNOTATIONS_SUBDIR, find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.errors import MissingDependency

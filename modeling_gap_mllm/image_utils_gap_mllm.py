@@ -1,6 +1,6 @@
-"""Reading input files for GAP-MLLM without torch or transformers: regular-file checks (a FIFO or a folder named as a
+"""Image utilities of GAP-MLLM without torch or transformers: regular-file checks (a FIFO or a folder named as a
 file is refused by name), image files decoded upright (EXIF orientation), animated images refused, 8-bit RGB
-conversion of any PIL mode, and the one-aspect-ratio rule of a scene's views. The processor reads views through it;
+conversion of any PIL mode, the one-aspect-ratio rule of a scene's views, and the marker visual prompt drawn on a view. The processor reads views through it;
 the command line's early checks and the data builders use it before any model is loaded.
 """
 
@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import errno
 import os
+import numbers
 import stat
+from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+
+
+# Why a pickled checkpoint that torch's safe loader refuses is not loaded anyway (one wording for the
+# converters and the command line).
+PICKLE_REFUSED = (
+    "pickle weights are refused: unpickling a file can run arbitrary code, so only plain tensors are loaded "
+    "(torch.load(weights_only=True)) and this file holds other objects. Convert it to safetensors where you "
+    "trust it (load it there, then save_pretrained or safetensors.torch.save_file)"
+)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -186,3 +197,74 @@ def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     if image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         return _composite_rgba_on_white(image.convert("RGBA"))
     return image.convert("RGB")  # always a new object, so later drawing never touches the caller's image
+
+
+# ------------------------------------------------------------------------------------ marker visual prompt
+
+MARKER_COLOR = (255, 0, 0)
+MARKER_ARM = 10  # half-length of each bar
+MARKER_HALF_THICKNESS = 2  # the official `thickness = 3` draws offsets -2..2, i.e. a 5-px stroke
+
+
+def _as_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{what} must be an integer pixel coordinate, got {value!r}")
+
+
+def marker_mask(height: int, width: int, x: int, y: int) -> np.ndarray:
+    """Boolean mask `[height, width]` of the pixels the marker at column `x`, row `y` paints."""
+    mask = np.zeros((height, width), dtype=bool)
+    arm, half = MARKER_ARM, MARKER_HALF_THICKNESS
+    # Python slices clip at the borders for us; negative starts must be clamped to 0 by hand.
+    mask[max(y - half, 0) : max(y + half + 1, 0), max(x - arm, 0) : max(x + arm + 1, 0)] = True
+    mask[max(y - arm, 0) : max(y + arm + 1, 0), max(x - half, 0) : max(x + half + 1, 0)] = True
+    return mask
+
+
+def check_marker_inside(x: int, y: int, width: int, height: int, name: str = "marker") -> None:
+    """ValueError naming `name` unless pixel (x, y) (column, row) lies inside a `width × height` image."""
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(
+            f"{name}: marker pixel (x={x}, y={y}) is outside the {width}x{height} view "
+            f"(x must be in [0, {width - 1}], y in [0, {height - 1}], in the view's original pixel grid)"
+        )
+
+
+def draw_marker(image: PIL.Image.Image, x: int, y: int, name: str = "marker") -> PIL.Image.Image:
+    """An RGB copy of `image` with the red "+" centred at column `x`, row `y` (arms clipped at the border).
+    ValueError naming `name` when the centre is outside the image."""
+    x, y = _as_int(x, f"{name} x"), _as_int(y, f"{name} y")
+    check_marker_inside(x, y, image.width, image.height, name)
+    rgb = np.array(image.convert("RGB"), dtype=np.uint8)  # np.array copies
+    rgb[marker_mask(rgb.shape[0], rgb.shape[1], x, y)] = MARKER_COLOR
+    return PIL.Image.fromarray(rgb, mode="RGB")
+
+
+def parse_point_prompt(point_prompt, num_views: int, name: str = "point prompt") -> tuple[int, int, int]:
+    """`(view_idx, x, y)` as plain ints. TypeError / ValueError: not 3 integers; IndexError: `view_idx` outside
+    `[0, num_views)` (negative indices are refused, not wrapped)."""
+    if not isinstance(point_prompt, Sequence) or isinstance(point_prompt, str) or len(point_prompt) != 3:
+        raise ValueError(f"{name} must be (view_idx, x, y), got {point_prompt!r}")
+    view_idx = _as_int(point_prompt[0], f"{name} view index")
+    x = _as_int(point_prompt[1], f"{name} x")
+    y = _as_int(point_prompt[2], f"{name} y")
+    if not 0 <= view_idx < num_views:
+        raise IndexError(f"{name}: view index {view_idx} is out of range for a sample with {num_views} view(s)")
+    return view_idx, x, y
+
+
+def apply_point_prompt(views: Sequence[PIL.Image.Image], point_prompt, name: str = "point prompt") -> list:
+    """A new list of `views` (PIL images at their original resolution) with the marker `point_prompt`
+    `(view_idx, x, y)` painted into a copy of view `view_idx`; None leaves every view as is. ValueError / TypeError /
+    IndexError for a malformed prompt or a marker pixel outside its view."""
+    views = list(views)
+    if point_prompt is None:
+        return views
+    view_idx, x, y = parse_point_prompt(point_prompt, len(views), name)
+    views[view_idx] = draw_marker(views[view_idx], x, y, name=f"{name} (view {view_idx})")
+    return views

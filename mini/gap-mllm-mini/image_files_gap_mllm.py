@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/image_files_gap_mllm.py

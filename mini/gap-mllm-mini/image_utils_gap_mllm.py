@@ -1,0 +1,1 @@
+../../modeling_gap_mllm/image_utils_gap_mllm.py
