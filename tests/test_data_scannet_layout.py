@@ -1,4 +1,5 @@
-"""ScanNet posed_images I/O round trips and the synth CLI writes a readable dataset."""
+"""ScanNet posed_images I/O round trips and the synth CLI writes a readable dataset; `.npy` depth is read as metres
+only when it holds floats (integer depth needs an explicit depth_scale, bool and complex are refused)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 from scipy.spatial.transform import Rotation
 
 from gap_mllm.processing.annotation_files import TASKS, find_annotation_file
-from gap_mllm.processing.scannet_layout import read_axis_align, read_views, write_frame, write_scene_meta
+from gap_mllm.processing.errors import DataError
+from gap_mllm.processing.scannet_layout import read_axis_align, read_depth, read_views, write_frame, write_scene_meta
 from gap_mllm.processing.synth_cli import add_arguments, main
 
 
@@ -50,3 +53,38 @@ def test_synth_cli_writes_every_task(tmp_path, capsys):
     assert len(list((out / "scannet" / "posed_images" / "synth0000_00").glob("*.jpg"))) == 10
     bad = parser.parse_args(["--scenes", "0", "--out", str(out)])
     assert main(bad) == 2
+
+
+# --------------------------------------------------------------------------------------------------------- depth arrays
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.int32])
+def test_integer_npy_depth_is_refused_without_a_depth_scale(tmp_path, dtype):
+    path = tmp_path / "00000.npy"
+    np.save(path, np.full((4, 5), 150, dtype=dtype))
+    with pytest.raises(DataError, match=rf"^file {path}: depth array is {np.dtype(dtype).name}: integer depth has no "
+                                        r"unit \(1500 may be millimetres or metres\), so it is not read as metres; save "
+                                        r"float32 metres, or uint16 millimetres as 00000\.png, or read it with an "
+                                        r"explicit depth_scale"):
+        read_depth(path)
+    np.testing.assert_array_equal(read_depth(path, depth_scale=1000), np.full((4, 5), 0.15, dtype=np.float32))
+
+
+@pytest.mark.parametrize("dtype", [bool, np.complex64])
+def test_bool_and_complex_npy_depth_are_refused_naming_the_file(tmp_path, dtype):
+    path = tmp_path / "00000.npy"
+    np.save(path, np.ones((4, 5), dtype=dtype))
+    name = np.dtype(dtype).name
+    with pytest.raises(DataError, match=rf"^file {path}: depth array is {name}, not numbers of metres; save float32 metres$"):
+        read_depth(path)
+    with pytest.raises(DataError, match=rf"depth array is {name}"):
+        read_depth(path, depth_scale=1000)  # no scale makes them numbers
+
+
+def test_float_npy_depth_is_metres_and_a_bad_scale_is_refused(tmp_path):
+    path = tmp_path / "00000.npy"
+    np.save(path, np.full((4, 5), 1.5, dtype=np.float64))
+    np.testing.assert_array_equal(read_depth(path), np.full((4, 5), 1.5, dtype=np.float32))
+    for scale in (0, -1000, float("nan"), "1000"):
+        with pytest.raises(ValueError, match=r"depth_scale must be a positive number of units per metre"):
+            read_depth(path, depth_scale=scale)

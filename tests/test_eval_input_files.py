@@ -1,16 +1,23 @@
-"""Inputs of the scoring commands that used to pass silently or fail without naming the file: `export-lmms` with no
-task named, a predictions row with both `raw` and `text`, a predictions file that is not UTF-8, a record without
-frames, JSON nested too deep, a data root that is a link loop."""
+"""Inputs of the scoring commands are refused naming the file, or counted and reported: `export-lmms` with no task
+named, a predictions row with both `raw` and `text`, a predictions file that is not UTF-8, a record without frames,
+JSON nested too deep, a data root that is a link loop, a detection record without boxes (on every path that scores
+one), repeated or unknown ids, answers that are not text, rows missing or past the limit, U+2028 in an answer."""
 
 import json
+import shutil
 
 import pytest
 
 from gap_mllm.cli.main import main as gap_mllm
-from gap_mllm.evaluation.lmms_eval_plugin import LMMS_TASKS
+from gap_mllm.evaluation.baselines import detection_baseline
+from gap_mllm.evaluation.detection_metrics import ground_truth
+from gap_mllm.evaluation.in_memory import EvaluationSlice
+from gap_mllm.evaluation.lmms_eval_plugin import LMMS_TASKS, task_functions
 from gap_mllm.evaluation.lmms_eval_plugin.export import export_tasks
 from gap_mllm.evaluation.runner import read_predictions_file, run_evaluation, write_oracle_predictions
 from gap_mllm.processing.annotation_files import find_annotation_file
+from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.errors import DataError
 
 
 @pytest.mark.parametrize("tasks", ["", " , ", ","])
@@ -127,3 +134,150 @@ def test_an_answer_nested_too_deep_is_no_answer_in_either_reading(synth_data, tm
         assert summary["metrics"]["unscored"] == {"no box in the answer": 2}
         assert [json.loads(line)["parsed"] for line in (out / "samples.jsonl").read_text().splitlines()] == [
             {"frame": 0, "bbox_3d": None}] * 2
+
+
+# ------------------------------------------------------------------------------------- a detection record without boxes
+
+
+def detection_records(root):
+    path = find_annotation_file(root, "detection", "val")
+    return path, load_annotation_file(path)
+
+
+def test_a_record_without_boxes_is_a_data_error_and_an_empty_list_is_no_objects():
+    with pytest.raises(DataError, match=r"^sample 's1': the detection record has no 'boxes': its ground-truth objects "
+                                        r"are unknown \(write \"boxes\": \[\] for a sample without objects\)$"):
+        ground_truth({"id": "s1", "images": ["a.jpg"]}, "s1")
+    with pytest.raises(DataError, match=r"^sample 3: the detection record has a list, not an object"):
+        ground_truth([], 3)
+    assert ground_truth({"boxes": []}, "s2") == ([], [])
+
+
+def test_the_runner_refuses_a_record_without_boxes_and_scores_an_empty_one(synth_data, tmp_path):  # noqa: F811
+    path, records = detection_records(synth_data)
+    oracle = write_oracle_predictions("detection", synth_data, tmp_path / "oracle.jsonl")
+    edited = tmp_path / path.name
+    no_boxes = [dict(records[0]), *records[1:]]
+    del no_boxes[0]["boxes"]
+    edited.write_text(json.dumps(no_boxes))
+    with pytest.raises(DataError, match=rf"^sample '{records[0]['id']}': the detection record has no 'boxes'"):
+        run_evaluation("detection", synth_data, tmp_path / "out", predictions_file=oracle, annotation_file=edited, plots=False)
+    # an empty list is a sample without objects: its answer "[]" is right, and the oracle still scores 1.0
+    empty = [{**records[0], "boxes": [], "conversations": [records[0]["conversations"][0], {"from": "gpt", "value": "[]"}]},
+             *records[1:]]
+    edited.write_text(json.dumps(empty))
+    oracle = write_oracle_predictions("detection", synth_data, tmp_path / "oracle_empty.jsonl", annotation_file=edited)
+    summary = run_evaluation("detection", synth_data, tmp_path / "out2", predictions_file=oracle, annotation_file=edited,
+                             plots=True)
+    assert summary["headline"]["value"] == 1.0 and summary["num_samples"] == len(records)
+
+
+def test_a_model_run_and_training_s_evaluation_refuse_it_before_any_answer(synth_data, tiny_checkpoint, tmp_path):  # noqa: F811
+    """Refused before the model answers: refused only at scoring, the answers would already be written, and the
+    fixed annotation file (another file for the run fingerprint) could not resume them."""
+    path, records = detection_records(synth_data)
+    del records[1]["boxes"]
+    edited = tmp_path / path.name
+    edited.write_text(json.dumps(records))
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=rf"^sample '{records[1]['id']}': the detection record has no 'boxes'"):
+        run_evaluation("detection", synth_data, out, model_dir=tiny_checkpoint, annotation_file=edited, limit=2,
+                       max_new_tokens=2, progress=False, plots=False)
+    assert not out.exists()  # refused before the model was loaded: nothing generated
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    shutil.copy(edited, find_annotation_file(data, "detection", "val"))
+    with pytest.raises(DataError, match=rf"^sample '{records[1]['id']}': the detection record has no 'boxes'"):
+        EvaluationSlice("detection", data, split="val")
+
+
+def test_the_lmms_eval_plugin_and_the_baseline_refuse_it_too(synth_data, tmp_path):  # noqa: F811
+    path, records = detection_records(synth_data)
+    del records[1]["boxes"]
+    edited = tmp_path / path.name
+    edited.write_text(json.dumps(records))
+    items = [{"id": r["id"], "index": i, "task": "detection", "official_compat": False, "meteor": False,
+              "annotation_file": str(edited), "raw": [r["conversations"][1]["value"]]} for i, r in enumerate(records)]
+    with pytest.raises(DataError, match=rf"^sample '{records[1]['id']}': the detection record has no 'boxes'"):
+        task_functions.aggregate_f1(items)
+    root = tmp_path / "data"  # the baseline's means come from the train split: the edited file is it
+    shutil.copytree(synth_data / "annotations", root / "annotations")
+    edited.rename(root / "annotations" / path.name.replace("_val_", "_train_"))
+    with pytest.raises(DataError, match=rf"^sample '{records[1]['id']}': the detection record has no 'boxes'"):
+        detection_baseline(root, "val")
+
+
+# ---------------------------------------------------------------------------------------------------- predictions files
+
+
+@pytest.fixture
+def qa_oracle(synth_data, tmp_path):
+    from gap_mllm.evaluation.runner import write_oracle_predictions
+
+    path = write_oracle_predictions("spatial_qa", synth_data, tmp_path / "oracle.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_rows(path, rows, ensure_ascii=True):
+    path.write_text("".join(json.dumps(row, ensure_ascii=ensure_ascii) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def score_qa(synth_data, tmp_path, rows, **kwargs):
+    from gap_mllm.evaluation.runner import run_evaluation
+
+    return run_evaluation("spatial_qa", synth_data, tmp_path / "out", predictions_file=write_rows(tmp_path / "p.jsonl", rows),
+                          plots=False, **kwargs)
+
+
+def test_a_repeated_prediction_id_is_an_error_naming_both_lines(synth_data, tmp_path, qa_oracle):
+    rows = qa_oracle + [dict(qa_oracle[1], raw=["Z"])]
+    with pytest.raises(ValueError, match=rf"line {len(rows)}: id {qa_oracle[1]['id']!r} already has a row \(line 2\)"):
+        score_qa(synth_data, tmp_path, rows)
+
+
+@pytest.mark.parametrize("answer, kind", [({"answer": "A"}, "dict"), (3, "int"), (None, "NoneType"), (["A"], "list")])
+def test_an_answer_that_is_not_text_is_an_error_not_scored_as_its_repr(synth_data, tmp_path, qa_oracle, answer, kind):
+    rows = [dict(qa_oracle[0], raw=[answer])] + qa_oracle[1:]
+    with pytest.raises(ValueError, match=rf"line 1 \(id {qa_oracle[0]['id']!r}\): answer 0 is {kind} .*not a string"):
+        score_qa(synth_data, tmp_path, rows)
+
+
+def test_rows_that_are_not_scored_are_counted_and_reported(synth_data, tmp_path, qa_oracle):
+    rows = qa_oracle + [{"id": "not-a-sample", "raw": ["A"]}]
+    summary = score_qa(synth_data, tmp_path, rows, limit=2)
+    assert summary["num_samples"] == 2 and summary["metrics"]["overall"] == 1.0
+    assert summary["predictions_file"] == {"rows": len(rows), "scored": 2, "after_limit": len(qa_oracle) - 2,
+                                           "not_in_annotations": 1, "not_in_annotations_first": ["not-a-sample"]}
+
+
+@pytest.mark.parametrize("limit", [0, -1, True])
+def test_a_limit_that_is_not_a_positive_count_is_an_error(synth_data, tmp_path, qa_oracle, limit):
+    with pytest.raises(ValueError, match=rf"limit must be a positive number of samples .*got {limit!r}"):
+        score_qa(synth_data, tmp_path, qa_oracle, limit=limit)
+
+
+def test_an_annotation_file_without_records_is_an_error(synth_data, tmp_path, qa_oracle):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(ValueError, match="empty.json: no samples to evaluate"):
+        score_qa(synth_data, tmp_path, qa_oracle, annotation_file=empty)
+
+
+def test_missing_rows_are_listed_not_called_a_resume(synth_data, tmp_path, qa_oracle):
+    with pytest.raises(ValueError) as excinfo:
+        score_qa(synth_data, tmp_path, qa_oracle[2:])
+    message = str(excinfo.value)
+    assert f"2 of the {len(qa_oracle)} sample(s)" in message and "have no row in the predictions file" in message
+    assert repr(qa_oracle[0]["id"]) in message and repr(qa_oracle[1]["id"]) in message and "resume" not in message
+
+
+def test_a_line_separator_inside_an_answer_is_text_not_a_line_break(synth_data, tmp_path, qa_oracle):
+    from gap_mllm.evaluation.runner import read_predictions_file, run_evaluation
+
+    rows = [dict(row, raw=[row["raw"][0] + "\u2028"]) for row in qa_oracle]
+    path = write_rows(tmp_path / "u2028.jsonl", rows, ensure_ascii=False)
+    assert "\u2028" in path.read_text(encoding="utf-8")  # written raw, as JSON allows
+    assert read_predictions_file(path, 1)[qa_oracle[0]["id"]] == [qa_oracle[0]["raw"][0] + "\u2028"]
+    summary = run_evaluation("spatial_qa", synth_data, tmp_path / "out", predictions_file=path, plots=False)
+    assert summary["metrics"]["overall"] == 1.0

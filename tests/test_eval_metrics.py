@@ -1,4 +1,7 @@
-"""Detection, grounding, captioning, reconstruction and spatial-QA metrics on hand-made cases."""
+"""Detection, grounding, captioning, reconstruction and spatial-QA metrics on hand-made cases, with the rules for
+boxes of negated sizes (as the text path scores them) and for spatial-QA truths of zero or below."""
+
+import json
 
 import numpy as np
 import pytest
@@ -6,10 +9,13 @@ import pytest
 from gap_mllm.evaluation.box_iou import box_iou
 from gap_mllm.evaluation.caption_metrics import caption_scores, normalize_caption
 from gap_mllm.evaluation.detection_metrics import DetectionEvaluator, match_sample
+from gap_mllm.evaluation.detection_parsing import detection_predictions
 from gap_mllm.evaluation.grounding_metrics import UNSCORED_NO_BOX, GroundingEvaluator, grounding_scores, score_grounding
 from gap_mllm.evaluation.reconstruction_metrics import ReconstructionEvaluator, point_score, umeyama_sim3
-from gap_mllm.evaluation.spatial_qa_metrics import mean_relative_accuracy, spatial_qa_scores
+from gap_mllm.evaluation.spatial_qa_metrics import mean_relative_accuracy, score_answer, spatial_qa_scores
 from gap_mllm.processing.coordinates import euler_to_matrix, world_boxes_to_camera
+from gap_mllm.processing.errors import DataError
+from gap_mllm.tasks_gap_mllm import parse_grounding
 
 OUTER = [0, 0, 0, 2, 2, 2, 0, 0, 0]  # volume 8
 QUARTER = [0, 0, 0, 1, 1, 2, 0, 0, 0]  # nested, volume 2: IoU exactly 0.25
@@ -245,3 +251,69 @@ def test_spatial_qa_per_type_and_overall():
     assert out["overall"] == pytest.approx((0.5 + 0.5 + 0.5) / 3)
     with pytest.raises(ValueError):
         spatial_qa_scores(["1"], ["1"], ["not_a_type"])
+
+
+# ---------------------------------------------------- negated sizes given to the box-level evaluators
+
+
+UNIT_BOX = [0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+NEGATED = [0.0, 0.0, 2.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0]  # the same point set, negated sizes
+
+
+def test_grounding_add_scores_a_negated_box_as_no_box_like_the_text_path():
+    evaluator = GroundingEvaluator()
+    score = evaluator.add(NEGATED, UNIT_BOX)
+    assert (score.iou, score.reason, score.detail) == (None, UNSCORED_NO_BOX,
+                                                         "the predicted bbox_3d has a negative size [-1.0, -1.0, -1.0]")
+    parsed = parse_grounding(json.dumps({"bbox_3d": NEGATED}))  # the same box as stage-2 text: no box either
+    assert parsed.box is None and parsed.reason == "bbox_3d has a negative size [-1.0, -1.0, -1.0]"
+    assert evaluator.add(UNIT_BOX, UNIT_BOX).iou == pytest.approx(1.0)
+    metrics = evaluator.compute()
+    assert metrics["miou"] == pytest.approx(0.5) and metrics["acc@0.25"] == 0.5 and metrics["unscored"] == {UNSCORED_NO_BOX: 1}
+    nan = GroundingEvaluator().add([0, 0, 2, 1, 1, float("nan"), 0, 0, 0], UNIT_BOX)  # not finite: no box either
+    assert (nan.reason, nan.detail) == (UNSCORED_NO_BOX, "the predicted bbox_3d contains a non-numeric or non-finite value")
+    with pytest.raises(ValueError):  # 6 numbers are not a box: the caller's error (tested above)
+        GroundingEvaluator().add([0, 0, 2, 1, 1, 1], UNIT_BOX)
+    official = GroundingEvaluator(official_compat=True)  # the official IoU reads absolute sizes: kept there
+    assert official.add(NEGATED, UNIT_BOX).iou == pytest.approx(1.0)
+
+
+def test_detection_add_drops_a_negated_box_and_counts_it_like_the_text_path():
+    box_level = DetectionEvaluator()
+    box_level.add(["chair", "table"], [NEGATED, UNIT_BOX], ["chair", "table"], [UNIT_BOX, UNIT_BOX])
+    text_level = DetectionEvaluator()  # the same answer as text, through the parser
+    answer = json.dumps([{"label": "chair", "bbox_3d": NEGATED}, {"label": "table", "bbox_3d": UNIT_BOX}])
+    pred = detection_predictions(answer)
+    text_level.add(pred.labels, pred.boxes, ["chair", "table"], [UNIT_BOX, UNIT_BOX], pred.valid, pred.dropped)
+    assert box_level.compute() == text_level.compute()
+    scores = box_level.compute()
+    assert scores["per_category"]["chair"]["f1"] == 0.0 and scores["per_category"]["table"]["f1"] == 1.0
+    assert scores["dropped_predictions"] == 1
+    with pytest.raises(DataError, match=r"ground-truth bbox_3d has a negative size \[-1\.0, -1\.0, -1\.0\]"):
+        DetectionEvaluator().add(["chair"], [UNIT_BOX], ["chair"], [NEGATED])
+    official = DetectionEvaluator(official_compat=True)
+    official.add(["chair"], [NEGATED], ["chair"], [UNIT_BOX])
+    assert official.compute()["per_category"]["chair"]["f1"] == 1.0  # the official reading, as documented
+
+
+# ------------------------------------------------------------- spatial QA on a zero or negative truth
+
+
+def test_an_exact_answer_on_a_zero_truth_scores_one():
+    assert score_answer("0", "0", "object_counting") == 1.0
+    assert score_answer("0.0 objects", "0", "object_counting") == 1.0
+    assert score_answer("1", "0", "object_counting") == 0.0  # infinite relative error: no level passes
+    assert score_answer("none", "0", "object_counting") == 0.0  # no number
+    assert mean_relative_accuracy(0.0, 0.0) == 1.0 and mean_relative_accuracy(0.01, 0.0) == 0.0
+    with pytest.raises(ValueError, match="VSI-Bench divides by it"):
+        score_answer("0", "0", "object_counting", official_compat=True)
+
+
+def test_a_negative_truth_is_divided_by_its_size_and_a_non_number_is_refused():
+    assert score_answer("-2", "-2", "object_abs_distance") == 1.0
+    assert score_answer("-3", "-2", "object_abs_distance") == pytest.approx(0.1)  # |-3 - -2| / 2 = 0.5
+    assert score_answer("5", "-2", "object_abs_distance", official_compat=True) == 1.0  # VSI-Bench: negative ratio
+    with pytest.raises(ValueError, match=r"numerical ground truth 'two' of a object_counting question is not a finite number"):
+        score_answer("0", "two", "object_counting")

@@ -1,4 +1,5 @@
-"""Task runners end to end on SynthRooms data: oracle = 100%, tiny-model runs, resume, CLI, evaluate modules."""
+"""Task runners end to end on SynthRooms data: oracle = 100%, tiny-model runs, resume, CLI, evaluate modules; boxes
+with negated sizes score as no box by default and as the official code scores them under official_compat."""
 
 import argparse
 import json
@@ -10,6 +11,7 @@ from gap_mllm.cli.errors import UserError
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation import generation
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
+from gap_mllm.tasks_gap_mllm import Box3D, parse_detection, serialize_detection
 
 TASKS = ("detection", "grounding", "captioning", "reconstruction", "spatial_qa")
 
@@ -184,3 +186,67 @@ def test_cli_evaluates_the_embedded_mini_like_predict_and_demo(synth_data, tmp_p
     assert used == [str(default_model_path())]
     assert json.loads((tmp_path / "mini" / "summary.json").read_text())["num_samples"] == 1
     assert "(1 samples) ->" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------- negated box sizes
+
+
+def negated(box: list) -> list:
+    return [*box[:3], *(-v for v in box[3:6]), *box[6:]]
+
+
+def negated_oracle(task, data, path):
+    """The oracle predictions of `task` with every box size negated."""
+    from gap_mllm.evaluation.runner import write_oracle_predictions
+
+    oracle = write_oracle_predictions(task, data, path)
+    rows = [json.loads(line) for line in oracle.read_text().splitlines()]
+    for row in rows:
+        if task == "grounding":
+            box = json.loads(row["raw"][1])["bbox_3d"]
+            row["raw"][1] = json.dumps({"bbox_3d": negated(box)})
+        else:
+            boxes = parse_detection(row["raw"][0]).boxes
+            row["raw"][0] = serialize_detection([Box3D.from_list(negated(b.to_list()), label=b.label) for b in boxes])
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_negated_sizes_do_not_score_as_perfect_in_the_default_mode(synth_data, tmp_path):
+    from gap_mllm.evaluation.runner import run_evaluation
+
+    grounding = run_evaluation("grounding", synth_data, tmp_path / "g", plots=False,
+                               predictions_file=negated_oracle("grounding", synth_data, tmp_path / "g.jsonl"))["metrics"]
+    assert grounding["acc@0.25"] == 0.0 and grounding["unscored"] == {"no box in the answer": grounding["num_samples"]}
+    rows = [json.loads(line) for line in (tmp_path / "g" / "samples.jsonl").read_text().splitlines()]
+    assert all(r["parse_error"].startswith("bbox_3d has a negative size") for r in rows)
+    detection = run_evaluation("detection", synth_data, tmp_path / "d", plots=False,
+                               predictions_file=negated_oracle("detection", synth_data, tmp_path / "d.jsonl"))["metrics"]
+    total_gt = sum(c["fn"] for c in detection["per_category"].values())
+    assert detection["f1"] == 0.0 and detection["dropped_predictions"] == total_gt > 0
+
+
+def test_negated_sizes_score_as_the_official_code_scores_them_in_official_compat(synth_data, tmp_path):
+    """The official IoU (pytorch3d on the corners) orients faces by the box centre: a negated size is the
+    same box there, so the official evaluator scores this oracle as perfect, and official_compat does too."""
+    from gap_mllm.evaluation.runner import run_evaluation
+
+    grounding = run_evaluation("grounding", synth_data, tmp_path / "g", plots=False, official_compat=True,
+                               predictions_file=negated_oracle("grounding", synth_data, tmp_path / "g.jsonl"))["metrics"]
+    assert grounding["acc@0.25"] == 1.0 and grounding["unscored"] == {}
+    detection = run_evaluation("detection", synth_data, tmp_path / "d", plots=False, official_compat=True,
+                               predictions_file=negated_oracle("detection", synth_data, tmp_path / "d.jsonl"))["metrics"]
+    assert all(c["f1"] == 1.0 for c in detection["per_category"].values()) and detection["dropped_predictions"] == 0
+
+
+def test_official_stage2_reading():
+    from gap_mllm.evaluation.tasks import official_stage2_box
+
+    box = [0.1, 0.2, 1.5, 0.5, 0.6, 0.7, 0.1, 0.0, 0.0]
+    assert official_stage2_box("```json\n" + json.dumps({"bbox_3d": box}) + "\n```") == (box, None)
+    assert official_stage2_box(json.dumps({"bbox_3d": [*box, 9.0]}))[0] == box  # the official slices take the first 9
+    assert official_stage2_box(json.dumps(box))[0] is None  # a bare list: `list["bbox_3d"]` fails officially
+    assert official_stage2_box('{"bbox_3d": [0, 0, 1, 1, 1, "1", 0, 0, 0]}')[0] is None
+    assert official_stage2_box('{"bbox_3d": [0, 0, 1, -1, -1, -1, 0, 0, 0]}')[0] == [0, 0, 1, -1, -1, -1, 0, 0, 0]
+    assert official_stage2_box('{"bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, 0], }')[0] is not None  # a Python literal
+    assert official_stage2_box('{"bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, true]}')[0] is None  # JSON true: eval fails

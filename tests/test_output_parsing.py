@@ -445,3 +445,12 @@ def test_a_numeric_pointmap_label_is_no_label_and_says_so():
     result = parse_pointmap('{"pointmap": [0.5, -0.25, 3.0], "label": 5}')
     assert (result.point, result.label, result.reason) == ((0.5, -0.25, 3.0), None, '"label" is a int (5), not a text label')
     assert parse_pointmap('{"pointmap": [0.5, -0.25, 3.0], "label": "wall"}').reason is None
+
+
+def test_a_negative_size_parses_to_no_box_with_the_reason():
+    assert parse_grounding('{"bbox_3d": [0, 0, 1, -1, -1, -1, 0, 0, 0]}').box is None
+    assert parse_grounding('{"bbox_3d": [0, 0, 1, -1, -1, -1, 0, 0, 0]}').reason == "bbox_3d has a negative size [-1.0, -1.0, -1.0]"
+    assert parse_grounding("[0, 0, 1, 1, -1, 1, 0, 0, 0]").reason == "bbox_3d has a negative size [1.0, -1.0, 1.0]"
+    result = parse_detection('[{"label": "bed", "bbox_3d": [0, 0, 1, 1, 1, -1, 0, 0, 0]}, {"label": "bed", "bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, 0]}]')
+    assert [b.size for b in result.boxes] == [(1.0, 1.0, 1.0)] and result.skipped == 1 and "negative size" in result.reason
+    assert parse_grounding('{"bbox_3d": [0, 0, 1, 0, -0.0, 1, 0, 0, 0]}').box is not None  # zero (and -0.0) is a size
