@@ -1,19 +1,10 @@
-"""Configuration classes of GAP-MLLM.
+"""GAP-MLLM configuration.
 
-`GapMllmConfig` is a composite config: the stock Qwen3-VL config (`vlm_config`), the geometry encoder's
-config (`geometry_config`, of the class registered for `geometry_encoder_type`: VGGT's by default) and the
-multi-level fusion settings (`geometry_fusion_config`). The geometry-encoder interface (`GeometryEncoderConfig`,
-`GeometryEncoder`, `GeometryEncoderOutput`) and its registry (`register_geometry_encoder`) are defined here.
-The model type is `gap_mllm`, never `qwen3_vl`: a reused type would make `AutoModel` build the stock
-class and silently drop the geometry weights.
-
-Level pairing (docs/method.md §1.2): with `tapped_layers = [t_0, ..., t_{L-2}, t_{L-1}]`, the last tapped
-layer is fused with the main visual tokens (they replace the `<|image_pad|>` embeddings) and layer
-`t_k` (k < L-1) with the k-th DeepStack level of Qwen3-VL. The default `[4, 11, 17, 23]` pairs VGGT
-block 23 with the ViT output and blocks 4/11/17 with DeepStack levels 0/1/2.
+Size checks and the parameter estimate (`check_sizes`, `check_vlm_sizes`, `parameter_parts`, `estimate_num_parameters`,
+`check_parameter_count`, `check_memory_for_parameters`); the model's input names; the geometry-encoder interface
+(`GeometryEncoderConfig`, `GeometryEncoder`, `GeometryEncoderOutput`, `register_geometry_encoder`,
+`build_geometry_config`); the configs `GapMllmGeometryConfig` (VGGT), `GapMllmFusionConfig` and `GapMllmConfig`.
 """
-
-
 
 import logging
 import math
@@ -27,6 +18,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
+# ---- size checks and the parameter estimate
 MAX_PARAMETERS = 10**12
 
 TEXT_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -71,13 +63,12 @@ def check_vlm_sizes(vlm_config) -> None:
         )
 
 
-# One part of the estimate: (the config fields that size it, with their values; its parameter count). The
-# errors name the largest part, so that an absurd size is found by its field, not by the total alone.
+# (label naming the config fields that size it, parameter count); errors name the largest part by its fields
 Part = tuple[str, int]
 
 
 def _fields(prefix: str, config, *names: str) -> str:
-    """`prefix.a=1, b=2`: the fields `names` of `config` with their values, for a part's label."""
+    """`prefix.a=1, b=2`: a part's label."""
     return f"{prefix}." + ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
 
 
@@ -109,12 +100,12 @@ def _vision_parts(vision) -> list[Part]:
 
 
 def _block_parameters(width: int, mlp_ratio: float) -> int:
-    """The matrices of one VGGT / DINOv2 block of `width` channels: qkv + proj, MLP."""
+    """Weights of one VGGT / DINOv2 block of `width` channels: qkv + proj, MLP."""
     return 4 * width * width + 2 * int(mlp_ratio * width) * width
 
 
 def _dpt_head_parameters(geometry) -> int:
-    """The convolution and projection weights of one DPT head (modeling_vggt.py)."""
+    """Convolution and projection weights of one DPT head (`GapMllmDptHead`)."""
     width, features, channels = 2 * geometry.hidden_size, geometry.dpt_features, geometry.dpt_out_channels
     projections = width * sum(channels)
     resize = 16 * channels[0] ** 2 + 4 * channels[1] ** 2 + 9 * channels[3] ** 2  # ×4, ×2 transposed; ½ conv
@@ -166,8 +157,8 @@ def _fusion_parts(config) -> list[Part]:
 
 
 def parameter_parts(config) -> list[Part]:
-    """The parts of `estimate_num_parameters(config)`, each labelled with the config fields that size it.
-    `config`: a `GapMllmConfig`, or a geometry config alone (the geometry encoder built by itself)."""
+    """Parts of `estimate_num_parameters(config)` as `(label, count)`, labelled with the config fields that size them.
+    `config`: a `GapMllmConfig`, or a geometry config alone (the encoder built by itself)."""
     if not hasattr(config, "vlm_config"):
         return config.parameter_parts()
     vlm = config.vlm_config
@@ -179,8 +170,7 @@ def parameter_parts(config) -> list[Part]:
 
 
 def estimate_num_parameters(config) -> int:
-    """A lower bound of the parameter count of a `GapMllmConfig` (module docstring), from the config alone (or of
-    the geometry encoder of a `GapMllmGeometryConfig`)."""
+    """Lower bound of the parameter count of a `GapMllmConfig`, or of a geometry config's encoder, from the config."""
     return sum(count for _, count in parameter_parts(config))
 
 
@@ -230,14 +220,13 @@ def available_memory(device) -> int | None:
 
 
 def check_memory_for_parameters(config) -> None:
-    """ValueError when the weights of `config` (as for `parameter_parts`), in the current default dtype, cannot fit in the memory left on
-    the current default device (nothing is checked on the meta device, where `from_pretrained` builds, nor under
-    DeepSpeed ZeRO-3, which partitions the weights as they are created)."""
+    """ValueError when the weights of `config`, in the default dtype, exceed the memory left on the default device.
+    Skipped on the meta device (where `from_pretrained` builds) and under DeepSpeed ZeRO-3 (weights partitioned)."""
     import torch
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     device = torch.get_default_device()
-    if device.type == "meta" or is_deepspeed_zero3_enabled():  # ZeRO-3 partitions the weights as they are made
+    if device.type == "meta" or is_deepspeed_zero3_enabled():
         return
     needed = estimate_num_parameters(config) * torch.get_default_dtype().itemsize
     available = available_memory(device)
@@ -250,16 +239,13 @@ def check_memory_for_parameters(config) -> None:
         )
 
 
-# What the processor returns besides the Qwen3-VL inputs: the VGGT input of every view
-# (`[V, 3, H, W]`) and the number of views of each sample (`[B]`).
+# ---- input names, option values
+# Processor outputs besides the Qwen3-VL inputs: the VGGT input of every view `[V, 3, H, W]`, views per sample `[B]`.
 PROCESSOR_GEOMETRY_INPUT_NAMES = ("geometry_pixel_values", "geometry_views_per_sample")
-# Every geometry input the model's forward accepts (plus precomputed encoder output); `generate` drops
-# them after prefill, since the geometry tokens are in the KV cache by then.
+# Every geometry input of the model's forward, precomputed encoder output included.
 GEOMETRY_INPUT_NAMES = (*PROCESSOR_GEOMETRY_INPUT_NAMES, "geometry_features")
-# Everything `generate` drops after prefill besides transformers' own (pixel values): the geometry inputs, and what
-# describes the images to the prefill's M-RoPE (token types, image and video grids). A decode step's positions come
-# from the rope deltas, so these only made its inputs differ between a full call and a scene call (generation_gap_mllm.py)
-# and between scenes of other view counts, and compiled decoding recompiled for each (generation_gap_mllm.py).
+# Inputs `generate` drops after prefill besides pixel values: decode positions come from the rope deltas, so decode
+# inputs stay identical across scene calls and view counts (compiled decoding does not recompile).
 PREFILL_ONLY_INPUT_NAMES = (*GEOMETRY_INPUT_NAMES, "mm_token_type_ids", "image_grid_thw", "video_grid_thw")
 # `labels` value the loss skips: system and user turns, the assistant header, padding.
 IGNORE_INDEX = -100
@@ -281,9 +267,7 @@ class _DropDefaultSubConfigNotices(logging.Filter):
 
 @contextmanager
 def _quiet_default_sub_configs():
-    """While a config is diffed for saving, transformers builds a throwaway default of every nested config
-    (`type(sub_config)()`). For the nested Qwen3VLConfig that default has no vision/text config, so every
-    save logged "`vision_config` is None, initializing ..." although nothing of the user's is None."""
+    """Silence the default-sub-config notices of the throwaway configs `to_diff_dict` builds."""
     logger = logging.getLogger("transformers.configuration_utils")
     quiet = _DropDefaultSubConfigNotices()
     logger.addFilter(quiet)
@@ -293,17 +277,14 @@ def _quiet_default_sub_configs():
         logger.removeFilter(quiet)
 
 
-# ------------------------------------------------------------------------------------------ geometry-encoder interface
-
-
+# ---- geometry-encoder interface
 @dataclass
 class GeometryEncoderOutput(ModelOutput):
     """Output of a geometry encoder's `forward` (`GeometryEncoder`).
 
     Args:
         layer_features (`tuple[torch.Tensor]`): one `[B, S, h·w, feature_size]` tensor per tapped layer, in
-            `config.tapped_layers` order: patch tokens only (`(h, w)` the patch grid, row-major), frames in input
-            order. VGGT's: the frame-block output ⊕ the global-block output of the layer (`feature_size = 2·hidden_size`).
+            `config.tapped_layers` order: patch tokens only, row-major over the patch grid, frames in input order.
         patch_grid (`tuple[int, int]`): the patch grid `(h, w) = (H / patch_size, W / patch_size)`.
     """
 
@@ -312,18 +293,17 @@ class GeometryEncoderOutput(ModelOutput):
 
 
 class GeometryEncoderConfig(Protocol):
-    """What GAP-MLLM reads of a geometry config (a `PreTrainedConfig` subclass registered with `register_geometry_encoder`).
+    """What GAP-MLLM reads of a geometry config (a `PreTrainedConfig` subclass, `register_geometry_encoder`).
 
     Attributes:
-        tapped_layers (`list[int]`): the encoder layers returned, one per fusion level: the last feeds the main visual
-            tokens, the others the DeepStack levels in order (1 + the vision tower's DeepStack levels in all).
+        tapped_layers (`list[int]`): the layers returned, one per fusion level (1 + the vision tower's DeepStack
+            levels): the last feeds the main visual tokens, the others the DeepStack levels in order.
         num_hidden_layers (`int`): the encoder depth (layers `0..num_hidden_layers-1`).
-        patch_size (`int`): pixels per token side; one token per Qwen patch (`GapMllmProcessor` gives 14 px a patch).
+        patch_size (`int`): pixels per token side; one token per Qwen patch (14 px with `GapMllmProcessor`).
         feature_size (`int`): channels of each level's features (the mergers' input width).
 
     Methods:
-        parameter_parts() -> `list[tuple[str, int]]`: a lower bound of the encoder's parameter count in parts, each
-            labelled with the fields that size it (`estimate_num_parameters`).
+        parameter_parts() -> `list[tuple[str, int]]`: lower bound of the encoder's parameter count in labelled parts.
     """
 
     tapped_layers: list[int]
@@ -338,22 +318,18 @@ class GeometryEncoder(Protocol):
     """What GAP-MLLM calls on a geometry encoder: an `nn.Module` built as `encoder_class(geometry_config)`.
 
     Methods:
-        forward(images) -> `GeometryEncoderOutput`: `images [B, S, 3, H, W]` RGB in [0, 1] (any normalisation is the
-            encoder's), H and W multiples of `config.patch_size`, in the dtype of the encoder's parameters.
-        init_module_weights(module): initialise `module`, one of the encoder's own modules (not its children);
-            `_init_weights` calls it for each, so it must leave tensors loaded from a checkpoint alone (use
-            `transformers.initialization`).
-        set_trainable(trainable): `requires_grad` of the encoder's parameters (the freezing policy); parameters no
-            forward uses may stay frozen.
-        reconstruct(images) (optional): the outputs of the encoder's reconstruction heads, when it has heads.
+        forward(images) -> `GeometryEncoderOutput`: `images [B, S, 3, H, W]` RGB in [0, 1] (the encoder normalises),
+            H and W multiples of `config.patch_size`, in the dtype of the encoder's parameters.
+        init_module_weights(module): initialise one of the encoder's own modules (not its children); called by
+            `_init_weights`, so it must leave checkpoint-loaded tensors alone (use `transformers.initialization`).
+        set_trainable(trainable): set `requires_grad` of the parameters forward uses (others may stay frozen).
+        reconstruct(images) (optional): the outputs of the encoder's reconstruction heads, when it has any.
     """
 
     config: GeometryEncoderConfig
 
     def __call__(self, images) -> GeometryEncoderOutput: ...
-
     def init_module_weights(self, module) -> None: ...
-
     def set_trainable(self, trainable: bool) -> None: ...
 
 
@@ -363,10 +339,11 @@ GEOMETRY_ENCODERS: dict[str, type] = {}
 
 
 def register_geometry_encoder(name: str, config_class: type[PreTrainedConfig], encoder_class: type) -> None:
-    """Make `name` a `GapMllmConfig.geometry_encoder_type`: its `geometry_config` is a `config_class`
-    (`GeometryEncoderConfig`) and the model's encoder `encoder_class(geometry_config)` (`GeometryEncoder`). A name
-    registered again takes the new classes. Raises TypeError when `config_class` is not a `PreTrainedConfig` subclass
-    or `encoder_class` not a class, ValueError for an empty name."""
+    """Make `name` a `GapMllmConfig.geometry_encoder_type` (a name registered again takes the new classes).
+
+    `geometry_config` becomes a `config_class` (`GeometryEncoderConfig`), the encoder `encoder_class(geometry_config)`
+    (`GeometryEncoder`). Raises ValueError for an empty name, TypeError when `config_class` is not a
+    `PreTrainedConfig` subclass or `encoder_class` not a class."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a geometry encoder name must be a non-empty string, got {name!r}.")
     if not (isinstance(config_class, type) and issubclass(config_class, PreTrainedConfig)):
@@ -378,9 +355,9 @@ def register_geometry_encoder(name: str, config_class: type[PreTrainedConfig], e
 
 
 def build_geometry_config(encoder_type: str, geometry_config=None) -> PreTrainedConfig:
-    """`geometry_config` (None for the defaults, a dict as in config.json, or a config) as the config class registered
-    for `encoder_type`. Raises ValueError naming the registered types for an unknown one, and for a config (or a dict's
-    `model_type`) of another class."""
+    """`geometry_config` (None for the defaults, a config.json dict, or a config) as `encoder_type`'s config class.
+    Raises ValueError for an unregistered `encoder_type` or a config (dict `model_type`) of another class, TypeError
+    for another `geometry_config` type."""
     if not isinstance(encoder_type, str) or encoder_type not in GEOMETRY_ENCODER_CONFIGS:
         raise ValueError(f"geometry_encoder_type={encoder_type!r} is not registered: choose one of "
                          f"{sorted(GEOMETRY_ENCODER_CONFIGS)} (or register it with register_geometry_encoder).")
@@ -399,13 +376,12 @@ def build_geometry_config(encoder_type: str, geometry_config=None) -> PreTrained
     return config_class(**geometry_config) if isinstance(geometry_config, dict) else geometry_config
 
 
+# ---- configurations
 class GapMllmGeometryConfig(PreTrainedConfig):
-    r"""Configuration of the VGGT aggregator used as GAP-MLLM's frozen geometry encoder (`geometry_encoder_type`
-    `"vggt"`; a `GeometryEncoderConfig`).
+    r"""Configuration of the VGGT aggregator, GAP-MLLM's frozen geometry encoder (`geometry_encoder_type="vggt"`).
 
-    Defaults are VGGT-1B (docs/vggt.md §3): a DINOv2 ViT-L/14-with-registers patch embedding
-    followed by `num_hidden_layers` frame-attention blocks alternating with as many global-attention
-    blocks.
+    Defaults are VGGT-1B: a DINOv2 ViT-L/14-with-registers patch embedding, then `num_hidden_layers` frame-attention
+    blocks alternating with as many global-attention blocks.
 
     Args:
         image_size (`int`): training resolution of the DINOv2 position embedding (518 → 37×37 grid).
@@ -414,40 +390,31 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         num_hidden_layers (`int`): number of (frame, global) block pairs (24).
         num_attention_heads (`int`): heads of every attention layer (16).
         mlp_ratio (`float`): MLP width multiplier (4.0).
-        num_register_tokens (`int`): register tokens prepended per frame by the aggregator (4), after
-            the camera token; both come as a (first frame, other frames) pair.
-        layer_scale_init (`float`): LayerScale init of the alternating blocks (0.01).
-        layer_norm_eps (`float`): eps of the LayerNorms in the alternating blocks and QK-norm (1e-5).
-        qk_norm (`bool`): LayerNorm on queries and keys per head in the alternating blocks.
-        rope_frequency (`float`): base frequency of the 2-D RoPE of the alternating blocks (100).
-        patch_embed_num_hidden_layers (`int`): depth of the DINOv2 patch embedding (24).
-        patch_embed_num_register_tokens (`int`): DINOv2 register tokens (4).
-        patch_embed_layer_scale_init (`float`): LayerScale init of the DINOv2 blocks (1.0).
-        patch_embed_layer_norm_eps (`float`): eps of the DINOv2 LayerNorms (1e-6).
-        tapped_layers (`list[int]`): 0-based indices of the alternating block pairs whose outputs are
-            returned (the last one feeds the main visual tokens, the others the DeepStack levels).
-        reference_frame (`str`): `"first"` keeps the frame order; `"last"` reverses the frames before
-            the encoder and reverses the features back, making the last frame VGGT's reference.
-        image_mean, image_std (`list[float]`): normalisation applied inside the encoder to [0, 1] input.
-        source_checkpoint (`str`, *optional*): the VGGT checkpoint the weights came from (recorded for
-            the model card: `facebook/VGGT-1B` weights are non-commercial).
-        use_camera_head, use_depth_head, use_point_head (`bool`): build VGGT's reconstruction heads beside
-            the aggregator (all off by default: GAP-MLLM only uses the aggregator). Their weights come from
-            the same VGGT checkpoint (`camera_head.*`, `depth_head.*`, `point_head.*`).
-        camera_head_trunk_depth (`int`): transformer blocks of the camera head trunk (4).
-        camera_head_num_attention_heads (`int`): heads of the camera trunk, at width `2·hidden_size` (16).
-        camera_head_num_iterations (`int`): iterative refinement steps of the camera head (4).
+        num_register_tokens (`int`): register tokens per frame, after the camera token (4).
+        layer_scale_init, layer_norm_eps (`float`): LayerScale init and LayerNorm / QK-norm eps of the alternating
+            blocks (0.01, 1e-5).
+        qk_norm (`bool`): per-head LayerNorm on queries and keys in the alternating blocks (True).
+        rope_frequency (`float`): base frequency of the alternating blocks' 2-D RoPE (100).
+        patch_embed_num_hidden_layers, patch_embed_num_register_tokens (`int`): DINOv2 depth and registers (24, 4).
+        patch_embed_layer_scale_init, patch_embed_layer_norm_eps (`float`): DINOv2 LayerScale init and eps (1.0, 1e-6).
+        tapped_layers (`list[int]`): 0-based block pairs whose outputs are returned ([4, 11, 17, 23]): the last feeds
+            the main visual tokens, the others the DeepStack levels.
+        reference_frame (`str`): `"first"` (default) or `"last"`: the frame VGGT takes as reference; features stay
+            in input frame order.
+        image_mean, image_std (`list[float]`): normalisation inside the encoder of its [0, 1] input (ImageNet).
+        source_checkpoint (`str`, *optional*): the VGGT checkpoint of the weights (`facebook/VGGT-1B`: non-commercial).
+        initializer_range (`float`): std of the normal init (0.02).
+        use_camera_head, use_depth_head, use_point_head (`bool`): build VGGT's reconstruction heads (all False);
+            their weights come from the same checkpoint (`camera_head.*`, `depth_head.*`, `point_head.*`).
+        camera_head_trunk_depth, camera_head_num_attention_heads, camera_head_num_iterations (`int`): camera-head
+            trunk blocks, its heads at width `2·hidden_size`, and refinement steps (4, 16, 4).
         dpt_features (`int`): feature width of the DPT fusion blocks (256).
         dpt_out_channels (`list[int]`): widths of the four DPT projections ([256, 512, 1024, 1024]).
-        dpt_layers (`list[int]`): the four aggregator layers the DPT heads read ([4, 11, 17, 23]),
-            independent of `tapped_layers`.
-        dpt_frames_chunk_size (`int`): frames per DPT chunk (8), to bound memory; results do not depend on it.
-        autocast_dtype (`str`, *optional*): precision of the aggregator. `"auto"` (default): bf16 autocast
-            when the input images are on a CUDA device, as the official GAP code runs VGGT (matmuls and
-            attention in bf16, norms and softmax in fp32 inside autocast), and the weights' dtype
-            everywhere else, so fp32 on the CPU stays exact; the input's device decides, not whether a GPU
-            exists. `"bfloat16"` / `"float16"`: that autocast on every device (CPU too); `None`: never
-            autocast (run in the weights' dtype). The features come out in the weights' dtype in all cases.
+        dpt_layers (`list[int]`): the four aggregator layers the DPT heads read ([4, 11, 17, 23]).
+        dpt_frames_chunk_size (`int`): frames per DPT chunk, bounding memory; results do not depend on it (8).
+        autocast_dtype (`str`, *optional*): `"auto"` (default): bf16 autocast when the input is on a CUDA device,
+            the weights' dtype elsewhere; `"bfloat16"` / `"float16"`: that autocast on every device; `None`: no
+            autocast. Features come out in the weights' dtype.
     """
 
     model_type = "gap_mllm_geometry"
@@ -570,7 +537,7 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         return bool(self.use_depth_head or self.use_point_head)
 
     def _check_head_values(self):
-        """Head settings are checked only for the heads that are switched on (defaults are VGGT-1B sized)."""
+        """Check the settings of the heads that are switched on."""
         if self.use_camera_head:
             check_sizes(self, ("camera_head_trunk_depth", "camera_head_num_attention_heads", "camera_head_num_iterations"),
                         "geometry_config")
@@ -599,24 +566,20 @@ class GapMllmGeometryConfig(PreTrainedConfig):
                 )
 
 
-# known without the modeling modules, so that a config.json loads alone (AutoConfig); modeling_vggt.py registers the
-# encoder class beside it
+# here so that a config.json loads without the modeling modules; `modeling_vggt` registers the encoder class
 GEOMETRY_ENCODER_CONFIGS["vggt"] = GapMllmGeometryConfig
 
 
 class GapMllmFusionConfig(PreTrainedConfig):
-    r"""Settings of the geometry mergers and of the fusion modules (one of each per level).
+    r"""Settings of the geometry mergers and of the fusion modules (one of each per fusion level).
 
     Args:
-        method (`str`): `"gated"` (official, docs/method.md §1.4), or an ablation arm: `"add"`, `"concat"`,
-            `"weighted"`, `"cross_attention"` (docs/method.md §1.5).
+        method (`str`): `"gated"` (default) or an ablation: `"add"`, `"concat"`, `"weighted"`, `"cross_attention"`.
         merger_hidden_size (`int`): hidden width of the merger MLP (4096).
-        merger_norm (`str`): `"rms"` (Qwen2 RMSNorm) or `"layer"` (LayerNorm) before the 2×2 merge;
-            the official code picks one by accident of an import (docs/method.md §1.3), so it is explicit here.
-        merger_norm_eps (`float`): eps of the merger norm (1e-6).
-        norm_eps (`float`): eps of the fusion LayerNorms (1e-5).
-        cross_attention_num_heads, cross_attention_dropout, cross_attention_num_layers,
-        cross_attention_mlp_ratio: settings of the `"cross_attention"` variant (8, 0.1, 1, 4).
+        merger_norm (`str`): norm before the 2×2 merge: `"rms"` (Qwen2 RMSNorm, default) or `"layer"` (LayerNorm).
+        merger_norm_eps, norm_eps (`float`): eps of the merger norm (1e-6) and of the fusion LayerNorms (1e-5).
+        cross_attention_num_heads, cross_attention_dropout, cross_attention_num_layers, cross_attention_mlp_ratio:
+            settings of the `"cross_attention"` method (8, 0.1, 1, 4).
         initializer_range (`float`): std of the normal init of the new Linear layers (0.02).
     """
 
@@ -657,13 +620,16 @@ class GapMllmConfig(PreTrainedConfig):
 
     Args:
         vlm_config (`Qwen3VLConfig` or `dict`): the base Qwen3-VL configuration.
-        geometry_encoder_type (`str`): the registered geometry encoder (`register_geometry_encoder`), `"vggt"` by
-            default; a config.json without it is `"vggt"`. ValueError naming the registered ones for another.
-        geometry_config (`PreTrainedConfig` or `dict`): the geometry encoder's config, of the class registered for
-            `geometry_encoder_type` (`GapMllmGeometryConfig` for `"vggt"`).
+        geometry_encoder_type (`str`): a registered geometry encoder (`register_geometry_encoder`); `"vggt"` by
+            default and for a config.json without it.
+        geometry_config (`PreTrainedConfig` or `dict`): the config class registered for `geometry_encoder_type`
+            (`GapMllmGeometryConfig` for `"vggt"`); its `tapped_layers` name one layer per fusion level.
         geometry_fusion_config (`GapMllmFusionConfig` or `dict`): mergers and fusion.
-        use_geometry (`bool`): build the geometry encoder, mergers and fusion. `False` gives a model
-            that is exactly stock Qwen3-VL (the "fusion off" arm).
+        use_geometry (`bool`): build the geometry encoder, mergers and fusion (True); `False` is stock Qwen3-VL.
+
+    Raises:
+        ValueError: for a non-Qwen3-VL `vlm_config`, an invalid size, an unregistered `geometry_encoder_type`, a
+            `tapped_layers` count other than 1 + DeepStack levels, or over `MAX_PARAMETERS` parameters.
 
     Example:
 
@@ -675,7 +641,7 @@ class GapMllmConfig(PreTrainedConfig):
     ```
     """
 
-    model_type = "gap_mllm"
+    model_type = "gap_mllm"  # never qwen3_vl: AutoModel would build the stock class and drop the geometry weights
     sub_configs_defaults = {
         "vlm_config": SubConfigSpec(AutoConfig, model_type="qwen3_vl"),
         "geometry_config": GapMllmGeometryConfig,
@@ -690,7 +656,7 @@ class GapMllmConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
-        # built here, not from sub_configs_defaults: its class is the one registered for geometry_encoder_type
+        # not in sub_configs_defaults: its class depends on geometry_encoder_type
         self.geometry_config = build_geometry_config(self.geometry_encoder_type, self.geometry_config)
         super().__post_init__(**kwargs)
         if self.vlm_config.model_type != "qwen3_vl":
@@ -726,8 +692,7 @@ class GapMllmConfig(PreTrainedConfig):
         return len(self.geometry_config.tapped_layers)
 
 
-# `save_pretrained` writes the auto_map entry and copies the remote code for this class, however it was imported
-# (the package's lazy `import gap_mllm` does not run its registration for a submodule import)
+# so that `save_pretrained` writes auto_map and copies the remote code even when imported without `gap_mllm`
 GapMllmConfig.register_for_auto_class()
 
 
