@@ -1,3 +1,10 @@
+"""The VGGT geometry encoder of GAP-MLLM, registered as `geometry_encoder_type="vggt"`.
+
+Camera geometry and point clouds, 2-D RoPE and transformer blocks, the DINOv2 patch embedding, the camera and DPT
+heads, reconstruction (`GeometryReconstructionOutput`), the aggregator (`GapMllmVggtAggregator`), the encoder
+(`GapMllmGeometryEncoder`) and its weight init (`init_geometry_weights`).
+"""
+
 import math
 from dataclasses import dataclass
 
@@ -39,12 +46,7 @@ def quaternion_to_matrix(quaternions: torch.Tensor) -> torch.Tensor:
 
 
 def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices `[..., 3, 3]` → unit XYZW quaternions `[..., 4]` with `w >= 0`.
-
-    Numerically robust (the method of PyTorch3D that VGGT uses): four candidate quaternions are
-    formed, each divided by one of `2|w|, 2|x|, 2|y|, 2|z|`, and the best-conditioned one (largest
-    denominator) is kept.
-    """
+    """Rotation matrices `[..., 3, 3]` (else `ValueError`) → unit XYZW quaternions `[..., 4]` with `w >= 0`."""
     if matrix.shape[-2:] != (3, 3):
         raise ValueError(f"rotation matrices must have shape [..., 3, 3], got {tuple(matrix.shape)}")
     batch_shape = matrix.shape[:-2]
@@ -75,16 +77,9 @@ def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
 def pose_encoding_to_extrinsics_intrinsics(
     pose_encoding: torch.Tensor, image_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode `absT_quaR_FoV` encodings.
-
-    Args:
-        pose_encoding: `[..., 9]` (e.g. `[B, S, 9]`).
-        image_size: `(H, W)` in pixels of the images the fields of view refer to.
-
-    Returns:
-        `extrinsics [..., 3, 4]` (OpenCV camera-from-world `[R | t]`) and
-        `intrinsics [..., 3, 3]` `[[f_x, 0, W/2], [0, f_y, H/2], [0, 0, 1]]`, both in the dtype of the input.
-    """
+    """Decode `absT_quaR_FoV` encodings `[..., 9]` (else `ValueError`) of `image_size` `(H, W)`-pixel images into
+    `extrinsics [..., 3, 4]` (OpenCV camera-from-world `[R | t]`) and `intrinsics [..., 3, 3]`
+    `[[f_x, 0, W/2], [0, f_y, H/2], [0, 0, 1]]`, both in the dtype of `pose_encoding`."""
     if pose_encoding.shape[-1] != 9:
         raise ValueError(f"pose encodings must have 9 values in the last dimension, got {tuple(pose_encoding.shape)}")
     height, width = image_size
@@ -104,17 +99,9 @@ def pose_encoding_to_extrinsics_intrinsics(
 def extrinsics_intrinsics_to_pose_encoding(
     extrinsics: torch.Tensor, intrinsics: torch.Tensor, image_size: tuple[int, int]
 ) -> torch.Tensor:
-    """Encode cameras as `absT_quaR_FoV` (inverse of `pose_encoding_to_extrinsics_intrinsics`).
-
-    Args:
-        extrinsics: `[..., 3, 4]` OpenCV camera-from-world `[R | t]` (a `[..., 4, 4]` matrix is accepted too).
-        intrinsics: `[..., 3, 3]` pinhole intrinsics; only `f_x` and `f_y` are encoded (the principal point
-            is assumed at the image centre, skew zero).
-        image_size: `(H, W)` in pixels.
-
-    Returns:
-        `[..., 9]` in the dtype of `extrinsics`.
-    """
+    """Encode cameras as `absT_quaR_FoV` `[..., 9]` (inverse of `pose_encoding_to_extrinsics_intrinsics`): OpenCV
+    camera-from-world `extrinsics [..., 3, 4]` (or `[..., 4, 4]`; its dtype is the output's), `intrinsics [..., 3, 3]`
+    (only `f_x`, `f_y` are encoded: principal point at the centre, zero skew), `image_size` `(H, W)` in pixels."""
     height, width = image_size
     rotation = extrinsics[..., :3, :3]
     translation = extrinsics[..., :3, 3]
@@ -130,15 +117,8 @@ def activate_pose_encoding(raw: torch.Tensor) -> torch.Tensor:
 
 
 def depth_to_camera_points(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
-    """Unproject depth maps into their cameras.
-
-    Args:
-        depth: `[..., H, W]` or `[..., H, W, 1]` (z along the optical axis).
-        intrinsics: `[..., 3, 3]` pinhole, zero skew.
-
-    Returns:
-        `[..., H, W, 3]` camera-frame points.
-    """
+    """Unproject depth `[..., H, W]` or `[..., H, W, 1]` (z along the optical axis) with pinhole, zero-skew
+    `intrinsics [..., 3, 3]` into camera-frame points `[..., H, W, 3]`."""
     if depth.shape[-1] == 1 and depth.ndim >= 3:
         depth = depth[..., 0]
     height, width = depth.shape[-2:]
@@ -157,16 +137,8 @@ def depth_to_camera_points(depth: torch.Tensor, intrinsics: torch.Tensor) -> tor
 
 
 def depth_to_world_points(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
-    """Unproject depth maps to world points.
-
-    Args:
-        depth: `[..., H, W]` or `[..., H, W, 1]`.
-        extrinsics: `[..., 3, 4]` camera-from-world `[R | t]`.
-        intrinsics: `[..., 3, 3]`.
-
-    Returns:
-        `[..., H, W, 3]` world points, `Rᵀ (x_cam − t)`.
-    """
+    """Unproject depth `[..., H, W]` or `[..., H, W, 1]` to world points `[..., H, W, 3]`, `Rᵀ (x_cam − t)`, with
+    camera-from-world `extrinsics [..., 3, 4]` `[R | t]` and `intrinsics [..., 3, 3]`."""
     camera_points = depth_to_camera_points(depth, intrinsics)
     rotation = extrinsics[..., :3, :3]
     translation = extrinsics[..., :3, 3]
@@ -197,20 +169,15 @@ def fuse_point_cloud(
     max_points: int | None = None,
     seed: int = 0,
 ) -> PointCloud:
-    """Fuse per-frame point maps of one sample into one point cloud.
+    """Fuse the per-frame point maps of one sample into a [`PointCloud`]; `ValueError` on mismatched shapes.
 
     Args:
-        points: `[S, H, W, 3]` world points (from `depth_to_world_points` or the point head).
-        confidence: `[S, H, W]`; points below the `confidence_percentile`-th percentile (over all frames)
-            or below `min_confidence` are dropped. `None` keeps every finite point.
-        images: `[S, 3, H, W]` RGB in [0, 1] for the colours (optional).
-        confidence_percentile: 0 keeps all, 50 keeps the most confident half (VGGT demo default).
-        min_confidence: absolute threshold applied as well (VGGT confidences are >= 1).
-        max_points: random subsample (seeded) to at most this many points.
-        seed: seed of that subsample.
-
-    Returns:
-        [`PointCloud`] with colours when `images` is given.
+        points: `[S, H, W, 3]` world points (`depth_to_world_points` or the point head).
+        confidence: `[S, H, W]`, or `None` to keep every finite point.
+        images: `[S, 3, H, W]` RGB in [0, 1]; gives the cloud its colours.
+        confidence_percentile: drop points below this percentile over all frames (0 keeps all; 50, VGGT's demo).
+        min_confidence: also drop points below this absolute value (VGGT confidences are >= 1).
+        max_points: seeded random subsample (`seed`) to at most this many points.
     """
     if points.ndim != 4 or points.shape[-1] != 3:
         raise ValueError(f"points must be [frames, H, W, 3], got {tuple(points.shape)}")
@@ -244,16 +211,8 @@ def fuse_point_cloud(
 def build_token_positions(
     grid_height: int, grid_width: int, num_special_tokens: int, device: torch.device | None = None
 ) -> torch.LongTensor:
-    """(row, column) position of every token of one frame.
-
-    Args:
-        grid_height, grid_width: patch grid of the frame (h = H / patch_size, w = W / patch_size).
-        num_special_tokens: camera + register tokens placed before the patches.
-
-    Returns:
-        `LongTensor [num_special_tokens + h·w, 2]`: zeros for the special tokens, then (row + 1, col + 1)
-        for the patches in row-major order (the order in which the patch convolution flattens them).
-    """
+    """(row, column) of every token of one frame, `LongTensor [num_special_tokens + h·w, 2]`: zeros for the camera
+    and register tokens, then (row + 1, col + 1) for the `grid_height × grid_width` patches in row-major order."""
     rows = torch.arange(grid_height, device=device)
     cols = torch.arange(grid_width, device=device)
     patch_positions = torch.cartesian_prod(rows, cols) + 1
@@ -262,15 +221,8 @@ def build_token_positions(
 
 
 class GapMllmGeometryRotaryEmbedding2D(nn.Module):
-    """Cosine and sine tables of the 2-D RoPE for given token positions.
-
-    Holds no parameters or buffers (the tables depend on the image size), so it is never part of a
-    checkpoint and needs no weight init.
-
-    Args:
-        head_dim: size `D` of one attention head; must be divisible by 4.
-        frequency: base frequency (VGGT: 100).
-    """
+    """Cosine and sine tables of the 2-D RoPE (no parameters or buffers, so nothing in the checkpoint): `head_dim`
+    `D` must be divisible by 4 (else `ValueError`); `frequency` is the base (VGGT: 100)."""
 
     def __init__(self, head_dim: int, frequency: float):
         super().__init__()
@@ -280,15 +232,8 @@ class GapMllmGeometryRotaryEmbedding2D(nn.Module):
         self.frequency = float(frequency)
 
     def forward(self, positions: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            positions: `LongTensor [..., L, 2]`, (row, column) of each token.
-
-        Returns:
-            `(cos, sin)`, each `float32 [..., L, D]`: the row tables in the first `D/2` channels, the
-            column tables in the last `D/2`. Always float32: the angles reach ~40 rad at 518 px, far
-            beyond what bf16 resolves, and VGGT was trained with these tables in fp32 (autocast).
-        """
+        """`positions [..., L, 2]` (row, column) → `(cos, sin)`, each `float32 [..., L, D]`: row tables in the first
+        `D/2` channels, column tables in the last; float32 because the angles reach ~40 rad at 518 px."""
         axis_dim = self.head_dim // 2
         exponents = torch.arange(0, axis_dim, 2, device=positions.device).float() / axis_dim
         inv_freq = 1.0 / (self.frequency**exponents)  # [D/4]
@@ -305,15 +250,8 @@ def _rotate_each_half(states: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary_2d(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate queries or keys by their 2-D positions.
-
-    Args:
-        states: `[B, H, L, D]` queries or keys.
-        cos, sin: `[L, D]` or `[B, L, D]` tables from `GapMllmGeometryRotaryEmbedding2D`.
-
-    Returns:
-        `[B, H, L, D]` in the dtype of `states`.
-    """
+    """Rotate queries or keys `states [B, H, L, D]` by 2-D positions, with `cos`, `sin` `[L, D]` or `[B, L, D]` from
+    `GapMllmGeometryRotaryEmbedding2D`; returns `[B, H, L, D]` in the dtype of `states`."""
     cos = cos.to(states.dtype).unsqueeze(-3)  # broadcast over heads
     sin = sin.to(states.dtype).unsqueeze(-3)
     return states * cos + _rotate_each_half(states) * sin
@@ -329,15 +267,9 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain softmax attention, the fallback of the attention interface.
-
-    Args:
-        query, key, value: `[B, H, L, D]`.
-        attention_mask: additive `[B, 1 or H, L, L]` mask or `None` (the geometry encoder uses none).
-
-    Returns:
-        `(output [B, L, H, D], weights [B, H, L, L])`, in the dtype of `query`; the softmax runs in fp32.
-    """
+    """Softmax attention, the attention interface's fallback: `query`, `key`, `value` `[B, H, L, D]`, additive
+    `attention_mask [B, 1 or H, L, L]` or `None` → `(output [B, L, H, D], weights [B, H, L, L])` in the dtype of
+    `query` (softmax in fp32)."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
@@ -348,13 +280,9 @@ def eager_attention_forward(
 
 
 class GapMllmGeometryAttention(nn.Module):
-    """Multi-head self-attention with optional QK-LayerNorm and 2-D RoPE (bidirectional, no mask).
-
-    Args:
-        config: geometry config; `hidden_size`, `num_attention_heads` and `_attn_implementation` are read.
-        use_qk_norm: LayerNorm over each head's queries and keys (after the projection, before RoPE).
-        layer_norm_eps: eps of the QK LayerNorms.
-    """
+    """Multi-head self-attention (bidirectional, no mask) with 2-D RoPE; `config` gives `hidden_size`,
+    `num_attention_heads` and `_attn_implementation`. `use_qk_norm` adds a LayerNorm (eps `layer_norm_eps`) over
+    each head's queries and keys before RoPE."""
 
     def __init__(self, config: GapMllmGeometryConfig, use_qk_norm: bool, layer_norm_eps: float):
         super().__init__()
@@ -376,14 +304,8 @@ class GapMllmGeometryAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """
-        Args:
-            hidden_states: `[B, L, C]`.
-            position_embeddings: `(cos, sin)`, each `[L, D]` or `[B, L, D]`; `None` disables RoPE.
-
-        Returns:
-            `[B, L, C]`.
-        """
+        """`hidden_states [B, L, C]` → `[B, L, C]`; `position_embeddings` is `(cos, sin)`, each `[L, D]` or
+        `[B, L, D]`, or `None` for no RoPE."""
         batch, length, channels = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, D]
@@ -392,7 +314,6 @@ class GapMllmGeometryAttention(nn.Module):
             cos, sin = position_embeddings
             query = apply_rotary_2d(query, cos, sin)
             key = apply_rotary_2d(key, cos, sin)
-
         attn_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         output, _ = attn_fn(
             self, query, key, value, None, dropout=0.0, scaling=self.scaling, is_causal=False, **kwargs
@@ -427,14 +348,8 @@ class GapMllmGeometryLayerScale(nn.Module):
 
 
 class GapMllmGeometryBlock(GradientCheckpointingLayer):
-    """Pre-norm transformer block: `x + ls1(attn(norm1 x))`, then `x + ls2(mlp(norm2 x))`.
-
-    Args:
-        config: geometry config (width, heads, MLP ratio, attention implementation).
-        use_qk_norm: QK-LayerNorm in the attention.
-        layer_norm_eps: eps of `norm1`, `norm2` and the QK norms.
-        layer_scale_init: LayerScale init; a falsy value means no LayerScale (identity), as in the reference.
-    """
+    """Pre-norm block `x + ls1(attn(norm1 x))`, then `x + ls2(mlp(norm2 x))`; `use_qk_norm` and `layer_norm_eps` (of
+    all its norms) as in `GapMllmGeometryAttention`; `layer_scale_init` is LayerScale's init (falsy: no LayerScale)."""
 
     def __init__(
         self, config: GapMllmGeometryConfig, use_qk_norm: bool, layer_norm_eps: float, layer_scale_init: float | None
@@ -451,21 +366,14 @@ class GapMllmGeometryBlock(GradientCheckpointingLayer):
     def forward(
         self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """
-        Args:
-            hidden_states: `[B, L, C]` (B = batch·frames for frame attention, L = frames·tokens for global).
-            position_embeddings: RoPE `(cos, sin)`, each `[L, D]`, or `None`.
-
-        Returns:
-            `[B, L, C]`.
-        """
+        """`hidden_states [B, L, C]` → `[B, L, C]` (B = batch·frames for frame attention, L = frames·tokens for
+        global attention); `position_embeddings` is RoPE `(cos, sin)`, each `[L, D]`, or `None`."""
         hidden_states = hidden_states + self.ls1(self.attn(self.norm1(hidden_states), position_embeddings))
         hidden_states = hidden_states + self.ls2(self.mlp(self.norm2(hidden_states)))
         return hidden_states
 
 
-# VGGT builds its DINOv2 with antialiased bicubic interpolation of the position embedding and no
-# interpolation offset (DINOv2's own default is offset 0.1 without antialias).
+# VGGT's DINOv2 interpolates its position embedding bicubic, antialiased, offset 0 (DINOv2's default: 0.1).
 POS_EMBED_INTERPOLATION_ANTIALIAS = True
 
 
@@ -481,11 +389,8 @@ class GapMllmDinov2PatchProjection(nn.Module):
 
 
 class GapMllmDinov2PatchEmbed(nn.Module):
-    """DINOv2 ViT with registers; returns the final-normed patch tokens.
-
-    Uses `hidden_size`, `num_attention_heads`, `mlp_ratio`, `patch_size`, `image_size` and the
-    `patch_embed_*` fields of the config (no QK-norm, no RoPE in these blocks).
-    """
+    """DINOv2 ViT with registers (no QK-norm, no RoPE), sized by `hidden_size`, `num_attention_heads`, `mlp_ratio`,
+    `patch_size`, `image_size` and `patch_embed_*`; returns the final-normed patch tokens."""
 
     def __init__(self, config: GapMllmGeometryConfig):
         super().__init__()
@@ -493,15 +398,13 @@ class GapMllmDinov2PatchEmbed(nn.Module):
         self.patch_size = config.patch_size
         self.num_register_tokens = config.patch_embed_num_register_tokens
         num_positions = 1 + (config.image_size // config.patch_size) ** 2
-
         self.patch_embed = GapMllmDinov2PatchProjection(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, self.num_register_tokens, hidden_size)) if self.num_register_tokens else None
         )
-        # Unused at inference (DINOv2 masked-image training); kept so the checkpoint loads strictly,
-        # frozen as in VGGT.
+        # Unused at inference (DINOv2 masked-image training); kept so checkpoints load strictly, frozen as in VGGT.
         self.mask_token = nn.Parameter(torch.zeros(1, hidden_size), requires_grad=False)
         self.blocks = nn.ModuleList(
             [
@@ -517,21 +420,9 @@ class GapMllmDinov2PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(hidden_size, eps=config.patch_embed_layer_norm_eps)
 
     def interpolate_pos_encoding(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Position embedding of the cls token and of a `(height/p) × (width/p)` patch grid.
-
-        Follows DINOv2's `interpolate_pos_encoding` exactly, including its shortcut: the stored table
-        is returned untouched only when the patch count matches AND the image is square. Interpolation
-        runs in fp32, bicubic, antialiased, to an explicit output size (offset 0). DINOv2 unpacks the
-        image as `(w, h)` = (H, W) and resizes to `(w0, h0)`, i.e. to (rows, columns) after all; the
-        names here say what the values are.
-
-        Args:
-            tokens: `[N, 1 + P, C]` cls + patch tokens (for the patch count and the output dtype).
-            height, width: image size in pixels.
-
-        Returns:
-            `[1, 1 + P, C]`.
-        """
+        """Position embedding `[1, 1 + P, C]` of the cls token and a `(height/p) × (width/p)` grid, as DINOv2's
+        `interpolate_pos_encoding`: the stored table when the patch count matches and the image is square, else
+        bicubic antialiased fp32 interpolation. `tokens [N, 1 + P, C]` gives `P` and the output dtype."""
         num_patches = tokens.shape[1] - 1
         num_stored = self.pos_embed.shape[1] - 1
         if num_patches == num_stored and height == width:
@@ -553,13 +444,8 @@ class GapMllmDinov2PatchEmbed(nn.Module):
         return torch.cat([cls_pos_embed, patch_pos_embed], dim=1).to(tokens.dtype)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            pixel_values: `[N, 3, H, W]`, ImageNet-normalised, H and W multiples of `patch_size`.
-
-        Returns:
-            `[N, P, C]` normalised patch tokens, `P = (H/p)·(W/p)` in row-major order.
-        """
+        """`pixel_values [N, 3, H, W]` (ImageNet-normalised, H, W multiples of `patch_size`) → normalised patch tokens
+        `[N, P, C]`, `P = (H/p)·(W/p)` in row-major order."""
         height, width = pixel_values.shape[-2:]
         patches = self.patch_embed(pixel_values)  # [N, P, C]
         tokens = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
@@ -580,8 +466,7 @@ ADALN_EPS = 1e-6
 
 
 class _CameraTrunkConfig:
-    """The fields `GapMllmGeometryBlock` reads, at the camera head's width (`2·hidden_size`). The attention
-    backend is read from the geometry config at call time, so switching it there switches it here too."""
+    """`GapMllmGeometryBlock`'s fields at width `2·hidden_size`; the attention backend is read live from `config`."""
 
     def __init__(self, config: GapMllmGeometryConfig):
         self._geometry_config = config
@@ -608,13 +493,9 @@ class _PoseBranch(nn.Module):
 
 
 class GapMllmCameraHead(nn.Module):
-    """Iterative camera regression from the camera token of each frame (docs/vggt.md §4).
-
-    Per iteration: embed the previous estimate (a learned empty pose first), modulate the
-    LayerNorm-ed camera tokens adaLN-style (shift, scale, gate), run the trunk (self-attention across
-    the frames of a sample, no RoPE, no QK-norm, LayerScale 0.01), and add the MLP's delta to the
-    estimate. Each iteration's estimate is activated (FoV through ReLU) and returned.
-    """
+    """Iterative camera regression from each frame's camera token: per iteration, embed the previous estimate (a
+    learned empty pose first), modulate the normed tokens adaLN-style (shift, scale, gate), run the trunk
+    (attention across a sample's frames) and add the MLP's delta to the estimate."""
 
     def __init__(self, config: GapMllmGeometryConfig):
         super().__init__()
@@ -642,14 +523,8 @@ class GapMllmCameraHead(nn.Module):
         self.pose_branch = _PoseBranch(width)
 
     def forward(self, camera_tokens: torch.Tensor, num_iterations: int | None = None) -> tuple[torch.Tensor, ...]:
-        """
-        Args:
-            camera_tokens: `[B, S, 2·C]`, token 0 of the last aggregator layer for every frame.
-            num_iterations: refinement steps (default `config.camera_head_num_iterations`).
-
-        Returns:
-            one activated `[B, S, 9]` pose encoding per iteration; the last is the prediction.
-        """
+        """`camera_tokens [B, S, 2·C]` (token 0 of the last layer) → one activated `[B, S, 9]` pose encoding per
+        iteration (`num_iterations`, default `config.camera_head_num_iterations`); the last is the prediction."""
         tokens = self.token_norm(camera_tokens.to(self.token_norm.weight.dtype))
         batch_size, num_frames, _ = tokens.shape
         estimate, estimates = None, []
@@ -673,12 +548,9 @@ POSITION_EMBEDDING_OMEGA = 100.0
 
 
 def uv_position_embedding(height: int, width: int, channels: int, aspect_ratio: float, dtype, device) -> torch.Tensor:
-    """Sinusoidal embedding of a normalised UV grid, `[channels, height, width]` (VGGT's `_apply_pos_embed`).
-
-    The grid spans `±aspect/diag` horizontally and `±1/diag` vertically (`diag = sqrt(aspect² + 1)`),
-    at cell centres of a `height × width` map. The first half of the channels encodes u, the second v,
-    each as `[sin(p·ω), cos(p·ω)]` with `ω_k = 100^(-k / (channels/4))`, computed in float64.
-    """
+    """Sinusoidal embedding `[channels, height, width]` of a UV grid spanning `±aspect/diag` × `±1/diag`
+    (`diag = sqrt(aspect² + 1)`) at cell centres: u in the first half of the channels, v in the second, each
+    `[sin(p·ω), cos(p·ω)]` with `ω_k = 100^(-k / (channels/4))` in float64 (VGGT's `_apply_pos_embed`)."""
     diagonal = (aspect_ratio**2 + 1.0) ** 0.5
     span_x, span_y = aspect_ratio / diagonal, 1.0 / diagonal
     xs = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, width, dtype=dtype, device=device)
@@ -696,11 +568,7 @@ def uv_position_embedding(height: int, width: int, channels: int, aspect_ratio: 
 
 
 class GapMllmDptResidualUnit(nn.Module):
-    """`conv2(relu(conv1(relu(x)))) + relu(x)`.
-
-    The skip adds `relu(x)`, not `x`: the reference applies an in-place ReLU to its input before the
-    convolutions, which also rewrites the tensor the skip connection reads. Reproduced explicitly.
-    """
+    """`conv2(relu(conv1(relu(x)))) + relu(x)`: the skip adds `relu(x)`, as VGGT's in-place ReLU does."""
 
     def __init__(self, features: int):
         super().__init__()
@@ -765,10 +633,8 @@ ACTIVATIONS = {"depth": (2, activate_depth), "points": (4, activate_points)}
 
 
 class GapMllmDptHead(nn.Module):
-    """DPT dense head. `kind="depth"`: 2 output channels (depth, confidence); `kind="points"`: 4 (x, y, z, confidence).
-
-    Confidence is `1 + exp(c)` for both.
-    """
+    """DPT dense head: `kind="depth"` predicts depth, `kind="points"` x, y, z, each with a confidence `1 + exp(c)`;
+    another `kind` raises `ValueError`."""
 
     def __init__(self, config: GapMllmGeometryConfig, kind: str):
         super().__init__()
@@ -781,7 +647,6 @@ class GapMllmDptHead(nn.Module):
         self.frames_chunk_size = config.dpt_frames_chunk_size
         width = 2 * config.hidden_size
         channels = list(config.dpt_out_channels)
-
         self.norm = nn.LayerNorm(width)
         self.projects = nn.ModuleList([nn.Conv2d(width, c, kernel_size=1) for c in channels])
         self.resize_layers = nn.ModuleList(
@@ -797,18 +662,10 @@ class GapMllmDptHead(nn.Module):
     def forward(
         self, layer_patch_tokens: list[torch.Tensor], image_size: tuple[int, int], frames_chunk_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            layer_patch_tokens: the patch tokens (special tokens already dropped) of the 4 layers
-                `config.dpt_layers`, in that order, each `[B, S, h·w, 2·C]` (row-major patches).
-            image_size: `(H, W)` of the input images, `h = H / patch_size`, `w = W / patch_size`.
-            frames_chunk_size: frames per chunk (default `config.dpt_frames_chunk_size`); chunking only
-                bounds memory, every frame is processed independently.
-
-        Returns:
-            `(prediction, confidence)`: prediction `[B, S, H, W, 1]` (depth) or `[B, S, H, W, 3]` (points),
-            confidence `[B, S, H, W]`, in the head's dtype.
-        """
+        """`(prediction, confidence)` per frame, prediction `[B, S, H, W, 1]` (depth) or `[B, S, H, W, 3]` (points),
+        confidence `[B, S, H, W]`, in the head's dtype, from `layer_patch_tokens`: the patch tokens of the 4
+        `config.dpt_layers` in order, each `[B, S, h·w, 2·C]`. `image_size` is `(H, W)`; `frames_chunk_size`
+        (default `config.dpt_frames_chunk_size`) only bounds memory."""
         batch_size, num_frames = layer_patch_tokens[0].shape[:2]
         chunk = frames_chunk_size or self.frames_chunk_size
         predictions, confidences = [], []
@@ -860,22 +717,13 @@ class GapMllmDptHead(nn.Module):
 
 @dataclass
 class GeometryReconstructionOutput(ModelOutput):
-    """Output of `GapMllmGeometryEncoder.reconstruct` (fields of disabled heads are `None`).
+    """Output of `GapMllmGeometryEncoder.reconstruct`: frames in input order, fields of disabled heads `None`.
 
-    Frames are in input order. World frame = the camera of VGGT's reference frame (frame 0, or the
-    last frame with `reference_frame="last"`); scale normalised, not metric.
-
-    Args:
-        pose_encoding: `[B, S, 9]` `absT_quaR_FoV` of the last refinement iteration (camera head).
-        pose_encoding_iterations: one `[B, S, 9]` per iteration.
-        extrinsics: `[B, S, 3, 4]` OpenCV camera-from-world `[R | t]`.
-        intrinsics: `[B, S, 3, 3]` pinhole, principal point at the image centre.
-        depth: `[B, S, H, W, 1]` (`exp` activation), depth_conf `[B, S, H, W]` (`1 + exp`).
-        world_points: `[B, S, H, W, 3]` (point head, `sign·expm1`), world_points_conf `[B, S, H, W]`.
-        layer_features: the encoder's usual output, one `[B, S, h·w, 2C]` per tapped layer.
-        patch_grid: `(h, w)`.
-        image_size: `(H, W)`.
-    """
+    World frame: the camera of the reference frame (frame 0, or the last with `reference_frame="last"`), scale
+    normalised. `pose_encoding [B, S, 9]` (`absT_quaR_FoV`, last iteration; `pose_encoding_iterations`: one per
+    iteration), `extrinsics [B, S, 3, 4]` (OpenCV camera-from-world), `intrinsics [B, S, 3, 3]`, `depth
+    [B, S, H, W, 1]`, `world_points [B, S, H, W, 3]`, confidences `depth_conf`, `world_points_conf [B, S, H, W]`,
+    `layer_features` (one `[B, S, h·w, 2C]` per tapped layer), `patch_grid (h, w)`, `image_size (H, W)`."""
 
     pose_encoding: torch.Tensor | None = None
     pose_encoding_iterations: tuple[torch.Tensor, ...] | None = None
@@ -890,8 +738,8 @@ class GeometryReconstructionOutput(ModelOutput):
     image_size: tuple[int, int] | None = None
 
     def world_points_from_depth(self) -> torch.Tensor:
-        """`[B, S, H, W, 3]`: depth unprojected with the predicted cameras (VGGT's README finds this more
-        accurate than the point head)."""
+        """Depth unprojected with the predicted cameras, `[B, S, H, W, 3]` (per VGGT, more accurate than the point
+        head); `ValueError` without the depth and camera heads."""
         if self.depth is None or self.extrinsics is None:
             raise ValueError("world_points_from_depth needs the depth and camera heads (use_depth_head, use_camera_head)")
         return depth_to_world_points(self.depth.float(), self.extrinsics.float(), self.intrinsics.float())
@@ -904,15 +752,9 @@ class GeometryReconstructionOutput(ModelOutput):
         confidence_percentile: float = 50.0,
         max_points: int | None = None,
     ) -> PointCloud:
-        """Fuse all frames of one sample into a point cloud.
-
-        Args:
-            images: the `[B, S, 3, H, W]` input, for colours (optional).
-            sample: which batch element.
-            source: `"depth"` (depth + cameras) or `"points"` (point head); default: depth when available.
-            confidence_percentile: drop points below this percentile of the matching confidence.
-            max_points: random subsample size.
-        """
+        """Fuse all frames of batch element `sample` into a [`PointCloud`] (`fuse_point_cloud`), coloured by `images`
+        `[B, S, 3, H, W]`; `source`: `"depth"` (depth + cameras, the default when available) or `"points"` (point
+        head), else `ValueError`; drops points below `confidence_percentile`; subsamples to `max_points`."""
         if source is None:
             source = "depth" if self.depth is not None and self.extrinsics is not None else "points"
         if source == "depth":
@@ -993,10 +835,8 @@ AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def autocast_dtype_for(config: GapMllmGeometryConfig, device: torch.device) -> torch.dtype | None:
-    """The dtype the aggregator runs under autocast for input on `device`, or None (no autocast).
-
-    `config.autocast_dtype == "auto"` gives bf16 on CUDA devices (the official encode path: VGGT under bf16
-    autocast) and None elsewhere, so CPU fp32 runs stay exact; an explicit dtype applies on any device."""
+    """Autocast dtype of the aggregator for input on `device`, or `None`: `config.autocast_dtype` `"auto"` is bf16 on
+    CUDA (VGGT's encode path) and `None` elsewhere (exact CPU fp32); `"bfloat16"`, `"float16"` apply anywhere."""
     setting = getattr(config, "autocast_dtype", "auto")
     if setting is None:
         return None
@@ -1006,26 +846,16 @@ def autocast_dtype_for(config: GapMllmGeometryConfig, device: torch.device) -> t
 
 
 def _expand_token_pair(token_pair: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
-    """Copy 0 of a learned pair for frame 0, copy 1 for every other frame.
-
-    Args:
-        token_pair: `[1, 2, X, C]`.
-
-    Returns:
-        `[B·S, X, C]`, frames of one sample contiguous.
-    """
+    """`[1, 2, X, C]` → `[B·S, X, C]`: copy 0 for frame 0, copy 1 for the other frames of each sample."""
     first = token_pair[:, :1].expand(batch_size, 1, -1, -1)
     others = token_pair[:, 1:].expand(batch_size, num_frames - 1, -1, -1)
     return torch.cat([first, others], dim=1).flatten(0, 1)
 
 
 class GapMllmVggtAggregator(nn.Module):
-    """VGGT's alternating-attention aggregator (DINOv2 patch embedding + frame/global blocks).
-
-    Parameters: `camera_token [1, 2, 1, C]`, `register_token [1, 2, R, C]`, `patch_embed.*` (DINOv2),
-    `frame_blocks.N.*` and `global_blocks.N.*` for N < `num_hidden_layers`. The ImageNet mean and std
-    are non-persistent buffers (not in VGGT's checkpoint either).
-    """
+    """VGGT's alternating-attention aggregator (DINOv2 patch embedding, then frame and global blocks): `camera_token
+    [1, 2, 1, C]`, `register_token [1, 2, R, C]`, `patch_embed.*`, `frame_blocks.N.*`, `global_blocks.N.*`; the
+    ImageNet mean and std are non-persistent buffers (not in VGGT's checkpoint either)."""
 
     def __init__(self, config: GapMllmGeometryConfig):
         super().__init__()
@@ -1033,10 +863,8 @@ class GapMllmVggtAggregator(nn.Module):
         hidden_size = config.hidden_size
         self.patch_size = config.patch_size
         self.num_special_tokens = config.num_special_tokens
-
         self.patch_embed = GapMllmDinov2PatchEmbed(config)
-        # One copy for the reference frame (frame 0), one shared by all others: this is how VGGT
-        # knows which frame defines the world coordinate system.
+        # Copy 0 for the reference frame, copy 1 shared by the others: how VGGT knows the world frame.
         self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, hidden_size))
         self.register_token = nn.Parameter(torch.zeros(1, 2, config.num_register_tokens, hidden_size))
         self.rotary_emb = (
@@ -1055,7 +883,6 @@ class GapMllmVggtAggregator(nn.Module):
 
         self.frame_blocks = nn.ModuleList([alternating_block() for _ in range(config.num_hidden_layers)])
         self.global_blocks = nn.ModuleList([alternating_block() for _ in range(config.num_hidden_layers)])
-
         self.register_buffer("image_mean", self._normalisation_buffer(config.image_mean), persistent=False)
         self.register_buffer("image_std", self._normalisation_buffer(config.image_std), persistent=False)
 
@@ -1078,19 +905,11 @@ class GapMllmVggtAggregator(nn.Module):
             )
 
     def forward(self, images: torch.Tensor, output_layers: list[int] | None = None) -> tuple[torch.Tensor, ...]:
-        """
-        Args:
-            images: `[B, S, 3, H, W]` float RGB in [0, 1]; H and W multiples of `patch_size`. Frame 0 is the
-                reference frame.
-            output_layers: 0-based block-pair indices to return, in the wanted order; defaults to
-                `config.tapped_layers`. Blocks after `max(output_layers)` are not run.
-
-        Returns:
-            One `[B, S, T, 2·C]` tensor per requested layer, `T = 1 + num_register_tokens + h·w`: tokens are
-            camera, registers, then patches (row-major); channels are frame-block output ⊕ global-block output.
-            Runs under autocast as `config.autocast_dtype` says (`autocast_dtype_for`); the outputs are
-            in the weights' dtype either way.
-        """
+        """Features of `images [B, S, 3, H, W]` (RGB in [0, 1], H, W multiples of `patch_size`; frame 0 the reference):
+        one `[B, S, T, 2·C]` per layer of `output_layers` (0-based, in that order, default `config.tapped_layers`;
+        later blocks are not run; `ValueError` for a missing one), `T = 1 + num_register_tokens + h·w` (camera,
+        registers, row-major patches), channels frame-block ⊕ global-block output, in the weights' dtype (under
+        autocast as `autocast_dtype_for` says)."""
         autocast_dtype = autocast_dtype_for(self.config, images.device)
         if autocast_dtype is None:
             return self._aggregate(images, output_layers)
@@ -1114,7 +933,6 @@ class GapMllmVggtAggregator(nn.Module):
         pixel_values = (images.float() - self.image_mean) / self.image_std
         pixel_values = pixel_values.to(self.patch_embed.patch_embed.proj.weight.dtype).flatten(0, 1)
         patch_tokens = self.patch_embed(pixel_values)  # [B·S, P, C]
-
         special_tokens = torch.cat(
             [
                 _expand_token_pair(self.camera_token, batch_size, num_frames),
@@ -1148,18 +966,13 @@ class GapMllmVggtAggregator(nn.Module):
 
 
 class GapMllmGeometryEncoder(nn.Module):
-    """Frozen geometry encoder of GAP-MLLM (`geometry_encoder_type` `"vggt"`, a `GeometryEncoder`): the VGGT
-    aggregator, plus VGGT's reconstruction heads when the config enables them (`camera_head`, `depth_head`,
-    `point_head`; names as in VGGT's checkpoint).
-
-    `forward` returns the aggregator features GAP-MLLM fuses; `reconstruct` runs the heads as well.
-    `config.reference_frame == "last"` reverses the frames before the aggregator and the outputs
-    back after it, so the last input frame is VGGT's reference while outputs stay in input order.
-    """
+    """Frozen geometry encoder of GAP-MLLM (`geometry_encoder_type="vggt"`): VGGT's aggregator, plus the
+    `camera_head`, `depth_head` and `point_head` the config enables (names as in VGGT's checkpoint). `forward` returns
+    the features GAP-MLLM fuses, `reconstruct` runs the heads too; with `config.reference_frame == "last"` the last
+    input frame is VGGT's reference, outputs staying in input order."""
 
     def __init__(self, config: GapMllmGeometryConfig):
-        # Built alone (VGGT conversion, benches) nothing else prices the weights: refuse before allocating when
-        # even their lower bound does not fit (config_sizes.py).
+        # Built alone, nothing else prices the weights: refuse before allocating when even their lower bound won't fit.
         check_memory_for_parameters(config)
         super().__init__()
         self.config = config
@@ -1172,10 +985,8 @@ class GapMllmGeometryEncoder(nn.Module):
             self.point_head = GapMllmDptHead(config, "points")
 
     def reconstruct(self, images: torch.Tensor, frames_chunk_size: int | None = None) -> GeometryReconstructionOutput:
-        """VGGT's 3D outputs for `images [B, S, 3, H, W]` in [0, 1]: cameras (`pose_encoding`, `extrinsics`,
-        `intrinsics`), `depth`/`depth_conf`, `world_points`/`world_points_conf`, and the tapped `layer_features`,
-        from one aggregator pass. `output.point_cloud(images)` fuses the frames into a point cloud.
-        See [`GeometryReconstructionOutput`] for shapes and conventions."""
+        """VGGT's 3D outputs (`GeometryReconstructionOutput`) for `images [B, S, 3, H, W]` in [0, 1], from one
+        aggregator pass; `frames_chunk_size` bounds the DPT heads' memory; `output.point_cloud(images)` fuses frames."""
         return run_reconstruction(self, images, frames_chunk_size)
 
     def init_module_weights(self, module: nn.Module) -> None:
@@ -1190,15 +1001,9 @@ class GapMllmGeometryEncoder(nn.Module):
             mask_token.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> GeometryEncoderOutput:
-        """
-        Args:
-            images: `[B, S, 3, H, W]` float RGB in [0, 1]; H and W multiples of `config.patch_size`.
-
-        Returns:
-            [`GeometryEncoderOutput`] with `layer_features` (one `[B, S, h·w, 2·hidden_size]` per tapped
-            layer, in `config.tapped_layers` order; camera and register tokens dropped) and
-            `patch_grid = (h, w)`.
-        """
+        """`images [B, S, 3, H, W]` (RGB in [0, 1], H, W multiples of `config.patch_size`) → [`GeometryEncoderOutput`]
+        with `layer_features` (one `[B, S, h·w, 2·hidden_size]` per tapped layer, in `config.tapped_layers` order,
+        camera and register tokens dropped) and `patch_grid = (h, w)`."""
         self.aggregator.check_images(images)
         reverse = self.config.reference_frame == "last"
         if reverse:
@@ -1216,24 +1021,13 @@ class GapMllmGeometryEncoder(nn.Module):
 
 @torch.no_grad()
 def init_geometry_weights(module: nn.Module, config: GapMllmGeometryConfig) -> bool:
-    """Initialise ONE module of the geometry encoder (not its children); meant for `_init_weights`.
+    """Initialise ONE module of the geometry encoder (not its children), for `_init_weights`; `True` if handled.
 
-    Uses `transformers.initialization`, whose functions skip tensors already loaded from a checkpoint.
-    Covers every parameter of the encoder, bare `nn.Parameter`s included, and refills the
-    non-persistent normalisation buffers (they are empty after a meta-device build):
-
-    - aggregator: `camera_token`, `register_token` ~ N(0, 1e-6); ImageNet mean/std buffers from the config;
-    - DINOv2: `cls_token`, `register_tokens` ~ N(0, 1e-6); `mask_token` = 0; `pos_embed` ~ trunc-N(0, 0.02);
-    - LayerScale `gamma` = its configured init value;
-    - camera head: `empty_pose_tokens` = 0;
-    - Linear, Conv2d and ConvTranspose2d: weight ~ trunc-N(0, `config.initializer_range`), bias 0; LayerNorm: weight 1, bias 0.
-
-    Linear, Conv2d and LayerNorm are matched by type, so the caller must pass only modules of the
-    geometry encoder (e.g. those in `set(encoder.modules())`).
-
-    Returns:
-        `True` if the module was one of the above (handled), `False` otherwise.
-    """
+    Uses `transformers.initialization` (skips tensors loaded from a checkpoint) and refills the mean/std buffers:
+    - aggregator `camera_token`, `register_token`, DINOv2 `cls_token`, `register_tokens` ~ N(0, 1e-6);
+    - `mask_token`, `empty_pose_tokens` = 0; `pos_embed` ~ trunc-N(0, 0.02); LayerScale `gamma` = its init value;
+    - Linear, Conv2d, ConvTranspose2d: weight ~ trunc-N(0, `config.initializer_range`), bias 0; LayerNorm: 1, 0.
+    Linear, Conv2d and LayerNorm are matched by type: pass only the encoder's modules (`set(encoder.modules())`)."""
     if isinstance(module, GapMllmVggtAggregator):
         init.normal_(module.camera_token, std=1e-6)
         init.normal_(module.register_token, std=1e-6)
