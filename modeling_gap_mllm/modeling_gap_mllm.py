@@ -1,17 +1,11 @@
-"""GAP-MLLM: Qwen3-VL + a frozen VGGT geometry encoder + multi-level gated fusion (arXiv 2603.16461).
+"""GAP-MLLM: Qwen3-VL + a frozen geometry encoder (VGGT) + multi-level gated fusion (arXiv 2603.16461).
 
-Data flow of one forward with images (docs/method.md §1.6):
-
-    ViT(pixel_values)            -> v_main, v_ds[0..L-2]       (Qwen3-VL vision tower, frozen)
-    VGGT(geometry_pixel_values)  -> g[t_0 .. t_{L-1}]          (geometry encoder, frozen, once per call)
-    level 0:  fusion_0(v_main,   merger_0(g[t_{L-1}]))  -> replaces the <|image_pad|> embeddings
-    level k:  fusion_k(v_ds[k-1], merger_k(g[t_{k-1}])) -> added after LLM decoder layer k-1 (DeepStack)
-
-The fused features go into Qwen3-VL through its `mm_encoder_outputs` hook, so M-RoPE, DeepStack
-injection, caching and the LM loss are stock transformers code.
+Level 0 fuses `merger_0(g)` into the main visual tokens, level k into DeepStack level k-1; the fused features enter
+Qwen3-VL through its `mm_encoder_outputs` hook. Sections: checkpoint checks (`report_missing_weights`,
+`first_non_finite_tensor`), batch-wide positions (`mrope_position_ids`, `vision_rotary_position_ids`,
+`use_batched_qwen3_vl`), input checks (`check_forward_inputs`), mergers and fusion modules (`GapMllmMultiLevelFusion`),
+and the model (`GapMllmForConditionalGeneration`, `GapMllmOutput`, `GapMllmImageEmbeddings`).
 """
-
-
 
 import warnings
 from dataclasses import dataclass
@@ -61,6 +55,8 @@ from .generation_gap_mllm import (
 )
 from .modeling_vggt import GapMllmGeometryEncoder  # noqa: F401 - the import registers the "vggt" geometry encoder
 
+
+# ---- checkpoint checks
 # (key prefix, human name), most specific first.
 WEIGHT_GROUPS = (
     ("geometry_encoder.", "geometry encoder (VGGT aggregator)"),
@@ -102,13 +98,7 @@ def report_missing_weights(missing_keys, source: str) -> dict[str, list[str]]:
 
 
 def first_non_finite_tensor(state_dict) -> str | None:
-    """The name of the first floating-point tensor of `state_dict` (in its order) that holds a NaN or an infinity,
-    or None. Tensors on the meta device (not loaded) are passed over.
-
-    One pass over the weights, with one host synchronisation per device rather than one per tensor: each tensor's
-    sum (in float32: a NaN or an infinity anywhere makes it one) stays on its device until they are stacked. Summing
-    reads the weights once without a copy, several times faster than `isfinite(...).all()`; a sum that overflows
-    float32 only flags a tensor, which `isfinite` then checks exactly."""
+    """Name of the first floating-point, non-meta tensor of `state_dict` holding a NaN or an infinity, or None."""
     names, sums = {}, {}
     for position, (name, tensor) in enumerate(state_dict.items()):
         if tensor.is_floating_point() and not tensor.is_meta:
@@ -122,12 +112,12 @@ def first_non_finite_tensor(state_dict) -> str | None:
     return min(broken)[1] if broken else None
 
 
+# ---- batch-wide M-RoPE and ViT positions
 TEXT, IMAGE, VIDEO = 0, 1, 2
 
 
 def _run_grid_rows(grid_thw: torch.LongTensor | None, device, split_frames: bool) -> torch.LongTensor:
-    """`[N, 3]` grids with one row per vision run: a video split into its frames (as Qwen3-VL does, since
-    timestamps separate them), an image as it is."""
+    """`[N, 3]` grids with one row per vision run (each video frame is its own run)."""
     if grid_thw is None:
         return torch.zeros(0, 3, dtype=torch.long, device=device)
     grid_thw = grid_thw.to(device).long()
@@ -162,15 +152,13 @@ def mrope_position_ids(
         image_grid_thw: `[N_images, 3]` patch grids in the order the images appear (batch-major).
         video_grid_thw: `[N_videos, 3]`; each video frame is its own run.
         attention_mask: `[B, T]`, 0 for padding (left or right); `None`: every token counts.
-        dtype: dtype of the returned positions (`get_rope_index` uses `input_ids.dtype`).
+        dtype: dtype of the returned positions.
 
     Returns:
-        `([3, B, T] positions (t, h, w), [B, 1] deltas)`: delta = the largest position + 1 − the sample's
-        length, what generation adds to text positions after the prompt.
+        `([3, B, T] positions (t, h, w), [B, 1] deltas)`: delta = the largest position + 1 − the sample's length.
 
     Raises:
-        ValueError: the vision runs of the tokens and the grids disagree (count or length); Qwen3-VL's own
-            code would fail or mis-assign positions there.
+        ValueError: the vision runs of the tokens and the grids disagree (count or length).
     """
     types = mm_token_type_ids.long()
     batch, length = types.shape
@@ -199,8 +187,7 @@ def mrope_position_ids(
     rows, cols, advance = rows // spatial_merge_size, cols // spatial_merge_size, advance // spatial_merge_size
     run_size = torch.where(types == IMAGE, grid_t, 1) * rows * cols
 
-    # Position where each run (or text token) starts: counted text tokens before it + the advances of the
-    # runs before it.
+    # A run (or text token) starts after the counted text tokens and the advances of the runs before it.
     text = valid & (types == TEXT)
     text_before = torch.cumsum(text, 1) - text.long()
     advance_at_start = torch.where(run_start, advance, 0)
@@ -216,7 +203,6 @@ def mrope_position_ids(
         base + torch.where(vision, within_run % cols_safe, 0),
     ])
     positions = torch.where(valid, positions, 0).to(dtype)
-
     _check_runs(types, run_start, run_id, vision, run_size, image_grids.shape[0], video_grids.shape[0])
     largest = torch.where(valid, positions.amax(0), torch.iinfo(positions.dtype).min).amax(1)
     deltas = (largest + 1 - valid.sum(1)).unsqueeze(1).long()
@@ -224,7 +210,7 @@ def mrope_position_ids(
 
 
 def _check_runs(types, run_start, run_id, vision, run_size, num_images: int, num_videos: int) -> None:
-    """One host synchronisation: every run has a grid and exactly the grid's number of tokens."""
+    """ValueError unless every run has a grid and exactly its number of tokens (one host synchronisation)."""
     problems = []
     for modality, count, name in ((IMAGE, num_images, "image"), (VIDEO, num_videos, "video frame")):
         runs = (run_start & (types == modality)).sum()
@@ -246,16 +232,13 @@ def _check_runs(types, run_start, run_id, vision, run_size, num_images: int, num
 
 
 def vision_rotary_position_ids(grid_thw: torch.LongTensor, spatial_merge_size: int, num_patches: int) -> torch.LongTensor:
-    """The ViT's 2-D rotary positions `[num_patches, 2]` (row, column), as transformers' `get_vision_position_ids`
-    returns them for Qwen3-VL, without its loop over images.
-
-    Patches come image by image, frame by frame, and within a frame in `m × m` merge blocks (row-major blocks,
-    row-major inside a block), `m = spatial_merge_size`.
+    """The ViT's 2-D rotary positions `[num_patches, 2]` (row, column), as Qwen3-VL's `get_vision_position_ids`.
 
     Args:
-        grid_thw: `[N, 3]` patch grids (t, h, w) of the images (or videos) in order.
-        num_patches: `Σ t·h·w`, the number of rows of `pixel_values` (given so that nothing is read back from
-            the device).
+        grid_thw: `[N, 3]` patch grids (t, h, w) of the images (or videos) in order; patches come image by image,
+            frame by frame, within a frame in row-major `m × m` merge blocks.
+        spatial_merge_size: `m`, the vision config's merge size.
+        num_patches: `Σ t·h·w`, the number of rows of `pixel_values` (so nothing is read from the device).
     """
     grid = grid_thw.long()
     counts = grid.prod(-1)
@@ -293,14 +276,12 @@ class GapMllmQwen3VLModel(Qwen3VLModel):
         return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
 
 
-# the last forward's host reads, each `(tensor, what was read from it)` in one tuple (replaced whole, so a thread
-# never pairs one forward's tensor with another's reading): "lengths" (ViT cu_seqlens), "visual" (visual_pos_masks)
+# key -> (tensor, its host read), one tuple so threads never mix forwards: "lengths" (cu_seqlens), "visual"
 _LAST_READ: dict = {}
 
 
 def _read_once(key: str, tensor: torch.Tensor, read):
-    """`read(tensor)`, unless the same tensor object was read last under `key` (every block / DeepStack level of
-    one forward gets the same tensor)."""
+    """`read(tensor)`, unless the same tensor object was read last under `key`."""
     last = _LAST_READ.get(key)
     if last is None or last[0] is not tensor:
         last = (tensor, read(tensor))
@@ -309,13 +290,10 @@ def _read_once(key: str, tensor: torch.Tensor, read):
 
 
 class GapMllmQwen3VLTextModel(Qwen3VLTextModel):
-    """Qwen3-VL's text model with the DeepStack additions made through indices (see the module docstring)."""
+    """Qwen3-VL's text model adding DeepStack features at indices read once per forward."""
 
     def _deepstack_process(self, hidden_states, visual_pos_masks, visual_embeds):
-        """`hidden_states` `[B, T, D]` plus `visual_embeds` `[N, D]` at the N visual tokens of `visual_pos_masks`
-        `[B, T]` (row-major order, as the stock `hidden[mask] + embeds`): one index per forward (every DeepStack
-        level gets the same mask tensor), read once on the host; `index_add` at distinct indices adds each row once."""
-        # the one synchronisation of this forward's DeepStack levels
+        """`hidden_states` `[B, T, D]` plus `visual_embeds` `[N, D]` at the N tokens of `visual_pos_masks` `[B, T]`."""
         index = _read_once("visual", visual_pos_masks, lambda mask: torch.nonzero(mask.flatten()).flatten())
         index = index.to(hidden_states.device)
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])
@@ -324,13 +302,12 @@ class GapMllmQwen3VLTextModel(Qwen3VLTextModel):
 
 
 def _image_lengths(cu_seqlens: torch.Tensor) -> list[int]:
-    """The patches of each image, `cu_seqlens` read on the host once per ViT forward, not once per block (every block
-    of a forward gets the same tensor; on a GPU each read waits for the device). The stock path reads them too."""
+    """Patches per image, `cu_seqlens` read on the host once per ViT forward rather than once per block."""
     return _read_once("lengths", cu_seqlens, lambda cu: (cu[1:] - cu[:-1]).tolist())
 
 
 class GapMllmQwen3VLVisionAttention(Qwen3VLVisionAttention):
-    """Qwen3-VL's ViT attention with one call for all images of equal patch count (see the module docstring)."""
+    """Qwen3-VL's ViT attention as one batched call when all images have the same patch count."""
 
     def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
         if is_flash_attention_requested(self.config):  # flash-attn's varlen kernel is one call already
@@ -356,19 +333,13 @@ class GapMllmQwen3VLVisionAttention(Qwen3VLVisionAttention):
 
 
 def use_batched_qwen3_vl(vlm) -> None:
-    """Switch a built `Qwen3VLForConditionalGeneration` to the batch-wide subclasses, in place.
-
-    Why a class switch: `Qwen3VLForConditionalGeneration` builds its modules in `__init__` (also inside
-    `from_pretrained`) with no hook to choose their classes. The subclasses add no state, so switching the class
-    of a built module changes only its methods (and survives `deepcopy`, pickling and `torch.compile`, unlike
-    bound methods stored on instances).
-    """
+    """Switch a built `Qwen3VLForConditionalGeneration` to the batch-wide subclasses, in place (they add no state, so
+    the switch survives `deepcopy`, pickling and `torch.compile`)."""
     if type(vlm.model) is Qwen3VLModel:
         vlm.model.__class__ = GapMllmQwen3VLModel
     if type(vlm.model.language_model) is Qwen3VLTextModel:
         vlm.model.language_model.__class__ = GapMllmQwen3VLTextModel
-        # transformers finds which outputs a model records (hidden states, attentions) by its class name, registered
-        # when the model was built: register the new name too, or `output_hidden_states=True` would return None
+        # recorded outputs are registered per class name at build: without this `output_hidden_states` gives None
         _CAN_RECORD_REGISTRY[vlm.model.language_model] = vlm.model.language_model._can_record_outputs
     for block in vlm.model.visual.blocks:
         if type(block.attn) is Qwen3VLVisionAttention:
@@ -433,13 +404,7 @@ def concatenate_levels(main: tuple[torch.Tensor, ...], deepstack: list[tuple[tor
 
 
 def _cached_length(past_key_values) -> int | None:
-    """Tokens already in the cache (0 for no cache); None for a filled static cache, whose count lives on the device.
-
-    A dynamic cache knows its length from its tensors' shapes (free). A static cache (compiled decoding,
-    generation_gap_mllm.py) counts on the device: reading it would make the host wait for the device at every decode
-    step, and inside the compiled step it would be a graph break; before its first update (the prefill) it holds no
-    tensors (`is_initialized` False), so a filled one is a decode step. (A static cache emptied by `reset()` and given
-    to a plain forward is taken as filled too: its prompt's values go unchecked, `generate` checks its own.)"""
+    """Tokens already cached (0 without a cache); None for a filled static cache, whose count is not read back."""
     if past_key_values is None or not hasattr(past_key_values, "get_seq_length"):
         return 0
     layers = getattr(past_key_values, "layers", None)
@@ -449,8 +414,7 @@ def _cached_length(past_key_values) -> int | None:
 
 
 def _check_shapes(batch: int, length: int, cached: int | None, attention_mask, labels, mm_token_type_ids) -> None:
-    """ValueError naming the per-token input whose shape does not fit `[batch, length]` (see the module rules).
-    Continuing a cache, only the mask is checked: generation may pass the prompt's token types along."""
+    """ValueError naming the per-token input that does not fit `[batch, length]` (only the mask after a cache)."""
     for name, tensor in (("labels", labels), ("mm_token_type_ids", mm_token_type_ids)):
         if tensor is not None and cached == 0 and tuple(tensor.shape) != (batch, length):
             raise ValueError(f"{name} has shape {tuple(tensor.shape)}, but the input tokens are [{batch}, {length}]: "
@@ -469,7 +433,11 @@ def _check_shapes(batch: int, length: int, cached: int | None, attention_mask, l
 
 def check_forward_inputs(model, input_ids=None, inputs_embeds=None, attention_mask=None, labels=None,
                          mm_token_type_ids=None, past_key_values=None) -> None:
-    """Apply the module rules to the inputs of one forward of `model` (a `GapMllmForConditionalGeneration`).
+    """Check the inputs of one forward of `model` (a `GapMllmForConditionalGeneration`), with one host read.
+
+    Token ids must lie in the vocabulary (`labels` besides -100); `labels`, `mm_token_type_ids` and a 2-D
+    `attention_mask` must be `[B, T]` (the mask `[B, cached + T]` after a cache); the mask keeps a token in every row
+    and masks no vision token. A step continuing a cache has only its shapes checked.
 
     Raises:
         ValueError: naming the input (`input_ids`, `labels`, `attention_mask`, `mm_token_type_ids`) and what is
@@ -529,11 +497,9 @@ def _mask_error(attention_mask, mm_token_type_ids, fewest_kept: int, masked_visi
     return None
 
 
+# ---- geometry mergers and fusion modules
 class GapMllmGeometryMerger(nn.Module):
-    """Norm → 2×2 spatial concat → Linear → GELU → Linear.
-
-    Parameter names follow the official `GeometryFeatureMerger` (`ln_q`, `mlp.0`, `mlp.2`) so that the
-    official checkpoint maps by prefix.
+    """Norm → 2×2 spatial concat → Linear → GELU → Linear, with the official `GeometryFeatureMerger`'s key names.
 
     Args:
         input_size: channels of one geometry patch token (2 × VGGT width = 2048 for VGGT-1B).
@@ -557,14 +523,8 @@ class GapMllmGeometryMerger(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            features: `[S, h, w, input_size]` geometry patch tokens of S views on an (h, w) patch grid.
-
-        Returns:
-            `[S * (h // 2) * (w // 2), output_size]`: merged tokens, views in order, each view's tokens
-            row-major over its merged grid (Qwen's token order).
-        """
+        """`[S, h, w, input_size]` patch tokens of S views → `[S · (h // 2) · (w // 2), output_size]`, views in order,
+        each row-major over its merged grid (Qwen's token order)."""
         views, height, width, channels = features.shape
         m = self.merge_size
         features = features[:, : height // m * m, : width // m * m]  # odd grids lose their last row/column
@@ -576,9 +536,7 @@ class GapMllmGeometryMerger(nn.Module):
 class GatedFusion(nn.Module):
     """Official token- and channel-wise gate: `a = σ(W·[LN₁(v); LN₂(g)] + b)`, `out = a⊙LN₁(v) + (1−a)⊙LN₂(g)`.
 
-    No residual to the raw `v` and no zero-init (faithful to the official code): the output is a convex
-    mix of normalised features, so `a ≡ 1` gives `LN₁(v)`, not `v`.
-    """
+    As the official code, no residual to the raw `v` and no zero-init: `a ≡ 1` gives `LN₁(v)`, not `v`."""
 
     def __init__(self, config: GapMllmFusionConfig, hidden_size: int):
         super().__init__()
@@ -642,16 +600,12 @@ def sincos_position_embedding_2d(height: int, width: int, dim: int, device, dtyp
     def encode(positions):
         angles = positions.flatten()[:, None] * omega[None]
         return torch.cat([angles.sin(), angles.cos()], dim=1)
-
     return torch.cat([encode(rows), encode(cols)], dim=1).to(dtype)
 
 
 class GapMllmFusionCrossAttention(nn.Module):
-    """Multi-head cross-attention, visual tokens (queries) to geometry tokens (keys/values) of one view.
-
-    Runs through the transformers attention interface, so `attn_implementation` (eager, sdpa,
-    flash_attention_2) applies here as everywhere else.
-    """
+    """Multi-head cross-attention of visual tokens (queries) to one view's geometry tokens (keys, values), through
+    the transformers attention interface (`attn_implementation` applies)."""
 
     def __init__(self, config: GapMllmFusionConfig, hidden_size: int):
         super().__init__()
@@ -678,7 +632,6 @@ class GapMllmFusionCrossAttention(nn.Module):
 
         def heads(x):
             return x.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
-
         attn_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         out, _ = attn_fn(
             self, heads(self.q_proj(queries)), heads(self.k_proj(keys)), heads(self.v_proj(values)), None,
@@ -788,17 +741,17 @@ class GapMllmMultiLevelFusion(nn.Module):
         merged_grids: list[tuple[int, int]],
         output_gates: bool = False,
     ) -> tuple[list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...] | None]:
-        """
+        """Fuse each level's merged geometry into its visual tokens.
+
         Args:
-            visual_levels: per level, one `[n_i, D]` tensor per image (Qwen's `pooler_output` for level 0,
-                its `deepstack_features[l-1]` for level l).
-            geometry_levels: per level, one `[S_b, h_b, w_b, C]` tensor of geometry patch features per sample
-                (samples in batch order, so their views concatenate to the image order).
+            visual_levels: per level, one `[n_i, D]` tensor per image (level 0 `pooler_output`, level l
+                `deepstack_features[l-1]`).
+            geometry_levels: per level, one `[S_b, h_b, w_b, C]` tensor per sample, in batch order.
             merged_grids: the merged (h/2, w/2) grid of each image; `n_i = h_i/2 · w_i/2`.
             output_gates: also return, per level, the gate averaged over channels `[N]` (`gated` only).
 
         Returns:
-            the fused features with the structure of `visual_levels`, and the gates (or None).
+            `(fused, gates)`: the fused features shaped as `visual_levels`, and the gates (or None).
         """
         sizes = [h * w for h, w in merged_grids]
         fused_levels, gates = [], []
@@ -812,16 +765,13 @@ class GapMllmMultiLevelFusion(nn.Module):
         return fused_levels, (tuple(gates) if output_gates and gates else None)
 
     def _merge(self, level: int, geometry: list[torch.Tensor]) -> torch.Tensor:
-        """`[Σ views · merged tokens, D]`: the level's merger on every sample's `[S_b, h_b, w_b, C]` features, in order.
-
-        The merger works token by token, so samples of one patch grid go through it as one stack of views: one
-        call per level instead of one per sample (each call is a dozen kernel launches on a GPU).
-        """
+        """`[Σ merged tokens, D]`: the level's merger on every sample, one call when all share a patch grid."""
         if len({features.shape[1:] for features in geometry}) == 1:
             return self.mergers[level](torch.cat(geometry))
         return torch.cat([self.mergers[level](features) for features in geometry])
 
 
+# ---- the model
 logger = logging.get_logger(__name__)
 
 
@@ -835,9 +785,8 @@ class GapMllmOutput(ModelOutput):
         past_key_values: the decoder cache.
         hidden_states, attentions: as in Qwen3-VL when requested.
         rope_deltas: M-RoPE deltas `[B, 1]` of the prompt.
-        fusion_gates: when `output_gates=True` and the method is `gated`, one `[N_visual]` tensor per
-            level (level 0 = main tokens, then DeepStack levels): the gate averaged over channels,
-            i.e. the share of the Qwen feature in each fused token (1 = pure Qwen, 0 = pure geometry).
+        fusion_gates: with `output_gates=True` and the `gated` method, per level (main, then DeepStack) one
+            `[N_visual]` tensor: the gate averaged over channels (1 = pure Qwen feature, 0 = pure geometry).
     """
 
     loss: torch.FloatTensor | None = None
@@ -862,16 +811,12 @@ class GapMllmPreTrainedModel(PreTrainedModel):
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        """`is_activation_checkpointing` under its old name, without transformers 5.x's FutureWarning: peft 0.21 reads
-        this name in `PeftModel.__init__` (every `get_peft_model` and `PeftModel.from_pretrained`), so each LoRA run
-        warned of a deprecation its user cannot act on (issue 84). Same value as the new name."""
+        """`is_activation_checkpointing`, under the name peft reads, without transformers' FutureWarning."""
         return self.is_activation_checkpointing
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Initialise every GAP parameter: geometry-encoder modules through the encoder's `init_module_weights`,
-        the weighted-fusion scalars at 0.5, everything else (Linear N(0, 0.02), norms at 1/0, Qwen3-VL modules)
-        through the transformers default."""
+        """Geometry-encoder modules by its `init_module_weights`, fusion weights at 0.5, the rest as transformers."""
         # an encoder's init may match Linear/LayerNorm by type: it gets only its own modules
         if module in getattr(self, "_geometry_encoder_modules", ()):
             self.geometry_encoder.init_module_weights(module)
@@ -884,24 +829,23 @@ class GapMllmPreTrainedModel(PreTrainedModel):
 
 
 class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
-    """GAP-MLLM for image(s)+text → text generation.
+    """GAP-MLLM for image(s) + text → text generation.
 
-    Modules: `vlm` (stock `Qwen3VLForConditionalGeneration`), and when `config.use_geometry`:
-    `geometry_encoder` (`GEOMETRY_ENCODERS[config.geometry_encoder_type]`, a `GeometryEncoder`: VGGT's aggregator by
-    default) and `geometry_fusion` (`mergers[l]`, `fusions[l]`).
-    Frozen by default: `vlm.model.visual` and `geometry_encoder`; trainable: the LLM, the mergers and
-    the fusion modules (docs/method.md §8.3).
+    Modules: `vlm` (stock `Qwen3VLForConditionalGeneration`) and, when `config.use_geometry`, `geometry_encoder`
+    (`GEOMETRY_ENCODERS[config.geometry_encoder_type]`, VGGT's aggregator by default) and `geometry_fusion`
+    (`mergers[l]`, `fusions[l]`). Frozen by default: `vlm.model.visual` and `geometry_encoder`.
+
+    Raises:
+        ValueError: an unregistered `geometry_encoder_type`, or weights that cannot fit in the memory left.
     """
 
     accepts_loss_kwargs = False  # Qwen3-VL's choice: Trainer then scales the loss for accumulation.
 
     def __init__(self, config: GapMllmConfig):
-        # Refuse before allocating when even a lower bound of the weights does not fit (configuration_gap_mllm.py); on
-        # the meta device (from_pretrained) nothing is allocated here.
+        # refuse before allocating (nothing is allocated on the meta device of from_pretrained)
         check_memory_for_parameters(config)
         super().__init__(config)
-        # Plain nn.Module sub-models never get an attention implementation from PreTrainedModel:
-        # without this they would silently fall back to eager (docs/transformers-notes.md §8).
+        # plain nn.Module sub-models get no attention implementation from PreTrainedModel (else silently eager)
         for sub_config in (config.geometry_config, config.geometry_fusion_config):
             if sub_config._attn_implementation is None:
                 sub_config._attn_implementation = config._attn_implementation
@@ -927,10 +871,9 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             "AutoModelForImageTextToText": "modeling_gap_mllm.GapMllmForConditionalGeneration",
         }
 
-    # ---------------------------------------------------------------- parameters and freezing
+    # ---- parameters and freezing
     def apply_freezing_policy(self, freeze_vision_tower: bool = True, freeze_geometry_encoder: bool = True):
-        """Official recipe: Qwen ViT (with its mergers) and the geometry encoder frozen; LLM, mergers and fusion
-        trained."""
+        """Freeze the Qwen ViT (with its mergers) and the geometry encoder, as the official recipe; the rest trains."""
         self.vlm.model.visual.requires_grad_(not freeze_vision_tower)
         if self.config.use_geometry:
             self.geometry_encoder.set_trainable(not freeze_geometry_encoder)
@@ -951,7 +894,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     def uses_geometry(self) -> bool:
         return self.config.use_geometry
 
-    # ---------------------------------------------------------------- geometry branch
+    # ---- geometry branch
     def _views_per_sample(self, input_ids, image_grid_thw, geometry_views_per_sample) -> list[int]:
         if geometry_views_per_sample is not None:
             counts = [int(c) for c in geometry_views_per_sample.tolist()]
@@ -981,13 +924,11 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         """Run the geometry encoder once per group of same-shaped samples.
 
         Args:
-            geometry_pixel_values: `[N_views, 3, H_max, W_max]` in [0, 1] from `GapMllmProcessor`; view i's
-                valid region is the top-left `p·h_i × p·w_i` (p = `geometry_config.patch_size`, (h_i, w_i) its Qwen
-                patch grid).
+            geometry_pixel_values: `[N_views, 3, H_max, W_max]` in [0, 1] (`GapMllmProcessor`); view i's valid
+                region is the top-left `p·h_i × p·w_i` (p = `geometry_config.patch_size`).
             image_grid_thw: `[N_views, 3]` rows `(1, h_i, w_i)`.
             views_per_sample: views of each sample, in batch order.
-            grids: `image_grid_thw` as host integers, when the caller has them (a training step: no read of the
-                device's copy, which waits for the GPU).
+            grids: `image_grid_thw` as host integers, when the caller has them (no device read).
 
         Returns:
             per fusion level (0 = main, then DeepStack), one `[S_b, h_b, w_b, feature_size]` tensor per sample.
@@ -1012,14 +953,12 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             (h, w), = sample_grids
             samples.append((start, count, h, w))
             start += count
-
         level_layers = self.config.level_geometry_layers
         tapped = list(self.config.geometry_config.tapped_layers)
         features: list[list[torch.Tensor | None]] = [[None] * len(samples) for _ in level_layers]
         by_shape: dict[tuple[int, int, int], list[int]] = {}
         for index, (_, count, h, w) in enumerate(samples):
             by_shape.setdefault((count, h, w), []).append(index)
-
         encoder = self.geometry_encoder
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
         dtype = next(encoder.parameters()).dtype
@@ -1037,9 +976,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
     def fuse_geometry(self, image_outputs, geometry_features, image_grid_thw, output_gates: bool = False,
                       grids: list | None = None):
-        """Replace Qwen's visual features (`pooler_output`, `deepstack_features`) in `image_outputs` by the
-        fused ones, in place; returns the gates (see `GapMllmOutput.fusion_gates`). `grids`: `image_grid_thw` as
-        host integers, when the caller has them."""
+        """Replace `image_outputs.pooler_output` and `.deepstack_features` by the fused features, in place; returns
+        the gates (see `GapMllmOutput.fusion_gates`). `grids`: `image_grid_thw` as host integers, if known."""
         merge = self.config.vlm_config.vision_config.spatial_merge_size
         grids = image_grid_thw.tolist() if grids is None else grids
         merged_grids = [(h // merge, w // merge) for _, h, w in grids]
@@ -1068,17 +1006,16 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         image_outputs=None,
         grids: list | None = None,
     ):
-        """The image path of GAP-MLLM: ViT features, geometry features (computed from
-        `geometry_pixel_values`, or given precomputed, e.g. from a feature cache) and their fusion.
+        """The image path: ViT features, geometry features and their fusion.
 
-        `image_outputs`: the ViT's output for `pixel_values`, precomputed (as `get_image_features` returns it, e.g.
-        rebuilt from a training feature cache); `pixel_values` is then not read. `grids`: `image_grid_thw` as host
-        integers `[(t, h, w), ...]`, when the caller has them (the training step: training/host_metadata.py).
+        Precomputed `image_outputs` (as `get_image_features` returns them) replace `pixel_values`, precomputed
+        `geometry_features` replace `geometry_pixel_values` (one of the two is required: ValueError); `grids`:
+        `image_grid_thw` as host integers `[(t, h, w), ...]`, if known.
 
         Returns:
-            `(image_outputs, geometry_features, gates)`: Qwen's vision output with the fused `pooler_output`
-            and `deepstack_features` (ready for `mm_encoder_outputs={"image": ...}`), the geometry features
-            used (per level, one `[S_b, h_b, w_b, 2C]` tensor per sample) and the gates (or None).
+            `(image_outputs, geometry_features, gates)`: Qwen's vision output with fused `pooler_output` and
+            `deepstack_features` (for `mm_encoder_outputs={"image": ...}`), the geometry features used (per level,
+            one `[S_b, h_b, w_b, 2C]` tensor per sample) and the gates (or None).
         """
         if image_outputs is None:
             image_outputs = self.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
@@ -1103,30 +1040,27 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         geometry_features: list[list[torch.Tensor]] | None = None,
         **kwargs,
     ) -> GapMllmImageEmbeddings:
-        """GAP-MLLM's whole image path (geometry encoder, ViT, mergers, gates: each runs once) as the precomputed
-        image embeddings a stock Qwen3-VL takes, e.g. vLLM's `image_embeds` (see `modeling_gap_mllm.py`).
+        """GAP-MLLM's whole image path as the precomputed image embeddings a stock Qwen3-VL takes (vLLM's
+        `image_embeds`).
 
         Args:
             pixel_values: `[Σ h_i·w_i, 3·2·16·16]` ViT patches (`GapMllmProcessor`).
             image_grid_thw: `[N_images, 3]` rows `(1, h_i, w_i)`.
             geometry_pixel_values: `[N_images, 3, H_max, W_max]` in [0, 1], the VGGT input of every view
-                (required with geometry unless `geometry_features` are given).
-            geometry_views_per_sample: `[B]` views per sample (or inferred from `input_ids`).
-            input_ids: `[B, L]`, only to count the views of each sample when `geometry_views_per_sample` is absent.
+                (required with geometry unless `geometry_features` are given: ValueError).
+            geometry_views_per_sample: `[B]` views per sample (or counted in `input_ids`).
+            input_ids: `[B, L]`, only to count views when `geometry_views_per_sample` is absent.
             geometry_features: precomputed geometry-encoder output (as `get_geometry_features` returns).
-            **kwargs: other processor outputs (`attention_mask`, `mm_token_type_ids`, ...), ignored, so that
-                `model.encode_images(**processor(...))` works.
+            **kwargs: other processor outputs, ignored, so that `model.encode_images(**processor(...))` works.
 
         Returns:
-            `GapMllmImageEmbeddings`: per image `[h_i·w_i/4, (1 + num_deepstack) · hidden]` (`[main ‖ deepstack_0 ‖
-            deepstack_1 ‖ deepstack_2]`, 8192 wide for Qwen3-VL-2B), the grids and the views per sample. With
-            `use_geometry=False` (the ablation arm without geometry) the levels are stock Qwen3-VL's.
+            `GapMllmImageEmbeddings`: per image `[h_i·w_i/4, (1 + num_deepstack) · hidden]` (main ‖ DeepStack
+            levels, 8192 wide for Qwen3-VL-2B); with `use_geometry=False` the levels are stock Qwen3-VL's.
         """
         views = self._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
         if self.uses_geometry:
             if geometry_pixel_values is None and geometry_features is None:
-                # forward() would fall back to the plain Qwen path with a warning; an engine would then
-                # answer without geometry, silently: refuse instead.
+                # forward() would fall back to plain Qwen3-VL: an engine would answer without geometry, silently
                 raise ValueError("encode_images needs geometry_pixel_values (GapMllmProcessor) or geometry_features: "
                                  "this model fuses geometry into its image tokens.")
             image_outputs, _, _ = self.get_fused_image_features(
@@ -1144,7 +1078,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             num_deepstack_levels=len(vision.deepstack_visual_indexes),
         )
 
-    # ---------------------------------------------------------------- forward
+    # ---- forward
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1165,7 +1099,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> GapMllmOutput:
-        """
+        """Qwen3-VL's forward with geometry fused into the image features.
+
         Args:
             input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids: as for Qwen3-VL
                 (from `GapMllmProcessor`).
@@ -1177,8 +1112,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             output_gates: return the fusion gates per level (`gated` method).
 
         Raises:
-            ValueError: naming the input, for ids outside the vocabulary and ill-shaped or empty masks, labels or
-                token types (modeling_gap_mllm.py).
+            ValueError: naming the input (see `check_forward_inputs`), or `geometry_pixel_values` without
+                `pixel_values`.
         """
         check_forward_inputs(self, input_ids, inputs_embeds, attention_mask, labels, mm_token_type_ids, past_key_values)
         mm_encoder_outputs, gates = None, None
@@ -1223,11 +1158,11 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             fusion_gates=gates,
         )
 
-    # ---------------------------------------------------------------- generation
+    # ---- generation
     def encode_scene(self, input_ids=None, pixel_values=None, image_grid_thw=None, output_gates: bool = False,
                      **kwargs) -> GapMllmScene:
         """Encode one multi-view scene once (geometry encoder, vision tower, fusion, prefill of the prompt up
-        to the last view) for `generate(scene=...)`; see `generation_gap_mllm.py`.
+        to the last view) for `generate(scene=...)`.
 
         Args:
             input_ids, pixel_values, image_grid_thw, ...: the processor output for ONE sample, e.g.
@@ -1238,32 +1173,29 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         return encode_scene(self, input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                             output_gates=output_gates, **kwargs)
 
-    compile_decoding = "off"  # generate's default compile_decoding (generation_gap_mllm.py); front ends set "auto"
+    compile_decoding = "off"  # generate's default compile_decoding; front ends set "auto"
 
     def generate(self, inputs=None, *args, scene: GapMllmScene | list[GapMllmScene] | None = None,
                  compile_decoding=None, answer_task=None, constrained: bool = False, **kwargs):
-        """`GenerationMixin.generate`, plus `scene=`: answer questions about a scene from `encode_scene`
-        without encoding it again. With a scene, pass only the question tokens (`input_ids` `[B, Lq]`,
-        `attention_mask`); the result continues them (`[B, Lq + new]`). A list of `B` scenes gives each row its own
-        (questions about several scenes in one batch). See `scene_cache.generate_from_scene`.
+        """`GenerationMixin.generate`, plus scene reuse, compiled decoding and task answers.
 
-        `compile_decoding`: "off" (also False), "on" (True), "auto" (on where the model is on a CUDA device) or a
-        transformers `CompileConfig`: a static cache and every decode step compiled whole, replayed as a CUDA graph on a
-        GPU; the same tokens, fewer launches (generation_gap_mllm.py). With or without a scene. Default: the model's
-        `compile_decoding` attribute ("off" unless a front end set it).
+        A `max_new_tokens` past `text_config.max_position_embeddings` after the prompt's highest M-RoPE position is
+        lowered to fit, with a warning (INFO for the task's own budget; `fit_budget_to_context`).
 
-        `answer_task` (a task name) with `tokenizer=`: that task's decoding settings (greedy, its budget unless
-        `max_new_tokens` is given, its stop rule), and with `constrained=True` its answer grammar, built from this call's
-        inputs, for callers that never see the processor's output (`pipeline(...)`; generation_gap_mllm.py).
-
-        Context: a `max_new_tokens` that would pass `text_config.max_position_embeddings` after the prompt's
-        highest M-RoPE position is lowered to what fits, with a warning (an INFO line when it is the task's own budget,
-        `DefaultBudget`; generation_gap_mllm.py).
+        Args:
+            scene: a `GapMllmScene` from `encode_scene`, or one per row: pass only the question tokens (`input_ids`
+                `[B, Lq]`, `attention_mask`); the result continues them (`[B, Lq + new]`).
+            compile_decoding: "off" (False), "on" (True), "auto" (on for a CUDA model) or a `CompileConfig`: a static
+                cache and each decode step compiled whole (CUDA graphs on a GPU), the same tokens. Default: the
+                model's `compile_decoding` attribute ("off" unless a front end set it).
+            answer_task: a task name, with `tokenizer=`: the task's decoding settings (greedy, its budget unless
+                `max_new_tokens` is given, its stop rule).
+            constrained: also constrain the answer to the task's grammar, built from this call's inputs.
 
         Raises:
-            ValueError: a token id outside the vocabulary, a prompt that itself reaches the end of the context
-                or a `min_new_tokens` that cannot fit (generation_gap_mllm.py); with a scene, also a scene of
-                another model or of changed weights (generation_gap_mllm.py).
+            ValueError: a token id outside the vocabulary, a prompt reaching the end of the context, a
+                `min_new_tokens` that cannot fit, or a scene of another model or of changed weights.
+            TypeError: positional generation options with `scene`.
         """
         if compile_decoding is None:
             compile_decoding = self.compile_decoding
@@ -1271,7 +1203,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             kwargs = answer_task_kwargs(answer_task, constrained, kwargs.get("input_ids", inputs), kwargs)
         if scene is not None and args:
             raise TypeError("generate(scene=...) takes generation options as keyword arguments only.")
-        with static_cache_pool(self).lending():  # a static cache's buffers are this call's (generation_gap_mllm.py)
+        with static_cache_pool(self).lending():  # a static cache's buffers are this call's
             if scene is None:
                 self._check_generate_inputs(kwargs.get("input_ids", inputs), kwargs)
                 kwargs.update(compiled_decoding_kwargs(compile_decoding, self.device, kwargs))
@@ -1280,18 +1212,14 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             return generate_from_scene(self, scene, input_ids, compile_decoding=compile_decoding, **kwargs)
 
     def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs):
-        """transformers' hook for the static cache of a `generate` call: here lent by the model's pool, at the same
-        addresses in every call of a length, so that compiled decoding replays its recorded CUDA graphs instead of
-        recording them again each call (generation_gap_mllm.py); its length rounded up as a scene call's."""
+        """A static cache lent by the model's pool, at stable addresses so compiled decoding replays its CUDA graphs."""
         if cache_implementation != "static" or prefill_chunk_size is not None:  # no chunked prefill nor offloading
             return super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
                                                  model_kwargs)
         return pooled_static_cache(self, static_cache_length(self, max_cache_len))
 
     def _check_generate_inputs(self, input_ids, kwargs: dict) -> None:
-        """Refuse ids outside the vocabulary and prompts past the context; lower a `max_new_tokens` that would
-        pass it (in `kwargs`; generation_gap_mllm.py). A prompt continuing a cache given in `past_key_values` is
-        not checked: its positions start after the cache."""
+        """Refuse ids outside the vocabulary and prompts past the context; fit `max_new_tokens` (in `kwargs`)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or kwargs.get("past_key_values") is not None:
             budget_to_grammars(self, kwargs, None)  # the context is not checked; the grammars plan for the call's budget
             return
@@ -1302,13 +1230,11 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        # The geometry encoder runs at prefill only; with a cache, later steps see no images, nor what places their
-        # M-RoPE positions (configuration_gap_mllm.py): a decode step then has the same inputs in every call.
+        # images and their M-RoPE inputs are for the prefill only: a decode step has the same inputs in every call
         if not is_first_iteration and kwargs.get("use_cache", True):
             for name in PREFILL_ONLY_INPUT_NAMES:
                 inputs.pop(name, None)
-            # The causal mask of a static cache is a view in some calls and a tensor of its own in others (a scene
-            # call's); a compiled step with a symbolic batch guards on a view's base, so a view is copied (B × L).
+            # a compiled step with a symbolic batch guards on a view's base: copy a mask that is a view (B × L)
             mask = inputs.get("attention_mask")
             if isinstance(mask, torch.Tensor) and mask._base is not None:
                 inputs["attention_mask"] = mask.clone()
@@ -1319,8 +1245,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         return self.vlm._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        """Beam search / several return sequences: repeat per-image tensors sample by sample (they are
-        concatenated over views, so the generic `repeat_interleave` on dim 0 would scramble them)."""
+        """Repeat per-image tensors sample by sample (they are concatenated over views, not batched)."""
         if expand_size == 1:
             return input_ids, model_kwargs
         grid = model_kwargs.get("image_grid_thw")
@@ -1337,7 +1262,6 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                     chunks.extend([tensor[start : start + rows]] * expand_size)
                     start, image = start + rows, image + count
                 return torch.cat(chunks)
-
             model_kwargs["pixel_values"] = per_sample_repeat(model_kwargs["pixel_values"], patches_per_image)
             model_kwargs["geometry_pixel_values"] = per_sample_repeat(model_kwargs.get("geometry_pixel_values"), [1] * len(patches_per_image))
             model_kwargs["image_grid_thw"] = per_sample_repeat(grid, [1] * len(patches_per_image))
@@ -1351,12 +1275,11 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         model_kwargs.update({k: v for k, v in handled.items() if v is not None})
         return input_ids, model_kwargs
 
-    # ---------------------------------------------------------------- loading
+    # ---- loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, require_geometry_weights: bool = False,
                         allow_non_finite_weights: bool = False, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus a loud report of missing GAP components and a refusal of weights
-        that are not numbers.
+        """`PreTrainedModel.from_pretrained`, plus a report of missing GAP components and a refusal of NaN weights.
 
         Args:
             require_geometry_weights: raise instead of warning when the geometry encoder, mergers or
@@ -1389,20 +1312,21 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         vggt_weights=None,
         **from_pretrained_kwargs,
     ) -> "GapMllmForConditionalGeneration":
-        """Build a GAP-MLLM from a stock Qwen3-VL checkpoint and, optionally, VGGT weights: the Qwen3-VL
-        weights are loaded, the geometry encoder is filled from `vggt_weights` (strictly, through
-        `convert_vggt_to_hf.load_vggt_weights`), the mergers and fusion are newly initialised (and reported).
+        """Build a GAP-MLLM from a stock Qwen3-VL checkpoint and, optionally, VGGT weights (loaded strictly by
+        `load_vggt_weights`); the mergers and fusion are newly initialised (and reported).
 
         Args:
             qwen3_vl_name_or_path: a Qwen3-VL folder or Hub id (e.g. `Qwen/Qwen3-VL-2B-Instruct`).
             geometry_config, geometry_fusion_config: overrides of the GAP sub-configs (the geometry config
                 must describe the VGGT architecture of `vggt_weights`; its defaults are VGGT-1B).
-            vggt_weights: a VGGT state dict, a `model.pt` / `.safetensors` file, a folder holding one (also
-                a `gap-mllm convert vggt` output), or a Hub id such as `facebook/VGGT-1B`. `None` leaves the
-                encoder randomly initialised (reported loudly). Head weights are skipped unless the
-                geometry config enables the heads; the conversion report is kept as
-                `model.vggt_conversion_report`.
+            vggt_weights: a VGGT state dict, a `model.pt` / `.safetensors` file, a folder holding one (also a
+                `gap-mllm convert vggt` output) or a Hub id such as `facebook/VGGT-1B`; `None` leaves the encoder
+                randomly initialised (reported). Head weights load only when the geometry config enables the heads;
+                the conversion report is kept as `model.vggt_conversion_report`.
             from_pretrained_kwargs: passed to `Qwen3VLForConditionalGeneration.from_pretrained` (dtype, ...).
+
+        Raises:
+            ImportError: the gap-mllm package (which holds the converter) is not installed.
         """
         try:  # the converter is installed with the package, never copied into a model folder
             from gap_mllm.convert_vggt_to_hf import build_from_qwen3_vl
@@ -1410,15 +1334,14 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             raise ImportError("from_qwen3_vl builds a model with the gap-mllm package: pip install gap-mllm") from error
         model, loaded = build_from_qwen3_vl(cls, qwen3_vl_name_or_path, geometry_config, geometry_fusion_config,
                                             vggt_weights, **from_pretrained_kwargs)
-        use_batched_qwen3_vl(model.vlm)  # the loaded language model replaced the one __init__ prepared
+        use_batched_qwen3_vl(model.vlm)  # the loaded modules are not the ones __init__ switched
         model.apply_freezing_policy()
         new_keys = [k for k in model.state_dict() if not k.startswith("vlm.") and k not in loaded]
         model.missing_weight_groups = sorted(report_missing_weights(new_keys, str(qwen3_vl_name_or_path)))
         return model
 
 
-# `save_pretrained` writes the auto_map entry and copies the remote code for this class, however it was imported
-# (without it a folder saved by a process that imported this module directly had `auto_map[None]`)
+# save_pretrained then writes the auto_map entry and copies this code, however the module was imported
 GapMllmForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
 
