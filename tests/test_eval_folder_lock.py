@@ -1,8 +1,8 @@
 """One writer per evaluation folder (evaluation/folder_lock.py): a run holds `<out>/evaluation.lock` from before the
 run-fingerprint check to its end; a second run into the folder is refused in one line naming the folder and the
 holder, before it reads or writes anything; a lock left by a killed run is taken over with a log line; the holder is
-seen across process-id namespaces (issue 55, item 15: the lock is an OS file lock, not a pid on a host). Also: a
-missing split names the splits there and the options to use (issue 47, item 12)."""
+seen across process-id namespaces (the lock is an OS file lock, not a pid on a host); a lock file that is a symbolic
+link is refused, never written through. Also: a missing split names the splits there and the options to use."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,8 +20,9 @@ import pytest
 
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation import runner
-from gap_mllm.evaluation.folder_lock import LOCK_FILE, EvaluationFolderBusy
+from gap_mllm.evaluation.folder_lock import LOCK_FILE, EvaluationFolderBusy, evaluation_folder_lock
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
+from gap_mllm.processing.folder_lock import LockFileIsALink
 from gap_mllm.processing.output_folder import MARKER, mark_output_folder
 
 
@@ -132,3 +134,17 @@ def test_a_missing_split_names_the_splits_there_and_the_options(synth_data, orac
     assert lines[0].endswith("splits with detection files there: val. Choose one with --split (or give the file with "
                              "--annotation-file FILE)")
     assert "annotation_file=" not in lines[0]
+
+
+def test_an_evaluation_lock_file_that_is_a_link_is_refused_not_written_through(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    os.symlink(precious, folder / "evaluation.lock")
+    with pytest.raises(LockFileIsALink, match=rf"^{re.escape(str(folder / 'evaluation.lock'))}: the lock file of .* is "
+                                              rf"a symbolic link \(to {re.escape(str(precious))}\); a lock file is never "
+                                              "written through a link: remove the link"):
+        with evaluation_folder_lock(folder):
+            pass
+    assert precious.read_text() == "mine"

@@ -1,11 +1,13 @@
-"""Feature-cache entries are checked when they are served, not trusted (issue 47, items 6, 8, 9):
+"""Feature-cache entries are checked when they are served, not trusted:
 
 - a `.bad` entry follows the policy of the run that reads it: under `raise` it stops the run naming the sample and
   the reason (even when an earlier `skip` run marked it), under `skip` it is skipped and counted by name, and the
   end-of-run warning names the skipped samples;
 - a damaged entry (empty, truncated, a tensor missing) is recomputed by the next build, or, read while training,
   removed and named once in a warning with the cache folder, never a raw safetensors error or KeyError;
-- a full disk while writing an entry names the cache's device and folder, not the run's output folder.
+- a full disk while writing an entry names the cache's device and folder, not the run's output folder;
+- an entry of NaN or infinite features is named as a damaged entry (the finite check flags NaN and infinities, not
+  large finite values).
 """
 
 from __future__ import annotations
@@ -183,3 +185,35 @@ def test_the_spare_room_of_a_large_disk_is_capped(tmp_path, monkeypatch):
     free -= 1
     with pytest.raises(CacheDiskError, match="keeping 500.0 MB spare"):
         ensure_disk_room(tmp_path, cost, 10)
+
+
+# ---------------------------------------------------------------------------------- entries of NaN or infinite features
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_the_finite_check_of_an_entry_flags_nan_and_infinities_and_not_large_finite_values(dtype):
+    from gap_mllm.training.feature_cache import _all_finite
+
+    largest = torch.finfo(dtype).max
+    assert _all_finite(torch.full((4096,), largest, dtype=dtype))  # a sum that would overflow in the same type
+    for value in (float("nan"), float("inf"), -float("inf")):
+        values = torch.zeros(4096, dtype=dtype)
+        values[1234] = value
+        assert not _all_finite(values), value
+    assert not _all_finite(torch.tensor([float("inf"), -float("inf")], dtype=dtype))  # inf - inf: NaN
+
+
+def test_a_cache_entry_of_nan_features_is_named_as_an_entry(tmp_path, recon_dataset, caplog):  # noqa: F811
+    model, processor = tiny()
+    dataset = undecoded_images(recon_dataset.select(range(1)))
+    cache = FeatureCache(tmp_path, model, processor, dtype="float32")
+    cache.build(model, dataset, guarded(processor, "raise"))
+    key = sample_key(dataset[0])
+    tensors = safetensors.torch.load_file(cache.path(key))
+    tensors["geometry.0"][0, 0] = torch.nan
+    safetensors.torch.save_file(tensors, cache.path(key), metadata={"vision": "merged"})
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(DamagedEntryError, match=rf"feature cache entry {key} in {cache.folder} is damaged \(its "
+                                                    r"features geometry.0 hold NaN or infinite values\)"):
+            cache.load(key, "scene0000_00")
+    assert f"entry {key} (sample 'scene0000_00') is damaged" in caplog.text and "learning_rate" not in caplog.text

@@ -1,5 +1,6 @@
 """A run whose gradient turns NaN stops at that optimizer step with an error naming it and the checkpoint
-to resume from; the weights are never updated with the NaN and no later checkpoint is written."""
+to resume from; the weights are never updated with the NaN and no later checkpoint is written; the command line
+says so in one line naming the step and the run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import safetensors.torch
 import torch
 from transformers import TrainerCallback
 
-from gap_mllm.training.divergence import DivergenceGuard, TrainingDivergedError
+from gap_mllm.cli.errors import run_command
+from gap_mllm.training.divergence import DivergenceGuard, TrainingDivergedError, divergence_message
 from gap_mllm.training.encoder_stage import EncoderStageTrainer
 from gap_mllm.training.run import build_trainer, run_training
 
@@ -124,3 +126,14 @@ def test_a_finite_run_reads_its_weights_once_per_optimizer_step():
     with torch.no_grad():
         trained[5].view(-1)[0] = trained[7].view(-1)[-1] = 1e30  # finite, but 1e60 is past float32
     assert non_finite_weight_count(trained) == 0
+
+
+def test_a_diverged_run_is_one_line_naming_the_step_and_the_run(tmp_path, capsys):
+    def diverging(args):
+        raise TrainingDivergedError(divergence_message(7, float("nan"), str(tmp_path)))
+
+    assert run_command("train", diverging, None) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gap-mllm train: error: training diverged at optimizer step 7: the "
+                                                   f"gradient norm is nan (a NaN or infinite loss or gradient) in the run "
+                                                   f"writing {tmp_path}; ")

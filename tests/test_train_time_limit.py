@@ -1,22 +1,29 @@
 """`time_limit_s`: a run stops at its time limit with a checkpoint and no final model, and the same recipe
 with `--resume auto` ends with exactly the weights of an uninterrupted run; the pipeline does not mark such
-a stage done."""
+a stage done. A run stopped at its time limit or by SIGTERM ends at the next step with a checkpoint and one line
+(exit status 75) holding the command that continues it, each command's own."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerControl, TrainerState
+import yaml
+from transformers import TrainerCallback, TrainerControl, TrainerState
 
+from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
-from gap_mllm.training.run import run_training
+from gap_mllm.training.config import load_recipe
+from gap_mllm.training.run import continuation_command, run_training
 from gap_mllm.training.time_limit import TimeLimitCallback, TrainingStoppedAtTimeLimit
 
+from .test_run_state import source_model, write_recipe  # noqa: F401  (module fixture)
 from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root, trainable_state  # noqa: F401
 
 
@@ -128,3 +135,74 @@ def test_a_stopped_run_is_one_line_and_exit_status_75_on_the_command_line(capsys
 
     assert run_command("mini", stopped, None) == 75
     assert capsys.readouterr().err == f"gap-mllm mini: {line}\n"
+
+
+# ------------------------------------------------------------ a stopped epoch recipe, SIGTERM, the continuation command
+
+
+def epoch_recipe(tmp_path, source, data_root, output) -> Path:
+    """The recipe of `write_recipe`, counting epochs as the shipped recipes do (no max_steps)."""
+    path = write_recipe(tmp_path, source, data_root, output)
+    recipe = yaml.safe_load(path.read_text())
+    del recipe["training"]["max_steps"]
+    recipe["training"]["num_train_epochs"] = 1
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_an_epoch_recipe_stopped_at_its_time_limit_exits_75_with_its_continuation_and_no_model(
+        tmp_path, source_model, train_data_root, monkeypatch, capsys):  # noqa: F811
+    recipe = epoch_recipe(tmp_path, source_model, train_data_root, tmp_path / "out")
+    argv = ["train", "--config", str(recipe), "--time-limit-s", "1e-9"]
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/gap-mllm", *argv])  # as the console script runs it
+    status = gap_mllm(argv)
+    captured = capsys.readouterr()
+    assert status == 75 and "trained" not in captured.out
+    line = next(text for text in captured.err.splitlines() if text.startswith("gap-mllm train: training stopped"))
+    assert "after step 1 of 8" in line  # 16 samples, batch 2, one epoch
+    assert line.endswith(f"continue it with: gap-mllm train --config {recipe} --time-limit-s 1e-9 --resume auto")
+    assert (tmp_path / "out" / "checkpoint-1").is_dir() and not (tmp_path / "out" / "model.safetensors").exists()
+
+
+class Sigterm(TrainerCallback):
+    """Sends this process a SIGTERM at the start of step `step` (a scheduler ending the slot)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_without_a_time_limit_ends_at_the_next_step_with_a_checkpoint_and_the_stop_line(
+        tmp_path, source_model, train_data_root):  # noqa: F811
+    recipe = load_recipe(epoch_recipe(tmp_path, source_model, train_data_root, tmp_path / "out"))
+    assert recipe.time_limit_s is None
+    received = []
+
+    def handler(*_):  # outside the training loop; also keeps a run that ignored the signal from killing the tests
+        received.append("outside")
+
+    outside = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(TrainingStoppedAtTimeLimit, match=r"training stopped on SIGTERM after step 1 of 8; the "
+                                                             r"checkpoint in .*out holds the full state; continue it with: "):
+            run_training(recipe, callbacks=[Sigterm(step=1)])
+        assert signal.getsignal(signal.SIGTERM) is handler and not received  # the run's handler had it; now back
+    finally:
+        signal.signal(signal.SIGTERM, outside)
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-1"]
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_each_command_prints_its_own_continuation_command():
+    assert continuation_command(["/venv/bin/gap-mllm", "mini", "--out", "runs/m", "--set", "time_limit_s=600"]) == \
+        "gap-mllm mini --out runs/m --set time_limit_s=600"  # mini resumes by itself: no --resume (it has none)
+    assert continuation_command(["/venv/bin/gap-mllm", "train", "--config", "r.yaml", "--resume", "runs/x/checkpoint-2"]) == \
+        "gap-mllm train --config r.yaml --resume auto"
+    assert continuation_command(["/venv/bin/gap-mllm", "train", "--resume=auto", "--config", "r y.yaml"]) == \
+        "gap-mllm train --config 'r y.yaml' --resume auto"
+    assert continuation_command(["/x/gap_mllm/training/train_cli.py", "--config", "r.yaml"]) == \
+        "python -m gap_mllm.training.train_cli --config r.yaml --resume auto"
+    assert continuation_command(["/x/pytest", "-q"]).startswith("run_training(recipe, resume_from_checkpoint=\"auto\")")
