@@ -63,6 +63,14 @@ def tiny_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """`gap-mllm predict` fails the test if it loads the model's weights (a refusal must come before the load)."""
+    from gap_mllm.cli import predict
+
+    monkeypatch.setattr(predict, "load_model_and_processor", lambda *a, **k: pytest.fail("the model was loaded"))
+
+
 def make_views(count: int, height: int = 64, width: int = 96, seed: int = 0) -> list[Image.Image]:
     """`count` random RGB views of one size (deterministic by seed)."""
     rng = np.random.default_rng(seed)

@@ -22,7 +22,7 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
 
 from gap_mllm.cli.scene_store import SceneStore
-from gap_mllm.cli.tasks import TaskRequest, run_task
+from gap_mllm.cli.tasks import TaskRequest, run_task, task_answer
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
 from gap_mllm.generation_gap_mllm import answer_task_kwargs, fit_budget_to_context
 from gap_mllm.mini import default_model_path
@@ -49,6 +49,8 @@ from gap_mllm.tasks_gap_mllm import (
     detection_entry,
     grammar_accepts,
     offered_options,
+    parse_caption,
+    parse_grounding,
     resolve_task,
     serialize_detection,
     stop_token_ids,
@@ -436,3 +438,26 @@ def test_every_default_answer_is_a_real_answer(frames, mini):
 def test_only_spatial_qa_reads_its_prompt_and_only_detection_closes_a_list():
     assert [name for name, spec in TASKS.items() if spec.grammar_reads_prompt] == ["spatial_qa"]
     assert [name for name, spec in TASKS.items() if spec.entry_list is not None] == ["detection"]
+
+
+# --------------------------------------------------------------------------- a box of no size; a caption of JSON pieces
+
+
+def test_a_zero_size_box_is_no_objects_box():
+    # the GAP-MLLM-Mini's constrained answer to 'the chair by the window ' x 417 (a query that just fits)
+    raw = '{"bbox_3d": [10.10, -10.11, -11.11, -0.0, -0.0, -0.0, -10.01, -10.01, -10.01]}'
+    parsed = task_answer("grounding", raw, parse_grounding(raw))
+    assert parsed.reason == ("a box of size 0x0x0 is no object's box: "
+                             "[10.1, -10.11, -11.11, -0.0, -0.0, -0.0, -10.01, -10.01, -10.01]")
+    raw = '{"bbox_3d": [1.0, 0.5, 2.0, 0.0, 0.4, 0.9, 0.0, 0.0, 0.0]}'  # flat, not empty: an object's box
+    assert task_answer("grounding", raw, parse_grounding(raw)).reason is None
+
+
+def test_a_free_caption_of_json_pieces_is_in_another_tasks_format():
+    raw = '```json1.19, 3d": "refrigerator", "bbox_3d'
+    assert parse_caption(raw).reason is None  # the tolerant parser (for scoring) reads any text
+    assert task_answer("captioning", raw, parse_caption(raw)).reason == (
+        "answer holds '```', a piece of a structured answer (JSON), not a caption's prose")
+    assert task_answer("captioning", '3d": "refrigerator"', parse_caption('3d": "refrigerator"')).reason is not None
+    prose = "It's an L-shaped (wooden) sofa, left of the TV; 2 chairs face it!"
+    assert task_answer("captioning", prose, parse_caption(prose)).reason is None

@@ -1,11 +1,16 @@
-"""A user's mistake is one clear line naming the input and what to do (exit status 2), not a traceback;
-`--debug` keeps the traceback. Each case below used to end in a traceback or a misleading message."""
+"""A user's mistake is one clear line naming the input and what to do (exit status 2), not a traceback or a
+misleading message; `--debug` keeps the traceback. The cases: conversions, recipes, data, the processor, the Space,
+token budgets that are not positive, and a FIFO given for a frame (refused by train, predict and every reader of
+media, never waited on)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import shutil
+import signal
 
 import numpy as np
 import PIL.Image
@@ -15,8 +20,15 @@ import torch
 from gap_mllm.cli.errors import UserError
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.model_source import check_model_source, load_pretrained
+from gap_mllm.evaluation.runner import read_predictions_file
+from gap_mllm.image_utils_gap_mllm import NotARegularFile
+from gap_mllm.processing.builder_fingerprint import file_content_digest
+from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.errors import DataError
+from gap_mllm.processing_gap_mllm import load_image
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
+
+from .test_train_fixtures import train_data_root  # noqa: F401  (session fixture)
 
 
 def run(argv, capsys):
@@ -270,3 +282,44 @@ def test_cli_budget_flags_must_be_positive(capsys, value):
         gap_mllm(["predict", "--example", "synthetic room A", "--task", "detection", "--max-new-tokens", value])
     assert exit_info.value.code == 2
     assert f"argument --max-new-tokens: '{value}' must be a positive number" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- a FIFO in place of a frame
+
+
+def test_a_fifo_in_place_of_a_frame_is_refused_by_train_and_predict_and_every_reader_of_media(
+        train_data_root, tmp_path, capsys):  # noqa: F811
+    data = tmp_path / "data"
+    shutil.copytree(train_data_root, data)
+    frame = data / "scannet" / "posed_images" / "synth0000_00" / "00010.jpg"  # a frame of the reconstruction samples
+    frame.unlink()
+    os.mkfifo(frame)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(json.dumps({"model": {"tiny": "tiny"}, "data": {"data_root": str(data), "cache_dir": str(tmp_path / "hf")},
+                                  "training": {"output_dir": str(tmp_path / "out"), "use_cpu": True, "report_to": "none",
+                                               "max_steps": 1, "per_device_train_batch_size": 2, "save_strategy": "no",
+                                               "disable_tqdm": True}}))
+    def hung(*_):  # pytest's failure is no Exception: the command line cannot take it for a user's mistake
+        pytest.fail("gap-mllm train waited 120 s on the FIFO")
+
+    earlier = signal.signal(signal.SIGALRM, hung)  # a hang fails this test (the blocked open is interrupted)
+    signal.alarm(120)
+    try:
+        assert gap_mllm(["train", "--config", str(recipe)]) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, earlier)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gap-mllm train: error: ")]
+    assert len(errors) == 1 and re.fullmatch(rf"gap-mllm train: error: sample '\w+'; file {re.escape(str(frame))}: colour "
+                                             r"image is a FIFO \(named pipe\), not a regular file", errors[0])
+    assert gap_mllm(["predict", "--model", "tiny", "--images", str(frame), "--task", "detection"]) == 2
+    assert capsys.readouterr().err == (f"gap-mllm predict: {frame.resolve()}: not a regular file (give image files, a "
+                                       "folder of images, or one video)\n")
+    # the readers behind them: the data's cache key, the processor's images, annotation and predictions files
+    assert file_content_digest(frame) == "unreadable:22"
+    with pytest.raises(ValueError, match=rf"view 0: image file '{frame}' is a FIFO \(named pipe\), not a regular file"):
+        load_image(str(frame), name="view 0")
+    with pytest.raises(DataError, match="annotation file is a FIFO"):
+        load_annotation_file(frame)
+    with pytest.raises(NotARegularFile, match=rf"^predictions file {frame} is a FIFO \(named pipe\), not a regular file"):
+        read_predictions_file(frame, 1)

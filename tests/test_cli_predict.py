@@ -1,7 +1,13 @@
-"""`gap-mllm predict` and what it shares with the Space: parsed answers, saved pictures, upload rules."""
+"""`gap-mllm predict` and what it shares with the Space: parsed answers, saved pictures, upload rules; a marker given
+in the frame's original pixels (a phone photo's upright ones too), and refusals that come before the model loads (a
+query too long for the model's context, a query holding `<image>`, a frame the processor cannot read, a read-only
+--save-dir)."""
 
 import argparse
 import json
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,14 +15,20 @@ import torch
 from PIL import Image
 
 from gap_mllm.cli import loading, predict
+from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.loading import load_model_and_processor
 from gap_mllm.cli.scenes import synthetic_scene
 from gap_mllm.cli.tasks import TaskRequest, run_task
-from gap_mllm.cli.uploads import CLI_WORDS, FrameShape, UploadError, UploadLimits, check_frames, load_frames
+from gap_mllm.cli.uploads import (CLI_WORDS, FrameShape, UploadError, UploadLimits, check_frames, cli_limits, load_frames,
+                                  read_frames)
 from gap_mllm.cli.visualize import box_edge_points, write_visualisations
+from gap_mllm.image_utils_gap_mllm import displayed_size
 from gap_mllm.point_cloud import read_ply
+from gap_mllm.processing.scannet_layout import read_color
+from gap_mllm.processing_gap_mllm import load_image
 from gap_mllm.tasks_gap_mllm import Box3D, serialize_detection
 from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
+from gap_mllm.training.feature_cache import decoded_example
 
 
 def parse(argv):
@@ -41,10 +53,12 @@ def frames(tmp_path):
 
 def scripted_generate(model, processor, answer: str):
     """Make `model.generate` return the prompt followed by the tokens of `answer` (a known reply, so the
-    parse → draw path is checked with real values; the untrained model only emits noise)."""
+    parse → draw path is checked with real values; the untrained model only emits noise), after the forward pass of
+    the prompt that a real `generate` runs first (its prefill: the fusion gates the front ends show are its own)."""
     answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
     def generate(input_ids=None, **kwargs):
+        model(input_ids=input_ids, **{name: kwargs[name] for name in processor.model_input_names if name in kwargs})
         return torch.cat([input_ids, answer_ids.expand(input_ids.shape[0], -1)], dim=1)
 
     model.generate = generate
@@ -408,3 +422,150 @@ def test_a_frame_or_save_dir_that_is_a_link_loop_is_refused_before_the_model(che
     assert capsys.readouterr().err.splitlines() == [
         f"gap-mllm predict: error: --save-dir {save_dir} is a symbolic link loop (following its links leads back to "
         "itself); give a folder (a new name, or a link to a real one)"]
+
+
+# ---------------------------------------------------------- a marker in original pixels; a query too long for the model
+
+
+def save_frames(folder: Path, count: int, width: int, height: int) -> list[Path]:
+    """`count` smooth frames of `width`x`height` (small PNGs, whatever their size)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ramp = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None].repeat(height, 0).repeat(3, 2)
+    paths = []
+    for index in range(count):
+        paths.append(folder / f"f{index}.png")
+        Image.fromarray(np.roll(ramp, 7 * index, axis=1)).save(paths[-1])
+    return paths
+
+
+def test_predict_marker_takes_original_pixels_on_a_frame_the_model_gets_resized(tiny_checkpoint, tmp_path,  # noqa: F811
+                                                                                monkeypatch, capsys):
+    frames = [str(p) for p in save_frames(tmp_path / "frames", 3, 1280, 1024)]
+    asked = []
+
+    def answered(model, processor, views, request, **kwargs):  # the call the model gets, then the real answer
+        asked.append(([view.size for view in views], request.marker))
+        return run_task(model, processor, views, request, **kwargs)
+
+    run_task = predict.run_task
+    monkeypatch.setattr(predict, "run_task", answered)
+    argv = ["predict", "--model", str(tiny_checkpoint), "--images", *frames, "--task", "reconstruction",
+            "--max-new-tokens", "4", "--marker"]
+    for given, on_model_frame in (("568 600", (2, 284, 300)), ("284 300", (2, 142, 150)), ("1279 1023", (2, 639, 511))):
+        assert gap_mllm([*argv, "2", *given.split()]) in (0, 3)  # the untrained model's answer may not parse
+        assert asked.pop() == ([(640, 512)] * 3, on_model_frame)  # the original pixel, on the 640x512 frame
+    capsys.readouterr()
+    assert gap_mllm([*argv, "2", "1280", "600"]) == 2
+    assert capsys.readouterr().err == ("gap-mllm predict: marker view 2: marker pixel (x=1280, y=600) is outside the "
+                                       "1280x1024 view (x must be in [0, 1279], y in [0, 1023], in the view's original "
+                                       "pixel grid)\n")
+    assert asked == []
+
+
+def test_a_query_that_does_not_fit_the_models_context_or_leaves_no_room_for_the_answer_is_refused_before_loading(
+        tiny_checkpoint, tmp_path, no_model_load, capsys):  # noqa: F811
+    frame = str(save_frames(tmp_path / "frames", 1, 96, 64)[0])
+    argv = ["predict", "--model", str(tiny_checkpoint), "--images", frame, "--task", "grounding", "--query"]
+    refusal = re.compile(r"gap-mllm predict: the query is too long for the model: ([\d,]+) characters, ([\d,]+) tokens, "
+                         r"do not fit in the model's context of 4,096 positions \(text_config\.max_position_embeddings\): "
+                         r"the prompt with its 1 frame\(s\) ends at position ([\d,]+), and the grounding answer needs "
+                         r"up to 192 more; shorten it by at least ([\d,]+) tokens\n")
+
+    def refused(query: str) -> tuple[int, int, int, int]:
+        assert gap_mllm([*argv, query]) == 2
+        found = refusal.fullmatch(capsys.readouterr().err)
+        assert found, "not the refusal"
+        return tuple(int(value.replace(",", "")) for value in found.groups())
+
+    # 10,000 characters (one token each for the tiny tokenizer): past the context itself
+    characters, tokens, ends, shorten = refused("x" * 10_000)
+    assert (characters, tokens) == (10_000, 10_000) and ends > 4095 and shorten == ends + 192 - 4095
+    # a query that fits but leaves the answer 100 positions of its 192: the last position is 4,095
+    query = "x" * (4095 - 100 - (ends - tokens))
+    assert refused(query) == (len(query), len(query), 4095 - 100, 92)
+
+
+# -------------------------------------------------------------------------------------- refusals before the model loads
+
+
+def read_only(folder: Path, monkeypatch) -> None:
+    """`folder` made read-only; for root, whom the kernel lets write anyway, `os.access` says what it says to a user."""
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: (not mode & os.W_OK and access(path, mode, **kw))
+                            if Path(path).resolve() == folder.resolve() else access(path, mode, **kw))
+
+
+@pytest.mark.parametrize("case", ["a query holding <image>", "a 20000x4 frame", "a read-only --save-dir"])
+def test_refusals_that_came_after_the_model_loaded_come_before_it(case, tiny_checkpoint, tmp_path, monkeypatch,  # noqa: F811
+                                                                  no_model_load, capsys):
+    frame = str(save_frames(tmp_path / "frames", 1, 96, 64)[0])
+    argv = ["predict", "--model", str(tiny_checkpoint), "--images", frame, "--task", "grounding", "--query", "the chair"]
+    if case == "a query holding <image>":
+        argv[-1] = "the <image> chair"
+        refusal = ("gap-mllm predict: the query must not contain '<image>' (the placeholder of a view in the prompt); "
+                   "remove it from the text")
+    elif case == "a 20000x4 frame":
+        argv[4] = str(save_frames(tmp_path / "thin", 1, 20000, 4)[0])
+        refusal = (f"gap-mllm predict: {argv[4]}: 20000x4 px, 640x1 px as the model gets it: the model's processor "
+                   "cannot read it (absolute aspect ratio must be smaller than 200, got 640.0); crop or resize the "
+                   "frames")
+    else:
+        read_only(tmp_path / "ro", monkeypatch)
+        argv += ["--save-dir", str(tmp_path / "ro" / "out")]
+        refusal = (f"gap-mllm predict: error: --save-dir {tmp_path / 'ro' / 'out'} cannot be written: "
+                   f"{tmp_path / 'ro'} grants no write permission; give a folder you can write to")
+    assert gap_mllm(argv) == 2
+    assert capsys.readouterr().err.splitlines()[0] == refusal  # the one line (a hint to --debug may follow)
+
+
+# ------------------------------------------------------------------------------------- a phone photo's EXIF orientation
+
+
+def phone_photo(path):
+    """A JPEG stored 160x128 with EXIF Orientation 6 (shown turned a quarter clockwise: 128x160), white in its stored
+    top-left corner, which the upright photo shows in its top-right one."""
+    stored = np.full((128, 160, 3), 40, dtype=np.uint8)
+    stored[:32, :32] = 255
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+def upright(image) -> bool:
+    """The image is the phone photo shown upright: 128x160, white in its top-right corner only."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64).mean(axis=2)
+    return image.size == (128, 160) and pixels[:24, -24:].mean() > 240 and pixels[:24, :24].mean() < 60
+
+
+def test_every_image_reader_gives_the_photo_upright(tmp_path):
+    photo = phone_photo(tmp_path / "phone.jpg")
+    frames = read_frames([photo], cli_limits([photo], 8), words=CLI_WORDS)  # predict and the Space
+    assert frames.originals == ((128, 160),) and upright(frames.views[0])
+    assert upright(load_image(photo))  # the processor, given a path
+    assert upright(read_color(photo))  # the dataset builders
+    encoded = {"images": [{"bytes": photo.read_bytes(), "path": None}, {"bytes": None, "path": str(photo)}]}
+    assert all(upright(view) for view in decoded_example(encoded)["images"])  # the training cache
+    with Image.open(photo) as opened:  # the builders' marker check reads the header only
+        assert displayed_size(opened) == (128, 160) and opened.size == (160, 128)
+
+
+def test_a_marker_in_the_upright_photo_is_accepted_and_moved_onto_the_model_frame(tmp_path, monkeypatch, capsys):
+    photo = str(phone_photo(tmp_path / "phone.jpg"))
+    asked = []
+
+    def answered(model, processor, views, request, **kwargs):  # the call the model gets, then the real answer
+        asked.append(([view.size for view in views], request.marker, upright(views[0])))
+        return run_task(model, processor, views, request, **kwargs)
+
+    monkeypatch.setattr(predict, "run_task", answered)
+    argv = ["predict", "--model", "tiny", "--images", photo, "--task", "reconstruction", "--max-new-tokens", "4"]
+    assert gap_mllm([*argv, "--marker", "0", "2", "150"]) in (0, 3)  # y = 150: inside the 160 rows shown
+    assert asked == [([(128, 160)], (0, 2, 150), True)]
+    capsys.readouterr()
+    assert gap_mllm([*argv, "--marker", "0", "150", "2"]) == 2  # x = 150: outside the 128 columns shown
+    assert "outside the 128x160 view" in capsys.readouterr().err and len(asked) == 1

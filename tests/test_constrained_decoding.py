@@ -1,22 +1,28 @@
-"""Constrained decoding (issue 54): one grammar per task, derived from the registry's answer format.
+"""Constrained decoding: one grammar per task, derived from the registry's answer format.
 
 - the grammar and the parser agree both ways: every answer the serialiser writes is in the grammar, and answers drawn
   at random from the grammar (token by token, through the engine's own masks) parse cleanly with the task's parser;
 - the `generate` logits processor leaves a greedy answer that fits the grammar unchanged and corrects one that does
   not, row by row in a batch (the tiny model, driven by a logits processor that dictates the answer);
 - GAP-MLLM-Mini's answers on frames drawn with PIL and on random noise parse for every task with constraints on,
-  through the three generation paths (one call, batched requests, scene reuse).
+  through the three generation paths (one call, batched requests, scene reuse);
+- a spatial question's options get the letter grammar in the layouts people write them (`A)`, `(A)`, `A:`, `a.`),
+  and a question asking for a letter without options is refused before the model loads;
+- a detection list the grammar closed for its token budget is no success: the answer says so.
 """
 
 import json
 import random
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from PIL import Image, ImageDraw
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from gap_mllm.cli.main import main as gap_mllm
+from gap_mllm.cli.tasks import TaskRequest, run_task
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
 from gap_mllm.evaluation.scene_generation import SceneGenerator
 from gap_mllm.evaluation.tasks import get_task
@@ -30,10 +36,13 @@ from gap_mllm.tasks_gap_mllm import (
     fill_bitmask,
     grammar_accepts,
     grammar_matcher,
+    offered_options,
     resolve_task,
     serialize_detection,
+    spatial_answer_grammar,
     stop_token_ids,
 )
+from gap_mllm.tiny.tiny_model import build_tiny_model
 
 LABELS = ["chair", "couch", "bed", "night stand", "trash can", "x"]
 MINI_VOCAB = 768  # the width of GAP-MLLM-Mini's logits (its tokenizer has fewer ids)
@@ -420,3 +429,45 @@ def test_the_bitmask_refuses_exactly_the_tokens_whose_bit_is_clear(rows):
                 expected[row, token] = float("-inf")
     apply_bitmask(scores, bitmask, rows)
     assert torch.equal(scores, expected)
+
+
+# ----------------------------------------------------------- options as people write them; a list closed for its budget
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_model()
+
+
+@pytest.mark.parametrize("lines, letters", [
+    ("A) chair\nB) table\nC) bed", ("A", "B", "C")),
+    ("(A) chair\n(B) table", ("A", "B")),
+    ("A: chair\nB: table", ("A", "B")),
+    ("a. chair\nb. table", ("a", "b")),
+    ("  a) chair\n  b) table", ("a", "b")),
+])
+def test_option_layouts_get_the_letter_grammar(lines, letters):
+    question = f"Which object is closest to the door?\n{lines}\nAnswer with the option letter."
+    assert offered_options(question) == letters
+    assert spatial_answer_grammar(64, None, question) == f"root ::= {' | '.join(f'{chr(34)}{x}{chr(34)}' for x in letters)}\n"
+
+
+def test_a_question_asking_for_a_letter_without_options_is_refused_before_the_model_loads(no_model_load, capsys):
+    question = "Which object is closest to the door? Answer with the option's letter from the given choices directly."
+    assert offered_options("Q: how far is the bed from the door?") == ()  # a "Q:" line is no option
+    with pytest.raises(ValueError, match="asks for an option letter but lists no options"):
+        spatial_answer_grammar(64, None, question)
+    assert gap_mllm(["predict", "--example", "synthetic room A", "--task", "spatial_qa", "--query", question]) == 2
+    assert capsys.readouterr().err == (
+        "gap-mllm predict: the question asks for an option letter but lists no options this model reads: write each "
+        "option on its own line as 'A. chair', 'A) chair', '(A) chair' or 'A: chair', lettered from A\n")
+
+
+def test_a_constrained_list_closed_for_its_budget_is_no_success(tiny):
+    model, processor = tiny
+    frame = PIL.Image.fromarray(np.full((64, 96, 3), 120, dtype=np.uint8))
+    result = run_task(model, processor, [frame], TaskRequest("detection"), max_new_tokens=60, constrained=True)
+    assert result.raw == "```json\n[\n]```"  # well formed: the grammar closed the list at once
+    assert result.parsed.reason == ("the grammar closed the list for the token budget of 60 (it keeps the last 138 "
+                                    "tokens to close it), so the answer may lack entries; give it a larger token "
+                                    "budget (--max-new-tokens)")

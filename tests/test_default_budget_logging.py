@@ -38,7 +38,7 @@ def test_generate_logs_a_lowered_task_budget_once_at_info_and_warns_for_a_chosen
                                                                                      caplog):
     model, frames, full = short_context
     # spatial QA: 64 tokens, 5 positions left after the prompt, which hold its shortest answer (a grounding answer
-    # they cannot hold is refused: issue 83, tests/test_hardening_round7_inputs.py)
+    # they cannot hold is refused: tests/test_generation.py)
     defaults = tiny_processor.generation_kwargs("spatial_qa", full)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         first = model.generate(**full, **defaults)

@@ -1,13 +1,17 @@
 """generate(): cached == uncached greedy tokens, one geometry-encoder call per call, beam expansion; a token budget
 past the model's context is lowered with a warning on both paths (full prompt and scene reuse), counted in M-RoPE
-positions, and a prompt past the context or an unfittable minimum is refused."""
+positions, and a prompt past the context, an unfittable minimum or a context too short for the task's shortest whole
+answer is refused."""
 
 import logging
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
 from gap_mllm import generation_gap_mllm
+from gap_mllm.generation_gap_mllm import highest_prompt_position
 from gap_mllm.modeling_gap_mllm import GEOMETRY_INPUT_NAMES
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
@@ -133,3 +137,26 @@ def test_a_prompt_past_the_context_or_an_unfittable_minimum_is_refused(tiny_proc
     model.config.vlm_config.text_config.max_position_embeddings = 20
     with pytest.raises(ValueError, match=r"the scene prefix ends at position 23 .* context of 20 positions"):
         encode(model, tiny_processor, frames, prefix)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_model()
+
+
+def test_a_context_too_short_for_the_shortest_answer_is_refused_naming_both_numbers(tiny):
+    model, processor = tiny
+    frame = PIL.Image.fromarray(np.full((64, 96, 3), 120, dtype=np.uint8))
+    short = processor(images=[[frame]], task="grounding", query="x", return_tensors="pt")
+    highest = highest_prompt_position(model, short["input_ids"], short["attention_mask"], short["mm_token_type_ids"],
+                                      short["image_grid_thw"])
+    limit = model.config.get_text_config().max_position_embeddings
+    # a query that leaves 20 positions (one token an "x" for the tiny tokenizer): fewer than the shortest answer's
+    inputs = processor(images=[[frame]], task="grounding", query="x" * (limit - 20 - highest), return_tensors="pt")
+    shortest = len(processor.tokenizer('{"bbox_3d": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]}',
+                                       add_special_tokens=False)["input_ids"])
+    assert shortest > 20
+    with pytest.raises(ValueError, match=rf"^the prompt ends at position {limit - 21}, so at most 20 new tokens fit in "
+                                         rf"the model's context of {limit} positions, fewer than the {shortest} that "
+                                         r"the shortest whole grounding answer needs; use fewer"):
+        model.generate(**inputs, **processor.generation_kwargs("grounding", inputs))

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.processing.errors import DiskFullError
 from gap_mllm.processing.folder_lock import FolderBusy, LockFileIsALink, holding_folder, lock_file_of
-from gap_mllm.processing.output_folder import REPLACED_SUFFIX, OutputFolderRefused, sibling
+from gap_mllm.processing.output_folder import MARKER, REPLACED_SUFFIX, OutputFolderRefused, sibling
 from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.writer import write_dataset
 from gap_mllm.training import run_state as run_state_module
@@ -603,3 +603,17 @@ def test_the_state_records_its_data_sketch_as_a_listed_file(trained):
     record = read_run_state(state)
     assert record["format"] == 4 and record["data"]["sketch"] == record["files"][DATA_SKETCH_FILE]["sha256"]
     assert record["data"]["files"] == len(read_sketch(state / DATA_SKETCH_FILE).names)
+
+
+def test_a_state_folder_with_the_users_files_is_refused_in_words_that_read(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_text("{}")
+    (state / "NOTES.md").write_text("mine")
+    with pytest.raises(OutputFolderRefused) as refused:
+        check_state_folder(state)
+    assert str(refused.value) == (f"run_state.directory {state} is not empty (NOTES.md, run_state.json) and holds files a "
+                                  "run state does not write (NOTES.md): the folder is the run state's alone (move them "
+                                  "out); give an empty or new folder")
+    assert ", or;" not in str(refused.value) and (state / "NOTES.md").read_text() == "mine"
+    assert MARKER not in [p.name for p in state.iterdir()]

@@ -1,4 +1,5 @@
-"""Video uploads (Space and `gap-mllm predict`): uniform frame sampling, frame order and the limits.
+"""Video uploads (Space and `gap-mllm predict`): uniform frame sampling, frame order and the limits; a video cut
+short (an interrupted copy) is refused naming the frames or seconds it declares and those that decode.
 
 The clips are written here with PyAV, one distinct solid colour per frame, so the test can tell which
 source frames came back. Skipped, with the reason printed, when PyAV (`av`) is not importable.
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.uploads import UploadError, UploadLimits, load_frames, uniform_indices
 
 try:
@@ -167,3 +169,53 @@ def test_a_clip_whose_timestamps_start_late_is_judged_by_its_own_span(tmp_path, 
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(UploadError, match=rf"^cut{suffix}: the video declares 2.0 s but only \d+ frames covering "):
         load_frames([cut])  # a cut one is still refused, by the same span
+
+
+# ---------------------------------------------------------------------------------------------------- a video cut short
+
+
+def write_ramp_clip(path, codec: str, frames: int = 24, options=None):
+    """A clip of `frames` 160x128 frames of a moving ramp at 8 fps (`options`: the container's, e.g. faststart)."""
+    ramp = np.linspace(0, 255, 160, dtype=np.uint8)[None, :, None].repeat(128, 0).repeat(3, 2)
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = 160, 128, "yuv420p"
+        for index in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(ramp, 7 * index, axis=1), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def cut_in_half(path, name: str):
+    """The first half of the file at `path`, as `name` beside it (an interrupted copy)."""
+    data = path.read_bytes()
+    cut = path.with_name(name)
+    cut.write_bytes(data[: len(data) // 2])
+    return cut
+
+
+def test_a_faststart_mp4_cut_in_half_is_refused_naming_the_declared_and_the_decoded_frames(tmp_path, no_model_load,
+                                                                                           capsys):
+    whole = write_ramp_clip(tmp_path / "clip.mp4", "mpeg4", options={"movflags": "faststart"})
+    assert len(load_frames([whole])) == 8  # the whole clip: 24 frames sampled down to 8
+    cut = cut_in_half(whole, "cut.mp4")  # still declares 24 frames; 4 decode
+    with pytest.raises(UploadError) as refused:
+        load_frames([cut])
+    assert str(refused.value) == ("cut.mp4: the video declares 24 frames but only 4 can be decoded (the file is cut "
+                                  "short or damaged, e.g. an interrupted copy); please upload the whole file again.")
+    assert gap_mllm(["predict", "--model", "tiny", "--images", str(cut), "--task", "detection"]) == 2
+    assert capsys.readouterr().err == (f"gap-mllm predict: {cut}: the video declares 24 frames but only 4 can be "
+                                       "decoded (the file is cut short or damaged, e.g. an interrupted copy); copy the "
+                                       "whole file again, or give its frames as images.\n")
+
+
+def test_a_webm_cut_in_half_is_refused_by_the_seconds_its_frames_cover(tmp_path):
+    whole = write_ramp_clip(tmp_path / "clip.webm", "libvpx")  # WebM counts no frames: 3.0 s declared
+    assert len(load_frames([whole])) == 8
+    with pytest.raises(UploadError, match=r"^cut.webm: the video declares 3.0 s but only (\d+) frames covering "
+                                          r"(\d\.\d) s can be decoded \(the file is cut short") as refused:
+        load_frames([cut_in_half(whole, "cut.webm")])
+    frames, seconds = int(refused.value.args[0].split("only ")[1].split()[0]), refused.value.args[0].split("covering ")[1]
+    assert 1 <= frames <= 12 and float(seconds.split()[0]) == pytest.approx(frames / 8, abs=0.05)

@@ -1,12 +1,15 @@
 """`time_limit_s`: a run stops at its time limit with a checkpoint and no final model, and the same recipe
 with `--resume auto` ends with exactly the weights of an uninterrupted run; the pipeline does not mark such
-a stage done. A run stopped at its time limit or by SIGTERM ends at the next step with a checkpoint and one line
-(exit status 75) holding the command that continues it, each command's own."""
+a stage done. A run stopped at its time limit, by SIGTERM or by Ctrl-C ends at the next step with a checkpoint (and
+its run state) and one line holding the command that continues it, each command's own (exit status 75; 130 for
+Ctrl-C); a setting given at its default value continues the run."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,10 +20,13 @@ import torch
 import yaml
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
+from gap_mllm.cli.errors import run_command
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+from gap_mllm.processing.errors import INTERRUPTED_STATUS
 from gap_mllm.training.config import load_recipe
-from gap_mllm.training.run import continuation_command, run_training
+from gap_mllm.training.run import continuation_command, run_definition, run_training
+from gap_mllm.training.run_state import STATE_FILE, RunStateError, check_same_run, restore_if_newer
 from gap_mllm.training.time_limit import TimeLimitCallback, TrainingStoppedAtTimeLimit
 
 from .test_run_state import source_model, write_recipe  # noqa: F401  (module fixture)
@@ -206,3 +212,80 @@ def test_each_command_prints_its_own_continuation_command():
     assert continuation_command(["/x/gap_mllm/training/train_cli.py", "--config", "r.yaml"]) == \
         "python -m gap_mllm.training.train_cli --config r.yaml --resume auto"
     assert continuation_command(["/x/pytest", "-q"]).startswith("run_training(recipe, resume_from_checkpoint=\"auto\")")
+
+
+# ----------------------------------------------------------- Ctrl-C, a setting at its default, the continuation command
+
+
+class Signal(TrainerCallback):
+    """Sends this process `signum` at the start of step `step` (a person pressing Ctrl-C)."""
+
+    def __init__(self, signum, step):
+        self.signum, self.step = signum, step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, source_model, train_data_root):  # noqa: F811
+    """A run with a run state stopped by Ctrl-C at step 1 of 4: `(recipe path, output, state, the exception, the
+    SIGINT handler after the run)`."""
+    tmp = tmp_path_factory.mktemp("interrupted")
+    recipe_path = write_recipe(tmp, source_model, train_data_root, tmp / "out")
+    recipe = load_recipe(recipe_path, [f"run_state.directory={tmp / 'state'}"])
+    outside = signal.signal(signal.SIGINT, lambda *_: None)  # a Ctrl-C the run did not take must not end the tests
+    try:
+        with pytest.raises(TrainingStoppedAtTimeLimit) as stop:
+            run_training(recipe, callbacks=[Signal(signal.SIGINT, step=1)])
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, outside)
+    return recipe_path, tmp / "out", tmp / "state", stop.value, after
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_state_and_exits_130_with_the_continue_line(interrupted, capsys):
+    _, out, state, stop, after = interrupted
+    assert after is not stop and callable(after) and after.__name__ == "<lambda>"  # the run's handler gave it back
+    assert stop.status == INTERRUPTED_STATUS == 130
+    assert re.fullmatch(rf"training stopped on SIGINT \(Ctrl-C\) after step 1 of 4; the checkpoint in {out} and the run "
+                        rf"state {state} holds the full state; continue it with: .+", str(stop))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert json.loads((state / STATE_FILE).read_text())["global_step"] == 1 and not (out / "model.safetensors").exists()
+
+    def stopped(args):
+        raise stop
+
+    assert run_command("train", stopped, None) == 130
+    assert capsys.readouterr().err == f"gap-mllm train: {stop}\n"
+
+
+def test_a_setting_given_at_its_default_value_continues_the_run(interrupted, tmp_path):
+    recipe_path, _, state, _, _ = interrupted
+    copy = tmp_path / "state"
+    shutil.copytree(state, copy)
+
+    def resume(*settings):
+        recipe = load_recipe(recipe_path, [f"run_state.directory={copy}", f"training.output_dir={tmp_path / 'out'}",
+                                           *settings])
+        return restore_if_newer(copy, tmp_path / "out", source=recipe.model.name_or_path, run=run_definition(recipe))
+
+    assert resume("training.weight_decay=0.0", "training.adam_beta1=0.9").endswith("checkpoint-1")  # defaults: the same run
+    with pytest.raises(RunStateError, match=r"its settings differ \(training.weight_decay: '\(unset\)' then, 0.01 now\)"):
+        resume("training.weight_decay=0.01")
+    # a state that recorded the default written out continues a run that leaves it out
+    record = json.loads((copy / STATE_FILE).read_text())
+    recorded = {**record, "run": {**record["run"], "training.weight_decay": 0.0}}
+    check_same_run(recorded, run_definition(load_recipe(recipe_path)), copy)
+
+
+def test_accept_other_data_is_left_out_of_every_later_continuation_command():
+    assert continuation_command(["/venv/bin/gap-mllm", "train", "--config", "r.yaml", "--set",
+                                 "run_state.accept_other_data=true", "--run-state", "s", "--resume", "auto"]) == \
+        "gap-mllm train --config r.yaml --run-state s --resume auto"
+    assert continuation_command(["/venv/bin/gap-mllm", "train", "--set=run_state.accept_other_data=true", "--config",
+                                 "r.yaml", "--set", "training.max_steps=8"]) == \
+        "gap-mllm train --config r.yaml --set training.max_steps=8 --resume auto"
+    assert continuation_command(["/venv/bin/gap-mllm", "mini", "--out", "runs/m", "--set",
+                                 "run_state.accept_other_data=true"]) == "gap-mllm mini --out runs/m"

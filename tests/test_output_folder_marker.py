@@ -1,18 +1,14 @@
-"""Issue 83, item 1: one ownership rule that reads what a file says; and item 7's folder part.
+"""The ownership rule of an output folder (processing/output_folder.py `marker_problem`): a folder is a command's own
+only when its marker (`.gap-mllm-output.json`) is a regular file, opened without following a link, that parses and
+names the command; no other file name stands for it. A folder the command did not write is refused in one line
+(exit status 2) and the user's files are kept.
 
-A folder is a command's own only when its marker (`.gap-mllm-output.json`) is a regular file, opened without
-following a link, that parses and names the command (processing/output_folder.py `marker_problem`); no other file
-name stands for it. Each repro below replaced the user's files with exit 0 before:
-
-* `gap-mllm evaluate --out c` where c holds the user's summary.md and a run_fingerprint.json, or an empty
-  evaluation.lock: both names were taken for an evaluation's;
-* a marker that is a symbolic link to another evaluation's marker was followed;
-* `gap-mllm export-lmms` wrote into any folder (now refused unless `--overwrite`);
-* and every other writer (demo, predict --save-dir, export-vsibench, synth's dataset_info.json, train's output
-  folder) reads its folder's record by the same reader.
-
-Item 7: an output folder inside the data root was accepted (its lock file then read as data); now refused at the
-start in one line. The evaluations here score oracle answers (no model: the folder rule runs before any answer).
+Every writer reads its folder by this rule: `gap-mllm evaluate --out` (also `.`, or a folder holding the user's
+summary.md beside a run_fingerprint.json or an empty evaluation.lock), `demo --out`, `predict --save-dir`,
+`export-lmms` (which replaces the user's files only with `--overwrite`), `export-vsibench`, synth's
+dataset_info.json and train's output folder; the command itself refuses as its command line does. An output folder
+inside the data root is refused at the start in one line. The evaluations here score oracle answers (no model: the
+folder rule runs before any answer); predict's refusal comes before the model's weights load.
 """
 
 from __future__ import annotations
@@ -24,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from gap_mllm.cli import demo, predict
+from gap_mllm.cli.command_arguments import add_demo_arguments, add_predict_arguments
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 from gap_mllm.processing.dataset_identity import SYNTHROOMS_INFO, read_dataset_info
@@ -35,6 +33,7 @@ from gap_mllm.training import run as training_run
 from gap_mllm.training.config import load_recipe
 from gap_mllm.training.run import check_training_output, run_training
 
+from .test_cli_predict import save_frames
 
 RECIPE = Path(__file__).resolve().parent.parent / "training" / "recipes" / "mini_stage2.yaml"
 EVALUATE = "gap-mllm evaluate"
@@ -87,7 +86,7 @@ def evaluate(synth_data, oracle, out) -> int:  # noqa: F811
 
 @pytest.mark.parametrize("stand_in", ["run_fingerprint.json", "evaluation.lock"])
 def test_evaluate_takes_no_other_file_name_for_its_marker(synth_data, evaluated, tmp_path, stand_in, capsys):  # noqa: F811
-    """Was: data-lost (exit 0, summary.md and run_fingerprint.json replaced; an empty evaluation.lock alike)."""
+    """A run_fingerprint.json, or an empty evaluation.lock, beside the user's summary.md is no evaluation's marker."""
     oracle, _ = evaluated
     users = users_folder(tmp_path / "c", {stand_in: "notes\n" if stand_in.endswith(".json") else ""})
     before = contents(users)
@@ -101,7 +100,7 @@ def test_evaluate_takes_no_other_file_name_for_its_marker(synth_data, evaluated,
 
 
 def test_a_marker_that_links_to_another_evaluations_marker_is_refused(synth_data, evaluated, tmp_path, capsys):  # noqa: F811
-    """Was: data-lost (the link was followed, the other evaluation's marker named the command)."""
+    """The link is not followed: the other evaluation's marker says nothing of this folder."""
     oracle, other = evaluated
     users = users_folder(tmp_path / "c")
     os.symlink(other / MARKER, users / MARKER)
@@ -133,7 +132,7 @@ def test_a_marker_that_does_not_parse_or_is_not_a_regular_file_says_nothing(tmp_
 
 
 def test_export_lmms_refuses_the_users_files_unless_overwrite(synth_data, tmp_path, capsys):  # noqa: F811
-    """Was: data-lost (export-lmms wrote its documents and YAMLs over the user's files, exit 0)."""
+    """export-lmms writes its documents and YAMLs over the user's files only with --overwrite."""
     users = users_folder(tmp_path / "tasks", {"gap_det.yaml": "my task\n"})
     before = contents(users)
     argv = ["export-lmms", "--data", str(synth_data), "--out", str(users), "--tasks", "gap_det", "--limit", "1"]
@@ -158,7 +157,7 @@ LINKED_MARKER_WRITERS = {
 
 @pytest.mark.parametrize("command", LINKED_MARKER_WRITERS)
 def test_every_writer_refuses_a_marker_that_links_to_its_own_kind(synth_data, tmp_path, command, capsys):  # noqa: F811
-    """demo, predict --save-dir and export-vsibench read their folder's marker by the one rule. Was: data-lost."""
+    """demo, predict --save-dir and export-vsibench read their folder's marker by the one rule."""
     writer, argv = LINKED_MARKER_WRITERS[command]
     theirs = tmp_path / "theirs"
     theirs.mkdir()
@@ -176,7 +175,7 @@ def test_every_writer_refuses_a_marker_that_links_to_its_own_kind(synth_data, tm
 
 
 def test_synth_reads_its_dataset_info_by_the_one_rule(synth_data, tmp_path):  # noqa: F811
-    """The same scenes' record, reached through a link, is no record of this folder. Was: data-lost."""
+    """The same scenes' record, reached through a link, is no record of this folder."""
     info = read_dataset_info(synth_data)
     users = users_folder(tmp_path / "data")
     (users / SYNTHROOMS_INFO).parent.mkdir()
@@ -190,8 +189,8 @@ def test_synth_reads_its_dataset_info_by_the_one_rule(synth_data, tmp_path):  # 
 
 
 def test_train_refuses_an_output_folder_without_its_marker(tmp_path):
-    """Checkpoints and a training record without the marker: an earlier version's folder, or the user's copy of one.
-    Was: taken for a training run's by those names (and marked as one)."""
+    """Checkpoints and a training record without the marker (an earlier version's folder, or the user's copy of one)
+    are no training run's by those names: refused, and not marked as one."""
     earlier = users_folder(tmp_path / "run", {"gap_mllm_training.json": "{}"})
     (earlier / "checkpoint-2").mkdir()
     before = contents(earlier)
@@ -206,7 +205,7 @@ def test_train_refuses_an_output_folder_without_its_marker(tmp_path):
 
 def test_an_output_folder_inside_the_data_root_is_refused_at_the_start(synth_data, evaluated, tmp_path,  # noqa: F811
                                                                        monkeypatch, capsys):
-    """Item 7. Was: accepted; the training run read its own lock file as data and its continuation then failed."""
+    """Refused at the start: a training run there would read its own lock file as data, and its continuation fail."""
     oracle, _ = evaluated
     data = tmp_path / "data"
     data.mkdir()
@@ -234,3 +233,90 @@ def test_an_output_folder_inside_the_data_root_is_refused_at_the_start(synth_dat
     with pytest.raises(OutputFolderRefused, match="is inside the data root"):
         run_evaluation("detection", synth_data, inside, predictions_file=oracle, plots=False)
     assert not inside.exists()
+
+
+# -------------------------------------------------------------------------- a folder without a marker: the user's files
+
+
+def parse(add_arguments, argv: list[str]):
+    """A command's arguments as `gap-mllm` parses them (for calling its `main` without the early checks)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_evaluate_out_holding_the_users_summary_and_samples_is_refused_and_their_files_kept(synth_data, tmp_path,  # noqa: F811
+                                                                                           capsys):
+    oracle = write_oracle_predictions("detection", synth_data, tmp_path / "oracle.jsonl")
+    users = tmp_path / "userdir"
+    users.mkdir()
+    (users / "summary.md").write_text("my summary")
+    (users / "samples.jsonl").write_text("my samples\n")
+    before = contents(users)
+    status = gap_mllm(["evaluate", "--task", "detection", "--data", str(synth_data), "--predictions", str(oracle),
+                       "--out", str(users), "--no-plots", "--quiet"])
+    assert status == 2 and capsys.readouterr().err.splitlines()[0] == (
+        f"gap-mllm evaluate: error: --out {users} is not empty (samples.jsonl, summary.md) and was not written by "
+        f"gap-mllm evaluate ({NO_MARKER}); give an empty or new folder")
+    with pytest.raises(OutputFolderRefused, match="was not written by gap-mllm evaluate"):  # the library's rule too
+        run_evaluation("detection", synth_data, users, predictions_file=oracle, plots=False)
+    assert contents(users) == before
+    # an evaluation's own folder is written again (and resumed): its marker names the command
+    out = tmp_path / "eval"
+    for _ in range(2):
+        assert run_evaluation("detection", synth_data, out, predictions_file=oracle, plots=False)["headline"]["value"] == 1.0
+    assert read_marker(out)["command"] == "gap-mllm evaluate" and (out / "summary.md").is_file()
+
+
+def test_demo_out_holding_the_users_geometry_exact_ply_is_refused_and_their_files_kept(tmp_path, capsys):
+    users = tmp_path / "u5"
+    (users / "geometry").mkdir(parents=True)
+    (users / "geometry" / "exact.ply").write_text("my ply")
+    before = contents(users)
+    assert gap_mllm(["demo", "--model", "tiny", "--out", str(users)]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"gap-mllm demo: error: --out {users} is not empty (geometry/) and was not written by gap-mllm demo "
+        f"({NO_MARKER}); give an empty or new folder")
+    with pytest.raises(OutputFolderRefused, match="was not written by gap-mllm demo"):  # the command itself, unchecked
+        demo.main(parse(add_demo_arguments, ["--model", "tiny", "--out", str(users)]))
+    assert contents(users) == before
+
+
+def test_predict_save_dir_holding_the_users_answer_json_is_refused_and_their_file_kept(tiny_checkpoint, tmp_path,  # noqa: F811
+                                                                                      monkeypatch, capsys):
+    frame = save_frames(tmp_path / "frames", 1, 96, 64)[0]
+    users = tmp_path / "u6"
+    users.mkdir()
+    (users / "answer.json").write_text("my answer")
+    argv = ["--model", str(tiny_checkpoint), "--images", str(frame), "--task", "detection", "--max-new-tokens", "4",
+            "--formats", "png", "--save-dir"]
+    refusal = (f"--save-dir {users} is not empty (answer.json) and was not written by gap-mllm predict ({NO_MARKER}); "
+               "give an empty or new folder")
+    with monkeypatch.context() as patched:
+        patched.setattr(predict, "load_model_and_processor", lambda *a, **k: pytest.fail("the model was loaded"))
+        assert gap_mllm(["predict", *argv, str(users)]) == 2
+        assert capsys.readouterr().err.splitlines()[0] == f"gap-mllm predict: error: {refusal}"
+        assert predict.main(parse(add_predict_arguments, [*argv, str(users)])) == 2  # the command itself, unchecked
+        assert capsys.readouterr().err == f"gap-mllm predict: {refusal}\n"
+    assert contents(users) == {"answer.json": b"my answer"}
+    # predict's own folder is written again
+    mine = tmp_path / "mine"
+    for _ in range(2):
+        assert gap_mllm(["predict", *argv, str(mine)]) in (0, 3)
+    assert read_marker(mine)["command"] == "gap-mllm predict" and (mine / "answer.json").is_file()
+
+
+def test_evaluate_out_dot_is_refused_like_synth_and_nothing_is_written(synth_data, tmp_path, monkeypatch, capsys):  # noqa: F811
+    oracle = write_oracle_predictions("detection", synth_data, tmp_path / "oracle.jsonl")
+    here = tmp_path / "work"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    status = gap_mllm(["evaluate", "--task", "detection", "--data", str(synth_data), "--predictions", str(oracle),
+                       "--out", ".", "--no-plots", "--quiet"])
+    assert status == 2 and capsys.readouterr().err.splitlines()[0] == (
+        "gap-mllm evaluate: error: --out . is the working folder or holds it; give a new folder for the output")
+    with pytest.raises(OutputFolderRefused, match=r"--out \. is the working folder"):
+        run_evaluation("detection", synth_data, ".", predictions_file=oracle, plots=False)
+    assert list(here.iterdir()) == []
