@@ -106,20 +106,22 @@ space-bundle: install
 # (mini/RESULTS.md) and the embedded default (mini/gap-mllm-mini). Each stage about an hour or less on 2 CPU cores, the
 # stage-0 cameras stage about two;
 # `MINI_ARGS="--device cuda --workers 16"` on a GPU machine. mini-ablation adds the ablation arms.
+# Both run the research pipeline, lab/mini/ (`python -m lab.mini --help`: its options), from this checkout: it is not
+# part of the installed package, which it trains and whose shipped Mini folder it writes.
 MINI_OUT ?= runs/mini
 MINI_ARGS ?=
 # --overwrite: the shipped folder is replaced on purpose (its releases predate the marker of `--export`'s own folders)
 mini: install
-	$(VENV)/bin/gap-mllm mini --out $(MINI_OUT) --export mini/gap-mllm-mini --overwrite --table mini/RESULTS.md $(MINI_ARGS)
+	$(PY) -m lab.mini --out $(MINI_OUT) --export mini/gap-mllm-mini --overwrite --table mini/RESULTS.md $(MINI_ARGS)
 
 # the paper's claims (mini/README.md, "The paper's claims in miniature"): the arms from the sixth release's stage 0
 # (ABLATION_STAGE0: `git archive 98942b5 mini/gap-mllm-mini modeling_gap_mllm | tar -x -C runs/stage0-sixth`), each
 # stage's run state in mini/ablation-run; not a release, so nothing is exported: after each arm the claims so far
-# replace only mini/RESULTS.md's section "The paper's claims in miniature" (mini/claims.py)
+# replace only mini/RESULTS.md's section "The paper's claims in miniature" (lab/mini/claims.py)
 ABLATION_STAGE0 ?= runs/stage0-sixth/mini/gap-mllm-mini
 # --quote: model_card.md carries the claims table word for word; README.md states them in three sentences (issue 84)
 mini-ablation: install
-	$(VENV)/bin/gap-mllm mini --out runs/ablation --data $(MINI_OUT)/data --ablation --stage0 $(ABLATION_STAGE0) \
+	$(PY) -m lab.mini --out runs/ablation --data $(MINI_OUT)/data --ablation --stage0 $(ABLATION_STAGE0) \
 		--run-state mini/ablation-run --eval-limit 1000 --table mini/RESULTS.md --quote model_card.md $(MINI_ARGS)
 
 bench: install

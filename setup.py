@@ -13,7 +13,8 @@ from setuptools.command.build_py import build_py
 HERE = Path(__file__).parent
 
 # package name -> folder; only folders that exist are installed, so a checkout without an optional
-# part (e.g. before the training issue lands) still installs.
+# part (e.g. before the training issue lands) still installs. The repository's research pipelines (lab/) are not
+# installed: they run from a checkout (tests/test_installed_modules.py).
 PACKAGE_DIRS = {
     "gap_mllm": "modeling_gap_mllm",
     "gap_mllm.tiny": "tiny",
@@ -133,7 +134,7 @@ setup(
         # lmms-eval finds the `gap_mllm` model through this group (evaluation/lmms_eval_plugin)
         "lmms_eval.models": ["gap_mllm=gap_mllm.evaluation.lmms_eval_plugin.models:model_manifest"],
         # fresh model sizes a recipe names with `model.tiny` (training/model_loading.py): training finds the
-        # miniature's builder here without importing gap_mllm.mini, which trains with it
+        # miniature's builder here without importing gap_mllm.mini, a layer above it (tests/test_layering.py)
         "gap_mllm.fresh_models": ["mini = gap_mllm.mini.mini_config:build_mini_model"],
     },
     cmdclass={"build_py": BuildPyWithModelCard},

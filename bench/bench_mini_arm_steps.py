@@ -3,10 +3,10 @@
     .venv/bin/python bench/bench_mini_arm_steps.py --data runs/mini/data --stage0 runs/stage0-sixth/mini/gap-mllm-mini \
         [--steps 8] [--warmup 2] [--device cpu|cuda] [--out FILE]
 
-The ablation (mini/ablation.py) trains three models: gated fusion (gap_gated, its second seed and the arm without
+The ablation (lab/mini/ablation.py) trains three models: gated fusion (gap_gated, its second seed and the arm without
 stage 1 are the same model), plain addition (gap_add) and no geometry (no_geometry: no VGGT, no geometry merger or
-fusion). Each trains the same samples in the same order through `build_trainer`, as `gap-mllm mini --ablation` sets
-it up (mini/arms.py `fresh_model_settings`, the frozen encoders from `--stage0`):
+fusion). Each trains the same samples in the same order through `build_trainer`, as `python -m lab.mini --ablation`
+sets it up (lab/mini/arms.py `fresh_model_settings`, the frozen encoders from `--stage0`):
 
     stage 1   mini_stage1.yaml: no feature cache, so the frozen towers (VGGT and the ViT) run in every step
     stage 2   mini_stage2.yaml with the ablation's settings (feature cache, packed rows, bf16 autocast where the CPU
@@ -32,14 +32,16 @@ from pathlib import Path
 import torch
 
 import gap_mllm.training
-from gap_mllm.mini.ablation import ABLATION_STAGE2_SETTINGS
-from gap_mllm.mini.arms import ARMS, fresh_model_settings
 from gap_mllm.training.config import load_recipe
 from gap_mllm.training.data import load_split
 from gap_mllm.training.device import cpu_has_native_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # lab/, the research pipeline (not installed)
 from bench_stage2_sample_time import timed_training, timing_settings  # noqa: E402
+
+from lab.mini.ablation import ABLATION_STAGE2_SETTINGS  # noqa: E402
+from lab.mini.arms import ARMS, fresh_model_settings  # noqa: E402
 
 RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
 MODELS = ("gap_gated_s0", "gap_add_s0", "no_geometry_s0")  # one arm of each model the ablation trains
@@ -85,7 +87,7 @@ def table(results: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="SynthRooms mini data (gap-mllm synth --preset mini)")
-    parser.add_argument("--stage0", required=True, help="the ablation's stage 0 (mini/ablation.py: the sixth release)")
+    parser.add_argument("--stage0", required=True, help="the ablation's stage 0 (lab/mini/ablation.py: the sixth release)")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per arm and stage")
     parser.add_argument("--warmup", type=int, default=2, help="steps not timed")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the arms train")

@@ -6,9 +6,9 @@ weights): the shipped arm's row and `baselines`. Nothing is computed or typed in
 hold is "not scored", and a folder without the file gets no line at all.
 
 The row is the one of the decoding that ran: `constrained=True` (the front ends' default: answers decoded inside each
-task's grammar) reads the shipped arm's constrained row (`arms[<main arm>_constrained]`, `gap-mllm mini
---constrained-row`), `constrained=False` (`--free`) its free row (`arms[<main arm>]`). A file with both rows names the
-decoding in each line; a file without a constrained row gives the free figures and says so when constrained decoding ran.
+task's grammar) reads the shipped arm's constrained row (`arms[<main arm>_constrained]`, `python -m lab.mini
+--constrained-row` in a checkout), `constrained=False` (`--free`) its free row (`arms[<main arm>]`). A file with both
+rows names the decoding in each line; a file without a constrained row gives the free figures and says so when constrained decoding ran.
 
     scores = held_out_scores(folder, constrained=True)   # None: no evaluation_results.json in that folder
     if scores is not None:
@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gap_mllm.mini.arms import CONSTRAINED_SUFFIX, MAIN_ARM
+from gap_mllm.mini.identity import CONSTRAINED_SUFFIX, SHIPPED_ARM
 
 RESULTS_FILE = "evaluation_results.json"
 
@@ -120,7 +120,7 @@ def shipped_arm(results: dict) -> str | None:
     """The arm whose model the folder holds: the pipeline's main arm (the reference of its paired table), or
     the only arm; None when the file names several and none of them is the main arm."""
     arms = results.get("arms") or {}
-    for name in ((results.get("paired") or {}).get("reference"), MAIN_ARM.name):
+    for name in ((results.get("paired") or {}).get("reference"), SHIPPED_ARM):
         if name in arms:
             return name
     return next(iter(arms)) if len(arms) == 1 else None

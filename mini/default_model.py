@@ -1,7 +1,7 @@
 """The embedded GAP-MLLM-Mini as a loadable Hub folder whose remote code is the installed package's.
 
 The repository ships `mini/gap-mllm-mini/`: the model's data (weights, configs, tokenizer, card, results) and, as
-links into `modeling_gap_mllm/` (mini/code_links.py), the remote-code files `trust_remote_code` imports, so the
+links into `modeling_gap_mllm/` (lab/mini/code_links.py), the remote-code files `trust_remote_code` imports, so the
 folder loads by path. Links can fail where the package's files are not beside them as in a checkout (a clone whose
 git wrote the links as text files, an installation that moved): `default_model_path()` therefore assembles the
 folder it returns in the user cache, whatever the shipped folder's links are:
@@ -40,7 +40,7 @@ def cache_root() -> Path:
     """Where assembled folders live: `$GAP_MLLM_CACHE`, else `$HF_HOME/gap_mllm`."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    from huggingface_hub import constants  # here, not at the top: `gap-mllm mini --help` needs no huggingface_hub
+    from huggingface_hub import constants  # here, not at the top: `import gap_mllm.mini` needs no huggingface_hub
 
     return Path(constants.HF_HOME).expanduser() / "gap_mllm"
 
@@ -54,7 +54,7 @@ def default_destination(shipped: Path = SHIPPED_DIR) -> Path:
 def remote_code_sources(model_dir: Path = SHIPPED_DIR) -> list[Path]:
     """The package files `trust_remote_code` needs for `model_dir`: the modules its configs' `auto_map` name and,
     recursively, the files they import relatively (transformers' own rule for what `save_pretrained` copies)."""
-    # transformers' own rule, imported here: `gap_mllm.mini` (its arms, `gap-mllm mini --help`) stays free of it
+    # transformers' own rule, imported here: `import gap_mllm.mini` stays free of it
     from transformers.dynamic_module_utils import get_relative_import_files
 
     package = Path(gap_mllm.__file__).resolve().parent

@@ -2,17 +2,22 @@
 
 A Mini knows SynthRooms rooms only, wherever its folder lies: `--model mini`, `--model mini/gap-mllm-mini`, the folder
 `default_model_path()` assembles, a copy elsewhere or a Hub repository of it. Its model card names it: every Mini
-export writes `model_name: GAP-MLLM-Mini` into the card's front matter (mini/card.py), and the card travels with the
-folder (`gap-mllm push --keep-readme` keeps it on the Hub). A Hub id is read from the local Hub cache only (no
+export writes `model_name: GAP-MLLM-Mini` into the card's front matter (lab/mini/card.py), and the card travels with
+the folder (`gap-mllm push --keep-readme` keeps it on the Hub). A Hub id is read from the local Hub cache only (no
 download, no network): a card not fetched yet says nothing. Light: no torch, no transformers.
+
+A Mini's `evaluation_results.json` names its own rows: `SHIPPED_ARM` (the free decoding) and `SHIPPED_ARM +
+CONSTRAINED_SUFFIX` (decoding inside each task's answer grammar), which the front ends read (cli/model_scores.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-MINI_MODEL_NAME = "GAP-MLLM-Mini"  # the card's `model_name` (mini/card.py writes it)
+MINI_MODEL_NAME = "GAP-MLLM-Mini"  # the card's `model_name` (lab/mini/card.py writes it)
 CARD = "README.md"
+SHIPPED_ARM = "gap_gated_s0"  # the row of the shipped model in its evaluation_results.json (lab/mini/arms.py MAIN_ARM)
+CONSTRAINED_SUFFIX = "_constrained"  # a row's name suffix when its answers were decoded inside the task's grammar
 
 
 def card_path(source) -> Path | None:

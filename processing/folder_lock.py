@@ -3,7 +3,7 @@
 Whose folder it is (the user's, another command's, this command's earlier output) is processing/output_folder.py's
 rule; this module is its other half. Every writer of a folder the package owns takes the folder's lock before it
 reads or writes anything there and keeps it to its end: `gap-mllm train` its output folder and its run state
-folder, `gap-mllm mini` its `--out`, `gap-mllm evaluate` its `--out`, and every folder written through
+folder, `python -m lab.mini` its `--out`, `gap-mllm evaluate` its `--out`, and every folder written through
 `writing_output_folder` (synth data, the exports, the Space bundle, the run state). A second writer is refused in
 one line naming the folder, the holder and the lock file.
 

@@ -1,6 +1,6 @@
-"""Where each arm of the ablation was trained (mini/arm_provenance.py) and its table under the claims
-(mini/claims_table.py `provenance_lines`): read from the stage folders the run left, and the stages' data compared by
-the rule a resumed run is held to, so that "every arm trained on the same data" is checked, not assumed."""
+"""Where each arm of the ablation was trained (lab/mini/arm_provenance.py) and its table under the claims
+(lab/mini/claims_table.py `provenance_lines`): read from the stage folders the run left, and the stages' data compared
+by the rule a resumed run is held to, so that "every arm trained on the same data" is checked, not assumed."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from gap_mllm.mini import arm_provenance
-from gap_mllm.mini.arm_provenance import arms_provenance, number_the_data
-from gap_mllm.mini.claims_table import provenance_lines
-from gap_mllm.mini.provenance import DONE_MARKER, stage_device
 from gap_mllm.training.data_sketch import sketch_data_root
+
+from lab.mini import arm_provenance
+from lab.mini.arm_provenance import arms_provenance, number_the_data
+from lab.mini.claims_table import provenance_lines
+from lab.mini.provenance import DONE_MARKER, stage_device
 
 
 def _stage(out: Path, arm: str, stage: str, steps: int, seed: int, best_step: int | None = None, first: bool = False,
            geometry: bool = True, settings: tuple[str, ...] = ()) -> None:
-    """A stage folder as mini/pipeline.py leaves it: its `stage_done.json` (a first stage with the settings that built
-    the model) and, with `best_step`, the best validation model's `best.json`."""
+    """A stage folder as lab/mini/pipeline.py leaves it: its `stage_done.json` (a first stage with the settings that
+    built the model) and, with `best_step`, the best validation model's `best.json`."""
     folder = out / "stages" / arm / stage
     folder.mkdir(parents=True)
     built = [f"model.use_geometry={str(geometry).lower()}", "model.fusion_method=gated", f"model.seed={seed}"]
@@ -71,8 +72,8 @@ def test_each_arm_says_what_trained_it_from_its_stage_folders(tmp_path):
 
 def test_a_stage_without_the_marker_task_and_its_precision_are_named_in_its_cell(tmp_path):
     """The stage-2 cell says what the stage's settings changed of the recipe's run: a mix without marker samples
-    (mini/arms.py `MARKER_FREE_STAGE2`) and bf16 autocast or float32 (the last `cpu_bf16_autocast` setting)."""
-    from gap_mllm.mini.arms import MARKER_FREE_STAGE2
+    (lab/mini/arms.py `MARKER_FREE_STAGE2`) and bf16 autocast or float32 (the last `cpu_bf16_autocast` setting)."""
+    from lab.mini.arms import MARKER_FREE_STAGE2
 
     _stage(tmp_path, "gap_gated_stage2_only_s0", "stage2", 8200, 0, first=True, settings=("cpu_bf16_autocast=true",))
     _stage(tmp_path, "gap_gated_no_gap_s0", "stage2", 8200, 0, first=True,
@@ -152,7 +153,7 @@ def test_the_sentence_under_the_table_says_one_data_and_which_arms_differ_in_las
 
 
 def test_a_stages_device_is_its_markers_else_the_last_device_override():
-    """One reader of a stage's device for the arms' table and the results' stages (mini/report.py): a marker written
+    """One reader of a stage's device for the arms' table and the results' stages (lab/mini/report.py): a marker written
     before it recorded the device names it by its overrides, the last one as the recipe applies them."""
     assert stage_device({"device": "cuda", "overrides": ["device=cpu"]}) == "cuda"
     assert stage_device({"overrides": ["device=cuda", "training.seed=0", "device=cpu"]}) == "cpu"

@@ -1,5 +1,5 @@
 """bench/bench_mini_arm_steps.py's table: each arm's step and cache fill as ratios to gap_gated's of the same stage;
-and each arm trains the model the ablation trains (mini/arms.py `fresh_model_settings`, the pipeline's own)."""
+and each arm trains the model the ablation trains (lab/mini/arms.py `fresh_model_settings`, the pipeline's own)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import bench_mini_arm_steps as bench  # noqa: E402
 
-from gap_mllm.mini.arms import ARMS, fresh_model_settings  # noqa: E402
+from lab.mini.arms import ARMS, fresh_model_settings  # noqa: E402
 
 
 def test_the_table_gives_each_arm_against_gap_gated_of_its_stage():

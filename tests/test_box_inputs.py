@@ -27,7 +27,6 @@ from gap_mllm.cli.scenes import EXAMPLE_SEEDS, synthetic_scene
 from gap_mllm.cli.space_backend import parse_numbers
 from gap_mllm.cli.task_request import TaskRequest, example_request
 from gap_mllm.mini import SHIPPED_DIR
-from gap_mllm.mini.export import BOX_ANGLES_SOURCE, mini_box_angles
 from gap_mllm.processing.box_angles import (
     BOX_ANGLES_RECORD,
     angle_intervals,
@@ -38,6 +37,8 @@ from gap_mllm.processing.box_angles import (
 )
 from gap_mllm.serving import GapMllmEncoder
 from gap_mllm.tasks_gap_mllm import CAPTIONING, rotation_matrix
+
+from lab.mini.export import BOX_ANGLES_SOURCE, mini_box_angles
 
 from .conftest import make_views
 

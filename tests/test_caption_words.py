@@ -1,5 +1,5 @@
 """reports/mini/caption_words.py: the words of a SynthRooms caption read back as the generator wrote them, and the
-per-arm table over constructed answer folders laid out as `gap-mllm mini --ablation` writes them."""
+per-arm table over constructed answer folders laid out as `python -m lab.mini --ablation` writes them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gap_mllm.mini.ablation import ABLATION_FRESH_SEEDS
-from gap_mllm.mini.fresh_seeds import seed_folder
 from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.language import captions, size_word
 from gap_mllm.processing.synth.presets import synth_config
+
+from lab.mini.ablation import ABLATION_FRESH_SEEDS
+from lab.mini.fresh_seeds import seed_folder
 
 SCRIPT = Path(__file__).resolve().parents[1] / "reports" / "mini" / "caption_words.py"
 _spec = importlib.util.spec_from_file_location("caption_words", SCRIPT)

@@ -14,13 +14,16 @@ from gap_mllm.cli.main import COMMANDS
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation import grounding_identification_cli
 from gap_mllm.evaluation.runner import run_evaluation
-from gap_mllm.mini import constrained_row, fresh_seeds, shipped_baselines
+
+from lab.mini import constrained_row, fresh_seeds, shipped_baselines
+from lab.mini.__main__ import main as lab_mini
+from lab.mini.pipeline_settings import add_arguments as add_mini_arguments
 
 POSITIVE = "must be a positive number (at least 1)"
 NON_NEGATIVE = "must be zero or a positive number"
 EVALUATE = ["evaluate", "--task", "detection", "--data", "nowhere", "--model", "tiny", "--out", "nowhere"]
 SYNTH = ["synth", "--scenes", "1", "--out", "nowhere"]
-MINI = ["mini", "--out", "nowhere"]
+MINI = ["--out", "nowhere"]  # `python -m lab.mini`, the Mini's research pipeline
 
 CASES = [
     (EVALUATE, "--batch-size", ["0", "-1"], POSITIVE),
@@ -30,11 +33,6 @@ CASES = [
     (["space"], "--concurrency", ["0", "-1"], POSITIVE),
     (["space"], "--max-queue", ["0", "-1"], POSITIVE),
     (["export-lmms", "--data", "nowhere", "--out", "nowhere"], "--limit", ["0", "-1"], POSITIVE),
-    (MINI, "--workers", ["0"], POSITIVE),
-    (MINI, "--parallel", ["0"], POSITIVE),
-    (MINI, "--eval-max-new-tokens", ["0"], POSITIVE),
-    (MINI, "--eval-batch-size", ["0", "-1"], POSITIVE),
-    (MINI, "--eval-limit", ["0"], POSITIVE),
     (["synth", "--out", "nowhere"], "--scenes", ["-1"], NON_NEGATIVE),
     (SYNTH, "--val-scenes", ["-2"], NON_NEGATIVE),
     (SYNTH, "--test-scenes", ["-2"], NON_NEGATIVE),
@@ -60,6 +58,24 @@ def test_a_count_out_of_range_is_an_argparse_error_naming_the_option(capsys, arg
     assert f"gap-mllm {argv[0]}: error: argument {flag}: '{value}' {message}" in capsys.readouterr().err
 
 
+MINI_CASES = [
+    ("--workers", ["0"], POSITIVE),
+    ("--parallel", ["0"], POSITIVE),
+    ("--eval-max-new-tokens", ["0"], POSITIVE),
+    ("--eval-batch-size", ["0", "-1"], POSITIVE),
+    ("--eval-limit", ["0"], POSITIVE),
+]
+
+
+@pytest.mark.parametrize("flag, value, message",
+                         [(flag, value, message) for flag, values, message in MINI_CASES for value in values])
+def test_a_count_of_the_mini_pipeline_out_of_range_is_an_argparse_error_naming_the_option(capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        lab_mini([*MINI, flag, value])
+    assert exit_info.value.code == 2
+    assert f"python -m lab.mini: error: argument {flag}: '{value}' {message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["space"], ["demo", "--space"], ["demo"]])
 @pytest.mark.parametrize("port", ["0", "99999", "-1"])
 def test_a_port_outside_1_to_65535_is_an_argparse_error(capsys, argv, port):
@@ -71,14 +87,15 @@ def test_a_port_outside_1_to_65535_is_an_argparse_error(capsys, argv, port):
             in capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("argv", [SYNTH, MINI])
-def test_more_workers_than_cpus_is_an_argparse_error(capsys, monkeypatch, argv):
+@pytest.mark.parametrize("command, argv, program", [(gap_mllm, SYNTH, "gap-mllm synth"),
+                                                   (lab_mini, MINI, "python -m lab.mini")])
+def test_more_workers_than_cpus_is_an_argparse_error(capsys, monkeypatch, command, argv, program):
     """A fork-started process pool starts every worker at once: `--workers 100000` started 100,000 processes."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     with pytest.raises(SystemExit) as exit_info:
-        gap_mllm([*argv, "--workers", "3"])
+        command([*argv, "--workers", "3"])
     assert exit_info.value.code == 2
-    assert (f"gap-mllm {argv[0]}: error: argument --workers: '3' is more processes than the 2 CPUs this machine gives "
+    assert (f"{program}: error: argument --workers: '3' is more processes than the 2 CPUs this machine gives "
             "the command; give at most 2") in capsys.readouterr().err
 
 
@@ -91,7 +108,7 @@ def test_more_workers_than_cpus_is_an_argparse_error(capsys, monkeypatch, argv):
     (constrained_row, ["--model", "m", "--data", "d", "--out", "o"], "--eval-batch-size", "0", POSITIVE),
 ])
 def test_the_mini_tools_check_their_counts(capsys, tool, argv, flag, value, message):
-    """The Mini's own command lines (python -m gap_mllm.mini.fresh_seeds, ...) took any integer: `--eval-limit 0` was
+    """The Mini's own command lines (python -m lab.mini.fresh_seeds, ...) took any integer: `--eval-limit 0` was
     read as no limit."""
     with pytest.raises(SystemExit) as exit_info:
         tool.main([*argv, flag, value])
@@ -148,12 +165,13 @@ NOT_COUNTS = {("demo", "--seed"), ("predict", "--marker"), ("predict", "--box")}
 
 
 def test_no_command_takes_a_bare_int_or_float():
-    """Every `type=int` / `type=float` argument of the `gap-mllm` commands is either a count with a range type
-    above or one of NOT_COUNTS: a new count argument cannot slip in unchecked."""
+    """Every `type=int` / `type=float` argument of the `gap-mllm` commands and of `python -m lab.mini` is either a
+    count with a range type above or one of NOT_COUNTS: a new count argument cannot slip in unchecked."""
     bare = set()
-    for command, (module_name, _) in COMMANDS.items():
+    adders = {command: importlib.import_module(module_name).add_arguments for command, (module_name, _) in COMMANDS.items()}
+    for command, add_arguments in {**adders, "lab.mini": add_mini_arguments}.items():
         parser = argparse.ArgumentParser()
-        importlib.import_module(module_name).add_arguments(parser)
+        add_arguments(parser)
         for action in parser._actions:
             if action.type in (int, float):
                 bare.add((command, action.option_strings[0]))

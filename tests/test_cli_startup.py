@@ -59,7 +59,6 @@ def test_gap_mllm_help_imports_neither_torch_nor_transformers():
     (["predict", "--taks", "detection", "--example", "synthetic room A"], "(--taks: did you mean --task?)"),
     (["predict", "--example", "synthetic room A", "--task", "grounding", "--qurey", "x"], "(did you mean --query?)"),
     (["train", "--config"], "argument --config: expected one argument"),
-    (["mini", "--budget", "huge"], "argument --budget: invalid choice"),
     (["synth", "--scenes", "many", "--out", "data/x"], "argument --scenes"),
     (["demo", "--example", "room Z"], "argument --example: invalid choice"),
 ])

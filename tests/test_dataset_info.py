@@ -12,9 +12,10 @@ from gap_mllm.evaluation.grounding_identification import min_visible_pixels
 from gap_mllm.processing.dataset_identity import SYNTHROOMS_INFO, describe_data_root, read_dataset_info
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.held_out import check_held_out, split_scenes
-from gap_mllm.mini.pipeline import MiniRun, make_data
 from gap_mllm.processing.synth.writer import synthrooms_owner
 from gap_mllm.training.geometry_data import split_scene_ids
+
+from lab.mini.pipeline import MiniRun, make_data
 
 MALFORMED = {
     "invalid JSON": ('{"splits": {"train": ["s0"]', "not valid JSON"),
@@ -30,7 +31,7 @@ READERS = {
     "split_scene_ids": lambda root: split_scene_ids(root, "train"),
     "min_visible_pixels": min_visible_pixels,
     "split_scenes": lambda root: split_scenes(root, "train"),
-    # gap-mllm mini's data step and synth's check of a folder it would rewrite
+    # python -m lab.mini's data step and synth's check of a folder it would rewrite
     "mini make_data": lambda root: make_data(MiniRun(out=root / "run", data=root, budget="toy")),
     "synth owner check": lambda root: synthrooms_owner(None, {"train": 1})(root),
 }

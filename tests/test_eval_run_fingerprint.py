@@ -236,7 +236,7 @@ def test_a_record_without_the_sketch_of_the_numbers_resumes_the_same_bytes_only(
 def test_a_pipeline_that_owns_the_folder_answers_another_runs_answers_again(synth_data, tiny_checkpoint,  # noqa: F811
                                                                            other_checkpoint, finished_run, monkeypatch,
                                                                            caplog):
-    """other_run_answers="answer_again" (gap-mllm mini: its run state keeps a copy): the other model's answers are
+    """other_run_answers="answer_again" (python -m lab.mini: its run state keeps a copy): the other model's answers are
     deleted with a warning naming what differs, this model answers every sample and the record becomes its own; the
     same run then resumes them. Any other value is refused before anything is read."""
     out, before = finished_run
@@ -322,7 +322,7 @@ def test_answers_that_record_no_frames_are_answered_again(synth_data, tiny_check
 
 def test_a_pipeline_that_owns_its_data_may_take_unrecorded_rows_as_made_from_the_frames_as_they_are(
         synth_data, tiny_checkpoint, finished_run, monkeypatch, caplog):  # noqa: F811
-    """`unrecorded_frames="take_current"` (what `gap-mllm mini` passes for its kept answers, written before rows
+    """`unrecorded_frames="take_current"` (what `python -m lab.mini` passes for its kept answers, written before rows
     recorded their frames): such rows are reused and counted in one warning; a row whose frames did change is still
     answered again."""
     out, _ = finished_run

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from gap_mllm.mini import pipeline
-from gap_mllm.mini.ablation import ARM_STAGES
-from gap_mllm.mini.archived_states import (ARCHIVE_RECORD, IN_FLIGHT_LIMIT_BYTES, ArchivedStateMissing, StateArchive,
+from lab.mini import pipeline
+from lab.mini.ablation import ARM_STAGES
+from lab.mini.archived_states import (ARCHIVE_RECORD, IN_FLIGHT_LIMIT_BYTES, ArchivedStateMissing, StateArchive,
                                            archive_sentence, arm_stages, check_states_present, read_archive)
-from gap_mllm.mini.arms import ABLATION_ARMS
-from gap_mllm.mini.pipeline_settings import add_arguments
+from lab.mini.arms import ABLATION_ARMS
+from lab.mini.pipeline_settings import add_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_STATE = "mini/ablation-run"
@@ -204,7 +204,7 @@ def test_a_malformed_record_is_refused_naming_the_file_and_field(tmp_path):
 def test_the_claims_name_the_archive_commit_and_the_command_that_rebuilds_them(document):
     sentence = archive_sentence(_archive())
     assert sentence in (REPO / document).read_text(encoding="utf-8"), (
-        f"{document} must carry the archive's sentence as mini/archived_states.py writes it for {ARCHIVE_RECORD}")
+        f"{document} must carry the archive's sentence as lab/mini/archived_states.py writes it for {ARCHIVE_RECORD}")
 
 
 def test_a_device_call_carries_the_tree_and_the_wheels_without_moving_anything_out():

@@ -1,6 +1,6 @@
-"""The ablation's plan (mini/ablation.py, issue 63): the arms, their order and claims, one budget for every arm (the
+"""The ablation's plan (lab/mini/ablation.py, issue 63): the arms, their order and claims, one budget for every arm (the
 arm without stage 1 gets its steps as stage 2), each stage's run state in its own folder, `--time-limit` for the whole
-command, and the fresh seeds fixed apart from every other seed. What `gap-mllm mini --ablation` gives each training
+command, and the fresh seeds fixed apart from every other seed. What `python -m lab.mini --ablation` gives each training
 stage is read from the settings it passes (no training: `load_recipe` and `run_training` are stand-ins)."""
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from gap_mllm.mini import pipeline
-from gap_mllm.mini.ablation import (
+from gap_mllm.training.config import load_recipe
+from gap_mllm.processing.errors import RUN_STOPPED_STATUS, RunStoppedEarly
+
+from lab.mini import pipeline
+from lab.mini.ablation import (
     ABLATION_FRESH_SEEDS,
     ABLATION_ORDER,
     ABLATION_STAGE2_STEPS,
@@ -25,11 +28,9 @@ from gap_mllm.mini.ablation import (
     ablation_arms,
     stage_steps,
 )
-from gap_mllm.mini.arms import ABLATION_ARMS, ARMS, MAIN_ARM, MARKER_FREE_STAGE2, Arm
-from gap_mllm.training.config import load_recipe
-from gap_mllm.mini.fresh_seeds import FRESH_SEEDS
-from gap_mllm.mini.pipeline_settings import add_arguments
-from gap_mllm.processing.errors import RUN_STOPPED_STATUS, RunStoppedEarly
+from lab.mini.arms import ABLATION_ARMS, ARMS, MAIN_ARM, MARKER_FREE_STAGE2, Arm
+from lab.mini.fresh_seeds import FRESH_SEEDS
+from lab.mini.pipeline_settings import add_arguments
 
 
 def _differences(a: str, b: str) -> set[str]:

@@ -1,5 +1,5 @@
-"""The paper's claims in miniature (mini/claims.py): the cluster bootstrap over scenes (evaluation/confidence.py), each
-verdict on constructed figures with a known outcome, the table's rows for arms not evaluated yet, and the claims
+"""The paper's claims in miniature (lab/mini/claims.py): the cluster bootstrap over scenes (evaluation/confidence.py),
+each verdict on constructed figures with a known outcome, the table's rows for arms not evaluated yet, and the claims
 section written into a RESULTS.md without touching the rest of it."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from gap_mllm.evaluation.confidence import paired_difference, paired_statistic_difference, resample_rows
-from gap_mllm.mini.claims import check_quote_block, claims_results, write_claims
-from gap_mllm.mini.claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HELPS_WITHIN_NOISE, HURTS, NO_DIFFERENCE,
+
+from lab.mini.claims import check_quote_block, claims_results, write_claims
+from lab.mini.claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HELPS_WITHIN_NOISE, HURTS, NO_DIFFERENCE,
                                        NO_EFFECT, NOT_COMPARABLE, QUOTE_BEGIN, QUOTE_END, SEEDS_DIFFER, claims_lines,
                                        claims_quote, claims_section)
-from gap_mllm.mini.markdown_sections import block_between, document_section, with_section
-from gap_mllm.mini.report import REFUSED_SECTION, results_document
-from gap_mllm.mini.sample_rows import f1_of_counts
+from lab.mini.markdown_sections import block_between, document_section, with_section
+from lab.mini.report import REFUSED_SECTION, results_document
+from lab.mini.sample_rows import f1_of_counts
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES, PER_SCENE = 12, 5
@@ -182,8 +183,8 @@ def test_every_repository_file_the_claims_section_and_quote_point_to_exists():
               "arms": {"gap_gated_s0": {"model": None, "stages": {"stage2": stage}, "final": None, "run_state": None}}}
     named = set()
     for text in (claims_section({"claims": claims}), claims_quote(claims)):
-        named |= set(re.findall(r"\b(?:mini|reports|bench|training)/[\w/.-]+\.(?:md|py)\b", text))
-    assert {"reports/mini/claims-in-miniature.md", "bench/README.md", "mini/ablation.py", "mini/RESULTS.md",
+        named |= set(re.findall(r"\b(?:lab/mini|mini|reports|bench|training)/[\w/.-]+\.(?:md|py)\b", text))
+    assert {"reports/mini/claims-in-miniature.md", "bench/README.md", "lab/mini/ablation.py", "mini/RESULTS.md",
             "training/data_sketch.py"} <= named
     assert sorted(path for path in named if not (REPO / path).is_file()) == []
 
@@ -192,7 +193,7 @@ RELEASE = "# GAP-MLLM-Mini results (budget: full)\n\nThe release's table.\n\n| m
 
 
 class _Run:
-    """The parts of mini/pipeline.py's MiniRun that `write_claims` uses."""
+    """The parts of lab/mini/pipeline.py's MiniRun that `write_claims` uses."""
 
     def __init__(self, out: Path):
         self.out, self.data = out, out / "data"
@@ -205,10 +206,10 @@ def _two_arms(monkeypatch) -> None:
     """`write_claims` over two constructed arms "a" and "b" (b hits grounding half as often), compared as one seed pair."""
     arm = _figures("a", _half(2), _half(2), _half(2), [0.5] * N, [1.0] * N)
     without = _figures("b", _half(1), _half(2), _half(2), [0.5] * N, [1.0] * N)
-    monkeypatch.setattr("gap_mllm.mini.claims.model_figures", lambda out, label, seeds: {"a": arm, "b": without}[label])
-    monkeypatch.setattr("gap_mllm.mini.claims.figures_of", lambda label, parts: {"a": arm, "b": without}[label])
-    monkeypatch.setattr("gap_mllm.mini.claims.CLAIMS", ())
-    monkeypatch.setattr("gap_mllm.mini.claims.SEED_PAIRS", (("a", "b"),))
+    monkeypatch.setattr("lab.mini.claims.model_figures", lambda out, label, seeds: {"a": arm, "b": without}[label])
+    monkeypatch.setattr("lab.mini.claims.figures_of", lambda label, parts: {"a": arm, "b": without}[label])
+    monkeypatch.setattr("lab.mini.claims.CLAIMS", ())
+    monkeypatch.setattr("lab.mini.claims.SEED_PAIRS", (("a", "b"),))
 
 
 def test_the_claims_section_is_written_into_the_release_table_and_replaced_there(tmp_path, monkeypatch):
@@ -227,9 +228,9 @@ def test_the_claims_section_is_written_into_the_release_table_and_replaced_there
     again = table.read_text()
     assert again.count(CLAIMS_SECTION) == 1 and again.startswith(RELEASE) and refused in again
     assert "not evaluated yet: b" in document_section(again, CLAIMS_SECTION)
-    # the release's own table, rewritten by `gap-mllm mini --table`, keeps both sections
+    # the release's own table, rewritten by `python -m lab.mini --table`, keeps both sections
     results = {"budget": "full", "arms": {}, "baselines": {}}
-    monkeypatch.setattr("gap_mllm.mini.report.results_markdown", lambda results: "The next release's table.\n")
+    monkeypatch.setattr("lab.mini.report.results_markdown", lambda results: "The next release's table.\n")
     kept = results_document(results, again)
     assert document_section(kept, CLAIMS_SECTION) == document_section(again, CLAIMS_SECTION)
     assert document_section(kept, REFUSED_SECTION) == refused

@@ -1,8 +1,8 @@
 """The committed GAP-MLLM-Mini (mini/gap-mllm-mini) is a Hub folder that loads through the Auto classes
 with trust_remote_code and answers a bundled held-out room with parsable results. Its scores are in
 mini/RESULTS.md, not here: this checks the artefact, not its quality. The folder's remote code is links into the
-package (mini/code_links.py), so the folder loads by path as a Hub folder; the default (`default_model_path`) writes the
-installed package's code next to links to the shipped data (mini/default_model.py)."""
+package (lab/mini/code_links.py), so the folder loads by path as a Hub folder; the default (`default_model_path`) writes
+the installed package's code next to links to the shipped data (mini/default_model.py)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from transformers import AutoModel, AutoProcessor
 import gap_mllm
 from gap_mllm.cli.scenes import synthetic_scene
 from gap_mllm.mini import SHIPPED_DIR, default_model_path
-from gap_mllm.mini.code_links import link_problems
 from gap_mllm.mini.default_model import assemble, remote_code_sources
-from gap_mllm.mini.export import MAX_FOLDER_BYTES
+
+from lab.mini.code_links import link_problems
+from lab.mini.export import MAX_FOLDER_BYTES
 
 PACKAGE = Path(gap_mllm.__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def test_the_shipped_folder_carries_links_to_the_package_code_not_copies():
     """Every file its auto_map reaches is a relative link to the package's file of the same name, and nothing else is;
     git tracks them as links (mode 120000) and ignores none of them."""
     assert (SHIPPED_DIR / "config.json").is_file() and list(SHIPPED_DIR.glob("*.safetensors"))
-    assert link_problems(SHIPPED_DIR) == [], "run: python -m gap_mllm.mini.code_links"
+    assert link_problems(SHIPPED_DIR) == [], "run: python -m lab.mini.code_links"
     links = sorted(SHIPPED_DIR.glob("*.py"))
     assert {p.name for p in links} == {p.name for p in remote_code_sources()}
     for link in links:
@@ -209,7 +210,7 @@ def test_an_export_into_the_shipped_folder_writes_links_and_elsewhere_copies(tmp
     """`make mini --export mini/gap-mllm-mini` keeps the folder complete and copy-free: the remote code as links into
     the package (targets relative to the folder, written from its staging sibling); any other export is a
     self-contained Hub folder with `save_pretrained`'s copies."""
-    from gap_mllm.mini import export
+    from lab.mini import export
     from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny")

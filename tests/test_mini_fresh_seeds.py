@@ -1,4 +1,4 @@
-"""Fresh-seed evidence of a Mini release (mini/fresh_seeds.py): the release rule on constructed figures with exact
+"""Fresh-seed evidence of a Mini release (lab/mini/fresh_seeds.py): the release rule on constructed figures with exact
 outcomes, and the whole path (scenes of two fresh seeds written, the shipped Mini evaluated on them, figures pooled,
 baselines on the same scenes) at a toy size."""
 
@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from gap_mllm.mini import fresh_seeds
-from gap_mllm.mini.fresh_seeds import evaluate_fresh, fresh_results, paired, release_decision
-from gap_mllm.mini.report import fresh_seed_lines
+from lab.mini import fresh_seeds
+from lab.mini.fresh_seeds import evaluate_fresh, fresh_results, paired, release_decision
+from lab.mini.report import fresh_seed_lines
 
 N = 40
 ALL = np.ones(N)

@@ -1,4 +1,4 @@
-"""An ablation arm's answers kept in its run state and put back on the next machine (mini/kept_answers.py)."""
+"""An ablation arm's answers kept in its run state and put back on the next machine (lab/mini/kept_answers.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import logging
 
 from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE, model_fingerprint
 from gap_mllm.evaluation.runner import OTHER_RUN_ANSWERS
-from gap_mllm.mini import fresh_seeds, pipeline
-from gap_mllm.mini.kept_answers import answers_folder, answers_kept, keep_answers, restore_answers
+
+from lab.mini import fresh_seeds, pipeline
+from lab.mini.kept_answers import answers_folder, answers_kept, keep_answers, restore_answers
 
 ANSWERED = b'{"id": "a", "index": 0, "raw": ["x"]}\n{"id": "b", "index": 1, "raw": ["y"]}\n'
 TORN = b'{"id": "c", "ind'

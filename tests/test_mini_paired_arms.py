@@ -1,4 +1,4 @@
-"""The ablation as paired differences (mini/paired_arms.py): two arms' per-sample results on the same test samples,
+"""The ablation as paired differences (lab/mini/paired_arms.py): two arms' per-sample results on the same test samples,
 A − B with exact values by construction, refusals of unpaired folders, and the table's paired section."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import json
 import pytest
 
 from gap_mllm.evaluation.confidence import paired_statistic_difference
-from gap_mllm.mini.paired_arms import main, paired_arms
-from gap_mllm.mini.report import paired_lines
+
+from lab.mini.paired_arms import main, paired_arms
+from lab.mini.report import paired_lines
 
 
 def _write_rows(folder, task, rows):
@@ -78,7 +79,7 @@ def test_a_task_only_one_arm_has_is_not_compared_and_the_cli_refuses_nothing_sha
     data, arms = two_arms
     for task in ("grounding", "detection", "captioning"):
         (arms["b"] / task / "samples.jsonl").unlink()
-    out = main([str(arms["a"]), str(arms["b"]), "--data", str(data)])  # `python -m gap_mllm.mini.paired_arms`
+    out = main([str(arms["a"]), str(arms["b"]), "--data", str(data)])  # `python -m lab.mini.paired_arms`
     assert sorted(out) == ["stage1_point_error_m_median", "stage1_point_error_m_median_first_frame",
                            "stage1_point_error_m_median_other_frame"]
     empty = tmp_path / "empty"

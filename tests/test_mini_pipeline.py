@@ -14,14 +14,15 @@ import transformers
 from safetensors import safe_open
 
 from gap_mllm.evaluation import scene_generation
-from gap_mllm.mini import pipeline
-from gap_mllm.mini.arms import MAIN_ARM
-from gap_mllm.mini.claims import write_claims
-from gap_mllm.mini.claims_table import CLAIMS_SECTION, QUOTE_BEGIN, QUOTE_END, claims_quote
-from gap_mllm.mini.export import mini_box_angles
-from gap_mllm.mini.markdown_sections import document_section
-from gap_mllm.mini.report import REFUSED_SECTION
 from gap_mllm.processing.box_angles import read_box_angles
+
+from lab.mini import pipeline
+from lab.mini.arms import MAIN_ARM
+from lab.mini.claims import write_claims
+from lab.mini.claims_table import CLAIMS_SECTION, QUOTE_BEGIN, QUOTE_END, claims_quote
+from lab.mini.export import mini_box_angles
+from lab.mini.markdown_sections import document_section
+from lab.mini.report import REFUSED_SECTION
 
 RESULT_KEYS = ("grounding_acc@0.25", "grounding_acc@0.5", "detection_f1@0.25", "captioning_cider@0.5",
                "stage1_point_error_m_median", "stage1_label_accuracy")
@@ -115,7 +116,7 @@ def test_a_stage_stopped_at_its_time_limit_is_not_done_and_the_same_call_resumes
     output = toy_run / "slot" / "stage0"
     start = [f"model.name_or_path={geometry}"]
     limited = pipeline.MiniRun(out=toy_run / "slot", data=toy_run / "run" / "data", budget="toy", device="cpu",
-                               overrides=("time_limit_s=1e-9",))  # `gap-mllm mini --set time_limit_s=...`
+                               overrides=("time_limit_s=1e-9",))  # `python -m lab.mini --set time_limit_s=...`
     with pytest.raises(TrainingStoppedAtTimeLimit, match="after step 1 of 2"):
         pipeline.train_stage(limited, "mini_stage0_vision.yaml", "vision", output, start)
     assert not pipeline.stage_is_done(output) and (output / "checkpoint-1").is_dir()
@@ -229,7 +230,7 @@ def test_an_exported_final_model_taken_as_stage_1_names_the_stages_that_made_it(
 
 
 def _fresh_seed_found(ship: bool) -> dict:
-    """What `fresh_results` returns (mini/fresh_seeds.py) with a decision that ships or fails one check."""
+    """What `fresh_results` returns (lab/mini/fresh_seeds.py) with a decision that ships or fails one check."""
     cells = {"grounding": {"num_samples": 4, "acc@0.25": 0.25, "acc@0.25_ci95": [0.05, 0.7], "frame_accuracy": 0.5,
                            "frame_accuracy_ci95": [0.2, 0.8]},
              "detection": {"num_samples": 4, "f1@0.25": 0.1, "f1@0.25_ci95": [0.0, 0.2]},
@@ -294,11 +295,11 @@ def test_the_release_rule_decides_the_export(toy_run, tmp_path, monkeypatch, cap
 
 
 def test_a_shipped_release_gains_its_constrained_row_as_the_pipeline_scores_it(toy_run, tmp_path):
-    """mini/constrained_row.py on an exported release without the row: the row it scores on the shipped folder is
+    """lab/mini/constrained_row.py on an exported release without the row: the row it scores on the shipped folder is
     the one `--constrained-row` scored in the run (same model, samples and settings); the folder's results, its
     card and the table gain it, and the table keeps the section a refused candidate added."""
-    from gap_mllm.mini.constrained_row import add_constrained_row
-    from gap_mllm.mini.report import arm_results, results_document
+    from lab.mini.constrained_row import add_constrained_row
+    from lab.mini.report import arm_results, results_document
 
     release = tmp_path / "release"
     shutil.copytree(toy_run / "export", release)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gap_mllm.mini import pipeline
-from gap_mllm.mini.provenance import collapse_copies, made_by
-from gap_mllm.mini.claims_table import CLAIMS_SECTION, QUOTE_BEGIN, QUOTE_END
-from gap_mllm.mini.markdown_sections import block_between, document_section
-from gap_mllm.mini.report import REFUSED_SECTION, results_document, results_markdown
+from lab.mini import pipeline
+from lab.mini.provenance import collapse_copies, made_by
+from lab.mini.claims_table import CLAIMS_SECTION, QUOTE_BEGIN, QUOTE_END
+from lab.mini.markdown_sections import block_between, document_section
+from lab.mini.report import REFUSED_SECTION, results_document, results_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "mini" / "gap-mllm-mini"
@@ -73,12 +73,13 @@ def test_the_shipped_table_and_card_are_the_writers_text_of_the_shipped_results(
     results = shipped_results()
     table = results_markdown(results)
     shipped = (REPO / "mini" / "RESULTS.md").read_text(encoding="utf-8")
-    # the ablation's claims (`gap-mllm mini --ablation --table`, mini/claims.py) add a section after the release's rows
+    # the ablation's claims (`python -m lab.mini --ablation --table`, lab/mini/claims.py) add a section after the
+    # release's rows
     claims = document_section(shipped, CLAIMS_SECTION)
     if claims is not None:
         assert results_document(results, current=shipped) == shipped  # the release's writer keeps it as it is
         shipped = shipped.replace("\n" + claims, "", 1)
-    # a candidate the release rule refused adds a section after the release's rows (mini/pipeline.py)
+    # a candidate the release rule refused adds a section after the release's rows (lab/mini/pipeline.py)
     release_rows, refused, section = shipped.partition(f"\n\n{REFUSED_SECTION}\n")
     assert release_rows + ("\n" if refused else "") == f"# GAP-MLLM-Mini results (budget: {results['budget']})\n\n" + table
     assert not refused or "the candidate **does not ship**" in section

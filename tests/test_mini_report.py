@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from gap_mllm.mini.arms import ARMS
-from gap_mllm.mini.report import arm_results, results_markdown, stage_provenance
+from lab.mini.arms import ARMS
+from lab.mini.report import arm_results, results_markdown, stage_provenance
 
 GEOMETRY_KEYS = ("depth_abs_rel", "depth_delta_1.25", "rotation_error_deg_median", "translation_direction_error_deg_median",
                  "translation_error_m_median", "point_error_m")
@@ -121,7 +121,7 @@ def test_paired_marker_difference_by_marked_frame_leaves_out_unparsed_answers():
 
 
 def test_compare_stage1_pairs_two_evaluations_and_refuses_different_samples(tmp_path):
-    from gap_mllm.mini.compare_stage1 import compare_stage1, main
+    from lab.mini.compare_stage1 import compare_stage1, main
 
     data = tmp_path / "data"
     records = [{"id": f"r{i}", "conversations": [{"value": "q"}, {"value": _pointmap(0.0)}], "pixel_coords": [i % 2, 3, 4]}
@@ -135,7 +135,7 @@ def test_compare_stage1_pairs_two_evaluations_and_refuses_different_samples(tmp_
         folders[name].mkdir()
         rows = [{"id": record["id"], "index": i, "raw": [_pointmap(distance * (1 + i))]} for i, record in enumerate(records)]
         (folders[name] / "samples.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
-    out = main([str(folders["a"]), str(folders["b"]), "--data", str(data)])  # `python -m gap_mllm.mini.compare_stage1`
+    out = main([str(folders["a"]), str(folders["b"]), "--data", str(data)])  # `python -m lab.mini.compare_stage1`
     # A's errors 1, 2, 3, 4 against B's 2, 4, 6, 8; first frame holds samples 0 and 2, the others 1 and 3
     assert out["all"]["difference"] == -2.5 and out["first"]["difference"] == -2.0 and out["other"]["difference"] == -3.0
     (folders["b"] / "samples.jsonl").write_text(json.dumps({"id": "r0", "index": 0, "raw": [_pointmap(1.0)]}))
@@ -149,7 +149,7 @@ def test_the_tables_detection_f1_is_the_runners_headline_with_a_label_outside_th
     release's detections name) counts in the "all" split only: the table once averaged over it too (5.3 % against
     the summary's 5.7 % on the fifth release's test split)."""
     from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
-    from gap_mllm.mini.sample_rows import detection_counts, f1_of_counts
+    from lab.mini.sample_rows import detection_counts, f1_of_counts
 
     chair, table = [0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
     far = [9.0, 9.0, 9.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]

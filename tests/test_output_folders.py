@@ -264,7 +264,7 @@ def test_bundle_space_replaces_its_own_bundle_and_a_killed_one_leaves_none(bundl
     assert not (mine / "test.jsonl").exists() and (mine / "app.py").is_file()
 
 
-# ------------------------------------------------------------------------------------------ 2 and 11: gap-mllm mini
+# -------------------------------------------------------------------------------------- 2 and 11: python -m lab.mini
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +277,7 @@ def tiny_model(tmp_path_factory):
 def mini_args(*argv: str):
     import argparse
 
-    from gap_mllm.mini import pipeline
+    from lab.mini import pipeline
 
     parser = argparse.ArgumentParser()
     pipeline.add_arguments(parser)
@@ -285,7 +285,7 @@ def mini_args(*argv: str):
 
 
 def test_mini_export_refuses_the_users_folder_before_anything_runs(tmp_path):
-    from gap_mllm.mini import pipeline
+    from lab.mini import pipeline
 
     mine = users_folder(tmp_path / "mine")
     with pytest.raises(OutputFolderRefused, match=rf"^--export {mine} is not empty \(README.md, test.jsonl\).*--overwrite"):
@@ -295,7 +295,7 @@ def test_mini_export_refuses_the_users_folder_before_anything_runs(tmp_path):
 
 
 def test_mini_export_replaces_its_own_export_only(tiny_model, tmp_path):
-    from gap_mllm.mini.export import export_default
+    from lab.mini.export import export_default
 
     mine = users_folder(tmp_path / "mine")
     with pytest.raises(OutputFolderRefused):
@@ -314,8 +314,8 @@ def finished_stages(run, tiny_model: Path) -> None:
     export has)."""
     import shutil
 
-    from gap_mllm.mini import pipeline
-    from gap_mllm.mini.arms import MAIN_ARM
+    from lab.mini import pipeline
+    from lab.mini.arms import MAIN_ARM
 
     for stage in ("stage1", "stage2"):
         folder = run.stage_dir(MAIN_ARM.name, stage)
@@ -324,8 +324,8 @@ def finished_stages(run, tiny_model: Path) -> None:
 
 
 def test_a_kill_in_the_final_export_is_redone_on_the_rerun(tiny_model, tmp_path):
-    from gap_mllm.mini import pipeline
-    from gap_mllm.mini.arms import MAIN_ARM
+    from lab.mini import pipeline
+    from lab.mini.arms import MAIN_ARM
 
     run = pipeline.MiniRun(out=tmp_path / "run", data=tmp_path / "run" / "data", budget="toy", device="cpu")
     finished_stages(run, tiny_model)
@@ -343,8 +343,8 @@ def test_a_kill_in_the_final_export_is_redone_on_the_rerun(tiny_model, tmp_path)
 
 
 def test_a_kill_while_mini_writes_its_data_is_resumed_not_refused(tmp_path, monkeypatch):
-    from gap_mllm.mini import pipeline
-    from gap_mllm.mini.pipeline_settings import Budget
+    from lab.mini import pipeline
+    from lab.mini.pipeline_settings import Budget
 
     monkeypatch.setitem(pipeline.BUDGETS, "one_scene", Budget(scenes=(1, 0, 0)))  # the mini preset, one scene
     run = pipeline.MiniRun(out=tmp_path / "run", data=tmp_path / "run" / "data", budget="one_scene", device="cpu",
@@ -361,7 +361,7 @@ def test_a_kill_while_mini_writes_its_data_is_resumed_not_refused(tmp_path, monk
 
 
 def test_the_mini_data_refusal_names_the_folder_as_the_user_gave_it(tmp_path):
-    from gap_mllm.mini import pipeline
+    from lab.mini import pipeline
 
     run = pipeline.MiniRun(out=tmp_path / "run", data=tmp_path / "run" / "data", budget="toy", device="cpu",
                            data_given=False)

@@ -66,7 +66,7 @@ def test_the_scene_limit_counts_every_split(tmp_path, capsys):
 
 
 def test_the_writers_refuse_too_many_scenes_before_taking_the_folder(tmp_path):
-    """write_dataset_folder (gap-mllm mini's data, the fresh seeds) and write_dataset apply the same limit."""
+    """write_dataset_folder (python -m lab.mini's data, the fresh seeds) and write_dataset apply the same limit."""
     rooms = SynthRooms(synth_config("mini"))
     with pytest.raises(ValueError, match="^scene index 10000 is outside 0 to 9999: scene ids keep ScanNet's four digits$"):
         rooms.scene_id(MAX_SCENES)

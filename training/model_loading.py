@@ -4,9 +4,9 @@ freshly initialised model of a named size (`model.tiny`).
 Fresh sizes are builders found by name. "tiny" and "small" (the test sizes of `gap_mllm.tiny`) are built in;
 any other size is an entry point of the group `gap_mllm.fresh_models` (`name = module:builder`) that an
 installed package declares, so training finds a builder without importing the package that defines it.
-GAP-MLLM-Mini declares "mini" this way (setup.py: `gap_mllm.mini.mini_config:build_mini_model`): mini trains
-with this package, so this package may not import mini. A builder takes `fusion_method`, `use_geometry` and
-`seed` and returns `(model, processor)`.
+GAP-MLLM-Mini declares "mini" this way (setup.py: `gap_mllm.mini.mini_config:build_mini_model`): `gap_mllm.mini`
+sits a layer above training (tests/test_layering.py), so this package does not import it. A builder takes
+`fusion_method`, `use_geometry` and `seed` and returns `(model, processor)`.
 """
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ def clear_call_settings(processing_class) -> None:
 
 
 # the command a training output folder's marker names (processing/output_folder.py): `gap-mllm train`, and the
-# stages of `gap-mllm mini`, which train through run_training as well
+# stages of the Mini's research pipeline (`python -m lab.mini` in a checkout), which train through run_training as well
 TRAIN_WRITER = "gap-mllm train"
 # recipe settings that say where a run writes and how it reports, not what it trains: a run state is continued under
 # other values of these (the source model, `model.name_or_path` or a fresh model's `model.encoders_from`, and the data
@@ -359,20 +359,30 @@ def _without_one_resume_settings(arguments: list[str]) -> list[str]:
     return kept
 
 
+def _module_run_as_main(script: Path) -> str | None:
+    """The module `python -m MODULE` ran as this process's `__main__` from the file `script` (a package's
+    `__main__.py` gives the package), or None when `script` is not that file."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None or not spec.name or not spec.origin or Path(spec.origin).resolve() != script.resolve():
+        return None
+    return spec.name.removesuffix(".__main__")
+
+
 def continuation_command(argv: list[str] | None = None) -> str:
     """The command that continues this process's run, as a person types it: `gap-mllm train ...` with
-    `--resume auto` (replacing another `--resume`), `gap-mllm mini ...` as it is (it resumes by itself), a module
-    run as `python -m MODULE ...`; a run started from Python (a notebook, a test) is continued by calling
-    `run_training(recipe, resume_from_checkpoint="auto")` again. Only what the next resume needs: the settings of
-    one resume (`ONE_RESUME_SETTINGS`) are left out."""
+    `--resume auto` (replacing another `--resume`), a module run as `python -m MODULE ...` as it is (the Mini's
+    pipeline, `python -m lab.mini ...`, resumes by itself); a run started from Python (a notebook, a test) is
+    continued by calling `run_training(recipe, resume_from_checkpoint="auto")` again. Only what the next resume
+    needs: the settings of one resume (`ONE_RESUME_SETTINGS`) are left out."""
     argv = list(sys.argv if argv is None else argv)
     script = Path(argv[0])
-    modules = {("cli", "main.py"): "gap_mllm.cli.main", ("training", "train_cli.py"): "gap_mllm.training.train_cli",
-               ("mini", "pipeline.py"): "gap_mllm.mini.pipeline"}
+    modules = {("cli", "main.py"): "gap_mllm.cli.main", ("training", "train_cli.py"): "gap_mllm.training.train_cli"}
     if script.name == "gap-mllm":
         program = ["gap-mllm"]
     elif (script.parent.name, script.name) in modules:
         program = ["python", "-m", modules[(script.parent.name, script.name)]]
+    elif _module_run_as_main(script) is not None:
+        program = ["python", "-m", _module_run_as_main(script)]
     else:
         return 'run_training(recipe, resume_from_checkpoint="auto") with the same recipe'
     arguments = _without_one_resume_settings(argv[1:])

@@ -6,7 +6,7 @@ being written leaves a half-written one. `TimeLimitCallback` ends training at th
 the limit and has Trainer save a full checkpoint there (model, optimizer, scheduler, RNG, data position), so
 the run continues with the same schedule and batch order. Such a run is not finished: `run_training` then writes
 no final model and raises `TrainingStoppedAtTimeLimit`, whose message names the command that continues it
-(`gap-mllm train ... --resume auto`; `gap-mllm mini ...` as it was typed), whether the run counts steps or epochs;
+(`gap-mllm train ... --resume auto`; `python -m lab.mini ...` as it was typed), whether the run counts steps or epochs;
 the command line prints it as one line and exits with status 75 (`RUN_STOPPED_STATUS`), so `train && evaluate`
 stops there.
 

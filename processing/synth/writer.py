@@ -13,7 +13,7 @@
 Scene i depends only on (seed, i); records of scene i use their own random stream, so writing
 scenes 0..N-1 gives the same records whatever N and whatever order.
 
-`write_dataset_folder` is what the commands use (gap-mllm synth, gap-mllm mini): the data are written beside the
+`write_dataset_folder` is what the commands use (gap-mllm synth, python -m lab.mini): the data are written beside the
 folder and renamed into place when complete (processing/output_folder.py), so a killed run leaves no half data
 root; a folder of other files or of other SynthRooms scenes is refused unless the caller allows overwriting; the
 same scenes written before are written again.

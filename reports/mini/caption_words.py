@@ -9,7 +9,7 @@ is from its references, not which of its words are wrong. SynthRooms' first refe
 trained Mini answers in that form, so each word of an answer can be read against the truth's: the category (one of
 13), the colour (one of 12), the texture ("plain" when none is said) and the size word ("small", "large", or none).
 
-For each arm, on the run's test split and on the ablation's fresh seeds (the answers `gap-mllm mini --ablation`
+For each arm, on the run's test split and on the ablation's fresh seeds (the answers `python -m lab.mini --ablation`
 wrote under `--run`): the share of answers whose word is right, with its Wilson interval, and the difference to the
 first of `--arms` on the same samples, with a 95 % interval from a bootstrap over scenes. An answer not in the form
 counts as wrong in every word (its count is printed). Prints the markdown table; `--out FILE` also writes the JSON.
@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from gap_mllm.evaluation.confidence import paired_difference, wilson_interval
-from gap_mllm.mini.ablation import ABLATION_FRESH_SEEDS
-from gap_mllm.mini.fresh_seeds import pooled_rows, seed_parts
 from gap_mllm.processing.synth.categories import CATEGORY_NAMES
 from gap_mllm.processing.synth.palette import COLOUR_NAMES, TEXTURES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # lab/, the research pipeline (not installed)
+from lab.mini.ablation import ABLATION_FRESH_SEEDS  # noqa: E402
+from lab.mini.fresh_seeds import pooled_rows, seed_parts  # noqa: E402
 
 WORDS = ("category", "colour", "texture", "size")
 SIZE_WORDS = ("small", "large")
@@ -52,7 +55,7 @@ def caption_words(caption: str) -> dict[str, str] | None:
 
 def word_hits(rows: list[dict], records: list[dict]) -> tuple[dict[str, np.ndarray], int]:
     """({word kind: 1.0 where answer i says the truth's word}, answers not in the form) over pooled rows and their
-    records (mini/fresh_seeds.py `pooled_rows`): the truth is each record's first reference caption."""
+    records (lab/mini/fresh_seeds.py `pooled_rows`): the truth is each record's first reference caption."""
     hits = {kind: np.zeros(len(rows)) for kind in WORDS}
     unread = 0
     for i, (row, record) in enumerate(zip(rows, records)):

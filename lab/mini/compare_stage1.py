@@ -3,7 +3,7 @@
 The ablation's tables give each arm's median with its own interval; whether one arm is better than another
 on the same samples is a paired question (what the samples share, e.g. a hard scene, cancels):
 
-    python -m gap_mllm.mini.compare_stage1 --data runs/mini/data \\
+    python -m lab.mini.compare_stage1 --data runs/mini/data \\
         runs/A/results/gap_gated_s0/reconstruction runs/B/results/gap_gated_s0/reconstruction
 
 prints A − B (metres, negative: A is closer) with its 95 % paired-bootstrap interval, overall and for markers

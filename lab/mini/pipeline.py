@@ -1,9 +1,9 @@
-"""`make mini` / `gap-mllm mini`: data, every training stage, evaluation, tables, the embedded default.
+"""`make mini` / `python -m lab.mini`: data, every training stage, evaluation, tables, the embedded default.
 
-    gap-mllm mini --out runs/mini                      # the main arm: GAP-MLLM-Mini (gated fusion, S1 + S2)
-    gap-mllm mini --out runs/mini --ablation           # + the ablation arms of mini/README.md
-    gap-mllm mini --out runs/mini --budget toy         # a few steps per stage (what the test suite runs)
-    gap-mllm mini --out runs/s1 --data runs/mini/data --stage0 DIR --arms gap_gated_s0 no_geometry_s0 --stage1-only
+    python -m lab.mini --out runs/mini                      # the main arm: GAP-MLLM-Mini (gated fusion, S1 + S2)
+    python -m lab.mini --out runs/mini --ablation           # + the ablation arms of mini/README.md
+    python -m lab.mini --out runs/mini --budget toy         # a few steps per stage (what the test suite runs)
+    python -m lab.mini --out runs/s1 --data runs/mini/data --stage0 DIR --arms gap_gated_s0 no_geometry_s0 --stage1-only
                                                        # stage 1 of two arms on the encoders of DIR
 
 Steps, each skipped when its output is complete (so an interrupted run resumes where it stopped; a
@@ -87,6 +87,7 @@ logger = logging.getLogger(__name__)
 
 # the shipped recipes: training/recipes/ of a checkout, package data of gap_mllm.training when installed
 RECIPES = Path(gap_mllm.training.__file__).resolve().parent / "recipes"
+REPOSITORY = Path(__file__).resolve().parents[2]  # the checkout this lab belongs to: `python -m lab.mini` runs from it
 
 COMMAND = MINI_COMMAND  # the marker of the folders the pipeline writes for itself (an arm's `final`)
 EVAL_TASKS = ("grounding", "detection", "captioning")
@@ -111,7 +112,7 @@ class MiniRun:
     data_given: bool = True  # --data was given (False: the data folder is `<out>/data`, which the messages say)
     stage1_from: Path | None = None  # a model folder the main arm's stage 2 starts from, instead of training stage 1
     constrained_row: bool = False  # also score the main arm decoding inside each task's grammar (its own table row)
-    ablation: bool = False  # every arm at the ablation's one budget (mini/ablation.py)
+    ablation: bool = False  # every arm at the ablation's one budget (lab/mini/ablation.py)
     run_state: Path | None = None  # `--run-state DIR`: each arm's stage keeps its run state in DIR/<arm>/<stage>
     claims_table: Path | None = None  # `--ablation --table FILE`: the claims section of FILE, rewritten after each arm
     claims_quotes: tuple[Path, ...] = ()  # `--ablation --quote FILE...`: the quote block of each FILE, likewise
@@ -174,7 +175,7 @@ def train_stage(run: MiniRun, recipe_name: str, kind: str, output: Path, overrid
     if run.deadline is not None:  # `--time-limit`: the stage trains for what is left, or not at all
         left = run.deadline - time.monotonic()
         if left < MIN_STAGE_S:
-            raise StoppedBeforeStage(f"gap-mllm mini stopped at its --time-limit before {recipe_name} ({output}); "
+            raise StoppedBeforeStage(f"python -m lab.mini stopped at its --time-limit before {recipe_name} ({output}); "
                                      f"continue it with: {continuation_command()}")
         last.append(f"time_limit_s={int(left)}")
     budget = run.settings.stage_overrides
@@ -256,7 +257,7 @@ def exported_origin(results: dict, source: Path, flag: str, stage: str) -> dict:
     stages, note = results.get("stages", {}), f"copied from {source} ({flag})"
     if stage in stages:
         origin = stages[stage]
-        if origin.get("note"):  # a release copied from the last one names that folder once (mini/provenance.py)
+        if origin.get("note"):  # a release copied from the last one names that folder once (lab/mini/provenance.py)
             note = collapse_copies(f"{note}; its {stage}: {origin['note']}")
         return {"recipe": origin.get("recipe", f"given ({flag})"), "global_step": origin.get("global_step"),
                 "device": origin.get("device"), "source": str(source), "note": note}
@@ -301,7 +302,7 @@ def _recipe_steps(recipe_name: str) -> int:
 
 def ablation_stage2_settings(run: MiniRun) -> list[str]:
     """What `--ablation` sets in every arm's stage 2 before the user's settings: the sixth release's stage 2
-    (mini/ablation.py) at the budget's ablation steps."""
+    (lab/mini/ablation.py) at the budget's ablation steps."""
     if not run.ablation:
         return []
     steps = run.settings.ablation_stage2_steps
@@ -426,14 +427,14 @@ def compute_baselines(run: MiniRun) -> dict:
 
 
 class ReleaseRefused(RuntimeError):
-    """The release rule (mini/fresh_seeds.py) failed: the candidate is not exported over the current release."""
+    """The release rule (lab/mini/fresh_seeds.py) failed: the candidate is not exported over the current release."""
 
 
 def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path | None = None,
                  overwrite: bool = False, fresh_seeds: bool = False, release_reference: Path | None = None) -> dict:
     """Everything of the module docstring; returns the results written to `<out>/results/results.json`.
-    `overwrite`: `export` may replace a folder that `gap-mllm mini --export` did not write. `fresh_seeds`: also
-    evaluate the main arm's final model on scenes of fresh seeds (mini/fresh_seeds.py); `release_reference` (a model
+    `overwrite`: `export` may replace a folder that `python -m lab.mini --export` did not write. `fresh_seeds`: also
+    evaluate the main arm's final model on scenes of fresh seeds (lab/mini/fresh_seeds.py); `release_reference` (a model
     folder, the current release): evaluate it there too and apply the release rule, and export only if it passes
     (`ReleaseRefused` after the table is written, otherwise)."""
     if release_reference is not None and not (Path(release_reference) / "config.json").is_file():
@@ -497,7 +498,8 @@ def _answer_roots(run: MiniRun, arm: Arm) -> list[Path]:
 
 def arm_answers_kept(run: MiniRun, arm: Arm):
     """With `--run-state DIR`: `arm`'s evaluation answers (the test split's, the ablation's fresh seeds') are put back
-    from DIR/<arm>/answers before the `with` block evaluates it, and kept there when it ends (mini/kept_answers.py)."""
+    from DIR/<arm>/answers before the `with` block evaluates it, and kept there when it ends
+    (lab/mini/kept_answers.py)."""
     return answers_kept(run.out, run.run_state, arm.name, _answer_roots(run, arm),
                         models=[run.stage_dir(arm.name, "final"), run.stage_dir(arm.name, "stage1")])
 
@@ -525,11 +527,18 @@ def _claims_so_far(run: MiniRun, arms: list[Arm], number: int) -> dict | None:
 
 
 def _fresh_settings(run: MiniRun) -> dict:
-    """How models are evaluated on scenes of fresh seeds (mini/fresh_seeds.py) in this run."""
+    """How models are evaluated on scenes of fresh seeds (lab/mini/fresh_seeds.py) in this run."""
     return {"scenes": FRESH_SCENES if run.budget == "full" else 1,
             "batch_size": run.eval_batch_size or run.settings.eval_batch_size,
             "limit": run.eval_limit or run.settings.eval_limit, "max_new_tokens": run.settings.eval_max_new_tokens,
             "workers": run.workers}
+
+
+def worker_environment() -> dict[str, str]:
+    """The environment of a `--parallel` worker: this one, unbuffered, with the repository root on PYTHONPATH (the lab
+    is not installed; a worker finds `lab.mini` from any working directory)."""
+    paths = [str(REPOSITORY), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
 def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> None:
@@ -543,7 +552,7 @@ def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> N
             arm = pending.pop(0)
             log = run.out / "logs" / f"{arm.name}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-m", "gap_mllm.mini.pipeline", "--out", str(run.out), "--data", str(run.data),
+            command = [sys.executable, "-m", "lab.mini", "--out", str(run.out), "--data", str(run.data),
                        "--budget", run.budget, "--device", run.device, "--arms", arm.name, "--no-report"]
             if arm.stage1_only:
                 command.append("--stage1-only")
@@ -561,7 +570,8 @@ def _run_arms_in_subprocesses(run: MiniRun, arms: list[Arm], parallel: int) -> N
                 command += ["--set", override]
             for stage, override in run.stage_overrides:
                 command += ["--stage-set", f"{stage}:{override}"]
-            running.append((arm, subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})))
+            running.append((arm, subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                                       env=worker_environment())))
         still = []
         for arm, process in running:
             code = process.poll()
@@ -589,7 +599,7 @@ class StoppedAtTimeLimit(RunStoppedEarly):
 
 
 def _stop_outside_training(signum, frame):
-    raise StoppedAtTimeLimit(f"gap-mllm mini stopped on SIGTERM (its --time-limit) outside a training step (data, "
+    raise StoppedAtTimeLimit(f"python -m lab.mini stopped on SIGTERM (its --time-limit) outside a training step (data, "
                              f"the feature cache or an evaluation: nothing there is lost); continue it with: "
                              f"{continuation_command()}")
 
@@ -617,8 +627,8 @@ def main(args: argparse.Namespace) -> int:
                                       ("--stage1", args.stage1)) if value]
     if args.ablation and given:  # its main arm is retrained at the ablation's budget, not the shipped model
         raise ValueError(f"--ablation trains every arm, the main one too, from the same stage 0 at one budget "
-                         f"(mini/ablation.py): its main arm is not a release, so {', '.join(given)} does not go with it "
-                         f"(--table FILE with it rewrites only FILE's section of the claims)")
+                         f"(lab/mini/ablation.py): its main arm is not a release, so {', '.join(given)} does not go with "
+                         f"it (--table FILE with it rewrites only FILE's section of the claims)")
     if args.ablation and args.table and not Path(args.table).is_file():
         raise FileNotFoundError(f"--table {args.table}: with --ablation it names the release's RESULTS.md whose claims "
                                 f"section the run rewrites after each arm (make mini-ablation: mini/RESULTS.md); no such file")
@@ -680,12 +690,7 @@ def main(args: argparse.Namespace) -> int:
     if refused is not None:
         kept = (f"; --table {args.table} keeps the release's rows and gains the fresh-seed rows of the release and the "
                 "candidate" if args.table and Path(args.table).is_file() else "")
-        print(f"gap-mllm mini: {refused}{kept}", file=sys.stderr)
+        print(f"python -m lab.mini: {refused}{kept}", file=sys.stderr)
         return RELEASE_REFUSED_STATUS
     return 0
 
-
-if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="gap-mllm mini", description=__doc__.splitlines()[0])
-    add_arguments(cli)
-    raise SystemExit(main(cli.parse_args()))

@@ -1,6 +1,6 @@
-"""The claims in miniature as markdown (mini/claims.py computes them): a row per claim and per seed pair, each figure's
-paired difference with its interval, and the verdicts in words; the section of RESULTS.md they make, and the quote of
-its fresh-seed table that the README and the model card template carry between two comment lines."""
+"""The claims in miniature as markdown (lab/mini/claims.py computes them): a row per claim and per seed pair, each
+figure's paired difference with its interval, and the verdicts in words; the section of RESULTS.md they make, and the
+quote of its fresh-seed table that the README and the model card template carry between two comment lines."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ HELPS_WITHIN_NOISE, HURTS_WITHIN_NOISE = "helps, but no more than seed to seed",
 WITHIN_SEED_NOISE = {HELPS: HELPS_WITHIN_NOISE, HURTS: HURTS_WITHIN_NOISE}
 # a seed pair is one arm trained twice: neither seed is the better one by design, so its verdict has no direction
 SEEDS_DIFFER, NO_DIFFERENCE = "the seeds differ", "no measurable difference"
-# the marker figure of a pair with an arm that never trained the marker task (mini/arms.py `marker_task`): that arm
+# the marker figure of a pair with an arm that never trained the marker task (lab/mini/arms.py `marker_task`): that arm
 # never learned the answer format, so its point error says nothing of geometry
 NOT_COMPARABLE = "not comparable (one arm never trained the marker task)"
 CLAIMS_SECTION = "## The paper's claims in miniature"
 SAMPLE_SETS = ("fresh_seeds", "test")  # the claims' sample sets, in the order the section shows them
-# the lines around the quote in README.md and model_card.md (`gap-mllm mini --ablation --quote FILE` rewrites what is between)
+# the lines around the quote in README.md and model_card.md (`python -m lab.mini --ablation --quote FILE` rewrites what
+# is between); fixed lines, which the documents carry
 QUOTE_BEGIN = "<!-- the paper's claims in miniature: written by `gap-mllm mini --ablation --quote`, from here -->"
 QUOTE_END = "<!-- to here -->"
 # what the arms cost is a timing, and timings live in bench/ (measured side by side in one run), not in this table
@@ -117,7 +118,7 @@ def _data_cell(found: dict) -> str:
 
 
 def _data_sentence(arms: dict[str, dict]) -> str:
-    """Whether every stage trained on one data (numbered by mini/arm_provenance.py), in words."""
+    """Whether every stage trained on one data (numbered by lab/mini/arm_provenance.py), in words."""
     stages = [(name, stage) for name, found in arms.items() for stage in found["stages"].values()]
     numbers = {stage.get("data") for _, stage in stages}
     if numbers != {1}:
@@ -132,7 +133,7 @@ def _data_sentence(arms: dict[str, dict]) -> str:
 
 
 def provenance_lines(arms: dict[str, dict]) -> list[str]:
-    """The table of where each arm was trained (`arms`: mini/arm_provenance.py's `arms_provenance`), and whether
+    """The table of where each arm was trained (`arms`: lab/mini/arm_provenance.py's `arms_provenance`), and whether
     every stage of every arm trained on one data."""
     lines = ["", "Where each arm was trained (its stages' `stage_done.json`, the validation step its last stage kept "
                  "as its final model, and the data each stage trained on, from its run state; every arm's frozen "
@@ -153,9 +154,10 @@ def provenance_lines(arms: dict[str, dict]) -> list[str]:
 
 def claims_section(results: dict) -> str:
     """The "claims in miniature" section of RESULTS.md from results.json's `"claims"` ({where: claims_results} for
-    each of `SAMPLE_SETS`, and `"arms"`: where each arm was trained, mini/arm_provenance.py)."""
-    intro = ("The paper's claims, each as the difference between two arms of `gap-mllm mini --ablation` trained at "
-             "one budget from the same stage 0 (mini/ablation.py), judged on scenes no arm was trained or tuned on. "
+    each of `SAMPLE_SETS`, and `"arms"`: where each arm was trained, lab/mini/arm_provenance.py)."""
+    intro = ("The paper's claims, each as the difference between two arms of `python -m lab.mini --ablation` trained "
+             "at one budget from the same stage 0 (lab/mini/ablation.py), judged on scenes no arm was trained or tuned "
+             "on. "
              f"{VERDICTS_IN_WORDS} {SEED_ROWS_SENTENCE} {COST_SENTENCE} {READING_SENTENCE}")
     lines = [CLAIMS_SECTION, "", intro]
     for where in SAMPLE_SETS:
@@ -170,8 +172,8 @@ def claims_quote(claims: dict) -> str:
     the RESULTS.md section, word for word, with a sentence saying what the arms are and where the rest is."""
     intro = ("The paper's claims, measured in miniature by this package: arms of GAP-MLLM-Mini trained on "
              "SynthRooms at one budget from the same frozen encoders, each pair differing in one ingredient "
-             "(`gap-mllm mini --ablation`, mini/ablation.py), judged on scenes of generator seeds no arm was trained or "
-             f"tuned on. {VERDICTS_IN_WORDS} {SEED_ROWS_SENTENCE} The test split's table is in mini/RESULTS.md, and "
+             "(`python -m lab.mini --ablation`, lab/mini/ablation.py), judged on scenes of generator seeds no arm was "
+             f"trained or tuned on. {VERDICTS_IN_WORDS} {SEED_ROWS_SENTENCE} The test split's table is in mini/RESULTS.md, and "
              f"what each claim does and does not say in {ABLATION_REPORT}, both in the gap-mllm repository.")
     # the blank line last: the comment line below it must not read as a row of the table
     return "\n".join([intro, *claims_lines(claims["fresh_seeds"]), ""]) + "\n"

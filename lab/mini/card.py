@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .identity import MINI_MODEL_NAME
+from gap_mllm.mini.identity import MINI_MODEL_NAME
+
 from .report import results_markdown
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.mini.default_model import SHIPPED_DIR
 from gap_mllm.processing.box_angles import box_angle_record, write_box_angles
 from gap_mllm.processing.output_folder import MARKER, writing_output_folder
 from gap_mllm.processing.synth.generator import SynthRooms
@@ -29,7 +30,6 @@ from gap_mllm.processing.synth.samples import camera_box_angles
 
 from .card import mini_model_card
 from .code_links import write_code_links
-from .default_model import SHIPPED_DIR
 from .pipeline_settings import BUDGETS
 
 STORAGE_DTYPE = torch.bfloat16
@@ -47,7 +47,8 @@ def parameter_counts(model) -> dict[str, int]:
     return counts
 
 
-EXPORT_COMMAND = "gap-mllm mini --export"  # the marker of a folder `--export` wrote
+# the marker of a folder `--export` wrote (processing/output_folder.py): a fixed name, which the exported folders carry
+EXPORT_COMMAND = "gap-mllm mini --export"
 # what the box-angle record of an export was read from (`mini_box_angles`)
 BOX_ANGLES_SOURCE = ("every object's box in the camera of every frame of the {scenes} training scenes of SynthRooms' "
                      "mini preset (gap-mllm synth --preset mini)")
@@ -60,7 +61,7 @@ def export_default(model_dir, dest, results: dict | None = None, max_shard_size:
 
     `with_remote_code`: keep the remote-code files `save_pretrained` writes (a complete Hub folder). Default: yes; the
     embedded default's own folder (`SHIPPED_DIR`) gets them as links into the package instead of copies, equally
-    complete (mini/code_links.py); False writes no code.
+    complete (lab/mini/code_links.py); False writes no code.
     `command` / `option`: who writes `dest` and how the user named it (its marker, the refusal's words);
     `overwrite`: replace a non-empty `dest` that `command` did not write.
 
@@ -77,7 +78,7 @@ def export_default(model_dir, dest, results: dict | None = None, max_shard_size:
 def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: str, code: str | None,
                   final: Path) -> None:
     """The files of `export_default`, into the empty folder `dest` (the staging sibling of `final`); `code`: the
-    remote code as "copies" (`save_pretrained`'s), "links" into the package (mini/code_links.py) or None (none)."""
+    remote code as "copies" (`save_pretrained`'s), "links" into the package (lab/mini/code_links.py) or None (none)."""
     model = GapMllmForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     processor = GapMllmProcessor.from_pretrained(model_dir)
     counts = parameter_counts(model)

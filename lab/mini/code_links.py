@@ -13,7 +13,7 @@ A clone whose git writes links as small text files (Windows without `core.symlin
 
 When the package's closure changes (a module imported relatively added or removed), write the links again:
 
-    python -m gap_mllm.mini.code_links            # mini/gap-mllm-mini; tests/test_mini_default.py checks them
+    python -m lab.mini.code_links            # mini/gap-mllm-mini; tests/test_mini_default.py checks them
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import os
 from pathlib import Path
 
 import gap_mllm
-
-from .default_model import SHIPPED_DIR, remote_code_sources
+from gap_mllm.mini.default_model import SHIPPED_DIR, remote_code_sources
 
 PACKAGE = Path(gap_mllm.__file__).resolve().parent
 

@@ -1,5 +1,6 @@
-"""The SynthRooms data a `gap-mllm mini` run reads: written once, and refused when the folder holds anything else.
-Shared by the run's own data (mini/pipeline.py) and the fresh-seed scenes a release is judged on (mini/fresh_seeds.py)."""
+"""The SynthRooms data a `python -m lab.mini` run reads: written once, and refused when the folder holds anything
+else. Shared by the run's own data (lab/mini/pipeline.py) and the fresh-seed scenes a release is judged on
+(lab/mini/fresh_seeds.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from gap_mllm.processing.synth.writer import setting_differences, write_dataset_
 
 logger = logging.getLogger(__name__)
 
-MINI_COMMAND = "gap-mllm mini"  # the marker of the folders the pipeline writes for itself
+# the marker of the folders the pipeline writes for itself (processing/output_folder.py): a fixed name, which the
+# data folders written so far carry, so the pipeline keeps reusing them
+MINI_COMMAND = "gap-mllm mini"
 
 
 def ensure_synth_data(folder: Path, config, splits: dict[str, int], named: str, workers: int = 1, remedy: str = "",

@@ -1,4 +1,4 @@
-"""An ablation arm's evaluation answers, kept in its run state (`gap-mllm mini --ablation --run-state DIR`).
+"""An ablation arm's evaluation answers, kept in its run state (`python -m lab.mini --ablation --run-state DIR`).
 
 The claims compare arms on the same samples, and the arms are trained over many sessions on machines that keep
 nothing but the git repository. Without its answers in git, every session would answer every arm trained before it
@@ -18,7 +18,7 @@ trained again) is not put back and is answered again, with a log line; its kept 
 rebuilt from its run state is the folder that was evaluated (training/run_state.py restores the best model exactly).
 The data are written again on each machine: an annotation file with other last digits (another CPU's float maths)
 resumes its answers, while answers put back that the runner cannot resume (other data, or a record older than its
-sketch of the annotation numbers with other bytes) are answered again (mini/pipeline_settings.py
+sketch of the annotation numbers with other bytes) are answered again (lab/mini/pipeline_settings.py
 ANSWERS_OF_ANOTHER_RUN), with a warning, and their kept copy is then replaced.
 """
 
@@ -34,8 +34,7 @@ from pathlib import Path
 from gap_mllm.evaluation.folder_lock import claim_evaluation_folder
 from gap_mllm.evaluation.reports import RAW_PATTERN
 from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE, model_fingerprint
-
-from .default_model import replace_atomically
+from gap_mllm.mini.default_model import replace_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ the same samples (paired differences, 95 % paired-bootstrap intervals):
     detection F1, CIDEr@0.5 and the marker point not worse than the current release: the paired interval of the
     difference does not lie wholly on the worse side of 0.
 
-    python -m gap_mllm.mini.fresh_seeds --data runs/mini/data --out runs/fresh --model CANDIDATE [--reference RELEASE]
+    python -m lab.mini.fresh_seeds --data runs/mini/data --out runs/fresh --model CANDIDATE [--reference RELEASE]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The constrained row of a shipped GAP-MLLM-Mini, scored after its release.
 
-`gap-mllm mini --constrained-row` scores the final model a second time, decoding inside each task's answer grammar,
+`python -m lab.mini --constrained-row` scores the final model a second time, decoding inside each task's answer grammar,
 as its own table row. A release exported before that flag existed (or by a run without it) has only the free row:
 this module scores the shipped folder itself, on the test split of the data it was evaluated on, with the same
 settings as the pipeline (sample limit, batch size, each task's token budget: `evaluate_arm`), and writes the row
@@ -8,7 +8,7 @@ into the folder's `evaluation_results.json`, its model card and the results tabl
 refused candidate added there). The free row stays as the release measured it; the constrained one is on the same
 test samples (the runners take the first `limit` records of the same split) and says so in its sample counts.
 
-    python -m gap_mllm.mini.constrained_row --model mini/gap-mllm-mini --data runs/mini/data \\
+    python -m lab.mini.constrained_row --model mini/gap-mllm-mini --data runs/mini/data \\
         --out runs/release-constrained --eval-limit 1000 --table mini/RESULTS.md
 """
 
@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.mini.default_model import replace_atomically
 from gap_mllm.processing.argument_types import positive_int
 
 from .arms import MAIN_ARM
 from .card import mini_model_card
-from .default_model import replace_atomically
 from .export import parameter_counts
 from .pipeline import MiniRun, constrained_arm, evaluate_final_tasks
 from .report import arm_results, results_document
@@ -67,7 +67,7 @@ def add_constrained_row(model: Path, data: Path, out: Path, *, budget: str = "fu
 
 def write_shipped_results(model: Path, results: dict, table: Path | None = None) -> None:
     """Write `results` as the shipped folder `model`'s `evaluation_results.json`, its model card (the writer's text
-    of them: mini/card.py) and, given, the results table `table` (keeping a refused candidate's section), each whole
+    of them: lab/mini/card.py) and, given, the results table `table` (keeping a refused candidate's section), each whole
     or not at all."""
     model = Path(model)
     loaded = GapMllmForConditionalGeneration.from_pretrained(model, dtype=torch.float32)

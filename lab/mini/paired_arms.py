@@ -11,7 +11,7 @@ interval (the samples drawn jointly for both arms) for
                                             both arms share it and the corpus CIDEr is that mean)
     stage1_point_error_m_median             the marker task, overall and by marked frame (compare_stage1.py)
 
-    python -m gap_mllm.mini.paired_arms --data runs/mini/data runs/abl/results/gap_add_s0 runs/abl/results/gap_gated_s0
+    python -m lab.mini.paired_arms --data runs/mini/data runs/abl/results/gap_add_s0 runs/abl/results/gap_gated_s0
 
 A task is compared when both folders hold it; folders that answered different samples are refused.
 """

@@ -1,5 +1,6 @@
-"""What a `gap-mllm mini` run can be told: its budgets, the names of its training stages and the command's arguments.
-Light to import (no torch, no transformers): `gap-mllm mini --help` reads it; mini/pipeline.py runs it."""
+"""What a `python -m lab.mini` run can be told: its budgets, the names of its training stages and the command's
+arguments. Light to import (no torch, no transformers): `python -m lab.mini --help` reads it; lab/mini/pipeline.py
+runs it."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ STAGE_KINDS = ("geometry", "cameras", "vision", "stage1", "stage2")  # the train
 # until the new answers replace it, so they are answered again (evaluation/runner.py) rather than stopping the run
 ANSWERS_OF_ANOTHER_RUN = "answer_again"
 # kept answers written before answer rows recorded their frames' digest (the ablation's arms): the pipeline wrote its
-# data folders itself and checks them (mini/synth_data.py), so they are reused as made from those frames, counted in a
-# warning, rather than answered again (hours of generation a run)
+# data folders itself and checks them (lab/mini/synth_data.py), so they are reused as made from those frames, counted
+# in a warning, rather than answered again (hours of generation a run)
 UNRECORDED_FRAMES = "take_current"
 EVAL_MAX_NEW_TOKENS = {"reconstruction": 64, "grounding": 128, "captioning": 64, "detection": 512}
 
@@ -35,7 +36,7 @@ class Budget:
     # 27 tokens, grounding 6 / 60 per stage, captioning 15, detection 407), so no valid answer is ever cut
     # while a model that never stops costs tens of tokens, not the official 1280 / 4096
     eval_max_new_tokens: dict = field(default_factory=lambda: dict(EVAL_MAX_NEW_TOKENS))
-    # `--ablation`: the stage-2 steps of every arm (mini/ablation.py; None: the budget's own, as the toy's 2)
+    # `--ablation`: the stage-2 steps of every arm (lab/mini/ablation.py; None: the budget's own, as the toy's 2)
     ablation_stage2_steps: int | None = None
 
 
@@ -67,12 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=worker_count, default=1,
                         help="processes writing the data (at most the machine's CPUs)")
     parser.add_argument("--ablation", action="store_true",
-                        help="train and evaluate every ablation arm, one at a time, at one budget (mini/ablation.py); "
-                             "with --arms, those arms at that budget")
+                        help="train and evaluate every ablation arm, one at a time, at one budget "
+                             "(lab/mini/ablation.py); with --arms, those arms at that budget")
     parser.add_argument("--run-state", default=None, metavar="DIR",
                         help="keep each arm's training stages' run states in DIR/<arm>/<stage> and its evaluation "
                              "answers in DIR/<arm>/answers (a folder to commit: a fresh clone continues the run with the "
-                             "same command, answering nothing twice; training/run_state.py, mini/kept_answers.py)")
+                             "same command, answering nothing twice; training/run_state.py, lab/mini/kept_answers.py)")
     parser.add_argument("--time-limit", type=positive_int, default=None, metavar="SECONDS",
                         help="stop the whole command after SECONDS: each training stage gets what is left as its "
                              "time_limit_s (a checkpoint and its run state, exit status 75); no stage starts with under "
@@ -104,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also evaluate the main arm decoding inside each task's answer grammar: a second table row "
                              "beside the free one (the paper's protocol), paired on the same test samples")
     parser.add_argument("--fresh-seeds", action="store_true",
-                        help="also evaluate the main arm on scenes of fresh generator seeds (mini/fresh_seeds.py)")
+                        help="also evaluate the main arm on scenes of fresh generator seeds (lab/mini/fresh_seeds.py)")
     parser.add_argument("--release-reference", default=None, metavar="DIR",
                         help="the current release: evaluate it on the fresh seeds too, apply the release rule of "
                              "mini/README.md, and --export only if the main arm passes it (exit status 4 otherwise)")
@@ -113,5 +114,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "each arm (make mini-ablation)")
     parser.add_argument("--quote", nargs="+", default=[], metavar="FILE",
                         help="with --ablation, rewrite the quote of the claims' fresh-seed table in each FILE, between "
-                             "its two comment lines (make mini-ablation: README.md model_card.md; mini/claims_table.py)")
+                             "its two comment lines (make mini-ablation: README.md model_card.md; "
+                             "lab/mini/claims_table.py)")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)

@@ -11,7 +11,7 @@ and the results table. The model rows stay as the release measured them; the rel
 grounding baseline (under the limit already), is kept.
 
     gap-mllm synth --preset mini --scenes 1200 --val-scenes 60 --test-scenes 240 --out runs/mini/data --workers 2
-    python -m gap_mllm.mini.shipped_baselines --model mini/gap-mllm-mini --data runs/mini/data --out runs/mini6 \\
+    python -m lab.mini.shipped_baselines --model mini/gap-mllm-mini --data runs/mini/data --out runs/mini6 \\
         --eval-limit 1000 --table mini/RESULTS.md
 """
 

@@ -1,4 +1,4 @@
-"""The paper's claims in miniature (issue 63): what `gap-mllm mini --ablation` trains, at one budget for every arm.
+"""The paper's claims in miniature (issue 63): what `python -m lab.mini --ablation` trains, at one budget for every arm.
 
 The paper (docs/method.md) claims that geometry helps, that geometry-aligned pre-training (stage 1) helps and that
 gated fusion beats plain addition. Each claim is one pair of arms that differ in that ingredient only:
@@ -39,7 +39,7 @@ this arm still trains the stage-1 task, inside stage 2: the claim measures a sep
 not the task itself (the official stage 2 has no marker data; reports/mini/claims-in-miniature.md).
 
 **The arm that never trains the objective.** `gap_gated_no_gap_s0` trains no stage 1 and no marker sample in stage 2
-(mini/arms.py `MARKER_FREE_STAGE2`: the mix without its marker samples, the other tasks as written), for the same
+(lab/mini/arms.py `MARKER_FREE_STAGE2`: the mix without its marker samples, the other tasks as written), for the same
 8,200 steps as the stage-2-only arm: the paper's title claim, geometry-aligned pre-training against none. Its marker
 figure is not compared (it never learned the answer format). `gap_gated_no_gap_s1` is its second seed, trained when
 the first seed's grounding difference lies within twice the seed-to-seed one.
@@ -48,13 +48,13 @@ the first seed's grounding difference lies within twice the seed-to-seed one.
 (training/run_state.py) in `DIR/<arm>/<stage>` (bfloat16 moments and best model, as the sixth release's run): a
 session commits DIR at its end, and the same command on a fresh machine continues the arm it stopped in, rebuilding
 the finished stages and arms from their states (no steps left to train), and each arm's evaluation answers from
-`DIR/<arm>/answers` (mini/kept_answers.py: an arm is answered once). `--time-limit SECONDS` stops the whole
-command by then (mini/pipeline.py, `train_stage`). Arms run in `ABLATION_ORDER`, so each stop of work ends with more
+`DIR/<arm>/answers` (lab/mini/kept_answers.py: an arm is answered once). `--time-limit SECONDS` stops the whole
+command by then (lab/mini/pipeline.py, `train_stage`). Arms run in `ABLATION_ORDER`, so each stop of work ends with more
 claims answered.
 
 **Fresh seeds fixed before any arm is evaluated.** The arms are compared on scenes of `ABLATION_FRESH_SEEDS`, seeds
 no data of this package used (training, validation and test: seed 0; the release rule: 5601-5603,
-mini/fresh_seeds.py), 90 scenes each (about 1,000 samples per task), and on the test split.
+lab/mini/fresh_seeds.py), 90 scenes each (about 1,000 samples per task), and on the test split.
 """
 
 from __future__ import annotations

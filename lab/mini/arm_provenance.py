@@ -5,8 +5,8 @@ what its run left, not from what the design says it should be:
                   `model.*` settings: a later stage continues the model it is given)
     each stage    the recipe, steps, training seed, device, precision (bf16 autocast or float32 on the CPU: a CPU
                   without native bfloat16 trains in float32) and whether its mix held the marker task (a `data.tasks`
-                  setting without it: mini/arms.py `MARKER_FREE_STAGE2`) its `stage_done.json` records
-                  (mini/pipeline.py writes it when the stage's training returns, on a fresh machine too, where the
+                  setting without it: lab/mini/arms.py `MARKER_FREE_STAGE2`) its `stage_done.json` records
+                  (lab/mini/pipeline.py writes it when the stage's training returns, on a fresh machine too, where the
                   stage is rebuilt from its run state)
     final model   the validation step its stage 2 kept (`best.json`: the best by validation grounding, the final
                   model of every arm, training/generation_eval.py)
@@ -58,7 +58,7 @@ def trained_stage(done: dict, state_dir: Path | None) -> dict:
 
 def model_built(done: dict) -> dict | None:
     """{"use_geometry", "fusion_method", "seed"} of the model a stage built (its `model.*` settings,
-    mini/arms.py `fresh_model_settings`); None for a stage that continued a model it was given."""
+    lab/mini/arms.py `fresh_model_settings`); None for a stage that continued a model it was given."""
     overrides = done.get("overrides")
     found = {key: override_value(overrides, f"model.{key}") for key in ("use_geometry", "fusion_method", "seed")}
     if None in found.values():
@@ -75,7 +75,7 @@ def _state_dir(run, name: str, stage: str) -> Path | None:
 def arm_provenance(run, name: str) -> dict:
     """{"model": `model_built` of its first stage, "stages": {stage: `trained_stage`}, "final": the validation step
     its stage 2 kept ({"step", "metric", "value"}; None while stage 2 is not done, or kept none), "run_state": its
-    folder or None} for the arm `name` of `run` (mini/pipeline.py's MiniRun: its `out` and `run_state`)."""
+    folder or None} for the arm `name` of `run` (lab/mini/pipeline.py's MiniRun: its `out` and `run_state`)."""
     root = Path(run.out) / "stages" / name
     done = {stage: found for stage in ARM_STAGES if (found := _stage_done(root / stage)) is not None}
     best = read_best(root / ARM_STAGES[-1]) if ARM_STAGES[-1] in done else None  # the final model is stage 2's

@@ -26,10 +26,10 @@ from gap_mllm.evaluation.confidence import bootstrap_interval, wilson_interval
 from gap_mllm.evaluation.geometry_eval import format_geometry_report
 from gap_mllm.evaluation.grounding_identification import from_samples
 from gap_mllm.evaluation.marker_metrics import marker_scores
+from gap_mllm.mini.identity import CONSTRAINED_SUFFIX
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 
-from .arms import CONSTRAINED_SUFFIX
 from .claims_table import CLAIMS_SECTION, claims_section
 from .markdown_sections import document_section, signed_cell, with_section
 from .paired_arms import paired_arms
@@ -118,7 +118,7 @@ def stage_provenance(run) -> dict[str, dict]:
 
 def collect_results(run, arms, geometry: dict, baselines: dict, reference: str | None = None) -> dict:
     """Every table figure of the run; with `reference` (the main arm) among `arms`, also each other arm minus
-    the reference on the same test samples (`"paired"`, mini/paired_arms.py)."""
+    the reference on the same test samples (`"paired"`, lab/mini/paired_arms.py)."""
     results = {"budget": run.budget, "arms": {arm.name: arm_results(run, arm) for arm in arms},
                "stage0_geometry": geometry, "baselines": baselines, "stages": stage_provenance(run)}
     if reference is not None and reference in results["arms"]:
@@ -226,7 +226,7 @@ def marked_frame_lines(results: dict) -> list[str]:
     return lines
 
 
-PAIRED_COLUMNS = (  # (metric of mini/paired_arms.py, column title, shown in percentage points)
+PAIRED_COLUMNS = (  # (metric of lab/mini/paired_arms.py, column title, shown in percentage points)
     ("grounding_acc@0.25", "Acc@0.25, points", True), ("grounding_acc@0.5", "Acc@0.5, points", True),
     ("detection_f1@0.25", "det F1@0.25, points", True), ("captioning_cider@0.5", "CIDEr@0.5", False),
     ("stage1_point_error_m_median", "S1 point error m", False),
@@ -333,7 +333,7 @@ def release_table_after_refusal(release_table: str, fresh: dict, release_label: 
 
 def results_document(results: dict, current: str | None = None) -> str:
     """RESULTS.md of `results`: its title and `results_markdown`, with the sections other runs added to the `current`
-    document kept: the claims in miniature (`gap-mllm mini --ablation --table`, mini/claims.py) and a refused
+    document kept: the claims in miniature (`python -m lab.mini --ablation --table`, lab/mini/claims.py) and a refused
     candidate's (`release_table_after_refusal`)."""
     document = f"# GAP-MLLM-Mini results (budget: {results['budget']})\n\n" + results_markdown(results)
     if results.get("claims"):

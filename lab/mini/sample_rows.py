@@ -1,5 +1,6 @@
 """The per-sample rows of the pipeline's evaluation runs (a runner's samples.jsonl), read back for the tables:
-the table itself (mini/report.py) and the paired comparisons of two arms (mini/paired_arms.py, mini/compare_stage1.py).
+the table itself (lab/mini/report.py) and the paired comparisons of two arms (lab/mini/paired_arms.py,
+lab/mini/compare_stage1.py).
 """
 
 from __future__ import annotations

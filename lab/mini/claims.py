@@ -1,4 +1,4 @@
-"""The paper's claims in miniature (issue 63): each claim of mini/ablation.py as paired differences over scenes.
+"""The paper's claims in miniature (issue 63): each claim of lab/mini/ablation.py as paired differences over scenes.
 
 For one set of samples every arm answered (the ablation's fresh seeds, or the run's test split), each claim's pair
 of arms (`CLAIMS`: the arm with the ingredient minus the arm without) is compared on the same samples, with a 95 %
@@ -53,8 +53,8 @@ def _check_same_samples(a: dict, b: dict) -> None:
 
 
 def paired_over_scenes(a: dict, b: dict, resamples: int = RESAMPLES) -> dict:
-    """A − B of every figure (`FIGURES`) for two arms' `figures_of` (mini/fresh_seeds.py) on the same samples, each
-    with its 95 % interval over bootstrap resamples of whole scenes (`num_groups` scenes)."""
+    """A − B of every figure (`FIGURES`) for two arms' `figures_of` (lab/mini/fresh_seeds.py) on the same samples,
+    each with its 95 % interval over bootstrap resamples of whole scenes (`num_groups` scenes)."""
     _check_same_samples(a, b)
     grounding, detection, captioning, marker = (a[task] for task in ("grounding", "detection", "captioning", "marker"))
     return {
@@ -156,9 +156,9 @@ def claims_results(figures: dict[str, dict], where: str, resamples: int = RESAMP
 
 
 def run_claims(run, arms: list[str]) -> dict:
-    """{where: `claims_results`} over the arms of an ablation run (`run`: mini/pipeline.py's MiniRun) evaluated on
-    the ablation's fresh seeds and on the run's test split (mini/pipeline.py, `evaluate_arm` and `evaluate_fresh`),
-    and "arms": where each of them was trained (mini/arm_provenance.py)."""
+    """{where: `claims_results`} over the arms of an ablation run (`run`: lab/mini/pipeline.py's MiniRun) evaluated on
+    the ablation's fresh seeds and on the run's test split (lab/mini/pipeline.py, `evaluate_arm` and `evaluate_fresh`),
+    and "arms": where each of them was trained (lab/mini/arm_provenance.py)."""
     seeds = "-".join(str(seed) for seed in (ABLATION_FRESH_SEEDS[0], ABLATION_FRESH_SEEDS[-1]))
     fresh = {arm: model_figures(run.out, arm, ABLATION_FRESH_SEEDS) for arm in arms}
     test = {arm: figures_of(arm, [("test", run.results_dir(arm), run.data)]) for arm in arms}
@@ -187,7 +187,7 @@ def write_quotes(claims: dict, quotes) -> None:
 
 def write_claims(run, arms: list[str], table: Path | None = None, quotes=()) -> dict:
     """The claims over `arms` (those trained and evaluated so far) into `<run>/results/claims.json` and CLAIMS.md,
-    into `table`'s claims section when given (`gap-mllm mini --ablation --table mini/RESULTS.md`: the rest of
+    into `table`'s claims section when given (`python -m lab.mini --ablation --table mini/RESULTS.md`: the rest of
     that file, the release's table, is left as it is) and into the quote block of each of `quotes` (`--quote`).
     Returns the claims."""
     claims = run_claims(run, arms)

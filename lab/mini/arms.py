@@ -1,10 +1,12 @@
-"""The models GAP-MLLM-Mini's pipeline trains and compares (`gap-mllm mini --arms ...`): the main arm, which is
-shipped as the embedded default, and the ablation and vision-tower arms. Light on purpose: front ends read
-`MAIN_ARM` to find the shipped model's figures without importing the pipeline."""
+"""The models GAP-MLLM-Mini's pipeline trains and compares (`python -m lab.mini --arms ...`): the main arm, which is
+shipped as the embedded default, and the ablation and vision-tower arms. Light on purpose: `python -m lab.mini
+--help` reads it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from gap_mllm.mini.identity import SHIPPED_ARM
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,7 @@ def fresh_model_settings(arm: Arm, stage0) -> list[str]:
     return settings
 
 
-MAIN_ARM = Arm("gap_gated_s0")
-# the results folder and table row of the main arm decoding inside each task's answer grammar (`--constrained-row`):
-# front ends read it to show the figures of the decoding they ran (cli/model_scores.py)
-CONSTRAINED_SUFFIX = "_constrained"
+MAIN_ARM = Arm(SHIPPED_ARM)  # its row's name is the one the front ends read (gap_mllm.mini.identity)
 ABLATION_ARMS = (
     MAIN_ARM,
     Arm("gap_gated_s1", seed=1),
@@ -68,7 +67,7 @@ ABLATION_ARMS = (
     Arm("no_geometry_s1", use_geometry=False, seed=1),
     Arm("gap_gated_no_gap_s0", stage1=False, marker_task=False),
 )
-# trained on request (`--arms`) when the first seed's claim needs its second before a verdict (mini/ablation.py)
+# trained on request (`--arms`) when the first seed's claim needs its second before a verdict (lab/mini/ablation.py)
 ON_REQUEST_ARMS = (Arm("gap_gated_no_gap_s1", stage1=False, marker_task=False, seed=1),)
 # The vision-tower decision (mini/README.md): stage 1 with the ViT pretrained + frozen (MAIN_ARM) vs these.
 VISION_ARMS = (

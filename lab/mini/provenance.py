@@ -13,7 +13,7 @@ import re
 
 from .ablation import override_value
 
-DONE_MARKER = "stage_done.json"  # the file mini/pipeline.py writes into a stage folder when its training returned
+DONE_MARKER = "stage_done.json"  # the file lab/mini/pipeline.py writes into a stage folder when its training returned
 
 
 def stage_device(done: dict) -> str | None:
