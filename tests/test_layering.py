@@ -9,19 +9,22 @@ at the top of a module or inside a function, goes up a layer or closes a cycle (
                                                model on processing's data
     3      training                            trains a model, and scores it        0-2 (logs evaluation's metrics
                                                while it trains                      as it trains)
-    4      mini                                GAP-MLLM-Mini: trains and scores     0-3
-                                               the miniature
+    4      mini                                GAP-MLLM-Mini: its config,           0-3
+                                               tokenizer and shipped folder
     5      serving                             the encoder half for engines,        0-4
                                                export-llm, vLLM requests
     6      cli                                 the gap-mllm command, the Space      0-5
     7      evaluation/lmms_eval_plugin         lmms-eval's `gap_mllm` model and     everything
            (gap_mllm.evaluation.lmms_eval_     tasks: a front end for the harness,
            plugin)                             loading models as the CLI does
+    —      lab (lab, not installed)            the research pipelines, run from a   every installed module; no
+                                               checkout (`python -m lab.mini`)      installed module imports it
 
 Evaluation sits below training because scoring needs no knowledge of how a model was trained, while a training
 run logs the evaluation's metrics (as Trainer logs `compute_metrics`); the pieces both use (the clip collator)
 live in processing. Training builds a fresh "mini" through an entry point (training/model_loading.py), not an
-import. Each module's imports are read with `ast`, function-local ones included.
+import. Each module's imports are read with `ast`, function-local ones included. The lab's imports of the package
+name only modules the package installs (tests/test_installed_modules.py: the wheel holds none of the lab).
 """
 
 from __future__ import annotations
@@ -40,13 +43,16 @@ IMPORT_NAMES = {"modeling_gap_mllm": "gap_mllm", "tiny": "gap_mllm.tiny", "proce
                 "evaluation/lmms_eval_plugin": "gap_mllm.evaluation.lmms_eval_plugin"}
 LAYERS = {"modeling_gap_mllm": 0, "tiny": 1, "processing": 1, "evaluation": 2, "training": 3, "mini": 4, "serving": 5,
           "cli": 6, "evaluation/lmms_eval_plugin": 7}
+LAB = "lab"  # folder and import name of the research pipelines: not installed (setup.py), run from a checkout
+OWN_NAMES = ("gap_mllm", LAB)  # the top-level import names whose imports are read
 
 
-def module_files(root: Path) -> dict[str, tuple[Path, str]]:
-    """{module name: (file, folder)} of every module of the installed folders under `root`."""
+def module_files(root: Path, import_names: dict[str, str] = IMPORT_NAMES) -> dict[str, tuple[Path, str]]:
+    """{module name: (file, folder)} of every module of the folders `import_names` names (default: the installed
+    ones) under `root`."""
     modules = {}
-    for folder, package in IMPORT_NAMES.items():
-        nested = [other for other in IMPORT_NAMES if other.startswith(folder + "/")]  # a layer of its own
+    for folder, package in import_names.items():
+        nested = [other for other in import_names if other.startswith(folder + "/")]  # a layer of its own
         for path in sorted((root / folder).rglob("*.py")):
             if any((root / other) in path.parents for other in nested):
                 continue
@@ -58,7 +64,9 @@ def module_files(root: Path) -> dict[str, tuple[Path, str]]:
 
 
 def folder_of(module: str) -> str:
-    """The folder a `gap_mllm...` module name lives in."""
+    """The folder a `gap_mllm...` (or `lab...`) module name lives in."""
+    if module.split(".")[0] == LAB:
+        return LAB
     for folder, package in sorted(IMPORT_NAMES.items(), key=lambda item: -len(item[1])):
         if module == package or module.startswith(package + "."):
             return folder
@@ -66,8 +74,8 @@ def folder_of(module: str) -> str:
 
 
 def imports_of(module: str, path: Path, modules: dict) -> list[tuple[int, str]]:
-    """`(line, imported module)` for every import of the package's own modules in `path`, wherever it stands.
-    `from a import b` names the module `a.b` when that is one (`from gap_mllm import training`), else `a`."""
+    """`(line, imported module)` for every import of the package's own modules and of the lab's in `path`, wherever it
+    stands. `from a import b` names the module `a.b` when that is one (`from gap_mllm import training`), else `a`."""
     is_package = path.name == "__init__.py"
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -83,7 +91,7 @@ def imports_of(module: str, path: Path, modules: dict) -> list[tuple[int, str]]:
             names = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source for alias in node.names]
         else:
             continue
-        found += [(node.lineno, name) for name in names if name == "gap_mllm" or name.startswith("gap_mllm.")]
+        found += [(node.lineno, name) for name in names if name.split(".")[0] in OWN_NAMES]
     return found
 
 
@@ -94,6 +102,15 @@ def import_graph(root: Path) -> tuple[dict, dict]:
     return modules, {name: imports_of(name, path, modules) for name, (path, _) in modules.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def lab_graph(root: Path) -> tuple[dict, dict]:
+    """(modules, {module: [(line, imported module)]}) of the lab under `root` (not installed)."""
+    installed, _ = import_graph(root)
+    modules = module_files(root, {LAB: LAB})
+    known = {**installed, **modules}
+    return modules, {name: imports_of(name, path, known) for name, (path, _) in modules.items()}
+
+
 def layering_violations(root: Path) -> list[str]:
     modules, graph = import_graph(root)
     out = []
@@ -101,9 +118,24 @@ def layering_violations(root: Path) -> list[str]:
         path, folder = modules[name]
         for line, target in edges:
             other = folder_of(target)
-            if other != folder and LAYERS[other] >= LAYERS[folder]:
+            if other == LAB:
+                out.append(f"{path.relative_to(root)}:{line} imports {target}: {folder} is installed, the lab is not")
+            elif other != folder and LAYERS[other] >= LAYERS[folder]:
                 out.append(f"{path.relative_to(root)}:{line} imports {target}: {folder} (layer {LAYERS[folder]}) may not "
                            f"import {other} (layer {LAYERS[other]})")
+    return out
+
+
+def lab_violations(root: Path) -> list[str]:
+    """The lab's imports of a module that the package does not install, or that the lab does not hold."""
+    installed, _ = import_graph(root)
+    modules, graph = lab_graph(root)
+    out = []
+    for name, edges in graph.items():
+        for line, target in edges:
+            if target not in installed and target not in modules:
+                holder = "the package does not install" if target.split(".")[0] == "gap_mllm" else "the lab does not hold"
+                out.append(f"{modules[name][0].relative_to(root)}:{line} imports {target}, which {holder}")
     return out
 
 
@@ -143,9 +175,10 @@ def folder_edges(root: Path) -> dict[str, set[str]]:
     return edges
 
 
-def module_edges(root: Path) -> dict[str, set[str]]:
-    """Module → the modules it imports (a package's own `__init__` left out: importing a submodule runs it anyway)."""
-    modules, graph = import_graph(root)
+def module_edges(root: Path, graph_of=import_graph) -> dict[str, set[str]]:
+    """Module → the modules it imports (a package's own `__init__` left out: importing a submodule runs it anyway),
+    among the installed modules (`graph_of`: `import_graph`) or the lab's (`lab_graph`)."""
+    modules, graph = graph_of(root)
     return {name: {target for _, target in imports if target in modules and target != name and not name.startswith(target + ".")}
             for name, imports in graph.items()}
 
@@ -168,6 +201,21 @@ def test_no_import_goes_against_the_layering():
 def test_no_cycle_between_folders_or_between_modules():
     assert cycle(folder_edges(REPO)) is None
     assert cycle(module_edges(REPO)) is None
+    assert cycle(module_edges(REPO, lab_graph)) is None
+
+
+def test_the_lab_imports_only_what_the_package_installs_and_nothing_installed_imports_it():
+    """The lab (lab/, not installed) may import any installed module; an import of a module the package does not
+    install (one that moved into the lab, say) or of an installed module of the lab fails here."""
+    modules, graph = lab_graph(REPO)
+    assert {"lab.mini", "lab.mini.pipeline", "lab.mini.ablation", "lab.mini.export"} <= set(modules)
+    assert {"gap_mllm.training.run", "gap_mllm.mini.default_model"} <= {target for _, target in graph["lab.mini.pipeline"]
+                                                                       + graph["lab.mini.export"]}
+    assert lab_violations(REPO) == []
+    installed, installed_graph = import_graph(REPO)
+    assert not any(name.split(".")[0] == LAB for name in installed)
+    assert [f"{name} imports {target}" for name, edges in installed_graph.items() for _, target in edges
+            if folder_of(target) == LAB] == []
 
 
 # The function-local imports of the package's own modules, each keeping an optional dependency out of a command
@@ -211,9 +259,10 @@ def test_function_local_imports_are_of_optional_dependencies_only():
     assert len(local) == sum(expected.values()), local
 
 
-def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path):
-    """The same checks on a copy of the layout with one import going up (processing → training) and one pair of
-    modules importing each other."""
+def test_the_checks_catch_an_upward_import_a_cycle_and_the_lab_crossed(tmp_path):
+    """The same checks on a copy of the layout with one import going up (processing → training), one pair of
+    modules importing each other, an installed module importing the lab, and lab modules importing a module the
+    package does not install and one the lab does not hold."""
     for folder in IMPORT_NAMES:
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
         (tmp_path / folder / "__init__.py").write_text("")
@@ -221,8 +270,18 @@ def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path):
     (tmp_path / "training" / "run.py").write_text("from gap_mllm.processing import upward\n")
     (tmp_path / "evaluation" / "a.py").write_text("from . import b\n")
     (tmp_path / "evaluation" / "b.py").write_text("def f():\n    from .a import x\n")
+    (tmp_path / "cli" / "research.py").write_text("from lab.mini.pipeline import main\n")
+    (tmp_path / "lab" / "mini").mkdir(parents=True)
+    (tmp_path / "lab" / "__init__.py").write_text("")
+    (tmp_path / "lab" / "mini" / "__init__.py").write_text("")
+    (tmp_path / "lab" / "mini" / "pipeline.py").write_text("from gap_mllm.training import run\nfrom .report import x\n")
+    (tmp_path / "lab" / "mini" / "moved.py").write_text("from gap_mllm.mini.pipeline import main\n")
     assert layering_violations(tmp_path) == [
-        "processing/upward.py:2 imports gap_mllm.training.run: processing (layer 1) may not import training (layer 3)"]
+        "processing/upward.py:2 imports gap_mllm.training.run: processing (layer 1) may not import training (layer 3)",
+        "cli/research.py:1 imports lab.mini.pipeline: cli is installed, the lab is not"]
+    assert lab_violations(tmp_path) == ["lab/mini/moved.py:1 imports gap_mllm.mini.pipeline, which the package does "
+                                        "not install",
+                                        "lab/mini/pipeline.py:2 imports lab.mini.report, which the lab does not hold"]
     assert cycle(folder_edges(tmp_path)) == ["processing", "training", "processing"]
     assert cycle(module_edges(tmp_path)) == ["gap_mllm.evaluation.a", "gap_mllm.evaluation.b", "gap_mllm.evaluation.a"]
 
