@@ -1,4 +1,5 @@
-"""`gap-mllm predict` and what it shares with the Space: parsed answers, saved pictures, upload rules; a marker given
+"""`gap-mllm predict` and what it shares with the Space: parsed answers (an answer in another task's format is not the
+task's answer: exit status 3), saved pictures, upload rules; a marker given
 in the frame's original pixels (a phone photo's upright ones too), and refusals that come before the model loads (a
 query too long for the model's context, a query holding `<image>`, a frame the processor cannot read, a read-only
 --save-dir)."""
@@ -26,7 +27,17 @@ from gap_mllm.image_utils_gap_mllm import displayed_size
 from gap_mllm.point_cloud import read_ply
 from gap_mllm.processing.scannet_layout import read_color
 from gap_mllm.processing_gap_mllm import load_image
-from gap_mllm.tasks_gap_mllm import Box3D, serialize_detection
+from gap_mllm.tasks_gap_mllm import (
+    Box3D,
+    CaptionResult,
+    DetectionResult,
+    SpatialAnswerResult,
+    answer_format,
+    parse_caption,
+    parse_detection,
+    parse_spatial_answer,
+    serialize_detection,
+)
 from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
 from gap_mllm.training.feature_cache import decoded_example
 
@@ -569,3 +580,38 @@ def test_a_marker_in_the_upright_photo_is_accepted_and_moved_onto_the_model_fram
     capsys.readouterr()
     assert gap_mllm([*argv, "--marker", "0", "150", "2"]) == 2  # x = 150: outside the 128 columns shown
     assert "outside the 128x160 view" in capsys.readouterr().err and len(asked) == 1
+
+
+# ----------------------------------------------------------------------------------- an answer in another task's format
+
+
+GROUNDING_ANSWER = '{"bbox_3d": [0.1, 0.2, 1.5, 0.4, 0.5, 0.6, 0.0, 0.0, 0.0]}'
+
+
+@pytest.mark.parametrize("task, raw, parser, found", [
+    ("detection", GROUNDING_ANSWER, parse_detection, "grounding"),
+    ("captioning", GROUNDING_ANSWER, parse_caption, "grounding"),
+    ("spatial_qa", '{"pointmap": "couch', parse_spatial_answer, "reconstruction"),  # truncated: read by its keys
+])
+def test_an_answer_in_another_tasks_format_is_not_the_tasks_answer(task, raw, parser, found):
+    from gap_mllm.cli.predict import PARSE_FAILURE_STATUS, _exit_status
+    from gap_mllm.cli.tasks import TaskResult, task_answer
+
+    assert getattr(parser(raw), "reason") is None  # the tolerant parser alone takes it (evaluate keeps that)
+    parsed = task_answer(task, raw, parser(raw))
+    assert type(parsed) in (DetectionResult, CaptionResult, SpatialAnswerResult)
+    assert parsed.reason.startswith(f"answer in {found}'s format") and parsed.reason.endswith(f"not {task}'s")
+    result = TaskResult(task=task, raw=raw, parsed=parsed)
+    assert "box(es)\n  (no label)" not in result.summary() and f"{found}'s format" in result.summary()
+    assert result.to_dict()["caption"] is None and result.to_dict()["answer"] is None
+    assert _exit_status(result) == PARSE_FAILURE_STATUS
+
+
+def test_an_answer_in_the_tasks_own_format_is_kept():
+    from gap_mllm.cli.tasks import task_answer
+
+    detection = '```json\n[{"label": "desk", "bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, 0]}]\n```'
+    assert answer_format(detection) == "detection"
+    assert task_answer("detection", detection, parse_detection(detection)).boxes
+    assert answer_format("a pink dresser against the wall.") is None and answer_format("3.5") is None
+    assert answer_format(GROUNDING_ANSWER) == "grounding"

@@ -1,16 +1,27 @@
-"""A newcomer's first hour (issue 55, items 13 and 14): mistakes in a `gap-mllm` command are one line before the model
-is loaded (torch is not even imported), whatever the mistake: an output folder that is a file, a frame that does not
-decode, a marker outside the frames, a misspelt option (also when the option meant is a required one), a task input
-left out (named by its option)."""
+"""Mistakes in a `gap-mllm` command are one line before the model is loaded (torch is not even imported), whatever the
+mistake: a missing or unsupported file, a missing model folder or recipe (with the recipe meant), a grounding without
+its query, an output folder that is a file, a frame that does not decode, a marker outside the frames, a misspelt
+option (with the option meant, also a required one; an unambiguous prefix still works), an option the command would
+ignore, a task input left out (named by its option)."""
 
 from __future__ import annotations
 
 import pytest
 from PIL import Image
 
-from .test_first_contact_round3 import one_line_before_torch
+from .test_cli_startup import heavy_modules_after
 
 EXAMPLE = ["--example", "synthetic room A"]
+
+
+def one_line_before_torch(argv: list[str], *fragments: str) -> str:
+    result = heavy_modules_after(argv)
+    assert result["status"] == 2 and result["heavy"] == [], result
+    lines = [line for line in result["err"].splitlines() if line.startswith("gap-mllm ")]
+    assert len(lines) == 1 and "Traceback" not in result["err"], result["err"]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
 
 
 @pytest.fixture
@@ -116,3 +127,36 @@ def test_a_required_option_misspelt_is_named_as_the_option_meant(argv, meant):
 ])
 def test_a_task_input_left_out_is_named_by_its_option(frame, task, option):
     one_line_before_torch(["predict", "--images", str(frame), "--task", task], option)
+
+
+# ------------------------------ mistakes before torch is imported; options the command would ignore
+
+
+def test_command_mistakes_are_one_line_before_torch_is_imported(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a frame")
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(b"")  # only its name is read before the model
+    one_line_before_torch(["predict", "--images", str(tmp_path / "missing.png"), "--task", "detection"],
+                          "missing.png: no such file or folder")
+    one_line_before_torch(["predict", "--images", str(notes), "--task", "detection"], "unsupported file type .txt")
+    one_line_before_torch(["predict", "--model", str(tmp_path / "no-model"), "--example", "synthetic room A",
+                           "--task", "detection"], "no such folder")
+    one_line_before_torch(["predict", "--images", str(frame), "--task", "grounding"], "grounding needs a text query")
+    one_line_before_torch(["train", "--config", "training/recipes/stage1_pretrian.yaml"],
+                          "not found", "did you mean training/recipes/stage1_pretrain.yaml?")
+
+
+def test_a_misspelt_option_gets_a_suggestion_and_abbreviations_still_work():
+    line = one_line_before_torch(["predict", "--example", "synthetic room A", "--task", "grounding", "--querry", "x"])
+    assert "unrecognized arguments: --querry x (did you mean --query?)" in line
+    # an unambiguous prefix is still the option (argparse's allow_abbrev): the mistake found is the missing image
+    one_line_before_torch(["predict", "--images", "missing.png", "--task", "grounding", "--que", "the chair"],
+                          "missing.png: no such file or folder")
+
+
+def test_options_the_command_would_ignore_are_refused():
+    one_line_before_torch(["predict", "--example", "synthetic room A", "--task", "detection", "--formats", "png"],
+                          "--formats", "--save-dir")
+    one_line_before_torch(["predict", "--example", "synthetic room A", "--task", "detection", "--query", "a chair"],
+                          "--query is not read by --task detection")

@@ -1,6 +1,7 @@
 """Which torch build `make install` asks pip for (the Makefile's "torch" block), read from `make -n`: nothing is
 installed. Simulated machines set the variables the default is decided on (NVIDIA_GPU, PIP_SOURCES, UNAME_S); the
-detection itself runs against a stand-in `nvidia-smi` and pip configurations of the test's own making."""
+detection itself runs against a stand-in `nvidia-smi` and pip configurations of the test's own making. Torch's
+version is printed only after the requirements are installed."""
 
 from __future__ import annotations
 
@@ -132,3 +133,11 @@ def test_the_gpu_environments_stop_on_a_machine_without_an_nvidia_gpu(tmp_path, 
     for assignment in ("NVIDIA_GPU=GPU 0: NVIDIA H100", "ANY_MACHINE=1"):
         built = dry_run("NVIDIA_GPU=" if assignment.startswith("ANY") else assignment, assignment)
         assert built.returncode == 0 and " -m venv " in built.stdout, built.stderr
+
+
+def test_make_install_imports_torch_only_after_the_requirements_are_installed():
+    done = subprocess.run(["make", "-n", "-B", "install"], cwd=REPO, capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    requirements = next(i for i, line in enumerate(lines) if 'install -e ".[dev]"' in line)
+    printed = next(i for i, line in enumerate(lines) if "import torch; print" in line)
+    assert requirements < printed

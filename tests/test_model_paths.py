@@ -1,6 +1,7 @@
 """What `--model` and `model.name_or_path` name: a missing local folder is refused by name at once, on the command
 line and in training, instead of being tried as a Hub repo id (a minute of network retries offline, then a message
-about the Hub); a checkpoint of another model type is named by its model_type, a saved GAP-MLLM one passes."""
+about the Hub); a checkpoint of another model type is named by its model_type, a saved GAP-MLLM one passes; a small
+local checkpoint loads without a progress bar (a download keeps its bars)."""
 
 import json
 import os
@@ -85,3 +86,17 @@ def test_a_checkpoint_of_another_model_type_is_named(tmp_path, capsys):
 def test_a_saved_gap_mllm_checkpoint_still_passes_the_source_check(tmp_path):
     folder = save_tiny_checkpoint(tmp_path / "tiny")
     assert check_model_source(folder) == str(folder)
+
+
+def test_a_small_local_checkpoint_loads_without_a_progress_bar(tmp_path):
+    from transformers.utils import logging as transformers_logging
+
+    from gap_mllm.processing.model_paths import loading_bar_for
+
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1024)
+    assert transformers_logging.is_progress_bar_enabled()
+    with loading_bar_for(tmp_path):
+        assert not transformers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled()
+    with loading_bar_for("org/a-hub-model"):  # a download keeps its bars
+        assert transformers_logging.is_progress_bar_enabled()

@@ -5,7 +5,7 @@ bundle in fresh processes; the steps that save no model folder in this one).
 Fresh processes matter: `import gap_mllm` is lazy, so a process that imports the model modules directly (the
 converter does) never ran the package's registration, and its saved folder had `auto_map[None]` (the conversion
 failed with a TypeError while writing config.json). Tests in one pytest process cannot see that: an earlier import
-has registered the classes for all of them."""
+has registered the classes for all of them. The rehearsal's folder is ignored by git."""
 
 import json
 import os
@@ -69,3 +69,9 @@ def test_the_offline_publish_rehearsal_runs_as_written(tmp_path, monkeypatch, ca
     space = tmp_path / "build" / "space"
     assert json.loads((space / "space_defaults.json").read_text()) == {"GAP_MLLM_MODEL": "ORG/gapmllm-3d-3b"}
     assert "suggested_hardware: zero-a10g" in (space / "README.md").read_text()
+
+
+def test_the_publish_rehearsal_folder_is_ignored():
+    assert subprocess.run(["git", "check-ignore", "-q", "official/tiny-gapmllm"], cwd=REPO).returncode == 0
+    assert "<this repository's URL>" not in (REPO / "README.md").read_text()
+    assert "trains for seconds" not in (REPO / "examples/training/train_stage1_tiny.sh").read_text()

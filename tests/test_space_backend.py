@@ -1,6 +1,9 @@
 """The Space's backend (no gradio) on uploaded frames: VGGT reconstruction when the model has the camera
 and depth heads (point cloud in the GLB, boxes drawn with the estimated camera), the old behaviour and
-a how-to message when it has not, and the fallback when the camera estimate is unusable."""
+a how-to message when it has not, and the fallback when the camera estimate is unusable; a request on a bundled
+example asks the example's own inputs (its query, object and marker) when the page sends it before they fill in."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -270,3 +273,21 @@ def test_a_bundled_room_shows_the_reference_and_the_held_out_score(tmp_path, mon
     assert backend.example_defaults("(my uploaded files)") == {"object": None, "query": "", "marker": ""}
     assert backend.run(uploads, None, "3D dense captioning (pick an object)",
                        box_text="0 0 2 0.5 0.5 0.5 0 0 0").reference == ""
+
+
+def test_a_space_request_on_an_example_without_its_query_asks_the_examples_query():
+    """The page sends the request before the example's query fills its field in: the backend asks the example's own
+    query (and its own object and marker), not an empty one."""
+    from gap_mllm.cli.space_backend import NO_EXAMPLE, TASK_LABELS, SpaceBackend
+
+    backend = SpaceBackend.__new__(SpaceBackend)  # no model: only the request is built
+    backend.processor, backend._examples = SimpleNamespace(tokenizer=None), {}
+    scene = backend.example("synthetic room A")
+    labels = {spec.name: label for label, spec in TASK_LABELS.items()}
+    own = scene.example_inputs
+    assert backend._request(labels["grounding"], "", None, "", "", scene).query == own["grounding"]["query"]
+    assert backend._request(labels["grounding"], "the red lamp", None, "", "", scene).query == "the red lamp"
+    marker = backend._request(labels["reconstruction"], None, None, "", "", scene).marker
+    assert marker == tuple(own["reconstruction"]["marker"])
+    assert list(backend._request(labels["captioning"], None, None, "", "", scene).box) == own["captioning"]["box"]
+    assert NO_EXAMPLE not in own
