@@ -1,4 +1,5 @@
-"""VGGT checkpoint → geometry encoder: key layout, strictness, file formats, round trip, builder, CLI.
+"""VGGT checkpoint → geometry encoder: key layout, strictness, file formats, round trip, builder, CLI;
+`from_qwen3_vl` with the Hub unreachable loads a cached checkpoint or names the missing one, in seconds.
 
 "Reference layout" below means the flat `state_dict` of the reference `VGGT()` as listed in
 docs/vggt.md §7: `aggregator.*`, `camera_head.*`, `depth_head.*`, `point_head.*`, `track_head.*`.
@@ -8,6 +9,8 @@ weights plus a track-head tensor; the key names themselves are pinned against th
 
 import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -259,3 +262,57 @@ def test_convert_writes_a_new_or_its_own_folder_never_the_users(tmp_path, capsys
         convert(users)
     assert sorted(path.name for path in users.iterdir()) == ["config.json"]
     assert (users / "config.json").read_text(encoding="utf-8") == '{"mine": true}'
+
+
+# ----------------------------------------------------------- from_qwen3_vl with the Hub unreachable
+
+
+FROM_QWEN3_VL_OFFLINE = """
+import json, sys, time
+from pathlib import Path
+from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.tiny.tiny_model import build_tiny_model
+
+repo, cached = sys.argv[1], sys.argv[2] == "cached"
+tiny, _ = build_tiny_model()
+if cached:  # a Qwen3-VL in the Hub cache, as a download leaves it (refs/main -> its snapshot)
+    import os
+    from huggingface_hub import constants
+    root = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+    commit = "0" * 40
+    tiny.vlm.save_pretrained(root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+start = time.monotonic()
+try:
+    model = GapMllmForConditionalGeneration.from_qwen3_vl(
+        repo, geometry_config=tiny.config.geometry_config.to_dict(),
+        geometry_fusion_config=tiny.config.geometry_fusion_config.to_dict())
+    found = {"loaded": type(model.vlm).__name__}
+except OSError as error:
+    found = {"error": str(error)}
+found["seconds"] = time.monotonic() - start
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_from_qwen3_vl_with_the_hub_unreachable_answers_at_once(cached, tmp_path):
+    """A Hub that refuses connections (no retries for a minute): a checkpoint in the local Hub cache loads from it, one
+    that is not there is one line naming it, both in seconds."""
+    import os
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    env.pop("HF_HUB_CACHE", None)
+    repo = "org/tiny-qwen3-vl"
+    done = subprocess.run([sys.executable, "-c", FROM_QWEN3_VL_OFFLINE, repo, "cached" if cached else "missing"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["seconds"] < 15, found  # the probe's 5 s timeout at most; refused connections answer at once
+    if cached:
+        assert found.get("loaded") == "Qwen3VLForConditionalGeneration", found
+    else:
+        assert found["error"].startswith(f"Qwen3-VL {repo}: the Hub (http://127.0.0.1:9) cannot be reached (")
+        assert found["error"].endswith(f"and {repo} is not in the local Hub cache; connect to the network, or give a "
+                                       "local folder of the checkpoint") and "\n" not in found["error"]

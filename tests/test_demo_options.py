@@ -1,7 +1,8 @@
 """`gap-mllm demo` runs one of two things: the console demo, or with `--space` the Gradio Space (as `gap-mllm space`).
 An option the path taken does not read is refused in one line before anything loads (cli/early_checks.py
-`check_demo`): `demo --port 99999` ran the console demo and passed the port over. The address the Space listens on is
+`check_demo`), such as `--port`, which the console demo does not read. The address the Space listens on is
 checked the same way (`listen_problem`), and a port outside 1-65535 is argparse's error (tests/test_cli_count_arguments.py).
+`demo --space` without gradio answers at once, naming the extra.
 
 Every case here ends before a model or gradio is loaded (the model named is a folder that is not there, which the
 later model check would name instead)."""
@@ -61,3 +62,15 @@ def test_the_space_refuses_a_port_in_use():
         port = taken.getsockname()[1]
         assert listen_problem("127.0.0.1", port) == "cannot be listened on (Address already in use)"
     assert listen_problem("127.0.0.1", port) is None  # free again: the check holds nothing
+
+
+def test_demo_space_without_gradio_answers_at_once():
+    """Before the demo's module (torch, transformers: seconds) is imported, as `gap-mllm space` does; gradio hidden, as
+    in an environment installed without the space extra."""
+    from .test_cli_startup import heavy_modules_after
+
+    result = heavy_modules_after(["demo", "--space"], hidden=("gradio",))
+    assert result["status"] == 2 and result["heavy"] == [], result
+    assert result["err"].splitlines() == [
+        "gap-mllm demo: error: the Space needs gradio, which a plain install leaves out: pip install 'gap-mllm[space]' "
+        "(in a checkout: pip install -e '.[space]', or make install)"]

@@ -1,5 +1,6 @@
-"""README's demo picture shows what it says (issue 55, item 14): the marker task's predicted point is drawn where it
-can be seen, also when it lies beyond every frame (docs/images/make_demo_picture.py draws with cli/visualize.py)."""
+"""README's demo picture shows what it says: the marker task's predicted point is drawn where it can be seen, also
+when it lies beyond every frame (docs/images/make_demo_picture.py draws with cli/visualize.py), and the README's
+caption says where it is drawn."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_a_predicted_point_beyond_the_frame_is_drawn_on_its_edge():
-    """README's demo picture: the Mini's marker point lies beyond every frame of the room, where it used to be drawn
-    nowhere. A point inside a frame is a ring around it; beyond the frame, a yellow wedge on the edge it lies past."""
+    """README's demo picture: the Mini's marker point lies beyond every frame of the room, and is still drawn. A
+    point inside a frame is a ring around it; beyond the frame, a yellow wedge on the edge it lies past."""
     intrinsics = np.array([[100.0, 0.0, 79.5], [0.0, 100.0, 63.5], [0.0, 0.0, 1.0]])
     scene = Scene(views=[Image.new("RGB", (160, 128), (128, 128, 128))], intrinsics=intrinsics)
 
@@ -169,3 +170,23 @@ def test_a_picture_of_frames_without_poses_says_the_boxes_are_drawn_on_frame_0_o
     assert not [e for e in legend_entries(scene_from_frames(frames[:1]), result.boxes) if e[0] == "note"]
     scene = synthetic_scene(EXAMPLE_SEEDS["synthetic room A"])
     assert not [e for e in legend_entries(scene, result.boxes) if e[0] == "note"]
+
+
+def test_the_readme_picture_caption_says_where_the_point_is_drawn():
+    """The demo picture's marker panel (`gap-mllm demo` on "synthetic room A", constrained as the demo decodes): the
+    predicted point lies beyond three of the four frames (a wedge each) and behind the camera of the second (nothing
+    drawn), as the caption says."""
+    from gap_mllm.cli.loading import load_model_and_processor
+    from gap_mllm.cli.scenes import EXAMPLE_SEEDS, synthetic_scene
+    from gap_mllm.cli.tasks import TaskRequest, run_task
+    from gap_mllm.cli.visualize import point_marks
+
+    model, processor, _ = load_model_and_processor("mini")
+    scene = synthetic_scene(EXAMPLE_SEEDS["synthetic room A"])
+    request = TaskRequest("reconstruction", marker=scene.example_inputs["reconstruction"]["marker"])
+    result = run_task(model, processor, scene.views, request)
+    assert [None if mark is None else mark[0] for mark in point_marks(scene, result.point)] == [
+        "wedge", None, "wedge", "wedge"]
+    caption = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "here it lies beyond three of the four frames and behind the camera of the second" in caption
+    assert "beyond all four frames" not in caption

@@ -12,12 +12,15 @@
 - Every `gap-mllm` command line of the README parses with that command's arguments (no torch imported: a renamed
   option fails here at once); the README's "Evaluate" commands also run as written, in a scratch folder, in the slow
   suite.
+- docs/usage.md's photograph example of a grammar proving the shape and not the meaning is what the Mini answers
+  there: the caption of a box its own detection answer holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import builtins
+import json
 import os
 import re
 import shlex
@@ -189,7 +192,7 @@ def stored_output(heading: str) -> str:
 
 def test_offline_snippets_run_as_written():
     """Each offline snippet of docs/usage.md runs alone (`run_alone`); the scene-reuse snippet answers each question
-    inside its task's grammar (issue 84) and prints what the doc stores, with GAP-MLLM-Mini."""
+    inside its task's grammar and prints what the doc stores, with GAP-MLLM-Mini."""
     import contextlib
     import io
 
@@ -275,3 +278,35 @@ def test_serving_client_snippet_runs_against_the_engine_stand_in(tmp_path):
     (completion,) = server.completions
     assert completion["token_ids"] and namespace["request"].task == "grounding_stage2"
     assert printed.getvalue().startswith("GroundingResult(")
+
+
+# ----------------------------------------------------------------------------------- docs/usage.md's photograph example
+
+
+def _expanded(argument: str) -> list[str]:
+    """A shell word with one `{a,b}` brace expansion, as bash expands it."""
+    found = re.fullmatch(r"(.*)\{([^{}]*)\}(.*)", argument)
+    return [found[1] + part + found[3] for part in found[2].split(",")] if found else [argument]
+
+
+def test_the_usage_photo_example_is_the_minis_caption_of_a_box_its_detection_wrote(capsys):
+    """The captioning command's box is the "desk" of the detection answer the doc shows (the model's own convention:
+    no angle note for the Mini), and `gap-mllm predict` answers it on those photographs with the caption the doc
+    stores, prose that parses."""
+    from gap_mllm.cli.main import main as gap_mllm
+    from gap_mllm.mini import SHIPPED_DIR
+    from gap_mllm.processing.box_angles import read_box_angles, unseen_angles_note
+
+    usage = (REPO / "docs" / "usage.md").read_text(encoding="utf-8")
+    block = usage[usage.index("**What the grammar guarantees, and what it cannot.**"):]
+    lines = re.findall(r"```bash\n(.*?)```", block, re.S)[0].replace("\\\n", " ").splitlines()
+    detection, captioning = [[word for part in shlex.split(line) for word in _expanded(part)]
+                             for line in lines if line.startswith("gap-mllm ")]
+    desk = next(line for line in lines if line.lstrip("# ").startswith("desk: "))
+    box = [float(v) for v in captioning[captioning.index("--box") + 1:]]
+    assert box == json.loads(desk.split("desk: ")[1])
+    assert detection[:2] == captioning[:2] == ["gap-mllm", "predict"] and "detection" in detection
+    assert unseen_angles_note(box, read_box_angles(SHIPPED_DIR)) is None
+    assert gap_mllm(captioning[1:]) == 0  # the answer parsed
+    answer = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("answer     : "))
+    assert f"# {answer}" == lines[-1]

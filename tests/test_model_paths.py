@@ -1,10 +1,13 @@
 """What `--model` and `model.name_or_path` name: a missing local folder is refused by name at once, on the command
 line and in training, instead of being tried as a Hub repo id (a minute of network retries offline, then a message
 about the Hub); a checkpoint of another model type is named by its model_type, a saved GAP-MLLM one passes; a small
-local checkpoint loads without a progress bar (a download keeps its bars)."""
+local checkpoint loads without a progress bar (a download keeps its bars), and so does the Mini loaded as the
+README loads it."""
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,12 @@ def test_a_small_local_checkpoint_loads_without_a_progress_bar(tmp_path):
     assert transformers_logging.is_progress_bar_enabled()
     with loading_bar_for("org/a-hub-model"):  # a download keeps its bars
         assert transformers_logging.is_progress_bar_enabled()
+
+
+def test_loading_the_mini_as_the_readme_does_shows_no_progress_bar(tmp_path):
+    """The package's own model loads quietly, through the Auto classes with trust_remote_code as every snippet does."""
+    script = ("from transformers import AutoModel\nfrom gap_mllm.mini import default_model_path\n"
+              "AutoModel.from_pretrained(default_model_path(), trust_remote_code=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Loading weights" not in done.stderr, done.stderr[-2000:]

@@ -1,5 +1,7 @@
 """cli/model_scores.py: a model folder's held-out score of each task next to its trivial baseline, the line every
-front end prints; "not scored" for what the file does not hold, nothing for a folder without the file."""
+front end prints; "not scored" for what the file does not hold, nothing for a folder without the file. `predict`
+prints the figures of the decoding that ran (constrained by default, free with --free), and the shipped baselines
+are scored on the samples the model answered."""
 
 import json
 
@@ -121,3 +123,50 @@ def test_the_shipped_mini_shows_its_constrained_figures_by_default():
     assert line.startswith(f"held-out ({row['grounding_num_samples']} test samples, constrained decoding): Acc@0.25 "
                            f"{100 * row['grounding_acc@0.25']:.1f} % [{100 * row['grounding_acc@0.25_ci95'][0]:.1f}, "
                            f"{100 * row['grounding_acc@0.25_ci95'][1]:.1f}]")
+
+
+# -------------------------------------------------------------------------------------------------- the shipped results
+
+
+def shipped_results() -> dict:
+    from gap_mllm.mini import SHIPPED_DIR
+
+    return json.loads((SHIPPED_DIR / "evaluation_results.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("free", [False, True])
+def test_predict_prints_the_figures_of_the_decoding_that_ran(free, capsys):
+    """`predict --example` decodes inside the grammar by default and prints the constrained row's figures (the sixth
+    release: 12.4 % [10.5, 14.6]); with --free, the free row's (12.3 % [10.4, 14.5])."""
+    from gap_mllm.cli.main import main
+    from gap_mllm.cli.model_scores import held_out_scores
+    from gap_mllm.mini import SHIPPED_DIR
+
+    status = main(["predict", "--example", "synthetic room A", "--task", "grounding", *(["--free"] if free else [])])
+    printed = capsys.readouterr().out
+    assert status in (0, 3), printed
+    line = held_out_scores(SHIPPED_DIR, constrained=not free).line("grounding")
+    row = shipped_results()["arms"]["gap_gated_s0" if free else "gap_gated_s0_constrained"]
+    figure = (f"Acc@0.25 {100 * row['grounding_acc@0.25']:.1f} % [{100 * row['grounding_acc@0.25_ci95'][0]:.1f}, "
+              f"{100 * row['grounding_acc@0.25_ci95'][1]:.1f}]")
+    assert f"\n{line}\n" in printed and figure in line
+    assert ("free decoding" if free else "constrained decoding") in line
+
+
+def test_the_shipped_baselines_are_scored_on_the_models_samples():
+    """The marker baseline of the test table on the 1,000 samples the model answered (not the split's 3,840), split by
+    the marked frame as the model's are; on the fresh seeds, on the 3,000 the models answered; every other baseline on
+    as many samples as its task's model row."""
+    results = shipped_results()
+    row, base = results["arms"]["gap_gated_s0"], results["baselines"]
+    marker = base["marker"]["constant_point"]
+    assert marker["num_samples"] == row["final_marker_num_samples"] == 1000
+    assert marker["by_marked_frame"]["first"]["num_samples"] == row["final_marker_num_samples_first_frame"]
+    assert marker["by_marked_frame"]["other"]["num_samples"] == row["final_marker_num_samples_other_frame"]
+    assert base["grounding"]["best_constant_box"]["num_samples"] == row["grounding_num_samples"]
+    assert base["detection"]["category_mean_boxes"]["num_samples"] == row["detection_num_samples"]
+    assert base["captioning"]["constant_caption"]["num_samples"] == row["captioning_num_samples"]
+    fresh = results["fresh_seeds"]
+    for model in fresh["models"].values():
+        assert fresh["baselines"]["marker"]["constant_point"]["num_samples"] == model["marker"]["num_samples"]
+        assert fresh["baselines"]["grounding"]["num_samples"] == model["grounding"]["num_samples"]

@@ -454,3 +454,19 @@ def test_a_negative_size_parses_to_no_box_with_the_reason():
     result = parse_detection('[{"label": "bed", "bbox_3d": [0, 0, 1, 1, 1, -1, 0, 0, 0]}, {"label": "bed", "bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, 0]}]')
     assert [b.size for b in result.boxes] == [(1.0, 1.0, 1.0)] and result.skipped == 1 and "negative size" in result.reason
     assert parse_grounding('{"bbox_3d": [0, 0, 1, 0, -0.0, 1, 0, 0, 0]}').box is not None  # zero (and -0.0) is a size
+
+
+def test_a_trailing_comma_after_an_answer_is_named_as_such():
+    from gap_mllm.tasks_gap_mllm import TRAILING_COMMA, parse_detection, parse_frame_selection, parse_grounding, parse_pointmap
+
+    box = '{"bbox_3d": [0.1, 0.2, 1.5, 0.4, 0.5, 0.6, 0.0, 0.0, 0.0]}'
+    grounded = parse_grounding(box + ",")
+    assert grounded.box.to_list() == parse_grounding(box).box.to_list() and grounded.reason == TRAILING_COMMA
+    assert parse_frame_selection('{"frame": 2},', num_frames=4).frame == 2
+    assert parse_frame_selection('{"frame": 2},', num_frames=4).reason == TRAILING_COMMA
+    assert parse_pointmap('{"pointmap": [1.0, 2.0, 3.0], "label": "wall"},').reason == TRAILING_COMMA
+    listed = parse_detection(f'[{box[:-1]}, "label": "chair"}}],')  # the whole list, then a comma: every box kept
+    assert len(listed.boxes) == 1 and listed.boxes[0].label == "chair" and listed.reason == TRAILING_COMMA
+    # a dict ending with a comma is a line of detection's official one-dict-per-line list: nothing stray
+    assert parse_detection(f'{box[:-1]}, "label": "chair"}},').reason is None
+    assert "list of" in parse_grounding(f"[{box}, {box}]").reason  # a real list is still named a list

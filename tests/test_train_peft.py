@@ -1,5 +1,5 @@
 """LoRA on the LLM (mergers and fusions fully trained and saved): save / load / merge give the same
-logits; TRL's SFTTrainer trains GAP-MLLM through GapSFTTrainer."""
+logits; TRL's SFTTrainer trains GAP-MLLM through GapSFTTrainer; peft's wrapping warns of no deprecation."""
 
 from __future__ import annotations
 
@@ -64,3 +64,22 @@ def test_trl_sft_trainer_fine_tunes_gap_mllm(tmp_path, recon_dataset):
     assert not torch.equal(model.geometry_fusion.mergers[0].mlp[0].weight, before)
     for name, value in model.geometry_encoder.named_parameters():  # the frozen encoder stays frozen
         assert torch.equal(value, encoder_before[name]), name
+
+
+def test_lora_on_a_gap_mllm_warns_of_no_deprecation():
+    """peft reads `is_gradient_checkpointing` (transformers 5.x's deprecated name) in `PeftModel.__init__`: the model
+    answers under that name without a FutureWarning (notebook 02's stored output showed one), with the new name's
+    value, on and off."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from gap_mllm.tiny.tiny_model import build_tiny_model
+
+    model, _ = build_tiny_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert model.is_gradient_checkpointing is model.is_activation_checkpointing is False
+        model.activation_checkpointing_enable()
+        assert model.is_gradient_checkpointing is model.is_activation_checkpointing is True
+        get_peft_model(model, LoraConfig(r=2, target_modules=r".*language_model.*\.q_proj"))
