@@ -10,7 +10,7 @@ import argparse
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
 from gap_mllm.tasks_gap_mllm import COMPILE_DECODING_CHOICES
 
-from .argument_types import port_number, positive_int
+from .argument_types import add_deprecated_alias, port_number, positive_int
 from .example_rooms import EXAMPLE_SEEDS
 from .task_names import TASKS, task_argument
 
@@ -18,8 +18,8 @@ from .task_names import TASKS, task_argument
 HEAD_FLAGS = {"camera": "use_camera_head", "depth": "use_depth_head", "point": "use_point_head"}
 DTYPES = ("float32", "bfloat16", "float16")  # --dtype of convert and export-llm: torch dtype names
 
-SAVE_FORMATS = ("png", "glb", "ply")  # predict --formats: pictures written with --save-dir
-# what --save-dir writes when --formats is not given: what a plain install can write (glb needs trimesh, the
+SAVE_FORMATS = ("png", "glb", "ply")  # predict --formats: pictures written with --out
+# what --out writes when --formats is not given: what a plain install can write (glb needs trimesh, the
 # glb extra, so it is written only when asked for: cli/early_checks.py refuses it without trimesh)
 DEFAULT_SAVE_FORMATS = ("png", "ply")
 
@@ -30,7 +30,7 @@ EXIT_STATUS_HELP = ("Exit status: 0 the answer parsed; 2 a mistake in the comman
                     f"value, a model that cannot be loaded); {PARSE_FAILURE_STATUS} the model's answer did not parse "
                     "cleanly as the task's answer, or is in another task's format, or was ended by its token budget, "
                     "or holds a 0x0x0 box (the raw answer and the parse problem are still printed, and saved in "
-                    "answer.json with --save-dir)")
+                    "answer.json with --out)")
 
 
 BOX_HELP = ("captioning: the object's box in the first camera's OpenCV frame (x right, y down, z forward; metres): "
@@ -95,6 +95,27 @@ SPACE_HOST = "127.0.0.1"
 SPACE_PORT = 7860
 
 
+class PositionalAlternative(argparse.Action):
+    """The positional form of an option (`add_option_or_positional`): a value given is stored where the option
+    stores its own; none given (the positional left out) leaves the option's value as it is."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is not None:
+            setattr(namespace, self.dest, values)
+
+
+def add_option_or_positional(parser: argparse.ArgumentParser, option: str, dest: str, metavar: str, help: str) -> None:
+    """A required value given as `option` (shown in --help) or as a positional argument (hidden: `convert vggt SOURCE
+    OUTPUT_DIR` and `export-llm SOURCE OUTPUT_DIR` keep working), both stored in `dest`; argparse refuses neither
+    given ("one of the arguments --out is required") and both ("argument --out: not allowed with argument
+    OUTPUT_DIR"). --help shows the option in brackets, as argparse shows every member of a group, so `help` is
+    followed by "(required)"."""
+    either = parser.add_mutually_exclusive_group(required=True)
+    either.add_argument(dest, nargs="?", default=None, action=PositionalAlternative, metavar=metavar,
+                        help=argparse.SUPPRESS)
+    either.add_argument(option, dest=dest, default=None, metavar=option.lstrip("-").upper(), help=f"{help} (required)")
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="mini",
                         help='"mini" (default): the embedded GAP-MLLM-Mini; "tiny": the untrained test model; or a folder / Hub id')
@@ -149,7 +170,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     vggt = sub.add_parser("vggt", help="VGGT-1B model.pt / safetensors / Hub id -> gap_mllm geometry encoder folder")
     vggt.add_argument("source", help="VGGT checkpoint file, folder or Hub id (e.g. facebook/VGGT-1B)")
-    vggt.add_argument("output_dir", help="folder to write config.json + model.safetensors into")
+    add_option_or_positional(vggt, "--out", "output_dir", "OUTPUT_DIR",
+                             help="folder to write config.json + model.safetensors into")
     vggt.add_argument(
         "--heads", type=head_list, default=None,
         help="heads to keep: comma list of camera,depth,point, or 'none' (default: every head in the checkpoint)",
@@ -161,14 +183,16 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
     official = sub.add_parser("official", help="official GAP-MLLM checkpoint folder -> gap_mllm folder (AutoModel, trust_remote_code)")
     official.add_argument("source", help="official checkpoint folder (config.json + safetensors)")
-    official.add_argument("output_dir", help="new folder for the converted checkpoint")
+    add_option_or_positional(official, "--out", "output_dir", "OUTPUT_DIR", help="new folder for the converted checkpoint")
     official.add_argument("--no-processor", action="store_true", help="do not convert the tokenizer / image processor")
     official.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_export_llm_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="GAP-MLLM folder or Hub id ('mini' = the embedded GAP-MLLM-Mini)")
-    parser.add_argument("output_dir", help="new or empty folder for the stock Qwen3-VL checkpoint")
+    add_option_or_positional(parser, "--model", "source", "SOURCE",
+                             help="GAP-MLLM folder or Hub id ('mini' = the embedded GAP-MLLM-Mini)")
+    add_option_or_positional(parser, "--out", "output_dir", "OUTPUT_DIR",
+                             help="new or empty folder for the stock Qwen3-VL checkpoint")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: keep the checkpoint's)")
 
 
@@ -186,7 +210,8 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-readme", action="store_true", help="upload the folder's README.md instead of generating one")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
-    parser.add_argument("--commit-message", default="Upload GAP-MLLM checkpoint")
+    parser.add_argument("--commit-message", default="Upload GAP-MLLM checkpoint",
+                        help="the Hub commit's message (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the upload plan and the card; upload nothing")
 
 
@@ -213,9 +238,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="generation budget (default: the task's own; generation stops at the answer's end anyway)")
     add_free_decoding_argument(parser)
     add_compile_decoding_argument(parser, default="off")  # one answer does not repay the compilation
-    parser.add_argument("--save-dir", help="write the answer (answer.json) and the pictures here, and for your own "
-                                           "frames the point cloud the model's depth and camera heads reconstruct "
-                                           "(GLB / PLY)")
+    out = parser.add_argument("--out", dest="save_dir", metavar="OUT",
+                              help="write the answer (answer.json) and the pictures into this folder, and for your own "
+                                   "frames the point cloud the model's depth and camera heads reconstruct (GLB / PLY)")
+    add_deprecated_alias(parser, "--save-dir", out)
     parser.add_argument("--formats", nargs="+", default=None, choices=SAVE_FORMATS,
-                        help="with --save-dir: what to save (default: png ply; glb needs trimesh: pip install 'gap-mllm[glb]')")
+                        help="with --out: what to save (default: png ply; glb needs trimesh: pip install 'gap-mllm[glb]')")
     parser.add_argument("--json", action="store_true", help="print the parsed answer as JSON instead of text")

@@ -6,7 +6,7 @@ that does not convert, a model source that cannot be loaded, an optional package
 
     gap-mllm <command>: error: <message>
 
-(one line: `--debug`, which shows the traceback, is named in every command's --help and in docs/usage.md) and the
+(one line: `--debug`, which shows the traceback, is an option of every command's --help and in docs/usage.md) and the
 command exits with status 2; the traceback is also logged at DEBUG level. Anything else is a
 bug and keeps its traceback. `--debug` (anywhere on the command line) re-raises everything.
 
@@ -14,7 +14,7 @@ A write that fails because the device is full (ENOSPC / EDQUOT, `processing.erro
 the file grew past the file system's size limit (EFBIG) is such a line too, whatever command wrote and however
 the error was wrapped. A buffered write or close reports no path (`[Errno 28] No space left on device`), so the
 line names the file being written: the error's own file name, else the file open for writing where the write
-failed (read from the traceback), else the command's output argument (`--out`, OUTPUT_DIR, ...):
+failed (read from the traceback), else the command's output argument (`--out`, `--write-oracle`):
 
     gap-mllm evaluate: error: no space left on /dev/sdb1 (mounted at /data) while writing /data/eval/samples.jsonl;
     free space there (or write elsewhere), then run the command again
@@ -67,7 +67,7 @@ def own_error_types() -> tuple[type, ...]:
 
 
 # argparse destinations of the commands' outputs -> how the user wrote them (named when the failing file is unknown)
-OUTPUT_ARGUMENTS = {"out": "--out", "output_dir": "OUTPUT_DIR", "save_dir": "--save-dir", "write_oracle": "--write-oracle"}
+OUTPUT_ARGUMENTS = {"out": "--out", "output_dir": "--out", "save_dir": "--out", "write_oracle": "--write-oracle"}
 
 
 def _file_open_for_writing(error: BaseException) -> str | None:
@@ -141,26 +141,28 @@ def user_message(error: BaseException, args=None) -> str | None:
     return None
 
 
-def run_command(name: str, main, args, debug: bool = False) -> int:
-    """`main(args)` with user mistakes printed as one line (exit status 2); see the module docstring."""
+def run_command(name: str, main, args, debug: bool = False, program: str = "gap-mllm") -> int:
+    """`main(args)` with user mistakes printed as one line (exit status 2); see the module docstring. Each line
+    starts with `program name` ("gap-mllm train"; "python -m lab.mini" for a module's own command line)."""
+    command = f"{program} {name}"
     try:
         return int(main(args) or 0)
     except KeyboardInterrupt:
-        print(f"gap-mllm {name}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
     except RunStoppedEarly as stop:  # a time limit, a SIGTERM or Ctrl-C: expected, and the same command continues it
-        print(f"gap-mllm {name}: {stop}", file=sys.stderr)
+        print(f"{command}: {stop}", file=sys.stderr)
         return stop.status  # RUN_STOPPED_STATUS; 130 after Ctrl-C
     except RunFailed as failure:  # a diverged run: its line says what and where; not a bug, not the user's input
         if debug:
             raise
-        print(f"gap-mllm {name}: error: {failure}", file=sys.stderr)
+        print(f"{command}: error: {failure}", file=sys.stderr)
         return 1
     except Exception as error:  # noqa: BLE001 - sorted into user mistakes and bugs below
         message = None if debug else user_message(error, args)
         if message is None:
             raise
-        logger.debug("gap-mllm %s failed", name, exc_info=True)
-        # one line, as docs/usage.md promises; `--debug` is in every command's --help (its epilog) and in the docs
-        print(f"gap-mllm {name}: error: {message}", file=sys.stderr)
+        logger.debug("%s failed", command, exc_info=True)
+        # one line, as docs/usage.md promises; `--debug` is an option of every command's --help and in the docs
+        print(f"{command}: error: {message}", file=sys.stderr)
         return USAGE_ERROR_STATUS

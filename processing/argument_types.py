@@ -1,5 +1,5 @@
 """argparse `type=` helpers shared by every command line of the package: the `gap-mllm` commands (cli/), and the
-synth, mini and evaluation entry points. A count, duration or port out of its range is an argparse error naming the
+synth, mini and evaluation entry points; and `add_deprecated_alias`, an option's old name kept working. A count, duration or port out of its range is an argparse error naming the
 option and the value (`argument --batch-size: '0' must be a positive number (at least 1)`, exit status 2),
 before any work starts, instead of a `range()` error, a run that ends having done nothing, a server that cannot
 listen, or thousands of processes started at once.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 PORT_RANGE = (1, 65535)  # the TCP ports a server can listen on
 
@@ -78,6 +79,35 @@ def positive_seconds(value: str) -> float:
     return number
 
 
+class DeprecatedAlias(argparse.Action):
+    """A hidden old name of an option (`add_deprecated_alias`): stores its value where the option does and prints
+    one line on stderr naming the option to use (`gap-mllm train: --output-dir is deprecated; use --out`).
+
+    Args:
+        use: the option's shown name, named in that line."""
+
+    def __init__(self, option_strings, dest, use: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.use = use
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated; use {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, option: argparse.Action) -> argparse.Action:
+    """Add `old` to `parser` as a hidden alias of `option` (what `add_argument` returned for an option that stores
+    its value): the same dest, type, choices and nargs, left out of --help, one deprecation line when used.
+
+    Raises:
+        TypeError: `option` does not store a value (a flag, an append)."""
+    if type(option) is not argparse._StoreAction:  # argparse's plain store action has no public name
+        raise TypeError(f"{old}: a deprecated alias needs an option that stores its value, got {type(option).__name__}")
+    return parser.add_argument(old, action=DeprecatedAlias, use=option.option_strings[0], dest=option.dest,
+                               type=option.type, choices=option.choices, nargs=option.nargs, metavar=option.metavar,
+                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 # argparse names the type in its messages (e.g. "invalid positive integer value")
 positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"
@@ -85,4 +115,5 @@ positive_seconds.__name__ = "number of seconds"
 worker_count.__name__ = "number of workers"
 port_number.__name__ = "port"
 
-__all__ = ["non_negative_int", "port_number", "positive_int", "positive_seconds", "usable_cpus", "worker_count"]
+__all__ = ["DeprecatedAlias", "add_deprecated_alias", "non_negative_int", "port_number", "positive_int",
+           "positive_seconds", "usable_cpus", "worker_count"]

@@ -94,7 +94,7 @@ def test_the_line_names_the_error_s_own_file_then_the_command_output(tmp_path):
     too_large = OSError(errno.EFBIG, "File too large")
     assert user_message(too_large, Namespace(output_dir=str(tmp_path / "llm"))).startswith(
         f"the file grew past the size limit of {device_of(tmp_path)} (or of this process) while writing into "
-        f"OUTPUT_DIR {tmp_path / 'llm'}")
+        f"--out {tmp_path / 'llm'}")
     # safetensors loses the errno and says it in words
     from safetensors import SafetensorError
 
@@ -147,7 +147,7 @@ def test_predict_on_a_full_disk(tmp_path, capsys):
     full_file(saved / "frames_with_boxes.png")
     mark_output_folder(saved, "gap-mllm predict")  # an earlier predict's folder: the command's own to write again
     status, err = run(["predict", "--model", "tiny", "--example", sorted(EXAMPLE_SEEDS)[0], "--task", "detection",
-                       "--max-new-tokens", "2", "--save-dir", str(saved), "--formats", "png"], capsys)
+                       "--max-new-tokens", "2", "--out", str(saved), "--formats", "png"], capsys)
     assert status == 2 and error_line(err) == full_disk_line("predict", saved / "frames_with_boxes.png")
 
 
@@ -284,7 +284,7 @@ def test_train_into_a_read_only_folder_is_one_line_naming_it(tmp_path, capsys, m
     """Was `[Errno 13] Permission denied: '.../.out.gap-mllm-lock'`, the lock file beside the output folder."""
     parent = read_only_folder(tmp_path / "ro", monkeypatch)
     status, err = run(["train", "--config", "training/recipes/first_finetune.yaml", "--set", "model.tiny=tiny",
-                       "--output-dir", str(parent / "out")], capsys)
+                       "--out", str(parent / "out")], capsys)
     assert status == 2
     assert error_line(err) == (f"gap-mllm train: error: {parent / 'out'} cannot be written: {parent} is read-only for "
                                f"this process (Permission denied; the folder's lock file goes in {parent}); give another "

@@ -385,7 +385,7 @@ def test_evaluate_refuses_constrained_scoring_of_given_predictions(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
-    ["predict", "--example", "synthetic room A", "--task", "grounding", "--save-dir", "{out}"],
+    ["predict", "--example", "synthetic room A", "--task", "grounding", "--out", "{out}"],
     ["demo", "--out", "{out}"],
     ["evaluate", "--task", "grounding", "--data", "{data}", "--model", "mini", "--out", "{out}", "--constrained"],
 ])

@@ -71,7 +71,7 @@ def test_a_short_run_from_mini_trains_without_a_cache_and_predict_answers_with_i
     data, out = tmp_path / "data", tmp_path / "run"
     write_dataset(data, SynthRooms(synth_config("mini", num_frames=12)), {"train": 1})  # 4 detection samples
     done = subprocess.run([sys.executable, "-m", "gap_mllm.cli.main", "train", "--config", str(RECIPE), "--model",
-                           "mini", "--data-root", str(data), "--output-dir", str(out), "--set",
+                           "mini", "--data", str(data), "--out", str(out), "--set",
                            f"data.cache_dir={tmp_path / 'hf'}", "--set", "training.max_steps=2"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:]

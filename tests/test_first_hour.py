@@ -37,9 +37,9 @@ def frame(tmp_path):
 def test_an_output_folder_that_is_a_file_is_refused_before_the_model(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
-    one_line_before_torch(["predict", *EXAMPLE, "--task", "detection", "--save-dir", str(notes)],
+    one_line_before_torch(["predict", *EXAMPLE, "--task", "detection", "--out", str(notes)],
                           f"--save-dir {notes}: this is a file; give a folder")
-    one_line_before_torch(["predict", *EXAMPLE, "--task", "detection", "--save-dir", str(notes / "run")],
+    one_line_before_torch(["predict", *EXAMPLE, "--task", "detection", "--out", str(notes / "run")],
                           f"--save-dir {notes / 'run'}: {notes} is a file; give a folder")
     one_line_before_torch(["demo", "--out", str(notes)], f"--out {notes}: this is a file; give a folder")
     one_line_before_torch(["evaluate", "--task", "grounding", "--data", str(tmp_path), "--model", "mini",
@@ -91,7 +91,7 @@ def test_the_predict_command_applies_the_same_marker_rule_to_the_frames_it_read(
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
     args = parser.parse_args(["--model", str(tmp_path / "no-model"), "--images", str(frame), "--task", "detection",
-                              "--save-dir", str(notes)])
+                              "--out", str(notes)])
     assert predict.main(args) == 2
     assert f"--save-dir {notes}: this is a file; give a folder" in capsys.readouterr().err
 

@@ -150,7 +150,7 @@ def test_export_lmms_refuses_the_users_files_unless_overwrite(synth_data, tmp_pa
 LINKED_MARKER_WRITERS = {
     "demo": ("gap-mllm demo", ["demo", "--model", "tiny", "--out"]),
     "predict": ("gap-mllm predict", ["predict", "--model", "tiny", "--example", "synthetic room A", "--task", "detection",
-                                     "--save-dir"]),
+                                     "--out"]),
     "export-vsibench": ("gap-mllm export-vsibench", ["export-vsibench", "--split", "val", "--out"]),
 }
 
@@ -291,7 +291,7 @@ def test_predict_save_dir_holding_the_users_answer_json_is_refused_and_their_fil
     users.mkdir()
     (users / "answer.json").write_text("my answer")
     argv = ["--model", str(tiny_checkpoint), "--images", str(frame), "--task", "detection", "--max-new-tokens", "4",
-            "--formats", "png", "--save-dir"]
+            "--formats", "png", "--out"]
     refusal = (f"--save-dir {users} is not empty (answer.json) and was not written by gap-mllm predict ({NO_MARKER}); "
                "give an empty or new folder")
     with monkeypatch.context() as patched:

@@ -69,7 +69,7 @@ def test_a_recipe_built_in_code_meets_the_same_ranges():
 
 def test_gradient_accumulation_of_zero_never_reaches_trainer(tmp_path, capsys):
     """Was a ZeroDivisionError inside Trainer, after the model was built: now one line before anything is built."""
-    status = gap_mllm(["train", "--config", FIRST_FINETUNE, "--output-dir", str(tmp_path / "run"),
+    status = gap_mllm(["train", "--config", FIRST_FINETUNE, "--out", str(tmp_path / "run"),
                        "--set", "training.gradient_accumulation_steps=0"])
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err

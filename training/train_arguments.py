@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from gap_mllm.processing.argument_types import positive_seconds
+from gap_mllm.processing.argument_types import add_deprecated_alias, positive_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,13 +18,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='the model to start from: a GAP-MLLM folder or Hub id, or "mini", the embedded GAP-MLLM-Mini '
                              '(as predict and evaluate read it); shortcut for --set model.name_or_path=...')
     parser.add_argument("--resume", default=None, help='checkpoint folder, or "auto" for the last one in training.output_dir')
-    parser.add_argument("--output-dir", default=None, help="shortcut for --set training.output_dir=...")
+    out = parser.add_argument("--out", dest="output_dir", default=None, metavar="OUT",
+                              help="output folder: shortcut for --set training.output_dir=...")
+    add_deprecated_alias(parser, "--output-dir", out)
     parser.add_argument("--report-to", default=None, help='shortcut for --set training.report_to=... ("none", "tensorboard", "wandb", ...)')
-    parser.add_argument("--data-root", default=None, help="shortcut for --set data.data_root=...")
-    parser.add_argument("--time-limit-s", type=positive_seconds, default=None,
-                        help="stop after this many seconds of training with a checkpoint (a SIGTERM stops any run so), "
-                             "exit status 75; the line printed names the command that continues it, this one with "
-                             "--resume auto (shortcut for --set time_limit_s=...)")
+    data = parser.add_argument("--data", dest="data_root", default=None, metavar="DATA",
+                               help="data root: shortcut for --set data.data_root=...")
+    add_deprecated_alias(parser, "--data-root", data)
+    time_limit = parser.add_argument(
+        "--time-limit", dest="time_limit_s", type=positive_seconds, default=None, metavar="SECONDS",
+        help="stop after this many seconds of training with a checkpoint (a SIGTERM stops any run so), exit status 75; "
+             "the line printed names the command that continues it, this one with --resume auto (shortcut for --set "
+             "time_limit_s=...)")
+    add_deprecated_alias(parser, "--time-limit-s", time_limit)
     parser.add_argument("--run-state", default=None, metavar="DIR",
                         help="after every checkpoint, keep the run's state (the checkpoint without what the starting model "
                              "holds) in DIR, a folder git can carry; on a machine without the checkpoint, --resume auto "

@@ -24,9 +24,9 @@ gap-mllm synth --scenes "$SCENES" --val-scenes "$VAL_SCENES" --out "$OUT/data" -
     --grounding-frames 8 --caption-frames 8 --qa-frames 8
 SMALL=(--set training.max_steps="$STEPS" --set training.learning_rate=3e-3 --set training.per_device_train_batch_size=2
        --set training.gradient_accumulation_steps=1)
-gap-mllm train --config training/recipes/stage1_pretrain.yaml --data-root "$OUT/data" --output-dir "$OUT/stage1" \
+gap-mllm train --config training/recipes/stage1_pretrain.yaml --data "$OUT/data" --out "$OUT/stage1" \
     --set model.tiny=tiny "${SMALL[@]}"
-gap-mllm train --config training/recipes/stage2_finetune.yaml --data-root "$OUT/data" --output-dir "$OUT/stage2" \
+gap-mllm train --config training/recipes/stage2_finetune.yaml --data "$OUT/data" --out "$OUT/stage2" \
     --set model.name_or_path="$OUT/stage1" "${SMALL[@]}"
 echo "trained $OUT/stage2; score it on the validation scenes:"
 echo "  gap-mllm evaluate --task detection --model $OUT/stage2 --data $OUT/data --split val --out $OUT/eval --max-new-tokens 64"
