@@ -78,7 +78,7 @@ def scripted_generate(model, processor, answer: str):
 def test_predict_prints_parsed_answer_and_saves_pictures(checkpoint, frames, tmp_path, capsys):
     out = tmp_path / "vis"
     code = predict.main(parse(["--model", str(checkpoint), "--images", *map(str, frames), "--task", "detection",
-                               "--max-new-tokens", "8", "--save-dir", str(out), "--free"]))
+                               "--max-new-tokens", "8", "--out", str(out), "--free"]))
     captured = capsys.readouterr()
     printed = captured.out
     # decoded freely, the untrained model's answer does not parse: a script sees it in the exit status, the answer is
@@ -132,7 +132,7 @@ def test_predict_reconstructs_your_own_frames_with_the_mini(preloaded_mini, tmp_
         view.save(paths[-1])
     out = tmp_path / "out"
     code = predict.main(parse(["--images", *map(str, paths), "--task", "detection", "--max-new-tokens", "1",
-                               "--save-dir", str(out), "--formats", "png", "glb", "ply"]))  # glb: asked for
+                               "--out", str(out), "--formats", "png", "glb", "ply"]))  # glb: asked for
     assert code == predict.PARSE_FAILURE_STATUS  # a 1-token answer is no detection answer
     printed = capsys.readouterr().out
     assert f"saved ply: {out / 'scene.ply'}" in printed and f"saved glb: {out / 'scene.glb'}" in printed
@@ -160,7 +160,7 @@ def test_predict_counts_the_ply_vertices_it_writes(preloaded_mini, monkeypatch, 
         paths.append(tmp_path / f"frame_{index}.png")
         view.save(paths[-1])
     out = tmp_path / "out"
-    assert predict.main(parse(["--images", *map(str, paths), "--task", "detection", "--save-dir", str(out),
+    assert predict.main(parse(["--images", *map(str, paths), "--task", "detection", "--out", str(out),
                                "--formats", "png", "glb", "ply"])) == 0  # glb only when asked for
     printed = capsys.readouterr().out
     points, _ = read_ply(out / "scene.ply")
@@ -429,7 +429,7 @@ def test_a_frame_or_save_dir_that_is_a_link_loop_is_refused_before_the_model(che
     save_dir = tmp_path / "saved"
     save_dir.symlink_to(save_dir)
     assert gap_mllm(["predict", "--model", str(checkpoint), "--images", *map(str, frames), "--task", "detection",
-                     "--save-dir", str(save_dir)]) == 2
+                     "--out", str(save_dir)]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"gap-mllm predict: error: --save-dir {save_dir} is a symbolic link loop (following its links leads back to "
         "itself); give a folder (a new name, or a link to a real one)"]
@@ -525,7 +525,7 @@ def test_refusals_that_came_after_the_model_loaded_come_before_it(case, tiny_che
                    "frames")
     else:
         read_only(tmp_path / "ro", monkeypatch)
-        argv += ["--save-dir", str(tmp_path / "ro" / "out")]
+        argv += ["--out", str(tmp_path / "ro" / "out")]
         refusal = (f"gap-mllm predict: error: --save-dir {tmp_path / 'ro' / 'out'} cannot be written: "
                    f"{tmp_path / 'ro'} grants no write permission; give a folder you can write to")
     assert gap_mllm(argv) == 2
