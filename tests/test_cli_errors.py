@@ -323,3 +323,15 @@ def test_a_fifo_in_place_of_a_frame_is_refused_by_train_and_predict_and_every_re
         load_annotation_file(frame)
     with pytest.raises(NotARegularFile, match=rf"^predictions file {frame} is a FIFO \(named pipe\), not a regular file"):
         read_predictions_file(frame, 1)
+
+
+def test_a_plain_mistake_is_one_line(tmp_path, capsys):
+    """docs/usage.md: a mistake in what a command is given is one line naming the input (no hint line after it)."""
+    from gap_mllm.cli.main import main
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("mine")
+    status = main(["predict", "--example", "synthetic room A", "--task", "detection", "--out", str(a_file)])
+    assert status == 2
+    assert capsys.readouterr().err.splitlines() == [f"gap-mllm predict: error: --save-dir {a_file}: this is a file; "
+                                                    "give a folder"]

@@ -1,8 +1,8 @@
 """`gap-mllm predict` and what it shares with the Space: parsed answers (an answer in another task's format is not the
-task's answer: exit status 3), saved pictures, upload rules; a marker given
-in the frame's original pixels (a phone photo's upright ones too), and refusals that come before the model loads (a
-query too long for the model's context, a query holding `<image>`, a frame the processor cannot read, a read-only
---save-dir)."""
+task's answer: exit status 3), saved pictures, upload rules; a marker given in the frame's original pixels (a phone
+photo's upright ones too), and refusals that come before the model loads (a query too long for the model's context,
+a query holding `<image>`, a frame the processor cannot read, a read-only --out); a grounding stage given as the task
+says how to run it; the Mini given by its path notes on the user's own frames that it knows SynthRooms rooms only."""
 
 import argparse
 import json
@@ -40,6 +40,8 @@ from gap_mllm.tasks_gap_mllm import (
 )
 from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
 from gap_mllm.training.feature_cache import decoded_example
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def parse(argv):
@@ -615,3 +617,48 @@ def test_an_answer_in_the_tasks_own_format_is_kept():
     assert task_answer("detection", detection, parse_detection(detection)).boxes
     assert answer_format("a pink dresser against the wall.") is None and answer_format("3.5") is None
     assert answer_format(GROUNDING_ANSWER) == "grounding"
+
+
+# ---------------------------------------------------------------------- the Mini on your own frames; grounding's stages
+
+
+def saved_views(folder: Path, count: int = 3) -> list[str]:
+    """The first `count` views of a bundled room as PNG files: frames given as the user's own (no geometry)."""
+    from gap_mllm.cli.scenes import synthetic_scene
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, view in enumerate(synthetic_scene(1, num_frames=count).views):
+        paths.append(str(folder / f"frame_{index}.png"))
+        view.save(paths[-1])
+    return paths
+
+
+def test_predict_on_own_frames_notes_that_the_mini_knows_synthrooms_only_when_given_by_path(tmp_path, capsys):
+    from gap_mllm.cli.main import main
+    from gap_mllm.cli.predict import MINI_OWN_FRAMES_NOTE
+    from gap_mllm.mini import SHIPPED_DIR
+
+    frames = saved_views(tmp_path / "frames")
+    status = main(["predict", "--model", str(SHIPPED_DIR), "--images", *frames, "--task", "detection",
+                   "--max-new-tokens", "4"])
+    assert status in (0, 3)
+    assert capsys.readouterr().err.splitlines().count(MINI_OWN_FRAMES_NOTE) == 1
+    assert "knows SynthRooms rooms only" in MINI_OWN_FRAMES_NOTE and "the default" not in MINI_OWN_FRAMES_NOTE
+
+
+@pytest.mark.parametrize("stage", ["grounding_stage1", "grounding_stage2"])
+def test_a_grounding_stage_given_to_predict_says_how_to_run_it(stage, capsys):
+    """The README's snippet asks the stages one at a time; predict runs grounding whole: the refusal says so, and the
+    README says how to run the stages."""
+    from gap_mllm.cli.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--example", "synthetic room A", "--task", stage])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert (f"'{stage}' is one stage of grounding, which this command runs as one call (the last stage's prompt on "
+            f"every frame): --task grounding; one stage at a time: processor(images=frames, task='{stage}', ...)") in err
+    assert "gap-mllm evaluate --task grounding" in err
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "grounding's two stages one at a time are the snippet's `ask(\"grounding_stage1\", ...)`" in readme
