@@ -168,7 +168,7 @@ def test_a_box_of_an_orientation_no_training_box_had_gets_one_note_naming_the_co
 
 def test_the_minis_folder_records_its_training_boxes_angles():
     """The shipped record holds the angles of the Mini's training data (here: of its first two scenes, a part of it)
-    and of the bundled rooms' boxes (docs/usage.md's box, of its detection answer: tests/test_first_contact_round5.py);
+    and of the bundled rooms' boxes (docs/usage.md's box, of its detection answer: tests/test_docs_snippets.py);
     a level camera's upright box (pitch π/2) is outside it: the Mini's cameras all looked down."""
     record = read_box_angles(SHIPPED_DIR)
     assert record["convention"] == box_angle_record([[0, 0, 0]], "")["convention"]
