@@ -103,7 +103,7 @@ def test_the_exported_folder_is_a_hub_folder_with_its_card(toy_run):
 
 
 def test_a_second_run_resumes_without_training(toy_run, caplog):
-    with caplog.at_level(logging.INFO, logger="gap_mllm.mini"):  # the pipeline's and its data check's (synth_data) lines
+    with caplog.at_level(logging.INFO, logger="lab.mini"):  # the pipeline's and its data check's (synth_data) lines
         run_mini(toy_run)
     assert caplog.text.count("done already") == 5  # stage 0 (three recipes), stage 1, stage 2
     assert "is up to date" in caplog.text
