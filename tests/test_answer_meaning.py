@@ -335,7 +335,7 @@ def test_predict_and_demo_captions_are_prose(frames, mini):
 
 def test_predict_answers_every_task_on_photographs(mini):
     """Every front-end task's answer on the six photographs (detection with 200 tokens: its list closes at them, well
-    formed, and the front end says the budget closed it: no success, issue 83)."""
+    formed, and the front end says the budget closed it: no success)."""
     model, processor = mini
     photos = _frames("photos")
     requests = {"detection": TaskRequest("detection"), "grounding": TaskRequest("grounding", query="the red chair"),

@@ -1,4 +1,4 @@
-"""`generate(answer_task=..., constrained=...)` (issue 54, `pipeline(...)`): a caller that never sees the processor's
+"""`generate(answer_task=..., constrained=...)` (`pipeline(...)`): a caller that never sees the processor's
 output names the task, and `generate` decodes as `processor.generation_kwargs(task, inputs, constrained=...)` would:
 the same tokens through the direct call and through transformers' `pipeline("image-text-to-text")`, the answer inside
 the task's grammar, and refusals that name what is missing."""

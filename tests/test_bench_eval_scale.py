@@ -1,7 +1,6 @@
 """bench_eval_scale.py's random-weight path with Qwen's vocabulary, on the CPU: a random model emits ids anywhere in its
 151,936-id vocabulary and its tokenizer (the tiny one padded with fillers, as bench_engines.py's) decodes every one, so
-the evaluation runs through instead of ending in "token id ..., outside the tokenizer's 720 ids" (issue 53: the real
-size crashed so on its first batch on a GPU)."""
+the evaluation runs through instead of ending in "token id ..., outside the tokenizer's 720 ids" at its first batch."""
 
 from __future__ import annotations
 
@@ -53,7 +52,7 @@ def test_the_padded_vocabulary_path_runs_at_a_small_width(tmp_path, capsys):
 
 def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annotated_frames(tmp_path):
     """An untimed run before a timed one (compiled decoding's warm-up) left the scenes encoded in the generator, and
-    the timed run of GPU round 4 counted no geometry encoder at all; and a random model's stage 2 always took frame 0,
+    the timed run counted no geometry encoder at all; and a random model's stage 2 always took frame 0,
     so its queries shared one stage-2 scene as a trained model's do not. Each run now encodes its own scenes, and with
     `stage2_frames="annotated"` stage 2 takes the annotated frame and its neighbours."""
     from gap_mllm.evaluation.scene_generation import SceneGenerator
@@ -145,7 +144,7 @@ def test_scanrefer_minutes_count_the_views_scanrefer_encodes_and_its_queries():
 
 
 def test_a_slice_not_shaped_as_scanrefer_gets_no_minutes():
-    """GPU round 4 extrapolated ScanRefer from the Mini's 8-frame stage 1 and 7-frame stage 2 of 160×128 frames; the
+    """The H200 run extrapolated ScanRefer from the Mini's 8-frame stage 1 and 7-frame stage 2 of 160×128 frames; the
     geometry encoder's cost per view grows with a scene's views, so such a slice is refused by name."""
     estimate = bench_eval_scale.scanrefer_estimate(scanrefer_shaped_arm(8, [7, 7, 5, 4]), 4, scene_reuse=True)
     assert set(estimate) == {"refused"}

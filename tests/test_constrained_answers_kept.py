@@ -1,4 +1,4 @@
-"""GAP-MLLM-Mini's constrained answers are the texts they were before the grammar engine changed (issue 81).
+"""GAP-MLLM-Mini's constrained answers are the texts they were before the grammar engine changed.
 
 tests/data/constrained_answers.json was recorded with xgrammar 0.2.8, the engine before llguidance, on a fixed set:
 the six photographs (tests/data/photos), the bundled example room "synthetic room A" with its own requests, and three

@@ -381,7 +381,7 @@ def test_evaluate_refuses_constrained_scoring_of_given_predictions(tmp_path):
                        constrained=True)
 
 
-# ------------------------------------------------------------------ without the grammar engine (issue 81)
+# ------------------------------------------------------------------ without the grammar engine
 
 
 @pytest.mark.parametrize("argv", [

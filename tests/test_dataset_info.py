@@ -1,6 +1,5 @@
 """A malformed `<data>/synthrooms/dataset_info.json` is a DataError naming the file and what is wrong, from every
-reader (one reader, `read_dataset_info`), never a raw KeyError / TypeError or an unnamed JSON error (issue 47,
-item 10)."""
+reader (one reader, `read_dataset_info`), never a raw KeyError / TypeError or an unnamed JSON error."""
 
 from __future__ import annotations
 

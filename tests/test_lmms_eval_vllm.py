@@ -96,7 +96,7 @@ def test_vllm_backend_reports_http_errors_with_status_body_and_sample(synth_data
 
 def test_constrained_answers_are_the_same_through_vllm_structured_outputs(synth_data, exported, server, tmp_path,  # noqa: F811
                                                                           monkeypatch):
-    """`constrained=true` (issue 54): the HF backend decodes inside each task's grammar (a logits processor), the vLLM
+    """`constrained=true`: the HF backend decodes inside each task's grammar (a logits processor), the vLLM
     backend sends the same grammar as the request's `structured_outputs.grammar`, which the stand-in applies with
     llguidance as vLLM's guidance backend does; the answers are the same, each of the budget's grammar (stage 1's answers whole)."""
     tasks = ["gap_scanrefer", "gap_spatial_qa"]

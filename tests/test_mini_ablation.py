@@ -1,4 +1,4 @@
-"""The ablation's plan (lab/mini/ablation.py, issue 63): the arms, their order and claims, one budget for every arm (the
+"""The ablation's plan (lab/mini/ablation.py): the arms, their order and claims, one budget for every arm (the
 arm without stage 1 gets its steps as stage 2), each stage's run state in its own folder, `--time-limit` for the whole
 command, and the fresh seeds fixed apart from every other seed. What `python -m lab.mini --ablation` gives each training
 stage is read from the settings it passes (no training: `load_recipe` and `run_training` are stand-ins)."""

@@ -1,4 +1,4 @@
-"""What the results table says of the Mini (issue 55, item 14): the provenance of a release that continues the last one
+"""What the results table says of the Mini: the provenance of a release that continues the last one
 names each copy and each training once, with no "None steps"; random_same_category, which reads the true boxes, is an
 upper reference, not a baseline; the shipped table and card are the writer's text of the shipped results file."""
 
@@ -89,7 +89,7 @@ def test_the_shipped_table_and_card_are_the_writers_text_of_the_shipped_results(
 
 def test_the_model_card_quotes_the_claims_table_word_for_word_and_the_readme_its_figures():
     """`make mini-ablation --quote model_card.md`: the card quotes the fresh-seed table of mini/RESULTS.md's claims
-    section, row for row. The README states the claims in three sentences (issue 84): no quoted block, and each
+    section, row for row. The README states the claims in three sentences: no quoted block, and each
     difference with its interval it gives is one of that table's cells."""
     import re
 

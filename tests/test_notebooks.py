@@ -101,5 +101,5 @@ def test_committed_notebook_holds_the_outputs_of_a_full_run(path):
     assert not [folder for folder in folders if folder in text], "machine folders in the stored outputs"
     assert '"execution": {' not in json.dumps(json.loads(text)["cells"]), "execution timestamps stored"
     assert not [o for cell in code for o in cell.outputs if runner().is_progress_output(o)], "progress bars stored"
-    # no warning (issue 84): a fixed cause, or a filter saying why (execute_notebooks.KERNEL_WARNINGS)
+    # no warning: a fixed cause, or a filter saying why (execute_notebooks.KERNEL_WARNINGS)
     assert not [o for cell in code for o in cell.outputs if "Warning" in o.get("text", "")], "a warning stored"

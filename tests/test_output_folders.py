@@ -1,5 +1,5 @@
 """Commands that write a whole output folder never delete or overwrite the user's files, and never leave half a
-folder (issue 47, items 1-4 and 11; processing/output_folder.py is the one rule they share):
+folder (processing/output_folder.py is the one rule they share):
 
 * a non-empty folder they did not write is refused in one line naming it, a few of its entries and `--overwrite`;
 * their own earlier output (its marker) is replaced; `--overwrite` replaces anything else;

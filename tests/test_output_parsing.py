@@ -420,7 +420,7 @@ BOX_ANSWER = '{"bbox_3d": [0.1, 0.2, 1.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0]}'
 
 @pytest.mark.parametrize("openings", [1, 2, 3])
 def test_repeated_fence_openings_parse(openings):
-    """Issue 54: an answer that opens its ```json fence several times is the literal after the last opening, not
+    """An answer that opens its ```json fence several times is the literal after the last opening, not
     "empty answer" (the Mini answered grounding on 3 frames so)."""
     fenced = "```json\n" * openings + BOX_ANSWER + "\n```"
     assert parse_grounding(fenced) == parse_grounding(BOX_ANSWER) and parse_grounding(fenced).reason is None
@@ -432,7 +432,7 @@ def test_repeated_fence_openings_parse(openings):
 
 @pytest.mark.parametrize("text", ["```json\n```", "```json\n```json\n", "7", '{"bbox_3d": [1, 2', "frame three"])
 def test_a_parse_failure_quotes_the_raw_answer(text):
-    """Issue 54: a failure on a non-empty answer quotes it (never "empty answer"); only whitespace is empty."""
+    """A failure on a non-empty answer quotes it (never "empty answer"); only whitespace is empty."""
     for parse in (parse_grounding, parse_frame_selection, parse_pointmap, parse_detection):
         reason = parse(text).reason
         assert reason != "empty answer" and repr(text) in reason, (parse.__name__, reason)

@@ -251,11 +251,11 @@ def test_vllm_settings_and_no_vllm_import():
     assert command[:3] == ["vllm", "serve", "llm"] and "--enable-mm-embeds" in command
     assert command[command.index("--limit-mm-per-prompt") + 1] == '{"image": 8, "video": 0}'
     assert command[command.index("--chat-template-content-format") + 1] == "openai"
-    assert command[command.index("--structured-outputs-config.backend") + 1] == "guidance"  # llguidance (issue 81)
+    assert command[command.index("--structured-outputs-config.backend") + 1] == "guidance"  # llguidance
     assert "vllm" not in sys.modules
 
 
-# the printed `vllm serve` commands (README.md's too, once its text names the backend: issue 81's report)
+# the printed `vllm serve` commands (README.md's too, once its text names the backend)
 DOCUMENTED_SERVE_COMMANDS = ["docs/serving.md", "docs/evaluate-at-scale.md", "evaluation/README.md",
                              "examples/serving/openai_client.py", "serving/export.py"]
 
@@ -280,7 +280,7 @@ def test_every_printed_serve_command_runs_the_grammar_engine_of_generate():
 
 
 def test_constrained_payload_carries_the_task_grammar_of_its_budget(encoder):
-    """Issue 54: vLLM's structured-output field (`structured_outputs.grammar`, vLLM >= 0.12) holds the grammar that
+    """vLLM's structured-output field (`structured_outputs.grammar`, vLLM >= 0.12) holds the grammar that
     `generate(constrained=True)` uses for the same task and budget; free requests carry none."""
     from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING_STAGE2
 

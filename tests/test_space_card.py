@@ -1,5 +1,5 @@
 """The Space's own page (examples/space/README.md, its Hub card) says what GAP-MLLM-Mini can do in lines written from
-the Mini's results file (issue 55, item 12), the lines the Space, the demo and `predict` print (cli/model_scores.py):
+the Mini's results file, the lines the Space, the demo and `predict` print (cli/model_scores.py):
 the card in the repository must agree with mini/gap-mllm-mini/evaluation_results.json, and a bundle writes them anew."""
 
 from __future__ import annotations

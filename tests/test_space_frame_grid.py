@@ -1,4 +1,4 @@
-"""The Space's frames (issue 84, item 4; cli/frame_grid.py): a grid whose column count keeps up to 8 whole views in
+"""The Space's frames (cli/frame_grid.py): a grid whose column count keeps up to 8 whole views in
 the height a 1280×800 window leaves, the marked view first for the marker task. tests/test_space_browser.py checks
 the page itself in Chromium."""
 

@@ -79,7 +79,7 @@ def test_a_time_limited_cli_run_says_how_to_continue_and_the_same_command_finish
             "--set", f"data.cache_dir={tmp_path / 'hf'}", "--set", "cache.enabled=false", *sum((["--set", o] for o in CPU), [])]
     from gap_mllm.cli.errors import run_command
 
-    # past the limit after the first step: the stop status (issue 55, item 1), never "trained"
+    # past the limit after the first step: the stop status, never "trained"
     assert run_command("train", run_cli, [*argv, "--time-limit-s", "1e-9"]) == 75
     captured = capsys.readouterr()
     assert "training stopped at its time limit (1e-09 s) after step 1 of 2" in captured.err and "trained" not in captured.out

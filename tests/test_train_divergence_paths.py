@@ -1,4 +1,4 @@
-"""One divergence guard for every training loop (training/divergence.py, issue 61 item 1): a NaN gradient injected
+"""One divergence guard for every training loop (training/divergence.py): a NaN gradient injected
 into the third optimizer step stops the Trainer on each batch path (padded, packed, bucketed, feature cache) before
 the step is applied, with a line that names the batch and the kernel settings; the benches' own loop (StepGuard)
 fails the arm instead of reporting a figure."""

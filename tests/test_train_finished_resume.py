@@ -2,7 +2,7 @@
 
 transformers 5.23's Trainer, resumed from a checkpoint at `max_steps`, trains step N + 1 before it checks the end (shown
 below with Trainer itself), so a run state or a checkpoint of a finished run came back one step further, at a learning
-rate past its schedule (found by the ablation's restore check, issue 63). `run_training` takes the finished checkpoint
+rate past its schedule (found by the ablation's restore check). `run_training` takes the finished checkpoint
 as it is: the same final folder as the run that wrote it (weights, config and tokenizer files), the same step count,
 nothing trained, no feature cache filled."""
 
@@ -116,7 +116,7 @@ def test_a_run_rebuilt_from_its_state_ends_with_the_best_model_of_its_last_valid
     """The last step (3) is off the validation schedule (every 2 steps): it is validated at its end, before its
     checkpoint and run state are written, so the state keeps the best model that validation chose, and a fresh
     machine that rebuilds the run from the state alone ends with the trained run's final folder (the ablation's
-    kept answers are reused only for that folder, issue 63). Before, the last validation ran at train end, after
+    kept answers are reused only for that folder). Before, the last validation ran at train end, after
     the state: the state kept step 2's best and the rebuilt final model was another model."""
     def run(resume=None, seed=0):
         run_recipe = recipe(tmp_path, train_data_root,

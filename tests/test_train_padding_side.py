@@ -1,11 +1,11 @@
 """Training batches hold no fully masked attention row (training/data.py TRAINING_PADDING_SIDE).
 
 On an H100, left-padded rows padded to a length bucket gave non-finite weight gradients from the first step, with or
-without compiled layers, while right-padded and packed rows stayed finite (bench/bisect_compile_nan.py, bench/README.md
-"GPU round 3"): a left padding query sees only padding keys, a fully masked row that an SDPA backward kernel turned
-into NaN. The CPU's kernels return 0 there, so the CPU cannot show the NaN; what it can show exactly is the rule
-(every path that builds a training batch pads on the right, so every query row sees at least one key) and that the
-rule changes nothing a loss can see (left and right padding train to the same loss and gradients).
+without compiled layers, while right-padded and packed rows stayed finite (bench/bisect_compile_nan.py, bench/README.md,
+the H100 run of 2026-11-26): a left padding query sees only padding keys, a fully masked row that an SDPA backward
+kernel turned into NaN. The CPU's kernels return 0 there, so the CPU cannot show the NaN; what it can show exactly is
+the rule (every path that builds a training batch pads on the right, so every query row sees at least one key) and that
+the rule changes nothing a loss can see (left and right padding train to the same loss and gradients).
 """
 
 from __future__ import annotations
