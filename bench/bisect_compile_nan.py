@@ -1,12 +1,12 @@
-"""Bisect the non-finite update of compiled decoder layers + length buckets in one command (issue 61, item 2).
+"""Bisect the non-finite update of compiled decoder layers + length buckets in one command.
 
     python bench/bisect_compile_nan.py --real-size --device cuda --out bisect.json          # ≤ 3 min on an H100
     python bench/bisect_compile_nan.py --size small --device cpu --configs eager_bucketed compile_static --out s.json
 
-What it answers. On an H100 (bench/README.md, "GPU round 3") the arms with regional compile + length buckets trained
-finite steps in the first bucket, recompiled for the first batch of the second bucket, and every later loss was NaN:
-that step's update wrote non-finite weights. Each configuration below trains the same few batches from the same
-initial weights, the bucket boundary crossed at the third step (two batches of a small bucket, then two of a larger
+What it answers. On an H100 (bench/README.md, the H100 run of 2026-11-26) the arms with regional compile + length
+buckets trained finite steps in the first bucket, recompiled for the first batch of the second bucket, and every later
+loss was NaN: that step's update wrote non-finite weights. Each configuration below trains the same few batches from the
+same initial weights, the bucket boundary crossed at the third step (two batches of a small bucket, then two of a larger
 one; `--reverse` configurations the other way round), and checks every step before its optimizer update:
 
     loss              finite or not
@@ -38,13 +38,13 @@ The configurations, one question each (`CONFIGS`, in the order they run; `--budg
                               reads them) — the mechanism's test (unmasked_rows_attention.py)
     compile_static_packed     packed rows (no mask at all) compiled at bucket shapes
 
-First run (one H100, torch 2.11, 2026-11-26; bench/README.md "GPU round 3"): left-padded rows at the bucket widths
-832 / 960 gave non-finite gradients in 345 parameters (every decoder layer, the embeddings, the fusion) from the
-FIRST step, with or without compile (eager_bucketed too), under every compiled SDPA backend, dynamo alone
+First run (one H100, torch 2.11, 2026-11-26; bench/README.md, the H100 run of 2026-11-26): left-padded rows at the
+bucket widths 832 / 960 gave non-finite gradients in 345 parameters (every decoder layer, the embeddings, the fusion)
+from the FIRST step, with or without compile (eager_bucketed too), under every compiled SDPA backend, dynamo alone
 (aot_eager) and dynamic shapes alike, while the last hidden states stayed finite everywhere: the backward, not the
-forward. Right padding, unmasked rows and packed rows were finite; plain sdpa without buckets (the longest row
-unpadded, widths 697-863) was finite. So the cause is left padding's fully masked query rows in SDPA's backward, and
-compile only ever met it at bucket widths. Training batches are padded on the right since (training/data.py).
+forward. Right padding, unmasked rows and packed rows were finite; plain sdpa without buckets (the longest row unpadded,
+widths 697-863) was finite. So the cause is left padding's fully masked query rows in SDPA's backward, and compile only
+ever met it at bucket widths. Training batches are padded on the right since (training/data.py).
 
 The result names, per configuration, the first non-finite step and what was non-finite; `verdict` says which
 mechanism the pattern points at. Each configuration resets dynamo and starts from the initial weights.

@@ -79,12 +79,12 @@ class GpuArm:
 # keeps their sources). The NaN bisection left the call (its cause, cuDNN's SDPA backward through left padding's fully
 # masked rows, showed on both GPUs; bisect_compile_nan.py runs alone), as did inference (bench_real_size.py,
 # bench_geometry_encoder.py) and the profile (profile_train_step.py).
-# The evaluation reads ScanRefer-shaped data (the default SynthRooms preset: 640×480 frames, 32 at stage 1, the
-# selected frame and 9 each way at stage 2; 221 visual tokens a frame through the official inference pipeline), 8
-# descriptions of one scene in one batch, batched with scene reuse as `gap-mllm evaluate` answers; the one-at-a-time
-# arm was measured in rounds 3 and 4 and is left out for time. Its ScanRefer minutes count the views ScanRefer encodes
-# at each stage (bench_eval_scale.scanrefer_estimate); round 4's 22 minutes came from the Mini's 160×128 frames, 8 at
-# stage 1 and at most 7 at stage 2.
+# The evaluation reads ScanRefer-shaped data (the default SynthRooms preset: 640×480 frames, 32 at stage 1, the selected
+# frame and 9 each way at stage 2; 221 visual tokens a frame through the official inference pipeline), 8 descriptions of
+# one scene in one batch, batched with scene reuse as `gap-mllm evaluate` answers; the one-at-a-time arm was measured on
+# the H100 and the H200 (bench/README.md) and is left out for time. Its ScanRefer minutes count the views ScanRefer
+# encodes at each stage (bench_eval_scale.scanrefer_estimate); the H200 run's 22 minutes came from the Mini's 160×128
+# frames, 8 at stage 1 and at most 7 at stage 2.
 ARMS = (
     GpuArm("train_arms", ("bench/bench_train_arms.py", "--real-size", "--device", "cuda", "--steps", "30", "--batch", "8",
                           "--arms", "sdpa_checkpointed", "sdpa_compile_bucketed_checkpointed", "sdpa_compile_bucketed",

@@ -1,5 +1,5 @@
 """Where a real-size training step spends its time: GPU time by kernel class, launches and host syncs per step, and
-the forward time of each tower (issue 61, item 4: the profile of the best finite arm, inside the prepared call).
+the forward time of each tower (the profile of the best finite arm, inside the prepared call).
 
     python bench/profile_train_step.py --real-size --device cuda --arms sdpa_packed --out profile.json
     python bench/profile_train_step.py --size small --device cpu --steps 3 --out small.json      # what the test runs
