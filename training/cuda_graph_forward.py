@@ -1,11 +1,11 @@
 """A frozen tower's forward replayed as one CUDA graph per input shape (`kernels.graph_geometry_encoder`).
 
-GPU round 4's best training arm (compiled layers and towers, an H200) kept the GPU busy 82 % of its step: the host
-launched 5,206 kernels a step one by one, and the frozen VGGT encoder, run without gradient on a few shapes (samples
-× views × image size), is the largest share of them. A CUDA graph records those launches once per shape and replays
-them with one call, so the tower costs the host one launch instead of thousands (the same cure as compiled decoding,
-modeling_gap_mllm/generation_gap_mllm.py, where transformers and `torch.compile(mode="reduce-overhead")` do the
-recording; here the tower is captured by hand, because its shapes are few and known and nothing in it trains).
+The best training arm on an H200 (compiled layers and towers; bench/README.md) kept the GPU busy 82 % of its step: the
+host launched 5,206 kernels a step one by one, and the frozen VGGT encoder, run without gradient on a few shapes
+(samples × views × image size), is the largest share of them. A CUDA graph records those launches once per shape and
+replays them with one call, so the tower costs the host one launch instead of thousands (the same cure as compiled
+decoding, modeling_gap_mllm/generation_gap_mllm.py, where transformers and `torch.compile(mode="reduce-overhead")` do
+the recording; here the tower is captured by hand, because its shapes are few and known and nothing in it trains).
 
     graphs = CudaGraphForward(model.geometry_encoder)   # model.geometry_encoder.forward is now `graphs`
     ...                                                  # training steps: one capture per new shape, then replays

@@ -4,7 +4,7 @@ A NaN or inf gradient turns every trained weight into NaN at the optimizer step;
 for the rest of the schedule (its `logging_nan_inf_filter` even hides the loss), save NaN checkpoints
 and a NaN final model, and the run would end "successfully". Measured: both arms of a stage-2 run on an
 H100 (bf16 autocast) went non-finite in the same 20-step window and trained 800 more steps on NaN
-(mini/README.md), and the GPU bench's own loop, which had no check, reported figures of NaN steps (issue 61).
+(mini/README.md), and the GPU bench's own loop, which had no check, reported figures of NaN steps.
 
 One check for every training loop: `check_gradient_norm` raises `TrainingDivergedError`, and
 

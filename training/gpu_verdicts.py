@@ -1,4 +1,4 @@
-"""Which kernel switch a CUDA run turns on by default: only those the latest GPU figures earned (issue 61, item 3).
+"""Which kernel switch a CUDA run turns on by default: only those the latest GPU figures earned.
 
 A default that never met a GPU corrupted runs (compiled layers + length buckets wrote NaN weights on an H100) and
 another made steps slower (Liger). So a switch is on by default on CUDA only when the committed verdict file

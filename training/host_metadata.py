@@ -2,7 +2,7 @@
 
 A training step on CUDA that reads a device value (`.tolist()` of the views per sample or of the image grids, the
 boolean mask of the answer tokens, the skipped-sample count) waits there until the GPU has caught up, and the GPU
-then idles while the host queues the next kernels (issue 53's profile: 13 `item()`, 19 `nonzero` and 61 stream
+then idles while the host queues the next kernels (a profile: 13 `item()`, 19 `nonzero` and 61 stream
 synchronisations per step). The collator's batch is on the host, where reading it costs nothing; accelerate then
 moves its tensors to the device and leaves Python values as they are. `add_host_metadata` adds, beside the tensors:
 

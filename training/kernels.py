@@ -20,13 +20,13 @@
                                 the frozen VGGT encoder's forward replayed as one CUDA graph per input shape
                                 (training/cuda_graph_forward.py); CUDA only, not under DeepSpeed ZeRO-3 or FSDP.
 
-The five kernel switches are `None` by default: ON on a CUDA run where they can run (liger-kernel installed; torch
-with Triton for the compile; compiled layers with `data.length_buckets`) AND the latest GPU figures in the repository
-earned them (training/gpu_verdicts.py reads training/configs/gpu_verdicts.json: finite over 30 steps crossing every
-bucket, the loss curve of the plain path, faster than it), OFF on the CPU (inductor's CPU code was not measured to pay
-here) — `resolve_kernels` decides and logs it. `true` where the kernel cannot run is refused by name; `false` turns it
-off anywhere. A run that checkpoints activations takes the verdicts measured under checkpointing. Measured on an H100
-and an H200 (bench/README.md, "GPU round 3" and "GPU round 4"): compiled layers at buckets, compiled towers (with and
+The five kernel switches are `None` by default: ON on a CUDA run where they can run (liger-kernel installed; torch with
+Triton for the compile; compiled layers with `data.length_buckets`) AND the latest GPU figures in the repository earned
+them (training/gpu_verdicts.py reads training/configs/gpu_verdicts.json: finite over 30 steps crossing every bucket, the
+loss curve of the plain path, faster than it), OFF on the CPU (inductor's CPU code was not measured to pay here) —
+`resolve_kernels` decides and logs it. `true` where the kernel cannot run is refused by name; `false` turns it off
+anywhere. A run that checkpoints activations takes the verdicts measured under checkpointing. Measured on an H100 and an
+H200 (bench/README.md, the runs of 2026-11-26 and 2026-11-27): compiled layers at buckets, compiled towers (with and
 without checkpointing) and Liger's fused cross-entropy earned theirs; Liger's language-model kernels did not (slower
 than compiled layers alone, and their loss curve 0.054 away). The graphed VGGT encoder has no GPU figure yet (its arm,
 `sdpa_graph_towers_bucketed`, is in the next GPU call): off by default until one earns it.

@@ -466,7 +466,7 @@ def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dic
                                 steering=run_steering(recipe))
     record = read_run_state(directory)
     if resume is None and record is not None:
-        # the command printed is this process's own, never the record's (a state is untrusted input: issue 83)
+        # the command printed is this process's own, never the record's (a state is untrusted input)
         raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run; continue it "
                             f"with --resume auto ({continuation_command()}), or give another run_state.directory")
     if record is not None:

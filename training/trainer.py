@@ -209,7 +209,7 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
             super()._save_checkpoint(model, trial)
         except Exception as error:
             if self.args.should_save and names_size_limit(error):  # `ulimit -f`: torch.save says "unexpected pos"
-                shutil.rmtree(staging, ignore_errors=True)  # half written and useless (issue 83)
+                shutil.rmtree(staging, ignore_errors=True)  # half written and useless
                 raise size_limit_error(run_dir, name) from error
             # the next checkpoint takes about as much as the last one; the first, what its tensors hold
             needed = newest_checkpoint_size(run_dir) or self._checkpoint_tensor_bytes()

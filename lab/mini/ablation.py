@@ -1,4 +1,4 @@
-"""The paper's claims in miniature (issue 63): what `python -m lab.mini --ablation` trains, at one budget for every arm.
+"""The paper's claims in miniature: what `python -m lab.mini --ablation` trains, at one budget for every arm.
 
 The paper (docs/method.md) claims that geometry helps, that geometry-aligned pre-training (stage 1) helps and that
 gated fusion beats plain addition. Each claim is one pair of arms that differ in that ingredient only:
@@ -65,7 +65,7 @@ from pathlib import Path
 
 from .arms import ARMS, Arm
 
-# the training order of `--ablation`: the main arm, then one arm per claim, then the second seeds (issue 63)
+# the training order of `--ablation`: the main arm, then one arm per claim, then the second seeds
 ABLATION_ORDER = ("gap_gated_s0", "no_geometry_s0", "gap_gated_stage2_only_s0", "gap_add_s0", "gap_gated_s1",
                   "no_geometry_s1", "gap_gated_no_gap_s0")
 ABLATION_STAGE2_STEPS = 7200  # the fifth release's stage 2 (module docstring: why this budget, and not 3,600)

@@ -1,4 +1,4 @@
-"""Finished runs' states kept by commit, not in the tree (issue 82; docs/design.md §13, "Run states in git").
+"""Finished runs' states kept by commit, not in the tree (docs/design.md §13, "Run states in git").
 
 A run state crosses machines in git while its run is in flight (`--run-state DIR`, training/run_state.py). Once the
 run is finished its weights, moments and data sketches (tens of MB an arm) no longer need to stand in the tree: they

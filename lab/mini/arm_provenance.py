@@ -1,4 +1,4 @@
-"""Where each arm of the ablation was trained (issue 63: the claims table carries each arm's provenance), read from
+"""Where each arm of the ablation was trained (the claims table carries each arm's provenance), read from
 what its run left, not from what the design says it should be:
 
     model         geometry on or off, the fusion and the model seed its first stage was built with (that stage's

@@ -1,4 +1,4 @@
-"""The paper's claims in miniature (issue 63): each claim of lab/mini/ablation.py as paired differences over scenes.
+"""The paper's claims in miniature: each claim of lab/mini/ablation.py as paired differences over scenes.
 
 For one set of samples every arm answered (the ablation's fresh seeds, or the run's test split), each claim's pair
 of arms (`CLAIMS`: the arm with the ingredient minus the arm without) is compared on the same samples, with a 95 %

@@ -62,7 +62,7 @@ from .synth_data import ensure_synth_data
 
 logger = logging.getLogger(__name__)
 
-FRESH_SEEDS = (5601, 5602, 5603)  # chosen for the sixth release (issue 56); the training data's seed is 0
+FRESH_SEEDS = (5601, 5602, 5603)  # fixed apart from every other seed; the training data's seed is 0
 FRESH_SCENES = 90  # test scenes per seed: about 4.1 grounding records a scene, so ≥ 1,000 pooled over three seeds
 # (evaluation task, results folder name): the marker task is scored on the final model, as in the test table
 FRESH_TASKS = (("grounding", "grounding"), ("detection", "detection"), ("captioning", "captioning"),

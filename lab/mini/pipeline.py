@@ -452,7 +452,7 @@ def run_pipeline(run: MiniRun, arms: list[Arm], parallel: int = 1, export: Path 
         # one load of each model for the test split and the fresh seeds alike (the final model serves both)
         with arm_answers_kept(run, arm), one_load_per_model():
             evaluate_arm(run, arm)
-            if run.ablation and not arm.stage1_only:  # each arm answers its claims as soon as it is trained (issue 63)
+            if run.ablation and not arm.stage1_only:  # each arm answers its claims as soon as it is trained
                 evaluate_fresh(run.out, run.stage_dir(arm.name, "final"), arm.name, seeds=ABLATION_FRESH_SEEDS,
                                **_fresh_settings(run))
         if run.ablation and not arm.stage1_only:
@@ -512,7 +512,7 @@ def _answered_before(run: MiniRun, arm: Arm) -> bool:
 
 
 def _claims_so_far(run: MiniRun, arms: list[Arm], number: int) -> dict | None:
-    """The claims over `arms[:number + 1]` (each arm answers its claims as soon as it is trained, issue 63), written
+    """The claims over `arms[:number + 1]` (each arm answers its claims as soon as it is trained), written
     to the run's results, --table's claims section and each --quote, and returned; None, with nothing written, while a
     later arm of `arms` was answered by an earlier call. The arms come back one after another, so without that rule
     a stop before such an arm is back (a time limit, a crash) would leave --table and the quotes with the claims of
