@@ -119,7 +119,7 @@ mini: install
 # stage's run state in mini/ablation-run; not a release, so nothing is exported: after each arm the claims so far
 # replace only mini/RESULTS.md's section "The paper's claims in miniature" (lab/mini/claims.py)
 ABLATION_STAGE0 ?= runs/stage0-sixth/mini/gap-mllm-mini
-# --quote: model_card.md carries the claims table word for word; README.md states them in three sentences (issue 84)
+# --quote: model_card.md carries the claims table word for word; README.md states them in three sentences
 mini-ablation: install
 	$(PY) -m lab.mini --out runs/ablation --data $(MINI_OUT)/data --ablation --stage0 $(ABLATION_STAGE0) \
 		--run-state mini/ablation-run --eval-limit 1000 --table mini/RESULTS.md --quote model_card.md $(MINI_ARGS)

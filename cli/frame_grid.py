@@ -1,4 +1,4 @@
-"""How the Space lays out a request's frames: every view whole and every view in sight (issue 84, item 4).
+"""How the Space lays out a request's frames: every view whole and every view in sight.
 
 The gallery shows each frame at its own aspect ratio (object-fit contain, the cell as tall as its frame: no crop, so
 an answer drawn near an edge, such as the point's edge wedge, stays visible) in a grid whose column count is chosen

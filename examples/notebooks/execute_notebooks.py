@@ -27,7 +27,7 @@ TIMEOUT_S = 600  # per cell
 # The kernel's warnings filter (PYTHONWARNINGS). tqdm.auto warns "IProgress not found" in a kernel without ipywidgets,
 # which only its notebook progress bars use; a run's progress bars are not stored (without_progress_bars), and
 # ipywidgets would store widget state in the file instead, so the note says nothing about the notebook's results
-# (issue 84: stored outputs carry no warning). A message filter, so the kernel imports nothing at start-up for it.
+# (stored outputs carry no warning). A message filter, so the kernel imports nothing at start-up for it.
 KERNEL_WARNINGS = "ignore:IProgress not found"
 # a tqdm progress line, e.g. "Loading weights: 100%|██████████| 623/623 [00:00<00:00, 6338.68it/s]"
 PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|\s*\d+/\d+ \[.*\]\s*$")
