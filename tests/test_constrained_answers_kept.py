@@ -1,6 +1,6 @@
-"""GAP-MLLM-Mini's constrained answers are the texts they were before the grammar engine changed.
+"""GAP-MLLM-Mini's constrained answers are the recorded texts, whichever grammar engine computes the masks.
 
-tests/data/constrained_answers.json was recorded with xgrammar 0.2.8, the engine before llguidance, on a fixed set:
+tests/data/constrained_answers.json was recorded with xgrammar 0.2.8, another grammar engine, on a fixed set:
 the six photographs (tests/data/photos), the bundled example room "synthetic room A" with its own requests, and three
 frames of noise; every front-end task (`run_task`, the path of `gap-mllm predict` and the demo), detection with budgets
 its list closes at (so the bounded list grammar is walked too). Both engines give the same masks, so greedy answers
