@@ -417,8 +417,9 @@ def test_predict_names_the_full_path_of_a_file_it_cannot_use(checkpoint, tmp_pat
 
 def test_a_frame_or_save_dir_that_is_a_link_loop_is_refused_before_the_model(checkpoint, frames, tmp_path,
                                                                               monkeypatch, capsys):
-    """Was: crash (a frame that is a link loop: RuntimeError from Path.resolve) and, for --save-dir, a failure after
-    the model had run. Both are one line before any model is loaded (processing/path_containment.py broken_link)."""
+    """A frame that is a link loop (Path.resolve raises RuntimeError) and an output folder that is one are each one
+    line before any model is loaded (processing/path_containment.py broken_link), never a crash or a failure after
+    the model ran."""
     from gap_mllm.cli.main import main as gap_mllm
 
     monkeypatch.setattr(loading, "load_model_and_processor", lambda *a, **k: pytest.fail("the model was loaded"))

@@ -66,8 +66,8 @@ def evaluate(synth_data, out, *options) -> int:  # noqa: F811
 
 def test_a_record_without_frames_is_refused_naming_it(synth_data, tiny_checkpoint, oracle, tmp_path,  # noqa: F811
                                                      capsys):
-    """Was: crash (`"images": []`: an IndexError in the scene id, whose default was evaluated even beside a
-    scene_id). Every source (a model, a predictions file, the oracle) refuses it by name before any answer."""
+    """`"images": []` (the scene id's default would index the first image, even beside a scene_id): every source (a
+    model, a predictions file, the oracle) refuses it by name before any answer."""
     records = json.loads(find_annotation_file(synth_data, "detection", "val").read_text())
     records[0]["images"] = []
     edited = tmp_path / "det.json"
@@ -86,7 +86,8 @@ def test_a_record_without_frames_is_refused_naming_it(synth_data, tiny_checkpoin
 
 def test_annotation_and_predictions_nested_too_deep_are_named_in_one_line(synth_data, oracle, tmp_path,  # noqa: F811
                                                                          capsys):
-    """Was: crash (RecursionError) for a file nested 100,000 levels (processing/json_files.py bounds the depth)."""
+    """A file nested 100,000 levels is one line naming it, never a RecursionError (processing/json_files.py bounds the
+    depth)."""
     deep = "[" * 100_000 + "]" * 100_000
     annotations, answers = tmp_path / "deep.json", tmp_path / "deep.jsonl"
     annotations.write_text(deep)
@@ -103,7 +104,7 @@ def test_annotation_and_predictions_nested_too_deep_are_named_in_one_line(synth_
 
 
 def test_a_data_root_that_is_a_link_loop_is_named_as_one(tmp_path, oracle, capsys):
-    """Was: "--data loop: no such file or folder; did you mean loop?" (the same path offered as the fix)."""
+    """Named as a link loop, not "no such file or folder; did you mean loop?" (the same path offered as the fix)."""
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
     assert evaluate(loop, tmp_path / "out", "--predictions", str(oracle)) == 2
@@ -120,7 +121,7 @@ def test_a_data_root_that_is_a_link_loop_is_named_as_one(tmp_path, oracle, capsy
 
 
 def test_an_answer_nested_too_deep_is_no_answer_in_either_reading(synth_data, tmp_path):  # noqa: F811
-    """Was: crash (RecursionError) in the official stage-1 reading of a grounding answer nested 100,000 levels; the
+    """A grounding answer nested 100,000 levels raises no RecursionError in the official stage-1 reading: the
     official code reads any failure as frame 0, and the tolerant reading finds no answer in it."""
     oracle = write_oracle_predictions("grounding", synth_data, tmp_path / "oracle.jsonl")
     deep = "[" * 100_000 + "]" * 100_000

@@ -136,7 +136,7 @@ def test_cli_says_when_limit_is_more_than_the_samples(synth_data, tmp_path, caps
 
 
 def test_write_oracle_with_out_is_refused_in_one_line(synth_data, tmp_path, capsys):
-    """Was: silent (--out passed over: the oracle file written, no folder, exit 0). Refused before anything is
+    """--out is not passed over in silence (the oracle file written, no folder, exit 0): refused before anything is
     written, by the early check and by `python -m gap_mllm.cli.evaluate` alike."""
     oracle, out = tmp_path / "oracle.jsonl", tmp_path / "out"
     line = (f"--write-oracle writes the predictions file {oracle} and no folder, so --out {out} would be passed "

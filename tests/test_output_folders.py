@@ -88,8 +88,8 @@ class _DiskFillsUp:
 
 def test_a_marker_write_stopped_by_a_full_disk_leaves_no_marker_and_the_rerun_works(synth_data, tmp_path,  # noqa: F811
                                                                                    monkeypatch, capsys):
-    """Was: the failed write left a 0-byte marker, and the rerun the full-disk line asked for was refused ("its
-    marker is not a JSON object naming the command"). The marker is written beside, then renamed."""
+    """The marker is written beside, then renamed: a failed write leaves no 0-byte marker, so the rerun the full-disk
+    line asks for is not refused ("its marker is not a JSON object naming the command")."""
     oracle = write_oracle_predictions("detection", synth_data, tmp_path / "oracle.jsonl")
     out = tmp_path / "eval"
     command = ["evaluate", "--task", "detection", "--data", str(synth_data), "--predictions", str(oracle), "--out",

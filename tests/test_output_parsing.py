@@ -408,7 +408,7 @@ def test_random_json_values_are_read_as_documented(value):
 
 
 def test_backticks_inside_a_label_do_not_end_the_fence():
-    """Found by hypothesis: a label "```" used to close the official fence early and drop a box."""
+    """Found by hypothesis: a label "```" must not close the official fence early and drop a box."""
     boxes = [Box3D.from_list([0.5, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], label=label) for label in ("chair", "```", "a`b")]
     result = parse_detection(serialize_detection(boxes))
     assert result.reason is None and result.skipped == 0

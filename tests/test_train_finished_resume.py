@@ -116,8 +116,8 @@ def test_a_run_rebuilt_from_its_state_ends_with_the_best_model_of_its_last_valid
     """The last step (3) is off the validation schedule (every 2 steps): it is validated at its end, before its
     checkpoint and run state are written, so the state keeps the best model that validation chose, and a fresh
     machine that rebuilds the run from the state alone ends with the trained run's final folder (the ablation's
-    kept answers are reused only for that folder). Before, the last validation ran at train end, after
-    the state: the state kept step 2's best and the rebuilt final model was another model."""
+    kept answers are reused only for that folder). Validated at train end, after the state, the state would keep step
+    2's best and the rebuilt final model would be another model."""
     def run(resume=None, seed=0):
         run_recipe = recipe(tmp_path, train_data_root,
                             data={"data_root": str(train_data_root), "cache_dir": str(tmp_path / "hf")},
