@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from gap_mllm.cli.errors import run_command
-from gap_mllm.cli.main import CommandParser, parse_command_arguments
+from gap_mllm.cli.main import CommandParser, add_debug_option, parse_command_arguments
 
 from .pipeline_settings import add_arguments
 
@@ -18,10 +18,11 @@ DESCRIPTION = "train GAP-MLLM-Mini end to end on SynthRooms (data, stages 0-2, e
 
 
 def build_parser() -> CommandParser:
-    """The command line's parser (a misspelt option is answered with the nearest one, as `gap-mllm`'s are)."""
-    parser = CommandParser(prog=f"python -m {MODULE}", description=DESCRIPTION,
-                           epilog="--debug: show the full traceback of an error")
+    """The command line's parser (a misspelt option is answered with the nearest one, and `--debug` is an option, as
+    for `gap-mllm`'s commands)."""
+    parser = CommandParser(prog=f"python -m {MODULE}", description=DESCRIPTION)
     add_arguments(parser)
+    add_debug_option(parser)
     return parser
 
 
