@@ -29,12 +29,12 @@ from .command_arguments import DEMO_EXAMPLE, DEMO_OUT, SPACE_HOST, SPACE_PORT, T
 from .command_arguments import add_demo_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .early_checks import DEMO_WRITER
 from .example_reference import reference_lines, request_text
-from .loading import MINI_TASKS, TINY, resolve_model_source
+from .loading import MINI_TASKS, TINY
 from .model_scores import RESULTS_FILE, held_out_scores
-from .model_source import load_pretrained
-from .scenes import EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, synthetic_scene
+from .model_source import load_pretrained, model_source_of
+from .scenes import EXAMPLE_SEEDS, can_reconstruct, reconstructed_scene, synthetic_scene, unmarked_geometry_images
 from .space import main as space_main
-from .tasks import TaskRequest, run_task
+from .tasks import TaskRequest, checked_inputs, run_task
 from .visualize import save_scene_ply, write_visualisations
 
 BANNER = "=" * 78
@@ -63,12 +63,14 @@ def main(args: argparse.Namespace) -> int:
                   "so the answers are noise. The demo shows the real pipeline end to end.",
                   f"Saved the Hub-style folder to {folder}"]
     else:
-        folder = resolve_model_source(args.model)
+        folder = model_source_of(args)  # resolved and checked once: by the early check when it ran
         if is_gap_mllm_mini(folder):  # by its card, however --model names it (mini/identity.py)
             banner = ["GAP-MLLM demo with GAP-MLLM-Mini, trained by this package on SynthRooms (make mini).",
                       "It knows SynthRooms rooms only: the example below is a held-out one.", f"Model folder: {folder}"]
-    model = load_pretrained(AutoModel.from_pretrained, folder, "--model", trust_remote_code=True).eval()
-    processor = load_pretrained(AutoProcessor.from_pretrained, folder, "--model", trust_remote_code=True)
+    checked = args.model != TINY  # the tiny folder was just written: checked once, at its first load
+    model = load_pretrained(AutoModel.from_pretrained, folder, "--model", checked=checked,
+                            trust_remote_code=True).eval()
+    processor = load_pretrained(AutoProcessor.from_pretrained, folder, "--model", checked=True, trust_remote_code=True)
     scene = synthetic_scene(EXAMPLE_SEEDS[example])
     # Printed as one block after the saving and loading progress bars, so they never interleave.
     print("\n".join([BANNER, *banner, BANNER]))
@@ -84,9 +86,12 @@ def main(args: argparse.Namespace) -> int:
     if scores is not None:
         print(f"Each answer is followed by the model's held-out score of the task next to a trivial baseline "
               f"({Path(folder) / RESULTS_FILE}).")
+    geometry = None  # the room's frames as VGGT reads them, from the first request that painted no marker into them
     for task in DEMO_TASKS:
-        run_demo_task(model, processor, scene, task, out, args.max_new_tokens, scores, constrained=args.constrained)
-    run_demo_geometry(model, processor, scene, out, scores)
+        images = run_demo_task(model, processor, scene, task, out, args.max_new_tokens, scores,
+                               constrained=args.constrained)
+        geometry = images if geometry is None else geometry
+    run_demo_geometry(model, processor, scene, out, scores, images=geometry)
     if args.model == TINY:
         print("\nReminder: untrained weights; the default model (--model mini) gives real answers.")
     sys.stdout.flush()
@@ -94,14 +99,18 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=None, scores=None,
-                  constrained: bool = True) -> None:
+                  constrained: bool = True):
     """One task on the example: the answer, its parsed form, the exact answer with a score, the model's held-out
-    score of the task against a trivial baseline (`scores`, a `model_scores.HeldOutScores`, if any), a PNG."""
+    score of the task against a trivial baseline (`scores`, a `model_scores.HeldOutScores`, if any), a PNG.
+    Returns the room's frames as VGGT reads them (`[1, S, 3, Hg, Wg]`) from the request's processor output, or None
+    when the task painted its marker into them (scenes.py `unmarked_geometry_images`)."""
 
     given = scene.example_inputs.get(task, {})
     request = TaskRequest(task, query=given.get("query"), box=given.get("box") if task == "captioning" else None,
                           marker=given.get("marker"))
-    result = run_task(model, processor, scene.views, request, max_new_tokens=max_new_tokens, constrained=constrained)
+    inputs = checked_inputs(processor, scene.views, request)
+    result = run_task(model, processor, scene.views, request, max_new_tokens=max_new_tokens, constrained=constrained,
+                      inputs=inputs)
     tokens = [h * w for h, w in result.token_grids]
     print(f"\n--- {task}: {request.spec.title}; {len(scene.views)} views, {tokens[0]} visual tokens per view")
     lines = [("input", request_text(request)), ("answer", result.answer), ("parsed", result.summary()),
@@ -114,19 +123,21 @@ def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=
     written = write_visualisations(scene, result, out / task, formats=("png",))
     for kind, path in written.items():
         print(f"saved  : {path}")
+    return unmarked_geometry_images(inputs, request.marker)
 
 
-def run_demo_geometry(model, processor, scene, out: Path, scores=None) -> None:
+def run_demo_geometry(model, processor, scene, out: Path, scores=None, images=None) -> None:
     """The point cloud the geometry encoder's camera and depth heads reconstruct from the example's views (what
     `gap-mllm predict --save-dir` writes for a user's own frames), as a PLY next to the exact one, with the
-    encoder's held-out score; a model without the heads says so."""
+    encoder's held-out score; a model without the heads says so. `images`: the views as VGGT reads them, when a
+    request's processor output has them (`run_demo_task`); else the processor makes them."""
 
     print(f"\n--- geometry: the scene reconstructed by the geometry encoder's depth and camera heads from the "
           f"{len(scene.views)} views")
     if not can_reconstruct(model):
         print("not run: this model's geometry encoder has no camera and depth heads")
         return
-    estimated = reconstructed_scene(model, processor, scene.views)
+    estimated = reconstructed_scene(model, processor, scene.views, images=images)
     if estimated.points is None:
         print(f"no cloud: {estimated.note}")
         return

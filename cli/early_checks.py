@@ -17,16 +17,16 @@ import socket
 import sys
 from pathlib import Path
 
-from gap_mllm.tasks_gap_mllm import engine_missing
 from gap_mllm.evaluation.folder_lock import check_evaluation_folder
+from gap_mllm.image_utils_gap_mllm import regular_file_problem
 from gap_mllm.processing.errors import MissingDependency
 from gap_mllm.processing.output_folder import OwnerCheck, check_outside_data
 from gap_mllm.processing.output_folder import check_output_folder as check_writer_folder
 from gap_mllm.processing.path_containment import broken_link
-from gap_mllm.processing_gap_mllm import regular_file_problem
+from gap_mllm.tasks_gap_mllm import engine_missing
 
-from .errors import UserError
 from .command_arguments import DEMO_OUT, SPACE_HOST, SPACE_PORT
+from .errors import UserError
 from .example_rooms import EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE
 from .model_source import TINY, check_model_source, resolve_model_source
 from .space import gradio_missing
@@ -42,11 +42,13 @@ PREDICT_WRITER = "gap-mllm predict"
 DEMO_WRITER = "gap-mllm demo"
 
 
-def check_model(model: str | None, flag: str = "--model") -> None:
-    """UserError unless `model` ("mini", "tiny", a folder or a Hub id) can be loaded as far as the file system tells:
-    a folder that is not there, an empty one, one of another model type (`check_model_source`)."""
-    if model is not None and model != TINY:  # the tiny model is built on the fly
-        check_model_source(resolve_model_source(model), flag)
+def check_model(model: str | None, flag: str = "--model") -> str | None:
+    """The folder or Hub id `model` ("mini", "tiny", a folder or a Hub id) names, checked; UserError unless it can be
+    loaded as far as the file system tells: a folder that is not there, an empty one, one of another model type
+    (`check_model_source`). None for "tiny" (built on the fly) and for no model."""
+    if model is None or model == TINY:
+        return None
+    return check_model_source(resolve_model_source(model), flag)
 
 
 def near_names(path: Path) -> list[str]:
@@ -150,18 +152,23 @@ def check_predict(args: argparse.Namespace) -> int | None:
         raise MissingDependency(GLB_MISSING)
     check_output_folder(args.save_dir, "--save-dir", PREDICT_WRITER)
     try:
-        predict_request(args)  # what needs no frames first: a missing input is named before the frames are read
         if args.images:
+            # what needs no frames first: a missing input is named before the frames are read
+            request = predict_request(args)
             paths = frame_paths(args.images, args.max_frames)  # folders -> their images (quiet: predict says it)
             shape = check_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
-            # a marker names a pixel of its frame as shown (original pixels, upright), not of the resized frame
-            predict_request(args, shape.count, shape.original_size(args.marker[0] if args.marker else 0))
+            # then what the frames add: a marker names a pixel of its frame as shown (original pixels, upright), not
+            # of the resized frame
+            request.check_given(shape.count, shape.original_size(args.marker[0] if args.marker else 0))
         else:  # a bundled room: its frames' count and size are known without rendering it
             predict_request(args, EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE[::-1])
     except (UploadError, ValueError) as error:  # worded as predict words them once it has read the frames
         print(f"gap-mllm predict: {error}", file=sys.stderr)
         return 2
-    check_model(args.model)
+    # the user's own frames: the request is whole and fits them, so predict does not validate it again; a bundled
+    # room's request is whole once predict fills in the room's own inputs, and predict validates it then
+    args.request_validated = bool(args.images)
+    args.model_source = check_model(args.model)
     return None
 
 
@@ -231,7 +238,7 @@ def check_demo(args: argparse.Namespace) -> None:
     if not args.space:
         check_grammar_engine(args)
         check_output_folder(args.out or DEMO_OUT, "--out", DEMO_WRITER)
-        check_model(args.model)
+        args.model_source = check_model(args.model)
 
 
 def check_evaluate_sources(args: argparse.Namespace) -> None:
@@ -254,7 +261,7 @@ def check_evaluate(args: argparse.Namespace) -> None:
     if args.out is not None:  # new, empty or an evaluation's own: never a folder of the user's files, nor "."
         check_evaluation_folder(Path(args.out).expanduser())
         check_outside_data(Path(args.out).expanduser(), args.data, f"--out {args.out}", f"--data {args.data}")
-    check_model(args.model)
+    args.model_source = check_model(args.model)
 
 
 def check_train(args: argparse.Namespace) -> None:
@@ -270,6 +277,8 @@ CHECKS = {"predict": check_predict, "demo": check_demo, "evaluate": check_evalua
 
 def check_arguments(command: str, args: argparse.Namespace) -> int | None:
     """Run `command`'s check (`CHECKS`), if it has one: UserError for a mistake, or the exit status of a mistake the
-    check reported itself."""
+    check reported itself. What a check established is recorded in `args` for the command, which then does not
+    establish it again: `model_source`, the checked folder or Hub id of `--model` (predict, demo, evaluate; None for
+    "tiny"), and predict's `request_validated` (the request validated against the user's frames)."""
     check = CHECKS.get(command)
     return check(args) if check is not None else None

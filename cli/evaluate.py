@@ -26,8 +26,7 @@ from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 
 from .command_arguments import add_evaluate_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .early_checks import check_evaluate_sources, check_existing
-from .loading import resolve_model_source
-from .model_source import check_model_source
+from .model_source import check_model_source, resolve_model_source
 
 
 def main(args: argparse.Namespace) -> int:
@@ -40,7 +39,9 @@ def main(args: argparse.Namespace) -> int:
         print("error: --out is required", file=sys.stderr)
         return 2
     if args.model is not None:  # a missing / empty / truncated checkpoint is named before any work
-        args.model = check_model_source(resolve_model_source(args.model), "--model")  # "mini": the embedded default
+        # "mini": the embedded default; resolved and checked once: by the early check when it ran
+        args.model = (getattr(args, "model_source", None)
+                      or check_model_source(resolve_model_source(args.model), "--model"))
     check_existing(args.data, "--data", "folder")  # a link loop or a link to nothing is named as one
     check_existing(args.predictions, "--predictions")
     check_existing(args.annotation_file, "--annotation-file")

@@ -19,7 +19,15 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .errors import UserError
-from .model_source import GAP_MLLM_MODEL_TYPE, MINI, TINY, load_pretrained, not_gap_mllm_message, resolve_model_source
+from .model_source import (
+    GAP_MLLM_MODEL_TYPE,
+    MINI,
+    TINY,
+    check_model_source,
+    load_pretrained,
+    not_gap_mllm_message,
+    resolve_model_source,
+)
 
 MINI_NOTICE = ("GAP-MLLM-Mini, the miniature GAP-MLLM trained by this package on SynthRooms (`make mini`): it knows "
                "SynthRooms rooms only, so try the bundled examples; on real photos its answers are meaningless.")
@@ -52,7 +60,7 @@ class ModelSource:
     """What a front end reads of a model before its weights: where it is (`source`, a folder or Hub id), its
     `config` and its `processor`, whether it is the tiny test model. Enough to check a request whole (the query's
     tokens, the frames as the processor reads them, the model's context: cli/tasks.py `check_request`) before the
-    weights load."""
+    weights load. `source` was checked (`check_model_source`) when the config was read, and is not checked again."""
 
     source: str
     config: object
@@ -62,28 +70,41 @@ class ModelSource:
 
     def load_model(self, device: str = "cpu"):
         """The model itself, in eval mode (the weights: the slow part)."""
-        return load_pretrained(AutoModel.from_pretrained, self.source, self.flag, trust_remote_code=True).to(device).eval()
+        return load_pretrained(AutoModel.from_pretrained, self.source, self.flag, checked=True,
+                               trust_remote_code=True).to(device).eval()
 
 
-def load_model_source(model: str = MINI, flag: str = "--model") -> ModelSource:
+def load_model_source(model: str = MINI, flag: str = "--model", source: str | None = None,
+                      checked: bool = False) -> ModelSource:
     """The config and processor of `model` ("mini", "tiny", a folder or Hub id), without its weights. A source that
     cannot be loaded (no such folder, an empty one, refused files, an unreachable Hub id, a checkpoint of another
-    model type) is a `UserError` naming it (`cli/model_source.py`)."""
+    model type) is a `UserError` naming it (`cli/model_source.py`).
+
+    Args:
+        source: the folder or Hub id `model` names, when the caller resolved it (`resolve_model_source`); None:
+            resolved here.
+        checked: `source` was checked (`check_model_source`: a command's early check did); else it is checked here,
+            once.
+    """
     is_tiny = model == TINY
-    source = str(tiny_model_folder()) if is_tiny else resolve_model_source(model)
-    config = load_pretrained(AutoConfig.from_pretrained, source, flag, trust_remote_code=True)
+    if source is None:
+        source = str(tiny_model_folder()) if is_tiny else resolve_model_source(model)
+    if not checked:
+        source = check_model_source(source, flag)
+    config = load_pretrained(AutoConfig.from_pretrained, source, flag, checked=True, trust_remote_code=True)
     model_type = getattr(config, "model_type", None)
     if model_type != GAP_MLLM_MODEL_TYPE:  # a Hub model of a type transformers knows (a folder is checked before)
         raise UserError(not_gap_mllm_message(source, model_type, flag))
-    processor = load_pretrained(AutoProcessor.from_pretrained, source, flag, trust_remote_code=True)
+    processor = load_pretrained(AutoProcessor.from_pretrained, source, flag, checked=True, trust_remote_code=True)
     return ModelSource(source, config, processor, is_tiny, flag)
 
 
 def load_model_and_processor(model: str = MINI, device: str = "cpu", flag: str = "--model",
-                              found: ModelSource | None = None):
+                              found: ModelSource | None = None, source: str | None = None):
     """`(model, processor, is_tiny)`, the model in eval mode (`load_model_source`, then the weights; `found`: its
-    `ModelSource` already read, as `gap-mllm predict` reads it to check a request first). A source that cannot be
-    loaded (no such folder, an empty one, truncated weights, refused pickle weights, an unreachable Hub id, a
-    checkpoint of another model type) is a `UserError` naming it (`cli/model_source.py`)."""
-    found = found if found is not None else load_model_source(model, flag)
+    `ModelSource` already read, as `gap-mllm predict` reads it to check a request first; `source`: the folder or Hub
+    id `model` names, resolved by the caller). A source that cannot be loaded (no such folder, an empty one, truncated
+    weights, refused pickle weights, an unreachable Hub id, a checkpoint of another model type) is a `UserError`
+    naming it (`cli/model_source.py`)."""
+    found = found if found is not None else load_model_source(model, flag, source=source)
     return found.load_model(device), found.processor, found.is_tiny

@@ -23,7 +23,7 @@ from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from safetensors import safe_open
 
 from gap_mllm import register_auto_classes
-from gap_mllm.convert_vggt_to_hf import PICKLE_REFUSED
+from gap_mllm.image_utils_gap_mllm import PICKLE_REFUSED
 from gap_mllm.mini import default_model_path
 from gap_mllm.processing.errors import exception_chain
 from gap_mllm.processing.model_paths import HUB_REPO_ID, loading_bar_for, missing_local_folder
@@ -57,6 +57,16 @@ def not_gap_mllm_message(source: str, model_type, flag: str = "--model") -> str:
 def resolve_model_source(model: str) -> str:
     """The folder or Hub id to load for a front end's `--model` value ("mini" → the embedded default)."""
     return str(default_model_path()) if model == MINI else model
+
+
+def model_source_of(args, flag: str = "--model") -> str | None:
+    """The folder or Hub id `args.model` names, checked (`check_model_source`): the one the command's early check
+    recorded in `args.model_source` (cli/early_checks.py), else resolved and checked now; None for "tiny" (built on
+    the fly) and for no model."""
+    if args.model is None or args.model == TINY:
+        return None
+    recorded = getattr(args, "model_source", None)
+    return recorded if recorded is not None else check_model_source(resolve_model_source(args.model), flag)
 
 
 def check_gap_mllm_config(folder: Path, source: str, flag: str = "--model") -> dict:
@@ -164,11 +174,12 @@ def hub_error_message(error: BaseException, source: str, flag: str = "--model") 
     return None
 
 
-def load_pretrained(loader, source, flag: str = "--model", **kwargs):
-    """`loader(source, **kwargs)` (e.g. `AutoModel.from_pretrained`) after `check_model_source`, with the
-    remaining load failures (refused pickle, Hub errors, unreachable Hub) turned into UserErrors. The package's
-    classes are registered first, so they load a GAP folder (not its remote-code copy)."""
-    text = check_model_source(source, flag)
+def load_pretrained(loader, source, flag: str = "--model", checked: bool = False, **kwargs):
+    """`loader(source, **kwargs)` (e.g. `AutoModel.from_pretrained`) after `check_model_source` (not again when
+    `checked`: the caller checked `source` already), with the remaining load failures (refused pickle, Hub errors,
+    unreachable Hub) turned into UserErrors. The package's classes are registered first, so they load a GAP folder
+    (not its remote-code copy)."""
+    text = str(source) if checked else check_model_source(source, flag)
     register_auto_classes()
     try:
         with loading_bar_for(text):  # no progress bar for a small local checkpoint (GAP-MLLM-Mini)

@@ -53,16 +53,23 @@ import json
 import sys
 from pathlib import Path
 
-from .command_arguments import DEFAULT_SAVE_FORMATS, EXIT_STATUS_HELP, PARSE_FAILURE_STATUS  # noqa: F401 - light
-from .command_arguments import add_predict_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from gap_mllm.mini.identity import is_gap_mllm_mini
 from gap_mllm.processing.box_angles import read_box_angles, unseen_angles_note
 from gap_mllm.processing.output_folder import claim_output_folder
 
+from .command_arguments import DEFAULT_SAVE_FORMATS, EXIT_STATUS_HELP, PARSE_FAILURE_STATUS  # noqa: F401 - light
+from .command_arguments import add_predict_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .early_checks import PREDICT_WRITER, check_output_folder
 from .example_reference import reference_lines, request_text
-from .loading import (MINI_TASKS, MINI_UNTRAINED_TASK_NOTE, TINY, UNTRAINED_NOTICE, load_model_and_processor,
-                      load_model_source, resolve_model_source)
+from .loading import (
+    MINI_TASKS,
+    MINI_UNTRAINED_TASK_NOTE,
+    TINY,
+    UNTRAINED_NOTICE,
+    load_model_and_processor,
+    load_model_source,
+    resolve_model_source,
+)
 from .model_scores import held_out_scores
 from .scenes import (
     CAMERA_ESTIMATED,
@@ -72,12 +79,12 @@ from .scenes import (
     reconstructed_scene,
     scene_from_frames,
     synthetic_scene,
+    unmarked_geometry_images,
 )
 from .task_request import example_request
 from .tasks import FramesRefused, TaskRequest, check_request, run_task
 from .uploads import CLI_WORDS, UploadError, cli_limits, original_size, read_frames
 from .uploads import frame_paths as _frame_paths
-
 
 MINI_OWN_FRAMES_NOTE = ("note: this --model is GAP-MLLM-Mini, which knows SynthRooms rooms only: on other frames (real "
                         'photos included) its answers are meaningless; try --example "synthetic room A"')
@@ -99,13 +106,17 @@ def main(args: argparse.Namespace) -> int:
         # the marker: a view of these frames and a pixel of that frame as shown (original pixels, upright),
         # then moved onto the resized frame the model gets
         marked = original_size(frames.originals, request.marker[0]) if frames and request.marker else None
-        request.validate(len(scene.views), marked or scene.views[0].size)
+        if not getattr(args, "request_validated", False):  # the early check validated it (cli/early_checks.py)
+            request.validate(len(scene.views), marked or scene.views[0].size)
         if marked is not None:
             request.marker = frames.on_model_frames(request.marker)
+        # the folder or Hub id --model names, resolved once: the early check's when it ran, checked at the load
+        recorded = getattr(args, "model_source", None)
+        source = recorded or (None if args.model == TINY else resolve_model_source(args.model))
         # a box of an orientation no training box had (its folder's record, processing/box_angles.py): one line
         unseen = None
-        if "box" in request.used_inputs() and request.box is not None and args.model != TINY:
-            unseen = unseen_angles_note(request.box, read_box_angles(resolve_model_source(args.model)))
+        if "box" in request.used_inputs() and request.box is not None and source is not None:
+            unseen = unseen_angles_note(request.box, read_box_angles(source))
     except (UploadError, ValueError) as error:
         print(f"gap-mllm predict: {error}", file=sys.stderr)
         return 2
@@ -113,14 +124,16 @@ def main(args: argparse.Namespace) -> int:
         print(unseen, file=sys.stderr, flush=True)
 
     # the Mini by what its card says (mini/identity.py), however --model names it: "mini", its folder, a copy
-    is_mini = args.model != TINY and is_gap_mllm_mini(resolve_model_source(args.model))
+    is_mini = source is not None and is_gap_mllm_mini(source)
     if is_mini and not args.example:
         print(MINI_OWN_FRAMES_NOTE, file=sys.stderr, flush=True)
     if is_mini and request.task not in MINI_TASKS:
         print(MINI_UNTRAINED_TASK_NOTE.format(task=request.task), file=sys.stderr, flush=True)
-    found = load_model_source(args.model)  # the config and the processor: the request is checked whole before the weights
+    # the config and the processor: the request is checked whole before the weights
+    found = load_model_source(args.model, source=source, checked=recorded is not None)
     try:
-        check_request(found.config, found.processor, scene.views, request, args.max_new_tokens)
+        # the one processor call of the request: it measures the prompt against the context, then is generated from
+        inputs = check_request(found.config, found.processor, scene.views, request, args.max_new_tokens)
     except FramesRefused as error:
         named = f"{paths[0]}: {frames.originals[0][0]}x{frames.originals[0][1]} px" if frames else "the example's frames"
         print(f"gap-mllm predict: {named}, {error.size[0]}x{error.size[1]} px as the model gets it: the model's "
@@ -134,8 +147,8 @@ def main(args: argparse.Namespace) -> int:
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)
     result = run_task(model, processor, scene.views, request, max_new_tokens=args.max_new_tokens,
-                      constrained=args.constrained)
-    comparison = _comparison(args, scene, request, result) if args.example else {}
+                      constrained=args.constrained, inputs=inputs)
+    comparison = _comparison(found, args.constrained, scene, request, result) if args.example else {}
     answer = {**result.to_dict(), **comparison}
     report = sys.stderr if args.json else sys.stdout
     if args.json:
@@ -153,7 +166,7 @@ def main(args: argparse.Namespace) -> int:
         if result.gates:
             print("mean gate  : " + ", ".join(f"level {i}: {g.mean():.3f}" for i, g in enumerate(result.gates)))
     if args.save_dir:
-        _save(args, model, processor, scene, result, report, answer)
+        _save(args, model, processor, scene, result, report, answer, inputs)
     return _exit_status(result)
 
 
@@ -177,20 +190,22 @@ ANSWER_FILE = "answer.json"
 PLY_PART_WORDS = {"box edges": "sampled along the answer's box edges", "answer point": "for the answer's point"}
 
 
-def _comparison(args, scene, request, result) -> dict:
+def _comparison(found, constrained: bool, scene, request, result) -> dict:
     """On a bundled room: `{"reference": {"truth": ..., "score": ...}, "held_out": line}` (entries that do not
-    apply left out; no held-out line for a model folder without evaluation_results.json)."""
+    apply left out; no held-out line for a model folder without evaluation_results.json). `found`: the model's
+    `ModelSource` (its folder: the held-out scores of the decoding that ran, `constrained` or not)."""
 
     comparison = {"reference": dict(reference_lines(scene, request, result))}
-    scores = None if args.model == TINY else held_out_scores(resolve_model_source(args.model), args.constrained)
+    scores = None if found.is_tiny else held_out_scores(found.source, constrained)
     if scores is not None:
         comparison["held_out"] = scores.line(request.task)
     return comparison
 
 
-def _save(args, model, processor, scene, result, report, answer: dict) -> None:
+def _save(args, model, processor, scene, result, report, answer: dict, inputs=None) -> None:
     """answer.json (what --json prints: the raw answer, the parsed one, the parse problem), the pictures, and for
-    uncalibrated frames the point cloud the model's heads reconstruct, if it has them."""
+    uncalibrated frames the point cloud the model's heads reconstruct, if it has them (from the request's own VGGT
+    input, `inputs`: the processor output the answer was generated from, when it holds the unmarked frames)."""
     from .visualize import ply_parts, write_visualisations
 
     formats = tuple(args.formats or DEFAULT_SAVE_FORMATS)  # --formats not given: what a plain install writes
@@ -201,7 +216,8 @@ def _save(args, model, processor, scene, result, report, answer: dict) -> None:
     answer_file.write_text(json.dumps(answer, indent=2) + "\n")
     print(f"saved answer: {answer_file}", file=report)
     if not scene.calibrated and can_reconstruct(model):
-        scene = reconstructed_scene(model, processor, scene.views)
+        images = unmarked_geometry_images(inputs, result.marker)  # the request's own VGGT input, when unmarked
+        scene = reconstructed_scene(model, processor, scene.views, images=images)
     written = write_visualisations(scene, result, args.save_dir, formats=formats)
     for kind, path in written.items():
         print(f"saved {kind}: {path}", file=report)

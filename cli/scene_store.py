@@ -2,7 +2,7 @@
 
 A Space user asks one question after another about the same upload. `SceneStore` keeps the last scene
 each session encoded (`model.encode_scene`: geometry encoder, vision tower, fusion, multi-view prefill),
-keyed by the exact frames, the marker and the chat text up to the last view, so the next question on
+keyed by the exact frames, the marker and the prompt's tokens up to the last view, so the next question on
 the same frames only prefills the question. A new upload, another example, a changed frame or marker
 gives another key: the session's old scene is replaced (never reused for other frames). The store is
 bounded by a number of sessions and a number of bytes of cached keys/values; the least recently used
@@ -17,20 +17,22 @@ from collections import OrderedDict
 
 import numpy as np
 
+from gap_mllm.generation_gap_mllm import scene_prefix_length
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 DEFAULT_SESSION = "default"
 
 
-def scene_key(views, marker, prefix: str) -> str:
-    """Digest of what a scene's cache depends on: every view's pixels, the marker, the scene prefix text."""
+def scene_key(views, marker, prefix) -> str:
+    """Digest of what a scene's cache depends on: every view's pixels, the marker, the scene prefix (its text, or its
+    token ids)."""
     digest = hashlib.blake2b(digest_size=16)
     for view in views:
         array = np.asarray(view.convert("RGB"))
         digest.update(f"{array.shape}".encode())
         digest.update(array.tobytes())
     digest.update(repr(None if marker is None else tuple(int(v) for v in marker)).encode())
-    digest.update(prefix.encode())
+    digest.update((prefix if isinstance(prefix, str) else repr([int(i) for i in prefix])).encode())
     return digest.hexdigest()
 
 
@@ -95,28 +97,26 @@ class SceneStore:
         return scene
 
 
-def answer_on_stored_scene(model, processor, views, prompt: str, marker, task: str, max_new_tokens: int | None,
+def answer_on_stored_scene(model, processor, views, inputs, marker, task: str, max_new_tokens: int | None,
                            store: SceneStore, session: str | None, constrained: bool = False):
-    """Greedy answer to `prompt` about `views` through the session's stored scene (encoded if needed); inside the
-    task's answer grammar with `constrained`.
+    """Greedy answer to the request whose processor output is `inputs` (one sample: `views`, with `marker` painted,
+    and the task's prompt; on the model's device) through the session's stored scene (encoded from `inputs` if
+    needed: `encode_scene` reads the prompt up to its last view); inside the task's answer grammar with `constrained`.
+    The question is the rest of the same prompt, so the processor runs once per request.
 
     Returns:
         `(generated, question_ids, fusion_gates, image_grid_thw)`: `generated` continues `question_ids`
         (decode with `processor.decode_generated(generated, input_ids=question_ids)`).
     """
-    prefix, suffix = processor.split_scene_prompt(prompt, num_views=len(views))
-
-    def encode():
-        inputs = processor(images=[list(views)], text=[prefix], point_prompts=[marker], return_tensors="pt")
-        return model.encode_scene(**inputs.to(model.device), output_gates=True)
-
-    scene = store.get_or_encode(session, scene_key(views, marker, prefix), encode)
-    question = processor(text=[suffix], return_tensors="pt").to(model.device)
+    input_ids = inputs["input_ids"]
+    length = scene_prefix_length(input_ids, model.config.vlm_config.vision_end_token_id)
+    scene = store.get_or_encode(session, scene_key(views, marker, input_ids[0, :length].tolist()),
+                                lambda: model.encode_scene(**inputs, output_gates=True))
+    question_ids, question_mask = input_ids[:, length:], inputs["attention_mask"][:, length:]
     # The task's budget and stop rule. Inside generate(scene=...) the sequence is the scene prefix + the
     # question (it returns only the question + the answer), so the answer starts after both.
-    prompt_length = scene.prefix_ids.shape[1] + question["input_ids"].shape[1]
+    prompt_length = scene.prefix_ids.shape[1] + question_ids.shape[1]
     options = resolve_task(task).generation_kwargs(processor.tokenizer, prompt_length, max_new_tokens, constrained,
                                                    num_views=len(views))
-    generated = model.generate(scene=scene, input_ids=question["input_ids"], attention_mask=question["attention_mask"],
-                               **options)
-    return generated, question["input_ids"], scene.fusion_gates, scene.image_grid_thw
+    generated = model.generate(scene=scene, input_ids=question_ids, attention_mask=question_mask, **options)
+    return generated, question_ids, scene.fusion_gates, scene.image_grid_thw

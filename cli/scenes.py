@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gap_mllm.processing.coordinates import backproject_depth, backproject_pixel, invert_rigid, transform_points, world_boxes_to_camera
+from gap_mllm.processing.coordinates import (
+    backproject_depth,
+    backproject_pixel,
+    invert_rigid,
+    transform_points,
+    world_boxes_to_camera,
+)
 from gap_mllm.processing.synth import SynthRooms
 from gap_mllm.processing.synth.language import captions, describe
 from gap_mllm.processing.synth.presets import synth_config
@@ -99,6 +105,15 @@ def geometry_images(processor, views: list[Image.Image]) -> torch.Tensor:
     return inputs["geometry_pixel_values"][None]
 
 
+def unmarked_geometry_images(inputs, marker) -> torch.Tensor | None:
+    """`geometry_images` of a request's frames read from the request's own processor output `inputs` (one sample;
+    the VGGT input does not depend on the text), or None when the request's `marker` was painted into its frames
+    (the reconstruction is made from the frames as they are) or there are no `inputs`."""
+    if inputs is None or marker is not None:
+        return None
+    return inputs["geometry_pixel_values"][None]
+
+
 def intrinsics_for_frame(intrinsics, geometry_size: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
     """Pinhole `intrinsics` of an image of `geometry_size` (H, W) rescaled to a frame of `frame_size`
     (W, H, as PIL reports it): the processor resized the whole frame, so each axis scales on its own."""
@@ -119,8 +134,11 @@ def _to_first_camera(points: np.ndarray, extrinsics_first: np.ndarray) -> np.nda
 
 
 @torch.no_grad()
-def reconstructed_scene(model, processor, views: list[Image.Image], max_points: int = MAX_CLOUD_POINTS) -> Scene:
-    """A scene of user frames with the geometry VGGT's heads estimate (needs `can_reconstruct(model)`).
+def reconstructed_scene(model, processor, views: list[Image.Image], max_points: int = MAX_CLOUD_POINTS,
+                        images: torch.Tensor | None = None) -> Scene:
+    """A scene of user frames with the geometry VGGT's heads estimate (needs `can_reconstruct(model)`); `images`:
+    their VGGT input `[1, S, 3, Hg, Wg]` when the caller has it (`unmarked_geometry_images`), else the processor
+    makes it (`geometry_images`).
 
     Point cloud: depth unprojected with the predicted cameras, the most confident half kept, coloured
     by the frames, in frame 0's OpenCV camera (normalised scale, not metric). Intrinsics: frame 0's,
@@ -130,7 +148,8 @@ def reconstructed_scene(model, processor, views: list[Image.Image], max_points: 
     scene = scene_from_frames(views)
     encoder = model.geometry_encoder
     parameter = next(encoder.parameters())
-    images = geometry_images(processor, views).to(device=parameter.device, dtype=parameter.dtype)
+    images = (geometry_images(processor, views) if images is None else images).to(device=parameter.device,
+                                                                                  dtype=parameter.dtype)
     output = encoder.reconstruct(images)
     first_intrinsics = output.intrinsics[0, 0].detach().double().cpu().numpy()
     if not _usable_camera(first_intrinsics):

@@ -33,19 +33,33 @@ import torch
 
 from gap_mllm.mini.identity import is_gap_mllm_mini
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note
-
-from .example_reference import reference_lines, request_text
-from .frame_grid import MIN_COLUMNS, frame_caption, frame_order, grid_columns
-from .loading import (MINI, MINI_NOTICE, TINY, UNTRAINED_NOTICE, load_model_and_processor, resolve_model_source,
-                      temporary_model_folder)
-from .model_scores import held_out_scores
-from .scene_store import SceneStore
-from .space_gpu import gpu_function, gpu_line, gpu_seconds, move_to_gpu, on_zero_gpu, request_line
-from .scenes import (CAMERA_ESTIMATED, EXAMPLE_SEEDS, POINT_CLOUD_HOWTO, can_reconstruct, reconstructed_scene,
-                     scene_from_frames, synthetic_scene)
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
+from .example_reference import reference_lines, request_text
+from .frame_grid import MIN_COLUMNS, frame_caption, frame_order, grid_columns
+from .loading import (
+    MINI,
+    MINI_NOTICE,
+    TINY,
+    UNTRAINED_NOTICE,
+    load_model_and_processor,
+    resolve_model_source,
+    temporary_model_folder,
+)
+from .model_scores import held_out_scores
+from .scene_store import SceneStore
+from .scenes import (
+    CAMERA_ESTIMATED,
+    EXAMPLE_SEEDS,
+    POINT_CLOUD_HOWTO,
+    can_reconstruct,
+    reconstructed_scene,
+    scene_from_frames,
+    synthetic_scene,
+    unmarked_geometry_images,
+)
+from .space_gpu import gpu_function, gpu_line, gpu_seconds, move_to_gpu, on_zero_gpu, request_line
 from .task_request import example_request
 from .tasks import TaskRequest, check_request, run_task
 from .uploads import UploadError, UploadLimits, load_frames
@@ -98,16 +112,17 @@ def build_space_tiny(folder=None) -> Path:
     return folder
 
 
-def load_space_model(name: str = MINI):
+def load_space_model(name: str = MINI, source: str | None = None):
     """`(model, processor, is_tiny)` as the Space serves them (Auto classes + trust_remote_code, eval mode);
-    "tiny" is the embedded untrained model with reconstruction heads (`build_space_tiny`). Decoding is compiled on a
-    dedicated GPU (`compile_decoding="auto"`: the compilation is paid once per server), not on ZeroGPU, whose every
-    request runs in a fresh worker that would compile again (generation_gap_mllm.py)."""
+    "tiny" is the embedded untrained model with reconstruction heads (`build_space_tiny`). `source`: the folder or Hub
+    id `name` names, when the caller resolved it (`resolve_model_source`). Decoding is compiled on a dedicated GPU
+    (`compile_decoding="auto"`: the compilation is paid once per server), not on ZeroGPU, whose every request runs in
+    a fresh worker that would compile again (generation_gap_mllm.py)."""
     if name == TINY:
         model, processor, _ = load_model_and_processor(str(build_space_tiny()))
         is_tiny = True
     else:
-        model, processor, is_tiny = load_model_and_processor(name)
+        model, processor, is_tiny = load_model_and_processor(name, source=source)
     model.compile_decoding = "off" if on_zero_gpu() else "auto"
     return model, processor, is_tiny
 
@@ -206,7 +221,9 @@ class SpaceBackend:
     def __init__(self, settings: SpaceSettings, work_dir=None, loaded=None):
         """`loaded`: an already loaded `(model, processor, is_tiny)`; by default `load_space_model(settings.model)`."""
         self.settings = settings
-        self.model, self.processor, self.is_tiny = loaded or load_space_model(settings.model)
+        # the folder or Hub id settings.model names, resolved once for the server (None: the tiny test model)
+        self.source = None if settings.model == TINY else resolve_model_source(settings.model)
+        self.model, self.processor, self.is_tiny = loaded or load_space_model(settings.model, self.source)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gap-mllm-space-"))
         self._lock = threading.Lock()
         self._examples = {}
@@ -220,17 +237,16 @@ class SpaceBackend:
         LOG.info(gpu_line())
         # The model folder's own evaluation (GAP-MLLM-Mini ships one), for the decoding the Space runs; None: no
         # held-out line is shown.
-        self.scores = (None if self.is_tiny or settings.model == TINY
-                       else held_out_scores(resolve_model_source(settings.model), settings.constrained))
+        self.scores = (None if self.is_tiny or self.source is None
+                       else held_out_scores(self.source, settings.constrained))
         # the orientations of its training boxes (GAP-MLLM-Mini records them): a box of another gets a note
-        self.box_angles = (None if self.is_tiny or settings.model == TINY
-                           else read_box_angles(resolve_model_source(settings.model)))
+        self.box_angles = None if self.is_tiny or self.source is None else read_box_angles(self.source)
 
     @property
     def notice(self) -> str:
         if self.is_tiny:
             return UNTRAINED_NOTICE
-        if self.settings.model != TINY and is_gap_mllm_mini(resolve_model_source(self.settings.model)):  # by its card
+        if self.source is not None and is_gap_mllm_mini(self.source):  # by its card
             return MINI_NOTICE
         return f"Model: `{self.settings.model}`."
 
@@ -295,9 +311,8 @@ class SpaceBackend:
         marker = self._marker(marker_text, scene) if task is RECONSTRUCTION else None
         request = example_request(task, scene.example_inputs.get(task.name, {}), query=query, box=box, marker=marker)
         # every input is checked here, before the model runs (reconstruction included), so a bad one is the
-        # page's message at once rather than an error after the model's time
+        # page's message at once rather than an error after the model's time; the query's tokens: `check_request`
         request.validate(len(scene.views))
-        request.check_text(self.processor.tokenizer)
         return request
 
     @staticmethod
@@ -345,18 +360,20 @@ class SpaceBackend:
         finally:
             LOG.info("request %d finished (%.2f s)", number, time.monotonic() - started)
 
-    def gpu_seconds(self, scene, request, session=None) -> int:
+    def gpu_seconds(self, scene, request, inputs=None, session=None) -> int:
         """The ZeroGPU duration of a request (space_gpu.py; the arguments are those of the GPU call)."""
         return gpu_seconds(request.spec, self.settings.max_new_tokens)
 
-    def _answer(self, scene, request, session=None):
+    def _answer(self, scene, request, inputs=None, session=None):
         """The model work of one request (the GPU call): the model on CUDA when there is one, VGGT's reconstruction of
-        uploaded frames, the task. Returns `(scene, TaskResult)`; both cross a process boundary on ZeroGPU (pickled)."""
+        uploaded frames, the task, from `inputs` (the request's processor output, `check_request`'s; None: made by
+        `run_task`). Returns `(scene, TaskResult)`; both cross a process boundary on ZeroGPU (pickled)."""
         move_to_gpu(self.model)
         if not scene.calibrated and self.reconstructs:
-            scene = reconstructed_scene(self.model, self.processor, scene.views)
+            scene = reconstructed_scene(self.model, self.processor, scene.views,
+                                        images=unmarked_geometry_images(inputs, request.marker))
         result = run_task(self.model, self.processor, scene.views, request, max_new_tokens=self.settings.max_new_tokens,
-                          scenes=self.scenes, session=session, constrained=self.settings.constrained)
+                          scenes=self.scenes, session=session, constrained=self.settings.constrained, inputs=inputs)
         return scene, result
 
     def _run(self, files, example_name, task_label, query, object_choice, box_text, marker_text,
@@ -364,11 +381,11 @@ class SpaceBackend:
         scene = self._scene(files, example_name)
         request = self._request(task_label, query, object_choice, box_text, marker_text, scene)
         # before the GPU call, as predict does before its load: a query too long for the model's context, frames the
-        # processor cannot read (cli/tasks.py)
-        check_request(self.model.config, self.processor, scene.views, request, self.settings.max_new_tokens)
+        # processor cannot read (cli/tasks.py); its processor output is the one the answer is generated from
+        inputs = check_request(self.model.config, self.processor, scene.views, request, self.settings.max_new_tokens)
         LOG.info(request_line(number, request.spec, self.settings.max_new_tokens))
         with self._lock:
-            scene, result = self._answer_on_gpu(scene, request, session)
+            scene, result = self._answer_on_gpu(scene, request, inputs, session)
         out = self.work_dir / uuid.uuid4().hex
         out.mkdir(parents=True)
         drawn = frames_with_boxes(scene, result.boxes, result.point, marker=result.marker)

@@ -17,17 +17,24 @@ Tasks a front end runs (one model call each):
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from gap_mllm.tasks_gap_mllm import PromptTextError
 from gap_mllm.generation_gap_mllm import context_limit, positions_after
 from gap_mllm.modeling_gap_mllm import mrope_position_ids
-from gap_mllm.tasks_gap_mllm import other_task_format
-from gap_mllm.tasks_gap_mllm import Box3D
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
+from gap_mllm.tasks_gap_mllm import (
+    CAPTIONING,
+    DETECTION,
+    GROUNDING,
+    RECONSTRUCTION,
+    SPATIAL_QA,
+    Box3D,
+    PromptTextError,
+    other_task_format,
+)
 
 from .answer_checks import budget_cut, zero_size_box
 from .scene_store import answer_on_stored_scene
@@ -136,9 +143,11 @@ class FramesRefused(ValueError):
         self.reason, self.size = reason, size
 
 
-def check_request(config, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None) -> None:
+def check_request(config, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None):
     """What `run_task` would refuse or answer wrongly, found with the model's `config` and `processor` alone, so that a
-    front end says it before the weights load (cli/loading.py `ModelSource`). A ValueError with one line each:
+    front end says it before the weights load (cli/loading.py `ModelSource`); returns the processor's output for the
+    request (`BatchFeature`, CPU tensors), which `run_task(inputs=...)` generates from. `request` is validated by the
+    front end (`TaskRequest.validate`, with the frames' count and size it knows). A ValueError with one line each:
 
     * the query holds one of the tokenizer's added tokens (`<image>` ...: `TaskRequest.check_text`);
     * the processor cannot read the frames (`FramesRefused`: a frame past Qwen's aspect-ratio limit, ...);
@@ -150,18 +159,11 @@ def check_request(config, processor, views: list, request: TaskRequest, max_new_
       answered in a few tokens (a zero-size box) as if nothing were wrong; so it is refused here, naming the query's
       length and the limit.
     """
-    request.validate(len(views))
     request.check_text(processor.tokenizer)
-    try:
-        inputs = processor(images=[list(views)], return_tensors="pt", **request.processor_inputs())
-    except ValueError as error:
-        if isinstance(error, PromptTextError) or error.__cause__ is None:
-            raise
-        # a view the image processor refused (its error, wrapped with the view's number: processing_gap_mllm.py)
-        raise FramesRefused(str(error.__cause__), tuple(views[0].size)) from error
+    inputs = request_inputs(processor, views, request)
     limit = context_limit(config)
     if limit is None:
-        return
+        return inputs
     merge = config.vlm_config.vision_config.spatial_merge_size
     positions, _ = mrope_position_ids(inputs["mm_token_type_ids"], merge, inputs["image_grid_thw"],
                                       attention_mask=inputs.get("attention_mask"))
@@ -170,7 +172,7 @@ def check_request(config, processor, views: list, request: TaskRequest, max_new_
     needed = own if max_new_tokens is None else min(int(max_new_tokens), own)
     over = needed - positions_after(limit, highest)
     if over <= 0:
-        return
+        return inputs
     context = (f"the model's context of {limit:,} positions (text_config.max_position_embeddings): the prompt with "
                f"its {len(views)} frame(s) ends at position {highest:,}, and the {request.task} answer needs up to "
                f"{needed:,} more")
@@ -183,15 +185,67 @@ def check_request(config, processor, views: list, request: TaskRequest, max_new_
     raise ValueError(f"the request does not fit in {context}; give fewer or smaller frames")
 
 
+def request_inputs(processor, views: list, request: TaskRequest):
+    """The processor's output for `request` on `views` (`BatchFeature`, CPU tensors): the one processor call of a
+    request. Frames the image processor refuses are `FramesRefused`."""
+    try:
+        return processor(images=[list(views)], return_tensors="pt", **request.processor_inputs())
+    except ValueError as error:
+        if isinstance(error, PromptTextError) or error.__cause__ is None:
+            raise
+        # a view the image processor refused (its error, wrapped with the view's number: processing_gap_mllm.py)
+        raise FramesRefused(str(error.__cause__), tuple(views[0].size)) from error
+
+
+def checked_inputs(processor, views: list, request: TaskRequest):
+    """`request` validated on `views` (`TaskRequest.validate`, `check_text`), then its processor output
+    (`request_inputs`): what `run_task` does when its caller gives no `inputs`."""
+    request.validate(len(views))
+    request.check_text(processor.tokenizer)
+    return request_inputs(processor, views, request)
+
+
+@contextmanager
+def prefill_fusion_gates(model):
+    """Within the block, the fusion gates of the first image forward the model runs (a `generate` call's prefill):
+    yields a list that then holds, per fusion level, the `[N_visual]` gate shares (`GapMllmOutput.fusion_gates`, as
+    `output_gates=True` gives them), and stays empty for a model without gated fusion or a `generate` that runs no
+    forward. The model's fusion is asked for its gates (hooks on `model.geometry_fusion`), so they come from the one
+    forward that answers, not from a second one."""
+    gates: list = []
+    fusion = getattr(model, "geometry_fusion", None) if getattr(model.config, "use_geometry", False) else None
+    if not isinstance(fusion, torch.nn.Module):
+        yield gates
+        return
+
+    def ask_for_gates(module, args, kwargs):
+        if len(args) > 3:  # output_gates given by position
+            return (*args[:3], True, *args[4:]), kwargs
+        return args, {**kwargs, "output_gates": True}
+
+    def keep_gates(module, args, kwargs, output):
+        if not gates and output[1] is not None:
+            gates.extend(output[1])
+
+    handles = [fusion.register_forward_pre_hook(ask_for_gates, with_kwargs=True),
+               fusion.register_forward_hook(keep_gates, with_kwargs=True)]
+    try:
+        yield gates
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _token_grids(image_grid_thw: torch.Tensor, merge: int) -> list[tuple[int, int]]:
     return [(int(h) // merge, int(w) // merge) for _, h, w in image_grid_thw.tolist()]
 
 
 @torch.no_grad()
 def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None, scenes=None,
-             session: str | None = None, constrained: bool = True) -> TaskResult:
+             session: str | None = None, constrained: bool = True, inputs=None) -> TaskResult:
     """Run one request on one multi-view sample (greedy decoding, stopped at the end of the answer, inside the
-    task's answer grammar unless `constrained=False`) and collect what the UI shows.
+    task's answer grammar unless `constrained=False`) and collect what the UI shows. One processor call, one
+    geometry-encoder forward: the gates are those of the answer's own prefill (`prefill_fusion_gates`).
 
     Args:
         model: a `GapMllmForConditionalGeneration` (any loader: AutoModel with trust_remote_code too).
@@ -205,24 +259,25 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         session: the session the scene is kept for (the Space passes gradio's session hash).
         constrained: decode inside the task's answer grammar (`TaskSpec.logits_processor`), so the answer is in
             the task's format; the front ends' default (`--free` turns it off).
+        inputs: the processor's output for this request, when the front end made it to check the request
+            (`check_request`, after validating the request); None: the request is validated and processed here.
     """
-    request.validate(len(views))
-    request.check_text(processor.tokenizer)
     spec = request.spec
+    if inputs is None:
+        inputs = checked_inputs(processor, views, request)
+    # on the model's device: the Space moves the model to CUDA inside its GPU call (space_gpu.py)
+    inputs = inputs.to(model.device)
     if scenes is not None:
-        inputs = request.processor_inputs()
-        segments = spec.user_segments(len(views), query=inputs.get("query"), box=inputs.get("box"))
         generated, input_ids, gates, image_grid_thw = answer_on_stored_scene(
-            model, processor, views, processor.chat_prompt(segments), request.marker, spec.name, max_new_tokens, scenes, session,
+            model, processor, views, inputs, request.marker, spec.name, max_new_tokens, scenes, session,
             constrained=constrained)
     else:
-        # on the model's device: the Space moves the model to CUDA inside its GPU call (space_gpu.py)
-        inputs = processor(images=[list(views)], return_tensors="pt", **request.processor_inputs()).to(model.device)
         # Task names, not TaskSpec objects, cross into the processor: its remote code has its own classes.
-        generated = model.generate(**inputs, **processor.generation_kwargs(spec.name, inputs, max_new_tokens, constrained))
+        with prefill_fusion_gates(model) as gates:
+            generated = model.generate(**inputs, **processor.generation_kwargs(spec.name, inputs, max_new_tokens,
+                                                                               constrained))
         input_ids, image_grid_thw = inputs["input_ids"], inputs["image_grid_thw"]
-        # A second forward pass for the gates: generate() does not return model-specific outputs.
-        gates = model(**inputs, output_gates=True).fusion_gates
+        gates = gates or None
     raw = processor.decode_generated(generated, input_ids=input_ids)[0]
     parsed = task_answer(spec.name, raw, processor.post_process(generated, spec.name, input_ids)[0])
     budget = spec.max_new_tokens if max_new_tokens is None else int(max_new_tokens)

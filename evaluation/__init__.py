@@ -1,25 +1,41 @@
 """Evaluation with the official GAP-MLLM semantics: oriented 3D box IoU, task metrics, task runners.
 
 Conventions and the official-compat differences: README.md in this folder. Heavy dependencies
-(pycocoevalcap, matplotlib, the model) are imported only where they are used. The task runners
-(`gap_mllm.evaluation.runner.run_evaluation`) read annotation files through the `datasets` builders, so
-they are not imported here: the metrics stay importable without `datasets`.
+(pycocoevalcap, matplotlib, the model) are imported only where they are used, the task metrics below on first use.
+The task runners (`gap_mllm.evaluation.runner.run_evaluation`) read annotation files through the `datasets`
+builders, so they are not imported here: the metrics stay importable without `datasets`.
 """
 
-from .box_iou import box_iou, box_iou_matrix, box_iou_pairs, box_volume, intersection_volume
-from .caption_metrics import caption_scores, gate_prediction, normalize_caption
-from .category_lists import CLEAN_SPLITS, OFFICIAL_SPLITS
-from .detection_metrics import DetectionEvaluator, match_sample
-from .grounding_metrics import GroundingEvaluator, GroundingScore, grounding_scores, score_grounding
-from .reconstruction_metrics import ReconstructionEvaluator, chamfer_metrics, point_score, umeyama_sim3
-from .spatial_qa_metrics import mean_relative_accuracy, spatial_qa_scores
+import importlib
 
-__all__ = [
-    "box_iou", "box_iou_matrix", "box_iou_pairs", "box_volume", "intersection_volume",
-    "caption_scores", "gate_prediction", "normalize_caption",
-    "CLEAN_SPLITS", "OFFICIAL_SPLITS",
-    "DetectionEvaluator", "match_sample",
-    "GroundingEvaluator", "GroundingScore", "grounding_scores", "score_grounding",
-    "ReconstructionEvaluator", "chamfer_metrics", "point_score", "umeyama_sim3",
-    "mean_relative_accuracy", "spatial_qa_scores",
-]  # fmt: skip
+# light (numpy only); imported here, so that the package's `box_iou` is the function, not its module
+from .box_iou import box_iou, box_iou_matrix, box_iou_pairs, box_volume, intersection_volume
+from .category_lists import CLEAN_SPLITS, OFFICIAL_SPLITS
+
+# exported name -> the module of this package that defines it; imported on first use (PEP 562), so that a light
+# module of the package (folder_lock.py, benchmark_names.py: what a command's argument check reads) imports no metric
+_EXPORTS = {
+    **dict.fromkeys(("caption_scores", "gate_prediction", "normalize_caption"), "caption_metrics"),
+    **dict.fromkeys(("DetectionEvaluator", "match_sample"), "detection_metrics"),
+    **dict.fromkeys(("GroundingEvaluator", "GroundingScore", "grounding_scores", "score_grounding"),
+                    "grounding_metrics"),
+    **dict.fromkeys(("ReconstructionEvaluator", "chamfer_metrics", "point_score", "umeyama_sim3"),
+                    "reconstruction_metrics"),
+    **dict.fromkeys(("mean_relative_accuracy", "spatial_qa_scores"), "spatial_qa_metrics"),
+}
+
+__all__ = ["box_iou", "box_iou_matrix", "box_iou_pairs", "box_volume", "intersection_volume", "CLEAN_SPLITS",
+           "OFFICIAL_SPLITS", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    """The exported metrics, imported from their module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

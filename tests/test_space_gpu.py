@@ -44,10 +44,12 @@ def test_the_model_work_is_one_call_whose_arguments_and_result_pickle(backend, m
 
     monkeypatch.setattr(backend, "_answer_on_gpu", recorded)
     out = backend.run([], EXAMPLE, "3D visual grounding (text query)", query="the chair", session="s1")
-    scene, request, session = calls[0]
+    scene, request, inputs, session = calls[0]
     assert len(calls) == 1 and request.task == "grounding" and request.query == "the chair" and session == "s1"
     assert len(scene.views) == 4 and out.status.startswith("grounding on 4 frame(s)") and out.raw is not None
-    assert backend.gpu_seconds(scene, request) == gpu_seconds(GROUNDING, 2)  # the Space's cap of 2 tokens
+    # the request's processor output, made before the call (the request's check measured it against the context)
+    assert inputs["input_ids"].shape[0] == 1 and inputs["image_grid_thw"].shape[0] == 4
+    assert backend.gpu_seconds(scene, request, inputs) == gpu_seconds(GROUNDING, 2)  # the Space's cap of 2 tokens
 
 
 def test_on_zero_gpu_the_session_scene_store_is_off(tmp_path, monkeypatch, backend):  # noqa: F811

@@ -80,7 +80,7 @@ def test_questions_on_one_upload_reuse_the_session_scene(backend, tmp_path, monk
     ask("the chair", files=other_upload)  # a new upload replaces alice's scene
     assert (len(encoder_calls), len(vision_calls)) == (2, 2) and len(backend.scenes) == 1
 
-    # the answers and gates are those of the plain path (one full generate call + a forward for the gates)
+    # the answers and gates are those of the plain path (one full generate call, the gates of its prefill)
     store, backend.scenes = backend.scenes, None
     try:
         plain = [ask("the chair", session=None), ask("the lamp by the window", session=None)]
