@@ -7,11 +7,17 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass, field
 
-from gap_mllm.tasks_gap_mllm import options_problem
+from gap_mllm.image_utils_gap_mllm import check_marker_inside
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
-from gap_mllm.tasks_gap_mllm import refuse_control_tokens
-from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TaskSpec, check_query_text, format_box, resolve_task
-from gap_mllm.processing_gap_mllm import check_marker_inside
+from gap_mllm.tasks_gap_mllm import (
+    SPATIAL_QA,
+    TaskSpec,
+    check_query_text,
+    format_box,
+    options_problem,
+    refuse_control_tokens,
+    resolve_task,
+)
 
 from .task_names import FRONT_END_TASKS, TASKS
 

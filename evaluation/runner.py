@@ -41,12 +41,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from gap_mllm.image_utils_gap_mllm import read_regular_bytes
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
 from gap_mllm.processing.json_files import loads_json
-from gap_mllm.processing_gap_mllm import read_regular_bytes
 from gap_mllm.processing.output_folder import check_outside_data
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
@@ -54,10 +54,25 @@ from . import reports, scene_generation
 from .batched_answers import answer_in_batches
 from .folder_lock import check_evaluation_folder, claim_evaluation_folder, evaluation_folder_lock
 from .plots import write_plots
-from .run_fingerprint import (FrameDigests, check_resume, discard_answers, frames_digest, local_model_folder,
-                              model_fingerprint, run_fingerprint, write_fingerprint)
-from .tasks import (check_batch_size, check_prompt_texts, check_records, check_sample_limit, get_task, headline_value,
-                    sample_id)
+from .run_fingerprint import (
+    FrameDigests,
+    check_resume,
+    discard_answers,
+    frames_digest,
+    local_model_folder,
+    model_fingerprint,
+    run_fingerprint,
+    write_fingerprint,
+)
+from .tasks import (
+    check_batch_size,
+    check_prompt_texts,
+    check_records,
+    check_sample_limit,
+    get_task,
+    headline_value,
+    sample_id,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -65,8 +65,8 @@ import xxhash  # a dependency of datasets
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from gap_mllm import image_files_gap_mllm, processing_gap_mllm, tasks_gap_mllm
-from gap_mllm.image_files_gap_mllm import read_image_file
+from gap_mllm import image_utils_gap_mllm, processing_gap_mllm, tasks_gap_mllm
+from gap_mllm.image_utils_gap_mllm import read_image_file
 from gap_mllm.processing import collator as collator_module
 from gap_mllm.processing.errors import DataError, DiskFullError, device_of, names_full_disk
 
@@ -88,7 +88,7 @@ from .sample_tensors import FrozenVisionFeatures, collate_samples, split_batch
 logger = logging.getLogger(__name__)
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Modules whose code decides what a sample's tensors are: a change there must not serve an old entry.
-_CODE_MODULES = (processing_gap_mllm, image_files_gap_mllm, tasks_gap_mllm, collator_module,
+_CODE_MODULES = (processing_gap_mllm, image_utils_gap_mllm, tasks_gap_mllm, collator_module,
                  aux_targets, sample_tensors, frozen_towers)
 # Sample fields the collator chain reads (the images are hashed apart, from their encoded bytes).
 _CONTENT_FIELDS = ("prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")

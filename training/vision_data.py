@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gap_mllm.image_utils_gap_mllm import draw_marker
 from gap_mllm.processing.scannet_layout import posed_images_dir, read_color
 from gap_mllm.processing.synth.categories import CATEGORY_NAMES
 from gap_mllm.processing.synth.palette import COLOUR_NAMES, TEXTURES
 from gap_mllm.processing.synth.writer import read_instance_mask
-from gap_mllm.processing_gap_mllm import draw_marker
 
 from .geometry_data import split_scene_ids
 
