@@ -146,11 +146,11 @@ def check_predict(args: argparse.Namespace) -> int | None:
     line as `gap-mllm predict` words it (cli/predict.py), status 2."""
     check_grammar_engine(args)
     if args.formats and not args.save_dir:
-        raise UserError("--formats picks what --save-dir writes, and without --save-dir nothing is written: add "
-                        "--save-dir DIR, or leave --formats out")
+        raise UserError("--formats picks what --out writes, and without --out nothing is written: add "
+                        "--out DIR, or leave --formats out")
     if args.formats and "glb" in args.formats and importlib.util.find_spec("trimesh") is None:
         raise MissingDependency(GLB_MISSING)
-    check_output_folder(args.save_dir, "--save-dir", PREDICT_WRITER)
+    check_output_folder(args.save_dir, "--out", PREDICT_WRITER)
     try:
         if args.images:
             # what needs no frames first: a missing input is named before the frames are read

@@ -2,7 +2,7 @@
 scene); prints the answer and its parsed form and can save it with pictures (answer.json, PNG with boxes, a legend
 and gate maps, PLY scene; a GLB scene with `--formats ... glb`, which needs trimesh: the glb extra).
 
-    gap-mllm predict --model org/gap-mllm --images f0.jpg f1.jpg f2.jpg --task detection --save-dir out/
+    gap-mllm predict --model org/gap-mllm --images f0.jpg f1.jpg f2.jpg --task detection --out out/
     gap-mllm predict --model org/gap-mllm --images myframes/ --task detection   # its images, sorted by name
     gap-mllm predict --model DIR --images clip.mp4 --task grounding --query "the chair by the window"
     gap-mllm predict --example "synthetic room A" --task grounding       # the embedded GAP-MLLM-Mini
@@ -15,7 +15,7 @@ answer is printed next to the exact one with the model's held-out score of the t
 none). On other frames a GAP-MLLM-Mini (known by its model card, however `--model` names it: mini/identity.py)
 prints one line first: it knows SynthRooms rooms only.
 
-`--save-dir` is new, empty or an earlier predict's (the output-folder rule of every writer,
+`--out` is new, empty or an earlier predict's (the output-folder rule of every writer,
 processing/output_folder.py): a folder of the user's files, the working folder and one that cannot be written are
 refused before the model loads. `--marker VIEW X Y` names a pixel of that frame as a photo viewer shows it
 (original pixels, EXIF orientation applied), whatever size the frames are resized to for the model. The request is
@@ -34,9 +34,9 @@ line naming its full path and what is wrong, exit status 2.
 Exit status (`EXIT_STATUS_HELP`): 0 when the answer parsed, 2 for a mistake in the command (checked before the
 model loads where it can be: cli/early_checks.py), 3 (`PARSE_FAILURE_STATUS`) when the model's answer did not parse
 cleanly as the task's answer or is written in another task's format (cli/tasks.py `task_answer`): the raw answer and
-the parse problem are still printed (and saved in answer.json with `--save-dir`), so a script can tell.
+the parse problem are still printed (and saved in answer.json with `--out`), so a script can tell.
 
-With `--save-dir`, the user's own frames are also reconstructed when the model's geometry encoder has VGGT's
+With `--out`, the user's own frames are also reconstructed when the model's geometry encoder has VGGT's
 camera and depth heads (GAP-MLLM-Mini has them): the depth fused with the estimated cameras is a coloured point
 cloud in frame 0's camera (normalised scale, not metres), written into the GLB / PLY with the answer's boxes,
 and the boxes are drawn with the estimated camera (tubes in the GLB; in the PLY, points sampled along their edges,
@@ -93,7 +93,7 @@ MINI_OWN_FRAMES_NOTE = ("note: this --model is GAP-MLLM-Mini, which knows SynthR
 def main(args: argparse.Namespace) -> int:
     try:
         # as the early check does, for a caller that skipped it: a folder of the user's is refused, never written
-        check_output_folder(args.save_dir, "--save-dir", PREDICT_WRITER)
+        check_output_folder(args.save_dir, "--out", PREDICT_WRITER)
         example, frames = {}, None
         if args.example:
             scene = synthetic_scene(EXAMPLE_SEEDS[args.example])
@@ -211,7 +211,7 @@ def _save(args, model, processor, scene, result, report, answer: dict, inputs=No
     formats = tuple(args.formats or DEFAULT_SAVE_FORMATS)  # --formats not given: what a plain install writes
     three_d = {"glb", "ply"} & set(formats)
     # checked again now (the model ran meanwhile), made and marked as predict's: the user's files are never written
-    claim_output_folder(args.save_dir, PREDICT_WRITER, option="--save-dir")
+    claim_output_folder(args.save_dir, PREDICT_WRITER, option="--out")
     answer_file = Path(args.save_dir) / ANSWER_FILE
     answer_file.write_text(json.dumps(answer, indent=2) + "\n")
     print(f"saved answer: {answer_file}", file=report)

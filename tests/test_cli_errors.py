@@ -333,5 +333,5 @@ def test_a_plain_mistake_is_one_line(tmp_path, capsys):
     a_file.write_text("mine")
     status = main(["predict", "--example", "synthetic room A", "--task", "detection", "--out", str(a_file)])
     assert status == 2
-    assert capsys.readouterr().err.splitlines() == [f"gap-mllm predict: error: --save-dir {a_file}: this is a file; "
+    assert capsys.readouterr().err.splitlines() == [f"gap-mllm predict: error: --out {a_file}: this is a file; "
                                                     "give a folder"]

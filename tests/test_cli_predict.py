@@ -434,7 +434,7 @@ def test_a_frame_or_save_dir_that_is_a_link_loop_is_refused_before_the_model(che
     assert gap_mllm(["predict", "--model", str(checkpoint), "--images", *map(str, frames), "--task", "detection",
                      "--out", str(save_dir)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"gap-mllm predict: error: --save-dir {save_dir} is a symbolic link loop (following its links leads back to "
+        f"gap-mllm predict: error: --out {save_dir} is a symbolic link loop (following its links leads back to "
         "itself); give a folder (a new name, or a link to a real one)"]
 
 
@@ -529,7 +529,7 @@ def test_refusals_that_came_after_the_model_loaded_come_before_it(case, tiny_che
     else:
         read_only(tmp_path / "ro", monkeypatch)
         argv += ["--out", str(tmp_path / "ro" / "out")]
-        refusal = (f"gap-mllm predict: error: --save-dir {tmp_path / 'ro' / 'out'} cannot be written: "
+        refusal = (f"gap-mllm predict: error: --out {tmp_path / 'ro' / 'out'} cannot be written: "
                    f"{tmp_path / 'ro'} grants no write permission; give a folder you can write to")
     assert gap_mllm(argv) == 2
     assert capsys.readouterr().err.splitlines()[0] == refusal  # the one line (a hint to --debug may follow)

@@ -38,9 +38,9 @@ def test_an_output_folder_that_is_a_file_is_refused_before_the_model(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
     one_line_before_torch(["predict", *EXAMPLE, "--task", "detection", "--out", str(notes)],
-                          f"--save-dir {notes}: this is a file; give a folder")
+                          f"--out {notes}: this is a file; give a folder")
     one_line_before_torch(["predict", *EXAMPLE, "--task", "detection", "--out", str(notes / "run")],
-                          f"--save-dir {notes / 'run'}: {notes} is a file; give a folder")
+                          f"--out {notes / 'run'}: {notes} is a file; give a folder")
     one_line_before_torch(["demo", "--out", str(notes)], f"--out {notes}: this is a file; give a folder")
     one_line_before_torch(["evaluate", "--task", "grounding", "--data", str(tmp_path), "--model", "mini",
                            "--out", str(notes)], f"--out {notes}: this is a file; give a folder")
@@ -93,7 +93,7 @@ def test_the_predict_command_applies_the_same_marker_rule_to_the_frames_it_read(
     args = parser.parse_args(["--model", str(tmp_path / "no-model"), "--images", str(frame), "--task", "detection",
                               "--out", str(notes)])
     assert predict.main(args) == 2
-    assert f"--save-dir {notes}: this is a file; give a folder" in capsys.readouterr().err
+    assert f"--out {notes}: this is a file; give a folder" in capsys.readouterr().err
 
 
 def test_a_bundled_rooms_frames_are_as_the_early_check_says():
@@ -157,6 +157,6 @@ def test_a_misspelt_option_gets_a_suggestion_and_abbreviations_still_work():
 
 def test_options_the_command_would_ignore_are_refused():
     one_line_before_torch(["predict", "--example", "synthetic room A", "--task", "detection", "--formats", "png"],
-                          "--formats", "--save-dir")
+                          "--formats", "--out")
     one_line_before_torch(["predict", "--example", "synthetic room A", "--task", "detection", "--query", "a chair"],
                           "--query is not read by --task detection")

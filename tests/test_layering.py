@@ -221,7 +221,7 @@ def test_the_lab_imports_only_what_the_package_installs_and_nothing_installed_im
 # The function-local imports of the package's own modules, each keeping an optional dependency out of a command
 # that runs without it (the comment beside each import says so); any other one would be hiding a cycle.
 LAZY_FOR_OPTIONAL_DEPENDENCIES = {
-    "cli/predict.py": "datasets, through the evaluation package that the pictures import (--save-dir)",
+    "cli/predict.py": "datasets, through the evaluation package that the pictures import (--out)",
     "cli/space.py": "gradio and datasets: the Space's modules, after the check that gradio is there",
     "modeling_gap_mllm/modeling_gap_mllm.py": "the converter behind `from_qwen3_vl` (VGGT checkpoints, the Hub probe): "
                                               "installed with the package, never copied into a model folder",

@@ -292,7 +292,7 @@ def test_predict_save_dir_holding_the_users_answer_json_is_refused_and_their_fil
     (users / "answer.json").write_text("my answer")
     argv = ["--model", str(tiny_checkpoint), "--images", str(frame), "--task", "detection", "--max-new-tokens", "4",
             "--formats", "png", "--out"]
-    refusal = (f"--save-dir {users} is not empty (answer.json) and was not written by gap-mllm predict ({NO_MARKER}); "
+    refusal = (f"--out {users} is not empty (answer.json) and was not written by gap-mllm predict ({NO_MARKER}); "
                "give an empty or new folder")
     with monkeypatch.context() as patched:
         patched.setattr(predict, "load_model_and_processor", lambda *a, **k: pytest.fail("the model was loaded"))
