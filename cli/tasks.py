@@ -26,6 +26,7 @@ import torch
 from gap_mllm.generation_gap_mllm import context_limit, positions_after
 from gap_mllm.modeling_gap_mllm import mrope_position_ids
 from gap_mllm.tasks_gap_mllm import (
+    BOX_KEY,
     CAPTIONING,
     DETECTION,
     GROUNDING,
@@ -111,7 +112,7 @@ class TaskResult:
         return {
             "task": self.task,
             "raw": self.raw,
-            "boxes": [{"label": b.label, "box_3d": b.to_list()} for b in self.boxes],
+            "boxes": [{"label": b.label, BOX_KEY: b.to_list()} for b in self.boxes],  # the model's own key
             "point": list(self.point) if self.point is not None else None,
             "label": getattr(self.parsed, "label", None) if self.task == RECONSTRUCTION.name else None,
             "caption": getattr(self.parsed, "caption", None) if self.task == CAPTIONING.name else None,

@@ -663,3 +663,14 @@ def test_a_grounding_stage_given_to_predict_says_how_to_run_it(stage, capsys):
     assert "gap-mllm evaluate --task grounding" in err
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     assert "grounding's two stages one at a time are the snippet's `ask(\"grounding_stage1\", ...)`" in readme
+
+
+def test_answer_json_writes_a_box_under_the_models_own_key():
+    """answer.json and `--json` write each box under `bbox_3d`, the key the model's answers use."""
+    from gap_mllm.cli.tasks import TaskResult
+    from gap_mllm.tasks_gap_mllm import BOX_KEY, Box3D, DetectionResult
+
+    box = Box3D.from_list([1.0, 2.0, 0.5, 0.4, 0.4, 0.8, 0.0, 0.0, 0.0], label="chair")
+    result = TaskResult(task="detection", raw="", parsed=DetectionResult(boxes=[box]), boxes=[box])
+    assert BOX_KEY == "bbox_3d"
+    assert result.to_dict()["boxes"] == [{"label": "chair", "bbox_3d": [1.0, 2.0, 0.5, 0.4, 0.4, 0.8, 0.0, 0.0, 0.0]}]
