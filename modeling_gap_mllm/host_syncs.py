@@ -3,8 +3,8 @@
 On a GPU the host queues kernels and runs ahead; every read of a device value (`.item()`, `int(t)`, `bool(t)`,
 `.tolist()`, a copy to the CPU) and every operation whose output size depends on values (`nonzero`, boolean
 indexing, `masked_select`, `unique`, `repeat_interleave` without `output_size`) makes it stop until the device has
-caught up. A decode step of a few milliseconds with four such stops leaves the GPU idle most of the time (issue 53's
-profile). On the CPU nothing waits, so the same code paths are *counted* instead:
+caught up. A decode step of a few milliseconds with four such stops leaves the GPU idle most of the time (as a
+GPU profile shows). On the CPU nothing waits, so the same code paths are *counted* instead:
 
     with HostSyncCounter() as syncs:
         model.generate(...)
