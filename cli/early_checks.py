@@ -163,7 +163,7 @@ def check_predict(args: argparse.Namespace) -> int | None:
         else:  # a bundled room: its frames' count and size are known without rendering it
             predict_request(args, EXAMPLE_FRAMES, EXAMPLE_IMAGE_SIZE[::-1])
     except (UploadError, ValueError) as error:  # worded as predict words them once it has read the frames
-        print(f"gap-mllm predict: {error}", file=sys.stderr)
+        print(f"gap-mllm predict: error: {error}", file=sys.stderr)
         return 2
     # the user's own frames: the request is whole and fits them, so predict does not validate it again; a bundled
     # room's request is whole once predict fills in the room's own inputs, and predict validates it then

@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
         if "box" in request.used_inputs() and request.box is not None and source is not None:
             unseen = unseen_angles_note(request.box, read_box_angles(source))
     except (UploadError, ValueError) as error:
-        print(f"gap-mllm predict: {error}", file=sys.stderr)
+        print(f"gap-mllm predict: error: {error}", file=sys.stderr)
         return 2
     if unseen:
         print(unseen, file=sys.stderr, flush=True)
@@ -136,11 +136,11 @@ def main(args: argparse.Namespace) -> int:
         inputs = check_request(found.config, found.processor, scene.views, request, args.max_new_tokens)
     except FramesRefused as error:
         named = f"{paths[0]}: {frames.originals[0][0]}x{frames.originals[0][1]} px" if frames else "the example's frames"
-        print(f"gap-mllm predict: {named}, {error.size[0]}x{error.size[1]} px as the model gets it: the model's "
+        print(f"gap-mllm predict: error: {named}, {error.size[0]}x{error.size[1]} px as the model gets it: the model's "
               f"processor cannot read it ({error.reason}); crop or resize the frames", file=sys.stderr)
         return 2
     except ValueError as error:
-        print(f"gap-mllm predict: {error}", file=sys.stderr)
+        print(f"gap-mllm predict: error: {error}", file=sys.stderr)
         return 2
     model, processor, is_tiny = load_model_and_processor(args.model, found=found)  # progress bars (stderr) end here
     model.compile_decoding = args.compile_decoding  # generate's default (generation_gap_mllm.py)

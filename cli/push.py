@@ -80,10 +80,10 @@ def main(args: argparse.Namespace) -> int:
         card = None if args.keep_readme else build_card_text(folder, args.repo, args.eval_summary, args.base_model,
                                                              args.untrained, args.training_data, args.datasets)
     except (HubFolderError, FileNotFoundError, ValueError) as error:
-        print(f"gap-mllm push: {error}", file=sys.stderr)
+        print(f"gap-mllm push: error: {error}", file=sys.stderr)
         return 2
     if args.keep_readme and "README.md" not in plan.files:
-        print("gap-mllm push: --keep-readme given but the folder has no README.md", file=sys.stderr)
+        print("gap-mllm push: error: --keep-readme given but the folder has no README.md", file=sys.stderr)
         return 2
     print(f"{len(plan.files)} file(s) to upload to {args.repo}" + (f", {len(plan.skipped)} left out" if plan.skipped else ""))
     for name in plan.files:

@@ -170,7 +170,7 @@ def test_a_question_naming_a_letter_twice_or_numbering_its_options_is_refused_by
         TaskRequest("spatial_qa", query=question).check_given()
     assert str(refused.value) == problem
     assert gap_mllm(["predict", "--example", "synthetic room A", "--task", "spatial_qa", "--query", question]) == 2
-    assert capsys.readouterr().err == f"gap-mllm predict: {problem}\n"
+    assert capsys.readouterr().err == f"gap-mllm predict: error: {problem}\n"
     # numbered lines beside lettered options are no options: the letters are read
     steps = "Go forward.\n1. pass the bed\n2. turn left\nWhere is the door?\nA. left\nB. right"
     assert SPATIAL_QA.grammar_for(None, None, steps) == 'root ::= "A" | "B"\n'

@@ -85,7 +85,7 @@ def test_a_box_with_a_side_of_zero_is_refused_naming_it_on_every_path(box, tiny_
     problem = (f"box {written} has a size of 0 along {ZERO_BOXES[box]}: a box with a side of 0 is no object's box "
                "(sizes, entries 3-5, must be at least 0.01 as the prompt writes them)")
     assert gap_mllm(["predict", "--example", ROOM, "--task", "captioning", "--box", *box.split()]) == 2
-    assert capsys.readouterr().err == f"gap-mllm predict: captioning {problem}\n"
+    assert capsys.readouterr().err == f"gap-mllm predict: error: captioning {problem}\n"
     with pytest.raises(ValueError) as refused:  # the Space's and the demo's request (predict's too)
         example_request("captioning", {}, box=parse_numbers(box, (6, 9), "object box")).validate(1)
     assert str(refused.value) == f"captioning {problem}"
@@ -100,7 +100,7 @@ def test_a_box_with_a_side_of_zero_is_refused_naming_it_on_every_path(box, tiny_
 def test_a_box_that_is_not_finite_is_refused_naming_it(stop_before_the_model, capsys):
     box = "0 0 2 1 1 nan 0 0 0".split()
     assert gap_mllm(["predict", "--example", ROOM, "--task", "captioning", "--box", *box]) == 2
-    assert capsys.readouterr().err == ("gap-mllm predict: captioning box must hold 9 finite numbers, got "
+    assert capsys.readouterr().err == ("gap-mllm predict: error: captioning box must hold 9 finite numbers, got "
                                        "[0.0, 0.0, 2.0, 1.0, 1.0, nan, 0.0, 0.0, 0.0]\n")
 
 

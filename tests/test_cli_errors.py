@@ -313,7 +313,7 @@ def test_a_fifo_in_place_of_a_frame_is_refused_by_train_and_predict_and_every_re
     assert len(errors) == 1 and re.fullmatch(rf"gap-mllm train: error: sample '\w+'; file {re.escape(str(frame))}: colour "
                                              r"image is a FIFO \(named pipe\), not a regular file", errors[0])
     assert gap_mllm(["predict", "--model", "tiny", "--images", str(frame), "--task", "detection"]) == 2
-    assert capsys.readouterr().err == (f"gap-mllm predict: {frame.resolve()}: not a regular file (give image files, a "
+    assert capsys.readouterr().err == (f"gap-mllm predict: error: {frame.resolve()}: not a regular file (give image files, a "
                                        "folder of images, or one video)\n")
     # the readers behind them: the data's cache key, the processor's images, annotation and predictions files
     assert file_content_digest(frame) == "unreadable:22"

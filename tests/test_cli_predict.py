@@ -334,7 +334,7 @@ def test_frames_of_another_shape_are_refused_naming_both_not_stretched(checkpoin
     with pytest.raises(UploadError, match=r"^portrait.png is 60x80 \(portrait\) but f0.png is 80x60 \(landscape\)"):
         load_frames(given)  # the Space names an upload by its file name
     assert predict.main(parse(["--model", str(checkpoint), "--images", *map(str, given), "--task", "detection"])) == 2
-    assert capsys.readouterr().err == f"gap-mllm predict: {message}\n"
+    assert capsys.readouterr().err == f"gap-mllm predict: error: {message}\n"
 
 
 def test_predict_says_the_mini_knows_synthrooms_only_on_your_own_frames(frames, monkeypatch, capsys):
@@ -409,7 +409,7 @@ def test_predict_names_the_full_path_of_a_file_it_cannot_use(checkpoint, tmp_pat
     ]
     for given, message in cases:  # relative paths given, the full path named; refused before any model is loaded
         assert predict.main(parse(["--model", str(checkpoint), "--images", given, "--task", "detection"])) == 2
-        assert capsys.readouterr().err == f"gap-mllm predict: {message}\n"
+        assert capsys.readouterr().err == f"gap-mllm predict: error: {message}\n"
     # the Space keeps its own words: an upload named by its file name only
     with pytest.raises(UploadError, match=r"^myframes: not found \(uploads expire; please upload it again\)\.$"):
         load_frames([tmp_path / "myframes"])
@@ -427,7 +427,7 @@ def test_a_frame_or_save_dir_that_is_a_link_loop_is_refused_before_the_model(che
     loop.symlink_to(loop)
     for run in (gap_mllm, lambda argv: predict.main(parse(argv[1:]))):  # the command line, the module
         assert run(["predict", "--model", str(checkpoint), "--images", str(loop), "--task", "detection"]) == 2
-        assert capsys.readouterr().err == (f"gap-mllm predict: {loop}: this is a symbolic link loop (following its "
+        assert capsys.readouterr().err == (f"gap-mllm predict: error: {loop}: this is a symbolic link loop (following its "
                                            "links leads back to itself); give the file itself\n")
     save_dir = tmp_path / "saved"
     save_dir.symlink_to(save_dir)
@@ -470,7 +470,7 @@ def test_predict_marker_takes_original_pixels_on_a_frame_the_model_gets_resized(
         assert asked.pop() == ([(640, 512)] * 3, on_model_frame)  # the original pixel, on the 640x512 frame
     capsys.readouterr()
     assert gap_mllm([*argv, "2", "1280", "600"]) == 2
-    assert capsys.readouterr().err == ("gap-mllm predict: marker view 2: marker pixel (x=1280, y=600) is outside the "
+    assert capsys.readouterr().err == ("gap-mllm predict: error: marker view 2: marker pixel (x=1280, y=600) is outside the "
                                        "1280x1024 view (x must be in [0, 1279], y in [0, 1023], in the view's original "
                                        "pixel grid)\n")
     assert asked == []
@@ -480,7 +480,7 @@ def test_a_query_that_does_not_fit_the_models_context_or_leaves_no_room_for_the_
         tiny_checkpoint, tmp_path, no_model_load, capsys):  # noqa: F811
     frame = str(save_frames(tmp_path / "frames", 1, 96, 64)[0])
     argv = ["predict", "--model", str(tiny_checkpoint), "--images", frame, "--task", "grounding", "--query"]
-    refusal = re.compile(r"gap-mllm predict: the query is too long for the model: ([\d,]+) characters, ([\d,]+) tokens, "
+    refusal = re.compile(r"gap-mllm predict: error: the query is too long for the model: ([\d,]+) characters, ([\d,]+) tokens, "
                          r"do not fit in the model's context of 4,096 positions \(text_config\.max_position_embeddings\): "
                          r"the prompt with its 1 frame\(s\) ends at position ([\d,]+), and the grounding answer needs "
                          r"up to 192 more; shorten it by at least ([\d,]+) tokens\n")
@@ -519,11 +519,11 @@ def test_refusals_that_came_after_the_model_loaded_come_before_it(case, tiny_che
     argv = ["predict", "--model", str(tiny_checkpoint), "--images", frame, "--task", "grounding", "--query", "the chair"]
     if case == "a query holding <image>":
         argv[-1] = "the <image> chair"
-        refusal = ("gap-mllm predict: the query must not contain '<image>' (the placeholder of a view in the prompt); "
+        refusal = ("gap-mllm predict: error: the query must not contain '<image>' (the placeholder of a view in the prompt); "
                    "remove it from the text")
     elif case == "a 20000x4 frame":
         argv[4] = str(save_frames(tmp_path / "thin", 1, 20000, 4)[0])
-        refusal = (f"gap-mllm predict: {argv[4]}: 20000x4 px, 640x1 px as the model gets it: the model's processor "
+        refusal = (f"gap-mllm predict: error: {argv[4]}: 20000x4 px, 640x1 px as the model gets it: the model's processor "
                    "cannot read it (absolute aspect ratio must be smaller than 200, got 640.0); crop or resize the "
                    "frames")
     else:

@@ -459,7 +459,7 @@ def test_a_question_asking_for_a_letter_without_options_is_refused_before_the_mo
         spatial_answer_grammar(64, None, question)
     assert gap_mllm(["predict", "--example", "synthetic room A", "--task", "spatial_qa", "--query", question]) == 2
     assert capsys.readouterr().err == (
-        "gap-mllm predict: the question asks for an option letter but lists no options this model reads: write each "
+        "gap-mllm predict: error: the question asks for an option letter but lists no options this model reads: write each "
         "option on its own line as 'A. chair', 'A) chair', '(A) chair' or 'A: chair', lettered from A\n")
 
 

@@ -149,7 +149,7 @@ def test_a_repo_id_the_hub_refuses_is_refused_before_anything_else(tmp_path, fak
     message = f"repo id {repo_id!r} is not one the Hub accepts ({reason}); give namespace/name, e.g. org/gap-mllm"
     missing = tmp_path / "no-such-folder"  # the repo id is named first, before the folder is read
     assert push_cli.main(_parse(["--model", str(missing), "--repo", repo_id, "--dry-run"])) == 2
-    assert capsys.readouterr().err == f"gap-mllm push: {message}\n"
+    assert capsys.readouterr().err == f"gap-mllm push: error: {message}\n"
     with pytest.raises(HubFolderError) as refused:
         push_cli.push_folder(missing, repo_id, card_text="card")
     assert str(refused.value) == message and fake_hub.calls == []
@@ -166,7 +166,7 @@ def test_a_link_to_a_file_outside_the_folder_is_refused_by_name(checkpoint, tmp_
     message = (f"{folder}: README.md -> {notes}, vocab.json -> {secret}: a link to a file outside the folder, which "
                "push would upload; copy the file into the folder (or remove the link), then push again")
     assert push_cli.main(_parse(["--model", str(folder), "--repo", REPO, "--keep-readme", "--dry-run"])) == 2
-    assert capsys.readouterr().err == f"gap-mllm push: {message}\n"
+    assert capsys.readouterr().err == f"gap-mllm push: error: {message}\n"
     with pytest.raises(HubFolderError) as refused:
         push_cli.push_folder(folder, REPO)
     assert str(refused.value) == message and fake_hub.calls == []
@@ -228,7 +228,7 @@ def test_a_json_file_push_reads_is_named_when_it_cannot_be_read(checkpoint, tmp_
         (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
     (folder / file).write_text(content)
     assert push_cli.main(_parse(["--model", str(folder), "--repo", REPO, "--dry-run"])) == 2
-    assert capsys.readouterr().err == f"gap-mllm push: {folder / file}: {problem}\n"
+    assert capsys.readouterr().err == f"gap-mllm push: error: {folder / file}: {problem}\n"
 
 
 def test_an_evaluation_summary_that_is_not_json_is_named(checkpoint, tmp_path, capsys):
@@ -236,7 +236,7 @@ def test_an_evaluation_summary_that_is_not_json_is_named(checkpoint, tmp_path, c
     summary.write_text("{bad")
     assert push_cli.main(_parse(["--model", str(checkpoint), "--repo", REPO, "--dry-run", "--eval-summary",
                                  str(summary)])) == 2
-    assert capsys.readouterr().err == (f"gap-mllm push: {summary}: not readable JSON (Expecting property name enclosed "
+    assert capsys.readouterr().err == (f"gap-mllm push: error: {summary}: not readable JSON (Expecting property name enclosed "
                                        "in double quotes: line 1 column 2 (char 1)); give the summary.json gap-mllm "
                                        "evaluate wrote\n")
 

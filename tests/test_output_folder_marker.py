@@ -299,7 +299,7 @@ def test_predict_save_dir_holding_the_users_answer_json_is_refused_and_their_fil
         assert gap_mllm(["predict", *argv, str(users)]) == 2
         assert capsys.readouterr().err.splitlines()[0] == f"gap-mllm predict: error: {refusal}"
         assert predict.main(parse(add_predict_arguments, [*argv, str(users)])) == 2  # the command itself, unchecked
-        assert capsys.readouterr().err == f"gap-mllm predict: {refusal}\n"
+        assert capsys.readouterr().err == f"gap-mllm predict: error: {refusal}\n"
     assert contents(users) == {"answer.json": b"my answer"}
     # predict's own folder is written again
     mine = tmp_path / "mine"

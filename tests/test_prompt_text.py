@@ -291,7 +291,7 @@ def test_predict_refuses_a_non_utf8_query_before_loading_a_model(tiny_processor,
     code = gap_mllm(["predict", "--model", "tiny", "--images", str(tmp_path / "f0.png"), "--task", "grounding",
                      "--query", query])
     assert code == 2
-    assert capsys.readouterr().err == ("gap-mllm predict: the query is not valid text: character 6 is U+DCFF, a lone "
+    assert capsys.readouterr().err == ("gap-mllm predict: error: the query is not valid text: character 6 is U+DCFF, a lone "
                                        "surrogate, the byte 0xff of an input that is not UTF-8. Give the text as UTF-8.\n")
     # the front ends' shared call (the Space's too) raises the same ValueError before the model is touched
     with pytest.raises(PromptTextError, match=r"^the query is not valid text"):

@@ -179,7 +179,7 @@ def test_predict_refuses_a_negative_size_before_loading_the_model(capsys):
     status = gap_mllm(["predict", "--model", "no-such-model", "--example", EXAMPLE, "--task", "captioning",
                        "--box", "0", "0", "2", "1", "-1", "1", "0", "0", "0"])
     assert status == 2
-    assert capsys.readouterr().err.startswith("gap-mllm predict: captioning box has a negative size [1.0, -1.0, 1.0]")
+    assert capsys.readouterr().err.startswith("gap-mllm predict: error: captioning box has a negative size [1.0, -1.0, 1.0]")
 
 
 def test_the_processor_refuses_a_negative_size(tiny_processor):

@@ -61,7 +61,8 @@ def test_a_training_step_reads_the_device_only_where_it_must(tmp_path, recon_dat
     places = by_place(step_syncs(tmp_path, recon_dataset, packing))
     budget = {**BUDGET, "training/trainer.py": 1}  # the logging step's one read of the loss values
     if not packing:
-        budget.update(PADDED_ONLY)
+        for place, count in PADDED_ONLY.items():  # a place may hold reads of both kinds (the model file does)
+            budget[place] = budget.get(place, 0) + count
     over = {place: count for place, count in places.items() if count > budget.get(place, 0)}
     assert not over, f"host reads over the budget (place: count): {over}"
     assert places["training/trainer.py"] == 1  # the logged losses are read at the log, not at every step
