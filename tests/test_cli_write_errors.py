@@ -288,7 +288,7 @@ def test_train_into_a_read_only_folder_is_one_line_naming_it(tmp_path, capsys, m
     assert status == 2
     assert error_line(err) == (f"gap-mllm train: error: {parent / 'out'} cannot be written: {parent} is read-only for "
                                f"this process (Permission denied; the folder's lock file goes in {parent}); give another "
-                               f"--output-dir you can write to, or make {parent} writable")
+                               f"--out you can write to, or make {parent} writable")
     assert list(parent.iterdir()) == []
 
 

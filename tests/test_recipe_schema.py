@@ -125,7 +125,7 @@ def test_an_empty_recipe_on_the_command_line_is_one_line(tmp_path, capsys):
 def test_a_recipe_without_an_output_folder_is_refused_by_name(tmp_path):
     recipe = recipe_from_dict({"model": {"tiny": "tiny"}})
     expected = ("training.output_dir is not set: name the folder the run writes (training.output_dir in the recipe, "
-                "or gap-mllm train --output-dir)")
+                "or gap-mllm train --out)")
     with pytest.raises(RecipeTypeError) as error:
         run_training(recipe)
     assert str(error.value) == expected

@@ -675,5 +675,5 @@ def output_dir_of(recipe: TrainRecipe) -> str:
     output_dir = recipe.training.get("output_dir")
     if output_dir is None:
         raise RecipeTypeError("training.output_dir is not set: name the folder the run writes (training.output_dir in "
-                              "the recipe, or gap-mllm train --output-dir)")
+                              "the recipe, or gap-mllm train --out)")
     return output_dir

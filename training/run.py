@@ -490,7 +490,7 @@ def check_training_output(recipe: TrainRecipe) -> None:
     if source and Path(source).is_dir() and output.exists() and output.resolve() == Path(source).resolve():
         raise OutputFolderRefused(f"{named} is the folder of the model the run starts from (model.name_or_path); the "
                                   "run would write over it: give another output folder")
-    check_output_folder(output, TRAIN_WRITER, option="--output-dir", overwrite_option=None, named=named)
+    check_output_folder(output, TRAIN_WRITER, option="--out", overwrite_option=None, named=named)
     if read_marker(output) is None:
         output.mkdir(parents=True, exist_ok=True)
         mark_output_folder(output, TRAIN_WRITER, settings={"stage": recipe.stage})
@@ -618,7 +618,7 @@ def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None,
             recipe.run_state, directory=str(state_folder(recipe.run_state.directory))))
     with contextlib.ExitStack() as held:
         if _trains_here():
-            held.enter_context(holding_folder(output_dir, TRAIN_WRITER, what="another training run", option="--output-dir"))
+            held.enter_context(holding_folder(output_dir, TRAIN_WRITER, what="another training run", option="--out"))
             if recipe.run_state.directory is not None:
                 held.enter_context(holding_folder(recipe.run_state.directory, STATE_WRITER, what="another training run",
                                                   option="run_state.directory (--run-state)"))
