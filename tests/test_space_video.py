@@ -206,7 +206,7 @@ def test_a_faststart_mp4_cut_in_half_is_refused_naming_the_declared_and_the_deco
     assert str(refused.value) == ("cut.mp4: the video declares 24 frames but only 4 can be decoded (the file is cut "
                                   "short or damaged, e.g. an interrupted copy); please upload the whole file again.")
     assert gap_mllm(["predict", "--model", "tiny", "--images", str(cut), "--task", "detection"]) == 2
-    assert capsys.readouterr().err == (f"gap-mllm predict: {cut}: the video declares 24 frames but only 4 can be "
+    assert capsys.readouterr().err == (f"gap-mllm predict: error: {cut}: the video declares 24 frames but only 4 can be "
                                        "decoded (the file is cut short or damaged, e.g. an interrupted copy); copy the "
                                        "whole file again, or give its frames as images.\n")
 
