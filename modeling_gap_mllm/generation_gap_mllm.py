@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, GenerationMixin, StaticCache
+from transformers import CompileConfig, DynamicCache, GenerationMixin, StaticCache
 from transformers.cache_utils import StaticLayer
 from transformers.utils import logging
 
@@ -547,8 +547,6 @@ def decode_compile_config(compile_decoding, device):
     `compile_decoding`: "off" / False / None (uncompiled), "on" / True (compiled on any device), "auto" ("on" on CUDA,
     else "off") or a `CompileConfig` (as given, on any device); ValueError naming the option for any other value.
     """
-    import torch
-    from transformers import CompileConfig
     if isinstance(compile_decoding, CompileConfig):
         config = CompileConfig(**compile_decoding.to_dict())
         config._compile_all_devices = True  # a config given on purpose compiles on the CPU too (tests)

@@ -6,6 +6,9 @@ Hub. A name is taken for a local folder when it cannot be a Hub repo id (more th
 does not allow, a leading `.`, `/` or `~`) or when its parent folder exists here (`checkpoints/` is a folder of
 this machine, not a Hub organisation). One rule for the command line (cli/model_source.py) and training
 (training/model_loading.py).
+
+Also the front ends' quiet load of a small local checkpoint (`loading_bar_for`): transformers' weight-loading bar off
+for a folder under `SMALL_CHECKPOINT_BYTES`.
 """
 
 from __future__ import annotations
