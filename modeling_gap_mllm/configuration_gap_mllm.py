@@ -6,6 +6,7 @@ Size checks and the parameter estimate (`check_sizes`, `check_vlm_sizes`, `param
 `build_geometry_config`); the configs `GapMllmGeometryConfig` (VGGT), `GapMllmFusionConfig` and `GapMllmConfig`.
 """
 
+import importlib
 import logging
 import math
 import numbers
@@ -17,6 +18,20 @@ from typing import Protocol
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
+
+# ---- the installed package around these classes
+def installed_package_module(name: str, module_name: str):
+    """The installed package's module `gap_mllm.<name>` when `module_name` (the caller's `__name__`) is one of the
+    package's own modules, else None.
+
+    The gap-mllm package adds input and context checks and speed paths around its own copy of these classes
+    (docs/layout.md). A model folder loaded with `trust_remote_code` is another copy (`transformers_modules.*`): it
+    runs as transformers runs it, whatever is installed beside it, so a folder never meets a package of another version.
+    """
+    if not module_name.startswith("gap_mllm."):
+        return None
+    return importlib.import_module(f"gap_mllm.{name}")
+
 
 # ---- size checks and the parameter estimate
 MAX_PARAMETERS = 10**12
