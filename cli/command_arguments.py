@@ -12,7 +12,7 @@ from gap_mllm.tasks_gap_mllm import COMPILE_DECODING_CHOICES
 
 from .argument_types import add_deprecated_alias, port_number, positive_int
 from .example_rooms import EXAMPLE_SEEDS
-from .task_names import TASKS, task_argument
+from .task_names import front_end_task_names, task_argument
 
 # `convert vggt --heads` names -> the geometry config flags they set
 HEAD_FLAGS = {"camera": "use_camera_head", "depth": "use_depth_head", "point": "use_point_head"}
@@ -136,10 +136,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     # here: the evaluation package imports scipy (half a second), which no other command's --help needs
-    from gap_mllm.evaluation.benchmark_names import BENCHMARK_TASKS
+    from gap_mllm.evaluation.benchmark_names import benchmark_tasks
 
-    parser.add_argument("--task", required=True, type=task_argument(BENCHMARK_TASKS, "gap-mllm evaluate"), metavar="TASK",
-                        help=f"benchmark to run: {', '.join(BENCHMARK_TASKS)}")
+    tasks = benchmark_tasks()
+    parser.add_argument("--task", required=True, type=task_argument(tasks, "gap-mllm evaluate"), metavar="TASK",
+                        help=f"benchmark to run: {', '.join(tasks)}")
     parser.add_argument("--data", required=True, help="data root (annotations/ and scannet/posed_images/)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help='model folder or Hub id to generate with; "mini": the embedded GAP-MLLM-Mini')
@@ -227,9 +228,11 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a bundled held-out SynthRooms room (exact geometry): the answer is shown next to the "
                              "exact one and the model's held-out score of the task")
 
-    parser.add_argument("--task", required=True, type=task_argument(TASKS, "gap-mllm predict"), metavar="TASK",
-                        help=f"one of {', '.join(TASKS)}")
-    parser.add_argument("--query", help="grounding: the text describing the object; spatial_qa: the question")
+    tasks = front_end_task_names()
+    parser.add_argument("--task", required=True, type=task_argument(tasks, "gap-mllm predict"), metavar="TASK",
+                        help=f"one of {', '.join(tasks)}")
+    parser.add_argument("--query", help="the text the task takes: the description of the object to ground, or the "
+                                        "question to answer")
     parser.add_argument("--box", nargs="+", type=float, action=BoxNumbers, metavar="V", help=BOX_HELP)
     parser.add_argument("--marker", nargs=3, type=int, metavar=("VIEW", "X", "Y"), help="reconstruction: pixel to mark")
     parser.add_argument("--max-frames", type=positive_int, default=8,

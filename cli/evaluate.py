@@ -1,6 +1,6 @@
 """`gap-mllm evaluate`: run one benchmark and write samples.jsonl, summary.json, summary.md and plots.
 
-    gap-mllm evaluate --task detection|grounding|captioning|reconstruction|spatial_qa --model DIR|mini --data DIR
+    gap-mllm evaluate --task TASK --model DIR|mini --data DIR
                       --out DIR [--split val] [--annotation-file FILE] [--batch-size 4] [--max-new-tokens N]
                       [--official-compat] [--constrained] [--no-meteor] [--limit N] [--no-plots] [--no-scene-reuse]
                       [--compile-decoding auto|on|off]
@@ -8,7 +8,8 @@
     gap-mllm evaluate --task detection --write-oracle oracle.jsonl --data DIR             (ground truth as text;
                                                                                          no --out: one file)
 
-Task names are the registry's (gap_mllm.tasks_gap_mllm); the old det / caption / recon / qa still work.
+TASK is a task of the registry with a benchmark (gap_mllm.tasks_gap_mllm; `--help` lists them); the old names
+(det, caption, ...) still work.
 
 Multi-GPU: `accelerate launch -m gap_mllm.cli.evaluate --task ...`. Rerunning with the
 same `--out` resumes: finished samples are skipped, if the same model, data and token budgets wrote them

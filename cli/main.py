@@ -20,7 +20,7 @@ COMMANDS = {
     "demo": ("gap_mllm.cli.demo", "GAP-MLLM-Mini (trained by this package) answers detection, grounding, captioning and the marker task on a held-out SynthRooms room, next to the exact answer and its held-out score vs a trivial baseline"),
     "train": ("gap_mllm.cli.train", "geometry-aligned pre-training (stage 1) and task fine-tuning (stage 2) from a recipe"),
     "convert": ("gap_mllm.cli.convert", "convert VGGT-1B or official GAP-MLLM checkpoints into gap_mllm (strict, with a report of every key)"),
-    "evaluate": ("gap_mllm.cli.evaluate", "score a model (or a predictions file) on detection, grounding, captioning, reconstruction or spatial_qa data"),
+    "evaluate": ("gap_mllm.cli.evaluate", "score a model (or a predictions file) on the data of a task of the registry (--task; gap-mllm evaluate --help lists them)"),
     "export-lmms": ("gap_mllm.evaluation.lmms_eval_plugin.export", "write lmms-eval tasks (documents + task YAMLs) of a data root for the gap_mllm lmms-eval plugin"),
     "export-vsibench": ("gap_mllm.evaluation.lmms_eval_plugin.vsibench_export", "write a SynthRooms data root's spatial questions as a local VSI-Bench (rows, videos) for lmms-eval's own vsibench task"),
     "predict": ("gap_mllm.cli.predict", "run one task on frames, a video or a bundled scene; print the parsed answer, save PNG/GLB/PLY (with the point cloud of your frames when the model has depth and camera heads)"),

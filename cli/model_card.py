@@ -31,6 +31,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from gap_mllm import GapMllmConfig
 from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+from gap_mllm.processing.tasks import package_task, package_task_names
 
 from .model_source import tensor_shapes
 
@@ -45,8 +46,15 @@ EVAL_TASKS = {
     "grounding": ("3d-visual-grounding", "ScanRefer-style grounding", "3D visual grounding"),
     "captioning": ("3d-dense-captioning", "Scan2Cap-style captioning", "3D dense captioning"),
     "reconstruction": ("3d-reconstruction", "marker pointmap", "marker pointmap reconstruction"),
-    "spatial_qa": ("visual-question-answering", "spatial QA", "spatial question answering"),
 }
+
+
+def card_tags(task: str) -> tuple[str, str, str] | None:
+    """`(HF task type, benchmark format, task label)` of a task's results: `EVAL_TASKS`, or its task module's
+    `PackageTask.card` (gap_mllm.processing.tasks); None for a task with neither."""
+    if task in EVAL_TASKS:
+        return EVAL_TASKS[task]
+    return package_task(task).card if task in package_task_names() else None
 # safetensors key prefix -> part of the model (first match wins)
 PARTS = (
     ("vlm.model.language_model.", "llm"), ("vlm.lm_head.", "llm"), ("vlm.model.visual.", "vision"),
@@ -190,7 +198,7 @@ def eval_results(summaries: list[dict], model_name: str) -> list[EvalResult]:
     """One `EvalResult` (model-index entry) per summary: its headline metric, on the data it records."""
     results = []
     for summary in summaries:
-        task_type, _, task_label = EVAL_TASKS.get(summary["task"], (summary["task"], summary["task"], summary["task"]))
+        task_type, _, task_label = card_tags(summary["task"]) or (summary["task"],) * 3
         value = summary["headline"]["value"]
         if value is None:
             continue
@@ -211,7 +219,7 @@ def evaluation_section(summaries: list[dict]) -> str:
              "| task | data | annotation file | samples | metric | value | official-compat | answers from |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        label = EVAL_TASKS.get(s["task"], (None, None, s["task"]))[2]
+        label = (card_tags(s["task"]) or (None, None, s["task"]))[2]
         value = s["headline"]["value"]
         shown = "n/a" if value is None else f"{value:.4f}"
         data = (s.get("data") or {}).get("name") or "not recorded"

@@ -9,11 +9,22 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA, TaskSpec, resolve_task
+from gap_mllm.processing.tasks import package_task_names
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, TaskSpec, resolve_task
 
-# The tasks a front end runs, one model call each (cli/tasks.py).
-FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION, GROUNDING, CAPTIONING, RECONSTRUCTION, SPATIAL_QA)
-TASKS = tuple(spec.name for spec in FRONT_END_TASKS)
+# The tasks a front end runs, one model call each (cli/tasks.py), with an answer of their own there; then every task
+# with a package module (gap_mllm.processing.tasks), its answer shown from its facts
+OWN_FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION, GROUNDING, CAPTIONING, RECONSTRUCTION)
+
+
+def front_end_tasks() -> tuple[TaskSpec, ...]:
+    """The tasks a front end runs, those registered from code included."""
+    return (*OWN_FRONT_END_TASKS, *(resolve_task(name) for name in package_task_names()))
+
+
+def front_end_task_names() -> tuple[str, ...]:
+    """The names of `front_end_tasks()`: what `--task` of `predict` accepts and its help lists."""
+    return tuple(spec.name for spec in front_end_tasks())
 
 
 def stage_refusal(stage: str, pipeline: str) -> str:

@@ -9,17 +9,16 @@ from dataclasses import dataclass, field
 
 from gap_mllm.image_utils_gap_mllm import check_marker_inside
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
+from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.tasks_gap_mllm import (
-    SPATIAL_QA,
     TaskSpec,
     check_query_text,
     format_box,
-    options_problem,
     refuse_control_tokens,
     resolve_task,
 )
 
-from .task_names import FRONT_END_TASKS, TASKS
+from .task_names import front_end_task_names, front_end_tasks
 
 # A captioning box's numbers (metres; radians for the angles) beyond this bound describe no object of a scene the
 # model reads, and drawing such a box overflows (1e308: an OverflowError after the model has run).
@@ -34,8 +33,8 @@ class TaskRequest:
     so a front end can pass every field it has).
 
     Attributes:
-        task: one of `TASKS` (a registry name or `TaskSpec`; stored as the canonical name).
-        query: the referring text (grounding) or the question (spatial_qa).
+        task: one of `front_end_tasks()` (a registry name or `TaskSpec`; stored as the canonical name).
+        query: the referring text (grounding), or what a task module's `query_help` says it is.
         box: the 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` of the object to describe
             (captioning only), first-frame camera coordinates; 6 numbers (centre and size) stand for an upright
             object seen by a level camera, the angles `UPRIGHT_LEVEL_ANGLES` (`box_with_angles`).
@@ -57,10 +56,11 @@ class TaskRequest:
         """Raise ValueError with a user-facing message when the request is incomplete or its marker lies outside the
         frames (`check_given`). `num_views` / `view_size` None: not known (frames not read, a video not decoded), so
         the marker's view / pixel is not range-checked."""
-        if self.spec not in FRONT_END_TASKS:
-            raise ValueError(f"task {self.task!r} is not run by itself here; choose one of {', '.join(TASKS)}")
+        if self.spec not in front_end_tasks():
+            raise ValueError(f"task {self.task!r} is not run by itself here; choose one of "
+                             f"{', '.join(front_end_task_names())}")
         if "query" in self.spec.parameters and not (isinstance(self.query, str) and self.query.strip()):
-            what = "a question about the scene" if self.spec is SPATIAL_QA else "a text query describing the object"
+            what = getattr(self.entry, "query_missing", None) or "a text query describing the object"
             if self.query is not None and not isinstance(self.query, str):
                 raise ValueError(f"{self.task} needs {what} as text, got {type(self.query).__name__} {self.query!r:.60}")
             raise ValueError(f"{self.task} needs {what}")
@@ -80,9 +80,9 @@ class TaskRequest:
             # Qwen markup; `check_text` adds the tokenizer's own added tokens (gap_mllm.tasks_gap_mllm)
             refuse_control_tokens(None, self.query, "the query")
             check_query_text(self.query, "the query")  # `<image>`: the prompt's own placeholder of a view
-        if self.spec is SPATIAL_QA and isinstance(self.query, str) and options_problem(self.query):
-            # a letter asked for and no options read: its grammar would force a number on it (tasks_gap_mllm.py)
-            raise ValueError(options_problem(self.query))
+        problem = getattr(self.entry, "query_problem", None)
+        if problem is not None and isinstance(self.query, str) and problem(self.query):
+            raise ValueError(problem(self.query))  # a query its task cannot answer (`PackageTask.query_problem`)
         if "box" in self.spec.parameters and self.box is not None:
             check_box(self.box)
         if self.spec.needs_marker and self.marker is not None:
@@ -92,6 +92,11 @@ class TaskRequest:
                 raise ValueError(f"marker view {self.marker[0]} is out of range: there are {num_views} views")
             if view_size is not None:
                 check_marker_inside(int(self.marker[1]), int(self.marker[2]), *view_size, name=f"marker view {self.marker[0]}")
+
+    @property
+    def entry(self):
+        """The task's `PackageTask` (gap_mllm.processing.tasks), None for a task without a package module."""
+        return package_task(self.spec) if self.spec.name in package_task_names() else None
 
     def used_inputs(self) -> tuple[str, ...]:
         """The names of the inputs ("query", "box", "marker") this task reads; the others are ignored."""

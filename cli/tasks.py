@@ -5,14 +5,14 @@ thing. Everything about a task (prompt, parser, token budget, stop rule) comes f
 (`gap_mllm.tasks_gap_mllm`) through the processor: `processor(task=...)`, `processor.generation_kwargs`,
 `processor.post_process`.
 
-Tasks a front end runs (one model call each):
+Tasks a front end runs (one model call each; `task_names.front_end_tasks()`):
     detection       3D video object detection; answer: list of labelled boxes.
     grounding       3D visual grounding of a text query; answer: one box. One call asks the official
                     stage-2 prompt on the given frames directly (no stage-1 frame selection; the
                     two-stage pipeline is `gap-mllm evaluate --task grounding`).
     captioning      describe the object inside a given 3D box; answer: a caption.
     reconstruction  3D point (+ label) of a pixel marked with a red "+" (the pre-training task).
-    spatial_qa      a spatial question about the scene; answer: a number or an option letter.
+and each task with a package module (gap_mllm.processing.tasks): its answer's fields (`PackageTask.answer_fields`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import torch
 
 from gap_mllm.generation_gap_mllm import context_limit, positions_after
 from gap_mllm.modeling_gap_mllm import mrope_position_ids
+from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.tasks_gap_mllm import (
     BOX_KEY,
     CAPTIONING,
     DETECTION,
     GROUNDING,
     RECONSTRUCTION,
-    SPATIAL_QA,
     Box3D,
     PromptTextError,
     other_task_format,
@@ -59,7 +59,7 @@ class TaskResult:
     Attributes:
         raw: the generated answer text (special tokens removed).
         parsed: the typed result of the task's parser (`DetectionResult`, `GroundingResult`, `CaptionResult`,
-            `PointmapResult`, `SpatialAnswerResult`).
+            `PointmapResult`, or a task module's `TaskSpec.result_type`).
         boxes: boxes to draw (detection boxes, the grounded box, or the captioned input box).
         point: the reconstructed 3D point, if any.
         marker: the marked pixel `(view, x, y)` of a reconstruction request, if any.
@@ -67,8 +67,8 @@ class TaskResult:
             feature in each fused token; empty when the model has no gated fusion.
         token_grids: per view, the `(h, w)` grid of visual tokens after spatial merging (to lay the
             gates out as maps).
-        query: the query of the request (grounding, spatial QA), if any: the picture of a bundled room's own grounding
-            query marks its object's reference box (visualize.py `answer_picture`).
+        query: the query of the request (a task that takes one), if any: the picture of a bundled room's own
+            grounding query marks its object's reference box (visualize.py `answer_picture`).
     """
 
     task: str
@@ -86,14 +86,21 @@ class TaskResult:
         """The generated answer, readable (`readable_answer`)."""
         return readable_answer(self.raw)
 
+    @property
+    def answer_fields(self) -> tuple[str, ...]:
+        """The parsed answer's fields a task module shows (`PackageTask.answer_fields`); () for the other tasks."""
+        entry = package_task(self.task) if self.task in package_task_names() else None
+        return entry.answer_fields if entry is not None else ()
+
     def summary(self) -> str:
         """A short human-readable rendering of the parsed answer."""
         reason = getattr(self.parsed, "reason", None)
         lines = []
         if self.task == CAPTIONING.name and self.parsed.caption is not None:
             lines.append(f"caption: {self.parsed.caption}")
-        if self.task == SPATIAL_QA.name and self.parsed.answer is not None:
-            lines.append(f"answer: {self.parsed.answer}")
+        for name in self.answer_fields:
+            if getattr(self.parsed, name, None) is not None:
+                lines.append(f"{name}: {getattr(self.parsed, name)}")
         if self.task == DETECTION.name:
             lines.append(f"{len(self.boxes)} box(es)")
         if self.task != CAPTIONING.name:
@@ -107,6 +114,11 @@ class TaskResult:
             lines.append(f"parse problem: {reason}")
         return "\n".join(lines) if lines else "nothing parsed"
 
+    def _shows(self, name: str, own=None) -> bool:
+        """Whether the parsed answer's field `name` is shown: on the task `own` shows it, or when a task module
+        names it (`answer_fields`)."""
+        return (own is not None and self.task == own.name) or name in self.answer_fields
+
     def to_dict(self) -> dict:
         """JSON-ready form (used by `gap-mllm predict --json` and the Space's parsed-result panel)."""
         return {
@@ -114,9 +126,9 @@ class TaskResult:
             "raw": self.raw,
             "boxes": [{"label": b.label, BOX_KEY: b.to_list()} for b in self.boxes],  # the model's own key
             "point": list(self.point) if self.point is not None else None,
-            "label": getattr(self.parsed, "label", None) if self.task == RECONSTRUCTION.name else None,
-            "caption": getattr(self.parsed, "caption", None) if self.task == CAPTIONING.name else None,
-            "answer": getattr(self.parsed, "answer", None) if self.task == SPATIAL_QA.name else None,
+            "label": getattr(self.parsed, "label", None) if self._shows("label", RECONSTRUCTION) else None,
+            "caption": getattr(self.parsed, "caption", None) if self._shows("caption", CAPTIONING) else None,
+            "answer": getattr(self.parsed, "answer", None) if self._shows("answer") else None,
             "reason": getattr(self.parsed, "reason", None),
             "mean_gate_per_level": [float(g.mean()) for g in self.gates],
         }

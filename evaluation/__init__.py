@@ -8,6 +8,8 @@ builders, so they are not imported here: the metrics stay importable without `da
 
 import importlib
 
+from gap_mllm.processing.tasks import package_tasks
+
 # light (numpy only); imported here, so that the package's `box_iou` is the function, not its module
 from .box_iou import box_iou, box_iou_matrix, box_iou_pairs, box_volume, intersection_volume
 from .category_lists import CLEAN_SPLITS, OFFICIAL_SPLITS
@@ -21,8 +23,8 @@ _EXPORTS = {
                     "grounding_metrics"),
     **dict.fromkeys(("ReconstructionEvaluator", "chamfer_metrics", "point_score", "umeyama_sim3"),
                     "reconstruction_metrics"),
-    **dict.fromkeys(("mean_relative_accuracy", "spatial_qa_scores"), "spatial_qa_metrics"),
 }
+# ... and the metric functions of the task modules (`PackageTask.exports`, gap_mllm.processing.tasks), found on use
 
 __all__ = ["box_iou", "box_iou_matrix", "box_iou_pairs", "box_volume", "intersection_volume", "CLEAN_SPLITS",
            "OFFICIAL_SPLITS", *_EXPORTS]
@@ -30,12 +32,15 @@ __all__ = ["box_iou", "box_iou_matrix", "box_iou_pairs", "box_volume", "intersec
 
 def __getattr__(name: str):
     """The exported metrics, imported from their module on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
+        value = next((task.exports[name] for task in package_tasks() if name in task.exports), None)
+        if value is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | {name for task in package_tasks() for name in task.exports})

@@ -1,10 +1,19 @@
-"""The registry tasks `gap-mllm evaluate` scores, one benchmark each (evaluation/tasks.py builds its `TASKS` in this
-order and checks it against this list). Names only, importable without torch: the command's `--help` lists them."""
+"""The registry tasks `gap-mllm evaluate` scores, one benchmark each: the benchmarks evaluation/tasks.py defines, then
+one per task with a package module (gap_mllm.processing.tasks). Names only, importable without torch: the command's
+`--help` lists them."""
 
 from __future__ import annotations
 
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
+from gap_mllm.processing.tasks import package_task_names
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
 
-BENCHMARK_TASKS: tuple[str, ...] = tuple(spec.name for spec in (DETECTION, GROUNDING, CAPTIONING, RECONSTRUCTION, SPATIAL_QA))
+# the benchmarks with a class of their own in evaluation/tasks.py (it checks this list against them)
+OWN_BENCHMARKS: tuple[str, ...] = tuple(spec.name for spec in (DETECTION, GROUNDING, CAPTIONING, RECONSTRUCTION))
 
-__all__ = ["BENCHMARK_TASKS"]
+
+def benchmark_tasks() -> tuple[str, ...]:
+    """Every benchmark's task name, those registered from code included."""
+    return (*OWN_BENCHMARKS, *package_task_names())
+
+
+__all__ = ["OWN_BENCHMARKS", "benchmark_tasks"]

@@ -22,7 +22,8 @@ from gap_mllm.image_utils_gap_mllm import read_image_file
 from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, read_intrinsics
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION, SPATIAL_QA
+from gap_mllm.processing.tasks import package_task, package_task_names
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
 
 from .box_iou import BOX_EDGES
 from .detection_metrics import ground_truth
@@ -75,14 +76,14 @@ def _save(fig, path):
 
 def plot_per_category(task: str, metrics: dict, path) -> bool:
     plt = _pyplot()
-    if task == DETECTION.name and metrics.get("per_category"):
+    entry = package_task(task) if task in package_task_names() else None
+    bars = entry.per_category_bars(metrics) if entry is not None and entry.per_category_bars is not None else None
+    if bars is not None:  # a task module's chart (`PackageTask.per_category_bars`)
+        names, series, title = bars
+    elif task == DETECTION.name and metrics.get("per_category"):
         names = list(metrics["per_category"])
         series = {m: [metrics["per_category"][c][m] for c in names] for m in ("precision", "recall", "f1")}
         title = "Detection per category (IoU > 0.25)"
-    elif task == SPATIAL_QA.name and metrics.get("per_type"):
-        names = list(metrics["per_type"])
-        series = {"score": [metrics["per_type"][t] for t in names]}
-        title = "Spatial QA per question type"
     elif task == RECONSTRUCTION.name and metrics.get("per_scene"):
         names = list(metrics["per_scene"])
         series = {"raw": [s["raw"]["overall"] for s in metrics["per_scene"].values()],

@@ -28,8 +28,9 @@ import numpy as np
 
 from gap_mllm.processing.coordinates import world_boxes_to_camera
 from gap_mllm.processing.errors import DataError, MissingDependency
-from gap_mllm.processing.record_schema import ANSWER_TEXT, IMAGES, REAL, TEXT, TEXT_LIST, RecordField, read_fields
+from gap_mllm.processing.record_schema import IMAGES, REAL, TEXT_LIST, RecordField, read_fields
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
+from gap_mllm.processing.tasks import PackageTask, package_task, package_task_names, package_tasks
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
@@ -37,7 +38,6 @@ from gap_mllm.tasks_gap_mllm import (
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
     RECONSTRUCTION,
-    SPATIAL_QA,
     Box3D,
     DefaultBudget,
     PromptTextError,
@@ -49,14 +49,13 @@ from gap_mllm.tasks_gap_mllm import (
     serialize_grounding,
 )
 
-from .benchmark_names import BENCHMARK_TASKS
+from .benchmark_names import OWN_BENCHMARKS, benchmark_tasks
 from .caption_metrics import GATED_SCORES, caption_scores, gated_name
 from .detection_metrics import DetectionEvaluator, ground_truth
 from .detection_parsing import detection_predictions, official_literal
 from .generation import Request
 from .grounding_metrics import GroundingEvaluator, score_grounding_record
 from .reconstruction_metrics import ReconstructionEvaluator, point_score
-from .spatial_qa_metrics import aggregate_spatial_scores, score_answer
 
 logger = logging.getLogger(__name__)
 
@@ -403,49 +402,64 @@ class ReconstructionTask(Benchmark):
         return rows, ev.compute()
 
 
-# ----------------------------------------------------------------------------------------- spatial QA
+# ------------------------------------------------------------------------------- tasks with a package module
 
 
-class SpatialQATask(Benchmark):
-    spec, stage_specs = SPATIAL_QA, (SPATIAL_QA,)
-    headline = ("overall", "mean over question types (MRA / accuracy)")
-    logged_metrics = {"overall": "overall"}
+class PackageTaskBenchmark(Benchmark):
+    """The benchmark of a task with a package module (gap_mllm.processing.tasks): one model call per record, the
+    record's human turn as the prompt, scored by the module (`PackageTask.evaluate`); `package_benchmark` makes
+    one class per task."""
+
+    entry: PackageTask
 
     def request(self, record, stage, previous, media_root):
         return self.make_request(stage, record["images"], human_prompt(record))
 
     def oracle(self, record, media_root):
-        return [str(record["ground_truth"])]
+        return self.entry.oracle(record, media_root)
 
-    FIELDS = (RecordField("ground_truth", ANSWER_TEXT), RecordField("question_type", TEXT))  # as the builder reads them
-
-    def evaluate(self, records, outputs, official_compat=False, **_):
-        scores = []
-        for index, (record, raw) in enumerate(zip(records, outputs)):
-            fields = read_fields(record, self.FIELDS, sample_id(record, index))
-            try:
-                scores.append(score_answer(raw[0], fields["ground_truth"], fields["question_type"], official_compat))
-            except ValueError as error:
-                raise ValueError(f"spatial_qa sample {sample_id(record, index)!r}: {error}") from error
-        rows = [{"id": sample_id(r, i), "index": i, "raw": raw, "parsed": self.spec.parse(raw[0]).answer or "",
-                 "question_type": r["question_type"], "score": s}
-                for i, (r, raw, s) in enumerate(zip(records, outputs, scores))]
-        return rows, aggregate_spatial_scores(scores, [r["question_type"] for r in records], official_compat)
+    def evaluate(self, records, outputs, official_compat=False, **options):
+        ids = [sample_id(record, index) for index, record in enumerate(records)]
+        return self.entry.evaluate(records, outputs, ids, official_compat=official_compat, **options)
 
 
-TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask, CaptionTask, ReconstructionTask, SpatialQATask)}
-if tuple(TASKS) != BENCHMARK_TASKS:  # the light list `gap-mllm evaluate --help` shows (benchmark_names.py)
-    raise ImportError(f"evaluation/benchmark_names.py lists {BENCHMARK_TASKS}, the benchmarks are {tuple(TASKS)}")
+_PACKAGE_BENCHMARKS: dict[PackageTask, type[PackageTaskBenchmark]] = {}
+
+
+def package_benchmark(entry: PackageTask) -> type[PackageTaskBenchmark]:
+    """The benchmark class of a task's `PackageTask` (one class per entry)."""
+    if entry not in _PACKAGE_BENCHMARKS:
+        name = "".join(part.title() for part in entry.name.split("_")) + "Task"
+        _PACKAGE_BENCHMARKS[entry] = type(name, (PackageTaskBenchmark,), {
+            "spec": entry.spec, "stage_specs": (entry.spec,), "headline": entry.headline,
+            "logged_metrics": dict(entry.logged_metrics), "scoring_packages": entry.scoring_packages, "entry": entry,
+            "__module__": __name__})
+    return _PACKAGE_BENCHMARKS[entry]
+
+
+# the benchmarks of the shipped tasks; `get_task` also finds those of tasks registered from code
+OWN_TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask, CaptionTask, ReconstructionTask)}
+if tuple(OWN_TASKS) != OWN_BENCHMARKS:  # the light list `gap-mllm evaluate --help` shows (benchmark_names.py)
+    raise ImportError(f"evaluation/benchmark_names.py lists {OWN_BENCHMARKS}, the benchmarks are {tuple(OWN_TASKS)}")
+TASKS = {**OWN_TASKS, **{entry.name: package_benchmark(entry) for entry in package_tasks()}}
+
+
+def benchmark_class(name: str) -> type[Benchmark] | None:
+    """The benchmark class of a canonical task name, None when the task has none."""
+    if name in OWN_TASKS:
+        return OWN_TASKS[name]
+    return package_benchmark(package_task(name)) if name in package_task_names() else None
 
 
 def get_task(name, official_compat: bool = False, constrained: bool = False) -> Benchmark:
     """The benchmark of a task name (deprecated names such as "det" resolve with a warning); `constrained`: its
     answers are decoded inside their task's grammar (off: the paper's protocol decodes freely)."""
     spec = resolve_task(name)
-    if spec.name not in TASKS:
+    benchmark = benchmark_class(spec.name)
+    if benchmark is None:
         hint = f" (it is a stage of {GROUNDING.name!r}, which evaluates both)" if spec.name in GROUNDING.stages else ""
-        raise ValueError(f"task {spec.name!r} has no benchmark{hint}; choose one of {', '.join(TASKS)}")
-    return TASKS[spec.name](official_compat, constrained)
+        raise ValueError(f"task {spec.name!r} has no benchmark{hint}; choose one of {', '.join(benchmark_tasks())}")
+    return benchmark(official_compat, constrained)
 
 
 def headline_value(summary: dict, key: str):

@@ -10,8 +10,8 @@ Modules (import what you need; `datasets` is only imported by the builder module
     box_angles        the orientations of a model's training boxes (its folder's box_angles.json), the check of a
                       box against them, and the angles of a box given by centre and size alone
     builders          `datasets.GeneratorBasedBuilder`s: ReconstructionBuilder, DetectionBuilder,
-                      GroundingStage1Builder, GroundingStage2Builder, CaptioningBuilder, SpatialQABuilder;
-                      each declares its task's features; the prompts of its annotation files are the
+                      GroundingStage1Builder, GroundingStage2Builder, CaptioningBuilder, and one per task
+                      module of `tasks` (`builder_for_task`); each declares its task's features; the prompts of its annotation files are the
                       registry's (`gap_mllm.tasks_gap_mllm`: `DETECTION.annotation_prompt(n)`, `extract_query`)
     features          the feature schemas every task shares and the building blocks of the others
     parquet_export    Parquet data files + dataset card for the Hub
@@ -20,4 +20,6 @@ Modules (import what you need; `datasets` is only imported by the builder module
     errors            DataError (names file and sample) and the skip counter
     synth             SynthRooms, the procedural scene generator with exact ground truth
     synth_cli         `gap-mllm synth --scenes N --out DIR`
+    tasks             the package side of each task, one module per task, registered by name (`PackageTask`:
+                      annotation file, dataset fields, scoring, lmms-eval task, card tag, plot, front-end answer)
 """

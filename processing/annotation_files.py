@@ -1,9 +1,9 @@
 """Names of the annotation JSON files of each task (official naming, docs/method.md §7.1, §7.3).
 
 Official files fix the frame count in the name (`scannet_det_train_4frames.json`); synthetic data may
-use other counts, so files are looked up by pattern. Spatial QA is ours (no official file). Tasks are
-the registry's (`gap_mllm.tasks_gap_mllm`); the two-stage `grounding` pipeline reads the files of its
-stages.
+use other counts, so files are looked up by pattern. Tasks are the registry's (`gap_mllm.tasks_gap_mllm`); the
+two-stage `grounding` pipeline reads the files of its stages. A task with a package module names its own file
+(`PackageTask.annotation_file`, gap_mllm.processing.tasks).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from gap_mllm.tasks_gap_mllm import (
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
     RECONSTRUCTION,
-    SPATIAL_QA,
     TaskSpec,
     resolve_task,
 )
+
+from .tasks import package_task, package_task_names
 
 ANNOTATIONS_SUBDIR = "annotations"
 
@@ -30,17 +31,29 @@ TASK_FILE_TEMPLATES: dict[TaskSpec, str] = {
     GROUNDING_STAGE1: "scanrefer_{split}_{frames}frames_stage1.json",
     GROUNDING_STAGE2: "scanrefer_{split}_{frames}frames_stage2.json",
     CAPTIONING: "scan2cap_{split}_{frames}frames.json",
-    SPATIAL_QA: "spatial_qa_{split}_{frames}frames.json",
 }
-TASKS = tuple(spec.name for spec in TASK_FILE_TEMPLATES)  # the tasks that have annotation files
+
+
+def file_template(task: str | TaskSpec) -> str | None:
+    """The file-name template (`{split}`, `{frames}`) of a task's annotation files, None when it has none."""
+    spec = resolve_task(task)
+    entry = package_task(spec) if spec.name in package_task_names() else None
+    return entry.annotation_file if entry is not None else TASK_FILE_TEMPLATES.get(spec)
+
+
+def tasks_with_files() -> tuple[str, ...]:
+    """The tasks that have annotation files."""
+    return (*(spec.name for spec in TASK_FILE_TEMPLATES), *package_task_names())
 
 
 def annotation_file_name(task: str | TaskSpec, split: str, frames: int | str) -> str:
     spec = resolve_task(task)
-    if spec not in TASK_FILE_TEMPLATES:
+    template = file_template(spec)
+    if template is None:
         stages = f"; its stages {', '.join(spec.stages)} have files" if spec.stages else ""
-        raise ValueError(f"task {spec.name!r} has no annotation file{stages} (tasks with files: {', '.join(TASKS)})")
-    return TASK_FILE_TEMPLATES[spec].format(split=split, frames=frames)
+        raise ValueError(f"task {spec.name!r} has no annotation file{stages} (tasks with files: "
+                         f"{', '.join(tasks_with_files())})")
+    return template.format(split=split, frames=frames)
 
 
 def find_annotation_file(data_root, task: str | TaskSpec, split: str, file_option: str | None = "--annotation-file") -> Path:

@@ -65,6 +65,7 @@ def _options(config) -> dict:
 def _code_bytes() -> bytes:
     folder = Path(__file__).parent
     parts = [(folder / f"{name}.py").read_bytes() for name in _CODE_MODULES]
+    parts += [path.read_bytes() for path in sorted((folder / "tasks").glob("*.py"))]  # the task modules' fields
     # targets are parsed from the answer texts by the task registry's parsers; prompt text is checked by control_tokens
     parts += [Path(module.__file__).read_bytes() for module in (tasks_gap_mllm,)]
     return b"\0".join(parts)

@@ -37,7 +37,6 @@ from gap_mllm.tasks_gap_mllm import (
     GROUNDING_STAGE2,
     IMAGE_PLACEHOLDER,
     RECONSTRUCTION,
-    SPATIAL_QA,
     PromptTextError,
     TaskSpec,
     extract_query,
@@ -56,7 +55,6 @@ from .features import POSES as POSES_FEATURE
 from .held_out import record_scene_id
 from .json_files import JsonTooDeep, loads_json
 from .record_schema import (
-    ANSWER_TEXT,
     BOOLEAN,
     BOX,
     IDENTIFIER,
@@ -73,7 +71,7 @@ from .record_schema import (
     read_fields,
 )
 from .scannet_layout import media_path, posed_images_dir, read_depth, read_views
-from .synth.spatial_qa import QUESTION_TYPES
+from .tasks import PackageTask, package_task, package_task_names, package_tasks
 
 logger = datasets.logging.get_logger(__name__)
 
@@ -493,36 +491,38 @@ class CaptioningBuilder(MultiViewBuilder):
         return {**fields, "annotations": fields["annotations"] or [answer]}
 
 
-class SpatialQABuilder(MultiViewBuilder):
-    """Spatial questions in the VSI-Bench categories with exact answers (numbers or option letters)."""
+class PackageTaskBuilder(MultiViewBuilder):
+    """The builder of a task with a package module (gap_mllm.processing.tasks): its features and fields are the
+    module's `PackageTask.features` and `PackageTask.fields`; `package_task_builder` makes one per task."""
 
-    SPEC = SPATIAL_QA
-    TASK = SPEC.name
+    ENTRY: PackageTask | None = None
 
     @classmethod
     def task_features(cls, class_names):
-        return {
-            "question_type": datasets.ClassLabel(names=list(QUESTION_TYPES)),
-            "options": datasets.List(datasets.Value("string")),
-            "ground_truth": datasets.Value("string"),
-        }
+        return cls.ENTRY.features(class_names)
 
     def task_fields(self, record, answer, num_images, key):
-        fields = (
-            RecordField("question_type", TEXT),
-            RecordField("options", TEXT_LIST, default=[], nullable=True),  # VSI-Bench: null for numerical questions
-            RecordField("ground_truth", ANSWER_TEXT, default=answer),
-        )
-        values = read_fields(record, fields, key)
-        names = self.info.features["question_type"].names
-        if values["question_type"] not in names:
-            raise DataError(f"unknown question_type {values['question_type']!r}; expected one of {names}", sample=key)
-        return values
+        return self.ENTRY.fields(record, answer, num_images, key, self.info.features)
 
 
+_PACKAGE_TASK_BUILDERS: dict[PackageTask, type[PackageTaskBuilder]] = {}
+
+
+def package_task_builder(entry: PackageTask) -> type[PackageTaskBuilder]:
+    """The builder class of a task's `PackageTask` (one class per entry: `SpatialQaBuilder` for "spatial_qa")."""
+    if entry not in _PACKAGE_TASK_BUILDERS:
+        name = "".join(part.title() for part in entry.name.split("_")) + "Builder"
+        _PACKAGE_TASK_BUILDERS[entry] = type(name, (PackageTaskBuilder,), {
+            "SPEC": entry.spec, "TASK": entry.name, "ENTRY": entry, "__module__": __name__,
+            "__doc__": f"The `datasets` builder of {entry.name} ({entry.spec.title})."})
+    return _PACKAGE_TASK_BUILDERS[entry]
+
+
+# the builders of the shipped tasks; `builder_for_task` also finds those of tasks registered from code
 BUILDERS = {
-    builder.SPEC.name: builder
-    for builder in (ReconstructionBuilder, DetectionBuilder, GroundingStage1Builder, GroundingStage2Builder, CaptioningBuilder, SpatialQABuilder)
+    **{builder.SPEC.name: builder for builder in (ReconstructionBuilder, DetectionBuilder, GroundingStage1Builder,
+                                                   GroundingStage2Builder, CaptioningBuilder)},
+    **{entry.name: package_task_builder(entry) for entry in package_tasks()},
 }
 
 
@@ -530,7 +530,9 @@ def builder_for_task(task: str | TaskSpec) -> type[MultiViewBuilder]:
     """The builder of a task name (deprecated names resolve with a warning); a clear error for a task without
     training data of its own (the two-stage `grounding` pipeline: its stages have builders)."""
     spec = resolve_task(task)
-    if spec.name not in BUILDERS:
-        stages = f"; use its stages {', '.join(spec.stages)}" if spec.stages else ""
-        raise ValueError(f"task {spec.name!r} has no data builder{stages} (tasks with data: {', '.join(BUILDERS)})")
-    return BUILDERS[spec.name]
+    if spec.name in BUILDERS:
+        return BUILDERS[spec.name]
+    if spec.name in package_task_names():
+        return package_task_builder(package_task(spec))
+    stages = f"; use its stages {', '.join(spec.stages)}" if spec.stages else ""
+    raise ValueError(f"task {spec.name!r} has no data builder{stages} (tasks with data: {', '.join(BUILDERS)})")

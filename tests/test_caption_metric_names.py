@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation.caption_metrics import gated_name, gated_score
-from gap_mllm.evaluation.lmms_eval_plugin import task_template
+from gap_mllm.evaluation.lmms_eval_plugin import task_yaml
 from gap_mllm.evaluation.lmms_eval_plugin.task_functions import METRICS
 from gap_mllm.evaluation.tasks import get_task
 
@@ -33,7 +33,7 @@ def test_saved_summaries_are_read_with_the_old_or_the_new_name():
 
 
 def test_the_lmms_eval_table_names_the_metrics_as_the_summary_does():
-    names = re.findall(r'^  - metric: "([^"]+)"$', task_template("gap_scan2cap").read_text(), flags=re.MULTILINE)
+    names = re.findall(r'^  - metric: "([^"]+)"$', task_yaml("gap_scan2cap"), flags=re.MULTILINE)
     assert names == list(METRICS["captioning"]) == ["cider@0.5", "bleu4@0.5", "meteor@0.5", "rouge_l@0.5"]
     assert all(key == name for name, key in METRICS["captioning"].items())  # the summary's own keys
 

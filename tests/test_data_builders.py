@@ -13,7 +13,6 @@ from gap_mllm.processing.builders import (
     DetectionBuilder,
     MultiViewBuilder,
     ReconstructionBuilder,
-    SpatialQABuilder,
     builder_for_task,
 )
 from gap_mllm.processing.collator import IGNORE_INDEX, GapMllmDataCollator, views_to_tensors
@@ -91,7 +90,7 @@ def test_features_are_typed(tiny_dataset, tmp_path):
     assert isinstance(features["depth"], datasets.Array3D) and features["depth"].shape == (None, *TINY_CONFIG.image_size)
     assert isinstance(features["boxes"].feature["label"], datasets.ClassLabel)
     assert isinstance(features["axis_align_matrix"], datasets.Array2D)
-    qa = prepared(SpatialQABuilder, tiny_dataset, tmp_path).info.features
+    qa = prepared(builder_for_task("spatial_qa"), tiny_dataset, tmp_path).info.features
     assert isinstance(qa["question_type"], datasets.ClassLabel)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from gap_mllm.processing.annotation_files import TASKS, find_annotation_file
+from gap_mllm.processing.annotation_files import find_annotation_file, tasks_with_files
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import read_axis_align, read_depth, read_views, write_frame, write_scene_meta
 from gap_mllm.processing.synth_cli import add_arguments, main
@@ -46,7 +46,7 @@ def test_synth_cli_writes_every_task(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.find("{") :])["train"]["reconstruction"] > 0
     for split in ("train", "val"):
-        for task in TASKS:
+        for task in tasks_with_files():
             assert isinstance(json.loads(find_annotation_file(out, task, split).read_text()), list)
     info = json.loads((out / "synthrooms" / "dataset_info.json").read_text())
     assert info["splits"] == {"train": ["synth0000_00"], "val": ["synth0001_00"]}

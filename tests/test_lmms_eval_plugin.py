@@ -12,7 +12,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.tasks import TaskManager
 from lmms_eval.utils import load_yaml_config
 
-from gap_mllm.evaluation.lmms_eval_plugin import LMMS_TASKS, task_template
+from gap_mllm.evaluation.lmms_eval_plugin import LMMS_TASKS, task_yaml
 from gap_mllm.evaluation.lmms_eval_plugin.documents import documents_for, media_root_of, record_of, request_for
 from gap_mllm.evaluation.lmms_eval_plugin.export import data_files_block, export_tasks
 from gap_mllm.evaluation.lmms_eval_plugin.models.gap_mllm import GapMllm
@@ -124,7 +124,7 @@ def test_lmms_eval_scores_equal_gap_mllm_evaluate_on_mixed_answers(synth_data, e
 def test_task_files_list_the_scored_metrics(exported):
     for task, benchmark in LMMS_TASKS.items():
         written = exported / f"{task}.yaml"
-        assert written.read_text() == task_template(task).read_text() + data_files_block(f"{task}.jsonl")
+        assert written.read_text() == task_yaml(task) + data_files_block(f"{task}.jsonl")
         config = load_yaml_config(str(written), mode="simple")  # lmms-eval anchors the documents at the YAML's folder
         assert config["task"] == task and config["dataset_kwargs"] == {"data_files": {"test": str(exported / f"{task}.jsonl")}}
         assert [m["metric"] for m in config["metric_list"]] == list(METRICS[benchmark])

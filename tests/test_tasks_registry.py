@@ -333,7 +333,7 @@ def test_every_consumer_uses_the_registry_objects():
         assert benchmark.headline[0] in benchmark.logged_metrics.values(), name
     assert eval_tasks.GroundingTask.stage_specs == (TASKS["grounding_stage1"], TASKS["grounding_stage2"])
     assert runner.get_task is eval_tasks.get_task and generation.resolve_task is registry.resolve_task
-    assert all(spec_of(spec) for spec in task_names.FRONT_END_TASKS)
+    assert all(spec_of(spec) for spec in task_names.front_end_tasks())
     assert all(spec_of(spec) for spec in space_backend.TASK_LABELS.values())
     assert cli_tasks.TaskRequest("grounding", query="x").spec is TASKS["grounding"]
 
@@ -383,6 +383,6 @@ def test_prompts_and_shared_constants_are_written_in_exactly_one_module():
 @pytest.mark.parametrize("text", ["B", "B. chair", " 3.5 meters", "3.5.", "\n", "", "C\nbecause", "  a  b", "1e3 m"])
 def test_spatial_answer_reads_the_word_vsi_bench_scores(text):
     """The typed spatial-QA answer is the word the VSI-Bench metric extracts (evaluation/spatial_qa_metrics.py)."""
-    from gap_mllm.evaluation.spatial_qa_metrics import fuzzy_matching
+    from gap_mllm.processing.tasks.spatial_qa import fuzzy_matching
 
     assert (TASKS["spatial_qa"].parse(text).answer or "") == fuzzy_matching(text)

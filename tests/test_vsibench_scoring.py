@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lmms_eval.tasks.vsibench import utils as vsibench
 
-from gap_mllm.evaluation.spatial_qa_metrics import score_answer
-from gap_mllm.evaluation.vsibench_answers import NUMBER_WORDS, extract_number
+from gap_mllm.processing.tasks.spatial_qa import score_answer
+from gap_mllm.processing.vsibench_answers import NUMBER_WORDS, extract_number
 
 TEXTS = ["3", " 3", "3.", "3.50 meters", "-2.5", "1e3", "about 4 m", "three", "Three boxes.", "twenty-one",
          "three hundred and twenty-one", "two thousand and five", "one apple, room 2", "room 2, one apple", "none",
@@ -53,7 +53,7 @@ def test_official_compat_scores_an_answer_as_lmms_eval(answer, truth, question_t
 
 
 def test_official_compat_extracts_the_answer_exactly_as_vsi_bench():
-    from gap_mllm.evaluation.spatial_qa_metrics import score_answer
+    from gap_mllm.processing.tasks.spatial_qa import score_answer
 
     assert score_answer(" B", "B", "object_rel_distance") == 1.0  # default: tolerant
     # lmms-eval strips a generated answer before VSI-Bench's split(" ")[0] reads it (tested above)
@@ -72,7 +72,7 @@ def test_official_compat_extracts_the_answer_exactly_as_vsi_bench():
 
 
 def test_official_compat_aggregates_direction_subtypes_as_vsi_bench():
-    from gap_mllm.evaluation.spatial_qa_metrics import aggregate_spatial_scores
+    from gap_mllm.processing.tasks.spatial_qa import aggregate_spatial_scores
 
     types = ["object_rel_direction_medium", "object_rel_direction_hard", "route_planning"]
     default = aggregate_spatial_scores([1.0, 0.0, 0.5], types)

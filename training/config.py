@@ -76,8 +76,8 @@ class DataConfig:
     """Which samples to train on.
 
     data_root: folder with `scannet/posed_images` and `annotations/` (real ScanNet or SynthRooms).
-    tasks: task names with training data (gap_mllm.tasks_gap_mllm; processing.builders.BUILDERS): reconstruction,
-        detection, grounding_stage1, grounding_stage2, captioning, spatial_qa; several are concatenated (stage 2).
+    tasks: names of tasks of the registry with training data (gap_mllm.tasks_gap_mllm; a builder of
+        `processing.builders.builder_for_task`); several are concatenated (stage 2).
     on_bad_sample: "raise" stops the run with an error naming the sample; "skip" drops it and counts it
         (reported in the logs as `skipped_samples` and at the end of training).
     max_train_samples / max_eval_samples: keep the first N (smoke runs).

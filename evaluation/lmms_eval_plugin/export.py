@@ -3,7 +3,7 @@
     gap-mllm export-lmms --data DATA --out lmms_tasks [--split val] [--tasks gap_scanrefer,gap_det]
                          [--limit N] [--official-compat] [--no-meteor] [--overwrite]
 
-For each task: `<out>/<task>.jsonl` (the documents, documents.py) and `<out>/<task>.yaml` (the shipped task YAML
+For each task: `<out>/<task>.jsonl` (the documents, documents.py) and `<out>/<task>.yaml` (the task YAML, `task_yaml`,
 with `dataset_kwargs.data_files` pointing at the documents, a path relative to the YAML, which lmms-eval resolves
 against the YAML's folder), plus `<out>/gap_mllm.yaml`, the group of the tasks written. Then
 `python -m lmms_eval --include_path <out> --tasks gap_mllm ...`. Frame paths in the documents are absolute: the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from gap_mllm.processing.output_folder import writing_output_folder
 
-from . import GROUP, LMMS_TASKS, task_template
+from . import GROUP, LMMS_TASKS, task_yaml
 from .documents import documents_for
 from .export_arguments import add_arguments  # noqa: F401 - the command's add_arguments
 
@@ -37,7 +37,7 @@ COMMAND = "gap-mllm export-lmms"  # the marker of a folder this command wrote
 
 def export_tasks(data_dir, out_dir, split: str = "val", tasks=None, limit: int | None = None,
                  official_compat: bool = False, meteor: bool | None = None, overwrite: bool = False) -> dict[str, int]:
-    """Write the documents and task YAMLs of `tasks` (default: all four; an empty list is refused, it would write a
+    """Write the documents and task YAMLs of `tasks` (default: all; an empty list is refused, it would write a
     group of no task) into the folder `out_dir` (module docstring: `overwrite` replaces a folder of other files);
     returns `{task: number of documents}`.
 
@@ -62,8 +62,7 @@ def export_tasks(data_dir, out_dir, split: str = "val", tasks=None, limit: int |
             with open(staging / f"{task}.jsonl", "w", encoding="utf-8") as handle:
                 for document in documents:
                     handle.write(json.dumps(document) + "\n")
-            template = task_template(task).read_text(encoding="utf-8")
-            (staging / f"{task}.yaml").write_text(template + data_files_block(f"{task}.jsonl"), encoding="utf-8")
+            (staging / f"{task}.yaml").write_text(task_yaml(task) + data_files_block(f"{task}.jsonl"), encoding="utf-8")
             counts[task] = len(documents)
         group = [f"group: {GROUP}", "task:", *(f"  - {task}" for task in tasks)]
         (staging / f"{GROUP}.yaml").write_text("\n".join(group) + "\n", encoding="utf-8")

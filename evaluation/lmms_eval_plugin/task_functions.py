@@ -18,19 +18,23 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from gap_mllm.processing.tasks import LiveMapping, package_tasks
+
 from ..caption_metrics import gated_name
 from ..tasks import headline_value
+from . import aggregator_name
 from .documents import benchmark_named, benchmark_of, check_document, media_root_of, record_of, records_at, request_for
 
-# lmms-eval metric name -> key (dotted path) in the benchmark's summary (`Benchmark.evaluate`)
-METRICS = {
+# lmms-eval metric name -> key (dotted path) in the benchmark's summary (`Benchmark.evaluate`): the shipped templates'
+# tasks, then each task module's (`PackageTask.lmms_metric_keys`)
+OWN_METRICS = {
     "grounding": {"acc@0.25": "acc@0.25", "acc@0.5": "acc@0.5", "miou": "miou"},
     "detection": {"f1": "f1", "precision": "splits.cate31.precision", "recall": "splits.cate31.recall"},
     # Scan2Cap's scores at the 0.5 IoU gate, named as in the summary (caption_metrics.gated_name): cider@0.5 is the
     # CIDEr@0.5 of the README and mini/RESULTS.md, its IDF over the documents scored (few documents: other values)
     "captioning": {gated_name(name): gated_name(name) for name in ("cider", "bleu4", "meteor", "rouge_l")},
-    "spatial_qa": {"overall": "overall"},
 }
+METRICS = LiveMapping(lambda: {**OWN_METRICS, **{task.name: task.lmms_metric_keys for task in package_tasks()}})
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -139,4 +143,12 @@ aggregate_cider = _aggregator(gated_name("cider"))
 aggregate_bleu4 = _aggregator(gated_name("bleu4"))
 aggregate_meteor = _aggregator(gated_name("meteor"))
 aggregate_rouge_l = _aggregator(gated_name("rouge_l"))
-aggregate_overall = _aggregator("overall")
+
+
+def __getattr__(name: str):
+    """The aggregation of a task module's lmms-eval metric (`aggregator_name(metric)`, what its YAML names)."""
+    for task in package_tasks():
+        for metric in task.lmms_metric_keys:
+            if aggregator_name(metric) == name:
+                return _aggregator(metric)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,17 +6,26 @@
     detection.compute(predictions=[model_text, ...], references=[[{"label": ..., "bbox_3d": [...]}, ...], ...])
 
 Each module folder holds one script that wraps the package functions (`gap_mllm.evaluation`), so
-the numbers are identical to the task runners'. Modules: gap_detection, gap_grounding,
-gap_captioning, gap_reconstruction, gap_spatial_qa.
+the numbers are identical to the task runners'; the folder `gap_<task>` of a task with a package module
+(gap_mllm.processing.tasks) holds the few lines that make its metric (`package_task_metric.py`). `metric_modules()`
+names them all.
 """
 
 from pathlib import Path
 
-METRIC_MODULES = ("gap_detection", "gap_grounding", "gap_captioning", "gap_reconstruction", "gap_spatial_qa")
+from gap_mllm.processing.tasks import package_task_names
+
+HERE = Path(__file__).parent
+OWN_METRIC_MODULES = ("gap_detection", "gap_grounding", "gap_captioning", "gap_reconstruction")
+
+
+def metric_modules() -> tuple[str, ...]:
+    """The metric modules: the benchmarks' own, then those of the task modules that have a folder here."""
+    return (*OWN_METRIC_MODULES, *(f"gap_{name}" for name in package_task_names() if (HERE / f"gap_{name}").is_dir()))
 
 
 def metric_module_path(name: str) -> str:
     """Folder of a metric module, for `evaluate.load(path)`."""
-    if name not in METRIC_MODULES:
-        raise ValueError(f"unknown metric module {name!r}; expected one of {METRIC_MODULES}")
-    return str(Path(__file__).parent / name)
+    if name not in metric_modules():
+        raise ValueError(f"unknown metric module {name!r}; expected one of {metric_modules()}")
+    return str(HERE / name)

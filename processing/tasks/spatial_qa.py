@@ -1,4 +1,6 @@
-"""Spatial QA with VSI-Bench scoring (`lmms_eval/tasks/vsibench/utils.py` semantics).
+"""The package side of spatial question answering: its data, its VSI-Bench scoring, its lmms-eval task and card.
+
+Scoring (`lmms_eval/tasks/vsibench/utils.py` semantics).
 
 Answer extraction (`fuzzy_matching`): the first space-separated word of the prediction with trailing
 dots removed ("B. chair" -> "B", "3.5 meters" -> "3.5"); with official_compat a numerical answer is read
@@ -23,7 +25,7 @@ Two modes:
                            multiple choice: `answer.split(" ")[0].rstrip(".").strip()` compared with the
                            ground truth as written (`pred.lower() == target.lower()`); numerical: the first
                            number anywhere in the answer, digits or English number words
-                           (`extract_number`, evaluation/vsibench_answers.py: "about 3 m" and "three" read 3);
+                           (`extract_number`, processing/vsibench_answers.py: "about 3 m" and "three" read 3);
                            a zero numerical ground truth is a ValueError (VSI-Bench divides by it:
                            ZeroDivisionError), and the relative error is divided by gt as written (a negative
                            gt passes every level).
@@ -43,7 +45,13 @@ from collections import defaultdict
 
 import numpy as np
 
-from .vsibench_answers import extract_number
+from gap_mllm.tasks_gap_mllm import options_problem
+
+from ..errors import DataError
+from ..record_schema import ANSWER_TEXT, TEXT, TEXT_LIST, RecordField, read_fields
+from ..synth.spatial_qa import QUESTION_TYPES
+from ..vsibench_answers import extract_number
+from . import PackageTask
 
 NUMERICAL_TYPES = ("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation")
 CHOICE_TYPES = ("object_rel_distance", "object_rel_direction", "object_rel_direction_easy",
@@ -143,3 +151,98 @@ def spatial_qa_scores(predictions, ground_truths, question_types, official_compa
     out = aggregate_spatial_scores(scores, question_types, official_compat)
     out["per_sample"] = scores
     return out
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def features(class_names) -> dict:
+    """The builder's features of a spatial question: its VSI-Bench type, its options and its exact answer."""
+    import datasets  # the data extra: the scoring below runs without it
+
+    return {
+        "question_type": datasets.ClassLabel(names=list(QUESTION_TYPES)),
+        "options": datasets.List(datasets.Value("string")),
+        "ground_truth": datasets.Value("string"),
+    }
+
+
+FIELDS = (
+    RecordField("question_type", TEXT),
+    RecordField("options", TEXT_LIST, default=[], nullable=True),  # VSI-Bench: null for numerical questions
+)
+
+
+def fields(record, answer, num_images, key, features) -> dict:
+    """The question's fields of one annotation record; the ground truth defaults to the answer text."""
+    values = read_fields(record, (*FIELDS, RecordField("ground_truth", ANSWER_TEXT, default=answer)), key)
+    names = features["question_type"].names
+    if values["question_type"] not in names:
+        raise DataError(f"unknown question_type {values['question_type']!r}; expected one of {names}", sample=key)
+    return values
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+
+# the fields scoring reads, as the builder reads them
+SCORED_FIELDS = (RecordField("ground_truth", ANSWER_TEXT), RecordField("question_type", TEXT))
+
+
+def oracle(record, media_root) -> list[str]:
+    return [str(record["ground_truth"])]
+
+
+def evaluate(records, outputs, ids, official_compat=False, **_):
+    """(per-sample rows, `aggregate_spatial_scores` summary) of the answers `outputs` (one `[text]` per record)."""
+    scores = []
+    for sid, record, raw in zip(ids, records, outputs):
+        fields = read_fields(record, SCORED_FIELDS, sid)
+        try:
+            scores.append(score_answer(raw[0], fields["ground_truth"], fields["question_type"], official_compat))
+        except ValueError as error:
+            raise ValueError(f"{TASK.name} sample {sid!r}: {error}") from error
+    rows = [{"id": sid, "index": i, "raw": raw, "parsed": TASK.spec.parse(raw[0]).answer or "",
+             "question_type": r["question_type"], "score": s}
+            for i, (sid, r, raw, s) in enumerate(zip(ids, records, outputs, scores))]
+    return rows, aggregate_spatial_scores(scores, [r["question_type"] for r in records], official_compat)
+
+
+def metric(predictions, references, question_types=None, official_compat=False) -> dict:
+    """The `evaluate` module's compute: `overall`, `per_type`, `counts`, `num_samples`."""
+    if question_types is None:
+        raise ValueError(f"gap_{TASK.name} needs question_types=[...] (one VSI-Bench type per sample)")
+    out = spatial_qa_scores(predictions, references, question_types, official_compat)
+    out.pop("per_sample")
+    return out
+
+
+def per_category_bars(metrics: dict):
+    """The mean score per question type: `(names, {series: values}, title)`, None when the summary has none."""
+    if not metrics.get("per_type"):
+        return None
+    names = list(metrics["per_type"])
+    return names, {"score": [metrics["per_type"][t] for t in names]}, "Spatial QA per question type"
+
+
+TASK = PackageTask(
+    name="spatial_qa",
+    annotation_file="spatial_qa_{split}_{frames}frames.json",
+    features=features,
+    fields=fields,
+    headline=("overall", "mean over question types (MRA / accuracy)"),
+    logged_metrics={"overall": "overall"},
+    oracle=oracle,
+    evaluate=evaluate,
+    lmms_title="GAP-MLLM VSI-Bench-style spatial question answering (mean over question types of MRA / accuracy).",
+    metric=metric,
+    metric_description="""Predictions are answers, references the ground-truth strings; compute kwarg
+`question_types` (VSI-Bench type per sample) selects MRA or accuracy; `official_compat=True` scores exactly as
+VSI-Bench (no whitespace stripping). Returns overall and per_type.""",
+    card=("visual-question-answering", "spatial QA", "spatial question answering"),
+    per_category_bars=per_category_bars,
+    query_help="the question",
+    query_missing="a question about the scene",
+    query_problem=options_problem,  # a letter asked for and no options read: its grammar would force a number on it
+    answer_fields=("answer",),
+    exports={"mean_relative_accuracy": mean_relative_accuracy, "spatial_qa_scores": spatial_qa_scores},
+)

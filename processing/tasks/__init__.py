@@ -1,0 +1,178 @@
+"""The package side of each task: one module per task in this folder, registered by its task's name.
+
+What a task is to the model (prompt, inputs, answer format, parser, grammar, stop rule) is its `TaskSpec` in the
+model folder (`gap_mllm.tasks_gap_mllm`: `TASKS`, `resolve_task`). What it is to the installed package is a
+`PackageTask`: its annotation file and dataset fields, its benchmark (how it is scored and which figure a run
+reports), its `evaluate` metric, its lmms-eval task, its model-card tag, its plot and how the front ends show its
+answer. The front ends, the evaluation, the lmms-eval plugin, the builders, the plots and the model card read these
+entries and name no task.
+
+A shipped task is the module `<name>.py` of this folder defining `TASK = PackageTask(name=<name>, ...)`: its name is
+known from the file name alone (`package_task_names`, light: `gap-mllm COMMAND --help` lists the names) and the module
+is imported on first use (`package_task`). A task of your own is registered from your code with
+`register_package_task` (its `TaskSpec` added to the model folder's `TASKS` first).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+
+from gap_mllm.tasks_gap_mllm import TASKS as MODEL_TASKS
+from gap_mllm.tasks_gap_mllm import TaskSpec, resolve_task
+
+
+@dataclass(frozen=True, eq=False)  # one entry per task, known by identity
+class PackageTask:
+    """The package side of one task of the model folder's registry.
+
+    Attributes:
+        name: the task's name in `gap_mllm.tasks_gap_mllm.TASKS`.
+        annotation_file: its annotation file's name, with `{split}` and `{frames}` (processing/annotation_files.py).
+        features: `(class_names) -> {field: datasets feature}`, the builder's features of the task's own fields.
+        fields: `(record, answer, num_images, key, features) -> {field: value}`, those fields of one annotation
+            record (`key`: the sample, for a `DataError`; `features`: the builder's features).
+        headline: `(key or dotted path in the summary, description)`: the figure an evaluation reports.
+        logged_metrics: `{logged name: key or dotted path in the summary}`: what a training run logs.
+        oracle: `(record, media_root) -> [answer text]`: the ground truth written as the model's answer.
+        evaluate: `(records, outputs, ids, official_compat=False, **options) -> (rows, summary)`: the score of the
+            answers (`outputs`: one `[text]` per record, `ids`: the records' sample ids); each row has `id`, `index`,
+            `raw`, `parsed`, `score`.
+        scoring_packages: `(import name, pip requirement)` of what `evaluate` imports.
+        lmms_metrics: `{metric: key or dotted path in the summary}` of its lmms-eval task `gap_<name>` (empty: the
+            headline, named by its key).
+        lmms_title: the first comment line of that task's YAML.
+        metric: `(predictions, references, **options) -> dict`: its `evaluate` module's `compute`
+            (evaluation/metric_modules/gap_<name>/; None: no module).
+        metric_description: that module's description.
+        card: `(Hub task type, benchmark format, task label)` of its results in a model card.
+        per_category_bars: `(summary) -> (names, {series: values}, title)`, the bars of its per-category chart
+            (evaluation/plots.py: `per_category.png`), or None when the summary has none; None: no such chart.
+        query_help: what `query` is for this task, in a command's help ("the question"); None: it takes none.
+        query_missing: the words of the refusal when the query is missing ("a question about the scene").
+        query_problem: `(query) -> problem or None`: a query the task cannot answer (checked before the model runs).
+        answer_fields: the fields of the parsed answer that a front end shows (`TaskResult.summary`, one line each)
+            and writes (`TaskResult.to_dict`), of "caption", "answer", "label".
+        space_label: the task's label in the Space (None: the Space does not offer it).
+        exports: `{name: object}` that `gap_mllm.evaluation` exports (the task's metric functions).
+    """
+
+    name: str
+    annotation_file: str
+    features: Callable[[tuple], dict]
+    fields: Callable[..., dict]
+    headline: tuple[str, str]
+    logged_metrics: dict[str, str]
+    oracle: Callable[..., list]
+    evaluate: Callable[..., tuple]
+    scoring_packages: tuple[tuple[str, str], ...] = ()
+    lmms_metrics: dict[str, str] = field(default_factory=dict)
+    lmms_title: str = ""
+    metric: Callable[..., dict] | None = None
+    metric_description: str = ""
+    card: tuple[str, str, str] | None = None
+    per_category_bars: Callable[[dict], tuple | None] | None = None
+    query_help: str | None = None
+    query_missing: str | None = None
+    query_problem: Callable[[str], str | None] | None = None
+    answer_fields: tuple[str, ...] = ()
+    space_label: str | None = None
+    exports: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The task's `TaskSpec` (the model folder's registry)."""
+        return resolve_task(self.name)
+
+    @property
+    def lmms_metric_keys(self) -> dict[str, str]:
+        """`{metric: key or dotted path in the summary}` of its lmms-eval task (`lmms_metrics`, or the headline)."""
+        return dict(self.lmms_metrics) or {self.headline[0]: self.headline[0]}
+
+
+_REGISTERED: dict[str, PackageTask] = {}  # tasks registered from code, in registration order
+_LOADED: dict[str, PackageTask] = {}  # the shipped modules' tasks, once imported
+
+
+@cache
+def _shipped_names() -> tuple[str, ...]:
+    """The shipped tasks (this folder's modules), in the order of the model folder's registry."""
+    names = {module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_")}
+    unknown = sorted(names - set(MODEL_TASKS))
+    if unknown:
+        raise ImportError(f"gap_mllm.processing.tasks holds {', '.join(unknown)}, which the model folder's "
+                          "TASKS does not name")
+    return tuple(name for name in MODEL_TASKS if name in names)
+
+
+def package_task_names() -> tuple[str, ...]:
+    """The names of the tasks with a package side: the shipped ones, then those registered, without importing
+    their modules."""
+    return tuple(dict.fromkeys([*_shipped_names(), *_REGISTERED]))
+
+
+def package_task(task: str | TaskSpec) -> PackageTask | None:
+    """The `PackageTask` of a task (a name or a `TaskSpec`), or None when the task has no package side (a stage of
+    a pipeline, say). A deprecated name resolves as `resolve_task` resolves it."""
+    name = task if isinstance(task, str) and task in package_task_names() else resolve_task(task).name
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in _LOADED and name in _shipped_names():
+        entry = importlib.import_module(f"{__name__}.{name}").TASK
+        if entry.name != name:
+            raise ImportError(f"{__name__}.{name} defines the task {entry.name!r}")
+        _LOADED[name] = entry
+    return _LOADED.get(name)
+
+
+def package_tasks() -> tuple[PackageTask, ...]:
+    """Every `PackageTask`, in `package_task_names` order (the shipped modules are imported)."""
+    return tuple(package_task(name) for name in package_task_names())
+
+
+def register_package_task(task: PackageTask) -> PackageTask:
+    """Register the package side of a task whose `TaskSpec` is in the model folder's `TASKS`; returns it.
+
+    Raises:
+        ValueError: the model folder's registry has no such task, or a task of that name has a package side already.
+    """
+    if task.name not in MODEL_TASKS:
+        raise ValueError(f"task {task.name!r} is not in the model folder's TASKS (gap_mllm.tasks_gap_mllm): add its "
+                         "TaskSpec there first")
+    if task.name in package_task_names():
+        raise ValueError(f"task {task.name!r} has a package side already")
+    _REGISTERED[task.name] = task
+    return task
+
+
+def unregister_package_task(name: str) -> None:
+    """Remove a task registered with `register_package_task` (KeyError when there is none of that name)."""
+    del _REGISTERED[name]
+
+
+class LiveMapping(Mapping):
+    """A read-only mapping computed anew on each use (`items()`: the dict it stands for): a reader's table of the
+    tasks (`gap_mllm.evaluation.lmms_eval_plugin.LMMS_TASKS`, the Space's task labels) that holds the tasks
+    registered since import."""
+
+    def __init__(self, items: Callable[[], dict]):
+        self._items = items
+
+    def __getitem__(self, key):
+        return self._items()[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __repr__(self) -> str:
+        return repr(self._items())
+
+
+__all__ = ["LiveMapping", "PackageTask", "package_task", "package_task_names", "package_tasks", "register_package_task",
+           "unregister_package_task"]

@@ -1,0 +1,139 @@
+"""A task defined in one place: a toy task registered from this file alone (its `TaskSpec` in the model folder's
+`TASKS`, its package side with `register_package_task`) runs through `gap-mllm predict` on the tiny model,
+`gap-mllm evaluate`, the lmms-eval export and its scoring functions, and the Space's task list, and is gone from all
+of them once unregistered. No other module names it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import datasets
+import pytest
+from PIL import Image
+
+from gap_mllm.cli.main import main as gap_mllm
+from gap_mllm.cli.space_backend import TASK_LABELS
+from gap_mllm.cli.task_names import front_end_task_names
+from gap_mllm.evaluation.benchmark_names import benchmark_tasks
+from gap_mllm.evaluation.lmms_eval_plugin import LMMS_TASKS, task_functions, task_yaml
+from gap_mllm.evaluation.lmms_eval_plugin.export import export_tasks
+from gap_mllm.processing.annotation_files import annotation_file_name
+from gap_mllm.processing.builders import builder_for_task
+from gap_mllm.processing.record_schema import ANSWER_TEXT, RecordField, read_fields
+from gap_mllm.processing.tasks import PackageTask, package_task_names, register_package_task, unregister_package_task
+from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TASKS, resolve_task
+
+TOY = "toy_view_count"
+TOY_LABEL = "count the views (toy)"
+# model side: spatial QA's answer format (parser, grammar, stop rule) with a prompt of its own and no input
+TOY_SPEC = replace(SPATIAL_QA, name=TOY, title="how many views the scene has (toy)", parameters=(),
+                   template="How many images are there? Answer with a number.", grammar_reads_prompt=False,
+                   aliases=())
+ANSWER = RecordField("ground_truth", ANSWER_TEXT)
+
+
+def toy_evaluate(records, outputs, ids, official_compat=False, **_):
+    """Exact match of the first word with the record's count."""
+    scores = [float(raw[0].strip().split(" ")[0] == read_fields(record, (ANSWER,), sid)["ground_truth"])
+              for sid, record, raw in zip(ids, records, outputs)]
+    rows = [{"id": sid, "index": index, "raw": raw, "parsed": raw[0].strip(), "score": score}
+            for index, (sid, raw, score) in enumerate(zip(ids, outputs, scores))]
+    return rows, {"accuracy": sum(scores) / len(scores), "num_samples": len(scores)}
+
+
+TOY_TASK = PackageTask(
+    name=TOY,
+    annotation_file=TOY + "_{split}_{frames}frames.json",
+    features=lambda class_names: {"ground_truth": datasets.Value("string")},
+    fields=lambda record, answer, num_images, key, features: {"ground_truth": str(num_images)},
+    headline=("accuracy", "share of exact counts"),
+    logged_metrics={"accuracy": "accuracy"},
+    oracle=lambda record, media_root: [str(record["ground_truth"])],
+    evaluate=toy_evaluate,
+    lmms_title="GAP-MLLM toy view counting (exact match).",
+    card=("visual-question-answering", "view counts", "view counting"),
+    answer_fields=("answer",),
+    space_label=TOY_LABEL,
+)
+
+
+@pytest.fixture
+def toy_task(monkeypatch):
+    """The toy task, registered on both sides for the test, then unregistered."""
+    monkeypatch.setitem(TASKS, TOY, TOY_SPEC)
+    register_package_task(TOY_TASK)
+    yield TOY_TASK
+    unregister_package_task(TOY)
+
+
+@pytest.fixture
+def toy_data(tmp_path):
+    """A data root with one scene of 2 frames and 3 toy samples of split "val" (answers: 2, 2, 1)."""
+    root = tmp_path / "data"
+    scene = root / "scannet" / "posed_images" / "scene0000_00"
+    scene.mkdir(parents=True)
+    for index, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (64, 48), colour).save(scene / f"{index * 10:05d}.jpg")
+    frames = ["scene0000_00/00000.jpg", "scene0000_00/00010.jpg"]
+    records = []
+    for index, images in enumerate((frames, frames, frames[:1])):
+        prompt = TOY_SPEC.annotation_prompt(len(images))
+        turns = [{"from": "human", "value": prompt}, {"from": "gpt", "value": str(len(images))}]
+        records.append({"id": f"toy{index}", "images": images, "ground_truth": str(len(images)),
+                        "conversations": turns})
+    (root / "annotations").mkdir()
+    (root / "annotations" / annotation_file_name(TOY, "val", 2)).write_text(json.dumps(records), encoding="utf-8")
+    return root
+
+
+def test_a_registered_task_runs_through_predict_on_the_tiny_model(toy_task, toy_data, capsys):
+    assert TOY in front_end_task_names() and resolve_task(TOY) is TOY_SPEC
+    frames = sorted(str(path) for path in (toy_data / "scannet" / "posed_images" / "scene0000_00").glob("*.jpg"))
+    code = gap_mllm(["predict", "--model", "tiny", "--images", *frames, "--task", TOY, "--max-new-tokens", "4",
+                     "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code in (0, 3) and result["task"] == TOY and set(result) >= {"raw", "answer", "boxes", "reason"}
+    assert result["boxes"] == [] and result["caption"] is None and result["label"] is None
+
+
+def test_a_registered_task_is_built_and_scored_by_evaluate(toy_task, toy_data, tmp_path, capsys):
+    dataset = builder_for_task(TOY)(data_root=str(toy_data), cache_dir=str(tmp_path / "cache"), splits=("val",))
+    dataset.download_and_prepare()
+    assert [row["ground_truth"] for row in dataset.as_dataset(split="val")] == ["2", "2", "1"]
+
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": f"toy{index}", "text": text}) + "\n"
+                               for index, text in enumerate(("2", "3", "1"))), encoding="utf-8")
+    assert TOY in benchmark_tasks()
+    code = gap_mllm(["evaluate", "--task", TOY, "--predictions", str(answers), "--data", str(toy_data),
+                     "--out", str(tmp_path / "scores"), "--no-plots"])
+    summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
+    assert code == 0 and summary["task"] == TOY and summary["metrics"]["accuracy"] == pytest.approx(2 / 3)
+    assert summary["metrics"]["num_samples"] == 3 and "accuracy = 0.666" in capsys.readouterr().out
+
+
+def test_a_registered_task_is_exported_and_scored_for_lmms_eval(toy_task, toy_data, tmp_path):
+    lmms_task = "gap_" + TOY
+    assert LMMS_TASKS[lmms_task] == TOY
+    counts = export_tasks(toy_data, tmp_path / "lmms", split="val", tasks=[lmms_task])
+    assert counts == {lmms_task: 3}
+    written = (tmp_path / "lmms" / f"{lmms_task}.yaml").read_text()
+    assert written.startswith(task_yaml(lmms_task)) and f"task: {lmms_task}\n" in written
+    assert '  - metric: "accuracy"' in written and "task_functions.aggregate_accuracy\n" in written
+
+    documents = [json.loads(line) for line in (tmp_path / "lmms" / f"{lmms_task}.jsonl").read_text().splitlines()]
+    assert [len(task_functions.doc_to_visual(doc)) for doc in documents] == [2, 2, 1]
+    assert task_functions.doc_to_text(documents[0]) == TOY_SPEC.annotation_prompt(2)
+    items = [task_functions.process_results(doc, [text])["accuracy"] for doc, text in zip(documents, ("2", "3", "1"))]
+    assert task_functions.aggregate_accuracy(items) == pytest.approx(2 / 3)  # the value `evaluate` reports
+
+
+def test_a_registered_task_is_in_the_space_task_list_and_gone_once_unregistered(toy_task):
+    assert TASK_LABELS[TOY_LABEL] is TOY_SPEC and list(TASK_LABELS)[-1] == TOY_LABEL
+    unregister_package_task(TOY)
+    try:
+        assert TOY_LABEL not in TASK_LABELS and TOY not in package_task_names()
+        assert TOY not in front_end_task_names() and TOY not in benchmark_tasks() and "gap_" + TOY not in LMMS_TASKS
+    finally:
+        register_package_task(TOY_TASK)  # the fixture unregisters it
