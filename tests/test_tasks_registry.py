@@ -382,7 +382,7 @@ def test_prompts_and_shared_constants_are_written_in_exactly_one_module():
 
 @pytest.mark.parametrize("text", ["B", "B. chair", " 3.5 meters", "3.5.", "\n", "", "C\nbecause", "  a  b", "1e3 m"])
 def test_spatial_answer_reads_the_word_vsi_bench_scores(text):
-    """The typed spatial-QA answer is the word the VSI-Bench metric extracts (evaluation/spatial_qa_metrics.py)."""
+    """The typed spatial-QA answer is the word the VSI-Bench metric extracts (processing/tasks/spatial_qa.py)."""
     from gap_mllm.processing.tasks.spatial_qa import fuzzy_matching
 
     assert (TASKS["spatial_qa"].parse(text).answer or "") == fuzzy_matching(text)

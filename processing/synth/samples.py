@@ -20,7 +20,6 @@ from gap_mllm.tasks_gap_mllm import (
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
     RECONSTRUCTION,
-    SPATIAL_QA,
     Box3D,
     serialize_detection,
     serialize_frame_selection,
@@ -31,9 +30,9 @@ from gap_mllm.tasks_gap_mllm import (
 from ..coordinates import backproject_pixel, invert_rigid, transform_points, world_boxes_to_camera
 from ..sampling import space_aware_indices, uniform_indices
 from ..scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS
+from ..tasks import package_tasks
 from .language import captions, describe
 from .scene import SynthScene
-from .spatial_qa import spatial_questions
 
 
 def image_path(scene: SynthScene, frame: int) -> str:
@@ -41,7 +40,8 @@ def image_path(scene: SynthScene, frame: int) -> str:
     return f"{scene.scene_id}/{scene.frame_names[frame]}.jpg"
 
 
-def _conversation(human: str, answer: str) -> list[dict]:
+def conversation(human: str, answer: str) -> list[dict]:
+    """A record's `conversations`: the human turn and the answer."""
     return [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
 
 
@@ -79,7 +79,8 @@ def choose_clip(scene: SynthScene, num_samples: int, rng, method: str = "uniform
     raise ValueError(f"unknown frame sampling {method!r}; use 'uniform' or 'space_aware'")
 
 
-def _common(scene: SynthScene, frames, task: str, number: int) -> dict:
+def common_record(scene: SynthScene, frames, task: str, number: int) -> dict:
+    """The fields every record of a scene has: `id` (from `task`, a short name, and `number`), `scene_id`, `images`."""
     return {
         "id": f"{scene.scene_id}_{task}_{number:04d}",
         "scene_id": scene.scene_id,
@@ -100,8 +101,8 @@ def reconstruction_records(scene: SynthScene, clip, count: int, rng) -> list[dic
         point_room = backproject_pixel(x, y, float(frame.depth[y, x]), scene.intrinsics, scene.cam_to_room[clip[view]])
         point = transform_points(point_room, first_from_room)
         label = scene.label_of(int(frame.instance[y, x]))
-        record = _common(scene, clip, "recons", n)
-        record["conversations"] = _conversation(RECONSTRUCTION.annotation_prompt(len(clip)), serialize_pointmap(point, label))
+        record = common_record(scene, clip, "recons", n)
+        record["conversations"] = conversation(RECONSTRUCTION.annotation_prompt(len(clip)), serialize_pointmap(point, label))
         record["pixel_coords"] = [view, x, y]
         records.append(record)
     return records
@@ -116,9 +117,9 @@ def detection_record(scene: SynthScene, clip, number: int, min_pixels: int) -> d
         return None
     boxes = camera_boxes(scene, seen, clip[0])
     labels = [scene.objects[i].category for i in seen]
-    record = _common(scene, clip, "det", number)
+    record = common_record(scene, clip, "det", number)
     answer = serialize_detection([Box3D.from_list(b, label=l) for b, l in zip(boxes, labels)])
-    record["conversations"] = _conversation(DETECTION.annotation_prompt(len(clip)), answer)
+    record["conversations"] = conversation(DETECTION.annotation_prompt(len(clip)), answer)
     record["boxes"] = [
         {"bbox_3d": [float(v) for v in b], "label": l, "in_reference": bool(pixels[0, i] >= min_pixels)}
         for b, l, i in zip(boxes, labels, seen)
@@ -163,9 +164,9 @@ def grounding_records(scene: SynthScene, frames, object_index: int, description:
     k = first_clear_frame(pixels, min_pixels)
     if k is None:
         return None
-    stage1 = _common(scene, frames, "scanrefer1", number)
+    stage1 = common_record(scene, frames, "scanrefer1", number)
     stage1["object_id"] = object_index
-    stage1["conversations"] = _conversation(GROUNDING_STAGE1.annotation_prompt(len(frames), query=description), serialize_frame_selection(k))
+    stage1["conversations"] = conversation(GROUNDING_STAGE1.annotation_prompt(len(frames), query=description), serialize_frame_selection(k))
     stage1["prompt"] = stage1["conversations"][0]["value"]
     stage1["gt_bbox"] = [float(v) for v in scene.objects[object_index].box]
     stage1.update({key: value for key, value in _camera_fields(scene, frames).items() if key != "cam2img"})
@@ -174,9 +175,9 @@ def grounding_records(scene: SynthScene, frames, object_index: int, description:
 
     second = stage2_frames(scene, frames[k], neighbours)
     box = camera_boxes(scene, [object_index], second[0])[0]
-    stage2 = _common(scene, second, "scanrefer2", number)
+    stage2 = common_record(scene, second, "scanrefer2", number)
     stage2["object_id"] = object_index
-    stage2["conversations"] = _conversation(GROUNDING_STAGE2.annotation_prompt(len(second), query=description), serialize_grounding(Box3D.from_list(box)))
+    stage2["conversations"] = conversation(GROUNDING_STAGE2.annotation_prompt(len(second), query=description), serialize_grounding(Box3D.from_list(box)))
     stage2["prompt"] = stage2["conversations"][0]["value"]
     stage2["gt_bbox"] = stage1["gt_bbox"]
     stage2.update({key: value for key, value in _camera_fields(scene, second).items() if key != "cam2img"})
@@ -188,34 +189,23 @@ def caption_record(scene: SynthScene, frames, object_index: int, number: int) ->
     frame's camera frame, one caption as the answer and three reference captions."""
     box = camera_boxes(scene, [object_index], frames[0])[0]
     references = captions(scene, object_index)
-    record = _common(scene, frames, "scan2cap", number)
+    record = common_record(scene, frames, "scan2cap", number)
     record["object_id"] = object_index
-    record["conversations"] = _conversation(CAPTIONING.annotation_prompt(len(frames), box=box), references[0])
+    record["conversations"] = conversation(CAPTIONING.annotation_prompt(len(frames), box=box), references[0])
     record["bbox_3d"] = [float(v) for v in box]
     record["iou"] = 1.0
     record["annotations"] = references
     return record
 
 
-def spatial_qa_records(scene: SynthScene, frames, min_pixels: int, rng) -> list[dict]:
-    """One record per spatial question (VSI-Bench categories) about the clip `frames`."""
-    records = []
-    for n, question in enumerate(spatial_questions(scene, frames, min_pixels, rng)):
-        record = _common(scene, frames, "spatial", n)
-        record["conversations"] = _conversation(SPATIAL_QA.annotation_prompt(len(frames), query=question.prompt_text), question.ground_truth)
-        record["question_type"] = question.question_type
-        record["options"] = question.options
-        record["ground_truth"] = question.ground_truth
-        records.append(record)
-    return records
-
-
 def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
     """Every task's records for one scene: keys "reconstruction", "detection", "grounding_stage1",
-    "grounding_stage2", "captioning", "spatial_qa"."""
+    "grounding_stage2", "captioning", then each task module's with SynthRooms samples (`PackageTask.synth_records`,
+    gap_mllm.processing.tasks), drawn in that order from `rng`."""
     min_pixels = config.min_visible_pixels
     total = len(scene.frames)
-    out: dict[str, list[dict]] = {key: [] for key in ("reconstruction", "detection", "grounding_stage1", "grounding_stage2", "captioning", "spatial_qa")}
+    out: dict[str, list[dict]] = {key: [] for key in ("reconstruction", "detection", "grounding_stage1",
+                                                      "grounding_stage2", "captioning")}
 
     clip = choose_clip(scene, config.clip_frames, rng, config.frame_sampling)
     out["reconstruction"] = reconstruction_records(scene, clip, config.recon_samples_per_scene, rng)
@@ -239,5 +229,7 @@ def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
     for n, index in enumerate(rng.permutation(seen)[: config.captions_per_scene]):
         out["captioning"].append(caption_record(scene, caption_frames, int(index), n))
 
-    out["spatial_qa"] = spatial_qa_records(scene, uniform_indices(total, config.qa_frames), min_pixels, rng)
+    for task in package_tasks():
+        if task.synth_records is not None:
+            out[task.name] = task.synth_records(scene, config, rng)
     return out

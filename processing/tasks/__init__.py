@@ -57,6 +57,9 @@ class PackageTask:
         answer_fields: the fields of the parsed answer that a front end shows (`TaskResult.summary`, one line each)
             and writes (`TaskResult.to_dict`), of "caption", "answer", "label".
         space_label: the task's label in the Space (None: the Space does not offer it).
+        synth_records: `(scene, config, rng) -> [record]`, its SynthRooms samples of one scene (`SynthConfig`;
+            processing/synth/samples.py); None: SynthRooms writes none.
+        synth_frames: the `SynthConfig` field with the frame count of those samples (their file's `{frames}`).
         exports: `{name: object}` that `gap_mllm.evaluation` exports (the task's metric functions).
     """
 
@@ -80,6 +83,8 @@ class PackageTask:
     query_problem: Callable[[str], str | None] | None = None
     answer_fields: tuple[str, ...] = ()
     space_label: str | None = None
+    synth_records: Callable[..., list] | None = None
+    synth_frames: str | None = None
     exports: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -49,7 +49,9 @@ from gap_mllm.tasks_gap_mllm import options_problem
 
 from ..errors import DataError
 from ..record_schema import ANSWER_TEXT, TEXT, TEXT_LIST, RecordField, read_fields
-from ..synth.spatial_qa import QUESTION_TYPES
+from ..sampling import uniform_indices
+from ..synth.samples import common_record, conversation
+from ..synth.spatial_qa import QUESTION_TYPES, spatial_questions
 from ..vsibench_answers import extract_number
 from . import PackageTask
 
@@ -182,6 +184,22 @@ def fields(record, answer, num_images, key, features) -> dict:
     return values
 
 
+def synth_records(scene, config, rng) -> list[dict]:
+    """One record per spatial question (VSI-Bench categories) about `config.qa_frames` frames of a SynthRooms scene,
+    taken evenly."""
+    frames = uniform_indices(len(scene.frames), config.qa_frames)
+    records = []
+    for n, question in enumerate(spatial_questions(scene, frames, config.min_visible_pixels, rng)):
+        record = common_record(scene, frames, "spatial", n)
+        prompt = TASK.spec.annotation_prompt(len(frames), query=question.prompt_text)
+        record["conversations"] = conversation(prompt, question.ground_truth)
+        record["question_type"] = question.question_type
+        record["options"] = question.options
+        record["ground_truth"] = question.ground_truth
+        records.append(record)
+    return records
+
+
 # ------------------------------------------------------------------------------------------ benchmark
 
 # the fields scoring reads, as the builder reads them
@@ -244,5 +262,7 @@ VSI-Bench (no whitespace stripping). Returns overall and per_type.""",
     query_missing="a question about the scene",
     query_problem=options_problem,  # a letter asked for and no options read: its grammar would force a number on it
     answer_fields=("answer",),
+    synth_records=synth_records,
+    synth_frames="qa_frames",
     exports={"mean_relative_accuracy": mean_relative_accuracy, "spatial_qa_scores": spatial_qa_scores},
 )
