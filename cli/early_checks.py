@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from gap_mllm.evaluation.folder_lock import check_evaluation_folder
-from gap_mllm.image_utils_gap_mllm import regular_file_problem
+from gap_mllm.files import regular_file_problem
 from gap_mllm.processing.errors import MissingDependency
 from gap_mllm.processing.output_folder import OwnerCheck, check_outside_data
 from gap_mllm.processing.output_folder import check_output_folder as check_writer_folder

@@ -23,7 +23,7 @@ from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from safetensors import safe_open
 
 from gap_mllm import register_auto_classes
-from gap_mllm.image_utils_gap_mllm import PICKLE_REFUSED
+from gap_mllm.files import PICKLE_REFUSED
 from gap_mllm.mini import default_model_path
 from gap_mllm.processing.errors import exception_chain
 from gap_mllm.processing.model_paths import HUB_REPO_ID, loading_bar_for, missing_local_folder

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gap_mllm.point_cloud import reconstruction_point_cloud
 from gap_mllm.processing.coordinates import (
     backproject_depth,
     backproject_pixel,
@@ -155,8 +156,8 @@ def reconstructed_scene(model, processor, views: list[Image.Image], max_points: 
     if not _usable_camera(first_intrinsics):
         scene.note = "the camera head's estimate for frame 0 is unusable (non-finite focal length)"
         return scene
-    cloud = output.point_cloud(images.float(), source="depth", confidence_percentile=CLOUD_CONFIDENCE_PERCENTILE,
-                               max_points=max_points)
+    cloud = reconstruction_point_cloud(output, images.float(), source="depth",
+                                       confidence_percentile=CLOUD_CONFIDENCE_PERCENTILE, max_points=max_points)
     extrinsics_first = output.extrinsics[0, 0].detach().double().cpu().numpy()
     scene.intrinsics = intrinsics_for_frame(first_intrinsics, tuple(images.shape[-2:]), views[0].size)
     scene.points = _to_first_camera(cloud.points, extrinsics_first)

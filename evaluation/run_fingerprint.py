@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.image_utils_gap_mllm import open_regular_file
+from gap_mllm.files import open_regular_file
 from gap_mllm.processing.builder_fingerprint import file_content_digest
 from gap_mllm.processing.dataset_identity import describe_data_root
 from gap_mllm.processing.decimal_numbers import REL, block_sums, blocks_beyond_last_digits, text_and_numbers

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gap_mllm.image_utils_gap_mllm import read_regular_bytes
+from gap_mllm.files import read_regular_bytes
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import describe_data_root

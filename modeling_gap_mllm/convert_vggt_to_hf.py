@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen3VLForConditionalGeneration
 
 from .configuration_gap_mllm import GapMllmConfig, GapMllmGeometryConfig
-from .image_utils_gap_mllm import PICKLE_REFUSED
+from .files import PICKLE_REFUSED
 from .modeling_vggt import GapMllmGeometryEncoder
 
 

@@ -1,14 +1,13 @@
 """The VGGT geometry encoder of GAP-MLLM, registered as `geometry_encoder_type="vggt"`.
 
-Camera geometry and point clouds, 2-D RoPE and transformer blocks, the DINOv2 patch embedding, the camera and DPT
-heads, reconstruction (`GeometryReconstructionOutput`), the aggregator (`GapMllmVggtAggregator`), the encoder
-(`GapMllmGeometryEncoder`) and its weight init (`init_geometry_weights`).
+Camera geometry (pose decoding, depth unprojection), 2-D RoPE and transformer blocks, the DINOv2 patch embedding, the
+camera and DPT heads, reconstruction (`GeometryReconstructionOutput`), the aggregator (`GapMllmVggtAggregator`), the
+encoder (`GapMllmGeometryEncoder`) and its weight init (`init_geometry_weights`).
 """
 
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import initialization as init
@@ -45,35 +44,6 @@ def quaternion_to_matrix(quaternions: torch.Tensor) -> torch.Tensor:
     return matrix.reshape(quaternions.shape[:-1] + (3, 3))
 
 
-def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices `[..., 3, 3]` (else `ValueError`) → unit XYZW quaternions `[..., 4]` with `w >= 0`."""
-    if matrix.shape[-2:] != (3, 3):
-        raise ValueError(f"rotation matrices must have shape [..., 3, 3], got {tuple(matrix.shape)}")
-    batch_shape = matrix.shape[:-2]
-    m00, m01, m02, m10, m11, m12, m20, m21, m22 = torch.unbind(matrix.reshape(batch_shape + (9,)), dim=-1)
-    # |w|, |x|, |y|, |z| (times 2), from the diagonal
-    q_abs = torch.stack(
-        [1.0 + m00 + m11 + m22, 1.0 + m00 - m11 - m22, 1.0 - m00 + m11 - m22, 1.0 - m00 - m11 + m22], dim=-1
-    )
-    q_abs = torch.where(q_abs > 0, torch.sqrt(q_abs.clamp(min=0)), torch.zeros_like(q_abs))
-    # row i: the quaternion (w, x, y, z) multiplied by 2·q_abs[i]
-    candidates = torch.stack(
-        [
-            torch.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], dim=-1),
-            torch.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], dim=-1),
-            torch.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], dim=-1),
-            torch.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], dim=-1),
-        ],
-        dim=-2,
-    )
-    floor = torch.tensor(0.1, dtype=q_abs.dtype, device=q_abs.device)
-    candidates = candidates / (2.0 * q_abs[..., None].max(floor))
-    best = q_abs.argmax(dim=-1)
-    wxyz = torch.gather(candidates, -2, best[..., None, None].expand(batch_shape + (1, 4))).squeeze(-2)
-    xyzw = wxyz[..., [1, 2, 3, 0]]
-    return torch.where(xyzw[..., 3:4] < 0, -xyzw, xyzw)
-
-
 def pose_encoding_to_extrinsics_intrinsics(
     pose_encoding: torch.Tensor, image_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,21 +64,6 @@ def pose_encoding_to_extrinsics_intrinsics(
     intrinsics[..., 1, 2] = height / 2.0
     intrinsics[..., 2, 2] = 1.0
     return extrinsics, intrinsics
-
-
-def extrinsics_intrinsics_to_pose_encoding(
-    extrinsics: torch.Tensor, intrinsics: torch.Tensor, image_size: tuple[int, int]
-) -> torch.Tensor:
-    """Encode cameras as `absT_quaR_FoV` `[..., 9]` (inverse of `pose_encoding_to_extrinsics_intrinsics`): OpenCV
-    camera-from-world `extrinsics [..., 3, 4]` (or `[..., 4, 4]`; its dtype is the output's), `intrinsics [..., 3, 3]`
-    (only `f_x`, `f_y` are encoded: principal point at the centre, zero skew), `image_size` `(H, W)` in pixels."""
-    height, width = image_size
-    rotation = extrinsics[..., :3, :3]
-    translation = extrinsics[..., :3, 3]
-    quaternion = matrix_to_quaternion(rotation)
-    fov_h = 2 * torch.atan((height / 2.0) / intrinsics[..., 1, 1])
-    fov_w = 2 * torch.atan((width / 2.0) / intrinsics[..., 0, 0])
-    return torch.cat([translation, quaternion, fov_h[..., None], fov_w[..., None]], dim=-1).to(extrinsics.dtype)
 
 
 def activate_pose_encoding(raw: torch.Tensor) -> torch.Tensor:
@@ -145,67 +100,6 @@ def depth_to_world_points(depth: torch.Tensor, extrinsics: torch.Tensor, intrins
     shifted = camera_points - translation[..., None, None, :]
     # row-vector form of Rᵀ·p: p · R
     return torch.einsum("...hwi,...ij->...hwj", shifted, rotation)
-
-
-@dataclass
-class PointCloud:
-    """A coloured point cloud: `points [N, 3]` float32, `colors [N, 3]` uint8 or `None`,
-    `frame_index [N]` int64 (the frame each point came from) or `None`."""
-
-    points: np.ndarray
-    colors: np.ndarray | None = None
-    frame_index: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-
-def fuse_point_cloud(
-    points: torch.Tensor,
-    confidence: torch.Tensor | None = None,
-    images: torch.Tensor | None = None,
-    confidence_percentile: float = 50.0,
-    min_confidence: float | None = None,
-    max_points: int | None = None,
-    seed: int = 0,
-) -> PointCloud:
-    """Fuse the per-frame point maps of one sample into a [`PointCloud`]; `ValueError` on mismatched shapes.
-
-    Args:
-        points: `[S, H, W, 3]` world points (`depth_to_world_points` or the point head).
-        confidence: `[S, H, W]`, or `None` to keep every finite point.
-        images: `[S, 3, H, W]` RGB in [0, 1]; gives the cloud its colours.
-        confidence_percentile: drop points below this percentile over all frames (0 keeps all; 50, VGGT's demo).
-        min_confidence: also drop points below this absolute value (VGGT confidences are >= 1).
-        max_points: seeded random subsample (`seed`) to at most this many points.
-    """
-    if points.ndim != 4 or points.shape[-1] != 3:
-        raise ValueError(f"points must be [frames, H, W, 3], got {tuple(points.shape)}")
-    points = points.detach().float().cpu()
-    keep = torch.isfinite(points).all(dim=-1)
-    if confidence is not None:
-        confidence = confidence.detach().float().cpu()
-        if confidence.shape != points.shape[:-1]:
-            raise ValueError(f"confidence {tuple(confidence.shape)} does not match points {tuple(points.shape[:-1])}")
-        if confidence_percentile > 0:
-            threshold = torch.quantile(confidence[keep], confidence_percentile / 100.0) if keep.any() else 0.0
-            keep &= confidence >= threshold
-        if min_confidence is not None:
-            keep &= confidence >= min_confidence
-    frame_index = torch.arange(points.shape[0])[:, None, None].expand(points.shape[:-1])
-    cloud_points = points[keep].numpy().astype(np.float32)
-    frames = frame_index[keep].numpy().astype(np.int64)
-    colors = None
-    if images is not None:
-        if images.shape[0] != points.shape[0] or tuple(images.shape[-2:]) != tuple(points.shape[1:3]):
-            raise ValueError(f"images {tuple(images.shape)} do not match points {tuple(points.shape)}")
-        rgb = images.detach().float().cpu().permute(0, 2, 3, 1).clamp(0, 1)
-        colors = (rgb[keep] * 255).round().to(torch.uint8).numpy()
-    if max_points is not None and len(cloud_points) > max_points:
-        chosen = np.sort(np.random.default_rng(seed).choice(len(cloud_points), size=max_points, replace=False))
-        cloud_points, frames = cloud_points[chosen], frames[chosen]
-        colors = colors[chosen] if colors is not None else None
-    return PointCloud(points=cloud_points, colors=colors, frame_index=frames)
 
 
 def build_token_positions(
@@ -744,35 +638,6 @@ class GeometryReconstructionOutput(ModelOutput):
             raise ValueError("world_points_from_depth needs the depth and camera heads (use_depth_head, use_camera_head)")
         return depth_to_world_points(self.depth.float(), self.extrinsics.float(), self.intrinsics.float())
 
-    def point_cloud(
-        self,
-        images: torch.Tensor | None = None,
-        sample: int = 0,
-        source: str | None = None,
-        confidence_percentile: float = 50.0,
-        max_points: int | None = None,
-    ) -> PointCloud:
-        """Fuse all frames of batch element `sample` into a [`PointCloud`] (`fuse_point_cloud`), coloured by `images`
-        `[B, S, 3, H, W]`; `source`: `"depth"` (depth + cameras, the default when available) or `"points"` (point
-        head), else `ValueError`; drops points below `confidence_percentile`; subsamples to `max_points`."""
-        if source is None:
-            source = "depth" if self.depth is not None and self.extrinsics is not None else "points"
-        if source == "depth":
-            points, confidence = self.world_points_from_depth()[sample], self.depth_conf[sample]
-        elif source == "points":
-            if self.world_points is None:
-                raise ValueError("source='points' needs the point head (use_point_head)")
-            points, confidence = self.world_points[sample], self.world_points_conf[sample]
-        else:
-            raise ValueError(f"source must be 'depth' or 'points', got {source!r}")
-        return fuse_point_cloud(
-            points,
-            confidence,
-            images[sample] if images is not None else None,
-            confidence_percentile=confidence_percentile,
-            max_points=max_points,
-        )
-
 
 def _flip_frames(value):
     if value is None:
@@ -986,7 +851,7 @@ class GapMllmGeometryEncoder(nn.Module):
 
     def reconstruct(self, images: torch.Tensor, frames_chunk_size: int | None = None) -> GeometryReconstructionOutput:
         """VGGT's 3D outputs (`GeometryReconstructionOutput`) for `images [B, S, 3, H, W]` in [0, 1], from one
-        aggregator pass; `frames_chunk_size` bounds the DPT heads' memory; `output.point_cloud(images)` fuses frames."""
+        aggregator pass; `frames_chunk_size` bounds the DPT heads' memory."""
         return run_reconstruction(self, images, frames_chunk_size)
 
     def init_module_weights(self, module: nn.Module) -> None:
@@ -1079,7 +944,6 @@ __all__ = [
     "GeometryEncoderOutput",
     "GeometryReconstructionOutput",
     "POSE_ENCODING_SIZE",
-    "PointCloud",
     "activate_depth",
     "activate_points",
     "activate_pose_encoding",
@@ -1089,10 +953,7 @@ __all__ = [
     "depth_to_camera_points",
     "depth_to_world_points",
     "eager_attention_forward",
-    "extrinsics_intrinsics_to_pose_encoding",
-    "fuse_point_cloud",
     "init_geometry_weights",
-    "matrix_to_quaternion",
     "pose_encoding_to_extrinsics_intrinsics",
     "quaternion_to_matrix",
     "run_reconstruction",

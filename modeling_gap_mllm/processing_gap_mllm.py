@@ -1,17 +1,15 @@
 """Processor for GAP-MLLM: Qwen3-VL text and image processing plus the aligned VGGT geometry input.
 
-Sections: reading regular and image files (`open_regular_file`, `read_image_file`, `check_one_aspect_ratio`); the
-size rules and resizes of both branches (`smart_resize`, `geometry_size_for_qwen_size`, `vggt_crop_preprocess`); view
-loading (`load_image`); the marker visual prompt (`draw_marker`, `apply_point_prompt`); processor-folder checks; and
-`GapMllmProcessor`, which turns multi-view samples and a task or free prompt into model inputs and parses answers.
+Sections: the size rules and resizes of both branches (`smart_resize`, `geometry_size_for_qwen_size`,
+`vggt_crop_preprocess`, the official crops); view loading (`load_image`: files read upright, arrays and tensors as
+RGB); and `GapMllmProcessor`, which turns multi-view samples (the marker visual prompt painted in) and a task of
+`TASKS` or a free prompt into model inputs, and parses answers.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import io
-import json
-import math
 import numbers
 import os
 from collections.abc import Sequence
@@ -24,20 +22,25 @@ import torch
 import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as qwen_smart_resize
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.utils import logging
 
-from .configuration_gap_mllm import PROCESSOR_GEOMETRY_INPUT_NAMES
-from .image_utils_gap_mllm import AnimatedImageError, _composite_rgba_on_white, apply_point_prompt, check_one_aspect_ratio, pil_to_rgb, read_image_file, regular_file_problem
+from .configuration_gap_mllm import PROCESSOR_GEOMETRY_INPUT_NAMES, installed_package_module
+from .image_utils_gap_mllm import (
+    _composite_rgba_on_white,
+    apply_point_prompt,
+    check_one_aspect_ratio,
+    pil_to_rgb,
+    read_image_file,
+)
 from .tasks_gap_mllm import (
     CHAT_MARKER,
-    SYSTEM_PROMPT,  # noqa: F401 - re-exported
     DetectionResult,
     FrameSelectionResult,
     GroundingResult,
     PointmapResult,
     TaskSpec,
-    check_chat_text,
     drop_negative_token_ids,
     refuse_control_tokens,
     refuse_invalid_unicode,
@@ -55,33 +58,6 @@ VGGT_TARGET_WIDTH = 518  # VGGT's training width (37 patches of 14 px)
 JPEG_QUALITY = 75  # PIL's default JPEG quality, used by the official inference base64 round trip
 
 
-def _smart_resize_fallback(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Copy of transformers' Qwen2-VL `smart_resize`, used only if that import ever moves."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(
-            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
-        )
-    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-@functools.cache  # looked up once: smart_resize runs for every image
-def _transformers_smart_resize():
-    """transformers' Pil `smart_resize` (imported at first use: about 2 s of imports), None when missing."""
-    try:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as resize
-    except ImportError:  # pragma: no cover - only for transformers versions without the Pil module
-        return None
-    return resize
-
-
 def smart_resize(
     height: int,
     width: int,
@@ -91,8 +67,7 @@ def smart_resize(
 ) -> tuple[int, int]:
     """Qwen's resize rule (transformers' `smart_resize`, as the image processor calls it): the (h̄, w̄) closest to
     (height, width), multiples of `factor`, with `min_pixels <= h̄·w̄ <= max_pixels`, aspect ratio kept."""
-    resize = _transformers_smart_resize() or _smart_resize_fallback
-    h_bar, w_bar = resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    h_bar, w_bar = qwen_smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return int(h_bar), int(w_bar)
 
 
@@ -202,29 +177,18 @@ def resize_bilinear(tensor: torch.Tensor, height: int, width: int) -> torch.Tens
 
 def _array_to_pil(array: np.ndarray, layout: str, name: str) -> PIL.Image.Image:
     """An HWC or CHW (`layout`) array, uint8 or float in [0, 1], 1, 3 or 4 channels, as an RGB image."""
+    checks = installed_package_module("checks", __name__)
+    if checks is not None:
+        checks.check_image_array(array, layout, name)
     if array.ndim == 2:
         array = array[:, :, None]
         layout = "hwc"
-    if array.ndim != 3:
-        raise ValueError(f"{name}: expected an image array with 2 or 3 dimensions, got shape {tuple(array.shape)}")
     if layout == "chw":
         array = np.transpose(array, (1, 2, 0))
     channels = array.shape[2]
-    if channels not in (1, 3, 4):
-        raise ValueError(f"{name}: expected 1, 3 or 4 channels, got shape {tuple(array.shape)} ({layout.upper()})")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"{name}: empty image of shape {tuple(array.shape)}")
     if array.dtype == np.uint8:
         data = array
     elif np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{name}: float image contains NaN or infinite values")
-        lo, hi = float(array.min()), float(array.max())
-        if lo < -1e-6 or hi > 1.0 + 1e-6:
-            raise ValueError(
-                f"{name}: float images must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
-                "(pass uint8 for 0-255 data)"
-            )
         # Rounding makes k/255 floats (e.g. a to_tensor output) map back to exactly k.
         data = np.clip(np.rint(array.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
     else:
@@ -258,29 +222,16 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
         name: how the input is named in error messages (e.g. "sample 1, view 3").
 
     Raises:
-        FileNotFoundError: a missing path. ValueError: an unreadable file, a bad shape or range.
+        ValueError: a bad shape or range (and, naming the file, an unreadable, missing or animated one).
         TypeError: an unsupported type or dtype.
     """
     if isinstance(image, PIL.Image.Image):
         return pil_to_rgb(image, name)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        kind = regular_file_problem(path)  # regular files only: a FIFO would be waited on
-        if kind is not None:
-            raise ValueError(f"{name}: image file {str(path)!r} is {kind}, not a regular file")
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: image file not found: {str(path)!r}")
-        try:
+        checks = installed_package_module("checks", __name__)
+        with checks.view_file_errors(path, name) if checks is not None else contextlib.nullcontext():
             return pil_to_rgb(read_image_file(path), f"{name} ({str(path)!r})")  # upright: EXIF orientation applied
-        except AnimatedImageError as err:  # a clip: which of its frames would be the view is the caller's choice
-            raise ValueError(f"{name}: {err}") from err
-        except PIL.Image.DecompressionBombError as err:
-            raise ValueError(
-                f"{name}: image file {str(path)!r} is refused as a possible decompression bomb ({err}); "
-                "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
-            ) from err
-        except (PIL.UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"{name}: cannot read image file {str(path)!r}: {err}") from err
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu()
         if array.dtype in (torch.bfloat16, torch.float16):
@@ -314,50 +265,6 @@ _PIL_IMAGE_PROCESSOR_KEYS = (
     "do_resize", "resample", "size", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
     "image_std", "do_convert_rgb", "patch_size", "temporal_patch_size", "merge_size",
 )  # fmt: skip
-# The image processor's settings that are counts of pixels or patches: a 0 divides by zero at the first image
-_POSITIVE_IMAGE_PROCESSOR_SIZES = ("patch_size", "temporal_patch_size", "merge_size", "size.shortest_edge",
-                                   "size.longest_edge")
-# The JSON files a tokenizer is read from (each a JSON object)
-_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json",
-                    "vocab.json", "chat_template.json")
-
-
-def check_image_processor_sizes(image_processor, source) -> None:
-    """ValueError naming the file and key of an image-processor size of `source` (a folder or Hub id) that is not a
-    positive integer (`patch_size`, `merge_size`, `size.shortest_edge`, ...)."""
-    folder = Path(str(source))
-    nested = (folder / "processor_config.json").is_file() and "image_processor" in json.loads(
-        (folder / "processor_config.json").read_text(encoding="utf-8"))
-    nested = nested or not folder.is_dir()  # a Hub id: the file transformers writes now
-    where = "processor_config.json's image_processor." if nested else "preprocessor_config.json's "
-    for key in _POSITIVE_IMAGE_PROCESSOR_SIZES:
-        value = image_processor
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{source}: {where}{key} must be a positive integer, got {value!r}")
-
-
-def unreadable_tokenizer_file(source) -> str | None:
-    """A message naming the first tokenizer file of folder `source` that cannot be read, or None (all read, or not a
-    folder); asked after the tokenizer failed to load, whose own error names no file."""
-    from tokenizers import Tokenizer
-    for name in _TOKENIZER_FILES:
-        path = Path(str(source)) / name
-        if not path.is_file():
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-            content = json.loads(text)
-            if not isinstance(content, dict):
-                raise ValueError(f"a JSON {type(content).__name__}, not an object")
-            if name == "tokenizer.json":
-                if not isinstance(content.get("added_tokens"), list):
-                    raise ValueError("no 'added_tokens' list")
-                Tokenizer.from_str(text)  # the tokenizers library's own reading of the rest
-        except Exception as error:  # noqa: BLE001 - whatever the reason, this file cannot be read
-            return f"{path} cannot be read as a tokenizer file ({error}); copy it again, or save the processor again"
-    return None
 
 
 def split_prompt_at_last_view(prompt: str, vision_end_token: str) -> tuple[str, str]:
@@ -427,10 +334,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
     - "official_training": `vggt_crop_preprocess`; Qwen gets its top-left crop to multiples of 32 (→ 384×512) with
       limits 12,544 / 451,584 (192 tokens); VGGT a bilinear resize of the whole 392×518 image (→ 336×448).
 
-    User text (`query=`, a free `text=` without chat markup, the messages of `apply_chat_template`) may hold no added
-    token of the tokenizer (`<|im_end|>`, `<|vision_end|>`, ...) and must be valid Unicode, else a ValueError names
-    it; a `text=` with chat markup (`<|im_start|>`) is tokenized as written once it holds exactly one
-    `<|vision_start|><|image_pad|><|vision_end|>` per view and no other vision token.
+    User text (`query=`, a free `text=` without chat markup) may hold no added token of the tokenizer (`<|im_end|>`,
+    `<|vision_end|>`, ...) and must be valid Unicode, else a ValueError names it; a `text=` with chat markup
+    (`<|im_start|>`) is tokenized as written: one `<|vision_start|><|image_pad|><|vision_end|>` per view.
 
     Args:
         image_processor (`Qwen2VLImageProcessorPil`): patch 16, temporal patch 2, merge 2; its
@@ -470,7 +376,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         preprocessing_mode: str = "grid",
         chat_template: str | None = None,
         **image_processor_kwargs,
-    ) -> "GapMllmProcessor":
+    ) -> GapMllmProcessor:
         """The processor around `tokenizer` with a new Pil image processor: patch 16, temporal patch 2, merge 2, the
         given pixel limits and mean = std = 0.5 (`image_mean=` / `image_std=` in `image_processor_kwargs` override)."""
         image_processor_kwargs.setdefault("image_mean", list(QWEN3_VL_IMAGE_MEAN))
@@ -492,16 +398,17 @@ class GapMllmProcessor(Qwen3VLProcessor):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         # always the Pil image processor: AutoImageProcessor picks the torchvision one when torchvision is installed
+        checks = installed_package_module("checks", __name__)
         try:
             args = super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
         except Exception as error:
-            unreadable = unreadable_tokenizer_file(pretrained_model_name_or_path)
-            if unreadable is None:
-                raise
-            raise ValueError(unreadable) from error
+            if checks is not None:
+                checks.name_unreadable_tokenizer_file(pretrained_model_name_or_path, error)
+            raise
         index = cls.get_attributes().index("image_processor")
         args[index] = cls._as_pil_image_processor(args[index])
-        check_image_processor_sizes(args[index], pretrained_model_name_or_path)
+        if checks is not None:
+            checks.check_image_processor_sizes(args[index], pretrained_model_name_or_path)
         return args
 
     @staticmethod
@@ -575,53 +482,30 @@ class GapMllmProcessor(Qwen3VLProcessor):
             return [list(images)]
         if not isinstance(images, (list, tuple)):
             return [[images]]
-        if len(images) == 0:
-            raise ValueError("`images` is an empty list; pass images=None for text-only input")
-        nested = [isinstance(x, (list, tuple)) or _is_view_stack(x) for x in images]
-        if all(nested):
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_image_nesting(images)
+        if all(isinstance(x, (list, tuple)) or _is_view_stack(x) for x in images):
             return [list(sample) for sample in images]
-        if any(nested):
-            raise ValueError(
-                "`images` mixes single images and lists of views; pass a list of views for one sample or a "
-                "list of lists (one list of views per sample) for a batch"
-            )
         return [list(images)]
 
     @staticmethod
     def _split_texts(text, num_samples: int | None) -> list[str] | None:
         if text is None:
             return None
-        if not isinstance(text, (str, list, tuple)):
-            raise TypeError(f"`text` must be a string or a list of strings (one per sample), got {type(text).__name__} {text!r:.60}")
-        texts = [text] if isinstance(text, str) else list(text)
-        bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"`text` must be a string or a list of strings; entry {bad[0][0]} is a "
-                            f"{type(bad[0][1]).__name__} ({bad[0][1]!r:.60})")
-        if num_samples is not None and len(texts) != num_samples:
-            raise ValueError(
-                f"got {len(texts)} text(s) for {num_samples} image sample(s); images for one sample are a list of "
-                "views and a batch is a list of such lists, with one text per sample"
-            )
-        return texts
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_texts(text, num_samples)
+        return [text] if isinstance(text, str) else list(text)
 
     @staticmethod
     def _split_point_prompts(point_prompts, num_samples: int) -> list:
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_point_prompts(point_prompts, num_samples)
         if point_prompts is None:
             return [None] * num_samples
-        if _is_point_prompt(point_prompts):
-            if num_samples != 1:
-                raise ValueError(
-                    f"a single point prompt {tuple(point_prompts)} was given for a batch of {num_samples} samples; "
-                    "pass one entry (None or (view_idx, x, y)) per sample"
-                )
-            return [point_prompts]
-        if not isinstance(point_prompts, (list, tuple)) or len(point_prompts) != num_samples:
-            raise ValueError(
-                f"`point_prompts` must be None, one (view_idx, x, y) or a list with one entry per sample "
-                f"({num_samples}), got {point_prompts!r}"
-            )
-        return list(point_prompts)
+        return [point_prompts] if _is_point_prompt(point_prompts) else list(point_prompts)
 
     def _load_sample(self, views: list, point_prompt, sample_idx: int) -> list[PIL.Image.Image]:
         if len(views) == 0:
@@ -649,48 +533,19 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return render_chat_prompt(self.tokenizer, segments, answer, self.chat_template)
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
-        """transformers' `apply_chat_template`, after checking that no message's text or role holds a control token of
-        the tokenizer (ValueError naming the conversation, the message and the tokens)."""
-        batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(conversation[0], (list, tuple))
-        for c, messages in enumerate(conversation if batched else [conversation]):
-            for m, message in enumerate(messages):
-                role = message.get("role", "no role") if isinstance(message, dict) else "no role"
-                of_conversation = f" of conversation {c}" if batched else ""
-                if isinstance(role, str):
-                    refuse_control_tokens(self.tokenizer, role, f"the role of message {m}{of_conversation}")
-                where = f"message {m} ({role}){of_conversation}"
-                check_chat_text(self.tokenizer, self._message_segments(message), turn=where)
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_conversation(self, conversation)
         return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
 
-    @staticmethod
-    def _message_segments(message) -> list[str | None]:
-        """A chat message's content as chat segments: text items, and `None` for any other block."""
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            return [content]
-        blocks = content if isinstance(content, (list, tuple)) else []
-        return [str(block.get("text", "")) if isinstance(block, dict) and block.get("type") == "text" else None
-                for block in blocks]
-
     def _text_prompt(self, text: str, num_views: int, sample_idx: int) -> str:
-        """Chat prompt of a free text: chat markup is checked (one image placeholder per view), plain text wrapped."""
+        """Chat prompt of a free text: text with chat markup as written, plain text wrapped after the views."""
         refuse_invalid_unicode(text, f"the text of sample {sample_idx}")
-        placeholders = text.count(self.image_placeholder)
-        if CHAT_MARKER in text:
-            counts = {token: text.count(token) for token in (self.image_token, self.vision_start_token, self.vision_end_token)}
-            if placeholders != num_views or set(counts.values()) != {placeholders}:
-                found = ", ".join(f"{count} {token!r}" for token, count in counts.items())
-                raise ValueError(
-                    f"sample {sample_idx}: the chat-formatted text contains {placeholders} image placeholder(s) "
-                    f"({self.image_placeholder!r}; {found} in total) but {num_views} view(s) were given; it needs "
-                    "exactly one placeholder per view and no other vision token"
-                )
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_text_placeholders(self, text, num_views, sample_idx)
+        if CHAT_MARKER in text:  # tokenized as written: one image placeholder per view
             return text
-        if self.image_token in text or self.vision_start_token in text:
-            raise ValueError(
-                f"sample {sample_idx}: text without chat markup must not contain image placeholders; the processor "
-                f"adds one per view (found {text.count(self.image_token)} {self.image_token!r})"
-            )
         refuse_control_tokens(self.tokenizer, text, f"the text of sample {sample_idx}")
         return self.chat_prompt([None] * num_views + [text])
 
@@ -698,20 +553,11 @@ class GapMllmProcessor(Qwen3VLProcessor):
         """The chat prompt of `spec` for every sample."""
         queries = one_per_sample(query, len(views_per_sample), "query", lambda v: isinstance(v, str))
         boxes = one_per_sample(box, len(views_per_sample), "box", is_box)
+        checks = installed_package_module("checks", __name__)
         prompts = []
         for i, (num_views, point, q, b) in enumerate(zip(views_per_sample, point_prompts, queries, boxes, strict=True)):
-            if spec.needs_marker and point is None:
-                raise ValueError(
-                    f"sample {i}: task {spec.name!r} asks about a marked pixel; pass point_prompts=(view, x, y) "
-                    "(one per sample for a batch)"
-                )
-            if not spec.needs_marker and point is not None:
-                # the red "+" would be painted into views whose prompt never mentions it
-                raise ValueError(
-                    f"sample {i}: task {spec.name!r} does not use a marker, but point_prompts gives {tuple(point)}; "
-                    "drop point_prompts (only 'reconstruction' asks about a marked pixel), or write the prompt "
-                    "yourself with text="
-                )
+            if checks is not None:
+                checks.check_task_marker(spec, point, i)
             prompts.append(self.task_prompt(spec, num_views, query=q, box=b, sample_idx=i))
         return prompts
 
@@ -769,42 +615,6 @@ class GapMllmProcessor(Qwen3VLProcessor):
         max_pixels = overrides.get("max_pixels", size.get("longest_edge", max_pixels))
         return int(min_pixels), int(max_pixels)
 
-    def _modality_kwargs(self) -> dict[str, set[str]]:
-        """`{"text_kwargs": {...}, "images_kwargs": {...}, ...}`: the keywords each modality takes."""
-        schema = self.valid_processor_kwargs.__annotations__
-        known = {}
-        for modality, attribute in (("text_kwargs", "tokenizer"), ("images_kwargs", "image_processor"),
-                                    ("videos_kwargs", "video_processor"), ("audio_kwargs", "feature_extractor")):
-            names = set(getattr(schema.get(modality), "__annotations__", {}))
-            sub_processor = getattr(self, attribute, None)
-            known[modality] = names | set(getattr(getattr(sub_processor, "valid_kwargs", None), "__annotations__", {}))
-        return known
-
-    def _check_call_kwargs(self, kwargs: dict) -> None:
-        """TypeError naming each keyword (top level or per modality) Qwen3VLProcessor would silently drop."""
-        per_modality = self._modality_kwargs()
-        every_modality = set().union(*per_modality.values())
-        known = set(self.valid_processor_kwargs.__annotations__) | {"common_kwargs"} | every_modality
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(
-                f"GapMllmProcessor got unknown keyword argument(s) {', '.join(map(repr, unknown))}; it takes images, text, "
-                "task, query, box, point_prompts, return_tensors and the Qwen3-VL processor options (padding, "
-                "padding_side, truncation, max_length, ...)"
-            )
-        for group in (*per_modality, "common_kwargs"):
-            if group not in kwargs:
-                continue
-            if not isinstance(kwargs[group], dict):
-                raise TypeError(f"GapMllmProcessor: {group} must be a dict of keyword arguments, got "
-                                f"{type(kwargs[group]).__name__} {kwargs[group]!r:.60}")
-            unknown = sorted(set(kwargs[group]) - per_modality.get(group, every_modality))
-            if unknown:
-                raise TypeError(
-                    f"GapMllmProcessor got unknown keyword argument(s) {', '.join(map(repr, unknown))} in {group}; "
-                    f"the {group} it knows: {', '.join(sorted(per_modality.get(group, every_modality)))}"
-                )
-
     # ---------------------------------------------------------------------------------- __call__
 
     def __call__(self, images=None, text=None, point_prompts=None, return_tensors=None, task=None, query=None,
@@ -821,12 +631,10 @@ class GapMllmProcessor(Qwen3VLProcessor):
             point_prompts: None, one `(view_idx, x, y)` (single sample) or one entry per sample (None or
                 `(view_idx, x, y)`); the red "+" is painted at pixel (x, y) of that view's original grid.
             return_tensors: "pt", "np" or None.
-            task: instead of `text`, a task name ("detection", "grounding", "grounding_stage1", "grounding_stage2",
-                "captioning", "reconstruction", "spatial_qa") whose prompt the processor writes. "grounding" asks
-                the stage-2 box prompt on the given frames; "reconstruction" needs `point_prompts`.
-            query: the description (grounding tasks) or the question (spatial_qa); one per sample.
-            box: captioning: the object's box, 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the
-                first view's camera; one per sample.
+            task: instead of `text`, a task of `TASKS` (name or `TaskSpec`) whose prompt the processor writes; a
+                task with a marker (`TaskSpec.needs_marker`) needs `point_prompts`, the others take none.
+            query, box: the task's inputs, one per sample (`TaskSpec.user_segments`): `query` a text, `box` 9
+                numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the first view's camera.
             **kwargs: forwarded to Qwen3VLProcessor (e.g. `padding`, `padding_side`, `truncation`, `max_length`);
                 in "grid" mode `size` / `min_pixels` / `max_pixels` override the pixel limits of both branches.
             videos, audio: accepted as None only (a video's frames are the views of one sample).
@@ -844,24 +652,16 @@ class GapMllmProcessor(Qwen3VLProcessor):
                                                               fills its top-left 14·h_p × 14·w_p block, zeros elsewhere
                 geometry_views_per_sample                     `[B]` int64
         """
-        for name, value in (("videos", videos), ("audio", audio)):
-            if value is not None:
-                raise ValueError(f"GapMllmProcessor takes no {name}= (GAP-MLLM reads multi-view images): pass a video's "
-                                 "frames as the views of one sample, images=[[frame_0, frame_1, ...]]")
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_no_video_or_audio(videos, audio)
         pixel_limits = self._pixel_limits_from_kwargs(kwargs)
-        self._check_call_kwargs(kwargs)
-        spec = None
-        if task is not None:
-            spec = resolve_task(task)
-            if text is not None:
-                raise ValueError(f"pass either text= (a free prompt) or task= ({spec.name!r} writes its own prompt), not both")
-            if images is None:
-                raise ValueError(f"task {spec.name!r} needs images: the views of each sample")
-        elif query is not None or box is not None:
-            raise ValueError("query= and box= are task inputs; pass task= as well (or write the prompt yourself with text=)")
+        if checks is not None:
+            checks.check_call_kwargs(self, kwargs)
+        spec = resolve_task(task) if task is not None else None
+        if checks is not None:
+            checks.check_call_arguments(spec, images, text, query, box, point_prompts)
         if images is None:
-            if point_prompts is not None:
-                raise ValueError("point_prompts were given without images")
             texts = self._split_texts(text, None)
             if texts is None:
                 raise ValueError("GapMllmProcessor needs `images`, `text` or both")
@@ -901,13 +701,8 @@ class GapMllmProcessor(Qwen3VLProcessor):
             kwargs.update(self._qwen_image_kwargs())
             data = dict(super().__call__(images=qwen_images, text=prompts, size=size, return_tensors=None, **kwargs))
 
-        grid_thw = np.asarray(data["image_grid_thw"]).reshape(-1, 3)
-        expected = np.array([[1, h, w] for h, w in grids], dtype=np.int64)
-        if grid_thw.shape != expected.shape or not np.array_equal(grid_thw, expected):
-            raise RuntimeError(
-                "the image processor produced patch grids that differ from the geometry grids "
-                f"({grid_thw.tolist()} vs {expected.tolist()}); do not override do_resize/patch_size per call"
-            )
+        if checks is not None:
+            checks.check_patch_grids(data["image_grid_thw"], grids)
         data["geometry_pixel_values"] = self._pad_geometry(geometries)
         data["geometry_views_per_sample"] = np.asarray(views_per_sample, dtype=np.int64)
         return BatchFeature(data=data, tensor_type=return_tensors)
@@ -952,39 +747,24 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 raise ValueError(f"input_ids has {len(lengths)} rows but the generated ids have {len(rows)}")
             rows = [row[n:] for row, n in zip(rows, lengths, strict=True)]
         rows = drop_negative_token_ids(rows)  # -100 / padding conventions: not tokens
-        vocabulary = len(self.tokenizer)
-        for r, row in enumerate(rows):
-            beyond = [i for i in row if i >= vocabulary]
-            if beyond:
-                raise ValueError(f"row {r} holds token id {beyond[0]}, outside the tokenizer's {vocabulary} ids; "
-                                 "were these ids produced with another tokenizer?")
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_token_ids_in_vocabulary(rows, len(self.tokenizer))
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     @staticmethod
     def _rows(ids, name: str = "generated") -> list[list[int]]:
-        """Token ids as rows of Python ints; TypeError naming `name` for a non-integer id."""
-        def plain(value):
-            if isinstance(value, (torch.Tensor, np.ndarray)):
-                kind = value.dtype.kind if isinstance(value, np.ndarray) else (
-                    "b" if value.dtype == torch.bool else "f" if value.is_floating_point() or value.is_complex() else "i")
-                if kind not in "iu":
-                    raise TypeError(f"{name}: token ids must be integers, got a {value.dtype} array/tensor")
-                return value.tolist()
-            return value
+        """Token ids (a `[B, L]` / `[L]` tensor or array, a list of ints or of rows) as rows of Python ints."""
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_token_id_rows(ids, name)
+
+        def plain(value):  # tensors and arrays, 0-d ones included, as Python lists and numbers
+            return value.tolist() if isinstance(value, (torch.Tensor, np.ndarray)) else value
 
         ids = plain(ids)
-        if not isinstance(ids, (list, tuple)):
-            raise TypeError(f"{name}: expected text or token ids, got {type(ids).__name__}")
         flat = len(ids) == 0 or not isinstance(plain(ids[0]), (list, tuple))
-        rows = [list(ids)] if flat else [plain(row) for row in ids]
-        for r, row in enumerate(rows):
-            if not isinstance(row, (list, tuple)):
-                raise TypeError(f"{name}: row {r} is a {type(row).__name__}, not a sequence of token ids")
-            rows[r] = row = [plain(v) for v in row]  # 0-d tensors / arrays → Python numbers
-            bad = [v for v in row if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
-            if bad:
-                raise TypeError(f"{name}: token ids must be integers; row {r} holds {bad[0]!r} ({type(bad[0]).__name__})")
-        return [[int(v) for v in row] for row in rows]
+        return [[int(plain(v)) for v in row] for row in ([ids] if flat else [plain(row) for row in ids])]
 
     def post_process(self, generated, task, input_ids=None, **options) -> list:
         """Typed results of generated answers, one per row (the task's parser).
@@ -993,12 +773,11 @@ class GapMllmProcessor(Qwen3VLProcessor):
             generated: what `decode_generated` accepts (generate output, token ids, or texts).
             task: the task name (or `TaskSpec`) the prompt asked.
             input_ids: the prompt ids given to `generate` (stripped from the front of each row).
-            **options: the task's `parse_options`, one value or one per row (grounding_stage1:
-                `num_frames` clamps the frame index to `[0, num_frames − 1]`).
+            **options: the task's `parse_options`, one value or one per row (e.g. `num_frames`, which clamps a
+                frame index to `[0, num_frames − 1]`).
 
         Returns:
-            `list[spec.result_type]`: DetectionResult, GroundingResult, FrameSelectionResult,
-            CaptionResult, PointmapResult or SpatialAnswerResult.
+            `list[spec.result_type]`, the task's result type.
         """
         spec = resolve_task(task)
         unknown = sorted(set(options) - set(spec.parse_options))
@@ -1051,9 +830,9 @@ GapMllmProcessor.register_for_auto_class("AutoProcessor")
 
 
 __all__ = [
-    "GapMllmProcessor",
     "OFFICIAL_PIXEL_LIMITS",
     "PREPROCESSING_MODES",
     "QWEN3_VL_IMAGE_MEAN",
     "QWEN3_VL_IMAGE_STD",
+    "GapMllmProcessor",
 ]

@@ -36,7 +36,7 @@ from pathlib import Path
 import xxhash  # a dependency of datasets, which every builder needs
 
 from gap_mllm import tasks_gap_mllm
-from gap_mllm.image_utils_gap_mllm import open_regular_file, read_regular_bytes
+from gap_mllm.files import open_regular_file, read_regular_bytes
 
 from .json_files import loads_json
 

@@ -29,7 +29,8 @@ import datasets
 import numpy as np
 import PIL.Image
 
-from gap_mllm.image_utils_gap_mllm import NotARegularFile, check_marker_inside, displayed_size, read_regular_text
+from gap_mllm.files import NotARegularFile, read_regular_text
+from gap_mllm.image_utils_gap_mllm import check_marker_inside, displayed_size
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
@@ -509,7 +510,7 @@ _PACKAGE_TASK_BUILDERS: dict[PackageTask, type[PackageTaskBuilder]] = {}
 
 
 def package_task_builder(entry: PackageTask) -> type[PackageTaskBuilder]:
-    """The builder class of a task's `PackageTask`: one class per entry, named after the task (`<Task>Builder`)."""
+    """The builder class of a task's `PackageTask` (one class per entry: `SpatialQaBuilder` for "spatial_qa")."""
     if entry not in _PACKAGE_TASK_BUILDERS:
         name = "".join(part.title() for part in entry.name.split("_")) + "Builder"
         _PACKAGE_TASK_BUILDERS[entry] = type(name, (PackageTaskBuilder,), {

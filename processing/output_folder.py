@@ -55,7 +55,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Collection, Iterator
 
-from gap_mllm.image_utils_gap_mllm import kind_of
+from gap_mllm.files import kind_of
 
 from .folder_lock import holding_folder
 from .json_files import loads_json

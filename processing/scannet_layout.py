@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from gap_mllm.image_utils_gap_mllm import kind_of, pil_to_rgb, read_image_file
+from gap_mllm.files import kind_of
+from gap_mllm.image_utils_gap_mllm import pil_to_rgb, read_image_file
 
 from .coordinates import check_rigid, intrinsics_3x3
 from .errors import DataError

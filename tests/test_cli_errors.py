@@ -21,7 +21,7 @@ from gap_mllm.cli.errors import UserError
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.model_source import check_model_source, load_pretrained
 from gap_mllm.evaluation.runner import read_predictions_file
-from gap_mllm.image_utils_gap_mllm import NotARegularFile
+from gap_mllm.files import NotARegularFile
 from gap_mllm.processing.builder_fingerprint import file_content_digest
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.errors import DataError

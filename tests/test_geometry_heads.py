@@ -16,8 +16,6 @@ from gap_mllm.modeling_vggt import (
     GapMllmGeometryEncoder,
     activate_depth,
     activate_points,
-    extrinsics_intrinsics_to_pose_encoding,
-    matrix_to_quaternion,
     pose_encoding_to_extrinsics_intrinsics,
     quaternion_to_matrix,
 )
@@ -27,9 +25,11 @@ from gap_mllm.point_cloud import (
     depth_to_world_points,
     fuse_point_cloud,
     read_ply,
+    reconstruction_point_cloud,
     save_point_cloud,
     write_ply,
 )
+from gap_mllm.training.aux_targets import extrinsics_intrinsics_to_pose_encoding, matrix_to_quaternion
 
 TINY_HEADS = dict(
     image_size=56, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_embed_num_hidden_layers=2,
@@ -230,9 +230,9 @@ def test_reconstruction_point_cloud_from_depth_and_points(tmp_path):
     images = torch.rand(1, 2, 3, 28, 42)
     with torch.no_grad():
         out = encoder.reconstruct(images)
-    from_depth = out.point_cloud(images, confidence_percentile=0.0)
+    from_depth = reconstruction_point_cloud(out, images, confidence_percentile=0.0)
     assert len(from_depth) == 2 * 28 * 42
     np.testing.assert_allclose(from_depth.points.reshape(2, 28, 42, 3), out.world_points_from_depth()[0].numpy(), rtol=1e-6)
-    from_points = out.point_cloud(images, source="points", confidence_percentile=25.0)
+    from_points = reconstruction_point_cloud(out, images, source="points", confidence_percentile=25.0)
     assert 0 < len(from_points) < 2 * 28 * 42
     assert save_point_cloud(from_points, tmp_path / "points.ply").stat().st_size > 0

@@ -18,7 +18,6 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from gap_mllm.processing_gap_mllm import (
     GapMllmProcessor,
-    _smart_resize_fallback,
     crop_to_even_patch_count,
     crop_top_left_to_multiple,
     geometry_size_for_qwen_size,
@@ -90,11 +89,11 @@ def test_smart_resize_and_grid_rule_match_the_official_tables():
         geometry_size_for_qwen_size(100, 64)
 
 
-def test_fallback_smart_resize_equals_transformers():
+def test_smart_resize_equals_transformers():
     for height in range(20, 1400, 37):
         for width in range(20, 1400, 53):
             for limits in ((TINY_MIN, TINY_MAX), (12_544, 451_584), (200_704, 1_605_632)):
-                assert _smart_resize_fallback(height, width, 32, *limits) == hf_smart_resize(height, width, 32, *limits)
+                assert smart_resize(height, width, 32, *limits) == hf_smart_resize(height, width, 32, *limits)
 
 
 @pytest.mark.parametrize(

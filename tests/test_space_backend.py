@@ -21,6 +21,7 @@ from gap_mllm.cli.scenes import (
     synthetic_scene,
 )
 from gap_mllm.cli.space_backend import POINT_CLOUD_HOWTO, SpaceBackend, SpaceSettings, max_new_tokens_from_environment
+from gap_mllm.point_cloud import reconstruction_point_cloud
 from gap_mllm.tasks_gap_mllm import DETECTION, Box3D, serialize_detection
 from gap_mllm.tiny.tiny_model import build_tiny_model, save_tiny_checkpoint
 
@@ -132,7 +133,7 @@ def test_upload_gets_point_cloud_and_reconstructed_camera(heads_backend, uploads
     assert len(clouds) == 1 and len(clouds[0]) > 0
     assert f"point cloud ({len(clouds[0])} points)" in out.status and "normalised scale, not metric" in out.status
     # the GLB holds the depth cloud moved into frame 0's camera (then glTF's y-up axes)
-    cloud = estimate.point_cloud(source="depth", confidence_percentile=50.0, max_points=20000)
+    cloud = reconstruction_point_cloud(estimate, source="depth", confidence_percentile=50.0, max_points=20000)
     rotation, translation = (estimate.extrinsics[0, 0, :, :3].double().numpy(),
                              estimate.extrinsics[0, 0, :, 3].double().numpy())
     expected = (cloud.points @ rotation.T + translation) @ GLTF_FROM_OPENCV.T

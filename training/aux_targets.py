@@ -3,7 +3,8 @@
 The geometry encoder of this package has no VGGT camera/depth heads, so the camera and depth targets
 come from the dataset (SynthRooms has exact ones; ScanNet has sensor depth and poses), not from a
 VGGT teacher as in GeoVR. Only the "grid" preprocessing mode is supported: there the Qwen grid covers
-the whole frame, so a resized depth map lines up with the visual tokens.
+the whole frame, so a resized depth map lines up with the visual tokens. The camera targets are VGGT's pose
+encodings (`extrinsics_intrinsics_to_pose_encoding`, the inverse of the camera head's decoding).
 """
 
 from __future__ import annotations
@@ -14,9 +15,52 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gap_mllm.modeling_vggt import extrinsics_intrinsics_to_pose_encoding
-
 from .config import AuxLossConfig
+
+
+def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices `[..., 3, 3]` (else `ValueError`) → unit XYZW quaternions `[..., 4]` with `w >= 0`."""
+    if matrix.shape[-2:] != (3, 3):
+        raise ValueError(f"rotation matrices must have shape [..., 3, 3], got {tuple(matrix.shape)}")
+    batch_shape = matrix.shape[:-2]
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = torch.unbind(matrix.reshape(batch_shape + (9,)), dim=-1)
+    # |w|, |x|, |y|, |z| (times 2), from the diagonal
+    q_abs = torch.stack(
+        [1.0 + m00 + m11 + m22, 1.0 + m00 - m11 - m22, 1.0 - m00 + m11 - m22, 1.0 - m00 - m11 + m22], dim=-1
+    )
+    q_abs = torch.where(q_abs > 0, torch.sqrt(q_abs.clamp(min=0)), torch.zeros_like(q_abs))
+    # row i: the quaternion (w, x, y, z) multiplied by 2·q_abs[i]
+    candidates = torch.stack(
+        [
+            torch.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], dim=-1),
+            torch.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], dim=-1),
+            torch.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], dim=-1),
+            torch.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], dim=-1),
+        ],
+        dim=-2,
+    )
+    floor = torch.tensor(0.1, dtype=q_abs.dtype, device=q_abs.device)
+    candidates = candidates / (2.0 * q_abs[..., None].max(floor))
+    best = q_abs.argmax(dim=-1)
+    wxyz = torch.gather(candidates, -2, best[..., None, None].expand(batch_shape + (1, 4))).squeeze(-2)
+    xyzw = wxyz[..., [1, 2, 3, 0]]
+    return torch.where(xyzw[..., 3:4] < 0, -xyzw, xyzw)
+
+
+def extrinsics_intrinsics_to_pose_encoding(
+    extrinsics: torch.Tensor, intrinsics: torch.Tensor, image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Encode cameras as `absT_quaR_FoV` `[..., 9]` (inverse of `modeling_vggt.pose_encoding_to_extrinsics_intrinsics`):
+    OpenCV camera-from-world `extrinsics [..., 3, 4]` (or `[..., 4, 4]`; its dtype is the output's), `intrinsics
+    [..., 3, 3]` (only `f_x`, `f_y` are encoded: principal point at the centre, zero skew), `image_size` `(H, W)` in
+    pixels."""
+    height, width = image_size
+    rotation = extrinsics[..., :3, :3]
+    translation = extrinsics[..., :3, 3]
+    quaternion = matrix_to_quaternion(rotation)
+    fov_h = 2 * torch.atan((height / 2.0) / intrinsics[..., 1, 1])
+    fov_w = 2 * torch.atan((width / 2.0) / intrinsics[..., 0, 0])
+    return torch.cat([translation, quaternion, fov_h[..., None], fov_w[..., None]], dim=-1).to(extrinsics.dtype)
 
 
 def camera_encoding(intrinsics: np.ndarray, cam_to_world: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
