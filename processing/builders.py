@@ -510,7 +510,7 @@ _PACKAGE_TASK_BUILDERS: dict[PackageTask, type[PackageTaskBuilder]] = {}
 
 
 def package_task_builder(entry: PackageTask) -> type[PackageTaskBuilder]:
-    """The builder class of a task's `PackageTask` (one class per entry: `SpatialQaBuilder` for "spatial_qa")."""
+    """The builder class of a task's `PackageTask`: one class per entry, named after the task (`<Task>Builder`)."""
     if entry not in _PACKAGE_TASK_BUILDERS:
         name = "".join(part.title() for part in entry.name.split("_")) + "Builder"
         _PACKAGE_TASK_BUILDERS[entry] = type(name, (PackageTaskBuilder,), {
