@@ -72,12 +72,12 @@ def grammars() -> dict:
     box = Box3D.from_list([-1.25, 0.5, 2.75, 0.6, 0.9, 1.2, 0.0, 0.0, 1.57], label="night stand")
     detection, grounding = resolve_task("detection"), resolve_task("grounding")
     return {
-        "captioning": (resolve_task("captioning").answer_grammar,
+        "captioning": (resolve_task("captioning").grammar_for(),
                        "this is a small purple wooden dresser. it is placed against the wall, left of the bed."),
         "detection (6 entries)": (DETECTION_LIST, detection.serialize(detection.result_type([box] * 6))),
-        "grounding": (grounding.answer_grammar, grounding.serialize(grounding.result_type(box))),
+        "grounding": (grounding.grammar_for(), grounding.serialize(grounding.result_type(box))),
         "stage 1 (8 views)": (resolve_task("grounding_stage1").grammar_for(None, 8), '{"frame": 5}'),
-        "reconstruction": (resolve_task("reconstruction").answer_grammar,
+        "reconstruction": (resolve_task("reconstruction").grammar_for(),
                            '{"pointmap": [1.44, 0.7, -1.72], "label": "night stand"}'),
         "spatial QA (options)": (resolve_task("spatial_qa").grammar_for(None, None, CHOICE), "C"),
     }

@@ -34,10 +34,9 @@ from gap_mllm.tasks_gap_mllm import (
     RECONSTRUCTION,
     Box3D,
     PromptTextError,
-    other_task_format,
 )
 
-from .answer_checks import budget_cut, zero_size_box
+from .answer_checks import budget_cut, other_task_format, zero_size_box
 from .scene_store import answer_on_stored_scene
 from .task_request import MAX_BOX_VALUE, TaskRequest, check_box  # noqa: F401 - the request's rules, defined light
 
@@ -136,7 +135,7 @@ class TaskResult:
 
 def task_answer(task: str, raw: str, parsed):
     """The parsed answer the front ends show (`gap-mllm predict`, `demo`, the Space): the task parser's `parsed`, or,
-    when `raw` is written in another task's format (`output_parsing.other_task_format`), an empty result of the same
+    when `raw` is written in another task's format (`answer_checks.other_task_format`), an empty result of the same
     type whose `reason` names that format: the parsers are tolerant for scoring and would read grounding's dict as
     one unlabelled detection box, or any text as a caption, and the answer is not the task's (predict: exit status 3).
     A box of size 0x0x0 is kept with that reason (`answer_checks.zero_size_box`)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gap_mllm.processing.annotation_files import extract_query
 from gap_mllm.processing.coordinates import world_boxes_to_camera
 from gap_mllm.processing.errors import DataError, MissingDependency
 from gap_mllm.processing.record_schema import IMAGES, REAL, TEXT_LIST, RecordField, read_fields
@@ -41,7 +42,6 @@ from gap_mllm.tasks_gap_mllm import (
     Box3D,
     DefaultBudget,
     PromptTextError,
-    extract_query,
     parse_literal,
     refuse_control_tokens,
     resolve_task,

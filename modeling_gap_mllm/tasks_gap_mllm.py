@@ -2,10 +2,9 @@
 
 Sections: chat format and the prompt-text rule (`render_chat_prompt`, `refuse_control_tokens`); answer text format
 (`Box3D`, `serialize_*`); answer parsers (`parse_*` → `DetectionResult`, ...); answer grammars (`*_grammar`,
-`EntryList`) and stop rule (`answer_complete`); prompts and the task registry (`TaskSpec`, `TASKS`, `resolve_task`:
-detection, grounding, grounding_stage1, grounding_stage2, captioning, reconstruction, spatial_qa); `generate` helpers
-(`GrammarLogitsProcessor`, `AnswerEndCriteria`). Boxes are `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the first
-view's OpenCV camera frame (metres, radians).
+`EntryList`) and stop rule (`answer_complete`); prompts and the task registry (`TaskSpec`, `TASKS`, `resolve_task`);
+`generate` helpers (`GrammarLogitsProcessor`, `AnswerEndCriteria`). Imports neither torch nor transformers. Boxes
+are `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` in the first view's OpenCV camera frame (metres, radians).
 """
 
 from __future__ import annotations
@@ -85,28 +84,10 @@ def refuse_control_tokens(tokenizer, text: str, what: str) -> None:
 SYSTEM_PROMPT = "You are a helpful assistant."
 IMAGE_PLACEHOLDER = "<image>"  # one per view in the human turn of the official annotation files
 CHAT_MARKER = "<|im_start|>"
-ASSISTANT_HEADER = "<|im_start|>assistant\n"  # masked in the labels
-
-
-def segments_from_placeholders(prompt: str, num_images: int) -> list[str | None]:
-    """`"Frame-0: <image>Frame-1: <image>\\nText"` → `["Frame-0: ", None, "Frame-1: ", None, "\\nText"]`; ValueError
-    when the `<image>` count differs from `num_images`."""
-    pieces = prompt.split(IMAGE_PLACEHOLDER)
-    if len(pieces) - 1 != num_images:
-        raise ValueError(
-            f"the prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given"
-        )
-    segments: list[str | None] = []
-    for index, piece in enumerate(pieces):
-        if piece:
-            segments.append(piece)
-        if index < num_images:
-            segments.append(None)
-    return segments
 
 
 def placeholders_from_segments(segments: Sequence[str | None]) -> str:
-    """Inverse of `segments_from_placeholders`: the annotation-file form of a user turn."""
+    """The annotation-file form of a user turn: `IMAGE_PLACEHOLDER` for each view (`None`) of `segments`."""
     return "".join(IMAGE_PLACEHOLDER if segment is None else segment for segment in segments)
 
 
@@ -155,9 +136,6 @@ def render_chat_prompt(tokenizer, segments: Sequence[str | None], answer: str | 
                                          tokenize=False, add_generation_prompt=answer is None)
 
 
-if TYPE_CHECKING:  # numpy is imported where an array is built: the task registry loads without it
-    import numpy as np
-
 # ---- answer text format
 DEFAULT_DECIMALS = 2
 POINTMAP_LABEL_KEY = "label"  # the official key is not public
@@ -183,18 +161,6 @@ def _finite_floats(values, count: int, what: str) -> tuple[float, ...]:
     if not all(math.isfinite(v) for v in out):
         raise ValueError(f"{what} must be finite, got {out}")
     return out
-
-
-def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    """`Ry(roll) · Rx(pitch) · Rz(yaw)` as a `[3, 3]` float64 array (= scipy `from_euler("zxy", ...)`)."""
-    import numpy as np
-    cy_, sy_ = math.cos(yaw), math.sin(yaw)
-    cp, sp = math.cos(pitch), math.sin(pitch)
-    cr, sr = math.cos(roll), math.sin(roll)
-    rz = np.array([[cy_, -sy_, 0.0], [sy_, cy_, 0.0], [0.0, 0.0, 1.0]])
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, cp, -sp], [0.0, sp, cp]])
-    ry = np.array([[cr, 0.0, sr], [0.0, 1.0, 0.0], [-sr, 0.0, cr]])
-    return ry @ rx @ rz
 
 
 @dataclass(frozen=True)
@@ -229,16 +195,6 @@ class Box3D:
         """Inverse of `to_list`. Raises ValueError unless `values` holds exactly 9 finite numbers."""
         v = _finite_floats(values, 9, "bbox_3d")
         return cls(label=label, center=v[0:3], size=v[3:6], angles=v[6:9])
-
-    def rotation_matrix(self) -> np.ndarray:
-        """`[3, 3]` rotation box → camera frame (`Ry(roll)·Rx(pitch)·Rz(yaw)`)."""
-        return rotation_matrix(*self.angles)
-
-    def corners(self) -> np.ndarray:
-        """The 8 corners `[8, 3]`: `R · (size ⊙ c) + center` for c ∈ {−½, ½}³ (x fastest)."""
-        import numpy as np
-        unit = np.array([[x, y, z] for z in (-0.5, 0.5) for y in (-0.5, 0.5) for x in (-0.5, 0.5)])
-        return (unit * np.asarray(self.size)) @ self.rotation_matrix().T + np.asarray(self.center)
 
     def rounded(self, decimals: int = DEFAULT_DECIMALS) -> "Box3D":
         """The box as its serialised text reads back (every value through Python's `round`)."""
@@ -832,61 +788,6 @@ def parse_spatial_answer(text: str) -> SpatialAnswerResult:
     return SpatialAnswerResult(answer, value if value is not None and math.isfinite(value) else None)
 
 
-# ---- answer formats: which task's structured format an answer is written in
-ANSWER_FORMATS = {
-    "detection": '[{"label": ..., "bbox_3d": [...]}, ...]',
-    "grounding": '{"bbox_3d": [...]}',
-    "grounding_stage1": '{"frame": k}',
-    "reconstruction": '{"pointmap": [x, y, z], "label": ...}',
-}
-_FORMAT_OF_TASK = {"grounding_stage2": "grounding"}
-_KEY_PATTERN = re.compile(r"""["']([A-Za-z_]\w*)["']\s*:""")  # a quoted dict key
-
-
-def _answer_keys(body: str) -> set[str]:
-    """The dict keys of a structured answer (for one that does not parse, the quoted words before a colon)."""
-    value, _ = parse_literal(body, allow_block=False)
-    entries = value if isinstance(value, (list, tuple)) else [value]
-    if value is not None:
-        return {key for entry in entries if isinstance(entry, dict) for key in entry if isinstance(key, str)}
-    return set(_KEY_PATTERN.findall(body))
-
-
-def answer_format(text) -> str | None:
-    """The `ANSWER_FORMATS` task whose format `text` is written in (by its keys), or None for plain text."""
-    if not isinstance(text, str) or len(text) > MAX_TEXT_CHARS:
-        return None
-    body = strip_code_fences(text)
-    if not body.startswith(("{", "[")):
-        return None
-    keys = _answer_keys(body)
-    if "pointmap" in keys:
-        return "reconstruction"
-    if "frame" in keys:
-        return "grounding_stage1"
-    if keys & set(BOX_KEYS):
-        return "detection" if body.startswith("[") or "label" in keys else "grounding"
-    return None
-
-
-# a piece of a structured answer in a caption: a code fence, a brace or bracket, or a quote before a colon
-_STRUCTURE_MARK = re.compile(r'```|[{}\[\]]|"\s*:')
-
-
-def other_task_format(text, task: str) -> str | None:
-    """None, or the reason when `text` is written in another task's format than `task`'s (for a caption: holds a
-    piece of a structured answer), e.g. `answer in grounding's format {"bbox_3d": [...]}, not detection's`."""
-    found = answer_format(text)
-    own = _FORMAT_OF_TASK.get(task, task)
-    if found is None and own == "captioning" and isinstance(text, str):
-        mark = _STRUCTURE_MARK.search(text[:MAX_TEXT_CHARS])
-        if mark is not None:
-            return f"answer holds {mark.group()!r}, a piece of a structured answer (JSON), not a caption's prose"
-    if found is None or found == own:
-        return None
-    return f"answer in {found}'s format {ANSWER_FORMATS[found]}, not {task}'s"
-
-
 # ---- answer grammars (GBNF as llguidance reads it) and the stop rule
 MAX_LABEL_CHARS = 32
 MAX_INTEGER_DIGITS = 2  # |value| < 100 (metres, radians)
@@ -990,17 +891,6 @@ _DETECTION_LIST_END = "\n" + DETECTION_CLOSE  # after the last entry
 def detection_entries(max_tokens: int) -> int:
     """How many entries a detection answer may hold so that the longest one has at most `max_tokens` bytes."""
     return max(0, (int(max_tokens) - len(DETECTION_OPEN) - len(DETECTION_CLOSE)) // _DETECTION_ENTRY_BYTES)
-
-
-def answer_bytes(task_grammar) -> int | None:
-    """The longest answer in bytes of a fixed-size grammar function (`grounding_grammar`, ...), else None."""
-    return {
-        grounding_grammar: 2 + len(f'"{BOX_KEY}"{KEY_SEPARATOR}') + _BOX_BYTES,
-        frame_selection_grammar: 2 + len(f'"{FRAME_KEY}"{KEY_SEPARATOR}') + MAX_FRAME_DIGITS,
-        pointmap_grammar: (2 + len(f'"{POINTMAP_KEY}"{KEY_SEPARATOR}') + 2 + 3 * _NUMBER_BYTES + 2 * len(ITEM_SEPARATOR)
-                           + len(ITEM_SEPARATOR) + len(f'"{POINTMAP_LABEL_KEY}"{KEY_SEPARATOR}') + _LABEL_BYTES),
-        spatial_answer_grammar: 1 + 6 + 1 + 4,
-    }.get(task_grammar)
 
 
 def detection_list_grammar(entries: int | None) -> str:
@@ -1335,15 +1225,6 @@ def format_box(values) -> str:
     return "[" + ", ".join(repr(v) for v in written) + "]"
 
 
-def extract_query(prompt: str) -> str:
-    """The description in a grounding prompt: the text between `Text:` and `Output a JSON`, stripped (ValueError
-    without them)."""
-    start, end = prompt.find("Text:"), prompt.find("Output a JSON")
-    if start < 0 or end < 0 or end < start:
-        raise ValueError("prompt has no 'Text: ... Output a JSON' description")
-    return prompt[start + len("Text:") : end].strip()
-
-
 # ---- the task registry
 
 
@@ -1464,11 +1345,6 @@ class TaskSpec:
         from transformers import StoppingCriteriaList  # here: the registry imports no torch or transformers
         return StoppingCriteriaList([AnswerEndCriteria(tokenizer, prompt_length, self.answer_end,
                                                        shortest_answer=(self.name, self.shortest_answer))])
-
-    @property
-    def answer_grammar(self) -> str:
-        """The answer grammar for the task's own budget `max_new_tokens`."""
-        return self.grammar(self.max_new_tokens)
 
     def grammar_for(self, max_new_tokens: int | None = None, num_views: int | None = None,
                     prompt: str | None = None) -> str:
@@ -1721,14 +1597,6 @@ def fill_bitmask(matcher, bitmask: torch.Tensor, row: int) -> None:
     matcher.unsafe_compute_mask_ptr(bitmask[row].data_ptr(), bitmask.shape[1] * 4)
 
 
-def grammar_accepts(tokenizer, vocab_size: int, grammar: str, text: str, whole: bool = True) -> bool:
-    """Whether `text` is a whole answer of `grammar` (or with `whole=False`, the beginning of one)."""
-    matcher = grammar_matcher(tokenizer, vocab_size, grammar)
-    tokens = tokenizer.encode(text, add_special_tokens=False)
-    consumed = not tokens or matcher.consume_tokens(tokens)
-    return consumed and not matcher.is_error() and (not whole or matcher.is_accepting())
-
-
 def apply_bitmask(scores: torch.FloatTensor, bitmask: torch.Tensor, rows: list[int]) -> None:
     """Set `scores[row, token]` (`[B, V]`) to -inf in place, for each of `rows`, where bit `token` of `bitmask[row]`
     (int32 words, least significant bit first) is 0; unpacked on the scores' device. ValueError for a short mask."""
@@ -1896,55 +1764,20 @@ class AnswerEndCriteria:
 
 
 __all__ = [
-    "COMPILE_DECODING_CHOICES",
-    "ANSWER_ENDS",
-    "ASSISTANT_HEADER",
-    "CAPTIONING",
-    "CHAT_MARKER",
-    "DEPRECATED_TASK_NAMES",
-    "DETECTION",
-    "DETECTION_LIST",
-    "DefaultBudget",
-    "ENGINE_REQUIREMENT",
-    "EntryList",
-    "GROUNDING",
-    "GROUNDING_STAGE1",
-    "GROUNDING_STAGE2",
-    "IMAGE_PLACEHOLDER",
-    "MARKUP_PATTERN",
-    "PromptTextError",
-    "RECONSTRUCTION",
-    "SPATIAL_QA",
-    "SYSTEM_PROMPT",
     "TASKS",
     "TASK_NAMES",
+    "AnswerEndCriteria",
+    "Box3D",
+    "CaptionResult",
+    "DetectionResult",
+    "FrameSelectionResult",
+    "GrammarLogitsProcessor",
+    "GroundingResult",
+    "PointmapResult",
+    "PromptTextError",
+    "SpatialAnswerResult",
     "TaskSpec",
-    "added_token_contents",
-    "answer_bytes",
-    "answer_complete",
-    "caption_grammar",
-    "chat_messages",
-    "check_chat_text",
-    "check_query_text",
-    "control_tokens_in",
-    "detection_entries",
-    "detection_grammar",
-    "detection_list_grammar",
-    "extract_query",
-    "format_box",
-    "frame_selection_grammar",
-    "grammar_characters",
-    "grounding_grammar",
-    "literal",
-    "offered_options",
-    "options_problem",
-    "placeholders_from_segments",
-    "pointmap_grammar",
     "refuse_control_tokens",
-    "refuse_invalid_unicode",
     "render_chat_prompt",
     "resolve_task",
-    "segments_from_placeholders",
-    "spatial_answer_grammar",
-    "text_runs",
 ]

@@ -1,4 +1,5 @@
-"""Names of the annotation JSON files of each task (official naming, docs/method.md §7.1, §7.3).
+"""Names of the annotation JSON files of each task (official naming, docs/method.md §7.1, §7.3), and the reading of
+their human turns (`segments_from_placeholders`, `extract_query`).
 
 Official files fix the frame count in the name (`scannet_det_train_4frames.json`); synthetic data may
 use other counts, so files are looked up by pattern. Tasks are the registry's (`gap_mllm.tasks_gap_mllm`); the
@@ -16,6 +17,7 @@ from gap_mllm.tasks_gap_mllm import (
     DETECTION,
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
+    IMAGE_PLACEHOLDER,
     RECONSTRUCTION,
     TaskSpec,
     resolve_task,
@@ -44,6 +46,32 @@ def file_template(task: str | TaskSpec) -> str | None:
 def tasks_with_files() -> tuple[str, ...]:
     """The tasks that have annotation files."""
     return (*(spec.name for spec in TASK_FILE_TEMPLATES), *package_task_names())
+
+
+def segments_from_placeholders(prompt: str, num_images: int) -> list[str | None]:
+    """`"Frame-0: <image>Frame-1: <image>\\nText"` → `["Frame-0: ", None, "Frame-1: ", None, "\\nText"]`; ValueError
+    when the `<image>` count differs from `num_images`."""
+    pieces = prompt.split(IMAGE_PLACEHOLDER)
+    if len(pieces) - 1 != num_images:
+        raise ValueError(
+            f"the prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given"
+        )
+    segments: list[str | None] = []
+    for index, piece in enumerate(pieces):
+        if piece:
+            segments.append(piece)
+        if index < num_images:
+            segments.append(None)
+    return segments
+
+
+def extract_query(prompt: str) -> str:
+    """The description in a grounding prompt: the text between `Text:` and `Output a JSON`, stripped (ValueError
+    without them)."""
+    start, end = prompt.find("Text:"), prompt.find("Output a JSON")
+    if start < 0 or end < 0 or end < start:
+        raise ValueError("prompt has no 'Text: ... Output a JSON' description")
+    return prompt[start + len("Text:") : end].strip()
 
 
 def annotation_file_name(task: str | TaskSpec, split: str, frames: int | str) -> str:

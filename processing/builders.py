@@ -40,12 +40,11 @@ from gap_mllm.tasks_gap_mllm import (
     RECONSTRUCTION,
     PromptTextError,
     TaskSpec,
-    extract_query,
     refuse_control_tokens,
     resolve_task,
 )
 
-from .annotation_files import find_annotation_file
+from .annotation_files import extract_query, find_annotation_file
 from .builder_fingerprint import builder_cache_key
 from .detection_record import detection_box_entries
 from .errors import DataError, SkipCounter

@@ -31,9 +31,12 @@ import torch
 
 from gap_mllm import tasks_gap_mllm
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX  # noqa: F401 - re-exported for the trainer and tests
-from gap_mllm.tasks_gap_mllm import ASSISTANT_HEADER, PromptTextError, render_chat_prompt, segments_from_placeholders
+from gap_mllm.tasks_gap_mllm import PromptTextError, render_chat_prompt
 
+from .annotation_files import segments_from_placeholders
 from .errors import DataError
+
+ASSISTANT_HEADER = "<|im_start|>assistant\n"  # masked in the labels
 
 
 def prompt_segments(prompt: str, num_images: int, sample: str | None = None) -> list[str | None]:

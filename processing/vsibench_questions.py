@@ -34,8 +34,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gap_mllm.tasks_gap_mllm import segments_from_placeholders
-
+from .annotation_files import segments_from_placeholders
 from .synth.spatial_qa import DIRECTION_MARGIN, DIRECTION_QUESTION, LETTERS, QUADRANTS, direction_angle, question_of
 
 DATASET_NAME = "synthrooms"  # the rows' `dataset`: the video folder under lmms-eval's vsibench cache

@@ -23,8 +23,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.processing.annotation_files import segments_from_placeholders
 from gap_mllm.processing_gap_mllm import is_box, one_per_sample
-from gap_mllm.tasks_gap_mllm import SYSTEM_PROMPT, resolve_task, segments_from_placeholders
+from gap_mllm.tasks_gap_mllm import SYSTEM_PROMPT, resolve_task
 
 
 @dataclass(frozen=True)

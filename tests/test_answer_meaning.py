@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
 
+from gap_mllm.cli.answer_checks import answer_format
 from gap_mllm.cli.scene_store import SceneStore
 from gap_mllm.cli.tasks import TaskRequest, run_task, task_answer
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
@@ -44,10 +45,8 @@ from gap_mllm.tasks_gap_mllm import (
     TASKS,
     Box3D,
     GrammarLogitsProcessor,
-    answer_format,
     detection_entries,
     detection_entry,
-    grammar_accepts,
     offered_options,
     parse_caption,
     parse_grounding,
@@ -58,7 +57,7 @@ from gap_mllm.tasks_gap_mllm import (
 
 from .conftest import write_small_synth
 from .test_constrained_answers_kept import photo_frames
-from .test_constrained_decoding import _user_frames
+from .test_constrained_decoding import _user_frames, grammar_accepts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from engine_bench_model import padded_tokenizer  # noqa: E402
@@ -101,7 +100,7 @@ def _inside(tokenizer, grammar: str, text: str, whole: bool = True) -> bool:
 
 
 def _is_prose(tokenizer, caption: str, whole: bool = False) -> bool:
-    return _inside(tokenizer, CAPTIONING.answer_grammar, caption, whole)
+    return _inside(tokenizer, CAPTIONING.grammar_for(), caption, whole)
 
 
 # ------------------------------------------------------------------------------------------------ the grammars
@@ -133,10 +132,10 @@ def test_labels_are_names(mini_tokenizer):
         return DETECTION.serialize(DETECTION.result_type([Box3D.from_list([0.5] * 9, label=label)]))
 
     for label in (*CATEGORY_NAMES, *OFFICIAL_CATEGORIES, "night stand", "l-shaped sofa", "kid's bed", "tv 2", "w" * 32):
-        assert _inside(mini_tokenizer, DETECTION.answer_grammar, labelled(label)), label
+        assert _inside(mini_tokenizer, DETECTION.grammar_for(), labelled(label)), label
     for label in ("", "9d", "]: 0.2, [", "chair ", "a  b", "-chair", "chair-", "w" * 33, "bed}, {", "x_y"):
-        assert not _inside(mini_tokenizer, DETECTION.answer_grammar, labelled(label)), label
-    assert not _inside(mini_tokenizer, RECONSTRUCTION.answer_grammar, '{"pointmap": [0.1, 0.2, 0.3], "label": "1.5"}')
+        assert not _inside(mini_tokenizer, DETECTION.grammar_for(), labelled(label)), label
+    assert not _inside(mini_tokenizer, RECONSTRUCTION.grammar_for(), '{"pointmap": [0.1, 0.2, 0.3], "label": "1.5"}')
 
 
 def test_spatial_answers_are_the_options_the_question_offers(mini_tokenizer):

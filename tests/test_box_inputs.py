@@ -35,8 +35,9 @@ from gap_mllm.processing.box_angles import (
     unseen_angles_note,
     write_box_angles,
 )
+from gap_mllm.processing.coordinates import euler_to_matrix
 from gap_mllm.serving import GapMllmEncoder
-from gap_mllm.tasks_gap_mllm import CAPTIONING, rotation_matrix
+from gap_mllm.tasks_gap_mllm import CAPTIONING
 
 from lab.mini.export import BOX_ANGLES_SOURCE, mini_box_angles
 
@@ -113,7 +114,7 @@ def test_a_box_given_by_centre_and_size_is_an_upright_object_seen_by_a_level_cam
     writes them as the model writes an upright object's (roll ±3.14)."""
     request = TaskRequest("captioning", box=[0.2, 0.3, 2.0, 0.6, 0.8, 0.9])
     assert request.box == [0.2, 0.3, 2.0, 0.6, 0.8, 0.9, math.pi, math.pi / 2, math.pi]
-    axes = rotation_matrix(*request.box[6:9])  # columns: the object's x, y, z axes in the camera
+    axes = euler_to_matrix(request.box[6:9])  # columns: the object's x, y, z axes in the camera
     assert np.allclose(axes, [[1, 0, 0], [0, 0, -1], [0, 1, 0]], rtol=0, atol=1e-15)
     assert "[0.2, 0.3, 2.0, 0.6, 0.8, 0.9, 3.14, 1.57, 3.14]" in CAPTIONING.task_text(box=request.box)
     assert example_request("captioning", {}, box=[0.2, 0.3, 2.0, 0.6, 0.8, 0.9]).box == request.box  # predict, Space

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from gap_mllm.cli import loading, predict
+from gap_mllm.cli.answer_checks import answer_format
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.loading import load_model_and_processor
 from gap_mllm.cli.scenes import synthetic_scene
@@ -32,7 +33,6 @@ from gap_mllm.tasks_gap_mllm import (
     CaptionResult,
     DetectionResult,
     SpatialAnswerResult,
-    answer_format,
     parse_caption,
     parse_detection,
     parse_spatial_answer,

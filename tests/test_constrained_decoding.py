@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from gap_mllm.cli.answer_checks import answer_format
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.tasks import TaskRequest, run_task
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
@@ -31,10 +32,8 @@ from gap_mllm.tasks_gap_mllm import (
     TASKS,
     Box3D,
     GrammarLogitsProcessor,
-    answer_format,
     detection_entries,
     fill_bitmask,
-    grammar_accepts,
     grammar_matcher,
     offered_options,
     resolve_task,
@@ -79,7 +78,15 @@ def mini_tokenizer():
 
 
 def _matcher(tokenizer, task):
-    return grammar_matcher(tokenizer, MINI_VOCAB, resolve_task(task).answer_grammar)
+    return grammar_matcher(tokenizer, MINI_VOCAB, resolve_task(task).grammar_for())
+
+
+def grammar_accepts(tokenizer, vocab_size: int, grammar: str, text: str, whole: bool = True) -> bool:
+    """Whether `text` is a whole answer of `grammar` (or with `whole=False`, the beginning of one)."""
+    matcher = grammar_matcher(tokenizer, vocab_size, grammar)
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    consumed = not tokens or matcher.consume_tokens(tokens)
+    return consumed and not matcher.is_error() and (not whole or matcher.is_accepting())
 
 
 def _sample(tokenizer, task, rng: random.Random, max_tokens: int = 2000) -> str:
@@ -128,12 +135,12 @@ def test_the_longest_answer_of_a_grammar_ends_within_its_budget(task, mini_token
         return  # free text: a caption cut by its budget is still a caption (parse_caption)
     result = longest.get(task, box)
     text = spec.serialize(spec.result_type(*result) if isinstance(result, tuple) else spec.result_type(result))
-    assert grammar_accepts(mini_tokenizer, MINI_VOCAB, spec.answer_grammar, text), text
+    assert grammar_accepts(mini_tokenizer, MINI_VOCAB, spec.grammar_for(), text), text
     assert len(text.encode()) <= spec.max_new_tokens, (task, len(text.encode()))
     if task == "detection":
         assert detection_entries(spec.max_new_tokens) == 9 and detection_entries(2 * spec.max_new_tokens) == 19
         more = spec.serialize(spec.result_type([box] * (detection_entries(spec.max_new_tokens) + 1)))
-        assert not grammar_accepts(mini_tokenizer, MINI_VOCAB, spec.answer_grammar, more, whole=False)
+        assert not grammar_accepts(mini_tokenizer, MINI_VOCAB, spec.grammar_for(), more, whole=False)
 
 
 class _Dictate(LogitsProcessor):
@@ -243,7 +250,7 @@ def test_processor_refuses_bad_settings(tiny_processor):
     with pytest.raises(ValueError, match="constrained must be True or False"):
         resolve_task("grounding").generation_kwargs(tiny_processor.tokenizer, 5, constrained="yes")
     with pytest.raises(ValueError, match="fewer than the prompt length 9"):
-        GrammarLogitsProcessor(tiny_processor.tokenizer, resolve_task("grounding").answer_grammar, 9)(
+        GrammarLogitsProcessor(tiny_processor.tokenizer, resolve_task("grounding").grammar_for(), 9)(
             torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 768))
     free = Request(images=[], prompt="hi", task=None, constrained=True)
     with pytest.raises(ValueError, match="needs its task"):

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from gap_mllm.processing import coordinates as C
-from gap_mllm.tasks_gap_mllm import Box3D
 
 
 def rx(a):
@@ -47,9 +46,28 @@ def test_unknown_euler_mode_is_rejected():
         C.euler_to_matrix([0, 0, 0], "xyz")
 
 
-def test_box_corners_match_target_format_box3d():
+def test_rotation_matches_scipy_extrinsic_zxy():
+    rng = np.random.default_rng(0)
+    for yaw, pitch, roll in rng.uniform(-np.pi, np.pi, size=(20, 3)):
+        expected = Rotation.from_euler("zxy", [yaw, pitch, roll]).as_matrix()
+        np.testing.assert_allclose(C.euler_to_matrix([yaw, pitch, roll]), expected, atol=1e-12)
+
+
+def test_box_corners_are_the_target_format_corners():
+    """`R · (size ⊙ c) + center` for c ∈ {−½, ½}³, x fastest, R = Ry(roll)·Rx(pitch)·Rz(yaw)."""
     box = [0.4, -0.2, 2.1, 0.9, 0.5, 1.3, 0.7, 1.1, -2.9]
-    np.testing.assert_allclose(C.box_corners(box), Box3D.from_list(box).corners(), atol=1e-12)
+    rotation = ry(box[8]) @ rx(box[7]) @ rz(box[6])
+    unit = [[x, y, z] for z in (-0.5, 0.5) for y in (-0.5, 0.5) for x in (-0.5, 0.5)]
+    expected = [rotation @ (np.array(box[3:6]) * c) + box[0:3] for c in np.array(unit)]
+    np.testing.assert_allclose(C.box_corners(box), expected, atol=1e-12)
+
+
+def test_corners_of_a_yawed_box():
+    corners = C.box_corners([1.0, 2.0, 3.0, 2.0, 4.0, 6.0, np.pi / 2, 0.0, 0.0])
+    assert corners.shape == (8, 3)
+    np.testing.assert_allclose(corners.mean(axis=0), [1.0, 2.0, 3.0], atol=1e-12)
+    # a 90° yaw about z swaps the x/y extents: x spans ±2 (size_y/2), y spans ±1 (size_x/2)
+    np.testing.assert_allclose(corners.max(axis=0) - corners.min(axis=0), [4.0, 2.0, 6.0], atol=1e-12)
 
 
 def random_rigid(rng):

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
+from gap_mllm.processing.annotation_files import extract_query
 from gap_mllm.processing.synth.spatial_qa import QUESTION_TYPES, direction_quadrant
-from gap_mllm.tasks_gap_mllm import extract_query
 
 from .test_data_fixtures import tiny_generator, tiny_scene  # noqa: F401
 

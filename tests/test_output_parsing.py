@@ -4,7 +4,6 @@ import builtins
 import json
 import math
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +20,6 @@ from gap_mllm.tasks_gap_mllm import (
     parse_grounding,
     parse_literal,
     parse_pointmap,
-    rotation_matrix,
     serialize_detection,
     serialize_frame_selection,
     serialize_grounding,
@@ -54,24 +52,6 @@ def test_box_list_round_trip_and_validation():
         Box3D.from_list(values[:8] + [float("nan")])
     with pytest.raises(TypeError):
         Box3D(label=3, center=(0, 0, 0), size=(1, 1, 1))
-
-
-def test_rotation_matches_scipy_extrinsic_zxy():
-    from scipy.spatial.transform import Rotation
-
-    rng = np.random.default_rng(0)
-    for yaw, pitch, roll in rng.uniform(-math.pi, math.pi, size=(20, 3)):
-        expected = Rotation.from_euler("zxy", [yaw, pitch, roll]).as_matrix()
-        np.testing.assert_allclose(rotation_matrix(yaw, pitch, roll), expected, atol=1e-12)
-
-
-def test_corners_of_a_yawed_box():
-    box = Box3D(None, (1.0, 2.0, 3.0), (2.0, 4.0, 6.0), (math.pi / 2, 0.0, 0.0))
-    corners = box.corners()
-    assert corners.shape == (8, 3)
-    np.testing.assert_allclose(corners.mean(axis=0), [1.0, 2.0, 3.0], atol=1e-12)
-    # a 90° yaw about z swaps the x/y extents: x spans ±2 (size_y/2), y spans ±1 (size_x/2)
-    np.testing.assert_allclose(corners.max(axis=0) - corners.min(axis=0), [4.0, 2.0, 6.0], atol=1e-12)
 
 
 # ------------------------------------------------------------------------------- serialisers

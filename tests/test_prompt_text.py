@@ -27,9 +27,9 @@ from gap_mllm.evaluation.runner import run_evaluation
 from gap_mllm.evaluation.scene_generation import SceneGenerator
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import ReconstructionBuilder, load_annotation_file
-from gap_mllm.processing.collator import IGNORE_INDEX, GapMllmDataCollator
+from gap_mllm.processing.collator import ASSISTANT_HEADER, IGNORE_INDEX, GapMllmDataCollator
 from gap_mllm.processing.errors import DataError
-from gap_mllm.tasks_gap_mllm import ASSISTANT_HEADER, TASKS, PromptTextError
+from gap_mllm.tasks_gap_mllm import TASKS, PromptTextError
 from gap_mllm.training.bad_samples import SKIPPED_KEY, BadSampleGuard
 
 from .conftest import make_views

@@ -286,10 +286,10 @@ def test_constrained_payload_carries_the_task_grammar_of_its_budget(encoder):
 
     request = encoder.encode(make_views(2, seed=3), task="grounding_stage2", query="the chair")
     payload = json.loads(json.dumps(chat_completion_payload(request, constrained=True)))
-    assert payload["structured_outputs"] == {"grammar": GROUNDING_STAGE2.answer_grammar}
+    assert payload["structured_outputs"] == {"grammar": GROUNDING_STAGE2.grammar_for()}
     assert "structured_outputs" not in chat_completion_payload(request)
     detection = encoder.encode(make_views(1), task="detection")
     small = chat_completion_payload(detection, max_tokens=300, constrained=True)["structured_outputs"]["grammar"]
-    assert small == DETECTION.grammar(300) != DETECTION.answer_grammar  # fewer entries fit 300 tokens
+    assert small == DETECTION.grammar(300) != DETECTION.grammar_for()  # fewer entries fit 300 tokens
     with pytest.raises(ValueError, match="a free prompt has no answer grammar"):
         chat_completion_payload(encoder.reprompt(request, "<image><image>Say hi."), max_tokens=4, constrained=True)

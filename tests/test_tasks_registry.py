@@ -326,7 +326,7 @@ def test_every_consumer_uses_the_registry_objects():
     assert set(builders.BUILDERS) == {"detection", "grounding_stage1", "grounding_stage2", "captioning",
                                       "reconstruction", "spatial_qa"}
     assert all(spec_of(spec) for spec in annotation_files.TASK_FILE_TEMPLATES)
-    assert builders.extract_query is registry.extract_query
+    assert builders.extract_query is annotation_files.extract_query is eval_tasks.extract_query
     for name, benchmark in eval_tasks.TASKS.items():
         assert benchmark.spec is TASKS[name] and all(spec_of(spec) for spec in benchmark.stage_specs)
         # what a run reports and what training logs are declared once, on the benchmark; the headline is logged
