@@ -45,7 +45,7 @@ class BuildPyWithModelCard(build_py):
 
 
 # Constrained decoding, the default of `gap-mllm predict`, the demo and the Space (modeling_gap_mllm/
-# generation_gap_mllm.py: ENGINE_REQUIREMENT, the same pin; tests/test_declared_requirements.py), so a core
+# tasks_gap_mllm.py: ENGINE_REQUIREMENT, the same pin; tests/test_declared_requirements.py), so a core
 # requirement: a plain `pip install gap-mllm` runs the defaults. llguidance is a 3 MB abi3 wheel without requirements
 # (no triton; bench/README.md, "Constrained decoding", gives its compile and per-token costs).
 GRAMMAR_ENGINE = "llguidance==1.9.1"

@@ -60,12 +60,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling 
 from needs_gpu import require_cuda  # noqa: E402
 
 from gap_mllm.cli.command_arguments import add_compile_decoding_argument  # noqa: E402
-from gap_mllm.generation_gap_mllm import (
-    decode_compile_config,  # noqa: E402
-    static_cache_pool,  # noqa: E402
-)
+from gap_mllm.generation_gap_mllm import decode_compile_config  # noqa: E402
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS  # noqa: E402
 from gap_mllm.processing_gap_mllm import PREPROCESSING_MODES  # noqa: E402
+from gap_mllm.speedups import static_cache_pool  # noqa: E402
 
 # ScanRefer val as the official evaluation answers it (docs/method.md §3.4): 9,508 descriptions of 2,068 objects in
 # 141 scenes; stage 1 sees the scene's 32 frames, stage 2 the selected frame and 9 posed frames each way (19)
@@ -180,7 +178,7 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
     stage of the task (grounding: frame selection, then the box), its seconds by stage, the views the geometry encoder
     encoded and the views its requests asked about (`views_requested`: one count per request), "graphs_compiled" the
     graphs torch.compile made during the run (`compiled_graphs`) and "static_cache_allocations" the times compiled
-    decoding's static cache was allocated (generation_gap_mllm.py: a timed run after its untimed one, 0, so its decode
+    decoding's static cache was allocated (speedups.py: a timed run after its untimed one, 0, so its decode
     steps meet the addresses their CUDA graphs were recorded with). On CUDA also "cuda_graphs_recorded" and
     "cuda_graph_skips" (`cuda_graphs_recorded`, `cuda_graph_skips`). The generator's scenes are forgotten first: an
     untimed run before would otherwise leave them encoded, and the timed one would leave the towers out."""
@@ -254,7 +252,7 @@ def cuda_graphs_recorded() -> int | None:
     """The CUDA graphs torch's cudagraph trees have recorded in this process since the first call (which starts the
     count): compiled decoding's, one per shape of the decode step, and one more each time a call's static cache sat at
     other addresses than at the recording (torch <= 2.11 stops replaying a graph re-recorded 128 times:
-    generation_gap_mllm.py). Counted by wrapping `CUDAGraphTreeManager.record_function`, a private torch method (a
+    speedups.py). Counted by wrapping `CUDAGraphTreeManager.record_function`, a private torch method (a
     bench's instrument, not the package's): None for a torch without it."""
     if not _RECORDED["counting"]:
         _RECORDED["counting"] = True

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from gap_mllm.generation_gap_mllm import context_limit, positions_after
+from gap_mllm.checks import context_limit, positions_after
 from gap_mllm.modeling_gap_mllm import mrope_position_ids
 from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.tasks_gap_mllm import (
@@ -166,7 +166,7 @@ def check_request(config, processor, views: list, request: TaskRequest, max_new_
     * the prompt leaves the answer no room in the model's context: the prompt's highest M-RoPE position (visual
       tokens of a view share positions: modeling_gap_mllm.py, the positions `generate` gives them) plus the answer's
       budget (the task's own, which fits any answer of the task, or `max_new_tokens` when lower) must stay within
-      `text_config.max_position_embeddings` (generation_gap_mllm.py). `generate` lowers a budget past the context to
+      `text_config.max_position_embeddings` (checks.py). `generate` lowers a budget past the context to
       the positions left, which is right for a budget set high, but a query that took those positions would be
       answered in a few tokens (a zero-size box) as if nothing were wrong; so it is refused here, naming the query's
       length and the limit.

@@ -163,7 +163,7 @@ class Benchmark:
     def make_request(self, stage: int, images, prompt: str, pixel_coords=None) -> Request:
         spec = self.stage_specs[stage]
         # the official budget: the caller chose none (`--max-new-tokens` caps it), so lowering it to the model's
-        # context is an INFO line, not a warning (generation_gap_mllm.py)
+        # context is an INFO line, not a warning (checks.py)
         return Request(images, prompt, pixel_coords, DefaultBudget(spec.official_max_new_tokens), task=spec.name,
                        stop_at_answer_end=not self.official_compat, constrained=self.constrained)
 

@@ -7,18 +7,32 @@ folder loaded with `trust_remote_code` runs as transformers runs it. Never copie
 """
 
 import contextlib
+import hashlib
 import json
 import numbers
+import uuid
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
+from transformers.utils import logging
 
 from gap_mllm.files import regular_file_problem
+from gap_mllm.generation_gap_mllm import (
+    check_token_id_dtype,
+    new_token_budget,
+    scene_prefix_length,
+    token_id_range,
+    vocabulary_error,
+)
 from gap_mllm.image_utils_gap_mllm import AnimatedImageError
 from gap_mllm.processing_gap_mllm import _is_point_prompt, _is_view_stack
-from gap_mllm.tasks_gap_mllm import CHAT_MARKER, check_chat_text, refuse_control_tokens
+from gap_mllm.tasks_gap_mllm import CHAT_MARKER, DefaultBudget, check_chat_text, refuse_control_tokens
+
+logger = logging.get_logger(__name__)
 
 # ---- configuration sizes and memory
 
@@ -30,9 +44,388 @@ from gap_mllm.tasks_gap_mllm import CHAT_MARKER, check_chat_text, refuse_control
 
 
 # ---- generate: token ids and context
+def check_token_ids(input_ids: torch.Tensor, vocabulary_size: int, name: str = "input_ids") -> None:
+    """ValueError naming `name` unless `input_ids` are integers in `[0, vocabulary_size)`; one host synchronisation."""
+    check_token_id_dtype(input_ids, name)
+    if input_ids.numel() == 0:
+        return
+    low, high = token_id_range(input_ids).tolist()
+    error = vocabulary_error(low, high, vocabulary_size, name)
+    if error is not None:
+        raise error
+
+
+def context_limit(config) -> int | None:
+    """The decoder's rotary positions (`text_config.max_position_embeddings` of `config`), or None."""
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
+def positions_after(limit: int, highest_prompt_position: int) -> int:
+    """New tokens that still get a trained position (0 … `limit` − 1) after a prompt ending at M-RoPE position
+    `highest_prompt_position` (the k-th new token sits at `highest_prompt_position + k`)."""
+    return limit - 1 - highest_prompt_position
+
+
+def check_prompt_fits(model, highest_prompt_position: int, input_length: int, what: str = "the prompt") -> int | None:
+    """The number of new tokens that still get a trained position after `what` (ending at M-RoPE position
+    `highest_prompt_position`, `input_length` tokens), or ValueError naming the numbers when none does;
+    None when the model states no context."""
+    limit = context_limit(model.config)
+    if limit is None:
+        return None
+    room = positions_after(limit, highest_prompt_position)
+    if room < 1:
+        raise ValueError(
+            f"{what} ends at position {highest_prompt_position} ({input_length} tokens; visual tokens share "
+            f"positions), leaving no room in the model's context of {limit} positions "
+            "(text_config.max_position_embeddings); use fewer or smaller views or a shorter text."
+        )
+    return room
+
+
+def budget_chosen_by_caller(kwargs: dict) -> bool:
+    """Whether a generate call's budget is the caller's own: a `max_new_tokens` that is not a task's default
+    (`DefaultBudget`), or a `max_length` without one; not a budget from the generation config."""
+    if "max_new_tokens" in kwargs:
+        return not isinstance(kwargs["max_new_tokens"], DefaultBudget)
+    return "max_length" in kwargs
+
+
+def shortest_answer(kwargs: dict) -> tuple[str, int] | None:
+    """`(task name, tokens)` of the shortest whole answer of a generate call's task, as its stopping criteria carry it
+    (`TaskSpec.stopping_criteria`); None for a call without them."""
+    for criterion in kwargs.get("stopping_criteria") or ():
+        if getattr(criterion, "shortest_answer", None) is not None:
+            return criterion.shortest_answer_tokens()
+    return None
+
+
+_WARNED_BUDGETS: set[tuple[int, int, bool]] = set()  # (budget, context, chosen by the caller) already logged
+
+
+def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, input_length: int,
+                          what: str = "the prompt") -> None:
+    """Fit a generate call's `kwargs` to the model's context in place (the folder's `budget_to_grammars` then tells
+    the task grammars the budget).
+
+    A `max_new_tokens` past the context is lowered to the positions left after `what` (ending at M-RoPE position
+    `highest_prompt_position`, `input_length` tokens): a warning when the caller chose it (`budget_chosen_by_caller`),
+    else an INFO line.
+
+    Raises:
+        ValueError: naming the numbers, when no position is left, `min_new_tokens` cannot fit, or fewer new tokens
+            fit than the task's shortest whole answer (`shortest_answer`).
+    """
+    room = check_prompt_fits(model, highest_prompt_position, input_length, what)
+    if room is None:
+        return
+    limit = context_limit(model.config)
+    shortest = shortest_answer(kwargs)
+    if shortest is not None and room < shortest[1]:
+        raise ValueError(
+            f"{what} ends at position {highest_prompt_position}, so at most {room} new tokens fit in the model's "
+            f"context of {limit} positions, fewer than the {shortest[1]} that the shortest whole {shortest[0]} answer "
+            "needs; use fewer or smaller views or a shorter text."
+        )
+    config = kwargs.get("generation_config") or model.generation_config
+    minimum = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
+    if minimum is not None and minimum > room:
+        raise ValueError(
+            f"{what} ends at position {highest_prompt_position}, so at most {room} new tokens fit in the model's "
+            f"context of {limit} positions, but min_new_tokens={minimum} demands more; lower it or shorten the prompt."
+        )
+    budget = new_token_budget(model, kwargs, input_length)
+    if budget is not None and budget > room:
+        chosen = budget_chosen_by_caller(kwargs)
+        if (budget, limit, chosen) not in _WARNED_BUDGETS:
+            _WARNED_BUDGETS.add((budget, limit, chosen))
+            fits = (f"{what} ends at position {highest_prompt_position}, so at most {room} new tokens are generated "
+                    "(answers longer than that stop at the context's end)")
+            if chosen:
+                logger.warning(f"max_new_tokens={budget} would pass the model's context of {limit} positions: {fits}. "
+                               "Lower max_new_tokens to silence this.")
+            else:
+                logger.info(f"the task's token budget of {budget} is lowered to the model's context of {limit} positions: "
+                            f"{fits}.")
+        kwargs["max_new_tokens"] = room
+        kwargs.pop("max_length", None)
+
+
+def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type_ids=None, image_grid_thw=None) -> int:
+    """The highest M-RoPE position of a `[B, L]` prompt batch as `generate` lays it out (visual tokens on their
+    compressed grid positions when the views are given, else one position per real token)."""
+    if mm_token_type_ids is not None and image_grid_thw is not None:
+        positions, _ = model.vlm.model.get_rope_index(
+            input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
+        )
+        if attention_mask is not None:
+            positions = positions.masked_fill(attention_mask[None].to(positions.device) == 0, 0)
+        return int(positions.max())
+    if attention_mask is not None:
+        return int(attention_mask.long().sum(dim=-1).max()) - 1
+    return input_ids.shape[-1] - 1
+
+
+def check_generate_inputs(model, input_ids: torch.Tensor, kwargs: dict) -> None:
+    """`generate`'s checks of a prompt `input_ids` `[B, L]`: ids in the vocabulary, the prompt inside the context, the
+    call's `kwargs` fitted to it (`fit_budget_to_context`). Raises ValueError as those do."""
+    check_token_ids(input_ids, model.get_input_embeddings().num_embeddings)
+    highest = highest_prompt_position(model, input_ids, kwargs.get("attention_mask"), kwargs.get("mm_token_type_ids"),
+                                      kwargs.get("image_grid_thw"))
+    fit_budget_to_context(model, kwargs, highest, input_ids.shape[1])
+
+
+def check_compiled_decoding_options(kwargs: dict, scene: bool) -> None:
+    """ValueError for a `generate` option in `kwargs` that rules out compiled decoding: a cache of the caller's (a
+    full call), another cache implementation, or `use_cache=False`."""
+    if kwargs.get("past_key_values") is not None and not scene:
+        raise ValueError("compile_decoding needs generate's own static cache, but past_key_values were given: pass no "
+                         "cache, or compile_decoding='off'.")
+    implementation = kwargs.get("cache_implementation")
+    if implementation not in (None, "static"):
+        raise ValueError(f"compile_decoding needs cache_implementation='static', got {implementation!r}: drop the "
+                         "option, or compile_decoding='off'.")
+    if kwargs.get("use_cache") is False:
+        raise ValueError("compile_decoding needs use_cache=True (the decode step continues a static cache).")
+
+
+def check_scene_prompt(model, input_ids, pixel_values, image_grid_thw, attention_mask=None) -> None:
+    """`encode_scene`'s checks: the unpadded `[1, L]` prompt of one scene, with its views, ids in the vocabulary and
+    at least one `<|vision_end|>`. Raises ValueError naming what is wrong."""
+    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] != 1:
+        shape = None if input_ids is None else tuple(input_ids.shape)
+        raise ValueError(
+            f"encode_scene takes the prompt of ONE scene (input_ids [1, L]), got input_ids of shape {shape}; "
+            "encode each scene separately and batch the questions against it."
+        )
+    if pixel_values is None or image_grid_thw is None:
+        raise ValueError("encode_scene needs the views: pass pixel_values and image_grid_thw (GapMllmProcessor).")
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError("encode_scene got a padded prompt (attention_mask has zeros); pass one unpadded sample.")
+    check_token_ids(input_ids, model.get_input_embeddings().num_embeddings)
+    if scene_prefix_length(input_ids, model.config.vlm_config.vision_end_token_id) == 0:
+        raise ValueError("encode_scene: the prompt has no <|vision_end|> token, so no view to encode.")
+
+
+# Inputs a scene already holds: giving them again to generate(scene=...) would be ambiguous.
+SCENE_OWNED_INPUTS = (
+    "pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "geometry_pixel_values",
+    "geometry_views_per_sample", "geometry_features", "past_key_values", "inputs_embeds", "position_ids",
+)  # fmt: skip
+
+
+def _check_scene_options(model, kwargs: dict) -> None:
+    given = [name for name in SCENE_OWNED_INPUTS if kwargs.get(name) is not None]
+    if given:
+        raise ValueError(
+            f"generate(scene=...) got {', '.join(given)}: the scene already holds the views and their cache; pass "
+            "only the question tokens (input_ids, attention_mask), e.g. processor(text=questions)."
+        )
+    config = kwargs.get("generation_config") or model.generation_config
+    for name, allowed in (("num_beams", 1), ("num_return_sequences", 1)):
+        value = kwargs.get(name, getattr(config, name, allowed))
+        if value not in (None, allowed):
+            raise ValueError(
+                f"generate(scene=...) supports {name}={allowed} only (got {value}): batch the questions instead, "
+                "or run a full generate call without a scene."
+            )
+    if kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
+        raise ValueError("generate(scene=...) needs use_cache=True: the scene IS a cache.")
+
+
+def _check_scene_rows(scene, batch_size: int) -> None:
+    if not isinstance(scene, (list, tuple)):
+        return
+    if len(scene) != batch_size:
+        raise ValueError(f"generate(scene=[...]) got {len(scene)} scenes for {batch_size} question rows: give one "
+                         "scene per row of input_ids (or one scene for all).")
+    devices = {str(s.device) for s in scene if hasattr(s, "device")}
+    if len(devices) > 1:
+        raise ValueError(f"generate(scene=[...]) got scenes on {', '.join(sorted(devices))}: one call decodes on one "
+                         "device.")
+
+
+def check_scene_call(model, scene, input_ids, attention_mask, mm_token_type_ids, kwargs: dict) -> None:
+    """`generate(scene=...)`'s checks: question tokens `input_ids` `[B, Lq]` (no image token, ids in the vocabulary,
+    no empty row of `attention_mask` `[B, Lq]`), one scene or `B` of them on one device, each encoded by `model` as it
+    is now (`check_scene_for_model`), and options a scene call supports (`kwargs`). Raises ValueError naming what is
+    wrong."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        found = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"generate(scene=...) needs the question tokens as input_ids [B, Lq] with Lq >= 1, got {found}.")
+    _check_scene_rows(scene, input_ids.shape[0])
+    for distinct in {id(s): s for s in (scene if isinstance(scene, (list, tuple)) else [scene])}.values():
+        check_scene_for_model(model, distinct)
+    _check_scene_options(model, kwargs)
+    check_token_ids(input_ids, model.get_input_embeddings().num_embeddings)
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape):
+        found = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(
+            f"generate(scene=...): attention_mask has shape {found} but input_ids has {tuple(input_ids.shape)}; "
+            "give one mask entry per question token (processor(text=questions) returns both)."
+        )
+    vlm_config = model.config.vlm_config
+    vision_ids = (vlm_config.image_token_id, vlm_config.vision_start_token_id, vlm_config.vision_end_token_id)
+    if any(bool((input_ids == token).any()) for token in vision_ids) or (
+        mm_token_type_ids is not None and bool(mm_token_type_ids.any())
+    ):
+        raise ValueError(
+            "generate(scene=...) got image tokens in input_ids: pass only the question suffix "
+            "(processor.split_scene_prompt), not the full prompt; the scene holds the views."
+        )
+    if attention_mask is not None:
+        empty = (~attention_mask.bool().any(dim=1)).nonzero()
+        if empty.numel():
+            raise ValueError(f"question {int(empty[0])} is empty (its attention_mask is all zeros).")
 
 
 # ---- scene reuse: the model that encoded a scene
+_INSTANCE_ATTRIBUTE = "_gap_mllm_identity_token"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What `model_identity` returns; equal identities mean the same model object, configuration and weights."""
+    instance: str
+    config: str
+    weights: str
+    adapters: str = ""
+
+
+def _instance_token(model) -> str:
+    """A token unique to this model object, stored with its `id` so that a copy makes its own."""
+    stored = model.__dict__.get(_INSTANCE_ATTRIBUTE)
+    if stored is None or stored[0] != id(model):
+        stored = (id(model), uuid.uuid4().hex)
+        model.__dict__[_INSTANCE_ATTRIBUTE] = stored
+    return stored[1]
+
+
+def _config_digest(model) -> str:
+    return hashlib.blake2b(model.config.to_json_string(use_diff=False).encode(), digest_size=16).hexdigest()
+
+
+_PROBED_ELEMENTS = 16  # a tensor's elements at this many evenly strided positions (16 to 31 of them)
+# PEFT adapter-layer state (BaseTunerLayer, ModulesToSaveWrapper): active, disabled, merged adapters and scales
+_ADAPTER_ATTRIBUTES = ("_disable_adapters", "_active_adapter", "merged_adapters", "scaling")
+
+
+def _state_tensors(model):
+    """Every parameter and buffer of `model`, in one walk over its modules (a shared tensor once per module)."""
+    for module in model.modules():
+        for tensor in (*module._parameters.values(), *module._buffers.values()):
+            if tensor is not None:
+                yield tensor
+
+
+def _local(tensor):
+    """The tensor whose values this process holds: a sharded DTensor's local shard, else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _counter(tensor) -> int:
+    try:
+        return tensor._version  # in-place write counter (private, but stable across torch releases)
+    except RuntimeError:  # inference-mode tensors keep no counter
+        return -1
+
+
+def _address(tensor) -> int:
+    try:
+        return tensor.data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without one storage
+        return -1
+
+
+@torch.no_grad()
+def _weights_digest(model) -> str:
+    """Digest of every parameter and buffer: address, in-place version, shape, dtype, float32 sum and 16 to 31 strided
+    elements (fused optimizers and `.data` writes change values without bumping the version)."""
+    metadata = array("q")
+    sums: dict[torch.device, list] = {}
+    elements: dict[tuple[str, str], list] = {}  # (device, dtype) -> probed elements, copied to the host together
+    for tensor in _state_tensors(model):
+        tensor = _local(tensor)
+        metadata.extend((_address(tensor), _counter(tensor), hash(tensor.shape), hash(tensor.dtype)))
+        if tensor.is_meta or tensor.numel() == 0:  # no values to read here
+            continue
+        flat = (torch.view_as_real(tensor) if tensor.is_complex() else tensor).reshape(-1)  # a view, in practice
+        try:
+            total = flat.sum(dtype=torch.float32)
+        except (RuntimeError, TypeError, NotImplementedError):  # a dtype without a sum kernel (e.g. float8)
+            continue  # its metadata still counts
+        sums.setdefault(flat.device, []).append(total)
+        elements.setdefault((str(flat.device), str(flat.dtype)), []).append(flat[:: max(1, flat.numel() // _PROBED_ELEMENTS)])
+    digest = hashlib.blake2b(metadata.tobytes(), digest_size=16)
+    for device in sorted(sums, key=str):
+        digest.update(torch.stack(sums[device]).cpu().numpy().tobytes())
+    for key in sorted(elements):  # float64 on the host: exact for every dtype here (numpy has no bfloat16)
+        digest.update(torch.cat(elements[key]).cpu().double().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _adapters_digest(model) -> str:
+    """Digest of the PEFT adapter state of every module that has one ("" when there is none)."""
+    states = []
+    for name, module in model.named_modules():
+        if hasattr(module, "_active_adapter"):  # an instance or a class attribute (PEFT sets class defaults)
+            states.append(f"{name}|" + "|".join(repr(getattr(module, key, None)) for key in _ADAPTER_ATTRIBUTES))
+    if not states:
+        return ""
+    return hashlib.blake2b("\n".join(states).encode(), digest_size=16).hexdigest()
+
+
+def model_identity(model) -> ModelIdentity:
+    """The `ModelIdentity` of `model` now; costs one read of the weights. Blind to state outside parameters, buffers,
+    configuration and PEFT adapter attributes (a replaced `forward`, hooks, train/eval mode) and to writes that keep
+    each tensor's float32 sum and probed elements."""
+    return ModelIdentity(instance=_instance_token(model), config=_config_digest(model), weights=_weights_digest(model),
+                         adapters=_adapters_digest(model))
+
+
+def identity_mismatch(recorded: ModelIdentity, model) -> str | None:
+    """What differs between `recorded` and `model` now, as a sentence, or None when they are the same."""
+    current = model_identity(model)
+    if recorded.instance != current.instance:
+        return "it was encoded by another model object"
+    if recorded.config != current.config:
+        return "this model's configuration changed after it was encoded"
+    if recorded.weights != current.weights:
+        return ("this model's weights changed after it was encoded (a training step, load_state_dict, a dtype or "
+                "device move)")
+    if recorded.adapters != current.adapters:
+        return ("this model's adapters changed after it was encoded (PEFT set_adapter, disable_adapter, merge or "
+                "scale)")
+    return None
+
+
+def check_scene_for_model(model, scene) -> None:
+    """ValueError unless `scene` is a `GapMllmScene` that `model`, as it is now, encoded: this model's layer count,
+    key/value heads, head size, dtype, device type and `model_identity`."""
+    if type(scene).__name__ != "GapMllmScene" or not hasattr(scene, "key_values"):  # the package's or a remote-code copy's class
+        raise ValueError(
+            f"scene must be a GapMllmScene from model.encode_scene(...), got {type(scene).__name__} {scene!r:.60}"
+        )
+    text_config = model.config.get_text_config()
+    layers = len(model.vlm.model.language_model.layers)
+    heads = text_config.num_key_value_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    key = scene.key_values[0][0] if scene.key_values else None
+    found = "no layers" if key is None else f"{len(scene.key_values)} layers of keys {list(key.shape)} {key.dtype} on {key.device}"
+    if (key is None or len(scene.key_values) != layers or key.ndim != 4 or (key.shape[1], key.shape[3]) != (heads, head_dim)
+            or key.dtype != model.dtype or key.device.type != model.device.type):
+        raise ValueError(
+            f"this scene was encoded by a different model or placement ({found}); this model needs {layers} layers of "
+            f"keys [1, {heads}, P, {head_dim}] (key/value heads, head size) in {model.dtype} on {model.device}: "
+            "encode the scene with this model."
+        )
+    if scene.model_identity is None:
+        raise ValueError("this scene records no model identity (it was not made by model.encode_scene); encode it "
+                         "with this model.")
+    mismatch = identity_mismatch(scene.model_identity, model)
+    if mismatch is not None:
+        raise ValueError(f"this scene cannot be used with this model: {mismatch}. Encode the scene again with "
+                         "model.encode_scene(...).")
 
 
 # ---- processor arguments

@@ -39,17 +39,13 @@ from .configuration_gap_mllm import (
 from .generation_gap_mllm import (
     GapMllmScene,
     answer_task_kwargs,
-    budget_to_grammars,
     check_token_id_dtype,
-    check_token_ids,
     compiled_decoding_kwargs,
     encode_scene,
-    fit_budget_to_context,
     generate_from_scene,
-    highest_prompt_position,
-    pooled_static_cache,
-    static_cache_length,
-    static_cache_pool,
+    lent_static_cache,
+    prepare_token_budget,
+    static_cache_lending,
     token_id_range,
     vocabulary_error,
 )
@@ -1179,8 +1175,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                  compile_decoding=None, answer_task=None, constrained: bool = False, **kwargs):
         """`GenerationMixin.generate`, plus scene reuse, compiled decoding and task answers.
 
-        A `max_new_tokens` past `text_config.max_position_embeddings` after the prompt's highest M-RoPE position is
-        lowered to fit, with a warning (INFO for the task's own budget; `fit_budget_to_context`).
+        The installed package lowers a `max_new_tokens` past `text_config.max_position_embeddings` after the prompt's
+        highest M-RoPE position to fit, with a warning (INFO for the task's own budget; `gap_mllm.checks`).
 
         Args:
             scene: a `GapMllmScene` from `encode_scene`, or one per row: pass only the question tokens (`input_ids`
@@ -1193,8 +1189,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             constrained: also constrain the answer to the task's grammar, built from this call's inputs.
 
         Raises:
-            ValueError: a token id outside the vocabulary, a prompt reaching the end of the context, a
-                `min_new_tokens` that cannot fit, or a scene of another model or of changed weights.
+            ValueError: (installed package) a token id outside the vocabulary, a prompt reaching the end of the
+                context, a `min_new_tokens` that cannot fit, or a scene of another model or of changed weights.
             TypeError: positional generation options with `scene`.
         """
         if compile_decoding is None:
@@ -1203,30 +1199,24 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             kwargs = answer_task_kwargs(answer_task, constrained, kwargs.get("input_ids", inputs), kwargs)
         if scene is not None and args:
             raise TypeError("generate(scene=...) takes generation options as keyword arguments only.")
-        with static_cache_pool(self).lending():  # a static cache's buffers are this call's
+        with static_cache_lending(self):  # a static cache's buffers are this call's
             if scene is None:
-                self._check_generate_inputs(kwargs.get("input_ids", inputs), kwargs)
+                prepare_token_budget(self, kwargs.get("input_ids", inputs), kwargs)
                 kwargs.update(compiled_decoding_kwargs(compile_decoding, self.device, kwargs))
                 return super().generate(inputs, *args, **kwargs)
             input_ids = kwargs.pop("input_ids", inputs)
             return generate_from_scene(self, scene, input_ids, compile_decoding=compile_decoding, **kwargs)
 
     def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs):
-        """A static cache lent by the model's pool, at stable addresses so compiled decoding replays its CUDA graphs."""
-        if cache_implementation != "static" or prefill_chunk_size is not None:  # no chunked prefill nor offloading
-            return super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
-                                                 model_kwargs)
-        return pooled_static_cache(self, static_cache_length(self, max_cache_len))
-
-    def _check_generate_inputs(self, input_ids, kwargs: dict) -> None:
-        """Refuse ids outside the vocabulary and prompts past the context; fit `max_new_tokens` (in `kwargs`)."""
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or kwargs.get("past_key_values") is not None:
-            budget_to_grammars(self, kwargs, None)  # the context is not checked; the grammars plan for the call's budget
-            return
-        check_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
-        highest = highest_prompt_position(self, input_ids, kwargs.get("attention_mask"), kwargs.get("mm_token_type_ids"),
-                                          kwargs.get("image_grid_thw"))
-        fit_budget_to_context(self, kwargs, highest, input_ids.shape[1])
+        """The installed package's static cache is lent by the model's pool, at stable addresses so that compiled
+        decoding replays its CUDA graphs (`lent_static_cache`); else transformers' own."""
+        lent = None
+        if cache_implementation == "static" and prefill_chunk_size is None:  # no chunked prefill nor offloading
+            lent = lent_static_cache(self, max_cache_len)
+        if lent is not None:
+            return lent
+        return super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
+                                             model_kwargs)
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)

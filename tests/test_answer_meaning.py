@@ -22,10 +22,11 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
 
 from gap_mllm.cli.answer_checks import answer_format
+from gap_mllm.checks import fit_budget_to_context
 from gap_mllm.cli.scene_store import SceneStore
 from gap_mllm.cli.tasks import TaskRequest, run_task, task_answer
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
-from gap_mllm.generation_gap_mllm import answer_task_kwargs, fit_budget_to_context
+from gap_mllm.generation_gap_mllm import answer_task_kwargs, budget_to_grammars
 from gap_mllm.mini import default_model_path
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.features import OFFICIAL_CATEGORIES
@@ -278,13 +279,14 @@ def test_an_answer_forced_to_its_budget_still_parses(mini_tokenizer):
 
 
 def test_a_budget_lowered_to_the_context_closes_the_list_for_it(mini, mini_tokenizer):
-    """`generate` lowers a budget past the model's context to the positions left (generation_gap_mllm.py) and tells the
+    """`generate` lowers a budget past the model's context to the positions left (checks.py) and tells the
     grammar, whose list then closes for the lower budget: 3 entries in 300 tokens, as a 300-token call."""
     model, _ = mini
     processor = GrammarLogitsProcessor(mini_tokenizer, DETECTION_LIST, 5, DETECTION.max_new_tokens)
     kwargs = {"max_new_tokens": DETECTION.max_new_tokens, "logits_processor": LogitsProcessorList([processor])}
     limit = model.config.vlm_config.text_config.max_position_embeddings
     fit_budget_to_context(model, kwargs, highest_prompt_position=limit - 1 - 300, input_length=5)
+    budget_to_grammars(model, kwargs, input_length=5)  # what generate does next
     assert kwargs["max_new_tokens"] == processor.max_new_tokens == 300
     target = _real_scene_entries(mini_tokenizer)
     lowered, used = _forced_detection(mini_tokenizer, MINI_VOCAB, DETECTION.max_new_tokens, target, lowered=300)

@@ -112,7 +112,7 @@ def test_a_run_counts_the_graphs_it_compiled_and_the_timed_run_after_an_untimed_
     assert timed_answers == untimed_answers
     assert 1 <= untimed["graphs_compiled"] <= 5 and timed["graphs_compiled"] == 0
     # the timed run decodes in the static-cache buffers the untimed one left: on a GPU, at the addresses its CUDA
-    # graphs were recorded with (generation_gap_mllm.py); CUDA graphs are counted on CUDA only
+    # graphs were recorded with (speedups.py); CUDA graphs are counted on CUDA only
     assert untimed["static_cache_allocations"] >= 1 and timed["static_cache_allocations"] == 0
     assert "cuda_graphs_recorded" not in timed
 

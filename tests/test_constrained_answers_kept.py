@@ -90,7 +90,7 @@ def test_the_mini_constrained_answers_are_unchanged():
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--record"]:
-    from gap_mllm.generation_gap_mllm import ENGINE_REQUIREMENT
+    from gap_mllm.tasks_gap_mllm import ENGINE_REQUIREMENT
 
     FIXTURE.write_text(json.dumps({"engine": ENGINE_REQUIREMENT, "answers": constrained_answers()}, indent=1,
                                   ensure_ascii=False) + "\n", encoding="utf-8")

@@ -31,7 +31,7 @@ def setup_constant(name: str):
 
 
 def test_constrained_decoding_is_a_core_requirement_with_the_verified_pin():
-    from gap_mllm.generation_gap_mllm import ENGINE_REQUIREMENT
+    from gap_mllm.tasks_gap_mllm import ENGINE_REQUIREMENT
 
     assert setup_constant("GRAMMAR_ENGINE") == ENGINE_REQUIREMENT
     assert ENGINE_REQUIREMENT in setup_constant("CORE")

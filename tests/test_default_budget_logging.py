@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from gap_mllm import generation_gap_mllm
+from gap_mllm import checks
 from gap_mllm.processing.synth import SynthRooms, write_dataset
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.tasks_gap_mllm import DefaultBudget, resolve_task
@@ -15,7 +15,7 @@ from gap_mllm.tasks_gap_mllm import DefaultBudget, resolve_task
 from .test_generation import short_context  # noqa: F401 - the fixture: a tiny model with 40 positions
 from .test_scene_reuse import encode
 
-LOGGER = "gap_mllm.generation_gap_mllm"
+LOGGER = "gap_mllm.checks"
 INFO_LINE = ("the task's token budget of {budget} is lowered to the model's context of {limit} positions: {what} ends at "
              "position {end}, so at most {room} new tokens are generated (answers longer than that stop at the context's "
              "end).")
@@ -30,8 +30,8 @@ def test_the_task_budget_is_an_int_marked_as_a_default():
     assert type(kwargs["max_new_tokens"]) is DefaultBudget and kwargs["max_new_tokens"] == 192
     chosen = resolve_task("grounding").generation_kwargs(tokenizer=None, prompt_length=1, max_new_tokens=192)
     assert type(chosen["max_new_tokens"]) is int
-    assert generation_gap_mllm.budget_chosen_by_caller(chosen) and not generation_gap_mllm.budget_chosen_by_caller(kwargs)
-    assert not generation_gap_mllm.budget_chosen_by_caller({}) and generation_gap_mllm.budget_chosen_by_caller({"max_length": 9})
+    assert checks.budget_chosen_by_caller(chosen) and not checks.budget_chosen_by_caller(kwargs)
+    assert not checks.budget_chosen_by_caller({}) and checks.budget_chosen_by_caller({"max_length": 9})
 
 
 def test_generate_logs_a_lowered_task_budget_once_at_info_and_warns_for_a_chosen_one(tiny_processor, short_context,
@@ -76,7 +76,7 @@ def test_evaluate_logs_the_official_budget_at_info_and_warns_for_a_chosen_cap(he
     from gap_mllm.evaluation.runner import run_evaluation
     from gap_mllm.mini import default_model_path
 
-    monkeypatch.setattr(generation_gap_mllm, "_WARNED_BUDGETS", set())
+    monkeypatch.setattr(checks, "_WARNED_BUDGETS", set())
     with caplog.at_level(logging.INFO, logger=LOGGER):
         run_evaluation("grounding", held_out_room, tmp_path / "default", model_dir=default_model_path(), limit=1,
                        progress=False, plots=False)

@@ -10,8 +10,8 @@ import PIL.Image
 import pytest
 import torch
 
-from gap_mllm import generation_gap_mllm
-from gap_mllm.generation_gap_mllm import highest_prompt_position
+from gap_mllm import checks
+from gap_mllm.checks import highest_prompt_position
 from gap_mllm.modeling_gap_mllm import GEOMETRY_INPUT_NAMES
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
@@ -96,10 +96,10 @@ def short_context(tiny_processor, monkeypatch):
     position 34 (the visual tokens of a view share positions)."""
     model, _ = build_tiny_model(processor=tiny_processor, seed=2)
     model.config.vlm_config.text_config.max_position_embeddings = 40
-    monkeypatch.setattr(generation_gap_mllm, "_WARNED_BUDGETS", set())
+    monkeypatch.setattr(checks, "_WARNED_BUDGETS", set())
     frames = make_views(2, seed=13)
     full = tiny_processor(images=frames, text="Where is the chair?", return_tensors="pt")
-    assert full["input_ids"].shape[1] == 41 and generation_gap_mllm.highest_prompt_position(
+    assert full["input_ids"].shape[1] == 41 and checks.highest_prompt_position(
         model, full["input_ids"], full["attention_mask"], full["mm_token_type_ids"], full["image_grid_thw"]) == 34
     return model, frames, full
 

@@ -1,13 +1,13 @@
 """A scene is refused after any change of what encoded it, including the changes that do not bump a tensor's
 in-place version counter: a fused AdamW step, a PEFT adapter switch or `disable_adapter()`, an in-place
-buffer change, a write through `.data` (generation_gap_mllm.py)."""
+buffer change, a write through `.data` (checks.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from gap_mllm.generation_gap_mllm import model_identity
+from gap_mllm.checks import model_identity
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .conftest import make_views
@@ -87,7 +87,7 @@ def test_peft_adapter_switches_and_disable_adapter_invalidate_the_scene(scene_se
 
 
 def test_the_identity_of_an_unchanged_model_is_stable(scene_setup):
-    """Unchanged model, same identity (its cost, one read of the weights per check, is in generation_gap_mllm.py's
+    """Unchanged model, same identity (its cost, one read of the weights per check, is in checks.py's
     docstring: tests time nothing)."""
     model, _, _ = scene_setup
     assert model_identity(model) == model_identity(model)

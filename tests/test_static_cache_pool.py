@@ -1,4 +1,4 @@
-"""Compiled decoding's static cache pool (generation_gap_mllm.py) on the CPU: across an evaluation's mix of full and scene
+"""Compiled decoding's static cache pool (speedups.py) on the CPU: across an evaluation's mix of full and scene
 calls each cache length decodes at one address (the buffers allocated again only when the length grows or a call has
 more rows than any before), with the greedy tokens of uncompiled decoding; a cache a call returned refuses use once a
 later call took its buffers; a call from another thread while the pool is held gets buffers of its own."""
@@ -14,8 +14,8 @@ import torch
 from transformers import CompileConfig
 from transformers.cache_utils import StaticLayer
 
-from gap_mllm.generation_gap_mllm import (
-    DECODE_COMPILE_CONFIG,
+from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
+from gap_mllm.speedups import (
     STATIC_LENGTH_STEP,
     PooledStaticLayer,
     StaticCachePool,

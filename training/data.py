@@ -22,7 +22,7 @@ import logging
 
 import datasets
 
-from gap_mllm.generation_gap_mllm import context_limit
+from gap_mllm.checks import context_limit
 from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.collator import GapMllmDataCollator
 from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER
