@@ -34,7 +34,7 @@ import torch
 from gap_mllm.mini.identity import is_gap_mllm_mini
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note
 from gap_mllm.processing.tasks import LiveMapping, package_tasks
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .example_reference import reference_lines, request_text
@@ -72,7 +72,6 @@ OWN_TASK_LABELS = {
     "3D object detection": DETECTION,
     "3D visual grounding (text query)": GROUNDING,
     "3D dense captioning (pick an object)": CAPTIONING,
-    "marker point reconstruction": RECONSTRUCTION,
 }
 TASK_LABELS = LiveMapping(lambda: {**OWN_TASK_LABELS,
                                    **{task.space_label: task.spec for task in package_tasks() if task.space_label}})
@@ -288,7 +287,7 @@ class SpaceBackend:
         choices = self.object_choices(example_name)
         box = given.get("captioning", {}).get("box")
         found = [c for c, b in zip(choices, scene.reference_boxes) if box is not None and np.allclose(b, box)]
-        marker = given.get("reconstruction", {}).get("marker")
+        marker = next((inputs["marker"] for inputs in given.values() if inputs.get("marker") is not None), None)
         return {"object": found[0] if found else (choices[0] if choices else None),
                 "query": given.get("grounding", {}).get("query", ""),
                 "marker": " ".join(str(int(v)) for v in marker) if marker is not None else ""}
@@ -312,7 +311,7 @@ class SpaceBackend:
             # 6 numbers: an upright object seen by a level camera (task_request.box_with_angles)
             box = (picked_box(scene, object_choice) if object_choice
                    else parse_numbers(box_text, (CENTRE_AND_SIZE, 9), "object box"))
-        marker = self._marker(marker_text, scene) if task is RECONSTRUCTION else None
+        marker = self._marker(marker_text, scene, task) if task.needs_marker else None
         request = example_request(task, scene.example_inputs.get(task.name, {}), query=query, box=box, marker=marker)
         # every input is checked here, before the model runs (reconstruction included), so a bad one is the
         # page's message at once rather than an error after the model's time; the query's tokens: `check_request`
@@ -320,12 +319,12 @@ class SpaceBackend:
         return request
 
     @staticmethod
-    def _marker(marker_text, scene) -> tuple[int, int, int] | None:
-        """The marker field's pixel `(view, x, y)`, checked; empty: the room's own marker on a bundled room (None),
-        else the centre of the first frame."""
+    def _marker(marker_text, scene, task) -> tuple[int, int, int] | None:
+        """The marker field's pixel `(view, x, y)` of a request of `task`, checked; empty: the room's own marker of
+        the task on a bundled room (None), else the centre of the first frame."""
         values = parse_numbers(marker_text, 3, "marker (view x y)")
         if values is None:
-            if scene.example_inputs.get(RECONSTRUCTION.name, {}).get("marker") is not None:
+            if scene.example_inputs.get(task.name, {}).get("marker") is not None:
                 return None  # example_request takes the room's own
             width, height = scene.views[0].size
             values = [0, width // 2, height // 2]

@@ -12,7 +12,8 @@ Tasks a front end runs (one model call each; `task_names.front_end_tasks()`):
                     two-stage pipeline is `gap-mllm evaluate --task grounding`).
     captioning      describe the object inside a given 3D box; answer: a caption.
     reconstruction  3D point (+ label) of a pixel marked with a red "+" (the pre-training task).
-and each task with a package module (gap_mllm.processing.tasks): its answer's fields (`PackageTask.answer_fields`).
+and each task with a package module (gap_mllm.processing.tasks): its answer's fields (`PackageTask.answer_fields`,
+`written_fields`) and what is drawn of it (`PackageTask.shown`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
     GROUNDING,
-    RECONSTRUCTION,
     Box3D,
     PromptTextError,
 )
@@ -91,6 +91,12 @@ class TaskResult:
         entry = package_task(self.task) if self.task in package_task_names() else None
         return entry.answer_fields if entry is not None else ()
 
+    @property
+    def written_fields(self) -> tuple[str, ...]:
+        """The parsed answer's fields a task module writes (`answer_fields`, then `PackageTask.written_fields`)."""
+        entry = package_task(self.task) if self.task in package_task_names() else None
+        return (*entry.answer_fields, *entry.written_fields) if entry is not None else ()
+
     def summary(self) -> str:
         """A short human-readable rendering of the parsed answer."""
         reason = getattr(self.parsed, "reason", None)
@@ -114,9 +120,9 @@ class TaskResult:
         return "\n".join(lines) if lines else "nothing parsed"
 
     def _shows(self, name: str, own=None) -> bool:
-        """Whether the parsed answer's field `name` is shown: on the task `own` shows it, or when a task module
-        names it (`answer_fields`)."""
-        return (own is not None and self.task == own.name) or name in self.answer_fields
+        """Whether the parsed answer's field `name` is written: on the task `own` writes it, or when a task module
+        names it (`written_fields`)."""
+        return (own is not None and self.task == own.name) or name in self.written_fields
 
     def to_dict(self) -> dict:
         """JSON-ready form (used by `gap-mllm predict --json` and the Space's parsed-result panel)."""
@@ -125,7 +131,7 @@ class TaskResult:
             "raw": self.raw,
             "boxes": [{"label": b.label, BOX_KEY: b.to_list()} for b in self.boxes],  # the model's own key
             "point": list(self.point) if self.point is not None else None,
-            "label": getattr(self.parsed, "label", None) if self._shows("label", RECONSTRUCTION) else None,
+            "label": getattr(self.parsed, "label", None) if self._shows("label") else None,
             "caption": getattr(self.parsed, "caption", None) if self._shows("caption", CAPTIONING) else None,
             "answer": getattr(self.parsed, "answer", None) if self._shows("answer") else None,
             "reason": getattr(self.parsed, "reason", None),
@@ -304,9 +310,10 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         result.boxes = [result.parsed.box] if result.parsed.box is not None else []
     elif spec is CAPTIONING:
         result.boxes = [Box3D.from_list(request.box, label="described object")]
-    elif spec is RECONSTRUCTION:
-        result.point = result.parsed.point
-        result.marker = tuple(int(v) for v in request.marker)
+    entry = package_task(spec) if spec.name in package_task_names() else None
+    if entry is not None and entry.shown is not None:  # what the task module draws of its answer
+        for name, value in entry.shown(result.parsed, request).items():
+            setattr(result, name, value)
 
     if gates is not None:
         result.gates = [gate.detach().float().cpu().numpy() for gate in gates]

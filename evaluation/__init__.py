@@ -21,8 +21,6 @@ _EXPORTS = {
     **dict.fromkeys(("DetectionEvaluator", "match_sample"), "detection_metrics"),
     **dict.fromkeys(("GroundingEvaluator", "GroundingScore", "grounding_scores", "score_grounding"),
                     "grounding_metrics"),
-    **dict.fromkeys(("ReconstructionEvaluator", "chamfer_metrics", "point_score", "umeyama_sim3"),
-                    "reconstruction_metrics"),
 }
 # ... and the metric functions of the task modules (`PackageTask.exports`, gap_mllm.processing.tasks), found on use
 

@@ -1,6 +1,6 @@
 """Per-sample scores of the marker task (stage-1 pre-training): point error and label accuracy.
 
-The official reconstruction metrics (reconstruction_metrics.py) compare whole scenes' point sets; a
+The official reconstruction metrics (processing/scoring/reconstruction_metrics.py) compare whole scenes' point sets; a
 training run also needs the direct per-sample reading of the joint task (docs/method.md §3.6): how far the
 predicted `pointmap` is from the marked pixel's true 3D point, and whether the predicted `label` names
 what the pixel shows.

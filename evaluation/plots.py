@@ -23,7 +23,7 @@ from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_b
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, read_intrinsics
 from gap_mllm.processing.tasks import package_task, package_task_names
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
+from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING
 
 from .box_iou import BOX_EDGES
 from .detection_metrics import ground_truth
@@ -84,16 +84,11 @@ def plot_per_category(task: str, metrics: dict, path) -> bool:
         names = list(metrics["per_category"])
         series = {m: [metrics["per_category"][c][m] for c in names] for m in ("precision", "recall", "f1")}
         title = "Detection per category (IoU > 0.25)"
-    elif task == RECONSTRUCTION.name and metrics.get("per_scene"):
-        names = list(metrics["per_scene"])
-        series = {"raw": [s["raw"]["overall"] for s in metrics["per_scene"].values()],
-                  "aligned": [s["aligned"]["overall"] if s["aligned"] else None for s in metrics["per_scene"].values()]}
-        title = "Reconstruction overall per scene (metres)"
     else:
         return False
     fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(names) + 2), 3.5))
     _bars(ax, names, series, title)
-    if task == RECONSTRUCTION.name:
+    if entry is not None and not entry.per_category_shares:
         ax.set_ylim(0, None)
     _save(fig, path)
     return True

@@ -38,11 +38,9 @@ from gap_mllm.tasks_gap_mllm import (
     GROUNDING,
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
-    RECONSTRUCTION,
     Box3D,
     DefaultBudget,
     PromptTextError,
-    parse_literal,
     refuse_control_tokens,
     resolve_task,
     serialize_frame_selection,
@@ -55,7 +53,6 @@ from .detection_metrics import DetectionEvaluator, ground_truth
 from .detection_parsing import detection_predictions, official_literal
 from .generation import Request
 from .grounding_metrics import GroundingEvaluator, score_grounding_record
-from .reconstruction_metrics import ReconstructionEvaluator, point_score
 
 logger = logging.getLogger(__name__)
 
@@ -360,60 +357,20 @@ class CaptionTask(Benchmark):
         return rows, out
 
 
-# ------------------------------------------------------------------------------------- reconstruction
-
-
-def _official_point(text: str):
-    """Official scene-level parse: the whole stripped string must be one literal dict with "pointmap"."""
-    value, _ = parse_literal(text.strip().strip("`").strip("json").strip(), allow_block=False)
-    try:
-        point = np.asarray(value["pointmap"], dtype=np.float64).reshape(3)
-    except Exception:  # noqa: BLE001 - the official code skips the sample on any failure
-        return None
-    return point if np.all(np.isfinite(point)) else None
-
-
-class ReconstructionTask(Benchmark):
-    spec, stage_specs = RECONSTRUCTION, (RECONSTRUCTION,)
-    headline = ("aligned.overall", "overall (Acc + Comp) / 2 after Sim(3), metres")
-    logged_metrics = {"overall_aligned": "aligned.overall"}
-
-    def request(self, record, stage, previous, media_root):
-        return self.make_request(stage, record["images"], human_prompt(record), record.get("pixel_coords"))
-
-    def oracle(self, record, media_root):
-        return [gt_answer(record)]
-
-    def evaluate(self, records, outputs, official_compat=False, **_):
-        ev = ReconstructionEvaluator(official_compat=official_compat)
-        rows = []
-        for index, (record, raw) in enumerate(zip(records, outputs)):
-            if official_compat:
-                pred, gt = _official_point(raw[0]), _official_point(gt_answer(record))
-                reason = None if pred is not None else "not one literal dict with a 3-number pointmap"
-            else:
-                parsed, truth = self.spec.parse(raw[0]), self.spec.parse(gt_answer(record))
-                pred, gt, reason = parsed.point, truth.point, parsed.reason
-            scene = Path(record["images"][0]).parent.name
-            ev.add(scene, pred, gt)
-            rows.append({"id": sample_id(record, index), "index": index, "raw": raw, "scene": scene,
-                         "parsed": None if pred is None else [float(v) for v in pred], "parse_error": reason,
-                         "score": point_score(pred, gt) if gt is not None else 0.0})
-        return rows, ev.compute()
-
-
 # ------------------------------------------------------------------------------- tasks with a package module
 
 
 class PackageTaskBenchmark(Benchmark):
-    """The benchmark of a task with a package module (gap_mllm.processing.tasks): one model call per record, the
-    record's human turn as the prompt, scored by the module (`PackageTask.evaluate`); `package_benchmark` makes
-    one class per task."""
+    """The benchmark of a task with a package module (gap_mllm.processing.tasks): the model call of each stage
+    (`PackageTask.request`; by default one, the record's images and human turn), scored by the module
+    (`PackageTask.evaluate`); `package_benchmark` makes one class per task."""
 
     entry: PackageTask
 
     def request(self, record, stage, previous, media_root):
-        return self.make_request(stage, record["images"], human_prompt(record))
+        if self.entry.request is None:
+            return self.make_request(stage, record["images"], human_prompt(record))
+        return self.make_request(stage, *self.entry.request(record, stage, previous, media_root, self.official_compat))
 
     def oracle(self, record, media_root):
         return self.entry.oracle(record, media_root)
@@ -438,7 +395,7 @@ def package_benchmark(entry: PackageTask) -> type[PackageTaskBenchmark]:
 
 
 # the benchmarks of the shipped tasks; `get_task` also finds those of tasks registered from code
-OWN_TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask, CaptionTask, ReconstructionTask)}
+OWN_TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask, CaptionTask)}
 if tuple(OWN_TASKS) != OWN_BENCHMARKS:  # the light list `gap-mllm evaluate --help` shows (benchmark_names.py)
     raise ImportError(f"evaluation/benchmark_names.py lists {OWN_BENCHMARKS}, the benchmarks are {tuple(OWN_TASKS)}")
 TASKS = {**OWN_TASKS, **{entry.name: package_benchmark(entry) for entry in package_tasks()}}

@@ -22,4 +22,6 @@ Modules (import what you need; `datasets` is only imported by the builder module
     synth_cli         `gap-mllm synth --scenes N --out DIR`
     tasks             the package side of each task, one module per task, registered by name (`PackageTask`:
                       annotation file, dataset fields, scoring, lmms-eval task, card tag, plot, front-end answer)
+    scoring           the scores of the tasks' answers, pure functions on numbers and texts that the task
+                      modules score with (`gap_mllm.evaluation` exports the user-facing ones)
 """

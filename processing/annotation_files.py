@@ -18,17 +18,15 @@ from gap_mllm.tasks_gap_mllm import (
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
     IMAGE_PLACEHOLDER,
-    RECONSTRUCTION,
     TaskSpec,
     resolve_task,
 )
 
-from .tasks import package_task, package_task_names
+from .tasks import in_data_order, package_task, package_task_names
 
 ANNOTATIONS_SUBDIR = "annotations"
 
 TASK_FILE_TEMPLATES: dict[TaskSpec, str] = {
-    RECONSTRUCTION: "scannet_recons_{split}_{frames}frames.json",
     DETECTION: "scannet_det_{split}_{frames}frames.json",
     GROUNDING_STAGE1: "scanrefer_{split}_{frames}frames_stage1.json",
     GROUNDING_STAGE2: "scanrefer_{split}_{frames}frames_stage2.json",
@@ -44,8 +42,8 @@ def file_template(task: str | TaskSpec) -> str | None:
 
 
 def tasks_with_files() -> tuple[str, ...]:
-    """The tasks that have annotation files."""
-    return (*(spec.name for spec in TASK_FILE_TEMPLATES), *package_task_names())
+    """The tasks that have annotation files, in the order of their data."""
+    return tuple(in_data_order([*(spec.name for spec in TASK_FILE_TEMPLATES), *package_task_names()]))
 
 
 def segments_from_placeholders(prompt: str, num_images: int) -> list[str | None]:

@@ -27,17 +27,14 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import PIL.Image
 
 from gap_mllm.files import NotARegularFile, read_regular_text
-from gap_mllm.image_utils_gap_mllm import check_marker_inside, displayed_size
 from gap_mllm.tasks_gap_mllm import (
     CAPTIONING,
     DETECTION,
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
     IMAGE_PLACEHOLDER,
-    RECONSTRUCTION,
     PromptTextError,
     TaskSpec,
     refuse_control_tokens,
@@ -60,7 +57,6 @@ from .record_schema import (
     IDENTIFIER,
     IMAGES,
     OBJECT_LIST,
-    PIXEL,
     REAL,
     SAMPLE_ID,
     TEXT,
@@ -71,7 +67,7 @@ from .record_schema import (
     read_fields,
 )
 from .scannet_layout import media_path, posed_images_dir, read_depth, read_views
-from .tasks import PackageTask, package_task, package_task_names, package_tasks
+from .tasks import PackageTask, in_data_order, package_task, package_task_names, package_tasks
 
 logger = datasets.logging.get_logger(__name__)
 
@@ -340,37 +336,6 @@ def camera_poses(num_images: int) -> RecordField:
     return RecordField("cam2global", matrix(num_images, 4, 4), default=_NO_POSES)
 
 
-class ReconstructionBuilder(MultiViewBuilder):
-    """Pre-training: N views, a marked pixel `pixel_coords = [view, x, y]` -> `point` (first-frame camera, m) + `label`."""
-
-    SPEC = RECONSTRUCTION
-    TASK = SPEC.name
-
-    @classmethod
-    def task_features(cls, class_names):
-        return {
-            "pixel_coords": datasets.List(datasets.Value("int32"), length=3),  # [view, x, y]
-            "point": datasets.List(datasets.Value("float32"), length=3),  # first-frame camera, metres
-            "label": datasets.Value("string"),
-        }
-
-    def task_fields(self, record, answer, num_images, key):
-        coords = read_field(record, RecordField("pixel_coords", PIXEL), key)
-        if not 0 <= coords[0] < num_images:
-            raise DataError(f"'pixel_coords' view {coords[0]} out of range for {num_images} image(s)", sample=key)
-        image_path = media_path(self.media_root, record["images"][coords[0]], key)
-        with PIL.Image.open(image_path) as image:  # header only; the frame was fully decoded by read_views
-            width, height = displayed_size(image)  # the pixels of the upright frame, as every reader gives it
-            try:
-                check_marker_inside(coords[1], coords[2], width, height, f"'pixel_coords' {coords}")
-            except ValueError as err:
-                raise DataError(str(err), path=image_path, sample=key) from err
-        parsed = self.SPEC.parse(answer)
-        if parsed.point is None:
-            raise DataError(f"answer is not a pointmap ({parsed.reason})", sample=key)
-        return {"pixel_coords": coords, "point": list(parsed.point), "label": parsed.label or ""}
-
-
 class DetectionBuilder(MultiViewBuilder):
     """3D video object detection: boxes in the first frame's camera frame + camera fields."""
 
@@ -502,7 +467,7 @@ class PackageTaskBuilder(MultiViewBuilder):
         return cls.ENTRY.features(class_names)
 
     def task_fields(self, record, answer, num_images, key):
-        return self.ENTRY.fields(record, answer, num_images, key, self.info.features)
+        return self.ENTRY.fields(record, answer, num_images, key, self)
 
 
 _PACKAGE_TASK_BUILDERS: dict[PackageTask, type[PackageTaskBuilder]] = {}
@@ -518,12 +483,21 @@ def package_task_builder(entry: PackageTask) -> type[PackageTaskBuilder]:
     return _PACKAGE_TASK_BUILDERS[entry]
 
 
-# the builders of the shipped tasks; `builder_for_task` also finds those of tasks registered from code
-BUILDERS = {
-    **{builder.SPEC.name: builder for builder in (ReconstructionBuilder, DetectionBuilder, GroundingStage1Builder,
-                                                   GroundingStage2Builder, CaptioningBuilder)},
-    **{entry.name: package_task_builder(entry) for entry in package_tasks()},
-}
+_OWN_BUILDERS = {builder.SPEC.name: builder for builder in (DetectionBuilder, GroundingStage1Builder,
+                                                               GroundingStage2Builder, CaptioningBuilder)}
+# the builders of the shipped tasks, in the order of their data; `builder_for_task` also finds those of tasks
+# registered from code
+BUILDERS = {name: _OWN_BUILDERS.get(name) or package_task_builder(package_task(name))
+            for name in in_data_order([*_OWN_BUILDERS, *package_task_names()])}
+
+
+def __getattr__(name: str):
+    """The builder of a task module by its class name (`package_task_builder`: `<Task>Builder`)."""
+    for entry in package_tasks():
+        builder = package_task_builder(entry)
+        if builder.__name__ == name:
+            return builder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def builder_for_task(task: str | TaskSpec) -> type[MultiViewBuilder]:

@@ -8,7 +8,8 @@ The model is registered with lmms-eval through this package's `lmms_eval.models`
 the package; lmms-eval itself: `pip install --no-deps lmms-eval==0.7.3`), or with `LMMS_EVAL_PLUGINS=gap_mllm.evaluation.lmms_eval_plugin` (lmms-eval's older plugin
 variable: it imports `<plugin>.models.AVAILABLE_MODELS`, and needs a `<plugin>.tasks` package, which is empty
 here). The tasks are the YAMLs in `templates/`, and for a task with a
-package module (gap_mllm.processing.tasks) `gap_<task>`, its YAML written from the module's facts (`task_yaml`), all
+package module (gap_mllm.processing.tasks) its own (`PackageTask.lmms_name`: `gap_<task>`, unless the module names
+another or none), its YAML written from the module's facts (`task_yaml`), all
 written by `gap-mllm export-lmms` next to the documents it writes (the data location is the user's, so the task files
 live with the data); lmms-eval finds them through `--include_path`.
 
@@ -22,7 +23,7 @@ live with the data); lmms-eval finds them through `--include_path`.
 from collections.abc import Mapping
 from pathlib import Path
 
-from gap_mllm.processing.tasks import LiveMapping, package_task, package_task_names
+from gap_mllm.processing.tasks import LiveMapping, package_task, package_tasks
 
 # The lmms-eval release the plugin is written against (its multi-round protocol, model registry and task
 # loading), installed without its own requirements (setup.py, extra "lmms"; make install does it).
@@ -31,12 +32,11 @@ LMMS_EVAL_REQUIREMENT = f"lmms-eval=={LMMS_EVAL_VERSION}"
 
 
 
-# lmms-eval task name -> benchmark of gap_mllm.evaluation.tasks: the shipped templates' tasks, then `gap_<task>` of
-# each task with a package module
+# lmms-eval task name -> benchmark of gap_mllm.evaluation.tasks: the shipped templates' tasks, then that of each task
+# module with one (`PackageTask.lmms_name`)
 OWN_LMMS_TASKS = {"gap_scanrefer": "grounding", "gap_scan2cap": "captioning", "gap_det": "detection"}
-LMMS_PREFIX = "gap_"
 LMMS_TASKS: Mapping[str, str] = LiveMapping(
-    lambda: {**OWN_LMMS_TASKS, **{LMMS_PREFIX + name: name for name in package_task_names()}})
+    lambda: {**OWN_LMMS_TASKS, **{task.lmms_name: task.name for task in package_tasks() if task.lmms_name}})
 GROUP = "gap_mllm"  # the lmms-eval group of the tasks
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -56,7 +56,7 @@ def _package_task_yaml(task: str) -> str:
 # Benchmark `{task}` of gap_mllm.evaluation.tasks: prompts, frames and scorers are that package's, so the
 # scores equal `gap-mllm evaluate --task {task}` on the same answers. `gap-mllm export-lmms` writes this file
 # next to the documents it writes and adds their `dataset_kwargs`.
-task: {LMMS_PREFIX + task}
+task: {entry.lmms_name}
 dataset_path: json
 test_split: test
 output_type: generate_until

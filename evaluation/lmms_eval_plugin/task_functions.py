@@ -34,7 +34,8 @@ OWN_METRICS = {
     # CIDEr@0.5 of the README and mini/RESULTS.md, its IDF over the documents scored (few documents: other values)
     "captioning": {gated_name(name): gated_name(name) for name in ("cider", "bleu4", "meteor", "rouge_l")},
 }
-METRICS = LiveMapping(lambda: {**OWN_METRICS, **{task.name: task.lmms_metric_keys for task in package_tasks()}})
+METRICS = LiveMapping(lambda: {**OWN_METRICS, **{task.name: task.lmms_metric_keys for task in package_tasks()
+                                                  if task.lmms_name}})
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -148,7 +149,7 @@ aggregate_rouge_l = _aggregator(gated_name("rouge_l"))
 def __getattr__(name: str):
     """The aggregation of a task module's lmms-eval metric (`aggregator_name(metric)`, what its YAML names)."""
     for task in package_tasks():
-        for metric in task.lmms_metric_keys:
+        for metric in task.lmms_metric_keys if task.lmms_name else ():
             if aggregator_name(metric) == name:
                 return _aggregator(metric)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,18 +19,16 @@ from gap_mllm.tasks_gap_mllm import (
     DETECTION,
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
-    RECONSTRUCTION,
     Box3D,
     serialize_detection,
     serialize_frame_selection,
     serialize_grounding,
-    serialize_pointmap,
 )
 
-from ..coordinates import backproject_pixel, invert_rigid, transform_points, world_boxes_to_camera
+from ..coordinates import world_boxes_to_camera
 from ..sampling import space_aware_indices, uniform_indices
 from ..scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS
-from ..tasks import package_tasks
+from ..tasks import in_data_order, package_tasks
 from .language import captions, describe
 from .scene import SynthScene
 
@@ -86,26 +84,6 @@ def common_record(scene: SynthScene, frames, task: str, number: int) -> dict:
         "scene_id": scene.scene_id,
         "images": [image_path(scene, f) for f in frames],
     }
-
-
-def reconstruction_records(scene: SynthScene, clip, count: int, rng) -> list[dict]:
-    """Marker samples: a random pixel of a random view of the clip; the answer is its 3D point in the
-    first view's camera frame (exact depth back-projection) and the label of the surface it lies on."""
-    records = []
-    first_from_room = invert_rigid(scene.cam_to_room[clip[0]])
-    height, width = scene.image_size
-    for n in range(count):
-        view = int(rng.integers(len(clip)))
-        x, y = int(rng.integers(width)), int(rng.integers(height))
-        frame = scene.frames[clip[view]]
-        point_room = backproject_pixel(x, y, float(frame.depth[y, x]), scene.intrinsics, scene.cam_to_room[clip[view]])
-        point = transform_points(point_room, first_from_room)
-        label = scene.label_of(int(frame.instance[y, x]))
-        record = common_record(scene, clip, "recons", n)
-        record["conversations"] = conversation(RECONSTRUCTION.annotation_prompt(len(clip)), serialize_pointmap(point, label))
-        record["pixel_coords"] = [view, x, y]
-        records.append(record)
-    return records
 
 
 def detection_record(scene: SynthScene, clip, number: int, min_pixels: int) -> dict | None:
@@ -199,16 +177,25 @@ def caption_record(scene: SynthScene, frames, object_index: int, number: int) ->
 
 
 def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
-    """Every task's records for one scene: keys "reconstruction", "detection", "grounding_stage1",
-    "grounding_stage2", "captioning", then each task module's with SynthRooms samples (`PackageTask.synth_records`,
-    gap_mllm.processing.tasks), drawn in that order from `rng`."""
+    """Every task's records for one scene: keys "detection", "grounding_stage1", "grounding_stage2", "captioning"
+    and those of each task module with SynthRooms samples (`PackageTask.synth_records`, gap_mllm.processing.tasks),
+    drawn from `rng` in the order of the tasks' data (`PackageTask.data_order`)."""
+    writers = {task.name: task.synth_records for task in package_tasks() if task.synth_records is not None}
+    out: dict[str, list[dict]] = {}
+    for name in in_data_order([DETECTION.name, *writers]):  # the tasks written here take detection's place
+        if name in writers:
+            out[name] = writers[name](scene, config, rng)
+        else:
+            out.update(_records(scene, config, rng))
+    return out
+
+
+def _records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
+    """The detection, grounding and captioning records of one scene."""
     min_pixels = config.min_visible_pixels
     total = len(scene.frames)
-    out: dict[str, list[dict]] = {key: [] for key in ("reconstruction", "detection", "grounding_stage1",
-                                                      "grounding_stage2", "captioning")}
-
-    clip = choose_clip(scene, config.clip_frames, rng, config.frame_sampling)
-    out["reconstruction"] = reconstruction_records(scene, clip, config.recon_samples_per_scene, rng)
+    out: dict[str, list[dict]] = {key: [] for key in ("detection", "grounding_stage1", "grounding_stage2",
+                                                      "captioning")}
     for n in range(config.detection_clips_per_scene):
         record = detection_record(scene, choose_clip(scene, config.clip_frames, rng, config.frame_sampling), n, min_pixels)
         if record is not None:
@@ -228,8 +215,4 @@ def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
     seen = np.flatnonzero((scene.visible_pixels()[caption_frames] >= min_pixels).any(axis=0))
     for n, index in enumerate(rng.permutation(seen)[: config.captions_per_scene]):
         out["captioning"].append(caption_record(scene, caption_frames, int(index), n))
-
-    for task in package_tasks():
-        if task.synth_records is not None:
-            out[task.name] = task.synth_records(scene, config, rng)
     return out

@@ -34,23 +34,27 @@ from ..annotation_files import ANNOTATIONS_SUBDIR, annotation_file_name
 from ..dataset_identity import SYNTHROOMS_INFO, parse_dataset_info
 from ..output_folder import NotAnOwnerRecord, OwnerCheck, read_owner_bytes, writing_output_folder
 from ..scannet_layout import posed_images_dir, write_frame, write_scene_meta
-from ..tasks import LiveMapping, package_tasks
+from ..tasks import LiveMapping, in_data_order, package_tasks
 from .allocator import keep_large_allocations_in_heap
 from .generator import SynthRooms, scene_count_problem, scene_size_problem
 from .samples import scene_records
 from .scene import SynthScene
 
 RECORDS_STREAM = 1  # random stream of the language / sample choices (stream 0 is the layout)
-# task -> the config field with the frame count of its samples: these, then each task module's (`synth_frames`)
+# task -> the config field with the frame count of its samples (a task module's: `synth_frames`), in the order of the
+# tasks' data
 OWN_TASK_FRAMES = {
-    "reconstruction": "clip_frames",
     "detection": "clip_frames",
     "grounding_stage1": "grounding_frames",
     "grounding_stage2": "grounding_frames",
     "captioning": "caption_frames",
 }
-TASK_FRAMES = LiveMapping(lambda: {**OWN_TASK_FRAMES, **{task.name: task.synth_frames for task in package_tasks()
-                                                          if task.synth_records is not None}})
+TASK_FRAMES = LiveMapping(lambda: _task_frames({**OWN_TASK_FRAMES, **{
+    task.name: task.synth_frames for task in package_tasks() if task.synth_records is not None}}))
+
+
+def _task_frames(frames: dict[str, str]) -> dict[str, str]:
+    return {name: frames[name] for name in in_data_order(frames)}
 
 
 # uint16 PNG values of the room's structure (scene ids: floor 0, wall -1, ceiling -2, objects index + 1).

@@ -33,17 +33,25 @@ class PackageTask:
         name: the task's name in `gap_mllm.tasks_gap_mllm.TASKS`.
         annotation_file: its annotation file's name, with `{split}` and `{frames}` (processing/annotation_files.py).
         features: `(class_names) -> {field: datasets feature}`, the builder's features of the task's own fields.
-        fields: `(record, answer, num_images, key, features) -> {field: value}`, those fields of one annotation
-            record (`key`: the sample, for a `DataError`; `features`: the builder's features).
+        fields: `(record, answer, num_images, key, builder) -> {field: value}`, those fields of one annotation
+            record (`key`: the sample, for a `DataError`; `builder`: the `datasets` builder reading it, whose
+            `info.features`, `media_root` and `config` the fields may read).
+        data_order: where the task's data comes among the tasks' (its builder in `BUILDERS`, its file in
+            `tasks_with_files`, its SynthRooms samples, drawn from a scene's random stream in this order): lower
+            first, ties in the registry's order.
         headline: `(key or dotted path in the summary, description)`: the figure an evaluation reports.
         logged_metrics: `{logged name: key or dotted path in the summary}`: what a training run logs.
         oracle: `(record, media_root) -> [answer text]`: the ground truth written as the model's answer.
+        request: `(record, stage, previous, media_root, official_compat) -> (images, prompt, pixel_coords)`: the
+            model call of one stage of a record (`previous`: the earlier stages' answer texts); None: the record's
+            images and human turn, no marked pixel.
         evaluate: `(records, outputs, ids, official_compat=False, **options) -> (rows, summary)`: the score of the
             answers (`outputs`: one `[text]` per record, `ids`: the records' sample ids); each row has `id`, `index`,
             `raw`, `parsed`, `score`.
         scoring_packages: `(import name, pip requirement)` of what `evaluate` imports.
-        lmms_metrics: `{metric: key or dotted path in the summary}` of its lmms-eval task `gap_<name>` (empty: the
-            headline, named by its key).
+        lmms_task: the name of its lmms-eval task (`{name}`: the task's name), None: it has none.
+        lmms_metrics: `{metric: key or dotted path in the summary}` of that lmms-eval task (empty: the headline,
+            named by its key).
         lmms_title: the first comment line of that task's YAML.
         metric: `(predictions, references, **options) -> dict`: its `evaluate` module's `compute`
             (evaluation/metric_modules/gap_<name>/; None: no module).
@@ -51,11 +59,16 @@ class PackageTask:
         card: `(Hub task type, benchmark format, task label)` of its results in a model card.
         per_category_bars: `(summary) -> (names, {series: values}, title)`, the bars of its per-category chart
             (evaluation/plots.py: `per_category.png`), or None when the summary has none; None: no such chart.
+        per_category_shares: whether those bars are shares (the axis ends at 1.05) rather than amounts (the axis
+            fits them).
         query_help: what `query` is for this task, in a command's help ("the question"); None: it takes none.
         query_missing: the words of the refusal when the query is missing ("a question about the scene").
         query_problem: `(query) -> problem or None`: a query the task cannot answer (checked before the model runs).
         answer_fields: the fields of the parsed answer that a front end shows (`TaskResult.summary`, one line each)
             and writes (`TaskResult.to_dict`), of "caption", "answer", "label".
+        written_fields: the fields of the parsed answer that a front end writes only (`TaskResult.to_dict`).
+        shown: `(parsed, request) -> {TaskResult attribute: value}`: what a front end draws of an answer (its
+            `boxes`, `point`, `marker`; `request`: the `TaskRequest` answered); None: nothing.
         space_label: the task's label in the Space (None: the Space does not offer it).
         synth_records: `(scene, config, rng) -> [record]`, its SynthRooms samples of one scene (`SynthConfig`;
             processing/synth/samples.py); None: SynthRooms writes none.
@@ -71,17 +84,23 @@ class PackageTask:
     logged_metrics: dict[str, str]
     oracle: Callable[..., list]
     evaluate: Callable[..., tuple]
+    data_order: int = 1
+    request: Callable[..., tuple] | None = None
     scoring_packages: tuple[tuple[str, str], ...] = ()
+    lmms_task: str | None = "gap_{name}"
     lmms_metrics: dict[str, str] = field(default_factory=dict)
     lmms_title: str = ""
     metric: Callable[..., dict] | None = None
     metric_description: str = ""
     card: tuple[str, str, str] | None = None
     per_category_bars: Callable[[dict], tuple | None] | None = None
+    per_category_shares: bool = True
     query_help: str | None = None
     query_missing: str | None = None
     query_problem: Callable[[str], str | None] | None = None
     answer_fields: tuple[str, ...] = ()
+    written_fields: tuple[str, ...] = ()
+    shown: Callable[..., dict] | None = None
     space_label: str | None = None
     synth_records: Callable[..., list] | None = None
     synth_frames: str | None = None
@@ -91,6 +110,11 @@ class PackageTask:
     def spec(self) -> TaskSpec:
         """The task's `TaskSpec` (the model folder's registry)."""
         return resolve_task(self.name)
+
+    @property
+    def lmms_name(self) -> str | None:
+        """The name of its lmms-eval task (`lmms_task` with the task's name), None when it has none."""
+        return None if self.lmms_task is None else self.lmms_task.format(name=self.name)
 
     @property
     def lmms_metric_keys(self) -> dict[str, str]:
@@ -138,6 +162,13 @@ def package_tasks() -> tuple[PackageTask, ...]:
     return tuple(package_task(name) for name in package_task_names())
 
 
+def in_data_order(names) -> list[str]:
+    """Task names in the order of their data (`PackageTask.data_order`, then the order given); a name without a
+    package side takes the default place."""
+    default = PackageTask.__dataclass_fields__["data_order"].default
+    return sorted(names, key=lambda name: package_task(name).data_order if name in package_task_names() else default)
+
+
 def register_package_task(task: PackageTask) -> PackageTask:
     """Register the package side of a task whose `TaskSpec` is in the model folder's `TASKS`; returns it.
 
@@ -179,5 +210,5 @@ class LiveMapping(Mapping):
         return repr(self._items())
 
 
-__all__ = ["LiveMapping", "PackageTask", "package_task", "package_task_names", "package_tasks", "register_package_task",
-           "unregister_package_task"]
+__all__ = ["LiveMapping", "PackageTask", "in_data_order", "package_task", "package_task_names", "package_tasks",
+           "register_package_task", "unregister_package_task"]

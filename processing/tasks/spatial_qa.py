@@ -175,10 +175,10 @@ FIELDS = (
 )
 
 
-def fields(record, answer, num_images, key, features) -> dict:
+def fields(record, answer, num_images, key, builder) -> dict:
     """The question's fields of one annotation record; the ground truth defaults to the answer text."""
     values = read_fields(record, (*FIELDS, RecordField("ground_truth", ANSWER_TEXT, default=answer)), key)
-    names = features["question_type"].names
+    names = builder.info.features["question_type"].names
     if values["question_type"] not in names:
         raise DataError(f"unknown question_type {values['question_type']!r}; expected one of {names}", sample=key)
     return values
