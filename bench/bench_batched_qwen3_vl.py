@@ -31,8 +31,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLVisionAttention
 
 from gap_mllm.mini.mini_config import build_mini_model
-from gap_mllm.modeling_gap_mllm import GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention
 from gap_mllm.processing.collator import GapMllmDataCollator
+from gap_mllm.speedups import GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention
 from gap_mllm.tasks_gap_mllm import GROUNDING_STAGE1
 
 ARMS = {"loops": (Qwen3VLModel, Qwen3VLVisionAttention), "batched": (GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention)}

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from gap_mllm.checks import context_limit, positions_after
-from gap_mllm.modeling_gap_mllm import mrope_position_ids
 from gap_mllm.processing.tasks import package_task, package_task_names
+from gap_mllm.speedups import mrope_position_ids
 from gap_mllm.tasks_gap_mllm import (
     BOX_KEY,
     CAPTIONING,

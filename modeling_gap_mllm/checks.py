@@ -9,8 +9,11 @@ folder loaded with `trust_remote_code` runs as transformers runs it. Never copie
 import contextlib
 import hashlib
 import json
+import math
 import numbers
+import os
 import uuid
+import warnings
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
+from gap_mllm.configuration_gap_mllm import FUSION_METHODS, IGNORE_INDEX, GapMllmGeometryConfig
 from gap_mllm.files import regular_file_problem
 from gap_mllm.generation_gap_mllm import (
     check_token_id_dtype,
@@ -35,12 +40,538 @@ from gap_mllm.tasks_gap_mllm import CHAT_MARKER, DefaultBudget, check_chat_text,
 logger = logging.get_logger(__name__)
 
 # ---- configuration sizes and memory
+MAX_PARAMETERS = 10**12
+
+TEXT_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "max_position_embeddings")  # fmt: skip
+VISION_SIZES = ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
+                "spatial_merge_size", "temporal_patch_size", "out_hidden_size", "num_position_embeddings")  # fmt: skip
+# "auto": bf16 autocast when the encoder's input is on a CUDA device (the official code), none elsewhere.
+GEOMETRY_AUTOCAST_DTYPES = ("auto", "bfloat16", "float16", None)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_sizes(config, names, prefix: str, minimum: int = 1) -> None:
+    """ValueError naming `prefix.name` for each size in `names` that is not an integer ≥ `minimum`."""
+    for name in names:
+        value = getattr(config, name, None)
+        if not _is_int(value) or value < minimum:
+            raise ValueError(f"{prefix}.{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def check_vlm_sizes(vlm_config) -> None:
+    """The Qwen3-VL text and vision sizes (`vlm_config.text_config.*`, `vlm_config.vision_config.*`)."""
+    text, vision = vlm_config.text_config, vlm_config.vision_config
+    check_sizes(text, TEXT_SIZES, "vlm_config.text_config")
+    if getattr(text, "head_dim", None) is not None:
+        check_sizes(text, ("head_dim",), "vlm_config.text_config")
+    if text.num_attention_heads % text.num_key_value_heads:
+        raise ValueError(
+            f"vlm_config.text_config.num_attention_heads ({text.num_attention_heads}) must be a multiple of "
+            f"num_key_value_heads ({text.num_key_value_heads})."
+        )
+    check_sizes(vision, VISION_SIZES, "vlm_config.vision_config")
+    if vision.hidden_size % vision.num_heads:
+        raise ValueError(
+            f"vlm_config.vision_config.hidden_size ({vision.hidden_size}) must be divisible by num_heads ({vision.num_heads})."
+        )
+    levels = list(getattr(vision, "deepstack_visual_indexes", None) or [])
+    if any(not _is_int(level) or not 0 <= level < vision.depth for level in levels):
+        raise ValueError(
+            f"vlm_config.vision_config.deepstack_visual_indexes={levels} must name blocks 0..{vision.depth - 1} "
+            f"(depth={vision.depth})."
+        )
+
+
+def check_geometry_config(config) -> None:
+    """The sizes and settings of a `GapMllmGeometryConfig`, then its parameter count (`check_parameter_count`).
+
+    Raises:
+        ValueError: naming the `geometry_config` field that is not a valid size or setting.
+    """
+    check_sizes(config, ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                         "patch_embed_num_hidden_layers"), "geometry_config")
+    check_sizes(config, ("num_register_tokens", "patch_embed_num_register_tokens"), "geometry_config", minimum=0)
+    if (isinstance(config.mlp_ratio, bool) or not isinstance(config.mlp_ratio, (int, float))
+            or not 0 < config.mlp_ratio < math.inf):
+        raise ValueError(f"geometry_config.mlp_ratio must be a positive finite number, got {config.mlp_ratio!r}.")
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ValueError(
+            f"geometry_config.hidden_size ({config.hidden_size}) must be divisible by "
+            f"geometry_config.num_attention_heads ({config.num_attention_heads})."
+        )
+    if config.head_dim % 4 != 0:
+        raise ValueError(
+            f"geometry_config head dim ({config.head_dim}) must be divisible by 4: the 2-D RoPE rotates "
+            "pairs of channels in each of its two (row, column) halves."
+        )
+    if config.image_size % config.patch_size != 0:
+        raise ValueError(
+            f"geometry_config.image_size ({config.image_size}) must be a multiple of patch_size ({config.patch_size})."
+        )
+    if not config.tapped_layers:
+        raise ValueError("geometry_config.tapped_layers must name at least one layer.")
+    for layer in config.tapped_layers:
+        if not 0 <= layer < config.num_hidden_layers:
+            raise ValueError(
+                f"geometry_config.tapped_layers contains {layer}, beyond the encoder depth: valid layers "
+                f"are 0..{config.num_hidden_layers - 1} (num_hidden_layers={config.num_hidden_layers})."
+            )
+    if len(set(config.tapped_layers)) != len(config.tapped_layers):
+        raise ValueError(f"geometry_config.tapped_layers has duplicates: {config.tapped_layers}.")
+    if config.autocast_dtype not in GEOMETRY_AUTOCAST_DTYPES:
+        raise ValueError(
+            f"geometry_config.autocast_dtype={config.autocast_dtype!r} is not one of {GEOMETRY_AUTOCAST_DTYPES}."
+        )
+    _check_head_values(config)
+    check_parameter_count(config)  # every size that allocates is priced, before the encoder is built
+
+
+def _check_head_values(config) -> None:
+    """The settings of the reconstruction heads that are switched on."""
+    if config.use_camera_head:
+        check_sizes(config, ("camera_head_trunk_depth", "camera_head_num_attention_heads", "camera_head_num_iterations"),
+                    "geometry_config")
+        width = 2 * config.hidden_size
+        if width % config.camera_head_num_attention_heads:
+            raise ValueError(
+                f"geometry_config.camera_head_num_attention_heads ({config.camera_head_num_attention_heads}) must "
+                f"divide the camera head width 2·hidden_size = {width}."
+            )
+    if config.use_depth_head or config.use_point_head:
+        check_sizes(config, ("dpt_features", "dpt_frames_chunk_size"), "geometry_config")
+        if len(config.dpt_layers) != 4 or len(config.dpt_out_channels) != 4:
+            raise ValueError(
+                f"geometry_config.dpt_layers ({config.dpt_layers}) and dpt_out_channels ({config.dpt_out_channels}) "
+                "must each have 4 entries: the DPT head fuses four aggregator layers."
+            )
+        for layer in config.dpt_layers:
+            if not 0 <= layer < config.num_hidden_layers:
+                raise ValueError(
+                    f"geometry_config.dpt_layers contains {layer}: valid layers are 0..{config.num_hidden_layers - 1}."
+                )
+        if min(config.dpt_out_channels) < 1 or config.dpt_features % 2:
+            raise ValueError(
+                "geometry_config.dpt_out_channels must be positive and dpt_features a positive even number, got "
+                f"{config.dpt_out_channels} and {config.dpt_features}."
+            )
+
+
+def check_fusion_config(config) -> None:
+    """The method and sizes of a `GapMllmFusionConfig`.
+
+    Raises:
+        ValueError: naming the `geometry_fusion_config` field that is not a valid method, size or dropout.
+    """
+    if config.method not in FUSION_METHODS:
+        raise ValueError(
+            f"geometry_fusion_config.method={config.method!r} does not exist: choose one of {FUSION_METHODS}."
+        )
+    check_sizes(config, ("merger_hidden_size", "cross_attention_num_heads", "cross_attention_num_layers",
+                         "cross_attention_mlp_ratio"), "geometry_fusion_config")
+    if isinstance(config.cross_attention_dropout, bool) or not 0 <= config.cross_attention_dropout < 1:
+        raise ValueError(
+            f"geometry_fusion_config.cross_attention_dropout must be in [0, 1), got {config.cross_attention_dropout!r}."
+        )
+
+
+def check_config(config) -> None:
+    """The Qwen3-VL sizes of a `GapMllmConfig`, one tapped geometry layer per fusion level, and the parameter count.
+
+    Raises:
+        ValueError: an invalid size, a `tapped_layers` count other than 1 + DeepStack levels, or over
+            `MAX_PARAMETERS` parameters.
+    """
+    check_vlm_sizes(config.vlm_config)
+    if config.use_geometry:
+        expected = 1 + len(config.vlm_config.vision_config.deepstack_visual_indexes)
+        tapped = config.geometry_config.tapped_layers
+        if len(tapped) != expected:
+            raise ValueError(
+                f"geometry_config.tapped_layers={tapped} must name {expected} layers: one per fusion level "
+                f"(the main visual tokens + {expected - 1} DeepStack levels of the Qwen3-VL vision tower)."
+            )
+    check_parameter_count(config)  # absurd sizes are refused here, before any weight is allocated
+
+
+# (label naming the config fields that size it, parameter count); errors name the largest part by its fields
+Part = tuple[str, int]
+
+
+def _fields(prefix: str, config, *names: str) -> str:
+    """`prefix.a=1, b=2`: a part's label."""
+    return f"{prefix}." + ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
+
+
+def _text_parts(text, tied: bool) -> list[Part]:
+    prefix = "vlm_config.text_config"
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    hidden, heads, kv_heads = text.hidden_size, text.num_attention_heads, text.num_key_value_heads
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
+    layer = attention + 3 * hidden * text.intermediate_size  # gate, up, down
+    return [
+        (_fields(prefix, text, "vocab_size", "hidden_size"), text.vocab_size * hidden * (1 if tied else 2)),
+        (_fields(prefix, text, "num_hidden_layers", "hidden_size", "intermediate_size"), text.num_hidden_layers * layer),
+    ]
+
+
+def _vision_parts(vision) -> list[Part]:
+    prefix = "vlm_config.vision_config"
+    hidden = vision.hidden_size
+    layer = 4 * hidden * hidden + 2 * hidden * vision.intermediate_size  # qkv + proj; MLP
+    patch_embed = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2 * hidden
+    merged = hidden * vision.spatial_merge_size**2
+    mergers = (1 + len(getattr(vision, "deepstack_visual_indexes", None) or [])) * (merged * merged + merged * vision.out_hidden_size)
+    return [
+        (_fields(prefix, vision, "depth", "hidden_size", "intermediate_size"), vision.depth * layer),
+        (_fields(prefix, vision, "in_channels", "temporal_patch_size", "patch_size", "hidden_size"), patch_embed),
+        (_fields(prefix, vision, "num_position_embeddings", "hidden_size"), vision.num_position_embeddings * hidden),
+        (_fields(prefix, vision, "spatial_merge_size", "hidden_size", "out_hidden_size"), mergers),
+    ]
+
+
+def _block_parameters(width: int, mlp_ratio: float) -> int:
+    """Weights of one VGGT / DINOv2 block of `width` channels: qkv + proj, MLP."""
+    return 4 * width * width + 2 * int(mlp_ratio * width) * width
+
+
+def _dpt_head_parameters(geometry) -> int:
+    """Convolution and projection weights of one DPT head (`GapMllmDptHead`)."""
+    width, features, channels = 2 * geometry.hidden_size, geometry.dpt_features, geometry.dpt_out_channels
+    projections = width * sum(channels)
+    resize = 16 * channels[0] ** 2 + 4 * channels[1] ** 2 + 9 * channels[3] ** 2  # ×4, ×2 transposed; ½ conv
+    scratch = 9 * features * sum(channels)  # layer{1..4}_rn
+    refinement = 3 * 37 * features**2 + 19 * features**2  # 3 blocks with a skip unit, the deepest without
+    output = 9 * features * (features // 2)
+    return projections + resize + scratch + refinement + output
+
+
+def _vggt_parts(geometry) -> list[Part]:
+    prefix = "geometry_config"
+    hidden, block = geometry.hidden_size, _block_parameters(geometry.hidden_size, geometry.mlp_ratio)
+    patches = (geometry.image_size // geometry.patch_size) ** 2
+    parts = [
+        (_fields(prefix, geometry, "num_hidden_layers", "hidden_size", "mlp_ratio"), 2 * geometry.num_hidden_layers * block),
+        (_fields(prefix, geometry, "patch_embed_num_hidden_layers", "hidden_size", "mlp_ratio"),
+         geometry.patch_embed_num_hidden_layers * block),
+        (_fields(prefix, geometry, "patch_size", "hidden_size"), 3 * geometry.patch_size**2 * hidden),
+        (_fields(prefix, geometry, "image_size", "patch_size", "hidden_size"), patches * hidden),
+        (_fields(prefix, geometry, "num_register_tokens", "hidden_size"), 2 * geometry.num_register_tokens * hidden),
+        (_fields(prefix, geometry, "patch_embed_num_register_tokens", "hidden_size"),
+         geometry.patch_embed_num_register_tokens * hidden),
+    ]
+    if geometry.use_camera_head:  # trunk blocks at width 2·hidden; modulation (width → 3·width) and pose MLP
+        width = 2 * hidden
+        trunk = geometry.camera_head_trunk_depth * _block_parameters(width, geometry.mlp_ratio)
+        parts.append((_fields(prefix, geometry, "camera_head_trunk_depth", "hidden_size", "mlp_ratio"), trunk))
+        parts.append((_fields(prefix, geometry, "hidden_size") + " (camera head)", 3 * width * width + width * hidden))
+    heads = int(bool(geometry.use_depth_head)) + int(bool(geometry.use_point_head))
+    if heads:
+        parts.append((_fields(prefix, geometry, "dpt_features", "dpt_out_channels", "hidden_size"),
+                      heads * _dpt_head_parameters(geometry)))
+    return parts
+
+
+def _geometry_parts(geometry) -> list[Part]:
+    """VGGT's parts from its sizes; another registered encoder's from its config's `parameter_parts()`, when it has
+    one (`GeometryEncoderConfig`), else none."""
+    if isinstance(geometry, GapMllmGeometryConfig):
+        return _vggt_parts(geometry)
+    return list(geometry.parameter_parts()) if hasattr(geometry, "parameter_parts") else []
+
+
+def _fusion_parts(config) -> list[Part]:
+    fusion, geometry = config.geometry_fusion_config, config.geometry_config
+    vision = config.vlm_config.vision_config
+    width = vision.out_hidden_size
+    merger = geometry.feature_size * vision.spatial_merge_size**2 * fusion.merger_hidden_size + fusion.merger_hidden_size * width
+    fuse = {"gated": 2 * width * width, "concat": 2 * width * width,
+            "cross_attention": fusion.cross_attention_num_layers * (4 + 2 * fusion.cross_attention_mlp_ratio) * width * width}
+    levels = config.num_fusion_levels
+    return [
+        (_fields("geometry_fusion_config", fusion, "merger_hidden_size") + f" ({levels} levels)", levels * merger),
+        (_fields("geometry_fusion_config", fusion, "method", "cross_attention_num_layers", "cross_attention_mlp_ratio")
+         + f" (width {width}, {levels} levels)", levels * fuse.get(fusion.method, 0)),
+    ]
+
+
+def parameter_parts(config) -> list[Part]:
+    """Parts of `estimate_num_parameters(config)` as `(label, count)`, labelled with the config fields that size them.
+    `config`: a `GapMllmConfig`, or a geometry config alone (the encoder built by itself)."""
+    if not hasattr(config, "vlm_config"):
+        return _geometry_parts(config)
+    vlm = config.vlm_config
+    tied = bool(getattr(vlm, "tie_word_embeddings", False) or getattr(vlm.text_config, "tie_word_embeddings", False))
+    parts = _text_parts(vlm.text_config, tied) + _vision_parts(vlm.vision_config)
+    if config.use_geometry:
+        parts += _geometry_parts(config.geometry_config) + _fusion_parts(config)
+    return parts
+
+
+def estimate_num_parameters(config) -> int:
+    """Lower bound of the parameter count of a `GapMllmConfig`, or of a geometry config's encoder, from the config."""
+    return sum(count for _, count in parameter_parts(config))
+
+
+def largest_part(config) -> str:
+    """`"the largest part, <count> parameters, comes from <fields>"`: for the errors."""
+    label, count = max(parameter_parts(config), key=lambda part: part[1])
+    return f"the largest part, {count:.3g} parameters, comes from {label}"
+
+
+def check_parameter_count(config) -> int:
+    """`estimate_num_parameters(config)`, or ValueError above `MAX_PARAMETERS` naming the largest part."""
+    count = estimate_num_parameters(config)
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"this configuration has at least {count:.3g} parameters, above the sanity bound of {MAX_PARAMETERS:.0e}"
+            f"; {largest_part(config)}: check these sizes."
+        )
+    return count
+
+
+def available_memory(device) -> int | None:
+    """Bytes that can still be allocated on `device` (a `torch.device`): free GPU memory, the CPU's available
+    RAM (psutil when installed, else /proc/meminfo), or None when unknown."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory_for_parameters(config) -> None:
+    """ValueError when the weights of `config`, in the default dtype, exceed the memory left on the default device.
+    Skipped on the meta device (where `from_pretrained` builds) and under DeepSpeed ZeRO-3 (weights partitioned)."""
+    device = torch.get_default_device()
+    if device.type == "meta" or is_deepspeed_zero3_enabled():
+        return
+    needed = estimate_num_parameters(config) * torch.get_default_dtype().itemsize
+    available = available_memory(device)
+    if available is not None and needed > available:
+        raise ValueError(
+            f"the weights of this configuration need at least {needed / 2**30:.1f} GiB "
+            f"({estimate_num_parameters(config):.3g} parameters in {torch.get_default_dtype()}), but only "
+            f"{available / 2**30:.1f} GiB are available on {device}; {largest_part(config)}. Use a smaller "
+            "configuration, a smaller dtype (from_pretrained(..., dtype=torch.bfloat16)) or another device (device_map=...)."
+        )
 
 
 # ---- loading: missing weights and damaged checkpoints
+# (key prefix, human name), most specific first.
+WEIGHT_GROUPS = (
+    ("geometry_encoder.", "geometry encoder (VGGT aggregator)"),
+    ("geometry_fusion.mergers.", "geometry mergers"),
+    ("geometry_fusion.fusions.", "fusion modules (gates)"),
+    ("vlm.model.visual.", "Qwen3-VL vision tower"),
+    ("vlm.model.language_model.", "Qwen3-VL language model"),
+    ("vlm.lm_head.", "LM head"),
+)
+GEOMETRY_GROUPS = frozenset(name for prefix, name in WEIGHT_GROUPS if prefix.startswith("geometry_"))
+
+
+class MissingWeightsWarning(UserWarning):
+    """A checkpoint lacked weights of a GAP-MLLM component; they were randomly initialised."""
+
+
+def group_missing_keys(missing_keys) -> dict[str, list[str]]:
+    """Sort state-dict keys into the named components of `WEIGHT_GROUPS` (others under "other")."""
+    groups: dict[str, list[str]] = {}
+    for key in sorted(missing_keys):
+        name = next((name for prefix, name in WEIGHT_GROUPS if key.startswith(prefix)), "other")
+        groups.setdefault(name, []).append(key)
+    return groups
+
+
+def report_missing_weights(missing_keys, source: str) -> dict[str, list[str]]:
+    """Warn once, by group, about `missing_keys` of a checkpoint loaded from `source`; returns the groups. The
+    warning points at the caller of the loading classmethod (`from_pretrained`, `from_qwen3_vl`)."""
+    groups = group_missing_keys(missing_keys)
+    if groups:
+        lines = [f"  - {name}: {len(keys)} tensors randomly initialised (e.g. {keys[0]})" for name, keys in groups.items()]
+        message = (
+            f"The checkpoint at {source!r} lacks the weights of these GAP-MLLM components:\n" + "\n".join(lines)
+            + "\nThey are NOT pretrained. Load the matching weights (VGGT converter, a trained GAP-MLLM "
+            "checkpoint) before using the model for anything but training from scratch."
+        )
+        logger.warning(message)
+        warnings.warn(message, MissingWeightsWarning, stacklevel=4)
+    return groups
+
+
+def first_non_finite_tensor(state_dict) -> str | None:
+    """Name of the first floating-point, non-meta tensor of `state_dict` holding a NaN or an infinity, or None."""
+    names, sums = {}, {}
+    for position, (name, tensor) in enumerate(state_dict.items()):
+        if tensor.is_floating_point() and not tensor.is_meta:
+            names.setdefault(tensor.device, []).append((position, name))
+            sums.setdefault(tensor.device, []).append(tensor.sum(dtype=torch.float32))
+    broken = []
+    for device, device_sums in sums.items():
+        flagged = (~torch.isfinite(torch.stack(device_sums))).nonzero().flatten().tolist()  # the one synchronisation
+        broken.extend(names[device][index] for index in flagged
+                      if not torch.isfinite(state_dict[names[device][index][1]]).all())
+    return min(broken)[1] if broken else None
+
+
+def load_checked(load, pretrained_model_name_or_path, *args, require_geometry_weights: bool = False,
+                 allow_non_finite_weights: bool = False, **kwargs):
+    """`load(pretrained_model_name_or_path, *args, **kwargs)` (`PreTrainedModel.from_pretrained`) with a report of
+    the GAP components missing from the checkpoint, kept as `model.missing_weight_groups`.
+
+    Args:
+        require_geometry_weights: raise instead of warning when the geometry encoder, mergers or
+            fusion modules are missing from the checkpoint.
+        allow_non_finite_weights: load weights holding NaN or infinities (to inspect a diverged checkpoint);
+            by default such a checkpoint is a ValueError naming the first tensor that holds one.
+
+    Returns:
+        the model, or `(model, loading info)` with `output_loading_info=True`.
+    """
+    wants_info = kwargs.pop("output_loading_info", False)
+    model, info = load(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+    broken = None if allow_non_finite_weights else first_non_finite_tensor(model.state_dict())
+    if broken is not None:  # it would load and answer nothing (every box dropped), without a word
+        raise ValueError(f"{pretrained_model_name_or_path}: the weights hold NaN or infinite values (first: "
+                         f"{broken}); the checkpoint is damaged or was saved from a diverged run: load another one")
+    groups = report_missing_weights(info["missing_keys"], str(pretrained_model_name_or_path))
+    model.missing_weight_groups = sorted(groups)
+    if require_geometry_weights and GEOMETRY_GROUPS.intersection(groups):
+        raise ValueError(
+            f"{pretrained_model_name_or_path!r} lacks GAP geometry weights: {sorted(GEOMETRY_GROUPS.intersection(groups))}"
+        )
+    return (model, info) if wants_info else model
+
+
+@contextlib.contextmanager
+def quiet_default_sub_configs():
+    """Drop transformers' "`vision_config` is None, initializing ... with default values." notices while
+    `GapMllmConfig.to_diff_dict` builds its throwaway default configs."""
+    config_logger = logging.get_logger("transformers.configuration_utils")
+
+    def quiet(record) -> bool:
+        return "is None, initializing" not in record.getMessage()
+
+    config_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        config_logger.removeFilter(quiet)
 
 
 # ---- forward inputs
+def _cached_length(past_key_values) -> int | None:
+    """Tokens already cached (0 without a cache); None for a filled static cache, whose count is not read back."""
+    if past_key_values is None or not hasattr(past_key_values, "get_seq_length"):
+        return 0
+    layers = getattr(past_key_values, "layers", None)
+    if layers and getattr(layers[0], "is_compileable", False):
+        return None if getattr(layers[0], "is_initialized", False) else 0
+    return int(past_key_values.get_seq_length())
+
+
+def _check_shapes(batch: int, length: int, cached: int | None, attention_mask, labels, mm_token_type_ids) -> None:
+    """ValueError naming the per-token input that does not fit `[batch, length]` (only the mask after a cache)."""
+    for name, tensor in (("labels", labels), ("mm_token_type_ids", mm_token_type_ids)):
+        if tensor is not None and cached == 0 and tuple(tensor.shape) != (batch, length):
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, but the input tokens are [{batch}, {length}]: "
+                             f"{name} needs one value per token.")
+    if attention_mask is None or attention_mask.ndim == 4:
+        return
+    if cached is None:  # a filled static cache: its length is not read (see _cached_length), the batch is checked
+        expected, width = f"[{batch}, cached + {length} new tokens]", attention_mask.shape[-1]
+    else:
+        expected = f"[{batch}, {length}]" if not cached else f"[{batch}, {cached} cached + {length} new tokens]"
+        width = cached + length
+    if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] != width:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {expected}: one value per "
+                         "token (1 = attend, 0 = padding), as the processor returns it.")
+
+
+def check_forward_inputs(model, input_ids=None, inputs_embeds=None, attention_mask=None, labels=None,
+                         mm_token_type_ids=None, past_key_values=None) -> None:
+    """Check the inputs of one forward of `model` (a `GapMllmForConditionalGeneration`), with one host read.
+
+    Token ids must lie in the vocabulary (`labels` besides -100); `labels`, `mm_token_type_ids` and a 2-D
+    `attention_mask` must be `[B, T]` (the mask `[B, cached + T]` after a cache); the mask keeps a token in every row
+    and masks no vision token. A step continuing a cache has only its shapes checked.
+
+    Raises:
+        ValueError: naming the input (`input_ids`, `labels`, `attention_mask`, `mm_token_type_ids`) and what is
+            wrong with it.
+    """
+    tokens = input_ids if input_ids is not None else inputs_embeds
+    if tokens is None:
+        return  # Qwen3-VL itself asks for one of them
+    if input_ids is not None:
+        check_token_id_dtype(input_ids)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}, expected [batch, length].")
+    if labels is not None:
+        check_token_id_dtype(labels, "labels")
+    batch, length = tokens.shape[:2]
+    cached = _cached_length(past_key_values)
+    _check_shapes(batch, length, cached, attention_mask, labels, mm_token_type_ids)
+    if cached is None or cached or batch * length == 0:
+        return  # a decoding step: its ids are the model's own, and the prompt was checked at prefill
+
+    reductions, readers = [], []
+    if input_ids is not None:
+        vocabulary = model.get_input_embeddings().num_embeddings
+        reductions.append(token_id_range(input_ids))
+        readers.append(lambda low, high: vocabulary_error(low, high, vocabulary, "input_ids"))
+    if labels is not None:
+        outputs = model.get_output_embeddings().out_features  # the logits' width, which the loss indexes
+        targets = labels.masked_fill(labels == IGNORE_INDEX, 0)  # ignored positions are no ids
+        reductions.append(token_id_range(targets))
+        readers.append(lambda low, high: vocabulary_error(low, high, outputs, f"labels (besides {IGNORE_INDEX}, ignored)"))
+    if attention_mask is not None and attention_mask.ndim == 2:
+        kept = attention_mask != 0
+        masked_vision = (~kept & (mm_token_type_ids != 0)).sum() if mm_token_type_ids is not None else kept.new_zeros((), dtype=torch.long)
+        reductions.append(torch.stack([kept.sum(-1).min(), masked_vision]).to(torch.long))
+        readers.append(lambda fewest, vision: _mask_error(attention_mask, mm_token_type_ids, fewest, vision))
+    if not reductions:
+        return
+    values = torch.cat([r.to(device=reductions[0].device, dtype=torch.long) for r in reductions]).tolist()
+    for index, read in enumerate(readers):
+        error = read(*values[2 * index : 2 * index + 2])
+        if error is not None:
+            raise error
+
+
+def _mask_error(attention_mask, mm_token_type_ids, fewest_kept: int, masked_vision: int) -> ValueError | None:
+    """The error for a 2-D mask leaving a row empty or masking vision tokens, naming the first such row."""
+    kept = attention_mask != 0
+    if fewest_kept == 0:
+        row = int((kept.sum(-1) == 0).nonzero()[0, 0])
+        return ValueError(f"attention_mask row {row} is all zeros: every sample needs at least one token with mask 1.")
+    if masked_vision:
+        row = int((~kept & (mm_token_type_ids != 0)).any(-1).nonzero()[0, 0])
+        return ValueError(
+            f"attention_mask masks {masked_vision} image/video token(s) (mm_token_type_ids ≠ 0), the first in row {row}: "
+            "the mask may leave out padding only, never vision tokens."
+        )
+    return None
+
 
 
 # ---- generate: token ids and context

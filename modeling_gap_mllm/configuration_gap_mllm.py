@@ -1,17 +1,13 @@
 """GAP-MLLM configuration.
 
-Size checks and the parameter estimate (`check_sizes`, `check_vlm_sizes`, `parameter_parts`, `estimate_num_parameters`,
-`check_parameter_count`, `check_memory_for_parameters`); the model's input names; the geometry-encoder interface
-(`GeometryEncoderConfig`, `GeometryEncoder`, `GeometryEncoderOutput`, `register_geometry_encoder`,
-`build_geometry_config`); the configs `GapMllmGeometryConfig` (VGGT), `GapMllmFusionConfig` and `GapMllmConfig`.
+The hook by which the installed package adds its checks and speed paths (`installed_package_module`); the model's
+input names; the geometry-encoder interface (`GeometryEncoderConfig`, `GeometryEncoder`, `GeometryEncoderOutput`,
+`register_geometry_encoder`, `build_geometry_config`); the configs `GapMllmGeometryConfig` (VGGT),
+`GapMllmFusionConfig` and `GapMllmConfig`. The installed package checks their sizes and prices their parameters
+(`gap_mllm.checks`).
 """
 
 import importlib
-import logging
-import math
-import numbers
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +16,9 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
 # ---- the installed package around these classes
+_INSTALLED_MODULES: dict = {}  # name -> module: a compiled forward reads it here (torch.compile cannot import)
+
+
 def installed_package_module(name: str, module_name: str):
     """The installed package's module `gap_mllm.<name>` when `module_name` (the caller's `__name__`) is one of the
     package's own modules, else None.
@@ -30,228 +29,10 @@ def installed_package_module(name: str, module_name: str):
     """
     if not module_name.startswith("gap_mllm."):
         return None
-    return importlib.import_module(f"gap_mllm.{name}")
-
-
-# ---- size checks and the parameter estimate
-MAX_PARAMETERS = 10**12
-
-TEXT_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "max_position_embeddings")  # fmt: skip
-VISION_SIZES = ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
-                "spatial_merge_size", "temporal_patch_size", "out_hidden_size", "num_position_embeddings")  # fmt: skip
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def check_sizes(config, names, prefix: str, minimum: int = 1) -> None:
-    """ValueError naming `prefix.name` for each size in `names` that is not an integer ≥ `minimum`."""
-    for name in names:
-        value = getattr(config, name, None)
-        if not _is_int(value) or value < minimum:
-            raise ValueError(f"{prefix}.{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def check_vlm_sizes(vlm_config) -> None:
-    """The Qwen3-VL text and vision sizes (`vlm_config.text_config.*`, `vlm_config.vision_config.*`)."""
-    text, vision = vlm_config.text_config, vlm_config.vision_config
-    check_sizes(text, TEXT_SIZES, "vlm_config.text_config")
-    if getattr(text, "head_dim", None) is not None:
-        check_sizes(text, ("head_dim",), "vlm_config.text_config")
-    if text.num_attention_heads % text.num_key_value_heads:
-        raise ValueError(
-            f"vlm_config.text_config.num_attention_heads ({text.num_attention_heads}) must be a multiple of "
-            f"num_key_value_heads ({text.num_key_value_heads})."
-        )
-    check_sizes(vision, VISION_SIZES, "vlm_config.vision_config")
-    if vision.hidden_size % vision.num_heads:
-        raise ValueError(
-            f"vlm_config.vision_config.hidden_size ({vision.hidden_size}) must be divisible by num_heads ({vision.num_heads})."
-        )
-    levels = list(getattr(vision, "deepstack_visual_indexes", None) or [])
-    if any(not _is_int(level) or not 0 <= level < vision.depth for level in levels):
-        raise ValueError(
-            f"vlm_config.vision_config.deepstack_visual_indexes={levels} must name blocks 0..{vision.depth - 1} "
-            f"(depth={vision.depth})."
-        )
-
-
-# (label naming the config fields that size it, parameter count); errors name the largest part by its fields
-Part = tuple[str, int]
-
-
-def _fields(prefix: str, config, *names: str) -> str:
-    """`prefix.a=1, b=2`: a part's label."""
-    return f"{prefix}." + ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
-
-
-def _text_parts(text, tied: bool) -> list[Part]:
-    prefix = "vlm_config.text_config"
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    hidden, heads, kv_heads = text.hidden_size, text.num_attention_heads, text.num_key_value_heads
-    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
-    layer = attention + 3 * hidden * text.intermediate_size  # gate, up, down
-    return [
-        (_fields(prefix, text, "vocab_size", "hidden_size"), text.vocab_size * hidden * (1 if tied else 2)),
-        (_fields(prefix, text, "num_hidden_layers", "hidden_size", "intermediate_size"), text.num_hidden_layers * layer),
-    ]
-
-
-def _vision_parts(vision) -> list[Part]:
-    prefix = "vlm_config.vision_config"
-    hidden = vision.hidden_size
-    layer = 4 * hidden * hidden + 2 * hidden * vision.intermediate_size  # qkv + proj; MLP
-    patch_embed = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2 * hidden
-    merged = hidden * vision.spatial_merge_size**2
-    mergers = (1 + len(getattr(vision, "deepstack_visual_indexes", None) or [])) * (merged * merged + merged * vision.out_hidden_size)
-    return [
-        (_fields(prefix, vision, "depth", "hidden_size", "intermediate_size"), vision.depth * layer),
-        (_fields(prefix, vision, "in_channels", "temporal_patch_size", "patch_size", "hidden_size"), patch_embed),
-        (_fields(prefix, vision, "num_position_embeddings", "hidden_size"), vision.num_position_embeddings * hidden),
-        (_fields(prefix, vision, "spatial_merge_size", "hidden_size", "out_hidden_size"), mergers),
-    ]
-
-
-def _block_parameters(width: int, mlp_ratio: float) -> int:
-    """Weights of one VGGT / DINOv2 block of `width` channels: qkv + proj, MLP."""
-    return 4 * width * width + 2 * int(mlp_ratio * width) * width
-
-
-def _dpt_head_parameters(geometry) -> int:
-    """Convolution and projection weights of one DPT head (`GapMllmDptHead`)."""
-    width, features, channels = 2 * geometry.hidden_size, geometry.dpt_features, geometry.dpt_out_channels
-    projections = width * sum(channels)
-    resize = 16 * channels[0] ** 2 + 4 * channels[1] ** 2 + 9 * channels[3] ** 2  # ×4, ×2 transposed; ½ conv
-    scratch = 9 * features * sum(channels)  # layer{1..4}_rn
-    refinement = 3 * 37 * features**2 + 19 * features**2  # 3 blocks with a skip unit, the deepest without
-    output = 9 * features * (features // 2)
-    return projections + resize + scratch + refinement + output
-
-
-def _geometry_parts(geometry) -> list[Part]:
-    prefix = "geometry_config"
-    hidden, block = geometry.hidden_size, _block_parameters(geometry.hidden_size, geometry.mlp_ratio)
-    patches = (geometry.image_size // geometry.patch_size) ** 2
-    parts = [
-        (_fields(prefix, geometry, "num_hidden_layers", "hidden_size", "mlp_ratio"), 2 * geometry.num_hidden_layers * block),
-        (_fields(prefix, geometry, "patch_embed_num_hidden_layers", "hidden_size", "mlp_ratio"),
-         geometry.patch_embed_num_hidden_layers * block),
-        (_fields(prefix, geometry, "patch_size", "hidden_size"), 3 * geometry.patch_size**2 * hidden),
-        (_fields(prefix, geometry, "image_size", "patch_size", "hidden_size"), patches * hidden),
-        (_fields(prefix, geometry, "num_register_tokens", "hidden_size"), 2 * geometry.num_register_tokens * hidden),
-        (_fields(prefix, geometry, "patch_embed_num_register_tokens", "hidden_size"),
-         geometry.patch_embed_num_register_tokens * hidden),
-    ]
-    if geometry.use_camera_head:  # trunk blocks at width 2·hidden; modulation (width → 3·width) and pose MLP
-        width = 2 * hidden
-        trunk = geometry.camera_head_trunk_depth * _block_parameters(width, geometry.mlp_ratio)
-        parts.append((_fields(prefix, geometry, "camera_head_trunk_depth", "hidden_size", "mlp_ratio"), trunk))
-        parts.append((_fields(prefix, geometry, "hidden_size") + " (camera head)", 3 * width * width + width * hidden))
-    heads = int(bool(geometry.use_depth_head)) + int(bool(geometry.use_point_head))
-    if heads:
-        parts.append((_fields(prefix, geometry, "dpt_features", "dpt_out_channels", "hidden_size"),
-                      heads * _dpt_head_parameters(geometry)))
-    return parts
-
-
-def _fusion_parts(config) -> list[Part]:
-    fusion, geometry = config.geometry_fusion_config, config.geometry_config
-    vision = config.vlm_config.vision_config
-    width = vision.out_hidden_size
-    merger = geometry.feature_size * vision.spatial_merge_size**2 * fusion.merger_hidden_size + fusion.merger_hidden_size * width
-    fuse = {"gated": 2 * width * width, "concat": 2 * width * width,
-            "cross_attention": fusion.cross_attention_num_layers * (4 + 2 * fusion.cross_attention_mlp_ratio) * width * width}
-    levels = config.num_fusion_levels
-    return [
-        (_fields("geometry_fusion_config", fusion, "merger_hidden_size") + f" ({levels} levels)", levels * merger),
-        (_fields("geometry_fusion_config", fusion, "method", "cross_attention_num_layers", "cross_attention_mlp_ratio")
-         + f" (width {width}, {levels} levels)", levels * fuse.get(fusion.method, 0)),
-    ]
-
-
-def parameter_parts(config) -> list[Part]:
-    """Parts of `estimate_num_parameters(config)` as `(label, count)`, labelled with the config fields that size them.
-    `config`: a `GapMllmConfig`, or a geometry config alone (the encoder built by itself)."""
-    if not hasattr(config, "vlm_config"):
-        return config.parameter_parts()
-    vlm = config.vlm_config
-    tied = bool(getattr(vlm, "tie_word_embeddings", False) or getattr(vlm.text_config, "tie_word_embeddings", False))
-    parts = _text_parts(vlm.text_config, tied) + _vision_parts(vlm.vision_config)
-    if config.use_geometry:
-        parts += config.geometry_config.parameter_parts() + _fusion_parts(config)
-    return parts
-
-
-def estimate_num_parameters(config) -> int:
-    """Lower bound of the parameter count of a `GapMllmConfig`, or of a geometry config's encoder, from the config."""
-    return sum(count for _, count in parameter_parts(config))
-
-
-def largest_part(config) -> str:
-    """`"the largest part, <count> parameters, comes from <fields>"`: for the errors."""
-    label, count = max(parameter_parts(config), key=lambda part: part[1])
-    return f"the largest part, {count:.3g} parameters, comes from {label}"
-
-
-def check_parameter_count(config) -> int:
-    """`estimate_num_parameters(config)`, or ValueError above `MAX_PARAMETERS` naming the largest part."""
-    count = estimate_num_parameters(config)
-    if count > MAX_PARAMETERS:
-        raise ValueError(
-            f"this configuration has at least {count:.3g} parameters, above the sanity bound of {MAX_PARAMETERS:.0e}"
-            f"; {largest_part(config)}: check these sizes."
-        )
-    return count
-
-
-def available_memory(device) -> int | None:
-    """Bytes that can still be allocated on `device` (a `torch.device`): free GPU memory, the CPU's available
-    RAM (psutil when installed, else /proc/meminfo), or None when unknown."""
-    import torch
-
-    if device.type == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_memory_for_parameters(config) -> None:
-    """ValueError when the weights of `config`, in the default dtype, exceed the memory left on the default device.
-    Skipped on the meta device (where `from_pretrained` builds) and under DeepSpeed ZeRO-3 (weights partitioned)."""
-    import torch
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    device = torch.get_default_device()
-    if device.type == "meta" or is_deepspeed_zero3_enabled():
-        return
-    needed = estimate_num_parameters(config) * torch.get_default_dtype().itemsize
-    available = available_memory(device)
-    if available is not None and needed > available:
-        raise ValueError(
-            f"the weights of this configuration need at least {needed / 2**30:.1f} GiB "
-            f"({estimate_num_parameters(config):.3g} parameters in {torch.get_default_dtype()}), but only "
-            f"{available / 2**30:.1f} GiB are available on {device}; {largest_part(config)}. Use a smaller "
-            "configuration, a smaller dtype (from_pretrained(..., dtype=torch.bfloat16)) or another device (device_map=...)."
-        )
+    module = _INSTALLED_MODULES.get(name)
+    if module is None:
+        module = _INSTALLED_MODULES[name] = importlib.import_module(f"gap_mllm.{name}")
+    return module
 
 
 # ---- input names, option values
@@ -269,27 +50,6 @@ IGNORE_INDEX = -100
 FUSION_METHODS = ("gated", "add", "concat", "weighted", "cross_attention")
 MERGER_NORMS = ("rms", "layer")
 REFERENCE_FRAMES = ("first", "last")
-# "auto": bf16 autocast when the encoder's input is on a CUDA device (the official code), none elsewhere.
-GEOMETRY_AUTOCAST_DTYPES = ("auto", "bfloat16", "float16", None)
-
-
-class _DropDefaultSubConfigNotices(logging.Filter):
-    """Drops transformers' "`vision_config` is None, initializing ... with default values." records."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "is None, initializing" not in record.getMessage()
-
-
-@contextmanager
-def _quiet_default_sub_configs():
-    """Silence the default-sub-config notices of the throwaway configs `to_diff_dict` builds."""
-    logger = logging.getLogger("transformers.configuration_utils")
-    quiet = _DropDefaultSubConfigNotices()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
 
 
 # ---- geometry-encoder interface
@@ -317,16 +77,14 @@ class GeometryEncoderConfig(Protocol):
         patch_size (`int`): pixels per token side; one token per Qwen patch (14 px with `GapMllmProcessor`).
         feature_size (`int`): channels of each level's features (the mergers' input width).
 
-    Methods:
-        parameter_parts() -> `list[tuple[str, int]]`: lower bound of the encoder's parameter count in labelled parts.
+    Optional method: `parameter_parts() -> list[tuple[str, int]]`, a lower bound of the encoder's parameter count in
+    parts labelled with the fields that size them, which the installed package's memory check prices.
     """
 
     tapped_layers: list[int]
     num_hidden_layers: int
     patch_size: int
     feature_size: int
-
-    def parameter_parts(self) -> list[tuple[str, int]]: ...
 
 
 class GeometryEncoder(Protocol):
@@ -483,7 +241,16 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         self.dpt_out_channels = [int(c) for c in self.dpt_out_channels]
         self.dpt_layers = [int(i) for i in self.dpt_layers]
         super().__post_init__(**kwargs)
-        self._check_values()
+        # read as-is by the encoder: another value would build a different model without a word
+        if self.reference_frame not in REFERENCE_FRAMES:
+            raise ValueError(
+                f"geometry_config.reference_frame={self.reference_frame!r} is not one of {REFERENCE_FRAMES}."
+            )
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("geometry_config.image_mean and image_std must have 3 values (RGB).")
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_geometry_config(self)
 
     @property
     def head_dim(self) -> int:
@@ -498,87 +265,6 @@ class GapMllmGeometryConfig(PreTrainedConfig):
     def feature_size(self) -> int:
         """Channels of a tapped layer's features: frame-block output ⊕ global-block output."""
         return 2 * self.hidden_size
-
-    def parameter_parts(self) -> list[Part]:
-        """The parts of the encoder's parameter estimate (`parameter_parts`)."""
-        return _geometry_parts(self)
-
-    def _check_values(self):
-        check_sizes(self, ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                           "patch_embed_num_hidden_layers"), "geometry_config")
-        check_sizes(self, ("num_register_tokens", "patch_embed_num_register_tokens"), "geometry_config", minimum=0)
-        if (isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float))
-                or not 0 < self.mlp_ratio < math.inf):
-            raise ValueError(f"geometry_config.mlp_ratio must be a positive finite number, got {self.mlp_ratio!r}.")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"geometry_config.hidden_size ({self.hidden_size}) must be divisible by "
-                f"geometry_config.num_attention_heads ({self.num_attention_heads})."
-            )
-        if self.head_dim % 4 != 0:
-            raise ValueError(
-                f"geometry_config head dim ({self.head_dim}) must be divisible by 4: the 2-D RoPE rotates "
-                "pairs of channels in each of its two (row, column) halves."
-            )
-        if self.image_size % self.patch_size != 0:
-            raise ValueError(
-                f"geometry_config.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})."
-            )
-        if not self.tapped_layers:
-            raise ValueError("geometry_config.tapped_layers must name at least one layer.")
-        for layer in self.tapped_layers:
-            if not 0 <= layer < self.num_hidden_layers:
-                raise ValueError(
-                    f"geometry_config.tapped_layers contains {layer}, beyond the encoder depth: valid layers "
-                    f"are 0..{self.num_hidden_layers - 1} (num_hidden_layers={self.num_hidden_layers})."
-                )
-        if len(set(self.tapped_layers)) != len(self.tapped_layers):
-            raise ValueError(f"geometry_config.tapped_layers has duplicates: {self.tapped_layers}.")
-        if self.reference_frame not in REFERENCE_FRAMES:
-            raise ValueError(
-                f"geometry_config.reference_frame={self.reference_frame!r} is not one of {REFERENCE_FRAMES}."
-            )
-        if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise ValueError("geometry_config.image_mean and image_std must have 3 values (RGB).")
-        if self.autocast_dtype not in GEOMETRY_AUTOCAST_DTYPES:
-            raise ValueError(
-                f"geometry_config.autocast_dtype={self.autocast_dtype!r} is not one of {GEOMETRY_AUTOCAST_DTYPES}."
-            )
-        self._check_head_values()
-        check_parameter_count(self)  # every size that allocates is priced, before the encoder is built
-
-    @property
-    def uses_dpt_head(self) -> bool:
-        return bool(self.use_depth_head or self.use_point_head)
-
-    def _check_head_values(self):
-        """Check the settings of the heads that are switched on."""
-        if self.use_camera_head:
-            check_sizes(self, ("camera_head_trunk_depth", "camera_head_num_attention_heads", "camera_head_num_iterations"),
-                        "geometry_config")
-            width = 2 * self.hidden_size
-            if width % self.camera_head_num_attention_heads:
-                raise ValueError(
-                    f"geometry_config.camera_head_num_attention_heads ({self.camera_head_num_attention_heads}) must "
-                    f"divide the camera head width 2·hidden_size = {width}."
-                )
-        if self.uses_dpt_head:
-            check_sizes(self, ("dpt_features", "dpt_frames_chunk_size"), "geometry_config")
-            if len(self.dpt_layers) != 4 or len(self.dpt_out_channels) != 4:
-                raise ValueError(
-                    f"geometry_config.dpt_layers ({self.dpt_layers}) and dpt_out_channels ({self.dpt_out_channels}) "
-                    "must each have 4 entries: the DPT head fuses four aggregator layers."
-                )
-            for layer in self.dpt_layers:
-                if not 0 <= layer < self.num_hidden_layers:
-                    raise ValueError(
-                        f"geometry_config.dpt_layers contains {layer}: valid layers are 0..{self.num_hidden_layers - 1}."
-                    )
-            if min(self.dpt_out_channels) < 1 or self.dpt_features % 2:
-                raise ValueError(
-                    "geometry_config.dpt_out_channels must be positive and dpt_features a positive even number, got "
-                    f"{self.dpt_out_channels} and {self.dpt_features}."
-                )
 
 
 # here so that a config.json loads without the modeling modules; `modeling_vggt` registers the encoder class
@@ -614,19 +300,12 @@ class GapMllmFusionConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.method not in FUSION_METHODS:
-            raise ValueError(
-                f"geometry_fusion_config.method={self.method!r} does not exist: choose one of {FUSION_METHODS}."
-            )
-        if self.merger_norm not in MERGER_NORMS:
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_fusion_config(self)
+        if self.merger_norm not in MERGER_NORMS:  # any other value would build a LayerNorm merger without a word
             raise ValueError(
                 f"geometry_fusion_config.merger_norm={self.merger_norm!r} does not exist: choose one of {MERGER_NORMS}."
-            )
-        check_sizes(self, ("merger_hidden_size", "cross_attention_num_heads", "cross_attention_num_layers",
-                           "cross_attention_mlp_ratio"), "geometry_fusion_config")
-        if isinstance(self.cross_attention_dropout, bool) or not 0 <= self.cross_attention_dropout < 1:
-            raise ValueError(
-                f"geometry_fusion_config.cross_attention_dropout must be in [0, 1), got {self.cross_attention_dropout!r}."
             )
 
 
@@ -643,8 +322,9 @@ class GapMllmConfig(PreTrainedConfig):
         use_geometry (`bool`): build the geometry encoder, mergers and fusion (True); `False` is stock Qwen3-VL.
 
     Raises:
-        ValueError: for a non-Qwen3-VL `vlm_config`, an invalid size, an unregistered `geometry_encoder_type`, a
-            `tapped_layers` count other than 1 + DeepStack levels, or over `MAX_PARAMETERS` parameters.
+        ValueError: for a non-Qwen3-VL `vlm_config` or an unregistered `geometry_encoder_type`; in the installed
+            package also for an invalid size, a `tapped_layers` count other than 1 + DeepStack levels, or a model
+            over its parameter bound (`gap_mllm.checks.check_config`).
 
     Example:
 
@@ -678,22 +358,18 @@ class GapMllmConfig(PreTrainedConfig):
             raise ValueError(
                 f"vlm_config must be a Qwen3-VL config (model_type 'qwen3_vl'), got {self.vlm_config.model_type!r}."
             )
-        check_vlm_sizes(self.vlm_config)
-        if self.use_geometry:
-            expected = 1 + len(self.vlm_config.vision_config.deepstack_visual_indexes)
-            tapped = self.geometry_config.tapped_layers
-            if len(tapped) != expected:
-                raise ValueError(
-                    f"geometry_config.tapped_layers={tapped} must name {expected} layers: one per fusion level "
-                    f"(the main visual tokens + {expected - 1} DeepStack levels of the Qwen3-VL vision tower)."
-                )
-        check_parameter_count(self)  # absurd sizes are refused here, before any weight is allocated
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_config(self)
 
     def get_text_config(self, decoder=None, encoder=None):
         return self.vlm_config.get_text_config(decoder=decoder, encoder=encoder)
 
     def to_diff_dict(self) -> dict:
-        with _quiet_default_sub_configs():
+        checks = installed_package_module("checks", __name__)
+        if checks is None:
+            return super().to_diff_dict()
+        with checks.quiet_default_sub_configs():
             return super().to_diff_dict()
 
     @property
@@ -723,18 +399,9 @@ __all__ = [
     "GeometryEncoderConfig",
     "GeometryEncoderOutput",
     "IGNORE_INDEX",
-    "MAX_PARAMETERS",
     "MERGER_NORMS",
     "PREFILL_ONLY_INPUT_NAMES",
     "PROCESSOR_GEOMETRY_INPUT_NAMES",
-    "available_memory",
     "build_geometry_config",
-    "check_memory_for_parameters",
-    "check_parameter_count",
-    "check_sizes",
-    "check_vlm_sizes",
-    "estimate_num_parameters",
-    "largest_part",
-    "parameter_parts",
     "register_geometry_encoder",
 ]

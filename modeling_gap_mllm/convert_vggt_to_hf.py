@@ -40,9 +40,11 @@ from huggingface_hub.utils import tqdm
 from safetensors.torch import load_file, save_file
 from transformers import Qwen3VLForConditionalGeneration
 
+from .checks import report_missing_weights
 from .configuration_gap_mllm import GapMllmConfig, GapMllmGeometryConfig
 from .files import PICKLE_REFUSED
 from .modeling_vggt import GapMllmGeometryEncoder
+from .speedups import use_batched_qwen3_vl
 
 
 # First bytes of files people hand to a converter by mistake.
@@ -465,8 +467,9 @@ def hub_loading_kwargs(name_or_path, what: str = "checkpoint") -> dict:
 def build_from_qwen3_vl(model_class, qwen3_vl_name_or_path, geometry_config: dict | None = None,
                         geometry_fusion_config: dict | None = None, vggt_weights=None, **from_pretrained_kwargs):
     """The body of `GapMllmForConditionalGeneration.from_qwen3_vl` (see there): a `model_class` model holding the
-    Qwen3-VL weights of `qwen3_vl_name_or_path` and, when given, the VGGT weights of `vggt_weights`. Returns
-    `(model, loaded)`: `loaded` is the set of the model's state-dict keys filled from `vggt_weights`."""
+    Qwen3-VL weights of `qwen3_vl_name_or_path` and, when given, the VGGT weights of `vggt_weights`, frozen as by
+    default; the GAP weights left newly initialised are reported (`MissingWeightsWarning`) and kept as
+    `model.missing_weight_groups`."""
     # an unreachable Hub: the cached checkpoint at once, or one line, not a minute of retries (modeling_gap_mllm.py)
     from_pretrained_kwargs = {**hub_loading_kwargs(qwen3_vl_name_or_path, "Qwen3-VL"), **from_pretrained_kwargs}
     vlm = Qwen3VLForConditionalGeneration.from_pretrained(qwen3_vl_name_or_path, **from_pretrained_kwargs)
@@ -488,7 +491,11 @@ def build_from_qwen3_vl(model_class, qwen3_vl_name_or_path, geometry_config: dic
         loaded = {"geometry_encoder." + key for key in report.mapped}
         if isinstance(vggt_weights, (str, os.PathLike)):
             config.geometry_config.source_checkpoint = str(vggt_weights)
-    return model, loaded
+    use_batched_qwen3_vl(model.vlm)  # the loaded modules are not the ones the model's __init__ switched
+    model.apply_freezing_policy()
+    new_keys = [k for k in model.state_dict() if not k.startswith("vlm.") and k not in loaded]
+    model.missing_weight_groups = sorted(report_missing_weights(new_keys, str(qwen3_vl_name_or_path)))
+    return model
 
 
 def convert_vggt_checkpoint(

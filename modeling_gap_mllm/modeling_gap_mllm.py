@@ -1,13 +1,11 @@
 """GAP-MLLM: Qwen3-VL + a frozen geometry encoder (VGGT) + multi-level gated fusion (arXiv 2603.16461).
 
 Level 0 fuses `merger_0(g)` into the main visual tokens, level k into DeepStack level k-1; the fused features enter
-Qwen3-VL through its `mm_encoder_outputs` hook. Sections: checkpoint checks (`report_missing_weights`,
-`first_non_finite_tensor`), batch-wide positions (`mrope_position_ids`, `vision_rotary_position_ids`,
-`use_batched_qwen3_vl`), input checks (`check_forward_inputs`), mergers and fusion modules (`GapMllmMultiLevelFusion`),
-and the model (`GapMllmForConditionalGeneration`, `GapMllmOutput`, `GapMllmImageEmbeddings`).
+Qwen3-VL through its `mm_encoder_outputs` hook. Sections: mergers and fusion modules (`GapMllmMultiLevelFusion`), and
+the model (`GapMllmForConditionalGeneration`, `GapMllmOutput`). The installed package adds its input and checkpoint
+checks (`gap_mllm.checks`) and its batch-wide Qwen3-VL paths (`gap_mllm.speedups`) around its own copy.
 """
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -16,481 +14,28 @@ from transformers import GenerationMixin, PreTrainedModel, Qwen3VLForConditional
 from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
-from transformers.models.qwen3_vl.modeling_qwen3_vl import (
-    Qwen3VLModel,
-    Qwen3VLTextModel,
-    Qwen3VLVisionAttention,
-    apply_rotary_pos_emb_vision,
-    eager_attention_forward,
-)
+from transformers.models.qwen3_vl.modeling_qwen3_vl import eager_attention_forward
 from transformers.utils import ModelOutput, logging
-from transformers.utils.generic import is_flash_attention_requested
-from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
 from .configuration_gap_mllm import (
     GEOMETRY_ENCODERS,
     GEOMETRY_INPUT_NAMES,  # noqa: F401 - re-exported for callers that build model inputs
-    IGNORE_INDEX,
     PREFILL_ONLY_INPUT_NAMES,
     GapMllmConfig,
     GapMllmFusionConfig,
-    check_memory_for_parameters,
+    installed_package_module,
 )
 from .generation_gap_mllm import (
     GapMllmScene,
     answer_task_kwargs,
-    check_token_id_dtype,
     compiled_decoding_kwargs,
     encode_scene,
     generate_from_scene,
     lent_static_cache,
     prepare_token_budget,
     static_cache_lending,
-    token_id_range,
-    vocabulary_error,
 )
 from .modeling_vggt import GapMllmGeometryEncoder  # noqa: F401 - the import registers the "vggt" geometry encoder
-
-
-# ---- checkpoint checks
-# (key prefix, human name), most specific first.
-WEIGHT_GROUPS = (
-    ("geometry_encoder.", "geometry encoder (VGGT aggregator)"),
-    ("geometry_fusion.mergers.", "geometry mergers"),
-    ("geometry_fusion.fusions.", "fusion modules (gates)"),
-    ("vlm.model.visual.", "Qwen3-VL vision tower"),
-    ("vlm.model.language_model.", "Qwen3-VL language model"),
-    ("vlm.lm_head.", "LM head"),
-)
-GEOMETRY_GROUPS = frozenset(name for prefix, name in WEIGHT_GROUPS if prefix.startswith("geometry_"))
-
-
-class MissingWeightsWarning(UserWarning):
-    """A checkpoint lacked weights of a GAP-MLLM component; they were randomly initialised."""
-
-
-def group_missing_keys(missing_keys) -> dict[str, list[str]]:
-    """Sort state-dict keys into the named components of `WEIGHT_GROUPS` (others under "other")."""
-    groups: dict[str, list[str]] = {}
-    for key in sorted(missing_keys):
-        name = next((name for prefix, name in WEIGHT_GROUPS if key.startswith(prefix)), "other")
-        groups.setdefault(name, []).append(key)
-    return groups
-
-
-def report_missing_weights(missing_keys, source: str) -> dict[str, list[str]]:
-    """Warn once, by group, about `missing_keys` of a checkpoint loaded from `source`; returns the groups."""
-    groups = group_missing_keys(missing_keys)
-    if groups:
-        lines = [f"  - {name}: {len(keys)} tensors randomly initialised (e.g. {keys[0]})" for name, keys in groups.items()]
-        message = (
-            f"The checkpoint at {source!r} lacks the weights of these GAP-MLLM components:\n" + "\n".join(lines)
-            + "\nThey are NOT pretrained. Load the matching weights (VGGT converter, a trained GAP-MLLM "
-            "checkpoint) before using the model for anything but training from scratch."
-        )
-        logger.warning(message)
-        warnings.warn(message, MissingWeightsWarning, stacklevel=3)
-    return groups
-
-
-def first_non_finite_tensor(state_dict) -> str | None:
-    """Name of the first floating-point, non-meta tensor of `state_dict` holding a NaN or an infinity, or None."""
-    names, sums = {}, {}
-    for position, (name, tensor) in enumerate(state_dict.items()):
-        if tensor.is_floating_point() and not tensor.is_meta:
-            names.setdefault(tensor.device, []).append((position, name))
-            sums.setdefault(tensor.device, []).append(tensor.sum(dtype=torch.float32))
-    broken = []
-    for device, device_sums in sums.items():
-        flagged = (~torch.isfinite(torch.stack(device_sums))).nonzero().flatten().tolist()  # the one synchronisation
-        broken.extend(names[device][index] for index in flagged
-                      if not torch.isfinite(state_dict[names[device][index][1]]).all())
-    return min(broken)[1] if broken else None
-
-
-# ---- batch-wide M-RoPE and ViT positions
-TEXT, IMAGE, VIDEO = 0, 1, 2
-
-
-def _run_grid_rows(grid_thw: torch.LongTensor | None, device, split_frames: bool) -> torch.LongTensor:
-    """`[N, 3]` grids with one row per vision run (each video frame is its own run)."""
-    if grid_thw is None:
-        return torch.zeros(0, 3, dtype=torch.long, device=device)
-    grid_thw = grid_thw.to(device).long()
-    if not split_frames:
-        return grid_thw
-    frames = torch.repeat_interleave(grid_thw, grid_thw[:, 0], dim=0)
-    return torch.cat([torch.ones_like(frames[:, :1]), frames[:, 1:]], dim=1)
-
-
-def _run_grids(types: torch.Tensor, run_id: torch.Tensor, image_grids: torch.Tensor, video_grids: torch.Tensor):
-    """`(t, rows, cols, advance)` of the grid each vision token's run consumes, `[B, T]` each (0 elsewhere)."""
-    grids = torch.cat([image_grids, video_grids, torch.zeros(1, 3, dtype=torch.long, device=types.device)])
-    offset = torch.where(types == VIDEO, image_grids.shape[0], 0)
-    index = torch.where(types == TEXT, grids.shape[0] - 1, (run_id + offset).clamp(0, grids.shape[0] - 1))
-    grid = grids[index]
-    return grid[..., 0], grid[..., 1], grid[..., 2], torch.maximum(grid[..., 1], grid[..., 2])
-
-
-def mrope_position_ids(
-    mm_token_type_ids: torch.Tensor,
-    spatial_merge_size: int,
-    image_grid_thw: torch.LongTensor | None = None,
-    video_grid_thw: torch.LongTensor | None = None,
-    attention_mask: torch.Tensor | None = None,
-    dtype: torch.dtype = torch.long,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """M-RoPE positions of a batch, as Qwen3-VL's `get_rope_index` returns them.
-
-    Args:
-        mm_token_type_ids: `[B, T]` 0 text, 1 image, 2 video (the processor's output).
-        spatial_merge_size: the vision config's merge size (2 for Qwen3-VL).
-        image_grid_thw: `[N_images, 3]` patch grids in the order the images appear (batch-major).
-        video_grid_thw: `[N_videos, 3]`; each video frame is its own run.
-        attention_mask: `[B, T]`, 0 for padding (left or right); `None`: every token counts.
-        dtype: dtype of the returned positions.
-
-    Returns:
-        `([3, B, T] positions (t, h, w), [B, 1] deltas)`: delta = the largest position + 1 − the sample's length.
-
-    Raises:
-        ValueError: the vision runs of the tokens and the grids disagree (count or length).
-    """
-    types = mm_token_type_ids.long()
-    batch, length = types.shape
-    device = types.device
-    valid = torch.ones_like(types, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
-    types = torch.where(valid, types, TEXT)
-    image_grids = _run_grid_rows(image_grid_thw, device, split_frames=False)
-    video_grids = _run_grid_rows(video_grid_thw, device, split_frames=True)
-
-    # A run starts at a vision token whose previous counted token is not of its type.
-    index = torch.arange(length, device=device).expand(batch, -1)
-    last_valid = torch.cummax(torch.where(valid, index, -1), dim=1).values
-    previous_valid = torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
-    previous_type = torch.where(previous_valid >= 0, types.gather(1, previous_valid.clamp(min=0)), -1)
-    vision = valid & (types != TEXT)
-    run_start = vision & (previous_type != types)
-
-    # Runs are numbered per modality in batch-major order, as Qwen3-VL's grid iterators consume them.
-    run_number = {}
-    for modality in (IMAGE, VIDEO):
-        starts = (run_start & (types == modality)).flatten()
-        run_number[modality] = (torch.cumsum(starts, 0) - 1).view(batch, length)
-    start_at = torch.cummax(torch.where(run_start, index, 0), dim=1).values  # the start of each token's run
-    run_id = torch.where(types == VIDEO, run_number[VIDEO], run_number[IMAGE]).gather(1, start_at)
-    grid_t, rows, cols, advance = _run_grids(types, run_id, image_grids, video_grids)
-    rows, cols, advance = rows // spatial_merge_size, cols // spatial_merge_size, advance // spatial_merge_size
-    run_size = torch.where(types == IMAGE, grid_t, 1) * rows * cols
-
-    # A run (or text token) starts after the counted text tokens and the advances of the runs before it.
-    text = valid & (types == TEXT)
-    text_before = torch.cumsum(text, 1) - text.long()
-    advance_at_start = torch.where(run_start, advance, 0)
-    advances_before = torch.cumsum(advance_at_start, 1) - advance_at_start
-    run_start_position = (text_before + advances_before).gather(1, start_at)
-    within_run = torch.cumsum(vision, 1) - torch.cumsum(vision, 1).gather(1, start_at)
-    cols_safe = cols.clamp(min=1)
-    base = torch.where(vision, run_start_position, text_before + advances_before)
-    plane = (rows * cols).clamp(min=1)  # an image of t temporal patches is t planes of rows × cols tokens
-    positions = torch.stack([
-        base + torch.where(vision, within_run // plane, 0),
-        base + torch.where(vision, within_run % plane // cols_safe, 0),
-        base + torch.where(vision, within_run % cols_safe, 0),
-    ])
-    positions = torch.where(valid, positions, 0).to(dtype)
-    _check_runs(types, run_start, run_id, vision, run_size, image_grids.shape[0], video_grids.shape[0])
-    largest = torch.where(valid, positions.amax(0), torch.iinfo(positions.dtype).min).amax(1)
-    deltas = (largest + 1 - valid.sum(1)).unsqueeze(1).long()
-    return positions, deltas
-
-
-def _check_runs(types, run_start, run_id, vision, run_size, num_images: int, num_videos: int) -> None:
-    """ValueError unless every run has a grid and exactly its number of tokens (one host synchronisation)."""
-    problems = []
-    for modality, count, name in ((IMAGE, num_images, "image"), (VIDEO, num_videos, "video frame")):
-        runs = (run_start & (types == modality)).sum()
-        member = vision & (types == modality)
-        sizes = torch.zeros(count + 1, dtype=torch.long, device=types.device)
-        sizes.index_add_(0, torch.where(member, run_id, count).clamp(max=count).flatten(), member.long().flatten())
-        expected = torch.zeros(count + 1, dtype=torch.long, device=types.device)
-        expected.index_add_(0, torch.where(run_start & member, run_id, count).clamp(max=count).flatten(),
-                            torch.where(run_start & member, run_size, 0).flatten())
-        problems.append(torch.stack([runs - count, (sizes[:count] != expected[:count]).sum()]))
-    found = torch.stack(problems).tolist()
-    for (extra_runs, wrong_sizes), name in zip(found, ("image", "video frame")):
-        if extra_runs or wrong_sizes:
-            raise ValueError(
-                f"mm_token_type_ids and the {name} grids disagree: {extra_runs:+d} {name} runs against the grids, "
-                f"{wrong_sizes} run(s) whose token count is not the grid's (h × w / merge²). Build the inputs with "
-                "the processor (it writes the vision tokens from the same grids)."
-            )
-
-
-def vision_rotary_position_ids(grid_thw: torch.LongTensor, spatial_merge_size: int, num_patches: int) -> torch.LongTensor:
-    """The ViT's 2-D rotary positions `[num_patches, 2]` (row, column), as Qwen3-VL's `get_vision_position_ids`.
-
-    Args:
-        grid_thw: `[N, 3]` patch grids (t, h, w) of the images (or videos) in order; patches come image by image,
-            frame by frame, within a frame in row-major `m × m` merge blocks.
-        spatial_merge_size: `m`, the vision config's merge size.
-        num_patches: `Σ t·h·w`, the number of rows of `pixel_values` (so nothing is read from the device).
-    """
-    grid = grid_thw.long()
-    counts = grid.prod(-1)
-    image = torch.repeat_interleave(torch.arange(grid.shape[0], device=grid.device), counts, output_size=num_patches)
-    first_patch = (torch.cumsum(counts, 0) - counts)[image]
-    heights, widths = grid[image, 1], grid[image, 2]
-    in_frame = (torch.arange(num_patches, device=grid.device) - first_patch) % (heights * widths)
-    block, in_block = in_frame // spatial_merge_size**2, in_frame % spatial_merge_size**2
-    blocks_per_row = widths // spatial_merge_size
-    rows = block // blocks_per_row * spatial_merge_size + in_block // spatial_merge_size
-    cols = block % blocks_per_row * spatial_merge_size + in_block % spatial_merge_size
-    return torch.stack([rows, cols], dim=-1)
-
-
-class GapMllmQwen3VLModel(Qwen3VLModel):
-    """`Qwen3VLModel` whose LLM and ViT position ids are computed batch-wide."""
-
-    def get_rope_index(self, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None,
-                       attention_mask=None, **kwargs):
-        return mrope_position_ids(
-            mm_token_type_ids.to(input_ids.device),
-            self.config.vision_config.spatial_merge_size,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            attention_mask=attention_mask,
-            dtype=input_ids.dtype,
-        )
-
-    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
-        # `get_video_features` comes here too (with the video grids): the layout of the positions is the same.
-        if image_grid_thw is not None and "position_ids" not in kwargs and "image_position_ids" not in kwargs:
-            kwargs["image_position_ids"] = vision_rotary_position_ids(
-                image_grid_thw, self.visual.spatial_merge_size, pixel_values.shape[0]
-            )
-        return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
-
-
-# key -> (tensor, its host read), one tuple so threads never mix forwards: "lengths" (cu_seqlens), "visual"
-_LAST_READ: dict = {}
-
-
-def _read_once(key: str, tensor: torch.Tensor, read):
-    """`read(tensor)`, unless the same tensor object was read last under `key`."""
-    last = _LAST_READ.get(key)
-    if last is None or last[0] is not tensor:
-        last = (tensor, read(tensor))
-        _LAST_READ[key] = last
-    return last[1]
-
-
-class GapMllmQwen3VLTextModel(Qwen3VLTextModel):
-    """Qwen3-VL's text model adding DeepStack features at indices read once per forward."""
-
-    def _deepstack_process(self, hidden_states, visual_pos_masks, visual_embeds):
-        """`hidden_states` `[B, T, D]` plus `visual_embeds` `[N, D]` at the N tokens of `visual_pos_masks` `[B, T]`."""
-        index = _read_once("visual", visual_pos_masks, lambda mask: torch.nonzero(mask.flatten()).flatten())
-        index = index.to(hidden_states.device)
-        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-        added = flat.index_add(0, index, visual_embeds.to(hidden_states.device, hidden_states.dtype))
-        return added.view_as(hidden_states)
-
-
-def _image_lengths(cu_seqlens: torch.Tensor) -> list[int]:
-    """Patches per image, `cu_seqlens` read on the host once per ViT forward rather than once per block."""
-    return _read_once("lengths", cu_seqlens, lambda cu: (cu[1:] - cu[:-1]).tolist())
-
-
-class GapMllmQwen3VLVisionAttention(Qwen3VLVisionAttention):
-    """Qwen3-VL's ViT attention as one batched call when all images have the same patch count."""
-
-    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
-        if is_flash_attention_requested(self.config):  # flash-attn's varlen kernel is one call already
-            return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
-        lengths = _image_lengths(cu_seqlens)
-        if len(set(lengths)) != 1:
-            return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
-        images, patches = len(lengths), lengths[0]
-        seq_length = hidden_states.shape[0]
-        query, key, value = (
-            self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        )
-        cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
-        # [images · patches, heads, dim] → [images, heads, patches, dim]: each image attends only to itself
-        query, key, value = (t.reshape(images, patches, self.num_heads, -1).transpose(1, 2) for t in (query, key, value))
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        output, _ = attention(
-            self, query, key, value, attention_mask=None, scaling=self.scaling,
-            dropout=0.0 if not self.training else self.attention_dropout, is_causal=False, **kwargs,
-        )
-        return self.proj(output.reshape(seq_length, -1).contiguous())  # output: [images, patches, heads, dim]
-
-
-def use_batched_qwen3_vl(vlm) -> None:
-    """Switch a built `Qwen3VLForConditionalGeneration` to the batch-wide subclasses, in place (they add no state, so
-    the switch survives `deepcopy`, pickling and `torch.compile`)."""
-    if type(vlm.model) is Qwen3VLModel:
-        vlm.model.__class__ = GapMllmQwen3VLModel
-    if type(vlm.model.language_model) is Qwen3VLTextModel:
-        vlm.model.language_model.__class__ = GapMllmQwen3VLTextModel
-        # recorded outputs are registered per class name at build: without this `output_hidden_states` gives None
-        _CAN_RECORD_REGISTRY[vlm.model.language_model] = vlm.model.language_model._can_record_outputs
-    for block in vlm.model.visual.blocks:
-        if type(block.attn) is Qwen3VLVisionAttention:
-            block.attn.__class__ = GapMllmQwen3VLVisionAttention
-
-
-@dataclass(frozen=True)
-class GapMllmImageEmbeddings:
-    """What `GapMllmForConditionalGeneration.encode_images` returns.
-
-    Attributes:
-        embeddings: one `[tokens_i, (1 + num_deepstack) · hidden]` tensor per image, in input order
-            (views in sample order, samples in batch order); `tokens_i = h_i · w_i / merge²`.
-        image_grid_thw: `[N_images, 3]` rows `(1, h_i, w_i)`, the patch grid of each image (before the merge).
-        views_per_sample: the number of images of each sample, in batch order.
-        hidden_size: the width of one level (Qwen3-VL's `vision_config.out_hidden_size`).
-        num_deepstack_levels: DeepStack levels after the main one (3 for Qwen3-VL-2B).
-    """
-
-    embeddings: tuple[torch.Tensor, ...]
-    image_grid_thw: torch.LongTensor
-    views_per_sample: tuple[int, ...]
-    hidden_size: int
-    num_deepstack_levels: int
-
-    def __post_init__(self):
-        if len(self.embeddings) != self.image_grid_thw.shape[0] or sum(self.views_per_sample) != len(self.embeddings):
-            raise ValueError(
-                f"{len(self.embeddings)} embeddings, {self.image_grid_thw.shape[0]} grid rows and views_per_sample="
-                f"{list(self.views_per_sample)} do not describe the same images"
-            )
-
-    @property
-    def width(self) -> int:
-        """`(1 + num_deepstack_levels) · hidden_size`: 8192 for Qwen3-VL-2B."""
-        return (1 + self.num_deepstack_levels) * self.hidden_size
-
-    def per_sample(self) -> list[tuple[tuple[torch.Tensor, ...], torch.LongTensor]]:
-        """`[(embeddings of the sample's images, its [V_b, 3] grid rows), …]`, one entry per sample."""
-        samples, start = [], 0
-        for count in self.views_per_sample:
-            samples.append((self.embeddings[start : start + count], self.image_grid_thw[start : start + count]))
-            start += count
-        return samples
-
-
-def concatenate_levels(main: tuple[torch.Tensor, ...], deepstack: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    """Per image, `[main ‖ deepstack_0 ‖ …]` along the feature axis.
-
-    Args:
-        main: one `[tokens_i, hidden]` tensor per image (Qwen's `pooler_output`, or GAP's fused level 0).
-        deepstack: per DeepStack level, one `[tokens_i, hidden]` tensor per image.
-
-    Returns:
-        one `[tokens_i, (1 + len(deepstack)) · hidden]` tensor per image.
-    """
-    levels = [main, *deepstack]
-    for level, tensors in enumerate(levels):
-        if len(tensors) != len(main):
-            raise ValueError(f"level {level} has {len(tensors)} images, the main level {len(main)}")
-    return tuple(torch.cat([tensors[image] for tensors in levels], dim=-1) for image in range(len(main)))
-
-
-def _cached_length(past_key_values) -> int | None:
-    """Tokens already cached (0 without a cache); None for a filled static cache, whose count is not read back."""
-    if past_key_values is None or not hasattr(past_key_values, "get_seq_length"):
-        return 0
-    layers = getattr(past_key_values, "layers", None)
-    if layers and getattr(layers[0], "is_compileable", False):
-        return None if getattr(layers[0], "is_initialized", False) else 0
-    return int(past_key_values.get_seq_length())
-
-
-def _check_shapes(batch: int, length: int, cached: int | None, attention_mask, labels, mm_token_type_ids) -> None:
-    """ValueError naming the per-token input that does not fit `[batch, length]` (only the mask after a cache)."""
-    for name, tensor in (("labels", labels), ("mm_token_type_ids", mm_token_type_ids)):
-        if tensor is not None and cached == 0 and tuple(tensor.shape) != (batch, length):
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, but the input tokens are [{batch}, {length}]: "
-                             f"{name} needs one value per token.")
-    if attention_mask is None or attention_mask.ndim == 4:
-        return
-    if cached is None:  # a filled static cache: its length is not read (see _cached_length), the batch is checked
-        expected, width = f"[{batch}, cached + {length} new tokens]", attention_mask.shape[-1]
-    else:
-        expected = f"[{batch}, {length}]" if not cached else f"[{batch}, {cached} cached + {length} new tokens]"
-        width = cached + length
-    if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] != width:
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {expected}: one value per "
-                         "token (1 = attend, 0 = padding), as the processor returns it.")
-
-
-def check_forward_inputs(model, input_ids=None, inputs_embeds=None, attention_mask=None, labels=None,
-                         mm_token_type_ids=None, past_key_values=None) -> None:
-    """Check the inputs of one forward of `model` (a `GapMllmForConditionalGeneration`), with one host read.
-
-    Token ids must lie in the vocabulary (`labels` besides -100); `labels`, `mm_token_type_ids` and a 2-D
-    `attention_mask` must be `[B, T]` (the mask `[B, cached + T]` after a cache); the mask keeps a token in every row
-    and masks no vision token. A step continuing a cache has only its shapes checked.
-
-    Raises:
-        ValueError: naming the input (`input_ids`, `labels`, `attention_mask`, `mm_token_type_ids`) and what is
-            wrong with it.
-    """
-    tokens = input_ids if input_ids is not None else inputs_embeds
-    if tokens is None:
-        return  # Qwen3-VL itself asks for one of them
-    if input_ids is not None:
-        check_token_id_dtype(input_ids)
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}, expected [batch, length].")
-    if labels is not None:
-        check_token_id_dtype(labels, "labels")
-    batch, length = tokens.shape[:2]
-    cached = _cached_length(past_key_values)
-    _check_shapes(batch, length, cached, attention_mask, labels, mm_token_type_ids)
-    if cached is None or cached or batch * length == 0:
-        return  # a decoding step: its ids are the model's own, and the prompt was checked at prefill
-
-    reductions, readers = [], []
-    if input_ids is not None:
-        vocabulary = model.get_input_embeddings().num_embeddings
-        reductions.append(token_id_range(input_ids))
-        readers.append(lambda low, high: vocabulary_error(low, high, vocabulary, "input_ids"))
-    if labels is not None:
-        outputs = model.get_output_embeddings().out_features  # the logits' width, which the loss indexes
-        targets = labels.masked_fill(labels == IGNORE_INDEX, 0)  # ignored positions are no ids
-        reductions.append(token_id_range(targets))
-        readers.append(lambda low, high: vocabulary_error(low, high, outputs, f"labels (besides {IGNORE_INDEX}, ignored)"))
-    if attention_mask is not None and attention_mask.ndim == 2:
-        kept = attention_mask != 0
-        masked_vision = (~kept & (mm_token_type_ids != 0)).sum() if mm_token_type_ids is not None else kept.new_zeros((), dtype=torch.long)
-        reductions.append(torch.stack([kept.sum(-1).min(), masked_vision]).to(torch.long))
-        readers.append(lambda fewest, vision: _mask_error(attention_mask, mm_token_type_ids, fewest, vision))
-    if not reductions:
-        return
-    values = torch.cat([r.to(device=reductions[0].device, dtype=torch.long) for r in reductions]).tolist()
-    for index, read in enumerate(readers):
-        error = read(*values[2 * index : 2 * index + 2])
-        if error is not None:
-            raise error
-
-
-def _mask_error(attention_mask, mm_token_type_ids, fewest_kept: int, masked_vision: int) -> ValueError | None:
-    """The error for a 2-D mask leaving a row empty or masking vision tokens, naming the first such row."""
-    kept = attention_mask != 0
-    if fewest_kept == 0:
-        row = int((kept.sum(-1) == 0).nonzero()[0, 0])
-        return ValueError(f"attention_mask row {row} is all zeros: every sample needs at least one token with mask 1.")
-    if masked_vision:
-        row = int((~kept & (mm_token_type_ids != 0)).any(-1).nonzero()[0, 0])
-        return ValueError(
-            f"attention_mask masks {masked_vision} image/video token(s) (mm_token_type_ids ≠ 0), the first in row {row}: "
-            "the mask may leave out padding only, never vision tokens."
-        )
-    return None
 
 
 # ---- geometry mergers and fusion modules
@@ -832,21 +377,25 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     (`mergers[l]`, `fusions[l]`). Frozen by default: `vlm.model.visual` and `geometry_encoder`.
 
     Raises:
-        ValueError: an unregistered `geometry_encoder_type`, or weights that cannot fit in the memory left.
+        ValueError: an unregistered `geometry_encoder_type`, or (installed package) weights that cannot fit in the
+            memory left.
     """
 
     accepts_loss_kwargs = False  # Qwen3-VL's choice: Trainer then scales the loss for accumulation.
 
     def __init__(self, config: GapMllmConfig):
-        # refuse before allocating (nothing is allocated on the meta device of from_pretrained)
-        check_memory_for_parameters(config)
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:  # refuse before allocating (nothing is allocated on the meta device of from_pretrained)
+            checks.check_memory_for_parameters(config)
         super().__init__(config)
         # plain nn.Module sub-models get no attention implementation from PreTrainedModel (else silently eager)
         for sub_config in (config.geometry_config, config.geometry_fusion_config):
             if sub_config._attn_implementation is None:
                 sub_config._attn_implementation = config._attn_implementation
         self.vlm = Qwen3VLForConditionalGeneration(config.vlm_config)
-        use_batched_qwen3_vl(self.vlm)  # position ids and ViT attention without per-image host loops
+        speedups = installed_package_module("speedups", __name__)
+        if speedups is not None:  # position ids and ViT attention without per-image host loops
+            speedups.use_batched_qwen3_vl(self.vlm)
         if config.use_geometry:
             encoder_class = GEOMETRY_ENCODERS.get(config.geometry_encoder_type)
             if encoder_class is None:
@@ -1026,54 +575,6 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                                    grids=grids)
         return image_outputs, geometry_features, gates
 
-    def encode_images(
-        self,
-        pixel_values: torch.Tensor,
-        image_grid_thw: torch.LongTensor,
-        geometry_pixel_values: torch.Tensor | None = None,
-        geometry_views_per_sample: torch.LongTensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        geometry_features: list[list[torch.Tensor]] | None = None,
-        **kwargs,
-    ) -> GapMllmImageEmbeddings:
-        """GAP-MLLM's whole image path as the precomputed image embeddings a stock Qwen3-VL takes (vLLM's
-        `image_embeds`).
-
-        Args:
-            pixel_values: `[Σ h_i·w_i, 3·2·16·16]` ViT patches (`GapMllmProcessor`).
-            image_grid_thw: `[N_images, 3]` rows `(1, h_i, w_i)`.
-            geometry_pixel_values: `[N_images, 3, H_max, W_max]` in [0, 1], the VGGT input of every view
-                (required with geometry unless `geometry_features` are given: ValueError).
-            geometry_views_per_sample: `[B]` views per sample (or counted in `input_ids`).
-            input_ids: `[B, L]`, only to count views when `geometry_views_per_sample` is absent.
-            geometry_features: precomputed geometry-encoder output (as `get_geometry_features` returns).
-            **kwargs: other processor outputs, ignored, so that `model.encode_images(**processor(...))` works.
-
-        Returns:
-            `GapMllmImageEmbeddings`: per image `[h_i·w_i/4, (1 + num_deepstack) · hidden]` (main ‖ DeepStack
-            levels, 8192 wide for Qwen3-VL-2B); with `use_geometry=False` the levels are stock Qwen3-VL's.
-        """
-        views = self._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
-        if self.uses_geometry:
-            if geometry_pixel_values is None and geometry_features is None:
-                # forward() would fall back to plain Qwen3-VL: an engine would answer without geometry, silently
-                raise ValueError("encode_images needs geometry_pixel_values (GapMllmProcessor) or geometry_features: "
-                                 "this model fuses geometry into its image tokens.")
-            image_outputs, _, _ = self.get_fused_image_features(
-                pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features
-            )
-        else:
-            image_outputs = self.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-        vision = self.config.vlm_config.vision_config
-        embeddings = concatenate_levels(tuple(image_outputs.pooler_output), list(image_outputs.deepstack_features))
-        return GapMllmImageEmbeddings(
-            embeddings=embeddings,
-            image_grid_thw=image_grid_thw,
-            views_per_sample=tuple(views),
-            hidden_size=vision.out_hidden_size,
-            num_deepstack_levels=len(vision.deepstack_visual_indexes),
-        )
-
     # ---- forward
     def forward(
         self,
@@ -1108,10 +609,13 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             output_gates: return the fusion gates per level (`gated` method).
 
         Raises:
-            ValueError: naming the input (see `check_forward_inputs`), or `geometry_pixel_values` without
-                `pixel_values`.
+            ValueError: `geometry_pixel_values` without `pixel_values`, or (installed package) naming the input that
+                is wrong (`gap_mllm.checks.check_forward_inputs`).
         """
-        check_forward_inputs(self, input_ids, inputs_embeds, attention_mask, labels, mm_token_type_ids, past_key_values)
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_forward_inputs(self, input_ids, inputs_embeds, attention_mask, labels, mm_token_type_ids,
+                                        past_key_values)
         mm_encoder_outputs, gates = None, None
         if self.uses_geometry and pixel_values is not None:
             if geometry_pixel_values is None and geometry_features is None:
@@ -1267,31 +771,18 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
 
     # ---- loading
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, require_geometry_weights: bool = False,
-                        allow_non_finite_weights: bool = False, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus a report of missing GAP components and a refusal of NaN weights.
-
-        Args:
-            require_geometry_weights: raise instead of warning when the geometry encoder, mergers or
-                fusion modules are missing from the checkpoint.
-            allow_non_finite_weights: load weights holding NaN or infinities (to inspect a diverged checkpoint);
-                by default such a checkpoint is a ValueError naming the first tensor that holds one.
-        """
-        wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        broken = None if allow_non_finite_weights else first_non_finite_tensor(model.state_dict())
-        if broken is not None:  # it would load and answer nothing (every box dropped), without a word
-            raise ValueError(f"{pretrained_model_name_or_path}: the weights hold NaN or infinite values (first: "
-                             f"{broken}); the checkpoint is damaged or was saved from a diverged run: load another one")
-        # Loading materialises fresh parameters (all trainable): restore the default frozen parts.
-        model.apply_freezing_policy()
-        groups = report_missing_weights(info["missing_keys"], str(pretrained_model_name_or_path))
-        model.missing_weight_groups = sorted(groups)
-        if require_geometry_weights and GEOMETRY_GROUPS.intersection(groups):
-            raise ValueError(
-                f"{pretrained_model_name_or_path!r} lacks GAP geometry weights: {sorted(GEOMETRY_GROUPS.intersection(groups))}"
-            )
-        return (model, info) if wants_info else model
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then the default freezing. The installed package also reports the GAP
+        components missing from the checkpoint (`model.missing_weight_groups`), refuses weights holding NaN, and takes
+        `require_geometry_weights` and `allow_non_finite_weights` (`gap_mllm.checks.load_checked`)."""
+        checks = installed_package_module("checks", __name__)
+        if checks is None:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        else:
+            loaded = checks.load_checked(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
+        # loading materialises fresh parameters (all trainable): restore the default frozen parts
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_freezing_policy()
+        return loaded
 
     @classmethod
     def from_qwen3_vl(
@@ -1322,13 +813,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             from gap_mllm.convert_vggt_to_hf import build_from_qwen3_vl
         except ImportError as error:
             raise ImportError("from_qwen3_vl builds a model with the gap-mllm package: pip install gap-mllm") from error
-        model, loaded = build_from_qwen3_vl(cls, qwen3_vl_name_or_path, geometry_config, geometry_fusion_config,
-                                            vggt_weights, **from_pretrained_kwargs)
-        use_batched_qwen3_vl(model.vlm)  # the loaded modules are not the ones __init__ switched
-        model.apply_freezing_policy()
-        new_keys = [k for k in model.state_dict() if not k.startswith("vlm.") and k not in loaded]
-        model.missing_weight_groups = sorted(report_missing_weights(new_keys, str(qwen3_vl_name_or_path)))
-        return model
+        return build_from_qwen3_vl(cls, qwen3_vl_name_or_path, geometry_config, geometry_fusion_config, vggt_weights,
+                                   **from_pretrained_kwargs)
 
 
 # save_pretrained then writes the auto_map entry and copies this code, however the module was imported
@@ -1337,10 +823,7 @@ GapMllmForConditionalGeneration.register_for_auto_class("AutoModelForImageTextTo
 
 __all__ = [
     "GapMllmForConditionalGeneration",
-    "GapMllmImageEmbeddings",
     "GapMllmOutput",
     "GapMllmPreTrainedModel",
     "GapMllmScene",
-    "check_forward_inputs",
-    "concatenate_levels",
 ]

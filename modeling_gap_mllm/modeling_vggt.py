@@ -18,7 +18,7 @@ from transformers.utils import ModelOutput
 from .configuration_gap_mllm import (
     GapMllmGeometryConfig,
     GeometryEncoderOutput,
-    check_memory_for_parameters,
+    installed_package_module,
     register_geometry_encoder,
 )
 
@@ -838,7 +838,9 @@ class GapMllmGeometryEncoder(nn.Module):
 
     def __init__(self, config: GapMllmGeometryConfig):
         # Built alone, nothing else prices the weights: refuse before allocating when even their lower bound won't fit.
-        check_memory_for_parameters(config)
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:
+            checks.check_memory_for_parameters(config)
         super().__init__()
         self.config = config
         self.aggregator = GapMllmVggtAggregator(config)

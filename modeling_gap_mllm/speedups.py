@@ -9,15 +9,362 @@ a model folder loaded with `trust_remote_code` runs transformers' own paths. Nev
 import threading
 import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+    Qwen3VLModel,
+    Qwen3VLTextModel,
+    Qwen3VLVisionAttention,
+    apply_rotary_pos_emb_vision,
+    eager_attention_forward,
+)
+from transformers.utils.generic import is_flash_attention_requested
+from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
 # ---- batched Qwen3-VL
+TEXT, IMAGE, VIDEO = 0, 1, 2
+
+
+def _run_grid_rows(grid_thw: torch.LongTensor | None, device, split_frames: bool) -> torch.LongTensor:
+    """`[N, 3]` grids with one row per vision run (each video frame is its own run)."""
+    if grid_thw is None:
+        return torch.zeros(0, 3, dtype=torch.long, device=device)
+    grid_thw = grid_thw.to(device).long()
+    if not split_frames:
+        return grid_thw
+    frames = torch.repeat_interleave(grid_thw, grid_thw[:, 0], dim=0)
+    return torch.cat([torch.ones_like(frames[:, :1]), frames[:, 1:]], dim=1)
+
+
+def _run_grids(types: torch.Tensor, run_id: torch.Tensor, image_grids: torch.Tensor, video_grids: torch.Tensor):
+    """`(t, rows, cols, advance)` of the grid each vision token's run consumes, `[B, T]` each (0 elsewhere)."""
+    grids = torch.cat([image_grids, video_grids, torch.zeros(1, 3, dtype=torch.long, device=types.device)])
+    offset = torch.where(types == VIDEO, image_grids.shape[0], 0)
+    index = torch.where(types == TEXT, grids.shape[0] - 1, (run_id + offset).clamp(0, grids.shape[0] - 1))
+    grid = grids[index]
+    return grid[..., 0], grid[..., 1], grid[..., 2], torch.maximum(grid[..., 1], grid[..., 2])
+
+
+def mrope_position_ids(
+    mm_token_type_ids: torch.Tensor,
+    spatial_merge_size: int,
+    image_grid_thw: torch.LongTensor | None = None,
+    video_grid_thw: torch.LongTensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.long,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """M-RoPE positions of a batch, as Qwen3-VL's `get_rope_index` returns them.
+
+    Args:
+        mm_token_type_ids: `[B, T]` 0 text, 1 image, 2 video (the processor's output).
+        spatial_merge_size: the vision config's merge size (2 for Qwen3-VL).
+        image_grid_thw: `[N_images, 3]` patch grids in the order the images appear (batch-major).
+        video_grid_thw: `[N_videos, 3]`; each video frame is its own run.
+        attention_mask: `[B, T]`, 0 for padding (left or right); `None`: every token counts.
+        dtype: dtype of the returned positions.
+
+    Returns:
+        `([3, B, T] positions (t, h, w), [B, 1] deltas)`: delta = the largest position + 1 − the sample's length.
+
+    Raises:
+        ValueError: the vision runs of the tokens and the grids disagree (count or length).
+    """
+    types = mm_token_type_ids.long()
+    batch, length = types.shape
+    device = types.device
+    valid = torch.ones_like(types, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+    types = torch.where(valid, types, TEXT)
+    image_grids = _run_grid_rows(image_grid_thw, device, split_frames=False)
+    video_grids = _run_grid_rows(video_grid_thw, device, split_frames=True)
+
+    # A run starts at a vision token whose previous counted token is not of its type.
+    index = torch.arange(length, device=device).expand(batch, -1)
+    last_valid = torch.cummax(torch.where(valid, index, -1), dim=1).values
+    previous_valid = torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
+    previous_type = torch.where(previous_valid >= 0, types.gather(1, previous_valid.clamp(min=0)), -1)
+    vision = valid & (types != TEXT)
+    run_start = vision & (previous_type != types)
+
+    # Runs are numbered per modality in batch-major order, as Qwen3-VL's grid iterators consume them.
+    run_number = {}
+    for modality in (IMAGE, VIDEO):
+        starts = (run_start & (types == modality)).flatten()
+        run_number[modality] = (torch.cumsum(starts, 0) - 1).view(batch, length)
+    start_at = torch.cummax(torch.where(run_start, index, 0), dim=1).values  # the start of each token's run
+    run_id = torch.where(types == VIDEO, run_number[VIDEO], run_number[IMAGE]).gather(1, start_at)
+    grid_t, rows, cols, advance = _run_grids(types, run_id, image_grids, video_grids)
+    rows, cols, advance = rows // spatial_merge_size, cols // spatial_merge_size, advance // spatial_merge_size
+    run_size = torch.where(types == IMAGE, grid_t, 1) * rows * cols
+
+    # A run (or text token) starts after the counted text tokens and the advances of the runs before it.
+    text = valid & (types == TEXT)
+    text_before = torch.cumsum(text, 1) - text.long()
+    advance_at_start = torch.where(run_start, advance, 0)
+    advances_before = torch.cumsum(advance_at_start, 1) - advance_at_start
+    run_start_position = (text_before + advances_before).gather(1, start_at)
+    within_run = torch.cumsum(vision, 1) - torch.cumsum(vision, 1).gather(1, start_at)
+    cols_safe = cols.clamp(min=1)
+    base = torch.where(vision, run_start_position, text_before + advances_before)
+    plane = (rows * cols).clamp(min=1)  # an image of t temporal patches is t planes of rows × cols tokens
+    positions = torch.stack([
+        base + torch.where(vision, within_run // plane, 0),
+        base + torch.where(vision, within_run % plane // cols_safe, 0),
+        base + torch.where(vision, within_run % cols_safe, 0),
+    ])
+    positions = torch.where(valid, positions, 0).to(dtype)
+    _check_runs(types, run_start, run_id, vision, run_size, image_grids.shape[0], video_grids.shape[0])
+    largest = torch.where(valid, positions.amax(0), torch.iinfo(positions.dtype).min).amax(1)
+    deltas = (largest + 1 - valid.sum(1)).unsqueeze(1).long()
+    return positions, deltas
+
+
+def _check_runs(types, run_start, run_id, vision, run_size, num_images: int, num_videos: int) -> None:
+    """ValueError unless every run has a grid and exactly its number of tokens (one host synchronisation)."""
+    problems = []
+    for modality, count, name in ((IMAGE, num_images, "image"), (VIDEO, num_videos, "video frame")):
+        runs = (run_start & (types == modality)).sum()
+        member = vision & (types == modality)
+        sizes = torch.zeros(count + 1, dtype=torch.long, device=types.device)
+        sizes.index_add_(0, torch.where(member, run_id, count).clamp(max=count).flatten(), member.long().flatten())
+        expected = torch.zeros(count + 1, dtype=torch.long, device=types.device)
+        expected.index_add_(0, torch.where(run_start & member, run_id, count).clamp(max=count).flatten(),
+                            torch.where(run_start & member, run_size, 0).flatten())
+        problems.append(torch.stack([runs - count, (sizes[:count] != expected[:count]).sum()]))
+    found = torch.stack(problems).tolist()
+    for (extra_runs, wrong_sizes), name in zip(found, ("image", "video frame")):
+        if extra_runs or wrong_sizes:
+            raise ValueError(
+                f"mm_token_type_ids and the {name} grids disagree: {extra_runs:+d} {name} runs against the grids, "
+                f"{wrong_sizes} run(s) whose token count is not the grid's (h × w / merge²). Build the inputs with "
+                "the processor (it writes the vision tokens from the same grids)."
+            )
+
+
+def vision_rotary_position_ids(grid_thw: torch.LongTensor, spatial_merge_size: int, num_patches: int) -> torch.LongTensor:
+    """The ViT's 2-D rotary positions `[num_patches, 2]` (row, column), as Qwen3-VL's `get_vision_position_ids`.
+
+    Args:
+        grid_thw: `[N, 3]` patch grids (t, h, w) of the images (or videos) in order; patches come image by image,
+            frame by frame, within a frame in row-major `m × m` merge blocks.
+        spatial_merge_size: `m`, the vision config's merge size.
+        num_patches: `Σ t·h·w`, the number of rows of `pixel_values` (so nothing is read from the device).
+    """
+    grid = grid_thw.long()
+    counts = grid.prod(-1)
+    image = torch.repeat_interleave(torch.arange(grid.shape[0], device=grid.device), counts, output_size=num_patches)
+    first_patch = (torch.cumsum(counts, 0) - counts)[image]
+    heights, widths = grid[image, 1], grid[image, 2]
+    in_frame = (torch.arange(num_patches, device=grid.device) - first_patch) % (heights * widths)
+    block, in_block = in_frame // spatial_merge_size**2, in_frame % spatial_merge_size**2
+    blocks_per_row = widths // spatial_merge_size
+    rows = block // blocks_per_row * spatial_merge_size + in_block // spatial_merge_size
+    cols = block % blocks_per_row * spatial_merge_size + in_block % spatial_merge_size
+    return torch.stack([rows, cols], dim=-1)
+
+
+class GapMllmQwen3VLModel(Qwen3VLModel):
+    """`Qwen3VLModel` whose LLM and ViT position ids are computed batch-wide."""
+
+    def get_rope_index(self, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None,
+                       attention_mask=None, **kwargs):
+        return mrope_position_ids(
+            mm_token_type_ids.to(input_ids.device),
+            self.config.vision_config.spatial_merge_size,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            attention_mask=attention_mask,
+            dtype=input_ids.dtype,
+        )
+
+    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
+        # `get_video_features` comes here too (with the video grids): the layout of the positions is the same.
+        if image_grid_thw is not None and "position_ids" not in kwargs and "image_position_ids" not in kwargs:
+            kwargs["image_position_ids"] = vision_rotary_position_ids(
+                image_grid_thw, self.visual.spatial_merge_size, pixel_values.shape[0]
+            )
+        return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+
+
+# key -> (tensor, its host read), one tuple so threads never mix forwards: "lengths" (cu_seqlens), "visual"
+_LAST_READ: dict = {}
+
+
+def _read_once(key: str, tensor: torch.Tensor, read):
+    """`read(tensor)`, unless the same tensor object was read last under `key`."""
+    last = _LAST_READ.get(key)
+    if last is None or last[0] is not tensor:
+        last = (tensor, read(tensor))
+        _LAST_READ[key] = last
+    return last[1]
+
+
+class GapMllmQwen3VLTextModel(Qwen3VLTextModel):
+    """Qwen3-VL's text model adding DeepStack features at indices read once per forward."""
+
+    def _deepstack_process(self, hidden_states, visual_pos_masks, visual_embeds):
+        """`hidden_states` `[B, T, D]` plus `visual_embeds` `[N, D]` at the N tokens of `visual_pos_masks` `[B, T]`."""
+        index = _read_once("visual", visual_pos_masks, lambda mask: torch.nonzero(mask.flatten()).flatten())
+        index = index.to(hidden_states.device)
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        added = flat.index_add(0, index, visual_embeds.to(hidden_states.device, hidden_states.dtype))
+        return added.view_as(hidden_states)
+
+
+def _image_lengths(cu_seqlens: torch.Tensor) -> list[int]:
+    """Patches per image, `cu_seqlens` read on the host once per ViT forward rather than once per block."""
+    return _read_once("lengths", cu_seqlens, lambda cu: (cu[1:] - cu[:-1]).tolist())
+
+
+class GapMllmQwen3VLVisionAttention(Qwen3VLVisionAttention):
+    """Qwen3-VL's ViT attention as one batched call when all images have the same patch count."""
+
+    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+        if is_flash_attention_requested(self.config):  # flash-attn's varlen kernel is one call already
+            return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+        lengths = _image_lengths(cu_seqlens)
+        if len(set(lengths)) != 1:
+            return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+        images, patches = len(lengths), lengths[0]
+        seq_length = hidden_states.shape[0]
+        query, key, value = (
+            self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        )
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
+        # [images · patches, heads, dim] → [images, heads, patches, dim]: each image attends only to itself
+        query, key, value = (t.reshape(images, patches, self.num_heads, -1).transpose(1, 2) for t in (query, key, value))
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, _ = attention(
+            self, query, key, value, attention_mask=None, scaling=self.scaling,
+            dropout=0.0 if not self.training else self.attention_dropout, is_causal=False, **kwargs,
+        )
+        return self.proj(output.reshape(seq_length, -1).contiguous())  # output: [images, patches, heads, dim]
+
+
+def use_batched_qwen3_vl(vlm) -> None:
+    """Switch a built `Qwen3VLForConditionalGeneration` to the batch-wide subclasses, in place (they add no state, so
+    the switch survives `deepcopy`, pickling and `torch.compile`)."""
+    if type(vlm.model) is Qwen3VLModel:
+        vlm.model.__class__ = GapMllmQwen3VLModel
+    if type(vlm.model.language_model) is Qwen3VLTextModel:
+        vlm.model.language_model.__class__ = GapMllmQwen3VLTextModel
+        # recorded outputs are registered per class name at build: without this `output_hidden_states` gives None
+        _CAN_RECORD_REGISTRY[vlm.model.language_model] = vlm.model.language_model._can_record_outputs
+    for block in vlm.model.visual.blocks:
+        if type(block.attn) is Qwen3VLVisionAttention:
+            block.attn.__class__ = GapMllmQwen3VLVisionAttention
 
 
 # ---- engine embeddings
+@dataclass(frozen=True)
+class GapMllmImageEmbeddings:
+    """What `encode_images` returns.
+
+    Attributes:
+        embeddings: one `[tokens_i, (1 + num_deepstack) · hidden]` tensor per image, in input order
+            (views in sample order, samples in batch order); `tokens_i = h_i · w_i / merge²`.
+        image_grid_thw: `[N_images, 3]` rows `(1, h_i, w_i)`, the patch grid of each image (before the merge).
+        views_per_sample: the number of images of each sample, in batch order.
+        hidden_size: the width of one level (Qwen3-VL's `vision_config.out_hidden_size`).
+        num_deepstack_levels: DeepStack levels after the main one (3 for Qwen3-VL-2B).
+    """
+
+    embeddings: tuple[torch.Tensor, ...]
+    image_grid_thw: torch.LongTensor
+    views_per_sample: tuple[int, ...]
+    hidden_size: int
+    num_deepstack_levels: int
+
+    def __post_init__(self):
+        if len(self.embeddings) != self.image_grid_thw.shape[0] or sum(self.views_per_sample) != len(self.embeddings):
+            raise ValueError(
+                f"{len(self.embeddings)} embeddings, {self.image_grid_thw.shape[0]} grid rows and views_per_sample="
+                f"{list(self.views_per_sample)} do not describe the same images"
+            )
+
+    @property
+    def width(self) -> int:
+        """`(1 + num_deepstack_levels) · hidden_size`: 8192 for Qwen3-VL-2B."""
+        return (1 + self.num_deepstack_levels) * self.hidden_size
+
+    def per_sample(self) -> list[tuple[tuple[torch.Tensor, ...], torch.LongTensor]]:
+        """`[(embeddings of the sample's images, its [V_b, 3] grid rows), …]`, one entry per sample."""
+        samples, start = [], 0
+        for count in self.views_per_sample:
+            samples.append((self.embeddings[start : start + count], self.image_grid_thw[start : start + count]))
+            start += count
+        return samples
+
+
+def concatenate_levels(main: tuple[torch.Tensor, ...], deepstack: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Per image, `[main ‖ deepstack_0 ‖ …]` along the feature axis.
+
+    Args:
+        main: one `[tokens_i, hidden]` tensor per image (Qwen's `pooler_output`, or GAP's fused level 0).
+        deepstack: per DeepStack level, one `[tokens_i, hidden]` tensor per image.
+
+    Returns:
+        one `[tokens_i, (1 + len(deepstack)) · hidden]` tensor per image.
+    """
+    levels = [main, *deepstack]
+    for level, tensors in enumerate(levels):
+        if len(tensors) != len(main):
+            raise ValueError(f"level {level} has {len(tensors)} images, the main level {len(main)}")
+    return tuple(torch.cat([tensors[image] for tensors in levels], dim=-1) for image in range(len(main)))
+
+
+def encode_images(
+    model,
+    pixel_values: torch.Tensor,
+    image_grid_thw: torch.LongTensor,
+    geometry_pixel_values: torch.Tensor | None = None,
+    geometry_views_per_sample: torch.LongTensor | None = None,
+    input_ids: torch.LongTensor | None = None,
+    geometry_features: list[list[torch.Tensor]] | None = None,
+    **kwargs,
+) -> GapMllmImageEmbeddings:
+    """The whole image path of `model` (a `GapMllmForConditionalGeneration`) as the precomputed image embeddings a
+    stock Qwen3-VL takes (vLLM's `image_embeds`).
+
+    Args:
+        model: the GAP-MLLM model whose geometry encoder, vision tower, mergers and fusion run.
+        pixel_values: `[Σ h_i·w_i, 3·2·16·16]` ViT patches (`GapMllmProcessor`).
+        image_grid_thw: `[N_images, 3]` rows `(1, h_i, w_i)`.
+        geometry_pixel_values: `[N_images, 3, H_max, W_max]` in [0, 1], the VGGT input of every view
+            (required with geometry unless `geometry_features` are given: ValueError).
+        geometry_views_per_sample: `[B]` views per sample (or counted in `input_ids`).
+        input_ids: `[B, L]`, only to count views when `geometry_views_per_sample` is absent.
+        geometry_features: precomputed geometry-encoder output (as `model.get_geometry_features` returns).
+        **kwargs: other processor outputs, ignored, so that `encode_images(model, **processor(...))` works.
+
+    Returns:
+        `GapMllmImageEmbeddings`: per image `[h_i·w_i/4, (1 + num_deepstack) · hidden]` (main ‖ DeepStack
+        levels, 8192 wide for Qwen3-VL-2B); with `use_geometry=False` the levels are stock Qwen3-VL's.
+    """
+    views = model._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
+    if model.uses_geometry:
+        if geometry_pixel_values is None and geometry_features is None:
+            # forward() would fall back to plain Qwen3-VL: an engine would answer without geometry, silently
+            raise ValueError("encode_images needs geometry_pixel_values (GapMllmProcessor) or geometry_features: "
+                             "this model fuses geometry into its image tokens.")
+        image_outputs, _, _ = model.get_fused_image_features(
+            pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features
+        )
+    else:
+        image_outputs = model.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+    vision = model.config.vlm_config.vision_config
+    embeddings = concatenate_levels(tuple(image_outputs.pooler_output), list(image_outputs.deepstack_features))
+    return GapMllmImageEmbeddings(
+        embeddings=embeddings,
+        image_grid_thw=image_grid_thw,
+        views_per_sample=tuple(views),
+        hidden_size=vision.out_hidden_size,
+        num_deepstack_levels=len(vision.deepstack_visual_indexes),
+    )
 
 
 # ---- static-cache pool of compiled decoding

@@ -3,7 +3,8 @@
 GAP-MLLM changes only what Qwen3-VL receives for its image tokens, so it splits into two halves:
 
 - the **encoder half** (`GapMllmEncoder`, this package, transformers): frames + a task → the chat prompt, and per
-  view the fused `[tokens, (1 + 3) · hidden]` embeddings and the `image_grid_thw` row (`model.encode_images`);
+  view the fused `[tokens, (1 + 3) · hidden]` embeddings and the `image_grid_thw` row
+  (`gap_mllm.speedups.encode_images`);
 - the **language half**: a stock Qwen3-VL folder written by `gap-mllm export-llm` (`export.py`), which an engine
   serves unchanged and feeds the embeddings as `image_embeds`.
 

@@ -9,10 +9,10 @@
 Evaluation requests, written as the annotation files write a user turn (one `<image>` per view), go through
 `encode_prompts`; `reprompt` gives another question about the same views without encoding them again.
 
-The model keeps only what `encode_images` runs (geometry encoder, Qwen ViT, mergers, fusion); the decoder layers,
-token embeddings and LM head are dropped after loading. The prompt is rendered by the GAP processor's own chat code
-(`processor.chat_prompt` on the task's segments), so after the engine expands each image placeholder to its grid's
-token count it is token for token the `input_ids` the processor builds (tests/test_serving.py checks it).
+The model keeps only what `gap_mllm.speedups.encode_images` runs (geometry encoder, Qwen ViT, mergers, fusion); the
+decoder layers, token embeddings and LM head are dropped after loading. The prompt is rendered by the GAP processor's
+own chat code (`processor.chat_prompt` on the task's segments), so after the engine expands each image placeholder to
+its grid's token count it is token for token the `input_ids` the processor builds (tests/test_serving.py checks it).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.processing.annotation_files import segments_from_placeholders
 from gap_mllm.processing_gap_mllm import is_box, one_per_sample
+from gap_mllm.speedups import encode_images
 from gap_mllm.tasks_gap_mllm import SYSTEM_PROMPT, resolve_task
 
 
@@ -159,7 +160,8 @@ class GapMllmEncoder:
 
     def _requests(self, inputs, segments: list, prompts: list[str], task: str | None) -> list[EncodedRequest]:
         """One `EncodedRequest` per sample of processor `inputs` (the image path runs once for the batch)."""
-        encoded = self.model.encode_images(**{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()})
+        on_device = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        encoded = encode_images(self.model, **on_device)
         requests = []
         for index, (embeddings, grid) in enumerate(encoded.per_sample()):
             row = inputs["input_ids"][index][inputs["attention_mask"][index].bool()]

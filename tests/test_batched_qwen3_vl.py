@@ -1,4 +1,4 @@
-"""The batch-wide Qwen3-VL paths (gap_mllm.modeling_gap_mllm) equal the stock ones, and the model uses them.
+"""The batch-wide Qwen3-VL paths (gap_mllm.speedups) equal the stock ones, and the model uses them.
 
 Position ids (the LLM's M-RoPE, the ViT's rotary) must be identical; the batched ViT attention and the model's
 logits are compared at float32 round-off.
@@ -12,7 +12,7 @@ import torch
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLVisionAttention
 from transformers.vision_utils import get_vision_position_ids
 
-from gap_mllm.modeling_gap_mllm import (
+from gap_mllm.speedups import (
     GapMllmQwen3VLModel,
     GapMllmQwen3VLVisionAttention,
     mrope_position_ids,

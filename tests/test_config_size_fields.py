@@ -1,5 +1,5 @@
 """Every size field of the geometry config that allocates weights is priced by the parameter estimate
-(modeling_gap_mllm/configuration_gap_mllm.py), so an absurd one is refused before allocation, naming the field; sizes
+(modeling_gap_mllm/checks.py), so an absurd one is refused before allocation, naming the field; sizes
 that are not positive integers, or a model past the sanity bound or the memory left, are refused by the config, while
 the real and 8B sizes are accepted and the estimate is a close lower bound of the parameter count."""
 
@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, configuration_gap_mllm
+from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, checks
 from gap_mllm.cli.real_size import QWEN3_VL_2B_TEXT, QWEN3_VL_2B_TOKENS, QWEN3_VL_2B_VISION, real_size_config
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
 from gap_mllm.modeling_vggt import GapMllmGeometryEncoder
@@ -22,7 +22,7 @@ TINY_DPT = {"dpt_layers": [0, 1, 2, 3]}  # the tiny encoder has 4 layers
 @pytest.fixture
 def one_gib_left(monkeypatch):
     """1 GiB of memory left, whatever the machine: nothing priced above it is ever allocated here."""
-    monkeypatch.setattr(configuration_gap_mllm, "available_memory", lambda device: 2**30)
+    monkeypatch.setattr(checks, "available_memory", lambda device: 2**30)
 
 
 @pytest.mark.parametrize("override, gib, parameters, part", [
@@ -81,7 +81,7 @@ def test_the_estimate_with_every_head_is_a_close_lower_bound(tiny_processor):
             model = GapMllmForConditionalGeneration(config)
         for priced, built in ((config, model), (config.geometry_config, model.geometry_encoder)):
             actual = sum(p.numel() for p in built.parameters())
-            estimate = configuration_gap_mllm.estimate_num_parameters(priced)
+            estimate = checks.estimate_num_parameters(priced)
             assert 0.99 * actual <= estimate <= actual, (type(built).__name__, estimate, actual)
 
 
@@ -119,7 +119,7 @@ def test_absurd_sizes_are_refused_by_the_config(tiny_processor, override, messag
 
 
 def test_a_model_that_cannot_fit_is_refused_before_allocating(tiny_processor, monkeypatch):
-    monkeypatch.setattr(configuration_gap_mllm, "available_memory", lambda device: 2**30)  # 1 GiB left, whatever the machine
+    monkeypatch.setattr(checks, "available_memory", lambda device: 2**30)  # 1 GiB left, whatever the machine
     config = build_gap_config(tiny_processor.tokenizer, geometry_config={"num_hidden_layers": 10**6})  # ~2.5e10 weights
     with pytest.raises(ValueError, match=r"need at least 91.6 GiB \(2.46e\+10 parameters in torch.float32\), but only "
                                          r"1.0 GiB are available on cpu"):
@@ -141,8 +141,8 @@ def test_real_and_8b_sizes_are_accepted_and_the_estimate_is_a_close_lower_bound(
     for config in (real_size_config(), eight_b, tiny):
         with torch.device("meta"):
             actual = sum(p.numel() for p in GapMllmForConditionalGeneration(config).parameters())
-        estimate = configuration_gap_mllm.estimate_num_parameters(config)
+        estimate = checks.estimate_num_parameters(config)
         assert 0.98 * actual <= estimate <= actual, (estimate, actual)
-    assert round(configuration_gap_mllm.estimate_num_parameters(real_size_config()) / 1e9, 2) == 3.24
-    assert round(configuration_gap_mllm.estimate_num_parameters(eight_b) / 1e9, 1) == 10.0  # 8.8 B VLM + VGGT-1B + fusion
-    assert configuration_gap_mllm.estimate_num_parameters(eight_b) * 50 < configuration_gap_mllm.MAX_PARAMETERS  # far from the bound
+    assert round(checks.estimate_num_parameters(real_size_config()) / 1e9, 2) == 3.24
+    assert round(checks.estimate_num_parameters(eight_b) / 1e9, 1) == 10.0  # 8.8 B VLM + VGGT-1B + fusion
+    assert checks.estimate_num_parameters(eight_b) * 50 < checks.MAX_PARAMETERS  # far from the bound

@@ -1,4 +1,4 @@
-"""The engine contract: GAP-MLLM = a STOCK Qwen3-VL fed `model.encode_images(...)` the way vLLM feeds `image_embeds`.
+"""The engine contract: GAP-MLLM = a STOCK Qwen3-VL fed `encode_images(model, ...)` the way vLLM feeds `image_embeds`.
 
 vLLM's Qwen3-VL (0.33.0, `Qwen3VLForConditionalGeneration._compute_deepstack_embeds`) takes one
 `[tokens_i, (1 + L) · hidden]` tensor per image, concatenates the images, `torch.split`s the columns into the main
@@ -12,6 +12,8 @@ import pytest
 import torch
 from transformers import Qwen3VLForConditionalGeneration
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+from gap_mllm.speedups import encode_images
 
 # fp32 on the CPU: the two paths run the same operations on the same numbers, in a different grouping
 # (per-image vs concatenated tensors), so they agree to float32 round-off.
@@ -67,7 +69,7 @@ def test_stock_qwen3_vl_with_encoded_images_gives_gap_logits(build_model, make_i
     merge = model.config.vlm_config.vision_config.spatial_merge_size
     with torch.no_grad():
         expected = model(**inputs).logits
-        encoded = model.encode_images(**inputs)
+        encoded = encode_images(model, **inputs)
         assert encoded.views_per_sample == view_counts
         assert [e.shape for e in encoded.embeddings] == [
             (int(t * h * w) // merge**2, encoded.width) for t, h, w in inputs["image_grid_thw"].tolist()]
@@ -90,7 +92,7 @@ def test_encoded_images_carry_the_fusion(build_model, make_inputs):
     model = build_model(seed=3)
     inputs = make_inputs(view_counts=(2,), seed=5)
     with torch.no_grad():
-        fused = model.encode_images(**inputs)
+        fused = encode_images(model, **inputs)
         plain = model.vlm.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
     hidden = fused.hidden_size
     for level, plain_level in enumerate([plain.pooler_output, *plain.deepstack_features]):
@@ -103,7 +105,7 @@ def test_encode_images_refuses_to_drop_geometry(build_model, make_inputs):
     inputs = make_inputs(view_counts=(2,))
     inputs.pop("geometry_pixel_values")
     with pytest.raises(ValueError, match="geometry_pixel_values"):
-        model.encode_images(**inputs)
+        encode_images(model, **inputs)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,7 @@ def test_stock_qwen3_vl_greedy_tokens_equal_gap(mini, view_counts):
     text_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
     with torch.no_grad():
         expected = model.generate(**inputs, **options, output_scores=True, return_dict_in_generate=True)
-        main, deepstack = split_like_vllm(model.encode_images(**inputs))
+        main, deepstack = split_like_vllm(encode_images(model, **inputs))
         got = stock.generate(**text_inputs, mm_encoder_outputs=as_encoder_outputs(main, deepstack, inputs["image_grid_thw"], merge),
                              **options)
         without_deepstack = stock.generate(

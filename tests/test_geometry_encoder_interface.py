@@ -15,11 +15,11 @@ from transformers import AutoModel, PreTrainedConfig
 from transformers import initialization as init
 
 from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, GapMllmGeometryConfig
+from gap_mllm.checks import parameter_parts
 from gap_mllm.configuration_gap_mllm import (
     GEOMETRY_ENCODER_CONFIGS,
     GEOMETRY_ENCODERS,
     GeometryEncoderOutput,
-    parameter_parts,
     register_geometry_encoder,
 )
 from gap_mllm.tiny.tiny_config import build_gap_config, build_vlm_config

@@ -8,8 +8,8 @@ from transformers import Qwen3VLForConditionalGeneration
 from transformers.utils import is_flash_attn_2_available
 
 from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.checks import MissingWeightsWarning, first_non_finite_tensor
 from gap_mllm.configuration_gap_mllm import FUSION_METHODS
-from gap_mllm.modeling_gap_mllm import MissingWeightsWarning, first_non_finite_tensor
 
 
 def _logits(model, inputs, **kwargs):

@@ -1,4 +1,4 @@
-"""`model(**inputs)` checks its inputs as `generate` does (modeling_gap_mllm/modeling_gap_mllm.py): ids outside the
+"""`model(**inputs)` checks its inputs as `generate` does (modeling_gap_mllm/checks.py): ids outside the
 vocabulary, ill-shaped or empty masks, labels and token types end in ValueErrors naming the input, with one
 host synchronisation, and the paths that must keep working (cached decoding, generation, packed rows) do."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gap_mllm import modeling_gap_mllm
+from gap_mllm import checks
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
@@ -97,8 +97,8 @@ def test_labels_and_token_types_are_checked(setup):
 def test_the_values_are_read_in_one_synchronisation(setup, monkeypatch):
     model, _, inputs = setup
     reads = []
-    original = modeling_gap_mllm.token_id_range
-    monkeypatch.setattr(modeling_gap_mllm, "token_id_range", lambda ids: reads.append(1) or original(ids))
+    original = checks.token_id_range
+    monkeypatch.setattr(checks, "token_id_range", lambda ids: reads.append(1) or original(ids))
     calls = []
     real_tolist = torch.Tensor.tolist
 
@@ -108,8 +108,8 @@ def test_the_values_are_read_in_one_synchronisation(setup, monkeypatch):
 
     labels = inputs["input_ids"].clone()
     monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
-    modeling_gap_mllm.check_forward_inputs(model, inputs["input_ids"], None, inputs["attention_mask"], labels,
-                                        inputs["mm_token_type_ids"])
+    checks.check_forward_inputs(model, inputs["input_ids"], None, inputs["attention_mask"], labels,
+                                inputs["mm_token_type_ids"])
     assert reads == [1, 1] and calls == [(6,)]  # ids, labels and mask: one stacked read
 
 
@@ -121,10 +121,10 @@ def test_cached_decoding_padding_and_generation_still_work(setup):
     step_ids = prefill.logits[:, -1].argmax(-1, keepdim=True)
     grown = torch.cat([inputs["attention_mask"], torch.ones(2, 1, dtype=torch.long)], dim=1)
     # a decoding step: the mask covers cache + new tokens; the prompt's token types may come along
-    modeling_gap_mllm.check_forward_inputs(model, step_ids, None, grown, None, inputs["mm_token_type_ids"],
-                                        prefill.past_key_values)
+    checks.check_forward_inputs(model, step_ids, None, grown, None, inputs["mm_token_type_ids"],
+                                prefill.past_key_values)
     with pytest.raises(ValueError, match=r"^attention_mask has shape \(2, 41\), expected \[2, 41 cached \+ 1 new tokens\]"):
-        modeling_gap_mllm.check_forward_inputs(model, step_ids, None, inputs["attention_mask"], None, None,
-                                            prefill.past_key_values)
+        checks.check_forward_inputs(model, step_ids, None, inputs["attention_mask"], None, None,
+                                    prefill.past_key_values)
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape == (2, 44)

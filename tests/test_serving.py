@@ -24,6 +24,7 @@ from gap_mllm.serving import (
     serve_command,
 )
 from gap_mllm.serving.openai_payload import chat_messages
+from gap_mllm.speedups import encode_images
 from gap_mllm.tasks_gap_mllm import PromptTextError
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 from tests.conftest import make_views
@@ -91,7 +92,7 @@ def test_encoded_embeddings_are_the_model_image_path(encoder, tiny_processor):
     requests = encoder.encode_batch(samples, task="grounding_stage2", query=["the chair", "the lamp"])
     inputs = tiny_processor(images=samples, task="grounding_stage2", query=["the chair", "the lamp"], return_tensors="pt")
     with torch.no_grad():
-        reference = encoder.model.encode_images(**inputs)
+        reference = encode_images(encoder.model, **inputs)
     got = [e for request in requests for e in request.image_embeds]
     assert len(got) == 5 and all(torch.equal(a, b) for a, b in zip(got, reference.embeddings))
     assert torch.equal(torch.cat([r.image_grid_thw for r in requests]), inputs["image_grid_thw"])
@@ -106,7 +107,7 @@ def test_encoder_from_a_folder_drops_the_language_model_and_encodes_the_same(tmp
     frames = make_views(2, seed=8)
     full = build_model(seed=6)
     with torch.no_grad():
-        reference = full.encode_images(**tiny_processor(images=frames, text="Describe.", return_tensors="pt"))
+        reference = encode_images(full, **tiny_processor(images=frames, text="Describe.", return_tensors="pt"))
     request = encoder.encode(frames, text="Describe.")
     assert all(torch.equal(a, b) for a, b in zip(request.image_embeds, reference.embeddings))
 

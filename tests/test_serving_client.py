@@ -15,6 +15,7 @@ from gap_mllm.serving import (
     export_llm_folder,
     generated_token_ids,
 )
+from gap_mllm.speedups import encode_images
 from gap_mllm.tasks_gap_mllm import GROUNDING_STAGE1
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 from tests.conftest import make_views
@@ -33,7 +34,7 @@ def test_annotation_prompts_encode_as_the_evaluation_collator_builds_them(encode
     [request] = encoder.encode_prompts([views], [prompt], task="grounding_stage1")
     batch = GapMllmDataCollator(tiny_processor, train=False)([{"images": views, "prompt": prompt}])  # the HF backend's
     with torch.no_grad():
-        reference = encoder.model.encode_images(**batch)
+        reference = encode_images(encoder.model, **batch)
     assert list(request.input_ids) == batch["input_ids"][0].tolist()
     assert all(torch.equal(a, b) for a, b in zip(request.image_embeds, reference.embeddings, strict=True))
     # and it is the request the task path builds for the same query

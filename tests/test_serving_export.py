@@ -12,6 +12,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.cli.main import main
+from gap_mllm.speedups import encode_images
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 from tests.test_engine_contract import as_encoder_outputs, split_like_vllm
 
@@ -63,7 +64,7 @@ def test_exported_folder_with_gap_embeddings_gives_gap_logits(exported, make_inp
     inputs = make_inputs(view_counts=(3, 2), seed=7)
     with torch.no_grad():
         expected = gap(**inputs).logits
-        main_level, deepstack = split_like_vllm(gap.encode_images(**inputs))
+        main_level, deepstack = split_like_vllm(encode_images(gap, **inputs))
         text_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
         merge = stock.config.vision_config.spatial_merge_size
         logits = stock(**text_inputs, mm_encoder_outputs=as_encoder_outputs(main_level, deepstack, inputs["image_grid_thw"], merge)).logits

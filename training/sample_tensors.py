@@ -39,8 +39,8 @@ from itertools import accumulate
 import torch
 
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX
-from gap_mllm.modeling_gap_mllm import mrope_position_ids
 from gap_mllm.processing_gap_mllm import VGGT_PATCH_SIZE
+from gap_mllm.speedups import mrope_position_ids
 
 TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids", "label_weights")
 VIEW_ROW_KEYS = ("image_grid_thw", "aux_camera")  # one row per view, concatenated over samples
