@@ -44,7 +44,6 @@ TEMPLATE_NAME = "model_card.md"
 EVAL_TASKS = {
     "detection": ("3d-object-detection", "EmbodiedScan-style detection", "3D video object detection"),
     "grounding": ("3d-visual-grounding", "ScanRefer-style grounding", "3D visual grounding"),
-    "captioning": ("3d-dense-captioning", "Scan2Cap-style captioning", "3D dense captioning"),
 }
 
 

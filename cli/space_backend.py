@@ -34,7 +34,7 @@ import torch
 from gap_mllm.mini.identity import is_gap_mllm_mini
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note
 from gap_mllm.processing.tasks import LiveMapping, package_tasks
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING
+from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING, resolve_task
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .example_reference import reference_lines, request_text
@@ -71,7 +71,6 @@ from .visualize import answer_picture, frames_with_boxes, gate_heatmap, save_sce
 OWN_TASK_LABELS = {
     "3D object detection": DETECTION,
     "3D visual grounding (text query)": GROUNDING,
-    "3D dense captioning (pick an object)": CAPTIONING,
 }
 TASK_LABELS = LiveMapping(lambda: {**OWN_TASK_LABELS,
                                    **{task.space_label: task.spec for task in package_tasks() if task.space_label}})
@@ -285,7 +284,9 @@ class SpaceBackend:
         scene = self.example(example_name)
         given = scene.example_inputs
         choices = self.object_choices(example_name)
-        box = given.get("captioning", {}).get("box")
+        # the box of the room's request of a task that takes one (not the reference box of another's answer)
+        box = next((inputs["box"] for name, inputs in given.items()
+                    if "box" in resolve_task(name).parameters and inputs.get("box") is not None), None)
         found = [c for c, b in zip(choices, scene.reference_boxes) if box is not None and np.allclose(b, box)]
         marker = next((inputs["marker"] for inputs in given.values() if inputs.get("marker") is not None), None)
         return {"object": found[0] if found else (choices[0] if choices else None),
@@ -307,7 +308,7 @@ class SpaceBackend:
         except ValueError as error:
             raise UploadError(str(error)) from None
         box = None
-        if task is CAPTIONING:
+        if "box" in task.parameters:
             # 6 numbers: an upright object seen by a level camera (task_request.box_with_angles)
             box = (picked_box(scene, object_choice) if object_choice
                    else parse_numbers(box_text, (CENTRE_AND_SIZE, 9), "object box"))
@@ -403,7 +404,7 @@ class SpaceBackend:
         glb = save_scene_glb(out / "scene.glb", scene, result.boxes, result.point)
         gates = gate_heatmap(result.gates, result.token_grids, out / "fusion_gates.png")
         status = f"{request.task} on {len(scene.views)} frame(s); {self._geometry_status(scene)}"
-        unseen = unseen_angles_note(request.box, self.box_angles) if request.spec is CAPTIONING else None
+        unseen = unseen_angles_note(request.box, self.box_angles) if "box" in request.spec.parameters else None
         status += f"\n{unseen}" if unseen else ""
         return SpaceOutput(frames=[frames[index] for index in order], scene_glb=glb, gates_png=gates, raw=result.answer,
                            parsed=result.summary(), status=status, reference=self._reference(scene, request, result),

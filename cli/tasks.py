@@ -29,7 +29,6 @@ from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.speedups import mrope_position_ids
 from gap_mllm.tasks_gap_mllm import (
     BOX_KEY,
-    CAPTIONING,
     DETECTION,
     GROUNDING,
     Box3D,
@@ -92,6 +91,12 @@ class TaskResult:
         return entry.answer_fields if entry is not None else ()
 
     @property
+    def lists_boxes(self) -> bool:
+        """Whether the summary lists the boxes (`PackageTask.lists_boxes`: not those of the request)."""
+        entry = package_task(self.task) if self.task in package_task_names() else None
+        return entry.lists_boxes if entry is not None else True
+
+    @property
     def written_fields(self) -> tuple[str, ...]:
         """The parsed answer's fields a task module writes (`answer_fields`, then `PackageTask.written_fields`)."""
         entry = package_task(self.task) if self.task in package_task_names() else None
@@ -101,14 +106,12 @@ class TaskResult:
         """A short human-readable rendering of the parsed answer."""
         reason = getattr(self.parsed, "reason", None)
         lines = []
-        if self.task == CAPTIONING.name and self.parsed.caption is not None:
-            lines.append(f"caption: {self.parsed.caption}")
         for name in self.answer_fields:
             if getattr(self.parsed, name, None) is not None:
                 lines.append(f"{name}: {getattr(self.parsed, name)}")
         if self.task == DETECTION.name:
             lines.append(f"{len(self.boxes)} box(es)")
-        if self.task != CAPTIONING.name:
+        if self.lists_boxes:
             for box in self.boxes:
                 values = ", ".join(f"{v:.2f}" for v in box.to_list())
                 lines.append(f"  {box.label or '(no label)'}: [{values}]")
@@ -119,10 +122,9 @@ class TaskResult:
             lines.append(f"parse problem: {reason}")
         return "\n".join(lines) if lines else "nothing parsed"
 
-    def _shows(self, name: str, own=None) -> bool:
-        """Whether the parsed answer's field `name` is written: on the task `own` writes it, or when a task module
-        names it (`written_fields`)."""
-        return (own is not None and self.task == own.name) or name in self.written_fields
+    def _shows(self, name: str) -> bool:
+        """Whether the parsed answer's field `name` is written: when its task module names it (`written_fields`)."""
+        return name in self.written_fields
 
     def to_dict(self) -> dict:
         """JSON-ready form (used by `gap-mllm predict --json` and the Space's parsed-result panel)."""
@@ -132,7 +134,7 @@ class TaskResult:
             "boxes": [{"label": b.label, BOX_KEY: b.to_list()} for b in self.boxes],  # the model's own key
             "point": list(self.point) if self.point is not None else None,
             "label": getattr(self.parsed, "label", None) if self._shows("label") else None,
-            "caption": getattr(self.parsed, "caption", None) if self._shows("caption", CAPTIONING) else None,
+            "caption": getattr(self.parsed, "caption", None) if self._shows("caption") else None,
             "answer": getattr(self.parsed, "answer", None) if self._shows("answer") else None,
             "reason": getattr(self.parsed, "reason", None),
             "mean_gate_per_level": [float(g.mean()) for g in self.gates],
@@ -308,8 +310,6 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         result.boxes = list(result.parsed.boxes)
     elif spec is GROUNDING:
         result.boxes = [result.parsed.box] if result.parsed.box is not None else []
-    elif spec is CAPTIONING:
-        result.boxes = [Box3D.from_list(request.box, label="described object")]
     entry = package_task(spec) if spec.name in package_task_names() else None
     if entry is not None and entry.shown is not None:  # what the task module draws of its answer
         for name, value in entry.shown(result.parsed, request).items():

@@ -17,7 +17,6 @@ from .category_lists import CLEAN_SPLITS, OFFICIAL_SPLITS
 # exported name -> the module of this package that defines it; imported on first use (PEP 562), so that a light
 # module of the package (folder_lock.py, benchmark_names.py: what a command's argument check reads) imports no metric
 _EXPORTS = {
-    **dict.fromkeys(("caption_scores", "gate_prediction", "normalize_caption"), "caption_metrics"),
     **dict.fromkeys(("DetectionEvaluator", "match_sample"), "detection_metrics"),
     **dict.fromkeys(("GroundingEvaluator", "GroundingScore", "grounding_scores", "score_grounding"),
                     "grounding_metrics"),

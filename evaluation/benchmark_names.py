@@ -5,10 +5,10 @@ one per task with a package module (gap_mllm.processing.tasks). Names only, impo
 from __future__ import annotations
 
 from gap_mllm.processing.tasks import package_task_names
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING
+from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING
 
 # the benchmarks with a class of their own in evaluation/tasks.py (it checks this list against them)
-OWN_BENCHMARKS: tuple[str, ...] = tuple(spec.name for spec in (DETECTION, GROUNDING, CAPTIONING))
+OWN_BENCHMARKS: tuple[str, ...] = tuple(spec.name for spec in (DETECTION, GROUNDING))
 
 
 def benchmark_tasks() -> tuple[str, ...]:

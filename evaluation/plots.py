@@ -23,7 +23,7 @@ from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_b
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, read_intrinsics
 from gap_mllm.processing.tasks import package_task, package_task_names
-from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING
+from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING
 
 from .box_iou import BOX_EDGES
 from .detection_metrics import ground_truth
@@ -96,14 +96,15 @@ def plot_per_category(task: str, metrics: dict, path) -> bool:
 
 def plot_histogram(task: str, rows: list[dict], path) -> bool:
     plt = _pyplot()
-    if task == DETECTION.name:
+    entry = package_task(task) if task in package_task_names() else None
+    if entry is not None and entry.histogram is not None:  # a task module's histogram (`PackageTask.histogram`)
+        values, title, lines = entry.histogram(rows)
+    elif task == DETECTION.name:
         values = [m["iou"] for r in rows for m in r.get("matches", [])]
         title, lines = "IoU of each prediction with its best same-label box", [0.25]
     elif task == GROUNDING.name:  # samples excluded from the score (unusable annotation) have no value
         values = [r["score"] for r in rows if r["score"] is not None]
         title, lines = "Grounding IoU per counted sample", [0.25, 0.5]
-    elif task == CAPTIONING.name:
-        values, title, lines = [r["score"] for r in rows], "CIDEr@0.5 per sample", []
     else:
         return False
     fig, ax = plt.subplots(figsize=(5, 3.2))

@@ -29,11 +29,10 @@ import numpy as np
 from gap_mllm.processing.annotation_files import extract_query
 from gap_mllm.processing.coordinates import world_boxes_to_camera
 from gap_mllm.processing.errors import DataError, MissingDependency
-from gap_mllm.processing.record_schema import IMAGES, REAL, TEXT_LIST, RecordField, read_fields
+from gap_mllm.processing.record_schema import IMAGES, read_fields
 from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
 from gap_mllm.processing.tasks import PackageTask, package_task, package_task_names, package_tasks
 from gap_mllm.tasks_gap_mllm import (
-    CAPTIONING,
     DETECTION,
     GROUNDING,
     GROUNDING_STAGE1,
@@ -48,7 +47,6 @@ from gap_mllm.tasks_gap_mllm import (
 )
 
 from .benchmark_names import OWN_BENCHMARKS, benchmark_tasks
-from .caption_metrics import GATED_SCORES, caption_scores, gated_name
 from .detection_metrics import DetectionEvaluator, ground_truth
 from .detection_parsing import detection_predictions, official_literal
 from .generation import Request
@@ -323,40 +321,6 @@ class GroundingTask(Benchmark):
         return rows, ev.compute()
 
 
-# ----------------------------------------------------------------------------------------- captioning
-
-
-class CaptionTask(Benchmark):
-    spec, stage_specs = CAPTIONING, (CAPTIONING,)
-    scoring_packages = (("pycocoevalcap", "pycocoevalcap>=1.2"),)
-    headline = (gated_name("cider"), "CIDEr at the 0.5 IoU gate (Scan2Cap's C@0.5), IDF over the evaluated samples")
-    logged_metrics = {gated_name("cider"): gated_name("cider"), gated_name("bleu4"): gated_name("bleu4")}
-
-    def request(self, record, stage, previous, media_root):
-        return self.make_request(stage, record["images"], human_prompt(record))
-
-    def oracle(self, record, media_root):
-        return [record["annotations"][0]]
-
-    # the record fields scoring reads, type-checked as the builders check them (a bare string is not a
-    # list of references, "high" is not an IoU): a DataError naming the sample and the field
-    FIELDS = (RecordField("annotations", TEXT_LIST), RecordField("iou", REAL, default=1.0))
-
-    def evaluate(self, records, outputs, official_compat=False, meteor=None, **_):
-        predictions = [raw[0] for raw in outputs]
-        fields = [read_fields(r, self.FIELDS, sample_id(r, i)) for i, r in enumerate(records)]
-        out = caption_scores(predictions, [f["annotations"] for f in fields], [f["iou"] for f in fields], meteor=meteor,
-                             official_compat=official_compat)
-        per_sample = out.pop("per_sample")
-        out = {gated_name(name) if name in GATED_SCORES else name: value for name, value in out.items()}
-        rows = [{"id": sample_id(record, i), "index": i, "raw": raw, "parsed": self.spec.parse(raw[0]).caption or "",
-                 "gated": f["iou"] < 0.5, "score": per_sample["cider"][i],
-                 "bleu4": per_sample["bleu4"][i], "rouge_l": per_sample["rouge_l"][i]}
-                for i, (record, raw, f) in enumerate(zip(records, outputs, fields))]
-        out["official_compat"] = official_compat
-        return rows, out
-
-
 # ------------------------------------------------------------------------------- tasks with a package module
 
 
@@ -395,7 +359,7 @@ def package_benchmark(entry: PackageTask) -> type[PackageTaskBenchmark]:
 
 
 # the benchmarks of the shipped tasks; `get_task` also finds those of tasks registered from code
-OWN_TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask, CaptionTask)}
+OWN_TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask)}
 if tuple(OWN_TASKS) != OWN_BENCHMARKS:  # the light list `gap-mllm evaluate --help` shows (benchmark_names.py)
     raise ImportError(f"evaluation/benchmark_names.py lists {OWN_BENCHMARKS}, the benchmarks are {tuple(OWN_TASKS)}")
 TASKS = {**OWN_TASKS, **{entry.name: package_benchmark(entry) for entry in package_tasks()}}

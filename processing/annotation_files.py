@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 from gap_mllm.tasks_gap_mllm import (
-    CAPTIONING,
     DETECTION,
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
@@ -30,7 +29,6 @@ TASK_FILE_TEMPLATES: dict[TaskSpec, str] = {
     DETECTION: "scannet_det_{split}_{frames}frames.json",
     GROUNDING_STAGE1: "scanrefer_{split}_{frames}frames_stage1.json",
     GROUNDING_STAGE2: "scanrefer_{split}_{frames}frames_stage2.json",
-    CAPTIONING: "scan2cap_{split}_{frames}frames.json",
 }
 
 

@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import numpy as np
 
 from gap_mllm.files import NotARegularFile, read_regular_text
 from gap_mllm.tasks_gap_mllm import (
-    CAPTIONING,
     DETECTION,
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
@@ -52,17 +50,17 @@ from .features import POSES as POSES_FEATURE
 from .held_out import record_scene_id
 from .json_files import JsonTooDeep, loads_json
 from .record_schema import (
+    AXIS_ALIGN,
     BOOLEAN,
     BOX,
-    IDENTIFIER,
     IMAGES,
+    MATRIX_4X4,
+    OBJECT_ID,
     OBJECT_LIST,
-    REAL,
     SAMPLE_ID,
     TEXT,
-    TEXT_LIST,
     RecordField,
-    matrix,
+    camera_poses,
     read_field,
     read_fields,
 )
@@ -324,18 +322,6 @@ def sample_key(record, default: str) -> str:
     return read_field(record, RecordField("id", SAMPLE_ID, default=default), default)
 
 
-# Absent per-view poses are an empty [0, 4, 4] array (a None Array3D would read back as NaN).
-_NO_POSES = np.zeros((0, 4, 4))
-MATRIX_4X4 = matrix(4, 4)
-AXIS_ALIGN = RecordField("axis_align_matrix", MATRIX_4X4, default=None, nullable=True)
-OBJECT_ID = RecordField("object_id", IDENTIFIER, default=-1)  # -1: the record has none
-
-
-def camera_poses(num_images: int) -> RecordField:
-    """`cam2global`: one 4x4 camera-to-world pose per image (absent: an empty [0, 4, 4])."""
-    return RecordField("cam2global", matrix(num_images, 4, 4), default=_NO_POSES)
-
-
 class DetectionBuilder(MultiViewBuilder):
     """3D video object detection: boxes in the first frame's camera frame + camera fields."""
 
@@ -429,33 +415,6 @@ class GroundingStage2Builder(_GroundingBuilder):
         return {**fields, "bbox_3d": parsed.box.to_list()}
 
 
-class CaptioningBuilder(MultiViewBuilder):
-    """Scan2Cap-style dense captioning: views + proposal box -> caption; reference captions + proposal IoU."""
-
-    SPEC = CAPTIONING
-    TASK = SPEC.name
-
-    FIELDS = (
-        OBJECT_ID,
-        RecordField("bbox_3d", BOX, default=[float("nan")] * 9, nullable=True),  # NaN: no proposal box
-        RecordField("iou", REAL, default=float("nan"), nullable=True),
-        RecordField("annotations", TEXT_LIST, default=[], nullable=True),  # none: the answer is the reference
-    )
-
-    @classmethod
-    def task_features(cls, class_names):
-        return {
-            "object_id": datasets.Value("int32"),
-            "bbox_3d": BOX_FEATURE,  # proposal box, first-frame camera (NaN if the record has none)
-            "iou": datasets.Value("float32"),
-            "annotations": datasets.List(datasets.Value("string")),
-        }
-
-    def task_fields(self, record, answer, num_images, key):
-        fields = read_fields(record, self.FIELDS, key)
-        return {**fields, "annotations": fields["annotations"] or [answer]}
-
-
 class PackageTaskBuilder(MultiViewBuilder):
     """The builder of a task with a package module (gap_mllm.processing.tasks): its features and fields are the
     module's `PackageTask.features` and `PackageTask.fields`; `package_task_builder` makes one per task."""
@@ -484,7 +443,7 @@ def package_task_builder(entry: PackageTask) -> type[PackageTaskBuilder]:
 
 
 _OWN_BUILDERS = {builder.SPEC.name: builder for builder in (DetectionBuilder, GroundingStage1Builder,
-                                                               GroundingStage2Builder, CaptioningBuilder)}
+                                                               GroundingStage2Builder)}
 # the builders of the shipped tasks, in the order of their data; `builder_for_task` also finds those of tasks
 # registered from code
 BUILDERS = {name: _OWN_BUILDERS.get(name) or package_task_builder(package_task(name))

@@ -153,6 +153,17 @@ class RecordField:
 
 # the frames of a sample, which every task's builder and benchmark reads (relative to the media root)
 IMAGES = RecordField("images", IMAGE_LIST)
+# the fields several tasks' records share; absent per-view poses are an empty [0, 4, 4] array (a None Array3D would
+# read back as NaN)
+_NO_POSES = np.zeros((0, 4, 4))
+MATRIX_4X4 = matrix(4, 4)
+AXIS_ALIGN = RecordField("axis_align_matrix", MATRIX_4X4, default=None, nullable=True)
+OBJECT_ID = RecordField("object_id", IDENTIFIER, default=-1)  # -1: the record has none
+
+
+def camera_poses(num_images: int) -> RecordField:
+    """`cam2global`: one 4x4 camera-to-world pose per image (absent: an empty [0, 4, 4])."""
+    return RecordField("cam2global", matrix(num_images, 4, 4), default=_NO_POSES)
 
 
 def _shown(value) -> str:

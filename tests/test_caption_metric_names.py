@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 from gap_mllm.cli.main import main as gap_mllm
-from gap_mllm.evaluation.caption_metrics import gated_name, gated_score
 from gap_mllm.evaluation.lmms_eval_plugin import task_yaml
 from gap_mllm.evaluation.lmms_eval_plugin.task_functions import METRICS
 from gap_mllm.evaluation.tasks import get_task
+from gap_mllm.processing.scoring.caption_metrics import gated_name, gated_score
 
 from .conftest import write_small_synth
 

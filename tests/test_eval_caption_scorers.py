@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from gap_mllm.evaluation.caption_metrics import caption_scores, java_available
-from gap_mllm.evaluation.meteor import ScorerError, meteor_score, sanitize_for_scorers
+from gap_mllm.processing.scoring.caption_metrics import caption_scores, java_available
+from gap_mllm.processing.scoring.meteor import ScorerError, meteor_score, sanitize_for_scorers
 
 GTS = {0: ["sos a chair . eos"], 1: ["sos a table . eos", "sos the table . eos"]}
 RES = {0: ["sos a chair eos"], 1: ["sos a table eos"]}

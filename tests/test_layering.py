@@ -225,6 +225,8 @@ LAZY_FOR_OPTIONAL_DEPENDENCIES = {
     "cli/space.py": "gradio and datasets: the Space's modules, after the check that gradio is there",
     "modeling_gap_mllm/modeling_gap_mllm.py": "the converter behind `from_qwen3_vl` (VGGT checkpoints, the Hub probe): "
                                               "installed with the package, never copied into a model folder",
+    "processing/tasks/captioning.py": "the builders' shared features (datasets), for its builder: the task's scoring "
+                                      "runs without the data extra",
 }
 # ... and the ones keeping torch and transformers out of `import gap_mllm` and of the light modules that
 # `gap-mllm --help` reads (tests/test_cli_startup.py): package exports on first use, the registry's stop criterion,

@@ -32,11 +32,20 @@ LMMS_EVAL_REQUIREMENT = f"lmms-eval=={LMMS_EVAL_VERSION}"
 
 
 
-# lmms-eval task name -> benchmark of gap_mllm.evaluation.tasks: the shipped templates' tasks, then that of each task
-# module with one (`PackageTask.lmms_name`)
-OWN_LMMS_TASKS = {"gap_scanrefer": "grounding", "gap_scan2cap": "captioning", "gap_det": "detection"}
-LMMS_TASKS: Mapping[str, str] = LiveMapping(
-    lambda: {**OWN_LMMS_TASKS, **{task.lmms_name: task.name for task in package_tasks() if task.lmms_name}})
+# lmms-eval task name -> benchmark of gap_mllm.evaluation.tasks: the benchmarks defined there, and that of each task
+# module with one (`PackageTask.lmms_name`), in the order of the lmms-eval tasks (`PackageTask.lmms_order`)
+OWN_LMMS_TASKS = {"gap_scanrefer": ("grounding", 0), "gap_det": ("detection", 1)}  # (benchmark, lmms_order)
+
+
+def _lmms_tasks() -> dict[str, str]:
+    tasks = {**{name: benchmark for name, (benchmark, _) in OWN_LMMS_TASKS.items()},
+             **{task.lmms_name: task.name for task in package_tasks() if task.lmms_name}}
+    order = {**{name: rank for name, (_, rank) in OWN_LMMS_TASKS.items()},
+             **{task.lmms_name: task.lmms_order for task in package_tasks() if task.lmms_name}}
+    return {name: tasks[name] for name in sorted(tasks, key=order.get)}
+
+
+LMMS_TASKS: Mapping[str, str] = LiveMapping(_lmms_tasks)
 GROUP = "gap_mllm"  # the lmms-eval group of the tasks
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -75,10 +84,10 @@ metric_list:
 
 
 def task_yaml(lmms_task: str) -> str:
-    """The task YAML of an lmms-eval task name: the shipped template (package data), or the one written from a task
-    module's facts."""
+    """The task YAML of an lmms-eval task name: the shipped template of that name (package data), or the one written
+    from a task module's facts."""
     if lmms_task not in LMMS_TASKS:
         raise ValueError(f"unknown GAP-MLLM lmms-eval task {lmms_task!r}; choose from {', '.join(LMMS_TASKS)}")
-    if lmms_task in OWN_LMMS_TASKS:
+    if (TEMPLATES_DIR / f"{lmms_task}.yaml").is_file():
         return (TEMPLATES_DIR / f"{lmms_task}.yaml").read_text(encoding="utf-8")
     return _package_task_yaml(LMMS_TASKS[lmms_task])

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from gap_mllm.processing.tasks import LiveMapping, package_tasks
+from gap_mllm.processing.tasks import LiveMapping, package_task, package_task_names, package_tasks
 
-from ..caption_metrics import gated_name
 from ..tasks import headline_value
 from . import aggregator_name
 from .documents import benchmark_named, benchmark_of, check_document, media_root_of, record_of, records_at, request_for
@@ -30,9 +29,6 @@ from .documents import benchmark_named, benchmark_of, check_document, media_root
 OWN_METRICS = {
     "grounding": {"acc@0.25": "acc@0.25", "acc@0.5": "acc@0.5", "miou": "miou"},
     "detection": {"f1": "f1", "precision": "splits.cate31.precision", "recall": "splits.cate31.recall"},
-    # Scan2Cap's scores at the 0.5 IoU gate, named as in the summary (caption_metrics.gated_name): cider@0.5 is the
-    # CIDEr@0.5 of the README and mini/RESULTS.md, its IDF over the documents scored (few documents: other values)
-    "captioning": {gated_name(name): gated_name(name) for name in ("cider", "bleu4", "meteor", "rouge_l")},
 }
 METRICS = LiveMapping(lambda: {**OWN_METRICS, **{task.name: task.lmms_metric_keys for task in package_tasks()
                                                   if task.lmms_name}})
@@ -118,10 +114,11 @@ def _summary(task: str, official_compat: bool, annotation_file: str, rows: tuple
 def aggregate(items, metric: str):
     """The value of one lmms-eval metric over all documents: the summary key `METRICS[task][metric]`."""
     task, official_compat, meteor, annotation_file, rows = _items_key(items)
-    # METEOR (Java, seconds of start-up) runs only for the metric that reports it, when the documents ask for it
-    # (`gap-mllm export-lmms --no-meteor`: None, as `gap-mllm evaluate --no-meteor`); the other caption scores do
-    # not depend on it
-    summary = _summary(task, official_compat, annotation_file, rows, meteor and metric == gated_name("meteor"))
+    # METEOR (Java, seconds of start-up) runs only for the metric that reports it (`PackageTask.lmms_option_metrics`),
+    # when the documents ask for it (`gap-mllm export-lmms --no-meteor`: None, as `gap-mllm evaluate --no-meteor`);
+    # the task's other scores do not depend on it
+    options = package_task(task).lmms_option_metrics if task in package_task_names() else {}
+    summary = _summary(task, official_compat, annotation_file, rows, meteor and metric == options.get("meteor"))
     return headline_value(summary, METRICS[task][metric])
 
 
@@ -140,15 +137,14 @@ aggregate_miou = _aggregator("miou")
 aggregate_f1 = _aggregator("f1")
 aggregate_precision = _aggregator("precision")
 aggregate_recall = _aggregator("recall")
-aggregate_cider = _aggregator(gated_name("cider"))
-aggregate_bleu4 = _aggregator(gated_name("bleu4"))
-aggregate_meteor = _aggregator(gated_name("meteor"))
-aggregate_rouge_l = _aggregator(gated_name("rouge_l"))
 
 
 def __getattr__(name: str):
-    """The aggregation of a task module's lmms-eval metric (`aggregator_name(metric)`, what its YAML names)."""
+    """The aggregation of a task module's lmms-eval metric, by the name its YAML gives it
+    (`PackageTask.lmms_aggregators`, else `aggregator_name(metric)`)."""
     for task in package_tasks():
+        if task.lmms_name and name in task.lmms_aggregators:
+            return _aggregator(task.lmms_aggregators[name])
         for metric in task.lmms_metric_keys if task.lmms_name else ():
             if aggregator_name(metric) == name:
                 return _aggregator(metric)

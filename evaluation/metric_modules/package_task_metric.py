@@ -1,6 +1,7 @@
 """The `evaluate` metric of a task with a package module (gap_mllm.processing.tasks): its module folder
 `gap_<task>/gap_<task>.py` holds `package_task_metric(<its file's name>)`, so the numbers are the module's own
-(`PackageTask.metric`); predictions and references are strings."""
+(`PackageTask.metric`); predictions are strings, references strings or lists of strings
+(`PackageTask.metric_reference_lists`)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ def package_task_metric(module_name: str) -> type[evaluate.Metric]:
     if task is None or task.metric is None:
         raise ValueError(f"{module_name!r} is not the metric module of a task with a metric (gap_<task>)")
 
+    reference = datasets.Value("string")
+    reference = datasets.List(reference) if task.metric_reference_lists else reference
+
     class PackageTaskMetric(evaluate.Metric):
         def _info(self):
             return evaluate.MetricInfo(
                 description=task.metric_description, citation="", inputs_description=task.metric_description,
-                features=datasets.Features({"predictions": datasets.Value("string"),
-                                            "references": datasets.Value("string")}),
+                features=datasets.Features({"predictions": datasets.Value("string"), "references": reference}),
             )
 
         def _compute(self, predictions, references, **options):

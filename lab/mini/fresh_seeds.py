@@ -43,7 +43,7 @@ from gap_mllm.evaluation.baselines import (
     constant_marker_answer,
     most_frequent_caption,
 )
-from gap_mllm.evaluation.caption_metrics import caption_scores
+from gap_mllm.processing.scoring.caption_metrics import caption_scores
 from gap_mllm.evaluation.confidence import bootstrap_interval, paired_difference, paired_statistic_difference, wilson_interval
 from gap_mllm.evaluation.grounding_identification import annotated_frame
 from gap_mllm.evaluation.marker_metrics import paired_marker_difference, point_errors

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.evaluation.caption_metrics import gated_score
 from gap_mllm.evaluation.confidence import bootstrap_interval, wilson_interval
 from gap_mllm.evaluation.geometry_eval import format_geometry_report
 from gap_mllm.evaluation.grounding_identification import from_samples
@@ -29,6 +28,7 @@ from gap_mllm.evaluation.marker_metrics import marker_scores
 from gap_mllm.mini.identity import CONSTRAINED_SUFFIX
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.scoring.caption_metrics import gated_score
 
 from .claims_table import CLAIMS_SECTION, claims_section
 from .markdown_sections import document_section, signed_cell, with_section

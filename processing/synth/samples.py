@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from gap_mllm.tasks_gap_mllm import (
-    CAPTIONING,
     DETECTION,
     GROUNDING_STAGE1,
     GROUNDING_STAGE2,
@@ -29,7 +28,7 @@ from ..coordinates import world_boxes_to_camera
 from ..sampling import space_aware_indices, uniform_indices
 from ..scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS
 from ..tasks import in_data_order, package_tasks
-from .language import captions, describe
+from .language import describe
 from .scene import SynthScene
 
 
@@ -162,23 +161,8 @@ def grounding_records(scene: SynthScene, frames, object_index: int, description:
     return stage1, stage2
 
 
-def caption_record(scene: SynthScene, frames, object_index: int, number: int) -> dict:
-    """Scan2Cap-style record: the ground-truth box as the proposal (so `iou` = 1.0) in the first
-    frame's camera frame, one caption as the answer and three reference captions."""
-    box = camera_boxes(scene, [object_index], frames[0])[0]
-    references = captions(scene, object_index)
-    record = common_record(scene, frames, "scan2cap", number)
-    record["object_id"] = object_index
-    record["conversations"] = conversation(CAPTIONING.annotation_prompt(len(frames), box=box), references[0])
-    record["bbox_3d"] = [float(v) for v in box]
-    record["iou"] = 1.0
-    record["annotations"] = references
-    return record
-
-
 def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
-    """Every task's records for one scene: keys "detection", "grounding_stage1", "grounding_stage2", "captioning"
-    and those of each task module with SynthRooms samples (`PackageTask.synth_records`, gap_mllm.processing.tasks),
+    """Every task's records for one scene: keys "detection", "grounding_stage1", "grounding_stage2" and those of each task module with SynthRooms samples (`PackageTask.synth_records`, gap_mllm.processing.tasks),
     drawn from `rng` in the order of the tasks' data (`PackageTask.data_order`)."""
     writers = {task.name: task.synth_records for task in package_tasks() if task.synth_records is not None}
     out: dict[str, list[dict]] = {}
@@ -191,11 +175,10 @@ def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
 
 
 def _records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
-    """The detection, grounding and captioning records of one scene."""
+    """The detection and grounding records of one scene."""
     min_pixels = config.min_visible_pixels
     total = len(scene.frames)
-    out: dict[str, list[dict]] = {key: [] for key in ("detection", "grounding_stage1", "grounding_stage2",
-                                                      "captioning")}
+    out: dict[str, list[dict]] = {key: [] for key in ("detection", "grounding_stage1", "grounding_stage2")}
     for n in range(config.detection_clips_per_scene):
         record = detection_record(scene, choose_clip(scene, config.clip_frames, rng, config.frame_sampling), n, min_pixels)
         if record is not None:
@@ -210,9 +193,4 @@ def _records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
         if pair is not None:
             out["grounding_stage1"].append(pair[0])
             out["grounding_stage2"].append(pair[1])
-
-    caption_frames = uniform_indices(total, config.caption_frames)
-    seen = np.flatnonzero((scene.visible_pixels()[caption_frames] >= min_pixels).any(axis=0))
-    for n, index in enumerate(rng.permutation(seen)[: config.captions_per_scene]):
-        out["captioning"].append(caption_record(scene, caption_frames, int(index), n))
     return out

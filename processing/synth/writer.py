@@ -47,7 +47,6 @@ OWN_TASK_FRAMES = {
     "detection": "clip_frames",
     "grounding_stage1": "grounding_frames",
     "grounding_stage2": "grounding_frames",
-    "captioning": "caption_frames",
 }
 TASK_FRAMES = LiveMapping(lambda: _task_frames({**OWN_TASK_FRAMES, **{
     task.name: task.synth_frames for task in package_tasks() if task.synth_records is not None}}))

@@ -49,18 +49,27 @@ class PackageTask:
             answers (`outputs`: one `[text]` per record, `ids`: the records' sample ids); each row has `id`, `index`,
             `raw`, `parsed`, `score`.
         scoring_packages: `(import name, pip requirement)` of what `evaluate` imports.
-        lmms_task: the name of its lmms-eval task (`{name}`: the task's name), None: it has none.
+        lmms_task: the name of its lmms-eval task (`{name}`: the task's name), None: it has none. A YAML of that
+            name in the plugin's `templates/` is its task file; else one is written from these facts.
+        lmms_order: where that task comes among the lmms-eval tasks: lower first, ties in the registry's order.
         lmms_metrics: `{metric: key or dotted path in the summary}` of that lmms-eval task (empty: the headline,
             named by its key).
+        lmms_aggregators: `{task_functions attribute: metric}`: the aggregations its YAML names, where not
+            `aggregator_name(metric)`.
+        lmms_option_metrics: `{evaluate option: metric}`: an option of `evaluate` (a costly scorer) that only one
+            lmms-eval metric needs: it is on only when that metric is aggregated.
         lmms_title: the first comment line of that task's YAML.
         metric: `(predictions, references, **options) -> dict`: its `evaluate` module's `compute`
             (evaluation/metric_modules/gap_<name>/; None: no module).
         metric_description: that module's description.
+        metric_reference_lists: whether one reference of that module is a list of strings (else a string).
         card: `(Hub task type, benchmark format, task label)` of its results in a model card.
         per_category_bars: `(summary) -> (names, {series: values}, title)`, the bars of its per-category chart
             (evaluation/plots.py: `per_category.png`), or None when the summary has none; None: no such chart.
         per_category_shares: whether those bars are shares (the axis ends at 1.05) rather than amounts (the axis
             fits them).
+        histogram: `(rows) -> (values, title, threshold lines)`: its per-sample histogram (evaluation/plots.py:
+            `iou_hist.png`); None: no such chart.
         query_help: what `query` is for this task, in a command's help ("the question"); None: it takes none.
         query_missing: the words of the refusal when the query is missing ("a question about the scene").
         query_problem: `(query) -> problem or None`: a query the task cannot answer (checked before the model runs).
@@ -69,6 +78,7 @@ class PackageTask:
         written_fields: the fields of the parsed answer that a front end writes only (`TaskResult.to_dict`).
         shown: `(parsed, request) -> {TaskResult attribute: value}`: what a front end draws of an answer (its
             `boxes`, `point`, `marker`; `request`: the `TaskRequest` answered); None: nothing.
+        lists_boxes: whether a front end's summary lists those boxes (not when they are the request's).
         space_label: the task's label in the Space (None: the Space does not offer it).
         synth_records: `(scene, config, rng) -> [record]`, its SynthRooms samples of one scene (`SynthConfig`;
             processing/synth/samples.py); None: SynthRooms writes none.
@@ -88,19 +98,25 @@ class PackageTask:
     request: Callable[..., tuple] | None = None
     scoring_packages: tuple[tuple[str, str], ...] = ()
     lmms_task: str | None = "gap_{name}"
+    lmms_order: int = 1
     lmms_metrics: dict[str, str] = field(default_factory=dict)
+    lmms_aggregators: dict[str, str] = field(default_factory=dict)
+    lmms_option_metrics: dict[str, str] = field(default_factory=dict)
     lmms_title: str = ""
     metric: Callable[..., dict] | None = None
     metric_description: str = ""
+    metric_reference_lists: bool = False
     card: tuple[str, str, str] | None = None
     per_category_bars: Callable[[dict], tuple | None] | None = None
     per_category_shares: bool = True
+    histogram: Callable[[list], tuple] | None = None
     query_help: str | None = None
     query_missing: str | None = None
     query_problem: Callable[[str], str | None] | None = None
     answer_fields: tuple[str, ...] = ()
     written_fields: tuple[str, ...] = ()
     shown: Callable[..., dict] | None = None
+    lists_boxes: bool = True
     space_label: str | None = None
     synth_records: Callable[..., list] | None = None
     synth_frames: str | None = None
