@@ -26,13 +26,7 @@ from transformers.utils import logging
 
 from gap_mllm.configuration_gap_mllm import FUSION_METHODS, IGNORE_INDEX, GapMllmGeometryConfig
 from gap_mllm.files import regular_file_problem
-from gap_mllm.generation_gap_mllm import (
-    check_token_id_dtype,
-    new_token_budget,
-    scene_prefix_length,
-    token_id_range,
-    vocabulary_error,
-)
+from gap_mllm.generation_gap_mllm import new_token_budget, scene_prefix_length
 from gap_mllm.image_utils_gap_mllm import AnimatedImageError
 from gap_mllm.processing_gap_mllm import _is_point_prompt, _is_view_stack
 from gap_mllm.tasks_gap_mllm import CHAT_MARKER, DefaultBudget, check_chat_text, refuse_control_tokens
@@ -575,6 +569,28 @@ def _mask_error(attention_mask, mm_token_type_ids, fewest_kept: int, masked_visi
 
 
 # ---- generate: token ids and context
+def check_token_id_dtype(input_ids: torch.Tensor, name: str = "input_ids") -> None:
+    """ValueError naming `name` when `input_ids` do not hold integers (the embedding lookup needs them)."""
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token ids, got a {input_ids.dtype} tensor")
+
+
+def token_id_range(input_ids: torch.Tensor) -> torch.Tensor:
+    """`[2]` tensor `(lowest id, highest id)` of a non-empty integer tensor, left on its device (no host sync)."""
+    return torch.stack(torch.aminmax(input_ids.reshape(-1)))
+
+
+def vocabulary_error(low: int, high: int, vocabulary_size: int, name: str = "input_ids") -> ValueError | None:
+    """The error for token ids spanning `[low, high]`, or None when they all lie in `[0, vocabulary_size)`."""
+    if low >= 0 and high < vocabulary_size:
+        return None
+    bad = low if low < 0 else high
+    return ValueError(
+        f"{name} holds token id {bad}, outside the model's vocabulary of {vocabulary_size} ids (0 … "
+        f"{vocabulary_size - 1}); were these ids made with another tokenizer?"
+    )
+
+
 def check_token_ids(input_ids: torch.Tensor, vocabulary_size: int, name: str = "input_ids") -> None:
     """ValueError naming `name` unless `input_ids` are integers in `[0, vocabulary_size)`; one host synchronisation."""
     check_token_id_dtype(input_ids, name)

@@ -50,28 +50,6 @@ def answer_task_kwargs(answer_task, constrained: bool, input_ids, kwargs: dict) 
     return {**kwargs, **settings}
 
 
-def check_token_id_dtype(input_ids: torch.Tensor, name: str = "input_ids") -> None:
-    """ValueError naming `name` when `input_ids` do not hold integers (the embedding lookup needs them)."""
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer token ids, got a {input_ids.dtype} tensor")
-
-
-def token_id_range(input_ids: torch.Tensor) -> torch.Tensor:
-    """`[2]` tensor `(lowest id, highest id)` of a non-empty integer tensor, left on its device (no host sync)."""
-    return torch.stack(torch.aminmax(input_ids.reshape(-1)))
-
-
-def vocabulary_error(low: int, high: int, vocabulary_size: int, name: str = "input_ids") -> ValueError | None:
-    """The error for token ids spanning `[low, high]`, or None when they all lie in `[0, vocabulary_size)`."""
-    if low >= 0 and high < vocabulary_size:
-        return None
-    bad = low if low < 0 else high
-    return ValueError(
-        f"{name} holds token id {bad}, outside the model's vocabulary of {vocabulary_size} ids (0 … "
-        f"{vocabulary_size - 1}); were these ids made with another tokenizer?"
-    )
-
-
 def new_token_budget(model, kwargs: dict, input_length: int) -> int | None:
     """New tokens a generate call with `kwargs` may produce after `input_length` tokens: `max_new_tokens` (the call's,
     then the generation config's), else `max_length - input_length`; None when neither is set."""
