@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gap_mllm.evaluation.box_iou import box_iou
+from gap_mllm.processing.scoring.box_iou import box_iou
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
 
 IOU_THRESHOLD = 0.25  # a reference box counts as found at IoU > 0.25 (the benchmarks' Acc@0.25 / F1@0.25)

@@ -43,7 +43,6 @@ TEMPLATE_NAME = "model_card.md"
 # task label). The data a number was computed on comes from the summary, never from this table.
 EVAL_TASKS = {
     "detection": ("3d-object-detection", "EmbodiedScan-style detection", "3D video object detection"),
-    "grounding": ("3d-visual-grounding", "ScanRefer-style grounding", "3D visual grounding"),
 }
 
 

@@ -34,7 +34,7 @@ import torch
 from gap_mllm.mini.identity import is_gap_mllm_mini
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note
 from gap_mllm.processing.tasks import LiveMapping, package_tasks
-from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING, resolve_task
+from gap_mllm.tasks_gap_mllm import DETECTION
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .example_reference import reference_lines, request_text
@@ -70,11 +70,18 @@ from .visualize import answer_picture, frames_with_boxes, gate_heatmap, save_sce
 # that names a label (`PackageTask.space_label`, gap_mllm.processing.tasks)
 OWN_TASK_LABELS = {
     "3D object detection": DETECTION,
-    "3D visual grounding (text query)": GROUNDING,
 }
 TASK_LABELS = LiveMapping(lambda: {**OWN_TASK_LABELS,
                                    **{task.space_label: task.spec for task in package_tasks() if task.space_label}})
 NO_EXAMPLE = "(my uploaded files)"
+
+
+def room_input(given: dict, name: str):
+    """The input `name` ("query", "box", "marker") of a bundled room's own request (`given`: its example inputs, by
+    task) of the first task that reads it (`TaskRequest.used_inputs`: not the reference box of another task's
+    answer), None when none has it."""
+    return next((inputs[name] for task, inputs in given.items()
+                 if name in TaskRequest(task).used_inputs() and inputs.get(name) is not None), None)
 # What `SpaceBackend.run` raises for a request the user can fix (an upload, a task input, a query that is no
 # usable text): the page shows its message as a toast (space_ui.py) and the server log one line ("request N refused:
 # ..."); anything else is a bug and keeps its traceback.
@@ -284,13 +291,10 @@ class SpaceBackend:
         scene = self.example(example_name)
         given = scene.example_inputs
         choices = self.object_choices(example_name)
-        # the box of the room's request of a task that takes one (not the reference box of another's answer)
-        box = next((inputs["box"] for name, inputs in given.items()
-                    if "box" in resolve_task(name).parameters and inputs.get("box") is not None), None)
+        box, query, marker = (room_input(given, name) for name in ("box", "query", "marker"))
         found = [c for c, b in zip(choices, scene.reference_boxes) if box is not None and np.allclose(b, box)]
-        marker = next((inputs["marker"] for inputs in given.values() if inputs.get("marker") is not None), None)
         return {"object": found[0] if found else (choices[0] if choices else None),
-                "query": given.get("grounding", {}).get("query", ""),
+                "query": query if query is not None else "",
                 "marker": " ".join(str(int(v)) for v in marker) if marker is not None else ""}
 
     def _scene(self, files, example_name):

@@ -10,11 +10,11 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from gap_mllm.processing.tasks import package_task_names
-from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING, TaskSpec, resolve_task
+from gap_mllm.tasks_gap_mllm import DETECTION, TaskSpec, resolve_task
 
 # The tasks a front end runs, one model call each (cli/tasks.py), with an answer of their own there; then every task
 # with a package module (gap_mllm.processing.tasks), its answer shown from its facts
-OWN_FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION, GROUNDING)
+OWN_FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION,)
 
 
 def front_end_tasks() -> tuple[TaskSpec, ...]:

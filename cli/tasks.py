@@ -30,7 +30,6 @@ from gap_mllm.speedups import mrope_position_ids
 from gap_mllm.tasks_gap_mllm import (
     BOX_KEY,
     DETECTION,
-    GROUNDING,
     Box3D,
     PromptTextError,
 )
@@ -308,8 +307,6 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
                         query=request.query if "query" in spec.parameters else None)
     if spec is DETECTION:
         result.boxes = list(result.parsed.boxes)
-    elif spec is GROUNDING:
-        result.boxes = [result.parsed.box] if result.parsed.box is not None else []
     entry = package_task(spec) if spec.name in package_task_names() else None
     if entry is not None and entry.shown is not None:  # what the task module draws of its answer
         for name, value in entry.shown(result.parsed, request).items():

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gap_mllm.evaluation.box_iou import BOX_EDGES
 from gap_mllm.evaluation.plots import project_box_edges
 from gap_mllm.image_utils_gap_mllm import MARKER_COLOR, apply_point_prompt
 from gap_mllm.point_cloud import write_ply
 from gap_mllm.processing.coordinates import box_corners, invert_rigid, transform_boxes
+from gap_mllm.processing.scoring.box_iou import BOX_EDGES
 from gap_mllm.tasks_gap_mllm import CAPTIONING, Box3D
 
 from .example_reference import query_reference_box

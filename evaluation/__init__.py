@@ -8,18 +8,16 @@ builders, so they are not imported here: the metrics stay importable without `da
 
 import importlib
 
+# light (numpy only): the oriented box IoU, exported as the functions
+from gap_mllm.processing.scoring.box_iou import box_iou, box_iou_matrix, box_iou_pairs, box_volume, intersection_volume
 from gap_mllm.processing.tasks import package_tasks
 
-# light (numpy only); imported here, so that the package's `box_iou` is the function, not its module
-from .box_iou import box_iou, box_iou_matrix, box_iou_pairs, box_volume, intersection_volume
 from .category_lists import CLEAN_SPLITS, OFFICIAL_SPLITS
 
 # exported name -> the module of this package that defines it; imported on first use (PEP 562), so that a light
 # module of the package (folder_lock.py, benchmark_names.py: what a command's argument check reads) imports no metric
 _EXPORTS = {
     **dict.fromkeys(("DetectionEvaluator", "match_sample"), "detection_metrics"),
-    **dict.fromkeys(("GroundingEvaluator", "GroundingScore", "grounding_scores", "score_grounding"),
-                    "grounding_metrics"),
 }
 # ... and the metric functions of the task modules (`PackageTask.exports`, gap_mllm.processing.tasks), found on use
 

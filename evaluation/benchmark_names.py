@@ -5,10 +5,10 @@ one per task with a package module (gap_mllm.processing.tasks). Names only, impo
 from __future__ import annotations
 
 from gap_mllm.processing.tasks import package_task_names
-from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING
+from gap_mllm.tasks_gap_mllm import DETECTION
 
 # the benchmarks with a class of their own in evaluation/tasks.py (it checks this list against them)
-OWN_BENCHMARKS: tuple[str, ...] = tuple(spec.name for spec in (DETECTION, GROUNDING))
+OWN_BENCHMARKS: tuple[str, ...] = tuple(spec.name for spec in (DETECTION,))
 
 
 def benchmark_tasks() -> tuple[str, ...]:

@@ -42,12 +42,12 @@ from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.coordinates import backproject_pixel, camera_boxes_to_world, camera_to_world_transform, project
 from gap_mllm.processing.dataset_identity import SYNTHROOMS_INFO, read_dataset_info
 from gap_mllm.processing.errors import DataError
+from gap_mllm.processing.scoring.box_iou import box_iou
 from gap_mllm.processing.synth.generator import SynthConfig
 from gap_mllm.processing.synth.samples import first_clear_frame
 from gap_mllm.processing.synth.writer import read_instance_mask
 from gap_mllm.tasks_gap_mllm import parse_frame_selection
 
-from .box_iou import box_iou
 from .confidence import bootstrap_interval, wilson_interval
 from .tasks import sample_id
 
@@ -130,7 +130,7 @@ def annotated_frame(record: dict) -> int:
 
 
 def from_rows(records, rows, data_root) -> dict:
-    """`identification_summary` of a grounding run's per-sample rows (`GroundingTask.evaluate`: the selected
+    """`identification_summary` of a grounding run's per-sample rows (grounding's `evaluate`: the selected
     frame and the parsed camera-frame box of each record, matched to `records` by sample id), plus
     `frame_accuracy` when every record carries its annotated frame (training-style records do)."""
     by_id = {sample_id(record, index): record for index, record in enumerate(records)}

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from gap_mllm.image_utils_gap_mllm import read_image_file
-from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3, world_boxes_to_camera
+from gap_mllm.processing.coordinates import box_corners, intrinsics_3x3
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, read_intrinsics
+from gap_mllm.processing.scoring.box_iou import BOX_EDGES
 from gap_mllm.processing.tasks import package_task, package_task_names
-from gap_mllm.tasks_gap_mllm import DETECTION, GROUNDING
+from gap_mllm.tasks_gap_mllm import DETECTION
 
-from .box_iou import BOX_EDGES
 from .detection_metrics import ground_truth
 
 MAX_SAMPLE_FIGURES = 8
@@ -102,9 +102,6 @@ def plot_histogram(task: str, rows: list[dict], path) -> bool:
     elif task == DETECTION.name:
         values = [m["iou"] for r in rows for m in r.get("matches", [])]
         title, lines = "IoU of each prediction with its best same-label box", [0.25]
-    elif task == GROUNDING.name:  # samples excluded from the score (unusable annotation) have no value
-        values = [r["score"] for r in rows if r["score"] is not None]
-        title, lines = "Grounding IoU per counted sample", [0.25, 0.5]
     else:
         return False
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -134,22 +131,18 @@ def _intrinsics(record: dict, image_path: Path):
 def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     """Frame with projected ground-truth (green) and predicted (red) boxes; False if not drawable."""
     plt = _pyplot()
-    if task == DETECTION.name:
+    entry = package_task(task) if task in package_task_names() else None
+    if entry is not None and entry.sample_boxes is not None:  # a task module's figure (`PackageTask.sample_boxes`)
+        boxes = entry.sample_boxes(record, row)
+        if boxes is None:
+            return False
+        k, gt, pred = boxes
+    elif task == DETECTION.name:
         k = 0
         # the scorer's reader (a record without `boxes` was refused there); negative sizes are drawn as given
         gt = ground_truth(record, record.get("id"), official_compat=True)[1]
         # the official reading keeps entries whose box cannot be drawn (not 9 finite numbers)
         pred = [p["bbox_3d"] for p in row["parsed"] if np.shape(p["bbox_3d"]) == (9,) and np.all(np.isfinite(p["bbox_3d"]))]
-    elif task == GROUNDING.name:
-        k = row["parsed"]["frame"]
-        if not 0 <= k < len(record["images"]):
-            return False
-        try:
-            gt = list(world_boxes_to_camera(np.asarray(record["gt_bbox"], dtype=np.float64)[None], record["cam2global"][k],
-                                            record.get("axis_align_matrix")))
-        except (KeyError, IndexError, TypeError, ValueError):
-            return False  # no usable pose or truth: the summary counts the sample under `unscored`
-        pred = [row["parsed"]["bbox_3d"]] if row["parsed"]["bbox_3d"] else []
     else:
         return False
     try:
@@ -181,7 +174,8 @@ def write_plots(task: str, records, rows, metrics, media_root, out_dir) -> list[
         written.append(out_dir / "per_category.png")
     if plot_histogram(task, rows, out_dir / "iou_hist.png"):
         written.append(out_dir / "iou_hist.png")
-    if task in (DETECTION.name, GROUNDING.name):
+    entry = package_task(task) if task in package_task_names() else None
+    if task == DETECTION.name or (entry is not None and entry.sample_boxes is not None):
         (out_dir / "samples").mkdir(exist_ok=True)
         for record, row in list(zip(records, rows))[:MAX_SAMPLE_FIGURES]:
             path = out_dir / "samples" / f"{row['id']}.png"

@@ -19,40 +19,22 @@ same as after an uninterrupted one. Per-sample rows: `{"id", "index", "raw", "pa
 from __future__ import annotations
 
 import importlib.util
-import json
-import logging
-import math
-from pathlib import Path
 
-import numpy as np
-
-from gap_mllm.processing.annotation_files import extract_query
-from gap_mllm.processing.coordinates import world_boxes_to_camera
 from gap_mllm.processing.errors import DataError, MissingDependency
 from gap_mllm.processing.record_schema import IMAGES, read_fields
-from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
+from gap_mllm.processing.scoring.detection_parsing import detection_predictions
 from gap_mllm.processing.tasks import PackageTask, package_task, package_task_names, package_tasks
 from gap_mllm.tasks_gap_mllm import (
     DETECTION,
-    GROUNDING,
-    GROUNDING_STAGE1,
-    GROUNDING_STAGE2,
-    Box3D,
     DefaultBudget,
     PromptTextError,
     refuse_control_tokens,
     resolve_task,
-    serialize_frame_selection,
-    serialize_grounding,
 )
 
 from .benchmark_names import OWN_BENCHMARKS, benchmark_tasks
 from .detection_metrics import DetectionEvaluator, ground_truth
-from .detection_parsing import detection_predictions, official_literal
 from .generation import Request
-from .grounding_metrics import GroundingEvaluator, score_grounding_record
-
-logger = logging.getLogger(__name__)
 
 
 def sample_id(record: dict, index: int) -> str:
@@ -202,125 +184,6 @@ class DetectionTask(Benchmark):
         return rows, ev.compute()
 
 
-# ------------------------------------------------------------------------------------------ grounding
-
-
-def official_frame(text: str) -> int:
-    """Official stage-1 reading: strip newlines / backticks / "json", `json.loads`, `["frame"]`; any
-    failure (or a missing key) gives frame 0."""
-    body = text.strip("\n").strip("`").strip("json").strip()
-    try:
-        value = json.loads(body)
-    except (json.JSONDecodeError, TypeError, RecursionError):  # RecursionError: an answer nested too deep to read
-        return 0
-    frame = value.get("frame", 0) if isinstance(value, dict) else 0
-    return frame if isinstance(frame, int) and not isinstance(frame, bool) else 0
-
-
-def official_stage2_box(text: str) -> tuple[list[float] | None, str | None]:
-    """Official stage-2 reading (`calculate_iou_for_sample`): strip newlines / backticks / "json" (as
-    character sets), read the rest as ONE Python literal (the official code `eval`s it; `ast.literal_eval`
-    here, which executes nothing), take its `["bbox_3d"]`, and use the first 9 values (centre, sizes as
-    written, angles): the official transform slices `[0:3]`, `[3:6]`, `[6:9]`, so longer lists pass. Returns
-    `(box, None)`, or `(None, reason)` where the official code fails and scores IoU 0 (not a dict with
-    "bbox_3d", fewer than 9 values, a value that is not a real number, a non-finite value)."""
-    value = official_literal(text.strip("\n").strip("`").strip("json").strip()) if isinstance(text, str) else None
-    if not isinstance(value, dict) or "bbox_3d" not in value:
-        return None, "not one literal dict with \"bbox_3d\" (official reading)"
-    box = value["bbox_3d"]
-    if not isinstance(box, list) or len(box) < 9:
-        return None, "bbox_3d is not a list of at least 9 values (official reading)"
-    try:
-        numbers = [float(v) for v in box[:9] if isinstance(v, (int, float))]  # bool is an int, as in torch
-    except OverflowError:  # an integer beyond float range
-        numbers = []
-    if len(numbers) != 9 or not all(math.isfinite(v) for v in numbers):
-        return None, "bbox_3d holds a value that is not a finite number (official reading)"
-    return numbers, None
-
-
-def frame_number(image_path: str) -> int:
-    """Raw frame number of a posed-images file name ("scene/00350.jpg" -> 350)."""
-    return int(Path(image_path).stem)
-
-
-def stage2_images(selected_image: str, media_root, neighbours: int = OFFICIAL_STAGE2_NEIGHBOURS) -> list[str]:
-    """Official stage-2 frames: n, n+10, ..., n+90, then n-10, ..., max(0, n-90); missing files skipped.
-    `neighbours` (official 9) is the number of posed frames taken each way."""
-    base = frame_number(selected_image)
-    numbers = [base + POSED_FRAME_STEP * k for k in range(neighbours + 1)]
-    numbers += [base - POSED_FRAME_STEP * k for k in range(1, neighbours + 1) if base - POSED_FRAME_STEP * k >= 0]
-    folder, suffix = Path(selected_image).parent, Path(selected_image).suffix
-    paths = [str(folder / f"{n:05d}{suffix}") for n in numbers]
-    return [p for p in paths if (Path(media_root) / p).is_file()]
-
-
-class GroundingTask(Benchmark):
-    """Two-stage ScanRefer (docs/method.md §3.4): frame selection over all frames, then the box from the
-    selected frame and its neighbours, in the camera frame of the selected frame."""
-
-    spec, stage_specs = GROUNDING, (GROUNDING_STAGE1, GROUNDING_STAGE2)
-    headline = ("acc@0.25", "Acc@0.25 (IoU >= 0.25)")
-    logged_metrics = {"acc@0.25": "acc@0.25", "acc@0.5": "acc@0.5", "miou": "miou"}
-
-    def selected_frame(self, record, stage1_text: str) -> tuple[int, str | None]:
-        """(k, note): official reading when `official_compat`, else the tolerant parser clamped to the
-        frame range; a failed parse gives 0 in both modes (as the official code)."""
-        num_frames = len(record["images"])
-        if self.official_compat:
-            k = official_frame(stage1_text)
-            if -num_frames <= k < 0:
-                k += num_frames  # the official code indexes images[k]: Python wraps negative indices
-            return k, None if 0 <= k < num_frames else f"frame {k} out of range (the official code crashes)"
-        result = GROUNDING_STAGE1.parse(stage1_text, num_frames=num_frames)
-        return (0, f"frame parse failed ({result.reason}); used 0") if result.frame is None else (result.frame, result.reason)
-
-    def request(self, record, stage, previous, media_root):
-        description = extract_query(human_prompt(record))
-        if stage == 0:
-            prompt = GROUNDING_STAGE1.annotation_prompt(len(record["images"]), query=description)
-            return self.make_request(stage, record["images"], prompt)
-        k, _ = self.selected_frame(record, previous[0])
-        k = min(max(k, 0), len(record["images"]) - 1)
-        neighbours = int(record.get("stage2_neighbours", OFFICIAL_STAGE2_NEIGHBOURS))
-        images = stage2_images(record["images"][k], media_root, neighbours) or [record["images"][k]]
-        return self.make_request(stage, images, GROUNDING_STAGE2.annotation_prompt(len(images), query=description))
-
-    def oracle(self, record, media_root):
-        """Stage 1: the annotated frame (0 if the record has none); stage 2: the GT box in its camera frame."""
-        k = 0
-        if len(record.get("conversations", [])) > 1:
-            frame = GROUNDING_STAGE1.parse(gt_answer(record), num_frames=len(record["images"])).frame
-            k = frame if frame is not None else 0
-        try:
-            box = world_boxes_to_camera(np.asarray(record["gt_bbox"], dtype=np.float64)[None], record["cam2global"][k],
-                                        record.get("axis_align_matrix"))[0]
-        except (KeyError, IndexError, TypeError, ValueError) as error:
-            # No camera-frame truth exists; the scorer reports this sample as unscorable by reason.
-            logger.warning("oracle of grounding sample %r: no stage-2 answer (%s)", record.get("id"), error)
-            return [serialize_frame_selection(k), ""]
-        return [serialize_frame_selection(k), serialize_grounding(Box3D.from_list(box))]
-
-    def evaluate(self, records, outputs, official_compat=False, **_):
-        self.official_compat = official_compat
-        ev = GroundingEvaluator(official_compat=official_compat)
-        rows = []
-        for index, (record, raw) in enumerate(zip(records, outputs)):
-            k, note = self.selected_frame(record, raw[0])
-            if official_compat:
-                box, reason = official_stage2_box(raw[1])
-            else:
-                parsed = GROUNDING_STAGE2.parse(raw[1])
-                box, reason = (None if parsed.box is None else parsed.box.to_list()), parsed.reason
-            score = score_grounding_record(record, k, box, official_compat, no_box_detail=reason)
-            ev.add_score(score)
-            rows.append({"id": sample_id(record, index), "index": index, "raw": raw,
-                         "parsed": {"frame": k, "bbox_3d": None if box is None else [round(v, 6) for v in box]},
-                         "parse_error": reason, "frame_note": note, "score": score.value(official_compat),
-                         "unscored": score.reason, "unscored_detail": score.detail})
-        return rows, ev.compute()
-
-
 # ------------------------------------------------------------------------------- tasks with a package module
 
 
@@ -351,15 +214,16 @@ def package_benchmark(entry: PackageTask) -> type[PackageTaskBenchmark]:
     """The benchmark class of a task's `PackageTask` (one class per entry)."""
     if entry not in _PACKAGE_BENCHMARKS:
         name = "".join(part.title() for part in entry.name.split("_")) + "Task"
+        stage_specs = tuple(resolve_task(stage) for stage in entry.spec.stages) or (entry.spec,)
         _PACKAGE_BENCHMARKS[entry] = type(name, (PackageTaskBenchmark,), {
-            "spec": entry.spec, "stage_specs": (entry.spec,), "headline": entry.headline,
+            "spec": entry.spec, "stage_specs": stage_specs, "headline": entry.headline,
             "logged_metrics": dict(entry.logged_metrics), "scoring_packages": entry.scoring_packages, "entry": entry,
             "__module__": __name__})
     return _PACKAGE_BENCHMARKS[entry]
 
 
 # the benchmarks of the shipped tasks; `get_task` also finds those of tasks registered from code
-OWN_TASKS = {task.spec.name: task for task in (DetectionTask, GroundingTask)}
+OWN_TASKS = {task.spec.name: task for task in (DetectionTask,)}
 if tuple(OWN_TASKS) != OWN_BENCHMARKS:  # the light list `gap-mllm evaluate --help` shows (benchmark_names.py)
     raise ImportError(f"evaluation/benchmark_names.py lists {OWN_BENCHMARKS}, the benchmarks are {tuple(OWN_TASKS)}")
 TASKS = {**OWN_TASKS, **{entry.name: package_benchmark(entry) for entry in package_tasks()}}
@@ -372,13 +236,23 @@ def benchmark_class(name: str) -> type[Benchmark] | None:
     return package_benchmark(package_task(name)) if name in package_task_names() else None
 
 
+def __getattr__(name: str):
+    """The benchmark class of a task module by its class name (`package_benchmark`: `<Task>Task`)."""
+    for entry in package_tasks():
+        benchmark = package_benchmark(entry)
+        if benchmark.__name__ == name:
+            return benchmark
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def get_task(name, official_compat: bool = False, constrained: bool = False) -> Benchmark:
     """The benchmark of a task name (deprecated names such as "det" resolve with a warning); `constrained`: its
     answers are decoded inside their task's grammar (off: the paper's protocol decodes freely)."""
     spec = resolve_task(name)
     benchmark = benchmark_class(spec.name)
     if benchmark is None:
-        hint = f" (it is a stage of {GROUNDING.name!r}, which evaluates both)" if spec.name in GROUNDING.stages else ""
+        pipeline = next((name for name in benchmark_tasks() if spec.name in resolve_task(name).stages), None)
+        hint = f" (it is a stage of {pipeline!r}, which evaluates both)" if pipeline is not None else ""
         raise ValueError(f"task {spec.name!r} has no benchmark{hint}; choose one of {', '.join(benchmark_tasks())}")
     return benchmark(official_compat, constrained)
 

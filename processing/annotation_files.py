@@ -14,8 +14,6 @@ from pathlib import Path
 
 from gap_mllm.tasks_gap_mllm import (
     DETECTION,
-    GROUNDING_STAGE1,
-    GROUNDING_STAGE2,
     IMAGE_PLACEHOLDER,
     TaskSpec,
     resolve_task,
@@ -27,21 +25,20 @@ ANNOTATIONS_SUBDIR = "annotations"
 
 TASK_FILE_TEMPLATES: dict[TaskSpec, str] = {
     DETECTION: "scannet_det_{split}_{frames}frames.json",
-    GROUNDING_STAGE1: "scanrefer_{split}_{frames}frames_stage1.json",
-    GROUNDING_STAGE2: "scanrefer_{split}_{frames}frames_stage2.json",
 }
 
 
 def file_template(task: str | TaskSpec) -> str | None:
     """The file-name template (`{split}`, `{frames}`) of a task's annotation files, None when it has none."""
     spec = resolve_task(task)
-    entry = package_task(spec) if spec.name in package_task_names() else None
+    entry = package_task(spec) if spec.name in package_task_names(stages=True) else None
     return entry.annotation_file if entry is not None else TASK_FILE_TEMPLATES.get(spec)
 
 
 def tasks_with_files() -> tuple[str, ...]:
     """The tasks that have annotation files, in the order of their data."""
-    return tuple(in_data_order([*(spec.name for spec in TASK_FILE_TEMPLATES), *package_task_names()]))
+    names = [*(spec.name for spec in TASK_FILE_TEMPLATES), *package_task_names(stages=True)]
+    return tuple(name for name in in_data_order(names) if file_template(name) is not None)
 
 
 def segments_from_placeholders(prompt: str, num_images: int) -> list[str | None]:

@@ -30,8 +30,6 @@ import datasets
 from gap_mllm.files import NotARegularFile, read_regular_text
 from gap_mllm.tasks_gap_mllm import (
     DETECTION,
-    GROUNDING_STAGE1,
-    GROUNDING_STAGE2,
     IMAGE_PLACEHOLDER,
     PromptTextError,
     TaskSpec,
@@ -39,7 +37,7 @@ from gap_mllm.tasks_gap_mllm import (
     resolve_task,
 )
 
-from .annotation_files import extract_query, find_annotation_file
+from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
 from .detection_record import detection_box_entries
 from .errors import DataError, SkipCounter
@@ -55,7 +53,6 @@ from .record_schema import (
     BOX,
     IMAGES,
     MATRIX_4X4,
-    OBJECT_ID,
     OBJECT_LIST,
     SAMPLE_ID,
     TEXT,
@@ -359,62 +356,6 @@ class DetectionBuilder(MultiViewBuilder):
         return {"boxes": boxes, **read_fields(record, fields, key)}
 
 
-class _GroundingBuilder(MultiViewBuilder):
-    @classmethod
-    def task_features(cls, class_names):
-        return {
-            "description": datasets.Value("string"),
-            "object_id": datasets.Value("int32"),  # -1 when the record has none
-            "gt_bbox": BOX_FEATURE,  # axis-aligned world
-            "cam2global": POSES_FEATURE,
-            "axis_align_matrix": MATRIX_4X4_FEATURE,
-        }
-
-    def task_fields(self, record, answer, num_images, key):
-        try:
-            description = extract_query(record["conversations"][0]["value"])
-        except ValueError as err:
-            raise DataError(str(err), sample=key) from err
-        fields = (OBJECT_ID, RecordField("gt_bbox", BOX), camera_poses(num_images), AXIS_ALIGN)
-        return {"description": description, **read_fields(record, fields, key)}
-
-
-class GroundingStage1Builder(_GroundingBuilder):
-    """ScanRefer stage 1: `Frame-i: <image>` x N + description -> index of the first clear frame."""
-
-    SPEC = GROUNDING_STAGE1
-    TASK = SPEC.name
-
-    @classmethod
-    def task_features(cls, class_names):
-        return {**super().task_features(class_names), "frame": datasets.Value("int32")}
-
-    def task_fields(self, record, answer, num_images, key):
-        fields = super().task_fields(record, answer, num_images, key)
-        parsed = self.SPEC.parse(answer)
-        if parsed.frame is None or not 0 <= parsed.frame < num_images:
-            raise DataError(f"answer is not a frame index in [0, {num_images}) ({parsed.reason or parsed.frame})", sample=key)
-        return {**fields, "frame": parsed.frame}
-
-
-class GroundingStage2Builder(_GroundingBuilder):
-    """ScanRefer stage 2: selected frame + neighbours + description -> box in the first view's camera frame."""
-
-    SPEC = GROUNDING_STAGE2
-    TASK = SPEC.name
-
-    @classmethod
-    def task_features(cls, class_names):
-        return {**super().task_features(class_names), "bbox_3d": BOX_FEATURE}  # in the camera frame of the first (selected) view
-
-    def task_fields(self, record, answer, num_images, key):
-        fields = super().task_fields(record, answer, num_images, key)
-        parsed = self.SPEC.parse(answer)
-        if parsed.box is None:  # the parser refuses anything but 9 finite numbers with sizes >= 0
-            raise DataError(f"answer is not a grounding box ({parsed.reason})", sample=key)
-        return {**fields, "bbox_3d": parsed.box.to_list()}
-
-
 class PackageTaskBuilder(MultiViewBuilder):
     """The builder of a task with a package module (gap_mllm.processing.tasks): its features and fields are the
     module's `PackageTask.features` and `PackageTask.fields`; `package_task_builder` makes one per task."""
@@ -442,17 +383,17 @@ def package_task_builder(entry: PackageTask) -> type[PackageTaskBuilder]:
     return _PACKAGE_TASK_BUILDERS[entry]
 
 
-_OWN_BUILDERS = {builder.SPEC.name: builder for builder in (DetectionBuilder, GroundingStage1Builder,
-                                                               GroundingStage2Builder)}
+_OWN_BUILDERS = {builder.SPEC.name: builder for builder in (DetectionBuilder,)}
 # the builders of the shipped tasks, in the order of their data; `builder_for_task` also finds those of tasks
 # registered from code
 BUILDERS = {name: _OWN_BUILDERS.get(name) or package_task_builder(package_task(name))
-            for name in in_data_order([*_OWN_BUILDERS, *package_task_names()])}
+            for name in in_data_order([*_OWN_BUILDERS, *package_task_names(stages=True)])
+            if name in _OWN_BUILDERS or package_task(name).annotation_file is not None}
 
 
 def __getattr__(name: str):
     """The builder of a task module by its class name (`package_task_builder`: `<Task>Builder`)."""
-    for entry in package_tasks():
+    for entry in package_tasks(stages=True):
         builder = package_task_builder(entry)
         if builder.__name__ == name:
             return builder
@@ -465,7 +406,7 @@ def builder_for_task(task: str | TaskSpec) -> type[MultiViewBuilder]:
     spec = resolve_task(task)
     if spec.name in BUILDERS:
         return BUILDERS[spec.name]
-    if spec.name in package_task_names():
+    if spec.name in package_task_names(stages=True) and package_task(spec).annotation_file is not None:
         return package_task_builder(package_task(spec))
     stages = f"; use its stages {', '.join(spec.stages)}" if spec.stages else ""
     raise ValueError(f"task {spec.name!r} has no data builder{stages} (tasks with data: {', '.join(BUILDERS)})")

@@ -173,7 +173,7 @@ def transform_boxes(boxes, transform, euler_mode: str = "zxy") -> np.ndarray:
     rotation use the cleaned matrix, so a box moved there and back is exactly the box. The official
     code moves the centre with the raw matrix and gets the same rotation through scipy's
     `from_matrix`; the centres differ by ~1e-6 of the distance for 6-decimal poses (the evaluation's
-    official_compat uses that recipe: `evaluation.grounding_metrics.official_camera_box_to_world`).
+    official_compat uses that recipe: `processing.scoring.grounding_metrics.official_camera_box_to_world`).
     """
     transform = orthonormalize_rigid(transform)
     boxes = np.asarray(boxes, dtype=np.float64)

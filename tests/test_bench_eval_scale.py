@@ -56,7 +56,7 @@ def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annota
     so its queries shared one stage-2 scene as a trained model's do not. Each run now encodes its own scenes, and with
     `stage2_frames="annotated"` stage 2 takes the annotated frame and its neighbours."""
     from gap_mllm.evaluation.scene_generation import SceneGenerator
-    from gap_mllm.evaluation.tasks import stage2_images
+    from gap_mllm.processing.tasks.grounding import selected_frame, stage2_images
     from gap_mllm.tiny.tiny_model import build_tiny_model
 
     data = write_small_synth(tmp_path / "data")
@@ -82,7 +82,7 @@ def test_every_timed_run_encodes_its_scenes_and_random_weights_follow_the_annota
     request_for = bench_eval_scale.annotated_stage2_frames(sample_requests(task, records, slice_[2], media_root), task,
                                                            records, media_root)
     for i, record in enumerate(records):
-        k = task.selected_frame(record, task.oracle(record, media_root)[0])[0]
+        k = selected_frame(record, task.oracle(record, media_root)[0], task.official_compat)[0]
         request = request_for(i, 1, ["not a frame"])  # a random model's stage-1 answer
         assert [Path(p).relative_to(media_root).as_posix() for p in request.images] == stage2_images(
             record["images"][k], media_root)

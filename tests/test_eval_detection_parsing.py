@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
-from gap_mllm.evaluation.detection_parsing import NO_LABEL, detection_predictions, parse_detection_official
 from gap_mllm.evaluation.tasks import get_task
+from gap_mllm.processing.scoring.detection_parsing import NO_LABEL, detection_predictions, parse_detection_official
 
 DEMO_ANSWER = (
     '```json\n[\n'

@@ -11,15 +11,6 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from gap_mllm.evaluation.grounding_metrics import (
-    UNSCORED_FRAME,
-    UNSCORED_GT,
-    UNSCORED_NO_BOX,
-    UNSCORED_POSE,
-    GroundingEvaluator,
-    score_grounding,
-)
-from gap_mllm.evaluation.box_iou import box_iou
 from gap_mllm.evaluation.plots import plot_histogram, plot_sample
 from gap_mllm.evaluation.tasks import get_task
 from gap_mllm.processing.coordinates import (
@@ -29,6 +20,15 @@ from gap_mllm.processing.coordinates import (
     nearest_rotation,
     orthonormalize_rigid,
     world_boxes_to_camera,
+)
+from gap_mllm.processing.scoring.box_iou import box_iou
+from gap_mllm.processing.scoring.grounding_metrics import (
+    UNSCORED_FRAME,
+    UNSCORED_GT,
+    UNSCORED_NO_BOX,
+    UNSCORED_POSE,
+    GroundingEvaluator,
+    score_grounding,
 )
 
 DEMO_POSES = np.array([
@@ -169,7 +169,7 @@ def test_official_mode_counts_every_failure_as_zero_and_still_reports_it():
 def test_frame_out_of_range_is_a_counted_model_failure():
     ev = GroundingEvaluator()
     record = dict(demo_records()[0])
-    from gap_mllm.evaluation.grounding_metrics import score_grounding_record
+    from gap_mllm.processing.scoring.grounding_metrics import score_grounding_record
 
     score = score_grounding_record(record, 5, GT_WORLD.tolist())
     ev.add_score(score)

@@ -240,7 +240,7 @@ def test_negated_sizes_score_as_the_official_code_scores_them_in_official_compat
 
 
 def test_official_stage2_reading():
-    from gap_mllm.evaluation.tasks import official_stage2_box
+    from gap_mllm.processing.tasks.grounding import official_stage2_box
 
     box = [0.1, 0.2, 1.5, 0.5, 0.6, 0.7, 0.1, 0.0, 0.0]
     assert official_stage2_box("```json\n" + json.dumps({"bbox_3d": box}) + "\n```") == (box, None)

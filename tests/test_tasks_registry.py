@@ -312,6 +312,7 @@ def test_every_consumer_uses_the_registry_objects():
     from gap_mllm.evaluation import generation, runner
     from gap_mllm.evaluation import tasks as eval_tasks
     from gap_mllm.processing import annotation_files, builders, collator
+    from gap_mllm.processing.tasks import grounding as grounding_task
     from gap_mllm.training import data as training_data
     from gap_mllm.training import train_cli  # noqa: F401 - `gap-mllm train` reads data.tasks through the recipe
 
@@ -326,7 +327,7 @@ def test_every_consumer_uses_the_registry_objects():
     assert set(builders.BUILDERS) == {"detection", "grounding_stage1", "grounding_stage2", "captioning",
                                       "reconstruction", "spatial_qa"}
     assert all(spec_of(spec) for spec in annotation_files.TASK_FILE_TEMPLATES)
-    assert builders.extract_query is annotation_files.extract_query is eval_tasks.extract_query
+    assert grounding_task.extract_query is annotation_files.extract_query  # the description of both stages
     for name, benchmark in eval_tasks.TASKS.items():
         assert benchmark.spec is TASKS[name] and all(spec_of(spec) for spec in benchmark.stage_specs)
         # what a run reports and what training logs are declared once, on the benchmark; the headline is logged

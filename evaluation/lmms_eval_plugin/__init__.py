@@ -34,7 +34,7 @@ LMMS_EVAL_REQUIREMENT = f"lmms-eval=={LMMS_EVAL_VERSION}"
 
 # lmms-eval task name -> benchmark of gap_mllm.evaluation.tasks: the benchmarks defined there, and that of each task
 # module with one (`PackageTask.lmms_name`), in the order of the lmms-eval tasks (`PackageTask.lmms_order`)
-OWN_LMMS_TASKS = {"gap_scanrefer": ("grounding", 0), "gap_det": ("detection", 1)}  # (benchmark, lmms_order)
+OWN_LMMS_TASKS = {"gap_det": ("detection", 1)}  # (benchmark, lmms_order)
 
 
 def _lmms_tasks() -> dict[str, str]:

@@ -27,7 +27,6 @@ from .documents import benchmark_named, benchmark_of, check_document, media_root
 # lmms-eval metric name -> key (dotted path) in the benchmark's summary (`Benchmark.evaluate`): the shipped templates'
 # tasks, then each task module's (`PackageTask.lmms_metric_keys`)
 OWN_METRICS = {
-    "grounding": {"acc@0.25": "acc@0.25", "acc@0.5": "acc@0.5", "miou": "miou"},
     "detection": {"f1": "f1", "precision": "splits.cate31.precision", "recall": "splits.cate31.recall"},
 }
 METRICS = LiveMapping(lambda: {**OWN_METRICS, **{task.name: task.lmms_metric_keys for task in package_tasks()
@@ -131,9 +130,6 @@ def _aggregator(metric: str):
     return aggregate_metric
 
 
-aggregate_acc_025 = _aggregator("acc@0.25")
-aggregate_acc_05 = _aggregator("acc@0.5")
-aggregate_miou = _aggregator("miou")
 aggregate_f1 = _aggregator("f1")
 aggregate_precision = _aggregator("precision")
 aggregate_recall = _aggregator("recall")

@@ -16,7 +16,7 @@ from pathlib import Path
 from gap_mllm.processing.tasks import package_task_names
 
 HERE = Path(__file__).parent
-OWN_METRIC_MODULES = ("gap_detection", "gap_grounding")
+OWN_METRIC_MODULES = ("gap_detection",)
 
 
 def metric_modules() -> tuple[str, ...]:

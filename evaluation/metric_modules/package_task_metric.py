@@ -1,7 +1,7 @@
 """The `evaluate` metric of a task with a package module (gap_mllm.processing.tasks): its module folder
 `gap_<task>/gap_<task>.py` holds `package_task_metric(<its file's name>)`, so the numbers are the module's own
-(`PackageTask.metric`); predictions are strings, references strings or lists of strings
-(`PackageTask.metric_reference_lists`)."""
+(`PackageTask.metric`); predictions are strings, references strings or what the module declares
+(`PackageTask.metric_reference`)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ def package_task_metric(module_name: str) -> type[evaluate.Metric]:
     if task is None or task.metric is None:
         raise ValueError(f"{module_name!r} is not the metric module of a task with a metric (gap_<task>)")
 
-    reference = datasets.Value("string")
-    reference = datasets.List(reference) if task.metric_reference_lists else reference
+    reference = datasets.Value("string") if task.metric_reference is None else task.metric_reference()
 
     class PackageTaskMetric(evaluate.Metric):
         def _info(self):

@@ -14,21 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from gap_mllm.tasks_gap_mllm import (
-    DETECTION,
-    GROUNDING_STAGE1,
-    GROUNDING_STAGE2,
-    Box3D,
-    serialize_detection,
-    serialize_frame_selection,
-    serialize_grounding,
-)
+from gap_mllm.tasks_gap_mllm import DETECTION, Box3D, serialize_detection
 
 from ..coordinates import world_boxes_to_camera
 from ..sampling import space_aware_indices, uniform_indices
-from ..scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS
 from ..tasks import in_data_order, package_tasks
-from .language import describe
 from .scene import SynthScene
 
 
@@ -101,11 +91,11 @@ def detection_record(scene: SynthScene, clip, number: int, min_pixels: int) -> d
         {"bbox_3d": [float(v) for v in b], "label": l, "in_reference": bool(pixels[0, i] >= min_pixels)}
         for b, l, i in zip(boxes, labels, seen)
     ]
-    record.update(_camera_fields(scene, clip))
+    record.update(camera_fields(scene, clip))
     return record
 
 
-def _camera_fields(scene: SynthScene, frames) -> dict:
+def camera_fields(scene: SynthScene, frames) -> dict:
     cam2img = np.eye(4)
     cam2img[:3, :3] = scene.intrinsics
     return {
@@ -122,75 +112,27 @@ def first_clear_frame(pixels: np.ndarray, min_pixels: int) -> int | None:
     return int(np.flatnonzero(pixels >= max(min_pixels, 0.5 * pixels.max()))[0])
 
 
-def stage2_frames(scene: SynthScene, selected: int, neighbours: int = OFFICIAL_STAGE2_NEIGHBOURS) -> list[int]:
-    """Official stage-2 frame order: n, n+10, ..., n+90, then n-10, ..., n-90 (posed-image steps; 9
-    neighbours each way), skipping frames that do not exist. Indices into the scene's frames."""
-    total = len(scene.frames)
-    forward = [selected + k for k in range(neighbours + 1) if selected + k < total]
-    backward = [selected - k for k in range(1, neighbours + 1) if selected - k >= 0]
-    return forward + backward
-
-
-def grounding_records(scene: SynthScene, frames, object_index: int, description: str, number: int, min_pixels: int,
-                      neighbours: int = OFFICIAL_STAGE2_NEIGHBOURS):
-    """(stage 1, stage 2) records for one object described uniquely by `description`, or None.
-
-    A stage-1 record of a dataset whose stage 2 uses another neighbour count than the official 9 says so
-    in `stage2_neighbours` (the evaluation builds the stage-2 request from it)."""
-    pixels = scene.visible_pixels()[frames, object_index]
-    k = first_clear_frame(pixels, min_pixels)
-    if k is None:
-        return None
-    stage1 = common_record(scene, frames, "scanrefer1", number)
-    stage1["object_id"] = object_index
-    stage1["conversations"] = conversation(GROUNDING_STAGE1.annotation_prompt(len(frames), query=description), serialize_frame_selection(k))
-    stage1["prompt"] = stage1["conversations"][0]["value"]
-    stage1["gt_bbox"] = [float(v) for v in scene.objects[object_index].box]
-    stage1.update({key: value for key, value in _camera_fields(scene, frames).items() if key != "cam2img"})
-    if neighbours != OFFICIAL_STAGE2_NEIGHBOURS:
-        stage1["stage2_neighbours"] = neighbours
-
-    second = stage2_frames(scene, frames[k], neighbours)
-    box = camera_boxes(scene, [object_index], second[0])[0]
-    stage2 = common_record(scene, second, "scanrefer2", number)
-    stage2["object_id"] = object_index
-    stage2["conversations"] = conversation(GROUNDING_STAGE2.annotation_prompt(len(second), query=description), serialize_grounding(Box3D.from_list(box)))
-    stage2["prompt"] = stage2["conversations"][0]["value"]
-    stage2["gt_bbox"] = stage1["gt_bbox"]
-    stage2.update({key: value for key, value in _camera_fields(scene, second).items() if key != "cam2img"})
-    return stage1, stage2
-
-
 def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
-    """Every task's records for one scene: keys "detection", "grounding_stage1", "grounding_stage2" and those of each task module with SynthRooms samples (`PackageTask.synth_records`, gap_mllm.processing.tasks),
-    drawn from `rng` in the order of the tasks' data (`PackageTask.data_order`)."""
+    """Every task's records for one scene: key "detection" and those of each task module with SynthRooms samples
+    (`PackageTask.synth_records`, gap_mllm.processing.tasks; a task in stages: each stage's), drawn from `rng` in the
+    order of the tasks' data (`PackageTask.data_order`)."""
     writers = {task.name: task.synth_records for task in package_tasks() if task.synth_records is not None}
     out: dict[str, list[dict]] = {}
     for name in in_data_order([DETECTION.name, *writers]):  # the tasks written here take detection's place
         if name in writers:
-            out[name] = writers[name](scene, config, rng)
+            records = writers[name](scene, config, rng)
+            out.update(records if isinstance(records, dict) else {name: records})
         else:
             out.update(_records(scene, config, rng))
     return out
 
 
 def _records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
-    """The detection and grounding records of one scene."""
+    """The detection records of one scene."""
     min_pixels = config.min_visible_pixels
-    total = len(scene.frames)
-    out: dict[str, list[dict]] = {key: [] for key in ("detection", "grounding_stage1", "grounding_stage2")}
+    out: dict[str, list[dict]] = {"detection": []}
     for n in range(config.detection_clips_per_scene):
         record = detection_record(scene, choose_clip(scene, config.clip_frames, rng, config.frame_sampling), n, min_pixels)
         if record is not None:
             out["detection"].append(record)
-
-    grounding_frames = uniform_indices(total, config.grounding_frames)
-    for index in range(len(scene.objects)):
-        description = describe(scene, index, rng)
-        if description is None:
-            continue
-        pair = grounding_records(scene, grounding_frames, index, description, index, min_pixels, config.stage2_neighbours)
-        if pair is not None:
-            out["grounding_stage1"].append(pair[0])
-            out["grounding_stage2"].append(pair[1])
     return out

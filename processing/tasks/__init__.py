@@ -29,9 +29,13 @@ from gap_mllm.tasks_gap_mllm import TaskSpec, resolve_task
 class PackageTask:
     """The package side of one task of the model folder's registry.
 
+    A task run in stages (grounding) has no data of its own: each stage is an entry of `stages`, with the data
+    fields (`annotation_file`, `features`, `fields`, `data_order`, `synth_frames`) and no benchmark.
+
     Attributes:
         name: the task's name in `gap_mllm.tasks_gap_mllm.TASKS`.
-        annotation_file: its annotation file's name, with `{split}` and `{frames}` (processing/annotation_files.py).
+        annotation_file: its annotation file's name, with `{split}` and `{frames}` (processing/annotation_files.py);
+            None: it has none (its stages have).
         features: `(class_names) -> {field: datasets feature}`, the builder's features of the task's own fields.
         fields: `(record, answer, num_images, key, builder) -> {field: value}`, those fields of one annotation
             record (`key`: the sample, for a `DataError`; `builder`: the `datasets` builder reading it, whose
@@ -39,15 +43,17 @@ class PackageTask:
         data_order: where the task's data comes among the tasks' (its builder in `BUILDERS`, its file in
             `tasks_with_files`, its SynthRooms samples, drawn from a scene's random stream in this order): lower
             first, ties in the registry's order.
-        headline: `(key or dotted path in the summary, description)`: the figure an evaluation reports.
+        headline: `(key or dotted path in the summary, description)`: the figure an evaluation reports; None: no
+            benchmark of its own (a stage).
         logged_metrics: `{logged name: key or dotted path in the summary}`: what a training run logs.
         oracle: `(record, media_root) -> [answer text]`: the ground truth written as the model's answer.
         request: `(record, stage, previous, media_root, official_compat) -> (images, prompt, pixel_coords)`: the
             model call of one stage of a record (`previous`: the earlier stages' answer texts); None: the record's
             images and human turn, no marked pixel.
         evaluate: `(records, outputs, ids, official_compat=False, **options) -> (rows, summary)`: the score of the
-            answers (`outputs`: one `[text]` per record, `ids`: the records' sample ids); each row has `id`, `index`,
-            `raw`, `parsed`, `score`.
+            answers (`outputs`: one `[text per stage]` per record, `ids`: the records' sample ids); each row has `id`,
+            `index`, `raw`, `parsed`, `score`.
+        stages: the entries of its stages, in order (their names are its `TaskSpec.stages`).
         scoring_packages: `(import name, pip requirement)` of what `evaluate` imports.
         lmms_task: the name of its lmms-eval task (`{name}`: the task's name), None: it has none. A YAML of that
             name in the plugin's `templates/` is its task file; else one is written from these facts.
@@ -62,7 +68,7 @@ class PackageTask:
         metric: `(predictions, references, **options) -> dict`: its `evaluate` module's `compute`
             (evaluation/metric_modules/gap_<name>/; None: no module).
         metric_description: that module's description.
-        metric_reference_lists: whether one reference of that module is a list of strings (else a string).
+        metric_reference: `() -> datasets feature` of one reference of that module; None: a string.
         card: `(Hub task type, benchmark format, task label)` of its results in a model card.
         per_category_bars: `(summary) -> (names, {series: values}, title)`, the bars of its per-category chart
             (evaluation/plots.py: `per_category.png`), or None when the summary has none; None: no such chart.
@@ -70,6 +76,9 @@ class PackageTask:
             fits them).
         histogram: `(rows) -> (values, title, threshold lines)`: its per-sample histogram (evaluation/plots.py:
             `iou_hist.png`); None: no such chart.
+        sample_boxes: `(record, row) -> (frame index, ground-truth boxes, predicted boxes) or None`: the boxes of a
+            sample's figure, in the camera frame of that frame of the record (evaluation/plots.py: `samples/`);
+            None: no such figures.
         query_help: what `query` is for this task, in a command's help ("the question"); None: it takes none.
         query_missing: the words of the refusal when the query is missing ("a question about the scene").
         query_problem: `(query) -> problem or None`: a query the task cannot answer (checked before the model runs).
@@ -81,19 +90,20 @@ class PackageTask:
         lists_boxes: whether a front end's summary lists those boxes (not when they are the request's).
         space_label: the task's label in the Space (None: the Space does not offer it).
         synth_records: `(scene, config, rng) -> [record]`, its SynthRooms samples of one scene (`SynthConfig`;
-            processing/synth/samples.py); None: SynthRooms writes none.
+            processing/synth/samples.py), or `{stage: [record]}` for a task in stages; None: SynthRooms writes none.
         synth_frames: the `SynthConfig` field with the frame count of those samples (their file's `{frames}`).
         exports: `{name: object}` that `gap_mllm.evaluation` exports (the task's metric functions).
     """
 
     name: str
-    annotation_file: str
-    features: Callable[[tuple], dict]
-    fields: Callable[..., dict]
-    headline: tuple[str, str]
-    logged_metrics: dict[str, str]
-    oracle: Callable[..., list]
-    evaluate: Callable[..., tuple]
+    annotation_file: str | None = None
+    features: Callable[[tuple], dict] | None = None
+    fields: Callable[..., dict] | None = None
+    headline: tuple[str, str] | None = None
+    logged_metrics: dict[str, str] = field(default_factory=dict)
+    oracle: Callable[..., list] | None = None
+    evaluate: Callable[..., tuple] | None = None
+    stages: tuple[PackageTask, ...] = ()
     data_order: int = 1
     request: Callable[..., tuple] | None = None
     scoring_packages: tuple[tuple[str, str], ...] = ()
@@ -105,11 +115,12 @@ class PackageTask:
     lmms_title: str = ""
     metric: Callable[..., dict] | None = None
     metric_description: str = ""
-    metric_reference_lists: bool = False
+    metric_reference: Callable[[], object] | None = None
     card: tuple[str, str, str] | None = None
     per_category_bars: Callable[[dict], tuple | None] | None = None
     per_category_shares: bool = True
     histogram: Callable[[list], tuple] | None = None
+    sample_boxes: Callable[..., tuple | None] | None = None
     query_help: str | None = None
     query_missing: str | None = None
     query_problem: Callable[[str], str | None] | None = None
@@ -153,36 +164,50 @@ def _shipped_names() -> tuple[str, ...]:
     return tuple(name for name in MODEL_TASKS if name in names)
 
 
-def package_task_names() -> tuple[str, ...]:
-    """The names of the tasks with a package side: the shipped ones, then those registered, without importing
-    their modules."""
-    return tuple(dict.fromkeys([*_shipped_names(), *_REGISTERED]))
+@cache
+def _stage_tasks() -> dict[str, str]:
+    """`{stage: task}` of the shipped tasks run in stages (their `TaskSpec.stages`)."""
+    return {stage: name for name in _shipped_names() for stage in MODEL_TASKS[name].stages}
+
+
+def package_task_names(stages: bool = False) -> tuple[str, ...]:
+    """The names of the tasks with a package side, without importing their modules: the shipped ones, then those
+    registered; `stages`: with the stages of a task run in stages (whose entries hold the data), in the model folder's
+    order."""
+    shipped = [name for name in MODEL_TASKS if name in _shipped_names() or (stages and name in _stage_tasks())]
+    return tuple(dict.fromkeys([*shipped, *_REGISTERED]))
 
 
 def package_task(task: str | TaskSpec) -> PackageTask | None:
-    """The `PackageTask` of a task (a name or a `TaskSpec`), or None when the task has no package side (a stage of
-    a pipeline, say). A deprecated name resolves as `resolve_task` resolves it."""
-    name = task if isinstance(task, str) and task in package_task_names() else resolve_task(task).name
+    """The `PackageTask` of a task (a name or a `TaskSpec`), or of a stage of a task run in stages (an entry of its
+    `stages`), or None when the task has no package side. A deprecated name resolves as `resolve_task` resolves it."""
+    names = package_task_names(stages=True)
+    name = task if isinstance(task, str) and task in names else resolve_task(task).name
     if name in _REGISTERED:
         return _REGISTERED[name]
+    if name in _stage_tasks():
+        return next(stage for stage in package_task(_stage_tasks()[name]).stages if stage.name == name)
     if name not in _LOADED and name in _shipped_names():
         entry = importlib.import_module(f"{__name__}.{name}").TASK
-        if entry.name != name:
-            raise ImportError(f"{__name__}.{name} defines the task {entry.name!r}")
+        if entry.name != name or tuple(stage.name for stage in entry.stages) != entry.spec.stages:
+            raise ImportError(f"{__name__}.{name} defines the task {entry.name!r} with the stages "
+                              f"{[stage.name for stage in entry.stages]}")
         _LOADED[name] = entry
     return _LOADED.get(name)
 
 
-def package_tasks() -> tuple[PackageTask, ...]:
-    """Every `PackageTask`, in `package_task_names` order (the shipped modules are imported)."""
-    return tuple(package_task(name) for name in package_task_names())
+def package_tasks(stages: bool = False) -> tuple[PackageTask, ...]:
+    """Every `PackageTask`, in `package_task_names` order (the shipped modules are imported); `stages`: with the
+    entries of the stages."""
+    return tuple(package_task(name) for name in package_task_names(stages))
 
 
 def in_data_order(names) -> list[str]:
     """Task names in the order of their data (`PackageTask.data_order`, then the order given); a name without a
     package side takes the default place."""
     default = PackageTask.__dataclass_fields__["data_order"].default
-    return sorted(names, key=lambda name: package_task(name).data_order if name in package_task_names() else default)
+    known = package_task_names(stages=True)
+    return sorted(names, key=lambda name: package_task(name).data_order if name in known else default)
 
 
 def register_package_task(task: PackageTask) -> PackageTask:
@@ -194,7 +219,7 @@ def register_package_task(task: PackageTask) -> PackageTask:
     if task.name not in MODEL_TASKS:
         raise ValueError(f"task {task.name!r} is not in the model folder's TASKS (gap_mllm.tasks_gap_mllm): add its "
                          "TaskSpec there first")
-    if task.name in package_task_names():
+    if task.name in package_task_names(stages=True):
         raise ValueError(f"task {task.name!r} has a package side already")
     _REGISTERED[task.name] = task
     return task

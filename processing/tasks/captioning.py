@@ -106,6 +106,13 @@ def metric(predictions, references, proposal_ious=None, meteor=None, official_co
     return out
 
 
+def metric_reference():
+    """One reference of the `evaluate` module: the sample's reference captions."""
+    import datasets
+
+    return datasets.List(datasets.Value("string"))
+
+
 def histogram(rows: list[dict]):
     """CIDEr@0.5 of each sample: `(values, title, threshold lines)`."""
     return [r["score"] for r in rows], "CIDEr@0.5 per sample", []
@@ -140,7 +147,7 @@ TASK = PackageTask(
 `proposal_ious` (per-sample proposal IoU; a caption counts only if >= 0.5, default all 1.0),
 `meteor` (None: on unless official_compat; needs Java), `official_compat`. Official normalisation
 ("sos ... eos", spaced punctuation, lower case), pycocoevalcap scorers.""",
-    metric_reference_lists=True,
+    metric_reference=metric_reference,
     card=("3d-dense-captioning", "Scan2Cap-style captioning", "3D dense captioning"),
     histogram=histogram,
     answer_fields=("caption",),

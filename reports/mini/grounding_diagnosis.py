@@ -28,10 +28,10 @@ import yaml
 
 from gap_mllm.evaluation.confidence import bootstrap_interval, wilson_interval
 from gap_mllm.evaluation.grounding_identification import annotated_frame, identify, scene_camera, world_box
-from gap_mllm.evaluation.grounding_metrics import score_grounding
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.coordinates import world_boxes_to_camera
+from gap_mllm.processing.scoring.grounding_metrics import score_grounding
 from gap_mllm.tasks_gap_mllm import parse_grounding
 
 COORDINATES = ("cx", "cy", "cz", "sx", "sy", "sz", "yaw", "pitch", "roll")
@@ -143,7 +143,7 @@ def loss_shares(data_root, tokenizer_dir) -> dict:
 def centre_or_shape(records, answers) -> dict:
     """On the answers whose stage 1 chose k* and that hold a box: the share at IoU >= 0.25 of the answer, of its
     centre with the true sizes and angles, and of the true centre with its sizes and angles (which half misses)."""
-    from gap_mllm.evaluation.box_iou import box_iou_pairs
+    from gap_mllm.processing.scoring.box_iou import box_iou_pairs
 
     rows = []
     for record, found in zip(records, answers):

@@ -4,9 +4,9 @@ import datasets
 import evaluate
 
 from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
-from gap_mllm.evaluation.detection_parsing import detection_predictions
+from gap_mllm.processing.scoring.detection_parsing import detection_predictions
 
-_DESCRIPTION = """Predictions are raw model answers (read by gap_mllm.evaluation.detection_parsing: the tolerant
+_DESCRIPTION = """Predictions are raw model answers (read by gap_mllm.processing.scoring.detection_parsing: the tolerant
 parser by default, the official line-by-line reading with official_compat=True);
 references are the sample's ground-truth boxes `[{"label": str, "bbox_3d": [9 floats]}]` in the first
 frame's OpenCV camera frame. Returns per-category and split precision / recall / F1 / AP25 / AP50 and
