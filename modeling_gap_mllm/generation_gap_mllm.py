@@ -91,7 +91,7 @@ def prepare_token_budget(model, input_ids, kwargs: dict) -> None:
 # ---- compiled decoding
 # The whole decode step in one CUDA graph; `dynamic=None`: later batch sizes and cache lengths share one symbolic graph
 # (a graph per size would reach dynamo's limit of 8 in an evaluation).
-DECODE_COMPILE_CONFIG = dict(fullgraph=True, dynamic=None, mode="reduce-overhead")
+DECODE_COMPILE_CONFIG = {"fullgraph": True, "dynamic": None, "mode": "reduce-overhead"}
 
 
 def decode_compile_config(compile_decoding, device):
