@@ -61,7 +61,7 @@ from needs_gpu import require_cuda  # noqa: E402
 
 from gap_mllm.cli.command_arguments import add_compile_decoding_argument  # noqa: E402
 from gap_mllm.generation_gap_mllm import decode_compile_config  # noqa: E402
-from gap_mllm.processing.scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS  # noqa: E402
+from gap_mllm.processing.tasks.grounding import OFFICIAL_STAGE2_NEIGHBOURS  # noqa: E402
 from gap_mllm.processing_gap_mllm import PREPROCESSING_MODES  # noqa: E402
 from gap_mllm.speedups import static_cache_pool  # noqa: E402
 

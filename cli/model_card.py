@@ -29,9 +29,9 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from gap_mllm import GapMllmConfig
-from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
 from gap_mllm.processing.tasks import package_task, package_task_names
+from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
 
 from .model_source import tensor_shapes
 
@@ -39,19 +39,14 @@ DEFAULT_BASE_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 DEFAULT_GEOMETRY_CHECKPOINT = "facebook/VGGT-1B"
 TEMPLATE_NAME = "model_card.md"
 
-# evaluation task name (gap_mllm.tasks_gap_mllm; evaluation/tasks.py) -> (HF task type, benchmark format,
-# task label). The data a number was computed on comes from the summary, never from this table.
-EVAL_TASKS = {
-    "detection": ("3d-object-detection", "EmbodiedScan-style detection", "3D video object detection"),
-}
-
 
 def card_tags(task: str) -> tuple[str, str, str] | None:
-    """`(HF task type, benchmark format, task label)` of a task's results: `EVAL_TASKS`, or its task module's
-    `PackageTask.card` (gap_mllm.processing.tasks); None for a task with neither."""
-    if task in EVAL_TASKS:
-        return EVAL_TASKS[task]
+    """`(HF task type, benchmark format, task label)` of a task's results: its task module's `PackageTask.card`
+    (gap_mllm.processing.tasks); None for a task without one. The data a number was computed on comes from the
+    summary, never from these tags."""
     return package_task(task).card if task in package_task_names() else None
+
+
 # safetensors key prefix -> part of the model (first match wins)
 PARTS = (
     ("vlm.model.language_model.", "llm"), ("vlm.lm_head.", "llm"), ("vlm.model.visual.", "vision"),

@@ -34,7 +34,6 @@ import torch
 from gap_mllm.mini.identity import is_gap_mllm_mini
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note
 from gap_mllm.processing.tasks import LiveMapping, package_tasks
-from gap_mllm.tasks_gap_mllm import DETECTION
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .example_reference import reference_lines, request_text
@@ -66,13 +65,9 @@ from .tasks import TaskRequest, check_request, run_task
 from .uploads import UploadError, UploadLimits, load_frames
 from .visualize import answer_picture, frames_with_boxes, gate_heatmap, save_scene_glb
 
-# Radio label -> registry task (the page's wording; tasks_gap_mllm defines the tasks): these, then each task module's
-# that names a label (`PackageTask.space_label`, gap_mllm.processing.tasks)
-OWN_TASK_LABELS = {
-    "3D object detection": DETECTION,
-}
-TASK_LABELS = LiveMapping(lambda: {**OWN_TASK_LABELS,
-                                   **{task.space_label: task.spec for task in package_tasks() if task.space_label}})
+# Radio label -> registry task (the page's wording; tasks_gap_mllm defines the tasks): each task module's that names
+# a label (`PackageTask.space_label`, gap_mllm.processing.tasks)
+TASK_LABELS = LiveMapping(lambda: {task.space_label: task.spec for task in package_tasks() if task.space_label})
 NO_EXAMPLE = "(my uploaded files)"
 
 

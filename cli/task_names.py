@@ -10,16 +10,14 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from gap_mllm.processing.tasks import package_task_names
-from gap_mllm.tasks_gap_mllm import DETECTION, TaskSpec, resolve_task
-
-# The tasks a front end runs, one model call each (cli/tasks.py), with an answer of their own there; then every task
-# with a package module (gap_mllm.processing.tasks), its answer shown from its facts
-OWN_FRONT_END_TASKS: tuple[TaskSpec, ...] = (DETECTION,)
+from gap_mllm.tasks_gap_mllm import TaskSpec, resolve_task
 
 
 def front_end_tasks() -> tuple[TaskSpec, ...]:
-    """The tasks a front end runs, those registered from code included."""
-    return (*OWN_FRONT_END_TASKS, *(resolve_task(name) for name in package_task_names()))
+    """The tasks a front end runs (cli/tasks.py), one model call each: every task with a package module
+    (gap_mllm.processing.tasks; a task run in stages asks its last stage's prompt), its answer shown from its facts,
+    those registered from code included."""
+    return tuple(resolve_task(name) for name in package_task_names())
 
 
 def front_end_task_names() -> tuple[str, ...]:

@@ -5,15 +5,15 @@ thing. Everything about a task (prompt, parser, token budget, stop rule) comes f
 (`gap_mllm.tasks_gap_mllm`) through the processor: `processor(task=...)`, `processor.generation_kwargs`,
 `processor.post_process`.
 
-Tasks a front end runs (one model call each; `task_names.front_end_tasks()`):
+Tasks a front end runs (one model call each; `task_names.front_end_tasks()`): each task with a package module
+(gap_mllm.processing.tasks), its answer shown from its facts (`PackageTask.answer_fields`, `written_fields`,
+`shown`); the shipped ones:
     detection       3D video object detection; answer: list of labelled boxes.
     grounding       3D visual grounding of a text query; answer: one box. One call asks the official
                     stage-2 prompt on the given frames directly (no stage-1 frame selection; the
                     two-stage pipeline is `gap-mllm evaluate --task grounding`).
     captioning      describe the object inside a given 3D box; answer: a caption.
     reconstruction  3D point (+ label) of a pixel marked with a red "+" (the pre-training task).
-and each task with a package module (gap_mllm.processing.tasks): its answer's fields (`PackageTask.answer_fields`,
-`written_fields`) and what is drawn of it (`PackageTask.shown`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.speedups import mrope_position_ids
 from gap_mllm.tasks_gap_mllm import (
     BOX_KEY,
-    DETECTION,
     Box3D,
     PromptTextError,
 )
@@ -90,6 +89,12 @@ class TaskResult:
         return entry.answer_fields if entry is not None else ()
 
     @property
+    def counts_boxes(self) -> bool:
+        """Whether the summary counts the boxes first (`PackageTask.counts_boxes`)."""
+        entry = package_task(self.task) if self.task in package_task_names() else None
+        return entry is not None and entry.counts_boxes
+
+    @property
     def lists_boxes(self) -> bool:
         """Whether the summary lists the boxes (`PackageTask.lists_boxes`: not those of the request)."""
         entry = package_task(self.task) if self.task in package_task_names() else None
@@ -108,7 +113,7 @@ class TaskResult:
         for name in self.answer_fields:
             if getattr(self.parsed, name, None) is not None:
                 lines.append(f"{name}: {getattr(self.parsed, name)}")
-        if self.task == DETECTION.name:
+        if self.counts_boxes:
             lines.append(f"{len(self.boxes)} box(es)")
         if self.lists_boxes:
             for box in self.boxes:
@@ -305,8 +310,6 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         parsed = replace(parsed, reason=cut)
     result = TaskResult(task=spec.name, raw=raw, parsed=parsed,
                         query=request.query if "query" in spec.parameters else None)
-    if spec is DETECTION:
-        result.boxes = list(result.parsed.boxes)
     entry = package_task(spec) if spec.name in package_task_names() else None
     if entry is not None and entry.shown is not None:  # what the task module draws of its answer
         for name, value in entry.shown(result.parsed, request).items():

@@ -35,11 +35,11 @@ import numpy as np
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.scoring.caption_metrics import caption_scores
+from gap_mllm.processing.scoring.detection_metrics import DetectionEvaluator, ground_truth
 from gap_mllm.processing.scoring.grounding_metrics import score_grounding
 from gap_mllm.tasks_gap_mllm import parse_frame_selection, parse_grounding, parse_pointmap
 
 from .confidence import bootstrap_interval, bootstrap_statistic, wilson_interval
-from .detection_metrics import DetectionEvaluator, ground_truth
 from .grounding_identification import constant_box
 from .marker_metrics import marker_scores
 from .tasks import sample_id

@@ -24,9 +24,6 @@ from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scannet_layout import media_path, read_intrinsics
 from gap_mllm.processing.scoring.box_iou import BOX_EDGES
 from gap_mllm.processing.tasks import package_task, package_task_names
-from gap_mllm.tasks_gap_mllm import DETECTION
-
-from .detection_metrics import ground_truth
 
 MAX_SAMPLE_FIGURES = 8
 MIN_DEPTH = 0.05
@@ -78,17 +75,12 @@ def plot_per_category(task: str, metrics: dict, path) -> bool:
     plt = _pyplot()
     entry = package_task(task) if task in package_task_names() else None
     bars = entry.per_category_bars(metrics) if entry is not None and entry.per_category_bars is not None else None
-    if bars is not None:  # a task module's chart (`PackageTask.per_category_bars`)
-        names, series, title = bars
-    elif task == DETECTION.name and metrics.get("per_category"):
-        names = list(metrics["per_category"])
-        series = {m: [metrics["per_category"][c][m] for c in names] for m in ("precision", "recall", "f1")}
-        title = "Detection per category (IoU > 0.25)"
-    else:
+    if bars is None:  # the task module's chart (`PackageTask.per_category_bars`)
         return False
+    names, series, title = bars
     fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(names) + 2), 3.5))
     _bars(ax, names, series, title)
-    if entry is not None and not entry.per_category_shares:
+    if not entry.per_category_shares:
         ax.set_ylim(0, None)
     _save(fig, path)
     return True
@@ -97,13 +89,9 @@ def plot_per_category(task: str, metrics: dict, path) -> bool:
 def plot_histogram(task: str, rows: list[dict], path) -> bool:
     plt = _pyplot()
     entry = package_task(task) if task in package_task_names() else None
-    if entry is not None and entry.histogram is not None:  # a task module's histogram (`PackageTask.histogram`)
-        values, title, lines = entry.histogram(rows)
-    elif task == DETECTION.name:
-        values = [m["iou"] for r in rows for m in r.get("matches", [])]
-        title, lines = "IoU of each prediction with its best same-label box", [0.25]
-    else:
+    if entry is None or entry.histogram is None:  # the task module's histogram (`PackageTask.histogram`)
         return False
+    values, title, lines = entry.histogram(rows)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.hist(values, bins=20, range=(0, max(1.0, max(values, default=1.0))), color="tab:blue")
     for x in lines:
@@ -132,19 +120,10 @@ def plot_sample(task: str, record: dict, row: dict, media_root, path) -> bool:
     """Frame with projected ground-truth (green) and predicted (red) boxes; False if not drawable."""
     plt = _pyplot()
     entry = package_task(task) if task in package_task_names() else None
-    if entry is not None and entry.sample_boxes is not None:  # a task module's figure (`PackageTask.sample_boxes`)
-        boxes = entry.sample_boxes(record, row)
-        if boxes is None:
-            return False
-        k, gt, pred = boxes
-    elif task == DETECTION.name:
-        k = 0
-        # the scorer's reader (a record without `boxes` was refused there); negative sizes are drawn as given
-        gt = ground_truth(record, record.get("id"), official_compat=True)[1]
-        # the official reading keeps entries whose box cannot be drawn (not 9 finite numbers)
-        pred = [p["bbox_3d"] for p in row["parsed"] if np.shape(p["bbox_3d"]) == (9,) and np.all(np.isfinite(p["bbox_3d"]))]
-    else:
+    boxes = entry.sample_boxes(record, row) if entry is not None and entry.sample_boxes is not None else None
+    if boxes is None:  # the task module's figure (`PackageTask.sample_boxes`), when the sample can be drawn
         return False
+    k, gt, pred = boxes
     try:
         image_path = media_path(media_root, record["images"][k], row["id"])
     except DataError:
@@ -175,7 +154,7 @@ def write_plots(task: str, records, rows, metrics, media_root, out_dir) -> list[
     if plot_histogram(task, rows, out_dir / "iou_hist.png"):
         written.append(out_dir / "iou_hist.png")
     entry = package_task(task) if task in package_task_names() else None
-    if task == DETECTION.name or (entry is not None and entry.sample_boxes is not None):
+    if entry is not None and entry.sample_boxes is not None:
         (out_dir / "samples").mkdir(exist_ok=True)
         for record, row in list(zip(records, rows))[:MAX_SAMPLE_FIGURES]:
             path = out_dir / "samples" / f"{row['id']}.png"

@@ -3,11 +3,11 @@
 A benchmark is a registry task (`gap_mllm.tasks_gap_mllm`: name, prompts, parsers, budgets, stop rules
 are defined there); this module adds only what evaluation needs on top. Every benchmark reads the
 official evaluation annotation records (docs/method.md §7.3; SynthRooms writes the same schema) and defines:
-    spec / stage_specs     the registry task and the task asked at each stage (grounding: its 2 stages)
+    spec / stage_specs     the registry task and the task asked at each stage (a task run in stages: its stages)
     headline               (key or dotted path in the summary, description): the figure a run reports
     logged_metrics         {logged name: key or dotted path in the summary}: what a training run logs
                            (evaluation/in_memory.py); the headline is one of them
-    stages                 number of model calls per sample (grounding: 2, the others: 1)
+    stages                 number of model calls per sample (one per stage)
     request(record, stage, previous_outputs, media_root) -> Request
     oracle(record, media_root) -> [text per stage]   the ground truth written as model text
     evaluate(records, outputs, official_compat) -> (per-sample rows, summary)
@@ -22,18 +22,10 @@ import importlib.util
 
 from gap_mllm.processing.errors import DataError, MissingDependency
 from gap_mllm.processing.record_schema import IMAGES, read_fields
-from gap_mllm.processing.scoring.detection_parsing import detection_predictions
 from gap_mllm.processing.tasks import PackageTask, package_task, package_task_names, package_tasks
-from gap_mllm.tasks_gap_mllm import (
-    DETECTION,
-    DefaultBudget,
-    PromptTextError,
-    refuse_control_tokens,
-    resolve_task,
-)
+from gap_mllm.tasks_gap_mllm import DefaultBudget, PromptTextError, refuse_control_tokens, resolve_task
 
-from .benchmark_names import OWN_BENCHMARKS, benchmark_tasks
-from .detection_metrics import DetectionEvaluator, ground_truth
+from .benchmark_names import benchmark_tasks
 from .generation import Request
 
 
@@ -145,45 +137,6 @@ class Benchmark:
                        stop_at_answer_end=not self.official_compat, constrained=self.constrained)
 
 
-# ------------------------------------------------------------------------------------------ detection
-
-
-class DetectionTask(Benchmark):
-    spec, stage_specs = DETECTION, (DETECTION,)
-    headline = ("f1", "mean F1 over cate31 (IoU > 0.25)")
-    logged_metrics = {"f1": "f1", "precision": "splits.all.precision", "recall": "splits.all.recall"}
-
-    def request(self, record, stage, previous, media_root):
-        return self.make_request(stage, record["images"], human_prompt(record))
-
-    def oracle(self, record, media_root):
-        return [gt_answer(record)]
-
-    def check_ground_truth(self, records, ids):
-        """Every record's `boxes` as scoring reads them (`ground_truth`: required, a list of labelled 9-number boxes)."""
-        for record, sid in zip(records, ids, strict=True):
-            ground_truth(record, sid, self.official_compat)
-
-    def evaluate(self, records, outputs, official_compat=False, **_):
-        ev = DetectionEvaluator(official_compat=official_compat)
-        rows = []
-        for index, (record, raw) in enumerate(zip(records, outputs)):
-            pred = detection_predictions(raw[0], official_compat)
-            gt_labels, gt_boxes = ground_truth(record, sample_id(record, index), official_compat)
-            match = ev.add(pred.labels, pred.boxes, gt_labels, gt_boxes, pred.valid, pred.dropped)
-            tp = sum(c.tp for c in match.counts.values())
-            errors = sum(c.fp + c.fn for c in match.counts.values())
-            rows.append({
-                "id": sample_id(record, index), "index": index, "raw": raw,
-                "parsed": pred.rows,
-                "parse_error": pred.reason,
-                "score": 2 * tp / (2 * tp + errors) if tp + errors else 1.0,  # per-sample micro F1
-                "matches": [{"label": m.label, "iou": m.iou, "gt_index": m.gt_index, "tp": m.true_positive}
-                            for m in match.predictions],
-            })  # fmt: skip
-        return rows, ev.compute()
-
-
 # ------------------------------------------------------------------------------- tasks with a package module
 
 
@@ -201,6 +154,10 @@ class PackageTaskBenchmark(Benchmark):
 
     def oracle(self, record, media_root):
         return self.entry.oracle(record, media_root)
+
+    def check_ground_truth(self, records, ids):
+        if self.entry.check_ground_truth is not None:
+            self.entry.check_ground_truth(records, ids, self.official_compat)
 
     def evaluate(self, records, outputs, official_compat=False, **options):
         ids = [sample_id(record, index) for index, record in enumerate(records)]
@@ -223,16 +180,11 @@ def package_benchmark(entry: PackageTask) -> type[PackageTaskBenchmark]:
 
 
 # the benchmarks of the shipped tasks; `get_task` also finds those of tasks registered from code
-OWN_TASKS = {task.spec.name: task for task in (DetectionTask,)}
-if tuple(OWN_TASKS) != OWN_BENCHMARKS:  # the light list `gap-mllm evaluate --help` shows (benchmark_names.py)
-    raise ImportError(f"evaluation/benchmark_names.py lists {OWN_BENCHMARKS}, the benchmarks are {tuple(OWN_TASKS)}")
-TASKS = {**OWN_TASKS, **{entry.name: package_benchmark(entry) for entry in package_tasks()}}
+TASKS = {entry.name: package_benchmark(entry) for entry in package_tasks()}
 
 
 def benchmark_class(name: str) -> type[Benchmark] | None:
     """The benchmark class of a canonical task name, None when the task has none."""
-    if name in OWN_TASKS:
-        return OWN_TASKS[name]
     return package_benchmark(package_task(name)) if name in package_task_names() else None
 
 

@@ -2,43 +2,37 @@
 their human turns (`segments_from_placeholders`, `extract_query`).
 
 Official files fix the frame count in the name (`scannet_det_train_4frames.json`); synthetic data may
-use other counts, so files are looked up by pattern. Tasks are the registry's (`gap_mllm.tasks_gap_mllm`); the
-two-stage `grounding` pipeline reads the files of its stages. A task with a package module names its own file
-(`PackageTask.annotation_file`, gap_mllm.processing.tasks).
+use other counts, so files are looked up by pattern. Tasks are the registry's (`gap_mllm.tasks_gap_mllm`); each task
+module names its file (`PackageTask.annotation_file`, gap_mllm.processing.tasks), and a task run in stages reads
+the files of its stages.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
-from gap_mllm.tasks_gap_mllm import (
-    DETECTION,
-    IMAGE_PLACEHOLDER,
-    TaskSpec,
-    resolve_task,
-)
+from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER, TaskSpec, resolve_task
 
-from .tasks import in_data_order, package_task, package_task_names
+from .tasks import LiveMapping, in_data_order, package_task, package_task_names, package_tasks
 
 ANNOTATIONS_SUBDIR = "annotations"
 
-TASK_FILE_TEMPLATES: dict[TaskSpec, str] = {
-    DETECTION: "scannet_det_{split}_{frames}frames.json",
-}
+# task -> its file-name template (`PackageTask.annotation_file`), the tasks registered since import included
+TASK_FILE_TEMPLATES: Mapping[TaskSpec, str] = LiveMapping(lambda: {
+    entry.spec: entry.annotation_file for entry in package_tasks(stages=True) if entry.annotation_file is not None})
 
 
 def file_template(task: str | TaskSpec) -> str | None:
     """The file-name template (`{split}`, `{frames}`) of a task's annotation files, None when it has none."""
     spec = resolve_task(task)
-    entry = package_task(spec) if spec.name in package_task_names(stages=True) else None
-    return entry.annotation_file if entry is not None else TASK_FILE_TEMPLATES.get(spec)
+    return package_task(spec).annotation_file if spec.name in package_task_names(stages=True) else None
 
 
 def tasks_with_files() -> tuple[str, ...]:
     """The tasks that have annotation files, in the order of their data."""
-    names = [*(spec.name for spec in TASK_FILE_TEMPLATES), *package_task_names(stages=True)]
-    return tuple(name for name in in_data_order(names) if file_template(name) is not None)
+    return tuple(name for name in in_data_order(package_task_names(stages=True)) if file_template(name) is not None)
 
 
 def segments_from_placeholders(prompt: str, num_images: int) -> list[str | None]:

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import PIL.Image
 
 from gap_mllm.files import NotARegularFile, read_regular_text
+from gap_mllm.image_utils_gap_mllm import check_marker_inside, displayed_size
 from gap_mllm.tasks_gap_mllm import (
-    DETECTION,
     IMAGE_PLACEHOLDER,
     PromptTextError,
     TaskSpec,
@@ -39,27 +40,16 @@ from gap_mllm.tasks_gap_mllm import (
 
 from .annotation_files import find_annotation_file
 from .builder_fingerprint import builder_cache_key
-from .detection_record import detection_box_entries
 from .errors import DataError, SkipCounter
-from .features import BOX as BOX_FEATURE
 from .features import DEFAULT_CLASS_NAMES, check_fits_features, common_features, geometry_features
-from .features import MATRIX_4X4 as MATRIX_4X4_FEATURE
-from .features import POSES as POSES_FEATURE
 from .held_out import record_scene_id
 from .json_files import JsonTooDeep, loads_json
 from .record_schema import (
-    AXIS_ALIGN,
-    BOOLEAN,
-    BOX,
     IMAGES,
-    MATRIX_4X4,
-    OBJECT_LIST,
     SAMPLE_ID,
     TEXT,
     RecordField,
-    camera_poses,
     read_field,
-    read_fields,
 )
 from .scannet_layout import media_path, posed_images_dir, read_depth, read_views
 from .tasks import PackageTask, in_data_order, package_task, package_task_names, package_tasks
@@ -231,6 +221,17 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
         check_fits_features(example, self.info.features, key)  # before Arrow, which would name neither sample nor field
         return example
 
+    def check_pixel(self, image: str, x: int, y: int, name: str, key: str) -> None:
+        """DataError naming the frame and the sample when the pixel `(x, y)` (`name` in the message) lies outside
+        the upright frame `image` (a path of the record)."""
+        image_path = media_path(self.media_root, image, key)
+        with PIL.Image.open(image_path) as frame:  # header only; the frame was fully decoded by read_views
+            width, height = displayed_size(frame)  # the pixels of the upright frame, as every reader gives it
+            try:
+                check_marker_inside(x, y, width, height, name)
+            except ValueError as err:
+                raise DataError(str(err), path=image_path, sample=key) from err
+
     @classmethod
     def task_features(cls, class_names) -> dict:
         """The `datasets` features of the task's own fields (targets parsed from the answer or read from
@@ -319,43 +320,6 @@ def sample_key(record, default: str) -> str:
     return read_field(record, RecordField("id", SAMPLE_ID, default=default), default)
 
 
-class DetectionBuilder(MultiViewBuilder):
-    """3D video object detection: boxes in the first frame's camera frame + camera fields."""
-
-    SPEC = DETECTION
-    TASK = SPEC.name
-
-    BOX_FIELDS = (RecordField("label", TEXT), RecordField("bbox_3d", BOX), RecordField("in_reference", BOOLEAN, default=True))
-
-    @classmethod
-    def task_features(cls, class_names):
-        return {
-            "boxes": datasets.List(
-                {"label": datasets.ClassLabel(names=list(class_names)), "bbox_3d": BOX_FEATURE, "in_reference": datasets.Value("bool")}
-            ),
-            "cam2img": MATRIX_4X4_FEATURE,
-            "cam2global": POSES_FEATURE,
-            "axis_align_matrix": MATRIX_4X4_FEATURE,
-        }
-
-    def task_fields(self, record, answer, num_images, key):
-        # the answer text is what trains: one the detection parser cannot read cleanly (prose, a box of 8 numbers)
-        # would teach the model answers that evaluation scores as unreadable
-        parsed = self.SPEC.parse(answer)
-        if parsed.reason is not None:
-            raise DataError(f"answer is not a detection answer ({parsed.reason})", sample=key)
-        names = set(self.config.class_names)
-        boxes = []
-        detection_box_entries(record, key)  # required, as evaluation reads it: [] is a sample without objects
-        for i, entry in enumerate(read_field(record, RecordField("boxes", OBJECT_LIST), key)):
-            box = read_fields(entry, self.BOX_FIELDS, key, prefix=f"boxes[{i}].")
-            if box["label"] not in names:
-                raise DataError(f"box label {box['label']!r} is not in class_names (pass class_names= to extend it)", sample=key)
-            boxes.append(box)
-        fields = (RecordField("cam2img", MATRIX_4X4, default=None, nullable=True), camera_poses(num_images), AXIS_ALIGN)
-        return {"boxes": boxes, **read_fields(record, fields, key)}
-
-
 class PackageTaskBuilder(MultiViewBuilder):
     """The builder of a task with a package module (gap_mllm.processing.tasks): its features and fields are the
     module's `PackageTask.features` and `PackageTask.fields`; `package_task_builder` makes one per task."""
@@ -383,12 +347,10 @@ def package_task_builder(entry: PackageTask) -> type[PackageTaskBuilder]:
     return _PACKAGE_TASK_BUILDERS[entry]
 
 
-_OWN_BUILDERS = {builder.SPEC.name: builder for builder in (DetectionBuilder,)}
 # the builders of the shipped tasks, in the order of their data; `builder_for_task` also finds those of tasks
 # registered from code
-BUILDERS = {name: _OWN_BUILDERS.get(name) or package_task_builder(package_task(name))
-            for name in in_data_order([*_OWN_BUILDERS, *package_task_names(stages=True)])
-            if name in _OWN_BUILDERS or package_task(name).annotation_file is not None}
+BUILDERS = {name: package_task_builder(package_task(name)) for name in in_data_order(package_task_names(stages=True))
+            if package_task(name).annotation_file is not None}
 
 
 def __getattr__(name: str):

@@ -45,10 +45,6 @@ DEPTH_SCALE = 1000.0  # ScanNet depth PNGs are millimetres
 INTRINSIC_FILE = "intrinsic.txt"
 DEPTH_INTRINSIC_FILE = "depth_intrinsic.txt"
 AXIS_ALIGN_FILE = "axis_align_matrix.txt"
-# Grounding stage 2 reads the selected posed frame n, then n+10, ..., n+90, then n-10, ..., n-90:
-# 9 neighbours each way, posed frames being every 10th raw frame (docs/method.md §3.4).
-POSED_FRAME_STEP = 10
-OFFICIAL_STAGE2_NEIGHBOURS = 9
 
 
 def posed_images_dir(data_root) -> Path:

@@ -5,9 +5,9 @@ import warnings
 import numpy as np
 import pytest
 
-from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
 from gap_mllm.processing.coordinates import euler_to_matrix
 from gap_mllm.processing.scoring.box_iou import box_iou, box_iou_matrix, box_iou_pairs, box_problem, intersection_volume
+from gap_mllm.processing.scoring.detection_metrics import DetectionEvaluator
 from gap_mllm.processing.scoring.grounding_metrics import UNSCORED_NO_BOX, GroundingScore, score_grounding
 
 EXACT = 1e-8  # slab widening (1e-9 relative) bounds the error of the exact method

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
 from gap_mllm.evaluation.tasks import get_task
+from gap_mllm.processing.scoring.detection_metrics import DetectionEvaluator
 from gap_mllm.processing.scoring.detection_parsing import NO_LABEL, detection_predictions, parse_detection_official
 
 DEMO_ANSWER = (

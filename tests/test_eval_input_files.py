@@ -10,7 +10,6 @@ import pytest
 
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.evaluation.baselines import detection_baseline
-from gap_mllm.evaluation.detection_metrics import ground_truth
 from gap_mllm.evaluation.in_memory import EvaluationSlice
 from gap_mllm.evaluation.lmms_eval_plugin import LMMS_TASKS, task_functions
 from gap_mllm.evaluation.lmms_eval_plugin.export import export_tasks
@@ -18,6 +17,7 @@ from gap_mllm.evaluation.runner import read_predictions_file, run_evaluation, wr
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.errors import DataError
+from gap_mllm.processing.scoring.detection_metrics import ground_truth
 
 
 @pytest.mark.parametrize("tasks", ["", " , ", ","])

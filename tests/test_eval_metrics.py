@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from gap_mllm.evaluation.detection_metrics import DetectionEvaluator, match_sample
 from gap_mllm.processing.coordinates import euler_to_matrix, world_boxes_to_camera
 from gap_mllm.processing.errors import DataError
 from gap_mllm.processing.scoring.box_iou import box_iou
 from gap_mllm.processing.scoring.caption_metrics import caption_scores, normalize_caption
+from gap_mllm.processing.scoring.detection_metrics import DetectionEvaluator, match_sample
 from gap_mllm.processing.scoring.detection_parsing import detection_predictions
 from gap_mllm.processing.scoring.grounding_metrics import (
     UNSCORED_NO_BOX,

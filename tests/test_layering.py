@@ -227,6 +227,8 @@ LAZY_FOR_OPTIONAL_DEPENDENCIES = {
                                               "installed with the package, never copied into a model folder",
     "processing/tasks/captioning.py": "the builders' shared features (datasets), for its builder: the task's scoring "
                                       "runs without the data extra",
+    "processing/tasks/detection.py": "the builders' shared features (datasets), for its builder: the task's scoring "
+                                     "runs without the data extra",
     "processing/tasks/grounding.py": "the builders' shared features (datasets), for its stages' builders: the task's "
                                      "scoring runs without the data extra",
 }

@@ -148,7 +148,7 @@ def test_the_tables_detection_f1_is_the_runners_headline_with_a_label_outside_th
     mean over the headline list's categories present. A predicted label outside the list ("wall", which the fifth
     release's detections name) counts in the "all" split only: the table once averaged over it too (5.3 % against
     the summary's 5.7 % on the fifth release's test split)."""
-    from gap_mllm.evaluation.detection_metrics import DetectionEvaluator
+    from gap_mllm.processing.scoring.detection_metrics import DetectionEvaluator
     from lab.mini.sample_rows import detection_counts, f1_of_counts
 
     chair, table = [0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]

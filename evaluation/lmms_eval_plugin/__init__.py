@@ -31,18 +31,11 @@ LMMS_EVAL_VERSION = "0.7.3"
 LMMS_EVAL_REQUIREMENT = f"lmms-eval=={LMMS_EVAL_VERSION}"
 
 
-
-# lmms-eval task name -> benchmark of gap_mllm.evaluation.tasks: the benchmarks defined there, and that of each task
-# module with one (`PackageTask.lmms_name`), in the order of the lmms-eval tasks (`PackageTask.lmms_order`)
-OWN_LMMS_TASKS = {"gap_det": ("detection", 1)}  # (benchmark, lmms_order)
-
-
 def _lmms_tasks() -> dict[str, str]:
-    tasks = {**{name: benchmark for name, (benchmark, _) in OWN_LMMS_TASKS.items()},
-             **{task.lmms_name: task.name for task in package_tasks() if task.lmms_name}}
-    order = {**{name: rank for name, (_, rank) in OWN_LMMS_TASKS.items()},
-             **{task.lmms_name: task.lmms_order for task in package_tasks() if task.lmms_name}}
-    return {name: tasks[name] for name in sorted(tasks, key=order.get)}
+    """lmms-eval task name -> benchmark of gap_mllm.evaluation.tasks: that of each task module with one
+    (`PackageTask.lmms_name`), in the order of the lmms-eval tasks (`PackageTask.lmms_order`)."""
+    tasks = sorted((task for task in package_tasks() if task.lmms_name), key=lambda task: task.lmms_order)
+    return {task.lmms_name: task.name for task in tasks}
 
 
 LMMS_TASKS: Mapping[str, str] = LiveMapping(_lmms_tasks)

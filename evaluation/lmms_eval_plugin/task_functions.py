@@ -24,13 +24,9 @@ from ..tasks import headline_value
 from . import aggregator_name
 from .documents import benchmark_named, benchmark_of, check_document, media_root_of, record_of, records_at, request_for
 
-# lmms-eval metric name -> key (dotted path) in the benchmark's summary (`Benchmark.evaluate`): the shipped templates'
-# tasks, then each task module's (`PackageTask.lmms_metric_keys`)
-OWN_METRICS = {
-    "detection": {"f1": "f1", "precision": "splits.cate31.precision", "recall": "splits.cate31.recall"},
-}
-METRICS = LiveMapping(lambda: {**OWN_METRICS, **{task.name: task.lmms_metric_keys for task in package_tasks()
-                                                  if task.lmms_name}})
+# benchmark -> {lmms-eval metric name -> key (dotted path) in its summary (`Benchmark.evaluate`)} of each task module
+# with an lmms-eval task (`PackageTask.lmms_metric_keys`)
+METRICS = LiveMapping(lambda: {task.name: task.lmms_metric_keys for task in package_tasks() if task.lmms_name})
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -129,10 +125,6 @@ def _aggregator(metric: str):
 
     return aggregate_metric
 
-
-aggregate_f1 = _aggregator("f1")
-aggregate_precision = _aggregator("precision")
-aggregate_recall = _aggregator("recall")
 
 
 def __getattr__(name: str):

@@ -5,10 +5,9 @@
     detection = evaluate.load(metric_module_path("gap_detection"))
     detection.compute(predictions=[model_text, ...], references=[[{"label": ..., "bbox_3d": [...]}, ...], ...])
 
-Each module folder holds one script that wraps the package functions (`gap_mllm.evaluation`), so
-the numbers are identical to the task runners'; the folder `gap_<task>` of a task with a package module
-(gap_mllm.processing.tasks) holds the few lines that make its metric (`package_task_metric.py`). `metric_modules()`
-names them all.
+The folder `gap_<task>` of a task with a package module (gap_mllm.processing.tasks) holds the few lines that make
+its metric from the module's (`PackageTask.metric`, `package_task_metric.py`), so the numbers are identical to the
+task runners'. `metric_modules()` names them all.
 """
 
 from pathlib import Path
@@ -16,12 +15,11 @@ from pathlib import Path
 from gap_mllm.processing.tasks import package_task_names
 
 HERE = Path(__file__).parent
-OWN_METRIC_MODULES = ("gap_detection",)
 
 
 def metric_modules() -> tuple[str, ...]:
-    """The metric modules: the benchmarks' own, then those of the task modules that have a folder here."""
-    return (*OWN_METRIC_MODULES, *(f"gap_{name}" for name in package_task_names() if (HERE / f"gap_{name}").is_dir()))
+    """The metric modules: those of the task modules that have a folder here."""
+    return tuple(f"gap_{name}" for name in package_task_names() if (HERE / f"gap_{name}").is_dir())
 
 
 def metric_module_path(name: str) -> str:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_mllm.evaluation.detection_metrics import CategoryCounts, headline_f1
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
+from gap_mllm.processing.scoring.detection_metrics import CategoryCounts, headline_f1
 
 
 def sample_rows(path: Path) -> list[dict]:

@@ -10,6 +10,22 @@
 The builders in `gap_mllm.processing.builders` read the written dataset like real ScanNet data.
 """
 
-from .generator import SynthConfig, SynthRooms
-from .scene import Part, RenderedFrame, Room, SceneObject, SynthScene
-from .writer import generate_samples, write_dataset
+import importlib
+
+# exported name -> the module of this package that defines it, imported on first use (PEP 562): the task modules
+# (gap_mllm.processing.tasks) write their samples with `samples`, which needs neither the renderer (scipy) nor the
+# writer (PIL), and a command's --help reads the tasks
+_EXPORTS = {
+    **dict.fromkeys(("SynthConfig", "SynthRooms"), "generator"),
+    **dict.fromkeys(("Part", "RenderedFrame", "Room", "SceneObject", "SynthScene"), "scene"),
+    **dict.fromkeys(("generate_samples", "write_dataset"), "writer"),
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

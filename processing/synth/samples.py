@@ -1,4 +1,5 @@
-"""Training / evaluation records of every task, built from a SynthRooms scene in the official schemas.
+"""Training / evaluation records of every task, built from a SynthRooms scene in the official schemas: the pieces the
+task modules write their records with (gap_mllm.processing.tasks, `PackageTask.synth_records`), and `scene_records`.
 
 Each record is the dict that goes into the task's annotation JSON (docs/method.md §7.2, §7.3):
 `images` (paths relative to posed_images), `conversations` (human prompt with one `<image>` per
@@ -13,8 +14,6 @@ R = Ry(roll) Rx(pitch) Rz(yaw) (scipy "zxy"). `gt_bbox` is in the axis-aligned w
 from __future__ import annotations
 
 import numpy as np
-
-from gap_mllm.tasks_gap_mllm import DETECTION, Box3D, serialize_detection
 
 from ..coordinates import world_boxes_to_camera
 from ..sampling import space_aware_indices, uniform_indices
@@ -75,26 +74,6 @@ def common_record(scene: SynthScene, frames, task: str, number: int) -> dict:
     }
 
 
-def detection_record(scene: SynthScene, clip, number: int, min_pixels: int) -> dict | None:
-    """Boxes of every object seen (>= `min_pixels`) in some frame of the clip, in the first frame's
-    camera frame; `in_reference` is True when the object is seen in that first frame."""
-    pixels = scene.visible_pixels()[clip]
-    seen = np.flatnonzero((pixels >= min_pixels).any(axis=0))
-    if len(seen) == 0:
-        return None
-    boxes = camera_boxes(scene, seen, clip[0])
-    labels = [scene.objects[i].category for i in seen]
-    record = common_record(scene, clip, "det", number)
-    answer = serialize_detection([Box3D.from_list(b, label=l) for b, l in zip(boxes, labels)])
-    record["conversations"] = conversation(DETECTION.annotation_prompt(len(clip)), answer)
-    record["boxes"] = [
-        {"bbox_3d": [float(v) for v in b], "label": l, "in_reference": bool(pixels[0, i] >= min_pixels)}
-        for b, l, i in zip(boxes, labels, seen)
-    ]
-    record.update(camera_fields(scene, clip))
-    return record
-
-
 def camera_fields(scene: SynthScene, frames) -> dict:
     cam2img = np.eye(4)
     cam2img[:3, :3] = scene.intrinsics
@@ -113,26 +92,12 @@ def first_clear_frame(pixels: np.ndarray, min_pixels: int) -> int | None:
 
 
 def scene_records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
-    """Every task's records for one scene: key "detection" and those of each task module with SynthRooms samples
+    """Every task's records for one scene, by task: those of each task module with SynthRooms samples
     (`PackageTask.synth_records`, gap_mllm.processing.tasks; a task in stages: each stage's), drawn from `rng` in the
     order of the tasks' data (`PackageTask.data_order`)."""
     writers = {task.name: task.synth_records for task in package_tasks() if task.synth_records is not None}
     out: dict[str, list[dict]] = {}
-    for name in in_data_order([DETECTION.name, *writers]):  # the tasks written here take detection's place
-        if name in writers:
-            records = writers[name](scene, config, rng)
-            out.update(records if isinstance(records, dict) else {name: records})
-        else:
-            out.update(_records(scene, config, rng))
-    return out
-
-
-def _records(scene: SynthScene, config, rng) -> dict[str, list[dict]]:
-    """The detection records of one scene."""
-    min_pixels = config.min_visible_pixels
-    out: dict[str, list[dict]] = {"detection": []}
-    for n in range(config.detection_clips_per_scene):
-        record = detection_record(scene, choose_clip(scene, config.clip_frames, rng, config.frame_sampling), n, min_pixels)
-        if record is not None:
-            out["detection"].append(record)
+    for name in in_data_order(writers):
+        records = writers[name](scene, config, rng)
+        out.update(records if isinstance(records, dict) else {name: records})
     return out

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from ..coordinates import invert_rigid
 
@@ -58,6 +57,8 @@ class SceneObject:
     @property
     def rotation(self) -> np.ndarray:
         """Object-to-room rotation `[3, 3]` = Rz(yaw)."""
+        from scipy.spatial.transform import Rotation  # here: scipy.spatial is slow to import (a command's --help)
+
         return Rotation.from_euler("z", self.yaw).as_matrix()
 
     def footprint(self) -> np.ndarray:

@@ -43,9 +43,8 @@ from .scene import SynthScene
 RECORDS_STREAM = 1  # random stream of the language / sample choices (stream 0 is the layout)
 # task -> the config field with the frame count of its samples (a task module's: `synth_frames`), in the order of the
 # tasks' data
-OWN_TASK_FRAMES = {"detection": "clip_frames"}
-TASK_FRAMES = LiveMapping(lambda: _task_frames({**OWN_TASK_FRAMES, **{
-    task.name: task.synth_frames for task in package_tasks(stages=True) if task.synth_frames is not None}}))
+TASK_FRAMES = LiveMapping(lambda: _task_frames({
+    task.name: task.synth_frames for task in package_tasks(stages=True) if task.synth_frames is not None}))
 
 
 def _task_frames(frames: dict[str, str]) -> dict[str, str]:

@@ -47,6 +47,8 @@ class PackageTask:
             benchmark of its own (a stage).
         logged_metrics: `{logged name: key or dotted path in the summary}`: what a training run logs.
         oracle: `(record, media_root) -> [answer text]`: the ground truth written as the model's answer.
+        check_ground_truth: `(records, ids, official_compat) -> None`: a `DataError` naming the sample for a record
+            whose ground truth `evaluate` cannot score, run before any answer is generated; None: nothing to check.
         request: `(record, stage, previous, media_root, official_compat) -> (images, prompt, pixel_coords)`: the
             model call of one stage of a record (`previous`: the earlier stages' answer texts); None: the record's
             images and human turn, no marked pixel.
@@ -88,6 +90,7 @@ class PackageTask:
         shown: `(parsed, request) -> {TaskResult attribute: value}`: what a front end draws of an answer (its
             `boxes`, `point`, `marker`; `request`: the `TaskRequest` answered); None: nothing.
         lists_boxes: whether a front end's summary lists those boxes (not when they are the request's).
+        counts_boxes: whether it counts them first ("3 box(es)").
         space_label: the task's label in the Space (None: the Space does not offer it).
         synth_records: `(scene, config, rng) -> [record]`, its SynthRooms samples of one scene (`SynthConfig`;
             processing/synth/samples.py), or `{stage: [record]}` for a task in stages; None: SynthRooms writes none.
@@ -103,6 +106,7 @@ class PackageTask:
     logged_metrics: dict[str, str] = field(default_factory=dict)
     oracle: Callable[..., list] | None = None
     evaluate: Callable[..., tuple] | None = None
+    check_ground_truth: Callable[..., None] | None = None
     stages: tuple[PackageTask, ...] = ()
     data_order: int = 1
     request: Callable[..., tuple] | None = None
@@ -128,6 +132,7 @@ class PackageTask:
     written_fields: tuple[str, ...] = ()
     shown: Callable[..., dict] | None = None
     lists_boxes: bool = True
+    counts_boxes: bool = False
     space_label: str | None = None
     synth_records: Callable[..., list] | None = None
     synth_frames: str | None = None

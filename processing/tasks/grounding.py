@@ -23,7 +23,6 @@ from ..coordinates import world_boxes_to_camera
 from ..errors import DataError
 from ..record_schema import AXIS_ALIGN, BOX, OBJECT_ID, RecordField, camera_poses, read_fields
 from ..sampling import uniform_indices
-from ..scannet_layout import OFFICIAL_STAGE2_NEIGHBOURS, POSED_FRAME_STEP
 from ..scoring.detection_parsing import official_literal
 from ..scoring.grounding_metrics import (
     GroundingEvaluator,
@@ -39,6 +38,10 @@ from . import PackageTask
 logger = logging.getLogger(__name__)
 
 STAGE1, STAGE2 = (resolve_task(name) for name in ("grounding_stage1", "grounding_stage2"))
+# Stage 2 reads the selected posed frame n, then n+10, ..., n+90, then n-10, ..., n-90: 9 neighbours each way, posed
+# frames being every 10th raw frame of a ScanNet scene (docs/method.md §3.4).
+POSED_FRAME_STEP = 10
+OFFICIAL_STAGE2_NEIGHBOURS = 9
 
 # ------------------------------------------------------------------------------------------ data
 

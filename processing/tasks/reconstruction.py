@@ -11,15 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 
-from gap_mllm.image_utils_gap_mllm import check_marker_inside, displayed_size
 from gap_mllm.tasks_gap_mllm import parse_literal, parse_pointmap, serialize_pointmap
 
 from ..coordinates import backproject_pixel, invert_rigid, transform_points
 from ..errors import DataError
 from ..record_schema import PIXEL, RecordField, read_field
-from ..scannet_layout import media_path
 from ..scoring.reconstruction_metrics import ReconstructionEvaluator, chamfer_metrics, point_score, umeyama_sim3
 from ..synth.samples import choose_clip, common_record, conversation
 from . import PackageTask
@@ -44,13 +41,7 @@ def fields(record, answer, num_images, key, builder) -> dict:
     coords = read_field(record, RecordField("pixel_coords", PIXEL), key)
     if not 0 <= coords[0] < num_images:
         raise DataError(f"'pixel_coords' view {coords[0]} out of range for {num_images} image(s)", sample=key)
-    image_path = media_path(builder.media_root, record["images"][coords[0]], key)
-    with PIL.Image.open(image_path) as image:  # header only; the frame was fully decoded by read_views
-        width, height = displayed_size(image)  # the pixels of the upright frame, as every reader gives it
-        try:
-            check_marker_inside(coords[1], coords[2], width, height, f"'pixel_coords' {coords}")
-        except ValueError as err:
-            raise DataError(str(err), path=image_path, sample=key) from err
+    builder.check_pixel(record["images"][coords[0]], coords[1], coords[2], f"'pixel_coords' {coords}", key)
     parsed = TASK.spec.parse(answer)
     if parsed.point is None:
         raise DataError(f"answer is not a pointmap ({parsed.reason})", sample=key)

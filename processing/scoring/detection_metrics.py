@@ -30,7 +30,7 @@ import numpy as np
 
 from gap_mllm.processing.detection_record import detection_box_entries
 from gap_mllm.processing.errors import DataError
-from gap_mllm.processing.scoring.box_iou import box_iou_matrix, box_problem
+from .box_iou import box_iou_matrix, box_problem
 
 from .category_lists import CLEAN_SPLITS, HEADLINE_SPLIT, OFFICIAL_SPLITS
 
