@@ -13,11 +13,17 @@ import pytest
 from PIL import Image
 
 from gap_mllm.evaluation.lmms_eval_plugin import vsibench_export
-from gap_mllm.evaluation.lmms_eval_plugin.vsibench_export import (ANNOTATION_FILE, ROWS_FILE, TASK_NAME, export_vsibench,
-                                                                   vsibench_prompt, vsibench_task_folder)
+from gap_mllm.evaluation.lmms_eval_plugin.vsibench_export import (
+    ANNOTATION_FILE,
+    ROWS_FILE,
+    TASK_NAME,
+    export_vsibench,
+    vsibench_prompt,
+    vsibench_task_folder,
+)
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.scannet_layout import posed_images_dir
-from gap_mllm.processing.vsibench_questions import DIRECTION_FORMS, direction_answers, vsibench_rows
+from gap_mllm.processing.tasks.spatial_qa import DIRECTION_FORMS, direction_answers, vsibench_rows
 
 from .conftest import write_small_synth
 

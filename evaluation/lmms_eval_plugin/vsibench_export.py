@@ -6,14 +6,15 @@
 What OUT holds (VSI-Bench's own layout, so that lmms-eval's `vsibench` task definition reads it unchanged):
 
     README.md                      dataset card: config "full", split "test" -> test.jsonl (as on the Hub)
-    test.jsonl                     one VSI-Bench row per question (processing/vsibench_questions.py)
+    test.jsonl                     one VSI-Bench row per question (the task's `PackageTask.vsibench`)
     vsibench/synthrooms/<scene>.mp4  the question's frames (the record's clip, in order) as a lossless video
                                    (H.264 RGB, qp 0: every decoded pixel is the frame's)
     vsibench_synthrooms.yaml       the lmms-eval task: VSI-Bench's `vsibench.yaml` of the installed lmms-eval, included
                                    by absolute path (prompts, frames, scoring and aggregation are VSI-Bench's), with
                                    `task: vsibench_synthrooms` and `dataset_path: OUT`
-    annotations/spatial_qa_vsibench.json  the same questions as this package's annotation records (frames from DATA,
-                                   the prompt lmms-eval's vsibench builds), for `gap-mllm evaluate --annotation-file`
+    annotations/<task>_vsibench.json  the same questions as this package's annotation records of the task (frames
+                                   from DATA, the prompt lmms-eval's vsibench builds), for `gap-mllm evaluate
+                                   --annotation-file`
 
 OUT is written beside itself and renamed into place when complete (processing/output_folder.py): an earlier export
 there is replaced whole (no video of it is left to pair with no question), a kill leaves the earlier export or none,
@@ -44,8 +45,7 @@ from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.errors import MissingDependency
 from gap_mllm.processing.output_folder import writing_output_folder
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
-from gap_mllm.processing.vsibench_questions import DATASET_NAME, DIRECTION_FORMS, vsibench_rows
-from gap_mllm.tasks_gap_mllm import SPATIAL_QA
+from gap_mllm.processing.tasks import PackageTask, package_tasks
 
 from . import LMMS_EVAL_REQUIREMENT, LMMS_EVAL_VERSION
 from .vsibench_export_arguments import add_arguments  # noqa: F401 - the command's add_arguments
@@ -54,7 +54,14 @@ COMMAND = "gap-mllm export-vsibench"  # the marker of a folder this command wrot
 TASK_NAME = "vsibench_synthrooms"
 ROWS_FILE = "test.jsonl"
 VIDEO_CACHE = "vsibench"  # VSI-Bench's `dataset_kwargs.cache_dir`: its videos live in $HF_HOME/vsibench
-ANNOTATION_FILE = f"{ANNOTATIONS_SUBDIR}/spatial_qa_vsibench.json"
+
+
+def vsibench_task() -> PackageTask:
+    """The task whose records this command writes as VSI-Bench (the one with `PackageTask.vsibench`)."""
+    return next(task for task in package_tasks() if task.vsibench is not None)
+
+
+ANNOTATION_FILE = f"{ANNOTATIONS_SUBDIR}/{vsibench_task().name}_vsibench.json"
 # The file header's frame rate. The frames are the question's clip (not evenly spaced in the scan), so the rate
 # means nothing; the plugin samples frames by index (evaluation/lmms_eval_plugin/visuals.py).
 VIDEO_FPS = 1
@@ -171,10 +178,11 @@ def export_vsibench(data_dir, out_dir, split: str = "test", overwrite: bool = Fa
     """
     vsibench_yaml = vsibench_task_folder() / "vsibench.yaml"  # before any work: the task file includes it
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    records = load_annotation_file(find_annotation_file(data_dir, SPATIAL_QA, split, file_option=None))  # no such option here
-    rows, skipped = vsibench_rows(records, SceneCentres(data_dir))
+    task = vsibench_task()
+    records = load_annotation_file(find_annotation_file(data_dir, task.spec, split, file_option=None))  # no such option
+    rows, skipped = task.vsibench.rows(records, SceneCentres(data_dir))
     types = Counter(row["question_type"] for row in rows)
-    missing = [name for name in DIRECTION_FORMS if not types[name]]
+    missing = [name for name in task.vsibench.required_types if not types[name]]
     if missing:
         raise ValueError(f"split {split!r} of {data_dir} gives no {', '.join(missing)} question: lmms-eval "
                          f"{LMMS_EVAL_VERSION}'s vsibench aggregation needs all three direction subtypes (it fails with "
@@ -208,7 +216,7 @@ def _write_export(staging: Path, out_dir: Path, data_dir: Path, rows: list[dict]
                   vsibench_yaml: Path) -> None:
     """The files of the export, into the empty folder `staging` (renamed to `out_dir` afterwards: the task file
     names `out_dir`, the folder lmms-eval will read)."""
-    videos = staging / VIDEO_CACHE / DATASET_NAME
+    videos = staging / VIDEO_CACHE / vsibench_task().vsibench.dataset
     media_root = posed_images_dir(data_dir)
     for scene, images in clips.items():
         write_video([media_path(media_root, image, scene) for image in images], videos / f"{scene}.mp4")
@@ -226,7 +234,7 @@ def usage_lines(out_dir, data_dir) -> list[str]:
     """What to run next on an exported folder (printed by the command)."""
     return [f"lmms-eval:        HF_HOME={out_dir} python -m lmms_eval --model gap_mllm --model_args pretrained=mini "
             f"--tasks {TASK_NAME} --include_path {out_dir} --batch_size 8 --output_path runs/lmms_vsibench --log_samples",
-            f"gap-mllm evaluate: gap-mllm evaluate --task spatial_qa --official-compat --data {data_dir} "
+            f"gap-mllm evaluate: gap-mllm evaluate --task {vsibench_task().name} --official-compat --data {data_dir} "
             f"--annotation-file {Path(out_dir) / ANNOTATION_FILE} --predictions ANSWERS.jsonl --out runs/vsibench_scores"]
 
 

@@ -30,7 +30,7 @@ CHOICE_SUFFIX = "\nAnswer with the option's letter from the given choices direct
 LETTERS = "ABCD"
 REL_DISTANCE_MARGIN = 0.3  # metres between the closest and the second-closest option
 DIRECTION_MARGIN = np.deg2rad(15.0)  # minimum angle to a quadrant boundary
-# VSI-Bench's "hard" relative-direction question (its quadrant form); processing/vsibench_questions.py reads the
+# VSI-Bench's "hard" relative-direction question (its quadrant form); processing/tasks/ reads the
 # three objects back from it to ask the same triple in VSI-Bench's easy and medium forms
 DIRECTION_QUESTION = (
     "If I am standing by the {standing} and facing the {facing}, is the {target} to my front-left, front-right, "

@@ -96,6 +96,8 @@ class PackageTask:
             processing/synth/samples.py), or `{stage: [record]}` for a task in stages; None: SynthRooms writes none.
         synth_frames: the `SynthConfig` field with the frame count of those samples (their file's `{frames}`).
         exports: `{name: object}` that `gap_mllm.evaluation` exports (the task's metric functions).
+        vsibench: its records as VSI-Bench rows for `gap-mllm export-vsibench` (an object with `rows(records,
+            scene_centres) -> (rows, skipped)`, `dataset` and `required_types`); None: it has none.
     """
 
     name: str
@@ -137,6 +139,7 @@ class PackageTask:
     synth_records: Callable[..., list] | None = None
     synth_frames: str | None = None
     exports: dict[str, object] = field(default_factory=dict)
+    vsibench: object | None = None
 
     @property
     def spec(self) -> TaskSpec:
