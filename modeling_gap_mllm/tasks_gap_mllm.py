@@ -1489,6 +1489,31 @@ def resolve_task(task: str | TaskSpec) -> TaskSpec:
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_NAMES)}")
 
 
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a task of your own to the registry: `TASKS`, `TASK_NAMES` and its aliases in `DEPRECATED_TASK_NAMES`
+    (`unregister_task` removes it); returns it.
+
+    Raises:
+        ValueError: its name or an alias is a name of the registry already.
+    """
+    global TASK_NAMES
+    taken = sorted({spec.name, *spec.aliases} & {*TASKS, *DEPRECATED_TASK_NAMES})
+    if taken:
+        raise ValueError(f"task name(s) {', '.join(taken)} of {spec.name!r} are in the registry already")
+    TASKS[spec.name] = spec
+    DEPRECATED_TASK_NAMES.update(dict.fromkeys(spec.aliases, spec.name))
+    TASK_NAMES = tuple(TASKS)
+    return spec
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task added with `register_task`, and its aliases (KeyError when there is no task of that name)."""
+    global TASK_NAMES
+    for alias in TASKS.pop(name).aliases:
+        DEPRECATED_TASK_NAMES.pop(alias, None)
+    TASK_NAMES = tuple(TASKS)
+
+
 # ---- `generate` helpers: the grammar logits processor and the stopping criteria
 # `generate(compile_decoding=...)`: compiled decode steps on CUDA only ("auto"), always, or never
 COMPILE_DECODING_CHOICES = ("auto", "on", "off")
@@ -1778,6 +1803,8 @@ __all__ = [
     "SpatialAnswerResult",
     "TaskSpec",
     "refuse_control_tokens",
+    "register_task",
     "render_chat_prompt",
     "resolve_task",
+    "unregister_task",
 ]

@@ -1,5 +1,5 @@
-"""A task defined in one place: a toy task registered from this file alone (its `TaskSpec` in the model folder's
-`TASKS`, its package side with `register_package_task`) runs through `gap-mllm predict` on the tiny model,
+"""A task defined in one place: a toy task registered from this file alone (its `TaskSpec` with the model folder's
+`register_task`, its package side with `register_package_task`) runs through `gap-mllm predict` on the tiny model,
 `gap-mllm evaluate`, the lmms-eval export and its scoring functions, and the Space's task list, and is gone from all
 of them once unregistered. No other module names it."""
 
@@ -12,6 +12,7 @@ import datasets
 import pytest
 from PIL import Image
 
+from gap_mllm import tasks_gap_mllm
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.space_backend import TASK_LABELS
 from gap_mllm.cli.task_names import front_end_task_names
@@ -22,7 +23,7 @@ from gap_mllm.processing.annotation_files import annotation_file_name
 from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.record_schema import ANSWER_TEXT, RecordField, read_fields
 from gap_mllm.processing.tasks import PackageTask, package_task_names, register_package_task, unregister_package_task
-from gap_mllm.tasks_gap_mllm import SPATIAL_QA, TASKS, resolve_task
+from gap_mllm.tasks_gap_mllm import SPATIAL_QA, register_task, resolve_task, unregister_task
 
 TOY = "toy_view_count"
 TOY_LABEL = "count the views (toy)"
@@ -59,12 +60,13 @@ TOY_TASK = PackageTask(
 
 
 @pytest.fixture
-def toy_task(monkeypatch):
+def toy_task():
     """The toy task, registered on both sides for the test, then unregistered."""
-    monkeypatch.setitem(TASKS, TOY, TOY_SPEC)
+    register_task(TOY_SPEC)
     register_package_task(TOY_TASK)
     yield TOY_TASK
     unregister_package_task(TOY)
+    unregister_task(TOY)
 
 
 @pytest.fixture
@@ -88,7 +90,7 @@ def toy_data(tmp_path):
 
 
 def test_a_registered_task_runs_through_predict_on_the_tiny_model(toy_task, toy_data, capsys):
-    assert TOY in front_end_task_names() and resolve_task(TOY) is TOY_SPEC
+    assert TOY in front_end_task_names() and resolve_task(TOY) is TOY_SPEC and TOY in tasks_gap_mllm.TASK_NAMES
     frames = sorted(str(path) for path in (toy_data / "scannet" / "posed_images" / "scene0000_00").glob("*.jpg"))
     code = gap_mllm(["predict", "--model", "tiny", "--images", *frames, "--task", TOY, "--max-new-tokens", "4",
                      "--json"])
@@ -132,8 +134,13 @@ def test_a_registered_task_is_exported_and_scored_for_lmms_eval(toy_task, toy_da
 def test_a_registered_task_is_in_the_space_task_list_and_gone_once_unregistered(toy_task):
     assert TASK_LABELS[TOY_LABEL] is TOY_SPEC and list(TASK_LABELS)[-1] == TOY_LABEL
     unregister_package_task(TOY)
+    unregister_task(TOY)
     try:
         assert TOY_LABEL not in TASK_LABELS and TOY not in package_task_names()
         assert TOY not in front_end_task_names() and TOY not in benchmark_tasks() and "gap_" + TOY not in LMMS_TASKS
+        assert TOY not in tasks_gap_mllm.TASK_NAMES
+        with pytest.raises(ValueError, match=f"^unknown task {TOY!r}"):
+            resolve_task(TOY)
     finally:
-        register_package_task(TOY_TASK)  # the fixture unregisters it
+        register_task(TOY_SPEC)  # the fixture unregisters both
+        register_package_task(TOY_TASK)

@@ -10,7 +10,7 @@ entries and name no task.
 A shipped task is the module `<name>.py` of this folder defining `TASK = PackageTask(name=<name>, ...)`: its name is
 known from the file name alone (`package_task_names`, light: `gap-mllm COMMAND --help` lists the names) and the module
 is imported on first use (`package_task`). A task of your own is registered from your code with
-`register_package_task` (its `TaskSpec` added to the model folder's `TASKS` first).
+`register_package_task` (its `TaskSpec` registered first with the model folder's `register_task`).
 """
 
 from __future__ import annotations
@@ -225,8 +225,8 @@ def register_package_task(task: PackageTask) -> PackageTask:
         ValueError: the model folder's registry has no such task, or a task of that name has a package side already.
     """
     if task.name not in MODEL_TASKS:
-        raise ValueError(f"task {task.name!r} is not in the model folder's TASKS (gap_mllm.tasks_gap_mllm): add its "
-                         "TaskSpec there first")
+        raise ValueError(f"task {task.name!r} is not in the model folder's TASKS: register its TaskSpec there first "
+                         "(gap_mllm.tasks_gap_mllm.register_task)")
     if task.name in package_task_names(stages=True):
         raise ValueError(f"task {task.name!r} has a package side already")
     _REGISTERED[task.name] = task
