@@ -9,10 +9,10 @@ Modules (import what you need; `datasets` is only imported by the builder module
     annotation_files  official annotation file names per task and split; a human turn's views and query
     box_angles        the orientations of a model's training boxes (its folder's box_angles.json), the check of a
                       box against them, and the angles of a box given by centre and size alone
-    builders          `datasets.GeneratorBasedBuilder`s: ReconstructionBuilder, DetectionBuilder,
-                      GroundingStage1Builder, GroundingStage2Builder, CaptioningBuilder, and one per task
-                      module of `tasks` (`builder_for_task`); each declares its task's features; the prompts of its annotation files are the
-                      registry's (`gap_mllm.tasks_gap_mllm`: `DETECTION.annotation_prompt(n)`)
+    builders          `datasets.GeneratorBasedBuilder`s, one per task module of `tasks` (a task run in stages: one
+                      per stage), named `<Task>Builder` (ReconstructionBuilder, DetectionBuilder,
+                      GroundingStage1Builder, ...; `builder_for_task`), with the features and fields its module
+                      declares
     features          the feature schemas every task shares and the building blocks of the others
     parquet_export    Parquet data files + dataset card for the Hub
     collator          GapMllmDataCollator (builder samples -> GapMllmProcessor inputs + labels)
