@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
 
-from gap_mllm.cli.answer_checks import answer_format
 from gap_mllm.checks import fit_budget_to_context
+from gap_mllm.cli.answer_checks import answer_format
 from gap_mllm.cli.scene_store import SceneStore
 from gap_mllm.cli.tasks import TaskRequest, run_task, task_answer
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
