@@ -2,8 +2,9 @@
 score of a trivial baseline, for every front end (`gap-mllm demo`, `predict`, the Space, the notebooks).
 
 The figures come from the folder's `evaluation_results.json` (written by `make mini` next to GAP-MLLM-Mini's
-weights): the shipped arm's row and `baselines`. Nothing is computed or typed in here; a figure the file does not
-hold is "not scored", and a folder without the file gets no line at all.
+weights): the shipped arm's row and `baselines`. Nothing is computed or typed in here: which figures of the row a
+task reports, against which baselines, is its task module's `PackageTask.reported_score` (gap_mllm.processing.tasks);
+a figure the file does not hold is "not scored", and a folder without the file gets no line at all.
 
 The row is the one of the decoding that ran: `constrained=True` (the front ends' default: answers decoded inside each
 task's grammar) reads the shipped arm's constrained row (`arms[<main arm>_constrained]`, `python -m lab.mini
@@ -26,86 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gap_mllm.mini.identity import CONSTRAINED_SUFFIX, SHIPPED_ARM
+from gap_mllm.processing.scoring.reported_scores import ReportedMetric, ReportedScore
+from gap_mllm.processing.tasks import PackageTask, package_task, package_task_names, package_tasks
 
 RESULTS_FILE = "evaluation_results.json"
 
 
-@dataclass(frozen=True)
-class Metric:
-    """One figure of a results row (`key`, its interval `key + "_ci95"`) and the baseline figure it is compared to.
-
-    Attributes:
-        name: how the line names it ("Acc@0.25").
-        key: the row's key without its task prefix ("acc@0.25" → `grounding_acc@0.25`).
-        unit: "%" (fractions printed as percentages), "m" (metres), "°" (degrees) or "" (a plain score).
-        higher_is_better: the direction of "better".
-        digits: decimals of values that are not percentages (percentages: 1).
-        baseline: `(baseline name as printed, path in results["baselines"])`, if the file has one.
-    """
-
-    name: str
-    key: str
-    unit: str = "%"
-    higher_is_better: bool = True
-    digits: int = 2
-    baseline: tuple[str, tuple[str, ...]] | None = None
-
-    def format(self, value: float, unit: bool = False) -> str:
-        text = f"{100 * value:.1f}" if self.unit == "%" else f"{value:.{self.digits}f}"
-        if not unit or not self.unit:
-            return text
-        return f"{text}°" if self.unit == "°" else f"{text} {self.unit}"
-
-    def figure(self, value: float, interval=None) -> str:
-        """`<name> <value> <unit> [<low>, <high>]`."""
-        text = f"{self.name} {self.format(value, unit=True)}"
-        if interval:
-            text += f" [{self.format(interval[0])}, {self.format(interval[1])}]"
-        return text
-
-    def beats(self, interval, baseline: float) -> bool:
-        low, high = interval
-        return low > baseline if self.higher_is_better else high < baseline
-
-
-@dataclass(frozen=True)
-class TaskScore:
-    """How one front-end task is scored: the arm's key prefix, its metrics and what "it does not X yet" says."""
-
-    prefix: str
-    metrics: tuple[Metric, ...]
-    skill: str  # "this miniature does not {skill} yet"
-
-
-GROUNDING = TaskScore("grounding", (
-    Metric("Acc@0.25", "acc@0.25", baseline=("best constant box", ("grounding", "best_constant_box", "acc@0.25"))),
-), "ground")
-DETECTION = TaskScore("detection", (
-    Metric("F1@0.25", "f1@0.25", baseline=("category-mean boxes", ("detection", "category_mean_boxes", "f1"))),
-), "detect")
-CAPTIONING = TaskScore("captioning", (
-    Metric("CIDEr@0.5", "cider@0.5", unit="", baseline=("constant caption", ("captioning", "constant_caption", "cider"))),
-), "caption")
-_MARKER_METRICS = (
-    Metric("point error (median)", "point_error_m_median", unit="m", higher_is_better=False,
-           baseline=("constant point", ("marker", "constant_point", "point_error_m_median"))),
-    Metric("label accuracy", "label_accuracy",
-           baseline=("most frequent label", ("marker", "constant_point", "label_accuracy"))),
-)
-# The shipped model's marker task: the final model's figures ("final_marker_*"); a release that has none is
-# described by its stage-1 checkpoint's ("stage1_*"), said so.
-FINAL_MARKER = TaskScore("final_marker", _MARKER_METRICS, "locate marked points")
-STAGE1_MARKER = TaskScore("stage1", _MARKER_METRICS, "locate marked points")
 # The geometry encoder (VGGT aggregator + camera and depth heads), scored at stage 0 after scale alignment.
 GEOMETRY_METRICS = (
-    Metric("depth AbsRel", "depth_abs_rel", unit="", higher_is_better=False, digits=3),
-    Metric("camera rotation error (median)", "rotation_error_deg_median", unit="°", higher_is_better=False, digits=1),
+    ReportedMetric("depth AbsRel", "depth_abs_rel", unit="", higher_is_better=False, digits=3),
+    ReportedMetric("camera rotation error (median)", "rotation_error_deg_median", unit="°", higher_is_better=False,
+                   digits=1),
 )
 GEOMETRY_BASELINE = "training-mean depth and identity rotations"
-TASK_SCORES = {"grounding": GROUNDING, "detection": DETECTION, "captioning": CAPTIONING, "reconstruction": FINAL_MARKER}
-# how a card names each task of `TASK_SCORES` (`HeldOutScores.markdown`)
-CARD_TASK_NAMES = {"grounding": "3D visual grounding", "detection": "3D object detection",
-                   "captioning": "3D dense captioning", "reconstruction": "marker point and label"}
+
+
+def reported_tasks() -> list[PackageTask]:
+    """The tasks whose held-out score a results file reports (`PackageTask.reported_score`), in a card's order."""
+    entries = [entry for entry in package_tasks() if entry.reported_score is not None]
+    return sorted(entries, key=lambda entry: entry.reported_score.order)
 
 
 def _lookup(tree: dict, path: tuple[str, ...]):
@@ -160,13 +100,14 @@ class HeldOutScores:
 
     def line(self, task: str) -> str:
         """`held-out (N test samples): <figure> [interval]; <baseline> <figure>: <verdict>`, or why there is none."""
-        if task not in TASK_SCORES:
+        score = package_task(task).reported_score if task in package_task_names() else None
+        if score is None:
             return f"held-out: {task} not scored (the model's evaluation did not cover it)"
-        if task == "reconstruction" and not self._has(FINAL_MARKER):
-            return self._stage1_marker_line()
-        score = TASK_SCORES[task]
         if not self._has(score):
-            return f"held-out: {task} not scored"
+            if score.stand_in is None or not self._has(score.stand_in):
+                return f"held-out: {task} not scored"
+            count, figures = self._figures(score.stand_in)
+            return f"held-out: {score.stand_in_words}{_samples(count, decoding=self.decoding)}: {figures}"
         count, figures = self._figures(score)
         return f"held-out{_samples(count, decoding=self.decoding)}: {figures}"
 
@@ -196,13 +137,13 @@ class HeldOutScores:
         """Every line of the file as a Markdown list, one item per task (the geometry encoder first), in the
         front ends' own words: the Space's card (examples/space/README.md) says what the model can do with it."""
         items = [("geometry encoder (depth, cameras)", self.geometry_line())]
-        items += [(CARD_TASK_NAMES[task], self.line(task)) for task in TASK_SCORES]
+        items += [(entry.reported_score.card_name, self.line(entry.name)) for entry in reported_tasks()]
         return "\n".join(f"- {name}: {line}" for name, line in items if line is not None)
 
-    def _has(self, score: TaskScore) -> bool:
+    def _has(self, score: ReportedScore) -> bool:
         return any(f"{score.prefix}_{metric.key}" in self.row for metric in score.metrics)
 
-    def _figures(self, score: TaskScore) -> tuple[int | None, str]:
+    def _figures(self, score: ReportedScore) -> tuple[int | None, str]:
         """`(number of test samples, "figures; baselines: verdict")` for the metrics of `score`."""
         figures, baselines, verdicts = [], [], []
         for metric in score.metrics:
@@ -229,13 +170,6 @@ class HeldOutScores:
             text += "; no baseline recorded"
         return self.row.get(f"{score.prefix}_num_samples"), text
 
-    def _stage1_marker_line(self) -> str:
-        if not self._has(STAGE1_MARKER):
-            return "held-out: reconstruction not scored"
-        count, figures = self._figures(STAGE1_MARKER)
-        return ("held-out: this release's final model is not scored on the marker task; its stage-1 checkpoint, "
-                f"before the task fine-tuning{_samples(count, decoding=self.decoding)}: {figures}")
-
 
 def _samples(count, what: str = "test samples", decoding: str | None = None) -> str:
     """` (N test samples, <decoding>)`, its parts where known; "" when neither is."""
@@ -244,7 +178,7 @@ def _samples(count, what: str = "test samples", decoding: str | None = None) -> 
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _verdict(verdicts: list[tuple[Metric, bool]], skill: str) -> str:
+def _verdict(verdicts: list[tuple[ReportedMetric, bool]], skill: str) -> str:
     if verdicts and all(beaten for _, beaten in verdicts):
         return "beats the trivial baseline"
     if not any(beaten for _, beaten in verdicts):

@@ -10,4 +10,5 @@ user-facing ones.
     grounding_metrics        a grounding box's world IoU with its truth, Acc@0.25 / Acc@0.5 / mIoU, unscored reasons
     meteor                   the METEOR scorer (Java), sanitised text and a time limit
     reconstruction_metrics   accuracy / completion / overall of marker points, raw and after Umeyama Sim(3)
+    reported_scores          how a task's held-out score is reported from a results file (`PackageTask.reported_score`)
 """

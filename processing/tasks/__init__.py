@@ -24,6 +24,8 @@ from functools import cache
 from gap_mllm.tasks_gap_mllm import TASKS as MODEL_TASKS
 from gap_mllm.tasks_gap_mllm import TaskSpec, resolve_task
 
+from ..scoring.reported_scores import ReportedScore
+
 
 @dataclass(frozen=True, eq=False)  # one entry per task, known by identity
 class PackageTask:
@@ -72,6 +74,9 @@ class PackageTask:
         metric_description: that module's description.
         metric_reference: `() -> datasets feature` of one reference of that module; None: a string.
         card: `(Hub task type, benchmark format, task label)` of its results in a model card.
+        reported_score: how the front ends and a model card report its held-out score from a model folder's
+            `evaluation_results.json` (`ReportedScore`, processing/scoring/reported_scores.py: the row's figures, their
+            baselines, the card's name of the task); None: "not scored (the model's evaluation did not cover it)".
         per_category_bars: `(summary) -> (names, {series: values}, title)`, the bars of its per-category chart
             (evaluation/plots.py: `per_category.png`), or None when the summary has none; None: no such chart.
         per_category_shares: whether those bars are shares (the axis ends at 1.05) rather than amounts (the axis
@@ -123,6 +128,7 @@ class PackageTask:
     metric_description: str = ""
     metric_reference: Callable[[], object] | None = None
     card: tuple[str, str, str] | None = None
+    reported_score: ReportedScore | None = None
     per_category_bars: Callable[[dict], tuple | None] | None = None
     per_category_shares: bool = True
     histogram: Callable[[list], tuple] | None = None

@@ -14,6 +14,7 @@ from gap_mllm.tasks_gap_mllm import Box3D
 from ..record_schema import BOX, OBJECT_ID, REAL, TEXT_LIST, RecordField, read_fields
 from ..sampling import uniform_indices
 from ..scoring.caption_metrics import GATED_SCORES, caption_scores, gate_prediction, gated_name, normalize_caption
+from ..scoring.reported_scores import ReportedMetric, ReportedScore
 from ..synth.language import captions
 from ..synth.samples import camera_boxes, common_record, conversation
 from . import PackageTask
@@ -149,6 +150,10 @@ TASK = PackageTask(
 ("sos ... eos", spaced punctuation, lower case), pycocoevalcap scorers.""",
     metric_reference=metric_reference,
     card=("3d-dense-captioning", "Scan2Cap-style captioning", "3D dense captioning"),
+    reported_score=ReportedScore("captioning", (
+        ReportedMetric("CIDEr@0.5", "cider@0.5", unit="",
+                       baseline=("constant caption", ("captioning", "constant_caption", "cider"))),
+    ), skill="caption", card_name="3D dense captioning"),
     histogram=histogram,
     answer_fields=("caption",),
     shown=shown,

@@ -28,6 +28,7 @@ from ..record_schema import (
 )
 from ..scoring.detection_metrics import DetectionEvaluator, ground_truth, match_sample
 from ..scoring.detection_parsing import detection_predictions
+from ..scoring.reported_scores import ReportedMetric, ReportedScore
 from ..synth.samples import camera_boxes, camera_fields, choose_clip, common_record, conversation
 from . import PackageTask
 
@@ -212,6 +213,9 @@ frame's OpenCV camera frame. Returns per-category and split precision / recall /
 the headline "f1" (mean F1 over cate31). `official_compat=True` reproduces the official numbers.""",
     metric_reference=metric_reference,
     card=("3d-object-detection", "EmbodiedScan-style detection", "3D video object detection"),
+    reported_score=ReportedScore("detection", (
+        ReportedMetric("F1@0.25", "f1@0.25", baseline=("category-mean boxes", ("detection", "category_mean_boxes", "f1"))),
+    ), skill="detect", card_name="3D object detection"),
     per_category_bars=per_category_bars,
     histogram=histogram,
     sample_boxes=sample_boxes,

@@ -31,6 +31,7 @@ from ..scoring.grounding_metrics import (
     score_grounding,
     score_grounding_record,
 )
+from ..scoring.reported_scores import ReportedMetric, ReportedScore
 from ..synth.language import describe
 from ..synth.samples import camera_boxes, camera_fields, common_record, conversation, first_clear_frame
 from . import PackageTask
@@ -347,6 +348,10 @@ selected frame; references are `{"gt_bbox": [9 floats, world], "camera_to_world"
 4x4 = axis_align_matrix @ cam2global[k]]}` (use the identity for predictions already in the world).""",
     metric_reference=metric_reference,
     card=("3d-visual-grounding", "ScanRefer-style grounding", "3D visual grounding"),
+    reported_score=ReportedScore("grounding", (
+        ReportedMetric("Acc@0.25", "acc@0.25",
+                       baseline=("best constant box", ("grounding", "best_constant_box", "acc@0.25"))),
+    ), skill="ground", card_name="3D visual grounding", order=0),  # a card's first task
     histogram=histogram,
     sample_boxes=sample_boxes,
     shown=shown,

@@ -18,6 +18,7 @@ from ..coordinates import backproject_pixel, invert_rigid, transform_points
 from ..errors import DataError
 from ..record_schema import PIXEL, RecordField, read_field
 from ..scoring.reconstruction_metrics import ReconstructionEvaluator, chamfer_metrics, point_score, umeyama_sim3
+from ..scoring.reported_scores import ReportedMetric, ReportedScore
 from ..synth.samples import choose_clip, common_record, conversation
 from . import PackageTask
 
@@ -141,6 +142,15 @@ def per_category_bars(metrics: dict):
     return names, series, "Reconstruction overall per scene (metres)"
 
 
+# the per-sample marker figures of a results row (evaluation/marker_metrics.py) and their constant baselines
+MARKER_FIGURES = (
+    ReportedMetric("point error (median)", "point_error_m_median", unit="m", higher_is_better=False,
+                   baseline=("constant point", ("marker", "constant_point", "point_error_m_median"))),
+    ReportedMetric("label accuracy", "label_accuracy",
+                   baseline=("most frequent label", ("marker", "constant_point", "label_accuracy"))),
+)
+
+
 def shown(parsed, request) -> dict:
     """The answer's point and the request's marked pixel."""
     return {"point": parsed.point, "marker": tuple(int(v) for v in request.marker)}
@@ -163,6 +173,13 @@ TASK = PackageTask(
 `scene_ids` (one per sample) groups the points into scenes (default: one scene). Per-scene metrics,
 then the mean over scenes; the official headline is aligned["overall"].""",
     card=("3d-reconstruction", "marker pointmap", "marker pointmap reconstruction"),
+    # the final model's marker figures ("final_marker_*"); a release that has none is described by its stage-1
+    # checkpoint's ("stage1_*"), said so
+    reported_score=ReportedScore("final_marker", MARKER_FIGURES, skill="locate marked points",
+                                 card_name="marker point and label",
+                                 stand_in=ReportedScore("stage1", MARKER_FIGURES, skill="locate marked points"),
+                                 stand_in_words="this release's final model is not scored on the marker task; its "
+                                                "stage-1 checkpoint, before the task fine-tuning"),
     per_category_bars=per_category_bars,
     per_category_shares=False,
     written_fields=("label",),
