@@ -7,12 +7,18 @@ logged during training are the official metrics of the evaluation package on hel
     slice_ = EvaluationSlice("grounding", data_root, split="val", max_samples=64)
     metrics = slice_.score(model, processor, batch_size=16)      # {"acc@0.25": ..., ...}
 
-`annotated_frame=True` (grounding only, a diagnostic): stage 1 is not asked; its answer is the record's
-annotated first clear frame k*, so the figures measure the box stage alone.
+`annotated_frame=True` (a task run in stages, as grounding; a diagnostic): stage 1 is not asked; its answer is the
+record's own (grounding: the annotated first clear frame k*), so the figures measure the later stages alone.
+
+Besides its logged metrics, a task logs the figure sets its entry names (`PackageTask.training_figures`, this module's
+`TRAINING_FIGURES`): reconstruction each marker's point error and label, grounding on SynthRooms which object its
+boxes point at.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from gap_mllm.processing.annotation_files import find_annotation_file
@@ -25,6 +31,40 @@ from .marker_metrics import marker_scores
 from .tasks import check_prompt_texts, get_task, gt_answer, headline_value, sample_id
 
 
+@dataclass(frozen=True)
+class TrainingFigures:
+    """A set of figures a training run logs of a task's answers besides its logged metrics.
+
+    Attributes:
+        compute: `(records, outputs, rows, data_root) -> dict` of the slice's answers (`outputs`: one `[text per
+            stage]` per record; `rows`: the task's `evaluate` rows).
+        keys: the figures of that dict that are logged (each where present).
+        applies: `(data_root) -> bool`: whether the data holds what they need; None: any data.
+    """
+
+    compute: Callable[..., dict]
+    keys: tuple[str, ...]
+    applies: Callable[..., bool] | None = None
+
+
+def _marker_figures(records, outputs, rows, data_root) -> dict:
+    return marker_scores([texts[0] for texts in outputs], [gt_answer(record) for record in records])
+
+
+def _identification_figures(records, outputs, rows, data_root) -> dict:
+    return from_rows(records, rows, data_root)
+
+
+# the figure sets a task's entry may name (`PackageTask.training_figures`)
+TRAINING_FIGURES = {
+    # per-sample point error and label of each marked pixel (marker_metrics.py)
+    "marker": TrainingFigures(_marker_figures, ("label_accuracy", "point_error_m_median", "unparsed")),
+    # SynthRooms knows every object of a scene: which object the boxes point at (grounding_identification.py)
+    "identification": TrainingFigures(_identification_figures,
+                                      ("identification", "median_centre_error_m", "frame_accuracy"), has_scene_truth),
+}
+
+
 class EvaluationSlice:
     """The first `max_samples` records of a task's annotation file of `split` under `data_root`."""
 
@@ -32,8 +72,9 @@ class EvaluationSlice:
                  annotated_frame: bool = False):
         self.task = get_task(task_name)
         self.task.check_scoring_dependencies()  # a training run's evaluation fails before step 1, not at its first evaluation
-        if annotated_frame and self.task.name != "grounding":
-            raise ValueError(f"annotated_frame replaces grounding's frame selection; {task_name!r} has none")
+        if annotated_frame and self.task.stages < 2:
+            raise ValueError("annotated_frame answers the first stage of a task run in stages (its frame selection) "
+                             f"with the record's own answer; {task_name!r} is asked in one stage")
         self.annotated_frame = annotated_frame
         self.name = self.task.name
         path = find_annotation_file(data_root, self.task.annotation_task, split)
@@ -46,8 +87,9 @@ class EvaluationSlice:
         self.task.check_ground_truth(self.records, self.ids)
         self.media_root = posed_images_dir(data_root)
         self.data_root = data_root
-        # SynthRooms knows every object of a scene: grounding also logs which object its boxes point at
-        self.identifies = self.name == "grounding" and has_scene_truth(data_root)
+        # {name: figure set} of what the task logs besides its metrics, where this data holds what it needs
+        self.figures = {name: TRAINING_FIGURES[name] for name in self.task.entry.training_figures
+                        if TRAINING_FIGURES[name].applies is None or TRAINING_FIGURES[name].applies(data_root)}
 
     def answer(self, generator: BatchGenerator, batch_size: int = 16) -> list[list[str]]:
         """Per record, the texts of each stage (what the runner writes as `raw`)."""
@@ -70,9 +112,9 @@ class EvaluationSlice:
         return outputs
 
     def score(self, model, processor, batch_size: int = 16, max_new_tokens: int | None = None) -> tuple[dict, list[list[str]]]:
-        """(flat metrics, raw outputs): the task's logged metrics (`Benchmark.logged_metrics`), plus the marker scores
-        for reconstruction and, on SynthRooms, grounding's identification and median centre error
-        (evaluation/grounding_identification.py). The model is put in eval mode for the call and restored after."""
+        """(flat metrics, raw outputs): the task's logged metrics (`Benchmark.logged_metrics`), plus its figure sets
+        (`self.figures`: reconstruction's marker scores; on SynthRooms, grounding's identification and median centre
+        error). The model is put in eval mode for the call and restored after."""
         was_training = model.training
         model.eval()
         try:
@@ -82,10 +124,7 @@ class EvaluationSlice:
         # METEOR (a Java process per call) is left to the final evaluation; CIDEr is the headline
         rows, summary = self.task.evaluate(self.records, outputs, meteor=False)
         metrics = {name: headline_value(summary, key) for name, key in self.task.logged_metrics.items()}
-        if self.name == "reconstruction":
-            marker = marker_scores([texts[0] for texts in outputs], [gt_answer(r) for r in self.records])
-            metrics.update({key: marker[key] for key in ("label_accuracy", "point_error_m_median", "unparsed") if key in marker})
-        if self.identifies:
-            found = from_rows(self.records, rows, self.data_root)
-            metrics.update({key: found[key] for key in ("identification", "median_centre_error_m", "frame_accuracy") if key in found})
+        for figures in self.figures.values():
+            found = figures.compute(self.records, outputs, rows, self.data_root)
+            metrics.update({key: found[key] for key in figures.keys if key in found})
         return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}, outputs

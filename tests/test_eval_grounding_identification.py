@@ -163,7 +163,7 @@ def test_in_memory_grounding_slice_logs_identification(synth_data, monkeypatch):
     from gap_mllm.evaluation import in_memory
 
     slice_ = in_memory.EvaluationSlice("grounding", synth_data, "val", max_samples=None)
-    assert slice_.identifies
+    assert "identification" in slice_.figures
     oracle = [slice_.task.oracle(record, slice_.media_root) for record in slice_.records]
     monkeypatch.setattr(slice_, "answer", lambda generator, batch_size=16: oracle)
     monkeypatch.setattr(in_memory.BatchGenerator, "from_model", staticmethod(lambda *args, **kwargs: None))

@@ -48,6 +48,9 @@ class PackageTask:
         headline: `(key or dotted path in the summary, description)`: the figure an evaluation reports; None: no
             benchmark of its own (a stage).
         logged_metrics: `{logged name: key or dotted path in the summary}`: what a training run logs.
+        training_figures: the figures a training run also logs of its answers, by name of evaluation/in_memory.py's
+            `TRAINING_FIGURES` ("marker": each marked pixel's point error and label; "identification": on SynthRooms
+            data, which object its boxes point at).
         oracle: `(record, media_root) -> [answer text]`: the ground truth written as the model's answer.
         check_ground_truth: `(records, ids, official_compat) -> None`: a `DataError` naming the sample for a record
             whose ground truth `evaluate` cannot score, run before any answer is generated; None: nothing to check.
@@ -111,6 +114,7 @@ class PackageTask:
     fields: Callable[..., dict] | None = None
     headline: tuple[str, str] | None = None
     logged_metrics: dict[str, str] = field(default_factory=dict)
+    training_figures: tuple[str, ...] = ()
     oracle: Callable[..., list] | None = None
     evaluate: Callable[..., tuple] | None = None
     check_ground_truth: Callable[..., None] | None = None

@@ -329,6 +329,7 @@ TASK = PackageTask(
     name="grounding",
     headline=("acc@0.25", "Acc@0.25 (IoU >= 0.25)"),
     logged_metrics={"acc@0.25": "acc@0.25", "acc@0.5": "acc@0.5", "miou": "miou"},
+    training_figures=("identification",),
     oracle=oracle,
     evaluate=evaluate,
     stages=(

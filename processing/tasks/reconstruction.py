@@ -163,6 +163,7 @@ TASK = PackageTask(
     fields=fields,
     headline=("aligned.overall", "overall (Acc + Comp) / 2 after Sim(3), metres"),
     logged_metrics={"overall_aligned": "aligned.overall"},
+    training_figures=("marker",),
     oracle=oracle,
     evaluate=evaluate,
     data_order=0,  # the pre-training task's data comes first
