@@ -1,6 +1,7 @@
 """Hub remote code: a fresh Python process in which `gap_mllm` is NOT importable loads the saved folder
 through the Auto classes with trust_remote_code=True, reproduces the original logits exactly and runs
-generate + post_process for every task; the copied files hold no converter and no file export."""
+generate + post_process for every task, and decodes full prompts and encoded scenes, compiled or not, with the
+installed package's tokens; the copied files hold no converter and no file export."""
 
 import ast
 import json
@@ -10,14 +11,17 @@ import sys
 import textwrap
 
 import torch
+from transformers import CompileConfig
 
+from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
 from gap_mllm.tasks_gap_mllm import TASKS
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .conftest import make_views
 from .test_tasks_registry import ANSWERS, TASK_INPUTS
 
-FRESH_PROCESS = textwrap.dedent(
+# the start of every fresh process below: `gap_mllm` cannot be imported there, as in a plain transformers environment
+BLOCK_GAP_MLLM = textwrap.dedent(
     """
     import importlib.abc, sys
 
@@ -28,6 +32,21 @@ FRESH_PROCESS = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, BlockGapMllm())
+    """
+)
+
+
+def run_without_gap_mllm(tmp_path, script: str, folder, payload, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `script` (after `BLOCK_GAP_MLLM`) as `python script folder payload` in a fresh offline process."""
+    path = tmp_path / "fresh_process.py"
+    path.write_text(BLOCK_GAP_MLLM + script)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    return subprocess.run([sys.executable, str(path), str(folder), str(payload)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
@@ -92,11 +111,7 @@ def test_fresh_process_loads_the_hub_folder_with_remote_code(tmp_path, tiny_proc
     tasks = {name: (TASK_INPUTS[name], spec.serialize(ANSWERS[name]), repr(ANSWERS[name])) for name, spec in TASKS.items()}
     torch.save({"images": images, "texts": texts, "inputs": dict(inputs), "logits": logits, "tasks": tasks}, payload)
 
-    script = tmp_path / "load_fresh.py"
-    script.write_text(FRESH_PROCESS)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, str(script), str(folder), str(payload)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = run_without_gap_mllm(tmp_path, FRESH_PROCESS, folder, payload, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-CODE-OK" in result.stdout
 
@@ -149,3 +164,74 @@ def test_saved_remote_code_has_no_converter_and_no_file_export(tmp_path, tiny_pr
         relative, absolute = _imported_modules(tmp_path / name)
         assert {f"{module}.py" for module in relative} <= copied, (name, relative)
         assert not absolute & {"trimesh", "gap_mllm", "scipy", "datasets"}, (name, absolute)
+
+
+# ---- generate without the package: full prompts and encoded scenes, uncompiled and compiled (transformers' own
+# static cache instead of the package's pool), with the installed package's tokens (greedy)
+QUESTION = "Where is the chair?"
+GREEDY = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+
+DECODING_PROCESS = textwrap.dedent(
+    """
+    import torch
+    from torch._dynamo.utils import counters
+    from transformers import AutoModel, AutoProcessor, CompileConfig
+
+    folder, payload_path = sys.argv[1], sys.argv[2]
+    payload = torch.load(payload_path, weights_only=False)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert "transformers_modules" in type(model).__module__, type(model).__module__
+    frames, prefix, suffix = payload["frames"], payload["prefix"], payload["suffix"]
+    full = processor(images=frames, text=payload["question"], return_tensors="pt")
+    scene_inputs = processor(images=frames, text=prefix, return_tensors="pt")
+    questions = processor(text=[suffix, suffix + " Answer briefly."], padding=True, return_tensors="pt")
+    for name, compile_decoding in (("off", "off"), ("compiled", CompileConfig(**payload["compile_config"]))):
+        with torch.no_grad():
+            out = model.generate(**full, compile_decoding=compile_decoding, **payload["greedy"])
+            assert torch.equal(out, payload["full_" + name]), (name, out, payload["full_" + name])
+            scene = model.encode_scene(**scene_inputs)
+            assert scene.model_identity is None  # the package's identity check is not there to read it
+            out = model.generate(scene=scene, **questions, compile_decoding=compile_decoding, **payload["greedy"])
+            assert torch.equal(out, payload["scene_" + name]), (name, out, payload["scene_" + name])
+    assert counters["stats"]["unique_graphs"] >= 1  # the compiled calls compiled their decode step
+    print("REMOTE-DECODING-OK")
+    """
+)
+
+
+def test_a_folder_without_the_package_decodes_full_and_scene_calls_compiled_or_not_with_the_same_tokens(
+        tmp_path, tiny_processor):
+    model, processor = build_tiny_model(processor=tiny_processor, seed=2)
+    with torch.no_grad():  # sharper logits: greedy answers that change from token to token
+        for parameter in model.vlm.model.language_model.parameters():
+            if parameter.ndim == 2:
+                parameter.mul_(4.0)
+    folder = tmp_path / "gap-mllm-tiny"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+    frames = make_views(2, seed=21)
+    prefix, suffix = processor.split_scene_prompt(QUESTION, num_views=2)
+    full = processor(images=frames, text=QUESTION, return_tensors="pt")
+    scene_inputs = processor(images=frames, text=prefix, return_tensors="pt")
+    questions = processor(text=[suffix, suffix + " Answer briefly."], padding=True, return_tensors="pt")
+    compile_config = {**DECODE_COMPILE_CONFIG, "backend": "eager", "mode": None}  # compiles on the CPU, quickly
+    payload = {"frames": frames, "prefix": prefix, "suffix": suffix, "question": QUESTION, "greedy": GREEDY,
+               "compile_config": compile_config}
+    torch._dynamo.reset()
+    for name, compile_decoding in (("off", "off"), ("compiled", CompileConfig(**compile_config))):
+        with torch.no_grad():
+            payload["full_" + name] = model.generate(**full, compile_decoding=compile_decoding, **GREEDY)
+            scene = model.encode_scene(**scene_inputs)
+            payload["scene_" + name] = model.generate(scene=scene, **questions, compile_decoding=compile_decoding,
+                                                      **GREEDY)
+    torch._dynamo.reset()
+    assert len(set(payload["full_off"][0, -6:].tolist())) > 1  # an answer that says something
+    assert torch.equal(payload["full_compiled"], payload["full_off"])
+    assert torch.equal(payload["scene_compiled"], payload["scene_off"])
+    torch.save(payload, tmp_path / "payload.pt")
+
+    result = run_without_gap_mllm(tmp_path, DECODING_PROCESS, folder, tmp_path / "payload.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-DECODING-OK" in result.stdout
