@@ -115,7 +115,7 @@ def test_stage1_on_a_trained_encoder_learns_the_marker_task(trained_geometry, tr
     point error is below the best constant point's (the mean of the 8 answers)."""
     encoder_folder, _, _ = trained_geometry
     model, processor = tiny_with_heads(seed=1)
-    from gap_mllm.training.encoder_weights import load_encoder_weights
+    from gap_mllm.training.model_loading import load_encoder_weights
 
     copied = load_encoder_weights(model, encoder_folder)
     assert any(name.startswith("geometry_encoder.depth_head.") for name in copied)

@@ -7,15 +7,23 @@ installed package declares, so training finds a builder without importing the pa
 GAP-MLLM-Mini declares "mini" this way (setup.py: `gap_mllm.mini.mini_config:build_mini_model`): `gap_mllm.mini`
 sits a layer above training (tests/test_layering.py), so this package does not import it. A builder takes
 `fusion_method`, `use_geometry` and `seed` and returns `(model, processor)`.
+
+A fresh model can start from trained encoders (`model.encoders_from`): the geometry encoder and the Qwen ViT of a
+saved folder are copied in (`load_encoder_weights`). The miniature's stage 1 (and its "stage 2 only" ablation arm)
+starts from the stage-0 encoders with a freshly initialised LLM, mergers and fusions, like the official stage 1
+starts from pretrained VGGT-1B and Qwen3-VL with new fusion modules. A model without geometry
+(`use_geometry=False`) takes the ViT only.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
@@ -23,12 +31,12 @@ from gap_mllm.processing.model_paths import missing_local_folder
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .config import ModelSource
-from .encoder_weights import load_encoder_weights
 
 logger = logging.getLogger(__name__)
 
 FRESH_MODEL_GROUP = "gap_mllm.fresh_models"
 BUILT_IN_SIZES = ("tiny", "small")
+ENCODER_PREFIXES = {"geometry_encoder": "geometry_encoder.", "vision_tower": "vlm.model.visual."}
 
 
 def fresh_sizes() -> tuple[str, ...]:
@@ -94,3 +102,45 @@ def load_model_and_processor(source: ModelSource):
     model = GapMllmForConditionalGeneration.from_pretrained(source.name_or_path, **kwargs)
     processor = GapMllmProcessor.from_pretrained(source.name_or_path)
     return model, processor
+
+
+# ------------------------------------------------------------------------------------------ encoders of a saved folder
+
+
+def _folder_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return safetensors.torch.load_file(str(single), device="cpu")
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{folder} holds no model.safetensors (or sharded index): not a saved GAP-MLLM folder")
+    state = {}
+    for shard in sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())):
+        state.update(safetensors.torch.load_file(str(folder / shard), device="cpu"))
+    return state
+
+
+@torch.no_grad()
+def load_encoder_weights(model, folder, encoders=tuple(ENCODER_PREFIXES)) -> list[str]:
+    """Copy every tensor of the given `encoders` ("geometry_encoder": `geometry_encoder.*`, "vision_tower":
+    `vlm.model.visual.*`) of `folder` into `model`.
+
+    Strict on what the model has under those prefixes: a missing or mis-shaped tensor raises a
+    ValueError naming it. Returns the names copied.
+    """
+    unknown = set(encoders) - set(ENCODER_PREFIXES)
+    if unknown:
+        raise ValueError(f"unknown encoder(s) {sorted(unknown)}; choose from {sorted(ENCODER_PREFIXES)}")
+    prefixes = tuple(ENCODER_PREFIXES[name] for name in encoders)
+    folder = Path(folder)
+    source = _folder_state_dict(folder)
+    target = model.state_dict()
+    wanted = [name for name in target if name.startswith(prefixes)]
+    missing = [name for name in wanted if name not in source]
+    if missing:
+        raise ValueError(f"{folder} lacks {len(missing)} encoder tensor(s) of this model, e.g. {missing[:3]}")
+    for name in wanted:
+        if source[name].shape != target[name].shape:
+            raise ValueError(f"{folder}: {name} has shape {tuple(source[name].shape)}, the model {tuple(target[name].shape)}")
+        target[name].copy_(source[name].to(target[name].dtype))
+    return wanted
