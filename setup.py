@@ -94,7 +94,7 @@ EXTRAS = {
 # yt-dlp, ...) that its evaluator and CLI never import. The extra lists what they do import beyond "eval"
 # (about 80 MB with lmms-eval, evaluation/README.md). filelock<4: lmms-eval 0.7.3's evaluator patches
 # `filelock._api.FileLockMeta`, which filelock 4 removed (every evaluation fails at start with filelock 4.x).
-# av: the plugin decodes the videos of upstream tasks such as vsibench (evaluation/lmms_eval_plugin/visual_frames.py);
+# av: the plugin decodes the videos of upstream tasks such as vsibench (evaluation/lmms_eval_plugin/models/gap_mllm.py);
 # 14 or later, whose decoded frames carry the display matrix that turns a phone video upright (cli/uploads.py).
 EXTRAS["lmms"] = sorted(set(EXTRAS["eval"]) | {"loguru>=0.7", "sacrebleu>=2.4", "pytz>=2024.1", "tenacity>=8.3",
                                                "pytablewriter>=1.2", "pyyaml>=6", "jinja2>=3", "filelock>=3.16,<4",

@@ -2,14 +2,22 @@
 `max_frames`), one scene name per video, the task's generation settings (greedy only, its budget and stop strings)."""
 
 import av
-import torch
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from gap_mllm.evaluation.lmms_eval_plugin.upstream_requests import (DEFAULT_MAX_NEW_TOKENS, UpstreamGeneration,
-                                                                    cut_at_stop_strings, generation_of, upstream_request)
-from gap_mllm.evaluation.lmms_eval_plugin.visual_frames import FrameCache, check_visuals, read_frames, scene_name
+from gap_mllm.evaluation.lmms_eval_plugin.models.gap_mllm import (
+    DEFAULT_MAX_NEW_TOKENS,
+    FrameCache,
+    UpstreamGeneration,
+    check_visuals,
+    cut_at_stop_strings,
+    generation_of,
+    read_frames,
+    scene_name,
+    upstream_request,
+)
 
 FRAMES = 10
 

@@ -7,9 +7,9 @@
 It answers two kinds of documents. The plugin's own (`gap-mllm export-lmms`: ScanRefer, Scan2Cap, detection, spatial
 QA) are answered as `gap-mllm evaluate` answers their records (below). Any other task whose documents give images or a
 video (`doc_to_visual`) and a text prompt (`output_type: generate_until`; e.g. lmms-eval's own `vsibench`) is answered
-on frames sampled as ../visual_frames.py documents (`max_frames`, default 32), with the task's prompt after the
-views, greedy, the task's budget and stop strings (../upstream_requests.py); documents showing the same video are
-batched together and answered from one encoding of it (scene reuse).
+on frames sampled as `read_frames` documents (`max_frames`, default 32), with the task's prompt after the views,
+greedy, the task's budget and stop strings (`generation_of`); documents showing the same video are batched together
+and answered from one encoding of it (scene reuse).
 
     --model gap_mllm --model_args pretrained=CKPT,max_frames=32 --tasks vsibench
 
@@ -41,22 +41,28 @@ scene's questions may be answered on several processes; each process still group
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 
+import PIL.Image
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
 from gap_mllm.cli.model_source import check_model_source
+from gap_mllm.cli.uploads import CLI_WORDS, IMAGE_SUFFIXES, VIDEO_SUFFIXES, UploadLimits, load_frames, uniform_indices
 from gap_mllm.mini import default_model_path
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
+from gap_mllm.tasks_gap_mllm import IMAGE_PLACEHOLDER, placeholders_from_segments
 
 from ...batched_answers import answer_in_batches
+from ...generation import Request
 from ...scene_generation import SceneGenerator, scene_groups
 from .. import LMMS_EVAL_REQUIREMENT, LMMS_EVAL_VERSION
 from ..documents import DOCUMENT_KEYS, benchmark_of, check_document, record_of, request_for
-from ..upstream_requests import cut_at_stop_strings, generation_of, upstream_request
-from ..visual_frames import DEFAULT_MAX_FRAMES, FrameCache, check_visuals, scene_name
 from ..vllm_backend import DEFAULT_MAX_CONCURRENCY, DEFAULT_SERVED_MODEL_NAME, DEFAULT_TIMEOUT_S, VllmAnswerer
 
 BACKENDS = ("hf", "vllm")
@@ -217,8 +223,7 @@ class GapMllm(lmms):
         return all(key in doc for key in DOCUMENT_KEYS)
 
     def _answer_upstream(self, requests: list[Instance]) -> list[str]:
-        """Texts of upstream `generate_until` requests (../visual_frames.py, ../upstream_requests.py), in request
-        order: grouped by task settings, then by scene (documents of one video together, encoded once)."""
+        """Texts of upstream `generate_until` requests (`read_frames`, `generation_of`), in request order: grouped by task settings, then by scene (documents of one video together, encoded once)."""
         if not requests:
             return []
         if self.engine is not None:
@@ -311,3 +316,182 @@ class GapMllm(lmms):
                 for j, i in enumerate(batch):
                     answers[i] = texts[j]
         return answers
+
+
+# ---- upstream tasks: the frames of a document's visuals (`doc_to_visual`)
+
+DEFAULT_MAX_FRAMES = 32  # the official multi-view frame count (ScanRefer / Scan2Cap inference)
+# Reading a document's own files: no upload limits on size or length (a benchmark's videos run for minutes), and no
+# resize (the processor's job); a video is still sampled down to max_frames.
+UNLIMITED = {"max_file_bytes": 1 << 40, "max_side": 1 << 20, "max_video_seconds": float("inf"), "max_video_frames": 1 << 30}
+
+
+def _is_video(visual) -> bool:
+    return isinstance(visual, (str, os.PathLike)) and Path(visual).suffix.lower() in VIDEO_SUFFIXES
+
+
+def _describe(visual) -> str:
+    return type(visual).__name__ if not isinstance(visual, (str, os.PathLike)) else repr(str(visual))
+
+
+def check_visuals(visuals, where: str) -> list:
+    """The document's visuals as a list: one video path, or image paths / PIL images; a ValueError naming `where`
+    for anything else (audio, no visual, a video among other visuals)."""
+    if isinstance(visuals, (str, os.PathLike, PIL.Image.Image)):
+        visuals = [visuals]
+    visuals = list(visuals or [])
+    if not visuals:
+        raise ValueError(f"{where}: doc_to_visual gave no image or video; gap_mllm answers questions about frames")
+    videos = [v for v in visuals if _is_video(v)]
+    if videos and len(visuals) > 1:
+        raise ValueError(f"{where}: doc_to_visual gave a video with {len(visuals) - 1} other visual(s); gap_mllm reads "
+                         "one video or a list of images as the views of one scene")
+    for visual in visuals:
+        is_image_path = isinstance(visual, (str, os.PathLike)) and Path(visual).suffix.lower() in IMAGE_SUFFIXES
+        if not (_is_video(visual) or is_image_path or isinstance(visual, PIL.Image.Image)):
+            raise ValueError(f"{where}: doc_to_visual gave {_describe(visual)}; gap_mllm reads images (PIL or "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES))}) or one video ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    return visuals
+
+
+def scene_name(visuals: list, max_frames: int) -> str:
+    """A name for the frames of `visuals` (checked), the same for documents that show the same video or images:
+    files by path, size and modification time, in-memory images by a hash of their pixels."""
+    parts = []
+    for visual in visuals:
+        if isinstance(visual, PIL.Image.Image):
+            digest = hashlib.sha1(f"{visual.mode}{visual.size}".encode())
+            digest.update(visual.tobytes())
+            parts.append(f"pixels:{digest.hexdigest()}")
+        else:
+            path = Path(visual).resolve()
+            stat = path.stat() if path.exists() else None  # a missing file is named when its frames are read
+            parts.append(f"file:{path}:{stat.st_size if stat else '-'}:{stat.st_mtime_ns if stat else '-'}")
+    return f"frames<={max_frames}|" + "|".join(parts)
+
+
+def read_frames(visuals: list, max_frames: int) -> list[PIL.Image.Image]:
+    """The views of `visuals` (checked by `check_visuals`), every frame one view of one scene:
+
+        one video path (.mp4 .webm .mov .avi .mkv)   `max_frames` frames at evenly spaced indices over the whole video
+                                                      (`round(linspace(0, n - 1, max_frames))`, all n when
+                                                      n <= max_frames, in order), decoded with PyAV (cli/uploads.py,
+                                                      the Space's and `gap-mllm predict`'s decoder)
+        image paths or PIL images                    every image, in order; more than `max_frames` are sampled down
+                                                      the same way
+
+    Count: `max_frames` (a model argument) defaults to 32, the frame count of the official GAP-MLLM multi-view tasks
+    (ScanRefer and Scan2Cap inference, 32 views; VG-LLM evaluates VSI-Bench with 32 frames too). Size: frames are
+    passed as decoded; the checkpoint's processor resizes them as the official inference does for its frames (its
+    `preprocessing_mode`: "official_inference" for a converted official checkpoint: JPEG q75 round trip, VGGT crop to
+    width 518, then 416x544 for a 4:3 frame, 221 visual tokens; "grid": smart_resize within the image processor's
+    pixel limits; docs/method.md §2.3), and frames of another size than the first are resized to it (VGGT attends
+    across them): frames of another aspect ratio are refused, never stretched (gap_mllm.processing_gap_mllm
+    `check_one_aspect_ratio`).
+    """
+    limits = UploadLimits(max_files=1, max_frames=max_frames, **UNLIMITED)
+    if _is_video(visuals[0]):
+        return load_frames([visuals[0]], limits, words=CLI_WORDS)
+    if len(visuals) > max_frames:
+        visuals = [visuals[i] for i in uniform_indices(len(visuals), max_frames)]
+    return [v.convert("RGB") if isinstance(v, PIL.Image.Image) else load_frames([v], limits, words=CLI_WORDS)[0]
+            for v in visuals]
+
+
+class FrameCache:
+    """Frames of the last `capacity` scenes read (a scene's documents come together, so each video is decoded once).
+
+    Documents of one video are one scene: their frames are decoded once and carry one `scene` name (`scene_name`), so
+    scene reuse encodes the video once for all its questions (evaluation/scene_generation.py).
+    """
+
+    def __init__(self, max_frames: int = DEFAULT_MAX_FRAMES, capacity: int = 4):
+        if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+            raise ValueError(f"max_frames must be a positive number of frames, got {max_frames!r}")
+        self.max_frames, self.capacity = max_frames, capacity
+        self._frames: OrderedDict[str, list[PIL.Image.Image]] = OrderedDict()
+        self.reads = 0  # scenes decoded (a test counts them)
+
+    def frames(self, name: str, visuals: list) -> list[PIL.Image.Image]:
+        """The frames of `visuals`, whose `scene_name` is `name`."""
+        if name in self._frames:
+            self._frames.move_to_end(name)
+            return self._frames[name]
+        frames = read_frames(visuals, self.max_frames)
+        self.reads += 1
+        self._frames[name] = frames
+        while len(self._frames) > self.capacity:
+            self._frames.popitem(last=False)
+        return frames
+
+
+# ---- upstream tasks: the prompt and generation settings of a document
+
+DEFAULT_MAX_NEW_TOKENS = 128  # lmms-eval's Qwen3-VL model's budget for a task that names none
+FEWSHOT_DELIMITER = "\n\n"  # lmms-eval's default `until`, added to every task without one (api/task.py)
+GREEDY_KEYS = ("temperature", "top_p", "top_k", "num_beams", "do_sample")
+
+
+@dataclass(frozen=True)
+class UpstreamGeneration:
+    """A task's generation settings as GAP-MLLM applies them (`generation_of`)."""
+
+    max_new_tokens: int
+    until: tuple[str, ...]
+
+
+def generation_of(gen_kwargs: dict | None, task: str, cap: int | None) -> UpstreamGeneration:
+    """The settings of a request's `gen_kwargs` (lmms-eval's `generation_kwargs` of the task), as the `gap_mllm` model
+    asks and stops for an upstream task (`generate_until`, any task's documents):
+
+        prompt    the views, then the task's text (`doc_to_text`, lmms-eval's context): the one chat layout of every
+                  GAP-MLLM prompt (docs/method.md §3.1), written as one `<image>` per view followed by the text
+                  (`upstream_request`)
+        decoding  greedy (a task asking for sampling or beam search is refused: the numbers would not be GAP-MLLM's
+                  evaluation), the task's `max_new_tokens`, or 128 when it names none (lmms-eval's Qwen3-VL model's
+                  default), capped by `cap` (the model argument `max_new_tokens`)
+        stopping  at EOS or the budget; the text is then cut before the first of the task's `until` strings
+                  (lmms-eval's convention, `cut_at_stop_strings`). "\\n\\n" is not one of them: it is the few-shot
+                  delimiter lmms-eval adds to every task that names no stop string, which lmms-eval's own Qwen3-VL
+                  model drops as well.
+
+    A GAP-MLLM task (the plugin's own documents) stops at the end of its registry answer instead (documents.py).
+
+    Raises:
+        ValueError: naming the task, for sampling, beam search, or a budget or stop string that is not one.
+    """
+    kwargs = dict(gen_kwargs or {})
+    if str(kwargs.get("do_sample", False)).lower() in ("true", "1") or float(kwargs.get("temperature") or 0) > 0:
+        raise ValueError(f"gap_mllm: task {task!r} asks for sampling; GAP-MLLM is evaluated greedily")
+    if int(kwargs.get("num_beams") or 1) != 1:
+        raise ValueError(f"gap_mllm: task {task!r} asks for beam search (num_beams={kwargs['num_beams']}); GAP-MLLM is "
+                         "evaluated greedily")
+    budget = kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"gap_mllm: task {task!r} asks for max_new_tokens={budget!r}; expected a positive whole number")
+    until = kwargs.get("until") or []
+    until = [until] if isinstance(until, str) else list(until)
+    if not all(isinstance(text, str) and text for text in until):
+        raise ValueError(f"gap_mllm: task {task!r} has stop strings {until!r}; expected non-empty texts")
+    return UpstreamGeneration(min(budget, cap) if cap is not None else budget,
+                              tuple(text for text in until if text != FEWSHOT_DELIMITER))
+
+
+def upstream_request(context: str, frames: list, scene: str, generation: UpstreamGeneration, sample: str) -> Request:
+    """The model call of one document: its frames (one scene named `scene`), then `context`.
+
+    Raises:
+        ValueError: the context holds `<image>`, this package's view placeholder (its views would shift).
+    """
+    if IMAGE_PLACEHOLDER in context:
+        raise ValueError(f"gap_mllm: {sample}: the prompt holds {IMAGE_PLACEHOLDER!r}; gap_mllm puts the document's "
+                         "views before its text and reads no placeholders in a task's text")
+    prompt = placeholders_from_segments([None] * len(frames) + [context])
+    return Request(images=list(frames), prompt=prompt, max_new_tokens=generation.max_new_tokens, task=None,
+                   stop_at_answer_end=False, sample=sample, scene=scene)
+
+
+def cut_at_stop_strings(text: str, until: tuple[str, ...]) -> str:
+    """`text` up to the first occurrence of any stop string (all of it when none occurs)."""
+    cut = min((text.find(stop) for stop in until if stop in text), default=len(text))
+    return text[:cut]
