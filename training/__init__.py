@@ -3,7 +3,7 @@
     from gap_mllm.training import GeometryAlignedModel, GeometryAlignedTrainer, load_recipe, run_training
 
 Modules: config (recipes), param_groups (freezing + optimizer groups), geometry_aligned_model (training
-forward), aux_heads / aux_losses / aux_targets (optional objectives), trainer, feature_cache, data,
+forward and auxiliary heads), aux_losses / aux_targets (optional objectives), trainer, feature_cache, data,
 bad_samples, lora, sft (TRL), model_loading (the model a recipe starts from), run, train_cli (`gap-mllm train`).
 See training/README.md.
 
