@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lmms_eval.tasks.vsibench import utils as vsibench
 
-from gap_mllm.processing.tasks.spatial_qa import score_answer
-from gap_mllm.processing.vsibench_answers import NUMBER_WORDS, extract_number
+from gap_mllm.processing.tasks.spatial_qa import NUMBER_WORDS, extract_number, score_answer
 
 TEXTS = ["3", " 3", "3.", "3.50 meters", "-2.5", "1e3", "about 4 m", "three", "Three boxes.", "twenty-one",
          "three hundred and twenty-one", "two thousand and five", "one apple, room 2", "room 2, one apple", "none",
