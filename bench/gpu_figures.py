@@ -13,7 +13,7 @@ lands flat in `--out` (at most 8: one JSON per arm, `gpu_figures.json` with each
 the end of its output, and `gpu_figures.log`, whose repeated warning lines are kept once with their count). The arms
 run by importance: the training arms (30 steps crossing every bucket, each step checked finite; with and without
 activation checkpointing), evaluation at scale. The call ends with one table (arm, status, key figure, verdict) and
-the kernel verdicts that training/configs/gpu_verdicts.json takes (training/gpu_verdicts.py: a switch is on by default
+the kernel verdicts that training/configs/gpu_verdicts.json takes (training/kernels.py: a switch is on by default
 on CUDA only where they say EARNED). Arms that cannot run there are recorded as skipped with the reason:
 flash-attn-4 (its CUDA 13 libraries, 92 MB, exceed what a device call carries), vLLM (its own multi-GB environment,
 `make vllm-venv`), DeepSpeed ZeRO (not installed there). bench/README.md, "One call on a GPU", holds the figures.

@@ -1,5 +1,5 @@
 """The end of `make gpu-figures`: one table (arm, status, key figure, verdict), the kernel verdicts that decide the
-CUDA defaults (training/gpu_verdicts.py), and a log without its thousand repeated warnings.
+CUDA defaults (training/kernels.py), and a log without its thousand repeated warnings.
 
     collapse_repeats(text)          each line once, in order, and one count line per line repeated 3 times or more
     key_figure(name, path)          the figure that says most of an arm's JSON, in one short line
@@ -110,11 +110,11 @@ def key_figure(name: str, path: Path) -> str:
 
 
 def switch_verdicts(out: Path) -> dict:
-    """The kernel verdicts (training/gpu_verdicts.py) from this call's train_arms.json; {} without it."""
+    """The kernel verdicts (training/kernels.py) from this call's train_arms.json; {} without it."""
     import importlib
 
     importlib.invalidate_caches()  # the package was installed by this process (gpu_figures.py's install step)
-    from gap_mllm.training.gpu_verdicts import verdicts_from_arms
+    from gap_mllm.training.kernels import verdicts_from_arms
 
     measurements = _document(out / "train_arms.json").get("measurements", {})
     return verdicts_from_arms(measurements) if measurements else {}

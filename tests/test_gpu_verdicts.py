@@ -1,4 +1,4 @@
-"""The CUDA defaults follow the committed GPU figures (training/gpu_verdicts.py, training/configs/gpu_verdicts.json):
+"""The CUDA defaults follow the committed GPU figures (training/kernels.py, training/configs/gpu_verdicts.json):
 the verdict rule itself, `resolve_kernels` on a simulated CUDA machine, the shipped recipes' packing, and the end of
 `make gpu-figures` (its table and its log without repeated warnings)."""
 
@@ -14,7 +14,7 @@ from gap_mllm.training import kernels
 from gap_mllm.training.activation_checkpointing import checkpoints_activations
 from gap_mllm.training.config import load_recipe, recipe_from_dict
 from gap_mllm.training.device import apply_device_plan
-from gap_mllm.training.gpu_verdicts import (
+from gap_mllm.training.kernels import (
     MIN_STEPS,
     NOT_MEASURED,
     SWITCH_ARMS,

@@ -396,8 +396,8 @@ def liger_pieces_stand_in(monkeypatch):
 def test_the_switches_reach_the_language_model(tmp_path, recon_dataset, liger_pieces_stand_in, monkeypatch):
     """`liger_language_model` puts Liger's RMSNorm in every norm of Qwen3-VL's text model (sharing the weights: the
     state dict keeps its names and tensors), its SwiGLU in every MLP and its RoPE in the attention, and the patched
-    model computes the unpatched loss (stand-ins with Qwen3's math; training/liger_qwen3_vl.py); `compile_layers`
-    compiles every decoder layer on its own (regional), statically with length buckets."""
+    model computes the unpatched loss (stand-ins with Qwen3's math; kernels.apply_liger_to_qwen3_vl_text);
+    `compile_layers` compiles every decoder layer on its own (regional), statically with length buckets."""
     calls, liger_norm = liger_pieces_stand_in
     compiled = []
     monkeypatch.setattr(run, "check_kernels", lambda settings, plan: None)
@@ -433,7 +433,7 @@ def test_the_switches_reach_the_language_model(tmp_path, recon_dataset, liger_pi
 def test_liger_pieces_that_do_not_import_are_named(monkeypatch):
     """A liger-kernel whose building blocks fail to import (here: absent) is named with the option, not a bare
     ImportError from inside the first step."""
-    from gap_mllm.training.liger_qwen3_vl import apply_liger_to_qwen3_vl_text
+    from gap_mllm.training.kernels import apply_liger_to_qwen3_vl_text
 
     monkeypatch.setitem(sys.modules, "liger_kernel", None)
     language_model = tiny()[0].vlm.model.language_model
@@ -444,7 +444,7 @@ def test_liger_pieces_that_do_not_import_are_named(monkeypatch):
 
 def test_liger_refuses_a_mlp_it_cannot_compute(liger_pieces_stand_in, monkeypatch):
     """A non-SiLU MLP is refused before anything is patched (Liger's SwiGLU computes SiLU only)."""
-    from gap_mllm.training.liger_qwen3_vl import apply_liger_to_qwen3_vl_text
+    from gap_mllm.training.kernels import apply_liger_to_qwen3_vl_text
 
     language_model = tiny()[0].vlm.model.language_model
     monkeypatch.setattr(language_model.config, "hidden_act", "gelu")

@@ -291,7 +291,7 @@ class KernelConfig:
     graph_geometry_encoder: the frozen VGGT encoder's forward replayed as one CUDA graph per input shape
         (training/cuda_graph_forward.py): its thousands of kernel launches a step become one; CUDA only, not under
         DeepSpeed ZeRO-3 or FSDP (their hooks gather the encoder's weights inside its forward).
-    Each is on by default only where the latest GPU figures earned it (training/gpu_verdicts.py).
+    Each is on by default only where the latest GPU figures earned it (training/kernels.py `earned_switches`).
     """
 
     liger_fused_linear_cross_entropy: bool | None = None

@@ -10,7 +10,7 @@
                                 answer tokens (training/geometry_aligned_model.py), instead of logits + cross-entropy.
     kernels.liger_language_model
                                 Liger's kernels in the inner language model: RMSNorm (layers, q/k norms, final norm),
-                                RoPE and SwiGLU, put in place from Liger's building blocks (training/liger_qwen3_vl.py:
+                                RoPE and SwiGLU, put in place from Liger's building blocks (`apply_liger_to_qwen3_vl_text`:
                                 Liger 0.8.5's own Qwen3-VL patcher fails to import with transformers 5.23); its RoPE
                                 replaces Qwen3-VL's module function, so every Qwen3-VL of the process uses it.
     kernels.compile_layers      regional compile: each decoder layer of the language model `torch.compile`d on its
@@ -22,7 +22,7 @@
 
 The five kernel switches are `None` by default: ON on a CUDA run where they can run (liger-kernel installed; torch with
 Triton for the compile; compiled layers with `data.length_buckets`) AND the latest GPU figures in the repository earned
-them (training/gpu_verdicts.py reads training/configs/gpu_verdicts.json: finite over 30 steps crossing every bucket, the
+them (`earned_switches` reads training/configs/gpu_verdicts.json: finite over 30 steps crossing every bucket, the
 loss curve of the plain path, faster than it), OFF on the CPU (inductor's CPU code was not measured to pay here) —
 `resolve_kernels` decides and logs it. `true` where the kernel cannot run is refused by name; `false` turns it off
 anywhere. A run that checkpoints activations takes the verdicts measured under checkpointing. Measured on an H100 and an
@@ -30,6 +30,10 @@ H200 (bench/README.md, the runs of 2026-11-26 and 2026-11-27): compiled layers a
 without checkpointing) and Liger's fused cross-entropy earned theirs; Liger's language-model kernels did not (slower
 than compiled layers alone, and their loss curve 0.054 away). The graphed VGGT encoder has no GPU figure yet (its arm,
 `sdpa_graph_towers_bucketed`, is in the next GPU call): off by default until one earns it.
+
+The verdicts: `verdicts_from_arms` turns the training arms of `bench/gpu_figures.py` into one verdict per switch,
+which is copied, with the figures it came from, to training/configs/gpu_verdicts.json; `earned_switches` reads that
+file (tests/test_gpu_verdicts.py checks that no shipped recipe turns on a switch, or `data.packing`, it did not earn).
 
 `check_kernels(recipe, plan)` runs before any model is loaded (training/run.py, training/encoder_stage_run.py) and
 raises `KernelUnavailableError`, one line naming the option, what is missing (the package, a CUDA device, a recent
@@ -45,15 +49,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from types import MethodType
 
 import torch
+from torch import nn
 
 from .activation_checkpointing import checkpoints_activations
 from .cuda_graph_forward import graph_geometry_encoder
-from .gpu_verdicts import earned_switches
-from .liger_qwen3_vl import apply_liger_to_qwen3_vl_text
 from .loss_weights import weighted_mix
 
 logger = logging.getLogger(__name__)
@@ -218,7 +224,7 @@ def compile_problem(device: str) -> str | None:
 
 def resolve_kernels(recipe, plan):
     """`recipe` with every kernel switch decided (module docstring): an unset (None) switch is on for a CUDA run of an
-    LLM stage where it can run and the committed GPU figures earned it (training/gpu_verdicts.py; measured under
+    LLM stage where it can run and the committed GPU figures earned it (`earned_switches`; measured under
     activation checkpointing where the recipe checkpoints; compiled layers with `data.length_buckets` only, the
     shapes they were measured at), off elsewhere (Liger's fused cross-entropy also off
     with `data.task_loss_weights`); what is decided is logged. Given switches are kept (`check_kernels` refuses those
@@ -384,3 +390,176 @@ def kernel_report(device: str | None = None) -> list[str]:
         state = f"needs {' and '.join(missing)}" if missing else "ready"
         lines.append(f"{option}: {package.distribution} {version or '-'}: {state}")
     return lines
+
+
+# ------------------------------------------------------------------------------------------ defaults the GPU figures earned
+# A default that never met a GPU corrupted runs (compiled layers + length buckets wrote NaN weights on an H100) and
+# another made steps slower (Liger). So a switch is on by default on CUDA only when the committed verdict file says its
+# arm earned it (`arm_verdict`). `SWITCH_ARMS` names each switch's arm and baseline; a `<switch>_checkpointed` entry is
+# the same switch measured under activation checkpointing, which a checkpointing run needs as well
+# (`earned_switches(checkpointing=True)`: the recompute runs the switch's kernels again).
+
+VERDICT_FILE = Path(__file__).resolve().parent / "configs" / "gpu_verdicts.json"
+MIN_STEPS = 30  # an arm that compiles or buckets: enough steps to cross every bucket and recompile
+MIN_STEPS_PLAIN = 10  # an arm without either (nothing recompiles)
+LOSS_TOLERANCE = 0.01  # packed rows moved the loss by 0.0026-0.0034 (bf16 rounding); the NaN-free default_packed by 0.054
+SPEED_MARGIN = 0.97  # 3 % faster at least: step times of one arm vary by ~1-2 % between runs on one warm GPU
+
+
+@dataclass(frozen=True)
+class SwitchArm:
+    """The training-arm (bench/bench_train_arms.py `ARMS`) that measures a switch, and the arm it must beat."""
+
+    arm: str
+    baseline: str = "sdpa"
+
+
+SWITCH_ARMS = {
+    "packing": SwitchArm("sdpa_packed"),
+    "compile_layers": SwitchArm("sdpa_compile_bucketed"),
+    "liger_fused_linear_cross_entropy": SwitchArm("sdpa_liger"),
+    "liger_language_model": SwitchArm("default", baseline="sdpa_compile_bucketed"),
+    "compile_towers": SwitchArm("sdpa_compile_towers_bucketed", baseline="sdpa_compile_bucketed"),
+    "graph_geometry_encoder": SwitchArm("sdpa_graph_towers_bucketed", baseline="sdpa_compile_towers_bucketed"),
+    # under activation checkpointing (the real-size recipes), measured as such a recipe runs on CUDA: towers compiled
+    "compile_towers_checkpointed": SwitchArm("sdpa_compile_towers_checkpointed", baseline="sdpa_checkpointed"),
+    "packing_checkpointed": SwitchArm("sdpa_packed_compile_towers_checkpointed",
+                                      baseline="sdpa_compile_towers_checkpointed"),
+    "compile_layers_checkpointed": SwitchArm("sdpa_compile_bucketed_checkpointed", baseline="sdpa_checkpointed"),
+}
+# a switch whose arm no GPU call has measured yet: its entry in the verdict file has no source and is not earned
+NOT_MEASURED = "its arm has not been measured on a GPU yet"
+CHECKPOINTED = "_checkpointed"  # the suffix of a switch's verdict under activation checkpointing
+# Liger's fused cross-entropy is the LM head and the loss, outside every checkpointed layer: checkpointing changes
+# nothing it computes, so its one verdict holds with or without. Every other switch works inside the checkpointed
+# layers (the recompute runs its kernels again, packed rows recompute per sample): its verdict without checkpointing
+# says nothing of a checkpointed run (the H200's packed rows: 0.67x plain without, 1.14x with towers compiled, with).
+CHECKPOINT_NEUTRAL = frozenset({"liger_fused_linear_cross_entropy"})
+
+
+def arm_verdict(arm: dict | None, baseline: dict | None) -> dict:
+    """`{"earned": bool, "why": str}` for one arm's record of bench_train_arms.py (`arm_<name>`) against its
+    baseline's record: earned when the arm is
+
+        finite       it trained every step (the package's divergence guard stopped none), over at least `MIN_STEPS`
+                     steps with compile or buckets (every bucket crossed), `MIN_STEPS_PLAIN` without
+        same curve   its losses stay within `LOSS_TOLERANCE` of its baseline arm's, step by step
+        faster       its median step is at most `SPEED_MARGIN` × its baseline's
+    """
+    if not arm or "skipped" in arm:
+        return {"earned": False, "why": f"not measured{': ' + arm['skipped'] if arm else ''}"}
+    if "error" in arm:
+        return {"earned": False, "why": f"failed: {arm['error'][:200]}"}
+    if not baseline or "losses" not in baseline:
+        return {"earned": False, "why": "its baseline arm was not measured"}
+    losses = arm.get("losses", [])
+    needed = MIN_STEPS if arm.get("compile") or arm.get("buckets") else MIN_STEPS_PLAIN
+    if len(losses) < needed:
+        return {"earned": False, "why": f"{len(losses)} steps measured, fewer than {needed}"}
+    if arm.get("buckets") and arm.get("buckets_crossed") is False:
+        return {"earned": False, "why": "not every length bucket was crossed"}
+    gap = max(abs(a - b) for a, b in zip(losses, baseline["losses"]))
+    if gap > LOSS_TOLERANCE:
+        return {"earned": False, "why": f"losses {gap:.4f} away from {baseline['name']}'s (tolerance {LOSS_TOLERANCE})"}
+    ratio = arm["median_step_s"] / baseline["median_step_s"]
+    if ratio > SPEED_MARGIN:
+        return {"earned": False, "why": f"median step {ratio:.2f}× {baseline['name']}'s (needs ≤ {SPEED_MARGIN})"}
+    return {"earned": True, "why": f"finite over {len(losses)} steps, losses within {gap:.4f}, step {ratio:.2f}× "
+                                   f"{baseline['name']}'s"}
+
+
+def verdicts_from_arms(measurements: dict) -> dict:
+    """Per switch: its arm's verdict, from bench_train_arms.py's `measurements` (`arm_<name>` records)."""
+    return {switch: {"arm": pair.arm, "baseline": pair.baseline,
+                     **arm_verdict(measurements.get(f"arm_{pair.arm}"), measurements.get(f"arm_{pair.baseline}"))}
+            for switch, pair in SWITCH_ARMS.items()}
+
+
+def load_verdicts(path: Path = VERDICT_FILE) -> dict:
+    """The committed verdict file: `{"device", "date", "source", "switches": {switch: {"earned", "why", ...}}}`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def earned_switches(path: Path = VERDICT_FILE, checkpointing: bool = False) -> dict[str, bool]:
+    """Switch name → whether the committed GPU figures earned it for a run that checkpoints activations or not
+    (`checkpointing`): with it, a switch needs its `<switch>_checkpointed` verdict too (none: not earned), unless it is
+    `CHECKPOINT_NEUTRAL`. A switch the file does not name is not earned. The names are the kernel and data switches
+    (`packing`, `compile_layers`, ...), never the `_checkpointed` verdicts themselves."""
+    switches = load_verdicts(path).get("switches", {})
+
+    def earned(name: str) -> bool:
+        return bool(switches.get(name, {}).get("earned"))
+
+    return {name: earned(name) and (not checkpointing or name in CHECKPOINT_NEUTRAL or earned(name + CHECKPOINTED))
+            for name in SWITCH_ARMS if not name.endswith(CHECKPOINTED)}
+
+
+# ------------------------------------------------------------------------------------------ Liger in Qwen3-VL's text model
+# Not Liger's own `apply_liger_kernel_to_qwen3_vl`: in liger-kernel 0.8.5 it imports its fused-loss forward for
+# Qwen3-VL first, whatever is asked, and that module needs `Qwen3VLCausalLMOutputWithPast`, which transformers 5.23 no
+# longer defines, so every call fails with an ImportError (seen on the first GPU run of `kernels.liger_language_model`).
+# It also leaves Qwen3-VL's MLP as it is (its `swiglu` argument is unused). Liger's kernels are Triton, so they run on
+# CUDA only; the CPU tests put plain-torch stand-ins of the three pieces in place and check that the patched model
+# computes what the unpatched one does.
+
+# Qwen3's RMSNorm multiplies by the weight (no 1 + w offset) and casts like Llama: Liger's "llama" mode
+QWEN3_RMS_NORM = {"offset": 0.0, "casting_mode": "llama", "in_place": True}
+SWIGLU_ACTIVATIONS = ("silu", "swish")
+
+
+def text_norms(text_model) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every RMSNorm of `text_model` (a `Qwen3VLTextModel`): per layer input, post-attention,
+    q and k norms, then the final norm."""
+    places = []
+    for layer in text_model.layers:
+        places += [(layer, "input_layernorm"), (layer, "post_attention_layernorm")]
+        attention = layer.self_attn
+        places += [(attention, name) for name in ("q_norm", "k_norm") if getattr(attention, name, None) is not None]
+    return places + [(text_model, "norm")]
+
+
+def liger_norm_like(norm: nn.Module, rms_norm_class) -> nn.Module:
+    """A `rms_norm_class` (Liger's `LigerRMSNorm`) computing what `norm` computes, sharing its weight `Parameter`."""
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps")
+    liger = rms_norm_class(norm.weight.shape[0], eps=eps, **QWEN3_RMS_NORM)
+    liger.weight = norm.weight  # the same Parameter: the optimizer, LoRA and the state dict see no change
+    return liger
+
+
+def apply_liger_to_qwen3_vl_text(text_model) -> dict[str, int]:
+    """Liger's RMSNorm, RoPE and SwiGLU in `text_model` (a `Qwen3VLTextModel`), from Liger's public pieces
+    (`LigerRMSNorm`, `liger_rotary_pos_emb`, `LigerSwiGLUMLP`) put where Liger's own patcher would, plus the MLP:
+
+    - RMSNorm: every RMSNorm of the text model (each layer's input and post-attention norms, the q/k norms, the final
+      norm) is replaced by a `LigerRMSNorm` holding the same weight `Parameter` (Qwen3's casting: "llama", offset 0),
+      so state-dict names, the optimizer's parameters and LoRA's targets stay what they are.
+    - RoPE: Qwen3-VL's module function `apply_rotary_pos_emb` becomes Liger's. It is a module global of transformers'
+      modeling file, so every Qwen3-VL text model of the process uses it from then on (as with Liger's own patcher);
+      the vision tower's RoPE is left alone (frozen tower).
+    - SwiGLU: each decoder layer's MLP computes `down(silu(gate(x)) * up(x))` with Liger's fused kernel, its Linear
+      layers untouched.
+
+    Returns how many of each were put in place ({"rms_norm": n, "swiglu": n, "rope": 1}); raises ImportError naming
+    liger-kernel when its pieces do not import, and ValueError when an MLP's activation is not SiLU (Liger's SwiGLU
+    computes SiLU only)."""
+    try:
+        from liger_kernel.transformers.rms_norm import LigerRMSNorm
+        from liger_kernel.transformers.rope import liger_rotary_pos_emb
+        from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+    except ImportError as error:
+        raise ImportError(f"kernels.liger_language_model: liger-kernel's RMSNorm, RoPE or SwiGLU does not import "
+                          f"({error})") from error
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    activation = getattr(text_model.config, "hidden_act", None)
+    if activation not in SWIGLU_ACTIVATIONS:
+        raise ValueError(f"kernels.liger_language_model: the text model's MLP activation is {activation!r}; Liger's "
+                         f"SwiGLU computes {' / '.join(SWIGLU_ACTIVATIONS)} only: set kernels.liger_language_model: "
+                         "false")
+    norms = text_norms(text_model)
+    for parent, name in norms:
+        setattr(parent, name, liger_norm_like(getattr(parent, name), LigerRMSNorm))
+    for layer in text_model.layers:
+        layer.mlp.forward = MethodType(LigerSwiGLUMLP.forward, layer.mlp)
+    modeling_qwen3_vl.apply_rotary_pos_emb = liger_rotary_pos_emb
+    return {"rms_norm": len(norms), "swiglu": len(text_model.layers), "rope": 1}
