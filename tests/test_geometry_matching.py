@@ -102,7 +102,7 @@ def test_the_tapped_logits_are_the_blocks_own_attention(train_data_root, monkeyp
 def test_the_match_and_flow_terms_train(train_data_root):
     """A few steps on fixed clips lower both terms; they are logged as parts; a layer that does not exist is
     named."""
-    from gap_mllm.training.geometry_stage import GeometryStageModel, freeze_all_but_geometry
+    from gap_mllm.training.encoder_stage_run import GeometryStageModel, freeze_all_but_geometry
 
     torch.manual_seed(0)
     model, processor = tiny_with_heads()

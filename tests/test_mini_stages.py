@@ -144,7 +144,7 @@ def test_the_camera_head_fits_the_rotations_of_fixed_clips(train_data_root):
     """The camera part of the stage-0 objective can move rotations away from the identity: a few clips are
     fitted to a third of the identity's error (8 against 38 degrees at 40 steps) (a head or a target that cannot learn would stay there)."""
     from gap_mllm.evaluation.geometry_eval import evaluate_geometry
-    from gap_mllm.training.geometry_stage import GeometryStageModel, freeze_all_but_geometry
+    from gap_mllm.training.encoder_stage_run import GeometryStageModel, freeze_all_but_geometry
 
     torch.manual_seed(0)
     model, processor = tiny_with_heads()
@@ -170,7 +170,7 @@ def test_the_camera_head_fits_the_rotations_of_fixed_clips(train_data_root):
 def test_the_point_term_trains_the_point_head_on_first_frame_pointmaps(train_data_root):
     """geometry.point_weight > 0 adds VGGT's pointmap loss: a few steps on fixed clips lower it, and reach
     the point head; without a point head the stage says which setting is missing."""
-    from gap_mllm.training.geometry_stage import GeometryStageModel, freeze_all_but_geometry
+    from gap_mllm.training.encoder_stage_run import GeometryStageModel, freeze_all_but_geometry
 
     torch.manual_seed(0)
     model, processor = build_tiny_model(seed=0, geometry_config={**HEADS, "use_point_head": True})

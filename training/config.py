@@ -241,7 +241,7 @@ class RunStateConfig:
 @dataclass
 class GeometryStageConfig:
     """Stage "geometry" (stage 0): the geometry encoder + camera/depth heads on exact ground truth
-    (training/geometry_stage.py). Clips of `clip_frames` frames spread over `window_fraction` of a scene
+    (training/encoder_stage_run.py). Clips of `clip_frames` frames spread over `window_fraction` of a scene
     (training clips: a share drawn in [min_window_fraction, window_fraction] when the minimum is set; held-out
     clips always use `window_fraction`). `match_*` and `flow_*`: the cross-view matching terms
     (training/cross_view_matching.py), off at weight 0."""
@@ -252,7 +252,7 @@ class GeometryStageConfig:
     num_clips: int = 1_000_000
     camera_weight: float = 1.0
     depth_weight: float = 1.0
-    point_weight: float = 0.0  # VGGT's pointmap term (training/geometry_stage.py); needs use_point_head
+    point_weight: float = 0.0  # VGGT's pointmap term (training/encoder_stage_run.py); needs use_point_head
     gradient_weight: float = 1.0
     confidence_alpha: float = 0.2
     iteration_gamma: float = 0.6
@@ -266,11 +266,11 @@ class GeometryStageConfig:
 
 @dataclass
 class VisionStageConfig:
-    """Stage "vision" (stage 0): the Qwen ViT on SynthRooms semantics (training/vision_stage.py)."""
+    """Stage "vision" (stage 0): the Qwen ViT on SynthRooms semantics (training/encoder_stage_run.py)."""
 
     marker_probability: float = 0.5
     marker_weight: float = 1.0
-    position_weight: float = 1.0  # the token-position term (training/vision_stage.py says why); 0 turns it off
+    position_weight: float = 1.0  # the token-position term (training/encoder_stage_run.py says why); 0 turns it off
 
 
 @dataclass

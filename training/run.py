@@ -260,7 +260,7 @@ def _geometry_objective(recipe: TrainRecipe) -> str:
     return "stage-0 geometry objective: " + ", ".join(parts)
 
 
-# what a stage-0 run trains on, in the record's `tasks` (training/geometry_stage.py, training/vision_stage.py)
+# what a stage-0 run trains on, in the record's `tasks` (training/encoder_stage_run.py)
 ENCODER_STAGE_OBJECTIVES = {
     "geometry": _geometry_objective,
     "vision": lambda recipe: "stage-0 vision objective: per-token semantics and position",

@@ -11,7 +11,7 @@ of SynthRooms frames, read from the exact instance masks and the scene ground tr
                 `marker_probability` of the frames exactly as the processor paints it, so the frozen ViT can
                 later show the LLM where the marker is
     position    the token's cell centre (column, row) in [-1, 1] of the image (left/top = -1): where the
-                token lies, which the real Qwen ViT knows and every 3D answer needs (training/vision_stage.py)
+                token lies, which the real Qwen ViT knows and every 3D answer needs (training/encoder_stage_run.py)
 
 `SemanticFrames(data_root, split, processor)[i]` is one frame (frame `i` of the split's frames in a fixed
 order); `SemanticCollator(processor)` turns frames into the ViT input (`pixel_values`, `image_grid_thw`)
