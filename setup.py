@@ -71,7 +71,7 @@ EXTRAS = {
     "train": ["datasets==5.2.0", "accelerate==1.15.0", "peft==0.21.2", "trl==1.16.0", "pyyaml>=6", "pycocoevalcap>=1.2"],
     "eval": ["datasets==5.2.0", "evaluate==0.4.6", "pycocoevalcap>=1.2", "matplotlib>=3.8", "accelerate==1.15.0"],
     # `gap-mllm space` (the Gradio Space). spaces: Hugging Face's ZeroGPU decorator, a no-op off ZeroGPU
-    # (cli/space_gpu.py); it requires gradio. pillow<13 because gradio 6 requires it: named here so that the one
+    # (cli/space_backend.py); it requires gradio. pillow<13 because gradio 6 requires it: named here so that the one
     # environment the package and the Space share resolves to a pillow both accept (the package itself runs on
     # pillow 10 and later, CORE). make install installs this extra (it is part of "dev").
     "space": ["gradio>=6,<7", "pillow>=10,<13", "trimesh>=4", "av>=14", "matplotlib>=3.8", "spaces==0.51.3"],

@@ -10,12 +10,21 @@ Space's "tiny" test model is built with small, random heads so that path runs th
 the output also holds the exact answer and the model's held-out score of the task (`SpaceOutput.reference`). Every
 request is logged (logger `gap_mllm.space`; space_ui.py stamps each line with the local clock time) when it starts and
 when it finishes, so the server log shows that the queue runs requests one at a time, and with its task (on ZeroGPU
-also the GPU duration it asks for: space_gpu.py); a request the user can fix (`USER_ERRORS`: the page shows it as a
+also the GPU duration it asks for: `gpu_seconds`); a request the user can fix (`USER_ERRORS`: the page shows it as a
 toast) is one more line, "request N refused: <message>", without a traceback, which a real bug still gets.
+
+A request's model work is one call, wrapped in `@spaces.GPU(duration=...)` for Hugging Face's ZeroGPU, which lends a
+GPU only inside functions the `spaces` package's decorator wraps; everywhere else (CPU Basic, a dedicated GPU, a
+laptop) the decorator returns the function unchanged, and without the `spaces` package the call is the plain function
+(`gpu_function`). The Space loads its model on the CPU at start and moves it to CUDA inside that call, when CUDA is
+there (`move_to_gpu`). On ZeroGPU the call runs in a forked worker that holds the GPU: its arguments and its result are
+pickled across the process boundary, and whatever the call leaves on the GPU lives in that worker only, so the session
+scene store is off there.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import math
@@ -25,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +44,7 @@ import torch
 from gap_mllm.mini.identity import is_gap_mllm_mini
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note
 from gap_mllm.processing.tasks import LiveMapping, package_tasks
+from gap_mllm.tasks_gap_mllm import TaskSpec
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .example_reference import reference_lines, request_text
@@ -59,7 +70,6 @@ from .scenes import (
     synthetic_scene,
     unmarked_geometry_images,
 )
-from .space_gpu import gpu_function, gpu_line, gpu_seconds, move_to_gpu, on_zero_gpu, request_line
 from .task_request import example_request
 from .tasks import TaskRequest, check_request, run_task
 from .uploads import UploadError, UploadLimits, load_frames
@@ -233,7 +243,7 @@ class SpaceBackend:
         self._examples = {}
         self._numbers = itertools.count(1)  # request numbers for the log (next() is atomic in CPython)
         # The next question about the same frames reuses the session's encoded scene (scene_store.py); not on ZeroGPU,
-        # where the encoded scene would stay in the worker of one GPU call (space_gpu.py)
+        # where the encoded scene would stay in the worker of one GPU call (module docstring)
         self.scenes = (SceneStore(settings.scene_sessions, settings.scene_bytes)
                        if settings.scene_sessions > 0 and not on_zero_gpu() else None)
         # the model work of a request, inside @spaces.GPU(duration=...) (a no-op off ZeroGPU)
@@ -364,7 +374,7 @@ class SpaceBackend:
             LOG.info("request %d finished (%.2f s)", number, time.monotonic() - started)
 
     def gpu_seconds(self, scene, request, inputs=None, session=None) -> int:
-        """The ZeroGPU duration of a request (space_gpu.py; the arguments are those of the GPU call)."""
+        """The ZeroGPU duration of a request (`gpu_seconds`; the arguments are those of the GPU call)."""
         return gpu_seconds(request.spec, self.settings.max_new_tokens)
 
     def _answer(self, scene, request, inputs=None, session=None):
@@ -419,3 +429,87 @@ class SpaceBackend:
         if self.scores is not None:
             text.append(self.scores.line(request.task))
         return "\n".join(text)
+
+
+# ---- ZeroGPU: the GPU call of a request, its duration and the server log's lines about it
+
+# Greedy decoding of the real-size GAP-MLLM (Qwen3-VL-2B + VGGT-1B aggregator, bfloat16, batch 1, 4 views), measured
+# on an H100: bench/real_size_h100.json, "generate" (28.0 tokens/s; 0.14 s for the prefill and the first token).
+DECODE_TOKENS_PER_SECOND = 28.0
+# Moving the 3.2 B parameters to the GPU, the geometry encoder and prefill of up to 8 views, VGGT's reconstruction
+# heads on uploads and the gate pass: a round bound on what the decode rate leaves out, not a measurement.
+SETUP_SECONDS = 10.0
+# ZeroGPU's GPU is a MIG slice of an H200 (3g.71gb: 60 of its 132 SMs), not the H100 the rate was measured on.
+SAFETY = 1.5
+
+
+def gpu_seconds(task: TaskSpec, max_new_tokens: int | None = None) -> int:
+    """The ZeroGPU duration (seconds) a request of `task` asks for.
+
+    ZeroGPU reserves the GPU for the `duration` the call asks, stops a call that runs longer, and charges the
+    visitor's daily GPU quota by it. Each request asks for
+
+        ceil(SAFETY * (SETUP_SECONDS + budget / DECODE_TOKENS_PER_SECOND)) seconds
+
+    where `budget` is the task's token budget (tasks_gap_mllm.py: detection 1,280, grounding 192, captioning 256,
+    reconstruction 96), or `max_new_tokens` (GAP_MLLM_MAX_TOKENS) when that is lower: detection 84 s, captioning
+    29 s, grounding 26 s, reconstruction 21 s.
+    """
+    budget = task.max_new_tokens if max_new_tokens is None else min(task.max_new_tokens, max_new_tokens)
+    return math.ceil(SAFETY * (SETUP_SECONDS + budget / DECODE_TOKENS_PER_SECOND))
+
+
+def spaces_version() -> str | None:
+    """The installed `spaces` package's version, or None without it."""
+    if importlib.util.find_spec("spaces") is None:
+        return None
+    from importlib.metadata import version
+
+    return version("spaces")
+
+
+def on_zero_gpu() -> bool:
+    """Whether this process runs on ZeroGPU hardware (the `spaces` package reads SPACES_ZERO_GPU)."""
+    if spaces_version() is None:
+        return False
+    from spaces.config import Config
+
+    return bool(Config.zero_gpu)
+
+
+def gpu_function(function: Callable, duration: Callable[..., int]) -> Callable:
+    """`function` wrapped in `@spaces.GPU(duration=duration)` (`duration` takes `function`'s arguments and returns
+    seconds); the function itself when `spaces` is not installed (then no ZeroGPU can be asked anyway)."""
+    if spaces_version() is None:
+        return function
+    import spaces
+
+    return spaces.GPU(duration=duration)(function)
+
+
+def move_to_gpu(model) -> torch.device:
+    """Move `model` to CUDA when CUDA is available (a no-op once it is there); returns where it is."""
+    if torch.cuda.is_available() and model.device.type != "cuda":
+        model.to("cuda")
+    return model.device
+
+
+def gpu_line() -> str:
+    """One line for the server log: where this Space's GPU work runs. Only on ZeroGPU does a request ask for a GPU
+    duration (`request_line`); elsewhere the line says which device this process has."""
+    version = spaces_version()
+    device = "on CUDA" if torch.cuda.is_available() else "on the CPU (no CUDA)"
+    if version is None:
+        return f"GPU: spaces is not installed; requests run in this process, {device}"
+    if on_zero_gpu():
+        return (f"GPU: spaces {version}, ZeroGPU: every request runs inside @spaces.GPU with the duration its line "
+                "states (cli/space_backend.py)")
+    return f"GPU: spaces {version}, not on ZeroGPU: @spaces.GPU is a no-op, requests run in this process, {device}"
+
+
+def request_line(number: int, task: TaskSpec, max_new_tokens: int | None = None) -> str:
+    """The server log's line for request `number` before its model work: its task, and on ZeroGPU the duration it
+    asks for (`gpu_seconds`); off ZeroGPU no duration is asked for, so none is stated."""
+    if on_zero_gpu():
+        return f"request {number}: {task.name}, ZeroGPU duration {gpu_seconds(task, max_new_tokens)} s"
+    return f"request {number}: {task.name}"

@@ -289,7 +289,7 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
     spec = request.spec
     if inputs is None:
         inputs = checked_inputs(processor, views, request)
-    # on the model's device: the Space moves the model to CUDA inside its GPU call (space_gpu.py)
+    # on the model's device: the Space moves the model to CUDA inside its GPU call (space_backend.py)
     inputs = inputs.to(model.device)
     if scenes is not None:
         generated, input_ids, gates, image_grid_thw = answer_on_stored_scene(

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gap_mllm.cli import space_backend, space_gpu
-from gap_mllm.cli.space_backend import SpaceBackend, SpaceSettings
-from gap_mllm.cli.space_gpu import gpu_function, gpu_seconds, move_to_gpu, request_line
+from gap_mllm.cli import space_backend
+from gap_mllm.cli.space_backend import SpaceBackend, SpaceSettings, gpu_function, gpu_seconds, move_to_gpu, request_line
 from gap_mllm.cli.space_ui import LOG_FORMAT
 from gap_mllm.tasks_gap_mllm import CAPTIONING, DETECTION, GROUNDING, RECONSTRUCTION
 from tests.test_space_user_errors import backend  # noqa: F401  (module fixture: the tiny model's Space backend)
@@ -70,15 +69,15 @@ def test_the_log_states_a_gpu_duration_only_on_zero_gpu(backend, monkeypatch, ca
     assert re.fullmatch(rf"request {number} finished \(\d+\.\d\d s\)", messages[-1]), messages
     assert not [message for message in messages if "duration" in message]
     if not torch.cuda.is_available():
-        assert space_gpu.gpu_line().endswith("is a no-op, requests run in this process, on the CPU (no CUDA)")
+        assert space_backend.gpu_line().endswith("is a no-op, requests run in this process, on the CPU (no CUDA)")
     assert request_line(7, DETECTION) == "request 7: detection"
 
-    monkeypatch.setattr(space_gpu, "on_zero_gpu", lambda: True)
+    monkeypatch.setattr(space_backend, "on_zero_gpu", lambda: True)
     assert request_line(7, DETECTION) == "request 7: detection, ZeroGPU duration 84 s"
     capped = gpu_seconds(GROUNDING, 2)
     assert request_line(8, GROUNDING, max_new_tokens=2) == f"request 8: grounding, ZeroGPU duration {capped} s"
-    assert space_gpu.gpu_line() == ("GPU: spaces 0.51.3, ZeroGPU: every request runs inside @spaces.GPU with the "
-                                    "duration its line states (cli/space_gpu.py)")
+    assert space_backend.gpu_line() == ("GPU: spaces 0.51.3, ZeroGPU: every request runs inside @spaces.GPU with the "
+                                        "duration its line states (cli/space_backend.py)")
 
 
 def test_the_server_log_stamps_each_line_with_the_local_clock_time(backend, caplog):  # noqa: F811
@@ -94,13 +93,13 @@ def test_the_server_log_stamps_each_line_with_the_local_clock_time(backend, capl
 
 
 def test_without_spaces_the_call_is_the_function(monkeypatch):
-    monkeypatch.setattr(space_gpu, "spaces_version", lambda: None)
+    monkeypatch.setattr(space_backend, "spaces_version", lambda: None)
 
     def work(x):
         return x
 
     assert gpu_function(work, lambda x: 1) is work
-    assert "spaces is not installed" in space_gpu.gpu_line()
+    assert "spaces is not installed" in space_backend.gpu_line()
 
 
 def test_the_model_stays_where_it_is_without_cuda(backend):  # noqa: F811
@@ -111,13 +110,13 @@ def test_the_model_stays_where_it_is_without_cuda(backend):  # noqa: F811
 
 SPACES_CHECK = """
 import json, spaces
-from gap_mllm.cli import space_gpu
+from gap_mllm.cli import space_backend
 from gap_mllm.cli.space_backend import SpaceBackend, SpaceSettings
 
 backend = SpaceBackend(SpaceSettings(model="tiny", max_new_tokens=2))
 out = backend.run([], "synthetic room A", "3D object detection")
-print(json.dumps({"version": spaces.__version__ if hasattr(spaces, "__version__") else space_gpu.spaces_version(),
-                  "zero": space_gpu.on_zero_gpu(), "line": space_gpu.gpu_line(),
+print(json.dumps({"version": spaces.__version__ if hasattr(spaces, "__version__") else space_backend.spaces_version(),
+                  "zero": space_backend.on_zero_gpu(), "line": space_backend.gpu_line(),
                   "unchanged": backend._answer_on_gpu == backend._answer, "status": out.status}))
 """
 
@@ -126,8 +125,8 @@ def test_with_the_real_spaces_package_off_zero_gpu_the_decorator_is_a_no_op():
     """With the real `spaces` package (setup.py's space extra, in the dev extra), in a fresh process."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACES_ZERO_GPU", None)
-    done = subprocess.run([sys.executable, "-c", SPACES_CHECK], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=REPO)
+    done = subprocess.run([sys.executable, "-c", SPACES_CHECK], check=False, capture_output=True, text=True, env=env,
+                          timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["version"] == "0.51.3" and report["zero"] is False and report["unchanged"] is True

@@ -6,7 +6,7 @@ bundle_space.py wrote one (the bundled checkpoint), then the defaults below:
     GAP_MLLM_MAX_TOKENS   a cap on the generation budget per answer; unset (default): each task's own budget
                           (tasks_gap_mllm.py; generation stops at the answer's end), e.g. 1,280 for detection
     GAP_MLLM_HOST/PORT    default 0.0.0.0:7860 on a Space (SPACE_ID is set there), 127.0.0.1 locally
-On ZeroGPU hardware each request's model work runs inside `@spaces.GPU` (gap_mllm/cli/space_gpu.py); on CPU Basic
+On ZeroGPU hardware each request's model work runs inside `@spaces.GPU` (gap_mllm/cli/space_backend.py); on CPU Basic
 the same code runs on the CPU.
 """
 

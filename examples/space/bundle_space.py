@@ -14,7 +14,7 @@ shipping the wheel beside the app is what makes the Space reproducible: it runs 
 was bundled from.
 
 Hardware: `cpu-basic` (free; CPU torch wheels keep the image small) or `zero-a10g` (ZeroGPU: torch's CUDA build from
-PyPI; the request's model work runs inside `@spaces.GPU`, gap_mllm/cli/space_gpu.py). The front matter only suggests
+PyPI; the request's model work runs inside `@spaces.GPU`, gap_mllm/cli/space_backend.py). The front matter only suggests
 the hardware: the Space gets it when created with it (`HfApi().create_repo(..., space_hardware="zero-a10g")`) or in
 its settings. Push the folder with `hf upload --repo-type space ORG/SPACE build/space .` (docs/publish.md).
 """
