@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAB = REPO / "lab"
 # what the installed `gap_mllm.mini` keeps: GAP-MLLM-Mini's config and tokenizer, how a folder is known as a Mini, and
 # the shipped folder's loader (`default_model_path`)
-MINI_MODULES = {"__init__", "default_model", "identity", "mini_config", "mini_tokenizer"}
+MINI_MODULES = {"__init__", "default_model", "identity", "mini_config"}
 
 
 @pytest.fixture(scope="module")
