@@ -22,9 +22,8 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, LogitsProcessorList
 
 from gap_mllm.checks import fit_budget_to_context
-from gap_mllm.cli.answer_checks import answer_format
 from gap_mllm.cli.scene_store import SceneStore
-from gap_mllm.cli.tasks import TaskRequest, run_task, task_answer
+from gap_mllm.cli.tasks import TaskRequest, answer_format, run_task, task_answer
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
 from gap_mllm.generation_gap_mllm import answer_task_kwargs, budget_to_grammars
 from gap_mllm.mini import default_model_path

@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 
 from gap_mllm.cli import loading, predict
-from gap_mllm.cli.answer_checks import answer_format
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.loading import load_model_and_processor
 from gap_mllm.cli.scenes import synthetic_scene
-from gap_mllm.cli.tasks import TaskRequest, run_task
+from gap_mllm.cli.tasks import TaskRequest, answer_format, run_task
 from gap_mllm.cli.uploads import (CLI_WORDS, FrameShape, UploadError, UploadLimits, check_frames, cli_limits, load_frames,
                                   read_frames)
 from gap_mllm.cli.visualize import box_edge_points, write_visualisations

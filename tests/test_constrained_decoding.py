@@ -21,9 +21,8 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from gap_mllm.cli.answer_checks import answer_format
 from gap_mllm.cli.main import main as gap_mllm
-from gap_mllm.cli.tasks import TaskRequest, run_task
+from gap_mllm.cli.tasks import TaskRequest, answer_format, run_task
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
 from gap_mllm.evaluation.scene_generation import SceneGenerator
 from gap_mllm.evaluation.tasks import get_task
