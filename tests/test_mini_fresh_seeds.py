@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pytest
 
-from lab.mini import fresh_seeds
 from lab.mini.fresh_seeds import evaluate_fresh, fresh_results, paired, release_decision
 from lab.mini.report import fresh_seed_lines
 

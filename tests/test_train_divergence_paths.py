@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gap_mllm.training.divergence import StepGuard, TrainingDivergedError, describe_batch
+from gap_mllm.training.divergence import StepGuard, TrainingDivergedError
 from gap_mllm.training.run import build_trainer
 
 from .test_train_fixtures import recipe, recon_dataset, tiny, train_data_root  # noqa: F401
