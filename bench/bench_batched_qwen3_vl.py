@@ -39,8 +39,8 @@ ARMS = {"loops": (Qwen3VLModel, Qwen3VLVisionAttention), "batched": (GapMllmQwen
 
 
 def switch(model, classes) -> None:
-    model.vlm.model.__class__ = classes[0]
-    for block in model.vlm.model.visual.blocks:
+    model.model.__class__ = classes[0]
+    for block in model.model.visual.blocks:
         block.attn.__class__ = classes[1]
     fusion = model.geometry_fusion
     if classes is ARMS["loops"]:  # one merger call per sample, as before

@@ -107,7 +107,7 @@ def build_model(size: str, device: str, padded_vocab: bool = False,
     from gap_mllm.tiny.tiny_tokenizer import build_tiny_tokenizer
 
     config = small_config() if size == "small" else real_size_config()
-    text_config = config.vlm_config.text_config
+    text_config = config.text_config
     if size == "real" or padded_vocab:
         text_config.vocab_size = QWEN3_VL_2B_TEXT["vocab_size"]
         tokenizer = padded_tokenizer(text_config.vocab_size)

@@ -273,7 +273,7 @@ class ArmsBench(Bench):
 
     def batches(self, arm: Arm) -> list[dict]:
         pad = self.ids["pad"]
-        merge = self.model.config.vlm_config.vision_config.spatial_merge_size
+        merge = self.model.config.vision_config.spatial_merge_size
         side = TRAINING_PADDING_SIDE  # as a training run pads its batches
         batches = [collate_samples(samples, pad, side, packing=arm.packed, spatial_merge_size=merge,
                                    row_tokens=ONE_ROW if arm.packed else None) for samples in self.samples]

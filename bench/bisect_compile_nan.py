@@ -167,7 +167,7 @@ class Bisection(ArmsBench):
 
     def config_batches(self, config: Config) -> list[dict]:
         pad = self.ids["pad"]
-        merge = self.model.config.vlm_config.vision_config.spatial_merge_size
+        merge = self.model.config.vision_config.spatial_merge_size
         order = self.order[2:] + self.order[:2] if config.reverse else self.order
         batches = []
         for index in order:
@@ -190,7 +190,7 @@ class Bisection(ArmsBench):
         wrapped = GeometryAlignedModel(model)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.train_settings["lr"],
                                       weight_decay=0.01, fused=self.cuda)
-        probe = FinalHiddenProbe(model.vlm.model.language_model.norm)
+        probe = FinalHiddenProbe(model.model.language_model.norm)
         guard = StepGuard(model.parameters(), f"bisection {config.name}")
         backend = contextlib.nullcontext()
         if config.sdpa_backend:

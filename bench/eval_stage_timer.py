@@ -63,7 +63,7 @@ class StageTimer:
         self.model.encode_scene = _TimedCall(self._encode_scene, self, "prefill")  # a scene's prompt, once
         self.handles = []
         self.handles.append(self.model.geometry_encoder.register_forward_pre_hook(self._count_views))
-        for name, module in (("vggt", self.model.geometry_encoder), ("vit", self.model.vlm.model.visual)):
+        for name, module in (("vggt", self.model.geometry_encoder), ("vit", self.model.model.visual)):
             self.handles.append(module.register_forward_pre_hook(lambda m, a, name=name: self._start(name)))
             self.handles.append(module.register_forward_hook(lambda m, a, o, name=name: self._stop(name)))
         self.handles.append(self.model.register_forward_pre_hook(self._model_start, with_kwargs=True))

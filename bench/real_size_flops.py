@@ -51,8 +51,8 @@ def forward_flops(model, views_per_sample: list[int], grid: tuple[int, int], tex
     """
     config = model.config
     vlm = model.vlm.model
-    text = config.vlm_config.text_config
-    vision = config.vlm_config.vision_config
+    text = config.text_config
+    vision = config.vision_config
     geometry = config.geometry_config
     patches = grid[0] * grid[1]
     merged = patches // vision.spatial_merge_size**2

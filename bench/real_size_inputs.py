@@ -40,7 +40,7 @@ def question_suffix(ids: dict, length: int, generator: torch.Generator) -> torch
 
 def image_inputs(config, views: int, grid: tuple[int, int], generator: torch.Generator) -> dict:
     """pixel_values `[V·h·w, 3·2·16·16]`, image_grid_thw `[V, 3]`, geometry_pixel_values `[V, 3, 14h, 14w]`."""
-    vision = config.vlm_config.vision_config
+    vision = config.vision_config
     patch_dim = 3 * vision.temporal_patch_size * vision.patch_size**2
     height, width = grid
     geometry_patch = config.geometry_config.patch_size

@@ -49,9 +49,9 @@ def card_tags(task: str) -> tuple[str, str, str] | None:
 
 # safetensors key prefix -> part of the model (first match wins)
 PARTS = (
-    ("vlm.model.language_model.", "llm"), ("vlm.lm_head.", "llm"), ("vlm.model.visual.", "vision"),
-    ("geometry_encoder.aggregator.", "geometry_encoder"), ("geometry_encoder.", "geometry_heads"),
-    ("geometry_fusion.mergers.", "mergers"), ("geometry_fusion.fusions.", "fusions"),
+    ("model.language_model.", "llm"), ("lm_head.", "llm"), ("model.visual.", "vision"),
+    ("model.geometry_encoder.aggregator.", "geometry_encoder"), ("model.geometry_encoder.", "geometry_heads"),
+    ("model.geometry_fusion.mergers.", "mergers"), ("model.geometry_fusion.fusions.", "fusions"),
 )
 PART_NAMES = ("llm", "vision", "geometry_encoder", "geometry_heads", "mergers", "fusions", "other")
 
@@ -101,7 +101,7 @@ def _millions(count: int) -> str:
 
 def model_section(config, counts: dict, size_bytes: int) -> str:
     """Markdown body of the "Model" section: every figure from `config` and the weights."""
-    text, vision = config.vlm_config.text_config, config.vlm_config.vision_config
+    text, vision = config.text_config, config.vision_config
     rows = [("LLM", f"{text.num_hidden_layers} layers, hidden {text.hidden_size}, {text.num_attention_heads} heads "
                     f"({text.num_key_value_heads} KV), vocabulary {text.vocab_size}; {_millions(counts['llm'])} parameters"),
             ("vision tower", f"{vision.depth} blocks, hidden {vision.hidden_size}, patch {vision.patch_size}, DeepStack taps "

@@ -37,11 +37,11 @@ TINY = "tiny"
 _UNKNOWN_MODEL_TYPE = re.compile(r"has model type `([^`]*)` but Transformers does not recognize this architecture")
 # config.json's sizes that the weights also hold: (key path, the tensor that holds it, its dimension there)
 CONFIG_SIZE_TENSORS = (
-    (("vlm_config", "text_config", "vocab_size"), "vlm.model.language_model.embed_tokens.weight", 0),
-    (("vlm_config", "text_config", "vocab_size"), "vlm.lm_head.weight", 0),
-    (("vlm_config", "text_config", "hidden_size"), "vlm.model.language_model.embed_tokens.weight", 1),
-    (("vlm_config", "vision_config", "hidden_size"), "vlm.model.visual.patch_embed.proj.weight", 0),
-    (("geometry_config", "hidden_size"), "geometry_encoder.aggregator.camera_token", -1),
+    (("vlm_config", "text_config", "vocab_size"), "model.language_model.embed_tokens.weight", 0),
+    (("vlm_config", "text_config", "vocab_size"), "lm_head.weight", 0),
+    (("vlm_config", "text_config", "hidden_size"), "model.language_model.embed_tokens.weight", 1),
+    (("vlm_config", "vision_config", "hidden_size"), "model.visual.patch_embed.proj.weight", 0),
+    (("geometry_config", "hidden_size"), "model.geometry_encoder.aggregator.camera_token", -1),
 )
 
 

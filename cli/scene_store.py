@@ -109,7 +109,7 @@ def answer_on_stored_scene(model, processor, views, inputs, marker, task: str, m
         (decode with `processor.decode_generated(generated, input_ids=question_ids)`).
     """
     input_ids = inputs["input_ids"]
-    length = scene_prefix_length(input_ids, model.config.vlm_config.vision_end_token_id)
+    length = scene_prefix_length(input_ids, model.config.vision_end_token_id)
     scene = store.get_or_encode(session, scene_key(views, marker, input_ids[0, :length].tolist()),
                                 lambda: model.encode_scene(**inputs, output_gates=True))
     question_ids, question_mask = input_ids[:, length:], inputs["attention_mask"][:, length:]

@@ -207,7 +207,7 @@ def check_request(config, processor, views: list, request: TaskRequest, max_new_
     limit = context_limit(config)
     if limit is None:
         return inputs
-    merge = config.vlm_config.vision_config.spatial_merge_size
+    merge = config.vision_config.spatial_merge_size
     positions, _ = mrope_position_ids(inputs["mm_token_type_ids"], merge, inputs["image_grid_thw"],
                                       attention_mask=inputs.get("attention_mask"))
     highest = int(positions.max())
@@ -336,7 +336,7 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
 
     if gates is not None:
         result.gates = [gate.detach().float().cpu().numpy() for gate in gates]
-    merge = model.config.vlm_config.vision_config.spatial_merge_size
+    merge = model.config.vision_config.spatial_merge_size
     result.token_grids = _token_grids(image_grid_thw, merge)
     return result
 

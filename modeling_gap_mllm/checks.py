@@ -56,26 +56,26 @@ def check_sizes(config, names, prefix: str, minimum: int = 1) -> None:
             raise ValueError(f"{prefix}.{name} must be an integer >= {minimum}, got {value!r}.")
 
 
-def check_vlm_sizes(vlm_config) -> None:
-    """The Qwen3-VL text and vision sizes (`vlm_config.text_config.*`, `vlm_config.vision_config.*`)."""
-    text, vision = vlm_config.text_config, vlm_config.vision_config
-    check_sizes(text, TEXT_SIZES, "vlm_config.text_config")
+def check_qwen3_vl_sizes(config) -> None:
+    """The Qwen3-VL text and vision sizes of a `GapMllmConfig` (`text_config.*`, `vision_config.*`)."""
+    text, vision = config.text_config, config.vision_config
+    check_sizes(text, TEXT_SIZES, "text_config")
     if getattr(text, "head_dim", None) is not None:
-        check_sizes(text, ("head_dim",), "vlm_config.text_config")
+        check_sizes(text, ("head_dim",), "text_config")
     if text.num_attention_heads % text.num_key_value_heads:
         raise ValueError(
-            f"vlm_config.text_config.num_attention_heads ({text.num_attention_heads}) must be a multiple of "
+            f"text_config.num_attention_heads ({text.num_attention_heads}) must be a multiple of "
             f"num_key_value_heads ({text.num_key_value_heads})."
         )
-    check_sizes(vision, VISION_SIZES, "vlm_config.vision_config")
+    check_sizes(vision, VISION_SIZES, "vision_config")
     if vision.hidden_size % vision.num_heads:
         raise ValueError(
-            f"vlm_config.vision_config.hidden_size ({vision.hidden_size}) must be divisible by num_heads ({vision.num_heads})."
+            f"vision_config.hidden_size ({vision.hidden_size}) must be divisible by num_heads ({vision.num_heads})."
         )
     levels = list(getattr(vision, "deepstack_visual_indexes", None) or [])
     if any(not _is_int(level) or not 0 <= level < vision.depth for level in levels):
         raise ValueError(
-            f"vlm_config.vision_config.deepstack_visual_indexes={levels} must name blocks 0..{vision.depth - 1} "
+            f"vision_config.deepstack_visual_indexes={levels} must name blocks 0..{vision.depth - 1} "
             f"(depth={vision.depth})."
         )
 
@@ -179,9 +179,9 @@ def check_config(config) -> None:
         ValueError: an invalid size, a `tapped_layers` count other than 1 + DeepStack levels, or over
             `MAX_PARAMETERS` parameters.
     """
-    check_vlm_sizes(config.vlm_config)
+    check_qwen3_vl_sizes(config)
     if config.use_geometry:
-        expected = 1 + len(config.vlm_config.vision_config.deepstack_visual_indexes)
+        expected = 1 + len(config.vision_config.deepstack_visual_indexes)
         tapped = config.geometry_config.tapped_layers
         if len(tapped) != expected:
             raise ValueError(
@@ -201,7 +201,7 @@ def _fields(prefix: str, config, *names: str) -> str:
 
 
 def _text_parts(text, tied: bool) -> list[Part]:
-    prefix = "vlm_config.text_config"
+    prefix = "text_config"
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     hidden, heads, kv_heads = text.hidden_size, text.num_attention_heads, text.num_key_value_heads
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
@@ -213,7 +213,7 @@ def _text_parts(text, tied: bool) -> list[Part]:
 
 
 def _vision_parts(vision) -> list[Part]:
-    prefix = "vlm_config.vision_config"
+    prefix = "vision_config"
     hidden = vision.hidden_size
     layer = 4 * hidden * hidden + 2 * hidden * vision.intermediate_size  # qkv + proj; MLP
     patch_embed = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2 * hidden
@@ -279,7 +279,7 @@ def _geometry_parts(geometry) -> list[Part]:
 
 def _fusion_parts(config) -> list[Part]:
     fusion, geometry = config.geometry_fusion_config, config.geometry_config
-    vision = config.vlm_config.vision_config
+    vision = config.vision_config
     width = vision.out_hidden_size
     merger = geometry.feature_size * vision.spatial_merge_size**2 * fusion.merger_hidden_size + fusion.merger_hidden_size * width
     fuse = {"gated": 2 * width * width, "concat": 2 * width * width,
@@ -295,11 +295,10 @@ def _fusion_parts(config) -> list[Part]:
 def parameter_parts(config) -> list[Part]:
     """Parts of `estimate_num_parameters(config)` as `(label, count)`, labelled with the config fields that size them.
     `config`: a `GapMllmConfig`, or a geometry config alone (the encoder built by itself)."""
-    if not hasattr(config, "vlm_config"):
+    if not hasattr(config, "geometry_config"):
         return _geometry_parts(config)
-    vlm = config.vlm_config
-    tied = bool(getattr(vlm, "tie_word_embeddings", False) or getattr(vlm.text_config, "tie_word_embeddings", False))
-    parts = _text_parts(vlm.text_config, tied) + _vision_parts(vlm.vision_config)
+    tied = bool(config.tie_word_embeddings or getattr(config.text_config, "tie_word_embeddings", False))
+    parts = _text_parts(config.text_config, tied) + _vision_parts(config.vision_config)
     if config.use_geometry:
         parts += _geometry_parts(config.geometry_config) + _fusion_parts(config)
     return parts
@@ -373,14 +372,14 @@ def check_memory_for_parameters(config) -> None:
 # ---- loading: missing weights and damaged checkpoints
 # (key prefix, human name), most specific first.
 WEIGHT_GROUPS = (
-    ("geometry_encoder.", "geometry encoder (VGGT aggregator)"),
-    ("geometry_fusion.mergers.", "geometry mergers"),
-    ("geometry_fusion.fusions.", "fusion modules (gates)"),
-    ("vlm.model.visual.", "Qwen3-VL vision tower"),
-    ("vlm.model.language_model.", "Qwen3-VL language model"),
-    ("vlm.lm_head.", "LM head"),
+    ("model.geometry_encoder.", "geometry encoder (VGGT aggregator)"),
+    ("model.geometry_fusion.mergers.", "geometry mergers"),
+    ("model.geometry_fusion.fusions.", "fusion modules (gates)"),
+    ("model.visual.", "Qwen3-VL vision tower"),
+    ("model.language_model.", "Qwen3-VL language model"),
+    ("lm_head.", "LM head"),
 )
-GEOMETRY_GROUPS = frozenset(name for prefix, name in WEIGHT_GROUPS if prefix.startswith("geometry_"))
+GEOMETRY_GROUPS = frozenset(name for prefix, name in WEIGHT_GROUPS if prefix.startswith("model.geometry_"))
 
 
 class MissingWeightsWarning(UserWarning):
@@ -428,7 +427,7 @@ def first_non_finite_tensor(state_dict) -> str | None:
 
 
 def load_checked(load, pretrained_model_name_or_path, *args, require_geometry_weights: bool = False,
-                 allow_non_finite_weights: bool = False, **kwargs):
+                 allow_non_finite_weights: bool = False, warn_missing_weights: bool = True, **kwargs):
     """`load(pretrained_model_name_or_path, *args, **kwargs)` (`PreTrainedModel.from_pretrained`) with a report of
     the GAP components missing from the checkpoint, kept as `model.missing_weight_groups`.
 
@@ -437,6 +436,8 @@ def load_checked(load, pretrained_model_name_or_path, *args, require_geometry_we
             fusion modules are missing from the checkpoint.
         allow_non_finite_weights: load weights holding NaN or infinities (to inspect a diverged checkpoint);
             by default such a checkpoint is a ValueError naming the first tensor that holds one.
+        warn_missing_weights: warn about the missing GAP components (False: the caller reports them itself after
+            loading more weights, as `from_qwen3_vl` does).
 
     Returns:
         the model, or `(model, loading info)` with `output_loading_info=True`.
@@ -447,7 +448,8 @@ def load_checked(load, pretrained_model_name_or_path, *args, require_geometry_we
     if broken is not None:  # it would load and answer nothing (every box dropped), without a word
         raise ValueError(f"{pretrained_model_name_or_path}: the weights hold NaN or infinite values (first: "
                          f"{broken}); the checkpoint is damaged or was saved from a diverged run: load another one")
-    groups = report_missing_weights(info["missing_keys"], str(pretrained_model_name_or_path))
+    groups = (report_missing_weights(info["missing_keys"], str(pretrained_model_name_or_path))
+              if warn_missing_weights else group_missing_keys(info["missing_keys"]))
     model.missing_weight_groups = sorted(groups)
     if require_geometry_weights and GEOMETRY_GROUPS.intersection(groups):
         raise ValueError(
@@ -702,7 +704,7 @@ def highest_prompt_position(model, input_ids, attention_mask=None, mm_token_type
     """The highest M-RoPE position of a `[B, L]` prompt batch as `generate` lays it out (visual tokens on their
     compressed grid positions when the views are given, else one position per real token)."""
     if mm_token_type_ids is not None and image_grid_thw is not None:
-        positions, _ = model.vlm.model.get_rope_index(
+        positions, _ = model.model.get_rope_index(
             input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
         )
         if attention_mask is not None:
@@ -750,7 +752,7 @@ def check_scene_prompt(model, input_ids, pixel_values, image_grid_thw, attention
     if attention_mask is not None and not bool(attention_mask.all()):
         raise ValueError("encode_scene got a padded prompt (attention_mask has zeros); pass one unpadded sample.")
     check_token_ids(input_ids, model.get_input_embeddings().num_embeddings)
-    if scene_prefix_length(input_ids, model.config.vlm_config.vision_end_token_id) == 0:
+    if scene_prefix_length(input_ids, model.config.vision_end_token_id) == 0:
         raise ValueError("encode_scene: the prompt has no <|vision_end|> token, so no view to encode.")
 
 
@@ -811,8 +813,8 @@ def check_scene_call(model, scene, input_ids, attention_mask, mm_token_type_ids,
             f"generate(scene=...): attention_mask has shape {found} but input_ids has {tuple(input_ids.shape)}; "
             "give one mask entry per question token (processor(text=questions) returns both)."
         )
-    vlm_config = model.config.vlm_config
-    vision_ids = (vlm_config.image_token_id, vlm_config.vision_start_token_id, vlm_config.vision_end_token_id)
+    config = model.config
+    vision_ids = (config.image_token_id, config.vision_start_token_id, config.vision_end_token_id)
     if any(bool((input_ids == token).any()) for token in vision_ids) or (
         mm_token_type_ids is not None and bool(mm_token_type_ids.any())
     ):
@@ -954,7 +956,7 @@ def check_scene_for_model(model, scene) -> None:
             f"scene must be a GapMllmScene from model.encode_scene(...), got {type(scene).__name__} {scene!r:.60}"
         )
     text_config = model.config.get_text_config()
-    layers = len(model.vlm.model.language_model.layers)
+    layers = len(model.model.language_model.layers)
     heads = text_config.num_key_value_heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
     key = scene.key_values[0][0] if scene.key_values else None

@@ -11,8 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers import PreTrainedConfig, Qwen3VLConfig
 from transformers.utils import ModelOutput
 
 # ---- the installed package around these classes
@@ -309,22 +308,29 @@ class GapMllmFusionConfig(PreTrainedConfig):
             )
 
 
-class GapMllmConfig(PreTrainedConfig):
-    r"""Configuration of [`GapMllmForConditionalGeneration`].
+class GapMllmConfig(Qwen3VLConfig):
+    r"""Configuration of [`GapMllmModel`] and [`GapMllmForConditionalGeneration`]: Qwen3-VL's configuration (its
+    `text_config`, `vision_config` and special token ids, as `Qwen3VLConfig`) plus the geometry branch.
 
     Args:
-        vlm_config (`Qwen3VLConfig` or `dict`): the base Qwen3-VL configuration.
+        text_config, vision_config (`dict` or config): Qwen3-VL's language and vision settings (`Qwen3VLConfig`).
+        image_token_id, video_token_id, vision_start_token_id, vision_end_token_id (`int`): as `Qwen3VLConfig`.
         geometry_encoder_type (`str`): a registered geometry encoder (`register_geometry_encoder`); `"vggt"` by
             default and for a config.json without it.
         geometry_config (`PreTrainedConfig` or `dict`): the config class registered for `geometry_encoder_type`
-            (`GapMllmGeometryConfig` for `"vggt"`); its `tapped_layers` name one layer per fusion level.
+            (`GapMllmGeometryConfig`, model type `gap_mllm_geometry`, for `"vggt"`); its `tapped_layers` name one
+            layer per fusion level.
         geometry_fusion_config (`GapMllmFusionConfig` or `dict`): mergers and fusion.
         use_geometry (`bool`): build the geometry encoder, mergers and fusion (True); `False` is stock Qwen3-VL.
 
+    A config.json of the earlier layout, with the Qwen3-VL settings nested as `vlm_config`, loads as this layout.
+    A Qwen3-VL config.json loads too (with a model-type warning from transformers): its settings become
+    `text_config` / `vision_config`, the geometry settings take their defaults or the keyword arguments given.
+
     Raises:
-        ValueError: for a non-Qwen3-VL `vlm_config` or an unregistered `geometry_encoder_type`; in the installed
-            package also for an invalid size, a `tapped_layers` count other than 1 + DeepStack levels, or a model
-            over its parameter bound (`gap_mllm.checks.check_config`).
+        ValueError: for an unregistered `geometry_encoder_type`; in the installed package also for an invalid size,
+            a `tapped_layers` count other than 1 + DeepStack levels, or a model over its parameter bound
+            (`gap_mllm.checks.check_config`).
 
     Example:
 
@@ -338,32 +344,51 @@ class GapMllmConfig(PreTrainedConfig):
 
     model_type = "gap_mllm"  # never qwen3_vl: AutoModel would build the stock class and drop the geometry weights
     sub_configs_defaults = {
-        "vlm_config": SubConfigSpec(AutoConfig, model_type="qwen3_vl"),
+        **Qwen3VLConfig.sub_configs_defaults,
         "geometry_config": GapMllmGeometryConfig,
         "geometry_fusion_config": GapMllmFusionConfig,
     }
 
-    vlm_config: dict | PreTrainedConfig | None = None
     geometry_encoder_type: str = "vggt"
     geometry_config: dict | PreTrainedConfig | None = None
     geometry_fusion_config: dict | PreTrainedConfig | None = None
     use_geometry: bool = True
-    tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        # a Qwen3-VL config.json read as this class names its own type: the model type stays this class's
+        kwargs.pop("model_type", None)
+        nested = kwargs.pop("vlm_config", None)
+        if nested is not None:  # the earlier layout: Qwen3-VL's settings nested as `vlm_config`
+            self._lift_nested_qwen3_vl_config(nested)
         # not in sub_configs_defaults: its class depends on geometry_encoder_type
         self.geometry_config = build_geometry_config(self.geometry_encoder_type, self.geometry_config)
         super().__post_init__(**kwargs)
-        if self.vlm_config.model_type != "qwen3_vl":
-            raise ValueError(
-                f"vlm_config must be a Qwen3-VL config (model_type 'qwen3_vl'), got {self.vlm_config.model_type!r}."
-            )
         checks = installed_package_module("checks", __name__)
         if checks is not None:
             checks.check_config(self)
 
-    def get_text_config(self, decoder=None, encoder=None):
-        return self.vlm_config.get_text_config(decoder=decoder, encoder=encoder)
+    def _lift_nested_qwen3_vl_config(self, nested) -> None:
+        """Take `text_config`, `vision_config`, the token ids and `tie_word_embeddings` from a nested Qwen3-VL config
+        (a dict or a config; ValueError for another model type)."""
+        values = nested.to_dict() if isinstance(nested, PreTrainedConfig) else dict(nested)
+        if values.get("model_type", "qwen3_vl") != "qwen3_vl":
+            raise ValueError(f"vlm_config must be a Qwen3-VL config (model_type 'qwen3_vl'), got {values['model_type']!r}.")
+        for name in ("text_config", "vision_config"):
+            if getattr(self, name) is None and values.get(name) is not None:
+                setattr(self, name, values[name])
+        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                     "tie_word_embeddings"):
+            if name in values:
+                setattr(self, name, values[name])
+
+    def to_qwen3_vl_config(self) -> Qwen3VLConfig:
+        """The stock `Qwen3VLConfig` of the model's Qwen3-VL part (its language and vision settings, token ids)."""
+        return Qwen3VLConfig(
+            text_config=self.text_config.to_dict(), vision_config=self.vision_config.to_dict(),
+            image_token_id=self.image_token_id, video_token_id=self.video_token_id,
+            vision_start_token_id=self.vision_start_token_id, vision_end_token_id=self.vision_end_token_id,
+            tie_word_embeddings=self.tie_word_embeddings, attn_implementation=self._attn_implementation,
+        )
 
     def to_diff_dict(self) -> dict:
         checks = installed_package_module("checks", __name__)

@@ -2,16 +2,14 @@
 
 Official layout (docs/method.md §1.8; safetensors, one file or shards + index):
 
-| official key                                            | gap_mllm key                                      |
-|---------------------------------------------------------|---------------------------------------------------|
-| `model.visual.*`                                         | `vlm.model.visual.*`                              |
-| `model.language_model.*`                                 | `vlm.model.language_model.*`                      |
-| `lm_head.weight` (tied to the embeddings on 2B)          | `vlm.lm_head.weight`                              |
-| `geometry_encoder.vggt.aggregator.*` (+ `camera_head.*` …) | `geometry_encoder.aggregator.*` (VGGT rules)    |
-| `geometry_merger.{ln_q.weight[, ln_q.bias], mlp.0.*, mlp.2.*}` | `geometry_fusion.mergers.0.*` (main level)   |
-| `geometry_deepstack_merger_list.{k}.*`                   | `geometry_fusion.mergers.{k+1}.*`                 |
-| `feature_fusion.{norm1, norm2, gate_projection.0}.*`     | `geometry_fusion.fusions.0.*`                     |
-| `deepstack_feature_fusion_list.{k}.*`                    | `geometry_fusion.fusions.{k+1}.*`                 |
+| official key                                                 | gap_mllm key                                   |
+|--------------------------------------------------------------|------------------------------------------------|
+| `model.visual.*`, `model.language_model.*`, `lm_head.weight` | the same (Qwen3-VL's names; `lm_head` tied on 2B) |
+| `geometry_encoder.vggt.aggregator.*` (+ `camera_head.*` …)   | `model.geometry_encoder.aggregator.*` (VGGT rules) |
+| `geometry_merger.{ln_q.weight[, ln_q.bias], mlp.0.*, mlp.2.*}` | `model.geometry_fusion.mergers.0.*` (main level) |
+| `geometry_deepstack_merger_list.{k}.*`                       | `model.geometry_fusion.mergers.{k+1}.*`        |
+| `feature_fusion.{norm1, norm2, gate_projection.0}.*`         | `model.geometry_fusion.fusions.0.*`            |
+| `deepstack_feature_fusion_list.{k}.*`                        | `model.geometry_fusion.fusions.{k+1}.*`        |
 
 The official code registers the geometry modules twice (on the outer model and on `self.model`),
 so each geometry key may also appear under `model.` (e.g. `model.geometry_merger.mlp.0.weight`).
@@ -55,8 +53,8 @@ from .processing_gap_mllm import GapMllmProcessor
 # official module name → gap_mllm prefix; `{k}` is the DeepStack index (gap level k + 1)
 GEOMETRY_MODULES = ("geometry_encoder.", "geometry_merger.", "geometry_deepstack_merger_list.",
                     "feature_fusion.", "deepstack_feature_fusion_list.")
-QWEN_PREFIXES = {"model.visual.": "vlm.model.visual.", "model.language_model.": "vlm.model.language_model.",
-                 "lm_head.": "vlm.lm_head."}
+QWEN_PREFIXES = ("model.visual.", "model.language_model.", "lm_head.")  # kept as they are
+ENCODER_PREFIX = "model.geometry_encoder."  # where the VGGT rules' names go
 OFFICIAL_VGGT_PREFIX = "geometry_encoder.vggt."
 DUPLICATE_PREFIX = "model."
 OFFICIAL_GAP_ATTRIBUTES = (
@@ -115,12 +113,12 @@ def map_fusion_key(canonical: str) -> str | None:
     """gap_mllm key of an official merger / fusion key (level 0 = main, k + 1 = DeepStack k)."""
     for official, ours in (("geometry_merger.", "mergers"), ("feature_fusion.", "fusions")):
         if canonical.startswith(official):
-            return f"geometry_fusion.{ours}.0.{canonical[len(official):]}"
+            return f"model.geometry_fusion.{ours}.0.{canonical[len(official):]}"
     for official, ours in (("geometry_deepstack_merger_list.", "mergers"), ("deepstack_feature_fusion_list.", "fusions")):
         if canonical.startswith(official):
             index, rest = canonical[len(official) :].split(".", 1)
             if index.isdigit():
-                return f"geometry_fusion.{ours}.{int(index) + 1}.{rest}"
+                return f"model.geometry_fusion.{ours}.{int(index) + 1}.{rest}"
     return None
 
 
@@ -185,8 +183,10 @@ def build_config_from_official(official_config: dict, canonical_shapes: dict, no
     if method is None:
         notes.append("feature_fusion_method not in config.json: 'gated' detected from gate_projection weights")
 
+    qwen3_vl_fields = ("text_config", "vision_config", "image_token_id", "video_token_id", "vision_start_token_id",
+                       "vision_end_token_id", "tie_word_embeddings")
     return GapMllmConfig(
-        vlm_config=official_config,
+        **{name: official_config[name] for name in qwen3_vl_fields if name in official_config},
         geometry_config=geometry_config.to_dict(),
         geometry_fusion_config={"method": "gated", "merger_hidden_size": merger_hidden, "merger_norm": merger_norm},
         dtype=official_config.get("dtype", official_config.get("torch_dtype")),
@@ -228,14 +228,14 @@ def plan_official_conversion(
 
     # geometry encoder: the VGGT rules (heads the config disables / track head are skipped there)
     vggt_sources = {c[len(OFFICIAL_VGGT_PREFIX) :]: shapes[s] for c, s in canonical_to_source.items() if c.startswith(OFFICIAL_VGGT_PREFIX)}
-    encoder_targets = {k[len("geometry_encoder.") :]: s for k, s in target_shapes.items() if k.startswith("geometry_encoder.")}
+    encoder_targets = {k[len(ENCODER_PREFIX) :]: s for k, s in target_shapes.items() if k.startswith(ENCODER_PREFIX)}
     vggt_report = plan_vggt_conversion(vggt_sources, encoder_targets, geometry_config, prefix="")
     source_of = {c[len(OFFICIAL_VGGT_PREFIX) :]: s for c, s in canonical_to_source.items() if c.startswith(OFFICIAL_VGGT_PREFIX)}
-    report.mapped.update({"geometry_encoder." + t: source_of[s] for t, s in vggt_report.mapped.items()})
+    report.mapped.update({ENCODER_PREFIX + t: source_of[s] for t, s in vggt_report.mapped.items()})
     report.skipped.update({source_of[s]: why for s, why in vggt_report.skipped.items()})
     report.unexpected.update({source_of[s]: why for s, why in vggt_report.unexpected.items()})
     report.mismatched.update(
-        {"geometry_encoder." + t: (source_of[s], ss, ts) for t, (s, ss, ts) in vggt_report.mismatched.items()}
+        {ENCODER_PREFIX + t: (source_of[s], ss, ts) for t, (s, ss, ts) in vggt_report.mismatched.items()}
     )
 
     def place(source_key: str, target: str | None):
@@ -273,8 +273,7 @@ def _qwen_prefix(key: str) -> str | None:
 
 
 def _qwen_target(key: str) -> str | None:
-    prefix = _qwen_prefix(key)
-    return QWEN_PREFIXES[prefix] + key[len(prefix) :] if prefix else None
+    return key if _qwen_prefix(key) else None
 
 
 # ------------------------------------------------------------------------------------------ conversion

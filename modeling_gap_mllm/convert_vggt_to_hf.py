@@ -38,13 +38,11 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import tqdm
 from safetensors.torch import load_file, save_file
-from transformers import Qwen3VLForConditionalGeneration
 
 from .checks import report_missing_weights
 from .configuration_gap_mllm import GapMllmConfig, GapMllmGeometryConfig
 from .files import PICKLE_REFUSED
 from .modeling_vggt import GapMllmGeometryEncoder
-from .speedups import use_batched_qwen3_vl
 
 
 # First bytes of files people hand to a converter by mistake.
@@ -466,34 +464,28 @@ def hub_loading_kwargs(name_or_path, what: str = "checkpoint") -> dict:
 
 def build_from_qwen3_vl(model_class, qwen3_vl_name_or_path, geometry_config: dict | None = None,
                         geometry_fusion_config: dict | None = None, vggt_weights=None, **from_pretrained_kwargs):
-    """The body of `GapMllmForConditionalGeneration.from_qwen3_vl` (see there): a `model_class` model holding the
-    Qwen3-VL weights of `qwen3_vl_name_or_path` and, when given, the VGGT weights of `vggt_weights`, frozen as by
-    default; the GAP weights left newly initialised are reported (`MissingWeightsWarning`) and kept as
+    """The body of `GapMllmForConditionalGeneration.from_qwen3_vl` (see there): `model_class.from_pretrained` of the
+    Qwen3-VL folder with the geometry settings given, then, when given, the VGGT weights of `vggt_weights`; the GAP
+    weights left newly initialised are reported once (`MissingWeightsWarning`) and kept as
     `model.missing_weight_groups`."""
     # an unreachable Hub: the cached checkpoint at once, or one line, not a minute of retries (modeling_gap_mllm.py)
     from_pretrained_kwargs = {**hub_loading_kwargs(qwen3_vl_name_or_path, "Qwen3-VL"), **from_pretrained_kwargs}
-    vlm = Qwen3VLForConditionalGeneration.from_pretrained(qwen3_vl_name_or_path, **from_pretrained_kwargs)
-    config = GapMllmConfig(
-        vlm_config=vlm.config,
-        geometry_config=geometry_config or {},
-        geometry_fusion_config=geometry_fusion_config or {},
-        attn_implementation=vlm.config._attn_implementation,
+    model, info = model_class.from_pretrained(
+        qwen3_vl_name_or_path, geometry_config=geometry_config or {},
+        geometry_fusion_config=geometry_fusion_config or {}, output_loading_info=True, warn_missing_weights=False,
+        **from_pretrained_kwargs,
     )
-    model = model_class(config).to(vlm.dtype)
-    model.vlm = vlm
     loaded = set()
     if vggt_weights is not None:
-        if not config.use_geometry:
+        if not model.config.use_geometry:
             raise ValueError("vggt_weights were given but use_geometry=False: the model has no geometry encoder.")
-
         report = load_vggt_weights(model.geometry_encoder, vggt_weights)
         model.vggt_conversion_report = report
-        loaded = {"geometry_encoder." + key for key in report.mapped}
+        loaded = {"model.geometry_encoder." + key for key in report.mapped}
         if isinstance(vggt_weights, (str, os.PathLike)):
-            config.geometry_config.source_checkpoint = str(vggt_weights)
-    use_batched_qwen3_vl(model.vlm)  # the loaded modules are not the ones the model's __init__ switched
+            model.config.geometry_config.source_checkpoint = str(vggt_weights)
     model.apply_freezing_policy()
-    new_keys = [k for k in model.state_dict() if not k.startswith("vlm.") and k not in loaded]
+    new_keys = [key for key in info["missing_keys"] if key not in loaded]
     model.missing_weight_groups = sorted(report_missing_weights(new_keys, str(qwen3_vl_name_or_path)))
     return model
 

@@ -229,10 +229,10 @@ def scene_prefix_length(input_ids: torch.LongTensor, vision_end_token_id: int) -
     return 0 if positions.numel() == 0 else int(positions[-1]) + 1
 
 
-def prefix_position_ids(vlm_model, prefix_ids, mm_token_type_ids, image_grid_thw):
+def prefix_position_ids(qwen3_vl_model, prefix_ids, mm_token_type_ids, image_grid_thw):
     """`([4, 1, P] position ids, [1, 1] rope deltas)` of a prefix, in the layout `generate` builds for a full
     prompt (Qwen3-VL: row 0 the text positions, rows 1-3 the M-RoPE (t, h, w) positions)."""
-    vision, deltas = vlm_model.get_rope_index(prefix_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw)
+    vision, deltas = qwen3_vl_model.get_rope_index(prefix_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw)
     text = torch.arange(prefix_ids.shape[1], device=prefix_ids.device).view(1, 1, -1)
     return torch.cat([text, vision]), deltas
 
@@ -265,13 +265,13 @@ def encode_scene(
     checks = installed_package_module("checks", __name__)
     if checks is not None:
         checks.check_scene_prompt(model, input_ids, pixel_values, image_grid_thw, attention_mask)
-    vlm_config = model.config.vlm_config
-    length = scene_prefix_length(input_ids, vlm_config.vision_end_token_id)
+    config = model.config
+    length = scene_prefix_length(input_ids, config.vision_end_token_id)
     prefix_ids = input_ids[:, :length]
     if mm_token_type_ids is None:
-        mm_token_type_ids = (prefix_ids == vlm_config.image_token_id).int()
+        mm_token_type_ids = (prefix_ids == config.image_token_id).int()
     mm_token_type_ids = mm_token_type_ids[:, :length]
-    position_ids, rope_deltas = prefix_position_ids(model.vlm.model, prefix_ids, mm_token_type_ids, image_grid_thw)
+    position_ids, rope_deltas = prefix_position_ids(model.model, prefix_ids, mm_token_type_ids, image_grid_thw)
     identity = None
     if checks is not None:
         checks.check_prompt_fits(model, int(position_ids[1:].max()), length, what="the scene prefix")
@@ -387,7 +387,7 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
                                      what="the scene prefix + question")
     budget_to_grammars(model, kwargs, full_ids.shape[1])
     # as a full prefill leaves it, for callers continuing the returned cache (own tensor: a view recompiles the step)
-    model.vlm.model.rope_deltas = deltas
+    model.model.rope_deltas = deltas
     static_cache = _scene_static_cache(model, kwargs, full_ids.shape[1]) if compile_options else None
 
     outputs = GenerationMixin.generate(

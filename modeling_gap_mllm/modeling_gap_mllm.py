@@ -10,11 +10,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel, Qwen3VLForConditionalGeneration
+from transformers import AutoModel, Qwen3VLForConditionalGeneration, Qwen3VLModel
 from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
-from transformers.models.qwen3_vl.modeling_qwen3_vl import eager_attention_forward
+from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+    BaseModelOutputWithDeepstackFeatures,
+    Qwen3VLPreTrainedModel,
+    eager_attention_forward,
+)
 from transformers.utils import ModelOutput, logging
 
 from .configuration_gap_mllm import (
@@ -255,7 +259,7 @@ class GapMllmMultiLevelFusion(nn.Module):
 
     def __init__(self, config: GapMllmConfig):
         super().__init__()
-        vision = config.vlm_config.vision_config
+        vision = config.vision_config
         fusion = config.geometry_fusion_config
         self.merge_size = vision.spatial_merge_size
         self.mergers = nn.ModuleList(
@@ -317,6 +321,37 @@ logger = logging.get_logger(__name__)
 
 
 @dataclass
+class GapMllmImageFeaturesOutput(BaseModelOutputWithDeepstackFeatures):
+    """Output of [`GapMllmModel.get_image_features`]: Qwen3-VL's vision output whose `pooler_output` and
+    `deepstack_features` hold the fused features (when geometry inputs were given), plus the gates.
+
+    Args:
+        fusion_gates: see `GapMllmOutput.fusion_gates` (with `output_gates=True`).
+    """
+
+    fusion_gates: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class GapMllmModelOutputWithPast(ModelOutput):
+    """Output of [`GapMllmModel`]: Qwen3-VL's model output plus the fusion gates.
+
+    Args:
+        last_hidden_state: `[B, T, hidden]` of the language model's last layer.
+        past_key_values, hidden_states, attentions: as in Qwen3-VL when requested.
+        rope_deltas: M-RoPE deltas `[B, 1]` of the prompt.
+        fusion_gates: see `GapMllmOutput.fusion_gates`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    rope_deltas: torch.LongTensor | None = None
+    fusion_gates: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
 class GapMllmOutput(ModelOutput):
     """Output of [`GapMllmForConditionalGeneration`].
 
@@ -339,15 +374,19 @@ class GapMllmOutput(ModelOutput):
     fusion_gates: tuple[torch.FloatTensor, ...] | None = None
 
 
-class GapMllmPreTrainedModel(PreTrainedModel):
+# Weight names of the earlier layout (Qwen3-VL held whole as `vlm`, the geometry parts at the top) → these classes'.
+# `from_pretrained` passes them as transformers' `key_mapping`; a renaming no key matched is not kept, so a folder of
+# either layout loads, and saves again in the layout it was read in (transformers' `save_original_format`).
+EARLIER_LAYOUT_KEY_MAPPING = {
+    r"^vlm\.(.+)": r"\1",
+    r"^(geometry_(?:encoder|fusion)\..+)": r"model.\1",
+}
+
+
+class GapMllmPreTrainedModel(Qwen3VLPreTrainedModel):
     config: GapMllmConfig
-    base_model_prefix = "gap"
+    base_model_prefix = "model"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_attention_backend = True
-    _skip_keys_device_placement = ["past_key_values"]
     _no_split_modules = ["Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock", "GapMllmGeometryBlock"]
 
     @property
@@ -357,10 +396,11 @@ class GapMllmPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Geometry-encoder modules by its `init_module_weights`, fusion weights at 0.5, the rest as transformers."""
+        """Geometry-encoder modules by its `init_module_weights`, fusion weights at 0.5, the rest as Qwen3-VL."""
         # an encoder's init may match Linear/LayerNorm by type: it gets only its own modules
-        if module in getattr(self, "_geometry_encoder_modules", ()):
-            self.geometry_encoder.init_module_weights(module)
+        encoder = self.geometry_encoder if self.config.use_geometry else None
+        if encoder is not None and module in encoder._own_modules:
+            encoder.init_module_weights(module)
             return
         if isinstance(module, WeightedFusion):
             init.constant_(module.weight_2d, 0.5)
@@ -369,33 +409,25 @@ class GapMllmPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
 
 
-class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
-    """GAP-MLLM for image(s) + text → text generation.
-
-    Modules: `vlm` (stock `Qwen3VLForConditionalGeneration`) and, when `config.use_geometry`, `geometry_encoder`
+class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
+    """Qwen3-VL's model (`visual`, `language_model`) plus the geometry branch: `geometry_encoder`
     (`GEOMETRY_ENCODERS[config.geometry_encoder_type]`, VGGT's aggregator by default) and `geometry_fusion`
-    (`mergers[l]`, `fusions[l]`). Frozen by default: `vlm.model.visual` and `geometry_encoder`.
+    (`mergers[l]`, `fusions[l]`), when `config.use_geometry`. Only how image features are made differs from
+    Qwen3-VL: the geometry of the views is fused into the vision tower's output before it enters the language model.
 
     Raises:
-        ValueError: an unregistered `geometry_encoder_type`, or (installed package) weights that cannot fit in the
-            memory left.
+        ValueError: an unregistered `geometry_encoder_type`.
     """
 
-    accepts_loss_kwargs = False  # Qwen3-VL's choice: Trainer then scales the loss for accumulation.
-
     def __init__(self, config: GapMllmConfig):
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:  # refuse before allocating (nothing is allocated on the meta device of from_pretrained)
-            checks.check_memory_for_parameters(config)
-        super().__init__(config)
+        GapMllmPreTrainedModel.__init__(self, config)
         # plain nn.Module sub-models get no attention implementation from PreTrainedModel (else silently eager)
         for sub_config in (config.geometry_config, config.geometry_fusion_config):
             if sub_config._attn_implementation is None:
                 sub_config._attn_implementation = config._attn_implementation
-        self.vlm = Qwen3VLForConditionalGeneration(config.vlm_config)
-        speedups = installed_package_module("speedups", __name__)
-        if speedups is not None:  # position ids and ViT attention without per-image host loops
-            speedups.use_batched_qwen3_vl(self.vlm)
+        self.visual = AutoModel.from_config(config.vision_config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.rope_deltas = None  # cache rope_deltas here
         if config.use_geometry:
             encoder_class = GEOMETRY_ENCODERS.get(config.geometry_encoder_type)
             if encoder_class is None:
@@ -404,36 +436,9 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                     f"register_geometry_encoder (registered: {sorted(GEOMETRY_ENCODERS)})."
                 )
             self.geometry_encoder = encoder_class(config.geometry_config)
+            self.geometry_encoder._own_modules = set(self.geometry_encoder.modules())
             self.geometry_fusion = GapMllmMultiLevelFusion(config)
-            self._geometry_encoder_modules = set(self.geometry_encoder.modules())
         self.post_init()
-        self.apply_freezing_policy()
-        # register_for_auto_class keeps one auto class per class; AutoModel must resolve as well.
-        config.auto_map = {
-            **(getattr(config, "auto_map", None) or {}),
-            "AutoConfig": "configuration_gap_mllm.GapMllmConfig",
-            "AutoModel": "modeling_gap_mllm.GapMllmForConditionalGeneration",
-            "AutoModelForImageTextToText": "modeling_gap_mllm.GapMllmForConditionalGeneration",
-        }
-
-    # ---- parameters and freezing
-    def apply_freezing_policy(self, freeze_vision_tower: bool = True, freeze_geometry_encoder: bool = True):
-        """Freeze the Qwen ViT (with its mergers) and the geometry encoder, as the official recipe; the rest trains."""
-        self.vlm.model.visual.requires_grad_(not freeze_vision_tower)
-        if self.config.use_geometry:
-            self.geometry_encoder.set_trainable(not freeze_geometry_encoder)
-
-    def get_input_embeddings(self):
-        return self.vlm.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.vlm.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.vlm.get_output_embeddings()
-
-    def set_output_embeddings(self, new_embeddings):
-        self.vlm.set_output_embeddings(new_embeddings)
 
     @property
     def uses_geometry(self) -> bool:
@@ -445,9 +450,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             counts = [int(c) for c in geometry_views_per_sample.tolist()]
         elif input_ids is not None:
             # one image = <|vision_start|> followed by <|image_pad|>
-            vlm_config = self.config.vlm_config
-            starts = (input_ids[:, :-1] == vlm_config.vision_start_token_id) & (
-                input_ids[:, 1:] == vlm_config.image_token_id
+            starts = (input_ids[:, :-1] == self.config.vision_start_token_id) & (
+                input_ids[:, 1:] == self.config.image_token_id
             )
             counts = starts.sum(dim=1).tolist()
         else:
@@ -523,7 +527,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                       grids: list | None = None):
         """Replace `image_outputs.pooler_output` and `.deepstack_features` by the fused features, in place; returns
         the gates (see `GapMllmOutput.fusion_gates`). `grids`: `image_grid_thw` as host integers, if known."""
-        merge = self.config.vlm_config.vision_config.spatial_merge_size
+        merge = self.config.vision_config.spatial_merge_size
         grids = image_grid_thw.tolist() if grids is None else grids
         merged_grids = [(h // merge, w // merge) for _, h, w in grids]
         visual_levels = [image_outputs.pooler_output, *image_outputs.deepstack_features]
@@ -563,7 +567,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
             one `[S_b, h_b, w_b, 2C]` tensor per sample) and the gates (or None).
         """
         if image_outputs is None:
-            image_outputs = self.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+            image_outputs = self.get_vision_features(pixel_values, image_grid_thw)
         if geometry_features is None:
             if geometry_pixel_values is None:
                 raise ValueError("pass geometry_pixel_values (GapMllmProcessor) or precomputed geometry_features.")
@@ -574,6 +578,204 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         gates = self.fuse_geometry(image_outputs, geometry_features, image_grid_thw, output_gates=output_gates,
                                    grids=grids)
         return image_outputs, geometry_features, gates
+
+    def get_vision_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor | None = None,
+                            **kwargs) -> BaseModelOutputWithDeepstackFeatures:
+        """Qwen3-VL's own image features (its vision tower and mergers, `Qwen3VLModel.get_image_features`), before
+        any fusion: `pooler_output` one `[h_i·w_i/4, D]` tensor per image, `deepstack_features` one such tuple per
+        DeepStack level."""
+        return super().get_image_features(pixel_values, image_grid_thw, **{**kwargs, "return_dict": True})
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.LongTensor | None = None,
+        geometry_pixel_values: torch.Tensor | None = None,
+        geometry_views_per_sample: torch.LongTensor | None = None,
+        geometry_features: list[list[torch.Tensor]] | None = None,
+        output_gates: bool = False,
+        **kwargs,
+    ) -> GapMllmImageFeaturesOutput:
+        """Qwen3-VL's image features with the geometry of the views fused in: what `forward` and transformers'
+        `generate` (which encodes the images once before the prefill) put in the image tokens.
+
+        Args:
+            pixel_values, image_grid_thw: as `Qwen3VLModel.get_image_features` (from `GapMllmProcessor`).
+            geometry_pixel_values: `[N_views, 3, H_max, W_max]` in [0, 1], the VGGT input of every view.
+            geometry_views_per_sample: `[B]` views per sample (required with geometry inputs).
+            geometry_features: precomputed geometry-encoder output instead of `geometry_pixel_values`.
+            output_gates: also return the fusion gates (`fusion_gates`).
+
+        Returns:
+            `GapMllmImageFeaturesOutput`: `pooler_output` one `[h_i·w_i/4, D]` tensor per image and
+            `deepstack_features` one such tuple per DeepStack level, fused; Qwen3-VL's own without geometry inputs
+            (with a warning: the model then answers without geometry) or with `use_geometry=False`.
+        """
+        image_outputs = self.get_vision_features(pixel_values, image_grid_thw, **kwargs)
+        if not self.uses_geometry or (geometry_pixel_values is None and geometry_features is None):
+            if self.uses_geometry:
+                logger.warning_once(
+                    "GAP-MLLM got pixel_values without geometry_pixel_values: running the plain Qwen3-VL "
+                    "image path, without geometry fusion. Use GapMllmProcessor to prepare both."
+                )
+            return image_outputs
+        if geometry_views_per_sample is None:
+            raise ValueError("geometry_views_per_sample is required with geometry inputs (GapMllmProcessor gives it).")
+        views = self._views_per_sample(None, image_grid_thw, geometry_views_per_sample)
+        image_outputs, _, gates = self.get_fused_image_features(
+            pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features, output_gates,
+            image_outputs=image_outputs,
+        )
+        return GapMllmImageFeaturesOutput(**image_outputs, fusion_gates=gates)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        geometry_pixel_values: torch.Tensor | None = None,
+        geometry_views_per_sample: torch.LongTensor | None = None,
+        geometry_features: list[list[torch.Tensor]] | None = None,
+        output_gates: bool = False,
+        **kwargs,
+    ) -> GapMllmModelOutputWithPast:
+        """Qwen3-VL's model forward with geometry fused into the image features.
+
+        Args:
+            input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids, ...: as `Qwen3VLModel`
+                (from `GapMllmProcessor`).
+            geometry_pixel_values: `[N_views, 3, H_max, W_max]` in [0, 1], the VGGT input of every view.
+            geometry_views_per_sample: `[B]` views per sample (inferred from `input_ids` when absent).
+            geometry_features: precomputed geometry-encoder output instead of `geometry_pixel_values` (per
+                fusion level, one `[S_b, h_b, w_b, 2C]` tensor per sample, as `get_geometry_features` returns).
+            output_gates: return the fusion gates per level (`gated` method).
+
+        Raises:
+            ValueError: `geometry_pixel_values` without `pixel_values`.
+        """
+        if geometry_pixel_values is not None and pixel_values is None and past_key_values is None:
+            raise ValueError("geometry_pixel_values were given without pixel_values: pass both (GapMllmProcessor).")
+        if pixel_values is not None and mm_encoder_outputs is None:
+            if self.uses_geometry and geometry_views_per_sample is None and (
+                geometry_pixel_values is not None or geometry_features is not None
+            ):
+                views = self._views_per_sample(input_ids, image_grid_thw, None)
+                geometry_views_per_sample = torch.tensor(views, device=image_grid_thw.device)
+            image_outputs = self.get_image_features(
+                pixel_values, image_grid_thw, geometry_pixel_values, geometry_views_per_sample, geometry_features,
+                output_gates,
+            )
+            mm_encoder_outputs, pixel_values = {"image": image_outputs}, None
+        image_outputs = (mm_encoder_outputs or {}).get("image")
+        gates = getattr(image_outputs, "fusion_gates", None)
+        outputs = super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        return GapMllmModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            rope_deltas=self.rope_deltas,
+            fusion_gates=gates,
+        )
+
+
+class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditionalGeneration):
+    """GAP-MLLM for image(s) + text → text generation: `model` (`GapMllmModel`) and `lm_head`, as Qwen3-VL's
+    class, so that its weights are Qwen3-VL's (`model.visual.*`, `model.language_model.*`, `lm_head.weight`) plus
+    `model.geometry_encoder.*` and `model.geometry_fusion.*`. Frozen by default: `model.visual` and
+    `model.geometry_encoder`.
+
+    `from_pretrained` loads a folder of this model, of the earlier layout (`vlm.*`, `EARLIER_LAYOUT_KEY_MAPPING`), or
+    of a stock Qwen3-VL checkpoint, whose every weight loads while the geometry weights are reported as newly
+    initialised (pass the geometry settings as keyword arguments, e.g. `geometry_config={...}`).
+
+    Raises:
+        ValueError: an unregistered `geometry_encoder_type`, or (installed package) weights that cannot fit in the
+            memory left.
+    """
+
+    def __init__(self, config: GapMllmConfig):
+        checks = installed_package_module("checks", __name__)
+        if checks is not None:  # refuse before allocating (nothing is allocated on the meta device of from_pretrained)
+            checks.check_memory_for_parameters(config)
+        GapMllmPreTrainedModel.__init__(self, config)
+        self.model = GapMllmModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        speedups = installed_package_module("speedups", __name__)
+        if speedups is not None:  # position ids and ViT attention without per-image host loops
+            speedups.use_batched_qwen3_vl(self)
+        self.post_init()
+        self.apply_freezing_policy()
+        # register_for_auto_class keeps one auto class per class; AutoModel must resolve as well.
+        config.auto_map = {
+            **(getattr(config, "auto_map", None) or {}),
+            "AutoConfig": "configuration_gap_mllm.GapMllmConfig",
+            "AutoModel": "modeling_gap_mllm.GapMllmForConditionalGeneration",
+            "AutoModelForImageTextToText": "modeling_gap_mllm.GapMllmForConditionalGeneration",
+        }
+
+    # ---- parts and freezing
+    def qwen3_vl_state_dict(self) -> dict:
+        """The state dict of the Qwen3-VL part (every tensor but `model.geometry_*`), under Qwen3-VL's names: what a
+        stock `Qwen3VLForConditionalGeneration(config.to_qwen3_vl_config())` loads strictly."""
+        return {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("model.geometry_")}
+
+    @property
+    def geometry_encoder(self):
+        return self.model.geometry_encoder
+
+    @property
+    def geometry_fusion(self):
+        return self.model.geometry_fusion
+
+    @property
+    def uses_geometry(self) -> bool:
+        return self.config.use_geometry
+
+    def apply_freezing_policy(self, freeze_vision_tower: bool = True, freeze_geometry_encoder: bool = True):
+        """Freeze the Qwen ViT (with its mergers) and the geometry encoder, as the official recipe; the rest trains."""
+        self.model.visual.requires_grad_(not freeze_vision_tower)
+        if self.config.use_geometry:
+            self.model.geometry_encoder.set_trainable(not freeze_geometry_encoder)
+
+    def _views_per_sample(self, input_ids, image_grid_thw, geometry_views_per_sample) -> list[int]:
+        return self.model._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
+
+    def get_geometry_features(self, geometry_pixel_values, image_grid_thw, views_per_sample, grids=None):
+        """`GapMllmModel.get_geometry_features`."""
+        return self.model.get_geometry_features(geometry_pixel_values, image_grid_thw, views_per_sample, grids)
+
+    def fuse_geometry(self, image_outputs, geometry_features, image_grid_thw, output_gates: bool = False, grids=None):
+        """`GapMllmModel.fuse_geometry`."""
+        return self.model.fuse_geometry(image_outputs, geometry_features, image_grid_thw, output_gates, grids)
+
+    def get_fused_image_features(self, pixel_values, image_grid_thw, views_per_sample, geometry_pixel_values=None,
+                                 geometry_features=None, output_gates: bool = False, image_outputs=None, grids=None):
+        """`GapMllmModel.get_fused_image_features`."""
+        return self.model.get_fused_image_features(pixel_values, image_grid_thw, views_per_sample,
+                                                   geometry_pixel_values, geometry_features, output_gates,
+                                                   image_outputs, grids)
 
     # ---- forward
     def forward(
@@ -594,19 +796,14 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         geometry_features: list[list[torch.Tensor]] | None = None,
         output_gates: bool = False,
         logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict | None = None,
         **kwargs,
     ) -> GapMllmOutput:
-        """Qwen3-VL's forward with geometry fused into the image features.
+        """Qwen3-VL's forward with geometry fused into the image features (`GapMllmModel.forward`).
 
         Args:
-            input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids: as for Qwen3-VL
-                (from `GapMllmProcessor`).
-            geometry_pixel_values: `[N_views, 3, H_max, W_max]` in [0, 1], the VGGT input of every view.
-            geometry_views_per_sample: `[B]` views per sample (inferred from `input_ids` when absent).
-            geometry_features: precomputed geometry-encoder output instead of `geometry_pixel_values` (per
-                fusion level, one `[S_b, h_b, w_b, 2C]` tensor per sample, as `get_geometry_features` returns).
             labels: `[B, T]` next-token targets (-100 = ignored) for the LM loss.
-            output_gates: return the fusion gates per level (`gated` method).
+            others: as `GapMllmModel.forward`.
 
         Raises:
             ValueError: `geometry_pixel_values` without `pixel_values`, or (installed package) naming the input that
@@ -616,46 +813,39 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         if checks is not None:
             checks.check_forward_inputs(self, input_ids, inputs_embeds, attention_mask, labels, mm_token_type_ids,
                                         past_key_values)
-        mm_encoder_outputs, gates = None, None
-        if self.uses_geometry and pixel_values is not None:
-            if geometry_pixel_values is None and geometry_features is None:
-                logger.warning_once(
-                    "GAP-MLLM got pixel_values without geometry_pixel_values: running the plain Qwen3-VL "
-                    "image path, without geometry fusion. Use GapMllmProcessor to prepare both."
-                )
-            else:
-                views = self._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
-                image_outputs, _, gates = self.get_fused_image_features(
-                    pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features, output_gates
-                )
-                mm_encoder_outputs, pixel_values = {"image": image_outputs}, None
-        elif geometry_pixel_values is not None and pixel_values is None and past_key_values is None:
-            raise ValueError("geometry_pixel_values were given without pixel_values: pass both (GapMllmProcessor).")
-
-        outputs = self.vlm(
+        outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            labels=labels,
             pixel_values=pixel_values,
             pixel_values_videos=pixel_values_videos,
             image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw,
             mm_token_type_ids=mm_token_type_ids,
             mm_encoder_outputs=mm_encoder_outputs,
-            logits_to_keep=logits_to_keep,
+            geometry_pixel_values=geometry_pixel_values,
+            geometry_views_per_sample=geometry_views_per_sample,
+            geometry_features=geometry_features,
+            output_gates=output_gates,
             **kwargs,
         )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
+                                      **kwargs)
         return GapMllmOutput(
-            loss=outputs.loss,
-            logits=outputs.logits,
+            loss=loss,
+            logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            rope_deltas=self.vlm.model.rope_deltas,
-            fusion_gates=gates,
+            rope_deltas=outputs.rope_deltas,
+            fusion_gates=outputs.fusion_gates,
         )
 
     # ---- generation
@@ -734,10 +924,6 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 inputs["attention_mask"] = mask.clone()
         return inputs
 
-    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
-        # Qwen3-VL needs 3-D M-RoPE positions; the generic 2-D ones would be silently wrong.
-        return self.vlm._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
-
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         """Repeat per-image tensors sample by sample (they are concatenated over views, not batched)."""
         if expand_size == 1:
@@ -772,9 +958,11 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
     # ---- loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, then the default freezing. The installed package also reports the GAP
-        components missing from the checkpoint (`model.missing_weight_groups`), refuses weights holding NaN, and takes
-        `require_geometry_weights` and `allow_non_finite_weights` (`gap_mllm.checks.load_checked`)."""
+        """`PreTrainedModel.from_pretrained` reading this layout, the earlier one (`EARLIER_LAYOUT_KEY_MAPPING`, as
+        transformers' `key_mapping`) or a stock Qwen3-VL checkpoint, then the default freezing. The installed package
+        also reports the GAP components missing from the checkpoint (`model.missing_weight_groups`), refuses weights
+        holding NaN, and takes `require_geometry_weights` and `allow_non_finite_weights` (`gap_mllm.checks.load_checked`)."""
+        kwargs["key_mapping"] = {**EARLIER_LAYOUT_KEY_MAPPING, **(kwargs.get("key_mapping") or {})}
         checks = installed_package_module("checks", __name__)
         if checks is None:
             loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -785,16 +973,11 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
         return loaded
 
     @classmethod
-    def from_qwen3_vl(
-        cls,
-        qwen3_vl_name_or_path,
-        geometry_config: dict | None = None,
-        geometry_fusion_config: dict | None = None,
-        vggt_weights=None,
-        **from_pretrained_kwargs,
-    ) -> "GapMllmForConditionalGeneration":
-        """Build a GAP-MLLM from a stock Qwen3-VL checkpoint and, optionally, VGGT weights (loaded strictly by
-        `load_vggt_weights`); the mergers and fusion are newly initialised (and reported).
+    def from_qwen3_vl(cls, qwen3_vl_name_or_path, geometry_config: dict | None = None,
+                      geometry_fusion_config: dict | None = None, vggt_weights=None, **from_pretrained_kwargs):
+        """Build a GAP-MLLM from a stock Qwen3-VL checkpoint and, optionally, VGGT weights: `from_pretrained` of the
+        Qwen3-VL folder (every Qwen3-VL weight loads; the geometry weights are newly initialised and reported), then
+        the VGGT weights, loaded strictly (`convert_vggt_to_hf.load_vggt_weights`).
 
         Args:
             qwen3_vl_name_or_path: a Qwen3-VL folder or Hub id (e.g. `Qwen/Qwen3-VL-2B-Instruct`).
@@ -804,10 +987,10 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, GenerationMixin):
                 `gap-mllm convert vggt` output) or a Hub id such as `facebook/VGGT-1B`; `None` leaves the encoder
                 randomly initialised (reported). Head weights load only when the geometry config enables the heads;
                 the conversion report is kept as `model.vggt_conversion_report`.
-            from_pretrained_kwargs: passed to `Qwen3VLForConditionalGeneration.from_pretrained` (dtype, ...).
+            from_pretrained_kwargs: passed to `from_pretrained` (dtype, ...).
 
         Raises:
-            ImportError: the gap-mllm package (which holds the converter) is not installed.
+            ImportError: `vggt_weights` given without the gap-mllm package (which holds the converter).
         """
         try:  # the converter is installed with the package, never copied into a model folder
             from gap_mllm.convert_vggt_to_hf import build_from_qwen3_vl
@@ -823,6 +1006,7 @@ GapMllmForConditionalGeneration.register_for_auto_class("AutoModelForImageTextTo
 
 __all__ = [
     "GapMllmForConditionalGeneration",
+    "GapMllmModel",
     "GapMllmOutput",
     "GapMllmPreTrainedModel",
     "GapMllmScene",

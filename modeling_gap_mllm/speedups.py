@@ -25,6 +25,8 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 from transformers.utils.generic import is_flash_attention_requested
 from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
+from .modeling_gap_mllm import GapMllmModel
+
 # ---- batched Qwen3-VL
 TEXT, IMAGE, VIDEO = 0, 1, 2
 
@@ -166,8 +168,9 @@ def vision_rotary_position_ids(grid_thw: torch.LongTensor, spatial_merge_size: i
     return torch.stack([rows, cols], dim=-1)
 
 
-class GapMllmQwen3VLModel(Qwen3VLModel):
-    """`Qwen3VLModel` whose LLM and ViT position ids are computed batch-wide."""
+class BatchedPositions:
+    """Qwen3-VL's `get_rope_index` and the ViT position ids of its image features computed batch-wide
+    (mixed into `Qwen3VLModel` and `GapMllmModel` below)."""
 
     def get_rope_index(self, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None,
                        attention_mask=None, **kwargs):
@@ -180,13 +183,32 @@ class GapMllmQwen3VLModel(Qwen3VLModel):
             dtype=input_ids.dtype,
         )
 
+    def _with_vision_positions(self, pixel_values, image_grid_thw, kwargs: dict) -> dict:
+        """`kwargs` of an image-features call with the ViT position ids computed batch-wide."""
+        if image_grid_thw is not None and "position_ids" not in kwargs and "image_position_ids" not in kwargs:
+            kwargs = {**kwargs, "image_position_ids": vision_rotary_position_ids(
+                image_grid_thw, self.visual.spatial_merge_size, pixel_values.shape[0])}
+        return kwargs
+
+
+class GapMllmQwen3VLModel(BatchedPositions, Qwen3VLModel):
+    """`Qwen3VLModel` whose LLM and ViT position ids are computed batch-wide."""
+
     def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
         # `get_video_features` comes here too (with the video grids): the layout of the positions is the same.
-        if image_grid_thw is not None and "position_ids" not in kwargs and "image_position_ids" not in kwargs:
-            kwargs["image_position_ids"] = vision_rotary_position_ids(
-                image_grid_thw, self.visual.spatial_merge_size, pixel_values.shape[0]
-            )
-        return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+        return super().get_image_features(pixel_values, image_grid_thw,
+                                          **self._with_vision_positions(pixel_values, image_grid_thw, kwargs))
+
+
+class BatchedGapMllmModel(BatchedPositions, GapMllmModel):
+    """`GapMllmModel` whose LLM and ViT position ids are computed batch-wide."""
+
+    def get_vision_features(self, pixel_values, image_grid_thw=None, **kwargs):
+        return super().get_vision_features(pixel_values, image_grid_thw,
+                                           **self._with_vision_positions(pixel_values, image_grid_thw, kwargs))
+
+
+BATCHED_MODEL_CLASSES = {Qwen3VLModel: GapMllmQwen3VLModel, GapMllmModel: BatchedGapMllmModel}
 
 
 # key -> (tensor, its host read), one tuple so threads never mix forwards: "lengths" (cu_seqlens), "visual"
@@ -245,16 +267,17 @@ class GapMllmQwen3VLVisionAttention(Qwen3VLVisionAttention):
         return self.proj(output.reshape(seq_length, -1).contiguous())  # output: [images, patches, heads, dim]
 
 
-def use_batched_qwen3_vl(vlm) -> None:
-    """Switch a built `Qwen3VLForConditionalGeneration` to the batch-wide subclasses, in place (they add no state, so
-    the switch survives `deepcopy`, pickling and `torch.compile`)."""
-    if type(vlm.model) is Qwen3VLModel:
-        vlm.model.__class__ = GapMllmQwen3VLModel
-    if type(vlm.model.language_model) is Qwen3VLTextModel:
-        vlm.model.language_model.__class__ = GapMllmQwen3VLTextModel
+def use_batched_qwen3_vl(model) -> None:
+    """Switch a built `Qwen3VLForConditionalGeneration` (a `GapMllmForConditionalGeneration` too) to the batch-wide
+    subclasses, in place (they add no state, so the switch survives `deepcopy`, pickling and `torch.compile`)."""
+    batched = BATCHED_MODEL_CLASSES.get(type(model.model))
+    if batched is not None:
+        model.model.__class__ = batched
+    if type(model.model.language_model) is Qwen3VLTextModel:
+        model.model.language_model.__class__ = GapMllmQwen3VLTextModel
         # recorded outputs are registered per class name at build: without this `output_hidden_states` gives None
-        _CAN_RECORD_REGISTRY[vlm.model.language_model] = vlm.model.language_model._can_record_outputs
-    for block in vlm.model.visual.blocks:
+        _CAN_RECORD_REGISTRY[model.model.language_model] = model.model.language_model._can_record_outputs
+    for block in model.model.visual.blocks:
         if type(block.attn) is Qwen3VLVisionAttention:
             block.attn.__class__ = GapMllmQwen3VLVisionAttention
 
@@ -355,8 +378,8 @@ def encode_images(
             pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features
         )
     else:
-        image_outputs = model.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-    vision = model.config.vlm_config.vision_config
+        image_outputs = model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+    vision = model.config.vision_config
     embeddings = concatenate_levels(tuple(image_outputs.pooler_output), list(image_outputs.deepstack_features))
     return GapMllmImageEmbeddings(
         embeddings=embeddings,

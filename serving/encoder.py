@@ -70,8 +70,8 @@ class GapMllmEncoder:
         `keep_language_model` (the engine holds that half)."""
         model = GapMllmForConditionalGeneration.from_pretrained(path, dtype=dtype)
         if not keep_language_model:
-            model.vlm.model.language_model = None
-            model.vlm.lm_head = None
+            model.model.language_model = None
+            model.lm_head = None
         return cls(model.to(device), GapMllmProcessor.from_pretrained(path))
 
     @property
@@ -148,7 +148,7 @@ class GapMllmEncoder:
         is what Qwen3-VL's processor and an engine's prompt update make of it."""
         tokenizer = self.processor.tokenizer
         image_token = tokenizer.convert_tokens_to_ids(self.processor.image_token)
-        merge = self.model.config.vlm_config.vision_config.spatial_merge_size
+        merge = self.model.config.vision_config.spatial_merge_size
         counts = (image_grid_thw.prod(dim=-1) // merge**2).tolist()
         ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
         if ids.count(image_token) != len(counts):

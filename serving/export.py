@@ -81,13 +81,14 @@ def _weights_fingerprint(source) -> dict[str, str]:
 
 
 def stock_qwen3_vl(model: GapMllmForConditionalGeneration, dtype: torch.dtype | None = None) -> Qwen3VLForConditionalGeneration:
-    """A stock `Qwen3VLForConditionalGeneration` (not GAP's batched subclass) sharing `model.vlm`'s weights.
+    """A stock `Qwen3VLForConditionalGeneration` (not GAP's batched subclass) sharing the weights of `model`'s
+    Qwen3-VL part.
 
     Built on the meta device and filled with `load_state_dict(strict=True, assign=True)`, so no weight is copied
-    (unless `dtype` casts) and every stock parameter name must be matched by GAP's `vlm`."""
+    (unless `dtype` casts) and every stock parameter name must be matched by one of GAP's."""
     with torch.device("meta"):
-        stock = Qwen3VLForConditionalGeneration(model.config.vlm_config)
-    state = model.vlm.state_dict()
+        stock = Qwen3VLForConditionalGeneration(model.config.to_qwen3_vl_config())
+    state = model.qwen3_vl_state_dict()
     if dtype is not None:
         state = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state.items()}
     stock.load_state_dict(state, strict=True, assign=True)
@@ -199,7 +200,7 @@ def _write_export(output: Path, stock: Qwen3VLForConditionalGeneration, model: G
         (output / "chat_template.jinja").write_text(processor.chat_template)
     _image_processor_files(processor, output)
 
-    vision = model.config.vlm_config.vision_config
+    vision = model.config.vision_config
     levels = len(vision.deepstack_visual_indexes)
     info = {
         "format": EXPORT_FORMAT,

@@ -283,7 +283,7 @@ def test_a_budget_lowered_to_the_context_closes_the_list_for_it(mini, mini_token
     model, _ = mini
     processor = GrammarLogitsProcessor(mini_tokenizer, DETECTION_LIST, 5, DETECTION.max_new_tokens)
     kwargs = {"max_new_tokens": DETECTION.max_new_tokens, "logits_processor": LogitsProcessorList([processor])}
-    limit = model.config.vlm_config.text_config.max_position_embeddings
+    limit = model.config.text_config.max_position_embeddings
     fit_budget_to_context(model, kwargs, highest_prompt_position=limit - 1 - 300, input_length=5)
     budget_to_grammars(model, kwargs, input_length=5)  # what generate does next
     assert kwargs["max_new_tokens"] == processor.max_new_tokens == 300

@@ -121,8 +121,8 @@ def test_vision_rotary_positions_equal_transformers():
 
 def _stock(model):
     """Switch `model`'s Qwen3-VL back to transformers' classes (what the batched ones are compared with)."""
-    model.vlm.model.__class__ = Qwen3VLModel
-    for block in model.vlm.model.visual.blocks:
+    model.model.__class__ = Qwen3VLModel
+    for block in model.model.visual.blocks:
         block.attn.__class__ = Qwen3VLVisionAttention
     return model
 
@@ -130,7 +130,7 @@ def _stock(model):
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("lengths", [(12, 12, 12), (12, 20, 12)])  # equal: one call; unequal: the stock path
 def test_batched_vision_attention_equals_per_image_attention(build_model, attn_implementation, lengths):
-    attention = build_model().vlm.model.visual.blocks[0].attn
+    attention = build_model().model.visual.blocks[0].attn
     assert type(attention) is GapMllmQwen3VLVisionAttention
     attention.config._attn_implementation = attn_implementation
     dim, head_dim = attention.dim, attention.head_dim

@@ -58,9 +58,9 @@ def test_real_size_model_has_the_published_parameter_counts():
 
 def test_flop_formula_of_the_llm_and_the_training_multipliers():
     model = build_model("small", "meta", torch.float32)
-    text = model.config.vlm_config.text_config
+    text = model.config.text_config
     forward = forward_flops(model, [2], (4, 6), [40], [3])
-    layers = sum(p.numel() for p in model.vlm.model.language_model.layers.parameters() if p.ndim >= 2)
+    layers = sum(p.numel() for p in model.model.language_model.layers.parameters() if p.ndim >= 2)
     d_attn = text.num_attention_heads * text.head_dim
     assert forward["llm"] == 2 * layers * 40 + 4 * d_attn * text.num_hidden_layers * 40 * 40
     assert forward["lm_head"] == 2 * text.vocab_size * text.hidden_size * 3

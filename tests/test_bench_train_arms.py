@@ -64,7 +64,7 @@ def test_the_checkpointed_arms_recompute_each_layer_and_train_the_plain_arms_los
     calls, original = [], bench_train_arms.ArmsBench.train_step
 
     def counted(wrapped, optimizer, guard, step, batch):
-        attention = wrapped.gap_model.vlm.model.language_model.layers[0].self_attn
+        attention = wrapped.gap_model.model.language_model.layers[0].self_attn
         count = [0]
         handle = attention.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         try:

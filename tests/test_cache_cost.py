@@ -26,7 +26,7 @@ def test_real_size_figures():
     assert geometry.bytes_per_sample == 4 * 12_582_912
     assert format_bytes(geometry.bytes_for(100_000)) == "5.0 TB"
     # + the frozen ViT's output: the main and each DeepStack level, 768 / 4 merged tokens × the ViT's output width
-    vision = config.vlm_config.vision_config
+    vision = config.vision_config
     both = cost_for(config, views_per_sample=4, patch_grid=(24, 32))
     levels = 1 + len(vision.deepstack_visual_indexes)
     assert both.bytes_per_view == 12_582_912 + levels * 192 * vision.out_hidden_size * 2

@@ -25,7 +25,7 @@ def lively_model(build_model):
     model = build_model().eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for parameter in model.vlm.model.language_model.parameters():
+        for parameter in model.model.language_model.parameters():
             if parameter.ndim == 2:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
     return model

@@ -48,4 +48,4 @@ def test_save_load_round_trip(tmp_path, tiny_processor):
     assert loaded.to_dict() == config.to_dict()
     assert type(loaded.geometry_config).__name__ == "GapMllmGeometryConfig"
     assert loaded.geometry_fusion_config.merger_norm == "layer"
-    assert loaded.get_text_config().hidden_size == config.vlm_config.text_config.hidden_size
+    assert loaded.get_text_config().hidden_size == config.text_config.hidden_size

@@ -91,7 +91,7 @@ def test_the_training_forward_is_unchanged_and_a_trainable_encoder_is_never_repl
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     plain_loss, plain_grads = loss_and_grads()
-    assert not any(n.startswith("geometry_encoder.") for n in plain_grads)  # frozen: no gradient
+    assert not any(n.startswith("model.geometry_encoder.") for n in plain_grads)  # frozen: no gradient
     recorder = RecordedReplay()
     graphs = graph_geometry_encoder(model, capture=recorder, any_device=True)
     loss, grads = loss_and_grads()
@@ -100,7 +100,7 @@ def test_the_training_forward_is_unchanged_and_a_trainable_encoder_is_never_repl
     assert recorder.replays == 1  # a capture records, it does not run: each call replays
     model.geometry_encoder.requires_grad_(True)  # a trainable encoder: its own forward, with gradient
     loss, grads = loss_and_grads()
-    assert recorder.captured == 1 and recorder.replays == 1 and any(n.startswith("geometry_encoder.") for n in grads)
+    assert recorder.captured == 1 and recorder.replays == 1 and any(n.startswith("model.geometry_encoder.") for n in grads)
 
 
 def test_vggts_forward_makes_no_host_synchronisation_and_no_host_tensor():

@@ -21,9 +21,10 @@ LOGITS_ATOL = 1e-5
 
 
 def stock_qwen3_vl_from(model) -> Qwen3VLForConditionalGeneration:
-    """A fresh stock Qwen3-VL (not the batched subclass GAP uses) holding `model.vlm`'s weights, strictly."""
-    stock = Qwen3VLForConditionalGeneration(model.config.vlm_config)
-    stock.load_state_dict(model.vlm.state_dict(), strict=True)
+    """A fresh stock Qwen3-VL (not the batched subclass GAP uses) holding the weights of `model`'s Qwen3-VL part,
+    strictly."""
+    stock = Qwen3VLForConditionalGeneration(model.config.to_qwen3_vl_config())
+    stock.load_state_dict(model.qwen3_vl_state_dict(), strict=True)
     assert type(stock.model).__name__ == "Qwen3VLModel"  # stock class, not GapMllmQwen3VLModel
     stock.generation_config = model.generation_config
     return stock.eval()
@@ -66,7 +67,7 @@ def test_stock_qwen3_vl_with_encoded_images_gives_gap_logits(build_model, make_i
     model = build_model(use_geometry=use_geometry, seed=3)
     stock = stock_qwen3_vl_from(model)
     inputs = make_inputs(view_counts=view_counts, seed=5)
-    merge = model.config.vlm_config.vision_config.spatial_merge_size
+    merge = model.config.vision_config.spatial_merge_size
     with torch.no_grad():
         expected = model(**inputs).logits
         encoded = encode_images(model, **inputs)
@@ -93,7 +94,7 @@ def test_encoded_images_carry_the_fusion(build_model, make_inputs):
     inputs = make_inputs(view_counts=(2,), seed=5)
     with torch.no_grad():
         fused = encode_images(model, **inputs)
-        plain = model.vlm.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
+        plain = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
     hidden = fused.hidden_size
     for level, plain_level in enumerate([plain.pooler_output, *plain.deepstack_features]):
         columns = slice(level * hidden, (level + 1) * hidden)
@@ -127,7 +128,7 @@ def test_stock_qwen3_vl_greedy_tokens_equal_gap(mini, view_counts):
     stock = stock_qwen3_vl_from(model)
     inputs = processor(images=[frames[:n] for n in view_counts], task="grounding_stage2", query=[query] * len(view_counts),
                        return_tensors="pt")
-    merge = model.config.vlm_config.vision_config.spatial_merge_size
+    merge = model.config.vision_config.spatial_merge_size
     new_tokens = 16
     options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)  # every row compared on 16 tokens
     text_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}

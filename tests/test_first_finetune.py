@@ -105,9 +105,9 @@ def test_a_short_run_from_mini_trains_without_a_cache_and_predict_answers_with_i
     for shard in sorted(default_model_path().glob("model-*.safetensors")):
         mini.update(safetensors.torch.load_file(str(shard)))
     tuned = safetensors.torch.load_file(str(out / "model.safetensors"))
-    towers = [name for name in tuned if name.startswith(("geometry_encoder.", "vlm.model.visual.blocks."))]
+    towers = [name for name in tuned if name.startswith(("model.geometry_encoder.", "model.visual.blocks."))]
     assert towers and all(mini[name].equal(tuned[name]) for name in towers)
-    llm = [name for name in tuned if name.startswith("vlm.model.language_model.layers.")]
+    llm = [name for name in tuned if name.startswith("model.language_model.layers.")]
     assert llm and any(not mini[name].equal(tuned[name]) for name in llm)
     assert json.loads((out / "gap_mllm_training.json").read_text())["tasks"] == ["detection"]
 

@@ -44,7 +44,7 @@ def test_parameter_count_at_real_size_matches_official():
     """docs/method.md §1.7: 4 levels of merger + gate at D = 2048 = 201,400,320 (RMS) / 201,408,512 (LN)."""
     for norm, expected in (("rms", 201_400_320), ("layer", 201_408_512)):
         config = GapMllmConfig(geometry_fusion_config={"merger_norm": norm})
-        config.vlm_config.vision_config.out_hidden_size = 2048
+        config.vision_config.out_hidden_size = 2048
         with torch.device("meta"):
             fusion = GapMllmMultiLevelFusion(config)
         assert sum(p.numel() for p in fusion.parameters()) == expected
@@ -137,7 +137,7 @@ def test_multi_level_fusion_merges_samples_of_one_grid_in_one_call_with_the_same
     torch.manual_seed(0)
     config = GapMllmConfig(geometry_fusion_config={"merger_hidden_size": 16})
     config.geometry_config.hidden_size = 8
-    config.vlm_config.vision_config.out_hidden_size = D
+    config.vision_config.out_hidden_size = D
     fusion = GapMllmMultiLevelFusion(config).eval()
     geometry = [torch.randn(views, h, w, 16) for views, (h, w) in zip((2, 3, 1), grids)]
     calls = []

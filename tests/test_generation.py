@@ -50,7 +50,7 @@ def test_generation_matches_a_manual_greedy_loop(build_model, make_inputs):
     for _ in range(5):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                           mm_token_type_ids=(ids == model.config.vlm_config.image_token_id).int(), **extra).logits
+                           mm_token_type_ids=(ids == model.config.image_token_id).int(), **extra).logits
         ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
     assert torch.equal(generated, ids)
 
@@ -95,7 +95,7 @@ def short_context(tiny_processor, monkeypatch):
     """A tiny model whose context ends at 40 positions, and a 2-view prompt: 41 tokens ending at M-RoPE
     position 34 (the visual tokens of a view share positions)."""
     model, _ = build_tiny_model(processor=tiny_processor, seed=2)
-    model.config.vlm_config.text_config.max_position_embeddings = 40
+    model.config.text_config.max_position_embeddings = 40
     monkeypatch.setattr(checks, "_WARNED_BUDGETS", set())
     frames = make_views(2, seed=13)
     full = tiny_processor(images=frames, text="Where is the chair?", return_tensors="pt")
@@ -120,7 +120,7 @@ def test_a_budget_past_the_context_is_lowered_with_a_warning_in_both_generate_pa
 
 def test_positions_not_token_counts_decide(short_context):
     model, _, full = short_context
-    model.config.vlm_config.text_config.max_position_embeddings = 38  # fewer positions than the prompt's 41 tokens
+    model.config.text_config.max_position_embeddings = 38  # fewer positions than the prompt's 41 tokens
     out = model.generate(**full, max_new_tokens=2, do_sample=False)
     assert out.shape[1] == 43
 
@@ -129,12 +129,12 @@ def test_a_prompt_past_the_context_or_an_unfittable_minimum_is_refused(tiny_proc
     model, frames, full = short_context
     with pytest.raises(ValueError, match=r"at most 5 new tokens fit in the model's context of 40 positions, but min_new_tokens=6"):
         model.generate(**full, max_new_tokens=6, min_new_tokens=6)
-    model.config.vlm_config.text_config.max_position_embeddings = 30
+    model.config.text_config.max_position_embeddings = 30
     with pytest.raises(ValueError, match=r"the prompt ends at position 34 \(41 tokens; visual tokens share positions\), "
                                          r"leaving no room in the model's context of 30 positions"):
         model.generate(**full, max_new_tokens=1)
     prefix, _ = tiny_processor.split_scene_prompt("Where is the chair?", num_views=2)
-    model.config.vlm_config.text_config.max_position_embeddings = 20
+    model.config.text_config.max_position_embeddings = 20
     with pytest.raises(ValueError, match=r"the scene prefix ends at position 23 .* context of 20 positions"):
         encode(model, tiny_processor, frames, prefix)
 

@@ -113,7 +113,7 @@ def test_the_model_builds_the_registered_encoder_and_prices_it(tiny_processor):
     encoder_count = sum(p.numel() for p in model.geometry_encoder.parameters())
     parts = dict(parameter_parts(model.config))
     assert parts["geometry_config.num_hidden_layers, patch_size, hidden_size"] == encoder_count == 4 * (3 * 14**2 + 1) * 20
-    width = model.config.vlm_config.vision_config.out_hidden_size
+    width = model.config.vision_config.out_hidden_size
     assert parts["geometry_fusion_config.merger_hidden_size=64 (4 levels)"] == 4 * (20 * 2**2 * 64 + 64 * width)
 
 
@@ -131,8 +131,8 @@ def test_one_training_step_follows_the_freezing_policy(tiny_processor):
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
     after = dict(model.named_parameters())
-    assert not torch.equal(after["geometry_fusion.mergers.0.mlp.0.weight"], before["geometry_fusion.mergers.0.mlp.0.weight"])
-    assert all(torch.equal(after[name], before[name]) for name in before if name.startswith("geometry_encoder."))
+    assert not torch.equal(after["model.geometry_fusion.mergers.0.mlp.0.weight"], before["model.geometry_fusion.mergers.0.mlp.0.weight"])
+    assert all(torch.equal(after[name], before[name]) for name in before if name.startswith("model.geometry_encoder."))
 
     model.zero_grad(set_to_none=True)
     model.apply_freezing_policy(freeze_geometry_encoder=False)

@@ -85,10 +85,10 @@ def test_untrained_marker_and_parameter_counts(checkpoint):
         return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix))
 
     assert counts["total"] == sum(p.numel() for p in model.parameters())
-    assert counts["llm"] == count("vlm.model.language_model.") + count("vlm.lm_head.")
-    assert counts["vision"] == count("vlm.model.visual.")
-    assert counts["geometry_encoder"] == count("geometry_encoder.aggregator.") and counts["geometry_heads"] == 0
-    assert counts["mergers"] == count("geometry_fusion.mergers.") and counts["fusions"] == count("geometry_fusion.fusions.")
+    assert counts["llm"] == count("model.language_model.") + count("lm_head.")
+    assert counts["vision"] == count("model.visual.")
+    assert counts["geometry_encoder"] == count("model.geometry_encoder.aggregator.") and counts["geometry_heads"] == 0
+    assert counts["mergers"] == count("model.geometry_fusion.mergers.") and counts["fusions"] == count("model.geometry_fusion.fusions.")
     assert counts["other"] == 0
 
 
@@ -117,7 +117,7 @@ def test_every_figure_of_the_model_section_comes_from_the_checkpoint(checkpoint)
     counts = parameter_counts(checkpoint)
     text = build_model_card(checkpoint).text
     model = text[text.index("## Model"):text.index("## Training data")]
-    llm = config.vlm_config.text_config
+    llm = config.text_config
     assert f"| LLM | {llm.num_hidden_layers} layers, hidden {llm.hidden_size}," in model
     assert f"| geometry encoder | VGGT aggregator, {config.geometry_config.num_hidden_layers} frame/global block pairs" in model
     new = counts["mergers"] + counts["fusions"]

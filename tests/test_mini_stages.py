@@ -74,9 +74,9 @@ def test_geometry_stage_trains_the_encoder_and_its_heads_only(train_data_root, t
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     setup.trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
-    assert changed and all(n.startswith("geometry_encoder.") for n in changed)
-    assert any(n.startswith("geometry_encoder.camera_head.") for n in changed)
-    assert any(n.startswith("geometry_encoder.depth_head.") for n in changed)
+    assert changed and all(n.startswith("model.geometry_encoder.") for n in changed)
+    assert any(n.startswith("model.geometry_encoder.camera_head.") for n in changed)
+    assert any(n.startswith("model.geometry_encoder.depth_head.") for n in changed)
 
 
 def test_vision_stage_trains_the_vit_on_token_semantics(train_data_root, tmp_path):
@@ -86,7 +86,7 @@ def test_vision_stage_trains_the_vit_on_token_semantics(train_data_root, tmp_pat
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     setup.trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
-    assert changed and all(n.startswith("vlm.model.visual.") for n in changed)
+    assert changed and all(n.startswith("model.visual.") for n in changed)
     history = [h["category_loss"] for h in setup.trainer.state.log_history if "category_loss" in h]
     assert np.mean(history[-5:]) < 0.6 * np.mean(history[:5]), history
     # the position term is part of the objective and learned too (its constant-guess level is ~0.49)
@@ -118,7 +118,7 @@ def test_stage1_on_a_trained_encoder_learns_the_marker_task(trained_geometry, tr
     from gap_mllm.training.model_loading import load_encoder_weights
 
     copied = load_encoder_weights(model, encoder_folder)
-    assert any(name.startswith("geometry_encoder.depth_head.") for name in copied)
+    assert any(name.startswith("model.geometry_encoder.depth_head.") for name in copied)
     recipe = recipe_from_dict({
         "stage": "pretrain", "device": "cpu", "data": {"data_root": str(train_data_root), "tasks": ["reconstruction"],
                                                       "max_train_samples": 8, "cache_dir": str(tmp_path / "hf")},

@@ -1,13 +1,15 @@
 """GapMllmForConditionalGeneration: equivalence with stock Qwen3-VL, every level wired, gradients,
 batching, attention implementations, initialisation and loud reports of missing weights."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen3VLForConditionalGeneration
 from transformers.utils import is_flash_attn_2_available
 
-from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration
 from gap_mllm.checks import MissingWeightsWarning, first_non_finite_tensor
 from gap_mllm.configuration_gap_mllm import FUSION_METHODS
 
@@ -24,8 +26,8 @@ def _without_geometry(inputs):
 def test_fusion_off_reproduces_stock_qwen3_vl_exactly(build_model, make_inputs):
     model = build_model(use_geometry=False)
     assert not hasattr(model, "geometry_encoder") and not hasattr(model, "geometry_fusion")
-    stock = Qwen3VLForConditionalGeneration(model.config.vlm_config).eval()
-    stock.load_state_dict({k.removeprefix("vlm."): v for k, v in model.state_dict().items()})
+    stock = Qwen3VLForConditionalGeneration(model.config.to_qwen3_vl_config()).eval()
+    stock.load_state_dict(model.state_dict(), strict=True)  # the same names: Qwen3-VL's
     inputs = make_inputs((3,))
     assert torch.equal(_logits(model, inputs), _logits(stock, _without_geometry(inputs)))
 
@@ -34,7 +36,9 @@ def test_missing_geometry_inputs_run_the_plain_qwen_path(build_model, make_input
     model = build_model()
     inputs = make_inputs((2,))
     plain = _logits(model, _without_geometry(inputs))
-    assert torch.equal(plain, _logits(model.vlm, _without_geometry(inputs)))
+    stock = Qwen3VLForConditionalGeneration(model.config.to_qwen3_vl_config()).eval()
+    stock.load_state_dict(model.qwen3_vl_state_dict(), strict=True)
+    assert torch.equal(plain, _logits(stock, _without_geometry(inputs)))
     assert not torch.allclose(plain, _logits(model, inputs)), "geometry must change the logits"
 
 
@@ -72,9 +76,9 @@ def test_gradients_reach_exactly_the_trainable_groups(build_model, make_inputs):
     model = build_model().train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert trainable and all(n.startswith(("vlm.model.language_model.", "geometry_fusion.")) for n in trainable)
-    assert all(n.startswith(("vlm.model.visual.", "geometry_encoder.")) for n in frozen)
-    assert any(n.startswith("vlm.model.visual.") for n in frozen) and any(n.startswith("geometry_encoder.") for n in frozen)
+    assert trainable and all(n.startswith(("model.language_model.", "model.geometry_fusion.")) for n in trainable)
+    assert all(n.startswith(("model.visual.", "model.geometry_encoder.")) for n in frozen)
+    assert any(n.startswith("model.visual.") for n in frozen) and any(n.startswith("model.geometry_encoder.") for n in frozen)
     inputs = make_inputs((2,))
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
     for name, parameter in model.named_parameters():
@@ -88,7 +92,7 @@ def test_fusion_gates_are_per_level_token_shares(build_model, make_inputs):
     model = build_model()
     inputs = make_inputs((3,))
     gates = model(**inputs, output_gates=True).fusion_gates
-    visual_tokens = int((inputs["input_ids"] == model.config.vlm_config.image_token_id).sum())
+    visual_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
     assert len(gates) == 4
     for gate in gates:
         assert gate.shape == (visual_tokens,) and ((gate > 0) & (gate < 1)).all()
@@ -161,7 +165,7 @@ def test_init_weights_covers_every_parameter(build_model):
 def test_missing_geometry_weights_are_reported_by_group(tmp_path, build_model, make_inputs):
     build_model().save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    kept = {k: v for k, v in weights.items() if not k.startswith(("geometry_encoder.", "geometry_fusion.fusions."))}
+    kept = {k: v for k, v in weights.items() if not k.startswith(("model.geometry_encoder.", "model.geometry_fusion.fusions."))}
     save_file(kept, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.warns(MissingWeightsWarning, match="geometry encoder") as record:
         model = GapMllmForConditionalGeneration.from_pretrained(tmp_path)
@@ -179,7 +183,7 @@ def test_weights_holding_nan_or_an_infinity_are_refused_naming_the_folder_and_th
     model = build_model()
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    first, later = "vlm.model.language_model.layers.0.mlp.down_proj.weight", "geometry_fusion.mergers.0.mlp.0.weight"
+    first, later = "model.language_model.layers.0.mlp.down_proj.weight", "model.geometry_fusion.mergers.0.mlp.0.weight"
     assert list(model.state_dict()).index(first) < list(model.state_dict()).index(later)
     weights[later][0, 0] = float("nan")
     weights[first][1, 2] = float("-inf")  # the model's order, not the file's (alphabetical), decides which is first
@@ -209,18 +213,65 @@ def test_complete_checkpoint_loads_silently(tmp_path, build_model, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, MissingWeightsWarning)]
 
 
+def _stock_qwen3_vl_folder(build_model, folder):
+    """A stock Qwen3-VL checkpoint (`Qwen3VLForConditionalGeneration.save_pretrained`) of the tiny sizes."""
+    gap = build_model(use_geometry=False)
+    stock = Qwen3VLForConditionalGeneration(gap.config.to_qwen3_vl_config())
+    stock.load_state_dict(gap.state_dict(), strict=True)
+    stock.save_pretrained(folder)
+    return stock
+
+
 def test_builder_from_a_stock_qwen3_vl_checkpoint(tmp_path, build_model, make_inputs):
-    stock = build_model(use_geometry=False).vlm
-    stock.save_pretrained(tmp_path)
+    stock = _stock_qwen3_vl_folder(build_model, tmp_path)
     with pytest.warns(MissingWeightsWarning, match="geometry encoder"):
         model = GapMllmForConditionalGeneration.from_qwen3_vl(tmp_path, geometry_config=build_model().config.geometry_config.to_dict())
     for name, tensor in stock.state_dict().items():
-        assert torch.equal(model.vlm.state_dict()[name], tensor), name
-    assert not any(p.requires_grad for p in model.vlm.model.visual.parameters())
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert not any(p.requires_grad for p in model.model.visual.parameters())
     assert not any(p.requires_grad for p in model.geometry_encoder.parameters())
     logits = _logits(model.eval(), make_inputs((2,)))
     assert torch.isfinite(logits).all()
-    assert type(model.vlm.model).__name__ == "GapMllmQwen3VLModel"  # the loaded VLM gets the batch-wide paths too
+    assert type(model.model).__name__ == "BatchedGapMllmModel"  # the loaded model gets the batch-wide paths too
+
+
+def test_from_pretrained_of_a_qwen3_vl_folder_reports_only_the_geometry_weights_new(tmp_path, build_model):
+    """A Qwen3-VL folder loads as LLaVA starts from its language model: every Qwen3-VL weight from the folder, the
+    geometry encoder, mergers and fusions newly initialised and reported, nothing else missing or unexpected."""
+    stock = _stock_qwen3_vl_folder(build_model, tmp_path)
+    geometry = build_model().config.geometry_config.to_dict()
+    with pytest.warns(MissingWeightsWarning) as caught:
+        model, info = GapMllmForConditionalGeneration.from_pretrained(tmp_path, geometry_config=geometry,
+                                                                      output_loading_info=True)
+    assert isinstance(model.config, GapMllmConfig) and model.config.model_type == "gap_mllm"
+    assert model.config.geometry_config.hidden_size == geometry["hidden_size"]  # the settings given, not VGGT-1B's
+    assert info["unexpected_keys"] == set() or not info["unexpected_keys"]
+    assert info["missing_keys"] and all(key.startswith("model.geometry_") for key in info["missing_keys"])
+    assert set(model.missing_weight_groups) == {"geometry encoder (VGGT aggregator)", "geometry mergers",
+                                                "fusion modules (gates)"}
+    assert "geometry encoder" in str(caught[0].message)
+    state = model.state_dict()
+    assert all(torch.equal(state[name], tensor) for name, tensor in stock.state_dict().items())
+
+
+def test_a_folder_of_the_earlier_layout_loads_with_equal_logits(tmp_path, build_model, make_inputs):
+    """Weights named as the earlier layout held them (`vlm.model.*`, `vlm.lm_head.weight`, `geometry_encoder.*`,
+    `geometry_fusion.*`) and its config.json (`vlm_config` nested) load through transformers' key renaming."""
+    model = build_model().eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    qwen_part = {name: config.pop(name) for name in ("text_config", "vision_config", "image_token_id", "video_token_id",
+                                                     "vision_start_token_id", "vision_end_token_id")}
+    config["vlm_config"] = {**qwen_part, "model_type": "qwen3_vl", "tie_word_embeddings": config["tie_word_embeddings"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    earlier = {("vlm." + name if not name.startswith("model.geometry_") else name[len("model."):]): tensor
+               for name, tensor in load_file(tmp_path / "model.safetensors").items()}
+    assert any(name.startswith("vlm.model.") for name in earlier) and "model.geometry_encoder" not in str(list(earlier))
+    save_file(earlier, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.missing_weight_groups == []
+    inputs = make_inputs((2,))
+    assert torch.equal(_logits(loaded, inputs), _logits(model, inputs))
 
 
 def test_bfloat16_forward_and_activation_checkpointing(build_model, make_inputs):

@@ -24,7 +24,7 @@ from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .conftest import write_small_synth
 
-NAN_TENSOR = "vlm.model.language_model.layers.0.mlp.down_proj.weight"
+NAN_TENSOR = "model.language_model.layers.0.mlp.down_proj.weight"
 EXAMPLE = ["--example", "synthetic room A", "--task", "detection", "--max-new-tokens", "2"]
 
 
@@ -56,7 +56,7 @@ DAMAGES = {
                     "damaged or was saved from a diverged run: load another one"),
     "vocab_size": (lambda folder: edit_json(folder / "config.json", text_size("vocab_size", 800)),
                    "--model {folder}: config.json's vlm_config.text_config.vocab_size is 800 but the weights' "
-                   "vlm.model.language_model.embed_tokens.weight has 720 (shape [720, 64]); the config does not "
+                   "model.language_model.embed_tokens.weight has 720 (shape [720, 64]); the config does not "
                    "belong to these weights: restore the config.json saved with them"),
     "tokenizer.json": (lambda folder: edit_json(folder / "tokenizer.json", lambda content: content.pop("added_tokens")),
                        "{folder}/tokenizer.json cannot be read as a tokenizer file (no 'added_tokens' list); copy it "
@@ -107,11 +107,11 @@ def test_evaluate_and_export_llm_refuse_nan_weights_in_one_line(checkpoint, tmp_
 
 
 @pytest.mark.parametrize("keys, value, tensor, held", [
-    (("vlm_config", "text_config", "hidden_size"), 96, "vlm.model.language_model.embed_tokens.weight",
+    (("vlm_config", "text_config", "hidden_size"), 96, "model.language_model.embed_tokens.weight",
      "64 (shape [720, 64])"),
-    (("vlm_config", "vision_config", "hidden_size"), 48, "vlm.model.visual.patch_embed.proj.weight",
+    (("vlm_config", "vision_config", "hidden_size"), 48, "model.visual.patch_embed.proj.weight",
      "32 (shape [32, 3, 2, 16, 16])"),
-    (("geometry_config", "hidden_size"), 64, "geometry_encoder.aggregator.camera_token", "32 (shape [1, 2, 1, 32])"),
+    (("geometry_config", "hidden_size"), 64, "model.geometry_encoder.aggregator.camera_token", "32 (shape [1, 2, 1, 32])"),
 ])
 def test_a_config_size_that_disagrees_with_the_weights_is_named_with_both_sizes(checkpoint, tmp_path, keys, value,
                                                                                 tensor, held):

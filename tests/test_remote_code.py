@@ -204,7 +204,7 @@ def test_a_folder_without_the_package_decodes_full_and_scene_calls_compiled_or_n
         tmp_path, tiny_processor):
     model, processor = build_tiny_model(processor=tiny_processor, seed=2)
     with torch.no_grad():  # sharper logits: greedy answers that change from token to token
-        for parameter in model.vlm.model.language_model.parameters():
+        for parameter in model.model.language_model.parameters():
             if parameter.ndim == 2:
                 parameter.mul_(4.0)
     folder = tmp_path / "gap-mllm-tiny"

@@ -390,7 +390,7 @@ def test_a_fresh_models_state_takes_its_encoders_from_the_folder_they_came_from(
     record = json.loads((state / STATE_FILE).read_text())
     assert record["source"]["path"] == str(source_model)
     stored = load_file(state / WEIGHTS_FILE)
-    encoders = [name for name in record["model"]["from_source"] if name.startswith(("geometry_encoder.", "vlm.model.visual."))]
+    encoders = [name for name in record["model"]["from_source"] if name.startswith(("model.geometry_encoder.", "model.visual."))]
     assert encoders and not [name for name in stored if name in encoders]
     assert record["model"]["stored"] == len(stored) > 0  # the fresh LLM trained: stored
 

@@ -32,7 +32,7 @@ def answer(model, scene, question):
 
 def test_a_fused_adamw_step_invalidates_the_scene(scene_setup):
     model, scene_inputs, question = scene_setup
-    trained = list(model.vlm.model.language_model.parameters())
+    trained = list(model.model.language_model.parameters())
     optimizer = torch.optim.AdamW(trained, lr=1e-3, fused=True)  # Trainer's default optim, adamw_torch_fused
     scene = model.encode_scene(**scene_inputs)
     versions = [p._version for p in trained]
@@ -50,7 +50,7 @@ def test_a_fused_adamw_step_invalidates_the_scene(scene_setup):
 CHANGES = {
     "buffer": lambda model: model.geometry_encoder.aggregator.image_mean.add_(0.1),  # bumps the buffer's counter
     "buffer .data": lambda model: model.geometry_encoder.aggregator.image_std.data.mul_(1.5),  # bumps no counter
-    "weight .data": lambda model: model.vlm.model.language_model.layers[0].mlp.up_proj.weight.data.add_(0.01),
+    "weight .data": lambda model: model.model.language_model.layers[0].mlp.up_proj.weight.data.add_(0.01),
 }
 
 

@@ -34,7 +34,7 @@ def talkative(tiny_processor):
     token; LLM weights × 4 sharpen the logits), so that equal answers mean something."""
     model, _ = build_tiny_model(processor=tiny_processor, seed=2)
     with torch.no_grad():
-        for parameter in model.vlm.model.language_model.parameters():
+        for parameter in model.model.language_model.parameters():
             if parameter.ndim == 2:
                 parameter.mul_(4.0)
     return model
@@ -101,7 +101,7 @@ def answer_one_by_one(model, processor, frames, questions):
 def test_answers_equal_separate_full_calls_and_the_encoders_run_once(talkative, tiny_processor, two_view_references):
     frames, references = two_view_references
     assert max(len(set(tokens.tolist())) for tokens, _ in references) >= 3, "answers too uniform to test anything"
-    geometry_calls, vision_calls = count_calls(talkative.geometry_encoder), count_calls(talkative.vlm.model.visual)
+    geometry_calls, vision_calls = count_calls(talkative.geometry_encoder), count_calls(talkative.model.visual)
     answers = answer_one_by_one(talkative, tiny_processor, frames, QUESTIONS)
     assert (len(geometry_calls), len(vision_calls)) == (1, 1)  # one scene, four questions
     for index, (reference, (tokens, logits)) in enumerate(zip(references, answers, strict=True)):
@@ -242,7 +242,7 @@ def test_a_scene_is_refused_after_the_weights_change(tiny_processor):
     frames = make_views(2, seed=12)
     prefix, suffix = tiny_processor.split_scene_prompt("q", num_views=2)
     question = tiny_processor(text=suffix, return_tensors="pt")
-    weight = model.vlm.model.language_model.layers[0].mlp.up_proj.weight
+    weight = model.model.language_model.layers[0].mlp.up_proj.weight
     for change in (lambda: model.load_state_dict(other.state_dict()), lambda: weight.add_(0.01)):  # loading; a step
         scene = encode(model, tiny_processor, frames, prefix)
         with torch.no_grad():
@@ -250,7 +250,7 @@ def test_a_scene_is_refused_after_the_weights_change(tiny_processor):
         with pytest.raises(ValueError, match="this model's weights changed after it was encoded"):
             model.generate(scene=scene, **question, max_new_tokens=2)
     scene = encode(model, tiny_processor, frames, prefix)
-    model.config.vlm_config.text_config.rms_norm_eps = 1e-3
+    model.config.text_config.rms_norm_eps = 1e-3
     with pytest.raises(ValueError, match="configuration changed after it was encoded"):
         model.generate(scene=scene, **question, max_new_tokens=2)
 

@@ -103,7 +103,7 @@ def test_encoded_embeddings_are_the_model_image_path(encoder, tiny_processor):
 def test_encoder_from_a_folder_drops_the_language_model_and_encodes_the_same(tmp_path, tiny_processor, build_model):
     folder = save_tiny_checkpoint(tmp_path / "gap", seed=6)
     encoder = GapMllmEncoder.from_pretrained(folder)
-    assert encoder.model.vlm.model.language_model is None and encoder.model.vlm.lm_head is None
+    assert encoder.model.model.language_model is None and encoder.model.lm_head is None
     frames = make_views(2, seed=8)
     full = build_model(seed=6)
     with torch.no_grad():

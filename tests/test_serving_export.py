@@ -93,7 +93,7 @@ def test_export_records_its_source_and_warns_about_image_inputs(exported):
     files = sorted(source.glob("*.safetensors"))
     assert files and info["source_weights_sha256"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     gap = GapMllmForConditionalGeneration.from_pretrained(source)
-    hidden = gap.config.vlm_config.vision_config.out_hidden_size
+    hidden = gap.config.vision_config.out_hidden_size
     assert info["embedding_layout"] == {"hidden_size": hidden, "num_deepstack_levels": 3, "width": 4 * hidden,
                                         "order": ["main", "deepstack_0", "deepstack_1", "deepstack_2"]}
     readme = (output / "README.md").read_text()

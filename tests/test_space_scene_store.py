@@ -69,7 +69,7 @@ def test_questions_on_one_upload_reuse_the_session_scene(backend, tmp_path, monk
     encoder_calls = []
     backend.model.geometry_encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
     vision_calls = []
-    backend.model.vlm.model.visual.register_forward_hook(lambda *args: vision_calls.append(1))
+    backend.model.model.visual.register_forward_hook(lambda *args: vision_calls.append(1))
 
     def ask(query, files=upload, session="alice"):
         return backend.run(files, None, GROUNDING, query=query, session=session)

@@ -99,7 +99,7 @@ def test_thirty_steps_of_random_lengths_compile_once_per_bucket():
     of random lengths (the language model on random embeddings: the layers are what is compiled); the same batches
     unbucketed have more lengths than buckets + 1 (each would be a compilation)."""
     model, _ = tiny()
-    language_model = model.vlm.model.language_model
+    language_model = model.model.language_model
     hidden = language_model.config.hidden_size
     optimizer = torch.optim.AdamW(language_model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)

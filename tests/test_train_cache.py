@@ -92,7 +92,7 @@ def towers_must_not_run(monkeypatch):
             raise AssertionError("a cached tower ran")
 
         if vision:
-            monkeypatch.setattr(model.vlm.model.visual.blocks[0], "forward", fail)
+            monkeypatch.setattr(model.model.visual.blocks[0], "forward", fail)
         if geometry:
             monkeypatch.setattr(model.geometry_encoder, "forward", fail)
 
@@ -131,13 +131,13 @@ def test_the_folder_follows_frozen_weights_processing_and_settings_the_key_follo
 
     reference = folder()
     model.geometry_fusion.mergers[0].mlp[0].weight.data.add_(1.0)  # trained modules do not matter
-    model.vlm.model.language_model.layers[0].mlp.up_proj.weight.data.add_(1.0)
+    model.model.language_model.layers[0].mlp.up_proj.weight.data.add_(1.0)
     assert folder() == reference
     with torch.no_grad():
         next(model.geometry_encoder.aggregator.parameters()).add_(1e-3)
     moved_geometry = folder()
     with torch.no_grad():
-        model.vlm.model.visual.merger.linear_fc1.weight.add_(1e-3)  # frozen in this run: part of what is cached
+        model.model.visual.merger.linear_fc1.weight.add_(1e-3)  # frozen in this run: part of what is cached
     moved_vision = folder()
     assert len({reference, moved_geometry, moved_vision}) == 3
     assert folder(collate={**collate, "marker": False}) != moved_vision
@@ -179,12 +179,12 @@ def test_training_from_the_cache_equals_training_with_the_towers_and_never_runs_
 def test_trainable_vit_mergers_are_run_from_the_cached_block_outputs(tmp_path, mixed, towers_must_not_run):
     settings, dataset = mixed
     model, processor = tiny()
-    visual = model.vlm.model.visual
+    visual = model.model.visual
     visual.merger.requires_grad_(True)
     visual.deepstack_merger_list.requires_grad_(True)
     examples = [dataset[i] for i in spread(dataset)]
     reference = loss_and_grads(model, live_batch(processor, settings, examples))
-    assert "vlm.model.visual.merger.linear_fc1.weight" in reference[1]
+    assert "model.visual.merger.linear_fc1.weight" in reference[1]
     cache, _ = build(tmp_path, model, processor, settings, dataset.select(spread(dataset)))
     assert cache.vision_kind == "blocks"
     with torch.no_grad():  # the mergers train: new merger weights keep the folder (the blocks' output is cached)
@@ -210,7 +210,7 @@ def test_a_trainable_geometry_encoder_runs_on_processor_inputs_and_the_vit_comes
     assert "geometry_pixel_values" in batch and "pixel_values" not in batch
     towers_must_not_run(model, geometry=False)
     signal = loss_and_grads(model, batch)
-    assert any(name.startswith("geometry_encoder.") for name in signal[1])  # the encoder still trains
+    assert any(name.startswith("model.geometry_encoder.") for name in signal[1])  # the encoder still trains
     assert_same_training_signal(reference, signal, rtol=1e-5)
 
 
@@ -251,7 +251,7 @@ def test_the_cache_key_ignores_where_remote_code_lives_but_not_a_processing_sett
 def test_nothing_to_cache_is_refused(tmp_path):
     model, processor = tiny()
     model.geometry_encoder.requires_grad_(True)
-    model.vlm.model.visual.blocks[0].requires_grad_(True)
+    model.model.visual.blocks[0].requires_grad_(True)
     with pytest.raises(CacheUnusableError, match="geometry encoder is trainable"):
         FeatureCache(tmp_path, model, processor)
 
@@ -306,7 +306,7 @@ def test_a_run_with_the_cache_and_packing_never_runs_the_frozen_towers(tmp_path,
     setup = build_trainer(settings)
     assert setup.cache.complete
     towers_must_not_run(setup.model.gap_model)
-    llm = setup.model.gap_model.vlm.model.language_model
+    llm = setup.model.gap_model.model.language_model
     before = trainable_state(llm)
     setup.trainer.train()
     assert any(not torch.equal(before[name], value) for name, value in trainable_state(llm).items())

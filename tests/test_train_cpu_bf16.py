@@ -19,7 +19,7 @@ def first_step(tmp_path, dataset, monkeypatch, **top_level):
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     model, processor = tiny()
     seen = []
-    projection = model.vlm.model.language_model.layers[0].mlp.down_proj
+    projection = model.model.language_model.layers[0].mlp.down_proj
     handle = projection.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     settings = recipe(tmp_path, training={"max_steps": 1}, **top_level)
     setup = run.build_trainer(settings, model=model, processor=processor, train_dataset=dataset)

@@ -67,7 +67,7 @@ def train(data_root: str, hf_cache: str, output: str, per_device_batch: int, aft
     if setup.trainer.is_fsdp_enabled:
         from torch.distributed.tensor import DTensor
 
-        layer = setup.model.gap_model.vlm.model.language_model.layers[0]
+        layer = setup.model.gap_model.model.language_model.layers[0]
         sharded = isinstance(layer.self_attn.q_proj.weight, DTensor)
         (Path(output) / f"sharded.rank{setup.trainer.args.process_index}").write_text(str(sharded))
     save_final_model(setup.trainer, str(Path(output) / "final"))

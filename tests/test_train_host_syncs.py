@@ -74,7 +74,7 @@ def test_the_deepstack_additions_by_index_equal_the_boolean_mask_ones():
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
 
     model, _ = tiny()
-    language_model = model.vlm.model.language_model
+    language_model = model.model.language_model
     assert type(language_model).__name__ == "GapMllmQwen3VLTextModel"
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 9, 8, generator=generator)

@@ -29,8 +29,8 @@ FLASH = {"flash_attention_2": "flash-attn", "flash_attention_4": "flash-attn-4"}
 
 def attention_of_every_part(model) -> dict[str, str]:
     config = model.config
-    return {"llm": model.vlm.model.language_model.config._attn_implementation,
-            "vit": config.vlm_config.vision_config._attn_implementation,
+    return {"llm": model.model.language_model.config._attn_implementation,
+            "vit": config.vision_config._attn_implementation,
             "vggt": model.geometry_encoder.config._attn_implementation,
             "fusion": config.geometry_fusion_config._attn_implementation}
 
@@ -145,7 +145,7 @@ def test_flash_reaches_every_part_through_transformers(monkeypatch, build_model)
 
     def set_attn_implementation(self, name):
         calls.append(name)
-        for config in (self.config, self.config.vlm_config.text_config, self.config.vlm_config.vision_config,
+        for config in (self.config, self.config.text_config, self.config.vision_config,
                        self.config.geometry_config, self.config.geometry_fusion_config):
             config._attn_implementation = name
 
@@ -215,7 +215,7 @@ def test_liger_computes_the_answer_loss_of_the_recipe(tmp_path, recon_dataset, l
     batch.pop("num_skipped_samples")
     fused = setup.model(**batch)
     assert len(liger_stand_in) == 1 and liger_stand_in[0]["reduction"] == "sum"
-    assert liger_stand_in[0]["weight"] is model.vlm.lm_head.weight
+    assert liger_stand_in[0]["weight"] is model.lm_head.weight
     assert liger_stand_in[0]["tokens"] == int(fused.lm_num_tokens) > 0
     plain = GeometryAlignedModel(model)(**batch)
     torch.testing.assert_close(fused.lm_loss_sum, plain.lm_loss_sum, rtol=1e-6, atol=0)
@@ -252,7 +252,7 @@ def test_packed_rows_with_flash_attention_stay_one_row(recon_dataset):
     batch.pop("num_skipped_samples")
     rows = collate_samples(split_batch(batch), processor.tokenizer.pad_token_id, packing=True)  # rows of the longest
     assert rows["input_ids"].shape[0] > 1
-    model.vlm.model.language_model.config._attn_implementation = "flash_attention_2"
+    model.model.language_model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError) as error:
         GeometryAlignedModel(model)(**rows)
     assert str(error.value) == (f"{rows['input_ids'].shape[0]} packed rows with attn_implementation='flash_attention_2': "
@@ -406,7 +406,7 @@ def test_the_switches_reach_the_language_model(tmp_path, recon_dataset, liger_pi
     batch.pop("num_skipped_samples")
     reference = reference_setup.model(**batch).lm_loss_sum
     model, processor = tiny()
-    language_model = model.vlm.model.language_model
+    language_model = model.model.language_model
     names_before = model.state_dict(keep_vars=True)
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append((self, kwargs)))
     setup = build(tmp_path, recon_dataset, model, processor, data={"length_buckets": [256]},
@@ -436,7 +436,7 @@ def test_liger_pieces_that_do_not_import_are_named(monkeypatch):
     from gap_mllm.training.kernels import apply_liger_to_qwen3_vl_text
 
     monkeypatch.setitem(sys.modules, "liger_kernel", None)
-    language_model = tiny()[0].vlm.model.language_model
+    language_model = tiny()[0].model.language_model
     with pytest.raises(ImportError, match=r"^kernels.liger_language_model: liger-kernel's RMSNorm, RoPE or SwiGLU "
                                           r"does not import \(.*liger_kernel.*\)$"):
         apply_liger_to_qwen3_vl_text(language_model)
@@ -446,7 +446,7 @@ def test_liger_refuses_a_mlp_it_cannot_compute(liger_pieces_stand_in, monkeypatc
     """A non-SiLU MLP is refused before anything is patched (Liger's SwiGLU computes SiLU only)."""
     from gap_mllm.training.kernels import apply_liger_to_qwen3_vl_text
 
-    language_model = tiny()[0].vlm.model.language_model
+    language_model = tiny()[0].model.language_model
     monkeypatch.setattr(language_model.config, "hidden_act", "gelu")
     with pytest.raises(ValueError, match=r"^kernels.liger_language_model: the text model's MLP activation is 'gelu'; "
                                          r"Liger's SwiGLU computes silu / swish only"):

@@ -109,9 +109,9 @@ def test_packed_loss_and_gradients_equal_the_padded_ones(mixed, attention, row_t
     loss, tokens, aux, grads = signal(batch)
     packed_loss, packed_tokens, packed_aux, packed_grads = signal(packed)
     assert int(packed_tokens) == int(tokens) > 0
-    layers = model.config.vlm_config.text_config.num_hidden_layers
+    layers = model.config.text_config.num_hidden_layers
     assert len(calls) == (layers * (2 if checkpointed else 1) if attention == "sdpa" else 0)
-    assert model.vlm.model.language_model.config._attn_implementation == attention  # switched back after the forward
+    assert model.model.language_model.config._attn_implementation == attention  # switched back after the forward
     torch.testing.assert_close(packed_loss, loss, rtol=1e-6, atol=0)
     assert set(aux) == {"camera", "depth", "scale"}
     for name in aux:
@@ -148,7 +148,7 @@ def test_attention_does_not_cross_samples_in_a_packed_row(mixed, per_sample):
                                    use_cache=False).last_hidden_state[0]
 
     del wrapped
-    with packed_attention(model.vlm.model.language_model) if per_sample else nullcontext():
+    with packed_attention(model.model.language_model) if per_sample else nullcontext():
         before, after = hidden(packed), hidden(changed)
     assert not torch.allclose(before[first:second], after[first:second])  # the change is seen where it was made
     torch.testing.assert_close(after[second:], before[second:], rtol=0, atol=0)  # and nowhere else
@@ -263,11 +263,11 @@ def test_packed_rows_take_one_varlen_call_per_layer_and_keep_each_samples_logits
                                    image_grid_thw=batch["image_grid_thw"],
                                    mm_encoder_outputs={"image": features}, use_cache=False, **extra).last_hidden_state
 
-    with packed_attention(model.vlm.model.language_model) as switched, torch.no_grad():
+    with packed_attention(model.model.language_model) as switched, torch.no_grad():
         assert switched
         row = hidden(packed, position_ids=packed["position_ids"], packed_segments=segments,
                      packed_cu_seq=cu_seq(segments, "cpu"))[0]
-    layers = model.config.vlm_config.text_config.num_hidden_layers
+    layers = model.config.text_config.num_hidden_layers
     assert len(calls) == layers and all(call["cu"] == [0, *accumulate(segments)] for call in calls)
     assert calls[0]["max"] == max(segments) and calls[0]["tokens"] == packed["input_ids"].numel()
     lengths = sorted((s["input_ids"].shape[0] for s in samples), reverse=True)  # the packed order: longest first
@@ -311,15 +311,15 @@ def test_checkpointed_layers_of_a_run_without_packed_rows_still_compile():
     wrapped.activation_checkpointing_enable()
     compile_decoder_layers(model, backend="aot_eager")
     ids = torch.randint(5, 50, (2, 24))
-    model.vlm.model.language_model(input_ids=ids, use_cache=False).last_hidden_state.sum().backward()
-    layer = model.vlm.model.language_model.layers[0]
+    model.model.language_model(input_ids=ids, use_cache=False).last_hidden_state.sum().backward()
+    layer = model.model.language_model.layers[0]
     assert "context_fn" not in layer._gradient_checkpointing_func.keywords
     assert all(p.grad is not None for p in layer.parameters())
     packed, _ = tiny()
     GeometryAlignedModel(packed, packed_rows=True).activation_checkpointing_enable()
-    assert "context_fn" in packed.vlm.model.language_model.layers[0]._gradient_checkpointing_func.keywords
+    assert "context_fn" in packed.model.language_model.layers[0]._gradient_checkpointing_func.keywords
     # kwargs that leave use_reentrant out get transformers' default, the non-reentrant checkpoint, and the context
     GeometryAlignedModel(packed, packed_rows=True).activation_checkpointing_enable({"preserve_rng_state": True})
-    keywords = packed.vlm.model.language_model.layers[0]._gradient_checkpointing_func.keywords
+    keywords = packed.model.language_model.layers[0]._gradient_checkpointing_func.keywords
     assert keywords["use_reentrant"] is False and "context_fn" in keywords and keywords["preserve_rng_state"] is True
 

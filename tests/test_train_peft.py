@@ -26,12 +26,12 @@ def test_lora_trains_llm_adapters_and_full_mergers_and_round_trips(tmp_path, rec
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all(("lora_" in n and "language_model" in n) or ".modules_to_save." in n for n in trainable)
     saved_modules = {n.split(".modules_to_save.")[0].split("model.", 2)[-1] for n in trainable if ".modules_to_save." in n}
-    assert saved_modules == {f"geometry_fusion.{g}.{i}" for g in ("mergers", "fusions") for i in range(4)}
+    assert saved_modules == {f"model.geometry_fusion.{g}.{i}" for g in ("mergers", "fusions") for i in range(4)}
     setup.trainer.train()
     setup.trainer.save_model()
 
     adapter = load_file(tmp_path / "out" / "adapter_model.safetensors")
-    assert any("lora_A" in k for k in adapter) and any("geometry_fusion.mergers.0" in k for k in adapter)
+    assert any("lora_A" in k for k in adapter) and any("model.geometry_fusion.mergers.0" in k for k in adapter)
     assert not any("geometry_encoder" in k or ".visual." in k for k in adapter)
 
     batch = GapMllmDataCollator(processor)([recon_dataset[0], recon_dataset[1]])

@@ -44,19 +44,19 @@ def expected_groups(model, policy: FreezingPolicy) -> dict[str, set[str]]:
     layer_norm_weights = {f"{m}.weight" for m, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm)}
     groups: dict[str, set[str]] = {}
     for name, _ in model.named_parameters():
-        if name.startswith("vlm.model.visual."):
+        if name.startswith("model.visual."):
             if policy.freeze_vision_tower:
                 continue
             group = "vision_tower"
-        elif name.startswith("geometry_encoder."):
+        elif name.startswith("model.geometry_encoder."):
             continue
-        elif name.startswith("geometry_fusion.mergers."):
+        elif name.startswith("model.geometry_fusion.mergers."):
             group = "merger"
-        elif name.startswith("vlm.model.language_model."):
+        elif name.startswith("model.language_model."):
             if policy.freeze_llm:
                 continue
             group = "base"
-        elif name.startswith("geometry_fusion.fusions."):
+        elif name.startswith("model.geometry_fusion.fusions."):
             group = "base"
         else:
             raise AssertionError(f"unexpected parameter {name}")
@@ -80,8 +80,8 @@ def test_optimizer_groups_match_the_policy_exactly(policy):
         assert group["weight_decay"] == (0.0 if group["name"].endswith("_no_decay") else 0.01)
     # RMSNorm weights are decayed (official grouping), LayerNorm weights of the gates are not.
     if not policy.freeze_llm:
-        assert "vlm.model.language_model.norm.weight" in got["base"]
-    assert "geometry_fusion.fusions.0.norm1.weight" in got["base_no_decay"]
+        assert "model.language_model.norm.weight" in got["base"]
+    assert "model.geometry_fusion.fusions.0.norm1.weight" in got["base_no_decay"]
 
 
 def test_gradients_reach_exactly_the_trainable_parameters(recon_dataset):
@@ -91,7 +91,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(recon_dataset):
     out = wrapped(**GapMllmDataCollator(processor)([recon_dataset[0], recon_dataset[1]]))
     out.loss.backward()
     for name, param in model.named_parameters():
-        frozen = name.startswith(("vlm.model.visual.", "geometry_encoder."))
+        frozen = name.startswith(("model.visual.", "model.geometry_encoder."))
         assert param.requires_grad is not frozen, name
         if frozen:
             assert param.grad is None, name
@@ -179,4 +179,4 @@ def test_trainer_accepts_a_model_without_geometry(tmp_path, recon_dataset):
     run(tmp_path, recon_dataset, model=model.train(), processor=processor, cache={"enabled": "always"})
     after = trainable_state(model)
     assert not hasattr(model, "geometry_encoder")
-    assert all(not torch.equal(before[n], after[n]) for n in before if n.startswith("vlm.model.language_model.layers."))
+    assert all(not torch.equal(before[n], after[n]) for n in before if n.startswith("model.language_model.layers."))

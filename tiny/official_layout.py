@@ -43,16 +43,14 @@ OFFICIAL_LEVEL_NAMES = {"mergers": ("geometry_merger", "geometry_deepstack_merge
 
 def official_key_names(key: str) -> list[str]:
     """The official key(s) of one gap_mllm key (two for geometry modules: outer + `model.` duplicate)."""
-    if key.startswith("vlm.model."):
-        return [key[len("vlm."):]]
-    if key == "vlm.lm_head.weight":
-        return ["lm_head.weight"]
-    if key.startswith("geometry_encoder."):
-        name = "geometry_encoder.vggt." + key[len("geometry_encoder."):]
-    else:
-        _, kind, level, rest = key.split(".", 3)
+    if key.startswith("model.geometry_encoder."):
+        name = "geometry_encoder.vggt." + key[len("model.geometry_encoder."):]
+    elif key.startswith("model.geometry_fusion."):
+        _, _, kind, level, rest = key.split(".", 4)
         main, deepstack = OFFICIAL_LEVEL_NAMES[kind]
         name = f"{main}.{rest}" if level == "0" else f"{deepstack}.{int(level) - 1}.{rest}"
+    else:  # Qwen3-VL's names are the official ones
+        return [key]
     return [name, "model." + name]
 
 
@@ -78,7 +76,7 @@ def write_official_checkpoint(model, processor, folder, registration="both", edi
         save_file({k: tensors[k] for k in shard_keys}, str(folder / name), metadata={"format": "pt"})
     weight_map = {k: name for name, shard_keys in shards.items() for k in shard_keys}
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    config = model.config.vlm_config.to_dict()
+    config = model.config.to_dict()
     config.update(
         architectures=["Qwen3VLForConditionalGenerationWithVGGT"], use_geometry_encoder=True, geometry_encoder_type="vggt",
         reference_frame="first", feature_fusion_method="gated", fusion_num_layers=1, geometry_merger_type="mlp",

@@ -97,7 +97,7 @@ def cache_cost(config, views_per_sample: int, patch_grid: tuple[int, int], visio
     (e.g. (24, 32) for 336×448 frames), the ViT cached as `vision` ("merged", "blocks" or None); tokens and
     header left out."""
     patches = patch_grid[0] * patch_grid[1]
-    vision_config = config.vlm_config.vision_config
+    vision_config = config.vision_config
     levels = 1 + len(vision_config.deepstack_visual_indexes)
     per_view = 0
     if config.use_geometry:

@@ -254,7 +254,7 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch
 
 
 class VisionStageModel(EncoderStageModel):
-    """The stage-0 semantic objective on `model.vlm.model.visual`: linear probes on every level the LLM receives (the
+    """The stage-0 semantic objective on `model.model.visual`: linear probes on every level the LLM receives (the
     main merged tokens and each DeepStack level) predict, per merged token,
 
         category    soft cross-entropy against the pixel shares of floor / wall / ceiling / 13 categories
@@ -273,8 +273,8 @@ class VisionStageModel(EncoderStageModel):
 
     def __init__(self, model, marker_weight: float = 1.0, position_weight: float = 1.0):
         super().__init__(model)
-        width = model.config.vlm_config.vision_config.out_hidden_size
-        levels = 1 + len(model.config.vlm_config.vision_config.deepstack_visual_indexes)
+        width = model.config.vision_config.out_hidden_size
+        levels = 1 + len(model.config.vision_config.deepstack_visual_indexes)
         self.probes = nn.ModuleList([nn.Linear(width, sum(OUTPUTS.values())) for _ in range(levels)])
         self.probes.to(device=model.device, dtype=model.dtype)
         self.marker_weight = marker_weight
@@ -285,8 +285,8 @@ class VisionStageModel(EncoderStageModel):
 
     def token_logits(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Per level (main, then DeepStack), the probe logits by output name, `[N_tokens, n]` each."""
-        visual = self.model.vlm.model.visual
-        outputs = self.model.vlm.model.get_image_features(pixel_values.to(visual.dtype), image_grid_thw, return_dict=True)
+        visual = self.model.model.visual
+        outputs = self.model.model.get_image_features(pixel_values.to(visual.dtype), image_grid_thw, return_dict=True)
         # each level comes as one tensor per image (`[h·w, D]`); tokens of all images in order
         levels = [outputs.pooler_output, *outputs.deepstack_features]
         levels = [torch.cat(level) if isinstance(level, (list, tuple)) else level for level in levels]
@@ -321,4 +321,4 @@ class VisionStageModel(EncoderStageModel):
 def freeze_all_but_vision(model) -> None:
     """Stage 0 vision trains the Qwen ViT and its mergers only."""
     model.requires_grad_(False)
-    model.vlm.model.visual.requires_grad_(True)
+    model.model.visual.requires_grad_(True)

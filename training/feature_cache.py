@@ -271,7 +271,7 @@ class FeatureCache:
         self.caches_geometry = self.geometry_reason is None
         # every tower the model has is cached: batches come from the entries alone
         self.complete = self.vision_kind is not None and (self.caches_geometry or not gap.config.use_geometry)
-        self.merge_size = gap.config.vlm_config.vision_config.spatial_merge_size
+        self.merge_size = gap.config.vision_config.spatial_merge_size
         self.num_levels = gap.config.num_fusion_levels if gap.config.use_geometry else 0
         digest = hashlib.blake2b(digest_size=16)
         digest.update(dtype.encode())

@@ -91,7 +91,7 @@ def geometry_fingerprint(model) -> str:
 
 def vision_cache_kind(model) -> tuple[str | None, str]:
     """`(kind, why)`: "merged" or "blocks" (module docstring), or None with the reason the ViT is not cached."""
-    visual = unwrap_gap_model(model).vlm.model.visual
+    visual = unwrap_gap_model(model).model.visual
     trainable = [name for name, p in visual.named_parameters() if p.requires_grad]
     if not trainable:
         return "merged", "the whole ViT is frozen"
@@ -105,7 +105,7 @@ def vision_cache_kind(model) -> tuple[str | None, str]:
 def vision_fingerprint(model, kind: str) -> str:
     """Hex digest of what the cached ViT output of `kind` depends on: the vision-config fields of
     `VISION_FEATURE_FIELDS` and the weights of the frozen part (for "blocks", everything but the mergers)."""
-    visual = unwrap_gap_model(model).vlm.model.visual
+    visual = unwrap_gap_model(model).model.visual
     config = visual.config
     digest = hashlib.blake2b(digest_size=16)
     digest.update(kind.encode())
@@ -124,17 +124,17 @@ def frozen_vision_features(model, pixel_values: torch.Tensor, image_grid_thw: to
     """The frozen part's output for the views of `pixel_values` (`[Σ h·w, D_patch]`, grids `[V, 3]`)."""
     gap = unwrap_gap_model(model)
     if kind == "merged":
-        outputs = gap.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        outputs = gap.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         levels = [torch.cat(outputs.pooler_output)] + [torch.cat(level) for level in outputs.deepstack_features]
         return FrozenVisionFeatures("merged", levels)
     if kind != "blocks":
         raise ValueError(f"unknown ViT cache kind {kind!r}")
-    visual = gap.vlm.model.visual
+    visual = gap.model.visual
     taps: dict[int, torch.Tensor] = {}
     hooks = [visual.blocks[index].register_forward_hook(lambda _m, _i, out, index=index: taps.__setitem__(index, out))
              for index in visual.deepstack_visual_indexes]
     try:
-        outputs = gap.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        outputs = gap.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
     finally:
         for hook in hooks:
             hook.remove()
@@ -164,7 +164,7 @@ def vision_outputs_from_features(model, features: FrozenVisionFeatures, image_gr
     cached features, running the mergers when they train ("blocks"). `grids`: `image_grid_thw` as host integers, when
     the caller has them (no read of a device tensor)."""
     gap = unwrap_gap_model(model)
-    visual = gap.vlm.model.visual
+    visual = gap.model.visual
     dtype = next(visual.parameters()).dtype
     device = next(visual.parameters()).device
     if features.kind == "merged":

@@ -145,7 +145,7 @@ class GeometryAlignedModel(nn.Module):
         if not gap.config.use_geometry and self.aux.feature_align_weight > 0:
             raise ValueError("aux.feature_align_weight > 0 aligns hidden states with geometry features, but the model "
                              "has use_geometry=False (no geometry encoder): set it to 0")
-        text = gap.config.vlm_config.text_config
+        text = gap.config.text_config
         self.aux_heads = (
             GeometryAuxHeads(self.aux, text.hidden_size, gap.config.geometry_config.feature_size)
             if self.aux.enabled
@@ -183,13 +183,13 @@ class GeometryAlignedModel(nn.Module):
         if self.packed_rows:
             checkpoint.setdefault("use_reentrant", False)  # kwargs without it: transformers' default (training/config.py)
             if checkpoint["use_reentrant"] is False:
-                checkpoint.setdefault("context_fn", recompute_as_forward(self.gap_model.vlm.model.language_model))
+                checkpoint.setdefault("context_fn", recompute_as_forward(self.gap_model.model.language_model))
         self.gap_model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint, **kwargs)
 
     def llm_layer_for_level(self, level: int) -> int:
         """Index into the hidden-state tuple that is aligned with fusion level `level`."""
         config = self.gap_model.config
-        num_llm = config.vlm_config.text_config.num_hidden_layers
+        num_llm = config.text_config.num_hidden_layers
         if self.aux.align_llm_layers is not None:
             index = self.aux.align_llm_layers[self.aux.align_levels.index(level)]
             return index % (num_llm + 1)
@@ -256,11 +256,11 @@ class GeometryAlignedModel(nn.Module):
                 grids=image_grids,
             )
         elif image_outputs is None:  # plain Qwen3-VL (the no-geometry ablation arm): the geometry inputs are ignored
-            image_outputs = gap.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+            image_outputs = gap.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
 
         needs_hidden = self.aux_heads is not None
         # packed rows: attention within each sample without a block mask (training/packed_attention.py)
-        attention = (packed_attention(gap.vlm.model.language_model, rows=input_ids.shape[0]) if position_ids is not None
+        attention = (packed_attention(gap.model.language_model, rows=input_ids.shape[0]) if position_ids is not None
                      else nullcontext())
         with attention as per_segment:
             segments = {}
@@ -315,11 +315,11 @@ class GeometryAlignedModel(nn.Module):
                 raise ValueError(LIGER_WEIGHTS_REFUSAL)
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
-            head = gap.vlm.lm_head
+            head = gap.lm_head
             loss_sum = liger_fused_linear_cross_entropy(answer_hidden, head.weight, answer_targets, bias=head.bias,
                                                         reduction="sum")
             return loss_sum, count
-        logits = gap.vlm.lm_head(answer_hidden).float()
+        logits = gap.lm_head(answer_hidden).float()
         if weights is None:
             return F.cross_entropy(logits, answer_targets, reduction="sum"), count
         answer_weights = weights.reshape(-1).index_select(0, positions + 1).float()  # each target token's weight
@@ -329,8 +329,8 @@ class GeometryAlignedModel(nn.Module):
     def _aux_losses(self, gap, hidden_states, input_ids, grids, views, geometry_features, aux_camera, aux_depth, aux_scale) -> dict:
         """The enabled auxiliary losses; `grids`: the image grids as host integers `[(t, h, w), ...]`."""
         config = gap.config
-        merge = config.vlm_config.vision_config.spatial_merge_size
-        visual = input_ids == config.vlm_config.image_token_id  # [B, T]; row-major = sample, view, token order
+        merge = config.vision_config.spatial_merge_size
+        visual = input_ids == config.image_token_id  # [B, T]; row-major = sample, view, token order
         tokens_per_view = [int(h // merge) * int(w // merge) for _, h, w in grids]
         merged_grids = [(int(h // merge), int(w // merge)) for _, h, w in grids]
         heads, aux, losses = self.aux_heads, self.aux, {}

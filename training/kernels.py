@@ -256,7 +256,7 @@ def resolve_kernels(recipe, plan):
 def apply_liger_language_model(gap_model) -> None:
     """Liger's Qwen3-VL RMSNorm, RoPE and SwiGLU in `gap_model`'s inner language model (not its LM head or loss:
     the answer-token loss is `GeometryAlignedModel`'s, with `kernels.liger_fused_linear_cross_entropy`)."""
-    counts = apply_liger_to_qwen3_vl_text(gap_model.vlm.model.language_model)
+    counts = apply_liger_to_qwen3_vl_text(gap_model.model.language_model)
     logger.info("kernels.liger_language_model: Liger's RMSNorm in %d norms, SwiGLU in %d MLPs, RoPE", counts["rms_norm"],
                 counts["swiglu"])
 
@@ -266,15 +266,15 @@ def compile_decoder_layers(gap_model, dynamic: bool | None = None, backend="indu
     so the module, its weights and its state-dict names stay what they are). `dynamic=False`: one graph per sequence
     shape (with length buckets, a few); None: torch's default (a dynamic graph after the second shape). Returns the
     number of layers compiled."""
-    layers = gap_model.vlm.model.language_model.layers
+    layers = gap_model.model.language_model.layers
     for layer in layers:
         layer.compile(dynamic=dynamic, backend=backend)
     return len(layers)
 
 
 # the frozen towers' repeated blocks (module paths inside a GAP-MLLM): each compiled on its own, as the decoder layers
-TOWER_BLOCKS = ("geometry_encoder.aggregator.patch_embed.blocks", "geometry_encoder.aggregator.frame_blocks",
-                "geometry_encoder.aggregator.global_blocks", "vlm.model.visual.blocks")
+TOWER_BLOCKS = ("model.geometry_encoder.aggregator.patch_embed.blocks", "model.geometry_encoder.aggregator.frame_blocks",
+                "model.geometry_encoder.aggregator.global_blocks", "model.visual.blocks")
 
 
 def tower_blocks(gap_model) -> list:
@@ -304,7 +304,7 @@ def uncompile_frozen_towers(gap_model) -> None:
 
 def uncompile_decoder_layers(gap_model) -> None:
     """Back to eager layers (`nn.Module.compile` keeps the compiled call in `_compiled_call_impl`)."""
-    for layer in gap_model.vlm.model.language_model.layers:
+    for layer in gap_model.model.language_model.layers:
         layer._compiled_call_impl = None
 
 

@@ -28,7 +28,7 @@ def fully_trained_module_names(model: nn.Module) -> list[str]:
     for group in ("mergers", "fusions"):
         for index, module in enumerate(getattr(gap.geometry_fusion, group)):
             if any(True for _ in module.parameters()):
-                names.append(f"geometry_fusion.{group}.{index}")
+                names.append(f"model.geometry_fusion.{group}.{index}")
     return names
 
 

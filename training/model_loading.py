@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 FRESH_MODEL_GROUP = "gap_mllm.fresh_models"
 BUILT_IN_SIZES = ("tiny", "small")
-ENCODER_PREFIXES = {"geometry_encoder": "geometry_encoder.", "vision_tower": "vlm.model.visual."}
+ENCODER_PREFIXES = {"geometry_encoder": "model.geometry_encoder.", "vision_tower": "model.visual."}
 
 
 def fresh_sizes() -> tuple[str, ...]:
@@ -123,7 +123,7 @@ def _folder_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def load_encoder_weights(model, folder, encoders=tuple(ENCODER_PREFIXES)) -> list[str]:
     """Copy every tensor of the given `encoders` ("geometry_encoder": `geometry_encoder.*`, "vision_tower":
-    `vlm.model.visual.*`) of `folder` into `model`.
+    `model.visual.*`) of `folder` into `model`.
 
     Strict on what the model has under those prefixes: a missing or mis-shaped tensor raises a
     ValueError naming it. Returns the names copied.

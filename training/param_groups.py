@@ -37,9 +37,9 @@ def apply_freezing(model: nn.Module, policy: FreezingPolicy) -> None:
     gap.apply_freezing_policy(
         freeze_vision_tower=policy.freeze_vision_tower, freeze_geometry_encoder=policy.freeze_geometry_encoder
     )
-    language_model = gap.vlm.model.language_model
+    language_model = gap.model.language_model
     language_model.requires_grad_(not policy.freeze_llm)
-    gap.vlm.lm_head.requires_grad_(not policy.freeze_llm)  # tied to embed_tokens: same parameter
+    gap.lm_head.requires_grad_(not policy.freeze_llm)  # tied to embed_tokens: same parameter
     if gap.config.use_geometry:
         gap.geometry_fusion.mergers.requires_grad_(not policy.freeze_mergers)
         gap.geometry_fusion.fusions.requires_grad_(not policy.freeze_fusions)

@@ -10,7 +10,7 @@ from .report import results_markdown
 
 
 def _architecture(config) -> str:
-    text, vision = config.vlm_config.text_config, config.vlm_config.vision_config
+    text, vision = config.text_config, config.vision_config
     rows = [
         ("LLM", f"Qwen3 decoder, {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
                 f"{text.num_attention_heads}/{text.num_key_value_heads} heads, vocabulary {text.vocab_size}"),

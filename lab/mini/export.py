@@ -38,7 +38,7 @@ MAX_FOLDER_BYTES = 50 * 1024 * 1024
 
 def parameter_counts(model) -> dict[str, int]:
     """Parameters of each part of a GAP-MLLM (counted on the loaded model)."""
-    parts = {"LLM": model.vlm.model.language_model, "Qwen ViT (with its mergers)": model.vlm.model.visual}
+    parts = {"LLM": model.model.language_model, "Qwen ViT (with its mergers)": model.model.visual}
     if model.config.use_geometry:
         parts["geometry encoder (VGGT aggregator + camera and depth heads)"] = model.geometry_encoder
         parts["geometry mergers + fusions"] = model.geometry_fusion
