@@ -96,7 +96,7 @@ def main() -> None:
     model.train()
     inputs = grounding_batch(processor, options.batch, options.views).to(device)
     synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    inner = model.vlm.model
+    inner = model.model
     rope_args = dict(mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
                      attention_mask=inputs["attention_mask"])
 

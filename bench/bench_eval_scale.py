@@ -114,7 +114,7 @@ def build_model(size: str, device: str, padded_vocab: bool = False,
     else:
         tokenizer = build_tiny_tokenizer()
     for key, token in SPECIAL_TOKEN_FIELDS.items():  # the tokenizer's special ids (the real size names Qwen's)
-        setattr(config.vlm_config, key, tokenizer.convert_tokens_to_ids(token))
+        setattr(config, key, tokenizer.convert_tokens_to_ids(token))
     text_config.pad_token_id = tokenizer.pad_token_id
     dtype = torch.bfloat16 if size == "real" else torch.float32
     torch.manual_seed(0)

@@ -46,10 +46,10 @@ def bench_size(size: str, views: int, repeats: int) -> dict:
         cached = model.get_geometry_features(inputs["geometry_pixel_values"], inputs["image_grid_thw"], [views])
     encoder_free = build_tiny_model(processor=processor, size=size)[0]
     encoder_free.load_state_dict(model.state_dict())
-    encoder_free.get_geometry_features = lambda *args, **kwargs: cached  # the encoder's share removed
+    encoder_free.model.get_geometry_features = lambda *args, **kwargs: cached  # the encoder's share removed
 
     arms = {
-        "qwen": lambda: model.vlm(**stock_inputs),
+        "qwen": lambda: model(**stock_inputs),  # no geometry inputs: the stock Qwen3-VL path
         "fusion": lambda: encoder_free(**inputs),
         "gap": lambda: model(**inputs),
     }
@@ -62,7 +62,7 @@ def bench_size(size: str, views: int, repeats: int) -> dict:
     medians = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
     tokens = int(inputs["input_ids"].shape[1])
     return {"size": size, "tokens": tokens, "visual_tokens_per_view": int(inputs["image_grid_thw"][0].prod()) // 4,
-            "params_qwen": sum(p.numel() for p in model.vlm.parameters()),
+            "params_qwen": sum(p.numel() for p in model.qwen3_vl_state_dict().values()),
             "params_gap": sum(p.numel() for p in model.parameters()), **medians}
 
 

@@ -52,7 +52,7 @@ def random_gap_folder(folder, size: str, dtype: torch.dtype, device: str, seed: 
 
     config = {"real": real_size_config, "small": small_config,
               "tiny": lambda: build_gap_config(tiny_tokenizer(), size="tiny")}[size]()
-    vlm = config.vlm_config
+    vlm = config
     tokenizer = padded_tokenizer(vlm.text_config.vocab_size) if size == "real" else tiny_tokenizer()
     for field, token in SPECIAL_TOKEN_FIELDS.items():
         setattr(vlm, field, tokenizer.convert_tokens_to_ids(token))

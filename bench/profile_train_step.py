@@ -106,7 +106,7 @@ class StepProfile(ArmsBench):
         model = self.model
         batches = self.batches(arm)
         warmup, steps = self.args.warmup_profile, self.args.steps - self.args.warmup_profile
-        inner = model.vlm.model
+        inner = model.model
         towers = {"geometry_encoder": model.geometry_encoder, "vision_tower": inner.visual,
                   "fusion": model.geometry_fusion, "language_model": inner.language_model}
         with self.arm_session(arm) as (wrapped, optimizer, guard):

@@ -50,7 +50,7 @@ def forward_flops(model, views_per_sample: list[int], grid: tuple[int, int], tex
         logits_per_sample: positions where the LM head runs.
     """
     config = model.config
-    vlm = model.vlm.model
+    vlm = model.model
     text = config.text_config
     vision = config.vision_config
     geometry = config.geometry_config

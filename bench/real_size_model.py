@@ -38,7 +38,7 @@ def small_config(attn_implementation: str = "sdpa"):
 
 def special_ids(config) -> dict:
     """Token ids the synthetic prompts need, for either size."""
-    vlm = config.vlm_config
+    vlm = config
     ids = {"image": vlm.image_token_id, "vision_start": vlm.vision_start_token_id, "vision_end": vlm.vision_end_token_id}
     if vlm.text_config.vocab_size > IM_END:
         ids.update(im_start=IM_START, im_end=IM_END, pad=PAD, newline=NEWLINE)
@@ -71,7 +71,7 @@ def build_model(size: str, device: str, dtype: torch.dtype, attn_implementation:
 
 def parameter_counts(model) -> dict[str, int]:
     """Parameters per component (the tied LM head counted once, with the embeddings)."""
-    vlm = model.vlm.model
+    vlm = model.model
     counts = {
         "llm": sum(p.numel() for p in vlm.language_model.parameters()),  # layers, final norm, embeddings
         "llm_layers": sum(p.numel() for p in vlm.language_model.layers.parameters()),

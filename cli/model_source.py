@@ -37,12 +37,22 @@ TINY = "tiny"
 _UNKNOWN_MODEL_TYPE = re.compile(r"has model type `([^`]*)` but Transformers does not recognize this architecture")
 # config.json's sizes that the weights also hold: (key path, the tensor that holds it, its dimension there)
 CONFIG_SIZE_TENSORS = (
-    (("vlm_config", "text_config", "vocab_size"), "model.language_model.embed_tokens.weight", 0),
-    (("vlm_config", "text_config", "vocab_size"), "lm_head.weight", 0),
-    (("vlm_config", "text_config", "hidden_size"), "model.language_model.embed_tokens.weight", 1),
-    (("vlm_config", "vision_config", "hidden_size"), "model.visual.patch_embed.proj.weight", 0),
+    (("text_config", "vocab_size"), "model.language_model.embed_tokens.weight", 0),
+    (("text_config", "vocab_size"), "lm_head.weight", 0),
+    (("text_config", "hidden_size"), "model.language_model.embed_tokens.weight", 1),
+    (("vision_config", "hidden_size"), "model.visual.patch_embed.proj.weight", 0),
     (("geometry_config", "hidden_size"), "model.geometry_encoder.aggregator.camera_token", -1),
 )
+
+
+def earlier_layout(keys: tuple[str, ...], tensor: str, config: dict) -> tuple[tuple[str, ...], str]:
+    """`(keys, tensor)` as a folder of the earlier layout names them (Qwen3-VL's settings under `vlm_config`, its
+    weights under `vlm.`, the geometry weights without `model.`): what `GapMllmConfig` and `from_pretrained` read."""
+    if "vlm_config" not in config:
+        return keys, tensor
+    if tensor.startswith("model.geometry_"):
+        return keys, tensor[len("model."):]
+    return ("vlm_config", *keys), "vlm." + tensor
 
 
 def not_gap_mllm_message(source: str, model_type, flag: str = "--model") -> str:
@@ -110,8 +120,9 @@ def check_config_sizes(folder: Path, config: dict, source: str, flag: str = "--m
     """UserError naming the key and both sizes when a size of config.json (`CONFIG_SIZE_TENSORS`: the vocabulary,
     the hidden sizes) disagrees with the tensor of the weights that holds it; transformers would answer with a load
     report a page long."""
-    shapes = tensor_shapes(folder, [tensor for _, tensor, _ in CONFIG_SIZE_TENSORS])
-    for keys, tensor, dimension in CONFIG_SIZE_TENSORS:
+    sizes = [(*earlier_layout(keys, tensor, config), dimension) for keys, tensor, dimension in CONFIG_SIZE_TENSORS]
+    shapes = tensor_shapes(folder, [tensor for _, tensor, _ in sizes])
+    for keys, tensor, dimension in sizes:
         value = config
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None

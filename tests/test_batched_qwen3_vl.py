@@ -12,7 +12,9 @@ import torch
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLVisionAttention
 from transformers.vision_utils import get_vision_position_ids
 
+from gap_mllm.modeling_gap_mllm import GapMllmModel
 from gap_mllm.speedups import (
+    BatchedGapMllmModel,
     GapMllmQwen3VLModel,
     GapMllmQwen3VLVisionAttention,
     mrope_position_ids,
@@ -120,8 +122,8 @@ def test_vision_rotary_positions_equal_transformers():
 
 
 def _stock(model):
-    """Switch `model`'s Qwen3-VL back to transformers' classes (what the batched ones are compared with)."""
-    model.model.__class__ = Qwen3VLModel
+    """Switch `model` back to its own and transformers' classes (what the batched ones are compared with)."""
+    model.model.__class__ = GapMllmModel
     for block in model.model.visual.blocks:
         block.attn.__class__ = Qwen3VLVisionAttention
     return model
@@ -154,8 +156,8 @@ def test_the_model_uses_the_batched_paths_and_keeps_its_logits(build_model, make
 
 def test_the_model_routes_get_rope_index_through_it(build_model):
     tiny_model = build_model()
-    inner = tiny_model.vlm.model
-    assert type(inner) is GapMllmQwen3VLModel and isinstance(inner, Qwen3VLModel)
+    inner = tiny_model.model
+    assert type(inner) is BatchedGapMllmModel and isinstance(inner, Qwen3VLModel)
     types, mask, image_grids, _ = _batch(3, "left", with_video=False)
     ids = torch.zeros_like(types, dtype=torch.long)
     positions, deltas = inner.get_rope_index(ids, types, image_grid_thw=image_grids, attention_mask=mask)
@@ -163,5 +165,5 @@ def test_the_model_routes_get_rope_index_through_it(build_model):
     torch.testing.assert_close(positions, expected, rtol=0, atol=0)
     torch.testing.assert_close(deltas, expected_deltas, rtol=0, atol=0)
     # the class switch survives what training frameworks do to a model
-    assert type(copy.deepcopy(tiny_model).vlm.model) is GapMllmQwen3VLModel
-    assert type(pickle.loads(pickle.dumps(inner))) is GapMllmQwen3VLModel
+    assert type(copy.deepcopy(tiny_model).model) is BatchedGapMllmModel
+    assert type(pickle.loads(pickle.dumps(inner))) is BatchedGapMllmModel

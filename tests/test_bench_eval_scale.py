@@ -22,12 +22,12 @@ import bench_eval_scale  # noqa: E402
 def test_the_small_padded_model_decodes_every_id_it_can_emit(tmp_path):
     folder = bench_eval_scale.model_folder("small", "cpu", tmp_path, padded_vocab=True)
     config = json.loads((folder / "config.json").read_text())
-    vocabulary = config["vlm_config"]["text_config"]["vocab_size"]
+    vocabulary = config["text_config"]["vocab_size"]
     assert vocabulary == 151_936  # Qwen's, as the real size
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
     ids = {token["id"] for token in tokenizer["added_tokens"]} | set(tokenizer["model"]["vocab"].values())
     assert ids == set(range(vocabulary))  # every id the random head can emit decodes
-    assert config["vlm_config"]["image_token_id"] == tokenizer["model"]["vocab"].get("<|image_pad|>", next(
+    assert config["image_token_id"] == tokenizer["model"]["vocab"].get("<|image_pad|>", next(
         t["id"] for t in tokenizer["added_tokens"] if t["content"] == "<|image_pad|>"))
 
 

@@ -94,10 +94,10 @@ def test_the_estimate_with_every_head_is_a_close_lower_bound(tiny_processor):
     ({"geometry_config": {"num_attention_heads": 2.0}}, "geometry_config.num_attention_heads must be an integer >= 1, got 2.0"),
     ({"geometry_config": {"num_register_tokens": -1}}, "geometry_config.num_register_tokens must be an integer >= 0"),
     ({"geometry_fusion_config": {"cross_attention_num_heads": 0}}, "geometry_fusion_config.cross_attention_num_heads must be"),
-    ({"text_config": {"hidden_size": 0}}, "vlm_config.text_config.hidden_size must be an integer >= 1, got 0"),
-    ({"text_config": {"num_hidden_layers": -1}}, "vlm_config.text_config.num_hidden_layers must be an integer >= 1, got -1"),
+    ({"text_config": {"hidden_size": 0}}, "text_config.hidden_size must be an integer >= 1, got 0"),
+    ({"text_config": {"num_hidden_layers": -1}}, "text_config.num_hidden_layers must be an integer >= 1, got -1"),
     ({"text_config": {"num_key_value_heads": 3}}, "num_attention_heads \\(4\\) must be a multiple of num_key_value_heads \\(3\\)"),
-    ({"vision_config": {"depth": 0}}, "vlm_config.vision_config.depth must be an integer >= 1, got 0"),
+    ({"vision_config": {"depth": 0}}, "vision_config.depth must be an integer >= 1, got 0"),
     ({"text_config": {"hidden_size": 10**9}}, "at least 3.02e\\+12 parameters, above the sanity bound of 1e\\+12"),
     ({"text_config": {"num_hidden_layers": 10**8}}, "above the sanity bound"),
     ({"geometry_config": {"hidden_size": 10**9}}, "above the sanity bound"),
@@ -106,13 +106,11 @@ def test_absurd_sizes_are_refused_by_the_config(tiny_processor, override, messag
     override = dict(override)
     text, vision = override.pop("text_config", None), override.pop("vision_config", None)
     if text or vision:
-        vlm = build_gap_config(tiny_processor.tokenizer).vlm_config.to_dict()
-        vlm["text_config"].update(text or {})
-        vlm["vision_config"].update(vision or {})
-        base = build_gap_config(tiny_processor.tokenizer)
+        base = build_gap_config(tiny_processor.tokenizer).to_dict()
+        base["text_config"].update(text or {})
+        base["vision_config"].update(vision or {})
         with pytest.raises(ValueError, match=message):
-            GapMllmConfig(vlm_config=vlm, geometry_config=base.geometry_config.to_dict(),
-                          geometry_fusion_config=base.geometry_fusion_config.to_dict())
+            GapMllmConfig(**base)
         return
     with pytest.raises(ValueError, match=message):
         build_gap_config(tiny_processor.tokenizer, **override)

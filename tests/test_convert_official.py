@@ -40,8 +40,8 @@ def test_every_tensor_lands_and_outputs_agree(tmp_path, merger_norm, tiny_proces
     source = write_official_checkpoint(model, processor, tmp_path / "official")
     report = convert_official_checkpoint(source, tmp_path / "converted")
     duplicates = [k for k, why in report.skipped.items() if why.startswith("duplicate registration")]
-    assert len(duplicates) == sum(1 for k in model.state_dict() if k.startswith("geometry_"))
-    assert report.skipped["lm_head.weight"].startswith("tied to vlm.model.language_model.embed_tokens.weight")
+    assert len(duplicates) == sum(1 for k in model.state_dict() if k.startswith("model.geometry_"))
+    assert report.skipped["lm_head.weight"].startswith("tied to model.language_model.embed_tokens.weight")
     assert any(f"merger norm detected from the keys: '{merger_norm}'" in note for note in report.notes)
 
     converted = GapMllmForConditionalGeneration.from_pretrained(tmp_path / "converted").eval()
@@ -103,9 +103,9 @@ def test_either_registration_alone_is_accepted(tmp_path, registration, layer_nor
     source = write_official_checkpoint(model, processor, tmp_path / "official", registration=registration)
     report = convert_official_checkpoint(source, tmp_path / "converted", write_processor=False)
     assert not any(why.startswith("duplicate") for why in report.skipped.values())
-    assert report.mapped["geometry_fusion.mergers.2.ln_q.bias"] == (
+    assert report.mapped["model.geometry_fusion.mergers.2.ln_q.bias"] == (
         "geometry_deepstack_merger_list.1.ln_q.bias" if registration == "outer" else "model.geometry_deepstack_merger_list.1.ln_q.bias")
-    assert report.mapped["geometry_encoder.aggregator.camera_token"].endswith("geometry_encoder.vggt.aggregator.camera_token")
+    assert report.mapped["model.geometry_encoder.aggregator.camera_token"].endswith("geometry_encoder.vggt.aggregator.camera_token")
 
 
 def _expect_error(tmp_path, model, processor, edit, pattern):
@@ -125,7 +125,7 @@ def test_missing_key_is_an_error_naming_it(tmp_path, layer_norm_model):
     def edit(tensors):
         for name in ("deepstack_feature_fusion_list.2.norm2.weight", "model.deepstack_feature_fusion_list.2.norm2.weight"):
             del tensors[name]
-    _expect_error(tmp_path, *layer_norm_model, edit, r"missing .*\n  - geometry_fusion\.fusions\.3\.norm2\.weight")
+    _expect_error(tmp_path, *layer_norm_model, edit, r"missing .*\n  - model\.geometry_fusion\.fusions\.3\.norm2\.weight")
 
 
 def test_extra_key_is_an_error_naming_it(tmp_path, layer_norm_model):
@@ -142,7 +142,7 @@ def test_mis_shaped_key_is_an_error_naming_it(tmp_path, layer_norm_model):
                      "model.geometry_encoder.vggt.aggregator.frame_blocks.1.attn.proj.bias"):
             tensors[name] = torch.zeros(7)
     _expect_error(tmp_path, *layer_norm_model, edit,
-                  r"geometry_encoder\.aggregator\.frame_blocks\.1\.attn\.proj\.bias <- geometry_encoder\.vggt\.aggregator\."
+                  r"model\.geometry_encoder\.aggregator\.frame_blocks\.1\.attn\.proj\.bias <- geometry_encoder\.vggt\.aggregator\."
                   r"frame_blocks\.1\.attn\.proj\.bias: source shape \(7,\) vs expected \(32,\)")
 
 

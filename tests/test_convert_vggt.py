@@ -216,7 +216,7 @@ def test_from_qwen3_vl_loads_vggt_weights(tmp_path, tiny_processor):
     from gap_mllm.tiny.tiny_config import build_gap_config
 
     gap_config = build_gap_config(tiny_processor.tokenizer)
-    Qwen3VLForConditionalGeneration(gap_config.vlm_config).save_pretrained(tmp_path / "qwen")
+    Qwen3VLForConditionalGeneration(gap_config.to_qwen3_vl_config()).save_pretrained(tmp_path / "qwen")
     geometry = gap_config.geometry_config.to_dict()
     state_dict, _ = reference_layout_state_dict(**{k: geometry[k] for k in ("hidden_size", "num_hidden_layers",
         "num_attention_heads", "patch_embed_num_hidden_layers", "image_size", "tapped_layers")},
@@ -280,7 +280,10 @@ if cached:  # a Qwen3-VL in the Hub cache, as a download leaves it (refs/main ->
     from huggingface_hub import constants
     root = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
     commit = "0" * 40
-    tiny.vlm.save_pretrained(root / "snapshots" / commit)
+    from transformers import Qwen3VLForConditionalGeneration
+    stock = Qwen3VLForConditionalGeneration(tiny.config.to_qwen3_vl_config())
+    stock.load_state_dict(tiny.qwen3_vl_state_dict())
+    stock.save_pretrained(root / "snapshots" / commit)
     (root / "refs").mkdir(parents=True)
     (root / "refs" / "main").write_text(commit)
 start = time.monotonic()
@@ -288,7 +291,7 @@ try:
     model = GapMllmForConditionalGeneration.from_qwen3_vl(
         repo, geometry_config=tiny.config.geometry_config.to_dict(),
         geometry_fusion_config=tiny.config.geometry_fusion_config.to_dict())
-    found = {"loaded": type(model.vlm).__name__}
+    found = {"loaded": type(model).__name__, "missing": model.missing_weight_groups}
 except OSError as error:
     found = {"error": str(error)}
 found["seconds"] = time.monotonic() - start
@@ -311,7 +314,8 @@ def test_from_qwen3_vl_with_the_hub_unreachable_answers_at_once(cached, tmp_path
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["seconds"] < 15, found  # the probe's 5 s timeout at most; refused connections answer at once
     if cached:
-        assert found.get("loaded") == "Qwen3VLForConditionalGeneration", found
+        assert found.get("loaded") == "GapMllmForConditionalGeneration", found
+        assert all(group.startswith(("geometry", "fusion")) for group in found["missing"]), found
     else:
         assert found["error"].startswith(f"Qwen3-VL {repo}: the Hub (http://127.0.0.1:9) cannot be reached (")
         assert found["error"].endswith(f"and {repo} is not in the local Hub cache; connect to the network, or give a "

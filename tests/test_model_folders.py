@@ -46,7 +46,7 @@ def with_nan_weights(folder: Path) -> None:
 
 
 def text_size(name: str, value: int):
-    return lambda config: config["vlm_config"]["text_config"].__setitem__(name, value)
+    return lambda config: config["text_config"].__setitem__(name, value)
 
 
 # damage -> (what it does to the folder, the one line's text after "--model FOLDER" / "FOLDER")
@@ -55,7 +55,7 @@ DAMAGES = {
                     "{folder}: the weights hold NaN or infinite values (first: " + NAN_TENSOR + "); the checkpoint is "
                     "damaged or was saved from a diverged run: load another one"),
     "vocab_size": (lambda folder: edit_json(folder / "config.json", text_size("vocab_size", 800)),
-                   "--model {folder}: config.json's vlm_config.text_config.vocab_size is 800 but the weights' "
+                   "--model {folder}: config.json's text_config.vocab_size is 800 but the weights' "
                    "model.language_model.embed_tokens.weight has 720 (shape [720, 64]); the config does not "
                    "belong to these weights: restore the config.json saved with them"),
     "tokenizer.json": (lambda folder: edit_json(folder / "tokenizer.json", lambda content: content.pop("added_tokens")),
@@ -107,9 +107,9 @@ def test_evaluate_and_export_llm_refuse_nan_weights_in_one_line(checkpoint, tmp_
 
 
 @pytest.mark.parametrize("keys, value, tensor, held", [
-    (("vlm_config", "text_config", "hidden_size"), 96, "model.language_model.embed_tokens.weight",
+    (("text_config", "hidden_size"), 96, "model.language_model.embed_tokens.weight",
      "64 (shape [720, 64])"),
-    (("vlm_config", "vision_config", "hidden_size"), 48, "model.visual.patch_embed.proj.weight",
+    (("vision_config", "hidden_size"), 48, "model.visual.patch_embed.proj.weight",
      "32 (shape [32, 3, 2, 16, 16])"),
     (("geometry_config", "hidden_size"), 64, "model.geometry_encoder.aggregator.camera_token", "32 (shape [1, 2, 1, 32])"),
 ])

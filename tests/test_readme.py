@@ -74,7 +74,7 @@ def test_the_docs_give_the_minis_vocabulary_as_it_is():
 
     tokenizer = AutoTokenizer.from_pretrained(SHIPPED_DIR, trust_remote_code=True)
     config = json.loads((SHIPPED_DIR / "config.json").read_text(encoding="utf-8"))
-    assert len(tokenizer) == config["vlm_config"]["text_config"]["vocab_size"] == 679
+    assert len(tokenizer) == config["text_config"]["vocab_size"] == 679
     usage = (REPO / "docs" / "usage.md").read_text(encoding="utf-8")
     assert re.findall(r"Mini's (\d+) ids", usage) == [str(len(tokenizer))]
     assert f"a {len(tokenizer)}-token BPE" in (REPO / "mini" / "README.md").read_text(encoding="utf-8")

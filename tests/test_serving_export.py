@@ -52,7 +52,7 @@ def test_exported_folder_loads_in_stock_transformers_with_the_gap_weights(export
     stock = AutoModelForImageTextToText.from_pretrained(output)  # no trust_remote_code
     assert type(stock) is Qwen3VLForConditionalGeneration and type(stock.model) is Qwen3VLModel
     gap = GapMllmForConditionalGeneration.from_pretrained(source)
-    gap_state, stock_state = gap.vlm.state_dict(), stock.state_dict()
+    gap_state, stock_state = gap.qwen3_vl_state_dict(), stock.state_dict()
     assert gap_state.keys() == stock_state.keys()
     assert all(torch.equal(gap_state[name], stock_state[name]) for name in gap_state)  # ViT included
 

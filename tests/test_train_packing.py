@@ -141,7 +141,7 @@ def test_attention_does_not_cross_samples_in_a_packed_row(mixed, per_sample):
     def hidden(inputs):
         with torch.no_grad():
             inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            return model.vlm.model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+            return model.model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
                                    mm_encoder_outputs={"image": model.get_fused_image_features(
                                        inputs["pixel_values"], inputs["image_grid_thw"],
                                        inputs["geometry_views_per_sample"].tolist(), inputs["geometry_pixel_values"])[0]},
@@ -259,7 +259,7 @@ def test_packed_rows_take_one_varlen_call_per_layer_and_keep_each_samples_logits
                                                   batch["geometry_views_per_sample"].tolist(),
                                                   batch["geometry_pixel_values"])[0]
         with torch.no_grad():
-            return model.vlm.model(input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+            return model.model(input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
                                    image_grid_thw=batch["image_grid_thw"],
                                    mm_encoder_outputs={"image": features}, use_cache=False, **extra).last_hidden_state
 

@@ -76,7 +76,7 @@ def write_official_checkpoint(model, processor, folder, registration="both", edi
         save_file({k: tensors[k] for k in shard_keys}, str(folder / name), metadata={"format": "pt"})
     weight_map = {k: name for name, shard_keys in shards.items() for k in shard_keys}
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    config = model.config.to_dict()
+    config = model.config.to_qwen3_vl_config().to_dict()
     config.update(
         architectures=["Qwen3VLForConditionalGenerationWithVGGT"], use_geometry_encoder=True, geometry_encoder_type="vggt",
         reference_frame="first", feature_fusion_method="gated", fusion_num_layers=1, geometry_merger_type="mlp",

@@ -267,7 +267,7 @@ class GeometryAlignedModel(nn.Module):
             if per_segment and packed_segments is not None:  # the segment starts go to the device once, not per layer
                 segments = {"packed_segments": tuple(packed_segments),
                             "packed_cu_seq": cu_seq(packed_segments, input_ids.device)}
-            outputs = gap.vlm.model(
+            outputs = gap.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
