@@ -19,7 +19,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     Qwen3VLPreTrainedModel,
     eager_attention_forward,
 )
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_gap_mllm import (
     GEOMETRY_ENCODERS,
@@ -586,6 +586,7 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
         DeepStack level."""
         return super().get_image_features(pixel_values, image_grid_thw, **{**kwargs, "return_dict": True})
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -628,6 +629,7 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
         )
         return GapMllmImageFeaturesOutput(**image_outputs, fusion_gates=gates)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -671,7 +673,7 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
                 geometry_views_per_sample = torch.tensor(views, device=image_grid_thw.device)
             image_outputs = self.get_image_features(
                 pixel_values, image_grid_thw, geometry_pixel_values, geometry_views_per_sample, geometry_features,
-                output_gates,
+                output_gates, return_dict=True,
             )
             mm_encoder_outputs, pixel_values = {"image": image_outputs}, None
         image_outputs = (mm_encoder_outputs or {}).get("image")
@@ -688,6 +690,7 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
             video_grid_thw=video_grid_thw,
             mm_token_type_ids=mm_token_type_ids,
             mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
             **kwargs,
         )
         return GapMllmModelOutputWithPast(
@@ -778,6 +781,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
                                                    image_outputs, grids)
 
     # ---- forward
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -829,6 +833,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
             geometry_views_per_sample=geometry_views_per_sample,
             geometry_features=geometry_features,
             output_gates=output_gates,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
