@@ -135,7 +135,7 @@ def check_grammar_engine(args: argparse.Namespace) -> None:
     """A run that decodes inside the task's grammar (predict's and demo's default, evaluate --constrained) needs the
     grammar engine: without it, one line naming it and its install command, before the model loads."""
     if getattr(args, "constrained", False) and getattr(args, "predictions", None) is None:
-        missing = engine_missing()
+        missing = engine_missing("--free; evaluate: leave out --constrained")
         if missing is not None:
             raise MissingDependency(missing)
 

@@ -301,3 +301,22 @@ def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), b
     body = insert_section_before(body, "Use", "Training data", training_section(read_training_record(model_dir), training_data))
     body = replace_section(body, "Evaluation", evaluation_section(summaries))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+TEMPLATE_MODEL_ID = "org/gap-mllm"  # the model id the template's usage snippet names: the card's repository replaces it
+
+
+def section_text(body: str, heading: str) -> str:
+    """The content of `## heading` of a card's markdown `body` (up to the next `## `), stripped; "" when absent."""
+    match = re.search(rf"^## {re.escape(heading)}[ \t]*\n(.*?)(?=^## |\Z)", body, flags=re.DOTALL | re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def usage_section(model_id: str, template_path=None) -> str:
+    """The template's "Use" section (its snippet decodes inside the task's answer grammar, as the README's does), with
+    `model_id` for the model it loads: every card's usage, GAP-MLLM-Mini's (lab/mini/card.py) too."""
+    template = Path(template_path) if template_path is not None else default_template_path()
+    usage = section_text(template.read_text(encoding="utf-8"), "Use")
+    if f'"{TEMPLATE_MODEL_ID}"' not in usage:
+        raise ValueError(f"{template}: its Use section loads no \"{TEMPLATE_MODEL_ID}\" to replace")
+    return usage.replace(f'"{TEMPLATE_MODEL_ID}"', f'"{model_id}"')
+
+

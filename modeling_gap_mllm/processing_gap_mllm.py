@@ -320,7 +320,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
     input, paints the marker visual prompt and parses task answers.
 
         inputs = processor(images=[view_0, view_1], task="grounding", query="the chair", return_tensors="pt")
-        out = model.generate(**inputs, **processor.generation_kwargs("grounding", inputs))
+        out = model.generate(**inputs, **processor.generation_kwargs("grounding", inputs, constrained=True))
         result = processor.post_process(out, task="grounding", input_ids=inputs["input_ids"])[0]
 
     Every view gets h_p·w_p/4 `<|image_pad|>` tokens and a VGGT input whose 14-px patch grid is (h_p, w_p), so the 2×2

@@ -803,13 +803,18 @@ ENGINE_MODULE = "llguidance"
 ENGINE_REQUIREMENT = "llguidance==1.9.1"
 
 
-def engine_missing() -> str | None:
-    """None when llguidance is installed (looked up, not imported), else one line saying how to install it."""
+# how to turn constraining off, as the Python API says it (the command line gives its own flags: cli/early_checks.py)
+FREE_DECODING_SWITCH = "constrained=False in processor.generation_kwargs"
+
+
+def engine_missing(free_switch: str = FREE_DECODING_SWITCH) -> str | None:
+    """None when llguidance is installed (looked up, not imported), else one line saying how to install it, or to
+    decode freely with `free_switch` (the caller's way of turning constraining off: Python's argument by default)."""
     import importlib.util
     if importlib.util.find_spec(ENGINE_MODULE) is not None:
         return None
     return (f"constrained decoding needs {ENGINE_MODULE}, which is not installed: pip install '{ENGINE_REQUIREMENT}' "
-            "(a plain pip install -e . brings it), or decode freely (--free; evaluate: leave out --constrained)")
+            f"(a plain pip install -e . brings it), or decode freely ({free_switch})")
 
 
 def literal(text: str) -> str:
