@@ -206,7 +206,7 @@ def _save(args, model, processor, scene, result, report, answer: dict, inputs=No
     """answer.json (what --json prints: the raw answer, the parsed one, the parse problem), the pictures, and for
     uncalibrated frames the point cloud the model's heads reconstruct, if it has them (from the request's own VGGT
     input, `inputs`: the processor output the answer was generated from, when it holds the unmarked frames)."""
-    from .visualize import ply_parts, write_visualisations
+    from .visualize import frame_zero_note, ply_parts, write_visualisations
 
     formats = tuple(args.formats or DEFAULT_SAVE_FORMATS)  # --formats not given: what a plain install writes
     three_d = {"glb", "ply"} & set(formats)
@@ -223,6 +223,8 @@ def _save(args, model, processor, scene, result, report, answer: dict, inputs=No
         print(f"saved {kind}: {path}", file=report)
     for kind, why in written.skipped.items():
         print(f"not saved {kind}: {why}", file=report)
+    for note in written.notes:  # what the picture's legend says of an answer it cannot draw
+        print(f"note: {note}", file=report)
     if scene.calibrated:
         return
     if scene.camera == CAMERA_ESTIMATED:
@@ -230,7 +232,8 @@ def _save(args, model, processor, scene, result, report, answer: dict, inputs=No
         where = f"in the {kinds}" if kinds else "not written (--formats has no glb or ply)"
         print(f"point cloud: {len(scene.points):,} points {where} (your frames' depth fused with the cameras "
               "the model's heads estimated, in frame 0's camera; normalised scale, not metres, so the answer's "
-              "metric boxes need not match it in size); boxes drawn with the estimated camera"
+              "metric boxes need not match it in size); "
+              + (frame_zero_note(scene) or "boxes drawn with the camera VGGT's heads estimated for frame 0")
               + _ply_vertices(ply_parts(scene, result.boxes, result.point), written), file=report)
         return
     note = "note: uncalibrated frames: boxes are drawn on frame 0 with an assumed 60° pinhole; no point cloud"
