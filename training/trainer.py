@@ -46,6 +46,7 @@ from .checkpoints import (
 from .config import LOSS_NORMALIZATIONS, AuxLossConfig, LearningRates
 from .divergence import DivergenceGuard
 from .geometry_aligned_model import GeometryAlignedModel
+from .log_lines import print_numbers
 from .param_groups import build_parameter_groups
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"loss_normalization={loss_normalization!r}; choose from {LOSS_NORMALIZATIONS}")
         super().__init__(model, *args, **kwargs)
+        print_numbers(self)  # loss lines with numbers, not quoted strings (log_lines.py)
         if self.args.remove_unused_columns:
             raise ValueError("set remove_unused_columns=False: Trainer would drop the images and geometry columns")
         self.learning_rates = learning_rates or LearningRates()
