@@ -202,7 +202,8 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", required=True, help="target repository id, e.g. org/gap-mllm")
     parser.add_argument("--eval-summary", nargs="*", default=[], metavar="PATH",
                         help="summary.json files (or their folders) from `gap-mllm evaluate` for the card's results")
-    parser.add_argument("--base-model", default=None, help="the Qwen3-VL checkpoint it was built from (card metadata)")
+    parser.add_argument("--base-model", default=None, help="the Qwen3-VL checkpoint it was built from (card metadata; default: the one the "
+                             "folder records, none for a model trained from random initialisation as GAP-MLLM-Mini)")
     parser.add_argument("--training-data", nargs="+", default=None, metavar="TEXT",
                         help="what the model was trained on, one item per argument (default: what the checkpoint's "
                              "gap_mllm_training.json records, written by gap-mllm train)")

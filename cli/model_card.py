@@ -14,9 +14,13 @@ What is computed (the rest of the template, which describes the method, is kept 
 - "Evaluation": a table from the summaries only (the data each was computed on is the one the
   summary records), or an explicit "no results" line.
 
-VGGT licence rule (docs/vggt.md §9): weights from `facebook/VGGT-1B` are non-commercial and so is
-any model that ships them; `facebook/VGGT-1B-Commercial` allows commercial use except military use.
-An unknown source is treated as non-commercial: the cautious reading.
+Lineage and licence come from what the folder records (processing/model_lineage.py: the released model it descends
+from, e.g. GAP-MLLM-Mini, Apache-2.0 with no third-party weights, and the VGGT and Qwen3-VL checkpoints its config
+and training record name): `lineage_licence`. VGGT licence rule (docs/vggt.md §9): weights from `facebook/VGGT-1B`
+are non-commercial and so is any model that ships them; `facebook/VGGT-1B-Commercial` allows commercial use except
+military use; Qwen3-VL's weights are Apache-2.0. A folder that records nothing is "not recorded" (`gap-mllm push`
+says so before uploading) and treated as non-commercial, with Qwen3-VL-2B-Instruct as its base model unless given:
+the cautious reading.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from gap_mllm import GapMllmConfig
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+from gap_mllm.processing.model_lineage import GEOMETRY_PART, LANGUAGE_PART, folder_lineage, origin_text
 from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
 
@@ -73,6 +78,51 @@ def geometry_licence(source: str | None) -> tuple[str, str]:
                 f"Geometry weights from `{source}`: commercial use is allowed **except military use** (gated licence).")
     return ("non-commercial",
             f"Geometry weights from `{source}`: **non-commercial use only**; the licence propagates to this model.")
+
+
+APACHE = "apache-2.0"
+NON_COMMERCIAL, MIXED = "gap-mllm-non-commercial", "gap-mllm-mixed"  # the card's `license_name` under `license: other`
+COMMERCIAL_EXCEPT_MILITARY = "commercial use allowed except military use"
+QWEN3_VL_PREFIX = "Qwen/Qwen3-VL"  # Qwen3-VL's released checkpoints are Apache-2.0
+
+
+def weights_licence(entry: dict) -> str:
+    """The licence of one third-party checkpoint of a lineage (`{"part", "source"}`): "apache-2.0", VGGT's verdict
+    (`geometry_licence`), or "unknown"."""
+    source = entry.get("source") or ""
+    if entry.get("part") == GEOMETRY_PART or "vggt" in source.lower():
+        return geometry_licence(source)[0]
+    return APACHE if source.startswith(QWEN3_VL_PREFIX) else "unknown"
+
+
+def lineage_licence(lineage: dict) -> tuple[str, str | None, str]:
+    """`(license, license_name, sentence)` of a recorded lineage (processing/model_lineage.py): Apache-2.0 when its
+    origin is and every third-party checkpoint is; `other` / gap-mllm-mixed with VGGT-1B-Commercial weights; `other`
+    / gap-mllm-non-commercial when any part is non-commercial or of an unknown licence (the cautious reading)."""
+    origin, weights = lineage.get("origin"), lineage.get("weights") or []
+    licences = [weights_licence(entry) for entry in weights]
+    if origin is not None:
+        licences.append(str(origin.get("license") or "unknown").lower())
+    named = [f"`{entry['source']}` ({entry['part']}: {licence})" for entry, licence in zip(weights, licences)]
+    started = f"Started from {origin_text(origin)} ({origin.get('license') or 'licence not recorded'}). " if origin else ""
+    holds = ("It holds the weights of " + ", ".join(named) + "." if named
+             else "It holds no third-party weights: they were trained from random initialisation by this package.")
+    if all(licence == APACHE for licence in licences):
+        return APACHE, None, f"{started}{holds} Weights and code are **Apache-2.0**."
+    if all(licence in (APACHE, COMMERCIAL_EXCEPT_MILITARY) for licence in licences):
+        return "other", MIXED, f"{started}{holds} Commercial use is allowed **except military use** (VGGT-1B-Commercial)."
+    return "other", NON_COMMERCIAL, (f"{started}{holds} **Non-commercial use only**: the most restrictive licence (or one "
+                                     "not known) of its parts propagates to this model.")
+
+
+def lineage_note(model_dir) -> str | None:
+    """One line for a folder that records nothing of where its weights come from (`folder_lineage` None): its card
+    says "not recorded" and reads it as non-commercial; None when a lineage is recorded."""
+    if folder_lineage(model_dir) is not None:
+        return None
+    return (f"{Path(model_dir).name} records no lineage (no lineage in its {TRAINING_RECORD}, no weight source in its "
+            "config.json): its card says \"not recorded\" and treats the weights as non-commercial (`gap-mllm train` "
+            "records where a run started)")
 
 
 def parameter_counts(model_dir) -> dict[str, int]:
@@ -220,16 +270,30 @@ def evaluation_section(summaries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def checkpoint_section(config, repo_id, base_model, untrained: bool) -> str:
-    """Markdown body of the "This checkpoint" section."""
+def checkpoint_section(config, repo_id, base_model, untrained: bool, lineage: dict | None = None) -> str:
+    """Markdown body of the "This checkpoint" section: from the recorded `lineage` (processing/model_lineage.py) when
+    there is one, else the geometry source of the config alone, "not recorded" when it names none."""
     geometry = config.geometry_config if config.use_geometry else None
-    source = getattr(geometry, "source_checkpoint", None) if geometry is not None else None
-    verdict, sentence = geometry_licence(source) if geometry is not None else ("n/a", "No geometry encoder.")
-    rows = [
-        ("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
-        ("base model", f"`{base_model}`"),
-        ("geometry weights", f"`{source or 'not recorded'}` ({verdict})" if geometry is not None else "none"),
-    ]
+    if lineage is not None:
+        weights = {entry["part"]: entry["source"] for entry in lineage.get("weights") or []}
+        origin = lineage.get("origin")
+        rows = [("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
+                ("started from", origin_text(origin) if origin else "the third-party weights below"),
+                ("base model", f"`{base_model}`" if base_model else "none (no third-party LLM weights recorded)")]
+        for part in (GEOMETRY_PART, LANGUAGE_PART):
+            if part != GEOMETRY_PART or geometry is not None:
+                source = weights.get(part)
+                rows.append((f"{part} weights", f"`{source}` ({weights_licence({'part': part, 'source': source})})"
+                             if source else "trained by this package (no third-party weights recorded)"))
+        sentence = lineage_licence(lineage)[2]
+    else:
+        source = getattr(geometry, "source_checkpoint", None) if geometry is not None else None
+        verdict, sentence = geometry_licence(source) if geometry is not None else ("n/a", "No geometry encoder.")
+        rows = [
+            ("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
+            ("base model", f"`{base_model}`"),
+            ("geometry weights", f"`{source or 'not recorded'}` ({verdict})" if geometry is not None else "none"),
+        ]
     lines = ["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows), "", sentence]
     if untrained:
         lines += ["", "> **Untrained test model.** This checkpoint is randomly initialised and tiny; its answers are "
@@ -243,64 +307,6 @@ def _split_front_matter(text: str) -> str:
     return text[match.end():] if match else text
 
 
-def replace_section(body: str, heading: str, content: str) -> str:
-    """Replace the content of `## heading` (up to the next `## `) or append the section if absent."""
-    pattern = re.compile(rf"(^## {re.escape(heading)}[ \t]*\n)(.*?)(?=^## |\Z)", flags=re.DOTALL | re.MULTILINE)
-    if pattern.search(body):
-        return pattern.sub(lambda m: m.group(1) + "\n" + content + "\n", body, count=1)
-    return body.rstrip("\n") + f"\n\n## {heading}\n\n{content}"
-
-
-def insert_section_before(body: str, before: str, heading: str, content: str) -> str:
-    """Insert a new `## heading` section just before `## before` (or at the end)."""
-    marker = f"\n## {before}"
-    section = f"\n## {heading}\n\n{content}\n"
-    return body.replace(marker, section + marker, 1) if marker in body else body.rstrip("\n") + "\n" + section
-
-
-def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), base_model: str = DEFAULT_BASE_MODEL,
-                     template_path=None, untrained: bool = False, datasets=None, training_data=None) -> ModelCard:
-    """The card of the checkpoint in `model_dir` (a folder written by `save_pretrained`).
-
-    Args:
-        model_dir: the checkpoint folder (its config.json and safetensors headers are read, the model is
-            not built; its `gap_mllm_training.json`, if any, says what it was trained on).
-        repo_id: the Hub repository the card is for (shown in the card and the usage snippet).
-        eval_summaries: `summary.json` paths (or their folders) from `gap-mllm evaluate`.
-        base_model: the Qwen3-VL checkpoint the model was built from.
-        template_path: the template (default: `model_card.md` of the repository).
-        untrained: mark the card as a randomly initialised test model.
-        datasets: Hub dataset ids to list in the metadata.
-        training_data: lines describing the training data; they replace what the checkpoint records.
-    """
-    config = GapMllmConfig.from_pretrained(model_dir)
-    template_path = Path(template_path) if template_path is not None else default_template_path()
-    if not template_path.is_file():
-        raise FileNotFoundError(f"model card template not found: {template_path} (pass template_path=)")
-    summaries = load_summaries(eval_summaries)
-    geometry_source = config.geometry_config.source_checkpoint if config.use_geometry else None
-    verdict = geometry_licence(geometry_source)[0] if config.use_geometry else "n/a"
-    data = ModelCardData(
-        language="en",
-        license="other",
-        license_name="gap-mllm-mixed" if verdict == "commercial use allowed except military use" else "gap-mllm-non-commercial",
-        library_name="transformers",
-        pipeline_tag="image-text-to-text",
-        base_model=base_model,
-        tags=["multimodal", "3d", "spatial-reasoning", "vggt", "qwen3-vl", "custom_code"]
-             + (["untrained", "test-model"] if untrained else []),
-        datasets=list(datasets) if datasets else None,
-        model_name=repo_id.split("/")[-1] if repo_id else "GAP-MLLM",
-        eval_results=eval_results(summaries, repo_id or "GAP-MLLM") or None,
-    )
-    body = _split_front_matter(template_path.read_text(encoding="utf-8"))
-    if repo_id:
-        body = body.replace('"org/gap-mllm"', f'"{repo_id}"')
-    body = insert_section_before(body, "Model", "This checkpoint", checkpoint_section(config, repo_id, base_model, untrained))
-    body = replace_section(body, "Model", model_section(config, parameter_counts(model_dir), weights_size(model_dir)))
-    body = insert_section_before(body, "Use", "Training data", training_section(read_training_record(model_dir), training_data))
-    body = replace_section(body, "Evaluation", evaluation_section(summaries))
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 TEMPLATE_MODEL_ID = "org/gap-mllm"  # the model id the template's usage snippet names: the card's repository replaces it
 
 
@@ -320,3 +326,73 @@ def usage_section(model_id: str, template_path=None) -> str:
     return usage.replace(f'"{TEMPLATE_MODEL_ID}"', f'"{model_id}"')
 
 
+def replace_section(body: str, heading: str, content: str) -> str:
+    """Replace the content of `## heading` (up to the next `## `) or append the section if absent."""
+    pattern = re.compile(rf"(^## {re.escape(heading)}[ \t]*\n)(.*?)(?=^## |\Z)", flags=re.DOTALL | re.MULTILINE)
+    if pattern.search(body):
+        return pattern.sub(lambda m: m.group(1) + "\n" + content + "\n", body, count=1)
+    return body.rstrip("\n") + f"\n\n## {heading}\n\n{content}"
+
+
+def insert_section_before(body: str, before: str, heading: str, content: str) -> str:
+    """Insert a new `## heading` section just before `## before` (or at the end)."""
+    marker = f"\n## {before}"
+    section = f"\n## {heading}\n\n{content}\n"
+    return body.replace(marker, section + marker, 1) if marker in body else body.rstrip("\n") + "\n" + section
+
+
+def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), base_model: str | None = None,
+                     template_path=None, untrained: bool = False, datasets=None, training_data=None) -> ModelCard:
+    """The card of the checkpoint in `model_dir` (a folder written by `save_pretrained`).
+
+    Args:
+        model_dir: the checkpoint folder (its config.json and safetensors headers are read, the model is
+            not built; its `gap_mllm_training.json`, if any, says what it was trained on).
+        repo_id: the Hub repository the card is for (shown in the card and the usage snippet).
+        eval_summaries: `summary.json` paths (or their folders) from `gap-mllm evaluate`.
+        base_model: the Qwen3-VL checkpoint the model was built from; None: the one its lineage records (none for a
+            model trained from random initialisation, as GAP-MLLM-Mini), or `DEFAULT_BASE_MODEL` when the folder
+            records no lineage (`lineage_note`).
+        template_path: the template (default: `model_card.md` of the repository).
+        untrained: mark the card as a randomly initialised test model.
+        datasets: Hub dataset ids to list in the metadata.
+        training_data: lines describing the training data; they replace what the checkpoint records.
+    """
+    config = GapMllmConfig.from_pretrained(model_dir)
+    template_path = Path(template_path) if template_path is not None else default_template_path()
+    if not template_path.is_file():
+        raise FileNotFoundError(f"model card template not found: {template_path} (pass template_path=)")
+    summaries = load_summaries(eval_summaries)
+    lineage = folder_lineage(model_dir)  # what the folder records of where its weights come from
+    if lineage is not None:
+        licence, licence_name, _ = lineage_licence(lineage)
+        if base_model is None:
+            base_model = next((entry["source"] for entry in lineage.get("weights") or []
+                               if entry["part"] == LANGUAGE_PART), None)
+    else:  # nothing recorded: the cautious reading (module docstring)
+        geometry_source = config.geometry_config.source_checkpoint if config.use_geometry else None
+        verdict = geometry_licence(geometry_source)[0] if config.use_geometry else "n/a"
+        licence, licence_name = "other", MIXED if verdict == COMMERCIAL_EXCEPT_MILITARY else NON_COMMERCIAL
+        base_model = base_model or DEFAULT_BASE_MODEL
+    data = ModelCardData(
+        language="en",
+        license=licence,
+        license_name=licence_name,
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        base_model=base_model,
+        tags=["multimodal", "3d", "spatial-reasoning", "vggt", "qwen3-vl", "custom_code"]
+             + (["untrained", "test-model"] if untrained else []),
+        datasets=list(datasets) if datasets else None,
+        model_name=repo_id.split("/")[-1] if repo_id else "GAP-MLLM",
+        eval_results=eval_results(summaries, repo_id or "GAP-MLLM") or None,
+    )
+    body = _split_front_matter(template_path.read_text(encoding="utf-8"))
+    if repo_id:
+        body = body.replace(f'"{TEMPLATE_MODEL_ID}"', f'"{repo_id}"')
+    body = insert_section_before(body, "Model", "This checkpoint", checkpoint_section(config, repo_id, base_model, untrained,
+                                                                                lineage))
+    body = replace_section(body, "Model", model_section(config, parameter_counts(model_dir), weights_size(model_dir)))
+    body = insert_section_before(body, "Use", "Training data", training_section(read_training_record(model_dir), training_data))
+    body = replace_section(body, "Evaluation", evaluation_section(summaries))
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
