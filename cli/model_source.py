@@ -27,6 +27,7 @@ from gap_mllm.files import PICKLE_REFUSED
 from gap_mllm.mini import default_model_path
 from gap_mllm.processing.errors import exception_chain
 from gap_mllm.processing.model_paths import HUB_REPO_ID, loading_bar_for, missing_local_folder
+from gap_mllm.processing.path_containment import broken_link
 
 from .errors import UserError
 
@@ -126,12 +127,15 @@ def check_config_sizes(folder: Path, config: dict, source: str, flag: str = "--m
 
 def check_model_source(source, flag: str = "--model") -> str:
     """`source` as a string if it can be loaded as far as can be told without loading it; else a
-    UserError: no such folder, an empty folder or one without config.json, a config.json of another model
+    UserError: no such folder, a symbolic link loop or a link to nothing, an empty folder or one without config.json, a config.json of another model
     type (named), a truncated safetensors file (named), a config.json whose sizes disagree with the weights (the
     key and both sizes named), a file where a folder is expected, or a Hub id that is not in the local cache while
     the Hub is unreachable by choice (HF_HUB_OFFLINE)."""
     text = str(source)
     path = Path(text).expanduser()
+    leads_nowhere = broken_link(path)
+    if leads_nowhere is not None:  # not "no such folder", nor taken for a Hub repo id
+        raise UserError(f"{flag} {text}: this is {leads_nowhere}; give the checkpoint folder itself or a Hub repo id")
     if path.is_dir():
         if not any(path.iterdir()):
             raise UserError(f"{flag} {text}: the folder is empty; give a checkpoint folder written by "
