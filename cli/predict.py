@@ -18,7 +18,8 @@ prints one line first: it knows SynthRooms rooms only.
 `--out` is new, empty or an earlier predict's (the output-folder rule of every writer,
 processing/output_folder.py): a folder of the user's files, the working folder and one that cannot be written are
 refused before the model loads. `--marker VIEW X Y` names a pixel of that frame as a photo viewer shows it
-(original pixels, EXIF orientation applied), whatever size the frames are resized to for the model. The request is
+(original pixels, EXIF orientation applied), whatever size the frames are resized to for the model, and is checked
+against the frames as read, images, a GIF's or a video's sampled frames alike, before the model loads. The request is
 checked whole with the model's config and processor before its weights load (cli/tasks.py `check_request`): a query
 holding the tokenizer's own tokens, a frame the processor cannot read, a query too long for the model's context.
 
@@ -108,6 +109,8 @@ def main(args: argparse.Namespace) -> int:
         marked = original_size(frames.originals, request.marker[0]) if frames and request.marker else None
         if not getattr(args, "request_validated", False):  # the early check validated it (cli/early_checks.py)
             request.validate(len(scene.views), marked or scene.views[0].size)
+        if frames is not None:  # the frames as read: a video's count and size are known only now (no early decode)
+            request.check_given(len(frames.views), marked)
         if marked is not None:
             request.marker = frames.on_model_frames(request.marker)
         # the folder or Hub id --model names, resolved once: the early check's when it ran, checked at the load

@@ -72,12 +72,13 @@ from .scenes import (
 )
 from .task_request import example_request
 from .tasks import TaskRequest, check_request, run_task
-from .uploads import UploadError, UploadLimits, load_frames
+from .uploads import UploadError, UploadLimits, load_frames, original_size
 from .visualize import answer_picture, frames_with_boxes, gate_heatmap, save_scene_glb
 
-# Radio label -> registry task (the page's wording; tasks_gap_mllm defines the tasks): each task module's that names
-# a label (`PackageTask.space_label`, gap_mllm.processing.tasks)
-TASK_LABELS = LiveMapping(lambda: {task.space_label: task.spec for task in package_tasks() if task.space_label})
+# Radio label -> registry task (the page's wording; tasks_gap_mllm defines the tasks): every task the command line
+# answers (cli/task_names.py `front_end_tasks`: each task module's), by its module's `PackageTask.space_label`, else its
+# `TaskSpec.title` (gap_mllm.processing.tasks)
+TASK_LABELS = LiveMapping(lambda: {task.space_label or task.spec.title: task.spec for task in package_tasks()})
 NO_EXAMPLE = "(my uploaded files)"
 
 
@@ -324,14 +325,17 @@ class SpaceBackend:
         marker = self._marker(marker_text, scene, task) if task.needs_marker else None
         request = example_request(task, scene.example_inputs.get(task.name, {}), query=query, box=box, marker=marker)
         # every input is checked here, before the model runs (reconstruction included), so a bad one is the
-        # page's message at once rather than an error after the model's time; the query's tokens: `check_request`
-        request.validate(len(scene.views))
+        # page's message at once rather than an error after the model's time; the query's tokens: `check_request`.
+        # The marker names a pixel of its own frame as the model gets it (frames of another shape keep their size)
+        marked = request.marker[0] if request.marker is not None else None
+        request.validate(len(scene.views), original_size([view.size for view in scene.views], marked))
         return request
 
     @staticmethod
     def _marker(marker_text, scene, task) -> tuple[int, int, int] | None:
-        """The marker field's pixel `(view, x, y)` of a request of `task`, checked; empty: the room's own marker of
-        the task on a bundled room (None), else the centre of the first frame."""
+        """The marker field's pixel `(view, x, y)` of a request of `task`, whole numbers (its view and frame are
+        checked with the request); empty: the room's own marker of the task on a bundled room (None), else the centre
+        of the first frame."""
         values = parse_numbers(marker_text, 3, "marker (view x y)")
         if values is None:
             if scene.example_inputs.get(task.name, {}).get("marker") is not None:
@@ -340,11 +344,7 @@ class SpaceBackend:
             values = [0, width // 2, height // 2]
         if not all(float(v).is_integer() for v in values):
             raise UploadError(f"marker (view x y): whole pixel numbers are needed, got {marker_text!r}")
-        marker = tuple(int(v) for v in values)
-        width, height = scene.views[0].size
-        if not (0 <= marker[1] < width and 0 <= marker[2] < height):
-            raise UploadError(f"marker pixel ({marker[1]}, {marker[2]}) is outside the {width}x{height} frame")
-        return marker
+        return tuple(int(v) for v in values)  # checked against its frame with the request (`_request`)
 
     def _geometry_status(self, scene) -> str:
         """One or two sentences: where the drawn camera and the 3D view's geometry come from."""
