@@ -218,3 +218,15 @@ def test_the_package_registry_refuses_what_a_shipped_task_owns(name, changes, re
         assert annotation_file_name("detection", "val", 4) == "scannet_det_val_4frames.json"
     finally:
         unregister_task(spec.name)
+
+
+def test_a_title_that_is_a_shipped_tasks_space_label_is_refused_for_a_task_without_one():
+    """The Space labels a task without a `space_label` by its title (cli/space_backend.py `TASK_LABELS`)."""
+    spec = register_task(replace(TOY_SPEC, title=SPATIAL_QA.title))
+    try:
+        with pytest.raises(ValueError, match=f"^task {TOY!r}: its Space label {SPATIAL_QA.title!r} is taken by the "
+                                             "task 'spatial_qa'$"):
+            register_package_task(replace(TOY_TASK, space_label=None))
+        assert TASK_LABELS[SPATIAL_QA.title] is SPATIAL_QA and TOY not in package_task_names()
+    finally:
+        unregister_task(spec.name)

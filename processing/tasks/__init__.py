@@ -99,7 +99,7 @@ class PackageTask:
             `boxes`, `point`, `marker`; `request`: the `TaskRequest` answered); None: nothing.
         lists_boxes: whether a front end's summary lists those boxes (not when they are the request's).
         counts_boxes: whether it counts them first ("3 box(es)").
-        space_label: the task's label in the Space (None: the Space does not offer it).
+        space_label: the task's label in the Space, which offers every task (None: its `TaskSpec.title`).
         synth_records: `(scene, config, rng) -> [record]`, its SynthRooms samples of one scene (`SynthConfig`;
             processing/synth/samples.py), or `{stage: [record]}` for a task in stages; None: SynthRooms writes none.
         synth_frames: the `SynthConfig` field with the frame count of those samples (their file's `{frames}`).
@@ -231,7 +231,8 @@ def in_data_order(names) -> list[str]:
 def _owned(entry: PackageTask) -> set[tuple[str, str]]:
     """`{(what, value)}` that no other task may share with `entry`: its lmms-eval task, Space label and annotation
     files (its stages' included)."""
-    owned = {("lmms-eval task", entry.lmms_name), ("Space label", entry.space_label)}
+    # the Space's label of a task: its `space_label`, else its title (cli/space_backend.py `TASK_LABELS`)
+    owned = {("lmms-eval task", entry.lmms_name), ("Space label", entry.space_label or entry.spec.title)}
     owned |= {("annotation file", stage.annotation_file) for stage in (entry, *entry.stages)}
     return {(what, value) for what, value in owned if value is not None}
 
