@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 BOX_ANGLES_RECORD = "box_angles.json"
@@ -81,7 +82,8 @@ def write_box_angles(folder, record: dict) -> Path:
 
 def read_box_angles(folder) -> dict | None:
     """The `box_angles.json` record of a model folder, or None when `folder` is not a folder or records none (a Hub
-    id, the tiny test model). A file that is not a record is ValueError naming it."""
+    id, the tiny test model). A file that is not a record (`_record_problem`: an empty, reversed or non-finite
+    interval, a convention holding control characters) is ValueError naming it and what is wrong."""
     path = Path(folder) / BOX_ANGLES_RECORD if folder is not None else None
     if path is None or not path.is_file():
         return None
@@ -91,7 +93,37 @@ def read_box_angles(folder) -> dict | None:
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a record of box angles ({type(error).__name__}: {error}); "
                          "delete it or write it again") from None
+    problem = _record_problem(record, intervals)
+    if problem is not None:  # printed to the user as the ranges a box is checked against ("trained: nan to 1.46")
+        raise ValueError(f"{path}: not a record of box angles ({problem}); delete it or write it again")
     return {**record, "angles": intervals}
+
+
+# the recorded texts are printed in a note on the terminal: no escape sequence nor line break of a tampered file
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ANGLE_LIMIT = _up(math.pi)  # intervals are widened outward to 2 decimals: ±3.15
+
+
+def _record_problem(record: dict, intervals: dict) -> str | None:
+    """What makes `record` (read from JSON, `intervals` its angles as floats) no record of box angles: an angle with no
+    interval, a bound that is not a finite number within ±3.15 (π widened to 2 decimals), an interval whose low end
+    is above its high end, or a `convention` / `source` that is not text or holds control characters; None when it
+    is one."""
+    for name in ANGLE_NAMES:
+        if not intervals[name]:
+            return f"{name} has no interval"
+        for low, high in intervals[name]:
+            if not all(math.isfinite(v) and abs(v) <= _ANGLE_LIMIT for v in (low, high)):
+                return f"{name} interval [{low!r}, {high!r}] is not within ±{_ANGLE_LIMIT:g} radians"
+            if low > high:
+                return f"{name} interval [{low:g}, {high:g}] runs backwards"
+    for key in ("convention", "source"):
+        text = record.get(key)
+        if text is not None and not isinstance(text, str):
+            return f"{key} is {type(text).__name__}, not text"
+        if text is not None and _CONTROL_CHARACTERS.search(text):
+            return f"{key} holds control characters ({ascii(_CONTROL_CHARACTERS.search(text).group())})"
+    return None
 
 
 def _inside(value: float, intervals) -> bool:

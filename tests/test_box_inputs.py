@@ -183,3 +183,28 @@ def test_the_minis_folder_records_its_training_boxes_angles():
     assert unseen_angles_note(TaskRequest("captioning", box=[0, 0, 2, 1, 1, 1]).box, record) is not None
     shipped = json.loads((SHIPPED_DIR / BOX_ANGLES_RECORD).read_text(encoding="utf-8"))
     assert shipped["source"] == BOX_ANGLES_SOURCE.format(scenes=1200)  # the full budget's training scenes
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda record: record["angles"].__setitem__("pitch", []), "pitch has no interval"),
+    (lambda record: record["angles"].__setitem__("pitch", [[float("nan"), 1.46]]),
+     "pitch interval [nan, 1.46] is not within ±3.15 radians"),
+    (lambda record: record["angles"].__setitem__("yaw", [[-3.15, 7.0]]),
+     "yaw interval [-3.15, 7.0] is not within ±3.15 radians"),
+    (lambda record: record["angles"].__setitem__("pitch", [[1.46, 0.99]]), "pitch interval [1.46, 0.99] runs backwards"),
+    (lambda record: record.__setitem__("convention", "yaw pitch roll\x1b[2J\x1b[31m in radians"),
+     r"convention holds control characters ('\x1b')"),
+    (lambda record: record.__setitem__("source", "data\nnote: all fine"), r"source holds control characters ('\n')"),
+    (lambda record: record.__setitem__("convention", 7), "convention is int, not text"),
+])
+def test_a_tampered_box_angle_record_is_refused_naming_what_is_wrong(tmp_path, edit, problem):
+    """An empty, NaN or reversed interval used to print "trained: nan to 1.46" and check nothing; a convention with
+    terminal escape codes was printed raw in the note."""
+    record = json.loads(json.dumps({**box_angle_record([[0.0, 1.2, 3.1]], "a test"), "angles": MINI_LIKE}))
+    edit(record)
+    write_box_angles(tmp_path, record)
+    with pytest.raises(ValueError) as refused:
+        read_box_angles(tmp_path)
+    assert str(refused.value) == (f"{tmp_path / BOX_ANGLES_RECORD}: not a record of box angles ({problem}); delete it "
+                                  "or write it again")
+    assert read_box_angles(SHIPPED_DIR)["angles"]["pitch"] == [[0.99, 1.46]]  # the shipped record reads as before
