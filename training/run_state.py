@@ -38,7 +38,9 @@ file that differs. The remote-code `.py` files of a checkpoint are the installed
 
 A state continues only the run that wrote it: it records the recipe settings that define the run (`run.py`'s
 `run_definition`: every setting but where the run writes and how it reports), and a resume with other settings is
-refused naming them. Every file of the folder carries its sha256 in run_state.json, and the record its shape and its
+refused naming them (`check_same_settings`, the same rule a checkpoint of an output folder is checked by against the
+folder's run record, `RUN_RECORD_FILE`; `run_state.accept_other_settings` continues a deliberate change, recorded,
+but for the settings a checkpoint carries: `CARRIED_BY_CHECKPOINT`). Every file of the folder carries its sha256 in run_state.json, and the record its shape and its
 own digest: a damaged file (truncated, a Git LFS pointer, edited) is one line naming the file and the fault, found
 before anything is written. A state committed to a shared repository never writes outside its folder: every name it
 lists is a file of a state's layout (`checkpoint/scheduler.pt`, never `../x` or an absolute path), and a file of the
