@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from gap_mllm.mini.identity import is_gap_mllm_mini
-from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note
+from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note, upright_angles
 from gap_mllm.processing.tasks import LiveMapping, package_tasks
 from gap_mllm.tasks_gap_mllm import TaskSpec
 from gap_mllm.tiny.tiny_model import build_tiny_model
@@ -233,6 +233,10 @@ class SpaceBackend:
     """Loads the model once and serves requests (gradio's queue serialises them; the lock guards
     direct callers too, since a model is not safe to run from two threads at once)."""
 
+    # the model folder's record of its training boxes' angles (processing/box_angles.py), set when the model loads;
+    # None: none recorded (a 6-number box then takes a level camera's angles, and no box is noted)
+    box_angles: dict | None = None
+
     def __init__(self, settings: SpaceSettings, work_dir=None, loaded=None):
         """`loaded`: an already loaded `(model, processor, is_tiny)`; by default `load_space_model(settings.model)`."""
         self.settings = settings
@@ -319,11 +323,12 @@ class SpaceBackend:
             raise UploadError(str(error)) from None
         box = None
         if "box" in task.parameters:
-            # 6 numbers: an upright object seen by a level camera (task_request.box_with_angles)
+            # 6 numbers: an upright object as the model's training cameras see it (task_request.box_with_angles)
             box = (picked_box(scene, object_choice) if object_choice
                    else parse_numbers(box_text, (CENTRE_AND_SIZE, 9), "object box"))
         marker = self._marker(marker_text, scene, task) if task.needs_marker else None
-        request = example_request(task, scene.example_inputs.get(task.name, {}), query=query, box=box, marker=marker)
+        request = example_request(task, scene.example_inputs.get(task.name, {}), query=query, box=box, marker=marker,
+                                  upright=upright_angles(self.box_angles))  # a 6-number box: as the model's cameras
         # every input is checked here, before the model runs (reconstruction included), so a bad one is the
         # page's message at once rather than an error after the model's time; the query's tokens: `check_request`.
         # The marker names a pixel of its own frame as the model gets it (frames of another shape keep their size)

@@ -32,7 +32,7 @@ from gap_mllm.processing.held_out import generator_fingerprint
 from gap_mllm.processing.output_folder import MARKER, writing_output_folder
 from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.presets import synth_config
-from gap_mllm.processing.synth.samples import camera_box_angles
+from gap_mllm.processing.synth.samples import camera_box_angles, camera_tilts
 
 from .ablation import ABLATION_FRESH_SEEDS, weights_digest
 from .card import mini_model_card
@@ -114,10 +114,13 @@ def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: s
 def mini_box_angles(train_scenes: int) -> dict:
     """The box-angle record (processing/box_angles.py) of the Mini's training data: every object's box in every
     frame's camera of the first `train_scenes` scenes of SynthRooms' mini preset (its train split: `gap-mllm synth`
-    numbers it first), laid out without rendering (about half a second a scene)."""
+    numbers it first), with those frames' typical camera tilt; laid out without rendering (about half a second a
+    scene)."""
     generator = SynthRooms(synth_config("mini"))
-    angles = np.concatenate([camera_box_angles(generator.layout_scene(index)) for index in range(train_scenes)])
-    return box_angle_record(angles, BOX_ANGLES_SOURCE.format(scenes=train_scenes))
+    scenes = [generator.layout_scene(index) for index in range(train_scenes)]
+    angles = np.concatenate([camera_box_angles(scene) for scene in scenes])
+    tilts = np.concatenate([camera_tilts(scene) for scene in scenes])
+    return box_angle_record(angles, BOX_ANGLES_SOURCE.format(scenes=train_scenes), camera_tilts=tilts)
 
 
 # a seed none of the Mini's data used (training, validation and test: 0; the release rule's FRESH_SEEDS; the claims'
