@@ -701,8 +701,8 @@ UNSET = "(unset)"  # a setting one side of a comparison does not hold (left at i
 
 def setting_differences(recorded: dict, run: dict) -> dict[str, dict]:
     """`{name: {"then": recorded value, "now": run's value}}` for each setting that differs (a `training.*` one a side
-    leaves out at TrainingArguments' default, another `UNSET`), in name order; both sides compared resolved (config.py `without_defaults`): a setting written out at its
-    default is the same as one left out."""
+    leaves out at TrainingArguments' default, another `UNSET`), in name order; both sides compared resolved (config.py
+    `without_defaults`): a setting written out at its default is the same as one left out."""
     recorded, run = without_defaults(recorded), without_defaults(run)
 
     def value(settings: dict, key: str):
@@ -734,9 +734,10 @@ def check_same_settings(recorded: dict | None, run: dict | None, holds: str, *, 
     or nothing to compare).
 
     Raises:
-        RunStateError: one line naming what `holds` the step ("X holds step N") and the settings that differ, unless `accept_other_settings` (the user's
-            word that the change is deliberate); a setting the checkpoint carries (`CARRIED_BY_CHECKPOINT`) is refused
-            even then, since the run would go on with the checkpoint's value. `remedy`: what to do, in words."""
+        RunStateError: one line naming what `holds` the step ("X holds step N") and the settings that differ, unless
+            `accept_other_settings` (the user's word that the change is deliberate); a setting the checkpoint carries
+            (`CARRIED_BY_CHECKPOINT`) is refused even then, since the run would go on with the checkpoint's value.
+            `remedy`: what to do, in words."""
     if recorded is None or run is None:
         return {}
     differences = setting_differences(recorded, run)
@@ -820,7 +821,7 @@ def resumed_settings(checkpoint, run: dict, *, state_dir=None,
     if recorded is None and state_dir is not None:
         state = read_run_state(state_folder(state_dir))
         recorded = None if state is None else state.get("run")
-    where = f"{checkpoint}"
+    where = str(checkpoint)
     if recorded is None:
         if not accept_other_settings:
             raise RunStateError(f"{where}: its folder holds no record of the settings it was trained with "
