@@ -1,8 +1,9 @@
 """Which part of each encoder tower a run leaves frozen, what that part outputs, and how training continues from it.
 
 In stages 1 and 2 both encoder towers are frozen (docs/method.md §8.3), so what they output for a sample depends
-only on their weights and the sample: the feature cache (training/feature_cache.py) stores it once and the
-training forward starts after it. The cut is placed before the first module the recipe trains:
+only on their weights and the tensors they receive (its views, with the marker painted in): the feature cache
+(training/feature_cache.py) stores it once per distinct input and the training forward starts after it. The cut is
+placed before the first module the recipe trains:
 
     Qwen ViT     "merged": everything frozen (patch embedding, blocks, the merger and DeepStack mergers): the
                  cache holds the ViT's output tokens, per level `[N_merged, D_out]`;
