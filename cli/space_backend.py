@@ -73,7 +73,7 @@ from .scenes import (
 from .task_request import example_request
 from .tasks import TaskRequest, check_request, run_task
 from .uploads import UploadError, UploadLimits, load_frames, original_size
-from .visualize import answer_picture, frames_with_boxes, gate_heatmap, save_scene_glb
+from .visualize import answer_picture, frames_with_boxes, gate_heatmap, hidden_point_note, save_scene_glb
 
 # Radio label -> registry task (the page's wording; tasks_gap_mllm defines the tasks): every task the command line
 # answers (cli/task_names.py `front_end_tasks`: each task module's), by its module's `PackageTask.space_label`, else its
@@ -425,6 +425,8 @@ class SpaceBackend:
                            captions=captions, columns=columns)
 
     def _reference(self, scene, request, result) -> str:
+        hidden = hidden_point_note(scene, result.point)  # as the picture's legend says it
+        status += f"\n{hidden}" if hidden else ""
         """On a bundled room: the request, the exact answer and the score of this one, then the model's held-out
         score of the task (when its folder has evaluation_results.json); "" on uploaded frames."""
         if not scene.calibrated:

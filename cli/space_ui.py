@@ -9,6 +9,11 @@ heads; the page says which (and how to get them). Every request is logged with i
 Safety: uploads are checked by uploads.py against the gradio upload folder only; gradio serves no
 other path (`allowed_paths` is not widened); requests are queued (`concurrency` at once, at most
 `max_queue` waiting); gradio itself refuses files above the size limit.
+The page opens on a bundled room (the default GAP-MLLM-Mini knows SynthRooms rooms only) and offers every task the
+command line answers (space_backend.py `TASK_LABELS`, from the task registry). Uploaded frames, when given, are the
+scene (picking a bundled room clears them). Scripts call the `/run` endpoint with gradio_client by name
+(docs/usage.md, "The Space from a script"): `client.predict(example=..., task=..., api_name="/run")`, the
+parameters named as `on_run`'s below; those not given take the page's defaults.
 """
 
 from __future__ import annotations
@@ -24,8 +29,17 @@ from .scenes import EXAMPLE_SEEDS
 from .uploads import GIF_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 INTRO = """# GAP-MLLM: 3D perception from RGB frames
-Upload a few frames of one scene (or one short video; frames are sampled) or pick a synthetic example,
-choose a task and press **Run**. Boxes are in the first frame's camera (x right, y down, z forward)."""
+Pick a bundled synthetic room (the page opens on one) or upload a few frames of one scene (or one short video; frames
+are sampled), choose a task and press **Run**. Boxes are in the first frame's camera (x right, y down, z forward)."""
+
+
+DEFAULT_EXAMPLE = next(iter(EXAMPLE_SEEDS))  # what the page opens on: a bundled room, which the Mini knows
+
+
+def query_label() -> str:
+    """The query field's label: the tasks that read it (the registry's, as the task list)."""
+    titles = [label for label, spec in TASK_LABELS.items() if "query" in spec.parameters]
+    return "Query: " + "; ".join(titles) if titles else "Query"
 
 
 def build_demo(backend: SpaceBackend):
@@ -37,18 +51,44 @@ def build_demo(backend: SpaceBackend):
         return (gr.update(choices=backend.object_choices(example_name), value=defaults["object"]),
                 defaults["query"], defaults["marker"])
 
-    def on_run(files, example_name, task_label, query, object_choice, box_text, marker_text, request: gr.Request):
+    def on_task_change(example_name, task_label):
+        # on a bundled room the query field holds the chosen task's own query (none: empty), never another task's
+        spec = TASK_LABELS.get(task_label)
+        if spec is None or "query" not in spec.parameters or not example_name or example_name == NO_EXAMPLE:
+            return gr.update()
+        own = backend.example(example_name).example_inputs.get(spec.name, {}).get("query")
+        return own or ""
+
+    def on_run(frames=None, example=DEFAULT_EXAMPLE, task=next(iter(TASK_LABELS)), query=None, caption_object=None,
+               box=None, marker=None, request: gr.Request = None):
+        """Answer one request of a scene: uploaded frames or a bundled room.
+
+        Args:
+            frames: image or video files of one scene (`gradio_client.handle_file(path)` each); when given, they are
+                the scene, whatever `example` says.
+            example: a bundled room ("synthetic room A", ...), used when no frames are given.
+            task: the task's label, as the page's task list shows it ("3D object detection", ...).
+            query: grounding's description of the object, or spatial QA's question; empty on a bundled room: its own.
+            caption_object: captioning on a bundled room: one of its objects, "<index>: <label>".
+            box: captioning: the object's box, 6 or 9 numbers "cx cy cz sx sy sz [yaw pitch roll]" (first camera).
+            marker: the marker task's pixel "view x y"; empty: the room's own, or the centre of frame 0.
+
+        Returns:
+            (frames with the answer drawn, 3D scene (GLB), raw answer, parsed result, fusion gate map, status line,
+            on a bundled room the exact answer and the model's held-out score)
+        """
         # gradio fills `request`; its session hash keys the session's encoded scene (scene_store.py)
         session = getattr(request, "session_hash", None)
+        if frames:  # uploads are the scene: the example list only chooses when none are sent
+            example = NO_EXAMPLE
         try:
-            out = backend.run(files, example_name, task_label, query, object_choice, box_text, marker_text,
-                              session=session)
+            out = backend.run(frames, example, task, query, caption_object, box, marker, session=session)
         except USER_ERRORS as error:  # the backend logged it in one line; gradio prints no traceback for it
             raise gr.Error(str(error), title="Cannot run this request", print_exception=False) from error
         # every frame whole, in a grid that shows them all (frame_grid.py), the marked view first
-        frames = gr.update(value=[(str(path), caption) for path, caption in zip(out.frames, out.captions)],
-                           columns=out.columns)
-        return (frames, str(out.scene_glb), out.raw, out.parsed,
+        shown = gr.update(value=[(str(path), caption) for path, caption in zip(out.frames, out.captions)],
+                          columns=out.columns)
+        return (shown, str(out.scene_glb), out.raw, out.parsed,
                 str(out.gates_png) if out.gates_png else None, out.status, out.reference)
 
     # gradio finds the request parameter by its type hint; this module's postponed annotations are strings
@@ -66,14 +106,14 @@ def build_demo(backend: SpaceBackend):
                 files = gr.File(label=(f"Frames or a video (≤ {limits.max_files} files, ≤ {limits.max_file_bytes // 2**20} MB "
                                        f"each; a video ≤ {limits.max_video_seconds:g} s, {limits.max_frames} frames sampled)"),
                                 file_count="multiple", file_types=accepted, type="filepath", elem_id="uploads")
-                example = gr.Dropdown([NO_EXAMPLE, *EXAMPLE_SEEDS], value=NO_EXAMPLE, label="or a bundled example",
+                example = gr.Dropdown([*EXAMPLE_SEEDS, NO_EXAMPLE], value=DEFAULT_EXAMPLE, label="or a bundled example",
                                       elem_id="example")
                 task = gr.Radio(list(TASK_LABELS), value=next(iter(TASK_LABELS)), label="Task", elem_id="task")
-                query = gr.Textbox(label="Grounding query", placeholder="the chair next to the desk", elem_id="query")
+                query = gr.Textbox(label=query_label(), placeholder="the chair next to the desk", elem_id="query")
                 object_choice = gr.Dropdown([], label="Captioning: object (bundled examples)", elem_id="object")
                 box_text = gr.Textbox(label="Captioning: or a box cx cy cz sx sy sz [yaw pitch roll] (first camera)", elem_id="box")
                 marker_text = gr.Textbox(label="Reconstruction: marker 'view x y' (empty: centre of frame 0)", elem_id="marker")
-                run = gr.Button("Run", variant="primary", elem_id="run")
+                run_button = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 frames = gr.Gallery(label="Frames with projected 3D boxes (red: answer)", columns=MIN_COLUMNS,
@@ -87,9 +127,16 @@ def build_demo(backend: SpaceBackend):
                                              "task next to a trivial baseline", lines=4, elem_id="reference")
                 gates = gr.Image(label="Fusion gate per level (share of the Qwen feature)", type="filepath",
                                  elem_id="gates")
-        example.change(on_example_change, example, [object_choice, query, marker_text])
-        run.click(on_run, [files, example, task, query, object_choice, box_text, marker_text],
-                  [frames, scene, raw, parsed, gates, status, reference], api_name="run")
+        prefilled = [object_choice, query, marker_text]
+        demo.load(on_example_change, example, prefilled, api_visibility="private")  # the room the page opens on
+        example.change(on_example_change, example, prefilled, api_visibility="private")
+        # the page shows one scene: a room picked drops the uploads, an upload shows "(my uploaded files)"
+        example.input(lambda name: gr.update() if name == NO_EXAMPLE else None, example, files,
+                      api_visibility="private")
+        files.upload(lambda uploaded: NO_EXAMPLE, files, example, api_visibility="private")
+        task.change(on_task_change, [example, task], query, api_visibility="private")
+        run_button.click(on_run, [files, example, task, query, object_choice, box_text, marker_text],
+                         [frames, scene, raw, parsed, gates, status, reference], api_name="run")
     return demo
 
 
