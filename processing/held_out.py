@@ -82,15 +82,18 @@ def held_out_problem(model_dir, data_root, scene_ids) -> str | None:
         return (f"the model {Path(str(model_dir)).name} records no training scenes (no {TRAINING_RECORD}), so whether "
                 f"the scenes of {Path(data_root).name} are held out from it is not checked")
     fingerprint = generator_fingerprint(info["config"])
+    record = json.loads(record_path.read_text(encoding="utf-8"))
     seen = set()
-    for entry in json.loads(record_path.read_text(encoding="utf-8")).get("trained_scenes") or []:
+    for entry in record.get("trained_scenes") or []:
         if entry.get("generator") == fingerprint:
             seen.update(entry.get("scenes") or [])
     overlap = sorted(seen.intersection(scene_ids))
     if not overlap:
         return None
     shown = overlap[0] if len(overlap) == 1 else f"{overlap[0]} to {overlap[-1]}"
-    return (f"the model {Path(str(model_dir)).name} was trained on {len(overlap)} of the {len(set(scene_ids))} scenes "
+    # a released model by the name its record gives (GAP-MLLM-Mini's folder is a cache folder named by a digest)
+    named = record.get("model_name") if isinstance(record.get("model_name"), str) else Path(str(model_dir)).name
+    return (f"the model {named} was trained on {len(overlap)} of the {len(set(scene_ids))} scenes "
             f"scored ({shown}; its {TRAINING_RECORD}), so these scores are not held-out scores: data written by "
             "`gap-mllm synth` with the same settings and seed numbers its scenes across the splits; write the data with "
             "another --seed")

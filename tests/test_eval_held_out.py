@@ -130,7 +130,7 @@ def test_evaluate_warns_when_the_mini_is_scored_on_its_training_scenes(mini_room
         run_evaluation("reconstruction", mini_rooms / "seed0", tmp_path / "seen", model_dir=mini, split="val",
                        limit=1, plots=False, progress=False)
     assert [r.getMessage() for r in caplog.records] == [
-        f"the model {mini.name} was trained on 1 of the 1 scenes scored (synth0001_00; its gap_mllm_training.json), so "
+        "the model GAP-MLLM-Mini was trained on 1 of the 1 scenes scored (synth0001_00; its gap_mllm_training.json), so "
         "these scores are not held-out scores: data written by `gap-mllm synth` with the same settings and seed numbers "
         "its scenes across the splits; write the data with another --seed"]
     caplog.clear()
