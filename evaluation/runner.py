@@ -363,7 +363,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     check_records(records, ids, annotation_file)  # each an object with its frames (`"images": []` has none)
     task.check_ground_truth(records, ids)  # before any answer is generated (a missing detection `boxes`, ...)
     media_root = posed_images_dir(data_dir)
-    if model_dir is not None:  # a model is never scored on scenes it trained on (processing/held_out.py)
+    if model_dir is not None:  # one line when a model is scored on scenes it trained on (processing/held_out.py)
         check_held_out(model_dir, data_dir, {record_scene_id(r) for r in records})
         check_prompt_texts(records, ids, annotation_file)  # no prompt may write chat turns (gap_mllm.tasks_gap_mllm)
         check_markers(task, records, ids, media_root)  # a marked pixel inside its frame, before the model loads

@@ -269,7 +269,8 @@ class GapMllm(lmms):
         return None if cap is None else int(cap)
 
     def _check_held_out(self, docs: list[dict]) -> None:
-        """A model is never scored on SynthRooms scenes it trained on (processing/held_out.py), as in gap-mllm evaluate."""
+        """One line when a model is scored on SynthRooms scenes it trained on (processing/held_out.py), as in gap-mllm
+        evaluate; each set of scenes is checked once."""
         by_root: dict[str, set] = {}
         for doc in docs:
             by_root.setdefault(doc["data_root"], set()).add(record_scene_id(record_of(doc)))
