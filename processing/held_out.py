@@ -95,8 +95,8 @@ def held_out_problem(model_dir, data_root, scene_ids) -> str | None:
     named = record.get("model_name") if isinstance(record.get("model_name"), str) else Path(str(model_dir)).name
     return (f"the model {named} was trained on {len(overlap)} of the {len(set(scene_ids))} scenes "
             f"scored ({shown}; its {TRAINING_RECORD}), so these scores are not held-out scores: data written by "
-            "`gap-mllm synth` with the same settings and seed numbers its scenes across the splits; write the data with "
-            "another --seed")
+            "`gap-mllm synth` with the same settings and seed numbers its scenes across the splits; write the data "
+            "with another --seed")
 
 
 def check_held_out(model_dir, data_root, scene_ids) -> str | None:
