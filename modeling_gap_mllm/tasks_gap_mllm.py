@@ -803,13 +803,9 @@ ENGINE_MODULE = "llguidance"
 ENGINE_REQUIREMENT = "llguidance==1.9.1"
 
 
-# how to turn constraining off, as the Python API says it (the command line gives its own flags: cli/early_checks.py)
-FREE_DECODING_SWITCH = "constrained=False in processor.generation_kwargs"
-
-
-def engine_missing(free_switch: str = FREE_DECODING_SWITCH) -> str | None:
+def engine_missing(free_switch: str = "constrained=False in processor.generation_kwargs") -> str | None:
     """None when llguidance is installed (looked up, not imported), else one line saying how to install it, or to
-    decode freely with `free_switch` (the caller's way of turning constraining off: Python's argument by default)."""
+    decode freely with `free_switch` (Python's argument by default; the command line gives its own flags)."""
     import importlib.util
     if importlib.util.find_spec(ENGINE_MODULE) is not None:
         return None
