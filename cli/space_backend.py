@@ -2,7 +2,9 @@
 
 `SpaceBackend.run` takes the raw widget values, checks the upload (uploads.py), runs the task
 (tasks.py) and writes the pictures (visualize.py) into a per-request folder of its own work
-directory; the UI (space_ui.py) only passes values in and paths out.
+directory; the UI (space_ui.py) only passes values in and paths out. No file of a request outlives it: once the front
+end holds its own copies (gradio's cache, which gradio empties itself: `delete_cache`, space_ui.py),
+`SpaceBackend.served` removes the request's folder, and `SpaceBackend.close` (the server's stop) what is left.
 
 Uploaded frames get a point cloud and an estimated camera when the model's geometry encoder has
 VGGT's camera and depth heads (scenes.reconstructed_scene): the default GAP-MLLM-Mini has trained ones; the
@@ -31,11 +33,12 @@ import math
 import os
 import re
 import tempfile
+import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +230,7 @@ class SpaceOutput:
     # the gallery's captions and column count (frame_grid.py): `frames` are in the order shown, the marked view first
     captions: list[str] = field(default_factory=list)
     columns: int = MIN_COLUMNS
+    folder: Path | None = None  # the request's own folder, which holds its files until `SpaceBackend.served`
 
 
 class SpaceBackend:
@@ -244,6 +248,8 @@ class SpaceBackend:
         self.source = None if settings.model == TINY else resolve_model_source(settings.model)
         self.model, self.processor, self.is_tiny = loaded or load_space_model(settings.model, self.source)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gap-mllm-space-"))
+        self._own_work_dir = work_dir is None  # made here: removed whole by `close`
+        self._folders: set[Path] = set()  # the requests' folders not yet removed
         self._lock = threading.Lock()
         self._examples = {}
         self._numbers = itertools.count(1)  # request numbers for the log (next() is atomic in CPython)
@@ -406,6 +412,7 @@ class SpaceBackend:
             scene, result = self._answer_on_gpu(scene, request, inputs, session)
         out = self.work_dir / uuid.uuid4().hex
         out.mkdir(parents=True)
+        self._folders.add(out)
         drawn = frames_with_boxes(scene, result.boxes, result.point, marker=result.marker)
         frames = []
         for index, image in enumerate(drawn):
@@ -422,7 +429,31 @@ class SpaceBackend:
         status += f"\n{unseen}" if unseen else ""
         return SpaceOutput(frames=[frames[index] for index in order], scene_glb=glb, gates_png=gates, raw=result.answer,
                            parsed=result.summary(), status=status, reference=self._reference(scene, request, result),
-                           captions=captions, columns=columns)
+                           captions=captions, columns=columns, folder=out)
+
+    def served(self, out: SpaceOutput, keep: Callable[[Path], str]) -> SpaceOutput:
+        """`out` with each of its files replaced by `keep(path)`, the copy the front end serves (space_ui.py: gradio's
+        cache, which gradio deletes on its `delete_cache` schedule and at its stop), then the request's folder removed,
+        also when `keep` fails: nothing of the request stays in the backend's work folder once it is answered."""
+        try:
+            return replace(out, frames=[Path(keep(path)) for path in out.frames], scene_glb=Path(keep(out.scene_glb)),
+                           gates_png=None if out.gates_png is None else Path(keep(out.gates_png)), folder=None)
+        finally:
+            self._remove(out.folder)
+
+    def _remove(self, folder: Path | None) -> None:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._folders.discard(folder)
+
+    def close(self) -> None:
+        """Remove every file the backend wrote: the folders of requests not `served` (a request that failed after
+        writing, a caller that never served one), and the work folder itself when the backend made it. The server
+        calls it at its stop (space_ui.py `launch`)."""
+        for folder in list(self._folders):
+            self._remove(folder)
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _reference(self, scene, request, result) -> str:
         hidden = hidden_point_note(scene, result.point)  # as the picture's legend says it

@@ -9,6 +9,10 @@ heads; the page says which (and how to get them). Every request is logged with i
 Safety: uploads are checked by uploads.py against the gradio upload folder only; gradio serves no
 other path (`allowed_paths` is not widened); requests are queued (`concurrency` at once, at most
 `max_queue` waiting); gradio itself refuses files above the size limit.
+Files: a request's pictures and GLB are handed to gradio's cache and the backend's own removed as it is answered
+(`SpaceBackend.served`); gradio deletes what it holds, the copies it serves and every upload, `CACHE_AGE_SECONDS`
+after it was written (`delete_cache`), and all of it at the server's stop, which a SIGTERM (a Space stopped) makes
+clean as Ctrl-C does; the upload folder the server made and the backend's work folder go with it (`launch`).
 The page opens on a bundled room (the default GAP-MLLM-Mini knows SynthRooms rooms only) and offers every task the
 command line answers (space_backend.py `TASK_LABELS`, from the task registry). Uploaded frames, when given, are the
 scene (picking a bundled room clears them). Scripts call the `/run` endpoint with gradio_client by name
@@ -18,10 +22,14 @@ parameters named as `on_run`'s below; those not given take the page's defaults.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 
 from .frame_grid import FRAMES_CSS, MIN_COLUMNS
 from .space_backend import LOG, NO_EXAMPLE, TASK_LABELS, USER_ERRORS, SpaceBackend, SpaceSettings
@@ -40,6 +48,11 @@ def query_label() -> str:
     """The query field's label: the tasks that read it (the registry's, as the task list)."""
     titles = [label for label, spec in TASK_LABELS.items() if "query" in spec.parameters]
     return "Query: " + "; ".join(titles) if titles else "Query"
+
+
+# how long gradio keeps a file it serves or an upload (a page may run again on the same uploads), and how often it
+# looks: gr.Blocks(delete_cache=(CACHE_CHECK_SECONDS, CACHE_AGE_SECONDS))
+CACHE_AGE_SECONDS, CACHE_CHECK_SECONDS = 3600, 300
 
 
 def build_demo(backend: SpaceBackend):
@@ -85,6 +98,8 @@ def build_demo(backend: SpaceBackend):
             out = backend.run(frames, example, task, query, caption_object, box, marker, session=session)
         except USER_ERRORS as error:  # the backend logged it in one line; gradio prints no traceback for it
             raise gr.Error(str(error), title="Cannot run this request", print_exception=False) from error
+        # gradio's own copies (its cache, emptied on `delete_cache`'s schedule), the backend's removed now
+        out = backend.served(out, keep=scene.move_resource_to_block_cache)
         # every frame whole, in a grid that shows them all (frame_grid.py), the marked view first
         shown = gr.update(value=[(str(path), caption) for path, caption in zip(out.frames, out.captions)],
                           columns=out.columns)
@@ -97,7 +112,7 @@ def build_demo(backend: SpaceBackend):
 
     limits = backend.settings.limits
     accepted = sorted(IMAGE_SUFFIXES | GIF_SUFFIXES | VIDEO_SUFFIXES)
-    with gr.Blocks(title="GAP-MLLM demo") as demo:
+    with gr.Blocks(title="GAP-MLLM demo", delete_cache=(CACHE_CHECK_SECONDS, CACHE_AGE_SECONDS)) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(f"**{backend.notice}**", elem_id="model-notice")
         gr.Markdown(backend.geometry_notice, elem_id="geometry-notice")
@@ -153,14 +168,46 @@ def log_requests_to_stderr() -> None:
         LOG.setLevel(logging.INFO)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (how a Space or a service manager stops the server) raised as KeyboardInterrupt in the main thread, as
+    Ctrl-C is, so that the server stops cleanly (gradio empties its cache, `launch` removes its folders); Python's
+    default would end the process at once, leaving every file."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def launch(settings: SpaceSettings, host: str = "127.0.0.1", port: int = 7860, **launch_kwargs):
-    """Build the backend and the interface, queue requests, and serve (blocks)."""
+    """Build the backend and the interface, queue requests, and serve (blocks); at the stop (Ctrl-C, SIGTERM) remove
+    the backend's files and the upload folder made here."""
     log_requests_to_stderr()
     # A dedicated upload folder: uploads.py only reads files inside it. Set before gradio is imported,
-    # since gradio reads GRADIO_TEMP_DIR at import time.
-    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="gap-mllm-uploads-"))
-    backend = SpaceBackend(settings)
-    demo = build_demo(backend)
-    demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
-    limit = f"{settings.limits.max_file_bytes // 2**20}mb"
-    demo.launch(server_name=host, server_port=port, max_file_size=limit, show_error=True, css=FRAMES_CSS, **launch_kwargs)
+    # since gradio reads GRADIO_TEMP_DIR at import time; one given is the caller's, not removed.
+    made = None
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        made = os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gap-mllm-uploads-")
+    backend = None
+    try:
+        backend = SpaceBackend(settings)
+        demo = build_demo(backend)
+        demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
+        limit = f"{settings.limits.max_file_bytes // 2**20}mb"
+        with sigterm_as_interrupt():
+            demo.launch(server_name=host, server_port=port, max_file_size=limit, show_error=True, css=FRAMES_CSS,
+                        **launch_kwargs)
+    finally:
+        if not launch_kwargs.get("prevent_thread_lock"):  # else the server still runs: its caller stops it
+            if backend is not None:
+                backend.close()
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
