@@ -425,6 +425,8 @@ class SpaceBackend:
         glb = save_scene_glb(out / "scene.glb", scene, result.boxes, result.point)
         gates = gate_heatmap(result.gates, result.token_grids, out / "fusion_gates.png")
         status = f"{request.task} on {len(scene.views)} frame(s); {self._geometry_status(scene)}"
+        hidden = hidden_point_note(scene, result.point)  # as the picture's legend says it
+        status += f"\n{hidden}" if hidden else ""
         unseen = unseen_angles_note(request.box, self.box_angles) if "box" in request.spec.parameters else None
         status += f"\n{unseen}" if unseen else ""
         return SpaceOutput(frames=[frames[index] for index in order], scene_glb=glb, gates_png=gates, raw=result.answer,
@@ -456,8 +458,6 @@ class SpaceBackend:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _reference(self, scene, request, result) -> str:
-        hidden = hidden_point_note(scene, result.point)  # as the picture's legend says it
-        status += f"\n{hidden}" if hidden else ""
         """On a bundled room: the request, the exact answer and the score of this one, then the model's held-out
         score of the task (when its folder has evaluation_results.json); "" on uploaded frames."""
         if not scene.calibrated:
