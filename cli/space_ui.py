@@ -13,6 +13,7 @@ Files: a request's pictures and GLB are handed to gradio's cache and the backend
 (`SpaceBackend.served`); gradio deletes what it holds, the copies it serves and every upload, `CACHE_AGE_SECONDS`
 after it was written (`delete_cache`), and all of it at the server's stop, which a SIGTERM (a Space stopped) makes
 clean as Ctrl-C does; the upload folder the server made and the backend's work folder go with it (`launch`).
+
 The page opens on a bundled room (the default GAP-MLLM-Mini knows SynthRooms rooms only) and offers every task the
 command line answers (space_backend.py `TASK_LABELS`, from the task registry). Uploaded frames, when given, are the
 scene (picking a bundled room clears them). Scripts call the `/run` endpoint with gradio_client by name
@@ -41,6 +42,11 @@ Pick a bundled synthetic room (the page opens on one) or upload a few frames of 
 are sampled), choose a task and press **Run**. Boxes are in the first frame's camera (x right, y down, z forward)."""
 
 
+# how long gradio keeps a file it serves or an upload (a page may run again on the same uploads), and how often it
+# looks: gr.Blocks(delete_cache=(CACHE_CHECK_SECONDS, CACHE_AGE_SECONDS))
+CACHE_AGE_SECONDS, CACHE_CHECK_SECONDS = 3600, 300
+
+
 DEFAULT_EXAMPLE = next(iter(EXAMPLE_SEEDS))  # what the page opens on: a bundled room, which the Mini knows
 
 
@@ -48,11 +54,6 @@ def query_label() -> str:
     """The query field's label: the tasks that read it (the registry's, as the task list)."""
     titles = [label for label, spec in TASK_LABELS.items() if "query" in spec.parameters]
     return "Query: " + "; ".join(titles) if titles else "Query"
-
-
-# how long gradio keeps a file it serves or an upload (a page may run again on the same uploads), and how often it
-# looks: gr.Blocks(delete_cache=(CACHE_CHECK_SECONDS, CACHE_AGE_SECONDS))
-CACHE_AGE_SECONDS, CACHE_CHECK_SECONDS = 3600, 300
 
 
 def build_demo(backend: SpaceBackend):
