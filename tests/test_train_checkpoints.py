@@ -122,6 +122,17 @@ def test_each_missing_damaged_or_edited_file_is_named(tmp_path, damage, named):
     assert checkpoint_problem(folder).startswith(named)
 
 
+def test_the_trainer_itself_refuses_an_incomplete_checkpoint(tmp_path, recon_dataset):
+    """`GeometryAlignedTrainer.train(resume_from_checkpoint=...)`, the Python path under `run_training`: the same rule,
+    before a step (Trainer would go on with a fresh optimizer and schedule)."""
+    folder = complete_checkpoint(tmp_path / "checkpoint-4")
+    (folder / "optimizer.pt").unlink()
+    setup = make(tmp_path, recon_dataset)
+    with pytest.raises(ValueError, match=rf"--resume {folder}: not a complete checkpoint \(no optimizer.pt"):
+        setup.trainer.train(resume_from_checkpoint=str(folder))
+    assert setup.trainer.state.global_step == 0 and not list((tmp_path / "run").glob("*checkpoint-*"))
+
+
 def test_the_runs_last_step_needs_no_optimizer(tmp_path):
     """A run state restores a finished run's checkpoint without the optimizer: nothing trains from it."""
     folder = complete_checkpoint(tmp_path / "checkpoint-6", step=6, max_steps=6)

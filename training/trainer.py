@@ -35,6 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from .bad_samples import SKIPPED_KEY, skipped_samples_warning
 from .checkpoints import (
     CheckpointDiskFull,
+    check_resume_checkpoint,
     disk_full_error,
     find_resumable_checkpoint,
     is_disk_full,
@@ -174,7 +175,13 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
         return list(getattr(getattr(self.data_collator, "cache", None), "skipped_names", []))
 
     def train(self, *args, **kwargs):
-        """`Trainer.train`, then a warning naming the bad samples skipped (at least the first few), if any."""
+        """`Trainer.train`, then a warning naming the bad samples skipped (at least the first few), if any. A checkpoint
+        to resume from (`resume_from_checkpoint`, a folder) must be complete (training/checkpoints.py
+        `checkpoint_problem`; ValueError naming it and what is missing): Trainer itself resumes without a missing
+        optimizer or scheduler file, silently, with a fresh optimizer and a restarted schedule."""
+        checkpoint = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if isinstance(checkpoint, (str, os.PathLike)):
+            check_resume_checkpoint(checkpoint)
         output = super().train(*args, **kwargs)
         if self._skipped_samples:
             logger.warning(skipped_samples_warning(self._skipped_samples, self.skipped_sample_names))
