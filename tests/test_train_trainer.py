@@ -196,3 +196,22 @@ def test_the_loss_lines_print_numbers_not_quoted_strings(tmp_path, recon_dataset
         shown = ast.literal_eval(line)
         assert shown["loss"] == float(f"{logged['loss']:.4g}") and shown["lm_loss"] == float(f"{logged['lm_loss']:.4g}")
         assert all(not isinstance(value, str) for value in shown.values()), line
+
+
+@pytest.mark.parametrize("disable_tqdm", [False, True])
+def test_the_encoder_stage_trainer_prints_numbers_too(tmp_path, disable_tqdm):
+    """Stage 0's trainer (`EncoderStageTrainer`) holds the same console callback: its loss lines hold numbers."""
+    from transformers import PrinterCallback, ProgressCallback, TrainingArguments
+
+    from gap_mllm.training.encoder_stage import EncoderStageTrainer
+    from gap_mllm.training.encoder_stage_run import GeometryStageModel
+    from gap_mllm.training.log_lines import NumbersPrinterCallback, NumbersProgressCallback
+
+    from .test_mini_stages import tiny_with_heads
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", disable_tqdm=disable_tqdm, use_cpu=True)
+    trainer = EncoderStageTrainer(GeometryStageModel(tiny_with_heads()[0], camera_weight=1.0, depth_weight=0.0),
+                                  args=args)
+    kinds = {type(callback) for callback in trainer.callback_handler.callbacks}
+    assert not kinds & {ProgressCallback, PrinterCallback}
+    assert (NumbersPrinterCallback if disable_tqdm else NumbersProgressCallback) in kinds
