@@ -125,9 +125,9 @@ def test_each_missing_damaged_or_edited_file_is_named(tmp_path, damage, named):
 def test_the_trainer_itself_refuses_an_incomplete_checkpoint(tmp_path, recon_dataset):
     """`GeometryAlignedTrainer.train(resume_from_checkpoint=...)`, the Python path under `run_training`: the same rule,
     before a step (Trainer would go on with a fresh optimizer and schedule)."""
-    folder = complete_checkpoint(tmp_path / "checkpoint-4")
+    folder = complete_checkpoint(tmp_path / "checkpoint-2", step=2)
     (folder / "optimizer.pt").unlink()
-    setup = make(tmp_path, recon_dataset)
+    setup = make(tmp_path, recon_dataset)  # 4 steps: two trained from the checkpoint
     with pytest.raises(ValueError, match=rf"--resume {folder}: not a complete checkpoint \(no optimizer.pt"):
         setup.trainer.train(resume_from_checkpoint=str(folder))
     assert setup.trainer.state.global_step == 0 and not list((tmp_path / "run").glob("*checkpoint-*"))
@@ -137,7 +137,9 @@ def test_the_runs_last_step_needs_no_optimizer(tmp_path):
     """A run state restores a finished run's checkpoint without the optimizer: nothing trains from it."""
     folder = complete_checkpoint(tmp_path / "checkpoint-6", step=6, max_steps=6)
     (folder / "optimizer.pt").unlink()
-    assert checkpoint_problem(folder) is None
+    assert checkpoint_problem(folder) is None and checkpoint_problem(folder, max_steps=6) is None
+    # a run that trains on past it (a longer schedule) would start a fresh optimizer there: incomplete for it
+    assert checkpoint_problem(folder, max_steps=8).startswith("no optimizer.pt")
 
 
 def test_an_explicit_incomplete_resume_folder_is_a_clear_error(tmp_path):

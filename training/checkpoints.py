@@ -68,9 +68,10 @@ def staging_root(run_dir, step: int) -> Path:
     return Path(run_dir) / f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-{step}"
 
 
-def checkpoint_problem(folder) -> str | None:
+def checkpoint_problem(folder, max_steps: int | None = None) -> str | None:
     """None when `folder` is a complete Trainer checkpoint a run can resume from, else what is wrong with it, naming
-    the file (for messages; module docstring). Reads headers, never whole tensors."""
+    the file (for messages; module docstring). Reads headers, never whole tensors. `max_steps`: the steps of the run
+    that resumes it (> 0; else the checkpoint's own), past which it needs no optimizer, scheduler or RNG state."""
     folder = Path(folder)
     if not folder.is_dir():
         return "not a folder"
@@ -95,7 +96,8 @@ def checkpoint_problem(folder) -> str | None:
     for name in weights:
         if (fault := _weights_fault(folder, name)) is not None:
             return fault
-    max_steps = trainer_state.get("max_steps")
+    if max_steps is None or max_steps <= 0:
+        max_steps = trainer_state.get("max_steps")
     if isinstance(max_steps, int) and 0 < max_steps <= step:
         return None  # the run's last step: nothing trains from it (a run state keeps no optimizer there)
     if any(entry.is_dir() for entry in folder.glob(DEEPSPEED_STATE_GLOB)):
@@ -188,16 +190,16 @@ def checkpoint_step(folder) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def incomplete_checkpoints(output_dir) -> list[Path]:
+def incomplete_checkpoints(output_dir, max_steps: int | None = None) -> list[Path]:
     """The `checkpoint-N` folders of `output_dir` that `checkpoint_problem` finds incomplete, newest first."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    found = [p for p in output_dir.iterdir() if checkpoint_step(p) is not None and checkpoint_problem(p) is not None]
+    found = [p for p in output_dir.iterdir() if checkpoint_step(p) is not None and checkpoint_problem(p, max_steps) is not None]
     return sorted(found, key=checkpoint_step, reverse=True)
 
 
-def find_resumable_checkpoint(output_dir) -> str | None:
+def find_resumable_checkpoint(output_dir, max_steps: int | None = None) -> str | None:
     """The newest complete `checkpoint-N` in `output_dir` (None when there is none); incomplete ones
     and staging leftovers are skipped with a warning naming them."""
     output_dir = Path(output_dir)
@@ -208,16 +210,16 @@ def find_resumable_checkpoint(output_dir) -> str | None:
     candidates = sorted((p for p in output_dir.iterdir() if checkpoint_step(p) is not None),
                         key=checkpoint_step, reverse=True)
     for folder in candidates:
-        problem = checkpoint_problem(folder)
+        problem = checkpoint_problem(folder, max_steps)
         if problem is None:
             return str(folder)
         logger.warning("skipping incomplete checkpoint %s: %s", folder, problem)
     return None
 
 
-def check_resume_checkpoint(folder) -> str:
+def check_resume_checkpoint(folder, max_steps: int | None = None) -> str:
     """An explicit `--resume DIR`: the folder if complete, else a ValueError that says what is wrong."""
-    problem = checkpoint_problem(folder)
+    problem = checkpoint_problem(folder, max_steps)
     if problem is not None:
         raise ValueError(f"--resume {folder}: not a complete checkpoint ({problem}); "
                          "use --resume auto to take the newest complete one")

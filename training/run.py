@@ -244,19 +244,20 @@ def _fill_feature_cache(recipe: TrainRecipe, args, model, processor, train_datas
     return cache
 
 
-def resolve_resume(resume: str | None, output_dir: str) -> str | None:
+def resolve_resume(resume: str | None, output_dir: str, max_steps: int | None = None) -> str | None:
     """`"auto"` → the newest COMPLETE checkpoint in `output_dir` (None if there is none; incomplete ones
-    are skipped with a warning naming them); a path must be a complete checkpoint (ValueError if not)."""
+    are skipped with a warning naming them; ValueError when there are only incomplete ones); a path must be a
+    complete checkpoint (ValueError if not). `max_steps`: the run's (training/checkpoints.py `checkpoint_problem`)."""
     if resume is None:
         return None
     if resume != "auto":
-        return check_resume_checkpoint(resume)
-    checkpoint = find_resumable_checkpoint(output_dir)
-    if checkpoint is None and (incomplete := incomplete_checkpoints(output_dir)):
+        return check_resume_checkpoint(resume, max_steps)
+    checkpoint = find_resumable_checkpoint(output_dir, max_steps)
+    if checkpoint is None and (incomplete := incomplete_checkpoints(output_dir, max_steps)):
         # a new run there would replace them step by step (and rotate them away): refused, nothing written
         raise ValueError(f"--resume auto: {output_dir} holds no complete checkpoint to resume from ({incomplete[0]}: "
-                         f"{checkpoint_problem(incomplete[0])}); a new run there would write over them: move them "
-                         "away (or the whole folder), or give another --out")
+                         f"{checkpoint_problem(incomplete[0], max_steps)}); a new run there would write over them: "
+                         "move them away (or the whole folder), or give another --out")
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
     return checkpoint
@@ -679,7 +680,7 @@ def _run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None
     if run_state is not None:  # checked, and restored, before the model and the feature cache are built
         resume_from_checkpoint = resume_from_run_state(recipe, resume_from_checkpoint, run_state)
     # the checkpoint is known before anything is built: the feature cache is keyed by its frozen towers
-    resume = resolve_resume(resume_from_checkpoint, recipe.training["output_dir"])
+    resume = resolve_resume(resume_from_checkpoint, recipe.training["output_dir"], recipe.training.get("max_steps"))
     # the one rule of a resume's settings (training/run_state.py `check_same_settings`), whichever way the checkpoint
     # was found: refused by name, or a deliberate change (run_state.accept_other_settings) recorded
     definition = run_definition(recipe)

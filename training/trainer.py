@@ -181,7 +181,7 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
         optimizer or scheduler file, silently, with a fresh optimizer and a restarted schedule."""
         checkpoint = kwargs.get("resume_from_checkpoint", args[0] if args else None)
         if isinstance(checkpoint, (str, os.PathLike)):
-            check_resume_checkpoint(checkpoint)
+            check_resume_checkpoint(checkpoint, self.args.max_steps)
         output = super().train(*args, **kwargs)
         if self._skipped_samples:
             logger.warning(skipped_samples_warning(self._skipped_samples, self.skipped_sample_names))
