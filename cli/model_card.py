@@ -34,7 +34,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from gap_mllm import GapMllmConfig
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
-from gap_mllm.processing.model_lineage import GEOMETRY_PART, LANGUAGE_PART, folder_lineage, origin_text
+from gap_mllm.processing.model_lineage import GEOMETRY_PART, LANGUAGE_PART, folder_lineage, origin_text, released_model
 from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
 
@@ -95,7 +95,7 @@ def weights_licence(entry: dict) -> str:
     return APACHE if source.startswith(QWEN3_VL_PREFIX) else "unknown"
 
 
-def lineage_licence(lineage: dict) -> tuple[str, str | None, str]:
+def lineage_licence(lineage: dict, own: bool = False) -> tuple[str, str | None, str]:
     """`(license, license_name, sentence)` of a recorded lineage (processing/model_lineage.py): Apache-2.0 when its
     origin is and every third-party checkpoint is; `other` / gap-mllm-mixed with VGGT-1B-Commercial weights; `other`
     / gap-mllm-non-commercial when any part is non-commercial or of an unknown licence (the cautious reading)."""
@@ -104,15 +104,17 @@ def lineage_licence(lineage: dict) -> tuple[str, str | None, str]:
     if origin is not None:
         licences.append(str(origin.get("license") or "unknown").lower())
     named = [f"`{entry['source']}` ({entry['part']}: {licence})" for entry, licence in zip(weights, licences)]
-    started = f"Started from {origin_text(origin)} ({origin.get('license') or 'licence not recorded'}). " if origin else ""
+    started = (f"{'This is' if own else 'Started from'} {origin_text(origin)} "
+               f"({origin.get('license') or 'licence not recorded'}). " if origin else "")
     holds = ("It holds the weights of " + ", ".join(named) + "." if named
              else "It holds no third-party weights: they were trained from random initialisation by this package.")
     if all(licence == APACHE for licence in licences):
         return APACHE, None, f"{started}{holds} Weights and code are **Apache-2.0**."
     if all(licence in (APACHE, COMMERCIAL_EXCEPT_MILITARY) for licence in licences):
-        return "other", MIXED, f"{started}{holds} Commercial use is allowed **except military use** (VGGT-1B-Commercial)."
-    return "other", NON_COMMERCIAL, (f"{started}{holds} **Non-commercial use only**: the most restrictive licence (or one "
-                                     "not known) of its parts propagates to this model.")
+        return "other", MIXED, (f"{started}{holds} Commercial use is allowed **except military use** "
+                                "(VGGT-1B-Commercial).")
+    return "other", NON_COMMERCIAL, (f"{started}{holds} **Non-commercial use only**: the most restrictive licence (or "
+                                     "one not known) of its parts propagates to this model.")
 
 
 def lineage_note(model_dir) -> str | None:
@@ -270,22 +272,25 @@ def evaluation_section(summaries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def checkpoint_section(config, repo_id, base_model, untrained: bool, lineage: dict | None = None) -> str:
+def checkpoint_section(config, repo_id, base_model, untrained: bool, lineage: dict | None = None,
+                       own: bool = False) -> str:
     """Markdown body of the "This checkpoint" section: from the recorded `lineage` (processing/model_lineage.py) when
-    there is one, else the geometry source of the config alone, "not recorded" when it names none."""
+    there is one (`own`: its origin is this folder's model itself, a released model's own folder), else the geometry
+    source of the config alone, "not recorded" when it names none."""
     geometry = config.geometry_config if config.use_geometry else None
     if lineage is not None:
         weights = {entry["part"]: entry["source"] for entry in lineage.get("weights") or []}
         origin = lineage.get("origin")
         rows = [("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
-                ("started from", origin_text(origin) if origin else "the third-party weights below"),
+                ("model" if own else "started from",
+                 origin_text(origin) if origin else "the third-party weights below"),
                 ("base model", f"`{base_model}`" if base_model else "none (no third-party LLM weights recorded)")]
         for part in (GEOMETRY_PART, LANGUAGE_PART):
             if part != GEOMETRY_PART or geometry is not None:
                 source = weights.get(part)
                 rows.append((f"{part} weights", f"`{source}` ({weights_licence({'part': part, 'source': source})})"
                              if source else "trained by this package (no third-party weights recorded)"))
-        sentence = lineage_licence(lineage)[2]
+        sentence = lineage_licence(lineage, own)[2]
     else:
         source = getattr(geometry, "source_checkpoint", None) if geometry is not None else None
         verdict, sentence = geometry_licence(source) if geometry is not None else ("n/a", "No geometry encoder.")
@@ -364,6 +369,7 @@ def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), b
         raise FileNotFoundError(f"model card template not found: {template_path} (pass template_path=)")
     summaries = load_summaries(eval_summaries)
     lineage = folder_lineage(model_dir)  # what the folder records of where its weights come from
+    own = released_model(read_training_record(model_dir)) is not None  # a released model's own folder (the Mini's)
     if lineage is not None:
         licence, licence_name, _ = lineage_licence(lineage)
         if base_model is None:
@@ -390,8 +396,8 @@ def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), b
     body = _split_front_matter(template_path.read_text(encoding="utf-8"))
     if repo_id:
         body = body.replace(f'"{TEMPLATE_MODEL_ID}"', f'"{repo_id}"')
-    body = insert_section_before(body, "Model", "This checkpoint", checkpoint_section(config, repo_id, base_model, untrained,
-                                                                                lineage))
+    checkpoint = checkpoint_section(config, repo_id, base_model, untrained, lineage, own)
+    body = insert_section_before(body, "Model", "This checkpoint", checkpoint)
     body = replace_section(body, "Model", model_section(config, parameter_counts(model_dir), weights_size(model_dir)))
     body = insert_section_before(body, "Use", "Training data", training_section(read_training_record(model_dir), training_data))
     body = replace_section(body, "Evaluation", evaluation_section(summaries))

@@ -249,6 +249,10 @@ def test_a_fine_tune_of_the_mini_is_apache_and_started_from_the_mini_by_name(che
     for false in ("not recorded", "non-commercial", "Qwen/Qwen3-VL", "VGGT-1B"):
         assert false not in section, false
     assert mini.name not in text and "gap-mllm-mini-" not in text  # the cache folder's name
+    # the Mini's own folder is the Mini, started from nothing
+    own = build_model_card(mini).text
+    assert f"| model | GAP-MLLM-Mini (version {version}) |" in own and "| started from |" not in own
+    assert f"This is GAP-MLLM-Mini (version {version}) (apache-2.0)." in own
     # a fine-tune of that fine-tune still descends from the Mini, under the same licence
     again = build_model_card(fine_tune_of(folder, tmp_path / "second", checkpoint))
     assert again.data.license == "apache-2.0" and f"GAP-MLLM-Mini (version {version})" in again.text
