@@ -30,8 +30,8 @@ from .configuration_gap_mllm import PROCESSOR_GEOMETRY_INPUT_NAMES, installed_pa
 from .image_utils_gap_mllm import (_composite_rgba_on_white, alignment_note, apply_point_prompt, pad_to_vggt_square,
                                    pil_to_rgb, read_image_file, vggt_pad_boxes)
 from .tasks_gap_mllm import (CHAT_MARKER, DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, TaskSpec,
-                             drop_negative_token_ids, refuse_control_tokens, refuse_invalid_unicode, render_chat_prompt,
-                             resolve_task)
+                             budget_cut_reason, drop_negative_token_ids, refuse_control_tokens, refuse_invalid_unicode,
+                             render_chat_prompt, resolve_task)
 
 # ------------------------------------------------------------------------------------ sizes and resizes
 
@@ -704,12 +704,15 @@ class GapMllmProcessor(Qwen3VLProcessor):
         Returns:
             one decoded string per row (`skip_special_tokens=True`).
         """
-        if hasattr(generated, "sequences"):
-            generated = generated.sequences
-        if isinstance(generated, str):
-            return [generated]
-        if isinstance(generated, (list, tuple)) and all(isinstance(g, str) for g in generated):
-            return list(generated)
+        rows = self._new_token_rows(generated, input_ids)
+        if rows is None:
+            return [generated] if isinstance(generated, str) else list(generated)
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _new_token_rows(self, generated, input_ids=None) -> list[list[int]] | None:  # None: `generated` is text
+        generated = generated.sequences if hasattr(generated, "sequences") else generated
+        if isinstance(generated, str) or isinstance(generated, (list, tuple)) and all(isinstance(g, str) for g in generated):
+            return None
         rows = self._rows(generated, "generated")
         if input_ids is not None:
             lengths = [len(r) for r in self._rows(input_ids, "input_ids")]
@@ -722,7 +725,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         checks = installed_package_module("checks", __name__)
         if checks is not None:
             checks.check_token_ids_in_vocabulary(rows, len(self.tokenizer))
-        return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return rows
 
     @staticmethod
     def _rows(ids, name: str = "generated") -> list[list[int]]:
@@ -738,13 +741,16 @@ class GapMllmProcessor(Qwen3VLProcessor):
         flat = len(ids) == 0 or not isinstance(plain(ids[0]), (list, tuple))
         return [[int(plain(v)) for v in row] for row in ([ids] if flat else [plain(row) for row in ids])]
 
-    def post_process(self, generated, task, input_ids=None, **options) -> list:
-        """Typed results of generated answers, one per row (the task's parser).
+    def post_process(self, generated, task, input_ids=None, max_new_tokens: int | None = None,
+                     constrained: bool = False, **options) -> list:
+        """Typed results of generated answers, one per row (the task's parser); an answer of tokens that its budget
+        ended says so in its `reason` (`budget_cut_reason`, as `gap-mllm predict` says it).
 
         Args:
             generated: what `decode_generated` accepts (generate output, token ids, or texts).
             task: the task name (or `TaskSpec`) the prompt asked.
             input_ids: the prompt ids given to `generate` (stripped from the front of each row).
+            max_new_tokens, constrained: those given to `generation_kwargs` (a list the grammar closed for the budget).
             **options: the task's `parse_options`, one value or one per row (e.g. `num_frames`, which clamps a
                 frame index to `[0, num_frames − 1]`).
 
@@ -762,7 +768,11 @@ class GapMllmProcessor(Qwen3VLProcessor):
             per_row[name] = list(value) if isinstance(value, (list, tuple)) else [value] * len(texts)
             if len(per_row[name]) != len(texts):
                 raise ValueError(f"{name} has {len(per_row[name])} entries for {len(texts)} answers")
-        return [spec.parse(text, **{name: values[i] for name, values in per_row.items()}) for i, text in enumerate(texts)]
+        results = [spec.parse(text, **{name: values[i] for name, values in per_row.items()}) for i, text in enumerate(texts)]
+        for result, row in zip(results, self._new_token_rows(generated, input_ids) or []):
+            cut = budget_cut_reason(spec, self.tokenizer, row, max_new_tokens, constrained)
+            result.reason = "; ".join(filter(None, (result.reason, cut))) or None
+        return results
 
     def generation_kwargs(self, task, inputs, max_new_tokens: int | None = None, constrained: bool = False) -> dict:
         """`generate` arguments for `task`: greedy decoding, the task's token budget (or `max_new_tokens`)

@@ -1579,6 +1579,20 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def budget_cut_reason(spec, tokenizer, new_ids: list[int], budget=None, constrained=False) -> str | None:
+    """Why the token `budget` ended the answer `new_ids` (one row's new tokens), else None: not whole and ended by no
+    stop token (`budget` None: read from the tokens alone), or a list the grammar (`constrained`) closed for it."""
+    stops = set(stop_token_ids(tokenizer))
+    length = next((k + 1 for k, token in enumerate(new_ids) if token in stops), None)  # padding after it: not counted
+    if length is None and len(new_ids) >= (budget or 0) and not answer_complete(
+            tokenizer.decode(new_ids, skip_special_tokens=True), spec.answer_end):
+        return "the answer was cut at its token budget" + (f" of {budget}" if budget else "")
+    reserve = spec.entry_list.reserve if constrained and budget and spec.entry_list is not None else None
+    return None if reserve is None or (length or len(new_ids)) <= budget - reserve else (
+        f"the grammar closed the list for the token budget of {budget} (it keeps the last {reserve} tokens to close "
+        "it), so the answer may lack entries")
+
+
 def _engine(tokenizer, vocab_size: int) -> tuple:
     """`(llguidance tokenizer, {grammar text: compiled matcher}, stop ids, {character: writable})` of `tokenizer` at
     width `vocab_size`, made once (about a second at Qwen's vocabulary)."""
@@ -1816,23 +1830,7 @@ class AnswerEndCriteria:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-__all__ = [
-    "TASKS",
-    "TASK_NAMES",
-    "AnswerEndCriteria",
-    "Box3D",
-    "CaptionResult",
-    "DetectionResult",
-    "FrameSelectionResult",
-    "GrammarLogitsProcessor",
-    "GroundingResult",
-    "PointmapResult",
-    "PromptTextError",
-    "SpatialAnswerResult",
-    "TaskSpec",
-    "refuse_control_tokens",
-    "register_task",
-    "render_chat_prompt",
-    "resolve_task",
-    "unregister_task",
-]
+__all__ = ["TASKS", "TASK_NAMES", "AnswerEndCriteria", "Box3D", "CaptionResult", "DetectionResult",
+           "FrameSelectionResult", "GrammarLogitsProcessor", "GroundingResult", "PointmapResult", "PromptTextError",
+           "SpatialAnswerResult", "TaskSpec", "refuse_control_tokens", "register_task", "render_chat_prompt",
+           "resolve_task", "unregister_task"]
