@@ -272,9 +272,9 @@ def check_train(args: argparse.Namespace) -> None:
 
 # argparse destinations of the paths the commands read -> (how the user wrote them, what to give instead of a link
 # that leads nowhere); and of the folders they write (the output-folder rule's words)
-READ_PATHS = {"model": ("--model", "the checkpoint folder itself or a Hub repo id"), "data": ("--data", "a real folder"),
-              "config": ("--config", "a real file"), "predictions": ("--predictions", "a real file"),
-              "source": ("SOURCE", "a real file or folder")}
+READ_PATHS = {"model": ("--model", "the checkpoint folder itself or a Hub repo id"),
+              "data": ("--data", "a real folder"), "config": ("--config", "a real file"),
+              "predictions": ("--predictions", "a real file"), "source": ("SOURCE", "a real file or folder")}
 WRITTEN_FOLDERS = {"out": "--out", "output_dir": "--out", "save_dir": "--out"}
 
 

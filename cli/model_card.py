@@ -38,7 +38,7 @@ from gap_mllm.processing.model_lineage import GEOMETRY_PART, LANGUAGE_PART, fold
 from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
 
-from .model_source import tensor_shapes
+from .model_source import tensor_shapes, weight_paths
 
 DEFAULT_BASE_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 DEFAULT_GEOMETRY_CHECKPOINT = "facebook/VGGT-1B"
@@ -132,8 +132,7 @@ def parameter_counts(model_dir) -> dict[str, int]:
     heads, mergers, fusion gates, other) and `total`, from the safetensors headers of `model_dir`
     (sharded or not); nothing is loaded."""
     counts = dict.fromkeys(PART_NAMES, 0)
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
+    if not weight_paths(model_dir):  # only the files transformers loads: a stray *.safetensors is not counted
         raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights to count")
     for key, shape in tensor_shapes(model_dir).items():
         part = next((name for prefix, name in PARTS if key.startswith(prefix)), "other")
@@ -143,8 +142,8 @@ def parameter_counts(model_dir) -> dict[str, int]:
 
 
 def weights_size(model_dir) -> int:
-    """Bytes of the safetensors files of `model_dir`."""
-    return sum(path.stat().st_size for path in Path(model_dir).glob("*.safetensors"))
+    """Bytes of the weight files of `model_dir` (`weight_paths`: the safetensors files transformers loads)."""
+    return sum(path.stat().st_size for path in weight_paths(model_dir))
 
 
 def _millions(count: int) -> str:
