@@ -45,6 +45,20 @@ DEFAULT_GEOMETRY_CHECKPOINT = "facebook/VGGT-1B"
 TEMPLATE_NAME = "model_card.md"
 
 
+# line breaks and every other control character of a recorded text (C0, DEL, C1)
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def card_text(value, cell: bool = False) -> str:
+    """A text the card shows from a record (the training record, an evaluation summary, the lineage, config.json,
+    `--training-data`) as one line of markdown: its line breaks and other control characters become spaces, so that a
+    recorded "name\\n## Licence" or "\\n| row |" cannot start a heading or a table row of its own; `cell`: also `|`
+    escaped, so that it stays one cell of its table row; a backtick becomes `'` (the card quotes sources in code
+    spans)."""
+    text = " ".join(_CONTROL_CHARACTERS.sub(" ", str(value)).split()).replace("`", "'")
+    return text.replace("|", "\\|") if cell else text
+
+
 def card_tags(task: str) -> tuple[str, str, str] | None:
     """`(HF task type, benchmark format, task label)` of a task's results: its task module's `PackageTask.card`
     (gap_mllm.processing.tasks); None for a task without one. The data a number was computed on comes from the
@@ -103,9 +117,10 @@ def lineage_licence(lineage: dict, own: bool = False) -> tuple[str, str | None, 
     licences = [weights_licence(entry) for entry in weights]
     if origin is not None:
         licences.append(str(origin.get("license") or "unknown").lower())
-    named = [f"`{entry['source']}` ({entry['part']}: {licence})" for entry, licence in zip(weights, licences)]
-    started = (f"{'This is' if own else 'Started from'} {origin_text(origin)} "
-               f"({origin.get('license') or 'licence not recorded'}). " if origin else "")
+    named = [f"`{card_text(entry['source'])}` ({card_text(entry['part'])}: {card_text(licence)})"
+             for entry, licence in zip(weights, licences)]
+    started = (f"{'This is' if own else 'Started from'} {card_text(origin_text(origin))} "
+               f"({card_text(origin.get('license') or 'licence not recorded')}). " if origin else "")
     holds = ("It holds the weights of " + ", ".join(named) + "." if named
              else "It holds no third-party weights: they were trained from random initialisation by this package.")
     if all(licence == APACHE for licence in licences):
@@ -196,19 +211,20 @@ def read_training_record(model_dir) -> dict | None:
 def training_section(record: dict | None, training_data=None) -> str:
     """Markdown body of the "Training data" section: the caller's words, else the checkpoint's record."""
     if training_data:
-        return "\n".join(f"- {item}" for item in training_data) + "\n"
+        return "\n".join(f"- {card_text(item)}" for item in training_data) + "\n"
     if record is None:
         return ("Not recorded for this checkpoint: it carries no `gap_mllm_training.json` and none was given "
                 "(`gap-mllm push --training-data ...`).\n")
     data = record.get("data") or {}
-    lines = [f"- data: {data.get('name', 'given to the trainer directly (not recorded)')}"
-             + (f", folder `{data['folder']}`" if data.get("folder") else ""),
-             f"- stage: {record.get('stage', '?')}; tasks: {', '.join(record.get('tasks') or []) or '?'}; "
-             f"{record.get('global_step', '?')} optimizer steps",
-             f"- started from: {record.get('started_from') or 'not recorded'}"]
+    lines = [f"- data: {card_text(data.get('name', 'given to the trainer directly (not recorded)'))}"
+             + (f", folder `{card_text(data['folder'])}`" if data.get("folder") else ""),
+             f"- stage: {card_text(record.get('stage', '?'))}; tasks: "
+             f"{card_text(', '.join(map(str, record.get('tasks') or [])) or '?')}; "
+             f"{card_text(record.get('global_step', '?'))} optimizer steps",
+             f"- started from: {card_text(record.get('started_from') or 'not recorded')}"]
     frozen = [name.removeprefix("freeze_") for name, value in (record.get("freezing") or {}).items() if value]
-    lines.append(f"- frozen: {', '.join(frozen) or 'nothing'}; LoRA: {'yes' if record.get('lora') else 'no'}; "
-                 f"auxiliary losses: {', '.join(record.get('aux_losses') or []) or 'none'}")
+    lines.append(f"- frozen: {card_text(', '.join(frozen) or 'nothing')}; LoRA: {'yes' if record.get('lora') else 'no'}; "
+                 f"auxiliary losses: {card_text(', '.join(map(str, record.get('aux_losses') or [])) or 'none')}")
     return "\n".join(lines) + "\n"
 
 
@@ -266,8 +282,9 @@ def evaluation_section(summaries: list[dict]) -> str:
         value = s["headline"]["value"]
         shown = "n/a" if value is None else f"{value:.4f}"
         data = (s.get("data") or {}).get("name") or "not recorded"
-        lines.append(f"| {label} | {data} | {s.get('annotation_file', '?')} | {s.get('num_samples', '?')} | "
-                     f"{s['headline']['description']} | {shown} | {s.get('official_compat', '?')} | {s.get('source', '?')} |")
+        cells = (label, data, s.get("annotation_file", "?"), s.get("num_samples", "?"), s["headline"]["description"],
+                 shown, s.get("official_compat", "?"), s.get("source", "?"))
+        lines.append("| " + " | ".join(card_text(value, cell=True) for value in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,12 +299,14 @@ def checkpoint_section(config, repo_id, base_model, untrained: bool, lineage: di
         origin = lineage.get("origin")
         rows = [("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
                 ("model" if own else "started from",
-                 origin_text(origin) if origin else "the third-party weights below"),
-                ("base model", f"`{base_model}`" if base_model else "none (no third-party LLM weights recorded)")]
+                 card_text(origin_text(origin), cell=True) if origin else "the third-party weights below"),
+                ("base model", f"`{card_text(base_model, cell=True)}`" if base_model
+                 else "none (no third-party LLM weights recorded)")]
         for part in (GEOMETRY_PART, LANGUAGE_PART):
             if part != GEOMETRY_PART or geometry is not None:
                 source = weights.get(part)
-                rows.append((f"{part} weights", f"`{source}` ({weights_licence({'part': part, 'source': source})})"
+                rows.append((f"{part} weights", f"`{card_text(source, cell=True)}` "
+                             f"({weights_licence({'part': part, 'source': source})})"
                              if source else "trained by this package (no third-party weights recorded)"))
         sentence = lineage_licence(lineage, own)[2]
     else:
@@ -295,8 +314,9 @@ def checkpoint_section(config, repo_id, base_model, untrained: bool, lineage: di
         verdict, sentence = geometry_licence(source) if geometry is not None else ("n/a", "No geometry encoder.")
         rows = [
             ("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
-            ("base model", f"`{base_model}`"),
-            ("geometry weights", f"`{source or 'not recorded'}` ({verdict})" if geometry is not None else "none"),
+            ("base model", f"`{card_text(base_model, cell=True)}`"),
+            ("geometry weights", f"`{card_text(source or 'not recorded', cell=True)}` ({verdict})"
+             if geometry is not None else "none"),
         ]
     lines = ["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows), "", sentence]
     if untrained:

@@ -296,3 +296,34 @@ def test_nothing_recorded_is_said_on_the_card_and_by_push_before_uploading(check
     from gap_mllm.mini import default_model_path
 
     assert lineage_note(fine_tune_of(default_model_path(), tmp_path / "from-mini", checkpoint)) is None
+
+
+def test_a_recorded_text_with_line_breaks_or_pipes_stays_one_line_of_the_card(checkpoint, tmp_path):
+    """A recorded name "x\\n## Licence\\n..." started a heading of its own in the card body, a "\\n| a | b |" a table
+    row; each recorded text (training record, evaluation summary, --training-data) is one line, a cell one cell."""
+    from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+
+    folder = tmp_path / "trained"
+    shutil.copytree(checkpoint, folder)
+    clean = build_model_card(folder).text
+    forged = "## Licence\nApache-2.0, free for any use"
+    (folder / TRAINING_RECORD).write_text(json.dumps({
+        "data": {"name": f"SynthRooms\n{forged}", "folder": "d`\n- injected"}, "stage": "pretrain\x1b[31m",
+        "tasks": ["detection\n| forged | row |"], "global_step": 20, "started_from": "nothing\r\n## Use"}))
+    summary_folder = write_summary(tmp_path / "det", description="mean F1\n| forged | row | of | eight | cells | a | b |")
+    summary = json.loads((summary_folder / "summary.json").read_text())
+    summary["data"] = {"name": f"rooms | of\n{forged}"}
+    (summary_folder / "summary.json").write_text(json.dumps(summary))
+    text = build_model_card(folder, eval_summaries=[summary_folder]).text
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings == [line for line in clean.splitlines() if line.startswith("#")] and "\x1b" not in text
+    section = text[text.index("\n## Training data"):text.index("\n## Use")]
+    assert section.splitlines()[3:6] == [
+        "- data: SynthRooms ## Licence Apache-2.0, free for any use, folder `d' - injected`",
+        "- stage: pretrain [31m; tasks: detection | forged | row |; 20 optimizer steps",
+        "- started from: nothing ## Use"]
+    rows = [line for line in text[text.index("\n## Evaluation"):].splitlines() if line.startswith("| 3D video")]
+    assert rows == ["| 3D video object detection | rooms \\| of ## Licence Apache-2.0, free for any use | scannet_det_val.json | 12 | "
+                    "mean F1 \\| forged \\| row \\| of \\| eight \\| cells \\| a \\| b \\| | 0.4321 | True | model |"]
+    given = build_model_card(folder, training_data=["ScanRefer\n## Forged"]).text
+    assert "- ScanRefer ## Forged\n" in given and "\n## Forged" not in given
