@@ -517,7 +517,7 @@ def refuse_weights_that_compute_nan(model, source) -> None:
     without a word: a weight past `WEIGHT_BOUND` (a value near the float limit, weights scaled by 1e30) is named;
     under it, one forward of a small probe input (`probe_inputs`: every part of the model runs, the logits of the
     whole vocabulary are read) must be finite, else the first module whose output is not is named, with the largest
-    weight. A model with weights on the meta device (not loaded) is not probed."""
+    weight. A model with weights on the meta device (not loaded) or partitioned by DeepSpeed ZeRO-3 is not probed."""
     state_dict = model.state_dict()
     largest = largest_weight(state_dict)
     if largest is not None and largest[1] > WEIGHT_BOUND:
@@ -525,8 +525,8 @@ def refuse_weights_that_compute_nan(model, source) -> None:
                          f"{largest[1]:.3g}; its square overflows, a trained weight stays far below 2**64 = "
                          f"{WEIGHT_BOUND:.3g}); the checkpoint is damaged or was saved from a diverged run: load "
                          "another one")
-    if any(tensor.is_meta for tensor in state_dict.values()):
-        return
+    if any(tensor.is_meta for tensor in state_dict.values()) or is_deepspeed_zero3_enabled():
+        return  # not loaded here (offloaded, or partitioned over the ranks: a forward would gather them all)
     inputs = probe_inputs(model)
     rope_deltas = model.vlm.model.rope_deltas  # a forward keeps its prompt's M-RoPE offsets: not the probe's
     try:
