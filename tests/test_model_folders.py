@@ -129,11 +129,12 @@ def test_predict_refuses_a_damaged_model_folder_in_one_line(checkpoint, tmp_path
     assert "parsed" not in captured.out
 
 
-def test_evaluate_and_export_llm_refuse_nan_weights_in_one_line(checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["nan weights", "weight near the float limit", "fewer text layers"])
+def test_evaluate_and_export_llm_refuse_weights_that_cannot_answer_in_one_line(checkpoint, tmp_path, capsys, damage):
     """The refusal lives in the model's own `from_pretrained`, which every front end loads through."""
-    folder = damaged(checkpoint, tmp_path, "nan weights")
+    folder = damaged(checkpoint, tmp_path, damage)
     data = write_small_synth(tmp_path / "data", {"val": 1})
-    expected = DAMAGES["nan weights"][1].format(folder=folder)
+    expected = DAMAGES[damage][1].format(folder=folder)
     status = gap_mllm(["evaluate", "--task", "detection", "--model", str(folder), "--data", str(data),
                        "--out", str(tmp_path / "eval"), "--limit", "1", "--no-plots", "--quiet"])
     assert one_line_error(status, capsys.readouterr().err, "evaluate") == expected
