@@ -382,7 +382,7 @@ class Bench:
 
     def cache_read(self) -> dict:
         """Recomputing the frozen VGGT taps vs reading them as the training feature cache stores them (one
-        safetensors file per sample, `geometry.<level>` in float16 storage: training/feature_cache.py)."""
+        safetensors file per tower input, `geometry.<level>` in float16 storage: training/feature_cache.py)."""
         import safetensors.torch
 
         from gap_mllm.training.frozen_towers import geometry_fingerprint

@@ -36,8 +36,10 @@ EXIT_STATUS_HELP = ("Exit status: 0 the answer parsed; 2 a mistake in the comman
 BOX_HELP = ("captioning: the object's box in the first camera's OpenCV frame (x right, y down, z forward; metres): "
             "cx cy cz sx sy sz [yaw pitch roll], the angles in radians as the model writes them, R = "
             "Ry(roll)·Rx(pitch)·Rz(yaw): an upright object has pitch 1.57 less the camera's downward tilt and roll "
-            "±3.14 (a detection answer's box holds them). Without the angles, an upright object seen by a level "
-            "camera, sx across the view, sy along it, sz its height: yaw pitch roll "
+            "±3.14 (a detection answer's box holds them). Without the angles, an upright object as the model's "
+            "training cameras see it, sx across the view, sy along it, sz its height: yaw 3.14, roll 3.14 and pitch "
+            "1.57 less the typical downward tilt its folder's box_angles.json records (GAP-MLLM-Mini: 1.24); a model "
+            "that records none: a level camera's, yaw pitch roll "
             + " ".join(f"{angle:.2f}" for angle in UPRIGHT_LEVEL_ANGLES))
 
 
@@ -202,7 +204,8 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", required=True, help="target repository id, e.g. org/gap-mllm")
     parser.add_argument("--eval-summary", nargs="*", default=[], metavar="PATH",
                         help="summary.json files (or their folders) from `gap-mllm evaluate` for the card's results")
-    parser.add_argument("--base-model", default=None, help="the Qwen3-VL checkpoint it was built from (card metadata)")
+    parser.add_argument("--base-model", default=None, help="the Qwen3-VL checkpoint it was built from (card metadata; default: the one the "
+                             "folder records, none for a model trained from random initialisation as GAP-MLLM-Mini)")
     parser.add_argument("--training-data", nargs="+", default=None, metavar="TEXT",
                         help="what the model was trained on, one item per argument (default: what the checkpoint's "
                              "gap_mllm_training.json records, written by gap-mllm train)")

@@ -123,6 +123,8 @@ def run_demo_task(model, processor, scene, task: str, out: Path, max_new_tokens=
     written = write_visualisations(scene, result, out / task, formats=("png",))
     for kind, path in written.items():
         print(f"saved  : {path}")
+    for note in written.notes:  # what the picture's legend says of an answer it cannot draw
+        print(f"note   : {note}")
     return unmarked_geometry_images(inputs, request.marker)
 
 

@@ -135,7 +135,7 @@ def check_grammar_engine(args: argparse.Namespace) -> None:
     """A run that decodes inside the task's grammar (predict's and demo's default, evaluate --constrained) needs the
     grammar engine: without it, one line naming it and its install command, before the model loads."""
     if getattr(args, "constrained", False) and getattr(args, "predictions", None) is None:
-        missing = engine_missing()
+        missing = engine_missing("--free; evaluate: leave out --constrained")
         if missing is not None:
             raise MissingDependency(missing)
 
@@ -270,15 +270,41 @@ def check_train(args: argparse.Namespace) -> None:
                    missing="--config: recipe {path!r} not found (see training/recipes/ for the shipped ones)")
 
 
+# argparse destinations of the paths the commands read -> (how the user wrote them, what to give instead of a link
+# that leads nowhere); and of the folders they write (the output-folder rule's words)
+READ_PATHS = {"model": ("--model", "the checkpoint folder itself or a Hub repo id"),
+              "data": ("--data", "a real folder"), "config": ("--config", "a real file"),
+              "predictions": ("--predictions", "a real file"), "source": ("SOURCE", "a real file or folder")}
+WRITTEN_FOLDERS = {"out": "--out", "output_dir": "--out", "save_dir": "--out"}
+
+
+def check_path_links(args: argparse.Namespace) -> None:
+    """UserError for a path argument of any command that is a symbolic link loop or a link to nothing
+    (`broken_link`), before anything is read or written: such a path is no folder and no file (`is_dir` and `exists`
+    say False), so each reader would call it missing, or take it for a Hub id, or fail on it after its work."""
+    for destination, (flag, remedy) in READ_PATHS.items():
+        value = getattr(args, destination, None)
+        leads_nowhere = broken_link(value) if isinstance(value, str) and value else None
+        if leads_nowhere is not None:
+            raise UserError(f"{flag} {value}: this is {leads_nowhere}; give {remedy}")
+    for destination, flag in WRITTEN_FOLDERS.items():
+        value = getattr(args, destination, None)
+        leads_nowhere = broken_link(value) if isinstance(value, str) and value else None
+        if leads_nowhere is not None:  # the words of processing/output_folder.py's rule
+            raise UserError(f"{flag} {value} is {leads_nowhere}; give a folder (a new name, or a link to a real one)")
+
+
 # command -> its check; a command without one goes straight to its module
 CHECKS = {"predict": check_predict, "demo": check_demo, "evaluate": check_evaluate, "train": check_train,
           "space": check_space}
 
 
 def check_arguments(command: str, args: argparse.Namespace) -> int | None:
-    """Run `command`'s check (`CHECKS`), if it has one: UserError for a mistake, or the exit status of a mistake the
+    """Check every command's path arguments for links that lead nowhere (`check_path_links`), then run `command`'s
+    check (`CHECKS`), if it has one: UserError for a mistake, or the exit status of a mistake the
     check reported itself. What a check established is recorded in `args` for the command, which then does not
     establish it again: `model_source`, the checked folder or Hub id of `--model` (predict, demo, evaluate; None for
     "tiny"), and predict's `request_validated` (the request validated against the user's frames)."""
+    check_path_links(args)
     check = CHECKS.get(command)
     return check(args) if check is not None else None

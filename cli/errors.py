@@ -21,6 +21,10 @@ failed (read from the traceback), else the command's output argument (`--out`, `
 
 A `DiskFullError` (training's checkpoints, export-llm) already says more (the space needed, how to resume) and is
 printed as it is.
+
+A symbolic link loop met anywhere (an `OSError` of errno ELOOP, or the RuntimeError of `Path.resolve` before Python
+3.13) is one line too, naming the path with the option the user gave it (`link_loop_message`); the commands' path
+arguments are checked for such links before anything runs (cli/early_checks.py `check_path_links`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import os
 import pickle
 import sys
 import traceback
@@ -44,6 +49,7 @@ from gap_mllm.processing.errors import (
     exception_chain,
     names_full_disk,
 )
+from gap_mllm.processing.path_containment import LINK_LOOP, link_loop_of
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +127,33 @@ def write_failure_message(error: BaseException, args=None) -> str | None:
             "then run the command again")
 
 
+# argparse destinations of the paths a command reads or writes -> how the user wrote them (a link loop names them)
+PATH_ARGUMENTS = {**OUTPUT_ARGUMENTS, "model": "--model", "data": "--data", "config": "--config",
+                  "predictions": "--predictions"}
+
+
+def link_loop_message(path: str, args=None) -> str:
+    """The one line for a path whose symbolic links loop, found wherever a command read or wrote it (a path check
+    that missed it, Python's own `Path.resolve`): named with its option when it is one the user gave."""
+    named, remedy = path, "give a real file or folder"
+    for destination, flag in PATH_ARGUMENTS.items():
+        given = getattr(args, destination, None)
+        if isinstance(given, (str, os.PathLike)) and os.path.abspath(given) == os.path.abspath(path):
+            named = f"{flag} {given}"
+            if destination in OUTPUT_ARGUMENTS:  # the words of the output-folder rule (processing/output_folder.py)
+                remedy = "give a folder (a new name, or a link to a real one)"
+            break
+    return f"{named}: this is {LINK_LOOP}; {remedy}"
+
+
 def user_message(error: BaseException, args=None) -> str | None:
     """The one-line message for a user mistake, or None for an error that is a bug.
 
     A full disk (or a file too large for it) comes first, however it was wrapped (`write_failure_message`; `args`:
     the command's arguments, whose output is named when the failing file is unknown). Then the most precise
     exception in the cause chain wins: our own (UserError, DataError, ...) over the generic ValueError / OSError
-    that libraries wrap them in (datasets wraps builder errors)."""
+    that libraries wrap them in (datasets wraps builder errors). A symbolic link loop is named as one
+    (`link_loop_message`), whether an OSError or pathlib's RuntimeError says it."""
     written = write_failure_message(error, args)
     if written is not None:
         return written
@@ -135,6 +161,9 @@ def user_message(error: BaseException, args=None) -> str | None:
     for candidate in chain:
         if isinstance(candidate, own_error_types()):
             return str(candidate)
+    loop = next((path for path in map(link_loop_of, chain) if path is not None), None)
+    if loop is not None:
+        return link_loop_message(loop, args)
     if isinstance(error, USER_ERROR_TYPES):
         text = str(error).strip() or type(error).__name__
         return text.splitlines()[0] if isinstance(error, pickle.UnpicklingError) else text

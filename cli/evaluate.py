@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gap_mllm.evaluation.reports import format_figure
 from gap_mllm.evaluation.runner import run_evaluation, write_oracle_predictions
 
 from .command_arguments import add_evaluate_arguments as add_arguments  # noqa: F401 - the command's add_arguments
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"answers in {args.out}: {answers['reused']} reused, {answers['answered_again']} answered again, "
                   f"{answers['new']} new")
         head = summary["headline"]
-        print(f"{summary['task']}: {head['name']} = {head['value']}  ({samples_text(summary['num_samples'], args.limit)})"
+        print(f"{summary['task']}: {head['name']} = {format_figure(head['value'])}  ({samples_text(summary['num_samples'], args.limit)})"
               f" -> {args.out}")
     return 0
 

@@ -16,6 +16,8 @@ from .argument_types import DeprecatedAlias
 from .errors import run_command
 
 # command -> (module with add_arguments(parser) and main(args) -> int, one-line help)
+# a command that left the installed command line since 0.1.0 -> what runs it now (named for one release)
+MOVED_COMMANDS = {"mini": "the Mini's research pipeline runs from a repository checkout: make mini (python -m lab.mini)"}
 COMMANDS = {
     "demo": ("gap_mllm.cli.demo", "GAP-MLLM-Mini (trained by this package) answers detection, grounding, captioning and the marker task on a held-out SynthRooms room, next to the exact answer and its held-out score vs a trivial baseline"),
     "train": ("gap_mllm.cli.train", "geometry-aligned pre-training (stage 1) and task fine-tuning (stage 2) from a recipe"),
@@ -175,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             parser.print_usage(sys.stderr)
-            print(f"gap-mllm: error: unknown command {argv[0]!r}{suggestion(argv[0], COMMANDS)}; choose from "
-                  f"{', '.join(COMMANDS)}", file=sys.stderr)
+            moved = f"; {MOVED_COMMANDS[argv[0]]}" if argv[0] in MOVED_COMMANDS else suggestion(argv[0], COMMANDS)
+            print(f"gap-mllm: error: unknown command {argv[0]!r}{moved}; choose from {', '.join(COMMANDS)}",
+                  file=sys.stderr)
             return 2
         parser.print_help()
         return 0

@@ -14,9 +14,13 @@ What is computed (the rest of the template, which describes the method, is kept 
 - "Evaluation": a table from the summaries only (the data each was computed on is the one the
   summary records), or an explicit "no results" line.
 
-VGGT licence rule (docs/vggt.md §9): weights from `facebook/VGGT-1B` are non-commercial and so is
-any model that ships them; `facebook/VGGT-1B-Commercial` allows commercial use except military use.
-An unknown source is treated as non-commercial: the cautious reading.
+Lineage and licence come from what the folder records (processing/model_lineage.py: the released model it descends
+from, e.g. GAP-MLLM-Mini, Apache-2.0 with no third-party weights, and the VGGT and Qwen3-VL checkpoints its config
+and training record name): `lineage_licence`. VGGT licence rule (docs/vggt.md §9): weights from `facebook/VGGT-1B`
+are non-commercial and so is any model that ships them; `facebook/VGGT-1B-Commercial` allows commercial use except
+military use; Qwen3-VL's weights are Apache-2.0. A folder that records nothing is "not recorded" (`gap-mllm push`
+says so before uploading) and treated as non-commercial, with Qwen3-VL-2B-Instruct as its base model unless given:
+the cautious reading.
 """
 
 from __future__ import annotations
@@ -30,14 +34,29 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from gap_mllm import GapMllmConfig
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+from gap_mllm.processing.model_lineage import GEOMETRY_PART, LANGUAGE_PART, folder_lineage, origin_text, released_model
 from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES
 
-from .model_source import tensor_shapes
+from .model_source import tensor_shapes, weight_paths
 
 DEFAULT_BASE_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 DEFAULT_GEOMETRY_CHECKPOINT = "facebook/VGGT-1B"
 TEMPLATE_NAME = "model_card.md"
+
+
+# line breaks and every other control character of a recorded text (C0, DEL, C1)
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def card_text(value, cell: bool = False) -> str:
+    """A text the card shows from a record (the training record, an evaluation summary, the lineage, config.json,
+    `--training-data`) as one line of markdown: its line breaks and other control characters become spaces, so that a
+    recorded "name\\n## Licence" or "\\n| row |" cannot start a heading or a table row of its own; `cell`: also `|`
+    escaped, so that it stays one cell of its table row; a backtick becomes `'` (the card quotes sources in code
+    spans)."""
+    text = " ".join(_CONTROL_CHARACTERS.sub(" ", str(value)).split()).replace("`", "'")
+    return text.replace("|", "\\|") if cell else text
 
 
 def card_tags(task: str) -> tuple[str, str, str] | None:
@@ -75,13 +94,60 @@ def geometry_licence(source: str | None) -> tuple[str, str]:
             f"Geometry weights from `{source}`: **non-commercial use only**; the licence propagates to this model.")
 
 
+APACHE = "apache-2.0"
+NON_COMMERCIAL, MIXED = "gap-mllm-non-commercial", "gap-mllm-mixed"  # the card's `license_name` under `license: other`
+COMMERCIAL_EXCEPT_MILITARY = "commercial use allowed except military use"
+QWEN3_VL_PREFIX = "Qwen/Qwen3-VL"  # Qwen3-VL's released checkpoints are Apache-2.0
+
+
+def weights_licence(entry: dict) -> str:
+    """The licence of one third-party checkpoint of a lineage (`{"part", "source"}`): "apache-2.0", VGGT's verdict
+    (`geometry_licence`), or "unknown"."""
+    source = entry.get("source") or ""
+    if entry.get("part") == GEOMETRY_PART or "vggt" in source.lower():
+        return geometry_licence(source)[0]
+    return APACHE if source.startswith(QWEN3_VL_PREFIX) else "unknown"
+
+
+def lineage_licence(lineage: dict, own: bool = False) -> tuple[str, str | None, str]:
+    """`(license, license_name, sentence)` of a recorded lineage (processing/model_lineage.py): Apache-2.0 when its
+    origin is and every third-party checkpoint is; `other` / gap-mllm-mixed with VGGT-1B-Commercial weights; `other`
+    / gap-mllm-non-commercial when any part is non-commercial or of an unknown licence (the cautious reading)."""
+    origin, weights = lineage.get("origin"), lineage.get("weights") or []
+    licences = [weights_licence(entry) for entry in weights]
+    if origin is not None:
+        licences.append(str(origin.get("license") or "unknown").lower())
+    named = [f"`{card_text(entry['source'])}` ({card_text(entry['part'])}: {card_text(licence)})"
+             for entry, licence in zip(weights, licences)]
+    started = (f"{'This is' if own else 'Started from'} {card_text(origin_text(origin))} "
+               f"({card_text(origin.get('license') or 'licence not recorded')}). " if origin else "")
+    holds = ("It holds the weights of " + ", ".join(named) + "." if named
+             else "It holds no third-party weights: they were trained from random initialisation by this package.")
+    if all(licence == APACHE for licence in licences):
+        return APACHE, None, f"{started}{holds} Weights and code are **Apache-2.0**."
+    if all(licence in (APACHE, COMMERCIAL_EXCEPT_MILITARY) for licence in licences):
+        return "other", MIXED, (f"{started}{holds} Commercial use is allowed **except military use** "
+                                "(VGGT-1B-Commercial).")
+    return "other", NON_COMMERCIAL, (f"{started}{holds} **Non-commercial use only**: the most restrictive licence (or "
+                                     "one not known) of its parts propagates to this model.")
+
+
+def lineage_note(model_dir) -> str | None:
+    """One line for a folder that records nothing of where its weights come from (`folder_lineage` None): its card
+    says "not recorded" and reads it as non-commercial; None when a lineage is recorded."""
+    if folder_lineage(model_dir) is not None:
+        return None
+    return (f"{Path(model_dir).name} records no lineage (no lineage in its {TRAINING_RECORD}, no weight source in its "
+            "config.json): its card says \"not recorded\" and treats the weights as non-commercial (`gap-mllm train` "
+            "records where a run started)")
+
+
 def parameter_counts(model_dir) -> dict[str, int]:
     """Parameters per part (`PART_NAMES`, by key prefix: LLM, vision tower, geometry encoder, its
     heads, mergers, fusion gates, other) and `total`, from the safetensors headers of `model_dir`
     (sharded or not); nothing is loaded."""
     counts = dict.fromkeys(PART_NAMES, 0)
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
+    if not weight_paths(model_dir):  # only the files transformers loads: a stray *.safetensors is not counted
         raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights to count")
     for key, shape in tensor_shapes(model_dir).items():
         part = next((name for prefix, name in PARTS if key.startswith(prefix)), "other")
@@ -91,8 +157,8 @@ def parameter_counts(model_dir) -> dict[str, int]:
 
 
 def weights_size(model_dir) -> int:
-    """Bytes of the safetensors files of `model_dir`."""
-    return sum(path.stat().st_size for path in Path(model_dir).glob("*.safetensors"))
+    """Bytes of the weight files of `model_dir` (`weight_paths`: the safetensors files transformers loads)."""
+    return sum(path.stat().st_size for path in weight_paths(model_dir))
 
 
 def _millions(count: int) -> str:
@@ -145,19 +211,20 @@ def read_training_record(model_dir) -> dict | None:
 def training_section(record: dict | None, training_data=None) -> str:
     """Markdown body of the "Training data" section: the caller's words, else the checkpoint's record."""
     if training_data:
-        return "\n".join(f"- {item}" for item in training_data) + "\n"
+        return "\n".join(f"- {card_text(item)}" for item in training_data) + "\n"
     if record is None:
         return ("Not recorded for this checkpoint: it carries no `gap_mllm_training.json` and none was given "
                 "(`gap-mllm push --training-data ...`).\n")
     data = record.get("data") or {}
-    lines = [f"- data: {data.get('name', 'given to the trainer directly (not recorded)')}"
-             + (f", folder `{data['folder']}`" if data.get("folder") else ""),
-             f"- stage: {record.get('stage', '?')}; tasks: {', '.join(record.get('tasks') or []) or '?'}; "
-             f"{record.get('global_step', '?')} optimizer steps",
-             f"- started from: {record.get('started_from') or 'not recorded'}"]
+    lines = [f"- data: {card_text(data.get('name', 'given to the trainer directly (not recorded)'))}"
+             + (f", folder `{card_text(data['folder'])}`" if data.get("folder") else ""),
+             f"- stage: {card_text(record.get('stage', '?'))}; tasks: "
+             f"{card_text(', '.join(map(str, record.get('tasks') or [])) or '?')}; "
+             f"{card_text(record.get('global_step', '?'))} optimizer steps",
+             f"- started from: {card_text(record.get('started_from') or 'not recorded')}"]
     frozen = [name.removeprefix("freeze_") for name, value in (record.get("freezing") or {}).items() if value]
-    lines.append(f"- frozen: {', '.join(frozen) or 'nothing'}; LoRA: {'yes' if record.get('lora') else 'no'}; "
-                 f"auxiliary losses: {', '.join(record.get('aux_losses') or []) or 'none'}")
+    lines.append(f"- frozen: {card_text(', '.join(frozen) or 'nothing')}; LoRA: {'yes' if record.get('lora') else 'no'}; "
+                 f"auxiliary losses: {card_text(', '.join(map(str, record.get('aux_losses') or [])) or 'none')}")
     return "\n".join(lines) + "\n"
 
 
@@ -215,21 +282,42 @@ def evaluation_section(summaries: list[dict]) -> str:
         value = s["headline"]["value"]
         shown = "n/a" if value is None else f"{value:.4f}"
         data = (s.get("data") or {}).get("name") or "not recorded"
-        lines.append(f"| {label} | {data} | {s.get('annotation_file', '?')} | {s.get('num_samples', '?')} | "
-                     f"{s['headline']['description']} | {shown} | {s.get('official_compat', '?')} | {s.get('source', '?')} |")
+        cells = (label, data, s.get("annotation_file", "?"), s.get("num_samples", "?"), s["headline"]["description"],
+                 shown, s.get("official_compat", "?"), s.get("source", "?"))
+        lines.append("| " + " | ".join(card_text(value, cell=True) for value in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def checkpoint_section(config, repo_id, base_model, untrained: bool) -> str:
-    """Markdown body of the "This checkpoint" section."""
+def checkpoint_section(config, repo_id, base_model, untrained: bool, lineage: dict | None = None,
+                       own: bool = False) -> str:
+    """Markdown body of the "This checkpoint" section: from the recorded `lineage` (processing/model_lineage.py) when
+    there is one (`own`: its origin is this folder's model itself, a released model's own folder), else the geometry
+    source of the config alone, "not recorded" when it names none."""
     geometry = config.geometry_config if config.use_geometry else None
-    source = getattr(geometry, "source_checkpoint", None) if geometry is not None else None
-    verdict, sentence = geometry_licence(source) if geometry is not None else ("n/a", "No geometry encoder.")
-    rows = [
-        ("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
-        ("base model", f"`{base_model}`"),
-        ("geometry weights", f"`{source or 'not recorded'}` ({verdict})" if geometry is not None else "none"),
-    ]
+    if lineage is not None:
+        weights = {entry["part"]: entry["source"] for entry in lineage.get("weights") or []}
+        origin = lineage.get("origin")
+        rows = [("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
+                ("model" if own else "started from",
+                 card_text(origin_text(origin), cell=True) if origin else "the third-party weights below"),
+                ("base model", f"`{card_text(base_model, cell=True)}`" if base_model
+                 else "none (no third-party LLM weights recorded)")]
+        for part in (GEOMETRY_PART, LANGUAGE_PART):
+            if part != GEOMETRY_PART or geometry is not None:
+                source = weights.get(part)
+                rows.append((f"{part} weights", f"`{card_text(source, cell=True)}` "
+                             f"({weights_licence({'part': part, 'source': source})})"
+                             if source else "trained by this package (no third-party weights recorded)"))
+        sentence = lineage_licence(lineage, own)[2]
+    else:
+        source = getattr(geometry, "source_checkpoint", None) if geometry is not None else None
+        verdict, sentence = geometry_licence(source) if geometry is not None else ("n/a", "No geometry encoder.")
+        rows = [
+            ("repository", f"`{repo_id}`" if repo_id else "(local folder)"),
+            ("base model", f"`{card_text(base_model, cell=True)}`"),
+            ("geometry weights", f"`{card_text(source or 'not recorded', cell=True)}` ({verdict})"
+             if geometry is not None else "none"),
+        ]
     lines = ["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows), "", sentence]
     if untrained:
         lines += ["", "> **Untrained test model.** This checkpoint is randomly initialised and tiny; its answers are "
@@ -241,6 +329,25 @@ def _split_front_matter(text: str) -> str:
     """The template's body (its YAML front matter is regenerated from `ModelCardData`)."""
     match = re.match(r"^---\n.*?\n---\n", text, flags=re.DOTALL)
     return text[match.end():] if match else text
+
+
+TEMPLATE_MODEL_ID = "org/gap-mllm"  # the model id the template's usage snippet names: the card's repository replaces it
+
+
+def section_text(body: str, heading: str) -> str:
+    """The content of `## heading` of a card's markdown `body` (up to the next `## `), stripped; "" when absent."""
+    match = re.search(rf"^## {re.escape(heading)}[ \t]*\n(.*?)(?=^## |\Z)", body, flags=re.DOTALL | re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def usage_section(model_id: str, template_path=None) -> str:
+    """The template's "Use" section (its snippet decodes inside the task's answer grammar, as the README's does), with
+    `model_id` for the model it loads: every card's usage, GAP-MLLM-Mini's (lab/mini/card.py) too."""
+    template = Path(template_path) if template_path is not None else default_template_path()
+    usage = section_text(template.read_text(encoding="utf-8"), "Use")
+    if f'"{TEMPLATE_MODEL_ID}"' not in usage:
+        raise ValueError(f"{template}: its Use section loads no \"{TEMPLATE_MODEL_ID}\" to replace")
+    return usage.replace(f'"{TEMPLATE_MODEL_ID}"', f'"{model_id}"')
 
 
 def replace_section(body: str, heading: str, content: str) -> str:
@@ -258,7 +365,7 @@ def insert_section_before(body: str, before: str, heading: str, content: str) ->
     return body.replace(marker, section + marker, 1) if marker in body else body.rstrip("\n") + "\n" + section
 
 
-def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), base_model: str = DEFAULT_BASE_MODEL,
+def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), base_model: str | None = None,
                      template_path=None, untrained: bool = False, datasets=None, training_data=None) -> ModelCard:
     """The card of the checkpoint in `model_dir` (a folder written by `save_pretrained`).
 
@@ -267,7 +374,9 @@ def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), b
             not built; its `gap_mllm_training.json`, if any, says what it was trained on).
         repo_id: the Hub repository the card is for (shown in the card and the usage snippet).
         eval_summaries: `summary.json` paths (or their folders) from `gap-mllm evaluate`.
-        base_model: the Qwen3-VL checkpoint the model was built from.
+        base_model: the Qwen3-VL checkpoint the model was built from; None: the one its lineage records (none for a
+            model trained from random initialisation, as GAP-MLLM-Mini), or `DEFAULT_BASE_MODEL` when the folder
+            records no lineage (`lineage_note`).
         template_path: the template (default: `model_card.md` of the repository).
         untrained: mark the card as a randomly initialised test model.
         datasets: Hub dataset ids to list in the metadata.
@@ -278,12 +387,22 @@ def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), b
     if not template_path.is_file():
         raise FileNotFoundError(f"model card template not found: {template_path} (pass template_path=)")
     summaries = load_summaries(eval_summaries)
-    geometry_source = config.geometry_config.source_checkpoint if config.use_geometry else None
-    verdict = geometry_licence(geometry_source)[0] if config.use_geometry else "n/a"
+    lineage = folder_lineage(model_dir)  # what the folder records of where its weights come from
+    own = released_model(read_training_record(model_dir)) is not None  # a released model's own folder (the Mini's)
+    if lineage is not None:
+        licence, licence_name, _ = lineage_licence(lineage)
+        if base_model is None:
+            base_model = next((entry["source"] for entry in lineage.get("weights") or []
+                               if entry["part"] == LANGUAGE_PART), None)
+    else:  # nothing recorded: the cautious reading (module docstring)
+        geometry_source = config.geometry_config.source_checkpoint if config.use_geometry else None
+        verdict = geometry_licence(geometry_source)[0] if config.use_geometry else "n/a"
+        licence, licence_name = "other", MIXED if verdict == COMMERCIAL_EXCEPT_MILITARY else NON_COMMERCIAL
+        base_model = base_model or DEFAULT_BASE_MODEL
     data = ModelCardData(
         language="en",
-        license="other",
-        license_name="gap-mllm-mixed" if verdict == "commercial use allowed except military use" else "gap-mllm-non-commercial",
+        license=licence,
+        license_name=licence_name,
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         base_model=base_model,
@@ -295,8 +414,9 @@ def build_model_card(model_dir, repo_id: str | None = None, eval_summaries=(), b
     )
     body = _split_front_matter(template_path.read_text(encoding="utf-8"))
     if repo_id:
-        body = body.replace('"org/gap-mllm"', f'"{repo_id}"')
-    body = insert_section_before(body, "Model", "This checkpoint", checkpoint_section(config, repo_id, base_model, untrained))
+        body = body.replace(f'"{TEMPLATE_MODEL_ID}"', f'"{repo_id}"')
+    checkpoint = checkpoint_section(config, repo_id, base_model, untrained, lineage, own)
+    body = insert_section_before(body, "Model", "This checkpoint", checkpoint)
     body = replace_section(body, "Model", model_section(config, parameter_counts(model_dir), weights_size(model_dir)))
     body = insert_section_before(body, "Use", "Training data", training_section(read_training_record(model_dir), training_data))
     body = replace_section(body, "Evaluation", evaluation_section(summaries))

@@ -27,8 +27,10 @@ from gap_mllm.files import PICKLE_REFUSED
 from gap_mllm.mini import default_model_path
 from gap_mllm.processing.errors import exception_chain
 from gap_mllm.processing.model_paths import HUB_REPO_ID, loading_bar_for, missing_local_folder
+from gap_mllm.processing.path_containment import broken_link
 
 from .errors import UserError
+from .hub_files import weight_files
 
 GAP_MLLM_MODEL_TYPE = "gap_mllm"
 # The front ends' own `--model` names (cli/loading.py): the embedded GAP-MLLM-Mini, the untrained tiny test model
@@ -91,12 +93,21 @@ def check_gap_mllm_config(folder: Path, source: str, flag: str = "--model") -> d
     return config
 
 
+def weight_paths(folder) -> list[Path]:
+    """The safetensors files of `folder` that transformers loads as the model's weights (`hub_files.weight_files`:
+    `model.safetensors`, else the shards its index names); any other `*.safetensors` there (an optimizer's, a copy,
+    a stray file) is no weight of the model and is not read."""
+    folder = Path(folder)
+    names = sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
+    return [folder / name for name in weight_files(folder, names) if name.endswith(".safetensors")]
+
+
 def unreadable_safetensors(folder) -> list[str]:
-    """`["file: problem", ...]` for the safetensors files of `folder` whose header cannot be read (a
+    """`["file: problem", ...]` for the weight files of `folder` (`weight_paths`) whose header cannot be read (a
     truncated or corrupt file); only the headers are read."""
 
     problems = []
-    for path in sorted(Path(folder).glob("*.safetensors")):
+    for path in weight_paths(folder):
         try:
             with safe_open(str(path), framework="np"):
                 pass
@@ -106,13 +117,18 @@ def unreadable_safetensors(folder) -> list[str]:
 
 
 def tensor_shapes(folder, names=None) -> dict[str, list[int]]:
-    """`{name: shape}` of the tensors `names` (default: every tensor) that the safetensors files of `folder` hold,
-    read from the files' headers (no weight is read)."""
+    """`{name: shape}` of the tensors `names` (default: every tensor) that the weight files of `folder` hold
+    (`weight_paths`), read from the files' headers (no weight is read). A file whose header cannot be read is a
+    UserError naming it (safetensors' own error names none)."""
     shapes = {}
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(path), framework="np") as weights:
-            for name in weights.keys() if names is None else set(names).intersection(weights.keys()):
-                shapes[name] = list(weights.get_slice(name).get_shape())
+    for path in weight_paths(folder):
+        try:
+            with safe_open(str(path), framework="np") as weights:
+                for name in weights.keys() if names is None else set(names).intersection(weights.keys()):
+                    shapes[name] = list(weights.get_slice(name).get_shape())
+        except Exception as error:  # noqa: BLE001 - SafetensorError, OSError: all mean "unreadable"
+            raise UserError(f"{path}: unreadable weights ({error}); the file is truncated or corrupt: copy or "
+                            "download it again") from error
     return shapes
 
 
@@ -137,12 +153,15 @@ def check_config_sizes(folder: Path, config: dict, source: str, flag: str = "--m
 
 def check_model_source(source, flag: str = "--model") -> str:
     """`source` as a string if it can be loaded as far as can be told without loading it; else a
-    UserError: no such folder, an empty folder or one without config.json, a config.json of another model
+    UserError: no such folder, a symbolic link loop or a link to nothing, an empty folder or one without config.json, a config.json of another model
     type (named), a truncated safetensors file (named), a config.json whose sizes disagree with the weights (the
     key and both sizes named), a file where a folder is expected, or a Hub id that is not in the local cache while
     the Hub is unreachable by choice (HF_HUB_OFFLINE)."""
     text = str(source)
     path = Path(text).expanduser()
+    leads_nowhere = broken_link(path)
+    if leads_nowhere is not None:  # not "no such folder", nor taken for a Hub repo id
+        raise UserError(f"{flag} {text}: this is {leads_nowhere}; give the checkpoint folder itself or a Hub repo id")
     if path.is_dir():
         if not any(path.iterdir()):
             raise UserError(f"{flag} {text}: the folder is empty; give a checkpoint folder written by "

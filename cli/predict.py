@@ -18,14 +18,17 @@ prints one line first: it knows SynthRooms rooms only.
 `--out` is new, empty or an earlier predict's (the output-folder rule of every writer,
 processing/output_folder.py): a folder of the user's files, the working folder and one that cannot be written are
 refused before the model loads. `--marker VIEW X Y` names a pixel of that frame as a photo viewer shows it
-(original pixels, EXIF orientation applied), whatever size the frames are resized to for the model. The request is
+(original pixels, EXIF orientation applied), whatever size the frames are resized to for the model, and is checked
+against the frames as read, images, a GIF's or a video's sampled frames alike, before the model loads. The request is
 checked whole with the model's config and processor before its weights load (cli/tasks.py `check_request`): a query
 holding the tokenizer's own tokens, a frame the processor cannot read, a query too long for the model's context.
 
 `--box` is the object's box in the first camera's OpenCV frame, its angles as the model writes them (an upright
-object has pitch π/2 less the camera's downward tilt and roll ±π); 6 numbers stand for an upright object seen by a
-level camera (processing/box_angles.py `UPRIGHT_LEVEL_ANGLES`). Angles that no box the model was trained on had
-(its folder's box_angles.json) get one line saying so, naming the convention.
+object has pitch π/2 less the camera's downward tilt and roll ±π); 6 numbers stand for an upright object as this
+model's cameras see it: the typical tilt of its training cameras, which its folder's box_angles.json records (the
+Mini's: 0.33 rad down, so yaw pitch roll 3.14 1.24 3.14), else a level camera (processing/box_angles.py
+`upright_angles`). Angles that no box the model was trained on had (its folder's box_angles.json) get one line
+saying so, naming the convention.
 
 `--images` takes image files, one video / GIF, or folders: a folder stands for its image files sorted by file name,
 sampled evenly down to `--max-frames` when it holds more (as a video is). A file or folder that cannot be used is one
@@ -54,7 +57,7 @@ import sys
 from pathlib import Path
 
 from gap_mllm.mini.identity import is_gap_mllm_mini
-from gap_mllm.processing.box_angles import read_box_angles, unseen_angles_note
+from gap_mllm.processing.box_angles import read_box_angles, unseen_angles_note, upright_angles
 from gap_mllm.processing.output_folder import claim_output_folder
 
 from .command_arguments import DEFAULT_SAVE_FORMATS, EXIT_STATUS_HELP, PARSE_FAILURE_STATUS  # noqa: F401 - light
@@ -102,21 +105,26 @@ def main(args: argparse.Namespace) -> int:
             paths = frame_paths(args.images, args.max_frames)
             frames = read_frames(paths, cli_limits(paths, args.max_frames), words=CLI_WORDS)
             scene = scene_from_frames(frames.views)
-        request = example_request(args.task, example, query=args.query, box=args.box, marker=args.marker)
+        # the folder or Hub id --model names, resolved once: the early check's when it ran, checked at the load
+        recorded = getattr(args, "model_source", None)
+        source = recorded or (None if args.model == TINY else resolve_model_source(args.model))
+        # its record of its boxes' angles (processing/box_angles.py): a 6-number box takes its upright angles
+        angles = read_box_angles(source) if source is not None else None
+        request = example_request(args.task, example, query=args.query, box=args.box, marker=args.marker,
+                                  upright=upright_angles(angles))
         # the marker: a view of these frames and a pixel of that frame as shown (original pixels, upright),
         # then moved onto the resized frame the model gets
         marked = original_size(frames.originals, request.marker[0]) if frames and request.marker else None
         if not getattr(args, "request_validated", False):  # the early check validated it (cli/early_checks.py)
             request.validate(len(scene.views), marked or scene.views[0].size)
+        if frames is not None:  # the frames as read: a video's count and size are known only now (no early decode)
+            request.check_given(len(frames.views), marked)
         if marked is not None:
             request.marker = frames.on_model_frames(request.marker)
-        # the folder or Hub id --model names, resolved once: the early check's when it ran, checked at the load
-        recorded = getattr(args, "model_source", None)
-        source = recorded or (None if args.model == TINY else resolve_model_source(args.model))
         # a box of an orientation no training box had (its folder's record, processing/box_angles.py): one line
         unseen = None
         if "box" in request.used_inputs() and request.box is not None and source is not None:
-            unseen = unseen_angles_note(request.box, read_box_angles(source))
+            unseen = unseen_angles_note(request.box, angles)
     except (UploadError, ValueError) as error:
         print(f"gap-mllm predict: error: {error}", file=sys.stderr)
         return 2
@@ -206,7 +214,7 @@ def _save(args, model, processor, scene, result, report, answer: dict, inputs=No
     """answer.json (what --json prints: the raw answer, the parsed one, the parse problem), the pictures, and for
     uncalibrated frames the point cloud the model's heads reconstruct, if it has them (from the request's own VGGT
     input, `inputs`: the processor output the answer was generated from, when it holds the unmarked frames)."""
-    from .visualize import ply_parts, write_visualisations
+    from .visualize import frame_zero_note, ply_parts, write_visualisations
 
     formats = tuple(args.formats or DEFAULT_SAVE_FORMATS)  # --formats not given: what a plain install writes
     three_d = {"glb", "ply"} & set(formats)
@@ -223,6 +231,8 @@ def _save(args, model, processor, scene, result, report, answer: dict, inputs=No
         print(f"saved {kind}: {path}", file=report)
     for kind, why in written.skipped.items():
         print(f"not saved {kind}: {why}", file=report)
+    for note in written.notes:  # what the picture's legend says of an answer it cannot draw
+        print(f"note: {note}", file=report)
     if scene.calibrated:
         return
     if scene.camera == CAMERA_ESTIMATED:
@@ -230,7 +240,8 @@ def _save(args, model, processor, scene, result, report, answer: dict, inputs=No
         where = f"in the {kinds}" if kinds else "not written (--formats has no glb or ply)"
         print(f"point cloud: {len(scene.points):,} points {where} (your frames' depth fused with the cameras "
               "the model's heads estimated, in frame 0's camera; normalised scale, not metres, so the answer's "
-              "metric boxes need not match it in size); boxes drawn with the estimated camera"
+              "metric boxes need not match it in size); "
+              + (frame_zero_note(scene) or "boxes drawn with the camera VGGT's heads estimated for frame 0")
               + _ply_vertices(ply_parts(scene, result.boxes, result.point), written), file=report)
         return
     note = "note: uncalibrated frames: boxes are drawn on frame 0 with an assumed 60° pinhole; no point cloud"

@@ -16,6 +16,7 @@ so a test can swap in a recording fake for both routes (docs/transformers-notes.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +26,9 @@ from transformers.utils import hub as transformers_hub
 
 from .command_arguments import add_push_arguments as add_arguments  # noqa: F401 - the command's add_arguments
 from .hub_files import HubFolderError, check_repo_id, plan_upload
-from .model_card import DEFAULT_BASE_MODEL, build_model_card
+from .model_card import build_model_card, lineage_note
+
+logger = logging.getLogger(__name__)
 
 
 def _hub_api():
@@ -35,7 +38,7 @@ def _hub_api():
 def build_card_text(folder, repo_id, eval_summaries=(), base_model=None, untrained=False, training_data=None,
                     datasets=None) -> str:
     card = build_model_card(folder, repo_id=repo_id, eval_summaries=eval_summaries,
-                            base_model=base_model or DEFAULT_BASE_MODEL, untrained=untrained,
+                            base_model=base_model or None, untrained=untrained,
                             training_data=training_data, datasets=datasets)
     return str(card)
 
@@ -69,6 +72,9 @@ def push_model(model, processor, repo_id: str, eval_summaries=(), base_model=Non
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         card = build_card_text(tmp, repo_id, eval_summaries, base_model, untrained, training_data, datasets)
+        note = lineage_note(tmp)  # a model in memory records no lineage unless its folder did (its config's sources)
+        if note is not None:
+            logger.warning(note.replace(Path(tmp).name, "the model", 1))
         return push_folder(tmp, repo_id, card_text=card, **push_kwargs)
 
 
@@ -79,12 +85,15 @@ def main(args: argparse.Namespace) -> int:
         plan = plan_upload(folder)
         card = None if args.keep_readme else build_card_text(folder, args.repo, args.eval_summary, args.base_model,
                                                              args.untrained, args.training_data, args.datasets)
+        note = None if args.keep_readme else lineage_note(folder)
     except (HubFolderError, FileNotFoundError, ValueError) as error:
         print(f"gap-mllm push: error: {error}", file=sys.stderr)
         return 2
     if args.keep_readme and "README.md" not in plan.files:
         print("gap-mllm push: error: --keep-readme given but the folder has no README.md", file=sys.stderr)
         return 2
+    if note is not None:  # before anything is uploaded: the card's lineage and licence are not the folder's own
+        print(f"gap-mllm push: note: {note}", file=sys.stderr, flush=True)
     print(f"{len(plan.files)} file(s) to upload to {args.repo}" + (f", {len(plan.skipped)} left out" if plan.skipped else ""))
     for name in plan.files:
         print(f"  + {name}")

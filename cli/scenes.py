@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gap_mllm.image_utils_gap_mllm import VGGT_PAD_SIZE, vggt_pad_boxes
 from gap_mllm.point_cloud import reconstruction_point_cloud
 from gap_mllm.processing.coordinates import (
     backproject_depth,
@@ -115,12 +116,32 @@ def unmarked_geometry_images(inputs, marker) -> torch.Tensor | None:
     return inputs["geometry_pixel_values"][None]
 
 
-def intrinsics_for_frame(intrinsics, geometry_size: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
+def intrinsics_for_frame(intrinsics, geometry_size: tuple[int, int], frame_size: tuple[int, int],
+                         box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Pinhole `intrinsics` of an image of `geometry_size` (H, W) rescaled to a frame of `frame_size`
-    (W, H, as PIL reports it): the processor resized the whole frame, so each axis scales on its own."""
+    (W, H, as PIL reports it): the processor resized the whole frame, so each axis scales on its own. `box`: where
+    the frame lies, `(left, top, width, height)`, in the white square the processor padded it into when the frames
+    were of different shapes (`vggt_pad_boxes`); the square was resized then, and the padding is taken off here."""
     (geo_h, geo_w), (width, height) = geometry_size, frame_size
-    scale = np.diag([width / geo_w, height / geo_h, 1.0])
-    return scale @ np.asarray(intrinsics, dtype=np.float64)
+    left, top, box_width, box_height = box or (0, 0, width, height)
+    canvas_width, canvas_height = (VGGT_PAD_SIZE, VGGT_PAD_SIZE) if box else (width, height)
+    to_canvas = np.diag([canvas_width / geo_w, canvas_height / geo_h, 1.0])
+    sx, sy = width / box_width, height / box_height
+    to_frame = np.array([[sx, 0.0, -left * sx], [0.0, sy, -top * sy], [0.0, 0.0, 1.0]])
+    return to_frame @ to_canvas @ np.asarray(intrinsics, dtype=np.float64)
+
+
+def _drop_padding(output, boxes, geometry_size: tuple[int, int]) -> None:
+    """Depth and points of the white padding (`vggt_pad_boxes`) made NaN in `output`, so that no cloud holds them."""
+    (geo_h, geo_w), scale = geometry_size, VGGT_PAD_SIZE
+    rows, columns = (torch.arange(n, dtype=torch.float64) + 0.5 for n in (geo_h, geo_w))  # pixel centres
+    for frame, (left, top, width, height) in enumerate(boxes):
+        inside_rows = (rows * scale / geo_h >= top) & (rows * scale / geo_h < top + height)
+        inside_columns = (columns * scale / geo_w >= left) & (columns * scale / geo_w < left + width)
+        padding = ~(inside_rows[:, None] & inside_columns[None, :])
+        for maps in (output.depth, output.world_points):
+            if maps is not None:
+                maps[:, frame, padding.to(maps.device)] = float("nan")
 
 
 def _usable_camera(intrinsics: np.ndarray) -> bool:
@@ -152,6 +173,9 @@ def reconstructed_scene(model, processor, views: list[Image.Image], max_points: 
     images = (geometry_images(processor, views) if images is None else images).to(device=parameter.device,
                                                                                   dtype=parameter.dtype)
     output = encoder.reconstruct(images)
+    boxes = vggt_pad_boxes([view.size for view in views], [f"frame {index}" for index in range(len(views))])
+    if boxes is not None:  # frames of different shapes, padded by the processor: the padding is no scene
+        _drop_padding(output, boxes, tuple(images.shape[-2:]))
     first_intrinsics = output.intrinsics[0, 0].detach().double().cpu().numpy()
     if not _usable_camera(first_intrinsics):
         scene.note = "the camera head's estimate for frame 0 is unusable (non-finite focal length)"
@@ -159,7 +183,8 @@ def reconstructed_scene(model, processor, views: list[Image.Image], max_points: 
     cloud = reconstruction_point_cloud(output, images.float(), source="depth",
                                        confidence_percentile=CLOUD_CONFIDENCE_PERCENTILE, max_points=max_points)
     extrinsics_first = output.extrinsics[0, 0].detach().double().cpu().numpy()
-    scene.intrinsics = intrinsics_for_frame(first_intrinsics, tuple(images.shape[-2:]), views[0].size)
+    scene.intrinsics = intrinsics_for_frame(first_intrinsics, tuple(images.shape[-2:]), views[0].size,
+                                            boxes[0] if boxes else None)
     scene.points = _to_first_camera(cloud.points, extrinsics_first)
     scene.colors = cloud.colors
     scene.camera = CAMERA_ESTIMATED

@@ -2,7 +2,9 @@
 
 `SpaceBackend.run` takes the raw widget values, checks the upload (uploads.py), runs the task
 (tasks.py) and writes the pictures (visualize.py) into a per-request folder of its own work
-directory; the UI (space_ui.py) only passes values in and paths out.
+directory; the UI (space_ui.py) only passes values in and paths out. No file of a request outlives it: once the front
+end holds its own copies (gradio's cache, which gradio empties itself: `delete_cache`, space_ui.py),
+`SpaceBackend.served` removes the request's folder, and `SpaceBackend.close` (the server's stop) what is left.
 
 Uploaded frames get a point cloud and an estimated camera when the model's geometry encoder has
 VGGT's camera and depth heads (scenes.reconstructed_scene): the default GAP-MLLM-Mini has trained ones; the
@@ -31,18 +33,19 @@ import math
 import os
 import re
 import tempfile
+import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gap_mllm.mini.identity import is_gap_mllm_mini
-from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note
+from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, read_box_angles, unseen_angles_note, upright_angles
 from gap_mllm.processing.tasks import LiveMapping, package_tasks
 from gap_mllm.tasks_gap_mllm import TaskSpec
 from gap_mllm.tiny.tiny_model import build_tiny_model
@@ -72,12 +75,13 @@ from .scenes import (
 )
 from .task_request import example_request
 from .tasks import TaskRequest, check_request, run_task
-from .uploads import UploadError, UploadLimits, load_frames
-from .visualize import answer_picture, frames_with_boxes, gate_heatmap, save_scene_glb
+from .uploads import UploadError, UploadLimits, load_frames, original_size
+from .visualize import answer_picture, frames_with_boxes, gate_heatmap, hidden_point_note, save_scene_glb
 
-# Radio label -> registry task (the page's wording; tasks_gap_mllm defines the tasks): each task module's that names
-# a label (`PackageTask.space_label`, gap_mllm.processing.tasks)
-TASK_LABELS = LiveMapping(lambda: {task.space_label: task.spec for task in package_tasks() if task.space_label})
+# Radio label -> registry task (the page's wording; tasks_gap_mllm defines the tasks): every task the command line
+# answers (cli/task_names.py `front_end_tasks`: each task module's), by its module's `PackageTask.space_label`, else its
+# `TaskSpec.title` (gap_mllm.processing.tasks)
+TASK_LABELS = LiveMapping(lambda: {task.space_label or task.spec.title: task.spec for task in package_tasks()})
 NO_EXAMPLE = "(my uploaded files)"
 
 
@@ -226,11 +230,16 @@ class SpaceOutput:
     # the gallery's captions and column count (frame_grid.py): `frames` are in the order shown, the marked view first
     captions: list[str] = field(default_factory=list)
     columns: int = MIN_COLUMNS
+    folder: Path | None = None  # the request's own folder, which holds its files until `SpaceBackend.served`
 
 
 class SpaceBackend:
     """Loads the model once and serves requests (gradio's queue serialises them; the lock guards
     direct callers too, since a model is not safe to run from two threads at once)."""
+
+    # the model folder's record of its training boxes' angles (processing/box_angles.py), set when the model loads;
+    # None: none recorded (a 6-number box then takes a level camera's angles, and no box is noted)
+    box_angles: dict | None = None
 
     def __init__(self, settings: SpaceSettings, work_dir=None, loaded=None):
         """`loaded`: an already loaded `(model, processor, is_tiny)`; by default `load_space_model(settings.model)`."""
@@ -239,6 +248,8 @@ class SpaceBackend:
         self.source = None if settings.model == TINY else resolve_model_source(settings.model)
         self.model, self.processor, self.is_tiny = loaded or load_space_model(settings.model, self.source)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gap-mllm-space-"))
+        self._own_work_dir = work_dir is None  # made here: removed whole by `close`
+        self._folders: set[Path] = set()  # the requests' folders not yet removed
         self._lock = threading.Lock()
         self._examples = {}
         self._numbers = itertools.count(1)  # request numbers for the log (next() is atomic in CPython)
@@ -318,20 +329,24 @@ class SpaceBackend:
             raise UploadError(str(error)) from None
         box = None
         if "box" in task.parameters:
-            # 6 numbers: an upright object seen by a level camera (task_request.box_with_angles)
+            # 6 numbers: an upright object as the model's training cameras see it (task_request.box_with_angles)
             box = (picked_box(scene, object_choice) if object_choice
                    else parse_numbers(box_text, (CENTRE_AND_SIZE, 9), "object box"))
         marker = self._marker(marker_text, scene, task) if task.needs_marker else None
-        request = example_request(task, scene.example_inputs.get(task.name, {}), query=query, box=box, marker=marker)
+        request = example_request(task, scene.example_inputs.get(task.name, {}), query=query, box=box, marker=marker,
+                                  upright=upright_angles(self.box_angles))  # a 6-number box: as the model's cameras
         # every input is checked here, before the model runs (reconstruction included), so a bad one is the
-        # page's message at once rather than an error after the model's time; the query's tokens: `check_request`
-        request.validate(len(scene.views))
+        # page's message at once rather than an error after the model's time; the query's tokens: `check_request`.
+        # The marker names a pixel of its own frame as the model gets it (frames of another shape keep their size)
+        marked = request.marker[0] if request.marker is not None else None
+        request.validate(len(scene.views), original_size([view.size for view in scene.views], marked))
         return request
 
     @staticmethod
     def _marker(marker_text, scene, task) -> tuple[int, int, int] | None:
-        """The marker field's pixel `(view, x, y)` of a request of `task`, checked; empty: the room's own marker of
-        the task on a bundled room (None), else the centre of the first frame."""
+        """The marker field's pixel `(view, x, y)` of a request of `task`, whole numbers (its view and frame are
+        checked with the request); empty: the room's own marker of the task on a bundled room (None), else the centre
+        of the first frame."""
         values = parse_numbers(marker_text, 3, "marker (view x y)")
         if values is None:
             if scene.example_inputs.get(task.name, {}).get("marker") is not None:
@@ -340,11 +355,7 @@ class SpaceBackend:
             values = [0, width // 2, height // 2]
         if not all(float(v).is_integer() for v in values):
             raise UploadError(f"marker (view x y): whole pixel numbers are needed, got {marker_text!r}")
-        marker = tuple(int(v) for v in values)
-        width, height = scene.views[0].size
-        if not (0 <= marker[1] < width and 0 <= marker[2] < height):
-            raise UploadError(f"marker pixel ({marker[1]}, {marker[2]}) is outside the {width}x{height} frame")
-        return marker
+        return tuple(int(v) for v in values)  # checked against its frame with the request (`_request`)
 
     def _geometry_status(self, scene) -> str:
         """One or two sentences: where the drawn camera and the 3D view's geometry come from."""
@@ -401,6 +412,7 @@ class SpaceBackend:
             scene, result = self._answer_on_gpu(scene, request, inputs, session)
         out = self.work_dir / uuid.uuid4().hex
         out.mkdir(parents=True)
+        self._folders.add(out)
         drawn = frames_with_boxes(scene, result.boxes, result.point, marker=result.marker)
         frames = []
         for index, image in enumerate(drawn):
@@ -413,11 +425,37 @@ class SpaceBackend:
         glb = save_scene_glb(out / "scene.glb", scene, result.boxes, result.point)
         gates = gate_heatmap(result.gates, result.token_grids, out / "fusion_gates.png")
         status = f"{request.task} on {len(scene.views)} frame(s); {self._geometry_status(scene)}"
+        hidden = hidden_point_note(scene, result.point)  # as the picture's legend says it
+        status += f"\n{hidden}" if hidden else ""
         unseen = unseen_angles_note(request.box, self.box_angles) if "box" in request.spec.parameters else None
         status += f"\n{unseen}" if unseen else ""
         return SpaceOutput(frames=[frames[index] for index in order], scene_glb=glb, gates_png=gates, raw=result.answer,
                            parsed=result.summary(), status=status, reference=self._reference(scene, request, result),
-                           captions=captions, columns=columns)
+                           captions=captions, columns=columns, folder=out)
+
+    def served(self, out: SpaceOutput, keep: Callable[[Path], str]) -> SpaceOutput:
+        """`out` with each of its files replaced by `keep(path)`, the copy the front end serves (space_ui.py: gradio's
+        cache, which gradio deletes on its `delete_cache` schedule and at its stop), then the request's folder removed,
+        also when `keep` fails: nothing of the request stays in the backend's work folder once it is answered."""
+        try:
+            return replace(out, frames=[Path(keep(path)) for path in out.frames], scene_glb=Path(keep(out.scene_glb)),
+                           gates_png=None if out.gates_png is None else Path(keep(out.gates_png)), folder=None)
+        finally:
+            self._remove(out.folder)
+
+    def _remove(self, folder: Path | None) -> None:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._folders.discard(folder)
+
+    def close(self) -> None:
+        """Remove every file the backend wrote: the folders of requests not `served` (a request that failed after
+        writing, a caller that never served one), and the work folder itself when the backend made it. The server
+        calls it at its stop (space_ui.py `launch`)."""
+        for folder in list(self._folders):
+            self._remove(folder)
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _reference(self, scene, request, result) -> str:
         """On a bundled room: the request, the exact answer and the score of this one, then the model's held-out

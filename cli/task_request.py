@@ -37,20 +37,24 @@ class TaskRequest:
         query: the referring text (grounding), or what a task module's `query_help` says it is.
         box: the 9 numbers `[cx, cy, cz, sx, sy, sz, yaw, pitch, roll]` of the object to describe
             (captioning only), first-frame camera coordinates; 6 numbers (centre and size) stand for an upright
-            object seen by a level camera, the angles `UPRIGHT_LEVEL_ANGLES` (`box_with_angles`).
+            object, and take the angles `upright` (`box_with_angles`).
         marker: `(view, x, y)` pixel to mark (reconstruction only), in the view's original pixels.
+        upright: the angles `[yaw, pitch, roll]` a 6-number box takes: the model's, from its folder's record of its
+            training cameras' tilt (processing/box_angles.py `upright_angles`); None: a level camera's,
+            `UPRIGHT_LEVEL_ANGLES`.
     """
 
     task: str | TaskSpec
     query: str | None = None
     box: list[float] | None = None
     marker: tuple[int, int, int] | None = None
+    upright: tuple[float, float, float] | None = field(default=None, repr=False)
     spec: TaskSpec = field(init=False, repr=False)
 
     def __post_init__(self):
         self.spec = resolve_task(self.task)
         self.task = self.spec.name
-        self.box = box_with_angles(self.box)
+        self.box = box_with_angles(self.box, self.upright)
 
     def validate(self, num_views: int | None, view_size: tuple[int, int] | None = None) -> None:
         """Raise ValueError with a user-facing message when the request is incomplete or its marker lies outside the
@@ -132,14 +136,15 @@ class TaskRequest:
         return inputs
 
 
-def box_with_angles(box):
-    """A box given by its centre and size alone (6 numbers) with the angles of an upright object seen by a level
-    first camera (`UPRIGHT_LEVEL_ANGLES`) appended, as a list of 9 floats; any other value as it is (`check_box`
-    judges it). One rule for `gap-mllm predict --box`, the Space's box field and the demo."""
+def box_with_angles(box, upright=None):
+    """A box given by its centre and size alone (6 numbers) with the angles of an upright object appended, as a list
+    of 9 floats: `upright` (the model's: processing/box_angles.py `upright_angles`), else those of a level first
+    camera (`UPRIGHT_LEVEL_ANGLES`); any other value as it is (`check_box` judges it). One rule for `gap-mllm predict
+    --box`, the Space's box field and the demo."""
     if (isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != CENTRE_AND_SIZE
             or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in box)):
         return box
-    return [float(v) for v in box] + list(UPRIGHT_LEVEL_ANGLES)
+    return [float(v) for v in box] + [float(v) for v in (upright or UPRIGHT_LEVEL_ANGLES)]
 
 
 def check_box(box) -> None:
@@ -147,7 +152,7 @@ def check_box(box) -> None:
     (its rule, `format_box`: a box with a side of 0 is no object's, as in an answer) each within ±`MAX_BOX_VALUE`."""
     if box is None or isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 9:
         raise ValueError("captioning needs the object's 3D box: 9 numbers [cx, cy, cz, sx, sy, sz, yaw, pitch, roll], "
-                         "or 6 [cx, cy, cz, sx, sy, sz] for an upright object seen by a level camera"
+                         "or 6 [cx, cy, cz, sx, sy, sz] for an upright object"
                          + ("" if box is None else f", got {box!r:.120}"))
     try:
         format_box(box)
@@ -167,7 +172,7 @@ def given(value):
     return value
 
 
-def example_request(task, example: dict, query=None, box=None, marker=None) -> TaskRequest:
+def example_request(task, example: dict, query=None, box=None, marker=None, upright=None) -> TaskRequest:
     """The request on a bundled room (`example`: the room's own inputs of this task, `scene.example_inputs[task]`):
     each input the user did not give (`given`) is the room's own, so the exact answer the front end compares with
     is the one asked. One rule for `gap-mllm predict --example` and the Space: a page that sends its request before
@@ -180,4 +185,4 @@ def example_request(task, example: dict, query=None, box=None, marker=None) -> T
         values[name] = example.get(name) if value is None and name in used else value
     if values["marker"] is not None:
         values["marker"] = tuple(int(v) for v in values["marker"])
-    return TaskRequest(asked.spec, **values)
+    return TaskRequest(asked.spec, **values, upright=upright)  # a 6-number box: the model's upright angles

@@ -47,9 +47,8 @@ from gap_mllm.tasks_gap_mllm import (
     MAX_TEXT_CHARS,
     Box3D,
     PromptTextError,
-    answer_complete,
+    budget_cut_reason,
     parse_literal,
-    stop_token_ids,
     strip_code_fences,
 )
 
@@ -322,7 +321,8 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
         input_ids, image_grid_thw = inputs["input_ids"], inputs["image_grid_thw"]
         gates = gates or None
     raw = processor.decode_generated(generated, input_ids=input_ids)[0]
-    parsed = task_answer(spec.name, raw, processor.post_process(generated, spec.name, input_ids)[0])
+    # the text, not the tokens: the budget's reason comes last, with its advice, after the more precise ones
+    parsed = task_answer(spec.name, raw, processor.post_process([raw], spec.name)[0])
     budget = spec.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
     cut = budget_cut(spec, processor.tokenizer, generated[0, input_ids.shape[-1]:].tolist(), budget, constrained)
     if cut is not None and parsed.reason is None:  # a whole-looking answer the budget ended is no success
@@ -412,13 +412,7 @@ def zero_size_box(parsed) -> str | None:
 
 def budget_cut(spec, tokenizer, new_ids: list[int], budget: int, constrained: bool) -> str | None:
     """The reason when the answer of `new_ids` (the generated tokens) was ended by the token `budget`, else None
-    (module docstring). `spec`: the task's `TaskSpec`."""
-    ended = bool(new_ids) and new_ids[-1] in set(stop_token_ids(tokenizer))
-    text = tokenizer.decode(new_ids, skip_special_tokens=True)
-    if len(new_ids) >= budget and not ended and not answer_complete(text, spec.answer_end):
-        return f"the answer was cut at its token budget of {budget}; {BUDGET_ADVICE}"
-    reserve = spec.entry_list.reserve if constrained and spec.entry_list is not None else None
-    if reserve is not None and len(new_ids) > budget - reserve:
-        return (f"the grammar closed the list for the token budget of {budget} (it keeps the last {reserve} tokens "
-                f"to close it), so the answer may lack entries; {BUDGET_ADVICE}")
-    return None
+    (module docstring; the processor's `post_process` says the same, `budget_cut_reason`), with the command line's
+    advice. `spec`: the task's `TaskSpec`."""
+    reason = budget_cut_reason(spec, tokenizer, new_ids, budget, constrained)
+    return None if reason is None else f"{reason}; {BUDGET_ADVICE}"

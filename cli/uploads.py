@@ -12,10 +12,11 @@ Rules, each failing with a message meant for the user:
 - whole: the frames that decode must be the frames the file declares (its frame count, or where it has none its
   duration, from the stream's first timestamp to its end), so a cut file (an interrupted copy) is refused, not read as
   a shorter clip;
-- shape: the frames share one aspect ratio (gap_mllm.processing_gap_mllm `check_one_aspect_ratio`: a portrait frame beside a
-  landscape one is refused, naming both and their sizes, never stretched).
-Videos and animations are sampled uniformly down to `max_frames`; all frames are resized to the first
-frame's size (VGGT attends across frames, so they must share one size) and capped at `max_side`.
+- shape: frames of different shapes (a portrait photo beside landscape ones) are never stretched: the processor pads
+  them as VGGT's loader does (gap_mllm.image_utils_gap_mllm `vggt_pad_boxes`, one note); a frame too thin for that
+  (a 1x4000 strip) is refused by name.
+Videos and animations are sampled uniformly down to `max_frames`; frames of the first frame's shape are resized to its
+size (VGGT attends across frames, so they must share one size), the others keep theirs; all are capped at `max_side`.
 Frames are read as a viewer shows them: an image upright, its EXIF orientation applied (gap_mllm.processing_gap_mllm), a
 video turned and mirrored as its display matrix says (its rotation metadata: a phone's portrait clip stands upright).
 A marker pixel (`gap-mllm predict --marker VIEW X Y`) is given in its frame's original pixels, as the photo is
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gap_mllm.image_utils_gap_mllm import check_one_aspect_ratio, pil_to_rgb, read_image_file
+from gap_mllm.image_utils_gap_mllm import one_aspect_ratio, pil_to_rgb, read_image_file, vggt_pad_boxes
 from gap_mllm.processing.path_containment import broken_link, resolve_inside
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -438,16 +439,18 @@ def common_size(first: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def _one_shape(sizes, names) -> None:
-    """The frames' shape rule (gap_mllm.processing_gap_mllm `check_one_aspect_ratio`) as an UploadError."""
+    """The frames' shape rule (gap_mllm.image_utils_gap_mllm `vggt_pad_boxes`: too thin to align) as an UploadError."""
     try:
-        check_one_aspect_ratio(sizes, names)
+        vggt_pad_boxes(sizes, names)
     except ValueError as error:
         raise UploadError(f"{error}.") from error
 
 
 def _common_size(frames: list[Image.Image], max_side: int) -> list[Image.Image]:
-    size = common_size(frames[0].size, max_side)
-    return [f if f.size == size else f.resize(size, Image.Resampling.BICUBIC) for f in frames]
+    """The first frame's shape at its capped size (`common_size`); a frame of another shape at its own, capped."""
+    first = frames[0].size
+    sizes = [common_size(first if one_aspect_ratio([first, f.size]) else f.size, max_side) for f in frames]
+    return [f if f.size == size else f.resize(size, Image.Resampling.BICUBIC) for f, size in zip(frames, sizes)]
 
 
 @dataclass(frozen=True)
@@ -484,14 +487,14 @@ def on_model_frame(marker, original: tuple[int, int], size: tuple[int, int]) -> 
 
 @dataclass(frozen=True)
 class Frames:
-    """The frames the model gets (`views`, resized to one size) and each one's original `(width, height)`."""
+    """The frames the model gets (`views`, `_common_size`) and each one's original `(width, height)`."""
 
     views: list
     originals: tuple[tuple[int, int], ...]
 
     def on_model_frames(self, marker) -> tuple[int, int, int]:
         """A marker given in original pixels (checked inside its frame first), on the frames the model gets."""
-        return on_model_frame(marker, original_size(self.originals, marker[0]), self.views[0].size)
+        return on_model_frame(marker, original_size(self.originals, marker[0]), self.views[int(marker[0])].size)
 
 
 def check_frames(paths, limits: UploadLimits = UploadLimits(), allowed_roots=None,

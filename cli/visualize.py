@@ -7,7 +7,9 @@ show the room upright; the PLY keeps the camera frame, as the package's point cl
 
 The frames PNG carries a legend naming what each colour is (reference vs predicted boxes, the reference box of a
 grounding query's object in its own colour, the predicted point, the marker of a reconstruction request, drawn as the
-model saw it), and says when the boxes are drawn on frame 0 only (frames without poses). Every text lies inside the
+model saw it), and says when the boxes are drawn on frame 0 only (frames without poses; with the camera VGGT's heads
+estimated, or an assumed one: `frame_zero_note`) and why a predicted point is drawn in no frame (`hidden_point_note`),
+in the words the commands print too. A sheet has no more columns than frames. Every text lies inside the
 picture it is drawn on: a box's label is moved into its frame, a legend line too long for the sheet is wrapped. A 3D
 file with nothing to show (no point cloud, no box, no point) is not written; `write_visualisations` says why.
 """
@@ -27,6 +29,7 @@ from gap_mllm.processing.scoring.box_iou import BOX_EDGES
 from gap_mllm.tasks_gap_mllm import CAPTIONING, Box3D
 
 from .example_reference import query_reference_box
+from .scenes import CAMERA_ESTIMATED
 
 PREDICTED = (230, 40, 40)
 REFERENCE = (40, 200, 80)
@@ -171,9 +174,11 @@ def _draw_point(draw: ImageDraw.ImageDraw, mark: tuple[str, float, float], width
 
 
 def contact_sheet(images: list[Image.Image], columns: int = 2, legend=None) -> Image.Image:
-    """The frames tiled into one image (for a single PNG per answer), with `legend` (`legend_entries`) in a
-    white strip below them, each entry's text wrapped to the sheet's width (`legend_lines`)."""
+    """The frames tiled into one image (for a single PNG per answer), at most `columns` a row and no more columns
+    than frames (one frame is a sheet one frame wide), with `legend` (`legend_entries`) in a white strip below them,
+    each entry's text wrapped to the sheet's width (`legend_lines`)."""
     width, height = images[0].size
+    columns = max(1, min(columns, len(images)))
     rows = -(-len(images) // columns)
     lines = legend_lines(legend, columns * width) if legend is not None else []
     strip = LEGEND_ROW_HEIGHT * len(lines) + 2 * LEGEND_PADDING if legend is not None else 0
@@ -190,6 +195,32 @@ LEGEND_TEXT_LEFT = LEGEND_PADDING + LEGEND_SWATCH + 6  # where an entry's text s
 NOTHING_DRAWN = "nothing to draw: the answer has no box or point"
 
 
+def hidden_point_note(scene, point) -> str | None:
+    """Why the predicted 3D `point` is drawn in no frame: it lies behind (or within `MIN_POINT_DEPTH` of) the camera
+    of every frame it could be drawn in (`point_marks`); None when a frame draws it (a ring, or a wedge on the edge of
+    a frame it lies beyond), or when there is no point. The legend and the commands' output say it in these words."""
+    if point is None or any(mark is not None for mark in point_marks(scene, point)):
+        return None
+    drawable = sum(_first_to_view(scene, index) is not None for index in range(len(scene.views)))
+    where = "the camera of every frame" if drawable > 1 else "frame 0's camera"
+    return (f"predicted 3D point [{', '.join(f'{v:.2f}' for v in point)}] is not drawn: it lies behind {where} "
+            f"(depth {float(point[2]):.2f} m in frame 0's camera, under {MIN_POINT_DEPTH} m)")
+
+
+def frame_zero_note(scene) -> str | None:
+    """Where boxes and the point are drawn when the frames have no known poses (`scene.cam_to_first` None, several
+    frames): on frame 0 only, and with which camera (the one VGGT's heads estimated, or an assumed one); None when
+    every frame is drawn. The legend and `gap-mllm predict`'s output say it in these words."""
+    if len(scene.views) < 2 or scene.cam_to_first is not None:
+        return None
+    if scene.camera == CAMERA_ESTIMATED:
+        return (f"boxes drawn on frame 0 (top left) only, of {len(scene.views)} frames, with the camera VGGT's heads "
+                "estimated for it: the other frames' estimated poses are in VGGT's normalised scale, not the boxes' "
+                "metres")
+    return (f"boxes drawn on frame 0 (top left) only, of {len(scene.views)} frames: the others have no known camera "
+            "pose")
+
+
 def legend_entries(scene, boxes, point=None, marker=None, task: str | None = None,
                    show_reference: bool = True, query_box=None) -> list[tuple[str, tuple[int, int, int] | None, str]]:
     """`(shape, colour, text)` for everything `frames_with_boxes` draws with these arguments; a `("note", None, text)`
@@ -202,14 +233,17 @@ def legend_entries(scene, boxes, point=None, marker=None, task: str | None = Non
     if len(_as_array(boxes)):
         text = "box to describe (input)" if task == CAPTIONING.name else "predicted boxes"
         entries.append(("box", PREDICTED, text))
-    if point is not None:
+    hidden = hidden_point_note(scene, point)
+    if hidden is not None:
+        entries.append(("note", None, hidden))
+    elif point is not None:
         entries.append(("circle", MARKER, "predicted 3D point (wedge: beyond the frame)"))
     if marker is not None:
         entries.append(("plus", MARKER_COLOR, f"marker: the pixel asked about (view {int(marker[0])})"))
     drawn = bool(len(_as_array(boxes))) or point is not None or (show_reference and bool(len(scene.reference_boxes)))
-    if drawn and len(scene.views) > 1 and scene.cam_to_first is None:
-        entries.append(("note", None, f"boxes drawn on frame 0 (top left) only, of {len(scene.views)} frames: the "
-                                      "others have no known camera pose"))
+    only_frame_zero = frame_zero_note(scene)
+    if drawn and only_frame_zero is not None:
+        entries.append(("note", None, only_frame_zero))
     return entries
 
 
@@ -370,11 +404,14 @@ def gate_heatmap(gates: list[np.ndarray], token_grids: list[tuple[int, int]], pa
 
 
 class SavedPictures(dict):
-    """`{kind: path}` of the files written, plus `skipped`: `{kind: reason}` for requested ones that were not."""
+    """`{kind: path}` of the files written, plus `skipped`: `{kind: reason}` for requested ones that were not, and
+    `notes`: what the picture's legend says of an answer it cannot draw (`hidden_point_note`), for the command's
+    output to say too."""
 
     def __init__(self):
         super().__init__()
         self.skipped: dict[str, str] = {}
+        self.notes: list[str] = []
 
 
 NOTHING_IN_3D = "no point cloud (uncalibrated frames) and no box or point in the answer: the 3D file would be empty"
@@ -403,6 +440,9 @@ def write_visualisations(scene, result, out_dir, formats=("png", "glb", "ply")) 
     if "png" in formats:
         written["frames"] = out_dir / "frames_with_boxes.png"
         answer_picture(scene, result).save(written["frames"])
+        hidden = hidden_point_note(scene, result.point)
+        if hidden is not None:
+            written.notes.append(hidden)
         gates = gate_heatmap(result.gates, result.token_grids, out_dir / "fusion_gates.png")
         if gates is not None:
             written["gates"] = gates

@@ -28,7 +28,7 @@ from gap_mllm.processing.scannet_layout import posed_images_dir
 from .generation import BatchGenerator
 from .grounding_identification import from_rows, has_scene_truth
 from .marker_metrics import marker_scores
-from .tasks import check_prompt_texts, get_task, gt_answer, headline_value, sample_id
+from .tasks import check_markers, check_prompt_texts, get_task, gt_answer, headline_value, sample_id
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class EvaluationSlice:
         check_prompt_texts(self.records, self.ids, path)  # before step 1, not at the first evaluation
         self.task.check_ground_truth(self.records, self.ids)
         self.media_root = posed_images_dir(data_root)
+        check_markers(self.task, self.records, self.ids, self.media_root)
         self.data_root = data_root
         # {name: figure set} of what the task logs besides its metrics, where this data holds what it needs
         self.figures = {name: TRAINING_FIGURES[name] for name in self.task.entry.training_figures

@@ -110,7 +110,9 @@ def flatten_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _format(value) -> str:
+def format_figure(value) -> str:
+    """A figure as the user reads it (summary.md's tables, `gap-mllm evaluate`'s line): a float to 4 decimals, "nan"
+    for NaN, anything else as written; the JSON files keep full precision."""
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
@@ -120,9 +122,9 @@ def markdown_table(summary: dict, title: str) -> str:
     """A two-column markdown table of the headline, then every numeric metric."""
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines.append(f"| **{summary['headline']['name']}** ({summary['headline']['description']}) | "
-                 f"**{_format(summary['headline']['value'])}** |")
+                 f"**{format_figure(summary['headline']['value'])}** |")
     for key, value in flatten_metrics(summary["metrics"]).items():
-        lines.append(f"| {key} | {_format(value)} |")
+        lines.append(f"| {key} | {format_figure(value)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -66,6 +66,7 @@ from .run_fingerprint import (
 )
 from .tasks import (
     check_batch_size,
+    check_markers,
     check_prompt_texts,
     check_records,
     check_sample_limit,
@@ -361,10 +362,11 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     ids = all_ids[: len(records)]
     check_records(records, ids, annotation_file)  # each an object with its frames (`"images": []` has none)
     task.check_ground_truth(records, ids)  # before any answer is generated (a missing detection `boxes`, ...)
-    if model_dir is not None:  # a model is never scored on scenes it trained on (processing/held_out.py)
+    media_root = posed_images_dir(data_dir)
+    if model_dir is not None:  # one line when a model is scored on scenes it trained on (processing/held_out.py)
         check_held_out(model_dir, data_dir, {record_scene_id(r) for r in records})
         check_prompt_texts(records, ids, annotation_file)  # no prompt may write chat turns (gap_mllm.tasks_gap_mllm)
-    media_root = posed_images_dir(data_dir)
+        check_markers(task, records, ids, media_root)  # a marked pixel inside its frame, before the model loads
     out_dir = Path(out_dir)
     rank, world, device, barrier = _process_state() if predictions_file is None else (0, 1, "cpu", lambda: None)
     out_dir.mkdir(parents=True, exist_ok=True)

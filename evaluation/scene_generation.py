@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 import torch
 
-from gap_mllm.processing.collator import sample_chat_text
+from gap_mllm.processing.collator import sample_chat_text, samples_named
 
 from .generation import BatchGenerator, Request, answer_rules
 
@@ -82,7 +82,9 @@ class SceneGenerator(BatchGenerator):
             self._scenes.move_to_end(key)
             return self._scenes[key]
         images, coords, prefix = key
-        inputs = self.processor(images=[list(request.images)], text=[prefix], point_prompts=[coords], return_tensors="pt")
+        with samples_named([request.sample]):
+            inputs = self.processor(images=[list(request.images)], text=[prefix], point_prompts=[coords],
+                                    return_tensors="pt")
         scene = self.model.encode_scene(**inputs.to(self.device))
         self.scenes_encoded += 1
         self._scenes[key] = scene

@@ -22,6 +22,7 @@ import importlib.util
 
 from gap_mllm.processing.errors import DataError, MissingDependency
 from gap_mllm.processing.record_schema import IMAGES, read_fields
+from gap_mllm.processing.scannet_layout import check_marked_pixel
 from gap_mllm.processing.tasks import PackageTask, package_task, package_task_names, package_tasks
 from gap_mllm.tasks_gap_mllm import DefaultBudget, PromptTextError, refuse_control_tokens, resolve_task
 
@@ -78,6 +79,17 @@ def check_records(records: list, ids: list[str], path) -> None:
             read_fields(record, (IMAGES,), sid)
         except DataError as error:
             raise DataError(str(error).removeprefix(f"sample {sid!r}: "), path=path, sample=sid) from None
+
+
+def check_markers(task, records: list, ids: list[str], media_root) -> None:
+    """DataError naming the sample and the frame for a record whose marked pixel (its first request's
+    `pixel_coords`, `(view, x, y)`) names no frame of the request or a pixel outside that upright frame, the pixels
+    the processor gets (processing/scannet_layout.py `check_marked_pixel`, as the builders check it). Run before a
+    model is loaded: the processor would refuse it mid-run, naming the batch's row rather than the sample."""
+    for record, sid in zip(records, ids, strict=True):
+        request = task.request(record, 0, [], media_root)
+        if request.pixel_coords is not None:
+            check_marked_pixel(media_root, request.images, request.pixel_coords, "'pixel_coords'", sid)
 
 
 def gt_answer(record: dict) -> str:

@@ -9,6 +9,10 @@ works with or without `trust_remote_code`.
 
 import importlib
 
+from . import moved_names
+
+moved_names.install()  # names that moved since 0.1.0 answer with their new home, for one release
+
 # exported class -> the module of this folder that defines it
 _EXPORTS = {
     "GapMllmConfig": "configuration_gap_mllm",
@@ -50,9 +54,11 @@ def register_auto_classes() -> None:
 
 
 def __getattr__(name: str):
-    """The exported classes, imported (and registered with the Auto* factories) on first use (PEP 562)."""
+    """The exported classes, imported (and registered with the Auto* factories) on first use (PEP 562); a module
+    that moved raises the error naming its new home (`moved_names`)."""
     if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        raise moved_names.moved_module_error(__name__, name) or AttributeError(
+            f"module {__name__!r} has no attribute {name!r}")
     register_auto_classes()
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)  # imported by the registration
     globals()[name] = value

@@ -426,6 +426,121 @@ def first_non_finite_tensor(state_dict) -> str | None:
     return min(broken)[1] if broken else None
 
 
+def refuse_unexpected_weights(unexpected_keys, source) -> None:
+    """ValueError naming the tensors of a checkpoint that the model built from its config.json has no place for
+    (`unexpected_keys` of the loading info, which transformers has already cleared of the keys the model's
+    `_keys_to_ignore_on_load_unexpected` lets it drop). transformers loads such a checkpoint with a report that says
+    they "can be ignored", and the model answers without them: a config.json edited to fewer layers than the
+    weights hold."""
+    groups = group_missing_keys(unexpected_keys)
+    if groups:
+        parts = "; ".join(f"{name}: {len(keys)} (e.g. {keys[0]})" for name, keys in groups.items())
+        raise ValueError(f"{source}: the weights hold {sum(map(len, groups.values()))} tensor(s) that the model "
+                         f"built from config.json has no place for ({parts}); the config does not belong to these "
+                         "weights (fewer layers than they hold?): restore the config.json saved with them")
+
+
+PROBE_TEXT_TOKENS = 4  # text tokens after the probe's image
+
+
+def probe_inputs(model) -> dict:
+    """The smallest forward input that runs every part of `model`: one view of `spatial_merge_size`² Qwen patches
+    (one image token) with its geometry image when the model fuses geometry, and a few text tokens; deterministic
+    values, drawn from a generator of their own (the global random state is untouched)."""
+    config, vision = model.config, model.config.vision_config
+    side = vision.spatial_merge_size
+    generator = torch.Generator().manual_seed(0)
+    patch_values = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
+    text = torch.arange(PROBE_TEXT_TOKENS) * 7919 % config.text_config.vocab_size  # spread over the vocabulary
+    ids = [config.vision_start_token_id, config.image_token_id, config.vision_end_token_id, *text.tolist()]
+    device = model.get_input_embeddings().weight.device
+    inputs = {"input_ids": torch.tensor([ids], device=device),
+              "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=device),
+              "mm_token_type_ids": torch.tensor([[int(i == config.image_token_id) for i in ids]], device=device),
+              "pixel_values": torch.randn(side * side, patch_values, generator=generator).to(device),
+              "image_grid_thw": torch.tensor([[1, side, side]], device=device)}
+    if model.uses_geometry:
+        pixels = side * model.config.geometry_config.patch_size
+        inputs["geometry_pixel_values"] = torch.rand(1, 3, pixels, pixels, generator=generator).to(device)
+    return inputs
+
+
+def first_non_finite_module(model, inputs) -> str | None:
+    """Name of the first module of `model` whose output holds a NaN or an infinity in a forward of `inputs`, in
+    the order modules return (the innermost first), or None."""
+    found = []
+
+    def record(name):
+        def hook(module, args, output):
+            tensors = ([output] if isinstance(output, torch.Tensor) else output if isinstance(output, (tuple, list))
+                       else output.values() if isinstance(output, dict) else [])
+            if not found and any(isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
+                                 for t in tensors):
+                found.append(name)
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            model(**inputs, logits_to_keep=1, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+# a weight past it squares to infinity in float32 (every norm of it, an RMSNorm's variance of an activation it scales):
+# a trained weight stays many orders of magnitude below
+WEIGHT_BOUND = 2.0**64
+
+
+def largest_weight(state_dict) -> tuple[str, float] | None:
+    """`(name, largest absolute value)` of the floating-point, non-meta tensor of `state_dict` holding the largest
+    absolute value (finite tensors: `first_non_finite_tensor` comes first), or None for no such tensor."""
+    names, extremes = {}, {}
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not tensor.is_meta and tensor.numel():
+            low, high = torch.aminmax(tensor.detach())
+            names.setdefault(tensor.device, []).append(name)
+            extremes.setdefault(tensor.device, []).append(torch.maximum(-low, high).float())
+    found = []
+    for device, values in extremes.items():
+        values = torch.stack(values)
+        index = int(values.argmax())  # the one synchronisation
+        found.append((float(values[index]), names[device][index]))
+    return (max(found)[1], max(found)[0]) if found else None
+
+
+def refuse_weights_that_compute_nan(model, source) -> None:
+    """ValueError for finite weights that compute NaN or infinities, which would answer nothing (every logit NaN)
+    without a word: a weight past `WEIGHT_BOUND` (a value near the float limit, weights scaled by 1e30) is named;
+    under it, one forward of a small probe input (`probe_inputs`: every part of the model runs, the logits of the
+    whole vocabulary are read) must be finite, else the first module whose output is not is named, with the largest
+    weight. A model with weights on the meta device (not loaded) or partitioned by DeepSpeed ZeRO-3 is not probed."""
+    state_dict = model.state_dict()
+    largest = largest_weight(state_dict)
+    if largest is not None and largest[1] > WEIGHT_BOUND:
+        raise ValueError(f"{source}: the weights hold a value too large to compute with ({largest[0]} holds "
+                         f"{largest[1]:.3g}; its square overflows, a trained weight stays far below 2**64 = "
+                         f"{WEIGHT_BOUND:.3g}); the checkpoint is damaged or was saved from a diverged run: load "
+                         "another one")
+    if any(tensor.is_meta for tensor in state_dict.values()) or is_deepspeed_zero3_enabled():
+        return  # not loaded here (offloaded, or partitioned over the ranks: a forward would gather them all)
+    inputs = probe_inputs(model)
+    rope_deltas = model.model.rope_deltas  # a forward keeps its prompt's M-RoPE offsets: not the probe's
+    try:
+        with torch.no_grad():
+            logits = model(**inputs, logits_to_keep=1, use_cache=False).logits
+        if bool(torch.isfinite(logits).all()):
+            return
+        name = first_non_finite_module(model, inputs) or "the logits"
+    finally:
+        model.model.rope_deltas = rope_deltas
+    raise ValueError(f"{source}: the weights are finite but compute NaN or infinite values on a probe input (first "
+                     f"in the output of {name}; the largest weight is {largest[0]}, {largest[1]:.3g}); the checkpoint "
+                     "is damaged or was saved from a diverged run: load another one")
+
+
 def load_checked(load, pretrained_model_name_or_path, *args, require_geometry_weights: bool = False,
                  allow_non_finite_weights: bool = False, warn_missing_weights: bool = True, **kwargs):
     """`load(pretrained_model_name_or_path, *args, **kwargs)` (`PreTrainedModel.from_pretrained`) with a report of
@@ -434,10 +549,15 @@ def load_checked(load, pretrained_model_name_or_path, *args, require_geometry_we
     Args:
         require_geometry_weights: raise instead of warning when the geometry encoder, mergers or
             fusion modules are missing from the checkpoint.
-        allow_non_finite_weights: load weights holding NaN or infinities (to inspect a diverged checkpoint);
-            by default such a checkpoint is a ValueError naming the first tensor that holds one.
+        allow_non_finite_weights: load weights holding NaN or infinities, or computing them (to inspect a diverged
+            checkpoint); by default such a checkpoint is a ValueError naming the first tensor that holds one
+            (`first_non_finite_tensor`), or the first module that computes one on a probe input
+            (`refuse_weights_that_compute_nan`).
         warn_missing_weights: warn about the missing GAP components (False: the caller reports them itself after
             loading more weights, as `from_qwen3_vl` does).
+
+    A checkpoint holding tensors the model built from its config.json has no place for is a ValueError naming them
+    (`refuse_unexpected_weights`).
 
     Returns:
         the model, or `(model, loading info)` with `output_loading_info=True`.
@@ -448,6 +568,9 @@ def load_checked(load, pretrained_model_name_or_path, *args, require_geometry_we
     if broken is not None:  # it would load and answer nothing (every box dropped), without a word
         raise ValueError(f"{pretrained_model_name_or_path}: the weights hold NaN or infinite values (first: "
                          f"{broken}); the checkpoint is damaged or was saved from a diverged run: load another one")
+    refuse_unexpected_weights(info["unexpected_keys"], pretrained_model_name_or_path)
+    if not allow_non_finite_weights:
+        refuse_weights_that_compute_nan(model, pretrained_model_name_or_path)
     groups = (report_missing_weights(info["missing_keys"], str(pretrained_model_name_or_path))
               if warn_missing_weights else group_missing_keys(info["missing_keys"]))
     model.missing_weight_groups = sorted(groups)

@@ -1,7 +1,7 @@
 """Image utilities of GAP-MLLM without torch or transformers: image files decoded upright (EXIF orientation),
-animated images refused, 8-bit RGB conversion of any PIL mode, the one-aspect-ratio rule of a scene's views, and the
-marker visual prompt drawn on a view. The processor reads views through it; the command line's early checks and the
-data builders use it before any model is loaded.
+animated images refused, 8-bit RGB conversion of any PIL mode, the alignment of a scene's views of different shapes
+(VGGT's "pad" loader), and the marker visual prompt drawn on a view. The processor reads views through it; the
+command line's early checks and the data builders use it before any model is loaded.
 """
 
 from __future__ import annotations
@@ -62,20 +62,50 @@ def _shape(size: tuple[int, int]) -> str:
     return "landscape" if width > height else "portrait" if width < height else "square"
 
 
-def check_one_aspect_ratio(sizes, names) -> None:
-    """ValueError naming the first frame (of `sizes`, `(width, height)` each, named by `names`) whose aspect ratio
-    differs from the first frame's by more than `ASPECT_RATIO_TOLERANCE`; frame sizes themselves may differ."""
+VGGT_PAD_SIZE, VGGT_PAD_MULTIPLE = 518, 14  # VGGT's `load_and_preprocess_images(mode="pad")`: its square, its patch
+
+
+def one_aspect_ratio(sizes) -> bool:
+    """Whether frames of `sizes` (`(width, height)` each) share the first one's aspect ratio (`ASPECT_RATIO_TOLERANCE`)."""
+    return all(abs((w * sizes[0][1]) / (h * sizes[0][0]) - 1) <= ASPECT_RATIO_TOLERANCE for w, h in sizes)
+
+
+def vggt_pad_boxes(sizes, names) -> list[tuple[int, int, int, int]] | None:
+    """Where each frame (of `sizes`, `(width, height)` each, named by `names`) lies in the white 518×518 square of
+    VGGT's reference loader in "pad" mode, `(left, top, width, height)`: its longer side made 518, the other
+    `round(side·518/longer / 14)·14`, centred (`(518 − width) // 2` left, `(518 − height) // 2` top; a 256x300 photo →
+    (35, 0, 448, 518), a 640x480 one → (0, 63, 518, 392)). None when the frames share one aspect ratio (within
+    `ASPECT_RATIO_TOLERANCE`: they are resized to one size instead). ValueError naming the first frame too thin to
+    align (its shorter side rounds to no pixels: an aspect ratio of 74 or more, a 1x4000 strip)."""
     sizes, names = list(sizes), list(names)
-    if not sizes:
-        return
-    first_width, first_height = sizes[0]
-    for size, name in zip(sizes[1:], names[1:]):
-        width, height = size
-        if abs((width * first_height) / (height * first_width) - 1) > ASPECT_RATIO_TOLERANCE:
-            raise ValueError(
-                f"{name} is {width}x{height} ({_shape(size)}) but {names[0]} is {first_width}x{first_height} "
-                f"({_shape(sizes[0])}): the frames of one scene must share one aspect ratio (resized to one size, "
-                "they would be stretched); crop or turn them to one shape, or leave this frame out")
+    if one_aspect_ratio(sizes):
+        return None
+    boxes = []
+    for (width, height), name in zip(sizes, names):
+        scale = VGGT_PAD_SIZE / max(width, height)
+        short = round(min(width, height) * scale / VGGT_PAD_MULTIPLE) * VGGT_PAD_MULTIPLE  # the loader's own rounding
+        if short == 0:
+            raise ValueError(f"{name} is {width}x{height} ({_shape((width, height))}): too thin to align with frames of "
+                             f"another shape (padded to VGGT's {VGGT_PAD_SIZE}x{VGGT_PAD_SIZE} square, its shorter side "
+                             "would keep no pixel); crop it or leave this frame out")
+        box_width, box_height = (VGGT_PAD_SIZE, short) if width >= height else (short, VGGT_PAD_SIZE)
+        boxes.append(((VGGT_PAD_SIZE - box_width) // 2, (VGGT_PAD_SIZE - box_height) // 2, box_width, box_height))
+    return boxes
+
+
+def pad_to_vggt_square(image: PIL.Image.Image, box: tuple[int, int, int, int]) -> PIL.Image.Image:
+    """`image` resized (bicubic) into `box` of a white 518×518 RGB square (`vggt_pad_boxes`), as VGGT's loader pads."""
+    square = PIL.Image.new("RGB", (VGGT_PAD_SIZE, VGGT_PAD_SIZE), (255, 255, 255))
+    square.paste(image.resize(box[2:], PIL.Image.Resampling.BICUBIC), box[:2])
+    return square
+
+
+def alignment_note(sizes) -> str:
+    """The one line that says frames of different shapes were padded (`vggt_pad_boxes`)."""
+    shapes = ", ".join(sorted({f"{w}x{h}" for w, h in sizes}))
+    return (f"frames of different shapes ({shapes}): each is scaled to {VGGT_PAD_SIZE} px on its longer side and "
+            f"padded with white to {VGGT_PAD_SIZE}x{VGGT_PAD_SIZE}, as VGGT's reference loader does (mode 'pad'); "
+            "the model sees the white bars too")
 
 
 # ------------------------------------------------------------------------------------- 8-bit RGB

@@ -973,8 +973,10 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
             loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         else:
             loaded = checks.load_checked(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
-        # loading materialises fresh parameters (all trainable): restore the default frozen parts
-        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_freezing_policy()
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.apply_freezing_policy()  # loading materialises fresh parameters (all trainable): the default frozen parts
+        if "Qwen3VLForConditionalGeneration" in (model.config.architectures or []):  # a stock Qwen3-VL checkpoint:
+            model.config.text_config._name_or_path = str(pretrained_model_name_or_path)  # saved as the weights' source
         return loaded
 
     @classmethod

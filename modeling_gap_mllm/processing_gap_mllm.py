@@ -27,26 +27,11 @@ from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.utils import logging
 
 from .configuration_gap_mllm import PROCESSOR_GEOMETRY_INPUT_NAMES, installed_package_module
-from .image_utils_gap_mllm import (
-    _composite_rgba_on_white,
-    apply_point_prompt,
-    check_one_aspect_ratio,
-    pil_to_rgb,
-    read_image_file,
-)
-from .tasks_gap_mllm import (
-    CHAT_MARKER,
-    DetectionResult,
-    FrameSelectionResult,
-    GroundingResult,
-    PointmapResult,
-    TaskSpec,
-    drop_negative_token_ids,
-    refuse_control_tokens,
-    refuse_invalid_unicode,
-    render_chat_prompt,
-    resolve_task,
-)
+from .image_utils_gap_mllm import (_composite_rgba_on_white, alignment_note, apply_point_prompt, pad_to_vggt_square,
+                                   pil_to_rgb, read_image_file, vggt_pad_boxes)
+from .tasks_gap_mllm import (CHAT_MARKER, DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, TaskSpec,
+                             budget_cut_reason, drop_negative_token_ids, refuse_control_tokens, refuse_invalid_unicode,
+                             render_chat_prompt, resolve_task)
 
 # ------------------------------------------------------------------------------------ sizes and resizes
 
@@ -58,25 +43,16 @@ VGGT_TARGET_WIDTH = 518  # VGGT's training width (37 patches of 14 px)
 JPEG_QUALITY = 75  # PIL's default JPEG quality, used by the official inference base64 round trip
 
 
-def smart_resize(
-    height: int,
-    width: int,
-    factor: int = QWEN_FACTOR,
-    min_pixels: int = 56 * 56,
-    max_pixels: int = 14 * 14 * 4 * 1280,
-) -> tuple[int, int]:
+def smart_resize(height: int, width: int, factor: int = QWEN_FACTOR, min_pixels: int = 56 * 56,
+                 max_pixels: int = 14 * 14 * 4 * 1280) -> tuple[int, int]:
     """Qwen's resize rule (transformers' `smart_resize`, as the image processor calls it): the (h̄, w̄) closest to
     (height, width), multiples of `factor`, with `min_pixels <= h̄·w̄ <= max_pixels`, aspect ratio kept."""
     h_bar, w_bar = qwen_smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return int(h_bar), int(w_bar)
 
 
-def geometry_size_for_qwen_size(
-    qwen_height: int,
-    qwen_width: int,
-    qwen_patch_size: int = QWEN_PATCH_SIZE,
-    geometry_patch_size: int = VGGT_PATCH_SIZE,
-) -> tuple[int, int]:
+def geometry_size_for_qwen_size(qwen_height: int, qwen_width: int, qwen_patch_size: int = QWEN_PATCH_SIZE,
+                                geometry_patch_size: int = VGGT_PATCH_SIZE) -> tuple[int, int]:
     """VGGT input size `(14·h̄/16, 14·w̄/16)` whose 14-px patch grid equals Qwen's 16-px grid (416×544 → 364×476).
     ValueError when the Qwen size is not a multiple of `qwen_patch_size`."""
     if qwen_height % qwen_patch_size or qwen_width % qwen_patch_size:
@@ -320,7 +296,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
     input, paints the marker visual prompt and parses task answers.
 
         inputs = processor(images=[view_0, view_1], task="grounding", query="the chair", return_tensors="pt")
-        out = model.generate(**inputs, **processor.generation_kwargs("grounding", inputs))
+        out = model.generate(**inputs, **processor.generation_kwargs("grounding", inputs, constrained=True))
         result = processor.post_process(out, task="grounding", input_ids=inputs["input_ids"])[0]
 
     Every view gets h_p·w_p/4 `<|image_pad|>` tokens and a VGGT input whose 14-px patch grid is (h_p, w_p), so the 2×2
@@ -333,6 +309,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
       float [0, 1] tensor (`resize_bicubic_antialias`); VGGT a bilinear resize of the 392×518 image (→ 364×476).
     - "official_training": `vggt_crop_preprocess`; Qwen gets its top-left crop to multiples of 32 (→ 384×512) with
       limits 12,544 / 451,584 (192 tokens); VGGT a bilinear resize of the whole 392×518 image (→ 336×448).
+
+    The views of one sample share one size: of one aspect ratio, they are resized to the first one's; of different
+    shapes, each is first padded into the white 518×518 square of VGGT's "pad" loader (`vggt_pad_boxes`), one note.
 
     User text (`query=`, a free `text=` without chat markup) may hold no added token of the tokenizer (`<|im_end|>`,
     `<|vision_end|>`, ...) and must be valid Unicode, else a ValueError names it; a `text=` with chat markup
@@ -368,15 +347,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
     # ------------------------------------------------------------------------------ construction
 
     @classmethod
-    def from_tokenizer(
-        cls,
-        tokenizer,
-        min_pixels: int = DEFAULT_MIN_PIXELS,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        preprocessing_mode: str = "grid",
-        chat_template: str | None = None,
-        **image_processor_kwargs,
-    ) -> GapMllmProcessor:
+    def from_tokenizer(cls, tokenizer, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       preprocessing_mode: str = "grid", chat_template: str | None = None,
+                       **image_processor_kwargs) -> GapMllmProcessor:
         """The processor around `tokenizer` with a new Pil image processor: patch 16, temporal patch 2, merge 2, the
         given pixel limits and mean = std = 0.5 (`image_mean=` / `image_std=` in `image_processor_kwargs` override)."""
         image_processor_kwargs.setdefault("image_mean", list(QWEN3_VL_IMAGE_MEAN))
@@ -512,18 +485,17 @@ class GapMllmProcessor(Qwen3VLProcessor):
             raise ValueError(f"sample {sample_idx} has no views; pass images=None for text-only input")
         names = [f"sample {sample_idx}, view {j}" for j in range(len(views))]
         loaded = [load_image(view, name=name) for view, name in zip(views, names)]
-        check_one_aspect_ratio([view.size for view in loaded], names)  # resized to one size, they must not stretch
-        # The marker goes into the ORIGINAL pixel grid of its view, before any resizing.
+        boxes = vggt_pad_boxes([view.size for view in loaded], names)  # resized to one size, they would stretch
+        # The marker goes into the ORIGINAL pixel grid of its view, before any resizing or padding: it moves with it.
         loaded = apply_point_prompt(loaded, point_prompt, name=f"point prompt of sample {sample_idx}")
-        height, width = loaded[0].height, loaded[0].width
-        for j, view in enumerate(loaded):
-            if (view.height, view.width) != (height, width):
-                # VGGT attends across a sample's frames, so they share one size
-                logger.warning(
-                    f"sample {sample_idx}, view {j}: size {view.height}x{view.width} differs from view 0 "
-                    f"({height}x{width}); resizing it to {height}x{width}"
-                )
-                loaded[j] = resize_bicubic(view, height, width)
+        if boxes is not None:
+            logger.warning_once(f"sample {sample_idx}: {alignment_note([view.size for view in loaded])}")
+            return [pad_to_vggt_square(view, box) for view, box in zip(loaded, boxes)]
+        for j, view in enumerate(loaded):  # VGGT attends across a sample's frames, so they share one size
+            if view.size != loaded[0].size:
+                logger.warning(f"sample {sample_idx}, view {j}: size {view.height}x{view.width} differs from view 0 "
+                               f"({loaded[0].height}x{loaded[0].width}); resizing it to {loaded[0].height}x{loaded[0].width}")
+                loaded[j] = resize_bicubic(view, loaded[0].height, loaded[0].width)
         return loaded
 
     def chat_prompt(self, segments, answer: str | None = None) -> str:
@@ -732,12 +704,15 @@ class GapMllmProcessor(Qwen3VLProcessor):
         Returns:
             one decoded string per row (`skip_special_tokens=True`).
         """
-        if hasattr(generated, "sequences"):
-            generated = generated.sequences
-        if isinstance(generated, str):
-            return [generated]
-        if isinstance(generated, (list, tuple)) and all(isinstance(g, str) for g in generated):
-            return list(generated)
+        rows = self._new_token_rows(generated, input_ids)
+        if rows is None:
+            return [generated] if isinstance(generated, str) else list(generated)
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _new_token_rows(self, generated, input_ids=None) -> list[list[int]] | None:  # None: `generated` is text
+        generated = generated.sequences if hasattr(generated, "sequences") else generated
+        if isinstance(generated, str) or isinstance(generated, (list, tuple)) and all(isinstance(g, str) for g in generated):
+            return None
         rows = self._rows(generated, "generated")
         if input_ids is not None:
             lengths = [len(r) for r in self._rows(input_ids, "input_ids")]
@@ -750,7 +725,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
         checks = installed_package_module("checks", __name__)
         if checks is not None:
             checks.check_token_ids_in_vocabulary(rows, len(self.tokenizer))
-        return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return rows
 
     @staticmethod
     def _rows(ids, name: str = "generated") -> list[list[int]]:
@@ -766,13 +741,16 @@ class GapMllmProcessor(Qwen3VLProcessor):
         flat = len(ids) == 0 or not isinstance(plain(ids[0]), (list, tuple))
         return [[int(plain(v)) for v in row] for row in ([ids] if flat else [plain(row) for row in ids])]
 
-    def post_process(self, generated, task, input_ids=None, **options) -> list:
-        """Typed results of generated answers, one per row (the task's parser).
+    def post_process(self, generated, task, input_ids=None, max_new_tokens: int | None = None,
+                     constrained: bool = False, **options) -> list:
+        """Typed results of generated answers, one per row (the task's parser); an answer of tokens that its budget
+        ended says so in its `reason` (`budget_cut_reason`, as `gap-mllm predict` says it).
 
         Args:
             generated: what `decode_generated` accepts (generate output, token ids, or texts).
             task: the task name (or `TaskSpec`) the prompt asked.
             input_ids: the prompt ids given to `generate` (stripped from the front of each row).
+            max_new_tokens, constrained: those given to `generation_kwargs` (a list the grammar closed for the budget).
             **options: the task's `parse_options`, one value or one per row (e.g. `num_frames`, which clamps a
                 frame index to `[0, num_frames − 1]`).
 
@@ -790,7 +768,11 @@ class GapMllmProcessor(Qwen3VLProcessor):
             per_row[name] = list(value) if isinstance(value, (list, tuple)) else [value] * len(texts)
             if len(per_row[name]) != len(texts):
                 raise ValueError(f"{name} has {len(per_row[name])} entries for {len(texts)} answers")
-        return [spec.parse(text, **{name: values[i] for name, values in per_row.items()}) for i, text in enumerate(texts)]
+        results = [spec.parse(text, **{name: values[i] for name, values in per_row.items()}) for i, text in enumerate(texts)]
+        for result, row in zip(results, self._new_token_rows(generated, input_ids) or []):
+            cut = budget_cut_reason(spec, self.tokenizer, row, max_new_tokens, constrained)
+            result.reason = "; ".join(filter(None, (result.reason, cut))) or None
+        return results
 
     def generation_kwargs(self, task, inputs, max_new_tokens: int | None = None, constrained: bool = False) -> dict:
         """`generate` arguments for `task`: greedy decoding, the task's token budget (or `max_new_tokens`)
@@ -829,10 +811,4 @@ class GapMllmProcessor(Qwen3VLProcessor):
 GapMllmProcessor.register_for_auto_class("AutoProcessor")
 
 
-__all__ = [
-    "OFFICIAL_PIXEL_LIMITS",
-    "PREPROCESSING_MODES",
-    "QWEN3_VL_IMAGE_MEAN",
-    "QWEN3_VL_IMAGE_STD",
-    "GapMllmProcessor",
-]
+__all__ = ["OFFICIAL_PIXEL_LIMITS", "PREPROCESSING_MODES", "QWEN3_VL_IMAGE_MEAN", "QWEN3_VL_IMAGE_STD", "GapMllmProcessor"]

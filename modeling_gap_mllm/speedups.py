@@ -378,7 +378,7 @@ def encode_images(
             pixel_values, image_grid_thw, views, geometry_pixel_values, geometry_features
         )
     else:
-        image_outputs = model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        image_outputs = model.model.get_vision_features(pixel_values, image_grid_thw)
     vision = model.config.vision_config
     embeddings = concatenate_levels(tuple(image_outputs.pooler_output), list(image_outputs.deepstack_features))
     return GapMllmImageEmbeddings(

@@ -803,13 +803,14 @@ ENGINE_MODULE = "llguidance"
 ENGINE_REQUIREMENT = "llguidance==1.9.1"
 
 
-def engine_missing() -> str | None:
-    """None when llguidance is installed (looked up, not imported), else one line saying how to install it."""
+def engine_missing(free_switch: str = "constrained=False in processor.generation_kwargs") -> str | None:
+    """None when llguidance is installed (looked up, not imported), else one line saying how to install it, or to
+    decode freely with `free_switch` (Python's argument by default; the command line gives its own flags)."""
     import importlib.util
     if importlib.util.find_spec(ENGINE_MODULE) is not None:
         return None
     return (f"constrained decoding needs {ENGINE_MODULE}, which is not installed: pip install '{ENGINE_REQUIREMENT}' "
-            "(a plain pip install -e . brings it), or decode freely (--free; evaluate: leave out --constrained)")
+            f"(a plain pip install -e . brings it), or decode freely ({free_switch})")
 
 
 def literal(text: str) -> str:
@@ -1489,17 +1490,38 @@ def resolve_task(task: str | TaskSpec) -> TaskSpec:
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_NAMES)}")
 
 
+SHIPPED_TASK_NAMES = frozenset({*TASKS, *DEPRECATED_TASK_NAMES})  # the shipped tasks' names and aliases
+
+
+def task_name_problem(name) -> str | None:
+    """None for a task name (it names files and lmms-eval tasks: one ASCII word of letters, digits and `_`, not
+    starting with a digit), else why not."""
+    if isinstance(name, str) and name.isascii() and name.isidentifier():
+        return None
+    return f"{name!r} is not a task name: one word of ASCII letters, digits and '_', not starting with a digit"
+
+
 def register_task(spec: TaskSpec) -> TaskSpec:
     """Add a task of your own to the registry: `TASKS`, `TASK_NAMES` and its aliases in `DEPRECATED_TASK_NAMES`
     (`unregister_task` removes it); returns it.
 
     Raises:
-        ValueError: its name or an alias is a name of the registry already.
+        ValueError: its name or an alias is not a word (`task_name_problem`) or is a name of the registry already,
+            or its answer grammar (an `EntryList`'s too) does not compile in llguidance (when installed).
     """
     global TASK_NAMES
     taken = sorted({spec.name, *spec.aliases} & {*TASKS, *DEPRECATED_TASK_NAMES})
-    if taken:
-        raise ValueError(f"task name(s) {', '.join(taken)} of {spec.name!r} are in the registry already")
+    problems = [*map(task_name_problem, (spec.name, *spec.aliases)), taken and f"name(s) {', '.join(taken)} are taken"]
+    engine = _grammar_engine()
+    try:  # the caller's grammar functions, compiled as `GrammarLogitsProcessor` compiles them
+        grammars = [spec.grammar_for(num_views=1), *(spec.entry_list.grammar(n) for n in (None, 1) if spec.entry_list)]
+        problems += [f"its answer grammar does not compile in llguidance: {message}" for message in
+                     (engine.LLMatcher.validate_grammar(engine.grammar_from("grammar", text)) for text in grammars
+                      if engine) if message]
+    except Exception as error:
+        problems.append(f"its answer grammar is refused: {type(error).__name__}: {error}")
+    if any(problems):
+        raise ValueError(f"task {spec.name!r}: {next(filter(None, problems))}")
     TASKS[spec.name] = spec
     DEPRECATED_TASK_NAMES.update(dict.fromkeys(spec.aliases, spec.name))
     TASK_NAMES = tuple(TASKS)
@@ -1507,8 +1529,11 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 
 def unregister_task(name: str) -> None:
-    """Remove a task added with `register_task`, and its aliases (KeyError when there is no task of that name)."""
+    """Remove a task added with `register_task`, and its aliases (KeyError when there is no task of that name,
+    ValueError for a shipped task)."""
     global TASK_NAMES
+    if name in SHIPPED_TASK_NAMES:
+        raise ValueError(f"task {name!r} is a shipped task: only a task added with register_task can be removed")
     for alias in TASKS.pop(name).aliases:
         DEPRECATED_TASK_NAMES.pop(alias, None)
     TASK_NAMES = tuple(TASKS)
@@ -1554,6 +1579,20 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def budget_cut_reason(spec, tokenizer, new_ids: list[int], budget=None, constrained=False) -> str | None:
+    """Why the token `budget` ended the answer `new_ids` (one row's new tokens), else None: not whole and ended by no
+    stop token (`budget` None: read from the tokens alone), or a list the grammar (`constrained`) closed for it."""
+    stops = set(stop_token_ids(tokenizer))
+    length = next((k + 1 for k, token in enumerate(new_ids) if token in stops), None)  # padding after it: not counted
+    if length is None and len(new_ids) >= (budget or 0) and not answer_complete(
+            tokenizer.decode(new_ids, skip_special_tokens=True), spec.answer_end):
+        return "the answer was cut at its token budget" + (f" of {budget}" if budget else "")
+    reserve = spec.entry_list.reserve if constrained and budget and spec.entry_list is not None else None
+    return None if reserve is None or (length or len(new_ids)) <= budget - reserve else (
+        f"the grammar closed the list for the token budget of {budget} (it keeps the last {reserve} tokens to close "
+        "it), so the answer may lack entries")
+
+
 def _engine(tokenizer, vocab_size: int) -> tuple:
     """`(llguidance tokenizer, {grammar text: compiled matcher}, stop ids, {character: writable})` of `tokenizer` at
     width `vocab_size`, made once (about a second at Qwen's vocabulary)."""
@@ -1592,15 +1631,18 @@ def grammar_matcher(tokenizer, vocab_size: int, grammar: str):
     """
     engine_tokenizer, compiled, _, _ = _engine(tokenizer, vocab_size)
     if grammar not in compiled:
-        missing = unwritable_character(tokenizer, vocab_size, grammar)
+        engine = require_grammar_engine()
+        try:
+            matcher = engine.LLMatcher(engine_tokenizer, engine.grammar_from("grammar", grammar), log_level=0)
+        except ValueError as error:  # GBNF that does not convert to llguidance's Lark
+            raise ValueError(f"the answer grammar does not compile in llguidance: {error}") from error
+        if matcher.is_error():
+            raise ValueError(f"the answer grammar does not compile in llguidance: {matcher.get_error()}")
+        missing = unwritable_character(tokenizer, vocab_size, grammar)  # after: it reads a grammar that parses
         if missing is not None:
             raise ValueError(f"the answer grammar cannot be applied with this tokenizer: it has no token for "
                              f"{missing!r}, which the grammar's answers write; constrained decoding needs the model's "
                              "own tokenizer, or decode freely (constrained=False; gap-mllm: --free)")
-        engine = require_grammar_engine()
-        matcher = engine.LLMatcher(engine_tokenizer, engine.grammar_from("grammar", grammar), log_level=0)
-        if matcher.is_error():
-            raise ValueError(f"the answer grammar does not compile in llguidance: {matcher.get_error()}")
         compiled[grammar] = matcher
     return compiled[grammar].deep_copy()
 
@@ -1788,23 +1830,7 @@ class AnswerEndCriteria:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-__all__ = [
-    "TASKS",
-    "TASK_NAMES",
-    "AnswerEndCriteria",
-    "Box3D",
-    "CaptionResult",
-    "DetectionResult",
-    "FrameSelectionResult",
-    "GrammarLogitsProcessor",
-    "GroundingResult",
-    "PointmapResult",
-    "PromptTextError",
-    "SpatialAnswerResult",
-    "TaskSpec",
-    "refuse_control_tokens",
-    "register_task",
-    "render_chat_prompt",
-    "resolve_task",
-    "unregister_task",
-]
+__all__ = ["TASKS", "TASK_NAMES", "AnswerEndCriteria", "Box3D", "CaptionResult", "DetectionResult",
+           "FrameSelectionResult", "GrammarLogitsProcessor", "GroundingResult", "PointmapResult", "PromptTextError",
+           "SpatialAnswerResult", "TaskSpec", "refuse_control_tokens", "register_task", "render_chat_prompt",
+           "resolve_task", "unregister_task"]

@@ -8,7 +8,9 @@ Modules (import what you need; `datasets` is only imported by the builder module
                       axis alignment)
     annotation_files  official annotation file names per task and split; a human turn's views and query
     box_angles        the orientations of a model's training boxes (its folder's box_angles.json), the check of a
-                      box against them, and the angles of a box given by centre and size alone
+                      box against them, and the angles of a box given by centre and size alone (its cameras' tilt)
+    model_lineage     where a model folder's weights come from (its training record and config): a card's lineage
+    held_out          the SynthRooms scenes a model trained on, and the warning when it is scored on them
     builders          `datasets.GeneratorBasedBuilder`s, one per task module of `tasks` (a task run in stages: one
                       per stage), named `<Task>Builder` (ReconstructionBuilder, DetectionBuilder,
                       GroundingStage1Builder, ...; `builder_for_task`), with the features and fields its module

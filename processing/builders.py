@@ -26,10 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import PIL.Image
 
 from gap_mllm.files import NotARegularFile, read_regular_text
-from gap_mllm.image_utils_gap_mllm import check_marker_inside, displayed_size
 from gap_mllm.tasks_gap_mllm import (
     IMAGE_PLACEHOLDER,
     PromptTextError,
@@ -220,17 +218,6 @@ class MultiViewBuilder(datasets.GeneratorBasedBuilder):
         example.update(self.task_fields(record, answer, len(images), key))
         check_fits_features(example, self.info.features, key)  # before Arrow, which would name neither sample nor field
         return example
-
-    def check_pixel(self, image: str, x: int, y: int, name: str, key: str) -> None:
-        """DataError naming the frame and the sample when the pixel `(x, y)` (`name` in the message) lies outside
-        the upright frame `image` (a path of the record)."""
-        image_path = media_path(self.media_root, image, key)
-        with PIL.Image.open(image_path) as frame:  # header only; the frame was fully decoded by read_views
-            width, height = displayed_size(frame)  # the pixels of the upright frame, as every reader gives it
-            try:
-                check_marker_inside(x, y, width, height, name)
-            except ValueError as err:
-                raise DataError(str(err), path=image_path, sample=key) from err
 
     @classmethod
     def task_features(cls, class_names) -> dict:

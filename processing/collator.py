@@ -26,6 +26,9 @@ so a sample's positions are fewer than its tokens, and its tokens size its memor
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -73,6 +76,26 @@ def _find_last(row: list[int], pattern: list[int]) -> int:
     return -1
 
 
+# the processor names a view by its sample's position in the call: "sample 0, view 2: image file not found: ..."
+_PROCESSOR_VIEW_ERROR = re.compile(r"^sample (\d+), (view \d+.*)$", re.S)
+
+
+@contextmanager
+def samples_named(sample_ids: list):
+    """Within the block, an error of the processor about a view of the samples `sample_ids` (in the order they were
+    given to it), which names the sample by its position in the call ("sample 0, view 2"), is a `DataError` naming it
+    by its id: a frame deleted or damaged after the data was checked (a batch of an evaluation, its stored scenes).
+    A sample without an id keeps its position."""
+    try:
+        yield
+    except (ValueError, OSError) as error:  # FileNotFoundError: a missing frame; ValueError: one PIL cannot read
+        found = None if isinstance(error, DataError) else _PROCESSOR_VIEW_ERROR.match(str(error))
+        position = int(found.group(1)) if found else None
+        if position is None or position >= len(sample_ids) or sample_ids[position] is None:
+            raise
+        raise DataError(found.group(2), sample=sample_ids[position]) from error
+
+
 class GapMllmDataCollator:
     """Collate builder examples for the model.
 
@@ -105,7 +128,9 @@ class GapMllmDataCollator:
             images.append(views)
             coords = example.get("pixel_coords") if self.marker else None
             point_prompts.append(tuple(int(v) for v in coords) if coords is not None else None)
-        batch = self.processor(images=images, text=texts, point_prompts=point_prompts, return_tensors="pt", **self.processor_kwargs)
+        with samples_named([example.get("id") for example in examples]):
+            batch = self.processor(images=images, text=texts, point_prompts=point_prompts, return_tensors="pt",
+                                   **self.processor_kwargs)
         if self.max_tokens is not None:
             self._check_lengths(batch["attention_mask"], examples)
         if self.train:

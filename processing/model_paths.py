@@ -18,18 +18,21 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from .path_containment import resolve_path
+
 HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name, the form a Hub model id takes
 
 
 def missing_local_folder(name: str) -> Path | None:
     """The absolute path `name` stands for when it means a local folder that does not exist; None when it is an
-    existing folder or file, or can only be a Hub repo id."""
+    existing folder or file, or can only be a Hub repo id. A symbolic link loop on the way raises `OSError` (errno
+    ELOOP) naming the path."""
     path = Path(name).expanduser()
     if path.exists():
         return None
     looks_local = (not HUB_REPO_ID.match(name) or name.startswith((".", "~", "/"))
                    or path.parent.is_dir() and path.parent != Path("."))
-    return path.resolve() if looks_local else None
+    return resolve_path(path) if looks_local else None
 
 
 SMALL_CHECKPOINT_BYTES = 256 * 2**20

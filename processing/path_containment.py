@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
+
+LINK_LOOP = "a symbolic link loop (following its links leads back to itself)"
+# Python before 3.13: `Path.resolve` raises RuntimeError("Symlink loop from '<path>'")
+_PATHLIB_LOOP = re.compile(r"^Symlink loop from (['\"])(.*)\1$", re.S)
 
 
 def resolve_path(path) -> Path:
@@ -38,7 +43,16 @@ def broken_link(path) -> str | None:
         return None
     except OSError as error:
         if error.errno == errno.ELOOP:
-            return "a symbolic link loop (following its links leads back to itself)"
+            return LINK_LOOP
         if error.errno != errno.ENOENT or not os.path.islink(path):
             return None
     return f"a symbolic link to {os.readlink(path)}, which does not exist"
+
+
+def link_loop_of(error: BaseException) -> str | None:
+    """The path whose symbolic links loop, when `error` says that it does (an `OSError` of errno ELOOP, or the
+    RuntimeError that `Path.resolve` raises before Python 3.13); None for any other error, or one naming no path."""
+    if isinstance(error, OSError) and error.errno == errno.ELOOP and error.filename is not None:
+        return os.fsdecode(error.filename)
+    found = _PATHLIB_LOOP.match(str(error)) if type(error) is RuntimeError else None
+    return found.group(2) if found else None

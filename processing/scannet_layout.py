@@ -34,7 +34,7 @@ import numpy as np
 import PIL.Image
 
 from gap_mllm.files import kind_of
-from gap_mllm.image_utils_gap_mllm import pil_to_rgb, read_image_file
+from gap_mllm.image_utils_gap_mllm import check_marker_inside, displayed_size, pil_to_rgb, read_image_file
 
 from .coordinates import check_rigid, intrinsics_3x3
 from .errors import DataError
@@ -113,6 +113,25 @@ def read_color(path) -> PIL.Image.Image:
         raise DataError(f"refused as a possible decompression bomb ({err})", path=path) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"cannot decode colour image ({err})", path=path) from err
+
+
+def check_marked_pixel(media_root, images, coords, name: str, sample=None) -> None:
+    """`DataError` naming the sample (and the frame) when the marker `coords` `(view, x, y)` (`name` in the message)
+    names no frame of `images` (a record's paths under `media_root`) or a pixel outside the upright frame it names:
+    the pixels of the frame the processor gets (its header is read, not its pixels)."""
+    view, x, y = (int(value) for value in coords)
+    if not 0 <= view < len(images):
+        raise DataError(f"{name} view {view} out of range for {len(images)} image(s)", sample=sample)
+    path = existing_file(media_path(media_root, images[view], sample), "colour image")
+    try:
+        with PIL.Image.open(path) as frame:
+            width, height = displayed_size(frame)  # the pixels of the upright frame, as every reader gives it
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot read colour image ({err})", path=path, sample=sample) from err
+    try:
+        check_marker_inside(x, y, width, height, name)
+    except ValueError as err:
+        raise DataError(str(err), path=path, sample=sample) from err
 
 
 # PIL modes of a single-channel 16-bit image (PNG depth maps open as "I;16"; older Pillow gave "I")

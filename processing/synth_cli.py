@@ -100,7 +100,20 @@ def main(args) -> int:
                                     overwrite=args.overwrite, workers=args.workers,
                                     progress=lambda scene_id: (bar.set_postfix_str(scene_id), bar.update(1)))
     print(json.dumps(info["records"], indent=1))
+    print(written_line(args.out, splits))
     return 0
+
+
+def written_line(out, splits: dict[str, int]) -> str:
+    """The run's last line, as the other commands end theirs: what was written where (the samples of each split and
+    task are the JSON block above it), and the commands that read it next: `evaluate` on its held-out split (test,
+    else val; none for a train split alone) and `train`."""
+    scenes = ", ".join(f"{split} {count}" for split, count in splits.items() if count)
+    held_out = next((split for split in ("test", "val") if splits.get(split)), None)
+    evaluate = (f"gap-mllm evaluate --task TASK --data {out} --split {held_out} --model MODEL --out runs/eval, or "
+                if held_out else "")
+    return (f"wrote {sum(splits.values())} scenes ({scenes}) to {out}: the samples of each split and task above; "
+            f"next: {evaluate}gap-mllm train --config RECIPE --data {out} (training/README.md)")
 
 
 if __name__ == "__main__":

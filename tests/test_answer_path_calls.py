@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from gap_mllm import checks
 from gap_mllm.cli import demo, early_checks, evaluate, loading, model_source, predict, space_backend  # noqa: F401
 from gap_mllm.cli.main import main as gap_mllm
 from gap_mllm.cli.scenes import synthetic_scene
@@ -36,7 +37,7 @@ DETECTION = "3D object detection"
 @pytest.fixture
 def calls(monkeypatch) -> Counter:
     """The calls made from here on: "processor" (`GapMllmProcessor.__call__`; "processor_text" those given no
-    frames), "encoder" (the geometry encoder's forwards), "validate" (`TaskRequest.validate`), each model-source
+    frames), "encoder" (the geometry encoder's forwards, but the one of a load's probe), "validate" (`TaskRequest.validate`), each model-source
     resolver (`RESOLVERS`, wherever a module of the package bound it) and "default_model_path" (the Mini's folder)."""
     counted = Counter()
 
@@ -54,7 +55,22 @@ def calls(monkeypatch) -> Counter:
         return processor_call(self, images, *args, **kwargs)
 
     monkeypatch.setattr(GapMllmProcessor, "__call__", processor)
-    monkeypatch.setattr(GapMllmGeometryEncoder, "forward", counting("encoder", GapMllmGeometryEncoder.forward))
+    encoder_forward, probe = GapMllmGeometryEncoder.forward, checks.refuse_weights_that_compute_nan
+    probing = []
+
+    def encoder(*args, **kwargs):
+        counted["encoder"] += not probing  # the load's probe forward (checks.py) runs no request
+        return encoder_forward(*args, **kwargs)
+
+    def probed(*args, **kwargs):
+        probing.append(True)
+        try:
+            return probe(*args, **kwargs)
+        finally:
+            probing.pop()
+
+    monkeypatch.setattr(GapMllmGeometryEncoder, "forward", encoder)
+    monkeypatch.setattr(checks, "refuse_weights_that_compute_nan", probed)
     monkeypatch.setattr(TaskRequest, "validate", counting("validate", TaskRequest.validate))
     for name in (*RESOLVERS, "default_model_path"):
         original = getattr(model_source, name)

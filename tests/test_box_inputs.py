@@ -4,8 +4,9 @@ noted when its orientation is one the model never trained on.
 - a box with a side of 0 (as the prompt writes it, 2 decimals) or a number that is not finite is refused in one line
   naming the box, on every path that takes one: `gap-mllm predict --box`, the Space's field and the demo (the front
   ends' request), the processor and the serving encoder (the prompt's rule, `format_box`);
-- `--box cx cy cz sx sy sz` is an upright object seen by a level first camera: yaw π, pitch π/2, roll π, the convention
-  the model writes its own boxes in (processing/box_angles.py);
+- `--box cx cy cz sx sy sz` is an upright object as the model's training cameras see it: yaw π, roll π and pitch π/2
+  less the typical downward tilt its folder records (box_angles.json's camera_tilt), the convention the model writes
+  its own boxes in; a level first camera (pitch π/2) for a folder that records none (processing/box_angles.py);
 - a box whose angles no training box of the model's folder had (its box_angles.json) gets one line naming the
   convention; GAP-MLLM-Mini's folder records its training boxes' angles, and the angles of its own answers and of the
   bundled rooms lie inside them.
@@ -29,13 +30,19 @@ from gap_mllm.cli.task_request import TaskRequest, example_request
 from gap_mllm.mini import SHIPPED_DIR
 from gap_mllm.processing.box_angles import (
     BOX_ANGLES_RECORD,
+    CAMERA_TILT,
+    UPRIGHT_LEVEL_ANGLES,
     angle_intervals,
     box_angle_record,
     read_box_angles,
     unseen_angles_note,
+    upright_angles,
     write_box_angles,
 )
 from gap_mllm.processing.coordinates import euler_to_matrix
+from gap_mllm.processing.synth.generator import SynthRooms
+from gap_mllm.processing.synth.presets import synth_config
+from gap_mllm.processing.synth.samples import camera_box_angles, camera_tilts
 from gap_mllm.serving import GapMllmEncoder
 from gap_mllm.tasks_gap_mllm import CAPTIONING
 
@@ -127,6 +134,49 @@ def test_a_box_given_by_centre_and_size_is_an_upright_object_seen_by_a_level_cam
                                             "sy sz) or 9 (cx cy cz sx sy sz yaw pitch roll), got 7\n")
 
 
+MINI_BOX = ["0.3", "0.6", "2.5", "1.0", "0.6", "0.7"]  # the issue's box: a 1.0 x 0.6 x 0.7 m object 2.5 m ahead
+
+
+def test_a_box_given_by_centre_and_size_takes_the_tilt_of_the_model_s_training_cameras():
+    """The Mini's folder records its training cameras' typical downward tilt (the median over the frames of its 1,200
+    training scenes: 0.33 rad); a 6-number box is an upright object seen by such a camera: its height axis is the
+    room's up as that camera sees it, and its angles lie among those of the Mini's training boxes."""
+    record = read_box_angles(SHIPPED_DIR)
+    tilt = record[CAMERA_TILT]
+    assert tilt == 0.33
+    yaw, pitch, roll = upright_angles(record)
+    assert (yaw, roll) == (math.pi, math.pi) and pitch == pytest.approx(math.pi / 2 - 0.33, abs=1e-12)
+    axes = euler_to_matrix([yaw, pitch, roll])  # the object's height (z) is the room's up in a camera tilted down
+    assert np.allclose(axes[:, 2], [0, -math.cos(tilt), -math.sin(tilt)], rtol=0, atol=1e-12)
+    assert np.allclose(axes[:, 0], [1, 0, 0], rtol=0, atol=1e-12)  # its width across the view
+    box = example_request("captioning", {}, box=[float(v) for v in MINI_BOX], upright=upright_angles(record)).box
+    assert box[6:] == [math.pi, pitch, math.pi] and unseen_angles_note(box, record) is None
+    assert upright_angles(None) == UPRIGHT_LEVEL_ANGLES == upright_angles({"angles": MINI_LIKE})  # records none
+    # the record's writer: the median tilt of the frames (2 scenes here), which is where the boxes' pitch lies
+    generator = SynthRooms(synth_config("mini"))
+    scenes = [generator.layout_scene(index) for index in range(2)]
+    tilts = np.concatenate([camera_tilts(scene) for scene in scenes])
+    assert mini_box_angles(2)[CAMERA_TILT] == round(float(np.median(tilts)), 2)
+    pitches = np.concatenate([camera_box_angles(scene)[:, 1] for scene in scenes])
+    assert abs(float(np.median(pitches)) - (math.pi / 2 - float(np.median(tilts)))) < 0.01  # upright objects
+    with pytest.raises(ValueError, match=r"camera_tilt nan is not a camera tilt in radians"):
+        upright_angles({CAMERA_TILT: float("nan")})
+
+
+def test_the_6_number_box_answers_on_the_mini_s_room_without_the_note_and_a_box_truly_outside_still_gets_it(capsys):
+    """Was: every 6-number box got "an orientation no box this model was trained on had" on the default model, whose
+    cameras all look down (a level camera's pitch 1.57 is outside its training boxes' 0.99-1.46)."""
+    assert gap_mllm(["predict", "--example", ROOM, "--task", "captioning", "--box", *MINI_BOX, "--json"]) == 0
+    printed = capsys.readouterr()
+    assert "orientation no box this model was trained on had" not in printed.err
+    assert json.loads(printed.out)["task"] == "captioning"
+    # the level camera's angles given in full, and a box lying on its back: outside, noted (before the model loads)
+    for angles in (["3.14", "1.57", "3.14"], ["0", "0", "0"]):
+        assert gap_mllm(["predict", "--example", ROOM, "--task", "captioning", "--box", *MINI_BOX, *angles,
+                         "--json"]) == 0
+        assert "an orientation no box this model was trained on had" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ an orientation it never trained on
 
 
@@ -183,3 +233,28 @@ def test_the_minis_folder_records_its_training_boxes_angles():
     assert unseen_angles_note(TaskRequest("captioning", box=[0, 0, 2, 1, 1, 1]).box, record) is not None
     shipped = json.loads((SHIPPED_DIR / BOX_ANGLES_RECORD).read_text(encoding="utf-8"))
     assert shipped["source"] == BOX_ANGLES_SOURCE.format(scenes=1200)  # the full budget's training scenes
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda record: record["angles"].__setitem__("pitch", []), "pitch has no interval"),
+    (lambda record: record["angles"].__setitem__("pitch", [[float("nan"), 1.46]]),
+     "pitch interval [nan, 1.46] is not within ±3.15 radians"),
+    (lambda record: record["angles"].__setitem__("yaw", [[-3.15, 7.0]]),
+     "yaw interval [-3.15, 7.0] is not within ±3.15 radians"),
+    (lambda record: record["angles"].__setitem__("pitch", [[1.46, 0.99]]), "pitch interval [1.46, 0.99] runs backwards"),
+    (lambda record: record.__setitem__("convention", "yaw pitch roll\x1b[2J\x1b[31m in radians"),
+     r"convention holds control characters ('\x1b')"),
+    (lambda record: record.__setitem__("source", "data\nnote: all fine"), r"source holds control characters ('\n')"),
+    (lambda record: record.__setitem__("convention", 7), "convention is int, not text"),
+])
+def test_a_tampered_box_angle_record_is_refused_naming_what_is_wrong(tmp_path, edit, problem):
+    """An empty, NaN or reversed interval used to print "trained: nan to 1.46" and check nothing; a convention with
+    terminal escape codes was printed raw in the note."""
+    record = json.loads(json.dumps({**box_angle_record([[0.0, 1.2, 3.1]], "a test"), "angles": MINI_LIKE}))
+    edit(record)
+    write_box_angles(tmp_path, record)
+    with pytest.raises(ValueError) as refused:
+        read_box_angles(tmp_path)
+    assert str(refused.value) == (f"{tmp_path / BOX_ANGLES_RECORD}: not a record of box angles ({problem}); delete it "
+                                  "or write it again")
+    assert read_box_angles(SHIPPED_DIR)["angles"]["pitch"] == [[0.99, 1.46]]  # the shipped record reads as before

@@ -45,15 +45,17 @@ def test_stored_entries_have_the_predicted_size_and_the_build_logs_it(tmp_path, 
     cache = FeatureCache(tmp_path, model, processor)
     with caplog.at_level(logging.INFO, logger=cache_cost.__name__):
         cache.build(model, undecoded_images(recon_dataset.select(range(2))), GapMllmDataCollator(processor, train=True))
-    entries = sorted(cache.folder.glob("*.safetensors"))
+    entries = sorted(cache.folder.glob("samples/*.safetensors"))
     assert len(entries) == 2
     for entry in entries:
         sample = cache.load(entry.stem)
         expected = cost_of_sample(sample, torch.float16)
         assert _feature_bytes(sample) == expected.views_per_sample * expected.bytes_per_view
-        # the file: the features, the tokens and a safetensors header of a few hundred bytes
-        assert expected.bytes_per_sample - 1024 < entry.stat().st_size < expected.bytes_per_sample + 2048
-    assert "per view" in caplog.text and "for 2 samples" in caplog.text
+        # its two files (a marker sample: a tower input of its own): the features, the tokens and two safetensors
+        # headers of a few hundred bytes each
+        size = entry.stat().st_size + cache.tower_path(cache.towers_of(entry.stem)).stat().st_size
+        assert expected.bytes_per_sample - 2048 < size < expected.bytes_per_sample
+    assert "per view" in caplog.text and "for 2 samples on at most 2 distinct tower inputs" in caplog.text
 
 
 def test_a_disk_without_room_is_refused_before_anything_is_written(tmp_path, recon_dataset, monkeypatch):
@@ -62,10 +64,10 @@ def test_a_disk_without_room_is_refused_before_anything_is_written(tmp_path, rec
     collator = GapMllmDataCollator(processor, train=True)
     dataset = undecoded_images(recon_dataset.select(range(4)))
     cache.build(model, dataset.select(range(1)), collator)  # one entry from an earlier run
-    before = sorted(cache.folder.iterdir())
+    before = sorted(cache.folder.rglob("*"))
     real = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(cache_cost.shutil, "disk_usage",
                         lambda path: SimpleNamespace(total=real.total, used=real.total - 1000, free=1000))
     with pytest.raises(CacheDiskError, match="needs about .* for 3 more samples .*cache.enabled: false"):
         cache.build(model, dataset, collator)
-    assert sorted(cache.folder.iterdir()) == before  # the old entry is kept, nothing new (no temporary file)
+    assert sorted(cache.folder.rglob("*")) == before  # the old entries are kept, nothing new (no temporary file)

@@ -5,12 +5,15 @@ media, never waited on)."""
 
 from __future__ import annotations
 
+import argparse
+import errno
 import functools
 import json
 import os
 import re
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -335,3 +338,86 @@ def test_a_plain_mistake_is_one_line(tmp_path, capsys):
     assert status == 2
     assert capsys.readouterr().err.splitlines() == [f"gap-mllm predict: error: --out {a_file}: this is a file; "
                                                     "give a folder"]
+
+
+# ---------------------------------------------------------------------------------------------- symbolic link loops
+LOOP_LINE = "a symbolic link loop (following its links leads back to itself)"
+# command line (LOOP: the loop, RECIPE: a shipped recipe) -> the one line's text after "gap-mllm COMMAND: error: "
+LOOP_COMMANDS = {
+    "predict --model LOOP --example": ("--model {loop}: this is " + LOOP_LINE + "; give the checkpoint folder itself "
+                                       "or a Hub repo id"),
+    "evaluate --model LOOP": "--model {loop}: this is " + LOOP_LINE + "; give the checkpoint folder itself or a Hub repo id",
+    "export-llm LOOP": "SOURCE {loop}: this is " + LOOP_LINE + "; give a real file or folder",
+    "export-llm CKPT LOOP": "--out {loop} is " + LOOP_LINE + "; give a folder (a new name, or a link to a real one)",
+    "train --out LOOP": "--out {loop} is " + LOOP_LINE + "; give a folder (a new name, or a link to a real one)",
+    "convert vggt LOOP": "SOURCE {loop}: this is " + LOOP_LINE + "; give a real file or folder",
+    "push --model LOOP": "--model {loop}: this is " + LOOP_LINE + "; give the checkpoint folder itself or a Hub repo id",
+    "export-lmms --data LOOP": "--data {loop}: this is " + LOOP_LINE + "; give a real folder",
+    "export-vsibench --data LOOP": "--data {loop}: this is " + LOOP_LINE + "; give a real folder",
+}
+LOOP_ARGV = {
+    "predict --model LOOP --example": ["predict", "--model", "LOOP", "--example", "synthetic room A", "--task",
+                                       "detection"],
+    "evaluate --model LOOP": ["evaluate", "--task", "detection", "--model", "LOOP", "--data", "DATA", "--out", "OUT"],
+    "export-llm LOOP": ["export-llm", "LOOP", "OUT"],
+    "export-llm CKPT LOOP": ["export-llm", "CKPT", "LOOP"],
+    "train --out LOOP": ["train", "--config", "RECIPE", "--out", "LOOP"],
+    "convert vggt LOOP": ["convert", "vggt", "LOOP", "OUT"],
+    "push --model LOOP": ["push", "--model", "LOOP", "--repo", "someone/model"],
+    "export-lmms --data LOOP": ["export-lmms", "--data", "LOOP", "--out", "OUT"],
+    "export-vsibench --data LOOP": ["export-vsibench", "--data", "LOOP", "--out", "OUT"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(LOOP_COMMANDS))
+def test_a_path_argument_that_is_a_link_loop_is_one_line_for_every_command(command, tmp_path, checkpoint, capsys):
+    """`predict --model LOOP` and `export-llm LOOP` ended in `RuntimeError: Symlink loop` (Path.resolve before Python
+    3.13), `train --out LOOP` in a bare "[Errno 40]", the others called the loop missing or not a checkpoint."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "recipe.yaml").write_text("training: {}\n")
+    values = {"LOOP": str(loop), "OUT": str(tmp_path / "out"), "CKPT": str(checkpoint), "DATA": str(tmp_path / "data"),
+              "RECIPE": str(tmp_path / "recipe.yaml")}
+    status, err = run([values.get(word, word) for word in LOOP_ARGV[command]], capsys)
+    name = LOOP_ARGV[command][0]
+    assert (status, err) == (2, f"gap-mllm {name}: error: {LOOP_COMMANDS[command].format(loop=loop)}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_link_loop_found_anywhere_in_a_command_is_one_line_naming_its_option(tmp_path, capsys):
+    """The mechanism under every command (cli/errors.py): a loop that no path check caught, raised as pathlib's
+    RuntimeError or as an OSError (errno ELOOP), is named as a loop, with the option the user gave it."""
+    from gap_mllm.cli.errors import run_command, user_message
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+
+    def resolving(args):
+        return Path(args.out, "run").resolve()  # RuntimeError before Python 3.13, OSError after
+
+    assert run_command("train", resolving, argparse.Namespace(out=str(loop))) == 2
+    assert capsys.readouterr().err == (f"gap-mllm train: error: {loop / 'run'}: this is {LOOP_LINE}; give a real file "
+                                       "or folder\n")
+    args = argparse.Namespace(out=str(loop), data=None)
+    assert user_message(OSError(errno.ELOOP, "symbolic link loop", str(loop)), args) == (
+        f"--out {loop}: this is {LOOP_LINE}; give a folder (a new name, or a link to a real one)")
+    assert user_message(RuntimeError(f"Symlink loop from '{loop}'"), argparse.Namespace(data=str(loop))) == (
+        f"--data {loop}: this is {LOOP_LINE}; give a real file or folder")
+    assert user_message(RuntimeError("Symlink loop somewhere")) is None  # not pathlib's words: a bug, kept as one
+
+
+def test_a_model_name_through_a_link_loop_is_refused_as_one(tmp_path):
+    """`check_model_source` (every front end that loads a model, and the Space) names the loop before reading it as
+    a Hub id or a missing folder; `missing_local_folder` raises OSError (ELOOP), never pathlib's RuntimeError."""
+    from gap_mllm.processing.model_paths import missing_local_folder
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(UserError) as refused:
+        check_model_source(loop)
+    assert str(refused.value) == (f"--model {loop}: this is {LOOP_LINE}; give the checkpoint folder itself or a Hub "
+                                  "repo id")
+    with pytest.raises(OSError) as looped:
+        missing_local_folder(str(loop / "model"))
+    assert looped.value.errno == errno.ELOOP and looped.value.filename == str(loop / "model")

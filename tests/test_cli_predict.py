@@ -6,6 +6,7 @@ says how to run it; the Mini given by its path notes on the user's own frames th
 
 import argparse
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -317,22 +318,33 @@ def test_an_animated_png_or_webp_is_sampled_as_a_gif_is(tmp_path, frames, suffix
     assert str(refused.value) == f"broken{suffix}: not a readable {cut_read_as} (OSError)."
 
 
-def test_frames_of_another_shape_are_refused_naming_both_not_stretched(checkpoint, tmp_path, frames, capsys):
-    """A portrait frame beside landscape ones would be stretched to their size: refused on every path that reads
-    frames (predict before the model, the Space); frames of one shape at another size are resized, as before."""
+def test_frames_of_another_shape_are_answered_padded_and_a_strip_refused(checkpoint, tmp_path, frames, capsys, caplog):
+    """A portrait frame beside landscape ones keeps its shape (never stretched): predict answers with one note (the
+    processor pads the frames as VGGT's loader does), a marker on it lands on its own pixels; a 1x4000 strip, too thin
+    to align, is refused by name on every path that reads frames (predict before the model, the Space)."""
     portrait = tmp_path / "portrait.png"
     Image.new("RGB", (60, 80)).save(portrait)
     given = [frames[0], portrait]
-    message = (f"{portrait} is 60x80 (portrait) but {frames[0]} is 80x60 (landscape): the frames of one scene must "
-               "share one aspect ratio (resized to one size, they would be stretched); crop or turn them to one shape, "
-               "or leave this frame out.")
+    loaded = read_frames(given, words=CLI_WORDS)
+    assert [view.size for view in loaded.views] == [(80, 60), (60, 80)] and check_frames(given).originals == loaded.originals
+    assert loaded.on_model_frames((1, 59, 79)) == (1, 59, 79)  # its own pixels, not the first frame's
+    with caplog.at_level(logging.WARNING):  # the processor's note, on stderr through transformers' logging
+        code = predict.main(parse(["--model", str(checkpoint), "--images", *map(str, given), "--task", "detection",
+                                   "--max-new-tokens", "2"]))
+    notes = [record for record in caplog.records if "frames of different shapes (60x80, 80x60)" in record.getMessage()]
+    assert code == 3 and len(notes) == 1  # answered (3: the untrained model's 2 tokens do not parse; 2: refused)
+    capsys.readouterr()
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1, 4000)).save(strip)
+    message = (f"{strip} is 1x4000 (portrait): too thin to align with frames of another shape (padded to VGGT's "
+               "518x518 square, its shorter side would keep no pixel); crop it or leave this frame out.")
     for read in (load_frames, check_frames):
         with pytest.raises(UploadError) as refused:
-            read(given, words=CLI_WORDS)
+            read([frames[0], strip], words=CLI_WORDS)
         assert str(refused.value) == message
-    with pytest.raises(UploadError, match=r"^portrait.png is 60x80 \(portrait\) but f0.png is 80x60 \(landscape\)"):
-        load_frames(given)  # the Space names an upload by its file name
-    assert predict.main(parse(["--model", str(checkpoint), "--images", *map(str, given), "--task", "detection"])) == 2
+    with pytest.raises(UploadError, match=r"^strip.png is 1x4000 \(portrait\): too thin"):
+        load_frames([frames[0], strip])  # the Space names an upload by its file name
+    assert predict.main(parse(["--model", str(checkpoint), "--images", str(frames[0]), str(strip), "--task", "detection"])) == 2
     assert capsys.readouterr().err == f"gap-mllm predict: error: {message}\n"
 
 

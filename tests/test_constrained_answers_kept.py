@@ -37,8 +37,8 @@ REQUESTS = {  # task -> the request's inputs on frames that are not a bundled ro
 
 def photo_frames() -> list[Image.Image]:
     """The six photographs, each resized (bicubic) to the first one's 160x160, as the processor resized them itself
-    when their answers were recorded: they are of three shapes (160x106 to 160x188), which it now refuses
-    (gap_mllm.processing_gap_mllm `check_one_aspect_ratio`)."""
+    when their answers were recorded: they are of three shapes (160x106 to 160x188), which it now pads
+    instead (gap_mllm.image_utils_gap_mllm `vggt_pad_boxes`)."""
     photos = [Image.open(p).convert("RGB") for p in PHOTOS]
     return [photo.resize(photos[0].size, Image.Resampling.BICUBIC) for photo in photos]
 

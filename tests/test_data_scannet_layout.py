@@ -44,7 +44,12 @@ def test_synth_cli_writes_every_task(tmp_path, capsys):
     args = parser.parse_args(["--scenes", "1", "--val-scenes", "1", "--out", str(out), "--size", "36", "48", "--frames", "10"])
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert json.loads(printed[printed.find("{") :])["train"]["reconstruction"] > 0
+    block, _, last = printed.rstrip("\n").rpartition("\n")
+    assert json.loads(block[block.find("{") :])["train"]["reconstruction"] > 0
+    # the last line says what was written where and what reads it next, as the other commands end theirs
+    assert last == (f"wrote 2 scenes (train 1, val 1) to {out}: the samples of each split and task above; next: "
+                    f"gap-mllm evaluate --task TASK --data {out} --split val --model MODEL --out runs/eval, or gap-mllm "
+                    f"train --config RECIPE --data {out} (training/README.md)")
     for split in ("train", "val"):
         for task in tasks_with_files():
             assert isinstance(json.loads(find_annotation_file(out, task, split).read_text()), list)

@@ -190,3 +190,82 @@ def test_the_readme_picture_caption_says_where_the_point_is_drawn():
     caption = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     assert "here it lies beyond three of the four frames and behind the camera of the second" in caption
     assert "beyond all four frames" not in caption
+
+
+# --------------------------------------------------------------------------- what the picture cannot draw, it says
+
+
+def test_a_point_behind_every_camera_is_said_in_the_legend_and_by_predict(tmp_path, monkeypatch, capsys):
+    """A reconstruction answer behind the camera of every frame it could be drawn in (frame 0 alone, for frames
+    without poses) is drawn nowhere: the legend says so and why (not the wedge's words), and `gap-mllm predict` prints
+    the same line; a point drawn in some frame keeps the wedge's entry."""
+    import dataclasses
+
+    from gap_mllm.cli import predict
+    from gap_mllm.cli.main import main as gap_mllm
+    from gap_mllm.cli.visualize import hidden_point_note
+
+    frames = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (96, 128, 3), dtype=np.uint8)) for i in range(3)]
+    uploads = scene_from_frames(frames)  # no poses: drawn on frame 0 only
+    behind = (0.0, 0.0, -1.0)
+    note = ("predicted 3D point [0.00, 0.00, -1.00] is not drawn: it lies behind frame 0's camera "
+            "(depth -1.00 m in frame 0's camera, under 0.05 m)")
+    assert hidden_point_note(uploads, behind) == note
+    entries = legend_entries(uploads, [], point=behind)
+    assert ("note", None, note) in entries and not [entry for entry in entries if entry[0] == "circle"]
+    posed = Scene(views=frames[:2], intrinsics=uploads.intrinsics, cam_to_first=np.stack([np.eye(4)] * 2))
+    assert "it lies behind the camera of every frame (depth -1.00 m" in hidden_point_note(posed, behind)
+    assert hidden_point_note(uploads, [1.0, 0.0, 1.0]) is None  # beyond the frame, in front: a wedge
+    assert ("circle", MARKER, "predicted 3D point (wedge: beyond the frame)") in legend_entries(uploads, [], point=[1, 0, 1])
+
+    answer = predict.run_task
+
+    def behind_the_camera(*args, **kwargs):
+        return dataclasses.replace(answer(*args, **kwargs), point=behind)
+
+    monkeypatch.setattr(predict, "run_task", behind_the_camera)
+    paths = []
+    for index, frame in enumerate(frames):
+        paths.append(str(tmp_path / f"f{index}.png"))
+        frame.save(paths[-1])
+    assert gap_mllm(["predict", "--model", "tiny", "--images", *paths, "--task", "reconstruction", "--marker", "0",
+                     "60", "40", "--max-new-tokens", "4", "--out", str(tmp_path / "out"), "--formats", "png"]) in (0, 3)
+    assert f"note: {note}" in capsys.readouterr().out.splitlines()
+
+
+def test_a_single_frame_picture_is_one_frame_wide():
+    """One frame: the sheet is that frame's width (no blank second column), its legend below it."""
+    frame = Image.new("RGB", (160, 128), (128, 128, 128))
+    chair = Box3D.from_list([0, 0, 2, 0.5, 0.5, 0.5, 0, 0, 0], label="chair")
+    picture = answer_picture(scene_from_frames([frame]), TaskResult("detection", "", None, boxes=[chair]))
+    assert picture.width == 160 and picture.height > 128
+    two = answer_picture(scene_from_frames([frame, frame]), TaskResult("detection", "", None, boxes=[chair]))
+    assert two.width == 320
+
+
+def test_predict_and_the_picture_say_alike_where_boxes_are_drawn_with_estimated_cameras(tmp_path, capsys):
+    """Uploaded frames with VGGT's heads: the cameras are estimated, the other frames' poses in normalised scale, so
+    boxes are drawn on frame 0 only; `gap-mllm predict` prints the legend's own sentence, never that boxes are drawn
+    with the estimated camera while the picture says the others have no known pose."""
+    from gap_mllm.cli.main import main as gap_mllm
+    from gap_mllm.cli.space_backend import build_space_tiny
+    from gap_mllm.cli.visualize import frame_zero_note
+
+    estimated = Scene(views=[Image.new("RGB", (160, 128))] * 3, intrinsics=np.eye(3), camera="estimated")
+    note = frame_zero_note(estimated)
+    assert note == ("boxes drawn on frame 0 (top left) only, of 3 frames, with the camera VGGT's heads estimated for "
+                    "it: the other frames' estimated poses are in VGGT's normalised scale, not the boxes' metres")
+    chair = Box3D.from_list([0, 0, 2, 0.5, 0.5, 0.5, 0, 0, 0], label="chair")
+    assert ("note", None, note) in legend_entries(estimated, [chair])
+    assert "no known camera pose" in frame_zero_note(Scene(views=estimated.views, intrinsics=np.eye(3)))
+
+    model = build_space_tiny(tmp_path / "model")  # the tiny model with camera and depth heads
+    frames = []
+    for index in range(3):
+        frames.append(tmp_path / f"f{index}.png")
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(frames[-1])
+    assert gap_mllm(["predict", "--model", str(model), "--images", *map(str, frames), "--task", "detection",
+                     "--max-new-tokens", "4", "--out", str(tmp_path / "out"), "--formats", "png"]) in (0, 3)
+    printed = capsys.readouterr().out
+    (line,) = [line for line in printed.splitlines() if line.startswith("point cloud: ")]
+    assert line.endswith("; " + note) and "boxes drawn with the estimated camera" not in line

@@ -94,7 +94,7 @@ def test_encoded_images_carry_the_fusion(build_model, make_inputs):
     inputs = make_inputs(view_counts=(2,), seed=5)
     with torch.no_grad():
         fused = encode_images(model, **inputs)
-        plain = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
+        plain = model.model.get_vision_features(inputs["pixel_values"], inputs["image_grid_thw"])
     hidden = fused.hidden_size
     for level, plain_level in enumerate([plain.pooler_output, *plain.deepstack_features]):
         columns = slice(level * hidden, (level + 1) * hidden)

@@ -282,3 +282,21 @@ def test_a_line_separator_inside_an_answer_is_text_not_a_line_break(synth_data, 
     assert read_predictions_file(path, 1)[qa_oracle[0]["id"]] == [qa_oracle[0]["raw"][0] + "\u2028"]
     summary = run_evaluation("spatial_qa", synth_data, tmp_path / "out", predictions_file=path, plots=False)
     assert summary["metrics"]["overall"] == 1.0
+
+
+def test_a_frame_deleted_under_kept_answers_is_named_by_its_sample_id(tiny_checkpoint, tmp_path, capsys):  # noqa: F811
+    """The kept answer of the changed frames is answered again; its missing frame used to be named "sample 0, view 0"
+    (the batch's row), not the sample."""
+    from .conftest import write_small_synth
+
+    data = write_small_synth(tmp_path / "data", {"val": 1})
+    options = ("--model", str(tiny_checkpoint), "--limit", "1", "--max-new-tokens", "2")
+    assert evaluate(data, tmp_path / "out", *options) == 0
+    row = json.loads((tmp_path / "out" / "raw_outputs.rank0.jsonl").read_text().splitlines()[0])
+    record = next(r for r in json.loads(find_annotation_file(data, "detection", "val").read_text()) if r["id"] == row["id"])
+    frame = data / "scannet" / "posed_images" / record["images"][0]
+    frame.unlink()
+    capsys.readouterr()
+    assert evaluate(data, tmp_path / "out", *options) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"gap-mllm evaluate: error: sample {row['id']!r}: view 0: image file not found: {str(frame)!r}")

@@ -115,6 +115,27 @@ def test_cli_oracle_roundtrip(synth_data, tmp_path, capsys):
         parser.parse_args(["--task", "spatial_qa", "--data", str(synth_data)])
 
 
+def test_cli_prints_the_headline_rounded_as_the_summary_table(synth_data, tmp_path, capsys, monkeypatch):
+    """`gap-mllm evaluate` prints its headline to 4 decimals, as summary.md's table does (no 0.16279069767441862 on
+    the terminal); the summary it is given (what summary.json holds) keeps the full float."""
+    from gap_mllm.evaluation.reports import markdown_table
+
+    value = 7 / 43  # 0.16279069767441862, the Mini's grounding Acc@0.25 on 43 samples
+    summary = {"task": "grounding", "num_samples": 43, "metrics": {"acc@0.25": value},
+               "headline": {"name": "acc@0.25", "description": "Acc@0.25", "value": value}}
+    monkeypatch.setattr(evaluate_cli, "run_evaluation", lambda *args, **kwargs: summary)
+    parser = argparse.ArgumentParser()
+    evaluate_cli.add_arguments(parser)
+    predictions = tmp_path / "answers.jsonl"
+    predictions.write_text("")
+    out = tmp_path / "scored"
+    assert evaluate_cli.main(parser.parse_args(["--task", "grounding", "--data", str(synth_data), "--predictions",
+                                                str(predictions), "--out", str(out), "--quiet"])) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"grounding: acc@0.25 = 0.1628  (43 samples) -> {out}"
+    assert "| **acc@0.25** (Acc@0.25) | **0.1628** |" in markdown_table(summary, "grounding")
+    assert summary["headline"]["value"] == 0.16279069767441862
+
+
 def test_cli_says_when_limit_is_more_than_the_samples(synth_data, tmp_path, capsys):
     """`--limit` above what the annotation file holds scores all of it, and the printed line says so; a limit that
     cuts the file (or none) prints the plain count."""

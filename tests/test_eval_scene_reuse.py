@@ -176,3 +176,26 @@ def test_a_stage2_scene_straddling_two_batches_is_encoded_once(synth_data, tiny_
                     for pair in zip(batch, texts, strict=True))
     assert answered == expected
     assert len(geometry_calls) == 1 + 4  # the stage-1 scene, then each stage-2 scene once
+
+
+def test_a_frame_gone_since_the_data_was_checked_is_named_by_its_sample_on_both_generation_paths(
+        synth_data, tiny_checkpoint, tmp_path):  # noqa: F811
+    """The processor names a view by its sample's position in the call ("sample 0, view 1"); a batch of an
+    evaluation and a stored scene name the sample by its id instead, and a sample without one keeps its position."""
+    import pytest
+
+    from gap_mllm.processing.errors import DataError
+
+    frames = sorted(str(p) for p in (synth_data / "scannet" / "posed_images" / "synth0000_00").glob("*.jpg"))[:2]
+    gone = str(tmp_path / "00010.jpg")  # as a frame deleted after the run checked the data
+    request = Request([frames[0], gone], IMAGE_PLACEHOLDER * 2 + "Where is the chair?", None, 4)
+    request.sample = "synth0000_00_det_0003"
+    generator = SceneGenerator(tiny_checkpoint)
+    expected = f"sample 'synth0000_00_det_0003': view 1: image file not found: {gone!r}"
+    for generate in (generator.generate, generator.generate_on_scenes):
+        with pytest.raises(DataError) as refused:
+            generate([request])
+        assert str(refused.value) == expected
+    request.sample = None
+    with pytest.raises(FileNotFoundError, match=rf"^sample 0, view 1: image file not found: '{gone}'$"):
+        generator.generate([request])

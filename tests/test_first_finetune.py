@@ -109,7 +109,19 @@ def test_a_short_run_from_mini_trains_without_a_cache_and_predict_answers_with_i
     assert towers and all(mini[name].equal(tuned[name]) for name in towers)
     llm = [name for name in tuned if name.startswith("model.language_model.layers.")]
     assert llm and any(not mini[name].equal(tuned[name]) for name in llm)
-    assert json.loads((out / "gap_mllm_training.json").read_text())["tasks"] == ["detection"]
+    record = json.loads((out / "gap_mllm_training.json").read_text())
+    assert record["tasks"] == ["detection"]
+    # what it descends from, by name: its card is the Mini's licence, with no Qwen base model nor VGGT weights
+    mini = json.loads((default_model_path() / "gap_mllm_training.json").read_text())
+    assert record["started_from"] == f"GAP-MLLM-Mini (version {mini['version']})"
+    assert record["lineage"] == {"origin": {"name": "GAP-MLLM-Mini", "version": mini["version"], "license": "apache-2.0"},
+                                 "weights": []}
+    assert gap_mllm(["push", "--model", str(out), "--repo", "newcomer/x", "--dry-run"]) == 0
+    pushed = capsys.readouterr()
+    assert pushed.err == "" and "\nlicense: apache-2.0\n" in pushed.out and "base_model" not in pushed.out
+    for false in ("gap-mllm-non-commercial", "Qwen/Qwen3-VL-2B-Instruct", "not recorded", default_model_path().name):
+        assert false not in pushed.out[pushed.out.index("## This checkpoint"):pushed.out.index("## Model")], false
+    assert f"| started from | GAP-MLLM-Mini (version {mini['version']}) |" in pushed.out
 
     # constrained decoding (the default) keeps the answer in detection's format: it parses (status 0)
     assert gap_mllm(["predict", "--model", str(out), "--example", "synthetic room A", "--task", "detection",

@@ -3,6 +3,7 @@ the evaluation runner's summaries, and an offline round trip through `ModelCard.
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -205,3 +206,124 @@ def test_a_stage0_record_says_which_encoder_trained_and_on_what():
     vision = training_record(recipe_from_dict({"stage": "vision", "model": {"tiny": "tiny"}}), 40)
     assert vision["tasks"] == ["stage-0 vision objective: per-token semantics and position"]
     assert [name for name, frozen in vision["freezing"].items() if not frozen] == ["freeze_vision_tower"]
+
+
+# ------------------------------------------------------------------- lineage and licence from what the folder records
+
+
+def fine_tune_of(start, folder, checkpoint):
+    """A folder as `gap-mllm train` leaves it after a run that started from `start`: weights (the tiny checkpoint's,
+    with `start`'s config when it is a checkpoint copy) and the training record the run writes."""
+    from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+    from gap_mllm.training.config import recipe_from_dict
+    from gap_mllm.training.run import training_record
+
+    shutil.copytree(checkpoint, folder)
+    if (Path(start) / "model.safetensors").is_file():  # a checkpoint of ours: its config (and sources) carry over
+        shutil.copy(Path(start) / "config.json", folder / "config.json")
+    recipe = recipe_from_dict({"model": {"name_or_path": str(start)}, "data": {"tasks": ["detection"]}})
+    (folder / TRAINING_RECORD).write_text(json.dumps(training_record(recipe, 4)))
+    return folder
+
+
+def test_a_fine_tune_of_the_mini_is_apache_and_started_from_the_mini_by_name(checkpoint, tmp_path):
+    """Was: base_model Qwen/Qwen3-VL-2B-Instruct, gap-mllm-non-commercial, geometry weights "not recorded ... treat as
+    non-commercial", and "started from: gap-mllm-mini-<hash>" (the cache folder the Mini is assembled in)."""
+    from gap_mllm.mini import default_model_path
+
+    mini = default_model_path()
+    record = json.loads((mini / "gap_mllm_training.json").read_text())
+    version = record["version"]
+    assert record["model_name"] == "GAP-MLLM-Mini" and record["license"] == "apache-2.0"
+    folder = fine_tune_of(mini, tmp_path / "first-finetune", checkpoint)
+    card = build_model_card(folder, repo_id="newcomer/x")
+    assert card.data.license == "apache-2.0" and card.data.license_name is None and card.data.base_model is None
+    text = card.text
+    section = text[text.index("## This checkpoint"):text.index("## Model")]
+    assert f"| started from | GAP-MLLM-Mini (version {version}) |" in section
+    assert "| base model | none (no third-party LLM weights recorded) |" in section
+    assert "| geometry encoder weights | trained by this package (no third-party weights recorded) |" in section
+    assert ("It holds no third-party weights: they were trained from random initialisation by this package. Weights "
+            "and code are **Apache-2.0**.") in section
+    assert f"- started from: GAP-MLLM-Mini (version {version})" in text
+    for false in ("not recorded", "non-commercial", "Qwen/Qwen3-VL", "VGGT-1B"):
+        assert false not in section, false
+    assert mini.name not in text and "gap-mllm-mini-" not in text  # the cache folder's name
+    # the Mini's own folder is the Mini, started from nothing
+    own = build_model_card(mini).text
+    assert f"| model | GAP-MLLM-Mini (version {version}) |" in own and "| started from |" not in own
+    assert f"This is GAP-MLLM-Mini (version {version}) (apache-2.0)." in own
+    # a fine-tune of that fine-tune still descends from the Mini, under the same licence
+    again = build_model_card(fine_tune_of(folder, tmp_path / "second", checkpoint))
+    assert again.data.license == "apache-2.0" and f"GAP-MLLM-Mini (version {version})" in again.text
+
+
+def test_a_start_holding_vggt_and_qwen_weights_names_them_and_their_licences(checkpoint, tmp_path):
+    start = tmp_path / "built"
+    shutil.copytree(checkpoint, start)
+    config = json.loads((start / "config.json").read_text())
+    config["geometry_config"]["source_checkpoint"] = "facebook/VGGT-1B"
+    config["text_config"]["_name_or_path"] = "Qwen/Qwen3-VL-2B-Instruct"  # what a start from Qwen3-VL saves
+    (start / "config.json").write_text(json.dumps(config))
+    card = build_model_card(fine_tune_of(start, tmp_path / "tuned", checkpoint))
+    assert card.data.license == "other" and card.data.license_name == "gap-mllm-non-commercial"
+    assert card.data.base_model == "Qwen/Qwen3-VL-2B-Instruct"
+    section = card.text[card.text.index("## This checkpoint"):card.text.index("## Model")]
+    assert "| geometry encoder weights | `facebook/VGGT-1B` (non-commercial) |" in section
+    assert "| LLM and vision tower weights | `Qwen/Qwen3-VL-2B-Instruct` (apache-2.0) |" in section
+    assert ("It holds the weights of `facebook/VGGT-1B` (geometry encoder: non-commercial), "
+            "`Qwen/Qwen3-VL-2B-Instruct` (LLM and vision tower: apache-2.0). **Non-commercial use only**") in section
+    # the commercial VGGT checkpoint with Qwen3-VL: commercial use except military use
+    config["geometry_config"]["source_checkpoint"] = "facebook/VGGT-1B-Commercial"
+    (start / "config.json").write_text(json.dumps(config))
+    mixed = build_model_card(fine_tune_of(start, tmp_path / "tuned-commercial", checkpoint))
+    assert mixed.data.license == "other" and mixed.data.license_name == "gap-mllm-mixed"
+
+
+def test_nothing_recorded_is_said_on_the_card_and_by_push_before_uploading(checkpoint, tmp_path, capsys):
+    from gap_mllm.cli.main import main as gap_mllm
+    from gap_mllm.cli.model_card import lineage_note
+
+    card = build_model_card(checkpoint)
+    assert card.data.license_name == "gap-mllm-non-commercial" and card.data.base_model == "Qwen/Qwen3-VL-2B-Instruct"
+    assert "`not recorded` (unknown)" in card.text
+    assert gap_mllm(["push", "--model", str(checkpoint), "--repo", "newcomer/x", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"gap-mllm push: note: {lineage_note(checkpoint)}\n"
+    assert lineage_note(checkpoint).startswith("ckpt records no lineage (no lineage in its gap_mllm_training.json")
+    # a run from it records nothing more; a run from the Mini does, and gets no note
+    assert lineage_note(fine_tune_of(checkpoint, tmp_path / "tuned", checkpoint)) is not None
+    from gap_mllm.mini import default_model_path
+
+    assert lineage_note(fine_tune_of(default_model_path(), tmp_path / "from-mini", checkpoint)) is None
+
+
+def test_a_recorded_text_with_line_breaks_or_pipes_stays_one_line_of_the_card(checkpoint, tmp_path):
+    """A recorded name "x\\n## Licence\\n..." started a heading of its own in the card body, a "\\n| a | b |" a table
+    row; each recorded text (training record, evaluation summary, --training-data) is one line, a cell one cell."""
+    from gap_mllm.processing.dataset_identity import TRAINING_RECORD
+
+    folder = tmp_path / "trained"
+    shutil.copytree(checkpoint, folder)
+    clean = build_model_card(folder).text
+    forged = "## Licence\nApache-2.0, free for any use"
+    (folder / TRAINING_RECORD).write_text(json.dumps({
+        "data": {"name": f"SynthRooms\n{forged}", "folder": "d`\n- injected"}, "stage": "pretrain\x1b[31m",
+        "tasks": ["detection\n| forged | row |"], "global_step": 20, "started_from": "nothing\r\n## Use"}))
+    summary_folder = write_summary(tmp_path / "det", description="mean F1\n| forged | row | of | eight | cells | a | b |")
+    summary = json.loads((summary_folder / "summary.json").read_text())
+    summary["data"] = {"name": f"rooms | of\n{forged}"}
+    (summary_folder / "summary.json").write_text(json.dumps(summary))
+    text = build_model_card(folder, eval_summaries=[summary_folder]).text
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings == [line for line in clean.splitlines() if line.startswith("#")] and "\x1b" not in text
+    section = text[text.index("\n## Training data"):text.index("\n## Use")]
+    assert section.splitlines()[3:6] == [
+        "- data: SynthRooms ## Licence Apache-2.0, free for any use, folder `d' - injected`",
+        "- stage: pretrain [31m; tasks: detection | forged | row |; 20 optimizer steps",
+        "- started from: nothing ## Use"]
+    rows = [line for line in text[text.index("\n## Evaluation"):].splitlines() if line.startswith("| 3D video")]
+    assert rows == ["| 3D video object detection | rooms \\| of ## Licence Apache-2.0, free for any use | scannet_det_val.json | 12 | "
+                    "mean F1 \\| forged \\| row \\| of \\| eight \\| cells \\| a \\| b \\| | 0.4321 | True | model |"]
+    given = build_model_card(folder, training_data=["ScanRefer\n## Forged"]).text
+    assert "- ScanRefer ## Forged\n" in given and "\n## Forged" not in given

@@ -332,3 +332,29 @@ def _parse(argv):
     parser = argparse.ArgumentParser()
     push_cli.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def test_a_stray_or_sparse_safetensors_file_is_neither_read_nor_counted_and_a_damaged_weight_file_is_named(
+        checkpoint, tmp_path, capsys):
+    """A `*.safetensors` that transformers does not load (garbage, or a sparse file of zeros) stopped push with
+    "Error while deserializing header" naming no file, and a readable one was counted in the card's parameters."""
+    from gap_mllm.cli.model_card import parameter_counts, weights_size
+
+    folder = tmp_path / "stray"
+    shutil.copytree(checkpoint, folder)
+    expected = parameter_counts(folder), weights_size(folder)
+    (folder / "garbage.safetensors").write_bytes(b"not safetensors")
+    with open(folder / "sparse.safetensors", "wb") as sparse:
+        sparse.truncate(2**20)  # a file of holes: its header length reads 0
+    shutil.copy(folder / "model.safetensors", folder / "model-copy.safetensors")  # readable, but no weight of it
+    assert push_cli.main(_parse(["--model", str(folder), "--repo", REPO, "--dry-run"])) == 0
+    out = capsys.readouterr().out
+    assert all(f"  - {name} (not uploaded)" in out
+               for name in ("garbage.safetensors", "sparse.safetensors", "model-copy.safetensors"))
+    assert (parameter_counts(folder), weights_size(folder)) == expected
+    shutil.copy(folder / "sparse.safetensors", folder / "model.safetensors")  # the weights themselves: named
+    assert push_cli.main(_parse(["--model", str(folder), "--repo", REPO, "--dry-run"])) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"gap-mllm push: error: {folder / 'model.safetensors'}: unreadable weights (Error while deserializing header: "
+        "invalid JSON in header: EOF while parsing a value at line 1 column 0); the file is truncated or corrupt: copy "
+        "or download it again"]

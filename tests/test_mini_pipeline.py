@@ -17,10 +17,11 @@ from gap_mllm.evaluation import scene_generation
 from gap_mllm.processing.box_angles import read_box_angles
 
 from lab.mini import pipeline
+from lab.mini.ablation import weights_digest
 from lab.mini.arms import MAIN_ARM
 from lab.mini.claims import write_claims
 from lab.mini.claims_table import CLAIMS_SECTION, QUOTE_BEGIN, QUOTE_END, claims_quote
-from lab.mini.export import mini_box_angles
+from lab.mini.export import mini_box_angles, mini_training_record
 from lab.mini.markdown_sections import document_section
 from lab.mini.report import REFUSED_SECTION
 
@@ -100,6 +101,10 @@ def test_the_exported_folder_is_a_hub_folder_with_its_card(toy_run):
         assert handle.get_tensor(next(iter(handle.keys()))).dtype.is_floating_point
     # the orientations of its training boxes: the toy budget's 3 training scenes (predict notes a box of another)
     assert read_box_angles(export) == mini_box_angles(3)
+    # what it trained on, for `evaluate`'s held-out check, and its name and version, for a fine-tune's card
+    record = json.loads((export / "gap_mllm_training.json").read_text())
+    assert record == mini_training_record((3, 2, 2), weights_digest(export))
+    assert record["trained_scenes"][0]["scenes"] == ["synth0000_00", "synth0001_00", "synth0002_00"]
 
 
 def test_a_second_run_resumes_without_training(toy_run, caplog):

@@ -196,6 +196,64 @@ def test_weights_holding_nan_or_an_infinity_are_refused_naming_the_folder_and_th
     assert torch.isinf(loaded.state_dict()[first][1, 2]) and torch.isnan(loaded.state_dict()[later][0, 0])
 
 
+def test_finite_weights_that_compute_nan_are_refused_naming_the_largest_weight_or_the_first_module(tmp_path,
+                                                                                                   build_model):
+    """A weight past 2**64 (its square overflows) is named at once; weights under that bound that still compute NaN
+    (all scaled by 1e6) are found by one forward of a probe input, which names the first module whose output is not
+    finite. Both used to load and answer "0 box(es)" from all-NaN logits."""
+    model = build_model()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    name = "vlm.model.language_model.layers.0.mlp.down_proj.weight"
+    save_file({**weights, name: weights[name].index_fill(1, torch.tensor([0]), 3e38)}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError) as refused:
+        GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+    assert str(refused.value) == (f"{tmp_path}: the weights hold a value too large to compute with ({name} holds "
+                                  "3e+38; its square overflows, a trained weight stays far below 2**64 = 1.84e+19); the "
+                                  "checkpoint is damaged or was saved from a diverged run: load another one")
+    save_file({key: value * 1e6 for key, value in weights.items()}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError) as refused:
+        GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path}: the weights are finite but compute NaN or infinite values on a probe input (first in the output "
+        "of geometry_encoder.aggregator.patch_embed.blocks.0.norm2; the largest weight is "
+        "vlm.model.visual.blocks.0.norm1.weight, 1e+06); the checkpoint is damaged or was saved from a diverged run: "
+        "load another one")
+    loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path, allow_non_finite_weights=True)
+    assert loaded.state_dict()[name].abs().max().item() == pytest.approx(weights[name].abs().max().item() * 1e6)
+
+
+def test_the_probe_forward_leaves_the_model_and_the_random_state_as_they_were(tmp_path, build_model, make_inputs):
+    model = build_model().eval()
+    model.save_pretrained(tmp_path)
+    inputs = make_inputs((2,))
+    expected = _logits(model, inputs)
+    state = torch.random.get_rng_state()
+    loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path)  # the probe ran
+    assert torch.equal(torch.random.get_rng_state(), state) and loaded.vlm.model.rope_deltas is None
+    assert torch.equal(_logits(loaded, inputs), expected)
+
+
+def test_tensors_the_config_has_no_place_for_are_refused_by_name(tmp_path, build_model):
+    """A config.json with one text layer fewer than the weights used to load with transformers' report that the
+    extra layer's tensors "can be ignored", and answer without them."""
+    model = build_model()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["vlm_config"]["text_config"]["num_hidden_layers"] -= 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    last = config["vlm_config"]["text_config"]["num_hidden_layers"]
+    extra = sorted(key for key in model.state_dict() if key.startswith(f"vlm.model.language_model.layers.{last}."))
+    with pytest.raises(ValueError) as refused:
+        GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path}: the weights hold {len(extra)} tensor(s) that the model built from config.json has no place for "
+        f"(Qwen3-VL language model: {len(extra)} (e.g. {extra[0]})); the config does not belong to these weights "
+        "(fewer layers than they hold?): restore the config.json saved with them")
+
+
 def test_the_non_finite_check_reads_each_tensor_in_order_and_is_not_fooled_by_a_large_sum():
     large = {"big": torch.full((10,), 3e38), "half": torch.full((10_000,), 60_000.0, dtype=torch.float16),
              "double": torch.tensor([1e300], dtype=torch.float64), "ids": torch.tensor([1, 2]),

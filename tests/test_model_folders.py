@@ -45,6 +45,19 @@ def with_nan_weights(folder: Path) -> None:
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+def with_weights(folder: Path, edit) -> None:
+    weights = load_file(folder / "model.safetensors")
+    edit(weights)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def one_layer_fewer(config: dict, *keys: str) -> None:
+    section = functools.reduce(dict.get, keys[:-1], config)
+    section[keys[-1]] -= 1
+    if keys[-1] == "depth":  # the tiny model taps its last block for DeepStack: move that tap down a block
+        section["deepstack_visual_indexes"] = [min(i, section["depth"] - 1) for i in section["deepstack_visual_indexes"]]
+
+
 def text_size(name: str, value: int):
     return lambda config: config["text_config"].__setitem__(name, value)
 
@@ -54,6 +67,29 @@ DAMAGES = {
     "nan weights": (with_nan_weights,
                     "{folder}: the weights hold NaN or infinite values (first: " + NAN_TENSOR + "); the checkpoint is "
                     "damaged or was saved from a diverged run: load another one"),
+    "weight near the float limit": (
+        lambda folder: with_weights(folder, lambda weights: weights[NAN_TENSOR].__setitem__((0, 0), 3e38)),
+        "{folder}: the weights hold a value too large to compute with (" + NAN_TENSOR + " holds 3e+38; its square "
+        "overflows, a trained weight stays far below 2**64 = 1.84e+19); the checkpoint is damaged or was saved from a "
+        "diverged run: load another one"),
+    "weights times 1e30": (
+        lambda folder: with_weights(folder, lambda weights: weights.update({name: tensor * 1e30 for name, tensor in
+                                                                           weights.items()})),
+        "{folder}: the weights hold a value too large to compute with (vlm.model.visual.blocks.0.norm1.weight holds "
+        "1e+30; its square overflows, a trained weight stays far below 2**64 = 1.84e+19); the checkpoint is damaged "
+        "or was saved from a diverged run: load another one"),
+    "fewer text layers": (
+        lambda folder: edit_json(folder / "config.json",
+                                 lambda config: one_layer_fewer(config, "text_config", "num_hidden_layers")),
+        "{folder}: the weights hold 11 tensor(s) that the model built from config.json has no place for (Qwen3-VL "
+        "language model: 11 (e.g. vlm.model.language_model.layers.3.input_layernorm.weight)); the config does not "
+        "belong to these weights (fewer layers than they hold?): restore the config.json saved with them"),
+    "fewer vision blocks": (
+        lambda folder: edit_json(folder / "config.json",
+                                 lambda config: one_layer_fewer(config, "vision_config", "depth")),
+        "{folder}: the weights hold 12 tensor(s) that the model built from config.json has no place for (Qwen3-VL "
+        "vision tower: 12 (e.g. vlm.model.visual.blocks.2.attn.proj.bias)); the config does not belong to these "
+        "weights (fewer layers than they hold?): restore the config.json saved with them"),
     "vocab_size": (lambda folder: edit_json(folder / "config.json", text_size("vocab_size", 800)),
                    "--model {folder}: config.json's text_config.vocab_size is 800 but the weights' "
                    "model.language_model.embed_tokens.weight has 720 (shape [720, 64]); the config does not "
@@ -93,11 +129,12 @@ def test_predict_refuses_a_damaged_model_folder_in_one_line(checkpoint, tmp_path
     assert "parsed" not in captured.out
 
 
-def test_evaluate_and_export_llm_refuse_nan_weights_in_one_line(checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["nan weights", "weight near the float limit", "fewer text layers"])
+def test_evaluate_and_export_llm_refuse_weights_that_cannot_answer_in_one_line(checkpoint, tmp_path, capsys, damage):
     """The refusal lives in the model's own `from_pretrained`, which every front end loads through."""
-    folder = damaged(checkpoint, tmp_path, "nan weights")
+    folder = damaged(checkpoint, tmp_path, damage)
     data = write_small_synth(tmp_path / "data", {"val": 1})
-    expected = DAMAGES["nan weights"][1].format(folder=folder)
+    expected = DAMAGES[damage][1].format(folder=folder)
     status = gap_mllm(["evaluate", "--task", "detection", "--model", str(folder), "--data", str(data),
                        "--out", str(tmp_path / "eval"), "--limit", "1", "--no-plots", "--quiet"])
     assert one_line_error(status, capsys.readouterr().err, "evaluate") == expected

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
+from gap_mllm.image_utils_gap_mllm import draw_marker, pad_to_vggt_square, vggt_pad_boxes
 from gap_mllm.processing_gap_mllm import (
     GapMllmProcessor,
     crop_to_even_patch_count,
@@ -195,17 +196,58 @@ def test_views_of_another_size_are_resized_to_the_first_with_a_warning(processor
     assert torch.equal(out["geometry_pixel_values"][1], _expected_geometry(resized, 4, 4))
 
 
-def test_views_of_another_shape_are_refused_naming_both_sizes_not_stretched(processor):
-    """A portrait view beside a landscape one would be stretched to its size: refused, as by predict and the Space."""
+def _vggt_pad_reference(image: PIL.Image.Image) -> torch.Tensor:
+    """VGGT's `load_and_preprocess_images(mode="pad")` on one RGB image, re-derived from its documented rules without
+    the package: the longer side 518, the other round(side·518/longer / 14)·14, bicubic, then centred in a 518×518
+    square padded with 1.0 (the first half of the padding left / top, the rest right / bottom)."""
+    width, height = image.size
+    if width >= height:
+        new_width, new_height = 518, round(height * (518 / width) / 14) * 14
+    else:
+        new_width, new_height = round(width * (518 / height) / 14) * 14, 518
+    tensor = torch.from_numpy(np.asarray(image.resize((new_width, new_height), PIL.Image.Resampling.BICUBIC)).copy())
+    tensor = tensor.permute(2, 0, 1).float() / 255.0
+    h_pad, w_pad = 518 - new_height, 518 - new_width
+    return F.pad(tensor, (w_pad // 2, w_pad - w_pad // 2, h_pad // 2, h_pad - h_pad // 2), value=1.0)
+
+
+def test_views_of_another_shape_are_padded_as_vggts_loader_pads_them(processor, caplog):
+    """A portrait photo beside landscape ones: each view is the 518×518 square of VGGT's loader in "pad" mode (exact
+    pixels), one note for the sample; a marker is painted in its view's own pixels first, so it moves with the view."""
+    assert vggt_pad_boxes([(640, 480), (256, 300)], ["a", "b"]) == [(0, 63, 518, 392), (35, 0, 448, 518)]
+    # 7·518/100 / 14 = 2.59 → 3 patches; 5·518/74 / 14 = 2.5 → 2 (Python's round, ties to even, as the loader's)
+    assert vggt_pad_boxes([(100, 7), (7, 100), (74, 5), (50, 50)], "abcd") == [
+        (0, 238, 518, 42), (238, 0, 42, 518), (0, 245, 518, 28), (0, 0, 518, 518)]
+    assert vggt_pad_boxes([(1920, 1080), (1920, 1088)], "ab") is None  # one shape (codec padding): resized, not padded
+    landscape, portrait = _image(48, 64, 1), _image(300, 256, 2)
+    with caplog.at_level(logging.WARNING):
+        out = processor(images=[landscape, portrait, landscape], text="x", point_prompts=(1, 128, 150),
+                        return_tensors="pt")
+    assert caplog.text.count("frames of different shapes (256x300, 64x48): each is scaled to 518 px on its longer "
+                             "side and padded with white to 518x518, as VGGT's reference loader does") == 1
+    assert out["image_grid_thw"].tolist() == [[1, 16, 16]] * 3  # the 518×518 square within the tiny pixel limits
+    marked = draw_marker(portrait, 128, 150)
+    for view, image in ((0, landscape), (1, marked)):
+        assert torch.equal(out["geometry_pixel_values"][view], _expected_geometry(_vggt_square(image), 16, 16))
+    reference = _vggt_pad_reference(marked)
+    assert reference.shape == (3, 518, 518) and torch.all(reference[:, :, :35] == 1.0)  # 35 white columns left
+    assert torch.equal(torch.from_numpy(np.array(_vggt_square(marked))).permute(2, 0, 1).float() / 255.0, reference)
+
+
+def _vggt_square(image):
+    return pad_to_vggt_square(image, vggt_pad_boxes([image.size, (1, 2)], "ab")[0])
+
+
+def test_a_view_too_thin_to_align_is_refused_by_name(processor):
+    """A 1×4000 strip beside a landscape view keeps no pixel across in VGGT's 518 square: refused, naming it."""
     with pytest.raises(ValueError) as refused:
-        processor(images=[[_image(48, 64, 1)], [_image(48, 64, 1), _image(64, 48, 2)]], text=["a", "b"])
+        processor(images=[[_image(48, 64, 1)], [_image(48, 64, 1), _image(4000, 1, 2)]], text=["a", "b"])
     assert str(refused.value) == (
-        "sample 1, view 1 is 48x64 (portrait) but sample 1, view 0 is 64x48 (landscape): the frames of one scene must "
-        "share one aspect ratio (resized to one size, they would be stretched); crop or turn them to one shape, or "
-        "leave this frame out")
-    with pytest.raises(ValueError, match=r"^sample 0, view 1 is 72x48 \(landscape\) but sample 0, view 0 is 64x48 "):
-        processor(images=[_image(48, 64, 1), _image(48, 72, 2)], text="x")  # 3:2 beside 4:3: one orientation, stretched
-    processor(images=[_image(135, 240, 1), _image(136, 240, 2)], text="x")  # 1080 beside 1088 rows (codec padding)
+        "sample 1, view 1 is 1x4000 (portrait): too thin to align with frames of another shape (padded to VGGT's "
+        "518x518 square, its shorter side would keep no pixel); crop it or leave this frame out")
+    assert vggt_pad_boxes([(73, 1), (1, 1)], "ab")[0] == (0, 252, 518, 14)  # 1·518/73 / 14 = 0.507: one patch
+    with pytest.raises(ValueError, match=r"^a is 74x1 \(landscape\): too thin"):
+        vggt_pad_boxes([(74, 1), (1, 1)], "ab")  # 0.5 rounds to 0
 
 
 def test_an_animated_image_file_is_refused_as_one_view(processor, tmp_path):

@@ -291,6 +291,24 @@ def test_another_recipe_resuming_a_state_is_refused_naming_the_settings(stopped,
                             run=run_definition(recipe)).endswith("checkpoint-1")
 
 
+def test_a_deliberate_change_continues_a_state_on_a_fresh_machine_and_is_recorded(stopped, state, tmp_path):
+    """`run_state.accept_other_settings=true`: the state's settings rule is the output folder's (run_state.py
+    `check_same_settings`); the change is recorded in the training record, and the states written from then on hold
+    the new settings; the learning rate, which the checkpoint's optimizer carries, is refused even then."""
+    _, recipe_path, _, _ = stopped
+    out = tmp_path / "new"
+    opt_in = [f"run_state.directory={state}", f"training.output_dir={out}", "run_state.accept_other_settings=true"]
+    with pytest.raises(RunStateError, match=r"its settings differ \(training.learning_rate: 0.001 then, 0.5 now\), "
+                                            r"which a resume cannot change"):
+        run_training(load_recipe(recipe_path, [*opt_in, "training.learning_rate=0.5"]), resume_from_checkpoint="auto")
+    assert not out.exists() or not any(out.glob("checkpoint-*"))
+    run_training(load_recipe(recipe_path, [*opt_in, "data.tasks=[detection]"]), resume_from_checkpoint="auto")
+    change = {"at_step": 1, "from": "checkpoint-1",
+              "settings": {"data.tasks": {"then": ["reconstruction"], "now": ["detection"]}}}
+    assert json.loads((out / "gap_mllm_training.json").read_text())["changed_settings"] == [change]
+    assert read_run_state(state)["global_step"] == 4 and read_run_state(state)["run"]["data.tasks"] == ["detection"]
+
+
 def test_a_changed_camera_pose_file_is_refused_by_content(state, tmp_path, source_model, train_data_root):  # noqa: F811
     data = tmp_path / "data"
     shutil.copytree(train_data_root, data)

@@ -178,6 +178,24 @@ def test_estimated_intrinsics_are_rescaled_to_the_frame_size():
     np.testing.assert_allclose(scaled, [[200.0, 0.0, 112.0], [0.0, 135.0, 63.0], [0.0, 0.0, 1.0]])
 
 
+def test_intrinsics_of_a_padded_frame_lose_the_padding():
+    """Frames of different shapes were padded into VGGT's 518 square (frame 0, 640x480, at rows 63..455), and the square
+    resized to the 448×448 VGGT input: the square's centre is the frame's centre, focal lengths scale per axis."""
+    camera = np.array([[100.0, 0.0, 224.0], [0.0, 100.0, 224.0], [0.0, 0.0, 1.0]])
+    scaled = intrinsics_for_frame(camera, (448, 448), (640, 480), (0, 63, 518, 392))
+    np.testing.assert_allclose(scaled, [[100 * 640 / 448, 0.0, 320.0], [0.0, 100 * 518 * 480 / (448 * 392), 240.0],
+                                        [0.0, 0.0, 1.0]])
+
+
+def test_frames_of_different_shapes_reconstruct_without_their_padding(heads_backend):
+    """A portrait frame beside a landscape one: reconstructed (not refused), and no point of the white padding is in
+    the cloud (every frame is green; a white point could only come from the padding)."""
+    views = [Image.new("RGB", (FRAME_WIDTH, FRAME_HEIGHT), (90, 120, 30)), Image.new("RGB", (60, 80), (90, 120, 30))]
+    scene = reconstructed_scene(heads_backend.model, heads_backend.processor, views)
+    assert scene.points is not None and len(scene.points) > 0
+    assert not np.any(np.all(scene.colors == 255, axis=-1))
+
+
 # ------------------------------------------------------------------ token budget, reference and held-out score
 
 

@@ -182,3 +182,41 @@ def test_request_beyond_max_queue_is_refused_with_a_clear_message(queued_space):
     # condition), not after a slot freed up
     assert first_start <= report["refused_at"]
     assert sum(start <= report["refused_at"] <= end for start, end in intervals) == 1
+
+
+# ----------------------------------------------------------------- the Space from a script (last: the queue tests first)
+
+
+def test_the_documented_gradio_client_call_runs_against_the_space(queued_space, capsys):
+    """docs/usage.md's "The Space from a script", as written but for the Space's address: `/run` called by parameter
+    name answers spatial QA on the bundled room the page opens on; `view_api` names every parameter, each with a
+    default, and lists every task the command line answers, spatial QA included."""
+    from gradio_client import Client
+
+    from gap_mllm.cli.scenes import EXAMPLE_SEEDS
+    from gap_mllm.cli.space_backend import TASK_LABELS
+    from gap_mllm.cli.task_names import front_end_tasks
+
+    from .test_docs_snippets import SPACE_CLIENT_HEADING, SPACE_URL, doc_snippets, run_alone
+
+    snippets = doc_snippets()
+    (snippet,) = [s for s in snippets if s.path == "docs/usage.md" and s.heading == SPACE_CLIENT_HEADING]
+    assert snippet.code.count(SPACE_URL) == 1
+    capsys.readouterr()
+    namespace = run_alone(snippet, snippets, replace=(SPACE_URL, queued_space["url"]))
+    printed = capsys.readouterr().out.splitlines()[-2:]  # (after gradio_client's "Loaded as API: ..." line)
+    assert printed[0].startswith("spatial_qa on 4 frame(s); exact synthetic geometry") and printed[0] == namespace["status"]
+    assert printed[1] == namespace["parsed"] and namespace["raw"] is not None
+    shown = namespace["frames"]["value"]  # the gallery with its column count (the page's grid): its value
+    assert [frame["caption"] for frame in shown] == [f"frame {i}" for i in range(4)]
+    assert all(Path(frame["image"]).suffix == ".png" for frame in shown)
+
+    api = Client(queued_space["url"], verbose=False).view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/run"] and not api["unnamed_endpoints"]  # the page's helpers are private
+    parameters = {p["parameter_name"]: p for p in api["named_endpoints"]["/run"]["parameters"]}
+    assert list(parameters) == ["frames", "example", "task", "query", "caption_object", "box", "marker"]
+    assert all(p["parameter_has_default"] for p in parameters.values())
+    assert parameters["example"]["parameter_default"] == next(iter(EXAMPLE_SEEDS))  # the page opens on a bundled room
+    labels = {spec.name: label for label, spec in TASK_LABELS.items()}
+    assert sorted(labels) == sorted(spec.name for spec in front_end_tasks()) and "spatial_qa" in labels
+    assert set(parameters["task"]["type"]["enum"]) == set(labels.values())

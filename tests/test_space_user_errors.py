@@ -94,3 +94,39 @@ def test_the_page_shows_the_user_error_without_printing_its_traceback():
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
         "user": {"message": "no frames: upload images or pick an example", "print_exception": False}, "bug": "RuntimeError"}
+
+
+SCENE_CHOICE = """
+import json
+from types import SimpleNamespace
+
+from gap_mllm.cli.space_ui import build_demo
+from gap_mllm.cli.uploads import UploadLimits
+
+asked = []
+output = SimpleNamespace(frames=[], captions=[], columns=4, scene_glb="s.glb", raw="", parsed="", gates_png=None,
+                         status="", reference="")
+backend = SimpleNamespace(settings=SimpleNamespace(limits=UploadLimits()), notice="", geometry_notice="",
+                          run=lambda files, example, *rest, session=None: asked.append([files, example]) or output,
+                          example_defaults=lambda name: {"object": None, "query": "", "marker": ""},
+                          object_choices=lambda name: [], served=lambda out, keep=None: out)
+demo = build_demo(backend)
+on_run = next(block.fn for block in demo.fns.values() if getattr(block.fn, "__name__", "") == "on_run")
+example = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "example")
+on_run(["/uploads/a.png"], "synthetic room B", "3D object detection")  # uploads sent with a room: the uploads
+on_run([], "synthetic room B", "3D object detection")  # none: the room
+on_run(task="3D object detection")  # a script naming the task only: the room the page opens on
+print(json.dumps({"asked": asked, "opens_on": example.value}))
+"""
+
+
+def test_the_page_opens_on_a_bundled_room_and_uploads_sent_are_the_scene():
+    """The example list opens on a bundled room (GAP-MLLM-Mini knows no other), and `/run` answers on uploaded frames
+    whenever some are sent, the room only without them (a script that names only the task gets the opening room)."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", SCENE_CHOICE], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "asked": [[["/uploads/a.png"], "(my uploaded files)"], [[], "synthetic room B"], [None, "synthetic room A"]],
+        "opens_on": "synthetic room A"}

@@ -6,6 +6,7 @@ of them once unregistered. No other module names it."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import datasets
@@ -144,3 +145,88 @@ def test_a_registered_task_is_in_the_space_task_list_and_gone_once_unregistered(
     finally:
         register_task(TOY_SPEC)  # the fixture unregisters both
         register_package_task(TOY_TASK)
+
+
+# ---- what the registries refuse: the shipped tasks' names, labels and files, and names and grammars that break later
+@pytest.mark.parametrize("name", ["", "a\nb", "../../x", "toy\x00", "1toy", "toy-view", "tâche", "toy view"])
+def test_a_name_that_is_not_a_word_is_refused_at_registration(name):
+    with pytest.raises(ValueError, match="is not a task name: one word of ASCII letters, digits and '_'"):
+        register_task(replace(TOY_SPEC, name=name))
+    with pytest.raises(ValueError, match="is not a task name"):
+        register_task(replace(TOY_SPEC, aliases=(name,)))
+    assert name not in tasks_gap_mllm.TASKS and TOY not in tasks_gap_mllm.TASKS
+    assert name not in tasks_gap_mllm.DEPRECATED_TASK_NAMES
+
+
+@pytest.mark.parametrize("grammar", ['root ::= "a" [', "root ::= missing_rule\n", "not a grammar"])
+def test_a_grammar_that_does_not_compile_is_refused_by_name_at_registration(grammar):
+    spec = replace(TOY_SPEC, grammar=lambda max_tokens, num_frames=None, prompt=None: grammar)
+    refusals = ("its answer grammar does not compile in llguidance: ",
+                "its answer grammar is refused: ValueError: Failed to convert the grammar from GBNF to Lark: ")
+    with pytest.raises(ValueError, match=f"^task {TOY!r}: ({'|'.join(map(re.escape, refusals))})"):
+        register_task(spec)
+    assert TOY not in tasks_gap_mllm.TASKS
+
+
+def test_a_grammar_function_that_fails_is_refused_by_name_at_registration():
+    spec = replace(TOY_SPEC, grammar=lambda max_tokens, num_frames=None, prompt=None: 1 / 0)
+    with pytest.raises(ValueError, match=f"^task {TOY!r}: its answer grammar is refused: ZeroDivisionError"):
+        register_task(spec)
+    assert TOY not in tasks_gap_mllm.TASKS
+
+
+def test_a_grammar_that_does_not_parse_is_named_by_the_matcher_not_an_index_error(tiny_processor):
+    tokenizer = tiny_processor.tokenizer
+    with pytest.raises(ValueError, match="^the answer grammar does not compile in llguidance: "):
+        tasks_gap_mllm.grammar_matcher(tokenizer, len(tokenizer), 'root ::= "a" [')
+
+
+@pytest.mark.parametrize("name", ["detection", "grounding", "grounding_stage1", "captioning", "det"])
+def test_a_shipped_task_cannot_be_unregistered(name):
+    with pytest.raises(ValueError, match=f"^task {name!r} is a shipped task"):
+        unregister_task(name)
+    with pytest.raises(ValueError, match=f"^task {name!r} is a shipped task"):
+        unregister_package_task(name)
+    assert set(tasks_gap_mllm.TASK_NAMES) >= {"detection", "grounding", "grounding_stage1", "captioning"}
+    assert resolve_task("detection").name == "detection" and "detection" in package_task_names()
+
+
+DETECTION_LABEL = "3D object detection"
+
+
+@pytest.mark.parametrize(("name", "changes", "refusal"), [
+    (TOY, {"lmms_task": "gap_det"}, "its lmms-eval task 'gap_det' is taken by the task 'detection'"),
+    ("scanrefer", {}, "its lmms-eval task 'gap_scanrefer' is taken by the task 'grounding'"),
+    (TOY, {"space_label": DETECTION_LABEL}, f"its Space label {DETECTION_LABEL!r} is taken by the task 'detection'"),
+    (TOY, {"annotation_file": "scannet_det_{split}_{frames}frames.json"},
+     "its annotation file 'scannet_det_{split}_{frames}frames.json' is taken by the task 'detection'"),
+    (TOY, {"annotation_file": "scanrefer_{split}_{frames}frames_stage1.json"},
+     "its annotation file 'scanrefer_{split}_{frames}frames_stage1.json' is taken by the task 'grounding'"),
+    (TOY, {"lmms_task": "../{name}"}, "lmms_task '../{name}' gives the lmms-eval task '../toy_view_count', which is"),
+    (TOY, {"lmms_task": "gap_{task}"}, "lmms_task 'gap_{task}' gives the lmms-eval task \"(KeyError: 'task')\""),
+    (TOY, {"annotation_file": "../toy_{split}.json"}, "annotation_file '../toy_{split}.json': it must be one file"),
+    (TOY, {"annotation_file": "toy_{split}_{scene}.json"}, "annotation_file 'toy_{split}_{scene}.json': its fields"),
+])
+def test_the_package_registry_refuses_what_a_shipped_task_owns(name, changes, refusal):
+    spec = register_task(replace(TOY_SPEC, name=name))
+    try:
+        with pytest.raises(ValueError, match=f"^task {name!r}: {re.escape(refusal)}"):
+            register_package_task(replace(TOY_TASK, name=name, **changes))
+        assert name not in package_task_names()
+        assert LMMS_TASKS["gap_det"] == "detection" and LMMS_TASKS["gap_scanrefer"] == "grounding"
+        assert TASK_LABELS[DETECTION_LABEL] is resolve_task("detection")
+        assert annotation_file_name("detection", "val", 4) == "scannet_det_val_4frames.json"
+    finally:
+        unregister_task(spec.name)
+
+
+def test_a_title_that_is_a_shipped_tasks_space_label_is_refused_for_a_task_without_one():
+    """The Space labels a task without a `space_label` by its title (cli/space_backend.py `TASK_LABELS`)."""
+    spec = register_task(replace(TOY_SPEC, title=SPATIAL_QA.title))
+    try:
+        with pytest.raises(ValueError, match=f"^task {TOY!r}: its Space label {SPATIAL_QA.title!r} is taken by the "
+                                             "task 'spatial_qa'$"):
+            register_package_task(replace(TOY_TASK, space_label=None))
+        assert TASK_LABELS[SPATIAL_QA.title] is SPATIAL_QA and TOY not in package_task_names()
+    finally:
+        unregister_task(spec.name)

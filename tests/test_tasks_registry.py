@@ -25,6 +25,7 @@ from gap_mllm.tasks_gap_mllm import (
     SpatialAnswerResult,
     answer_complete,
     resolve_task,
+    stop_token_ids,
 )
 
 from .conftest import make_views
@@ -387,3 +388,41 @@ def test_spatial_answer_reads_the_word_vsi_bench_scores(text):
     from gap_mllm.processing.tasks.spatial_qa import fuzzy_matching
 
     assert (TASKS["spatial_qa"].parse(text).answer or "") == fuzzy_matching(text)
+
+
+def test_post_process_says_when_the_token_budget_ended_an_answer_as_the_command_line_does(tiny_processor):
+    """`generate` after `generation_kwargs(max_new_tokens=...)` returned answers its budget cut (an empty list the
+    grammar closed, half a caption) whose `post_process` reason was None, where `gap-mllm predict` says "budget cut"
+    (cli/tasks.py `budget_cut`, the same rule)."""
+    from gap_mllm.cli.tasks import BUDGET_ADVICE, budget_cut
+
+    tokenizer = tiny_processor.tokenizer
+    stop, pad = stop_token_ids(tokenizer)[0], tokenizer.pad_token_id
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prompt = [[5, 6, 7]] * 2
+    cut, whole = ids("a red ch"), ids("a red chair.\n") + [stop]
+    width = max(len(cut), len(whole))
+    rows = [prompt[0] + cut + [pad] * (width - len(cut)), prompt[0] + whole + [pad] * (width - len(whole))]
+    results = tiny_processor.post_process(torch.tensor(rows), "captioning", input_ids=torch.tensor(prompt))
+    assert [r.reason for r in results] == ["the answer was cut at its token budget", None]
+    results = tiny_processor.post_process(torch.tensor(rows), "captioning", torch.tensor(prompt), max_new_tokens=width)
+    assert [r.caption for r in results] == ["a red ch", "a red chair."]
+    assert [r.reason for r in results] == [f"the answer was cut at its token budget of {width}", None]
+    assert budget_cut(TASKS["captioning"], tokenizer, cut, len(cut), False) == (
+        f"the answer was cut at its token budget of {len(cut)}; {BUDGET_ADVICE}")
+
+    closed = ids("```json\n[\n]```") + [stop]  # the grammar closed the list for a budget below its reserve
+    reserve = TASKS["detection"].entry_list.reserve
+    budget = len(closed) + 4
+    result, = tiny_processor.post_process([closed], "detection", max_new_tokens=budget, constrained=True)
+    reason = (f"the grammar closed the list for the token budget of {budget} (it keeps the last {reserve} tokens to "
+              "close it), so the answer may lack entries")
+    assert (result.boxes, result.reason) == ([], reason)
+    assert budget_cut(TASKS["detection"], tokenizer, closed, budget, True) == f"{reason}; {BUDGET_ADVICE}"
+    assert tiny_processor.post_process([closed], "detection")[0].reason is None  # whole, and no budget to compare
+    assert tiny_processor.post_process([closed], "detection", max_new_tokens=len(closed) + reserve,
+                                       constrained=True)[0].reason is None  # far from its budget
+    assert tiny_processor.post_process(["a red ch"], "captioning")[0].reason is None  # text: no tokens to read

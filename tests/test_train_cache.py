@@ -1,5 +1,6 @@
-"""Feature cache: built once and reused, invalidated by new frozen weights, processing or content, and training from
-it gives the loss and gradients of training with the towers (float32 storage) while never running what it caches."""
+"""Feature cache: built once and reused, the frozen towers run once per distinct input they see, invalidated by new
+frozen weights, processing or content, a folder of an earlier layout refused by name, and training from it gives the
+loss and gradients of training with the towers (float32 storage) while never running what it caches."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from gap_mllm.training.config import recipe_from_dict
 from gap_mllm.training.data import load_split, sample_collator, sample_collator_settings
 from gap_mllm.training.feature_cache import (
     CachedCollator,
+    CacheLayoutError,
     CacheUnusableError,
     FeatureCache,
     sample_key,
     undecoded_images,
+    view_input_count,
 )
 from gap_mllm.training.frozen_towers import frozen_vision_features, geometry_fingerprint, vision_fingerprint
 from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
@@ -118,6 +121,98 @@ def test_entries_are_built_once_hold_the_towers_outputs_and_are_reused(tmp_path,
     for stored, direct in zip(entry["vision_features"].levels, vision.levels):
         assert torch.equal(stored, direct)
     assert torch.equal(entry["input_ids"], batch["input_ids"][0]) and torch.equal(entry["labels"], batch["labels"][0])
+
+
+@pytest.fixture
+def tower_forwards(monkeypatch):
+    """Call with a model: returns a dict counting what its towers are run on, `geometry` (tower inputs: samples of
+    a VGGT batch) and `vit` (views), as they run."""
+
+    def arm(model):
+        counts = {"geometry": 0, "vit": 0}
+        geometry, visual = model.geometry_encoder, model.model.visual
+        geometry_forward, visual_forward = geometry.forward, visual.forward
+
+        def count_geometry(images, *args, **kwargs):
+            counts["geometry"] += images.shape[0]
+            return geometry_forward(images, *args, **kwargs)
+
+        def count_views(hidden_states, grid_thw, **kwargs):
+            counts["vit"] += grid_thw.shape[0]
+            return visual_forward(hidden_states, grid_thw, **kwargs)
+
+        monkeypatch.setattr(geometry, "forward", count_geometry)
+        monkeypatch.setattr(visual, "forward", count_views)
+        return counts
+
+    return arm
+
+
+def tower_input(example: dict) -> tuple:
+    """What the towers receive of `example`, from its data: its views' bytes and where the marker is painted (the
+    recipe paints it: data.marker)."""
+    coords = example.get("pixel_coords")
+    return tuple(view["bytes"] for view in example["images"]), None if coords is None else tuple(coords)
+
+
+def test_the_towers_run_once_per_distinct_input_and_a_sample_on_encoded_views_runs_none(tmp_path, mixed, tower_forwards):
+    settings, dataset = mixed
+    model, processor = tiny()
+    inputs = {tower_input(example): len(example["images"]) for example in dataset}
+    view_lists = {views for views, _ in inputs}
+    # the data share views (a scene's questions) and paint markers on shared views: both cases are exercised
+    assert len(view_lists) < len(inputs) < len(dataset)
+    assert view_input_count(dataset) == len(inputs)
+    forwards = tower_forwards(model)
+    cache, stats = build(tmp_path, model, processor, settings, dataset)
+    assert (stats.computed, stats.reused, stats.encoded) == (len(dataset), 0, len(inputs))
+    assert forwards == {"geometry": len(inputs), "vit": sum(inputs.values())}
+    assert len(list(cache.folder.glob("towers/*.safetensors"))) == len(inputs)
+    assert len(list(cache.folder.glob("samples/*.safetensors"))) == len(dataset)
+    # samples that share an input are served the very same features
+    shared = next(views for views in view_lists if sum(1 for e in dataset if tower_input(e) == (views, None)) > 1)
+    first, second = [e for e in dataset if tower_input(e) == (shared, None)][:2]
+    one, other = cache.load(sample_key(first)), cache.load(sample_key(second))
+    assert not torch.equal(one["input_ids"], other["input_ids"])
+    for a, b in zip(one["geometry_features"] + one["vision_features"].levels,
+                    other["geometry_features"] + other["vision_features"].levels):
+        assert torch.equal(a, b)
+    # a new sample on encoded views costs no tower forward; the same views with the marker moved are a new input
+    marker_sample = next(e for e in dataset if e.get("pixel_coords") is not None)
+    view, x, y = marker_sample["pixel_coords"]
+    import datasets
+
+    rows = [{**marker_sample, "id": "new-answer", "answer": marker_sample["answer"] + " "},
+            {**marker_sample, "id": "moved-marker", "pixel_coords": [view, x, y + 1]}]
+    added = datasets.Dataset.from_list(rows, features=dataset.features)
+    _, stats = build(tmp_path, model, processor, settings, added.select([0]))
+    assert (stats.computed, stats.encoded) == (1, 0) and forwards == {"geometry": len(inputs), "vit": sum(inputs.values())}
+    _, stats = build(tmp_path, model, processor, settings, added.select([1]))
+    assert (stats.computed, stats.encoded) == (1, 1)
+    assert forwards == {"geometry": len(inputs) + 1, "vit": sum(inputs.values()) + len(marker_sample["images"])}
+    _, again = build(tmp_path, model, processor, settings, dataset)
+    assert (again.computed, again.reused, again.encoded) == (0, len(dataset), 0)
+    assert forwards["geometry"] == len(inputs) + 1
+
+
+def test_a_folder_of_another_layout_is_refused_by_name_and_earlier_folders_are_named(tmp_path, caplog):
+    import json
+    import logging
+
+    model, processor = tiny()
+    folder = FeatureCache(tmp_path / "cache", model, processor).folder
+    (folder / "layout.json").write_text(json.dumps({"layout": 1}))
+    with pytest.raises(CacheLayoutError, match=f"the feature cache folder {folder} records layout 1 in layout.json, "
+                                               "not this version's layout 2: it cannot be read. Delete that folder"):
+        FeatureCache(tmp_path / "cache", model, processor)
+    (folder / "layout.json").unlink()
+    (folder / "0123abcd.safetensors").write_bytes(b"an entry of one file per sample")
+    with pytest.raises(CacheLayoutError, match=f"{folder} holds cache entries of layout 1"):
+        FeatureCache(tmp_path / "cache", model, processor)
+    with caplog.at_level(logging.WARNING):
+        fresh = FeatureCache(tmp_path / "cache", model, processor, dtype="float32")  # another folder beside it
+    assert fresh.folder != folder and (fresh.folder / "layout.json").is_file()
+    assert f"1 folder(s) of an earlier cache layout there are never read by this version ({folder.name})" in caplog.text
 
 
 def test_the_folder_follows_frozen_weights_processing_and_settings_the_key_follows_content(tmp_path, mixed):

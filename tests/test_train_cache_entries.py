@@ -3,8 +3,9 @@
 - a `.bad` entry follows the policy of the run that reads it: under `raise` it stops the run naming the sample and
   the reason (even when an earlier `skip` run marked it), under `skip` it is skipped and counted by name, and the
   end-of-run warning names the skipped samples;
-- a damaged entry (empty, truncated, a tensor missing) is recomputed by the next build, or, read while training,
-  removed and named once in a warning with the cache folder, never a raw safetensors error or KeyError;
+- a damaged entry (empty, truncated, a tensor missing), a sample's or a tower's, is recomputed by the next build (the
+  towers run only for a damaged tower entry), or, read while training, removed and named once in a warning with the
+  cache folder, never a raw safetensors error or KeyError; a damaged tower entry skips every sample that shares it;
 - a full disk while writing an entry names the cache's device and folder, not the run's output folder;
 - an entry of NaN or infinite features is named as a damaged entry (the finite check flags NaN and infinities, not
   large finite values).
@@ -101,18 +102,21 @@ def damage(path, how: str) -> None:
 def test_damaged_entries_are_set_aside_when_read_and_recomputed_by_the_next_build(tmp_path, model_and_processor,
                                                                                   recon_dataset, caplog):  # noqa: F811
     model, processor = model_and_processor
-    dataset = undecoded_images(recon_dataset.select(range(4)))
+    dataset = undecoded_images(recon_dataset.select(range(4)))  # four tower inputs (each its own marker)
     examples = [dataset[i] for i in range(4)]
     cache = FeatureCache(tmp_path, model, processor, dtype="float32")
     cache.build(model, dataset, guarded(processor, "raise"))
     keys = [sample_key(example) for example in examples]
     sound = {key: cache.load(key) for key in keys}
-    for key, how in zip(keys, ("empty", "truncated", "missing")):
-        damage(cache.path(key), how)
+    towers = cache.towers_of(keys[2])
+    for path, how in zip((cache.path(keys[0]), cache.path(keys[1]), cache.tower_path(towers)), ("empty", "truncated", "missing")):
+        damage(path, how)
     with caplog.at_level(logging.WARNING, logger=feature_cache.__name__):
-        for key in keys[:3]:
+        for key in keys[:2]:
             with pytest.raises(DamagedEntryError, match=f"feature cache entry {key} in {cache.folder} is damaged"):
                 cache.load(key)
+        with pytest.raises(DamagedEntryError, match=f"feature cache tower entry {towers} in {cache.folder} is damaged"):
+            cache.load(keys[2])
         batch = cached_collator(cache, processor, "raise")(examples)  # read again: skipped, not named again
     assert int(batch["num_skipped_samples"]) == 3 and batch["input_ids"].shape[0] == 1
     # warnings only: an earlier test of the same process may have left the package's loggers at INFO (the cache's
@@ -120,11 +124,38 @@ def test_damaged_entries_are_set_aside_when_read_and_recomputed_by_the_next_buil
     warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
     assert len(warnings) == 3 and all(str(cache.folder) in warning for warning in warnings)
     assert "empty" in warnings[0] and "cut short" in warnings[1] and "geometry.0 missing" in warnings[2]
+    assert f"tower entry {towers} is damaged" in warnings[2] and "the samples that share it are skipped" in warnings[2]
     stats = cache.build(model, dataset, guarded(processor, "raise"))
-    assert (stats.computed, stats.recomputed, stats.reused) == (3, 3, 1)
-    assert not list(cache.folder.glob("*.damaged"))
+    # the towers run again for the damaged tower entry only: the two damaged sample entries' inputs were sound
+    assert (stats.computed, stats.recomputed, stats.reused, stats.encoded) == (3, 3, 1, 1)
+    assert not list(cache.folder.rglob("*.damaged"))
     for key in keys:
         assert torch.equal(cache.load(key)["geometry_features"][0], sound[key]["geometry_features"][0])
+
+
+def test_a_damaged_tower_entry_skips_every_sample_that_shares_it_named_once(tmp_path, model_and_processor,
+                                                                            recon_dataset, caplog):  # noqa: F811
+    model, processor = model_and_processor
+    row = undecoded_images(recon_dataset.select(range(1)))[0]
+    rows = [{**row, "id": f"question-{index}", "answer": row["answer"] + " " * index} for index in range(3)]
+    dataset = datasets.Dataset.from_list(rows, features=undecoded_images(recon_dataset).features)
+    cache = FeatureCache(tmp_path, model, processor, dtype="float32")
+    stats = cache.build(model, dataset, guarded(processor, "raise"))
+    assert (stats.computed, stats.encoded) == (3, 1)
+    towers = {cache.towers_of(sample_key(example)) for example in rows}
+    assert len(towers) == 1
+    (towers,) = towers
+    damage(cache.tower_path(towers), "truncated")
+    with caplog.at_level(logging.WARNING, logger=feature_cache.__name__):
+        with pytest.raises(DataError, match="no sample of a batch can be served"):
+            cached_collator(cache, processor, "raise")(rows)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and f"tower entry {towers} (sample 'question-0') is damaged" in warnings[0]
+    assert "the samples that share it are skipped" in warnings[0]
+    with caplog.at_level(logging.WARNING, logger=feature_cache.__name__):
+        stats = cache.build(model, dataset, guarded(processor, "raise"))
+    assert (stats.computed, stats.recomputed, stats.encoded) == (3, 3, 1)
+    assert cache.load(sample_key(rows[2]))["geometry_features"][0].numel() > 0
 
 
 def test_a_build_recomputes_a_damaged_entry_naming_it_and_the_folder(tmp_path, model_and_processor, recon_dataset,  # noqa: F811
@@ -154,7 +185,7 @@ def test_a_full_disk_while_writing_names_the_cache_device_and_folder(tmp_path, m
     with pytest.raises(DiskFullError) as error:
         cache.build(model, undecoded_images(recon_dataset.select(range(1))), guarded(processor, "raise"))
     expected = f"no space left on {device_of(cache.folder)} while writing the feature cache in {cache.folder}"
-    assert str(error.value).startswith(expected) and not list(cache.folder.glob("*.tmp"))
+    assert str(error.value).startswith(expected) and not list(cache.folder.rglob("*.tmp"))
     # the command line shows it as it is, not the output folder's disk
     assert user_message(error.value, argparse.Namespace(output_dir=str(tmp_path / "out"))).startswith(expected)
 
@@ -209,11 +240,12 @@ def test_a_cache_entry_of_nan_features_is_named_as_an_entry(tmp_path, recon_data
     cache = FeatureCache(tmp_path, model, processor, dtype="float32")
     cache.build(model, dataset, guarded(processor, "raise"))
     key = sample_key(dataset[0])
-    tensors = safetensors.torch.load_file(cache.path(key))
+    towers = cache.towers_of(key)
+    tensors = safetensors.torch.load_file(cache.tower_path(towers))
     tensors["geometry.0"][0, 0] = torch.nan
-    safetensors.torch.save_file(tensors, cache.path(key), metadata={"vision": "merged"})
+    safetensors.torch.save_file(tensors, cache.tower_path(towers), metadata={"vision": "merged"})
     with caplog.at_level(logging.WARNING):
-        with pytest.raises(DamagedEntryError, match=rf"feature cache entry {key} in {cache.folder} is damaged \(its "
-                                                    r"features geometry.0 hold NaN or infinite values\)"):
+        with pytest.raises(DamagedEntryError, match=rf"feature cache tower entry {towers} in {cache.folder} is damaged "
+                                                    r"\(its features geometry.0 hold NaN or infinite values\)"):
             cache.load(key, "scene0000_00")
-    assert f"entry {key} (sample 'scene0000_00') is damaged" in caplog.text and "learning_rate" not in caplog.text
+    assert f"tower entry {towers} (sample 'scene0000_00') is damaged" in caplog.text and "learning_rate" not in caplog.text

@@ -9,6 +9,7 @@ import logging
 import shutil
 
 import pytest
+import safetensors.torch
 import torch
 
 from gap_mllm.training import checkpoints
@@ -70,6 +71,17 @@ def test_a_kill_during_a_save_leaves_no_checkpoint_that_looks_complete(tmp_path,
     assert checkpoint_problem(run / "checkpoint-4") is None
 
 
+def complete_checkpoint(folder, step=4, max_steps=6):
+    """A checkpoint folder with every file a resume needs, small."""
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": max_steps}))
+    safetensors.torch.save_file({"w": torch.ones(8)}, str(folder / "model.safetensors"))
+    torch.save({"state": {0: {"exp_avg": torch.zeros(8)}}, "param_groups": []}, folder / "optimizer.pt")
+    torch.save({"last_epoch": step, "base_lrs": [1e-3]}, folder / "scheduler.pt")
+    torch.save({"python": 1}, folder / "rng_state.pth")
+    return folder
+
+
 def test_truncated_trainer_state_and_missing_weights_are_incomplete(tmp_path):
     folder = tmp_path / "checkpoint-4"
     folder.mkdir()
@@ -78,9 +90,56 @@ def test_truncated_trainer_state_and_missing_weights_are_incomplete(tmp_path):
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
     assert "no model weights" in checkpoint_problem(folder)
     (folder / "model.safetensors").write_bytes(b"")
+    assert checkpoint_problem(folder).startswith("model.safetensors cannot be read (")
+    shutil.rmtree(folder)
+    complete_checkpoint(folder)
     assert checkpoint_problem(folder) is None
     assert find_resumable_checkpoint(tmp_path) == str(folder)
     assert find_resumable_checkpoint(tmp_path / "missing") is None
+
+
+def cut(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda f: (f / "optimizer.pt").unlink(), "no optimizer.pt (the optimizer's state"),
+    (lambda f: (f / "scheduler.pt").unlink(), "no scheduler.pt (the learning-rate schedule's state"),
+    (lambda f: (f / "rng_state.pth").unlink(), "no rng_state.pth"),
+    (lambda f: (f / "trainer_state.json").write_text(json.dumps({"global_step": 2, "max_steps": 6})),
+     "trainer_state.json says global_step 2, and the folder is the checkpoint of step 4"),
+    (lambda f: (f / "trainer_state.json").write_text(json.dumps({"max_steps": 6})), "trainer_state.json holds no global_step"),
+    (lambda f: cut(f / "model.safetensors"), "model.safetensors cannot be read (Error while deserializing header"),
+    (lambda f: cut(f / "optimizer.pt", 0.9), "optimizer.pt cannot be read ("),
+    (lambda f: (f / "scheduler.pt").write_bytes(b""), "scheduler.pt is empty"),
+])
+def test_each_missing_damaged_or_edited_file_is_named(tmp_path, damage, named):
+    """A checkpoint's own files (training/checkpoints.py `checkpoint_problem`): Trainer resumes without a missing
+    optimizer or scheduler file silently, with a fresh optimizer and a restarted schedule."""
+    folder = complete_checkpoint(tmp_path / "checkpoint-4")
+    damage(folder)
+    assert checkpoint_problem(folder).startswith(named)
+
+
+def test_the_trainer_itself_refuses_an_incomplete_checkpoint(tmp_path, recon_dataset):
+    """`GeometryAlignedTrainer.train(resume_from_checkpoint=...)`, the Python path under `run_training`: the same rule,
+    before a step (Trainer would go on with a fresh optimizer and schedule)."""
+    folder = complete_checkpoint(tmp_path / "checkpoint-2", step=2)
+    (folder / "optimizer.pt").unlink()
+    setup = make(tmp_path, recon_dataset)  # 4 steps: two trained from the checkpoint
+    with pytest.raises(ValueError, match=rf"--resume {folder}: not a complete checkpoint \(no optimizer.pt"):
+        setup.trainer.train(resume_from_checkpoint=str(folder))
+    assert setup.trainer.state.global_step == 0 and not list((tmp_path / "run").glob("*checkpoint-*"))
+
+
+def test_the_runs_last_step_needs_no_optimizer(tmp_path):
+    """A run state restores a finished run's checkpoint without the optimizer: nothing trains from it."""
+    folder = complete_checkpoint(tmp_path / "checkpoint-6", step=6, max_steps=6)
+    (folder / "optimizer.pt").unlink()
+    assert checkpoint_problem(folder) is None and checkpoint_problem(folder, max_steps=6) is None
+    # a run that trains on past it (a longer schedule) would start a fresh optimizer there: incomplete for it
+    assert checkpoint_problem(folder, max_steps=8).startswith("no optimizer.pt")
 
 
 def test_an_explicit_incomplete_resume_folder_is_a_clear_error(tmp_path):

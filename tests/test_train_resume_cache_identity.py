@@ -41,4 +41,4 @@ def test_a_cache_folder_under_the_home_is_named_with_a_tilde(tmp_path, train_dat
                       data={"data_root": str(train_data_root), "cache_dir": str(tmp_path / "hf")})
     setup = build_trainer(settings)
     assert setup.cache.folder.parent == tmp_path / "home" / ".cache" / "features"
-    assert any(setup.cache.folder.glob("*.safetensors")) and not (tmp_path / "~").exists()
+    assert any(setup.cache.folder.rglob("*.safetensors")) and not (tmp_path / "~").exists()

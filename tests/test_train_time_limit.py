@@ -117,8 +117,9 @@ def test_a_time_limited_run_resumes_to_the_uninterrupted_weights(tmp_path, recon
         run(tmp_path, "limited", recon_dataset, time_limit_s=1e-9)
     folder = tmp_path / "limited"
     assert stop.value.result.global_step == 1
-    # no final model, no training record (the marker says a training run writes the folder)
-    assert sorted(p.name for p in folder.iterdir()) == [".gap-mllm-output.json", "checkpoint-1"]
+    # no final model, no training record (the marker says a training run writes the folder; the run record, the
+    # settings a resume is checked against)
+    assert sorted(p.name for p in folder.iterdir()) == [".gap-mllm-output.json", ".gap-mllm-run.json", "checkpoint-1"]
 
     finished, resumed = run(tmp_path, "limited", recon_dataset, resume="auto")
     assert finished.global_step == 6
@@ -272,7 +273,7 @@ def test_a_setting_given_at_its_default_value_continues_the_run(interrupted, tmp
         return restore_if_newer(copy, tmp_path / "out", source=recipe.model.name_or_path, run=run_definition(recipe))
 
     assert resume("training.weight_decay=0.0", "training.adam_beta1=0.9").endswith("checkpoint-1")  # defaults: the same run
-    with pytest.raises(RunStateError, match=r"its settings differ \(training.weight_decay: '\(unset\)' then, 0.01 now\)"):
+    with pytest.raises(RunStateError, match=r"its settings differ \(training.weight_decay: 0.0 then, 0.01 now\)"):
         resume("training.weight_decay=0.01")
     # a state that recorded the default written out continues a run that leaves it out
     record = json.loads((copy / STATE_FILE).read_text())

@@ -180,3 +180,38 @@ def test_trainer_accepts_a_model_without_geometry(tmp_path, recon_dataset):
     after = trainable_state(model)
     assert not hasattr(model, "geometry_encoder")
     assert all(not torch.equal(before[n], after[n]) for n in before if n.startswith("model.language_model.layers."))
+
+
+@pytest.mark.parametrize("disable_tqdm", [False, True])
+def test_the_loss_lines_print_numbers_not_quoted_strings(tmp_path, recon_dataset, capsys, disable_tqdm):
+    """Trainer's console line of each logging step (above the progress bar, or printed with `disable_tqdm`) holds
+    numbers to 4 significant digits, `{'loss': 2.345, ...}`, not transformers' quoted strings `{'loss': '2.345'}`;
+    the log history keeps the full values."""
+    import ast
+
+    setup = run(tmp_path, recon_dataset, training={"max_steps": 2, "logging_steps": 1, "disable_tqdm": disable_tqdm})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{'loss': ")]
+    assert len(lines) == 2, lines
+    for line, logged in zip(lines, setup.trainer.state.log_history[:2], strict=True):  # (then the run's summary)
+        shown = ast.literal_eval(line)
+        assert shown["loss"] == float(f"{logged['loss']:.4g}") and shown["lm_loss"] == float(f"{logged['lm_loss']:.4g}")
+        assert all(not isinstance(value, str) for value in shown.values()), line
+
+
+@pytest.mark.parametrize("disable_tqdm", [False, True])
+def test_the_encoder_stage_trainer_prints_numbers_too(tmp_path, disable_tqdm):
+    """Stage 0's trainer (`EncoderStageTrainer`) holds the same console callback: its loss lines hold numbers."""
+    from transformers import PrinterCallback, ProgressCallback, TrainingArguments
+
+    from gap_mllm.training.encoder_stage import EncoderStageTrainer
+    from gap_mllm.training.encoder_stage_run import GeometryStageModel
+    from gap_mllm.training.log_lines import NumbersPrinterCallback, NumbersProgressCallback
+
+    from .test_mini_stages import tiny_with_heads
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", disable_tqdm=disable_tqdm, use_cpu=True)
+    trainer = EncoderStageTrainer(GeometryStageModel(tiny_with_heads()[0], camera_weight=1.0, depth_weight=0.0),
+                                  args=args)
+    kinds = {type(callback) for callback in trainer.callback_handler.callbacks}
+    assert not kinds & {ProgressCallback, PrinterCallback}
+    assert (NumbersPrinterCallback if disable_tqdm else NumbersProgressCallback) in kinds

@@ -7,9 +7,15 @@ one filesystem). A run killed while saving leaves a `tmp-checkpoint-N` folder, w
 `checkpoint-*` pattern (Trainer's rotation, `--resume auto`) matches; the next save of that step
 removes it.
 
-`find_resumable_checkpoint` (`--resume auto`) takes the newest `checkpoint-N` that is complete, and
-skips, with a warning naming it, any that is not: folders written by older versions (or other tools)
-that a kill left without `trainer_state.json` or without weights.
+`checkpoint_problem` is the one rule for what a resume needs of a checkpoint's own files: a `trainer_state.json`
+that parses, whose `global_step` is the step its folder is named for; model weights that can be read (each
+safetensors file's header covers the file, each torch file is a whole zip); and, unless it is the run's last step
+(nothing trains from it), the optimizer's state (`optimizer.pt`, or FSDP's / DeepSpeed's folders), the scheduler
+(`scheduler.pt`) and the RNG states. Trainer resumes without a missing optimizer or scheduler file, silently: the
+run would go on with a fresh optimizer and a restarted schedule. `find_resumable_checkpoint` (`--resume auto`)
+takes the newest `checkpoint-N` that is complete, and skips, with a warning naming it and what is wrong, any that
+is not (a folder a kill left, a file deleted, truncated or edited); `check_resume_checkpoint` (`--resume DIR`)
+refuses an incomplete folder by name.
 
 A full disk during a save (`is_disk_full`: ENOSPC / EDQUOT anywhere in the error's chain, the texts
 safetensors and the OS use for them, or any error of a writer while the device has less room than the
@@ -32,6 +38,7 @@ import math
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -48,6 +55,11 @@ TRAINER_STATE_FILE = "trainer_state.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
                 "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
 MODEL_FILE = "model.safetensors"
+FSDP_MODEL_PREFIX = "pytorch_model_fsdp"  # FSDP's sharded weights: a folder per shard set, read by accelerate
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")  # FSDP's sharded optimizer: a folder named "optimizer..."
+SCHEDULER_FILE = "scheduler.pt"
+RNG_STATE_GLOB = "rng_state*.pth"  # rng_state.pth, or rng_state_<rank>.pth per process of a distributed run
+DEEPSPEED_STATE_GLOB = "global_step*"  # DeepSpeed's own checkpoint folder (weights, optimizer, its scheduler)
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -56,8 +68,10 @@ def staging_root(run_dir, step: int) -> Path:
     return Path(run_dir) / f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-{step}"
 
 
-def checkpoint_problem(folder) -> str | None:
-    """None when `folder` is a complete Trainer checkpoint, else why it is not (for messages)."""
+def checkpoint_problem(folder, max_steps: int | None = None) -> str | None:
+    """None when `folder` is a complete Trainer checkpoint a run can resume from, else what is wrong with it, naming
+    the file (for messages; module docstring). Reads headers, never whole tensors. `max_steps`: the steps of the run
+    that resumes it (> 0; else the checkpoint's own), past which it needs no optimizer, scheduler or RNG state."""
     folder = Path(folder)
     if not folder.is_dir():
         return "not a folder"
@@ -65,12 +79,87 @@ def checkpoint_problem(folder) -> str | None:
     if not state.is_file():
         return f"no {TRAINER_STATE_FILE} (the save did not finish)"
     try:
-        json.loads(state.read_text(encoding="utf-8"))
+        trainer_state = json.loads(state.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return f"{TRAINER_STATE_FILE} is truncated or not JSON (the save did not finish)"
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+    step = trainer_state.get("global_step") if isinstance(trainer_state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"{TRAINER_STATE_FILE} holds no global_step (a step count): not a Trainer checkpoint, or edited"
+    named = checkpoint_step(folder)
+    if named is not None and step != named:
+        return (f"{TRAINER_STATE_FILE} says global_step {step}, and the folder is the checkpoint of step {named} "
+                "(the file was edited, or is another checkpoint's)")
+    weights = [name for name in WEIGHT_FILES if (folder / name).is_file()]
+    sharded = [entry.name for entry in folder.glob(f"{FSDP_MODEL_PREFIX}*") if entry.is_dir()]
+    if not weights and not sharded:
         return f"no model weights ({', '.join(WEIGHT_FILES[:3])}, ...)"
+    for name in weights:
+        if (fault := _weights_fault(folder, name)) is not None:
+            return fault
+    if max_steps is None or max_steps <= 0:
+        max_steps = trainer_state.get("max_steps")
+    if isinstance(max_steps, int) and 0 < max_steps <= step:
+        return None  # the run's last step: nothing trains from it (a run state keeps no optimizer there)
+    if any(entry.is_dir() for entry in folder.glob(DEEPSPEED_STATE_GLOB)):
+        return None  # DeepSpeed keeps the optimizer (and its scheduler) in its own folder, read by DeepSpeed
+    optimizers = [name for name in OPTIMIZER_FILES if (folder / name).is_file()]
+    if not optimizers and not any(entry.is_dir() and "optimizer" in entry.name for entry in folder.iterdir()):
+        return (f"no {OPTIMIZER_FILES[0]} (the optimizer's state; without it the run would go on with a fresh "
+                "optimizer and a restarted schedule)")
+    for name in optimizers:
+        if (fault := _torch_file_fault(folder / name)) is not None:
+            return fault
+    if not (folder / SCHEDULER_FILE).is_file():
+        return f"no {SCHEDULER_FILE} (the learning-rate schedule's state; without it the schedule would restart)"
+    if (fault := _torch_file_fault(folder / SCHEDULER_FILE)) is not None:
+        return fault
+    if not any(folder.glob(RNG_STATE_GLOB)):
+        return "no rng_state.pth (the random states; without them the run would not continue its data order)"
     return None
+
+
+def _safetensors_fault(path: Path) -> str | None:
+    """Why safetensors cannot read `path` (its header, and that the header's tensors cover the file), or None."""
+    from safetensors import SafetensorError, safe_open  # here: this module is read by light commands too
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return None
+    except (SafetensorError, OSError) as error:
+        return f"{path.name} cannot be read ({error}: truncated or not a safetensors file)"
+
+
+def _torch_file_fault(path: Path) -> str | None:
+    """Why `path`, a file torch.save wrote, is not whole, or None: torch's files are zip archives, and a truncated one
+    has lost the directory at its end (a file of torch's old format, not a zip, is left to torch)."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+        if not start:
+            return f"{path.name} is empty (the save did not finish)"
+        if start.startswith(b"PK"):
+            zipfile.ZipFile(path).close()
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"{path.name} cannot be read ({error}: truncated or not a file torch.save wrote)"
+    return None
+
+
+def _weights_fault(folder: Path, name: str) -> str | None:
+    """Why the weight file `name` of `folder` (one of `WEIGHT_FILES`; an index: each of its shards) cannot be read."""
+    path = folder / name
+    if name.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+            return f"{name} cannot be read ({type(error).__name__}: truncated or not a weight index)"
+        for shard in shards:
+            if not isinstance(shard, str) or Path(shard).name != shard or not (folder / shard).is_file():
+                return f"{name} names the shard {shard!r}, which the folder does not hold"
+            fault = _safetensors_fault(folder / shard) if shard.endswith(".safetensors") else _torch_file_fault(folder / shard)
+            if fault is not None:
+                return fault
+        return None
+    return _safetensors_fault(path) if name.endswith(".safetensors") else _torch_file_fault(path)
 
 
 class MissingSafetensorsWeights(FileNotFoundError):
@@ -101,7 +190,16 @@ def checkpoint_step(folder) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def find_resumable_checkpoint(output_dir) -> str | None:
+def incomplete_checkpoints(output_dir, max_steps: int | None = None) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir` that `checkpoint_problem` finds incomplete, newest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if checkpoint_step(p) is not None and checkpoint_problem(p, max_steps) is not None]
+    return sorted(found, key=checkpoint_step, reverse=True)
+
+
+def find_resumable_checkpoint(output_dir, max_steps: int | None = None) -> str | None:
     """The newest complete `checkpoint-N` in `output_dir` (None when there is none); incomplete ones
     and staging leftovers are skipped with a warning naming them."""
     output_dir = Path(output_dir)
@@ -112,16 +210,16 @@ def find_resumable_checkpoint(output_dir) -> str | None:
     candidates = sorted((p for p in output_dir.iterdir() if checkpoint_step(p) is not None),
                         key=checkpoint_step, reverse=True)
     for folder in candidates:
-        problem = checkpoint_problem(folder)
+        problem = checkpoint_problem(folder, max_steps)
         if problem is None:
             return str(folder)
         logger.warning("skipping incomplete checkpoint %s: %s", folder, problem)
     return None
 
 
-def check_resume_checkpoint(folder) -> str:
+def check_resume_checkpoint(folder, max_steps: int | None = None) -> str:
     """An explicit `--resume DIR`: the folder if complete, else a ValueError that says what is wrong."""
-    problem = checkpoint_problem(folder)
+    problem = checkpoint_problem(folder, max_steps)
     if problem is not None:
         raise ValueError(f"--resume {folder}: not a complete checkpoint ({problem}); "
                          "use --resume auto to take the newest complete one")

@@ -230,12 +230,17 @@ class RunStateConfig:
     exactly, whatever `best_dtype`). None: no run state. `accept_other_data`: continue a resumed run (from its state, or from
     a checkpoint of its output folder) on data other than those it recorded (training/data_sketch.py; a warning names
     the first file that differs), which it records from then on: for a state written before the data sketch (format
-    2), or an output folder an earlier version wrote, on data the same command wrote again."""
+    2), or an output folder an earlier version wrote, on data the same command wrote again. `accept_other_settings`:
+    continue a resumed run with recipe settings other than those it recorded (training/run_state.py
+    `check_same_settings`: a deliberate change, printed in the run's plan and recorded in its training record); the
+    settings its checkpoint's optimizer and scheduler carry (the learning rates, weight decay, betas, eps, optimizer)
+    are refused even then. Both apply to the one resume given them."""
 
     directory: str | None = None
     moments_dtype: str = "float32"
     best_dtype: str = "float32"
     accept_other_data: bool = False
+    accept_other_settings: bool = False
 
 
 @dataclass

@@ -22,6 +22,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import ModelOutput
 
 from .divergence import DivergenceGuard
+from .log_lines import print_numbers
 
 
 @dataclass
@@ -70,6 +71,7 @@ class EncoderStageTrainer(DivergenceGuard, Trainer):
         if not isinstance(model, EncoderStageModel):
             raise TypeError("EncoderStageTrainer trains an EncoderStageModel (GeometryStageModel / VisionStageModel)")
         super().__init__(model, *args, **kwargs)
+        print_numbers(self)  # loss lines with numbers, not quoted strings (log_lines.py)
         self._parts: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

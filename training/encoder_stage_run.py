@@ -286,7 +286,7 @@ class VisionStageModel(EncoderStageModel):
     def token_logits(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Per level (main, then DeepStack), the probe logits by output name, `[N_tokens, n]` each."""
         visual = self.model.model.visual
-        outputs = self.model.model.get_image_features(pixel_values.to(visual.dtype), image_grid_thw, return_dict=True)
+        outputs = self.model.model.get_vision_features(pixel_values.to(visual.dtype), image_grid_thw)
         # each level comes as one tensor per image (`[h·w, D]`); tokens of all images in order
         levels = [outputs.pooler_output, *outputs.deepstack_features]
         levels = [torch.cat(level) if isinstance(level, (list, tuple)) else level for level in levels]

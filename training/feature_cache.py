@@ -1,15 +1,19 @@
-"""Feature cache: the frozen encoders (and the processor) run once per sample, ever.
+"""Feature cache: the frozen encoders run once per distinct input they see, the processor once per sample, ever.
 
 In stages 1 and 2 the Qwen ViT and VGGT are frozen (docs/method.md §8.3), so what they give a sample depends only on
-their weights and on the sample. `FeatureCache.build` runs the collator chain (processor, marker, answer-only
-labels, auxiliary targets) and the frozen part of each tower once per sample (training/frozen_towers.py says where
-each tower is cut) and stores, per sample, one safetensors file:
+their weights and on the tensors they receive: the sample's views as the processor prepares them, with whatever is
+painted on them (the marker). Samples often share those views (the questions, boxes and captions of one scene's
+frames), so the cache keeps two kinds of entry. `FeatureCache.build` runs the collator chain (processor, marker,
+answer-only labels, auxiliary targets) once per sample and the frozen part of each tower (training/frozen_towers.py
+says where each tower is cut) once per distinct tower input, and stores one safetensors file for each:
 
-    tokens      input_ids, labels, mm_token_type_ids `[L]` (no padding), image_grid_thw `[V, 3]`, and the targets
-                of the enabled auxiliary losses
-    geometry    the VGGT taps, `geometry.<level>` `[V, h, w, 2C]`                  (when VGGT is frozen)
-    vision      "merged": `vision.<level>` `[N, D_out]`; "blocks": `vision.blocks` `[K + 1, P, D_vit]`
-                                                                                   (when the ViT is cached)
+    towers/<tower key>     the features of one tower input
+                 geometry    the VGGT taps, `geometry.<level>` `[V, h, w, 2C]`                  (when VGGT is frozen)
+                 vision      "merged": `vision.<level>` `[N, D_out]`; "blocks": `vision.blocks` `[K + 1, P, D_vit]`
+                                                                                            (when the ViT is cached)
+    samples/<sample key>   what the sample adds: input_ids, labels, mm_token_type_ids `[L]` (no padding),
+                           image_grid_thw `[V, 3]`, the targets of the enabled auxiliary losses, and (metadata
+                           "towers") the key of its tower entry
 
 `CachedCollator` then makes every training batch from those files: no image is decoded, the processor and the
 cached towers never run, and the batch is padded or packed (training/sample_tensors.py). When a tower is trainable
@@ -18,18 +22,26 @@ features from the cache.
 
 Invalidation, by construction rather than bookkeeping:
 
-    folder   <directory>/<fingerprint>/: the fingerprint hashes the frozen weights of each cached tower (with the
-             config fields that change its output), the processor's settings, tokenizer and chat template, the
-             collator's settings (labels, marker, auxiliary targets), the storage dtype and the source of the
-             modules that turn a sample into tensors: new weights, settings or code give a new folder
-    key      hash of the sample's content as the collator reads it: the encoded bytes of every view (or the file
-             they name), prompt, answer, marker pixel, and depth/poses: any change gives a new key, and a stale
-             entry is never read
+    folder      <directory>/<fingerprint>/: the fingerprint hashes the layout version (`CACHE_LAYOUT`), the frozen
+                weights of each cached tower (with the config fields that change its output), the processor's
+                settings, tokenizer and chat template, the collator's settings (labels, marker, auxiliary targets),
+                the storage dtype and the source of the modules that turn a sample into tensors: new weights,
+                settings or code give a new folder
+    sample key  hash of the sample's content as the collator reads it: the encoded bytes of every view (or the file
+                they name), prompt, answer, marker pixel, and depth/poses: any change gives a new key, and a stale
+                entry is never read
+    tower key   hash of the very tensors the towers receive (`TOWER_INPUT_KEYS`: the ViT's patches, VGGT's pixels,
+                the grids; names, dtypes, shapes and bytes), as the processor made them for the sample: the same
+                views with the marker elsewhere, or none, are another input; the same bytes are the same features
 
-The key hashes the encoded image files, not decoded pixels, so a training batch needs no decoding: the dataset's
-images are read undecoded (`undecoded_images`). Entries are written to a temporary file and renamed, so concurrent
-writers and a killed run never leave a half-written entry; a full disk while writing is a `DiskFullError` naming the
-cache's own device and folder.
+The sample key hashes the encoded image files, not decoded pixels, so a training batch needs no decoding: the
+dataset's images are read undecoded (`undecoded_images`). The tower key is computed where the processor runs (the
+build) and recorded in the sample's entry, which is written after its tower entry. Entries are written to a
+temporary file and renamed, so concurrent writers and a killed run never leave a half-written entry; a full disk
+while writing is a `DiskFullError` naming the cache's own device and folder. A folder records its layout in
+`layout.json`; one of another layout (an earlier version's: entries at its top, no record) is refused by name
+(`CacheLayoutError`), never read, and earlier versions' folders beside it are named in a warning (their disk can be
+freed).
 
 Bad samples. A sample the collator rejects while the cache is built (under `data.on_bad_sample: skip`) gets a `.bad`
 entry with the reason. The run's policy decides what a `.bad` entry (this run's or an earlier run's) does, in one rule
@@ -37,12 +49,13 @@ entry with the reason. The run's policy decides what a `.bad` entry (this run's 
 warnings, and the trainer's end-of-run warning); under `raise` it stops the run with a `DataError` naming the sample
 and the reason.
 
-Damaged entries. An entry that is empty, truncated or lacks a tensor this configuration stores (a disk error, a copy
-cut short) is never served. `build` checks every entry it would reuse (the safetensors header against the file's
-size and the expected tensor names; no tensor data is read) and recomputes a damaged one, with a warning naming it
-and the cache folder. Read while training (`load`), where the towers cannot run, a damaged entry is removed (a
-`.damaged` note with the reason takes its place), named once in a warning with the folder, and its sample is skipped
-and counted; the next `build` recomputes it.
+Damaged entries. An entry (a sample's or a tower's) that is empty, truncated or lacks a tensor this configuration
+stores (a disk error, a copy cut short) is never served. `build` checks every entry it would reuse (the safetensors
+header against the file's size and the expected tensor names; no tensor data is read) and recomputes a damaged one,
+with a warning naming it and the cache folder. Read while training (`load`), where the towers cannot run, a damaged
+entry is removed (a `.damaged` note with the reason takes its place), named once in a warning with the folder, and
+its sample is skipped and counted (a damaged tower entry: every sample that shares it); the next `build` recomputes
+it.
 """
 
 from __future__ import annotations
@@ -83,7 +96,7 @@ from .frozen_towers import (
 )
 from .loss_weights import sample_label_weights
 from .param_groups import unwrap_gap_model
-from .sample_tensors import FrozenVisionFeatures, collate_samples, split_batch
+from .sample_tensors import TOWER_INPUT_KEYS, FrozenVisionFeatures, collate_samples, split_batch, tower_inputs
 
 logger = logging.getLogger(__name__)
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -94,13 +107,22 @@ _CODE_MODULES = (processing_gap_mllm, image_utils_gap_mllm, tasks_gap_mllm, coll
 _CONTENT_FIELDS = ("prompt", "answer", "pixel_coords", "depth", "intrinsics", "cam_to_world")
 
 
-# tensors every entry holds (the tokens); the features' names follow the configuration (`FeatureCache.expected_tensors`)
+# tensors every sample entry holds (the tokens); a tower entry's follow the configuration (`expected_tower_tensors`)
 _TOKEN_TENSORS = ("input_ids", "labels", "mm_token_type_ids", "image_grid_thw")
 SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file: an 8-byte little-endian header length, the JSON header, the data
+# The folder layout (module docstring), part of the fingerprint and recorded in each folder's LAYOUT_FILE.
+# 1: one entry per sample, features included (entries at the folder's top, no record); 2: tower and sample entries.
+CACHE_LAYOUT = 2
+LAYOUT_FILE = "layout.json"
+TOWERS_KEY = "towers"  # a sample entry's metadata field naming its tower entry
 
 
 class CacheUnusableError(ValueError):
     """No tower of the model can be cached (both trainable, or no geometry and a trainable ViT)."""
+
+
+class CacheLayoutError(ValueError):
+    """A cache folder of another layout than this version's (`CACHE_LAYOUT`): refused by name, never read."""
 
 
 class DamagedEntryError(DataError):
@@ -111,24 +133,31 @@ class DamagedEntryError(DataError):
 def safetensors_damage(file, size: int, expected) -> str | None:
     """What is wrong with a safetensors file of `size` bytes read from binary `file` (only its header is read), or
     None: it is empty or cut short, its header does not parse, or it lacks a tensor of `expected`."""
+    return safetensors_header(file, size, expected)[0]
+
+
+def safetensors_header(file, size: int, expected) -> tuple[str | None, dict]:
+    """`(damage, header)` of a safetensors file (`safetensors_damage`); the header's `__metadata__` (a dict, empty
+    when there is none) is what is read of a sound file, `{}` for a damaged one."""
     if size == 0:
-        return "the file is empty"
+        return "the file is empty", {}
     head = file.read(SAFETENSORS_LENGTH_BYTES)
     if len(head) < SAFETENSORS_LENGTH_BYTES:
-        return f"the file is cut short ({size} bytes)"
+        return f"the file is cut short ({size} bytes)", {}
     length = int.from_bytes(head, "little")
     if SAFETENSORS_LENGTH_BYTES + length > size:
-        return f"the file is cut short inside its header ({size} bytes)"
+        return f"the file is cut short inside its header ({size} bytes)", {}
     try:
         header = json.loads(file.read(length))
         ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+        metadata = dict(header.get("__metadata__") or {})
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return "its header does not parse"
+        return "its header does not parse", {}
     needed = SAFETENSORS_LENGTH_BYTES + length + max(ends, default=0)
     if size < needed:
-        return f"the file is cut short ({size} of {needed} bytes)"
+        return f"the file is cut short ({size} of {needed} bytes)", {}
     missing = [name for name in expected if name not in header]
-    return f"tensor(s) {', '.join(missing)} missing" if missing else None
+    return (f"tensor(s) {', '.join(missing)} missing", {}) if missing else (None, metadata)
 
 
 def _non_finite_features(tensors: dict) -> str | None:
@@ -204,6 +233,41 @@ def sample_key(example: dict) -> str:
     return digest.hexdigest()
 
 
+def tower_key(sample: dict) -> str:
+    """Hex digest of the tensors the towers receive for one processed sample (a `split_batch` dict): the name, dtype,
+    shape and bytes of each of `TOWER_INPUT_KEYS` it holds. Samples of the same views and the same marker (or none)
+    get the same key; a marker painted elsewhere changes the pixels, so the key."""
+    digest = xxhash.xxh3_128()
+    for name in TOWER_INPUT_KEYS:
+        tensor = sample.get(name)
+        if tensor is None:
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"\0{name}\0{tensor.dtype}{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def view_input_count(dataset: datasets.Dataset) -> int:
+    """How many distinct tower inputs `dataset` (read with `undecoded_images`) can hold at most: its distinct pairs of
+    encoded views and marker pixel (the marker counted even where it is not painted, so never fewer than the inputs
+    the towers see). Reads the encoded bytes only (no decoding): the disk estimate of `build`."""
+    columns = [name for name in ("images", "pixel_coords") if name in dataset.column_names]
+    seen = set()
+    for rows in dataset.select_columns(columns).iter(batch_size=256):
+        for index, views in enumerate(rows["images"]):
+            digest = xxhash.xxh3_128()
+            for view in views:
+                data = view.get("bytes")
+                data = data if data is not None else str(view["path"]).encode("utf-8", "surrogateescape")
+                digest.update(len(data).to_bytes(8, "little"))
+                digest.update(data)
+            coords = rows["pixel_coords"][index] if "pixel_coords" in rows else None
+            digest.update(repr(None if coords is None else [int(v) for v in coords]).encode())
+            seen.add(digest.digest())
+    return len(seen)
+
+
 def _without_remote_code_maps(settings):
     """`settings` (a processor's `to_dict`) without its `auto_map` entries at any depth: they name the files the Hub's
     `trust_remote_code` loads a class from, which decide no tensor (the code itself is hashed, `_CODE_MODULES`). A
@@ -233,22 +297,25 @@ def processing_fingerprint(processor, collator_settings: dict) -> str:
 
 @dataclass
 class CacheStats:
-    """What one `build` did: entries computed (`recomputed` of them replaced damaged ones), reused, and bad samples
-    skipped (by name)."""
+    """What one `build` did: sample entries computed (`recomputed` of them replaced damaged ones, theirs or their
+    tower entry's), reused, and bad samples skipped (by name); `encoded`: the tower inputs the towers ran on (the
+    others of the computed samples were already in the cache, or shared within the build)."""
 
     computed: int = 0
     reused: int = 0
     skipped: int = 0
     recomputed: int = 0
+    encoded: int = 0
     skipped_names: list = field(default_factory=list)
 
     def __str__(self) -> str:
-        text = f"{self.computed} computed ({self.recomputed} replacing damaged entries), {self.reused} reused, {self.skipped} skipped"
+        text = (f"{self.computed} computed ({self.recomputed} replacing damaged entries), {self.reused} reused, "
+                f"{self.skipped} skipped; the towers ran on {self.encoded} distinct input(s)")
         return text + (f" (bad samples: {names_text(self.skipped_names)})" if self.skipped_names else "")
 
 
 class FeatureCache:
-    """Per-sample store of a sample's tokens and its frozen towers' outputs (module docstring).
+    """Store of the frozen towers' outputs per distinct tower input and of each sample's tokens (module docstring).
 
     Args:
         directory: the cache root; entries go to `<directory>/<fingerprint>/`.
@@ -256,6 +323,9 @@ class FeatureCache:
         processor: its `GapMllmProcessor`.
         collator_settings: what else decides a sample's tensors (e.g. `{"marker": True, "aux": {...}}`).
         dtype: storage dtype of the features ("float16", "bfloat16" or "float32"; tokens stay integers).
+
+    Raises:
+        CacheLayoutError: the folder holds a cache of another layout (an earlier version's).
     """
 
     def __init__(self, directory, model, processor, collator_settings: dict | None = None, dtype: str = "float16"):
@@ -274,6 +344,7 @@ class FeatureCache:
         self.merge_size = gap.config.vision_config.spatial_merge_size
         self.num_levels = gap.config.num_fusion_levels if gap.config.use_geometry else 0
         digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"layout {CACHE_LAYOUT}".encode())
         digest.update(dtype.encode())
         digest.update(processing_fingerprint(processor, collator_settings or {}).encode())
         if self.caches_geometry:
@@ -282,8 +353,30 @@ class FeatureCache:
             digest.update(b"vision" + vision_fingerprint(gap, self.vision_kind).encode())
         self.fingerprint = digest.hexdigest()
         self.folder = Path(directory) / self.fingerprint
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._open_folder()
         self.skipped_names: list[str] = []  # bad samples skipped so far (by this process), each named once
+
+    def _open_folder(self) -> None:
+        """Create the folder with its layout record, or check an existing one's (`CacheLayoutError` for another
+        layout); name the folders of earlier layouts beside it in a warning (never read: their disk can be freed)."""
+        record = self.folder / LAYOUT_FILE
+        if self.folder.is_dir():
+            problem = _layout_problem(self.folder)
+            if problem is not None:
+                raise CacheLayoutError(
+                    f"the feature cache folder {self.folder} {problem}, not this version's layout {CACHE_LAYOUT}: it "
+                    "cannot be read. Delete that folder (this run fills a new one), or point cache.directory elsewhere")
+        else:
+            siblings = sorted(self.folder.parent.iterdir()) if self.folder.parent.is_dir() else []
+            old = [folder.name for folder in siblings if folder.is_dir() and _layout_problem(folder)]
+            if old:
+                logger.warning("feature cache %s: %d folder(s) of an earlier cache layout there are never read by this "
+                               "version (%s); delete them to free their disk", self.folder.parent, len(old),
+                               ", ".join(old))
+        (self.folder / "samples").mkdir(parents=True, exist_ok=True)
+        (self.folder / "towers").mkdir(exist_ok=True)
+        if not record.is_file():
+            self._write(record, lambda file: file.write(json.dumps({"layout": CACHE_LAYOUT}).encode()))
 
     def describe(self) -> str:
         vision = f"ViT: {self.vision_kind} ({self.vision_reason})" if self.vision_kind else f"ViT not cached ({self.vision_reason})"
@@ -292,13 +385,21 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ entries
     def path(self, key: str) -> Path:
-        return self.folder / f"{key}.safetensors"
+        """The entry of the sample of `key` (`sample_key`)."""
+        return self.folder / "samples" / f"{key}.safetensors"
 
     def bad_path(self, key: str) -> Path:
-        return self.folder / f"{key}.bad"
+        return self.folder / "samples" / f"{key}.bad"
 
     def damaged_path(self, key: str) -> Path:
-        return self.folder / f"{key}.damaged"
+        return self.folder / "samples" / f"{key}.damaged"
+
+    def tower_path(self, towers: str) -> Path:
+        """The entry of the tower input of `towers` (`tower_key`)."""
+        return self.folder / "towers" / f"{towers}.safetensors"
+
+    def tower_damaged_path(self, towers: str) -> Path:
+        return self.folder / "towers" / f"{towers}.damaged"
 
     def __contains__(self, key: str) -> bool:
         """Whether `key` has a servable entry or a `.bad` one (a damaged entry does not count: it is recomputed)."""
@@ -334,41 +435,76 @@ class FeatureCache:
         return True
 
     def expected_tensors(self) -> list[str]:
-        """The tensors every entry of this configuration holds (the aux targets vary by sample and are not checked)."""
-        names = list(_TOKEN_TENSORS)
-        names += [f"geometry.{level}" for level in range(self.num_levels)] if self.caches_geometry else []
+        """The tensors every sample entry holds (the aux targets vary by sample and are not checked)."""
+        return list(_TOKEN_TENSORS)
+
+    def expected_tower_tensors(self) -> list[str]:
+        """The tensors every tower entry of this configuration holds."""
+        names = [f"geometry.{level}" for level in range(self.num_levels)] if self.caches_geometry else []
         names += {"merged": ["vision.0"], "blocks": ["vision.blocks"]}.get(self.vision_kind, [])
         return names
 
-    def entry_damage(self, key: str) -> str | None:
-        """What makes the entry of `key` unservable ("no entry", a `.damaged` note's reason, or `safetensors_damage`),
-        or None for a sound entry. Reads the header only."""
+    def _sample_state(self, key: str) -> tuple[str | None, str | None]:
+        """`(damage, tower key)` of the sample entry of `key`: "no entry", what is wrong with it (its header only is
+        read), or None and the tower entry it names."""
         try:
             with open(self.path(key), "rb") as file:
-                return safetensors_damage(file, os.fstat(file.fileno()).st_size, self.expected_tensors())
+                damage, metadata = safetensors_header(file, os.fstat(file.fileno()).st_size, self.expected_tensors())
+        except FileNotFoundError:
+            return "no entry", None
+        if damage is None and not metadata.get(TOWERS_KEY):
+            damage = "it names no tower entry"
+        return damage, metadata.get(TOWERS_KEY)
+
+    def towers_of(self, key: str) -> str | None:
+        """The key of the tower entry the sample entry of `key` names (None: no sound sample entry)."""
+        damage, towers = self._sample_state(key)
+        return towers if damage is None else None
+
+    def tower_damage(self, towers: str) -> str | None:
+        """What makes the tower entry `towers` unservable ("no entry" or `safetensors_damage`), or None. Header only."""
+        try:
+            with open(self.tower_path(towers), "rb") as file:
+                return safetensors_damage(file, os.fstat(file.fileno()).st_size, self.expected_tower_tensors())
         except FileNotFoundError:
             return "no entry"
 
-    def store(self, key: str, sample: dict) -> None:
-        """Write one sample (a `split_batch` dict with `geometry_features` / `vision_features` as cached)."""
+    def entry_damage(self, key: str) -> str | None:
+        """What makes the sample of `key` unservable ("no entry", a damage of its entry or of the tower entry it
+        names), or None when both are sound. Reads the headers only."""
+        damage, towers = self._sample_state(key)
+        if damage is not None:
+            return damage
+        damage = self.tower_damage(towers)
+        return None if damage is None else f"its tower entry {towers}: {damage}"
+
+    def store(self, key: str, towers: str, sample: dict) -> None:
+        """Write the entry of one sample (a `split_batch` dict) naming its tower entry `towers` (written first)."""
         tensors = {}
         for name in ("input_ids", "labels", "mm_token_type_ids", "image_grid_thw", "aux_camera", "aux_scale"):
             if name in sample:
                 tensors[name] = sample[name]
         for index, depth in enumerate(sample.get("aux_depth", ())):
             tensors[f"aux_depth.{index}"] = depth
-        for level, features in enumerate(sample.get("geometry_features", ())):
-            tensors[f"geometry.{level}"] = self._features(features, key)
-        vision = sample.get("vision_features")
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+        self._write(self.path(key), lambda file: file.write(safetensors.torch.save(tensors, metadata={TOWERS_KEY: towers})))
+
+    def store_towers(self, towers: str, features: dict) -> None:
+        """Write the tower entry `towers`: `features` holds `geometry_features` / `vision_features` as cached."""
+        tensors = {}
+        for level, level_features in enumerate(features.get("geometry_features", ())):
+            tensors[f"geometry.{level}"] = self._features(level_features, towers)
+        vision = features.get("vision_features")
         if vision is not None:
             if vision.kind == "merged":
-                for level, features in enumerate(vision.levels):
-                    tensors[f"vision.{level}"] = self._features(features, key)
+                for level, level_features in enumerate(vision.levels):
+                    tensors[f"vision.{level}"] = self._features(level_features, towers)
             else:
-                tensors["vision.blocks"] = self._features(vision.levels, key)
+                tensors["vision.blocks"] = self._features(vision.levels, towers)
         tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
         kind = vision.kind if vision is not None else ""
-        self._write(self.path(key), lambda file: file.write(safetensors.torch.save(tensors, metadata={"vision": kind})))
+        self._write(self.tower_path(towers), lambda file: file.write(safetensors.torch.save(tensors, metadata={"vision": kind})))
+        self.tower_damaged_path(towers).unlink(missing_ok=True)
 
     def mark_bad(self, key: str, reason: str) -> None:
         self._write(self.bad_path(key), lambda file: file.write(reason.encode("utf-8")))
@@ -381,7 +517,7 @@ class FeatureCache:
 
     def _write(self, path: Path, write) -> None:
         try:
-            handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         except OSError as error:
             raise self._disk_error(error) from error
         try:
@@ -403,23 +539,12 @@ class FeatureCache:
                              "free space there, or point cache.directory at a larger disk, then run again (the entries "
                              "already written are kept and reused)")
 
-    def load(self, key: str, name: str | None = None) -> dict:
-        """One sample as `collate_samples` takes it (features in the storage dtype); `name`: the sample's, for messages.
-
-        Raises:
-            DamagedEntryError: the entry is damaged (then set aside and reported once) or was set aside earlier.
-            KeyError: there is no entry (the cache was not built for this sample).
-        """
-        try:
-            with open(self.path(key), "rb") as file:
-                data = file.read()
-        except FileNotFoundError as error:
-            if self.damaged_path(key).is_file():  # set aside earlier (and reported then)
-                raise DamagedEntryError(f"feature cache entry {key} in {self.folder} was damaged and set aside; the next "
-                                        "build recomputes it", sample=name) from None
-            raise KeyError(f"feature cache {self.folder} has no entry {key}: build it first (FeatureCache.build) with "
-                           "the same model, processor and data") from error
-        damage = safetensors_damage(io.BytesIO(data), len(data), self.expected_tensors())
+    def _read(self, path: Path, expected, what: str, name: str | None, set_aside) -> tuple[dict, dict]:
+        """`(tensors, metadata)` of the entry at `path`, checked (header, sizes, `expected` names, finite features);
+        a damaged one is set aside (`set_aside(damage)`) and a `DamagedEntryError` naming `what` raised."""
+        with open(path, "rb") as file:
+            data = file.read()
+        damage, metadata = safetensors_header(io.BytesIO(data), len(data), expected)
         try:
             tensors = safetensors.torch.load(data) if damage is None else None
         except SafetensorError as error:  # a header that parses and sizes that add up, yet unreadable
@@ -427,45 +552,90 @@ class FeatureCache:
         if damage is None:
             damage = _non_finite_features(tensors)
         if damage is not None:
+            set_aside(damage)
+            raise DamagedEntryError(f"feature cache {what} in {self.folder} is damaged ({damage}); set aside, the "
+                                    "next build recomputes it", sample=name)
+        return tensors, metadata
+
+    def load(self, key: str, name: str | None = None) -> dict:
+        """One sample as `collate_samples` takes it (features in the storage dtype); `name`: the sample's, for messages.
+
+        Raises:
+            DamagedEntryError: its entry or its tower entry is damaged (then set aside and reported once) or was set
+                aside earlier.
+            KeyError: there is no entry (the cache was not built for this sample).
+        """
+        try:
+            tensors, metadata = self._read(self.path(key), self.expected_tensors(), f"entry {key}", name,
+                                           lambda damage: self.set_aside(key, damage, name))
+        except FileNotFoundError as error:
+            if self.damaged_path(key).is_file():  # set aside earlier (and reported then)
+                raise DamagedEntryError(f"feature cache entry {key} in {self.folder} was damaged and set aside; the next "
+                                        "build recomputes it", sample=name) from None
+            raise KeyError(f"feature cache {self.folder} has no entry {key}: build it first (FeatureCache.build) with "
+                           "the same model, processor and data") from error
+        towers = metadata.get(TOWERS_KEY)
+        if not towers:
+            damage = "it names no tower entry"
             self.set_aside(key, damage, name)
             raise DamagedEntryError(f"feature cache entry {key} in {self.folder} is damaged ({damage}); set aside, the "
                                     "next build recomputes it", sample=name)
+        try:
+            features, _ = self._read(self.tower_path(towers), self.expected_tower_tensors(), f"tower entry {towers}",
+                                     name, lambda damage: self.set_aside_towers(towers, damage, name))
+        except FileNotFoundError:
+            if self.tower_damaged_path(towers).is_file():  # set aside earlier (and reported then)
+                raise DamagedEntryError(f"feature cache tower entry {towers} in {self.folder} was damaged and set "
+                                        "aside; the next build recomputes it", sample=name) from None
+            damage = f"its tower entry {towers} is missing"
+            self.set_aside(key, damage, name)
+            raise DamagedEntryError(f"feature cache entry {key} in {self.folder} is damaged ({damage}); set aside, the "
+                                    "next build recomputes it", sample=name) from None
         sample = {name: tensors[name] for name in ("input_ids", "labels", "mm_token_type_ids", "image_grid_thw",
                                                    "aux_camera", "aux_scale") if name in tensors}
         depth_views = sorted(int(name.split(".")[1]) for name in tensors if name.startswith("aux_depth."))
         if depth_views:
             sample["aux_depth"] = [tensors[f"aux_depth.{index}"] for index in depth_views]
         if self.caches_geometry:
-            sample["geometry_features"] = [tensors[f"geometry.{level}"] for level in range(self.num_levels)]
+            sample["geometry_features"] = [features[f"geometry.{level}"] for level in range(self.num_levels)]
         if self.vision_kind == "merged":
-            levels = sorted(int(name.split(".")[1]) for name in tensors if name.startswith("vision.") and name != "vision.blocks")
-            sample["vision_features"] = FrozenVisionFeatures("merged", [tensors[f"vision.{level}"] for level in levels])
+            levels = sorted(int(name.split(".")[1]) for name in features if name.startswith("vision.") and name != "vision.blocks")
+            sample["vision_features"] = FrozenVisionFeatures("merged", [features[f"vision.{level}"] for level in levels])
         elif self.vision_kind == "blocks":
-            sample["vision_features"] = FrozenVisionFeatures("blocks", tensors["vision.blocks"])
+            sample["vision_features"] = FrozenVisionFeatures("blocks", features["vision.blocks"])
         return sample
 
     def set_aside(self, key: str, damage: str, name: str | None = None) -> None:
-        """Replace a damaged entry by a `.damaged` note with the reason, and name it in a warning (once: the entry is
-        gone afterwards). Used where the towers cannot run to recompute it (while training)."""
-        self._write(self.damaged_path(key), lambda file: file.write(damage.encode("utf-8")))
+        """Replace a damaged sample entry by a `.damaged` note with the reason, and name it in a warning (once: the
+        entry is gone afterwards). Used where the towers cannot run to recompute it (while training)."""
+        self._set_aside(self.path(key), self.damaged_path(key), f"entry {key}", damage, name, "its sample is")
+
+    def set_aside_towers(self, towers: str, damage: str, name: str | None = None) -> None:
+        """`set_aside` for the tower entry `towers`: every sample that shares it is skipped until the next build."""
+        self._set_aside(self.tower_path(towers), self.tower_damaged_path(towers), f"tower entry {towers}", damage, name,
+                        "the samples that share it are")
+
+    def _set_aside(self, path: Path, note: Path, what: str, damage: str, name: str | None, skipped: str) -> None:
+        self._write(note, lambda file: file.write(damage.encode("utf-8")))
         try:
-            self.path(key).unlink()
+            path.unlink()
         except FileNotFoundError:
             return  # another process set it aside first and warned
         sample = f" (sample {name!r})" if name is not None else ""
-        logger.warning("feature cache %s: entry %s%s is damaged (%s); removed, its sample is skipped until the next "
-                       "build recomputes it", self.folder, key, sample, damage)
+        logger.warning("feature cache %s: %s%s is damaged (%s); removed, %s skipped until the next build recomputes "
+                       "it", self.folder, what, sample, damage, skipped)
 
     # ------------------------------------------------------------------ filling
     @torch.no_grad()
     def build(self, model, dataset, collator, batch_size: int = 16, skip_errors: bool = False) -> CacheStats:
-        """Run `collator` (the run's chain before the cache) and the frozen towers on every sample of `dataset`
-        (read with `undecoded_images`) that has no entry yet, and store them. Returns how many were computed,
-        reused and skipped (bad samples, under `skip_errors`: marked so training skips them too).
+        """Run `collator` (the run's chain before the cache) on every sample of `dataset` (read with
+        `undecoded_images`) that has no entry yet, and the frozen towers on each distinct tower input among them that
+        has none either, and store them. Returns how many samples were computed, reused and skipped (bad samples,
+        under `skip_errors`: marked so training skips them too), and how many tower inputs were encoded.
 
         Entries from earlier builds are checked, not trusted: a `.bad` one follows this build's policy
         (`serve_bad`: skipped and named under `skip_errors`, else a `DataError` naming the sample and the reason),
-        and a damaged one is recomputed with a warning naming it and the cache folder.
+        and a damaged one (a sample's or a tower's) is recomputed with a warning naming it and the cache folder.
 
         Raises:
             DataError: a bad sample, with `skip_errors=False`.
@@ -474,16 +644,16 @@ class FeatureCache:
         was_training = gap.training
         gap.eval()
         stats = CacheStats()
+        warned: set[str] = set()  # damaged tower entries named in this build (many samples may share one)
         try:
             for start in tqdm(range(0, len(dataset), batch_size), desc="feature cache", unit="batch", mininterval=30):
                 examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 keys = [sample_key(example) for example in examples]
-                missing = self._to_compute(examples, keys, start, skip_errors, stats)
                 good = []
-                for index in missing:
+                for index in self._to_compute(examples, keys, start, skip_errors, stats, warned):
                     example = decoded_example(examples[index])
                     try:
-                        collator([example])  # the chain names a bad sample (BadSampleGuard)
+                        batch = collator([example])  # the chain names a bad sample (BadSampleGuard)
                     except DataError as error:
                         if not skip_errors:
                             raise
@@ -493,25 +663,62 @@ class FeatureCache:
                         stats.skipped_names.append(sample_name(example, start + index))
                         self.skipped_names.append(sample_name(example, start + index))  # new: not named before
                         continue
-                    good.append((index, example))
+                    batch.pop(SKIPPED_KEY, None)
+                    (sample,) = split_batch(batch)  # its tensors: the processor runs once per sample, alone
+                    good.append((index, sample, tower_key(sample)))
                 if not good:
                     continue
-                batch = collator([example for _, example in good])
-                batch.pop(SKIPPED_KEY, None)
-                samples = self.encode(gap, batch)
-                for (index, _), sample in zip(good, samples):
-                    if stats.computed == 0:  # log the cost; refuse before writing if the disk lacks the room
-                        ensure_disk_room(self.folder, cost_of_sample(sample, self.dtype), len(dataset) - start - index)
-                    self.store(keys[index], sample)
+                new = {}  # tower key → (index, sample) of that input, for inputs without a sound entry (each once)
+                for index, sample, towers in good:
+                    damage = None if towers in new else self.tower_damage(towers)
+                    if damage is None:
+                        continue
+                    if damage != "no entry" and towers not in warned:  # a new sample on damaged features
+                        warned.add(towers)
+                        logger.warning("feature cache %s: tower entry %s (sample %r) is damaged (%s); recomputing it",
+                                       self.folder, towers, sample_name(examples[index], start + index), damage)
+                    new[towers] = (index, sample)
+                features = self.encode_towers(gap, [sample for _, sample in new.values()])
+                for (towers, (index, sample)), tower_features in zip(new.items(), features):
+                    if stats.computed == 0 and stats.encoded == 0:  # log the cost; refuse before writing if short of room
+                        self._ensure_room(dataset, start + good[0][0], {**sample, **tower_features})
+                    self.store_towers(towers, tower_features)
+                    stats.encoded += 1
+                for index, sample, towers in good:
+                    if stats.computed == 0 and stats.encoded == 0:  # every input already cached: its features' cost
+                        self._ensure_room(dataset, start + index, {**sample, **self.load_towers(towers)})
+                    self.store(keys[index], towers, sample)
                     self.damaged_path(keys[index]).unlink(missing_ok=True)
                     stats.computed += 1
         finally:
             gap.train(was_training)
         return stats
 
-    def _to_compute(self, examples: list[dict], keys: list[str], start: int, skip_errors: bool, stats: CacheStats) -> list[int]:
-        """Indices of `examples` whose entries are to be computed: no entry, or a damaged one (warned, counted in
-        `stats.recomputed`); sound entries count as reused, `.bad` ones follow `serve_bad`."""
+    def _ensure_room(self, dataset, position: int, sample: dict) -> None:
+        """`ensure_disk_room` before the first write of a build, from the cost of `sample` (with its features) for
+        the samples of `dataset` from `position` on and at most their distinct tower inputs (`view_input_count`)."""
+        remaining = len(dataset) - position
+        inputs = min(remaining, view_input_count(dataset))
+        ensure_disk_room(self.folder, cost_of_sample(sample, self.dtype), remaining, inputs)
+
+    def load_towers(self, towers: str) -> dict:
+        """The features of the tower entry `towers`, as `load` puts them in a sample."""
+        tensors = safetensors.torch.load_file(self.tower_path(towers))
+        features = {}
+        if self.caches_geometry:
+            features["geometry_features"] = [tensors[f"geometry.{level}"] for level in range(self.num_levels)]
+        if self.vision_kind == "merged":
+            levels = sorted(int(name.split(".")[1]) for name in tensors if name.startswith("vision.") and name != "vision.blocks")
+            features["vision_features"] = FrozenVisionFeatures("merged", [tensors[f"vision.{level}"] for level in levels])
+        elif self.vision_kind == "blocks":
+            features["vision_features"] = FrozenVisionFeatures("blocks", tensors["vision.blocks"])
+        return features
+
+    def _to_compute(self, examples: list[dict], keys: list[str], start: int, skip_errors: bool, stats: CacheStats,
+                    warned: set[str]) -> list[int]:
+        """Indices of `examples` whose entries are to be computed: no entry, or a damaged one, or a damaged tower
+        entry (warned once per entry, counted in `stats.recomputed`); sound entries count as reused, `.bad` ones
+        follow `serve_bad`."""
         missing = []
         for index, (example, key) in enumerate(zip(examples, keys)):
             name = sample_name(example, start + index)
@@ -519,11 +726,22 @@ class FeatureCache:
                 stats.skipped += 1
                 stats.skipped_names.append(name)
                 continue
-            damage = self.entry_damage(key)
+            damage, towers = self._sample_state(key)
             if damage is None:
-                stats.reused += 1
-                continue
-            if damage != "no entry":
+                tower_damage = self.tower_damage(towers)
+                if tower_damage is None:
+                    stats.reused += 1
+                    continue
+                if towers not in warned:
+                    warned.add(towers)
+                    if self.tower_damaged_path(towers).is_file():  # set aside while training, and named then
+                        logger.info("feature cache %s: recomputing tower entry %s, set aside as damaged", self.folder,
+                                    towers)
+                    else:
+                        logger.warning("feature cache %s: tower entry %s (sample %r) is damaged (%s); recomputing it",
+                                       self.folder, towers, name, tower_damage)
+                stats.recomputed += 1
+            elif damage != "no entry":
                 logger.warning("feature cache %s: entry %s (sample %r) is damaged (%s); recomputing it", self.folder,
                                key, name, damage)
                 stats.recomputed += 1
@@ -533,23 +751,41 @@ class FeatureCache:
             missing.append(index)
         return missing
 
-    def encode(self, model, batch: dict) -> list[dict]:
-        """The per-sample dicts of a collated batch with the cached towers' outputs in place of their inputs."""
+    def encode_towers(self, model, samples: list[dict]) -> list[dict]:
+        """The cached towers' outputs (`geometry_features`, `vision_features`) for each of `samples` (`split_batch`
+        dicts holding their tower inputs), run as one batch."""
+        if not samples:
+            return []
         gap = unwrap_gap_model(model)
         device = gap.device
-        samples = split_batch(batch)
+        batch = tower_inputs(samples)
+        outputs = [{} for _ in samples]
         views = [int(v) for v in batch["geometry_views_per_sample"].tolist()]
         if self.caches_geometry:
             levels = gap.get_geometry_features(batch["geometry_pixel_values"].to(device), batch["image_grid_thw"].to(device), views)
-            for index, sample in enumerate(samples):
-                sample["geometry_features"] = [level[index] for level in levels]
-                sample.pop("geometry_pixel_values", None)
+            for index, output in enumerate(outputs):
+                output["geometry_features"] = [level[index] for level in levels]
         if self.vision_kind is not None:
             features = frozen_vision_features(gap, batch["pixel_values"].to(device), batch["image_grid_thw"].to(device), self.vision_kind)
-            for sample, part in zip(samples, split_vision_features(features, batch["image_grid_thw"], views, self.merge_size)):
-                sample["vision_features"] = part
-                sample.pop("pixel_values", None)
-        return samples
+            for output, part in zip(outputs, split_vision_features(features, batch["image_grid_thw"], views, self.merge_size)):
+                output["vision_features"] = part
+        return outputs
+
+
+def _layout_problem(folder: Path) -> str | None:
+    """Why `folder` is not a cache folder of this layout ("holds entries of layout 1 ...", "records layout N"), or
+    None when it is one or holds no cache (empty, or unrelated files)."""
+    try:
+        record = json.loads((folder / LAYOUT_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not folder.is_dir():
+            return None
+        entries = next((path for pattern in ("*.safetensors", "*.bad", "*.damaged") for path in folder.glob(pattern)), None)
+        return None if entries is None else "holds cache entries of layout 1 (one file per sample, features included)"
+    except (OSError, ValueError) as error:
+        return f"has an unreadable {LAYOUT_FILE} ({error})"
+    layout = record.get("layout") if isinstance(record, dict) else None
+    return None if layout == CACHE_LAYOUT else f"records layout {layout!r} in {LAYOUT_FILE}"
 
 
 class CachedCollator:

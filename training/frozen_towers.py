@@ -1,8 +1,9 @@
 """Which part of each encoder tower a run leaves frozen, what that part outputs, and how training continues from it.
 
 In stages 1 and 2 both encoder towers are frozen (docs/method.md §8.3), so what they output for a sample depends
-only on their weights and the sample: the feature cache (training/feature_cache.py) stores it once and the
-training forward starts after it. The cut is placed before the first module the recipe trains:
+only on their weights and the tensors they receive (its views, with the marker painted in): the feature cache
+(training/feature_cache.py) stores it once per distinct input and the training forward starts after it. The cut is
+placed before the first module the recipe trains:
 
     Qwen ViT     "merged": everything frozen (patch embedding, blocks, the merger and DeepStack mergers): the
                  cache holds the ViT's output tokens, per level `[N_merged, D_out]`;
@@ -124,7 +125,7 @@ def frozen_vision_features(model, pixel_values: torch.Tensor, image_grid_thw: to
     """The frozen part's output for the views of `pixel_values` (`[Σ h·w, D_patch]`, grids `[V, 3]`)."""
     gap = unwrap_gap_model(model)
     if kind == "merged":
-        outputs = gap.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        outputs = gap.model.get_vision_features(pixel_values, image_grid_thw)
         levels = [torch.cat(outputs.pooler_output)] + [torch.cat(level) for level in outputs.deepstack_features]
         return FrozenVisionFeatures("merged", levels)
     if kind != "blocks":
@@ -134,7 +135,7 @@ def frozen_vision_features(model, pixel_values: torch.Tensor, image_grid_thw: to
     hooks = [visual.blocks[index].register_forward_hook(lambda _m, _i, out, index=index: taps.__setitem__(index, out))
              for index in visual.deepstack_visual_indexes]
     try:
-        outputs = gap.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        outputs = gap.model.get_vision_features(pixel_values, image_grid_thw)
     finally:
         for hook in hooks:
             hook.remove()

@@ -256,7 +256,7 @@ class GeometryAlignedModel(nn.Module):
                 grids=image_grids,
             )
         elif image_outputs is None:  # plain Qwen3-VL (the no-geometry ablation arm): the geometry inputs are ignored
-            image_outputs = gap.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+            image_outputs = gap.model.get_vision_features(pixel_values, image_grid_thw)
 
         needs_hidden = self.aux_heads is not None
         # packed rows: attention within each sample without a block mask (training/packed_attention.py)

@@ -24,11 +24,13 @@ from transformers.trainer_utils import TrainOutput, align_special_tokens
 from gap_mllm.processing.dataset_identity import TRAINING_RECORD, describe_data_root
 from gap_mllm.processing.folder_lock import holding_folder
 from gap_mllm.processing.held_out import trained_scenes
+from gap_mllm.processing.model_lineage import LINEAGE, folder_lineage, merged, origin_text, read_record, released_model
 from gap_mllm.processing.output_folder import (OutputFolderRefused, check_outside_data, check_output_folder,
                                                 mark_output_folder, read_marker)
 
 from .cache_cost import ALWAYS, cache_skip_reason
-from .checkpoints import MissingSafetensorsWeights, check_resume_checkpoint, find_resumable_checkpoint, load_model_weights
+from .checkpoints import (MissingSafetensorsWeights, check_resume_checkpoint, checkpoint_problem,
+                          find_resumable_checkpoint, incomplete_checkpoints, load_model_weights)
 from .config import TrainRecipe, output_dir_of, training_arguments, without_defaults
 from .cuda_graph_forward import ungraph_geometry_encoder
 from .data import add_length_column, build_collator, load_split, sample_collator, sample_collator_settings
@@ -60,10 +62,13 @@ from .run_state import (
     check_same_run,
     check_state_folder,
     put_back_interrupted_write,
+    describe_differences,
     read_run_state,
     record_run_data,
+    record_run_settings,
     restore_if_newer,
     resumed_data,
+    resumed_settings,
     state_folder,
 )
 from .state_steering import steering_of
@@ -239,14 +244,20 @@ def _fill_feature_cache(recipe: TrainRecipe, args, model, processor, train_datas
     return cache
 
 
-def resolve_resume(resume: str | None, output_dir: str) -> str | None:
+def resolve_resume(resume: str | None, output_dir: str, max_steps: int | None = None) -> str | None:
     """`"auto"` → the newest COMPLETE checkpoint in `output_dir` (None if there is none; incomplete ones
-    are skipped with a warning naming them); a path must be a complete checkpoint (ValueError if not)."""
+    are skipped with a warning naming them; ValueError when there are only incomplete ones); a path must be a
+    complete checkpoint (ValueError if not). `max_steps`: the run's (training/checkpoints.py `checkpoint_problem`)."""
     if resume is None:
         return None
     if resume != "auto":
-        return check_resume_checkpoint(resume)
-    checkpoint = find_resumable_checkpoint(output_dir)
+        return check_resume_checkpoint(resume, max_steps)
+    checkpoint = find_resumable_checkpoint(output_dir, max_steps)
+    if checkpoint is None and (incomplete := incomplete_checkpoints(output_dir, max_steps)):
+        # a new run there would replace them step by step (and rotate them away): refused, nothing written
+        raise ValueError(f"--resume auto: {output_dir} holds no complete checkpoint to resume from ({incomplete[0]}: "
+                         f"{checkpoint_problem(incomplete[0], max_steps)}); a new run there would write over them: "
+                         "move them away (or the whole folder), or give another --out")
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
     return checkpoint
@@ -267,18 +278,31 @@ ENCODER_STAGE_OBJECTIVES = {
 }
 
 
-def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = False) -> dict:
+def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = False,
+                    setting_changes: list[dict] | None = None) -> dict:
     """What the saved model was trained on and how, for its model card (`gap-mllm push`): stage,
     tasks, the data root described by `describe_data_root` (its folder name, never its path), steps,
-    what was frozen, LoRA, and the SynthRooms scenes it and the model it started from trained on
-    (`trained_scenes`). `data_given`: the datasets were passed in, not read from `data.data_root`."""
+    what was frozen, LoRA, where its weights come from (`lineage`: processing/model_lineage.py; a released model it
+    started from, as GAP-MLLM-Mini, named with its version in `started_from`) and the SynthRooms scenes it and the
+    model it started from trained on (`trained_scenes`). `data_given`: the datasets were passed in, not read from
+    `data.data_root`. `setting_changes`: the deliberate changes of settings its resumes made (training/run_state.py
+    `resumed_settings`: `{"at_step", "from", "settings": {name: {"then", "now"}}}`), recorded as `changed_settings`;
+    the other fields say the settings of the last part of the run."""
     started_from = None
     if recipe.model.tiny:
         source = f"the {recipe.model.tiny} test model, randomly initialised"
+        # fresh weights (`[]`: none of a third party's), with those of the folder its encoders came from; encoders of
+        # a folder that records nothing leave the whole unknown
+        encoders = folder_lineage(recipe.model.encoders_from) if recipe.model.encoders_from else {"weights": []}
+        lineage = None if encoders is None else merged({"origin": None, "weights": []}, encoders)
     else:
         source = recipe.model.name_or_path
+        lineage = folder_lineage(source) if source else None
         if source and Path(source).exists():
             started_from, source = source, Path(source).name  # a local folder: its name only
+        released = released_model(read_record(started_from)) if started_from else None
+        if released is not None:  # a released model by its name and version, not its folder's (a cache folder's hash)
+            source = origin_text(released)
     data_root = None if data_given else recipe.data.data_root
     data = describe_data_root(data_root) if data_root else None
     tasks, freezing = list(recipe.data.tasks), dataclasses.asdict(recipe.freezing)
@@ -290,8 +314,11 @@ def training_record(recipe: TrainRecipe, global_step: int, data_given: bool = Fa
     return {"stage": recipe.stage, "tasks": tasks, "data": data, "global_step": int(global_step),
             "started_from": source, "freezing": freezing, "lora": recipe.lora.enabled,
             "aux_losses": recipe.aux.enabled,
+            # where its weights come from, for its card's lineage and licence (processing/model_lineage.py)
+            LINEAGE: lineage,
             # what `gap-mllm evaluate` must not score it on (processing/held_out.py)
-            "trained_scenes": trained_scenes(data_root, recipe.data.train_split, started_from)}
+            "trained_scenes": trained_scenes(data_root, recipe.data.train_split, started_from),
+            **({"changed_settings": setting_changes} if setting_changes else {})}
 
 
 def save_final_model(trainer, output_dir=None) -> None:
@@ -339,9 +366,10 @@ RECORDED_WHEN_SET = {"data.task_loss_weights": None}
 
 
 # settings that apply to the one resume that is given them, left out of the command that continues the run:
-# `accept_other_data` lets a state continue on data whose digests differ, and the states the run writes from then on
-# record the data it trains on, so the next resume needs no such word (and should not carry it unasked)
-ONE_RESUME_SETTINGS = ("run_state.accept_other_data",)
+# `accept_other_data` lets a state continue on data whose digests differ, `accept_other_settings` a checkpoint with
+# other recipe settings, and the run records the data and settings it trains on from then on, so the next resume
+# needs no such word (and should not carry it unasked)
+ONE_RESUME_SETTINGS = ("run_state.accept_other_data", "run_state.accept_other_settings")
 
 
 def _without_one_resume_settings(arguments: list[str]) -> list[str]:
@@ -463,14 +491,15 @@ def resume_from_run_state(recipe: TrainRecipe, resume: str | None, settings: dic
         return restore_if_newer(directory, output_dir, source=settings["source"],
                                 data_root=recipe.data.data_root if data is not None else None, data_description=data,
                                 run=settings["run"], accept_other_data=recipe.run_state.accept_other_data,
-                                steering=run_steering(recipe))
+                                steering=run_steering(recipe),
+                                accept_other_settings=recipe.run_state.accept_other_settings)
     record = read_run_state(directory)
     if resume is None and record is not None:
         # the command printed is this process's own, never the record's (a state is untrusted input)
         raise RunStateError(f"run_state.directory={directory} holds step {record['global_step']} of a run; continue it "
                             f"with --resume auto ({continuation_command()}), or give another run_state.directory")
     if record is not None:
-        check_same_run(record, settings["run"], directory)
+        check_same_run(record, settings["run"], directory, recipe.run_state.accept_other_settings)
     return resume
 
 
@@ -563,11 +592,13 @@ def training_log(path, echo: bool = False):
             log_file.close()
 
 
-def run_plan(recipe: TrainRecipe, trainer, data_root: str | None = None) -> list[str]:
+def run_plan(recipe: TrainRecipe, trainer, data_root: str | None = None, resume: str | None = None,
+             changed: dict | None = None) -> list[str]:
     """What a run is about to do, in the lines `run_training` logs before its first step: the model it starts from
     (and how many of its parameters train), the data (`data_root`, None for datasets given in-process: the samples
-    to train on and to evaluate), the steps and the samples they read. The feature cache's decision is logged where
-    it is taken (`build_trainer`)."""
+    to train on and to evaluate), the steps and the samples they read; for a resumed run the checkpoint (`resume`) and
+    the settings changed from there on (`changed`, training/run_state.py `resumed_settings`). The feature cache's
+    decision is logged where it is taken (`build_trainer`)."""
     args, model = trainer.args, trainer.model
     source = recipe.model.name_or_path or (f"a freshly initialised {recipe.model.tiny} model (seed {recipe.model.seed})"
                                            if recipe.model.tiny else "a freshly initialised model")
@@ -583,9 +614,14 @@ def run_plan(recipe: TrainRecipe, trainer, data_root: str | None = None) -> list
         steps = f"{args.max_steps:,} steps of {batch:,} samples ({args.max_steps * batch:,} samples read)"
     else:
         steps = f"{args.num_train_epochs:g} epoch(s) in steps of {batch:,} samples"
-    return [f"model  : {source}; {trained:,} of {total:,} parameters train",
-            f"data   : {tasks}{where}: {samples}, {evaluation}",
-            f"steps  : {steps}, learning rate {args.learning_rate:g}; saved to {args.output_dir}"]
+    lines = [f"model  : {source}; {trained:,} of {total:,} parameters train",
+             f"data   : {tasks}{where}: {samples}, {evaluation}",
+             f"steps  : {steps}, learning rate {args.learning_rate:g}; saved to {args.output_dir}"]
+    if resume is not None:
+        said = (f"; settings changed from there on (run_state.accept_other_settings): "
+                f"{describe_differences(changed, shown=len(changed))}" if changed else "")
+        lines.append(f"resume : from {resume}{said}")
+    return lines
 
 
 def run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None, log_file: str | None = None,
@@ -644,19 +680,26 @@ def _run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None
     if run_state is not None:  # checked, and restored, before the model and the feature cache are built
         resume_from_checkpoint = resume_from_run_state(recipe, resume_from_checkpoint, run_state)
     # the checkpoint is known before anything is built: the feature cache is keyed by its frozen towers
-    resume = resolve_resume(resume_from_checkpoint, recipe.training["output_dir"])
+    resume = resolve_resume(resume_from_checkpoint, recipe.training["output_dir"], recipe.training.get("max_steps"))
+    # the one rule of a resume's settings (training/run_state.py `check_same_settings`), whichever way the checkpoint
+    # was found: refused by name, or a deliberate change (run_state.accept_other_settings) recorded
+    definition = run_definition(recipe)
+    changes, changed_now = ([], {}) if resume is None else resumed_settings(
+        resume, definition, state_dir=recipe.run_state.directory,
+        accept_other_settings=recipe.run_state.accept_other_settings)
     data = data_of_the_run(recipe, resume, data)
     if run_state is not None:
         run_state["data_description"] = data
     if _trains_here():
         record_run_data(recipe.training["output_dir"], data)
+        record_run_settings(recipe.training["output_dir"], definition, changes)
     if recipe.stage in ("geometry", "vision"):
         setup = build_encoder_stage_trainer(recipe, **build_kwargs)
     else:
         setup = build_trainer(recipe, resume_from_checkpoint=resume, **build_kwargs)
     trainer = setup.trainer
     if _trains_here():
-        for line in run_plan(recipe, trainer, data_root):
+        for line in run_plan(recipe, trainer, data_root, resume=resume, changed=changed_now):
             logger.info(line)
     # the time limit, and a SIGTERM with or without one: a checkpoint at the next step end
     stop = TimeLimitCallback(recipe.time_limit_s)
@@ -680,7 +723,8 @@ def _run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None
         raise stopped
     save_final_model(trainer)
     if trainer.args.should_save:
-        record = training_record(recipe, trainer.state.global_step, data_given=build_kwargs.get("train_dataset") is not None)
+        record = training_record(recipe, trainer.state.global_step, data_given=build_kwargs.get("train_dataset") is not None,
+                                 setting_changes=changes)
         best = use_best_model(trainer.args.output_dir) if recipe.evaluation.best_metric else None
         if best is not None:
             logger.info("final model: the best of the validation (%s = %s at step %d of %d)", best["metric"], best["value"],

@@ -38,7 +38,9 @@ file that differs. The remote-code `.py` files of a checkpoint are the installed
 
 A state continues only the run that wrote it: it records the recipe settings that define the run (`run.py`'s
 `run_definition`: every setting but where the run writes and how it reports), and a resume with other settings is
-refused naming them. Every file of the folder carries its sha256 in run_state.json, and the record its shape and its
+refused naming them (`check_same_settings`, the same rule a checkpoint of an output folder is checked by against the
+folder's run record, `RUN_RECORD_FILE`; `run_state.accept_other_settings` continues a deliberate change, recorded,
+but for the settings a checkpoint carries: `CARRIED_BY_CHECKPOINT`). Every file of the folder carries its sha256 in run_state.json, and the record its shape and its
 own digest: a damaged file (truncated, a Git LFS pointer, edited) is one line naming the file and the fault, found
 before anything is written. A state committed to a shared repository never writes outside its folder: every name it
 lists is a file of a state's layout (`checkpoint/scheduler.pt`, never `../x` or an absolute path), and a file of the
@@ -99,7 +101,7 @@ from .checkpoints import (
     size_limit_error,
     staging_root,
 )
-from .config import without_defaults
+from .config import NO_DEFAULT, training_default, without_defaults
 from .data_sketch import RECORD_FILE, DamagedSketch, DataSketch, compare_data, decode_sketch, log_accepted, read_sketch
 from .data_sketch import sketch_data_root, write_sketch
 from .state_steering import Steering, SteeringRefused, check_steering
@@ -687,23 +689,159 @@ def check_state_files(record: dict, state_dir) -> None:
             raise RunStateError(f"{path}: damaged run state file: {fault}; nothing was restored")
 
 
-def check_same_run(record: dict, run: dict | None, state_dir) -> None:
-    """RunStateError when `run` (the settings of the run about to continue, `run_definition`) differs from those
-    the state was written by: a state continues only its own run. Names the differing settings. Both are compared
-    resolved (config.py `without_defaults`): a setting written out at its default is the same run as one left out."""
-    recorded = record.get("run")
-    if recorded is None or run is None:
-        return
+# recipe settings whose value a resumed run takes from its checkpoint, whatever the recipe says: Trainer loads the
+# optimizer's parameter groups (their rates, weight decay, betas, eps) and the scheduler's base rates from it. A resume
+# with another value of these would print and record the recipe's value and train with the checkpoint's, so it is
+# refused even with `run_state.accept_other_settings` (a new run from the checkpoint's weights takes them).
+CARRIED_BY_CHECKPOINT = ("training.learning_rate", "learning_rates.", "training.weight_decay", "training.adam_beta1",
+                         "training.adam_beta2", "training.adam_epsilon", "training.optim", "training.optim_args")
+ACCEPT_OTHER_SETTINGS = "run_state.accept_other_settings=true"
+UNSET = "(unset)"  # a setting one side of a comparison does not hold (left at its default, or added since)
+
+
+def setting_differences(recorded: dict, run: dict) -> dict[str, dict]:
+    """`{name: {"then": recorded value, "now": run's value}}` for each setting that differs (a `training.*` one a side
+    leaves out at TrainingArguments' default, another `UNSET`), in name order; both sides compared resolved (config.py
+    `without_defaults`): a setting written out at its default is the same as one left out."""
     recorded, run = without_defaults(recorded), without_defaults(run)
-    missing = object()
-    differs = [key for key in sorted(set(recorded) | set(run)) if recorded.get(key, missing) != run.get(key, missing)]
-    if not differs:
-        return
-    shown = "; ".join(f"{key}: {recorded.get(key, '(unset)')!r} then, {run.get(key, '(unset)')!r} now" for key in differs[:4])
-    more = f" and {len(differs) - 4} more" if len(differs) > 4 else ""
-    raise RunStateError(f"run_state.directory={state_dir} holds step {record['global_step']} of another run: its settings "
-                        f"differ ({shown}{more}). A state continues only the run that wrote it: give the settings it "
-                        "was written with (its README.md), or another run_state.directory for a new run")
+
+    def value(settings: dict, key: str):
+        if key in settings:
+            return settings[key]
+        default = training_default(key[len("training."):]) if key.startswith("training.") else NO_DEFAULT
+        return UNSET if default is NO_DEFAULT else default  # a training.* setting left out is at its default
+
+    return {key: {"then": value(recorded, key), "now": value(run, key)}
+            for key in sorted(set(recorded) | set(run)) if recorded.get(key, UNSET) != run.get(key, UNSET)}
+
+
+def describe_differences(differences: dict[str, dict], shown: int = 4) -> str:
+    """The first `shown` differences of `setting_differences`, in one line ("name: then then, now now; ...")."""
+    text = "; ".join(f"{key}: {change['then']!r} then, {change['now']!r} now"
+                     for key, change in list(differences.items())[:shown])
+    return text + (f" and {len(differences) - shown} more" if len(differences) > shown else "")
+
+
+def _carried(name: str) -> bool:
+    return any(name == carried or (carried.endswith(".") and name.startswith(carried)) for carried in CARRIED_BY_CHECKPOINT)
+
+
+def check_same_settings(recorded: dict | None, run: dict | None, holds: str, *, accept_other_settings: bool = False,
+                        remedy: str) -> dict[str, dict]:
+    """The one rule for the settings a resume continues with, for a run state and for a checkpoint of an output folder
+    alike: `run` (the settings of the run about to continue, training/run.py `run_definition`) must be `recorded`
+    (those the run was trained with). Returns the differences accepted (`setting_differences`; empty: the same run,
+    or nothing to compare).
+
+    Raises:
+        RunStateError: one line naming what `holds` the step ("X holds step N") and the settings that differ, unless
+            `accept_other_settings` (the user's word that the change is deliberate); a setting the checkpoint carries
+            (`CARRIED_BY_CHECKPOINT`) is refused even then, since the run would go on with the checkpoint's value.
+            `remedy`: what to do, in words."""
+    if recorded is None or run is None:
+        return {}
+    differences = setting_differences(recorded, run)
+    if not differences:
+        return {}
+    carried = {key: change for key, change in differences.items() if _carried(key)}
+    if carried:
+        raise RunStateError(
+            f"{holds} of another run: its settings differ ({describe_differences(carried)}), which a resume cannot change: "
+            "its optimizer and scheduler carry them, and the run would go on with the checkpoint's values while "
+            f"printing the new ones. {remedy}; or start a new run from its weights (model.name_or_path=<the "
+            "checkpoint>)")
+    if not accept_other_settings:
+        raise RunStateError(f"{holds} of another run: its settings differ ({describe_differences(differences)}). {remedy}; "
+                            f"or, for a deliberate change, --set {ACCEPT_OTHER_SETTINGS} continues with them (the change "
+                            "is printed and recorded in the training record)")
+    return differences
+
+
+def check_same_run(record: dict, run: dict | None, state_dir, accept_other_settings: bool = False) -> dict[str, dict]:
+    """`check_same_settings` for a run state: `run` against the settings the state was written by (a state continues
+    only its own run, or, with `accept_other_settings`, a deliberate change of it: returned). Names the differing
+    settings."""
+    return check_same_settings(
+        record.get("run"), run, f"run_state.directory={state_dir} holds step {record['global_step']}",
+        accept_other_settings=accept_other_settings,
+        remedy="A state continues only the run that wrote it: give the settings it was written with (its README.md), "
+               "or another run_state.directory for a new run")
+
+
+# ------------------------------------------------------------------------------------------ the output folder's record
+
+RUN_RECORD_FILE = ".gap-mllm-run.json"  # in a training output folder: the settings its run trains with, and changes
+
+
+def read_run_record(output_dir) -> dict | None:
+    """The run record of training output folder `output_dir` (`record_run_settings`), None when it has none.
+
+    Raises:
+        RunStateError: a record that is not a run record (truncated, edited), naming the file."""
+    path = Path(output_dir) / RUN_RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RunStateError(f"{path}: damaged run record ({type(error).__name__}); the settings the run trained with "
+                            f"cannot be checked (delete the file and give --set {ACCEPT_OTHER_SETTINGS} if the "
+                            "settings are the run's)") from error
+    if not (isinstance(record, dict) and isinstance(record.get("run"), dict) and isinstance(record.get("changes"), list)):
+        raise RunStateError(f"{path}: damaged run record (not the shape written); delete it and give "
+                            f"--set {ACCEPT_OTHER_SETTINGS} if the settings are the run's")
+    return record
+
+
+def record_run_settings(output_dir, run: dict, changes: list[dict]) -> None:
+    """Keep `run` (the settings the run in `output_dir` trains with, training/run.py `run_definition`) and `changes`
+    (the deliberate changes its resumes accepted: `{"at_step", "from", "settings"}`) as the folder's run record, which
+    a resume from a checkpoint there is checked against (written beside it and renamed)."""
+    path = Path(output_dir) / RUN_RECORD_FILE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"run": run, "changes": changes}, indent=1, default=str), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def resumed_settings(checkpoint, run: dict, *, state_dir=None,
+                     accept_other_settings: bool = False) -> tuple[list[dict], dict[str, dict]]:
+    """`(changes, differences)`: the changes of settings the run record of a run resuming from `checkpoint` holds from
+    here on (those of the record of the checkpoint's folder, else, for a folder an earlier version wrote, of the run
+    state's settings, and this resume's), and this resume's differences (empty: the same settings), when `run`
+    differs from the recorded settings and `accept_other_settings` accepts it (`check_same_settings`, the rule a run
+    state's settings are checked by).
+
+    Raises:
+        RunStateError: other settings without `accept_other_settings`, a setting the checkpoint carries, or no record
+            of the settings (a folder an earlier version wrote) without `accept_other_settings`: one line naming the
+            checkpoint and the settings."""
+    checkpoint = Path(checkpoint)
+    folder_record = read_run_record(checkpoint.parent)
+    recorded, history = (folder_record["run"], list(folder_record["changes"])) if folder_record else (None, [])
+    if recorded is None and state_dir is not None:
+        state = read_run_state(state_folder(state_dir))
+        recorded = None if state is None else state.get("run")
+    where = str(checkpoint)
+    if recorded is None:
+        if not accept_other_settings:
+            raise RunStateError(f"{where}: its folder holds no record of the settings it was trained with "
+                                f"({RUN_RECORD_FILE}: an earlier version wrote it, or the file was removed), so this "
+                                f"recipe cannot be checked against them. If it is the recipe the run was trained with, "
+                                f"--set {ACCEPT_OTHER_SETTINGS} continues it (recorded as the run's settings from now "
+                                "on); else start a new run")
+        logger.warning("%s: no record of the settings it was trained with; continuing with this recipe's as %s asks "
+                       "(recorded as the run's settings from now on)", where, ACCEPT_OTHER_SETTINGS)
+        return history, {}
+    step = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))["global_step"]
+    differences = check_same_settings(recorded, run, f"{checkpoint} holds step {step}",
+                                      accept_other_settings=accept_other_settings,
+                                      remedy="A resume continues the run that wrote the checkpoint: give the settings "
+                                             "it was trained with")
+    if differences:
+        logger.warning("%s: continuing with other settings than it was trained with, as %s asks: %s (recorded in the "
+                       "training record)", where, ACCEPT_OTHER_SETTINGS, describe_differences(differences, shown=100))
+        history.append({"at_step": step, "from": checkpoint.name, "settings": differences})
+    return history, differences
 
 
 def state_sketch(record: dict, state_dir: Path) -> DataSketch | None:
@@ -769,13 +907,17 @@ def _check_data(record: dict, state_dir: Path, data_root, data: DataSketch | Non
 
 
 def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, data_description: DataSketch | None = None,
-                      run: dict | None = None, accept_other_data: bool = False, steering: Steering | None = None) -> Path:
+                      run: dict | None = None, accept_other_data: bool = False, steering: Steering | None = None,
+                      accept_other_settings: bool = False) -> Path:
     """Rebuild the checkpoint of `state_dir` as `<output_dir>/checkpoint-<step>` (staged, then renamed), and the best
     model as `<output_dir>/best`; returns the checkpoint folder. The output folder's data record
     (`.gap-mllm-data.sketch`) becomes the state's sketch (the data the checkpoint trained on; the data given,
     with `accept_other_data` on other data), so a resume from the rebuilt checkpoint is checked as well.
     `data_root` / `data_description` (a `DataSketch` of it): the data the run continues on, checked against the
-    state's (none given: not checked here).
+    state's (none given: not checked here). `accept_other_settings`: `run` may differ from the state's settings but
+    in what the checkpoint carries (`check_same_run`); the steering values are then checked for the step only (the
+    recipe's schedule is not the one the state was written with). The output folder's run record
+    (`RUN_RECORD_FILE`) becomes the state's settings, against which the resume is then checked and recorded.
 
     Raises:
         RunStateError: no state there; a file of it is damaged (`read_run_state`, `check_state_files`); `run` (the
@@ -788,9 +930,9 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
     if record is None:
         raise RunStateError(f"{state_dir}: no {STATE_FILE} (no run state here)")
     step = record["global_step"]
-    check_same_run(record, run, state_dir)
+    accepted = check_same_run(record, run, state_dir, accept_other_settings)
     check_state_files(record, state_dir)
-    check_steering_values(record, state_dir, steering)
+    check_steering_values(record, state_dir, None if accepted else steering)
 
     source_tensors = {}
     if record["source"] is not None:
@@ -821,6 +963,8 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         record_run_data(output_dir, data)  # first: a kill after the rename below leaves no checkpoint unrecorded
+        if record.get("run") is not None:
+            record_run_settings(output_dir, record["run"], [])
         shutil.rmtree(staging, ignore_errors=True)
         folder = staging / f"checkpoint-{step}"
         folder.mkdir(parents=True)
@@ -957,7 +1101,7 @@ def put_back_interrupted_write(state_dir) -> None:
 
 def restore_if_newer(state_dir, output_dir, *, source=None, data_root=None, data_description: DataSketch | None = None,
                      run: dict | None = None, accept_other_data: bool = False,
-                     steering: Steering | None = None) -> str | None:
+                     steering: Steering | None = None, accept_other_settings: bool = False) -> str | None:
     """The checkpoint to resume from under `--resume auto` with a run state: the state's, rebuilt in `output_dir`,
     when the folder holds no complete checkpoint of that step or later (a fresh machine); else the folder's newest
     (whose data the caller checks against the folder's record: `resumed_data`). `data_description`: the sketch of
@@ -969,12 +1113,12 @@ def restore_if_newer(state_dir, output_dir, *, source=None, data_root=None, data
     record = read_run_state(state_dir)
     if record is None:
         return local
-    check_same_run(record, run, state_dir)
+    check_same_run(record, run, state_dir, accept_other_settings)
     if local is not None and checkpoint_step(local) >= record["global_step"]:
         return local
     return str(restore_run_state(state_dir, output_dir, source=source, data_root=data_root,
                                  data_description=data_description, run=run, accept_other_data=accept_other_data,
-                                 steering=steering))
+                                 steering=steering, accept_other_settings=accept_other_settings))
 
 
 # ------------------------------------------------------------------------------------------ during training

@@ -44,6 +44,8 @@ from gap_mllm.speedups import mrope_position_ids
 
 TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids", "label_weights")
 VIEW_ROW_KEYS = ("image_grid_thw", "aux_camera")  # one row per view, concatenated over samples
+# what the encoder towers receive of a sample: the ViT its patches, VGGT its pixels, both the views' grids
+TOWER_INPUT_KEYS = ("image_grid_thw", "pixel_values", "geometry_pixel_values")
 
 
 @dataclass
@@ -145,6 +147,14 @@ def _join_views(samples: list[dict], batch: dict) -> None:
         batch["aux_depth"] = [depth for s in samples for depth in s["aux_depth"]]
     if "aux_scale" in samples[0]:
         batch["aux_scale"] = torch.stack([s["aux_scale"] for s in samples])
+
+
+def tower_inputs(samples: list[dict]) -> dict:
+    """The towers' inputs (`TOWER_INPUT_KEYS`) of `samples` joined as a collated batch holds them, with
+    `geometry_views_per_sample`: what `get_geometry_features` and the ViT take, and nothing else."""
+    batch: dict = {}
+    _join_views([{key: sample[key] for key in TOWER_INPUT_KEYS if key in sample} for sample in samples], batch)
+    return batch
 
 
 def collate_samples(samples: list[dict], pad_token_id: int, padding_side: str = "left", packing: bool = False,

@@ -35,6 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from .bad_samples import SKIPPED_KEY, skipped_samples_warning
 from .checkpoints import (
     CheckpointDiskFull,
+    check_resume_checkpoint,
     disk_full_error,
     find_resumable_checkpoint,
     is_disk_full,
@@ -46,6 +47,7 @@ from .checkpoints import (
 from .config import LOSS_NORMALIZATIONS, AuxLossConfig, LearningRates
 from .divergence import DivergenceGuard
 from .geometry_aligned_model import GeometryAlignedModel
+from .log_lines import print_numbers
 from .param_groups import build_parameter_groups
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"loss_normalization={loss_normalization!r}; choose from {LOSS_NORMALIZATIONS}")
         super().__init__(model, *args, **kwargs)
+        print_numbers(self)  # loss lines with numbers, not quoted strings (log_lines.py)
         if self.args.remove_unused_columns:
             raise ValueError("set remove_unused_columns=False: Trainer would drop the images and geometry columns")
         self.learning_rates = learning_rates or LearningRates()
@@ -172,7 +175,13 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
         return list(getattr(getattr(self.data_collator, "cache", None), "skipped_names", []))
 
     def train(self, *args, **kwargs):
-        """`Trainer.train`, then a warning naming the bad samples skipped (at least the first few), if any."""
+        """`Trainer.train`, then a warning naming the bad samples skipped (at least the first few), if any. A checkpoint
+        to resume from (`resume_from_checkpoint`, a folder) must be complete (training/checkpoints.py
+        `checkpoint_problem`; ValueError naming it and what is missing): Trainer itself resumes without a missing
+        optimizer or scheduler file, silently, with a fresh optimizer and a restarted schedule."""
+        checkpoint = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if isinstance(checkpoint, (str, os.PathLike)):
+            check_resume_checkpoint(checkpoint, self.args.max_steps)
         output = super().train(*args, **kwargs)
         if self._skipped_samples:
             logger.warning(skipped_samples_warning(self._skipped_samples, self.skipped_sample_names))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from gap_mllm.cli.model_card import usage_section
 from gap_mllm.mini.identity import MINI_MODEL_NAME
 
 from .report import results_markdown
@@ -30,6 +31,18 @@ def _architecture(config) -> str:
     else:
         rows.append(("geometry", "none (plain Qwen3-VL)"))
     return "\n".join(["| part | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+FOLDER_ID = "gap-mllm-mini"  # the exported folder's name (mini/gap-mllm-mini), what its usage snippet loads
+ROOMS = (f'`"{FOLDER_ID}"`: this folder (with the `gap-mllm` package installed, `gap_mllm.mini.default_model_path()` '
+         "gives it). It knows SynthRooms rooms only: `frames = synthetic_scene(seed=0).views` "
+         "(`from gap_mllm.cli.scenes import synthetic_scene`) is a held-out one.")
+
+
+def mini_usage() -> str:
+    """The card's "Use" section: the usage snippet every GAP-MLLM card has (model_card.md's, constrained decoding as
+    the README's), loading this folder, and where its frames come from."""
+    return usage_section(FOLDER_ID) + "\n\n" + ROOMS
 
 
 def mini_model_card(config, counts: dict[str, int], results: dict | None) -> str:
@@ -60,6 +73,10 @@ are meaningless.
 {parameters}
 
 Weights are stored in bfloat16 (computed in float32 after loading).
+
+## Use
+
+{mini_usage()}
 
 ## Training
 

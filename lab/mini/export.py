@@ -1,7 +1,8 @@
 """Write the trained GAP-MLLM-Mini as a Hub folder: weights (bfloat16 on disk), remote code, processor,
 tokenizer, and a model card whose figures come from the checkpoint and the pipeline's results; with the results, the
 orientations of its training boxes too (box_angles.json, processing/box_angles.py: `gap-mllm predict` notes a box
-whose angles none of them had).
+whose angles none of them had) and what it was trained on (gap_mllm_training.json, `mini_training_record`: the scenes
+`gap-mllm evaluate` warns about, and the lineage a fine-tune's card states).
 
 The weights are stored in bfloat16 to keep the folder under 50 MB (about 15 M parameters); the config
 says float32, so `from_pretrained` computes in float32 and the evaluation table is measured on this very
@@ -15,6 +16,8 @@ write is refused unless `overwrite`.
 from __future__ import annotations
 
 import json
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +25,19 @@ import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.mini.default_model import SHIPPED_DIR
+from gap_mllm.mini.identity import MINI_MODEL_NAME
 from gap_mllm.processing.box_angles import box_angle_record, write_box_angles
+from gap_mllm.processing.dataset_identity import KIND_SYNTHROOMS, TRAINING_RECORD
+from gap_mllm.processing.held_out import generator_fingerprint
 from gap_mllm.processing.output_folder import MARKER, writing_output_folder
 from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.presets import synth_config
-from gap_mllm.processing.synth.samples import camera_box_angles
+from gap_mllm.processing.synth.samples import camera_box_angles, camera_tilts
 
+from .ablation import ABLATION_FRESH_SEEDS, weights_digest
 from .card import mini_model_card
 from .code_links import write_code_links
+from .fresh_seeds import FRESH_SEEDS
 from .pipeline_settings import BUDGETS
 
 STORAGE_DTYPE = torch.bfloat16
@@ -96,6 +104,8 @@ def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: s
         (dest / "evaluation_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         if results.get("budget") in BUDGETS:  # the orientations of its training boxes (processing/box_angles.py)
             write_box_angles(dest, mini_box_angles(BUDGETS[results["budget"]].scenes[0]))
+            record = mini_training_record(BUDGETS[results["budget"]].scenes, weights_digest(dest))
+            (dest / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     if size > MAX_FOLDER_BYTES:
         raise RuntimeError(f"{dest} is {size / 2**20:.1f} MiB, over the {MAX_FOLDER_BYTES / 2**20:.0f} MiB limit of the embedded default")
@@ -104,10 +114,54 @@ def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: s
 def mini_box_angles(train_scenes: int) -> dict:
     """The box-angle record (processing/box_angles.py) of the Mini's training data: every object's box in every
     frame's camera of the first `train_scenes` scenes of SynthRooms' mini preset (its train split: `gap-mllm synth`
-    numbers it first), laid out without rendering (about half a second a scene)."""
+    numbers it first), with those frames' typical camera tilt; laid out without rendering (about half a second a
+    scene)."""
     generator = SynthRooms(synth_config("mini"))
-    angles = np.concatenate([camera_box_angles(generator.layout_scene(index)) for index in range(train_scenes)])
-    return box_angle_record(angles, BOX_ANGLES_SOURCE.format(scenes=train_scenes))
+    scenes = [generator.layout_scene(index) for index in range(train_scenes)]
+    angles = np.concatenate([camera_box_angles(scene) for scene in scenes])
+    tilts = np.concatenate([camera_tilts(scene) for scene in scenes])
+    return box_angle_record(angles, BOX_ANGLES_SOURCE.format(scenes=train_scenes), camera_tilts=tilts)
+
+
+# a seed none of the Mini's data used (training, validation and test: 0; the release rule's FRESH_SEEDS; the claims'
+# ABLATION_FRESH_SEEDS): the seed of the documented evaluation commands (README.md, docs/evaluate-at-scale.md)
+HELD_OUT_SEED = 7777
+MINI_LICENSE = "apache-2.0"  # trained from random initialisation by this package: no third-party weights
+
+
+def mini_training_record(scenes: tuple[int, int, int], weights_sha256: str) -> dict:
+    """The Mini's `gap_mllm_training.json`: what `gap-mllm train` records of its runs (training/run.py
+    `training_record`), for the pipeline's stages together: the SynthRooms scenes they trained on (`trained_scenes`,
+    the `scenes[0]` training scenes of the mini preset's seed 0; `gap-mllm evaluate` warns when they are scored),
+    the splits and seeds the pipeline used, a seed none used (`HELD_OUT_SEED`), and the lineage a fine-tune carries
+    to its card (`lineage`: no third-party weights; the model's name, version and licence)."""
+    train, val, test = scenes
+    config = synth_config("mini")
+    generator = SynthRooms(config)
+
+    def span(first: int, count: int) -> str:
+        return f"{generator.scene_id(first)} to {generator.scene_id(first + count - 1)}"
+
+    try:
+        made_by = f"gap-mllm {package_version('gap-mllm')}"
+    except PackageNotFoundError:  # a checkout run without installing: the weights' digest alone names it
+        made_by = "gap-mllm"
+    return {
+        "model_name": MINI_MODEL_NAME, "version": f"{made_by}, weights sha256 {weights_sha256[:12]}",
+        "license": MINI_LICENSE,
+        "stage": "stages 0-2 of the Mini's pipeline (python -m lab.mini, mini/README.md)",
+        "tasks": ["grounding", "detection", "captioning", "reconstruction"],
+        "data": {"kind": KIND_SYNTHROOMS, "folder": "data",
+                 "name": f"SynthRooms (synthetic rooms from gap-mllm synth --preset mini, seed {config.seed}; scenes: "
+                         f"{train} train, {val} val, {test} test)"},
+        "started_from": "random initialisation",
+        "synthrooms": {"preset": "mini", "seed": config.seed, "train": span(0, train),
+                       "validation (choices only)": span(train, val), "test (results only)": span(train + val, test),
+                       "judged_on_seeds": sorted(FRESH_SEEDS + ABLATION_FRESH_SEEDS), "held_out_seed": HELD_OUT_SEED},
+        "lineage": {"origin": None, "weights": []},
+        "trained_scenes": [{"generator": generator_fingerprint(config.to_dict()),
+                            "scenes": [generator.scene_id(index) for index in range(train)]}],
+    }
 
 
 def export_is_complete(folder: Path) -> bool:

@@ -46,6 +46,13 @@ def camera_box_angles(scene: SynthScene) -> np.ndarray:
     return np.concatenate([camera_boxes(scene, objects, frame)[:, 6:9] for frame in range(len(scene.cam_to_room))])
 
 
+def camera_tilts(scene: SynthScene) -> np.ndarray:
+    """`[frames]`: how far each frame's camera looks down, radians (the optical axis below the room's horizontal;
+    room z is up): the typical one is what an upright object's box angles depend on (processing/box_angles.py)."""
+    forward_up = np.clip(np.asarray(scene.cam_to_room)[:, 2, 2], -1.0, 1.0)  # the optical axis' room-z component
+    return -np.arcsin(forward_up)
+
+
 def choose_clip(scene: SynthScene, num_samples: int, rng, method: str = "uniform", window: int | None = None) -> list[int]:
     """Frame indices of one clip: `num_samples` frames in a random window of `window` frames
     (default: half the trajectory), spaced uniformly or chosen by space-aware coverage."""

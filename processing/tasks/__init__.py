@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from gap_mllm.tasks_gap_mllm import TASKS as MODEL_TASKS
-from gap_mllm.tasks_gap_mllm import TaskSpec, resolve_task
+from gap_mllm.tasks_gap_mllm import SHIPPED_TASK_NAMES, TaskSpec, resolve_task, task_name_problem
 
 from ..scoring.reported_scores import ReportedScore
 
@@ -99,7 +99,7 @@ class PackageTask:
             `boxes`, `point`, `marker`; `request`: the `TaskRequest` answered); None: nothing.
         lists_boxes: whether a front end's summary lists those boxes (not when they are the request's).
         counts_boxes: whether it counts them first ("3 box(es)").
-        space_label: the task's label in the Space (None: the Space does not offer it).
+        space_label: the task's label in the Space, which offers every task (None: its `TaskSpec.title`).
         synth_records: `(scene, config, rng) -> [record]`, its SynthRooms samples of one scene (`SynthConfig`;
             processing/synth/samples.py), or `{stage: [record]}` for a task in stages; None: SynthRooms writes none.
         synth_frames: the `SynthConfig` field with the frame count of those samples (their file's `{frames}`).
@@ -228,23 +228,66 @@ def in_data_order(names) -> list[str]:
     return sorted(names, key=lambda name: package_task(name).data_order if name in known else default)
 
 
+def _owned(entry: PackageTask) -> set[tuple[str, str]]:
+    """`{(what, value)}` that no other task may share with `entry`: its lmms-eval task, Space label and annotation
+    files (its stages' included)."""
+    # the Space's label of a task: its `space_label`, else its title (cli/space_backend.py `TASK_LABELS`)
+    owned = {("lmms-eval task", entry.lmms_name), ("Space label", entry.space_label or entry.spec.title)}
+    owned |= {("annotation file", stage.annotation_file) for stage in (entry, *entry.stages)}
+    return {(what, value) for what, value in owned if value is not None}
+
+
+def _annotation_file_problem(template: str) -> str | None:
+    """Why `template` cannot name an annotation file under `<data root>/annotations/`, or None: it must be one plain
+    file name of printable ASCII once its `{split}` and `{frames}` are filled."""
+    try:
+        name = template.format(split="val", frames=4)
+    except (KeyError, IndexError, ValueError) as error:
+        return f"its fields are {{split}} and {{frames}} only ({type(error).__name__}: {error})"
+    if not (name.isascii() and name.isprintable()) or "/" in name or "\\" in name or name.startswith("."):
+        return "it must be one file name of printable ASCII characters, no folder and not starting with '.'"
+    return None
+
+
 def register_package_task(task: PackageTask) -> PackageTask:
     """Register the package side of a task whose `TaskSpec` is in the model folder's `TASKS`; returns it.
 
     Raises:
-        ValueError: the model folder's registry has no such task, or a task of that name has a package side already.
+        ValueError: the model folder's registry has no such task, a task of that name has a package side already,
+            its lmms-eval task name is not a word (`task_name_problem`), an annotation file is not one plain file
+            name, or its lmms-eval task, Space label or an annotation file is another task's (a shipped task's
+            among them).
     """
     if task.name not in MODEL_TASKS:
         raise ValueError(f"task {task.name!r} is not in the model folder's TASKS: register its TaskSpec there first "
                          "(gap_mllm.tasks_gap_mllm.register_task)")
     if task.name in package_task_names(stages=True):
         raise ValueError(f"task {task.name!r} has a package side already")
+    try:
+        lmms_name = task.lmms_name
+    except (KeyError, IndexError, ValueError) as error:
+        lmms_name = f"({type(error).__name__}: {error})"  # a field other than {name}
+    if lmms_name is not None and task_name_problem(lmms_name) is not None:
+        raise ValueError(f"task {task.name!r}: lmms_task {task.lmms_task!r} gives the lmms-eval task {lmms_name!r}, "
+                         "which is not one word of ASCII letters, digits and '_'")
+    for stage in (task, *task.stages):
+        problem = None if stage.annotation_file is None else _annotation_file_problem(stage.annotation_file)
+        if problem is not None:
+            raise ValueError(f"task {task.name!r}: annotation_file {stage.annotation_file!r}: {problem}")
+    for other in package_tasks():
+        shared = sorted(_owned(task) & _owned(other))
+        if shared:
+            raise ValueError(f"task {task.name!r}: its {shared[0][0]} {shared[0][1]!r} is taken by the task {other.name!r}")
     _REGISTERED[task.name] = task
     return task
 
 
 def unregister_package_task(name: str) -> None:
-    """Remove a task registered with `register_package_task` (KeyError when there is none of that name)."""
+    """Remove a task registered with `register_package_task` (KeyError when there is none of that name, ValueError
+    for a shipped task)."""
+    if name in SHIPPED_TASK_NAMES:
+        raise ValueError(f"task {name!r} is a shipped task: only a task added with register_package_task can be "
+                         "removed")
     del _REGISTERED[name]
 
 

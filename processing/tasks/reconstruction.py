@@ -17,6 +17,7 @@ from gap_mllm.tasks_gap_mllm import parse_literal, parse_pointmap, serialize_poi
 from ..coordinates import backproject_pixel, invert_rigid, transform_points
 from ..errors import DataError
 from ..record_schema import PIXEL, RecordField, read_field
+from ..scannet_layout import check_marked_pixel
 from ..scoring.reconstruction_metrics import ReconstructionEvaluator, chamfer_metrics, point_score, umeyama_sim3
 from ..scoring.reported_scores import ReportedMetric, ReportedScore
 from ..synth.samples import choose_clip, common_record, conversation
@@ -40,9 +41,7 @@ def fields(record, answer, num_images, key, builder) -> dict:
     """The marker fields of one annotation record: `pixel_coords` inside its view (the upright frame's pixels), and
     the point and label of the answer."""
     coords = read_field(record, RecordField("pixel_coords", PIXEL), key)
-    if not 0 <= coords[0] < num_images:
-        raise DataError(f"'pixel_coords' view {coords[0]} out of range for {num_images} image(s)", sample=key)
-    builder.check_pixel(record["images"][coords[0]], coords[1], coords[2], f"'pixel_coords' {coords}", key)
+    check_marked_pixel(builder.media_root, record["images"][:num_images], coords, "'pixel_coords'", key)
     parsed = TASK.spec.parse(answer)
     if parsed.point is None:
         raise DataError(f"answer is not a pointmap ({parsed.reason})", sample=key)

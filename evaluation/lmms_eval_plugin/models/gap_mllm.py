@@ -269,7 +269,8 @@ class GapMllm(lmms):
         return None if cap is None else int(cap)
 
     def _check_held_out(self, docs: list[dict]) -> None:
-        """A model is never scored on SynthRooms scenes it trained on (processing/held_out.py), as in gap-mllm evaluate."""
+        """One line when a model is scored on SynthRooms scenes it trained on (processing/held_out.py), as in gap-mllm
+        evaluate; each set of scenes is checked once."""
         by_root: dict[str, set] = {}
         for doc in docs:
             by_root.setdefault(doc["data_root"], set()).add(record_scene_id(record_of(doc)))
@@ -386,8 +387,8 @@ def read_frames(visuals: list, max_frames: int) -> list[PIL.Image.Image]:
     `preprocessing_mode`: "official_inference" for a converted official checkpoint: JPEG q75 round trip, VGGT crop to
     width 518, then 416x544 for a 4:3 frame, 221 visual tokens; "grid": smart_resize within the image processor's
     pixel limits; docs/method.md §2.3), and frames of another size than the first are resized to it (VGGT attends
-    across them): frames of another aspect ratio are refused, never stretched (gap_mllm.processing_gap_mllm
-    `check_one_aspect_ratio`).
+    across them): frames of another aspect ratio are never stretched but padded as VGGT's loader pads them
+    (gap_mllm.image_utils_gap_mllm `vggt_pad_boxes`).
     """
     limits = UploadLimits(max_files=1, max_frames=max_frames, **UNLIMITED)
     if _is_video(visuals[0]):
