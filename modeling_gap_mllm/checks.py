@@ -271,7 +271,7 @@ def _vggt_parts(geometry) -> list[Part]:
 
 def _geometry_parts(geometry) -> list[Part]:
     """VGGT's parts from its sizes; another registered encoder's from its config's `parameter_parts()`, when it has
-    one (`GeometryEncoderConfig`), else none."""
+    one (docs/layout.md), else none."""
     if isinstance(geometry, GapMllmGeometryConfig):
         return _vggt_parts(geometry)
     return list(geometry.parameter_parts()) if hasattr(geometry, "parameter_parts") else []

@@ -1,7 +1,7 @@
 """GAP-MLLM configuration.
 
 The hook by which the installed package adds its checks and speed paths (`installed_package_module`); the model's
-input names; the geometry-encoder interface (`GeometryEncoderConfig`, `GeometryEncoder`, `GeometryEncoderOutput`,
+input names; the geometry-encoder interface (`GeometryEncoderOutput`,
 `register_geometry_encoder`, `build_geometry_config`); the configs `GapMllmGeometryConfig` (VGGT),
 `GapMllmFusionConfig` and `GapMllmConfig`. The installed package checks their sizes and prices their parameters
 (`gap_mllm.checks`).
@@ -9,7 +9,6 @@ input names; the geometry-encoder interface (`GeometryEncoderConfig`, `GeometryE
 
 import importlib
 from dataclasses import dataclass
-from typing import Protocol
 
 from transformers import PreTrainedConfig, Qwen3VLConfig
 from transformers.utils import ModelOutput
@@ -54,7 +53,7 @@ REFERENCE_FRAMES = ("first", "last")
 # ---- geometry-encoder interface
 @dataclass
 class GeometryEncoderOutput(ModelOutput):
-    """Output of a geometry encoder's `forward` (`GeometryEncoder`).
+    """Output of a geometry encoder's `forward` (the interface: docs/layout.md, "A new geometry encoder").
 
     Args:
         layer_features (`tuple[torch.Tensor]`): one `[B, S, h·w, feature_size]` tensor per tapped layer, in
@@ -66,45 +65,6 @@ class GeometryEncoderOutput(ModelOutput):
     patch_grid: tuple[int, int] | None = None
 
 
-class GeometryEncoderConfig(Protocol):
-    """What GAP-MLLM reads of a geometry config (a `PreTrainedConfig` subclass, `register_geometry_encoder`).
-
-    Attributes:
-        tapped_layers (`list[int]`): the layers returned, one per fusion level (1 + the vision tower's DeepStack
-            levels): the last feeds the main visual tokens, the others the DeepStack levels in order.
-        num_hidden_layers (`int`): the encoder depth (layers `0..num_hidden_layers-1`).
-        patch_size (`int`): pixels per token side; one token per Qwen patch (14 px with `GapMllmProcessor`).
-        feature_size (`int`): channels of each level's features (the mergers' input width).
-
-    Optional method: `parameter_parts() -> list[tuple[str, int]]`, a lower bound of the encoder's parameter count in
-    parts labelled with the fields that size them, which the installed package's memory check prices.
-    """
-
-    tapped_layers: list[int]
-    num_hidden_layers: int
-    patch_size: int
-    feature_size: int
-
-
-class GeometryEncoder(Protocol):
-    """What GAP-MLLM calls on a geometry encoder: an `nn.Module` built as `encoder_class(geometry_config)`.
-
-    Methods:
-        forward(images) -> `GeometryEncoderOutput`: `images [B, S, 3, H, W]` RGB in [0, 1] (the encoder normalises),
-            H and W multiples of `config.patch_size`, in the dtype of the encoder's parameters.
-        init_module_weights(module): initialise one of the encoder's own modules (not its children); called by
-            `_init_weights`, so it must leave checkpoint-loaded tensors alone (use `transformers.initialization`).
-        set_trainable(trainable): set `requires_grad` of the parameters forward uses (others may stay frozen).
-        reconstruct(images) (optional): the outputs of the encoder's reconstruction heads, when it has any.
-    """
-
-    config: GeometryEncoderConfig
-
-    def __call__(self, images) -> GeometryEncoderOutput: ...
-    def init_module_weights(self, module) -> None: ...
-    def set_trainable(self, trainable: bool) -> None: ...
-
-
 # geometry_encoder_type -> the geometry config class / the encoder class (register_geometry_encoder)
 GEOMETRY_ENCODER_CONFIGS: dict[str, type[PreTrainedConfig]] = {}
 GEOMETRY_ENCODERS: dict[str, type] = {}
@@ -113,8 +73,8 @@ GEOMETRY_ENCODERS: dict[str, type] = {}
 def register_geometry_encoder(name: str, config_class: type[PreTrainedConfig], encoder_class: type) -> None:
     """Make `name` a `GapMllmConfig.geometry_encoder_type` (a name registered again takes the new classes).
 
-    `geometry_config` becomes a `config_class` (`GeometryEncoderConfig`), the encoder `encoder_class(geometry_config)`
-    (`GeometryEncoder`). Raises ValueError for an empty name, TypeError when `config_class` is not a
+    `geometry_config` becomes a `config_class`, the encoder `encoder_class(geometry_config)` (what the model reads of
+    each: docs/layout.md, "A new geometry encoder"). Raises ValueError for an empty name, TypeError when `config_class` is not a
     `PreTrainedConfig` subclass or `encoder_class` not a class."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a geometry encoder name must be a non-empty string, got {name!r}.")
@@ -149,6 +109,11 @@ def build_geometry_config(encoder_type: str, geometry_config=None) -> PreTrained
 
 
 # ---- configurations
+# Qwen3VLConfig's fields besides its sub-configs
+QWEN3_VL_TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                         "tie_word_embeddings")
+
+
 class GapMllmGeometryConfig(PreTrainedConfig):
     r"""Configuration of the VGGT aggregator, GAP-MLLM's frozen geometry encoder (`geometry_encoder_type="vggt"`).
 
@@ -309,12 +274,10 @@ class GapMllmFusionConfig(PreTrainedConfig):
 
 
 class GapMllmConfig(Qwen3VLConfig):
-    r"""Configuration of [`GapMllmModel`] and [`GapMllmForConditionalGeneration`]: Qwen3-VL's configuration (its
-    `text_config`, `vision_config` and special token ids, as `Qwen3VLConfig`) plus the geometry branch.
+    r"""Configuration of [`GapMllmModel`] and [`GapMllmForConditionalGeneration`]: Qwen3-VL's (`text_config`,
+    `vision_config`, the special token ids: `Qwen3VLConfig`) plus the geometry branch.
 
     Args:
-        text_config, vision_config (`dict` or config): Qwen3-VL's language and vision settings (`Qwen3VLConfig`).
-        image_token_id, video_token_id, vision_start_token_id, vision_end_token_id (`int`): as `Qwen3VLConfig`.
         geometry_encoder_type (`str`): a registered geometry encoder (`register_geometry_encoder`); `"vggt"` by
             default and for a config.json without it.
         geometry_config (`PreTrainedConfig` or `dict`): the config class registered for `geometry_encoder_type`
@@ -322,10 +285,10 @@ class GapMllmConfig(Qwen3VLConfig):
             layer per fusion level.
         geometry_fusion_config (`GapMllmFusionConfig` or `dict`): mergers and fusion.
         use_geometry (`bool`): build the geometry encoder, mergers and fusion (True); `False` is stock Qwen3-VL.
-
-    A config.json of the earlier layout, with the Qwen3-VL settings nested as `vlm_config`, loads as this layout.
-    A Qwen3-VL config.json loads too (with a model-type warning from transformers): its settings become
-    `text_config` / `vision_config`, the geometry settings take their defaults or the keyword arguments given.
+        vlm_config (`Qwen3VLConfig` or `dict`, keyword only): a Qwen3-VL config whose settings fill the Qwen3-VL
+            fields, as a config.json of the earlier layout nests them. A Qwen3-VL config.json loads as this class
+            too (transformers warns of the model type); the geometry settings then take their defaults or the
+            keyword arguments given.
 
     Raises:
         ValueError: for an unregistered `geometry_encoder_type`; in the installed package also for an invalid size,
@@ -368,27 +331,19 @@ class GapMllmConfig(Qwen3VLConfig):
             checks.check_config(self)
 
     def _lift_nested_qwen3_vl_config(self, nested) -> None:
-        """Take `text_config`, `vision_config`, the token ids and `tie_word_embeddings` from a nested Qwen3-VL config
-        (a dict or a config; ValueError for another model type)."""
+        """The Qwen3-VL fields from a nested Qwen3-VL config (a dict or a config; ValueError for another type)."""
         values = nested.to_dict() if isinstance(nested, PreTrainedConfig) else dict(nested)
         if values.get("model_type", "qwen3_vl") != "qwen3_vl":
             raise ValueError(f"vlm_config must be a Qwen3-VL config (model_type 'qwen3_vl'), got {values['model_type']!r}.")
-        for name in ("text_config", "vision_config"):
-            if getattr(self, name) is None and values.get(name) is not None:
-                setattr(self, name, values[name])
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
-                     "tie_word_embeddings"):
-            if name in values:
+        for name in ("text_config", "vision_config", *QWEN3_VL_TOKEN_FIELDS):
+            if name in values and (getattr(self, name) is None or name in QWEN3_VL_TOKEN_FIELDS):
                 setattr(self, name, values[name])
 
     def to_qwen3_vl_config(self) -> Qwen3VLConfig:
         """The stock `Qwen3VLConfig` of the model's Qwen3-VL part (its language and vision settings, token ids)."""
-        return Qwen3VLConfig(
-            text_config=self.text_config.to_dict(), vision_config=self.vision_config.to_dict(),
-            image_token_id=self.image_token_id, video_token_id=self.video_token_id,
-            vision_start_token_id=self.vision_start_token_id, vision_end_token_id=self.vision_end_token_id,
-            tie_word_embeddings=self.tie_word_embeddings, attn_implementation=self._attn_implementation,
-        )
+        return Qwen3VLConfig(text_config=self.text_config.to_dict(), vision_config=self.vision_config.to_dict(),
+                             attn_implementation=self._attn_implementation,
+                             **{name: getattr(self, name) for name in QWEN3_VL_TOKEN_FIELDS})
 
     def to_diff_dict(self) -> dict:
         checks = installed_package_module("checks", __name__)
@@ -420,8 +375,6 @@ __all__ = [
     "GapMllmConfig",
     "GapMllmFusionConfig",
     "GapMllmGeometryConfig",
-    "GeometryEncoder",
-    "GeometryEncoderConfig",
     "GeometryEncoderOutput",
     "IGNORE_INDEX",
     "MERGER_NORMS",

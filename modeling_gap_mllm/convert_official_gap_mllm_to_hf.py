@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.dynamic_module_utils import custom_object_save
 
-from .configuration_gap_mllm import GapMllmConfig
+from .configuration_gap_mllm import QWEN3_VL_TOKEN_FIELDS, GapMllmConfig
 from .convert_vggt_to_hf import (
     CheckpointFileError,
     ConversionError,
@@ -183,10 +183,9 @@ def build_config_from_official(official_config: dict, canonical_shapes: dict, no
     if method is None:
         notes.append("feature_fusion_method not in config.json: 'gated' detected from gate_projection weights")
 
-    qwen3_vl_fields = ("text_config", "vision_config", "image_token_id", "video_token_id", "vision_start_token_id",
-                       "vision_end_token_id", "tie_word_embeddings")
     return GapMllmConfig(
-        **{name: official_config[name] for name in qwen3_vl_fields if name in official_config},
+        **{name: official_config[name] for name in ("text_config", "vision_config", *QWEN3_VL_TOKEN_FIELDS)
+           if name in official_config},
         geometry_config=geometry_config.to_dict(),
         geometry_fusion_config={"method": "gated", "merger_hidden_size": merger_hidden, "merger_norm": merger_norm},
         dtype=official_config.get("dtype", official_config.get("torch_dtype")),

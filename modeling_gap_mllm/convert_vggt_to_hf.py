@@ -464,10 +464,21 @@ def hub_loading_kwargs(name_or_path, what: str = "checkpoint") -> dict:
 
 def build_from_qwen3_vl(model_class, qwen3_vl_name_or_path, geometry_config: dict | None = None,
                         geometry_fusion_config: dict | None = None, vggt_weights=None, **from_pretrained_kwargs):
-    """The body of `GapMllmForConditionalGeneration.from_qwen3_vl` (see there): `model_class.from_pretrained` of the
-    Qwen3-VL folder with the geometry settings given, then, when given, the VGGT weights of `vggt_weights`; the GAP
-    weights left newly initialised are reported once (`MissingWeightsWarning`) and kept as
-    `model.missing_weight_groups`."""
+    """`GapMllmForConditionalGeneration.from_qwen3_vl`: `model_class.from_pretrained` of the Qwen3-VL folder (every
+    Qwen3-VL weight loads), then, when given, the VGGT weights; the GAP weights left newly initialised are reported
+    once (`MissingWeightsWarning`) and kept as `model.missing_weight_groups`.
+
+    Args:
+        model_class: `GapMllmForConditionalGeneration` (the package's or a remote-code copy).
+        qwen3_vl_name_or_path: a Qwen3-VL folder or Hub id (e.g. `Qwen/Qwen3-VL-2B-Instruct`).
+        geometry_config, geometry_fusion_config: overrides of the GAP sub-configs (the geometry config must describe
+            the VGGT architecture of `vggt_weights`; its defaults are VGGT-1B).
+        vggt_weights: a VGGT state dict, a `model.pt` / `.safetensors` file, a folder holding one (also a `gap-mllm
+            convert vggt` output) or a Hub id such as `facebook/VGGT-1B`; `None` leaves the encoder randomly
+            initialised (reported). Head weights load only when the geometry config enables the heads; the
+            conversion report is kept as `model.vggt_conversion_report`.
+        from_pretrained_kwargs: passed to `from_pretrained` (dtype, ...).
+    """
     # an unreachable Hub: the cached checkpoint at once, or one line, not a minute of retries (modeling_gap_mllm.py)
     from_pretrained_kwargs = {**hub_loading_kwargs(qwen3_vl_name_or_path, "Qwen3-VL"), **from_pretrained_kwargs}
     model, info = model_class.from_pretrained(

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, Qwen3VLForConditionalGeneration, Qwen3VLModel
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 from transformers.models.qwen3_vl.modeling_qwen3_vl import (
@@ -19,7 +20,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     Qwen3VLPreTrainedModel,
     eager_attention_forward,
 )
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import can_return_tuple, logging
 
 from .configuration_gap_mllm import (
     GEOMETRY_ENCODERS,
@@ -323,53 +324,28 @@ logger = logging.get_logger(__name__)
 @dataclass
 class GapMllmImageFeaturesOutput(BaseModelOutputWithDeepstackFeatures):
     """Output of [`GapMllmModel.get_image_features`]: Qwen3-VL's vision output whose `pooler_output` and
-    `deepstack_features` hold the fused features (when geometry inputs were given), plus the gates.
-
-    Args:
-        fusion_gates: see `GapMllmOutput.fusion_gates` (with `output_gates=True`).
-    """
+    `deepstack_features` hold the fused features (with geometry inputs), plus `fusion_gates` (`GapMllmOutput`)."""
 
     fusion_gates: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
-class GapMllmModelOutputWithPast(ModelOutput):
-    """Output of [`GapMllmModel`]: Qwen3-VL's model output plus the fusion gates.
+class GapMllmModelOutputWithPast(BaseModelOutputWithPast):
+    """Output of [`GapMllmModel`]: Qwen3-VL's (`last_hidden_state [B, T, hidden]`, the cache, hidden states and
+    attentions when requested), plus `rope_deltas [B, 1]`, the prompt's M-RoPE deltas, and `fusion_gates`
+    (`GapMllmOutput`)."""
 
-    Args:
-        last_hidden_state: `[B, T, hidden]` of the language model's last layer.
-        past_key_values, hidden_states, attentions: as in Qwen3-VL when requested.
-        rope_deltas: M-RoPE deltas `[B, 1]` of the prompt.
-        fusion_gates: see `GapMllmOutput.fusion_gates`.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: object | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     rope_deltas: torch.LongTensor | None = None
     fusion_gates: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
-class GapMllmOutput(ModelOutput):
-    """Output of [`GapMllmForConditionalGeneration`].
+class GapMllmOutput(CausalLMOutputWithPast):
+    """Output of [`GapMllmForConditionalGeneration`]: Qwen3-VL's (`loss` with `labels`, `logits [B, T, vocab]` or the
+    last `logits_to_keep` positions, the cache, hidden states and attentions when requested), plus `rope_deltas
+    [B, 1]` and `fusion_gates`: with `output_gates=True` and the `gated` method, per level (main, then DeepStack) one
+    `[N_visual]` tensor, the gate averaged over channels (1 = pure Qwen feature, 0 = pure geometry)."""
 
-    Args:
-        loss: language-modelling loss `[]` when `labels` are given.
-        logits: `[B, T, vocab]` (or the last `logits_to_keep` positions).
-        past_key_values: the decoder cache.
-        hidden_states, attentions: as in Qwen3-VL when requested.
-        rope_deltas: M-RoPE deltas `[B, 1]` of the prompt.
-        fusion_gates: with `output_gates=True` and the `gated` method, per level (main, then DeepStack) one
-            `[N_visual]` tensor: the gate averaged over channels (1 = pure Qwen feature, 0 = pure geometry).
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: object | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     rope_deltas: torch.LongTensor | None = None
     fusion_gates: tuple[torch.FloatTensor, ...] | None = None
 
@@ -587,6 +563,10 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
         return super().get_image_features(pixel_values, image_grid_thw, **{**kwargs, "return_dict": True})
 
     @can_return_tuple
+    def get_video_features(self, pixel_values_videos, video_grid_thw=None, **kwargs):
+        """Qwen3-VL's video features: videos bypass geometry."""
+        return self.get_vision_features(pixel_values_videos, video_grid_thw, **kwargs)
+
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -597,21 +577,12 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
         output_gates: bool = False,
         **kwargs,
     ) -> GapMllmImageFeaturesOutput:
-        """Qwen3-VL's image features with the geometry of the views fused in: what `forward` and transformers'
-        `generate` (which encodes the images once before the prefill) put in the image tokens.
-
-        Args:
-            pixel_values, image_grid_thw: as `Qwen3VLModel.get_image_features` (from `GapMllmProcessor`).
-            geometry_pixel_values: `[N_views, 3, H_max, W_max]` in [0, 1], the VGGT input of every view.
-            geometry_views_per_sample: `[B]` views per sample (required with geometry inputs).
-            geometry_features: precomputed geometry-encoder output instead of `geometry_pixel_values`.
-            output_gates: also return the fusion gates (`fusion_gates`).
-
-        Returns:
-            `GapMllmImageFeaturesOutput`: `pooler_output` one `[h_i·w_i/4, D]` tensor per image and
-            `deepstack_features` one such tuple per DeepStack level, fused; Qwen3-VL's own without geometry inputs
-            (with a warning: the model then answers without geometry) or with `use_geometry=False`.
-        """
+        """Qwen3-VL's image features (`pixel_values`, `image_grid_thw` as `Qwen3VLModel`'s) with the geometry of the
+        views fused in: what `forward` and transformers' `generate` (which encodes the images once before the
+        prefill) put in the image tokens. `geometry_pixel_values [N_views, 3, H_max, W_max]` in [0, 1] (or
+        precomputed `geometry_features`) with `geometry_views_per_sample [B]`; Qwen3-VL's own features without them
+        (with a warning: the model then answers without geometry) or with `use_geometry=False`. `pooler_output`:
+        one `[h_i·w_i/4, D]` tensor per image, `deepstack_features`: one such tuple per DeepStack level."""
         image_outputs = self.get_vision_features(pixel_values, image_grid_thw, **kwargs)
         if not self.uses_geometry or (geometry_pixel_values is None and geometry_features is None):
             if self.uses_geometry:
@@ -649,20 +620,9 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
         output_gates: bool = False,
         **kwargs,
     ) -> GapMllmModelOutputWithPast:
-        """Qwen3-VL's model forward with geometry fused into the image features.
-
-        Args:
-            input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids, ...: as `Qwen3VLModel`
-                (from `GapMllmProcessor`).
-            geometry_pixel_values: `[N_views, 3, H_max, W_max]` in [0, 1], the VGGT input of every view.
-            geometry_views_per_sample: `[B]` views per sample (inferred from `input_ids` when absent).
-            geometry_features: precomputed geometry-encoder output instead of `geometry_pixel_values` (per
-                fusion level, one `[S_b, h_b, w_b, 2C]` tensor per sample, as `get_geometry_features` returns).
-            output_gates: return the fusion gates per level (`gated` method).
-
-        Raises:
-            ValueError: `geometry_pixel_values` without `pixel_values`.
-        """
+        """Qwen3-VL's model forward with geometry fused into the image features (`get_image_features`; the views per
+        sample are counted in `input_ids` when `geometry_views_per_sample` is absent); `output_gates` returns the
+        fusion gates. ValueError for `geometry_pixel_values` without `pixel_values`."""
         if geometry_pixel_values is not None and pixel_values is None and past_key_values is None:
             raise ValueError("geometry_pixel_values were given without pixel_values: pass both (GapMllmProcessor).")
         if pixel_values is not None and mm_encoder_outputs is None:
@@ -731,12 +691,10 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
         self.post_init()
         self.apply_freezing_policy()
         # register_for_auto_class keeps one auto class per class; AutoModel must resolve as well.
-        config.auto_map = {
-            **(getattr(config, "auto_map", None) or {}),
-            "AutoConfig": "configuration_gap_mllm.GapMllmConfig",
-            "AutoModel": "modeling_gap_mllm.GapMllmForConditionalGeneration",
-            "AutoModelForImageTextToText": "modeling_gap_mllm.GapMllmForConditionalGeneration",
-        }
+        config.auto_map = {**(getattr(config, "auto_map", None) or {}),
+                           "AutoConfig": "configuration_gap_mllm.GapMllmConfig",
+                           **dict.fromkeys(("AutoModel", "AutoModelForImageTextToText"),
+                                           "modeling_gap_mllm.GapMllmForConditionalGeneration")}
 
     # ---- parts and freezing
     def qwen3_vl_state_dict(self) -> dict:
@@ -762,16 +720,9 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
         if self.config.use_geometry:
             self.model.geometry_encoder.set_trainable(not freeze_geometry_encoder)
 
-    def _views_per_sample(self, input_ids, image_grid_thw, geometry_views_per_sample) -> list[int]:
-        return self.model._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
-
     def get_geometry_features(self, geometry_pixel_values, image_grid_thw, views_per_sample, grids=None):
         """`GapMllmModel.get_geometry_features`."""
         return self.model.get_geometry_features(geometry_pixel_values, image_grid_thw, views_per_sample, grids)
-
-    def fuse_geometry(self, image_outputs, geometry_features, image_grid_thw, output_gates: bool = False, grids=None):
-        """`GapMllmModel.fuse_geometry`."""
-        return self.model.fuse_geometry(image_outputs, geometry_features, image_grid_thw, output_gates, grids)
 
     def get_fused_image_features(self, pixel_values, image_grid_thw, views_per_sample, geometry_pixel_values=None,
                                  geometry_features=None, output_gates: bool = False, image_outputs=None, grids=None):
@@ -791,23 +742,15 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
-        pixel_values_videos: torch.Tensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
-        video_grid_thw: torch.LongTensor | None = None,
         mm_token_type_ids: torch.IntTensor | None = None,
-        geometry_pixel_values: torch.Tensor | None = None,
-        geometry_views_per_sample: torch.LongTensor | None = None,
-        geometry_features: list[list[torch.Tensor]] | None = None,
-        output_gates: bool = False,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict | None = None,
         **kwargs,
     ) -> GapMllmOutput:
-        """Qwen3-VL's forward with geometry fused into the image features (`GapMllmModel.forward`).
-
-        Args:
-            labels: `[B, T]` next-token targets (-100 = ignored) for the LM loss.
-            others: as `GapMllmModel.forward`.
+        """Qwen3-VL's forward with geometry fused into the image features (`GapMllmModel.forward`, which takes the
+        geometry inputs, `output_gates` and the other keyword arguments), then the LM head and, with `labels`
+        (`[B, T]`, -100 ignored), the LM loss.
 
         Raises:
             ValueError: `geometry_pixel_values` without `pixel_values`, or (installed package) naming the input that
@@ -818,40 +761,20 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
             checks.check_forward_inputs(self, input_ids, inputs_embeds, attention_mask, labels, mm_token_type_ids,
                                         past_key_values)
         outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            pixel_values=pixel_values,
-            pixel_values_videos=pixel_values_videos,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            mm_token_type_ids=mm_token_type_ids,
-            mm_encoder_outputs=mm_encoder_outputs,
-            geometry_pixel_values=geometry_pixel_values,
-            geometry_views_per_sample=geometry_views_per_sample,
-            geometry_features=geometry_features,
-            output_gates=output_gates,
-            return_dict=True,
-            **kwargs,
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids, mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True, **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        logits = self.lm_head(outputs.last_hidden_state[:, slice_indices, :])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
                                       **kwargs)
-        return GapMllmOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            rope_deltas=outputs.rope_deltas,
-            fusion_gates=outputs.fusion_gates,
-        )
+        return GapMllmOutput(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                             rope_deltas=outputs.rope_deltas, fusion_gates=outputs.fusion_gates)
 
     # ---- generation
     def encode_scene(self, input_ids=None, pixel_values=None, image_grid_thw=None, output_gates: bool = False,
@@ -929,37 +852,6 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
                 inputs["attention_mask"] = mask.clone()
         return inputs
 
-    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        """Repeat per-image tensors sample by sample (they are concatenated over views, not batched)."""
-        if expand_size == 1:
-            return input_ids, model_kwargs
-        grid = model_kwargs.get("image_grid_thw")
-        if grid is not None and model_kwargs.get("pixel_values") is not None:
-            views = self._views_per_sample(input_ids, grid, model_kwargs.get("geometry_views_per_sample"))
-            patches_per_image = grid.prod(dim=-1).tolist()
-
-            def per_sample_repeat(tensor, rows_per_image):
-                if tensor is None:
-                    return None
-                chunks, start, image = [], 0, 0
-                for count in views:
-                    rows = sum(rows_per_image[image : image + count])
-                    chunks.extend([tensor[start : start + rows]] * expand_size)
-                    start, image = start + rows, image + count
-                return torch.cat(chunks)
-            model_kwargs["pixel_values"] = per_sample_repeat(model_kwargs["pixel_values"], patches_per_image)
-            model_kwargs["geometry_pixel_values"] = per_sample_repeat(model_kwargs.get("geometry_pixel_values"), [1] * len(patches_per_image))
-            model_kwargs["image_grid_thw"] = per_sample_repeat(grid, [1] * len(patches_per_image))
-            model_kwargs["geometry_views_per_sample"] = torch.tensor(views, device=grid.device).repeat_interleave(expand_size)
-            handled = {k: model_kwargs.pop(k) for k in ("pixel_values", "geometry_pixel_values", "image_grid_thw", "geometry_views_per_sample")}
-        else:
-            handled = {}
-        input_ids, model_kwargs = super()._expand_inputs_for_generation(
-            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
-        )
-        model_kwargs.update({k: v for k, v in handled.items() if v is not None})
-        return input_ids, model_kwargs
-
     # ---- loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -982,23 +874,9 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
     @classmethod
     def from_qwen3_vl(cls, qwen3_vl_name_or_path, geometry_config: dict | None = None,
                       geometry_fusion_config: dict | None = None, vggt_weights=None, **from_pretrained_kwargs):
-        """Build a GAP-MLLM from a stock Qwen3-VL checkpoint and, optionally, VGGT weights: `from_pretrained` of the
-        Qwen3-VL folder (every Qwen3-VL weight loads; the geometry weights are newly initialised and reported), then
-        the VGGT weights, loaded strictly (`convert_vggt_to_hf.load_vggt_weights`).
-
-        Args:
-            qwen3_vl_name_or_path: a Qwen3-VL folder or Hub id (e.g. `Qwen/Qwen3-VL-2B-Instruct`).
-            geometry_config, geometry_fusion_config: overrides of the GAP sub-configs (the geometry config
-                must describe the VGGT architecture of `vggt_weights`; its defaults are VGGT-1B).
-            vggt_weights: a VGGT state dict, a `model.pt` / `.safetensors` file, a folder holding one (also a
-                `gap-mllm convert vggt` output) or a Hub id such as `facebook/VGGT-1B`; `None` leaves the encoder
-                randomly initialised (reported). Head weights load only when the geometry config enables the heads;
-                the conversion report is kept as `model.vggt_conversion_report`.
-            from_pretrained_kwargs: passed to `from_pretrained` (dtype, ...).
-
-        Raises:
-            ImportError: `vggt_weights` given without the gap-mllm package (which holds the converter).
-        """
+        """`from_pretrained` of a stock Qwen3-VL checkpoint with these geometry settings, then the VGGT weights of
+        `vggt_weights` (a state dict, file, folder or Hub id such as `facebook/VGGT-1B`), loaded strictly: the gap-mllm
+        package's `convert_vggt_to_hf.build_from_qwen3_vl` (ImportError without the package)."""
         try:  # the converter is installed with the package, never copied into a model folder
             from gap_mllm.convert_vggt_to_hf import build_from_qwen3_vl
         except ImportError as error:

@@ -146,6 +146,7 @@ MOVED_NAMES = {
         "gap_mllm.tasks_gap_mllm": "SYSTEM_PROMPT",
         "gap_mllm.checks": "check_image_processor_sizes unreadable_tokenizer_file"},
     "gap_mllm.tasks_gap_mllm": {
+        "gap_mllm.processing.tasks": "SHIPPED_TASK_NAMES register_task task_name_problem unregister_task",
         "gap_mllm.cli.tasks": "ANSWER_FORMATS answer_format other_task_format",
         "gap_mllm.processing.collator": "ASSISTANT_HEADER",
         "gap_mllm.processing.annotation_files": "extract_query segments_from_placeholders",

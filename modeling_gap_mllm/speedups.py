@@ -368,7 +368,7 @@ def encode_images(
         `GapMllmImageEmbeddings`: per image `[h_i·w_i/4, (1 + num_deepstack) · hidden]` (main ‖ DeepStack
         levels, 8192 wide for Qwen3-VL-2B); with `use_geometry=False` the levels are stock Qwen3-VL's.
     """
-    views = model._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
+    views = model.model._views_per_sample(input_ids, image_grid_thw, geometry_views_per_sample)
     if model.uses_geometry:
         if geometry_pixel_values is None and geometry_features is None:
             # forward() would fall back to plain Qwen3-VL: an engine would answer without geometry, silently

@@ -1490,62 +1490,13 @@ def resolve_task(task: str | TaskSpec) -> TaskSpec:
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_NAMES)}")
 
 
-SHIPPED_TASK_NAMES = frozenset({*TASKS, *DEPRECATED_TASK_NAMES})  # the shipped tasks' names and aliases
-
-
-def task_name_problem(name) -> str | None:
-    """None for a task name (it names files and lmms-eval tasks: one ASCII word of letters, digits and `_`, not
-    starting with a digit), else why not."""
-    if isinstance(name, str) and name.isascii() and name.isidentifier():
-        return None
-    return f"{name!r} is not a task name: one word of ASCII letters, digits and '_', not starting with a digit"
-
-
-def register_task(spec: TaskSpec) -> TaskSpec:
-    """Add a task of your own to the registry: `TASKS`, `TASK_NAMES` and its aliases in `DEPRECATED_TASK_NAMES`
-    (`unregister_task` removes it); returns it.
-
-    Raises:
-        ValueError: its name or an alias is not a word (`task_name_problem`) or is a name of the registry already,
-            or its answer grammar (an `EntryList`'s too) does not compile in llguidance (when installed).
-    """
-    global TASK_NAMES
-    taken = sorted({spec.name, *spec.aliases} & {*TASKS, *DEPRECATED_TASK_NAMES})
-    problems = [*map(task_name_problem, (spec.name, *spec.aliases)), taken and f"name(s) {', '.join(taken)} are taken"]
-    engine = _grammar_engine()
-    try:  # the caller's grammar functions, compiled as `GrammarLogitsProcessor` compiles them
-        grammars = [spec.grammar_for(num_views=1), *(spec.entry_list.grammar(n) for n in (None, 1) if spec.entry_list)]
-        problems += [f"its answer grammar does not compile in llguidance: {message}" for message in
-                     (engine.LLMatcher.validate_grammar(engine.grammar_from("grammar", text)) for text in grammars
-                      if engine) if message]
-    except Exception as error:
-        problems.append(f"its answer grammar is refused: {type(error).__name__}: {error}")
-    if any(problems):
-        raise ValueError(f"task {spec.name!r}: {next(filter(None, problems))}")
-    TASKS[spec.name] = spec
-    DEPRECATED_TASK_NAMES.update(dict.fromkeys(spec.aliases, spec.name))
-    TASK_NAMES = tuple(TASKS)
-    return spec
-
-
-def unregister_task(name: str) -> None:
-    """Remove a task added with `register_task`, and its aliases (KeyError when there is no task of that name,
-    ValueError for a shipped task)."""
-    global TASK_NAMES
-    if name in SHIPPED_TASK_NAMES:
-        raise ValueError(f"task {name!r} is a shipped task: only a task added with register_task can be removed")
-    for alias in TASKS.pop(name).aliases:
-        DEPRECATED_TASK_NAMES.pop(alias, None)
-    TASK_NAMES = tuple(TASKS)
-
-
 # ---- `generate` helpers: the grammar logits processor and the stopping criteria
 # `generate(compile_decoding=...)`: compiled decode steps on CUDA only ("auto"), always, or never
 COMPILE_DECODING_CHOICES = ("auto", "on", "off")
 
 
 @functools.cache
-def _grammar_engine():
+def grammar_engine():
     """llguidance with its transformers bridge, imported on first use, or None where it is not installed."""
     try:
         import llguidance
@@ -1563,7 +1514,7 @@ _EXECUTOR = None  # _executor()
 
 def require_grammar_engine():
     """The llguidance module, or an ImportError saying how to install it."""
-    engine = _grammar_engine()
+    engine = grammar_engine()
     if engine is None:
         raise ImportError(engine_missing() or f"constrained decoding needs {ENGINE_REQUIREMENT}, which did not import")
     return engine

@@ -88,7 +88,7 @@ def test_without_the_grammar_engine_the_python_error_names_the_python_switch(tin
     processor = tiny_processor
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llguidance" else find_spec(name, *a))
-    monkeypatch.setattr(tasks_gap_mllm, "_grammar_engine", lambda: None)
+    monkeypatch.setattr(tasks_gap_mllm, "grammar_engine", lambda: None)
     inputs = processor(images=make_views(2), task="detection", return_tensors="pt")
     with pytest.raises(ImportError) as raised:
         processor.generation_kwargs("detection", inputs, constrained=True)

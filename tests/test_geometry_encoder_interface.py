@@ -30,7 +30,7 @@ ENCODER_TYPE = "test_patch_linear"
 
 
 class PatchLinearConfig(PreTrainedConfig):
-    """A `GeometryEncoderConfig`: `num_hidden_layers` linear maps of `patch_size`-px RGB patches to `hidden_size`."""
+    """A geometry encoder's config (docs/layout.md): `num_hidden_layers` linear maps of `patch_size`-px RGB patches to `hidden_size`."""
 
     model_type = "gap_mllm_test_patch_linear"
 

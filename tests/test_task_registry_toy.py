@@ -23,8 +23,15 @@ from gap_mllm.evaluation.lmms_eval_plugin.export import export_tasks
 from gap_mllm.processing.annotation_files import annotation_file_name
 from gap_mllm.processing.builders import builder_for_task
 from gap_mllm.processing.record_schema import ANSWER_TEXT, RecordField, read_fields
-from gap_mllm.processing.tasks import PackageTask, package_task_names, register_package_task, unregister_package_task
-from gap_mllm.tasks_gap_mllm import SPATIAL_QA, register_task, resolve_task, unregister_task
+from gap_mllm.processing.tasks import (
+    PackageTask,
+    package_task_names,
+    register_package_task,
+    register_task,
+    unregister_package_task,
+    unregister_task,
+)
+from gap_mllm.tasks_gap_mllm import SPATIAL_QA, resolve_task
 
 TOY = "toy_view_count"
 TOY_LABEL = "count the views (toy)"

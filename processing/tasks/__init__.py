@@ -9,8 +9,9 @@ entries and name no task.
 
 A shipped task is the module `<name>.py` of this folder defining `TASK = PackageTask(name=<name>, ...)`: its name is
 known from the file name alone (`package_task_names`, light: `gap-mllm COMMAND --help` lists the names) and the module
-is imported on first use (`package_task`). A task of your own is registered from your code with
-`register_package_task` (its `TaskSpec` registered first with the model folder's `register_task`).
+is imported on first use (`package_task`). A task of your own is registered from your code: its `TaskSpec` with
+`register_task` (into the model folder's registry, the package's copy of it), then its package side with
+`register_package_task`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,58 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 
+from gap_mllm import tasks_gap_mllm
+from gap_mllm.tasks_gap_mllm import DEPRECATED_TASK_NAMES, TaskSpec, grammar_engine, resolve_task
 from gap_mllm.tasks_gap_mllm import TASKS as MODEL_TASKS
-from gap_mllm.tasks_gap_mllm import SHIPPED_TASK_NAMES, TaskSpec, resolve_task, task_name_problem
 
 from ..scoring.reported_scores import ReportedScore
+
+
+SHIPPED_TASK_NAMES = frozenset({*MODEL_TASKS, *DEPRECATED_TASK_NAMES})  # the shipped tasks' names and aliases
+
+
+def task_name_problem(name) -> str | None:
+    """None for a task name (it names files and lmms-eval tasks: one ASCII word of letters, digits and `_`, not
+    starting with a digit), else why not."""
+    if isinstance(name, str) and name.isascii() and name.isidentifier():
+        return None
+    return f"{name!r} is not a task name: one word of ASCII letters, digits and '_', not starting with a digit"
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a task of your own to the model folder's registry (the package's copy of `gap_mllm.tasks_gap_mllm`):
+    `TASKS`, `TASK_NAMES` and its aliases in `DEPRECATED_TASK_NAMES` (`unregister_task` removes it); returns it.
+
+    Raises:
+        ValueError: its name or an alias is not a word (`task_name_problem`) or is a name of the registry already,
+            or its answer grammar (an `EntryList`'s too) does not compile in llguidance (when installed).
+    """
+    taken = sorted({spec.name, *spec.aliases} & {*MODEL_TASKS, *DEPRECATED_TASK_NAMES})
+    problems = [*map(task_name_problem, (spec.name, *spec.aliases)), taken and f"name(s) {', '.join(taken)} are taken"]
+    engine = grammar_engine()
+    try:  # the caller's grammar functions, compiled as `GrammarLogitsProcessor` compiles them
+        grammars = [spec.grammar_for(num_views=1), *(spec.entry_list.grammar(n) for n in (None, 1) if spec.entry_list)]
+        problems += [f"its answer grammar does not compile in llguidance: {message}" for message in
+                     (engine.LLMatcher.validate_grammar(engine.grammar_from("grammar", text)) for text in grammars
+                      if engine) if message]
+    except Exception as error:
+        problems.append(f"its answer grammar is refused: {type(error).__name__}: {error}")
+    if any(problems):
+        raise ValueError(f"task {spec.name!r}: {next(filter(None, problems))}")
+    MODEL_TASKS[spec.name] = spec
+    DEPRECATED_TASK_NAMES.update(dict.fromkeys(spec.aliases, spec.name))
+    tasks_gap_mllm.TASK_NAMES = tuple(MODEL_TASKS)
+    return spec
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task added with `register_task`, and its aliases (KeyError when there is no task of that name,
+    ValueError for a shipped task)."""
+    if name in SHIPPED_TASK_NAMES:
+        raise ValueError(f"task {name!r} is a shipped task: only a task added with register_task can be removed")
+    for alias in MODEL_TASKS.pop(name).aliases:
+        DEPRECATED_TASK_NAMES.pop(alias, None)
+    tasks_gap_mllm.TASK_NAMES = tuple(MODEL_TASKS)
 
 
 @dataclass(frozen=True, eq=False)  # one entry per task, known by identity
@@ -260,7 +309,7 @@ def register_package_task(task: PackageTask) -> PackageTask:
     """
     if task.name not in MODEL_TASKS:
         raise ValueError(f"task {task.name!r} is not in the model folder's TASKS: register its TaskSpec there first "
-                         "(gap_mllm.tasks_gap_mllm.register_task)")
+                         "(register_task)")
     if task.name in package_task_names(stages=True):
         raise ValueError(f"task {task.name!r} has a package side already")
     try:
