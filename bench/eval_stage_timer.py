@@ -16,7 +16,8 @@ the launch of it — the synchronisation itself costs a little, stated beside th
     vggt, vit        the geometry encoder's and the vision tower's forwards
     prefill_llm      every model forward over more than one new token (the prompt, or a scene's questions) and every
                      `encode_scene`, less the towers' time inside them
-    decode           `generate` time less the prefill forwards inside it (one-token steps, compiled or not, sampling)
+    decode           `generate` time less the prefill forwards and the towers inside it (transformers' `generate` runs
+                     the towers before its prefill), so one-token steps, compiled or not, and sampling
     scoring          timed by the caller around the task's `evaluate`
 """
 
@@ -72,7 +73,8 @@ class StageTimer:
     @property
     def totals(self) -> dict[str, float]:
         """The current task stage's running sums (`_stop` adds to them)."""
-        names = ("data_processor", "vggt", "vit", "prefill", "prefill_in_generate", "generate")
+        names = ("data_processor", "vggt", "vit", "prefill", "prefill_in_generate", "generate", "towers_in_prefill",
+                 "towers_in_generate")
         return self.by_stage.setdefault(self.task_stage, dict.fromkeys(names, 0.0))
 
     def _count_views(self, module, args) -> None:
@@ -95,6 +97,10 @@ class StageTimer:
             self.totals[name] += elapsed
             if name == "prefill" and "generate" in self._open:  # what `decode` leaves out of generate's time
                 self.totals["prefill_in_generate"] += elapsed
+            if name in ("vggt", "vit") and "prefill" in self._open:  # a forward that encodes its own images
+                self.totals["towers_in_prefill"] += elapsed
+            elif name in ("vggt", "vit") and "generate" in self._open:  # generate encodes them before its prefill
+                self.totals["towers_in_generate"] += elapsed
 
     def _model_start(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -121,10 +127,9 @@ class StageTimer:
 
     @staticmethod
     def _stages(totals: dict[str, float]) -> dict[str, float]:
-        towers = totals["vggt"] + totals["vit"]
         return {"data_processor": totals["data_processor"], "vggt": totals["vggt"], "vit": totals["vit"],
-                "prefill_llm": max(totals["prefill"] - towers, 0.0),
-                "decode": max(totals["generate"] - totals["prefill_in_generate"], 0.0)}
+                "prefill_llm": max(totals["prefill"] - totals["towers_in_prefill"], 0.0),
+                "decode": max(totals["generate"] - totals["prefill_in_generate"] - totals["towers_in_generate"], 0.0)}
 
     def seconds_by_stage(self) -> dict[int, dict[str, float]]:
         """`seconds()` of each task stage, by its index."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, Qwen3VLForConditionalGeneration, Qwen3VLModel
+from transformers import AutoModel, GenerationMixin, Qwen3VLForConditionalGeneration, Qwen3VLModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -614,10 +614,8 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
         video_grid_thw: torch.LongTensor | None = None,
         mm_token_type_ids: torch.IntTensor | None = None,
         mm_encoder_outputs: dict | None = None,
-        geometry_pixel_values: torch.Tensor | None = None,
-        geometry_views_per_sample: torch.LongTensor | None = None,
-        geometry_features: list[list[torch.Tensor]] | None = None,
-        output_gates: bool = False,
+        geometry_pixel_values: torch.Tensor | None = None, geometry_views_per_sample: torch.LongTensor | None = None,
+        geometry_features: list[list[torch.Tensor]] | None = None, output_gates: bool = False,
         **kwargs,
     ) -> GapMllmModelOutputWithPast:
         """Qwen3-VL's model forward with geometry fused into the image features (`get_image_features`; the views per
@@ -663,7 +661,8 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
         )
 
 
-class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditionalGeneration):
+# GenerationMixin among the bases: else each Auto class wraps remote code in a class of its own (transformers' rule)
+class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditionalGeneration, GenerationMixin):
     """GAP-MLLM for image(s) + text → text generation: `model` (`GapMllmModel`) and `lm_head`, as Qwen3-VL's
     class, so that its weights are Qwen3-VL's (`model.visual.*`, `model.language_model.*`, `lm_head.weight`) plus
     `model.geometry_encoder.*` and `model.geometry_fusion.*`. Frozen by default: `model.visual` and
@@ -746,11 +745,12 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
         mm_token_type_ids: torch.IntTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict | None = None,
+        geometry_pixel_values: torch.Tensor | None = None, geometry_views_per_sample: torch.LongTensor | None = None,
+        geometry_features: list | None = None, output_gates: bool = False,  # transformers' generate reads the names
         **kwargs,
     ) -> GapMllmOutput:
-        """Qwen3-VL's forward with geometry fused into the image features (`GapMllmModel.forward`, which takes the
-        geometry inputs, `output_gates` and the other keyword arguments), then the LM head and, with `labels`
-        (`[B, T]`, -100 ignored), the LM loss.
+        """Qwen3-VL's forward with geometry fused into the image features (`GapMllmModel.forward`, which documents
+        the geometry inputs), then the LM head and, with `labels` (`[B, T]`, -100 ignored), the LM loss.
 
         Raises:
             ValueError: `geometry_pixel_values` without `pixel_values`, or (installed package) naming the input that
@@ -764,7 +764,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, pixel_values=pixel_values,
             image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids, mm_encoder_outputs=mm_encoder_outputs,
-            return_dict=True, **kwargs,
+            geometry_pixel_values=geometry_pixel_values, geometry_views_per_sample=geometry_views_per_sample,
+            geometry_features=geometry_features, output_gates=output_gates, return_dict=True, **kwargs,
         )
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(outputs.last_hidden_state[:, slice_indices, :])

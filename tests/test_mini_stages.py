@@ -25,7 +25,7 @@ from .test_train_fixtures import train_data_root  # noqa: F401
 HEADS = {"use_camera_head": True, "use_depth_head": True, "camera_head_trunk_depth": 1, "camera_head_num_attention_heads": 2,
          "dpt_features": 16, "dpt_out_channels": [8, 16, 32, 32], "dpt_layers": [0, 1, 2, 3]}
 
-STEPS_TO_FIT_ROTATIONS = 40
+STEPS_TO_FIT_ROTATIONS = 60
 
 
 def tiny_with_heads(seed: int = 0):
@@ -142,7 +142,9 @@ def test_stage1_on_a_trained_encoder_learns_the_marker_task(trained_geometry, tr
 
 def test_the_camera_head_fits_the_rotations_of_fixed_clips(train_data_root):
     """The camera part of the stage-0 objective can move rotations away from the identity: a few clips are
-    fitted to a third of the identity's error (8 against 38 degrees at 40 steps) (a head or a target that cannot learn would stay there)."""
+    fitted to a third of the identity's error (12 against 38 degrees at 60 steps from the tiny model's seed-0 weights;
+    8 at 40 steps from the draws of the model's earlier class layout) (a head or a target that cannot learn would
+    stay there)."""
     from gap_mllm.evaluation.geometry_eval import evaluate_geometry
     from gap_mllm.training.encoder_stage_run import GeometryStageModel, freeze_all_but_geometry
 
