@@ -109,7 +109,7 @@ EXTRAS["dev"] = sorted(
 
 setup(
     name="gap-mllm",
-    version="0.1.0",
+    version="0.2.0",
     description="GAP-MLLM: geometry-aligned pre-training for 3D spatial perception in MLLMs, Hugging Face-native",
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",

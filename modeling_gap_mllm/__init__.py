@@ -19,6 +19,7 @@ _EXPORTS = {
     "GapMllmForConditionalGeneration": "modeling_gap_mllm",
     "GapMllmFusionConfig": "configuration_gap_mllm",
     "GapMllmGeometryConfig": "configuration_gap_mllm",
+    "GapMllmModel": "modeling_gap_mllm",
     "GapMllmOutput": "modeling_gap_mllm",
     "GapMllmPreTrainedModel": "modeling_gap_mllm",
     "GapMllmProcessor": "processing_gap_mllm",

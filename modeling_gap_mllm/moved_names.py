@@ -85,7 +85,7 @@ MOVED_NAMES = {
     "gap_mllm.cli.tasks": {"gap_mllm.evaluation.tasks": "TASKS"},
     "gap_mllm.configuration_gap_mllm": {"gap_mllm.checks": (
         "GEOMETRY_AUTOCAST_DTYPES MAX_PARAMETERS TEXT_SIZES VISION_SIZES available_memory check_memory_for_parameters "
-        "check_parameter_count check_sizes check_vlm_sizes estimate_num_parameters largest_part parameter_parts")},
+        "check_parameter_count check_sizes check_vlm_sizes=check_qwen3_vl_sizes estimate_num_parameters largest_part parameter_parts")},
     "gap_mllm.evaluation.folder_lock": {"gap_mllm.processing.folder_lock": "acquire release"},
     "gap_mllm.evaluation.grounding_identification": {"gap_mllm.evaluation.grounding_identification_cli": "generated"},
     "gap_mllm.evaluation.metric_modules.gap_captioning.gap_captioning": {

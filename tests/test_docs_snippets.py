@@ -4,7 +4,7 @@
   which block it continues (`# continues FILE's "HEADING" snippet`, FILE relative to the repository, HEADING the `##`
   heading it sits under): that block's chain runs first, in the same namespace. Every block is checked so without
   running it (the names it reads are defined by it or by its chain, `undefined_names`); the offline blocks of
-  docs/usage.md and docs/serving.md also run here (the README's "Use" snippet and its `gap-mllm demo` line are run
+  docs/usage.md and docs/serving.md, and docs/model_doc/gap_mllm.md's example, also run here (the README's "Use" snippet and its `gap-mllm demo` line are run
   by tests/test_user_output.py). docs/serving.md's client asks the engine stand-in (tests/engine_stand_in.py, a
   server doing what vLLM does) on GAP-MLLM-Mini's export instead of localhost:8000.
 - A snippet that downloads from the Hub sits under a heading that says "(needs the Hub)"; it runs only in the slow
@@ -70,8 +70,8 @@ CONTINUES = re.compile(r"^# continues (?P<path>\S+)'s \"(?P<heading>[^\"]+)\" sn
 
 
 def doc_snippets(root: Path = REPO) -> list[Snippet]:
-    """Every ```python block of `root`'s README.md and docs/*.md, in file order."""
-    files = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    """Every ```python block of `root`'s README.md, docs/*.md and docs/model_doc/*.md, in file order."""
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "docs" / "model_doc").glob("*.md"))]
     return [Snippet(path.relative_to(root).as_posix(), heading, code)
             for path in files if path.is_file() for heading, code in snippets_by_heading(path)]
 
@@ -217,6 +217,18 @@ def test_offline_snippets_run_as_written():
     # inside each task's grammar: each answer parses cleanly as its task's answer
     for (task, _), answer in zip(namespace["questions"], answers, strict=True):
         assert namespace["processor"].post_process([answer], task=task)[0].reason is None, (task, answer)
+
+
+def test_the_model_doc_example_answers_with_the_mini(capsys):
+    """docs/model_doc/gap_mllm.md's usage example runs as written (the classes through `AutoModel` with remote code):
+    it prints the Mini's detection answer, a `DetectionResult` that parsed without a problem."""
+    snippets = doc_snippets()
+    (snippet,) = [snippet for snippet in snippets if snippet.path == "docs/model_doc/gap_mllm.md"]
+    namespace = run_alone(snippet, snippets)
+    assert capsys.readouterr().out.startswith("DetectionResult(")
+    answer = namespace["processor"].post_process(namespace["generated"], task="detection",
+                                                 input_ids=namespace["inputs"]["input_ids"])[0]
+    assert answer.reason is None and answer.boxes, answer
 
 
 @pytest.mark.slow

@@ -204,7 +204,7 @@ def test_finite_weights_that_compute_nan_are_refused_naming_the_largest_weight_o
     model = build_model()
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    name = "vlm.model.language_model.layers.0.mlp.down_proj.weight"
+    name = "model.language_model.layers.0.mlp.down_proj.weight"
     save_file({**weights, name: weights[name].index_fill(1, torch.tensor([0]), 3e38)}, tmp_path / "model.safetensors",
               metadata={"format": "pt"})
     with pytest.raises(ValueError) as refused:
@@ -218,8 +218,8 @@ def test_finite_weights_that_compute_nan_are_refused_naming_the_largest_weight_o
         GapMllmForConditionalGeneration.from_pretrained(tmp_path)
     assert str(refused.value) == (
         f"{tmp_path}: the weights are finite but compute NaN or infinite values on a probe input (first in the output "
-        "of geometry_encoder.aggregator.patch_embed.blocks.0.norm2; the largest weight is "
-        "vlm.model.visual.blocks.0.norm1.weight, 1e+06); the checkpoint is damaged or was saved from a diverged run: "
+        "of model.geometry_encoder.aggregator.patch_embed.blocks.0.norm2; the largest weight is "
+        "model.visual.blocks.0.norm1.weight, 1e+06); the checkpoint is damaged or was saved from a diverged run: "
         "load another one")
     loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path, allow_non_finite_weights=True)
     assert loaded.state_dict()[name].abs().max().item() == pytest.approx(weights[name].abs().max().item() * 1e6)
@@ -232,7 +232,7 @@ def test_the_probe_forward_leaves_the_model_and_the_random_state_as_they_were(tm
     expected = _logits(model, inputs)
     state = torch.random.get_rng_state()
     loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path)  # the probe ran
-    assert torch.equal(torch.random.get_rng_state(), state) and loaded.vlm.model.rope_deltas is None
+    assert torch.equal(torch.random.get_rng_state(), state) and loaded.model.rope_deltas is None
     assert torch.equal(_logits(loaded, inputs), expected)
 
 
@@ -242,10 +242,10 @@ def test_tensors_the_config_has_no_place_for_are_refused_by_name(tmp_path, build
     model = build_model()
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    config["vlm_config"]["text_config"]["num_hidden_layers"] -= 1
+    config["text_config"]["num_hidden_layers"] -= 1
     (tmp_path / "config.json").write_text(json.dumps(config))
-    last = config["vlm_config"]["text_config"]["num_hidden_layers"]
-    extra = sorted(key for key in model.state_dict() if key.startswith(f"vlm.model.language_model.layers.{last}."))
+    last = config["text_config"]["num_hidden_layers"]
+    extra = sorted(key for key in model.state_dict() if key.startswith(f"model.language_model.layers.{last}."))
     with pytest.raises(ValueError) as refused:
         GapMllmForConditionalGeneration.from_pretrained(tmp_path)
     assert str(refused.value) == (

@@ -75,20 +75,20 @@ DAMAGES = {
     "weights times 1e30": (
         lambda folder: with_weights(folder, lambda weights: weights.update({name: tensor * 1e30 for name, tensor in
                                                                            weights.items()})),
-        "{folder}: the weights hold a value too large to compute with (vlm.model.visual.blocks.0.norm1.weight holds "
+        "{folder}: the weights hold a value too large to compute with (model.visual.blocks.0.norm1.weight holds "
         "1e+30; its square overflows, a trained weight stays far below 2**64 = 1.84e+19); the checkpoint is damaged "
         "or was saved from a diverged run: load another one"),
     "fewer text layers": (
         lambda folder: edit_json(folder / "config.json",
                                  lambda config: one_layer_fewer(config, "text_config", "num_hidden_layers")),
         "{folder}: the weights hold 11 tensor(s) that the model built from config.json has no place for (Qwen3-VL "
-        "language model: 11 (e.g. vlm.model.language_model.layers.3.input_layernorm.weight)); the config does not "
+        "language model: 11 (e.g. model.language_model.layers.3.input_layernorm.weight)); the config does not "
         "belong to these weights (fewer layers than they hold?): restore the config.json saved with them"),
     "fewer vision blocks": (
         lambda folder: edit_json(folder / "config.json",
                                  lambda config: one_layer_fewer(config, "vision_config", "depth")),
         "{folder}: the weights hold 12 tensor(s) that the model built from config.json has no place for (Qwen3-VL "
-        "vision tower: 12 (e.g. vlm.model.visual.blocks.2.attn.proj.bias)); the config does not belong to these "
+        "vision tower: 12 (e.g. model.visual.blocks.2.attn.proj.bias)); the config does not belong to these "
         "weights (fewer layers than they hold?): restore the config.json saved with them"),
     "vocab_size": (lambda folder: edit_json(folder / "config.json", text_size("vocab_size", 800)),
                    "--model {folder}: config.json's text_config.vocab_size is 800 but the weights' "

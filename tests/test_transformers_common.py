@@ -137,6 +137,11 @@ class GapMllmModelTest(ModelTesterMixin, unittest.TestCase):
         names = ("pixel_values", "image_grid_thw", "geometry_pixel_values", "geometry_views_per_sample")
         return config, {name: inputs[name] for name in names}
 
+    @unittest.skip("the package refuses a checkpoint holding a tensor the model has no place for (the test's "
+                   "placeholder file holds only `tensor`); that refusal has its own tests (tests/test_model.py)")
+    def test_model_weights_reload_no_missing_tied_weights(self):
+        pass
+
     def test_mismatching_num_image_tokens(self):
         """As transformers' Qwen3-VL test: one image fewer than image tokens is refused, two images for two
         samples are not (geometry inputs sliced alike)."""
