@@ -562,6 +562,7 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
         DeepStack level."""
         return super().get_image_features(pixel_values, image_grid_thw, **{**kwargs, "return_dict": True})
 
+    @can_return_tuple
     def get_video_features(self, pixel_values_videos, video_grid_thw=None, **kwargs):
         """Qwen3-VL's video features: videos bypass geometry."""
         return self.get_vision_features(pixel_values_videos, video_grid_thw, **kwargs)

@@ -17,7 +17,6 @@ from gap_mllm.tasks_gap_mllm import parse_literal, parse_pointmap, serialize_poi
 from ..coordinates import backproject_pixel, invert_rigid, transform_points
 from ..errors import DataError
 from ..record_schema import PIXEL, RecordField, read_field
-from ..scannet_layout import check_marked_pixel
 from ..scoring.reconstruction_metrics import ReconstructionEvaluator, chamfer_metrics, point_score, umeyama_sim3
 from ..scoring.reported_scores import ReportedMetric, ReportedScore
 from ..synth.samples import choose_clip, common_record, conversation
@@ -40,6 +39,8 @@ def features(class_names) -> dict:
 def fields(record, answer, num_images, key, builder) -> dict:
     """The marker fields of one annotation record: `pixel_coords` inside its view (the upright frame's pixels), and
     the point and label of the answer."""
+    from ..scannet_layout import check_marked_pixel  # reads images (PIL): not at import, which `--help` pays for
+
     coords = read_field(record, RecordField("pixel_coords", PIXEL), key)
     check_marked_pixel(builder.media_root, record["images"][:num_images], coords, "'pixel_coords'", key)
     parsed = TASK.spec.parse(answer)
