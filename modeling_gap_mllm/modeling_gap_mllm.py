@@ -351,8 +351,7 @@ class GapMllmOutput(CausalLMOutputWithPast):
 
 
 # Weight names of the earlier layout (Qwen3-VL held whole as `vlm`, the geometry parts at the top) → these classes'.
-# `from_pretrained` passes them as transformers' `key_mapping`; a renaming no key matched is not kept, so a folder of
-# either layout loads, and saves again in the layout it was read in (transformers' `save_original_format`).
+# `from_pretrained` passes them as transformers' `key_mapping`, then forgets them: a model is saved in this layout.
 EARLIER_LAYOUT_KEY_MAPPING = {
     r"^vlm\.(.+)": r"\1",
     r"^(geometry_(?:encoder|fusion)\..+)": r"model.\1",
@@ -857,10 +856,9 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
     # ---- loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained` reading this layout, the earlier one (`EARLIER_LAYOUT_KEY_MAPPING`, as
-        transformers' `key_mapping`) or a stock Qwen3-VL checkpoint, then the default freezing. The installed package
-        also reports the GAP components missing from the checkpoint (`model.missing_weight_groups`), refuses weights
-        holding NaN, and takes `require_geometry_weights` and `allow_non_finite_weights` (`gap_mllm.checks.load_checked`)."""
+        """`PreTrainedModel.from_pretrained` of this layout, the earlier one (`EARLIER_LAYOUT_KEY_MAPPING`) or a stock
+        Qwen3-VL checkpoint, then the default freezing. The installed package also reports the GAP components missing
+        (`model.missing_weight_groups`) and refuses weights that compute NaN (`gap_mllm.checks.load_checked`)."""
         kwargs["key_mapping"] = {**EARLIER_LAYOUT_KEY_MAPPING, **(kwargs.get("key_mapping") or {})}
         checks = installed_package_module("checks", __name__)
         if checks is None:
@@ -868,6 +866,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
         else:
             loaded = checks.load_checked(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model._weight_conversions = [conversion for conversion in getattr(model, "_weight_conversions", None) or ()
+                                     if not set(conversion.source_patterns) & set(EARLIER_LAYOUT_KEY_MAPPING)]
         model.apply_freezing_policy()  # loading materialises fresh parameters (all trainable): the default frozen parts
         if "Qwen3VLForConditionalGeneration" in (model.config.architectures or []):  # a stock Qwen3-VL checkpoint:
             model.config.text_config._name_or_path = str(pretrained_model_name_or_path)  # saved as the weights' source

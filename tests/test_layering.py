@@ -241,6 +241,8 @@ LAZY_FOR_START_UP = {
     "cli/command_arguments.py": "the benchmarks' names of `evaluate` (the evaluation package imports scipy)",
     "cli/main.py": "the early checks (numpy, PIL, huggingface_hub), once a command's arguments parsed: --help and an "
                    "argument mistake import none of them",
+    "training/checkpoints.py": "the model folder's names of the earlier layout (transformers), when weights are read: "
+                              "the commands' --help read this module",
     "processing/tasks/reconstruction.py": "the marker check (scannet_layout: PIL), when a record is built: the "
                                           "commands' --help read the task modules",
 }

@@ -322,14 +322,20 @@ def test_a_folder_of_the_earlier_layout_loads_with_equal_logits(tmp_path, build_
                                                      "vision_start_token_id", "vision_end_token_id")}
     config["vlm_config"] = {**qwen_part, "model_type": "qwen3_vl", "tie_word_embeddings": config["tie_word_embeddings"]}
     (tmp_path / "config.json").write_text(json.dumps(config))
+    saved = load_file(tmp_path / "model.safetensors")  # this layout's names (a tied lm_head is not saved)
     earlier = {("vlm." + name if not name.startswith("model.geometry_") else name[len("model."):]): tensor
-               for name, tensor in load_file(tmp_path / "model.safetensors").items()}
+               for name, tensor in saved.items()}
     assert any(name.startswith("vlm.model.") for name in earlier) and "model.geometry_encoder" not in str(list(earlier))
     save_file(earlier, tmp_path / "model.safetensors", metadata={"format": "pt"})
     loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert loaded.missing_weight_groups == []
     inputs = make_inputs((2,))
     assert torch.equal(_logits(loaded, inputs), _logits(model, inputs))
+    # saved again: in this layout, whatever it was read from (a reverted renaming would write `vlm.model.geometry_*`)
+    loaded.save_pretrained(tmp_path / "again")
+    assert set(load_file(tmp_path / "again" / "model.safetensors")) == set(saved)
+    from gap_mllm.training.checkpoints import load_model_weights
+    assert set(load_model_weights(tmp_path)) == set(saved)  # the package's readers rename alike
 
 
 def test_bfloat16_forward_and_activation_checkpointing(build_model, make_inputs):

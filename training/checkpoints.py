@@ -167,11 +167,14 @@ class MissingSafetensorsWeights(FileNotFoundError):
 
 
 def load_model_weights(folder) -> dict[str, torch.Tensor]:
-    """Every tensor of a model folder's safetensors weights (one file or an index of shards).
+    """Every tensor of a model folder's safetensors weights (one file or an index of shards), under the model's names:
+    a folder of the earlier layout (`vlm.*`) is read as `from_pretrained` reads it (`EARLIER_LAYOUT_KEY_MAPPING`).
 
     Raises:
         MissingSafetensorsWeights: the folder has neither `model.safetensors` nor its shard index."""
     from safetensors.torch import load_file  # here: this module is read by light commands too
+
+    from gap_mllm.modeling_gap_mllm import EARLIER_LAYOUT_KEY_MAPPING
     folder = Path(folder)
     index = folder / f"{MODEL_FILE}.index.json"
     if index.is_file():
@@ -179,10 +182,13 @@ def load_model_weights(folder) -> dict[str, torch.Tensor]:
         tensors = {}
         for shard in shards:
             tensors.update(load_file(folder / shard))
-        return tensors
-    if (folder / MODEL_FILE).is_file():
-        return load_file(folder / MODEL_FILE)
-    raise MissingSafetensorsWeights(f"{folder}: no {MODEL_FILE} or {MODEL_FILE}.index.json (safetensors weights)")
+    elif (folder / MODEL_FILE).is_file():
+        tensors = load_file(folder / MODEL_FILE)
+    else:
+        raise MissingSafetensorsWeights(f"{folder}: no {MODEL_FILE} or {MODEL_FILE}.index.json (safetensors weights)")
+    for earlier, name in EARLIER_LAYOUT_KEY_MAPPING.items():
+        tensors = {re.sub(earlier, name, key): tensor for key, tensor in tensors.items()}
+    return tensors
 
 
 def checkpoint_step(folder) -> int | None:

@@ -18,18 +18,17 @@ starts from pretrained VGGT-1B and Qwen3-VL with new fusion modules. A model wit
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
 from gap_mllm.processing.model_paths import missing_local_folder
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
+from .checkpoints import load_model_weights
 from .config import ModelSource
 
 logger = logging.getLogger(__name__)
@@ -107,19 +106,6 @@ def load_model_and_processor(source: ModelSource):
 # ------------------------------------------------------------------------------------------ encoders of a saved folder
 
 
-def _folder_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return safetensors.torch.load_file(str(single), device="cpu")
-    index = folder / "model.safetensors.index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{folder} holds no model.safetensors (or sharded index): not a saved GAP-MLLM folder")
-    state = {}
-    for shard in sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())):
-        state.update(safetensors.torch.load_file(str(folder / shard), device="cpu"))
-    return state
-
-
 @torch.no_grad()
 def load_encoder_weights(model, folder, encoders=tuple(ENCODER_PREFIXES)) -> list[str]:
     """Copy every tensor of the given `encoders` ("geometry_encoder": `geometry_encoder.*`, "vision_tower":
@@ -133,7 +119,7 @@ def load_encoder_weights(model, folder, encoders=tuple(ENCODER_PREFIXES)) -> lis
         raise ValueError(f"unknown encoder(s) {sorted(unknown)}; choose from {sorted(ENCODER_PREFIXES)}")
     prefixes = tuple(ENCODER_PREFIXES[name] for name in encoders)
     folder = Path(folder)
-    source = _folder_state_dict(folder)
+    source = load_model_weights(folder)
     target = model.state_dict()
     wanted = [name for name in target if name.startswith(prefixes)]
     missing = [name for name in wanted if name not in source]
