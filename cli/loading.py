@@ -16,6 +16,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
+from gap_mllm.processing.model_paths import quantization_kwargs
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .errors import UserError
@@ -68,10 +69,13 @@ class ModelSource:
     is_tiny: bool
     flag: str = "--model"
 
-    def load_model(self, device: str = "cpu"):
-        """The model itself, in eval mode (the weights: the slow part)."""
-        return load_pretrained(AutoModel.from_pretrained, self.source, self.flag, checked=True,
-                               trust_remote_code=True).to(device).eval()
+    def load_model(self, device: str = "cpu", quantize: str | None = None):
+        """The model itself, in eval mode (the weights: the slow part); `quantize`: a `--quantize` choice
+        (`gap_mllm.processing.model_paths.quantization_kwargs`), None: as saved."""
+        kwargs = quantization_kwargs(quantize, device)
+        model = load_pretrained(AutoModel.from_pretrained, self.source, self.flag, checked=True,
+                                trust_remote_code=True, **kwargs)
+        return (model if "device_map" in kwargs else model.to(device)).eval()
 
 
 def load_model_source(model: str = MINI, flag: str = "--model", source: str | None = None,
@@ -100,11 +104,11 @@ def load_model_source(model: str = MINI, flag: str = "--model", source: str | No
 
 
 def load_model_and_processor(model: str = MINI, device: str = "cpu", flag: str = "--model",
-                              found: ModelSource | None = None, source: str | None = None):
+                              found: ModelSource | None = None, source: str | None = None, quantize: str | None = None):
     """`(model, processor, is_tiny)`, the model in eval mode (`load_model_source`, then the weights; `found`: its
     `ModelSource` already read, as `gap-mllm predict` reads it to check a request first; `source`: the folder or Hub
-    id `model` names, resolved by the caller). A source that cannot be loaded (no such folder, an empty one, truncated
-    weights, refused pickle weights, an unreachable Hub id, a checkpoint of another model type) is a `UserError`
-    naming it (`cli/model_source.py`)."""
+    id `model` names, resolved by the caller; `quantize`: a `--quantize` choice, `ModelSource.load_model`). A source
+    that cannot be loaded (no such folder, an empty one, truncated weights, refused pickle weights, an unreachable Hub
+    id, a checkpoint of another model type) is a `UserError` naming it (`cli/model_source.py`)."""
     found = found if found is not None else load_model_source(model, flag, source=source)
-    return found.load_model(device), found.processor, found.is_tiny
+    return found.load_model(device, quantize), found.processor, found.is_tiny

@@ -150,7 +150,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"gap-mllm predict: error: {error}", file=sys.stderr)
         return 2
-    model, processor, is_tiny = load_model_and_processor(args.model, found=found)  # progress bars (stderr) end here
+    # progress bars (stderr) end here
+    model, processor, is_tiny = load_model_and_processor(args.model, found=found, quantize=args.quantize)
     model.compile_decoding = args.compile_decoding  # generate's default (generation_gap_mllm.py)
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)

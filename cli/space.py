@@ -15,7 +15,7 @@ import importlib.util
 import sys
 
 from .argument_types import port_number, positive_int
-from .command_arguments import SPACE_HOST, SPACE_PORT, add_free_decoding_argument
+from .command_arguments import SPACE_HOST, SPACE_PORT, add_free_decoding_argument, add_quantize_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="generation budget (default: each task's own; generation stops at the answer's end)")
     add_free_decoding_argument(parser)
+    add_quantize_argument(parser)
     parser.add_argument("--concurrency", type=positive_int, default=1, help="requests run at once; the rest wait in the queue")
     parser.add_argument("--max-queue", type=positive_int, default=16, help="queued requests beyond which new ones are refused")
 
@@ -50,5 +51,6 @@ def main(args: argparse.Namespace) -> int:
     from .space_ui import SpaceSettings, launch
 
     launch(SpaceSettings(model=args.model, max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,
-                         max_queue=args.max_queue, constrained=args.constrained), host=args.host, port=args.port)
+                         max_queue=args.max_queue, constrained=args.constrained, quantize=args.quantize),
+           host=args.host, port=args.port)
     return 0

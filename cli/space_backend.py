@@ -130,17 +130,18 @@ def build_space_tiny(folder=None) -> Path:
     return folder
 
 
-def load_space_model(name: str = MINI, source: str | None = None):
+def load_space_model(name: str = MINI, source: str | None = None, quantize: str | None = None):
     """`(model, processor, is_tiny)` as the Space serves them (Auto classes + trust_remote_code, eval mode);
     "tiny" is the embedded untrained model with reconstruction heads (`build_space_tiny`). `source`: the folder or Hub
-    id `name` names, when the caller resolved it (`resolve_model_source`). Decoding is compiled on a dedicated GPU
+    id `name` names, when the caller resolved it (`resolve_model_source`); `quantize`: a `--quantize` choice
+    (`gap_mllm.processing.model_paths.quantization_kwargs`). Decoding is compiled on a dedicated GPU
     (`compile_decoding="auto"`: the compilation is paid once per server), not on ZeroGPU, whose every request runs in
     a fresh worker that would compile again (generation_gap_mllm.py)."""
     if name == TINY:
-        model, processor, _ = load_model_and_processor(str(build_space_tiny()))
+        model, processor, _ = load_model_and_processor(str(build_space_tiny()), quantize=quantize)
         is_tiny = True
     else:
-        model, processor, is_tiny = load_model_and_processor(name, source=source)
+        model, processor, is_tiny = load_model_and_processor(name, source=source, quantize=quantize)
     model.compile_decoding = "off" if on_zero_gpu() else "auto"
     return model, processor, is_tiny
 
@@ -208,6 +209,7 @@ class SpaceSettings:
     constrained: bool = True  # answers decoded inside their task's grammar (users want parseable answers)
     concurrency: int = 1
     max_queue: int = 16
+    quantize: str | None = None  # a `--quantize` choice (processing/model_paths.py); None: the weights as saved
     limits: UploadLimits = field(default_factory=UploadLimits)
     scene_sessions: int = 8  # sessions whose last encoded scene is kept (0: encode every request anew)
     scene_bytes: int = 2 << 30  # bound on the kept scenes' cached keys/values
@@ -246,7 +248,8 @@ class SpaceBackend:
         self.settings = settings
         # the folder or Hub id settings.model names, resolved once for the server (None: the tiny test model)
         self.source = None if settings.model == TINY else resolve_model_source(settings.model)
-        self.model, self.processor, self.is_tiny = loaded or load_space_model(settings.model, self.source)
+        self.model, self.processor, self.is_tiny = loaded or load_space_model(settings.model, self.source,
+                                                                              settings.quantize)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gap-mllm-space-"))
         self._own_work_dir = work_dir is None  # made here: removed whole by `close`
         self._folders: set[Path] = set()  # the requests' folders not yet removed

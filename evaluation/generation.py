@@ -23,7 +23,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from gap_mllm import register_auto_classes
 from gap_mllm.generation_gap_mllm import check_compile_decoding
 from gap_mllm.processing.collator import GapMllmDataCollator
-from gap_mllm.processing.model_paths import loading_bar_for
+from gap_mllm.processing.model_paths import loading_bar_for, quantization_kwargs
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 
@@ -75,16 +75,20 @@ class BatchGenerator:
         dtype: optional torch dtype for the weights (e.g. torch.bfloat16 on GPU).
         compile_decoding: "auto" (default: decode steps compiled to CUDA graphs on CUDA), "on" or "off"
             (generation_gap_mllm.py; the same answers).
+        quantize: a `--quantize` choice (`gap_mllm.processing.model_paths.quantization_kwargs`); None: as saved.
     """
 
-    def __init__(self, model_dir, device=None, max_new_tokens: int | None = None, dtype=None, compile_decoding="auto"):
+    def __init__(self, model_dir, device=None, max_new_tokens: int | None = None, dtype=None, compile_decoding="auto",
+                 quantize: str | None = None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         kwargs = {"trust_remote_code": True}
         register_auto_classes()  # the package's classes load the folder, not its remote-code copy
         if dtype is not None:
             kwargs["dtype"] = dtype
+        kwargs.update(quantization_kwargs(quantize, self.device))
         with loading_bar_for(model_dir):  # no progress bar for a small local checkpoint (GAP-MLLM-Mini)
-            self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs).to(self.device).eval()
+            self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs)
+        self.model = (self.model if "device_map" in kwargs else self.model.to(self.device)).eval()
         self.model.compile_decoding = check_compile_decoding(compile_decoding)  # generate's default for this model
         self.processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
         self.collator = GapMllmDataCollator(self.processor, train=False, padding_side="left")

@@ -6,7 +6,8 @@ another model, other data or other task settings, they would be scored as the ne
 also holds `run_fingerprint.json`, written before the first answer:
 
     task   the benchmark, `official_compat` (it turns the stop rule off), the `max_new_tokens` cap,
-           the official token budget of each stage and, when on, constrained decoding (`--constrained`)
+           the official token budget of each stage and, when on, constrained decoding (`--constrained`) and the
+           quantization of the weights at load (`--quantize`)
     model  sha256 of the weight files of the model folder (*.safetensors, *.bin, *.pt, *.pth, but the
            files Trainer saves beside a model: TRAINER_FILES) and of its configuration, tokenizer and
            processor files (MODEL_CONFIGURATION_FILES); a Hub id is read from its local snapshot (the
@@ -173,7 +174,7 @@ def numbers_difference(recorded: dict, current: dict) -> str | None:
     return None
 
 
-def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_tokens) -> dict:
+def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_tokens, quantize: str | None = None) -> dict:
     """The fingerprint of an evaluation run (module docstring); JSON-serialisable."""
     data = describe_data_root(data_dir)
     with open_regular_file(annotation_file) as handle:  # read once: its digest and its numbers' sketch
@@ -186,6 +187,7 @@ def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_token
             "stage_budgets": [spec.official_max_new_tokens for spec in task.stage_specs],
             # only when on: a free run's fingerprint stays the one written before constrained decoding existed
             **({"constrained": True} if getattr(task, "constrained", False) else {}),
+            **({"quantize": quantize} if quantize else {}),  # likewise: a run as saved keeps its fingerprint
         },
         "model": model_fingerprint(model_folder),
         "data": {
@@ -202,7 +204,8 @@ def run_fingerprint(task, model_folder, data_dir, annotation_file, max_new_token
 # what a difference is called in the refusal, per recorded field
 _FIELD_WORDS = {
     "task.name": "the task", "task.official_compat": "official_compat", "task.max_new_tokens": "the max_new_tokens cap",
-    "task.stage_budgets": "the official token budgets", "task.constrained": "constrained decoding (--constrained)", "model.weights": "the model weights",
+    "task.stage_budgets": "the official token budgets", "task.constrained": "constrained decoding (--constrained)",
+    "task.quantize": "the quantization of the weights (--quantize)", "model.weights": "the model weights",
     "model.configuration": "the model's configuration/tokenizer files", "data.annotation_file": "the annotation file name",
     "data.annotation_sha256": "the annotation file's content",
     "data.annotation_numbers": "the annotation file's numbers", "data.kind": "the kind of data", "data.name": "the data",

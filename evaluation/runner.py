@@ -45,8 +45,10 @@ from gap_mllm.files import read_regular_bytes
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.builders import load_annotation_file
 from gap_mllm.processing.dataset_identity import describe_data_root
+from gap_mllm.processing.errors import MissingDependency
 from gap_mllm.processing.held_out import check_held_out, record_scene_id
 from gap_mllm.processing.json_files import loads_json
+from gap_mllm.processing.model_paths import quantize_missing
 from gap_mllm.processing.output_folder import check_outside_data
 from gap_mllm.processing.scannet_layout import media_path, posed_images_dir
 
@@ -245,10 +247,11 @@ def one_load_per_model():
             _kept_generator = None
 
 
-def _generator(model_dir, model_identity: dict, device, max_new_tokens, compile_decoding):
+def _generator(model_dir, model_identity: dict, device, max_new_tokens, compile_decoding, quantize=None):
     """A `SceneGenerator` of `model_dir`: the one `one_load_per_model` keeps when it is of the same model, else a
     newly loaded one (kept in its place inside such a block)."""
-    key = (str(Path(model_dir).resolve()), json.dumps(model_identity, sort_keys=True), str(device), compile_decoding)
+    key = (str(Path(model_dir).resolve()), json.dumps(model_identity, sort_keys=True), str(device), compile_decoding,
+           quantize)
     kept = _kept_generator
     if kept is not None and kept.get("key") == key:
         generator = kept["generator"]
@@ -260,7 +263,7 @@ def _generator(model_dir, model_identity: dict, device, max_new_tokens, compile_
     if kept is not None:
         kept.clear()  # the model kept before is let go before this one loads
     generator = scene_generation.SceneGenerator(model_dir, device=device, max_new_tokens=max_new_tokens,
-                                                compile_decoding=compile_decoding)
+                                                compile_decoding=compile_decoding, quantize=quantize)
     if kept is not None:
         kept.update(key=key, generator=generator)
     return generator
@@ -268,7 +271,7 @@ def _generator(model_dir, model_identity: dict, device, max_new_tokens, compile_
 
 def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
                      rank, world, device, progress=True, scene_reuse=True, compile_decoding="auto",
-                     model_identity=None, digests: FrameDigests | None = None) -> None:
+                     model_identity=None, digests: FrameDigests | None = None, quantize: str | None = None) -> None:
     """Generate every sample whose id is not yet in the raw-output files (this rank's share); each row records the
     digest of the frames its answer was made from (`frames_digest`).
 
@@ -276,7 +279,8 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
     scene) go to the same process and are answered from one encoding of the scene (scene_generation.py);
     `scene_reuse=False` answers each with a full call (the one-at-a-time protocol, for comparison).
     `model_identity`: the model's `model_fingerprint` (default: computed here), which `one_load_per_model` checks.
-    `digests`: the frames' digests known so far (`reuse_answers` read them; default: none)."""
+    `digests`: the frames' digests known so far (`reuse_answers` read them; default: none). `quantize`: a `--quantize`
+    choice (`gap_mllm.processing.model_paths.quantization_kwargs`; None: the weights as saved)."""
     done = reports.read_raw_outputs(out_dir)
     todo = [i for i, sid in enumerate(ids) if sid not in done]
     first_requests = {i: task.request(records[i], 0, [], media_root) for i in todo}
@@ -286,7 +290,7 @@ def generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_s
         return
     if model_identity is None:
         model_identity = model_fingerprint(model_dir)
-    generator = _generator(model_dir, model_identity, device, max_new_tokens, compile_decoding)
+    generator = _generator(model_dir, model_identity, device, max_new_tokens, compile_decoding, quantize)
     request_for = sample_requests(task, records, ids, media_root)
     digests = FrameDigests() if digests is None else digests
     reports.end_torn_line(reports.raw_output_file(out_dir, rank))
@@ -321,13 +325,16 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
                    official_compat: bool = False, meteor: bool | None = None, limit: int | None = None,
                    plots: bool = True, progress: bool = True, scene_reuse: bool = True,
                    constrained: bool = False, compile_decoding: str = "auto",
-                   other_run_answers: str = "refuse", unrecorded_frames: str = "answer_again") -> dict | None:
+                   other_run_answers: str = "refuse", unrecorded_frames: str = "answer_again",
+                   quantize: str | None = None) -> dict | None:
     """Evaluate one task; returns the summary on the main process (None on the others).
 
     Exactly one of `model_dir` (generate) and `predictions_file` (score given texts) is needed.
     `scene_reuse=False` answers every sample with its own full model call (for comparison; same texts).
     `compile_decoding`: "auto" (default: compiled decode steps on CUDA), "on" or "off" (generation_gap_mllm.py; same texts).
     `constrained=True` decodes every answer inside its task's grammar (the paper's protocol decodes freely).
+    `quantize`: a `--quantize` choice, the language model quantized at load (`gap_mllm.processing.model_paths`
+    `quantization_kwargs`; recorded in the run's fingerprint); None (default): the weights as saved.
     `other_run_answers`: what becomes of answers in `out_dir` that another run wrote (run_fingerprint.py): "refuse"
     (default: a ValueError naming what differs, nothing changed) or "answer_again" (a warning; they are deleted and
     answered by this run: for a pipeline that owns `out_dir` and keeps a copy of them, as `gap-mllm mini` does).
@@ -345,6 +352,9 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
     check_outside_data(out_dir, data_dir, f"--out {out_dir}", f"--data {data_dir}")
     check_sample_limit(limit)
     check_batch_size(batch_size)
+    missing = quantize_missing(quantize) if model_dir is not None else None  # before any work
+    if missing is not None:
+        raise MissingDependency(missing)
     if constrained and predictions_file is not None:
         raise ValueError("constrained decoding applies to generated answers; --predictions are scored as given")
     task = get_task(task_name, official_compat, constrained)
@@ -379,13 +389,13 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
         return _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
                               predictions_file, rank, world, device, barrier, batch_size, max_new_tokens,
                               official_compat, meteor, limit, plots, progress, scene_reuse, compile_decoding,
-                              other_run_answers, unrecorded_frames)
+                              other_run_answers, unrecorded_frames, quantize)
 
 
 def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media_root, out_dir, model_dir,
                    predictions_file, rank, world, device, barrier, batch_size, max_new_tokens, official_compat, meteor,
                    limit, plots, progress, scene_reuse, compile_decoding="auto",
-                   other_run_answers="refuse", unrecorded_frames="answer_again") -> dict | None:
+                   other_run_answers="refuse", unrecorded_frames="answer_again", quantize=None) -> dict | None:
     """The answers (generated, resumed or read), their scores and the report of `run_evaluation`, written into
     `out_dir` while this run holds its lock."""
     unscored_rows = answers = None
@@ -401,7 +411,7 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
         # answers already in out_dir are resumed only if this same run wrote them (run_fingerprint.py); every
         # process reads the same files, so all refuse alike, and none writes before all have checked
         model_dir = local_model_folder(model_dir)  # a Hub id: its snapshot, hashed here and then loaded
-        fingerprint = run_fingerprint(task, model_dir, data_dir, annotation_file, max_new_tokens)
+        fingerprint = run_fingerprint(task, model_dir, data_dir, annotation_file, max_new_tokens, quantize)
         other_run = _other_run(out_dir, fingerprint, other_run_answers)
         barrier()
         digests = FrameDigests()
@@ -412,7 +422,8 @@ def _evaluate_into(task, records, ids, all_ids, annotation_file, data_dir, media
             answers = reuse_answers(task, records, ids, media_root, out_dir, digests, unrecorded_frames)
         barrier()  # no process reads the answers before the main one removed those answered again
         generate_missing(task, records, ids, media_root, out_dir, model_dir, batch_size, max_new_tokens,
-                         rank, world, device, progress, scene_reuse, compile_decoding, fingerprint["model"], digests)
+                         rank, world, device, progress, scene_reuse, compile_decoding, fingerprint["model"], digests,
+                         quantize)
         barrier()
         outputs_by_id = reports.read_raw_outputs(out_dir)
     if rank != 0:

@@ -411,18 +411,24 @@ def report_missing_weights(missing_keys, source: str) -> dict[str, list[str]]:
     return groups
 
 
+def _values(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or the values a quantizer's weight stands for (a tensor subclass with its own `dequantize`:
+    torchao's implement few operations, no `sum`), one weight at a time."""
+    return tensor.dequantize() if type(tensor).dequantize is not torch.Tensor.dequantize else tensor
+
+
 def first_non_finite_tensor(state_dict) -> str | None:
     """Name of the first floating-point, non-meta tensor of `state_dict` holding a NaN or an infinity, or None."""
     names, sums = {}, {}
     for position, (name, tensor) in enumerate(state_dict.items()):
         if tensor.is_floating_point() and not tensor.is_meta:
             names.setdefault(tensor.device, []).append((position, name))
-            sums.setdefault(tensor.device, []).append(tensor.sum(dtype=torch.float32))
+            sums.setdefault(tensor.device, []).append(_values(tensor).sum(dtype=torch.float32))
     broken = []
     for device, device_sums in sums.items():
         flagged = (~torch.isfinite(torch.stack(device_sums))).nonzero().flatten().tolist()  # the one synchronisation
         broken.extend(names[device][index] for index in flagged
-                      if not torch.isfinite(state_dict[names[device][index][1]]).all())
+                      if not torch.isfinite(_values(state_dict[names[device][index][1]])).all())
     return min(broken)[1] if broken else None
 
 
@@ -500,7 +506,7 @@ def largest_weight(state_dict) -> tuple[str, float] | None:
     names, extremes = {}, {}
     for name, tensor in state_dict.items():
         if tensor.is_floating_point() and not tensor.is_meta and tensor.numel():
-            low, high = torch.aminmax(tensor.detach())
+            low, high = torch.aminmax(_values(tensor.detach()))
             names.setdefault(tensor.device, []).append(name)
             extremes.setdefault(tensor.device, []).append(torch.maximum(-low, high).float())
     found = []

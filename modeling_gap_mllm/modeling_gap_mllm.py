@@ -666,7 +666,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
     """GAP-MLLM for image(s) + text → text generation: `model` (`GapMllmModel`) and `lm_head`, as Qwen3-VL's
     class, so that its weights are Qwen3-VL's (`model.visual.*`, `model.language_model.*`, `lm_head.weight`) plus
     `model.geometry_encoder.*` and `model.geometry_fusion.*`. Frozen by default: `model.visual` and
-    `model.geometry_encoder`.
+    `model.geometry_encoder`. A `quantization_config` converts the language model only (`_keep_in_fp32_modules`).
 
     `from_pretrained` loads a folder of this model, of the earlier layout (`vlm.*`, `EARLIER_LAYOUT_KEY_MAPPING`), or
     of a stock Qwen3-VL checkpoint, whose every weight loads while the geometry weights are reported as newly
@@ -676,6 +676,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
         ValueError: an unregistered `geometry_encoder_type`, or (installed package) weights that cannot fit in the
             memory left.
     """
+
+    _keep_in_fp32_modules = ["model.visual", "model.geometry_encoder", "model.geometry_fusion"]  # quantizers skip them
 
     def __init__(self, config: GapMllmConfig):
         checks = installed_package_module("checks", __name__)
@@ -726,9 +728,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
     def get_fused_image_features(self, pixel_values, image_grid_thw, views_per_sample, geometry_pixel_values=None,
                                  geometry_features=None, output_gates: bool = False, image_outputs=None, grids=None):
         """`GapMllmModel.get_fused_image_features`."""
-        return self.model.get_fused_image_features(pixel_values, image_grid_thw, views_per_sample,
-                                                   geometry_pixel_values, geometry_features, output_gates,
-                                                   image_outputs, grids)
+        return self.model.get_fused_image_features(pixel_values, image_grid_thw, views_per_sample, geometry_pixel_values,
+                                                   geometry_features, output_gates, image_outputs, grids)
 
     # ---- forward
     @can_return_tuple
@@ -780,8 +781,7 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
     # ---- generation
     def encode_scene(self, input_ids=None, pixel_values=None, image_grid_thw=None, output_gates: bool = False,
                      **kwargs) -> GapMllmScene:
-        """Encode one multi-view scene once (geometry encoder, vision tower, fusion, prefill of the prompt up
-        to the last view) for `generate(scene=...)`.
+        """Encode one multi-view scene once (encoders, fusion, prefill up to the last view) for `generate(scene=...)`.
 
         Args:
             input_ids, pixel_values, image_grid_thw, ...: the processor output for ONE sample, e.g.
