@@ -216,6 +216,14 @@ def table(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the run
+def saved_rows(path: Path) -> list[dict]:
+    """The rows of a run's --out file, or the JSON lines a `--point` process printed."""
+    text = path.read_text()
+    if text.lstrip().startswith("{\n") or text.lstrip().startswith('{"meta"'):
+        return json.loads(text)["rows"]
+    return [json.loads(line) for line in text.splitlines() if line.startswith('{"kind"')]
+
+
 def run_point(args, kind: str, frames: int, remaining: float) -> dict:
     """One point in a fresh process of this script; its row, or the error it ended with."""
     command = [sys.executable, str(Path(__file__).resolve()), "--point", kind, str(frames), *args.forwarded]
@@ -250,7 +258,8 @@ def parse(argv=None):
     parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run")
     parser.add_argument("--out", default="bench_frames_memory.json")
     parser.add_argument("--rows-from", nargs="+", default=None, metavar="JSON",
-                        help="measure nothing: table and fit of the rows of earlier runs' --out files, together")
+                        help="measure nothing: table and fit of the rows of earlier runs' --out files (or of a --point's "
+                             "printed line), together")
     parser.add_argument("--point", nargs=2, metavar=("KIND", "FRAMES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # what a point's process is given: the model and the point's settings, not the run's own options
@@ -267,7 +276,7 @@ def main(argv=None) -> int:
         print(json.dumps(measure_point(args, kind, frames)), flush=True)
         return 0
     if args.rows_from:
-        rows = [row for path in args.rows_from for row in json.loads(Path(path).read_text())["rows"]]
+        rows = [row for path in args.rows_from for row in saved_rows(Path(path))]
         rows.sort(key=lambda row: (row["frames"], KINDS.index(row["kind"])))
         print(table(rows))
         print(json.dumps(summarise([r for r in rows if "error" not in r], args.budgets, args.reserve), indent=2))

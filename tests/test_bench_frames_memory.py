@@ -60,3 +60,11 @@ def test_a_small_point_runs_and_reports_its_memory(kind):
     else:
         assert row["adamw_state_gib"] == pytest.approx(2 * row["trainable_parameters"] * 4 / 2**30)
         assert row["peak_with_adamw_gib"] == pytest.approx(row["peak_gib"] + row["adamw_state_gib"])
+
+
+def test_rows_are_read_back_from_a_run_file_and_from_point_lines(tmp_path):
+    run, point = tmp_path / "run.json", tmp_path / "point.log"
+    run.write_text('{"meta": {}, "rows": [{"kind": "answer", "frames": 4, "peak_gib": 6.5}]}')
+    point.write_text('warming up\n{"kind": "answer", "frames": 8, "peak_gib": 7.0}\n{}\n')
+    rows = [row for path in (run, point) for row in bench.saved_rows(path)]
+    assert [(row["frames"], row["peak_gib"]) for row in rows] == [(4, 6.5), (8, 7.0)]
