@@ -144,7 +144,8 @@ def measure_point(args, kind: str, frames: int) -> dict:
         state_gib = 2 * counts["trainable"] * dtype.itemsize / GIB
         row.update(sequence_tokens=int(inputs["input_ids"].shape[1]), optimizer=args.optimizer,
                    checkpointing=args.checkpointing, trainable_parameters=counts["trainable"],
-                   adamw_state_gib=state_gib, adamw_state="measured" if optimizer is not None else "added: 2 × trainable × bytes")
+                   adamw_state_gib=state_gib,
+                   adamw_state="measured" if optimizer is not None else "added: 2 × trainable × bytes")
     if cuda:
         torch.cuda.synchronize()
     row["seconds"] = time.perf_counter() - start
@@ -193,7 +194,8 @@ def summarise(rows: list[dict], budgets: list[float], reserve: float) -> dict:
             if len({r["frames"] for r in measured}) < 2:
                 continue
             fit = fit_memory([r["frames"] for r in measured], [r[key] for r in measured])
-            fit["frames_that_fit"] = {f"{budget:g}": frames_that_fit(fit["linear"], budget, reserve) for budget in budgets}
+            fit["frames_that_fit"] = {f"{budget:g}": frames_that_fit(fit["linear"], budget, reserve)
+                                      for budget in budgets}
             fit["largest_measured_frames"] = max(r["frames"] for r in measured)
             summary[f"{kind}:{key}"] = fit
     return summary
@@ -258,8 +260,8 @@ def parse(argv=None):
     parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run")
     parser.add_argument("--out", default="bench_frames_memory.json")
     parser.add_argument("--rows-from", nargs="+", default=None, metavar="JSON",
-                        help="measure nothing: table and fit of the rows of earlier runs' --out files (or of a --point's "
-                             "printed line), together")
+                        help="measure nothing: table and fit of the rows of earlier runs' --out files (or of "
+                             "a --point's printed line), together")
     parser.add_argument("--point", nargs=2, metavar=("KIND", "FRAMES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # what a point's process is given: the model and the point's settings, not the run's own options
