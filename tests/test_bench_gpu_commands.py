@@ -46,7 +46,7 @@ def gpu_commands() -> list[list[str]]:
 
 def test_the_readme_names_every_gpu_bench():
     scripts = {Path(argv[0]).name for argv in gpu_commands()}
-    assert scripts == {"bench_real_size.py", "bench_eval_scale.py", "bench_engines.py", "bench_geometry_encoder.py",
+    assert scripts == {"bench_real_size.py", "bench_frames_memory.py", "bench_eval_scale.py", "bench_engines.py", "bench_geometry_encoder.py",
                        "bench_train_arms.py", "bench_zero_resume.py"}
 
 

@@ -1,0 +1,312 @@
+"""Peak memory against frames at the real size (Qwen3-VL-2B + VGGT-1B, random weights): one answer and one training
+step per frame count, each in a fresh process, and a fitted model of memory against frames.
+
+    python bench/bench_frames_memory.py --real-size --device cpu --frames 4 8 16 --out frames_cpu.json
+    python bench/bench_frames_memory.py --real-size --device cuda --frames 4 8 16 32 64 128 --out frames_cuda.json
+    python bench/bench_frames_memory.py --size small --frames 1 2 3 --out small.json    # seconds: the script's check
+
+Points (each a subprocess of this script, `--point KIND FRAMES`, so that one point's peak is not another's):
+
+  answer   `generate` on one sample of N frames at the official inference frames (Qwen 416×544, 221 visual tokens a
+           frame; VGGT 364×476, 889 tokens a frame): geometry encoder + ViT + fusion + prefill + `--new-tokens` (32)
+           greedy tokens, under `torch.inference_mode`
+  train    one training step of one sample of N frames at the official training frames (Qwen 384×512, 192 tokens;
+           VGGT 336×448, 773 tokens), a 32-token answer, through `GeometryAlignedModel` (the official freezing: ViT and
+           VGGT frozen, LLM, mergers and gates trained; logits only at the answer), activation checkpointing as the
+           real-size recipes set it (`--checkpointing off` to drop it); `--optimizer adamw` runs two steps of
+           AdamW (bf16 states), so that the second step's forward runs beside the optimizer states; `--optimizer
+           none` runs forward + backward only and adds AdamW's states as arithmetic (2 × trainable parameters ×
+           bytes), the CPU setting when the states do not fit the machine
+
+What is counted:
+
+  cpu      the process's peak resident set (VmHWM, /proc/self/status) minus its resident set after the imports
+           (torch, transformers, gap_mllm): weights, inputs, activations, KV cache, gradients and the allocator's
+           slack, everything the process touched; `weights_gib` is the resident set after the build minus the same
+           baseline
+  cuda     torch.cuda.max_memory_allocated (the tensors of the caching allocator); max_memory_reserved beside it; the
+           CUDA context (about 0.5 GiB) is in neither
+
+The fit (per kind, peak GiB against frames N): least squares of `a + b·N`, with its largest residual; with four
+points or more also `a + b·N + c·N²`, the quadratic term that an attention holding its N²-token score matrix adds
+(eager attention; sdpa's flash and memory-efficient kernels hold none); the frame count that fits each of
+`--budgets` (GiB, less `--reserve` for the CUDA context and fragmentation) follows from the linear fit, and is
+an estimate wherever it lies beyond the measured frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
+
+GIB = 2**30
+KINDS = ("answer", "train")
+GRIDS = {"real": {"answer": "infer", "train": "train"}, "small": {"answer": "small", "train": "small"}}
+# The quantized modes plug in here: a name → a function (model size, device, dtype, attn) -> model, built as
+# `build_model` builds the bf16 one. Only the unquantized build exists so far.
+QUANTIZED_BUILDS: dict = {}
+
+
+# ------------------------------------------------------------------------------------------ one point
+def memory_kib(field: str) -> int:
+    """A `/proc/self/status` memory field (VmRSS, VmHWM) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's VmHWM to its resident set now (`5` to /proc/self/clear_refs, Linux 4.0+); whether it was."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def build(args):
+    from real_size_model import build_model
+
+    if args.quantize != "none":
+        return QUANTIZED_BUILDS[args.quantize](args.size, args.device, args.dtype, args.attn)
+    import torch
+
+    return build_model(args.size, args.device, getattr(torch, args.dtype), args.attn)
+
+
+def attention_implementations(model) -> dict:
+    """The attention implementation each part of the model runs."""
+    config = model.config
+    return {"llm": config.text_config._attn_implementation, "vision": config.vision_config._attn_implementation,
+            "geometry": config.geometry_config._attn_implementation}
+
+
+def measure_point(args, kind: str, frames: int) -> dict:
+    """Build the model and run one `kind` point at `frames` frames in this process; its memory figures."""
+    import torch
+    from real_size_inputs import QWEN_GRIDS, full_inputs, to_device
+    from real_size_model import parameter_counts, special_ids
+
+    from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
+
+    cuda = args.device.startswith("cuda")
+    peak_reset = reset_peak_rss()  # the imports' own peak is not the point's
+    baseline_kib = memory_kib("VmRSS")
+    dtype = getattr(torch, args.dtype)
+    start = time.perf_counter()
+    model = build(args)
+    build_s = time.perf_counter() - start
+    weights_gib = (torch.cuda.memory_allocated() if cuda else (memory_kib("VmRSS") - baseline_kib) * 1024) / GIB
+    ids = special_ids(model.config)
+    grid = QWEN_GRIDS[GRIDS[args.size][kind]]
+    row = {"kind": kind, "frames": frames, "grid": list(grid), "visual_tokens_per_frame": grid[0] * grid[1] // 4,
+           "geometry_tokens_per_frame": grid[0] * grid[1] + 5, "attn_implementation": attention_implementations(model),
+           "build_s": build_s, "weights_gib": weights_gib, "baseline_rss_gib": baseline_kib / 2**20,
+           "peak_rss_reset": peak_reset}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    if kind == "answer":
+        inputs = to_device(full_inputs(model.config, ids, views=frames, grid=grid), args.device, dtype)
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                 do_sample=False)
+        row.update(prompt_tokens=int(inputs["input_ids"].shape[1]),
+                   new_tokens=int(out.shape[1] - inputs["input_ids"].shape[1]))
+    else:
+        inputs = to_device(full_inputs(model.config, ids, views=frames, grid=grid, answer_length=args.answer_tokens),
+                           args.device, dtype)
+        model.train()
+        if args.checkpointing == "on":
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        wrapped = GeometryAlignedModel(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=cuda) if args.optimizer == "adamw" else None
+        for _ in range(2 if optimizer is not None else 1):
+            loss = wrapped(**inputs).loss
+            loss.backward()
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite loss {loss.item()}")
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        counts = parameter_counts(model)
+        state_gib = 2 * counts["trainable"] * dtype.itemsize / GIB
+        row.update(sequence_tokens=int(inputs["input_ids"].shape[1]), optimizer=args.optimizer,
+                   checkpointing=args.checkpointing, trainable_parameters=counts["trainable"],
+                   adamw_state_gib=state_gib,
+                   adamw_state="measured" if optimizer is not None else "added: 2 × trainable × bytes")
+    if cuda:
+        torch.cuda.synchronize()
+    row["seconds"] = time.perf_counter() - start
+    if cuda:
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
+        row["reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+    else:
+        row["peak_gib"] = (memory_kib("VmHWM") - baseline_kib) * 1024 / GIB
+    row["peak_above_weights_gib"] = row["peak_gib"] - weights_gib
+    if kind == "train" and args.optimizer == "none":
+        row["peak_with_adamw_gib"] = row["peak_gib"] + row["adamw_state_gib"]
+    return row
+
+
+# ------------------------------------------------------------------------------------------ the fit
+def fit_memory(frames, peaks) -> dict:
+    """Least-squares fits of `peaks` (GiB) against `frames`: linear `a + b·N` (intercept, per-frame slope, largest
+    residual) and, with four points or more, quadratic `a + b·N + c·N²`."""
+    x, y = np.asarray(frames, dtype=float), np.asarray(peaks, dtype=float)
+    if len(x) < 2 or len(set(x.tolist())) < 2:
+        raise ValueError(f"a fit needs two different frame counts, got {list(frames)}")
+    slope, intercept = np.polyfit(x, y, 1)
+    fit = {"points": len(x), "linear": {"intercept_gib": float(intercept), "per_frame_gib": float(slope),
+                                        "max_residual_gib": float(np.abs(intercept + slope * x - y).max())}}
+    if len(set(x.tolist())) >= 4:
+        c, b, a = np.polyfit(x, y, 2)
+        fit["quadratic"] = {"intercept_gib": float(a), "per_frame_gib": float(b), "per_frame_squared_gib": float(c),
+                            "max_residual_gib": float(np.abs(a + b * x + c * x * x - y).max())}
+    return fit
+
+
+def frames_that_fit(linear: dict, budget_gib: float, reserve_gib: float = 0.0) -> int:
+    """The largest frame count whose linear-fit peak stays within `budget_gib - reserve_gib` (0 if none does)."""
+    room = budget_gib - reserve_gib - linear["intercept_gib"]
+    if linear["per_frame_gib"] <= 0:
+        raise ValueError(f"per-frame memory {linear['per_frame_gib']:.4f} GiB is not positive: no frame limit")
+    return max(0, int(room // linear["per_frame_gib"]))
+
+
+def summarise(rows: list[dict], budgets: list[float], reserve: float) -> dict:
+    """Per kind, the fit of the measured points and the frame counts that fit each budget."""
+    summary = {}
+    for kind in KINDS:
+        for key in ("peak_gib", "peak_with_adamw_gib"):
+            measured = [r for r in rows if r["kind"] == kind and key in r]
+            if len({r["frames"] for r in measured}) < 2:
+                continue
+            fit = fit_memory([r["frames"] for r in measured], [r[key] for r in measured])
+            fit["frames_that_fit"] = {f"{budget:g}": frames_that_fit(fit["linear"], budget, reserve)
+                                      for budget in budgets}
+            fit["largest_measured_frames"] = max(r["frames"] for r in measured)
+            summary[f"{kind}:{key}"] = fit
+    return summary
+
+
+def table(rows: list[dict]) -> str:
+    """The measured points as a Markdown table."""
+    lines = ["| kind | frames | tokens | peak GiB | weights GiB | above weights GiB | with AdamW states GiB | s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['kind']} | {r['frames']} | | {r['error'][:60]} | | | | |")
+            continue
+        tokens = r.get("prompt_tokens", r.get("sequence_tokens"))
+        with_adamw = r.get("peak_with_adamw_gib", r["peak_gib"] if r.get("adamw_state") == "measured" else None)
+        lines.append(f"| {r['kind']} | {r['frames']} | {tokens} | {r['peak_gib']:.2f} | {r['weights_gib']:.2f} | "
+                     f"{r['peak_above_weights_gib']:.2f} | {'' if with_adamw is None else f'{with_adamw:.2f}'} | "
+                     f"{r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ the run
+def saved_rows(path: Path) -> list[dict]:
+    """The rows of a run's --out file, or the JSON lines a `--point` process printed."""
+    text = path.read_text()
+    if text.lstrip().startswith("{\n") or text.lstrip().startswith('{"meta"'):
+        return json.loads(text)["rows"]
+    return [json.loads(line) for line in text.splitlines() if line.startswith('{"kind"')]
+
+
+def run_point(args, kind: str, frames: int, remaining: float) -> dict:
+    """One point in a fresh process of this script; its row, or the error it ended with."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--point", kind, str(frames), *args.forwarded]
+    timeout = None if remaining == float("inf") else max(1.0, remaining)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"kind": kind, "frames": frames, "error": f"past the time budget ({timeout:.0f} s)"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"kind": kind, "frames": frames, "error": f"exit {done.returncode}: {tail}"[:300]}
+    return json.loads(lines[-1])
+
+
+def parse(argv=None):
+    from bench_real_size import add_size_arguments
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_size_arguments(parser)
+    parser.set_defaults(dtype="bfloat16")
+    parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--attn", default="sdpa", help="attention implementation of every part (default: sdpa)")
+    parser.add_argument("--quantize", default="none", choices=("none", *QUANTIZED_BUILDS))
+    parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens of an answer")
+    parser.add_argument("--answer-tokens", type=int, default=32, help="answer tokens of a training sample")
+    parser.add_argument("--optimizer", choices=("adamw", "none"), default="adamw")
+    parser.add_argument("--checkpointing", choices=("on", "off"), default="on")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[24.0, 80.0], help="GPU memory, GiB")
+    parser.add_argument("--reserve", type=float, default=1.0, help="GiB of each budget kept for the CUDA context")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run")
+    parser.add_argument("--out", default="bench_frames_memory.json")
+    parser.add_argument("--rows-from", nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: table and fit of the rows of earlier runs' --out files (or of "
+                             "a --point's printed line), together")
+    parser.add_argument("--point", nargs=2, metavar=("KIND", "FRAMES"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # what a point's process is given: the model and the point's settings, not the run's own options
+    args.forwarded = ["--size", args.size, "--device", args.device, "--dtype", args.dtype, "--attn", args.attn,
+                      "--quantize", args.quantize, "--new-tokens", str(args.new_tokens), "--answer-tokens",
+                      str(args.answer_tokens), "--optimizer", args.optimizer, "--checkpointing", args.checkpointing]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.point:
+        kind, frames = args.point[0], int(args.point[1])
+        print(json.dumps(measure_point(args, kind, frames)), flush=True)
+        return 0
+    if args.rows_from:
+        rows = [row for path in args.rows_from for row in saved_rows(Path(path))]
+        rows.sort(key=lambda row: (row["frames"], KINDS.index(row["kind"])))
+        print(table(rows))
+        print(json.dumps(summarise([r for r in rows if "error" not in r], args.budgets, args.reserve), indent=2))
+        return 0
+    from needs_gpu import require_cuda
+
+    require_cuda(Path(__file__).name, args.device)
+    start, rows = time.perf_counter(), []
+    results = {"meta": {"command": " ".join(["python", "bench/bench_frames_memory.py", *(argv or sys.argv[1:])]),
+                        "size": args.size, "device": args.device, "dtype": args.dtype, "attn": args.attn,
+                        "quantize": args.quantize, "threads": os.environ.get("OMP_NUM_THREADS"),
+                        "counted": "peak RSS (VmHWM) minus RSS after imports" if args.device == "cpu"
+                                   else "torch.cuda.max_memory_allocated"}}
+    for frames in sorted(args.frames):
+        for kind in args.kinds:
+            remaining = float("inf") if args.budget is None else args.budget - (time.perf_counter() - start)
+            if remaining <= 0:
+                row = {"kind": kind, "frames": frames, "error": "skipped: time budget spent"}
+            else:
+                row = run_point(args, kind, frames, remaining)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            results.update(rows=rows, fit=summarise([r for r in rows if "error" not in r], args.budgets, args.reserve))
+            Path(args.out).write_text(json.dumps(results, indent=2))
+    print(table(rows))
+    print(json.dumps(results["fit"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
