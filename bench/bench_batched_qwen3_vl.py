@@ -28,14 +28,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLVisionAttention
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionAttention
 
 from gap_mllm.mini.mini_config import build_mini_model
 from gap_mllm.processing.collator import GapMllmDataCollator
-from gap_mllm.speedups import GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention
+from gap_mllm.modeling_gap_mllm import GapMllmModel
+from gap_mllm.speedups import BatchedGapMllmModel, GapMllmQwen3VLVisionAttention
 from gap_mllm.tasks_gap_mllm import GROUNDING_STAGE1
 
-ARMS = {"loops": (Qwen3VLModel, Qwen3VLVisionAttention), "batched": (GapMllmQwen3VLModel, GapMllmQwen3VLVisionAttention)}
+# the model is GapMllmModel (Qwen3VLModel plus geometry): its stock loops, or its batch-wide subclass
+ARMS = {"loops": (GapMllmModel, Qwen3VLVisionAttention), "batched": (BatchedGapMllmModel, GapMllmQwen3VLVisionAttention)}
 
 
 def switch(model, classes) -> None:
@@ -105,7 +107,7 @@ def main() -> None:
 
     def vision_tower():
         with torch.no_grad():
-            return inner.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+            return inner.get_vision_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
 
     def train_step():
         model.zero_grad(set_to_none=True)
