@@ -295,6 +295,7 @@ class EngineBench:
         return result
 
     def grounding_stage1(self) -> dict:
+        from gap_mllm.generation import encode_scene, generate
         from gap_mllm.tasks_gap_mllm import resolve_task
 
         spec, tokens = resolve_task("grounding_stage1"), self.settings["stage1_tokens"]
@@ -319,9 +320,9 @@ class EngineBench:
         self.sync()
         start = time.perf_counter()
         with torch.inference_mode():
-            scene = self.model.encode_scene(**self.processor(images=frames, text=prefix, return_tensors="pt").to(self.device))
+            scene = encode_scene(self.model, **self.processor(images=frames, text=prefix, return_tensors="pt").to(self.device))
             question_inputs = self.processor(text=suffixes, return_tensors="pt").to(self.device)
-            reused = self.model.generate(scene=scene, **question_inputs, **options)[:, question_inputs["input_ids"].shape[1]:]
+            reused = generate(self.model, scene=scene, **question_inputs, **options)[:, question_inputs["input_ids"].shape[1]:]
         self.sync()
         result["package_scene_reuse_s"] = time.perf_counter() - start
         result["scene_reuse_equal_to_full"] = sum(a == b for a, b in zip(reused.tolist(), full))

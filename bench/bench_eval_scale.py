@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling 
 from needs_gpu import require_cuda  # noqa: E402
 
 from gap_mllm.cli.command_arguments import add_compile_decoding_argument  # noqa: E402
-from gap_mllm.generation_gap_mllm import decode_compile_config  # noqa: E402
+from gap_mllm.generation import decode_compile_config  # noqa: E402
 from gap_mllm.processing.tasks.grounding import OFFICIAL_STAGE2_NEIGHBOURS  # noqa: E402
 from gap_mllm.processing_gap_mllm import PREPROCESSING_MODES  # noqa: E402
 from gap_mllm.speedups import static_cache_pool  # noqa: E402
@@ -239,7 +239,7 @@ def run_arm(generator, slice_, batch_size: int, scene_reuse: bool,
 
 def compiled_graphs() -> int:
     """The graphs torch.compile has made in this process so far (dynamo's count): a run's difference is what it
-    compiled (the decode step's: at most 5 in a run, generation_gap_mllm.py; a timed run after its untimed one, 0)."""
+    compiled (the decode step's: at most 5 in a run, gap_mllm/generation.py; a timed run after its untimed one, 0)."""
     from torch._dynamo.utils import counters
 
     return counters["stats"]["unique_graphs"]
@@ -330,7 +330,7 @@ def scanrefer_estimate(arm: dict, samples: int, scene_reuse: bool) -> dict:
     The seconds per view carry over only at ScanRefer's views per scene (the geometry encoder attends across all the
     views of a scene), so a slice whose stage-1 requests do not all have 32 views, or whose stage-2 requests never
     reach 19, gets `refused` with the reason and no minutes (the H200 run's ~22 minutes came from the Mini's 8 and
-    at most 7 views of 160×128 frames). Compiling the decode step (a few graphs per run, generation_gap_mllm.py) is
+    at most 7 views of 160×128 frames). Compiling the decode step (a few graphs per run, gap_mllm/generation.py) is
     not in it."""
     stages = arm.get("task_stages", [])
     views = [stage["views_requested"] for stage in stages]
@@ -410,13 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_eval_scale_"))
     try:
         from gap_mllm.evaluation.scene_generation import SceneGenerator
-        from gap_mllm.generation_gap_mllm import check_compile_decoding
 
         start = time.perf_counter()
         model, processor = build_model(size, args.device, padded_vocab=args.padded_vocab,  # on args.device
                                        preprocessing_mode=preprocessing)
-        model.compile_decoding = check_compile_decoding(args.compile_decoding)
-        generator = SceneGenerator.from_model(model, processor, max_new_tokens=max_new_tokens)
+        generator = SceneGenerator.from_model(model, processor, max_new_tokens=max_new_tokens,
+                                              compile_decoding=args.compile_decoding)
         load_s = time.perf_counter() - start
         print(f"model {size}: built / loaded once in {load_s:.2f} s (left out of the per-query figures)", flush=True)
 

@@ -19,7 +19,7 @@ every measurement, so a run cut short keeps what it measured; progress goes to s
   generate_compiled     the same with compile_decoding="on" (static cache, decode step as a CUDA graph); the first
                         call's compilation timed apart; whether its tokens equal the uncompiled ones
   scene_reuse_k8        8 questions on one 4-view scene: 8 full generate calls vs encode_scene + 8
-                        generate(scene=...) calls vs one batched call; ratios and whether answers agree
+                        generate(model, scene=...) calls vs one batched call; ratios and whether answers agree
   train_step_<attn>     forward + backward + AdamW step of GeometryAlignedModel (official freezing: ViT and
                         VGGT frozen; LLM, mergers, gates trained; bf16 weights and optimizer states), batch 2
                         × 4 training frames: step time, tokens/s, peak memory, MFU (real_size_flops.py);
@@ -52,6 +52,7 @@ from real_size_inputs import QWEN_GRIDS, full_inputs, image_inputs, question_suf
 from real_size_model import build_model, parameter_counts, special_ids  # noqa: E402
 from needs_gpu import arm_unavailable, require_cuda, require_kernel  # noqa: E402
 
+from gap_mllm.generation import encode_scene, generate  # noqa: E402
 from gap_mllm.training.kernels import ATTENTION_IMPLEMENTATIONS, FLASH_PACKAGES  # noqa: E402
 
 # VGGT README, aggregator only, one H100, FlashAttention-3, 518×518 (docs/vggt.md §8): frames → (s, GB)
@@ -257,8 +258,8 @@ class Bench:
         count = self.settings["generate_tokens"]
 
         def run(new_tokens, compile_decoding):
-            return lambda: self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                               do_sample=False, compile_decoding=compile_decoding)
+            return lambda: generate(self.model, **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                    do_sample=False, compile_decoding=compile_decoding)
 
         # on the CPU (the small run that keeps this path working) the same capture with Dynamo's eager backend: no
         # inductor build there, and no speed figure is claimed for it
@@ -303,8 +304,8 @@ class Bench:
             return answers
 
         def one_by_one():
-            scene = self.model.encode_scene(**scene_inputs)
-            return [self.model.generate(scene=scene, input_ids=q[None].to(self.device), **options)[0, len(q):]
+            scene = encode_scene(self.model, **scene_inputs)
+            return [generate(self.model, scene=scene, input_ids=q[None].to(self.device), **options)[0, len(q):]
                     for q in questions]
 
         width = max(len(q) for q in questions)
@@ -314,8 +315,8 @@ class Bench:
             batch_ids[row, width - len(question):], batch_mask[row, width - len(question):] = question, 1
 
         def batched():
-            scene = self.model.encode_scene(**scene_inputs)
-            out = self.model.generate(scene=scene, input_ids=batch_ids.to(self.device),
+            scene = encode_scene(self.model, **scene_inputs)
+            out = generate(self.model, scene=scene, input_ids=batch_ids.to(self.device),
                                       attention_mask=batch_mask.to(self.device), **options)
             return list(out[:, width:])
 

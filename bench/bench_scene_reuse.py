@@ -3,8 +3,8 @@
 For each size (tiny, small) and K in --questions (default 1, 4, 8, 32), on one 4-view scene:
   full      K ordinary `generate` calls on the whole prompt (geometry encoder, vision tower, fusion and
             the multi-view prefill every time): what the runner and the Space did before scene reuse
-  scene     `encode_scene` once, then K `generate(scene=...)` calls, one question each (batch 1)
-  batched   `encode_scene` once, then ONE `generate(scene=...)` call with the K questions batched
+  scene     `encode_scene` once, then K `generate(model, scene=...)` calls, one question each (batch 1)
+  batched   `encode_scene` once, then ONE `generate(model, scene=...)` call with the K questions batched
 Every arm produces exactly `--new-tokens` tokens per question (min = max new tokens), greedy; the
 answers of `scene` and `batched` are checked equal to `full` before timing. Inputs are prepared by the
 processor outside the timed region. Arms are interleaved (full, scene, batched, full, ...) so machine
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gap_mllm.generation import encode_scene, generate
 from gap_mllm.tiny.tiny_model import build_tiny_model
 from gap_mllm.tiny.tiny_tokenizer import build_tiny_processor
 
@@ -75,13 +76,13 @@ def bench_size(size: str, num_views: int, counts: list[int], repeats: int, new_t
             return [model.generate(**inputs, **generation)[0, inputs["input_ids"].shape[1]:] for inputs in full_inputs]
 
         def scene():
-            encoded = model.encode_scene(**scene_inputs)
-            return [model.generate(scene=encoded, **inputs, **generation)[0, inputs["input_ids"].shape[1]:]
+            encoded = encode_scene(model, **scene_inputs)
+            return [generate(model, scene=encoded, **inputs, **generation)[0, inputs["input_ids"].shape[1]:]
                     for inputs in single_inputs]
 
         def batched():
-            encoded = model.encode_scene(**scene_inputs)
-            out = model.generate(scene=encoded, **batch_inputs, **generation)
+            encoded = encode_scene(model, **scene_inputs)
+            out = generate(model, scene=encoded, **batch_inputs, **generation)
             return list(out[:, batch_inputs["input_ids"].shape[1]:])
 
         arms = {"full": full, "scene": scene, "batched": batched}

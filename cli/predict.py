@@ -152,10 +152,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     # progress bars (stderr) end here
     model, processor, is_tiny = load_model_and_processor(args.model, found=found, quantize=args.quantize)
-    model.compile_decoding = args.compile_decoding  # generate's default (generation_gap_mllm.py)
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)
     result = run_task(model, processor, scene.views, request, max_new_tokens=args.max_new_tokens,
+                      compile_decoding=args.compile_decoding,
                       constrained=args.constrained, inputs=inputs)
     comparison = _comparison(found, args.constrained, scene, request, result) if args.example else {}
     answer = {**result.to_dict(), **comparison}

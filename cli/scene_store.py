@@ -1,7 +1,7 @@
 """The Space's memory of encoded scenes: one per session, a few sessions at most.
 
 A Space user asks one question after another about the same upload. `SceneStore` keeps the last scene
-each session encoded (`model.encode_scene`: geometry encoder, vision tower, fusion, multi-view prefill),
+each session encoded (`gap_mllm.generation.encode_scene`: geometry encoder, vision tower, fusion, multi-view prefill),
 keyed by the exact frames, the marker and the prompt's tokens up to the last view, so the next question on
 the same frames only prefills the question. A new upload, another example, a changed frame or marker
 gives another key: the session's old scene is replaced (never reused for other frames). The store is
@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from gap_mllm.generation_gap_mllm import scene_prefix_length
+from gap_mllm.generation import encode_scene, generate, scene_prefix_length
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 DEFAULT_SESSION = "default"
@@ -98,10 +98,12 @@ class SceneStore:
 
 
 def answer_on_stored_scene(model, processor, views, inputs, marker, task: str, max_new_tokens: int | None,
-                           store: SceneStore, session: str | None, constrained: bool = False):
+                           store: SceneStore, session: str | None, constrained: bool = False,
+                           compile_decoding="off"):
     """Greedy answer to the request whose processor output is `inputs` (one sample: `views`, with `marker` painted,
     and the task's prompt; on the model's device) through the session's stored scene (encoded from `inputs` if
-    needed: `encode_scene` reads the prompt up to its last view); inside the task's answer grammar with `constrained`.
+    needed: `encode_scene` reads the prompt up to its last view); inside the task's answer grammar with `constrained`;
+    `compile_decoding` as for `gap_mllm.generation.generate`.
     The question is the rest of the same prompt, so the processor runs once per request.
 
     Returns:
@@ -111,12 +113,13 @@ def answer_on_stored_scene(model, processor, views, inputs, marker, task: str, m
     input_ids = inputs["input_ids"]
     length = scene_prefix_length(input_ids, model.config.vision_end_token_id)
     scene = store.get_or_encode(session, scene_key(views, marker, input_ids[0, :length].tolist()),
-                                lambda: model.encode_scene(**inputs, output_gates=True))
+                                lambda: encode_scene(model, **inputs, output_gates=True))
     question_ids, question_mask = input_ids[:, length:], inputs["attention_mask"][:, length:]
     # The task's budget and stop rule. Inside generate(scene=...) the sequence is the scene prefix + the
     # question (it returns only the question + the answer), so the answer starts after both.
     prompt_length = scene.prefix_ids.shape[1] + question_ids.shape[1]
     options = resolve_task(task).generation_kwargs(processor.tokenizer, prompt_length, max_new_tokens, constrained,
                                                    num_views=len(views))
-    generated = model.generate(scene=scene, input_ids=question_ids, attention_mask=question_mask, **options)
+    generated = generate(model, scene=scene, input_ids=question_ids, attention_mask=question_mask,
+                         compile_decoding=compile_decoding, **options)
     return generated, question_ids, scene.fusion_gates, scene.image_grid_thw

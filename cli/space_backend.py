@@ -134,16 +134,20 @@ def load_space_model(name: str = MINI, source: str | None = None, quantize: str 
     """`(model, processor, is_tiny)` as the Space serves them (Auto classes + trust_remote_code, eval mode);
     "tiny" is the embedded untrained model with reconstruction heads (`build_space_tiny`). `source`: the folder or Hub
     id `name` names, when the caller resolved it (`resolve_model_source`); `quantize`: a `--quantize` choice
-    (`gap_mllm.processing.model_paths.quantization_kwargs`). Decoding is compiled on a dedicated GPU
-    (`compile_decoding="auto"`: the compilation is paid once per server), not on ZeroGPU, whose every request runs in
-    a fresh worker that would compile again (generation_gap_mllm.py)."""
+    (`gap_mllm.processing.model_paths.quantization_kwargs`)."""
     if name == TINY:
         model, processor, _ = load_model_and_processor(str(build_space_tiny()), quantize=quantize)
         is_tiny = True
     else:
         model, processor, is_tiny = load_model_and_processor(name, source=source, quantize=quantize)
-    model.compile_decoding = "off" if on_zero_gpu() else "auto"
     return model, processor, is_tiny
+
+
+def space_compile_decoding() -> str:
+    """How the Space decodes (`gap_mllm.generation.generate`'s `compile_decoding`): compiled on a dedicated GPU ("auto":
+    the compilation is paid once per server), not on ZeroGPU, whose every request runs in a fresh worker that would
+    compile again."""
+    return "off" if on_zero_gpu() else "auto"
 
 
 def upload_folder() -> Path:
@@ -400,7 +404,8 @@ class SpaceBackend:
             scene = reconstructed_scene(self.model, self.processor, scene.views,
                                         images=unmarked_geometry_images(inputs, request.marker))
         result = run_task(self.model, self.processor, scene.views, request, max_new_tokens=self.settings.max_new_tokens,
-                          scenes=self.scenes, session=session, constrained=self.settings.constrained, inputs=inputs)
+                          scenes=self.scenes, session=session, constrained=self.settings.constrained, inputs=inputs,
+                          compile_decoding=space_compile_decoding())
         return scene, result
 
     def _run(self, files, example_name, task_label, query, object_choice, box_text, marker_text,

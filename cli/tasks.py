@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from gap_mllm.checks import context_limit, positions_after
+from gap_mllm.generation import generate
 from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.speedups import mrope_position_ids
 from gap_mllm.tasks_gap_mllm import (
@@ -284,7 +285,7 @@ def _token_grids(image_grid_thw: torch.Tensor, merge: int) -> list[tuple[int, in
 
 @torch.no_grad()
 def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None, scenes=None,
-             session: str | None = None, constrained: bool = True, inputs=None) -> TaskResult:
+             session: str | None = None, constrained: bool = True, inputs=None, compile_decoding="off") -> TaskResult:
     """Run one request on one multi-view sample (greedy decoding, stopped at the end of the answer, inside the
     task's answer grammar unless `constrained=False`) and collect what the UI shows. One processor call, one
     geometry-encoder forward: the gates are those of the answer's own prefill (`prefill_fusion_gates`).
@@ -303,6 +304,7 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
             the task's format; the front ends' default (`--free` turns it off).
         inputs: the processor's output for this request, when the front end made it to check the request
             (`check_request`, after validating the request); None: the request is validated and processed here.
+        compile_decoding: as for `gap_mllm.generation.generate` ("off", "on", "auto").
     """
     spec = request.spec
     if inputs is None:
@@ -312,12 +314,12 @@ def run_task(model, processor, views: list, request: TaskRequest, max_new_tokens
     if scenes is not None:
         generated, input_ids, gates, image_grid_thw = answer_on_stored_scene(
             model, processor, views, inputs, request.marker, spec.name, max_new_tokens, scenes, session,
-            constrained=constrained)
+            constrained=constrained, compile_decoding=compile_decoding)
     else:
         # Task names, not TaskSpec objects, cross into the processor: its remote code has its own classes.
         with prefill_fusion_gates(model) as gates:
-            generated = model.generate(**inputs, **processor.generation_kwargs(spec.name, inputs, max_new_tokens,
-                                                                               constrained))
+            generated = generate(model, **inputs, compile_decoding=compile_decoding,
+                                 **processor.generation_kwargs(spec.name, inputs, max_new_tokens, constrained))
         input_ids, image_grid_thw = inputs["input_ids"], inputs["image_grid_thw"]
         gates = gates or None
     raw = processor.decode_generated(generated, input_ids=input_ids)[0]

@@ -6,7 +6,7 @@ marker `pixel_coords = [view, x, y]`, the token budget, the registry task the pr
 id (named by the error that refuses a prompt holding a control token: processing/collator.py); views that are not
 files (decoded video frames) carry a `scene` name instead.
 `BatchGenerator` turns a list of requests into texts with the package collator (system prompt, chat
-template, generation prompt) and `model.generate(do_sample=False, num_beams=1)`, stopping each row at
+template, generation prompt) and the package's `generate(model, do_sample=False, num_beams=1)`, stopping each row at
 the end of its answer (the task's stop rule) unless the request asks for the official behaviour (EOS
 or budget only), and keeping it inside the task's answer grammar when the request is `constrained`
 (`TaskSpec.logits_processor`; off by default: the paper's protocol decodes freely); prompts are
@@ -21,7 +21,8 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from gap_mllm import register_auto_classes
-from gap_mllm.generation_gap_mllm import check_compile_decoding
+from gap_mllm.generation import check_compile_decoding, generate
+from gap_mllm.loading import load_model
 from gap_mllm.processing.collator import GapMllmDataCollator
 from gap_mllm.processing.model_paths import loading_bar_for, quantization_kwargs
 from gap_mllm.tasks_gap_mllm import resolve_task
@@ -74,7 +75,7 @@ class BatchGenerator:
         max_new_tokens: if given, caps every request's budget (useful for smoke runs).
         dtype: optional torch dtype for the weights (e.g. torch.bfloat16 on GPU).
         compile_decoding: "auto" (default: decode steps compiled to CUDA graphs on CUDA), "on" or "off"
-            (generation_gap_mllm.py; the same answers).
+            (gap_mllm.generation; the same answers).
         quantize: a `--quantize` choice (`gap_mllm.processing.model_paths.quantization_kwargs`); None: as saved.
     """
 
@@ -87,21 +88,23 @@ class BatchGenerator:
             kwargs["dtype"] = dtype
         kwargs.update(quantization_kwargs(quantize, self.device))
         with loading_bar_for(model_dir):  # no progress bar for a small local checkpoint (GAP-MLLM-Mini)
-            self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir), **kwargs)
+            self.model = load_model(str(model_dir), loader=AutoModelForImageTextToText.from_pretrained, **kwargs)
         self.model = (self.model if "device_map" in kwargs else self.model.to(self.device)).eval()
-        self.model.compile_decoding = check_compile_decoding(compile_decoding)  # generate's default for this model
+        self.compile_decoding = check_compile_decoding(compile_decoding)
         self.processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
         self.collator = GapMllmDataCollator(self.processor, train=False, padding_side="left")
         self.max_new_tokens = max_new_tokens
 
     @classmethod
-    def from_model(cls, model, processor, max_new_tokens: int | None = None) -> "BatchGenerator":
+    def from_model(cls, model, processor, max_new_tokens: int | None = None,
+                   compile_decoding="off") -> "BatchGenerator":
         """A generator around a model already in memory (e.g. during training); it is not moved or copied."""
         generator = cls.__new__(cls)
         generator.model, generator.processor = model, processor
         generator.device = model.device
         generator.collator = GapMllmDataCollator(processor, train=False, padding_side="left")
         generator.max_new_tokens = max_new_tokens
+        generator.compile_decoding = check_compile_decoding(compile_decoding)
         return generator
 
     @torch.no_grad()
@@ -115,5 +118,5 @@ class BatchGenerator:
             budget = min(budget, self.max_new_tokens)
         kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1,
                   **answer_rules(requests, self.processor.tokenizer, batch["input_ids"].shape[1], budget)}
-        output = self.model.generate(**batch, **kwargs)
+        output = generate(self.model, **batch, compile_decoding=self.compile_decoding, **kwargs)
         return self.processor.decode_generated(output, batch["input_ids"])

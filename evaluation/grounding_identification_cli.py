@@ -19,6 +19,7 @@ import json
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from gap_mllm import register_auto_classes
+from gap_mllm.loading import load_model
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.argument_types import positive_int
 from gap_mllm.processing.builders import load_annotation_file
@@ -34,7 +35,7 @@ def generated(model_dir, data_root, split: str, limit: int | None, annotated_fra
     """Answer the first `limit` grounding records of `split` with the model folder (two stages, or the box
     stage alone in the annotated frame) and return the grounding metrics with `from_rows`."""
     register_auto_classes()  # the package's classes load the folder, not its remote-code copy
-    model = AutoModelForImageTextToText.from_pretrained(str(model_dir), trust_remote_code=True)
+    model = load_model(str(model_dir), loader=AutoModelForImageTextToText.from_pretrained, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
     slice_ = EvaluationSlice("grounding", data_root, split, limit, annotated_frame=annotated_frame)
     check_held_out(model_dir, data_root, {record_scene_id(r) for r in slice_.records})

@@ -3,8 +3,8 @@
 ScanRefer asks tens of referring expressions about one scene with the same frames; every one of them
 used to re-run the geometry encoder, the vision tower and the multi-view prefill. `SceneGenerator`
 keys each request by its scene (views, marker, and the chat text up to the last view), encodes each
-scene once (`model.encode_scene`, kept in a small LRU) and batches the questions against it
-(`model.generate(scene=...)`). Answers are the same tokens as the plain batched path (tests).
+scene once (`gap_mllm.generation.encode_scene`, kept in a small LRU) and batches the questions against it
+(`gap_mllm.generation.generate(model, scene=...)`). Answers are the same tokens as the plain batched path (tests).
 
 `scene_groups` / `groups_for_rank` decide, before any model is loaded, which samples the runner sends
 together: samples whose first-stage request has the same images and marker form a group, and whole
@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import torch
 
+from gap_mllm.generation import encode_scene, generate
 from gap_mllm.processing.collator import sample_chat_text, samples_named
 
 from .generation import BatchGenerator, Request, answer_rules
@@ -63,10 +64,10 @@ class SceneGenerator(BatchGenerator):
         self.scenes_encoded = 0
 
     @classmethod
-    def from_model(cls, model, processor, max_new_tokens: int | None = None,
+    def from_model(cls, model, processor, max_new_tokens: int | None = None, compile_decoding="off",
                    max_scenes: int = MAX_CACHED_SCENES) -> "SceneGenerator":
         """A scene-reusing generator around a model already in memory (`BatchGenerator.from_model`)."""
-        generator = super().from_model(model, processor, max_new_tokens)
+        generator = super().from_model(model, processor, max_new_tokens, compile_decoding)
         generator.max_scenes, generator._scenes, generator.scenes_encoded = max_scenes, OrderedDict(), 0
         return generator
 
@@ -85,7 +86,7 @@ class SceneGenerator(BatchGenerator):
         with samples_named([request.sample]):
             inputs = self.processor(images=[list(request.images)], text=[prefix], point_prompts=[coords],
                                     return_tensors="pt")
-        scene = self.model.encode_scene(**inputs.to(self.device))
+        scene = encode_scene(self.model, **inputs.to(self.device))
         self.scenes_encoded += 1
         self._scenes[key] = scene
         while len(self._scenes) > self.max_scenes:
@@ -100,7 +101,7 @@ class SceneGenerator(BatchGenerator):
     def generate_on_scenes(self, requests: list[Request]) -> list[str]:
         """Answer `requests` (any mix of scenes) in one `generate(scene=[...])` call: each scene encoded once (or
         taken from the generator's cache), every question decoded in the same batch against its own scene
-        (generation_gap_mllm.py: one scene per row). Same answers as one full call each (tests).
+        (gap_mllm.generation: one scene per row). Same answers as one full call each (tests).
 
         Before, each scene asked several questions had a call of its own, and the scenes asked one question went
         together through one full call: ScanRefer's stage 2 (each query's own selected frame and neighbours, about
@@ -118,6 +119,6 @@ class SceneGenerator(BatchGenerator):
         prompt_length = max(scene.num_tokens for scene in scenes.values()) + questions["input_ids"].shape[1]
         kwargs = {"max_new_tokens": budget, "do_sample": False, "num_beams": 1,
                   **answer_rules(requests, self.processor.tokenizer, prompt_length, budget)}
-        output = self.model.generate(scene=[scenes[key] for key, _ in split], input_ids=questions["input_ids"],
-                                     attention_mask=questions["attention_mask"], **kwargs)
+        output = generate(self.model, scene=[scenes[key] for key, _ in split], input_ids=questions["input_ids"],
+                          attention_mask=questions["attention_mask"], compile_decoding=self.compile_decoding, **kwargs)
         return self.processor.decode_generated(output, questions["input_ids"])

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen3VLConfig
 
-from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration
+from gap_mllm import GapMllmConfig
+from gap_mllm.loading import build_model
 from gap_mllm.processing.synth.categories import CATEGORY_NAMES
 from gap_mllm.processing.synth.generator import SynthRooms
 from gap_mllm.processing.synth.language import captions, describe
@@ -154,7 +155,7 @@ def build_mini_model(processor=None, fusion_method: str = "gated", use_geometry:
     tokenizer = processor.tokenizer
     config = build_mini_config(tokenizer, fusion_method=fusion_method, use_geometry=use_geometry, size=size)
     torch.manual_seed(seed)
-    model = GapMllmForConditionalGeneration(config)
+    model = build_model(config)
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, processor

@@ -1,9 +1,10 @@
-"""The checks the installed package adds around its own copy of the model folder's classes.
+"""The checks of the package's edges: what its loading, training and generation calls run around the model.
 
-Each turns what would be an obscure failure (or a long wait) into an error that names the input: config sizes and
-memory, checkpoints on loading, forward inputs, generate's token ids and context, a reused scene's model, the
-processor's arguments. The role files call them through `configuration_gap_mllm.installed_package_module`; a model
-folder loaded with `trust_remote_code` runs as transformers runs it. Never copied into a model folder.
+Each turns what would be an obscure failure (or a long wait) into an error that names the input: memory before a model
+is built (`gap_mllm.loading.build_model`), checkpoints on loading (`load_checked`: `gap_mllm.loading.load_model`),
+forward inputs (`check_forward_inputs`: the trainers' `compute_loss`), generate's token ids and context and a reused
+scene's model (`gap_mllm.generation.generate`). The model folder's classes call none of them. Never copied into a
+model folder.
 """
 
 import contextlib
@@ -26,7 +27,7 @@ from transformers.utils import logging
 
 from gap_mllm.configuration_gap_mllm import FUSION_METHODS, IGNORE_INDEX, GapMllmGeometryConfig
 from gap_mllm.files import regular_file_problem
-from gap_mllm.generation_gap_mllm import new_token_budget, scene_prefix_length
+from gap_mllm import generation  # a cycle: generation calls these checks
 from gap_mllm.image_utils_gap_mllm import AnimatedImageError
 from gap_mllm.processing_gap_mllm import _is_point_prompt, _is_view_stack
 from gap_mllm.tasks_gap_mllm import CHAT_MARKER, DefaultBudget, check_chat_text, refuse_control_tokens
@@ -683,6 +684,13 @@ def check_forward_inputs(model, input_ids=None, inputs_embeds=None, attention_ma
             raise error
 
 
+def check_batch(model, inputs) -> None:
+    """`check_forward_inputs` of one batch `inputs` (the collator's or the processor's output, a mapping) for `model`:
+    what the package's trainers run before each forward."""
+    check_forward_inputs(model, *(inputs.get(name) for name in ("input_ids", "inputs_embeds", "attention_mask", "labels",
+                                                                "mm_token_type_ids", "past_key_values")))
+
+
 def _mask_error(attention_mask, mm_token_type_ids, fewest_kept: int, masked_vision: int) -> ValueError | None:
     """The error for a 2-D mask leaving a row empty or masking vision tokens, naming the first such row."""
     kept = attention_mask != 0
@@ -812,7 +820,7 @@ def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, inp
             f"{what} ends at position {highest_prompt_position}, so at most {room} new tokens fit in the model's "
             f"context of {limit} positions, but min_new_tokens={minimum} demands more; lower it or shorten the prompt."
         )
-    budget = new_token_budget(model, kwargs, input_length)
+    budget = generation.new_token_budget(model, kwargs, input_length)
     if budget is not None and budget > room:
         chosen = budget_chosen_by_caller(kwargs)
         if (budget, limit, chosen) not in _WARNED_BUDGETS:
@@ -881,7 +889,7 @@ def check_scene_prompt(model, input_ids, pixel_values, image_grid_thw, attention
     if attention_mask is not None and not bool(attention_mask.all()):
         raise ValueError("encode_scene got a padded prompt (attention_mask has zeros); pass one unpadded sample.")
     check_token_ids(input_ids, model.get_input_embeddings().num_embeddings)
-    if scene_prefix_length(input_ids, model.config.vision_end_token_id) == 0:
+    if generation.scene_prefix_length(input_ids, model.config.vision_end_token_id) == 0:
         raise ValueError("encode_scene: the prompt has no <|vision_end|> token, so no view to encode.")
 
 
@@ -1082,7 +1090,7 @@ def check_scene_for_model(model, scene) -> None:
     key/value heads, head size, dtype, device type and `model_identity`."""
     if type(scene).__name__ != "GapMllmScene" or not hasattr(scene, "key_values"):  # the package's or a remote-code copy's class
         raise ValueError(
-            f"scene must be a GapMllmScene from model.encode_scene(...), got {type(scene).__name__} {scene!r:.60}"
+            f"scene must be a GapMllmScene from gap_mllm.generation.encode_scene(model, ...), got {type(scene).__name__} {scene!r:.60}"
         )
     text_config = model.config.get_text_config()
     layers = len(model.model.language_model.layers)
@@ -1098,12 +1106,12 @@ def check_scene_for_model(model, scene) -> None:
             "encode the scene with this model."
         )
     if scene.model_identity is None:
-        raise ValueError("this scene records no model identity (it was not made by model.encode_scene); encode it "
-                         "with this model.")
+        raise ValueError("this scene records no model identity (it was not made by gap_mllm.generation.encode_scene); "
+                         "encode it with this model.")
     mismatch = identity_mismatch(scene.model_identity, model)
     if mismatch is not None:
         raise ValueError(f"this scene cannot be used with this model: {mismatch}. Encode the scene again with "
-                         "model.encode_scene(...).")
+                         "gap_mllm.generation.encode_scene(model, ...).")
 
 
 # ---- processor arguments

@@ -2,8 +2,9 @@
 
 Level 0 fuses `merger_0(g)` into the main visual tokens, level k into DeepStack level k-1; the fused features enter
 Qwen3-VL through its `mm_encoder_outputs` hook. Sections: mergers and fusion modules (`GapMllmMultiLevelFusion`), and
-the model (`GapMllmForConditionalGeneration`, `GapMllmOutput`). The installed package adds its input and checkpoint
-checks (`gap_mllm.checks`) and its batch-wide Qwen3-VL paths (`gap_mllm.speedups`) around its own copy.
+the model (`GapMllmForConditionalGeneration`, `GapMllmOutput`). The same code runs however the file is imported; the
+gap-mllm package's checks, speed paths and generation call are explicit calls of its own (`gap_mllm.checks`,
+`gap_mllm.speedups`, `gap_mllm.generation`).
 """
 
 from dataclasses import dataclass
@@ -28,17 +29,6 @@ from .configuration_gap_mllm import (
     PREFILL_ONLY_INPUT_NAMES,
     GapMllmConfig,
     GapMllmFusionConfig,
-    installed_package_module,
-)
-from .generation_gap_mllm import (
-    GapMllmScene,
-    answer_task_kwargs,
-    compiled_decoding_kwargs,
-    encode_scene,
-    generate_from_scene,
-    lent_static_cache,
-    prepare_token_budget,
-    static_cache_lending,
 )
 from .modeling_vggt import GapMllmGeometryEncoder  # noqa: F401 - the import registers the "vggt" geometry encoder
 
@@ -673,22 +663,15 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
     initialised (pass the geometry settings as keyword arguments, e.g. `geometry_config={...}`).
 
     Raises:
-        ValueError: an unregistered `geometry_encoder_type`, or (installed package) weights that cannot fit in the
-            memory left.
+        ValueError: an unregistered `geometry_encoder_type`.
     """
 
     _keep_in_fp32_modules = ["model.visual", "model.geometry_encoder", "model.geometry_fusion"]  # quantizers skip them
 
     def __init__(self, config: GapMllmConfig):
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:  # refuse before allocating (nothing is allocated on the meta device of from_pretrained)
-            checks.check_memory_for_parameters(config)
         GapMllmPreTrainedModel.__init__(self, config)
         self.model = GapMllmModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        speedups = installed_package_module("speedups", __name__)
-        if speedups is not None:  # position ids and ViT attention without per-image host loops
-            speedups.use_batched_qwen3_vl(self)
         self.post_init()
         self.apply_freezing_policy()
         # register_for_auto_class keeps one auto class per class; AutoModel must resolve as well.
@@ -754,13 +737,8 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
         the geometry inputs), then the LM head and, with `labels` (`[B, T]`, -100 ignored), the LM loss.
 
         Raises:
-            ValueError: `geometry_pixel_values` without `pixel_values`, or (installed package) naming the input that
-                is wrong (`gap_mllm.checks.check_forward_inputs`).
+            ValueError: `geometry_pixel_values` without `pixel_values`.
         """
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_forward_inputs(self, input_ids, inputs_embeds, attention_mask, labels, mm_token_type_ids,
-                                        past_key_values)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, pixel_values=pixel_values,
@@ -779,68 +757,6 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
                              rope_deltas=outputs.rope_deltas, fusion_gates=outputs.fusion_gates)
 
     # ---- generation
-    def encode_scene(self, input_ids=None, pixel_values=None, image_grid_thw=None, output_gates: bool = False,
-                     **kwargs) -> GapMllmScene:
-        """Encode one multi-view scene once (encoders, fusion, prefill up to the last view) for `generate(scene=...)`.
-
-        Args:
-            input_ids, pixel_values, image_grid_thw, ...: the processor output for ONE sample, e.g.
-                `processor(images=frames, text=prefix)` with `prefix` from `processor.split_scene_prompt`;
-                tokens after the last view are ignored.
-            output_gates: keep the fusion gates in `scene.fusion_gates`.
-        """
-        return encode_scene(self, input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
-                            output_gates=output_gates, **kwargs)
-
-    compile_decoding = "off"  # generate's default compile_decoding; front ends set "auto"
-
-    def generate(self, inputs=None, *args, scene: GapMllmScene | list[GapMllmScene] | None = None,
-                 compile_decoding=None, answer_task=None, constrained: bool = False, **kwargs):
-        """`GenerationMixin.generate`, plus scene reuse, compiled decoding and task answers.
-
-        The installed package lowers a `max_new_tokens` past `text_config.max_position_embeddings` after the prompt's
-        highest M-RoPE position to fit, with a warning (INFO for the task's own budget; `gap_mllm.checks`).
-
-        Args:
-            scene: a `GapMllmScene` from `encode_scene`, or one per row: pass only the question tokens (`input_ids`
-                `[B, Lq]`, `attention_mask`); the result continues them (`[B, Lq + new]`).
-            compile_decoding: "off" (False), "on" (True), "auto" (on for a CUDA model) or a `CompileConfig`: a static
-                cache and each decode step compiled whole (CUDA graphs on a GPU), the same tokens. Default: the
-                model's `compile_decoding` attribute ("off" unless a front end set it).
-            answer_task: a task name, with `tokenizer=`: the task's decoding settings (greedy, its budget unless
-                `max_new_tokens` is given, its stop rule).
-            constrained: also constrain the answer to the task's grammar, built from this call's inputs.
-
-        Raises:
-            ValueError: (installed package) a token id outside the vocabulary, a prompt reaching the end of the
-                context, a `min_new_tokens` that cannot fit, or a scene of another model or of changed weights.
-            TypeError: positional generation options with `scene`.
-        """
-        if compile_decoding is None:
-            compile_decoding = self.compile_decoding
-        if answer_task is not None or constrained:
-            kwargs = answer_task_kwargs(answer_task, constrained, kwargs.get("input_ids", inputs), kwargs)
-        if scene is not None and args:
-            raise TypeError("generate(scene=...) takes generation options as keyword arguments only.")
-        with static_cache_lending(self):  # a static cache's buffers are this call's
-            if scene is None:
-                prepare_token_budget(self, kwargs.get("input_ids", inputs), kwargs)
-                kwargs.update(compiled_decoding_kwargs(compile_decoding, self.device, kwargs))
-                return super().generate(inputs, *args, **kwargs)
-            input_ids = kwargs.pop("input_ids", inputs)
-            return generate_from_scene(self, scene, input_ids, compile_decoding=compile_decoding, **kwargs)
-
-    def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs):
-        """The installed package's static cache is lent by the model's pool, at stable addresses so that compiled
-        decoding replays its CUDA graphs (`lent_static_cache`); else transformers' own."""
-        lent = None
-        if cache_implementation == "static" and prefill_chunk_size is None:  # no chunked prefill nor offloading
-            lent = lent_static_cache(self, max_cache_len)
-        if lent is not None:
-            return lent
-        return super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
-                                             model_kwargs)
-
     def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # images and their M-RoPE inputs are for the prefill only: a decode step has the same inputs in every call
@@ -857,14 +773,10 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained` of this layout, the earlier one (`EARLIER_LAYOUT_KEY_MAPPING`) or a stock
-        Qwen3-VL checkpoint, then the default freezing. The installed package also reports the GAP components missing
-        (`model.missing_weight_groups`) and refuses weights that compute NaN (`gap_mllm.checks.load_checked`)."""
+        Qwen3-VL checkpoint, then the default freezing (the gap-mllm package's `gap_mllm.checks.load_checked` adds its
+        checkpoint checks around it)."""
         kwargs["key_mapping"] = {**EARLIER_LAYOUT_KEY_MAPPING, **(kwargs.get("key_mapping") or {})}
-        checks = installed_package_module("checks", __name__)
-        if checks is None:
-            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        else:
-            loaded = checks.load_checked(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model._weight_conversions = [conversion for conversion in getattr(model, "_weight_conversions", None) or ()
                                      if not set(conversion.source_patterns) & set(EARLIER_LAYOUT_KEY_MAPPING)]
@@ -896,5 +808,4 @@ __all__ = [
     "GapMllmModel",
     "GapMllmOutput",
     "GapMllmPreTrainedModel",
-    "GapMllmScene",
 ]

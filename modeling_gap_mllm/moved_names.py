@@ -30,11 +30,13 @@ MOVED_MODULES = {
     **{f"gap_mllm.{old}": f"gap_mllm.{new}" for old, new in {
         "answer_grammar": "tasks_gap_mllm", "answer_grammar_processor": "tasks_gap_mllm",
         "answer_stopping": "tasks_gap_mllm", "answer_stopping_criteria": "tasks_gap_mllm",
-        "answer_task_generation": "generation_gap_mllm", "batched_qwen3_vl": "speedups", "chat_format": "tasks_gap_mllm",
-        "compiled_decoding": "generation_gap_mllm", "config_sizes": "checks", "control_tokens": "tasks_gap_mllm",
+        "answer_task_generation": "generation", "batched_qwen3_vl": "speedups", "chat_format": "tasks_gap_mllm",
+        "compiled_decoding": "generation", "config_sizes": "checks", "control_tokens": "tasks_gap_mllm",
         "conversion_report": "convert_vggt_to_hf", "engine_embeddings": "speedups", "forward_checks": "checks",
         "generation_checks": "checks", "geometry_fusion": "modeling_gap_mllm", "geometry_heads_camera": "modeling_vggt",
         "geometry_heads_dpt": "modeling_vggt", "geometry_layers": "modeling_vggt", "geometry_merger": "modeling_gap_mllm",
+        "generation_gap_mllm": "generation (the package's explicit call, generate(model, ...); no longer in a model "
+                               "folder)",
         "geometry_patch_embed": "modeling_vggt", "geometry_reconstruction": "modeling_vggt",
         "geometry_rope": "modeling_vggt", "hub_reachability": "convert_vggt_to_hf",
         "image_alignment": "processing_gap_mllm", "image_files": "image_utils_gap_mllm",
@@ -44,7 +46,7 @@ MOVED_MODULES = {
         "mrope_positions": "speedups", "multi_level_fusion": "modeling_gap_mllm",
         "output_parsing": "tasks_gap_mllm (the answer-format checks of the front ends: gap_mllm.cli.tasks)",
         "point_maps": "modeling_vggt (depth to points) and gap_mllm.point_cloud",
-        "pose_encoding": "modeling_vggt", "regular_files": "files", "scene_cache": "generation_gap_mllm",
+        "pose_encoding": "modeling_vggt", "regular_files": "files", "scene_cache": "generation",
         "static_cache_pool": "speedups", "target_format": "tasks_gap_mllm", "vggt_weights": "convert_vggt_to_hf",
         "visual_prompt": "image_utils_gap_mllm",
         "cli.answer_checks": "cli.tasks", "cli.space_gpu": "cli.space_backend",
@@ -101,13 +103,6 @@ MOVED_NAMES = {
     "gap_mllm.evaluation.tasks": {
         "gap_mllm.processing.tasks.grounding": "frame_number official_frame official_stage2_box stage2_images",
         "gap_mllm.evaluation.tasks": "CaptionTask=CaptioningTask SpatialQATask=SpatialQaTask"},
-    "gap_mllm.generation_gap_mllm": {
-        "gap_mllm.checks": (
-            "ModelIdentity SCENE_OWNED_INPUTS budget_chosen_by_caller check_prompt_fits check_scene_for_model "
-            "check_token_id_dtype check_token_ids context_limit fit_budget_to_context highest_prompt_position "
-            "identity_mismatch model_identity positions_after shortest_answer token_id_range vocabulary_error"),
-        "gap_mllm.speedups": ("PooledStaticLayer STATIC_LENGTH_STEP StaticCachePool pooled_static_cache "
-                              "release_static_cache static_cache_length static_cache_pool")},
     "gap_mllm.image_utils_gap_mllm": {
         "gap_mllm.files": ("NotARegularFile PICKLE_REFUSED kind_of open_regular_file read_regular_bytes "
                            "read_regular_text regular_file_problem"),
@@ -163,6 +158,8 @@ MOVED_NAMES = {
 MOVED_METHODS = {
     ("gap_mllm.modeling_gap_mllm", "GapMllmForConditionalGeneration", "encode_images"):
         "gap_mllm.speedups.encode_images(model, ...)",
+    ("gap_mllm.modeling_gap_mllm", "GapMllmForConditionalGeneration", "encode_scene"):
+        "gap_mllm.generation.encode_scene(model, ...)",
     ("gap_mllm.modeling_vggt", "GapMllmGeometryEncoder", "from_vggt_state_dict"):
         "gap_mllm.convert_vggt_to_hf.load_vggt_encoder(state_dict, config)",
     ("gap_mllm.modeling_vggt", "GeometryReconstructionOutput", "point_cloud"):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.loading import load_model
 from gap_mllm.processing.annotation_files import segments_from_placeholders
 from gap_mllm.processing_gap_mllm import is_box, one_per_sample
 from gap_mllm.speedups import encode_images
@@ -68,7 +69,7 @@ class GapMllmEncoder:
                         keep_language_model: bool = False) -> "GapMllmEncoder":
         """Load a GAP-MLLM folder / Hub id; drop the decoder layers, token embeddings and LM head unless
         `keep_language_model` (the engine holds that half)."""
-        model = GapMllmForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        model = load_model(path, dtype=dtype)
         if not keep_language_model:
             model.model.language_model = None
             model.lm_head = None

@@ -29,6 +29,7 @@ import torch
 from transformers import Qwen3VLForConditionalGeneration
 
 from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm.loading import load_model
 from gap_mllm.processing.errors import DiskFullError, device_of, names_full_disk
 from gap_mllm.processing.output_folder import OutputFolderRefused, unwritable_reason
 
@@ -157,7 +158,7 @@ def export_llm_folder(source, output_dir, dtype: str | None = None, model: GapMl
                                   "can write to")
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
-    model = model if model is not None else GapMllmForConditionalGeneration.from_pretrained(source)
+    model = model if model is not None else load_model(source)
     processor = processor if processor is not None else GapMllmProcessor.from_pretrained(source)
     if not isinstance(model, GapMllmForConditionalGeneration):
         raise ValueError(f"{source}: expected a GAP-MLLM checkpoint, got {type(model).__name__}")

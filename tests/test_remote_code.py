@@ -1,7 +1,8 @@
 """Hub remote code: a fresh Python process in which `gap_mllm` is NOT importable loads the saved folder
 through the Auto classes with trust_remote_code=True, reproduces the original logits exactly and runs
-generate + post_process for every task, and decodes full prompts and encoded scenes, compiled or not, with the
-installed package's tokens; the copied files hold no converter and no file export."""
+generate + post_process for every task, and decodes with transformers' own `generate` and standard arguments (compiled
+or not, a prefilled scene prefix) the package's tokens; the copied files hold no converter, no file export and no
+switch on the importing module's name, and the model overrides no generation method but the standard input hook."""
 
 import ast
 import json
@@ -13,7 +14,8 @@ import textwrap
 import torch
 from transformers import CompileConfig
 
-from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
+from gap_mllm.configuration_gap_mllm import PROCESSOR_GEOMETRY_INPUT_NAMES
+from gap_mllm.generation import DECODE_COMPILE_CONFIG, encode_scene, generate
 from gap_mllm.tasks_gap_mllm import TASKS
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
@@ -153,7 +155,7 @@ def test_saved_remote_code_has_no_converter_and_no_file_export(tmp_path, tiny_pr
     processor.save_pretrained(tmp_path)
     copied = {path.name for path in tmp_path.glob("*.py")}
     assert copied == {"configuration_gap_mllm.py", "modeling_gap_mllm.py", "modeling_vggt.py", "processing_gap_mllm.py",
-                      "image_utils_gap_mllm.py", "tasks_gap_mllm.py", "generation_gap_mllm.py"}, copied
+                      "image_utils_gap_mllm.py", "tasks_gap_mllm.py"}, copied
     assert not [name for name in copied if name.startswith("convert_")], copied
     assert "point_cloud.py" not in copied
     # what a remote-code user reads before trusting it: at most 8 files and 5,500 lines, the size of the field's
@@ -161,47 +163,65 @@ def test_saved_remote_code_has_no_converter_and_no_file_export(tmp_path, tiny_pr
     lines = sum(len((tmp_path / name).read_text(encoding="utf-8").splitlines()) for name in copied)
     assert len(copied) <= 8 and lines <= 5_500, (len(copied), lines)
     for name in sorted(copied):
+        assert "installed_package_module" not in (tmp_path / name).read_text(encoding="utf-8"), name
         relative, absolute = _imported_modules(tmp_path / name)
         assert {f"{module}.py" for module in relative} <= copied, (name, relative)
         assert not absolute & {"trimesh", "gap_mllm", "scipy", "datasets"}, (name, absolute)
 
 
-# ---- generate without the package: full prompts and encoded scenes, uncompiled and compiled (transformers' own
-# static cache instead of the package's pool), with the installed package's tokens (greedy)
+def test_the_model_overrides_no_generation_method_but_the_input_hook():
+    """transformers' `generate` runs as it is: of `GenerationMixin`'s methods the class defines only
+    `prepare_inputs_for_generation`, the hook every transformers model may override (it drops the views after the
+    prefill)."""
+    from transformers import GenerationMixin
+
+    from gap_mllm import GapMllmForConditionalGeneration
+
+    defined = {name for name in vars(GapMllmForConditionalGeneration)
+               if hasattr(GenerationMixin, name) and not name.startswith("__")}
+    assert defined == {"prepare_inputs_for_generation"}, defined
+
+
+# ---- generate without the package: transformers' own `generate` with standard arguments (uncompiled, compiled through
+# `cache_implementation="static"` + `compile_config`, and a prefilled scene prefix as `past_key_values`: transformers'
+# prefix-cache reuse) gives the package's tokens (greedy)
 QUESTION = "Where is the chair?"
 GREEDY = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
 
 DECODING_PROCESS = textwrap.dedent(
     """
+    import copy
+
     import torch
     from torch._dynamo.utils import counters
-    from transformers import AutoModel, AutoProcessor, CompileConfig
+    from transformers import AutoModel, AutoProcessor, CompileConfig, DynamicCache
 
     folder, payload_path = sys.argv[1], sys.argv[2]
     payload = torch.load(payload_path, weights_only=False)
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     assert "transformers_modules" in type(model).__module__, type(model).__module__
-    frames, prefix, suffix = payload["frames"], payload["prefix"], payload["suffix"]
-    full = processor(images=frames, text=payload["question"], return_tensors="pt")
-    scene_inputs = processor(images=frames, text=prefix, return_tensors="pt")
-    questions = processor(text=[suffix, suffix + " Answer briefly."], padding=True, return_tensors="pt")
-    for name, compile_decoding in (("off", "off"), ("compiled", CompileConfig(**payload["compile_config"]))):
-        with torch.no_grad():
-            out = model.generate(**full, compile_decoding=compile_decoding, **payload["greedy"])
-            assert torch.equal(out, payload["full_" + name]), (name, out, payload["full_" + name])
-            scene = model.encode_scene(**scene_inputs)
-            assert scene.model_identity is None  # the package's identity check is not there to read it
-            out = model.generate(scene=scene, **questions, compile_decoding=compile_decoding, **payload["greedy"])
-            assert torch.equal(out, payload["scene_" + name]), (name, out, payload["scene_" + name])
-    assert counters["stats"]["unique_graphs"] >= 1  # the compiled calls compiled their decode step
+    full = processor(images=payload["frames"], text=payload["question"], return_tensors="pt")
+    scene_inputs = processor(images=payload["frames"], text=payload["prefix"], return_tensors="pt")
+    compiled = {"cache_implementation": "static", "compile_config": CompileConfig(**payload["compile_config"])}
+    compiled["compile_config"]._compile_all_devices = True  # transformers compiles on CUDA only unless told (a CPU test)
+    with torch.no_grad():
+        for name, options in (("off", {}), ("compiled", compiled)):
+            out = model.generate(**full, **options, **payload["greedy"])
+            assert torch.equal(out, payload["full"]), (name, out, payload["full"])
+        cache = model(**scene_inputs, past_key_values=DynamicCache(config=model.config.get_text_config()),
+                      use_cache=True).past_key_values  # the views' prefix, prefilled once
+        text = {key: value for key, value in full.items() if key not in payload["view_inputs"]}  # the cache has them
+        for _ in range(2):
+            out = model.generate(**text, past_key_values=copy.deepcopy(cache), **payload["greedy"])
+            assert torch.equal(out[:, -6:], payload["scene_answer"]), (out, payload["scene_answer"])
+    assert counters["stats"]["unique_graphs"] >= 1  # the compiled call compiled its decode step
     print("REMOTE-DECODING-OK")
     """
 )
 
 
-def test_a_folder_without_the_package_decodes_full_and_scene_calls_compiled_or_not_with_the_same_tokens(
-        tmp_path, tiny_processor):
+def test_a_folder_without_the_package_decodes_with_standard_arguments_to_the_package_tokens(tmp_path, tiny_processor):
     model, processor = build_tiny_model(processor=tiny_processor, seed=2)
     with torch.no_grad():  # sharper logits: greedy answers that change from token to token
         for parameter in model.model.language_model.parameters():
@@ -215,21 +235,22 @@ def test_a_folder_without_the_package_decodes_full_and_scene_calls_compiled_or_n
     prefix, suffix = processor.split_scene_prompt(QUESTION, num_views=2)
     full = processor(images=frames, text=QUESTION, return_tensors="pt")
     scene_inputs = processor(images=frames, text=prefix, return_tensors="pt")
-    questions = processor(text=[suffix, suffix + " Answer briefly."], padding=True, return_tensors="pt")
     compile_config = {**DECODE_COMPILE_CONFIG, "backend": "eager", "mode": None}  # compiles on the CPU, quickly
-    payload = {"frames": frames, "prefix": prefix, "suffix": suffix, "question": QUESTION, "greedy": GREEDY,
-               "compile_config": compile_config}
+    view_inputs = ["pixel_values", *PROCESSOR_GEOMETRY_INPUT_NAMES]
+    payload = {"frames": frames, "prefix": prefix, "question": QUESTION, "greedy": GREEDY,
+               "compile_config": compile_config, "view_inputs": view_inputs}
     torch._dynamo.reset()
-    for name, compile_decoding in (("off", "off"), ("compiled", CompileConfig(**compile_config))):
-        with torch.no_grad():
-            payload["full_" + name] = model.generate(**full, compile_decoding=compile_decoding, **GREEDY)
-            scene = model.encode_scene(**scene_inputs)
-            payload["scene_" + name] = model.generate(scene=scene, **questions, compile_decoding=compile_decoding,
-                                                      **GREEDY)
+    with torch.no_grad():  # the package's calls: its checks, pool and batched scene path
+        payload["full"] = generate(model, **full, **GREEDY)
+        compiled = generate(model, **full, compile_decoding=CompileConfig(**compile_config), **GREEDY)
+        scene = encode_scene(model, **scene_inputs)
+        question = processor(text=suffix, return_tensors="pt")
+        payload["scene_answer"] = generate(model, scene=scene, **question, **GREEDY)[:, -6:]
     torch._dynamo.reset()
-    assert len(set(payload["full_off"][0, -6:].tolist())) > 1  # an answer that says something
-    assert torch.equal(payload["full_compiled"], payload["full_off"])
-    assert torch.equal(payload["scene_compiled"], payload["scene_off"])
+    assert len(set(payload["full"][0, -6:].tolist())) > 1  # an answer that says something
+    assert torch.equal(compiled, payload["full"])
+    assert torch.equal(payload["scene_answer"], payload["full"][:, -6:])
+    assert set(view_inputs) < set(full)  # what the text-only call leaves out exists
     torch.save(payload, tmp_path / "payload.pt")
 
     result = run_without_gap_mllm(tmp_path, DECODING_PROCESS, folder, tmp_path / "payload.pt")

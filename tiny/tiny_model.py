@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.loading import build_model
 
 from .tiny_config import build_gap_config
 from .tiny_tokenizer import build_tiny_processor
@@ -25,7 +25,7 @@ def build_tiny_model(
     config = build_gap_config(tokenizer, size=size, fusion_method=fusion_method, use_geometry=use_geometry,
                               **config_overrides)
     torch.manual_seed(seed)
-    model = GapMllmForConditionalGeneration(config)
+    model = build_model(config)
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), processor

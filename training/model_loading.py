@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm import GapMllmProcessor
+from gap_mllm.loading import load_model
 from gap_mllm.processing.model_paths import missing_local_folder
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
@@ -98,7 +99,7 @@ def load_model_and_processor(source: ModelSource):
     kwargs = {"dtype": source.dtype, "trust_remote_code": source.trust_remote_code}
     if source.attn_implementation:
         kwargs["attn_implementation"] = source.attn_implementation
-    model = GapMllmForConditionalGeneration.from_pretrained(source.name_or_path, **kwargs)
+    model = load_model(source.name_or_path, **kwargs)
     processor = GapMllmProcessor.from_pretrained(source.name_or_path)
     return model, processor
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from trl import SFTConfig, SFTTrainer
 
+from gap_mllm.checks import check_batch
+
 
 def gap_sft_config(output_dir: str, **overrides) -> SFTConfig:
     """`SFTConfig` for GAP-MLLM: keep the geometry columns, skip TRL's text preparation (the collator
@@ -31,5 +33,6 @@ class GapSFTTrainer(SFTTrainer):
     The model sets `accepts_loss_kwargs = False`, so Trainer divides the loss by the accumulation steps."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        check_batch(self.accelerator.unwrap_model(model), inputs)  # ids, masks, labels named (one host read)
         outputs = model(**inputs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.loading import load_model
 from gap_mllm.mini.default_model import replace_atomically
 from gap_mllm.processing.argument_types import positive_int
 
@@ -70,7 +70,7 @@ def write_shipped_results(model: Path, results: dict, table: Path | None = None)
     of them: lab/mini/card.py) and, given, the results table `table` (keeping a refused candidate's section), each whole
     or not at all."""
     model = Path(model)
-    loaded = GapMllmForConditionalGeneration.from_pretrained(model, dtype=torch.float32)
+    loaded = load_model(model, dtype=torch.float32)
     _replace_file(model / RESULTS_FILE, json.dumps(results, indent=1))
     _replace_file(model / "README.md", mini_model_card(loaded.config, parameter_counts(loaded), results))
     if table is not None:

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm import GapMllmProcessor
+from gap_mllm.loading import load_model
 from gap_mllm.mini.default_model import SHIPPED_DIR
 from gap_mllm.mini.identity import MINI_MODEL_NAME
 from gap_mllm.processing.box_angles import box_angle_record, write_box_angles
@@ -87,7 +88,7 @@ def _write_export(model_dir, dest: Path, results: dict | None, max_shard_size: s
                   final: Path) -> None:
     """The files of `export_default`, into the empty folder `dest` (the staging sibling of `final`); `code`: the
     remote code as "copies" (`save_pretrained`'s), "links" into the package (lab/mini/code_links.py) or None (none)."""
-    model = GapMllmForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_model(model_dir, dtype=torch.float32)
     processor = GapMllmProcessor.from_pretrained(model_dir)
     counts = parameter_counts(model)
     state = {name: tensor.to(STORAGE_DTYPE) for name, tensor in model.state_dict().items()}

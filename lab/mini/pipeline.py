@@ -48,10 +48,11 @@ import torch
 import yaml
 
 import gap_mllm.training
-from gap_mllm import GapMllmForConditionalGeneration, GapMllmProcessor
+from gap_mllm import GapMllmProcessor
 from gap_mllm.evaluation.baselines import all_baselines
 from gap_mllm.evaluation.geometry_eval import evaluate_geometry
 from gap_mllm.evaluation.runner import one_load_per_model, run_evaluation
+from gap_mllm.loading import load_model
 from gap_mllm.processing.errors import RunStoppedEarly
 from gap_mllm.processing.output_folder import check_output_folder
 from gap_mllm.processing.synth.presets import synth_config
@@ -397,7 +398,7 @@ def evaluate_stage0(run: MiniRun, stage0: Path) -> dict:
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
 
-    model = GapMllmForConditionalGeneration.from_pretrained(stage0)
+    model = load_model(stage0)
     processor = GapMllmProcessor.from_pretrained(stage0)
     clips = 8 if run.budget == "toy" else 400
     test = GeometryClips(run.data, "test", processor, num_clips=clips, seed=1000)

@@ -1,22 +1,27 @@
-"""Generation for GAP-MLLM: task answers, compiled decoding and scene reuse, as `generate` uses them.
+"""The package's generation call: transformers' `generate` plus task answers, compiled decoding and scene reuse.
 
-- Task answers: `answer_task_kwargs` (a task's decoding settings), `prepare_token_budget` / `budget_to_grammars`
-  (the call's token budget told to the task grammars).
-- Compiled decoding: `decode_compile_config`, `compiled_decoding_kwargs` (`generate`'s `compile_decoding` option).
-- Scene reuse: `GapMllmScene`, `encode_scene`, `generate_from_scene` (encode the views once, answer many questions).
+`generate(model, ...)` is `model.generate(...)` (transformers' own, with standard arguments) after the package's
+checks (token ids, the prompt inside the context, the token budget fitted to it: `gap_mllm.checks`), with:
 
-The installed package adds the token-id, context and scene checks (`gap_mllm.checks`) and the static-cache pool that
-keeps compiled decoding's CUDA graphs at fixed addresses (`gap_mllm.speedups`).
+- Task answers: `answer_task=` / `constrained=` add the task's `stopping_criteria` and `logits_processor`
+  (`answer_task_kwargs`; what `processor.generation_kwargs(...)` returns), the grammars told the call's budget.
+- Compiled decoding: `compile_decoding=` sets `compile_config` with a static cache lent by the model's pool
+  (`gap_mllm.speedups.StaticCachePool`: the same addresses on every call, so CUDA graphs replay), passed as
+  `past_key_values`.
+- Scene reuse: `encode_scene` prefills the views once (`GapMllmScene`); `generate(model, scene=...)` answers many
+  questions about it, batched, through a prefilled `past_key_values` (`generate_from_scene`).
+
+A model folder loaded with `trust_remote_code` has none of this: its `generate` is transformers' own (the model doc
+shows constrained answers and prefix-cache reuse with standard arguments). Never copied into a model folder.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from transformers import CompileConfig, DynamicCache, GenerationMixin, StaticCache
+from transformers import CompileConfig, DynamicCache, StaticCache
 
-from .configuration_gap_mllm import installed_package_module
+from . import checks, speedups
 from .tasks_gap_mllm import COMPILE_DECODING_CHOICES, resolve_task
 
 
@@ -79,11 +84,10 @@ def budget_to_grammars(model, kwargs: dict, input_length: int | None) -> None:
 
 def prepare_token_budget(model, input_ids, kwargs: dict) -> None:
     """Tell the task grammars of a `generate` call (`kwargs`, in place) its token budget, after the prompt `input_ids`
-    `[B, L]`. The installed package first refuses ids outside the vocabulary and prompts past the context, and lowers
-    a `max_new_tokens` past it (`gap_mllm.checks.check_generate_inputs`)."""
+    `[B, L]`, after refusing ids outside the vocabulary and prompts past the context, and lowering a `max_new_tokens`
+    past it (`gap_mllm.checks.check_generate_inputs`)."""
     prompt = isinstance(input_ids, torch.Tensor) and input_ids.ndim == 2 and kwargs.get("past_key_values") is None
-    checks = installed_package_module("checks", __name__)
-    if checks is not None and prompt:
+    if prompt:
         checks.check_generate_inputs(model, input_ids, kwargs)
     budget_to_grammars(model, kwargs, input_ids.shape[1] if prompt else None)
 
@@ -124,27 +128,12 @@ def check_compile_decoding(value) -> str:
 def compiled_decoding_kwargs(compile_decoding, device, kwargs: dict, scene: bool = False) -> dict:
     """The `generate` options that compile the decode step (`cache_implementation="static"`, `compile_config`; a scene
     call brings its own static cache), or {} when `compile_decoding` leaves it off. `kwargs` are the call's other
-    options, which the installed package checks to allow it (`gap_mllm.checks.check_compiled_decoding_options`)."""
+    options, checked to allow it (`gap_mllm.checks.check_compiled_decoding_options`)."""
     config = decode_compile_config(compile_decoding, device)
     if config is None:
         return {}
-    checks = installed_package_module("checks", __name__)
-    if checks is not None:
-        checks.check_compiled_decoding_options(kwargs, scene)
-    return {"compile_config": config} if scene else {"cache_implementation": "static", "compile_config": config}
-
-
-def static_cache_lending(model):
-    """The context of one `generate` call of `model`: the installed package's static-cache pool held for it."""
-    speedups = installed_package_module("speedups", __name__)
-    return nullcontext() if speedups is None else speedups.static_cache_pool(model).lending()
-
-
-def lent_static_cache(model, needed: int) -> StaticCache | None:
-    """An empty static cache of at least `needed` positions lent by the installed package's pool of `model`, or None
-    (a remote-code copy: transformers' own static cache)."""
-    speedups = installed_package_module("speedups", __name__)
-    return None if speedups is None else speedups.pooled_static_cache(model, needed)
+    checks.check_compiled_decoding_options(kwargs, scene)
+    return {"compile_config": config}
 
 
 # ---- scene reuse
@@ -159,8 +148,8 @@ class GapMllmScene:
         image_grid_thw: `[V, 3]` patch grid of every view.
         fusion_gates: per fusion level, the `[N_visual]` gate shares (when encoded with `output_gates=True`
             and the gated method), else None.
-        model_identity: the installed package's `gap_mllm.checks.ModelIdentity` of the model that encoded it (its
-            `generate(scene=...)` accepts the scene only from that model, unchanged), else None.
+        model_identity: the `gap_mllm.checks.ModelIdentity` of the model that encoded it (`generate(model,
+            scene=...)` accepts the scene only from that model, unchanged).
     """
     prefix_ids: torch.LongTensor
     key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
@@ -262,9 +251,7 @@ def encode_scene(
     Returns:
         a `GapMllmScene`.
     """
-    checks = installed_package_module("checks", __name__)
-    if checks is not None:
-        checks.check_scene_prompt(model, input_ids, pixel_values, image_grid_thw, attention_mask)
+    checks.check_scene_prompt(model, input_ids, pixel_values, image_grid_thw, attention_mask)
     config = model.config
     length = scene_prefix_length(input_ids, config.vision_end_token_id)
     prefix_ids = input_ids[:, :length]
@@ -272,10 +259,8 @@ def encode_scene(
         mm_token_type_ids = (prefix_ids == config.image_token_id).int()
     mm_token_type_ids = mm_token_type_ids[:, :length]
     position_ids, rope_deltas = prefix_position_ids(model.model, prefix_ids, mm_token_type_ids, image_grid_thw)
-    identity = None
-    if checks is not None:
-        checks.check_prompt_fits(model, int(position_ids[1:].max()), length, what="the scene prefix")
-        identity = checks.model_identity(model)  # before the forward: what the cache is computed with
+    checks.check_prompt_fits(model, int(position_ids[1:].max()), length, what="the scene prefix")
+    identity = checks.model_identity(model)  # before the forward: what the cache is computed with
     text_config = model.config.get_text_config()
     outputs = model(
         input_ids=prefix_ids,
@@ -326,16 +311,13 @@ def _right_align(input_ids, attention_mask, pad_token_id: int):
     return aligned_ids, aligned_mask
 
 
-def _scene_static_cache(model, kwargs: dict, input_length: int) -> StaticCache:
-    """An empty static cache for a compiled scene call: `input_length` prompt tokens + the token budget (the installed
-    package's lent from the model's pool, at the addresses of the call before)."""
+def lent_static_cache(model, kwargs: dict, input_length: int) -> StaticCache:
+    """An empty static cache for a compiled call of `input_length` prompt tokens + the token budget, lent by the
+    model's pool at the addresses of the call before (`gap_mllm.speedups.pooled_static_cache`)."""
     budget = new_token_budget(model, kwargs, input_length)
     if budget is None:
-        raise ValueError("compile_decoding with a scene needs a token budget (max_new_tokens) to size its static cache.")
-    lent = lent_static_cache(model, input_length + budget)
-    if lent is not None:
-        return lent
-    return StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=input_length + budget)
+        raise ValueError("compile_decoding needs a token budget (max_new_tokens) to size its static cache.")
+    return speedups.pooled_static_cache(model, input_length + budget)
 
 
 def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_ids, attention_mask=None,
@@ -343,13 +325,13 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
     """`generate` for question tokens continuing the cached prefix of `scene`; greedy answers equal a full call's.
 
     Args:
-        model: the `GapMllmForConditionalGeneration` that encoded `scene`.
+        model: the `GapMllmForConditionalGeneration` that encoded `scene` (`generate(model, scene=...)` calls this).
         scene: from `encode_scene`; or a list of `B` of them, the scene of each question row.
         input_ids: `[B, Lq]` question tokens (e.g. `processor(text=questions)["input_ids"]`, the suffixes
             of `processor.split_scene_prompt`), padded on either side; `B` questions about this one scene (or
             row `r` about `scene[r]`).
         attention_mask: `[B, Lq]` (1 = token, 0 = padding); default all ones.
-        mm_token_type_ids: accepted (processor output); the installed package checks it is text-only.
+        mm_token_type_ids: accepted (processor output); checked to be text-only.
         compile_decoding: as for `generate` (`decode_compile_config`); the prefix is copied into a static cache.
         **kwargs: generation options as for `generate` (greedy or sampling; one beam, one sequence per row).
 
@@ -358,9 +340,7 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
         tokens (with `return_dict_in_generate=True`, `.sequences` is that tensor), so
         `processor.decode_generated(out, input_ids=input_ids)` gives the answers.
     """
-    checks = installed_package_module("checks", __name__)
-    if checks is not None:
-        checks.check_scene_call(model, scene, input_ids, attention_mask, mm_token_type_ids, kwargs)
+    checks.check_scene_call(model, scene, input_ids, attention_mask, mm_token_type_ids, kwargs)
     scenes = list(scene) if isinstance(scene, (list, tuple)) else [scene] * input_ids.shape[0]
     compile_options = compiled_decoding_kwargs(compile_decoding, scenes[0].device, kwargs, scene=True)
     device = scenes[0].device
@@ -382,16 +362,14 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
     text_positions = (full_mask.long().cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
     deltas = torch.cat([s.rope_deltas for s in scenes]).to(device)  # [B, 1]: each row its scene's
     position_ids = torch.cat([text_positions[None], (text_positions + deltas)[None].expand(3, -1, -1)])
-    if checks is not None:
-        checks.fit_budget_to_context(model, kwargs, int(position_ids[1:].max()), full_ids.shape[1],
-                                     what="the scene prefix + question")
+    checks.fit_budget_to_context(model, kwargs, int(position_ids[1:].max()), full_ids.shape[1],
+                                 what="the scene prefix + question")
     budget_to_grammars(model, kwargs, full_ids.shape[1])
     # as a full prefill leaves it, for callers continuing the returned cache (own tensor: a view recompiles the step)
     model.model.rope_deltas = deltas
-    static_cache = _scene_static_cache(model, kwargs, full_ids.shape[1]) if compile_options else None
+    static_cache = lent_static_cache(model, kwargs, full_ids.shape[1]) if compile_options else None
 
-    outputs = GenerationMixin.generate(
-        model,
+    outputs = model.generate(
         input_ids=full_ids,
         attention_mask=full_mask,
         position_ids=position_ids,
@@ -407,6 +385,48 @@ def generate_from_scene(model, scene: GapMllmScene | list[GapMllmScene], input_i
     return outputs
 
 
+def generate(model, inputs=None, *args, scene: GapMllmScene | list[GapMllmScene] | None = None,
+             compile_decoding="off", answer_task=None, constrained: bool = False, **kwargs):
+    """`model.generate` (transformers' own) after the package's checks, plus scene reuse, compiled decoding and task
+    answers. A `max_new_tokens` past `text_config.max_position_embeddings` after the prompt's highest M-RoPE position
+    is lowered to fit, with a warning (INFO for the task's own budget).
+
+    Args:
+        model: a `GapMllmForConditionalGeneration`.
+        inputs, *args, **kwargs: as for `model.generate` (the processor's output, generation options).
+        scene: a `GapMllmScene` from `encode_scene`, or one per row: pass only the question tokens (`input_ids`
+            `[B, Lq]`, `attention_mask`); the result continues them (`[B, Lq + new]`; `generate_from_scene`).
+        compile_decoding: "off" (False), "on" (True), "auto" (on for a CUDA model) or a `CompileConfig`: a static
+            cache and each decode step compiled whole (CUDA graphs on a GPU), the same tokens.
+        answer_task: a task name, with `tokenizer=`: the task's decoding settings (greedy, its budget unless
+            `max_new_tokens` is given, its stop rule).
+        constrained: also constrain the answer to the task's grammar, built from this call's inputs.
+
+    Returns:
+        as `model.generate`.
+
+    Raises:
+        ValueError: a token id outside the vocabulary, a prompt reaching the end of the context, a `min_new_tokens`
+            that cannot fit, a scene of another model or of changed weights, or options that rule out compiled
+            decoding.
+        TypeError: positional generation options with `scene`.
+    """
+    if answer_task is not None or constrained:
+        kwargs = answer_task_kwargs(answer_task, constrained, kwargs.get("input_ids", inputs), kwargs)
+    if scene is not None and args:
+        raise TypeError("generate(model, scene=...) takes generation options as keyword arguments only.")
+    with speedups.static_cache_pool(model).lending():  # a static cache's buffers are this call's
+        if scene is not None:
+            input_ids = kwargs.pop("input_ids", inputs)
+            return generate_from_scene(model, scene, input_ids, compile_decoding=compile_decoding, **kwargs)
+        input_ids = kwargs.get("input_ids", inputs)
+        prepare_token_budget(model, input_ids, kwargs)
+        compile_options = compiled_decoding_kwargs(compile_decoding, model.device, kwargs)
+        if compile_options:
+            kwargs["past_key_values"] = lent_static_cache(model, kwargs, input_ids.shape[1])
+        return model.generate(inputs, *args, **kwargs, **compile_options)
+
+
 __all__ = [
     "DECODE_COMPILE_CONFIG",
     "GapMllmScene",
@@ -416,11 +436,11 @@ __all__ = [
     "compiled_decoding_kwargs",
     "decode_compile_config",
     "encode_scene",
+    "generate",
     "generate_from_scene",
     "lent_static_cache",
     "new_token_budget",
     "prepare_token_budget",
     "rows_cache",
     "scene_prefix_length",
-    "static_cache_lending",
 ]

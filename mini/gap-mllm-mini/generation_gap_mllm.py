@@ -1,1 +1,0 @@
-../../modeling_gap_mllm/generation_gap_mllm.py

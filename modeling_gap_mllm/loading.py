@@ -1,0 +1,51 @@
+"""How the gap-mllm package loads and builds its models: the model folder's classes, then the package's checks and
+batch-wide paths, as explicit calls.
+
+- `load_model(source, ...)`: `from_pretrained` with the checkpoint checks (`gap_mllm.checks.load_checked`: the GAP
+  components missing reported and kept as `model.missing_weight_groups`, weights that hold or compute NaN refused),
+  then the batch-wide Qwen3-VL paths (`gap_mllm.speedups.use_batched_qwen3_vl`).
+- `build_model(config)`: a fresh model after the memory check (`gap_mllm.checks.check_memory_for_parameters`: refused
+  before allocating when even the weights' lower bound cannot fit), then the same paths.
+
+A plain `from_pretrained` or `GapMllmForConditionalGeneration(config)` runs transformers' paths, as a folder loaded
+with `trust_remote_code` does. Never copied into a model folder.
+"""
+
+from __future__ import annotations
+
+from . import checks, speedups
+from .modeling_gap_mllm import GapMllmForConditionalGeneration
+
+
+def load_model(source, *args, loader=None, speed_paths: bool = True, **kwargs):
+    """`loader(source, *args, **kwargs)` (default `GapMllmForConditionalGeneration.from_pretrained`; e.g.
+    `AutoModel.from_pretrained`) with the package's checkpoint checks, then (`speed_paths`) its batch-wide paths.
+
+    Args:
+        **kwargs: `from_pretrained`'s, plus `load_checked`'s `require_geometry_weights`, `allow_non_finite_weights`
+            and `warn_missing_weights`.
+
+    Returns:
+        the model, or `(model, loading info)` with `output_loading_info=True`.
+
+    Raises:
+        ValueError: weights that hold or compute NaN, tensors the model has no place for, or (with
+            `require_geometry_weights`) missing geometry weights, naming them.
+    """
+    loaded = checks.load_checked(loader or GapMllmForConditionalGeneration.from_pretrained, source, *args, **kwargs)
+    if speed_paths:
+        speedups.use_batched_qwen3_vl(loaded[0] if isinstance(loaded, tuple) else loaded)
+    return loaded
+
+
+def build_model(config, speed_paths: bool = True) -> GapMllmForConditionalGeneration:
+    """A freshly initialised `GapMllmForConditionalGeneration(config)`, refused before allocating when its weights
+    cannot fit in the memory left (ValueError naming the sizes), with (`speed_paths`) the batch-wide paths."""
+    checks.check_memory_for_parameters(config)
+    model = GapMllmForConditionalGeneration(config)
+    if speed_paths:
+        speedups.use_batched_qwen3_vl(model)
+    return model
+
+
+__all__ = ["build_model", "load_model"]
