@@ -96,7 +96,7 @@ ARMS = (
     # the random real-size model is built once per process (no save / load); decoding compiled as `gap-mllm evaluate`
     # does on CUDA (the arm run once untimed first: about 30 s per compilation, at most 5 of the decode step); the
     # scene's 11 descriptions, stage 1 in batches of 8 and 3: the second batch compiles the decode step's symbolic
-    # graph, the one a ScanRefer scan's last batch uses (generation_gap_mllm.py), so the call measures it too
+    # graph, the one a ScanRefer scan's last batch uses (gap_mllm/generation.py), so the call measures it too
     GpuArm("eval_scale", ("bench/bench_eval_scale.py", "--real-size", "--device", "cuda", "--data", DATA,
                           "--queries", "11", "--batch-size", "8", "--arms", "batched_reuse", "--max-new-tokens", "32",
                           "--compile-decoding", "on", "--out", "{out}/eval_scale.json"), 190, "eval_scale.json"),

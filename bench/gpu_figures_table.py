@@ -83,7 +83,7 @@ def _scanrefer_minutes(value: dict) -> str:
 def _eval_scale(document: dict) -> str:
     """bench_eval_scale.py's figures (`tasks` → task → arm): seconds per sample, the slowest stage and, for grounding,
     ScanRefer val's minutes (`bench_eval_scale.scanrefer_estimate`), the graphs its untimed run compiled and the CUDA
-    graphs its timed run recorded (0 when every decode step replays one recorded before: generation_gap_mllm.py); an
+    graphs its timed run recorded (0 when every decode step replays one recorded before: gap_mllm/generation.py); an
     arm stopped during its timed run, by its untimed (compiling) run's figures, said so."""
     parts = []
     for task, row in document.get("tasks", {}).items():

@@ -331,7 +331,7 @@ def run_evaluation(task_name: str, data_dir, out_dir, model_dir=None, prediction
 
     Exactly one of `model_dir` (generate) and `predictions_file` (score given texts) is needed.
     `scene_reuse=False` answers every sample with its own full model call (for comparison; same texts).
-    `compile_decoding`: "auto" (default: compiled decode steps on CUDA), "on" or "off" (generation_gap_mllm.py; same texts).
+    `compile_decoding`: "auto" (default: compiled decode steps on CUDA), "on" or "off" (gap_mllm.generation; same texts).
     `constrained=True` decodes every answer inside its task's grammar (the paper's protocol decodes freely).
     `quantize`: a `--quantize` choice, the language model quantized at load (`gap_mllm.processing.model_paths`
     `quantization_kwargs`; recorded in the run's fingerprint); None (default): the weights as saved.

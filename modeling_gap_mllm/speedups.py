@@ -1,9 +1,10 @@
-"""The speed paths the installed package adds around its own copy of the model folder's classes.
+"""The package's speed paths around the model folder's classes, each an explicit call.
 
 Batch-wide Qwen3-VL vision and M-RoPE paths, the engine embeddings serving uses, and the static-cache pool that keeps
 compiled decoding's CUDA graphs at fixed addresses across calls. Each gives the same outputs as the stock path its
-exactness test compares it with. The role files reach them through `configuration_gap_mllm.installed_package_module`;
-a model folder loaded with `trust_remote_code` runs transformers' own paths. Never copied into a model folder.
+exactness test compares it with. `gap_mllm.loading` applies the batch-wide paths to the models the package loads and
+builds (`use_batched_qwen3_vl`), `gap_mllm.generation` lends the static caches; a plain `from_pretrained` and a model
+folder loaded with `trust_remote_code` run transformers' own paths. Never copied into a model folder.
 """
 
 import threading

@@ -4,7 +4,7 @@ The best training arm on an H200 (compiled layers and towers; bench/README.md) k
 host launched 5,206 kernels a step one by one, and the frozen VGGT encoder, run without gradient on a few shapes
 (samples × views × image size), is the largest share of them. A CUDA graph records those launches once per shape and
 replays them with one call, so the tower costs the host one launch instead of thousands (the same cure as compiled
-decoding, modeling_gap_mllm/generation_gap_mllm.py, where transformers and `torch.compile(mode="reduce-overhead")` do
+decoding, modeling_gap_mllm/generation.py, where transformers and `torch.compile(mode="reduce-overhead")` do
 the recording; here the tower is captured by hand, because its shapes are few and known and nothing in it trains).
 
     graphs = CudaGraphForward(model.geometry_encoder)   # model.geometry_encoder.forward is now `graphs`
