@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
+from gap_mllm.loading import load_model
 from gap_mllm.processing.model_paths import quantization_kwargs
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
@@ -73,8 +75,9 @@ class ModelSource:
         """The model itself, in eval mode (the weights: the slow part); `quantize`: a `--quantize` choice
         (`gap_mllm.processing.model_paths.quantization_kwargs`), None: as saved."""
         kwargs = quantization_kwargs(quantize, device)
-        model = load_pretrained(AutoModel.from_pretrained, self.source, self.flag, checked=True,
-                                trust_remote_code=True, **kwargs)
+        # the package's load: its checkpoint checks (a damaged folder refused by name) and batch-wide paths
+        model = load_pretrained(functools.partial(load_model, loader=AutoModel.from_pretrained), self.source, self.flag,
+                                checked=True, trust_remote_code=True, **kwargs)
         return (model if "device_map" in kwargs else model.to(device)).eval()
 
 

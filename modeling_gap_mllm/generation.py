@@ -423,7 +423,8 @@ def generate(model, inputs=None, *args, scene: GapMllmScene | list[GapMllmScene]
         prepare_token_budget(model, input_ids, kwargs)
         compile_options = compiled_decoding_kwargs(compile_decoding, model.device, kwargs)
         if compile_options:
-            kwargs["past_key_values"] = lent_static_cache(model, kwargs, input_ids.shape[1])
+            prompt = input_ids if input_ids is not None else kwargs["inputs_embeds"]
+            kwargs["past_key_values"] = lent_static_cache(model, kwargs, prompt.shape[1])
         return model.generate(inputs, *args, **kwargs, **compile_options)
 
 

@@ -8,8 +8,8 @@
   that always opens another entry, one byte per token, still ends well-formed at every budget;
 - GAP-MLLM-Mini on six public-domain photographs (tests/data/photos/SOURCES.md), a drawn room and noise answers
   inside these grammars on every path that decodes constrained: `gap-mllm predict` / `demo` (`run_task`), the
-  Space's stored scenes, `generate(answer_task=...)`, the batched generator of `gap-mllm evaluate` and the lmms-eval
-  plugin's hf backend, and a vLLM request's grammar.
+  Space's stored scenes, `generate(model, answer_task=...)`, the batched generator of `gap-mllm evaluate` and the
+  lmms-eval plugin's hf backend, and a vLLM request's grammar.
 """
 
 import json
@@ -25,7 +25,7 @@ from gap_mllm.checks import fit_budget_to_context
 from gap_mllm.cli.scene_store import SceneStore
 from gap_mllm.cli.tasks import TaskRequest, answer_format, run_task, task_answer
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
-from gap_mllm.generation_gap_mllm import answer_task_kwargs, budget_to_grammars
+from gap_mllm.generation import answer_task_kwargs, budget_to_grammars, generate
 from gap_mllm.mini import default_model_path
 from gap_mllm.processing.annotation_files import find_annotation_file
 from gap_mllm.processing.features import OFFICIAL_CATEGORIES
@@ -295,7 +295,7 @@ def test_a_budget_lowered_to_the_context_closes_the_list_for_it(mini, mini_token
 
 def test_stage1_frame_is_one_of_the_views_on_every_path(mini):
     """Stage 1's grammar holds the sample's view indices wherever it is built: the processor's settings (predict, demo,
-    Space), `generate(answer_task=...)`, the evaluation's batches, a vLLM request."""
+    Space), `generate(model, answer_task=...)`, the evaluation's batches, a vLLM request."""
     model, processor = mini
     spec, photos = resolve_task("grounding_stage1"), _frames("photos")[:3]
     three = spec.grammar_for(None, 3)
@@ -364,18 +364,18 @@ def test_the_space_stored_scene_answers_as_predict(mini):
 
 
 def test_generate_with_a_named_task_answers_inside_the_grammar(mini):
-    """`generate(answer_task=..., constrained=True)` (transformers' pipeline): a caption is prose, and a batch of a
+    """`gap_mllm.generation.generate(model, answer_task=..., constrained=True)`: a caption is prose, and a batch of a
     choice and a numerical question gets one grammar per row, from each row's prompt."""
     model, processor = mini
     photos = _frames("photos")
     inputs = processor(images=photos, task="captioning", box=BOX, return_tensors="pt")
-    out = model.generate(**inputs, answer_task="captioning", constrained=True, tokenizer=processor.tokenizer,
-                         max_new_tokens=32)
+    out = generate(model, **inputs, answer_task="captioning", constrained=True, tokenizer=processor.tokenizer,
+                   max_new_tokens=32)
     caption = processor.decode_generated(out, inputs["input_ids"])[0]
     _check_answer(processor.tokenizer, "captioning", caption, CAPTIONING.parse(caption))
     inputs = processor(images=[photos[:3], photos[3:]], task="spatial_qa", query=[CHOICE, NUMERICAL],
                        return_tensors="pt")
-    out = model.generate(**inputs, answer_task="spatial_qa", constrained=True, tokenizer=processor.tokenizer)
+    out = generate(model, **inputs, answer_task="spatial_qa", constrained=True, tokenizer=processor.tokenizer)
     choice, number = processor.decode_generated(out, inputs["input_ids"])
     assert choice in ("A", "B", "C") and SPATIAL_QA.parse(number).value is not None, (choice, number)
 

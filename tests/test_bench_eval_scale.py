@@ -95,13 +95,13 @@ def test_a_run_counts_the_graphs_it_compiled_and_the_timed_run_after_an_untimed_
     from transformers import CompileConfig
 
     from gap_mllm.evaluation.scene_generation import SceneGenerator
-    from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
+    from gap_mllm.generation import DECODE_COMPILE_CONFIG
     from gap_mllm.tiny.tiny_model import build_tiny_model
 
     data = write_small_synth(tmp_path / "data")
     model, processor = build_tiny_model()
-    model.compile_decoding = CompileConfig(**{**DECODE_COMPILE_CONFIG, "backend": "eager", "mode": None})
     generator = SceneGenerator.from_model(model, processor, max_new_tokens=4)
+    generator.compile_decoding = CompileConfig(**{**DECODE_COMPILE_CONFIG, "backend": "eager", "mode": None})
     slice_ = bench_eval_scale.load_slice(data, "val", "grounding", 4)
     torch._dynamo.reset()
     try:

@@ -70,7 +70,7 @@ def scripted_generate(model, processor, answer: str):
     the prompt that a real `generate` runs first (its prefill: the fusion gates the front ends show are its own)."""
     answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
-    def generate(input_ids=None, **kwargs):
+    def generate(inputs=None, input_ids=None, **kwargs):  # transformers' signature: `inputs` first
         model(input_ids=input_ids, **{name: kwargs[name] for name in processor.model_input_names if name in kwargs})
         return torch.cat([input_ids, answer_ids.expand(input_ids.shape[0], -1)], dim=1)
 
@@ -156,7 +156,7 @@ def test_predict_counts_the_ply_vertices_it_writes(preloaded_mini, monkeypatch, 
     boxes = [Box3D.from_list([0.1, 0.2, 2.0, 0.5, 0.5, 0.9, 0.0, 0.0, 0.0], label="chair"),
              Box3D.from_list([-0.4, 0.1, 2.5, 0.6, 0.8, 0.6, 0.3, 0.0, 0.0], label="table")]
     answer_ids = processor.tokenizer(serialize_detection(boxes), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    monkeypatch.setattr(model, "generate", lambda input_ids=None, **k: torch.cat([input_ids, answer_ids], dim=1))
+    monkeypatch.setattr(model, "generate", lambda inputs=None, input_ids=None, **k: torch.cat([input_ids, answer_ids], dim=1))
     paths = []
     for index, view in enumerate(synthetic_scene(1, num_frames=3).views):
         paths.append(tmp_path / f"frame_{index}.png")

@@ -1,16 +1,25 @@
-"""Compiled decoding (generation_gap_mllm.py) on the CPU: the tiny model's decode step compiles whole (fullgraph=True, one
-graph, no break) and gives today's greedy tokens in float32, batch 1 and 8, with and without a scene; a decode step
-makes no host synchronisation, and generate makes the one per token that transformers' loop needs (host_syncs.py)."""
+"""Compiled decoding (`gap_mllm.generation.generate(model, compile_decoding=...)`) on the CPU: the tiny model's decode
+step compiles whole (fullgraph=True, one graph, no break) and gives today's greedy tokens in float32, batch 1 and 8,
+with and without a scene; a decode step makes no host synchronisation, and generate makes the one per token that
+transformers' loop needs (host_syncs.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
-from transformers import CompileConfig, StoppingCriteriaList
+from transformers import CompileConfig, StaticCache, StoppingCriteriaList
 
-from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG, compiled_decoding_kwargs, decode_compile_config
+from gap_mllm.generation import (
+    DECODE_COMPILE_CONFIG,
+    compiled_decoding_kwargs,
+    decode_compile_config,
+    encode_scene,
+    generate,
+    lent_static_cache,
+)
 from gap_mllm.host_syncs import HostSyncCounter
+from gap_mllm.speedups import PooledStaticLayer, static_cache_pool
 from gap_mllm.tasks_gap_mllm import AnswerEndCriteria
 
 from .conftest import make_views
@@ -44,11 +53,11 @@ def _compiled(backend: str) -> CompileConfig:
 def test_the_decode_step_compiles_whole_and_keeps_the_greedy_tokens(lively_model, tiny_processor, batch, backend):
     inputs = _inputs(tiny_processor, batch)
     options = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    today = lively_model.generate(**inputs, **options)
+    today = generate(lively_model, **inputs, **options)
     assert len(set(today[:, -6:].flatten().tolist())) > 3  # the tokens vary: equality below means something
     torch._dynamo.reset()
     counters.clear()
-    compiled = lively_model.generate(**inputs, compile_decoding=_compiled(backend), **options)
+    compiled = generate(lively_model, **inputs, compile_decoding=_compiled(backend), **options)
     assert torch.equal(compiled, today)
     # one graph for all decode steps (fullgraph=True would have raised at a break), nothing recompiled per token
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
@@ -57,13 +66,13 @@ def test_the_decode_step_compiles_whole_and_keeps_the_greedy_tokens(lively_model
 def test_scene_questions_decode_compiled(lively_model, tiny_processor):
     processor, model = tiny_processor, lively_model
     prefix, questions = processor.split_scene_prompt(TEXTS[1:], num_views=2)
-    scene = model.encode_scene(**processor(images=[make_views(2, 64, 96, seed=3)], text=prefix, return_tensors="pt"))
+    scene = encode_scene(model, **processor(images=[make_views(2, 64, 96, seed=3)], text=prefix, return_tensors="pt"))
     question_inputs = processor(text=questions, return_tensors="pt", padding=True)
     options = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
-    today = model.generate(scene=scene, **question_inputs, **options)
+    today = generate(model, scene=scene, **question_inputs, **options)
     torch._dynamo.reset()
     counters.clear()
-    compiled = model.generate(scene=scene, compile_decoding=_compiled("eager"), **question_inputs, **options)
+    compiled = generate(model, scene=scene, compile_decoding=_compiled("eager"), **question_inputs, **options)
     assert torch.equal(compiled, today)
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
 
@@ -83,16 +92,16 @@ def _mix_tokens(model, processor, compile_decoding) -> list[torch.Tensor]:
     if hasattr(model, "_previous_max_cache_length"):
         del model._previous_max_cache_length
     prefix, _ = processor.split_scene_prompt(TEXTS[1:], num_views=2)
-    scene = model.encode_scene(**processor(images=[make_views(2, 64, 96, seed=3)], text=prefix, return_tensors="pt"))
+    scene = encode_scene(model, **processor(images=[make_views(2, 64, 96, seed=3)], text=prefix, return_tensors="pt"))
     tokens = []
     for kind, batch, budget in EVALUATION_MIX:
         options = dict(max_new_tokens=budget, min_new_tokens=budget, do_sample=False, compile_decoding=compile_decoding)
         if kind == "full":
-            tokens.append(model.generate(**_inputs(processor, batch), **options))
+            tokens.append(generate(model, **_inputs(processor, batch), **options))
             continue
         questions = [processor.split_scene_prompt([TEXTS[row % 4]], num_views=2)[1][0] for row in range(batch)]
         inputs = processor(text=questions, return_tensors="pt", padding=True)
-        tokens.append(model.generate(scene=scene, **inputs, **options))
+        tokens.append(generate(model, scene=scene, **inputs, **options))
     return tokens
 
 
@@ -123,9 +132,11 @@ def test_a_decode_step_makes_no_host_synchronisation(lively_model, tiny_processo
 
     def per_token(**options) -> dict:
         def syncs(new_tokens: int) -> HostSyncCounter:
-            with HostSyncCounter(where=True) as counter:  # the compiled step's code, run eagerly so it can be counted
-                model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                               cache_implementation="static", **options)
+            budget = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            # the compiled step's code, run eagerly so it can be counted: the static cache generate lends a compiled call
+            with HostSyncCounter(where=True) as counter, static_cache_pool(model).lending():
+                cache = lent_static_cache(model, budget, inputs["input_ids"].shape[1])
+                model.generate(**inputs, **budget, past_key_values=cache, **options)
             return counter
 
         four, eight = syncs(4), syncs(8)
@@ -148,7 +159,13 @@ def test_the_option_is_checked_by_name(build_model):
     cpu = torch.device("cpu")
     assert decode_compile_config("auto", cpu) is None and decode_compile_config(False, cpu) is None
     assert decode_compile_config("auto", torch.device("cuda")).mode == "reduce-overhead"
-    assert compiled_decoding_kwargs("on", cpu, {})["cache_implementation"] == "static"
+    # "on": the compiled step, decoding in the static cache `generate` lends from the model's pool
+    assert list(compiled_decoding_kwargs("on", cpu, {})) == ["compile_config"]
+    model = build_model()
+    with static_cache_pool(model).lending():
+        lent = lent_static_cache(model, {"max_new_tokens": 4}, 10)
+    assert isinstance(lent, StaticCache) and {(type(layer), layer.max_cache_len) for layer in lent.layers} == {
+        (PooledStaticLayer, 256)}
     with pytest.raises(ValueError, match=r"^compile_decoding='fast': expected one of \('auto', 'on', 'off'\)"):
         decode_compile_config("fast", cpu)
     with pytest.raises(ValueError, match=r"^compile_decoding needs cache_implementation='static', got 'dynamic'"):
@@ -173,13 +190,13 @@ def test_the_counter_sees_each_kind_of_read():
                               "Tensor.to(cpu)": 1, "aten.index(bool mask)": 1, "aten.index_put_(bool mask)": 1}
 
 
-def test_the_front_ends_option_and_the_models_default(lively_model, tiny_processor, tmp_path):
-    """evaluate compiles on CUDA by default, predict does not (`--compile-decoding` switches either); a front end sets
-    the model's attribute, which `generate` takes when the call names no setting."""
+def test_the_front_ends_option_and_the_generators_setting(lively_model, tiny_processor, tmp_path):
+    """evaluate compiles on CUDA by default, predict does not (`--compile-decoding` switches either); the evaluation's
+    generator keeps its setting and passes it to each `generate` call."""
     import argparse
 
     from gap_mllm.cli.main import argument_adder
-    from gap_mllm.evaluation.generation import BatchGenerator
+    from gap_mllm.evaluation.generation import BatchGenerator, Request
     from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
     def parse(command, *argv):
@@ -191,13 +208,14 @@ def test_the_front_ends_option_and_the_models_default(lively_model, tiny_process
     example = ("--task", "detection", "--example", "synthetic room A")
     assert (parse("predict", *example), parse("predict", *example, "--compile-decoding", "on")) == ("off", "on")
     generator = BatchGenerator(save_tiny_checkpoint(tmp_path / "tiny"), compile_decoding="on")
-    assert generator.model.compile_decoding == "on"
+    assert generator.compile_decoding == "on"
     with pytest.raises(ValueError, match=r"^compile_decoding='yes'"):
         BatchGenerator.__init__(generator, tmp_path / "tiny", compile_decoding="yes")
 
-    inputs = _inputs(tiny_processor, 1)
-    lively_model.compile_decoding = _compiled("eager")
+    generator = BatchGenerator.from_model(lively_model, tiny_processor)
+    assert generator.compile_decoding == "off"
+    generator.compile_decoding = _compiled("eager")
     torch._dynamo.reset()
     counters.clear()
-    lively_model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert counters["stats"]["unique_graphs"] == 1  # the attribute's setting compiled the decode step
+    generator.generate([Request(images=make_views(1, 64, 96), prompt="<image>" + TEXTS[0], max_new_tokens=3)])
+    assert counters["stats"]["unique_graphs"] == 1  # the generator's setting compiled the decode step

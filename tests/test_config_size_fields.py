@@ -1,7 +1,8 @@
 """Every size field of the geometry config that allocates weights is priced by the parameter estimate
-(modeling_gap_mllm/checks.py), so an absurd one is refused before allocation, naming the field; sizes
-that are not positive integers, or a model past the sanity bound or the memory left, are refused by the config, while
-the real and 8B sizes are accepted and the estimate is a close lower bound of the parameter count."""
+(modeling_gap_mllm/checks.py), so an absurd one is refused before allocation (`gap_mllm.loading.build_model`'s memory
+check), naming the field; sizes that are not positive integers, or a model past the sanity bound, are refused by the
+config, a model past the memory left by `build_model`, while the real and 8B sizes are accepted and the estimate is a
+close lower bound of the parameter count."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration, checks
 from gap_mllm.cli.real_size import QWEN3_VL_2B_TEXT, QWEN3_VL_2B_TOKENS, QWEN3_VL_2B_VISION, real_size_config
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
-from gap_mllm.modeling_vggt import GapMllmGeometryEncoder
+from gap_mllm.loading import build_model
 from gap_mllm.tiny.tiny_config import build_gap_config
 
 TINY_DPT = {"dpt_layers": [0, 1, 2, 3]}  # the tiny encoder has 4 layers
@@ -44,9 +45,9 @@ def test_sizes_the_estimate_used_to_miss_are_refused_before_allocation(tiny_proc
         f"1.0 GiB are available on cpu; the largest part, {parameters} parameters, comes from {part}. Use a smaller "
         "configuration")
     with pytest.raises(ValueError, match=expected):
-        GapMllmForConditionalGeneration(config)
-    with pytest.raises(ValueError, match=expected):  # the encoder built alone (VGGT conversion) too
-        GapMllmGeometryEncoder(config.geometry_config)
+        build_model(config)
+    with pytest.raises(ValueError, match=expected):  # the encoder's config priced alone too
+        checks.check_memory_for_parameters(config.geometry_config)
 
 
 def test_vggt_sized_heads_past_the_bound_are_refused_by_the_config_naming_the_field():
@@ -121,9 +122,9 @@ def test_a_model_that_cannot_fit_is_refused_before_allocating(tiny_processor, mo
     config = build_gap_config(tiny_processor.tokenizer, geometry_config={"num_hidden_layers": 10**6})  # ~2.5e10 weights
     with pytest.raises(ValueError, match=r"need at least 91.6 GiB \(2.46e\+10 parameters in torch.float32\), but only "
                                          r"1.0 GiB are available on cpu"):
-        GapMllmForConditionalGeneration(config)
+        build_model(config)
     with torch.device("meta"):  # from_pretrained builds here: nothing is allocated, nothing refused
-        GapMllmForConditionalGeneration(real_size_config())
+        build_model(real_size_config())
 
 
 def test_real_and_8b_sizes_are_accepted_and_the_estimate_is_a_close_lower_bound(tiny_processor):

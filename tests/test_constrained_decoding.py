@@ -26,6 +26,7 @@ from gap_mllm.cli.tasks import TaskRequest, answer_format, run_task
 from gap_mllm.evaluation.generation import BatchGenerator, Request, answer_rules
 from gap_mllm.evaluation.scene_generation import SceneGenerator
 from gap_mllm.evaluation.tasks import get_task
+from gap_mllm.generation import encode_scene, generate
 from gap_mllm.mini import default_model_path
 from gap_mllm.tasks_gap_mllm import (
     TASKS,
@@ -172,7 +173,7 @@ def test_a_fitting_greedy_answer_is_unchanged_and_another_is_corrected(build_mod
     for constrained in (False, True):
         kwargs = tiny_processor.generation_kwargs("grounding", inputs, max_new_tokens=80, constrained=constrained)
         dictated = LogitsProcessorList([_Dictate(targets, length), *kwargs.pop("logits_processor", [])])
-        out = model.generate(**inputs, **kwargs, logits_processor=dictated, eos_token_id=eos, pad_token_id=eos)
+        out = generate(model, **inputs, **kwargs, logits_processor=dictated, eos_token_id=eos, pad_token_id=eos)
         answers[constrained] = tiny_processor.decode_generated(out, inputs["input_ids"])
     assert answers[False] == [good, bad]
     assert answers[True][0] == good and answers[True][1] != bad
@@ -197,9 +198,9 @@ def test_a_budget_given_beside_the_grammar_closes_its_list_for_that_budget(build
         dictated = LogitsProcessorList([_Dictate([target], prompt_ids.shape[1]), *kwargs.pop("logits_processor")])
         call = {**kwargs, **given, "logits_processor": dictated, "eos_token_id": eos, "pad_token_id": eos}
         if scene is None:
-            return tiny_processor.decode_generated(model.generate(**inputs, **call), prompt_ids)[0]
+            return tiny_processor.decode_generated(generate(model, **inputs, **call), prompt_ids)[0]
         question = {"input_ids": prompt_ids[:, scene.prefix_ids.shape[1]:]}
-        out = model.generate(scene=scene, **question, **call)
+        out = generate(model, scene=scene, **question, **call)
         return tiny_processor.decode_generated(out, question["input_ids"])[0]
 
     built_for_it = answer(tiny_processor.generation_kwargs("detection", inputs, budget, constrained=True))
@@ -207,7 +208,7 @@ def test_a_budget_given_beside_the_grammar_closes_its_list_for_that_budget(build
     parsed = resolve_task("detection").parse(given_beside)
     assert given_beside == built_for_it and parsed.reason is None and len(parsed.boxes) == 2, given_beside
     prefix, _ = tiny_processor.split_scene_prompt(tiny_processor.task_prompt("detection", 2), num_views=2)
-    scene = model.encode_scene(**tiny_processor(images=[views], text=[prefix], return_tensors="pt"))
+    scene = encode_scene(model, **tiny_processor(images=[views], text=[prefix], return_tensors="pt"))
     on_scene = answer(tiny_processor.generation_kwargs("detection", inputs, constrained=True), scene=scene,
                       max_new_tokens=budget)
     assert on_scene == built_for_it

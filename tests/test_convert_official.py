@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.loading import load_model
 from gap_mllm.cli import convert as convert_cli
 from gap_mllm.convert_official_gap_mllm_to_hf import convert_official_checkpoint
 from gap_mllm.convert_vggt_to_hf import ConversionError
@@ -44,7 +44,7 @@ def test_every_tensor_lands_and_outputs_agree(tmp_path, merger_norm, tiny_proces
     assert report.skipped["lm_head.weight"].startswith("tied to model.language_model.embed_tokens.weight")
     assert any(f"merger norm detected from the keys: '{merger_norm}'" in note for note in report.notes)
 
-    converted = GapMllmForConditionalGeneration.from_pretrained(tmp_path / "converted").eval()
+    converted = load_model(tmp_path / "converted").eval()
     assert converted.config.geometry_fusion_config.merger_norm == merger_norm
     assert converted.config.geometry_config.tapped_layers == model.config.geometry_config.tapped_layers
     assert converted.missing_weight_groups == []

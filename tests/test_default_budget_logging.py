@@ -1,13 +1,14 @@
 """A token budget lowered to the model's context: when it is the task's own (the caller set none: `DefaultBudget`)
 that is the documented behaviour, logged once at INFO; when the caller set `max_new_tokens`, it is still a warning
-addressed to them. Every path that lowers a budget: `generate` (full prompt and scene reuse), the processor's
-`generation_kwargs` (predict, demo, Space), and `gap-mllm evaluate` / notebook 03 (`run_evaluation`)."""
+addressed to them. Every path that lowers a budget: `gap_mllm.generation.generate` (full prompt and scene reuse), the
+processor's `generation_kwargs` (predict, demo, Space), and `gap-mllm evaluate` / notebook 03 (`run_evaluation`)."""
 
 import logging
 
 import pytest
 
 from gap_mllm import checks
+from gap_mllm.generation import generate
 from gap_mllm.processing.synth import SynthRooms, write_dataset
 from gap_mllm.processing.synth.presets import synth_config
 from gap_mllm.tasks_gap_mllm import DefaultBudget, resolve_task
@@ -41,18 +42,18 @@ def test_generate_logs_a_lowered_task_budget_once_at_info_and_warns_for_a_chosen
     # they cannot hold is refused: tests/test_generation.py)
     defaults = tiny_processor.generation_kwargs("spatial_qa", full)
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        first = model.generate(**full, **defaults)
-        model.generate(**full, **tiny_processor.generation_kwargs("spatial_qa", full))
+        first = generate(model, **full, **defaults)
+        generate(model, **full, **tiny_processor.generation_kwargs("spatial_qa", full))
         prefix, suffix = tiny_processor.split_scene_prompt("Where is the chair?", num_views=2)
         scene = encode(model, tiny_processor, frames, prefix)
         question = tiny_processor(text=suffix, return_tensors="pt")
-        model.generate(scene=scene, **question, **tiny_processor.generation_kwargs("spatial_qa", question["input_ids"]))
+        generate(model, scene=scene, **question, **tiny_processor.generation_kwargs("spatial_qa", question["input_ids"]))
     assert first.shape[1] <= 41 + 5
     assert budget_records(caplog) == [(logging.INFO, INFO_LINE.format(budget=64, limit=40, what="the prompt", end=34,
                                                                       room=5))]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        model.generate(**full, **tiny_processor.generation_kwargs("spatial_qa", full, max_new_tokens=192))
+        generate(model, **full, **tiny_processor.generation_kwargs("spatial_qa", full, max_new_tokens=192))
     assert budget_records(caplog) == [(logging.WARNING, (
         "max_new_tokens=192 would pass the model's context of 40 positions: the prompt ends at position 34, so at most 5 "
         "new tokens are generated (answers longer than that stop at the context's end). Lower max_new_tokens to "

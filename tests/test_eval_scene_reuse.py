@@ -3,6 +3,7 @@ with the same answers as one full generate call per sample."""
 
 import json
 
+from gap_mllm.evaluation import generation as evaluation_generation
 from gap_mllm.evaluation import scene_generation
 from gap_mllm.evaluation.batched_answers import answer_in_batches, scene_batches, stage_batches
 from gap_mllm.evaluation.generation import Request
@@ -27,18 +28,21 @@ def count_calls(module) -> list:
     return calls
 
 
-def count_generate_calls(generator) -> list:
-    calls, original = [], generator.model.generate
+def count_generate_calls(monkeypatch) -> list:
+    """Each `gap_mllm.generation.generate` call of the evaluation's generators: "scene" (`scene=`) or "full"."""
+    calls = []
+    for module in (evaluation_generation, scene_generation):
+        original = module.generate
 
-    def counting(*args, **kwargs):
-        calls.append("scene" if kwargs.get("scene") is not None else "full")
-        return original(*args, **kwargs)
+        def counting(*args, original=original, **kwargs):
+            calls.append("scene" if kwargs.get("scene") is not None else "full")
+            return original(*args, **kwargs)
 
-    generator.model.generate = counting
+        monkeypatch.setattr(module, "generate", counting)
     return calls
 
 
-def test_scene_generator_equals_one_full_call_per_request(synth_data, tiny_checkpoint):  # noqa: F811
+def test_scene_generator_equals_one_full_call_per_request(synth_data, tiny_checkpoint, monkeypatch):  # noqa: F811
     frames = sorted(str(p) for p in (synth_data / "scannet" / "posed_images" / "synth0000_00").glob("*.jpg"))[:3]
     labelled_views = "".join(FRAME_LABEL.format(index=i) + IMAGE_PLACEHOLDER for i in range(3))  # the stage-1 layout
     prompts = [labelled_views + "\nWhere is the chair?", labelled_views + "\nWhere is the lamp next to the door?",
@@ -48,7 +52,7 @@ def test_scene_generator_equals_one_full_call_per_request(synth_data, tiny_check
     generator = SceneGenerator(tiny_checkpoint)
     expected = [generator.generate([request])[0] for request in requests]
     geometry_calls = count_calls(generator.model.geometry_encoder)
-    generate_calls = count_generate_calls(generator)
+    generate_calls = count_generate_calls(monkeypatch)
     assert generator.generate_on_scenes(requests) == expected
     # each of the three scenes encoded once, the four questions decoded in one call, each row against its own scene
     assert generator.scenes_encoded == 3 and len(geometry_calls) == 3
@@ -60,7 +64,8 @@ def test_scene_generator_equals_one_full_call_per_request(synth_data, tiny_check
     assert generator.scenes_encoded == 4 and len(geometry_calls) == 4
 
 
-def test_every_batch_of_a_scene_answers_a_stage_before_the_next_stage(synth_data, tiny_checkpoint):  # noqa: F811
+def test_every_batch_of_a_scene_answers_a_stage_before_the_next_stage(synth_data, tiny_checkpoint,  # noqa: F811
+                                                                     monkeypatch):
     """ScanRefer's shape: one stage-1 scene asked by every query, then a stage-2 scene of each query's own (its
     selected frame and neighbours). The stage-1 scene is encoded once for all batches, though the stage-2 scenes
     outnumber the generator's cache; the answers are those of one full call per request."""
@@ -78,7 +83,7 @@ def test_every_batch_of_a_scene_answers_a_stage_before_the_next_stage(synth_data
     for i in range(5):
         first = generator.generate([request_for(i, 0, [])])
         expected[i] = first + generator.generate([request_for(i, 1, first)])
-    generate_calls = count_generate_calls(generator)
+    generate_calls = count_generate_calls(monkeypatch)
     answered = dict(pair for batch, texts in answer_in_batches(generator, request_for, [list(range(5))], 2, 2)
                     for pair in zip(batch, texts, strict=True))
     assert answered == expected
@@ -100,7 +105,8 @@ def test_a_later_stage_batches_a_scenes_samples_by_the_frames_they_ask_about():
     assert stage_batches(singles, requests, 3) is singles
 
 
-def test_descriptions_of_one_object_share_one_encoding_of_their_stage2_scene(synth_data, tiny_checkpoint):  # noqa: F811
+def test_descriptions_of_one_object_share_one_encoding_of_their_stage2_scene(synth_data, tiny_checkpoint,  # noqa: F811
+                                                                             monkeypatch):
     """ScanRefer describes an object several times; descriptions that select the same frame ask stage 2 about the
     same scene. Spread over the first stage's batches ([0, 1, 2], [3, 4, 5]), that scene would be encoded once per
     batch; batched again by scene for stage 2 it is encoded once, and the answers are those of one full call each."""
@@ -117,7 +123,7 @@ def test_descriptions_of_one_object_share_one_encoding_of_their_stage2_scene(syn
     for i in range(6):
         first = generator.generate([request_for(i, 0, [])])
         expected[i] = first + generator.generate([request_for(i, 1, first)])
-    generate_calls, geometry_calls = count_generate_calls(generator), count_calls(generator.model.geometry_encoder)
+    generate_calls, geometry_calls = count_generate_calls(monkeypatch), count_calls(generator.model.geometry_encoder)
     answered = dict(pair for batch, texts in answer_in_batches(generator, request_for, [list(range(6))], 2, 3)
                     for pair in zip(batch, texts, strict=True))
     assert answered == expected

@@ -1,7 +1,7 @@
-"""generate(): cached == uncached greedy tokens, one geometry-encoder call per call, beam expansion; a token budget
-past the model's context is lowered with a warning on both paths (full prompt and scene reuse), counted in M-RoPE
-positions, and a prompt past the context, an unfittable minimum or a context too short for the task's shortest whole
-answer is refused."""
+"""generate(): cached == uncached greedy tokens, one geometry-encoder call per call, beam expansion; with the package's
+`gap_mllm.generation.generate`, a token budget past the model's context is lowered with a warning on both paths (full
+prompt and scene reuse), counted in M-RoPE positions, and a prompt past the context, an unfittable minimum or a context
+too short for the task's shortest whole answer is refused."""
 
 import logging
 
@@ -12,6 +12,7 @@ import torch
 
 from gap_mllm import checks
 from gap_mllm.checks import highest_prompt_position
+from gap_mllm.generation import generate
 from gap_mllm.modeling_gap_mllm import GEOMETRY_INPUT_NAMES
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
@@ -107,32 +108,32 @@ def short_context(tiny_processor, monkeypatch):
 def test_a_budget_past_the_context_is_lowered_with_a_warning_in_both_generate_paths(tiny_processor, short_context, caplog):
     model, frames, full = short_context
     with caplog.at_level(logging.WARNING):
-        out = model.generate(**full, max_new_tokens=100, do_sample=False)
+        out = generate(model, **full, max_new_tokens=100, do_sample=False)
     assert out.shape[1] == 41 + 5  # positions 35..39: the 5 that exist
     assert "max_new_tokens=100 would pass the model's context of 40 positions: the prompt ends at position 34, " \
            "so at most 5 new tokens are generated" in caplog.text
     prefix, suffix = tiny_processor.split_scene_prompt("Where is the chair?", num_views=2)
     scene = encode(model, tiny_processor, frames, prefix)
     question = tiny_processor(text=suffix, return_tensors="pt")
-    from_scene = model.generate(scene=scene, **question, max_new_tokens=100, do_sample=False)
+    from_scene = generate(model, scene=scene, **question, max_new_tokens=100, do_sample=False)
     assert torch.equal(from_scene[0, question["input_ids"].shape[1]:], out[0, 41:])  # same 5 tokens
 
 
 def test_positions_not_token_counts_decide(short_context):
     model, _, full = short_context
     model.config.text_config.max_position_embeddings = 38  # fewer positions than the prompt's 41 tokens
-    out = model.generate(**full, max_new_tokens=2, do_sample=False)
+    out = generate(model, **full, max_new_tokens=2, do_sample=False)
     assert out.shape[1] == 43
 
 
 def test_a_prompt_past_the_context_or_an_unfittable_minimum_is_refused(tiny_processor, short_context):
     model, frames, full = short_context
     with pytest.raises(ValueError, match=r"at most 5 new tokens fit in the model's context of 40 positions, but min_new_tokens=6"):
-        model.generate(**full, max_new_tokens=6, min_new_tokens=6)
+        generate(model, **full, max_new_tokens=6, min_new_tokens=6)
     model.config.text_config.max_position_embeddings = 30
     with pytest.raises(ValueError, match=r"the prompt ends at position 34 \(41 tokens; visual tokens share positions\), "
                                          r"leaving no room in the model's context of 30 positions"):
-        model.generate(**full, max_new_tokens=1)
+        generate(model, **full, max_new_tokens=1)
     prefix, _ = tiny_processor.split_scene_prompt("Where is the chair?", num_views=2)
     model.config.text_config.max_position_embeddings = 20
     with pytest.raises(ValueError, match=r"the scene prefix ends at position 23 .* context of 20 positions"):
@@ -159,4 +160,4 @@ def test_a_context_too_short_for_the_shortest_answer_is_refused_naming_both_numb
     with pytest.raises(ValueError, match=rf"^the prompt ends at position {limit - 21}, so at most 20 new tokens fit in "
                                          rf"the model's context of {limit} positions, fewer than the {shortest} that "
                                          r"the shortest whole grounding answer needs; use fewer"):
-        model.generate(**inputs, **processor.generation_kwargs("grounding", inputs))
+        generate(model, **inputs, **processor.generation_kwargs("grounding", inputs))

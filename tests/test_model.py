@@ -12,6 +12,7 @@ from transformers.utils import is_flash_attn_2_available
 from gap_mllm import GapMllmConfig, GapMllmForConditionalGeneration
 from gap_mllm.checks import MissingWeightsWarning, first_non_finite_tensor
 from gap_mllm.configuration_gap_mllm import FUSION_METHODS
+from gap_mllm.loading import load_model
 
 
 def _logits(model, inputs, **kwargs):
@@ -168,7 +169,7 @@ def test_missing_geometry_weights_are_reported_by_group(tmp_path, build_model, m
     kept = {k: v for k, v in weights.items() if not k.startswith(("model.geometry_encoder.", "model.geometry_fusion.fusions."))}
     save_file(kept, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.warns(MissingWeightsWarning, match="geometry encoder") as record:
-        model = GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+        model = load_model(tmp_path)
     message = str(record[0].message)
     assert "fusion modules (gates)" in message and "geometry mergers" not in message
     assert model.missing_weight_groups == ["fusion modules (gates)", "geometry encoder (VGGT aggregator)"]
@@ -176,7 +177,7 @@ def test_missing_geometry_weights_are_reported_by_group(tmp_path, build_model, m
         assert torch.isfinite(parameter).all() and parameter.abs().max() < 10, name
     assert torch.isfinite(_logits(model.eval(), make_inputs((2,)))).all()
     with pytest.raises(ValueError, match="lacks GAP geometry weights"), pytest.warns(MissingWeightsWarning):
-        GapMllmForConditionalGeneration.from_pretrained(tmp_path, require_geometry_weights=True)
+        load_model(tmp_path, require_geometry_weights=True)
 
 
 def test_weights_holding_nan_or_an_infinity_are_refused_naming_the_folder_and_the_first_tensor(tmp_path, build_model):
@@ -189,10 +190,10 @@ def test_weights_holding_nan_or_an_infinity_are_refused_naming_the_folder_and_th
     weights[first][1, 2] = float("-inf")  # the model's order, not the file's (alphabetical), decides which is first
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError) as refused:
-        GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+        load_model(tmp_path)
     assert str(refused.value) == (f"{tmp_path}: the weights hold NaN or infinite values (first: {first}); the "
                                   "checkpoint is damaged or was saved from a diverged run: load another one")
-    loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path, allow_non_finite_weights=True)
+    loaded = load_model(tmp_path, allow_non_finite_weights=True)
     assert torch.isinf(loaded.state_dict()[first][1, 2]) and torch.isnan(loaded.state_dict()[later][0, 0])
 
 
@@ -208,20 +209,20 @@ def test_finite_weights_that_compute_nan_are_refused_naming_the_largest_weight_o
     save_file({**weights, name: weights[name].index_fill(1, torch.tensor([0]), 3e38)}, tmp_path / "model.safetensors",
               metadata={"format": "pt"})
     with pytest.raises(ValueError) as refused:
-        GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+        load_model(tmp_path)
     assert str(refused.value) == (f"{tmp_path}: the weights hold a value too large to compute with ({name} holds "
                                   "3e+38; its square overflows, a trained weight stays far below 2**64 = 1.84e+19); the "
                                   "checkpoint is damaged or was saved from a diverged run: load another one")
     save_file({key: value * 1e6 for key, value in weights.items()}, tmp_path / "model.safetensors",
               metadata={"format": "pt"})
     with pytest.raises(ValueError) as refused:
-        GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+        load_model(tmp_path)
     assert str(refused.value) == (
         f"{tmp_path}: the weights are finite but compute NaN or infinite values on a probe input (first in the output "
         "of model.geometry_encoder.aggregator.patch_embed.blocks.0.norm2; the largest weight is "
         "model.visual.blocks.0.norm1.weight, 1e+06); the checkpoint is damaged or was saved from a diverged run: "
         "load another one")
-    loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path, allow_non_finite_weights=True)
+    loaded = load_model(tmp_path, allow_non_finite_weights=True)
     assert loaded.state_dict()[name].abs().max().item() == pytest.approx(weights[name].abs().max().item() * 1e6)
 
 
@@ -231,7 +232,7 @@ def test_the_probe_forward_leaves_the_model_and_the_random_state_as_they_were(tm
     inputs = make_inputs((2,))
     expected = _logits(model, inputs)
     state = torch.random.get_rng_state()
-    loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path)  # the probe ran
+    loaded = load_model(tmp_path)  # the probe ran
     assert torch.equal(torch.random.get_rng_state(), state) and loaded.model.rope_deltas is None
     assert torch.equal(_logits(loaded, inputs), expected)
 
@@ -247,7 +248,7 @@ def test_tensors_the_config_has_no_place_for_are_refused_by_name(tmp_path, build
     last = config["text_config"]["num_hidden_layers"]
     extra = sorted(key for key in model.state_dict() if key.startswith(f"model.language_model.layers.{last}."))
     with pytest.raises(ValueError) as refused:
-        GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+        load_model(tmp_path)
     assert str(refused.value) == (
         f"{tmp_path}: the weights hold {len(extra)} tensor(s) that the model built from config.json has no place for "
         f"(Qwen3-VL language model: {len(extra)} (e.g. {extra[0]})); the config does not belong to these weights "
@@ -266,7 +267,7 @@ def test_the_non_finite_check_reads_each_tensor_in_order_and_is_not_fooled_by_a_
 
 def test_complete_checkpoint_loads_silently(tmp_path, build_model, recwarn):
     build_model().save_pretrained(tmp_path)
-    model = GapMllmForConditionalGeneration.from_pretrained(tmp_path)
+    model = load_model(tmp_path)
     assert model.missing_weight_groups == []
     assert not [w for w in recwarn if issubclass(w.category, MissingWeightsWarning)]
 
@@ -299,8 +300,7 @@ def test_from_pretrained_of_a_qwen3_vl_folder_reports_only_the_geometry_weights_
     stock = _stock_qwen3_vl_folder(build_model, tmp_path)
     geometry = build_model().config.geometry_config.to_dict()
     with pytest.warns(MissingWeightsWarning) as caught:
-        model, info = GapMllmForConditionalGeneration.from_pretrained(tmp_path, geometry_config=geometry,
-                                                                      output_loading_info=True)
+        model, info = load_model(tmp_path, geometry_config=geometry, output_loading_info=True)
     assert isinstance(model.config, GapMllmConfig) and model.config.model_type == "gap_mllm"
     assert model.config.geometry_config.hidden_size == geometry["hidden_size"]  # the settings given, not VGGT-1B's
     assert info["unexpected_keys"] == set() or not info["unexpected_keys"]
@@ -327,7 +327,7 @@ def test_a_folder_of_the_earlier_layout_loads_with_equal_logits(tmp_path, build_
                for name, tensor in saved.items()}
     assert any(name.startswith("vlm.model.") for name in earlier) and "model.geometry_encoder" not in str(list(earlier))
     save_file(earlier, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    loaded = GapMllmForConditionalGeneration.from_pretrained(tmp_path).eval()
+    loaded = load_model(tmp_path).eval()
     assert loaded.missing_weight_groups == []
     inputs = make_inputs((2,))
     assert torch.equal(_logits(loaded, inputs), _logits(model, inputs))

@@ -1,6 +1,7 @@
-"""`model(**inputs)` checks its inputs as `generate` does (modeling_gap_mllm/checks.py): ids outside the
-vocabulary, ill-shaped or empty masks, labels and token types end in ValueErrors naming the input, with one
-host synchronisation, and the paths that must keep working (cached decoding, generation, packed rows) do."""
+"""`checks.check_batch(model, inputs)`, what the package's trainers run before each forward (`compute_loss` of
+`GeometryAlignedTrainer` and `GapSFTTrainer`): ids outside the vocabulary, ill-shaped or empty masks, labels and token
+types end in ValueErrors naming the input, with one host synchronisation; a trainer refuses such a batch before its
+forward; and the paths that must keep working (the model's forward with labels, cached decoding, generation) do."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ def setup():
     return model, processor, inputs
 
 
+def check(model, inputs, **changes):
+    """The trainers' check of the batch `inputs` with `changes`."""
+    checks.check_batch(model, {**inputs, **changes})
+
+
 def run(model, inputs, **changes):
     with torch.no_grad():
         return model(**{**inputs, **changes})
@@ -44,13 +50,13 @@ def test_ids_outside_the_vocabulary_are_named(setup, offset):
     bad = vocabulary + offset
     with pytest.raises(ValueError, match=rf"^input_ids holds token id {bad}, outside the model's vocabulary of "
                                          rf"{vocabulary} ids \(0 … {vocabulary - 1}\)"):
-        run(model, inputs, input_ids=changed_id(inputs, bad))
+        check(model, inputs, input_ids=changed_id(inputs, bad))
 
 
 def test_float_ids_are_named(setup):
     model, _, inputs = setup
     with pytest.raises(ValueError, match="^input_ids must hold integer token ids, got a torch.float32 tensor$"):
-        run(model, inputs, input_ids=inputs["input_ids"].float())
+        check(model, inputs, input_ids=inputs["input_ids"].float())
 
 
 @pytest.mark.parametrize("mask, shape", [(lambda m: m[:, :-2], r"\(2, 39\)"), (lambda m: m[None], r"\(1, 2, 41\)"),
@@ -59,7 +65,7 @@ def test_a_mask_of_the_wrong_shape_is_named(setup, mask, shape):
     model, _, inputs = setup
     assert inputs["input_ids"].shape == (2, 41)
     with pytest.raises(ValueError, match=rf"^attention_mask has shape {shape}, expected \[2, 41\]: one value per token"):
-        run(model, inputs, attention_mask=mask(inputs["attention_mask"]))
+        check(model, inputs, attention_mask=mask(inputs["attention_mask"]))
 
 
 def test_an_all_zero_mask_row_is_named_not_blamed_on_the_token_types(setup):
@@ -67,7 +73,7 @@ def test_an_all_zero_mask_row_is_named_not_blamed_on_the_token_types(setup):
     mask = inputs["attention_mask"].clone()
     mask[1] = 0
     with pytest.raises(ValueError, match=r"^attention_mask row 1 is all zeros: every sample needs at least one token"):
-        run(model, inputs, attention_mask=mask)
+        check(model, inputs, attention_mask=mask)
 
 
 def test_a_mask_leaving_out_image_tokens_is_named(setup):
@@ -77,21 +83,22 @@ def test_a_mask_leaving_out_image_tokens_is_named(setup):
     mask[1, image_positions] = 0
     with pytest.raises(ValueError, match=r"^attention_mask masks 3 image/video token\(s\) \(mm_token_type_ids ≠ 0\), "
                                          r"the first in row 1: the mask may leave out padding only"):
-        run(model, inputs, attention_mask=mask)
+        check(model, inputs, attention_mask=mask)
 
 
 def test_labels_and_token_types_are_checked(setup):
     model, _, inputs = setup
     labels = inputs["input_ids"].masked_fill(inputs["mm_token_type_ids"] != 0, IGNORE_INDEX)
-    assert torch.isfinite(run(model, inputs, labels=labels).loss)  # -100 is not an id
+    check(model, inputs, labels=labels)  # -100 is not an id
+    assert torch.isfinite(run(model, inputs, labels=labels).loss)
     outputs = model.get_output_embeddings().out_features
     for bad in (outputs, -5):
         with pytest.raises(ValueError, match=rf"^labels \(besides -100, ignored\) holds token id {bad}, outside"):
-            run(model, inputs, labels=labels.masked_fill(labels == labels[0, -1], bad))
+            check(model, inputs, labels=labels.masked_fill(labels == labels[0, -1], bad))
     with pytest.raises(ValueError, match=r"^labels has shape \(2, 40\), but the input tokens are \[2, 41\]"):
-        run(model, inputs, labels=labels[:, 1:])
+        check(model, inputs, labels=labels[:, 1:])
     with pytest.raises(ValueError, match=r"^mm_token_type_ids has shape \(2, 40\), but the input tokens are \[2, 41\]"):
-        run(model, inputs, mm_token_type_ids=inputs["mm_token_type_ids"][:, 1:])
+        check(model, inputs, mm_token_type_ids=inputs["mm_token_type_ids"][:, 1:])
 
 
 def test_the_values_are_read_in_one_synchronisation(setup, monkeypatch):
@@ -108,9 +115,26 @@ def test_the_values_are_read_in_one_synchronisation(setup, monkeypatch):
 
     labels = inputs["input_ids"].clone()
     monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
-    checks.check_forward_inputs(model, inputs["input_ids"], None, inputs["attention_mask"], labels,
-                                inputs["mm_token_type_ids"])
+    check(model, inputs, labels=labels)
     assert reads == [1, 1] and calls == [(6,)]  # ids, labels and mask: one stacked read
+
+
+def test_the_trainer_refuses_a_bad_batch_before_its_forward(setup, tmp_path):
+    from transformers import TrainingArguments
+
+    from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
+    from gap_mllm.training.trainer import GeometryAlignedTrainer
+
+    _, processor, inputs = setup
+    model, _ = build_tiny_model(processor=processor)
+    args = TrainingArguments(str(tmp_path), remove_unused_columns=False, report_to=[], use_cpu=True)
+    trainer = GeometryAlignedTrainer(GeometryAlignedModel(model), args=args)
+    forwards = []
+    model.register_forward_pre_hook(lambda *args: forwards.append(1))
+    vocabulary = model.get_input_embeddings().num_embeddings
+    with pytest.raises(ValueError, match=rf"^input_ids holds token id {vocabulary + 5}, outside the model's vocabulary"):
+        trainer.compute_loss(trainer.model, {**inputs, "input_ids": changed_id(inputs, vocabulary + 5)})
+    assert not forwards
 
 
 def test_cached_decoding_padding_and_generation_still_work(setup):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gap_mllm.checks import model_identity
+from gap_mllm.generation import encode_scene, generate
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .conftest import make_views
@@ -27,14 +28,14 @@ def scene_setup(tiny_processor):
 
 
 def answer(model, scene, question):
-    return model.generate(scene=scene, **question, max_new_tokens=2, do_sample=False)
+    return generate(model, scene=scene, **question, max_new_tokens=2, do_sample=False)
 
 
 def test_a_fused_adamw_step_invalidates_the_scene(scene_setup):
     model, scene_inputs, question = scene_setup
     trained = list(model.model.language_model.parameters())
     optimizer = torch.optim.AdamW(trained, lr=1e-3, fused=True)  # Trainer's default optim, adamw_torch_fused
-    scene = model.encode_scene(**scene_inputs)
+    scene = encode_scene(model, **scene_inputs)
     versions = [p._version for p in trained]
     loss = model(**scene_inputs).logits.float().pow(2).mean()
     loss.backward()
@@ -42,7 +43,7 @@ def test_a_fused_adamw_step_invalidates_the_scene(scene_setup):
     assert [p._version for p in trained] == versions  # the fused kernel leaves the version counters alone
     with pytest.raises(ValueError, match=REFUSED):
         answer(model, scene, question)
-    fresh = model.encode_scene(**scene_inputs)  # a scene encoded after the step is accepted, and it differs
+    fresh = encode_scene(model, **scene_inputs)  # a scene encoded after the step is accepted, and it differs
     assert not torch.equal(fresh.key_values[-1][0], scene.key_values[-1][0])
     answer(model, fresh, question)
 
@@ -57,7 +58,7 @@ CHANGES = {
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_an_in_place_buffer_change_and_a_write_through_data_invalidate_the_scene(scene_setup, change):
     model, scene_inputs, question = scene_setup
-    scene = model.encode_scene(**scene_inputs)
+    scene = encode_scene(model, **scene_inputs)
     with torch.no_grad():
         CHANGES[change](model)
     with pytest.raises(ValueError, match=REFUSED):
@@ -71,12 +72,12 @@ def test_peft_adapter_switches_and_disable_adapter_invalidate_the_scene(scene_se
     config = dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft_model = peft.get_peft_model(model, peft.LoraConfig(**config))
     peft_model.add_adapter("other", peft.LoraConfig(**config))
-    scene = peft_model.encode_scene(**scene_inputs)  # adapter "default"
+    scene = encode_scene(model, **scene_inputs)  # adapter "default"
     answer(model, scene, question)
     with peft_model.disable_adapter():
         with pytest.raises(ValueError, match=ADAPTERS_CHANGED):
             answer(model, scene, question)
-        plain = peft_model.encode_scene(**scene_inputs)
+        plain = encode_scene(model, **scene_inputs)
         assert not torch.equal(plain.key_values[-1][0], scene.key_values[-1][0])  # the adapter mattered
     answer(model, scene, question)  # adapters back as they were: the scene holds again
     peft_model.set_adapter("other")

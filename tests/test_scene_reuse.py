@@ -1,4 +1,5 @@
-"""Scene reuse: encode a scene once, answer K questions from its cached prefix (generation_gap_mllm.py).
+"""Scene reuse: encode a scene once, answer K questions from its cached prefix (`gap_mllm.generation`: `encode_scene`,
+`generate(model, scene=...)`).
 
 Every answer must equal the one of a separate full `generate` call on the same images and question:
 tokens exactly (greedy), logits within LOGITS_TOLERANCE (the prefix is prefilled in a shorter matmul
@@ -12,6 +13,7 @@ import copy
 import pytest
 import torch
 
+from gap_mllm.generation import encode_scene, generate
 from gap_mllm.tiny.tiny_model import build_tiny_model
 
 from .conftest import make_views
@@ -87,11 +89,11 @@ def two_view_references(talkative, tiny_processor):
 def answer_one_by_one(model, processor, frames, questions):
     """Encode the scene once, then one generate(scene=...) call per question → [(tokens, logits)]."""
     prefix, suffixes = processor.split_scene_prompt(questions, num_views=len(frames))
-    scene = model.encode_scene(**processor(images=frames, text=prefix, return_tensors="pt"))
+    scene = encode_scene(model, **processor(images=frames, text=prefix, return_tensors="pt"))
     answers = []
     for suffix in suffixes:
         question = processor(text=suffix, return_tensors="pt")
-        out = model.generate(scene=scene, **question, **GREEDY)
+        out = generate(model, scene=scene, **question, **GREEDY)
         width = question["input_ids"].shape[1]
         assert torch.equal(out.sequences[0, :width], question["input_ids"][0])  # continues the ids given
         answers.append((out.sequences[0, width:], [step[0] for step in out.logits]))
@@ -122,10 +124,10 @@ def test_other_view_counts(talkative, tiny_processor, num_views, num_questions):
 def test_questions_batched_against_one_scene(talkative, tiny_processor, two_view_references, padding_side):
     frames, references = two_view_references
     prefix, suffixes = tiny_processor.split_scene_prompt(QUESTIONS, num_views=2)
-    scene = talkative.encode_scene(**tiny_processor(images=frames, text=prefix, return_tensors="pt"))
+    scene = encode_scene(talkative, **tiny_processor(images=frames, text=prefix, return_tensors="pt"))
     batch = tiny_processor(text=suffixes, return_tensors="pt", padding_side=padding_side)
     assert not bool(batch["attention_mask"].all())  # the questions really have different lengths
-    out = talkative.generate(scene=scene, **batch, **GREEDY)
+    out = generate(talkative, scene=scene, **batch, **GREEDY)
     width = batch["input_ids"].shape[1]
     assert torch.equal(out.sequences[:, :width], batch["input_ids"])
     for row, reference in enumerate(references):
@@ -140,7 +142,7 @@ def test_questions_about_several_scenes_decode_as_one_batch(talkative, tiny_proc
     the left) and two questions about one of them answer in one call as each would in its own full call."""
     from transformers import CompileConfig
 
-    from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
+    from gap_mllm.generation import DECODE_COMPILE_CONFIG
 
     views = [make_views(count, seed=10 + count) for count in (1, 2, 4)]
     rows = [(0, QUESTIONS[0]), (2, QUESTIONS[1]), (1, QUESTIONS[2]), (2, QUESTIONS[3])]  # (scene, question) per row
@@ -148,29 +150,29 @@ def test_questions_about_several_scenes_decode_as_one_batch(talkative, tiny_proc
     scenes = []
     for frames in views:
         prefix, _ = tiny_processor.split_scene_prompt(QUESTIONS[:1], num_views=len(frames))
-        scenes.append(talkative.encode_scene(**tiny_processor(images=frames, text=prefix, return_tensors="pt")))
+        scenes.append(encode_scene(talkative, **tiny_processor(images=frames, text=prefix, return_tensors="pt")))
     assert len({scene.num_tokens for scene in scenes}) == 3
     suffixes = [tiny_processor.split_scene_prompt([question], num_views=len(views[k]))[1][0] for k, question in rows]
     batch = tiny_processor(text=suffixes, return_tensors="pt", padding=True)
     options = dict(GREEDY)
     if compiled:
         options["compile_decoding"] = CompileConfig(**{**DECODE_COMPILE_CONFIG, "backend": "eager", "mode": None})
-    out = talkative.generate(scene=[scenes[k] for k, _ in rows], **batch, **options)
+    out = generate(talkative, scene=[scenes[k] for k, _ in rows], **batch, **options)
     width = batch["input_ids"].shape[1]
     for row, reference in enumerate(references):
         assert_same_answer(reference, out.sequences[row, width:], [step[row] for step in out.logits], f"row {row}")
     with pytest.raises(ValueError, match=r"got 2 scenes for 4 question rows"):
-        talkative.generate(scene=scenes[:2], **batch, **GREEDY)
+        generate(talkative, scene=scenes[:2], **batch, **GREEDY)
 
 
 def test_whole_prompt_works_as_scene_input_and_the_scene_is_never_written(talkative, tiny_processor):
     frames = make_views(2, seed=3)
-    scene = talkative.encode_scene(**tiny_processor(images=frames, text=QUESTIONS[0], return_tensors="pt"))
+    scene = encode_scene(talkative, **tiny_processor(images=frames, text=QUESTIONS[0], return_tensors="pt"))
     prefix, suffix = tiny_processor.split_scene_prompt(QUESTIONS[0], num_views=2)
     assert scene.num_tokens == tiny_processor(images=frames, text=prefix, return_tensors="pt")["input_ids"].shape[1]
     before = [(k.clone(), v.clone()) for k, v in scene.key_values]
     for _ in range(2):
-        talkative.generate(scene=scene, **tiny_processor(text=[suffix] * 3, return_tensors="pt"), max_new_tokens=4)
+        generate(talkative, scene=scene, **tiny_processor(text=[suffix] * 3, return_tensors="pt"), max_new_tokens=4)
     assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(scene.key_values, before))
     assert scene.nbytes == sum(2 * k.numel() * 4 for k, _ in scene.key_values)
 
@@ -178,7 +180,7 @@ def test_whole_prompt_works_as_scene_input_and_the_scene_is_never_written(talkat
 def test_scene_keeps_the_gates_of_a_full_forward(talkative, tiny_processor):
     frames = make_views(2, seed=5)
     inputs = tiny_processor(images=frames, text=QUESTIONS[1], return_tensors="pt")
-    scene = talkative.encode_scene(**inputs, output_gates=True)
+    scene = encode_scene(talkative, **inputs, output_gates=True)
     with torch.no_grad():
         gates = talkative(**inputs, output_gates=True).fusion_gates
     assert len(scene.fusion_gates) == len(gates) == 4
@@ -190,21 +192,21 @@ def test_bad_scene_requests_get_clear_errors(talkative, tiny_processor):
     frames = make_views(2)
     two_scenes = tiny_processor(images=[frames, frames], text=["a", "b"], return_tensors="pt")
     with pytest.raises(ValueError, match="ONE scene"):
-        talkative.encode_scene(**two_scenes)
+        encode_scene(talkative, **two_scenes)
     with pytest.raises(ValueError, match="no <\\|vision_end\\|>"):
-        talkative.encode_scene(**tiny_processor(text="no views", return_tensors="pt"), pixel_values=torch.zeros(1),
+        encode_scene(talkative, **tiny_processor(text="no views", return_tensors="pt"), pixel_values=torch.zeros(1),
                                image_grid_thw=torch.ones(1, 3, dtype=torch.long))
     full = tiny_processor(images=frames, text=QUESTIONS[0], return_tensors="pt")
-    scene = talkative.encode_scene(**full)
+    scene = encode_scene(talkative, **full)
     with pytest.raises(ValueError, match="pixel_values"):
-        talkative.generate(scene=scene, **full)
+        generate(talkative, scene=scene, **full)
     with pytest.raises(ValueError, match="image tokens"):
-        talkative.generate(scene=scene, input_ids=full["input_ids"])
+        generate(talkative, scene=scene, input_ids=full["input_ids"])
     question = tiny_processor(text=tiny_processor.split_scene_prompt("q", 2)[1], return_tensors="pt")
     with pytest.raises(ValueError, match="num_beams=1"):
-        talkative.generate(scene=scene, **question, num_beams=2)
+        generate(talkative, scene=scene, **question, num_beams=2)
     with pytest.raises(ValueError, match="use_cache=True"):
-        talkative.generate(scene=scene, **question, use_cache=False)
+        generate(talkative, scene=scene, **question, use_cache=False)
 
 
 # ------------------------------------------------------------------------- a scene and the model that encoded it
@@ -220,7 +222,7 @@ def scene_setup(tiny_processor):
 
 
 def encode(model, processor, frames, prefix):
-    return model.encode_scene(**processor(images=frames, text=prefix, return_tensors="pt"))
+    return encode_scene(model, **processor(images=frames, text=prefix, return_tensors="pt"))
 
 
 def test_a_scene_of_another_model_with_the_same_shapes_is_refused(tiny_processor, scene_setup):
@@ -228,11 +230,11 @@ def test_a_scene_of_another_model_with_the_same_shapes_is_refused(tiny_processor
     scene = encode(model, tiny_processor, frames, prefix)
     other, _ = build_tiny_model(processor=tiny_processor, seed=1)  # same layers, dtype, device; other weights
     with pytest.raises(ValueError, match="cannot be used with this model: it was encoded by another model object"):
-        other.generate(scene=scene, **question, max_new_tokens=2)
+        generate(other, scene=scene, **question, max_new_tokens=2)
     with pytest.raises(ValueError, match="another model object"):
-        copy.deepcopy(model).generate(scene=scene, **question, max_new_tokens=2)
-    first = model.generate(scene=scene, **question, max_new_tokens=3, do_sample=False)  # its own model: works,
-    again = model.generate(scene=scene, **question, max_new_tokens=3, do_sample=False)  # and generating changes nothing
+        generate(copy.deepcopy(model), scene=scene, **question, max_new_tokens=2)
+    first = generate(model, scene=scene, **question, max_new_tokens=3, do_sample=False)  # its own model: works,
+    again = generate(model, scene=scene, **question, max_new_tokens=3, do_sample=False)  # and generating changes nothing
     assert torch.equal(first, again)
 
 
@@ -248,11 +250,11 @@ def test_a_scene_is_refused_after_the_weights_change(tiny_processor):
         with torch.no_grad():
             change()
         with pytest.raises(ValueError, match="this model's weights changed after it was encoded"):
-            model.generate(scene=scene, **question, max_new_tokens=2)
+            generate(model, scene=scene, **question, max_new_tokens=2)
     scene = encode(model, tiny_processor, frames, prefix)
     model.config.text_config.rms_norm_eps = 1e-3
     with pytest.raises(ValueError, match="configuration changed after it was encoded"):
-        model.generate(scene=scene, **question, max_new_tokens=2)
+        generate(model, scene=scene, **question, max_new_tokens=2)
 
 
 def test_a_scene_of_other_head_sizes_is_named_by_its_shapes(tiny_processor, scene_setup):
@@ -261,24 +263,24 @@ def test_a_scene_of_other_head_sizes_is_named_by_its_shapes(tiny_processor, scen
     small, _ = build_tiny_model(processor=tiny_processor, size="small")  # 4 layers of [1, 2, P, 64]
     with pytest.raises(ValueError, match=r"different model or placement \(4 layers of keys \[1, 2, \d+, 16\] "
                                          r"torch.float32 on cpu\); this model needs 4 layers of keys \[1, 2, P, 64\]"):
-        small.generate(scene=scene, **question, max_new_tokens=2)
+        generate(small, scene=scene, **question, max_new_tokens=2)
 
 
 def test_bad_scene_arguments_get_errors_naming_them(tiny_processor, scene_setup):
     model, frames, prefix, question = scene_setup
     scene = encode(model, tiny_processor, frames, prefix)
-    with pytest.raises(ValueError, match="scene must be a GapMllmScene from model.encode_scene.*got str 'hello'"):
-        model.generate(scene="hello", **question, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"scene must be a GapMllmScene from gap_mllm\.generation\.encode_scene\(model, \.\.\.\), got str 'hello'"):
+        generate(model, scene="hello", **question, max_new_tokens=2)
     ids = question["input_ids"]
     with pytest.raises(ValueError, match=rf"attention_mask has shape \(2, {ids.shape[1]}\) but input_ids has \(1, {ids.shape[1]}\)"):
-        model.generate(scene=scene, input_ids=ids, attention_mask=torch.ones(2, ids.shape[1], dtype=torch.long), max_new_tokens=2)
+        generate(model, scene=scene, input_ids=ids, attention_mask=torch.ones(2, ids.shape[1], dtype=torch.long), max_new_tokens=2)
     vocabulary = model.get_input_embeddings().num_embeddings
     for bad in (vocabulary, -3):
         foreign = ids.clone()
         foreign[0, 1] = bad
         with pytest.raises(ValueError, match=rf"input_ids holds token id {bad}, outside the model's vocabulary of {vocabulary} ids"):
-            model.generate(scene=scene, input_ids=foreign, max_new_tokens=2)
+            generate(model, scene=scene, input_ids=foreign, max_new_tokens=2)
     full = tiny_processor(images=frames, text="Where is the chair?", return_tensors="pt")
     full["input_ids"][0, -2] = vocabulary + 5
     with pytest.raises(ValueError, match=rf"token id {vocabulary + 5}, outside"):  # the full path too
-        model.generate(**full, max_new_tokens=2)
+        generate(model, **full, max_new_tokens=2)

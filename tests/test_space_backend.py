@@ -63,7 +63,7 @@ def answer_with(model, processor, monkeypatch, answer: str) -> None:
     """Make `model.generate` reply `answer` after the prompt (the untrained model only emits noise)."""
     answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
-    def generate(input_ids=None, **kwargs):
+    def generate(inputs=None, input_ids=None, **kwargs):  # transformers' signature: `inputs` first
         return torch.cat([input_ids, answer_ids.expand(input_ids.shape[0], -1)], dim=1)
 
     monkeypatch.setattr(model, "generate", generate)
@@ -205,7 +205,7 @@ def answer_within_budget(model, processor, monkeypatch, answer: str) -> dict:
     answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
     seen = {"answer_tokens": answer_ids.shape[1]}
 
-    def generate(input_ids=None, max_new_tokens=None, **kwargs):
+    def generate(inputs=None, input_ids=None, max_new_tokens=None, **kwargs):
         seen["max_new_tokens"] = max_new_tokens
         return torch.cat([input_ids, answer_ids[:, :max_new_tokens].expand(input_ids.shape[0], -1)], dim=1)
 
@@ -310,3 +310,13 @@ def test_a_space_request_on_an_example_without_its_query_asks_the_examples_query
     assert marker == tuple(own["reconstruction"]["marker"])
     assert list(backend._request(labels["captioning"], None, None, "", "", scene).box) == own["captioning"]["box"]
     assert NO_EXAMPLE not in own
+
+
+@pytest.mark.parametrize("zero_gpu, expected", [(True, "off"), (False, "auto")])
+def test_the_space_compiles_decoding_on_a_dedicated_gpu_only(monkeypatch, zero_gpu, expected):
+    """ZeroGPU runs every request in a fresh worker, which would compile again: decoding stays uncompiled there;
+    elsewhere it is compiled where the model is on CUDA ("auto")."""
+    from gap_mllm.cli import space_backend
+
+    monkeypatch.setattr(space_backend, "on_zero_gpu", lambda: zero_gpu)
+    assert space_backend.space_compile_decoding() == expected

@@ -14,7 +14,7 @@ import torch
 from transformers import CompileConfig
 from transformers.cache_utils import StaticLayer
 
-from gap_mllm.generation_gap_mllm import DECODE_COMPILE_CONFIG
+from gap_mllm.generation import DECODE_COMPILE_CONFIG, generate
 from gap_mllm.speedups import (
     STATIC_LENGTH_STEP,
     PooledStaticLayer,
@@ -80,12 +80,12 @@ def test_a_returned_cache_refuses_use_once_a_later_call_took_its_buffers(lively_
     inputs = _inputs(tiny_processor, 2)
     options = dict(max_new_tokens=3, do_sample=False, compile_decoding=_compiled("eager"))
     torch._dynamo.reset()
-    first = lively_model.generate(**inputs, return_dict_in_generate=True, **options)
+    first = generate(lively_model, **inputs, return_dict_in_generate=True, **options)
     kept = first.past_key_values
     assert int(kept.get_seq_length()) == inputs["input_ids"].shape[1] + 2  # usable until the next compiled call
     copied = copy.deepcopy(kept)  # what the error below advises, to keep a cache
     keys = kept.layers[0].keys.clone()
-    lively_model.generate(**inputs, **options)
+    generate(lively_model, **inputs, **options)
     assert torch.equal(copied.layers[0].keys, keys)
     assert int(copied.get_seq_length()) == first.sequences.shape[1] - 1  # the prompt and the tokens but the last
     assert isinstance(pickle.loads(pickle.dumps(copied)).layers[0].pool, StaticCachePool)  # pickled without a lock
@@ -101,7 +101,7 @@ def test_a_returned_cache_refuses_use_once_a_later_call_took_its_buffers(lively_
 def test_a_call_from_another_thread_while_the_pool_is_held_gets_its_own_buffers(lively_model, tiny_processor):
     inputs = _inputs(tiny_processor, 2)
     options = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    today = lively_model.generate(**inputs, **options)
+    today = generate(lively_model, **inputs, **options)
     pool = static_cache_pool(lively_model)
     holding, done = threading.Event(), threading.Event()
 
@@ -116,7 +116,7 @@ def test_a_call_from_another_thread_while_the_pool_is_held_gets_its_own_buffers(
         assert holding.wait(timeout=60)
         allocations, private = pool.allocations, pool.private_allocations
         torch._dynamo.reset()
-        compiled = lively_model.generate(**inputs, compile_decoding=_compiled("eager"), **options)
+        compiled = generate(lively_model, **inputs, compile_decoding=_compiled("eager"), **options)
     finally:
         done.set()
         holder.join()
@@ -129,8 +129,8 @@ def test_a_pooled_layer_has_every_attribute_of_a_static_layer(lively_model, tiny
     """transformers reads a static layer's attributes (mask sizes, dtype, device, ...): a lent layer sets all that
     `StaticLayer.lazy_initialization` sets, its tensors marked as static addresses as transformers marks them."""
     torch._dynamo.reset()
-    out = lively_model.generate(**_inputs(tiny_processor, 1), max_new_tokens=2, do_sample=False,
-                                return_dict_in_generate=True, compile_decoding=_compiled("eager"))
+    out = generate(lively_model, **_inputs(tiny_processor, 1), max_new_tokens=2, do_sample=False,
+                   return_dict_in_generate=True, compile_decoding=_compiled("eager"))
     pooled = out.past_key_values.layers[0]
     plain = StaticLayer(max_cache_len=pooled.max_cache_len)
     plain.lazy_initialization(pooled.keys[:, :, :1], pooled.values[:, :, :1])

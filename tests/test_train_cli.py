@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gap_mllm import GapMllmForConditionalGeneration
+from gap_mllm.loading import load_model
 from gap_mllm.processing.held_out import check_held_out, split_scenes
 from gap_mllm.training import train_cli
 from gap_mllm.training.config import load_recipe
@@ -47,7 +47,7 @@ def test_stage1_then_stage2_through_the_cli(tmp_path, train_data_root):
                     "--set", f"cache.directory={tmp_path / 'geometry'}", "--set", "cache.enabled=always", *common]) == 0
     assert (stage1_dir / "model.safetensors").is_file() and (stage1_dir / "checkpoint-2").is_dir()
     assert any((tmp_path / "geometry").rglob("*.safetensors"))  # the recipe's cache was filled and used
-    GapMllmForConditionalGeneration.from_pretrained(stage1_dir, require_geometry_weights=True)
+    load_model(stage1_dir, require_geometry_weights=True)
     record = json.loads((stage1_dir / "gap_mllm_training.json").read_text())  # what the model card will state
     assert record["data"]["kind"] == "synthrooms" and record["tasks"] == ["reconstruction"] and record["global_step"] == 2
     assert record["trained_scenes"] == [split_scenes(train_data_root, "train")]  # what evaluation must not score it on

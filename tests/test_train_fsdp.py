@@ -84,13 +84,13 @@ def launch(args: list[str], processes: int, config=FSDP_CONFIG, worker=__file__)
 
 
 def assert_same_trained_model(single, sharded, label: str) -> None:
-    """The final saves of the 1-process and the sharded run load with from_pretrained and agree to TOLERANCE."""
-    from gap_mllm import GapMllmForConditionalGeneration
+    """The final saves of the 1-process and the sharded run load with `load_model` and agree to TOLERANCE."""
+    from gap_mllm.loading import load_model
 
     from .test_train_fixtures import tiny
 
-    one = GapMllmForConditionalGeneration.from_pretrained(single / "final", require_geometry_weights=True)
-    two = GapMllmForConditionalGeneration.from_pretrained(sharded / "final", require_geometry_weights=True)
+    one = load_model(single / "final", require_geometry_weights=True)
+    two = load_model(sharded / "final", require_geometry_weights=True)
     assert one.missing_weight_groups == two.missing_weight_groups == []
     one_state, two_state = dict(one.named_parameters()), dict(two.named_parameters())
     assert one_state.keys() == two_state.keys()
