@@ -1,16 +1,16 @@
 """The checks of the package's edges: what its loading, training and generation calls run around the model.
 
-Each turns what would be an obscure failure (or a long wait) into an error that names the input: memory before a model
-is built (`gap_mllm.loading.build_model`), checkpoints on loading (`load_checked`: `gap_mllm.loading.load_model`),
-forward inputs (`check_forward_inputs`: the trainers' `compute_loss`), generate's token ids and context and a reused
-scene's model (`gap_mllm.generation.generate`). The model folder's classes call none of them. Never copied into a
-model folder.
+Each turns what would be an obscure failure (or a long wait) into an error that names the input: a config's parameter
+count and memory before a model is built (`gap_mllm.loading.build_model`; the configs check their own sizes:
+`configuration_gap_mllm.check_config`), checkpoints on loading (`load_checked`: `gap_mllm.loading.load_model`), forward
+inputs (`check_forward_inputs`: the trainers' `compute_loss`), generate's token ids and context and a reused scene's
+model (`gap_mllm.generation.generate`). The model folder's classes call none of them. Never copied into a model
+folder.
 """
 
 import contextlib
 import hashlib
 import json
-import math
 import numbers
 import os
 import uuid
@@ -25,7 +25,7 @@ import torch
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
-from gap_mllm.configuration_gap_mllm import FUSION_METHODS, IGNORE_INDEX, GapMllmGeometryConfig
+from gap_mllm.configuration_gap_mllm import IGNORE_INDEX, GapMllmGeometryConfig
 from gap_mllm.files import regular_file_problem
 from gap_mllm import generation  # a cycle: generation calls these checks
 from gap_mllm.image_utils_gap_mllm import AnimatedImageError
@@ -34,163 +34,8 @@ from gap_mllm.tasks_gap_mllm import CHAT_MARKER, DefaultBudget, check_chat_text,
 
 logger = logging.get_logger(__name__)
 
-# ---- configuration sizes and memory
+# ---- configuration parameter count and memory
 MAX_PARAMETERS = 10**12
-
-TEXT_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "max_position_embeddings")  # fmt: skip
-VISION_SIZES = ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
-                "spatial_merge_size", "temporal_patch_size", "out_hidden_size", "num_position_embeddings")  # fmt: skip
-# "auto": bf16 autocast when the encoder's input is on a CUDA device (the official code), none elsewhere.
-GEOMETRY_AUTOCAST_DTYPES = ("auto", "bfloat16", "float16", None)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def check_sizes(config, names, prefix: str, minimum: int = 1) -> None:
-    """ValueError naming `prefix.name` for each size in `names` that is not an integer ≥ `minimum`."""
-    for name in names:
-        value = getattr(config, name, None)
-        if not _is_int(value) or value < minimum:
-            raise ValueError(f"{prefix}.{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def check_qwen3_vl_sizes(config) -> None:
-    """The Qwen3-VL text and vision sizes of a `GapMllmConfig` (`text_config.*`, `vision_config.*`)."""
-    text, vision = config.text_config, config.vision_config
-    check_sizes(text, TEXT_SIZES, "text_config")
-    if getattr(text, "head_dim", None) is not None:
-        check_sizes(text, ("head_dim",), "text_config")
-    if text.num_attention_heads % text.num_key_value_heads:
-        raise ValueError(
-            f"text_config.num_attention_heads ({text.num_attention_heads}) must be a multiple of "
-            f"num_key_value_heads ({text.num_key_value_heads})."
-        )
-    check_sizes(vision, VISION_SIZES, "vision_config")
-    if vision.hidden_size % vision.num_heads:
-        raise ValueError(
-            f"vision_config.hidden_size ({vision.hidden_size}) must be divisible by num_heads ({vision.num_heads})."
-        )
-    levels = list(getattr(vision, "deepstack_visual_indexes", None) or [])
-    if any(not _is_int(level) or not 0 <= level < vision.depth for level in levels):
-        raise ValueError(
-            f"vision_config.deepstack_visual_indexes={levels} must name blocks 0..{vision.depth - 1} "
-            f"(depth={vision.depth})."
-        )
-
-
-def check_geometry_config(config) -> None:
-    """The sizes and settings of a `GapMllmGeometryConfig`, then its parameter count (`check_parameter_count`).
-
-    Raises:
-        ValueError: naming the `geometry_config` field that is not a valid size or setting.
-    """
-    check_sizes(config, ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                         "patch_embed_num_hidden_layers"), "geometry_config")
-    check_sizes(config, ("num_register_tokens", "patch_embed_num_register_tokens"), "geometry_config", minimum=0)
-    if (isinstance(config.mlp_ratio, bool) or not isinstance(config.mlp_ratio, (int, float))
-            or not 0 < config.mlp_ratio < math.inf):
-        raise ValueError(f"geometry_config.mlp_ratio must be a positive finite number, got {config.mlp_ratio!r}.")
-    if config.hidden_size % config.num_attention_heads != 0:
-        raise ValueError(
-            f"geometry_config.hidden_size ({config.hidden_size}) must be divisible by "
-            f"geometry_config.num_attention_heads ({config.num_attention_heads})."
-        )
-    if config.head_dim % 4 != 0:
-        raise ValueError(
-            f"geometry_config head dim ({config.head_dim}) must be divisible by 4: the 2-D RoPE rotates "
-            "pairs of channels in each of its two (row, column) halves."
-        )
-    if config.image_size % config.patch_size != 0:
-        raise ValueError(
-            f"geometry_config.image_size ({config.image_size}) must be a multiple of patch_size ({config.patch_size})."
-        )
-    if not config.tapped_layers:
-        raise ValueError("geometry_config.tapped_layers must name at least one layer.")
-    for layer in config.tapped_layers:
-        if not 0 <= layer < config.num_hidden_layers:
-            raise ValueError(
-                f"geometry_config.tapped_layers contains {layer}, beyond the encoder depth: valid layers "
-                f"are 0..{config.num_hidden_layers - 1} (num_hidden_layers={config.num_hidden_layers})."
-            )
-    if len(set(config.tapped_layers)) != len(config.tapped_layers):
-        raise ValueError(f"geometry_config.tapped_layers has duplicates: {config.tapped_layers}.")
-    if config.autocast_dtype not in GEOMETRY_AUTOCAST_DTYPES:
-        raise ValueError(
-            f"geometry_config.autocast_dtype={config.autocast_dtype!r} is not one of {GEOMETRY_AUTOCAST_DTYPES}."
-        )
-    _check_head_values(config)
-    check_parameter_count(config)  # every size that allocates is priced, before the encoder is built
-
-
-def _check_head_values(config) -> None:
-    """The settings of the reconstruction heads that are switched on."""
-    if config.use_camera_head:
-        check_sizes(config, ("camera_head_trunk_depth", "camera_head_num_attention_heads", "camera_head_num_iterations"),
-                    "geometry_config")
-        width = 2 * config.hidden_size
-        if width % config.camera_head_num_attention_heads:
-            raise ValueError(
-                f"geometry_config.camera_head_num_attention_heads ({config.camera_head_num_attention_heads}) must "
-                f"divide the camera head width 2·hidden_size = {width}."
-            )
-    if config.use_depth_head or config.use_point_head:
-        check_sizes(config, ("dpt_features", "dpt_frames_chunk_size"), "geometry_config")
-        if len(config.dpt_layers) != 4 or len(config.dpt_out_channels) != 4:
-            raise ValueError(
-                f"geometry_config.dpt_layers ({config.dpt_layers}) and dpt_out_channels ({config.dpt_out_channels}) "
-                "must each have 4 entries: the DPT head fuses four aggregator layers."
-            )
-        for layer in config.dpt_layers:
-            if not 0 <= layer < config.num_hidden_layers:
-                raise ValueError(
-                    f"geometry_config.dpt_layers contains {layer}: valid layers are 0..{config.num_hidden_layers - 1}."
-                )
-        if min(config.dpt_out_channels) < 1 or config.dpt_features % 2:
-            raise ValueError(
-                "geometry_config.dpt_out_channels must be positive and dpt_features a positive even number, got "
-                f"{config.dpt_out_channels} and {config.dpt_features}."
-            )
-
-
-def check_fusion_config(config) -> None:
-    """The method and sizes of a `GapMllmFusionConfig`.
-
-    Raises:
-        ValueError: naming the `geometry_fusion_config` field that is not a valid method, size or dropout.
-    """
-    if config.method not in FUSION_METHODS:
-        raise ValueError(
-            f"geometry_fusion_config.method={config.method!r} does not exist: choose one of {FUSION_METHODS}."
-        )
-    check_sizes(config, ("merger_hidden_size", "cross_attention_num_heads", "cross_attention_num_layers",
-                         "cross_attention_mlp_ratio"), "geometry_fusion_config")
-    if isinstance(config.cross_attention_dropout, bool) or not 0 <= config.cross_attention_dropout < 1:
-        raise ValueError(
-            f"geometry_fusion_config.cross_attention_dropout must be in [0, 1), got {config.cross_attention_dropout!r}."
-        )
-
-
-def check_config(config) -> None:
-    """The Qwen3-VL sizes of a `GapMllmConfig`, one tapped geometry layer per fusion level, and the parameter count.
-
-    Raises:
-        ValueError: an invalid size, a `tapped_layers` count other than 1 + DeepStack levels, or over
-            `MAX_PARAMETERS` parameters.
-    """
-    check_qwen3_vl_sizes(config)
-    if config.use_geometry:
-        expected = 1 + len(config.vision_config.deepstack_visual_indexes)
-        tapped = config.geometry_config.tapped_layers
-        if len(tapped) != expected:
-            raise ValueError(
-                f"geometry_config.tapped_layers={tapped} must name {expected} layers: one per fusion level "
-                f"(the main visual tokens + {expected - 1} DeepStack levels of the Qwen3-VL vision tower)."
-            )
-    check_parameter_count(config)  # absurd sizes are refused here, before any weight is allocated
-
 
 # (label naming the config fields that size it, parameter count); errors name the largest part by its fields
 Part = tuple[str, int]
@@ -586,22 +431,6 @@ def load_checked(load, pretrained_model_name_or_path, *args, require_geometry_we
             f"{pretrained_model_name_or_path!r} lacks GAP geometry weights: {sorted(GEOMETRY_GROUPS.intersection(groups))}"
         )
     return (model, info) if wants_info else model
-
-
-@contextlib.contextmanager
-def quiet_default_sub_configs():
-    """Drop transformers' "`vision_config` is None, initializing ... with default values." notices while
-    `GapMllmConfig.to_diff_dict` builds its throwaway default configs."""
-    config_logger = logging.get_logger("transformers.configuration_utils")
-
-    def quiet(record) -> bool:
-        return "is None, initializing" not in record.getMessage()
-
-    config_logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        config_logger.removeFilter(quiet)
 
 
 # ---- forward inputs

@@ -3,15 +3,19 @@
 The hook by which the installed package adds its checks and speed paths (`installed_package_module`); the model's
 input names; the geometry-encoder interface (`GeometryEncoderOutput`,
 `register_geometry_encoder`, `build_geometry_config`); the configs `GapMllmGeometryConfig` (VGGT),
-`GapMllmFusionConfig` and `GapMllmConfig`. The installed package checks their sizes and prices their parameters
+`GapMllmFusionConfig` and `GapMllmConfig`, which check their sizes and settings as they are built, in every copy of
+this file (`check_config`: a remote-code user builds them too). The installed package prices their parameters
 (`gap_mllm.checks`).
 """
 
+import contextlib
 import importlib
+import math
+import numbers
 from dataclasses import dataclass
 
 from transformers import PreTrainedConfig, Qwen3VLConfig
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 # ---- the installed package around these classes
 _INSTALLED_MODULES: dict = {}  # name -> module: a compiled forward reads it here (torch.compile cannot import)
@@ -48,6 +52,8 @@ IGNORE_INDEX = -100
 FUSION_METHODS = ("gated", "add", "concat", "weighted", "cross_attention")
 MERGER_NORMS = ("rms", "layer")
 REFERENCE_FRAMES = ("first", "last")
+# "auto": bf16 autocast when the encoder's input is on a CUDA device (the official code), none elsewhere.
+GEOMETRY_AUTOCAST_DTYPES = ("auto", "bfloat16", "float16", None)
 
 
 # ---- geometry-encoder interface
@@ -106,6 +112,140 @@ def build_geometry_config(encoder_type: str, geometry_config=None) -> PreTrained
         raise ValueError(f"geometry_config has model_type {model_type!r}, but geometry_encoder_type={encoder_type!r} "
                          f"takes a {config_class.__name__} (model_type {config_class.model_type!r}).")
     return config_class(**geometry_config) if isinstance(geometry_config, dict) else geometry_config
+
+
+# ---- checks of the configs: a bad size or setting is a ValueError naming the field and its value
+TEXT_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "max_position_embeddings")  # fmt: skip
+VISION_SIZES = ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
+                "spatial_merge_size", "temporal_patch_size", "out_hidden_size", "num_position_embeddings")  # fmt: skip
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_sizes(config, names, prefix: str, minimum: int = 1) -> None:
+    """ValueError naming `prefix.name` for each size in `names` that is not an integer ≥ `minimum`."""
+    for name in names:
+        value = getattr(config, name, None)
+        if not _is_int(value) or value < minimum:
+            raise ValueError(f"{prefix}.{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def check_qwen3_vl_sizes(config) -> None:
+    """The Qwen3-VL text and vision sizes of a `GapMllmConfig` (`text_config.*`, `vision_config.*`)."""
+    text, vision = config.text_config, config.vision_config
+    check_sizes(text, TEXT_SIZES, "text_config")
+    if getattr(text, "head_dim", None) is not None:
+        check_sizes(text, ("head_dim",), "text_config")
+    if text.num_attention_heads % text.num_key_value_heads:
+        raise ValueError(f"text_config.num_attention_heads ({text.num_attention_heads}) must be a multiple of "
+                         f"num_key_value_heads ({text.num_key_value_heads}).")
+    check_sizes(vision, VISION_SIZES, "vision_config")
+    if vision.hidden_size % vision.num_heads:
+        raise ValueError(
+            f"vision_config.hidden_size ({vision.hidden_size}) must be divisible by num_heads ({vision.num_heads}).")
+    levels = list(getattr(vision, "deepstack_visual_indexes", None) or [])
+    if any(not _is_int(level) or not 0 <= level < vision.depth for level in levels):
+        raise ValueError(f"vision_config.deepstack_visual_indexes={levels} must name blocks 0..{vision.depth - 1} "
+                         f"(depth={vision.depth}).")
+
+
+def check_geometry_config(config) -> None:
+    """The sizes and settings of a `GapMllmGeometryConfig`, those of its switched-on heads included."""
+    # read as-is by the encoder: another value would build a different model without a word
+    if config.reference_frame not in REFERENCE_FRAMES:
+        raise ValueError(
+            f"geometry_config.reference_frame={config.reference_frame!r} is not one of {REFERENCE_FRAMES}.")
+    if len(config.image_mean) != 3 or len(config.image_std) != 3:
+        raise ValueError("geometry_config.image_mean and image_std must have 3 values (RGB).")
+    check_sizes(config, ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                         "patch_embed_num_hidden_layers"), "geometry_config")
+    check_sizes(config, ("num_register_tokens", "patch_embed_num_register_tokens"), "geometry_config", minimum=0)
+    if (isinstance(config.mlp_ratio, bool) or not isinstance(config.mlp_ratio, (int, float))
+            or not 0 < config.mlp_ratio < math.inf):
+        raise ValueError(f"geometry_config.mlp_ratio must be a positive finite number, got {config.mlp_ratio!r}.")
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ValueError(f"geometry_config.hidden_size ({config.hidden_size}) must be divisible by "
+                         f"geometry_config.num_attention_heads ({config.num_attention_heads}).")
+    if config.head_dim % 4 != 0:
+        raise ValueError(f"geometry_config head dim ({config.head_dim}) must be divisible by 4: the 2-D RoPE rotates "
+                         "pairs of channels in each of its two (row, column) halves.")
+    if config.image_size % config.patch_size != 0:
+        raise ValueError(f"geometry_config.image_size ({config.image_size}) must be a multiple of patch_size "
+                         f"({config.patch_size}).")
+    if not config.tapped_layers:
+        raise ValueError("geometry_config.tapped_layers must name at least one layer.")
+    for layer in config.tapped_layers:
+        if not 0 <= layer < config.num_hidden_layers:
+            raise ValueError(f"geometry_config.tapped_layers contains {layer}, beyond the encoder depth: valid layers "
+                             f"are 0..{config.num_hidden_layers - 1} (num_hidden_layers={config.num_hidden_layers}).")
+    if len(set(config.tapped_layers)) != len(config.tapped_layers):
+        raise ValueError(f"geometry_config.tapped_layers has duplicates: {config.tapped_layers}.")
+    if config.autocast_dtype not in GEOMETRY_AUTOCAST_DTYPES:
+        raise ValueError(
+            f"geometry_config.autocast_dtype={config.autocast_dtype!r} is not one of {GEOMETRY_AUTOCAST_DTYPES}.")
+    if config.use_camera_head:
+        check_sizes(config, ("camera_head_trunk_depth", "camera_head_num_attention_heads",
+                             "camera_head_num_iterations"), "geometry_config")
+        width, heads = 2 * config.hidden_size, config.camera_head_num_attention_heads
+        if width % heads:
+            raise ValueError(f"geometry_config.camera_head_num_attention_heads ({heads}) must divide the camera head "
+                             f"width 2·hidden_size = {width}.")
+    if config.use_depth_head or config.use_point_head:
+        check_sizes(config, ("dpt_features", "dpt_frames_chunk_size"), "geometry_config")
+        if len(config.dpt_layers) != 4 or len(config.dpt_out_channels) != 4:
+            raise ValueError(f"geometry_config.dpt_layers ({config.dpt_layers}) and dpt_out_channels "
+                             f"({config.dpt_out_channels}) must each have 4 entries: the DPT head fuses four "
+                             "aggregator layers.")
+        for layer in config.dpt_layers:
+            if not 0 <= layer < config.num_hidden_layers:
+                raise ValueError(f"geometry_config.dpt_layers contains {layer}: valid layers are "
+                                 f"0..{config.num_hidden_layers - 1}.")
+        if min(config.dpt_out_channels) < 1 or config.dpt_features % 2:
+            raise ValueError("geometry_config.dpt_out_channels must be positive and dpt_features a positive even "
+                             f"number, got {config.dpt_out_channels} and {config.dpt_features}.")
+
+
+def check_fusion_config(config) -> None:
+    """The method, merger norm, sizes and dropout of a `GapMllmFusionConfig`."""
+    if config.method not in FUSION_METHODS:
+        raise ValueError(
+            f"geometry_fusion_config.method={config.method!r} does not exist: choose one of {FUSION_METHODS}.")
+    if config.merger_norm not in MERGER_NORMS:  # any other value would build a LayerNorm merger without a word
+        raise ValueError(
+            f"geometry_fusion_config.merger_norm={config.merger_norm!r} does not exist: choose one of {MERGER_NORMS}.")
+    check_sizes(config, ("merger_hidden_size", "cross_attention_num_heads", "cross_attention_num_layers",
+                         "cross_attention_mlp_ratio"), "geometry_fusion_config")
+    if isinstance(config.cross_attention_dropout, bool) or not 0 <= config.cross_attention_dropout < 1:
+        raise ValueError("geometry_fusion_config.cross_attention_dropout must be in [0, 1), got "
+                         f"{config.cross_attention_dropout!r}.")
+
+
+def check_config(config) -> None:
+    """The Qwen3-VL sizes of a `GapMllmConfig` and, with geometry, one tapped layer per fusion level (its sub-configs
+    check themselves)."""
+    check_qwen3_vl_sizes(config)
+    if config.use_geometry:
+        expected = 1 + len(config.vision_config.deepstack_visual_indexes)
+        tapped = config.geometry_config.tapped_layers
+        if len(tapped) != expected:
+            raise ValueError(f"geometry_config.tapped_layers={tapped} must name {expected} layers: one per fusion "
+                             f"level (the main visual tokens + {expected - 1} DeepStack levels of the Qwen3-VL vision "
+                             "tower).")
+
+
+@contextlib.contextmanager
+def quiet_default_sub_configs():
+    """Drop transformers' "`vision_config` is None, initializing ... with default values." notices meanwhile
+    (`GapMllmConfig.to_diff_dict` builds throwaway default configs)."""
+    config_logger = logging.get_logger("transformers.configuration_utils")
+    config_logger.addFilter(quiet := lambda record: "is None, initializing" not in record.getMessage())
+    try:
+        yield
+    finally:
+        config_logger.removeFilter(quiet)
 
 
 # ---- configurations
@@ -205,16 +345,7 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         self.dpt_out_channels = [int(c) for c in self.dpt_out_channels]
         self.dpt_layers = [int(i) for i in self.dpt_layers]
         super().__post_init__(**kwargs)
-        # read as-is by the encoder: another value would build a different model without a word
-        if self.reference_frame not in REFERENCE_FRAMES:
-            raise ValueError(
-                f"geometry_config.reference_frame={self.reference_frame!r} is not one of {REFERENCE_FRAMES}."
-            )
-        if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise ValueError("geometry_config.image_mean and image_std must have 3 values (RGB).")
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_geometry_config(self)
+        check_geometry_config(self)
 
     @property
     def head_dim(self) -> int:
@@ -264,13 +395,7 @@ class GapMllmFusionConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_fusion_config(self)
-        if self.merger_norm not in MERGER_NORMS:  # any other value would build a LayerNorm merger without a word
-            raise ValueError(
-                f"geometry_fusion_config.merger_norm={self.merger_norm!r} does not exist: choose one of {MERGER_NORMS}."
-            )
+        check_fusion_config(self)
 
 
 class GapMllmConfig(Qwen3VLConfig):
@@ -291,9 +416,8 @@ class GapMllmConfig(Qwen3VLConfig):
             keyword arguments given.
 
     Raises:
-        ValueError: for an unregistered `geometry_encoder_type`; in the installed package also for an invalid size,
-            a `tapped_layers` count other than 1 + DeepStack levels, or a model over its parameter bound
-            (`gap_mllm.checks.check_config`).
+        ValueError: for an unregistered `geometry_encoder_type`, an invalid size or setting (named with its value), or
+            a `tapped_layers` count other than 1 + DeepStack levels (`check_config`).
 
     Example:
 
@@ -326,9 +450,7 @@ class GapMllmConfig(Qwen3VLConfig):
         # not in sub_configs_defaults: its class depends on geometry_encoder_type
         self.geometry_config = build_geometry_config(self.geometry_encoder_type, self.geometry_config)
         super().__post_init__(**kwargs)
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_config(self)
+        check_config(self)
 
     def _lift_nested_qwen3_vl_config(self, nested) -> None:
         """The Qwen3-VL fields from a nested Qwen3-VL config (a dict or a config; ValueError for another type)."""
@@ -346,10 +468,7 @@ class GapMllmConfig(Qwen3VLConfig):
                              **{name: getattr(self, name) for name in QWEN3_VL_TOKEN_FIELDS})
 
     def to_diff_dict(self) -> dict:
-        checks = installed_package_module("checks", __name__)
-        if checks is None:
-            return super().to_diff_dict()
-        with checks.quiet_default_sub_configs():
+        with quiet_default_sub_configs():
             return super().to_diff_dict()
 
     @property

@@ -4,8 +4,8 @@ batch-wide paths, as explicit calls.
 - `load_model(source, ...)`: `from_pretrained` with the checkpoint checks (`gap_mllm.checks.load_checked`: the GAP
   components missing reported and kept as `model.missing_weight_groups`, weights that hold or compute NaN refused),
   then the batch-wide Qwen3-VL paths (`gap_mllm.speedups.use_batched_qwen3_vl`).
-- `build_model(config)`: a fresh model after the memory check (`gap_mllm.checks.check_memory_for_parameters`: refused
-  before allocating when even the weights' lower bound cannot fit), then the same paths.
+- `build_model(config)`: a fresh model after the parameter-count and memory checks (`gap_mllm.checks`: a config past
+  the sanity bound, or whose weights' lower bound cannot fit, refused before allocating), then the same paths.
 
 A plain `from_pretrained` or `GapMllmForConditionalGeneration(config)` runs transformers' paths, as a folder loaded
 with `trust_remote_code` does. Never copied into a model folder.
@@ -39,8 +39,10 @@ def load_model(source, *args, loader=None, speed_paths: bool = True, **kwargs):
 
 
 def build_model(config, speed_paths: bool = True) -> GapMllmForConditionalGeneration:
-    """A freshly initialised `GapMllmForConditionalGeneration(config)`, refused before allocating when its weights
-    cannot fit in the memory left (ValueError naming the sizes), with (`speed_paths`) the batch-wide paths."""
+    """A freshly initialised `GapMllmForConditionalGeneration(config)`, refused before allocating when its parameter
+    count passes the sanity bound or its weights cannot fit in the memory left (ValueError naming the sizes), with
+    (`speed_paths`) the batch-wide paths."""
+    checks.check_parameter_count(config)
     checks.check_memory_for_parameters(config)
     model = GapMllmForConditionalGeneration(config)
     if speed_paths:

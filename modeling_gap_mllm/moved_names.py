@@ -80,14 +80,18 @@ MOVED_MODULES = {
 
 # module -> {new home: the names that went there, space-separated}; a name "old=new" was also renamed
 MOVED_NAMES = {
+    "gap_mllm.checks": {"gap_mllm.configuration_gap_mllm": (
+        "GEOMETRY_AUTOCAST_DTYPES TEXT_SIZES VISION_SIZES check_config check_fusion_config check_geometry_config "
+        "check_qwen3_vl_sizes check_sizes quiet_default_sub_configs")},
     "gap_mllm.cli.convert": {"gap_mllm.cli.command_arguments": "DTYPES"},
     "gap_mllm.cli.export_llm": {"gap_mllm.cli.command_arguments": "DTYPES"},
     "gap_mllm.cli.model_scores": {"gap_mllm.tasks_gap_mllm": "CAPTIONING DETECTION GROUNDING"},
     "gap_mllm.cli.task_names": {"gap_mllm.evaluation.tasks": "TASKS"},
     "gap_mllm.cli.tasks": {"gap_mllm.evaluation.tasks": "TASKS"},
-    "gap_mllm.configuration_gap_mllm": {"gap_mllm.checks": (
-        "GEOMETRY_AUTOCAST_DTYPES MAX_PARAMETERS TEXT_SIZES VISION_SIZES available_memory check_memory_for_parameters "
-        "check_parameter_count check_sizes check_vlm_sizes=check_qwen3_vl_sizes estimate_num_parameters largest_part parameter_parts")},
+    "gap_mllm.configuration_gap_mllm": {
+        "gap_mllm.checks": ("MAX_PARAMETERS available_memory check_memory_for_parameters check_parameter_count "
+                            "estimate_num_parameters largest_part parameter_parts"),
+        "gap_mllm.configuration_gap_mllm": "check_vlm_sizes=check_qwen3_vl_sizes"},
     "gap_mllm.evaluation.folder_lock": {"gap_mllm.processing.folder_lock": "acquire release"},
     "gap_mllm.evaluation.grounding_identification": {"gap_mllm.evaluation.grounding_identification_cli": "generated"},
     "gap_mllm.evaluation.metric_modules.gap_captioning.gap_captioning": {

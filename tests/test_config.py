@@ -1,6 +1,10 @@
-"""GapMllmConfig: validation of bad values, sub-config round trip, level pairing."""
+"""GapMllmConfig: validation of bad values (in the package and in a remote-code copy alike), sub-config round trip,
+level pairing."""
+
+import json
 
 import pytest
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from gap_mllm import GapMllmConfig
 from gap_mllm.tiny.tiny_config import build_gap_config
@@ -33,6 +37,27 @@ def test_defaults_are_the_official_recipe():
 def test_bad_values_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GapMllmConfig(**kwargs)
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("geometry_config", "hidden_size", 0),
+    ("geometry_fusion_config", "cross_attention_num_heads", 0),
+    ("text_config", "num_hidden_layers", -1),
+])
+def test_a_remote_code_copy_refuses_a_bad_size_as_the_package_does(tmp_path, tiny_processor, section, field, value):
+    build_gap_config(tiny_processor.tokenizer).save_pretrained(tmp_path)  # config.json and configuration_gap_mllm.py
+    settings = json.loads((tmp_path / "config.json").read_text())
+    # the class AutoConfig.from_pretrained(..., trust_remote_code=True) takes where gap_mllm is not registered
+    remote_class = get_class_from_dynamic_module(settings["auto_map"]["AutoConfig"], tmp_path)
+    assert remote_class.__module__.startswith("transformers_modules."), remote_class.__module__
+    settings.setdefault(section, {})[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    expected = f"{section}.{field} must be an integer >= 1, got {value}."
+    with pytest.raises(ValueError) as refused_by_the_copy:
+        remote_class.from_pretrained(tmp_path)
+    with pytest.raises(ValueError) as refused_by_the_package:
+        GapMllmConfig.from_pretrained(tmp_path)
+    assert str(refused_by_the_copy.value) == str(refused_by_the_package.value) == expected
 
 
 def test_fusion_off_does_not_check_levels():

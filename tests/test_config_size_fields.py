@@ -1,8 +1,9 @@
 """Every size field of the geometry config that allocates weights is priced by the parameter estimate
 (modeling_gap_mllm/checks.py), so an absurd one is refused before allocation (`gap_mllm.loading.build_model`'s memory
-check), naming the field; sizes that are not positive integers, or a model past the sanity bound, are refused by the
-config, a model past the memory left by `build_model`, while the real and 8B sizes are accepted and the estimate is a
-close lower bound of the parameter count."""
+check), naming the field; sizes that are not positive integers are refused by the config
+(modeling_gap_mllm/configuration_gap_mllm.py), a model past the sanity bound by the parameter count and one past the
+memory left by `build_model`, while the real and 8B sizes are accepted and the estimate is a close lower bound of the
+parameter count."""
 
 from __future__ import annotations
 
@@ -50,14 +51,14 @@ def test_sizes_the_estimate_used_to_miss_are_refused_before_allocation(tiny_proc
         checks.check_memory_for_parameters(config.geometry_config)
 
 
-def test_vggt_sized_heads_past_the_bound_are_refused_by_the_config_naming_the_field():
+def test_vggt_sized_heads_past_the_bound_are_refused_by_the_parameter_count_naming_the_field():
     with pytest.raises(ValueError, match=r"^this configuration has at least 5.03e\+12 parameters, above the sanity bound "
                                          r"of 1e\+12; the largest part, 5.03e\+12 parameters, comes from "
                                          r"geometry_config.camera_head_trunk_depth=100000, hidden_size=1024, mlp_ratio=4.0: "
                                          r"check these sizes\.$"):
-        GapMllmGeometryConfig(use_camera_head=True, camera_head_trunk_depth=10**5)
+        checks.check_parameter_count(GapMllmGeometryConfig(use_camera_head=True, camera_head_trunk_depth=10**5))
     with pytest.raises(ValueError, match=r"comes from geometry_config.num_register_tokens=1000000000000, hidden_size=1024"):
-        GapMllmGeometryConfig(num_register_tokens=10**12)
+        checks.check_parameter_count(GapMllmGeometryConfig(num_register_tokens=10**12))
 
 
 @pytest.mark.parametrize("override, message", [
@@ -99,22 +100,38 @@ def test_the_estimate_with_every_head_is_a_close_lower_bound(tiny_processor):
     ({"text_config": {"num_hidden_layers": -1}}, "text_config.num_hidden_layers must be an integer >= 1, got -1"),
     ({"text_config": {"num_key_value_heads": 3}}, "num_attention_heads \\(4\\) must be a multiple of num_key_value_heads \\(3\\)"),
     ({"vision_config": {"depth": 0}}, "vision_config.depth must be an integer >= 1, got 0"),
-    ({"text_config": {"hidden_size": 10**9}}, "at least 3.02e\\+12 parameters, above the sanity bound of 1e\\+12"),
-    ({"text_config": {"num_hidden_layers": 10**8}}, "above the sanity bound"),
-    ({"geometry_config": {"hidden_size": 10**9}}, "above the sanity bound"),
 ])
 def test_absurd_sizes_are_refused_by_the_config(tiny_processor, override, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny_config(tiny_processor, override)
+
+
+@pytest.mark.parametrize("override, total, largest, fields", [
+    ({"text_config": {"hidden_size": 10**9}}, "3.02e+12", "2.3e+12",
+     "text_config.num_hidden_layers=4, hidden_size=1000000000, intermediate_size=128"),
+    ({"text_config": {"num_hidden_layers": 10**8}}, "3.69e+12", "3.69e+12",
+     "text_config.num_hidden_layers=100000000, hidden_size=64, intermediate_size=128"),
+    ({"geometry_config": {"hidden_size": 10**9}}, "1.2e+20", "9.6e+19",
+     "geometry_config.num_hidden_layers=4, hidden_size=1000000000, mlp_ratio=4.0"),
+])
+def test_sizes_past_the_sanity_bound_are_refused_by_the_parameter_count(tiny_processor, override, total, largest, fields):
+    config = _tiny_config(tiny_processor, override)  # valid sizes: the config takes them
+    with pytest.raises(ValueError) as refused:
+        checks.check_parameter_count(config)
+    assert str(refused.value) == (f"this configuration has at least {total} parameters, above the sanity bound of "
+                                  f"1e+12; the largest part, {largest} parameters, comes from {fields}: check these sizes.")
+
+
+def _tiny_config(tiny_processor, override: dict) -> GapMllmConfig:
+    """The tiny config with `override`'s sizes (`text_config`, `vision_config` and the `build_gap_config` arguments)."""
     override = dict(override)
     text, vision = override.pop("text_config", None), override.pop("vision_config", None)
     if text or vision:
         base = build_gap_config(tiny_processor.tokenizer).to_dict()
         base["text_config"].update(text or {})
         base["vision_config"].update(vision or {})
-        with pytest.raises(ValueError, match=message):
-            GapMllmConfig(**base)
-        return
-    with pytest.raises(ValueError, match=message):
-        build_gap_config(tiny_processor.tokenizer, **override)
+        return GapMllmConfig(**base)
+    return build_gap_config(tiny_processor.tokenizer, **override)
 
 
 def test_a_model_that_cannot_fit_is_refused_before_allocating(tiny_processor, monkeypatch):
