@@ -1,7 +1,6 @@
 """GAP-MLLM configuration.
 
-The hook by which the installed package adds its checks and speed paths (`installed_package_module`); the model's
-input names; the geometry-encoder interface (`GeometryEncoderOutput`,
+The model's input names; the geometry-encoder interface (`GeometryEncoderOutput`,
 `register_geometry_encoder`, `build_geometry_config`); the configs `GapMllmGeometryConfig` (VGGT),
 `GapMllmFusionConfig` and `GapMllmConfig`, which check their sizes and settings as they are built, in every copy of
 this file (`check_config`: a remote-code user builds them too). The installed package prices their parameters
@@ -9,33 +8,12 @@ this file (`check_config`: a remote-code user builds them too). The installed pa
 """
 
 import contextlib
-import importlib
 import math
 import numbers
 from dataclasses import dataclass
 
 from transformers import PreTrainedConfig, Qwen3VLConfig
 from transformers.utils import ModelOutput, logging
-
-# ---- the installed package around these classes
-_INSTALLED_MODULES: dict = {}  # name -> module: a compiled forward reads it here (torch.compile cannot import)
-
-
-def installed_package_module(name: str, module_name: str):
-    """The installed package's module `gap_mllm.<name>` when `module_name` (the caller's `__name__`) is one of the
-    package's own modules, else None.
-
-    The gap-mllm package adds input and context checks and speed paths around its own copy of these classes
-    (docs/layout.md). A model folder loaded with `trust_remote_code` is another copy (`transformers_modules.*`): it
-    runs as transformers runs it, whatever is installed beside it, so a folder never meets a package of another version.
-    """
-    if not module_name.startswith("gap_mllm."):
-        return None
-    module = _INSTALLED_MODULES.get(name)
-    if module is None:
-        module = _INSTALLED_MODULES[name] = importlib.import_module(f"gap_mllm.{name}")
-    return module
-
 
 # ---- input names, option values
 # Processor outputs besides the Qwen3-VL inputs: the VGGT input of every view `[V, 3, H, W]`, views per sample `[B]`.

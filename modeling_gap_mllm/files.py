@@ -2,8 +2,8 @@
 
 A FIFO, device, socket or folder given where a file is read is refused by name (`NotARegularFile`,
 `regular_file_problem`) instead of being waited on or read. The command line's early checks, the data builders, the
-evaluation, the converters and the processor's view-file check (`checks.view_file_errors`) use it. Never copied into
-a model folder.
+evaluation, the converters and the processor's view-file check (`image_utils_gap_mllm.view_file_errors`) use it; the
+standard library only, it is copied into a model folder with the processor.
 """
 
 import errno

@@ -1,11 +1,13 @@
 """Image utilities of GAP-MLLM without torch or transformers: image files decoded upright (EXIF orientation),
 animated images refused, 8-bit RGB conversion of any PIL mode, the alignment of a scene's views of different shapes
-(VGGT's "pad" loader), and the marker visual prompt drawn on a view. The processor reads views through it; the
-command line's early checks and the data builders use it before any model is loaded.
+(VGGT's "pad" loader), and the marker visual prompt drawn on a view. The processor reads views through it (a view
+file's errors name the view: `view_file_errors`); the command line's early checks and the data builders use it before
+any model is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 from collections.abc import Sequence
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+
+from .files import regular_file_problem
 
 # --------------------------------------------------------------------------------------------- images
 
@@ -48,6 +52,27 @@ def read_image_file(source, before_decoding=None) -> PIL.Image.Image:
             before_decoding(image)
         image.load()  # decoded: the image outlives the closed file
         return upright(image)
+
+
+@contextlib.contextmanager
+def view_file_errors(path, name: str):
+    """Around the processor's reading of image file `path` as view `name`: before it, ValueError for a path that is
+    not a regular file (a FIFO would be waited on), FileNotFoundError for a missing one; then the reading's errors (an
+    animated image, a possible decompression bomb, a file PIL cannot read) as ValueErrors naming view and file."""
+    kind, shown = regular_file_problem(path), repr(os.fspath(path))
+    if kind is not None:
+        raise ValueError(f"{name}: image file {shown} is {kind}, not a regular file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name}: image file not found: {shown}")
+    try:
+        yield
+    except AnimatedImageError as err:  # a clip: which of its frames would be the view is the caller's choice
+        raise ValueError(f"{name}: {err}") from err
+    except PIL.Image.DecompressionBombError as err:
+        raise ValueError(f"{name}: image file {shown} is refused as a possible decompression bomb ({err}); "
+                         "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from err
+    except (PIL.UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{name}: cannot read image file {shown}: {err}") from err
 
 
 def displayed_size(image: PIL.Image.Image) -> tuple[int, int]:

@@ -80,9 +80,18 @@ MOVED_MODULES = {
 
 # module -> {new home: the names that went there, space-separated}; a name "old=new" was also renamed
 MOVED_NAMES = {
-    "gap_mllm.checks": {"gap_mllm.configuration_gap_mllm": (
-        "GEOMETRY_AUTOCAST_DTYPES TEXT_SIZES VISION_SIZES check_config check_fusion_config check_geometry_config "
-        "check_qwen3_vl_sizes check_sizes quiet_default_sub_configs")},
+    "gap_mllm.checks": {
+        "gap_mllm.configuration_gap_mllm": (
+            "GEOMETRY_AUTOCAST_DTYPES TEXT_SIZES VISION_SIZES check_config check_fusion_config check_geometry_config "
+            "check_qwen3_vl_sizes check_sizes quiet_default_sub_configs"),
+        "gap_mllm.processing_gap_mllm": (
+            "POSITIVE_IMAGE_PROCESSOR_SIZES TOKENIZER_FILES check_call_arguments check_call_kwargs check_conversation "
+            "check_image_processor_sizes check_no_video_or_audio check_patch_grids check_task_marker "
+            "check_text_placeholders check_token_ids_in_vocabulary message_segments modality_kwargs "
+            "name_unreadable_tokenizer_file unreadable_tokenizer_file=name_unreadable_tokenizer_file "
+            "check_image_array=array_to_pil check_image_nesting=split_samples check_point_prompts=split_point_prompts "
+            "check_texts=split_texts check_token_id_rows=token_id_rows"),
+        "gap_mllm.image_utils_gap_mllm": "view_file_errors"},
     "gap_mllm.cli.convert": {"gap_mllm.cli.command_arguments": "DTYPES"},
     "gap_mllm.cli.export_llm": {"gap_mllm.cli.command_arguments": "DTYPES"},
     "gap_mllm.cli.model_scores": {"gap_mllm.tasks_gap_mllm": "CAPTIONING DETECTION GROUNDING"},
@@ -109,7 +118,7 @@ MOVED_NAMES = {
         "gap_mllm.evaluation.tasks": "CaptionTask=CaptioningTask SpatialQATask=SpatialQaTask"},
     "gap_mllm.image_utils_gap_mllm": {
         "gap_mllm.files": ("NotARegularFile PICKLE_REFUSED kind_of open_regular_file read_regular_bytes "
-                           "read_regular_text regular_file_problem"),
+                           "read_regular_text"),
         "gap_mllm.image_utils_gap_mllm": "check_one_aspect_ratio=vggt_pad_boxes"},
     "gap_mllm.mini": {"gap_mllm.mini": "DEFAULT_MODEL_DIR=SHIPPED_DIR"},
     "gap_mllm.modeling_gap_mllm": {
@@ -143,7 +152,7 @@ MOVED_NAMES = {
         "gap_mllm.files": "NotARegularFile kind_of open_regular_file read_regular_bytes read_regular_text "
                           "regular_file_problem",
         "gap_mllm.tasks_gap_mllm": "SYSTEM_PROMPT",
-        "gap_mllm.checks": "check_image_processor_sizes unreadable_tokenizer_file"},
+        "gap_mllm.processing_gap_mllm": "unreadable_tokenizer_file=name_unreadable_tokenizer_file"},
     "gap_mllm.tasks_gap_mllm": {
         "gap_mllm.processing.tasks": "SHIPPED_TASK_NAMES register_task task_name_problem unregister_task",
         "gap_mllm.cli.tasks": "ANSWER_FORMATS answer_format other_task_format",

@@ -2,14 +2,15 @@
 
 Sections: the size rules and resizes of both branches (`smart_resize`, `geometry_size_for_qwen_size`,
 `vggt_crop_preprocess`, the official crops); view loading (`load_image`: files read upright, arrays and tensors as
-RGB); and `GapMllmProcessor`, which turns multi-view samples (the marker visual prompt painted in) and a task of
-`TASKS` or a free prompt into model inputs, and parses answers.
+RGB); the argument checks, which every copy of this file runs (the installed package's and a model folder's alike);
+and `GapMllmProcessor`, which turns multi-view samples (the marker visual prompt painted in) and a task of `TASKS` or
+a free prompt into model inputs, and parses answers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
+import json
 import numbers
 import os
 from collections.abc import Sequence
@@ -26,12 +27,12 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.utils import logging
 
-from .configuration_gap_mllm import PROCESSOR_GEOMETRY_INPUT_NAMES, installed_package_module
+from .configuration_gap_mllm import PROCESSOR_GEOMETRY_INPUT_NAMES
 from .image_utils_gap_mllm import (_composite_rgba_on_white, alignment_note, apply_point_prompt, pad_to_vggt_square,
-                                   pil_to_rgb, read_image_file, vggt_pad_boxes)
+                                   pil_to_rgb, read_image_file, vggt_pad_boxes, view_file_errors)
 from .tasks_gap_mllm import (CHAT_MARKER, DetectionResult, FrameSelectionResult, GroundingResult, PointmapResult, TaskSpec,
-                             budget_cut_reason, drop_negative_token_ids, refuse_control_tokens, refuse_invalid_unicode,
-                             render_chat_prompt, resolve_task)
+                             budget_cut_reason, check_chat_text, drop_negative_token_ids, refuse_control_tokens,
+                             refuse_invalid_unicode, render_chat_prompt, resolve_task)
 
 # ------------------------------------------------------------------------------------ sizes and resizes
 
@@ -151,28 +152,36 @@ def resize_bilinear(tensor: torch.Tensor, height: int, width: int) -> torch.Tens
 
 # --------------------------------------------------------------------------------------------- loading
 
-def _array_to_pil(array: np.ndarray, layout: str, name: str) -> PIL.Image.Image:
-    """An HWC or CHW (`layout`) array, uint8 or float in [0, 1], 1, 3 or 4 channels, as an RGB image."""
-    checks = installed_package_module("checks", __name__)
-    if checks is not None:
-        checks.check_image_array(array, layout, name)
+def array_to_pil(array: np.ndarray, layout: str, name: str) -> PIL.Image.Image:
+    """An HWC or CHW (`layout`) array or 2-D grey, uint8 or float in [0, 1], 1, 3 or 4 channels, as an RGB image;
+    ValueError naming view `name` for another shape, an empty image or a float value outside [0, 1] (NaN too)."""
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{name}: expected an image array with 2 or 3 dimensions, got shape {tuple(array.shape)}")
     if array.ndim == 2:
-        array = array[:, :, None]
-        layout = "hwc"
+        array, layout = array[:, :, None], "hwc"
     if layout == "chw":
         array = np.transpose(array, (1, 2, 0))
-    channels = array.shape[2]
+    if array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{name}: expected 1, 3 or 4 channels, got shape {array.shape} ({layout.upper()})")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name}: empty image of shape {array.shape}")
     if array.dtype == np.uint8:
         data = array
     elif np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name}: float image contains NaN or infinite values")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < -1e-6 or hi > 1.0 + 1e-6:
+            raise ValueError(f"{name}: float images must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                             "(pass uint8 for 0-255 data)")
         # Rounding makes k/255 floats (e.g. a to_tensor output) map back to exactly k.
         data = np.clip(np.rint(array.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
     else:
         raise TypeError(f"{name}: unsupported image dtype {array.dtype} (use uint8 or float in [0, 1])")
     data = np.ascontiguousarray(data)
-    if channels == 1:
+    if array.shape[2] == 1:
         return PIL.Image.fromarray(data[:, :, 0], mode="L").convert("RGB")
-    if channels == 4:
+    if array.shape[2] == 4:
         return _composite_rgba_on_white(PIL.Image.fromarray(data, mode="RGBA"))
     return PIL.Image.fromarray(data, mode="RGB")
 
@@ -205,8 +214,7 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
         return pil_to_rgb(image, name)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        checks = installed_package_module("checks", __name__)
-        with checks.view_file_errors(path, name) if checks is not None else contextlib.nullcontext():
+        with view_file_errors(path, name):
             return pil_to_rgb(read_image_file(path), f"{name} ({str(path)!r})")  # upright: EXIF orientation applied
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu()
@@ -214,10 +222,10 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
             array = array.float()
         array = array.numpy()
         layout = _guess_layout(array.shape, prefer="chw") if array.ndim == 3 else "hwc"
-        return _array_to_pil(array, layout, name)
+        return array_to_pil(array, layout, name)
     if isinstance(image, np.ndarray):
         layout = _guess_layout(image.shape, prefer="hwc") if image.ndim == 3 else "hwc"
-        return _array_to_pil(image, layout, name)
+        return array_to_pil(image, layout, name)
     raise TypeError(
         f"{name}: unsupported image type {type(image).__module__}.{type(image).__qualname__}; expected a PIL image, "
         "a file path, a numpy array (HWC) or a torch tensor (CHW)"
@@ -289,6 +297,264 @@ def is_box(value) -> bool:
 def _is_view_stack(value) -> bool:
     """True for a 4-D array / tensor: the N views of one sample."""
     return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4
+
+
+# ------------------------------------------------------------------------------------- argument checks
+
+# The image processor's settings that are counts of pixels or patches: a 0 divides by zero at the first image
+POSITIVE_IMAGE_PROCESSOR_SIZES = ("patch_size", "temporal_patch_size", "merge_size", "size.shortest_edge",
+                                  "size.longest_edge")
+# The JSON files a tokenizer is read from (each a JSON object)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "chat_template.json")
+
+
+def check_image_processor_sizes(image_processor, source) -> None:
+    """ValueError naming the file and key of an image-processor size of `source` (a folder or Hub id) that is not a
+    positive integer (`patch_size`, `merge_size`, `size.shortest_edge`, ...)."""
+    folder = Path(str(source))
+    nested = (folder / "processor_config.json").is_file() and "image_processor" in json.loads(
+        (folder / "processor_config.json").read_text(encoding="utf-8"))
+    nested = nested or not folder.is_dir()  # a Hub id: the file transformers writes now
+    where = "processor_config.json's image_processor." if nested else "preprocessor_config.json's "
+    for key in POSITIVE_IMAGE_PROCESSOR_SIZES:
+        value = image_processor
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{source}: {where}{key} must be a positive integer, got {value!r}")
+
+
+def name_unreadable_tokenizer_file(source, error: Exception) -> None:
+    """ValueError (from `error`, the processor's failed load of `source`, whose own error names no file) naming the
+    first tokenizer file of folder `source` that cannot be read; returns when every file reads, or with no folder."""
+    from tokenizers import Tokenizer
+
+    for name in TOKENIZER_FILES:
+        path = Path(str(source)) / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            content = json.loads(text)
+            if not isinstance(content, dict):
+                raise ValueError(f"a JSON {type(content).__name__}, not an object")
+            if name == "tokenizer.json":
+                if not isinstance(content.get("added_tokens"), list):
+                    raise ValueError("no 'added_tokens' list")
+                Tokenizer.from_str(text)  # the tokenizers library's own reading of the rest
+        except Exception as problem:  # noqa: BLE001 - whatever the reason, this file cannot be read
+            raise ValueError(f"{path} cannot be read as a tokenizer file ({problem}); copy it again, or save the "
+                             "processor again") from error
+
+
+def modality_kwargs(processor) -> dict[str, set[str]]:
+    """`{"text_kwargs": {...}, "images_kwargs": {...}, ...}`: the keywords each modality of `processor` takes."""
+    schema = processor.valid_processor_kwargs.__annotations__
+    known = {}
+    for modality, attribute in (("text_kwargs", "tokenizer"), ("images_kwargs", "image_processor"),
+                                ("videos_kwargs", "video_processor"), ("audio_kwargs", "feature_extractor")):
+        names = set(getattr(schema.get(modality), "__annotations__", {}))
+        sub_processor = getattr(processor, attribute, None)
+        known[modality] = names | set(getattr(getattr(sub_processor, "valid_kwargs", None), "__annotations__", {}))
+    return known
+
+
+def check_call_kwargs(processor, kwargs: dict) -> None:
+    """TypeError naming each keyword of a `GapMllmProcessor` call (top level or per modality) that Qwen3VLProcessor
+    would silently drop."""
+    per_modality = modality_kwargs(processor)
+    every_modality = set().union(*per_modality.values())
+    known = set(processor.valid_processor_kwargs.__annotations__) | {"common_kwargs"} | every_modality
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"GapMllmProcessor got unknown keyword argument(s) {', '.join(map(repr, unknown))}; it takes "
+                        "images, text, task, query, box, point_prompts, return_tensors and the Qwen3-VL processor "
+                        "options (padding, padding_side, truncation, max_length, ...)")
+    for group in (*per_modality, "common_kwargs"):
+        if group not in kwargs:
+            continue
+        if not isinstance(kwargs[group], dict):
+            raise TypeError(f"GapMllmProcessor: {group} must be a dict of keyword arguments, got "
+                            f"{type(kwargs[group]).__name__} {kwargs[group]!r:.60}")
+        unknown = sorted(set(kwargs[group]) - per_modality.get(group, every_modality))
+        if unknown:
+            raise TypeError(f"GapMllmProcessor got unknown keyword argument(s) {', '.join(map(repr, unknown))} in "
+                            f"{group}; the {group} it knows: {', '.join(sorted(per_modality.get(group, every_modality)))}")
+
+
+def message_segments(message) -> list[str | None]:
+    """A chat message's content as chat segments: text items, and `None` for any other block."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return [content]
+    blocks = content if isinstance(content, (list, tuple)) else []
+    return [str(block.get("text", "")) if isinstance(block, dict) and block.get("type") == "text" else None
+            for block in blocks]
+
+
+def check_conversation(processor, conversation) -> None:
+    """ValueError naming the conversation, the message and the tokens when a message's text or role (of one
+    conversation or a batch of them, as `apply_chat_template` takes) holds a control token of the tokenizer."""
+    batched = isinstance(conversation, (list, tuple)) and bool(conversation) and isinstance(conversation[0], (list, tuple))
+    for c, messages in enumerate(conversation if batched else [conversation]):
+        for m, message in enumerate(messages):
+            role = message.get("role", "no role") if isinstance(message, dict) else "no role"
+            of_conversation = f" of conversation {c}" if batched else ""
+            if isinstance(role, str):
+                refuse_control_tokens(processor.tokenizer, role, f"the role of message {m}{of_conversation}")
+            where = f"message {m} ({role}){of_conversation}"
+            check_chat_text(processor.tokenizer, message_segments(message), turn=where)
+
+
+def check_text_placeholders(processor, text: str, num_views: int, sample_idx: int) -> None:
+    """ValueError naming sample `sample_idx` when its free `text` with chat markup holds other than exactly one image
+    placeholder per view (and no other vision token), or, without chat markup, holds an image placeholder."""
+    placeholders = text.count(processor.image_placeholder)
+    image_token, start, end = processor.image_token, processor.vision_start_token, processor.vision_end_token
+    if CHAT_MARKER in text:
+        counts = {token: text.count(token) for token in (image_token, start, end)}
+        if placeholders != num_views or set(counts.values()) != {placeholders}:
+            found = ", ".join(f"{count} {token!r}" for token, count in counts.items())
+            raise ValueError(f"sample {sample_idx}: the chat-formatted text contains {placeholders} image placeholder(s) "
+                             f"({processor.image_placeholder!r}; {found} in total) but {num_views} view(s) were given; "
+                             "it needs exactly one placeholder per view and no other vision token")
+    elif image_token in text or start in text:
+        raise ValueError(f"sample {sample_idx}: text without chat markup must not contain image placeholders; the "
+                         f"processor adds one per view (found {text.count(image_token)} {image_token!r})")
+
+
+def check_patch_grids(image_grid_thw, grids) -> None:
+    """RuntimeError when the image processor's `image_grid_thw` `[V, 3]` differs from the geometry branch's patch
+    grids `grids` (`(h_p, w_p)` per view): a per-call `do_resize` / `patch_size` would misalign the two branches."""
+    grid_thw = np.asarray(image_grid_thw).reshape(-1, 3)
+    expected = np.array([[1, h, w] for h, w in grids], dtype=np.int64)
+    if grid_thw.shape != expected.shape or not np.array_equal(grid_thw, expected):
+        raise RuntimeError(f"the image processor produced patch grids that differ from the geometry grids "
+                           f"({grid_thw.tolist()} vs {expected.tolist()}); do not override do_resize/patch_size per call")
+
+
+def check_no_video_or_audio(videos, audio) -> None:
+    """ValueError for `videos=` or `audio=`: GAP-MLLM reads a video's frames as the views of one sample."""
+    for name, value in (("videos", videos), ("audio", audio)):
+        if value is not None:
+            raise ValueError(f"GapMllmProcessor takes no {name}= (GAP-MLLM reads multi-view images): pass a video's "
+                             "frames as the views of one sample, images=[[frame_0, frame_1, ...]]")
+
+
+def check_call_arguments(spec, images, text, query, box, point_prompts) -> None:
+    """ValueError for a processor call whose arguments do not go together: `text=` and a task (`spec`, a `TaskSpec`
+    or None) both, a task without images, `query=` / `box=` without a task, `point_prompts` without images."""
+    if spec is not None:
+        if text is not None:
+            raise ValueError(f"pass either text= (a free prompt) or task= ({spec.name!r} writes its own prompt), not both")
+        if images is None:
+            raise ValueError(f"task {spec.name!r} needs images: the views of each sample")
+    elif query is not None or box is not None:
+        raise ValueError("query= and box= are task inputs; pass task= as well (or write the prompt yourself with text=)")
+    if images is None and point_prompts is not None:
+        raise ValueError("point_prompts were given without images")
+
+
+def check_task_marker(spec, point_prompt, sample_idx: int) -> None:
+    """ValueError naming sample `sample_idx` when task `spec` (a `TaskSpec`) asks about a marked pixel and it has no
+    `point_prompt`, or asks about none and it has one (the marker would be painted into views its prompt never
+    mentions)."""
+    if spec.needs_marker and point_prompt is None:
+        raise ValueError(f"sample {sample_idx}: task {spec.name!r} asks about a marked pixel; pass "
+                         "point_prompts=(view, x, y) (one per sample for a batch)")
+    if not spec.needs_marker and point_prompt is not None:
+        raise ValueError(f"sample {sample_idx}: task {spec.name!r} does not use a marker, but point_prompts gives "
+                         f"{tuple(point_prompt)}; drop point_prompts (only 'reconstruction' asks about a marked "
+                         "pixel), or write the prompt yourself with text=")
+
+
+def split_samples(images) -> list[list]:
+    """`images` (one view, a list of views, a list of such lists, or a view stack) as a list (samples) of lists
+    (views); ValueError for a list that is empty or mixes single images and lists of views (or view stacks)."""
+    if _is_view_stack(images):
+        return [list(images)]
+    if not isinstance(images, (list, tuple)):
+        return [[images]]
+    if len(images) == 0:
+        raise ValueError("`images` is an empty list; pass images=None for text-only input")
+    nested = [isinstance(x, (list, tuple)) or _is_view_stack(x) for x in images]
+    if any(nested) and not all(nested):
+        raise ValueError("`images` mixes single images and lists of views; pass a list of views for one sample or a "
+                         "list of lists (one list of views per sample) for a batch")
+    return [list(sample) for sample in images] if all(nested) else [list(images)]
+
+
+def split_texts(text, num_samples: int | None) -> list[str] | None:
+    """`text` (None, a string or a list of strings) as a list, or None; TypeError for anything else, ValueError when
+    the count is not `num_samples` (None: any count, for text without images)."""
+    if text is None:
+        return None
+    if not isinstance(text, (str, list, tuple)):
+        raise TypeError(f"`text` must be a string or a list of strings (one per sample), got {type(text).__name__} {text!r:.60}")
+    texts = [text] if isinstance(text, str) else list(text)
+    bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"`text` must be a string or a list of strings; entry {bad[0][0]} is a "
+                        f"{type(bad[0][1]).__name__} ({bad[0][1]!r:.60})")
+    if num_samples is not None and len(texts) != num_samples:
+        raise ValueError(f"got {len(texts)} text(s) for {num_samples} image sample(s); images for one sample are a "
+                         "list of views and a batch is a list of such lists, with one text per sample")
+    return texts
+
+
+def split_point_prompts(point_prompts, num_samples: int) -> list:
+    """One point prompt (None or `(view_idx, x, y)`) per sample; ValueError unless `point_prompts` is None, one
+    `(view_idx, x, y)` (for one sample) or a list with one entry per sample."""
+    if point_prompts is None:
+        return [None] * num_samples
+    if _is_point_prompt(point_prompts):
+        if num_samples != 1:
+            raise ValueError(f"a single point prompt {tuple(point_prompts)} was given for a batch of {num_samples} "
+                             "samples; pass one entry (None or (view_idx, x, y)) per sample")
+        return [point_prompts]
+    if not isinstance(point_prompts, (list, tuple)) or len(point_prompts) != num_samples:
+        raise ValueError(f"`point_prompts` must be None, one (view_idx, x, y) or a list with one entry per sample "
+                         f"({num_samples}), got {point_prompts!r}")
+    return list(point_prompts)
+
+
+def token_id_rows(ids, name: str = "generated") -> list[list[int]]:
+    """Token ids (an integer tensor or array `[B, L]` / `[L]`, a list of integers, 0-d integer tensors and arrays
+    included, or of such rows) as rows of Python ints; TypeError naming `name` for anything else."""
+
+    def plain(value):  # tensors and arrays, 0-d ones included, as Python lists and numbers
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            kind = value.dtype.kind if isinstance(value, np.ndarray) else (
+                "b" if value.dtype == torch.bool else "f" if value.is_floating_point() or value.is_complex() else "i")
+            if kind not in "iu":
+                raise TypeError(f"{name}: token ids must be integers, got a {value.dtype} array/tensor")
+            return value.tolist()
+        return value
+
+    ids = plain(ids)
+    if not isinstance(ids, (list, tuple)):
+        raise TypeError(f"{name}: expected text or token ids, got {type(ids).__name__}")
+    flat = len(ids) == 0 or not isinstance(plain(ids[0]), (list, tuple))
+    rows = []
+    for r, row in enumerate([list(ids)] if flat else [plain(row) for row in ids]):
+        if not isinstance(row, (list, tuple)):
+            raise TypeError(f"{name}: row {r} is a {type(row).__name__}, not a sequence of token ids")
+        values = [plain(v) for v in row]
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+        if bad:
+            raise TypeError(f"{name}: token ids must be integers; row {r} holds {bad[0]!r} ({type(bad[0]).__name__})")
+        rows.append([int(v) for v in values])
+    return rows
+
+
+def check_token_ids_in_vocabulary(rows: list[list[int]], vocabulary: int) -> None:
+    """ValueError naming the first row holding a token id ≥ `vocabulary` (the tokenizer's size)."""
+    for r, row in enumerate(rows):
+        beyond = [i for i in row if i >= vocabulary]
+        if beyond:
+            raise ValueError(f"row {r} holds token id {beyond[0]}, outside the tokenizer's {vocabulary} ids; "
+                             "were these ids produced with another tokenizer?")
 
 
 class GapMllmProcessor(Qwen3VLProcessor):
@@ -371,17 +637,14 @@ class GapMllmProcessor(Qwen3VLProcessor):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         # always the Pil image processor: AutoImageProcessor picks the torchvision one when torchvision is installed
-        checks = installed_package_module("checks", __name__)
         try:
             args = super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
         except Exception as error:
-            if checks is not None:
-                checks.name_unreadable_tokenizer_file(pretrained_model_name_or_path, error)
+            name_unreadable_tokenizer_file(pretrained_model_name_or_path, error)
             raise
         index = cls.get_attributes().index("image_processor")
         args[index] = cls._as_pil_image_processor(args[index])
-        if checks is not None:
-            checks.check_image_processor_sizes(args[index], pretrained_model_name_or_path)
+        check_image_processor_sizes(args[index], pretrained_model_name_or_path)
         return args
 
     @staticmethod
@@ -448,38 +711,6 @@ class GapMllmProcessor(Qwen3VLProcessor):
 
     # -------------------------------------------------------------------------------- batching
 
-    @staticmethod
-    def _split_samples(images) -> list[list]:
-        """`images` as a list (samples) of lists (views)."""
-        if _is_view_stack(images):
-            return [list(images)]
-        if not isinstance(images, (list, tuple)):
-            return [[images]]
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_image_nesting(images)
-        if all(isinstance(x, (list, tuple)) or _is_view_stack(x) for x in images):
-            return [list(sample) for sample in images]
-        return [list(images)]
-
-    @staticmethod
-    def _split_texts(text, num_samples: int | None) -> list[str] | None:
-        if text is None:
-            return None
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_texts(text, num_samples)
-        return [text] if isinstance(text, str) else list(text)
-
-    @staticmethod
-    def _split_point_prompts(point_prompts, num_samples: int) -> list:
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_point_prompts(point_prompts, num_samples)
-        if point_prompts is None:
-            return [None] * num_samples
-        return [point_prompts] if _is_point_prompt(point_prompts) else list(point_prompts)
-
     def _load_sample(self, views: list, point_prompt, sample_idx: int) -> list[PIL.Image.Image]:
         if len(views) == 0:
             raise ValueError(f"sample {sample_idx} has no views; pass images=None for text-only input")
@@ -505,17 +736,13 @@ class GapMllmProcessor(Qwen3VLProcessor):
         return render_chat_prompt(self.tokenizer, segments, answer, self.chat_template)
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_conversation(self, conversation)
+        check_conversation(self, conversation)
         return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
 
     def _text_prompt(self, text: str, num_views: int, sample_idx: int) -> str:
         """Chat prompt of a free text: text with chat markup as written, plain text wrapped after the views."""
         refuse_invalid_unicode(text, f"the text of sample {sample_idx}")
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_text_placeholders(self, text, num_views, sample_idx)
+        check_text_placeholders(self, text, num_views, sample_idx)
         if CHAT_MARKER in text:  # tokenized as written: one image placeholder per view
             return text
         refuse_control_tokens(self.tokenizer, text, f"the text of sample {sample_idx}")
@@ -525,11 +752,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
         """The chat prompt of `spec` for every sample."""
         queries = one_per_sample(query, len(views_per_sample), "query", lambda v: isinstance(v, str))
         boxes = one_per_sample(box, len(views_per_sample), "box", is_box)
-        checks = installed_package_module("checks", __name__)
         prompts = []
         for i, (num_views, point, q, b) in enumerate(zip(views_per_sample, point_prompts, queries, boxes, strict=True)):
-            if checks is not None:
-                checks.check_task_marker(spec, point, i)
+            check_task_marker(spec, point, i)
             prompts.append(self.task_prompt(spec, num_views, query=q, box=b, sample_idx=i))
         return prompts
 
@@ -624,17 +849,13 @@ class GapMllmProcessor(Qwen3VLProcessor):
                                                               fills its top-left 14·h_p × 14·w_p block, zeros elsewhere
                 geometry_views_per_sample                     `[B]` int64
         """
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_no_video_or_audio(videos, audio)
+        check_no_video_or_audio(videos, audio)
         pixel_limits = self._pixel_limits_from_kwargs(kwargs)
-        if checks is not None:
-            checks.check_call_kwargs(self, kwargs)
+        check_call_kwargs(self, kwargs)
         spec = resolve_task(task) if task is not None else None
-        if checks is not None:
-            checks.check_call_arguments(spec, images, text, query, box, point_prompts)
+        check_call_arguments(spec, images, text, query, box, point_prompts)
         if images is None:
-            texts = self._split_texts(text, None)
+            texts = split_texts(text, None)
             if texts is None:
                 raise ValueError("GapMllmProcessor needs `images`, `text` or both")
             prompts = [self._text_prompt(t, 0, i) for i, t in enumerate(texts)]
@@ -642,9 +863,9 @@ class GapMllmProcessor(Qwen3VLProcessor):
                 kwargs.setdefault("padding", True)
             return super().__call__(text=prompts, return_tensors=return_tensors, **kwargs)
 
-        samples = self._split_samples(images)
-        texts = self._split_texts(text, len(samples))
-        prompts_per_sample = self._split_point_prompts(point_prompts, len(samples))
+        samples = split_samples(images)
+        texts = split_texts(text, len(samples))
+        prompts_per_sample = split_point_prompts(point_prompts, len(samples))
         views_per_sample = [len(views) for views in samples]
         # Prompts first: a wrong task input is reported before any image is decoded.
         prompts = None
@@ -673,8 +894,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
             kwargs.update(self._qwen_image_kwargs())
             data = dict(super().__call__(images=qwen_images, text=prompts, size=size, return_tensors=None, **kwargs))
 
-        if checks is not None:
-            checks.check_patch_grids(data["image_grid_thw"], grids)
+        check_patch_grids(data["image_grid_thw"], grids)
         data["geometry_pixel_values"] = self._pad_geometry(geometries)
         data["geometry_views_per_sample"] = np.asarray(views_per_sample, dtype=np.int64)
         return BatchFeature(data=data, tensor_type=return_tensors)
@@ -713,33 +933,17 @@ class GapMllmProcessor(Qwen3VLProcessor):
         generated = generated.sequences if hasattr(generated, "sequences") else generated
         if isinstance(generated, str) or isinstance(generated, (list, tuple)) and all(isinstance(g, str) for g in generated):
             return None
-        rows = self._rows(generated, "generated")
+        rows = token_id_rows(generated, "generated")
         if input_ids is not None:
-            lengths = [len(r) for r in self._rows(input_ids, "input_ids")]
+            lengths = [len(r) for r in token_id_rows(input_ids, "input_ids")]
             if len(lengths) == 1 and len(rows) > 1:
                 lengths = lengths * len(rows)
             if len(lengths) != len(rows):
                 raise ValueError(f"input_ids has {len(lengths)} rows but the generated ids have {len(rows)}")
             rows = [row[n:] for row, n in zip(rows, lengths, strict=True)]
         rows = drop_negative_token_ids(rows)  # -100 / padding conventions: not tokens
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_token_ids_in_vocabulary(rows, len(self.tokenizer))
+        check_token_ids_in_vocabulary(rows, len(self.tokenizer))
         return rows
-
-    @staticmethod
-    def _rows(ids, name: str = "generated") -> list[list[int]]:
-        """Token ids (a `[B, L]` / `[L]` tensor or array, a list of ints or of rows) as rows of Python ints."""
-        checks = installed_package_module("checks", __name__)
-        if checks is not None:
-            checks.check_token_id_rows(ids, name)
-
-        def plain(value):  # tensors and arrays, 0-d ones included, as Python lists and numbers
-            return value.tolist() if isinstance(value, (torch.Tensor, np.ndarray)) else value
-
-        ids = plain(ids)
-        flat = len(ids) == 0 or not isinstance(plain(ids[0]), (list, tuple))
-        return [[int(plain(v)) for v in row] for row in ([ids] if flat else [plain(row) for row in ids])]
 
     def post_process(self, generated, task, input_ids=None, max_new_tokens: int | None = None,
                      constrained: bool = False, **options) -> list:
@@ -785,7 +989,7 @@ class GapMllmProcessor(Qwen3VLProcessor):
             constrained: keep every answer inside the task's answer grammar (an llguidance `logits_processor`).
         """
         input_ids = inputs if isinstance(inputs, (torch.Tensor, np.ndarray)) else inputs["input_ids"]
-        prompt_length = input_ids.shape[-1] if hasattr(input_ids, "shape") else len(self._rows(input_ids)[0])
+        prompt_length = input_ids.shape[-1] if hasattr(input_ids, "shape") else len(token_id_rows(input_ids, "input_ids")[0])
         views = inputs.get("geometry_views_per_sample") if hasattr(inputs, "get") else None  # stage 1's frame indices
         num_views = [int(n) for n in views] if views is not None else None
         return resolve_task(task).generation_kwargs(self.tokenizer, prompt_length, max_new_tokens, constrained, num_views)

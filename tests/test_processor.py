@@ -744,7 +744,8 @@ def test_flat_hub_folder_loads_with_trust_remote_code(tmp_path, monkeypatch):
     build_tiny_processor(preprocessing_mode="official_inference").save_pretrained(tmp_path / "saved")
     copied = {p.name for p in (tmp_path / "saved").glob("*.py")}
     # the processor reaches the configuration (input names), the task registry and the file reading; never the model
-    assert copied == {"processing_gap_mllm.py", "configuration_gap_mllm.py", "tasks_gap_mllm.py", "image_utils_gap_mllm.py"}
+    assert copied == {"processing_gap_mllm.py", "configuration_gap_mllm.py", "tasks_gap_mllm.py", "image_utils_gap_mllm.py",
+                      "files.py"}
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(tmp_path / "saved")],

@@ -118,6 +118,51 @@ def test_fresh_process_loads_the_hub_folder_with_remote_code(tmp_path, tiny_proc
     assert "REMOTE-CODE-OK" in result.stdout
 
 
+# calls the processor refuses, whoever imports it: (method, keyword arguments), JSON for the fresh process
+REFUSED_CALLS = [("__call__", {"text": "hi", "colour": "red"}),  # Qwen3VLProcessor would drop it silently
+                 ("__call__", {"text": "hi", "query": "the chair"}),  # a task input without a task
+                 ("decode_generated", {"generated": [[1, 10**6]]})]  # beyond the tokenizer's vocabulary
+
+REFUSING_PROCESS = textwrap.dedent(
+    """
+    import json
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+    assert "transformers_modules" in type(processor).__module__, type(processor).__module__
+    refused = []
+    for method, kwargs in json.loads(open(sys.argv[2]).read()):
+        try:
+            getattr(processor, method)(**kwargs)
+            refused.append(None)
+        except Exception as error:
+            refused.append([type(error).__name__, str(error)])
+    print(json.dumps(refused))
+    """
+)
+
+
+def refusal(processor, method: str, kwargs: dict) -> list[str] | None:
+    try:
+        getattr(processor, method)(**kwargs)
+    except Exception as error:
+        return [type(error).__name__, str(error)]
+    return None
+
+
+def test_a_remote_code_processor_refuses_bad_arguments_as_the_package_does(tmp_path, tiny_processor):
+    folder = tmp_path / "processor"
+    tiny_processor.save_pretrained(folder)
+    calls = tmp_path / "calls.json"
+    calls.write_text(json.dumps(REFUSED_CALLS))
+    expected = [refusal(tiny_processor, method, kwargs) for method, kwargs in REFUSED_CALLS]
+    assert [error[0] for error in expected] == ["TypeError", "ValueError", "ValueError"], expected
+
+    result = run_without_gap_mllm(tmp_path, REFUSING_PROCESS, folder, calls, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
 def _guarded_imports(tree) -> set[int]:
     """Ids of the import nodes inside a `try` whose handler catches ImportError: transformers' remote-code loader
     does not require those modules (the package's own converter, reached only from the installed package)."""
@@ -155,7 +200,7 @@ def test_saved_remote_code_has_no_converter_and_no_file_export(tmp_path, tiny_pr
     processor.save_pretrained(tmp_path)
     copied = {path.name for path in tmp_path.glob("*.py")}
     assert copied == {"configuration_gap_mllm.py", "modeling_gap_mllm.py", "modeling_vggt.py", "processing_gap_mllm.py",
-                      "image_utils_gap_mllm.py", "tasks_gap_mllm.py"}, copied
+                      "image_utils_gap_mllm.py", "tasks_gap_mllm.py", "files.py"}, copied
     assert not [name for name in copied if name.startswith("convert_")], copied
     assert "point_cloud.py" not in copied
     # what a remote-code user reads before trusting it: at most 8 files and 5,500 lines, the size of the field's
