@@ -336,10 +336,12 @@ def check_parameter_count(config) -> int:
 
 
 def available_memory(device) -> int | None:
-    """Bytes that can still be allocated on `device` (a `torch.device`): free GPU memory, the CPU's available
-    RAM (psutil when installed, else /proc/meminfo), or None when unknown."""
+    """Bytes that can still be allocated on `device` (a `torch.device`): free GPU memory (with what PyTorch's caching
+    allocator holds unused, which it hands out again), the CPU's available RAM (psutil when installed, else
+    /proc/meminfo), or None when unknown."""
     if device.type == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + cached
     if device.type != "cpu":
         return None
     try:
