@@ -37,8 +37,15 @@ TINY_DECODER_PARAMETERS = 4 * (2 * 64 * 4 * 16 + 2 * 64 * 2 * 16 + 3 * 64 * 128)
 
 
 @pytest.fixture(scope="module")
-def tiny_config():
-    return build_tiny_model()[0].config
+def tiny():
+    """The tiny model's config and processor."""
+    model, processor = build_tiny_model()
+    return model.config, processor
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tiny):
+    return tiny[0]
 
 
 def test_the_price_of_a_request_is_its_weights_and_its_frames(tiny_config):
@@ -67,19 +74,19 @@ def test_the_price_of_a_frame_at_the_real_size_is_the_measured_slope():
 
 @pytest.mark.parametrize("available, quantize, loaded, message", [
     (2_857_984 + 2 * 138_339 + 1000, None, False,
-     "3 frame(s) need about 0.00305 GiB (0.00266 GiB of weights + 0.000129 GiB a frame), but 0.00292 GiB are "
-     "available on cpu: give at most 2 frame(s) of this size"),
+     ("3 frame(s) need about 0.00305 GiB (0.00266 GiB of weights + 0.000129 GiB a frame), but 0.00292 GiB are "
+      "available on cpu: give at most 2 frame(s) of this size")),
     (2_000_000, None, False,
-     "3 frame(s) need about 0.00305 GiB (0.00266 GiB of weights + 0.000129 GiB a frame), but 0.00186 GiB are "
-     "available on cpu: the weights (7.14e+05 parameters in torch.float32, 0.00266 GiB) alone do not fit; use a "
-     "smaller model or a machine with more memory, or --quantize int8 / int4"),
+     ("3 frame(s) need about 0.00305 GiB (0.00266 GiB of weights + 0.000129 GiB a frame), but 0.00186 GiB are "
+      "available on cpu: the weights (7.14e+05 parameters in torch.float32, 0.00266 GiB) alone do not fit; use a "
+      "smaller model or a machine with more memory, or --quantize int8 / int4")),
     (2_415_616 + 1000, "int8", False,
-     "3 frame(s) need about 0.00264 GiB (0.00225 GiB of weights + 0.000129 GiB a frame), but 0.00225 GiB are "
-     "available on cpu: the weights (7.14e+05 parameters in torch.float32, decoder layers in int8, 0.00225 GiB) leave "
-     "no room for one frame; use a smaller model or a machine with more memory"),
+     ("3 frame(s) need about 0.00264 GiB (0.00225 GiB of weights + 0.000129 GiB a frame), but 0.00225 GiB are "
+      "available on cpu: the weights (7.14e+05 parameters in torch.float32, decoder layers in int8, 0.00225 GiB) "
+      "leave no room for one frame; use a smaller model or a machine with more memory")),
     (100_000, None, True,
-     "3 frame(s) need about 0.000387 GiB (0.000129 GiB a frame beside the loaded weights), but 9.31e-05 GiB are "
-     "available on cpu: not one frame fits; free memory or use a machine with more"),
+     ("3 frame(s) need about 0.000387 GiB (0.000129 GiB a frame beside the loaded weights), but 9.31e-05 GiB are "
+      "available on cpu: not one frame fits; free memory or use a machine with more")),
 ], ids=["some-frames-fit", "weights-alone", "no-room-for-a-frame", "weights-loaded"])
 def test_a_request_past_the_memory_left_is_refused_in_one_line(tiny_config, monkeypatch, available, quantize, loaded,
                                                                message):
@@ -89,9 +96,9 @@ def test_a_request_past_the_memory_left_is_refused_in_one_line(tiny_config, monk
     assert str(refused.value) == message
 
 
-def test_a_request_that_fits_passes_and_an_unknown_memory_is_not_priced(tiny_config, monkeypatch):
+def test_a_request_that_fits_passes_and_an_unknown_memory_is_not_priced(tiny, monkeypatch):
+    tiny_config, processor = tiny
     views = [Image.fromarray(np.zeros((64, 96, 3), dtype=np.uint8))] * 3
-    processor = build_tiny_model()[1]
     monkeypatch.setattr(checks, "available_memory", lambda device: 2_857_984 + 3 * 138_339)  # the price exactly
     inputs = check_request(tiny_config, processor, views, TaskRequest("detection"), device="cpu")
     assert inputs["image_grid_thw"].tolist() == [[1, 4, 6]] * 3 and inputs["geometry_pixel_values"].shape[-2:] == (56, 84)
@@ -119,7 +126,7 @@ def test_the_space_refuses_frames_past_the_memory_before_the_model_runs(tmp_path
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(checks, "available_memory", lambda device: 1000)
     with pytest.raises(USER_ERRORS) as refused:
-        backend.run(None, sorted(space_backend.EXAMPLE_SEEDS)[0], "3D object detection")
+        backend.run(None, min(space_backend.EXAMPLE_SEEDS), "3D object detection")
     assert re.fullmatch(r"4 frame\(s\) need about \S+ GiB \(\S+ GiB a frame beside the loaded weights\), but 9.31e-07 "
                         r"GiB are available on cpu: not one frame fits; free memory or use a machine with more",
                         str(refused.value))
