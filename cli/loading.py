@@ -62,8 +62,8 @@ def tiny_model_folder(folder=None) -> Path:
 class ModelSource:
     """What a front end reads of a model before its weights: where it is (`source`, a folder or Hub id), its
     `config` and its `processor`, whether it is the tiny test model. Enough to check a request whole (the query's
-    tokens, the frames as the processor reads them, the model's context: cli/tasks.py `check_request`) before the
-    weights load. `source` was checked (`check_model_source`) when the config was read, and is not checked again."""
+    tokens, the frames as the processor reads them, the model's context, the memory the weights and frames take:
+    cli/tasks.py `check_request`) before the weights load. `source` was checked (`check_model_source`) when the config was read, and is not checked again."""
 
     source: str
     config: object

@@ -21,7 +21,8 @@ refused before the model loads. `--marker VIEW X Y` names a pixel of that frame 
 (original pixels, EXIF orientation applied), whatever size the frames are resized to for the model, and is checked
 against the frames as read, images, a GIF's or a video's sampled frames alike, before the model loads. The request is
 checked whole with the model's config and processor before its weights load (cli/tasks.py `check_request`): a query
-holding the tokenizer's own tokens, a frame the processor cannot read, a query too long for the model's context.
+holding the tokenizer's own tokens, a frame the processor cannot read, a query too long for the model's context, a
+request whose weights and frames would not fit in the memory left (one line naming the frame count that would).
 
 `--box` is the object's box in the first camera's OpenCV frame, its angles as the model writes them (an upright
 object has pitch π/2 less the camera's downward tilt and roll ±π); 6 numbers stand for an upright object as this
@@ -89,6 +90,7 @@ from .tasks import FramesRefused, TaskRequest, check_request, run_task
 from .uploads import CLI_WORDS, UploadError, cli_limits, original_size, read_frames
 from .uploads import frame_paths as _frame_paths
 
+PREDICT_DEVICE = "cpu"  # where `load_model_and_processor` puts the model (its default)
 MINI_OWN_FRAMES_NOTE = ("note: this --model is GAP-MLLM-Mini, which knows SynthRooms rooms only: on other frames (real "
                         'photos included) its answers are meaningless; try --example "synthetic room A"')
 
@@ -141,7 +143,8 @@ def main(args: argparse.Namespace) -> int:
     found = load_model_source(args.model, source=source, checked=recorded is not None)
     try:
         # the one processor call of the request: it measures the prompt against the context, then is generated from
-        inputs = check_request(found.config, found.processor, scene.views, request, args.max_new_tokens)
+        inputs = check_request(found.config, found.processor, scene.views, request, args.max_new_tokens,
+                               device=PREDICT_DEVICE, quantize=args.quantize)
     except FramesRefused as error:
         named = f"{paths[0]}: {frames.originals[0][0]}x{frames.originals[0][1]} px" if frames else "the example's frames"
         print(f"gap-mllm predict: error: {named}, {error.size[0]}x{error.size[1]} px as the model gets it: the model's "
@@ -151,7 +154,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"gap-mllm predict: error: {error}", file=sys.stderr)
         return 2
     # progress bars (stderr) end here
-    model, processor, is_tiny = load_model_and_processor(args.model, found=found, quantize=args.quantize)
+    model, processor, is_tiny = load_model_and_processor(args.model, PREDICT_DEVICE, found=found,
+                                                         quantize=args.quantize)
     if is_tiny:
         print(UNTRAINED_NOTICE, file=sys.stderr, flush=True)
     result = run_task(model, processor, scene.views, request, max_new_tokens=args.max_new_tokens,

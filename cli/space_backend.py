@@ -395,6 +395,16 @@ class SpaceBackend:
         """The ZeroGPU duration of a request (`gpu_seconds`; the arguments are those of the GPU call)."""
         return gpu_seconds(request.spec, self.settings.max_new_tokens)
 
+    def _memory_target(self) -> dict:
+        """`check_request`'s memory arguments: the device the answer runs on (`move_to_gpu`'s) and whether the weights
+        are there already; none on ZeroGPU, whose GPU is lent inside the GPU call only (asking its memory outside
+        would start CUDA in the server's process), so there the request is not priced."""
+        if on_zero_gpu():
+            return {}
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return {"device": device, "quantize": self.settings.quantize,
+                "weights_loaded": self.model.device.type == device.type}
+
     def _answer(self, scene, request, inputs=None, session=None):
         """The model work of one request (the GPU call): the model on CUDA when there is one, VGGT's reconstruction of
         uploaded frames, the task, from `inputs` (the request's processor output, `check_request`'s; None: made by
@@ -413,8 +423,10 @@ class SpaceBackend:
         scene = self._scene(files, example_name)
         request = self._request(task_label, query, object_choice, box_text, marker_text, scene)
         # before the GPU call, as predict does before its load: a query too long for the model's context, frames the
-        # processor cannot read (cli/tasks.py); its processor output is the one the answer is generated from
-        inputs = check_request(self.model.config, self.processor, scene.views, request, self.settings.max_new_tokens)
+        # processor cannot read, frames past the memory left (cli/tasks.py); its processor output is the one the
+        # answer is generated from
+        inputs = check_request(self.model.config, self.processor, scene.views, request, self.settings.max_new_tokens,
+                               **self._memory_target())
         LOG.info(request_line(number, request.spec, self.settings.max_new_tokens))
         with self._lock:
             scene, result = self._answer_on_gpu(scene, request, inputs, session)

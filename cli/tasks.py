@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from gap_mllm.checks import context_limit, positions_after
+from gap_mllm.checks import check_memory_for_request, context_limit, positions_after
 from gap_mllm.generation import generate
 from gap_mllm.processing.tasks import package_task, package_task_names
 from gap_mllm.speedups import mrope_position_ids
@@ -186,11 +186,14 @@ class FramesRefused(ValueError):
         self.reason, self.size = reason, size
 
 
-def check_request(config, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None):
+def check_request(config, processor, views: list, request: TaskRequest, max_new_tokens: int | None = None,
+                  device=None, quantize: str | None = None, weights_loaded: bool = False):
     """What `run_task` would refuse or answer wrongly, found with the model's `config` and `processor` alone, so that a
     front end says it before the weights load (cli/loading.py `ModelSource`); returns the processor's output for the
     request (`BatchFeature`, CPU tensors), which `run_task(inputs=...)` generates from. `request` is validated by the
-    front end (`TaskRequest.validate`, with the frames' count and size it knows). A ValueError with one line each:
+    front end (`TaskRequest.validate`, with the frames' count and size it knows). `device`: where the model will
+    answer, whose free memory the request must fit (None: not priced); `quantize`: its `--quantize` choice;
+    `weights_loaded`: its weights are on `device` already. A ValueError with one line each:
 
     * the query holds one of the tokenizer's added tokens (`<image>` ...: `TaskRequest.check_text`);
     * the processor cannot read the frames (`FramesRefused`: a frame past Qwen's aspect-ratio limit, ...);
@@ -200,10 +203,14 @@ def check_request(config, processor, views: list, request: TaskRequest, max_new_
       `text_config.max_position_embeddings` (checks.py). `generate` lowers a budget past the context to
       the positions left, which is right for a budget set high, but a query that took those positions would be
       answered in a few tokens (a zero-size box) as if nothing were wrong; so it is refused here, naming the query's
-      length and the limit.
+      length and the limit;
+    * the request does not fit in the memory left on `device` (`checks.check_memory_for_request`: the weights and
+      the frames priced from the config), naming the frame count that would.
     """
     request.check_text(processor.tokenizer)
     inputs = request_inputs(processor, views, request)
+    if device is not None:
+        check_memory_for_request(config, inputs, device, quantize, weights_loaded)
     limit = context_limit(config)
     if limit is None:
         return inputs

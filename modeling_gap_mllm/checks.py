@@ -2,11 +2,11 @@
 
 Each turns what would be an obscure failure (or a long wait) into an error that names the input: a config's parameter
 count and memory before a model is built (`gap_mllm.loading.build_model`; the configs check their own sizes:
-`configuration_gap_mllm.check_config`), checkpoints on loading (`load_checked`: `gap_mllm.loading.load_model`), forward
-inputs (`check_forward_inputs`: the trainers' `compute_loss`), generate's token ids and context and a reused scene's
-model (`gap_mllm.generation.generate`). The model folder's classes call none of them. Never copied into a model
-folder.
-(The processor's argument checks are its own, in processing_gap_mllm.py: every copy runs them.)
+`configuration_gap_mllm.check_config`) and a request's weights and frames before they load
+(`check_memory_for_request`: the front ends' request check), checkpoints on loading (`load_checked`:
+`gap_mllm.loading.load_model`), forward inputs (`check_forward_inputs`: the trainers' `compute_loss`), generate's token
+ids and context and a reused scene's model (`gap_mllm.generation.generate`). The model folder's classes call none of
+them; the processor's argument checks are its own (processing_gap_mllm.py). Never copied into a model folder.
 """
 
 import hashlib
@@ -38,15 +38,22 @@ def _fields(prefix: str, config, *names: str) -> str:
     return f"{prefix}." + ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
 
 
+def _head_dim(text) -> int:
+    return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+
+def _decoder_parameters(text) -> int:
+    """Weights of the language model's decoder layers (their Linear layers: what `--quantize` converts)."""
+    hidden, head_dim = text.hidden_size, _head_dim(text)
+    attention = 2 * hidden * text.num_attention_heads * head_dim + 2 * hidden * text.num_key_value_heads * head_dim
+    return text.num_hidden_layers * (attention + 3 * hidden * text.intermediate_size)  # q, o; k, v; gate, up, down
+
+
 def _text_parts(text, tied: bool) -> list[Part]:
     prefix = "text_config"
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    hidden, heads, kv_heads = text.hidden_size, text.num_attention_heads, text.num_key_value_heads
-    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
-    layer = attention + 3 * hidden * text.intermediate_size  # gate, up, down
     return [
-        (_fields(prefix, text, "vocab_size", "hidden_size"), text.vocab_size * hidden * (1 if tied else 2)),
-        (_fields(prefix, text, "num_hidden_layers", "hidden_size", "intermediate_size"), text.num_hidden_layers * layer),
+        (_fields(prefix, text, "vocab_size", "hidden_size"), text.vocab_size * text.hidden_size * (1 if tied else 2)),
+        (_fields(prefix, text, "num_hidden_layers", "hidden_size", "intermediate_size"), _decoder_parameters(text)),
     ]
 
 
@@ -165,10 +172,12 @@ def check_parameter_count(config) -> int:
 
 
 def available_memory(device) -> int | None:
-    """Bytes that can still be allocated on `device` (a `torch.device`): free GPU memory, the CPU's available
-    RAM (psutil when installed, else /proc/meminfo), or None when unknown."""
+    """Bytes that can still be allocated on `device` (a `torch.device`): free GPU memory (with what PyTorch's caching
+    allocator holds unused, which it hands out again), the CPU's available RAM (psutil when installed, else
+    /proc/meminfo), or None when unknown."""
     if device.type == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + cached
     if device.type != "cpu":
         return None
     try:
@@ -205,6 +214,115 @@ def check_memory_for_parameters(config) -> None:
             f"{available / 2**30:.1f} GiB are available on {device}; {largest_part(config)}. Use a smaller "
             "configuration, a smaller dtype (from_pretrained(..., dtype=torch.bfloat16)) or another device (device_map=...)."
         )
+
+
+# The bytes of one decoder-layer weight under each `--quantize` choice (gap_mllm.processing.model_paths): the scales
+# the quantizers keep beside them are left out
+QUANTIZED_WEIGHT_BYTES = {"int8": 1.0, "bnb-int8": 1.0, "int4": 0.5, "bnb-nf4": 0.5}
+# `frame_activation_elements` counts 0.0887 GiB a frame (bf16) at the real size and the inference frames, where one
+# answer's peak grows 0.099 GiB a frame on the CPU (docs/install.md "Frames against memory"): this factor makes the two
+# agree (the allocator's slack and the copies the count leaves out)
+FRAME_MEMORY_CALIBRATION = 1.1165
+
+
+def weight_dtype(config) -> torch.dtype:
+    """The dtype `from_pretrained` loads `config`'s weights in (`dtype="auto"`): the config's `dtype`, else torch's
+    default dtype."""
+    dtype = getattr(config, "dtype", None)
+    return (getattr(torch, dtype) if isinstance(dtype, str) else dtype) or torch.get_default_dtype()
+
+
+def frame_activation_elements(config, vision_patches: int, geometry_tokens: int) -> int:
+    """Activation elements one frame adds to the peak of one answer, from `config`'s sizes and the frame's tokens:
+    `vision_patches` (the ViT's patches, t·h·w of its `image_grid_thw` row; the LLM gets them merged,
+    / spatial_merge_size²) and `geometry_tokens` (VGGT's: its patches, the camera and register tokens). Per LLM token:
+    its keys and values in every layer's cache, a decoder layer's working set (hidden states, attention, SwiGLU), the
+    DeepStack features and each fusion level's merger; per ViT patch a block's working set; per VGGT token the kept
+    features of the tapped layers and a block's working set. Attention holds no token-by-token matrix (sdpa)."""
+    text, vision, geometry = config.text_config, config.vision_config, config.geometry_config
+    llm_tokens = vision_patches // vision.spatial_merge_size**2
+    cache = 2 * text.num_hidden_layers * text.num_key_value_heads * _head_dim(text)
+    decoder = 4 * text.hidden_size + 3 * text.intermediate_size
+    deepstack = (1 + len(getattr(vision, "deepstack_visual_indexes", None) or [])) * vision.out_hidden_size
+    elements = llm_tokens * (cache + decoder + deepstack) + vision_patches * (4 * vision.hidden_size
+                                                                               + vision.intermediate_size)
+    if config.use_geometry and isinstance(geometry, GapMllmGeometryConfig):  # another encoder's frames: not priced
+        fusion = config.num_fusion_levels * (config.geometry_fusion_config.merger_hidden_size + vision.out_hidden_size)
+        kept = len(geometry.tapped_layers) * geometry.feature_size  # the tapped layers' features, until the fusion
+        kept += int((4 + geometry.mlp_ratio) * geometry.hidden_size)
+        elements += llm_tokens * fusion + geometry_tokens * kept
+    return elements
+
+
+@dataclass(frozen=True)
+class RequestMemory:
+    """The price of one request in bytes (`request_memory`): `weights` (0: already where the request runs) and
+    `per_frame` over `frames` frames; `parameters` and `dtype` name the weights, `quantize` their `--quantize`."""
+
+    frames: int
+    weights: int
+    per_frame: int
+    parameters: int
+    dtype: torch.dtype
+    quantize: str | None = None
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.frames * self.per_frame
+
+    def frames_that_fit(self, available: int) -> int:
+        """The largest frame count whose price stays within `available` bytes (0 when not even one frame fits)."""
+        return max(0, (available - self.weights) // max(1, self.per_frame))
+
+
+def request_memory(config, inputs, quantize: str | None = None, weights_loaded: bool = False) -> RequestMemory:
+    """What one answer of `config`'s model on the processor output `inputs` (`image_grid_thw`, and
+    `geometry_pixel_values` for VGGT) takes at its peak, from the config alone: the weights, `estimate_num_parameters`
+    in `weight_dtype` (the decoder layers at `QUANTIZED_WEIGHT_BYTES[quantize]` a weight; none with `weights_loaded`),
+    plus `FRAME_MEMORY_CALIBRATION` × `frame_activation_elements` of each frame in the same dtype. The calibration
+    is the CPU's measured slope at the real size (0.099 GiB a frame, bf16); an H100's prefill grew 0.070 GiB a frame,
+    so on CUDA the price runs about 40% high per frame. Left out: the prompt's text tokens, the answer's, and the
+    weights the estimate does not count (norms, biases): at the real size the price is 6.03 GiB + 0.099 GiB a frame,
+    0.14 GiB under the CPU's measured line (6.17 GiB + 0.099)."""
+    dtype = weight_dtype(config)
+    parameters = estimate_num_parameters(config)
+    weights = parameters * dtype.itemsize
+    if quantize is not None:
+        weights -= int(_decoder_parameters(config.text_config) * (dtype.itemsize - QUANTIZED_WEIGHT_BYTES[quantize]))
+    grids = inputs["image_grid_thw"].tolist()
+    geometry = config.geometry_config
+    geometry_tokens = 0
+    if "geometry_pixel_values" in inputs and isinstance(geometry, GapMllmGeometryConfig):
+        height, width = inputs["geometry_pixel_values"].shape[-2:]
+        geometry_tokens = (height // geometry.patch_size) * (width // geometry.patch_size) + geometry.num_special_tokens
+    elements = sum(frame_activation_elements(config, t * h * w, geometry_tokens) for t, h, w in grids)
+    per_frame = math.ceil(FRAME_MEMORY_CALIBRATION * elements * dtype.itemsize / max(1, len(grids)))
+    return RequestMemory(len(grids), 0 if weights_loaded else weights, per_frame, parameters, dtype, quantize)
+
+
+def check_memory_for_request(config, inputs, device, quantize: str | None = None, weights_loaded: bool = False) -> None:
+    """ValueError of one line when `request_memory` of the request exceeds the memory left on `device`
+    (`available_memory`; skipped when unknown): the frames asked, GiB needed and available, and the largest frame
+    count that fits, or, when none does, the weights that leave no room."""
+    available = available_memory(torch.device(device))
+    price = request_memory(config, inputs, quantize, weights_loaded)
+    if available is None or price.total <= available:
+        return
+    gib = 2**30
+    parts = (f"{price.per_frame / gib:.3g} GiB a frame beside the loaded weights" if weights_loaded
+             else f"{price.weights / gib:.3g} GiB of weights + {price.per_frame / gib:.3g} GiB a frame")
+    need = (f"{price.frames} frame(s) need about {price.total / gib:.3g} GiB ({parts}), but {available / gib:.3g} GiB "
+            f"are available on {device}")
+    fit = price.frames_that_fit(available)
+    if fit > 0:
+        raise ValueError(f"{need}: give at most {fit} frame(s) of this size")
+    if weights_loaded:
+        raise ValueError(f"{need}: not one frame fits; free memory or use a machine with more")
+    layers = f", decoder layers in {quantize}" if quantize else ""
+    weights = f"the weights ({price.parameters:.3g} parameters in {price.dtype}{layers}, {price.weights / gib:.3g} GiB)"
+    fails = "alone do not fit" if price.weights > available else "leave no room for one frame"
+    remedy = "a smaller model or a machine with more memory" + ("" if quantize else ", or --quantize int8 / int4")
+    raise ValueError(f"{need}: {weights} {fails}; use {remedy}")
 
 
 # ---- loading: missing weights and damaged checkpoints
