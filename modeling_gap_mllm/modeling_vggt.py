@@ -709,6 +709,14 @@ def autocast_dtype_for(config: GapMllmGeometryConfig, device: torch.device) -> t
     return AUTOCAST_DTYPES[setting]
 
 
+def _in_frame_chunks(function, frames: torch.Tensor, chunk_size: int | None, *args) -> torch.Tensor:
+    """`function(frames, *args)` on `frames [N, ...]`, `chunk_size` frames at a time (`None`: all at once), for
+    frame-local work: the chunks change its peak memory, not its result."""
+    if chunk_size is None or chunk_size >= frames.shape[0]:
+        return function(frames, *args)
+    return torch.cat([function(part, *args) for part in frames.split(chunk_size)])
+
+
 def _expand_token_pair(token_pair: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
     """`[1, 2, X, C]` → `[B·S, X, C]`: copy 0 for frame 0, copy 1 for the other frames of each sample."""
     first = token_pair[:, :1].expand(batch_size, 1, -1, -1)
@@ -796,7 +804,8 @@ class GapMllmVggtAggregator(nn.Module):
         # Normalise in fp32 whatever the input dtype, then match the weights (bf16 checkpoints).
         pixel_values = (images.float() - self.image_mean) / self.image_std
         pixel_values = pixel_values.to(self.patch_embed.patch_embed.proj.weight.dtype).flatten(0, 1)
-        patch_tokens = self.patch_embed(pixel_values)  # [B·S, P, C]
+        chunk_size = self.config.frames_chunk_size
+        patch_tokens = _in_frame_chunks(self.patch_embed, pixel_values, chunk_size)  # [B·S, P, C]
         special_tokens = torch.cat(
             [
                 _expand_token_pair(self.camera_token, batch_size, num_frames),
@@ -820,7 +829,7 @@ class GapMllmVggtAggregator(nn.Module):
         per_sample = (batch_size, num_frames * num_tokens, channels)  # global attention: one sequence per sample
         per_token = (batch_size, num_frames, num_tokens, channels)
         for index in range(max(layers) + 1):
-            tokens = self.frame_blocks[index](tokens.reshape(per_frame), frame_rope)
+            tokens = _in_frame_chunks(self.frame_blocks[index], tokens.reshape(per_frame), chunk_size, frame_rope)
             frame_output = tokens.reshape(per_token)
             tokens = self.global_blocks[index](tokens.reshape(per_sample), global_rope)
             if index in wanted:
