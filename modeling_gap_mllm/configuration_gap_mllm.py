@@ -269,8 +269,8 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         dpt_out_channels (`list[int]`): widths of the four DPT projections ([256, 512, 1024, 1024]).
         dpt_layers (`list[int]`): the four aggregator layers the DPT heads read ([4, 11, 17, 23]).
         dpt_frames_chunk_size (`int`): frames per DPT chunk, bounding memory; results do not depend on it (8).
-        frames_chunk_size (`int`, *optional*): frames (of the whole batch) per chunk of the aggregator's frame-local
-            work, bounding memory; results do not depend on it (`None`: all frames at once).
+        frames_chunk_size (`int`, *optional*): frames of each sample at a time in all the aggregator runs but the global
+            attention (which sees every frame), bounding memory; results do not depend on it (`None`: all at once).
         autocast_dtype (`str`, *optional*): `"auto"` (default): bf16 autocast when the input is on a CUDA device,
             the weights' dtype elsewhere; `"bfloat16"` / `"float16"`: that autocast on every device; `None`: no
             autocast. Features come out in the weights' dtype.
