@@ -4,6 +4,8 @@ step per frame count, each in a fresh process, and a fitted model of memory agai
     python bench/bench_frames_memory.py --real-size --device cpu --frames 4 8 16 --out frames_cpu.json
     python bench/bench_frames_memory.py --real-size --device cuda --frames 4 8 16 32 64 128 --out frames_cuda.json
     python bench/bench_frames_memory.py --size small --frames 1 2 3 --out small.json    # seconds: the script's check
+    python bench/bench_frames_memory.py --real-size --device cpu --dtype float32 --kinds encoder --frames 2 4 \
+        --frames-chunk-size 1 --out encoder_chunked.json                             # the geometry encoder alone
 
 Points (each a subprocess of this script, `--point KIND FRAMES`, so that one point's peak is not another's):
 
@@ -17,6 +19,10 @@ Points (each a subprocess of this script, `--point KIND FRAMES`, so that one poi
            AdamW (bf16 states), so that the second step's forward runs beside the optimizer states; `--optimizer
            none` runs forward + backward only and adds AdamW's states as arithmetic (2 × trainable parameters ×
            bytes), the CPU setting when the states do not fit the machine
+  encoder  the geometry encoder alone (VGGT-1B's aggregator, its config as the model's, in `--dtype`) on one sample
+           of N frames at the answer's VGGT frames, under `torch.inference_mode`: the part that
+           `--frames-chunk-size` (`geometry_config.frames_chunk_size`, every kind) bounds, without the model's
+           minutes of CPU time; not in the default `--kinds`
 
 What is counted:
 
@@ -49,8 +55,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's sibling modules
 
 GIB = 2**30
-KINDS = ("answer", "train")
-GRIDS = {"real": {"answer": "infer", "train": "train"}, "small": {"answer": "small", "train": "small"}}
+KINDS = ("answer", "train", "encoder")
+GRIDS = {"real": {"answer": "infer", "train": "train", "encoder": "infer"},
+         "small": {"answer": "small", "train": "small", "encoder": "small"}}
 # The quantized modes plug in here: a name → a function (model size, device, dtype, attn) -> model, built as
 # `build_model` builds the bf16 one. Only the unquantized build exists so far.
 QUANTIZED_BUILDS: dict = {}
@@ -74,19 +81,36 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def build(args):
-    from real_size_model import build_model
-
-    if args.quantize != "none":
-        return QUANTIZED_BUILDS[args.quantize](args.size, args.device, args.dtype, args.attn)
+def build(args, kind: str):
+    """The model of `args` (the geometry encoder alone for an `encoder` point), its frame chunking set."""
     import torch
+    from real_size_model import build_model, real_size_config, small_config
 
-    return build_model(args.size, args.device, getattr(torch, args.dtype), args.attn)
+    from gap_mllm.modeling_vggt import GapMllmGeometryEncoder
+
+    if kind == "encoder":
+        config = (real_size_config if args.size == "real" else small_config)(args.attn).geometry_config
+        torch.manual_seed(0)
+        with torch.device(args.device):
+            model = GapMllmGeometryEncoder(config).to(getattr(torch, args.dtype)).eval()
+    elif args.quantize != "none":
+        model = QUANTIZED_BUILDS[args.quantize](args.size, args.device, args.dtype, args.attn)
+    else:
+        model = build_model(args.size, args.device, getattr(torch, args.dtype), args.attn)
+    geometry_config(model).frames_chunk_size = args.frames_chunk_size
+    return model
+
+
+def geometry_config(model):
+    """The geometry config a model (or the geometry encoder alone) runs with."""
+    return getattr(model.config, "geometry_config", model.config)
 
 
 def attention_implementations(model) -> dict:
     """The attention implementation each part of the model runs."""
     config = model.config
+    if not hasattr(config, "geometry_config"):
+        return {"geometry": config._attn_implementation}
     return {"llm": config.text_config._attn_implementation, "vision": config.vision_config._attn_implementation,
             "geometry": config.geometry_config._attn_implementation}
 
@@ -104,19 +128,25 @@ def measure_point(args, kind: str, frames: int) -> dict:
     baseline_kib = memory_kib("VmRSS")
     dtype = getattr(torch, args.dtype)
     start = time.perf_counter()
-    model = build(args)
+    model = build(args, kind)
     build_s = time.perf_counter() - start
     weights_gib = (torch.cuda.memory_allocated() if cuda else (memory_kib("VmRSS") - baseline_kib) * 1024) / GIB
-    ids = special_ids(model.config)
     grid = QWEN_GRIDS[GRIDS[args.size][kind]]
     row = {"kind": kind, "frames": frames, "grid": list(grid), "visual_tokens_per_frame": grid[0] * grid[1] // 4,
            "geometry_tokens_per_frame": grid[0] * grid[1] + 5, "attn_implementation": attention_implementations(model),
-           "build_s": build_s, "weights_gib": weights_gib, "baseline_rss_gib": baseline_kib / 2**20,
-           "peak_rss_reset": peak_reset}
+           "frames_chunk_size": args.frames_chunk_size, "build_s": build_s, "weights_gib": weights_gib,
+           "baseline_rss_gib": baseline_kib / 2**20, "peak_rss_reset": peak_reset}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    if kind == "answer":
+    if kind == "encoder":  # the geometry grid is the Qwen grid at VGGT's patch size (14 pixels)
+        patch = model.config.patch_size
+        images = torch.rand(1, frames, 3, grid[0] * patch, grid[1] * patch, device=args.device, dtype=dtype)
+        with torch.inference_mode():
+            features = model(images).layer_features
+        row.update(geometry_tokens=frames * row["geometry_tokens_per_frame"], tapped_layers=len(features))
+    elif kind == "answer":
+        ids = special_ids(model.config)
         inputs = to_device(full_inputs(model.config, ids, views=frames, grid=grid), args.device, dtype)
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
@@ -124,6 +154,7 @@ def measure_point(args, kind: str, frames: int) -> dict:
         row.update(prompt_tokens=int(inputs["input_ids"].shape[1]),
                    new_tokens=int(out.shape[1] - inputs["input_ids"].shape[1]))
     else:
+        ids = special_ids(model.config)
         inputs = to_device(full_inputs(model.config, ids, views=frames, grid=grid, answer_length=args.answer_tokens),
                            args.device, dtype)
         model.train()
@@ -185,19 +216,25 @@ def frames_that_fit(linear: dict, budget_gib: float, reserve_gib: float = 0.0) -
     return max(0, int(room // linear["per_frame_gib"]))
 
 
+def point_label(row: dict) -> str:
+    """A row's kind, with its frame chunking when it has one: `encoder` or `encoder@chunk2`."""
+    chunk = row.get("frames_chunk_size")
+    return row["kind"] if chunk is None else f"{row['kind']}@chunk{chunk}"
+
+
 def summarise(rows: list[dict], budgets: list[float], reserve: float) -> dict:
-    """Per kind, the fit of the measured points and the frame counts that fit each budget."""
+    """Per kind and frame chunking, the fit of the measured points and the frame counts that fit each budget."""
     summary = {}
-    for kind in KINDS:
+    for label in sorted({point_label(r) for r in rows}, key=lambda label: (KINDS.index(label.split("@")[0]), label)):
         for key in ("peak_gib", "peak_with_adamw_gib"):
-            measured = [r for r in rows if r["kind"] == kind and key in r]
+            measured = [r for r in rows if point_label(r) == label and key in r]
             if len({r["frames"] for r in measured}) < 2:
                 continue
             fit = fit_memory([r["frames"] for r in measured], [r[key] for r in measured])
             fit["frames_that_fit"] = {f"{budget:g}": frames_that_fit(fit["linear"], budget, reserve)
                                       for budget in budgets}
             fit["largest_measured_frames"] = max(r["frames"] for r in measured)
-            summary[f"{kind}:{key}"] = fit
+            summary[f"{label}:{key}"] = fit
     return summary
 
 
@@ -207,11 +244,11 @@ def table(rows: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['kind']} | {r['frames']} | | {r['error'][:60]} | | | | |")
+            lines.append(f"| {point_label(r)} | {r['frames']} | | {r['error'][:60]} | | | | |")
             continue
-        tokens = r.get("prompt_tokens", r.get("sequence_tokens"))
+        tokens = r.get("prompt_tokens", r.get("sequence_tokens", r.get("geometry_tokens")))
         with_adamw = r.get("peak_with_adamw_gib", r["peak_gib"] if r.get("adamw_state") == "measured" else None)
-        lines.append(f"| {r['kind']} | {r['frames']} | {tokens} | {r['peak_gib']:.2f} | {r['weights_gib']:.2f} | "
+        lines.append(f"| {point_label(r)} | {r['frames']} | {tokens} | {r['peak_gib']:.2f} | {r['weights_gib']:.2f} | "
                      f"{r['peak_above_weights_gib']:.2f} | {'' if with_adamw is None else f'{with_adamw:.2f}'} | "
                      f"{r['seconds']:.0f} |")
     return "\n".join(lines)
@@ -233,11 +270,13 @@ def run_point(args, kind: str, frames: int, remaining: float) -> dict:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"kind": kind, "frames": frames, "error": f"past the time budget ({timeout:.0f} s)"}
+        return {"kind": kind, "frames": frames, "frames_chunk_size": args.frames_chunk_size,
+                "error": f"past the time budget ({timeout:.0f} s)"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"kind": kind, "frames": frames, "error": f"exit {done.returncode}: {tail}"[:300]}
+        return {"kind": kind, "frames": frames, "frames_chunk_size": args.frames_chunk_size,
+                "error": f"exit {done.returncode}: {tail}"[:300]}
     return json.loads(lines[-1])
 
 
@@ -248,13 +287,16 @@ def parse(argv=None):
     add_size_arguments(parser)
     parser.set_defaults(dtype="bfloat16")
     parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=["answer", "train"])
     parser.add_argument("--attn", default="sdpa", help="attention implementation of every part (default: sdpa)")
     parser.add_argument("--quantize", default="none", choices=("none", *QUANTIZED_BUILDS))
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens of an answer")
     parser.add_argument("--answer-tokens", type=int, default=32, help="answer tokens of a training sample")
     parser.add_argument("--optimizer", choices=("adamw", "none"), default="adamw")
     parser.add_argument("--checkpointing", choices=("on", "off"), default="on")
+    parser.add_argument("--frames-chunk-size", type=int, default=None,
+                        help="geometry_config.frames_chunk_size: frames of each sample at a time in the VGGT "
+                             "aggregator's token-local work (default: all at once)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[24.0, 80.0], help="GPU memory, GiB")
     parser.add_argument("--reserve", type=float, default=1.0, help="GiB of each budget kept for the CUDA context")
     parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run")
@@ -267,7 +309,8 @@ def parse(argv=None):
     # what a point's process is given: the model and the point's settings, not the run's own options
     args.forwarded = ["--size", args.size, "--device", args.device, "--dtype", args.dtype, "--attn", args.attn,
                       "--quantize", args.quantize, "--new-tokens", str(args.new_tokens), "--answer-tokens",
-                      str(args.answer_tokens), "--optimizer", args.optimizer, "--checkpointing", args.checkpointing]
+                      str(args.answer_tokens), "--optimizer", args.optimizer, "--checkpointing", args.checkpointing,
+                      *(["--frames-chunk-size", str(args.frames_chunk_size)] if args.frames_chunk_size else [])]
     return args
 
 
@@ -279,7 +322,7 @@ def main(argv=None) -> int:
         return 0
     if args.rows_from:
         rows = [row for path in args.rows_from for row in saved_rows(Path(path))]
-        rows.sort(key=lambda row: (row["frames"], KINDS.index(row["kind"])))
+        rows.sort(key=lambda row: (row["frames"], KINDS.index(row["kind"]), row.get("frames_chunk_size") or 0))
         print(table(rows))
         print(json.dumps(summarise([r for r in rows if "error" not in r], args.budgets, args.reserve), indent=2))
         return 0
@@ -289,7 +332,7 @@ def main(argv=None) -> int:
     start, rows = time.perf_counter(), []
     results = {"meta": {"command": " ".join(["python", "bench/bench_frames_memory.py", *(argv or sys.argv[1:])]),
                         "size": args.size, "device": args.device, "dtype": args.dtype, "attn": args.attn,
-                        "quantize": args.quantize, "threads": os.environ.get("OMP_NUM_THREADS"),
+                        "quantize": args.quantize, "frames_chunk_size": args.frames_chunk_size, "threads": os.environ.get("OMP_NUM_THREADS"),
                         "counted": "peak RSS (VmHWM) minus RSS after imports" if args.device == "cpu"
                                    else "torch.cuda.max_memory_allocated"}}
     for frames in sorted(args.frames):

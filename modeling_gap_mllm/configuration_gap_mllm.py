@@ -164,6 +164,8 @@ def check_geometry_config(config) -> None:
     if config.autocast_dtype not in GEOMETRY_AUTOCAST_DTYPES:
         raise ValueError(
             f"geometry_config.autocast_dtype={config.autocast_dtype!r} is not one of {GEOMETRY_AUTOCAST_DTYPES}.")
+    if config.frames_chunk_size is not None:
+        check_sizes(config, ("frames_chunk_size",), "geometry_config")
     if config.use_camera_head:
         check_sizes(config, ("camera_head_trunk_depth", "camera_head_num_attention_heads",
                              "camera_head_num_iterations"), "geometry_config")
@@ -267,6 +269,8 @@ class GapMllmGeometryConfig(PreTrainedConfig):
         dpt_out_channels (`list[int]`): widths of the four DPT projections ([256, 512, 1024, 1024]).
         dpt_layers (`list[int]`): the four aggregator layers the DPT heads read ([4, 11, 17, 23]).
         dpt_frames_chunk_size (`int`): frames per DPT chunk, bounding memory; results do not depend on it (8).
+        frames_chunk_size (`int`, *optional*): frames of each sample at a time in all the aggregator runs but the global
+            attention (which sees every frame), bounding memory; results do not depend on it (`None`: all at once).
         autocast_dtype (`str`, *optional*): `"auto"` (default): bf16 autocast when the input is on a CUDA device,
             the weights' dtype elsewhere; `"bfloat16"` / `"float16"`: that autocast on every device; `None`: no
             autocast. Features come out in the weights' dtype.
@@ -306,6 +310,7 @@ class GapMllmGeometryConfig(PreTrainedConfig):
     dpt_out_channels: list[int] | None = None
     dpt_layers: list[int] | None = None
     dpt_frames_chunk_size: int = 8
+    frames_chunk_size: int | None = None
     autocast_dtype: str | None = "auto"
 
     def __post_init__(self, **kwargs):

@@ -199,7 +199,11 @@ class GapMllmGeometryAttention(nn.Module):
     ) -> torch.Tensor:
         """`hidden_states [B, L, C]` → `[B, L, C]`; `position_embeddings` is `(cos, sin)`, each `[L, D]` or
         `[B, L, D]`, or `None` for no RoPE."""
-        batch, length, channels = hidden_states.shape
+        return self.proj(self.attend(*self.project(hidden_states, position_embeddings), **kwargs))
+
+    def project(self, hidden_states: torch.Tensor, position_embeddings=None) -> tuple[torch.Tensor, ...]:
+        """`hidden_states [B, L, C]` → query, key, value `[B, H, L, D]`, QK-normed and rotated (token-local)."""
+        batch, length, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, D]
         query, key = self.q_norm(query), self.k_norm(key)
@@ -207,11 +211,15 @@ class GapMllmGeometryAttention(nn.Module):
             cos, sin = position_embeddings
             query = apply_rotary_2d(query, cos, sin)
             key = apply_rotary_2d(key, cos, sin)
+        return query, key, value
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Attention of `query`, `key`, `value` `[B, H, L, D]` → `[B, L, H·D]`, before the output projection."""
         attn_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         output, _ = attn_fn(
             self, query, key, value, None, dropout=0.0, scaling=self.scaling, is_causal=False, **kwargs
         )  # [B, L, H, D]
-        return self.proj(output.reshape(batch, length, channels))
+        return output.flatten(2)
 
 
 class GapMllmGeometryMlp(nn.Module):
@@ -256,14 +264,29 @@ class GapMllmGeometryBlock(GradientCheckpointingLayer):
         self.mlp = GapMllmGeometryMlp(hidden_size, config.mlp_ratio)
         self.ls2 = GapMllmGeometryLayerScale(hidden_size, layer_scale_init) if layer_scale_init else nn.Identity()
 
-    def forward(
-        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                tokens_chunk_size: int | None = None) -> torch.Tensor:
         """`hidden_states [B, L, C]` → `[B, L, C]` (B = batch·frames for frame attention, L = frames·tokens for
-        global attention); `position_embeddings` is RoPE `(cos, sin)`, each `[L, D]`, or `None`."""
-        hidden_states = hidden_states + self.ls1(self.attn(self.norm1(hidden_states), position_embeddings))
-        hidden_states = hidden_states + self.ls2(self.mlp(self.norm2(hidden_states)))
-        return hidden_states
+        global attention); `position_embeddings` is RoPE `(cos, sin)`, each `[L, D]`, or `None`. A
+        `tokens_chunk_size` runs the token-local work (norms, projections, MLP) that many tokens at a time and the
+        attention over all `L` at once: the peak memory falls, the result does not change."""
+        length, size = hidden_states.shape[1], tokens_chunk_size
+        if size is None or size >= length:
+            hidden_states = hidden_states + self.ls1(self.attn(self.norm1(hidden_states), position_embeddings))
+            return hidden_states + self.ls2(self.mlp(self.norm2(hidden_states)))
+        qkv, outputs = None, []  # filled in place: chunks and their concatenation would be twice the size
+        for start in range(0, length, size):
+            rope = position_embeddings and tuple(table[..., start : start + size, :] for table in position_embeddings)
+            parts = self.attn.project(self.norm1(hidden_states[:, start : start + size]), rope)  # [B, H, size, D]
+            qkv = qkv or [part.new_empty(*part.shape[:2], length, part.shape[3]) for part in parts]
+            for whole, part in zip(qkv, parts):
+                whole[:, :, start : start + size] = part
+        attended = self.attn.attend(*qkv)
+        del qkv, parts  # what the attention needed
+        for start in range(0, length, size):
+            chunk = hidden_states[:, start : start + size] + self.ls1(self.attn.proj(attended[:, start : start + size]))
+            outputs.append(chunk + self.ls2(self.mlp(self.norm2(chunk))))
+        return torch.cat(outputs, dim=1)
 
 
 # VGGT's DINOv2 interpolates its position embedding bicubic, antialiased, offset 0 (DINOv2's default: 0.1).
@@ -709,6 +732,14 @@ def autocast_dtype_for(config: GapMllmGeometryConfig, device: torch.device) -> t
     return AUTOCAST_DTYPES[setting]
 
 
+def _in_frame_chunks(function, frames: torch.Tensor, chunk_size: int | None, *args) -> torch.Tensor:
+    """`function(frames, *args)` on `frames [N, ...]`, `chunk_size` frames at a time (`None`: all at once), for
+    frame-local work: the chunks change its peak memory, not its result."""
+    if chunk_size is None or chunk_size >= frames.shape[0]:
+        return function(frames, *args)
+    return torch.cat([function(part, *args) for part in frames.split(chunk_size)])
+
+
 def _expand_token_pair(token_pair: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
     """`[1, 2, X, C]` → `[B·S, X, C]`: copy 0 for frame 0, copy 1 for the other frames of each sample."""
     first = token_pair[:, :1].expand(batch_size, 1, -1, -1)
@@ -796,7 +827,9 @@ class GapMllmVggtAggregator(nn.Module):
         # Normalise in fp32 whatever the input dtype, then match the weights (bf16 checkpoints).
         pixel_values = (images.float() - self.image_mean) / self.image_std
         pixel_values = pixel_values.to(self.patch_embed.patch_embed.proj.weight.dtype).flatten(0, 1)
-        patch_tokens = self.patch_embed(pixel_values)  # [B·S, P, C]
+        frames_chunk = self.config.frames_chunk_size  # of each sample: batch_size · frames_chunk frames at a time
+        rows_chunk = frames_chunk and batch_size * frames_chunk
+        patch_tokens = _in_frame_chunks(self.patch_embed, pixel_values, rows_chunk)  # [B·S, P, C]
         special_tokens = torch.cat(
             [
                 _expand_token_pair(self.camera_token, batch_size, num_frames),
@@ -819,10 +852,11 @@ class GapMllmVggtAggregator(nn.Module):
         per_frame = (batch_size * num_frames, num_tokens, channels)  # frame attention: one sequence per frame
         per_sample = (batch_size, num_frames * num_tokens, channels)  # global attention: one sequence per sample
         per_token = (batch_size, num_frames, num_tokens, channels)
+        tokens_chunk = frames_chunk and frames_chunk * num_tokens  # the global blocks' token-local work
         for index in range(max(layers) + 1):
-            tokens = self.frame_blocks[index](tokens.reshape(per_frame), frame_rope)
+            tokens = _in_frame_chunks(self.frame_blocks[index], tokens.reshape(per_frame), rows_chunk, frame_rope)
             frame_output = tokens.reshape(per_token)
-            tokens = self.global_blocks[index](tokens.reshape(per_sample), global_rope)
+            tokens = self.global_blocks[index](tokens.reshape(per_sample), global_rope, tokens_chunk)
             if index in wanted:
                 global_output = tokens.reshape(per_token)
                 collected[index] = torch.cat([frame_output, global_output], dim=-1)

@@ -48,7 +48,28 @@ def test_summary_fits_each_kind_and_the_optimizer_states_added():
     assert summary["train:peak_gib"]["largest_measured_frames"] == 8
 
 
-@pytest.mark.parametrize("kind", bench.KINDS)
+def test_summary_fits_each_frame_chunking_apart():
+    rows = [{"kind": "encoder", "frames": n, "peak_gib": 4.0 + 0.5 * n} for n in (2, 4)]
+    rows += [{"kind": "encoder", "frames": n, "frames_chunk_size": 1, "peak_gib": 4.0 + 0.25 * n} for n in (2, 4)]
+    summary = bench.summarise(rows, [24.0], reserve=1.0)
+    assert list(summary) == ["encoder:peak_gib", "encoder@chunk1:peak_gib"]
+    assert summary["encoder:peak_gib"]["linear"]["per_frame_gib"] == pytest.approx(0.5, abs=1e-9)
+    assert summary["encoder@chunk1:peak_gib"]["frames_that_fit"] == {"24": 76}  # (24 - 1 - 4) / 0.25
+    measured = dict(rows[2], geometry_tokens=58, weights_gib=3.0, peak_above_weights_gib=1.5, seconds=9.0)
+    assert bench.table([measured]).splitlines()[-1] == "| encoder@chunk1 | 2 | 58 | 4.50 | 3.00 | 1.50 |  | 9 |"
+
+
+def test_an_encoder_point_runs_its_frames_in_chunks():
+    args = bench.parse(["--size", "small", "--dtype", "float32", "--frames-chunk-size", "2"])
+    assert args.forwarded[-2:] == ["--frames-chunk-size", "2"] and args.kinds == ["answer", "train"]
+    row = bench.run_point(args, "encoder", 3, float("inf"))
+    assert "error" not in row, row
+    assert row["attn_implementation"] == {"geometry": "sdpa"} and row["frames_chunk_size"] == 2
+    assert (row["geometry_tokens"], row["tapped_layers"]) == (3 * (4 * 6 + 5), 4)
+    assert row["peak_gib"] >= row["weights_gib"] > 0
+
+
+@pytest.mark.parametrize("kind", ["answer", "train"])
 def test_a_small_point_runs_and_reports_its_memory(kind):
     args = bench.parse(["--size", "small", "--dtype", "float32", "--new-tokens", "2", "--answer-tokens", "2",
                         "--optimizer", "none" if kind == "train" else "adamw"])

@@ -68,6 +68,8 @@ def test_vggt_sized_heads_past_the_bound_are_refused_by_the_parameter_count_nami
     ({"use_depth_head": True, **TINY_DPT, "dpt_features": None}, "geometry_config.dpt_features must be an integer >= 1, got None"),
     ({"use_depth_head": True, **TINY_DPT, "dpt_frames_chunk_size": 0}, "geometry_config.dpt_frames_chunk_size must be an integer >= 1, got 0"),
     ({"mlp_ratio": float("inf")}, "geometry_config.mlp_ratio must be a positive finite number, got inf"),
+    ({"frames_chunk_size": 0}, "geometry_config.frames_chunk_size must be an integer >= 1, got 0"),
+    ({"frames_chunk_size": 2.0}, "geometry_config.frames_chunk_size must be an integer >= 1, got 2.0"),
 ])
 def test_head_sizes_of_the_wrong_type_are_named(tiny_processor, override, message):
     with pytest.raises(ValueError, match=f"^{message}"):

@@ -238,6 +238,68 @@ def test_batch_samples_are_independent():
         torch.testing.assert_close(a[1:], b, atol=1e-5, rtol=0)
 
 
+# ---------------------------------------------------------------- frames in chunks
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5])  # 2 and 3 leave a shorter last chunk of 5 frames; 5 is all at once
+def test_frames_chunk_size_leaves_the_features_bit_identical(chunk):
+    encoder = make_encoder()
+    pixels = images(2, 5)
+    with torch.no_grad():
+        whole = encoder(pixels).layer_features
+        encoder.config.frames_chunk_size = chunk  # the aggregator reads the config it was built with
+        chunked = encoder(pixels).layer_features
+    assert len(whole) == 2
+    for a, b in zip(whole, chunked):
+        assert torch.equal(a, b)
+
+
+def test_frames_chunk_size_bounds_the_frame_local_work_and_not_the_global_attention():
+    encoder = make_encoder(frames_chunk_size=2)
+    aggregator, tokens = encoder.aggregator, 1 + 2 + 4 * 6  # camera, 2 registers, a 4×6 patch grid
+    seen = {"patch_embed": [], "frame_block": [], "global_attention": [], "global_mlp": []}
+    hooked = {"patch_embed": aggregator.patch_embed, "frame_block": aggregator.frame_blocks[0],
+              "global_mlp": aggregator.global_blocks[0].mlp}
+    for name, module in hooked.items():
+        module.register_forward_pre_hook(lambda module, args, name=name: seen[name].append(tuple(args[0].shape)))
+    attention = aggregator.global_blocks[0].attn
+    attention.attend = lambda query, key, value, attend=attention.attend: (
+        seen["global_attention"].append(tuple(query.shape)) or attend(query, key, value))
+    with torch.no_grad():
+        encoder(images(3, 5))  # 3 samples of 5 frames: 2 frames of each sample at a time, the last chunk 1
+    assert [shape[0] for shape in seen["patch_embed"]] == [6, 6, 3]
+    assert seen["frame_block"] == [(6, tokens, HIDDEN), (6, tokens, HIDDEN), (3, tokens, HIDDEN)]
+    assert seen["global_attention"] == [(3, 2, 5 * tokens, HIDDEN // 2)]  # every frame of a sample at once
+    assert seen["global_mlp"] == [(3, 2 * tokens, HIDDEN), (3, 2 * tokens, HIDDEN), (3, tokens, HIDDEN)]
+
+
+def test_frames_chunk_size_leaves_the_gradients_unchanged():
+    def gradients(encoder):
+        encoder.zero_grad()
+        sum(f.square().mean() for f in encoder(images(2, 3)).layer_features).backward()
+        return {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    encoder = make_encoder().train()
+    whole = gradients(encoder)
+    encoder.config.frames_chunk_size = 2
+    chunked = gradients(encoder)
+    assert whole.keys() == chunked.keys() and len(whole) > 0
+    for name in whole:  # a weight's gradient sums over frames: chunk by chunk, the fp32 sums round in another order
+        torch.testing.assert_close(chunked[name], whole[name], atol=1e-6, rtol=1e-5)
+
+
+def test_frames_chunk_size_leaves_the_model_logits_bit_identical(build_model, make_inputs):
+    model = build_model()
+    inputs = make_inputs(view_counts=(3, 3))
+    assert model.config.geometry_config.frames_chunk_size is None  # the default: all frames at once
+    with torch.no_grad():
+        whole = model(**inputs).logits
+        model.config.geometry_config.frames_chunk_size = 2
+        chunked = model(**inputs).logits
+    assert model.model.geometry_encoder.config.frames_chunk_size == 2
+    assert torch.equal(whole, chunked)
+
+
 def test_reference_frame_last_equals_reversed_first():
     first = make_encoder(reference_frame="first")
     last = GapMllmGeometryEncoder(make_config(reference_frame="last")).eval()

@@ -127,3 +127,16 @@ def test_the_match_and_flow_terms_train(train_data_root):
         GeometryStageModel(tiny_with_heads()[0], match_weight=1.0, match_layer=9)
     with pytest.raises(ValueError, match="match_index"):
         wrapper(**{key: value for key, value in batch.items() if not key.startswith("match_")})
+
+
+def test_the_tap_names_the_frame_chunks_it_cannot_see():
+    model, _ = tiny_with_heads()
+    aggregator = model.geometry_encoder.eval().aggregator
+    tap = GlobalAttentionTap(aggregator, 1, heads=2)
+    aggregator.config.frames_chunk_size = 1  # the global block's attention module is then not called whole
+    patch = aggregator.patch_size
+    with torch.no_grad():
+        aggregator(torch.rand(1, 3, 3, 2 * patch, 3 * patch), [1])
+    with pytest.raises(RuntimeError, match="^the matched global block ran in frame chunks, which the tap cannot see"):
+        tap.frame0_logits(3)
+    tap.remove()

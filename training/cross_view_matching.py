@@ -82,6 +82,7 @@ class GlobalAttentionTap:
             raise ValueError(f"geometry.match_heads={heads}: the block has {self.attention.num_heads} heads")
         self.heads = heads
         self.num_special = aggregator.num_special_tokens
+        self.geometry_config = aggregator.config
         self._inputs = None
         self._handle = self.attention.register_forward_pre_hook(self._capture)
 
@@ -95,6 +96,9 @@ class GlobalAttentionTap:
         """`[B, heads, S-1, P, P]`: logits of patch p of frame s+1 attending to patch q of frame 0, from the
         last forward pass (raises if the block has not run since)."""
         if self._inputs is None:
+            if self.geometry_config.frames_chunk_size is not None:  # its attention module's forward is not called
+                raise RuntimeError("the matched global block ran in frame chunks, which the tap cannot see: set "
+                                   "geometry_config.frames_chunk_size to None while matching")
             raise RuntimeError("the matched global block has not run: call the aggregator first")
         hidden, rope = self._inputs[0], (self._inputs[1] if len(self._inputs) > 1 else None)
         self._inputs = None
