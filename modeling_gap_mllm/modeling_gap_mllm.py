@@ -775,6 +775,10 @@ class GapMllmForConditionalGeneration(GapMllmPreTrainedModel, Qwen3VLForConditio
         """`PreTrainedModel.from_pretrained` of this layout, the earlier one (`EARLIER_LAYOUT_KEY_MAPPING`) or a stock
         Qwen3-VL checkpoint, then the default freezing (the gap-mllm package's `gap_mllm.checks.load_checked` adds its
         checkpoint checks around it)."""
+        moved = sorted({"require_geometry_weights", "allow_non_finite_weights", "warn_missing_weights"} & set(kwargs))
+        if moved:  # else transformers would store them in the config, unread
+            raise TypeError(f"from_pretrained got {', '.join(moved)}: options of the gap-mllm package's checked load, "
+                            "gap_mllm.loading.load_model(...)")
         kwargs["key_mapping"] = {**EARLIER_LAYOUT_KEY_MAPPING, **(kwargs.get("key_mapping") or {})}
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded

@@ -368,3 +368,11 @@ def test_precomputed_geometry_features_replace_the_encoder(build_model, make_inp
     model.geometry_encoder.register_forward_hook(lambda *args: calls.append(1))
     cached = _logits(model, {k: v for k, v in inputs.items() if k != "geometry_pixel_values"}, geometry_features=features)
     assert calls == [] and torch.equal(cached, reference)
+
+
+def test_from_pretrained_names_the_checked_load_for_its_options(tmp_path):
+    """The package's loading options given to the class's own `from_pretrained` (which would store them in the config,
+    unread) are refused by name, pointing to `gap_mllm.loading.load_model`."""
+    with pytest.raises(TypeError, match=r"^from_pretrained got require_geometry_weights: options of the gap-mllm "
+                                        r"package's checked load, gap_mllm\.loading\.load_model\(\.\.\.\)$"):
+        GapMllmForConditionalGeneration.from_pretrained(tmp_path, require_geometry_weights=True)
