@@ -10,6 +10,7 @@ them; the processor's argument checks are its own (processing_gap_mllm.py). Neve
 """
 
 import hashlib
+import math
 import os
 import uuid
 import warnings
@@ -20,7 +21,6 @@ import torch
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
-from gap_mllm import generation  # a cycle: generation calls these checks
 from gap_mllm.configuration_gap_mllm import IGNORE_INDEX, GapMllmGeometryConfig
 from gap_mllm.tasks_gap_mllm import DefaultBudget
 
@@ -543,6 +543,24 @@ def load_checked(load, pretrained_model_name_or_path, *args, require_geometry_we
     return (model, info) if wants_info else model
 
 
+# ---- generate: token budget and scene prefix
+def new_token_budget(model, kwargs: dict, input_length: int) -> int | None:
+    """New tokens a generate call with `kwargs` may produce after `input_length` tokens: `max_new_tokens` (the call's,
+    then the generation config's), else `max_length - input_length`; None when neither is set."""
+    config = kwargs.get("generation_config") or model.generation_config
+    budget = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    if budget is not None:
+        return int(budget)
+    max_length = kwargs.get("max_length", getattr(config, "max_length", None))
+    return None if max_length is None else int(max_length) - input_length
+
+
+def scene_prefix_length(input_ids: torch.LongTensor, vision_end_token_id: int) -> int:
+    """Tokens up to and including the last `<|vision_end|>` of a `[1, L]` prompt (0 when it has no view)."""
+    positions = (input_ids[0] == vision_end_token_id).nonzero()
+    return 0 if positions.numel() == 0 else int(positions[-1]) + 1
+
+
 # ---- forward inputs
 def _cached_length(past_key_values) -> int | None:
     """Tokens already cached (0 without a cache); None for a filled static cache, whose count is not read back."""
@@ -759,7 +777,7 @@ def fit_budget_to_context(model, kwargs: dict, highest_prompt_position: int, inp
             f"{what} ends at position {highest_prompt_position}, so at most {room} new tokens fit in the model's "
             f"context of {limit} positions, but min_new_tokens={minimum} demands more; lower it or shorten the prompt."
         )
-    budget = generation.new_token_budget(model, kwargs, input_length)
+    budget = new_token_budget(model, kwargs, input_length)
     if budget is not None and budget > room:
         chosen = budget_chosen_by_caller(kwargs)
         if (budget, limit, chosen) not in _WARNED_BUDGETS:
@@ -828,7 +846,7 @@ def check_scene_prompt(model, input_ids, pixel_values, image_grid_thw, attention
     if attention_mask is not None and not bool(attention_mask.all()):
         raise ValueError("encode_scene got a padded prompt (attention_mask has zeros); pass one unpadded sample.")
     check_token_ids(input_ids, model.get_input_embeddings().num_embeddings)
-    if generation.scene_prefix_length(input_ids, model.config.vision_end_token_id) == 0:
+    if scene_prefix_length(input_ids, model.config.vision_end_token_id) == 0:
         raise ValueError("encode_scene: the prompt has no <|vision_end|> token, so no view to encode.")
 
 

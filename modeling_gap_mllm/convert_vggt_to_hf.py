@@ -39,7 +39,7 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, 
 from huggingface_hub.utils import tqdm
 from safetensors.torch import load_file, save_file
 
-from .checks import report_missing_weights
+from .checks import load_checked, report_missing_weights
 from .configuration_gap_mllm import GapMllmConfig, GapMllmGeometryConfig
 from .files import PICKLE_REFUSED
 from .modeling_vggt import GapMllmGeometryEncoder
@@ -481,10 +481,8 @@ def build_from_qwen3_vl(model_class, qwen3_vl_name_or_path, geometry_config: dic
     """
     # an unreachable Hub: the cached checkpoint at once, or one line, not a minute of retries (modeling_gap_mllm.py)
     from_pretrained_kwargs = {**hub_loading_kwargs(qwen3_vl_name_or_path, "Qwen3-VL"), **from_pretrained_kwargs}
-    from .loading import load_model  # the package's load (checks, batch-wide paths); loading imports the model
-
-    model, info = load_model(
-        qwen3_vl_name_or_path, loader=model_class.from_pretrained, geometry_config=geometry_config or {},
+    model, info = load_checked(  # the package's checkpoint checks (gap_mllm.loading would close an import cycle)
+        model_class.from_pretrained, qwen3_vl_name_or_path, geometry_config=geometry_config or {},
         geometry_fusion_config=geometry_fusion_config or {}, output_loading_info=True, warn_missing_weights=False,
         **from_pretrained_kwargs,
     )

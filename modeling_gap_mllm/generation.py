@@ -22,6 +22,7 @@ import torch
 from transformers import CompileConfig, DynamicCache, StaticCache
 
 from . import checks, speedups
+from .checks import new_token_budget, scene_prefix_length  # noqa: F401 - part of this module's API
 from .tasks_gap_mllm import COMPILE_DECODING_CHOICES, resolve_task
 
 
@@ -53,17 +54,6 @@ def answer_task_kwargs(answer_task, constrained: bool, input_ids, kwargs: dict) 
         elif given:
             settings[key] = given
     return {**kwargs, **settings}
-
-
-def new_token_budget(model, kwargs: dict, input_length: int) -> int | None:
-    """New tokens a generate call with `kwargs` may produce after `input_length` tokens: `max_new_tokens` (the call's,
-    then the generation config's), else `max_length - input_length`; None when neither is set."""
-    config = kwargs.get("generation_config") or model.generation_config
-    budget = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
-    if budget is not None:
-        return int(budget)
-    max_length = kwargs.get("max_length", getattr(config, "max_length", None))
-    return None if max_length is None else int(max_length) - input_length
 
 
 def budget_to_grammars(model, kwargs: dict, input_length: int | None) -> None:
@@ -210,12 +200,6 @@ def rows_cache(scenes: list[GapMllmScene], text_config,
             stacked_values[row, :, width - scene.num_tokens :] = scene.key_values[layer][1][0]
         layers.append((stacked_keys, stacked_values))
     return _cache_holding(layers, text_config, static_cache)
-
-
-def scene_prefix_length(input_ids: torch.LongTensor, vision_end_token_id: int) -> int:
-    """Tokens up to and including the last `<|vision_end|>` of a `[1, L]` prompt (0 when it has no view)."""
-    positions = (input_ids[0] == vision_end_token_id).nonzero()
-    return 0 if positions.numel() == 0 else int(positions[-1]) + 1
 
 
 def prefix_position_ids(qwen3_vl_model, prefix_ids, mm_token_type_ids, image_grid_thw):

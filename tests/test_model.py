@@ -291,7 +291,7 @@ def test_builder_from_a_stock_qwen3_vl_checkpoint(tmp_path, build_model, make_in
     assert not any(p.requires_grad for p in model.geometry_encoder.parameters())
     logits = _logits(model.eval(), make_inputs((2,)))
     assert torch.isfinite(logits).all()
-    assert type(model.model).__name__ == "BatchedGapMllmModel"  # the loaded model gets the batch-wide paths too
+    assert type(model.model).__name__ == "GapMllmModel"  # a converter builds with transformers' paths (gap_mllm.loading adds the batch-wide ones)
 
 
 def test_from_pretrained_of_a_qwen3_vl_folder_reports_only_the_geometry_weights_new(tmp_path, build_model):

@@ -119,21 +119,21 @@ def test_the_values_are_read_in_one_synchronisation(setup, monkeypatch):
     assert reads == [1, 1] and calls == [(6,)]  # ids, labels and mask: one stacked read
 
 
-def test_the_trainer_refuses_a_bad_batch_before_its_forward(setup, tmp_path):
-    from transformers import TrainingArguments
+def test_the_sft_trainer_refuses_a_bad_batch_before_its_forward(setup):
+    """`GapSFTTrainer.compute_loss` (the TRL trainer users fine-tune with on their own batches) checks the batch first;
+    the pipeline's `GeometryAlignedTrainer` takes the package collator's batches, checked where they are made."""
+    from types import SimpleNamespace
 
-    from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
-    from gap_mllm.training.trainer import GeometryAlignedTrainer
+    from gap_mllm.training.sft import GapSFTTrainer
 
     _, processor, inputs = setup
     model, _ = build_tiny_model(processor=processor)
-    args = TrainingArguments(str(tmp_path), remove_unused_columns=False, report_to=[], use_cpu=True)
-    trainer = GeometryAlignedTrainer(GeometryAlignedModel(model), args=args)
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda wrapped: wrapped))
     forwards = []
     model.register_forward_pre_hook(lambda *args: forwards.append(1))
     vocabulary = model.get_input_embeddings().num_embeddings
     with pytest.raises(ValueError, match=rf"^input_ids holds token id {vocabulary + 5}, outside the model's vocabulary"):
-        trainer.compute_loss(trainer.model, {**inputs, "input_ids": changed_id(inputs, vocabulary + 5)})
+        GapSFTTrainer.compute_loss(trainer, model, {**inputs, "input_ids": changed_id(inputs, vocabulary + 5)})
     assert not forwards
 
 

@@ -32,8 +32,6 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from gap_mllm.checks import check_batch
-
 from .bad_samples import SKIPPED_KEY, skipped_samples_warning
 from .checkpoints import (
     CheckpointDiskFull,
@@ -104,7 +102,6 @@ class GeometryAlignedTrainer(DivergenceGuard, Trainer):
         skipped = inputs.pop(SKIPPED_KEY, None)  # an int from the collator (training/host_metadata.py): no device read
         if skipped is not None and model.training:
             self._skipped_samples += int(skipped)
-        check_batch(self.accelerator.unwrap_model(model).model, inputs)  # ids, masks, labels named (one host read)
         outputs = model(**inputs)
         weights = {"feature_align": self.aux.feature_align_weight, "camera": self.aux.camera_weight,
                    "depth": self.aux.depth_weight, "scale": self.aux.scale_weight}
