@@ -63,7 +63,8 @@ class ModelSource:
     """What a front end reads of a model before its weights: where it is (`source`, a folder or Hub id), its
     `config` and its `processor`, whether it is the tiny test model. Enough to check a request whole (the query's
     tokens, the frames as the processor reads them, the model's context, the memory the weights and frames take:
-    cli/tasks.py `check_request`) before the weights load. `source` was checked (`check_model_source`) when the config was read, and is not checked again."""
+    cli/tasks.py `check_request`) before the weights load. `source` was checked (`check_model_source`) when the config
+    was read, and is not checked again."""
 
     source: str
     config: object

@@ -305,8 +305,10 @@ def check_memory_for_request(config, inputs, device, quantize: str | None = None
     (`available_memory`; skipped when unknown): the frames asked, GiB needed and available, and the largest frame
     count that fits, or, when none does, the weights that leave no room."""
     available = available_memory(torch.device(device))
+    if available is None:
+        return
     price = request_memory(config, inputs, quantize, weights_loaded)
-    if available is None or price.total <= available:
+    if price.total <= available:
         return
     gib = 2**30
     parts = (f"{price.per_frame / gib:.3g} GiB a frame beside the loaded weights" if weights_loaded
