@@ -58,9 +58,10 @@ GIB = 2**30
 KINDS = ("answer", "train", "encoder")
 GRIDS = {"real": {"answer": "infer", "train": "train", "encoder": "infer"},
          "small": {"answer": "small", "train": "small", "encoder": "small"}}
-# The quantized modes plug in here: a name → a function (model size, device, dtype, attn) -> model, built as
-# `build_model` builds the bf16 one. Only the unquantized build exists so far.
-QUANTIZED_BUILDS: dict = {}
+# `--quantize` choices this script measures: the CPU ones of `gap-mllm predict --quantize` (optimum-quanto), loaded
+# as the command loads them (`from_pretrained` of a saved folder with `quantization_kwargs`: transformers' quantizer
+# converts the language model's Linear layers as the weights load), from `--weights-folder`.
+QUANTIZED_CHOICES = ("int8", "int4")
 
 
 # ------------------------------------------------------------------------------------------ one point
@@ -94,11 +95,47 @@ def build(args, kind: str):
         with torch.device(args.device):
             model = GapMllmGeometryEncoder(config).to(getattr(torch, args.dtype)).eval()
     elif args.quantize != "none":
-        model = QUANTIZED_BUILDS[args.quantize](args.size, args.device, args.dtype, args.attn)
+        model = load_quantized(args)
     else:
         model = build_model(args.size, args.device, getattr(torch, args.dtype), args.attn)
     geometry_config(model).frames_chunk_size = args.frames_chunk_size
     return model
+
+
+def save_weights_folder(args) -> None:
+    """Build the random-weight model of `args` (seed 0, `--dtype`) and save it to `--weights-folder`: what a quantized
+    point loads, as `--quantize` loads a checkpoint. Run in a process of its own, so that no point counts the build."""
+    from real_size_model import build_model
+
+    import torch
+
+    build_model(args.size, "cpu", getattr(torch, args.dtype), args.attn).save_pretrained(args.weights_folder)
+
+
+def load_quantized(args):
+    """The model of `--weights-folder` loaded with `--quantize`'s `from_pretrained` arguments (the command line's:
+    `gap_mllm.processing.model_paths.quantization_kwargs`), in `--dtype`, on `--device`, in eval mode."""
+    from real_size_model import special_ids
+
+    import torch
+
+    from gap_mllm.loading import load_model
+    from gap_mllm.processing.model_paths import place_loaded_model, quantization_kwargs
+
+    kwargs = dict(quantization_kwargs(args.quantize, args.device), dtype=getattr(torch, args.dtype),
+                  attn_implementation=args.attn)
+    model = place_loaded_model(load_model(args.weights_folder, **kwargs), args.device, kwargs).eval()
+    ids = special_ids(model.config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = ids["im_end"], ids["pad"]
+    return model
+
+
+def converted_modules(model) -> dict:
+    """How many Linear layers the quantizer converted, and under which top-level parts of the model."""
+    from optimum.quanto import QModuleMixin
+
+    names = [name for name, module in model.named_modules() if isinstance(module, QModuleMixin)]
+    return {"count": len(names), "parts": sorted({".".join(name.split(".")[:2]) for name in names})}
 
 
 def geometry_config(model):
@@ -124,6 +161,8 @@ def measure_point(args, kind: str, frames: int) -> dict:
     from gap_mllm.training.geometry_aligned_model import GeometryAlignedModel
 
     cuda = args.device.startswith("cuda")
+    if args.quantize != "none":
+        import optimum.quanto  # noqa: F401 - imported before the baseline, as torch and transformers are
     peak_reset = reset_peak_rss()  # the imports' own peak is not the point's
     baseline_kib = memory_kib("VmRSS")
     dtype = getattr(torch, args.dtype)
@@ -131,11 +170,15 @@ def measure_point(args, kind: str, frames: int) -> dict:
     model = build(args, kind)
     build_s = time.perf_counter() - start
     weights_gib = (torch.cuda.memory_allocated() if cuda else (memory_kib("VmRSS") - baseline_kib) * 1024) / GIB
+    load_peak_gib = None if cuda else (memory_kib("VmHWM") - baseline_kib) * 1024 / GIB
     grid = QWEN_GRIDS[GRIDS[args.size][kind]]
     row = {"kind": kind, "frames": frames, "grid": list(grid), "visual_tokens_per_frame": grid[0] * grid[1] // 4,
            "geometry_tokens_per_frame": grid[0] * grid[1] + 5, "attn_implementation": attention_implementations(model),
            "frames_chunk_size": args.frames_chunk_size, "build_s": build_s, "weights_gib": weights_gib,
-           "baseline_rss_gib": baseline_kib / 2**20, "peak_rss_reset": peak_reset}
+           "baseline_rss_gib": baseline_kib / 2**20, "peak_rss_reset": peak_reset, "quantize": args.quantize}
+    if args.quantize != "none":  # a load's transient (a weight read before it is converted) is not the answer's peak
+        row.update(converted=converted_modules(model), load_peak_gib=load_peak_gib)
+        row["peak_rss_reset"] = reset_peak_rss()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -217,15 +260,19 @@ def frames_that_fit(linear: dict, budget_gib: float, reserve_gib: float = 0.0) -
 
 
 def point_label(row: dict) -> str:
-    """A row's kind, with its frame chunking when it has one: `encoder` or `encoder@chunk2`."""
-    chunk = row.get("frames_chunk_size")
-    return row["kind"] if chunk is None else f"{row['kind']}@chunk{chunk}"
+    """A row's kind, with its quantization and its frame chunking when it has them: `encoder`, `encoder@chunk2`,
+    `answer[int8]`."""
+    quantize, chunk = row.get("quantize", "none"), row.get("frames_chunk_size")
+    return (row["kind"] + ("" if quantize == "none" else f"[{quantize}]")
+            + ("" if chunk is None else f"@chunk{chunk}"))
 
 
 def summarise(rows: list[dict], budgets: list[float], reserve: float) -> dict:
-    """Per kind and frame chunking, the fit of the measured points and the frame counts that fit each budget."""
+    """Per kind, quantization and frame chunking, the fit of the measured points and the frame counts that fit each
+    budget."""
     summary = {}
-    for label in sorted({point_label(r) for r in rows}, key=lambda label: (KINDS.index(label.split("@")[0]), label)):
+    labels = {point_label(r): r["kind"] for r in rows}
+    for label in sorted(labels, key=lambda label: (KINDS.index(labels[label]), label)):
         for key in ("peak_gib", "peak_with_adamw_gib"):
             measured = [r for r in rows if point_label(r) == label and key in r]
             if len({r["frames"] for r in measured}) < 2:
@@ -289,7 +336,13 @@ def parse(argv=None):
     parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=["answer", "train"])
     parser.add_argument("--attn", default="sdpa", help="attention implementation of every part (default: sdpa)")
-    parser.add_argument("--quantize", default="none", choices=("none", *QUANTIZED_BUILDS))
+    parser.add_argument("--quantize", default="none", choices=("none", *QUANTIZED_CHOICES),
+                        help="the language model's Linear layers quantized as --quantize loads them (answer points "
+                             "only), from --weights-folder")
+    parser.add_argument("--weights-folder", default=None,
+                        help="with --quantize: the saved random-weight model the points load (written first when "
+                             "absent: 6.1 GB at the real size)")
+    parser.add_argument("--save-weights", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens of an answer")
     parser.add_argument("--answer-tokens", type=int, default=32, help="answer tokens of a training sample")
     parser.add_argument("--optimizer", choices=("adamw", "none"), default="adamw")
@@ -306,9 +359,13 @@ def parse(argv=None):
                              "a --point's printed line), together")
     parser.add_argument("--point", nargs=2, metavar=("KIND", "FRAMES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quantize != "none" and not (args.point or args.save_weights) and (args.weights_folder is None or set(args.kinds) != {"answer"}):
+        parser.error(f"--quantize {args.quantize} measures answer points (--kinds answer) of the model saved in "
+                     "--weights-folder FOLDER: name both")
     # what a point's process is given: the model and the point's settings, not the run's own options
     args.forwarded = ["--size", args.size, "--device", args.device, "--dtype", args.dtype, "--attn", args.attn,
-                      "--quantize", args.quantize, "--new-tokens", str(args.new_tokens), "--answer-tokens",
+                      "--quantize", args.quantize, *(["--weights-folder", args.weights_folder] if args.weights_folder
+                                                     else []), "--new-tokens", str(args.new_tokens), "--answer-tokens",
                       str(args.answer_tokens), "--optimizer", args.optimizer, "--checkpointing", args.checkpointing,
                       *(["--frames-chunk-size", str(args.frames_chunk_size)] if args.frames_chunk_size else [])]
     return args
@@ -316,6 +373,9 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.save_weights:
+        save_weights_folder(args)
+        return 0
     if args.point:
         kind, frames = args.point[0], int(args.point[1])
         print(json.dumps(measure_point(args, kind, frames)), flush=True)
@@ -329,6 +389,8 @@ def main(argv=None) -> int:
     from needs_gpu import require_cuda
 
     require_cuda(Path(__file__).name, args.device)
+    if args.quantize != "none" and not Path(args.weights_folder, "config.json").is_file():
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--save-weights", *args.forwarded], check=True)
     start, rows = time.perf_counter(), []
     results = {"meta": {"command": " ".join(["python", "bench/bench_frames_memory.py", *(argv or sys.argv[1:])]),
                         "size": args.size, "device": args.device, "dtype": args.dtype, "attn": args.attn,

@@ -18,7 +18,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from gap_mllm.loading import load_model
-from gap_mllm.processing.model_paths import quantization_kwargs
+from gap_mllm.processing.model_paths import place_loaded_model, quantization_kwargs
 from gap_mllm.tiny.tiny_model import save_tiny_checkpoint
 
 from .errors import UserError
@@ -79,7 +79,7 @@ class ModelSource:
         # the package's load: its checkpoint checks (a damaged folder refused by name) and batch-wide paths
         model = load_pretrained(functools.partial(load_model, loader=AutoModel.from_pretrained), self.source, self.flag,
                                 checked=True, trust_remote_code=True, **kwargs)
-        return (model if "device_map" in kwargs else model.to(device)).eval()
+        return place_loaded_model(model, device, kwargs).eval()
 
 
 def load_model_source(model: str = MINI, flag: str = "--model", source: str | None = None,

@@ -24,7 +24,7 @@ from gap_mllm import register_auto_classes
 from gap_mllm.generation import check_compile_decoding, generate
 from gap_mllm.loading import load_model
 from gap_mllm.processing.collator import GapMllmDataCollator
-from gap_mllm.processing.model_paths import loading_bar_for, quantization_kwargs
+from gap_mllm.processing.model_paths import loading_bar_for, place_loaded_model, quantization_kwargs
 from gap_mllm.tasks_gap_mllm import resolve_task
 
 
@@ -89,7 +89,7 @@ class BatchGenerator:
         kwargs.update(quantization_kwargs(quantize, self.device))
         with loading_bar_for(model_dir):  # no progress bar for a small local checkpoint (GAP-MLLM-Mini)
             self.model = load_model(str(model_dir), loader=AutoModelForImageTextToText.from_pretrained, **kwargs)
-        self.model = (self.model if "device_map" in kwargs else self.model.to(self.device)).eval()
+        self.model = place_loaded_model(self.model, self.device, kwargs).eval()
         self.compile_decoding = check_compile_decoding(compile_decoding)
         self.processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
         self.collator = GapMllmDataCollator(self.processor, train=False, padding_side="left")

@@ -115,3 +115,10 @@ def quantization_kwargs(quantize: str | None, device="cpu") -> dict:
     config = (BitsAndBytesConfig(load_in_8bit=True) if quantize == "bnb-int8" else
               BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16))
     return {"quantization_config": config, "device_map": {"": str(device)}}
+
+
+def place_loaded_model(model, device, load_kwargs: dict):
+    """`model`, loaded with `from_pretrained(**load_kwargs)`, on `device`: a load that named a `device_map` (bitsandbytes
+    quantizes onto the device it loads on: `quantization_kwargs`) placed it already and moving it again is refused by
+    transformers, so it stays where it is; any other is moved with `.to(device)`."""
+    return model if "device_map" in load_kwargs else model.to(device)

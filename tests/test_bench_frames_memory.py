@@ -59,6 +59,19 @@ def test_summary_fits_each_frame_chunking_apart():
     assert bench.table([measured]).splitlines()[-1] == "| encoder@chunk1 | 2 | 58 | 4.50 | 3.00 | 1.50 |  | 9 |"
 
 
+def test_quantized_points_are_fitted_apart_and_need_their_weights_folder():
+    rows = [{"kind": "answer", "frames": n, "peak_gib": 6.0 + 0.5 * n} for n in (4, 8)]
+    rows += [{"kind": "answer", "frames": n, "quantize": "int8", "peak_gib": 5.0 + 0.5 * n} for n in (4, 8)]
+    summary = bench.summarise(rows, [24.0], reserve=1.0)
+    assert list(summary) == ["answer:peak_gib", "answer[int8]:peak_gib"]
+    assert summary["answer[int8]:peak_gib"]["linear"]["intercept_gib"] == pytest.approx(5.0, abs=1e-9)
+    for argv in (["--quantize", "int8", "--kinds", "answer"], ["--quantize", "int4", "--weights-folder", "w"]):
+        with pytest.raises(SystemExit):  # no folder to load; a training point (not a quantized path users run)
+            bench.parse(argv)
+    args = bench.parse(["--quantize", "int4", "--weights-folder", "w", "--kinds", "answer"])
+    assert args.forwarded[args.forwarded.index("--weights-folder") + 1] == "w"
+
+
 def test_an_encoder_point_runs_its_frames_in_chunks():
     args = bench.parse(["--size", "small", "--dtype", "float32", "--frames-chunk-size", "2"])
     assert args.forwarded[-2:] == ["--frames-chunk-size", "2"] and args.kinds == ["answer", "train"]
