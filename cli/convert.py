@@ -2,8 +2,9 @@
 
     gap-mllm convert vggt SOURCE OUTPUT_DIR [--heads camera,depth,point] [--tapped-layers 4,11,17,23] [--dtype bfloat16]
         SOURCE: VGGT `model.pt` / `model.safetensors`, a folder holding one, or a Hub id (facebook/VGGT-1B).
-        Writes config.json (GapMllmGeometryConfig) + model.safetensors (the geometry encoder, heads included
-        when asked). `GapMllmForConditionalGeneration.from_qwen3_vl(qwen, vggt_weights=OUTPUT_DIR)` reads it.
+        Writes the encoder's `save_pretrained` folder: config.json (GapMllmGeometryConfig), model.safetensors (the
+        geometry encoder, heads included when asked) and its code. `AutoModel.from_pretrained(OUTPUT_DIR)` loads the
+        encoder alone; `GapMllmForConditionalGeneration.from_qwen3_vl(qwen, vggt_weights=OUTPUT_DIR)` reads it.
 
     gap-mllm convert official SOURCE_DIR OUTPUT_DIR
         SOURCE_DIR: an official GAP-MLLM checkpoint (Qwen3VLForConditionalGenerationWithVGGT, safetensors).

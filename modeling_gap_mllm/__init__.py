@@ -19,6 +19,7 @@ _EXPORTS = {
     "GapMllmForConditionalGeneration": "modeling_gap_mllm",
     "GapMllmFusionConfig": "configuration_gap_mllm",
     "GapMllmGeometryConfig": "configuration_gap_mllm",
+    "GapMllmGeometryEncoder": "modeling_vggt",
     "GapMllmModel": "modeling_gap_mllm",
     "GapMllmOutput": "modeling_gap_mllm",
     "GapMllmPreTrainedModel": "modeling_gap_mllm",
@@ -38,16 +39,18 @@ def register_auto_classes() -> None:
     from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
     # torch and transformers come with these: imported here, not at the top, to keep `import gap_mllm` light
-    from . import configuration_gap_mllm, modeling_gap_mllm, processing_gap_mllm
+    from . import configuration_gap_mllm, modeling_gap_mllm, modeling_vggt, processing_gap_mllm
 
     GapMllmConfig = configuration_gap_mllm.GapMllmConfig
     GapMllmFusionConfig = configuration_gap_mllm.GapMllmFusionConfig
     GapMllmGeometryConfig = configuration_gap_mllm.GapMllmGeometryConfig
+    GapMllmGeometryEncoder = modeling_vggt.GapMllmGeometryEncoder
     GapMllmForConditionalGeneration = modeling_gap_mllm.GapMllmForConditionalGeneration
     GapMllmProcessor = processing_gap_mllm.GapMllmProcessor
     AutoConfig.register(GapMllmGeometryConfig.model_type, GapMllmGeometryConfig, exist_ok=True)
     AutoConfig.register(GapMllmFusionConfig.model_type, GapMllmFusionConfig, exist_ok=True)
     AutoConfig.register(GapMllmConfig.model_type, GapMllmConfig, exist_ok=True)
+    AutoModel.register(GapMllmGeometryConfig, GapMllmGeometryEncoder, exist_ok=True)  # the encoder loads alone too
     AutoModel.register(GapMllmConfig, GapMllmForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(GapMllmConfig, GapMllmForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(GapMllmConfig, GapMllmProcessor, exist_ok=True)

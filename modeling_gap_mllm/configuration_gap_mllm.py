@@ -347,6 +347,7 @@ class GapMllmGeometryConfig(PreTrainedConfig):
 
 # here so that a config.json loads without the modeling modules; `modeling_vggt` registers the encoder class
 GEOMETRY_ENCODER_CONFIGS["vggt"] = GapMllmGeometryConfig
+GapMllmGeometryConfig.register_for_auto_class()  # an encoder's folder then names its config class in auto_map
 
 
 class GapMllmFusionConfig(PreTrainedConfig):

@@ -19,7 +19,8 @@ from gap_mllm.convert_vggt_to_hf import load_vggt_encoder, load_vggt_state_dict
 encoder = load_vggt_encoder(load_vggt_state_dict("model.pt"))
 ```
 
-or `gap-mllm convert vggt model.pt out_dir/` to write a converted folder (config.json + model.safetensors).
+or `gap-mllm convert vggt model.pt out_dir/` to write a converted folder (`GapMllmGeometryEncoder.save_pretrained`:
+config.json, model.safetensors and the encoder's code, a folder `AutoModel.from_pretrained` loads alone).
 """
 
 import json
@@ -37,7 +38,8 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import tqdm
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from transformers import initialization as init
 
 from .checks import load_checked, report_missing_weights
 from .configuration_gap_mllm import GapMllmConfig, GapMllmGeometryConfig
@@ -393,6 +395,13 @@ def load_vggt_weights(
     return report
 
 
+def encoder_to_fill(config: GapMllmGeometryConfig) -> GapMllmGeometryEncoder:
+    """A `GapMllmGeometryEncoder` for `load_vggt_weights` to fill, every tensor of it: its weight init (random numbers
+    the copy overwrites, 1.2 billion of them at VGGT-1B's size) skipped."""
+    with init.no_init_weights():
+        return GapMllmGeometryEncoder(config)
+
+
 def load_vggt_encoder(state_dict, config: GapMllmGeometryConfig | None = None) -> GapMllmGeometryEncoder:
     """Build an encoder holding the weights of a VGGT checkpoint, strictly (fp32 unless `config` says otherwise).
 
@@ -416,7 +425,7 @@ def load_vggt_encoder(state_dict, config: GapMllmGeometryConfig | None = None) -
     """
     if config is None:
         config = infer_vggt_geometry_config(state_dict)
-    encoder = GapMllmGeometryEncoder(config)
+    encoder = encoder_to_fill(config)
     encoder.conversion_report = load_vggt_weights(encoder, state_dict)
     return encoder.eval()
 
@@ -505,9 +514,10 @@ def convert_vggt_checkpoint(
     source, output_dir, config: GapMllmGeometryConfig | None = None, dtype: torch.dtype | None = None,
     progress: bool = False, **config_overrides,
 ) -> ConversionReport:
-    """Write a converted VGGT folder: `config.json` (a `GapMllmGeometryConfig`) + `model.safetensors`
-    (the encoder's state dict). `GapMllmForConditionalGeneration.from_qwen3_vl(..., vggt_weights=output_dir)`
-    and `load_vggt_encoder(load_vggt_state_dict(output_dir))` read it back.
+    """Write a converted VGGT folder, the encoder's `save_pretrained`: `config.json` (a `GapMllmGeometryConfig`),
+    `model.safetensors` (the encoder's state dict) and the encoder's code. `AutoModel.from_pretrained(output_dir)`,
+    `GapMllmForConditionalGeneration.from_qwen3_vl(..., vggt_weights=output_dir)` and
+    `load_vggt_encoder(load_vggt_state_dict(output_dir))` read it back.
 
     Args:
         source: anything `load_vggt_state_dict` accepts.
@@ -519,17 +529,14 @@ def convert_vggt_checkpoint(
     if config is None:
         config = infer_vggt_geometry_config(state_dict, **config_overrides)
     config.source_checkpoint = config.source_checkpoint or (None if isinstance(source, Mapping) else str(source))
-    encoder = GapMllmGeometryEncoder(config)
+    encoder = encoder_to_fill(config)
     if dtype is None:
         dtype = state_dict[find_vggt_prefix(state_dict) + ANCHOR_KEY].dtype
     encoder.to(dtype)
     report = load_vggt_weights(encoder, state_dict, progress=progress, source_name=str(source))
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(output_dir)
-    tensors = {key: value.contiguous() for key, value in encoder.state_dict().items()}
-    save_file(tensors, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
-    report.notes.append(f"wrote {len(tensors)} tensors ({dtype}) and config.json to {output_dir}")
+    encoder.save_pretrained(output_dir)
+    report.notes.append(f"wrote {len(encoder.state_dict())} tensors ({dtype}), config.json and the encoder's code to "
+                        f"{output_dir}")
     return report
 
 

@@ -7,6 +7,7 @@ gap-mllm package's checks, speed paths and generation call are explicit calls of
 `gap_mllm.speedups`, `gap_mllm.generation`).
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -374,6 +375,22 @@ class GapMllmPreTrainedModel(Qwen3VLPreTrainedModel):
         super()._init_weights(module)
 
 
+@contextlib.contextmanager
+def weight_init_left_to_the_holder(model_class: type):
+    """`model_class` models built meanwhile skip the weight init of their own `post_init` (torch's default init kept):
+    the holding model's `post_init` initialises them with its other modules, in module order, so that a seeded build
+    draws the weights it drew when the part was a plain module."""
+    own_init = model_class.__dict__.get("init_weights")
+    model_class.init_weights = lambda model: None
+    try:
+        yield
+    finally:
+        if own_init is None:
+            del model_class.init_weights
+        else:
+            model_class.init_weights = own_init
+
+
 class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
     """Qwen3-VL's model (`visual`, `language_model`) plus the geometry branch: `geometry_encoder`
     (`GEOMETRY_ENCODERS[config.geometry_encoder_type]`, VGGT's aggregator by default) and `geometry_fusion`
@@ -400,7 +417,8 @@ class GapMllmModel(GapMllmPreTrainedModel, Qwen3VLModel):
                     f"geometry_encoder_type={config.geometry_encoder_type!r} has no encoder class: register it with "
                     f"register_geometry_encoder (registered: {sorted(GEOMETRY_ENCODERS)})."
                 )
-            self.geometry_encoder = encoder_class(config.geometry_config)
+            with weight_init_left_to_the_holder(encoder_class):  # this model's post_init initialises it
+                self.geometry_encoder = encoder_class(config.geometry_config)
             self.geometry_encoder._own_modules = set(self.geometry_encoder.modules())
             self.geometry_fusion = GapMllmMultiLevelFusion(config)
         self.post_init()

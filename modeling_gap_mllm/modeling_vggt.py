@@ -2,7 +2,7 @@
 
 Camera geometry (pose decoding, depth unprojection), 2-D RoPE and transformer blocks, the DINOv2 patch embedding, the
 camera and DPT heads, reconstruction (`GeometryReconstructionOutput`), the aggregator (`GapMllmVggtAggregator`), the
-encoder (`GapMllmGeometryEncoder`) and its weight init (`init_geometry_weights`).
+encoder (`GapMllmGeometryEncoder`, a transformers model of its own) and its weight init (`init_geometry_weights`).
 """
 
 import math
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -863,15 +864,23 @@ class GapMllmVggtAggregator(nn.Module):
         return tuple(collected[layer] for layer in layers)
 
 
-class GapMllmGeometryEncoder(nn.Module):
+class GapMllmGeometryEncoder(PreTrainedModel):
     """Frozen geometry encoder of GAP-MLLM (`geometry_encoder_type="vggt"`): VGGT's aggregator, plus the
     `camera_head`, `depth_head` and `point_head` the config enables (names as in VGGT's checkpoint). `forward` returns
     the features GAP-MLLM fuses, `reconstruct` runs the heads too; with `config.reference_frame == "last"` the last
-    input frame is VGGT's reference, outputs staying in input order."""
+    input frame is VGGT's reference, outputs staying in input order. A transformers model of its own, also as
+    `model.model.geometry_encoder` of GAP-MLLM: its `save_pretrained` folder loads alone with `AutoModel`."""
+
+    config: GapMllmGeometryConfig
+    base_model_prefix = "geometry_encoder"  # its name in GapMllmModel
+    main_input_name = "images"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GapMllmGeometryBlock"]
+    _supports_flash_attn = _supports_sdpa = _supports_attention_backend = True  # through ALL_ATTENTION_FUNCTIONS
 
     def __init__(self, config: GapMllmGeometryConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.aggregator = GapMllmVggtAggregator(config)
         if config.use_camera_head:
             self.camera_head = GapMllmCameraHead(config)
@@ -879,15 +888,18 @@ class GapMllmGeometryEncoder(nn.Module):
             self.depth_head = GapMllmDptHead(config, "depth")
         if config.use_point_head:
             self.point_head = GapMllmDptHead(config, "points")
+        self.post_init()
 
     def reconstruct(self, images: torch.Tensor, frames_chunk_size: int | None = None) -> GeometryReconstructionOutput:
         """VGGT's 3D outputs (`GeometryReconstructionOutput`) for `images [B, S, 3, H, W]` in [0, 1], from one
         aggregator pass; `frames_chunk_size` bounds the DPT heads' memory."""
         return run_reconstruction(self, images, frames_chunk_size)
 
-    def init_module_weights(self, module: nn.Module) -> None:
+    def _init_weights(self, module: nn.Module) -> None:
         """`init_geometry_weights(module, self.config)`: one of this encoder's modules."""
         init_geometry_weights(module, self.config)
+
+    init_module_weights = _init_weights  # the geometry-encoder interface's name (docs/layout.md)
 
     def set_trainable(self, trainable: bool) -> None:
         """`requires_grad` of every parameter but the DINOv2 mask token, which no forward uses (frozen, as in VGGT)."""
@@ -958,6 +970,8 @@ def init_geometry_weights(module: nn.Module, config: GapMllmGeometryConfig) -> b
 
 
 register_geometry_encoder("vggt", GapMllmGeometryConfig, GapMllmGeometryEncoder)
+# its save_pretrained then writes auto_map and copies this code, however the module was imported
+GapMllmGeometryEncoder.register_for_auto_class()
 
 
 __all__ = [

@@ -15,7 +15,9 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
+from transformers import AutoModel
 
+import gap_mllm
 from gap_mllm.cli import convert as convert_cli
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
 from gap_mllm.convert_vggt_to_hf import (
@@ -207,6 +209,11 @@ def test_convert_vggt_checkpoint_dtype(tmp_path):
     reloaded = load_vggt_state_dict(tmp_path)
     assert reloaded["aggregator.camera_token"].dtype == torch.bfloat16
     assert torch.equal(reloaded["aggregator.camera_token"], state_dict["aggregator.camera_token"].bfloat16())
+    # the encoder's save_pretrained folder: it loads alone through AutoModel
+    encoder_class = gap_mllm.GapMllmGeometryEncoder  # its first use registers the Auto classes
+    encoder = AutoModel.from_pretrained(tmp_path)
+    assert type(encoder) is encoder_class and encoder.dtype == torch.bfloat16
+    assert torch.equal(encoder.aggregator.camera_token, state_dict["aggregator.camera_token"].bfloat16())
 
 
 def test_from_qwen3_vl_loads_vggt_weights(tmp_path, tiny_processor):

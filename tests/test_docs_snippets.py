@@ -226,7 +226,8 @@ def test_the_model_doc_example_answers_with_the_mini(capsys):
     """docs/model_doc/gap_mllm.md's usage example runs as written (the classes through `AutoModel` with remote code):
     it prints the Mini's detection answer, a `DetectionResult` that parsed without a problem."""
     snippets = doc_snippets()
-    (snippet,) = [snippet for snippet in snippets if snippet.path == "docs/model_doc/gap_mllm.md"]
+    (snippet,) = [snippet for snippet in snippets
+                  if snippet.path == "docs/model_doc/gap_mllm.md" and snippet.heading == "## Usage example"]
     namespace = run_alone(snippet, snippets)
     assert capsys.readouterr().out.startswith("DetectionResult(")
     answer = namespace["processor"].post_process(namespace["generated"], task="detection",

@@ -1,15 +1,19 @@
-"""Behaviour of the VGGT geometry encoder (aggregator, DINOv2 patch embedding, 2-D RoPE, weight init).
+"""Behaviour of the VGGT geometry encoder (aggregator, DINOv2 patch embedding, 2-D RoPE, weight init), and the encoder
+as a transformers model of its own (its folder loads alone through `AutoModel`, with or without the package).
 
 Tiny configs, random weights with realistic magnitudes (special tokens ~N(0, 1) so that the two
 copies of each pair differ clearly), fp32 on CPU.
 """
 
+import json
+import textwrap
 from functools import partial
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import AutoModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from gap_mllm.configuration_gap_mllm import GapMllmGeometryConfig
@@ -22,6 +26,9 @@ from gap_mllm.modeling_vggt import (
     build_token_positions,
     init_geometry_weights,
 )
+from gap_mllm.tiny.tiny_model import build_tiny_model
+
+from .test_remote_code import run_without_gap_mllm
 
 HIDDEN = 32
 PATCH = 14
@@ -503,3 +510,80 @@ def test_block_class_serves_both_roles():
             block.attn.proj.weight.zero_(); block.attn.proj.bias.zero_()
             block.mlp.fc2.weight.zero_(); block.mlp.fc2.bias.zero_()
             torch.testing.assert_close(block(hidden), hidden)
+
+
+# ---------------------------------------------------------------- a transformers model of its own
+
+ENCODER_ALONE_PROCESS = textwrap.dedent(
+    """
+    import torch
+    from transformers import AutoModel
+
+    folder, payload_path = sys.argv[1], sys.argv[2]
+    payload = torch.load(payload_path)
+    encoder = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(encoder).__name__ == "GapMllmGeometryEncoder", type(encoder)
+    assert "transformers_modules" in type(encoder).__module__, type(encoder).__module__
+    with torch.no_grad():
+        features = encoder(payload["images"]).layer_features
+    assert all(torch.equal(got, expected) for got, expected in zip(features, payload["features"], strict=True))
+    print("ENCODER-ALONE-OK")
+    """
+)
+
+
+def features_of(encoder, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        return encoder.eval()(pixels).layer_features
+
+
+def test_the_encoder_alone_loads_through_auto_model_with_and_without_the_package(tmp_path):
+    import gap_mllm
+
+    assert gap_mllm.GapMllmGeometryEncoder is GapMllmGeometryEncoder  # the first use registers the Auto classes
+    encoder, folder = make_encoder(), tmp_path / "encoder"
+    encoder.save_pretrained(folder)
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "config.json", "configuration_gap_mllm.py", "model.safetensors", "modeling_vggt.py"]
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["model_type"] == "gap_mllm_geometry" and saved["architectures"] == ["GapMllmGeometryEncoder"]
+    assert saved["auto_map"] == {"AutoConfig": "configuration_gap_mllm.GapMllmGeometryConfig",
+                                 "AutoModel": "modeling_vggt.GapMllmGeometryEncoder"}
+    pixels = images(2, 3)
+    expected = features_of(encoder, pixels)
+    loaded = AutoModel.from_pretrained(folder)
+    assert type(loaded) is GapMllmGeometryEncoder
+    assert all(torch.equal(got, want) for got, want in zip(features_of(loaded, pixels), expected, strict=True))
+
+    torch.save({"images": pixels, "features": expected}, tmp_path / "payload.pt")
+    result = run_without_gap_mllm(tmp_path, ENCODER_ALONE_PROCESS, folder, tmp_path / "payload.pt", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ENCODER-ALONE-OK" in result.stdout
+
+
+def test_the_encoder_of_a_saved_gap_mllm_loads_alone(tmp_path, tiny_checkpoint):
+    from gap_mllm import GapMllmForConditionalGeneration
+
+    model = GapMllmForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    model.model.geometry_encoder.save_pretrained(tmp_path / "encoder")
+    encoder = AutoModel.from_pretrained(tmp_path / "encoder")
+    assert type(encoder) is GapMllmGeometryEncoder
+    held = model.model.geometry_encoder.state_dict()
+    assert encoder.state_dict().keys() == held.keys()
+    assert all(torch.equal(tensor, held[name]) for name, tensor in encoder.state_dict().items())
+    pixels = images(2, 3)
+    assert all(torch.equal(got, want) for got, want in
+               zip(features_of(encoder, pixels), features_of(model.model.geometry_encoder, pixels), strict=True))
+
+
+def test_a_seeded_gap_mllm_initialises_its_encoder_in_module_order(tiny_processor):
+    """The encoder's own `post_init` leaves its weight init to the model that holds it: seed 0 draws the weights it
+    drew when the encoder was a plain module (pinned: the first weights of a frame block's qkv and of a gate)."""
+    model, _ = build_tiny_model(processor=tiny_processor, seed=0)
+    qkv = model.model.geometry_encoder.aggregator.frame_blocks[0].attn.qkv.weight
+    gate = model.model.geometry_fusion.fusions[0].gate_projection[0].weight
+    assert torch.equal(qkv.flatten()[:3], torch.tensor([-0.015714919194579124, -0.014613356441259384,
+                                                        -0.024019846692681313]))
+    assert torch.equal(gate.flatten()[:3], torch.tensor([0.010898877866566181, -0.00980544276535511,
+                                                         -0.005745998118072748]))
+    assert "init_weights" not in vars(GapMllmGeometryEncoder)  # its own post_init initialises a model built alone
