@@ -53,13 +53,14 @@ install: $(STAMP)
 # two pytest-xdist workers, one test file each at a time (its module fixtures built once), one torch thread each
 # (tests/conftest.py): the suite's wall time on a 2-core machine (tests/README.md). Bytecode is written even where the
 # environment says not to (PYTHONDONTWRITEBYTECODE): the tests start about 200 fresh Python processes, and each
-# would compile the package's modules again (and each worker rewrite every test module's asserts again)
+# would compile the package's modules again (and each worker rewrite every test module's asserts again). The 25
+# slowest test phases are printed at the end: where the suite's time goes, on every CI run
 # First, transformers' common model and processor tests (tests/transformers_common.py): the source distribution of the
 # installed transformers, downloaded once into $(VENV)/gap-mllm-cache (never the checkout); offline, their test file
 # skips and says why
 test: install
 	$(PY) tests/transformers_common.py
-	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -n 2 --dist loadfile
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 test-all: install
 	$(PY) tests/transformers_common.py
