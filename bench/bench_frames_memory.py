@@ -94,8 +94,8 @@ def build(args, kind: str):
         torch.manual_seed(0)
         with torch.device(args.device):
             model = GapMllmGeometryEncoder(config).to(getattr(torch, args.dtype)).eval()
-    elif args.quantize != "none":
-        model = load_quantized(args)
+    elif args.weights_folder:
+        model = load_saved(args)
     else:
         model = build_model(args.size, args.device, getattr(torch, args.dtype), args.attn)
     geometry_config(model).frames_chunk_size = args.frames_chunk_size
@@ -112,9 +112,10 @@ def save_weights_folder(args) -> None:
     build_model(args.size, "cpu", getattr(torch, args.dtype), args.attn).save_pretrained(args.weights_folder)
 
 
-def load_quantized(args):
+def load_saved(args):
     """The model of `--weights-folder` loaded with `--quantize`'s `from_pretrained` arguments (the command line's:
-    `gap_mllm.processing.model_paths.quantization_kwargs`), in `--dtype`, on `--device`, in eval mode."""
+    `gap_mllm.processing.model_paths.quantization_kwargs`; none: a plain load), in `--dtype`, on `--device`, in eval
+    mode."""
     from real_size_model import special_ids
 
     import torch
@@ -122,7 +123,8 @@ def load_quantized(args):
     from gap_mllm.loading import load_model
     from gap_mllm.processing.model_paths import place_loaded_model, quantization_kwargs
 
-    kwargs = dict(quantization_kwargs(args.quantize, args.device), dtype=getattr(torch, args.dtype),
+    quantize = None if args.quantize == "none" else args.quantize
+    kwargs = dict(quantization_kwargs(quantize, args.device), dtype=getattr(torch, args.dtype),
                   attn_implementation=args.attn)
     model = place_loaded_model(load_model(args.weights_folder, **kwargs), args.device, kwargs).eval()
     ids = special_ids(model.config)
@@ -176,9 +178,15 @@ def measure_point(args, kind: str, frames: int) -> dict:
            "geometry_tokens_per_frame": grid[0] * grid[1] + 5, "attn_implementation": attention_implementations(model),
            "frames_chunk_size": args.frames_chunk_size, "build_s": build_s, "weights_gib": weights_gib,
            "baseline_rss_gib": baseline_kib / 2**20, "peak_rss_reset": peak_reset, "quantize": args.quantize}
-    if args.quantize != "none":  # a load's transient (a weight read before it is converted) is not the answer's peak
-        row.update(converted=converted_modules(model), load_peak_gib=load_peak_gib)
+    if not cuda:  # the process's resident pages after the build or load, by kind: anonymous (tensors it made) and
+        # file-backed (weights still mapped from a safetensors file), the baseline included
+        row.update({f"rss_{pages.lower()}_after_load_gib": memory_kib(f"Rss{pages}") / 2**20
+                    for pages in ("Anon", "File")})
+    if args.weights_folder:  # a load's transient (a weight read before it is converted) is not the answer's peak
+        row.update(load_peak_gib=load_peak_gib)
         row["peak_rss_reset"] = reset_peak_rss()
+    if args.quantize != "none":
+        row.update(converted=converted_modules(model))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -340,8 +348,8 @@ def parse(argv=None):
                         help="the language model's Linear layers quantized as --quantize loads them (answer points "
                              "only), from --weights-folder")
     parser.add_argument("--weights-folder", default=None,
-                        help="with --quantize: the saved random-weight model the points load (written first when "
-                             "absent: 6.1 GB at the real size)")
+                        help="load the model of each point from this folder, as a checkpoint loads (needed by "
+                             "--quantize; written first when absent: 6.5 GB at the real size) instead of building it")
     parser.add_argument("--save-weights", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens of an answer")
     parser.add_argument("--answer-tokens", type=int, default=32, help="answer tokens of a training sample")
@@ -389,7 +397,7 @@ def main(argv=None) -> int:
     from needs_gpu import require_cuda
 
     require_cuda(Path(__file__).name, args.device)
-    if args.quantize != "none" and not Path(args.weights_folder, "config.json").is_file():
+    if args.weights_folder and not Path(args.weights_folder, "config.json").is_file():
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--save-weights", *args.forwarded], check=True)
     start, rows = time.perf_counter(), []
     results = {"meta": {"command": " ".join(["python", "bench/bench_frames_memory.py", *(argv or sys.argv[1:])]),
