@@ -286,8 +286,11 @@ def summarise(rows: list[dict], budgets: list[float], reserve: float) -> dict:
             if len({r["frames"] for r in measured}) < 2:
                 continue
             fit = fit_memory([r["frames"] for r in measured], [r[key] for r in measured])
-            fit["frames_that_fit"] = {f"{budget:g}": frames_that_fit(fit["linear"], budget, reserve)
-                                      for budget in budgets}
+            if fit["linear"]["per_frame_gib"] > 0:
+                fit["frames_that_fit"] = {f"{budget:g}": frames_that_fit(fit["linear"], budget, reserve)
+                                          for budget in budgets}
+            else:  # the peaks did not grow with the frames (noise larger than the frames' share): no limit to read
+                fit["frames_that_fit"] = "none: the fitted memory does not grow with the frames"
             fit["largest_measured_frames"] = max(r["frames"] for r in measured)
             summary[f"{label}:{key}"] = fit
     return summary

@@ -68,6 +68,8 @@ def test_quantized_points_are_fitted_apart_and_need_their_weights_folder():
     for argv in (["--quantize", "int8", "--kinds", "answer"], ["--quantize", "int4", "--weights-folder", "w"]):
         with pytest.raises(SystemExit):  # no folder to load; a training point (not a quantized path users run)
             bench.parse(argv)
+    falling = [{"kind": "answer", "frames": n, "quantize": "int8", "peak_gib": 11.0 - 0.4 * n} for n in (4, 8)]
+    assert bench.summarise(falling, [24.0], reserve=1.0)["answer[int8]:peak_gib"]["frames_that_fit"].startswith("none")
     args = bench.parse(["--quantize", "int4", "--weights-folder", "w", "--kinds", "answer"])
     assert args.forwarded[args.forwarded.index("--weights-folder") + 1] == "w"
 
