@@ -73,6 +73,30 @@ def memory_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+class AnonymousPeak:
+    """The largest anonymous resident set (RssAnon) of this process while the `with` block runs (`kib`; `start_kib`: at
+    its start), in KiB, sampled every 20 ms on a thread: a load's own need, which VmHWM mixes with the mapped checkpoint's file pages (the kernel takes
+    those back when memory is short)."""
+
+    def __enter__(self):
+        import threading
+
+        self.start_kib = self.kib = memory_kib("RssAnon")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._done.wait(0.02):
+            self.kib = max(self.kib, memory_kib("RssAnon"))
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        self.kib = max(self.kib, memory_kib("RssAnon"))
+
+
 def reset_peak_rss() -> bool:
     """Reset the process's VmHWM to its resident set now (`5` to /proc/self/clear_refs, Linux 4.0+); whether it was."""
     try:
@@ -169,7 +193,8 @@ def measure_point(args, kind: str, frames: int) -> dict:
     baseline_kib = memory_kib("VmRSS")
     dtype = getattr(torch, args.dtype)
     start = time.perf_counter()
-    model = build(args, kind)
+    with AnonymousPeak() as load_anonymous:
+        model = build(args, kind)
     build_s = time.perf_counter() - start
     weights_gib = (torch.cuda.memory_allocated() if cuda else (memory_kib("VmRSS") - baseline_kib) * 1024) / GIB
     load_peak_gib = None if cuda else (memory_kib("VmHWM") - baseline_kib) * 1024 / GIB
@@ -183,7 +208,8 @@ def measure_point(args, kind: str, frames: int) -> dict:
         row.update({f"rss_{pages.lower()}_after_load_gib": memory_kib(f"Rss{pages}") / 2**20
                     for pages in ("Anon", "File")})
     if args.weights_folder:  # a load's transient (a weight read before it is converted) is not the answer's peak
-        row.update(load_peak_gib=load_peak_gib)
+        row.update(load_peak_gib=load_peak_gib,  # the anonymous peak above the anonymous pages before the load
+                   load_anonymous_peak_gib=(load_anonymous.kib - load_anonymous.start_kib) / 2**20)
         row["peak_rss_reset"] = reset_peak_rss()
     if args.quantize != "none":
         row.update(converted=converted_modules(model))

@@ -219,6 +219,12 @@ def check_memory_for_parameters(config) -> None:
 # The bytes of one decoder-layer weight under each `--quantize` choice (gap_mllm.processing.model_paths): the scales
 # the quantizers keep beside them are left out
 QUANTIZED_WEIGHT_BYTES = {"int8": 1.0, "bnb-int8": 1.0, "int4": 0.5, "bnb-nf4": 0.5}
+# The anonymous memory an optimum-quanto load (`--quantize int8 / int4`) takes at its peak, as a multiple of the weights
+# in the dtype they load in: the weights read before they are converted sit beside the converted ones (measured at the
+# real size on the CPU: 7.9-8.4 GiB above the process's own over three int8 loads, 7.4-8.1 over two int4 loads, beside 6.03
+# GiB of bf16 weights, bench/README.md "Quantized inference"; the factors cover the largest); a plain load peaks under
+# its weights. bitsandbytes quantizes on the GPU as it loads: not priced
+QUANTIZED_LOAD_PEAK = {"int8": 1.40, "int4": 1.40}
 # `frame_activation_elements` counts 0.0887 GiB a frame (bf16) at the real size and the inference frames, where one
 # answer's peak grows 0.099 GiB a frame on the CPU (docs/install.md "Frames against memory"): this factor makes the two
 # agree (the allocator's slack and the copies the count leaves out)
@@ -257,7 +263,8 @@ def frame_activation_elements(config, vision_patches: int, geometry_tokens: int)
 @dataclass(frozen=True)
 class RequestMemory:
     """The price of one request in bytes (`request_memory`): `weights` (0: already where the request runs) and
-    `per_frame` over `frames` frames; `parameters` and `dtype` name the weights, `quantize` their `--quantize`."""
+    `per_frame` over `frames` frames; `parameters` and `dtype` name the weights, `quantize` their `--quantize`;
+    `load_peak` what loading the weights takes at its peak, before the request runs (0: not more than `weights`)."""
 
     frames: int
     weights: int
@@ -265,13 +272,17 @@ class RequestMemory:
     parameters: int
     dtype: torch.dtype
     quantize: str | None = None
+    load_peak: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.frames * self.per_frame
+        return max(self.weights + self.frames * self.per_frame, self.load_peak)
 
     def frames_that_fit(self, available: int) -> int:
-        """The largest frame count whose price stays within `available` bytes (0 when not even one frame fits)."""
+        """The largest frame count whose price stays within `available` bytes (0 when not even one frame fits, or
+        when the load alone does not)."""
+        if self.load_peak > available:
+            return 0
         return max(0, (available - self.weights) // max(1, self.per_frame))
 
 
@@ -283,10 +294,12 @@ def request_memory(config, inputs, quantize: str | None = None, weights_loaded: 
     is the CPU's measured slope at the real size (0.099 GiB a frame, bf16); an H100's prefill grew 0.070 GiB a frame,
     so on CUDA the price runs about 40% high per frame. Left out: the prompt's text tokens, the answer's, and the
     weights the estimate does not count (norms, biases): at the real size the price is 6.03 GiB + 0.099 GiB a frame,
-    0.14 GiB under the CPU's measured line (6.17 GiB + 0.099)."""
+    0.14 GiB under the CPU's measured line (6.17 GiB + 0.099). A `--quantize` load that is still to come is priced at
+    its own peak too (`QUANTIZED_LOAD_PEAK` × the weights in `weight_dtype`)."""
     dtype = weight_dtype(config)
     parameters = estimate_num_parameters(config)
     weights = parameters * dtype.itemsize
+    load_peak = 0 if weights_loaded else int(QUANTIZED_LOAD_PEAK.get(quantize, 0) * weights)
     if quantize is not None:
         weights -= int(_decoder_parameters(config.text_config) * (dtype.itemsize - QUANTIZED_WEIGHT_BYTES[quantize]))
     grids = inputs["image_grid_thw"].tolist()
@@ -297,7 +310,8 @@ def request_memory(config, inputs, quantize: str | None = None, weights_loaded: 
         geometry_tokens = (height // geometry.patch_size) * (width // geometry.patch_size) + geometry.num_special_tokens
     elements = sum(frame_activation_elements(config, t * h * w, geometry_tokens) for t, h, w in grids)
     per_frame = math.ceil(FRAME_MEMORY_CALIBRATION * elements * dtype.itemsize / max(1, len(grids)))
-    return RequestMemory(len(grids), 0 if weights_loaded else weights, per_frame, parameters, dtype, quantize)
+    return RequestMemory(len(grids), 0 if weights_loaded else weights, per_frame, parameters, dtype, quantize,
+                         load_peak)
 
 
 def check_memory_for_request(config, inputs, device, quantize: str | None = None, weights_loaded: bool = False) -> None:
@@ -321,6 +335,11 @@ def check_memory_for_request(config, inputs, device, quantize: str | None = None
     if weights_loaded:
         raise ValueError(f"{need}: not one frame fits; free memory or use a machine with more")
     layers = f", decoder layers in {quantize}" if quantize else ""
+    if price.load_peak > available:
+        raise ValueError(f"loading the weights ({price.parameters:.3g} parameters in {price.dtype}) with --quantize "
+                         f"{quantize} takes about {price.load_peak / gib:.3g} GiB at its peak (each weight read before "
+                         f"it is converted), but {available / gib:.3g} GiB are available on {device}; use a machine "
+                         "with more memory, or load without --quantize")
     weights = f"the weights ({price.parameters:.3g} parameters in {price.dtype}{layers}, {price.weights / gib:.3g} GiB)"
     fails = "alone do not fit" if price.weights > available else "leave no room for one frame"
     remedy = "a smaller model or a machine with more memory" + ("" if quantize else ", or --quantize int8 / int4")

@@ -60,6 +60,12 @@ def test_the_price_of_a_request_is_its_weights_and_its_frames(tiny_config):
     assert checks.request_memory(tiny_config, TINY_FRAMES, "int8").weights == 2_857_984 - 147_456 * 3 == 2_415_616
     assert checks.request_memory(tiny_config, TINY_FRAMES, "bnb-nf4").weights == 2_857_984 - 147_456 * 3.5 == 2_341_888
     assert checks.request_memory(tiny_config, TINY_FRAMES, weights_loaded=True).total == 3 * 138_339
+    # an optimum-quanto load peaks at QUANTIZED_LOAD_PEAK × the weights as they load (float32 here), before the answer
+    int8 = checks.request_memory(tiny_config, TINY_FRAMES, "int8")
+    assert int8.load_peak == int(1.40 * 2_857_984) == 4_001_177 and int8.total == int8.load_peak
+    assert int8.frames_that_fit(int8.load_peak - 1) == 0 and int8.frames_that_fit(int8.load_peak) > 3
+    assert checks.request_memory(tiny_config, TINY_FRAMES, "bnb-int8").load_peak == 0  # quantized on the GPU
+    assert checks.request_memory(tiny_config, TINY_FRAMES, "int8", weights_loaded=True).load_peak == 0
 
 
 def test_the_price_of_a_frame_at_the_real_size_is_the_measured_slope():
@@ -80,14 +86,18 @@ def test_the_price_of_a_frame_at_the_real_size_is_the_measured_slope():
      ("3 frame(s) need about 0.00305 GiB (0.00266 GiB of weights + 0.000129 GiB a frame), but 0.00186 GiB are "
       "available on cpu: the weights (7.14e+05 parameters in torch.float32, 0.00266 GiB) alone do not fit; use a "
       "smaller model or a machine with more memory, or --quantize int8 / int4")),
-    (2_415_616 + 1000, "int8", False,
+    (2_415_616 + 1000, "bnb-int8", False,
      ("3 frame(s) need about 0.00264 GiB (0.00225 GiB of weights + 0.000129 GiB a frame), but 0.00225 GiB are "
-      "available on cpu: the weights (7.14e+05 parameters in torch.float32, decoder layers in int8, 0.00225 GiB) "
+      "available on cpu: the weights (7.14e+05 parameters in torch.float32, decoder layers in bnb-int8, 0.00225 GiB) "
       "leave no room for one frame; use a smaller model or a machine with more memory")),
+    (4_001_177 - 1, "int8", False,  # room for the int8 weights and every frame, not for the load's peak
+     ("loading the weights (7.14e+05 parameters in torch.float32) with --quantize int8 takes about 0.00373 GiB at "
+      "its peak (each weight read before it is converted), but 0.00373 GiB are available on cpu; use a machine with "
+      "more memory, or load without --quantize")),
     (100_000, None, True,
      ("3 frame(s) need about 0.000387 GiB (0.000129 GiB a frame beside the loaded weights), but 9.31e-05 GiB are "
       "available on cpu: not one frame fits; free memory or use a machine with more")),
-], ids=["some-frames-fit", "weights-alone", "no-room-for-a-frame", "weights-loaded"])
+], ids=["some-frames-fit", "weights-alone", "no-room-for-a-frame", "quantized-load-peak", "weights-loaded"])
 def test_a_request_past_the_memory_left_is_refused_in_one_line(tiny_config, monkeypatch, available, quantize, loaded,
                                                                message):
     monkeypatch.setattr(checks, "available_memory", lambda device: available)
