@@ -39,9 +39,14 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
+def on_the_cpu(argv: list[str]) -> bool:
+    """A command that names `--device cpu`: a CPU figure of a real-size bench, not a GPU command."""
+    return "--device" in argv[:-1] and argv[argv.index("--device") + 1] == "cpu"
+
+
 def gpu_commands() -> list[list[str]]:
-    return [argv for argv in readme_commands()
-            if "cuda" in argv or "--real-size" in argv or any(arg.startswith("--vllm-python") for arg in argv)]
+    return [argv for argv in readme_commands() if not on_the_cpu(argv) and (
+        "cuda" in argv or "--real-size" in argv or any(arg.startswith("--vllm-python") for arg in argv))]
 
 
 def test_the_readme_names_every_gpu_bench():
