@@ -221,9 +221,9 @@ def check_memory_for_parameters(config) -> None:
 QUANTIZED_WEIGHT_BYTES = {"int8": 1.0, "bnb-int8": 1.0, "int4": 0.5, "bnb-nf4": 0.5}
 # The anonymous memory an optimum-quanto load (`--quantize int8 / int4`) takes at its peak, as a multiple of the weights
 # in the dtype they load in: the weights read before they are converted sit beside the converted ones (measured at the
-# real size on the CPU: 7.9-8.4 GiB above the process's own over three int8 loads, 7.4-8.1 over two int4 loads, beside 6.03
-# GiB of bf16 weights, bench/README.md "Quantized inference"; the factors cover the largest); a plain load peaks under
-# its weights. bitsandbytes quantizes on the GPU as it loads: not priced
+# real size on the CPU: 7.9-8.4 GiB above the process's own over three int8 loads, 7.4-8.1 over two int4 loads,
+# beside 6.03 GiB of bf16 weights, bench/README.md "Quantized inference"; the factors cover the largest); a plain load
+# peaks under its weights. bitsandbytes quantizes on the GPU as it loads: not priced
 QUANTIZED_LOAD_PEAK = {"int8": 1.40, "int4": 1.40}
 # `frame_activation_elements` counts 0.0887 GiB a frame (bf16) at the real size and the inference frames, where one
 # answer's peak grows 0.099 GiB a frame on the CPU (docs/install.md "Frames against memory"): this factor makes the two
@@ -334,12 +334,12 @@ def check_memory_for_request(config, inputs, device, quantize: str | None = None
         raise ValueError(f"{need}: give at most {fit} frame(s) of this size")
     if weights_loaded:
         raise ValueError(f"{need}: not one frame fits; free memory or use a machine with more")
-    layers = f", decoder layers in {quantize}" if quantize else ""
     if price.load_peak > available:
         raise ValueError(f"loading the weights ({price.parameters:.3g} parameters in {price.dtype}) with --quantize "
                          f"{quantize} takes about {price.load_peak / gib:.3g} GiB at its peak (each weight read before "
                          f"it is converted), but {available / gib:.3g} GiB are available on {device}; use a machine "
                          "with more memory, or load without --quantize")
+    layers = f", decoder layers in {quantize}" if quantize else ""
     weights = f"the weights ({price.parameters:.3g} parameters in {price.dtype}{layers}, {price.weights / gib:.3g} GiB)"
     fails = "alone do not fit" if price.weights > available else "leave no room for one frame"
     remedy = "a smaller model or a machine with more memory" + ("" if quantize else ", or --quantize int8 / int4")
