@@ -140,7 +140,7 @@ def load_saved(args):
     """The model of `--weights-folder` loaded with `--quantize`'s `from_pretrained` arguments (the command line's:
     `gap_mllm.processing.model_paths.quantization_kwargs`; none: a plain load), in `--dtype`, on `--device`, in eval
     mode."""
-    from real_size_model import special_ids
+    from real_size_model import set_generation_ids
 
     import torch
 
@@ -150,10 +150,7 @@ def load_saved(args):
     quantize = None if args.quantize == "none" else args.quantize
     kwargs = dict(quantization_kwargs(quantize, args.device), dtype=getattr(torch, args.dtype),
                   attn_implementation=args.attn)
-    model = place_loaded_model(load_model(args.weights_folder, **kwargs), args.device, kwargs).eval()
-    ids = special_ids(model.config)
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = ids["im_end"], ids["pad"]
-    return model
+    return set_generation_ids(place_loaded_model(load_model(args.weights_folder, **kwargs), args.device, kwargs).eval())
 
 
 def converted_modules(model) -> dict:

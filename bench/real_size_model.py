@@ -63,10 +63,14 @@ def build_model(size: str, device: str, dtype: torch.dtype, attn_implementation:
     torch.manual_seed(seed)
     with torch.device(device):
         model = GapMllmForConditionalGeneration._from_config(config, dtype=dtype)
-    ids = special_ids(config)
-    model.generation_config.eos_token_id = ids["im_end"]
-    model.generation_config.pad_token_id = ids["pad"]
-    return model.eval()
+    return set_generation_ids(model).eval()
+
+
+def set_generation_ids(model):
+    """`model`, its generation config's end and padding ids set to its config's `<|im_end|>` and padding tokens."""
+    ids = special_ids(model.config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = ids["im_end"], ids["pad"]
+    return model
 
 
 def parameter_counts(model) -> dict[str, int]:
