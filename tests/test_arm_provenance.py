@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from gap_mllm.training.data_sketch import sketch_data_root
+from gap_mllm.training.run_state import UNSET, record_run_settings
 
 from lab.mini import arm_provenance
 from lab.mini.arm_provenance import arms_provenance, number_the_data
@@ -87,6 +88,29 @@ def test_a_stage_without_the_marker_task_and_its_precision_are_named_in_its_cell
             "autocast | its last step (no validation kept) | no run state | — |") in lines
     assert ("| gap_gated_no_gap_s0 | VGGT, gated fusion | — | mini_stage2.yaml, no marker samples, 8200 steps, seed 0, "
             "cpu, float32 | its last step (no validation kept) | no run state | — |") in lines
+
+
+def test_a_stage_resumed_in_the_other_precision_says_both_and_where(tmp_path):
+    """A stage whose run changed `cpu_bf16_autocast` on a resume (`run_state.accept_other_settings`: a machine without
+    native bfloat16 continues a bf16-autocast run in float32) says each precision and the step of the change, read
+    from the stage folder's run record; the last setting alone would call the whole stage float32."""
+    from lab.mini.arms import MARKER_FREE_STAGE2
+
+    _stage(tmp_path, "gap_gated_no_gap_s0", "stage2", 8200, 0, first=True,
+           settings=(*MARKER_FREE_STAGE2, "cpu_bf16_autocast=true", "cpu_bf16_autocast=false"))
+    folder = tmp_path / "stages" / "gap_gated_no_gap_s0" / "stage2"
+    switch = {"at_step": 3009, "from": "checkpoint-3009",
+              "settings": {"cpu_bf16_autocast": {"then": True, "now": UNSET}}}  # float32 is the setting's default
+    record_run_settings(folder, {"cpu_bf16_autocast": False}, [switch])
+    found = arms_provenance(SimpleNamespace(out=tmp_path, run_state=None), ["gap_gated_no_gap_s0"])
+    assert found["gap_gated_no_gap_s0"]["stages"]["stage2"]["precision"] == "bf16 autocast to step 3009, float32 after"
+    back = {"at_step": 5000, "from": "checkpoint-5000", "settings": {"cpu_bf16_autocast": {"then": False, "now": True},
+                                                                     "data.tasks": {"then": ["a"], "now": ["b"]}}}
+    other = {"at_step": 4000, "from": "checkpoint-4000", "settings": {"data.tasks": {"then": ["a"], "now": ["b"]}}}
+    record_run_settings(folder, {"cpu_bf16_autocast": True}, [switch, other, back])
+    found = arms_provenance(SimpleNamespace(out=tmp_path, run_state=None), ["gap_gated_no_gap_s0"])
+    assert found["gap_gated_no_gap_s0"]["stages"]["stage2"]["precision"] == (
+        "bf16 autocast to step 3009, float32 to step 5000, bf16 autocast after")
 
 
 def _nudged(source: Path, target: Path, factor: float) -> Path:

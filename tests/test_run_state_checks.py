@@ -39,6 +39,7 @@ from gap_mllm.training.run import resume_from_run_state, run_definition, run_sta
 from gap_mllm.training.run_state import (
     DATA_SKETCH_FILE,
     MOMENTS_FILE,
+    RUN_RECORD_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
     RunStateError,
@@ -307,6 +308,13 @@ def test_a_deliberate_change_continues_a_state_on_a_fresh_machine_and_is_recorde
               "settings": {"data.tasks": {"then": ["reconstruction"], "now": ["detection"]}}}
     assert json.loads((out / "gap_mllm_training.json").read_text())["changed_settings"] == [change]
     assert read_run_state(state)["global_step"] == 4 and read_run_state(state)["run"]["data.tasks"] == ["detection"]
+    # the states hold the change too: the run continued on yet another machine still records it (no opt-in needed)
+    assert read_run_state(state)["changes"] == [change]
+    again = tmp_path / "again"
+    run_training(load_recipe(recipe_path, [f"run_state.directory={state}", f"training.output_dir={again}",
+                                           "data.tasks=[detection]"]), resume_from_checkpoint="auto")
+    assert json.loads((again / RUN_RECORD_FILE).read_text())["changes"] == [change]
+    assert json.loads((again / "gap_mllm_training.json").read_text())["changed_settings"] == [change]
 
 
 def test_a_changed_camera_pose_file_is_refused_by_content(state, tmp_path, source_model, train_data_root):  # noqa: F811
@@ -517,6 +525,8 @@ def lfs_pointer(path: Path) -> None:
      r"run_state.json: damaged run state file: \"model\" is list, not dict"),
     (STATE_FILE, lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "files"})),
      r"run_state.json: damaged run state file: \"files\" is missing"),
+    (STATE_FILE, lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "changes": [{"at_step": "1"}]})),
+     r"run_state.json: damaged run state file: \"changes\" is not a list of setting changes \(at_step, settings\)"),
     ("checkpoint/scheduler.pt", lambda p: p.write_bytes(p.read_bytes()[:100]),
      r"checkpoint/scheduler.pt: damaged run state file: 100 bytes, \d+ when written \(truncated or replaced\)"),
     (WEIGHTS_FILE, lambda p: p.write_bytes(p.read_bytes()[:1000]), r"weights.safetensors: damaged run state file: 1000 bytes"),
@@ -531,6 +541,13 @@ def test_every_damaged_state_file_is_one_line_naming_it_before_anything_is_writt
         restore_if_newer(state, output, source=source_model)
     assert "\n" not in str(error.value) and str(state) in str(error.value)
     assert not output.exists() or not any(output.iterdir())  # no checkpoint, no tmp-checkpoint folder
+
+
+def test_a_state_written_before_changes_were_kept_restores_with_none(state, tmp_path, source_model):  # noqa: F811
+    rewrite_record(state, lambda record: record.pop("changes"))
+    output = tmp_path / "out"
+    assert restore_if_newer(state, output, source=source_model).endswith("checkpoint-1")
+    assert json.loads((output / RUN_RECORD_FILE).read_text())["changes"] == []
 
 
 # ------------------------------------------------------------------------------------------------ the state's own names

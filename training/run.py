@@ -688,8 +688,8 @@ def _run_training(recipe: TrainRecipe, resume_from_checkpoint: str | None = None
         resume, definition, state_dir=recipe.run_state.directory,
         accept_other_settings=recipe.run_state.accept_other_settings)
     data = data_of_the_run(recipe, resume, data)
-    if run_state is not None:
-        run_state["data_description"] = data
+    if run_state is not None:  # the states it writes hold what it trains on, and the changes accepted on the way
+        run_state["data_description"], run_state["changes"] = data, changes
     if _trains_here():
         record_run_data(recipe.training["output_dir"], data)
         record_run_settings(recipe.training["output_dir"], definition, changes)

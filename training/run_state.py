@@ -6,7 +6,7 @@ small enough to commit:
 
     README.md                   the step, the best validation and the command, for a person
     run_state.json              step, schedule length, the command that continues the run, the recipe settings that
-                                define the run, the digests below (of the data, of the tensors and of every file
+                                define the run and the changes of them its resumes accepted, the digests below (of the data, of the tensors and of every file
                                 of the folder), the best validation so far, which tensors come from the source,
                                 and the digest of the record itself
     weights.safetensors         the checkpoint's weights that differ from the source model (the trained ones), exact
@@ -40,7 +40,8 @@ A state continues only the run that wrote it: it records the recipe settings tha
 `run_definition`: every setting but where the run writes and how it reports), and a resume with other settings is
 refused naming them (`check_same_settings`, the same rule a checkpoint of an output folder is checked by against the
 folder's run record, `RUN_RECORD_FILE`; `run_state.accept_other_settings` continues a deliberate change, recorded,
-but for the settings a checkpoint carries: `CARRIED_BY_CHECKPOINT`). Every file of the folder carries its sha256 in run_state.json, and the record its shape and its
+but for the settings a checkpoint carries: `CARRIED_BY_CHECKPOINT`). The changes a run accepted are kept in each of
+its states (`changes`), so a run continued on a fresh machine still records them. Every file of the folder carries its sha256 in run_state.json, and the record its shape and its
 own digest: a damaged file (truncated, a Git LFS pointer, edited) is one line naming the file and the fault, found
 before anything is written. A state committed to a shared repository never writes outside its folder: every name it
 lists is a file of a state's layout (`checkpoint/scheduler.pt`, never `../x` or an absolute path), and a file of the
@@ -395,7 +396,7 @@ def _state_disk_full(error: Exception, folder: Path, what: str) -> Exception:
 
 def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = None, data_root=None,
                    data_description: dict | None = None, moments_dtype: str = "float32", best_dtype: str = "float32",
-                   best_dir=None, run: dict | None = None) -> dict:
+                   best_dir=None, run: dict | None = None, changes: list[dict] | None = None) -> dict:
     """Write the run state of a complete Trainer `checkpoint` into `state_dir`, written beside it and renamed into place
     (processing/output_folder.py: a kill leaves the last state; a non-empty folder holding no run state is refused,
     `OutputFolderRefused`); returns its run_state.json record. Files a person put into the folder beside the last
@@ -410,6 +411,8 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
             for the best model's weights.
         best_dir: the run's `best/` folder (the model kept by `evaluation.best_metric`), if any.
         run: the settings that define the run (training/run.py `run_definition`), checked when it is continued.
+        changes: the deliberate changes of those settings its resumes accepted (`resumed_settings`: `{"at_step",
+            "from", "settings"}`), kept so that a run continued from the state on another machine still says them.
     """
     checkpoint, state_dir = Path(checkpoint), state_folder(state_dir)
     for name, value in (("moments_dtype", moments_dtype), ("best_dtype", best_dtype)):
@@ -425,7 +428,7 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
     state_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         record, stored, model = _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, command, data,
-                                             moments_dtype, best_dtype, best_dir, run)
+                                             moments_dtype, best_dtype, best_dir, run, changes or [])
     except (OSError, SafetensorError, RuntimeError) as error:  # safetensors and torch.save lose the errno
         failed = _state_disk_full(error, state_dir, f"the run state of step {trainer_state.get('global_step')}")
         if failed is error and not isinstance(error, OSError):
@@ -437,7 +440,7 @@ def save_run_state(checkpoint, state_dir, *, source=None, command: str | None = 
 
 
 def _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, command, data, moments_dtype, best_dtype,
-                 best_dir, run):
+                 best_dir, run, changes):
     carried = foreign_entries(state_dir) if (state_dir / STATE_FILE).is_file() else []
     data_record = None
     # written beside and renamed into place; a folder of other files is refused (processing/output_folder.py)
@@ -492,6 +495,7 @@ def _write_state(checkpoint, state_dir, trainer_state, source, source_tensors, c
             "command": command,
             "written_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "run": run,
+            "changes": changes,
             "source": None if source is None else {"path": str(source), "digest": tensor_digest(source_tensors)},
             "data": data_record,
             "model": {"digest": tensor_digest(model), "stored": len(stored), "from_source": from_source},
@@ -584,6 +588,10 @@ def _shape_fault(record: dict) -> str | None:
         if not isinstance(value, types) or (isinstance(value, bool) and types is int):
             wanted = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
             return f'"{name}" is {type(value).__name__}, not {wanted}'
+    changes = record.get("changes", [])  # a state written before changes were kept holds none
+    if not (isinstance(changes, list) and all(isinstance(change, dict) and isinstance(change.get("at_step"), int)
+                                              and isinstance(change.get("settings"), dict) for change in changes)):
+        return '"changes" is not a list of setting changes (at_step, settings)'
     if isinstance(record.get("best"), dict) and not isinstance(record["best"].get("from_checkpoint", {}), dict):
         return f'"best.from_checkpoint" is {type(record["best"]["from_checkpoint"]).__name__}, not dict'
     for name, spec in record["files"].items():
@@ -621,6 +629,12 @@ def _name_fault(record: dict) -> str | None:
     if sketch is not None and record["files"].get(DATA_SKETCH_FILE, {}).get("sha256") != sketch:
         return f'"data.sketch" is not the digest of the listed {DATA_SKETCH_FILE}'
     return None
+
+
+def state_changes(record: dict) -> list[dict]:
+    """The deliberate setting changes (`resumed_settings`) the run of the run state `record` accepted before its step;
+    none for a state written before they were kept."""
+    return list(record.get("changes", []))
 
 
 def read_run_state(state_dir) -> dict | None:
@@ -820,7 +834,7 @@ def resumed_settings(checkpoint, run: dict, *, state_dir=None,
     recorded, history = (folder_record["run"], list(folder_record["changes"])) if folder_record else (None, [])
     if recorded is None and state_dir is not None:
         state = read_run_state(state_folder(state_dir))
-        recorded = None if state is None else state.get("run")
+        recorded, history = (None, []) if state is None else (state.get("run"), state_changes(state))
     where = str(checkpoint)
     if recorded is None:
         if not accept_other_settings:
@@ -964,7 +978,7 @@ def restore_run_state(state_dir, output_dir, *, source=None, data_root=None, dat
         output_dir.mkdir(parents=True, exist_ok=True)
         record_run_data(output_dir, data)  # first: a kill after the rename below leaves no checkpoint unrecorded
         if record.get("run") is not None:
-            record_run_settings(output_dir, record["run"], [])
+            record_run_settings(output_dir, record["run"], state_changes(record))
         shutil.rmtree(staging, ignore_errors=True)
         folder = staging / f"checkpoint-{step}"
         folder.mkdir(parents=True)
@@ -1126,13 +1140,14 @@ def restore_if_newer(state_dir, output_dir, *, source=None, data_root=None, data
 class RunStateCallback(TrainerCallback):
     """After every checkpoint save (main process), write the run state of that checkpoint into `state_dir`.
     `data_description`: the sketch of the data the run trains on (the one recorded when it resumed: `resumed_data`,
-    the state's; else its data root's, sketched once per run by its caller)."""
+    the state's; else its data root's, sketched once per run by its caller). `changes`: the setting changes the run
+    accepted so far (`resumed_settings`), kept in every state it writes."""
 
     def __init__(self, state_dir, *, source=None, command=None, data_description=None, moments_dtype="float32",
-                 best_dtype="float32", run=None):
+                 best_dtype="float32", run=None, changes=None):
         self.state_dir = state_folder(state_dir)
         self.settings = {"source": source, "command": command, "data_description": data_description,
-                         "moments_dtype": moments_dtype, "best_dtype": best_dtype, "run": run}
+                         "moments_dtype": moments_dtype, "best_dtype": best_dtype, "run": run, "changes": changes}
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:

@@ -4,7 +4,8 @@ what its run left, not from what the design says it should be:
     model         geometry on or off, the fusion and the model seed its first stage was built with (that stage's
                   `model.*` settings: a later stage continues the model it is given)
     each stage    the recipe, steps, training seed, device, precision (bf16 autocast or float32 on the CPU: a CPU
-                  without native bfloat16 trains in float32) and whether its mix held the marker task (a `data.tasks`
+                  without native bfloat16 trains in float32; a run resumed in the other precision, a deliberate
+                  change its run record keeps, says both and the step of the change) and whether its mix held the marker task (a `data.tasks`
                   setting without it: lab/mini/arms.py `MARKER_FREE_STAGE2`) its `stage_done.json` records
                   (lab/mini/pipeline.py writes it when the stage's training returns, on a fresh machine too, where the
                   stage is rebuilt from its run state)
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from gap_mllm.training.data_sketch import compare_data
 from gap_mllm.training.generation_eval import read_best
-from gap_mllm.training.run_state import check_state_files, read_run_state, state_sketch
+from gap_mllm.training.run_state import UNSET, check_state_files, read_run_record, read_run_state, state_sketch
 
 from .ablation import ARM_STAGES, arm_state_dir, override_value
 from .arms import MARKER_TASK
@@ -40,19 +41,43 @@ def _stage_done(folder: Path) -> dict | None:
     return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
 
 
-def trained_stage(done: dict, state_dir: Path | None) -> dict:
+AUTOCAST = "cpu_bf16_autocast"
+
+
+def _precision_name(value) -> str | None:
+    """"bf16 autocast" or "float32" for a `cpu_bf16_autocast` value (a setting's text, a recorded value, or `UNSET`:
+    left at its default, float32); None for no value."""
+    if value is None:
+        return None
+    return "float32" if value == UNSET else {"true": "bf16 autocast", "false": "float32"}.get(str(value).strip().lower())
+
+
+def stage_precision(autocast, changes: list[dict]) -> str | None:
+    """The precision a stage trained in: `autocast` (its last `cpu_bf16_autocast` setting, None without one) and,
+    where a resume changed it (`changes`: the stage's run record, training/run_state.py `resumed_settings`), each
+    precision with the step it ran to ("bf16 autocast to step 3009, float32 after")."""
+    switches = [(change["at_step"], change["settings"][AUTOCAST]) for change in changes if AUTOCAST in change["settings"]]
+    if not switches:
+        return _precision_name(autocast)
+    parts = [f"{_precision_name(switch['then'])} to step {step}" for step, switch in switches]
+    return ", ".join([*parts, f"{_precision_name(switches[-1][1]['now'])} after"])
+
+
+def trained_stage(done: dict, state_dir: Path | None, folder: Path | None = None) -> dict:
     """One training stage of an arm: recipe, steps, training seed, device, "marker_task" (False where a `data.tasks`
-    setting left the marker task out, else None: the recipe's mix) and "precision" (what the last
-    `cpu_bf16_autocast` setting chose; None without one) from its `stage_done.json` (`done`),
-    and the digest of the data sketch of its run state in `state_dir` (None without one)."""
+    setting left the marker task out, else None: the recipe's mix) and "precision" (`stage_precision`: what the last
+    `cpu_bf16_autocast` setting chose, and the changes of it the stage folder's run record holds; None without
+    either) from its `stage_done.json` (`done`) and its `folder`, and the digest of the data sketch of its run state
+    in `state_dir` (None without one)."""
     seed = override_value(done.get("overrides"), "training.seed")
     tasks = override_value(done.get("overrides"), "data.tasks")
-    autocast = override_value(done.get("overrides"), "cpu_bf16_autocast")
+    autocast = override_value(done.get("overrides"), AUTOCAST)
     record = read_run_state(state_dir) if state_dir is not None else None
+    run_record = read_run_record(folder) if folder is not None else None
     return {"recipe": done.get("recipe"), "steps": done.get("global_step"), "device": stage_device(done),
             "seed": int(seed) if seed is not None else None,
             "marker_task": False if tasks is not None and MARKER_TASK not in tasks else None,
-            "precision": {"true": "bf16 autocast", "false": "float32"}.get(str(autocast).strip().lower()),
+            "precision": stage_precision(autocast, run_record["changes"] if run_record is not None else []),
             "data_sketch": record["data"]["sketch"] if record is not None and record.get("data") else None}
 
 
@@ -81,7 +106,8 @@ def arm_provenance(run, name: str) -> dict:
     best = read_best(root / ARM_STAGES[-1]) if ARM_STAGES[-1] in done else None  # the final model is stage 2's
     state_root = getattr(run, "run_state", None)
     return {"model": model_built(next(iter(done.values()))) if done else None,
-            "stages": {stage: trained_stage(found, _state_dir(run, name, stage)) for stage, found in done.items()},
+            "stages": {stage: trained_stage(found, _state_dir(run, name, stage), root / stage)
+                       for stage, found in done.items()},
             "final": {key: best[key] for key in ("step", "metric", "value")} if best is not None else None,
             "run_state": str(Path(state_root) / name) if state_root is not None else None}
 
