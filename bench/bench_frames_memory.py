@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -287,7 +288,9 @@ def frames_that_fit(linear: dict, budget_gib: float, reserve_gib: float = 0.0) -
     room = budget_gib - reserve_gib - linear["intercept_gib"]
     if linear["per_frame_gib"] <= 0:
         raise ValueError(f"per-frame memory {linear['per_frame_gib']:.4f} GiB is not positive: no frame limit")
-    return max(0, int(room // linear["per_frame_gib"]))
+    # the fit's last bits differ between BLAS builds (a slope of 0.5 is 0.49999999999999994 on some): a count within
+    # 1e-9 of the next whole frame is that frame, so that a budget the line meets exactly gives the same count anywhere
+    return max(0, math.floor(room / linear["per_frame_gib"] + 1e-9))
 
 
 def point_label(row: dict) -> str:

@@ -9,6 +9,7 @@ import argparse
 import errno
 import functools
 import json
+import logging
 import os
 import re
 import shutil
@@ -307,11 +308,15 @@ def test_a_fifo_in_place_of_a_frame_is_refused_by_train_and_predict_and_every_re
 
     earlier = signal.signal(signal.SIGALRM, hung)  # a hang fails this test (the blocked open is interrupted)
     signal.alarm(120)
+    package = logging.getLogger("gap_mllm")
+    handlers, level = list(package.handlers), package.level
     try:
         assert gap_mllm(["train", "--config", str(recipe)]) == 2
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, earlier)
+    # its terminal handler was this command's: one left behind would write to this test's stream after it closes
+    assert package.handlers == handlers and package.level == level
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gap-mllm train: error: ")]
     assert len(errors) == 1 and re.fullmatch(rf"gap-mllm train: error: sample '\w+'; file {re.escape(str(frame))}: colour "
                                              r"image is a FIFO \(named pipe\), not a regular file", errors[0])

@@ -48,14 +48,22 @@ def main(args: argparse.Namespace, resolve_model=None) -> int:
     recipe = load_recipe(args.config, overrides)
     if resolve_model is not None and recipe.model.name_or_path and not recipe.model.tiny:
         recipe.model.name_or_path = resolve_model(recipe.model.name_or_path)
-    if not logging.getLogger("gap_mllm").handlers:  # the run's plan, the device and the cache decision: INFO lines
-        handler = logging.StreamHandler()
+    package, handler, level = logging.getLogger("gap_mllm"), None, None
+    if not package.handlers:  # the run's plan, the device and the cache decision: INFO lines
+        # on the stderr of this command, for this command only: a handler left behind would keep writing to the
+        # stream of its first call (in one process calling the CLI again, a stream since closed)
+        handler, level = logging.StreamHandler(), package.level
         handler.setFormatter(TerminalFormat("%(message)s"))
-        logging.getLogger("gap_mllm").addHandler(handler)
-        logging.getLogger("gap_mllm").setLevel(logging.INFO)
-    # a stopped run raises TrainingStoppedAtTimeLimit: one line and status 75 (cli/errors.py), never "trained"
-    result = run_training(recipe, resume_from_checkpoint=args.resume, log_file=TRAIN_LOG,
-                          echo_library_log=getattr(args, "debug", False))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+    try:
+        # a stopped run raises TrainingStoppedAtTimeLimit: one line and status 75 (cli/errors.py), never "trained"
+        result = run_training(recipe, resume_from_checkpoint=args.resume, log_file=TRAIN_LOG,
+                              echo_library_log=getattr(args, "debug", False))
+    finally:
+        if handler is not None:
+            package.removeHandler(handler)
+            package.setLevel(level)
     output_dir = recipe.training["output_dir"]
     if ALREADY_FINISHED in result.metrics:  # resumed at its last step: nothing trained, and no loss of this command
         print(f"nothing to train: the run had already finished at step {result.global_step} "
