@@ -85,6 +85,15 @@ def resume(stopped, finished, train_data_root, *extra, resume_from="auto"):  # n
     return train([*cli(stopped, train_data_root, finished[1], *extra), "--resume", str(resume_from)])
 
 
+def refusal(capsys) -> str:
+    """The one line a refused `gap-mllm train` ends its stderr with; the lines before it are the run's plan as far as
+    it got (its log file, the checkpoint it resumes), never a traceback or a second error."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any(line.startswith(("gap-mllm train: error", "Traceback")) for line in err[:-1]), err
+    assert all(line.startswith(("log    : ", "resuming from ")) for line in err[:-1]), err
+    return err[-1]
+
+
 def test_the_uninterrupted_run_records_its_settings(finished):
     record = json.loads((finished[0] / RUN_RECORD_FILE).read_text())
     assert record["run"]["training.learning_rate"] == 1e-3 and record["run"]["data.tasks"] == ["reconstruction"]
@@ -108,8 +117,7 @@ def test_another_setting_is_refused_in_one_line_naming_it_and_the_checkpoint(sto
                                                                               capsys, change, named):  # noqa: F811
     before = snapshot(stopped)
     assert resume(stopped, finished, train_data_root, change) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(
+    assert refusal(capsys).startswith(
         f"gap-mllm train: error: {stopped / 'checkpoint-4'} holds step 4 of another run: its settings differ ({named})")
     assert snapshot(stopped) == before  # nothing written, nothing lost
 
@@ -190,8 +198,7 @@ def test_an_explicit_damaged_checkpoint_is_refused_by_name(stopped, finished, tr
     damage(stopped / "checkpoint-4" / name)
     before = snapshot(stopped)
     assert resume(stopped, finished, train_data_root, resume_from=stopped / "checkpoint-4") == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(
+    assert refusal(capsys).startswith(
         f"gap-mllm train: error: --resume {stopped / 'checkpoint-4'}: not a complete checkpoint ({named}")
     assert snapshot(stopped) == before
 
