@@ -281,7 +281,7 @@ def test_a_setting_given_at_its_default_value_continues_the_run(interrupted, tmp
     check_same_run(recorded, run_definition(load_recipe(recipe_path)), copy)
 
 
-def test_accept_other_data_is_left_out_of_every_later_continuation_command():
+def test_the_settings_of_one_resume_are_left_out_of_every_later_continuation_command():
     assert continuation_command(["/venv/bin/gap-mllm", "train", "--config", "r.yaml", "--set",
                                  "run_state.accept_other_data=true", "--run-state", "s", "--resume", "auto"]) == \
         "gap-mllm train --config r.yaml --run-state s --resume auto"
@@ -290,3 +290,9 @@ def test_accept_other_data_is_left_out_of_every_later_continuation_command():
         "gap-mllm train --config r.yaml --set training.max_steps=8 --resume auto"
     assert continuation_command(["/venv/bin/gap-mllm", "mini", "--out", "runs/m", "--set",
                                  "run_state.accept_other_data=true"]) == "gap-mllm mini --out runs/m"
+    # the Mini pipeline's per-stage form, both spellings; a stage's other settings stay
+    assert continuation_command(["/venv/bin/gap-mllm", "mini", "--out", "runs/m", "--stage-set",
+                                 "stage2:cpu_bf16_autocast=false", "--stage-set",
+                                 "stage2:run_state.accept_other_settings=true",
+                                 "--stage-set=stage1:run_state.accept_other_data=true"]) == \
+        "gap-mllm mini --out runs/m --stage-set stage2:cpu_bf16_autocast=false"

@@ -372,15 +372,24 @@ RECORDED_WHEN_SET = {"data.task_loss_weights": None}
 ONE_RESUME_SETTINGS = ("run_state.accept_other_data", "run_state.accept_other_settings")
 
 
+# the options that give a recipe setting: `--set NAME=VALUE`, and the Mini pipeline's setting of one of its stages,
+# `--stage-set STAGE:NAME=VALUE` (python -m lab.mini)
+SETTING_OPTIONS = ("--set", "--stage-set")
+
+
 def _without_one_resume_settings(arguments: list[str]) -> list[str]:
-    """`arguments` without `--set NAME=VALUE` (or `--set=NAME=VALUE`) of a `ONE_RESUME_SETTINGS` name."""
+    """`arguments` without a setting (`SETTING_OPTIONS`, as `--option VALUE` or `--option=VALUE`) of a
+    `ONE_RESUME_SETTINGS` name."""
     kept, index = [], 0
     while index < len(arguments):
         argument, width, value = arguments[index], 1, None
-        if argument == "--set" and index + 1 < len(arguments):
+        option = argument.split("=", 1)[0]
+        if argument in SETTING_OPTIONS and index + 1 < len(arguments):
             width, value = 2, arguments[index + 1]
-        elif argument.startswith("--set="):
-            value = argument[len("--set="):]
+        elif option in SETTING_OPTIONS and "=" in argument:
+            value = argument.split("=", 1)[1]
+        if value is not None and option == "--stage-set":
+            value = value.split(":", 1)[-1]  # the stage's name before the setting
         if value is None or value.split("=", 1)[0].strip() not in ONE_RESUME_SETTINGS:
             kept.extend(arguments[index:index + width])
         index += width
