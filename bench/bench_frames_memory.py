@@ -76,8 +76,8 @@ def memory_kib(field: str) -> int:
 
 class AnonymousPeak:
     """The largest anonymous resident set (RssAnon) of this process while the `with` block runs (`kib`; `start_kib`: at
-    its start), in KiB, sampled every 20 ms on a thread: a load's own need, which VmHWM mixes with the mapped checkpoint's file pages (the kernel takes
-    those back when memory is short)."""
+    its start), in KiB, sampled every 20 ms on a thread: a load's own need, which VmHWM mixes with the mapped
+    checkpoint's file pages (the kernel takes those back when memory is short)."""
 
     def __enter__(self):
         import threading

@@ -6,9 +6,9 @@ small enough to commit:
 
     README.md                   the step, the best validation and the command, for a person
     run_state.json              step, schedule length, the command that continues the run, the recipe settings that
-                                define the run and the changes of them its resumes accepted, the digests below (of the data, of the tensors and of every file
-                                of the folder), the best validation so far, which tensors come from the source,
-                                and the digest of the record itself
+                                define the run and the changes of them its resumes accepted, the digests below (of
+                                the data, of the tensors and of every file of the folder), the best validation so
+                                far, which tensors come from the source, and the digest of the record itself
     weights.safetensors         the checkpoint's weights that differ from the source model (the trained ones), exact
     optimizer_moments.safetensors  the optimizer's per-parameter tensors (AdamW: exp_avg, exp_avg_sq), float32 (exact)
                                 or bfloat16 (`moments_dtype`); scalars (AdamW's step) and the parameter groups in
@@ -41,8 +41,8 @@ A state continues only the run that wrote it: it records the recipe settings tha
 refused naming them (`check_same_settings`, the same rule a checkpoint of an output folder is checked by against the
 folder's run record, `RUN_RECORD_FILE`; `run_state.accept_other_settings` continues a deliberate change, recorded,
 but for the settings a checkpoint carries: `CARRIED_BY_CHECKPOINT`). The changes a run accepted are kept in each of
-its states (`changes`), so a run continued on a fresh machine still records them. Every file of the folder carries its sha256 in run_state.json, and the record its shape and its
-own digest: a damaged file (truncated, a Git LFS pointer, edited) is one line naming the file and the fault, found
+its states (`changes`), so a run continued on a fresh machine still records them. Every file of the folder carries
+its sha256 in run_state.json, and the record its shape and its own digest: a damaged file (truncated, a Git LFS pointer, edited) is one line naming the file and the fault, found
 before anything is written. A state committed to a shared repository never writes outside its folder: every name it
 lists is a file of a state's layout (`checkpoint/scheduler.pt`, never `../x` or an absolute path), and a file of the
 state that is a symbolic link is refused. The folder is the package's alone: a folder holding other files (at its

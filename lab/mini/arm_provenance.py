@@ -5,10 +5,10 @@ what its run left, not from what the design says it should be:
                   `model.*` settings: a later stage continues the model it is given)
     each stage    the recipe, steps, training seed, device, precision (bf16 autocast or float32 on the CPU: a CPU
                   without native bfloat16 trains in float32; a run resumed in the other precision, a deliberate
-                  change its run record keeps, says both and the step of the change) and whether its mix held the marker task (a `data.tasks`
-                  setting without it: lab/mini/arms.py `MARKER_FREE_STAGE2`) its `stage_done.json` records
-                  (lab/mini/pipeline.py writes it when the stage's training returns, on a fresh machine too, where the
-                  stage is rebuilt from its run state)
+                  change its run record keeps, says both and the step of the change) and whether its mix held the
+                  marker task (a `data.tasks` setting without it: lab/mini/arms.py `MARKER_FREE_STAGE2`) its
+                  `stage_done.json` records (lab/mini/pipeline.py writes it when the stage's training returns, on a
+                  fresh machine too, where the stage is rebuilt from its run state)
     final model   the validation step its stage 2 kept (`best.json`: the best by validation grounding, the final
                   model of every arm, training/generation_eval.py)
     data          which data each stage trained on, from its run state's data sketch (training/run_state.py),
