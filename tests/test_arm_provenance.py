@@ -113,6 +113,35 @@ def test_a_stage_resumed_in_the_other_precision_says_both_and_where(tmp_path):
         "bf16 autocast to step 3009, float32 to step 5000, bf16 autocast after")
 
 
+def test_a_precision_change_says_the_loss_either_side_and_a_finished_runs_rebuild_is_no_change(tmp_path):
+    """The cell of a stage resumed in the other precision carries the mean training loss logged in the 200 steps
+    either side of the change, read from the stage's newest checkpoint's trainer state (the older checkpoint's log is
+    not read); a change recorded at the stage's last step (a finished run rebuilt under another setting: no step
+    trained after it) is not a precision the stage trained in."""
+    from lab.mini.arms import MARKER_FREE_STAGE2
+
+    _stage(tmp_path, "gap_gated_no_gap_s0", "stage2", 8200, 0, first=True,
+           settings=(*MARKER_FREE_STAGE2, "cpu_bf16_autocast=true", "cpu_bf16_autocast=false"))
+    folder = tmp_path / "stages" / "gap_gated_no_gap_s0" / "stage2"
+    switch = {"at_step": 3009, "from": "checkpoint-3009", "settings": {"cpu_bf16_autocast": {"then": True, "now": UNSET}}}
+    rebuilt = {"at_step": 8200, "from": "checkpoint-8200", "settings": {"cpu_bf16_autocast": {"then": False, "now": True}}}
+    record_run_settings(folder, {"cpu_bf16_autocast": True}, [switch, rebuilt])
+    # logged every 50 steps: (2809, 3009] holds 2850..3000, (3009, 3209] holds 3050..3200; 2800 and 3250 are outside
+    losses = {2800: 9.0, 2850: 0.6, 2900: 0.7, 2950: 0.6, 3000: 0.5, 3050: 0.7, 3100: 0.8, 3150: 0.6, 3200: 0.7, 3250: 9.0}
+    for step, history in ((8200, [{"loss": loss, "step": step} for step, loss in losses.items()]),
+                          (6000, [{"loss": 5.0, "step": 3000}, {"loss": 5.0, "step": 3050}])):
+        (folder / f"checkpoint-{step}").mkdir()
+        (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    found = arms_provenance(SimpleNamespace(out=tmp_path, run_state=None), ["gap_gated_no_gap_s0"])
+    assert found["gap_gated_no_gap_s0"]["stages"]["stage2"]["precision"] == (
+        "bf16 autocast to step 3009, float32 after; training loss 0.600 in the 200 steps before step 3009, 0.700 in "
+        "the 200 after")
+    # without the rebuilt change's rule the cell would end "float32 to step 8200, bf16 autocast after"
+    record_run_settings(folder, {"cpu_bf16_autocast": True}, [rebuilt])
+    found = arms_provenance(SimpleNamespace(out=tmp_path, run_state=None), ["gap_gated_no_gap_s0"])
+    assert found["gap_gated_no_gap_s0"]["stages"]["stage2"]["precision"] == "float32"
+
+
 def _nudged(source: Path, target: Path, factor: float) -> Path:
     """A copy of the data folder `source` with every decimal number written at full precision times `factor` (a
     short one, 1.5, keeps its form: another CPU's float maths moves only the last digits of a full repr)."""

@@ -5,10 +5,11 @@ what its run left, not from what the design says it should be:
                   `model.*` settings: a later stage continues the model it is given)
     each stage    the recipe, steps, training seed, device, precision (bf16 autocast or float32 on the CPU: a CPU
                   without native bfloat16 trains in float32; a run resumed in the other precision, a deliberate
-                  change its run record keeps, says both and the step of the change) and whether its mix held the
-                  marker task (a `data.tasks` setting without it: lab/mini/arms.py `MARKER_FREE_STAGE2`) its
-                  `stage_done.json` records (lab/mini/pipeline.py writes it when the stage's training returns, on a
-                  fresh machine too, where the stage is rebuilt from its run state)
+                  change its run record keeps, says both, the step of the change and the training loss logged
+                  either side of it) and whether its mix held the marker task (a `data.tasks` setting without it:
+                  lab/mini/arms.py `MARKER_FREE_STAGE2`) its `stage_done.json` records (lab/mini/pipeline.py writes
+                  it when the stage's training returns, on a fresh machine too, where the stage is rebuilt from its
+                  run state)
     final model   the validation step its stage 2 kept (`best.json`: the best by validation grounding, the final
                   model of every arm, training/generation_eval.py)
     data          which data each stage trained on, from its run state's data sketch (training/run_state.py),
@@ -26,6 +27,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from transformers.trainer import TRAINER_STATE_NAME
+
+from gap_mllm.training.checkpoints import checkpoint_step
 from gap_mllm.training.data_sketch import compare_data
 from gap_mllm.training.generation_eval import read_best
 from gap_mllm.training.run_state import UNSET, check_state_files, read_run_record, read_run_state, state_sketch
@@ -52,15 +56,51 @@ def _precision_name(value) -> str | None:
     return "float32" if value == UNSET else {"true": "bf16 autocast", "false": "float32"}.get(str(value).strip().lower())
 
 
-def stage_precision(autocast, changes: list[dict]) -> str | None:
+LOSS_WINDOW_STEPS = 200  # the logged training loss either side of a precision change: the span bench/README.md compares
+
+
+def _mean_loss(log_history: list[dict], after: int, to: int) -> float | None:
+    """The mean of the training losses logged at steps in (`after`, `to`] (each the mean over its logging interval),
+    None when none was logged there."""
+    losses = [entry["loss"] for entry in log_history if "loss" in entry and after < entry.get("step", -1) <= to]
+    return sum(losses) / len(losses) if losses else None
+
+
+def stage_precision(autocast, changes: list[dict], last_step: int | None = None, log_history=()) -> str | None:
     """The precision a stage trained in: `autocast` (its last `cpu_bf16_autocast` setting, None without one) and,
     where a resume changed it (`changes`: the stage's run record, training/run_state.py `resumed_settings`), each
-    precision with the step it ran to ("bf16 autocast to step 3009, float32 after")."""
+    precision with the step it ran to and, from the run's `log_history` (its last checkpoint's trainer state), the
+    mean training loss logged over the `LOSS_WINDOW_STEPS` either side of each change ("bf16 autocast to step 3009,
+    float32 after; training loss 0.621 in the 200 steps before step 3009, 0.627 in the 200 after"). A change at
+    the stage's `last_step` or later trained no step (a finished run rebuilt under another setting): not a precision
+    the stage trained in."""
     switches = [(change["at_step"], change["settings"][AUTOCAST]) for change in changes if AUTOCAST in change["settings"]]
+    if last_step is not None and any(step >= last_step for step, _ in switches):
+        autocast = next(switch["then"] for step, switch in switches if step >= last_step)
+        switches = [(step, switch) for step, switch in switches if step < last_step]
     if not switches:
         return _precision_name(autocast)
     parts = [f"{_precision_name(switch['then'])} to step {step}" for step, switch in switches]
-    return ", ".join([*parts, f"{_precision_name(switches[-1][1]['now'])} after"])
+    text = ", ".join([*parts, f"{_precision_name(switches[-1][1]['now'])} after"])
+    losses = []
+    for step, _ in switches:
+        before = _mean_loss(log_history, step - LOSS_WINDOW_STEPS, step)
+        after = _mean_loss(log_history, step, step + LOSS_WINDOW_STEPS)
+        if before is not None and after is not None:
+            losses.append(f"{before:.3f} in the {LOSS_WINDOW_STEPS} steps before step {step}, {after:.3f} in the "
+                          f"{LOSS_WINDOW_STEPS} after")
+    return f"{text}; training loss {'; '.join(losses)}" if losses else text
+
+
+def last_log_history(folder: Path) -> list[dict]:
+    """The `log_history` of the newest `checkpoint-N` of the stage output folder `folder` (its trainer state: the
+    whole run's logged losses, a run rebuilt from its run state included); empty without one."""
+    states = [path / TRAINER_STATE_NAME for path in Path(folder).glob("checkpoint-*") if checkpoint_step(path) is not None]
+    states = [path for path in states if path.is_file()]
+    if not states:
+        return []
+    newest = max(states, key=lambda path: checkpoint_step(path.parent))
+    return json.loads(newest.read_text(encoding="utf-8")).get("log_history", [])
 
 
 def trained_stage(done: dict, state_dir: Path | None, folder: Path | None = None) -> dict:
@@ -77,7 +117,8 @@ def trained_stage(done: dict, state_dir: Path | None, folder: Path | None = None
     return {"recipe": done.get("recipe"), "steps": done.get("global_step"), "device": stage_device(done),
             "seed": int(seed) if seed is not None else None,
             "marker_task": False if tasks is not None and MARKER_TASK not in tasks else None,
-            "precision": stage_precision(autocast, run_record["changes"] if run_record is not None else []),
+            "precision": stage_precision(autocast, run_record["changes"] if run_record is not None else [],
+                                         done.get("global_step"), last_log_history(folder) if folder is not None else ()),
             "data_sketch": record["data"]["sketch"] if record is not None and record.get("data") else None}
 
 
