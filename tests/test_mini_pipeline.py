@@ -409,6 +409,36 @@ def test_the_ablation_table_must_be_an_existing_results_file(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_ablation_over_some_arms_is_refused_a_table_whose_other_arms_answers_are_kept(tmp_path):
+    """The claims are written over the run's arms: a run of one arm with --table and --quote, beside a run state that
+    keeps another arm's answers (an earlier run answered it), would rewrite that arm's claims as "not evaluated yet".
+    Refused by name before anything is written; naming every answered arm, or leaving the outputs out, goes on."""
+    from gap_mllm.evaluation.run_fingerprint import RUN_FINGERPRINT_FILE
+    from lab.mini.claims import check_no_claims_lost
+    from lab.mini.kept_answers import answers_folder
+
+    state = tmp_path / "state"
+    answered = answers_folder(state, "gap_gated_s0") / "results" / "grounding"
+    answered.mkdir(parents=True)
+    (answered / RUN_FINGERPRINT_FILE).write_text("{}")
+    (answers_folder(state, "gap_add_s0") / "results").mkdir(parents=True)  # a folder without answers: none kept
+    table = tmp_path / "RESULTS.md"
+    table.write_text("# results\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{QUOTE_BEGIN}\n{QUOTE_END}\n")
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "run"), "--budget", "toy", "--ablation", "--arms", "no_geometry_s0",
+                              "--run-state", str(state), "--table", str(table), "--quote", str(readme)])
+    with pytest.raises(ValueError, match=f"^--table {table} and --quote {readme} would be rewritten over no_geometry_s0 "
+                                         f"alone, and the claims of gap_gated_s0, whose answers --run-state {state} "
+                                         "keeps, would read \"not evaluated yet\": name those arms too"):
+        pipeline.main(args)
+    assert not (tmp_path / "run").exists() and table.read_text() == "# results\n"
+    check_no_claims_lost(state, ["gap_gated_s0", "no_geometry_s0"], [f"--table {table}"])
+    check_no_claims_lost(state, ["no_geometry_s0"], [])
+
+
 def test_a_quoted_file_without_the_block_or_a_quote_without_the_ablation_is_refused_before_any_step(tmp_path):
     plain = tmp_path / "README.md"
     plain.write_text("# no block\n")

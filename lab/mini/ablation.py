@@ -49,7 +49,11 @@ the first seed's grounding difference lies within twice the seed-to-seed one.
 session commits DIR at its end, and the same command on a fresh machine continues the arm it stopped in, rebuilding
 the finished stages and arms from their states (no steps left to train), and each arm's evaluation answers from
 `DIR/<arm>/answers` (lab/mini/kept_answers.py: an arm is answered once). `--time-limit SECONDS` stops the whole
-command by then (lab/mini/pipeline.py, `train_stage`). Arms run in `ABLATION_ORDER`, so each stop of work ends with more
+command by then (lab/mini/pipeline.py, `train_stage`). `--arms` trains some of the arms; their claims are written over
+the run's arms, so with `--table` or `--quote` such a run is refused while DIR keeps another arm's answers (the rows
+an earlier run answered would read "not evaluated yet": lab/mini/claims.py `check_no_claims_lost`): the arm in
+flight continues without them, and the whole ablation, which rebuilds finished arms rather than training them,
+writes the claims. Arms run in `ABLATION_ORDER`, so each stop of work ends with more
 claims answered.
 
 **Fresh seeds fixed before any arm is evaluated.** The arms are compared on scenes of `ABLATION_FRESH_SEEDS`, seeds

@@ -38,6 +38,7 @@ from .arms import ARMS
 from .claims_table import (CLAIMS_SECTION, FIGURES, HELPS, HURTS, NO_DIFFERENCE, NO_EFFECT, NOT_COMPARABLE, QUOTE_BEGIN,
                            QUOTE_END, SEEDS_DIFFER, WITHIN_SEED_NOISE, claims_quote, claims_section)
 from .fresh_seeds import figures_of, model_figures
+from .kept_answers import answers_folder, evaluation_folders
 from .markdown_sections import block_between, document_section, with_block, with_section
 from .sample_rows import f1_of_counts
 
@@ -172,6 +173,19 @@ def check_quote_block(path) -> None:
     if not Path(path).is_file():
         raise FileNotFoundError(f"--quote {path}: no such file")
     block_between(Path(path).read_text(encoding="utf-8"), QUOTE_BEGIN, QUOTE_END, f"--quote {path}")
+
+
+def check_no_claims_lost(run_state, arms, outputs) -> None:
+    """Refuse (ValueError, one line, before anything is trained) a run that would rewrite the claims of `outputs`
+    (the --table and --quote options given, as "--table FILE") over `arms` while the run state `run_state` keeps answers of other arms: the claims are
+    written over the run's arms, so those arms' rows, answered by an earlier run, would read "not evaluated yet"."""
+    left_out = sorted(name for name in ARMS if name not in arms and evaluation_folders([answers_folder(run_state, name)]))
+    if left_out and outputs:
+        raise ValueError(
+            f"{' and '.join(outputs)} would be rewritten over {', '.join(arms)} alone, and the claims of "
+            f"{', '.join(left_out)}, whose answers --run-state {run_state} keeps, would read \"not evaluated yet\": "
+            "name those arms too (a finished arm is rebuilt from its run state and answered from its kept answers, "
+            "not trained again; make mini-ablation runs them all), or leave --table and --quote out")
 
 
 def write_quotes(claims: dict, quotes) -> None:

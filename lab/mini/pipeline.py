@@ -68,7 +68,7 @@ from .archived_states import check_states_present
 
 from .arms import ARMS, MAIN_ARM, Arm, fresh_model_settings, stage2_arm_settings
 from .export import EXPORT_COMMAND, export_default, export_is_complete
-from .claims import check_quote_block, write_claims
+from .claims import check_no_claims_lost, check_quote_block, write_claims
 from .fresh_seeds import FRESH_SCENES, evaluate_fresh, fresh_results, seed_parts
 from .kept_answers import answers_folder, answers_kept, evaluation_folders
 from .synth_data import MINI_COMMAND, ensure_synth_data
@@ -638,6 +638,9 @@ def main(args: argparse.Namespace) -> int:
     for path in args.quote:  # before any step: a file without the block would be found only after the first arm
         check_quote_block(path)
     names = args.arms or ([arm.name for arm in ablation_arms()] if args.ablation else [MAIN_ARM.name])
+    if args.ablation and args.run_state and (args.table or args.quote):
+        given = [f"--table {args.table}"] if args.table else []
+        check_no_claims_lost(Path(args.run_state), names, [*given, *(f"--quote {path}" for path in args.quote)])
     if args.run_state:  # a finished arm whose states left the tree is brought back, not trained again
         check_states_present(Path(args.run_state), names)
     if args.ablation and args.budget == "full":  # every arm from the same stage 0, on every machine
