@@ -53,8 +53,7 @@ command by then (lab/mini/pipeline.py, `train_stage`). `--arms` trains some of t
 the run's arms, so with `--table` or `--quote` such a run is refused while DIR keeps another arm's answers (the rows
 an earlier run answered would read "not evaluated yet": lab/mini/claims.py `check_no_claims_lost`): the arm in
 flight continues without them, and the whole ablation, which rebuilds finished arms rather than training them,
-writes the claims. Arms run in `ABLATION_ORDER`, so each stop of work ends with more
-claims answered.
+writes the claims. Arms run in `ABLATION_ORDER`, so each stop of work ends with more claims answered.
 
 **Fresh seeds fixed before any arm is evaluated.** The arms are compared on scenes of `ABLATION_FRESH_SEEDS`, seeds
 no data of this package used (training, validation and test: seed 0; the release rule: 5601-5603,

@@ -177,8 +177,9 @@ def check_quote_block(path) -> None:
 
 def check_no_claims_lost(run_state, arms, outputs) -> None:
     """Refuse (ValueError, one line, before anything is trained) a run that would rewrite the claims of `outputs`
-    (the --table and --quote options given, as "--table FILE") over `arms` while the run state `run_state` keeps answers of other arms: the claims are
-    written over the run's arms, so those arms' rows, answered by an earlier run, would read "not evaluated yet"."""
+    (the --table and --quote options given, as "--table FILE"; none: nothing to refuse) over `arms` while the run
+    state `run_state` keeps answers of other arms: the claims are written over the run's arms, so those arms' rows,
+    answered by an earlier run, would read "not evaluated yet"."""
     left_out = sorted(name for name in ARMS if name not in arms and evaluation_folders([answers_folder(run_state, name)]))
     if left_out and outputs:
         raise ValueError(

@@ -638,7 +638,7 @@ def main(args: argparse.Namespace) -> int:
     for path in args.quote:  # before any step: a file without the block would be found only after the first arm
         check_quote_block(path)
     names = args.arms or ([arm.name for arm in ablation_arms()] if args.ablation else [MAIN_ARM.name])
-    if args.ablation and args.run_state and (args.table or args.quote):
+    if args.ablation and args.run_state:
         given = [f"--table {args.table}"] if args.table else []
         check_no_claims_lost(Path(args.run_state), names, [*given, *(f"--quote {path}" for path in args.quote)])
     if args.run_state:  # a finished arm whose states left the tree is brought back, not trained again
